@@ -1,0 +1,1 @@
+"""tempa.alignment."""

@@ -1,0 +1,191 @@
+"""Baking: a tokenizer folder with the chat template, a usable pad token and a generation config that stops."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tempa.chat_templates.checks import check_tokenizer
+from tempa.chat_templates.templates import end_of_turn_token, load_template
+
+logger = logging.getLogger(__name__)
+
+# Pad tokens that base models already ship (Llama 3.1, generic, BERT-style, Qwen), tried in this order before
+# anything is added, so the embedding matrix never has to grow just for padding.
+PREFERRED_PAD_TOKENS = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>")
+ADDED_PAD_TOKEN = "<|pad|>"
+_RESERVED = re.compile(r"<\|reserved_special_token_\d+\|>")
+
+
+@dataclass(frozen=True)
+class PadChoice:
+    """The pad token a bake will use; ``added`` means it is new to the vocabulary."""
+
+    token: str
+    added: bool
+    reason: str
+
+
+def choose_pad_token(tokenizer: Any, end_of_turn: str, requested: str | None = None) -> PadChoice:
+    """Pick a pad token that is neither eos nor the end-of-turn token, preferring ones already in the vocabulary.
+
+    A pad equal to eos/end-of-turn is the classic "model never stops" bug: collators that mask padding by id
+    also mask the real stop token out of the loss.
+    """
+    vocab = tokenizer.get_vocab()
+    forbidden = {tokenizer.eos_token, end_of_turn}
+    if requested is not None:
+        if requested in forbidden:
+            raise ValueError(f"pad token {requested!r} is the eos or end-of-turn token; padding must differ from both")
+        if requested in vocab:
+            return PadChoice(requested, added=False, reason=f"pad token {requested!r} as requested")
+        return PadChoice(requested, added=True, reason=f"pad token {requested!r} as requested (new token)")
+    current = tokenizer.pad_token
+    if current is not None and current not in forbidden:
+        return PadChoice(current, added=False, reason=f"kept pad token {current!r}")
+    forbidden.add(tokenizer.bos_token)
+    added_tokens = sorted(tokenizer.get_added_vocab().items(), key=lambda item: item[1])
+    candidates = [
+        *PREFERRED_PAD_TOKENS,
+        *(token for token, _ in added_tokens if "pad" in token.lower()),
+        *(token for token, _ in added_tokens if _RESERVED.fullmatch(token)),
+    ]
+    for token in candidates:
+        if token in vocab and token not in forbidden:
+            was = "no pad token" if current is None else f"pad {current!r} was the eos/end-of-turn token"
+            return PadChoice(token, added=False, reason=f"{was}; using existing {token!r} as pad")
+    return PadChoice(ADDED_PAD_TOKEN, added=True, reason="no usable pad token in the vocabulary")
+
+
+def stop_token_ids(base: list[int] | int | None, *extra: int | None) -> list[int]:
+    """``base`` eos ids (as a list) with ``extra`` ids appended, without duplicates, order kept."""
+    ids = [] if base is None else ([base] if isinstance(base, int) else list(base))
+    for token_id in extra:
+        if token_id is not None and token_id not in ids:
+            ids.append(token_id)
+    return ids
+
+
+def bake_tokenizer(
+    tokenizer_dir: str | os.PathLike,
+    template: str,
+    out_dir: str | os.PathLike,
+    *,
+    model_dir: str | os.PathLike | None = None,
+    pad_token: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``tokenizer_dir``'s tokenizer to ``out_dir`` with ``template`` baked in; returns ``out_dir``.
+
+    ``template`` is a shipped name or a ``.jinja`` path. The bake writes ``chat_template.jinja``; makes pad differ
+    from eos and the end-of-turn token (keeping, then picking an existing token, and only then adding one, which
+    it logs as a warning because the model's embeddings must then be resized); and writes ``generation_config.json``
+    whose ``eos_token_id`` holds the tokenizer eos and the end-of-turn token, starting from ``model_dir``'s (else
+    ``tokenizer_dir``'s) generation config. It then reloads the result, runs :func:`check_tokenizer` and raises
+    ``ValueError`` listing the failed checks. Everything is written in a temporary sibling folder that is renamed
+    to ``out_dir`` only after the checks pass, so a half-written bake never looks complete.
+    """
+    from transformers import AutoTokenizer
+
+    out = Path(out_dir).resolve()
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty; choose an empty folder or overwrite (--overwrite)")
+    text = load_template(template)
+    end_of_turn = end_of_turn_token(text)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    eot_ids = tokenizer.encode(end_of_turn, add_special_tokens=False)
+    if len(eot_ids) != 1:
+        # Adding it would give the model an untrained stop token; the template does not fit this base.
+        raise ValueError(f"{tokenizer_dir}: the template's end-of-turn token {end_of_turn} is not a single token of this tokenizer")
+
+    choice = choose_pad_token(tokenizer, end_of_turn, requested=pad_token)
+    if choice.added:
+        tokenizer.add_special_tokens({"pad_token": choice.token})
+        message = (
+            f"added pad token {choice.token!r} as id {tokenizer.pad_token_id} ({choice.reason}); "
+            f"the model's embeddings must cover {len(tokenizer)} tokens"
+        )
+        model_vocab = _model_vocab_size(model_dir)
+        if model_vocab is not None and tokenizer.pad_token_id >= model_vocab:
+            raise ValueError(
+                f"{model_dir}: {message}, but its config has vocab_size {model_vocab}; resize the model's embeddings "
+                "or pass an existing token as pad_token (tempa never resizes silently)"
+            )
+        logger.warning(message)
+    else:
+        tokenizer.pad_token = choice.token
+        logger.info(choice.reason)
+    tokenizer.chat_template = text
+
+    generation_config = _base_generation_config(model_dir, tokenizer_dir)
+    generation_config["eos_token_id"] = stop_token_ids(
+        generation_config.get("eos_token_id"), tokenizer.eos_token_id, eot_ids[0]
+    )
+    generation_config["pad_token_id"] = tokenizer.pad_token_id
+    # The file is edited now, so it no longer mirrors config.json; older transformers would otherwise rebuild it
+    # from the model config and drop the end-of-turn stop id.
+    generation_config.pop("_from_model_config", None)
+    if tokenizer.bos_token_id is not None:
+        generation_config.setdefault("bos_token_id", tokenizer.bos_token_id)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.bake-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp's private 0700 would carry over to the published folder
+    try:
+        tokenizer.save_pretrained(staging)
+        (staging / "generation_config.json").write_text(
+            json.dumps(generation_config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+        if not (staging / "chat_template.jinja").is_file():
+            raise ValueError(f"{tokenizer_dir}: saving the tokenizer did not write chat_template.jinja")
+        results = check_tokenizer(AutoTokenizer.from_pretrained(staging), generation_config=generation_config)
+        failed = [result for result in results if not result.passed]
+        if failed:
+            raise ValueError(
+                f"baked tokenizer from {tokenizer_dir} fails template checks: "
+                + "; ".join(f"{result.name}: {result.detail}" for result in failed)
+            )
+        _replace_folder(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _base_generation_config(model_dir: str | os.PathLike | None, tokenizer_dir: str | os.PathLike) -> dict[str, Any]:
+    for folder in (model_dir, tokenizer_dir):
+        if folder is not None and (Path(folder) / "generation_config.json").is_file():
+            path = Path(folder) / "generation_config.json"
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}: not valid JSON ({error})") from None
+    return {}
+
+
+def _model_vocab_size(model_dir: str | os.PathLike | None) -> int | None:
+    if model_dir is None or not (Path(model_dir) / "config.json").is_file():
+        return None
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    vocab = config.get("vocab_size", config.get("text_config", {}).get("vocab_size"))
+    return int(vocab) if vocab is not None else None
+
+
+def _replace_folder(staging: Path, out: Path) -> None:
+    # os.replace renames atomically onto an absent or empty folder; an old bake is moved aside first and
+    # deleted only after the new one is in place.
+    old = None
+    if out.exists() and any(out.iterdir()):
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+    elif out.exists():
+        out.rmdir()
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

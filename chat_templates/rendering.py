@@ -1,0 +1,138 @@
+"""Rendering a conversation with a chat template, as text or as tokens with the trained-token mask.
+
+Everything goes through transformers' own renderer (its sandboxed Jinja environment with the
+``{% generation %}`` extension and ``raise_exception``), so what tempa checks is what training and inference run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Messages = Sequence[Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class TokenizedChat:
+    """Token ids of a rendered conversation and, per token, 1 where the template marks it as trained."""
+
+    input_ids: list[int]
+    assistant_mask: list[int]
+
+
+def mode_kwargs(thinking_mode: str | None) -> dict[str, str]:
+    """Template kwargs for a thinking mode; ``None`` passes nothing, so the template's default applies."""
+    return {} if thinking_mode is None else {"thinking_mode": thinking_mode}
+
+
+def compile_template(template: str) -> Any:
+    """Compile ``template`` in transformers' chat-template environment (raises ``jinja2.TemplateSyntaxError``)."""
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    return _compile_jinja_template(template)
+
+
+def render_text(
+    template: str,
+    messages: Messages,
+    *,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    add_generation_prompt: bool = False,
+    **template_kwargs: Any,
+) -> str:
+    """Render ``messages`` to text without a tokenizer (special-token variables such as ``bos_token`` are unset)."""
+    text, _ = render_with_generation_spans(
+        template, messages, tools=tools, add_generation_prompt=add_generation_prompt, **template_kwargs
+    )
+    return text
+
+
+def render_with_generation_spans(
+    template: str,
+    messages: Messages,
+    *,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    add_generation_prompt: bool = False,
+    **template_kwargs: Any,
+) -> tuple[str, list[tuple[int, int]]]:
+    """Render to text, with the character spans the template wraps in ``{% generation %}``."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    # apply_chat_template drops None-valued keys before rendering (OpenAI-style content=None); do the same so a
+    # tokenizer-free render is byte-identical to the tokenizer's.
+    cleaned = [{key: value for key, value in message.items() if value is not None} for message in messages]
+    rendered, spans = render_jinja_template(
+        conversations=[cleaned],
+        tools=list(tools) if tools is not None else None,
+        chat_template=template,
+        return_assistant_tokens_mask=True,
+        add_generation_prompt=add_generation_prompt,
+        **template_kwargs,
+    )
+    return rendered[0], [tuple(span) for span in spans[0]]
+
+
+def tokenize_chat(
+    tokenizer: Any,
+    messages: Messages,
+    *,
+    template: str | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    add_generation_prompt: bool = False,
+    **template_kwargs: Any,
+) -> TokenizedChat:
+    """Tokenise exactly as trl's SFT does: ``apply_chat_template(..., return_assistant_tokens_mask=True)``."""
+    out = tokenizer.apply_chat_template(
+        list(messages),
+        chat_template=template,
+        tools=list(tools) if tools is not None else None,
+        add_generation_prompt=add_generation_prompt,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        **template_kwargs,
+    )
+    return TokenizedChat(input_ids=list(out["input_ids"]), assistant_mask=list(out["assistant_masks"]))
+
+
+def token_ids(
+    tokenizer: Any,
+    messages: Messages,
+    *,
+    template: str | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    add_generation_prompt: bool = False,
+    **template_kwargs: Any,
+) -> list[int]:
+    """Token ids of the rendered conversation (the path inference takes)."""
+    out = tokenizer.apply_chat_template(
+        list(messages),
+        chat_template=template,
+        tools=list(tools) if tools is not None else None,
+        add_generation_prompt=add_generation_prompt,
+        tokenize=True,
+        return_dict=True,
+        **template_kwargs,
+    )
+    return list(out["input_ids"])
+
+
+def render_with_tokenizer(
+    tokenizer: Any,
+    messages: Messages,
+    *,
+    template: str | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    add_generation_prompt: bool = False,
+    **template_kwargs: Any,
+) -> str:
+    """Rendered text through ``tokenizer.apply_chat_template(..., tokenize=False)``."""
+    return tokenizer.apply_chat_template(
+        list(messages),
+        chat_template=template,
+        tools=list(tools) if tools is not None else None,
+        add_generation_prompt=add_generation_prompt,
+        tokenize=False,
+        **template_kwargs,
+    )

@@ -1,0 +1,198 @@
+"""Pure functions over completion text: think blocks, thinking-format compliance, final answers.
+
+Every scorer reads the *assistant text*: whatever the chat template pre-filled after the
+generation prompt (e.g. an opening ``<think>``) followed by what the model generated. The answer
+a user sees is the text after the think block; an unclosed think block has no answer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+@dataclass(frozen=True)
+class ThinkSplit:
+    """A completion split into its reasoning and its answer."""
+
+    reasoning: str | None  # text inside the think block; None when there is no block
+    answer: str  # text after the block (the whole text when there is none), stripped
+    opened: bool  # the text starts with an opening think tag
+    closed: bool  # a closing think tag follows
+
+
+def split_thinking(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> ThinkSplit:
+    """Split ``text`` at its leading think block.
+
+    An opening tag counts only at the very start (after whitespace); an unclosed block leaves
+    an empty answer, because the model never finished thinking. A closing tag without an
+    opening tag (a template that pre-fills ``<think>`` the caller did not prepend) still
+    separates reasoning from answer, with ``opened`` False.
+    """
+    stripped = text.lstrip()
+    if stripped.startswith(open_tag):
+        rest = stripped[len(open_tag) :]
+        end = rest.find(close_tag)
+        if end == -1:
+            return ThinkSplit(reasoning=rest, answer="", opened=True, closed=False)
+        return ThinkSplit(
+            reasoning=rest[:end], answer=rest[end + len(close_tag) :].strip(), opened=True, closed=True
+        )
+    end = stripped.find(close_tag)
+    if end != -1:
+        return ThinkSplit(
+            reasoning=stripped[:end],
+            answer=stripped[end + len(close_tag) :].strip(),
+            opened=False,
+            closed=True,
+        )
+    return ThinkSplit(reasoning=None, answer=stripped.strip(), opened=False, closed=False)
+
+
+def final_answer_text(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> str:
+    """The user-visible answer: the text after any think block."""
+    return split_thinking(text, open_tag, close_tag).answer
+
+
+def _has_tag(text: str, open_tag: str, close_tag: str) -> bool:
+    return open_tag in text or close_tag in text
+
+
+def thinking_on_compliant(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> bool:
+    """Thinking on: a closed think block first, then a non-empty answer with no further tags."""
+    split = split_thinking(text, open_tag, close_tag)
+    return (
+        split.opened
+        and split.closed
+        and bool(split.answer)
+        and not _has_tag(split.reasoning or "", open_tag, close_tag)
+        and not _has_tag(split.answer, open_tag, close_tag)
+    )
+
+
+def thinking_off_compliant(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> bool:
+    """Thinking off: no think text. An empty pre-filled block (``<think>\\n\\n</think>``) is allowed."""
+    split = split_thinking(text, open_tag, close_tag)
+    if (split.opened or split.closed) and (
+        not (split.opened and split.closed) or (split.reasoning or "").strip()
+    ):
+        return False
+    return bool(split.answer) and not _has_tag(split.answer, open_tag, close_tag)
+
+
+# --- final answers -----------------------------------------------------------------------------
+
+# 1,234.5 | 1.234.567 (dot-grouped thousands, as in Indonesian) | 42 | 3/4 | 45%
+_NUMBER = (
+    r"[-+−]?\$?(?:\d{1,3}(?:\.\d{3}){2,}(?:,\d+)?|(?:\d{1,3}(?:[,\u00a0]\d{3})+|\d+)(?:\.\d+)?)"
+    r"(?:\s?/\s?\d+(?:\.\d+)?)?%?"
+)
+_NUMBER_RE = re.compile(_NUMBER)
+_BOXED_RE = re.compile(r"\\boxed\s*\{")
+# "The answer is 42", "Answer: 42", "#### 42", and the same lead-ins in SEA languages.
+_LEAD_IN_RE = re.compile(
+    r"(?:answer\s*(?:is|:)|####|jawaban(?:nya)?\s*(?:adalah|:)|jawapan(?:nya)?\s*(?:ialah|adalah|:)"
+    r"|đáp án\s*(?:là|:)|câu trả lời\s*(?:là|:)|sagot\s*(?:ay|:)|คำตอบ\s*(?:คือ|:)?)",
+    re.IGNORECASE,
+)
+
+
+def _boxed_contents(text: str) -> list[str]:
+    """Contents of every ``\\boxed{...}``, with nested braces balanced."""
+    found = []
+    for match in _BOXED_RE.finditer(text):
+        depth, start = 1, match.end()
+        for index in range(start, len(text)):
+            if text[index] == "{":
+                depth += 1
+            elif text[index] == "}":
+                depth -= 1
+                if depth == 0:
+                    found.append(text[start:index])
+                    break
+    return found
+
+
+def parse_number(text: str) -> float | None:
+    """Parse ``'1,234.5'``, ``'$12'``, ``'-3/4'``, ``'45%'``, ``'−2'`` into a float; None otherwise."""
+    cleaned = unicodedata.normalize("NFKC", text).strip().replace("−", "-").replace("$", "")
+    if re.fullmatch(r"[-+]?\d{1,3}(?:\.\d{3}){2,}(?:,\d+)?%?", cleaned):
+        cleaned = cleaned.replace(".", "").replace(",", ".")
+    cleaned = re.sub(r"(?<=\d)[,\u00a0](?=\d{3}\b)", "", cleaned).replace(" ", "").rstrip(".")
+    cleaned = cleaned.removeprefix("\\$").removesuffix("%").removesuffix("\\%")
+    fraction = re.fullmatch(r"([-+]?\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)", cleaned)
+    if fraction:
+        denominator = float(fraction.group(2))
+        return float(fraction.group(1)) / denominator if denominator else None
+    frac_tex = re.fullmatch(r"([-+]?)\\d?frac\{(\d+)\}\{(\d+)\}", cleaned)
+    if frac_tex:
+        sign = -1.0 if frac_tex.group(1) == "-" else 1.0
+        denominator = float(frac_tex.group(3))
+        return sign * float(frac_tex.group(2)) / denominator if denominator else None
+    try:
+        value = float(cleaned)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def extract_final_number(answer: str) -> float | None:
+    """The number an answer commits to: the last ``\\boxed{}``, else the number after the last
+    "answer is"-style lead-in, else the last number in the text."""
+    for boxed in reversed(_boxed_contents(answer)):
+        value = parse_number(boxed)
+        if value is not None:
+            return value
+        numbers = _NUMBER_RE.findall(boxed)
+        if numbers:
+            return parse_number(numbers[-1])
+    lead_ins = list(_LEAD_IN_RE.finditer(answer))
+    if lead_ins:
+        numbers = _NUMBER_RE.findall(answer[lead_ins[-1].end() :])
+        if numbers:
+            return parse_number(numbers[0])
+    numbers = _NUMBER_RE.findall(answer)
+    return parse_number(numbers[-1]) if numbers else None
+
+
+def _normalise_text(text: str) -> str:
+    """Casefolded, punctuation and symbols turned to spaces (combining marks kept, for Thai/Tamil)."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in text)
+    return " ".join(text.split())
+
+
+def answer_matches(answer: str, expected: object, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
+    """Whether ``answer`` (the text after the think block) gives the ``expected`` answer.
+
+    Numeric expectations compare the final number within tolerance. Other expectations compare
+    the normalised boxed content, the line after an "answer is" lead-in, the last line, or the whole
+    answer.
+    """
+    expected_number = (
+        float(expected)
+        if isinstance(expected, (int, float)) and not isinstance(expected, bool)
+        else parse_number(str(expected))
+    )
+    if expected_number is not None:
+        got = extract_final_number(answer)
+        return got is not None and math.isclose(got, expected_number, rel_tol=rel_tol, abs_tol=abs_tol)
+    target = _normalise_text(str(expected))
+    if not target:
+        return False
+    candidates = list(_boxed_contents(answer))
+    lead_ins = list(_LEAD_IN_RE.finditer(answer))
+    if lead_ins:
+        tail = answer[lead_ins[-1].end() :].strip()
+        if tail:
+            candidates.append(tail.splitlines()[0])
+    lines = [line for line in answer.splitlines() if line.strip()]
+    if lines:
+        candidates.append(lines[-1])
+    candidates.append(answer)
+    return any(_normalise_text(candidate) == target for candidate in candidates)

@@ -1,0 +1,190 @@
+"""The ``bake`` stage: the final model folder a user downloads.
+
+``<stage>/final/`` holds the weights and config of the model the stage starts from (hard links,
+no copy), the recipe's tokenizer with the thinking template baked in, a generation config whose
+eos ids include the end-of-turn token, and a model card. The stage then checks the template on
+the saved tokenizer and (by default) loads the folder with the Auto classes and generates in
+both thinking modes; only a folder that passes replaces ``final/``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from tempa.merge.candidates import is_model_dir
+from tempa.merge.files import link_or_copy, staging_dir, write_atomic
+from tempa.merge.model_card import ModelCardConfig, render_model_card
+from tempa.sft.stage_api import StageConfigBase, StageContext, StageError, StageResult
+
+# Model files carried into the final folder; tokenizer files come from the recipe's tokenizer,
+# and training leftovers (optimizer, trainer state, markers) stay behind.
+_MODEL_FILE_PATTERNS = ("config.json", "*.safetensors", "model.safetensors.index.json")
+_SMOKE_PROMPT = [{"role": "user", "content": "Hello! What is 2 + 3?"}]
+
+
+class BakeStageConfig(StageConfigBase):
+    """Write the final model: weights, baked thinking template, generation config, model card."""
+
+    kind: Literal["bake"]
+    model_card: ModelCardConfig = Field(default_factory=ModelCardConfig, description="Model card contents.")
+    smoke_test: bool = Field(
+        default=True,
+        description="Load the final folder with AutoModelForCausalLM/AutoTokenizer and generate in both "
+        "thinking modes (turn off for models too large for this machine).",
+    )
+    smoke_max_new_tokens: int = Field(
+        default=8, ge=1, description="Tokens generated per mode by the smoke test."
+    )
+    device: str = Field(default="auto", description="Device for the smoke test (auto | cpu | cuda).")
+
+
+def copy_model_files(source: Path, out_dir: Path, *, trust_remote_code: bool = False) -> list[str]:
+    """Bring the weights (hard links) and config (copies) of ``source`` into ``out_dir``."""
+    patterns = _MODEL_FILE_PATTERNS + (("*.py",) if trust_remote_code else ())
+    copied = []
+    for pattern in patterns:
+        for path in sorted(source.glob(pattern)):
+            if path.is_file() and not (out_dir / path.name).exists():
+                # Weights are linked (never rewritten in place); small files are copied, so a
+                # later edit of the final config cannot reach back into the source folder.
+                if path.suffix == ".safetensors":
+                    link_or_copy(path, out_dir / path.name)
+                else:
+                    shutil.copy2(path, out_dir / path.name)
+                copied.append(path.name)
+    return copied
+
+
+def check_generation_config(out_dir: Path) -> dict[str, Any]:
+    """The end-of-turn token must be among the eos ids and pad must differ from every eos id."""
+    from tempa.chat_templates.templates import end_of_turn_token
+    from transformers import AutoTokenizer, GenerationConfig
+
+    if not (out_dir / "generation_config.json").is_file():
+        raise StageError(f"{out_dir} has no generation_config.json after baking the tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    generation = GenerationConfig.from_pretrained(out_dir)
+    eot = end_of_turn_token(tokenizer.chat_template or "")
+    eot_id = tokenizer.convert_tokens_to_ids(eot)
+    eos = generation.eos_token_id
+    eos_ids = eos if isinstance(eos, list) else [eos]
+    if eot_id not in eos_ids:
+        raise StageError(
+            f"generation_config.json eos_token_id {eos} lacks the end-of-turn token {eot} ({eot_id})"
+        )
+    if generation.pad_token_id is not None and generation.pad_token_id in eos_ids:
+        raise StageError(f"generation_config.json pad_token_id {generation.pad_token_id} is also an eos id")
+    return {"end_of_turn": eot, "eos_token_id": eos_ids, "pad_token_id": generation.pad_token_id}
+
+
+def _as_dict(result: Any) -> dict[str, Any]:
+    if is_dataclass(result):
+        return asdict(result)  # type: ignore[arg-type]
+    if hasattr(result, "_asdict"):
+        return dict(result._asdict())
+    return {
+        "name": getattr(result, "name", str(result)),
+        "passed": bool(getattr(result, "passed", False)),
+        "detail": str(getattr(result, "detail", "")),
+    }
+
+
+def run_template_checks(out_dir: Path, template: str) -> list[dict[str, Any]]:
+    """``check_tokenizer`` on the saved tokenizer; a failure is a one-line StageError."""
+    from tempa.chat_templates import check_tokenizer
+    from transformers import AutoTokenizer
+
+    generation_config = json.loads((out_dir / "generation_config.json").read_text(encoding="utf-8"))
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    results = [_as_dict(r) for r in check_tokenizer(tokenizer, template, generation_config=generation_config)]
+    failed = [r for r in results if not r.get("passed")]
+    if failed:
+        details = "; ".join(f"{r['name']}: {r.get('detail', '')}" for r in failed[:3])
+        raise StageError(f"template check failed on the final tokenizer ({len(failed)} failing): {details}")
+    return results
+
+
+def smoke_test(out_dir: Path, device: str, max_new_tokens: int) -> dict[str, str]:
+    """Load with the Auto classes and generate greedily in both thinking modes."""
+    from tempa.alignment.generation import GenerationParams, TransformersBackend
+
+    backend = TransformersBackend(out_dir, device=device, show_progress=False)
+    try:
+        outputs = {}
+        for mode in ("on", "off"):
+            params = GenerationParams(max_new_tokens=max_new_tokens, thinking_mode=mode)
+            outputs[mode] = backend.generate([_SMOKE_PROMPT], params)[0][0]
+        return outputs
+    finally:
+        backend.close()
+
+
+def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
+    """Assemble, check and publish ``<stage>/final``."""
+    from tempa.chat_templates import bake_tokenizer
+
+    source = Path(ctx.model_dir)
+    if not is_model_dir(source):
+        raise StageError(
+            f"bake stage '{ctx.stage_name}': {source} is not a model folder (config.json + safetensors)"
+        )
+    stage_dir = Path(ctx.stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    final = stage_dir / "final"
+    device = "cpu" if config.device == "auto" and getattr(ctx, "use_cpu", False) else config.device
+    earlier = {name: Path(folder) for name, folder in ctx.stage_dirs.items() if name != ctx.stage_name}
+
+    # bake_tokenizer takes a template name or a .jinja path (not its text) and writes a whole
+    # folder of its own, so it bakes into a scratch folder whose files join the weights after.
+    template_file = stage_dir / "chat_template.jinja"
+    write_atomic(template_file, ctx.chat_template)
+    with staging_dir(final) as tmp, tempfile.TemporaryDirectory(prefix=".bake-", dir=stage_dir) as scratch:
+        copied = copy_model_files(source, tmp, trust_remote_code=ctx.trust_remote_code)
+        baked = Path(scratch) / "tokenizer"
+        try:
+            bake_tokenizer(ctx.tokenizer_dir, str(template_file), baked, model_dir=source)
+        except (ValueError, OSError) as error:
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise StageError(
+                f"bake stage '{ctx.stage_name}': baking the tokenizer failed: {message}"
+            ) from None
+        for path in baked.iterdir():
+            if path.is_file():
+                shutil.copy2(path, tmp / path.name)
+        generation = check_generation_config(tmp)
+        checks = run_template_checks(tmp, ctx.chat_template)
+        write_atomic(
+            stage_dir / "template_check.json", json.dumps(checks, indent=2, ensure_ascii=False) + "\n"
+        )
+        card = render_model_card(
+            config.model_card, run_dir=Path(ctx.run_dir), stage_dirs=earlier, template_checks=checks
+        )
+        write_atomic(tmp / "README.md", card)
+        outputs: dict[str, str] = {}
+        if config.smoke_test:
+            ctx.log.info("%s: smoke test: load and generate in both thinking modes", ctx.stage_name)
+            outputs = smoke_test(tmp, device, config.smoke_max_new_tokens)
+            write_atomic(
+                stage_dir / "smoke_test.json", json.dumps(outputs, indent=2, ensure_ascii=False) + "\n"
+            )
+
+    metrics: dict[str, Any] = {
+        "source_model": str(source),
+        "files": len(copied),
+        "template_checks_passed": len(checks),
+        "end_of_turn": generation["end_of_turn"],
+        "eos_token_id": generation["eos_token_id"],
+        "smoke_test": bool(config.smoke_test),
+    }
+    write_atomic(stage_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return StageResult(
+        model_dir=final,
+        metrics=metrics,
+        outputs={"model": str(final), "model_card": str(final / "README.md")},
+    )

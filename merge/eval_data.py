@@ -1,0 +1,74 @@
+"""Evaluation rows: load them, and turn a row into the chat prompt a model answers.
+
+A row is a dict. Generation suites read its prompt from ``messages`` (a chat; anything after
+the last user turn is dropped, so a reference answer may stay in the file) or from ``prompt``
+(a string, with an optional ``system``). Suites read their own fields beside it: ``answer``,
+``language``, ``instructions``, ``thinking_mode``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tempa.sft.stage_api import StageError, looks_local
+
+
+def load_rows(source: str, *, split: str = "train", max_rows: int | None = None) -> list[dict[str, Any]]:
+    """Rows of a local ``.jsonl``/``.json`` file, or of a hub/local dataset via ``datasets``."""
+    path = Path(source)
+    if path.is_file() and path.suffix in (".jsonl", ".json"):
+        rows = _read_json_rows(path)
+    elif path.exists() or not looks_local(source):
+        import datasets
+
+        dataset = datasets.load_dataset(source, split=split)
+        if max_rows is not None:
+            dataset = dataset.select(range(min(max_rows, len(dataset))))
+        rows = [dict(row) for row in dataset]
+    else:
+        raise StageError(f"evaluation data not found: {source}")
+    return rows[:max_rows] if max_rows is not None else rows
+
+
+def _read_json_rows(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text)
+        if isinstance(data, dict):
+            data = data.get("rows") or data.get("data") or []
+        return [dict(row) for row in data]
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise StageError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    return rows
+
+
+def prompt_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chat a model should answer: the row's messages up to its last user turn."""
+    messages = row.get("messages")
+    if messages:
+        last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+        if last_user == -1:
+            raise StageError(f"evaluation row has no user message: {str(row)[:120]}")
+        return [dict(m) for m in messages[: last_user + 1]]
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise StageError(f"evaluation row has neither 'messages' nor a 'prompt' string: {str(row)[:120]}")
+    chat = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+    chat.append({"role": "user", "content": prompt})
+    return chat
+
+
+def chat_messages(row: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The full chat of a row (for held-out loss); None when it has no assistant turn."""
+    messages = row.get("messages")
+    if not messages or not any(m.get("role") == "assistant" for m in messages):
+        return None
+    return [dict(m) for m in messages]

@@ -1,0 +1,200 @@
+"""Configuration of the ``evaluate`` stage: which candidates, which suites, how to generate.
+
+Metric names on the leaderboard are ``<suite name>/<metric>``; a suite's name defaults to its
+type, so ``accuracy/accuracy``, ``language/normalized_accuracy`` or ``heldout/perplexity``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from tempa.sft.stage_api import StageConfigBase, resolve_path
+
+ThinkingMode = Literal["on", "off"]
+
+
+class _Suite(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(
+        default=None, description="Metric prefix on the leaderboard (default: the suite type)."
+    )
+
+    @property
+    def key(self) -> str:
+        return self.name or self.type  # type: ignore[attr-defined]
+
+
+class _DataSuite(_Suite):
+    data: str = Field(description="Evaluation rows: a .jsonl/.json file (recipe-relative) or a dataset id.")
+    split: str = Field(default="train", description="Split, when `data` is a dataset.")
+    max_rows: int | None = Field(default=None, ge=1, description="Use only the first N rows.")
+
+    @field_validator("data")
+    @classmethod
+    def _resolve_data(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_path(value, info)
+
+
+class _GenerationSuite(_DataSuite):
+    thinking_mode: ThinkingMode | None = Field(
+        default=None,
+        description="thinking_mode for every prompt (default: the row's `thinking_mode`, else the template's).",
+    )
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, description="Override of the stage's generation.max_new_tokens."
+    )
+
+
+class LossSuite(_DataSuite):
+    """Held-out loss and perplexity on chats (rows with `messages`), assistant tokens only."""
+
+    type: Literal["loss"]
+    max_length: int = Field(default=2048, ge=8, description="Truncate rendered chats to this many tokens.")
+    batch_size: int = Field(default=4, ge=1, description="Chats per forward pass.")
+
+
+class AccuracySuite(_GenerationSuite):
+    """Verifiable answers: rows with a prompt and an `answer`; the final number must match."""
+
+    type: Literal["accuracy"]
+    rel_tol: float = Field(default=1e-6, ge=0, description="Relative tolerance of the numeric match.")
+
+
+class LanguageSuite(_GenerationSuite):
+    """Share of answers in the target language, and SEA-IFEval's language-normalised accuracy.
+
+    Correctness comes from the row's `answer` (numeric/text match) and/or `instructions`
+    (all IFEval checks pass); rows with neither count toward the language share only.
+    """
+
+    type: Literal["language"]
+    language: str | None = Field(
+        default=None, description="Target language (ISO 639-1) for rows without a `language` field."
+    )
+    languages: list[str] | None = Field(
+        default=None,
+        description="Restrict detection to these codes (e.g. [en, id, vi, th, ta]); default: all py3langid knows.",
+    )
+    also_accept: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Detected codes that also count as a target, e.g. {id: [ms]}.",
+    )
+
+    @field_validator("languages")
+    @classmethod
+    def _known(cls, value: list[str] | None) -> list[str] | None:
+        if value:
+            from tempa.merge.language import known_languages
+
+            unknown = sorted(set(value) - set(known_languages()))
+            if unknown:
+                raise ValueError(f"py3langid does not know language code(s) {unknown}")
+        return value
+
+
+class ThinkingFormatSuite(_DataSuite):
+    """Thinking-format compliance per mode. On: a closed think block, then an answer. Off: no think text."""
+
+    type: Literal["thinking"]
+    modes: list[ThinkingMode] = Field(default=["on", "off"], min_length=1, description="Modes to test.")
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, description="Override of the stage's generation.max_new_tokens."
+    )
+
+
+class IFEvalSuite(_GenerationSuite):
+    """IFEval-style checks: rows with a prompt and `instructions` ([{type: word_count, max: 50}, ...])."""
+
+    type: Literal["ifeval"]
+
+
+class LmEvalSuite(_Suite):
+    """Tasks of lm-evaluation-harness (optional dependency: `pip install lm-eval`)."""
+
+    type: Literal["lm_eval"]
+    tasks: list[str] = Field(min_length=1, description="lm-eval task names.")
+    num_fewshot: int | None = Field(
+        default=None, ge=0, description="Few-shot examples (task default if unset)."
+    )
+    limit: float | None = Field(
+        default=None, gt=0, description="Examples per task (a count, or a fraction < 1)."
+    )
+    batch_size: int | str = Field(default=1, description="lm-eval batch size (or 'auto').")
+    apply_chat_template: bool = Field(default=True, description="Render prompts with the chat template.")
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="Further keyword arguments for lm_eval.simple_evaluate."
+    )
+
+
+Suite = Annotated[
+    LossSuite | AccuracySuite | LanguageSuite | ThinkingFormatSuite | IFEvalSuite | LmEvalSuite,
+    Field(discriminator="type"),
+]
+
+
+class EvalGeneration(BaseModel):
+    """Generation settings shared by the generation suites (greedy by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(default=512, ge=1, description="Most tokens per answer.")
+    temperature: float = Field(default=0.0, ge=0.0, description="0 = greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus mass when sampling.")
+    batch_size: int = Field(default=8, ge=1, description="Prompts per generate call.")
+
+
+class EvaluateStageConfig(StageConfigBase):
+    """Score candidate models with the configured suites and write a leaderboard.
+
+    Candidates: every complete checkpoint (and the final model) of `checkpoints_of`, the final
+    models of `stages`, and the folders in `models`. With none of them, the stage scores the
+    model it starts from. The stage passes that model on unchanged.
+    """
+
+    kind: Literal["evaluate"]
+    checkpoints_of: list[str] = Field(
+        default_factory=list,
+        description="Training stages whose checkpoints (those with a COMPLETE marker) are candidates.",
+    )
+    include_final: bool = Field(
+        default=True, description="With checkpoints_of: also score each stage's final model."
+    )
+    stages: list[str] = Field(default_factory=list, description="Stages whose final model is a candidate.")
+    models: list[str] = Field(default_factory=list, description="Further model folders (recipe-relative).")
+    suites: list[Suite] = Field(min_length=1, description="What to measure; see the suite types.")
+    generation: EvalGeneration = Field(default_factory=EvalGeneration, description="Generation settings.")
+    rank_by: str | None = Field(
+        default=None, description="Leaderboard sort metric, e.g. accuracy/accuracy (direction inferred)."
+    )
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="Weights dtype for scoring (auto: bf16 on GPU, fp32 on CPU)."
+    )
+    think_tags: tuple[str, str] = Field(
+        default=("<think>", "</think>"), description="Opening and closing think tags of the template."
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _resolve_models(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        return [resolve_path(item, info) for item in value]
+
+    @model_validator(mode="after")
+    def _unique_suites(self):
+        keys = [suite.key for suite in self.suites]
+        duplicates = sorted({key for key in keys if keys.count(key) > 1})
+        if duplicates:
+            raise ValueError(f"suite names must be unique; give `name:` to the repeated {duplicates}")
+        if self.rank_by is not None:
+            prefix = self.rank_by.split("/", 1)[0]
+            if "/" not in self.rank_by or prefix not in keys:
+                raise ValueError(
+                    f"rank_by {self.rank_by!r} must be '<suite>/<metric>' with a suite in {keys}"
+                )
+        return self
+
+    def suites_fingerprint(self) -> dict[str, Any]:
+        """What determines a candidate's scores (cache key material)."""
+        return self.model_dump(mode="json", include={"suites", "generation", "dtype", "think_tags"})

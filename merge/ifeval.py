@@ -1,0 +1,217 @@
+"""IFEval-style verifiable instructions: each is a small pydantic model with a pure ``check``.
+
+A data row lists its instructions as dicts with a ``type`` and that type's arguments, e.g.
+``{"type": "word_count", "min": 50, "max": 120}``. The checks read the user-visible answer (the
+text after any think block) and are script-agnostic where they can be: words are runs of word
+characters, sentences end at ``. ! ? 。 ！ ？`` and the Devanagari/Thai-style full stops.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+
+class _Instruction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def check(self, text: str) -> bool:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+
+class _CountRange(_Instruction):
+    min: int | None = Field(default=None, ge=0, description="Smallest allowed count (inclusive).")
+    max: int | None = Field(default=None, ge=0, description="Largest allowed count (inclusive).")
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.min is None and self.max is None:
+            raise ValueError("give at least one of min / max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} > max {self.max}")
+        return self
+
+    def in_range(self, count: int) -> bool:
+        return (self.min is None or count >= self.min) and (self.max is None or count <= self.max)
+
+
+class StartsWith(_Instruction):
+    """The answer begins with a phrase."""
+
+    type: Literal["starts_with"] = "starts_with"
+    value: str = Field(min_length=1, description="Phrase the answer must start with.")
+    case_sensitive: bool = Field(default=False, description="Compare case-sensitively.")
+
+    def check(self, text: str) -> bool:
+        text, value = text.strip(), self.value.strip()
+        if not self.case_sensitive:
+            text, value = text.casefold(), value.casefold()
+        return text.startswith(value)
+
+
+class EndsWith(_Instruction):
+    """The answer ends with a phrase (trailing whitespace ignored)."""
+
+    type: Literal["ends_with"] = "ends_with"
+    value: str = Field(min_length=1, description="Phrase the answer must end with.")
+    case_sensitive: bool = Field(default=False, description="Compare case-sensitively.")
+
+    def check(self, text: str) -> bool:
+        text, value = text.strip(), self.value.strip()
+        if not self.case_sensitive:
+            text, value = text.casefold(), value.casefold()
+        return text.endswith(value)
+
+
+class WordCount(_CountRange):
+    """The answer has between ``min`` and ``max`` words."""
+
+    type: Literal["word_count"] = "word_count"
+
+    def check(self, text: str) -> bool:
+        return self.in_range(count_words(text))
+
+
+class SentenceCount(_CountRange):
+    """The answer has between ``min`` and ``max`` sentences."""
+
+    type: Literal["sentence_count"] = "sentence_count"
+
+    def check(self, text: str) -> bool:
+        return self.in_range(count_sentences(text))
+
+
+class BulletCount(_CountRange):
+    """The answer has between ``min`` and ``max`` markdown bullet points (``*``, ``-``, ``+``, ``•``)."""
+
+    type: Literal["bullet_count"] = "bullet_count"
+
+    def check(self, text: str) -> bool:
+        return self.in_range(count_bullets(text))
+
+
+class JsonFormat(_Instruction):
+    """The whole answer is valid JSON (a surrounding ```json fence is allowed)."""
+
+    type: Literal["json_format"] = "json_format"
+
+    def check(self, text: str) -> bool:
+        return is_json(text)
+
+
+class AllLowercase(_Instruction):
+    """No uppercase letters anywhere in the answer (trivially true for uncased scripts)."""
+
+    type: Literal["all_lowercase"] = "all_lowercase"
+
+    def check(self, text: str) -> bool:
+        return bool(text.strip()) and text == text.lower()
+
+
+class NoCommas(_Instruction):
+    """No commas, including the full-width and ideographic commas of CJK text."""
+
+    type: Literal["no_commas"] = "no_commas"
+
+    def check(self, text: str) -> bool:
+        return bool(text.strip()) and not any(comma in text for comma in (",", "，", "、", "،"))
+
+
+Instruction = Annotated[
+    StartsWith | EndsWith | WordCount | SentenceCount | BulletCount | JsonFormat | AllLowercase | NoCommas,
+    Field(discriminator="type"),
+]
+INSTRUCTION_TYPES = (
+    "starts_with",
+    "ends_with",
+    "word_count",
+    "sentence_count",
+    "bullet_count",
+    "json_format",
+    "all_lowercase",
+    "no_commas",
+)
+_INSTRUCTIONS = TypeAdapter(list[Instruction])
+
+_WORD_RE = re.compile(r"\w+(?:['’-]\w+)*")
+_SENTENCE_END_RE = re.compile(r"[.!?。！？।॥]+(?=\s|$|[\"'”’)\]])")
+_BULLET_RE = re.compile(r"^\s*(?:[*+•]\s+|-\s+)\S", re.MULTILINE)
+_FENCE_RE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL | re.IGNORECASE)
+
+
+def count_words(text: str) -> int:
+    """Runs of word characters (contractions and hyphenations count once)."""
+    return len(_WORD_RE.findall(text))
+
+
+def count_sentences(text: str) -> int:
+    """Sentences: text segments ending at sentence punctuation, plus a trailing unterminated one."""
+    text = text.strip()
+    if not text:
+        return 0
+    count = 0
+    start = 0
+    for match in _SENTENCE_END_RE.finditer(text):
+        if _WORD_RE.search(text[start : match.start()]):
+            count += 1
+        start = match.end()
+    if _WORD_RE.search(text[start:]):
+        count += 1
+    return count
+
+
+def count_bullets(text: str) -> int:
+    """Lines that are markdown bullets (``* x``, ``- x``, ``+ x``, ``• x``); ``---`` rules do not count."""
+    return len(_BULLET_RE.findall(text))
+
+
+def is_json(text: str) -> bool:
+    """The text (optionally fenced in ```json ... ```) parses as JSON."""
+    text = text.strip()
+    fenced = _FENCE_RE.match(text)
+    if fenced:
+        text = fenced.group(1).strip()
+    if not text:
+        return False
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_instructions(raw: Iterable[Mapping[str, Any]] | None) -> list[Instruction]:
+    """Validate a row's instruction list; raises pydantic's ValidationError on a bad entry."""
+    return _INSTRUCTIONS.validate_python(list(raw or []))
+
+
+def check_all(instructions: Iterable[Instruction], text: str) -> list[bool]:
+    """One pass/fail per instruction, in order."""
+    return [instruction.check(text) for instruction in instructions]
+
+
+def ifeval_scores(results: list[tuple[list[Instruction], list[bool]]]) -> dict[str, float]:
+    """Aggregate per-prompt results into IFEval's strict metrics.
+
+    ``prompt_accuracy``: prompts whose every instruction passed; ``instruction_accuracy``: all
+    instructions pooled; ``<type>_accuracy``: per instruction type.
+    """
+    if not results:
+        return {}
+    prompt_pass = [all(passed) for _, passed in results if passed]
+    pooled = [ok for _, passed in results for ok in passed]
+    by_type: dict[str, list[bool]] = {}
+    for instructions, passed in results:
+        for instruction, ok in zip(instructions, passed, strict=True):
+            by_type.setdefault(instruction.type, []).append(ok)
+    scores = {
+        "prompt_accuracy": sum(prompt_pass) / len(prompt_pass) if prompt_pass else 0.0,
+        "instruction_accuracy": sum(pooled) / len(pooled) if pooled else 0.0,
+    }
+    for name in sorted(by_type):
+        scores[f"{name}_accuracy"] = sum(by_type[name]) / len(by_type[name])
+    return scores

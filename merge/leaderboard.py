@@ -1,0 +1,127 @@
+"""The leaderboard: one row per scored model, written as JSON (for code) and markdown (for people)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tempa.merge.files import write_atomic
+
+LEADERBOARD_JSON = "leaderboard.json"
+LEADERBOARD_MD = "leaderboard.md"
+_LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error", "stderr")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Direction of a metric, from its last name component: losses and perplexities go down."""
+    last = metric.rsplit("/", 1)[-1].lower()
+    return any(word in last for word in _LOWER_IS_BETTER)
+
+
+@dataclass
+class LeaderboardRow:
+    """One scored model."""
+
+    candidate: str  # display name, unique within a leaderboard: "sft/checkpoint-200", "sft", "merge"
+    path: str  # model folder that was scored
+    stage: str | None = None  # the stage that produced it
+    step: int | None = None  # checkpoint step, when it is a checkpoint
+    merged: bool = False  # produced by a merge stage
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Leaderboard:
+    rows: list[LeaderboardRow]
+    rank_by: str | None = None
+
+    @property
+    def metric_names(self) -> list[str]:
+        """All metrics, in first-seen order (suite order)."""
+        return list(dict.fromkeys(name for row in self.rows for name in row.metrics))
+
+    def ranked(self) -> list[LeaderboardRow]:
+        """Rows best first by ``rank_by`` (missing/NaN last), else in scoring order."""
+        if not self.rank_by:
+            return list(self.rows)
+        metric = self.rank_by
+        sign = 1.0 if lower_is_better(metric) else -1.0
+
+        def key(row: LeaderboardRow) -> tuple[int, float]:
+            value = row.metrics.get(metric)
+            if value is None or math.isnan(value):
+                return (1, 0.0)
+            return (0, sign * value)
+
+        return sorted(self.rows, key=key)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rank_by": self.rank_by,
+            "metrics": {name: ("min" if lower_is_better(name) else "max") for name in self.metric_names},
+            "rows": [asdict(row) for row in self.ranked()],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Leaderboard:
+        return cls(rows=[LeaderboardRow(**row) for row in data.get("rows", [])], rank_by=data.get("rank_by"))
+
+    def to_markdown(self, title: str | None = None) -> str:
+        """A readable table; the best value of each metric is in bold, arrows show the direction."""
+        names = self.metric_names
+        rows = self.ranked()
+        best: dict[str, float] = {}
+        for name in names:
+            values = [r.metrics[name] for r in rows if name in r.metrics and not math.isnan(r.metrics[name])]
+            if values:
+                best[name] = min(values) if lower_is_better(name) else max(values)
+        header = ["model", "step", *[f"{n} {'↓' if lower_is_better(n) else '↑'}" for n in names]]
+        lines = []
+        if title:
+            lines += [f"## {title}", ""]
+        if self.rank_by:
+            lines += [f"Ranked by `{self.rank_by}`.", ""]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("| " + " | ".join(["---", "---:"] + ["---:"] * len(names)) + " |")
+        for row in rows:
+            label = f"{row.candidate} (merged)" if row.merged else row.candidate
+            cells = [label, "" if row.step is None else str(row.step)]
+            for name in names:
+                value = row.metrics.get(name)
+                if value is None:
+                    cells.append("–")
+                    continue
+                text = format_value(value)
+                cells.append(f"**{text}**" if len(rows) > 1 and best.get(name) == value else text)
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def format_value(value: float) -> str:
+    if math.isnan(value):
+        return "nan"
+    if abs(value) >= 1000:
+        return f"{value:.1f}"
+    return f"{value:.4f}"
+
+
+def write_leaderboard(board: Leaderboard, out_dir: Path, title: str | None = None) -> tuple[Path, Path]:
+    """Write ``leaderboard.json`` and ``leaderboard.md`` into ``out_dir``."""
+    json_path, md_path = out_dir / LEADERBOARD_JSON, out_dir / LEADERBOARD_MD
+    write_atomic(json_path, json.dumps(board.to_json(), indent=2, ensure_ascii=False) + "\n")
+    write_atomic(md_path, board.to_markdown(title))
+    return json_path, md_path
+
+
+def read_leaderboard(stage_dir: Path) -> Leaderboard:
+    path = stage_dir / LEADERBOARD_JSON
+    return Leaderboard.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+
+def flatten(rows: Iterable[LeaderboardRow]) -> list[dict[str, Any]]:
+    """Rows as flat dicts (``candidate``, ``step``, then metrics), e.g. for a model card."""
+    return [{"candidate": r.candidate, "step": r.step, **r.metrics} for r in rows]

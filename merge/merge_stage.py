@@ -1,0 +1,260 @@
+"""The ``merge`` stage: merge the best checkpoints with mergekit, then re-score the result.
+
+Outputs in the stage folder: ``mergekit.yaml`` (the exact config mergekit ran, absolute paths),
+``final/`` (merged weights + the recipe's tokenizer with its baked template),
+``merge_summary.json`` (method, inputs, weights, selection), and, when re-scored,
+``leaderboard.json`` / ``leaderboard.md``: the evaluate stage's board plus the merged model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tempa.merge.candidates import is_model_dir
+from tempa.merge.evaluate_stage import (
+    BackendFactory,
+    load_evaluate_config,
+    load_suite_rows,
+    score_model,
+    transformers_backend,
+)
+from tempa.merge.files import staging_dir, write_atomic
+from tempa.merge.leaderboard import (
+    Leaderboard,
+    LeaderboardRow,
+    lower_is_better,
+    read_leaderboard,
+    write_leaderboard,
+)
+from tempa.merge.merge_config import METHODS, MergeStageConfig
+from tempa.merge.mergekit_run import MergeInput, build_mergekit_config, check_compatible, run_mergekit
+from tempa.merge.selection import select_top_k
+from tempa.sft.stage_api import StageContext, StageError, StageResult
+
+MERGEKIT_CONFIG = "mergekit.yaml"
+SUMMARY_FILE = "merge_summary.json"
+
+
+def _who(ctx: StageContext) -> str:
+    return f"merge stage '{ctx.stage_name}'"
+
+
+def _leaderboard(config: MergeStageConfig, ctx: StageContext) -> Leaderboard | None:
+    if config.evaluate_stage is None:
+        return None
+    stage_dir = ctx.stage_dirs.get(config.evaluate_stage)
+    if stage_dir is None:
+        raise StageError(f"{_who(ctx)}: evaluate_stage '{config.evaluate_stage}' does not run before it")
+    if not (Path(stage_dir) / "leaderboard.json").exists():
+        raise StageError(
+            f"{_who(ctx)}: {stage_dir} has no leaderboard.json; did '{config.evaluate_stage}' run?"
+        )
+    return read_leaderboard(Path(stage_dir))
+
+
+def resolve_reference(reference: str, ctx: StageContext, board: Leaderboard | None) -> MergeInput:
+    """A stage name, a leaderboard candidate name, or a model folder -> an absolute model folder."""
+    if reference in ctx.stage_models:
+        return MergeInput(reference, Path(ctx.stage_models[reference]).resolve())
+    if board is not None:
+        for row in board.rows:
+            if row.candidate == reference:
+                return MergeInput(reference, Path(row.path).resolve())
+    path = Path(reference).expanduser()
+    if path.is_absolute() and is_model_dir(path):
+        return MergeInput(path.name, path.resolve())
+    raise StageError(
+        f"{_who(ctx)}: '{reference}' is neither an earlier stage's model, a leaderboard candidate, "
+        "nor a model folder (config.json + safetensors)"
+    )
+
+
+def resolve_inputs(
+    config: MergeStageConfig, ctx: StageContext, board: Leaderboard | None
+) -> tuple[list[MergeInput], MergeInput | None, list[LeaderboardRow]]:
+    """The models to merge (best first), the base model, and the leaderboard rows chosen."""
+    chosen: list[LeaderboardRow] = []
+    if config.select is not None:
+        assert board is not None  # the config validator requires evaluate_stage with select
+        chosen = select_top_k(
+            board, config.select.metric, config.select.top_k, higher_is_better=config.select.higher_is_better
+        )
+        models = [MergeInput(row.candidate, Path(row.path).resolve()) for row in chosen]
+    else:
+        models = [resolve_reference(reference, ctx, board) for reference in config.models or []]
+    if len({m.path for m in models}) != len(models):
+        raise StageError(f"{_who(ctx)}: the same model is listed twice: {[m.name for m in models]}")
+
+    info = METHODS[config.method]
+    base: MergeInput | None = None
+    if info.base == "first_input":
+        if config.base_model is not None:
+            wanted = resolve_reference(config.base_model, ctx, board)
+            matching = [m for m in models if m.path == wanted.path]
+            if not matching:
+                raise StageError(f"{_who(ctx)}: slerp's base_model must be one of the two inputs")
+            models = matching + [m for m in models if m.path != wanted.path]
+        base = models[0]
+    elif info.base == "required":
+        if config.base_model is not None:
+            base = resolve_reference(config.base_model, ctx, board)
+        elif ctx.base_model_dir is not None and is_model_dir(Path(ctx.base_model_dir)):
+            base = MergeInput("base model", Path(ctx.base_model_dir).resolve())
+        else:
+            raise StageError(f"{_who(ctx)}: method {config.method} needs a base model; set base_model")
+        models = [m for m in models if m.path != base.path]
+        if len(models) < info.min_models:
+            raise StageError(
+                f"{_who(ctx)}: {config.method} needs {info.min_models}+ models besides the base {base.path}"
+            )
+    return models, base, chosen
+
+
+def check_tokenizer_fits(models: list[MergeInput], tokenizer_dir: Path) -> None:
+    """The recipe's tokenizer must not hold ids beyond the merged embedding matrix."""
+    from transformers import AutoTokenizer
+
+    size = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    vocab_size = json.loads((models[0].path / "config.json").read_text(encoding="utf-8")).get("vocab_size")
+    if vocab_size is not None and size > vocab_size:
+        raise StageError(
+            f"cannot use tokenizer {tokenizer_dir} with {models[0].name} ({models[0].path}): "
+            f"vocabularies differ: {size} tokens vs vocab_size {vocab_size}"
+        )
+
+
+def finish_model_dir(out_dir: Path, ctx: StageContext, donor: Path) -> None:
+    """Put the recipe's tokenizer (baked template) and a generation config beside merged weights."""
+    from transformers import AutoTokenizer
+
+    for stale in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+    ):
+        (out_dir / stale).unlink(missing_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir, trust_remote_code=ctx.trust_remote_code)
+    if ctx.chat_template and not tokenizer.chat_template:
+        tokenizer.chat_template = ctx.chat_template
+    tokenizer.save_pretrained(out_dir)
+    for source in (Path(ctx.tokenizer_dir), donor):
+        if (source / "generation_config.json").is_file():
+            shutil.copy2(source / "generation_config.json", out_dir / "generation_config.json")
+            break
+
+
+def _direction_adjusted(metric: str, merged: float, best: float) -> float:
+    """How much better the merge is than the best input (positive = better), in metric units."""
+    return best - merged if lower_is_better(metric) else merged - best
+
+
+def run_merge(
+    config: MergeStageConfig, ctx: StageContext, *, backend_factory: BackendFactory = transformers_backend
+) -> StageResult:
+    """Select, check, merge, attach the tokenizer, re-score; returns the merged model."""
+    stage_dir = Path(ctx.stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    board = _leaderboard(config, ctx)
+    evaluate_config = None
+    if config.reevaluate and config.evaluate_stage is not None:
+        evaluate_config = load_evaluate_config(Path(ctx.stage_dirs[config.evaluate_stage]))
+
+    models, base, chosen = resolve_inputs(config, ctx, board)
+    everything = models + ([base] if base is not None and base not in models else [])
+    check_compatible(everything)
+    check_tokenizer_fits(models, Path(ctx.tokenizer_dir))
+    document = build_mergekit_config(config, models, base)
+    ctx.log.info(
+        "%s: %s of %s%s",
+        ctx.stage_name,
+        config.method,
+        ", ".join(m.name for m in models),
+        f" (base {base.name})" if base is not None and base not in models else "",
+    )
+
+    final = stage_dir / "final"
+    with staging_dir(final) as tmp:
+        run_mergekit(document, tmp, config, seed=ctx.seed, config_path=stage_dir / MERGEKIT_CONFIG)
+        finish_model_dir(tmp, ctx, donor=models[0].path)
+
+    summary: dict[str, Any] = {
+        "method": config.method,
+        "models": [
+            {
+                "name": m.name,
+                "path": str(m.path),
+                **(
+                    next(
+                        (e.get("parameters", {}) for e in document["models"] if e["model"] == str(m.path)), {}
+                    )
+                ),
+            }
+            for m in models
+        ],
+        "base_model": None if base is None else {"name": base.name, "path": str(base.path)},
+        "parameters": document.get("parameters", {}),
+        "selection": None
+        if config.select is None
+        else {
+            "evaluate_stage": config.evaluate_stage,
+            "metric": config.select.metric,
+            "top_k": config.select.top_k,
+            "values": {row.candidate: row.metrics[config.select.metric] for row in chosen},
+        },
+        "mergekit_config": str(stage_dir / MERGEKIT_CONFIG),
+    }
+    metrics: dict[str, Any] = {"models_merged": len(models)}
+    outputs = {"model": str(final), "mergekit_config": str(stage_dir / MERGEKIT_CONFIG)}
+
+    if evaluate_config is not None and board is not None:
+        ctx.log.info(
+            "%s: re-scoring the merged model with %s's suites", ctx.stage_name, config.evaluate_stage
+        )
+        rows = load_suite_rows(evaluate_config)
+        merged_metrics = score_model(final, evaluate_config, ctx, rows, backend_factory)
+        rank_by = board.rank_by or (config.select.metric if config.select else None)
+        updated = Leaderboard(
+            rows=[row for row in board.rows if row.candidate != ctx.stage_name]
+            + [
+                LeaderboardRow(
+                    candidate=ctx.stage_name,
+                    path=str(final),
+                    stage=ctx.stage_name,
+                    merged=True,
+                    metrics=merged_metrics,
+                )
+            ],
+            rank_by=rank_by,
+        )
+        json_path, _ = write_leaderboard(
+            updated, stage_dir, title=f"Leaderboard after merge: {ctx.stage_name}"
+        )
+        outputs["leaderboard"] = str(json_path)
+        metrics.update({f"merged/{name}": value for name, value in merged_metrics.items()})
+        focus = config.select.metric if config.select else rank_by
+        if focus and focus in merged_metrics:
+            inputs = {m.name for m in models}
+            values = [
+                row.metrics[focus] for row in board.rows if row.candidate in inputs and focus in row.metrics
+            ]
+            if values:
+                best = min(values) if lower_is_better(focus) else max(values)
+                gain = _direction_adjusted(focus, merged_metrics[focus], best)
+                metrics.update({"metric": focus, "best_input": best, "gain_over_best_input": gain})
+                summary["reevaluation"] = {
+                    "metric": focus,
+                    "merged": merged_metrics[focus],
+                    "best_input": best,
+                }
+                summary["merge_helped"] = gain > 0
+                metrics["merge_helped"] = gain > 0
+    elif config.reevaluate:
+        ctx.log.info("%s: no evaluate_stage, so the merged model is not re-scored", ctx.stage_name)
+
+    write_atomic(stage_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    write_atomic(stage_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return StageResult(model_dir=final, metrics=metrics, outputs=outputs)

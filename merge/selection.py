@@ -1,0 +1,43 @@
+"""Choosing the models to merge: the top-k of a leaderboard by one metric."""
+
+from __future__ import annotations
+
+import math
+
+from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, lower_is_better
+from tempa.sft.stage_api import StageError
+
+
+def select_top_k(
+    board: Leaderboard,
+    metric: str,
+    k: int,
+    *,
+    higher_is_better: bool | None = None,
+    include_merged: bool = False,
+) -> list[LeaderboardRow]:
+    """The ``k`` best rows by ``metric``, best first; ties keep leaderboard order.
+
+    The direction defaults to the metric's (losses and perplexities lower, the rest higher).
+    Rows without the metric (or with NaN) are not eligible; fewer than ``k`` eligible rows is an
+    error rather than a smaller merge.
+    """
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    known = board.metric_names
+    if metric not in known:
+        raise StageError(
+            f"metric '{metric}' is not on the leaderboard (it has: {', '.join(known) or 'none'})"
+        )
+    higher = (not lower_is_better(metric)) if higher_is_better is None else higher_is_better
+    eligible = [
+        row
+        for row in board.rows
+        if (include_merged or not row.merged)
+        and row.metrics.get(metric) is not None
+        and not math.isnan(row.metrics[metric])
+    ]
+    if len(eligible) < k:
+        raise StageError(f"top_k={k} but only {len(eligible)} candidate(s) have '{metric}'")
+    ranked = sorted(eligible, key=lambda row: -row.metrics[metric] if higher else row.metrics[metric])
+    return ranked[:k]

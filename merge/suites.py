@@ -1,0 +1,336 @@
+"""Evaluation suites: run a suite's rows through one candidate model and score the results.
+
+The scoring itself is pure (``merge.answers``, ``merge.ifeval``, ``merge.language``); this module
+generates (through a :class:`~tempa.alignment.generation.GenerationBackend`, with answers cached
+per prompt so suites sharing rows generate once), computes held-out loss, and calls
+lm-evaluation-harness when a recipe asks for it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from tempa.alignment.generation import GenerationBackend, GenerationParams, template_kwargs
+from tempa.merge import answers, ifeval
+from tempa.merge.eval_data import chat_messages, prompt_messages
+from tempa.merge.evaluate_config import (
+    AccuracySuite,
+    EvalGeneration,
+    IFEvalSuite,
+    LanguageSuite,
+    LmEvalSuite,
+    LossSuite,
+    Suite,
+    ThinkingFormatSuite,
+)
+from tempa.merge.language import detect_language, language_scores
+from tempa.sft.stage_api import StageError
+
+Messages = list[dict[str, Any]]
+
+
+def assistant_prefill(tokenizer, messages: Messages, thinking_mode: str | None, open_tag: str) -> str:
+    """What the template writes for the assistant after the header, from the last ``open_tag`` on.
+
+    A thinking template may pre-fill ``<think>`` (or an empty ``<think></think>`` block in off
+    mode) in the generation prompt; the model's text continues it, so scorers read both.
+    """
+    kwargs = template_kwargs(thinking_mode)  # type: ignore[arg-type]
+    with_prompt = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, **kwargs
+    )
+    without = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False, **kwargs)
+    tail = with_prompt[len(without) :] if with_prompt.startswith(without) else with_prompt[-200:]
+    at = tail.rfind(open_tag)
+    return tail[at:] if at != -1 else ""
+
+
+class CandidateScorer:
+    """One loaded candidate: generates (memoised) and scores suites against it."""
+
+    def __init__(
+        self,
+        backend: GenerationBackend,
+        tokenizer,
+        generation: EvalGeneration,
+        *,
+        seed: int = 0,
+        think_tags: tuple[str, str] = (answers.THINK_OPEN, answers.THINK_CLOSE),
+        model=None,
+        lm_eval_seed: int | None = None,
+    ) -> None:
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.generation = generation
+        self.seed = seed
+        self.open_tag, self.close_tag = think_tags
+        self.model = model if model is not None else getattr(backend, "model", None)
+        self._cache: dict[tuple[str, str | None, int], str] = {}
+        self._prefill: dict[tuple[str, str | None], str] = {}
+
+    def complete(
+        self, prompts: Sequence[Messages], modes: Sequence[str | None], max_new_tokens: int | None = None
+    ) -> list[str]:
+        """The assistant text for each prompt: the template's think pre-fill + the model's completion."""
+        limit = max_new_tokens or self.generation.max_new_tokens
+        keys = [
+            (json.dumps(p, sort_keys=True, ensure_ascii=False), m, limit)
+            for p, m in zip(prompts, modes, strict=True)
+        ]
+        todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
+        if todo:
+            params = GenerationParams(
+                max_new_tokens=limit,
+                temperature=self.generation.temperature,
+                top_p=self.generation.top_p,
+                batch_size=self.generation.batch_size,
+                n=1,
+                seed=self.seed,
+            )
+            outputs = self.backend.generate(
+                [json.loads(k[0]) for k in todo],
+                params,
+                thinking_modes=[k[1] for k in todo],  # type: ignore[misc]
+            )
+            for key, samples in zip(todo, outputs, strict=True):
+                self._cache[key] = self.prefill(json.loads(key[0]), key[1]) + samples[0]
+        return [self._cache[k] for k in keys]
+
+    def prefill(self, messages: Messages, mode: str | None) -> str:
+        key = (json.dumps(messages, sort_keys=True, ensure_ascii=False), mode)
+        if key not in self._prefill:
+            self._prefill[key] = assistant_prefill(self.tokenizer, messages, mode, self.open_tag)
+        return self._prefill[key]
+
+    def answer(self, text: str) -> str:
+        return answers.final_answer_text(text, self.open_tag, self.close_tag)
+
+    # --- suites ----------------------------------------------------------------------------
+
+    def run(self, suite: Suite, rows: list[dict[str, Any]]) -> dict[str, float]:
+        """Scores of one suite, without the suite prefix."""
+        if isinstance(suite, LossSuite):
+            return self.loss(suite, rows)
+        if isinstance(suite, AccuracySuite):
+            return self.accuracy(suite, rows)
+        if isinstance(suite, LanguageSuite):
+            return self.language(suite, rows)
+        if isinstance(suite, ThinkingFormatSuite):
+            return self.thinking(suite, rows)
+        if isinstance(suite, IFEvalSuite):
+            return self.ifeval(suite, rows)
+        if isinstance(suite, LmEvalSuite):
+            return self.lm_eval(suite)
+        raise TypeError(f"unknown suite {type(suite).__name__}")
+
+    def _generate_rows(self, suite, rows: list[dict[str, Any]]) -> list[str]:
+        prompts = [prompt_messages(row) for row in rows]
+        modes = [suite.thinking_mode or row.get("thinking_mode") for row in rows]
+        return self.complete(prompts, modes, suite.max_new_tokens)
+
+    def accuracy(self, suite: AccuracySuite, rows: list[dict[str, Any]]) -> dict[str, float]:
+        rows = [row for row in rows if row.get("answer") not in (None, "")]
+        if not rows:
+            raise StageError(f"suite '{suite.key}': no row has an 'answer'")
+        texts = self._generate_rows(suite, rows)
+        correct = [
+            answers.answer_matches(self.answer(text), row["answer"], rel_tol=suite.rel_tol)
+            for text, row in zip(texts, rows, strict=True)
+        ]
+        return {"accuracy": sum(correct) / len(correct), "rows": float(len(rows))}
+
+    def ifeval(self, suite: IFEvalSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
+        parsed = _rows_with_instructions(suite.key, rows)
+        if not parsed:
+            raise StageError(f"suite '{suite.key}': no row has 'instructions'")
+        texts = self._generate_rows(suite, [row for row, _ in parsed])
+        results = [
+            (instructions, ifeval.check_all(instructions, self.answer(text)))
+            for (_, instructions), text in zip(parsed, texts, strict=True)
+        ]
+        return ifeval.ifeval_scores(results)
+
+    def language(self, suite: LanguageSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
+        targets = [row.get("language") or suite.language for row in rows]
+        if any(t is None for t in targets):
+            raise StageError(f"suite '{suite.key}': rows need a 'language' (or set the suite's `language`)")
+        texts = self._generate_rows(suite, rows)
+        detected, correct = [], []
+        for row, text in zip(rows, texts, strict=True):
+            answer = self.answer(text)
+            detected.append(detect_language(answer, suite.languages))
+            correct.append(row_correct(suite.key, row, answer))
+        return language_scores(detected, targets, correct, suite.also_accept)  # type: ignore[arg-type]
+
+    def thinking(self, suite: ThinkingFormatSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
+        prompts = [prompt_messages(row) for row in rows]
+        scores: dict[str, float] = {}
+        for mode in suite.modes:
+            texts = self.complete(prompts, [mode] * len(prompts), suite.max_new_tokens)
+            check = answers.thinking_on_compliant if mode == "on" else answers.thinking_off_compliant
+            passed = [check(text, self.open_tag, self.close_tag) for text in texts]
+            scores[f"{mode}_compliance"] = sum(passed) / len(passed)
+        scores["compliance"] = sum(scores[f"{m}_compliance"] for m in suite.modes) / len(suite.modes)
+        return scores
+
+    def loss(self, suite: LossSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
+        chats = [(chat, row.get("thinking_mode")) for row in rows if (chat := chat_messages(row))]
+        if not chats:
+            raise StageError(f"suite '{suite.key}': no row has 'messages' with an assistant turn")
+        if self.model is None:
+            raise StageError(f"suite '{suite.key}': held-out loss needs a local model (transformers backend)")
+        nll, tokens = held_out_nll(self.model, self.tokenizer, chats, suite.max_length, suite.batch_size)
+        if tokens == 0:
+            raise StageError(f"suite '{suite.key}': the template marks no assistant tokens in any chat")
+        loss = nll / tokens
+        return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": float(tokens)}
+
+    def lm_eval(self, suite: LmEvalSuite) -> dict[str, float]:
+        lm_eval, hflm = import_lm_eval(suite.key)
+        if self.model is None:
+            raise StageError(f"suite '{suite.key}': lm-eval needs a local model (transformers backend)")
+        lm = hflm(pretrained=self.model, tokenizer=self.tokenizer, batch_size=suite.batch_size)
+        output = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(suite.tasks),
+            num_fewshot=suite.num_fewshot,
+            limit=suite.limit,
+            apply_chat_template=suite.apply_chat_template,
+            random_seed=self.seed,
+            numpy_random_seed=self.seed,
+            torch_random_seed=self.seed,
+            **suite.args,
+        )
+        return flatten_lm_eval_results((output or {}).get("results", {}))
+
+
+def _rows_with_instructions(key: str, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list]]:
+    parsed = []
+    for index, row in enumerate(rows):
+        if not row.get("instructions"):
+            continue
+        try:
+            parsed.append((row, ifeval.parse_instructions(row["instructions"])))
+        except ValueError as error:
+            first = str(error).splitlines()
+            raise StageError(
+                f"suite '{key}', row {index}: bad instructions ({'; '.join(first[:3])})"
+            ) from None
+    return parsed
+
+
+def row_correct(key: str, row: dict[str, Any], answer: str) -> bool | None:
+    """Correctness of an answer by whatever the row can verify; None when it can verify nothing."""
+    verdicts = []
+    if row.get("answer") not in (None, ""):
+        verdicts.append(answers.answer_matches(answer, row["answer"]))
+    if row.get("instructions"):
+        parsed = _rows_with_instructions(key, [row])
+        verdicts.append(all(ifeval.check_all(parsed[0][1], answer)))
+    return all(verdicts) if verdicts else None
+
+
+def assistant_mask(tokenizer, messages: Messages, thinking_mode: str | None) -> tuple[list[int], list[int]]:
+    """Token ids of a rendered chat and a 0/1 mask of the assistant's tokens.
+
+    Uses the template's ``{% generation %}`` markers; a template without them falls back to
+    rendering each assistant turn's prefix and marking the tokens the turn adds.
+    """
+    kwargs = template_kwargs(thinking_mode)  # type: ignore[arg-type]
+    encoded = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **kwargs
+    )
+    ids = list(encoded["input_ids"])
+    mask = list(encoded.get("assistant_masks") or [])
+    if len(mask) == len(ids) and any(mask):
+        return ids, [int(m) for m in mask]
+    mask = [0] * len(ids)
+    for index, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        start = len(
+            tokenizer.apply_chat_template(
+                messages[:index], tokenize=True, return_dict=True, add_generation_prompt=True, **kwargs
+            )["input_ids"]
+        )
+        end = len(
+            tokenizer.apply_chat_template(messages[: index + 1], tokenize=True, return_dict=True, **kwargs)[
+                "input_ids"
+            ]
+        )
+        for position in range(start, min(end, len(ids))):
+            mask[position] = 1
+    return ids, mask
+
+
+def held_out_nll(
+    model, tokenizer, chats: Sequence[tuple[Messages, str | None]], max_length: int, batch_size: int
+) -> tuple[float, int]:
+    """Summed negative log-likelihood of the assistant tokens over ``chats``, and their count."""
+    import torch
+    from tqdm.auto import tqdm
+
+    encoded = []
+    for messages, mode in chats:
+        ids, mask = assistant_mask(tokenizer, messages, mode)
+        encoded.append((ids[:max_length], mask[:max_length]))
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total, count = 0.0, 0
+    batches = [encoded[i : i + batch_size] for i in range(0, len(encoded), batch_size)]
+    model.eval()
+    for batch in tqdm(batches, desc="held-out loss", disable=len(batches) < 2):
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        for row, (ids, mask) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention[row, : len(ids)] = 1
+            labels[row, : len(ids)] = torch.tensor([i if m else -100 for i, m in zip(ids, mask, strict=True)])
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
+        targets = labels[:, 1:].to(device)
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
+        total += float(loss)
+        count += int((targets != -100).sum())
+    return total, count
+
+
+def import_lm_eval(suite_key: str = "lm_eval"):
+    """``(lm_eval, HFLM)``, or a one-line StageError saying how to install it."""
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        raise StageError(
+            f"suite '{suite_key}' needs lm-evaluation-harness, which is not installed (pip install lm-eval)"
+        ) from None
+    return lm_eval, HFLM
+
+
+def flatten_lm_eval_results(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """``{"task/metric": value}`` from lm-eval's ``results``; stderr and non-numbers dropped.
+
+    lm-eval keys metrics as ``"<metric>,<filter>"``; the filter is kept only when it is not
+    ``none`` (``gsm8k/exact_match[strict-match]``).
+    """
+    flat: dict[str, float] = {}
+    for task, metrics in results.items():
+        for key, value in metrics.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            metric, _, filter_name = key.partition(",")
+            if metric.endswith("_stderr") or metric == "alias":
+                continue
+            name = metric if filter_name in ("", "none") else f"{metric}[{filter_name}]"
+            flat[f"{task}/{name}"] = float(value)
+    return flat

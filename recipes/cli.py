@@ -1,0 +1,199 @@
+"""`tempa`: run, plan and inspect recipes; build the tiny default; work with chat templates."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tempa.recipes import __version__
+
+EPILOG = """examples:
+  tempa run recipes/demo.yaml --run-dir runs/demo       run (or resume) the demo recipe
+  tempa plan recipes/demo.yaml                          show stages, what will be skipped or re-run, and why
+  tempa run demo --set stages.sft-general.train.learning_rate=2e-5
+  tempa run demo --from sft-reasoning                   re-run one stage and everything after it
+  tempa status runs/demo                                each stage's state, time and key metrics
+  tempa tiny-model /tmp/tiny                            build the embedded tiny model + tokenizer
+  tempa template check --tokenizer runs/demo/final      verify the chat template invariants
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tempa",
+        description="Post-training from one YAML recipe: SFT, preference alignment, evaluation, merging, "
+        "and a final model whose chat template has a thinking_mode on/off toggle.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tempa {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def recipe_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("recipe", help="recipe YAML path, or the name of a shipped recipe (e.g. demo)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe key, e.g. stages.sft.train.learning_rate=2e-5 (repeatable)")
+        p.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/<recipe name>)")
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--from", dest="from_stage", metavar="STAGE",
+                           help="force STAGE and every later stage to run again")
+        group.add_argument("--only", metavar="STAGE", help="force only STAGE to run (its inputs must be complete)")
+
+    run = sub.add_parser("run", help="run a recipe (resumes an interrupted run)")
+    recipe_args(run)
+    run.set_defaults(func=_cmd_run)
+
+    plan = sub.add_parser("plan", help="show the resolved recipe and what a run would do; does no work")
+    recipe_args(plan)
+    plan.add_argument("--hardware", default=None, help=argparse.SUPPRESS)
+    plan.set_defaults(func=_cmd_plan)
+
+    status = sub.add_parser("status", help="each stage's state, time and key metrics")
+    status.add_argument("run_dir", type=Path)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_cmd_status)
+
+    tiny = sub.add_parser("tiny-model", help="build the embedded tiny Llama model + tokenizer into OUT_DIR")
+    tiny.add_argument("out_dir", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_cmd_tiny)
+
+    try:
+        from tempa.chat_templates.cli import register
+    except ImportError:  # template tools not installed in this build
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def _run_dir(args, loaded) -> Path:
+    return args.run_dir if args.run_dir is not None else Path("runs") / loaded.recipe.name
+
+
+def _cmd_run(args) -> int:
+    from tempa.recipes.loader import load_recipe
+    from tempa.recipes.runner import run_recipe
+
+    loaded = load_recipe(args.recipe, args.overrides)
+    run_dir = _run_dir(args, loaded)
+    summary = run_recipe(loaded, run_dir, from_stage=args.from_stage, only=args.only)
+    print(f"run complete: {summary.run_dir}")
+    print(f"  ran: {', '.join(summary.ran) or '-'}; skipped: {', '.join(summary.skipped) or '-'}")
+    if summary.final_model is not None:
+        print(f"  final model: {summary.final_model}")
+    return 0
+
+
+def _cmd_plan(args) -> int:
+    import yaml
+    from rich.console import Console
+    from rich.table import Table
+
+    from tempa.recipes.loader import load_recipe
+    from tempa.recipes.runner import plan_run
+
+    loaded = load_recipe(args.recipe, args.overrides)
+    run_dir = _run_dir(args, loaded)
+    plans = plan_run(loaded, run_dir, from_stage=args.from_stage, only=args.only)
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"[bold]recipe[/bold] {loaded.path}" + (
+        f" (extends {', '.join(str(f) for f in loaded.files[:-1])})" if len(loaded.files) > 1 else ""))
+    console.print(f"[bold]run dir[/bold] {run_dir.resolve()}")
+    console.print("[bold]resolved recipe[/bold]")
+    console.print(yaml.safe_dump(loaded.resolved(), sort_keys=False, allow_unicode=True), markup=False)
+    table = Table(title="stages, in run order")
+    for column in ("#", "stage", "kind", "starts from", "action", "why", "fingerprint"):
+        table.add_column(column)
+    for p in plans:
+        table.add_row(str(p.index + 1), p.name, p.kind, p.upstream or "base model", p.action, p.reason,
+                      p.fingerprint[:12])
+    console.print(table)
+    return 0
+
+
+def _cmd_status(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tempa.recipes.loader import load_recipe
+    from tempa.recipes.runner import stage_status
+
+    run_dir: Path = args.run_dir
+    resolved = run_dir / "recipe.resolved.yaml"
+    if not resolved.is_file():
+        raise SystemExit(f"{run_dir}: not a tempa run directory (no recipe.resolved.yaml)")
+    loaded = None
+    try:
+        loaded = load_recipe(resolved)
+    except Exception:  # the recipe may reference files that moved; manifests still tell the story
+        loaded = None
+    rows = stage_status(loaded, run_dir)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    table = Table(title=f"run {run_dir}")
+    for column in ("stage", "kind", "state", "time", "key metrics"):
+        table.add_column(column)
+    for row in rows:
+        seconds = row["duration_s"]
+        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in list(row["metrics"].items())[:5] if v is not None)
+        if row["error"]:
+            metrics = f"error: {row['error']}"
+        table.add_row(row["name"], row["kind"], row["state"], f"{seconds:.1f}s" if seconds else "-", metrics)
+    Console(soft_wrap=True).print(table)
+    return 0
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _cmd_tiny(args) -> int:
+    from tempa.recipes.tiny import write_tiny_default
+
+    out = write_tiny_default(args.out_dir, seed=args.seed)
+    print(f"tiny model + tokenizer written to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    _setup_logging(args.verbose)
+    from tempa.recipes.errors import RecipeError
+    from tempa.recipes.rundir import RunLockedError
+    from tempa.sft.stage_api import StageError
+
+    try:
+        return int(args.func(args) or 0)
+    except (RecipeError, StageError, RunLockedError, FileExistsError) as exc:
+        print(f"tempa: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tempa: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, markup=False)],
+    )
+    for noisy in ("httpx", "urllib3", "datasets", "filelock", "DeepSpeed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

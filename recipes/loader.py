@@ -1,0 +1,315 @@
+"""Load a recipe: YAML (safe) -> `extends:` chain -> `--set` overrides -> validated configs.
+
+Every failure is a `RecipeError` whose message names the file, the line where YAML gives one,
+the field path and what was expected, before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from tempa.recipes.errors import FieldPath, RecipeError, from_validation_error, register_union_tags, where
+from tempa.recipes.registry import STAGE_KINDS, known_kinds
+from tempa.recipes.schema import Recipe
+from tempa.sft.stage_api import StageConfigBase
+
+register_union_tags(known_kinds())
+
+
+class _RecipeYAMLLoader(yaml.SafeLoader):
+    """Safe YAML where `2e-5` is a float (YAML 1.1 wants `2.0e-5`; every recipe author writes 2e-5)."""
+
+
+_RecipeYAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_RecipeYAMLLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+@dataclass
+class LoadedRecipe:
+    """A validated recipe and the stage configs it resolves to, in run order."""
+
+    path: Path
+    recipe: Recipe
+    stages: list[StageConfigBase]
+    raw: dict[str, Any]
+    files: list[Path] = field(default_factory=list)  # the recipe and every file it extends
+
+    def stage(self, name: str) -> StageConfigBase:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise RecipeError(f"{self.path}: no stage named '{name}' (stages: {', '.join(self.names)})")
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe as it will run: defaults filled in, local paths absolute, bake added."""
+        out = self.recipe.model_dump(mode="json", exclude={"stages"})
+        out["stages"] = [s.model_dump(mode="json", by_alias=True, exclude_defaults=True) | {"kind": s.kind}
+                         for s in self.stages]  # type: ignore[attr-defined]
+        return out
+
+    @property
+    def names(self) -> list[str]:
+        return [stage.name for stage in self.stages]
+
+    def upstream(self, index: int) -> str | None:
+        """Name of the stage whose model stage ``index`` starts from (None: the base model)."""
+        stage = self.stages[index]
+        if stage.from_ is not None:
+            return stage.from_
+        return self.stages[index - 1].name if index > 0 else None
+
+
+def shipped_recipe_dir() -> Path:
+    return Path(str(resources.files("tempa.recipes")))
+
+
+def find_recipe(ref: str | Path, relative_to: Path | None = None) -> Path:
+    """A recipe path, or the name of a shipped recipe (``demo`` -> recipes/demo.yaml)."""
+    candidates = [Path(ref)]
+    if relative_to is not None:
+        candidates.insert(0, relative_to / ref)
+    name = str(ref)
+    candidates.append(shipped_recipe_dir() / (name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    shipped = sorted(p.stem for p in shipped_recipe_dir().glob("*.yaml"))
+    raise RecipeError(f"{ref}: recipe file not found (shipped recipes: {', '.join(shipped)})")
+
+
+def load_recipe(ref: str | Path, overrides: Sequence[str] = ()) -> LoadedRecipe:
+    path = find_recipe(ref)
+    raw, lines, origins, files = _load_chain(path, seen=())
+    for override in overrides:
+        _apply_override(raw, override, path)
+    return _validate(path, raw, lines, origins, files)
+
+
+# --------------------------------------------------------------------------- YAML + positions
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[FieldPath, tuple[Path, int]]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = parse_yaml(text)
+        node = yaml.compose(text, Loader=_RecipeYAMLLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{path}{line}: invalid YAML: {problem}") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping of recipe fields at the top level")
+    lines: dict[FieldPath, tuple[Path, int]] = {}
+    _walk_positions(node, (), path, lines)
+    return data, lines
+
+
+def _walk_positions(node: Any, prefix: FieldPath, path: Path, out: dict) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*prefix, key_node.value)
+            out[key] = (path, key_node.start_mark.line + 1)
+            _walk_positions(value_node, key, path, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            key = (*prefix, i)
+            out[key] = (path, item.start_mark.line + 1)
+            _walk_positions(item, key, path, out)
+
+
+def _stage_list(raw: Mapping[str, Any], path: Path) -> list[dict[str, Any]]:
+    stages = raw.get("stages", [])
+    if not isinstance(stages, list):
+        raise RecipeError(f"{path}: stages: expected a list of stages")
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, dict) or not isinstance(stage.get("name"), str):
+            raise RecipeError(f"{path}: stages[{i}]: expected a mapping with a string 'name' and a 'kind'")
+    return stages
+
+
+def _by_name(lines: Mapping[FieldPath, tuple[Path, int]], stages: list[dict]) -> dict[tuple, tuple[Path, int]]:
+    """Re-key stage positions by stage name, so they survive the merge of an `extends` chain."""
+    out = {}
+    for key, value in lines.items():
+        if len(key) >= 2 and key[0] == "stages" and isinstance(key[1], int) and key[1] < len(stages):
+            out[("stages", stages[key[1]]["name"], *key[2:])] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _load_chain(path: Path, seen: tuple[Path, ...]):
+    """Returns (merged raw, positions by merged index, stage name -> defining file, files)."""
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise RecipeError(f"{path}: extends: cycle ({chain})")
+    raw, lines = _read_yaml(path)
+    stages = _stage_list(raw, path)
+    named_lines = _by_name(lines, stages)
+    origins = {stage["name"]: path for stage in stages}
+    files = [path]
+    parent_ref = raw.pop("extends", None)
+    if parent_ref is not None:
+        if not isinstance(parent_ref, str):
+            raise RecipeError(f"{where(('extends',), lines, path)}: extends: expected a recipe path or name")
+        parent_path = find_recipe(parent_ref, relative_to=path.parent)
+        parent_raw, parent_named, parent_origins, parent_files = _load_chain(parent_path, (*seen, path))
+        raw = _merge_recipes(parent_raw, raw)
+        named_lines = {**parent_named, **named_lines}
+        origins = {**parent_origins, **origins}
+        files = parent_files + files
+        if "base_model" not in raw or raw.get("base_model") == parent_raw.get("base_model"):
+            origins.setdefault("<top>", parent_path)
+    origins.setdefault("<top>", path)
+    return raw, named_lines, origins, files
+
+
+def _merge_recipes(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``child`` over ``parent``; stages merge by name, new stages are appended."""
+    out = copy.deepcopy(parent)
+    for key, value in child.items():
+        if key == "stages":
+            merged = copy.deepcopy(parent.get("stages", []))
+            index = {stage["name"]: i for i, stage in enumerate(merged)}
+            for stage in value:
+                if stage["name"] in index:
+                    merged[index[stage["name"]]] = _deep_merge(merged[index[stage["name"]]], stage)
+                else:
+                    merged.append(copy.deepcopy(stage))
+            out["stages"] = merged
+        else:
+            out[key] = _deep_merge(out.get(key), value)
+    return out
+
+
+def _deep_merge(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = _deep_merge(base.get(key), value)
+        return out
+    return copy.deepcopy(override)
+
+
+# --------------------------------------------------------------------------- --set overrides
+
+
+def _apply_override(raw: dict[str, Any], override: str, path: Path) -> None:
+    """``stages.<name>.train.learning_rate=2e-5``: stages are addressed by name; values are YAML."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"--set {override}: expected KEY.PATH=VALUE")
+    try:
+        value = parse_yaml(text)
+    except yaml.YAMLError:
+        raise RecipeError(f"--set {override}: value is not valid YAML") from None
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _stage_by_name(node, part, override)
+            continue
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {override}: '{'.'.join(parts[:i])}' is not a mapping")
+        if part not in node or node[part] is None:
+            node[part] = {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        raise RecipeError(f"--set {override}: name a field inside the stage, e.g. stages.{last}.train.x=1")
+    if not isinstance(node, dict):
+        raise RecipeError(f"--set {override}: '{'.'.join(parts[:-1])}' is not a mapping")
+    node[last] = value
+
+
+def _stage_by_name(stages: list, name: str, override: str) -> dict:
+    for stage in stages:
+        if isinstance(stage, dict) and stage.get("name") == name:
+            return stage
+    if name.isdigit() and int(name) < len(stages):
+        return stages[int(name)]
+    names = [s.get("name") for s in stages if isinstance(s, dict)]
+    raise RecipeError(f"--set {override}: no stage named '{name}' (stages: {', '.join(map(str, names))})")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> LoadedRecipe:
+    stages_raw = _stage_list(raw, path)
+    names = [stage["name"] for stage in stages_raw]
+    lines = _by_index(named_lines, names)
+    top_dir = origins.get("<top>", path).parent
+    try:
+        recipe = Recipe.model_validate(raw, context={"base_dir": top_dir})
+    except ValidationError as exc:
+        raise from_validation_error(exc, file=path, lines=lines, raw=raw, stage_names=names) from None
+
+    seen: dict[str, int] = {}
+    stages: list[StageConfigBase] = []
+    for i, stage_raw in enumerate(stages_raw):
+        loc = ("stages", i)
+        name = stage_raw["name"]
+        if name in seen:
+            raise RecipeError(
+                f"{where((*loc, 'name'), lines, path)}: stages[{i}].name: duplicate stage name '{name}' "
+                f"(also stages[{seen[name]}])"
+            )
+        seen[name] = i
+        kind = stage_raw.get("kind")
+        if kind not in STAGE_KINDS:
+            hint = difflib.get_close_matches(str(kind), known_kinds(), n=1)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+            raise RecipeError(
+                f"{where((*loc, 'kind'), lines, path)}: stages[{i}].kind (stage '{name}'): unknown stage kind "
+                f"{kind!r}; known kinds: {', '.join(known_kinds())}{suggestion}"
+            )
+        base_dir = origins.get(name, path).parent
+        try:
+            config = STAGE_KINDS[kind].config.model_validate(stage_raw, context={"base_dir": base_dir})
+        except ValidationError as exc:
+            raise from_validation_error(
+                exc, file=path, lines=lines, raw=stage_raw, prefix=loc, stage_names=names
+            ) from None
+        if config.from_ is not None and (config.from_ not in seen or config.from_ == name):
+            earlier = [n for n in names[:i]]
+            raise RecipeError(
+                f"{where((*loc, 'from'), lines, path)}: stages[{i}].from (stage '{name}'): "
+                f"'{config.from_}' is not an earlier stage (earlier stages: {', '.join(earlier) or 'none'})"
+            )
+        stages.append(config)
+
+    if "bake" in STAGE_KINDS and not any(stage.kind == "bake" for stage in stages):  # type: ignore[attr-defined]
+        stages.append(STAGE_KINDS["bake"].config.model_validate({"name": "bake", "kind": "bake"}))
+    return LoadedRecipe(path=path, recipe=recipe, stages=stages, raw=raw, files=files)
+
+
+def _by_index(named_lines, names: list[str]) -> dict[FieldPath, tuple[Path, int]]:
+    index = {name: i for i, name in enumerate(names)}
+    out = {}
+    for key, value in named_lines.items():
+        if len(key) >= 2 and key[0] == "stages" and key[1] in index:
+            out[("stages", index[key[1]], *key[2:])] = value
+        else:
+            out[key] = value
+    return out

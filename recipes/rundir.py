@@ -1,0 +1,110 @@
+"""The run directory: one folder per stage, a manifest each, a DONE marker written last, a lock.
+
+Layout::
+
+    run_dir/
+      .lock                      held (flock) by the runner writing this folder
+      recipe.resolved.yaml       the recipe after extends + --set
+      tokenizer/                 base tokenizer with the recipe's chat template baked in
+      <stage>/manifest.json      fingerprint, status, timings, metrics (updated as it runs)
+      <stage>/metrics.json       the stage's metrics
+      <stage>/DONE               {"fingerprint": ...}; present only for a complete stage
+      final -> <last stage>/final
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DONE = "DONE"
+MANIFEST = "manifest.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file + rename, so a kill never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def done_fingerprint(stage_dir: Path) -> str | None:
+    data = read_json(stage_dir / DONE)
+    return data.get("fingerprint") if data else None
+
+
+def mark_done(stage_dir: Path, fingerprint: str) -> None:
+    write_json(stage_dir / DONE, {"fingerprint": fingerprint, "finished_at": time.time()})
+
+
+def clear_stage(stage_dir: Path) -> None:
+    """Remove a stage folder: renamed away first, so a kill mid-delete leaves no half-folder."""
+    if not stage_dir.exists():
+        return
+    trash = stage_dir.with_name(f".trash-{stage_dir.name}-{os.getpid()}-{time.time_ns()}")
+    os.replace(stage_dir, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def sweep_trash(run_dir: Path) -> None:
+    for path in run_dir.glob(".trash-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class RunLockedError(RuntimeError):
+    pass
+
+
+class RunLock:
+    """An exclusive flock on ``run_dir/.lock``; the kernel drops it when the holder dies."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunLockedError(
+                f"{self.path.parent}: run directory is in use by pid {holder}; wait for it or pick another --run-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

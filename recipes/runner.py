@@ -1,0 +1,398 @@
+"""Plan and run a recipe: fingerprint each stage, skip what is done, resume what was cut off.
+
+A stage is complete only when `run_dir/<stage>/DONE` holds its current fingerprint; DONE is
+written last, after the outputs and the manifest, so a kill at any moment leaves either a
+complete stage or one that the next run resumes (training) or redoes (everything else).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tempa.recipes import __version__
+from tempa.recipes.fingerprint import digest, path_digest, referenced_files
+from tempa.recipes.launcher import deepspeed_config_path, reap_stale_launch, run_launch
+from tempa.recipes.loader import LoadedRecipe
+from tempa.recipes.registry import STAGE_KINDS
+from tempa.recipes.rundir import (
+    MANIFEST,
+    RunLock,
+    atomic_write_text,
+    clear_stage,
+    done_fingerprint,
+    mark_done,
+    read_json,
+    sweep_trash,
+    write_json,
+)
+from tempa.recipes.schema import TINY_DEFAULT
+from tempa.sft.stage_api import StageContext, StageError, StageResult
+
+log = logging.getLogger("tempa")
+
+TOKENIZER_DIR = "tokenizer"
+FINAL_LINK = "final"
+
+
+@dataclass
+class StagePlan:
+    """What `tempa run` will do with one stage, and why."""
+
+    index: int
+    name: str
+    kind: str
+    upstream: str | None
+    fingerprint: str
+    components: dict[str, Any]
+    action: str  # skip | run | resume | rerun
+    reason: str
+    trains: bool = False
+    complete: bool = False  # DONE holds the current fingerprint (before any forcing)
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    final_model: Path | None = None
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def resolve_base_model(loaded: LoadedRecipe) -> Path:
+    """The base model as a local folder (tiny default built/cached, hub ids downloaded)."""
+    ref = loaded.recipe.base_model
+    if ref == TINY_DEFAULT:
+        from tempa.recipes.tiny import cached_tiny_default
+
+        return cached_tiny_default()
+    path = Path(ref)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    # safetensors only: pickled weights are never downloaded, so never loaded.
+    return Path(
+        snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.py"])
+    )
+
+
+def base_model_fingerprint(loaded: LoadedRecipe) -> str:
+    ref = loaded.recipe.base_model
+    if ref == TINY_DEFAULT:
+        return digest({"tiny": str(resolve_base_model(loaded).name)})
+    path = Path(ref)
+    return path_digest(path) if path.exists() else digest({"hub": ref})
+
+
+def template_text(loaded: LoadedRecipe) -> str:
+    from tempa.chat_templates import load_template
+
+    try:
+        return load_template(loaded.recipe.chat_template)
+    except (OSError, ValueError) as exc:
+        raise StageError(f"{loaded.path}: chat_template: {exc}") from None
+
+
+def _depends_on(config: Any) -> list[str]:
+    method = getattr(config, "depends_on", None)
+    return list(method()) if callable(method) else []
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def plan_run(
+    loaded: LoadedRecipe, run_dir: Path, *, from_stage: str | None = None, only: str | None = None
+) -> list[StagePlan]:
+    """Decide, for every stage, whether it is skipped, run, resumed or re-run (and why)."""
+    for forced in (from_stage, only):
+        if forced is not None:
+            loaded.stage(forced)  # unknown name -> RecipeError listing the stages
+    base_fp = base_model_fingerprint(loaded)
+    template_fp = digest(template_text(loaded))
+    plans: list[StagePlan] = []
+    fps: dict[str, str] = {}
+    forcing = False
+    for i, config in enumerate(loaded.stages):
+        name = config.name
+        upstream = loaded.upstream(i)
+        dump = config.model_dump(mode="json", by_alias=True)
+        deps = sorted(set(_depends_on(config)) - {upstream, None})
+        components = {
+            "tempa_version": __version__,
+            "config": digest(dump),
+            "files": digest(referenced_files(dump)),
+            "upstream": fps[upstream] if upstream else base_fp,
+            "depends_on": {dep: fps.get(dep) for dep in deps},
+            "template": template_fp,
+            "seed": loaded.recipe.seed,
+            "trust_remote_code": loaded.recipe.trust_remote_code,
+        }
+        fp = digest(components)
+        fps[name] = fp
+        stage_dir = run_dir / name
+        trains = STAGE_KINDS[config.kind].trains  # type: ignore[attr-defined]
+        forcing = forcing or name == from_stage
+        forced = forcing or name == only
+        action, reason = _decide(stage_dir, fp, components, forced, trains, from_stage or only)
+        if only is not None and name != only and action != "skip":
+            action, reason = "skip", "not selected by --only"
+        complete = done_fingerprint(stage_dir) == fp
+        plans.append(StagePlan(i, name, config.kind, upstream, fp, components, action, reason, trains, complete))  # type: ignore[attr-defined]
+    if only is not None:
+        _check_only_inputs(plans, only)
+    return plans
+
+
+def _decide(stage_dir: Path, fp: str, components: dict, forced: bool, trains: bool, flag: str | None):
+    done = done_fingerprint(stage_dir)
+    manifest = read_json(stage_dir / MANIFEST) or {}
+    if forced:
+        return "rerun", f"forced by --from/--only {flag}"
+    if done == fp:
+        return "skip", "complete; fingerprint matches"
+    if done is not None:
+        return "rerun", "changed since it ran: " + _what_changed(manifest.get("components", {}), components)
+    if manifest.get("fingerprint") == fp:
+        if trains:
+            return "resume", "interrupted; resumes from its last complete checkpoint"
+        return "rerun", "interrupted; starts over (not a training stage)"
+    if manifest:
+        return "rerun", "interrupted and changed since: " + _what_changed(manifest.get("components", {}), components)
+    return "run", "not run yet"
+
+
+def _what_changed(old: dict, new: dict) -> str:
+    labels = {
+        "config": "stage config",
+        "files": "input files",
+        "upstream": "upstream model/stage",
+        "depends_on": "stages it reads",
+        "template": "chat template",
+        "tempa_version": "tempa version",
+        "seed": "recipe seed",
+        "trust_remote_code": "trust_remote_code",
+    }
+    changed = [labels.get(key, key) for key in new if old.get(key) != new.get(key)]
+    return ", ".join(changed) or "fingerprint"
+
+
+def _check_only_inputs(plans: list[StagePlan], only: str) -> None:
+    by_name = {p.name: p for p in plans}
+    target = by_name[only]
+    if target.upstream and not by_name[target.upstream].complete:
+        raise StageError(
+            f"--only {only}: its input stage '{target.upstream}' is not complete; run it first "
+            f"(or use --from {target.upstream})"
+        )
+
+
+# --------------------------------------------------------------------------- run
+
+
+def run_recipe(
+    loaded: LoadedRecipe, run_dir: Path, *, from_stage: str | None = None, only: str | None = None
+) -> RunSummary:
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = RunSummary(run_dir)
+    with RunLock(run_dir):
+        sweep_trash(run_dir)
+        atomic_write_text(
+            run_dir / "recipe.resolved.yaml",
+            yaml.safe_dump(loaded.resolved(), sort_keys=False, allow_unicode=True),
+        )
+        plans = plan_run(loaded, run_dir, from_stage=from_stage, only=only)
+        base_dir = resolve_base_model(loaded)
+        template = template_text(loaded)
+        tokenizer_dir = prepare_tokenizer(base_dir, loaded.recipe.chat_template, template, run_dir, log)
+        model_dirs: dict[str, Path] = {}
+        stage_dirs: dict[str, Path] = {}
+        for plan in plans:
+            config = loaded.stages[plan.index]
+            stage_dir = run_dir / plan.name
+            if plan.action == "skip":
+                manifest = read_json(stage_dir / MANIFEST) or {}
+                if manifest.get("model_dir"):
+                    model_dirs[plan.name] = run_dir / manifest["model_dir"]
+                if stage_dir.exists():
+                    stage_dirs[plan.name] = stage_dir
+                log.info("stage %s (%s): skip: %s", plan.name, plan.kind, plan.reason)
+                summary.skipped.append(plan.name)
+                continue
+            log.info("stage %s (%s): %s: %s", plan.name, plan.kind, plan.action, plan.reason)
+            reap_stale_launch(stage_dir, log=log)
+            if plan.action in ("rerun", "run"):
+                clear_stage(stage_dir)
+            model_dir = model_dirs.get(plan.upstream, base_dir) if plan.upstream else base_dir
+            ctx = _context(loaded, plan, run_dir, stage_dir, model_dir, base_dir, tokenizer_dir, template,
+                           stage_dirs, model_dirs)
+            result = _run_stage(config, plan, ctx)
+            if result.model_dir is not None:
+                model_dirs[plan.name] = result.model_dir
+            stage_dirs[plan.name] = stage_dir
+            summary.ran.append(plan.name)
+        last_model = next((model_dirs[p.name] for p in reversed(plans) if p.name in model_dirs), None)
+        if last_model is not None:
+            _point_final(run_dir, last_model)
+            summary.final_model = run_dir / FINAL_LINK
+    return summary
+
+
+def prepare_tokenizer(base_dir: Path, template_ref: str, template: str, run_dir: Path, log: logging.Logger) -> Path:
+    """The base tokenizer with the recipe's template (name or path; ``template`` is its text) baked in."""
+    from tempa.chat_templates import bake_tokenizer
+
+    out = run_dir / TOKENIZER_DIR
+    fp = digest({"template": digest(template), "base": path_digest(base_dir / "tokenizer_config.json")
+                 if (base_dir / "tokenizer_config.json").exists() else str(base_dir)})
+    if done_fingerprint(out) == fp:
+        return out
+    clear_stage(out)
+    log.info("baking the chat template into the base tokenizer -> %s", out)
+    try:
+        bake_tokenizer(base_dir, template_ref, out, model_dir=base_dir)
+    except ValueError as exc:
+        raise StageError(f"chat template check failed on the base tokenizer: {exc}") from None
+    mark_done(out, fp)
+    return out
+
+
+def _context(loaded, plan, run_dir, stage_dir, model_dir, base_dir, tokenizer_dir, template, stage_dirs, model_dirs):
+    launch = loaded.recipe.launch
+    stage_dir.mkdir(parents=True, exist_ok=True)
+
+    def _launch(module: str, args: list[str], log_file: Path) -> None:
+        run_launch(launch, module, args, log_file, log=log)
+
+    ds = deepspeed_config_path(launch.deepspeed_config) if launch.launcher == "torchrun" else None
+    return StageContext(
+        run_dir=run_dir,
+        stage_dir=stage_dir,
+        stage_name=plan.name,
+        seed=loaded.recipe.seed,
+        model_dir=model_dir,
+        tokenizer_dir=tokenizer_dir,
+        chat_template=template,
+        stage_dirs=dict(stage_dirs),
+        stage_models=dict(model_dirs),
+        launch=_launch,
+        log=log,
+        base_model_dir=base_dir,
+        trust_remote_code=loaded.recipe.trust_remote_code,
+        use_cpu=launch.use_cpu,
+        mixed_precision=launch.mixed_precision,
+        deepspeed_config=ds,
+        cache_dir=Path(os.environ.get("TEMPA_CACHE", Path.home() / ".cache" / "tempa")),
+    )
+
+
+def _run_stage(config, plan: StagePlan, ctx: StageContext) -> StageResult:
+    stage_dir = ctx.stage_dir
+    logs = stage_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(logs / "stage.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    started = time.time()
+    manifest: dict[str, Any] = {
+        "name": plan.name,
+        "kind": plan.kind,
+        "fingerprint": plan.fingerprint,
+        "components": plan.components,
+        "status": "running",
+        "action": plan.action,
+        "started_at": started,
+        "tempa_version": __version__,
+    }
+    write_json(stage_dir / MANIFEST, manifest)
+    try:
+        result = STAGE_KINDS[plan.kind].run(config, ctx)
+    except StageError as exc:
+        _fail(stage_dir, manifest, started, str(exc))
+        raise StageError(f"stage '{plan.name}' failed: {exc}") from None
+    except Exception as exc:
+        (logs / "traceback.txt").write_text(traceback.format_exc())
+        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        _fail(stage_dir, manifest, started, message)
+        raise StageError(
+            f"stage '{plan.name}' failed: {message} (traceback: {logs / 'traceback.txt'})"
+        ) from None
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    finished = time.time()
+    write_json(stage_dir / "metrics.json", result.metrics)
+    manifest.update(
+        status="done",
+        finished_at=finished,
+        duration_s=round(finished - started, 3),
+        metrics=result.metrics,
+        outputs=result.outputs,
+        model_dir=os.path.relpath(result.model_dir, ctx.run_dir) if result.model_dir else None,
+    )
+    write_json(stage_dir / MANIFEST, manifest)
+    mark_done(stage_dir, plan.fingerprint)  # last: the stage is complete from here on
+    log.info("stage %s: done in %.1fs", plan.name, finished - started)
+    return result
+
+
+def _fail(stage_dir: Path, manifest: dict, started: float, message: str) -> None:
+    manifest.update(status="failed", finished_at=time.time(), duration_s=round(time.time() - started, 3),
+                    error=message)
+    write_json(stage_dir / MANIFEST, manifest)
+
+
+def _point_final(run_dir: Path, model_dir: Path) -> None:
+    link = run_dir / FINAL_LINK
+    tmp = run_dir / f".{FINAL_LINK}.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(model_dir, run_dir), tmp)
+    if link.is_dir() and not link.is_symlink():
+        clear_stage(link)
+    os.replace(tmp, link)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def stage_status(loaded: LoadedRecipe | None, run_dir: Path) -> list[dict[str, Any]]:
+    """Each stage's state from its manifest (recipe order when the recipe is known)."""
+    names: list[str]
+    if loaded is not None:
+        names = loaded.names
+    else:
+        manifests = [(read_json(p) or {}) for p in run_dir.glob(f"*/{MANIFEST}")]
+        names = [m["name"] for m in sorted(manifests, key=lambda m: m.get("started_at", 0)) if "name" in m]
+    rows = []
+    for name in names:
+        stage_dir = run_dir / name
+        manifest = read_json(stage_dir / MANIFEST) or {}
+        done = done_fingerprint(stage_dir)
+        state = "pending"
+        if done is not None and done == manifest.get("fingerprint"):
+            state = "done"
+        elif manifest.get("status") == "failed":
+            state = "failed"
+        elif manifest.get("status") == "running":
+            state = "interrupted"
+        rows.append({
+            "name": name,
+            "kind": manifest.get("kind", ""),
+            "state": state,
+            "duration_s": manifest.get("duration_s"),
+            "metrics": manifest.get("metrics", {}),
+            "error": manifest.get("error"),
+        })
+    return rows

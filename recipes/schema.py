@@ -1,0 +1,69 @@
+"""The recipe: one YAML file that names the base model, the template, the launch and the stages."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tempa.sft.stage_api import resolve_path
+
+TINY_DEFAULT = "tempa:tiny"
+
+
+class LaunchConfig(BaseModel):
+    """How training stages are launched (each in its own process group)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    launcher: Literal["accelerate", "torchrun"] = Field(
+        default="accelerate",
+        description="`accelerate launch` with `accelerate_config`, or plain `torchrun` (DeepSpeed then "
+        "comes from `deepspeed_config`).",
+    )
+    accelerate_config: str = Field(
+        default="single",
+        description="A shipped accelerate config (single, ddp, zero3, zero3-multinode, cpu-ddp) or a path "
+        "to your own accelerate YAML.",
+    )
+    deepspeed_config: str | None = Field(
+        default=None,
+        description="DeepSpeed JSON for the torchrun launcher (a shipped name such as 'zero3-cpu', or a path).",
+    )
+    num_processes: int | None = Field(default=None, ge=1, description="Processes per run (all machines).")
+    num_machines: int = Field(default=1, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = Field(
+        default=None, description="Overrides the accelerate config's mixed precision."
+    )
+    use_cpu: bool = Field(default=False, description="Force CPU training even when a GPU is present.")
+    extra_args: list[str] = Field(default_factory=list, description="Appended to the launcher command.")
+
+
+class Recipe(BaseModel):
+    """A whole post-training pipeline. Stages run in order; each one's output is on disk."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Recipe name; used in the model card.")
+    description: str = ""
+    base_model: str = Field(
+        description=f"Local folder, hub id, or '{TINY_DEFAULT}' for the embedded tiny default."
+    )
+    chat_template: str = Field(
+        default="llama3_thinking",
+        description="A shipped template name (llama3_thinking, chatml_thinking) or a path to a .jinja file.",
+    )
+    seed: int = 42
+    trust_remote_code: bool = Field(default=False, description="Passed to transformers; off unless you trust it.")
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    stages: list[Any] = Field(min_length=1, description="Ordered stages; each has name, kind and settings.")
+
+    @field_validator("base_model")
+    @classmethod
+    def _base_model(cls, value: str, info) -> str:
+        return value if value == TINY_DEFAULT else resolve_path(value, info)
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template(cls, value: str, info) -> str:
+        return resolve_path(value, info) if value.endswith(".jinja") else value

@@ -1,0 +1,146 @@
+"""The embedded tiny default: a Llama-shaped model and a byte-level BPE tokenizer built locally.
+
+Neither the demo recipe nor the tests may reach a model hub, so both are built here from the
+shipped sample data. The tokenizer carries the Llama 3 special tokens, with a pad token that
+differs from every end token, so templates and masks are exercised exactly as on a real Llama.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+# Llama 3.1's special tokens, in Llama's order for the ones that matter to chat templates.
+BEGIN_OF_TEXT = "<|begin_of_text|>"
+END_OF_TEXT = "<|end_of_text|>"
+START_HEADER = "<|start_header_id|>"
+END_HEADER = "<|end_header_id|>"
+EOT = "<|eot_id|>"
+EOM = "<|eom_id|>"
+PYTHON_TAG = "<|python_tag|>"
+PAD = "<|finetune_right_pad_id|>"
+SPECIAL_TOKENS = [BEGIN_OF_TEXT, END_OF_TEXT, START_HEADER, END_HEADER, EOT, EOM, PYTHON_TAG, PAD]
+# ChatML markers are registered too, so the same tiny tokenizer can exercise the ChatML template.
+CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
+
+TINY_VOCAB_SIZE = 1024
+TINY_MODEL_SHAPE = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+}
+# Bump when anything above or in the build changes, so cached builds are not reused.
+TINY_BUILD_VERSION = "1"
+
+
+def sample_data_dir() -> Path:
+    """Folder of the shipped multilingual sample data (package data, works from a wheel)."""
+    return Path(str(resources.files("tempa.recipes") / "data"))
+
+
+def _sample_texts() -> Iterator[str]:
+    for path in sorted(sample_data_dir().glob("*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                for message in row.get("messages", []):
+                    yield str(message.get("content", ""))
+                    if message.get("reasoning_content"):
+                        yield str(message["reasoning_content"])
+    # Template scaffolding, so headers and think tags tokenise compactly.
+    yield "system user assistant tool ipython <think>\n</think>\n\n" * 50
+
+
+def build_tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE):
+    """Train a byte-level BPE tokenizer on the sample data; returns a PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS + CHATML_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_sample_texts(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BEGIN_OF_TEXT,
+        eos_token=END_OF_TEXT,
+        pad_token=PAD,
+        additional_special_tokens=[START_HEADER, END_HEADER, EOT, EOM, PYTHON_TAG, *CHATML_TOKENS],
+        model_max_length=TINY_MODEL_SHAPE["max_position_embeddings"],
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def build_tiny_model(tokenizer, seed: int = 0):
+    """A randomly initialised Llama with the tiny shape, sized to the tokenizer's vocabulary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        **TINY_MODEL_SHAPE,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def write_tiny_default(out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """Build the tiny model + tokenizer into ``out_dir`` (safetensors); returns the path.
+
+    Written into a temporary sibling and renamed, so a half-written build is never mistaken
+    for a complete one.
+    """
+    out = Path(out_dir).resolve()
+    if (out / "config.json").exists() and (out / "tokenizer.json").exists():
+        raise FileExistsError(f"{out} already holds a model; choose an empty folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent))
+    try:
+        tokenizer = build_tiny_tokenizer()
+        model = build_tiny_model(tokenizer, seed=seed)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            out.rmdir()  # only an empty folder reaches here
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def cached_tiny_default(cache_root: str | os.PathLike | None = None) -> Path:
+    """The tiny default, built once per machine into a cache folder and reused afterwards."""
+    root = Path(cache_root or os.environ.get("TEMPA_CACHE", Path.home() / ".cache" / "tempa"))
+    import hashlib
+
+    digest = hashlib.sha256(TINY_BUILD_VERSION.encode())
+    for path in sorted(sample_data_dir().glob("*.jsonl")):
+        digest.update(path.name.encode() + path.read_bytes())
+    target = root / f"tiny-default-{digest.hexdigest()[:12]}"
+    if (target / "tokenizer.json").exists() and (target / "config.json").exists():
+        return target
+    try:
+        return write_tiny_default(target)
+    except (FileExistsError, OSError):
+        # Another process finished the same build first.
+        if (target / "tokenizer.json").exists():
+            return target
+        raise

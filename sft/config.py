@@ -1,0 +1,70 @@
+"""The `sft` stage's recipe block: data, trl SFTConfig pass-through, optional LoRA/QLoRA."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tempa.sft.data_config import DataConfig
+from tempa.sft.stage_api import StageConfigBase
+from tempa.sft.train_args import check_train_args
+
+# Set by tempa from the stage folder, the recipe seed and the launch settings.
+RESERVED_TRAIN_KEYS = ("output_dir", "logging_dir", "resume_from_checkpoint", "deepspeed", "save_safetensors")
+
+# tempa's defaults on top of trl's: assistant-only loss on the pre-tokenised masks, BFD packing
+# with position_ids (no attention across samples), checkpoints that a resume can use.
+DEFAULT_TRAIN_ARGS: dict[str, Any] = {
+    "assistant_only_loss": True,
+    "packing": True,
+    "packing_strategy": "bfd",
+    "max_length": 2048,
+    "num_train_epochs": 1,
+    "learning_rate": 2e-5,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.03,  # a float below 1 is a fraction of the total steps
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "logging_steps": 10,
+    "save_strategy": "steps",
+    "save_steps": 500,
+    "save_total_limit": 3,
+    "report_to": "none",
+}
+
+
+class LoraSettings(BaseModel):
+    """LoRA/QLoRA through peft; adapters are merged into the saved final model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(default=16, ge=1)
+    lora_alpha: int = 32
+    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    load_in_4bit: bool = Field(default=False, description="QLoRA: load the base in 4 bit (needs bitsandbytes + GPU).")
+
+
+class SFTStageConfig(StageConfigBase):
+    """Full-parameter (default) or LoRA supervised fine-tuning with trl's SFTTrainer."""
+
+    kind: Literal["sft"] = "sft"
+    data: DataConfig = Field(description="Sources, mixing, curation and held-out split.")
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any trl SFTConfig field (learning_rate, num_train_epochs, lr_scheduler_type, "
+        "max_length, packing, save_steps, report_to, ...). tempa sets output_dir and deepspeed.",
+    )
+    lora: LoraSettings | None = Field(default=None, description="Train LoRA adapters instead of all weights.")
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from trl import SFTConfig
+
+        return check_train_args(value, SFTConfig, reserved=RESERVED_TRAIN_KEYS)
+
+    def train_args(self) -> dict[str, Any]:
+        """tempa defaults overlaid with the recipe's values."""
+        return {**DEFAULT_TRAIN_ARGS, **self.train}

@@ -1,0 +1,374 @@
+"""Curation filters: each is a pure check that returns a reject reason (or None) for a conversation.
+
+Row-local checks (malformed reasoning, role order, PII, language) run inside ``datasets.map``;
+the checks that compare rows (duplicates, template instructions) run over the instruction
+column once the local ones are done. The token-length check lives with tokenisation.
+
+Reasons are ``(code, detail)`` pairs: the code is what stats count, the detail is what a human
+reads in rejects.jsonl.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+from typing import Any
+
+from tempa.sft.data_config import DedupConfig, LanguageFilterConfig, PIIConfig, TemplateFilterConfig
+from tempa.sft.formats import THINK_CLOSE, THINK_OPEN, think_problem
+
+Reason = tuple[str, str]
+Messages = Sequence[Mapping[str, Any]]
+
+# Reject codes, in the order the filters run.
+MALFORMED_ROW = "malformed_row"
+MALFORMED_REASONING = "malformed_reasoning"
+ROLE_ORDER = "role_order"
+PII = "pii"
+LANGUAGE = "language"
+EXACT_DUPLICATE = "exact_duplicate"
+NEAR_DUPLICATE = "near_duplicate"
+TEMPLATE_INSTRUCTION = "template_instruction"
+TOO_SHORT = "too_short"
+TOO_LONG = "too_long"
+NO_TRAINABLE_TOKENS = "no_trainable_tokens"
+TEMPLATE_ERROR = "template_error"
+
+
+# --- malformed reasoning --------------------------------------------------------------------------
+
+
+def check_reasoning(messages: Messages) -> Reason | None:
+    """Unclosed/nested/stray think tags, a trace given twice, or an empty answer after a trace."""
+    for i, turn in enumerate(messages):
+        if turn["role"] != "assistant":
+            continue
+        content, trace = turn["content"], turn.get("reasoning_content")
+        if trace is not None and (THINK_OPEN in trace or THINK_CLOSE in trace):
+            return MALFORMED_REASONING, f"turn {i}: think tags inside the reasoning trace (nested reasoning)"
+        problem = think_problem(content)
+        if problem is not None:
+            if trace is not None:
+                problem = "reasoning given both as a field and as <think> tags in the answer"
+            return MALFORMED_REASONING, f"turn {i}: {problem}"
+        if trace is not None and not content.strip():
+            return MALFORMED_REASONING, f"turn {i}: empty answer after the reasoning"
+    return None
+
+
+# --- role order -----------------------------------------------------------------------------------
+
+_TOOL_ROLES = {"tool", "ipython"}
+
+
+def check_role_order(messages: Messages) -> Reason | None:
+    """System only first; user and assistant alternate; tool turns answer an assistant; ends on assistant."""
+    if not messages:
+        return ROLE_ORDER, "no turns"
+    previous = None
+    for i, turn in enumerate(messages):
+        role = turn["role"]
+        if role == "system":
+            if i != 0:
+                return ROLE_ORDER, f"turn {i}: system turn after the start"
+        elif role == "user":
+            if previous == "user":
+                return ROLE_ORDER, f"turn {i}: two user turns in a row"
+        elif role == "assistant":
+            if previous not in ("user", *_TOOL_ROLES):
+                what = "at the start" if previous in (None, "system") else "after an assistant turn"
+                return ROLE_ORDER, f"turn {i}: assistant turn {what}"
+        elif role in _TOOL_ROLES and previous not in ("assistant", *_TOOL_ROLES):
+            return ROLE_ORDER, f"turn {i}: {role} turn not after an assistant turn"
+        if role in ("user", "assistant") and not turn["content"].strip() and not turn.get("reasoning_content"):
+            return ROLE_ORDER, f"turn {i}: empty {role} turn"
+        previous = role
+    if previous != "assistant":
+        return ROLE_ORDER, "does not end with an assistant turn"
+    return None
+
+
+# --- PII ------------------------------------------------------------------------------------------
+
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# Boundaries are ASCII letters and digits, not \w: Thai and Japanese write numbers between letters.
+_PHONE = re.compile(
+    r"(?<![0-9A-Za-z+])(?<!\d[ .-])(?:"
+    # International: +country code, then digits in groups.
+    r"\+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{1,4}(?:[\s.-]?\d{2,4}){1,4}"
+    # Area code in parentheses: (021) 555-1234, (02) 1234 5678.
+    r"|\(0?\d{1,4}\)[\s.-]?\d{3,4}[\s.-]?\d{3,4}"
+    # Local numbers in three separated groups after a trunk 0: 0812-3456-7890, 090-1234-5678.
+    r"|0\d{1,4}[\s.-]\d{3,4}[\s.-]\d{3,5}"
+    # Unseparated mobiles with their national prefixes: ID 08, PH 09, VN 0[35789], MY 01, TH 0[689].
+    r"|0(?:8\d{8,11}|9\d{9}|[35789]\d{8}|1\d{8,9}|[689]\d{8})"
+    r")(?![0-9A-Za-z])(?![ .-]?\d)"
+)
+# Digit runs are matched whole: never a piece of a longer (possibly space-grouped) number.
+_START, _END = r"(?<![\d-])(?<!\d[ -])", r"(?![ -]?\d)"
+_CARD = re.compile(_START + r"\d(?:[ -]?\d){12,18}" + _END)
+_NRIC = re.compile(r"(?<![0-9A-Za-z])([STFG])(\d{7})([A-Z])(?![0-9A-Za-z])")
+_MYKAD = re.compile(r"(?<![\d-])(\d{2})(\d{2})(\d{2})-(\d{2})-(\d{4})(?![\d-])")
+_SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])")
+_THAI_ID = re.compile(_START + r"[1-8]-?\d{4}-?\d{5}-?\d{2}-?\d" + _END)
+_NIK = re.compile(_START + r"\d{16}" + _END)
+_MY_NUMBER = re.compile(_START + r"\d{4}[ -]?\d{4}[ -]?\d{4}" + _END)
+# A number next to one of these is a term of arithmetic, not an identifier ("123456789012 × 7 = ...").
+_OPERATORS = set("+-−*/=×÷^<>≈")
+
+
+def luhn_ok(digits: str) -> bool:
+    """The Luhn checksum that payment card numbers carry."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _nric_ok(prefix: str, digits: str, check: str) -> bool:
+    weights = (2, 7, 6, 5, 4, 3, 2)
+    total = sum(int(d) * w for d, w in zip(digits, weights, strict=True)) + (4 if prefix in "TG" else 0)
+    letters = "JZIHGFEDCBA" if prefix in "ST" else "XWUTRQPNMLK"
+    return letters[total % 11] == check
+
+
+def _thai_id_ok(digits: str) -> bool:
+    total = sum(int(d) * (13 - i) for i, d in enumerate(digits[:12]))
+    return (11 - total % 11) % 10 == int(digits[12])
+
+
+def _my_number_ok(digits: str) -> bool:
+    # Japanese Individual Number: weighted check digit over the first 11 digits.
+    body = [int(d) for d in reversed(digits[:11])]
+    total = sum(p * (n + 1 if n <= 6 else n - 5) for n, p in enumerate(body, start=1))
+    remainder = total % 11
+    return (0 if remainder <= 1 else 11 - remainder) == int(digits[11])
+
+
+def _nik_ok(digits: str) -> bool:
+    # Indonesian NIK: province code 11-94, then the birth date DDMMYY (+40 on the day for women).
+    province, day, month = int(digits[:2]), int(digits[6:8]), int(digits[8:10])
+    day = day - 40 if day > 40 else day
+    return 11 <= province <= 94 and 1 <= day <= 31 and 1 <= month <= 12
+
+
+def _mykad_ok(groups: tuple[str, ...]) -> bool:
+    month, day = int(groups[1]), int(groups[2])
+    return 1 <= month <= 12 and 1 <= day <= 31
+
+
+def _in_arithmetic(text: str, start: int, end: int) -> bool:
+    before = text[:start].rstrip()[-1:]
+    after = text[end:].lstrip()[:1]
+    return bool(before and before in _OPERATORS) or bool(after and after in _OPERATORS)
+
+
+def _digits(match: re.Match[str]) -> str:
+    return re.sub(r"\D", "", match.group())
+
+
+# (kind, switch on PIIConfig, pattern, validator of a match)
+_RULES: tuple[tuple[str, str, re.Pattern[str], Any], ...] = (
+    ("email", "email", _EMAIL, None),
+    ("card number", "card", _CARD, lambda m: len(set(_digits(m))) > 1 and luhn_ok(_digits(m))),
+    ("Singapore NRIC/FIN", "national_id", _NRIC, lambda m: _nric_ok(*m.groups())),
+    ("Malaysian MyKad number", "national_id", _MYKAD, lambda m: _mykad_ok(m.groups())),
+    ("US SSN", "national_id", _SSN, None),
+    ("Thai ID number", "national_id", _THAI_ID, lambda m: _thai_id_ok(_digits(m))),
+    ("Indonesian NIK", "national_id", _NIK, lambda m: _nik_ok(m.group())),
+    ("Japanese My Number", "national_id", _MY_NUMBER, lambda m: _my_number_ok(_digits(m))),
+    ("phone number", "phone", _PHONE, lambda m: 8 <= len(_digits(m)) <= 15 and len(set(_digits(m))) > 2),
+)
+
+
+@lru_cache(maxsize=64)
+def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(p) for p in patterns)
+
+
+def find_pii(text: str, config: PIIConfig) -> str | None:
+    """The kind of personal data found in ``text`` (e.g. ``email``), or None.
+
+    Number-shaped kinds must pass their checksum or date rule, and a number written as a term
+    of arithmetic (next to an operator) is never personal data, so maths rows survive.
+    """
+    allow = _compiled(tuple(config.allow))
+    rules = [*_RULES, *((name, "", p, None) for name, p in zip(
+        config.extra_patterns, _compiled(tuple(config.extra_patterns.values())), strict=True))]
+    for kind, switch, pattern, valid in rules:
+        if switch and not getattr(config, switch):
+            continue
+        for m in pattern.finditer(text):
+            if any(a.search(m.group()) for a in allow):
+                continue
+            if switch not in ("", "email") and _in_arithmetic(text, m.start(), m.end()):
+                continue
+            if valid is None or valid(m):
+                return kind
+    return None
+
+
+def check_pii(messages: Messages, config: PIIConfig) -> Reason | None:
+    """Reject a conversation that contains personal data in a scanned turn."""
+    for i, turn in enumerate(messages):
+        if turn["role"] not in config.roles:
+            continue
+        for text in (turn["content"], turn.get("reasoning_content") or ""):
+            kind = find_pii(text, config)
+            if kind is not None:
+                return PII, f"turn {i}: {kind}"
+    return None
+
+
+# --- language ID ----------------------------------------------------------------------------------
+
+# Codes users write that the detector spells differently.
+LANGUAGE_ALIASES = {"fil": "tl", "in": "id", "iw": "he", "zsm": "ms", "jw": "jv"}
+_NOT_LETTERS = re.compile(r"[\d\W_]+", re.UNICODE)
+
+
+@lru_cache(maxsize=1)
+def _identifier() -> Any:
+    # Loading the model takes about half a second; once per process.
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def supported_languages() -> frozenset[str]:
+    """Codes the offline detector (py3langid) can return."""
+    return frozenset(_identifier().nb_classes)
+
+
+def canonical_language(code: str) -> str:
+    """The detector's spelling of a language code (``fil`` -> ``tl``)."""
+    code = code.strip().lower()
+    return LANGUAGE_ALIASES.get(code, code)
+
+
+def detect_language(text: str) -> tuple[str, float]:
+    """(code, normalised probability) from py3langid."""
+    lang, prob = _identifier().classify(text)
+    return str(lang), float(prob)
+
+
+def accepted_languages(targets: Iterable[str], config: LanguageFilterConfig) -> frozenset[str]:
+    """The target codes plus the codes declared equivalent to one of them."""
+    accepted = {canonical_language(t) for t in targets}
+    for group in config.equivalent:
+        codes = {canonical_language(c) for c in group}
+        if codes & accepted:
+            accepted |= codes
+    return frozenset(accepted)
+
+
+def check_language(messages: Messages, accepted: frozenset[str], config: LanguageFilterConfig) -> Reason | None:
+    """Reject a conversation whose text is identified as a language outside ``accepted``."""
+    roles = {"all": ("user", "assistant"), "user": ("user",), "assistant": ("assistant",)}[config.check]
+    text = "\n".join(t["content"] for t in messages if t["role"] in roles)
+    if len(_NOT_LETTERS.sub("", text)) < config.min_chars:
+        return None
+    lang, prob = detect_language(text)
+    if lang not in accepted:
+        return LANGUAGE, f"detected {lang!r} (p={prob:.2f}); expected one of {sorted(accepted)}"
+    if prob < config.min_confidence:
+        return LANGUAGE, f"detected {lang!r} with p={prob:.2f} < min_confidence {config.min_confidence}"
+    return None
+
+
+# --- duplicates -----------------------------------------------------------------------------------
+
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_instruction(text: str) -> str:
+    """NFKC, case-folded, whitespace collapsed: two instructions that differ only so are equal."""
+    return _SPACES.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def _shingles(text: str, n: int) -> list[bytes]:
+    if len(text) <= n:
+        return [text.encode()]
+    return list({text[i : i + n].encode() for i in range(len(text) - n + 1)})
+
+
+class Deduplicator:
+    """Exact and MinHash near-duplicate detection over instructions, first occurrence wins.
+
+    Stateful on purpose: rows are offered in recipe order (source by source, row by row) and each
+    is compared with everything kept before it, so the result does not depend on process count.
+    """
+
+    def __init__(self, config: DedupConfig) -> None:
+        from datasketch import MinHash, MinHashLSH
+
+        self.config = config
+        self._minhash = MinHash
+        self._exact: dict[bytes, str] = {}
+        self._lsh = MinHashLSH(threshold=config.near_threshold, num_perm=config.num_perm) if config.near else None
+        # Permutations shared by every MinHash: generating them per row dominates the cost otherwise.
+        template = MinHash(num_perm=config.num_perm, seed=1)
+        self._permutations, self._scheme = template.permutations, template.scheme
+        self._count = 0
+
+    def offer(self, instruction: str, label: str) -> Reason | None:
+        """Register a row's instruction; the reason when it duplicates one offered before."""
+        text = normalize_instruction(instruction)
+        key = hashlib.blake2b(text.encode(), digest_size=16).digest()
+        if self.config.exact:
+            first = self._exact.get(key)
+            if first is not None:
+                return EXACT_DUPLICATE, f"same instruction as {first}"
+        minhash = None
+        if self._lsh is not None:
+            minhash = self._minhash(
+                num_perm=self.config.num_perm, seed=1, permutations=self._permutations, scheme=self._scheme
+            )
+            minhash.update_batch(_shingles(text, self.config.ngram))
+            hits = self._lsh.query(minhash)
+            if hits:
+                return NEAR_DUPLICATE, f"near-duplicate of {min(hits, key=lambda h: h[1])[0]}"
+        self._exact.setdefault(key, label)
+        if minhash is not None:
+            self._lsh.insert((label, self._count), minhash)
+        self._count += 1
+        return None
+
+
+# --- template instructions ------------------------------------------------------------------------
+
+_QUOTED = re.compile(r"\"[^\"\n]*\"|'[^'\n]*'|“[^”\n]*”|‘[^’\n]*’|«[^»\n]*»|「[^」\n]*」|『[^』\n]*』")
+_URL = re.compile(r"https?://\S+|www\.\S+")
+_DIGITS = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def instruction_skeleton(text: str, prefix_chars: int) -> str:
+    """The instruction with its slots masked (digits, quotes, URLs, emails), cut to a prefix."""
+    text = normalize_instruction(text)
+    text = _URL.sub("<url>", text)
+    text = _EMAIL.sub("<email>", text)
+    text = _QUOTED.sub("<q>", text)
+    text = _DIGITS.sub("0", text)
+    return text[:prefix_chars]
+
+
+def template_rejects(skeletons: Sequence[str], config: TemplateFilterConfig) -> list[Reason | None]:
+    """Per row: a reason when its skeleton occurs more than ``max_repeats`` times (beyond ``keep``)."""
+    counts = Counter(skeletons)
+    seen: Counter[str] = Counter()
+    out: list[Reason | None] = []
+    for skeleton in skeletons:
+        total = counts[skeleton]
+        seen[skeleton] += 1
+        if total > config.max_repeats and seen[skeleton] > config.keep:
+            out.append((TEMPLATE_INSTRUCTION, f"skeleton repeated {total} times: {skeleton[:40]!r}"))
+        else:
+            out.append(None)
+    return out

@@ -1,0 +1,775 @@
+"""The SFT data pipeline: load -> normalise -> curate -> mix -> expand -> tokenise -> cache.
+
+``prepare_sft_data`` is what the ``sft`` stage calls. It returns pre-tokenised ``input_ids`` and
+``assistant_masks`` (what trl's SFTTrainer accepts; it builds labels from the masks, truncates and
+packs), and writes ``mix.json``, ``stats.json`` and ``rejects.jsonl`` into the stage folder.
+
+Order of work, per source unless noted:
+
+1. load (JSON/JSONL as raw text, so a broken line is a reject, not a crash);
+2. normalise to ``messages`` and run the row-local filters (malformed reasoning, role order,
+   PII, language) in one ``datasets.map``;
+3. exact/near duplicates (in recipe order across sources), then template instructions;
+4. thinking mode per conversation (``on``/``off``/``mixed``);
+5. expand multi-turn conversations (:mod:`tempa.sft.expand`), tokenise with the tokenizer's own
+   template, drop samples outside the token limits;
+6. held-out split, then sizing (weight/rows/tokens), on whole conversations;
+7. concatenate, shuffle with the seed, save.
+
+The result is cached under a hash of the data, the chat template, the tokenizer, the data
+config, the seed and ``max_length``; a complete cache entry carries a ``COMPLETE`` marker written
+last and is moved into place atomically, so a partial build is never reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import datasets
+from datasets import Features, List, Value
+from tempa.sft import curation
+from tempa.sft.curation import Deduplicator, Reason
+from tempa.sft.data_config import CurationConfig, DataConfig, DataError, SourceConfig
+from tempa.sft.expand import Render, expand
+from tempa.sft.formats import FormatSpec, RowError, check_columns, normalize_row, spec_for, user_instruction
+from tempa.sft.mixing import rng_for, select_rows, split_heldout
+from tempa.sft.sources import RAW, describe, load_source, row_label, source_fingerprint
+from tempa.sft.tokenization import check_template, make_render, special_token_texts, tokenizer_fingerprint
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+# Bump when a change to this pipeline changes its output, so old cache entries are not reused.
+PIPELINE_VERSION = "1"
+COMPLETE = "COMPLETE"
+MIX_FILE, STATS_FILE, REJECTS_FILE = "mix.json", "stats.json", "rejects.jsonl"
+_BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects
+
+_MESSAGE = {"role": Value("string"), "content": Value("string"), "reasoning_content": Value("string")}
+_CURATED = Features(
+    {
+        "messages": List(_MESSAGE),
+        "row": Value("int64"),
+        "reject": Value("string"),
+        "detail": Value("string"),
+        "data": Value("string"),
+        "instruction": Value("string"),
+        "has_reasoning": Value("bool"),
+    }
+)
+_TOKENIZED = Features(
+    {
+        "input_ids": List(Value("int32")),
+        "assistant_masks": List(Value("int8")),
+        "conv": Value("int64"),
+        "row": Value("int64"),
+        "turn": Value("int32"),
+        "thinking": Value("bool"),
+        "n_tokens": Value("int64"),
+        "n_trained": Value("int64"),
+        "reject": Value("string"),
+        "detail": Value("string"),
+    }
+)
+TRAIN_COLUMNS = ["input_ids", "assistant_masks"]
+
+
+@dataclass
+class PreparedData:
+    """What ``prepare_sft_data`` hands the training stage.
+
+    ``train``/``eval`` have exactly the columns ``input_ids`` and ``assistant_masks`` (0/1, same
+    length); they are memory-mapped from ``train_path``/``eval_path`` in the cache, which a
+    launched training process can ``load_from_disk`` directly.
+    """
+
+    train: datasets.Dataset
+    eval: datasets.Dataset | None
+    stats: dict[str, Any]
+    cache_hit: bool
+    cache_path: Path
+    train_path: Path
+    eval_path: Path | None = None
+    mix: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_sft_data(
+    config: DataConfig,
+    tokenizer: Any,
+    *,
+    out_dir: Path,
+    cache_dir: Path,
+    seed: int,
+    max_length: int | None = None,
+) -> PreparedData:
+    """Build (or reuse from ``cache_dir``) the tokenised SFT data described by ``config``.
+
+    Args:
+        config: the stage's data block.
+        tokenizer: a fast tokenizer whose chat template (with ``{% generation %}``) is the recipe's.
+        out_dir: the stage folder; receives mix.json, stats.json and rejects.jsonl.
+        cache_dir: where tokenised data is cached across runs.
+        seed: the recipe seed; the same seed and inputs give the same rows in the same order.
+        max_length: the trainer's ``max_length``; longer samples are rejected (``too_long``)
+            instead of being truncated, which would cut off the answer and its end-of-turn token.
+
+    Raises:
+        DataError: one line naming the source, the row and what was expected, for a source that
+            cannot be read or whose rows are all rejected.
+    """
+    out_dir, cache_dir = Path(out_dir), Path(cache_dir)
+    template = check_template(tokenizer)
+    languages = _check_languages(config)
+    loaded: dict[str, datasets.Dataset] = {}
+    key = cache_key(config, tokenizer, template, seed=seed, max_length=max_length, loaded=loaded, cache_dir=cache_dir)
+    entry = cache_dir / key
+    hit = (entry / COMPLETE).exists()
+    if hit:
+        logger.info("SFT data: cache hit %s", entry)
+    else:
+        if entry.exists():
+            logger.warning("SFT data: discarding incomplete cache entry %s", entry)
+            shutil.rmtree(entry)
+        build_dir = cache_dir / f".tmp-{key[:16]}-{uuid.uuid4().hex[:8]}"
+        build_dir.mkdir(parents=True)
+        try:
+            _build(config, tokenizer, build_dir, seed=seed, max_length=max_length, languages=languages,
+                   loaded=loaded, cache_dir=cache_dir, key=key)
+            (build_dir / COMPLETE).write_text(key + "\n")
+            try:
+                os.replace(build_dir, entry)
+            except OSError:
+                # Another process finished the same build first; its entry is as good as ours.
+                if not (entry / COMPLETE).exists():
+                    raise
+        finally:
+            shutil.rmtree(build_dir, ignore_errors=True)
+    return _open_entry(entry, out_dir, hit)
+
+
+def _open_entry(entry: Path, out_dir: Path, hit: bool) -> PreparedData:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (MIX_FILE, STATS_FILE, REJECTS_FILE):
+        shutil.copyfile(entry / name, out_dir / name)
+    mix = json.loads((entry / MIX_FILE).read_text())
+    stats = json.loads((entry / STATS_FILE).read_text())
+    stats["cache_hit"] = hit
+    stats["cache_path"] = str(entry)
+    (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    logger.info("SFT data mix (seed %s):\n%s", mix["seed"], format_mix(mix))
+    eval_path = entry / "eval"
+    return PreparedData(
+        train=datasets.load_from_disk(str(entry / "train")),
+        eval=datasets.load_from_disk(str(eval_path)) if eval_path.exists() else None,
+        stats=stats,
+        cache_hit=hit,
+        cache_path=entry,
+        train_path=entry / "train",
+        eval_path=eval_path if eval_path.exists() else None,
+        mix=mix,
+    )
+
+
+# --- cache key ------------------------------------------------------------------------------------
+
+
+def cache_key(
+    config: DataConfig,
+    tokenizer: Any,
+    template: str,
+    *,
+    seed: int,
+    max_length: int | None,
+    loaded: dict[str, datasets.Dataset] | None = None,
+    cache_dir: Path | None = None,
+) -> str:
+    """Hash of everything the prepared data depends on: data, template, tokenizer, config, seed.
+
+    The chat template is hashed on its own: a changed template must miss even when the tokenizer
+    files are otherwise identical (open-instruct once reused masks built with an old template).
+    """
+    data = {}
+    for source in config.sources:
+        data[source.name] = source_fingerprint(source, cache_dir=cache_dir)
+    settings = config.model_dump(mode="json", exclude={"num_proc"})
+    payload = {
+        "pipeline": PIPELINE_VERSION,
+        "config": settings,
+        "seed": seed,
+        "max_length": max_length,
+        "template": hashlib.sha256(template.encode()).hexdigest(),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "data": data,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _check_languages(config: DataConfig) -> dict[str, frozenset[str]]:
+    """Accepted language codes per source, failing early on a code the detector does not know."""
+    if config.curation.language is None:
+        return {}
+    supported = curation.supported_languages()
+    out = {}
+    for source in config.sources:
+        if not source.languages:
+            continue
+        for code in source.languages:
+            if curation.canonical_language(code) not in supported:
+                raise DataError(
+                    f"{describe(source)}: language {code!r} is not covered by the language-ID detector "
+                    f"(py3langid); supported: {', '.join(sorted(supported))}"
+                )
+        out[source.name] = curation.accepted_languages(source.languages, config.curation.language)
+    return out
+
+
+# --- the build ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _SourceState:
+    source: SourceConfig
+    curated: datasets.Dataset | None = None
+    rows_in: int = 0
+    rejects: Counter[str] = field(default_factory=Counter)
+    first_reject: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class _RejectWriter:
+    """rejects.jsonl: one line per rejected row, with its source, row, reason and data."""
+
+    def __init__(self, handle: TextIO) -> None:
+        self.handle = handle
+
+    def write(self, state: _SourceState, row: int, reason: str, detail: str, data: Any) -> None:
+        state.rejects[reason] += 1
+        if state.first_reject is None:
+            state.first_reject = detail
+        record = {"source": state.source.name, "row": row, "reason": reason, "detail": detail, "data": data}
+        self.handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+
+
+def _build(
+    config: DataConfig,
+    tokenizer: Any,
+    build_dir: Path,
+    *,
+    seed: int,
+    max_length: int | None,
+    languages: Mapping[str, frozenset[str]],
+    loaded: dict[str, datasets.Dataset],
+    cache_dir: Path,
+    key: str,
+) -> None:
+    work = build_dir / "work"
+    work.mkdir()
+    cur = config.curation
+    specials = special_token_texts(tokenizer)
+    states = [_SourceState(source) for source in config.sources]
+    with open(build_dir / REJECTS_FILE, "w", encoding="utf-8") as handle:
+        rejects = _RejectWriter(handle)
+        # 1-2: load, normalise, row-local filters.
+        for i, state in enumerate(states):
+            raw = loaded.get(state.source.name) or load_source(state.source, cache_dir=cache_dir)
+            state.curated = _normalize_and_filter(
+                raw, state.source, cur, languages.get(state.source.name), specials,
+                num_proc=config.num_proc, cache_file=work / f"{i}-curated.arrow", fingerprint=f"{key}-{i}-c",
+            )
+        # 3: rows compared with each other, in recipe order.
+        _mark_duplicates(states, cur)
+        _mark_templates(states, cur)
+        for state in states:
+            state.curated = _split_rejects(state, rejects)
+        # 4-6: thinking, tokenise, held-out split and sizing.
+        render = make_render(tokenizer)
+        ceilings = [x for x in (cur.max_tokens, max_length) if x is not None]
+        limits = (cur.min_tokens, min(ceilings) if ceilings else None)
+        parts, train_index, eval_index, offset = [], [], [], 0
+        for i, state in enumerate(states):
+            tokenized, train_rows, eval_rows = _tokenize_and_mix(
+                state, render, limits, rejects, seed=seed, heldout=config.heldout_for(state.source),
+                num_proc=config.num_proc, cache_file=work / f"{i}-tokens.arrow", fingerprint=f"{key}-{i}-t",
+            )
+            parts.append(tokenized)
+            train_index.extend(offset + r for r in train_rows)
+            eval_index.extend(offset + r for r in eval_rows)
+            offset += len(tokenized)
+    # 7: one shuffled training set, one eval set, both with exactly the trainer's columns.
+    everything = datasets.concatenate_datasets(parts).select_columns(TRAIN_COLUMNS)
+    order = rng_for(seed, "__mix__", 4).permutation(len(train_index))
+    train = everything.select([train_index[i] for i in order])
+    if len(train) == 0:
+        raise DataError("no training rows left after curation and sizing; see rejects.jsonl and mix.json")
+    train.save_to_disk(str(build_dir / "train"))
+    if eval_index:
+        everything.select(eval_index).save_to_disk(str(build_dir / "eval"))
+    mix, stats = _reports(states, seed=seed, key=key, n_train=len(train), n_eval=len(eval_index))
+    (build_dir / MIX_FILE).write_text(json.dumps(mix, indent=2, ensure_ascii=False) + "\n")
+    (build_dir / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    del parts, everything, train
+    shutil.rmtree(work, ignore_errors=True)
+
+
+# --- 2: normalise + row-local filters -------------------------------------------------------------
+
+
+def row_rejects(
+    messages: list[dict[str, Any]],
+    curation_config: CurationConfig,
+    accepted_languages: frozenset[str] | None,
+    specials: Sequence[str] = (),
+) -> Reason | None:
+    """The first row-local filter that rejects ``messages``, in the documented order, or None."""
+    for i, turn in enumerate(messages):
+        for text in (turn["content"], turn.get("reasoning_content") or ""):
+            token = next((s for s in specials if s in text), None)
+            if token is not None:
+                # The tokenizer would read it as a control token and corrupt the turn structure.
+                return curation.MALFORMED_ROW, f"turn {i}: contains the special token {token!r}"
+    checks: list[Callable[[], Reason | None]] = []
+    if curation_config.malformed_reasoning:
+        checks.append(lambda: curation.check_reasoning(messages))
+    if curation_config.role_order:
+        checks.append(lambda: curation.check_role_order(messages))
+    if curation_config.pii is not None:
+        pii = curation_config.pii
+        checks.append(lambda: curation.check_pii(messages, pii))
+    if curation_config.language is not None and accepted_languages:
+        lang = curation_config.language
+        checks.append(lambda: curation.check_language(messages, accepted_languages, lang))
+    for check in checks:
+        reason = check()
+        if reason is not None:
+            return reason
+    if not any(t["role"] == "assistant" for t in messages):
+        return curation.MALFORMED_ROW, "no assistant turn to train on"
+    return None
+
+
+def _normalize_batch(
+    batch: dict[str, list[Any]],
+    indices: list[int],
+    *,
+    spec: FormatSpec,
+    jsonl_lines: bool,
+    curation_config: CurationConfig,
+    accepted_languages: frozenset[str] | None,
+    specials: Sequence[str],
+) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {name: [] for name in _CURATED}
+
+    def emit(row: int, messages: list[dict[str, Any]], reason: Reason | None, data: Any = None) -> None:
+        out["messages"].append(messages)
+        out["row"].append(row)
+        out["reject"].append(reason[0] if reason else None)
+        out["detail"].append(reason[1] if reason else None)
+        out["data"].append(None if reason is None else json.dumps(data, ensure_ascii=False, default=str))
+        out["instruction"].append(user_instruction(messages) if reason is None else "")
+        out["has_reasoning"].append(any(t.get("reasoning_content") for t in messages))
+
+    columns = list(batch)
+    for k, index in enumerate(indices):
+        label = f"line {index + 1}" if jsonl_lines else f"row {index}"
+        if RAW in batch:
+            text = batch[RAW][k]
+            if not text.strip():
+                emit(index, [], (_BLANK, ""))
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                emit(index, [], (curation.MALFORMED_ROW, f"{label}: not valid JSON ({exc.msg}, column {exc.colno})"), text)
+                continue
+        else:
+            row = {name: batch[name][k] for name in columns}
+        try:
+            messages = normalize_row(row, spec)
+        except RowError as exc:
+            emit(index, [], (curation.MALFORMED_ROW, f"{label}: {exc}"), row)
+            continue
+        reason = row_rejects(messages, curation_config, accepted_languages, specials)
+        if reason is not None:
+            emit(index, messages, (reason[0], f"{label}: {reason[1]}"), messages)
+        else:
+            emit(index, messages, None)
+    return out
+
+
+def _normalize_and_filter(
+    raw: datasets.Dataset,
+    source: SourceConfig,
+    cur: CurationConfig,
+    accepted: frozenset[str] | None,
+    specials: Sequence[str],
+    *,
+    num_proc: int,
+    cache_file: Path,
+    fingerprint: str,
+) -> datasets.Dataset:
+    spec = spec_for(source)
+    if RAW not in raw.column_names:
+        check_columns(raw.column_names, spec, describe(source))
+    if len(raw) == 0:
+        raise DataError(f"{describe(source)}: has no rows")
+    return raw.map(
+        _normalize_batch,
+        batched=True,
+        with_indices=True,
+        remove_columns=raw.column_names,
+        features=_CURATED,
+        fn_kwargs={
+            "spec": spec,
+            "jsonl_lines": source.path.lower().endswith(".jsonl"),
+            "curation_config": cur,
+            "accepted_languages": accepted,
+            "specials": list(specials),
+        },
+        num_proc=num_proc if num_proc > 1 else None,
+        cache_file_name=str(cache_file),
+        new_fingerprint=fingerprint,
+        load_from_cache_file=False,
+        desc=f"Normalising {source.name}",
+    )
+
+
+# --- 3: duplicates and templates ------------------------------------------------------------------
+
+
+def _replace_rejects(state: _SourceState, updates: dict[int, tuple[str, str]]) -> None:
+    if not updates:
+        return
+    ds = state.curated
+    assert ds is not None
+    reasons, details, data = list(ds["reject"]), list(ds["detail"]), list(ds["data"])
+    messages = ds["messages"]
+    for position, (reason, detail) in updates.items():
+        reasons[position], details[position] = reason, detail
+        data[position] = json.dumps(messages[position], ensure_ascii=False)
+    ds = ds.remove_columns(["reject", "detail", "data"])
+    ds = ds.add_column("reject", reasons, feature=Value("string"))
+    ds = ds.add_column("detail", details, feature=Value("string"))
+    state.curated = ds.add_column("data", data, feature=Value("string"))
+
+
+def _mark_duplicates(states: Sequence[_SourceState], cur: CurationConfig) -> None:
+    if cur.dedup is None:
+        return
+    dedup = Deduplicator(cur.dedup)
+    for state in states:
+        if cur.dedup.scope == "source":
+            dedup = Deduplicator(cur.dedup)
+        ds = state.curated
+        assert ds is not None
+        updates = {}
+        rows = zip(ds["reject"], ds["instruction"], ds["row"], strict=True)
+        for position, (reason, instruction, row) in enumerate(
+            tqdm(rows, total=len(ds), desc=f"Dedup {state.source.name}", disable=len(ds) < 10_000)
+        ):
+            if reason is not None:
+                continue
+            found = dedup.offer(instruction, f"{state.source.name} {row_label(state.source, row)}")
+            if found is not None:
+                updates[position] = (found[0], f"{row_label(state.source, row)}: {found[1]}")
+        _replace_rejects(state, updates)
+
+
+def _mark_templates(states: Sequence[_SourceState], cur: CurationConfig) -> None:
+    config = cur.template_instructions
+    if config is None:
+        return
+    groups = [states] if config.scope == "global" else [[s] for s in states]
+    for group in groups:
+        owners, skeletons = [], []
+        for s_index, state in enumerate(group):
+            ds = state.curated
+            assert ds is not None
+            for position, (reason, instruction) in enumerate(zip(ds["reject"], ds["instruction"], strict=True)):
+                if reason is None:
+                    owners.append((s_index, position))
+                    skeletons.append(curation.instruction_skeleton(instruction, config.prefix_chars))
+        updates: dict[int, dict[int, tuple[str, str]]] = {}
+        for (s_index, position), found in zip(owners, curation.template_rejects(skeletons, config), strict=True):
+            if found is not None:
+                state = group[s_index]
+                row = state.curated[position]["row"]  # type: ignore[index]
+                updates.setdefault(s_index, {})[position] = (found[0], f"{row_label(state.source, row)}: {found[1]}")
+        for s_index, state_updates in updates.items():
+            _replace_rejects(group[s_index], state_updates)
+
+
+def _split_rejects(state: _SourceState, rejects: _RejectWriter) -> datasets.Dataset:
+    """Write the rejected rows out, count them, and return the kept rows; fail if none are kept."""
+    ds = state.curated
+    assert ds is not None
+    reasons = ds["reject"]
+    kept = []
+    rows_in = 0
+    for position, reason in enumerate(reasons):
+        if reason == _BLANK:
+            continue
+        rows_in += 1
+        if reason is None:
+            kept.append(position)
+            continue
+        record = ds[position]
+        data = record["data"]
+        # A line that was not JSON stays as its text.
+        with contextlib.suppress(json.JSONDecodeError, TypeError):
+            data = json.loads(data)
+        rejects.write(state, record["row"], reason, record["detail"], data)
+    state.rows_in = rows_in
+    if rows_in == 0:
+        raise DataError(f"{describe(state.source)}: has no rows")
+    if not kept:
+        raise _all_rejected(state)
+    if state.rejects:
+        logger.info("%s: %d of %d rows rejected %s", describe(state.source), sum(state.rejects.values()),
+                    rows_in, dict(state.rejects))
+    return ds.select(kept).select_columns(["messages", "row", "has_reasoning"])
+
+
+def _all_rejected(state: _SourceState) -> DataError:
+    counts = ", ".join(f"{reason} {n}" for reason, n in state.rejects.most_common())
+    return DataError(
+        f"{describe(state.source)}: all {state.rows_in} rows were rejected ({counts}); first: "
+        f"{state.first_reject} (see {REJECTS_FILE})"
+    )
+
+
+# --- 4-6: thinking, tokenise, held out, size ------------------------------------------------------
+
+
+def _sample_rows(
+    samples: Sequence[Any], min_tokens: int | None, max_tokens: int | None
+) -> list[tuple[list[int], list[int], int, bool, Reason | None]]:
+    if not samples:
+        return [([], [], -1, False, (curation.NO_TRAINABLE_TOKENS, "the template marks no assistant tokens"))]
+    rows = []
+    for sample in samples:
+        n = len(sample.input_ids)
+        reason = None
+        if max_tokens is not None and n > max_tokens:
+            reason = (curation.TOO_LONG, f"{n} tokens > max {max_tokens}")
+        elif min_tokens is not None and n < min_tokens:
+            reason = (curation.TOO_SHORT, f"{n} tokens < min {min_tokens}")
+        rows.append((sample.input_ids, sample.assistant_masks, sample.turns[-1], sample.thinking, reason))
+    return rows
+
+
+def _tokenize_batch(
+    batch: dict[str, list[Any]],
+    indices: list[int],
+    *,
+    render: Render,
+    min_tokens: int | None,
+    max_tokens: int | None,
+) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {name: [] for name in _TOKENIZED}
+    for k, conv in enumerate(indices):
+        messages, thinking = batch["messages"][k], batch["thinking"][k]
+        try:
+            samples = expand(messages, thinking, render)
+        except Exception as exc:
+            # The template refuses some rows (e.g. roles out of order when that filter is off):
+            # a reject with the template's message, never a crash of the whole run.
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            samples_out = [([], [], -1, False, (curation.TEMPLATE_ERROR, f"chat template: {message}"))]
+        else:
+            samples_out = _sample_rows(samples, min_tokens, max_tokens)
+        for ids, mask, turn, sample_thinking, reason in samples_out:
+            out["input_ids"].append(ids if reason is None else [])
+            out["assistant_masks"].append(mask if reason is None else [])
+            out["conv"].append(conv)
+            out["row"].append(batch["row"][k])
+            out["turn"].append(turn)
+            out["thinking"].append(sample_thinking)
+            out["n_tokens"].append(len(ids))
+            out["n_trained"].append(int(sum(mask)))
+            out["reject"].append(reason[0] if reason else None)
+            out["detail"].append(reason[1] if reason else None)
+    return out
+
+
+def _tokenize_and_mix(
+    state: _SourceState,
+    render: Render,
+    limits: tuple[int | None, int | None],
+    rejects: _RejectWriter,
+    *,
+    seed: int,
+    heldout: float | int,
+    num_proc: int,
+    cache_file: Path,
+    fingerprint: str,
+) -> tuple[datasets.Dataset, list[int], list[int]]:
+    """Tokenised samples of one source, and which of them train and which are held out."""
+    from tempa.sft.mixing import assign_thinking
+
+    source, curated = state.source, state.curated
+    assert curated is not None
+    thinking = assign_thinking(list(curated["has_reasoning"]), source, seed)
+    curated = curated.add_column("thinking", thinking, feature=Value("bool"))
+    tokenized = curated.map(
+        _tokenize_batch,
+        batched=True,
+        batch_size=64,
+        with_indices=True,
+        remove_columns=curated.column_names,
+        features=_TOKENIZED,
+        fn_kwargs={"render": render, "min_tokens": limits[0], "max_tokens": limits[1]},
+        num_proc=num_proc if num_proc > 1 else None,
+        cache_file_name=str(cache_file),
+        new_fingerprint=fingerprint,
+        load_from_cache_file=False,
+        desc=f"Tokenising {source.name}",
+    )
+    meta = tokenized.select_columns(["conv", "row", "turn", "thinking", "n_tokens", "n_trained", "reject", "detail"])
+    meta = meta.to_pandas()
+    ok = meta[meta["reject"].isna()]
+    surviving = set(ok["conv"].tolist())
+    curated_rows = int(meta["conv"].nunique())
+    # A conversation survives when at least one of its samples does. A wholly rejected one counts
+    # once, under its first reason; a turn dropped from a surviving one counts as `<reason>_turn`.
+    counted: set[int] = set()
+    messages = curated["messages"]
+    for record in meta[meta["reject"].notna()].itertuples(index=False):
+        conv = int(record.conv)
+        label = row_label(source, int(record.row))
+        where = f"{label}: turn {int(record.turn)}" if record.turn >= 0 else label
+        if conv in surviving:
+            rejects.write(state, int(record.row), f"{record.reject}_turn", f"{where}: {record.detail}", messages[conv])
+        elif conv not in counted:
+            counted.add(conv)
+            rejects.write(state, int(record.row), str(record.reject), f"{where}: {record.detail}", messages[conv])
+    if not surviving:
+        raise _all_rejected(state)
+
+    convs = sorted(surviving)
+    samples_of: dict[int, list[int]] = {}
+    for position, conv in zip(ok.index.tolist(), ok["conv"].tolist(), strict=True):
+        samples_of.setdefault(int(conv), []).append(int(position))
+    conv_tokens = ok.groupby("conv")["n_tokens"].sum().to_dict()
+    conv_trained = ok.groupby("conv")["n_trained"].sum().to_dict()
+    conv_thinking = ok.groupby("conv")["thinking"].any().to_dict()
+
+    train_pos, held_pos = split_heldout(len(convs), heldout, source.name, seed)
+    train_convs = [convs[p] for p in train_pos]
+    held_convs = [convs[p] for p in held_pos]
+    chosen = select_rows(train_convs, [int(conv_tokens[c]) for c in train_convs], source, seed)
+    if not chosen:
+        logger.warning("%s: its size setting selects no rows", describe(source))
+
+    def total(values: Mapping[int, Any], picked: Sequence[int]) -> int:
+        return int(sum(int(values[c]) for c in picked))
+
+    state.stats = {
+        "rows_in": state.rows_in,
+        "rows_curated": curated_rows,
+        "rows_tokenized": len(convs),
+        "samples": len(ok),
+        "tokens_in": total(conv_tokens, convs),
+        "heldout_rows": len(held_convs),
+        "heldout_samples": sum(len(samples_of[c]) for c in held_convs),
+        "heldout_tokens": total(conv_tokens, held_convs),
+        "rows_kept": len(chosen),
+        "unique_rows_kept": len(set(chosen)),
+        "samples_kept": sum(len(samples_of[c]) for c in chosen),
+        "tokens_kept": total(conv_tokens, chosen),
+        "trained_tokens_kept": total(conv_trained, chosen),
+        "thinking_on_rows_kept": sum(1 for c in chosen if conv_thinking[c]),
+    }
+    train_rows = [s for c in chosen for s in samples_of[c]]
+    eval_rows = [s for c in held_convs for s in samples_of[c]]
+    return tokenized, train_rows, eval_rows
+
+
+# --- reports --------------------------------------------------------------------------------------
+
+
+def _size_setting(source: SourceConfig) -> dict[str, Any]:
+    for key in ("weight", "rows", "tokens"):
+        if getattr(source, key) is not None:
+            return {key: getattr(source, key)}
+    return {"weight": 1.0}
+
+
+def _reports(states: Sequence[_SourceState], *, seed: int, key: str, n_train: int, n_eval: int) -> tuple[dict, dict]:
+    total_tokens = sum(s.stats["tokens_kept"] for s in states) or 1
+    mix_sources = []
+    stats_sources = {}
+    for state in states:
+        st, source = state.stats, state.source
+        mix_sources.append(
+            {
+                "name": source.name,
+                "path": source.path,
+                "size": _size_setting(source),
+                "thinking_mode": source.thinking_mode,
+                "thinking_ratio": source.thinking_ratio,
+                **st,
+                "share_of_tokens": round(st["tokens_kept"] / total_tokens, 4),
+            }
+        )
+        stats_sources[source.name] = {
+            "rows_in": st["rows_in"],
+            "rows_kept": st["rows_kept"],
+            "tokens": st["tokens_kept"],
+            "trained_tokens": st["trained_tokens_kept"],
+            "heldout_rows": st["heldout_rows"],
+            "rejects": dict(sorted(state.rejects.items())),
+        }
+    totals = {
+        "rows_in": sum(s.stats["rows_in"] for s in states),
+        "rows_kept": sum(s.stats["rows_kept"] for s in states),
+        "train_samples": n_train,
+        "eval_samples": n_eval,
+        "tokens_kept": sum(s.stats["tokens_kept"] for s in states),
+        "heldout_tokens": sum(s.stats["heldout_tokens"] for s in states),
+        "rejects": sum(sum(s.rejects.values()) for s in states),
+    }
+    mix = {"seed": seed, "cache_key": key, "sources": mix_sources, "total": totals}
+    # Headline numbers first, for the stage's metrics; per-source detail after.
+    stats = {
+        "train_rows": n_train,
+        "eval_rows": n_eval,
+        "train_tokens": totals["tokens_kept"],
+        "cache_key": key,
+        "sources": stats_sources,
+        "total": totals,
+    }
+    return mix, stats
+
+
+def format_mix(mix: Mapping[str, Any]) -> str:
+    """The resolved mix as a plain-text table (rows and tokens per source, in and kept)."""
+    header = ("source", "rows in", "rows kept", "held out", "tokens in", "tokens kept", "share", "thinking on")
+    lines = [header]
+    for s in mix["sources"]:
+        lines.append(
+            (
+                s["name"],
+                str(s["rows_in"]),
+                str(s["rows_kept"]),
+                str(s["heldout_rows"]),
+                str(s["tokens_in"]),
+                str(s["tokens_kept"]),
+                f"{100 * s['share_of_tokens']:.1f}%",
+                f"{s['thinking_on_rows_kept']}/{s['rows_kept']}",
+            )
+        )
+    t = mix["total"]
+    lines.append(("total", str(t["rows_in"]), str(t["rows_kept"]), "", "", str(t["tokens_kept"]), "100%", ""))
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in lines)

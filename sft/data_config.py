@@ -1,0 +1,407 @@
+"""Configuration of the SFT data pipeline: where rows come from, how they mix, how they are curated.
+
+A recipe's ``data:`` block validates into :class:`DataConfig`. Every model forbids unknown keys, so
+a typo in a recipe fails before any work starts. Local paths are resolved against the recipe's
+folder (validation context ``base_dir``) and must exist; hub dataset ids pass through untouched.
+
+Example (YAML, inside an ``sft`` stage)::
+
+    data:
+      heldout: 0.02
+      sources:
+        - name: sea_instruct
+          path: data/sample_instruct.jsonl
+          weight: 1.0
+          thinking_mode: "off"
+          languages: [en, id, vi, th, ta, tl, ja]
+        - name: r1_traces
+          path: org/r1-distilled        # a hub dataset id
+          split: train
+          format: sharegpt
+          tokens: 2_000_000             # token budget
+          thinking_mode: mixed
+          thinking_ratio: 0.7
+      curation:
+        dedup: {near_threshold: 0.85}
+        pii: {}
+        template_instructions: {max_repeats: 50}
+        language: {min_confidence: 0.5}
+        max_tokens: 8192
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from tempa.sft.stage_api import StageError, resolve_path
+
+
+class DataError(StageError):
+    """The data cannot be prepared for a reason the user can act on; the message is one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _enable_with_defaults(value: Any) -> Any:
+    # `pii: true` in a recipe means "on, with the defaults"; `pii: false` means off.
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    return value
+
+
+class ColumnMapping(_Strict):
+    """Which columns (and which keys inside a turn) hold each part of a conversation.
+
+    Every field is optional: left unset, the usual names are tried in order. Set a field when a
+    source uses other names, e.g. ``columns: {prompt: question, response: answer}``.
+    """
+
+    messages: str | None = Field(
+        default=None,
+        description="Column with the list of turns. Default: `messages`, else `conversations` (ShareGPT).",
+    )
+    role: str | None = Field(
+        default=None, description="Key of the speaker inside a turn. Default: `role`, else `from`."
+    )
+    content: str | None = Field(
+        default=None, description="Key of the text inside a turn. Default: `content`, else `value`."
+    )
+    reasoning: str | None = Field(
+        default=None,
+        description=(
+            "Key of the reasoning trace: inside an assistant turn for turn lists, or a column for "
+            "prompt/response and instruction/output rows (then it belongs to the answer). Default: "
+            "`reasoning_content`, else `reasoning`, else `thinking`. Traces written as R1-style "
+            "`<think>...</think>` at the start of the answer are always recognised."
+        ),
+    )
+    prompt: str | None = Field(default=None, description="Prompt column. Default: `prompt`.")
+    response: str | None = Field(
+        default=None, description="Response column. Default: `response`, else `completion`."
+    )
+    instruction: str | None = Field(default=None, description="Instruction column. Default: `instruction`.")
+    input: str | None = Field(
+        default=None,
+        description="Optional input column appended to the instruction after a blank line. Default: `input`.",
+    )
+    output: str | None = Field(default=None, description="Output column. Default: `output`.")
+    system: str | None = Field(
+        default=None,
+        description="Optional system-prompt column for prompt/response and instruction/output rows. Default: `system`.",
+    )
+    role_names: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Extra speaker names mapped to `system`/`user`/`assistant`/`tool`, on top of the built-in "
+            "ShareGPT names (human, gpt, model, bot, ...). Example: `{narrator: system}`."
+        ),
+    )
+
+    @field_validator("role_names")
+    @classmethod
+    def _known_targets(cls, value: dict[str, str]) -> dict[str, str]:
+        allowed = {"system", "user", "assistant", "tool", "ipython"}
+        for name, target in value.items():
+            if target not in allowed:
+                raise ValueError(f"role_names[{name!r}] must be one of {sorted(allowed)}, got {target!r}")
+        return value
+
+
+class SourceConfig(_Strict):
+    """One data source of the mix.
+
+    Size is given by at most one of ``weight``, ``rows`` or ``tokens``; with none, every kept
+    row is used once. Sizes count conversations (source rows); a multi-turn conversation may
+    become several training samples (see ``tempa.sft.expand``) that stay together.
+    """
+
+    name: str = Field(description="Unique name; used in stats, rejects and error messages.")
+    path: str = Field(
+        description=(
+            "A local file (.jsonl, .json, .parquet, .csv), a folder written by `datasets.save_to_disk` "
+            "(or a folder of data files), or a hub dataset id loaded with `datasets.load_dataset`. "
+            "Relative paths are resolved against the recipe's folder."
+        )
+    )
+    format: Literal["auto", "messages", "sharegpt", "prompt_response", "alpaca"] = Field(
+        default="auto",
+        description=(
+            "Row format. `messages`: OpenAI-style list of {role, content}; `sharegpt`: `conversations` "
+            "list of {from, value}; `prompt_response`: prompt + response (or completion); `alpaca`: "
+            "instruction + optional input + output. `auto` tells them apart by the columns present."
+        ),
+    )
+    columns: ColumnMapping = Field(
+        default_factory=ColumnMapping, description="Column names, when they differ from the defaults."
+    )
+    split: str = Field(default="train", description="Split to read from hub datasets and DatasetDict folders.")
+    subset: str | None = Field(default=None, description="Hub dataset configuration name (`load_dataset(name=...)`).")
+    revision: str | None = Field(default=None, description="Hub dataset revision; pin it for reproducible runs.")
+    weight: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Fraction of the source's kept rows to train on; above 1 up-samples (2.0 = every row twice, "
+            "2.5 = twice plus a random half)."
+        ),
+    )
+    rows: int | None = Field(
+        default=None, gt=0, description="Absolute number of conversations to train on (more than available up-samples)."
+    )
+    tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Token budget: conversations are drawn in seeded random order (cycling to up-sample) until the "
+            "next one would exceed it. Counts every token of the rendered samples, not only trained ones."
+        ),
+    )
+    thinking_mode: Literal["on", "off", "mixed"] = Field(
+        default="on",
+        description=(
+            "How rows render through the chat template's `thinking_mode`. `on`: with their reasoning trace; "
+            "a turn without a trace is rendered with thinking off, the mode its text fits, rather than "
+            "teaching an empty trace under thinking on. `off`: traces are removed and every turn renders "
+            "with thinking off. `mixed`: a seeded `thinking_ratio` share of the rows that have a trace "
+            "render on, the rest off (SEA-LION v3.5 trained reasoning and non-reasoning data together)."
+        ),
+    )
+    thinking_ratio: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="With `thinking_mode: mixed`: share of the rows with a reasoning trace rendered with thinking on.",
+    )
+    heldout: float | int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Held-out evaluation rows taken from this source before sizing: a fraction below 1 or a row "
+            "count. Default: `DataConfig.heldout`."
+        ),
+    )
+    languages: list[str] | None = Field(
+        default=None,
+        description=(
+            "Target languages (ISO 639-1, e.g. `id`, `th`, `tl` or `fil`) for the language-ID filter; "
+            "rows detected as another language are rejected. Unset: the filter skips this source."
+        ),
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("source name must not be empty")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_path(value, info, must_exist=True)
+
+    @field_validator("languages")
+    @classmethod
+    def _lower(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [code.strip().lower() for code in value]
+
+    @field_validator("heldout")
+    @classmethod
+    def _heldout_fraction(cls, value: float | int | None) -> float | int | None:
+        if isinstance(value, float) and value >= 1:
+            raise ValueError("heldout must be a fraction below 1 or a whole number of rows")
+        return value
+
+    @model_validator(mode="after")
+    def _check_size_and_mode(self) -> SourceConfig:
+        sizes = [key for key in ("weight", "rows", "tokens") if getattr(self, key) is not None]
+        if len(sizes) > 1:
+            raise ValueError(f"source {self.name!r}: set at most one of weight, rows, tokens (got {sizes})")
+        if self.thinking_mode == "mixed" and self.thinking_ratio is None:
+            raise ValueError(f"source {self.name!r}: thinking_mode 'mixed' needs thinking_ratio (0..1)")
+        if self.thinking_mode != "mixed" and self.thinking_ratio is not None:
+            raise ValueError(f"source {self.name!r}: thinking_ratio applies only to thinking_mode 'mixed'")
+        return self
+
+
+class DedupConfig(_Strict):
+    """Exact and near-duplicate removal on the normalised user instruction (all user turns joined).
+
+    The first occurrence is kept, in recipe source order and then row order, so an earlier source
+    wins a duplicate shared with a later one.
+    """
+
+    exact: bool = Field(default=True, description="Drop rows whose normalised instruction was seen before.")
+    near: bool = Field(default=True, description="Drop near-duplicates found with MinHash LSH (datasketch).")
+    near_threshold: float = Field(
+        default=0.85, gt=0, lt=1, description="Estimated Jaccard similarity at which two instructions are near-duplicates."
+    )
+    num_perm: int = Field(default=128, ge=16, description="MinHash permutations (more: slower, more precise).")
+    ngram: int = Field(
+        default=5,
+        ge=1,
+        description="Character n-gram size of the shingles; characters, so Thai and Japanese work without word breaks.",
+    )
+    scope: Literal["global", "source"] = Field(
+        default="global", description="Compare rows across all sources (`global`) or within each source only."
+    )
+
+
+class PIIConfig(_Strict):
+    """Reject conversations that contain personal data (Swallow dropped such conversations)."""
+
+    email: bool = Field(default=True, description="Email addresses.")
+    phone: bool = Field(
+        default=True,
+        description=(
+            "Phone numbers: international (+country code) or separated forms, and SEA/Japanese mobile "
+            "prefixes. Bare digit runs without a phone prefix are not flagged, so arithmetic survives."
+        ),
+    )
+    card: bool = Field(default=True, description="Payment-card-like numbers: 13-19 digits that pass the Luhn check.")
+    national_id: bool = Field(
+        default=True,
+        description=(
+            "National-ID-like numbers with their checksums or date rules: Singapore NRIC/FIN, Malaysian MyKad, "
+            "Indonesian NIK, Thai ID, Japanese My Number, US SSN."
+        ),
+    )
+    extra_patterns: dict[str, str] = Field(
+        default_factory=dict, description="More regular expressions to reject, by name (the name becomes the reason)."
+    )
+    allow: list[str] = Field(
+        default_factory=list,
+        description="Regular expressions for matches to ignore, e.g. `@example\\.com$` for placeholder emails.",
+    )
+    roles: list[Literal["system", "user", "assistant", "tool", "ipython"]] = Field(
+        default_factory=lambda: ["system", "user", "assistant"],
+        description="Turns to scan (reasoning traces of scanned assistant turns are scanned too).",
+    )
+
+
+class TemplateFilterConfig(_Strict):
+    """Reject template instructions: the same instruction skeleton repeated many times.
+
+    The skeleton is the lower-cased user instruction with digits, quoted spans, URLs and emails
+    masked, cut to its first ``prefix_chars`` characters, so "Translate 'X' into Thai" with a
+    thousand different X is one skeleton.
+    """
+
+    max_repeats: int = Field(default=20, ge=1, description="A skeleton seen more often than this is a template.")
+    keep: int = Field(
+        default=0,
+        ge=0,
+        description="Rows of a template skeleton to keep anyway (the first ones); 0 drops them all, as Swallow did.",
+    )
+    prefix_chars: int = Field(default=64, ge=8, description="Characters of the masked instruction that form the skeleton.")
+    scope: Literal["global", "source"] = Field(default="source", description="Count skeletons per source or across all.")
+
+
+class LanguageFilterConfig(_Strict):
+    """Keep rows whose text is in one of the source's ``languages`` (py3langid, offline).
+
+    py3langid covers the SEA languages including Burmese (`my`), Khmer (`km`) and Lao (`lo`).
+    Reasoning traces are not checked: distilled R1 traces often reason in English for SEA prompts.
+    """
+
+    min_confidence: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Also reject rows whose detected target language has a normalised probability below this.",
+    )
+    check: Literal["all", "user", "assistant"] = Field(
+        default="all", description="Which turns' text to identify: user and assistant together, or one side."
+    )
+    min_chars: int = Field(
+        default=20, ge=0, description="Texts shorter than this (after removing digits and symbols) are not judged."
+    )
+    equivalent: list[list[str]] = Field(
+        default_factory=lambda: [["id", "ms"]],
+        description="Groups of codes accepted for each other; Indonesian and Malay are often confused by the detector.",
+    )
+
+
+class CurationConfig(_Strict):
+    """Row filters. Each is optional; each counts what it drops and writes the rows to rejects.jsonl.
+
+    Filters run in a fixed order and a row is charged to the first that rejects it: malformed
+    reasoning, role order, PII, language, exact/near duplicates, template instructions, then
+    (after tokenisation) token length. A filter set to ``true`` runs with its defaults.
+    """
+
+    malformed_reasoning: bool = Field(
+        default=True,
+        description=(
+            "Reject unclosed, nested or stray think tags, traces given both as a field and as tags, and an "
+            "empty answer after the reasoning."
+        ),
+    )
+    role_order: bool = Field(
+        default=True,
+        description=(
+            "Reject broken role order: system only first, then user and assistant alternating (tool turns "
+            "after an assistant), ending with an assistant turn; empty user/assistant turns count as broken."
+        ),
+    )
+    pii: PIIConfig | None = Field(default=None, description="PII filter; off unless set.")
+    language: LanguageFilterConfig | None = Field(
+        default=None, description="Language-ID filter against each source's `languages`; off unless set."
+    )
+    dedup: DedupConfig | None = Field(default=None, description="Exact and near-duplicate removal; off unless set.")
+    template_instructions: TemplateFilterConfig | None = Field(
+        default=None, description="Template-instruction filter; off unless set."
+    )
+    min_tokens: int | None = Field(default=None, ge=1, description="Reject samples shorter than this many tokens.")
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Reject samples longer than this many tokens (the stage's `max_length` applies too), rather "
+            "than letting the trainer truncate away the end of an answer and its end-of-turn token."
+        ),
+    )
+
+    @field_validator("pii", "language", "dedup", "template_instructions", mode="before")
+    @classmethod
+    def _bool_switch(cls, value: Any) -> Any:
+        return _enable_with_defaults(value)
+
+
+class DataConfig(_Strict):
+    """The SFT data of one stage: sources, curation, held-out split."""
+
+    sources: list[SourceConfig] = Field(min_length=1, description="Data sources, mixed in this order.")
+    curation: CurationConfig = Field(default_factory=CurationConfig, description="Row filters.")
+    heldout: float | int = Field(
+        default=0,
+        ge=0,
+        description="Default held-out share (fraction below 1) or row count per source, for the eval set.",
+    )
+    num_proc: int = Field(default=1, ge=1, description="Processes for `datasets.map` while normalising and tokenising.")
+
+    @field_validator("heldout")
+    @classmethod
+    def _heldout_fraction(cls, value: float | int) -> float | int:
+        if isinstance(value, float) and value >= 1:
+            raise ValueError("heldout must be a fraction below 1 or a whole number of rows")
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, value: list[SourceConfig]) -> list[SourceConfig]:
+        seen: set[str] = set()
+        for source in value:
+            if source.name in seen:
+                raise ValueError(f"duplicate source name {source.name!r}")
+            seen.add(source.name)
+        return value
+
+    def heldout_for(self, source: SourceConfig) -> float | int:
+        """The held-out setting that applies to ``source``."""
+        return self.heldout if source.heldout is None else source.heldout

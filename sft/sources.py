@@ -1,0 +1,142 @@
+"""Loading sources: local JSONL/JSON/Parquet/CSV files, ``save_to_disk`` folders and hub datasets.
+
+JSON Lines and JSON are read as raw text (one JSON document per row, in the column ``RAW``), so
+a line that is not valid JSON, or whose fields change type from row to row, becomes a rejected
+row instead of an Arrow schema error that stops the whole run. Typed sources (Parquet, CSV,
+Arrow, hub) are loaded with ``datasets`` as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import datasets
+from tempa.sft.data_config import DataError, SourceConfig
+
+logger = logging.getLogger(__name__)
+
+# Column holding one raw JSON document per row for JSON/JSONL sources.
+RAW = "__tempa_raw__"
+_FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv"}
+_HASH_CHUNK = 1 << 20
+
+
+def describe(source: SourceConfig) -> str:
+    """``data source 'name' (path)``: how every message about a source starts."""
+    return f"data source {source.name!r} ({source.path})"
+
+
+def is_local(source: SourceConfig) -> bool:
+    """Whether the source's path is on disk; otherwise it is a hub dataset id."""
+    return Path(source.path).is_absolute() and Path(source.path).exists()
+
+
+def row_label(source: SourceConfig, index: int) -> str:
+    """How a row is named in messages: JSON Lines rows by line number (what an editor shows)."""
+    if source.path.lower().endswith(".jsonl"):
+        return f"line {index + 1}"
+    return f"row {index}"
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    return any((folder / name).exists() for name in ("dataset_info.json", "state.json", "dataset_dict.json"))
+
+
+def load_source(source: SourceConfig, *, cache_dir: Path | None = None) -> datasets.Dataset:
+    """The source's rows as a ``datasets.Dataset`` (raw JSON text in ``RAW`` for JSON files).
+
+    Raises :class:`DataError` (one line) when the source cannot be read at all.
+    """
+    where = describe(source)
+    hf_cache = str(cache_dir / "hf") if cache_dir is not None else None
+    try:
+        if not is_local(source):
+            loaded = datasets.load_dataset(
+                source.path, name=source.subset, split=source.split, revision=source.revision, cache_dir=hf_cache
+            )
+            return _one_split(loaded, source)
+        path = Path(source.path)
+        if path.is_dir():
+            if _is_saved_dataset(path):
+                return _one_split(datasets.load_from_disk(str(path)), source)
+            # A folder of data files: let datasets infer the builder from the extensions.
+            return _one_split(datasets.load_dataset(str(path), split=source.split, cache_dir=hf_cache), source)
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            # One row per line, empty lines included, so row i is line i+1 in error messages.
+            lines = datasets.load_dataset(
+                "text", data_files=str(path), split="train", cache_dir=hf_cache, keep_linebreaks=False
+            )
+            return lines.rename_column("text", RAW)
+        if suffix == ".json":
+            return datasets.Dataset.from_dict({RAW: _json_rows(path, where)})
+        if suffix in _FILE_BUILDERS:
+            return datasets.load_dataset(
+                _FILE_BUILDERS[suffix], data_files=str(path), split="train", cache_dir=hf_cache
+            )
+    except DataError:
+        raise
+    except Exception as exc:
+        # Any loader failure becomes one actionable line.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{where}: could not be loaded: {first}") from exc
+    raise DataError(f"{where}: unsupported file type {path.suffix!r}; expected .jsonl, .json, .parquet or .csv")
+
+
+def _one_split(loaded: Any, source: SourceConfig) -> datasets.Dataset:
+    if isinstance(loaded, datasets.DatasetDict):
+        if source.split not in loaded:
+            raise DataError(
+                f"{describe(source)}: has no split {source.split!r}; splits: {', '.join(loaded)}"
+            )
+        return loaded[source.split]
+    if isinstance(loaded, datasets.Dataset):
+        return loaded
+    raise DataError(f"{describe(source)}: expected a Dataset, got {type(loaded).__name__}")
+
+
+def _json_rows(path: Path, where: str) -> list[str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    if isinstance(data, dict):
+        # `{"data": [...]}`-style wrappers: take the single list of rows.
+        lists = [value for value in data.values() if isinstance(value, list)]
+        if len(lists) != 1:
+            raise DataError(f"{where}: expected a JSON list of rows, or an object holding exactly one list")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise DataError(f"{where}: expected a JSON list of rows, got {type(data).__name__}")
+    return [json.dumps(row, ensure_ascii=False) for row in data]
+
+
+def _hash_path(digest: Any, path: Path) -> None:
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+
+
+def source_fingerprint(source: SourceConfig, *, cache_dir: Path | None = None) -> str:
+    """A digest that changes whenever the source's data changes.
+
+    Local files and folders are hashed by content (path changes alone do not matter); hub
+    datasets by the fingerprint ``datasets`` gives the loaded split, which follows the cached
+    revision, so an unpinned dataset that moved on upstream is not mistaken for the old one.
+    """
+    digest = hashlib.sha256()
+    if is_local(source):
+        path = Path(source.path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            if path.is_dir():
+                digest.update(str(file.relative_to(path)).encode())
+            _hash_path(digest, file)
+    else:
+        digest.update(json.dumps([source.path, source.subset, source.split, source.revision]).encode())
+        digest.update(str(load_source(source, cache_dir=cache_dir)._fingerprint).encode())
+    return digest.hexdigest()

@@ -1,0 +1,69 @@
+"""Tokenisation through the tokenizer's own chat template, with assistant masks.
+
+The runner bakes the recipe's template into the tokenizer before the stage, so rendering here
+is exactly what inference will use. Masks come from the template's ``{% generation %}`` blocks
+(``return_assistant_tokens_mask``); :mod:`tempa.sft.expand` decides which of them train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from tempa.sft.data_config import DataError
+from tempa.sft.expand import Render
+
+_GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def check_template(tokenizer: Any) -> str:
+    """The tokenizer's chat template; a clear error when it has none or cannot mask assistant turns."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    if not template:
+        raise DataError("the tokenizer has no chat template; the recipe's template must be baked in before SFT")
+    if not _GENERATION.search(template):
+        raise DataError(
+            "the tokenizer's chat template has no {% generation %} block, so assistant tokens cannot be "
+            "masked; use a tempa template (tempa.chat_templates) or add the block"
+        )
+    return template
+
+
+def make_render(tokenizer: Any) -> Render:
+    """render(messages, thinking) -> (input_ids, assistant_masks) with the tokenizer's template."""
+
+    def render(messages: list[dict[str, Any]], thinking: bool) -> tuple[list[int], list[int]]:
+        out = tokenizer.apply_chat_template(
+            messages,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            # Both spellings of the switch: tempa's `thinking_mode` and the Qwen3/vLLM `enable_thinking`.
+            thinking_mode="on" if thinking else "off",
+            enable_thinking=thinking,
+        )
+        return list(out["input_ids"]), [int(m) for m in out["assistant_masks"]]
+
+    return render
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A digest of everything about the tokenizer that changes token ids (not the template)."""
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def special_token_texts(tokenizer: Any) -> list[str]:
+    """Texts of the added special tokens (``<|eot_id|>``...), which must never appear inside data."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return sorted({tok.content for tok in added.values() if getattr(tok, "special", False) and tok.content})

@@ -1,0 +1,163 @@
+"""Training worker: `python -m tempa.sft.train --plan PLAN.json`, run by accelerate/torchrun.
+
+Everything it needs is in the plan file the `sft` stage wrote (data already tokenised on disk),
+so one stage can be re-run by hand with the command the runner logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tempa.sft.checkpoints import CheckpointCompleteCallback, last_complete_checkpoint
+
+
+def watch_runner(pid: int | None, interval_s: float = 1.0) -> None:
+    """Stop this training process group if the runner that launched it dies (e.g. SIGKILL).
+
+    Otherwise an orphaned trainer would keep writing into a stage folder that a new run resumes.
+    """
+    if not pid:
+        return
+
+    def _watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=_watch, name="tempa-runner-watch", daemon=True).start()
+
+
+def trl_config_kwargs(plan: dict[str, Any]) -> dict[str, Any]:
+    """SFTConfig kwargs: the recipe's train args plus what the stage folder and launch decide."""
+    kwargs = dict(plan["train_args"])
+    # tempa tokenises and masks the data itself (assistant_masks column, which trl turns into
+    # labels); trl's own flag only applies to conversational rows it tokenises.
+    kwargs["assistant_only_loss"] = False
+    kwargs["output_dir"] = plan["output_dir"]
+    kwargs.setdefault("seed", plan["seed"])
+    kwargs.setdefault("data_seed", plan["seed"])
+    if plan.get("deepspeed"):
+        kwargs["deepspeed"] = plan["deepspeed"]
+    precision = plan.get("mixed_precision")
+    if plan.get("use_cpu"):
+        kwargs["use_cpu"] = True
+        precision = precision or "no"
+    if precision is None:
+        import torch
+
+        # trl defaults to bf16, which a CPU-only machine refuses; decide by what is there.
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if precision is not None and "bf16" not in plan["train_args"] and "fp16" not in plan["train_args"]:
+        kwargs["bf16"] = precision == "bf16"
+        kwargs["fp16"] = precision == "fp16"
+    if plan.get("trust_remote_code"):
+        kwargs.setdefault("model_init_kwargs", {})["trust_remote_code"] = True
+    return kwargs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tempa.sft.train")
+    parser.add_argument("--plan", required=True, help="train_plan.json written by the sft stage")
+    args = parser.parse_args(argv)
+    plan = json.loads(Path(args.plan).read_text())
+    watch_runner(plan.get("runner_pid"))
+
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(plan["tokenizer_dir"])
+    if plan.get("deepspeed") and plan.get("use_cpu"):
+        # transformers sets up a plain CPU process group when use_cpu is on and never initialises
+        # DeepSpeed's communication layer, so ZeRO-3 would see a world of one. Do it first.
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+    config = SFTConfig(**trl_config_kwargs(plan))
+    train_dataset = load_from_disk(plan["train_data"])
+    eval_dataset = load_from_disk(plan["eval_data"]) if plan.get("eval_data") else None
+    if not plan["train_args"].get("assistant_only_loss", True):
+        train_dataset = train_dataset.remove_columns("assistant_masks")
+        if eval_dataset is not None:
+            eval_dataset = eval_dataset.remove_columns("assistant_masks")
+    if eval_dataset is not None and config.eval_strategy == "no":
+        config.eval_strategy = "steps" if config.save_strategy == "steps" else "epoch"
+        config.eval_steps = config.eval_steps or config.save_steps
+
+    peft_config = None
+    if plan.get("lora"):
+        from peft import LoraConfig
+
+        lora = plan["lora"]
+        peft_config = LoraConfig(
+            r=lora["r"],
+            lora_alpha=lora["lora_alpha"],
+            lora_dropout=lora["lora_dropout"],
+            target_modules=lora["target_modules"],
+            task_type="CAUSAL_LM",
+        )
+        if lora.get("load_in_4bit"):
+            from transformers import BitsAndBytesConfig
+
+            config.model_init_kwargs = {
+                **(config.model_init_kwargs or {}),
+                "quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
+            }
+
+    trainer = SFTTrainer(
+        model=plan["model_dir"],
+        args=config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[CheckpointCompleteCallback()],
+    )
+    resume = last_complete_checkpoint(Path(plan["output_dir"]))
+    if resume is not None and trainer.is_world_process_zero():
+        print(f"[tempa] resuming from {resume}", flush=True)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    eval_metrics = trainer.evaluate() if eval_dataset is not None else {}
+
+    final = Path(plan["final_dir"])
+    tmp = final.with_name(final.name + ".tmp")
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    if peft_config is not None:
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        if trainer.is_world_process_zero():
+            merged.save_pretrained(tmp, safe_serialization=True)
+    else:
+        trainer.save_model(str(tmp))  # under ZeRO-3 this gathers the 16-bit weights on rank 0
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(tmp)
+        metrics = {
+            "train": result.metrics,
+            "eval": eval_metrics,
+            "global_step": trainer.state.global_step,
+            "log_history": trainer.state.log_history,
+            "resumed_from": str(resume) if resume else None,
+        }
+        (tmp / "tempa_train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    trainer.accelerator.wait_for_everyone()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

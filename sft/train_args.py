@@ -1,0 +1,59 @@
+"""Validate a recipe's `train:` mapping against trl's SFTConfig/DPOConfig fields before any work.
+
+Training arguments pass straight through to trl; re-declaring them one by one would drift from
+trl. What tempa adds is checking them early: an unknown key (with a spelling hint) or a value of
+the wrong type fails when the recipe loads, not an hour into data preparation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+
+@functools.cache
+def _field_types(config_cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(config_cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(config_cls) if f.init}
+
+
+@functools.cache
+def _adapter(tp: Any) -> TypeAdapter | None:
+    try:
+        return TypeAdapter(tp)
+    except Exception:  # exotic transformers types: trl validates those itself
+        return None
+
+
+def check_train_args(
+    values: Mapping[str, Any], config_cls: type, *, reserved: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Return ``values`` unchanged if every key is a field of ``config_cls`` with a fitting value.
+
+    Raises ``ValueError`` naming the key and what was expected; pydantic reports it with the
+    field path. ``reserved`` keys are set by tempa itself (e.g. output_dir) and are refused.
+    """
+    fields = _field_types(config_cls)
+    reserved = set(reserved)
+    for key, value in values.items():
+        if key in reserved:
+            raise ValueError(f"'{key}' is set by tempa (the stage folder and launch decide it); remove it")
+        if key not in fields:
+            hint = difflib.get_close_matches(key, list(fields), n=1)
+            extra = f"; did you mean '{hint[0]}'?" if hint else ""
+            raise ValueError(f"'{key}' is not a {config_cls.__name__} field{extra}")
+        adapter = _adapter(fields[key])
+        if adapter is None or value is None:
+            continue
+        try:
+            adapter.validate_python(value)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]["msg"]
+            raise ValueError(f"'{key}': {first}, got {value!r}") from None
+    return dict(values)

@@ -1,0 +1,36 @@
+"""Shared fixtures: one tiny model + tokenizer per test session, built locally (no hub)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing in the tests may reach a hub, and CPU runs should not spam accelerator warnings.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama model + Llama-3-style tokenizer saved to disk (treat as read-only)."""
+    from tempa.recipes.tiny import write_tiny_default
+
+    return write_tiny_default(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tiny_model_dir: Path) -> Path:
+    """Same folder as the model: the tokenizer files live beside the weights."""
+    return tiny_model_dir
+
+
+@pytest.fixture()
+def tiny_tokenizer(tiny_tokenizer_dir: Path):
+    """A fresh tokenizer loaded from disk (fresh per test, so tests may mutate it)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)

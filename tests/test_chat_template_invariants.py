@@ -1,0 +1,407 @@
+"""Invariants a-h (+ pad) of both templates, on real tokenizers baked to disk and reloaded.
+
+Every tokenizer here is the tiny byte-level BPE, baked by ``bake_tokenizer`` and loaded back with
+``AutoTokenizer.from_pretrained``; each test runs with its GPT-2 pre-tokenizer (as built) and with Llama 3's
+pre-tokenizer pattern (how real Llama 3 / Qwen2 tokenizers split newlines), since prefix and mask bugs
+depend on exactly that.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+from transformers import AutoTokenizer, GenerationConfig
+
+from tempa.chat_templates import bake_tokenizer, check_tokenizer, end_of_turn_token, load_template
+from tempa.chat_templates.probes import INVALID_INPUTS, PROBES
+
+TEMPLATES = ("llama3_thinking", "chatml_thinking")
+MODES = ("on", "off")
+GOLDEN = json.loads((Path(__file__).parent / "golden" / "conversations.json").read_text(encoding="utf-8"))
+# Llama 3's split pattern (Qwen2's differs only in digit grouping): newlines stick to the punctuation before them.
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _conversations() -> list[tuple[str, list[dict[str, Any]], list[dict[str, Any]] | None]]:
+    """Training conversations (ending in the trained assistant turn): the check probes plus the golden cases."""
+    rows = [(probe.name, probe.messages, probe.tools) for probe in PROBES]
+    rows += [
+        (name, spec["messages"], spec.get("tools"))
+        for name, spec in sorted(GOLDEN.items())
+        if spec["messages"][-1]["role"] == "assistant"
+    ]
+    return rows
+
+
+CONVERSATIONS = _conversations()
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+
+
+@pytest.fixture(scope="module")
+def baked_dirs(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("baked")
+    return {name: bake_tokenizer(tiny_tokenizer_dir, name, root / name) for name in TEMPLATES}
+
+
+@pytest.fixture(scope="module")
+def llama3_split_dirs(baked_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tokenizers import Regex, pre_tokenizers
+
+    root = tmp_path_factory.mktemp("llama3-split")
+    out = {}
+    for name, folder in baked_dirs.items():
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+        tokenizer.save_pretrained(root / name)
+        shutil.copy(folder / "generation_config.json", root / name / "generation_config.json")
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(params=[(t, s) for t in TEMPLATES for s in ("gpt2-split", "llama3-split")], ids=lambda p: f"{p[0]}-{p[1]}")
+def tokenizer(request: pytest.FixtureRequest, baked_dirs: dict[str, Path], llama3_split_dirs: dict[str, Path]) -> Any:
+    name, split = request.param
+    folder = baked_dirs[name] if split == "gpt2-split" else llama3_split_dirs[name]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if split == "llama3-split":  # the swap must have survived the save, or these runs test nothing new
+        assert tokenizer.encode("</think>\n\nA", add_special_tokens=False)[-2:] == tokenizer.encode(
+            ">\n\nA", add_special_tokens=False
+        )[-2:]
+    return tokenizer
+
+
+def _ids(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, **kwargs: Any) -> list[int]:
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=True, **kwargs)["input_ids"]
+
+
+def _text(tokenizer: Any, messages: list[dict[str, Any]], tools: Any = None, **kwargs: Any) -> str:
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, **kwargs)
+
+
+def _reasoning_texts(messages: list[dict[str, Any]]) -> list[str]:
+    found = []
+    for message in messages:
+        for key in REASONING_KEYS:
+            if message.get(key):
+                found.append(message[key].strip())
+        content = message.get("content")
+        if isinstance(content, str) and content.startswith("<think>"):
+            found.append(content[len("<think>") :].split("</think>")[0].strip())
+    return found
+
+
+# ---------------------------------------------------------------- a. prefix
+
+
+def test_a_prompt_tokens_are_a_prefix_of_the_conversation(tokenizer: Any) -> None:
+    for name, messages, tools in CONVERSATIONS:
+        for mode in MODES:
+            prompt = _ids(tokenizer, messages[:-1], tools, add_generation_prompt=True, thinking_mode=mode)
+            full = _ids(tokenizer, messages, tools, thinking_mode=mode)
+            assert full[: len(prompt)] == prompt, f"{name} [{mode}]"
+            assert len(full) > len(prompt)
+
+
+# ---------------------------------------------------------------- b. mask
+
+
+def test_b_mask_is_exactly_the_generated_tokens_through_end_of_turn(tokenizer: Any) -> None:
+    eot_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer.chat_template))
+    never_trained = {tokenizer.convert_tokens_to_ids(t) for t in ("<|start_header_id|>", "<|end_header_id|>", "<|im_start|>")}
+    for name, messages, tools in CONVERSATIONS:
+        for mode in MODES:
+            prompt = _ids(tokenizer, messages[:-1], tools, add_generation_prompt=True, thinking_mode=mode)
+            out = tokenizer.apply_chat_template(
+                messages, tools=tools, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                thinking_mode=mode,
+            )
+            ids, mask = out["input_ids"], out["assistant_masks"]
+            trained = [i for i, m in enumerate(mask) if m]
+            assert trained, f"{name} [{mode}]: nothing trained"
+            # Contiguous, starting right after the prompt (so no header or prefilled token), ending on end-of-turn.
+            assert trained == list(range(len(prompt), trained[-1] + 1)), f"{name} [{mode}]"
+            assert ids[trained[-1]] == eot_id, f"{name} [{mode}]"
+            assert eot_id not in ids[trained[-1] + 1 :]
+            assert not never_trained & {ids[i] for i in trained}
+
+
+@pytest.mark.parametrize("template_name", TEMPLATES)
+def test_b_trained_text_of_the_card_example(template_name: str, baked_dirs: dict[str, Path]) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(baked_dirs[template_name])
+    messages = GOLDEN["id_sentiment"]["messages"]
+    reasoning = messages[-1]["reasoning_content"]
+    eot = end_of_turn_token(tokenizer.chat_template)
+    expected = {"on": f"{reasoning}\n</think>\n\nNegatif{eot}", "off": f"Negatif{eot}"}
+    for mode in MODES:
+        out = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, thinking_mode=mode
+        )
+        trained = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+        assert tokenizer.decode(trained) == expected[mode]
+
+
+def test_b_generation_prompts_have_no_trained_tokens(tokenizer: Any) -> None:
+    for name, messages, tools in CONVERSATIONS:
+        for mode in MODES:
+            out = tokenizer.apply_chat_template(
+                messages[:-1], tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True,
+                return_assistant_tokens_mask=True, thinking_mode=mode,
+            )
+            assert not any(out["assistant_masks"]), f"{name} [{mode}]"
+
+
+# ---------------------------------------------------------------- c. stop
+
+
+@pytest.mark.parametrize("template_name", TEMPLATES)
+def test_c_generation_config_stops_on_end_of_turn(template_name: str, baked_dirs: dict[str, Path]) -> None:
+    folder = baked_dirs[template_name]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    config = GenerationConfig.from_pretrained(folder)
+    eot_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(load_template(template_name)))
+    assert tokenizer.encode(end_of_turn_token(load_template(template_name)), add_special_tokens=False) == [eot_id]
+    assert eot_id in config.eos_token_id and tokenizer.eos_token_id in config.eos_token_id
+    assert config.pad_token_id == tokenizer.pad_token_id
+
+
+@pytest.mark.parametrize("template_name", TEMPLATES)
+def test_c_unbaked_tokenizer_fails_the_stop_check(template_name: str, tiny_tokenizer: Any, tiny_tokenizer_dir: Path) -> None:
+    template = load_template(template_name)
+    raw_config = json.loads((tiny_tokenizer_dir / "generation_config.json").read_text())
+    for config in (None, raw_config):  # tokenizer eos alone, then the base model's generation config
+        row = _row(check_tokenizer(tiny_tokenizer, template, generation_config=config), "c.")
+        assert not row.passed and end_of_turn_token(template) in row.detail
+
+
+# ---------------------------------------------------------------- d, e. reasoning
+
+
+def test_d_reasoning_in_think_block_when_on_and_absent_when_off(tokenizer: Any) -> None:
+    for name, messages, tools in CONVERSATIONS:
+        final = _reasoning_texts(messages[-1:])
+        on = _text(tokenizer, messages, tools, thinking_mode="on")
+        off = _text(tokenizer, messages, tools, thinking_mode="off")
+        block = on[on.rindex("<think>") + len("<think>") : on.rindex("</think>")]
+        assert block.strip() == (final[0] if final else ""), name
+        assert on.rindex("<think>") > on.rindex("assistant"), name  # the block belongs to the final turn
+        for reasoning in _reasoning_texts(messages):
+            assert reasoning not in off, f"{name}: {reasoning!r} in thinking-off render"
+            assert reasoning not in _text(tokenizer, messages[:-1], tools, add_generation_prompt=True, thinking_mode="off")
+
+
+def test_e_history_reasoning_never_renders(tokenizer: Any) -> None:
+    multi_turn = [row for row in CONVERSATIONS if _reasoning_texts(row[1][:-1])]
+    assert len(multi_turn) >= 4
+    for name, messages, tools in multi_turn:
+        for mode in MODES:
+            for rendered in (
+                _text(tokenizer, messages, tools, thinking_mode=mode),
+                _text(tokenizer, messages[:-1], tools, add_generation_prompt=True, thinking_mode=mode),
+            ):
+                for reasoning in _reasoning_texts(messages[:-1]):
+                    assert reasoning not in rendered, f"{name} [{mode}]"
+
+
+# ---------------------------------------------------------------- f. defaults and aliases
+
+
+def test_f_no_kwarg_is_on_and_enable_thinking_is_an_alias(tokenizer: Any) -> None:
+    for name, messages, tools in CONVERSATIONS:
+        for rows, prompt in ((messages, False), (messages[:-1], True)):
+            def render(**kwargs: Any) -> str:
+                return _text(tokenizer, rows, tools, add_generation_prompt=prompt, **kwargs)  # noqa: B023
+
+            on, off = render(thinking_mode="on"), render(thinking_mode="off")
+            assert on != off, name
+            assert render() == on == render(enable_thinking=True), name
+            assert render(enable_thinking=False) == off, name
+
+
+def test_f_none_kwargs_from_a_datasets_column_count_as_unset(tokenizer: Any) -> None:
+    from datasets import Dataset
+
+    # Rows that set different keys: Arrow fills the missing one with None in every other row.
+    rows = Dataset.from_list(
+        [
+            {"messages": GOLDEN["id_sentiment"]["messages"], "chat_template_kwargs": {"thinking_mode": "off"}},
+            {"messages": GOLDEN["id_sentiment"]["messages"], "chat_template_kwargs": {"enable_thinking": True}},
+        ]
+    )
+    assert rows[0]["chat_template_kwargs"] == {"thinking_mode": "off", "enable_thinking": None}
+    messages = GOLDEN["id_sentiment"]["messages"]
+    assert _text(tokenizer, messages, **rows[0]["chat_template_kwargs"]) == _text(tokenizer, messages, thinking_mode="off")
+    assert _text(tokenizer, messages, **rows[1]["chat_template_kwargs"]) == _text(tokenizer, messages, thinking_mode="on")
+
+
+# ---------------------------------------------------------------- g. save / reload
+
+
+@pytest.mark.parametrize("template_name", TEMPLATES)
+def test_g_renders_are_identical_after_save_and_reload(template_name: str, baked_dirs: dict[str, Path], tmp_path: Path) -> None:
+    original = AutoTokenizer.from_pretrained(baked_dirs[template_name])
+    assert (baked_dirs[template_name] / "chat_template.jinja").read_text(encoding="utf-8") == load_template(template_name)
+    original.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert reloaded.chat_template == original.chat_template == load_template(template_name)
+    for _name, messages, tools in CONVERSATIONS:
+        for mode in MODES:
+            for rows, prompt in ((messages, False), (messages[:-1], True)):
+                kwargs = {"add_generation_prompt": prompt, "thinking_mode": mode}
+                assert _text(reloaded, rows, tools, **kwargs).encode() == _text(original, rows, tools, **kwargs).encode()
+                assert _ids(reloaded, rows, tools, **kwargs) == _ids(original, rows, tools, **kwargs)
+
+
+# ---------------------------------------------------------------- h. invalid input
+
+EXPECTED_ERRORS = {
+    "unknown role": 'messages[0].role: unknown role "bot"',
+    "missing role": "messages[0].role: unknown role (missing)",
+    "system message in the middle": "messages[2]: a system message is only allowed as the first message",
+    "assistant turn first": "messages[0]: the conversation must start with a user message",
+    "assistant first after system": "messages[1]: the conversation must start with a user message",
+    "tool result without a tool call": "messages[1]: a tool message must follow an assistant message with tool_calls",
+    "non-string user content": "messages[0].content must be a string (or a list of text parts), got 42",
+    "dict user content": "messages[0].content must be a string",
+    "image part where text is required": "messages[0].content: list content must hold",
+    "user without content": "messages[0].content is missing",
+    "non-string reasoning": "messages[1].reasoning_content must be a string",
+    "unterminated <think>": "messages[1].content starts with <think> but has no closing </think>",
+    "thinking_mode not on/off": 'thinking_mode must be "on" or "off", got "maybe"',
+    "thinking_mode as a bool": 'thinking_mode must be "on" or "off", got true',
+    "enable_thinking not a bool": 'enable_thinking must be true or false, got "yes"',
+    "thinking_mode contradicts enable_thinking": 'thinking_mode="on" contradicts enable_thinking=false',
+}
+
+
+def test_h_every_invalid_input_has_an_expected_message() -> None:
+    assert {case.name for case in INVALID_INPUTS} == set(EXPECTED_ERRORS)
+
+
+@pytest.mark.parametrize("template_name", TEMPLATES)
+@pytest.mark.parametrize("case", INVALID_INPUTS, ids=lambda case: case.name)
+def test_h_invalid_input_raises_a_clear_template_error(template_name: str, case: Any, baked_dirs: dict[str, Path]) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(baked_dirs[template_name])
+    for tokenize in (False, True):
+        with pytest.raises(jinja2.TemplateError, match=re.escape(EXPECTED_ERRORS[case.name])):
+            tokenizer.apply_chat_template(case.messages, add_generation_prompt=True, tokenize=tokenize, **case.kwargs)
+
+
+# ---------------------------------------------------------------- the check itself
+
+
+@pytest.mark.parametrize("template_name", TEMPLATES)
+def test_check_tokenizer_passes_every_row_on_the_baked_tokenizer(template_name: str, baked_dirs: dict[str, Path]) -> None:
+    folder = baked_dirs[template_name]
+    config = json.loads((folder / "generation_config.json").read_text())
+    results = check_tokenizer(AutoTokenizer.from_pretrained(folder), generation_config=config)
+    assert [r.name[:2] for r in results] == ["a.", "b.", "c.", "d.", "e.", "f.", "g.", "h.", "i."]
+    assert all(r.passed for r in results), [r for r in results if not r.passed]
+
+
+def _row(results: list[Any], prefix: str) -> Any:
+    return next(r for r in results if r.name.startswith(prefix))
+
+
+def _variant(template: str, old: str, new: str) -> str:
+    assert template.count(old) >= 1, old
+    return template.replace(old, new)
+
+
+LLAMA3 = load_template("llama3_thinking")
+BROKEN_TEMPLATES = {
+    # Qwen3's off prefill ends in "\n\n": not a token prefix under a GPT-2-style pre-tokenizer.
+    "two-newline prefill": (_variant(LLAMA3, '"<think>\\n</think>\\n"', '"<think>\\n\\n</think>\\n\\n"'), {"a."}),
+    # The classic never-stops bug: the end-of-turn token outside the trained span.
+    "eot outside generation": (
+        _variant(
+            LLAMA3,
+            '{{- "</think>\\n\\n" ~ answer.text ~ "<|eot_id|>" }}\n            {%- endgeneration %}',
+            '{{- "</think>\\n\\n" ~ answer.text }}\n            {%- endgeneration %}\n            {{- "<|eot_id|>" }}',
+        ),
+        {"b."},
+    ),
+    "history reasoning rendered": (
+        _variant(
+            LLAMA3,
+            '{{- answer.text ~ "<|eot_id|>" }}\n        {%- endif %}',
+            '{{- reasoning.text ~ answer.text ~ "<|eot_id|>" }}\n        {%- endif %}',
+        ),
+        {"d.", "e."},
+    ),
+    "off mode ignored": (_variant(LLAMA3, '{%- set thinking = mode.value == "on" %}', "{%- set thinking = true %}"), {"d.", "f."}),
+    "no validation": (_variant(LLAMA3, "raise_exception(where", "(where"), {"h."}),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(BROKEN_TEMPLATES))
+def test_check_tokenizer_catches_broken_templates(variant: str, baked_dirs: dict[str, Path]) -> None:
+    template, must_fail = BROKEN_TEMPLATES[variant]
+    folder = baked_dirs["llama3_thinking"]
+    config = json.loads((folder / "generation_config.json").read_text())
+    results = check_tokenizer(AutoTokenizer.from_pretrained(folder), template, generation_config=config)
+    failed = {r.name[:2] for r in results if not r.passed}
+    assert must_fail <= failed, results
+
+
+def test_check_tokenizer_catches_trls_plain_llama3_template(baked_dirs: dict[str, Path]) -> None:
+    import trl
+
+    template = (Path(trl.__file__).parent / "chat_templates" / "llama3_training.jinja").read_text(encoding="utf-8")
+    folder = baked_dirs["llama3_thinking"]
+    results = check_tokenizer(AutoTokenizer.from_pretrained(folder), template)
+    failed = {r.name[:2] for r in results if not r.passed}
+    # Its prompt ends in "<|end_header_id|>\n\n" (two newlines merge on the tiny tokenizer), it has no think
+    # block, and it ignores thinking_mode and malformed conversations.
+    assert {"a.", "d.", "f.", "h."} <= failed
+
+
+def test_check_tokenizer_flags_pad_equal_to_eos(baked_dirs: dict[str, Path]) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(baked_dirs["chatml_thinking"])
+    tokenizer.pad_token = "<|im_end|>"
+    assert not _row(check_tokenizer(tokenizer), "i.").passed
+
+
+def test_check_tokenizer_without_a_template_is_a_usage_error(tiny_tokenizer: Any) -> None:
+    with pytest.raises(ValueError, match="no chat template"):
+        check_tokenizer(tiny_tokenizer)
+
+
+# ---------------------------------------------------------------- SFT (trl-style tokenisation)
+
+
+@pytest.mark.parametrize("template_name", TEMPLATES)
+def test_sft_thinking_off_row_has_no_reasoning_tokens_and_trains_end_of_turn(
+    template_name: str, baked_dirs: dict[str, Path]
+) -> None:
+    from trl.data_utils import _tokenize  # what SFTTrainer's tokenize_fn calls for conversational rows
+
+    tokenizer = AutoTokenizer.from_pretrained(baked_dirs[template_name])
+    row = {"messages": GOLDEN["th_multiturn"]["messages"], "chat_template_kwargs": {"thinking_mode": "off"}}
+    out = _tokenize(
+        tokenizer, row["messages"], chat_template=None, tools=None, return_assistant_tokens_mask=True,
+        **row["chat_template_kwargs"],
+    )
+    ids, mask = out["input_ids"], out["assistant_masks"]
+    text = tokenizer.decode(ids)
+    for reasoning in _reasoning_texts(row["messages"]):
+        assert reasoning not in text
+        # Token-level too: the reasoning's own token sequence appears nowhere in the ids.
+        needle = tokenizer.encode(reasoning, add_special_tokens=False)
+        assert not any(ids[i : i + len(needle)] == needle for i in range(len(ids)))
+    eot_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer.chat_template))
+    trained = [t for t, m in zip(ids, mask) if m]
+    assert trained[-1] == eot_id
+    assert tokenizer.decode(trained) == f"{row['messages'][-1]['content']}{end_of_turn_token(tokenizer.chat_template)}"

@@ -1,0 +1,504 @@
+"""The evaluate stage: pure scorers on crafted text, the generation backend, loss, the leaderboard."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+from tempa.merge import EvaluateStageConfig, run_evaluate
+from tempa.merge.answers import (
+    answer_matches,
+    extract_final_number,
+    final_answer_text,
+    split_thinking,
+    thinking_off_compliant,
+    thinking_on_compliant,
+)
+from tempa.merge.ifeval import count_bullets, count_sentences, count_words, ifeval_scores, parse_instructions
+from tempa.merge.language import detect_language, language_scores
+from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, read_leaderboard
+from tempa.sft.stage_api import StageContext, StageError
+
+# --- IFEval checks --------------------------------------------------------------------------------
+
+IF_CASES = [
+    ({"type": "starts_with", "value": "Dear team"}, "dear team, hello", "Hello, dear team"),
+    ({"type": "starts_with", "value": "Dear", "case_sensitive": True}, "Dear all", "dear all"),
+    ({"type": "ends_with", "value": "Any questions?"}, "That is all. Any questions?\n", "Any questions? No."),
+    ({"type": "word_count", "min": 3, "max": 5}, "one two three four", "one two"),
+    ({"type": "word_count", "max": 3}, "it's well-known here", "one two three four"),
+    ({"type": "sentence_count", "min": 2, "max": 2}, "First one. Second one!", "Only one here."),
+    ({"type": "sentence_count", "min": 3}, "Satu. Dua? Tiga。", "Satu. Dua."),
+    ({"type": "bullet_count", "min": 3, "max": 3}, "List:\n* a\n- b\n+ c", "* a\n* b\n---\ntext"),
+    ({"type": "json_format"}, '```json\n{"a": [1, 2]}\n```', "{'a': 1}"),
+    ({"type": "json_format"}, '  [1, "x"] ', "The answer is {}"),
+    ({"type": "all_lowercase"}, "semua huruf kecil.", "Not lowercase"),
+    ({"type": "no_commas"}, "no commas here. none at all", "one, two"),
+    ({"type": "no_commas"}, "没有逗号", "一，二"),
+]
+
+
+@pytest.mark.parametrize(("instruction", "passing", "failing"), IF_CASES)
+def test_ifeval_checks(instruction, passing, failing):
+    (check,) = parse_instructions([instruction])
+    assert check.check(passing) is True
+    assert check.check(failing) is False
+
+
+def test_ifeval_counters_and_scores():
+    assert count_words("Hello, world! It's a well-known fact.") == 6
+    assert count_sentences("Dr Smith came. He left! Why? Because") == 4
+    assert count_sentences("") == 0
+    assert count_bullets("* one\n  - two\n--- not a bullet\n-three") == 2
+    checks = parse_instructions([{"type": "no_commas"}, {"type": "word_count", "max": 2}])
+    scores = ifeval_scores([(checks, [True, True]), (checks, [True, False])])
+    assert scores == {
+        "prompt_accuracy": 0.5,
+        "instruction_accuracy": 0.75,
+        "no_commas_accuracy": 1.0,
+        "word_count_accuracy": 0.5,
+    }
+    with pytest.raises(ValidationError):
+        parse_instructions([{"type": "word_count"}])  # neither min nor max
+    with pytest.raises(ValidationError):
+        parse_instructions([{"type": "rhymes"}])
+
+
+# --- think blocks, compliance, answers -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "on", "off"),
+    [
+        ("<think>\nLet me add.\n</think>\n\nThe answer is 4.", True, False),
+        ("<think>\n</think>\nThe answer is 4.", True, True),  # the off-mode prefill: an empty block
+        ("The answer is 4.", False, True),
+        ("<think>\nstill thinking when the budget ran out", False, False),
+        ("<think>\nreasoning\n</think>\n\n", False, False),  # closed block but no answer
+        ("<think>a</think> 4 <think>again</think> 5", False, False),  # a second block in the answer
+        ("The answer </think> is 4", False, False),  # stray closing tag
+        ("  <think>x</think>  ok", True, False),
+    ],
+)
+def test_thinking_compliance(text, on, off):
+    assert thinking_on_compliant(text) is on
+    assert thinking_off_compliant(text) is off
+
+
+def test_split_and_final_answers():
+    assert split_thinking("<think>r</think>\n\nA").answer == "A"
+    assert split_thinking("<think>r").answer == ""
+    assert final_answer_text("plain answer ") == "plain answer"
+    assert extract_final_number("There are 3 cats, 4 dogs. The answer is 12 legs... wait 7") == 12
+    assert extract_final_number(r"so \boxed{\frac{1}{4}}") == 0.25
+    assert extract_final_number("Totalnya Rp 1.250.000 saja") == 1_250_000
+    assert extract_final_number("#### 1,234") == 1234
+    assert extract_final_number("no digits") is None
+    assert answer_matches("Jawabannya adalah 42.", 42)
+    assert not answer_matches("Jawabannya adalah 41.", 42)
+    assert answer_matches("It is 0.5", "1/2")
+    assert answer_matches("The answer is: Jakarta.", "jakarta")
+    assert not answer_matches("Bandung", "Jakarta")
+    assert answer_matches("ประโยคนี้แสดงความรู้สึก\nเชิงลบ", "เชิงลบ")  # label on the last line, Thai marks kept
+    # The final answer is read after the think block: a number inside the reasoning does not count.
+    assert not answer_matches(final_answer_text("<think>maybe 42</think> I am not sure"), 42)
+
+
+def test_language_detection_and_normalised_accuracy():
+    assert detect_language("The weather is lovely today and we are going to the beach.") == "en"
+    assert detect_language("Hôm nay trời đẹp và chúng tôi sẽ đi biển.") == "vi"
+    assert detect_language("วันนี้อากาศดีและเราจะไปทะเล") == "th"
+    assert detect_language("Cuaca hari ini sangat cerah dan kami akan pergi ke pantai.", ["id", "en"]) == "id"
+    assert detect_language("42 + 7") == ""
+    scores = language_scores(
+        detected=["id", "en", "id", "vi", "en"],
+        targets=["id", "id", "id", "vi", "en"],
+        correct=[True, True, False, None, True],
+    )
+    # Row 2 is correct but in English for an Indonesian prompt: a failure once normalised.
+    assert scores["language_share"] == pytest.approx(4 / 5)
+    assert scores["accuracy"] == pytest.approx(3 / 4)
+    assert scores["normalized_accuracy"] == pytest.approx(2 / 4)
+    assert scores["language_share_id"] == pytest.approx(2 / 3)
+    assert scores["normalized_accuracy_id"] == pytest.approx(1 / 3)
+    assert "normalized_accuracy_vi" not in scores  # nothing verifiable in Vietnamese
+    aliased = language_scores(["ms"], ["id"], [True], also_accept={"id": ["ms"]})
+    assert aliased["normalized_accuracy"] == 1.0
+
+
+# --- leaderboard ------------------------------------------------------------------------------------
+
+
+def test_leaderboard_ranks_by_direction_and_writes_table(tmp_path):
+    from tempa.merge.leaderboard import write_leaderboard
+
+    board = Leaderboard(
+        [
+            LeaderboardRow(
+                "s/checkpoint-1", "/p1", "s", 1, metrics={"heldout/loss": 2.0, "acc/accuracy": 0.9}
+            ),
+            LeaderboardRow(
+                "s/checkpoint-2", "/p2", "s", 2, metrics={"heldout/loss": 1.0, "acc/accuracy": 0.1}
+            ),
+        ],
+        rank_by="heldout/loss",
+    )
+    assert [r.candidate for r in board.ranked()] == ["s/checkpoint-2", "s/checkpoint-1"]
+    write_leaderboard(board, tmp_path, title="t")
+    table = (tmp_path / "leaderboard.md").read_text()
+    assert "heldout/loss ↓" in table and "acc/accuracy ↑" in table
+    assert "**1.0000**" in table and "**0.9000**" in table  # best per column, per direction
+    assert table.index("s/checkpoint-2") < table.index("s/checkpoint-1")
+    loaded = read_leaderboard(tmp_path)
+    assert [r.candidate for r in loaded.rows] == ["s/checkpoint-2", "s/checkpoint-1"]
+    assert json.loads((tmp_path / "leaderboard.json").read_text())["metrics"]["heldout/loss"] == "min"
+
+
+# --- with a model -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
+    from tempa.chat_templates.templates import load_template
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "tokenizer"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = load_template("llama3_thinking")
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def make_ctx(
+    run_dir: Path, name: str, *, tokenizer_dir: Path, model_dir: Path, stage_dirs=None, stage_models=None
+):
+    from transformers import AutoTokenizer
+
+    def no_launch(*_args):
+        raise AssertionError("evaluate launches nothing")
+
+    return StageContext(
+        run_dir=run_dir,
+        stage_dir=run_dir / name,
+        stage_name=name,
+        seed=0,
+        model_dir=model_dir,
+        tokenizer_dir=tokenizer_dir,
+        chat_template=AutoTokenizer.from_pretrained(tokenizer_dir).chat_template,
+        stage_dirs=dict(stage_dirs or {}),
+        stage_models=dict(stage_models or {}),
+        launch=no_launch,
+        base_model_dir=model_dir,
+    )
+
+
+def test_transformers_backend_batches_like_single_prompts(tiny_model_dir, tokenizer_dir):
+    from tempa.alignment.generation import GenerationParams, TransformersBackend
+
+    backend = TransformersBackend(tiny_model_dir, tokenizer_dir, device="cpu", show_progress=False)
+    prompts = [
+        [{"role": "user", "content": "Apa kabar?"}],
+        [
+            {
+                "role": "user",
+                "content": "A much longer prompt, so that the batch needs left padding to line up.",
+            }
+        ],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    ]
+    params = GenerationParams(max_new_tokens=6, batch_size=3)
+    batched = backend.generate(prompts, params)
+    single = [backend.generate([p], params)[0] for p in prompts]
+    assert batched == single
+    assert all(len(samples) == 1 for samples in batched)
+    # Thinking modes reach the template, per prompt.
+    assert backend.render(prompts[0], "on").endswith("<think>\n")
+    assert backend.render(prompts[0], "off").endswith("<think>\n</think>\n")
+    # n samples with a seed: reproducible.
+    sampling = GenerationParams(max_new_tokens=6, n=2, temperature=1.0, seed=7)
+    first = backend.generate(prompts[:1], sampling, thinking_modes=["off"])
+    assert len(first[0]) == 2 and first == backend.generate(prompts[:1], sampling, thinking_modes=["off"])
+    # Completions end at the end-of-turn token and drop special tokens, but keep think tags.
+    tok = backend.tokenizer
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    assert eot in backend.stop_ids
+    ids = tok("<think>\nhm\n</think>\n\nok", add_special_tokens=False)["input_ids"]
+    header = tok.convert_tokens_to_ids("<|start_header_id|>")
+    assert backend.decode([*ids, header, eot, *tok("after", add_special_tokens=False)["input_ids"]]) == (
+        "<think>\nhm\n</think>\n\nok"
+    )
+
+
+def test_held_out_loss_is_mean_nll_of_assistant_tokens(tiny_model_dir, tokenizer_dir):
+    from tempa.merge.suites import assistant_mask, held_out_nll
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    chat = [
+        {"role": "user", "content": "Berapa 2+2?"},
+        {"role": "assistant", "content": "4", "reasoning_content": "dua tambah dua"},
+    ]
+    ids, mask = assistant_mask(tokenizer, chat, "on")
+    trained = tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
+    assert trained == "dua tambah dua\n</think>\n\n4<|eot_id|>"
+    # By hand: next-token cross-entropy at every assistant position.
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    positions = [p for p in range(1, len(ids)) if mask[p]]
+    expected = -sum(float(log_probs[p - 1, ids[p]]) for p in positions)
+    other = [{"role": "user", "content": "Hai"}, {"role": "assistant", "content": "Halo juga, apa kabar?"}]
+    total, count = held_out_nll(
+        model, tokenizer, [(chat, "on"), (other, "off")], max_length=512, batch_size=2
+    )
+    alone, alone_count = held_out_nll(model, tokenizer, [(chat, "on")], max_length=512, batch_size=1)
+    assert alone_count == len(positions)
+    assert alone == pytest.approx(expected, rel=1e-4)
+    # Right padding in a batch does not change a chat's loss.
+    other_total, other_count = held_out_nll(model, tokenizer, [(other, "off")], max_length=512, batch_size=1)
+    assert count == alone_count + other_count
+    assert total == pytest.approx(alone + other_total, rel=1e-4)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+class ScriptedBackend:
+    """Replies from a table keyed by the model folder's name and the prompt text."""
+
+    def __init__(self, model_dir: Path, replies: dict[str, dict[str, str]]):
+        self.replies = replies[Path(model_dir).name]
+        self.calls = 0
+
+    def generate(self, prompts, params, *, thinking_modes=None):
+        self.calls += 1
+        modes = thinking_modes or [params.thinking_mode] * len(prompts)
+        return [[self.replies[f"{p[-1]['content']}|{m}"]] for p, m in zip(prompts, modes, strict=True)]
+
+    def close(self):
+        pass
+
+
+def test_evaluate_stage_scores_checkpoints_into_a_leaderboard(tmp_path, tiny_model_dir, tokenizer_dir):
+    run_dir = tmp_path / "run"
+    sft_dir = run_dir / "sft"
+    for step, complete in ((10, True), (20, True), (30, False)):
+        ckpt = sft_dir / "checkpoints" / f"checkpoint-{step}"
+        shutil.copytree(tiny_model_dir, ckpt)
+        if complete:
+            (ckpt / "COMPLETE").write_text("")
+    shutil.copytree(tiny_model_dir, sft_dir / "final")
+
+    data = tmp_path / "data"
+    data.mkdir()
+    math_rows = _write_rows(
+        data / "math.jsonl",
+        [
+            {"prompt": "2+2?", "answer": 4, "language": "id"},
+            {"prompt": "3*3?", "answer": "9", "language": "id"},
+        ],
+    )
+    if_rows = _write_rows(
+        data / "if.jsonl",
+        [
+            {
+                "messages": [{"role": "user", "content": "List 2 fruits"}],
+                "instructions": [{"type": "bullet_count", "min": 2, "max": 2}, {"type": "no_commas"}],
+            }
+        ],
+    )
+    chat_rows = _write_rows(
+        data / "chat.jsonl",
+        [{"messages": [{"role": "user", "content": "Hai"}, {"role": "assistant", "content": "Halo!"}]}],
+    )
+    good_id = "Jawabannya adalah {} karena itu hasil hitungan yang benar."
+    # checkpoint-10: right answers, in English (wrong language); checkpoint-20: right and in Indonesian;
+    # final: wrong answers, forgets to close its think block in "on" mode.
+    replies = {
+        "checkpoint-10": {
+            "2+2?|None": "r\n</think>\n\nThe answer is 4 because that is what the sum gives.",
+            "3*3?|None": "r\n</think>\n\nThe answer is 9 because that is what the product gives.",
+            "2+2?|on": "r\n</think>\n\n4",
+            "3*3?|on": "r\n</think>\n\n9",
+            "2+2?|off": "4",
+            "3*3?|off": "9",
+            "List 2 fruits|None": "r\n</think>\n\n* apple\n* pear",
+        },
+        "checkpoint-20": {
+            "2+2?|None": "r\n</think>\n\n" + good_id.format(4),
+            "3*3?|None": "r\n</think>\n\n" + good_id.format(9),
+            "2+2?|on": "r\n</think>\n\n4",
+            "3*3?|on": "r\n</think>\n\n9",
+            "2+2?|off": "4",
+            "3*3?|off": "<think>oops</think> 9",
+            "List 2 fruits|None": "r\n</think>\n\n* apple, pear\n* mango",
+        },
+        "final": {
+            "2+2?|None": "r\n</think>\n\n" + good_id.format(5),
+            "3*3?|None": "still thinking",
+            "2+2?|on": "never closed",
+            "3*3?|on": "never closed",
+            "2+2?|off": "5",
+            "3*3?|off": "8",
+            "List 2 fruits|None": "r\n</think>\n\napple",
+        },
+    }
+    backends: list[ScriptedBackend] = []
+
+    def factory(path, _config, _ctx):
+        backend = ScriptedBackend(path, replies)
+        backends.append(backend)
+        return backend
+
+    config = EvaluateStageConfig.model_validate(
+        {
+            "name": "eval",
+            "kind": "evaluate",
+            "checkpoints_of": ["sft"],
+            "suites": [
+                {"type": "accuracy", "name": "math", "data": math_rows},
+                {
+                    "type": "language",
+                    "data": math_rows,
+                    "languages": ["id", "en", "ms"],
+                    "also_accept": {"id": ["ms"]},
+                },
+                {"type": "thinking", "data": math_rows},
+                {"type": "ifeval", "data": if_rows},
+            ],
+            "rank_by": "language/normalized_accuracy",
+        }
+    )
+    ctx = make_ctx(
+        run_dir,
+        "eval",
+        tokenizer_dir=tokenizer_dir,
+        model_dir=sft_dir / "final",
+        stage_dirs={"sft": sft_dir},
+        stage_models={"sft": sft_dir / "final"},
+    )
+    result = run_evaluate(config, ctx, backend_factory=factory)
+    assert result.model_dir == sft_dir / "final"  # the stage passes its input on
+    board = read_leaderboard(run_dir / "eval")
+    by_name = {r.candidate: r.metrics for r in board.rows}
+    assert list(by_name) == [
+        "sft/checkpoint-20",
+        "sft/checkpoint-10",
+        "sft",
+    ]  # ranked; checkpoint-30 incomplete
+    c10, c20, final = by_name["sft/checkpoint-10"], by_name["sft/checkpoint-20"], by_name["sft"]
+    assert (c10["math/accuracy"], c20["math/accuracy"], final["math/accuracy"]) == (1.0, 1.0, 0.0)
+    assert c10["language/accuracy"] == 1.0 and c10["language/normalized_accuracy"] == 0.0
+    assert c20["language/normalized_accuracy"] == 1.0 and c20["language/language_share"] == 1.0
+    assert (c10["thinking/on_compliance"], c10["thinking/off_compliance"]) == (1.0, 1.0)
+    assert c20["thinking/off_compliance"] == 0.5 and final["thinking/on_compliance"] == 0.0
+    assert c10["ifeval/prompt_accuracy"] == 1.0
+    assert c20["ifeval/prompt_accuracy"] == 0.0 and c20["ifeval/instruction_accuracy"] == 0.5
+    # Suites sharing rows and mode generate once: math and language reuse the same answers.
+    assert all(b.calls == 4 for b in backends)  # default-mode rows, on, off, instructions
+    assert result.metrics["best"] == "sft/checkpoint-20"
+    table = (run_dir / "eval" / "leaderboard.md").read_text()
+    assert "language/normalized_accuracy ↑" in table and "sft/checkpoint-20" in table
+    saved = json.loads((run_dir / "eval" / "evaluate_config.json").read_text())
+    assert saved["suites"][0]["data"] == math_rows
+
+    # A re-run reuses the per-candidate scores of unchanged checkpoints.
+    backends.clear()
+    run_evaluate(config, ctx, backend_factory=factory)
+    assert backends == []
+
+    # A real model through the default backend: loss + a generation suite, end to end.
+    real = EvaluateStageConfig.model_validate(
+        {
+            "name": "eval2",
+            "kind": "evaluate",
+            "stages": ["sft"],
+            "suites": [
+                {"type": "loss", "name": "heldout", "data": chat_rows},
+                {"type": "thinking", "data": math_rows},
+            ],
+            "generation": {"max_new_tokens": 4},
+        }
+    )
+    ctx2 = make_ctx(
+        run_dir,
+        "eval2",
+        tokenizer_dir=tokenizer_dir,
+        model_dir=sft_dir / "final",
+        stage_dirs={"sft": sft_dir},
+        stage_models={"sft": sft_dir / "final"},
+    )
+    run_evaluate(real, ctx2)
+    (row,) = read_leaderboard(run_dir / "eval2").rows
+    assert row.candidate == "sft"
+    assert math.isfinite(row.metrics["heldout/loss"])
+    assert row.metrics["heldout/perplexity"] == pytest.approx(math.exp(row.metrics["heldout/loss"]))
+    assert 0.0 <= row.metrics["thinking/compliance"] <= 1.0
+
+
+def test_evaluate_errors_are_one_line(tmp_path, tiny_model_dir, tokenizer_dir):
+    rows = _write_rows(tmp_path / "r.jsonl", [{"prompt": "hi", "answer": 1}])
+    ctx = make_ctx(tmp_path, "eval", tokenizer_dir=tokenizer_dir, model_dir=tiny_model_dir, stage_dirs={})
+    config = EvaluateStageConfig.model_validate(
+        {
+            "name": "eval",
+            "kind": "evaluate",
+            "checkpoints_of": ["sft"],
+            "suites": [{"type": "accuracy", "data": rows}],
+        }
+    )
+    with pytest.raises(StageError, match="'sft' is not a stage that runs before it"):
+        run_evaluate(config, ctx)
+    if importlib.util.find_spec("lm_eval") is None:
+        asks_lm_eval = EvaluateStageConfig.model_validate(
+            {"name": "eval", "kind": "evaluate", "suites": [{"type": "lm_eval", "tasks": ["gsm8k"]}]}
+        )
+        with pytest.raises(StageError, match=r"pip install lm-eval"):
+            run_evaluate(asks_lm_eval, ctx)
+
+
+def test_evaluate_config_validation(tmp_path):
+    rows = _write_rows(tmp_path / "r.jsonl", [{"prompt": "hi"}])
+
+    def validate(**fields):
+        return EvaluateStageConfig.model_validate({"name": "e", "kind": "evaluate", **fields})
+
+    with pytest.raises(ValidationError, match="suite names must be unique"):
+        validate(suites=[{"type": "accuracy", "data": rows}, {"type": "accuracy", "data": rows}])
+    with pytest.raises(ValidationError, match="rank_by"):
+        validate(suites=[{"type": "accuracy", "data": rows}], rank_by="ifeval/prompt_accuracy")
+    with pytest.raises(ValidationError, match="does not exist"):
+        validate(suites=[{"type": "accuracy", "data": str(tmp_path / "missing.jsonl")}])
+    with pytest.raises(ValidationError, match="does not know language"):
+        validate(suites=[{"type": "language", "data": rows, "languages": ["xx"]}])
+    # Data paths are relative to the recipe's folder.
+    config = EvaluateStageConfig.model_validate(
+        {"name": "e", "kind": "evaluate", "suites": [{"type": "ifeval", "data": "r.jsonl"}]},
+        context={"base_dir": str(tmp_path)},
+    )
+    assert config.suites[0].data == rows
+
+
+def test_flatten_lm_eval_results():
+    from tempa.merge.suites import flatten_lm_eval_results
+
+    flat = flatten_lm_eval_results(
+        {
+            "gsm8k": {
+                "alias": "gsm8k",
+                "exact_match,strict-match": 0.5,
+                "exact_match_stderr,strict-match": 0.1,
+            },
+            "arc_easy": {"acc,none": 0.7, "acc_norm,none": 0.72, "acc_stderr,none": 0.01},
+        }
+    )
+    assert flat == {"gsm8k/exact_match[strict-match]": 0.5, "arc_easy/acc": 0.7, "arc_easy/acc_norm": 0.72}

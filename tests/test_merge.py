@@ -1,0 +1,396 @@
+"""The merge stage: mergekit arithmetic checked by hand, selection, refusals, tokenizer, re-scoring."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
+from tempa.merge import MergeStageConfig, run_merge
+from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, read_leaderboard
+from tempa.merge.mergekit_run import MergeInput, check_compatible
+from tempa.merge.selection import select_top_k
+from tempa.sft.stage_api import StageContext, StageError
+
+
+def _no_launch(*_args):
+    raise AssertionError("merge stages launch nothing")
+
+
+def make_ctx(
+    run_dir: Path, name: str, *, tokenizer_dir: Path, base: Path, stage_dirs=None, stage_models=None
+):
+    from transformers import AutoTokenizer
+
+    return StageContext(
+        run_dir=run_dir,
+        stage_dir=run_dir / name,
+        stage_name=name,
+        seed=0,
+        model_dir=base,
+        tokenizer_dir=tokenizer_dir,
+        chat_template=AutoTokenizer.from_pretrained(tokenizer_dir).chat_template,
+        stage_dirs=dict(stage_dirs or {}),
+        stage_models=dict(stage_models or {}),
+        launch=_no_launch,
+        base_model_dir=base,
+    )
+
+
+def perturbed_copy(src: Path, dst: Path, seed: int, scale: float) -> Path:
+    """A "checkpoint": the model's files with seeded Gaussian noise added to every weight."""
+    shutil.copytree(src, dst)
+    weights = load_file(src / "model.safetensors")
+    generator = torch.Generator().manual_seed(seed)
+    noisy = {
+        k: v + scale * torch.randn(v.shape, generator=generator, dtype=v.dtype) for k, v in weights.items()
+    }
+    save_file(noisy, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
+    """The recipe tokenizer: the tiny tokenizer with the shipped thinking template."""
+    from tempa.chat_templates.templates import load_template
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "tokenizer"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = load_template("llama3_thinking")
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_model_dir: Path, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpts")
+    return {
+        "a": perturbed_copy(tiny_model_dir, root / "a", seed=1, scale=0.05),
+        "b": perturbed_copy(tiny_model_dir, root / "b", seed=2, scale=0.05),
+        "c": perturbed_copy(tiny_model_dir, root / "c", seed=3, scale=0.05),
+    }
+
+
+def _merge(tmp_path, tokenizer_dir, base, name="merge", **fields):
+    config = MergeStageConfig.model_validate({"name": name, "kind": "merge", "reevaluate": False, **fields})
+    ctx = make_ctx(tmp_path, name, tokenizer_dir=tokenizer_dir, base=base)
+    result = run_merge(config, ctx)
+    return result, load_file(Path(result.model_dir) / "model.safetensors")
+
+
+def test_linear_merge_equals_normalised_weighted_sum(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir):
+    a, b = (
+        load_file(checkpoints["a"] / "model.safetensors"),
+        load_file(checkpoints["b"] / "model.safetensors"),
+    )
+    result, merged = _merge(
+        tmp_path,
+        tokenizer_dir,
+        tiny_model_dir,
+        method="linear",
+        models=[str(checkpoints["a"]), str(checkpoints["b"])],
+        weights=[3.0, 1.0],
+        dtype="float32",
+    )
+    assert set(merged) == set(a)
+    for key in a:
+        expected = (3.0 * a[key] + 1.0 * b[key]) / 4.0  # weights are normalised to sum to one
+        torch.testing.assert_close(merged[key], expected, rtol=1e-5, atol=1e-6)
+    # The config mergekit ran is kept, with absolute paths.
+    document = yaml.safe_load((tmp_path / "merge" / "mergekit.yaml").read_text())
+    assert [m["model"] for m in document["models"]] == [str(checkpoints["a"]), str(checkpoints["b"])]
+    assert [m["parameters"]["weight"] for m in document["models"]] == [3.0, 1.0]
+    summary = json.loads((tmp_path / "merge" / "merge_summary.json").read_text())
+    assert summary["method"] == "linear" and [m["weight"] for m in summary["models"]] == [3.0, 1.0]
+    assert result.metrics["models_merged"] == 2
+
+
+def slerp_by_hand(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of whole tensors; linear when (nearly) collinear."""
+    x, y = v0.double().flatten(), v1.double().flatten()
+    cos = float(torch.dot(x / x.norm(), y / y.norm()).clamp(-1.0, 1.0))
+    if abs(cos) > 0.9995:
+        return ((1 - t) * v0.double() + t * v1.double()).float()
+    theta = math.acos(cos)
+    return (
+        (math.sin((1 - t) * theta) / math.sin(theta)) * v0.double()
+        + (math.sin(t * theta) / math.sin(theta)) * v1.double()
+    ).float()
+
+
+def test_slerp_merge_equals_formula(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir):
+    a, b = (
+        load_file(checkpoints["a"] / "model.safetensors"),
+        load_file(checkpoints["b"] / "model.safetensors"),
+    )
+    _, merged = _merge(
+        tmp_path,
+        tokenizer_dir,
+        tiny_model_dir,
+        method="slerp",
+        models=[str(checkpoints["a"]), str(checkpoints["b"])],
+        parameters={"t": 0.3},
+        dtype="float32",
+    )
+    curved = 0
+    for key in a:
+        expected = slerp_by_hand(0.3, a[key], b[key])
+        torch.testing.assert_close(merged[key], expected, rtol=1e-5, atol=1e-6)
+        linear = 0.7 * a[key] + 0.3 * b[key]
+        curved += int(not torch.allclose(merged[key], linear, atol=1e-5))
+    assert curved >= 10, "slerp should differ from linear interpolation on the weight matrices"
+
+
+def test_slerp_base_model_picks_the_t0_end(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir):
+    a, b = (
+        load_file(checkpoints["a"] / "model.safetensors"),
+        load_file(checkpoints["b"] / "model.safetensors"),
+    )
+    _, merged = _merge(
+        tmp_path,
+        tokenizer_dir,
+        tiny_model_dir,
+        method="slerp",
+        models=[str(checkpoints["a"]), str(checkpoints["b"])],
+        base_model=str(checkpoints["b"]),
+        parameters={"t": 0.0},
+        dtype="float32",
+    )
+    key = "model.layers.0.mlp.up_proj.weight"
+    torch.testing.assert_close(merged[key], b[key])
+    assert not torch.allclose(merged[key], a[key])
+
+
+@pytest.mark.parametrize("method", ["model_stock", "ties"])
+def test_base_model_methods_produce_loadable_models(
+    method, tmp_path, tokenizer_dir, checkpoints, tiny_model_dir
+):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    extra = {"density": 0.5} if method == "ties" else {}
+    result, merged = _merge(
+        tmp_path,
+        tokenizer_dir,
+        tiny_model_dir,
+        method=method,
+        models=[str(checkpoints["a"]), str(checkpoints["b"]), str(checkpoints["c"])],
+        **extra,
+    )
+    document = yaml.safe_load((tmp_path / "merge" / "mergekit.yaml").read_text())
+    assert document["base_model"] == str(tiny_model_dir)  # the recipe's base model by default
+    model = AutoModelForCausalLM.from_pretrained(result.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hai"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
+    logits = model(ids).logits
+    assert torch.isfinite(logits).all()
+    base = load_file(tiny_model_dir / "model.safetensors")
+    a = load_file(checkpoints["a"] / "model.safetensors")
+    key = "model.layers.1.self_attn.q_proj.weight"
+    assert not torch.allclose(merged[key], base[key]) and not torch.allclose(merged[key], a[key])
+    # The tokenizer is the recipe's, with its baked thinking template, not a copy of an input's.
+    assert "thinking_mode" in tokenizer.chat_template
+    assert not (Path(result.model_dir) / "mergekit_config.yml").exists()
+
+
+def _board() -> Leaderboard:
+    rows = [
+        LeaderboardRow(
+            "sft/checkpoint-10", "/m/10", "sft", 10, metrics={"acc/accuracy": 0.50, "heldout/loss": 2.0}
+        ),
+        LeaderboardRow(
+            "sft/checkpoint-20", "/m/20", "sft", 20, metrics={"acc/accuracy": 0.70, "heldout/loss": 1.5}
+        ),
+        LeaderboardRow(
+            "sft/checkpoint-30", "/m/30", "sft", 30, metrics={"acc/accuracy": 0.60, "heldout/loss": 1.2}
+        ),
+        LeaderboardRow(
+            "sft", "/m/final", "sft", None, metrics={"acc/accuracy": 0.70, "heldout/loss": float("nan")}
+        ),
+        LeaderboardRow("old-merge", "/m/merge", "merge", None, merged=True, metrics={"acc/accuracy": 0.99}),
+    ]
+    return Leaderboard(rows)
+
+
+def test_selection_picks_top_k_in_the_metric_direction():
+    board = _board()
+    # Higher accuracy is better; the tie at 0.70 keeps leaderboard order; merged rows are not candidates.
+    assert [r.candidate for r in select_top_k(board, "acc/accuracy", 2)] == ["sft/checkpoint-20", "sft"]
+    assert [r.candidate for r in select_top_k(board, "acc/accuracy", 3)] == [
+        "sft/checkpoint-20",
+        "sft",
+        "sft/checkpoint-30",
+    ]
+    # Loss is lower-is-better; NaN is never selected.
+    assert [r.candidate for r in select_top_k(board, "heldout/loss", 2)] == [
+        "sft/checkpoint-30",
+        "sft/checkpoint-20",
+    ]
+    assert [r.candidate for r in select_top_k(board, "acc/accuracy", 1, higher_is_better=False)] == [
+        "sft/checkpoint-10"
+    ]
+    with pytest.raises(StageError, match="only 3 candidate"):
+        select_top_k(board, "heldout/loss", 4)
+    with pytest.raises(StageError, match="not on the leaderboard"):
+        select_top_k(board, "acc/f1", 1)
+
+
+def _variant(tiny_model_dir: Path, dst: Path, **config_changes) -> Path:
+    """A model folder whose config differs; weights rebuilt to match it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    for key, value in config_changes.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(dst)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model_dir / name, dst / name)
+    return dst
+
+
+def test_vocabulary_mismatch_is_refused(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir):
+    from transformers import AutoConfig
+
+    bigger = _variant(
+        tiny_model_dir,
+        tmp_path / "bigger",
+        vocab_size=AutoConfig.from_pretrained(tiny_model_dir).vocab_size + 16,
+    )
+    config = MergeStageConfig.model_validate(
+        {"name": "merge", "kind": "merge", "method": "linear", "models": [str(checkpoints["a"]), str(bigger)]}
+    )
+    with pytest.raises(StageError) as error:
+        run_merge(config, make_ctx(tmp_path, "merge", tokenizer_dir=tokenizer_dir, base=tiny_model_dir))
+    message = str(error.value)
+    assert "\n" not in message
+    assert "vocabularies differ" in message and "vocab_size" in message
+    assert str(checkpoints["a"]) in message and str(bigger) in message
+    assert not (tmp_path / "merge" / "final").exists()
+
+
+def test_same_size_but_different_tokens_is_refused(tmp_path, checkpoints):
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(checkpoints["a"], shuffled)
+    data = json.loads((shuffled / "tokenizer.json").read_text())
+    vocab = data["model"]["vocab"]
+    first, second = sorted(vocab, key=vocab.get)[300:302]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    (shuffled / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(StageError, match=r"vocabularies differ: .*different ids"):
+        check_compatible([MergeInput("a", checkpoints["a"]), MergeInput("shuffled", shuffled)])
+
+
+def test_architecture_mismatch_is_refused(tmp_path, checkpoints, tiny_model_dir):
+    deeper = _variant(tiny_model_dir, tmp_path / "deeper", num_hidden_layers=3)
+    with pytest.raises(
+        StageError, match=r"cannot merge a .* with deeper .*architectures differ: num_hidden_layers 2 vs 3"
+    ):
+        check_compatible([MergeInput("a", checkpoints["a"]), MergeInput("deeper", deeper)])
+
+
+def test_config_validation(tmp_path, checkpoints):
+    def validate(**fields):
+        return MergeStageConfig.model_validate({"name": "m", "kind": "merge", **fields})
+
+    with pytest.raises(ValidationError, match="exactly 2"):
+        validate(method="slerp", models=["x", "y", "z"])
+    with pytest.raises(ValidationError, match="exactly one of"):
+        validate(method="linear")
+    with pytest.raises(ValidationError, match="needs `evaluate_stage`"):
+        validate(select={"metric": "a/b", "top_k": 2})
+    with pytest.raises(ValidationError, match="3 weights for 2 models"):
+        validate(models=["x", "y"], weights=[1, 2, 3])
+    with pytest.raises(ValidationError, match="takes no density"):
+        validate(method="linear", models=["x", "y"], density=0.5)
+    with pytest.raises(ValidationError, match="unknown merge method"):
+        validate(method="frankenmerge", models=["x", "y"])
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        validate(models=["x", "y"], wieghts=[1, 1])
+    # Relative folders are resolved against the recipe's folder: mergekit reads relative paths as hub ids.
+    config = MergeStageConfig.model_validate(
+        {"name": "m", "kind": "merge", "method": "ties", "models": ["a", "b"], "base_model": "./c"},
+        context={"base_dir": str(checkpoints["a"].parent)},
+    )
+    assert config.models == [str(checkpoints["a"]), str(checkpoints["b"])]
+    assert config.base_model == str(checkpoints["c"])
+
+
+class ScriptedBackend:
+    """Answers '<think>…</think> 4' for every model whose folder name is in ``right``, else '5'."""
+
+    def __init__(self, model_dir: Path, right: set[str]):
+        self.model_dir = Path(model_dir)
+        self.right = right
+
+    def generate(self, prompts, params, *, thinking_modes=None):
+        answer = "4" if self.model_dir.name in self.right else "5"
+        return [["ok\n</think>\n\nJawabannya " + answer] for _ in prompts]
+
+    def close(self):
+        pass
+
+
+def test_select_from_leaderboard_then_rescore(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir):
+    from tempa.merge import EvaluateStageConfig
+
+    data = tmp_path / "math.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"2+2? ({i})", "answer": 4}) + "\n" for i in range(3)))
+    evaluate = EvaluateStageConfig.model_validate(
+        {
+            "name": "eval",
+            "kind": "evaluate",
+            "models": [str(p) for p in checkpoints.values()],
+            "suites": [{"type": "accuracy", "name": "math", "data": str(data)}],
+            "rank_by": "math/accuracy",
+        }
+    )
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    # Write the evaluate stage's outputs as the stage would: a and c answer right, b wrong.
+    from tempa.merge.evaluate_stage import run_evaluate
+
+    right = {"a", "c", "final"}  # "final" = the merged model's folder name
+    run_evaluate(
+        evaluate,
+        make_ctx(tmp_path, "eval", tokenizer_dir=tokenizer_dir, base=tiny_model_dir),
+        backend_factory=lambda path, _cfg, _ctx: ScriptedBackend(path, {"a", "c"}),
+    )
+    config = MergeStageConfig.model_validate(
+        {
+            "name": "merge",
+            "kind": "merge",
+            "method": "linear",
+            "evaluate_stage": "eval",
+            "select": {"metric": "math/accuracy", "top_k": 2},
+        }
+    )
+    ctx = make_ctx(
+        tmp_path, "merge", tokenizer_dir=tokenizer_dir, base=tiny_model_dir, stage_dirs={"eval": eval_dir}
+    )
+    result = run_merge(config, ctx, backend_factory=lambda path, _cfg, _ctx: ScriptedBackend(path, right))
+    document = yaml.safe_load((tmp_path / "merge" / "mergekit.yaml").read_text())
+    assert sorted(m["model"] for m in document["models"]) == sorted(
+        [str(checkpoints["a"]), str(checkpoints["c"])]
+    )
+    board = read_leaderboard(tmp_path / "merge")
+    merged_rows = [r for r in board.rows if r.merged]
+    assert [r.candidate for r in merged_rows] == ["merge"]
+    assert merged_rows[0].metrics["math/accuracy"] == 1.0
+    assert {r.candidate for r in board.rows} == {"a", "b", "c", "merge"}
+    assert "merge (merged)" in (tmp_path / "merge" / "leaderboard.md").read_text()
+    assert result.metrics["merged/math/accuracy"] == 1.0
+    assert result.metrics["merge_helped"] is False  # equal to the best input is not an improvement
+    summary = json.loads((tmp_path / "merge" / "merge_summary.json").read_text())
+    assert summary["selection"]["values"] == {"a": 1.0, "c": 1.0}

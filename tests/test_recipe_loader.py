@@ -1,0 +1,221 @@
+"""Recipe loading: every error names the file, the line, the field path and what was expected."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tempa.recipes.errors import RecipeError
+from tempa.recipes.loader import load_recipe
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+@pytest.fixture()
+def data_file(tmp_path: Path) -> Path:
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n')
+    return path
+
+
+def recipe_text(extra_stage: str = "", train: str = "learning_rate: 1.0e-3") -> str:
+    return f"""
+    name: t
+    base_model: "tempa:tiny"
+    stages:
+      - name: first
+        kind: sft
+        data:
+          sources:
+            - name: rows
+              path: rows.jsonl
+        train:
+          {train}
+    {extra_stage}
+    """
+
+
+def test_valid_recipe_resolves_paths_relative_to_the_recipe(tmp_path, data_file):
+    loaded = load_recipe(write(tmp_path / "r.yaml", recipe_text()))
+    assert loaded.names[0] == "first"
+    source = loaded.stages[0].data.sources[0]
+    assert source.path == str(data_file.resolve())
+    assert loaded.stages[0].train == {"learning_rate": 1.0e-3}
+    # the final bake stage is added when the recipe has none (once the bake kind exists)
+    assert loaded.names[-1] in ("bake", "first")
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = write(tmp_path / "r.yaml", "name: t\nstages: [\n  - a: b\n")
+    with pytest.raises(RecipeError, match=r"r\.yaml:\d+: invalid YAML"):
+        load_recipe(path)
+
+
+def test_unknown_top_level_field(tmp_path, data_file):
+    path = write(tmp_path / "r.yaml", recipe_text().replace("name: t", "name: t\n    bse_model: x"))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert f"{path}:2: bse_model: unknown field" in str(err.value)
+
+
+def test_wrong_type_names_field_line_and_expectation(tmp_path, data_file):
+    path = write(tmp_path / "r.yaml", recipe_text(train="learning_rate: fast"))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert f"{path}:11: stages[0].train.learning_rate (stage 'first')" in message
+    assert "valid number" in message and "'fast'" in message
+
+
+def test_unknown_train_key_suggests_the_right_one(tmp_path, data_file):
+    path = write(tmp_path / "r.yaml", recipe_text(train="lerning_rate: 1.0"))
+    with pytest.raises(RecipeError, match="did you mean 'learning_rate'"):
+        load_recipe(path)
+
+
+def test_reserved_train_key_is_refused(tmp_path, data_file):
+    path = write(tmp_path / "r.yaml", recipe_text(train="output_dir: /tmp/x"))
+    with pytest.raises(RecipeError, match=r"train\.output_dir \(stage 'first'\): is set by tempa"):
+        load_recipe(path)
+
+
+def test_unknown_stage_kind_lists_known_kinds(tmp_path, data_file):
+    path = write(tmp_path / "r.yaml", recipe_text(extra_stage="  - {name: second, kind: sfft}"))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert f"{path}:12: stages[1].kind" in message
+    assert "unknown stage kind 'sfft'" in message and "known kinds: sft" in message
+    assert "did you mean 'sft'" in message
+
+
+def test_from_must_name_an_earlier_stage(tmp_path, data_file):
+    stage = """  - name: second
+        kind: sft
+        from: later
+        data: {sources: [{name: rows, path: rows.jsonl}]}"""
+    path = write(tmp_path / "r.yaml", recipe_text(extra_stage=stage))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert "stages[1].from (stage 'second'): 'later' is not an earlier stage (earlier stages: first)" in str(err.value)
+
+
+def test_from_may_not_name_itself(tmp_path, data_file):
+    stage = """  - name: second
+        kind: sft
+        from: second
+        data: {sources: [{name: rows, path: rows.jsonl}]}"""
+    with pytest.raises(RecipeError, match="'second' is not an earlier stage"):
+        load_recipe(write(tmp_path / "r.yaml", recipe_text(extra_stage=stage)))
+
+
+def test_duplicate_stage_name(tmp_path, data_file):
+    stage = """  - name: first
+        kind: sft
+        data: {sources: [{name: rows, path: rows.jsonl}]}"""
+    path = write(tmp_path / "r.yaml", recipe_text(extra_stage=stage))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert f"{path}:12: stages[1].name: duplicate stage name 'first' (also stages[0])" in str(err.value)
+
+
+def test_missing_local_path(tmp_path):
+    path = write(tmp_path / "r.yaml", recipe_text())  # rows.jsonl not created
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert f"{path}:9: stages[0].data.sources[0].path" in message
+    assert f"local path does not exist: {tmp_path / 'rows.jsonl'}" in message
+
+
+def test_missing_base_model_folder(tmp_path, data_file):
+    path = write(tmp_path / "r.yaml", recipe_text().replace('"tempa:tiny"', "./models/base"))
+    with pytest.raises(RecipeError, match=r"r\.yaml:2: base_model: local path does not exist"):
+        load_recipe(path)
+
+
+def test_missing_recipe_file_lists_shipped_recipes(tmp_path):
+    with pytest.raises(RecipeError, match="recipe file not found .*demo"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_extends_inherits_and_overrides(tmp_path, data_file):
+    write(tmp_path / "base.yaml", recipe_text())
+    child = write(
+        tmp_path / "child.yaml",
+        """
+        extends: base.yaml
+        name: child
+        seed: 7
+        stages:
+          - name: first
+            train: {num_train_epochs: 2}
+        """,
+    )
+    loaded = load_recipe(child)
+    assert loaded.recipe.name == "child" and loaded.recipe.seed == 7
+    # the stage merged by name: the parent's learning rate stays, the child's epochs are added
+    assert loaded.stages[0].train == {"learning_rate": 1.0e-3, "num_train_epochs": 2}
+    assert loaded.files == [tmp_path / "base.yaml", child]
+
+
+def test_extends_error_points_into_the_child(tmp_path, data_file):
+    write(tmp_path / "base.yaml", recipe_text())
+    child = write(
+        tmp_path / "child.yaml",
+        """
+        extends: base.yaml
+        stages:
+          - name: first
+            train: {learning_rate: slow}
+        """,
+    )
+    with pytest.raises(RecipeError, match=r"child\.yaml:\d+: stages\[0\]\.train"):
+        load_recipe(child)
+
+
+def test_extends_cycle_is_an_error(tmp_path):
+    write(tmp_path / "a.yaml", "extends: b.yaml\nname: a\n")
+    write(tmp_path / "b.yaml", "extends: a.yaml\nname: b\n")
+    with pytest.raises(RecipeError, match="extends: cycle"):
+        load_recipe(tmp_path / "a.yaml")
+
+
+def test_set_overrides_a_stage_by_name(tmp_path, data_file):
+    path = write(tmp_path / "r.yaml", recipe_text())
+    loaded = load_recipe(path, ["stages.first.train.learning_rate=2e-5", "seed=3"])
+    assert loaded.stages[0].train["learning_rate"] == pytest.approx(2e-5)
+    assert loaded.recipe.seed == 3
+
+
+def test_set_with_unknown_stage_or_bad_syntax(tmp_path, data_file):
+    path = write(tmp_path / "r.yaml", recipe_text())
+    with pytest.raises(RecipeError, match=r"no stage named 'nope' \(stages: first\)"):
+        load_recipe(path, ["stages.nope.train.learning_rate=1"])
+    with pytest.raises(RecipeError, match="expected KEY.PATH=VALUE"):
+        load_recipe(path, ["seed"])
+
+
+def test_exponent_without_a_dot_is_a_number(tmp_path, data_file):
+    # YAML 1.1 reads 2e-5 as a string; recipes (and --set) mean the number
+    loaded = load_recipe(write(tmp_path / "r.yaml", recipe_text(train="learning_rate: 3e-4")), ["seed=1e1"])
+    assert loaded.stages[0].train["learning_rate"] == pytest.approx(3e-4)
+    assert isinstance(loaded.stages[0].train["learning_rate"], float)
+
+
+def test_set_value_is_validated_like_the_file(tmp_path, data_file):
+    path = write(tmp_path / "r.yaml", recipe_text())
+    with pytest.raises(RecipeError, match=r"stages\[0\]\.train\.learning_rate .*valid number"):
+        load_recipe(path, ["stages.first.train.learning_rate=fast"])
+
+
+def test_shipped_demo_recipe_loads_by_name():
+    loaded = load_recipe("demo")
+    assert loaded.recipe.base_model == "tempa:tiny"
+    kinds = [stage.kind for stage in loaded.stages]
+    assert kinds.count("sft") >= 2

@@ -1,0 +1,106 @@
+"""A real SIGKILL of `tempa run` during training, then a second run that finishes the job.
+
+The second run must skip the stage that was already complete, resume the killed stage from its
+last complete checkpoint (not from scratch, not from a half-written one), and finish.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sft_helpers import sft_recipe
+from tempa.recipes.rundir import DONE, read_json
+from tempa.sft.checkpoints import complete_checkpoints
+
+STAGES = """
+  - name: warmup
+    kind: sft
+    data:
+      sources: [{name: rows, path: rows.jsonl, thinking_mode: "off"}]
+    train: {max_steps: 2, learning_rate: 1.0e-3, per_device_train_batch_size: 4, max_length: 256, save_steps: 100}
+  - name: main
+    kind: sft
+    data:
+      sources: [{name: rows, path: rows.jsonl, thinking_mode: "on"}]
+    train:
+      max_steps: 60
+      learning_rate: 1.0e-3
+      per_device_train_batch_size: 2
+      max_length: 256
+      logging_steps: 5
+      save_steps: 3
+      save_total_limit: 2
+"""
+
+
+def tempa(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tempa.recipes.cli", *args]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def training_group_alive(stage_dir: Path) -> bool:
+    pid_file = stage_dir / "logs" / "launch.pid"
+    if not pid_file.exists():
+        return False
+    try:
+        os.killpg(int(pid_file.read_text()), 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_then_resume(tmp_path, tiny_model_dir):
+    recipe = sft_recipe(tmp_path, tiny_model_dir, stages=STAGES)
+    run_dir = tmp_path / "run"
+    main = run_dir / "main"
+    proc = subprocess.Popen(tempa("run", str(recipe), "--run-dir", str(run_dir)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len(complete_checkpoints(main / "checkpoints")) >= 1, 240, "a complete checkpoint")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # the orphaned training group notices its runner died and stops itself
+    wait_for(lambda: not training_group_alive(main), 30, "the training processes to stop")
+    assert (run_dir / "warmup" / DONE).is_file()
+    assert not (main / DONE).exists() and not (main / "final").exists()
+    warmup_done = (run_dir / "warmup" / DONE).read_text()
+    killed_at = max(int(p.name.split("-")[1]) for p in complete_checkpoints(main / "checkpoints"))
+    assert killed_at < 60
+
+    status = subprocess.run(tempa("status", str(run_dir), "--json"), capture_output=True, text=True, check=True)
+    states = {row["name"]: row["state"] for row in json.loads(status.stdout)}
+    assert states["warmup"] == "done" and states["main"] == "interrupted"
+
+    plan = subprocess.run(tempa("plan", str(recipe), "--run-dir", str(run_dir)), capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr
+    assert "resume" in plan.stdout and "main" in plan.stdout
+
+    again = subprocess.run(tempa("run", str(recipe), "--run-dir", str(run_dir)), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (run_dir / "warmup" / DONE).read_text() == warmup_done  # not redone
+    metrics = read_json(main / "metrics.json")
+    assert metrics["global_step"] == 60
+    assert metrics["resumed_from"] is not None
+    resumed_step = int(Path(metrics["resumed_from"]).name.split("-")[1])
+    assert resumed_step >= killed_at
+    assert (main / DONE).is_file() and (run_dir / "final" / "config.json").is_file()

@@ -1,0 +1,205 @@
+"""Runner mechanics: fingerprints, skip / re-run / --from / --only, failures, interruptions, the lock.
+
+The stage used here is a small real stage kind registered for the test (`touch`): it writes a
+file and records each call, so what ran and what was skipped can be counted exactly. Real
+training stages are exercised in test_sft_stage.py and test_resume.py.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from pydantic import field_validator
+
+from tempa.recipes import registry
+from tempa.recipes.errors import register_union_tags
+from tempa.recipes.loader import load_recipe
+from tempa.recipes.rundir import DONE, MANIFEST, RunLock, RunLockedError, read_json
+from tempa.recipes.runner import plan_run, run_recipe, stage_status
+from tempa.sft.stage_api import StageConfigBase, StageContext, StageError, StageResult, resolve_path
+
+
+class TouchConfig(StageConfigBase):
+    kind: Literal["touch"] = "touch"
+    value: int = 0
+    fail: bool = False
+    input: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, value: str | None, info):
+        return resolve_path(value, info) if value else value
+
+
+def run_touch(config: TouchConfig, ctx: StageContext) -> StageResult:
+    calls = ctx.run_dir / "calls.log"
+    with open(calls, "a") as f:
+        f.write(f"{config.name}\n")
+    if config.fail:
+        raise StageError("asked to fail")
+    (ctx.stage_dir / "out.txt").write_text(f"{config.value} from {ctx.model_dir.name}")
+    return StageResult(model_dir=ctx.model_dir, metrics={"value": config.value})
+
+
+@pytest.fixture(autouse=True)
+def touch_kind(monkeypatch):
+    monkeypatch.setitem(
+        registry.STAGE_KINDS, "touch", registry.StageKind("touch", TouchConfig, run_touch, False, "test stage")
+    )
+    monkeypatch.delitem(registry.STAGE_KINDS, "bake", raising=False)
+    register_union_tags(["touch"])
+
+
+@pytest.fixture()
+def recipe(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    (tmp_path / "input.txt").write_text("one")
+    path = tmp_path / "r.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: t
+        base_model: {tiny_model_dir}
+        stages:
+          - {{name: a, kind: touch, value: 1, input: input.txt}}
+          - {{name: b, kind: touch, value: 2}}
+          - {{name: c, kind: touch, value: 3, from: a}}
+        """))
+    return path
+
+
+def calls(run_dir: Path) -> list[str]:
+    path = run_dir / "calls.log"
+    return path.read_text().split() if path.exists() else []
+
+
+def reset_calls(run_dir: Path) -> None:
+    (run_dir / "calls.log").unlink(missing_ok=True)
+
+
+def test_first_run_runs_all_then_everything_is_skipped(recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    summary = run_recipe(load_recipe(recipe), run_dir)
+    assert summary.ran == ["a", "b", "c"] and calls(run_dir) == ["a", "b", "c"]
+    for name in "abc":
+        manifest = read_json(run_dir / name / MANIFEST)
+        assert manifest["status"] == "done"
+        assert read_json(run_dir / name / DONE)["fingerprint"] == manifest["fingerprint"]
+        assert json.loads((run_dir / name / "metrics.json").read_text())["value"] == "abc".index(name) + 1
+    assert (run_dir / "tokenizer" / "chat_template.jinja").is_file()
+    assert (run_dir / "recipe.resolved.yaml").is_file()
+
+    reset_calls(run_dir)
+    plans = plan_run(load_recipe(recipe), run_dir)
+    assert [p.action for p in plans] == ["skip", "skip", "skip"]
+    assert plans[0].reason == "complete; fingerprint matches"
+    summary = run_recipe(load_recipe(recipe), run_dir)
+    assert summary.skipped == ["a", "b", "c"] and calls(run_dir) == []
+
+
+def test_changing_one_stage_reruns_it_and_its_downstream_only(recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    reset_calls(run_dir)
+    # b changes; c starts from a (not b), so only b re-runs
+    plans = plan_run(load_recipe(recipe, ["stages.b.value=5"]), run_dir)
+    assert [(p.name, p.action) for p in plans] == [("a", "skip"), ("b", "rerun"), ("c", "skip")]
+    assert plans[1].reason == "changed since it ran: stage config"
+    run_recipe(load_recipe(recipe, ["stages.b.value=5"]), run_dir)
+    assert calls(run_dir) == ["b"]
+    assert (run_dir / "b" / "out.txt").read_text().startswith("5")
+
+    # a changes: a and everything that starts from it (b, its successor, and c, by `from`) re-run
+    reset_calls(run_dir)
+    plans = plan_run(load_recipe(recipe, ["stages.a.value=9", "stages.b.value=5"]), run_dir)
+    assert [p.action for p in plans] == ["rerun", "rerun", "rerun"]
+    assert plans[2].reason == "changed since it ran: upstream model/stage"
+
+
+def test_changed_input_file_reruns_the_stage_that_reads_it(recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    (tmp_path / "input.txt").write_text("two")
+    plans = plan_run(load_recipe(recipe), run_dir)
+    assert plans[0].action == "rerun" and "input files" in plans[0].reason
+
+
+def test_from_and_only_force_stages(recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    reset_calls(run_dir)
+    run_recipe(load_recipe(recipe), run_dir, from_stage="b")
+    assert calls(run_dir) == ["b", "c"]
+    reset_calls(run_dir)
+    run_recipe(load_recipe(recipe), run_dir, only="a")
+    assert calls(run_dir) == ["a"]
+
+
+def test_only_refuses_a_stage_whose_input_is_incomplete(recipe, tmp_path):
+    with pytest.raises(StageError, match="--only c: its input stage 'a' is not complete"):
+        run_recipe(load_recipe(recipe), tmp_path / "run", only="c")
+
+
+def test_unknown_stage_for_from(recipe, tmp_path):
+    from tempa.recipes.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="no stage named 'zz'"):
+        plan_run(load_recipe(recipe), tmp_path / "run", from_stage="zz")
+
+
+def test_failed_stage_is_recorded_and_the_next_run_continues_there(recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(StageError, match="stage 'b' failed: asked to fail"):
+        run_recipe(load_recipe(recipe, ["stages.b.fail=true"]), run_dir)
+    assert calls(run_dir) == ["a", "b"]
+    manifest = read_json(run_dir / "b" / MANIFEST)
+    assert manifest["status"] == "failed" and manifest["error"] == "asked to fail"
+    assert not (run_dir / "b" / DONE).exists()
+    states = {row["name"]: row["state"] for row in stage_status(load_recipe(recipe), run_dir)}
+    assert states == {"a": "done", "b": "failed", "c": "pending"}
+
+    reset_calls(run_dir)
+    run_recipe(load_recipe(recipe), run_dir)
+    assert calls(run_dir) == ["b", "c"]
+
+
+def test_interrupted_stage_is_never_taken_as_complete(recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    # What a kill mid-stage leaves: outputs and a running manifest, but no DONE.
+    (run_dir / "b" / DONE).unlink()
+    manifest = read_json(run_dir / "b" / MANIFEST)
+    manifest["status"] = "running"
+    (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
+    (run_dir / "b" / "half-written.bin").write_text("x")
+    plans = plan_run(load_recipe(recipe), run_dir)
+    assert [p.action for p in plans] == ["skip", "rerun", "skip"]
+    assert "interrupted" in plans[1].reason
+    reset_calls(run_dir)
+    run_recipe(load_recipe(recipe), run_dir)
+    assert calls(run_dir) == ["b"]
+    assert not (run_dir / "b" / "half-written.bin").exists()  # a non-training stage starts over
+
+
+def test_corrupt_done_marker_means_not_done(recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    (run_dir / "c" / DONE).write_text("{trunc")
+    assert plan_run(load_recipe(recipe), run_dir)[2].action != "skip"
+
+
+def test_lock_stops_a_second_run(recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    with RunLock(run_dir), pytest.raises(RunLockedError, match="run directory is in use by pid"):
+        run_recipe(load_recipe(recipe), run_dir)
+    run_recipe(load_recipe(recipe), run_dir)  # released: the next run goes through
+    assert calls(run_dir) == ["a", "b", "c"]
+
+
+def test_final_points_at_the_last_model(recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    summary = run_recipe(load_recipe(recipe), run_dir)
+    assert summary.final_model == run_dir / "final"
+    assert (run_dir / "final").resolve() == Path(load_recipe(recipe).recipe.base_model).resolve()
+    assert (run_dir / "final" / "config.json").is_file()

@@ -1,0 +1,411 @@
+"""SFT data pipeline, pure parts: config, formats, curation filters, mixing, expansion.
+
+Each filter is exercised on crafted rows, positive and negative, so a filter that drops too
+much fails as surely as one that drops too little.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tempa.sft import curation
+from tempa.sft.data_config import (
+    CurationConfig,
+    DataConfig,
+    DedupConfig,
+    LanguageFilterConfig,
+    PIIConfig,
+    SourceConfig,
+    TemplateFilterConfig,
+)
+from tempa.sft.expand import Sample, expand, last_span
+from tempa.sft.formats import RowError, normalize_row, spec_for, split_think
+from tempa.sft.mixing import assign_thinking, select_rows, split_heldout
+
+
+def _src(tmp_path: Path, **kwargs) -> SourceConfig:
+    path = tmp_path / "x.jsonl"
+    path.write_text("")
+    return SourceConfig.model_validate({"name": "s", "path": str(path), **kwargs})
+
+
+def _user(text: str) -> dict:
+    return {"role": "user", "content": text, "reasoning_content": None}
+
+
+def _asst(text: str, trace: str | None = None) -> dict:
+    return {"role": "assistant", "content": text, "reasoning_content": trace}
+
+
+# --- config ---------------------------------------------------------------------------------------
+
+
+def test_missing_local_file_is_a_validation_error_naming_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as info:
+        DataConfig.model_validate(
+            {"sources": [{"name": "a", "path": "data/nope.jsonl"}]}, context={"base_dir": str(tmp_path)}
+        )
+    assert str(tmp_path / "data" / "nope.jsonl") in str(info.value)
+
+
+def test_relative_paths_resolve_against_the_recipe_folder_and_hub_ids_pass(tmp_path: Path) -> None:
+    (tmp_path / "rows.jsonl").write_text("{}\n")
+    config = DataConfig.model_validate(
+        {"sources": [{"name": "a", "path": "rows.jsonl"}, {"name": "b", "path": "org/some-dataset"}]},
+        context={"base_dir": str(tmp_path)},
+    )
+    assert config.sources[0].path == str(tmp_path / "rows.jsonl")
+    assert config.sources[1].path == "org/some-dataset"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"weight": 0.5, "rows": 10}, "at most one of weight, rows, tokens"),
+        ({"thinking_mode": "mixed"}, "needs thinking_ratio"),
+        ({"thinking_ratio": 0.5}, "only to thinking_mode 'mixed'"),
+        ({"heldout": 1.5}, "fraction below 1"),
+        ({"colums": {}}, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_source_settings_fail_validation(tmp_path: Path, extra: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        _src(tmp_path, **extra)
+
+
+def test_filters_switch_on_with_true_and_duplicate_names_are_refused(tmp_path: Path) -> None:
+    cur = CurationConfig.model_validate({"pii": True, "dedup": True, "language": False})
+    assert cur.pii == PIIConfig() and cur.dedup == DedupConfig() and cur.language is None
+    source = _src(tmp_path).model_dump()
+    with pytest.raises(ValidationError, match="duplicate source name"):
+        DataConfig.model_validate({"sources": [source, source]})
+
+
+# --- formats --------------------------------------------------------------------------------------
+
+
+def test_every_format_normalises_to_the_same_messages(tmp_path: Path) -> None:
+    expected = [_user("Apa ibu kota Indonesia?"), _asst("Jakarta.", "Ibu kota Indonesia adalah Jakarta.")]
+    spec = spec_for(_src(tmp_path))
+    rows = [
+        {"messages": [{"role": "user", "content": "Apa ibu kota Indonesia?"},
+                      {"role": "assistant", "content": "Jakarta.",
+                       "reasoning_content": "Ibu kota Indonesia adalah Jakarta."}]},
+        {"conversations": [{"from": "human", "value": "Apa ibu kota Indonesia?"},
+                           {"from": "gpt", "value": "<think>\nIbu kota Indonesia adalah Jakarta.\n</think>\n\nJakarta."}]},
+        {"prompt": "Apa ibu kota Indonesia?", "response": "Jakarta.", "reasoning": "Ibu kota Indonesia adalah Jakarta."},
+        {"prompt": "Apa ibu kota Indonesia?", "completion": "Jakarta.", "thinking": "Ibu kota Indonesia adalah Jakarta."},
+        {"instruction": "Apa ibu kota", "input": "Indonesia?", "output": "Jakarta.",
+         "reasoning_content": "Ibu kota Indonesia adalah Jakarta."},
+        {"prompt": [{"role": "user", "content": "Apa ibu kota Indonesia?"}],
+         "completion": [{"role": "assistant", "content": "Jakarta.", "reasoning": "Ibu kota Indonesia adalah Jakarta."}]},
+    ]
+    for row in rows:
+        got = normalize_row(row, spec)
+        if "input" in row:
+            assert got[0]["content"] == "Apa ibu kota\n\nIndonesia?"
+            got[0]["content"] = "Apa ibu kota Indonesia?"
+        assert got == expected, row
+
+
+def test_column_mapping_and_role_names_are_configurable(tmp_path: Path) -> None:
+    source = _src(
+        tmp_path,
+        format="sharegpt",
+        columns={"messages": "dialog", "role": "speaker", "content": "text", "reasoning": "why",
+                 "role_names": {"narrator": "system", "kid": "user", "sage": "assistant"}},
+    )
+    row = {"dialog": [{"speaker": "narrator", "text": "Be brief."}, {"speaker": "kid", "text": "2+2?"},
+                      {"speaker": "sage", "text": "4", "why": "two and two"}]}
+    assert normalize_row(row, spec_for(source)) == [
+        {"role": "system", "content": "Be brief.", "reasoning_content": None}, _user("2+2?"), _asst("4", "two and two")
+    ]
+    pairs = _src(tmp_path, columns={"prompt": "question", "response": "answer", "system": "persona"})
+    got = normalize_row({"question": "Hi", "answer": 5, "persona": "Kind."}, spec_for(pairs))
+    # CSV readers type short answers as numbers; they are text again here.
+    assert got == [{"role": "system", "content": "Kind.", "reasoning_content": None}, _user("Hi"), _asst("5")]
+
+
+@pytest.mark.parametrize(
+    ("row", "fragment"),
+    [
+        ({"messages": "hello"}, "expected 'messages' to be a list of {role, content}"),
+        ({"messages": [{"role": "narrator", "content": "x"}]}, "unknown role 'narrator'"),
+        ({"messages": [{"role": "user", "content": None}]}, "expected turn 0 'content' to be a string, got nothing"),
+        ({"messages": [{"role": "user"}]}, "turn 0 has keys ['role']"),
+        ({"text": "just text"}, "expected 'messages', 'conversations', 'prompt'+'response'"),
+        ({"prompt": "x", "response": {"a": 1}}, "expected 'response' to be a string, got dict"),
+    ],
+)
+def test_unreadable_rows_raise_one_line_reasons(tmp_path: Path, row: dict, fragment: str) -> None:
+    with pytest.raises(RowError) as info:
+        normalize_row(row, spec_for(_src(tmp_path)))
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_split_think_handles_r1_shapes_and_leaves_malformed_text_alone() -> None:
+    assert split_think("<think>\nplan\n</think>\n\nanswer") == ("plan", "answer")
+    # Raw R1 completions start inside the trace: the template prefilled <think>.
+    assert split_think("plan</think>\n\nanswer") == ("plan", "answer")
+    assert split_think("<think>\n\n</think>\n\nanswer") == (None, "answer")
+    for bad in ("<think>plan, no end", "<think>a<think>b</think>c</think>d", "x <think>a</think> y"):
+        assert split_think(bad) == (None, bad)
+
+
+# --- curation: reasoning and role order -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("messages", "fragment"),
+    [
+        ([_user("q"), _asst("<think>never closed")], "unclosed <think> tag"),
+        ([_user("q"), _asst("<think>a<think>b</think>c</think>answer")], "nested <think> tags"),
+        ([_user("q"), _asst("answer</think> and more </think>")], "</think> without a matching <think>"),
+        ([_user("q"), _asst("answer", "trace with <think> inside")], "think tags inside the reasoning trace"),
+        ([_user("q"), _asst("<think>x</think>answer", "trace")], "both as a field and as <think> tags"),
+        ([_user("q"), _asst("   ", "a real trace")], "empty answer after the reasoning"),
+    ],
+)
+def test_malformed_reasoning_is_rejected(messages: list, fragment: str) -> None:
+    reason = curation.check_reasoning(messages)
+    assert reason is not None and reason[0] == curation.MALFORMED_REASONING
+    assert fragment in reason[1]
+
+
+def test_wellformed_reasoning_passes() -> None:
+    assert curation.check_reasoning([_user("q"), _asst("answer", "trace"), _user("q2"), _asst("a2")]) is None
+
+
+@pytest.mark.parametrize(
+    ("roles", "fragment"),
+    [
+        (["assistant", "user", "assistant"], "assistant turn at the start"),
+        (["user", "user", "assistant"], "two user turns in a row"),
+        (["user", "assistant", "assistant"], "assistant turn after an assistant turn"),
+        (["user", "system", "assistant"], "system turn after the start"),
+        (["user", "assistant", "user"], "does not end with an assistant turn"),
+        (["user", "tool", "assistant"], "tool turn not after an assistant turn"),
+    ],
+)
+def test_broken_role_order_is_rejected(roles: list[str], fragment: str) -> None:
+    messages = [{"role": r, "content": f"turn {i}", "reasoning_content": None} for i, r in enumerate(roles)]
+    reason = curation.check_role_order(messages)
+    assert reason is not None and fragment in reason[1]
+
+
+def test_good_role_orders_pass_and_empty_turns_do_not() -> None:
+    for roles in (["user", "assistant"], ["system", "user", "assistant", "user", "assistant"],
+                  ["user", "assistant", "tool", "assistant"]):
+        messages = [{"role": r, "content": "x", "reasoning_content": None} for r in roles]
+        assert curation.check_role_order(messages) is None, roles
+    assert "empty assistant turn" in curation.check_role_order([_user("q"), _asst(" ")])[1]
+
+
+# --- curation: PII --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("Kirim ke budi.santoso@gmail.com ya", "email"),
+        ("Hubungi saya di +62 812-3456-7890 besok", "phone number"),
+        ("WA: 081234567890", "phone number"),
+        ("Tawagan mo ako sa +63 917 123 4567", "phone number"),
+        ("電話は090-1234-5678です", "phone number"),
+        ("Số của tôi là +84 90 123 45 67", "phone number"),
+        ("Kartu 4111 1111 1111 1111 exp 12/27", "card number"),
+        ("NRIC S1234567D", "Singapore NRIC/FIN"),
+        ("IC saya 900101-14-5678", "Malaysian MyKad number"),
+        ("NIK 3174055208900001", "Indonesian NIK"),
+        ("เลขบัตรประชาชน 1101700203450", "Thai ID number"),
+        ("マイナンバーは123456789018です", "Japanese My Number"),
+        ("SSN 123-45-6789", "US SSN"),
+    ],
+)
+def test_pii_is_found(text: str, kind: str) -> None:
+    assert curation.find_pii(text, PIIConfig()) == kind
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "12345 + 67890 = 80235",  # arithmetic
+        "123456789012 × 7 = 864197523084",
+        "Pada tahun 2024 ada 1500 siswa.",
+        "The result is 123456789.",
+        "Kartu 4111 1111 1111 1112",  # fails Luhn
+        "NRIC S1234567A",  # wrong check letter
+        "IC 901301-14-5678",  # month 13
+        "NIK 3174055213900001",  # month 13
+        "เลข 1101700203451",  # wrong Thai check digit
+        "1998-2005 dan 17-08-1945",
+        "0000 0000 0000 0000",
+    ],
+)
+def test_numbers_that_are_not_pii_pass(text: str) -> None:
+    assert curation.find_pii(text, PIIConfig()) is None
+
+
+def test_pii_is_configurable() -> None:
+    text = "Email admin@example.com or call +62 812-3456-7890"
+    assert curation.find_pii(text, PIIConfig(allow=[r"@example\.com$"])) == "phone number"
+    assert curation.find_pii(text, PIIConfig(allow=[r"@example\.com$"], phone=False)) is None
+    assert curation.find_pii("ticket ABC-12345", PIIConfig(extra_patterns={"ticket id": r"ABC-\d{5}"})) == "ticket id"
+    messages = [_user("my card is 4111 1111 1111 1111"), _asst("ok")]
+    assert curation.check_pii(messages, PIIConfig())[1] == "turn 0: card number"
+    assert curation.check_pii(messages, PIIConfig(roles=["assistant"])) is None
+
+
+# --- curation: language ---------------------------------------------------------------------------
+
+SENTENCES = {
+    "my": "မင်္ဂလာပါ။ ကျွန်တော် မြန်မာစကား ပြောတတ်ပါတယ်။ ဒီနေ့ ရာသီဥတု အရမ်းပူတယ်။",
+    "km": "សួស្តី។ ខ្ញុំនិយាយភាសាខ្មែរបាន។ ថ្ងៃនេះអាកាសធាតុក្តៅណាស់។",
+    "lo": "ສະບາຍດີ. ຂ້ອຍເວົ້າພາສາລາວໄດ້. ມື້ນີ້ອາກາດຮ້ອນຫຼາຍ.",
+    "th": "วันนี้อากาศร้อนมาก ฉันอยากสั่งกาแฟหนึ่งถ้วย",
+    "vi": "Hôm nay thời tiết rất nóng. Tôi muốn gọi một tách cà phê.",
+    "ta": "இன்று வானிலை மிகவும் வெப்பமாக உள்ளது. நான் ஒரு கப் காபி ஆர்டர் செய்ய விரும்புகிறேன்.",
+    "ja": "今日はとても暑いです。コーヒーを一杯注文したいです。",
+    "id": "Cuaca hari ini sangat panas. Saya ingin memesan secangkir kopi.",
+    "tl": "Napakainit ng panahon ngayon. Gusto kong umorder ng isang tasa ng kape.",
+    "en": "The weather is very hot today. I would like to order a cup of coffee.",
+}
+
+
+@pytest.mark.parametrize("lang", sorted(SENTENCES))
+def test_language_id_covers_sea_languages_offline(lang: str) -> None:
+    assert curation.detect_language(SENTENCES[lang])[0] == lang
+
+
+def test_language_filter_keeps_targets_and_rejects_others() -> None:
+    config = LanguageFilterConfig()
+    thai_row = [_user(SENTENCES["th"]), _asst("ขอบคุณมาก ฉันจะเตรียมกาแฟให้เดี๋ยวนี้")]
+    assert curation.check_language(thai_row, curation.accepted_languages(["th"], config), config) is None
+    reason = curation.check_language(thai_row, curation.accepted_languages(["id", "vi"], config), config)
+    assert reason is not None and reason[0] == curation.LANGUAGE and "'th'" in reason[1]
+    # Filipino is `tl` to the detector; Indonesian targets accept Malay (confusable) by default.
+    tagalog = [_user(SENTENCES["tl"]), _asst("Sige, ihahanda ko ang kape mo ngayon din.")]
+    assert curation.check_language(tagalog, curation.accepted_languages(["fil"], config), config) is None
+    assert "ms" in curation.accepted_languages(["id"], config)
+    assert "ms" not in curation.accepted_languages(["id"], LanguageFilterConfig(equivalent=[]))
+    # Too little text to judge: kept.
+    assert curation.check_language([_user("2+2?"), _asst("4")], frozenset({"th"}), config) is None
+
+
+# --- curation: duplicates and templates -----------------------------------------------------------
+
+
+def test_exact_and_near_duplicates_keep_the_first() -> None:
+    dedup = curation.Deduplicator(DedupConfig())
+    base = "Tuliskan sebuah cerita pendek tentang seekor kucing yang tinggal di pasar tradisional Yogyakarta."
+    assert dedup.offer(base, "a line 1") is None
+    assert dedup.offer("  TULISKAN sebuah cerita pendek tentang seekor kucing yang tinggal di pasar tradisional "
+                       "yogyakarta. ", "a line 2") == (curation.EXACT_DUPLICATE, "same instruction as a line 1")
+    near = dedup.offer(base.replace("Yogyakarta.", "Yogyakarta!"), "a line 3")
+    assert near is not None and near[0] == curation.NEAR_DUPLICATE and "a line 1" in near[1]
+    assert dedup.offer("Jelaskan proses fotosintesis pada tumbuhan hijau secara singkat dan jelas.", "a line 4") is None
+    exact_only = curation.Deduplicator(DedupConfig(near=False))
+    exact_only.offer(base, "x")
+    assert exact_only.offer(base.replace("Yogyakarta.", "Yogyakarta!"), "y") is None
+
+
+def test_template_instructions_are_found_by_skeleton() -> None:
+    templated = [f'Translate "{w}" into Thai. Answer with {n} words.' for n, w in enumerate(["cat", "dog", "sun"] * 4)]
+    distinct = ["Explain photosynthesis.", "Write a haiku about rain.", "What is 2 + 2?"]
+    skeletons = [curation.instruction_skeleton(t, 64) for t in templated + distinct]
+    assert len(set(skeletons[:12])) == 1
+    reasons = curation.template_rejects(skeletons, TemplateFilterConfig(max_repeats=5))
+    assert [r is not None for r in reasons] == [True] * 12 + [False] * 3
+    kept_two = curation.template_rejects(skeletons, TemplateFilterConfig(max_repeats=5, keep=2))
+    assert [r is None for r in kept_two[:12]] == [True, True] + [False] * 10
+    assert all(r is None for r in curation.template_rejects(skeletons, TemplateFilterConfig(max_repeats=12)))
+
+
+# --- mixing ---------------------------------------------------------------------------------------
+
+
+def test_sizes_by_weight_rows_and_tokens(tmp_path: Path) -> None:
+    candidates = list(range(100, 140))  # 40 conversations
+    tokens = [10 + (i % 7) for i in range(40)]
+    half = select_rows(candidates, tokens, _src(tmp_path, weight=0.5), 1)
+    assert len(half) == 20 and len(set(half)) == 20 and set(half) <= set(candidates)
+    up = Counter(select_rows(candidates, tokens, _src(tmp_path, weight=2.5), 1))
+    assert sum(up.values()) == 100 and set(up.values()) == {2, 3} and len(up) == 40
+    assert len(select_rows(candidates, tokens, _src(tmp_path, rows=50), 1)) == 50
+    budget = select_rows(candidates, tokens, _src(tmp_path, tokens=1000), 1)
+    spent = sum(tokens[candidates.index(c)] for c in budget)
+    assert 1000 - max(tokens) < spent <= 1000 and len(budget) > 40  # cycled past one epoch
+    assert select_rows(candidates, tokens, _src(tmp_path), 1) == candidates
+    # Deterministic under the seed, different across seeds.
+    assert half == select_rows(candidates, tokens, _src(tmp_path, weight=0.5), 1)
+    assert half != select_rows(candidates, tokens, _src(tmp_path, weight=0.5), 2)
+
+
+def test_thinking_assignment_is_exact_and_only_for_rows_with_traces(tmp_path: Path) -> None:
+    has = [i % 4 != 0 for i in range(400)]  # 300 rows with a trace
+    mixed = assign_thinking(has, _src(tmp_path, thinking_mode="mixed", thinking_ratio=0.3), 7)
+    assert sum(mixed) == 90 and not any(m and not h for m, h in zip(mixed, has, strict=True))
+    assert assign_thinking(has, _src(tmp_path, thinking_mode="on"), 7) == has
+    assert not any(assign_thinking(has, _src(tmp_path, thinking_mode="off"), 7))
+
+
+def test_heldout_split_is_disjoint_and_sized(tmp_path: Path) -> None:
+    train, held = split_heldout(50, 0.1, "s", 3)
+    assert len(held) == 5 and sorted(train + held) == list(range(50))
+    assert split_heldout(50, 7, "s", 3)[1] != [] and len(split_heldout(50, 7, "s", 3)[1]) == 7
+    assert split_heldout(50, 0, "s", 3) == (list(range(50)), [])
+
+
+# --- expansion (template-agnostic logic) ----------------------------------------------------------
+
+
+def _fake_render(history_like_final: bool):
+    """A toy template: one token per character; the final assistant turn carries its trace as
+    "{trace}|" and, unless ``history_like_final``, a "*" marker history turns lack."""
+
+    def render(messages, thinking):
+        ids, mask = [], []
+        for i, m in enumerate(messages):
+            final = i == len(messages) - 1
+            if m["role"] == "assistant":
+                body = (m.get("reasoning_content", "") + "|" if final and thinking else "")
+                body += ("" if history_like_final or not final else "*") + m["content"] + "$"
+                ids += [ord(c) for c in body]
+                mask += [1] * len(body)  # like a template that wraps every assistant turn
+            else:
+                ids += [ord(c) for c in m["content"] + "#"]
+                mask += [0] * (len(m["content"]) + 1)
+        return ids, mask
+
+    return render
+
+
+def _text(sample: Sample, trained: bool) -> str:
+    return "".join(chr(i) for i, m in zip(sample.input_ids, sample.assistant_masks, strict=True) if m or not trained)
+
+
+def test_expansion_trains_each_turn_once_with_history_reasoning_dropped() -> None:
+    convo = [_user("q1"), _asst("a1", "r1"), _user("q2"), _asst("a2", "r2")]
+    samples = expand(convo, True, _fake_render(history_like_final=True))
+    assert [s.turns for s in samples] == [[3], [1]]
+    last, first = samples
+    assert _text(last, trained=False) == "q1#a1$q2#r2|a2$" and _text(last, trained=True) == "r2|a2$"
+    assert _text(first, trained=False) == "q1#r1|a1$" and _text(first, trained=True) == "r1|a1$"
+
+
+def test_expansion_merges_turns_only_when_history_renders_like_generation() -> None:
+    convo = [_user("q1"), _asst("a1"), _user("q2"), _asst("a2")]
+    merged = expand(convo, False, _fake_render(history_like_final=True))
+    assert len(merged) == 1 and merged[0].turns == [1, 3] and _text(merged[0], trained=True) == "a1$a2$"
+    split = expand(convo, False, _fake_render(history_like_final=False))
+    assert [_text(s, trained=True) for s in split] == ["*a2$", "*a1$"]
+
+
+def test_last_span() -> None:
+    assert last_span([0, 1, 1, 0, 1, 1, 1, 0]) == (4, 7)
+    assert last_span([1, 1]) == (0, 2) and last_span([0, 0]) is None

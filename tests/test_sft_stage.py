@@ -1,0 +1,103 @@
+"""The sft stage end to end: real trl SFTTrainer, launched as a subprocess, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sft_helpers import sft_recipe
+from tempa.recipes.loader import load_recipe
+from tempa.recipes.runner import run_recipe
+from tempa.sft.checkpoints import COMPLETE_MARKER, complete_checkpoints
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory, tiny_model_dir) -> Path:
+    folder = tmp_path_factory.mktemp("sft-single")
+    recipe = sft_recipe(folder, tiny_model_dir)
+    run_recipe(load_recipe(recipe, ["stages.sft.train.save_total_limit=10"]), folder / "run")
+    return folder / "run"
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def test_sft_trains_saves_and_records_metrics(single_run, tiny_model_dir):
+    stage = single_run / "sft"
+    metrics = json.loads((stage / "metrics.json").read_text())
+    assert metrics["global_step"] == 12
+    assert metrics["last_logged_loss"] < metrics["first_logged_loss"]
+    assert metrics["eval_loss"] > 0  # held-out rows were evaluated
+    before, after = weights(tiny_model_dir), weights(stage / "final")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    # every checkpoint the trainer kept carries the completion marker
+    kept = complete_checkpoints(stage / "checkpoints")
+    assert [p.name for p in kept] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]
+    assert all((p / COMPLETE_MARKER).is_file() for p in kept)
+    # the exact launch command is kept for re-running the stage by hand
+    assert "tempa.sft.train" in (stage / "logs" / "launch.sh").read_text()
+
+
+def test_sft_final_model_loads_and_carries_the_thinking_template(single_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = single_run / "sft" / "final"
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    messages = [{"role": "user", "content": "Ulangi: satu dua"}]
+    on = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    off = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, thinking_mode="off")
+    assert on != off and "<think>" in on
+    ids = tokenizer(off, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+def test_sft_labels_cover_only_assistant_tokens(single_run):
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(single_run / "tokenizer")
+    train = load_from_disk(str(single_run / "sft" / "data" / "train"))
+    header = tokenizer.convert_tokens_to_ids("<|start_header_id|>")
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    for row in train.select(range(8)):
+        ids, mask = row["input_ids"], row["assistant_masks"]
+        trained = [t for t, m in zip(ids, mask, strict=True) if m]
+        assert trained and trained[-1] == eot  # the end-of-turn token is trained
+        assert header not in trained  # headers never are
+        assert sum(mask) < len(mask)  # prompt tokens are not trained
+
+
+def test_sft_change_of_learning_rate_reruns_only_training(single_run, tiny_model_dir, tmp_path):
+    from tempa.recipes.runner import plan_run
+
+    recipe = single_run.parent / "sft.yaml"
+    plans = plan_run(load_recipe(recipe, ["stages.sft.train.learning_rate=1e-3"]), single_run)
+    assert plans[0].action == "rerun" and plans[0].reason == "changed since it ran: stage config"
+    same = plan_run(load_recipe(recipe, ["stages.sft.train.save_total_limit=10"]), single_run)
+    assert same[0].action == "skip"
+
+
+@pytest.mark.slow
+def test_zero3_two_cpu_processes_match_single_process_layout(single_run, tiny_model_dir, tmp_path):
+    """DeepSpeed ZeRO-3 over 2 CPU processes (torchrun): the gathered 16-bit save is a full model."""
+    launch = "launch: {launcher: torchrun, num_processes: 2, deepspeed_config: zero3-cpu, use_cpu: true}"
+    recipe = sft_recipe(tmp_path, tiny_model_dir, max_steps=4, save_steps=4, launch=launch)
+    run_recipe(load_recipe(recipe), tmp_path / "run")
+    final = tmp_path / "run" / "sft" / "final"
+    zero3, single, start = weights(final), weights(single_run / "sft" / "final"), weights(tiny_model_dir)
+    assert {k: v.shape for k, v in zero3.items()} == {k: v.shape for k, v in single.items()}
+    assert any(not torch.equal(zero3[k].float(), start[k].float()) for k in start)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for v in start.values())
+    log = (tmp_path / "run" / "sft" / "logs" / "train.log").read_text()
+    assert "torch.distributed.run" in log and "--nproc_per_node=2" in log

@@ -94,16 +94,20 @@ def resolve_modes(
 
 
 def end_of_turn_ids(tokenizer, generation_config=None) -> list[int]:
-    """Token ids that stop generation: the template's end-of-turn tokens plus every eos id."""
-    ids: list[int] = []
+    """Token ids that stop generation: every eos id, plus the end-of-turn tokens of the chat
+    template (those of :data:`END_OF_TURN_TOKENS` it contains; without a template, those in the
+    vocabulary)."""
+    from tempa.chat_templates.templates import END_OF_TURN_TOKENS as TEMPLATE_END_TOKENS
+
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     vocab = tokenizer.get_vocab()
-    for token in END_OF_TURN_TOKENS:
-        if token in vocab:
-            ids.append(vocab[token])
+    ids: list[int] = []
     for source in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
-        if source is None:
-            continue
-        ids.extend(source if isinstance(source, list) else [source])
+        if source is not None:
+            ids.extend(source if isinstance(source, list) else [source])
+    for token in dict.fromkeys((*TEMPLATE_END_TOKENS, *END_OF_TURN_TOKENS)):
+        if token in vocab and (template is None or token in template):
+            ids.append(vocab[token])
     return list(dict.fromkeys(int(i) for i in ids))
 
 

@@ -43,7 +43,9 @@ def choose_pad_token(tokenizer: Any, end_of_turn: str, requested: str | None = N
     forbidden = {tokenizer.eos_token, end_of_turn}
     if requested is not None:
         if requested in forbidden:
-            raise ValueError(f"pad token {requested!r} is the eos or end-of-turn token; padding must differ from both")
+            raise ValueError(
+                f"pad token {requested!r} is the eos or end-of-turn token; padding must differ from both"
+            )
         if requested in vocab:
             return PadChoice(requested, added=False, reason=f"pad token {requested!r} as requested")
         return PadChoice(requested, added=True, reason=f"pad token {requested!r} as requested (new token)")
@@ -103,7 +105,9 @@ def bake_tokenizer(
     eot_ids = tokenizer.encode(end_of_turn, add_special_tokens=False)
     if len(eot_ids) != 1:
         # Adding it would give the model an untrained stop token; the template does not fit this base.
-        raise ValueError(f"{tokenizer_dir}: the template's end-of-turn token {end_of_turn} is not a single token of this tokenizer")
+        raise ValueError(
+            f"{tokenizer_dir}: the template's end-of-turn token {end_of_turn} is not a single token of this tokenizer"
+        )
 
     choice = choose_pad_token(tokenizer, end_of_turn, requested=pad_token)
     if choice.added:
@@ -158,7 +162,9 @@ def bake_tokenizer(
     return out
 
 
-def _base_generation_config(model_dir: str | os.PathLike | None, tokenizer_dir: str | os.PathLike) -> dict[str, Any]:
+def _base_generation_config(
+    model_dir: str | os.PathLike | None, tokenizer_dir: str | os.PathLike
+) -> dict[str, Any]:
     for folder in (model_dir, tokenizer_dir):
         if folder is not None and (Path(folder) / "generation_config.json").is_file():
             path = Path(folder) / "generation_config.json"

@@ -66,7 +66,9 @@ class _Context:
         return token_ids(self.tokenizer, messages, template=self.template, tools=probe.tools, **kwargs)
 
     def text(self, messages: list[dict[str, Any]], probe: Probe, **kwargs: Any) -> str:
-        return render_with_tokenizer(self.tokenizer, messages, template=self.template, tools=probe.tools, **kwargs)
+        return render_with_tokenizer(
+            self.tokenizer, messages, template=self.template, tools=probe.tools, **kwargs
+        )
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -88,7 +90,10 @@ def check_prompt_is_prefix(ctx: _Context) -> tuple[bool, str]:
         prompt = ctx.ids(probe.prompt_messages, probe, add_generation_prompt=True, thinking_mode=mode)
         full = ctx.ids(probe.messages, probe, thinking_mode=mode)
         if full[: len(prompt)] != prompt:
-            at = next((i for i, (p, f) in enumerate(zip(prompt, full)) if p != f), min(len(prompt), len(full)))
+            at = next(
+                (i for i, (p, f) in enumerate(zip(prompt, full, strict=False)) if p != f),
+                min(len(prompt), len(full)),
+            )
             return False, (
                 f"{probe.name} [{mode}]: tokens diverge at {at}: prompt has {ctx.decode(prompt[at : at + 4])!r}, "
                 f"full conversation has {ctx.decode(full[at : at + 4])!r}"
@@ -101,17 +106,29 @@ def check_assistant_mask(ctx: _Context) -> tuple[bool, str]:
     eot_id = ctx.tokenizer.convert_tokens_to_ids(end_of_turn_token(ctx.template))
     for probe, mode in _cases():
         where = f"{probe.name} [{mode}]"
-        prompt = ctx.ids(probe.prompt_messages, probe, add_generation_prompt=True, thinking_mode=mode)
         prompt_only = tokenize_chat(
-            ctx.tokenizer, probe.prompt_messages, template=ctx.template, tools=probe.tools,
-            add_generation_prompt=True, thinking_mode=mode,
+            ctx.tokenizer,
+            probe.prompt_messages,
+            template=ctx.template,
+            tools=probe.tools,
+            add_generation_prompt=True,
+            thinking_mode=mode,
         )
         if any(prompt_only.assistant_mask):
-            return False, f"{where}: the generation prompt has trained tokens: {_masked_text(ctx, prompt_only)!r}"
-        chat = tokenize_chat(ctx.tokenizer, probe.messages, template=ctx.template, tools=probe.tools, thinking_mode=mode)
+            return (
+                False,
+                f"{where}: the generation prompt has trained tokens: {_masked_text(ctx, prompt_only)!r}",
+            )
+        prompt = prompt_only.input_ids
+        chat = tokenize_chat(
+            ctx.tokenizer, probe.messages, template=ctx.template, tools=probe.tools, thinking_mode=mode
+        )
         ids, mask = chat.input_ids, chat.assistant_mask
         if ids[: len(prompt)] != prompt:
-            return False, f"{where}: the prompt is not a token prefix (see a), so the trained span is undefined"
+            return (
+                False,
+                f"{where}: the prompt is not a token prefix (see a), so the trained span is undefined",
+            )
         if eot_id not in ids[len(prompt) :]:
             return False, f"{where}: no end-of-turn token after the prompt"
         end = len(ids) - 1 - ids[::-1].index(eot_id)
@@ -142,8 +159,14 @@ def check_stops_at_end_of_turn(ctx: _Context) -> tuple[bool, str]:
             "and no generation config lists it: generation would run past the turn (bake the tokenizer)"
         )
     if eot_id in stop_ids:
-        return True, f"generation_config eos_token_id {stop_ids} includes {eot} (id {eot_id})"
-    return False, f"generation_config eos_token_id {stop_ids} lacks {eot} (id {eot_id}): generation would run past the turn"
+        return True, (
+            f"generation_config eos_token_id {stop_ids} includes {eot} (id {eot_id}); "
+            f"tokenizer eos {tokenizer.eos_token!r}"
+        )
+    return (
+        False,
+        f"generation_config eos_token_id {stop_ids} lacks {eot} (id {eot_id}): generation would run past the turn",
+    )
 
 
 def check_reasoning_by_mode(ctx: _Context) -> tuple[bool, str]:
@@ -183,7 +206,12 @@ def check_history_reasoning_dropped(ctx: _Context) -> tuple[bool, str]:
 
 def check_mode_aliases(ctx: _Context) -> tuple[bool, str]:
     """f. No kwarg == thinking_mode="on" == enable_thinking=True; enable_thinking=False == thinking_mode="off"."""
-    same_as_on = ({}, {"thinking_mode": None}, {"enable_thinking": True}, {"thinking_mode": "on", "enable_thinking": True})
+    same_as_on = (
+        {},
+        {"thinking_mode": None},
+        {"enable_thinking": True},
+        {"thinking_mode": "on", "enable_thinking": True},
+    )
     same_as_off = ({"enable_thinking": False}, {"thinking_mode": "off", "enable_thinking": False})
     for probe in PROBES:
         for messages, prompt in ((probe.messages, False), (probe.prompt_messages, True)):
@@ -194,7 +222,10 @@ def check_mode_aliases(ctx: _Context) -> tuple[bool, str]:
             for expected, variants in ((on, same_as_on), (off, same_as_off)):
                 for kwargs in variants:
                     if ctx.text(messages, probe, add_generation_prompt=prompt, **kwargs) != expected:
-                        return False, f"{probe.name} ({'prompt' if prompt else 'full'}): {kwargs} renders differently"
+                        return (
+                            False,
+                            f"{probe.name} ({'prompt' if prompt else 'full'}): {kwargs} renders differently",
+                        )
     return True, f"{len(PROBES)} conversations, prompt and full; None counts as unset"
 
 
@@ -217,7 +248,9 @@ def check_save_reload_identical(ctx: _Context) -> tuple[bool, str]:
             after = render_with_tokenizer(reloaded, messages, **kwargs)
             if before != after:
                 return False, f"{probe.name} [{mode}]: text differs after reload"
-            if token_ids(ctx.tokenizer, messages, template=ctx.template, **kwargs) != token_ids(reloaded, messages, **kwargs):
+            if token_ids(ctx.tokenizer, messages, template=ctx.template, **kwargs) != token_ids(
+                reloaded, messages, **kwargs
+            ):
                 return False, f"{probe.name} [{mode}]: token ids differ after reload"
     return True, f"{_covered()}, prompt and full: text and ids"
 
@@ -264,7 +297,9 @@ CHECKS: tuple[tuple[str, Callable[[_Context], tuple[bool, str]]], ...] = (
 
 
 def _masked_text(ctx: _Context, chat: Any) -> str:
-    return ctx.decode([token for token, trained in zip(chat.input_ids, chat.assistant_mask) if trained])
+    return ctx.decode(
+        [token for token, trained in zip(chat.input_ids, chat.assistant_mask, strict=True) if trained]
+    )
 
 
 def _last_think_block(text: str) -> str | None:

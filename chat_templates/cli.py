@@ -34,25 +34,49 @@ def register(subparsers: Any) -> None:
     known = ", ".join(available_templates())
 
     render = commands.add_parser("render", help="print a conversation as the template renders it")
-    render.add_argument("--template", help=f"template name ({known}) or .jinja path; default: the tokenizer's")
-    render.add_argument("--messages", required=True, type=Path, help='JSON file: a list of messages, or {"messages": [...], "tools": [...]}')
-    render.add_argument("--thinking", choices=("on", "off"), help="thinking_mode (default: the template's, on)")
+    render.add_argument(
+        "--template", help=f"template name ({known}) or .jinja path; default: the tokenizer's"
+    )
+    render.add_argument(
+        "--messages",
+        required=True,
+        type=Path,
+        help='JSON file: a list of messages, or {"messages": [...], "tools": [...]}',
+    )
+    render.add_argument(
+        "--thinking", choices=("on", "off"), help="thinking_mode (default: the template's, on)"
+    )
     render.add_argument("--generation-prompt", action="store_true", help="append the generation prompt")
-    render.add_argument("--tokenizer", type=Path, help="tokenizer folder (render through it; needed for --tokens)")
-    render.add_argument("--tokens", action="store_true", help="print token pieces and mark the trained tokens")
+    render.add_argument(
+        "--tokenizer", type=Path, help="tokenizer folder (render through it; needed for --tokens)"
+    )
+    render.add_argument(
+        "--tokens", action="store_true", help="print token pieces and mark the trained tokens"
+    )
     render.set_defaults(func=_guarded("render", _render))
 
     check = commands.add_parser("check", help="check every template invariant against a tokenizer")
-    check.add_argument("--tokenizer", required=True, type=Path, help="tokenizer folder (its generation_config.json is used if present)")
+    check.add_argument(
+        "--tokenizer",
+        required=True,
+        type=Path,
+        help="tokenizer folder (its generation_config.json is used if present)",
+    )
     check.add_argument("--template", help=f"template name ({known}) or .jinja path; default: the tokenizer's")
     check.set_defaults(func=_guarded("check", _check))
 
     bake = commands.add_parser("bake", help="write a tokenizer with the template baked in, then check it")
     bake.add_argument("--tokenizer", required=True, type=Path, help="tokenizer folder to start from")
     bake.add_argument("--template", required=True, help=f"template name ({known}) or .jinja path")
-    bake.add_argument("--out", required=True, type=Path, help="output folder (must be empty unless --overwrite)")
-    bake.add_argument("--model", type=Path, help="model folder: its generation_config.json is the starting point")
-    bake.add_argument("--pad-token", help="pad token to use (default: keep a valid one, else pick or add one)")
+    bake.add_argument(
+        "--out", required=True, type=Path, help="output folder (must be empty unless --overwrite)"
+    )
+    bake.add_argument(
+        "--model", type=Path, help="model folder: its generation_config.json is the starting point"
+    )
+    bake.add_argument(
+        "--pad-token", help="pad token to use (default: keep a valid one, else pick or add one)"
+    )
     bake.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     bake.set_defaults(func=_guarded("bake", _bake))
 
@@ -74,7 +98,9 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return EXIT_USAGE
 
 
-def _guarded(command: str, handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def _guarded(
+    command: str, handler: Callable[[argparse.Namespace], int]
+) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import jinja2
 
@@ -108,7 +134,9 @@ def _render(args: argparse.Namespace) -> int:
         if args.tokens:
             chat = tokenize_chat(tokenizer, messages, template=template, **kwargs)
             color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-            print(format_token_view(token_pieces(tokenizer, chat.input_ids), chat.assistant_mask, color=color))
+            print(
+                format_token_view(token_pieces(tokenizer, chat.input_ids), chat.assistant_mask, color=color)
+            )
             marking = "green" if color else "between [[ ]]"
             print(
                 f"-- trained ({marking}): {sum(chat.assistant_mask)} of {len(chat.input_ids)} tokens; "
@@ -129,13 +157,17 @@ def _read_messages(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise CliError(f"{path}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+        raise CliError(
+            f"{path}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}"
+        ) from None
     tools = None
     if isinstance(data, dict):
         tools = data.get("tools")
         data = data.get("messages")
     if not isinstance(data, list) or not data or not all(isinstance(message, dict) for message in data):
-        raise CliError(f'{path}: expected a non-empty JSON list of message objects, or an object with a "messages" list')
+        raise CliError(
+            f'{path}: expected a non-empty JSON list of message objects, or an object with a "messages" list'
+        )
     if tools is not None and not (isinstance(tools, list) and all(isinstance(tool, dict) for tool in tools)):
         raise CliError(f'{path}: "tools" must be a list of JSON schema objects')
     return data, tools
@@ -179,7 +211,12 @@ def _bake(args: argparse.Namespace) -> int:
 
     _require_tokenizer_folder(args.tokenizer)
     out = bake_tokenizer(
-        args.tokenizer, args.template, args.out, model_dir=args.model, pad_token=args.pad_token, overwrite=args.overwrite
+        args.tokenizer,
+        args.template,
+        args.out,
+        model_dir=args.model,
+        pad_token=args.pad_token,
+        overwrite=args.overwrite,
     )
     print(f"baked {args.template} into {out} (all template checks passed)")
     return 0

@@ -80,7 +80,11 @@ def _probes() -> list[Probe]:
             messages=[
                 {"role": "system", "content": "Answer in one word."},
                 {"role": "user", "content": "Colour of the sky?"},
-                {"role": "assistant", "content": "Blue.", "reasoning_content": "Rayleigh scattering favours blue."},
+                {
+                    "role": "assistant",
+                    "content": "Blue.",
+                    "reasoning_content": "Rayleigh scattering favours blue.",
+                },
                 {"role": "user", "content": "And grass?"},
                 {"role": "assistant", "content": "Green.", "thinking": "Chlorophyll reflects green light."},
             ],
@@ -89,12 +93,16 @@ def _probes() -> list[Probe]:
             answer="Green.",
         ),
         Probe(
-            name="multi turn, inline <think> in content",
+            name="multi turn, reasoning inside content",
             messages=[
                 {"role": "user", "content": "Is 9 prime?"},
-                {"role": "assistant", "content": "<think>\nNine equals three times three.\n</think>\n\nNo."},
+                # DeepSeek-R1 style: the opening <think> is missing.
+                {"role": "assistant", "content": "Nine equals three times three.\n</think>\n\nNo."},
                 {"role": "user", "content": "Is 7 prime?"},
-                {"role": "assistant", "content": "<think>Seven has no divisor but one and itself.</think>Yes."},
+                {
+                    "role": "assistant",
+                    "content": "<think>Seven has no divisor but one and itself.</think>Yes.",
+                },
             ],
             final_reasoning="Seven has no divisor but one and itself.",
             history_reasoning=("Nine equals three times three.",),
@@ -104,7 +112,11 @@ def _probes() -> list[Probe]:
             name="multi turn, no reasoning in last turn",
             messages=[
                 {"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": "Hello.", "reasoning_content": "A greeting deserves one back."},
+                {
+                    "role": "assistant",
+                    "content": "Hello.",
+                    "reasoning_content": "A greeting deserves one back.",
+                },
                 {"role": "user", "content": [{"type": "text", "text": "Thanks"}]},
                 {"role": "assistant", "content": "You're welcome."},
             ],
@@ -125,9 +137,18 @@ def _probes() -> list[Probe]:
             messages=[
                 {"role": "system", "content": "Use tools when useful."},
                 {"role": "user", "content": "Weather in Jakarta?"},
-                {"role": "assistant", "content": "", "tool_calls": [call], "reasoning_content": "Call the tool first."},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [call],
+                    "reasoning_content": "Call the tool first.",
+                },
                 {"role": "tool", "content": '{"temperature_c": 31, "sky": "cloudy"}'},
-                {"role": "assistant", "content": "31 C and cloudy.", "reasoning_content": "The tool says 31 and cloudy."},
+                {
+                    "role": "assistant",
+                    "content": "31 C and cloudy.",
+                    "reasoning_content": "The tool says 31 and cloudy.",
+                },
             ],
             final_reasoning="The tool says 31 and cloudy.",
             history_reasoning=("Call the tool first.",),
@@ -161,19 +182,31 @@ INVALID_INPUTS: tuple[InvalidInput, ...] = (
             {"role": "user", "content": "Again"},
         ],
     ),
-    InvalidInput("assistant turn first", [{"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Hi"}]),
+    InvalidInput(
+        "assistant turn first",
+        [{"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Hi"}],
+    ),
     InvalidInput(
         "assistant first after system",
         [{"role": "system", "content": "Be terse."}, {"role": "assistant", "content": "Hello."}],
     ),
-    InvalidInput("tool result without a tool call", [{"role": "user", "content": "Hi"}, {"role": "tool", "content": "{}"}]),
+    InvalidInput(
+        "tool result without a tool call",
+        [{"role": "user", "content": "Hi"}, {"role": "tool", "content": "{}"}],
+    ),
     InvalidInput("non-string user content", [{"role": "user", "content": 42}]),
     InvalidInput("dict user content", [{"role": "user", "content": {"text": "Hi"}}]),
-    InvalidInput("image part where text is required", [{"role": "user", "content": [{"type": "image", "url": "x.png"}]}]),
+    InvalidInput(
+        "image part where text is required",
+        [{"role": "user", "content": [{"type": "image", "url": "x.png"}]}],
+    ),
     InvalidInput("user without content", [{"role": "user"}]),
     InvalidInput(
         "non-string reasoning",
-        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello.", "reasoning_content": ["a"]}],
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello.", "reasoning_content": ["a"]},
+        ],
     ),
     InvalidInput(
         "unterminated <think>",
@@ -181,7 +214,9 @@ INVALID_INPUTS: tuple[InvalidInput, ...] = (
     ),
     InvalidInput("thinking_mode not on/off", [{"role": "user", "content": "Hi"}], {"thinking_mode": "maybe"}),
     InvalidInput("thinking_mode as a bool", [{"role": "user", "content": "Hi"}], {"thinking_mode": True}),
-    InvalidInput("enable_thinking not a bool", [{"role": "user", "content": "Hi"}], {"enable_thinking": "yes"}),
+    InvalidInput(
+        "enable_thinking not a bool", [{"role": "user", "content": "Hi"}], {"enable_thinking": "yes"}
+    ),
     InvalidInput(
         "thinking_mode contradicts enable_thinking",
         [{"role": "user", "content": "Hi"}],

@@ -20,7 +20,9 @@ def token_pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     pieces: list[str] = []
     start = 0  # first token not yet reflected in ``pieces``
     for end in range(1, len(ids) + 1):
-        text = tokenizer.decode(list(ids[start:end]), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text = tokenizer.decode(
+            list(ids[start:end]), skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
         if text.endswith("\ufffd") and end < len(ids):
             pieces.append("")  # incomplete character: wait for the next token
             continue
@@ -54,7 +56,7 @@ def _units(pieces: Sequence[str], mask: Sequence[int]) -> list[tuple[str, bool]]
     # Tokens that add "" (split characters) join the next token, so no separator lands inside a character.
     units: list[tuple[str, bool]] = []
     pending = False
-    for piece, trained in zip(pieces, mask):
+    for piece, trained in zip(pieces, mask, strict=True):
         pending = pending or bool(trained)
         if piece:
             units.append((piece, pending))

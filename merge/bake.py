@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
+
 from tempa.merge.candidates import is_model_dir
 from tempa.merge.files import link_or_copy, staging_dir, write_atomic
 from tempa.merge.model_card import ModelCardConfig, render_model_card
@@ -63,8 +64,9 @@ def copy_model_files(source: Path, out_dir: Path, *, trust_remote_code: bool = F
 
 def check_generation_config(out_dir: Path) -> dict[str, Any]:
     """The end-of-turn token must be among the eos ids and pad must differ from every eos id."""
-    from tempa.chat_templates.templates import end_of_turn_token
     from transformers import AutoTokenizer, GenerationConfig
+
+    from tempa.chat_templates.templates import end_of_turn_token
 
     if not (out_dir / "generation_config.json").is_file():
         raise StageError(f"{out_dir} has no generation_config.json after baking the tokenizer")
@@ -97,8 +99,9 @@ def _as_dict(result: Any) -> dict[str, Any]:
 
 def run_template_checks(out_dir: Path, template: str) -> list[dict[str, Any]]:
     """``check_tokenizer`` on the saved tokenizer; a failure is a one-line StageError."""
-    from tempa.chat_templates import check_tokenizer
     from transformers import AutoTokenizer
+
+    from tempa.chat_templates import check_tokenizer
 
     generation_config = json.loads((out_dir / "generation_config.json").read_text(encoding="utf-8"))
     tokenizer = AutoTokenizer.from_pretrained(out_dir)

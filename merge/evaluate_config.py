@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
 from tempa.sft.stage_api import StageConfigBase, resolve_path
 
 ThinkingMode = Literal["on", "off"]
@@ -122,7 +123,11 @@ class LmEvalSuite(_Suite):
         default=None, gt=0, description="Examples per task (a count, or a fraction < 1)."
     )
     batch_size: int | str = Field(default=1, description="lm-eval batch size (or 'auto').")
-    apply_chat_template: bool = Field(default=True, description="Render prompts with the chat template.")
+    apply_chat_template: bool = Field(
+        default=False,
+        description="Render prompts with the chat template (its default thinking_mode applies); off: "
+        "plain few-shot prompts, as the harness does by default.",
+    )
     args: dict[str, Any] = Field(
         default_factory=dict, description="Further keyword arguments for lm_eval.simple_evaluate."
     )
@@ -194,6 +199,10 @@ class EvaluateStageConfig(StageConfigBase):
                     f"rank_by {self.rank_by!r} must be '<suite>/<metric>' with a suite in {keys}"
                 )
         return self
+
+    def depends_on(self) -> list[str]:
+        """Earlier stages this stage reads (for the runner's fingerprints and ordering)."""
+        return list(dict.fromkeys([*self.checkpoints_of, *self.stages]))
 
     def suites_fingerprint(self) -> dict[str, Any]:
         """What determines a candidate's scores (cache key material)."""

@@ -2,8 +2,9 @@
 
 Outputs in the stage folder: ``leaderboard.json`` / ``leaderboard.md``, ``evaluate_config.json``
 (the resolved config, which a merge stage reuses to re-score its merged model), ``metrics.json``,
-and ``scores/<candidate>.json`` — per-candidate results, reused when the stage re-runs with the
-same suites over the same unchanged weights.
+and ``scores/<candidate>.json`` (per-candidate results). Scores are also cached under the shared
+cache folder, keyed by suites, rows, weights files, tokenizer, template and seed, so a re-run (or
+another run) skips candidates it has already scored.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tempa.merge.candidates import Candidate, collect_candidates
 from tempa.merge.eval_data import load_rows
 from tempa.merge.evaluate_config import EvaluateStageConfig, LmEvalSuite
 from tempa.merge.files import write_atomic
-from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, write_leaderboard
+from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, is_headline, write_leaderboard
 from tempa.merge.suites import CandidateScorer, import_lm_eval
 from tempa.sft.stage_api import StageContext, StageError, StageResult
 
@@ -65,15 +66,29 @@ def _weights_signature(path: Path) -> list[tuple[str, int, int]]:
     return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
-def cache_key(config: EvaluateStageConfig, candidate_path: Path, ctx: StageContext) -> str:
+def cache_key(
+    config: EvaluateStageConfig,
+    candidate_path: Path,
+    ctx: StageContext,
+    rows: dict[str, list[dict[str, Any]]],
+) -> str:
+    """What a candidate's scores depend on: suites, their rows, the weights' files, template, seed."""
     material = {
         "suites": config.suites_fingerprint(),
+        "rows": hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest(),
         "path": str(candidate_path),
         "weights": _weights_signature(candidate_path),
+        "tokenizer": _weights_signature(Path(ctx.tokenizer_dir)),
         "template": hashlib.sha256(ctx.chat_template.encode()).hexdigest(),
         "seed": ctx.seed,
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cache_dir(ctx: StageContext) -> Path:
+    """Score cache: the shared cache (survives the runner clearing a re-run stage), else the stage."""
+    shared = getattr(ctx, "cache_dir", None)
+    return Path(shared) / "eval_scores" if shared else Path(ctx.stage_dir) / "scores" / ".cache"
 
 
 def _slug(name: str) -> str:
@@ -116,21 +131,22 @@ def evaluate_candidates(
 
     rows = load_suite_rows(config)
     scores_dir = Path(ctx.stage_dir) / "scores"
-    scores_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = _cache_dir(ctx)
     board_rows = []
     for candidate in tqdm(candidates, desc=f"{ctx.stage_name}: candidates", disable=len(candidates) < 2):
-        key = cache_key(config, candidate.path, ctx)
-        cached_path = scores_dir / f"{_slug(candidate.name)}.json"
-        metrics = None
+        key = cache_key(config, candidate.path, ctx, rows)
+        cached_path = cache_dir / f"{key}.json"
         if cached_path.exists():
-            cached = json.loads(cached_path.read_text(encoding="utf-8"))
-            if cached.get("key") == key:
-                metrics = cached["metrics"]
-                ctx.log.info("%s: reusing scores of %s", ctx.stage_name, candidate.name)
-        if metrics is None:
+            metrics = json.loads(cached_path.read_text(encoding="utf-8"))["metrics"]
+            ctx.log.info("%s: reusing scores of %s (%s)", ctx.stage_name, candidate.name, cached_path)
+        else:
             ctx.log.info("%s: scoring %s (%s)", ctx.stage_name, candidate.name, candidate.path)
             metrics = score_model(candidate.path, config, ctx, rows, backend_factory)
-            write_atomic(cached_path, json.dumps({"key": key, "metrics": metrics}, indent=2) + "\n")
+            write_atomic(
+                cached_path, json.dumps({"path": str(candidate.path), "metrics": metrics}, indent=2) + "\n"
+            )
+        record = {"candidate": candidate.name, "path": str(candidate.path), "metrics": metrics}
+        write_atomic(scores_dir / f"{_slug(candidate.name)}.json", json.dumps(record, indent=2) + "\n")
         board_rows.append(
             LeaderboardRow(
                 candidate=candidate.name,
@@ -167,7 +183,7 @@ def run_evaluate(
     if config.rank_by:
         best = board.ranked()[0]
         metrics["best"] = best.candidate
-        metrics.update({f"best/{name}": value for name, value in best.metrics.items()})
+        metrics.update({f"best/{name}": value for name, value in best.metrics.items() if is_headline(name)})
     write_atomic(stage_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return StageResult(
         model_dir=Path(ctx.model_dir),

@@ -198,7 +198,7 @@ def ifeval_scores(results: list[tuple[list[Instruction], list[bool]]]) -> dict[s
     """Aggregate per-prompt results into IFEval's strict metrics.
 
     ``prompt_accuracy``: prompts whose every instruction passed; ``instruction_accuracy``: all
-    instructions pooled; ``<type>_accuracy``: per instruction type.
+    instructions pooled; ``instruction_accuracy:<type>``: per instruction type.
     """
     if not results:
         return {}
@@ -213,5 +213,5 @@ def ifeval_scores(results: list[tuple[list[Instruction], list[bool]]]) -> dict[s
         "instruction_accuracy": sum(pooled) / len(pooled) if pooled else 0.0,
     }
     for name in sorted(by_type):
-        scores[f"{name}_accuracy"] = sum(by_type[name]) / len(by_type[name])
+        scores[f"instruction_accuracy:{name}"] = sum(by_type[name]) / len(by_type[name])
     return scores

@@ -53,9 +53,9 @@ def language_scores(
     """Share of answers in their target language, and language-normalised accuracy.
 
     ``correct[i]`` is None for rows with nothing verifiable; they count toward the language
-    share only. Metrics: ``language_share``, per-language ``language_share_<code>``, and for the
+    share only. Metrics: ``language_share``, per-language ``language_share:<code>``, and for the
     verifiable rows ``accuracy`` (ignoring language) and ``normalized_accuracy`` (correct and in
-    the target language), plus ``normalized_accuracy_<code>``.
+    the target language), plus ``normalized_accuracy:<code>``.
     """
     if not (len(detected) == len(targets) == len(correct)):
         raise ValueError("detected, targets and correct must have the same length")
@@ -75,10 +75,10 @@ def language_scores(
         )
     for language in sorted(set(targets)):
         shares = [lang_ok for lang_ok, t in zip(right_language, targets, strict=True) if t == language]
-        scores[f"language_share_{language}"] = sum(shares) / len(shares)
+        scores[f"language_share:{language}"] = sum(shares) / len(shares)
         rows = [(ok, lang_ok) for ok, lang_ok, t in verifiable if t == language]
         if rows:
-            scores[f"normalized_accuracy_{language}"] = sum(
+            scores[f"normalized_accuracy:{language}"] = sum(
                 bool(ok) and lang_ok for ok, lang_ok in rows
             ) / len(rows)
     return scores

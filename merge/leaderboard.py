@@ -16,6 +16,15 @@ LEADERBOARD_MD = "leaderboard.md"
 _LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error", "stderr")
 
 
+_COUNTS = ("rows", "tokens")
+
+
+def is_headline(metric: str) -> bool:
+    """Shown in the markdown table: not a breakdown (``name:qualifier``) and not a count."""
+    last = metric.rsplit("/", 1)[-1]
+    return ":" not in last and last not in _COUNTS
+
+
 def lower_is_better(metric: str) -> bool:
     """Direction of a metric, from its last name component: losses and perplexities go down."""
     last = metric.rsplit("/", 1)[-1].lower()
@@ -71,13 +80,15 @@ class Leaderboard:
         return cls(rows=[LeaderboardRow(**row) for row in data.get("rows", [])], rank_by=data.get("rank_by"))
 
     def to_markdown(self, title: str | None = None) -> str:
-        """A readable table; the best value of each metric is in bold, arrows show the direction."""
-        names = self.metric_names
+        """A readable table of the headline metrics; the best value of each is in bold, arrows show
+        the direction. Breakdowns (``metric:language``, ``metric:type``) and counts stay in the JSON."""
+        names = [name for name in self.metric_names if is_headline(name)]
+        hidden = len(self.metric_names) - len(names)
         rows = self.ranked()
         best: dict[str, float] = {}
         for name in names:
             values = [r.metrics[name] for r in rows if name in r.metrics and not math.isnan(r.metrics[name])]
-            if values:
+            if values and min(values) != max(values):
                 best[name] = min(values) if lower_is_better(name) else max(values)
         header = ["model", "step", *[f"{n} {'↓' if lower_is_better(n) else '↑'}" for n in names]]
         lines = []
@@ -96,8 +107,13 @@ class Leaderboard:
                     cells.append("–")
                     continue
                 text = format_value(value)
-                cells.append(f"**{text}**" if len(rows) > 1 and best.get(name) == value else text)
+                cells.append(f"**{text}**" if best.get(name) == value else text)
             lines.append("| " + " | ".join(cells) + " |")
+        if hidden:
+            lines += [
+                "",
+                f"{hidden} more metrics (per-language and per-type breakdowns, counts) in leaderboard.json.",
+            ]
         return "\n".join(lines) + "\n"
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
 from tempa.sft.stage_api import StageConfigBase, resolve_path
 
 
@@ -164,3 +166,14 @@ class MergeStageConfig(StageConfigBase):
         if self.base_model is not None and info.base == "none":
             raise ValueError(f"method {self.method} uses no base model")
         return self
+
+    def depends_on(self) -> list[str]:
+        """Earlier stages this stage reads: the evaluate stage and stage-named models / base.
+
+        A leaderboard candidate name (``sft/checkpoint-20``) depends on its stage (``sft``).
+        """
+        names = [self.evaluate_stage] if self.evaluate_stage else []
+        for reference in [*(self.models or []), *([self.base_model] if self.base_model else [])]:
+            if not os.path.isabs(reference):
+                names.append(reference.split("/", 1)[0])
+        return list(dict.fromkeys(names))

@@ -25,6 +25,7 @@ from tempa.merge.files import staging_dir, write_atomic
 from tempa.merge.leaderboard import (
     Leaderboard,
     LeaderboardRow,
+    is_headline,
     lower_is_better,
     read_leaderboard,
     write_leaderboard,
@@ -181,20 +182,10 @@ def run_merge(
         run_mergekit(document, tmp, config, seed=ctx.seed, config_path=stage_dir / MERGEKIT_CONFIG)
         finish_model_dir(tmp, ctx, donor=models[0].path)
 
+    knobs = {entry["model"]: entry.get("parameters", {}) for entry in document["models"]}
     summary: dict[str, Any] = {
         "method": config.method,
-        "models": [
-            {
-                "name": m.name,
-                "path": str(m.path),
-                **(
-                    next(
-                        (e.get("parameters", {}) for e in document["models"] if e["model"] == str(m.path)), {}
-                    )
-                ),
-            }
-            for m in models
-        ],
+        "models": [{"name": m.name, "path": str(m.path), **knobs.get(str(m.path), {})} for m in models],
         "base_model": None if base is None else {"name": base.name, "path": str(base.path)},
         "parameters": document.get("parameters", {}),
         "selection": None
@@ -234,7 +225,9 @@ def run_merge(
             updated, stage_dir, title=f"Leaderboard after merge: {ctx.stage_name}"
         )
         outputs["leaderboard"] = str(json_path)
-        metrics.update({f"merged/{name}": value for name, value in merged_metrics.items()})
+        metrics.update(
+            {f"merged/{name}": value for name, value in merged_metrics.items() if is_headline(name)}
+        )
         focus = config.select.metric if config.select else rank_by
         if focus and focus in merged_metrics:
             inputs = {m.name for m in models}

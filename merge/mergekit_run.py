@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from tempa.merge.merge_config import METHODS, MergeStageConfig
 from tempa.sft.stage_api import StageError
 

@@ -128,7 +128,7 @@ class CandidateScorer:
 
     def _generate_rows(self, suite, rows: list[dict[str, Any]]) -> list[str]:
         prompts = [prompt_messages(row) for row in rows]
-        modes = [suite.thinking_mode or row.get("thinking_mode") for row in rows]
+        modes = [suite.thinking_mode or row_mode(suite.key, index, row) for index, row in enumerate(rows)]
         return self.complete(prompts, modes, suite.max_new_tokens)
 
     def accuracy(self, suite: AccuracySuite, rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -177,7 +177,11 @@ class CandidateScorer:
         return scores
 
     def loss(self, suite: LossSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
-        chats = [(chat, row.get("thinking_mode")) for row in rows if (chat := chat_messages(row))]
+        chats = [
+            (chat, row_mode(suite.key, index, row))
+            for index, row in enumerate(rows)
+            if (chat := chat_messages(row))
+        ]
         if not chats:
             raise StageError(f"suite '{suite.key}': no row has 'messages' with an assistant turn")
         if self.model is None:
@@ -205,6 +209,14 @@ class CandidateScorer:
             **suite.args,
         )
         return flatten_lm_eval_results((output or {}).get("results", {}))
+
+
+def row_mode(key: str, index: int, row: dict[str, Any]) -> str | None:
+    """A row's own ``thinking_mode`` ("on" / "off" / absent)."""
+    mode = row.get("thinking_mode")
+    if mode not in (None, "on", "off"):
+        raise StageError(f"suite '{key}', row {index}: thinking_mode must be 'on' or 'off', got {mode!r}")
+    return mode
 
 
 def _rows_with_instructions(key: str, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list]]:

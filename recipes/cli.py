@@ -126,7 +126,9 @@ def _cmd_status(args) -> int:
     run_dir: Path = args.run_dir
     resolved = run_dir / "recipe.resolved.yaml"
     if not resolved.is_file():
-        raise SystemExit(f"{run_dir}: not a tempa run directory (no recipe.resolved.yaml)")
+        from tempa.recipes.errors import RecipeError
+
+        raise RecipeError(f"{run_dir}: not a tempa run directory (no recipe.resolved.yaml)")
     loaded = None
     try:
         loaded = load_recipe(resolved)

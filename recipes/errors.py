@@ -76,10 +76,7 @@ def _yaml_path(loc: Sequence[str | int], raw: object) -> FieldPath:
     path: list[str | int] = []
     node = raw
     for part in loc:
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        if (isinstance(node, Mapping) and part in node) or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
             node = node[part]
             path.append(part)
         elif isinstance(node, Mapping | list):

@@ -7,6 +7,7 @@ by hand; the subprocess output goes to a log file whose tail is surfaced when it
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -98,7 +99,7 @@ def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Pat
     )
     log.info("launch: %s", " ".join(shlex.quote(c) for c in cmd))
     log.info("log: %s", log_file)
-    tail: deque[str] = deque(maxlen=30)
+    tail: deque[str] = deque(maxlen=200)
     with open(log_file, "a", encoding="utf-8") as out:
         out.write(f"$ {' '.join(shlex.quote(c) for c in cmd)}\n")
         out.flush()
@@ -114,8 +115,8 @@ def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Pat
             for line in proc.stdout:
                 out.write(line)
                 tail.append(line.rstrip())
-                if line.startswith("[tempa]") or "'loss'" in line or "'train_loss'" in line:
-                    log.info("%s", line.rstrip())
+                if line.startswith("[tempa]"):
+                    log.info("%s", line.rstrip().removeprefix("[tempa] "))
             code = proc.wait()
         except BaseException:
             _stop(proc)
@@ -162,10 +163,14 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
+_LAUNCHER_ERRORS = ("CalledProcessError", "ChildFailedError", "torch.distributed.elastic")
+_EXCEPTION_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?([\w.]*(?:Error|Exception|Interrupt)):\s*(.*)$")
+
+
 def _reason(tail: deque[str]) -> str:
-    """The most telling line of a failed run: the last exception line, else the last line."""
+    """The most telling line of a failed run: the worker's own exception, not the launcher's."""
     for line in reversed(tail):
-        stripped = line.split("]: ", 1)[-1].strip()
-        if stripped and ("Error" in stripped.split(":")[0] or stripped.startswith("Exception")):
-            return stripped
+        match = _EXCEPTION_LINE.match(line.strip())
+        if match and not any(name in line for name in _LAUNCHER_ERRORS):
+            return f"{match.group(1)}: {match.group(2)}".strip()
     return next((line.strip() for line in reversed(tail) if line.strip()), "no output")

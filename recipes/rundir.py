@@ -24,6 +24,14 @@ from pathlib import Path
 from typing import Any
 
 DONE = "DONE"
+
+
+def cache_root() -> Path:
+    """Machine-wide cache (tiny default, tokenised data): $TEMPA_CACHE or ~/.cache/tempa."""
+    return Path(os.environ.get("TEMPA_CACHE") or Path.home() / ".cache" / "tempa")
+
+
+
 MANIFEST = "manifest.json"
 
 
@@ -108,3 +116,18 @@ class RunLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def run_in_progress(run_dir: Path) -> bool:
+    """True while some runner holds the run directory's lock."""
+    path = run_dir / ".lock"
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we may have taken
+    return False

@@ -26,10 +26,12 @@ from tempa.recipes.rundir import (
     MANIFEST,
     RunLock,
     atomic_write_text,
+    cache_root,
     clear_stage,
     done_fingerprint,
     mark_done,
     read_json,
+    run_in_progress,
     sweep_trash,
     write_json,
 )
@@ -90,7 +92,9 @@ def resolve_base_model(loaded: LoadedRecipe) -> Path:
 def base_model_fingerprint(loaded: LoadedRecipe) -> str:
     ref = loaded.recipe.base_model
     if ref == TINY_DEFAULT:
-        return digest({"tiny": str(resolve_base_model(loaded).name)})
+        from tempa.recipes.tiny import tiny_default_key
+
+        return digest({"tiny": tiny_default_key()})
     path = Path(ref)
     return path_digest(path) if path.exists() else digest({"hub": ref})
 
@@ -294,7 +298,7 @@ def _context(loaded, plan, run_dir, stage_dir, model_dir, base_dir, tokenizer_di
         use_cpu=launch.use_cpu,
         mixed_precision=launch.mixed_precision,
         deepspeed_config=ds,
-        cache_dir=Path(os.environ.get("TEMPA_CACHE", Path.home() / ".cache" / "tempa")),
+        cache_dir=cache_root(),
     )
 
 
@@ -375,6 +379,7 @@ def stage_status(loaded: LoadedRecipe | None, run_dir: Path) -> list[dict[str, A
     else:
         manifests = [(read_json(p) or {}) for p in run_dir.glob(f"*/{MANIFEST}")]
         names = [m["name"] for m in sorted(manifests, key=lambda m: m.get("started_at", 0)) if "name" in m]
+    active = run_in_progress(run_dir)
     rows = []
     for name in names:
         stage_dir = run_dir / name
@@ -386,7 +391,7 @@ def stage_status(loaded: LoadedRecipe | None, run_dir: Path) -> list[dict[str, A
         elif manifest.get("status") == "failed":
             state = "failed"
         elif manifest.get("status") == "running":
-            state = "interrupted"
+            state = "running" if active else "interrupted"
         rows.append({
             "name": name,
             "kind": manifest.get("kind", ""),

@@ -126,15 +126,22 @@ def write_tiny_default(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     return out
 
 
-def cached_tiny_default(cache_root: str | os.PathLike | None = None) -> Path:
-    """The tiny default, built once per machine into a cache folder and reused afterwards."""
-    root = Path(cache_root or os.environ.get("TEMPA_CACHE", Path.home() / ".cache" / "tempa"))
+def tiny_default_key() -> str:
+    """Identifies one build of the tiny default: the build code version and the sample data."""
     import hashlib
 
     digest = hashlib.sha256(TINY_BUILD_VERSION.encode())
     for path in sorted(sample_data_dir().glob("*.jsonl")):
         digest.update(path.name.encode() + path.read_bytes())
-    target = root / f"tiny-default-{digest.hexdigest()[:12]}"
+    return digest.hexdigest()[:12]
+
+
+def cached_tiny_default(cache_root: str | os.PathLike | None = None) -> Path:
+    """The tiny default, built once per machine into a cache folder and reused afterwards."""
+    from tempa.recipes.rundir import cache_root as default_cache_root
+
+    root = Path(cache_root) if cache_root else default_cache_root()
+    target = root / f"tiny-default-{tiny_default_key()}"
     if (target / "tokenizer.json").exists() and (target / "config.json").exists():
         return target
     try:

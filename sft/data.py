@@ -16,6 +16,18 @@ Order of work, per source unless noted:
 6. held-out split, then sizing (weight/rows/tokens), on whole conversations;
 7. concatenate, shuffle with the seed, save.
 
+Reports (in ``out_dir``; rows are conversations, tokens count every token of the rendered samples):
+
+- ``mix.json``: per source its size setting and thinking mode, ``rows_in`` (rows read),
+  ``rows_curated`` (after the row filters), ``rows_tokenized`` / ``tokens_in`` (after the length
+  limits), ``heldout_rows`` / ``heldout_tokens``, ``rows_kept`` (with repeats when up-sampled),
+  ``samples_kept``, ``tokens_kept``, ``trained_tokens_kept``, ``thinking_on_rows_kept`` and
+  ``share_of_tokens``; the same table is logged.
+- ``stats.json``: ``train_rows``/``eval_rows`` (samples), ``train_tokens``, and per source rows in,
+  rows kept, tokens and rejects by reason.
+- ``rejects.jsonl``: ``{source, row, reason, detail, data}`` per rejected row (``data`` is the row
+  as read, or its normalised messages); ``<reason>_turn`` marks one turn dropped from a kept row.
+
 The result is cached under a hash of the data, the chat template, the tokenizer, the data
 config, the seed and ``max_length``; a complete cache entry carries a ``COMPLETE`` marker written
 last and is moved into place atomically, so a partial build is never reused.
@@ -28,25 +40,28 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TextIO
 
 import datasets
 from datasets import Features, List, Value
+from tqdm.auto import tqdm
+
 from tempa.sft import curation
 from tempa.sft.curation import Deduplicator, Reason
 from tempa.sft.data_config import CurationConfig, DataConfig, DataError, SourceConfig
 from tempa.sft.expand import Render, expand
 from tempa.sft.formats import FormatSpec, RowError, check_columns, normalize_row, spec_for, user_instruction
-from tempa.sft.mixing import rng_for, select_rows, split_heldout
-from tempa.sft.sources import RAW, describe, load_source, row_label, source_fingerprint
+from tempa.sft.mixing import assign_thinking, rng_for, select_rows, split_heldout
+from tempa.sft.sources import RAW, describe, is_local, load_source, row_label, source_fingerprint
 from tempa.sft.tokenization import check_template, make_render, special_token_texts, tokenizer_fingerprint
-from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +159,15 @@ def prepare_sft_data(
         build_dir = cache_dir / f".tmp-{key[:16]}-{uuid.uuid4().hex[:8]}"
         build_dir.mkdir(parents=True)
         try:
-            _build(config, tokenizer, build_dir, seed=seed, max_length=max_length, languages=languages,
-                   loaded=loaded, cache_dir=cache_dir, key=key)
+            try:
+                _build(config, tokenizer, build_dir, seed=seed, max_length=max_length, languages=languages,
+                       loaded=loaded, cache_dir=cache_dir, key=key)
+            except DataError:
+                # The error points at rejects.jsonl: leave the rejects found so far where the user looks.
+                if (build_dir / REJECTS_FILE).exists():
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(build_dir / REJECTS_FILE, out_dir / REJECTS_FILE)
+                raise
             (build_dir / COMPLETE).write_text(key + "\n")
             try:
                 os.replace(build_dir, entry)
@@ -201,7 +223,10 @@ def cache_key(
     """
     data = {}
     for source in config.sources:
-        data[source.name] = source_fingerprint(source, cache_dir=cache_dir)
+        if not is_local(source) and loaded is not None:
+            # Hub sources are fingerprinted by the loaded split; keep it for the build.
+            loaded[source.name] = load_source(source, cache_dir=cache_dir)
+        data[source.name] = source_fingerprint(source, dataset=(loaded or {}).get(source.name))
     settings = config.model_dump(mode="json", exclude={"num_proc"})
     payload = {
         "pipeline": PIPELINE_VERSION,
@@ -282,7 +307,9 @@ def _build(
         rejects = _RejectWriter(handle)
         # 1-2: load, normalise, row-local filters.
         for i, state in enumerate(states):
-            raw = loaded.get(state.source.name) or load_source(state.source, cache_dir=cache_dir)
+            raw = loaded.get(state.source.name)
+            if raw is None:
+                raw = load_source(state.source, cache_dir=cache_dir)
             state.curated = _normalize_and_filter(
                 raw, state.source, cur, languages.get(state.source.name), specials,
                 num_proc=config.num_proc, cache_file=work / f"{i}-curated.arrow", fingerprint=f"{key}-{i}-c",
@@ -325,6 +352,12 @@ def _build(
 # --- 2: normalise + row-local filters -------------------------------------------------------------
 
 
+@lru_cache(maxsize=8)
+def _specials_pattern(specials: tuple[str, ...]) -> re.Pattern[str] | None:
+    # One alternation instead of a substring test per token: Llama 3 has 256 reserved tokens.
+    return re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))) if specials else None
+
+
 def row_rejects(
     messages: list[dict[str, Any]],
     curation_config: CurationConfig,
@@ -332,12 +365,13 @@ def row_rejects(
     specials: Sequence[str] = (),
 ) -> Reason | None:
     """The first row-local filter that rejects ``messages``, in the documented order, or None."""
+    pattern = _specials_pattern(tuple(specials))
     for i, turn in enumerate(messages):
         for text in (turn["content"], turn.get("reasoning_content") or ""):
-            token = next((s for s in specials if s in text), None)
-            if token is not None:
+            found = pattern.search(text) if pattern is not None else None
+            if found is not None:
                 # The tokenizer would read it as a control token and corrupt the turn structure.
-                return curation.MALFORMED_ROW, f"turn {i}: contains the special token {token!r}"
+                return curation.MALFORMED_ROW, f"turn {i}: contains the special token {found.group()!r}"
     checks: list[Callable[[], Reason | None]] = []
     if curation_config.malformed_reasoning:
         checks.append(lambda: curation.check_reasoning(messages))
@@ -615,8 +649,6 @@ def _tokenize_and_mix(
     fingerprint: str,
 ) -> tuple[datasets.Dataset, list[int], list[int]]:
     """Tokenised samples of one source, and which of them train and which are held out."""
-    from tempa.sft.mixing import assign_thinking
-
     source, curated = state.source, state.curated
     assert curated is not None
     thinking = assign_thinking(list(curated["has_reasoning"]), source, seed)

@@ -18,7 +18,7 @@ Example (YAML, inside an ``sft`` stage)::
           path: org/r1-distilled        # a hub dataset id
           split: train
           format: sharegpt
-          tokens: 2_000_000             # token budget
+          tokens: 2000000               # token budget
           thinking_mode: mixed
           thinking_ratio: 0.7
       curation:
@@ -31,9 +31,11 @@ Example (YAML, inside an ``sft`` stage)::
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
 from tempa.sft.stage_api import StageError, resolve_path
 
 
@@ -188,8 +190,9 @@ class SourceConfig(_Strict):
     languages: list[str] | None = Field(
         default=None,
         description=(
-            "Target languages (ISO 639-1, e.g. `id`, `th`, `tl` or `fil`) for the language-ID filter; "
-            "rows detected as another language are rejected. Unset: the filter skips this source."
+            "Target languages (ISO 639-1, e.g. `id`, `th`, `tl` or `fil`) for the language-ID filter "
+            "(`curation.language`); rows detected as another language are rejected. Unset: the filter "
+            "skips this source."
         ),
     )
 
@@ -282,6 +285,16 @@ class PIIConfig(_Strict):
         default_factory=lambda: ["system", "user", "assistant"],
         description="Turns to scan (reasoning traces of scanned assistant turns are scanned too).",
     )
+
+    @field_validator("extra_patterns", "allow")
+    @classmethod
+    def _compiles(cls, value: dict[str, str] | list[str]) -> dict[str, str] | list[str]:
+        for pattern in value.values() if isinstance(value, dict) else value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+        return value
 
 
 class TemplateFilterConfig(_Strict):

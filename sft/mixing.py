@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
+
 from tempa.sft.data_config import SourceConfig
 
 # Separate streams per purpose, so e.g. adding a held-out split does not change the thinking draw.

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+
 from tempa.sft.data_config import DataError, SourceConfig
 
 logger = logging.getLogger(__name__)
@@ -55,9 +56,8 @@ def load_source(source: SourceConfig, *, cache_dir: Path | None = None) -> datas
     hf_cache = str(cache_dir / "hf") if cache_dir is not None else None
     try:
         if not is_local(source):
-            loaded = datasets.load_dataset(
-                source.path, name=source.subset, split=source.split, revision=source.revision, cache_dir=hf_cache
-            )
+            # Hub downloads go to the user's usual HF cache, where earlier downloads already are.
+            loaded = datasets.load_dataset(source.path, name=source.subset, split=source.split, revision=source.revision)
             return _one_split(loaded, source)
         path = Path(source.path)
         if path.is_dir():
@@ -121,12 +121,13 @@ def _hash_path(digest: Any, path: Path) -> None:
             digest.update(chunk)
 
 
-def source_fingerprint(source: SourceConfig, *, cache_dir: Path | None = None) -> str:
+def source_fingerprint(source: SourceConfig, *, dataset: datasets.Dataset | None = None) -> str:
     """A digest that changes whenever the source's data changes.
 
     Local files and folders are hashed by content (path changes alone do not matter); hub
     datasets by the fingerprint ``datasets`` gives the loaded split, which follows the cached
     revision, so an unpinned dataset that moved on upstream is not mistaken for the old one.
+    Pass the already loaded ``dataset`` of a hub source to avoid loading it twice.
     """
     digest = hashlib.sha256()
     if is_local(source):
@@ -138,5 +139,6 @@ def source_fingerprint(source: SourceConfig, *, cache_dir: Path | None = None) -
             _hash_path(digest, file)
     else:
         digest.update(json.dumps([source.path, source.subset, source.split, source.revision]).encode())
-        digest.update(str(load_source(source, cache_dir=cache_dir)._fingerprint).encode())
+        loaded = dataset if dataset is not None else load_source(source)
+        digest.update(str(loaded._fingerprint).encode())
     return digest.hexdigest()

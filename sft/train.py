@@ -16,7 +16,35 @@ import time
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
 from tempa.sft.checkpoints import CheckpointCompleteCallback, last_complete_checkpoint
+
+
+class ProgressLine(TrainerCallback):
+    """One `[tempa]` line per log step (the runner shows these; tqdm bars stay in the log file)."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.first_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.time()
+        self.first_step = state.global_step  # non-zero after a resume
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        elapsed = time.time() - self.started
+        parts = [f"step {state.global_step}/{state.max_steps}"]
+        for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
+            if key in logs:
+                parts.append(f"{key} {float(logs[key]):.4g}")
+        done = state.global_step - self.first_step
+        if done > 0 and state.global_step < state.max_steps:
+            eta = elapsed / done * (state.max_steps - state.global_step)
+            parts.append(f"eta {eta:.0f}s")
+        print("[tempa] " + " | ".join(parts), flush=True)
 
 
 def watch_runner(pid: int | None, interval_s: float = 1.0) -> None:
@@ -124,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[CheckpointCompleteCallback()],
+        callbacks=[CheckpointCompleteCallback(), ProgressLine()],
     )
     resume = last_complete_checkpoint(Path(plan["output_dir"]))
     if resume is not None and trainer.is_world_process_zero():

@@ -14,6 +14,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tests never read or fill the user's ~/.cache/tempa (subprocesses inherit this too)."""
+    path = tmp_path_factory.mktemp("tempa-cache")
+    os.environ["TEMPA_CACHE"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama model + Llama-3-style tokenizer saved to disk (treat as read-only)."""

@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tempa.merge import BakeStageConfig, run_bake
 from tempa.merge.model_card import redact, scrub
 from tempa.sft.stage_api import StageContext, StageError
+
+# mergekit imports numpy.core, which numpy 2 deprecates; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:numpy.core is deprecated:DeprecationWarning")
 
 OPENAI_KEY = "sk-test1234567890abcdefghijklmnop"
 HUB_TOKEN = "hf_abcdefghijklmnopqrstuvwxyz123456"
@@ -116,8 +120,9 @@ def _ctx(
 
 def test_bake_writes_a_checked_loadable_final_model(tmp_path, tiny_model_dir, recipe_tokenizer, monkeypatch):
     import torch
-    from tempa.chat_templates import check_tokenizer, load_template
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from tempa.chat_templates import check_tokenizer, load_template
 
     monkeypatch.setenv("WANDB_API_KEY", ENV_SECRET)
     template = load_template("llama3_thinking")
@@ -216,3 +221,95 @@ def test_redaction_helpers():
     cleaned = scrub(text, environ={"MY_SECRET": ENV_SECRET, "HOME": "/root"})
     assert OPENAI_KEY not in cleaned and ENV_SECRET not in cleaned and "abcdefghijklmnop1234" not in cleaned
     assert cleaned.endswith("plain words")
+
+
+def test_evaluate_merge_bake_pipeline(tmp_path, tiny_model_dir, recipe_tokenizer):
+    """The three stages chained as a runner would, on real (tiny) models and the default backend."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from tempa.chat_templates import load_template
+    from tempa.merge import EvaluateStageConfig, MergeStageConfig, run_evaluate, run_merge
+
+    template = load_template("llama3_thinking")
+    run_dir = tmp_path / "run"
+    sft = run_dir / "sft"
+    weights = load_file(tiny_model_dir / "model.safetensors")
+    for seed, folder in enumerate(
+        [sft / "checkpoints" / f"checkpoint-{s}" for s in (5, 10)] + [sft / "final"]
+    ):
+        shutil.copytree(tiny_model_dir, folder)
+        generator = torch.Generator().manual_seed(seed)
+        noisy = {k: v + 0.02 * torch.randn(v.shape, generator=generator) for k, v in weights.items()}
+        save_file(noisy, folder / "model.safetensors", metadata={"format": "pt"})
+        (folder / "COMPLETE").write_text("")
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+            + "\n"
+            for q, a in [("Hai", "Halo!"), ("2+2?", "4"), ("Ibu kota?", "Jakarta")]
+        )
+    )
+
+    def ctx(name: str, model_dir: Path, stage_dirs: dict[str, Path], stage_models: dict[str, Path]):
+        def no_launch(*_args):
+            raise AssertionError("no launches")
+
+        return StageContext(
+            run_dir=run_dir,
+            stage_dir=run_dir / name,
+            stage_name=name,
+            seed=0,
+            model_dir=model_dir,
+            tokenizer_dir=recipe_tokenizer,
+            chat_template=template,
+            stage_dirs=stage_dirs,
+            stage_models=stage_models,
+            launch=no_launch,
+            base_model_dir=tiny_model_dir,
+            use_cpu=True,
+        )
+
+    stage_dirs = {"sft": sft}
+    stage_models = {"sft": sft / "final"}
+    evaluate = EvaluateStageConfig.model_validate(
+        {
+            "name": "eval",
+            "kind": "evaluate",
+            "checkpoints_of": ["sft"],
+            "suites": [
+                {"type": "loss", "name": "heldout", "data": str(chats)},
+                {"type": "thinking", "data": str(chats), "max_rows": 1},
+            ],
+            "generation": {"max_new_tokens": 3},
+            "rank_by": "heldout/loss",
+        }
+    )
+    result = run_evaluate(evaluate, ctx("eval", sft / "final", dict(stage_dirs), dict(stage_models)))
+    stage_dirs["eval"], stage_models["eval"] = run_dir / "eval", result.model_dir
+    merge = MergeStageConfig.model_validate(
+        {
+            "name": "merge",
+            "kind": "merge",
+            "method": "dare_ties",
+            "evaluate_stage": "eval",
+            "select": {"metric": "heldout/loss", "top_k": 2},
+            "density": 0.7,
+        }
+    )
+    merged = run_merge(merge, ctx("merge", result.model_dir, dict(stage_dirs), dict(stage_models)))
+    stage_dirs["merge"], stage_models["merge"] = run_dir / "merge", merged.model_dir
+    assert "merged/heldout/loss" in merged.metrics and "merge_helped" in merged.metrics
+    baked = run_bake(
+        BakeStageConfig.model_validate({"name": "bake", "kind": "bake"}),
+        ctx("bake", merged.model_dir, dict(stage_dirs), dict(stage_models)),
+    )
+    model = AutoModelForCausalLM.from_pretrained(baked.model_dir)
+    torch.testing.assert_close(
+        model.state_dict()["model.norm.weight"],
+        load_file(merged.model_dir / "model.safetensors")["model.norm.weight"],
+    )
+    card = (baked.model_dir / "README.md").read_text()
+    assert "**dare_ties**" in card and "heldout/loss" in card and "merge (merged)" in card

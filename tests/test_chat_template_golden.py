@@ -108,7 +108,10 @@ def test_reasoning_sources_are_equivalent(template_name: str) -> None:
         key: render_text(template, [user, {"role": "assistant", "content": "A", key: "R."}])
         for key in ("reasoning_content", "reasoning", "thinking")
     }
-    renders["inline"] = render_text(template, [user, {"role": "assistant", "content": "<think>\nR.\n</think>\n\nA"}])
+    renders["r1-style"] = render_text(template, [user, {"role": "assistant", "content": "R.\n</think>\n\nA"}])
+    renders["inline"] = render_text(
+        template, [user, {"role": "assistant", "content": "<think>\nR.\n</think>\n\nA"}]
+    )
     assert len(set(renders.values())) == 1
     assert "<think>\nR.\n</think>\n\nA" in renders["inline"]
 
@@ -128,10 +131,11 @@ def test_explicit_reasoning_wins_and_inline_block_is_always_removed(template_nam
 @pytest.mark.parametrize("template_name", TEMPLATES)
 def test_on_mode_without_reasoning_renders_an_empty_block(template_name: str) -> None:
     text, spans = render_with_generation_spans(
-        load_template(template_name), [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+        load_template(template_name),
+        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
     )
     assert "<think>\n</think>\n\nA" in text
-    (start, end), = spans
+    ((start, end),) = spans
     assert text[start:end] == f"</think>\n\nA{end_of_turn_token(load_template(template_name))}"
 
 
@@ -139,8 +143,10 @@ def test_on_mode_without_reasoning_renders_an_empty_block(template_name: str) ->
 def test_only_the_final_assistant_turn_is_a_generation_span(template_name: str) -> None:
     template = load_template(template_name)
     for mode in MODES:
-        text, spans = render_with_generation_spans(template, CASES["th_multiturn"]["messages"], thinking_mode=mode)
-        (start, end), = spans
+        text, spans = render_with_generation_spans(
+            template, CASES["th_multiturn"]["messages"], thinking_mode=mode
+        )
+        ((start, end),) = spans
         assert text[start:end].endswith(end_of_turn_token(template))
         assert text[start:end].count(end_of_turn_token(template)) == 1
         assert "ประเทศไทย" in text[:start]  # the first answer is history, rendered before the span
@@ -149,11 +155,16 @@ def test_only_the_final_assistant_turn_is_a_generation_span(template_name: str) 
 def test_llama3_tool_definitions_in_system_message_when_asked() -> None:
     messages = [{"role": "system", "content": "Be helpful."}, {"role": "user", "content": "Weather?"}]
     text = render_text(
-        load_template("llama3_thinking"), messages, tools=[WEATHER_TOOL], tools_in_user_message=False,
+        load_template("llama3_thinking"),
+        messages,
+        tools=[WEATHER_TOOL],
+        tools_in_user_message=False,
         add_generation_prompt=True,
     )
     system, user = text.split("<|start_header_id|>user<|end_header_id|>\n\n")
-    assert system.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n\n")
+    assert system.startswith(
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n\n"
+    )
     assert "You have access to the following functions." in system and '"name": "get_weather"' in system
     assert system.endswith("Be helpful.<|eot_id|>")
     assert user.startswith("Weather?<|eot_id|>")
@@ -170,7 +181,8 @@ def test_tool_call_arguments_as_json_string_are_emitted_verbatim(template_name: 
 
 def test_chatml_groups_consecutive_tool_results_in_one_user_turn() -> None:
     calls = [
-        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": city}}} for city in ("A", "B")
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": city}}}
+        for city in ("A", "B")
     ]
     messages = [
         {"role": "user", "content": "Weather in A and B?"},
@@ -178,7 +190,9 @@ def test_chatml_groups_consecutive_tool_results_in_one_user_turn() -> None:
         {"role": "tool", "content": "sunny"},
         {"role": "tool", "content": {"sky": "rain"}},
     ]
-    text = render_text(load_template("chatml_thinking"), messages, tools=[WEATHER_TOOL], add_generation_prompt=True)
+    text = render_text(
+        load_template("chatml_thinking"), messages, tools=[WEATHER_TOOL], add_generation_prompt=True
+    )
     assert text.endswith(
         '</tool_call>\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "B"}}\n</tool_call><|im_end|>\n'
         "<|im_start|>user\n<tool_response>\nsunny\n</tool_response>\n<tool_response>\n"
@@ -216,15 +230,25 @@ def test_text_parts_content_renders_like_a_string(template_name: str) -> None:
             {},
             r"messages\[1\]: .*cannot also carry text",
         ),
-        ("llama3_thinking", [{"role": "system", "content": "S"}], {"tools": [WEATHER_TOOL]}, "no user message"),
+        (
+            "llama3_thinking",
+            [{"role": "system", "content": "S"}],
+            {"tools": [WEATHER_TOOL]},
+            "no user message",
+        ),
         (
             "chatml_thinking",
-            [{"role": "user", "content": "Q"}, {"role": "assistant", "tool_calls": [{"function": {"arguments": {}}}]}],
+            [
+                {"role": "user", "content": "Q"},
+                {"role": "assistant", "tool_calls": [{"function": {"arguments": {}}}]},
+            ],
             {},
             r"messages\[1\]\.tool_calls\[0\] needs a function name",
         ),
     ],
 )
-def test_template_specific_invalid_input(template_name: str, messages: list, kwargs: dict, message: str) -> None:
+def test_template_specific_invalid_input(
+    template_name: str, messages: list, kwargs: dict, message: str
+) -> None:
     with pytest.raises(jinja2.TemplateError, match=message):
         render_text(load_template(template_name), messages, **kwargs)

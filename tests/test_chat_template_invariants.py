@@ -1,9 +1,12 @@
 """Invariants a-h (+ pad) of both templates, on real tokenizers baked to disk and reloaded.
 
 Every tokenizer here is the tiny byte-level BPE, baked by ``bake_tokenizer`` and loaded back with
-``AutoTokenizer.from_pretrained``; each test runs with its GPT-2 pre-tokenizer (as built) and with Llama 3's
-pre-tokenizer pattern (how real Llama 3 / Qwen2 tokenizers split newlines), since prefix and mask bugs
-depend on exactly that.
+``AutoTokenizer.from_pretrained``. Prefix and mask bugs depend on how the tokenizer splits and merges
+newlines, so each test runs on three variants of it:
+  gpt2-split    as built (GPT-2 pre-tokenizer pattern)
+  llama3-split  Llama 3's pattern, which real Llama 3 / Qwen2 tokenizers use (newlines join the punctuation before)
+  nn-merge      GPT-2 pattern plus a guaranteed "\n\n" merge, so a prompt ending in two newlines tokenises
+                differently from the same newlines followed by text (the tiny vocabulary may or may not have it)
 """
 
 from __future__ import annotations
@@ -25,9 +28,7 @@ TEMPLATES = ("llama3_thinking", "chatml_thinking")
 MODES = ("on", "off")
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "conversations.json").read_text(encoding="utf-8"))
 # Llama 3's split pattern (Qwen2's differs only in digit grouping): newlines stick to the punctuation before them.
-LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 
 def _conversations() -> list[tuple[str, list[dict[str, Any]], list[dict[str, Any]] | None]]:
@@ -52,7 +53,9 @@ def baked_dirs(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="module")
-def llama3_split_dirs(baked_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def llama3_split_dirs(
+    baked_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
     from tokenizers import Regex, pre_tokenizers
 
     root = tmp_path_factory.mktemp("llama3-split")
@@ -71,20 +74,51 @@ def llama3_split_dirs(baked_dirs: dict[str, Path], tmp_path_factory: pytest.Temp
     return out
 
 
-@pytest.fixture(params=[(t, s) for t in TEMPLATES for s in ("gpt2-split", "llama3-split")], ids=lambda p: f"{p[0]}-{p[1]}")
-def tokenizer(request: pytest.FixtureRequest, baked_dirs: dict[str, Path], llama3_split_dirs: dict[str, Path]) -> Any:
-    name, split = request.param
-    folder = baked_dirs[name] if split == "gpt2-split" else llama3_split_dirs[name]
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if split == "llama3-split":  # the swap must have survived the save, or these runs test nothing new
-        assert tokenizer.encode("</think>\n\nA", add_special_tokens=False)[-2:] == tokenizer.encode(
-            ">\n\nA", add_special_tokens=False
-        )[-2:]
+@pytest.fixture(scope="module")
+def nn_merge_dirs(baked_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("nn-merge")
+    out = {}
+    for name, folder in baked_dirs.items():
+        shutil.copytree(folder, root / name)
+        spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        vocab, merges = spec["model"]["vocab"], spec["model"]["merges"]
+        if "ĊĊ" not in vocab:  # byte-level symbols: "Ċ" is "\n"
+            vocab["ĊĊ"] = 1 + max([*vocab.values(), *(token["id"] for token in spec["added_tokens"])])
+            merges.append(["Ċ", "Ċ"] if merges and isinstance(merges[0], list) else "Ċ Ċ")
+        (root / name / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+        out[name] = root / name
+    return out
+
+
+VARIANTS = ("gpt2-split", "llama3-split", "nn-merge")
+
+
+@pytest.fixture(params=[(t, v) for t in TEMPLATES for v in VARIANTS], ids=lambda p: f"{p[0]}-{p[1]}")
+def tokenizer(
+    request: pytest.FixtureRequest,
+    baked_dirs: dict[str, Path],
+    llama3_split_dirs: dict[str, Path],
+    nn_merge_dirs: dict[str, Path],
+) -> Any:
+    name, variant = request.param
+    folders = {"gpt2-split": baked_dirs, "llama3-split": llama3_split_dirs, "nn-merge": nn_merge_dirs}[
+        variant
+    ]
+    tokenizer = AutoTokenizer.from_pretrained(folders[name])
+    # The variant must have survived the save and reload, or its runs test nothing new.
+    if variant == "llama3-split":
+        assert "Split" in str(tokenizer.backend_tokenizer.pre_tokenizer)
+    if variant == "nn-merge":
+        assert (
+            tokenizer.convert_ids_to_tokens(tokenizer.encode("A\n\n", add_special_tokens=False))[-1] == "ĊĊ"
+        )
     return tokenizer
 
 
 def _ids(tokenizer: Any, messages: list[dict[str, Any]], tools: Any, **kwargs: Any) -> list[int]:
-    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=True, **kwargs)["input_ids"]
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=True, **kwargs)[
+        "input_ids"
+    ]
 
 
 def _text(tokenizer: Any, messages: list[dict[str, Any]], tools: Any = None, **kwargs: Any) -> str:
@@ -98,8 +132,8 @@ def _reasoning_texts(messages: list[dict[str, Any]]) -> list[str]:
             if message.get(key):
                 found.append(message[key].strip())
         content = message.get("content")
-        if isinstance(content, str) and content.startswith("<think>"):
-            found.append(content[len("<think>") :].split("</think>")[0].strip())
+        if isinstance(content, str) and "</think>" in content:
+            found.append(content.split("</think>")[0].removeprefix("<think>").strip())
     return found
 
 
@@ -120,12 +154,19 @@ def test_a_prompt_tokens_are_a_prefix_of_the_conversation(tokenizer: Any) -> Non
 
 def test_b_mask_is_exactly_the_generated_tokens_through_end_of_turn(tokenizer: Any) -> None:
     eot_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer.chat_template))
-    never_trained = {tokenizer.convert_tokens_to_ids(t) for t in ("<|start_header_id|>", "<|end_header_id|>", "<|im_start|>")}
+    never_trained = {
+        tokenizer.convert_tokens_to_ids(t)
+        for t in ("<|start_header_id|>", "<|end_header_id|>", "<|im_start|>")
+    }
     for name, messages, tools in CONVERSATIONS:
         for mode in MODES:
             prompt = _ids(tokenizer, messages[:-1], tools, add_generation_prompt=True, thinking_mode=mode)
             out = tokenizer.apply_chat_template(
-                messages, tools=tools, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                messages,
+                tools=tools,
+                tokenize=True,
+                return_dict=True,
+                return_assistant_tokens_mask=True,
                 thinking_mode=mode,
             )
             ids, mask = out["input_ids"], out["assistant_masks"]
@@ -149,7 +190,7 @@ def test_b_trained_text_of_the_card_example(template_name: str, baked_dirs: dict
         out = tokenizer.apply_chat_template(
             messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, thinking_mode=mode
         )
-        trained = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+        trained = [t for t, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
         assert tokenizer.decode(trained) == expected[mode]
 
 
@@ -157,8 +198,13 @@ def test_b_generation_prompts_have_no_trained_tokens(tokenizer: Any) -> None:
     for name, messages, tools in CONVERSATIONS:
         for mode in MODES:
             out = tokenizer.apply_chat_template(
-                messages[:-1], tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True,
-                return_assistant_tokens_mask=True, thinking_mode=mode,
+                messages[:-1],
+                tools=tools,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                return_assistant_tokens_mask=True,
+                thinking_mode=mode,
             )
             assert not any(out["assistant_masks"]), f"{name} [{mode}]"
 
@@ -172,13 +218,17 @@ def test_c_generation_config_stops_on_end_of_turn(template_name: str, baked_dirs
     tokenizer = AutoTokenizer.from_pretrained(folder)
     config = GenerationConfig.from_pretrained(folder)
     eot_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(load_template(template_name)))
-    assert tokenizer.encode(end_of_turn_token(load_template(template_name)), add_special_tokens=False) == [eot_id]
+    assert tokenizer.encode(end_of_turn_token(load_template(template_name)), add_special_tokens=False) == [
+        eot_id
+    ]
     assert eot_id in config.eos_token_id and tokenizer.eos_token_id in config.eos_token_id
     assert config.pad_token_id == tokenizer.pad_token_id
 
 
 @pytest.mark.parametrize("template_name", TEMPLATES)
-def test_c_unbaked_tokenizer_fails_the_stop_check(template_name: str, tiny_tokenizer: Any, tiny_tokenizer_dir: Path) -> None:
+def test_c_unbaked_tokenizer_fails_the_stop_check(
+    template_name: str, tiny_tokenizer: Any, tiny_tokenizer_dir: Path
+) -> None:
     template = load_template(template_name)
     raw_config = json.loads((tiny_tokenizer_dir / "generation_config.json").read_text())
     for config in (None, raw_config):  # tokenizer eos alone, then the base model's generation config
@@ -199,7 +249,9 @@ def test_d_reasoning_in_think_block_when_on_and_absent_when_off(tokenizer: Any) 
         assert on.rindex("<think>") > on.rindex("assistant"), name  # the block belongs to the final turn
         for reasoning in _reasoning_texts(messages):
             assert reasoning not in off, f"{name}: {reasoning!r} in thinking-off render"
-            assert reasoning not in _text(tokenizer, messages[:-1], tools, add_generation_prompt=True, thinking_mode="off")
+            assert reasoning not in _text(
+                tokenizer, messages[:-1], tools, add_generation_prompt=True, thinking_mode="off"
+            )
 
 
 def test_e_history_reasoning_never_renders(tokenizer: Any) -> None:
@@ -221,6 +273,7 @@ def test_e_history_reasoning_never_renders(tokenizer: Any) -> None:
 def test_f_no_kwarg_is_on_and_enable_thinking_is_an_alias(tokenizer: Any) -> None:
     for name, messages, tools in CONVERSATIONS:
         for rows, prompt in ((messages, False), (messages[:-1], True)):
+
             def render(**kwargs: Any) -> str:
                 return _text(tokenizer, rows, tools, add_generation_prompt=prompt, **kwargs)  # noqa: B023
 
@@ -236,23 +289,37 @@ def test_f_none_kwargs_from_a_datasets_column_count_as_unset(tokenizer: Any) -> 
     # Rows that set different keys: Arrow fills the missing one with None in every other row.
     rows = Dataset.from_list(
         [
-            {"messages": GOLDEN["id_sentiment"]["messages"], "chat_template_kwargs": {"thinking_mode": "off"}},
-            {"messages": GOLDEN["id_sentiment"]["messages"], "chat_template_kwargs": {"enable_thinking": True}},
+            {
+                "messages": GOLDEN["id_sentiment"]["messages"],
+                "chat_template_kwargs": {"thinking_mode": "off"},
+            },
+            {
+                "messages": GOLDEN["id_sentiment"]["messages"],
+                "chat_template_kwargs": {"enable_thinking": True},
+            },
         ]
     )
     assert rows[0]["chat_template_kwargs"] == {"thinking_mode": "off", "enable_thinking": None}
     messages = GOLDEN["id_sentiment"]["messages"]
-    assert _text(tokenizer, messages, **rows[0]["chat_template_kwargs"]) == _text(tokenizer, messages, thinking_mode="off")
-    assert _text(tokenizer, messages, **rows[1]["chat_template_kwargs"]) == _text(tokenizer, messages, thinking_mode="on")
+    assert _text(tokenizer, messages, **rows[0]["chat_template_kwargs"]) == _text(
+        tokenizer, messages, thinking_mode="off"
+    )
+    assert _text(tokenizer, messages, **rows[1]["chat_template_kwargs"]) == _text(
+        tokenizer, messages, thinking_mode="on"
+    )
 
 
 # ---------------------------------------------------------------- g. save / reload
 
 
 @pytest.mark.parametrize("template_name", TEMPLATES)
-def test_g_renders_are_identical_after_save_and_reload(template_name: str, baked_dirs: dict[str, Path], tmp_path: Path) -> None:
+def test_g_renders_are_identical_after_save_and_reload(
+    template_name: str, baked_dirs: dict[str, Path], tmp_path: Path
+) -> None:
     original = AutoTokenizer.from_pretrained(baked_dirs[template_name])
-    assert (baked_dirs[template_name] / "chat_template.jinja").read_text(encoding="utf-8") == load_template(template_name)
+    assert (baked_dirs[template_name] / "chat_template.jinja").read_text(encoding="utf-8") == load_template(
+        template_name
+    )
     original.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
     assert reloaded.chat_template == original.chat_template == load_template(template_name)
@@ -260,7 +327,10 @@ def test_g_renders_are_identical_after_save_and_reload(template_name: str, baked
         for mode in MODES:
             for rows, prompt in ((messages, False), (messages[:-1], True)):
                 kwargs = {"add_generation_prompt": prompt, "thinking_mode": mode}
-                assert _text(reloaded, rows, tools, **kwargs).encode() == _text(original, rows, tools, **kwargs).encode()
+                assert (
+                    _text(reloaded, rows, tools, **kwargs).encode()
+                    == _text(original, rows, tools, **kwargs).encode()
+                )
                 assert _ids(reloaded, rows, tools, **kwargs) == _ids(original, rows, tools, **kwargs)
 
 
@@ -292,18 +362,24 @@ def test_h_every_invalid_input_has_an_expected_message() -> None:
 
 @pytest.mark.parametrize("template_name", TEMPLATES)
 @pytest.mark.parametrize("case", INVALID_INPUTS, ids=lambda case: case.name)
-def test_h_invalid_input_raises_a_clear_template_error(template_name: str, case: Any, baked_dirs: dict[str, Path]) -> None:
+def test_h_invalid_input_raises_a_clear_template_error(
+    template_name: str, case: Any, baked_dirs: dict[str, Path]
+) -> None:
     tokenizer = AutoTokenizer.from_pretrained(baked_dirs[template_name])
     for tokenize in (False, True):
         with pytest.raises(jinja2.TemplateError, match=re.escape(EXPECTED_ERRORS[case.name])):
-            tokenizer.apply_chat_template(case.messages, add_generation_prompt=True, tokenize=tokenize, **case.kwargs)
+            tokenizer.apply_chat_template(
+                case.messages, add_generation_prompt=True, tokenize=tokenize, **case.kwargs
+            )
 
 
 # ---------------------------------------------------------------- the check itself
 
 
 @pytest.mark.parametrize("template_name", TEMPLATES)
-def test_check_tokenizer_passes_every_row_on_the_baked_tokenizer(template_name: str, baked_dirs: dict[str, Path]) -> None:
+def test_check_tokenizer_passes_every_row_on_the_baked_tokenizer(
+    template_name: str, baked_dirs: dict[str, Path]
+) -> None:
     folder = baked_dirs[template_name]
     config = json.loads((folder / "generation_config.json").read_text())
     results = check_tokenizer(AutoTokenizer.from_pretrained(folder), generation_config=config)
@@ -323,7 +399,17 @@ def _variant(template: str, old: str, new: str) -> str:
 LLAMA3 = load_template("llama3_thinking")
 BROKEN_TEMPLATES = {
     # Qwen3's off prefill ends in "\n\n": not a token prefix under a GPT-2-style pre-tokenizer.
-    "two-newline prefill": (_variant(LLAMA3, '"<think>\\n</think>\\n"', '"<think>\\n\\n</think>\\n\\n"'), {"a."}),
+    "two-newline prefill": (
+        _variant(LLAMA3, '"<think>\\n</think>\\n"', '"<think>\\n\\n</think>\\n\\n"'),
+        {"a."},
+    ),
+    # Training render differs from inference: the full conversation drops the prefilled empty think block.
+    "prefill missing from training render": (
+        _variant(
+            LLAMA3, '{{- "<think>\\n</think>\\n" }}\n            {%- generation %}', "{%- generation %}"
+        ),
+        {"a.", "b."},
+    ),
     # The classic never-stops bug: the end-of-turn token outside the trained span.
     "eot outside generation": (
         _variant(
@@ -341,29 +427,33 @@ BROKEN_TEMPLATES = {
         ),
         {"d.", "e."},
     ),
-    "off mode ignored": (_variant(LLAMA3, '{%- set thinking = mode.value == "on" %}', "{%- set thinking = true %}"), {"d.", "f."}),
+    "off mode ignored": (
+        _variant(LLAMA3, '{%- set thinking = mode.value == "on" %}', "{%- set thinking = true %}"),
+        {"d.", "f."},
+    ),
     "no validation": (_variant(LLAMA3, "raise_exception(where", "(where"), {"h."}),
 }
 
 
 @pytest.mark.parametrize("variant", sorted(BROKEN_TEMPLATES))
-def test_check_tokenizer_catches_broken_templates(variant: str, baked_dirs: dict[str, Path]) -> None:
+def test_check_tokenizer_catches_broken_templates(variant: str, nn_merge_dirs: dict[str, Path]) -> None:
     template, must_fail = BROKEN_TEMPLATES[variant]
-    folder = baked_dirs["llama3_thinking"]
+    folder = nn_merge_dirs["llama3_thinking"]
     config = json.loads((folder / "generation_config.json").read_text())
     results = check_tokenizer(AutoTokenizer.from_pretrained(folder), template, generation_config=config)
     failed = {r.name[:2] for r in results if not r.passed}
     assert must_fail <= failed, results
 
 
-def test_check_tokenizer_catches_trls_plain_llama3_template(baked_dirs: dict[str, Path]) -> None:
+def test_check_tokenizer_catches_trls_plain_llama3_template(nn_merge_dirs: dict[str, Path]) -> None:
     import trl
 
-    template = (Path(trl.__file__).parent / "chat_templates" / "llama3_training.jinja").read_text(encoding="utf-8")
-    folder = baked_dirs["llama3_thinking"]
-    results = check_tokenizer(AutoTokenizer.from_pretrained(folder), template)
+    template = (Path(trl.__file__).parent / "chat_templates" / "llama3_training.jinja").read_text(
+        encoding="utf-8"
+    )
+    results = check_tokenizer(AutoTokenizer.from_pretrained(nn_merge_dirs["llama3_thinking"]), template)
     failed = {r.name[:2] for r in results if not r.passed}
-    # Its prompt ends in "<|end_header_id|>\n\n" (two newlines merge on the tiny tokenizer), it has no think
+    # Its prompt ends in "<|end_header_id|>\n\n" (one merged token alone, two before text), it has no think
     # block, and it ignores thinking_mode and malformed conversations.
     assert {"a.", "d.", "f.", "h."} <= failed
 
@@ -391,7 +481,11 @@ def test_sft_thinking_off_row_has_no_reasoning_tokens_and_trains_end_of_turn(
     tokenizer = AutoTokenizer.from_pretrained(baked_dirs[template_name])
     row = {"messages": GOLDEN["th_multiturn"]["messages"], "chat_template_kwargs": {"thinking_mode": "off"}}
     out = _tokenize(
-        tokenizer, row["messages"], chat_template=None, tools=None, return_assistant_tokens_mask=True,
+        tokenizer,
+        row["messages"],
+        chat_template=None,
+        tools=None,
+        return_assistant_tokens_mask=True,
         **row["chat_template_kwargs"],
     )
     ids, mask = out["input_ids"], out["assistant_masks"]
@@ -402,6 +496,9 @@ def test_sft_thinking_off_row_has_no_reasoning_tokens_and_trains_end_of_turn(
         needle = tokenizer.encode(reasoning, add_special_tokens=False)
         assert not any(ids[i : i + len(needle)] == needle for i in range(len(ids)))
     eot_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer.chat_template))
-    trained = [t for t, m in zip(ids, mask) if m]
+    trained = [t for t, m in zip(ids, mask, strict=True) if m]
     assert trained[-1] == eot_id
-    assert tokenizer.decode(trained) == f"{row['messages'][-1]['content']}{end_of_turn_token(tokenizer.chat_template)}"
+    assert (
+        tokenizer.decode(trained)
+        == f"{row['messages'][-1]['content']}{end_of_turn_token(tokenizer.chat_template)}"
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from pydantic import ValidationError
+
 from tempa.merge import EvaluateStageConfig, run_evaluate
 from tempa.merge.answers import (
     answer_matches,
@@ -61,8 +62,8 @@ def test_ifeval_counters_and_scores():
     assert scores == {
         "prompt_accuracy": 0.5,
         "instruction_accuracy": 0.75,
-        "no_commas_accuracy": 1.0,
-        "word_count_accuracy": 0.5,
+        "instruction_accuracy:no_commas": 1.0,
+        "instruction_accuracy:word_count": 0.5,
     }
     with pytest.raises(ValidationError):
         parse_instructions([{"type": "word_count"}])  # neither min nor max
@@ -125,9 +126,9 @@ def test_language_detection_and_normalised_accuracy():
     assert scores["language_share"] == pytest.approx(4 / 5)
     assert scores["accuracy"] == pytest.approx(3 / 4)
     assert scores["normalized_accuracy"] == pytest.approx(2 / 4)
-    assert scores["language_share_id"] == pytest.approx(2 / 3)
-    assert scores["normalized_accuracy_id"] == pytest.approx(1 / 3)
-    assert "normalized_accuracy_vi" not in scores  # nothing verifiable in Vietnamese
+    assert scores["language_share:id"] == pytest.approx(2 / 3)
+    assert scores["normalized_accuracy:id"] == pytest.approx(1 / 3)
+    assert "normalized_accuracy:vi" not in scores  # nothing verifiable in Vietnamese
     aliased = language_scores(["ms"], ["id"], [True], also_accept={"id": ["ms"]})
     assert aliased["normalized_accuracy"] == 1.0
 
@@ -165,8 +166,9 @@ def test_leaderboard_ranks_by_direction_and_writes_table(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
-    from tempa.chat_templates.templates import load_template
     from transformers import AutoTokenizer
+
+    from tempa.chat_templates.templates import load_template
 
     out = tmp_path_factory.mktemp("tok") / "tokenizer"
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -176,7 +178,14 @@ def tokenizer_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
 
 
 def make_ctx(
-    run_dir: Path, name: str, *, tokenizer_dir: Path, model_dir: Path, stage_dirs=None, stage_models=None
+    run_dir: Path,
+    name: str,
+    *,
+    tokenizer_dir: Path,
+    model_dir: Path,
+    stage_dirs=None,
+    stage_models=None,
+    cache_dir: Path | None = None,
 ):
     from transformers import AutoTokenizer
 
@@ -195,6 +204,7 @@ def make_ctx(
         stage_models=dict(stage_models or {}),
         launch=no_launch,
         base_model_dir=model_dir,
+        cache_dir=cache_dir,
     )
 
 
@@ -236,8 +246,9 @@ def test_transformers_backend_batches_like_single_prompts(tiny_model_dir, tokeni
 
 
 def test_held_out_loss_is_mean_nll_of_assistant_tokens(tiny_model_dir, tokenizer_dir):
-    from tempa.merge.suites import assistant_mask, held_out_nll
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tempa.merge.suites import assistant_mask, held_out_nll
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -385,6 +396,7 @@ def test_evaluate_stage_scores_checkpoints_into_a_leaderboard(tmp_path, tiny_mod
         model_dir=sft_dir / "final",
         stage_dirs={"sft": sft_dir},
         stage_models={"sft": sft_dir / "final"},
+        cache_dir=tmp_path / "cache",
     )
     result = run_evaluate(config, ctx, backend_factory=factory)
     assert result.model_dir == sft_dir / "final"  # the stage passes its input on
@@ -411,10 +423,18 @@ def test_evaluate_stage_scores_checkpoints_into_a_leaderboard(tmp_path, tiny_mod
     saved = json.loads((run_dir / "eval" / "evaluate_config.json").read_text())
     assert saved["suites"][0]["data"] == math_rows
 
-    # A re-run reuses the per-candidate scores of unchanged checkpoints.
+    # A re-run (the runner clears the stage folder first) reuses the scores of unchanged checkpoints...
+    shutil.rmtree(run_dir / "eval")
     backends.clear()
     run_evaluate(config, ctx, backend_factory=factory)
     assert backends == []
+    assert [r.candidate for r in read_leaderboard(run_dir / "eval").rows] == list(by_name)
+    # ...but not of a checkpoint whose weights changed.
+    shutil.copy(
+        tiny_model_dir / "model.safetensors", sft_dir / "checkpoints" / "checkpoint-10" / "model.safetensors"
+    )
+    run_evaluate(config, ctx, backend_factory=factory)
+    assert len(backends) == 1
 
     # A real model through the default backend: loss + a generation suite, end to end.
     real = EvaluateStageConfig.model_validate(
@@ -486,6 +506,8 @@ def test_evaluate_config_validation(tmp_path):
         context={"base_dir": str(tmp_path)},
     )
     assert config.suites[0].data == rows
+    reads = validate(checkpoints_of=["sft"], stages=["dpo", "sft"], suites=[{"type": "ifeval", "data": rows}])
+    assert reads.depends_on() == ["sft", "dpo"]
 
 
 def test_flatten_lm_eval_results():

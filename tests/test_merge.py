@@ -12,11 +12,15 @@ import torch
 import yaml
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
+
 from tempa.merge import MergeStageConfig, run_merge
 from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, read_leaderboard
 from tempa.merge.mergekit_run import MergeInput, check_compatible
 from tempa.merge.selection import select_top_k
 from tempa.sft.stage_api import StageContext, StageError
+
+# mergekit imports numpy.core, which numpy 2 deprecates; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:numpy.core is deprecated:DeprecationWarning")
 
 
 def _no_launch(*_args):
@@ -58,8 +62,9 @@ def perturbed_copy(src: Path, dst: Path, seed: int, scale: float) -> Path:
 @pytest.fixture(scope="module")
 def tokenizer_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
     """The recipe tokenizer: the tiny tokenizer with the shipped thinking template."""
-    from tempa.chat_templates.templates import load_template
     from transformers import AutoTokenizer
+
+    from tempa.chat_templates.templates import load_template
 
     out = tmp_path_factory.mktemp("tok") / "tokenizer"
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -325,6 +330,11 @@ def test_config_validation(tmp_path, checkpoints):
     )
     assert config.models == [str(checkpoints["a"]), str(checkpoints["b"])]
     assert config.base_model == str(checkpoints["c"])
+    # Stages it reads, for the runner's fingerprints: the evaluate stage and stage-named models.
+    named = validate(
+        method="ties", models=["sft/checkpoint-20", "sft2"], base_model="sft", evaluate_stage="eval"
+    )
+    assert named.depends_on() == ["eval", "sft", "sft2"]
 
 
 class ScriptedBackend:

@@ -140,7 +140,7 @@ def test_missing_base_model_folder(tmp_path, data_file):
 
 
 def test_missing_recipe_file_lists_shipped_recipes(tmp_path):
-    with pytest.raises(RecipeError, match="recipe file not found .*demo"):
+    with pytest.raises(RecipeError, match=r"recipe file not found .*demo"):
         load_recipe(tmp_path / "nope.yaml")
 
 
@@ -197,7 +197,7 @@ def test_set_with_unknown_stage_or_bad_syntax(tmp_path, data_file):
     path = write(tmp_path / "r.yaml", recipe_text())
     with pytest.raises(RecipeError, match=r"no stage named 'nope' \(stages: first\)"):
         load_recipe(path, ["stages.nope.train.learning_rate=1"])
-    with pytest.raises(RecipeError, match="expected KEY.PATH=VALUE"):
+    with pytest.raises(RecipeError, match=r"expected KEY\.PATH=VALUE"):
         load_recipe(path, ["seed"])
 
 

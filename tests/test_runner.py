@@ -203,3 +203,15 @@ def test_final_points_at_the_last_model(recipe, tmp_path):
     assert summary.final_model == run_dir / "final"
     assert (run_dir / "final").resolve() == Path(load_recipe(recipe).recipe.base_model).resolve()
     assert (run_dir / "final" / "config.json").is_file()
+
+
+def test_status_tells_running_from_interrupted(recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    manifest = read_json(run_dir / "b" / MANIFEST)
+    manifest["status"] = "running"
+    (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
+    (run_dir / "b" / DONE).unlink()
+    with RunLock(run_dir):
+        assert stage_status(load_recipe(recipe), run_dir)[1]["state"] == "running"
+    assert stage_status(load_recipe(recipe), run_dir)[1]["state"] == "interrupted"

@@ -77,6 +77,11 @@ def test_bad_source_settings_fail_validation(tmp_path: Path, extra: dict, messag
         _src(tmp_path, **extra)
 
 
+def test_bad_regular_expressions_fail_validation() -> None:
+    with pytest.raises(ValidationError, match="invalid regular expression"):
+        PIIConfig(extra_patterns={"ticket": "ABC-(\\d"})
+
+
 def test_filters_switch_on_with_true_and_duplicate_names_are_refused(tmp_path: Path) -> None:
     cur = CurationConfig.model_validate({"pii": True, "dedup": True, "language": False})
     assert cur.pii == PIIConfig() and cur.dedup == DedupConfig() and cur.language is None
@@ -365,15 +370,16 @@ def test_heldout_split_is_disjoint_and_sized(tmp_path: Path) -> None:
 
 
 def _fake_render(history_like_final: bool):
-    """A toy template: one token per character; the final assistant turn carries its trace as
-    "{trace}|" and, unless ``history_like_final``, a "*" marker history turns lack."""
+    """A naive toy template: one token per character; it renders any trace it is given as "{trace}|"
+    (so dropping history and thinking-off traces is expand's job) and, unless
+    ``history_like_final``, marks the final assistant turn with a "*" that history turns lack."""
 
     def render(messages, thinking):
         ids, mask = [], []
         for i, m in enumerate(messages):
             final = i == len(messages) - 1
             if m["role"] == "assistant":
-                body = (m.get("reasoning_content", "") + "|" if final and thinking else "")
+                body = m["reasoning_content"] + "|" if m.get("reasoning_content") else ""
                 body += ("" if history_like_final or not final else "*") + m["content"] + "$"
                 ids += [ord(c) for c in body]
                 mask += [1] * len(body)  # like a template that wraps every assistant turn
@@ -396,6 +402,12 @@ def test_expansion_trains_each_turn_once_with_history_reasoning_dropped() -> Non
     last, first = samples
     assert _text(last, trained=False) == "q1#a1$q2#r2|a2$" and _text(last, trained=True) == "r2|a2$"
     assert _text(first, trained=False) == "q1#r1|a1$" and _text(first, trained=True) == "r1|a1$"
+
+
+def test_expansion_drops_the_trace_of_a_turn_rendered_with_thinking_off() -> None:
+    convo = [_user("q1"), _asst("a1", "r1"), _user("q2"), _asst("a2", "r2")]
+    samples = expand(convo, False, _fake_render(history_like_final=True))
+    assert len(samples) == 1 and _text(samples[0], trained=False) == "q1#a1$q2#a2$"
 
 
 def test_expansion_merges_turns_only_when_history_renders_like_generation() -> None:

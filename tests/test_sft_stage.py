@@ -101,3 +101,21 @@ def test_zero3_two_cpu_processes_match_single_process_layout(single_run, tiny_mo
     assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for v in start.values())
     log = (tmp_path / "run" / "sft" / "logs" / "train.log").read_text()
     assert "torch.distributed.run" in log and "--nproc_per_node=2" in log
+
+
+def test_failed_training_process_surfaces_its_error_and_log(tmp_path, tiny_model_dir):
+    from tempa.recipes.rundir import DONE, read_json
+    from tempa.sft.stage_api import StageError
+
+    recipe = sft_recipe(tmp_path, tiny_model_dir, max_steps=2)
+    # valid for the schema (a string), refused by transformers inside the launched process
+    loaded = load_recipe(recipe, ["stages.sft.train.lr_scheduler_type=sideways"])
+    with pytest.raises(StageError) as err:
+        run_recipe(loaded, tmp_path / "run")
+    message = str(err.value)
+    assert message.startswith("stage 'sft' failed: training process exited with code")
+    assert "sideways" in message
+    log_file = tmp_path / "run" / "sft" / "logs" / "train.log"
+    assert f"(full log: {log_file})" in message and log_file.is_file()
+    assert read_json(tmp_path / "run" / "sft" / "manifest.json")["status"] == "failed"
+    assert not (tmp_path / "run" / "sft" / DONE).exists()

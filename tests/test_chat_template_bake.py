@@ -1,0 +1,144 @@
+"""bake_tokenizer: template, pad token and generation config, checked before the folder appears."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from tempa.chat_templates import bake_tokenizer, check_tokenizer, choose_pad_token, load_template
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(path.name for path in parent.iterdir() if ".bake-" in path.name or ".old-" in path.name)
+
+
+def test_bake_writes_template_pad_and_stop_ids(tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+    out = bake_tokenizer(tiny_tokenizer_dir, "llama3_thinking", tmp_path / "baked")
+    assert out == (tmp_path / "baked").resolve()
+    assert (out / "chat_template.jinja").read_text(encoding="utf-8") == load_template("llama3_thinking")
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    config = json.loads((out / "generation_config.json").read_text())
+    eot_id = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    # Base config stopped on <|end_of_text|> only; the bake keeps it and adds the end-of-turn token.
+    assert config["eos_token_id"] == [tokenizer.eos_token_id, eot_id]
+    assert config["pad_token_id"] == tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert "_from_model_config" not in config
+    assert len(tokenizer) == len(AutoTokenizer.from_pretrained(tiny_tokenizer_dir))  # nothing added
+    assert _leftovers(tmp_path) == []
+    assert all(result.passed for result in check_tokenizer(tokenizer, generation_config=config))
+
+
+def test_bake_starts_from_the_model_generation_config(tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "generation_config.json").write_text(
+        json.dumps({"eos_token_id": [1, 5], "temperature": 0.6, "do_sample": True})
+    )
+    out = bake_tokenizer(tiny_tokenizer_dir, "chatml_thinking", tmp_path / "baked", model_dir=model)
+    config = json.loads((out / "generation_config.json").read_text())
+    im_end = AutoTokenizer.from_pretrained(out).convert_tokens_to_ids("<|im_end|>")
+    assert config["eos_token_id"] == [1, 5, im_end]
+    assert config["temperature"] == 0.6 and config["do_sample"] is True
+
+
+def test_bake_picks_an_existing_pad_when_pad_is_eos(tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tokenizer.pad_token = tokenizer.eos_token  # the classic setup that hides the stop token from the loss
+    tokenizer.save_pretrained(tmp_path / "pad-is-eos")
+    out = bake_tokenizer(tmp_path / "pad-is-eos", "llama3_thinking", tmp_path / "baked")
+    baked = AutoTokenizer.from_pretrained(out)
+    assert baked.pad_token == "<|finetune_right_pad_id|>"
+    assert len(baked) == len(tokenizer)
+
+
+def _qwen_base_like(folder: Path) -> Path:
+    """A byte-level tokenizer shaped like a Qwen2.5 base: eos == pad == <|endoftext|>, no pad-like token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(
+        ["user assistant system <think>\n</think>\n\n hello world"] * 20, trainer=trainer
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=specials[1:],
+    )
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_bake_adds_a_pad_token_only_when_none_is_usable_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = _qwen_base_like(tmp_path / "qwen-like")
+    before = len(AutoTokenizer.from_pretrained(source))
+    with caplog.at_level(logging.WARNING, logger="tempa.chat_templates.baking"):
+        out = bake_tokenizer(source, "chatml_thinking", tmp_path / "baked")
+    baked = AutoTokenizer.from_pretrained(out)
+    assert baked.pad_token == "<|pad|>" and len(baked) == before + 1
+    assert "added pad token '<|pad|>'" in caplog.text and "embeddings must cover" in caplog.text
+
+
+def test_bake_refuses_to_add_a_pad_token_the_model_cannot_embed(tmp_path: Path) -> None:
+    source = _qwen_base_like(tmp_path / "qwen-like")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"vocab_size": len(AutoTokenizer.from_pretrained(source))}))
+    with pytest.raises(ValueError, match="resize the model's embeddings"):
+        bake_tokenizer(source, "chatml_thinking", tmp_path / "baked", model_dir=model)
+    assert not (tmp_path / "baked").exists()
+
+
+def test_bake_rejects_a_template_whose_end_of_turn_is_not_one_token(tmp_path: Path) -> None:
+    source = _qwen_base_like(tmp_path / "qwen-like")  # has no <|eot_id|>
+    with pytest.raises(ValueError, match=r"<\|eot_id\|> is not a single token"):
+        bake_tokenizer(source, "llama3_thinking", tmp_path / "baked")
+
+
+def test_a_failing_bake_leaves_no_folder_behind(tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+    # eot moved outside {% generation %}: the model would never learn to stop.
+    broken = load_template("llama3_thinking").replace(
+        '~ answer.text ~ "<|eot_id|>" }}\n            {%- endgeneration %}',
+        '~ answer.text }}\n            {%- endgeneration %}\n            {{- "<|eot_id|>" }}',
+    )
+    path = tmp_path / "broken.jinja"
+    path.write_text(broken, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"fails template checks: b\. mask"):
+        bake_tokenizer(tiny_tokenizer_dir, str(path), tmp_path / "baked")
+    assert not (tmp_path / "baked").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_bake_never_overwrites_silently(tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+    out = bake_tokenizer(tiny_tokenizer_dir, "llama3_thinking", tmp_path / "baked")
+    with pytest.raises(FileExistsError, match="not empty"):
+        bake_tokenizer(tiny_tokenizer_dir, "chatml_thinking", out)
+    bake_tokenizer(tiny_tokenizer_dir, "chatml_thinking", out, overwrite=True)
+    assert (out / "chat_template.jinja").read_text(encoding="utf-8") == load_template("chatml_thinking")
+    assert _leftovers(tmp_path) == []
+
+
+def test_choose_pad_token_rules(tiny_tokenizer: Any) -> None:
+    assert choose_pad_token(tiny_tokenizer, "<|eot_id|>").token == "<|finetune_right_pad_id|>"
+    tiny_tokenizer.pad_token = "<|eot_id|>"
+    choice = choose_pad_token(tiny_tokenizer, "<|eot_id|>")
+    assert (choice.token, choice.added) == ("<|finetune_right_pad_id|>", False)
+    assert choose_pad_token(tiny_tokenizer, "<|eot_id|>", requested="<|eom_id|>").token == "<|eom_id|>"
+    with pytest.raises(ValueError, match="must differ"):
+        choose_pad_token(tiny_tokenizer, "<|eot_id|>", requested="<|end_of_text|>")

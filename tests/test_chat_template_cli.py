@@ -1,0 +1,287 @@
+"""``tempa template render|check|bake`` through ``main(argv)``, plus the token view it prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tempa.chat_templates import bake_tokenizer
+from tempa.chat_templates.cli import main, register
+from tempa.chat_templates.token_view import format_token_view, token_pieces
+
+GOLDEN = Path(__file__).parent / "golden"
+CASES = json.loads((GOLDEN / "conversations.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def baked(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return bake_tokenizer(tiny_tokenizer_dir, "llama3_thinking", tmp_path_factory.mktemp("cli") / "baked")
+
+
+@pytest.fixture()
+def case_file(tmp_path: Path):
+    def write(name: str, *, with_tools_object: bool = False) -> Path:
+        spec = CASES[name]
+        data: Any = (
+            {"messages": spec["messages"], "tools": spec.get("tools")}
+            if with_tools_object
+            else spec["messages"]
+        )
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        return path
+
+    return write
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
+    return errors[0]
+
+
+# ---------------------------------------------------------------- render
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_render_prints_the_card_prompt(mode: str, case_file, capsys: pytest.CaptureFixture[str]) -> None:
+    path = case_file("id_sentiment_prompt")
+    argv = [
+        "template",
+        "render",
+        "--template",
+        "llama3_thinking",
+        "--messages",
+        str(path),
+        "--thinking",
+        mode,
+    ]
+    assert main([*argv, "--generation-prompt"]) == 0
+    expected = (GOLDEN / f"id_sentiment_prompt.llama3_thinking.{mode}.txt").read_text(encoding="utf-8")
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def test_render_reads_tools_from_a_messages_object(case_file, capsys: pytest.CaptureFixture[str]) -> None:
+    path = case_file("tool_call", with_tools_object=True)
+    assert (
+        main(
+            [
+                "template",
+                "render",
+                "--template",
+                "chatml_thinking",
+                "--messages",
+                str(path),
+                "--thinking",
+                "off",
+            ]
+        )
+        == 0
+    )
+    expected = (
+        (GOLDEN / "tool_call.chatml_thinking.off.txt")
+        .read_text(encoding="utf-8")
+        .replace("⟦", "")
+        .replace("⟧", "")
+    )
+    assert capsys.readouterr().out == expected + "\n"
+
+
+@pytest.mark.parametrize(
+    ("mode", "trained"),
+    [
+        (
+            "on",
+            'Kalimat itu menyebut bukunya "sangat membosankan", sebuah penilaian buruk. Jadi sentimennya negatif.'
+            "\n</think>\n\nNegatif<|eot_id|>",
+        ),
+        ("off", "Negatif<|eot_id|>"),
+    ],
+    ids=["on", "off"],
+)
+def test_render_tokens_marks_exactly_the_trained_tokens(
+    mode: str, trained: str, baked: Path, case_file, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = case_file("id_sentiment")
+    assert (
+        main(
+            [
+                "template",
+                "render",
+                "--tokenizer",
+                str(baked),
+                "--messages",
+                str(path),
+                "--thinking",
+                mode,
+                "--tokens",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    view, summary = out.rstrip("\n").rsplit("\n", 1)
+    assert view.count("[[") == 1 and view.count("]]") == 1  # not a tty: plain brackets, one trained run
+    inside = view[view.index("[[") + 2 : view.index("]]")]
+    assert inside.replace("·", "").replace("↵", "") == trained
+    before = view[: view.index("[[")].replace("·", "").replace("↵", "")
+    assert before.endswith(
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        + ("<think>\n" if mode == "on" else "<think>\n</think>\n")
+    )
+    assert "·" in inside or len(inside) < 3  # token boundaries are visible
+    assert summary.startswith("-- trained (between [[ ]]): ") and f"thinking_mode={mode}" in summary
+
+
+def test_render_tokens_needs_a_tokenizer(case_file, capsys: pytest.CaptureFixture[str]) -> None:
+    path = case_file("id_sentiment")
+    assert (
+        main(["template", "render", "--template", "llama3_thinking", "--messages", str(path), "--tokens"])
+        == 2
+    )
+    assert "--tokens needs --tokenizer" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            '[{"role": "bot", "content": "hi"}]',
+            'rejects this conversation: messages[0].role: unknown role "bot"',
+        ),
+        ('[{"role": "user",', "invalid JSON at line 1"),
+        (
+            '{"rows": []}',
+            'expected a non-empty JSON list of message objects, or an object with a "messages" list',
+        ),
+    ],
+)
+def test_render_errors_are_one_line_naming_the_file(
+    content: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content, encoding="utf-8")
+    assert main(["template", "render", "--template", "llama3_thinking", "--messages", str(path)]) == 2
+    line = _one_line_error(capsys)
+    assert str(path) in line and expected in line
+
+
+def test_render_unknown_template_names_the_known_ones(case_file, capsys: pytest.CaptureFixture[str]) -> None:
+    path = case_file("id_sentiment")
+    assert main(["template", "render", "--template", "llama4", "--messages", str(path)]) == 2
+    assert "'llama4'" in (line := _one_line_error(capsys)) and "chatml_thinking, llama3_thinking" in line
+
+
+# ---------------------------------------------------------------- check
+
+
+def test_check_passes_on_the_baked_tokenizer(baked: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["template", "check", "--tokenizer", str(baked)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line[:2] in {"a.", "b.", "c.", "d.", "e.", "f.", "g.", "h.", "i."}]
+    assert len(rows) == 9 and all("  PASS  " in row for row in rows)
+    assert lines[-1].startswith("-- 9/9 passed")
+
+
+def test_check_fails_on_the_unbaked_tokenizer(
+    tiny_tokenizer_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The base generation_config.json stops on <|end_of_text|> only: a real failure, and a non-zero exit.
+    assert (
+        main(["template", "check", "--tokenizer", str(tiny_tokenizer_dir), "--template", "chatml_thinking"])
+        == 1
+    )
+    out = capsys.readouterr().out
+    (row,) = [line for line in out.splitlines() if line.startswith("c.")]
+    assert "FAIL" in row and "<|im_end|>" in row
+    assert "-- 8/9 passed" in out
+
+
+def test_check_without_a_template_or_folder_is_a_one_line_error(
+    tiny_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["template", "check", "--tokenizer", str(tiny_tokenizer_dir)]) == 2
+    assert "--template is required" in _one_line_error(capsys)
+    assert main(["template", "check", "--tokenizer", str(tmp_path / "missing")]) == 2
+    assert "no such folder" in _one_line_error(capsys)
+
+
+# ---------------------------------------------------------------- bake
+
+
+def test_bake_then_check(
+    tiny_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "baked"
+    argv = [
+        "template",
+        "bake",
+        "--tokenizer",
+        str(tiny_tokenizer_dir),
+        "--template",
+        "chatml_thinking",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert "all template checks passed" in capsys.readouterr().out
+    assert main(["template", "check", "--tokenizer", str(out)]) == 0
+    capsys.readouterr()
+    assert main(argv) == 2  # never overwrites silently
+    assert "not empty" in _one_line_error(capsys)
+
+
+# ---------------------------------------------------------------- wiring
+
+
+def test_register_adds_the_template_command() -> None:
+    parser = argparse.ArgumentParser(prog="tempa")
+    register(parser.add_subparsers())
+    args = parser.parse_args(["template", "check", "--tokenizer", "somewhere"])
+    assert callable(args.func) and args.tokenizer == Path("somewhere")
+    assert parser.parse_args(["template"]).func(parser.parse_args(["template"])) == 2
+
+
+def test_module_runs_standalone(case_file) -> None:
+    path = case_file("inline_think")
+    argv = [
+        sys.executable,
+        "-m",
+        "tempa.chat_templates.cli",
+        "template",
+        "render",
+        "--template",
+        "chatml_thinking",
+        "--messages",
+        str(path),
+        "--thinking",
+        "off",
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith("<think>\n</think>\nNo, 91 = 7 × 13.<|im_end|>\n\n")
+
+
+# ---------------------------------------------------------------- token view
+
+
+def test_token_pieces_rejoin_to_the_text_even_across_split_characters(tiny_tokenizer: Any) -> None:
+    text = "กรุงเทพฯ 🙂 ok"
+    ids = tiny_tokenizer.encode(text, add_special_tokens=False)
+    pieces = token_pieces(tiny_tokenizer, ids)
+    assert len(pieces) == len(ids) and "".join(pieces) == text
+    assert "" in pieces  # the emoji's bytes span several byte-level tokens
+
+
+def test_format_token_view_plain_and_colour() -> None:
+    pieces, mask = ["<h>", "\n", "A", "B", "<e>", "\n"], [0, 0, 1, 1, 1, 0]
+    assert format_token_view(pieces, mask, color=False) == "<h>·↵\n[[A·B·<e>]]↵\n"
+    coloured = format_token_view(pieces, mask, color=True)
+    assert "[[" not in coloured and "\x1b[30;42mA" in coloured and coloured.count("\x1b[0m") == 1

@@ -1,0 +1,128 @@
+"""The `tempa` command line: exit codes, one-line errors, plan/status output, tiny-model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tempa.recipes.cli import main
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("tempa ")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    for command in ("run", "plan", "status", "tiny-model", "template"):
+        assert command in help_text
+    assert "examples:" in help_text and "tempa run recipes/demo.yaml" in help_text
+
+
+def test_bad_recipe_exits_nonzero_with_one_line_reason(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: x\nbase_model: tempa:tiny\nstages:\n  - {name: a, kind: nope}\n")
+    assert main(["plan", str(recipe)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"tempa: error: {recipe}:4: stages[0].kind")
+    assert "Traceback" not in err
+
+
+def test_plan_explains_stages_and_does_no_work(tmp_path, capsys, tiny_model_dir):
+    (tmp_path / "rows.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+    )
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: p
+        base_model: {tiny_model_dir}
+        stages:
+          - name: one
+            kind: sft
+            data: {{sources: [{{name: rows, path: rows.jsonl}}]}}
+            train: {{learning_rate: 1.0e-4}}
+          - {{name: two, kind: sft, from: one, data: {{sources: [{{name: rows, path: rows.jsonl}}]}}}}
+        """))
+    run_dir = tmp_path / "run"
+    assert main(["plan", str(recipe), "--run-dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "resolved recipe" in out and "learning_rate: 0.0001" in out
+    for expected in ("one", "two", "base model", "not run yet"):
+        assert expected in out
+    assert not run_dir.exists()
+
+
+def test_status_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["status", str(tmp_path)]) == 1
+    assert "not a tempa run directory" in capsys.readouterr().err
+
+
+def test_tiny_model_command_builds_a_loadable_llama(tmp_path, capsys):
+    out = tmp_path / "tiny"
+    assert main(["tiny-model", str(out)]) == 0
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.model_type == "llama"
+    for token in ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"):
+        ids = tokenizer.encode(token, add_special_tokens=False)
+        assert len(ids) == 1, token  # a single special token, never split
+    assert tokenizer.pad_token_id is not None
+    assert tokenizer.pad_token_id not in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>"))
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    # the byte-level BPE round-trips every sample language
+    for text in ("Apa sentimen dari kalimat ini?", "ภาษาไทย", "தமிழ்", "日本語の文", "Tiếng Việt"):
+        assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+    # building into a folder that already holds a model is refused, nothing is overwritten
+    before = (out / "model.safetensors").read_bytes()
+    assert main(["tiny-model", str(out)]) == 1
+    assert "already holds a model" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_tiny_model_is_deterministic(tmp_path):
+    from safetensors.torch import load_file
+
+    from tempa.recipes.tiny import write_tiny_default
+
+    a = load_file(str(write_tiny_default(tmp_path / "a") / "model.safetensors"))
+    b = load_file(str(write_tiny_default(tmp_path / "b") / "model.safetensors"))
+    assert all((a[k] == b[k]).all() for k in a)
+    assert (tmp_path / "a" / "tokenizer.json").read_text() == (tmp_path / "b" / "tokenizer.json").read_text()
+
+
+def test_wheel_ships_recipes_configs_templates_and_data(tmp_path):
+    """Shipped recipes, configs, templates and sample data must work from a wheel, not only a checkout."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+        check=True,
+        capture_output=True,
+    )
+    wheel = next(tmp_path.glob("tempa-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = [
+        "tempa/recipes/demo.yaml",
+        "tempa/recipes/accelerate/zero3.yaml",
+        "tempa/recipes/accelerate/single.yaml",
+        "tempa/recipes/accelerate/ddp.yaml",
+        "tempa/recipes/accelerate/zero3-multinode.yaml",
+        "tempa/recipes/deepspeed/zero3-cpu.json",
+        "tempa/recipes/data/sample_instruct.jsonl",
+        "tempa/chat_templates/llama3_thinking.jinja",
+        "tempa/chat_templates/chatml_thinking.jinja",
+        "tempa/sft/train.py",
+    ]
+    missing = [name for name in expected if name not in names]
+    assert not missing, missing
+    assert not any(name.startswith("tempa/tests") or name.startswith("tests/") for name in names)

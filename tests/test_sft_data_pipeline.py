@@ -1,0 +1,433 @@
+"""SFT data pipeline end to end on the tiny tokenizer with tempa's llama3_thinking template.
+
+Expected token spans are derived from the template's documented contract (chat_templates/README.md):
+with thinking on the model writes ``{reasoning}\\n</think>\\n\\n{answer}<|eot_id|>`` after the
+prefilled ``<think>\\n``; with thinking off it writes ``{answer}<|eot_id|>`` after ``<think>\\n</think>\\n``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pytest
+
+from tempa.sft.data import COMPLETE, PreparedData, prepare_sft_data
+from tempa.sft.data_config import DataConfig, DataError
+
+EOT = "<|eot_id|>"
+ON_PREFILL = "<|start_header_id|>assistant<|end_header_id|>\n\n<think>\n"
+OFF_PREFILL = "<|start_header_id|>assistant<|end_header_id|>\n\n<think>\n</think>\n"
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_tokenizer_dir: Path) -> Any:
+    """The tiny tokenizer with the real thinking template baked in (treat as read-only)."""
+    from transformers import AutoTokenizer
+
+    from tempa.chat_templates import load_template
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tok.chat_template = load_template("llama3_thinking")
+    return tok
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n")
+    return path
+
+
+def chat(user: str, answer: str, reasoning: str | None = None) -> dict[str, Any]:
+    assistant: dict[str, Any] = {"role": "assistant", "content": answer}
+    if reasoning is not None:
+        assistant["reasoning_content"] = reasoning
+    return {"messages": [{"role": "user", "content": user}, assistant]}
+
+
+def config(folder: Path, sources: list[dict], **extra: Any) -> DataConfig:
+    return DataConfig.model_validate({"sources": sources, **extra}, context={"base_dir": str(folder)})
+
+
+def prepare(folder: Path, cfg: DataConfig, tokenizer: Any, *, seed: int = 0, cache: str = "cache",
+            max_length: int | None = None) -> PreparedData:
+    return prepare_sft_data(cfg, tokenizer, out_dir=folder / "out", cache_dir=folder / cache, seed=seed,
+                            max_length=max_length)
+
+
+def texts(tokenizer: Any, ds: datasets.Dataset) -> list[tuple[str, str]]:
+    """(full text, trained text) of every sample."""
+    out = []
+    for ex in ds:
+        trained = [i for i, m in zip(ex["input_ids"], ex["assistant_masks"], strict=True) if m]
+        out.append((tokenizer.decode(ex["input_ids"]), tokenizer.decode(trained)))
+    return out
+
+
+def rejects(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "out" / "rejects.jsonl").read_text().splitlines()]
+
+
+# --- masks, thinking, expansion -------------------------------------------------------------------
+
+
+def test_masks_cover_exactly_each_final_assistant_turn_with_its_end_token(tmp_path: Path, tokenizer: Any) -> None:
+    write_jsonl(tmp_path / "rows.jsonl", [
+        chat("Hitunglah 6 × 7.", "Hasilnya 42.", "Enam kali tujuh sama dengan 42."),
+        chat("Apa ibu kota Thailand?", "Bangkok."),  # no trace under "on": trained with thinking off
+        {"messages": [
+            {"role": "user", "content": "Berapa 2 + 3?"},
+            {"role": "assistant", "content": "Hasilnya 5.", "reasoning_content": "Dua tambah tiga adalah lima."},
+            {"role": "user", "content": "Dikali 4?"},
+            {"role": "assistant", "content": "<think>\nLima kali empat adalah dua puluh.\n</think>\n\nHasilnya 20."},
+        ]},
+    ])
+    prepared = prepare(tmp_path, config(tmp_path, [{"name": "r", "path": "rows.jsonl"}]), tokenizer)
+    assert set(prepared.train.column_names) == {"input_ids", "assistant_masks"}
+    eot_id = tokenizer.convert_tokens_to_ids(EOT)
+    expected = {  # trained text -> text the sample must end its prompt with
+        f"Enam kali tujuh sama dengan 42.\n</think>\n\nHasilnya 42.{EOT}": ON_PREFILL,
+        f"Bangkok.{EOT}": OFF_PREFILL,
+        f"Dua tambah tiga adalah lima.\n</think>\n\nHasilnya 5.{EOT}": ON_PREFILL,
+        f"Lima kali empat adalah dua puluh.\n</think>\n\nHasilnya 20.{EOT}": ON_PREFILL,
+    }
+    seen = {}
+    for ex, (full, trained) in zip(prepared.train, texts(tokenizer, prepared.train), strict=True):
+        mask = ex["assistant_masks"]
+        start, end = mask.index(1), len(mask) - mask[::-1].index(1)
+        assert all(mask[start:end]) and end == len(mask), "one contiguous trained span, at the end"
+        assert ex["input_ids"][end - 1] == eot_id
+        prompt = tokenizer.decode(ex["input_ids"][:start])
+        assert trained in expected and prompt.endswith(expected[trained]), trained
+        seen[trained] = full
+    assert len(seen) == len(expected) == len(prepared.train)
+    # The second turn's sample shows turn one's answer but not its reasoning (history is dropped).
+    second = seen[f"Lima kali empat adalah dua puluh.\n</think>\n\nHasilnya 20.{EOT}"]
+    assert "Hasilnya 5." in second and "Dua tambah tiga" not in second
+
+
+def test_thinking_off_rows_contain_no_reasoning_tokens(tmp_path: Path, tokenizer: Any) -> None:
+    def rows(tag: str) -> list[dict]:
+        out = []
+        for i in range(6):
+            row = chat(f"Soal {tag} nomor {i}: berapa {i} + {i}?", f"Jawabannya {2 * i}.", f"zebrafinch{tag} {i}")
+            if i % 2:  # half of them as R1-style tags inside the answer
+                row["messages"][1] = {"role": "assistant",
+                                      "content": f"<think>\nzebrafinch{tag} {i}\n</think>\n\nJawabannya {2 * i}."}
+            out.append(row)
+        return out
+
+    write_jsonl(tmp_path / "off.jsonl", rows("off"))
+    write_jsonl(tmp_path / "on.jsonl", rows("on"))
+    cfg = config(tmp_path, [{"name": "off", "path": "off.jsonl", "thinking_mode": "off"},
+                            {"name": "on", "path": "on.jsonl", "thinking_mode": "on"}])
+    decoded = [full for full, _ in texts(tokenizer, prepare(tmp_path, cfg, tokenizer).train)]
+    off = [t for t in decoded if "Soal off" in t]
+    on = [t for t in decoded if "Soal on" in t]
+    assert len(off) == len(on) == 6
+    assert all("zebrafinch" not in t and OFF_PREFILL in t for t in off)
+    assert all("zebrafinchon" in t and ON_PREFILL in t for t in on)
+
+
+def test_multi_turn_thinking_off_trains_every_turn_as_inference_renders_it(tmp_path: Path, tokenizer: Any) -> None:
+    turns = [("Halo!", "Halo juga."), ("Apa kabar?", "Baik, terima kasih."), ("Sampai jumpa.", "Sampai jumpa lagi.")]
+    messages = [m for u, a in turns for m in ({"role": "user", "content": u}, {"role": "assistant", "content": a})]
+    write_jsonl(tmp_path / "rows.jsonl", [{"messages": messages}])
+    cfg = config(tmp_path, [{"name": "r", "path": "rows.jsonl", "thinking_mode": "off"}])
+    trained = sorted(t for _, t in texts(tokenizer, prepare(tmp_path, cfg, tokenizer).train))
+    # History turns render without the off prefill the model generates after, so each turn is its own sample.
+    assert trained == sorted(f"{a}{EOT}" for _, a in turns)
+
+
+# --- mixing ---------------------------------------------------------------------------------------
+
+
+def test_mixing_proportions_follow_weights_rows_tokens_and_thinking_ratio(tmp_path: Path, tokenizer: Any) -> None:
+    def source_rows(tag: str, n: int, reasoning: bool = False) -> list[dict]:
+        return [chat(f"{tag} soal {i}", f"{tag} jawab {i}", f"{tag} pikir {i}" if reasoning else None) for i in range(n)]
+
+    for tag, n in (("A", 120), ("B", 30), ("C", 80), ("D", 80)):
+        write_jsonl(tmp_path / f"{tag}.jsonl", source_rows(tag, n))
+    write_jsonl(tmp_path / "E.jsonl", source_rows("E", 200, reasoning=True))
+    cfg = config(tmp_path, [
+        {"name": "A", "path": "A.jsonl", "weight": 0.5},
+        {"name": "B", "path": "B.jsonl", "weight": 2.5},
+        {"name": "C", "path": "C.jsonl", "rows": 25},
+        {"name": "D", "path": "D.jsonl", "tokens": 600},
+        {"name": "E", "path": "E.jsonl", "thinking_mode": "mixed", "thinking_ratio": 0.3, "heldout": 20},
+    ])
+    prepared = prepare(tmp_path, cfg, tokenizer)
+    decoded = [full for full, _ in texts(tokenizer, prepared.train)]
+    count = {tag: sum(f"{tag} soal " in t for t in decoded) for tag in "ABCDE"}
+    assert count["A"] == 60 and count["B"] == 75 and count["C"] == 25 and count["E"] == 180
+    # Up-sampling repeats whole rows: every B row at least twice.
+    assert min(sum(f"B soal {i}<" in t for t in decoded) for i in range(30)) == 2
+    d_tokens = sum(len(ex["input_ids"]) for ex, t in zip(prepared.train, decoded, strict=True) if "D soal " in t)
+    per_row = d_tokens / count["D"]
+    assert 600 - 2 * per_row < d_tokens <= 600
+    thinking_share = sum("E pikir" in t for t in decoded) / count["E"]
+    assert abs(thinking_share - 0.3) <= 0.05
+    # The held-out rows are in eval only.
+    eval_text = [full for full, _ in texts(tokenizer, prepared.eval)]
+    assert len(eval_text) == 20 and all("E soal" in t for t in eval_text)
+    held = {t.split("E soal ")[1].split("<")[0] for t in eval_text}
+    assert not any(f"E soal {i}<" in t for t in decoded for i in held)
+    # The report says the same, per source, and is written to the stage folder.
+    mix = json.loads((tmp_path / "out" / "mix.json").read_text())
+    by_name = {s["name"]: s for s in mix["sources"]}
+    assert by_name["A"]["rows_in"] == 120 and by_name["A"]["rows_kept"] == 60
+    assert by_name["D"]["tokens_kept"] == d_tokens and by_name["E"]["heldout_rows"] == 20
+    assert abs(sum(s["share_of_tokens"] for s in mix["sources"]) - 1) < 1e-3
+
+
+def test_same_seed_same_data_order_other_seed_other_order(tmp_path: Path, tokenizer: Any) -> None:
+    write_jsonl(tmp_path / "rows.jsonl", [chat(f"soal {i}", f"jawab {i}") for i in range(40)])
+    cfg = config(tmp_path, [{"name": "r", "path": "rows.jsonl", "weight": 0.75}], heldout=0.1)
+    first = prepare(tmp_path, cfg, tokenizer, seed=5, cache="c1")
+    again = prepare(tmp_path, cfg, tokenizer, seed=5, cache="c2")
+    other = prepare(tmp_path, cfg, tokenizer, seed=6, cache="c3")
+    assert not again.cache_hit
+    assert first.train["input_ids"] == again.train["input_ids"] and first.eval["input_ids"] == again.eval["input_ids"]
+    assert first.train["input_ids"] != other.train["input_ids"]
+
+
+# --- cache ----------------------------------------------------------------------------------------
+
+
+def test_cache_hits_and_misses_when_it_should(tmp_path: Path, tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempa.sft.data as data_module
+
+    rows = tmp_path / "rows.jsonl"
+    write_jsonl(rows, [chat(f"soal {i}", f"jawab {i}", f"pikir {i}") for i in range(10)])
+    cfg = config(tmp_path, [{"name": "r", "path": "rows.jsonl"}])
+    first = prepare(tmp_path, cfg, tokenizer)
+    assert not first.cache_hit and (first.cache_path / COMPLETE).exists()
+
+    real_build = data_module._build
+    builds = []
+
+    def counting_build(*args: Any, **kwargs: Any) -> None:
+        builds.append(1)
+        real_build(*args, **kwargs)
+
+    monkeypatch.setattr(data_module, "_build", counting_build)
+    (tmp_path / "out").rename(tmp_path / "out-first")
+    second = prepare(tmp_path, cfg, tokenizer)
+    assert second.cache_hit and builds == [] and second.train["input_ids"] == first.train["input_ids"]
+    # The reports of a cached run are in the stage folder too.
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["cache_hit"] is True
+    assert (tmp_path / "out" / "mix.json").exists() and (tmp_path / "out" / "rejects.jsonl").exists()
+
+    # A changed template misses even though the tokenizer files are the same.
+    changed = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    changed.chat_template = tokenizer.chat_template.replace("<|eot_id|>", "<|eot_id|>", 1) + "{#- v2 -#}"
+    assert not prepare(tmp_path, cfg, changed).cache_hit and len(builds) == 1
+    # So do changed curation, changed data and a changed max_length.
+    cfg_strict = config(tmp_path, [{"name": "r", "path": "rows.jsonl"}], curation={"max_tokens": 4000})
+    assert not prepare(tmp_path, cfg_strict, tokenizer).cache_hit
+    assert not prepare(tmp_path, cfg, tokenizer, max_length=4000).cache_hit
+    write_jsonl(rows, [chat(f"soal {i}", f"jawab {i}", f"pikir {i}") for i in range(11)])
+    changed_data = prepare(tmp_path, cfg, tokenizer)
+    assert not changed_data.cache_hit and changed_data.stats["sources"]["r"]["rows_in"] == 11
+    assert len(builds) == 4
+    # A partial entry (no completion marker) is never used.
+    entry = prepare(tmp_path, cfg, tokenizer).cache_path
+    (entry / COMPLETE).unlink()
+    rebuilt = prepare(tmp_path, cfg, tokenizer)
+    assert not rebuilt.cache_hit and (rebuilt.cache_path / COMPLETE).exists() and len(builds) == 5
+
+
+# --- rejects and errors ---------------------------------------------------------------------------
+
+
+def test_malformed_and_filtered_rows_are_rejected_with_reasons_and_the_run_goes_on(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    good = [
+        chat("Apa kabar hari ini? Ceritakan sedikit tentang harimu.", "Kabar saya baik, terima kasih sudah bertanya."),
+        chat("Sebutkan tiga buah yang tumbuh di Asia Tenggara.", "Mangga, durian, dan rambutan."),
+        chat("Bagaimana cara membuat teh manis yang enak?", "Seduh teh dengan air panas, lalu tambahkan gula."),
+        chat("Mengapa langit berwarna biru pada siang hari?", "Karena cahaya biru paling banyak dihamburkan udara."),
+    ]
+    lines: list[Any] = [
+        good[0],
+        "{not json",
+        {"messages": "hello"},
+        {"messages": [{"role": "narrator", "content": "x"}, {"role": "assistant", "content": "y"}]},
+        chat("Apa ibu kota Jepang?", "<think>\nTokyo adalah ibu kota", None),
+        chat("Apa ibu kota Jepang sekarang?", "   ", "Ibu kotanya Tokyo."),
+        {"messages": [{"role": "assistant", "content": "Halo!"}, {"role": "user", "content": "Hai"}]},
+        chat("Tolong kirim ke budi.santoso@gmail.com sekarang juga ya.", "Baik, akan saya kirim."),
+        chat("วันนี้อากาศร้อนมาก ฉันอยากสั่งกาแฟเย็นหนึ่งแก้ว", "ได้เลยค่ะ เดี๋ยวจะเตรียมกาแฟเย็นให้นะคะ"),
+        good[1],
+        good[1],  # exact duplicate
+        "",  # blank lines are not rows
+        chat("Tulis ulang kalimat ini. " + "kata " * 400, "Baik."),  # too long
+        {"messages": [{"role": "user", "content": "Contoh <|eot_id|> token"}, {"role": "assistant", "content": "x"}]},
+        good[2],
+        good[3],
+    ]
+    write_jsonl(tmp_path / "rows.jsonl", lines)
+    cfg = config(
+        tmp_path,
+        [{"name": "sea", "path": "rows.jsonl", "languages": ["id"], "thinking_mode": "off"}],
+        curation={"pii": True, "language": True, "dedup": True, "max_tokens": 300},
+    )
+    prepared = prepare(tmp_path, cfg, tokenizer)
+    by_line = {int(r["detail"].split(":")[0].split()[1]): r for r in rejects(tmp_path)}
+    expected = {
+        2: ("malformed_row", "not valid JSON"),
+        3: ("malformed_row", "expected 'messages' to be a list of {role, content}"),
+        4: ("malformed_row", "unknown role 'narrator'"),
+        5: ("malformed_reasoning", "unclosed <think> tag"),
+        6: ("malformed_reasoning", "empty answer after the reasoning"),
+        7: ("role_order", "assistant turn at the start"),
+        8: ("pii", "email"),
+        9: ("language", "detected 'th'"),
+        11: ("exact_duplicate", "same instruction as sea line 10"),
+        13: ("too_long", "tokens > max 300"),
+        14: ("malformed_row", "special token '<|eot_id|>'"),
+    }
+    assert {line: (r["reason"]) for line, r in by_line.items()} == {k: v[0] for k, v in expected.items()}
+    for line, (_, fragment) in expected.items():
+        assert fragment in by_line[line]["detail"], by_line[line]
+        assert by_line[line]["source"] == "sea" and by_line[line]["row"] == line - 1
+    assert by_line[2]["data"] == "{not json" and by_line[8]["data"][0]["role"] == "user"
+    assert len(prepared.train) == 4
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())["sources"]["sea"]
+    assert stats["rows_in"] == 15 and stats["rows_kept"] == 4
+    assert stats["rejects"] == {"malformed_row": 4, "malformed_reasoning": 2, "role_order": 1, "pii": 1,
+                                "language": 1, "exact_duplicate": 1, "too_long": 1}
+
+
+def test_filters_are_optional_and_template_refusals_are_rejects(tmp_path: Path, tokenizer: Any) -> None:
+    write_jsonl(tmp_path / "rows.jsonl", [
+        chat("Email saya budi@gmail.com", "Baik."),
+        {"messages": [{"role": "assistant", "content": "Halo!"}, {"role": "user", "content": "Hai"},
+                      {"role": "assistant", "content": "Ada yang bisa dibantu?"}]},
+    ])
+    cfg = config(tmp_path, [{"name": "r", "path": "rows.jsonl"}], curation={"role_order": False})
+    prepared = prepare(tmp_path, cfg, tokenizer)
+    assert len(prepared.train) == 1  # the PII row: no PII filter configured
+    [reject] = rejects(tmp_path)
+    assert reject["reason"] == "template_error" and "line 2" in reject["detail"]
+
+
+def test_a_turn_too_long_is_dropped_but_its_conversation_kept(tmp_path: Path, tokenizer: Any) -> None:
+    write_jsonl(tmp_path / "rows.jsonl", [{"messages": [
+        {"role": "user", "content": "Sapa aku."}, {"role": "assistant", "content": "Halo!"},
+        {"role": "user", "content": "Ulangi seratus kali."}, {"role": "assistant", "content": "halo " * 100},
+    ]}])
+    cfg = config(tmp_path, [{"name": "r", "path": "rows.jsonl", "thinking_mode": "off"}])
+    prepared = prepare(tmp_path, cfg, tokenizer, max_length=120)
+    assert [t for _, t in texts(tokenizer, prepared.train)] == [f"Halo!{EOT}"]
+    [reject] = rejects(tmp_path)
+    assert reject["reason"] == "too_long_turn" and "turn 3" in reject["detail"]
+
+
+def test_a_source_that_is_all_rejects_is_one_clear_error(tmp_path: Path, tokenizer: Any) -> None:
+    write_jsonl(tmp_path / "bad.jsonl", [{"messages": "hello"}, {"messages": 3}])
+    write_jsonl(tmp_path / "ok.jsonl", [chat("Halo", "Hai")])
+    cfg = config(tmp_path, [{"name": "ok", "path": "ok.jsonl"}, {"name": "sea_instruct", "path": "bad.jsonl"}])
+    with pytest.raises(DataError) as info:
+        prepare(tmp_path, cfg, tokenizer)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"data source 'sea_instruct' ({tmp_path / 'bad.jsonl'})" in message
+    assert "all 2 rows were rejected" in message
+    assert "line 1: expected 'messages' to be a list of {role, content}" in message
+    assert [r["row"] for r in rejects(tmp_path) if r["source"] == "sea_instruct"] == [0, 1]
+
+
+def test_a_typed_source_without_the_needed_columns_is_one_clear_error(tmp_path: Path, tokenizer: Any) -> None:
+    datasets.Dataset.from_dict({"question": ["a"], "answer": ["b"]}).to_parquet(tmp_path / "qa.parquet")
+    cfg = config(tmp_path, [{"name": "qa", "path": "qa.parquet"}])
+    with pytest.raises(DataError, match=r"cannot tell the row format from the columns \(question, answer\)"):
+        prepare(tmp_path, cfg, tokenizer)
+    mapped = config(tmp_path, [{"name": "qa", "path": "qa.parquet", "columns": {"prompt": "question", "response": "answer"}}])
+    assert len(prepare(tmp_path, mapped, tokenizer).train) == 1
+
+
+# --- sources --------------------------------------------------------------------------------------
+
+
+def test_every_source_kind_loads(tmp_path: Path, tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def rows(tag: str) -> list[dict]:
+        return [{"prompt": f"{tag} soal {i}", "response": f"{tag} jawab {i}"} for i in range(3)]
+
+    write_jsonl(tmp_path / "a.jsonl", [chat(r["prompt"], r["response"]) for r in rows("jsonl")])
+    (tmp_path / "b.json").write_text(json.dumps({"data": [
+        {"conversations": [{"from": "human", "value": r["prompt"]}, {"from": "gpt", "value": r["response"]}]}
+        for r in rows("json")]}))
+    datasets.Dataset.from_list(rows("parquet")).to_parquet(tmp_path / "c.parquet")
+    datasets.Dataset.from_list(
+        [{"instruction": r["prompt"], "input": None, "output": r["response"]} for r in rows("csv")]
+    ).to_csv(tmp_path / "d.csv", index=False)
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows("disk"))}).save_to_disk(str(tmp_path / "saved"))
+
+    real_load = datasets.load_dataset
+    calls = []
+
+    def fake_load(path: str, *args: Any, **kwargs: Any) -> Any:
+        if path == "org/sea-demo":  # a hub id, answered locally: tests never reach a hub
+            calls.append((path, kwargs.get("name"), kwargs.get("split"), kwargs.get("revision")))
+            return datasets.Dataset.from_list(rows("hub"))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    cfg = config(tmp_path, [
+        {"name": "jsonl", "path": "a.jsonl"},
+        {"name": "json", "path": "b.json"},
+        {"name": "parquet", "path": "c.parquet"},
+        {"name": "csv", "path": "d.csv"},
+        {"name": "disk", "path": "saved"},
+        {"name": "hub", "path": "org/sea-demo", "subset": "id", "revision": "abc123"},
+    ])
+    decoded = [full for full, _ in texts(tokenizer, prepare(tmp_path, cfg, tokenizer).train)]
+    for tag in ("jsonl", "json", "parquet", "csv", "disk", "hub"):
+        for i in range(3):
+            assert sum(f"{tag} soal {i}<|eot_id|>" in t and f"{tag} jawab {i}<|eot_id|>" in t for t in decoded) == 1
+    assert calls and all(c == ("org/sea-demo", "id", "train", "abc123") for c in calls)
+
+
+def test_shipped_sample_data_survives_default_curation(tmp_path: Path, tokenizer: Any) -> None:
+    from tempa.recipes.tiny import sample_data_dir
+
+    data = sample_data_dir()
+    languages = ["en", "id", "vi", "th", "ta", "tl", "ja"]
+    cfg = DataConfig.model_validate(
+        {
+            "sources": [
+                {"name": "instruct", "path": "sample_instruct.jsonl", "thinking_mode": "off", "languages": languages},
+                {"name": "reasoning", "path": "sample_reasoning.jsonl", "thinking_mode": "mixed",
+                 "thinking_ratio": 0.5, "languages": languages},
+            ],
+            "curation": {"pii": True, "language": True},
+        },
+        context={"base_dir": str(data)},
+    )
+    prepared = prepare(tmp_path, cfg, tokenizer)
+    stats = prepared.stats["sources"]
+    # Genuine sentences in the declared languages, no personal data, well-formed traces: nothing rejected.
+    assert stats["instruct"]["rejects"] == {} and stats["reasoning"]["rejects"] == {}
+    assert stats["instruct"]["rows_in"] >= 200 and stats["reasoning"]["rows_in"] >= 100
+
+
+def test_trl_sft_trainer_accepts_the_prepared_data(tmp_path: Path, tokenizer: Any, tiny_model_dir: Path) -> None:
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    write_jsonl(tmp_path / "rows.jsonl", [chat(f"soal {i}", f"jawab {i}", f"pikir {i}") for i in range(12)])
+    prepared = prepare(tmp_path, config(tmp_path, [{"name": "r", "path": "rows.jsonl"}]), tokenizer)
+    args = SFTConfig(output_dir=str(tmp_path / "trl"), max_length=512, packing=True, packing_strategy="bfd",
+                     report_to="none", use_cpu=True, per_device_train_batch_size=2)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args,
+                         train_dataset=prepared.train, processing_class=tokenizer)
+    packed = trainer.train_dataset
+    trained = sum(int(np.sum(np.asarray(ex["labels"]) != -100)) for ex in packed)
+    assert trained == sum(sum(m) for m in prepared.train["assistant_masks"])
+    assert len(packed) < len(prepared.train)  # packed: several samples per sequence

@@ -197,17 +197,16 @@ class CandidateScorer:
         if self.model is None:
             raise StageError(f"suite '{suite.key}': lm-eval needs a local model (transformers backend)")
         lm = hflm(pretrained=self.model, tokenizer=self.tokenizer, batch_size=suite.batch_size)
-        output = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=list(suite.tasks),
-            num_fewshot=suite.num_fewshot,
-            limit=suite.limit,
-            apply_chat_template=suite.apply_chat_template,
-            random_seed=self.seed,
-            numpy_random_seed=self.seed,
-            torch_random_seed=self.seed,
-            **suite.args,
-        )
+        arguments: dict[str, Any] = {
+            "tasks": list(suite.tasks),
+            "num_fewshot": suite.num_fewshot,
+            "limit": suite.limit,
+            "apply_chat_template": suite.apply_chat_template,
+            "random_seed": self.seed,
+            "numpy_random_seed": self.seed,
+            "torch_random_seed": self.seed,
+        }
+        output = lm_eval.simple_evaluate(model=lm, **{**arguments, **suite.args})
         return flatten_lm_eval_results((output or {}).get("results", {}))
 
 

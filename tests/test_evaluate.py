@@ -524,3 +524,55 @@ def test_flatten_lm_eval_results():
         }
     )
     assert flat == {"gsm8k/exact_match[strict-match]": 0.5, "arc_easy/acc": 0.7, "arc_easy/acc_norm": 0.72}
+
+
+def test_lm_eval_suite_calls_the_harness_with_the_loaded_model(
+    tmp_path, tiny_model_dir, tokenizer_dir, monkeypatch
+):
+    """lm-eval is optional; a stand-in module checks the wiring (model object, tasks, seeds, results)."""
+    import sys
+    import types
+
+    calls = {}
+
+    class FakeHFLM:
+        def __init__(self, pretrained, tokenizer, batch_size):
+            calls["model"], calls["tokenizer"], calls["batch_size"] = pretrained, tokenizer, batch_size
+
+    def simple_evaluate(model, **kwargs):
+        calls["lm"], calls["kwargs"] = model, kwargs
+        return {"results": {"arc_easy": {"alias": "arc_easy", "acc,none": 0.25, "acc_stderr,none": 0.1}}}
+
+    package = types.ModuleType("lm_eval")
+    package.simple_evaluate = simple_evaluate
+    models = types.ModuleType("lm_eval.models")
+    huggingface = types.ModuleType("lm_eval.models.huggingface")
+    huggingface.HFLM = FakeHFLM
+    for name, module in (
+        ("lm_eval", package),
+        ("lm_eval.models", models),
+        ("lm_eval.models.huggingface", huggingface),
+    ):
+        monkeypatch.setitem(sys.modules, name, module)
+
+    config = EvaluateStageConfig.model_validate(
+        {
+            "name": "eval",
+            "kind": "evaluate",
+            "suites": [
+                {
+                    "type": "lm_eval",
+                    "name": "harness",
+                    "tasks": ["arc_easy"],
+                    "limit": 8,
+                    "args": {"limit": 4},
+                }
+            ],
+        }
+    )
+    run_evaluate(config, make_ctx(tmp_path, "eval", tokenizer_dir=tokenizer_dir, model_dir=tiny_model_dir))
+    (row,) = read_leaderboard(tmp_path / "eval").rows
+    assert row.metrics == {"harness/arc_easy/acc": 0.25}
+    assert type(calls["model"]).__name__ == "LlamaForCausalLM" and isinstance(calls["lm"], FakeHFLM)
+    assert calls["kwargs"]["tasks"] == ["arc_easy"] and calls["kwargs"]["limit"] == 4  # args override
+    assert calls["kwargs"]["apply_chat_template"] is False

@@ -1,1 +1,63 @@
-"""tempa.alignment."""
+"""tempa.alignment: sampling backends, rewards and judges, on-policy preference pairs, teacher synthesis.
+
+Stage kinds (registered by the recipe runner):
+
+- ``preference``: N rounds of on-policy sampling -> rewards -> best/worst pairs -> trl DPOTrainer.
+- ``synthesize``: teacher generation + verifier/judge rejection sampling -> an SFT dataset.
+
+Heavy imports (torch, transformers, trl) happen inside functions, so importing the package is cheap.
+"""
+
+from tempa.alignment.backends import (
+    BackendConfig,
+    HTTPBackendConfig,
+    SamplingBackend,
+    TransformersBackendConfig,
+    TransformersSampler,
+    VLLMBackendConfig,
+    build_backend,
+)
+from tempa.alignment.completions import Completion, ThinkSplit, assistant_message, split_think
+from tempa.alignment.judge import Judge, JudgeSettings, parse_judge_score
+from tempa.alignment.pairs import Pair, PairStats, Scored, best_worst, revision_pair
+from tempa.alignment.preference_config import PreferenceStageConfig
+from tempa.alignment.preference_stage import run_preference
+from tempa.alignment.prompts import PromptRow, PromptSource, load_prompts
+from tempa.alignment.rewards import RewardConfig, RewardSet, ScoreItem, ScoringEnv
+from tempa.alignment.selection import select_samples
+from tempa.alignment.synthesize_config import SynthesizeStageConfig
+from tempa.alignment.synthesize_stage import run_synthesize
+
+__all__ = [
+    "BackendConfig",
+    "Completion",
+    "HTTPBackendConfig",
+    "Judge",
+    "JudgeSettings",
+    "Pair",
+    "PairStats",
+    "PreferenceStageConfig",
+    "PromptRow",
+    "PromptSource",
+    "RewardConfig",
+    "RewardSet",
+    "SamplingBackend",
+    "ScoreItem",
+    "Scored",
+    "ScoringEnv",
+    "SynthesizeStageConfig",
+    "ThinkSplit",
+    "TransformersBackendConfig",
+    "TransformersSampler",
+    "VLLMBackendConfig",
+    "assistant_message",
+    "best_worst",
+    "build_backend",
+    "load_prompts",
+    "parse_judge_score",
+    "revision_pair",
+    "run_preference",
+    "run_synthesize",
+    "select_samples",
+    "split_think",
+]

@@ -19,8 +19,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tempa.merge.candidates import is_model_dir
-from tempa.merge.files import link_or_copy, staging_dir, write_atomic
 from tempa.merge.model_card import ModelCardConfig, render_model_card
+from tempa.sft.files import link_or_copy, staging_dir, write_atomic
 from tempa.sft.stage_api import StageConfigBase, StageContext, StageError, StageResult
 
 # Model files carried into the final folder; tokenizer files come from the recipe's tokenizer,

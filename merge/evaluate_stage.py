@@ -20,9 +20,9 @@ from tempa.alignment.generation import GenerationBackend, TransformersBackend
 from tempa.merge.candidates import Candidate, collect_candidates
 from tempa.merge.eval_data import load_rows
 from tempa.merge.evaluate_config import EvaluateStageConfig, LmEvalSuite
-from tempa.merge.files import write_atomic
 from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, is_headline, write_leaderboard
 from tempa.merge.suites import CandidateScorer, import_lm_eval
+from tempa.sft.files import write_atomic
 from tempa.sft.stage_api import StageContext, StageError, StageResult
 
 CONFIG_FILE = "evaluate_config.json"

@@ -21,7 +21,6 @@ from tempa.merge.evaluate_stage import (
     score_model,
     transformers_backend,
 )
-from tempa.merge.files import staging_dir, write_atomic
 from tempa.merge.leaderboard import (
     Leaderboard,
     LeaderboardRow,
@@ -33,6 +32,7 @@ from tempa.merge.leaderboard import (
 from tempa.merge.merge_config import METHODS, MergeStageConfig
 from tempa.merge.mergekit_run import MergeInput, build_mergekit_config, check_compatible, run_mergekit
 from tempa.merge.selection import select_top_k
+from tempa.sft.files import staging_dir, write_atomic
 from tempa.sft.stage_api import StageContext, StageError, StageResult
 
 MERGEKIT_CONFIG = "mergekit.yaml"

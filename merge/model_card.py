@@ -59,11 +59,14 @@ def is_secret_key(key: str) -> bool:
 
 
 def redact(value: Any) -> Any:
-    """A copy of ``value`` with every value under a secret-looking key replaced by ``<redacted>``."""
+    """A copy of ``value`` with every text value under a secret-looking key replaced by ``<redacted>``.
+
+    Numbers are never secrets (``tokens_in``, ``rows_tokenized`` are counts), so only strings go.
+    """
     if isinstance(value, Mapping):
         return {
             key: (
-                REDACTED if is_secret_key(str(key)) and value[key] not in (None, "", False) else redact(item)
+                REDACTED if is_secret_key(str(key)) and isinstance(item, str) and item else redact(item)
             )
             for key, item in value.items()
         }

@@ -297,11 +297,24 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
                 f"{where((*loc, 'from'), lines, path)}: stages[{i}].from (stage '{name}'): "
                 f"'{config.from_}' is not an earlier stage (earlier stages: {', '.join(earlier) or 'none'})"
             )
+        for dep in stage_dependencies(config):
+            if dep not in seen or dep == name:
+                earlier = ", ".join(names[:i]) or "none"
+                raise RecipeError(
+                    f"{where(loc, lines, path)}: stages[{i}] (stage '{name}') reads stage '{dep}', which is not "
+                    f"an earlier stage (earlier stages: {earlier})"
+                )
         stages.append(config)
 
     if "bake" in STAGE_KINDS and not any(stage.kind == "bake" for stage in stages):  # type: ignore[attr-defined]
         stages.append(STAGE_KINDS["bake"].config.model_validate({"name": "bake", "kind": "bake"}))
     return LoadedRecipe(path=path, recipe=recipe, stages=stages, raw=raw, files=files)
+
+
+def stage_dependencies(config: StageConfigBase) -> list[str]:
+    """Stages a config reads besides its `from` (evaluate candidates, synthesized datasets, ...)."""
+    method = getattr(config, "depends_on", None)
+    return [name for name in (method() if callable(method) else []) if name]
 
 
 def _by_index(named_lines, names: list[str]) -> dict[FieldPath, tuple[Path, int]]:

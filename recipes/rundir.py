@@ -18,10 +18,11 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from tempa.sft.files import write_atomic
 
 DONE = "DONE"
 
@@ -37,17 +38,7 @@ MANIFEST = "manifest.json"
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file + rename, so a kill never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -20,7 +20,7 @@ import yaml
 from tempa.recipes import __version__
 from tempa.recipes.fingerprint import digest, path_digest, referenced_files
 from tempa.recipes.launcher import deepspeed_config_path, reap_stale_launch, run_launch
-from tempa.recipes.loader import LoadedRecipe
+from tempa.recipes.loader import LoadedRecipe, stage_dependencies
 from tempa.recipes.registry import STAGE_KINDS
 from tempa.recipes.rundir import (
     MANIFEST,
@@ -108,11 +108,6 @@ def template_text(loaded: LoadedRecipe) -> str:
         raise StageError(f"{loaded.path}: chat_template: {exc}") from None
 
 
-def _depends_on(config: Any) -> list[str]:
-    method = getattr(config, "depends_on", None)
-    return list(method()) if callable(method) else []
-
-
 # --------------------------------------------------------------------------- plan
 
 
@@ -132,7 +127,7 @@ def plan_run(
         name = config.name
         upstream = loaded.upstream(i)
         dump = config.model_dump(mode="json", by_alias=True)
-        deps = sorted(set(_depends_on(config)) - {upstream, None})
+        deps = sorted(set(stage_dependencies(config)) - {upstream, None})
         components = {
             "tempa_version": __version__,
             "config": digest(dump),

@@ -113,6 +113,7 @@ def write_tiny_default(out_dir: str | os.PathLike, seed: int = 0) -> Path:
         raise FileExistsError(f"{out} already holds a model; choose an empty folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp's private 0700 would stick to the published folder
     try:
         tokenizer = build_tiny_tokenizer()
         model = build_tiny_model(tokenizer, seed=seed)

@@ -65,6 +65,10 @@ class SFTStageConfig(StageConfigBase):
 
         return check_train_args(value, SFTConfig, reserved=RESERVED_TRAIN_KEYS)
 
+    def depends_on(self) -> list[str]:
+        """Earlier stages whose datasets this stage reads (`path: stage:NAME`)."""
+        return [ref for source in self.data.sources if (ref := source.stage_ref)]
+
     def train_args(self) -> dict[str, Any]:
         """tempa defaults overlaid with the recipe's values."""
         return {**DEFAULT_TRAIN_ARGS, **self.train}

@@ -38,6 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from tempa.sft.stage_api import StageError, resolve_path
 
+# `path: stage:NAME` reads the dataset an earlier stage (e.g. `synthesize`) wrote.
+STAGE_REF = "stage:"
+
 
 class DataError(StageError):
     """The data cannot be prepared for a reason the user can act on; the message is one line."""
@@ -126,7 +129,8 @@ class SourceConfig(_Strict):
     path: str = Field(
         description=(
             "A local file (.jsonl, .json, .parquet, .csv), a folder written by `datasets.save_to_disk` "
-            "(or a folder of data files), or a hub dataset id loaded with `datasets.load_dataset`. "
+            "(or a folder of data files), a hub dataset id loaded with `datasets.load_dataset`, or "
+            "`stage:NAME` for the dataset an earlier stage of the recipe wrote (e.g. a synthesize stage). "
             "Relative paths are resolved against the recipe's folder."
         )
     )
@@ -206,7 +210,16 @@ class SourceConfig(_Strict):
     @field_validator("path")
     @classmethod
     def _resolve(cls, value: str, info: ValidationInfo) -> str:
+        if value.startswith(STAGE_REF):
+            if not value[len(STAGE_REF):].strip():
+                raise ValueError(f"'{STAGE_REF}' needs a stage name, e.g. {STAGE_REF}synthesize")
+            return value  # an earlier stage's dataset, resolved when the stage runs
         return resolve_path(value, info, must_exist=True)
+
+    @property
+    def stage_ref(self) -> str | None:
+        """The stage named by a ``stage:NAME`` path, else None."""
+        return self.path[len(STAGE_REF):].strip() if self.path.startswith(STAGE_REF) else None
 
     @field_validator("languages")
     @classmethod

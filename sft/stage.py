@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 from tempa.sft.checkpoints import last_complete_checkpoint, remove_incomplete_checkpoints
 from tempa.sft.config import SFTStageConfig
+from tempa.sft.data_config import DataConfig
 from tempa.sft.stage_api import StageContext, StageError, StageResult
 
 __all__ = ["SFTStageConfig", "run_sft"]
@@ -30,7 +29,7 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> StageResult:
     train_args = config.train_args()
     tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
     prepared = prepare_sft_data(
-        config.data,
+        resolve_stage_sources(config.data, ctx),
         tokenizer,
         out_dir=data_dir,
         cache_dir=(ctx.cache_dir or stage_dir / "cache") / "sft-data",
@@ -39,8 +38,9 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> StageResult:
     )
     if len(prepared.train) == 0:
         raise StageError(f"no training rows left after curation (see {data_dir / 'stats.json'})")
-    train_path = _save_once(prepared.train, data_dir / "train")
-    eval_path = _save_once(prepared.eval, data_dir / "eval") if prepared.eval is not None and len(prepared.eval) else None
+    # The launched processes memory-map the tokenised splits straight from the cache.
+    train_path = prepared.train_path
+    eval_path = prepared.eval_path if prepared.eval is not None and len(prepared.eval) else None
 
     checkpoints = stage_dir / "checkpoints"
     removed = remove_incomplete_checkpoints(checkpoints)
@@ -78,14 +78,24 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> StageResult:
     return StageResult(model_dir=final, metrics=_headline(trained, prepared.stats), outputs={"final": str(final)})
 
 
-def _save_once(dataset, path: Path) -> Path:
-    """Save the tokenised split for the training processes (replacing a stale copy)."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    dataset.save_to_disk(str(tmp))
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-    return path
+def resolve_stage_sources(data: DataConfig, ctx: StageContext) -> DataConfig:
+    """Point `stage:NAME` sources at the dataset that stage wrote (its manifest's `dataset` output)."""
+    sources = []
+    for source in data.sources:
+        ref = source.stage_ref
+        if ref is None:
+            sources.append(source)
+            continue
+        manifest_path = ctx.stage_dirs.get(ref, ctx.run_dir / ref) / "manifest.json"
+        try:
+            dataset = json.loads(manifest_path.read_text())["outputs"]["dataset"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise StageError(
+                f"data source '{source.name}': stage '{ref}' has not written a dataset ({manifest_path} has no "
+                "outputs.dataset); is it a synthesize stage that ran before this one?"
+            ) from None
+        sources.append(source.model_copy(update={"path": dataset}))
+    return data.model_copy(update={"sources": sources})
 
 
 def _headline(trained: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:

@@ -211,11 +211,14 @@ def test_redaction_helpers():
         "judge": {"api_key": "abc", "max_new_tokens": 512, "model": "gpt"},
         "hf_token": "x",
         "pad_token": "<pad>",
+        "stats": {"tokens_in": 23881, "rows_tokenized": 253, "auth_retries": 3},
     }
     assert redact(data) == {
         "judge": {"api_key": "<redacted>", "max_new_tokens": 512, "model": "gpt"},
         "hf_token": "<redacted>",
         "pad_token": "<pad>",
+        # counts under token-ish keys are data, not secrets
+        "stats": {"tokens_in": 23881, "rows_tokenized": 253, "auth_retries": 3},
     }
     text = f"key {OPENAI_KEY} and Bearer abcdefghijklmnop1234 and {ENV_SECRET} and plain words"
     cleaned = scrub(text, environ={"MY_SECRET": ENV_SECRET, "HOME": "/root"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -104,8 +105,14 @@ def test_tiny_model_is_deterministic(tmp_path):
 def test_wheel_ships_recipes_configs_templates_and_data(tmp_path):
     """Shipped recipes, configs, templates and sample data must work from a wheel, not only a checkout."""
     root = Path(__file__).resolve().parents[1]
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout
+    source = tmp_path / "src"  # build from a copy: setuptools writes build/ next to the sources
+    for name in tracked.splitlines():
+        if (root / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
     )

@@ -1,0 +1,338 @@
+"""Sampling backends: transformers (here), vLLM (backends_vllm) and OpenAI-compatible HTTP (backends_http).
+
+All three implement :class:`SamplingBackend`, which extends generation.py's
+:class:`~tempa.alignment.generation.GenerationBackend` with :meth:`SamplingBackend.sample`:
+``n`` :class:`~tempa.alignment.completions.Completion` objects per prompt, each knowing how it
+ended (``finish_reason``), what the template pre-filled and how many tokens it took. The plain
+``generate`` (strings) keeps working, so evaluation code can use any of them.
+
+A recipe picks a backend with a ``type``-tagged block::
+
+    teacher: {type: transformers}                       # the stage's own model
+    teacher: {type: transformers, model: stage:sft-1}   # an earlier stage's model
+    teacher: {type: vllm, model: /models/gemma-2-27b-it, tensor_parallel_size: 4}
+    teacher: {type: http, base_url: http://127.0.0.1:8000/v1, model: gemma-2-27b-it, api_key_env: TEACHER_KEY}
+"""
+
+from __future__ import annotations
+
+import os
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from tempa.alignment.completions import Completion, generation_prefill
+from tempa.alignment.generation import (
+    GenerationBackend,
+    GenerationParams,
+    Messages,
+    ThinkingMode,
+    TransformersBackend,
+    resolve_modes,
+    template_kwargs,
+)
+from tempa.sft.stage_api import StageError, resolve_path
+
+STAGE_PREFIX = "stage:"
+
+
+class SamplingBackend(GenerationBackend):
+    """A generation backend that also reports how each sample ended."""
+
+    #: One-line description for provenance records (never carries a secret).
+    describe: str = "backend"
+
+    @abstractmethod
+    def sample(
+        self,
+        prompts: list[Messages],
+        params: GenerationParams,
+        *,
+        thinking_modes: Sequence[ThinkingMode | None] | None = None,
+    ) -> list[list[Completion]]:
+        """``params.n`` completions per prompt, in prompt order."""
+
+    def generate(
+        self,
+        prompts: list[Messages],
+        params: GenerationParams,
+        *,
+        thinking_modes: Sequence[ThinkingMode | None] | None = None,
+    ) -> list[list[str]]:
+        return [[c.text for c in group] for group in self.sample(prompts, params, thinking_modes=thinking_modes)]
+
+
+class _Decoded(str):
+    """A decoded completion that remembers whether a stop token ended it (see TransformersSampler)."""
+
+    finish_reason: str
+    completion_tokens: int
+
+
+class TransformersSampler(TransformersBackend, SamplingBackend):
+    """generation.py's :class:`TransformersBackend`, plus finish reasons, token counts and prefills.
+
+    ``TransformersBackend.decode`` cuts a completion at its first stop token; here it also records
+    whether there was one (``"stop"``) or the token budget ran out (``"length"``), on the returned
+    string itself, so the batching and seeding of ``generate`` are reused unchanged.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None, **kwargs: Any):
+        super().__init__(model_dir, tokenizer_dir, **kwargs)
+        self.describe = f"transformers:{model_dir}"
+        pad = self.tokenizer.pad_token_id
+        self._pad_id = int(pad) if pad is not None else None
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        ids = [int(t) for t in token_ids]
+        stop_at = next((i for i, t in enumerate(ids) if t in self.stop_ids), None)
+        if stop_at is None:
+            used = len(ids)
+            while used and ids[used - 1] == self._pad_id:  # right padding of a shorter sequence
+                used -= 1
+        text = _Decoded(super().decode(ids))
+        text.finish_reason = "stop" if stop_at is not None else "length"
+        text.completion_tokens = stop_at + 1 if stop_at is not None else used
+        return text
+
+    def sample(
+        self,
+        prompts: list[Messages],
+        params: GenerationParams,
+        *,
+        thinking_modes: Sequence[ThinkingMode | None] | None = None,
+    ) -> list[list[Completion]]:
+        modes = resolve_modes(len(prompts), params, thinking_modes)
+        texts = TransformersBackend.generate(self, prompts, params, thinking_modes=modes)
+        out: list[list[Completion]] = []
+        for messages, mode, group in zip(prompts, modes, texts, strict=True):
+            prefill = generation_prefill(self.tokenizer, messages, template_kwargs(mode))
+            out.append([
+                Completion(
+                    text=str(text),
+                    prefill=prefill,
+                    finish_reason=getattr(text, "finish_reason", None),
+                    completion_tokens=getattr(text, "completion_tokens", None),
+                )
+                for text in group
+            ])
+        return out
+
+    def generate(self, prompts, params, *, thinking_modes=None):  # the native, string-only path
+        return [[str(t) for t in group] for group in TransformersBackend.generate(
+            self, prompts, params, thinking_modes=thinking_modes)]
+
+
+# --------------------------------------------------------------------------- recipe configs
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _model_ref(value: str | None, info: ValidationInfo) -> str | None:
+    if value is None or value.startswith(STAGE_PREFIX):
+        return value
+    return resolve_path(value, info)
+
+
+class TransformersBackendConfig(_Strict):
+    """Generate with transformers `model.generate` in the runner's process (one device)."""
+
+    type: Literal["transformers"] = "transformers"
+    model: str | None = Field(
+        default=None,
+        description="Model folder or hub id; `stage:NAME` for an earlier stage's model. Default: the model "
+        "this stage starts from (the current policy).",
+    )
+    tokenizer: str | None = Field(
+        default=None,
+        description="Tokenizer folder or hub id. Default: the recipe's tokenizer (baked chat template) when "
+        "`model` is unset or a stage, else the model's own tokenizer and template.",
+    )
+    device: str = Field(default="auto", description="`auto` (cuda when present), `cpu`, `cuda:0`, ...")
+    dtype: str = Field(default="auto", description="`auto` (bf16 on GPU, fp32 on CPU) or a torch dtype name.")
+
+    @field_validator("model", "tokenizer")
+    @classmethod
+    def _resolve(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _model_ref(value, info)
+
+
+class VLLMBackendConfig(_Strict):
+    """Generate with vLLM's offline `LLM.generate` (GPU; `pip install vllm` or the `gpu` extra)."""
+
+    type: Literal["vllm"] = "vllm"
+    model: str | None = Field(
+        default=None, description="As for transformers: a folder, a hub id, `stage:NAME`, or unset (the policy)."
+    )
+    tokenizer: str | None = Field(default=None, description="As for transformers.")
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one model is split over.")
+    gpu_memory_utilization: float = Field(
+        default=0.85, gt=0, le=1, description="Share of each GPU's memory vLLM may take (weights + KV cache)."
+    )
+    dtype: str = Field(default="auto", description="vLLM `dtype` (auto, bfloat16, float16).")
+    max_model_len: int | None = Field(default=None, ge=1, description="Context length cap (vLLM `max_model_len`).")
+    enforce_eager: bool = Field(default=False, description="Disable CUDA graphs (slower; less memory, faster start).")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="Any further `vllm.LLM(...)` keyword arguments, passed through."
+    )
+
+    @field_validator("model", "tokenizer")
+    @classmethod
+    def _resolve(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _model_ref(value, info)
+
+
+class HTTPBackendConfig(_Strict):
+    """An OpenAI-compatible `/v1/chat/completions` endpoint: a vLLM or llama.cpp server, or a hosted API."""
+
+    type: Literal["http"] = "http"
+    base_url: str = Field(description="API root including the version, e.g. `http://127.0.0.1:8000/v1`.")
+    model: str = Field(description="The served model name sent as `model` in each request.")
+    api_key_env: str | None = Field(
+        default=None,
+        description="Name of the environment variable holding the API key (sent as a Bearer token). The key "
+        "itself never appears in a recipe, a log, a manifest or an output file.",
+    )
+    timeout_s: float = Field(default=300.0, gt=0, description="Seconds to wait for one response.")
+    max_retries: int = Field(default=5, ge=0, description="Retries on HTTP 429/5xx and connection errors.")
+    backoff_s: float = Field(
+        default=1.0, ge=0, description="First retry delay; doubles per retry (capped at 60s; `Retry-After` wins)."
+    )
+    concurrency: int = Field(default=8, ge=1, description="Requests in flight at once.")
+    supports_n: bool = Field(
+        default=True,
+        description="The server honours `n` (vLLM does). Set false (e.g. llama.cpp) to send n requests of one "
+        "sample each, with seeds seed, seed+1, ...",
+    )
+    send_chat_template_kwargs: bool = Field(
+        default=True,
+        description="Send `chat_template_kwargs: {thinking_mode, enable_thinking}` (vLLM / llama.cpp servers "
+        "apply them to the chat template). Turn off for hosted APIs that reject unknown fields.",
+    )
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description="Further JSON fields merged into every request body (e.g. `top_k`)."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+
+BackendConfig = Annotated[
+    TransformersBackendConfig | VLLMBackendConfig | HTTPBackendConfig, Field(discriminator="type")
+]
+
+
+def stage_refs(*configs: BaseModel | None) -> list[str]:
+    """Stage names referenced as `stage:NAME` by backend configs (for ``depends_on``)."""
+    names = []
+    for config in configs:
+        for key in ("model", "tokenizer"):
+            value = getattr(config, key, None) if config is not None else None
+            if isinstance(value, str) and value.startswith(STAGE_PREFIX) and not isinstance(config, HTTPBackendConfig):
+                names.append(value[len(STAGE_PREFIX):])
+    return names
+
+
+def resolve_model(ref: str | None, default: Path, stage_models: Mapping[str, Path], who: str) -> Path | str:
+    """A backend's model reference as a folder (or hub id); `stage:NAME` looks up an earlier stage."""
+    if ref is None:
+        return default
+    if ref.startswith(STAGE_PREFIX):
+        name = ref[len(STAGE_PREFIX):]
+        if name not in stage_models:
+            raise StageError(f"{who}: '{ref}' is not an earlier stage with a model (known: {sorted(stage_models)})")
+        return Path(stage_models[name])
+    return ref
+
+
+def build_backend(
+    config: TransformersBackendConfig | VLLMBackendConfig | HTTPBackendConfig,
+    *,
+    policy_dir: Path,
+    tokenizer_dir: Path,
+    stage_models: Mapping[str, Path] | None = None,
+    trust_remote_code: bool = False,
+    who: str = "backend",
+    show_progress: bool = True,
+) -> SamplingBackend:
+    """Instantiate the backend a recipe block describes.
+
+    ``policy_dir`` is the default model (the stage's starting model or the current round's
+    policy); ``tokenizer_dir`` the recipe's tokenizer with the baked chat template.
+    """
+    if isinstance(config, HTTPBackendConfig):
+        from tempa.alignment.backends_http import HTTPBackend
+
+        return HTTPBackend.from_config(config, show_progress=show_progress)
+    models = dict(stage_models or {})
+    model = resolve_model(config.model, policy_dir, models, who)
+    own_model = config.model is not None and not config.model.startswith(STAGE_PREFIX)
+    tokenizer: Path | str = (
+        resolve_model(config.tokenizer, tokenizer_dir, models, who) if config.tokenizer
+        else (model if own_model else tokenizer_dir)
+    )
+    if isinstance(config, VLLMBackendConfig):
+        from tempa.alignment.backends_vllm import VLLMBackend
+
+        return VLLMBackend(
+            model,
+            tokenizer,
+            tensor_parallel_size=config.tensor_parallel_size,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            dtype=config.dtype,
+            max_model_len=config.max_model_len,
+            enforce_eager=config.enforce_eager,
+            trust_remote_code=trust_remote_code,
+            engine_args=config.engine_args,
+            show_progress=show_progress,
+        )
+    return TransformersSampler(
+        model, tokenizer, device=config.device, dtype=config.dtype, trust_remote_code=trust_remote_code,
+        show_progress=show_progress,
+    )
+
+
+class LazyBackend(SamplingBackend):
+    """Builds its backend on first use, so a resumed pass with nothing left to do loads no model."""
+
+    def __init__(self, factory: Any, describe: str = "backend") -> None:
+        self._factory = factory
+        self._backend: SamplingBackend | None = None
+        self.describe = describe
+
+    @property
+    def backend(self) -> SamplingBackend:
+        if self._backend is None:
+            self._backend = self._factory()
+            self.describe = self._backend.describe
+        return self._backend
+
+    @property
+    def loaded(self) -> bool:
+        return self._backend is not None
+
+    def sample(self, prompts, params, *, thinking_modes=None):
+        return self.backend.sample(prompts, params, thinking_modes=thinking_modes)
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+
+def describe_backend(
+    config: TransformersBackendConfig | VLLMBackendConfig | HTTPBackendConfig, default_model: Path | str
+) -> str:
+    """``type:model`` for provenance records, without loading anything (and never a secret)."""
+    if isinstance(config, HTTPBackendConfig):
+        return f"http:{config.model}@{config.base_url}"
+    return f"{config.type}:{config.model or default_model}"

@@ -1,0 +1,224 @@
+"""An OpenAI-compatible chat-completions endpoint as a sampling backend (stdlib ``urllib`` only).
+
+Works with `vllm serve`, llama.cpp's `llama-server` and hosted APIs. Each prompt is one
+``POST {base_url}/chat/completions`` with ``n``, ``temperature``, ``top_p``, ``max_tokens`` and
+``seed``; the thinking mode goes in ``chat_template_kwargs`` (what the OpenAI client sends as
+``extra_body``), which vLLM and llama.cpp pass to the chat template. HTTP 429 and 5xx answers and
+connection errors are retried with exponential backoff (honouring ``Retry-After``).
+
+The API key is read from the environment variable the recipe names, sent only in the
+``Authorization`` header, and scrubbed from every error message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from tempa.alignment.backends import HTTPBackendConfig, SamplingBackend
+from tempa.alignment.completions import Completion
+from tempa.alignment.generation import (
+    GenerationParams,
+    Messages,
+    ThinkingMode,
+    resolve_modes,
+    template_kwargs,
+)
+from tempa.sft.stage_api import StageError
+
+log = logging.getLogger("tempa.alignment.http")
+
+RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+MAX_BACKOFF_S = 60.0
+
+
+class HTTPBackendError(StageError):
+    """The endpoint refused or kept failing; the message is one line and carries no secret."""
+
+
+def chat_request_body(
+    model: str,
+    messages: Messages,
+    params: GenerationParams,
+    *,
+    n: int,
+    seed: int,
+    thinking_mode: ThinkingMode | None,
+    send_chat_template_kwargs: bool = True,
+    extra_body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON body of one chat-completions request (a pure function; tested directly)."""
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "n": n,
+        "temperature": params.temperature,
+        "max_tokens": params.max_new_tokens,
+        "seed": seed,
+    }
+    if not params.greedy:
+        body["top_p"] = params.top_p
+    kwargs = template_kwargs(thinking_mode)
+    if send_chat_template_kwargs and kwargs:
+        body["chat_template_kwargs"] = kwargs
+    body.update(extra_body or {})
+    return body
+
+
+def parse_choices(response: dict[str, Any]) -> list[Completion]:
+    """Completions of one chat-completions response, in choice order."""
+    choices = sorted(response.get("choices") or [], key=lambda c: c.get("index", 0))
+    out = []
+    for choice in choices:
+        message = choice.get("message") or {}
+        reasoning = message.get("reasoning_content", message.get("reasoning"))
+        finish = choice.get("finish_reason")
+        out.append(Completion(
+            text=message.get("content") or "",
+            finish_reason=finish if finish in ("stop", "length") else None,
+            completion_tokens=None,  # `usage` counts all choices together
+            reasoning=reasoning if isinstance(reasoning, str) else None,
+        ))
+    usage = response.get("usage") or {}
+    if len(out) == 1 and isinstance(usage.get("completion_tokens"), int):
+        out[0].completion_tokens = usage["completion_tokens"]
+    return out
+
+
+class HTTPBackend(SamplingBackend):
+    """Samples from an OpenAI-compatible server, ``concurrency`` requests at a time."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 300.0,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        concurrency: int = 8,
+        supports_n: bool = True,
+        send_chat_template_kwargs: bool = True,
+        extra_body: dict[str, Any] | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self._api_key = api_key
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.concurrency = concurrency
+        self.supports_n = supports_n
+        self.send_chat_template_kwargs = send_chat_template_kwargs
+        self.extra_body = dict(extra_body or {})
+        self.show_progress = show_progress
+        self.describe = f"http:{model}@{base_url}"
+        self.requests_sent = 0
+        self.retries = 0
+
+    @classmethod
+    def from_config(cls, config: HTTPBackendConfig, *, show_progress: bool = True) -> HTTPBackend:
+        api_key = None
+        if config.api_key_env:
+            api_key = os.environ.get(config.api_key_env)
+            if not api_key:
+                raise StageError(f"http backend: environment variable {config.api_key_env} (api_key_env) is not set")
+        return cls(
+            config.base_url, config.model, api_key=api_key, timeout_s=config.timeout_s,
+            max_retries=config.max_retries, backoff_s=config.backoff_s, concurrency=config.concurrency,
+            supports_n=config.supports_n, send_chat_template_kwargs=config.send_chat_template_kwargs,
+            extra_body=config.extra_body, show_progress=show_progress,
+        )
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"HTTPBackend({self.describe})"
+
+    # ------------------------------------------------------------------ requests
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        attempt = 0
+        while True:
+            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+            retry_after: float | None = None
+            try:
+                self.requests_sent += 1
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    return json.loads(response.read().decode("utf-8"))
+            except urllib.error.HTTPError as exc:
+                detail = self._scrub(exc.read().decode("utf-8", "replace")[:300].replace("\n", " "))
+                if exc.code not in RETRY_STATUS:
+                    raise HTTPBackendError(f"POST {self.url}: HTTP {exc.code}: {detail}") from None
+                reason = f"HTTP {exc.code}: {detail}"
+                retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+                reason = self._scrub(str(getattr(exc, "reason", exc)))
+            except json.JSONDecodeError as exc:
+                raise HTTPBackendError(f"POST {self.url}: response is not JSON ({exc.msg})") from None
+            if attempt >= self.max_retries:
+                raise HTTPBackendError(f"POST {self.url}: failed after {attempt} retries: {reason}")
+            delay = retry_after if retry_after is not None else min(MAX_BACKOFF_S, self.backoff_s * 2**attempt)
+            delay *= 1.0 if retry_after is not None else random.uniform(0.8, 1.2)
+            log.warning("POST %s: %s; retry %d/%d in %.1fs", self.url, reason, attempt + 1, self.max_retries, delay)
+            self.retries += 1
+            time.sleep(delay)
+            attempt += 1
+
+    def _one_prompt(self, messages: Messages, params: GenerationParams, seed: int,
+                    mode: ThinkingMode | None) -> list[Completion]:
+        def body(n: int, s: int) -> dict[str, Any]:
+            return chat_request_body(self.model, messages, params, n=n, seed=s, thinking_mode=mode,
+                                     send_chat_template_kwargs=self.send_chat_template_kwargs,
+                                     extra_body=self.extra_body)
+
+        if self.supports_n:
+            completions = parse_choices(self._post(body(params.n, seed)))
+        else:
+            completions = [c for j in range(params.n) for c in parse_choices(self._post(body(1, seed + j)))]
+        if len(completions) != params.n:
+            raise HTTPBackendError(
+                f"POST {self.url}: asked for n={params.n} completions, got {len(completions)} "
+                "(set supports_n: false for servers that ignore `n`)"
+            )
+        return completions
+
+    def sample(
+        self,
+        prompts: list[Messages],
+        params: GenerationParams,
+        *,
+        thinking_modes: Sequence[ThinkingMode | None] | None = None,
+    ) -> list[list[Completion]]:
+        modes = resolve_modes(len(prompts), params, thinking_modes)
+        # Seeds step by n so that prompts never share one, whether or not the server honours `n`.
+        jobs = [(messages, params, params.seed + i * params.n, mode)
+                for i, (messages, mode) in enumerate(zip(prompts, modes, strict=True))]
+        if self.concurrency == 1 or len(jobs) == 1:
+            return [self._one_prompt(*job) for job in jobs]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs))) as pool:
+            return list(pool.map(lambda job: self._one_prompt(*job), jobs))
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return min(MAX_BACKOFF_S, max(0.0, float(value)))
+    except ValueError:
+        return None

@@ -1,0 +1,228 @@
+"""The `preference` stage's recipe block: on-policy sampling, rewards, pairs, trl DPOConfig pass-through.
+
+Example (YAML)::
+
+    - name: align
+      kind: preference
+      rounds: 2
+      prompts: {path: data/sample_prompts.jsonl, limit: 256}
+      sampling: {n: 4, temperature: 1.0, max_new_tokens: 1024, thinking: {mode: mixed, ratio: 0.5}}
+      rewards:
+        - {type: answer, weight: 1.0}
+        - {type: language, weight: 0.5}
+        - {type: format, weight: 0.5}
+        - {type: length, per_token: 0.0005, free_tokens: 512}
+      pairs: {min_margin: 0.25}
+      train:                 # any trl DPOConfig field
+        loss_type: apo_zero
+        beta: 0.1
+        learning_rate: 5.0e-7
+        precompute_ref_log_probs: true
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from tempa.alignment.backends import (
+    BackendConfig,
+    TransformersBackendConfig,
+    VLLMBackendConfig,
+    stage_refs,
+)
+from tempa.alignment.generation import GenerationParams
+from tempa.alignment.judge import REVISE_PROMPT, text_or_file
+from tempa.alignment.prompts import PromptSource, ThinkingSettings
+from tempa.alignment.rewards import JudgeReward, RewardConfig, check_reward_names
+from tempa.sft.stage_api import StageConfigBase
+from tempa.sft.train_args import check_train_args
+
+# Set by tempa from the stage folder and the launch settings (as for sft).
+RESERVED_TRAIN_KEYS = ("output_dir", "logging_dir", "resume_from_checkpoint", "deepspeed", "save_safetensors")
+
+# tempa's defaults on top of trl's DPOConfig.
+DEFAULT_DPO_ARGS: dict[str, Any] = {
+    "num_train_epochs": 1,
+    "learning_rate": 5e-7,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.1,  # a float below 1 is a fraction of the total steps
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "beta": 0.1,
+    "loss_type": ["sigmoid"],
+    "max_length": 2048,
+    "logging_steps": 10,
+    "save_strategy": "steps",
+    "save_steps": 500,
+    "save_total_limit": 2,
+    "report_to": "none",
+}
+
+# Common spellings from papers and other toolkits -> trl's names.
+LOSS_ALIASES = {"dpo": "sigmoid", "apo": "apo_zero", "ln_dpo": "sigmoid_norm", "length_normalized": "sigmoid_norm"}
+# trl 1.16's names, used when the installed DPOConfig's help text cannot be read.
+_FALLBACK_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+
+
+@functools.cache
+def trl_loss_types() -> tuple[str, ...]:
+    """The loss names the installed trl's DPOConfig documents (its `loss_type` help text)."""
+    from trl import DPOConfig
+
+    help_text = DPOConfig.__dataclass_fields__["loss_type"].metadata.get("help", "")
+    names = tuple(dict.fromkeys(re.findall(r"`'([a-z_]+)'`", help_text)))
+    return names or _FALLBACK_LOSSES
+
+
+def normalize_loss_type(value: Any) -> list[str]:
+    """`loss_type` as trl's list of names (aliases mapped); ValueError naming a bad one."""
+    names = [value] if isinstance(value, str) else list(value)
+    if not names:
+        raise ValueError("loss_type must name at least one loss")
+    valid = trl_loss_types()
+    out = []
+    for name in names:
+        mapped = LOSS_ALIASES.get(str(name).lower(), str(name).lower())
+        if mapped not in valid:
+            raise ValueError(
+                f"loss_type {name!r} is not a loss of the installed trl DPOConfig; expected one of "
+                f"{', '.join(valid)} (or alias {', '.join(f'{k}->{v}' for k, v in LOSS_ALIASES.items())})"
+            )
+        out.append(mapped)
+    return out
+
+
+class SamplingSettings(BaseModel):
+    """How samples are drawn: how many per prompt, temperature, length, batching, thinking mode."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: int = Field(default=4, ge=1, description="Samples per prompt (k).")
+    temperature: float = Field(default=1.0, ge=0, description="Sampling temperature (0: greedy; then n must be 1).")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(default=1024, ge=1, description="Most tokens per sample; longer samples are cut "
+                                "off (finish_reason 'length').")
+    batch_size: int = Field(default=8, ge=1, description="Prompts per generation batch; results are written to "
+                            "disk after every batch.")
+    thinking: ThinkingSettings = Field(default_factory=ThinkingSettings,
+                                       description="Thinking mode per prompt: on, off or mixed (a row's own "
+                                       "`thinking_mode` wins).")
+
+    @model_validator(mode="after")
+    def _greedy_n(self) -> SamplingSettings:
+        if self.temperature == 0 and self.n > 1:
+            raise ValueError("temperature 0 (greedy) gives n identical samples; set temperature > 0 or n: 1")
+        return self
+
+    def params(self, seed: int) -> GenerationParams:
+        return GenerationParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                                n=self.n, seed=seed, batch_size=self.batch_size)
+
+
+class ReviseSettings(BaseModel):
+    """The `revise` strategy: a teacher or judge rewrites the worst sample; the rewrite is chosen."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: BackendConfig = Field(description="Where the reviser runs (`{type: http|vllm|transformers, ...}`).")
+    prompt: str = Field(
+        default=REVISE_PROMPT,
+        description="Rewrite instruction (text or a .txt path) with {question}, {answer} (the rejected sample's "
+        "answer) and {language} placeholders; the reviser's answer becomes the chosen response.",
+    )
+    max_new_tokens: int = Field(default=1024, ge=1, description="Budget of one rewrite.")
+    temperature: float = Field(default=0.0, ge=0, description="Reviser sampling temperature.")
+    thinking_mode: Literal["on", "off"] | None = Field(default="off", description="The reviser's own thinking mode.")
+    batch_size: int = Field(default=8, ge=1, description="Rewrites per backend call.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str, info: ValidationInfo) -> str:
+        return text_or_file(value, info)
+
+
+class PairSettings(BaseModel):
+    """How preference pairs are built from one prompt's scored samples."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["best_worst", "revise"] = Field(
+        default="best_worst",
+        description="`best_worst`: the best sample is chosen, the worst rejected. `revise`: the worst sample is "
+        "rejected and its rewrite (see `revise`) is chosen.",
+    )
+    min_margin: float = Field(
+        default=0.0, ge=0, description="Smallest chosen-minus-rejected total reward for a pair; ties are always "
+        "dropped, as are prompts whose samples all score the same."
+    )
+    allow_truncated_chosen: bool = Field(
+        default=False, description="Let a sample cut off at max_new_tokens be chosen (it is trained as if it "
+        "ended there). Off: the best sample that ended properly is chosen."
+    )
+    revise: ReviseSettings | None = Field(default=None, description="Reviser settings for strategy `revise`.")
+
+    @model_validator(mode="after")
+    def _revise(self) -> PairSettings:
+        if self.strategy == "revise" and self.revise is None:
+            raise ValueError("strategy 'revise' needs a `revise:` block naming the reviser's backend")
+        return self
+
+
+class PreferenceStageConfig(StageConfigBase):
+    """On-policy preference alignment: per round, sample k responses per prompt from the current policy,
+    score them, pair best against worst, and train with trl's DPOTrainer; the next round starts from
+    the trained model."""
+
+    kind: Literal["preference"] = "preference"
+    prompts: PromptSource = Field(description="The prompts to sample (with target language / reference answers).")
+    rounds: int = Field(default=1, ge=1, description="Sampling + training rounds; each starts from the previous "
+                        "round's model.")
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings, description="Sampling settings.")
+    backend: TransformersBackendConfig | VLLMBackendConfig = Field(
+        default_factory=TransformersBackendConfig, discriminator="type",
+        description="How the policy is sampled: `{type: transformers}` or `{type: vllm, ...}` (its model is the "
+        "current policy, so `model` must be unset).",
+    )
+    rewards: list[RewardConfig] = Field(min_length=1, description="Rewards, verifiers and judges, with weights.")
+    pairs: PairSettings = Field(default_factory=PairSettings, description="Pair building.")
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any trl DPOConfig field (loss_type: sigmoid | apo_zero | ipo | sigmoid_norm | ..., beta, "
+        "learning_rate, precompute_ref_log_probs, max_steps, ...). tempa sets output_dir and deepspeed.",
+    )
+
+    @field_validator("rewards")
+    @classmethod
+    def _rewards(cls, value: list[Any]) -> list[Any]:
+        return check_reward_names(value)
+
+    @field_validator("backend")
+    @classmethod
+    def _policy(cls, value: Any) -> Any:
+        if value.model is not None:
+            raise ValueError("the preference stage samples its current policy; leave backend.model unset")
+        return value
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from trl import DPOConfig
+
+        value = dict(value)
+        if "loss_type" in value:
+            value["loss_type"] = normalize_loss_type(value["loss_type"])
+        return check_train_args(value, DPOConfig, reserved=RESERVED_TRAIN_KEYS)
+
+    def train_args(self) -> dict[str, Any]:
+        """tempa defaults overlaid with the recipe's values."""
+        return {**DEFAULT_DPO_ARGS, **self.train}
+
+    def depends_on(self) -> list[str]:
+        judges = [r.backend for r in self.rewards if isinstance(r, JudgeReward)]
+        reviser = self.pairs.revise.backend if self.pairs.revise else None
+        return list(dict.fromkeys(stage_refs(*judges, reviser)))

@@ -1,0 +1,409 @@
+"""The `preference` stage: N rounds of on-policy sampling -> rewards -> pairs -> DPO.
+
+Round K lives in ``<stage>/round-K/``::
+
+    samples.jsonl       k samples per prompt from the round's policy (appended per batch; resumable)
+    scores.jsonl        every sample's reward scores and total (appended per batch; resumable)
+    revisions.jsonl     (strategy revise) the rewrite of each prompt's worst sample, scored
+    pairs.jsonl         chosen/rejected pairs with their scores (the pairs dataset, readable)
+    data/pairs/         the same pairs as trl's conversational DPO dataset (save_to_disk)
+    stats.json          reward statistics: mean chosen/rejected reward, share of prompts with a pair,
+                        drop reasons, per-reward means, sampling throughput, training headline
+    train_plan.json     what `python -m tempa.alignment.dpo_train` trains (re-run by hand from logs/)
+    checkpoints/        DPO checkpoints (COMPLETE markers), resumed after a kill
+    final/              the round's model: the next round's policy
+
+Sampling and scoring run in the runner's process (the policy is loaded, used, released);
+training runs in a launched process group like the sft stage. A finished round is never
+redone; an interrupted one resumes where it stopped. After the last round ``final`` and
+``checkpoints`` in the stage folder point at that round's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tempa.alignment.backends import LazyBackend, SamplingBackend, build_backend
+from tempa.alignment.completions import Completion, assistant_message, split_think
+from tempa.alignment.judge import fill
+from tempa.alignment.pairs import UNRENDERABLE, Pair, PairStats, Scored, best_worst, revision_pair, worst
+from tempa.alignment.preference_config import PreferenceStageConfig
+from tempa.alignment.prompts import PromptRow, load_prompts
+from tempa.alignment.rewards import RewardSet, ScoreItem, ScoringEnv, reward_summary
+from tempa.alignment.sampling import (
+    JsonlStore,
+    completions_of,
+    run_incremental,
+    sample_prompts,
+    score_pass,
+    write_json,
+    write_jsonl,
+)
+from tempa.sft.stage_api import StageContext, StageError, StageResult
+
+__all__ = ["PreferenceStageConfig", "run_preference"]
+
+TRAIN_METRICS = "tempa_train_metrics.json"
+
+
+def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> StageResult:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
+    prompts = load_prompts(config.prompts, seed=ctx.seed, thinking=config.sampling.thinking)
+    ctx.log.info("preference: %d prompts, %d samples each, %d round(s)", len(prompts), config.sampling.n,
+                 config.rounds)
+    policy = Path(ctx.model_dir)
+    per_round: list[dict[str, Any]] = []
+    for round_index in range(1, config.rounds + 1):
+        round_dir = ctx.stage_dir / f"round-{round_index}"
+        stats = _finished_round(round_dir)
+        if stats is None:
+            stats = run_round(config, ctx, round_index, policy, prompts, tokenizer)
+        else:
+            ctx.log.info("round %d: already trained; reusing %s", round_index, round_dir / "final")
+        per_round.append(stats)
+        policy = round_dir / "final"
+    _point(ctx.stage_dir / "final", policy)
+    if (policy.parent / "checkpoints").is_dir():
+        _point(ctx.stage_dir / "checkpoints", policy.parent / "checkpoints")
+    last = per_round[-1]
+    metrics = {
+        "chosen_reward_mean": last["chosen_reward_mean"],
+        "rejected_reward_mean": last["rejected_reward_mean"],
+        "pair_fraction": last["pair_fraction"],
+        "pairs": last["pairs"],
+        "train_loss": last.get("train", {}).get("train_loss"),
+        "rounds": config.rounds,
+        "per_round": [_round_headline(s) for s in per_round],
+    }
+    outputs = {"final": str(policy), **{f"pairs_round_{s['round']}": str(ctx.stage_dir / f"round-{s['round']}"
+                                                                          / "pairs.jsonl") for s in per_round}}
+    return StageResult(model_dir=policy, metrics=metrics, outputs=outputs)
+
+
+def _finished_round(round_dir: Path) -> dict[str, Any] | None:
+    stats_file = round_dir / "stats.json"
+    if not (round_dir / "final" / TRAIN_METRICS).is_file() or not stats_file.is_file():
+        return None
+    stats = json.loads(stats_file.read_text())
+    return stats if "train" in stats else None
+
+
+def run_round(
+    config: PreferenceStageConfig,
+    ctx: StageContext,
+    round_index: int,
+    policy: Path,
+    prompts: list[PromptRow],
+    tokenizer: Any,
+) -> dict[str, Any]:
+    """Sample, score, pair and train one round; returns its stats (also in round-K/stats.json)."""
+    round_dir = ctx.stage_dir / f"round-{round_index}"
+    round_dir.mkdir(parents=True, exist_ok=True)
+    seed = ctx.seed + 7919 * (round_index - 1)
+    label = f"round {round_index}"
+    signature = {"policy": str(policy), "seed": seed, "prompts": [p.id for p in prompts],
+                 "sampling": config.sampling.model_dump(mode="json"), "backend": config.backend.model_dump(mode="json")}
+
+    # 1. sample k responses per prompt from the current policy
+    policy_backend = LazyBackend(lambda: build_backend(
+        config.backend, policy_dir=policy, tokenizer_dir=ctx.tokenizer_dir, stage_models=ctx.stage_models,
+        trust_remote_code=ctx.trust_remote_code, who=f"{ctx.stage_name} backend"))
+    try:
+        samples, sample_stats = sample_prompts(
+            prompts, policy_backend, config.sampling.params(seed), JsonlStore(round_dir / "samples.jsonl", signature),
+            desc=f"{label}: sample",
+        )
+    finally:
+        policy_backend.close()
+    ctx.log.info("%s: sampled %d prompts (%d resumed) %s", label, len(samples), sample_stats["resumed"],
+                 _throughput(sample_stats))
+
+    # 2. score every sample
+    rewards = RewardSet(config.rewards, ScoringEnv(
+        policy_dir=policy, tokenizer_dir=ctx.tokenizer_dir, stage_models=ctx.stage_models,
+        trust_remote_code=ctx.trust_remote_code, seed=seed, tokenizer=tokenizer))
+    score_signature = {**signature, "rewards": [r.model_dump(mode="json") for r in config.rewards]}
+    try:
+        scores, score_stats = score_pass(
+            prompts, samples, rewards, JsonlStore(round_dir / "scores.jsonl", score_signature),
+            chunk_size=config.sampling.batch_size, desc=f"{label}: score",
+        )
+        revisions = None
+        if config.pairs.strategy == "revise":
+            revisions = _revise(config, ctx, prompts, samples, scores, rewards, round_dir, score_signature, seed)
+        judge_stats = rewards.stats()
+    finally:
+        rewards.close()
+    ctx.log.info("%s: scored %d samples %s", label, sum(len(s["results"]) for s in scores), _throughput(score_stats))
+
+    # 3. build pairs
+    rows, pair_stats = build_round_pairs(config, prompts, samples, scores, revisions, tokenizer)
+    write_jsonl(round_dir / "pairs.jsonl", rows)
+    stats: dict[str, Any] = {
+        "round": round_index,
+        "policy": str(policy),
+        **pair_stats.summary(),
+        **reward_summary(config.rewards, scores),
+        "finish_reasons": dict(Counter(c.get("finish_reason") or "unknown" for s in samples
+                                       for c in s["completions"])),
+        "sampling": sample_stats,
+        "scoring": {**score_stats, **judge_stats},
+    }
+    write_json(round_dir / "stats.json", stats)
+    ctx.log.info(
+        "%s: %d pairs from %d prompts (%.0f%%); mean reward chosen %s, rejected %s; dropped %s", label,
+        stats["pairs"], stats["prompts"], 100 * stats["pair_fraction"], _fmt(stats["chosen_reward_mean"]),
+        _fmt(stats["rejected_reward_mean"]), stats["dropped"] or "none",
+    )
+    if not rows:
+        raise StageError(
+            f"{label}: no usable preference pair from {len(prompts)} prompts (dropped: {stats['dropped']}); "
+            f"see {round_dir / 'stats.json'}"
+        )
+
+    # 4. train with DPO in a launched process group
+    train_path = _save_pairs_dataset(rows, round_dir / "data" / "pairs")
+    trained = train_round(config, ctx, round_dir, policy, train_path, seed)
+    stats["train"] = trained
+    write_json(round_dir / "stats.json", stats)
+    return stats
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+def build_round_pairs(
+    config: PreferenceStageConfig,
+    prompts: list[PromptRow],
+    samples: list[dict[str, Any]],
+    scores: list[dict[str, Any]],
+    revisions: list[dict[str, Any]] | None,
+    tokenizer: Any,
+) -> tuple[list[dict[str, Any]], PairStats]:
+    """The pairs dataset rows (scores included) and the round's reward statistics."""
+    stats = PairStats()
+    rows: list[dict[str, Any]] = []
+    revised = {r["id"]: r for r in revisions or []}
+    for prompt, sample, score in zip(prompts, samples, scores, strict=True):
+        completions = completions_of(sample)
+        results = score["results"]
+        scored = [Scored(i, r["scores"]["total"], c.truncated, c.full_text)
+                  for i, (c, r) in enumerate(zip(completions, results, strict=True))]
+        chosen_completion: Completion | None = None
+        chosen_scores: dict[str, Any] = {}
+        if config.pairs.strategy == "revise":
+            revision = revised.get(prompt.id)
+            if revision is None:
+                pair, reason = None, "no_revision"
+            else:
+                chosen_completion = Completion.from_dict(revision["completion"])
+                chosen_scores = revision["result"]["scores"]
+                pair, reason = revision_pair(scored[revision["index"]], chosen_scores["total"],
+                                             min_margin=config.pairs.min_margin,
+                                             revision_text=chosen_completion.full_text)
+        else:
+            pair, reason = best_worst(scored, min_margin=config.pairs.min_margin,
+                                      allow_truncated_chosen=config.pairs.allow_truncated_chosen)
+            if pair is not None:
+                chosen_completion = completions[pair.chosen]
+                chosen_scores = results[pair.chosen]["scores"]
+        row = None
+        if pair is not None and chosen_completion is not None:
+            row = pair_row(prompt, pair, chosen_completion, completions[pair.rejected], chosen_scores,
+                           results[pair.rejected]["scores"])
+            if not renders(tokenizer, row):
+                pair, reason, row = None, UNRENDERABLE, None
+        stats.add(pair, reason, [s.total for s in scored])
+        if row is not None:
+            rows.append(row)
+    return rows, stats
+
+
+def pair_row(prompt: PromptRow, pair: Pair, chosen: Completion, rejected: Completion,
+             chosen_scores: dict[str, Any], rejected_scores: dict[str, Any]) -> dict[str, Any]:
+    """One row of the pairs dataset: trl's conversational format plus scores and provenance."""
+    mode = prompt.thinking_mode or "on"
+    return {
+        "prompt_id": prompt.id,
+        "prompt": prompt.messages,
+        "chosen": [assistant_message(chosen)],
+        "rejected": [assistant_message(rejected)],
+        "chat_template_kwargs": {"thinking_mode": mode, "enable_thinking": mode == "on"},
+        "chosen_score": pair.chosen_score,
+        "rejected_score": pair.rejected_score,
+        "margin": pair.margin,
+        "chosen_index": pair.chosen,
+        "rejected_index": pair.rejected,
+        "chosen_scores": chosen_scores,
+        "rejected_scores": rejected_scores,
+        "language": prompt.language,
+    }
+
+
+def renders(tokenizer: Any, row: dict[str, Any]) -> bool:
+    """Both sides render through the chat template (e.g. no stray think tags it refuses)."""
+    try:
+        for side in ("chosen", "rejected"):
+            tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=False, **row["chat_template_kwargs"])
+    except Exception:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- revise
+
+
+def _revise(config: PreferenceStageConfig, ctx: StageContext, prompts: list[PromptRow],
+            samples: list[dict[str, Any]], scores: list[dict[str, Any]], rewards: RewardSet, round_dir: Path,
+            signature: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+    """Rewrite each prompt's worst sample with the reviser and score the rewrite (resumable)."""
+    settings = config.pairs.revise
+    assert settings is not None
+    by_id = {s["id"]: (completions_of(s), sc["results"]) for s, sc in zip(samples, scores, strict=True)}
+    targets: list[tuple[PromptRow, int]] = []
+    for prompt in prompts:
+        _, results = by_id[prompt.id]
+        bottom = worst([Scored(i, r["scores"]["total"]) for i, r in enumerate(results)])
+        if bottom is not None:
+            targets.append((prompt, bottom.index))
+    reviser: SamplingBackend = LazyBackend(lambda: build_backend(
+        settings.backend, policy_dir=Path(signature["policy"]), tokenizer_dir=ctx.tokenizer_dir,
+        stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code, who="pairs.revise"))
+    from tempa.alignment.generation import GenerationParams
+
+    def work(chunk: list[tuple[PromptRow, int]], index: int) -> list[dict[str, Any]]:
+        params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, n=1,
+                                  seed=seed + 1000 * index, thinking_mode=settings.thinking_mode,
+                                  batch_size=settings.batch_size)
+        requests = [[{"role": "user", "content": fill(settings.prompt, question=p.question,
+                                                      answer=split_think(by_id[p.id][0][i]).answer,
+                                                      language=p.language)}] for p, i in chunk]
+        outputs = reviser.sample(requests, params)
+        revisions = []
+        for (prompt, _), group in zip(chunk, outputs, strict=True):
+            split = split_think(group[0])
+            # The rewrite is the chosen answer; under thinking on it gets an (empty) closed think block.
+            reasoning = (split.reasoning or "") if prompt.thinking_mode != "off" else None
+            revisions.append(Completion(text=split.answer, reasoning=reasoning, finish_reason=group[0].finish_reason,
+                                        completion_tokens=group[0].completion_tokens))
+        results = rewards.score([ScoreItem(p, c) for (p, _), c in zip(chunk, revisions, strict=True)])
+        return [{"id": p.id, "index": i, "completion": c.to_dict(), "result": r}
+                for (p, i), c, r in zip(chunk, revisions, results, strict=True)]
+
+    try:
+        records, _ = run_incremental(
+            targets, key=lambda t: t[0].id, work=work,
+            store=JsonlStore(round_dir / "revisions.jsonl", {**signature, "revise": settings.model_dump(mode="json")}),
+            chunk_size=settings.batch_size, desc="revise",
+        )
+    finally:
+        reviser.close()
+    return records
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_round(config: PreferenceStageConfig, ctx: StageContext, round_dir: Path, policy: Path, train_path: Path,
+                seed: int) -> dict[str, Any]:
+    """Launch `tempa.alignment.dpo_train` for one round; returns the training headline."""
+    from tempa.sft.checkpoints import remove_incomplete_checkpoints
+
+    checkpoints = round_dir / "checkpoints"
+    for path in remove_incomplete_checkpoints(checkpoints):
+        ctx.log.warning("removed incomplete checkpoint %s (interrupted while saving)", path.name)
+    plan = {
+        "model_dir": str(policy),
+        "tokenizer_dir": str(ctx.tokenizer_dir),
+        "train_data": str(train_path),
+        "output_dir": str(checkpoints),
+        "final_dir": str(round_dir / "final"),
+        "train_args": config.train_args(),
+        "seed": seed,
+        "use_cpu": ctx.use_cpu,
+        "mixed_precision": ctx.mixed_precision,
+        "deepspeed": str(ctx.deepspeed_config) if ctx.deepspeed_config else None,
+        "trust_remote_code": ctx.trust_remote_code,
+        "runner_pid": os.getpid(),
+    }
+    plan_path = round_dir / "train_plan.json"
+    write_json(plan_path, plan)
+    ctx.launch("tempa.alignment.dpo_train", ["--plan", str(plan_path)], round_dir / "logs" / "train.log")
+    metrics_file = round_dir / "final" / TRAIN_METRICS
+    if not metrics_file.is_file():
+        raise StageError(f"DPO training finished without a final model in {round_dir / 'final'}")
+    return train_headline(json.loads(metrics_file.read_text()))
+
+
+def train_headline(trained: dict[str, Any]) -> dict[str, Any]:
+    logs = [entry for entry in trained.get("log_history", []) if "loss" in entry]
+    last = logs[-1] if logs else {}
+    return {
+        "global_step": trained.get("global_step"),
+        "train_loss": trained.get("train", {}).get("train_loss"),
+        "first_logged_loss": logs[0]["loss"] if logs else None,
+        "last_logged_loss": last.get("loss"),
+        **{key: last[key] for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
+           if key in last},
+        "resumed_from": trained.get("resumed_from"),
+    }
+
+
+def _round_headline(stats: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "round": stats["round"],
+        "prompts": stats["prompts"],
+        "pairs": stats["pairs"],
+        "pair_fraction": stats["pair_fraction"],
+        "chosen_reward_mean": stats["chosen_reward_mean"],
+        "rejected_reward_mean": stats["rejected_reward_mean"],
+        "sample_reward_mean": stats["sample_reward_mean"],
+        "train_loss": stats.get("train", {}).get("train_loss"),
+    }
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _save_pairs_dataset(rows: list[dict[str, Any]], path: Path) -> Path:
+    """trl's conversational preference columns only, saved for the training processes."""
+    import datasets
+
+    columns = ("prompt", "chosen", "rejected", "chat_template_kwargs")
+    dataset = datasets.Dataset.from_list([{k: row[k] for k in columns} for row in rows])
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dataset.save_to_disk(str(tmp))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def _point(link: Path, target: Path) -> None:
+    """``link`` -> ``target`` (relative symlink), replacing an older link."""
+    if link.exists() and not link.is_symlink():
+        return
+    tmp = link.with_name(f".{link.name}.link")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(target, link.parent), tmp)
+    os.replace(tmp, link)
+
+
+def _throughput(stats: dict[str, Any]) -> str:
+    if not stats.get("seconds"):
+        return "(nothing left to do)"
+    parts = [f"in {stats['seconds']:.1f}s", f"{stats.get('samples_per_s', 0):.1f} samples/s"]
+    if stats.get("tokens"):
+        parts.append(f"{stats.get('tokens_per_s', 0):.0f} tok/s")
+    return "(" + ", ".join(parts) + ")"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,191 @@
+"""Prompts to sample from: chat prompts plus what the rewards need (target language, reference answer).
+
+A row holds either ``messages`` (a chat ending with a user turn; a trailing assistant turn is
+taken off and kept as the ``reference`` answer) or a plain ``prompt`` string, and optionally
+the target ``language``, a verifiable ``answer`` and a per-row ``thinking_mode``. The shipped
+``recipes/data/sample_prompts.jsonl`` is in this format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from tempa.sft.stage_api import StageError, looks_local, resolve_path
+
+
+class PromptSource(BaseModel):
+    """Where the prompts come from and which columns hold what."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(
+        description="A .jsonl / .json / .parquet / .csv file, a `save_to_disk` folder, or a hub dataset id. "
+        "Relative paths are resolved against the recipe's folder."
+    )
+    split: str = Field(default="train", description="Split of a hub dataset or DatasetDict folder.")
+    messages_field: str = Field(default="messages", description="Column with the chat (list of {role, content}).")
+    prompt_field: str = Field(default="prompt", description="Column with a plain prompt string (used when there "
+                              "is no messages column).")
+    language_field: str = Field(default="language", description="Column with the target language (ISO 639-1).")
+    answer_field: str = Field(default="answer", description="Column with the verifiable reference answer.")
+    thinking_field: str = Field(default="thinking_mode", description="Column with a per-row thinking mode (on/off).")
+    system_prompt: str | None = Field(default=None, description="System message prepended to every prompt "
+                                      "that has none.")
+    limit: int | None = Field(default=None, ge=1, description="Use at most this many prompts (after shuffling).")
+    shuffle: bool = Field(default=False, description="Shuffle (with the recipe seed) before applying `limit`.")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_path(value, info)
+
+
+class ThinkingSettings(BaseModel):
+    """The thinking mode each prompt is sampled with (a row's own `thinking_mode` wins)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["on", "off", "mixed"] = Field(
+        default="on", description="`on`, `off`, or `mixed`: a seeded `ratio` share of the prompts on, the rest off."
+    )
+    ratio: float | None = Field(default=None, ge=0, le=1, description="With `mixed`: share of prompts with "
+                                "thinking on.")
+
+    @model_validator(mode="after")
+    def _ratio(self) -> ThinkingSettings:
+        if self.mode == "mixed" and self.ratio is None:
+            raise ValueError("thinking mode 'mixed' needs ratio (0..1)")
+        if self.mode != "mixed" and self.ratio is not None:
+            raise ValueError("ratio applies only to thinking mode 'mixed'")
+        return self
+
+
+@dataclass
+class PromptRow:
+    """One prompt, ready for a backend and the rewards."""
+
+    id: str
+    messages: list[dict[str, Any]]
+    language: str | None = None
+    answer: Any = None
+    reference: str | None = None
+    thinking_mode: Literal["on", "off"] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def question(self) -> str:
+        """The last user message (what a judge is shown as the question)."""
+        return next((str(m.get("content", "")) for m in reversed(self.messages) if m.get("role") == "user"), "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "messages": self.messages, "language": self.language, "answer": self.answer,
+                "reference": self.reference, "thinking_mode": self.thinking_mode}
+
+
+def prompt_id(index: int, messages: list[dict[str, Any]]) -> str:
+    """Stable id: position plus a content hash, so changed data is never mistaken for finished work."""
+    digest = hashlib.sha1(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return f"{index:06d}-{digest[:10]}"
+
+
+def _read_rows(source: PromptSource) -> list[dict[str, Any]]:
+    path = Path(source.path)
+    where = source.path
+    try:
+        if path.is_file() and path.suffix.lower() == ".jsonl":
+            rows = []
+            with open(path, encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except json.JSONDecodeError as exc:
+                            raise StageError(f"{where}: line {number}: not valid JSON ({exc.msg})") from None
+            return rows
+        if path.is_file() and path.suffix.lower() == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, list):
+                raise StageError(f"{where}: expected a JSON list of rows")
+            return data
+        import datasets
+
+        if path.is_dir() and any((path / n).exists() for n in ("dataset_info.json", "state.json", "dataset_dict.json")):
+            loaded = datasets.load_from_disk(str(path))
+        elif path.is_file():
+            builder = {".parquet": "parquet", ".csv": "csv"}.get(path.suffix.lower())
+            if builder is None:
+                raise StageError(f"{where}: unsupported file type {path.suffix!r}; expected .jsonl, .json, .parquet, .csv")
+            loaded = datasets.load_dataset(builder, data_files=str(path), split="train")
+        elif looks_local(source.path):
+            raise StageError(f"{where}: no such file or folder")
+        else:
+            loaded = datasets.load_dataset(source.path, split=source.split)
+        if isinstance(loaded, datasets.DatasetDict):
+            loaded = loaded[source.split]
+        return [dict(row) for row in loaded]
+    except StageError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StageError(f"{where}: could not load prompts: {first}") from None
+
+
+def to_prompt(row: dict[str, Any], index: int, source: PromptSource) -> PromptRow:
+    """A raw row as a :class:`PromptRow`; raises StageError naming the row when it cannot be used."""
+    where = f"{source.path}: row {index + 1}"
+    if source.messages_field in row and row[source.messages_field] is not None:
+        messages = [dict(m) for m in row[source.messages_field]]
+    elif isinstance(row.get(source.prompt_field), str):
+        messages = [{"role": "user", "content": row[source.prompt_field]}]
+    else:
+        raise StageError(f"{where}: has neither a '{source.messages_field}' list nor a '{source.prompt_field}' string")
+    reference = None
+    while messages and messages[-1].get("role") == "assistant":
+        reference = reference if reference is not None else str(messages[-1].get("content") or "")
+        messages.pop()
+    if not messages or messages[-1].get("role") != "user":
+        raise StageError(f"{where}: the conversation must end with a user message")
+    messages = [{"role": m["role"], "content": m.get("content")} for m in messages]
+    if source.system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": source.system_prompt})
+    mode = row.get(source.thinking_field)
+    if mode not in (None, "on", "off"):
+        raise StageError(f"{where}: {source.thinking_field} must be 'on' or 'off', got {mode!r}")
+    language = row.get(source.language_field)
+    return PromptRow(
+        id=prompt_id(index, messages),
+        messages=messages,
+        language=str(language).lower() if language else None,
+        answer=row.get(source.answer_field),
+        reference=reference,
+        thinking_mode=mode,
+    )
+
+
+def load_prompts(source: PromptSource, *, seed: int, thinking: ThinkingSettings | None = None) -> list[PromptRow]:
+    """The prompts in a stable order, each with its thinking mode decided (seeded for `mixed`)."""
+    rows = _read_rows(source)
+    order = list(range(len(rows)))
+    if source.shuffle:
+        random.Random(seed).shuffle(order)
+    if source.limit is not None:
+        order = order[: source.limit]
+    prompts = [to_prompt(rows[i], i, source) for i in order]
+    if not prompts:
+        raise StageError(f"{source.path}: no prompts")
+    if thinking is not None:
+        rng = random.Random(seed + 1)
+        for prompt in prompts:
+            draw = rng.random()  # drawn for every row, so one row's own mode never shifts the others
+            if prompt.thinking_mode is None:
+                prompt.thinking_mode = (
+                    thinking.mode if thinking.mode != "mixed" else ("on" if draw < (thinking.ratio or 0) else "off")
+                )
+    return prompts

@@ -1,0 +1,553 @@
+"""Rewards, verifiers and judges, composable with weights.
+
+Each reward gives a sample a score (or ``None``: "does not apply", e.g. no reference answer, an
+unparsable judge reply); the sample's ``total`` is the weighted sum of the scores that apply.
+
+========================  ==========================================================  ============
+type                      score                                                       range
+========================  ==========================================================  ============
+``answer``                the answer matches the reference (math-verify, exact,       0 or 1
+                          contains or regex)
+``language``              the answer is in the prompt's target language (py3langid)   0 or 1
+``format``                share of format checks passed: think block closed exactly   0..1
+                          when thinking is on, non-empty answer, ended with
+                          end-of-turn (not cut off)
+``length``                ``-per_token * max(0, tokens - free_tokens)``, capped       -max..0
+``reward_model``          a sequence-classification model's score                     logit/0..1
+``judge``                 an LLM judge's 1-10 rating (or (r-1)/9 with scale: unit)    1..10 / 0..1
+========================  ==========================================================  ============
+
+SEA-IFEval's rule is built in: with a ``language`` reward whose ``gate`` is on (the default), a
+response in the wrong language fails every ``answer`` check, however correct it is.
+
+The scoring functions are pure (text in, number out); model-backed rewards (reward model,
+judge) batch their work and load their model only when first used.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from tempa.alignment.backends import SamplingBackend, build_backend
+from tempa.alignment.completions import Completion, ThinkSplit, split_think
+from tempa.alignment.judge import (
+    MULTI_TURN_RUBRIC,
+    SINGLE_TURN_RUBRIC,
+    Judge,
+    JudgeSettings,
+    fill,
+    render_conversation,
+)
+from tempa.alignment.prompts import PromptRow
+from tempa.sft.stage_api import resolve_path
+
+# --------------------------------------------------------------------------- pure scoring functions
+
+_PUNCT = re.compile(r"[\s\W_]+", re.UNICODE)
+
+
+def normalize_text(text: str) -> str:
+    """Case-folded, NFKC, punctuation and whitespace removed: what exact matching compares."""
+    return _PUNCT.sub("", unicodedata.normalize("NFKC", str(text)).casefold())
+
+
+def _math_equal(gold: str, answer: str) -> bool | None:
+    """math-verify equality; None when the gold answer is not something math-verify can parse."""
+    from math_verify import parse, verify
+
+    # math-verify's timeouts use SIGALRM, which only the main thread may set.
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    parsed_gold = parse(str(gold), parsing_timeout=timeout)
+    if not parsed_gold:
+        return None
+    return bool(verify(parsed_gold, parse(answer, parsing_timeout=timeout), timeout_seconds=timeout))
+
+
+def answer_match(
+    answer: str,
+    gold: Any,
+    match: Literal["auto", "math", "exact", "contains", "regex"] = "auto",
+    pattern: str | None = None,
+) -> float | None:
+    """1.0 when ``answer`` gives the reference answer ``gold``, 0.0 when not, None without a reference.
+
+    ``gold`` may be a list of accepted answers. ``auto`` uses math-verify when the reference is a
+    number or a formula, else ``contains``. ``regex``: ``pattern`` is searched in the answer; its
+    first group (or the whole match) must equal the reference after normalisation.
+    """
+    if gold is None or (isinstance(gold, str) and not gold.strip()):
+        return None
+    golds = [str(g) for g in gold] if isinstance(gold, list | tuple) else [str(gold)]
+    for g in golds:
+        if match == "regex":
+            if pattern is None:
+                raise ValueError("answer match 'regex' needs a pattern")
+            found = re.search(pattern, answer)
+            if found and normalize_text(found.group(1) if found.groups() else found.group(0)) == normalize_text(g):
+                return 1.0
+            continue
+        if match in ("auto", "math"):
+            equal = _math_equal(g, answer) if answer.strip() else False
+            if equal is not None:
+                if equal:
+                    return 1.0
+                continue
+            if match == "math":
+                continue
+        if match == "exact" and normalize_text(answer) == normalize_text(g):
+            return 1.0
+        if match in ("contains", "auto") and normalize_text(g) and normalize_text(g) in normalize_text(answer):
+            return 1.0
+    return 0.0
+
+
+@functools.cache
+def _identifier(languages: tuple[str, ...] | None):
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    if languages:
+        identifier.set_languages(list(languages))
+    return identifier
+
+
+def detect_language(text: str, languages: tuple[str, ...] | None = None) -> tuple[str, float]:
+    """py3langid's best guess (ISO 639-1 code, probability) for ``text``."""
+    code, probability = _identifier(languages).classify(text)
+    return str(code), float(probability)
+
+
+DEFAULT_EQUIVALENTS = (("id", "ms"), ("tl", "fil"))
+
+
+def letter_count(text: str) -> int:
+    return sum(1 for ch in text if unicodedata.category(ch).startswith("L"))
+
+
+def language_match(
+    text: str,
+    target: str | None,
+    *,
+    min_letters: int = 8,
+    languages: tuple[str, ...] | None = None,
+    equivalents: tuple[tuple[str, ...], ...] = DEFAULT_EQUIVALENTS,
+) -> tuple[float | None, str | None]:
+    """(1.0 / 0.0 / None, detected code): is ``text`` in the ``target`` language?
+
+    None (does not apply) when there is no target or fewer than ``min_letters`` letters to judge
+    by (e.g. a bare number). Codes in one ``equivalents`` group count as the same language.
+    """
+    if not target:
+        return None, None
+    if letter_count(text) < min_letters:
+        return None, None
+    detected, _ = detect_language(text, languages)
+    target = target.lower()
+    same = detected == target or any(detected in group and target in group for group in equivalents)
+    return (1.0 if same else 0.0), detected
+
+
+def format_checks(completion: Completion, thinking_mode: str | None, *, require_stop: bool = True) -> dict[str, bool]:
+    """Named format checks of a response (the format reward is the share that pass).
+
+    - ``think``: thinking on: a think block is present and closed; thinking off: no reasoning text.
+    - ``no_stray_tags``: no think tags beyond the one block.
+    - ``answer``: the answer (after the block) is not empty.
+    - ``ended``: generation ended with the end-of-turn token, not at the token limit (left out
+      when the backend cannot tell, or ``require_stop`` is off).
+    """
+    split: ThinkSplit = split_think(completion)
+    thinking = thinking_mode != "off"
+    checks = {
+        "think": (split.has_block and split.closed) if thinking else not (split.reasoning or "").strip(),
+        "no_stray_tags": not split.stray_tags,
+        "answer": bool(split.answer.strip()),
+    }
+    if require_stop and completion.finish_reason is not None:
+        checks["ended"] = completion.finish_reason == "stop"
+    return checks
+
+
+def length_penalty(tokens: int, *, free_tokens: int = 0, per_token: float = 0.001, max_penalty: float = 1.0) -> float:
+    """``-per_token`` for every token beyond ``free_tokens``, never below ``-max_penalty``."""
+    return -min(max_penalty, per_token * max(0, tokens - free_tokens))
+
+
+def combine(scores: Mapping[str, float | None], weights: Mapping[str, float]) -> float | None:
+    """Weighted sum of the scores that apply; None when none does."""
+    applied = [(weights[name], value) for name, value in scores.items() if value is not None]
+    return sum(w * v for w, v in applied) if applied else None
+
+
+# --------------------------------------------------------------------------- recipe configs
+
+
+class _RewardBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, description="Name in score records and thresholds. Default: the type.")
+    weight: float = Field(default=1.0, description="Weight of this score in the sample's total.")
+
+    @property
+    def key(self) -> str:
+        return self.name or self.type  # type: ignore[attr-defined]
+
+
+class AnswerReward(_RewardBase):
+    """Verifiable answer: the response gives the prompt's reference answer (column `answer`)."""
+
+    type: Literal["answer"] = "answer"
+    match: Literal["auto", "math", "exact", "contains", "regex"] = Field(
+        default="auto",
+        description="`math`: math-verify equivalence (numbers, fractions, LaTeX); `exact`: equal after case, "
+        "punctuation and space folding; `contains`: the reference appears in the answer; `regex`: `pattern` "
+        "extracts the answer; `auto`: math when the reference parses as math, else contains.",
+    )
+    pattern: str | None = Field(default=None, description="With `match: regex`: the pattern; group 1 is the answer.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            re.compile(value)
+        return value
+
+
+class LanguageReward(_RewardBase):
+    """Language fidelity: the answer is in the prompt's target language (column `language`, py3langid)."""
+
+    type: Literal["language"] = "language"
+    gate: bool = Field(
+        default=True,
+        description="SEA-IFEval's rule: a response in the wrong language fails every `answer` check (its "
+        "answer score becomes 0), however correct it is.",
+    )
+    min_letters: int = Field(
+        default=8, ge=1, description="Answers with fewer letters (e.g. a bare number) are not judged (no score)."
+    )
+    languages: list[str] | None = Field(
+        default=None, description="Restrict py3langid to these codes (e.g. the recipe's languages); default: all 97."
+    )
+    equivalents: list[list[str]] = Field(
+        default_factory=lambda: [list(g) for g in DEFAULT_EQUIVALENTS],
+        description="Groups of codes that count as one language (default: id~ms, tl~fil).",
+    )
+
+
+class FormatReward(_RewardBase):
+    """Format: think block closed exactly when thinking is on, non-empty answer, ended with end-of-turn."""
+
+    type: Literal["format"] = "format"
+    require_stop: bool = Field(
+        default=True, description="Count a response cut off at max_new_tokens as failing the `ended` check."
+    )
+
+
+class LengthPenalty(_RewardBase):
+    """Length penalty: -per_token for every completion token beyond free_tokens, capped at -max_penalty."""
+
+    type: Literal["length"] = "length"
+    free_tokens: int = Field(default=0, ge=0, description="Tokens allowed without penalty.")
+    per_token: float = Field(default=0.001, ge=0, description="Penalty per token beyond free_tokens.")
+    max_penalty: float = Field(default=1.0, ge=0, description="Largest penalty (the score never goes below minus this).")
+
+
+class RewardModelReward(_RewardBase):
+    """A reward model: a sequence-classification checkpoint scoring prompt + answer."""
+
+    type: Literal["reward_model"] = "reward_model"
+    model: str = Field(description="Folder or hub id of an AutoModelForSequenceClassification checkpoint.")
+    normalize: Literal["none", "sigmoid"] = Field(
+        default="none", description="`none`: the raw logit (label 0); `sigmoid`: squashed to 0..1."
+    )
+    batch_size: int = Field(default=8, ge=1, description="Conversations per forward pass.")
+    max_length: int = Field(default=4096, ge=8, description="Longer conversations keep their last tokens.")
+    device: str = Field(default="auto", description="`auto`, `cpu`, `cuda:0`, ...")
+    dtype: str = Field(default="auto", description="`auto` (bf16 on GPU, fp32 on CPU) or a torch dtype name.")
+    include_reasoning: bool = Field(default=False, description="Show the reasoning to the reward model too.")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_path(value, info)
+
+
+class JudgeReward(_RewardBase, JudgeSettings):
+    """An LLM judge's 1-10 rating (MT-Bench `[[N]]`); unparsable replies give no score and are counted."""
+
+    type: Literal["judge"] = "judge"
+    scale: Literal["raw", "unit"] = Field(
+        default="raw", description="`raw`: the 1-10 rating; `unit`: (rating - 1) / 9, in 0..1."
+    )
+    use_reference: bool = Field(
+        default=True, description="Show the judge the prompt's reference (answer column or reference reply)."
+    )
+
+
+RewardConfig = Annotated[
+    AnswerReward | LanguageReward | FormatReward | LengthPenalty | RewardModelReward | JudgeReward,
+    Field(discriminator="type"),
+]
+
+
+def check_reward_names(rewards: list[Any]) -> list[Any]:
+    """Names must be unique (and not 'total')."""
+    seen: set[str] = set()
+    for reward in rewards:
+        if reward.key == "total":
+            raise ValueError("'total' is reserved for the weighted sum; rename that reward")
+        if reward.key in seen:
+            raise ValueError(f"two rewards are named {reward.key!r}; give one a `name`")
+        seen.add(reward.key)
+    return rewards
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class ScoreItem:
+    prompt: PromptRow
+    completion: Completion
+
+
+@dataclass
+class ScoringEnv:
+    """What model-backed rewards need from the stage (defaults for backends, token counting)."""
+
+    policy_dir: Path
+    tokenizer_dir: Path
+    stage_models: Mapping[str, Path] = field(default_factory=dict)
+    trust_remote_code: bool = False
+    seed: int = 0
+    tokenizer: Any = None  # counts tokens when a backend did not report them
+    show_progress: bool = True
+
+
+def count_tokens(completion: Completion, tokenizer: Any = None) -> int:
+    if completion.completion_tokens is not None:
+        return completion.completion_tokens
+    text = completion.full_text if completion.reasoning is None else completion.reasoning + completion.text
+    if tokenizer is not None:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return max(1, len(text) // 4)
+
+
+class RewardSet:
+    """The recipe's rewards, applied together: ``score(items)`` -> one record per item."""
+
+    def __init__(self, configs: list[Any], env: ScoringEnv) -> None:
+        check_reward_names(configs)
+        self.configs = configs
+        self.env = env
+        self.weights = {c.key: c.weight for c in configs}
+        self._judges: dict[str, Judge] = {}
+        self._backends: list[SamplingBackend] = []
+        self._reward_models: dict[str, _RewardModel] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return [c.key for c in self.configs]
+
+    def score(self, items: list[ScoreItem]) -> list[dict[str, Any]]:
+        """``{"scores": {name: value, "total": value}, "details": {...}}`` per item."""
+        scores: list[dict[str, float | None]] = [{} for _ in items]
+        details: list[dict[str, Any]] = [{} for _ in items]
+        for config in self.configs:
+            values, infos = self._apply(config, items)
+            for i, (value, info) in enumerate(zip(values, infos, strict=True)):
+                scores[i][config.key] = value
+                if info:
+                    details[i][config.key] = info
+        gates = [c.key for c in self.configs if isinstance(c, LanguageReward) and c.gate]
+        answers = [c.key for c in self.configs if isinstance(c, AnswerReward)]
+        records = []
+        for item_scores, item_details in zip(scores, details, strict=True):
+            if gates and answers and any(item_scores.get(g) == 0.0 for g in gates):
+                for name in answers:
+                    if item_scores[name]:
+                        item_details.setdefault(name, {})["gated_by_language"] = True
+                        item_scores[name] = 0.0
+            total = combine(item_scores, self.weights)
+            records.append({"scores": {**item_scores, "total": total}, "details": item_details})
+        return records
+
+    def _apply(self, config: Any, items: list[ScoreItem]) -> tuple[list[float | None], list[dict[str, Any]]]:
+        if isinstance(config, AnswerReward):
+            return [answer_match(split_think(it.completion).answer, it.prompt.answer, config.match, config.pattern)
+                    for it in items], [{} for _ in items]
+        if isinstance(config, LanguageReward):
+            values, infos = [], []
+            for it in items:
+                value, detected = language_match(
+                    split_think(it.completion).answer, it.prompt.language, min_letters=config.min_letters,
+                    languages=tuple(config.languages) if config.languages else None,
+                    equivalents=tuple(tuple(g) for g in config.equivalents),
+                )
+                values.append(value)
+                infos.append({"detected": detected} if detected else {})
+            return values, infos
+        if isinstance(config, FormatReward):
+            values, infos = [], []
+            for it in items:
+                checks = format_checks(it.completion, it.prompt.thinking_mode, require_stop=config.require_stop)
+                values.append(sum(checks.values()) / len(checks))
+                infos.append({"failed": [k for k, ok in checks.items() if not ok]})
+            return values, infos
+        if isinstance(config, LengthPenalty):
+            values, infos = [], []
+            for it in items:
+                tokens = count_tokens(it.completion, self.env.tokenizer)
+                values.append(length_penalty(tokens, free_tokens=config.free_tokens, per_token=config.per_token,
+                                             max_penalty=config.max_penalty))
+                infos.append({"tokens": tokens})
+            return values, infos
+        if isinstance(config, RewardModelReward):
+            model = self._reward_models.get(config.key)
+            if model is None:
+                model = self._reward_models[config.key] = _RewardModel(config, self.env)
+            return model.score(items), [{} for _ in items]
+        if isinstance(config, JudgeReward):
+            return self._judge(config, items)
+        raise TypeError(f"unknown reward config {type(config).__name__}")
+
+    def judge_for(self, config: JudgeSettings, key: str) -> Judge:
+        judge = self._judges.get(key)
+        if judge is None:
+            backend = build_backend(
+                config.backend, policy_dir=self.env.policy_dir, tokenizer_dir=self.env.tokenizer_dir,
+                stage_models=self.env.stage_models, trust_remote_code=self.env.trust_remote_code,
+                who=f"reward {key}", show_progress=self.env.show_progress,
+            )
+            self._backends.append(backend)
+            judge = self._judges[key] = Judge(backend, config, seed=self.env.seed)
+        return judge
+
+    def _judge(self, config: JudgeReward, items: list[ScoreItem]) -> tuple[list[float | None], list[dict[str, Any]]]:
+        judge = self.judge_for(config, config.key)
+        prompts = [judge_prompt(config.rubric, it, use_reference=config.use_reference) for it in items]
+        verdicts = judge.rate(prompts)
+        values: list[float | None] = []
+        infos = []
+        for verdict in verdicts:
+            score = verdict.score
+            if score is not None and config.scale == "unit":
+                score = (score - 1) / 9
+            values.append(score)
+            infos.append({"rating": verdict.score, "raw": verdict.raw[-2000:]} if verdict.score is None
+                         else {"rating": verdict.score})
+        return values, infos
+
+    def stats(self) -> dict[str, Any]:
+        """Judge call and unparsable counts, per judge reward."""
+        out: dict[str, Any] = {}
+        for key, judge in self._judges.items():
+            for name, value in judge.stats().items():
+                out[f"{key}_{name.removeprefix('judge_')}"] = value
+        return out
+
+    def close(self) -> None:
+        """Release judge backends and reward models (before training needs the memory)."""
+        for backend in self._backends:
+            backend.close()
+        self._backends.clear()
+        self._judges.clear()
+        self._reward_models.clear()
+
+
+def reward_summary(rewards: list[Any], scores: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean of each reward over the samples it applied to, and the share it applied to."""
+    means: dict[str, float | None] = {}
+    coverage: dict[str, float] = {}
+    results = [r for s in scores for r in s["results"]]
+    for name in [r.key for r in rewards] + ["total"]:
+        values = [r["scores"].get(name) for r in results]
+        applied = [v for v in values if v is not None]
+        means[name] = round(sum(applied) / len(applied), 6) if applied else None
+        coverage[name] = round(len(applied) / len(values), 6) if values else 0.0
+    return {"reward_means": means, "reward_coverage": coverage}
+
+
+def judge_prompt(rubric: str | None, item: ScoreItem, *, use_reference: bool = True) -> str:
+    """The rubric filled for one sample: multi-turn rubric when the prompt has earlier turns."""
+    prompt = item.prompt
+    history = [m for m in prompt.messages if m["role"] != "system"]
+    multi = sum(1 for m in history if m["role"] == "user") > 1
+    template = rubric or (MULTI_TURN_RUBRIC if multi else SINGLE_TURN_RUBRIC)
+    reference = None
+    if use_reference:
+        reference = prompt.reference or (str(prompt.answer) if prompt.answer not in (None, "") else None)
+    return fill(
+        template,
+        question=prompt.question,
+        answer=split_think(item.completion).answer,
+        reference=reference,
+        conversation=render_conversation(history),
+        language=prompt.language,
+    )
+
+
+class _RewardModel:
+    """A sequence-classification reward model, loaded once, scoring in padded batches."""
+
+    def __init__(self, config: RewardModelReward, env: ScoringEnv) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.config = config
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.float32 if config.dtype == "auto" and device == "cpu" else (
+            torch.bfloat16 if config.dtype == "auto" else getattr(torch, config.dtype))
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model, trust_remote_code=env.trust_remote_code)
+        if not self.tokenizer.chat_template:
+            # A reward model without its own template reads conversations in the recipe's format.
+            self.tokenizer.chat_template = AutoTokenizer.from_pretrained(env.tokenizer_dir).chat_template
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "right"
+        self.tokenizer.truncation_side = "left"
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            config.model, dtype=dtype, trust_remote_code=env.trust_remote_code
+        ).to(device).eval()
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+
+    def texts(self, items: list[ScoreItem]) -> list[str]:
+        out = []
+        for it in items:
+            split = split_think(it.completion)
+            message: dict[str, Any] = {"role": "assistant", "content": split.answer}
+            if self.config.include_reasoning and split.reasoning:
+                message["reasoning_content"] = split.reasoning
+            out.append(self.tokenizer.apply_chat_template([*it.prompt.messages, message], tokenize=False))
+        return out
+
+    def score(self, items: list[ScoreItem]) -> list[float | None]:
+        import torch
+
+        texts = self.texts(items)
+        values: list[float | None] = []
+        for start in range(0, len(texts), self.config.batch_size):
+            batch = self.tokenizer(
+                texts[start:start + self.config.batch_size], padding=True, truncation=True,
+                max_length=self.config.max_length, add_special_tokens=False, return_tensors="pt",
+            ).to(self.device)
+            with torch.inference_mode():
+                logits = self.model(**batch).logits.float()
+            column = logits[:, 0]
+            if self.config.normalize == "sigmoid":
+                column = torch.sigmoid(column)
+            values.extend(float(v) for v in column.tolist())
+        return values

@@ -1,0 +1,241 @@
+"""Incremental, resumable passes over prompts: sampling, scoring, judging.
+
+Each pass writes one JSON line per prompt to a ``.jsonl`` file, appended (and flushed) after
+every chunk, and a ``.complete`` marker when it is done. Run again after an interruption, it
+reads what is there (a torn last line is dropped), skips the prompts already written and works
+only on the rest; a finished pass is not repeated at all. A ``.meta.json`` signature beside
+the file (model, parameters) makes a pass start over when what it would produce changed.
+
+Progress shows prompts done plus throughput (samples/s, tokens/s) in a tqdm bar.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tempa.alignment.backends import SamplingBackend
+from tempa.alignment.completions import Completion
+from tempa.alignment.generation import GenerationParams
+from tempa.alignment.prompts import PromptRow
+from tempa.alignment.rewards import RewardSet, ScoreItem
+
+T = TypeVar("T")
+log = logging.getLogger("tempa.alignment.sampling")
+
+
+class JsonlStore:
+    """Append-only JSON Lines records keyed by ``"id"``, with a completion marker and a signature."""
+
+    def __init__(self, path: Path, signature: Any = None) -> None:
+        self.path = Path(path)
+        self.marker = self.path.with_name(self.path.name + ".complete")
+        self.meta = self.path.with_name(self.path.name + ".meta.json")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        wanted = json.dumps(signature, sort_keys=True, default=str)
+        found = self.meta.read_text(encoding="utf-8") if self.meta.is_file() else None
+        if found != wanted:
+            if self.path.exists() and found is not None:
+                log.warning("%s was written with other settings; starting it over", self.path)
+            self.reset()
+            self.meta.write_text(wanted, encoding="utf-8")
+
+    def reset(self) -> None:
+        for path in (self.path, self.marker, self.meta):
+            path.unlink(missing_ok=True)
+
+    @property
+    def complete(self) -> bool:
+        return self.marker.is_file() and self.path.is_file()
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """Records written so far, by id (a torn last line is cut off the file)."""
+        records: dict[str, dict[str, Any]] = {}
+        if not self.path.is_file():
+            return records
+        good = 0
+        with open(self.path, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    break
+                records[record["id"]] = record
+                good += len(line)
+        if good != self.path.stat().st_size:
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+        return records
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def mark_complete(self) -> None:
+        tmp = self.marker.with_name(self.marker.name + ".tmp")
+        tmp.write_text("complete\n")
+        os.replace(tmp, self.marker)
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write a whole JSON Lines file atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write a JSON file atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_incremental(
+    items: Sequence[T],
+    *,
+    key: Callable[[T], str],
+    work: Callable[[list[T], int], list[dict[str, Any]]],
+    store: JsonlStore,
+    chunk_size: int,
+    desc: str,
+    measure: Callable[[dict[str, Any]], tuple[int, int]] | None = None,
+    show_progress: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Apply ``work(chunk, chunk_index)`` to every chunk of ``items`` not yet in ``store``.
+
+    ``work`` returns one record (with ``"id" == key(item)``) per item. ``chunk_index`` counts
+    chunks of the whole item list, so a chunk gets the same index (and seed) on a resumed run.
+    ``measure(record)`` gives ``(samples, tokens)`` for the throughput display. Returns the
+    records in item order and the pass statistics.
+    """
+    from tqdm.auto import tqdm
+
+    done = store.load()
+    keys = [key(item) for item in items]
+    stats: dict[str, Any] = {"items": len(items), "resumed": 0, "processed": 0, "seconds": 0.0,
+                             "samples": 0, "tokens": 0}
+    if not store.complete or any(k not in done for k in keys):
+        stats["resumed"] = sum(1 for k in keys if k in done)
+        started = time.time()
+        bar = tqdm(total=len(items), initial=stats["resumed"], desc=desc, unit="prompt", disable=not show_progress)
+        try:
+            for index, start in enumerate(range(0, len(items), chunk_size)):
+                chunk = [item for item, k in zip(items[start:start + chunk_size], keys[start:start + chunk_size],
+                                                 strict=True) if k not in done]
+                if not chunk:
+                    continue
+                records = work(chunk, index)
+                expected = {key(item) for item in chunk}
+                if {r["id"] for r in records} != expected or len(records) != len(chunk):
+                    raise RuntimeError(f"{desc}: a chunk returned records for other items than it was given")
+                store.append(records)
+                for record in records:
+                    done[record["id"]] = record
+                    if measure is not None:
+                        samples, tokens = measure(record)
+                        stats["samples"] += samples
+                        stats["tokens"] += tokens
+                stats["processed"] += len(records)
+                elapsed = max(time.time() - started, 1e-9)
+                bar.set_postfix_str(f"{stats['samples'] / elapsed:.1f} samples/s, {stats['tokens'] / elapsed:.0f} tok/s")
+                bar.update(len(records))
+        finally:
+            bar.close()
+        stats["seconds"] = round(time.time() - started, 3)
+        store.mark_complete()
+    if stats["seconds"]:
+        stats["samples_per_s"] = round(stats["samples"] / stats["seconds"], 3)
+        stats["tokens_per_s"] = round(stats["tokens"] / stats["seconds"], 3)
+    return [done[k] for k in keys], stats
+
+
+def sample_record(prompt: PromptRow, completions: list[Completion]) -> dict[str, Any]:
+    return {"id": prompt.id, "thinking_mode": prompt.thinking_mode, "completions": [c.to_dict() for c in completions]}
+
+
+def completions_of(record: dict[str, Any]) -> list[Completion]:
+    return [Completion.from_dict(c) for c in record["completions"]]
+
+
+def measure_samples(record: dict[str, Any]) -> tuple[int, int]:
+    completions = record["completions"]
+    return len(completions), sum(c.get("completion_tokens") or 0 for c in completions)
+
+
+def sample_prompts(
+    prompts: Sequence[PromptRow],
+    backend: SamplingBackend,
+    params: GenerationParams,
+    store: JsonlStore,
+    *,
+    desc: str = "sample",
+    chunk_size: int | None = None,
+    show_progress: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``params.n`` samples per prompt, each prompt with its own thinking mode; resumable.
+
+    Chunk ``i`` is sampled with seed ``params.seed + 1000 * i``: the same samples whether the
+    pass ran in one go or was resumed.
+    """
+
+    def work(chunk: list[PromptRow], index: int) -> list[dict[str, Any]]:
+        chunk_params = params.model_copy(update={"seed": params.seed + 1000 * index})
+        groups = backend.sample([p.messages for p in chunk], chunk_params,
+                                thinking_modes=[p.thinking_mode for p in chunk])
+        return [sample_record(p, group) for p, group in zip(chunk, groups, strict=True)]
+
+    return run_incremental(
+        list(prompts), key=lambda p: p.id, work=work, store=store, chunk_size=chunk_size or params.batch_size,
+        desc=desc, measure=measure_samples, show_progress=show_progress,
+    )
+
+
+def score_pass(
+    prompts: Sequence[PromptRow],
+    samples: Sequence[dict[str, Any]],
+    rewards: RewardSet,
+    store: JsonlStore,
+    *,
+    chunk_size: int,
+    desc: str = "score",
+    show_progress: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Score every sample of every prompt with the reward set; resumable like sampling.
+
+    Records: ``{"id", "results": [{"scores": {...,"total"}, "details": {...}}, ...]}``, one
+    result per sample in sample order.
+    """
+    by_id = {record["id"]: record for record in samples}
+
+    def work(chunk: list[PromptRow], index: int) -> list[dict[str, Any]]:
+        items, owners = [], []
+        for prompt in chunk:
+            for completion in completions_of(by_id[prompt.id]):
+                items.append(ScoreItem(prompt, completion))
+                owners.append(prompt.id)
+        results = rewards.score(items)
+        grouped: dict[str, list[dict[str, Any]]] = {p.id: [] for p in chunk}
+        for owner, result in zip(owners, results, strict=True):
+            grouped[owner].append(result)
+        return [{"id": pid, "results": grouped[pid]} for pid in grouped]
+
+    def measure(record: dict[str, Any]) -> tuple[int, int]:
+        return len(record["results"]), 0
+
+    return run_incremental(list(prompts), key=lambda p: p.id, work=work, store=store, chunk_size=chunk_size,
+                           desc=desc, measure=measure, show_progress=show_progress)

@@ -1,0 +1,292 @@
+"""The `synthesize` stage: teacher generation + verifier/judge rejection sampling -> an SFT dataset.
+
+Everything goes under ``<stage>/data/``::
+
+    samples.jsonl          n teacher responses per prompt (appended per batch; resumable)
+    scores.jsonl           their reward scores (appended per batch; resumable)
+    followups.jsonl        (second_turn) the teacher's follow-up user message per kept conversation
+    second_samples.jsonl   (second_turn) answers to the follow-ups
+    second_scores.jsonl    (second_turn) their scores
+    synthesized.jsonl      THE OUTPUT: one SFT row per kept response (see below)
+    rejects.jsonl          prompts (or second turns) that were not kept, with the reason
+    stats.json             counts, kept share, reward means, throughput, judge unparsable counts
+
+A row of ``synthesized.jsonl``::
+
+    {"messages": [{"role": "user", "content": ...},
+                  {"role": "assistant", "content": <answer>, "reasoning_content": <reasoning or null>},
+                  ...second turn...],
+     "language": "id", "thinking_mode": "on",
+     "scores": {"turn1": {<reward>: ..., "total": ...}, "turn2": {...}},
+     "provenance": {"stage", "teacher", "prompt_id", "sample_index", "n", "seed", "source", ...}}
+
+It is a `messages`-format source for a later `sft` stage (reasoning in `reasoning_content`, as the
+sft data pipeline reads it); the stage returns its path as ``outputs["dataset"]``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tempa.alignment.backends import LazyBackend, build_backend, describe_backend
+from tempa.alignment.completions import Completion, assistant_message, split_think
+from tempa.alignment.generation import GenerationParams
+from tempa.alignment.judge import fill, render_conversation
+from tempa.alignment.prompts import PromptRow, load_prompts
+from tempa.alignment.rewards import RewardSet, ScoringEnv, reward_summary
+from tempa.alignment.sampling import (
+    JsonlStore,
+    completions_of,
+    run_incremental,
+    sample_prompts,
+    score_pass,
+    write_json,
+    write_jsonl,
+)
+from tempa.alignment.selection import select_samples
+from tempa.alignment.synthesize_config import OUTPUT_FILE, SynthesizeStageConfig
+from tempa.sft.stage_api import StageContext, StageError, StageResult
+
+__all__ = ["SynthesizeStageConfig", "run_synthesize"]
+
+EMPTY_FOLLOWUP = "empty_followup"
+
+
+def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> StageResult:
+    from transformers import AutoTokenizer
+
+    data_dir = ctx.stage_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
+    prompts = load_prompts(config.prompts, seed=ctx.seed, thinking=config.sampling.thinking)
+    teacher_name = describe_backend(config.teacher, ctx.model_dir)
+    ctx.log.info("synthesize: %d prompts, %d samples each, teacher %s", len(prompts), config.sampling.n,
+                 teacher_name)
+
+    def make_teacher():
+        return build_backend(config.teacher, policy_dir=ctx.model_dir, tokenizer_dir=ctx.tokenizer_dir,
+                             stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code, who="teacher")
+
+    teacher = LazyBackend(make_teacher, describe=teacher_name)
+    env = ScoringEnv(policy_dir=ctx.model_dir, tokenizer_dir=ctx.tokenizer_dir, stage_models=ctx.stage_models,
+                     trust_remote_code=ctx.trust_remote_code, seed=ctx.seed, tokenizer=tokenizer)
+    signature = {"model": str(ctx.model_dir), "teacher": config.teacher.model_dump(mode="json"), "seed": ctx.seed,
+                 "sampling": config.sampling.model_dump(mode="json"), "prompts": [p.id for p in prompts]}
+    rewards = RewardSet(config.rewards, env)
+    stats: dict[str, Any] = {"prompts": len(prompts), "teacher": teacher_name}
+    try:
+        samples, stats["sampling"] = sample_prompts(
+            prompts, teacher, config.sampling.params(ctx.seed), JsonlStore(data_dir / "samples.jsonl", signature),
+            desc="synthesize: sample",
+        )
+        teacher.close()  # free it while judges run; rebuilt if second turns need it
+        score_signature = {**signature, "rewards": [r.model_dump(mode="json") for r in config.rewards]}
+        scores, stats["scoring"] = score_pass(
+            prompts, samples, rewards, JsonlStore(data_dir / "scores.jsonl", score_signature),
+            chunk_size=config.sampling.batch_size, desc="synthesize: score",
+        )
+        stats["scoring"].update(rewards.stats())
+        rewards.close()
+        kept, rejects = select_first_turns(config, prompts, samples, scores)
+        stats.update(reward_summary(config.rewards, scores))
+        provenance = {"stage": ctx.stage_name, "teacher": teacher_name, "n": config.sampling.n, "seed": ctx.seed,
+                      "source": config.prompts.path, "select": config.select.model_dump(mode="json")}
+        if config.second_turn is not None:
+            rows, second_rejects, stats["second_turn"] = add_second_turns(
+                config, ctx, kept, teacher, env, score_signature, data_dir, provenance)
+            rejects.extend(second_rejects)
+        else:
+            rows = [sft_row(k, provenance) for k in kept]
+    finally:
+        teacher.close()
+        rewards.close()
+
+    write_jsonl(data_dir / "rejects.jsonl", rejects)
+    output = ctx.stage_dir / OUTPUT_FILE
+    write_jsonl(output, rows)
+    kept_prompts = len({row["provenance"]["prompt_id"] for row in rows})
+    stats.update({
+        "rows": len(rows),
+        "kept_prompts": kept_prompts,
+        "kept_fraction": round(kept_prompts / len(prompts), 6),
+        "rejected": dict(Counter(r["reason"] for r in rejects)),
+        "finish_reasons": dict(Counter(c.get("finish_reason") or "unknown" for s in samples for c in s["completions"])),
+    })
+    write_json(data_dir / "stats.json", stats)
+    ctx.log.info("synthesize: kept %d rows from %d prompts (%.0f%%); rejected %s", len(rows), len(prompts),
+                 100 * stats["kept_fraction"], stats["rejected"] or "none")
+    if not rows:
+        raise StageError(f"no response passed the selection ({stats['rejected']}); see {data_dir / 'stats.json'}")
+    metrics = {
+        "rows": len(rows),
+        "kept_fraction": stats["kept_fraction"],
+        "prompts": len(prompts),
+        f"{config.select.by}_mean": stats["reward_means"].get(config.select.by),
+        "samples_per_s": stats["sampling"].get("samples_per_s"),
+        **{k: v for k, v in stats["scoring"].items() if k.endswith(("_unparsable", "_calls"))},
+    }
+    if "second_turn" in stats:
+        metrics["two_turn_rows"] = stats["second_turn"]["kept"]
+    return StageResult(model_dir=None, metrics=metrics, outputs={"dataset": str(output)})
+
+
+# --------------------------------------------------------------------------- selection
+
+
+class Kept:
+    """A kept first-turn response: the prompt, which sample, the response and its scores."""
+
+    def __init__(self, prompt: PromptRow, index: int, completion: Completion, scores: dict[str, Any]) -> None:
+        self.prompt = prompt
+        self.index = index
+        self.completion = completion
+        self.scores = scores
+
+    @property
+    def key(self) -> str:
+        return f"{self.prompt.id}-s{self.index}"
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [*self.prompt.messages, assistant_message(self.completion)]
+
+
+def select_first_turns(
+    config: SynthesizeStageConfig, prompts: list[PromptRow], samples: list[dict[str, Any]],
+    scores: list[dict[str, Any]],
+) -> tuple[list[Kept], list[dict[str, Any]]]:
+    kept: list[Kept] = []
+    rejects: list[dict[str, Any]] = []
+    for prompt, sample, score in zip(prompts, samples, scores, strict=True):
+        values = [r["scores"].get(config.select.by) for r in score["results"]]
+        indices, reason = select_samples(values, strategy=config.select.strategy, min_score=config.select.min_score)
+        completions = completions_of(sample)
+        for i in indices:
+            kept.append(Kept(prompt, i, completions[i], score["results"][i]["scores"]))
+        if not indices:
+            rejects.append({"prompt_id": prompt.id, "turn": 1, "reason": reason, "scores": values,
+                            "messages": prompt.messages})
+    return kept, rejects
+
+
+def sft_row(kept: Kept, provenance: dict[str, Any], second: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One SFT row: the conversation (reasoning in reasoning_content) plus scores and provenance."""
+    messages = kept.messages()
+    scores = {"turn1": kept.scores}
+    prov = {**provenance, "prompt_id": kept.prompt.id, "sample_index": kept.index,
+            "finish_reason": kept.completion.finish_reason}
+    if second is not None:
+        messages = [*messages, {"role": "user", "content": second["followup"]},
+                    assistant_message(second["completion"])]
+        scores["turn2"] = second["scores"]
+        prov["turn2_sample_index"] = second["index"]
+    return {"messages": messages, "language": kept.prompt.language, "thinking_mode": kept.prompt.thinking_mode,
+            "scores": scores, "provenance": prov}
+
+
+# --------------------------------------------------------------------------- second turns
+
+
+def add_second_turns(
+    config: SynthesizeStageConfig, ctx: StageContext, kept: list[Kept], teacher: LazyBackend, env: ScoringEnv,
+    signature: dict[str, Any], data_dir: Path, provenance: dict[str, Any],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Follow-up user turn by the teacher, judged answers to it, selection; the final rows."""
+    settings = config.second_turn
+    assert settings is not None
+    writer = teacher
+    if settings.followup_backend is not None:
+        writer = LazyBackend(lambda: build_backend(
+            settings.followup_backend, policy_dir=ctx.model_dir, tokenizer_dir=ctx.tokenizer_dir,
+            stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code, who="second_turn.followup_backend"))
+    signature = {**signature, "second_turn": settings.model_dump(mode="json"), "kept": [k.key for k in kept]}
+
+    def write_followups(chunk: list[Kept], index: int) -> list[dict[str, Any]]:
+        params = GenerationParams(max_new_tokens=settings.followup_max_new_tokens,
+                                  temperature=settings.followup_temperature, n=1, seed=ctx.seed + 1000 * index,
+                                  thinking_mode="off", batch_size=config.sampling.batch_size)
+        requests = [[{"role": "user", "content": fill(
+            settings.followup_prompt, conversation=render_conversation(k.messages()), language=k.prompt.language,
+        )}] for k in chunk]
+        outputs = writer.sample(requests, params)
+        return [{"id": k.key, "followup": split_think(group[0]).answer} for k, group in zip(chunk, outputs, strict=True)]
+
+    try:
+        followups, followup_stats = run_incremental(
+            kept, key=lambda k: k.key, work=write_followups,
+            store=JsonlStore(data_dir / "followups.jsonl", signature), chunk_size=config.sampling.batch_size,
+            desc="synthesize: follow-ups",
+        )
+    finally:
+        if writer is not teacher:
+            writer.close()
+    rejects: list[dict[str, Any]] = []
+    second_prompts: list[PromptRow] = []
+    by_key: dict[str, Kept] = {}
+    for k, record in zip(kept, followups, strict=True):
+        if not record["followup"].strip():
+            rejects.append({"prompt_id": k.prompt.id, "turn": 2, "reason": EMPTY_FOLLOWUP, "messages": k.messages()})
+            continue
+        by_key[k.key] = k
+        second_prompts.append(PromptRow(
+            id=k.key, language=k.prompt.language, thinking_mode=k.prompt.thinking_mode,
+            messages=[*k.prompt.messages, {"role": "assistant", "content": split_think(k.completion).answer},
+                      {"role": "user", "content": record["followup"]}],
+        ))
+    followup_of = {r["id"]: r["followup"] for r in followups}
+
+    second_rewards = settings.rewards or config.rewards
+    rewards = RewardSet(second_rewards, env)
+    params = config.sampling.params(ctx.seed + 1).model_copy(update={"n": settings.n})
+    try:
+        samples, sample_stats = sample_prompts(
+            second_prompts, teacher, params, JsonlStore(data_dir / "second_samples.jsonl", signature),
+            desc="synthesize: second turns",
+        ) if second_prompts else ([], {})
+        teacher.close()
+        score_signature = {**signature, "second_rewards": [r.model_dump(mode="json") for r in second_rewards]}
+        scores, score_stats = score_pass(
+            second_prompts, samples, rewards, JsonlStore(data_dir / "second_scores.jsonl", score_signature),
+            chunk_size=config.sampling.batch_size, desc="synthesize: score second turns",
+        ) if second_prompts else ([], {})
+        score_stats = {**score_stats, **rewards.stats()}
+    finally:
+        rewards.close()
+
+    seconds: dict[str, dict[str, Any]] = {}
+    for prompt, sample, score in zip(second_prompts, samples, scores, strict=True):
+        values = [r["scores"].get(settings.select.by) for r in score["results"]]
+        indices, reason = select_samples(values, strategy="best", min_score=settings.select.min_score)
+        if settings.select.strategy == "all" and indices:
+            indices = [indices[0]]  # one second turn per conversation: the best that passes
+        if indices:
+            i = indices[0]
+            seconds[prompt.id] = {"followup": followup_of[prompt.id], "completion": completions_of(sample)[i],
+                                  "scores": score["results"][i]["scores"], "index": i}
+        else:
+            rejects.append({"prompt_id": by_key[prompt.id].prompt.id, "turn": 2, "reason": reason, "scores": values,
+                            "messages": prompt.messages})
+
+    rows = []
+    dropped_turns = dropped_conversations = 0
+    for k in kept:
+        second = seconds.get(k.key)
+        if second is None and settings.on_reject == "drop_conversation":
+            dropped_conversations += 1
+            continue
+        dropped_turns += second is None
+        rows.append(sft_row(k, provenance, second))
+    stats = {
+        "conversations": len(kept),
+        "followups_empty": len(kept) - len(second_prompts),
+        "kept": len(seconds),
+        "dropped_turns": dropped_turns if settings.on_reject == "drop_turn" else 0,
+        "dropped_conversations": dropped_conversations,
+        "sampling": {**followup_stats, **{f"answer_{k}": v for k, v in sample_stats.items()}},
+        "scoring": score_stats,
+        **reward_summary(second_rewards, scores),
+    }
+    return rows, rejects, stats
+
+

@@ -1,0 +1,239 @@
+"""SFT throughput: tempa's SFT path against plain trl SFTTrainer defaults, same model, data and steps.
+
+    python bench/sft_throughput.py                 # the recorded configuration (a few minutes on 2 CPUs)
+    python bench/sft_throughput.py --quick         # a smoke run (seconds)
+
+tempa path: the rows go through ``tempa.sft.data.prepare_sft_data`` (normalise -> curate -> render ->
+tokenise -> mask) and train with the SFTConfig that ``tempa.sft.train`` builds from tempa's defaults
+(BFD packing, padding-free with position_ids, assistant-only loss from the pre-tokenised masks).
+Baseline: ``SFTTrainer`` on the same conversational rows with trl's defaults (padding to the
+longest sample of each batch, no packing, batch 8); only ``max_length`` is raised to the longest
+sample (8192) on both paths so that neither truncates and both see the same tokens.
+
+Printed per path: real (non-padding) tokens/s, loss tokens/s, padding fraction of the positions the
+model computed, and the tempa/baseline ratio. Goal: >= 2x tokens/s and < 2% padding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import _common as common
+from transformers import TrainerCallback
+
+DEFAULT_SHAPE = common.Shape(
+    hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+    vocab_size=1024,
+)
+
+
+@dataclass
+class StepMeter(TrainerCallback):
+    """Counts what the model actually computed per optimizer step, and times the steps after warm-up."""
+
+    warmup_steps: int = 1
+    positions: int = 0  # token positions fed to the model (padding included)
+    real: int = 0  # non-padding positions
+    loss_tokens: int = 0  # positions with a label
+    sequences: int = 0  # samples (documents) in the measured batches
+    seconds: float = 0.0
+    steps: int = 0
+    _measuring: bool = False
+    _t0: float = 0.0
+    _handles: list[Any] = field(default_factory=list)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._handles.append(model.register_forward_pre_hook(self._count, with_kwargs=True))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        if self._measuring:
+            self.seconds = now - self._t0
+            self.steps += 1
+        elif state.global_step >= self.warmup_steps:
+            self._measuring, self._t0 = True, now
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for handle in self._handles:
+            handle.remove()
+
+    def _count(self, module, args, kwargs) -> None:
+        if not self._measuring or not module.training:
+            return
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        position_ids = kwargs.get("position_ids")
+        labels = kwargs.get("labels")
+        self.positions += int(input_ids.numel())
+        self.real += int(mask.sum()) if mask is not None else int(input_ids.numel())
+        if labels is not None:
+            self.loss_tokens += int((labels != -100).sum())
+        if position_ids is not None and mask is None:
+            self.sequences += int((position_ids == 0).sum())
+        else:
+            self.sequences += int(input_ids.shape[0])
+
+    def result(self) -> dict[str, float]:
+        seconds = max(self.seconds, 1e-9)
+        return {
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "tokens_per_s": self.real / seconds,
+            "loss_tokens_per_s": self.loss_tokens / seconds,
+            "padding": 1 - self.real / max(1, self.positions),
+            "tokens_per_step": self.real / max(1, self.steps),
+            "sequences_per_step": self.sequences / max(1, self.steps),
+        }
+
+
+def tempa_trainer(rows_path: Path, tokenizer, model, work: Path, args: argparse.Namespace, meter: StepMeter):
+    """tempa's path: its data pipeline, then the SFTConfig its training worker builds."""
+    from datasets import load_from_disk
+    from trl import SFTConfig, SFTTrainer
+
+    from tempa.sft.config import SFTStageConfig
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.train import trl_config_kwargs
+
+    stage = SFTStageConfig.model_validate(
+        {
+            "name": "bench",
+            "kind": "sft",
+            "data": {"sources": [{"name": "rows", "path": str(rows_path), "thinking_mode": "on"}]},
+            "train": {
+                "max_length": args.max_length,
+                "per_device_train_batch_size": args.tempa_batch,
+                "max_steps": args.steps,
+                "logging_steps": args.steps,
+                "save_strategy": "no",
+                "dataloader_num_workers": 0,
+            },
+        }
+    )
+    train_args = stage.train_args()
+    started = time.perf_counter()
+    prepared = prepare_sft_data(stage.data, tokenizer, out_dir=work / "tempa-data", cache_dir=work / "cache",
+                                seed=0, max_length=train_args["max_length"])
+    prep_seconds = time.perf_counter() - started
+    plan = {"train_args": train_args, "output_dir": str(work / "tempa-out"), "seed": 0, "use_cpu": True}
+    config = SFTConfig(**trl_config_kwargs(plan))
+    dataset = load_from_disk(str(prepared.train_path))
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[meter])
+    return trainer, {"prep_seconds": prep_seconds, "rows": len(dataset), "packing": config.packing,
+                     "padding_free": trainer.padding_free, "batch": config.per_device_train_batch_size,
+                     "gradient_checkpointing": config.gradient_checkpointing}
+
+
+def baseline_trainer(rows: list[dict[str, Any]], tokenizer, model, work: Path, args: argparse.Namespace,
+                     meter: StepMeter):
+    """Plain trl: conversational rows, SFTConfig defaults (max_length raised so nothing is cut)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    config = SFTConfig(
+        output_dir=str(work / "trl-out"),
+        max_length=args.max_length,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.baseline_batch,
+        use_cpu=True,
+        bf16=False,  # trl's default bf16=True is refused on a CPU-only machine
+        save_strategy="no",
+        logging_steps=args.steps,
+        report_to="none",
+        seed=0,
+    )
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         callbacks=[meter])
+    return trainer, {"packing": config.packing, "padding_free": trainer.padding_free,
+                     "batch": config.per_device_train_batch_size,
+                     "gradient_checkpointing": config.gradient_checkpointing}
+
+
+def run_path(name: str, build, args: argparse.Namespace) -> dict[str, Any]:
+    meter = StepMeter(warmup_steps=args.warmup)
+    trainer, info = build(meter)
+    trainer.train()
+    result = {**info, **meter.result()}
+    print(f"[{name}] " + ", ".join(f"{k}={_fmt(v)}" for k, v in result.items()), flush=True)
+    return result
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=600, help="conversations generated")
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per path (the first --warmup are not timed)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--max-length", type=int, default=8192, help="longest sample, and the packed length")
+    parser.add_argument("--tempa-batch", type=int, default=1, help="packed rows of --max-length per step")
+    parser.add_argument("--baseline-batch", type=int, default=8, help="trl's default per_device_train_batch_size")
+    parser.add_argument("--hidden", type=int, default=DEFAULT_SHAPE.hidden_size)
+    parser.add_argument("--layers", type=int, default=DEFAULT_SHAPE.num_hidden_layers)
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rows, args.steps, args.warmup, args.max_length, args.hidden, args.layers = 80, 3, 1, 2048, 64, 2
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.getLogger("tempa").setLevel(logging.WARNING)
+    import torch
+
+    tokenizer = common.bench_tokenizer()
+    lengths = common.reasoning_lengths(args.rows, seed=0, max_tokens=args.max_length)
+    shape = common.Shape(**{**DEFAULT_SHAPE.__dict__, "hidden_size": args.hidden, "num_hidden_layers": args.layers,
+                            "intermediate_size": int(args.hidden * 2.6875) // 8 * 8})
+    print(common.machine_line())
+    print(f"data: {common.length_summary(lengths)}")
+    with tempfile.TemporaryDirectory(prefix="tempa-bench-sft-") as tmp:
+        work = Path(tmp)
+        rows_path = common.write_conversations(work / "rows.jsonl", lengths, tokenizer)
+        rows = common.read_jsonl(rows_path)
+        model = common.llama(shape, tokenizer, max_positions=args.max_length)
+        print(f"model: Llama {shape}, {common.parameter_count(model) / 1e6:.2f}M parameters, "
+              f"{model.config._attn_implementation} attention, {torch.get_num_threads()} torch threads")
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+
+        def fresh_model():
+            fresh = common.llama(shape, tokenizer, max_positions=args.max_length)
+            fresh.load_state_dict(state)
+            return fresh
+
+        results = {
+            "tempa": run_path("tempa", lambda m: tempa_trainer(rows_path, tokenizer, fresh_model(), work, args, m), args),
+            "trl": run_path("trl", lambda m: baseline_trainer(rows, tokenizer, fresh_model(), work, args, m), args),
+        }
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": common.machine_line(), **results}, indent=2))
+    return 0
+
+
+def report(results: dict[str, dict[str, Any]]) -> None:
+    tempa, trl = results["tempa"], results["trl"]
+    rows = [("path", "tokens/s", "loss tokens/s", "padding", "tokens/step", "seqs/step", "timed steps")]
+    for name, r in results.items():
+        rows.append((name, f"{r['tokens_per_s']:.0f}", f"{r['loss_tokens_per_s']:.0f}", f"{100 * r['padding']:.1f}%",
+                     f"{r['tokens_per_step']:.0f}", f"{r['sequences_per_step']:.1f}", str(r["steps"])))
+    common.print_table(rows)
+    ratio = tempa["tokens_per_s"] / trl["tokens_per_s"]
+    print(f"ratio tempa/trl tokens/s: {ratio:.2f}x (goal >= 2x); tempa padding {100 * tempa['padding']:.2f}% (goal < 2%)")
+    print(f"machine after the run: {common.machine_line()}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

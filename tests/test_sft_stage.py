@@ -64,7 +64,8 @@ def test_sft_labels_cover_only_assistant_tokens(single_run):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(single_run / "tokenizer")
-    train = load_from_disk(str(single_run / "sft" / "data" / "train"))
+    plan = json.loads((single_run / "sft" / "train_plan.json").read_text())
+    train = load_from_disk(plan["train_data"])  # exactly what the training processes read
     header = tokenizer.convert_tokens_to_ids("<|start_header_id|>")
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
     for row in train.select(range(8)):

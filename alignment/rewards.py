@@ -256,8 +256,11 @@ class LengthPenalty(_RewardBase):
     """Length penalty: -per_token for every completion token beyond free_tokens, capped at -max_penalty."""
 
     type: Literal["length"] = "length"
-    free_tokens: int = Field(default=0, ge=0, description="Tokens allowed without penalty.")
-    per_token: float = Field(default=0.001, ge=0, description="Penalty per token beyond free_tokens.")
+    unit: Literal["tokens", "chars"] = Field(
+        default="tokens", description="Count completion tokens, or characters of the response (reasoning included)."
+    )
+    free_tokens: int = Field(default=0, ge=0, description="Tokens (or characters) allowed without penalty.")
+    per_token: float = Field(default=0.001, ge=0, description="Penalty per token (or character) beyond free_tokens.")
     max_penalty: float = Field(default=1.0, ge=0, description="Largest penalty (the score never goes below minus this).")
 
 
@@ -342,6 +345,12 @@ def count_tokens(completion: Completion, tokenizer: Any = None) -> int:
     return max(1, len(text) // 4)
 
 
+def count_chars(completion: Completion) -> int:
+    """Characters of the response as written (reasoning and answer, tags and pre-fill excluded)."""
+    split = split_think(completion)
+    return len((split.reasoning or "").strip()) + len(split.answer)
+
+
 class RewardSet:
     """The recipe's rewards, applied together: ``score(items)`` -> one record per item."""
 
@@ -406,10 +415,11 @@ class RewardSet:
         if isinstance(config, LengthPenalty):
             values, infos = [], []
             for it in items:
-                tokens = count_tokens(it.completion, self.env.tokenizer)
-                values.append(length_penalty(tokens, free_tokens=config.free_tokens, per_token=config.per_token,
+                length = (count_tokens(it.completion, self.env.tokenizer) if config.unit == "tokens"
+                          else count_chars(it.completion))
+                values.append(length_penalty(length, free_tokens=config.free_tokens, per_token=config.per_token,
                                              max_penalty=config.max_penalty))
-                infos.append({"tokens": tokens})
+                infos.append({config.unit: length})
             return values, infos
         if isinstance(config, RewardModelReward):
             model = self._reward_models.get(config.key)

@@ -152,7 +152,10 @@ def run_incremental(
                         stats["tokens"] += tokens
                 stats["processed"] += len(records)
                 elapsed = max(time.time() - started, 1e-9)
-                bar.set_postfix_str(f"{stats['samples'] / elapsed:.1f} samples/s, {stats['tokens'] / elapsed:.0f} tok/s")
+                rate = f"{stats['samples'] / elapsed:.1f} samples/s"
+                if stats["tokens"]:
+                    rate += f", {stats['tokens'] / elapsed:.0f} tok/s"
+                bar.set_postfix_str(rate)
                 bar.update(len(records))
         finally:
             bar.close()
@@ -160,7 +163,8 @@ def run_incremental(
         store.mark_complete()
     if stats["seconds"]:
         stats["samples_per_s"] = round(stats["samples"] / stats["seconds"], 3)
-        stats["tokens_per_s"] = round(stats["tokens"] / stats["seconds"], 3)
+        if stats["tokens"]:
+            stats["tokens_per_s"] = round(stats["tokens"] / stats["seconds"], 3)
     return [done[k] for k in keys], stats
 
 

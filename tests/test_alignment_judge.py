@@ -1,0 +1,89 @@
+"""LLM judge: score parsing (malformed output included), rubric filling, judge rewards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_alignment_fakes import ScriptedBackend
+
+from tempa.alignment.completions import Completion
+from tempa.alignment.judge import Judge, JudgeSettings, fill, parse_judge_score
+from tempa.alignment.prompts import PromptRow
+from tempa.alignment.rewards import JudgeReward, RewardSet, ScoreItem, ScoringEnv, judge_prompt
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("The answer is correct and clear. Rating: [[8]]", 8.0),
+        ("Rating: [[ 7.5 ]]", 7.5),
+        ("First I thought [[3]], but on reflection: [[9]]", 9.0),  # the last verdict counts
+        ("Rating: [6]", 6.0),  # MT-Bench's single-bracket fallback
+        ("<think>maybe [[2]]?</think>\nFinal: [[10]]", 10.0),  # the think block is ignored
+        ("<think>I would say [[4]] but I never finish", None),
+        ("Rating: [[11]]", None),  # out of range
+        ("Rating: [[0]]", None),
+        ("I rate it eight out of ten.", None),
+        ("", None),
+        ("[[]] [[x]] [[-3]]", None),
+    ],
+)
+def test_parse_judge_score(reply, expected):
+    assert parse_judge_score(reply) == expected
+
+
+def test_fill_replaces_known_placeholders_only():
+    rubric = 'Q: {question}\nA: {answer}\nReturn JSON like {"score": 5}.{language_clause} {unknown}'
+    text = fill(rubric, question="Berapa 2+2?", answer="4", language="id")
+    assert text.startswith("Q: Berapa 2+2?\nA: 4\n")
+    assert '{"score": 5}' in text and "{unknown}" in text
+    assert "Indonesian" in text
+    assert "Indonesian" not in fill(rubric, question="q", answer="a", language=None)
+
+
+def test_judge_counts_unparsable_replies_and_never_crashes():
+    replies = iter(["Solid. [[9]]", "no idea what to say", "[[12]]", "ok [[3]]"])
+    backend = ScriptedBackend(lambda prompt, j: next(replies))
+    judge = Judge(backend, JudgeSettings(), seed=0)
+    verdicts = judge.rate(["p1", "p2", "p3", "p4"])
+    assert [v.score for v in verdicts] == [9.0, None, None, 3.0]
+    assert verdicts[1].raw == "no idea what to say"
+    assert judge.stats()["judge_unparsable"] == 2 and judge.stats()["judge_calls"] == 4
+
+
+def test_judge_reward_scales_and_leaves_unparsable_unscored(monkeypatch, tmp_path):
+    import tempa.alignment.rewards as rewards_module
+
+    def fake_build(config, **kwargs):
+        def reply(prompt: str, j: int) -> str:
+            return "Great answer [[10]]" if "excellent" in prompt else "hmm"
+        return ScriptedBackend(reply)
+
+    monkeypatch.setattr(rewards_module, "build_backend", fake_build)
+    row = PromptRow(id="p", messages=[{"role": "user", "content": "Tell me"}], language="en", thinking_mode="off")
+    items = [ScoreItem(row, Completion("an excellent reply")), ScoreItem(row, Completion("a poor reply"))]
+    configs = [JudgeReward(scale="unit", weight=2.0), {"type": "length", "per_token": 0.0}]
+    from tempa.alignment.preference_config import PreferenceStageConfig
+
+    parsed = PreferenceStageConfig.model_validate(
+        {"name": "x", "prompts": {"path": str(Path(__file__))}, "rewards": configs}).rewards
+    reward_set = RewardSet(parsed, ScoringEnv(policy_dir=tmp_path, tokenizer_dir=tmp_path))
+    records = reward_set.score(items)
+    assert records[0]["scores"]["judge"] == 1.0  # (10 - 1) / 9
+    assert records[0]["scores"]["total"] == 2.0
+    assert records[1]["scores"]["judge"] is None  # unparsable: no score ...
+    assert records[1]["scores"]["total"] == 0.0  # ... so only the other rewards count
+    assert records[1]["details"]["judge"]["raw"] == "hmm"
+    assert reward_set.stats() == {"judge_calls": 2, "judge_unparsable": 1, "judge_seconds": pytest.approx(0, abs=5)}
+
+
+def test_judge_prompt_uses_the_multi_turn_rubric_for_second_turns():
+    first = PromptRow(id="a", messages=[{"role": "user", "content": "Q1"}], answer="42")
+    second = PromptRow(id="b", messages=[{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+                                         {"role": "user", "content": "Q2"}])
+    single = judge_prompt(None, ScoreItem(first, Completion("my answer")))
+    assert "[Question]\nQ1" in single and "[Reference answer]\n42" in single and "my answer" in single
+    multi = judge_prompt(None, ScoreItem(second, Completion("answer two")))
+    assert "LAST" in multi and "[User]\nQ1" in multi and "[Assistant]\nA1" in multi and "[User]\nQ2" in multi
+    assert judge_prompt(None, ScoreItem(first, Completion("x")), use_reference=False).count("42") == 0

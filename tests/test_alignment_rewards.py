@@ -1,0 +1,238 @@
+"""Each reward on crafted responses; the SEA-IFEval language gate; a tiny reward model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from tempa.alignment.completions import Completion, assistant_message, split_think, split_text
+from tempa.alignment.prompts import PromptRow
+from tempa.alignment.rewards import (
+    AnswerReward,
+    FormatReward,
+    LanguageReward,
+    LengthPenalty,
+    RewardModelReward,
+    RewardSet,
+    ScoreItem,
+    ScoringEnv,
+    answer_match,
+    combine,
+    format_checks,
+    language_match,
+    length_penalty,
+)
+
+ON = "<think>\n"  # what llama3_thinking pre-fills with thinking on
+OFF = "<think>\n</think>\n"  # ... and with thinking off
+
+
+def env(tmp_path: Path, tokenizer_dir: Path | None = None) -> ScoringEnv:
+    return ScoringEnv(policy_dir=tmp_path, tokenizer_dir=tokenizer_dir or tmp_path)
+
+
+def prompt(language: str | None = None, answer=None, mode: str | None = "on", text: str = "question") -> PromptRow:
+    return PromptRow(id="p", messages=[{"role": "user", "content": text}], language=language, answer=answer,
+                     thinking_mode=mode)
+
+
+# --------------------------------------------------------------------------- think splitting
+
+
+def test_split_handles_prefilled_inline_and_server_separated_reasoning():
+    prefilled = Completion(text="add them: 2+3\n</think>\n\nHasilnya 5.", prefill=ON)
+    assert split_think(prefilled).reasoning == "add them: 2+3"
+    assert split_think(prefilled).answer == "Hasilnya 5."
+    # R1 style: no opening tag at all, the closing tag still separates
+    r1 = split_text("thinking...</think>answer")
+    assert (r1.reasoning, r1.answer, r1.closed) == ("thinking...", "answer", True)
+    server = Completion(text="Hasilnya 5.", reasoning="2+3=5", finish_reason="stop")
+    assert (split_think(server).reasoning, split_think(server).answer) == ("2+3=5", "Hasilnya 5.")
+    unclosed = Completion(text="still thinking and thinking", prefill=ON, finish_reason="length")
+    assert split_think(unclosed).answer == "" and not split_think(unclosed).closed
+    assert assistant_message(prefilled) == {"role": "assistant", "content": "Hasilnya 5.",
+                                            "reasoning_content": "add them: 2+3"}
+
+
+# --------------------------------------------------------------------------- answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold", "match", "expected"),
+    [
+        ("Hasilnya adalah 63.", "63", "auto", 1.0),
+        ("The answer is 36.", "63", "auto", 0.0),
+        (r"So the result is \boxed{\frac{1}{2}}", "0.5", "math", 1.0),
+        ("There are 12 books left", "12", "math", 1.0),
+        ("Sentimennya: Positif!", "positif", "auto", 1.0),  # not math: falls back to contains
+        ("Negatif", "positif", "auto", 0.0),
+        ("  POSITIVE. ", "positive", "exact", 1.0),
+        ("It is positive", "positive", "exact", 0.0),
+        ("Final answer: B", "B", "regex", 1.0),
+        ("Final answer: C", "B", "regex", 0.0),
+        ("anything", None, "auto", None),  # no reference: does not apply
+        ("Jawaban: 7", ["6", "7"], "auto", 1.0),  # any accepted answer
+    ],
+)
+def test_answer_match(answer, gold, match, expected):
+    pattern = r"Final answer:\s*([A-D])" if match == "regex" else None
+    assert answer_match(answer, gold, match, pattern) == expected
+
+
+def test_answer_reward_reads_the_answer_not_the_reasoning():
+    # the right number appears only in the reasoning; the visible answer is wrong
+    item = ScoreItem(prompt(answer="15"), Completion(text="2*2+11 = 15\n</think>\n\nHasilnya 16.", prefill=ON))
+    record = RewardSet([AnswerReward()], env(Path("."))).score([item])[0]
+    assert record["scores"]["answer"] == 0.0
+
+
+# --------------------------------------------------------------------------- language
+
+
+def test_language_match_and_abstentions():
+    assert language_match("Saya pergi ke pasar untuk membeli buah dan sayur segar.", "id")[0] == 1.0
+    assert language_match("I went to the market to buy fresh fruit and vegetables.", "id") == (0.0, "en")
+    assert language_match("ตอนนี้มานีมีหนังสือทั้งหมด 65 เล่ม", "th")[0] == 1.0
+    assert language_match("42", "th") == (None, None)  # too few letters to tell
+    assert language_match("Some text in English here", None) == (None, None)  # no target
+    # Malay and Indonesian count as one language by default, not when the groups are emptied
+    malay = "Saya sedang belajar bahasa Melayu di universiti tempatan bersama kawan-kawan saya."
+    detected = language_match(malay, "ms", equivalents=())[1]
+    other = "id" if detected == "ms" else "ms"
+    assert language_match(malay, other)[0] == 1.0
+    assert language_match(malay, other, equivalents=())[0] == 0.0
+
+
+def test_sea_ifeval_rule_correct_answer_in_wrong_language_fails():
+    rewards = [AnswerReward(), LanguageReward()]
+    row = prompt(language="id", answer="15", mode="off")
+    right = Completion(text="Jadi hasilnya adalah lima belas, yaitu 15.", prefill=OFF)
+    wrong_language = Completion(text="So the final result is fifteen, which is 15.", prefill=OFF)
+    records = RewardSet(rewards, env(Path("."))).score([ScoreItem(row, right), ScoreItem(row, wrong_language)])
+    assert records[0]["scores"]["answer"] == 1.0 and records[0]["scores"]["language"] == 1.0
+    assert records[1]["scores"]["language"] == 0.0
+    assert records[1]["scores"]["answer"] == 0.0  # correct, but gated by the language check
+    assert records[1]["details"]["answer"]["gated_by_language"] is True
+    ungated = RewardSet([AnswerReward(), LanguageReward(gate=False)], env(Path(".")))
+    assert ungated.score([ScoreItem(row, wrong_language)])[0]["scores"]["answer"] == 1.0
+
+
+# --------------------------------------------------------------------------- format
+
+
+@pytest.mark.parametrize(
+    ("completion", "mode", "failed"),
+    [
+        (Completion("steps\n</think>\n\nThe answer.", prefill=ON, finish_reason="stop"), "on", set()),
+        (Completion("steps and more steps", prefill=ON, finish_reason="length"), "on", {"think", "answer", "ended"}),
+        (Completion("The answer.", prefill=OFF, finish_reason="stop"), "off", set()),
+        # thinking off, but the model wrote reasoning anyway (no pre-fill: e.g. an HTTP server)
+        (Completion("<think>hmm</think>The answer.", finish_reason="stop"), "off", {"think"}),
+        # thinking on, no block at all
+        (Completion("The answer.", finish_reason="stop"), "on", {"think"}),
+        (Completion("a\n</think>\n\nb </think> c", prefill=ON, finish_reason="stop"), "on", {"no_stray_tags"}),
+        (Completion("steps\n</think>\n\n", prefill=ON, finish_reason="stop"), "on", {"answer"}),
+    ],
+)
+def test_format_checks(completion, mode, failed):
+    checks = format_checks(completion, mode)
+    assert {name for name, ok in checks.items() if not ok} == failed
+
+
+def test_format_leaves_out_the_end_check_when_the_backend_cannot_tell():
+    checks = format_checks(Completion("The answer.", prefill=OFF, finish_reason=None), "off")
+    assert "ended" not in checks and all(checks.values())
+    score = RewardSet([FormatReward()], env(Path("."))).score(
+        [ScoreItem(prompt(mode="on"), Completion("steps and more", prefill=ON, finish_reason="length"))])[0]
+    assert 0.0 < score["scores"]["format"] < 1.0  # some checks pass (no stray tags), others fail
+
+
+# --------------------------------------------------------------------------- length, combination
+
+
+def test_length_penalty_and_combination():
+    assert length_penalty(100, free_tokens=150, per_token=0.01) == 0.0
+    assert length_penalty(200, free_tokens=150, per_token=0.01) == pytest.approx(-0.5)
+    assert length_penalty(10_000, free_tokens=0, per_token=0.01, max_penalty=2.0) == -2.0
+    assert combine({"a": 1.0, "b": None, "c": -0.5}, {"a": 2.0, "b": 5.0, "c": 1.0}) == pytest.approx(1.5)
+    assert combine({"a": None}, {"a": 1.0}) is None
+    short = Completion("ok", prefill=OFF, completion_tokens=5)
+    long = Completion("ok " * 50, prefill=OFF, completion_tokens=60)
+    records = RewardSet([LengthPenalty(per_token=0.1, free_tokens=10, weight=2.0)], env(Path("."))).score(
+        [ScoreItem(prompt(mode="off"), short), ScoreItem(prompt(mode="off"), long)])
+    assert records[0]["scores"]["total"] == 0.0
+    assert records[1]["scores"]["length"] == -1.0  # 50 tokens over, capped at max_penalty 1.0
+    assert records[1]["scores"]["total"] == -2.0  # weight 2
+    chars = RewardSet([LengthPenalty(unit="chars", per_token=0.01)], env(Path("."))).score(
+        [ScoreItem(prompt(mode="off"), short), ScoreItem(prompt(mode="off"), long)])
+    assert chars[0]["details"]["length"] == {"chars": 2}
+    assert chars[1]["scores"]["length"] < chars[0]["scores"]["length"] < 0
+
+
+def test_reward_names_must_be_unique():
+    from pydantic import ValidationError
+
+    from tempa.alignment import PreferenceStageConfig
+
+    with pytest.raises(ValidationError, match="two rewards are named 'length'"):
+        PreferenceStageConfig.model_validate({
+            "name": "p", "prompts": {"path": str(Path(__file__))},
+            "rewards": [{"type": "length"}, {"type": "length", "per_token": 0.1}],
+        })
+
+
+# --------------------------------------------------------------------------- reward model
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.num_labels = 1
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config)
+    folder = tmp_path_factory.mktemp("rm") / "rm"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def baked_tokenizer(tmp_path_factory, tiny_model_dir) -> Path:
+    from tempa.chat_templates import bake_tokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "tok"
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", out)
+    return out
+
+
+def test_reward_model_scores_match_a_plain_forward_pass(reward_model_dir, baked_tokenizer, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    answers = ["Hasilnya 15.", "Jawabannya adalah lima belas, karena dua kali dua sebelas.", "?"]
+    items = [ScoreItem(prompt(mode="off", text="Hitunglah 2 × 2 + 11."), Completion(a, prefill=OFF)) for a in answers]
+    rewards = RewardSet([RewardModelReward(model=str(reward_model_dir), batch_size=2)], env(tmp_path, baked_tokenizer))
+    scores = [r["scores"]["reward_model"] for r in rewards.score(items)]
+
+    # Reference: each conversation alone (no padding), rendered with the recipe's template.
+    tokenizer = AutoTokenizer.from_pretrained(baked_tokenizer)
+    model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
+    expected = []
+    for item in items:
+        text = tokenizer.apply_chat_template(
+            [*item.prompt.messages, {"role": "assistant", "content": split_think(item.completion).answer}],
+            tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        with torch.inference_mode():
+            expected.append(float(model(**ids).logits[0, 0]))
+    assert scores == pytest.approx(expected, abs=1e-4)  # batching with padding changes nothing
+    assert len({round(s, 6) for s in scores}) == 3  # different responses, different rewards
+
+    squashed = RewardSet([RewardModelReward(model=str(reward_model_dir), normalize="sigmoid")],
+                         env(tmp_path, baked_tokenizer)).score(items[:1])[0]["scores"]["reward_model"]
+    assert squashed == pytest.approx(1 / (1 + math.exp(-expected[0])), abs=1e-5)

@@ -1,0 +1,115 @@
+"""Training paths of the sft stage: packing isolation, LoRA merge-on-save, trackers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sft_helpers import sft_recipe, write_rows
+from tempa.recipes.loader import load_recipe
+from tempa.recipes.runner import run_recipe
+
+
+@pytest.fixture(scope="module")
+def tokenized_rows(tmp_path_factory, tiny_model_dir):
+    """A few rows through tempa's own data pipeline (template, masks) on the baked tokenizer."""
+    from transformers import AutoTokenizer
+
+    from tempa.chat_templates import bake_tokenizer
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_config import DataConfig
+
+    folder = tmp_path_factory.mktemp("packing")
+    tokenizer_dir = bake_tokenizer(tiny_model_dir, "llama3_thinking", folder / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    rows = write_rows(folder / "rows.jsonl", n=6)
+    config = DataConfig.model_validate({"sources": [{"name": "rows", "path": str(rows), "thinking_mode": "mixed",
+                                                     "thinking_ratio": 0.5}]})
+    prepared = prepare_sft_data(config, tokenizer, out_dir=folder / "out", cache_dir=folder / "cache", seed=0)
+    return [prepared.train[i] for i in range(4)]
+
+
+def per_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Loss of each position that predicts a trained token (labels shifted as the model does)."""
+    shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+    loss = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), reduction="none",
+        ignore_index=-100,
+    )
+    return loss[shift_labels.reshape(-1) != -100]
+
+
+def test_packed_and_unpacked_give_the_same_per_token_loss(tokenized_rows, tiny_model_dir):
+    """trl's padding-free packing (BFD + position_ids) lets no sample attend to another."""
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    examples = []
+    for row in tokenized_rows:
+        labels = [t if m else -100 for t, m in zip(row["input_ids"], row["assistant_masks"], strict=True)]
+        examples.append({"input_ids": row["input_ids"], "labels": labels})
+
+    with torch.no_grad():
+        alone = []
+        for ex in examples:
+            ids, labels = torch.tensor([ex["input_ids"]]), torch.tensor([ex["labels"]])
+            alone.append(per_token_loss(model(input_ids=ids).logits, labels))
+        expected = torch.cat(alone)
+
+        pad = 7  # any id: padding-free batches have no padding
+        batch = DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=True)(examples)
+        assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+        # use_cache=False as trl's SFTTrainer passes in training: with a KV cache transformers
+        # skips the packed-sequence detection that turns position_ids into per-sample masks
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        # the collator masks each sample's first label; our rows never train their first token anyway
+        got = per_token_loss(packed, batch["labels"])
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+        # control: the same packed tokens with running positions (plain concatenation) leak
+        # attention across samples, and this comparison notices it
+        leaked = model(input_ids=batch["input_ids"], use_cache=False).logits
+        assert not torch.allclose(per_token_loss(leaked, batch["labels"]), expected, atol=1e-3)
+
+
+def test_lora_adapters_are_merged_into_the_saved_model(tmp_path, tiny_model_dir):
+    recipe = sft_recipe(tmp_path, tiny_model_dir, max_steps=4, save_steps=4)
+    loaded = load_recipe(recipe, ["stages.sft.lora={r: 4, lora_alpha: 8, lora_dropout: 0.0}",
+                                  "stages.sft.train.learning_rate=5e-2"])
+    run_recipe(loaded, tmp_path / "run")
+    final = tmp_path / "run" / "sft" / "final"
+    assert not list(final.glob("adapter_*")), "adapters must be merged, not saved beside the model"
+    start, merged = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(final / "model.safetensors"))
+    assert merged.keys() == start.keys()  # plain Llama names, no lora_A/lora_B/base_layer
+    changed = [k for k in start if not torch.equal(start[k], merged[k])]
+    assert changed and all("proj" in k for k in changed)  # LoRA touches the linear layers only
+    assert torch.equal(start["model.embed_tokens.weight"], merged["model.embed_tokens.weight"])
+
+
+def test_report_to_tensorboard_writes_event_files(tmp_path, tiny_model_dir):
+    pytest.importorskip("tensorboard")
+    recipe = sft_recipe(tmp_path, tiny_model_dir, max_steps=4, save_steps=4)
+    run_recipe(load_recipe(recipe, ["stages.sft.train.report_to=[tensorboard]"]), tmp_path / "run")
+    events = list((tmp_path / "run" / "sft").rglob("events.out.tfevents.*"))
+    assert events and all(path.stat().st_size > 0 for path in events)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert any("loss" in tag for tag in acc.Tags()["scalars"])
+    plan = json.loads((tmp_path / "run" / "sft" / "train_plan.json").read_text())
+    assert plan["train_args"]["report_to"] == ["tensorboard"]
+
+
+def test_resolved_recipe_records_no_secret_from_the_environment(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnopqrstuvwxyz123456")
+    recipe = sft_recipe(tmp_path, tiny_model_dir, max_steps=2, save_steps=2)
+    run_recipe(load_recipe(recipe), tmp_path / "run")
+    for path in Path(tmp_path / "run").rglob("*"):
+        if path.is_file() and path.suffix in {".json", ".yaml", ".md", ".log", ".txt", ".sh", ".jsonl"}:
+            assert "hf_abcdefghijklmnopqrstuvwxyz123456" not in path.read_text(errors="replace"), path

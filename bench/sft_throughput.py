@@ -180,6 +180,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline-batch", type=int, default=8, help="trl's default per_device_train_batch_size")
     parser.add_argument("--hidden", type=int, default=DEFAULT_SHAPE.hidden_size)
     parser.add_argument("--layers", type=int, default=DEFAULT_SHAPE.num_hidden_layers)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: on a shared machine, OpenMP barriers stall when a core is taken)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -193,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("tempa").setLevel(logging.WARNING)
     import torch
 
+    torch.set_num_threads(args.threads)
     tokenizer = common.bench_tokenizer()
     lengths = common.reasoning_lengths(args.rows, seed=0, max_tokens=args.max_length)
     shape = common.Shape(**{**DEFAULT_SHAPE.__dict__, "hidden_size": args.hidden, "num_hidden_layers": args.layers,

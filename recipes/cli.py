@@ -18,6 +18,7 @@ EPILOG = """examples:
   tempa status runs/demo                                each stage's state, time and key metrics
   tempa tiny-model /tmp/tiny                            build the embedded tiny model + tokenizer
   tempa template check --tokenizer runs/demo/final      verify the chat template invariants
+  tempa export gguf runs/demo/final --type q8_0         GGUF + Ollama Modelfile
 """
 
 
@@ -61,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("out_dir", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_cmd_tiny)
+
+    export = sub.add_parser("export", help="export a final model to another format")
+    export_sub = export.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    gguf = export_sub.add_parser("gguf", help="GGUF (llama.cpp, Ollama) with the chat template + an Ollama Modelfile")
+    gguf.add_argument("model_dir", type=Path, help="a final model folder, e.g. runs/demo/final")
+    gguf.add_argument("--type", dest="file_type", choices=["f16", "q8_0"], default="f16")
+    gguf.add_argument("--out", type=Path, default=None, help="output .gguf path (default: inside MODEL_DIR)")
+    gguf.set_defaults(func=_cmd_export_gguf)
 
     try:
         from tempa.chat_templates.cli import register
@@ -153,6 +162,15 @@ def _cmd_status(args) -> int:
 
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _cmd_export_gguf(args) -> int:
+    from tempa.merge.gguf_export import export_gguf
+
+    result = export_gguf(args.model_dir, args.out, file_type=args.file_type)
+    print(f"wrote {result.gguf_path} ({result.tensor_count} tensors, {result.file_type})")
+    print(f"wrote {result.modelfile_path} (ollama create NAME -f {result.modelfile_path})")
+    return 0
 
 
 def _cmd_tiny(args) -> int:

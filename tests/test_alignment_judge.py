@@ -57,12 +57,12 @@ def test_judge_reward_scales_and_leaves_unparsable_unscored(monkeypatch, tmp_pat
 
     def fake_build(config, **kwargs):
         def reply(prompt: str, j: int) -> str:
-            return "Great answer [[10]]" if "excellent" in prompt else "hmm"
+            return "Great answer [[10]]" if "GOLDEN" in prompt else "hmm"
         return ScriptedBackend(reply)
 
     monkeypatch.setattr(rewards_module, "build_backend", fake_build)
     row = PromptRow(id="p", messages=[{"role": "user", "content": "Tell me"}], language="en", thinking_mode="off")
-    items = [ScoreItem(row, Completion("an excellent reply")), ScoreItem(row, Completion("a poor reply"))]
+    items = [ScoreItem(row, Completion("a GOLDEN reply")), ScoreItem(row, Completion("a poor reply"))]
     configs = [JudgeReward(scale="unit", weight=2.0), {"type": "length", "per_token": 0.0}]
     from tempa.alignment.preference_config import PreferenceStageConfig
 

@@ -1,0 +1,224 @@
+"""Export a final Llama model to GGUF (f16 or q8_0) with its chat template, plus an Ollama Modelfile.
+
+The conversion follows llama.cpp's `convert_hf_to_gguf.py` for the Llama architecture: tensor
+names from gguf-py's map, q/k projections permuted from Hugging Face's rotary layout to GGML's,
+norms kept in f32, the byte-level BPE vocabulary with merges, and the special tokens. The file
+is written to a temporary name and renamed, so a partial export never looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from tempa.sft.stage_api import StageError
+
+GGUFType = Literal["f16", "q8_0"]
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+
+# llama.cpp's names for the pre-tokenizer regexes it knows (it hashes a probe string; we read the
+# tokenizer.json that produced it).
+_LLAMA3_SPLIT = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}"
+
+
+@dataclass(frozen=True)
+class GGUFExport:
+    gguf_path: Path
+    modelfile_path: Path
+    tensor_count: int
+    file_type: GGUFType
+
+
+def permute_rotary(weights: np.ndarray, n_head: int) -> np.ndarray:
+    """HF stores q/k rows as [all first halves, all second halves] per head; GGML interleaves them."""
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
+def _tensors(model_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
+    from safetensors import safe_open
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise StageError(f"{model_dir}: no .safetensors weights to export (tempa reads safetensors only)")
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                yield name, f.get_tensor(name).float().numpy()
+
+
+def _pre_tokenizer_name(tokenizer_json: dict) -> str:
+    text = json.dumps(tokenizer_json.get("pre_tokenizer"))
+    if _LLAMA3_SPLIT in text or "\\\\p{N}{1,3}" in text:
+        return "llama-bpe"
+    return "gpt-2"
+
+
+def _vocab(model_dir: Path, tokenizer) -> tuple[list[str], list[int], list[str]]:
+    import gguf
+
+    data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    if data.get("model", {}).get("type") != "BPE":
+        raise StageError(f"{model_dir}/tokenizer.json: only byte-level BPE tokenizers export to GGUF here")
+    merges = [" ".join(m) if isinstance(m, list) else m for m in data["model"].get("merges", [])]
+    vocab = tokenizer.get_vocab()
+    size = max(len(tokenizer), max(vocab.values()) + 1)
+    by_id = {i: t for t, i in vocab.items()}
+    special = {t.content if hasattr(t, "content") else str(t) for t in tokenizer.added_tokens_decoder.values()
+               if getattr(t, "special", False)}
+    added = {t.content for t in tokenizer.added_tokens_decoder.values()}
+    tokens, types = [], []
+    for i in range(size):
+        token = by_id.get(i)
+        if token is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        else:
+            tokens.append(token)
+            if token in special:
+                types.append(gguf.TokenType.CONTROL)
+            elif token in added:
+                types.append(gguf.TokenType.USER_DEFINED)
+            else:
+                types.append(gguf.TokenType.NORMAL)
+    return tokens, [int(t) for t in types], merges
+
+
+def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                file_type: GGUFType = "f16") -> GGUFExport:
+    """Write ``model_dir`` as GGUF (``out`` default: ``<model_dir>/<name>-<type>.gguf``) + a Modelfile."""
+    import gguf
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    model_dir = Path(model_dir).resolve()
+    if not (model_dir / "config.json").is_file():
+        raise StageError(f"{model_dir}: not a model folder (no config.json)")
+    config = AutoConfig.from_pretrained(model_dir)
+    archs = tuple(getattr(config, "architectures", None) or ())
+    if not set(archs) & set(SUPPORTED_ARCHITECTURES):
+        raise StageError(f"{model_dir}: GGUF export supports {', '.join(SUPPORTED_ARCHITECTURES)}, got {archs or '?'}")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    template = tokenizer.chat_template
+    if not template:
+        raise StageError(f"{model_dir}: the tokenizer has no chat template; export the baked final model")
+    name = model_dir.name if model_dir.name != "final" else model_dir.parent.name
+    gguf_path = Path(out) if out else model_dir / f"{name}-{file_type}.gguf"
+    gguf_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = gguf_path.with_name(f".{gguf_path.name}.partial")
+
+    n_head, n_kv = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    writer.add_name(name)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_kv)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or
+                                    (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if file_type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
+
+    tokens, types, merges = _vocab(model_dir, tokenizer)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(_pre_tokenizer_name(json.loads((model_dir / "tokenizer.json").read_text())))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    if tokenizer.bos_token_id is not None:
+        writer.add_bos_token_id(tokenizer.bos_token_id)
+    stop_ids = _stop_ids(model_dir, GenerationConfig)
+    eos = stop_ids[-1] if stop_ids else tokenizer.eos_token_id
+    writer.add_eos_token_id(eos)  # llama.cpp stops on this; the end-of-turn token when baked
+    if tokenizer.pad_token_id is not None:
+        writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_add_bos_token(False)  # the chat template writes <|begin_of_text|> itself
+    writer.add_chat_template(template)
+
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    count = 0
+    for hf_name, data in _tensors(model_dir):
+        if hf_name.endswith("rotary_emb.inv_freq"):
+            continue
+        if hf_name.endswith("q_proj.weight"):
+            data = permute_rotary(data, n_head)
+        elif hf_name.endswith("k_proj.weight"):
+            data = permute_rotary(data, n_kv)
+        new_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if new_name is None:
+            raise StageError(f"{model_dir}: no GGUF name for tensor {hf_name}")
+        _add_tensor(writer, new_name, data, file_type)
+        count += 1  # tied embeddings: llama.cpp reuses token_embd when output.weight is absent
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(tmp, gguf_path)
+
+    modelfile = gguf_path.with_name("Modelfile")
+    modelfile.write_text(ollama_modelfile(gguf_path.name, tokenizer, stop_ids))
+    return GGUFExport(gguf_path, modelfile, count, file_type)
+
+
+def _add_tensor(writer, name: str, data: np.ndarray, file_type: GGUFType) -> None:
+    import gguf
+
+    if data.ndim <= 1:  # norms stay f32, as llama.cpp keeps them
+        writer.add_tensor(name, data.astype(np.float32))
+    elif file_type == "q8_0" and data.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0:
+        quantized = gguf.quants.quantize(data.astype(np.float32), gguf.GGMLQuantizationType.Q8_0)
+        writer.add_tensor(name, quantized, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    else:
+        writer.add_tensor(name, data.astype(np.float16))
+
+
+def _stop_ids(model_dir: Path, generation_config_cls) -> list[int]:
+    try:
+        eos = generation_config_cls.from_pretrained(model_dir).eos_token_id
+    except OSError:
+        return []
+    return [eos] if isinstance(eos, int) else list(eos or [])
+
+
+def ollama_modelfile(gguf_name: str, tokenizer, stop_ids: list[int]) -> str:
+    """An Ollama Modelfile: Llama 3 turns in Ollama's Go template, thinking on by default.
+
+    Ollama renders its own Go template, not the Jinja one; this mirrors the thinking template's
+    default (thinking on: the assistant turn opens with `<think>`). For thinking off, start the
+    system prompt or edit the TEMPLATE's last line to prefill `<think>\\n</think>\\n`.
+    """
+    stops = [tokenizer.convert_ids_to_tokens(i) for i in stop_ids] or [tokenizer.eos_token]
+    if "<|im_start|>" in (tokenizer.chat_template or ""):
+        body = [
+            '{{- if .System }}<|im_start|>system',
+            "{{ .System }}<|im_end|>",
+            "{{ end }}{{- range .Messages }}<|im_start|>{{ .Role }}",
+            "{{ .Content }}<|im_end|>",
+            "{{ end }}<|im_start|>assistant",
+        ]
+    else:
+        body = [
+            "<|begin_of_text|>{{- if .System }}<|start_header_id|>system<|end_header_id|>",
+            "",
+            "{{ .System }}<|eot_id|>{{- end }}",
+            "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>",
+            "",
+            "{{ .Content }}<|eot_id|>{{- end }}<|start_header_id|>assistant<|end_header_id|>",
+            "",
+        ]
+    lines = [f"FROM ./{gguf_name}", 'TEMPLATE """' + body[0], *body[1:], "<think>", '"""']
+    lines += [f'PARAMETER stop "{stop}"' for stop in dict.fromkeys(stops)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,210 @@
+"""Sampling backends: OpenAI-compatible HTTP (against a loopback server), vLLM mapping, transformers."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import types
+
+import pytest
+from test_alignment_fakes import FakeOpenAI, chat_response, last_user
+
+from tempa.alignment.backends import HTTPBackendConfig, build_backend
+from tempa.alignment.backends_http import HTTPBackend, HTTPBackendError, chat_request_body
+from tempa.alignment.generation import GenerationParams
+from tempa.sft.stage_api import StageError
+
+SECRET = "sk-test-very-secret-4242"
+
+
+def http(server: FakeOpenAI, **kwargs) -> HTTPBackend:
+    defaults = {"timeout_s": 5, "max_retries": 3, "backoff_s": 0.01, "concurrency": 2}
+    return HTTPBackend(server.base_url, "teacher-model", **{**defaults, **kwargs})
+
+
+def test_request_body_maps_sampling_parameters_and_thinking_mode():
+    params = GenerationParams(max_new_tokens=64, temperature=0.7, top_p=0.9, n=3, seed=5)
+    body = chat_request_body("m", [{"role": "user", "content": "hi"}], params, n=3, seed=11, thinking_mode="off",
+                             extra_body={"top_k": 20})
+    assert body == {
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 3, "temperature": 0.7, "top_p": 0.9,
+        "max_tokens": 64, "seed": 11, "top_k": 20,
+        "chat_template_kwargs": {"thinking_mode": "off", "enable_thinking": False},
+    }
+    greedy = chat_request_body("m", [], GenerationParams(), n=1, seed=0, thinking_mode=None,
+                               send_chat_template_kwargs=True)
+    assert "top_p" not in greedy and "chat_template_kwargs" not in greedy
+
+
+def test_http_backend_samples_n_per_prompt_with_per_prompt_thinking_mode():
+    def reply(body):
+        mode = body.get("chat_template_kwargs", {}).get("thinking_mode")
+        texts = [f"{last_user(body)}#{i}" for i in range(body["n"])]
+        if mode == "on":  # a server with a reasoning parser returns the trace separately
+            return chat_response(texts, reasoning=["thought"] * body["n"])
+        return chat_response(texts, finish="length")
+
+    with FakeOpenAI(reply) as server:
+        backend = http(server)
+        params = GenerationParams(n=2, temperature=1.0, seed=100, max_new_tokens=8)
+        out = backend.sample([[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]], params,
+                             thinking_modes=["on", "off"])
+    assert [[c.text for c in group] for group in out] == [["a#0", "a#1"], ["b#0", "b#1"]]
+    assert [c.reasoning for c in out[0]] == ["thought", "thought"] and out[1][0].reasoning is None
+    assert [c.finish_reason for c in out[1]] == ["length", "length"]
+    bodies = sorted(server.requests, key=last_user)
+    assert [b["seed"] for b in bodies] == [100, 102]  # distinct per prompt
+    assert [b["chat_template_kwargs"]["enable_thinking"] for b in bodies] == [True, False]
+    assert all(b["n"] == 2 and b["max_tokens"] == 8 and b["model"] == "teacher-model" for b in bodies)
+
+
+def test_http_backend_without_native_n_sends_one_request_per_sample():
+    with FakeOpenAI(lambda body: chat_response([f"s{body['seed']}"] * body["n"])) as server:
+        out = http(server, supports_n=False).sample([[{"role": "user", "content": "q"}]],
+                                                    GenerationParams(n=3, temperature=1.0, seed=7))
+    assert [c.text for c in out[0]] == ["s7", "s8", "s9"]
+    assert len(server.requests) == 3 and all(b["n"] == 1 for b in server.requests)
+
+
+def test_http_backend_retries_429_and_5xx_then_succeeds():
+    failures = iter([(429, {"error": "slow down"}, {"Retry-After": "0"}), (503, {"error": "loading"}, {})])
+
+    def reply(body):
+        return next(failures, chat_response(["done"]))
+
+    with FakeOpenAI(reply) as server:
+        backend = http(server)
+        out = backend.sample([[{"role": "user", "content": "q"}]], GenerationParams())
+    assert out[0][0].text == "done"
+    assert len(server.requests) == 3 and backend.retries == 2
+
+
+def test_http_backend_gives_up_with_one_line_and_no_secret(monkeypatch, caplog):
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+
+    def reply(body):
+        return 500, {"error": f"internal error, your key was {SECRET}"}, {}
+
+    with FakeOpenAI(reply) as server, caplog.at_level(logging.DEBUG):
+        config = HTTPBackendConfig(base_url=server.base_url, model="m", api_key_env="TEACHER_KEY", max_retries=2,
+                                   backoff_s=0.01, timeout_s=5)
+        backend = build_backend(config, policy_dir=None, tokenizer_dir=None)  # type: ignore[arg-type]
+        with pytest.raises(HTTPBackendError) as err:
+            backend.sample([[{"role": "user", "content": "q"}]], GenerationParams())
+    message = str(err.value)
+    assert "HTTP 500" in message and "after 2 retries" in message and "\n" not in message
+    assert len(server.requests) == 3
+    assert server.headers[0]["Authorization"] == f"Bearer {SECRET}"  # the key is sent ...
+    assert SECRET not in message and SECRET not in caplog.text  # ... and never shown
+    assert SECRET not in repr(backend) and SECRET not in config.model_dump_json()
+
+
+def test_http_backend_client_errors_are_not_retried():
+    with FakeOpenAI(lambda body: (400, {"error": "bad model"}, {})) as server:
+        with pytest.raises(HTTPBackendError, match="HTTP 400"):
+            http(server).sample([[{"role": "user", "content": "q"}]], GenerationParams())
+    assert len(server.requests) == 1
+
+
+def test_missing_api_key_variable_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    config = HTTPBackendConfig(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="NO_SUCH_KEY_VAR")
+    with pytest.raises(StageError, match="NO_SUCH_KEY_VAR"):
+        build_backend(config, policy_dir=None, tokenizer_dir=None)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- vLLM
+
+
+def test_vllm_missing_is_a_one_line_install_hint(monkeypatch):
+    from tempa.alignment.backends_vllm import import_vllm
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import fails as if not installed
+    with pytest.raises(StageError, match="pip install"):
+        import_vllm()
+
+
+def test_vllm_backend_maps_parameters_and_outputs(monkeypatch, tiny_model_dir, tmp_path):
+    from tempa.chat_templates import bake_tokenizer
+
+    tokenizer_dir = tmp_path / "tok"
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", tokenizer_dir)
+    calls: dict = {}
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    class LLM:
+        def __init__(self, **kwargs):
+            calls["engine"] = kwargs
+
+        def generate(self, prompts, sampling_params, use_tqdm=True):
+            calls["prompts"], calls["sampling"] = prompts, [p.kwargs for p in sampling_params]
+            sample = types.SimpleNamespace
+            return [types.SimpleNamespace(outputs=[sample(text=f"r{i}-{j}", token_ids=[1] * (j + 2),
+                                                          finish_reason="stop" if j == 0 else "length")
+                                                   for j in range(p.kwargs["n"])])
+                    for i, p in enumerate(sampling_params)]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
+    from tempa.alignment.backends import VLLMBackendConfig
+
+    backend = build_backend(VLLMBackendConfig(tensor_parallel_size=2, max_model_len=4096),
+                            policy_dir=tiny_model_dir, tokenizer_dir=tokenizer_dir)
+    params = GenerationParams(n=2, temperature=0.8, top_p=0.95, max_new_tokens=16, seed=3)
+    out = backend.sample([[{"role": "user", "content": "x"}], [{"role": "user", "content": "y"}]], params,
+                         thinking_modes=["on", "off"])
+    engine = calls["engine"]
+    assert engine["model"] == str(tiny_model_dir) and engine["tokenizer"] == str(tokenizer_dir)
+    assert engine["tensor_parallel_size"] == 2 and engine["max_model_len"] == 4096
+    first = calls["sampling"][0]
+    assert {k: first[k] for k in ("n", "temperature", "top_p", "max_tokens", "seed")} == {
+        "n": 2, "temperature": 0.8, "top_p": 0.95, "max_tokens": 16, "seed": 3}
+    assert calls["sampling"][1]["seed"] == 5  # per prompt
+    eot = backend.tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert eot in first["stop_token_ids"]
+    # prompts go in as token ids of the rendered template, exactly one BOS
+    ids = calls["prompts"][0]["prompt_token_ids"]
+    bos = backend.tokenizer.convert_tokens_to_ids("<|begin_of_text|>")
+    assert ids.count(bos) == 1 and ids[0] == bos
+    assert [c.text for c in out[1]] == ["r1-0", "r1-1"]
+    assert [c.finish_reason for c in out[0]] == ["stop", "length"]
+    assert [c.completion_tokens for c in out[0]] == [2, 3]
+    assert out[0][0].prefill == "<think>\n" and out[1][0].prefill == "<think>\n</think>\n"
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+@pytest.fixture(scope="module")
+def sampler(tmp_path_factory, tiny_model_dir):
+    from tempa.alignment.backends import TransformersSampler
+    from tempa.chat_templates import bake_tokenizer
+
+    tokenizer_dir = tmp_path_factory.mktemp("tok") / "tok"
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", tokenizer_dir)
+    return TransformersSampler(tiny_model_dir, tokenizer_dir, device="cpu", show_progress=False)
+
+
+def test_transformers_sampler_reports_stop_or_length(sampler):
+    tok = sampler.tokenizer
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    pad = tok.pad_token_id
+    words = tok("one two", add_special_tokens=False)["input_ids"]
+    stopped = sampler.decode([*words, eot, pad, pad])
+    assert (str(stopped), stopped.finish_reason, stopped.completion_tokens) == ("one two", "stop", len(words) + 1)
+    cut = sampler.decode(words)
+    assert (cut.finish_reason, cut.completion_tokens) == ("length", len(words))
+
+
+def test_transformers_sampler_samples_with_prefill_and_seed(sampler):
+    params = GenerationParams(n=2, temperature=1.0, max_new_tokens=6, seed=1, batch_size=2)
+    prompts = [[{"role": "user", "content": "Hitunglah 2 × 2 + 11."}], [{"role": "user", "content": "hi"}]]
+    out = sampler.sample(prompts, params, thinking_modes=["on", "off"])
+    assert [len(group) for group in out] == [2, 2]
+    assert {c.prefill for c in out[0]} == {"<think>\n"} and {c.prefill for c in out[1]} == {"<think>\n</think>\n"}
+    assert all(c.finish_reason in ("stop", "length") and 1 <= c.completion_tokens <= 6 for g in out for c in g)
+    again = sampler.sample(prompts, params, thinking_modes=["on", "off"])
+    assert [[c.text for c in g] for g in again] == [[c.text for c in g] for g in out]  # seeded
+    assert sampler.generate(prompts, params, thinking_modes=["on", "off"]) == [[c.text for c in g] for g in out]

@@ -1,0 +1,124 @@
+"""Incremental sampling: written per batch, resumed after an interruption without redoing finished prompts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_alignment_fakes import ScriptedBackend
+
+from tempa.alignment.generation import GenerationParams
+from tempa.alignment.prompts import PromptRow, PromptSource, ThinkingSettings, load_prompts
+from tempa.alignment.sampling import JsonlStore, sample_prompts
+
+SAMPLE_PROMPTS = Path(__file__).resolve().parents[1] / "recipes" / "data" / "sample_prompts.jsonl"
+
+
+def prompts(count: int) -> list[PromptRow]:
+    return [PromptRow(id=f"p{i:02d}", messages=[{"role": "user", "content": f"question {i}"}], thinking_mode="off")
+            for i in range(count)]
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_interrupted_sampling_resumes_with_only_the_rest(tmp_path):
+    rows = prompts(10)
+    params = GenerationParams(n=2, temperature=1.0, batch_size=3, seed=5)  # chunks of 3: 4 chunks
+    path = tmp_path / "samples.jsonl"
+
+    broken = ScriptedBackend(fail_after=2)
+    with pytest.raises(RuntimeError, match="went away"):
+        sample_prompts(rows, broken, params, JsonlStore(path, "sig"), show_progress=False)
+    written = lines(path)
+    assert [r["id"] for r in written] == [p.id for p in rows[:6]]  # two whole chunks were kept
+    assert not JsonlStore(path, "sig").complete
+
+    backend = ScriptedBackend()
+    records, stats = sample_prompts(rows, backend, params, JsonlStore(path, "sig"), show_progress=False)
+    assert backend.calls == 2  # only the two chunks that were missing
+    assert backend.prompts_seen == [f"question {i}" for i in range(6, 10)]
+    assert backend.seeds == [5 + 1000 * 2, 5 + 1000 * 3]  # the seeds those chunks would have had
+    assert stats["resumed"] == 6 and stats["processed"] == 4
+    assert [r["id"] for r in records] == [p.id for p in rows]
+    assert all(len(r["completions"]) == 2 for r in records)
+    assert lines(path)[:6] == written  # finished prompts were not touched
+
+    third = ScriptedBackend()
+    again, stats = sample_prompts(rows, third, params, JsonlStore(path, "sig"), show_progress=False)
+    assert third.calls == 0 and again == records and stats["processed"] == 0
+
+
+def test_a_torn_last_line_is_dropped_and_redone(tmp_path):
+    rows = prompts(4)
+    params = GenerationParams(n=1, batch_size=2)
+    path = tmp_path / "samples.jsonl"
+    sample_prompts(rows, ScriptedBackend(), params, JsonlStore(path, "sig"), show_progress=False)
+    text = path.read_text()
+    # a kill in the middle of writing the second chunk: one whole line, then half a line
+    path.write_text("".join(text.splitlines(keepends=True)[:3]) + '{"id": "p03", "compl')
+    JsonlStore(path, "sig").marker.unlink()
+    backend = ScriptedBackend()
+    records, _ = sample_prompts(rows, backend, params, JsonlStore(path, "sig"), show_progress=False)
+    assert backend.prompts_seen == ["question 3"]
+    assert [r["id"] for r in records] == ["p00", "p01", "p02", "p03"]
+    assert [r["id"] for r in lines(path)] == ["p00", "p01", "p02", "p03"]
+
+
+def test_changed_settings_start_the_pass_over(tmp_path):
+    rows = prompts(2)
+    path = tmp_path / "samples.jsonl"
+    sample_prompts(rows, ScriptedBackend(), GenerationParams(batch_size=2), JsonlStore(path, {"t": 1}),
+                   show_progress=False)
+    backend = ScriptedBackend()
+    sample_prompts(rows, backend, GenerationParams(batch_size=2), JsonlStore(path, {"t": 2}), show_progress=False)
+    assert backend.calls == 1 and len(lines(path)) == 2
+
+
+def test_resumed_transformers_samples_equal_an_uninterrupted_run(tmp_path, tiny_model_dir):
+    from tempa.alignment.backends import TransformersSampler
+    from tempa.chat_templates import bake_tokenizer
+
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tok")
+    sampler = TransformersSampler(tiny_model_dir, tmp_path / "tok", device="cpu", show_progress=False)
+    rows = load_prompts(PromptSource(path=str(SAMPLE_PROMPTS), limit=4), seed=0,
+                        thinking=ThinkingSettings(mode="mixed", ratio=0.5))
+    params = GenerationParams(n=2, temperature=1.0, max_new_tokens=5, batch_size=2, seed=9)
+    whole, _ = sample_prompts(rows, sampler, params, JsonlStore(tmp_path / "a.jsonl", "s"), show_progress=False)
+
+    class FailsOnSecondChunk:
+        calls = 0
+
+        def sample(self, *args, **kwargs):
+            self.calls += 1
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            return sampler.sample(*args, **kwargs)
+
+    with pytest.raises(KeyboardInterrupt):
+        sample_prompts(rows, FailsOnSecondChunk(), params, JsonlStore(tmp_path / "b.jsonl", "s"), show_progress=False)
+    resumed, stats = sample_prompts(rows, sampler, params, JsonlStore(tmp_path / "b.jsonl", "s"), show_progress=False)
+    assert stats["resumed"] == 2
+    assert resumed == whole
+    assert {r["thinking_mode"] for r in whole} <= {"on", "off"}
+
+
+def test_prompt_loading_takes_reference_answers_and_thinking_modes(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"messages": [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}], "language": "ID"},
+        {"prompt": "Q2", "answer": "7", "thinking_mode": "off"},
+    ]) + "\n")
+    rows = load_prompts(PromptSource(path=str(path), system_prompt="Be brief."), seed=0,
+                        thinking=ThinkingSettings(mode="on"))
+    assert rows[0].messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q1"}]
+    assert (rows[0].reference, rows[0].language, rows[0].thinking_mode) == ("A1", "id", "on")
+    assert (rows[1].answer, rows[1].thinking_mode, rows[1].question) == ("7", "off", "Q2")
+    assert rows[0].id != rows[1].id
+    path.write_text(json.dumps({"messages": [{"role": "assistant", "content": "hi"}]}) + "\n")
+    from tempa.sft.stage_api import StageError
+
+    with pytest.raises(StageError, match="row 1: the conversation must end with a user message"):
+        load_prompts(PromptSource(path=str(path)), seed=0)

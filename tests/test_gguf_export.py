@@ -1,0 +1,96 @@
+"""GGUF export of a baked final model, read back with gguf's own reader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from tempa.merge.gguf_export import permute_rotary
+from tempa.recipes.cli import main
+
+
+@pytest.fixture(scope="module")
+def baked_model(tmp_path_factory, tiny_model_dir) -> Path:
+    """The tiny model with weights and the thinking template baked in, as a final/ folder."""
+    import shutil
+
+    from tempa.chat_templates import bake_tokenizer
+
+    folder = tmp_path_factory.mktemp("gguf") / "final"
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", folder, model_dir=tiny_model_dir)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy2(tiny_model_dir / name, folder / name)
+    return folder
+
+
+def field_text(reader, key: str) -> str:
+    field = reader.fields[key]
+    return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def field_int(reader, key: str) -> int:
+    field = reader.fields[key]
+    return int(field.parts[field.data[0]][0])
+
+
+@pytest.mark.parametrize("file_type", ["f16", "q8_0"])
+def test_gguf_reads_back_with_tensors_template_and_special_tokens(baked_model, tmp_path, file_type, capsys):
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from transformers import AutoTokenizer
+
+    out = tmp_path / f"model-{file_type}.gguf"
+    assert main(["export", "gguf", str(baked_model), "--type", file_type, "--out", str(out)]) == 0
+    reader = GGUFReader(str(out))
+    tokenizer = AutoTokenizer.from_pretrained(baked_model)
+
+    assert field_text(reader, "general.architecture") == "llama"
+    assert field_text(reader, "tokenizer.chat_template") == tokenizer.chat_template
+    assert field_int(reader, "tokenizer.ggml.bos_token_id") == tokenizer.convert_tokens_to_ids("<|begin_of_text|>")
+    assert field_int(reader, "tokenizer.ggml.eos_token_id") == tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert field_int(reader, "tokenizer.ggml.padding_token_id") == tokenizer.pad_token_id
+    tokens = reader.fields["tokenizer.ggml.tokens"]
+    assert len(tokens.data) == len(tokenizer)
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert bytes(tokens.parts[tokens.data[eot]]).decode() == "<|eot_id|>"
+
+    original = {k: v.float().numpy() for k, v in load_file(str(baked_model / "model.safetensors")).items()}
+    tensors = {t.name: t for t in reader.tensors}
+    assert len(tensors) == len(original)
+    tolerance = 2e-3 if file_type == "f16" else 3e-2
+    checks = {
+        "token_embd.weight": original["model.embed_tokens.weight"],
+        "blk.1.ffn_down.weight": original["model.layers.1.mlp.down_proj.weight"],
+        "blk.0.attn_q.weight": permute_rotary(original["model.layers.0.self_attn.q_proj.weight"], 4),
+        "blk.0.attn_k.weight": permute_rotary(original["model.layers.0.self_attn.k_proj.weight"], 2),
+        "output_norm.weight": original["model.norm.weight"],
+    }
+    for name, expected in checks.items():
+        tensor = tensors[name]
+        values = dequantize(tensor.data, tensor.tensor_type).reshape(expected.shape)
+        assert np.abs(values - expected).max() <= tolerance * max(1.0, np.abs(expected).max()), name
+    expected_type = {"f16": "F16", "q8_0": "Q8_0"}[file_type]
+    assert tensors["blk.0.attn_q.weight"].tensor_type.name == expected_type
+    assert tensors["output_norm.weight"].tensor_type.name == "F32"
+
+    modelfile = (tmp_path / "Modelfile").read_text()
+    assert modelfile.startswith(f"FROM ./{out.name}")
+    assert 'PARAMETER stop "<|eot_id|>"' in modelfile
+    assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_permute_rotary_interleaves_the_two_halves_of_each_head():
+    # one head of 4 rows: HF order [r0, r1 | r2, r3] (first halves, second halves) -> [r0, r2, r1, r3]
+    weights = np.arange(8, dtype=np.float32).reshape(4, 2)
+    out = permute_rotary(weights, n_head=1)
+    assert out[:, 0].tolist() == [0.0, 4.0, 2.0, 6.0]
+
+
+def test_export_refuses_a_folder_without_a_template(tiny_model_dir, tmp_path, capsys):
+    assert main(["export", "gguf", str(tiny_model_dir), "--out", str(tmp_path / "x.gguf")]) == 1
+    err = capsys.readouterr().err
+    assert "has no chat template" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.gguf").exists()

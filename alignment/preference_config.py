@@ -220,7 +220,11 @@ class PreferenceStageConfig(StageConfigBase):
 
     def train_args(self) -> dict[str, Any]:
         """tempa defaults overlaid with the recipe's values."""
-        return {**DEFAULT_DPO_ARGS, **self.train}
+        args = {**DEFAULT_DPO_ARGS, **self.train}
+        if not {"activation_checkpointing", "gradient_checkpointing"} & set(self.train):
+            # trl's default (on), under the name transformers 5 no longer warns about.
+            args["activation_checkpointing"] = True
+        return args
 
     def depends_on(self) -> list[str]:
         judges = [r.backend for r in self.rewards if isinstance(r, JudgeReward)]

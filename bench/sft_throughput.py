@@ -29,7 +29,7 @@ import _common as common
 from transformers import TrainerCallback
 
 DEFAULT_SHAPE = common.Shape(
-    hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+    hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
     vocab_size=1024,
 )
 
@@ -45,8 +45,11 @@ class StepMeter(TrainerCallback):
     sequences: int = 0  # samples (documents) in the measured batches
     seconds: float = 0.0
     steps: int = 0
+    profile: bool = True  # profile the timed steps: the share of operator time spent in attention
+    attention_share: float | None = None
     _measuring: bool = False
     _t0: float = 0.0
+    _profiler: Any = None
     _handles: list[Any] = field(default_factory=list)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -58,11 +61,20 @@ class StepMeter(TrainerCallback):
             self.seconds = now - self._t0
             self.steps += 1
         elif state.global_step >= self.warmup_steps:
-            self._measuring, self._t0 = True, now
+            if self.profile:
+                from torch.profiler import ProfilerActivity, profile
+
+                self._profiler = profile(activities=[ProfilerActivity.CPU])
+                self._profiler.__enter__()
+            self._measuring, self._t0 = True, time.perf_counter()
 
     def on_train_end(self, args, state, control, **kwargs):
         for handle in self._handles:
             handle.remove()
+        if self._profiler is not None:
+            self._profiler.__exit__(None, None, None)
+            self.attention_share = attention_share(self._profiler)
+            self._profiler = None
 
     def _count(self, module, args, kwargs) -> None:
         if not self._measuring or not module.training:
@@ -90,7 +102,16 @@ class StepMeter(TrainerCallback):
             "padding": 1 - self.real / max(1, self.positions),
             "tokens_per_step": self.real / max(1, self.steps),
             "sequences_per_step": self.sequences / max(1, self.steps),
+            "attention_share": self.attention_share,
         }
+
+
+def attention_share(profiler: Any) -> float:
+    """Share of the step's operator self time spent in scaled-dot-product attention (forward + backward)."""
+    events = profiler.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    attention = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key)
+    return attention / max(total, 1e-9)
 
 
 def tempa_trainer(rows_path: Path, tokenizer, model, work: Path, args: argparse.Namespace, meter: StepMeter):
@@ -172,8 +193,8 @@ def _fmt(value: Any) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=600, help="conversations generated")
-    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per path (the first --warmup are not timed)")
+    parser.add_argument("--rows", type=int, default=800, help="conversations generated")
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per path (the first --warmup are not timed)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=8192, help="longest sample, and the packed length")
     parser.add_argument("--tempa-batch", type=int, default=1, help="packed rows of --max-length per step")
@@ -228,10 +249,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(results: dict[str, dict[str, Any]]) -> None:
     tempa, trl = results["tempa"], results["trl"]
-    rows = [("path", "tokens/s", "loss tokens/s", "padding", "tokens/step", "seqs/step", "timed steps")]
+    rows = [("path", "tokens/s", "loss tokens/s", "padding", "tokens/step", "seqs/step", "timed steps",
+             "attention share")]
     for name, r in results.items():
+        share = "-" if r["attention_share"] is None else f"{100 * r['attention_share']:.0f}%"
         rows.append((name, f"{r['tokens_per_s']:.0f}", f"{r['loss_tokens_per_s']:.0f}", f"{100 * r['padding']:.1f}%",
-                     f"{r['tokens_per_step']:.0f}", f"{r['sequences_per_step']:.1f}", str(r["steps"])))
+                     f"{r['tokens_per_step']:.0f}", f"{r['sequences_per_step']:.1f}", str(r["steps"]), share))
     common.print_table(rows)
     ratio = tempa["tokens_per_s"] / trl["tokens_per_s"]
     print(f"ratio tempa/trl tokens/s: {ratio:.2f}x (goal >= 2x); tempa padding {100 * tempa['padding']:.2f}% (goal < 2%)")

@@ -19,6 +19,7 @@ EPILOG = """examples:
   tempa tiny-model /tmp/tiny                            build the embedded tiny model + tokenizer
   tempa template check --tokenizer runs/demo/final      verify the chat template invariants
   tempa export gguf runs/demo/final --type q8_0         GGUF + Ollama Modelfile
+  tempa report runs/demo                                HTML report: loss/reward curves, leaderboard
 """
 
 
@@ -62,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("out_dir", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_cmd_tiny)
+
+    report = sub.add_parser("report", help="write RUN_DIR/report/index.html: curves, leaderboard, merge, template")
+    report.add_argument("run_dir", type=Path)
+    report.set_defaults(func=_cmd_report)
 
     export = sub.add_parser("export", help="export a final model to another format")
     export_sub = export.add_subparsers(dest="format", metavar="FORMAT", required=True)
@@ -162,6 +167,13 @@ def _cmd_status(args) -> int:
 
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _cmd_report(args) -> int:
+    from tempa.recipes.report import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
+    return 0
 
 
 def _cmd_export_gguf(args) -> int:

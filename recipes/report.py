@@ -1,0 +1,221 @@
+"""`tempa report RUN_DIR`: one HTML page (plus PNGs) showing what a run did.
+
+Everything is read from the run directory: loss curves from each training stage's logged
+history, reward statistics per preference round, the last leaderboard, the merge choice, and
+the final tokenizer rendering one conversation in both thinking modes.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from tempa.recipes.rundir import MANIFEST, read_json
+from tempa.sft.files import staging_dir
+
+EXAMPLE = [
+    {"role": "user", "content": "Apa sentimen dari kalimat berikut ini?\nKalimat: Buku ini sangat membosankan."},
+    {"role": "assistant", "content": "Negatif", "reasoning_content": "'Membosankan' berarti boring: negatif."},
+]
+
+
+def _manifests(run_dir: Path) -> list[dict[str, Any]]:
+    found = [m for p in run_dir.glob(f"*/{MANIFEST}") if (m := read_json(p)) and "name" in m]
+    return sorted(found, key=lambda m: m.get("started_at") or 0)
+
+
+def _loss_history(stage_dir: Path) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(label, log_history) for every trained model in a stage (one per preference round)."""
+    out = []
+    for path in sorted(stage_dir.rglob("tempa_train_metrics.json")):
+        data = read_json(path) or {}
+        if data.get("log_history"):
+            label = path.parent.parent.name if path.parent.name == "final" else path.parent.name
+            out.append((label, data["log_history"]))
+    return out
+
+
+def _plot_losses(name: str, histories: list[tuple[str, list[dict]]], out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    plotted = False
+    for label, history in histories:
+        train = [(e["step"], e["loss"]) for e in history if "loss" in e and "step" in e]
+        evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e and "step" in e]
+        suffix = "" if len(histories) == 1 else f" ({label})"
+        if train:
+            ax.plot(*zip(*train, strict=True), marker=".", label=f"train loss{suffix}")
+            plotted = True
+        if evals:
+            ax.plot(*zip(*evals, strict=True), marker="o", linestyle="--", label=f"eval loss{suffix}")
+            plotted = True
+    if not plotted:
+        plt.close(fig)
+        return None
+    ax.set_title(f"{name}: loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _round_stats(stage_dir: Path) -> list[dict[str, Any]]:
+    rounds = []
+    for path in sorted(stage_dir.glob("round-*/stats.json"), key=lambda p: int(p.parent.name.split("-")[-1])):
+        data = read_json(path)
+        if data:
+            rounds.append({"round": int(path.parent.name.split("-")[-1]), **data})
+    return rounds
+
+
+def _find(stats: dict[str, Any], *needles: str) -> float | None:
+    for key, value in stats.items():
+        if all(n in key for n in needles) and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def _plot_rewards(name: str, rounds: list[dict[str, Any]], out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [r["round"] for r in rounds]
+    chosen = [_find(r, "chosen", "mean") for r in rounds]
+    rejected = [_find(r, "rejected", "mean") for r in rounds]
+    usable = [_find(r, "usable") for r in rounds]
+    if not any(v is not None for v in chosen + rejected + usable):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    for values, label, style in ((chosen, "mean reward, chosen", "-o"), (rejected, "mean reward, rejected", "-s"),
+                                 (usable, "prompts with a usable pair", "--^")):
+        points = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=label)
+    ax.set_title(f"{name}: rewards per round")
+    ax.set_xlabel("round")
+    ax.set_xticks(xs)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _leaderboard_html(board: dict[str, Any]) -> str:
+    directions = board.get("metrics", {})
+    headline = [m for m in directions if ":" not in m and not m.endswith(("/rows", "/tokens"))]
+    rank_by = board.get("rank_by")
+    if rank_by in headline:
+        headline.remove(rank_by)
+        headline.insert(0, rank_by)
+    head = "".join(f"<th>{html.escape(m)} {'↓' if directions[m] == 'min' else '↑'}</th>" for m in headline)
+    rows = []
+    for row in board.get("rows", []):
+        name = html.escape(str(row.get("candidate", "?"))) + (" <b>(merged)</b>" if row.get("merged") else "")
+        cells = "".join(
+            f"<td>{row['metrics'][m]:.4f}</td>" if isinstance(row["metrics"].get(m), int | float) else "<td></td>"
+            for m in headline
+        )
+        rows.append(f"<tr><td>{name}</td>{cells}</tr>")
+    return f"<div class='wide'><table><tr><th>model</th>{head}</tr>{''.join(rows)}</table></div>"
+
+
+def _examples(run_dir: Path) -> str:
+    from transformers import AutoTokenizer
+
+    final = run_dir / "final"
+    folder = final if (final / "tokenizer_config.json").exists() else run_dir / "tokenizer"
+    if not (folder / "tokenizer_config.json").exists():
+        return "<p>No tokenizer in this run yet.</p>"
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    parts = []
+    for mode in ("on", "off"):
+        text = tokenizer.apply_chat_template(EXAMPLE, tokenize=False, thinking_mode=mode)
+        prompt = tokenizer.apply_chat_template(EXAMPLE[:1], tokenize=False, add_generation_prompt=True,
+                                               thinking_mode=mode)
+        parts.append(
+            f"<h3>thinking_mode=\"{mode}\"</h3><p>generation prompt:</p><pre>{html.escape(prompt)}</pre>"
+            f"<p>a training conversation:</p><pre>{html.escape(text)}</pre>"
+        )
+    return "".join(parts)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``run_dir/report/index.html`` (+ PNGs); returns the HTML path."""
+    run_dir = Path(run_dir).resolve()
+    if not (run_dir / "recipe.resolved.yaml").is_file():
+        from tempa.recipes.errors import RecipeError
+
+        raise RecipeError(f"{run_dir}: not a tempa run directory (no recipe.resolved.yaml)")
+    manifests = _manifests(run_dir)
+    out = run_dir / "report"
+    with staging_dir(out) as tmp:
+        sections = [f"<h1>tempa run report</h1><p>{html.escape(str(run_dir))}</p>", "<h2>Stages</h2>"]
+        rows = "".join(
+            f"<tr><td>{html.escape(m['name'])}</td><td>{html.escape(m.get('kind', ''))}</td>"
+            f"<td>{html.escape(m.get('status', ''))}</td><td>{_fmt(m.get('duration_s', ''))}</td>"
+            f"<td>{', '.join(f'{html.escape(k)}={_fmt(v)}' for k, v in list((m.get('metrics') or {}).items())[:6])}"
+            "</td></tr>"
+            for m in manifests
+        )
+        sections.append(f"<table><tr><th>stage</th><th>kind</th><th>status</th><th>seconds</th>"
+                        f"<th>key metrics</th></tr>{rows}</table>")
+
+        sections.append("<h2>Loss curves</h2>")
+        for m in manifests:
+            histories = _loss_history(run_dir / m["name"])
+            png = _plot_losses(m["name"], histories, tmp / f"loss-{m['name']}.png") if histories else None
+            if png:
+                sections.append(f'<img alt="{html.escape(m["name"])} loss" src="{png.name}">')
+
+        reward_pngs = []
+        for m in manifests:
+            rounds = _round_stats(run_dir / m["name"])
+            if rounds and (png := _plot_rewards(m["name"], rounds, tmp / f"rewards-{m['name']}.png")):
+                reward_pngs.append(f'<img alt="{html.escape(m["name"])} rewards" src="{png.name}">')
+        if reward_pngs:
+            sections += ["<h2>Rewards per preference round</h2>", *reward_pngs]
+
+        boards = [run_dir / m["name"] / "leaderboard.json" for m in manifests]
+        boards = [b for b in boards if b.is_file()]
+        if boards:
+            sections += [f"<h2>Leaderboard ({html.escape(boards[-1].parent.name)})</h2>",
+                         _leaderboard_html(read_json(boards[-1]) or {})]
+
+        merges = [m for m in manifests if m.get("kind") == "merge"]
+        for m in merges:
+            config = run_dir / m["name"] / "mergekit.yaml"
+            sections.append(f"<h2>Merge choice ({html.escape(m['name'])})</h2>")
+            if config.is_file():
+                sections.append(f"<pre>{html.escape(config.read_text())}</pre>")
+            metrics = m.get("metrics") or {}
+            if "merge_helped" in metrics:
+                sections.append(f"<p>merge helped: <b>{metrics['merge_helped']}</b> "
+                                f"(gain over best input: {_fmt(metrics.get('gain_over_best_input'))})</p>")
+
+        sections += ["<h2>Chat template, both thinking modes</h2>", _examples(run_dir)]
+        style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
+                 "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}pre{background:#f4f4f4;padding:8px;"
+                 "white-space:pre-wrap}img{display:block;margin:8px 0}.wide{overflow-x:auto}")
+        page = f"<!doctype html><html><head><meta charset='utf-8'><title>tempa report</title><style>{style}</style>" \
+               f"</head><body>{''.join(sections)}</body></html>"
+        (tmp / "index.html").write_text(page, encoding="utf-8")
+    return out / "index.html"

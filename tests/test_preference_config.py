@@ -1,0 +1,113 @@
+"""The preference stage's recipe block: DPO loss names, trl pass-through, recipe integration."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tempa.alignment import PreferenceStageConfig, SynthesizeStageConfig
+from tempa.alignment.preference_config import normalize_loss_type, trl_loss_types
+
+PROMPTS = str(Path(__file__).resolve().parents[1] / "recipes" / "data" / "sample_prompts.jsonl")
+
+
+def config(**overrides) -> PreferenceStageConfig:
+    return PreferenceStageConfig.model_validate(
+        {"name": "align", "prompts": {"path": PROMPTS}, "rewards": [{"type": "format"}], **overrides})
+
+
+def test_the_issue_loss_types_are_trl_loss_types():
+    from trl import DPOConfig
+
+    for name in ("sigmoid", "apo_zero", "ipo", "sigmoid_norm"):
+        assert name in trl_loss_types()
+        assert config(train={"loss_type": name}).train["loss_type"] == [name]
+        # trl itself accepts what we pass on
+        assert DPOConfig(output_dir="/tmp/x", loss_type=[name], use_cpu=True, bf16=False).loss_type == [name]
+
+
+def test_loss_aliases_lists_and_errors():
+    assert normalize_loss_type("dpo") == ["sigmoid"]
+    assert normalize_loss_type(["APO", "sft"]) == ["apo_zero", "sft"]
+    with pytest.raises(ValidationError) as err:
+        config(train={"loss_type": "orpo"})
+    message = str(err.value)
+    assert "'orpo' is not a loss of the installed trl DPOConfig" in message and "apo_zero" in message
+
+
+def test_train_block_is_checked_against_dpo_config():
+    assert config(train={"precompute_ref_log_probs": True, "beta": 0.2}).train_args()["precompute_ref_log_probs"]
+    with pytest.raises(ValidationError, match="did you mean 'beta'"):
+        config(train={"betta": 0.1})
+    with pytest.raises(ValidationError, match="'output_dir' is set by tempa"):
+        config(train={"output_dir": "/tmp/x"})
+    with pytest.raises(ValidationError, match="is not a DPOConfig field"):
+        config(train={"packing": True})  # an SFTConfig field
+
+
+def test_config_rules():
+    with pytest.raises(ValidationError, match="leave backend.model unset"):
+        config(backend={"type": "transformers", "model": PROMPTS})
+    with pytest.raises(ValidationError, match="needs a `revise:` block"):
+        config(pairs={"strategy": "revise"})
+    with pytest.raises(ValidationError, match="greedy"):
+        config(sampling={"n": 4, "temperature": 0})
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        config(samples_per_prompt=4)
+    with pytest.raises(ValidationError, match="http:// or https://"):
+        config(rewards=[{"type": "judge", "backend": {"type": "http", "base_url": "localhost:8000", "model": "m"}}])
+    revise = config(pairs={"strategy": "revise", "revise": {"backend": {"type": "transformers", "model": "stage:sft"}}},
+                    rewards=[{"type": "judge", "backend": {"type": "transformers", "model": "stage:teacher"}}])
+    assert revise.depends_on() == ["teacher", "sft"]
+
+
+def test_synthesize_select_must_name_a_reward():
+    base = {"name": "s", "prompts": {"path": PROMPTS}, "rewards": [{"type": "answer"}, {"type": "language"}]}
+    assert SynthesizeStageConfig.model_validate({**base, "select": {"by": "answer", "min_score": 1}}).select.by == "answer"
+    with pytest.raises(ValidationError, match="'judge' is neither 'total' nor a reward name"):
+        SynthesizeStageConfig.model_validate({**base, "select": {"by": "judge"}})
+    with pytest.raises(ValidationError, match="needs min_score"):
+        SynthesizeStageConfig.model_validate({**base, "select": {"strategy": "all"}})
+
+
+def test_recipe_with_both_stages_loads_and_plans(tmp_path, tiny_model_dir):
+    from tempa.recipes.errors import RecipeError
+    from tempa.recipes.loader import load_recipe
+    from tempa.recipes.registry import STAGE_KINDS
+    from tempa.recipes.runner import plan_run
+
+    assert STAGE_KINDS["preference"].trains and not STAGE_KINDS["synthesize"].trains
+    (tmp_path / "prompts.jsonl").write_text(Path(PROMPTS).read_text())
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: t
+        base_model: {tiny_model_dir}
+        stages:
+          - name: distill
+            kind: synthesize
+            prompts: {{path: prompts.jsonl, limit: 4}}
+            rewards: [{{type: language}}]
+          - name: align1
+            kind: preference
+            prompts: {{path: prompts.jsonl}}
+            rewards: [{{type: format}}]
+          - name: align2
+            kind: preference
+            from: distill
+            prompts: {{path: prompts.jsonl}}
+            rewards: [{{type: format}}, {{type: judge, backend: {{type: transformers, model: "stage:align1"}}}}]
+            train: {{loss_type: ipo}}
+    """))
+    loaded = load_recipe(recipe)
+    align = loaded.stage("align2")
+    assert align.prompts.path == str(tmp_path / "prompts.jsonl")  # resolved against the recipe
+    assert align.train["loss_type"] == ["ipo"]
+    plans = plan_run(loaded, tmp_path / "run")
+    assert [p.name for p in plans][:3] == ["distill", "align1", "align2"] and plans[2].action == "run"
+    assert list(plans[2].components["depends_on"]) == ["align1"]  # the judge's model is another stage's
+    recipe.write_text(recipe.read_text().replace("loss_type: ipo", "loss_tpye: ipo"))
+    with pytest.raises(RecipeError, match="loss_tpye"):
+        load_recipe(recipe)

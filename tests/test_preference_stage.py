@@ -1,0 +1,137 @@
+"""The preference stage end to end: on-policy sampling, rewards, pairs, real DPOTrainer in a launched process."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tempa.alignment import PreferenceStageConfig, run_preference
+from tempa.alignment.pairs import Scored, best_worst
+from tempa.sft.stage_api import StageContext
+
+PROMPTS = str(Path(__file__).resolve().parents[1] / "recipes" / "data" / "sample_prompts.jsonl")
+
+
+def context(run_dir: Path, model_dir: Path, tokenizer_dir: Path, launches: list[str]) -> StageContext:
+    from tempa.recipes.launcher import run_launch
+    from tempa.recipes.schema import LaunchConfig
+
+    log = logging.getLogger("tempa")
+
+    def launch(module: str, args: list[str], log_file: Path) -> None:
+        launches.append(module)
+        run_launch(LaunchConfig(use_cpu=True), module, args, log_file, log=log)
+
+    return StageContext(run_dir=run_dir, stage_dir=run_dir / "align", stage_name="align", seed=3,
+                        model_dir=model_dir, tokenizer_dir=tokenizer_dir, chat_template="", stage_dirs={},
+                        stage_models={}, launch=launch, log=log, use_cpu=True)
+
+
+CONFIG = {
+    "name": "align",
+    "kind": "preference",
+    "rounds": 2,
+    "prompts": {"path": PROMPTS, "limit": 6},
+    "sampling": {"n": 4, "temperature": 1.0, "max_new_tokens": 12, "batch_size": 6,
+                 "thinking": {"mode": "mixed", "ratio": 0.5}},
+    # The tiny model writes gibberish: length in characters, format and language still tell samples apart.
+    "rewards": [{"type": "length", "unit": "chars", "per_token": 0.01}, {"type": "format"}, {"type": "language"}],
+    "pairs": {"allow_truncated_chosen": True, "min_margin": 0.01},
+    "train": {"max_steps": 1, "learning_rate": 1.0e-2, "warmup_steps": 0, "per_device_train_batch_size": 4,
+              "logging_steps": 1, "save_steps": 1, "activation_checkpointing": False, "loss_type": "sigmoid",
+              "precompute_ref_log_probs": True, "max_length": 256},
+}
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory, tiny_model_dir):
+    from tempa.chat_templates import bake_tokenizer
+
+    root = tmp_path_factory.mktemp("pref")
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", root / "tok")
+    launches: list[str] = []
+    ctx = context(root / "run", tiny_model_dir, root / "tok", launches)
+    result = run_preference(PreferenceStageConfig.model_validate(CONFIG), ctx)
+    return ctx, result, launches
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_two_rounds_train_each_from_the_previous_model(aligned, tiny_model_dir):
+    ctx, result, launches = aligned
+    stage = ctx.stage_dir
+    assert launches == ["tempa.alignment.dpo_train"] * 2
+    assert result.model_dir == stage / "round-2" / "final"
+    plan1 = json.loads((stage / "round-1" / "train_plan.json").read_text())
+    plan2 = json.loads((stage / "round-2" / "train_plan.json").read_text())
+    assert plan1["model_dir"] == str(tiny_model_dir)
+    assert plan2["model_dir"] == str(stage / "round-1" / "final")  # round 2 samples and trains the new policy
+    assert json.loads((stage / "round-2" / "samples.jsonl.meta.json").read_text())["policy"] == plan2["model_dir"]
+    start = load_file(str(tiny_model_dir / "model.safetensors"))
+    one = load_file(str(stage / "round-1" / "final" / "model.safetensors"))
+    two = load_file(str(stage / "round-2" / "final" / "model.safetensors"))
+    assert start.keys() == one.keys() == two.keys()
+    assert any(not torch.equal(start[k], one[k]) for k in start)
+    assert any(not torch.equal(one[k], two[k]) for k in one)
+    assert (stage / "final").resolve() == (stage / "round-2" / "final").resolve()
+    assert "precompute_ref_log_probs" in (stage / "round-1" / "logs" / "train.log").read_text() or \
+        plan1["train_args"]["precompute_ref_log_probs"] is True
+
+
+def test_pairs_are_best_against_worst_of_the_scored_samples(aligned):
+    ctx, _, _ = aligned
+    for round_dir in (ctx.stage_dir / "round-1", ctx.stage_dir / "round-2"):
+        samples = {r["id"]: r for r in read_jsonl(round_dir / "samples.jsonl")}
+        scores = {r["id"]: r for r in read_jsonl(round_dir / "scores.jsonl")}
+        pairs = read_jsonl(round_dir / "pairs.jsonl")
+        assert len(samples) == len(scores) == 6 and pairs
+        for pair in pairs:
+            totals = [r["scores"]["total"] for r in scores[pair["prompt_id"]]["results"]]
+            assert pair["chosen_score"] == max(totals) and pair["rejected_score"] == min(totals)
+            assert pair["chosen_score"] - pair["rejected_score"] >= 0.01
+            assert totals[pair["chosen_index"]] == max(totals)
+            completion = samples[pair["prompt_id"]]["completions"][pair["chosen_index"]]
+            assert completion["text"].strip().endswith(pair["chosen"][0]["content"].strip()[-5:])
+            assert pair["chat_template_kwargs"]["thinking_mode"] in ("on", "off")
+            assert set(pair["chosen_scores"]) == {"length", "format", "language", "total"}
+        # prompts without a pair are exactly those best_worst refuses
+        paired = {p["prompt_id"] for p in pairs}
+        for pid, record in scores.items():
+            group = [Scored(i, r["scores"]["total"], True) for i, r in enumerate(record["results"])]
+            usable = best_worst(group, min_margin=0.01, allow_truncated_chosen=True)[0] is not None
+            assert usable == (pid in paired)
+
+
+def test_each_round_reports_reward_statistics(aligned):
+    ctx, result, _ = aligned
+    for k in (1, 2):
+        stats = json.loads((ctx.stage_dir / f"round-{k}" / "stats.json").read_text())
+        pairs = read_jsonl(ctx.stage_dir / f"round-{k}" / "pairs.jsonl")
+        assert stats["round"] == k and stats["prompts"] == 6
+        assert stats["pairs"] == len(pairs) and stats["pair_fraction"] == pytest.approx(len(pairs) / 6, abs=1e-6)
+        assert stats["chosen_reward_mean"] == pytest.approx(sum(p["chosen_score"] for p in pairs) / len(pairs), abs=1e-5)
+        assert stats["rejected_reward_mean"] == pytest.approx(sum(p["rejected_score"] for p in pairs) / len(pairs), abs=1e-5)
+        assert stats["chosen_reward_mean"] > stats["rejected_reward_mean"]
+        assert sum(stats["dropped"].values()) == 6 - len(pairs)
+        assert stats["sampling"]["samples"] == 24 and stats["sampling"]["samples_per_s"] > 0
+        assert stats["train"]["global_step"] == 1
+    metrics = result.metrics
+    assert [r["round"] for r in metrics["per_round"]] == [1, 2]
+    last = json.loads((ctx.stage_dir / "round-2" / "stats.json").read_text())
+    assert metrics["chosen_reward_mean"] == last["chosen_reward_mean"]
+    assert metrics["pair_fraction"] == last["pair_fraction"]
+
+
+def test_a_finished_stage_is_not_sampled_or_trained_again(aligned, tiny_model_dir):
+    ctx, result, _ = aligned
+    launches: list[str] = []
+    again = run_preference(PreferenceStageConfig.model_validate(CONFIG),
+                           context(ctx.run_dir, tiny_model_dir, ctx.tokenizer_dir, launches))
+    assert launches == [] and again.metrics == result.metrics

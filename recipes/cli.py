@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("recipe", help="recipe YAML path, or the name of a shipped recipe (e.g. demo)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a recipe key, e.g. stages.sft.train.learning_rate=2e-5 (repeatable)")
+        p.add_argument("--profile", default=None,
+                       help="apply the recipe's `profiles: NAME` overlay (e.g. tiny: the same pipeline at toy scale)")
         p.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/<recipe name>)")
         group = p.add_mutually_exclusive_group()
         group.add_argument("--from", dest="from_stage", metavar="STAGE",
@@ -51,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="show the resolved recipe and what a run would do; does no work")
     recipe_args(plan)
-    plan.add_argument("--hardware", default=None, help=argparse.SUPPRESS)
+    plan.add_argument("--hardware", default=None, metavar="NxGPU",
+                      help="also estimate tokens, steps, per-GPU memory (ZeRO-3) and hours, e.g. 8xH100")
+    plan.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed by --hardware")
     plan.set_defaults(func=_cmd_plan)
 
     status = sub.add_parser("status", help="each stage's state, time and key metrics")
@@ -93,7 +97,7 @@ def _cmd_run(args) -> int:
     from tempa.recipes.loader import load_recipe
     from tempa.recipes.runner import run_recipe
 
-    loaded = load_recipe(args.recipe, args.overrides)
+    loaded = load_recipe(args.recipe, args.overrides, profile=args.profile)
     run_dir = _run_dir(args, loaded)
     summary = run_recipe(loaded, run_dir, from_stage=args.from_stage, only=args.only)
     print(f"run complete: {summary.run_dir}")
@@ -111,7 +115,7 @@ def _cmd_plan(args) -> int:
     from tempa.recipes.loader import load_recipe
     from tempa.recipes.runner import plan_run
 
-    loaded = load_recipe(args.recipe, args.overrides)
+    loaded = load_recipe(args.recipe, args.overrides, profile=args.profile)
     run_dir = _run_dir(args, loaded)
     plans = plan_run(loaded, run_dir, from_stage=args.from_stage, only=args.only)
     console = Console(highlight=False, soft_wrap=True)
@@ -127,6 +131,10 @@ def _cmd_plan(args) -> int:
         table.add_row(str(p.index + 1), p.name, p.kind, p.upstream or "base model", p.action, p.reason,
                       p.fingerprint[:12])
     console.print(table)
+    if args.hardware:
+        from tempa.recipes.estimate import render_estimate
+
+        console.print(render_estimate(loaded, args.hardware, args.mfu), markup=False)
     return 0
 
 

@@ -50,6 +50,8 @@ class LoadedRecipe:
     stages: list[StageConfigBase]
     raw: dict[str, Any]
     files: list[Path] = field(default_factory=list)  # the recipe and every file it extends
+    profile: str | None = None  # the `profiles:` entry applied (--profile)
+    profiles: list[str] = field(default_factory=list)  # every profile the recipe offers
 
     def stage(self, name: str) -> StageConfigBase:
         for stage in self.stages:
@@ -94,12 +96,40 @@ def find_recipe(ref: str | Path, relative_to: Path | None = None) -> Path:
     raise RecipeError(f"{ref}: recipe file not found (shipped recipes: {', '.join(shipped)})")
 
 
-def load_recipe(ref: str | Path, overrides: Sequence[str] = ()) -> LoadedRecipe:
+def load_recipe(ref: str | Path, overrides: Sequence[str] = (), *, profile: str | None = None) -> LoadedRecipe:
+    """Load, merge (`extends`, then the named `profiles:` entry, then `--set`) and validate."""
     path = find_recipe(ref)
     raw, lines, origins, files = _load_chain(path, seen=())
+    profiles = raw.pop("profiles", None) or {}
+    if profile is not None:
+        if not isinstance(profiles, dict) or profile not in profiles:
+            known = ", ".join(profiles) if isinstance(profiles, dict) and profiles else "none"
+            raise RecipeError(f"{path}: --profile {profile}: no such profile (profiles: {known})")
+        overlay = profiles[profile]
+        if not isinstance(overlay, dict):
+            raise RecipeError(f"{path}: profiles.{profile}: expected a mapping of recipe fields")
+        raw = _merge_recipes(raw, overlay)
+        lines = {**lines, **_profile_lines(lines, profile, overlay)}
     for override in overrides:
         _apply_override(raw, override, path)
-    return _validate(path, raw, lines, origins, files)
+    loaded = _validate(path, raw, lines, origins, files)
+    loaded.profile = profile
+    loaded.profiles = list(profiles) if isinstance(profiles, dict) else []
+    return loaded
+
+
+def _profile_lines(lines, profile: str, overlay: dict) -> dict:
+    """Positions of a profile's values, re-keyed as the top-level fields they override."""
+    stages = overlay.get("stages") if isinstance(overlay.get("stages"), list) else []
+    out = {}
+    for key, value in lines.items():
+        if key[:2] != ("profiles", profile) or len(key) < 3:
+            continue
+        rest = key[2:]
+        if rest[0] == "stages" and len(rest) >= 2 and isinstance(rest[1], int) and rest[1] < len(stages):
+            rest = ("stages", stages[rest[1]].get("name"), *rest[2:])
+        out[rest] = value
+    return out
 
 
 # --------------------------------------------------------------------------- YAML + positions
@@ -166,7 +196,11 @@ def _load_chain(path: Path, seen: tuple[Path, ...]):
     raw, lines = _read_yaml(path)
     stages = _stage_list(raw, path)
     named_lines = _by_name(lines, stages)
+    # Relative paths resolve against the file that wrote them: a stage against the file that
+    # first defined it, top-level fields against the file that set base_model.
     origins = {stage["name"]: path for stage in stages}
+    if "base_model" in raw:
+        origins["<top>"] = path
     files = [path]
     parent_ref = raw.pop("extends", None)
     if parent_ref is not None:
@@ -176,10 +210,8 @@ def _load_chain(path: Path, seen: tuple[Path, ...]):
         parent_raw, parent_named, parent_origins, parent_files = _load_chain(parent_path, (*seen, path))
         raw = _merge_recipes(parent_raw, raw)
         named_lines = {**parent_named, **named_lines}
-        origins = {**parent_origins, **origins}
+        origins = {**origins, **parent_origins} | ({"<top>": path} if "<top>" in origins else {})
         files = parent_files + files
-        if "base_model" not in raw or raw.get("base_model") == parent_raw.get("base_model"):
-            origins.setdefault("<top>", parent_path)
     origins.setdefault("<top>", path)
     return raw, named_lines, origins, files
 

@@ -100,9 +100,9 @@ def test_http_backend_gives_up_with_one_line_and_no_secret(monkeypatch, caplog):
 
 
 def test_http_backend_client_errors_are_not_retried():
-    with FakeOpenAI(lambda body: (400, {"error": "bad model"}, {})) as server:
-        with pytest.raises(HTTPBackendError, match="HTTP 400"):
-            http(server).sample([[{"role": "user", "content": "q"}]], GenerationParams())
+    with FakeOpenAI(lambda body: (400, {"error": "bad model"}, {})) as server, \
+            pytest.raises(HTTPBackendError, match="HTTP 400"):
+        http(server).sample([[{"role": "user", "content": "q"}]], GenerationParams())
     assert len(server.requests) == 1
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tempa.alignment.completions import Completion, assistant_message, split_think, split_text
+from tempa.alignment.completions import Completion, assistant_message, split_text, split_think
 from tempa.alignment.prompts import PromptRow
 from tempa.alignment.rewards import (
     AnswerReward,

@@ -49,7 +49,7 @@ def test_train_block_is_checked_against_dpo_config():
 
 
 def test_config_rules():
-    with pytest.raises(ValidationError, match="leave backend.model unset"):
+    with pytest.raises(ValidationError, match=r"leave backend\.model unset"):
         config(backend={"type": "transformers", "model": PROMPTS})
     with pytest.raises(ValidationError, match="needs a `revise:` block"):
         config(pairs={"strategy": "revise"})

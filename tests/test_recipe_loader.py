@@ -219,3 +219,38 @@ def test_shipped_demo_recipe_loads_by_name():
     assert loaded.recipe.base_model == "tempa:tiny"
     kinds = [stage.kind for stage in loaded.stages]
     assert kinds.count("sft") >= 2
+
+
+def test_profile_overlays_the_recipe_and_unknown_profiles_are_listed(tmp_path, data_file):
+    text = recipe_text() + textwrap.indent(textwrap.dedent("""
+        profiles:
+          tiny:
+            seed: 5
+            stages:
+              - name: first
+                train: {learning_rate: 0.5, max_steps: 3}
+        """), "    ")
+    path = write(tmp_path / "r.yaml", text)
+    plain = load_recipe(path)
+    assert plain.recipe.seed == 42 and plain.stages[0].train == {"learning_rate": 1.0e-3}
+    assert plain.profiles == ["tiny"]
+    tiny = load_recipe(path, profile="tiny")
+    assert tiny.recipe.seed == 5 and tiny.profile == "tiny"
+    assert tiny.stages[0].train == {"learning_rate": 0.5, "max_steps": 3}
+    with pytest.raises(RecipeError, match=r"--profile huge: no such profile \(profiles: tiny\)"):
+        load_recipe(path, profile="huge")
+
+
+def test_error_inside_a_profile_points_at_the_profile_line(tmp_path, data_file):
+    text = recipe_text() + textwrap.indent(textwrap.dedent("""
+        profiles:
+          tiny:
+            stages:
+              - name: first
+                train: {max_stepz: 3}
+        """), "    ")
+    path = write(tmp_path / "r.yaml", text)
+    load_recipe(path)  # the profile is not applied: the recipe itself is fine
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, profile="tiny")
+    assert f"{path}:18: stages[0].train.max_stepz (stage 'first')" in str(err.value)

@@ -1,0 +1,120 @@
+"""SFT data preparation: tempa's pipeline against trl's own preprocessing, on the same rows.
+
+    python bench/data_prep.py              # the recorded configuration
+    python bench/data_prep.py --quick      # a smoke run
+
+tempa: ``tempa.sft.data.prepare_sft_data`` on a JSONL file: load, normalise, curate (tempa's default
+row filters: malformed reasoning, role order), render with the chat template, tokenise, assistant
+masks, per-source stats, save to its cache. Run twice: cold, then the cached second run.
+
+trl: what ``SFTTrainer`` does with the same rows when ``assistant_only_loss=True``: ``load_dataset("json")``
+then ``SFTTrainer._prepare_dataset`` (chat template with assistant masks, labels, truncation). Run
+twice as well; the second run can reuse ``datasets``' own map cache when its fingerprints match.
+
+Both use one process (``num_proc`` / ``dataset_num_proc`` unset) and the same tokenizer and template.
+Goal: tempa >= 1x trl on the first run, and >= 20x trl's first run on tempa's cached run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import _common as common
+
+
+def tempa_run(rows_path: Path, tokenizer, cache: Path, out: Path, max_length: int) -> dict[str, Any]:
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_config import DataConfig
+
+    config = DataConfig.model_validate({"sources": [{"name": "rows", "path": str(rows_path), "thinking_mode": "on"}]})
+    started = time.perf_counter()
+    prepared = prepare_sft_data(config, tokenizer, out_dir=out, cache_dir=cache, seed=0, max_length=max_length)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "rows_in": prepared.stats["total"]["rows_in"], "samples": len(prepared.train),
+            "tokens": prepared.stats["train_tokens"], "cache_hit": prepared.cache_hit}
+
+
+def trl_trainer(tokenizer, work: Path, max_length: int):
+    """An SFTTrainer configured for conversational rows with assistant-only loss (built untimed)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    model = common.llama(common.Shape(64, 168, 1, 4, 2, 1024), tokenizer)
+    args = SFTConfig(output_dir=str(work / "trl-out"), assistant_only_loss=True, max_length=max_length,
+                     use_cpu=True, bf16=False, report_to="none")
+    probe = Dataset.from_list(common.read_jsonl(work / "rows.jsonl")[:4])
+    return SFTTrainer(model=model, args=args, train_dataset=probe, processing_class=tokenizer)
+
+
+def trl_run(trainer, rows_path: Path, hf_cache: Path) -> dict[str, Any]:
+    from datasets import load_dataset
+
+    started = time.perf_counter()
+    raw = load_dataset("json", data_files=str(rows_path), split="train", cache_dir=str(hf_cache))
+    prepared = trainer._prepare_dataset(raw, trainer.processing_class, trainer.args, False, None, "train")
+    seconds = time.perf_counter() - started
+    tokens = sum(len(ids) for ids in prepared["input_ids"])
+    return {"seconds": seconds, "rows_in": len(raw), "samples": len(prepared), "tokens": tokens}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=3000)
+    parser.add_argument("--max-length", type=int, default=8192)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rows = 150
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.getLogger("tempa").setLevel(logging.WARNING)
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+    tokenizer = common.bench_tokenizer()
+    lengths = common.reasoning_lengths(args.rows, seed=1, max_tokens=args.max_length)
+    print(common.machine_line())
+    print(f"data: {common.length_summary(lengths)}")
+    with tempfile.TemporaryDirectory(prefix="tempa-bench-data-") as tmp:
+        work = Path(tmp)
+        rows_path = common.write_conversations(work / "rows.jsonl", lengths, tokenizer, seed=1)
+        trainer = trl_trainer(tokenizer, work, args.max_length)  # also compiles the template once for both
+        results = {
+            "tempa first": tempa_run(rows_path, tokenizer, work / "tempa-cache", work / "tempa-out", args.max_length),
+            "tempa cached": tempa_run(rows_path, tokenizer, work / "tempa-cache", work / "tempa-out2", args.max_length),
+            "trl first": trl_run(trainer, rows_path, work / "hf-cache"),
+            "trl second": trl_run(trainer, rows_path, work / "hf-cache"),
+        }
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": common.machine_line(), **results}, indent=2))
+    return 0
+
+
+def report(results: dict[str, dict[str, Any]]) -> None:
+    rows = [("run", "seconds", "rows/s", "tokens/s", "samples", "tokens")]
+    for name, r in results.items():
+        rows.append((name, f"{r['seconds']:.2f}", f"{r['rows_in'] / r['seconds']:.0f}",
+                     f"{r['tokens'] / r['seconds']:.0f}", str(r["samples"]), str(r["tokens"])))
+    common.print_table(rows)
+    trl_first = results["trl first"]["seconds"]
+    first = trl_first / results["tempa first"]["seconds"]
+    cached = trl_first / results["tempa cached"]["seconds"]
+    second = results["trl second"]["seconds"] / results["tempa cached"]["seconds"]
+    print(f"ratio tempa/trl rows/s, first run: {first:.2f}x (goal >= 1x)")
+    print(f"ratio tempa cached / trl first run: {cached:.1f}x (goal >= 20x); against trl's own second run: {second:.1f}x")
+    print(f"machine after the run: {common.machine_line()}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

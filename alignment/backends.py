@@ -203,7 +203,10 @@ class HTTPBackendConfig(_Strict):
     backoff_s: float = Field(
         default=1.0, ge=0, description="First retry delay; doubles per retry (capped at 60s; `Retry-After` wins)."
     )
-    concurrency: int = Field(default=8, ge=1, description="Requests in flight at once.")
+    concurrency: int = Field(
+        default=8, ge=1, description="Requests in flight at once (within one batch of the stage's `batch_size` "
+        "prompts, so raise both for a high-latency API).",
+    )
     supports_n: bool = Field(
         default=True,
         description="The server honours `n` (vLLM does). Set false (e.g. llama.cpp) to send n requests of one "

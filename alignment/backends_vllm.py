@@ -148,9 +148,15 @@ class VLLMBackend(SamplingBackend):
         return results
 
     def close(self) -> None:
+        """Free the engine and its GPU memory before training starts (best effort across vLLM versions)."""
+        import contextlib
         import gc
 
         del self.llm
+        with contextlib.suppress(Exception):
+            from vllm.distributed import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()
         gc.collect()
         try:
             import torch

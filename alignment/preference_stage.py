@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from tempa.alignment.sampling import (
     write_json,
     write_jsonl,
 )
+from tempa.sft.files import staging_dir
 from tempa.sft.stage_api import StageContext, StageError, StageResult
 
 __all__ = ["PreferenceStageConfig", "run_preference"]
@@ -73,15 +73,16 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> StageRes
     if (policy.parent / "checkpoints").is_dir():
         _point(ctx.stage_dir / "checkpoints", policy.parent / "checkpoints")
     last = per_round[-1]
-    metrics = {
+    metrics: dict[str, Any] = {
         "chosen_reward_mean": last["chosen_reward_mean"],
         "rejected_reward_mean": last["rejected_reward_mean"],
         "pair_fraction": last["pair_fraction"],
         "pairs": last["pairs"],
         "train_loss": last.get("train", {}).get("train_loss"),
         "rounds": config.rounds,
-        "per_round": [_round_headline(s) for s in per_round],
     }
+    for stats in per_round:  # flat keys, so trackers and `tempa status` show them as numbers
+        metrics.update({f"round{stats['round']}_{key}": value for key, value in _round_headline(stats).items()})
     outputs = {"final": str(policy), **{f"pairs_round_{s['round']}": str(ctx.stage_dir / f"round-{s['round']}"
                                                                           / "pairs.jsonl") for s in per_round}}
     return StageResult(model_dir=policy, metrics=metrics, outputs=outputs)
@@ -137,7 +138,8 @@ def run_round(
         )
         revisions = None
         if config.pairs.strategy == "revise":
-            revisions = _revise(config, ctx, prompts, samples, scores, rewards, round_dir, score_signature, seed)
+            revisions = _revise(config, ctx, policy, prompts, samples, scores, rewards, round_dir,
+                                score_signature, seed)
         judge_stats = rewards.stats()
     finally:
         rewards.close()
@@ -260,7 +262,7 @@ def renders(tokenizer: Any, row: dict[str, Any]) -> bool:
 # --------------------------------------------------------------------------- revise
 
 
-def _revise(config: PreferenceStageConfig, ctx: StageContext, prompts: list[PromptRow],
+def _revise(config: PreferenceStageConfig, ctx: StageContext, policy: Path, prompts: list[PromptRow],
             samples: list[dict[str, Any]], scores: list[dict[str, Any]], rewards: RewardSet, round_dir: Path,
             signature: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     """Rewrite each prompt's worst sample with the reviser and score the rewrite (resumable)."""
@@ -274,7 +276,7 @@ def _revise(config: PreferenceStageConfig, ctx: StageContext, prompts: list[Prom
         if bottom is not None:
             targets.append((prompt, bottom.index))
     reviser: SamplingBackend = LazyBackend(lambda: build_backend(
-        settings.backend, policy_dir=Path(signature["policy"]), tokenizer_dir=ctx.tokenizer_dir,
+        settings.backend, policy_dir=policy, tokenizer_dir=ctx.tokenizer_dir,
         stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code, who="pairs.revise"))
     from tempa.alignment.generation import GenerationParams
 
@@ -358,7 +360,6 @@ def train_headline(trained: dict[str, Any]) -> dict[str, Any]:
 
 def _round_headline(stats: dict[str, Any]) -> dict[str, Any]:
     return {
-        "round": stats["round"],
         "prompts": stats["prompts"],
         "pairs": stats["pairs"],
         "pair_fraction": stats["pair_fraction"],
@@ -378,11 +379,8 @@ def _save_pairs_dataset(rows: list[dict[str, Any]], path: Path) -> Path:
 
     columns = ("prompt", "chosen", "rejected", "chat_template_kwargs")
     dataset = datasets.Dataset.from_list([{k: row[k] for k in columns} for row in rows])
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    dataset.save_to_disk(str(tmp))
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    with staging_dir(path) as tmp:
+        dataset.save_to_disk(str(tmp))
     return path
 
 

@@ -24,6 +24,7 @@ from tempa.alignment.completions import Completion
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.prompts import PromptRow
 from tempa.alignment.rewards import RewardSet, ScoreItem
+from tempa.sft.files import write_atomic
 
 T = TypeVar("T")
 log = logging.getLogger("tempa.alignment.sampling")
@@ -82,27 +83,17 @@ class JsonlStore:
             os.fsync(f.fileno())
 
     def mark_complete(self) -> None:
-        tmp = self.marker.with_name(self.marker.name + ".tmp")
-        tmp.write_text("complete\n")
-        os.replace(tmp, self.marker)
+        write_atomic(self.marker, "complete\n")
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Write a whole JSON Lines file atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write a whole JSON Lines file atomically."""
+    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows))
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write a JSON file atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
 def run_incremental(

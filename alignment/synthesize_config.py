@@ -73,7 +73,9 @@ class SecondTurnSettings(BaseModel):
         default=None, description="How second answers are scored. Default: the stage's rewards."
     )
     select: SelectSettings = Field(
-        default_factory=SelectSettings, description="Which second answers are kept (e.g. by: judge, min_score: 9)."
+        default_factory=SelectSettings,
+        description="Which second answer is kept (e.g. by: judge, min_score: 9); one per conversation, the best "
+        "that passes, whatever the strategy.",
     )
     on_reject: Literal["drop_turn", "drop_conversation"] = Field(
         default="drop_turn",
@@ -114,6 +116,11 @@ class SynthesizeStageConfig(StageConfigBase):
     )
     rewards: list[RewardConfig] = Field(min_length=1, description="Verifiers and judges scoring each response.")
     select: SelectSettings = Field(default_factory=SelectSettings, description="Which responses are kept.")
+    keep_incomplete: bool = Field(
+        default=False,
+        description="Also select responses cut off at max_new_tokens or with an empty answer (an unclosed think "
+        "block has none). Off: such responses are never kept, whatever their score.",
+    )
     second_turn: SecondTurnSettings | None = Field(
         default=None, description="Add a judged second turn to every kept conversation (Swallow v0.3)."
     )

@@ -52,6 +52,7 @@ from tempa.sft.stage_api import StageContext, StageError, StageResult
 __all__ = ["SynthesizeStageConfig", "run_synthesize"]
 
 EMPTY_FOLLOWUP = "empty_followup"
+INCOMPLETE = "incomplete"  # every response was cut off or had no answer
 
 
 def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> StageResult:
@@ -159,15 +160,31 @@ def select_first_turns(
     kept: list[Kept] = []
     rejects: list[dict[str, Any]] = []
     for prompt, sample, score in zip(prompts, samples, scores, strict=True):
-        values = [r["scores"].get(config.select.by) for r in score["results"]]
-        indices, reason = select_samples(values, strategy=config.select.strategy, min_score=config.select.min_score)
         completions = completions_of(sample)
+        values = [r["scores"].get(config.select.by) for r in score["results"]]
+        indices, reason = select_complete(values, completions, config.select.strategy, config.select.min_score,
+                                          config.keep_incomplete)
         for i in indices:
             kept.append(Kept(prompt, i, completions[i], score["results"][i]["scores"]))
         if not indices:
             rejects.append({"prompt_id": prompt.id, "turn": 1, "reason": reason, "scores": values,
                             "messages": prompt.messages})
     return kept, rejects
+
+
+def complete(completion: Completion) -> bool:
+    """Ended on its own (not cut off) with a non-empty answer."""
+    return not completion.truncated and bool(split_think(completion).answer.strip())
+
+
+def select_complete(values: list[float | None], completions: list[Completion], strategy: str,
+                    min_score: float | None, keep_incomplete: bool) -> tuple[list[int], str | None]:
+    """:func:`select_samples`, with incomplete responses out of the running unless allowed."""
+    if not keep_incomplete:
+        if not any(complete(c) for c in completions):
+            return [], INCOMPLETE
+        values = [v if complete(c) else None for v, c in zip(values, completions, strict=True)]
+    return select_samples(values, strategy=strategy, min_score=min_score)  # type: ignore[arg-type]
 
 
 def sft_row(kept: Kept, provenance: dict[str, Any], second: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -257,9 +274,8 @@ def add_second_turns(
     seconds: dict[str, dict[str, Any]] = {}
     for prompt, sample, score in zip(second_prompts, samples, scores, strict=True):
         values = [r["scores"].get(settings.select.by) for r in score["results"]]
-        indices, reason = select_samples(values, strategy="best", min_score=settings.select.min_score)
-        if settings.select.strategy == "all" and indices:
-            indices = [indices[0]]  # one second turn per conversation: the best that passes
+        indices, reason = select_complete(values, completions_of(sample), "best", settings.select.min_score,
+                                          config.keep_incomplete)
         if indices:
             i = indices[0]
             seconds[prompt.id] = {"followup": followup_of[prompt.id], "completion": completions_of(sample)[i],

@@ -26,7 +26,8 @@ def test_the_issue_loss_types_are_trl_loss_types():
         assert name in trl_loss_types()
         assert config(train={"loss_type": name}).train["loss_type"] == [name]
         # trl itself accepts what we pass on
-        assert DPOConfig(output_dir="/tmp/x", loss_type=[name], use_cpu=True, bf16=False).loss_type == [name]
+        assert DPOConfig(output_dir="/tmp/x", loss_type=[name], use_cpu=True, bf16=False,
+                         activation_checkpointing=False).loss_type == [name]
 
 
 def test_loss_aliases_lists_and_errors():

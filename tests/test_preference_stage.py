@@ -123,10 +123,12 @@ def test_each_round_reports_reward_statistics(aligned):
         assert stats["sampling"]["samples"] == 24 and stats["sampling"]["samples_per_s"] > 0
         assert stats["train"]["global_step"] == 1
     metrics = result.metrics
-    assert [r["round"] for r in metrics["per_round"]] == [1, 2]
-    last = json.loads((ctx.stage_dir / "round-2" / "stats.json").read_text())
-    assert metrics["chosen_reward_mean"] == last["chosen_reward_mean"]
-    assert metrics["pair_fraction"] == last["pair_fraction"]
+    for k in (1, 2):
+        stats = json.loads((ctx.stage_dir / f"round-{k}" / "stats.json").read_text())
+        for key in ("chosen_reward_mean", "rejected_reward_mean", "pair_fraction", "pairs"):
+            assert metrics[f"round{k}_{key}"] == stats[key]
+    assert metrics["chosen_reward_mean"] == metrics["round2_chosen_reward_mean"]
+    assert all(isinstance(v, int | float | type(None)) for v in metrics.values())
 
 
 def test_a_finished_stage_is_not_sampled_or_trained_again(aligned, tiny_model_dir):

@@ -92,7 +92,6 @@ def test_lora_adapters_are_merged_into_the_saved_model(tmp_path, tiny_model_dir)
 
 
 def test_report_to_tensorboard_writes_event_files(tmp_path, tiny_model_dir):
-    pytest.importorskip("tensorboard")
     recipe = sft_recipe(tmp_path, tiny_model_dir, max_steps=4, save_steps=4)
     run_recipe(load_recipe(recipe, ["stages.sft.train.report_to=[tensorboard]"]), tmp_path / "run")
     events = list((tmp_path / "run" / "sft").rglob("events.out.tfevents.*"))

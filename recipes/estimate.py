@@ -1,0 +1,596 @@
+"""Plan estimates: tokens, steps, per-GPU memory under ZeRO-3 and hours for each training stage.
+
+``tempa plan RECIPE --hardware 8xH100`` prints :func:`render_estimate`; :func:`estimate_recipe`
+returns the numbers. Nothing is downloaded: the base model's shape comes from a local
+``config.json``, or from a built-in table matched from the hub id (Llama 3.x, Qwen2.5, Mistral 7B,
+SEA-LION v3 / Swallow on Llama 3.1); tokens come from the stage's data stats when it already ran
+(``run_dir/<stage>/data/mix.json``), else from the sources' ``tokens`` / ``rows`` settings with a
+stated average length per row.
+
+The memory model (per GPU, DeepSpeed ZeRO-3 without offload, bf16 mixed precision, AdamW):
+
+- model states, as DeepSpeed's ``estimate_zero3_model_states_mem_needs`` counts them: 18 bytes
+  per parameter sharded over all GPUs (parameters 6: the bf16 copy and the fp32 master; gradients
+  4: fp32; optimizer 8: Adam's two fp32 moments) plus 4 bytes per parameter of the largest layer,
+  which ZeRO-3 gathers whole to compute with (the embedding or LM head for Llama shapes);
+- activations of one micro-batch with full activation checkpointing (trl's default): each
+  layer's bf16 input kept, one layer's intermediates rebuilt during its backward, and the logits
+  (bf16, their fp32 upcast for the loss and its fp32 gradient; Liger's fused loss never builds them);
+- a stage fits when that total stays under 90% of the GPU's memory (the rest: CUDA context, NCCL
+  buffers, allocator fragmentation, DeepSpeed's prefetch buckets).
+
+Hours are ``6 * N * trained tokens / (GPUs * peak bf16 dense FLOP/s * MFU)``, the same MFU that
+bench/gpu_mfu.py measures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tempa.recipes.errors import RecipeError
+from tempa.recipes.loader import LoadedRecipe
+from tempa.recipes.schema import TINY_DEFAULT
+
+GIB = 2**30
+TRAINING_KINDS = ("sft", "preference")
+
+# Bytes per parameter under ZeRO-3 with bf16 mixed precision and AdamW (DeepSpeed's 18).
+PARAM_BYTES = 6  # bf16 working copy (2) + fp32 master weights (4)
+GRAD_BYTES = 4  # fp32 gradients
+OPTIMIZER_BYTES = 8  # Adam's first and second moments, fp32
+GATHER_BYTES = 4  # per parameter of the largest layer, gathered whole for compute
+
+USABLE_MEMORY = 0.90  # share of GPU memory a stage may plan to use
+PACKING_FILL = 0.95  # share of each packed row that BFD packing fills with tokens
+
+# Average rendered tokens per conversation when the recipe gives rows but no data stats exist yet.
+AVG_TOKENS_THINKING_OFF = 800  # instruction / chat data
+AVG_TOKENS_THINKING_ON = 4000  # distilled reasoning traces (R1-style) with their answers
+
+
+class EstimateError(RecipeError):
+    """The estimate cannot be made for a reason the user can act on; the message is one line."""
+
+
+# --------------------------------------------------------------------------- hardware
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    name: str
+    peak_tflops: float  # dense bf16 tensor-core TFLOP/s (no sparsity)
+    memory_gib: float  # what the device reports as total memory
+
+
+GPUS: dict[str, GPUSpec] = {
+    spec.name.lower(): spec
+    for spec in (
+        GPUSpec("H100", 989.4, 79.6),  # SXM5 80 GB
+        GPUSpec("H200", 989.4, 139.8),  # SXM 141 GB
+        GPUSpec("A100", 312.0, 79.2),  # SXM4 80 GB
+        GPUSpec("A100-40GB", 312.0, 39.4),
+        GPUSpec("L40S", 362.1, 44.4),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    gpus: int
+    gpu: GPUSpec
+    gpus_per_node: int = 8
+
+    @property
+    def nodes(self) -> int:
+        return max(1, math.ceil(self.gpus / self.gpus_per_node))
+
+    @property
+    def label(self) -> str:
+        return f"{self.gpus}x{self.gpu.name}"
+
+    def with_gpus(self, gpus: int) -> Hardware:
+        return Hardware(gpus, self.gpu, self.gpus_per_node)
+
+
+def parse_hardware(text: str) -> Hardware:
+    """``8xH100``, ``16xH100``, ``1xH200``, ``H100`` (one GPU); nodes hold 8 GPUs."""
+    match = re.fullmatch(r"\s*(?:(\d+)\s*[x×*]\s*)?([A-Za-z0-9-]+)\s*", text)
+    gpu = GPUS.get(match.group(2).lower()) if match else None
+    if match is None or gpu is None or (match.group(1) is not None and int(match.group(1)) < 1):
+        known = ", ".join(spec.name for spec in GPUS.values())
+        raise EstimateError(f"--hardware {text!r}: expected COUNTxGPU such as 8xH100 (GPUs: {known})")
+    count = int(match.group(1) or 1)
+    return Hardware(count, gpu, gpus_per_node=min(count, 8))
+
+
+# --------------------------------------------------------------------------- model shapes
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimate needs of a decoder-only transformer (Llama / Qwen2 / Mistral layout)."""
+
+    name: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    vocab_size: int
+    tie_embeddings: bool = False
+    head_dim: int | None = None
+    qkv_bias: bool = False  # Qwen2
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    def layer_parameters(self) -> int:
+        h, d = self.hidden_size, self.dim_per_head
+        q, kv = self.num_heads * d, self.num_kv_heads * d
+        attention = h * q + 2 * h * kv + q * h + ((q + 2 * kv) if self.qkv_bias else 0)
+        return attention + 3 * h * self.intermediate_size + 2 * h  # + SwiGLU MLP + two RMSNorms
+
+    @property
+    def parameters(self) -> int:
+        embeddings = self.vocab_size * self.hidden_size * (1 if self.tie_embeddings else 2)
+        return embeddings + self.num_layers * self.layer_parameters() + self.hidden_size
+
+    @property
+    def largest_layer_parameters(self) -> int:
+        """Largest single module's own parameters, as DeepSpeed's ``model_to_params`` counts them."""
+        h, d = self.hidden_size, self.dim_per_head
+        return max(self.vocab_size * h, h * self.intermediate_size, h * self.num_heads * d)
+
+
+def _llama(name: str, h: int, layers: int, heads: int, kv: int, inter: int, tied: bool = False) -> ModelShape:
+    return ModelShape(name, h, layers, heads, kv, inter, 128256, tied)
+
+
+def _qwen(name: str, h: int, layers: int, heads: int, kv: int, inter: int, vocab: int, tied: bool) -> ModelShape:
+    return ModelShape(name, h, layers, heads, kv, inter, vocab, tied, qkv_bias=True)
+
+
+KNOWN_SHAPES: dict[str, ModelShape] = {
+    shape.name.lower(): shape
+    for shape in (
+        _llama("Llama-3.2-1B", 2048, 16, 32, 8, 8192, tied=True),
+        _llama("Llama-3.2-3B", 3072, 28, 24, 8, 8192, tied=True),
+        _llama("Llama-3.1-8B", 4096, 32, 32, 8, 14336),
+        _llama("Llama-3.1-70B", 8192, 80, 64, 8, 28672),
+        _llama("Llama-3.1-405B", 16384, 126, 128, 8, 53248),
+        _qwen("Qwen2.5-0.5B", 896, 24, 14, 2, 4864, 151936, True),
+        _qwen("Qwen2.5-1.5B", 1536, 28, 12, 2, 8960, 151936, True),
+        _qwen("Qwen2.5-3B", 2048, 36, 16, 2, 11008, 151936, True),
+        _qwen("Qwen2.5-7B", 3584, 28, 28, 4, 18944, 152064, False),
+        _qwen("Qwen2.5-14B", 5120, 48, 40, 8, 13824, 152064, False),
+        _qwen("Qwen2.5-32B", 5120, 64, 40, 8, 27648, 152064, False),
+        _qwen("Qwen2.5-72B", 8192, 80, 64, 8, 29568, 152064, False),
+        ModelShape("Mistral-7B", 4096, 32, 32, 8, 14336, 32768),
+    )
+}
+
+# (family pattern in the lower-cased model name, size -> table key); first family that matches wins.
+_FAMILIES: tuple[tuple[str, dict[str, str]], ...] = (
+    (r"llama-?3\.2", {"1b": "llama-3.2-1b", "3b": "llama-3.2-3b"}),
+    # Llama 3 / 3.1 / 3.3 share these shapes; SEA-LION v3/v3.5 and Swallow are Llama 3.1 fine-tunes.
+    (r"llama-?3(?:\.[13])?(?![.\d])|sea-?lion-v3", {"8b": "llama-3.1-8b", "70b": "llama-3.1-70b",
+                                                    "405b": "llama-3.1-405b"}),
+    (r"qwen2\.5", {s: f"qwen2.5-{s}" for s in ("0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b")}),
+    (r"mistral-7b", {"7b": "mistral-7b"}),
+)
+_SIZE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?b)(?![a-z0-9])")
+
+
+def match_known_shape(model_id: str) -> ModelShape | None:
+    """The built-in shape for a hub id such as ``meta-llama/Llama-3.1-70B-Instruct``, or None."""
+    name = model_id.lower().rsplit("/", 1)[-1].replace("_", "-")
+    for pattern, sizes in _FAMILIES:
+        if re.search(pattern, name):
+            for size in _SIZE.findall(name):
+                if size in sizes:
+                    return KNOWN_SHAPES[sizes[size]]
+    return None
+
+
+def shape_from_config(config: dict[str, Any], name: str) -> ModelShape:
+    """A shape from a transformers ``config.json`` (multimodal configs: their ``text_config``)."""
+    config = config.get("text_config", config) if "hidden_size" not in config else config
+    try:
+        heads = int(config["num_attention_heads"])
+        return ModelShape(
+            name=name,
+            hidden_size=int(config["hidden_size"]),
+            num_layers=int(config["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(config.get("num_key_value_heads") or heads),
+            intermediate_size=int(config["intermediate_size"]),
+            vocab_size=int(config["vocab_size"]),
+            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
+            head_dim=config.get("head_dim"),
+            qkv_bias=bool(config.get("attention_bias", config.get("model_type") == "qwen2")),
+        )
+    except KeyError as exc:
+        raise EstimateError(f"{name}: config.json has no {exc.args[0]!r}; cannot size the model") from None
+
+
+def resolve_shape(base_model: str) -> tuple[ModelShape, str]:
+    """The base model's shape and where it came from; never downloads."""
+    if base_model == TINY_DEFAULT:
+        from tempa.recipes.tiny import TINY_MODEL_SHAPE, TINY_VOCAB_SIZE
+
+        s = TINY_MODEL_SHAPE
+        shape = ModelShape("tempa:tiny", s["hidden_size"], s["num_hidden_layers"], s["num_attention_heads"],
+                           s["num_key_value_heads"], s["intermediate_size"], TINY_VOCAB_SIZE)
+        return shape, "the embedded tiny default"
+    path = Path(base_model)
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            raise EstimateError(f"base_model {base_model}: folder has no config.json; cannot size the model")
+        return shape_from_config(json.loads(config.read_text(encoding="utf-8")), path.name), f"{config}"
+    shape = match_known_shape(base_model)
+    if shape is None:
+        known = ", ".join(s.name for s in KNOWN_SHAPES.values())
+        raise EstimateError(
+            f"base_model {base_model!r}: not a local folder and not in the built-in shape table ({known}); "
+            f"download its config.json (huggingface-cli download {base_model} config.json --local-dir DIR) "
+            "and point base_model at DIR"
+        )
+    return shape, f"built-in table ({shape.name}, matched from the id; no download)"
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+@dataclass
+class TokenCount:
+    tokens: int | None  # per epoch, all sources; None when some source cannot be sized
+    rows: int | None  # training samples per epoch
+    source: str  # where the numbers come from
+    notes: list[str] = field(default_factory=list)
+
+
+def avg_tokens_per_row(source: Any, avg_on: int, avg_off: int) -> int:
+    if source.thinking_mode == "off":
+        return avg_off
+    if source.thinking_mode == "mixed":
+        ratio = source.thinking_ratio or 0.0
+        return round(ratio * avg_on + (1 - ratio) * avg_off)
+    return avg_on
+
+
+def count_local_rows(path: str) -> int | None:
+    """Rows of a local JSONL/CSV/Parquet file without loading it; None for anything else."""
+    file = Path(path)
+    if not file.is_file():
+        return None
+    suffix = file.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(file).metadata.num_rows)
+    if suffix in (".jsonl", ".csv"):
+        with open(file, "rb") as handle:
+            lines = sum(1 for line in handle if line.strip())
+        return lines - 1 if suffix == ".csv" else lines
+    return None
+
+
+def _source_rows(source: Any, heldout: float | int, avg: int) -> tuple[int | None, str]:
+    """Rows per epoch of one source, and how that number was found."""
+    if source.tokens is not None:
+        return max(1, source.tokens // avg), f"token budget {source.tokens:,}"
+    if source.rows is not None:
+        return source.rows, f"rows {source.rows:,}"
+    counted = count_local_rows(source.path)
+    if counted is None:
+        return None, "unknown size (a hub dataset or folder with no rows/tokens setting)"
+    kept = counted * (1 - heldout) if isinstance(heldout, float) else max(0, counted - heldout)
+    weight = source.weight if source.weight is not None else 1.0
+    held = f" less {heldout:g} held out" if heldout else ""
+    return round(kept * weight), f"{counted:,} rows in the file{held} x weight {weight:g}"
+
+
+def tokens_from_recipe(stage: Any, avg_on: int, avg_off: int) -> TokenCount:
+    total_tokens, total_rows, notes, unknown = 0, 0, [], []
+    data = stage.data
+    for source in data.sources:
+        avg = avg_tokens_per_row(source, avg_on, avg_off)
+        rows, how = _source_rows(source, data.heldout_for(source), avg)
+        if rows is None:
+            unknown.append(source.name)
+            notes.append(f"source {source.name}: {how}; set rows or tokens to estimate it")
+            continue
+        tokens = source.tokens if source.tokens is not None else rows * avg
+        total_tokens, total_rows = total_tokens + tokens, total_rows + rows
+        notes.append(f"source {source.name}: {how}, ~{avg:,} tokens/row assumed ({source.thinking_mode})")
+    where = "recipe sizes x assumed tokens/row"
+    if unknown:
+        return TokenCount(None, None, where, notes)
+    return TokenCount(total_tokens, total_rows, where, notes)
+
+
+def tokens_from_stats(mix_file: Path) -> TokenCount:
+    mix = json.loads(mix_file.read_text(encoding="utf-8"))
+    total = mix["total"]
+    samples = sum(int(s.get("samples_kept", s.get("rows_kept", 0))) for s in mix["sources"])
+    return TokenCount(int(total["tokens_kept"]), samples or int(total["rows_kept"]), f"data stats ({mix_file})")
+
+
+def stage_tokens(stage: Any, run_dir: Path | None, avg_on: int, avg_off: int) -> TokenCount:
+    if run_dir is not None:
+        mix_file = Path(run_dir) / stage.name / "data" / "mix.json"
+        if mix_file.is_file():
+            return tokens_from_stats(mix_file)
+    if getattr(stage, "data", None) is None:
+        return TokenCount(None, None, "no data block", [])
+    return tokens_from_recipe(stage, avg_on, avg_off)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+@dataclass
+class MemoryEstimate:
+    """Per-GPU memory in GiB."""
+
+    params: float
+    grads: float
+    optimizer: float
+    gathered: float
+    activations: float
+    capacity: float
+
+    @property
+    def model_states(self) -> float:
+        return self.params + self.grads + self.optimizer + self.gathered
+
+    @property
+    def total(self) -> float:
+        return self.model_states + self.activations
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= USABLE_MEMORY * self.capacity
+
+
+def zero3_model_states_bytes(parameters: int, largest_layer: int, gpus: int) -> dict[str, float]:
+    """Per-GPU bytes of parameters, gradients, optimizer state and the gathered layer under ZeRO-3."""
+    return {
+        "params": PARAM_BYTES * parameters / gpus,
+        "grads": GRAD_BYTES * parameters / gpus,
+        "optimizer": OPTIMIZER_BYTES * parameters / gpus,
+        "gathered": GATHER_BYTES * largest_layer,
+    }
+
+
+def activation_bytes(shape: ModelShape, tokens: int, *, checkpointing: bool, liger: bool) -> float:
+    """Activations of one micro-batch of ``tokens`` tokens (bf16, flash/sdpa attention, no dropout)."""
+    h, kv = shape.hidden_size, shape.num_kv_heads * shape.dim_per_head
+    # One layer's saved tensors per token: norm outputs, q/k/v, attention output, residuals (5h + 2kv)
+    # and the MLP's gate, up, activation and product (4 x intermediate), all bf16.
+    layer = 2 * (5 * h + 2 * kv + 4 * shape.intermediate_size) * tokens
+    layers = (shape.num_layers * 2 * h * tokens + layer) if checkpointing else shape.num_layers * layer
+    logits = 0 if liger else 10 * shape.vocab_size * tokens  # bf16 logits + fp32 upcast + fp32 gradient
+    return float(layers + logits)
+
+
+def memory_estimate(shape: ModelShape, hardware: Hardware, micro_tokens: int, train: dict[str, Any],
+                    lora: Any = None) -> MemoryEstimate:
+    states = zero3_model_states_bytes(shape.parameters, shape.largest_layer_parameters, hardware.gpus)
+    if lora is not None:  # frozen bf16 (or 4-bit) base; adapter states are negligible
+        states = {"params": (0.55 if lora.load_in_4bit else 2) * shape.parameters / hardware.gpus,
+                  "grads": 0.0, "optimizer": 0.0, "gathered": 2 * shape.largest_layer_parameters}
+    activations = activation_bytes(shape, micro_tokens, checkpointing=bool(train.get("gradient_checkpointing", True)),
+                                   liger=bool(train.get("use_liger_kernel", False)))
+    return MemoryEstimate(**{k: v / GIB for k, v in states.items()}, activations=activations / GIB,
+                          capacity=hardware.gpu.memory_gib)
+
+
+def gpus_needed(shape: ModelShape, hardware: Hardware, micro_tokens: int, train: dict[str, Any],
+                lora: Any = None) -> int | None:
+    """The fewest GPUs (whole nodes past one) on which the stage fits under ZeRO-3; None past 1024."""
+    candidates = [n for n in (1, 2, 4) if n < hardware.gpus_per_node] + list(range(8, 1025, 8))
+    for gpus in candidates:
+        if memory_estimate(shape, hardware.with_gpus(gpus), micro_tokens, train, lora).fits:
+            return gpus
+    return None
+
+
+def optimizer_offload_gib(shape: ModelShape, hardware: Hardware) -> tuple[float, float]:
+    """(GPU GiB for model states, host GiB per node) with ``offload_optimizer: cpu``, per DeepSpeed."""
+    gpu = GATHER_BYTES * shape.largest_layer_parameters + 2 * shape.parameters / hardware.gpus
+    host = 16 * shape.parameters / hardware.nodes * 1.5  # DeepSpeed's zero_init estimate, 1.5x buffer
+    return gpu / GIB, host / GIB
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@dataclass
+class StageEstimate:
+    """The plan for one training stage on the given hardware."""
+
+    name: str
+    kind: str
+    tokens_per_epoch: int | None
+    tokens_source: str
+    epochs: float
+    trained_tokens: int | None
+    steps: int | None
+    tokens_per_step: int
+    micro_batch_tokens: int
+    memory: MemoryEstimate
+    hours: float | None
+    fits: bool
+    gpus_needed: int | None = None
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _batch(train: dict[str, Any], hardware: Hardware, avg_len: float) -> tuple[int, int]:
+    """(micro-batch tokens per GPU, tokens per optimizer step)."""
+    max_length = int(train.get("max_length") or 1024)
+    per_device = int(train.get("per_device_train_batch_size", 8))
+    accumulation = int(train.get("gradient_accumulation_steps", 1))
+    micro = per_device * max_length  # packed rows, or the worst case of padding to max_length
+    per_sequence = max_length * PACKING_FILL if train.get("packing") else min(avg_len, max_length)
+    return micro, int(per_device * accumulation * hardware.gpus * per_sequence)
+
+
+def _schedule(count: TokenCount, train: dict[str, Any], tokens_per_step: int) -> tuple[float, int | None, int | None]:
+    """(epochs, steps, trained tokens)."""
+    epochs = float(train.get("num_train_epochs", 1))
+    max_steps = int(train.get("max_steps", -1) or -1)
+    if max_steps > 0:
+        return epochs, max_steps, max_steps * tokens_per_step
+    if count.tokens is None:
+        return epochs, None, None
+    trained = int(count.tokens * epochs)
+    return epochs, max(1, math.ceil(trained / max(1, tokens_per_step))), trained
+
+
+def estimate_stage(stage: Any, shape: ModelShape, hardware: Hardware, mfu: float, run_dir: Path | None,
+                   avg_on: int, avg_off: int) -> StageEstimate:
+    train = stage.train_args() if hasattr(stage, "train_args") else dict(getattr(stage, "train", {}))
+    lora = getattr(stage, "lora", None)
+    count = stage_tokens(stage, run_dir, avg_on, avg_off)
+    avg_len = count.tokens / count.rows if count.tokens and count.rows else avg_off
+    micro, per_step = _batch(train, hardware, avg_len)
+    epochs, steps, trained = _schedule(count, train, per_step)
+    memory = memory_estimate(shape, hardware, micro, train, lora)
+    peak = hardware.gpus * hardware.gpu.peak_tflops * 1e12 * mfu
+    hours = 6 * shape.parameters * trained / peak / 3600 if trained else None
+    estimate = StageEstimate(stage.name, stage.kind, count.tokens, count.source, epochs, trained, steps, per_step,
+                             micro, memory, hours, memory.fits, notes=list(count.notes))
+    _annotate(estimate, shape, hardware, train, lora)
+    return estimate
+
+
+def _annotate(estimate: StageEstimate, shape: ModelShape, hardware: Hardware, train: dict[str, Any],
+              lora: Any) -> None:
+    if estimate.trained_tokens is None:
+        estimate.warnings.append(f"stage {estimate.name}: token count unknown, so no steps or hours")
+    if not train.get("gradient_checkpointing", True):
+        estimate.notes.append("gradient_checkpointing is off: activations of every layer are kept")
+    if lora is not None:
+        estimate.notes.append("LoRA: frozen base weights only; 6N FLOPs/token overstates the time a little")
+    if estimate.fits:
+        return
+    mem = estimate.memory
+    estimate.gpus_needed = gpus_needed(shape, hardware, estimate.micro_batch_tokens, train, lora)
+    message = (f"stage {estimate.name} will not fit on {hardware.label}: ~{mem.total:.0f} GiB per GPU needed "
+               f"(model states {mem.model_states:.0f} + activations {mem.activations:.0f}) of "
+               f"{mem.capacity:.0f} GiB ({100 * USABLE_MEMORY:.0f}% usable)")
+    options = []
+    if estimate.gpus_needed is not None:
+        options.append(f"ZeRO-3 over >= {estimate.gpus_needed}x{hardware.gpu.name}")
+    if lora is None:
+        gpu, host = optimizer_offload_gib(shape, hardware)
+        options.append(f"offload_optimizer: cpu (~{gpu + mem.activations:.0f} GiB per GPU, "
+                       f"~{host:.0f} GiB host RAM per node, DeepSpeed's estimate)")
+    if mem.activations > 0.25 * mem.capacity:
+        liger = "" if train.get("use_liger_kernel") else " or use_liger_kernel: true"
+        options.append("a smaller per_device_train_batch_size x max_length (micro-batch "
+                       f"{estimate.micro_batch_tokens:,} tokens){liger}")
+    estimate.warnings.append(message + ("; options: " + "; ".join(options) if options else ""))
+
+
+def estimate_recipe(
+    loaded: LoadedRecipe,
+    hardware: str = "8xH100",
+    mfu: float = 0.4,
+    *,
+    run_dir: Path | None = None,
+    avg_tokens_thinking_on: int = AVG_TOKENS_THINKING_ON,
+    avg_tokens_thinking_off: int = AVG_TOKENS_THINKING_OFF,
+) -> list[StageEstimate]:
+    """One :class:`StageEstimate` per training stage of ``loaded``, in run order."""
+    if not 0 < mfu <= 1:
+        raise EstimateError(f"mfu {mfu}: expected a fraction in (0, 1], e.g. 0.4")
+    machine = parse_hardware(hardware)
+    shape, _ = resolve_shape(loaded.recipe.base_model)
+    return [
+        estimate_stage(stage, shape, machine, mfu, run_dir, avg_tokens_thinking_on, avg_tokens_thinking_off)
+        for stage in loaded.stages
+        if stage.kind in TRAINING_KINDS  # type: ignore[attr-defined]
+    ]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _count(value: float | None) -> str:
+    if value is None:
+        return "?"
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.1f}{unit}"
+    return f"{value:.0f}"
+
+
+def _hours(hours: float | None) -> str:
+    if hours is None:
+        return "?"
+    return f"{hours:.1f}" if hours >= 0.1 else "<0.1"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def render_estimate(loaded: LoadedRecipe, hardware: str = "8xH100", mfu: float = 0.4, *,
+                    run_dir: Path | None = None) -> str:
+    """A readable estimate of every training stage: tokens, steps, memory per GPU, hours, warnings."""
+    machine = parse_hardware(hardware)
+    shape, shape_source = resolve_shape(loaded.recipe.base_model)
+    estimates = estimate_recipe(loaded, hardware, mfu, run_dir=run_dir)
+    lines = [
+        f"estimate for {machine.label} ({machine.gpu.peak_tflops:.0f} TFLOP/s bf16 dense, "
+        f"{machine.gpu.memory_gib:.0f} GiB per GPU), DeepSpeed ZeRO-3, bf16 + AdamW, MFU {100 * mfu:.0f}%",
+        f"model {loaded.recipe.base_model}: {_count(shape.parameters)} parameters, shape from {shape_source}",
+    ]
+    if not estimates:
+        return "\n".join([*lines, "no training stages to estimate"])
+    rows = [("stage", "tokens/epoch", "epochs", "trained", "steps", "tokens/step", "params", "grads", "optim",
+             "gathered", "activ.", "total/GPU", "fits", "hours")]
+    for e in estimates:
+        m = e.memory
+        rows.append((e.name, _count(e.tokens_per_epoch), f"{e.epochs:g}", _count(e.trained_tokens), _count(e.steps),
+                     _count(e.tokens_per_step), f"{m.params:.1f}", f"{m.grads:.1f}", f"{m.optimizer:.1f}",
+                     f"{m.gathered:.1f}", f"{m.activations:.1f}", f"{m.total:.1f} GiB", "yes" if e.fits else "NO",
+                     _hours(e.hours)))
+    lines += _table(rows)
+    lines += _footnotes(estimates, loaded)
+    return "\n".join(lines)
+
+
+def _footnotes(estimates: list[StageEstimate], loaded: LoadedRecipe) -> list[str]:
+    out = ["", "tokens:"]
+    for e in estimates:
+        out.append(f"  {e.name}: {e.tokens_source}; micro-batch {e.micro_batch_tokens:,} tokens per GPU")
+        out += [f"    {note}" for note in e.notes]
+    out += [
+        "memory (GiB per GPU): params = bf16 + fp32 master (6 B/param), grads fp32 (4 B), optim Adam moments (8 B), "
+        "all / GPUs; gathered = largest layer x 4 B; activations = one micro-batch with activation checkpointing "
+        f"and the logits; fits = total <= {100 * USABLE_MEMORY:.0f}% of GPU memory",
+        f"steps assume BFD packing fills {100 * PACKING_FILL:.0f}% of each row; hours = 6 x params x trained tokens "
+        "/ (GPUs x peak x MFU)",
+    ]
+    launch = loaded.recipe.launch.accelerate_config
+    if launch not in ("zero3", "zero3-multinode"):
+        out.append(f"note: the recipe launches with accelerate_config '{launch}'; this estimate assumes ZeRO-3")
+    warnings = [w for e in estimates for w in e.warnings]
+    if warnings:
+        out += ["", *(f"WARNING: {w}" for w in warnings)]
+    return out

@@ -1,0 +1,228 @@
+"""`tempa plan --hardware`: model shapes, tokens, steps, ZeRO-3 memory and the will-not-fit warning."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tempa.recipes.estimate import (
+    GIB,
+    KNOWN_SHAPES,
+    PACKING_FILL,
+    EstimateError,
+    estimate_recipe,
+    match_known_shape,
+    parse_hardware,
+    render_estimate,
+    resolve_shape,
+    zero3_model_states_bytes,
+)
+from tempa.recipes.loader import load_recipe
+
+HUB_70B = "meta-llama/Llama-3.1-70B-Instruct"
+
+
+def write_recipe(folder: Path, base_model: str, stages: str) -> Path:
+    (folder / "rows.jsonl").write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}) + "\n" for i in range(40)))
+    path = folder / "recipe.yaml"
+    path.write_text(f"name: est\nbase_model: {base_model}\nlaunch: {{accelerate_config: zero3}}\nstages:\n"
+                    + textwrap.indent(textwrap.dedent(stages), "  "))
+    return path
+
+
+SEA70_STAGES = """
+- name: sft-general
+  kind: sft
+  data:
+    sources:
+      - {name: general, path: org/sea-instruct, rows: 500000, thinking_mode: "off"}
+  train: {num_train_epochs: 2, max_length: 4096, per_device_train_batch_size: 1}
+- name: sft-reasoning
+  kind: sft
+  data:
+    sources:
+      - {name: r1, path: org/r1-traces, tokens: 1000000000, thinking_mode: "on"}
+  train: {max_length: 8192, per_device_train_batch_size: 1}
+"""
+
+
+def meta_llama(shape) -> tuple[int, int]:
+    """(total parameters, largest single module's parameters) of a transformers model on the meta device."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_type = "qwen2" if shape.qkv_bias else "llama"
+    config = AutoConfig.for_model(
+        model_type, hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers, num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads, vocab_size=shape.vocab_size,
+        tie_word_embeddings=shape.tie_embeddings,
+    )
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())  # tied weights are yielded once
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    return total, largest
+
+
+def test_70b_model_states_agree_with_deepspeed():
+    """Our per-GPU model states for Llama-3.1-70B on 8 GPUs vs DeepSpeed's own estimator, within 2%."""
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs_all_cold
+
+    shape = KNOWN_SHAPES["llama-3.1-70b"]
+    total, largest = meta_llama(shape)  # counted by transformers, not by our formula
+    assert (shape.parameters, shape.largest_layer_parameters) == (total, largest)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        estimate_zero3_model_states_mem_needs_all_cold(total_params=total, largest_layer_params=largest,
+                                                       num_gpus_per_node=8, num_nodes=1)
+    line = next(x for x in printed.getvalue().splitlines()
+                if "offload_param=none" in x and "offload_optimizer=none" in x and "zero_init=1" in x)
+    deepspeed_gib = float(re.findall(r"([\d.]+)GB", line)[1])  # columns: per CPU | per GPU (GiB)
+    ours_gib = sum(zero3_model_states_bytes(shape.parameters, shape.largest_layer_parameters, 8).values()) / GIB
+    assert ours_gib == pytest.approx(deepspeed_gib, rel=0.02)
+    assert 140 < ours_gib < 160  # 18 B/param / 8 GPUs + the gathered embedding: ~152 GiB
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-7b", "llama-3.2-1b"])
+def test_parameter_count_matches_transformers(name: str):
+    shape = KNOWN_SHAPES[name]  # Qwen: q/k/v biases, untied head; Llama 3.2 1B: tied embeddings
+    assert (shape.parameters, shape.largest_layer_parameters) == meta_llama(shape)
+
+
+@pytest.mark.parametrize(
+    ("model_id", "expected"),
+    [
+        ("meta-llama/Llama-3.1-70B-Instruct", "Llama-3.1-70B"),
+        ("meta-llama/Llama-3.3-70B-Instruct", "Llama-3.1-70B"),
+        ("meta-llama/Meta-Llama-3.1-8B", "Llama-3.1-8B"),
+        ("meta-llama/Llama-3.2-1B-Instruct", "Llama-3.2-1B"),
+        ("aisingapore/Llama-SEA-LION-v3.5-8B-R", "Llama-3.1-8B"),
+        ("tokyotech-llm/Llama-3.1-Swallow-70B-Instruct-v0.3", "Llama-3.1-70B"),
+        ("Qwen/Qwen2.5-7B-Instruct", "Qwen2.5-7B"),
+        ("Qwen/Qwen2.5-1.5B", "Qwen2.5-1.5B"),
+        ("meta-llama/Llama-3.2-11B-Vision", None),  # a family we know, a size we do not
+        ("acme/mystery-7b", None),
+    ],
+)
+def test_hub_ids_match_the_shape_table(model_id: str, expected: str | None):
+    shape = match_known_shape(model_id)
+    assert (shape.name if shape else None) == expected
+
+
+def test_hardware_strings():
+    eight, sixteen, one = parse_hardware("8xH100"), parse_hardware("16xH100"), parse_hardware("1xH200")
+    assert (eight.gpus, eight.nodes, eight.gpu.name) == (8, 1, "H100")
+    assert (sixteen.gpus, sixteen.nodes) == (16, 2)
+    assert (one.gpus, one.gpu.name) == (1, "H200") and one.gpu.memory_gib > eight.gpu.memory_gib
+    for bad in ("8xV100", "0xH100", "eight H100"):
+        with pytest.raises(EstimateError, match="expected COUNTxGPU"):
+            parse_hardware(bad)
+
+
+def test_70b_hub_recipe_plans_without_download_and_warns(tmp_path: Path):
+    loaded = load_recipe(write_recipe(tmp_path, HUB_70B, SEA70_STAGES))
+    assert loaded.recipe.base_model == HUB_70B  # the loader keeps a hub id as is: nothing to fetch
+    general, reasoning = estimate_recipe(loaded, "8xH100", mfu=0.4)
+    assert general.tokens_per_epoch == 500_000 * 800 and "assumed" in " ".join(general.notes)
+    assert general.trained_tokens == 2 * general.tokens_per_epoch
+    assert general.tokens_per_step == int(8 * 4096 * PACKING_FILL)
+    assert general.steps == -(-general.trained_tokens // general.tokens_per_step)
+    assert reasoning.trained_tokens == 1_000_000_000
+    # 70B full fine-tuning needs ~152 GiB of model states per GPU on 8 GPUs: it cannot fit in 80 GiB.
+    assert not general.fits and not reasoning.fits
+    assert general.gpus_needed is not None and general.gpus_needed % 8 == 0
+    bigger = estimate_recipe(loaded, f"{general.gpus_needed}xH100", mfu=0.4)[0]
+    assert bigger.fits and not bigger.warnings
+    assert bigger.hours == pytest.approx(general.hours * 8 / general.gpus_needed)
+    text = render_estimate(loaded, "8xH100", 0.4)
+    assert "Llama-3.1-70B" in text and "no download" in text
+    assert "WARNING: stage sft-general will not fit on 8xH100" in text
+    assert "offload_optimizer: cpu" in text
+
+
+def test_8b_fits_on_a_node_but_not_on_one_gpu(tmp_path: Path):
+    loaded = load_recipe(write_recipe(tmp_path, "meta-llama/Llama-3.1-8B", SEA70_STAGES))
+    node = estimate_recipe(loaded, "8xH100")[0]
+    single = estimate_recipe(loaded, "1xH100")[0]
+    assert node.fits and not node.warnings
+    assert not single.fits and single.memory.model_states > 100  # 18 B x 8B parameters on one GPU
+    assert node.hours == pytest.approx(single.hours / 8)
+
+
+def test_data_stats_replace_the_assumptions(tmp_path: Path):
+    loaded = load_recipe(write_recipe(tmp_path, HUB_70B, SEA70_STAGES))
+    data = tmp_path / "run" / "sft-general" / "data"
+    data.mkdir(parents=True)
+    mix = {"sources": [{"name": "general", "samples_kept": 1000, "rows_kept": 900}],
+           "total": {"tokens_kept": 1_234_567, "rows_kept": 900}}
+    (data / "mix.json").write_text(json.dumps(mix))
+    general, reasoning = estimate_recipe(loaded, "8xH100", run_dir=tmp_path / "run")
+    assert general.tokens_per_epoch == 1_234_567 and "mix.json" in general.tokens_source
+    assert "assumed" in reasoning.tokens_source or "recipe" in reasoning.tokens_source
+    assert "mix.json" in render_estimate(loaded, "8xH100", run_dir=tmp_path / "run")
+
+
+def test_local_rows_weight_and_max_steps(tmp_path: Path):
+    stages = """
+    - name: sft
+      kind: sft
+      data:
+        heldout: 4
+        sources:
+          - {name: rows, path: rows.jsonl, weight: 2.0, thinking_mode: "off"}
+    - name: capped
+      kind: sft
+      data:
+        sources:
+          - {name: rows, path: rows.jsonl, thinking_mode: "off"}
+      train: {max_steps: 7}
+    """
+    loaded = load_recipe(write_recipe(tmp_path, HUB_70B, stages))
+    counted, capped = estimate_recipe(loaded, "8xH100")
+    assert counted.tokens_per_epoch == (40 - 4) * 2 * 800  # 40 rows in the file, 4 held out, weight 2
+    assert capped.steps == 7 and capped.trained_tokens == 7 * capped.tokens_per_step
+
+
+def test_local_config_json_is_read(tmp_path: Path):
+    model = tmp_path / "model"
+    model.mkdir()
+    qwen = KNOWN_SHAPES["qwen2.5-0.5b"]
+    (model / "config.json").write_text(json.dumps({
+        "model_type": "qwen2", "hidden_size": qwen.hidden_size, "num_hidden_layers": qwen.num_layers,
+        "num_attention_heads": qwen.num_heads, "num_key_value_heads": qwen.num_kv_heads,
+        "intermediate_size": qwen.intermediate_size, "vocab_size": qwen.vocab_size, "tie_word_embeddings": True,
+    }))
+    shape, source = resolve_shape(str(model))
+    assert shape.parameters == qwen.parameters and source.endswith("config.json")
+
+
+def test_unknown_model_gets_a_clear_message(tmp_path: Path):
+    loaded = load_recipe(write_recipe(tmp_path, "acme/mystery-model", SEA70_STAGES))
+    with pytest.raises(EstimateError, match=r"acme/mystery-model.*config\.json"):
+        render_estimate(loaded, "8xH100")
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    with pytest.raises(EstimateError, match=r"no config\.json"):
+        resolve_shape(str(empty))
+
+
+def test_unsized_hub_source_is_reported_not_guessed(tmp_path: Path):
+    stages = """
+    - name: sft
+      kind: sft
+      data:
+        sources:
+          - {name: hub, path: org/some-dataset, weight: 1.0}
+    """
+    (estimate,) = estimate_recipe(load_recipe(write_recipe(tmp_path, HUB_70B, stages)), "8xH100")
+    assert estimate.trained_tokens is None and estimate.hours is None
+    assert any("token count unknown" in w for w in estimate.warnings)
+    assert any("set rows or tokens" in n for n in estimate.notes)

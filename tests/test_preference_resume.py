@@ -1,0 +1,54 @@
+"""An interrupted preference stage resumes: finished sampling and scoring are reused, training is retried."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+import tempa.alignment.preference_stage as stage_module
+from tempa.alignment import PreferenceStageConfig, run_preference
+from tempa.sft.stage_api import StageContext, StageError
+
+PROMPTS = str(Path(__file__).resolve().parents[1] / "recipes" / "data" / "sample_prompts.jsonl")
+
+
+def test_a_failed_training_launch_resumes_without_resampling(tmp_path, tiny_model_dir, monkeypatch):
+    from tempa.chat_templates import bake_tokenizer
+
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tok")
+    launches: list[str] = []
+
+    def launch(module: str, args: list[str], log_file: Path) -> None:
+        launches.append(module)
+        if len(launches) == 1:
+            raise StageError("training process exited with code -9")
+        final = Path(json.loads(Path(args[1]).read_text())["final_dir"])
+        final.mkdir(parents=True)
+        (final / "tempa_train_metrics.json").write_text(json.dumps({"global_step": 1}))
+
+    ctx = StageContext(run_dir=tmp_path / "run", stage_dir=tmp_path / "run" / "align", stage_name="align", seed=0,
+                       model_dir=tiny_model_dir, tokenizer_dir=tmp_path / "tok", chat_template="", stage_dirs={},
+                       stage_models={}, launch=launch, log=logging.getLogger("tempa"))
+    config = PreferenceStageConfig.model_validate({
+        "name": "align", "prompts": {"path": PROMPTS, "limit": 4},
+        "sampling": {"n": 3, "max_new_tokens": 6, "batch_size": 2},
+        "rewards": [{"type": "length", "unit": "chars", "per_token": 0.01}],
+        "pairs": {"allow_truncated_chosen": True},
+    })
+    with pytest.raises(StageError, match="code -9"):
+        run_preference(config, ctx)
+    samples = (ctx.stage_dir / "round-1" / "samples.jsonl").read_text()
+    pairs = (ctx.stage_dir / "round-1" / "pairs.jsonl").read_text()
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("finished samples must be reused, not generated again")
+
+    monkeypatch.setattr(stage_module, "build_backend", no_sampling)
+    result = run_preference(config, ctx)
+    assert launches == ["tempa.alignment.dpo_train"] * 2
+    assert (ctx.stage_dir / "round-1" / "samples.jsonl").read_text() == samples
+    assert (ctx.stage_dir / "round-1" / "pairs.jsonl").read_text() == pairs
+    assert result.metrics["round1_pairs"] == len(pairs.splitlines()) > 0

@@ -1,0 +1,246 @@
+"""The synthesize stage: a teacher behind an OpenAI-compatible server, verifiers and a judge, rejection sampling."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+from test_alignment_fakes import FakeOpenAI, chat_response, last_user
+
+from tempa.alignment import SynthesizeStageConfig, run_synthesize
+from tempa.sft.stage_api import StageContext
+
+SECRET = "sk-teacher-secret-9876"
+
+# question -> (language, reference answer, the teacher's three responses)
+MATH = {
+    "Berapa 2 + 3?": ("id", "5", [
+        "Jawabannya adalah 5, karena dua ditambah tiga sama dengan lima.",  # right, Indonesian: passes
+        "The answer is 5 because two plus three is five.",  # right, but English
+        "Jawabannya adalah 6, saya kira begitu ya.",  # wrong
+    ]),
+    "What is 10 - 4?": ("en", "6", [
+        "The answer is 7, I am quite sure about it.",
+        "I believe the answer is 8 in this case.",
+        "Jawabannya adalah 6 menurut saya ya.",  # right, but Indonesian
+    ]),
+    "Hitung 7 × 3.": ("id", "21", [
+        "The result of seven times three is 21.",  # right answers in the wrong language only
+        "Seven times three gives 21 as the answer.",
+        "Hasilnya adalah 20, saya rasa begitu.",
+    ]),
+    "What is 9 + 9?": ("en", "18", [
+        "<think>nine plus nine</think>Nine plus nine equals 18, so the answer is 18.",
+        "The answer is 18 for sure, nine plus nine.",
+        "It is 19 I think, nine and nine.",
+    ]),
+}
+
+
+def context(tmp_path: Path, model_dir: Path, tokenizer_dir: Path) -> StageContext:
+    def no_launch(*args):
+        raise AssertionError("synthesize launches nothing")
+
+    return StageContext(run_dir=tmp_path / "run", stage_dir=tmp_path / "run" / "distill", stage_name="distill",
+                        seed=1, model_dir=model_dir, tokenizer_dir=tokenizer_dir, chat_template="", stage_dirs={},
+                        stage_models={}, launch=no_launch, log=logging.getLogger("tempa"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    from tempa.chat_templates import bake_tokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "tok"
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", out)
+    return out
+
+
+def math_reply(body):
+    question = last_user(body)
+    texts = MATH[question][2]
+    reasoning = [f"checking {question}"] * len(texts) if MATH[question][0] == "id" else None
+    return chat_response(texts, reasoning=reasoning)
+
+
+def write_prompts(path: Path) -> Path:
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}], "language": lang,
+                                        "answer": answer}, ensure_ascii=False) + "\n"
+                            for q, (lang, answer, _) in MATH.items()))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def synth_config(server: FakeOpenAI, prompts: Path, **extra) -> SynthesizeStageConfig:
+    return SynthesizeStageConfig.model_validate({
+        "name": "distill", "kind": "synthesize",
+        "prompts": {"path": str(prompts)},
+        "teacher": {"type": "http", "base_url": server.base_url, "model": "teacher", "api_key_env": "TEACHER_KEY",
+                    "backoff_s": 0.01, "timeout_s": 10},
+        "sampling": {"n": 3, "temperature": 0.7, "max_new_tokens": 64, "batch_size": 2, "thinking": {"mode": "on"}},
+        "rewards": [{"type": "answer"}, {"type": "language"}],
+        **extra,
+    })
+
+
+def all_text(folder: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file())
+
+
+def test_keeps_exactly_the_best_responses_above_the_threshold(tmp_path, tiny_model_dir, tokenizer_dir, monkeypatch,
+                                                              caplog):
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    with FakeOpenAI(math_reply) as server, caplog.at_level(logging.DEBUG):
+        config = synth_config(server, prompts, select={"strategy": "best", "min_score": 2.0})
+        result = run_synthesize(config, ctx)
+    # right answer AND right language (answer 1 + language 1) only for the first and last question
+    rows = read_jsonl(ctx.stage_dir / "data" / "synthesized.jsonl")
+    assert [r["messages"][0]["content"] for r in rows] == ["Berapa 2 + 3?", "What is 9 + 9?"]
+    assert [r["provenance"]["sample_index"] for r in rows] == [0, 0]
+    first, last = rows
+    assert first["messages"][1] == {"role": "assistant", "content": MATH["Berapa 2 + 3?"][2][0],
+                                    "reasoning_content": "checking Berapa 2 + 3?"}
+    assert last["messages"][1]["reasoning_content"] == "nine plus nine"  # inline think block, split out
+    assert last["messages"][1]["content"] == "Nine plus nine equals 18, so the answer is 18."
+    assert first["scores"]["turn1"] == {"answer": 1.0, "language": 1.0, "total": 2.0}
+    assert first["provenance"]["teacher"] == f"http:teacher@{server.base_url}"
+    assert (first["language"], first["thinking_mode"]) == ("id", "on")
+    rejects = read_jsonl(ctx.stage_dir / "data" / "rejects.jsonl")
+    assert sorted(r["messages"][0]["content"] for r in rejects) == ["Hitung 7 × 3.", "What is 10 - 4?"]
+    assert {r["reason"] for r in rejects} == {"below_threshold"}
+    assert result.outputs == {"dataset": str(ctx.stage_dir / "data" / "synthesized.jsonl")}
+    assert result.metrics["rows"] == 2 and result.metrics["kept_fraction"] == 0.5
+    # every request carried the key and the thinking mode; the key was written nowhere
+    assert {h["Authorization"] for h in server.headers} == {f"Bearer {SECRET}"}
+    assert all(b["n"] == 3 and b["chat_template_kwargs"]["thinking_mode"] == "on" for b in server.requests)
+    assert SECRET not in all_text(ctx.run_dir) and SECRET not in caplog.text
+
+
+def test_strategy_all_keeps_every_passing_response_and_resumes_without_requests(tmp_path, tiny_model_dir,
+                                                                               tokenizer_dir, monkeypatch):
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    with FakeOpenAI(math_reply) as server:
+        config = synth_config(server, prompts, select={"strategy": "all", "by": "total", "min_score": 2.0})
+        run_synthesize(config, ctx)
+        rows = read_jsonl(ctx.stage_dir / "data" / "synthesized.jsonl")
+        assert [(r["messages"][0]["content"], r["provenance"]["sample_index"]) for r in rows] == [
+            ("Berapa 2 + 3?", 0), ("What is 9 + 9?", 0), ("What is 9 + 9?", 1)]
+        sent = len(server.requests)
+        run_synthesize(config, ctx)  # samples.jsonl is complete: nothing is generated again
+        assert len(server.requests) == sent
+    assert read_jsonl(ctx.stage_dir / "data" / "synthesized.jsonl") == rows
+
+
+@pytest.mark.parametrize("keep_incomplete", [False, True])
+def test_cut_off_responses_are_not_kept_unless_allowed(tmp_path, tiny_model_dir, tokenizer_dir, monkeypatch,
+                                                       keep_incomplete):
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+
+    def reply(body):  # the 9 + 9 responses all hit the token limit
+        response = math_reply(body)
+        if last_user(body) == "What is 9 + 9?":
+            for choice in response["choices"]:
+                choice["finish_reason"] = "length"
+        return response
+
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    with FakeOpenAI(reply) as server:
+        run_synthesize(synth_config(server, write_prompts(tmp_path / "p.jsonl"), keep_incomplete=keep_incomplete,
+                                    select={"min_score": 2.0}), ctx)
+    kept = [r["messages"][0]["content"] for r in read_jsonl(ctx.stage_dir / "data" / "synthesized.jsonl")]
+    reasons = {r["messages"][0]["content"]: r["reason"] for r in read_jsonl(ctx.stage_dir / "data" / "rejects.jsonl")}
+    if keep_incomplete:
+        assert kept == ["Berapa 2 + 3?", "What is 9 + 9?"]
+    else:
+        assert kept == ["Berapa 2 + 3?"] and reasons["What is 9 + 9?"] == "incomplete"
+
+
+def test_output_is_a_dataset_the_sft_pipeline_reads(tmp_path, tiny_model_dir, tokenizer_dir, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_config import DataConfig
+
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    with FakeOpenAI(math_reply) as server:
+        result = run_synthesize(synth_config(server, write_prompts(tmp_path / "p.jsonl"),
+                                             select={"strategy": "all", "min_score": 1.0}), ctx)
+    data = DataConfig.model_validate({"sources": [{"name": "synth", "path": result.outputs["dataset"]}]})
+    prepared = prepare_sft_data(data, AutoTokenizer.from_pretrained(tokenizer_dir), out_dir=tmp_path / "sft",
+                                cache_dir=tmp_path / "cache", seed=0)
+    kept = len(read_jsonl(Path(result.outputs["dataset"])))
+    assert kept > 0 and len(prepared.train) + (len(prepared.eval) if prepared.eval is not None else 0) == kept
+    assert all(sum(row["assistant_masks"]) > 0 for row in prepared.train)
+
+
+# --------------------------------------------------------------------------- multi-turn (Swallow v0.3)
+
+CONVERSATIONS = {
+    "Explain photosynthesis briefly.": ["GOOD: plants turn light into sugar.", "MEH: something with leaves."],
+    "Describe the water cycle.": ["MEH: water goes up and down.", "BROKEN water"],
+    "FOLLOWUP-1: What does chlorophyll do?": ["GOOD: it absorbs light."],
+    "FOLLOWUP-2: How long does evaporation take?": ["MEH: a while."],
+}
+
+
+def conversation_reply(body):
+    prompt = last_user(body)
+    if "strict, impartial judge" in prompt:
+        answer = re.search(r"\[(?:Last response|Response)\]\n(.*?)\n\[End of response\]", prompt, re.S).group(1)
+        verdict = {"GOOD": "Clear and correct. Rating: [[9]]", "MEH": "Vague. Rating: [[6]]"}
+        return chat_response([next((v for k, v in verdict.items() if answer.startswith(k)), "I cannot rate this.")])
+    if "Write the user's next message" in prompt:
+        return chat_response(["FOLLOWUP-1: What does chlorophyll do?" if "photosynthesis" in prompt
+                              else "FOLLOWUP-2: How long does evaporation take?"])
+    return chat_response(CONVERSATIONS[prompt][: body["n"]])
+
+
+@pytest.mark.parametrize("on_reject", ["drop_turn", "drop_conversation"])
+def test_second_turns_are_judged_and_kept_at_nine_or_above(tmp_path, tiny_model_dir, tokenizer_dir, on_reject):
+    prompts = tmp_path / "conv.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": q, "language": "en"}) + "\n"
+                               for q in ("Explain photosynthesis briefly.", "Describe the water cycle.")))
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    with FakeOpenAI(conversation_reply) as server:
+        backend = {"type": "http", "base_url": server.base_url, "model": "gemma", "backoff_s": 0.01}
+        config = SynthesizeStageConfig.model_validate({
+            "name": "distill", "prompts": {"path": str(prompts)}, "teacher": backend,
+            "sampling": {"n": 2, "temperature": 0.7, "thinking": {"mode": "off"}},
+            "rewards": [{"type": "judge", "backend": backend}],
+            "select": {"strategy": "best", "by": "judge"},
+            "second_turn": {"select": {"by": "judge", "min_score": 9}, "on_reject": on_reject},
+        })
+        result = run_synthesize(config, ctx)
+    rows = read_jsonl(ctx.stage_dir / "data" / "synthesized.jsonl")
+    photo = rows[0]
+    assert [m["content"] for m in photo["messages"]] == [
+        "Explain photosynthesis briefly.", "GOOD: plants turn light into sugar.",
+        "FOLLOWUP-1: What does chlorophyll do?", "GOOD: it absorbs light."]
+    assert photo["scores"]["turn1"]["judge"] == 9.0 and photo["scores"]["turn2"]["judge"] == 9.0
+    if on_reject == "drop_turn":
+        # the water-cycle follow-up scored 6 < 9: the turn goes, the first turn (MEH beat BROKEN) stays
+        assert len(rows) == 2
+        assert [m["content"] for m in rows[1]["messages"]] == ["Describe the water cycle.", "MEH: water goes up and down."]
+        assert "turn2" not in rows[1]["scores"]
+    else:
+        assert len(rows) == 1
+    rejects = read_jsonl(ctx.stage_dir / "data" / "rejects.jsonl")
+    assert [(r["turn"], r["reason"]) for r in rejects] == [(2, "below_threshold")]
+    stats = json.loads((ctx.stage_dir / "data" / "stats.json").read_text())
+    assert stats["scoring"]["judge_unparsable"] == 1  # "BROKEN" got no rating: counted, not a crash
+    assert stats["second_turn"]["kept"] == 1
+    assert result.metrics["judge_unparsable"] == 1
+    # the second answer was generated with the whole conversation as context
+    second = next(b for b in server.requests if last_user(b).startswith("FOLLOWUP-1"))
+    assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
+    assert second["messages"][1]["content"] == "GOOD: plants turn light into sugar."

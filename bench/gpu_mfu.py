@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         args.steps, args.warmup, args.max_length, args.batch = 4, 1, 1024, 1
         args.attn = "sdpa" if args.attn in ("auto", "flash_attention_2") else args.attn
+        torch.set_num_threads(1)  # steadier on a shared CPU
     elif not torch.cuda.is_available():
         parser.error("no CUDA device; use --dry-run to check the script on CPU")
     device = "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(0)

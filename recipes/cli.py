@@ -109,7 +109,6 @@ def _cmd_run(args) -> int:
 
 def _cmd_plan(args) -> int:
     import yaml
-    from rich.console import Console
     from rich.table import Table
 
     from tempa.recipes.loader import load_recipe
@@ -118,7 +117,7 @@ def _cmd_plan(args) -> int:
     loaded = load_recipe(args.recipe, args.overrides, profile=args.profile)
     run_dir = _run_dir(args, loaded)
     plans = plan_run(loaded, run_dir, from_stage=args.from_stage, only=args.only)
-    console = Console(highlight=False, soft_wrap=True)
+    console = _console()
     console.print(f"[bold]recipe[/bold] {loaded.path}" + (
         f" (extends {', '.join(str(f) for f in loaded.files[:-1])})" if len(loaded.files) > 1 else ""))
     console.print(f"[bold]run dir[/bold] {run_dir.resolve()}")
@@ -139,7 +138,6 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_status(args) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from tempa.recipes.loader import load_recipe
@@ -169,8 +167,17 @@ def _cmd_status(args) -> int:
         if row["error"]:
             metrics = f"error: {row['error']}"
         table.add_row(row["name"], row["kind"], row["state"], f"{seconds:.1f}s" if seconds else "-", metrics)
-    Console(soft_wrap=True).print(table)
+    _console().print(table)
     return 0
+
+
+def _console():
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:  # piped or logged: do not squeeze tables into 80 columns
+        console = Console(highlight=False, soft_wrap=True, width=160)
+    return console
 
 
 def _fmt(value) -> str:

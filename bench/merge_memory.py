@@ -109,7 +109,7 @@ def worker_floor_naive(work: Path) -> dict[str, Any]:
     return {}
 
 
-def worker_tempa(work: Path) -> dict[str, Any]:
+def worker_tempa(work: Path, out_shard_size: str | None = None) -> dict[str, Any]:
     import logging
 
     from tempa.chat_templates import load_template
@@ -120,8 +120,10 @@ def worker_tempa(work: Path) -> dict[str, Any]:
         raise RuntimeError("the merge stage launches nothing")
 
     models = [str(work / f"ckpt-{i}") for i in range(3)]
+    options = {"out_shard_size": out_shard_size} if out_shard_size else {}
     config = MergeStageConfig.model_validate(
-        {"name": "merge", "kind": "merge", "method": "linear", "models": models, "reevaluate": False}
+        {"name": "merge", "kind": "merge", "method": "linear", "models": models, "reevaluate": False,
+         "options": options}
     )
     stage_dir = work / "tempa-merge"
     ctx = StageContext(
@@ -152,10 +154,12 @@ WORKERS = {"floor-tempa": worker_floor_tempa, "floor-naive": worker_floor_naive,
            "naive": worker_naive}
 
 
-def run_worker(name: str, work: Path, shape_name: str) -> dict[str, Any]:
+def run_worker(name: str, work: Path, shape_name: str, out_shard_size: str | None = None) -> dict[str, Any]:
     """Run ``name`` in a fresh interpreter; returns its JSON report (peak RSS in MiB, seconds)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--work", str(work),
                "--shape", shape_name]
+    if out_shard_size:
+        command += ["--out-shard-size", out_shard_size]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
     wall = time.perf_counter() - started
@@ -166,12 +170,17 @@ def run_worker(name: str, work: Path, shape_name: str) -> dict[str, Any]:
     return report
 
 
-def worker_main(name: str, work: Path, shape_name: str) -> int:
+def worker_main(name: str, work: Path, shape_name: str, out_shard_size: str | None) -> int:
     import resource
 
     started = time.perf_counter()
     with RssSampler() as sampler:
-        out = worker_make(work, SHAPES[shape_name]) if name == "make" else WORKERS[name](work)
+        if name == "make":
+            out = worker_make(work, SHAPES[shape_name])
+        elif name == "tempa":
+            out = worker_tempa(work, out_shard_size)
+        else:
+            out = WORKERS[name](work)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({**out, "seconds": seconds, "peak_rss_mib": peak, "peak_anon_mib": sampler.peak_anon / 2**20,
@@ -210,10 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", choices=["make", *WORKERS], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--shape", default="full", choices=list(SHAPES), help=argparse.SUPPRESS)
+    parser.add_argument("--out-shard-size", default=None,
+                        help="the merge stage's options.out_shard_size (default: tempa's, 5B parameters)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.worker:
-        return worker_main(args.worker, args.work, args.shape)
+        return worker_main(args.worker, args.work, args.shape, args.out_shard_size)
 
     shape_name = "quick" if args.quick else "full"
     print(common.machine_line())
@@ -223,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         size = sum(f.stat().st_size for f in (work / "ckpt-0").glob("*.safetensors")) / 2**20
         print(f"checkpoints: 3 x Llama {SHAPES[shape_name]}, {made['parameters'] / 1e6:.1f}M parameters, "
               f"bf16, {size:.0f} MiB of safetensors each")
-        results = {name: run_worker(name, work, shape_name) for name in WORKERS}
+        results = {name: run_worker(name, work, shape_name, args.out_shard_size) for name in WORKERS}
         results["max_abs_diff"] = compare(Path(results["tempa"]["out"]), Path(results["naive"]["out"]))
     report(results)
     if args.json:

@@ -122,7 +122,7 @@ def _cmd_plan(args) -> int:
         f" (extends {', '.join(str(f) for f in loaded.files[:-1])})" if len(loaded.files) > 1 else ""))
     console.print(f"[bold]run dir[/bold] {run_dir.resolve()}")
     console.print("[bold]resolved recipe[/bold]")
-    console.print(yaml.safe_dump(loaded.resolved(), sort_keys=False, allow_unicode=True), markup=False)
+    console.print(yaml.safe_dump(loaded.resolved(compact=True), sort_keys=False, allow_unicode=True), markup=False)
     table = Table(title="stages, in run order")
     for column in ("#", "stage", "kind", "starts from", "action", "why", "fingerprint"):
         table.add_column(column)

@@ -115,8 +115,8 @@ def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Pat
             for line in proc.stdout:
                 out.write(line)
                 tail.append(line.rstrip())
-                if line.startswith("[tempa]"):
-                    log.info("%s", line.rstrip().removeprefix("[tempa] "))
+                if "[tempa] " in line:  # may follow a tqdm bar on the same line
+                    log.info("%s", line.rstrip().split("[tempa] ", 1)[1])
             code = proc.wait()
         except BaseException:
             _stop(proc)

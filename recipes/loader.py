@@ -59,11 +59,14 @@ class LoadedRecipe:
                 return stage
         raise RecipeError(f"{self.path}: no stage named '{name}' (stages: {', '.join(self.names)})")
 
-    def resolved(self) -> dict[str, Any]:
-        """The recipe as it will run: defaults filled in, local paths absolute, bake added."""
-        out = self.recipe.model_dump(mode="json", exclude={"stages"})
-        out["stages"] = [s.model_dump(mode="json", by_alias=True, exclude_defaults=True) | {"kind": s.kind}
-                         for s in self.stages]  # type: ignore[attr-defined]
+    def resolved(self, *, compact: bool = False) -> dict[str, Any]:
+        """The recipe as it will run: every default filled in, local paths absolute, bake added.
+
+        It loads back as a recipe (``tempa status`` reads it), and records the defaults of the
+        tempa version that ran it. ``compact`` keeps only what the recipe set (for display).
+        """
+        out = self.recipe.model_dump(mode="json", exclude={"stages"}, exclude_unset=compact)
+        out["stages"] = [s.model_dump(mode="json", by_alias=True, exclude_unset=compact) for s in self.stages]
         return out
 
     @property

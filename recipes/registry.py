@@ -19,16 +19,16 @@ class StageKind:
     kind: str
     config: type[StageConfigBase]
     run: Callable[[Any, StageContext], StageResult]
-    # Training stages resume from checkpoints inside their folder after an interruption;
-    # other stages restart from scratch.
-    trains: bool
+    # Resumable stages (training, incremental sampling) keep their folder after an interruption
+    # and continue from what is complete in it; other stages restart from scratch.
+    resumable: bool
     summary: str
 
 
-# kind, module, config class, run function, trains, one-line summary
+# kind, module, config class, run function, resumable, one-line summary
 _KINDS = [
     ("sft", "tempa.sft.stage", "SFTStageConfig", "run_sft", True, "supervised fine-tuning with trl SFTTrainer"),
-    ("synthesize", "tempa.alignment", "SynthesizeStageConfig", "run_synthesize", False,
+    ("synthesize", "tempa.alignment", "SynthesizeStageConfig", "run_synthesize", True,
      "teacher generation + judge/verifier filtering into an SFT dataset"),
     ("preference", "tempa.alignment", "PreferenceStageConfig", "run_preference", True,
      "on-policy sampling, scoring, pair building and DPO/APO rounds"),
@@ -41,7 +41,7 @@ _KINDS = [
 
 def _load() -> dict[str, StageKind]:
     kinds: dict[str, StageKind] = {}
-    for kind, module_name, config_name, run_name, trains, summary in _KINDS:
+    for kind, module_name, config_name, run_name, resumable, summary in _KINDS:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -52,7 +52,7 @@ def _load() -> dict[str, StageKind]:
         run = getattr(module, run_name, None)
         if config is None or run is None:
             continue
-        kinds[kind] = StageKind(kind, config, run, trains, summary)
+        kinds[kind] = StageKind(kind, config, run, resumable, summary)
     return kinds
 
 

@@ -56,7 +56,7 @@ class StagePlan:
     components: dict[str, Any]
     action: str  # skip | run | resume | rerun
     reason: str
-    trains: bool = False
+    resumable: bool = False
     complete: bool = False  # DONE holds the current fingerprint (before any forcing)
 
 
@@ -141,20 +141,20 @@ def plan_run(
         fp = digest(components)
         fps[name] = fp
         stage_dir = run_dir / name
-        trains = STAGE_KINDS[config.kind].trains  # type: ignore[attr-defined]
+        resumable = STAGE_KINDS[config.kind].resumable  # type: ignore[attr-defined]
         forcing = forcing or name == from_stage
         forced = forcing or name == only
-        action, reason = _decide(stage_dir, fp, components, forced, trains, from_stage or only)
+        action, reason = _decide(stage_dir, fp, components, forced, resumable, from_stage or only)
         if only is not None and name != only and action != "skip":
             action, reason = "skip", "not selected by --only"
         complete = done_fingerprint(stage_dir) == fp
-        plans.append(StagePlan(i, name, config.kind, upstream, fp, components, action, reason, trains, complete))  # type: ignore[attr-defined]
+        plans.append(StagePlan(i, name, config.kind, upstream, fp, components, action, reason, resumable, complete))  # type: ignore[attr-defined]
     if only is not None:
         _check_only_inputs(plans, only)
     return plans
 
 
-def _decide(stage_dir: Path, fp: str, components: dict, forced: bool, trains: bool, flag: str | None):
+def _decide(stage_dir: Path, fp: str, components: dict, forced: bool, resumable: bool, flag: str | None):
     done = done_fingerprint(stage_dir)
     manifest = read_json(stage_dir / MANIFEST) or {}
     if forced:
@@ -164,9 +164,9 @@ def _decide(stage_dir: Path, fp: str, components: dict, forced: bool, trains: bo
     if done is not None:
         return "rerun", "changed since it ran: " + _what_changed(manifest.get("components", {}), components)
     if manifest.get("fingerprint") == fp:
-        if trains:
-            return "resume", "interrupted; resumes from its last complete checkpoint"
-        return "rerun", "interrupted; starts over (not a training stage)"
+        if resumable:
+            return "resume", "interrupted; continues from what it completed (checkpoints, samples)"
+        return "rerun", "interrupted; starts over (not a resumable stage)"
     if manifest:
         return "rerun", "interrupted and changed since: " + _what_changed(manifest.get("components", {}), components)
     return "run", "not run yet"
@@ -238,11 +238,10 @@ def run_recipe(
             ctx = _context(loaded, plan, run_dir, stage_dir, model_dir, base_dir, tokenizer_dir, template,
                            stage_dirs, model_dirs)
             result = _run_stage(config, plan, ctx)
-            if result.model_dir is not None:
-                model_dirs[plan.name] = result.model_dir
+            model_dirs[plan.name] = result.model_dir or model_dir
             stage_dirs[plan.name] = stage_dir
             summary.ran.append(plan.name)
-        last_model = next((model_dirs[p.name] for p in reversed(plans) if p.name in model_dirs), None)
+        last_model = model_dirs.get(plans[-1].name) if plans else None
         if last_model is not None:
             _point_final(run_dir, last_model)
             summary.final_model = run_dir / FINAL_LINK
@@ -339,12 +338,20 @@ def _run_stage(config, plan: StagePlan, ctx: StageContext) -> StageResult:
         duration_s=round(finished - started, 3),
         metrics=result.metrics,
         outputs=result.outputs,
-        model_dir=os.path.relpath(result.model_dir, ctx.run_dir) if result.model_dir else None,
+        # A stage without a model of its own (synthesize) hands on the one it started from.
+        model_dir=_under(result.model_dir or ctx.model_dir, ctx.run_dir),
+        produced_model=result.model_dir is not None,
     )
     write_json(stage_dir / MANIFEST, manifest)
     mark_done(stage_dir, plan.fingerprint)  # last: the stage is complete from here on
     log.info("stage %s: done in %.1fs", plan.name, finished - started)
     return result
+
+
+def _under(path: Path, run_dir: Path) -> str:
+    """Relative to the run directory when inside it (the run dir may move), else absolute."""
+    path = Path(path).resolve()
+    return str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path)
 
 
 def _fail(stage_dir: Path, manifest: dict, started: float, message: str) -> None:

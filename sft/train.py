@@ -69,11 +69,8 @@ def watch_runner(pid: int | None, interval_s: float = 1.0) -> None:
 
 
 def trl_config_kwargs(plan: dict[str, Any]) -> dict[str, Any]:
-    """SFTConfig kwargs: the recipe's train args plus what the stage folder and launch decide."""
+    """trl config kwargs: the recipe's train args plus what the stage folder and launch decide."""
     kwargs = dict(plan["train_args"])
-    # tempa tokenises and masks the data itself (assistant_masks column, which trl turns into
-    # labels); trl's own flag only applies to conversational rows it tokenises.
-    kwargs["assistant_only_loss"] = False
     kwargs["output_dir"] = plan["output_dir"]
     kwargs.setdefault("seed", plan["seed"])
     kwargs.setdefault("data_seed", plan["seed"])
@@ -96,25 +93,72 @@ def trl_config_kwargs(plan: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tempa.sft.train")
-    parser.add_argument("--plan", required=True, help="train_plan.json written by the sft stage")
+def read_plan(prog: str, argv: list[str] | None) -> dict[str, Any]:
+    """Parse ``--plan PLAN.json``, start the runner watch and set up distributed CPU DeepSpeed."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--plan", required=True, help="train_plan.json written by the stage")
     args = parser.parse_args(argv)
     plan = json.loads(Path(args.plan).read_text())
     watch_runner(plan.get("runner_pid"))
-
-    from datasets import load_from_disk
-    from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
-    tokenizer = AutoTokenizer.from_pretrained(plan["tokenizer_dir"])
     if plan.get("deepspeed") and plan.get("use_cpu"):
         # transformers sets up a plain CPU process group when use_cpu is on and never initialises
         # DeepSpeed's communication layer, so ZeRO-3 would see a world of one. Do it first.
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo")
-    config = SFTConfig(**trl_config_kwargs(plan))
+    return plan
+
+
+def train_and_save(trainer, tokenizer, plan: dict[str, Any], *, evaluate: bool = False,
+                   merge_adapters: bool = False) -> None:
+    """Train (resuming from the last complete checkpoint), then publish ``final/`` atomically.
+
+    The model goes to ``final.tmp`` with the tokenizer and `tempa_train_metrics.json`, and is
+    renamed to ``final`` last, so a kill never leaves a final model that looks complete.
+    """
+    resume = last_complete_checkpoint(Path(plan["output_dir"]))
+    if resume is not None and trainer.is_world_process_zero():
+        print(f"[tempa] resuming from {resume}", flush=True)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    eval_metrics = trainer.evaluate() if evaluate else {}
+
+    final = Path(plan["final_dir"])
+    tmp = final.with_name(final.name + ".tmp")
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    if merge_adapters:
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        if trainer.is_world_process_zero():
+            merged.save_pretrained(tmp, safe_serialization=True)
+    else:
+        trainer.save_model(str(tmp))  # under ZeRO-3 this gathers the 16-bit weights on rank 0
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(tmp)
+        metrics = {
+            "train": result.metrics,
+            "eval": eval_metrics,
+            "global_step": trainer.state.global_step,
+            "log_history": trainer.state.log_history,
+            "resumed_from": str(resume) if resume else None,
+        }
+        (tmp / "tempa_train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    trainer.accelerator.wait_for_everyone()
+
+
+def main(argv: list[str] | None = None) -> int:
+    plan = read_plan("python -m tempa.sft.train", argv)
+
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(plan["tokenizer_dir"])
+    # tempa tokenises and masks the data itself (assistant_masks column, which trl turns into
+    # labels); trl's own flag only applies to conversational rows it tokenises.
+    config = SFTConfig(**{**trl_config_kwargs(plan), "assistant_only_loss": False})
     train_dataset = load_from_disk(plan["train_data"])
     eval_dataset = load_from_disk(plan["eval_data"]) if plan.get("eval_data") else None
     if not plan["train_args"].get("assistant_only_loss", True):
@@ -154,36 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         peft_config=peft_config,
         callbacks=[CheckpointCompleteCallback(), ProgressLine()],
     )
-    resume = last_complete_checkpoint(Path(plan["output_dir"]))
-    if resume is not None and trainer.is_world_process_zero():
-        print(f"[tempa] resuming from {resume}", flush=True)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    eval_metrics = trainer.evaluate() if eval_dataset is not None else {}
-
-    final = Path(plan["final_dir"])
-    tmp = final.with_name(final.name + ".tmp")
-    if trainer.is_world_process_zero():
-        shutil.rmtree(tmp, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    if peft_config is not None:
-        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-        if trainer.is_world_process_zero():
-            merged.save_pretrained(tmp, safe_serialization=True)
-    else:
-        trainer.save_model(str(tmp))  # under ZeRO-3 this gathers the 16-bit weights on rank 0
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(tmp)
-        metrics = {
-            "train": result.metrics,
-            "eval": eval_metrics,
-            "global_step": trainer.state.global_step,
-            "log_history": trainer.state.log_history,
-            "resumed_from": str(resume) if resume else None,
-        }
-        (tmp / "tempa_train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    trainer.accelerator.wait_for_everyone()
+    train_and_save(trainer, tokenizer, plan, evaluate=eval_dataset is not None,
+                   merge_adapters=peft_config is not None)
     return 0
 
 

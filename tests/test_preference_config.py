@@ -80,7 +80,8 @@ def test_recipe_with_both_stages_loads_and_plans(tmp_path, tiny_model_dir):
     from tempa.recipes.registry import STAGE_KINDS
     from tempa.recipes.runner import plan_run
 
-    assert STAGE_KINDS["preference"].trains and not STAGE_KINDS["synthesize"].trains
+    # both continue an interrupted run from what they completed (checkpoints, sampled batches)
+    assert STAGE_KINDS["preference"].resumable and STAGE_KINDS["synthesize"].resumable
     (tmp_path / "prompts.jsonl").write_text(Path(PROMPTS).read_text())
     recipe = tmp_path / "r.yaml"
     recipe.write_text(textwrap.dedent(f"""

@@ -27,6 +27,7 @@ class TouchConfig(StageConfigBase):
     kind: Literal["touch"] = "touch"
     value: int = 0
     fail: bool = False
+    no_model: bool = False  # like synthesize: produces data, no model
     input: str | None = None
 
     @field_validator("input")
@@ -41,8 +42,12 @@ def run_touch(config: TouchConfig, ctx: StageContext) -> StageResult:
         f.write(f"{config.name}\n")
     if config.fail:
         raise StageError("asked to fail")
-    (ctx.stage_dir / "out.txt").write_text(f"{config.value} from {ctx.model_dir.name}")
-    return StageResult(model_dir=ctx.model_dir, metrics={"value": config.value})
+    (ctx.stage_dir / "out.txt").write_text(f"{config.value} from {ctx.model_dir}")
+    if config.no_model:
+        return StageResult(metrics={"value": config.value})
+    own = ctx.stage_dir / "model"
+    own.mkdir()
+    return StageResult(model_dir=own, metrics={"value": config.value})
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +93,8 @@ def test_first_run_runs_all_then_everything_is_skipped(recipe, tmp_path):
         assert read_json(run_dir / name / DONE)["fingerprint"] == manifest["fingerprint"]
         assert json.loads((run_dir / name / "metrics.json").read_text())["value"] == "abc".index(name) + 1
     assert (run_dir / "tokenizer" / "chat_template.jinja").is_file()
-    assert (run_dir / "recipe.resolved.yaml").is_file()
+    resolved = load_recipe(run_dir / "recipe.resolved.yaml")  # loads back as a recipe
+    assert resolved.names == ["a", "b", "c"] and resolved.stages[0].input == str(tmp_path / "input.txt")
 
     reset_calls(run_dir)
     plans = plan_run(load_recipe(recipe), run_dir)
@@ -201,8 +207,19 @@ def test_final_points_at_the_last_model(recipe, tmp_path):
     run_dir = tmp_path / "run"
     summary = run_recipe(load_recipe(recipe), run_dir)
     assert summary.final_model == run_dir / "final"
-    assert (run_dir / "final").resolve() == Path(load_recipe(recipe).recipe.base_model).resolve()
-    assert (run_dir / "final" / "config.json").is_file()
+    assert (run_dir / "final").resolve() == (run_dir / "c" / "model").resolve()
+    # each stage started from its upstream's model: b from a (previous), c from a (`from: a`)
+    assert (run_dir / "b" / "out.txt").read_text() == f"2 from {run_dir / 'a' / 'model'}"
+    assert (run_dir / "c" / "out.txt").read_text() == f"3 from {run_dir / 'a' / 'model'}"
+
+
+def test_a_stage_without_a_model_hands_on_the_one_it_started_from(recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe, ["stages.b.no_model=true"]), run_dir)
+    assert read_json(run_dir / "b" / MANIFEST)["model_dir"] == "a/model"
+    # and again when b is skipped: the next stage still gets a's model through b
+    run_recipe(load_recipe(recipe, ["stages.b.no_model=true", "stages.c.from=b", "stages.c.value=4"]), run_dir)
+    assert (run_dir / "c" / "out.txt").read_text() == f"4 from {run_dir / 'a' / 'model'}"
 
 
 def test_status_tells_running_from_interrupted(recipe, tmp_path):

@@ -194,7 +194,8 @@ def build_trainer(args: argparse.Namespace, work: Path, meter: Meter):
         "use_cpu": args.dry_run,
         "mixed_precision": "no" if args.dry_run else "bf16",
     }
-    config = SFTConfig(**trl_config_kwargs(plan))
+    # As tempa.sft.train.main builds it: the data carry their own assistant masks.
+    config = SFTConfig(**{**trl_config_kwargs(plan), "assistant_only_loss": False})
     dataset = random_dataset(lengths_for(1.2 * args.steps * args.batch * args.max_length, args.max_length),
                              shape.vocab_size)
     trainer = SFTTrainer(model=str(work / "model"), args=config, train_dataset=dataset, processing_class=tokenizer,

@@ -151,7 +151,8 @@ def tempa_trainer(rows_path: Path, tokenizer, model, work: Path, args: argparse.
                                 seed=0, max_length=train_args["max_length"])
     prep_seconds = time.perf_counter() - started
     plan = {"train_args": train_args, "output_dir": str(work / "tempa-out"), "seed": 0, "use_cpu": True}
-    config = SFTConfig(**trl_config_kwargs(plan))
+    # As tempa.sft.train.main builds it: the data carry their own assistant masks.
+    config = SFTConfig(**{**trl_config_kwargs(plan), "assistant_only_loss": False})
     dataset = load_from_disk(str(prepared.train_path))
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[meter])

@@ -81,7 +81,8 @@ def _yaml_path(loc: Sequence[str | int], raw: object) -> FieldPath:
             path.append(part)
         elif isinstance(node, Mapping | list):
             # A tag, or a key that is missing/unknown: keep real field names (they are the message).
-            if isinstance(part, str) and not _looks_like_tag(part):
+            is_tag = isinstance(node, Mapping) and part in (node.get("type"), node.get("kind"))
+            if isinstance(part, str) and not is_tag and not _looks_like_tag(part):
                 path.append(part)
                 node = None
         else:

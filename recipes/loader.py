@@ -237,8 +237,16 @@ def _merge_recipes(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, A
     return out
 
 
+_TAGS = ("type", "kind")
+
+
 def _deep_merge(base: Any, override: Any) -> Any:
-    if isinstance(base, dict) and isinstance(override, dict):
+    """Mappings merge key by key, except when the override switches a tagged union's `type`:
+    then it replaces the mapping (an http teacher's base_url means nothing to a transformers one)."""
+    switches = isinstance(base, dict) and isinstance(override, dict) and any(
+        tag in override and tag in base and override[tag] != base[tag] for tag in _TAGS
+    )
+    if isinstance(base, dict) and isinstance(override, dict) and not switches:
         out = dict(base)
         for key, value in override.items():
             out[key] = _deep_merge(base.get(key), value)

@@ -254,3 +254,29 @@ def test_error_inside_a_profile_points_at_the_profile_line(tmp_path, data_file):
     with pytest.raises(RecipeError) as err:
         load_recipe(path, profile="tiny")
     assert f"{path}:18: stages[0].train.max_stepz (stage 'first')" in str(err.value)
+
+
+def test_profile_switching_a_tagged_union_replaces_it(tmp_path, data_file):
+    """`teacher: {type: transformers}` over an http teacher must not inherit its base_url."""
+    from tempa.recipes.loader import _deep_merge
+
+    http = {"type": "http", "base_url": "http://x/v1", "model": "m"}
+    assert _deep_merge(http, {"type": "transformers"}) == {"type": "transformers"}
+    assert _deep_merge(http, {"model": "n"}) == {"type": "http", "base_url": "http://x/v1", "model": "n"}
+
+
+def test_error_path_leaves_out_union_tags(tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    path = write(tmp_path / "r.yaml", """
+        name: t
+        base_model: "tempa:tiny"
+        stages:
+          - name: syn
+            kind: synthesize
+            prompts: {path: p.jsonl}
+            teacher: {type: transformers, base_url: "http://x"}
+            rewards: [{type: format}]
+        """)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert f"{path}:7: stages[0].teacher.base_url (stage 'syn'): unknown field" in str(err.value)

@@ -17,37 +17,29 @@ from collections import deque
 from importlib import resources
 from pathlib import Path
 
-from tempa.recipes.schema import LaunchConfig
+from tempa.recipes.schema import SHIPPED_ACCELERATE, SHIPPED_DEEPSPEED, LaunchConfig
 from tempa.sft.stage_api import StageError
 
-SHIPPED_ACCELERATE = ("single", "ddp", "zero3", "zero3-multinode")
-SHIPPED_DEEPSPEED = ("zero3", "zero3-cpu")
 
-
-def _shipped(folder: str, name: str, suffix: str) -> Path:
-    return Path(str(resources.files("tempa.recipes") / folder / f"{name}{suffix}"))
+def _config_path(field: str, ref: str, folder: str, shipped: tuple[str, ...], suffix: str) -> Path:
+    """A shipped config by name (package data, works from a wheel) or the user's own file."""
+    if ref in shipped:
+        path = Path(str(resources.files("tempa.recipes") / folder / f"{ref}{suffix}"))
+    else:
+        path = Path(ref).expanduser()
+    if not path.is_file():
+        raise StageError(
+            f"launch.{field}: {ref!r} is neither a shipped config ({', '.join(shipped)}) nor an existing file"
+        )
+    return path.resolve()
 
 
 def accelerate_config_path(ref: str) -> Path:
-    path = _shipped("accelerate", ref, ".yaml") if ref in SHIPPED_ACCELERATE else Path(ref).expanduser()
-    if not path.is_file():
-        raise StageError(
-            f"launch.accelerate_config: {ref!r} is neither a shipped config ({', '.join(SHIPPED_ACCELERATE)}) "
-            "nor an existing file"
-        )
-    return path.resolve()
+    return _config_path("accelerate_config", ref, "accelerate", SHIPPED_ACCELERATE, ".yaml")
 
 
 def deepspeed_config_path(ref: str | None) -> Path | None:
-    if ref is None:
-        return None
-    path = _shipped("deepspeed", ref, ".json") if ref in SHIPPED_DEEPSPEED else Path(ref).expanduser()
-    if not path.is_file():
-        raise StageError(
-            f"launch.deepspeed_config: {ref!r} is neither a shipped config ({', '.join(SHIPPED_DEEPSPEED)}) "
-            "nor an existing file"
-        )
-    return path.resolve()
+    return None if ref is None else _config_path("deepspeed_config", ref, "deepspeed", SHIPPED_DEEPSPEED, ".json")
 
 
 def launch_command(launch: LaunchConfig, module: str, args: list[str], *, port: int | None = None) -> list[str]:

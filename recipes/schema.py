@@ -6,9 +6,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tempa.sft.stage_api import resolve_path
+from tempa.sft.stage_api import looks_local, resolve_path
 
 TINY_DEFAULT = "tempa:tiny"
+SHIPPED_ACCELERATE = ("single", "ddp", "zero3", "zero3-multinode")
+SHIPPED_DEEPSPEED = ("zero3", "zero3-cpu")
 
 
 class LaunchConfig(BaseModel):
@@ -37,6 +39,25 @@ class LaunchConfig(BaseModel):
     )
     use_cpu: bool = Field(default=False, description="Force CPU training even when a GPU is present.")
     extra_args: list[str] = Field(default_factory=list, description="Appended to the launcher command.")
+
+    @field_validator("accelerate_config")
+    @classmethod
+    def _accelerate(cls, value: str, info) -> str:
+        return value if value in SHIPPED_ACCELERATE else _config_file(value, info, SHIPPED_ACCELERATE)
+
+    @field_validator("deepspeed_config")
+    @classmethod
+    def _deepspeed(cls, value: str | None, info) -> str | None:
+        if value is None or value in SHIPPED_DEEPSPEED:
+            return value
+        return _config_file(value, info, SHIPPED_DEEPSPEED)
+
+
+def _config_file(value: str, info, shipped: tuple[str, ...]) -> str:
+    try:
+        return resolve_path(value if looks_local(value) else f"./{value}", info)
+    except ValueError:
+        raise ValueError(f"{value!r} is neither a shipped config ({', '.join(shipped)}) nor an existing file") from None
 
 
 class Recipe(BaseModel):

@@ -280,3 +280,12 @@ def test_error_path_leaves_out_union_tags(tmp_path):
     with pytest.raises(RecipeError) as err:
         load_recipe(path)
     assert f"{path}:7: stages[0].teacher.base_url (stage 'syn'): unknown field" in str(err.value)
+
+
+def test_launch_config_must_be_shipped_or_an_existing_file(tmp_path, data_file):
+    path = write(tmp_path / "r.yaml", recipe_text().replace("stages:", "launch: {accelerate_config: zero9}\n    stages:"))
+    with pytest.raises(RecipeError, match=r"r\.yaml:3: launch\.accelerate_config: 'zero9' is neither a shipped config"):
+        load_recipe(path)
+    (tmp_path / "mine.yaml").write_text("distributed_type: 'NO'\n")
+    path.write_text(path.read_text().replace("zero9", "mine.yaml"))
+    assert load_recipe(path).recipe.launch.accelerate_config == str(tmp_path / "mine.yaml")

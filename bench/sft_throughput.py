@@ -1,6 +1,6 @@
 """SFT throughput: tempa's SFT path against plain trl SFTTrainer defaults, same model, data and steps.
 
-    python bench/sft_throughput.py                 # the recorded configuration (a few minutes on 2 CPUs)
+    python bench/sft_throughput.py                 # the recorded configuration (~17 min on 2 shared CPUs)
     python bench/sft_throughput.py --quick         # a smoke run (seconds)
 
 tempa path: the rows go through ``tempa.sft.data.prepare_sft_data`` (normalise -> curate -> render ->

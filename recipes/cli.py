@@ -133,7 +133,7 @@ def _cmd_plan(args) -> int:
     if args.hardware:
         from tempa.recipes.estimate import render_estimate
 
-        console.print(render_estimate(loaded, args.hardware, args.mfu), markup=False)
+        console.print(render_estimate(loaded, args.hardware, args.mfu, run_dir=run_dir), markup=False)
     return 0
 
 

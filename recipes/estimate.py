@@ -4,8 +4,9 @@
 returns the numbers. Nothing is downloaded: the base model's shape comes from a local
 ``config.json``, or from a built-in table matched from the hub id (Llama 3.x, Qwen2.5, Mistral 7B,
 SEA-LION v3 / Swallow on Llama 3.1); tokens come from the stage's data stats when it already ran
-(``run_dir/<stage>/data/mix.json``), else from the sources' ``tokens`` / ``rows`` settings with a
-stated average length per row.
+(``run_dir/<stage>/data/mix.json``), else from the sources' ``tokens`` / ``rows`` settings (or the
+row count of a local file) with a stated average length per row. Preference stages count one pair
+per prompt (``prompts.limit``) per round; their sampling and scoring time is not estimated.
 
 The memory model (per GPU, DeepSpeed ZeRO-3 without offload, bf16 mixed precision, AdamW):
 
@@ -20,7 +21,8 @@ The memory model (per GPU, DeepSpeed ZeRO-3 without offload, bf16 mixed precisio
   buffers, allocator fragmentation, DeepSpeed's prefetch buckets).
 
 Hours are ``6 * N * trained tokens / (GPUs * peak bf16 dense FLOP/s * MFU)``, the same MFU that
-bench/gpu_mfu.py measures.
+bench/gpu_mfu.py measures (preference stages: 8N, the reference model's forward pass included).
+A preference stage without ``precompute_ref_log_probs`` also holds a bf16 reference model, sharded.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+import textwrap
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,9 @@ PACKING_FILL = 0.95  # share of each packed row that BFD packing fills with toke
 # Average rendered tokens per conversation when the recipe gives rows but no data stats exist yet.
 AVG_TOKENS_THINKING_OFF = 800  # instruction / chat data
 AVG_TOKENS_THINKING_ON = 4000  # distilled reasoning traces (R1-style) with their answers
+# Preference stages: one pair per prompt, each side a prompt plus a sampled answer.
+AVG_PROMPT_TOKENS = 200
+COMPLETION_FILL = 0.5  # share of sampling.max_new_tokens an average sampled answer uses
 
 
 class EstimateError(RecipeError):
@@ -250,10 +256,11 @@ def resolve_shape(base_model: str) -> tuple[ModelShape, str]:
 
 @dataclass
 class TokenCount:
-    tokens: int | None  # per epoch, all sources; None when some source cannot be sized
-    rows: int | None  # training samples per epoch
+    tokens: int | None  # per epoch (per round), over the sources that could be sized; None: none could
+    rows: int | None  # training samples (preference: pairs) per epoch
     source: str  # where the numbers come from
     notes: list[str] = field(default_factory=list)
+    lower_bound: bool = False  # some sources could not be sized: the true count is higher
 
 
 def avg_tokens_per_row(source: Any, avg_on: int, avg_off: int) -> int:
@@ -311,9 +318,11 @@ def tokens_from_recipe(stage: Any, avg_on: int, avg_off: int) -> TokenCount:
         total_tokens, total_rows = total_tokens + tokens, total_rows + rows
         notes.append(f"source {source.name}: {how}, ~{avg:,} tokens/row assumed ({source.thinking_mode})")
     where = "recipe sizes x assumed tokens/row"
-    if unknown:
+    if len(unknown) == len(data.sources):
         return TokenCount(None, None, where, notes)
-    return TokenCount(total_tokens, total_rows, where, notes)
+    if unknown:
+        where += f"; at least: {', '.join(unknown)} not counted"
+    return TokenCount(total_tokens, total_rows, where, notes, lower_bound=bool(unknown))
 
 
 def tokens_from_stats(mix_file: Path) -> TokenCount:
@@ -323,7 +332,24 @@ def tokens_from_stats(mix_file: Path) -> TokenCount:
     return TokenCount(int(total["tokens_kept"]), samples or int(total["rows_kept"]), f"data stats ({mix_file})")
 
 
-def stage_tokens(stage: Any, run_dir: Path | None, avg_on: int, avg_off: int) -> TokenCount:
+def preference_tokens(stage: Any, train: dict[str, Any]) -> TokenCount:
+    """Tokens of one round's pairs: one pair per prompt, two sequences of prompt + sampled answer."""
+    prompts = stage.prompts.limit or count_local_rows(stage.prompts.path)
+    sampling = stage.sampling
+    per_sequence = min(int(train.get("max_length") or 1024),
+                       AVG_PROMPT_TOKENS + int(COMPLETION_FILL * sampling.max_new_tokens))
+    note = (f"prompts: {prompts if prompts is not None else 'unknown (set prompts.limit)'}; one pair per prompt "
+            f"(an upper bound: pairs under min_margin are dropped), 2 x ~{per_sequence:,} tokens per pair "
+            f"({AVG_PROMPT_TOKENS} prompt + {100 * COMPLETION_FILL:.0f}% of max_new_tokens "
+            f"{sampling.max_new_tokens}); sampling {sampling.n} answers per prompt and scoring them not included")
+    if prompts is None:
+        return TokenCount(None, None, "prompts x assumed pair length", [note])
+    return TokenCount(2 * prompts * per_sequence, prompts, "prompts x assumed pair length", [note])
+
+
+def stage_tokens(stage: Any, train: dict[str, Any], run_dir: Path | None, avg_on: int, avg_off: int) -> TokenCount:
+    if stage.kind == "preference":
+        return preference_tokens(stage, train)
     if run_dir is not None:
         mix_file = Path(run_dir) / stage.name / "data" / "mix.json"
         if mix_file.is_file():
@@ -346,10 +372,11 @@ class MemoryEstimate:
     gathered: float
     activations: float
     capacity: float
+    reference: float = 0.0  # a frozen bf16 reference model (preference stages), sharded
 
     @property
     def model_states(self) -> float:
-        return self.params + self.grads + self.optimizer + self.gathered
+        return self.params + self.grads + self.optimizer + self.gathered + self.reference
 
     @property
     def total(self) -> float:
@@ -381,24 +408,43 @@ def activation_bytes(shape: ModelShape, tokens: int, *, checkpointing: bool, lig
     return float(layers + logits)
 
 
-def memory_estimate(shape: ModelShape, hardware: Hardware, micro_tokens: int, train: dict[str, Any],
-                    lora: Any = None) -> MemoryEstimate:
+def checkpointing(train: dict[str, Any]) -> bool:
+    """Activation checkpointing: on unless the train args turn it off (either of its two names)."""
+    return bool(train.get("activation_checkpointing", train.get("gradient_checkpointing", True)))
+
+
+def needs_reference(kind: str, train: dict[str, Any]) -> bool:
+    """A preference stage keeps a reference model unless its log-probs are precomputed."""
+    return kind == "preference" and not train.get("precompute_ref_log_probs", False)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What memory depends on, besides the model and the hardware."""
+
+    micro_tokens: int  # tokens of one micro-batch per GPU
+    train: dict[str, Any]
+    lora: Any = None
+    reference: bool = False
+
+
+def memory_estimate(shape: ModelShape, hardware: Hardware, work: Workload) -> MemoryEstimate:
     states = zero3_model_states_bytes(shape.parameters, shape.largest_layer_parameters, hardware.gpus)
-    if lora is not None:  # frozen bf16 (or 4-bit) base; adapter states are negligible
-        states = {"params": (0.55 if lora.load_in_4bit else 2) * shape.parameters / hardware.gpus,
+    if work.lora is not None:  # frozen bf16 (or 4-bit) base; adapter states are negligible
+        states = {"params": (0.55 if work.lora.load_in_4bit else 2) * shape.parameters / hardware.gpus,
                   "grads": 0.0, "optimizer": 0.0, "gathered": 2 * shape.largest_layer_parameters}
-    activations = activation_bytes(shape, micro_tokens, checkpointing=bool(train.get("gradient_checkpointing", True)),
-                                   liger=bool(train.get("use_liger_kernel", False)))
+    activations = activation_bytes(shape, work.micro_tokens, checkpointing=checkpointing(work.train),
+                                   liger=bool(work.train.get("use_liger_kernel", False)))
+    reference = 2 * shape.parameters / hardware.gpus if work.reference else 0.0
     return MemoryEstimate(**{k: v / GIB for k, v in states.items()}, activations=activations / GIB,
-                          capacity=hardware.gpu.memory_gib)
+                          capacity=hardware.gpu.memory_gib, reference=reference / GIB)
 
 
-def gpus_needed(shape: ModelShape, hardware: Hardware, micro_tokens: int, train: dict[str, Any],
-                lora: Any = None) -> int | None:
+def gpus_needed(shape: ModelShape, hardware: Hardware, work: Workload) -> int | None:
     """The fewest GPUs (whole nodes past one) on which the stage fits under ZeRO-3; None past 1024."""
     candidates = [n for n in (1, 2, 4) if n < hardware.gpus_per_node] + list(range(8, 1025, 8))
     for gpus in candidates:
-        if memory_estimate(shape, hardware.with_gpus(gpus), micro_tokens, train, lora).fits:
+        if memory_estimate(shape, hardware.with_gpus(gpus), work).fits:
             return gpus
     return None
 
@@ -419,9 +465,9 @@ class StageEstimate:
 
     name: str
     kind: str
-    tokens_per_epoch: int | None
+    tokens_per_epoch: int | None  # preference stages: per round
     tokens_source: str
-    epochs: float
+    epochs: float  # preference stages: epochs x rounds
     trained_tokens: int | None
     steps: int | None
     tokens_per_step: int
@@ -429,77 +475,111 @@ class StageEstimate:
     memory: MemoryEstimate
     hours: float | None
     fits: bool
+    lower_bound: bool = False  # tokens, steps and hours are at least these (some data could not be sized)
     gpus_needed: int | None = None
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
-def _batch(train: dict[str, Any], hardware: Hardware, avg_len: float) -> tuple[int, int]:
-    """(micro-batch tokens per GPU, tokens per optimizer step)."""
+def _batch(train: dict[str, Any], hardware: Hardware, per_sequence: float, sequences: int) -> tuple[int, int]:
+    """(micro-batch tokens per GPU, tokens per optimizer step); ``sequences`` per row (2 for a pair)."""
     max_length = int(train.get("max_length") or 1024)
-    per_device = int(train.get("per_device_train_batch_size", 8))
+    per_device = int(train.get("per_device_train_batch_size", 8)) * sequences
     accumulation = int(train.get("gradient_accumulation_steps", 1))
     micro = per_device * max_length  # packed rows, or the worst case of padding to max_length
-    per_sequence = max_length * PACKING_FILL if train.get("packing") else min(avg_len, max_length)
+    per_sequence = max_length * PACKING_FILL if train.get("packing") else min(per_sequence, max_length)
     return micro, int(per_device * accumulation * hardware.gpus * per_sequence)
 
 
-def _schedule(count: TokenCount, train: dict[str, Any], tokens_per_step: int) -> tuple[float, int | None, int | None]:
-    """(epochs, steps, trained tokens)."""
-    epochs = float(train.get("num_train_epochs", 1))
+def _schedule(count: TokenCount, train: dict[str, Any], tokens_per_step: int,
+              rounds: int) -> tuple[float, int | None, int | None]:
+    """(epochs x rounds, steps, trained tokens)."""
+    epochs = float(train.get("num_train_epochs", 1)) * rounds
     max_steps = int(train.get("max_steps", -1) or -1)
     if max_steps > 0:
-        return epochs, max_steps, max_steps * tokens_per_step
+        return epochs, max_steps * rounds, max_steps * rounds * tokens_per_step
     if count.tokens is None:
         return epochs, None, None
     trained = int(count.tokens * epochs)
     return epochs, max(1, math.ceil(trained / max(1, tokens_per_step))), trained
 
 
+def offloads_optimizer(loaded: LoadedRecipe) -> bool:
+    """Whether the recipe's accelerate config puts the optimizer state in CPU RAM (DeepSpeed offload)."""
+    import yaml
+
+    from tempa.recipes.launcher import accelerate_config_path
+
+    launch = loaded.recipe.launch
+    if launch.launcher != "accelerate":
+        return False
+    try:
+        config = yaml.safe_load(accelerate_config_path(launch.accelerate_config).read_text()) or {}
+    except (OSError, yaml.YAMLError, ValueError):
+        return False
+    return (config.get("deepspeed_config") or {}).get("offload_optimizer_device") in ("cpu", "nvme")
+
+
 def estimate_stage(stage: Any, shape: ModelShape, hardware: Hardware, mfu: float, run_dir: Path | None,
-                   avg_on: int, avg_off: int) -> StageEstimate:
+                   avg_on: int, avg_off: int, *, offload: bool = False) -> StageEstimate:
     train = stage.train_args() if hasattr(stage, "train_args") else dict(getattr(stage, "train", {}))
-    lora = getattr(stage, "lora", None)
-    count = stage_tokens(stage, run_dir, avg_on, avg_off)
-    avg_len = count.tokens / count.rows if count.tokens and count.rows else avg_off
-    micro, per_step = _batch(train, hardware, avg_len)
-    epochs, steps, trained = _schedule(count, train, per_step)
-    memory = memory_estimate(shape, hardware, micro, train, lora)
+    preference = stage.kind == "preference"
+    count = stage_tokens(stage, train, run_dir, avg_on, avg_off)
+    sequences = 2 if preference else 1
+    per_sequence = count.tokens / (count.rows * sequences) if count.tokens and count.rows else avg_off
+    micro, per_step = _batch(train, hardware, per_sequence, sequences)
+    epochs, steps, trained = _schedule(count, train, per_step, int(getattr(stage, "rounds", 1)))
+    work = Workload(micro, train, getattr(stage, "lora", None), needs_reference(stage.kind, train))
+    memory = memory_estimate(shape, hardware, work)
+    if offload and work.lora is None:
+        # fp32 master weights + Adam moments live in host RAM; the GPU keeps bf16 shards + gathers
+        gpu_states, host = optimizer_offload_gib(shape, hardware)
+        memory = replace(memory, params=gpu_states - memory.gathered, grads=0.0, optimizer=0.0)
+    flops_per_token = 6 * shape.parameters + (2 * shape.parameters if preference else 0)  # + reference forward
     peak = hardware.gpus * hardware.gpu.peak_tflops * 1e12 * mfu
-    hours = 6 * shape.parameters * trained / peak / 3600 if trained else None
+    hours = flops_per_token * trained / peak / 3600 if trained else None
     estimate = StageEstimate(stage.name, stage.kind, count.tokens, count.source, epochs, trained, steps, per_step,
-                             micro, memory, hours, memory.fits, notes=list(count.notes))
-    _annotate(estimate, shape, hardware, train, lora)
+                             micro, memory, hours, memory.fits, lower_bound=count.lower_bound, notes=list(count.notes))
+    if offload and work.lora is None:
+        estimate.notes.append(f"optimizer offloaded to CPU: ~{host:.0f} GiB host RAM per node (DeepSpeed's estimate)")
+    _annotate(estimate, shape, hardware, work, preference)
     return estimate
 
 
-def _annotate(estimate: StageEstimate, shape: ModelShape, hardware: Hardware, train: dict[str, Any],
-              lora: Any) -> None:
+def _annotate(estimate: StageEstimate, shape: ModelShape, hardware: Hardware, work: Workload,
+              preference: bool) -> None:
     if estimate.trained_tokens is None:
         estimate.warnings.append(f"stage {estimate.name}: token count unknown, so no steps or hours")
-    if not train.get("gradient_checkpointing", True):
-        estimate.notes.append("gradient_checkpointing is off: activations of every layer are kept")
-    if lora is not None:
+    if not checkpointing(work.train):
+        estimate.notes.append("activation checkpointing is off: activations of every layer are kept")
+    if preference:
+        reference = f"reference model {estimate.memory.reference:.1f} GiB per GPU in the total" if work.reference \
+            else "reference log-probs precomputed: no reference model during training"
+        estimate.notes.append(f"{reference}; hours count 8N FLOPs/token (policy 6N + reference forward 2N)")
+    if work.lora is not None:
         estimate.notes.append("LoRA: frozen base weights only; 6N FLOPs/token overstates the time a little")
-    if estimate.fits:
-        return
+    if not estimate.fits:
+        estimate.gpus_needed = gpus_needed(shape, hardware, work)
+        estimate.warnings.append(_will_not_fit(estimate, shape, hardware, work))
+
+
+def _will_not_fit(estimate: StageEstimate, shape: ModelShape, hardware: Hardware, work: Workload) -> str:
     mem = estimate.memory
-    estimate.gpus_needed = gpus_needed(shape, hardware, estimate.micro_batch_tokens, train, lora)
     message = (f"stage {estimate.name} will not fit on {hardware.label}: ~{mem.total:.0f} GiB per GPU needed "
                f"(model states {mem.model_states:.0f} + activations {mem.activations:.0f}) of "
                f"{mem.capacity:.0f} GiB ({100 * USABLE_MEMORY:.0f}% usable)")
     options = []
     if estimate.gpus_needed is not None:
         options.append(f"ZeRO-3 over >= {estimate.gpus_needed}x{hardware.gpu.name}")
-    if lora is None:
+    if work.lora is None:
         gpu, host = optimizer_offload_gib(shape, hardware)
-        options.append(f"offload_optimizer: cpu (~{gpu + mem.activations:.0f} GiB per GPU, "
+        options.append(f"offload_optimizer: cpu (~{gpu + mem.reference + mem.activations:.0f} GiB per GPU, "
                        f"~{host:.0f} GiB host RAM per node, DeepSpeed's estimate)")
     if mem.activations > 0.25 * mem.capacity:
-        liger = "" if train.get("use_liger_kernel") else " or use_liger_kernel: true"
-        options.append("a smaller per_device_train_batch_size x max_length (micro-batch "
-                       f"{estimate.micro_batch_tokens:,} tokens){liger}")
-    estimate.warnings.append(message + ("; options: " + "; ".join(options) if options else ""))
+        liger = "" if work.train.get("use_liger_kernel") else " or use_liger_kernel: true"
+        options.append(f"a smaller per_device_train_batch_size x max_length (micro-batch {work.micro_tokens:,} "
+                       f"tokens){liger}")
+    return message + ("; options: " + "; ".join(options) if options else "")
 
 
 def estimate_recipe(
@@ -516,8 +596,10 @@ def estimate_recipe(
         raise EstimateError(f"mfu {mfu}: expected a fraction in (0, 1], e.g. 0.4")
     machine = parse_hardware(hardware)
     shape, _ = resolve_shape(loaded.recipe.base_model)
+    offload = offloads_optimizer(loaded)
     return [
-        estimate_stage(stage, shape, machine, mfu, run_dir, avg_tokens_thinking_on, avg_tokens_thinking_off)
+        estimate_stage(stage, shape, machine, mfu, run_dir, avg_tokens_thinking_on, avg_tokens_thinking_off,
+                       offload=offload)
         for stage in loaded.stages
         if stage.kind in TRAINING_KINDS  # type: ignore[attr-defined]
     ]
@@ -566,31 +648,45 @@ def render_estimate(loaded: LoadedRecipe, hardware: str = "8xH100", mfu: float =
              "gathered", "activ.", "total/GPU", "fits", "hours")]
     for e in estimates:
         m = e.memory
-        rows.append((e.name, _count(e.tokens_per_epoch), f"{e.epochs:g}", _count(e.trained_tokens), _count(e.steps),
-                     _count(e.tokens_per_step), f"{m.params:.1f}", f"{m.grads:.1f}", f"{m.optimizer:.1f}",
-                     f"{m.gathered:.1f}", f"{m.activations:.1f}", f"{m.total:.1f} GiB", "yes" if e.fits else "NO",
-                     _hours(e.hours)))
+        at_least = ">=" if e.lower_bound else ""
+        rows.append((e.name, at_least + _count(e.tokens_per_epoch), f"{e.epochs:g}", at_least + _count(e.trained_tokens),
+                     at_least + _count(e.steps), _count(e.tokens_per_step), f"{m.params:.1f}", f"{m.grads:.1f}",
+                     f"{m.optimizer:.1f}", f"{m.gathered:.1f}", f"{m.activations:.1f}", f"{m.total:.1f} GiB",
+                     "yes" if e.fits else "NO", at_least + _hours(e.hours)))
     lines += _table(rows)
     lines += _footnotes(estimates, loaded)
     return "\n".join(lines)
 
 
+def _wrap(text: str, indent: str = "", width: int = 110) -> list[str]:
+    return textwrap.wrap(text, width=width, initial_indent=indent, subsequent_indent=indent + "  ",
+                         break_on_hyphens=False)
+
+
 def _footnotes(estimates: list[StageEstimate], loaded: LoadedRecipe) -> list[str]:
     out = ["", "tokens:"]
     for e in estimates:
-        out.append(f"  {e.name}: {e.tokens_source}; micro-batch {e.micro_batch_tokens:,} tokens per GPU")
-        out += [f"    {note}" for note in e.notes]
-    out += [
-        "memory (GiB per GPU): params = bf16 + fp32 master (6 B/param), grads fp32 (4 B), optim Adam moments (8 B), "
-        "all / GPUs; gathered = largest layer x 4 B; activations = one micro-batch with activation checkpointing "
-        f"and the logits; fits = total <= {100 * USABLE_MEMORY:.0f}% of GPU memory",
-        f"steps assume BFD packing fills {100 * PACKING_FILL:.0f}% of each row; hours = 6 x params x trained tokens "
-        "/ (GPUs x peak x MFU)",
-    ]
+        out += _wrap(f"{e.name}: {e.tokens_source}; micro-batch {e.micro_batch_tokens:,} tokens per GPU", "  ")
+        for note in e.notes:
+            out += _wrap(note, "    ")
+    out += _wrap(
+        "memory, GiB per GPU: params = bf16 copy + fp32 master (6 B/param), grads fp32 (4 B), optim = Adam moments "
+        "(8 B), each divided over the GPUs; gathered = the largest layer x 4 B; activ. = one micro-batch with "
+        f"activation checkpointing, plus the logits; fits = total <= {100 * USABLE_MEMORY:.0f}% of GPU memory"
+    )
+    out += _wrap(
+        f"steps assume BFD packing fills {100 * PACKING_FILL:.0f}% of each row; hours = 6 x params x trained "
+        "tokens / (GPUs x peak x MFU); '>=': some data could not be sized"
+    )
     launch = loaded.recipe.launch.accelerate_config
-    if launch not in ("zero3", "zero3-multinode"):
+    if offloads_optimizer(loaded):
+        out += _wrap(f"'{launch}' offloads the optimizer to CPU: params = the bf16 shard only; the fp32 master "
+                     "weights, gradients and Adam moments live in host RAM")
+    elif launch not in ("zero3", "zero3-multinode"):
         out.append(f"note: the recipe launches with accelerate_config '{launch}'; this estimate assumes ZeRO-3")
     warnings = [w for e in estimates for w in e.warnings]
     if warnings:
-        out += ["", *(f"WARNING: {w}" for w in warnings)]
+        out.append("")
+        for warning in warnings:
+            out += _wrap(f"WARNING: {warning}")
     return out

@@ -93,7 +93,7 @@ def _plot_rewards(name: str, rounds: list[dict[str, Any]], out: Path) -> Path | 
     xs = [r["round"] for r in rounds]
     chosen = [_find(r, "chosen", "mean") for r in rounds]
     rejected = [_find(r, "rejected", "mean") for r in rounds]
-    usable = [_find(r, "usable") for r in rounds]
+    usable = [_find(r, "pair_fraction") for r in rounds]
     if not any(v is not None for v in chosen + rejected + usable):
         return None
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tempa.sft.stage_api import looks_local, resolve_path
 
 TINY_DEFAULT = "tempa:tiny"
-SHIPPED_ACCELERATE = ("single", "ddp", "zero3", "zero3-multinode")
+SHIPPED_ACCELERATE = ("single", "ddp", "zero3", "zero3-offload", "zero3-multinode")
 SHIPPED_DEEPSPEED = ("zero3", "zero3-cpu")
 
 
@@ -25,8 +25,8 @@ class LaunchConfig(BaseModel):
     )
     accelerate_config: str = Field(
         default="single",
-        description="A shipped accelerate config (single, ddp, zero3, zero3-multinode, cpu-ddp) or a path "
-        "to your own accelerate YAML.",
+        description="A shipped accelerate config (single, ddp, zero3, zero3-offload, zero3-multinode) or a "
+        "path to your own accelerate YAML.",
     )
     deepspeed_config: str | None = Field(
         default=None,

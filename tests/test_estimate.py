@@ -226,3 +226,76 @@ def test_unsized_hub_source_is_reported_not_guessed(tmp_path: Path):
     assert estimate.trained_tokens is None and estimate.hours is None
     assert any("token count unknown" in w for w in estimate.warnings)
     assert any("set rows or tokens" in n for n in estimate.notes)
+
+
+def test_partly_sized_stage_is_a_lower_bound(tmp_path: Path):
+    stages = """
+    - name: sft
+      kind: sft
+      data:
+        sources:
+          - {name: sized, path: org/sized, rows: 1000, thinking_mode: "off"}
+          - {name: unsized, path: org/unsized, weight: 1.0}
+    """
+    loaded = load_recipe(write_recipe(tmp_path, HUB_70B, stages))
+    (estimate,) = estimate_recipe(loaded, "8xH100")
+    assert estimate.lower_bound and estimate.tokens_per_epoch == 1000 * 800
+    assert ">=800.0k" in render_estimate(loaded, "8xH100")
+
+
+PREFERENCE_STAGE = """
+- name: align
+  kind: preference
+  rounds: 2
+  prompts: {{path: org/prompts, limit: 1000}}
+  sampling: {{n: 4, max_new_tokens: 1000}}
+  rewards: [{{type: language, weight: 1.0}}]
+  train: {{max_length: 2048, per_device_train_batch_size: 2{extra}}}
+"""
+
+
+def test_preference_stage_pairs_rounds_and_reference_model(tmp_path: Path):
+    with_reference = estimate_recipe(load_recipe(write_recipe(
+        tmp_path, "meta-llama/Llama-3.1-8B", PREFERENCE_STAGE.format(extra=""))), "8xH100")[0]
+    (tmp_path / "b").mkdir()
+    precomputed = estimate_recipe(load_recipe(write_recipe(
+        tmp_path / "b", "meta-llama/Llama-3.1-8B", PREFERENCE_STAGE.format(extra=", precompute_ref_log_probs: true"))),
+        "8xH100")[0]
+    # 1000 prompts -> at most 1000 pairs per round, 2 rounds, 2 pairs per GPU per step on 8 GPUs.
+    assert with_reference.steps == 1000 * 2 // (2 * 8)
+    assert with_reference.micro_batch_tokens == 2 * 2 * 2048  # chosen + rejected, padded to max_length
+    parameters = KNOWN_SHAPES["llama-3.1-8b"].parameters
+    assert with_reference.memory.reference * GIB == pytest.approx(2 * parameters / 8)
+    assert precomputed.memory.reference == 0
+    assert with_reference.memory.total > precomputed.memory.total
+    expected_hours = 8 * parameters * with_reference.trained_tokens / (8 * 989.4e12 * 0.4) / 3600
+    assert with_reference.hours == pytest.approx(expected_hours)
+
+
+def test_activation_checkpointing_off_keeps_every_layer(tmp_path: Path):
+    stages = """
+    - name: ckpt-on
+      kind: sft
+      data: {sources: [{name: a, path: org/a, rows: 10}]}
+    - name: ckpt-off
+      kind: sft
+      data: {sources: [{name: a, path: org/a, rows: 10}]}
+      train: {activation_checkpointing: false}
+    """
+    on, off = estimate_recipe(load_recipe(write_recipe(tmp_path, HUB_70B, stages)), "8xH100")
+    assert off.memory.activations > 5 * on.memory.activations
+    assert any("checkpointing is off" in note for note in off.notes)
+
+
+def test_optimizer_offload_in_the_accelerate_config_is_honoured(tmp_path):
+    """The shipped 70B recipe offloads AdamW to CPU: it fits 8xH100 only because of that."""
+    from tempa.recipes.estimate import estimate_recipe, offloads_optimizer
+
+    offloaded = load_recipe("sea-lion-v3-70b-it")
+    on_gpu = load_recipe("sea-lion-v3-70b-it", ["launch.accelerate_config=zero3"])
+    assert offloads_optimizer(offloaded) and not offloads_optimizer(on_gpu)
+    with_offload = estimate_recipe(offloaded, "8xH100")[0]
+    without = estimate_recipe(on_gpu, "8xH100")[0]
+    assert with_offload.fits and not without.fits
+    assert with_offload.memory.optimizer == 0 and without.memory.optimizer > 0
+    assert with_offload.memory.total < without.memory.total / 2

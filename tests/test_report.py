@@ -23,6 +23,15 @@ STAGES = """
       sources: [{name: rows, path: rows.jsonl, thinking_mode: mixed, thinking_ratio: 0.5}]
     train: {max_steps: 6, learning_rate: 3.0e-3, per_device_train_batch_size: 4, max_length: 256,
             logging_steps: 1, save_steps: 2, save_total_limit: 3, eval_strategy: steps, eval_steps: 3}
+  - name: align
+    kind: preference
+    rounds: 2
+    prompts: {path: prompts.jsonl}
+    sampling: {n: 3, temperature: 1.0, max_new_tokens: 12, batch_size: 8}
+    rewards: [{type: format}, {type: length, unit: chars, per_token: 0.01}]
+    pairs: {min_margin: 0.01, allow_truncated_chosen: true}
+    train: {max_steps: 1, per_device_train_batch_size: 4, save_steps: 1, logging_steps: 1, max_length: 256,
+            activation_checkpointing: false}
   - name: evaluate
     kind: evaluate
     checkpoints_of: [sft]
@@ -48,6 +57,8 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def reported_run(tmp_path_factory, tiny_model_dir):
     folder = tmp_path_factory.mktemp("report")
+    (folder / "prompts.jsonl").write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": f"Ulangi: satu dua #{i}"}]}) + "\n" for i in range(6)))
     recipe = sft_recipe(folder, tiny_model_dir, stages=STAGES)
     run_recipe(load_recipe(recipe), folder / "run")
     assert main(["report", str(folder / "run")]) == 0
@@ -60,7 +71,8 @@ def test_report_page_has_every_section(reported_run):
                     'thinking_mode="on"', 'thinking_mode="off"'):
         assert section in page, section
     assert "(merged)" in page and "merge_method: linear" in page
-    assert 'src="loss-sft.png"' in page
+    assert 'src="loss-sft.png"' in page and 'src="loss-align.png"' in page
+    assert "Rewards per preference round" in page and 'src="rewards-align.png"' in page
     # the off-mode prompt shows the prefilled empty think block, the on-mode one an open block
     assert "&lt;think&gt;\n&lt;/think&gt;" in page
 

@@ -15,7 +15,7 @@ SEEDS = ["sea-lion-v3-70b-it", "sea-lion-v3.5-8b-r", "swallow-8b-instruct-v0.3"]
 def test_seed_recipe_plans_at_full_scale(name, tmp_path, capsys):
     loaded = load_recipe(name)
     assert "/" in loaded.recipe.base_model and not loaded.recipe.base_model.startswith("/")  # a hub id
-    assert loaded.recipe.launch.accelerate_config == "zero3"
+    assert loaded.recipe.launch.accelerate_config.startswith("zero3")
     plans = plan_run(loaded, tmp_path / "run")
     assert all(p.action == "run" for p in plans) and plans[-1].kind == "bake"
     assert main(["plan", name, "--run-dir", str(tmp_path / "run")]) == 0

@@ -90,7 +90,20 @@ def trl_config_kwargs(plan: dict[str, Any]) -> dict[str, Any]:
         kwargs["fp16"] = precision == "fp16"
     if plan.get("trust_remote_code"):
         kwargs.setdefault("model_init_kwargs", {})["trust_remote_code"] = True
+    init = kwargs.get("model_init_kwargs") or {}
+    if "attn_implementation" not in init and precision in ("bf16", "fp16") and _flash_attention_available():
+        # Packed rows (BFD + position_ids) need per-document attention: flash-attention's varlen
+        # kernel does that; sdpa builds one dense block-diagonal mask (bench/README.md: 2.9x slower).
+        kwargs["model_init_kwargs"] = {**init, "attn_implementation": "flash_attention_2"}
     return kwargs
+
+
+def _flash_attention_available() -> bool:
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
 
 
 def read_plan(prog: str, argv: list[str] | None) -> dict[str, Any]:

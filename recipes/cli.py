@@ -227,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tempa: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # an unexpected failure still gets one line; -v shows the traceback
+        if args.verbose:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"tempa: error: {type(exc).__name__}: {first} (run with -v for the traceback)", file=sys.stderr)
+        return 1
 
 
 def _setup_logging(verbose: bool) -> None:

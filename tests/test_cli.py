@@ -133,3 +133,14 @@ def test_wheel_ships_recipes_configs_templates_and_data(tmp_path):
     missing = [name for name in expected if name not in names]
     assert not missing, missing
     assert not any(name.startswith("tempa/tests") or name.startswith("tests/") for name in names)
+
+
+def test_unexpected_failure_is_one_line_and_verbose_shows_the_traceback(tmp_path, capsys):
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    assert main(["export", "gguf", str(folder)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("tempa: error: ") and "-v" in err
+    with pytest.raises(Exception):  # noqa: B017 - whatever the loader raises, -v lets it through
+        main(["-v", "export", "gguf", str(folder)])

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stage_helpers import make_context
 from tempa.merge import BakeStageConfig, run_bake
 from tempa.merge.model_card import redact, scrub
 from tempa.sft.stage_api import StageContext, StageError
@@ -101,21 +102,8 @@ def _run_dir(tmp_path: Path, tiny_model_dir: Path) -> tuple[Path, dict[str, Path
 def _ctx(
     run_dir: Path, stages: dict[str, Path], source: Path, tokenizer_dir: Path, template: str
 ) -> StageContext:
-    def no_launch(*_args):
-        raise AssertionError("bake launches nothing")
-
-    return StageContext(
-        run_dir=run_dir,
-        stage_dir=run_dir / "bake",
-        stage_name="bake",
-        seed=0,
-        model_dir=source,
-        tokenizer_dir=tokenizer_dir,
-        chat_template=template,
-        stage_dirs=stages,
-        stage_models={"merge": source},
-        launch=no_launch,
-    )
+    return make_context(run_dir, "bake", model_dir=source, tokenizer_dir=tokenizer_dir, chat_template=template,
+                        stage_dirs=stages, stage_models={"merge": source})
 
 
 def test_bake_writes_a_checked_loadable_final_model(tmp_path, tiny_model_dir, recipe_tokenizer, monkeypatch):
@@ -257,23 +245,9 @@ def test_evaluate_merge_bake_pipeline(tmp_path, tiny_model_dir, recipe_tokenizer
     )
 
     def ctx(name: str, model_dir: Path, stage_dirs: dict[str, Path], stage_models: dict[str, Path]):
-        def no_launch(*_args):
-            raise AssertionError("no launches")
-
-        return StageContext(
-            run_dir=run_dir,
-            stage_dir=run_dir / name,
-            stage_name=name,
-            seed=0,
-            model_dir=model_dir,
-            tokenizer_dir=recipe_tokenizer,
-            chat_template=template,
-            stage_dirs=stage_dirs,
-            stage_models=stage_models,
-            launch=no_launch,
-            base_model_dir=tiny_model_dir,
-            use_cpu=True,
-        )
+        return make_context(run_dir, name, model_dir=model_dir, tokenizer_dir=recipe_tokenizer,
+                            chat_template=template, stage_dirs=stage_dirs, stage_models=stage_models,
+                            base_model_dir=tiny_model_dir, use_cpu=True)
 
     stage_dirs = {"sft": sft}
     stage_models = {"sft": sft / "final"}

@@ -12,6 +12,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from stage_helpers import make_context
 from tempa.merge import EvaluateStageConfig, run_evaluate
 from tempa.merge.answers import (
     answer_matches,
@@ -24,7 +25,7 @@ from tempa.merge.answers import (
 from tempa.merge.ifeval import count_bullets, count_sentences, count_words, ifeval_scores, parse_instructions
 from tempa.merge.language import detect_language, language_scores
 from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, read_leaderboard
-from tempa.sft.stage_api import StageContext, StageError
+from tempa.sft.stage_api import StageError
 
 # --- IFEval checks --------------------------------------------------------------------------------
 
@@ -187,25 +188,8 @@ def make_ctx(
     stage_models=None,
     cache_dir: Path | None = None,
 ):
-    from transformers import AutoTokenizer
-
-    def no_launch(*_args):
-        raise AssertionError("evaluate launches nothing")
-
-    return StageContext(
-        run_dir=run_dir,
-        stage_dir=run_dir / name,
-        stage_name=name,
-        seed=0,
-        model_dir=model_dir,
-        tokenizer_dir=tokenizer_dir,
-        chat_template=AutoTokenizer.from_pretrained(tokenizer_dir).chat_template,
-        stage_dirs=dict(stage_dirs or {}),
-        stage_models=dict(stage_models or {}),
-        launch=no_launch,
-        base_model_dir=model_dir,
-        cache_dir=cache_dir,
-    )
+    return make_context(run_dir, name, model_dir=model_dir, tokenizer_dir=tokenizer_dir, stage_dirs=stage_dirs,
+                        stage_models=stage_models, base_model_dir=model_dir, cache_dir=cache_dir)
 
 
 def test_transformers_backend_batches_like_single_prompts(tiny_model_dir, tokenizer_dir):

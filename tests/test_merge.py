@@ -13,38 +13,22 @@ import yaml
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
+from stage_helpers import make_context
 from tempa.merge import MergeStageConfig, run_merge
 from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, read_leaderboard
 from tempa.merge.mergekit_run import MergeInput, check_compatible
 from tempa.merge.selection import select_top_k
-from tempa.sft.stage_api import StageContext, StageError
+from tempa.sft.stage_api import StageError
 
 # mergekit imports numpy.core, which numpy 2 deprecates; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:numpy.core is deprecated:DeprecationWarning")
 
 
-def _no_launch(*_args):
-    raise AssertionError("merge stages launch nothing")
-
-
 def make_ctx(
     run_dir: Path, name: str, *, tokenizer_dir: Path, base: Path, stage_dirs=None, stage_models=None
 ):
-    from transformers import AutoTokenizer
-
-    return StageContext(
-        run_dir=run_dir,
-        stage_dir=run_dir / name,
-        stage_name=name,
-        seed=0,
-        model_dir=base,
-        tokenizer_dir=tokenizer_dir,
-        chat_template=AutoTokenizer.from_pretrained(tokenizer_dir).chat_template,
-        stage_dirs=dict(stage_dirs or {}),
-        stage_models=dict(stage_models or {}),
-        launch=_no_launch,
-        base_model_dir=base,
-    )
+    return make_context(run_dir, name, model_dir=base, tokenizer_dir=tokenizer_dir, stage_dirs=stage_dirs,
+                        stage_models=stage_models, base_model_dir=base)
 
 
 def perturbed_copy(src: Path, dst: Path, seed: int, scale: float) -> Path:

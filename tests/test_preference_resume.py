@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
 
 import tempa.alignment.preference_stage as stage_module
+from stage_helpers import make_context
 from tempa.alignment import PreferenceStageConfig, run_preference
-from tempa.sft.stage_api import StageContext, StageError
+from tempa.sft.stage_api import StageError
 
 PROMPTS = str(Path(__file__).resolve().parents[1] / "recipes" / "data" / "sample_prompts.jsonl")
 
@@ -29,9 +29,8 @@ def test_a_failed_training_launch_resumes_without_resampling(tmp_path, tiny_mode
         final.mkdir(parents=True)
         (final / "tempa_train_metrics.json").write_text(json.dumps({"global_step": 1}))
 
-    ctx = StageContext(run_dir=tmp_path / "run", stage_dir=tmp_path / "run" / "align", stage_name="align", seed=0,
-                       model_dir=tiny_model_dir, tokenizer_dir=tmp_path / "tok", chat_template="", stage_dirs={},
-                       stage_models={}, launch=launch, log=logging.getLogger("tempa"))
+    ctx = make_context(tmp_path / "run", "align", model_dir=tiny_model_dir, tokenizer_dir=tmp_path / "tok",
+                       chat_template="", launch=launch)
     config = PreferenceStageConfig.model_validate({
         "name": "align", "prompts": {"path": PROMPTS, "limit": 4},
         "sampling": {"n": 3, "max_new_tokens": 6, "batch_size": 2},

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 from test_alignment_fakes import FakeOpenAI, chat_response, last_user
 
+from stage_helpers import make_context
 from tempa.alignment import PreferenceStageConfig, run_preference
-from tempa.sft.stage_api import StageContext
 
 REWRITES = {
     "What is 2 + 3?": ("en", "5", "The answer is 5, since two plus three makes five."),
@@ -40,9 +39,8 @@ def test_rewrites_of_the_worst_samples_become_the_chosen_side(tmp_path, tiny_mod
         return chat_response([REWRITES[question][2]])
 
     fake_training.plans = []  # type: ignore[attr-defined]
-    ctx = StageContext(run_dir=tmp_path / "run", stage_dir=tmp_path / "run" / "align", stage_name="align", seed=0,
-                       model_dir=tiny_model_dir, tokenizer_dir=tmp_path / "tok", chat_template="", stage_dirs={},
-                       stage_models={}, launch=fake_training, log=logging.getLogger("tempa"))
+    ctx = make_context(tmp_path / "run", "align", model_dir=tiny_model_dir, tokenizer_dir=tmp_path / "tok",
+                       chat_template="", launch=fake_training)
     with FakeOpenAI(reply) as server:
         config = PreferenceStageConfig.model_validate({
             "name": "align", "prompts": {"path": str(prompts)},

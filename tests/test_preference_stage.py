@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from stage_helpers import make_context
 from tempa.alignment import Completion, PreferenceStageConfig, assistant_message, run_preference
 from tempa.alignment.pairs import Scored, best_worst
 from tempa.sft.stage_api import StageContext
@@ -27,9 +28,8 @@ def context(run_dir: Path, model_dir: Path, tokenizer_dir: Path, launches: list[
         launches.append(module)
         run_launch(LaunchConfig(use_cpu=True), module, args, log_file, log=log)
 
-    return StageContext(run_dir=run_dir, stage_dir=run_dir / "align", stage_name="align", seed=3,
-                        model_dir=model_dir, tokenizer_dir=tokenizer_dir, chat_template="", stage_dirs={},
-                        stage_models={}, launch=launch, log=log, use_cpu=True)
+    return make_context(run_dir, "align", model_dir=model_dir, tokenizer_dir=tokenizer_dir, chat_template="",
+                        launch=launch, seed=3, log=log, use_cpu=True)
 
 
 CONFIG = {

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from test_alignment_fakes import FakeOpenAI, chat_response, last_user
 
+from stage_helpers import make_context
 from tempa.alignment import SynthesizeStageConfig, run_synthesize
 from tempa.sft.stage_api import StageContext
 
@@ -44,9 +45,8 @@ def context(tmp_path: Path, model_dir: Path, tokenizer_dir: Path) -> StageContex
     def no_launch(*args):
         raise AssertionError("synthesize launches nothing")
 
-    return StageContext(run_dir=tmp_path / "run", stage_dir=tmp_path / "run" / "distill", stage_name="distill",
-                        seed=1, model_dir=model_dir, tokenizer_dir=tokenizer_dir, chat_template="", stage_dirs={},
-                        stage_models={}, launch=no_launch, log=logging.getLogger("tempa"))
+    return make_context(tmp_path / "run", "distill", model_dir=model_dir, tokenizer_dir=tokenizer_dir,
+                        chat_template="", launch=no_launch, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -80,26 +80,15 @@ def _yaml_path(loc: Sequence[str | int], raw: object) -> FieldPath:
             node = node[part]
             path.append(part)
         elif isinstance(node, Mapping | list):
-            # A tag, or a key that is missing/unknown: keep real field names (they are the message).
+            # A union tag (the node's own `kind`/`type` value) or a validator name is no YAML key;
+            # a missing or unknown key is, and it is the message.
             is_tag = isinstance(node, Mapping) and part in (node.get("type"), node.get("kind"))
-            if isinstance(part, str) and not is_tag and not _looks_like_tag(part):
+            if isinstance(part, str) and not is_tag and "[" not in part and "(" not in part:
                 path.append(part)
                 node = None
         else:
             path.append(part)
     return tuple(path)
-
-
-def _looks_like_tag(part: str) -> bool:
-    return "[" in part or "(" in part or part in _UNION_TAGS
-
-
-_UNION_TAGS: set[str] = set()
-
-
-def register_union_tags(tags: Sequence[str]) -> None:
-    """The stage kinds: pydantic names them in locations of a tagged union."""
-    _UNION_TAGS.update(tags)
 
 
 def _human_path(path: FieldPath, stage_names: Sequence[str]) -> str:

@@ -18,12 +18,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from tempa.recipes.errors import FieldPath, RecipeError, from_validation_error, register_union_tags, where
+from tempa.recipes.errors import FieldPath, RecipeError, from_validation_error, where
 from tempa.recipes.registry import STAGE_KINDS, known_kinds
 from tempa.recipes.schema import Recipe
 from tempa.sft.stage_api import StageConfigBase
-
-register_union_tags(known_kinds())
 
 
 class _RecipeYAMLLoader(yaml.SafeLoader):

@@ -36,13 +36,8 @@ def cache_root() -> Path:
 MANIFEST = "manifest.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file + rename, so a kill never leaves a half-written file."""
-    write_atomic(path, text)
-
-
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

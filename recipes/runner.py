@@ -25,7 +25,6 @@ from tempa.recipes.registry import STAGE_KINDS
 from tempa.recipes.rundir import (
     MANIFEST,
     RunLock,
-    atomic_write_text,
     cache_root,
     clear_stage,
     done_fingerprint,
@@ -36,6 +35,7 @@ from tempa.recipes.rundir import (
     write_json,
 )
 from tempa.recipes.schema import TINY_DEFAULT
+from tempa.sft.files import write_atomic
 from tempa.sft.stage_api import StageContext, StageError, StageResult
 
 log = logging.getLogger("tempa")
@@ -208,7 +208,7 @@ def run_recipe(
     summary = RunSummary(run_dir)
     with RunLock(run_dir):
         sweep_trash(run_dir)
-        atomic_write_text(
+        write_atomic(
             run_dir / "recipe.resolved.yaml",
             yaml.safe_dump(loaded.resolved(), sort_keys=False, allow_unicode=True),
         )

@@ -16,7 +16,6 @@ import pytest
 from pydantic import field_validator
 
 from tempa.recipes import registry
-from tempa.recipes.errors import register_union_tags
 from tempa.recipes.loader import load_recipe
 from tempa.recipes.rundir import DONE, MANIFEST, RunLock, RunLockedError, read_json
 from tempa.recipes.runner import plan_run, run_recipe, stage_status
@@ -56,7 +55,6 @@ def touch_kind(monkeypatch):
         registry.STAGE_KINDS, "touch", registry.StageKind("touch", TouchConfig, run_touch, False, "test stage")
     )
     monkeypatch.delitem(registry.STAGE_KINDS, "bake", raising=False)
-    register_union_tags(["touch"])
 
 
 @pytest.fixture()

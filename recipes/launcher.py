@@ -110,6 +110,8 @@ def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Pat
                 if "[tempa] " in line:  # may follow a tqdm bar on the same line
                     log.info("%s", line.rstrip().split("[tempa] ", 1)[1])
             code = proc.wait()
+            # Gone with its group: a stale pid file could later name someone else's process group.
+            (log_file.parent / "launch.pid").unlink(missing_ok=True)
         except BaseException:
             _stop(proc)
             raise

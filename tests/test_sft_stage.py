@@ -120,3 +120,8 @@ def test_failed_training_process_surfaces_its_error_and_log(tmp_path, tiny_model
     assert f"(full log: {log_file})" in message and log_file.is_file()
     assert read_json(tmp_path / "run" / "sft" / "manifest.json")["status"] == "failed"
     assert not (tmp_path / "run" / "sft" / DONE).exists()
+
+
+def test_a_finished_launch_leaves_no_pid_file(single_run):
+    # the pid file exists only while a training group may be alive (for reaping after a kill)
+    assert not (single_run / "sft" / "logs" / "launch.pid").exists()

@@ -77,13 +77,6 @@ def _round_stats(stage_dir: Path) -> list[dict[str, Any]]:
     return rounds
 
 
-def _find(stats: dict[str, Any], *needles: str) -> float | None:
-    for key, value in stats.items():
-        if all(n in key for n in needles) and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
 def _plot_rewards(name: str, rounds: list[dict[str, Any]], out: Path) -> Path | None:
     import matplotlib
 
@@ -91,9 +84,10 @@ def _plot_rewards(name: str, rounds: list[dict[str, Any]], out: Path) -> Path | 
     import matplotlib.pyplot as plt
 
     xs = [r["round"] for r in rounds]
-    chosen = [_find(r, "chosen", "mean") for r in rounds]
-    rejected = [_find(r, "rejected", "mean") for r in rounds]
-    usable = [_find(r, "pair_fraction") for r in rounds]
+    # the preference stage's round-K/stats.json
+    chosen = [r.get("chosen_reward_mean") for r in rounds]
+    rejected = [r.get("rejected_reward_mean") for r in rounds]
+    usable = [r.get("pair_fraction") for r in rounds]
     if not any(v is not None for v in chosen + rejected + usable):
         return None
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)

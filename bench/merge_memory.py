@@ -1,6 +1,7 @@
 """Merge memory: tempa's merge stage (mergekit, out of core) against loading all checkpoints and averaging.
 
     python bench/merge_memory.py              # 3 checkpoints of a ~100M-parameter Llama (bf16, ~200 MB each)
+    python bench/merge_memory.py --size 500m  # the same at ~500M parameters (~1 GB each)
     python bench/merge_memory.py --quick      # a ~10M-parameter smoke run
 
 Each path runs in its own subprocess, so each peak RSS is that process's own high-water mark
@@ -30,8 +31,10 @@ from typing import Any
 import _common as common
 
 SHAPES = {
-    # ~99.5M parameters: a GPT-2-small-sized Llama with a 32k vocabulary, untied head.
-    "full": common.Shape(768, 2048, 8, 12, 4, 32000),
+    # ~99.5M parameters: a GPT-2-small-sized Llama with a 32k vocabulary, untied head (the issue's size).
+    "100m": common.Shape(768, 2048, 8, 12, 4, 32000),
+    # ~500M parameters, to see how the ratio moves with size: the import floor stays, the inputs grow.
+    "500m": common.Shape(1536, 4096, 16, 12, 4, 32000),
     "quick": common.Shape(256, 688, 4, 4, 2, 8000),
 }
 
@@ -218,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--worker", choices=["make", *WORKERS], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--shape", default="full", choices=list(SHAPES), help=argparse.SUPPRESS)
+    parser.add_argument("--shape", default="100m", choices=list(SHAPES), help=argparse.SUPPRESS)
+    parser.add_argument("--size", default="100m", choices=["100m", "500m"], help="model size (default: 100m)")
     parser.add_argument("--out-shard-size", default=None,
                         help="the merge stage's options.out_shard_size (default: tempa's, 5B parameters)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -226,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker_main(args.worker, args.work, args.shape, args.out_shard_size)
 
-    shape_name = "quick" if args.quick else "full"
+    shape_name = "quick" if args.quick else args.size
     print(common.machine_line())
     with tempfile.TemporaryDirectory(prefix="tempa-bench-merge-") as tmp:
         work = Path(tmp)

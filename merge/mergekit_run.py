@@ -1,9 +1,9 @@
 """mergekit, driven through its Python API: compatibility checks, the config, the run.
 
 mergekit treats a path that does not exist as a hub id, so every model here is an absolute
-folder, checked to exist. Merges run tensor by tensor (safetensors are memory-mapped, pickles
-lazily unpickled), writing shards as they go, so a merge needs little more RAM than the largest
-tensor times the number of inputs.
+folder, checked to exist. Merges run tensor by tensor (safetensors read with pread, see
+``tensor_reader``; pickles lazily unpickled), writing shards as they go, so a merge needs little
+more RAM than the largest tensor times the number of inputs, plus one output shard.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from tempa.merge.merge_config import METHODS, MergeStageConfig
+from tempa.merge.tensor_reader import unmapped_inputs
 from tempa.sft.stage_api import StageError
 
 # config.json fields that must agree for two checkpoints to be mergeable.
@@ -168,4 +169,5 @@ def run_mergekit(
         random_seed=seed,
         quiet=False,
     )
-    run_merge(merge_config, str(out_dir), options=options, config_source=text)
+    with unmapped_inputs(merge_config):
+        run_merge(merge_config, str(out_dir), options=options, config_source=text)

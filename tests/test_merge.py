@@ -388,3 +388,68 @@ def test_select_from_leaderboard_then_rescore(tmp_path, tokenizer_dir, checkpoin
     assert result.metrics["merge_helped"] is False  # equal to the best input is not an improvement
     summary = json.loads((tmp_path / "merge" / "merge_summary.json").read_text())
     assert summary["selection"]["values"] == {"a": 1.0, "c": 1.0}
+
+
+def shard(src: Path, dst: Path) -> Path:
+    """``src`` re-saved as two safetensors shards with an index, as large checkpoints are."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors"))
+    weights = load_file(src / "model.safetensors")
+    names = sorted(weights)
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, keys in halves.items():
+        save_file({k: weights[k] for k in keys}, dst / file, metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: file for file, keys in halves.items() for k in keys}}
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index))
+    return dst
+
+
+def test_merge_reads_inputs_without_keeping_them_mapped(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir):
+    """Inputs are read with pread (sharded ones too) and released: no file stays mapped, no loader cached."""
+    from mergekit.io.tasks import LoaderCache
+    from safetensors.torch import load
+
+    sharded = shard(checkpoints["b"], tmp_path / "b-sharded")
+    # safetensors' load_file maps the file itself; read the bytes so only the merge could map it.
+    a, b = (load((checkpoints[k] / "model.safetensors").read_bytes()) for k in "ab")
+    _, merged = _merge(tmp_path, tokenizer_dir, tiny_model_dir, method="linear",
+                       models=[str(checkpoints["a"]), str(sharded)], dtype="float32")
+    for key in a:
+        torch.testing.assert_close(merged[key], (a[key] + b[key]) / 2, rtol=1e-5, atol=1e-6)
+
+    inputs = [checkpoints["a"] / "model.safetensors", *sorted(sharded.glob("*.safetensors"))]
+    mapped = Path("/proc/self/maps").read_text()
+    assert not [str(f) for f in inputs if str(f) in mapped]
+    cached = {str(model.model.path) for model in LoaderCache().loaders}
+    assert not cached & {str(checkpoints["a"]), str(sharded)}
+
+
+def test_tensor_reader_matches_safetensors_for_every_dtype(tmp_path):
+    from safetensors import safe_open
+
+    from tempa.merge.tensor_reader import read_header, read_tensor
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {
+        f"t.{dtype}": (torch.randn(3, 5, generator=generator) * 10).to(dtype)
+        for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
+                      torch.int8, torch.uint8, torch.bool, torch.float8_e4m3fn)
+    }
+    tensors["scalar"] = torch.tensor(2.5)
+    tensors["empty"] = torch.zeros(0, 4)
+    file = tmp_path / "w.safetensors"
+    save_file(tensors, file, metadata={"format": "pt"})
+    header = read_header(str(file))
+    assert set(header) == set(tensors)
+    with safe_open(file, "pt") as reference:
+        for name in tensors:
+            got = read_tensor(str(file), header[name])
+            expected = reference.get_tensor(name)
+            assert got.dtype == expected.dtype and got.shape == expected.shape
+            assert torch.equal(got.reshape(-1).view(torch.uint8), expected.reshape(-1).view(torch.uint8))
+
+    # A file cut short inside the data says so instead of returning garbage.
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(file.read_bytes()[:-10])
+    last = max(header.values(), key=lambda entry: entry.end)
+    with pytest.raises(OSError, match="truncated"):
+        read_tensor(str(cut), last)

@@ -5,7 +5,9 @@ returns the numbers. Nothing is downloaded: the base model's shape comes from a 
 ``config.json``, or from a built-in table matched from the hub id (Llama 3.x, Qwen2.5, Mistral 7B,
 SEA-LION v3 / Swallow on Llama 3.1); tokens come from the stage's data stats when it already ran
 (``run_dir/<stage>/data/mix.json``), else from the sources' ``tokens`` / ``rows`` settings (or the
-row count of a local file) with a stated average length per row. Preference stages count one pair
+row count of a local file) with a stated average length per row. A ``stage:NAME`` source written
+by a synthesize stage counts at most its prompts times the answers kept per prompt (its output's
+rows once that stage has finished), each row as long as the stage's ``max_new_tokens`` suggest. Preference stages count one pair
 per prompt (``prompts.limit``) per round; their sampling and scoring time is not estimated.
 
 The memory model (per GPU, DeepSpeed ZeRO-3 without offload, bf16 mixed precision, AdamW):
@@ -35,8 +37,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tempa.alignment.synthesize_config import OUTPUT_FILE
 from tempa.recipes.errors import RecipeError
 from tempa.recipes.loader import LoadedRecipe
+from tempa.recipes.rundir import DONE
 from tempa.recipes.schema import TINY_DEFAULT
 
 GIB = 2**30
@@ -289,27 +293,62 @@ def count_local_rows(path: str) -> int | None:
     return None
 
 
-def _source_rows(source: Any, heldout: float | int, avg: int) -> tuple[int | None, str]:
-    """Rows per epoch of one source, and how that number was found."""
+def synthesized_rows(producer: Any, run_dir: Path | None) -> tuple[int | None, int, str]:
+    """Rows a synthesize stage writes, tokens per row, and how that was found.
+
+    Counted from its output once it has run; before that, an upper bound from the recipe: each
+    prompt keeps its best answer (``select.strategy: best``) or up to ``sampling.n`` (``all``).
+    A row is a prompt plus an answer filling ``COMPLETION_FILL`` of ``max_new_tokens``, and, with a
+    second turn, a follow-up and a second answer.
+    """
+    sampling = producer.sampling
+    per_row = AVG_PROMPT_TOKENS + int(COMPLETION_FILL * sampling.max_new_tokens)
+    if producer.second_turn is not None:
+        per_row += int(COMPLETION_FILL * producer.second_turn.followup_max_new_tokens)
+        per_row += int(COMPLETION_FILL * sampling.max_new_tokens)
+    stage_dir = Path(run_dir) / producer.name if run_dir is not None else None
+    if stage_dir is not None and (stage_dir / DONE).is_file() and (stage_dir / OUTPUT_FILE).is_file():
+        return count_local_rows(str(stage_dir / OUTPUT_FILE)), per_row, f"{producer.name}'s output"
+    prompts = producer.prompts.limit or count_local_rows(producer.prompts.path)
+    if prompts is None:
+        return None, per_row, f"unknown size: set prompts.limit on stage {producer.name}"
+    per_prompt = 1 if producer.select.strategy == "best" else sampling.n
+    return prompts * per_prompt, per_row, (
+        f"at most {prompts:,} prompts x {per_prompt} from stage {producer.name} (fewer: rows under min_score "
+        "are dropped; tokens/row from its max_new_tokens)"
+    )
+
+
+def _source_rows(
+    source: Any, heldout: float | int, avg: int, producers: dict[str, Any], run_dir: Path | None
+) -> tuple[int | None, int, str]:
+    """Rows per epoch of one source, its tokens per row, and how those numbers were found."""
     if source.tokens is not None:
-        return max(1, source.tokens // avg), f"token budget {source.tokens:,}"
+        return max(1, source.tokens // avg), avg, f"token budget {source.tokens:,}"
     if source.rows is not None:
-        return source.rows, f"rows {source.rows:,}"
-    counted = count_local_rows(source.path)
+        return source.rows, avg, f"rows {source.rows:,}"
+    producer = producers.get(source.stage_ref or "")
+    if producer is not None and producer.kind == "synthesize":
+        counted, avg, how = synthesized_rows(producer, run_dir)
+    else:
+        counted = count_local_rows(source.path)
+        how = f"{counted:,} rows in the file" if counted is not None else ""
     if counted is None:
-        return None, "unknown size (a hub dataset or folder with no rows/tokens setting)"
+        return None, avg, how or "unknown size (a hub dataset or folder with no rows/tokens setting)"
     kept = counted * (1 - heldout) if isinstance(heldout, float) else max(0, counted - heldout)
     weight = source.weight if source.weight is not None else 1.0
     held = f" less {heldout:g} held out" if heldout else ""
-    return round(kept * weight), f"{counted:,} rows in the file{held} x weight {weight:g}"
+    return round(kept * weight), avg, f"{how}{held} x weight {weight:g}"
 
 
-def tokens_from_recipe(stage: Any, avg_on: int, avg_off: int) -> TokenCount:
+def tokens_from_recipe(
+    stage: Any, avg_on: int, avg_off: int, producers: dict[str, Any] | None = None, run_dir: Path | None = None
+) -> TokenCount:
     total_tokens, total_rows, notes, unknown = 0, 0, [], []
     data = stage.data
     for source in data.sources:
-        avg = avg_tokens_per_row(source, avg_on, avg_off)
-        rows, how = _source_rows(source, data.heldout_for(source), avg)
+        rows, avg, how = _source_rows(source, data.heldout_for(source), avg_tokens_per_row(source, avg_on, avg_off),
+                                      producers or {}, run_dir)
         if rows is None:
             unknown.append(source.name)
             notes.append(f"source {source.name}: {how}; set rows or tokens to estimate it")
@@ -347,7 +386,9 @@ def preference_tokens(stage: Any, train: dict[str, Any]) -> TokenCount:
     return TokenCount(2 * prompts * per_sequence, prompts, "prompts x assumed pair length", [note])
 
 
-def stage_tokens(stage: Any, train: dict[str, Any], run_dir: Path | None, avg_on: int, avg_off: int) -> TokenCount:
+def stage_tokens(stage: Any, train: dict[str, Any], run_dir: Path | None, avg_on: int, avg_off: int,
+                 producers: dict[str, Any] | None = None) -> TokenCount:
+    """One epoch's tokens of a training stage; ``producers``: the recipe's stages by name, for ``stage:`` sources."""
     if stage.kind == "preference":
         return preference_tokens(stage, train)
     if run_dir is not None:
@@ -356,7 +397,7 @@ def stage_tokens(stage: Any, train: dict[str, Any], run_dir: Path | None, avg_on
             return tokens_from_stats(mix_file)
     if getattr(stage, "data", None) is None:
         return TokenCount(None, None, "no data block", [])
-    return tokens_from_recipe(stage, avg_on, avg_off)
+    return tokens_from_recipe(stage, avg_on, avg_off, producers, run_dir)
 
 
 # --------------------------------------------------------------------------- memory
@@ -521,10 +562,11 @@ def offloads_optimizer(loaded: LoadedRecipe) -> bool:
 
 
 def estimate_stage(stage: Any, shape: ModelShape, hardware: Hardware, mfu: float, run_dir: Path | None,
-                   avg_on: int, avg_off: int, *, offload: bool = False) -> StageEstimate:
+                   avg_on: int, avg_off: int, *, offload: bool = False,
+                   producers: dict[str, Any] | None = None) -> StageEstimate:
     train = stage.train_args() if hasattr(stage, "train_args") else dict(getattr(stage, "train", {}))
     preference = stage.kind == "preference"
-    count = stage_tokens(stage, train, run_dir, avg_on, avg_off)
+    count = stage_tokens(stage, train, run_dir, avg_on, avg_off, producers)
     sequences = 2 if preference else 1
     per_sequence = count.tokens / (count.rows * sequences) if count.tokens and count.rows else avg_off
     micro, per_step = _batch(train, hardware, per_sequence, sequences)
@@ -597,9 +639,10 @@ def estimate_recipe(
     machine = parse_hardware(hardware)
     shape, _ = resolve_shape(loaded.recipe.base_model)
     offload = offloads_optimizer(loaded)
+    producers = {stage.name: stage for stage in loaded.stages}
     return [
         estimate_stage(stage, shape, machine, mfu, run_dir, avg_tokens_thinking_on, avg_tokens_thinking_off,
-                       offload=offload)
+                       offload=offload, producers=producers)
         for stage in loaded.stages
         if stage.kind in TRAINING_KINDS  # type: ignore[attr-defined]
     ]

@@ -299,3 +299,49 @@ def test_optimizer_offload_in_the_accelerate_config_is_honoured(tmp_path):
     assert with_offload.fits and not without.fits
     assert with_offload.memory.optimizer == 0 and without.memory.optimizer > 0
     assert with_offload.memory.total < without.memory.total / 2
+
+
+SYNTHESIZE_STAGES = """
+- name: distill
+  kind: synthesize
+  prompts: {{path: rows.jsonl}}
+  teacher: {{type: http, base_url: "http://127.0.0.1:9/v1", model: teacher}}
+  sampling: {{n: 4, max_new_tokens: 1000}}
+  rewards: [{{type: format, weight: 1.0}}]
+  select: {select}
+{second_turn}
+- name: sft
+  kind: sft
+  data:
+    heldout: 4
+    sources:
+      - {{name: distilled, path: "stage:distill", thinking_mode: "off"}}
+"""
+
+
+def test_synthesized_source_is_sized_from_its_stage(tmp_path: Path):
+    def estimate(folder: Path, select: str, second_turn: str = "", run_dir: Path | None = None):
+        folder.mkdir()
+        stages = SYNTHESIZE_STAGES.format(select=select, second_turn=second_turn)
+        return estimate_recipe(load_recipe(write_recipe(folder, HUB_70B, stages)), "8xH100", run_dir=run_dir)[0]
+
+    # 40 prompts in rows.jsonl; each row: a 200-token prompt + half of max_new_tokens (1000).
+    best = estimate(tmp_path / "best", "{strategy: best}")
+    assert best.tokens_per_epoch == (40 - 4) * (200 + 500) and not best.lower_bound
+    assert any("at most 40 prompts x 1 from stage distill" in note for note in best.notes)
+    every = estimate(tmp_path / "all", "{strategy: all, min_score: 0.5}")
+    assert every.tokens_per_epoch == (40 * 4 - 4) * (200 + 500)
+    # A second turn adds the follow-up (half of 256) and a second answer (half of 1000).
+    second = estimate(tmp_path / "second", "{strategy: best}", "  second_turn: {followup_max_new_tokens: 256}")
+    assert second.tokens_per_epoch == (40 - 4) * (200 + 500 + 128 + 500)
+
+    # Once the synthesize stage has finished, its output's row count replaces the bound.
+    run_dir = tmp_path / "run"
+    (run_dir / "distill" / "data").mkdir(parents=True)
+    (run_dir / "distill" / "data" / "synthesized.jsonl").write_text("{}\n" * 10)
+    unfinished = estimate(tmp_path / "unfinished", "{strategy: best}", run_dir=run_dir)
+    assert unfinished.tokens_per_epoch == (40 - 4) * 700  # no DONE marker: a partial output is not counted
+    (run_dir / "distill" / "DONE").write_text("{}")
+    finished = estimate(tmp_path / "finished", "{strategy: best}", run_dir=run_dir)
+    assert finished.tokens_per_epoch == (10 - 4) * 700
+    assert any("distill's output" in note for note in finished.notes)

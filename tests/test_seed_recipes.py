@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tempa.recipes.cli import main
+from tempa.recipes.estimate import estimate_recipe
 from tempa.recipes.loader import load_recipe
 from tempa.recipes.runner import plan_run, run_recipe
 
@@ -20,6 +21,10 @@ def test_seed_recipe_plans_at_full_scale(name, tmp_path, capsys):
     assert all(p.action == "run" for p in plans) and plans[-1].kind == "bake"
     assert main(["plan", name, "--run-dir", str(tmp_path / "run")]) == 0
     assert not (tmp_path / "run").exists()  # planning does no work
+    # On the node they are written for, every training stage gets tokens, steps and hours, and fits.
+    for estimate in estimate_recipe(loaded, "8xH100"):
+        assert estimate.trained_tokens and estimate.steps and estimate.hours, estimate.name
+        assert estimate.fits and not estimate.warnings, (estimate.name, estimate.warnings)
 
 
 @pytest.mark.slow

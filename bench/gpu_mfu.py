@@ -161,7 +161,7 @@ def train_args(args: argparse.Namespace, attention: str, liger: bool) -> dict[st
         "save_strategy": "no",
         "learning_rate": 1e-5,
         "warmup_steps": 0,
-        "gradient_checkpointing": not args.no_checkpointing,
+        "activation_checkpointing": not args.no_checkpointing,
         "model_init_kwargs": {"attn_implementation": attention, "dtype": "bfloat16" if not args.dry_run else "float32"},
         "dataloader_num_workers": 2 if not args.dry_run else 0,
     }
@@ -201,7 +201,7 @@ def build_trainer(args: argparse.Namespace, work: Path, meter: Meter):
     trainer = SFTTrainer(model=str(work / "model"), args=config, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[meter])
     info = {"shape": shape, "parameters": n_params, "attention": attention, "liger": liger,
-            "gradient_checkpointing": config.gradient_checkpointing, "packing": config.packing,
+            "activation_checkpointing": config.activation_checkpointing, "packing": config.packing,
             "padding_free": trainer.padding_free, "bf16": config.bf16,
             "tokens_per_step": args.batch * args.max_length}
     return trainer, info

@@ -158,7 +158,7 @@ def tempa_trainer(rows_path: Path, tokenizer, model, work: Path, args: argparse.
                          callbacks=[meter])
     return trainer, {"prep_seconds": prep_seconds, "rows": len(dataset), "packing": config.packing,
                      "padding_free": trainer.padding_free, "batch": config.per_device_train_batch_size,
-                     "gradient_checkpointing": config.gradient_checkpointing}
+                     "activation_checkpointing": config.activation_checkpointing}
 
 
 def baseline_trainer(rows: list[dict[str, Any]], tokenizer, model, work: Path, args: argparse.Namespace,
@@ -183,7 +183,7 @@ def baseline_trainer(rows: list[dict[str, Any]], tokenizer, model, work: Path, a
                          callbacks=[meter])
     return trainer, {"packing": config.packing, "padding_free": trainer.padding_free,
                      "batch": config.per_device_train_batch_size,
-                     "gradient_checkpointing": config.gradient_checkpointing}
+                     "activation_checkpointing": config.activation_checkpointing}
 
 
 def run_path(name: str, build, args: argparse.Namespace) -> dict[str, Any]:

@@ -7,8 +7,9 @@ SEA-LION v3 / Swallow on Llama 3.1); tokens come from the stage's data stats whe
 (``run_dir/<stage>/data/mix.json``), else from the sources' ``tokens`` / ``rows`` settings (or the
 row count of a local file) with a stated average length per row. A ``stage:NAME`` source written
 by a synthesize stage counts at most its prompts times the answers kept per prompt (its output's
-rows once that stage has finished), each row as long as the stage's ``max_new_tokens`` suggest. Preference stages count one pair
-per prompt (``prompts.limit``) per round; their sampling and scoring time is not estimated.
+rows once that stage has finished), each row as long as the stage's ``max_new_tokens`` suggest.
+Preference stages count one pair per prompt (``prompts.limit``) per round; their sampling and
+scoring time is not estimated.
 
 The memory model (per GPU, DeepSpeed ZeRO-3 without offload, bf16 mixed precision, AdamW):
 

@@ -432,7 +432,8 @@ def test_tensor_reader_matches_safetensors_for_every_dtype(tmp_path):
     tensors = {
         f"t.{dtype}": (torch.randn(3, 5, generator=generator) * 10).to(dtype)
         for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
-                      torch.int8, torch.uint8, torch.bool, torch.float8_e4m3fn)
+                      torch.int8, torch.uint8, torch.uint16, torch.uint32, torch.uint64, torch.bool,
+                      torch.float8_e4m3fn, torch.float8_e5m2)
     }
     tensors["scalar"] = torch.tensor(2.5)
     tensors["empty"] = torch.zeros(0, 4)
@@ -453,3 +454,10 @@ def test_tensor_reader_matches_safetensors_for_every_dtype(tmp_path):
     last = max(header.values(), key=lambda entry: entry.end)
     with pytest.raises(OSError, match="truncated"):
         read_tensor(str(cut), last)
+
+    # A dtype this reader has no torch type for is named, with the file and the tensor.
+    header_json = json.dumps({"odd": {"dtype": "F4", "shape": [2], "data_offsets": [0, 1]}}).encode()
+    odd = tmp_path / "odd.safetensors"
+    odd.write_bytes(len(header_json).to_bytes(8, "little") + header_json + b"\0")
+    with pytest.raises(ValueError, match=r"odd\.safetensors: tensor odd has dtype F4"):
+        read_header(str(odd))

@@ -265,7 +265,7 @@ class TokenCount:
     rows: int | None  # training samples (preference: pairs) per epoch
     source: str  # where the numbers come from
     notes: list[str] = field(default_factory=list)
-    lower_bound: bool = False  # some sources could not be sized: the true count is higher
+    bound: str = ""  # ">=": some sources could not be sized; "<=": some are upper bounds; "~": both
 
 
 def avg_tokens_per_row(source: Any, avg_on: int, avg_off: int) -> int:
@@ -294,11 +294,20 @@ def count_local_rows(path: str) -> int | None:
     return None
 
 
-def synthesized_rows(producer: Any, run_dir: Path | None) -> tuple[int | None, int, str]:
-    """Rows a synthesize stage writes, tokens per row, and how that was found.
+@dataclass(frozen=True)
+class SourceSize:
+    """One source's rows per epoch (None: unknown), tokens per row, and how they were found."""
 
-    Counted from its output once it has run; before that, an upper bound from the recipe: each
-    prompt keeps its best answer (``select.strategy: best``) or up to ``sampling.n`` (``all``).
+    rows: int | None
+    tokens_per_row: int
+    how: str
+    at_most: bool = False  # an upper bound (a synthesize stage keeps at most this many)
+
+
+def synthesized_size(producer: Any, run_dir: Path | None) -> SourceSize:
+    """What a synthesize stage writes: counted from its output once it has run, else an upper bound.
+
+    Each prompt keeps its best answer (``select.strategy: best``) or up to ``sampling.n`` (``all``).
     A row is a prompt plus an answer filling ``COMPLETION_FILL`` of ``max_new_tokens``, and, with a
     second turn, a follow-up and a second answer.
     """
@@ -309,60 +318,64 @@ def synthesized_rows(producer: Any, run_dir: Path | None) -> tuple[int | None, i
         per_row += int(COMPLETION_FILL * sampling.max_new_tokens)
     stage_dir = Path(run_dir) / producer.name if run_dir is not None else None
     if stage_dir is not None and (stage_dir / DONE).is_file() and (stage_dir / OUTPUT_FILE).is_file():
-        return count_local_rows(str(stage_dir / OUTPUT_FILE)), per_row, f"{producer.name}'s output"
+        return SourceSize(count_local_rows(str(stage_dir / OUTPUT_FILE)), per_row, f"{producer.name}'s output")
     prompts = producer.prompts.limit or count_local_rows(producer.prompts.path)
     if prompts is None:
-        return None, per_row, f"unknown size: set prompts.limit on stage {producer.name}"
+        return SourceSize(None, per_row, f"unknown size: set prompts.limit on stage {producer.name}")
     per_prompt = 1 if producer.select.strategy == "best" else sampling.n
-    return prompts * per_prompt, per_row, (
-        f"at most {prompts:,} prompts x {per_prompt} from stage {producer.name} (fewer: rows under min_score "
-        "are dropped; tokens/row from its max_new_tokens)"
-    )
+    how = (f"at most {prompts:,} prompts x {per_prompt} from stage {producer.name} (fewer: rows under min_score "
+           "are dropped; tokens/row from its max_new_tokens)")
+    return SourceSize(prompts * per_prompt, per_row, how, at_most=True)
 
 
-def _source_rows(
+def source_size(
     source: Any, heldout: float | int, avg: int, producers: dict[str, Any], run_dir: Path | None
-) -> tuple[int | None, int, str]:
-    """Rows per epoch of one source, its tokens per row, and how those numbers were found."""
+) -> SourceSize:
+    """Rows per epoch of one source (held-out rows removed, weight applied) at ``avg`` tokens per row."""
     if source.tokens is not None:
-        return max(1, source.tokens // avg), avg, f"token budget {source.tokens:,}"
+        return SourceSize(max(1, source.tokens // avg), avg, f"token budget {source.tokens:,}")
     if source.rows is not None:
-        return source.rows, avg, f"rows {source.rows:,}"
+        return SourceSize(source.rows, avg, f"rows {source.rows:,}")
     producer = producers.get(source.stage_ref or "")
     if producer is not None and producer.kind == "synthesize":
-        counted, avg, how = synthesized_rows(producer, run_dir)
+        size = synthesized_size(producer, run_dir)
     else:
         counted = count_local_rows(source.path)
-        how = f"{counted:,} rows in the file" if counted is not None else ""
-    if counted is None:
-        return None, avg, how or "unknown size (a hub dataset or folder with no rows/tokens setting)"
-    kept = counted * (1 - heldout) if isinstance(heldout, float) else max(0, counted - heldout)
+        size = SourceSize(counted, avg, f"{counted:,} rows in the file" if counted is not None else
+                          "unknown size (a hub dataset or folder with no rows/tokens setting)")
+    if size.rows is None:
+        return size
+    kept = size.rows * (1 - heldout) if isinstance(heldout, float) else max(0, size.rows - heldout)
     weight = source.weight if source.weight is not None else 1.0
     held = f" less {heldout:g} held out" if heldout else ""
-    return round(kept * weight), avg, f"{how}{held} x weight {weight:g}"
+    return replace(size, rows=round(kept * weight), how=f"{size.how}{held} x weight {weight:g}")
 
 
 def tokens_from_recipe(
     stage: Any, avg_on: int, avg_off: int, producers: dict[str, Any] | None = None, run_dir: Path | None = None
 ) -> TokenCount:
-    total_tokens, total_rows, notes, unknown = 0, 0, [], []
+    total_tokens, total_rows, notes, unknown, upper = 0, 0, [], [], []
     data = stage.data
     for source in data.sources:
-        rows, avg, how = _source_rows(source, data.heldout_for(source), avg_tokens_per_row(source, avg_on, avg_off),
-                                      producers or {}, run_dir)
-        if rows is None:
+        size = source_size(source, data.heldout_for(source), avg_tokens_per_row(source, avg_on, avg_off),
+                           producers or {}, run_dir)
+        if size.rows is None:
             unknown.append(source.name)
-            notes.append(f"source {source.name}: {how}; set rows or tokens to estimate it")
+            notes.append(f"source {source.name}: {size.how}; set rows or tokens to estimate it")
             continue
-        tokens = source.tokens if source.tokens is not None else rows * avg
-        total_tokens, total_rows = total_tokens + tokens, total_rows + rows
-        notes.append(f"source {source.name}: {how}, ~{avg:,} tokens/row assumed ({source.thinking_mode})")
+        tokens = source.tokens if source.tokens is not None else size.rows * size.tokens_per_row
+        total_tokens, total_rows = total_tokens + tokens, total_rows + size.rows
+        if size.at_most:
+            upper.append(source.name)
+        notes.append(f"source {source.name}: {size.how}, ~{size.tokens_per_row:,} tokens/row assumed "
+                     f"({source.thinking_mode})")
     where = "recipe sizes x assumed tokens/row"
     if len(unknown) == len(data.sources):
         return TokenCount(None, None, where, notes)
     if unknown:
         where += f"; at least: {', '.join(unknown)} not counted"
-    return TokenCount(total_tokens, total_rows, where, notes, lower_bound=bool(unknown))
+    bound = {(True, False): ">=", (False, True): "<=", (True, True): "~"}.get((bool(unknown), bool(upper)), "")
+    return TokenCount(total_tokens, total_rows, where, notes, bound=bound)
 
 
 def tokens_from_stats(mix_file: Path) -> TokenCount:
@@ -517,7 +530,7 @@ class StageEstimate:
     memory: MemoryEstimate
     hours: float | None
     fits: bool
-    lower_bound: bool = False  # tokens, steps and hours are at least these (some data could not be sized)
+    bound: str = ""  # tokens, steps and hours are at least (">="), at most ("<=") or about ("~") these
     gpus_needed: int | None = None
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -582,7 +595,7 @@ def estimate_stage(stage: Any, shape: ModelShape, hardware: Hardware, mfu: float
     peak = hardware.gpus * hardware.gpu.peak_tflops * 1e12 * mfu
     hours = flops_per_token * trained / peak / 3600 if trained else None
     estimate = StageEstimate(stage.name, stage.kind, count.tokens, count.source, epochs, trained, steps, per_step,
-                             micro, memory, hours, memory.fits, lower_bound=count.lower_bound, notes=list(count.notes))
+                             micro, memory, hours, memory.fits, bound=count.bound, notes=list(count.notes))
     if offload and work.lora is None:
         estimate.notes.append(f"optimizer offloaded to CPU: ~{host:.0f} GiB host RAM per node (DeepSpeed's estimate)")
     _annotate(estimate, shape, hardware, work, preference)
@@ -692,11 +705,11 @@ def render_estimate(loaded: LoadedRecipe, hardware: str = "8xH100", mfu: float =
              "gathered", "activ.", "total/GPU", "fits", "hours")]
     for e in estimates:
         m = e.memory
-        at_least = ">=" if e.lower_bound else ""
-        rows.append((e.name, at_least + _count(e.tokens_per_epoch), f"{e.epochs:g}", at_least + _count(e.trained_tokens),
-                     at_least + _count(e.steps), _count(e.tokens_per_step), f"{m.params:.1f}", f"{m.grads:.1f}",
+        b = e.bound
+        rows.append((e.name, b + _count(e.tokens_per_epoch), f"{e.epochs:g}", b + _count(e.trained_tokens),
+                     b + _count(e.steps), _count(e.tokens_per_step), f"{m.params:.1f}", f"{m.grads:.1f}",
                      f"{m.optimizer:.1f}", f"{m.gathered:.1f}", f"{m.activations:.1f}", f"{m.total:.1f} GiB",
-                     "yes" if e.fits else "NO", at_least + _hours(e.hours)))
+                     "yes" if e.fits else "NO", b + _hours(e.hours)))
     lines += _table(rows)
     lines += _footnotes(estimates, loaded)
     return "\n".join(lines)
@@ -720,7 +733,8 @@ def _footnotes(estimates: list[StageEstimate], loaded: LoadedRecipe) -> list[str
     )
     out += _wrap(
         f"steps assume BFD packing fills {100 * PACKING_FILL:.0f}% of each row; hours = 6 x params x trained "
-        "tokens / (GPUs x peak x MFU); '>=': some data could not be sized"
+        "tokens / (GPUs x peak x MFU); '>=': some data could not be sized; '<=': an upper bound (a synthesize "
+        "stage's output); '~': both"
     )
     launch = loaded.recipe.launch.accelerate_config
     if offloads_optimizer(loaded):

@@ -239,7 +239,7 @@ def test_partly_sized_stage_is_a_lower_bound(tmp_path: Path):
     """
     loaded = load_recipe(write_recipe(tmp_path, HUB_70B, stages))
     (estimate,) = estimate_recipe(loaded, "8xH100")
-    assert estimate.lower_bound and estimate.tokens_per_epoch == 1000 * 800
+    assert estimate.bound == ">=" and estimate.tokens_per_epoch == 1000 * 800
     assert ">=800.0k" in render_estimate(loaded, "8xH100")
 
 
@@ -315,20 +315,23 @@ SYNTHESIZE_STAGES = """
   data:
     heldout: 4
     sources:
-      - {{name: distilled, path: "stage:distill", thinking_mode: "off"}}
+      - {{name: distilled, path: "stage:distill", thinking_mode: "off"}}{extra_source}
 """
 
 
 def test_synthesized_source_is_sized_from_its_stage(tmp_path: Path):
-    def estimate(folder: Path, select: str, second_turn: str = "", run_dir: Path | None = None):
+    def estimate(folder: Path, select: str, second_turn: str = "", run_dir: Path | None = None, extra: str = ""):
         folder.mkdir()
-        stages = SYNTHESIZE_STAGES.format(select=select, second_turn=second_turn)
+        stages = SYNTHESIZE_STAGES.format(select=select, second_turn=second_turn, extra_source=extra)
         return estimate_recipe(load_recipe(write_recipe(folder, HUB_70B, stages)), "8xH100", run_dir=run_dir)[0]
 
     # 40 prompts in rows.jsonl; each row: a 200-token prompt + half of max_new_tokens (1000).
     best = estimate(tmp_path / "best", "{strategy: best}")
-    assert best.tokens_per_epoch == (40 - 4) * (200 + 500) and not best.lower_bound
+    assert best.tokens_per_epoch == (40 - 4) * (200 + 500) and best.bound == "<="
     assert any("at most 40 prompts x 1 from stage distill" in note for note in best.notes)
+    # With an unsized source beside it, the total is neither an upper nor a lower bound.
+    mixed = estimate(tmp_path / "mixed", "{strategy: best}", extra="\n      - {name: hub, path: org/unsized}")
+    assert mixed.bound == "~" and mixed.tokens_per_epoch == best.tokens_per_epoch
     every = estimate(tmp_path / "all", "{strategy: all, min_score: 0.5}")
     assert every.tokens_per_epoch == (40 * 4 - 4) * (200 + 500)
     # A second turn adds the follow-up (half of 256) and a second answer (half of 1000).
@@ -343,5 +346,5 @@ def test_synthesized_source_is_sized_from_its_stage(tmp_path: Path):
     assert unfinished.tokens_per_epoch == (40 - 4) * 700  # no DONE marker: a partial output is not counted
     (run_dir / "distill" / "DONE").write_text("{}")
     finished = estimate(tmp_path / "finished", "{strategy: best}", run_dir=run_dir)
-    assert finished.tokens_per_epoch == (10 - 4) * 700
+    assert finished.tokens_per_epoch == (10 - 4) * 700 and finished.bound == ""
     assert any("distill's output" in note for note in finished.notes)

@@ -16,7 +16,7 @@ Example (YAML; Swallow v0.3's recipe: n=6, judge rejection sampling, second turn
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -106,6 +106,7 @@ class SynthesizeStageConfig(StageConfigBase):
     and provenance at `<stage>/data/synthesized.jsonl`."""
 
     kind: Literal["synthesize"] = "synthesize"
+    writes_dataset: ClassVar[bool] = True
     prompts: PromptSource = Field(description="The prompts the teacher answers.")
     teacher: BackendConfig = Field(
         default_factory=TransformersBackendConfig,

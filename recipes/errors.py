@@ -13,7 +13,7 @@ class RecipeError(ValueError):
 
 
 FieldPath = tuple[str | int, ...]
-LineMap = Mapping[FieldPath, tuple[Path, int]]
+LineMap = Mapping[FieldPath, tuple[Path | str, int]]  # (file, line), or ("--set ...", 0)
 
 
 def dotted(path: Sequence[str | int]) -> str:
@@ -23,7 +23,7 @@ def dotted(path: Sequence[str | int]) -> str:
     return out or "<root>"
 
 
-def locate(path: FieldPath, lines: LineMap, default_file: Path) -> tuple[Path, int | None]:
+def locate(path: FieldPath, lines: LineMap, default_file: Path) -> tuple[Path | str, int | None]:
     """The file and line of the deepest prefix of ``path`` that the YAML gives a position for."""
     for end in range(len(path), -1, -1):
         hit = lines.get(tuple(path[:end]))

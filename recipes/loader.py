@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from tempa.recipes.errors import FieldPath, RecipeError, from_validation_error, where
+from tempa.recipes.errors import FieldPath, RecipeError, dotted, from_validation_error, where
 from tempa.recipes.registry import STAGE_KINDS, known_kinds
 from tempa.recipes.schema import Recipe
 from tempa.sft.stage_api import StageConfigBase
@@ -112,7 +112,10 @@ def load_recipe(ref: str | Path, overrides: Sequence[str] = (), *, profile: str 
         raw = _merge_recipes(raw, overlay)
         lines = {**lines, **_profile_lines(lines, profile, overlay)}
     for override in overrides:
-        _apply_override(raw, override, path)
+        # Errors in an overridden value point at the command line, not at the line it replaced.
+        key = _apply_override(raw, override, path)
+        lines = {k: v for k, v in lines.items() if k[: len(key)] != key}  # the file's positions under it are gone
+        lines[key] = (f"--set {override}", 0)
     loaded = _validate(path, raw, lines, origins, files)
     loaded.profile = profile
     loaded.profiles = list(profiles) if isinstance(profiles, dict) else []
@@ -255,8 +258,10 @@ def _deep_merge(base: Any, override: Any) -> Any:
 # --------------------------------------------------------------------------- --set overrides
 
 
-def _apply_override(raw: dict[str, Any], override: str, path: Path) -> None:
-    """``stages.<name>.train.learning_rate=2e-5``: stages are addressed by name; values are YAML."""
+def _apply_override(raw: dict[str, Any], override: str, path: Path) -> FieldPath:
+    """``stages.<name>.train.learning_rate=2e-5``: stages are addressed by name; values are YAML.
+
+    Returns the overridden field's path, stages named (as the position map keys them)."""
     key, sep, text = override.partition("=")
     if not sep or not key:
         raise RecipeError(f"--set {override}: expected KEY.PATH=VALUE")
@@ -264,11 +269,12 @@ def _apply_override(raw: dict[str, Any], override: str, path: Path) -> None:
         value = parse_yaml(text)
     except yaml.YAMLError:
         raise RecipeError(f"--set {override}: value is not valid YAML") from None
-    parts = key.split(".")
+    parts: list[str | int] = list(key.split("."))
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
-            node = _stage_by_name(node, part, override)
+            node = _stage_by_name(node, str(part), override)
+            parts[i] = node.get("name", part)
             continue
         if not isinstance(node, dict):
             raise RecipeError(f"--set {override}: '{'.'.join(parts[:i])}' is not a mapping")
@@ -281,6 +287,7 @@ def _apply_override(raw: dict[str, Any], override: str, path: Path) -> None:
     if not isinstance(node, dict):
         raise RecipeError(f"--set {override}: '{'.'.join(parts[:-1])}' is not a mapping")
     node[last] = value
+    return tuple(parts)
 
 
 def _stage_by_name(stages: list, name: str, override: str) -> dict:
@@ -318,6 +325,11 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
             )
         seen[name] = i
         kind = stage_raw.get("kind")
+        if kind is None:
+            raise RecipeError(
+                f"{where(loc, lines, path)}: stages[{i}].kind (stage '{name}'): field required; "
+                f"one of: {', '.join(known_kinds())}"
+            )
         if kind not in STAGE_KINDS:
             hint = difflib.get_close_matches(str(kind), known_kinds(), n=1)
             suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
@@ -344,6 +356,16 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
                 raise RecipeError(
                     f"{where(loc, lines, path)}: stages[{i}] (stage '{name}') reads stage '{dep}', which is not "
                     f"an earlier stage (earlier stages: {earlier})"
+                )
+        data = getattr(config, "data", None)
+        for j, source in enumerate(getattr(data, "sources", None) or []):
+            producer = stages[seen[source.stage_ref]] if source.stage_ref in seen else None
+            if producer is not None and not producer.writes_dataset:
+                field = (*loc, "data", "sources", j, "path")
+                writers = [s.name for s in stages if s.writes_dataset] or ["none"]
+                raise RecipeError(
+                    f"{where(field, lines, path)}: {dotted(field)} (stage '{name}'): stage '{source.stage_ref}' is a "
+                    f"{producer.kind} stage and writes no dataset (stages that do: {', '.join(writers)})"
                 )
         stages.append(config)
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo
 
@@ -25,6 +25,8 @@ class StageConfigBase(BaseModel):
     """Fields every stage has. Subclasses add ``kind: Literal["..."]`` and their own settings."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # Whether the stage writes a dataset (``outputs.dataset``) that a later `path: stage:NAME` reads.
+    writes_dataset: ClassVar[bool] = False
 
     name: str = Field(description="Unique stage name; also its folder in the run directory.")
     from_: str | None = Field(

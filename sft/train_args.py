@@ -56,4 +56,37 @@ def check_train_args(
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]["msg"]
             raise ValueError(f"'{key}': {first}, got {value!r}") from None
+    if "lr_scheduler_type" in values:
+        check_scheduler(values["lr_scheduler_type"], values.get("lr_scheduler_kwargs") or {})
     return dict(values)
+
+
+# What the Trainer passes every scheduler itself; anything else a schedule requires must come
+# from `lr_scheduler_kwargs`.
+_TRAINER_SUPPLIED = {"optimizer", "num_warmup_steps", "num_training_steps"}
+
+
+def check_scheduler(name: Any, kwargs: Mapping[str, Any]) -> None:
+    """Refuse a scheduler transformers does not know, or one missing a required ``lr_scheduler_kwargs`` key."""
+    import inspect
+
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+    from transformers.trainer_utils import SchedulerType
+
+    try:
+        kind = SchedulerType(name)
+    except ValueError:
+        known = [t.value for t in SchedulerType]
+        hint = difflib.get_close_matches(str(name), known, n=1)
+        extra = f"; did you mean '{hint[0]}'?" if hint else f" (one of: {', '.join(known)})"
+        raise ValueError(f"'lr_scheduler_type': {name!r} is not a transformers scheduler{extra}") from None
+    function = TYPE_TO_SCHEDULER_FUNCTION.get(kind)
+    if function is None or not isinstance(kwargs, Mapping):
+        return
+    parameters = inspect.signature(function).parameters.values()
+    missing = [p.name for p in parameters if p.default is inspect.Parameter.empty
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in _TRAINER_SUPPLIED
+               and p.name not in kwargs]
+    if missing:
+        example = ", ".join(f"{m}: ..." for m in missing)
+        raise ValueError(f"'lr_scheduler_type': {kind.value} needs lr_scheduler_kwargs: {{{example}}}")

@@ -505,7 +505,7 @@ def gpus_needed(shape: ModelShape, hardware: Hardware, work: Workload) -> int | 
 
 
 def optimizer_offload_gib(shape: ModelShape, hardware: Hardware) -> tuple[float, float]:
-    """(GPU GiB for model states, host GiB per node) with ``offload_optimizer: cpu``, per DeepSpeed."""
+    """(GPU GiB for model states, host GiB per node) with the optimizer offloaded to CPU, per DeepSpeed."""
     gpu = GATHER_BYTES * shape.largest_layer_parameters + 2 * shape.parameters / hardware.gpus
     host = 16 * shape.parameters / hardware.nodes * 1.5  # DeepSpeed's zero_init estimate, 1.5x buffer
     return gpu / GIB, host / GIB
@@ -552,7 +552,11 @@ def _schedule(count: TokenCount, train: dict[str, Any], tokens_per_step: int,
     epochs = float(train.get("num_train_epochs", 1)) * rounds
     max_steps = int(train.get("max_steps", -1) or -1)
     if max_steps > 0:
-        return epochs, max_steps * rounds, max_steps * rounds * tokens_per_step
+        # max_steps overrides the epochs: the trainer cycles the data, and a step never holds more
+        # than one epoch's tokens (a dataset smaller than one batch is one short batch per step).
+        per_step = min(tokens_per_step, count.tokens) if count.tokens else tokens_per_step
+        trained = max_steps * rounds * per_step
+        return (trained / count.tokens if count.tokens else epochs), max_steps * rounds, trained
     if count.tokens is None:
         return epochs, None, None
     trained = int(count.tokens * epochs)
@@ -629,7 +633,7 @@ def _will_not_fit(estimate: StageEstimate, shape: ModelShape, hardware: Hardware
         options.append(f"ZeRO-3 over >= {estimate.gpus_needed}x{hardware.gpu.name}")
     if work.lora is None:
         gpu, host = optimizer_offload_gib(shape, hardware)
-        options.append(f"offload_optimizer: cpu (~{gpu + mem.reference + mem.activations:.0f} GiB per GPU, "
+        options.append(f"launch.accelerate_config: zero3-offload (~{gpu + mem.reference + mem.activations:.0f} GiB per GPU, "
                        f"~{host:.0f} GiB host RAM per node, DeepSpeed's estimate)")
     if mem.activations > 0.25 * mem.capacity:
         liger = "" if work.train.get("use_liger_kernel") else " or use_liger_kernel: true"
@@ -706,10 +710,12 @@ def render_estimate(loaded: LoadedRecipe, hardware: str = "8xH100", mfu: float =
     for e in estimates:
         m = e.memory
         b = e.bound
-        rows.append((e.name, b + _count(e.tokens_per_epoch), f"{e.epochs:g}", b + _count(e.trained_tokens),
+        hours = _hours(e.hours)
+        hours = hours if b == "<=" and hours.startswith("<") else b + hours  # "<0.1" already bounds it
+        rows.append((e.name, b + _count(e.tokens_per_epoch), f"{e.epochs:.3g}", b + _count(e.trained_tokens),
                      b + _count(e.steps), _count(e.tokens_per_step), f"{m.params:.1f}", f"{m.grads:.1f}",
                      f"{m.optimizer:.1f}", f"{m.gathered:.1f}", f"{m.activations:.1f}", f"{m.total:.1f} GiB",
-                     "yes" if e.fits else "NO", b + _hours(e.hours)))
+                     "yes" if e.fits else "NO", hours))
     lines += _table(rows)
     lines += _footnotes(estimates, loaded)
     return "\n".join(lines)

@@ -147,6 +147,9 @@ def train_and_save(trainer, tokenizer, plan: dict[str, Any], *, evaluate: bool =
     else:
         trainer.save_model(str(tmp))  # under ZeRO-3 this gathers the 16-bit weights on rank 0
     if trainer.is_world_process_zero():
+        # The Trainer pickles its arguments beside the weights; the stage's model folder stays
+        # pickle-free (the same arguments are in train_plan.json).
+        (tmp / "training_args.bin").unlink(missing_ok=True)
         tokenizer.save_pretrained(tmp)
         metrics = {
             "train": result.metrics,

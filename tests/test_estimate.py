@@ -145,7 +145,7 @@ def test_70b_hub_recipe_plans_without_download_and_warns(tmp_path: Path):
     text = render_estimate(loaded, "8xH100", 0.4)
     assert "Llama-3.1-70B" in text and "no download" in text
     assert "WARNING: stage sft-general will not fit on 8xH100" in text
-    assert "offload_optimizer: cpu" in text
+    assert "launch.accelerate_config: zero3-offload" in text
 
 
 def test_8b_fits_on_a_node_but_not_on_one_gpu(tmp_path: Path):
@@ -184,11 +184,21 @@ def test_local_rows_weight_and_max_steps(tmp_path: Path):
         sources:
           - {name: rows, path: rows.jsonl, thinking_mode: "off"}
       train: {max_steps: 7}
+    - name: big
+      kind: sft
+      data:
+        sources:
+          - {name: rows, path: org/big, rows: 100000, thinking_mode: "off"}
+      train: {max_steps: 5}
     """
     loaded = load_recipe(write_recipe(tmp_path, HUB_70B, stages))
-    counted, capped = estimate_recipe(loaded, "8xH100")
+    counted, capped, big = estimate_recipe(loaded, "8xH100")
+    assert big.trained_tokens == 5 * big.tokens_per_step and big.epochs == big.trained_tokens / (100000 * 800)
     assert counted.tokens_per_epoch == (40 - 4) * 2 * 800  # 40 rows in the file, 4 held out, weight 2
-    assert capped.steps == 7 and capped.trained_tokens == 7 * capped.tokens_per_step
+    # max_steps decides: 7 steps, each at most one epoch's tokens (40 rows x 800 fit in one step here),
+    # so 7 epochs.
+    assert capped.tokens_per_step > capped.tokens_per_epoch == 40 * 800
+    assert capped.steps == 7 and capped.trained_tokens == 7 * 40 * 800 and capped.epochs == 7
 
 
 def test_local_config_json_is_read(tmp_path: Path):

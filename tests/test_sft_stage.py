@@ -36,6 +36,8 @@ def test_sft_trains_saves_and_records_metrics(single_run, tiny_model_dir):
     before, after = weights(tiny_model_dir), weights(stage / "final")
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    # the stage's model folder holds no pickle (the Trainer writes training_args.bin beside the weights)
+    assert not [p.name for p in (stage / "final").iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
     # every checkpoint the trainer kept carries the completion marker
     kept = complete_checkpoints(stage / "checkpoints")
     assert [p.name for p in kept] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]

@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from tempa.recipes.rundir import RESOLVED_RECIPE
 from tempa.sft.stage_api import StageError
 
 GGUFType = Literal["f16", "q8_0"]
@@ -93,12 +94,30 @@ def _vocab(model_dir: Path, tokenizer) -> tuple[list[str], list[int], list[str]]
     return tokens, [int(t) for t in types], merges
 
 
+def export_name(model_dir: Path) -> str:
+    """The model's name in file names: the run's for a run's final model, else the folder's.
+
+    Taken from the path as given: ``runs/demo/final`` is a link to ``runs/demo/bake/final``, and the
+    user means "demo". A stage's own ``final/`` is named ``<run>-<stage>``.
+    """
+    folder = Path(os.path.abspath(model_dir))
+    if folder.name != "final":
+        return folder.name
+    parent = folder.parent
+    if (parent / RESOLVED_RECIPE).is_file():
+        return parent.name
+    if (parent.parent / RESOLVED_RECIPE).is_file():
+        return parent.parent.name if parent.name == "bake" else f"{parent.parent.name}-{parent.name}"
+    return parent.name
+
+
 def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
                 file_type: GGUFType = "f16") -> GGUFExport:
     """Write ``model_dir`` as GGUF (``out`` default: ``<model_dir>/<name>-<type>.gguf``) + a Modelfile."""
     import gguf
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
+    name = export_name(Path(model_dir))
     model_dir = Path(model_dir).resolve()
     if not (model_dir / "config.json").is_file():
         raise StageError(f"{model_dir}: not a model folder (no config.json)")
@@ -110,7 +129,6 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
     template = tokenizer.chat_template
     if not template:
         raise StageError(f"{model_dir}: the tokenizer has no chat template; export the baked final model")
-    name = model_dir.name if model_dir.name != "final" else model_dir.parent.name
     gguf_path = Path(out) if out else model_dir / f"{name}-{file_type}.gguf"
     gguf_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = gguf_path.with_name(f".{gguf_path.name}.partial")

@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from tempa.recipes.rundir import RESOLVED_RECIPE
+
 REDACTED = "<redacted>"
 _SECRET_KEY_RE = re.compile(
     r"(api[_-]?key|apikey|token|secret|password|passwd|credential|auth|private[_-]?key|access[_-]?key|cookie)",
@@ -240,7 +242,7 @@ def render_model_card(
     environ: Mapping[str, str] | None = None,
 ) -> str:
     """The card's markdown, scrubbed of secrets."""
-    recipe_path = Path(run_dir) / "recipe.resolved.yaml"
+    recipe_path = Path(run_dir) / RESOLVED_RECIPE
     recipe: dict[str, Any] = {}
     if recipe_path.is_file():
         loaded = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from tempa.recipes import __version__
+from tempa.recipes.errors import RecipeError
+from tempa.recipes.rundir import RESOLVED_RECIPE
 
 EPILOG = """examples:
   tempa run recipes/demo.yaml --run-dir runs/demo       run (or resume) the demo recipe
@@ -55,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     recipe_args(plan)
     plan.add_argument("--hardware", default=None, metavar="NxGPU",
                       help="also estimate tokens, steps, per-GPU memory (ZeRO-3) and hours, e.g. 8xH100")
-    plan.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed by --hardware")
+    plan.add_argument("--mfu", type=float, default=None,
+                      help="model FLOPs utilisation assumed by --hardware (default 0.4)")
     plan.set_defaults(func=_cmd_plan)
 
     status = sub.add_parser("status", help="each stage's state, time and key metrics")
@@ -114,6 +117,8 @@ def _cmd_plan(args) -> int:
     from tempa.recipes.loader import load_recipe
     from tempa.recipes.runner import plan_run
 
+    if args.mfu is not None and not args.hardware:
+        raise RecipeError(f"--mfu {args.mfu:g} needs --hardware (e.g. --hardware 8xH100): it sets the estimate's MFU")
     loaded = load_recipe(args.recipe, args.overrides, profile=args.profile)
     run_dir = _run_dir(args, loaded)
     plans = plan_run(loaded, run_dir, from_stage=args.from_stage, only=args.only)
@@ -133,7 +138,8 @@ def _cmd_plan(args) -> int:
     if args.hardware:
         from tempa.recipes.estimate import render_estimate
 
-        console.print(render_estimate(loaded, args.hardware, args.mfu, run_dir=run_dir), markup=False)
+        mfu = 0.4 if args.mfu is None else args.mfu
+        console.print(render_estimate(loaded, args.hardware, mfu, run_dir=run_dir), markup=False)
     return 0
 
 
@@ -144,10 +150,8 @@ def _cmd_status(args) -> int:
     from tempa.recipes.runner import stage_status
 
     run_dir: Path = args.run_dir
-    resolved = run_dir / "recipe.resolved.yaml"
+    resolved = run_dir / RESOLVED_RECIPE
     if not resolved.is_file():
-        from tempa.recipes.errors import RecipeError
-
         raise RecipeError(f"{run_dir}: not a tempa run directory (no recipe.resolved.yaml)")
     loaded = None
     try:
@@ -203,6 +207,8 @@ def _cmd_export_gguf(args) -> int:
 def _cmd_tiny(args) -> int:
     from tempa.recipes.tiny import write_tiny_default
 
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        raise RecipeError(f"tiny-model: {args.out_dir} is a file; give a folder to write the model into")
     out = write_tiny_default(args.out_dir, seed=args.seed)
     print(f"tiny model + tokenizer written to {out}")
     return 0
@@ -215,7 +221,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.verbose)
-    from tempa.recipes.errors import RecipeError
     from tempa.recipes.rundir import RunLockedError
     from tempa.sft.stage_api import StageError
 

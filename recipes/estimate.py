@@ -110,11 +110,13 @@ class Hardware:
 
 def parse_hardware(text: str) -> Hardware:
     """``8xH100``, ``16xH100``, ``1xH200``, ``H100`` (one GPU); nodes hold 8 GPUs."""
-    match = re.fullmatch(r"\s*(?:(\d+)\s*[x×*]\s*)?([A-Za-z0-9-]+)\s*", text)
+    match = re.fullmatch(r"\s*(?:(\d+)\s*[xX×*]\s*)?([A-Za-z0-9-]+)\s*", text)
     gpu = GPUS.get(match.group(2).lower()) if match else None
-    if match is None or gpu is None or (match.group(1) is not None and int(match.group(1)) < 1):
-        known = ", ".join(spec.name for spec in GPUS.values())
+    known = ", ".join(spec.name for spec in GPUS.values())
+    if match is None or gpu is None:
         raise EstimateError(f"--hardware {text!r}: expected COUNTxGPU such as 8xH100 (GPUs: {known})")
+    if match.group(1) is not None and int(match.group(1)) < 1:
+        raise EstimateError(f"--hardware {text!r}: the GPU count must be at least 1")
     count = int(match.group(1) or 1)
     return Hardware(count, gpu, gpus_per_node=min(count, 8))
 

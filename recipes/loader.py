@@ -210,7 +210,10 @@ def _load_chain(path: Path, seen: tuple[Path, ...]):
     if parent_ref is not None:
         if not isinstance(parent_ref, str):
             raise RecipeError(f"{where(('extends',), lines, path)}: extends: expected a recipe path or name")
-        parent_path = find_recipe(parent_ref, relative_to=path.parent)
+        try:
+            parent_path = find_recipe(parent_ref, relative_to=path.parent)
+        except RecipeError as exc:
+            raise RecipeError(f"{where(('extends',), lines, path)}: extends: {exc}") from None
         parent_raw, parent_named, parent_origins, parent_files = _load_chain(parent_path, (*seen, path))
         raw = _merge_recipes(parent_raw, raw)
         named_lines = {**parent_named, **named_lines}

@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from tempa.recipes.rundir import MANIFEST, read_json
+from tempa.recipes.rundir import MANIFEST, RESOLVED_RECIPE, read_json
 from tempa.sft.files import staging_dir
 
 EXAMPLE = [
@@ -155,7 +155,7 @@ def _fmt(value: Any) -> str:
 def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report/index.html`` (+ PNGs); returns the HTML path."""
     run_dir = Path(run_dir).resolve()
-    if not (run_dir / "recipe.resolved.yaml").is_file():
+    if not (run_dir / RESOLVED_RECIPE).is_file():
         from tempa.recipes.errors import RecipeError
 
         raise RecipeError(f"{run_dir}: not a tempa run directory (no recipe.resolved.yaml)")

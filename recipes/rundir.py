@@ -25,6 +25,7 @@ from typing import Any
 from tempa.sft.files import write_atomic
 
 DONE = "DONE"
+RESOLVED_RECIPE = "recipe.resolved.yaml"  # in the run folder: the recipe after extends, profile and --set
 
 
 def cache_root() -> Path:

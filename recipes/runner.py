@@ -24,6 +24,7 @@ from tempa.recipes.loader import LoadedRecipe, stage_dependencies
 from tempa.recipes.registry import STAGE_KINDS
 from tempa.recipes.rundir import (
     MANIFEST,
+    RESOLVED_RECIPE,
     RunLock,
     cache_root,
     clear_stage,
@@ -209,7 +210,7 @@ def run_recipe(
     with RunLock(run_dir):
         sweep_trash(run_dir)
         write_atomic(
-            run_dir / "recipe.resolved.yaml",
+            run_dir / RESOLVED_RECIPE,
             yaml.safe_dump(loaded.resolved(), sort_keys=False, allow_unicode=True),
         )
         plans = plan_run(loaded, run_dir, from_stage=from_stage, only=only)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -87,4 +88,13 @@ class Recipe(BaseModel):
     @field_validator("chat_template")
     @classmethod
     def _template(cls, value: str, info) -> str:
-        return resolve_path(value, info) if value.endswith(".jinja") else value
+        if value.endswith(".jinja"):
+            return resolve_path(value, info)
+        from tempa.chat_templates.templates import available_templates
+
+        known = available_templates()
+        if value not in known:
+            hint = difflib.get_close_matches(value, known, n=1)
+            extra = f"; did you mean '{hint[0]}'?" if hint else ""
+            raise ValueError(f"not a shipped template or a .jinja path (shipped: {', '.join(known)}{extra})")
+        return value

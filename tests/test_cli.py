@@ -144,3 +144,27 @@ def test_unexpected_failure_is_one_line_and_verbose_shows_the_traceback(tmp_path
     assert len(err.splitlines()) == 1 and err.startswith("tempa: error: ") and "-v" in err
     with pytest.raises(Exception):  # noqa: B017 - whatever the loader raises, -v lets it through
         main(["-v", "export", "gguf", str(folder)])
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["plan", "demo", "--mfu", "0.5"], "--mfu 0.5 needs --hardware"),
+        (["plan", "demo", "--hardware", "0xH100"], "the GPU count must be at least 1"),
+        (["plan", "demo", "--hardware", "8xB300"], "expected COUNTxGPU such as 8xH100"),
+        (["tiny-model", "{file}"], "is a file; give a folder"),
+    ],
+)
+def test_bad_command_line_values_get_one_line(argv, expected, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main([a.replace("{file}", str(afile)) for a in argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err
+    assert afile.read_text() == "x"  # nothing written over
+
+
+def test_hardware_count_separator_is_case_insensitive(capsys):
+    assert main(["plan", "demo", "--hardware", "8XH100", "--mfu", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "estimate for 8xH100" in out and "MFU 50%" in out

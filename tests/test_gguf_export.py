@@ -94,3 +94,18 @@ def test_export_refuses_a_folder_without_a_template(tiny_model_dir, tmp_path, ca
     err = capsys.readouterr().err
     assert "has no chat template" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_export_is_named_after_the_run_not_the_link_target(tmp_path):
+    from tempa.merge.gguf_export import export_name
+
+    run = tmp_path / "runs" / "demo"
+    for stage in ("bake", "sft-general"):
+        (run / stage / "final").mkdir(parents=True)
+    (run / "recipe.resolved.yaml").write_text("name: demo\n")
+    (run / "final").symlink_to(run / "bake" / "final")  # what the runner leaves
+    assert export_name(run / "final") == "demo"
+    assert export_name(run / "bake" / "final") == "demo"
+    assert export_name(run / "sft-general" / "final") == "demo-sft-general"
+    (tmp_path / "my-model").mkdir()
+    assert export_name(tmp_path / "my-model") == "my-model"

@@ -320,3 +320,16 @@ def test_stage_without_kind_and_stage_source_without_dataset(tmp_path, data_file
     with pytest.raises(RecipeError, match=r"r\.yaml:12: stages\[1\]\.data\.sources\[0\]\.path \(stage 'second'\): "
                        r"stage 'first' is a sft stage and writes no dataset"):
         load_recipe(path)
+
+
+def test_missing_parent_and_unknown_template_name_the_line(tmp_path, data_file):
+    child = write(tmp_path / "child.yaml", """
+    name: child
+    extends: nothere.yaml
+    """)
+    with pytest.raises(RecipeError, match=r"child\.yaml:2: extends: nothere\.yaml: recipe file not found"):
+        load_recipe(child)
+    path = write(tmp_path / "r.yaml", recipe_text().replace('base_model: "tempa:tiny"',
+                                                              'base_model: "tempa:tiny"\n    chat_template: chatml_thinkin'))
+    with pytest.raises(RecipeError, match=r"r\.yaml:3: chat_template: not a shipped template .*did you mean 'chatml_thinking'"):
+        load_recipe(path)

@@ -122,9 +122,12 @@ def test_hardware_strings():
     assert (eight.gpus, eight.nodes, eight.gpu.name) == (8, 1, "H100")
     assert (sixteen.gpus, sixteen.nodes) == (16, 2)
     assert (one.gpus, one.gpu.name) == (1, "H200") and one.gpu.memory_gib > eight.gpu.memory_gib
-    for bad in ("8xV100", "0xH100", "eight H100"):
+    for bad in ("8xV100", "eight H100"):
         with pytest.raises(EstimateError, match="expected COUNTxGPU"):
             parse_hardware(bad)
+    with pytest.raises(EstimateError, match="the GPU count must be at least 1"):
+        parse_hardware("0xH100")
+    assert parse_hardware("8XH100").gpus == 8
 
 
 def test_70b_hub_recipe_plans_without_download_and_warns(tmp_path: Path):

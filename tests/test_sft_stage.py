@@ -112,7 +112,7 @@ def test_failed_training_process_surfaces_its_error_and_log(tmp_path, tiny_model
 
     recipe = sft_recipe(tmp_path, tiny_model_dir, max_steps=2)
     # valid for the schema (a string), refused by transformers inside the launched process
-    loaded = load_recipe(recipe, ["stages.sft.train.lr_scheduler_type=sideways"])
+    loaded = load_recipe(recipe, ["stages.sft.train.optim=sideways"])
     with pytest.raises(StageError) as err:
         run_recipe(loaded, tmp_path / "run")
     message = str(err.value)

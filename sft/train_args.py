@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import functools
 import typing
 from collections.abc import Iterable, Mapping
@@ -51,6 +52,11 @@ def check_train_args(
         adapter = _adapter(fields[key])
         if adapter is None or value is None:
             continue
+        choices = _enum_choices(fields[key])
+        if choices and isinstance(value, str) and value not in choices:
+            hint = difflib.get_close_matches(value, choices, n=1)
+            extra = f"did you mean '{hint[0]}'?" if hint else f"one of: {', '.join(choices)}"
+            raise ValueError(f"'{key}': {value!r} is not a valid choice; {extra}")
         try:
             adapter.validate_python(value)
         except ValidationError as exc:
@@ -67,20 +73,13 @@ _TRAINER_SUPPLIED = {"optimizer", "num_warmup_steps", "num_training_steps"}
 
 
 def check_scheduler(name: Any, kwargs: Mapping[str, Any]) -> None:
-    """Refuse a scheduler transformers does not know, or one missing a required ``lr_scheduler_kwargs`` key."""
+    """Refuse a scheduler whose required ``lr_scheduler_kwargs`` keys are missing (e.g. WSD's decay length)."""
     import inspect
 
     from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
     from transformers.trainer_utils import SchedulerType
 
-    try:
-        kind = SchedulerType(name)
-    except ValueError:
-        known = [t.value for t in SchedulerType]
-        hint = difflib.get_close_matches(str(name), known, n=1)
-        extra = f"; did you mean '{hint[0]}'?" if hint else f" (one of: {', '.join(known)})"
-        raise ValueError(f"'lr_scheduler_type': {name!r} is not a transformers scheduler{extra}") from None
-    function = TYPE_TO_SCHEDULER_FUNCTION.get(kind)
+    function = TYPE_TO_SCHEDULER_FUNCTION.get(SchedulerType(name))
     if function is None or not isinstance(kwargs, Mapping):
         return
     parameters = inspect.signature(function).parameters.values()
@@ -89,4 +88,14 @@ def check_scheduler(name: Any, kwargs: Mapping[str, Any]) -> None:
                and p.name not in kwargs]
     if missing:
         example = ", ".join(f"{m}: ..." for m in missing)
-        raise ValueError(f"'lr_scheduler_type': {kind.value} needs lr_scheduler_kwargs: {{{example}}}")
+        raise ValueError(f"'lr_scheduler_type': {SchedulerType(name).value} needs lr_scheduler_kwargs: {{{example}}}")
+
+
+@functools.cache
+def _enum_choices(tp: Any) -> tuple[str, ...]:
+    """The values of an ``Enum | str`` field (optim, lr_scheduler_type, save_strategy, ...); () otherwise."""
+    args = typing.get_args(tp)
+    enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+    if len(enums) != 1 or str not in args:
+        return ()
+    return tuple(str(member.value) for member in enums[0])

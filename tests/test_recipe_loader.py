@@ -301,6 +301,9 @@ def test_scheduler_is_checked_when_the_recipe_loads(tmp_path, data_file):
     path = write(tmp_path / "r.yaml", recipe_text(train="lr_scheduler_type: cosin"))
     with pytest.raises(RecipeError, match=r"r\.yaml:11: stages\[0\]\.train\.lr_scheduler_type .*did you mean 'cosine'"):
         load_recipe(path)
+    path = write(tmp_path / "r.yaml", recipe_text(train="optim: adamw_torch_fusd"))
+    with pytest.raises(RecipeError, match=r"train\.optim .*'adamw_torch_fusd' is not a valid choice; did you mean 'adamw_torch_fused'"):
+        load_recipe(path)
     # WSD needs its decay length, which the Trainer does not supply: refused now, not after data prep.
     path = write(tmp_path / "r.yaml", recipe_text(train="lr_scheduler_type: warmup_stable_decay"))
     with pytest.raises(RecipeError, match=r"needs lr_scheduler_kwargs: \{num_decay_steps: \.\.\.\}"):

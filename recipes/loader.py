@@ -276,8 +276,9 @@ def _apply_override(raw: dict[str, Any], override: str, path: Path) -> FieldPath
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
-            node = _stage_by_name(node, str(part), override)
-            parts[i] = node.get("name", part)
+            items, node = node, _stage_by_name(node, str(part), override)
+            # positions key the stages by name and every other list by index
+            parts[i] = node.get("name", part) if parts[:i] == ["stages"] else items.index(node)
             continue
         if not isinstance(node, dict):
             raise RecipeError(f"--set {override}: '{'.'.join(parts[:i])}' is not a mapping")

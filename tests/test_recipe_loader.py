@@ -218,6 +218,11 @@ def test_set_value_is_validated_like_the_file(tmp_path, data_file):
         load_recipe(path, ["stages.0.train.lerning_rate=1"])
     with pytest.raises(RecipeError, match=r"^--set seed=abc: seed: "):
         load_recipe(path, ["seed=abc"])
+    # inside a list other than the stages (sources, by index or by name)
+    for ref in ("0", "rows"):
+        with pytest.raises(RecipeError, match=rf"^--set stages\.first\.data\.sources\.{ref}\.weight=abc: "
+                           r"stages\[0\]\.data\.sources\[0\]\.weight"):
+            load_recipe(path, [f"stages.first.data.sources.{ref}.weight=abc"])
 
 
 def test_shipped_demo_recipe_loads_by_name():

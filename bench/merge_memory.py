@@ -160,7 +160,7 @@ WORKERS = {"floor-tempa": worker_floor_tempa, "floor-naive": worker_floor_naive,
 def run_worker(name: str, work: Path, shape_name: str, out_shard_size: str | None = None) -> dict[str, Any]:
     """Run ``name`` in a fresh interpreter; returns its JSON report (peak RSS in MiB, seconds)."""
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--work", str(work),
-               "--shape", shape_name]
+               "--size", shape_name]
     if out_shard_size:
         command += ["--out-shard-size", out_shard_size]
     started = time.perf_counter()
@@ -221,14 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--worker", choices=["make", *WORKERS], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--shape", default="100m", choices=list(SHAPES), help=argparse.SUPPRESS)
-    parser.add_argument("--size", default="100m", choices=["100m", "500m"], help="model size (default: 100m)")
+    parser.add_argument("--size", default="100m", choices=list(SHAPES), help="model size (default: 100m)")
     parser.add_argument("--out-shard-size", default=None,
                         help="the merge stage's options.out_shard_size (default: tempa's, 5B parameters)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.worker:
-        return worker_main(args.worker, args.work, args.shape, args.out_shard_size)
+        return worker_main(args.worker, args.work, args.size, args.out_shard_size)
 
     shape_name = "quick" if args.quick else args.size
     print(common.machine_line())

@@ -60,6 +60,13 @@ def _plot_losses(name: str, histories: list[tuple[str, list[dict]]], out: Path) 
     ax.set_title(f"{name}: loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    return _save(fig, ax, out)
+
+
+def _save(fig: Any, ax: Any, out: Path) -> Path:
+    """Grid, legend, layout; write the PNG and free the figure."""
+    import matplotlib.pyplot as plt
+
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -99,12 +106,7 @@ def _plot_rewards(name: str, rounds: list[dict[str, Any]], out: Path) -> Path | 
     ax.set_title(f"{name}: rewards per round")
     ax.set_xlabel("round")
     ax.set_xticks(xs)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, ax, out)
 
 
 def _leaderboard_html(board: dict[str, Any]) -> str:

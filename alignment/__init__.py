@@ -1,9 +1,9 @@
 """tempa.alignment: sampling backends, rewards and judges, on-policy preference pairs, teacher synthesis.
 
-Stage kinds (registered by the recipe runner):
+Stage kinds (``STAGE_KINDS``, collected by the recipe runner):
 
-- ``preference``: N rounds of on-policy sampling -> rewards -> best/worst pairs -> trl DPOTrainer.
 - ``synthesize``: teacher generation + verifier/judge rejection sampling -> an SFT dataset.
+- ``preference``: N rounds of on-policy sampling -> rewards -> best/worst pairs -> trl DPOTrainer.
 
 Heavy imports (torch, transformers, trl) happen inside functions, so importing the package is cheap.
 """
@@ -21,14 +21,42 @@ from tempa.alignment.completions import Completion, ThinkSplit, assistant_messag
 from tempa.alignment.judge import Judge, JudgeSettings, parse_judge_score
 from tempa.alignment.pairs import Pair, PairStats, Scored, best_worst, revision_pair
 from tempa.alignment.preference_config import PreferenceStageConfig
-from tempa.alignment.preference_stage import run_preference
+from tempa.alignment.preference_stage import PreferenceResult, run_preference
 from tempa.alignment.prompts import PromptRow, PromptSource, load_prompts
 from tempa.alignment.rewards import RewardConfig, RewardSet, ScoreItem, ScoringEnv
 from tempa.alignment.selection import select_samples
+from tempa.alignment.sizing import estimate_preference, synthesized_size
 from tempa.alignment.synthesize_config import SynthesizeStageConfig
-from tempa.alignment.synthesize_stage import run_synthesize
+from tempa.alignment.synthesize_stage import SynthesizeResult, run_synthesize
+from tempa.sft.stage_api import Artifact, StageKind
+
+SYNTHESIZE = StageKind(
+    kind="synthesize",
+    config=SynthesizeStageConfig,
+    run=run_synthesize,
+    summary="teacher generation + judge/verifier filtering into an SFT dataset",
+    produces=frozenset({Artifact.DATASET}),
+    result=SynthesizeResult,
+    resumable=True,
+    dataset_size=synthesized_size,
+)
+PREFERENCE = StageKind(
+    kind="preference",
+    config=PreferenceStageConfig,
+    run=run_preference,
+    summary="on-policy sampling, scoring, pair building and DPO/APO rounds",
+    produces=frozenset({Artifact.MODEL}),
+    result=PreferenceResult,
+    trains=True,
+    resumable=True,
+    estimate=estimate_preference,
+)
+STAGE_KINDS = (SYNTHESIZE, PREFERENCE)
 
 __all__ = [
+    "PREFERENCE",
+    "STAGE_KINDS",
+    "SYNTHESIZE",
     "BackendConfig",
     "Completion",
     "HTTPBackendConfig",

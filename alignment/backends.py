@@ -34,9 +34,7 @@ from tempa.alignment.generation import (
     resolve_modes,
     template_kwargs,
 )
-from tempa.sft.stage_api import StageError, resolve_path
-
-STAGE_PREFIX = "stage:"
+from tempa.sft.stage_api import Artifact, Read, StageError, resolve_path, stage_ref
 
 
 class SamplingBackend(GenerationBackend):
@@ -134,7 +132,7 @@ class _Strict(BaseModel):
 
 
 def _model_ref(value: str | None, info: ValidationInfo) -> str | None:
-    if value is None or value.startswith(STAGE_PREFIX):
+    if value is None or stage_ref(value) is not None:
         return value
     return resolve_path(value, info)
 
@@ -234,23 +232,20 @@ BackendConfig = Annotated[
 ]
 
 
-def stage_refs(*configs: BaseModel | None) -> list[str]:
-    """Stage names referenced as `stage:NAME` by backend configs (for ``depends_on``)."""
-    names = []
-    for config in configs:
-        for key in ("model", "tokenizer"):
-            value = getattr(config, key, None) if config is not None else None
-            if isinstance(value, str) and value.startswith(STAGE_PREFIX) and not isinstance(config, HTTPBackendConfig):
-                names.append(value[len(STAGE_PREFIX):])
-    return names
+def backend_reads(config: BaseModel | None, field: tuple[str | int, ...]) -> list[Read]:
+    """The earlier stages whose models a backend block at ``field`` names as `stage:NAME`."""
+    if config is None or isinstance(config, HTTPBackendConfig):
+        return []  # an HTTP backend's `model` is the server's model name, not a folder
+    return [Read(name, Artifact.MODEL, (*field, key)) for key in ("model", "tokenizer")
+            if (name := stage_ref(getattr(config, key, None)))]
 
 
 def resolve_model(ref: str | None, default: Path, stage_models: Mapping[str, Path], who: str) -> Path | str:
     """A backend's model reference as a folder (or hub id); `stage:NAME` looks up an earlier stage."""
     if ref is None:
         return default
-    if ref.startswith(STAGE_PREFIX):
-        name = ref[len(STAGE_PREFIX):]
+    name = stage_ref(ref)
+    if name is not None:
         if name not in stage_models:
             raise StageError(f"{who}: '{ref}' is not an earlier stage with a model (known: {sorted(stage_models)})")
         return Path(stage_models[name])
@@ -278,7 +273,7 @@ def build_backend(
         return HTTPBackend.from_config(config, show_progress=show_progress)
     models = dict(stage_models or {})
     model = resolve_model(config.model, policy_dir, models, who)
-    own_model = config.model is not None and not config.model.startswith(STAGE_PREFIX)
+    own_model = config.model is not None and stage_ref(config.model) is None
     tokenizer: Path | str = (
         resolve_model(config.tokenizer, tokenizer_dir, models, who) if config.tokenizer
         else (model if own_model else tokenizer_dir)

@@ -55,7 +55,7 @@ class GenerationParams(BaseModel):
 
 
 class GenerationBackend(ABC):
-    """Turns chat prompts into completions. Implementations: transformers (here); vLLM, HTTP later."""
+    """Turns chat prompts into completions: transformers (here), vLLM and OpenAI-compatible HTTP (alignment.backends_*)."""
 
     @abstractmethod
     def generate(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -32,17 +33,15 @@ from tempa.alignment.backends import (
     BackendConfig,
     TransformersBackendConfig,
     VLLMBackendConfig,
-    stage_refs,
+    backend_reads,
 )
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.judge import REVISE_PROMPT, text_or_file
 from tempa.alignment.prompts import PromptSource, ThinkingSettings
-from tempa.alignment.rewards import JudgeReward, RewardConfig, check_reward_names
-from tempa.sft.stage_api import StageConfigBase
+from tempa.alignment.rewards import RewardConfig, check_reward_names, judge_reads
+from tempa.sft.stage_api import Read, StageConfigBase
 from tempa.sft.train_args import check_train_args
-
-# Set by tempa from the stage folder and the launch settings (as for sft).
-RESERVED_TRAIN_KEYS = ("output_dir", "logging_dir", "resume_from_checkpoint", "deepspeed", "save_safetensors")
+from tempa.sft.train_plan import RESERVED_TRAIN_KEYS
 
 # tempa's defaults on top of trl's DPOConfig.
 DEFAULT_DPO_ARGS: dict[str, Any] = {
@@ -226,7 +225,7 @@ class PreferenceStageConfig(StageConfigBase):
             args["activation_checkpointing"] = True
         return args
 
-    def depends_on(self) -> list[str]:
-        judges = [r.backend for r in self.rewards if isinstance(r, JudgeReward)]
+    def reads(self, earlier: Sequence[str]) -> list[Read]:
+        """Earlier stages whose models a judge or the reviser names as `stage:NAME`."""
         reviser = self.pairs.revise.backend if self.pairs.revise else None
-        return list(dict.fromkeys(stage_refs(*judges, reviser)))
+        return judge_reads(self.rewards, ("rewards",)) + backend_reads(reviser, ("pairs", "revise", "backend"))

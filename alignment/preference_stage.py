@@ -9,7 +9,7 @@ Round K lives in ``<stage>/round-K/``::
     data/pairs/         the same pairs as trl's conversational DPO dataset (save_to_disk)
     stats.json          reward statistics: mean chosen/rejected reward, share of prompts with a pair,
                         drop reasons, per-reward means, sampling throughput, training headline
-    train_plan.json     what `python -m tempa.alignment.dpo_train` trains (re-run by hand from logs/)
+    train_plan.json     what the training worker (`python -m tempa.sft.train_worker`) trains (re-run from logs/)
     checkpoints/        DPO checkpoints (COMPLETE markers), resumed after a kill
     final/              the round's model: the next round's policy
 
@@ -21,11 +21,11 @@ redone; an interrupted one resumes where it stopped. After the last round ``fina
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from tempa.alignment.backends import LazyBackend, SamplingBackend, build_backend
 from tempa.alignment.completions import Completion, assistant_message, split_think
@@ -40,60 +40,91 @@ from tempa.alignment.sampling import (
     run_incremental,
     sample_prompts,
     score_pass,
-    write_json,
-    write_jsonl,
 )
-from tempa.sft.files import staging_dir
-from tempa.sft.stage_api import StageContext, StageError, StageResult
+from tempa.sft.checkpoints import complete_checkpoints, remove_incomplete_checkpoints
+from tempa.sft.files import point_link, read_json, staging_dir, write_json, write_jsonl
+from tempa.sft.run_layout import CHECKPOINTS_DIR, FINAL_DIR, LOGS_DIR, TRAIN_PLAN
+from tempa.sft.stage_api import RunPath, Scalar, StageContext, StageError, StageResult, format_metric
+from tempa.sft.train_plan import OUTCOME_FILE, WORKER, TrainOutcome, train_plan
 
-__all__ = ["PreferenceStageConfig", "run_preference"]
-
-TRAIN_METRICS = "tempa_train_metrics.json"
+__all__ = ["PreferenceResult", "PreferenceStageConfig", "RoundSummary", "run_preference"]
 
 
-def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> StageResult:
+class RoundSummary(BaseModel):
+    """One preference round, as later stages and the report see it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    round: int
+    model: RunPath = Field(description="The round's trained policy (the next round starts from it).")
+    prompts: int
+    pairs: int
+    pair_fraction: float
+    chosen_reward_mean: float | None
+    rejected_reward_mean: float | None
+    margin_mean: float | None
+    sample_reward_mean: float | None
+    dropped: dict[str, int]
+    reward_means: dict[str, float | None]
+    train: dict[str, Scalar] = Field(description="The DPO training headline (losses, DPO rewards).")
+
+
+class PreferenceResult(StageResult):
+    """A preference stage's result: the last round's policy, and every round's summary."""
+
+    rounds: list[RoundSummary]
+
+
+def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> PreferenceResult:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
     prompts = load_prompts(config.prompts, seed=ctx.seed, thinking=config.sampling.thinking)
     ctx.log.info("preference: %d prompts, %d samples each, %d round(s)", len(prompts), config.sampling.n,
                  config.rounds)
-    policy = Path(ctx.model_dir)
-    per_round: list[dict[str, Any]] = []
+    policy = Path(ctx.start_model)
+    rounds: list[RoundSummary] = []
     for round_index in range(1, config.rounds + 1):
         round_dir = ctx.stage_dir / f"round-{round_index}"
         stats = _finished_round(round_dir)
         if stats is None:
             stats = run_round(config, ctx, round_index, policy, prompts, tokenizer)
         else:
-            ctx.log.info("round %d: already trained; reusing %s", round_index, round_dir / "final")
-        per_round.append(stats)
-        policy = round_dir / "final"
-    _point(ctx.stage_dir / "final", policy)
-    if (policy.parent / "checkpoints").is_dir():
-        _point(ctx.stage_dir / "checkpoints", policy.parent / "checkpoints")
-    last = per_round[-1]
-    metrics: dict[str, Any] = {
-        "chosen_reward_mean": last["chosen_reward_mean"],
-        "rejected_reward_mean": last["rejected_reward_mean"],
-        "pair_fraction": last["pair_fraction"],
-        "pairs": last["pairs"],
-        "train_loss": last.get("train", {}).get("train_loss"),
+            ctx.log.info("round %d: already trained; reusing %s", round_index, round_dir / FINAL_DIR)
+        policy = round_dir / FINAL_DIR
+        rounds.append(_summary(stats, policy))
+    # The stage's own final/ and checkpoints/ are the last round's, as for an sft stage.
+    point_link(ctx.stage_dir / FINAL_DIR, policy)
+    last_checkpoints = policy.parent / CHECKPOINTS_DIR
+    if last_checkpoints.is_dir():
+        point_link(ctx.stage_dir / CHECKPOINTS_DIR, last_checkpoints)
+    last = rounds[-1]
+    metrics: dict[str, Scalar] = {
+        "chosen_reward_mean": last.chosen_reward_mean,
+        "rejected_reward_mean": last.rejected_reward_mean,
+        "pair_fraction": last.pair_fraction,
+        "pairs": last.pairs,
+        "train_loss": last.train.get("train_loss"),
         "rounds": config.rounds,
     }
-    for stats in per_round:  # flat keys, so trackers and `tempa status` show them as numbers
-        metrics.update({f"round{stats['round']}_{key}": value for key, value in _round_headline(stats).items()})
-    outputs = {"final": str(policy), **{f"pairs_round_{s['round']}": str(ctx.stage_dir / f"round-{s['round']}"
-                                                                          / "pairs.jsonl") for s in per_round}}
-    return StageResult(model_dir=policy, metrics=metrics, outputs=outputs)
+    for summary in rounds:  # flat keys, so trackers and `tempa status` show them as numbers
+        metrics.update({f"round{summary.round}_{key}": value for key, value in _round_headline(summary).items()})
+    files = {f"pairs_round_{r.round}": ctx.stage_dir / f"round-{r.round}" / "pairs.jsonl" for r in rounds}
+    return PreferenceResult(model=policy, checkpoints=complete_checkpoints(policy.parent / CHECKPOINTS_DIR),
+                            metrics=metrics, files=files, rounds=rounds)
 
 
 def _finished_round(round_dir: Path) -> dict[str, Any] | None:
     stats_file = round_dir / "stats.json"
-    if not (round_dir / "final" / TRAIN_METRICS).is_file() or not stats_file.is_file():
+    if not (round_dir / FINAL_DIR / OUTCOME_FILE).is_file() or not stats_file.is_file():
         return None
-    stats = json.loads(stats_file.read_text())
-    return stats if "train" in stats else None
+    stats = read_json(stats_file)
+    return stats if isinstance(stats, dict) and "train" in stats else None
+
+
+def _summary(stats: dict[str, Any], model: Path) -> RoundSummary:
+    fields = set(RoundSummary.model_fields) - {"model"}
+    return RoundSummary(model=model, **{key: stats[key] for key in fields if key in stats})
 
 
 def run_round(
@@ -161,8 +192,8 @@ def run_round(
     write_json(round_dir / "stats.json", stats)
     ctx.log.info(
         "%s: %d pairs from %d prompts (%.0f%%); mean reward chosen %s, rejected %s; dropped %s", label,
-        stats["pairs"], stats["prompts"], 100 * stats["pair_fraction"], _fmt(stats["chosen_reward_mean"]),
-        _fmt(stats["rejected_reward_mean"]), stats["dropped"] or "none",
+        stats["pairs"], stats["prompts"], 100 * stats["pair_fraction"], format_metric(stats["chosen_reward_mean"]),
+        format_metric(stats["rejected_reward_mean"]), stats["dropped"] or "none",
     )
     if not rows:
         raise StageError(
@@ -314,59 +345,26 @@ def _revise(config: PreferenceStageConfig, ctx: StageContext, policy: Path, prom
 
 
 def train_round(config: PreferenceStageConfig, ctx: StageContext, round_dir: Path, policy: Path, train_path: Path,
-                seed: int) -> dict[str, Any]:
-    """Launch `tempa.alignment.dpo_train` for one round; returns the training headline."""
-    from tempa.sft.checkpoints import remove_incomplete_checkpoints
-
-    checkpoints = round_dir / "checkpoints"
-    for path in remove_incomplete_checkpoints(checkpoints):
+                seed: int) -> dict[str, Scalar]:
+    """Train one round with DPO in a launched process group; returns the training headline."""
+    plan = train_plan(ctx, trainer="dpo", start_model=policy, train_data=train_path, out_dir=round_dir,
+                      train_args=config.train_args(), seed=seed)
+    for path in remove_incomplete_checkpoints(plan.checkpoints_dir):
         ctx.log.warning("removed incomplete checkpoint %s (interrupted while saving)", path.name)
-    plan = {
-        "model_dir": str(policy),
-        "tokenizer_dir": str(ctx.tokenizer_dir),
-        "train_data": str(train_path),
-        "output_dir": str(checkpoints),
-        "final_dir": str(round_dir / "final"),
-        "train_args": config.train_args(),
-        "seed": seed,
-        "use_cpu": ctx.use_cpu,
-        "mixed_precision": ctx.mixed_precision,
-        "deepspeed": str(ctx.deepspeed_config) if ctx.deepspeed_config else None,
-        "trust_remote_code": ctx.trust_remote_code,
-        "runner_pid": os.getpid(),
-    }
-    plan_path = round_dir / "train_plan.json"
-    write_json(plan_path, plan)
-    ctx.launch("tempa.alignment.dpo_train", ["--plan", str(plan_path)], round_dir / "logs" / "train.log")
-    metrics_file = round_dir / "final" / TRAIN_METRICS
-    if not metrics_file.is_file():
-        raise StageError(f"DPO training finished without a final model in {round_dir / 'final'}")
-    return train_headline(json.loads(metrics_file.read_text()))
+    plan_path = plan.write(round_dir / TRAIN_PLAN)
+    ctx.launch(WORKER, ["--plan", str(plan_path)], round_dir / LOGS_DIR / "train.log")
+    return TrainOutcome.read(plan.final_dir).headline()
 
 
-def train_headline(trained: dict[str, Any]) -> dict[str, Any]:
-    logs = [entry for entry in trained.get("log_history", []) if "loss" in entry]
-    last = logs[-1] if logs else {}
+def _round_headline(summary: RoundSummary) -> dict[str, Scalar]:
     return {
-        "global_step": trained.get("global_step"),
-        "train_loss": trained.get("train", {}).get("train_loss"),
-        "first_logged_loss": logs[0]["loss"] if logs else None,
-        "last_logged_loss": last.get("loss"),
-        **{key: last[key] for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
-           if key in last},
-        "resumed_from": trained.get("resumed_from"),
-    }
-
-
-def _round_headline(stats: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "prompts": stats["prompts"],
-        "pairs": stats["pairs"],
-        "pair_fraction": stats["pair_fraction"],
-        "chosen_reward_mean": stats["chosen_reward_mean"],
-        "rejected_reward_mean": stats["rejected_reward_mean"],
-        "sample_reward_mean": stats["sample_reward_mean"],
-        "train_loss": stats.get("train", {}).get("train_loss"),
+        "prompts": summary.prompts,
+        "pairs": summary.pairs,
+        "pair_fraction": summary.pair_fraction,
+        "chosen_reward_mean": summary.chosen_reward_mean,
+        "rejected_reward_mean": summary.rejected_reward_mean,
+        "sample_reward_mean": summary.sample_reward_mean,
+        "train_loss": summary.train.get("train_loss"),
     }
 
 
@@ -384,16 +382,6 @@ def _save_pairs_dataset(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def _point(link: Path, target: Path) -> None:
-    """``link`` -> ``target`` (relative symlink), replacing an older link."""
-    if link.exists() and not link.is_symlink():
-        return
-    tmp = link.with_name(f".{link.name}.link")
-    tmp.unlink(missing_ok=True)
-    os.symlink(os.path.relpath(target, link.parent), tmp)
-    os.replace(tmp, link)
-
-
 def _throughput(stats: dict[str, Any]) -> str:
     if not stats.get("seconds"):
         return "(nothing left to do)"
@@ -403,5 +391,3 @@ def _throughput(stats: dict[str, Any]) -> str:
     return "(" + ", ".join(parts) + ")"
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

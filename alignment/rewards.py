@@ -30,14 +30,14 @@ import functools
 import re
 import threading
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from tempa.alignment.backends import SamplingBackend, build_backend
+from tempa.alignment.backends import SamplingBackend, backend_reads, build_backend
 from tempa.alignment.completions import Completion, ThinkSplit, split_think
 from tempa.alignment.judge import (
     MULTI_TURN_RUBRIC,
@@ -48,7 +48,7 @@ from tempa.alignment.judge import (
     render_conversation,
 )
 from tempa.alignment.prompts import PromptRow
-from tempa.sft.stage_api import resolve_path
+from tempa.sft.stage_api import Read, resolve_path
 
 # --------------------------------------------------------------------------- pure scoring functions
 
@@ -194,12 +194,13 @@ def combine(scores: Mapping[str, float | None], weights: Mapping[str, float]) ->
 class _RewardBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    type: str  # each reward narrows it to its Literal tag
     name: str | None = Field(default=None, description="Name in score records and thresholds. Default: the type.")
     weight: float = Field(default=1.0, description="Weight of this score in the sample's total.")
 
     @property
     def key(self) -> str:
-        return self.name or self.type  # type: ignore[attr-defined]
+        return self.name or self.type
 
 
 class AnswerReward(_RewardBase):
@@ -300,6 +301,12 @@ RewardConfig = Annotated[
     AnswerReward | LanguageReward | FormatReward | LengthPenalty | RewardModelReward | JudgeReward,
     Field(discriminator="type"),
 ]
+
+
+def judge_reads(rewards: Sequence[Any], field: tuple[str | int, ...]) -> list[Read]:
+    """Earlier stages whose models the judges in ``rewards`` (at recipe ``field``) name as `stage:NAME`."""
+    return [read for i, reward in enumerate(rewards) if isinstance(reward, JudgeReward)
+            for read in backend_reads(reward.backend, (*field, i, "backend"))]
 
 
 def check_reward_names(rewards: list[Any]) -> list[Any]:

@@ -86,16 +86,6 @@ class JsonlStore:
         write_atomic(self.marker, "complete\n")
 
 
-def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Write a whole JSON Lines file atomically."""
-    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows))
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write a JSON file atomically."""
-    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
-
-
 def run_incremental(
     items: Sequence[T],
     *,

@@ -16,16 +16,17 @@ Example (YAML; Swallow v0.3's recipe: n=6, judge rejection sampling, second turn
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from tempa.alignment.backends import BackendConfig, TransformersBackendConfig, stage_refs
+from tempa.alignment.backends import BackendConfig, TransformersBackendConfig, backend_reads
 from tempa.alignment.judge import FOLLOWUP_PROMPT, text_or_file
 from tempa.alignment.preference_config import SamplingSettings
 from tempa.alignment.prompts import PromptSource
-from tempa.alignment.rewards import JudgeReward, RewardConfig, check_reward_names
-from tempa.sft.stage_api import StageConfigBase
+from tempa.alignment.rewards import RewardConfig, check_reward_names, judge_reads
+from tempa.sft.stage_api import Read, StageConfigBase
 
 OUTPUT_FILE = "data/synthesized.jsonl"
 
@@ -106,7 +107,6 @@ class SynthesizeStageConfig(StageConfigBase):
     and provenance at `<stage>/data/synthesized.jsonl`."""
 
     kind: Literal["synthesize"] = "synthesize"
-    writes_dataset: ClassVar[bool] = True
     prompts: PromptSource = Field(description="The prompts the teacher answers.")
     teacher: BackendConfig = Field(
         default_factory=TransformersBackendConfig,
@@ -138,8 +138,10 @@ class SynthesizeStageConfig(StageConfigBase):
             _check_by(self.second_turn.select, self.second_turn.rewards or self.rewards, "second_turn.select")
         return self
 
-    def depends_on(self) -> list[str]:
-        rewards = [*self.rewards, *((self.second_turn.rewards or []) if self.second_turn else [])]
-        judges = [r.backend for r in rewards if isinstance(r, JudgeReward)]
-        followup = self.second_turn.followup_backend if self.second_turn else None
-        return list(dict.fromkeys(stage_refs(self.teacher, followup, *judges)))
+    def reads(self, earlier: Sequence[str]) -> list[Read]:
+        """Earlier stages whose models the teacher, the follow-up writer or a judge names as `stage:NAME`."""
+        reads = backend_reads(self.teacher, ("teacher",)) + judge_reads(self.rewards, ("rewards",))
+        if self.second_turn is not None:
+            reads += backend_reads(self.second_turn.followup_backend, ("second_turn", "followup_backend"))
+            reads += judge_reads(self.second_turn.rewards or [], ("second_turn", "rewards"))
+        return reads

@@ -42,38 +42,43 @@ from tempa.alignment.sampling import (
     run_incremental,
     sample_prompts,
     score_pass,
-    write_json,
-    write_jsonl,
 )
 from tempa.alignment.selection import select_samples
 from tempa.alignment.synthesize_config import OUTPUT_FILE, SynthesizeStageConfig
+from tempa.sft.files import write_json, write_jsonl
 from tempa.sft.stage_api import StageContext, StageError, StageResult
 
-__all__ = ["SynthesizeStageConfig", "run_synthesize"]
+__all__ = ["SynthesizeResult", "SynthesizeStageConfig", "run_synthesize"]
+
+
+class SynthesizeResult(StageResult):
+    """A synthesize stage's result: the SFT dataset it wrote (``dataset``) and how many rows it holds."""
+
+    rows: int
 
 EMPTY_FOLLOWUP = "empty_followup"
 INCOMPLETE = "incomplete"  # every response was cut off or had no answer
 
 
-def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> StageResult:
+def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> SynthesizeResult:
     from transformers import AutoTokenizer
 
     data_dir = ctx.stage_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
     prompts = load_prompts(config.prompts, seed=ctx.seed, thinking=config.sampling.thinking)
-    teacher_name = describe_backend(config.teacher, ctx.model_dir)
+    teacher_name = describe_backend(config.teacher, ctx.start_model)
     ctx.log.info("synthesize: %d prompts, %d samples each, teacher %s", len(prompts), config.sampling.n,
                  teacher_name)
 
     def make_teacher():
-        return build_backend(config.teacher, policy_dir=ctx.model_dir, tokenizer_dir=ctx.tokenizer_dir,
+        return build_backend(config.teacher, policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir,
                              stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code, who="teacher")
 
     teacher = LazyBackend(make_teacher, describe=teacher_name)
-    env = ScoringEnv(policy_dir=ctx.model_dir, tokenizer_dir=ctx.tokenizer_dir, stage_models=ctx.stage_models,
+    env = ScoringEnv(policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir, stage_models=ctx.stage_models,
                      trust_remote_code=ctx.trust_remote_code, seed=ctx.seed, tokenizer=tokenizer)
-    signature = {"model": str(ctx.model_dir), "teacher": config.teacher.model_dump(mode="json"), "seed": ctx.seed,
+    signature = {"model": str(ctx.start_model), "teacher": config.teacher.model_dump(mode="json"), "seed": ctx.seed,
                  "sampling": config.sampling.model_dump(mode="json"), "prompts": [p.id for p in prompts]}
     rewards = RewardSet(config.rewards, env)
     stats: dict[str, Any] = {"prompts": len(prompts), "teacher": teacher_name}
@@ -130,7 +135,8 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> StageRes
     }
     if "second_turn" in stats:
         metrics["two_turn_rows"] = stats["second_turn"]["kept"]
-    return StageResult(model_dir=None, metrics=metrics, outputs={"dataset": str(output)})
+    return SynthesizeResult(dataset=output, rows=len(rows), metrics=metrics,
+                            files={"rejects": data_dir / "rejects.jsonl", "stats": data_dir / "stats.json"})
 
 
 # --------------------------------------------------------------------------- selection
@@ -215,7 +221,7 @@ def add_second_turns(
     writer = teacher
     if settings.followup_backend is not None:
         writer = LazyBackend(lambda: build_backend(
-            settings.followup_backend, policy_dir=ctx.model_dir, tokenizer_dir=ctx.tokenizer_dir,
+            settings.followup_backend, policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir,
             stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code, who="second_turn.followup_backend"))
     signature = {**signature, "second_turn": settings.model_dump(mode="json"), "kept": [k.key for k in kept]}
 

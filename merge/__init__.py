@@ -1,19 +1,51 @@
 """tempa.merge: checkpoint evaluation and selection, mergekit merges, and the final bake.
 
-Three stage kinds, each a pydantic config and a ``run(config, ctx)`` function:
+Three stage kinds (``STAGE_KINDS``), each a pydantic config and a ``run(config, ctx)`` function:
 
 - ``evaluate``: score candidate checkpoints with the recipe's suites into a leaderboard;
 - ``merge``: merge the top-k (or listed) models with mergekit and re-score the merge;
-- ``bake``: the final folder (weights, thinking template, generation config, model card).
+- ``bake``: the final folder (weights, thinking template, generation config, model card); the
+  loader appends one when a recipe has none.
 """
 
 from tempa.merge.bake import BakeStageConfig, run_bake
 from tempa.merge.evaluate_config import EvaluateStageConfig
-from tempa.merge.evaluate_stage import run_evaluate
+from tempa.merge.evaluate_stage import EvaluateResult, run_evaluate
 from tempa.merge.merge_config import MergeStageConfig
-from tempa.merge.merge_stage import run_merge
+from tempa.merge.merge_stage import MergeResult, run_merge
+from tempa.sft.stage_api import Artifact, StageKind
+
+EVALUATE = StageKind(
+    kind="evaluate",
+    config=EvaluateStageConfig,
+    run=run_evaluate,
+    summary="score checkpoints into a leaderboard",
+    produces=frozenset({Artifact.LEADERBOARD}),
+    result=EvaluateResult,
+)
+MERGE = StageKind(
+    kind="merge",
+    config=MergeStageConfig,
+    run=run_merge,
+    summary="mergekit merge of selected checkpoints",
+    produces=frozenset({Artifact.MODEL}),
+    result=MergeResult,
+)
+BAKE = StageKind(
+    kind="bake",
+    config=BakeStageConfig,
+    run=run_bake,
+    summary="final model: baked thinking template, generation config, model card",
+    produces=frozenset({Artifact.MODEL}),
+    sees_all_earlier=True,  # its model card describes every stage
+)
+STAGE_KINDS = (EVALUATE, MERGE, BAKE)
 
 __all__ = [
+    "BAKE",
+    "EVALUATE",
+    "MERGE",
+    "STAGE_KINDS",
     "BakeStageConfig",
     "EvaluateStageConfig",
     "MergeStageConfig",

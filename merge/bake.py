@@ -20,8 +20,9 @@ from pydantic import Field
 
 from tempa.merge.candidates import is_model_dir
 from tempa.merge.model_card import ModelCardConfig, render_model_card
-from tempa.sft.files import link_or_copy, staging_dir, write_atomic
-from tempa.sft.stage_api import StageConfigBase, StageContext, StageError, StageResult
+from tempa.sft.files import link_or_copy, staging_dir, write_atomic, write_json
+from tempa.sft.run_layout import FINAL_DIR
+from tempa.sft.stage_api import RecipeInfo, Scalar, StageConfigBase, StageContext, StageError, StageResult
 
 # Model files carried into the final folder; tokenizer files come from the recipe's tokenizer,
 # and training leftovers (optimizer, trainer state, markers) stay behind.
@@ -132,16 +133,15 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
     """Assemble, check and publish ``<stage>/final``."""
     from tempa.chat_templates import bake_tokenizer
 
-    source = Path(ctx.model_dir)
+    source = ctx.start_model
     if not is_model_dir(source):
         raise StageError(
             f"bake stage '{ctx.stage_name}': {source} is not a model folder (config.json + safetensors)"
         )
-    stage_dir = Path(ctx.stage_dir)
+    stage_dir = ctx.stage_dir
     stage_dir.mkdir(parents=True, exist_ok=True)
-    final = stage_dir / "final"
-    device = "cpu" if config.device == "auto" and getattr(ctx, "use_cpu", False) else config.device
-    earlier = {name: Path(folder) for name, folder in ctx.stage_dirs.items() if name != ctx.stage_name}
+    final = stage_dir / FINAL_DIR
+    device = "cpu" if config.device == "auto" and ctx.training.use_cpu else config.device
 
     # bake_tokenizer takes a template name or a .jinja path (not its text) and writes a whole
     # folder of its own, so it bakes into a scratch folder whose files join the weights after.
@@ -162,32 +162,19 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
                 shutil.copy2(path, tmp / path.name)
         generation = check_generation_config(tmp)
         checks = run_template_checks(tmp, ctx.chat_template)
-        write_atomic(
-            stage_dir / "template_check.json", json.dumps(checks, indent=2, ensure_ascii=False) + "\n"
-        )
-        card = render_model_card(
-            config.model_card, run_dir=Path(ctx.run_dir), stage_dirs=earlier, template_checks=checks
-        )
+        write_json(stage_dir / "template_check.json", checks)
+        recipe = ctx.recipe or RecipeInfo(name=ctx.stage_name, base_model=str(ctx.base_model), chat_template="")
+        card = render_model_card(config.model_card, recipe=recipe, stages=ctx.upstream, template_checks=checks)
         write_atomic(tmp / "README.md", card)
-        outputs: dict[str, str] = {}
         if config.smoke_test:
             ctx.log.info("%s: smoke test: load and generate in both thinking modes", ctx.stage_name)
             outputs = smoke_test(tmp, device, config.smoke_max_new_tokens)
-            write_atomic(
-                stage_dir / "smoke_test.json", json.dumps(outputs, indent=2, ensure_ascii=False) + "\n"
-            )
+            write_json(stage_dir / "smoke_test.json", outputs)
 
-    metrics: dict[str, Any] = {
-        "source_model": str(source),
+    metrics: dict[str, Scalar] = {
         "files": len(copied),
         "template_checks_passed": len(checks),
         "end_of_turn": generation["end_of_turn"],
-        "eos_token_id": generation["eos_token_id"],
         "smoke_test": bool(config.smoke_test),
     }
-    write_atomic(stage_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return StageResult(
-        model_dir=final,
-        metrics=metrics,
-        outputs={"model": str(final), "model_card": str(final / "README.md")},
-    )
+    return StageResult(model=final, metrics=metrics, files={"model_card": final / "README.md"})

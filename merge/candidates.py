@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tempa.sft.stage_api import StageContext, StageError
-
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-COMPLETE_MARKER = "COMPLETE"
+from tempa.sft.stage_api import Artifact, StageContext, StageError
 
 
 @dataclass(frozen=True)
@@ -20,29 +16,6 @@ class Candidate:
     path: Path
     stage: str | None = None
     step: int | None = None
-
-
-def complete_checkpoints(stage_dir: Path) -> list[tuple[int, Path]]:
-    """``(step, folder)`` of every checkpoint holding a COMPLETE marker, by step."""
-    root = stage_dir / "checkpoints"
-    found = []
-    if root.is_dir():
-        for child in root.iterdir():
-            match = CHECKPOINT_RE.match(child.name)
-            if match and child.is_dir() and (child / COMPLETE_MARKER).exists():
-                found.append((int(match.group(1)), child))
-    return sorted(found)
-
-
-def stage_final_model(ctx: StageContext, stage: str, *, who: str) -> Path:
-    """The final model of an earlier stage, or a one-line error saying why there is none."""
-    if stage in ctx.stage_models:
-        return Path(ctx.stage_models[stage])
-    if stage in ctx.stage_dirs and (Path(ctx.stage_dirs[stage]) / "final" / "config.json").exists():
-        return Path(ctx.stage_dirs[stage]) / "final"
-    if stage in ctx.stage_dirs:
-        raise StageError(f"{who}: stage '{stage}' produced no model")
-    raise StageError(f"{who}: '{stage}' is not a stage that runs before it (known: {sorted(ctx.stage_dirs)})")
 
 
 def is_model_dir(path: Path) -> bool:
@@ -63,19 +36,16 @@ def collect_candidates(
     who = f"evaluate stage '{ctx.stage_name}'"
     candidates: list[Candidate] = []
     for stage in checkpoints_of:
-        if stage not in ctx.stage_dirs:
-            raise StageError(
-                f"{who}: '{stage}' is not a stage that runs before it (known: {sorted(ctx.stage_dirs)})"
-            )
-        checkpoints = complete_checkpoints(Path(ctx.stage_dirs[stage]))
-        for step, folder in checkpoints:
-            candidates.append(Candidate(f"{stage}/checkpoint-{step}", folder, stage, step))
+        checkpoints = ctx.upstream_result(stage, Artifact.MODEL, who=who).checkpoints
+        for checkpoint in checkpoints:
+            candidates.append(Candidate(f"{stage}/checkpoint-{checkpoint.step}", checkpoint.path, stage,
+                                        checkpoint.step))
         if include_final:
-            candidates.append(Candidate(stage, stage_final_model(ctx, stage, who=who), stage))
+            candidates.append(Candidate(stage, ctx.model_of(stage, who=who), stage))
         elif not checkpoints:
             raise StageError(f"{who}: stage '{stage}' has no complete checkpoint")
     for stage in stages:
-        candidates.append(Candidate(stage, stage_final_model(ctx, stage, who=who), stage))
+        candidates.append(Candidate(stage, ctx.model_of(stage, who=who), stage))
     for folder in models:
         path = Path(folder)
         name = path.name
@@ -85,8 +55,8 @@ def collect_candidates(
             name, suffix = f"{path.name}-{suffix}", suffix + 1
         candidates.append(Candidate(name, path))
     if not candidates:
-        source = next((s for s, p in ctx.stage_models.items() if Path(p) == Path(ctx.model_dir)), None)
-        candidates.append(Candidate(source or Path(ctx.model_dir).name, Path(ctx.model_dir), source))
+        source = next((name for name, up in ctx.upstream.items() if up.result.model == ctx.start_model), None)
+        candidates.append(Candidate(source or ctx.start_model.name, ctx.start_model, source))
     seen: dict[str, Candidate] = {}
     for candidate in candidates:
         if candidate.name in seen:
@@ -97,3 +67,4 @@ def collect_candidates(
             )
         seen[candidate.name] = candidate
     return candidates
+

@@ -6,11 +6,12 @@ type, so ``accuracy/accuracy``, ``language/normalized_accuracy`` or ``heldout/pe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from tempa.sft.stage_api import StageConfigBase, resolve_path
+from tempa.sft.stage_api import Artifact, Read, StageConfigBase, resolve_path
 
 ThinkingMode = Literal["on", "off"]
 
@@ -18,13 +19,14 @@ ThinkingMode = Literal["on", "off"]
 class _Suite(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    type: str  # each suite narrows it to its Literal tag
     name: str | None = Field(
         default=None, description="Metric prefix on the leaderboard (default: the suite type)."
     )
 
     @property
     def key(self) -> str:
-        return self.name or self.type  # type: ignore[attr-defined]
+        return self.name or self.type
 
 
 class _DataSuite(_Suite):
@@ -200,9 +202,10 @@ class EvaluateStageConfig(StageConfigBase):
                 )
         return self
 
-    def depends_on(self) -> list[str]:
-        """Earlier stages this stage reads (for the runner's fingerprints and ordering)."""
-        return list(dict.fromkeys([*self.checkpoints_of, *self.stages]))
+    def reads(self, earlier: Sequence[str]) -> list[Read]:
+        """The stages whose checkpoints and models are candidates."""
+        return [Read(name, Artifact.MODEL, (field, i)) for field in ("checkpoints_of", "stages")
+                for i, name in enumerate(getattr(self, field))]
 
     def suites_fingerprint(self) -> dict[str, Any]:
         """What determines a candidate's scores (cache key material)."""

@@ -1,15 +1,15 @@
 """The ``evaluate`` stage: score candidate checkpoints with the recipe's suites, write a leaderboard.
 
-Outputs in the stage folder: ``leaderboard.json`` / ``leaderboard.md``, ``evaluate_config.json``
-(the resolved config, which a merge stage reuses to re-score its merged model), ``metrics.json``,
-and ``scores/<candidate>.json`` (per-candidate results). Scores are also cached under the shared
-cache folder, keyed by suites, rows, weights files, tokenizer, template and seed, so a re-run (or
-another run) skips candidates it has already scored.
+Outputs in the stage folder: ``leaderboard.json`` / ``leaderboard.md`` and
+``scores/<candidate>.json`` (per-candidate results). The stage's result carries the leaderboard
+(a merge stage selects from it, and re-scores its merge with this stage's suites, which it reads
+from this stage's config). Scores are also cached under the shared cache folder, keyed by suites,
+rows, weights files, tokenizer, template and seed, so a re-run (or another run) skips candidates
+it has already scored.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -20,12 +20,17 @@ from tempa.alignment.generation import GenerationBackend, TransformersBackend
 from tempa.merge.candidates import Candidate, collect_candidates
 from tempa.merge.eval_data import load_rows
 from tempa.merge.evaluate_config import EvaluateStageConfig, LmEvalSuite
-from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, is_headline, write_leaderboard
+from tempa.merge.leaderboard import (
+    EvaluateResult,
+    Leaderboard,
+    LeaderboardRow,
+    is_headline,
+    write_leaderboard,
+)
 from tempa.merge.suites import CandidateScorer, import_lm_eval
-from tempa.sft.files import write_atomic
-from tempa.sft.stage_api import StageContext, StageError, StageResult
+from tempa.sft.files import digest, write_json
+from tempa.sft.stage_api import Scalar, StageContext, StageError
 
-CONFIG_FILE = "evaluate_config.json"
 BackendFactory = Callable[[Path, EvaluateStageConfig, StageContext], GenerationBackend]
 
 
@@ -33,7 +38,7 @@ def transformers_backend(
     model_dir: Path, config: EvaluateStageConfig, ctx: StageContext
 ) -> GenerationBackend:
     """Default backend: the candidate's weights with the recipe's tokenizer, via transformers."""
-    device = "cpu" if config.device == "auto" and getattr(ctx, "use_cpu", False) else config.device
+    device = "cpu" if config.device == "auto" and ctx.training.use_cpu else config.device
     return TransformersBackend(
         model_dir,
         ctx.tokenizer_dir,
@@ -75,20 +80,19 @@ def cache_key(
     """What a candidate's scores depend on: suites, their rows, the weights' files, template, seed."""
     material = {
         "suites": config.suites_fingerprint(),
-        "rows": hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest(),
+        "rows": digest(rows),
         "path": str(candidate_path),
         "weights": _weights_signature(candidate_path),
         "tokenizer": _weights_signature(Path(ctx.tokenizer_dir)),
-        "template": hashlib.sha256(ctx.chat_template.encode()).hexdigest(),
+        "template": digest(ctx.chat_template),
         "seed": ctx.seed,
     }
-    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+    return digest(material)
 
 
 def _cache_dir(ctx: StageContext) -> Path:
     """Score cache: the shared cache (survives the runner clearing a re-run stage), else the stage."""
-    shared = getattr(ctx, "cache_dir", None)
-    return Path(shared) / "eval_scores" if shared else Path(ctx.stage_dir) / "scores" / ".cache"
+    return ctx.cache_dir / "eval_scores" if ctx.cache_dir else ctx.stage_dir / "scores" / ".cache"
 
 
 def _slug(name: str) -> str:
@@ -142,11 +146,9 @@ def evaluate_candidates(
         else:
             ctx.log.info("%s: scoring %s (%s)", ctx.stage_name, candidate.name, candidate.path)
             metrics = score_model(candidate.path, config, ctx, rows, backend_factory)
-            write_atomic(
-                cached_path, json.dumps({"path": str(candidate.path), "metrics": metrics}, indent=2) + "\n"
-            )
+            write_json(cached_path, {"path": str(candidate.path), "metrics": metrics})
         record = {"candidate": candidate.name, "path": str(candidate.path), "metrics": metrics}
-        write_atomic(scores_dir / f"{_slug(candidate.name)}.json", json.dumps(record, indent=2) + "\n")
+        write_json(scores_dir / f"{_slug(candidate.name)}.json", record)
         board_rows.append(
             LeaderboardRow(
                 candidate=candidate.name,
@@ -161,11 +163,10 @@ def evaluate_candidates(
 
 def run_evaluate(
     config: EvaluateStageConfig, ctx: StageContext, *, backend_factory: BackendFactory = transformers_backend
-) -> StageResult:
-    """Score the candidates, write the leaderboard; pass the input model on unchanged."""
+) -> EvaluateResult:
+    """Score the candidates and write the leaderboard (the next stage starts from this one's input model)."""
     check_requirements(config)
-    stage_dir = Path(ctx.stage_dir)
-    stage_dir.mkdir(parents=True, exist_ok=True)
+    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     candidates = collect_candidates(
         ctx,
         checkpoints_of=config.checkpoints_of,
@@ -176,25 +177,15 @@ def run_evaluate(
     ctx.log.info(
         "%s: %d candidate(s): %s", ctx.stage_name, len(candidates), ", ".join(c.name for c in candidates)
     )
-    write_atomic(stage_dir / CONFIG_FILE, config.model_dump_json(by_alias=True, indent=2) + "\n")
     board = evaluate_candidates(config, ctx, candidates, backend_factory)
-    json_path, md_path = write_leaderboard(board, stage_dir, title=f"Leaderboard: {ctx.stage_name}")
-    metrics: dict[str, Any] = {"candidates": len(candidates)}
+    json_path, md_path = write_leaderboard(board, ctx.stage_dir, title=f"Leaderboard: {ctx.stage_name}")
+    metrics: dict[str, Scalar] = {"candidates": len(candidates)}
     if config.rank_by:
         best = board.ranked()[0]
         metrics["best"] = best.candidate
         metrics.update({f"best/{name}": value for name, value in best.metrics.items() if is_headline(name)})
-    write_atomic(stage_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return StageResult(
-        model_dir=Path(ctx.model_dir),
+    return EvaluateResult(
         metrics=metrics,
-        outputs={"leaderboard": str(json_path), "leaderboard_md": str(md_path)},
+        leaderboard=board,
+        files={"leaderboard": json_path, "leaderboard_md": md_path},
     )
-
-
-def load_evaluate_config(stage_dir: Path) -> EvaluateStageConfig:
-    """The resolved config an evaluate stage ran with (written next to its leaderboard)."""
-    path = Path(stage_dir) / CONFIG_FILE
-    if not path.exists():
-        raise StageError(f"{stage_dir} holds no {CONFIG_FILE}: is it an evaluate stage that has run?")
-    return EvaluateStageConfig.model_validate_json(path.read_text(encoding="utf-8"))

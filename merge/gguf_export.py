@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from tempa.recipes.rundir import RESOLVED_RECIPE
+from tempa.sft.run_layout import RESOLVED_RECIPE
 from tempa.sft.stage_api import StageError
 
 GGUFType = Literal["f16", "q8_0"]

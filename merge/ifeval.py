@@ -125,16 +125,6 @@ Instruction = Annotated[
     StartsWith | EndsWith | WordCount | SentenceCount | BulletCount | JsonFormat | AllLowercase | NoCommas,
     Field(discriminator="type"),
 ]
-INSTRUCTION_TYPES = (
-    "starts_with",
-    "ends_with",
-    "word_count",
-    "sentence_count",
-    "bullet_count",
-    "json_format",
-    "all_lowercase",
-    "no_commas",
-)
 _INSTRUCTIONS = TypeAdapter(list[Instruction])
 
 _WORD_RE = re.compile(r"\w+(?:['’-]\w+)*")

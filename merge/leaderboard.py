@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tempa.sft.files import write_atomic
+from pydantic import BaseModel, ConfigDict, Field
+
+from tempa.sft.files import write_atomic, write_json
+from tempa.sft.stage_api import RunPath, StageResult
 
 LEADERBOARD_JSON = "leaderboard.json"
 LEADERBOARD_MD = "leaderboard.md"
@@ -31,20 +32,22 @@ def lower_is_better(metric: str) -> bool:
     return any(word in last for word in _LOWER_IS_BETTER)
 
 
-@dataclass
-class LeaderboardRow:
+class LeaderboardRow(BaseModel):
     """One scored model."""
 
-    candidate: str  # display name, unique within a leaderboard: "sft/checkpoint-200", "sft", "merge"
-    path: str  # model folder that was scored
-    stage: str | None = None  # the stage that produced it
-    step: int | None = None  # checkpoint step, when it is a checkpoint
-    merged: bool = False  # produced by a merge stage
-    metrics: dict[str, float] = field(default_factory=dict)
+    model_config = ConfigDict(extra="forbid")
+
+    candidate: str = Field(description='Unique display name: "sft/checkpoint-200", "sft", "merge".')
+    path: RunPath = Field(description="The model folder that was scored.")
+    stage: str | None = Field(default=None, description="The stage that produced it.")
+    step: int | None = Field(default=None, description="Checkpoint step, when it is a checkpoint.")
+    merged: bool = Field(default=False, description="Produced by a merge stage.")
+    metrics: dict[str, float] = Field(default_factory=dict)
 
 
-@dataclass
-class Leaderboard:
+class Leaderboard(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     rows: list[LeaderboardRow]
     rank_by: str | None = None
 
@@ -72,12 +75,13 @@ class Leaderboard:
         return {
             "rank_by": self.rank_by,
             "metrics": {name: ("min" if lower_is_better(name) else "max") for name in self.metric_names},
-            "rows": [asdict(row) for row in self.ranked()],
+            "rows": [row.model_dump(mode="json") for row in self.ranked()],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Leaderboard:
-        return cls(rows=[LeaderboardRow(**row) for row in data.get("rows", [])], rank_by=data.get("rank_by"))
+        return cls(rows=[LeaderboardRow.model_validate(row) for row in data.get("rows", [])],
+                   rank_by=data.get("rank_by"))
 
     def to_markdown(self, title: str | None = None) -> str:
         """A readable table of the headline metrics; the best value of each is in bold, arrows show
@@ -117,6 +121,12 @@ class Leaderboard:
         return "\n".join(lines) + "\n"
 
 
+class EvaluateResult(StageResult):
+    """An evaluate stage's result: the leaderboard of its candidates (the model it started from passes on)."""
+
+    leaderboard: Leaderboard
+
+
 def format_value(value: float) -> str:
     if math.isnan(value):
         return "nan"
@@ -128,7 +138,7 @@ def format_value(value: float) -> str:
 def write_leaderboard(board: Leaderboard, out_dir: Path, title: str | None = None) -> tuple[Path, Path]:
     """Write ``leaderboard.json`` and ``leaderboard.md`` into ``out_dir``."""
     json_path, md_path = out_dir / LEADERBOARD_JSON, out_dir / LEADERBOARD_MD
-    write_atomic(json_path, json.dumps(board.to_json(), indent=2, ensure_ascii=False) + "\n")
+    write_json(json_path, board.to_json())
     write_atomic(md_path, board.to_markdown(title))
     return json_path, md_path
 
@@ -136,8 +146,3 @@ def write_leaderboard(board: Leaderboard, out_dir: Path, title: str | None = Non
 def read_leaderboard(stage_dir: Path) -> Leaderboard:
     path = stage_dir / LEADERBOARD_JSON
     return Leaderboard.from_json(json.loads(path.read_text(encoding="utf-8")))
-
-
-def flatten(rows: Iterable[LeaderboardRow]) -> list[dict[str, Any]]:
-    """Rows as flat dicts (``candidate``, ``step``, then metrics), e.g. for a model card."""
-    return [{"candidate": r.candidate, "step": r.step, **r.metrics} for r in rows]

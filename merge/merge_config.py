@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from tempa.sft.stage_api import StageConfigBase, resolve_path
+from tempa.sft.stage_api import Artifact, Read, StageConfigBase, resolve_path
 
 
 @dataclass(frozen=True)
@@ -167,13 +168,17 @@ class MergeStageConfig(StageConfigBase):
             raise ValueError(f"method {self.method} uses no base model")
         return self
 
-    def depends_on(self) -> list[str]:
-        """Earlier stages this stage reads: the evaluate stage and stage-named models / base.
+    def reads(self, earlier: Sequence[str]) -> list[Read]:
+        """The evaluate stage's leaderboard, and the earlier stages named in `models` / `base_model`.
 
-        A leaderboard candidate name (``sft/checkpoint-20``) depends on its stage (``sft``).
+        A leaderboard candidate name (``sft/checkpoint-20``) reads its stage (``sft``) too, so a
+        re-run of that stage re-runs the merge.
         """
-        names = [self.evaluate_stage] if self.evaluate_stage else []
-        for reference in [*(self.models or []), *([self.base_model] if self.base_model else [])]:
+        reads = [Read(self.evaluate_stage, Artifact.LEADERBOARD, ("evaluate_stage",))] if self.evaluate_stage else []
+        named = [(("models", i), ref) for i, ref in enumerate(self.models or [])]
+        if self.base_model:
+            named.append((("base_model",), self.base_model))
+        for field, reference in named:
             if not os.path.isabs(reference):
-                names.append(reference.split("/", 1)[0])
-        return list(dict.fromkeys(names))
+                reads.append(Read(reference.split("/", 1)[0], Artifact.MODEL, field))
+        return reads

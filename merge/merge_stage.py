@@ -2,8 +2,8 @@
 
 Outputs in the stage folder: ``mergekit.yaml`` (the exact config mergekit ran, absolute paths),
 ``final/`` (merged weights + the recipe's tokenizer with its baked template),
-``merge_summary.json`` (method, inputs, weights, selection), and, when re-scored,
-``leaderboard.json`` / ``leaderboard.md``: the evaluate stage's board plus the merged model.
+``merge_summary.json`` (method, inputs, weights, selection; also in the stage's result), and, when
+re-scored, ``leaderboard.json`` / ``leaderboard.md``: the evaluate stage's board plus the merged model.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 from tempa.merge.candidates import is_model_dir
+from tempa.merge.evaluate_config import EvaluateStageConfig
 from tempa.merge.evaluate_stage import (
     BackendFactory,
-    load_evaluate_config,
+    EvaluateResult,
     load_suite_rows,
     score_model,
     transformers_backend,
@@ -26,14 +26,15 @@ from tempa.merge.leaderboard import (
     LeaderboardRow,
     is_headline,
     lower_is_better,
-    read_leaderboard,
     write_leaderboard,
 )
 from tempa.merge.merge_config import METHODS, MergeStageConfig
+from tempa.merge.merge_result import MergedModel, MergeResult, MergeSummary, Reevaluation, Selection
 from tempa.merge.mergekit_run import MergeInput, build_mergekit_config, check_compatible, run_mergekit
 from tempa.merge.selection import select_top_k
 from tempa.sft.files import staging_dir, write_atomic
-from tempa.sft.stage_api import StageContext, StageError, StageResult
+from tempa.sft.run_layout import FINAL_DIR
+from tempa.sft.stage_api import Artifact, Scalar, StageContext, StageError
 
 MERGEKIT_CONFIG = "mergekit.yaml"
 SUMMARY_FILE = "merge_summary.json"
@@ -43,23 +44,21 @@ def _who(ctx: StageContext) -> str:
     return f"merge stage '{ctx.stage_name}'"
 
 
-def _leaderboard(config: MergeStageConfig, ctx: StageContext) -> Leaderboard | None:
+def _evaluation(config: MergeStageConfig, ctx: StageContext) -> tuple[Leaderboard, EvaluateStageConfig] | None:
+    """The evaluate stage's leaderboard and its config (whose suites re-score the merge)."""
     if config.evaluate_stage is None:
         return None
-    stage_dir = ctx.stage_dirs.get(config.evaluate_stage)
-    if stage_dir is None:
-        raise StageError(f"{_who(ctx)}: evaluate_stage '{config.evaluate_stage}' does not run before it")
-    if not (Path(stage_dir) / "leaderboard.json").exists():
-        raise StageError(
-            f"{_who(ctx)}: {stage_dir} has no leaderboard.json; did '{config.evaluate_stage}' run?"
-        )
-    return read_leaderboard(Path(stage_dir))
+    upstream = ctx.upstream.get(config.evaluate_stage)
+    result = ctx.upstream_result(config.evaluate_stage, Artifact.LEADERBOARD, who=_who(ctx))
+    assert upstream is not None and isinstance(result, EvaluateResult)
+    assert isinstance(upstream.config, EvaluateStageConfig)
+    return result.leaderboard, upstream.config
 
 
 def resolve_reference(reference: str, ctx: StageContext, board: Leaderboard | None) -> MergeInput:
     """A stage name, a leaderboard candidate name, or a model folder -> an absolute model folder."""
-    if reference in ctx.stage_models:
-        return MergeInput(reference, Path(ctx.stage_models[reference]).resolve())
+    if reference in ctx.upstream and ctx.upstream[reference].result.model is not None:
+        return MergeInput(reference, ctx.model_of(reference, who=_who(ctx)).resolve())
     if board is not None:
         for row in board.rows:
             if row.candidate == reference:
@@ -102,8 +101,8 @@ def resolve_inputs(
     elif info.base == "required":
         if config.base_model is not None:
             base = resolve_reference(config.base_model, ctx, board)
-        elif ctx.base_model_dir is not None and is_model_dir(Path(ctx.base_model_dir)):
-            base = MergeInput("base model", Path(ctx.base_model_dir).resolve())
+        elif is_model_dir(ctx.base_model):
+            base = MergeInput("base model", ctx.base_model.resolve())
         else:
             raise StageError(f"{_who(ctx)}: method {config.method} needs a base model; set base_model")
         models = [m for m in models if m.path != base.path]
@@ -155,14 +154,12 @@ def _direction_adjusted(metric: str, merged: float, best: float) -> float:
 
 def run_merge(
     config: MergeStageConfig, ctx: StageContext, *, backend_factory: BackendFactory = transformers_backend
-) -> StageResult:
+) -> MergeResult:
     """Select, check, merge, attach the tokenizer, re-score; returns the merged model."""
-    stage_dir = Path(ctx.stage_dir)
+    stage_dir = ctx.stage_dir
     stage_dir.mkdir(parents=True, exist_ok=True)
-    board = _leaderboard(config, ctx)
-    evaluate_config = None
-    if config.reevaluate and config.evaluate_stage is not None:
-        evaluate_config = load_evaluate_config(Path(ctx.stage_dirs[config.evaluate_stage]))
+    evaluation = _evaluation(config, ctx)
+    board = evaluation[0] if evaluation else None
 
     models, base, chosen = resolve_inputs(config, ctx, board)
     everything = models + ([base] if base is not None and base not in models else [])
@@ -177,31 +174,27 @@ def run_merge(
         f" (base {base.name})" if base is not None and base not in models else "",
     )
 
-    final = stage_dir / "final"
+    final = stage_dir / FINAL_DIR
     with staging_dir(final) as tmp:
         run_mergekit(document, tmp, config, seed=ctx.seed, config_path=stage_dir / MERGEKIT_CONFIG)
         finish_model_dir(tmp, ctx, donor=models[0].path)
 
     knobs = {entry["model"]: entry.get("parameters", {}) for entry in document["models"]}
-    summary: dict[str, Any] = {
-        "method": config.method,
-        "models": [{"name": m.name, "path": str(m.path), **knobs.get(str(m.path), {})} for m in models],
-        "base_model": None if base is None else {"name": base.name, "path": str(base.path)},
-        "parameters": document.get("parameters", {}),
-        "selection": None
-        if config.select is None
-        else {
-            "evaluate_stage": config.evaluate_stage,
-            "metric": config.select.metric,
-            "top_k": config.select.top_k,
-            "values": {row.candidate: row.metrics[config.select.metric] for row in chosen},
-        },
-        "mergekit_config": str(stage_dir / MERGEKIT_CONFIG),
-    }
-    metrics: dict[str, Any] = {"models_merged": len(models)}
-    outputs = {"model": str(final), "mergekit_config": str(stage_dir / MERGEKIT_CONFIG)}
+    summary = MergeSummary(
+        method=config.method,
+        models=[MergedModel(name=m.name, path=m.path, parameters=knobs.get(str(m.path), {})) for m in models],
+        base_model=None if base is None else MergedModel(name=base.name, path=base.path),
+        parameters=document.get("parameters", {}),
+        selection=None if config.select is None or config.evaluate_stage is None else Selection(
+            evaluate_stage=config.evaluate_stage, metric=config.select.metric, top_k=config.select.top_k,
+            values={row.candidate: row.metrics[config.select.metric] for row in chosen}),
+    )
+    metrics: dict[str, Scalar] = {"models_merged": len(models)}
+    updated: Leaderboard | None = None
+    files = {"mergekit_config": stage_dir / MERGEKIT_CONFIG, "summary": stage_dir / SUMMARY_FILE}
 
-    if evaluate_config is not None and board is not None:
+    if config.reevaluate and evaluation is not None:
+        board, evaluate_config = evaluation
         ctx.log.info(
             "%s: re-scoring the merged model with %s's suites", ctx.stage_name, config.evaluate_stage
         )
@@ -210,21 +203,12 @@ def run_merge(
         rank_by = board.rank_by or (config.select.metric if config.select else None)
         updated = Leaderboard(
             rows=[row for row in board.rows if row.candidate != ctx.stage_name]
-            + [
-                LeaderboardRow(
-                    candidate=ctx.stage_name,
-                    path=str(final),
-                    stage=ctx.stage_name,
-                    merged=True,
-                    metrics=merged_metrics,
-                )
-            ],
+            + [LeaderboardRow(candidate=ctx.stage_name, path=final, stage=ctx.stage_name, merged=True,
+                              metrics=merged_metrics)],
             rank_by=rank_by,
         )
-        json_path, _ = write_leaderboard(
-            updated, stage_dir, title=f"Leaderboard after merge: {ctx.stage_name}"
-        )
-        outputs["leaderboard"] = str(json_path)
+        json_path, _ = write_leaderboard(updated, stage_dir, title=f"Leaderboard after merge: {ctx.stage_name}")
+        files["leaderboard"] = json_path
         metrics.update(
             {f"merged/{name}": value for name, value in merged_metrics.items() if is_headline(name)}
         )
@@ -237,17 +221,12 @@ def run_merge(
             if values:
                 best = min(values) if lower_is_better(focus) else max(values)
                 gain = _direction_adjusted(focus, merged_metrics[focus], best)
-                metrics.update({"metric": focus, "best_input": best, "gain_over_best_input": gain})
-                summary["reevaluation"] = {
-                    "metric": focus,
-                    "merged": merged_metrics[focus],
-                    "best_input": best,
-                }
-                summary["merge_helped"] = gain > 0
-                metrics["merge_helped"] = gain > 0
+                metrics.update({"metric": focus, "best_input": best, "gain_over_best_input": gain,
+                                "merge_helped": gain > 0})
+                summary.reevaluation = Reevaluation(metric=focus, merged=merged_metrics[focus], best_input=best,
+                                                    helped=gain > 0)
     elif config.reevaluate:
         ctx.log.info("%s: no evaluate_stage, so the merged model is not re-scored", ctx.stage_name)
 
-    write_atomic(stage_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-    write_atomic(stage_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    return StageResult(model_dir=final, metrics=metrics, outputs=outputs)
+    write_atomic(stage_dir / SUMMARY_FILE, summary.model_dump_json(indent=2) + "\n")
+    return MergeResult(model=final, metrics=metrics, files=files, summary=summary, leaderboard=updated)

@@ -1,8 +1,9 @@
 """The final model card (README.md): recipe, stages, data mix, evaluation, merge, usage.
 
-Everything it shows is read from the run directory. Nothing secret may reach it: values under
-secret-looking keys are replaced, and the finished text is scrubbed of every secret-looking
-environment value and of token-shaped strings (hub/OpenAI/W&B keys, bearer tokens).
+Everything it shows comes from the typed results of the stages that ran (the bake stage sees
+every earlier stage) and the recipe. Nothing secret may reach it: values under secret-looking
+keys are replaced, and the finished text is scrubbed of every secret-looking environment value
+and of token-shaped strings (hub/OpenAI/W&B keys, bearer tokens).
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from tempa.recipes.rundir import RESOLVED_RECIPE
+from tempa.merge.leaderboard import EvaluateResult
+from tempa.merge.merge_result import MergeResult
+from tempa.sft.stage import SFTResult
+from tempa.sft.stage_api import RecipeInfo, Upstream, format_metric
 
 REDACTED = "<redacted>"
 _SECRET_KEY_RE = re.compile(
@@ -88,19 +91,10 @@ def scrub(text: str, environ: Mapping[str, str] | None = None) -> str:
     return text
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)[:80]
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return format_metric(value).replace("|", "\\|").replace("\n", " ")
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -117,86 +111,66 @@ def _headline_metrics(metrics: Mapping[str, Any], limit: int = 6) -> str:
     return text + (f" (+{len(shown) - limit} more)" if len(shown) > limit else "")
 
 
-def _stages_section(stage_dirs: Mapping[str, Path]) -> list[str]:
-    rows = []
-    for name, folder in stage_dirs.items():
-        manifest = _read_json(Path(folder) / "manifest.json") or {}
-        duration = manifest.get("duration_s")
-        rows.append(
-            [
-                name,
-                manifest.get("kind", ""),
-                manifest.get("status", ""),
-                f"{duration:.0f}s" if isinstance(duration, (int, float)) else "",
-                _headline_metrics(manifest.get("metrics") or {}),
-            ]
-        )
+def _stages_section(stages: Mapping[str, Upstream]) -> list[str]:
+    rows = [[name, up.kind, "" if up.duration_s is None else f"{up.duration_s:.0f}s",
+             _headline_metrics(up.result.metrics)] for name, up in stages.items()]
     if not rows:
         return []
-    return ["## Stages", "", *_table(["stage", "kind", "status", "duration", "metrics"], rows), ""]
+    return ["## Stages", "", *_table(["stage", "kind", "duration", "metrics"], rows), ""]
 
 
-def _mix_section(stage_dirs: Mapping[str, Path]) -> list[str]:
+_MIX_COLUMNS = ("path", "thinking_mode", "rows_in", "rows_kept", "heldout_rows", "tokens_kept",
+                "trained_tokens_kept", "thinking_on_rows_kept", "share_of_tokens")
+
+
+def _mix_section(stages: Mapping[str, Upstream]) -> list[str]:
     lines: list[str] = []
-    for name, folder in stage_dirs.items():
-        mix = _read_json(Path(folder) / "data" / "mix.json")
-        if mix is None:
+    for name, up in stages.items():
+        if not isinstance(up.result, SFTResult):
             continue
-        mix = redact(mix)
+        sources = up.result.data.sources
         lines += [f"### {name}", ""]
-        sources = mix.get("sources", mix) if isinstance(mix, dict) else mix
-        if isinstance(sources, dict) and sources and all(isinstance(v, dict) for v in sources.values()):
-            columns = list(dict.fromkeys(k for v in sources.values() for k in v))
-            lines += _table(
-                ["source", *columns], [[src, *(v.get(c, "") for c in columns)] for src, v in sources.items()]
-            )
-        elif isinstance(sources, list) and sources and all(isinstance(v, dict) for v in sources):
-            columns = list(dict.fromkeys(k for v in sources for k in v))
-            lines += _table(columns, [[v.get(c, "") for c in columns] for v in sources])
-        else:
-            lines += ["```json", json.dumps(mix, indent=2, ensure_ascii=False), "```"]
+        lines += _table(["source", *_MIX_COLUMNS, "rejects"],
+                        [[s.name, *(getattr(s, c) for c in _MIX_COLUMNS), sum(s.rejects.values())] for s in sources])
         lines.append("")
     return ["## Data mix", "", *lines] if lines else []
 
 
-def _eval_section(stage_dirs: Mapping[str, Path]) -> list[str]:
+def _eval_section(stages: Mapping[str, Upstream]) -> list[str]:
     """The latest leaderboard (a merge stage's includes the merged model)."""
-    for name, folder in reversed(list(stage_dirs.items())):
-        board = Path(folder) / "leaderboard.md"
-        if board.is_file():
-            text = board.read_text(encoding="utf-8").strip()
-            text = re.sub(r"^## .*\n\n", "", text)
-            return ["## Evaluation", "", f"From stage `{name}`.", "", text, ""]
+    for name, up in reversed(list(stages.items())):
+        board = getattr(up.result, "leaderboard", None) if isinstance(up.result, EvaluateResult | MergeResult) else None
+        if board is not None:
+            return ["## Evaluation", "", f"From stage `{name}`.", "", board.to_markdown().strip(), ""]
     return []
 
 
-def _merge_section(stage_dirs: Mapping[str, Path]) -> list[str]:
+def _merge_section(stages: Mapping[str, Upstream]) -> list[str]:
     lines: list[str] = []
-    for name, folder in stage_dirs.items():
-        summary = _read_json(Path(folder) / "merge_summary.json")
-        if not summary:
+    for name, up in stages.items():
+        if not isinstance(up.result, MergeResult):
             continue
-        lines += [f"Stage `{name}`: **{summary.get('method')}** merge of:", ""]
-        for model in summary.get("models", []):
-            knobs = ", ".join(f"{k}={_cell(v)}" for k, v in model.items() if k not in ("name", "path"))
-            lines.append(f"- `{model.get('name')}`" + (f" ({knobs})" if knobs else ""))
-        if summary.get("base_model"):
-            lines.append(f"- base: `{summary['base_model'].get('name')}`")
-        selection = summary.get("selection")
-        if selection:
+        summary = up.result.summary
+        lines += [f"Stage `{name}`: **{summary.method}** merge of:", ""]
+        for model in summary.models:
+            knobs = ", ".join(f"{k}={_cell(v)}" for k, v in model.parameters.items())
+            lines.append(f"- `{model.name}`" + (f" ({knobs})" if knobs else ""))
+        if summary.base_model is not None:
+            lines.append(f"- base: `{summary.base_model.name}`")
+        if summary.selection is not None:
+            selection = summary.selection
             lines += [
                 "",
-                f"Chosen as the top {selection.get('top_k')} of `{selection.get('evaluate_stage')}` "
-                f"by `{selection.get('metric')}`: "
-                + ", ".join(f"{k} = {_cell(v)}" for k, v in (selection.get("values") or {}).items()),
+                f"Chosen as the top {selection.top_k} of `{selection.evaluate_stage}` by `{selection.metric}`: "
+                + ", ".join(f"{k} = {_cell(v)}" for k, v in selection.values.items()),
             ]
-        if summary.get("reevaluation"):
-            re_eval = summary["reevaluation"]
-            verdict = "improved on" if summary.get("merge_helped") else "did not improve on"
+        if summary.reevaluation is not None:
+            re_eval = summary.reevaluation
+            verdict = "improved on" if re_eval.helped else "did not improve on"
             lines += [
                 "",
-                f"The merge scored {_cell(re_eval['merged'])} on `{re_eval['metric']}` and {verdict} "
-                f"its best input ({_cell(re_eval['best_input'])}).",
+                f"The merge scored {_cell(re_eval.merged)} on `{re_eval.metric}` and {verdict} "
+                f"its best input ({_cell(re_eval.best_input)}).",
             ]
         lines.append("")
     return ["## Merge", "", *lines] if lines else []
@@ -236,25 +210,22 @@ def usage_snippet(model_id: str) -> list[str]:
 def render_model_card(
     card: ModelCardConfig,
     *,
-    run_dir: Path,
-    stage_dirs: Mapping[str, Path],
+    recipe: RecipeInfo,
+    stages: Mapping[str, Upstream],
     template_checks: list[dict[str, Any]] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> str:
     """The card's markdown, scrubbed of secrets."""
-    recipe_path = Path(run_dir) / RESOLVED_RECIPE
-    recipe: dict[str, Any] = {}
-    if recipe_path.is_file():
-        loaded = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
-        recipe = redact(loaded) if isinstance(loaded, dict) else {}
-    title = card.title or recipe.get("name") or Path(run_dir).name
-    front = {"library_name": "transformers", "pipeline_tag": "text-generation", "tags": ["tempa", *card.tags]}
+    resolved = redact(dict(recipe.resolved))
+    title = card.title or recipe.name
+    front: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation",
+                             "tags": ["tempa", *card.tags]}
     if card.license:
         front["license"] = card.license
     if card.languages:
         front["language"] = card.languages
-    if isinstance(recipe.get("base_model"), str) and not recipe["base_model"].startswith(("/", "tempa:")):
-        front["base_model"] = recipe["base_model"]
+    if not recipe.base_model.startswith(("/", "tempa:")):
+        front["base_model"] = recipe.base_model
 
     lines = [
         "---",
@@ -264,22 +235,15 @@ def render_model_card(
         f"# {title}",
         "",
     ]
-    if card.description or recipe.get("description"):
-        lines += [str(card.description or recipe.get("description")), ""]
-    lines += [
-        f"Post-trained with tempa from base model `{recipe.get('base_model', 'unknown')}`"
-        + (
-            f" with the `{recipe['chat_template']}` chat template."
-            if isinstance(recipe.get("chat_template"), str)
-            else "."
-        ),
-        "",
-    ]
+    if card.description or recipe.description:
+        lines += [str(card.description or recipe.description), ""]
+    lines += [f"Post-trained with tempa from base model `{recipe.base_model}` with the `{recipe.chat_template}` "
+              "chat template.", ""]
     lines += usage_snippet(card.model_id or "path/to/this/folder")
-    lines += _stages_section(stage_dirs)
-    lines += _mix_section(stage_dirs)
-    lines += _eval_section(stage_dirs)
-    lines += _merge_section(stage_dirs)
+    lines += _stages_section(stages)
+    lines += _mix_section(stages)
+    lines += _eval_section(stages)
+    lines += _merge_section(stages)
     if template_checks:
         passed = sum(1 for check in template_checks if check.get("passed"))
         lines += ["## Chat template checks", "", f"{passed}/{len(template_checks)} checks passed.", ""]
@@ -288,14 +252,14 @@ def render_model_card(
             [[c.get("name"), "yes" if c.get("passed") else "NO"] for c in template_checks],
         )
         lines.append("")
-    if recipe:
+    if resolved:
         lines += [
             "## Recipe",
             "",
             "<details><summary>recipe.resolved.yaml</summary>",
             "",
             "```yaml",
-            yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True).strip(),
+            yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True).strip(),
             "```",
             "",
             "</details>",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 
 from tempa.recipes import __version__
 from tempa.recipes.errors import RecipeError
-from tempa.recipes.rundir import RESOLVED_RECIPE
+from tempa.sft.run_layout import RESOLVED_RECIPE
+from tempa.sft.stage_api import format_metric
 
 EPILOG = """examples:
   tempa run recipes/demo.yaml --run-dir runs/demo       run (or resume) the demo recipe
@@ -121,7 +123,7 @@ def _cmd_plan(args) -> int:
         raise RecipeError(f"--mfu {args.mfu:g} needs --hardware (e.g. --hardware 8xH100): it sets the estimate's MFU")
     loaded = load_recipe(args.recipe, args.overrides, profile=args.profile)
     run_dir = _run_dir(args, loaded)
-    plans = plan_run(loaded, run_dir, from_stage=args.from_stage, only=args.only)
+    decisions = plan_run(loaded, run_dir, from_stage=args.from_stage, only=args.only)
     console = _console()
     console.print(f"[bold]recipe[/bold] {loaded.path}" + (
         f" (extends {', '.join(str(f) for f in loaded.files[:-1])})" if len(loaded.files) > 1 else ""))
@@ -131,9 +133,9 @@ def _cmd_plan(args) -> int:
     table = Table(title="stages, in run order")
     for column in ("#", "stage", "kind", "starts from", "action", "why", "fingerprint"):
         table.add_column(column)
-    for p in plans:
-        table.add_row(str(p.index + 1), p.name, p.kind, p.upstream or "base model", p.action, p.reason,
-                      p.fingerprint[:12])
+    for d in decisions:
+        table.add_row(str(d.index + 1), d.name, d.kind, d.upstream or "base model", d.action, d.reason,
+                      d.fingerprint[:12])
     console.print(table)
     if args.hardware:
         from tempa.recipes.estimate import render_estimate
@@ -160,17 +162,17 @@ def _cmd_status(args) -> int:
         loaded = None
     rows = stage_status(loaded, run_dir)
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2, default=str))
         return 0
     table = Table(title=f"run {run_dir}")
     for column in ("stage", "kind", "state", "time", "key metrics"):
         table.add_column(column)
     for row in rows:
-        seconds = row["duration_s"]
-        metrics = ", ".join(f"{k}={_fmt(v)}" for k, v in list(row["metrics"].items())[:5] if v is not None)
-        if row["error"]:
-            metrics = f"error: {row['error']}"
-        table.add_row(row["name"], row["kind"], row["state"], f"{seconds:.1f}s" if seconds else "-", metrics)
+        seconds = row.duration_s
+        metrics = ", ".join(f"{k}={format_metric(v)}" for k, v in list(row.metrics.items())[:5] if v is not None)
+        if row.error:
+            metrics = f"error: {row.error}"
+        table.add_row(row.name, row.kind, row.state, f"{seconds:.1f}s" if seconds else "-", metrics)
     _console().print(table)
     return 0
 
@@ -182,10 +184,6 @@ def _console():
     if not console.is_terminal:  # piped or logged: do not squeeze tables into 80 columns
         console = Console(highlight=False, soft_wrap=True, width=160)
     return console
-
-
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _cmd_report(args) -> int:

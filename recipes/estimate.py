@@ -3,13 +3,10 @@
 ``tempa plan RECIPE --hardware 8xH100`` prints :func:`render_estimate`; :func:`estimate_recipe`
 returns the numbers. Nothing is downloaded: the base model's shape comes from a local
 ``config.json``, or from a built-in table matched from the hub id (Llama 3.x, Qwen2.5, Mistral 7B,
-SEA-LION v3 / Swallow on Llama 3.1); tokens come from the stage's data stats when it already ran
-(``run_dir/<stage>/data/mix.json``), else from the sources' ``tokens`` / ``rows`` settings (or the
-row count of a local file) with a stated average length per row. A ``stage:NAME`` source written
-by a synthesize stage counts at most its prompts times the answers kept per prompt (its output's
-rows once that stage has finished), each row as long as the stage's ``max_new_tokens`` suggest.
-Preference stages count one pair per prompt (``prompts.limit``) per round; their sampling and
-scoring time is not estimated.
+SEA-LION v3 / Swallow on Llama 3.1). What each training stage trains on comes from its kind's
+``estimate`` hook (:mod:`tempa.sft.data_size`, :mod:`tempa.alignment.sizing`): exact once the
+stage has run in the run directory, else from the recipe's sizes with a stated average length per
+row; a ``stage:NAME`` source takes the size its producer's ``dataset_size`` hook declares.
 
 The memory model (per GPU, DeepSpeed ZeRO-3 without offload, bf16 mixed precision, AdamW):
 
@@ -38,14 +35,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tempa.alignment.synthesize_config import OUTPUT_FILE
 from tempa.recipes.errors import RecipeError
 from tempa.recipes.loader import LoadedRecipe
-from tempa.recipes.rundir import DONE
+from tempa.recipes.registry import stage_kind
+from tempa.recipes.rundir import done_fingerprint, read_manifest
 from tempa.recipes.schema import TINY_DEFAULT
+from tempa.sft.stage_api import EstimateInputs, SourceSize, StageResult, TokenCount, TrainingWorkload
 
 GIB = 2**30
-TRAINING_KINDS = ("sft", "preference")
 
 # Bytes per parameter under ZeRO-3 with bf16 mixed precision and AdamW (DeepSpeed's 18).
 PARAM_BYTES = 6  # bf16 working copy (2) + fp32 master weights (4)
@@ -59,9 +56,6 @@ PACKING_FILL = 0.95  # share of each packed row that BFD packing fills with toke
 # Average rendered tokens per conversation when the recipe gives rows but no data stats exist yet.
 AVG_TOKENS_THINKING_OFF = 800  # instruction / chat data
 AVG_TOKENS_THINKING_ON = 4000  # distilled reasoning traces (R1-style) with their answers
-# Preference stages: one pair per prompt, each side a prompt plus a sampled answer.
-AVG_PROMPT_TOKENS = 200
-COMPLETION_FILL = 0.5  # share of sampling.max_new_tokens an average sampled answer uses
 
 
 class EstimateError(RecipeError):
@@ -258,164 +252,6 @@ def resolve_shape(base_model: str) -> tuple[ModelShape, str]:
     return shape, f"built-in table ({shape.name}, matched from the id; no download)"
 
 
-# --------------------------------------------------------------------------- tokens
-
-
-@dataclass
-class TokenCount:
-    tokens: int | None  # per epoch (per round), over the sources that could be sized; None: none could
-    rows: int | None  # training samples (preference: pairs) per epoch
-    source: str  # where the numbers come from
-    notes: list[str] = field(default_factory=list)
-    bound: str = ""  # ">=": some sources could not be sized; "<=": some are upper bounds; "~": both
-
-
-def avg_tokens_per_row(source: Any, avg_on: int, avg_off: int) -> int:
-    if source.thinking_mode == "off":
-        return avg_off
-    if source.thinking_mode == "mixed":
-        ratio = source.thinking_ratio or 0.0
-        return round(ratio * avg_on + (1 - ratio) * avg_off)
-    return avg_on
-
-
-def count_local_rows(path: str) -> int | None:
-    """Rows of a local JSONL/CSV/Parquet file without loading it; None for anything else."""
-    file = Path(path)
-    if not file.is_file():
-        return None
-    suffix = file.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return int(pq.ParquetFile(file).metadata.num_rows)
-    if suffix in (".jsonl", ".csv"):
-        with open(file, "rb") as handle:
-            lines = sum(1 for line in handle if line.strip())
-        return lines - 1 if suffix == ".csv" else lines
-    return None
-
-
-@dataclass(frozen=True)
-class SourceSize:
-    """One source's rows per epoch (None: unknown), tokens per row, and how they were found."""
-
-    rows: int | None
-    tokens_per_row: int
-    how: str
-    at_most: bool = False  # an upper bound (a synthesize stage keeps at most this many)
-
-
-def synthesized_size(producer: Any, run_dir: Path | None) -> SourceSize:
-    """What a synthesize stage writes: counted from its output once it has run, else an upper bound.
-
-    Each prompt keeps its best answer (``select.strategy: best``) or up to ``sampling.n`` (``all``).
-    A row is a prompt plus an answer filling ``COMPLETION_FILL`` of ``max_new_tokens``, and, with a
-    second turn, a follow-up and a second answer.
-    """
-    sampling = producer.sampling
-    per_row = AVG_PROMPT_TOKENS + int(COMPLETION_FILL * sampling.max_new_tokens)
-    if producer.second_turn is not None:
-        per_row += int(COMPLETION_FILL * producer.second_turn.followup_max_new_tokens)
-        per_row += int(COMPLETION_FILL * sampling.max_new_tokens)
-    stage_dir = Path(run_dir) / producer.name if run_dir is not None else None
-    if stage_dir is not None and (stage_dir / DONE).is_file() and (stage_dir / OUTPUT_FILE).is_file():
-        return SourceSize(count_local_rows(str(stage_dir / OUTPUT_FILE)), per_row, f"{producer.name}'s output")
-    prompts = producer.prompts.limit or count_local_rows(producer.prompts.path)
-    if prompts is None:
-        return SourceSize(None, per_row, f"unknown size: set prompts.limit on stage {producer.name}")
-    per_prompt = 1 if producer.select.strategy == "best" else sampling.n
-    how = (f"at most {prompts:,} prompts x {per_prompt} from stage {producer.name} (fewer: rows under min_score "
-           "are dropped; tokens/row from its max_new_tokens)")
-    return SourceSize(prompts * per_prompt, per_row, how, at_most=True)
-
-
-def source_size(
-    source: Any, heldout: float | int, avg: int, producers: dict[str, Any], run_dir: Path | None
-) -> SourceSize:
-    """Rows per epoch of one source (held-out rows removed, weight applied) at ``avg`` tokens per row."""
-    if source.tokens is not None:
-        return SourceSize(max(1, source.tokens // avg), avg, f"token budget {source.tokens:,}")
-    if source.rows is not None:
-        return SourceSize(source.rows, avg, f"rows {source.rows:,}")
-    producer = producers.get(source.stage_ref or "")
-    if producer is not None and producer.kind == "synthesize":
-        size = synthesized_size(producer, run_dir)
-    else:
-        counted = count_local_rows(source.path)
-        size = SourceSize(counted, avg, f"{counted:,} rows in the file" if counted is not None else
-                          "unknown size (a hub dataset or folder with no rows/tokens setting)")
-    if size.rows is None:
-        return size
-    kept = size.rows * (1 - heldout) if isinstance(heldout, float) else max(0, size.rows - heldout)
-    weight = source.weight if source.weight is not None else 1.0
-    held = f" less {heldout:g} held out" if heldout else ""
-    return replace(size, rows=round(kept * weight), how=f"{size.how}{held} x weight {weight:g}")
-
-
-def tokens_from_recipe(
-    stage: Any, avg_on: int, avg_off: int, producers: dict[str, Any] | None = None, run_dir: Path | None = None
-) -> TokenCount:
-    total_tokens, total_rows, notes, unknown, upper = 0, 0, [], [], []
-    data = stage.data
-    for source in data.sources:
-        size = source_size(source, data.heldout_for(source), avg_tokens_per_row(source, avg_on, avg_off),
-                           producers or {}, run_dir)
-        if size.rows is None:
-            unknown.append(source.name)
-            notes.append(f"source {source.name}: {size.how}; set rows or tokens to estimate it")
-            continue
-        tokens = source.tokens if source.tokens is not None else size.rows * size.tokens_per_row
-        total_tokens, total_rows = total_tokens + tokens, total_rows + size.rows
-        if size.at_most:
-            upper.append(source.name)
-        notes.append(f"source {source.name}: {size.how}, ~{size.tokens_per_row:,} tokens/row assumed "
-                     f"({source.thinking_mode})")
-    where = "recipe sizes x assumed tokens/row"
-    if len(unknown) == len(data.sources):
-        return TokenCount(None, None, where, notes)
-    if unknown:
-        where += f"; at least: {', '.join(unknown)} not counted"
-    bound = {(True, False): ">=", (False, True): "<=", (True, True): "~"}.get((bool(unknown), bool(upper)), "")
-    return TokenCount(total_tokens, total_rows, where, notes, bound=bound)
-
-
-def tokens_from_stats(mix_file: Path) -> TokenCount:
-    mix = json.loads(mix_file.read_text(encoding="utf-8"))
-    total = mix["total"]
-    samples = sum(int(s.get("samples_kept", s.get("rows_kept", 0))) for s in mix["sources"])
-    return TokenCount(int(total["tokens_kept"]), samples or int(total["rows_kept"]), f"data stats ({mix_file})")
-
-
-def preference_tokens(stage: Any, train: dict[str, Any]) -> TokenCount:
-    """Tokens of one round's pairs: one pair per prompt, two sequences of prompt + sampled answer."""
-    prompts = stage.prompts.limit or count_local_rows(stage.prompts.path)
-    sampling = stage.sampling
-    per_sequence = min(int(train.get("max_length") or 1024),
-                       AVG_PROMPT_TOKENS + int(COMPLETION_FILL * sampling.max_new_tokens))
-    note = (f"prompts: {prompts if prompts is not None else 'unknown (set prompts.limit)'}; one pair per prompt "
-            f"(an upper bound: pairs under min_margin are dropped), 2 x ~{per_sequence:,} tokens per pair "
-            f"({AVG_PROMPT_TOKENS} prompt + {100 * COMPLETION_FILL:.0f}% of max_new_tokens "
-            f"{sampling.max_new_tokens}); sampling {sampling.n} answers per prompt and scoring them not included")
-    if prompts is None:
-        return TokenCount(None, None, "prompts x assumed pair length", [note])
-    return TokenCount(2 * prompts * per_sequence, prompts, "prompts x assumed pair length", [note])
-
-
-def stage_tokens(stage: Any, train: dict[str, Any], run_dir: Path | None, avg_on: int, avg_off: int,
-                 producers: dict[str, Any] | None = None) -> TokenCount:
-    """One epoch's tokens of a training stage; ``producers``: the recipe's stages by name, for ``stage:`` sources."""
-    if stage.kind == "preference":
-        return preference_tokens(stage, train)
-    if run_dir is not None:
-        mix_file = Path(run_dir) / stage.name / "data" / "mix.json"
-        if mix_file.is_file():
-            return tokens_from_stats(mix_file)
-    if getattr(stage, "data", None) is None:
-        return TokenCount(None, None, "no data block", [])
-    return tokens_from_recipe(stage, avg_on, avg_off, producers, run_dir)
-
-
 # --------------------------------------------------------------------------- memory
 
 
@@ -468,11 +304,6 @@ def activation_bytes(shape: ModelShape, tokens: int, *, checkpointing: bool, lig
 def checkpointing(train: dict[str, Any]) -> bool:
     """Activation checkpointing: on unless the train args turn it off (either of its two names)."""
     return bool(train.get("activation_checkpointing", train.get("gradient_checkpointing", True)))
-
-
-def needs_reference(kind: str, train: dict[str, Any]) -> bool:
-    """A preference stage keeps a reference model unless its log-probs are precomputed."""
-    return kind == "preference" and not train.get("precompute_ref_log_probs", False)
 
 
 @dataclass(frozen=True)
@@ -581,30 +412,30 @@ def offloads_optimizer(loaded: LoadedRecipe) -> bool:
     return (config.get("deepspeed_config") or {}).get("offload_optimizer_device") in ("cpu", "nvme")
 
 
-def estimate_stage(stage: Any, shape: ModelShape, hardware: Hardware, mfu: float, run_dir: Path | None,
-                   avg_on: int, avg_off: int, *, offload: bool = False,
-                   producers: dict[str, Any] | None = None) -> StageEstimate:
-    train = stage.train_args() if hasattr(stage, "train_args") else dict(getattr(stage, "train", {}))
-    preference = stage.kind == "preference"
-    count = stage_tokens(stage, train, run_dir, avg_on, avg_off, producers)
-    sequences = 2 if preference else 1
-    per_sequence = count.tokens / (count.rows * sequences) if count.tokens and count.rows else avg_off
+def estimate_stage(name: str, kind: str, workload: TrainingWorkload, shape: ModelShape, hardware: Hardware,
+                   mfu: float, *, offload: bool = False) -> StageEstimate:
+    train = workload.train_args
+    count = workload.tokens
+    sequences = workload.sequences_per_row
+    per_sequence = count.tokens / (count.rows * sequences) if count.tokens and count.rows else AVG_TOKENS_THINKING_OFF
     micro, per_step = _batch(train, hardware, per_sequence, sequences)
-    epochs, steps, trained = _schedule(count, train, per_step, int(getattr(stage, "rounds", 1)))
-    work = Workload(micro, train, getattr(stage, "lora", None), needs_reference(stage.kind, train))
+    epochs, steps, trained = _schedule(count, train, per_step, workload.rounds)
+    work = Workload(micro, train, workload.lora, workload.reference_model)
     memory = memory_estimate(shape, hardware, work)
     if offload and work.lora is None:
         # fp32 master weights + Adam moments live in host RAM; the GPU keeps bf16 shards + gathers
         gpu_states, host = optimizer_offload_gib(shape, hardware)
         memory = replace(memory, params=gpu_states - memory.gathered, grads=0.0, optimizer=0.0)
-    flops_per_token = 6 * shape.parameters + (2 * shape.parameters if preference else 0)  # + reference forward
+    # A preference pair's reference model adds a forward pass (2N) to the policy's 6N FLOPs per token.
+    paired = sequences > 1
+    flops_per_token = 6 * shape.parameters + (2 * shape.parameters if paired else 0)
     peak = hardware.gpus * hardware.gpu.peak_tflops * 1e12 * mfu
     hours = flops_per_token * trained / peak / 3600 if trained else None
-    estimate = StageEstimate(stage.name, stage.kind, count.tokens, count.source, epochs, trained, steps, per_step,
+    estimate = StageEstimate(name, kind, count.tokens, count.source, epochs, trained, steps, per_step,
                              micro, memory, hours, memory.fits, bound=count.bound, notes=list(count.notes))
     if offload and work.lora is None:
         estimate.notes.append(f"optimizer offloaded to CPU: ~{host:.0f} GiB host RAM per node (DeepSpeed's estimate)")
-    _annotate(estimate, shape, hardware, work, preference)
+    _annotate(estimate, shape, hardware, work, paired)
     return estimate
 
 
@@ -653,19 +484,43 @@ def estimate_recipe(
     avg_tokens_thinking_on: int = AVG_TOKENS_THINKING_ON,
     avg_tokens_thinking_off: int = AVG_TOKENS_THINKING_OFF,
 ) -> list[StageEstimate]:
-    """One :class:`StageEstimate` per training stage of ``loaded``, in run order."""
+    """One :class:`StageEstimate` per training stage of ``loaded``, in run order.
+
+    Each training kind describes its own workload (its ``estimate`` hook); a stage that has
+    already run (DONE in ``run_dir``) is sized from its result, and so are the datasets of
+    stages it reads.
+    """
     if not 0 < mfu <= 1:
         raise EstimateError(f"mfu {mfu}: expected a fraction in (0, 1], e.g. 0.4")
     machine = parse_hardware(hardware)
     shape, _ = resolve_shape(loaded.recipe.base_model)
     offload = offloads_optimizer(loaded)
-    producers = {stage.name: stage for stage in loaded.stages}
-    return [
-        estimate_stage(stage, shape, machine, mfu, run_dir, avg_tokens_thinking_on, avg_tokens_thinking_off,
-                       offload=offload, producers=producers)
-        for stage in loaded.stages
-        if stage.kind in TRAINING_KINDS  # type: ignore[attr-defined]
-    ]
+    sizes: dict[str, SourceSize] = {}
+    estimates = []
+    for stage in loaded.stages:
+        kind = stage_kind(stage.kind)
+        result = _finished_result(stage.name, kind.result, run_dir)
+        if kind.dataset_size is not None:
+            sizes[stage.name] = kind.dataset_size(stage, result)
+        if kind.trains and kind.estimate is not None:
+            inputs = EstimateInputs(avg_tokens_thinking_on, avg_tokens_thinking_off, dict(sizes), result)
+            estimates.append(estimate_stage(stage.name, stage.kind, kind.estimate(stage, inputs), shape, machine,
+                                            mfu, offload=offload))
+    return estimates
+
+
+def _finished_result(name: str, result_type: type[StageResult], run_dir: Path | None) -> StageResult | None:
+    """The typed result of a stage that has completed in ``run_dir``, else None."""
+    if run_dir is None:
+        return None
+    stage_dir = Path(run_dir) / name
+    manifest = read_manifest(stage_dir)
+    if manifest is None or manifest.status != "done" or done_fingerprint(stage_dir) != manifest.fingerprint:
+        return None
+    try:
+        return result_type.model_validate(manifest.result or {}, context={"run_dir": Path(run_dir)})
+    except ValueError:
+        return None
 
 
 # --------------------------------------------------------------------------- rendering

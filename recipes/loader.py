@@ -19,9 +19,9 @@ import yaml
 from pydantic import ValidationError
 
 from tempa.recipes.errors import FieldPath, RecipeError, dotted, from_validation_error, where
-from tempa.recipes.registry import STAGE_KINDS, known_kinds
+from tempa.recipes.registry import stage_kinds
 from tempa.recipes.schema import Recipe
-from tempa.sft.stage_api import StageConfigBase
+from tempa.sft.stage_api import Read, StageConfigBase
 
 
 class _RecipeYAMLLoader(yaml.SafeLoader):
@@ -113,7 +113,7 @@ def load_recipe(ref: str | Path, overrides: Sequence[str] = (), *, profile: str 
         lines = {**lines, **_profile_lines(lines, profile, overlay)}
     for override in overrides:
         # Errors in an overridden value point at the command line, not at the line it replaced.
-        key = _apply_override(raw, override, path)
+        key = _apply_override(raw, override)
         lines = {k: v for k, v in lines.items() if k[: len(key)] != key}  # the file's positions under it are gone
         lines[key] = (f"--set {override}", 0)
     loaded = _validate(path, raw, lines, origins, files)
@@ -261,7 +261,7 @@ def _deep_merge(base: Any, override: Any) -> Any:
 # --------------------------------------------------------------------------- --set overrides
 
 
-def _apply_override(raw: dict[str, Any], override: str, path: Path) -> FieldPath:
+def _apply_override(raw: dict[str, Any], override: str) -> FieldPath:
     """``stages.<name>.train.learning_rate=2e-5``: stages are addressed by name; values are YAML.
 
     Returns the overridden field's path, stages named (as the position map keys them)."""
@@ -317,6 +317,7 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
     except ValidationError as exc:
         raise from_validation_error(exc, file=path, lines=lines, raw=raw, stage_names=names) from None
 
+    kinds = stage_kinds()
     seen: dict[str, int] = {}
     stages: list[StageConfigBase] = []
     for i, stage_raw in enumerate(stages_raw):
@@ -327,61 +328,66 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
                 f"{where((*loc, 'name'), lines, path)}: stages[{i}].name: duplicate stage name '{name}' "
                 f"(also stages[{seen[name]}])"
             )
-        seen[name] = i
         kind = stage_raw.get("kind")
         if kind is None:
             raise RecipeError(
                 f"{where(loc, lines, path)}: stages[{i}].kind (stage '{name}'): field required; "
-                f"one of: {', '.join(known_kinds())}"
+                f"one of: {', '.join(kinds)}"
             )
-        if kind not in STAGE_KINDS:
-            hint = difflib.get_close_matches(str(kind), known_kinds(), n=1)
+        if kind not in kinds:
+            hint = difflib.get_close_matches(str(kind), list(kinds), n=1)
             suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
             raise RecipeError(
                 f"{where((*loc, 'kind'), lines, path)}: stages[{i}].kind (stage '{name}'): unknown stage kind "
-                f"{kind!r}; known kinds: {', '.join(known_kinds())}{suggestion}"
+                f"{kind!r}; known kinds: {', '.join(kinds)}{suggestion}"
             )
         base_dir = origins.get(name, path).parent
         try:
-            config = STAGE_KINDS[kind].config.model_validate(stage_raw, context={"base_dir": base_dir})
+            config = kinds[kind].config.model_validate(stage_raw, context={"base_dir": base_dir})
         except ValidationError as exc:
             raise from_validation_error(
                 exc, file=path, lines=lines, raw=stage_raw, prefix=loc, stage_names=names
             ) from None
+        seen[name] = i
         if config.from_ is not None and (config.from_ not in seen or config.from_ == name):
             earlier = [n for n in names[:i]]
             raise RecipeError(
                 f"{where((*loc, 'from'), lines, path)}: stages[{i}].from (stage '{name}'): "
                 f"'{config.from_}' is not an earlier stage (earlier stages: {', '.join(earlier) or 'none'})"
             )
-        for dep in stage_dependencies(config):
-            if dep not in seen or dep == name:
-                earlier = ", ".join(names[:i]) or "none"
-                raise RecipeError(
-                    f"{where(loc, lines, path)}: stages[{i}] (stage '{name}') reads stage '{dep}', which is not "
-                    f"an earlier stage (earlier stages: {earlier})"
-                )
-        data = getattr(config, "data", None)
-        for j, source in enumerate(getattr(data, "sources", None) or []):
-            producer = stages[seen[source.stage_ref]] if source.stage_ref in seen else None
-            if producer is not None and not producer.writes_dataset:
-                field = (*loc, "data", "sources", j, "path")
-                writers = [s.name for s in stages if s.writes_dataset] or ["none"]
-                raise RecipeError(
-                    f"{where(field, lines, path)}: {dotted(field)} (stage '{name}'): stage '{source.stage_ref}' is a "
-                    f"{producer.kind} stage and writes no dataset (stages that do: {', '.join(writers)})"
-                )
+        for read in config.reads(names[:i]):
+            _check_read(read, stages, kinds, loc, name, lines, path)
         stages.append(config)
 
-    if "bake" in STAGE_KINDS and not any(stage.kind == "bake" for stage in stages):  # type: ignore[attr-defined]
-        stages.append(STAGE_KINDS["bake"].config.model_validate({"name": "bake", "kind": "bake"}))
+    bake = kinds.get("bake")
+    if bake is not None and not any(stage.kind == "bake" for stage in stages):
+        stages.append(bake.config.model_validate({"name": "bake", "kind": "bake"}))
     return LoadedRecipe(path=path, recipe=recipe, stages=stages, raw=raw, files=files)
 
 
-def stage_dependencies(config: StageConfigBase) -> list[str]:
-    """Stages a config reads besides its `from` (evaluate candidates, synthesized datasets, ...)."""
-    method = getattr(config, "depends_on", None)
-    return [name for name in (method() if callable(method) else []) if name]
+def _check_read(read: Read, earlier: list[StageConfigBase], kinds, loc, name: str, lines, path: Path) -> None:
+    """A stage may read only an earlier stage, and only what that stage's kind produces."""
+    field = (*loc, *read.field)
+    producer = next((stage for stage in earlier if stage.name == read.stage), None)
+    if producer is None:
+        known = ", ".join(stage.name for stage in earlier) or "none"
+        raise RecipeError(
+            f"{where(field, lines, path)}: {dotted(field)} (stage '{name}'): '{read.stage}' is not an earlier stage "
+            f"(earlier stages: {known})"
+        )
+    if read.artifact not in kinds[producer.kind].produces:
+        makers = [s.name for s in earlier if read.artifact in kinds[s.kind].produces] or ["none"]
+        raise RecipeError(
+            f"{where(field, lines, path)}: {dotted(field)} (stage '{name}'): stage '{read.stage}' is a "
+            f"{producer.kind} stage and produces no {read.artifact.value} (earlier stages that do: {', '.join(makers)})"
+        )
+
+
+def stage_reads(loaded: LoadedRecipe, index: int) -> list[str]:
+    """Names of the stages stage ``index`` reads besides its ``from`` (in recipe order, no repeats)."""
+    earlier = loaded.names[:index]
+    names = {read.stage for read in loaded.stages[index].reads(earlier)}
+    return [name for name in earlier if name in names]
 
 
 def _by_index(named_lines, names: list[str]) -> dict[FieldPath, tuple[Path, int]]:

@@ -1,63 +1,43 @@
-"""The stage kinds a recipe may use: kind -> (config model, run function, whether it trains).
+"""The stage kinds a recipe may use, collected from the stage packages.
 
-Stage packages own their configs and run functions; this table is the only place the runner
-learns about them. A kind whose package is not installed/importable is simply not listed.
+Each stage package exports its kinds as ``STAGE_KINDS`` (a tuple of :class:`StageKind`); this is
+the only place the runner learns about them. A new kind is one ``StageKind`` in its package's
+tuple plus its module; nothing in `recipes/` names it.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+import difflib
+from collections.abc import Mapping
 
-from tempa.sft.stage_api import StageConfigBase, StageContext, StageResult
+import tempa.alignment
+import tempa.merge
+import tempa.sft
+from tempa.sft.stage_api import StageKind
 
-
-@dataclass(frozen=True)
-class StageKind:
-    kind: str
-    config: type[StageConfigBase]
-    run: Callable[[Any, StageContext], StageResult]
-    # Resumable stages (training, incremental sampling) keep their folder after an interruption
-    # and continue from what is complete in it; other stages restart from scratch.
-    resumable: bool
-    summary: str
+STAGE_PACKAGES = (tempa.sft, tempa.alignment, tempa.merge)
 
 
-# kind, module, config class, run function, resumable, one-line summary
-_KINDS = [
-    ("sft", "tempa.sft.stage", "SFTStageConfig", "run_sft", True, "supervised fine-tuning with trl SFTTrainer"),
-    ("synthesize", "tempa.alignment", "SynthesizeStageConfig", "run_synthesize", True,
-     "teacher generation + judge/verifier filtering into an SFT dataset"),
-    ("preference", "tempa.alignment", "PreferenceStageConfig", "run_preference", True,
-     "on-policy sampling, scoring, pair building and DPO/APO rounds"),
-    ("evaluate", "tempa.merge", "EvaluateStageConfig", "run_evaluate", False, "score checkpoints into a leaderboard"),
-    ("merge", "tempa.merge", "MergeStageConfig", "run_merge", False, "mergekit merge of selected checkpoints"),
-    ("bake", "tempa.merge", "BakeStageConfig", "run_bake", False,
-     "final model: baked thinking template, generation config, model card"),
-]
-
-
-def _load() -> dict[str, StageKind]:
+def stage_kinds() -> Mapping[str, StageKind]:
+    """Every kind by name, in package order (sft, alignment, merge)."""
     kinds: dict[str, StageKind] = {}
-    for kind, module_name, config_name, run_name, resumable, summary in _KINDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue  # that stage package is not part of this install
-            raise
-        config = getattr(module, config_name, None)
-        run = getattr(module, run_name, None)
-        if config is None or run is None:
-            continue
-        kinds[kind] = StageKind(kind, config, run, resumable, summary)
+    for package in STAGE_PACKAGES:
+        for kind in package.STAGE_KINDS:
+            if kind.kind in kinds:
+                raise RuntimeError(f"stage kind {kind.kind!r} is exported by two packages")
+            kinds[kind.kind] = kind
     return kinds
 
 
-STAGE_KINDS: dict[str, StageKind] = _load()
+def stage_kind(name: str) -> StageKind:
+    """The kind called ``name``; a KeyError names the known kinds and the closest one."""
+    kinds = stage_kinds()
+    if name not in kinds:
+        hint = difflib.get_close_matches(str(name), list(kinds), n=1)
+        raise KeyError(f"unknown stage kind {name!r}; known kinds: {', '.join(kinds)}"
+                       + (f"; did you mean '{hint[0]}'?" if hint else ""))
+    return kinds[name]
 
 
 def known_kinds() -> list[str]:
-    return list(STAGE_KINDS)
+    return list(stage_kinds())

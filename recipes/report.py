@@ -1,8 +1,8 @@
 """`tempa report RUN_DIR`: one HTML page (plus PNGs) showing what a run did.
 
-Everything is read from the run directory: loss curves from each training stage's logged
-history, reward statistics per preference round, the last leaderboard, the merge choice, and
-the final tokenizer rendering one conversation in both thinking modes.
+Everything comes from the stages' manifests and their typed results: loss curves from each
+trained model's training outcome, reward statistics per preference round, the last leaderboard,
+the merge choice, and the final tokenizer rendering one conversation in both thinking modes.
 """
 
 from __future__ import annotations
@@ -11,8 +11,15 @@ import html
 from pathlib import Path
 from typing import Any
 
-from tempa.recipes.rundir import MANIFEST, RESOLVED_RECIPE, read_json
+from tempa.alignment.preference_stage import PreferenceResult, RoundSummary
+from tempa.merge.leaderboard import EvaluateResult, Leaderboard, is_headline, lower_is_better
+from tempa.merge.merge_result import MergeResult
+from tempa.recipes.registry import stage_kinds
+from tempa.recipes.rundir import Manifest, read_manifest
 from tempa.sft.files import staging_dir
+from tempa.sft.run_layout import FINAL_LINK, REPORT_DIR, RESOLVED_RECIPE, TOKENIZER_DIR
+from tempa.sft.stage_api import StageResult, format_metric
+from tempa.sft.train_plan import OUTCOME_FILE, TrainOutcome
 
 EXAMPLE = [
     {"role": "user", "content": "Apa sentimen dari kalimat berikut ini?\nKalimat: Buku ini sangat membosankan."},
@@ -20,19 +27,33 @@ EXAMPLE = [
 ]
 
 
-def _manifests(run_dir: Path) -> list[dict[str, Any]]:
-    found = [m for p in run_dir.glob(f"*/{MANIFEST}") if (m := read_json(p)) and "name" in m]
-    return sorted(found, key=lambda m: m.get("started_at") or 0)
+def finished_stages(run_dir: Path) -> list[tuple[Manifest, StageResult | None]]:
+    """Every stage with a manifest, in the order they started, with its typed result once it is done."""
+    kinds = stage_kinds()
+    found = []
+    for folder in run_dir.iterdir():
+        manifest = read_manifest(folder) if folder.is_dir() else None
+        if manifest is None:
+            continue
+        result = None
+        if manifest.status == "done" and manifest.kind in kinds:
+            result = kinds[manifest.kind].result.model_validate(manifest.result or {}, context={"run_dir": run_dir})
+        found.append((manifest, result))
+    return sorted(found, key=lambda pair: pair[0].started_at)
 
 
-def _loss_history(stage_dir: Path) -> list[tuple[str, list[dict[str, Any]]]]:
-    """(label, log_history) for every trained model in a stage (one per preference round)."""
+def _loss_history(result: StageResult) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(label, log_history) for every model a stage trained (one per preference round)."""
+    if isinstance(result, PreferenceResult):
+        models = [(f"round-{r.round}", r.model) for r in result.rounds]
+    else:
+        models = [("", result.model)]
     out = []
-    for path in sorted(stage_dir.rglob("tempa_train_metrics.json")):
-        data = read_json(path) or {}
-        if data.get("log_history"):
-            label = path.parent.parent.name if path.parent.name == "final" else path.parent.name
-            out.append((label, data["log_history"]))
+    for label, model in models:
+        if model is not None and (Path(model) / OUTCOME_FILE).is_file():
+            history = TrainOutcome.read(Path(model)).log_history
+            if history:
+                out.append((label, history))
     return out
 
 
@@ -75,26 +96,16 @@ def _save(fig: Any, ax: Any, out: Path) -> Path:
     return out
 
 
-def _round_stats(stage_dir: Path) -> list[dict[str, Any]]:
-    rounds = []
-    for path in sorted(stage_dir.glob("round-*/stats.json"), key=lambda p: int(p.parent.name.split("-")[-1])):
-        data = read_json(path)
-        if data:
-            rounds.append({"round": int(path.parent.name.split("-")[-1]), **data})
-    return rounds
-
-
-def _plot_rewards(name: str, rounds: list[dict[str, Any]], out: Path) -> Path | None:
+def _plot_rewards(name: str, rounds: list[RoundSummary], out: Path) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    xs = [r["round"] for r in rounds]
-    # the preference stage's round-K/stats.json
-    chosen = [r.get("chosen_reward_mean") for r in rounds]
-    rejected = [r.get("rejected_reward_mean") for r in rounds]
-    usable = [r.get("pair_fraction") for r in rounds]
+    xs = [r.round for r in rounds]
+    chosen = [r.chosen_reward_mean for r in rounds]
+    rejected = [r.rejected_reward_mean for r in rounds]
+    usable = [r.pair_fraction for r in rounds]
     if not any(v is not None for v in chosen + rejected + usable):
         return None
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
@@ -109,21 +120,16 @@ def _plot_rewards(name: str, rounds: list[dict[str, Any]], out: Path) -> Path | 
     return _save(fig, ax, out)
 
 
-def _leaderboard_html(board: dict[str, Any]) -> str:
-    directions = board.get("metrics", {})
-    headline = [m for m in directions if ":" not in m and not m.endswith(("/rows", "/tokens"))]
-    rank_by = board.get("rank_by")
-    if rank_by in headline:
-        headline.remove(rank_by)
-        headline.insert(0, rank_by)
-    head = "".join(f"<th>{html.escape(m)} {'↓' if directions[m] == 'min' else '↑'}</th>" for m in headline)
+def _leaderboard_html(board: Leaderboard) -> str:
+    headline = [m for m in board.metric_names if is_headline(m)]
+    if board.rank_by in headline:
+        headline.remove(board.rank_by)
+        headline.insert(0, board.rank_by)
+    head = "".join(f"<th>{html.escape(m)} {'↓' if lower_is_better(m) else '↑'}</th>" for m in headline)
     rows = []
-    for row in board.get("rows", []):
-        name = html.escape(str(row.get("candidate", "?"))) + (" <b>(merged)</b>" if row.get("merged") else "")
-        cells = "".join(
-            f"<td>{row['metrics'][m]:.4f}</td>" if isinstance(row["metrics"].get(m), int | float) else "<td></td>"
-            for m in headline
-        )
+    for row in board.ranked():
+        name = html.escape(row.candidate) + (" <b>(merged)</b>" if row.merged else "")
+        cells = "".join(f"<td>{row.metrics[m]:.4f}</td>" if m in row.metrics else "<td></td>" for m in headline)
         rows.append(f"<tr><td>{name}</td>{cells}</tr>")
     return f"<div class='wide'><table><tr><th>model</th>{head}</tr>{''.join(rows)}</table></div>"
 
@@ -131,8 +137,8 @@ def _leaderboard_html(board: dict[str, Any]) -> str:
 def _examples(run_dir: Path) -> str:
     from transformers import AutoTokenizer
 
-    final = run_dir / "final"
-    folder = final if (final / "tokenizer_config.json").exists() else run_dir / "tokenizer"
+    final = run_dir / FINAL_LINK
+    folder = final if (final / "tokenizer_config.json").exists() else run_dir / TOKENIZER_DIR
     if not (folder / "tokenizer_config.json").exists():
         return "<p>No tokenizer in this run yet.</p>"
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -149,9 +155,7 @@ def _examples(run_dir: Path) -> str:
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape(str(value))
+    return html.escape(format_metric(value))
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -161,51 +165,55 @@ def write_report(run_dir: str | Path) -> Path:
         from tempa.recipes.errors import RecipeError
 
         raise RecipeError(f"{run_dir}: not a tempa run directory (no recipe.resolved.yaml)")
-    manifests = _manifests(run_dir)
-    out = run_dir / "report"
+    stages = finished_stages(run_dir)
+    out = run_dir / REPORT_DIR
     with staging_dir(out) as tmp:
         sections = [f"<h1>tempa run report</h1><p>{html.escape(str(run_dir))}</p>", "<h2>Stages</h2>"]
         rows = "".join(
-            f"<tr><td>{html.escape(m['name'])}</td><td>{html.escape(m.get('kind', ''))}</td>"
-            f"<td>{html.escape(m.get('status', ''))}</td><td>{_fmt(m.get('duration_s', ''))}</td>"
-            f"<td>{', '.join(f'{html.escape(k)}={_fmt(v)}' for k, v in list((m.get('metrics') or {}).items())[:6])}"
+            f"<tr><td>{html.escape(m.name)}</td><td>{html.escape(m.kind)}</td>"
+            f"<td>{html.escape(m.status)}</td><td>{_fmt(m.duration_s if m.duration_s is not None else '')}</td>"
+            f"<td>{', '.join(f'{html.escape(k)}={_fmt(v)}' for k, v in list(m.metrics.items())[:6])}"
             "</td></tr>"
-            for m in manifests
+            for m, _ in stages
         )
         sections.append(f"<table><tr><th>stage</th><th>kind</th><th>status</th><th>seconds</th>"
                         f"<th>key metrics</th></tr>{rows}</table>")
+        done = [(m, r) for m, r in stages if r is not None]
 
         sections.append("<h2>Loss curves</h2>")
-        for m in manifests:
-            histories = _loss_history(run_dir / m["name"])
-            png = _plot_losses(m["name"], histories, tmp / f"loss-{m['name']}.png") if histories else None
+        for m, result in done:
+            histories = _loss_history(result)
+            png = _plot_losses(m.name, histories, tmp / f"loss-{m.name}.png") if histories else None
             if png:
-                sections.append(f'<img alt="{html.escape(m["name"])} loss" src="{png.name}">')
+                sections.append(f'<img alt="{html.escape(m.name)} loss" src="{png.name}">')
 
         reward_pngs = []
-        for m in manifests:
-            rounds = _round_stats(run_dir / m["name"])
-            if rounds and (png := _plot_rewards(m["name"], rounds, tmp / f"rewards-{m['name']}.png")):
-                reward_pngs.append(f'<img alt="{html.escape(m["name"])} rewards" src="{png.name}">')
+        for m, result in done:
+            rounds = result.rounds if isinstance(result, PreferenceResult) else []
+            if rounds and (png := _plot_rewards(m.name, rounds, tmp / f"rewards-{m.name}.png")):
+                reward_pngs.append(f'<img alt="{html.escape(m.name)} rewards" src="{png.name}">')
         if reward_pngs:
             sections += ["<h2>Rewards per preference round</h2>", *reward_pngs]
 
-        boards = [run_dir / m["name"] / "leaderboard.json" for m in manifests]
-        boards = [b for b in boards if b.is_file()]
+        boards = [(m.name, r.leaderboard) for m, r in done
+                  if isinstance(r, EvaluateResult | MergeResult) and r.leaderboard is not None]
         if boards:
-            sections += [f"<h2>Leaderboard ({html.escape(boards[-1].parent.name)})</h2>",
-                         _leaderboard_html(read_json(boards[-1]) or {})]
+            name, board = boards[-1]
+            sections += [f"<h2>Leaderboard ({html.escape(name)})</h2>", _leaderboard_html(board)]
 
-        merges = [m for m in manifests if m.get("kind") == "merge"]
-        for m in merges:
-            config = run_dir / m["name"] / "mergekit.yaml"
-            sections.append(f"<h2>Merge choice ({html.escape(m['name'])})</h2>")
-            if config.is_file():
+        for m, result in done:
+            if not isinstance(result, MergeResult):
+                continue
+            summary = result.summary
+            sections.append(f"<h2>Merge choice ({html.escape(m.name)})</h2>")
+            config = result.files.get("mergekit_config")
+            if config is not None and config.is_file():
                 sections.append(f"<pre>{html.escape(config.read_text())}</pre>")
-            metrics = m.get("metrics") or {}
-            if "merge_helped" in metrics:
-                sections.append(f"<p>merge helped: <b>{metrics['merge_helped']}</b> "
-                                f"(gain over best input: {_fmt(metrics.get('gain_over_best_input'))})</p>")
+            if summary.reevaluation is not None:
+                gain = summary.reevaluation.merged - summary.reevaluation.best_input
+                sections.append(f"<p>merge helped: <b>{summary.reevaluation.helped}</b> "
+                                f"({html.escape(summary.reevaluation.metric)}: merged {_fmt(summary.reevaluation.merged)}"
+                                f", best input {_fmt(summary.reevaluation.best_input)}, difference {_fmt(gain)})</p>")
 
         sections += ["<h2>Chat template, both thinking modes</h2>", _examples(run_dir)]
         style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"

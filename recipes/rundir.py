@@ -1,31 +1,27 @@
-"""The run directory: one folder per stage, a manifest each, a DONE marker written last, a lock.
+"""The run directory as the runner keeps it: manifests, DONE markers, the lock, crash-safe clears.
 
-Layout::
-
-    run_dir/
-      .lock                      held (flock) by the runner writing this folder
-      recipe.resolved.yaml       the recipe after extends + --set
-      tokenizer/                 base tokenizer with the recipe's chat template baked in
-      <stage>/manifest.json      fingerprint, status, timings, metrics (updated as it runs)
-      <stage>/metrics.json       the stage's metrics
-      <stage>/DONE               {"fingerprint": ...}; present only for a complete stage
-      final -> <last stage>/final
+The names of the run directory's entries are part of the stage contract
+(:mod:`tempa.sft.run_layout`); this module is the only writer of a stage's ``manifest.json``,
+``metrics.json`` and ``DONE``, and the one reader of manifests (``tempa status``, ``tempa plan``,
+``tempa report`` and the runner itself, for the results of stages it skips).
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from tempa.sft.files import write_atomic
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-DONE = "DONE"
-RESOLVED_RECIPE = "recipe.resolved.yaml"  # in the run folder: the recipe after extends, profile and --set
+from tempa.sft.files import read_json, write_json
+from tempa.sft.run_layout import DONE, LOCK, MANIFEST, METRICS
+from tempa.sft.stage_api import RunPath, StageResult, Upstream
+
+__all__ = ["DONE", "MANIFEST", "Manifest", "RunLock", "RunLockedError", "read_json"]
 
 
 def cache_root() -> Path:
@@ -33,24 +29,58 @@ def cache_root() -> Path:
     return Path(os.environ.get("TEMPA_CACHE") or Path.home() / ".cache" / "tempa")
 
 
+class Manifest(BaseModel):
+    """One stage's record in the run directory (``<stage>/manifest.json``), updated as it runs."""
 
-MANIFEST = "manifest.json"
+    model_config = ConfigDict(extra="ignore")  # manifests of older tempa versions still read
+
+    name: str
+    kind: str
+    fingerprint: str
+    components: dict[str, Any] = Field(default_factory=dict, description="What the fingerprint is made of.")
+    status: Literal["running", "done", "failed"]
+    action: str = ""
+    started_at: float
+    finished_at: float | None = None
+    duration_s: float | None = None
+    tempa_version: str = ""
+    error: str | None = None
+    start_model: RunPath | None = Field(default=None, description="The model the stage started from.")
+    result: dict[str, Any] | None = Field(default=None, description="The stage's typed result, as JSON.")
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The headline metrics of a finished stage (what its metrics.json holds)."""
+        metrics = (self.result or {}).get("metrics")
+        return metrics if isinstance(metrics, dict) else {}
+
+    def write(self, stage_dir: Path, run_dir: Path) -> None:
+        write_json(stage_dir / MANIFEST, self.model_dump(mode="json", context={"run_dir": run_dir}))
+
+    def upstream(self, result_type: type[StageResult], config: Any, run_dir: Path) -> Upstream:
+        """This stage as a later stage sees it (its result re-anchored in ``run_dir``)."""
+        result = result_type.model_validate(self.result or {}, context={"run_dir": run_dir})
+        return Upstream(self.name, self.kind, config, result, self.duration_s)
 
 
-def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+def read_manifest(stage_dir: Path) -> Manifest | None:
+    """A stage's manifest, or None when there is none (or it cannot be read as one)."""
+    data = read_json(stage_dir / MANIFEST)
+    if not isinstance(data, dict):
         return None
+    try:
+        return Manifest.model_validate(data, context={"run_dir": stage_dir.parent})
+    except ValidationError:
+        return None
+
+
+def write_metrics(stage_dir: Path, metrics: dict[str, Any]) -> None:
+    write_json(stage_dir / METRICS, metrics)
 
 
 def done_fingerprint(stage_dir: Path) -> str | None:
     data = read_json(stage_dir / DONE)
-    return data.get("fingerprint") if data else None
+    return data.get("fingerprint") if isinstance(data, dict) else None
 
 
 def mark_done(stage_dir: Path, fingerprint: str) -> None:
@@ -79,7 +109,7 @@ class RunLock:
     """An exclusive flock on ``run_dir/.lock``; the kernel drops it when the holder dies."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
+        self.path = run_dir / LOCK
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
@@ -107,7 +137,7 @@ class RunLock:
 
 def run_in_progress(run_dir: Path) -> bool:
     """True while some runner holds the run directory's lock."""
-    path = run_dir / ".lock"
+    path = run_dir / LOCK
     if not path.exists():
         return False
     fd = os.open(path, os.O_RDONLY)

@@ -8,7 +8,6 @@ complete stage or one that the next run resumes (training) or redoes (everything
 from __future__ import annotations
 
 import logging
-import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -18,41 +17,46 @@ from typing import Any
 import yaml
 
 from tempa.recipes import __version__
-from tempa.recipes.fingerprint import digest, path_digest, referenced_files
+from tempa.recipes.fingerprint import referenced_files
 from tempa.recipes.launcher import deepspeed_config_path, reap_stale_launch, run_launch
-from tempa.recipes.loader import LoadedRecipe, stage_dependencies
-from tempa.recipes.registry import STAGE_KINDS
+from tempa.recipes.loader import LoadedRecipe, stage_reads
+from tempa.recipes.registry import stage_kind
 from tempa.recipes.rundir import (
-    MANIFEST,
-    RESOLVED_RECIPE,
+    Manifest,
     RunLock,
     cache_root,
     clear_stage,
     done_fingerprint,
     mark_done,
-    read_json,
+    read_manifest,
     run_in_progress,
     sweep_trash,
-    write_json,
+    write_metrics,
 )
 from tempa.recipes.schema import TINY_DEFAULT
-from tempa.sft.files import write_atomic
-from tempa.sft.stage_api import StageContext, StageError, StageResult
+from tempa.sft.files import digest, path_digest, point_link, write_atomic
+from tempa.sft.run_layout import FINAL_LINK, LOGS_DIR, RESOLVED_RECIPE, TOKENIZER_DIR
+from tempa.sft.stage_api import (
+    RecipeInfo,
+    StageConfigBase,
+    StageContext,
+    StageError,
+    TrainingEnv,
+    Upstream,
+)
 
 log = logging.getLogger("tempa")
 
-TOKENIZER_DIR = "tokenizer"
-FINAL_LINK = "final"
-
 
 @dataclass
-class StagePlan:
-    """What `tempa run` will do with one stage, and why."""
+class StageDecision:
+    """What `tempa run` will do with one stage, and why (what `tempa plan` shows)."""
 
     index: int
     name: str
     kind: str
-    upstream: str | None
+    upstream: str | None  # the stage whose model it starts from (None: the base model)
+    reads: list[str]  # further stages it reads
     fingerprint: str
     components: dict[str, Any]
     action: str  # skip | run | resume | rerun
@@ -114,27 +118,27 @@ def template_text(loaded: LoadedRecipe) -> str:
 
 def plan_run(
     loaded: LoadedRecipe, run_dir: Path, *, from_stage: str | None = None, only: str | None = None
-) -> list[StagePlan]:
+) -> list[StageDecision]:
     """Decide, for every stage, whether it is skipped, run, resumed or re-run (and why)."""
     for forced in (from_stage, only):
         if forced is not None:
             loaded.stage(forced)  # unknown name -> RecipeError listing the stages
     base_fp = base_model_fingerprint(loaded)
     template_fp = digest(template_text(loaded))
-    plans: list[StagePlan] = []
+    decisions: list[StageDecision] = []
     fps: dict[str, str] = {}
     forcing = False
     for i, config in enumerate(loaded.stages):
         name = config.name
         upstream = loaded.upstream(i)
         dump = config.model_dump(mode="json", by_alias=True)
-        deps = sorted(set(stage_dependencies(config)) - {upstream, None})
+        reads = [dep for dep in stage_reads(loaded, i) if dep != upstream]
         components = {
             "tempa_version": __version__,
             "config": digest(dump),
             "files": digest(referenced_files(dump)),
             "upstream": fps[upstream] if upstream else base_fp,
-            "depends_on": {dep: fps.get(dep) for dep in deps},
+            "depends_on": {dep: fps.get(dep) for dep in reads},
             "template": template_fp,
             "seed": loaded.recipe.seed,
             "trust_remote_code": loaded.recipe.trust_remote_code,
@@ -142,34 +146,36 @@ def plan_run(
         fp = digest(components)
         fps[name] = fp
         stage_dir = run_dir / name
-        resumable = STAGE_KINDS[config.kind].resumable  # type: ignore[attr-defined]
+        resumable = stage_kind(config.kind).resumable
         forcing = forcing or name == from_stage
         forced = forcing or name == only
         action, reason = _decide(stage_dir, fp, components, forced, resumable, from_stage or only)
         if only is not None and name != only and action != "skip":
             action, reason = "skip", "not selected by --only"
         complete = done_fingerprint(stage_dir) == fp
-        plans.append(StagePlan(i, name, config.kind, upstream, fp, components, action, reason, resumable, complete))  # type: ignore[attr-defined]
+        decisions.append(StageDecision(i, name, config.kind, upstream, reads, fp, components, action, reason,
+                                       resumable, complete))
     if only is not None:
-        _check_only_inputs(plans, only)
-    return plans
+        _check_only_inputs(decisions, only)
+    return decisions
 
 
 def _decide(stage_dir: Path, fp: str, components: dict, forced: bool, resumable: bool, flag: str | None):
     done = done_fingerprint(stage_dir)
-    manifest = read_json(stage_dir / MANIFEST) or {}
+    manifest = read_manifest(stage_dir)
     if forced:
         return "rerun", f"forced by --from/--only {flag}"
-    if done == fp:
+    if done == fp and manifest is not None and manifest.status == "done":
         return "skip", "complete; fingerprint matches"
+    old = manifest.components if manifest is not None else {}
     if done is not None:
-        return "rerun", "changed since it ran: " + _what_changed(manifest.get("components", {}), components)
-    if manifest.get("fingerprint") == fp:
+        return "rerun", "changed since it ran: " + _what_changed(old, components)
+    if manifest is not None and manifest.fingerprint == fp:
         if resumable:
             return "resume", "interrupted; continues from what it completed (checkpoints, samples)"
         return "rerun", "interrupted; starts over (not a resumable stage)"
-    if manifest:
-        return "rerun", "interrupted and changed since: " + _what_changed(manifest.get("components", {}), components)
+    if manifest is not None:
+        return "rerun", "interrupted and changed since: " + _what_changed(old, components)
     return "run", "not run yet"
 
 
@@ -188,8 +194,8 @@ def _what_changed(old: dict, new: dict) -> str:
     return ", ".join(changed) or "fingerprint"
 
 
-def _check_only_inputs(plans: list[StagePlan], only: str) -> None:
-    by_name = {p.name: p for p in plans}
+def _check_only_inputs(decisions: list[StageDecision], only: str) -> None:
+    by_name = {d.name: d for d in decisions}
     target = by_name[only]
     if target.upstream and not by_name[target.upstream].complete:
         raise StageError(
@@ -209,44 +215,59 @@ def run_recipe(
     summary = RunSummary(run_dir)
     with RunLock(run_dir):
         sweep_trash(run_dir)
-        write_atomic(
-            run_dir / RESOLVED_RECIPE,
-            yaml.safe_dump(loaded.resolved(), sort_keys=False, allow_unicode=True),
-        )
-        plans = plan_run(loaded, run_dir, from_stage=from_stage, only=only)
+        resolved = loaded.resolved()
+        write_atomic(run_dir / RESOLVED_RECIPE, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+        decisions = plan_run(loaded, run_dir, from_stage=from_stage, only=only)
         base_dir = resolve_base_model(loaded)
         template = template_text(loaded)
         tokenizer_dir = prepare_tokenizer(base_dir, loaded.recipe.chat_template, template, run_dir, log)
-        model_dirs: dict[str, Path] = {}
-        stage_dirs: dict[str, Path] = {}
-        for plan in plans:
-            config = loaded.stages[plan.index]
-            stage_dir = run_dir / plan.name
-            if plan.action == "skip":
-                manifest = read_json(stage_dir / MANIFEST) or {}
-                if manifest.get("model_dir"):
-                    model_dirs[plan.name] = run_dir / manifest["model_dir"]
-                if stage_dir.exists():
-                    stage_dirs[plan.name] = stage_dir
-                log.info("stage %s (%s): skip: %s", plan.name, plan.kind, plan.reason)
-                summary.skipped.append(plan.name)
-                continue
-            log.info("stage %s (%s): %s: %s", plan.name, plan.kind, plan.action, plan.reason)
-            reap_stale_launch(stage_dir, log=log)
-            if plan.action in ("rerun", "run"):
-                clear_stage(stage_dir)
-            model_dir = model_dirs.get(plan.upstream, base_dir) if plan.upstream else base_dir
-            ctx = _context(loaded, plan, run_dir, stage_dir, model_dir, base_dir, tokenizer_dir, template,
-                           stage_dirs, model_dirs)
-            result = _run_stage(config, plan, ctx)
-            model_dirs[plan.name] = result.model_dir or model_dir
-            stage_dirs[plan.name] = stage_dir
-            summary.ran.append(plan.name)
-        last_model = model_dirs.get(plans[-1].name) if plans else None
+        recipe = RecipeInfo(name=loaded.recipe.name, base_model=loaded.recipe.base_model,
+                            chat_template=loaded.recipe.chat_template, description=loaded.recipe.description,
+                            resolved=resolved)
+        done: dict[str, Upstream] = {}
+        # The model each stage hands on: its own, or (evaluate, synthesize) the one it started from.
+        hands_on: dict[str, Path] = {}
+        for decision in decisions:
+            config = loaded.stages[decision.index]
+            stage_dir = run_dir / decision.name
+            start_model = hands_on[decision.upstream] if decision.upstream else base_dir
+            if decision.action == "skip":
+                upstream = _skipped(decision, config, run_dir)
+                log.info("stage %s (%s): skip: %s", decision.name, decision.kind, decision.reason)
+                summary.skipped.append(decision.name)
+            else:
+                log.info("stage %s (%s): %s: %s", decision.name, decision.kind, decision.action, decision.reason)
+                reap_stale_launch(stage_dir, log=log)
+                if decision.action in ("rerun", "run"):
+                    clear_stage(stage_dir)
+                ctx = _context(loaded, decision, run_dir, start_model, base_dir, tokenizer_dir, template, recipe,
+                               _visible(decision, done))
+                upstream = _run_stage(config, decision, ctx, run_dir)
+                summary.ran.append(decision.name)
+            done[decision.name] = upstream
+            hands_on[decision.name] = upstream.result.model or start_model
+        last_model = hands_on.get(decisions[-1].name) if decisions else None
         if last_model is not None:
             _point_final(run_dir, last_model)
             summary.final_model = run_dir / FINAL_LINK
     return summary
+
+
+def _visible(decision: StageDecision, done: dict[str, Upstream]) -> dict[str, Upstream]:
+    """The earlier stages a stage is handed: those it reads (every earlier one for the bake)."""
+    if stage_kind(decision.kind).sees_all_earlier:
+        return dict(done)
+    wanted = [decision.upstream, *decision.reads]
+    return {name: up for name, up in done.items() if name in wanted}
+
+
+def _skipped(decision: StageDecision, config: StageConfigBase, run_dir: Path) -> Upstream:
+    """A complete stage as later stages see it, from its manifest."""
+    manifest = read_manifest(run_dir / decision.name)
+    if manifest is None or manifest.status != "done":
+        raise StageError(f"stage '{decision.name}': its manifest is missing or unreadable; run it again with "
+                         f"--from {decision.name}")
+    return manifest.upstream(stage_kind(decision.kind).result, config, run_dir)
 
 
 def prepare_tokenizer(base_dir: Path, template_ref: str, template: str, run_dir: Path, log: logging.Logger) -> Path:
@@ -268,8 +289,10 @@ def prepare_tokenizer(base_dir: Path, template_ref: str, template: str, run_dir:
     return out
 
 
-def _context(loaded, plan, run_dir, stage_dir, model_dir, base_dir, tokenizer_dir, template, stage_dirs, model_dirs):
+def _context(loaded: LoadedRecipe, decision: StageDecision, run_dir: Path, start_model: Path, base_dir: Path,
+             tokenizer_dir: Path, template: str, recipe: RecipeInfo, upstream: dict[str, Upstream]) -> StageContext:
     launch = loaded.recipe.launch
+    stage_dir = run_dir / decision.name
     stage_dir.mkdir(parents=True, exist_ok=True)
 
     def _launch(module: str, args: list[str], log_file: Path) -> None:
@@ -277,130 +300,113 @@ def _context(loaded, plan, run_dir, stage_dir, model_dir, base_dir, tokenizer_di
 
     ds = deepspeed_config_path(launch.deepspeed_config) if launch.launcher == "torchrun" else None
     return StageContext(
-        run_dir=run_dir,
+        stage_name=decision.name,
         stage_dir=stage_dir,
-        stage_name=plan.name,
         seed=loaded.recipe.seed,
-        model_dir=model_dir,
+        start_model=start_model,
+        base_model=base_dir,
         tokenizer_dir=tokenizer_dir,
         chat_template=template,
-        stage_dirs=dict(stage_dirs),
-        stage_models=dict(model_dirs),
+        upstream=upstream,
         launch=_launch,
+        training=TrainingEnv(use_cpu=launch.use_cpu, mixed_precision=launch.mixed_precision, deepspeed_config=ds,
+                             trust_remote_code=loaded.recipe.trust_remote_code),
         log=log,
-        base_model_dir=base_dir,
-        trust_remote_code=loaded.recipe.trust_remote_code,
-        use_cpu=launch.use_cpu,
-        mixed_precision=launch.mixed_precision,
-        deepspeed_config=ds,
         cache_dir=cache_root(),
+        recipe=recipe,
     )
 
 
-def _run_stage(config, plan: StagePlan, ctx: StageContext) -> StageResult:
+def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageContext, run_dir: Path) -> Upstream:
+    """Run one stage; the runner alone writes its manifest, metrics and (last) DONE."""
+    kind = stage_kind(decision.kind)
     stage_dir = ctx.stage_dir
-    logs = stage_dir / "logs"
+    logs = stage_dir / LOGS_DIR
     logs.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(logs / "stage.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
-    started = time.time()
-    manifest: dict[str, Any] = {
-        "name": plan.name,
-        "kind": plan.kind,
-        "fingerprint": plan.fingerprint,
-        "components": plan.components,
-        "status": "running",
-        "action": plan.action,
-        "started_at": started,
-        "tempa_version": __version__,
-    }
-    write_json(stage_dir / MANIFEST, manifest)
+    manifest = Manifest(name=decision.name, kind=decision.kind, fingerprint=decision.fingerprint,
+                        components=decision.components, status="running", action=decision.action,
+                        started_at=time.time(), tempa_version=__version__, start_model=ctx.start_model)
+    manifest.write(stage_dir, run_dir)
     try:
-        result = STAGE_KINDS[plan.kind].run(config, ctx)
+        result = kind.run(config, ctx)
+        if not isinstance(result, kind.result):
+            raise TypeError(f"{decision.kind} stage returned {type(result).__name__}, not {kind.result.__name__}")
     except StageError as exc:
-        _fail(stage_dir, manifest, started, str(exc))
-        raise StageError(f"stage '{plan.name}' failed: {exc}") from None
+        _fail(manifest, stage_dir, run_dir, str(exc))
+        raise StageError(f"stage '{decision.name}' failed: {exc}") from None
     except Exception as exc:
         (logs / "traceback.txt").write_text(traceback.format_exc())
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        _fail(stage_dir, manifest, started, message)
+        _fail(manifest, stage_dir, run_dir, message)
         raise StageError(
-            f"stage '{plan.name}' failed: {message} (traceback: {logs / 'traceback.txt'})"
+            f"stage '{decision.name}' failed: {message} (traceback: {logs / 'traceback.txt'})"
         ) from None
     finally:
         log.removeHandler(handler)
         handler.close()
     finished = time.time()
-    write_json(stage_dir / "metrics.json", result.metrics)
-    manifest.update(
-        status="done",
-        finished_at=finished,
-        duration_s=round(finished - started, 3),
-        metrics=result.metrics,
-        outputs=result.outputs,
-        # A stage without a model of its own (synthesize) hands on the one it started from.
-        model_dir=_under(result.model_dir or ctx.model_dir, ctx.run_dir),
-        produced_model=result.model_dir is not None,
-    )
-    write_json(stage_dir / MANIFEST, manifest)
-    mark_done(stage_dir, plan.fingerprint)  # last: the stage is complete from here on
-    log.info("stage %s: done in %.1fs", plan.name, finished - started)
-    return result
+    write_metrics(stage_dir, result.metrics)
+    manifest.status, manifest.finished_at = "done", finished
+    manifest.duration_s = round(finished - manifest.started_at, 3)
+    manifest.result = result.model_dump(mode="json", context={"run_dir": run_dir})
+    manifest.write(stage_dir, run_dir)
+    mark_done(stage_dir, decision.fingerprint)  # last: the stage is complete from here on
+    log.info("stage %s: done in %.1fs", decision.name, finished - manifest.started_at)
+    return Upstream(decision.name, decision.kind, config, result, manifest.duration_s)
 
 
-def _under(path: Path, run_dir: Path) -> str:
-    """Relative to the run directory when inside it (the run dir may move), else absolute."""
-    path = Path(path).resolve()
-    return str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path)
-
-
-def _fail(stage_dir: Path, manifest: dict, started: float, message: str) -> None:
-    manifest.update(status="failed", finished_at=time.time(), duration_s=round(time.time() - started, 3),
-                    error=message)
-    write_json(stage_dir / MANIFEST, manifest)
+def _fail(manifest: Manifest, stage_dir: Path, run_dir: Path, message: str) -> None:
+    manifest.status, manifest.finished_at, manifest.error = "failed", time.time(), message
+    manifest.duration_s = round(manifest.finished_at - manifest.started_at, 3)
+    manifest.write(stage_dir, run_dir)
 
 
 def _point_final(run_dir: Path, model_dir: Path) -> None:
     link = run_dir / FINAL_LINK
-    tmp = run_dir / f".{FINAL_LINK}.{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    os.symlink(os.path.relpath(model_dir, run_dir), tmp)
     if link.is_dir() and not link.is_symlink():
         clear_stage(link)
-    os.replace(tmp, link)
+    point_link(link, model_dir)
 
 
 # --------------------------------------------------------------------------- status
 
 
-def stage_status(loaded: LoadedRecipe | None, run_dir: Path) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class StageStatus:
+    """One row of `tempa status`."""
+
+    name: str
+    kind: str
+    state: str  # done | failed | running | interrupted | pending
+    duration_s: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def stage_status(loaded: LoadedRecipe | None, run_dir: Path) -> list[StageStatus]:
     """Each stage's state from its manifest (recipe order when the recipe is known)."""
-    names: list[str]
+    manifests = {m.name: m for p in sorted(run_dir.glob("*/")) if (m := read_manifest(p)) is not None}
     if loaded is not None:
         names = loaded.names
     else:
-        manifests = [(read_json(p) or {}) for p in run_dir.glob(f"*/{MANIFEST}")]
-        names = [m["name"] for m in sorted(manifests, key=lambda m: m.get("started_at", 0)) if "name" in m]
+        names = [m.name for m in sorted(manifests.values(), key=lambda m: m.started_at)]
     active = run_in_progress(run_dir)
     rows = []
     for name in names:
-        stage_dir = run_dir / name
-        manifest = read_json(stage_dir / MANIFEST) or {}
-        done = done_fingerprint(stage_dir)
+        manifest = manifests.get(name)
+        if manifest is None:
+            rows.append(StageStatus(name, "", "pending"))
+            continue
         state = "pending"
-        if done is not None and done == manifest.get("fingerprint"):
+        if done_fingerprint(run_dir / name) == manifest.fingerprint:
             state = "done"
-        elif manifest.get("status") == "failed":
+        elif manifest.status == "failed":
             state = "failed"
-        elif manifest.get("status") == "running":
+        elif manifest.status == "running":
             state = "running" if active else "interrupted"
-        rows.append({
-            "name": name,
-            "kind": manifest.get("kind", ""),
-            "state": state,
-            "duration_s": manifest.get("duration_s"),
-            "metrics": manifest.get("metrics", {}),
-            "error": manifest.get("error"),
-        })
+        rows.append(StageStatus(name, manifest.kind, state, manifest.duration_s,
+                                manifest.metrics if state == "done" else {}, manifest.error))
     return rows

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
 
-from transformers import TrainerCallback
+from tempa.sft.run_layout import COMPLETE as COMPLETE_MARKER
+from tempa.sft.stage_api import Checkpoint
 
-COMPLETE_MARKER = "COMPLETE"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -21,13 +20,15 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def complete_checkpoints(output_dir: Path) -> list[Path]:
-    return [p for p in checkpoint_dirs(output_dir) if (p / COMPLETE_MARKER).is_file()]
+def complete_checkpoints(output_dir: Path) -> list[Checkpoint]:
+    """The checkpoints whose COMPLETE marker is written, in step order."""
+    return [Checkpoint(step=int(p.name.split("-")[-1]), path=p) for p in checkpoint_dirs(output_dir)
+            if (p / COMPLETE_MARKER).is_file()]
 
 
 def last_complete_checkpoint(output_dir: Path) -> Path | None:
     done = complete_checkpoints(output_dir)
-    return done[-1] if done else None
+    return done[-1].path if done else None
 
 
 def remove_incomplete_checkpoints(output_dir: Path) -> list[Path]:
@@ -38,21 +39,3 @@ def remove_incomplete_checkpoints(output_dir: Path) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
-
-
-class CheckpointCompleteCallback(TrainerCallback):
-    """Marks ``checkpoint-N`` complete once every process has finished writing it."""
-
-    def on_save(self, args, state, control, **kwargs):
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()  # all shards (ZeRO-3 writes one per rank) are on disk before the marker
-        if state.is_world_process_zero:
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if path.is_dir():
-                marker = path / COMPLETE_MARKER
-                tmp = marker.with_suffix(".tmp")
-                tmp.write_text(f"{state.global_step}\n")
-                os.replace(tmp, marker)
-        return control

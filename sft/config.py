@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from tempa.sft.data_config import DataConfig
-from tempa.sft.stage_api import StageConfigBase
+from tempa.sft.stage_api import Artifact, Read, StageConfigBase
 from tempa.sft.train_args import check_train_args
-
-# Set by tempa from the stage folder, the recipe seed and the launch settings.
-RESERVED_TRAIN_KEYS = ("output_dir", "logging_dir", "resume_from_checkpoint", "deepspeed", "save_safetensors")
+from tempa.sft.train_plan import RESERVED_TRAIN_KEYS, LoraSettings
 
 # tempa's defaults on top of trl's: assistant-only loss on the pre-tokenised masks, BFD packing
 # with position_ids (no attention across samples), checkpoints that a resume can use.
@@ -34,18 +33,6 @@ DEFAULT_TRAIN_ARGS: dict[str, Any] = {
 }
 
 
-class LoraSettings(BaseModel):
-    """LoRA/QLoRA through peft; adapters are merged into the saved final model."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    r: int = Field(default=16, ge=1)
-    lora_alpha: int = 32
-    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    load_in_4bit: bool = Field(default=False, description="QLoRA: load the base in 4 bit (needs bitsandbytes + GPU).")
-
-
 class SFTStageConfig(StageConfigBase):
     """Full-parameter (default) or LoRA supervised fine-tuning with trl's SFTTrainer."""
 
@@ -65,9 +52,10 @@ class SFTStageConfig(StageConfigBase):
 
         return check_train_args(value, SFTConfig, reserved=RESERVED_TRAIN_KEYS)
 
-    def depends_on(self) -> list[str]:
-        """Earlier stages whose datasets this stage reads (`path: stage:NAME`)."""
-        return [ref for source in self.data.sources if (ref := source.stage_ref)]
+    def reads(self, earlier: Sequence[str]) -> list[Read]:
+        """The datasets of earlier stages that `path: stage:NAME` sources name."""
+        return [Read(ref, Artifact.DATASET, ("data", "sources", i, "path"))
+                for i, source in enumerate(self.data.sources) if (ref := source.stage_ref)]
 
     def train_args(self) -> dict[str, Any]:
         """tempa defaults overlaid with the recipe's values."""

@@ -2,7 +2,7 @@
 
 ``prepare_sft_data`` is what the ``sft`` stage calls. It returns pre-tokenised ``input_ids`` and
 ``assistant_masks`` (what trl's SFTTrainer accepts; it builds labels from the masks, truncates and
-packs), and writes ``mix.json``, ``stats.json`` and ``rejects.jsonl`` into the stage folder.
+packs), and writes ``mix.json`` and ``rejects.jsonl`` into the stage folder.
 
 Order of work, per source unless noted:
 
@@ -18,13 +18,12 @@ Order of work, per source unless noted:
 
 Reports (in ``out_dir``; rows are conversations, tokens count every token of the rendered samples):
 
-- ``mix.json``: per source its size setting and thinking mode, ``rows_in`` (rows read),
-  ``rows_curated`` (after the row filters), ``rows_tokenized`` / ``tokens_in`` (after the length
-  limits), ``heldout_rows`` / ``heldout_tokens``, ``rows_kept`` (with repeats when up-sampled),
-  ``samples_kept``, ``tokens_kept``, ``trained_tokens_kept``, ``thinking_on_rows_kept`` and
-  ``share_of_tokens``; the same table is logged.
-- ``stats.json``: ``train_rows``/``eval_rows`` (samples), ``train_tokens``, and per source rows in,
-  rows kept, tokens and rejects by reason.
+- ``mix.json`` (:class:`tempa.sft.data_report.DataMix`): per source its size setting and thinking
+  mode, ``rows_in`` (rows read), ``rows_curated`` (after the row filters), ``rows_tokenized`` /
+  ``tokens_in`` (after the length limits), ``heldout_rows`` / ``heldout_tokens``, ``rows_kept``
+  (with repeats when up-sampled), ``samples_kept``, ``tokens_kept``, ``trained_tokens_kept``,
+  ``thinking_on_rows_kept``, ``share_of_tokens`` and rejects by reason, plus totals; the same
+  table is logged.
 - ``rejects.jsonl``: ``{source, row, reason, detail, data}`` per rejected row (``data`` is the row
   as read, or its normalised messages); ``<reason>_turn`` marks one turn dropped from a kept row.
 
@@ -36,7 +35,6 @@ last and is moved into place atomically, so a partial build is never reused.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -57,7 +55,9 @@ from tqdm.auto import tqdm
 from tempa.sft import curation
 from tempa.sft.curation import Deduplicator, Reason
 from tempa.sft.data_config import CurationConfig, DataConfig, DataError, SourceConfig
+from tempa.sft.data_report import DataMix, MixTotals, SourceMix
 from tempa.sft.expand import Render, expand
+from tempa.sft.files import digest
 from tempa.sft.formats import FormatSpec, RowError, check_columns, normalize_row, spec_for, user_instruction
 from tempa.sft.mixing import assign_thinking, rng_for, select_rows, split_heldout
 from tempa.sft.sources import RAW, describe, is_local, load_source, row_label, source_fingerprint
@@ -68,7 +68,7 @@ logger = logging.getLogger(__name__)
 # Bump when a change to this pipeline changes its output, so old cache entries are not reused.
 PIPELINE_VERSION = "1"
 COMPLETE = "COMPLETE"
-MIX_FILE, STATS_FILE, REJECTS_FILE = "mix.json", "stats.json", "rejects.jsonl"
+MIX_FILE, REJECTS_FILE = "mix.json", "rejects.jsonl"
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects
 
 _MESSAGE = {"role": Value("string"), "content": Value("string"), "reasoning_content": Value("string")}
@@ -111,12 +111,11 @@ class PreparedData:
 
     train: datasets.Dataset
     eval: datasets.Dataset | None
-    stats: dict[str, Any]
+    mix: DataMix
     cache_hit: bool
     cache_path: Path
     train_path: Path
     eval_path: Path | None = None
-    mix: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare_sft_data(
@@ -133,7 +132,7 @@ def prepare_sft_data(
     Args:
         config: the stage's data block.
         tokenizer: a fast tokenizer whose chat template (with ``{% generation %}``) is the recipe's.
-        out_dir: the stage folder; receives mix.json, stats.json and rejects.jsonl.
+        out_dir: the stage folder; receives mix.json and rejects.jsonl.
         cache_dir: where tokenised data is cached across runs.
         seed: the recipe seed; the same seed and inputs give the same rows in the same order.
         max_length: the trainer's ``max_length``; longer samples are rejected (``too_long``)
@@ -182,24 +181,19 @@ def prepare_sft_data(
 
 def _open_entry(entry: Path, out_dir: Path, hit: bool) -> PreparedData:
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (MIX_FILE, STATS_FILE, REJECTS_FILE):
+    for name in (MIX_FILE, REJECTS_FILE):
         shutil.copyfile(entry / name, out_dir / name)
-    mix = json.loads((entry / MIX_FILE).read_text())
-    stats = json.loads((entry / STATS_FILE).read_text())
-    stats["cache_hit"] = hit
-    stats["cache_path"] = str(entry)
-    (out_dir / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
-    logger.info("SFT data mix (seed %s):\n%s", mix["seed"], format_mix(mix))
+    mix = DataMix.read(entry / MIX_FILE)
+    logger.info("SFT data mix (seed %s%s):\n%s", mix.seed, ", cached" if hit else "", mix.table())
     eval_path = entry / "eval"
     return PreparedData(
         train=datasets.load_from_disk(str(entry / "train")),
         eval=datasets.load_from_disk(str(eval_path)) if eval_path.exists() else None,
-        stats=stats,
+        mix=mix,
         cache_hit=hit,
         cache_path=entry,
         train_path=entry / "train",
         eval_path=eval_path if eval_path.exists() else None,
-        mix=mix,
     )
 
 
@@ -233,11 +227,11 @@ def cache_key(
         "config": settings,
         "seed": seed,
         "max_length": max_length,
-        "template": hashlib.sha256(template.encode()).hexdigest(),
+        "template": digest(template),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "data": data,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+    return digest(payload)[:32]
 
 
 def _check_languages(config: DataConfig) -> dict[str, frozenset[str]]:
@@ -342,9 +336,7 @@ def _build(
     train.save_to_disk(str(build_dir / "train"))
     if eval_index:
         everything.select(eval_index).save_to_disk(str(build_dir / "eval"))
-    mix, stats = _reports(states, seed=seed, key=key, n_train=len(train), n_eval=len(eval_index))
-    (build_dir / MIX_FILE).write_text(json.dumps(mix, indent=2, ensure_ascii=False) + "\n")
-    (build_dir / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    _report(states, seed=seed, key=key, n_train=len(train), n_eval=len(eval_index)).write(build_dir / MIX_FILE)
     del parts, everything, train
     shutil.rmtree(work, ignore_errors=True)
 
@@ -737,71 +729,35 @@ def _size_setting(source: SourceConfig) -> dict[str, Any]:
     return {"weight": 1.0}
 
 
-def _reports(states: Sequence[_SourceState], *, seed: int, key: str, n_train: int, n_eval: int) -> tuple[dict, dict]:
+def _display_path(path: str) -> str:
+    """A local source by its file name (the card and logs never show this machine's folders)."""
+    return Path(path).name if Path(path).is_absolute() else path
+
+
+def _report(states: Sequence[_SourceState], *, seed: int, key: str, n_train: int, n_eval: int) -> DataMix:
     total_tokens = sum(s.stats["tokens_kept"] for s in states) or 1
-    mix_sources = []
-    stats_sources = {}
-    for state in states:
-        st, source = state.stats, state.source
-        mix_sources.append(
-            {
-                "name": source.name,
-                "path": source.path,
-                "size": _size_setting(source),
-                "thinking_mode": source.thinking_mode,
-                "thinking_ratio": source.thinking_ratio,
-                **st,
-                "share_of_tokens": round(st["tokens_kept"] / total_tokens, 4),
-            }
+    sources = [
+        SourceMix(
+            name=state.source.name,
+            path=_display_path(state.source.path),
+            size=_size_setting(state.source),
+            thinking_mode=state.source.thinking_mode,
+            thinking_ratio=state.source.thinking_ratio,
+            **state.stats,
+            share_of_tokens=round(state.stats["tokens_kept"] / total_tokens, 4),
+            rejects=dict(sorted(state.rejects.items())),
         )
-        stats_sources[source.name] = {
-            "rows_in": st["rows_in"],
-            "rows_kept": st["rows_kept"],
-            "tokens": st["tokens_kept"],
-            "trained_tokens": st["trained_tokens_kept"],
-            "heldout_rows": st["heldout_rows"],
-            "rejects": dict(sorted(state.rejects.items())),
-        }
-    totals = {
-        "rows_in": sum(s.stats["rows_in"] for s in states),
-        "rows_kept": sum(s.stats["rows_kept"] for s in states),
-        "train_samples": n_train,
-        "eval_samples": n_eval,
-        "tokens_kept": sum(s.stats["tokens_kept"] for s in states),
-        "heldout_tokens": sum(s.stats["heldout_tokens"] for s in states),
-        "rejects": sum(sum(s.rejects.values()) for s in states),
-    }
-    mix = {"seed": seed, "cache_key": key, "sources": mix_sources, "total": totals}
-    # Headline numbers first, for the stage's metrics; per-source detail after.
-    stats = {
-        "train_rows": n_train,
-        "eval_rows": n_eval,
-        "train_tokens": totals["tokens_kept"],
-        "cache_key": key,
-        "sources": stats_sources,
-        "total": totals,
-    }
-    return mix, stats
-
-
-def format_mix(mix: Mapping[str, Any]) -> str:
-    """The resolved mix as a plain-text table (rows and tokens per source, in and kept)."""
-    header = ("source", "rows in", "rows kept", "held out", "tokens in", "tokens kept", "share", "thinking on")
-    lines = [header]
-    for s in mix["sources"]:
-        lines.append(
-            (
-                s["name"],
-                str(s["rows_in"]),
-                str(s["rows_kept"]),
-                str(s["heldout_rows"]),
-                str(s["tokens_in"]),
-                str(s["tokens_kept"]),
-                f"{100 * s['share_of_tokens']:.1f}%",
-                f"{s['thinking_on_rows_kept']}/{s['rows_kept']}",
-            )
-        )
-    t = mix["total"]
-    lines.append(("total", str(t["rows_in"]), str(t["rows_kept"]), "", "", str(t["tokens_kept"]), "100%", ""))
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in lines)
+        for state in states
+    ]
+    totals = MixTotals(
+        rows_in=sum(s.rows_in for s in sources),
+        rows_kept=sum(s.rows_kept for s in sources),
+        train_samples=n_train,
+        eval_samples=n_eval,
+        tokens_kept=sum(s.tokens_kept for s in sources),
+        trained_tokens_kept=sum(s.trained_tokens_kept for s in sources),
+        heldout_tokens=sum(s.heldout_tokens for s in sources),
+        thinking_on_rows_kept=sum(s.thinking_on_rows_kept for s in sources),
+        rejects=sum(sum(s.rejects.values()) for s in sources),
+    )
+    return DataMix(seed=seed, cache_key=key, sources=sources, total=totals)

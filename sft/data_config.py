@@ -36,10 +36,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from tempa.sft.stage_api import StageError, resolve_path
+from tempa.sft.stage_api import STAGE_REF, StageError, resolve_path, stage_ref
 
 # `path: stage:NAME` reads the dataset an earlier stage (e.g. `synthesize`) wrote.
-STAGE_REF = "stage:"
 
 
 class DataError(StageError):
@@ -210,8 +209,9 @@ class SourceConfig(_Strict):
     @field_validator("path")
     @classmethod
     def _resolve(cls, value: str, info: ValidationInfo) -> str:
-        if value.startswith(STAGE_REF):
-            if not value[len(STAGE_REF):].strip():
+        name = stage_ref(value)
+        if name is not None:
+            if not name:
                 raise ValueError(f"'{STAGE_REF}' needs a stage name, e.g. {STAGE_REF}synthesize")
             return value  # an earlier stage's dataset, resolved when the stage runs
         return resolve_path(value, info, must_exist=True)
@@ -219,7 +219,7 @@ class SourceConfig(_Strict):
     @property
     def stage_ref(self) -> str | None:
         """The stage named by a ``stage:NAME`` path, else None."""
-        return self.path[len(STAGE_REF):].strip() if self.path.startswith(STAGE_REF) else None
+        return stage_ref(self.path)
 
     @field_validator("languages")
     @classmethod

@@ -1,13 +1,19 @@
-"""File helpers shared by the stages: atomic writes, staged folders, cheap copies."""
+"""File helpers shared by the stages and the runner: atomic writes, staged folders, cheap copies,
+relative links and content digests."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -25,6 +31,73 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write a JSON file atomically (UTF-8, indented, keys in the order given)."""
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_jsonl(path: Path, rows: Sequence[Any]) -> None:
+    """Write a whole JSON Lines file atomically."""
+    write_atomic(path, "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows))
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing or unreadable (a file being replaced)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def point_link(link: Path, target: Path) -> None:
+    """Make ``link`` a relative symlink to ``target``, atomically (never a moment without one)."""
+    tmp = link.with_name(f".{link.name}.link-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(target, link.parent), tmp)
+    os.replace(tmp, link)
+
+
+def digest(data: Any) -> str:
+    """sha256 of a JSON-serialisable value (keys sorted, so dict order does not matter)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """Content hash of a file, memoised per (path, size, mtime) within one process."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def tree_digest(root: Path, *, full_content_below: int | None = 4 << 20) -> str:
+    """A folder: relative names, sizes and the content hash of every file below ``full_content_below``.
+
+    With the default, the weights of a multi-GB model are not re-read on every `tempa plan`; a
+    changed checkpoint changes its size or its config/index files in practice. ``None`` hashes
+    every file's content (data folders). Hidden files and folders are left out.
+    """
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith(".") or "/." in rel:
+            continue
+        size = path.stat().st_size
+        h.update(f"{rel}\0{size}\0".encode())
+        if full_content_below is None or size <= full_content_below:
+            h.update(file_digest(path).encode())
+    return h.hexdigest()
+
+
+def path_digest(path: Path) -> str:
+    return tree_digest(path) if path.is_dir() else file_digest(path)
 
 
 @contextmanager

@@ -40,7 +40,6 @@ DEFAULT_ROLE_NAMES: dict[str, str] = {
     "ipython": "ipython",
 }
 
-FORMATS = ("messages", "sharegpt", "prompt_response", "alpaca")
 _REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 
 

@@ -8,7 +8,6 @@ Arrow, hub) are loaded with ``datasets`` as they are.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -17,13 +16,13 @@ from typing import Any
 import datasets
 
 from tempa.sft.data_config import DataError, SourceConfig
+from tempa.sft.files import digest, file_digest, tree_digest
 
 logger = logging.getLogger(__name__)
 
 # Column holding one raw JSON document per row for JSON/JSONL sources.
 RAW = "__tempa_raw__"
 _FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv"}
-_HASH_CHUNK = 1 << 20
 
 
 def describe(source: SourceConfig) -> str:
@@ -115,12 +114,6 @@ def _json_rows(path: Path, where: str) -> list[str]:
     return [json.dumps(row, ensure_ascii=False) for row in data]
 
 
-def _hash_path(digest: Any, path: Path) -> None:
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-
-
 def source_fingerprint(source: SourceConfig, *, dataset: datasets.Dataset | None = None) -> str:
     """A digest that changes whenever the source's data changes.
 
@@ -129,16 +122,8 @@ def source_fingerprint(source: SourceConfig, *, dataset: datasets.Dataset | None
     revision, so an unpinned dataset that moved on upstream is not mistaken for the old one.
     Pass the already loaded ``dataset`` of a hub source to avoid loading it twice.
     """
-    digest = hashlib.sha256()
     if is_local(source):
         path = Path(source.path)
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            if path.is_dir():
-                digest.update(str(file.relative_to(path)).encode())
-            _hash_path(digest, file)
-    else:
-        digest.update(json.dumps([source.path, source.subset, source.split, source.revision]).encode())
-        loaded = dataset if dataset is not None else load_source(source)
-        digest.update(str(loaded._fingerprint).encode())
-    return digest.hexdigest()
+        return tree_digest(path, full_content_below=None) if path.is_dir() else file_digest(path)
+    loaded = dataset if dataset is not None else load_source(source)
+    return digest([source.path, source.subset, source.split, source.revision, loaded._fingerprint])

@@ -1,113 +1,335 @@
-"""What every stage package shares with the runner: the context a stage runs in and its result.
+"""The stage contract: what a stage kind declares, what the runner hands it, what it returns.
 
-It lives on the lowest floor that runs stages (sft), so `alignment` and `merge` import it from
-here and no stage package ever imports `tempa.recipes`. The runner builds the context; the
-stage never learns how it was launched.
+Every stage package (sft, alignment, merge) exports its kinds as ``STAGE_KINDS``, a tuple of
+:class:`StageKind` objects; the recipe runner collects them and knows nothing else about a kind.
+A kind's config subclasses :class:`StageConfigBase` and says which earlier stages it reads
+(:meth:`StageConfigBase.reads`); its ``run(config, ctx)`` gets a :class:`StageContext` holding
+the typed results of exactly those stages (``ctx.upstream``) and returns a :class:`StageResult`
+(or a subclass the kind declares). Only the runner writes a stage's manifest and metrics; a stage
+writes its own files under ``ctx.stage_dir`` and never reads another stage's folder.
+
+The contract lives on the lowest floor that runs stages (sft), so `alignment` and `merge` import
+it from here and no stage package imports `tempa.recipes`.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SerializationInfo,
+    ValidationInfo,
+)
+
+from tempa.sft.paths import looks_local, resolve_path  # noqa: F401  (re-exported: stage configs use them)
+from tempa.sft.run_layout import safe_name
 
 # launch(entry_module, args, log_file): run `python -m entry_module *args` under the recipe's
 # launcher (accelerate/torchrun, 1..N processes). Raises StageError when the process fails.
 Launch = Callable[[str, list[str], Path], None]
 
-
-class StageConfigBase(BaseModel):
-    """Fields every stage has. Subclasses add ``kind: Literal["..."]`` and their own settings."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    # Whether the stage writes a dataset (``outputs.dataset``) that a later `path: stage:NAME` reads.
-    writes_dataset: ClassVar[bool] = False
-
-    name: str = Field(description="Unique stage name; also its folder in the run directory.")
-    from_: str | None = Field(
-        default=None,
-        alias="from",
-        description="Earlier stage whose model this stage starts from (default: the previous stage).",
-    )
+Scalar = float | int | str | bool | None
 
 
 class StageError(RuntimeError):
     """A stage failed for a reason the user can act on; the message is one line."""
 
 
+class Artifact(str, enum.Enum):
+    """What a stage can hand to later stages: each is the field of that name on the producer's result."""
+
+    MODEL = "model"  # a model folder (config.json + safetensors) a later stage starts from or loads
+    DATASET = "dataset"  # an SFT dataset (messages JSONL) that a `path: stage:NAME` source reads
+    LEADERBOARD = "leaderboard"  # scored candidates, and how they were scored (a merge selects from it)
+
+
+@dataclass(frozen=True)
+class Read:
+    """An earlier stage a config reads (besides the model it starts from), and what it reads of it.
+
+    ``field`` is where the recipe names that stage, so a wrong reference is a file:line error.
+    """
+
+    stage: str
+    artifact: Artifact
+    field: tuple[str | int, ...]
+
+
+# --------------------------------------------------------------------------- config
+
+
+class StageConfigBase(BaseModel):
+    """Fields every stage has. Subclasses narrow ``kind`` to a ``Literal`` and add their settings."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    kind: str = Field(description="The stage kind (sft, synthesize, preference, evaluate, merge, bake).")
+    name: Annotated[str, BeforeValidator(safe_name)] = Field(
+        description="Unique stage name; also its folder in the run directory (letters, digits, '.', '_', "
+        "'-'; starting with a letter or digit; not a name the run directory uses itself)."
+    )
+    from_: str | None = Field(
+        default=None,
+        alias="from",
+        description="Earlier stage whose model this stage starts from (default: the previous stage).",
+    )
+
+    def reads(self, earlier: Sequence[str]) -> list[Read]:
+        """Earlier stages this stage reads besides its ``from``; ``earlier`` are their names, in order."""
+        return []
+
+
+ConfigT = TypeVar("ConfigT", bound=StageConfigBase)
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _relative(path: Path, info: SerializationInfo) -> str:
+    """Paths inside the run directory are stored relative to it (a run directory may move)."""
+    run_dir = (info.context or {}).get("run_dir")
+    path = Path(path)
+    if run_dir is not None and path.is_absolute() and path.is_relative_to(run_dir):
+        return str(path.relative_to(run_dir))
+    return str(path)
+
+
+def _anchored(value: Any, info: ValidationInfo) -> Any:
+    run_dir = (info.context or {}).get("run_dir")
+    if run_dir is not None and isinstance(value, str) and not Path(value).is_absolute():
+        return Path(run_dir) / value
+    return value
+
+
+# A path a stage result records: relative to the run directory in the manifest, absolute in memory.
+RunPath = Annotated[Path, BeforeValidator(_anchored), PlainSerializer(_relative, return_type=str)]
+
+
+class Checkpoint(BaseModel):
+    """A complete trainer checkpoint (it holds a COMPLETE marker)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: int
+    path: RunPath
+
+
+class StageResult(BaseModel):
+    """What a stage hands back. The runner stores it in the manifest and gives it to later stages.
+
+    A kind whose later readers need more (a leaderboard, data statistics) declares a subclass.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: RunPath | None = Field(default=None, description="The model folder this stage produced.")
+    dataset: RunPath | None = Field(default=None, description="The SFT dataset this stage wrote.")
+    checkpoints: list[Checkpoint] = Field(default_factory=list, description="Complete checkpoints, by step.")
+    metrics: dict[str, Scalar] = Field(default_factory=dict, description="Headline numbers (metrics.json).")
+    files: dict[str, RunPath] = Field(default_factory=dict, description="Named outputs worth opening.")
+
+
+ResultT = TypeVar("ResultT", bound=StageResult)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An earlier stage as a later one sees it: its config, its typed result, and how long it took."""
+
+    name: str
+    kind: str
+    config: StageConfigBase
+    result: StageResult
+    duration_s: float | None = None
+
+
+# --------------------------------------------------------------------------- context
+
+
+@dataclass(frozen=True)
+class TrainingEnv:
+    """How the recipe's `launch:` block asks training processes to run (the launcher applies the rest)."""
+
+    use_cpu: bool = False
+    mixed_precision: str | None = None  # "no" | "fp16" | "bf16"; None: bf16 on GPU, fp32 on CPU
+    deepspeed_config: Path | None = None  # passed to trl's config when torchrun launches
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class RecipeInfo:
+    """The recipe a stage runs in, for what a stage tells people about it (the model card)."""
+
+    name: str
+    base_model: str  # as the recipe names it: a hub id, a folder or the tiny default
+    chat_template: str  # a shipped template name or a .jinja path
+    description: str = ""
+    resolved: Mapping[str, Any] = field(default_factory=dict)  # the resolved recipe, shown, never read
+
+
 @dataclass(frozen=True)
 class StageContext:
     """Everything a stage may read; everything it writes goes under ``stage_dir``."""
 
-    run_dir: Path
-    stage_dir: Path
     stage_name: str
+    stage_dir: Path
     seed: int
-    # The model this stage starts from: the base model or an earlier stage's output.
-    model_dir: Path
-    # Tokenizer folder with the recipe's chat template already baked in.
+    # The model this stage starts from: the base model or the model of its `from` stage.
+    start_model: Path
+    # The recipe's base model folder (merges with a task-vector base, the bake's reference).
+    base_model: Path
+    # Tokenizer folder with the recipe's chat template baked in, and that template's text.
     tokenizer_dir: Path
-    # The recipe's chat template (Jinja text), the one baked into tokenizer_dir.
     chat_template: str
-    # Output folders of the stages that ran before this one, by stage name, in recipe order.
-    stage_dirs: Mapping[str, Path]
-    # Model outputs (final/) of earlier stages, by stage name, for stages that produced one.
-    stage_models: Mapping[str, Path]
+    # The stages this one reads (its `from` and what `reads()` names), by name, in recipe order.
+    upstream: Mapping[str, Upstream]
     launch: Launch
+    training: TrainingEnv = field(default_factory=TrainingEnv)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("tempa"))
-    # The recipe's base model folder, for stages (merge, bake) that need the original.
-    base_model_dir: Path | None = None
-    trust_remote_code: bool = False
-    # Training environment chosen by the recipe's `launch:` block (the launcher applies the rest).
-    use_cpu: bool = False
-    mixed_precision: str | None = None  # "no" | "fp16" | "bf16"; None: bf16 on GPU, fp32 on CPU
-    deepspeed_config: Path | None = None  # passed to trl's config when torchrun launches
-    # Shared cache (tokenised data, ...) reused across runs; stages put their own subfolder in it.
+    # Shared cache (tokenised data, scores, ...) reused across runs; stages use a subfolder of it.
     cache_dir: Path | None = None
+    # The recipe's `thinking_default`: the mode the baked template uses when a caller passes none.
+    thinking_default: str = "on"
+    recipe: RecipeInfo | None = None
+
+    @property
+    def trust_remote_code(self) -> bool:
+        return self.training.trust_remote_code
+
+    def upstream_result(self, name: str, artifact: Artifact, *, who: str) -> StageResult:
+        """The result of earlier stage ``name``, which must have produced ``artifact``."""
+        stage = self.upstream.get(name)
+        if stage is None:
+            known = ", ".join(self.upstream) or "none"
+            raise StageError(f"{who}: '{name}' is not a stage this stage reads (it reads: {known})")
+        if getattr(stage.result, artifact.value, None) is None:
+            raise StageError(f"{who}: stage '{name}' ({stage.kind}) produced no {artifact.value}")
+        return stage.result
+
+    def model_of(self, name: str, *, who: str) -> Path:
+        """The model folder earlier stage ``name`` produced."""
+        model = self.upstream_result(name, Artifact.MODEL, who=who).model
+        assert model is not None
+        return model
+
+    def dataset_of(self, name: str, *, who: str) -> Path:
+        """The dataset earlier stage ``name`` wrote."""
+        dataset = self.upstream_result(name, Artifact.DATASET, who=who).dataset
+        assert dataset is not None
+        return dataset
+
+    @property
+    def stage_models(self) -> dict[str, Path]:
+        """Models of the stages this one reads, by name (for `stage:NAME` model references)."""
+        return {name: up.result.model for name, up in self.upstream.items() if up.result.model is not None}
 
 
-@dataclass
-class StageResult:
-    """What a stage hands back: the model a later stage starts from and headline metrics."""
-
-    model_dir: Path | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)
+# --------------------------------------------------------------------------- kinds
 
 
-_LOCAL_PREFIXES = ("/", "./", "../", "~")
-_LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".yaml", ".yml", ".jinja", ".txt", ".arrow")
+@dataclass(frozen=True)
+class StageKind(Generic[ConfigT, ResultT]):
+    """One stage kind: its config, its run function, what it reads and hands on, and its plan hook.
 
-
-def looks_local(value: str) -> bool:
-    """A model/data reference is a local path when it is spelled like one; otherwise a hub id."""
-    return value.startswith(_LOCAL_PREFIXES) or value.lower().endswith(_LOCAL_SUFFIXES)
-
-
-def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = True) -> str:
-    """Resolve a recipe path against the recipe's folder (``context["base_dir"]``).
-
-    Use from a pydantic ``field_validator``. Hub ids (``org/name``) pass through untouched.
-    A local path becomes absolute, because mergekit and hub helpers treat a relative path as
-    a hub id; ``must_exist`` makes a missing local path a validation error.
+    ``produces`` lists what a later stage may read from it; the loader checks every
+    :class:`Read` against it before any work starts. ``trains`` marks kinds that launch a
+    training process group (the plan estimates them; ``estimate`` describes their workload).
     """
-    base_dir = None
-    if info is not None and info.context:
-        base_dir = info.context.get("base_dir")
-    expanded = os.path.expanduser(value)
-    candidate = Path(expanded)
-    if not candidate.is_absolute() and base_dir is not None:
-        anchored = Path(base_dir) / candidate
-        if anchored.exists() or looks_local(value):
-            candidate = anchored
-    if candidate.is_absolute() or looks_local(value) or candidate.exists():
-        resolved = candidate.resolve()
-        if must_exist and not resolved.exists():
-            raise ValueError(f"local path does not exist: {resolved}")
-        return str(resolved)
-    return value
+
+    kind: str
+    config: type[ConfigT]
+    run: Callable[[ConfigT, StageContext], ResultT]
+    summary: str
+    produces: frozenset[Artifact] = frozenset()
+    result: type[StageResult] = StageResult
+    trains: bool = False
+    # Resumable stages (training, incremental sampling) keep their folder after an interruption
+    # and continue from what is complete in it; other stages restart from scratch.
+    resumable: bool = False
+    # For `tempa plan --hardware`: what one training stage of this kind asks of the hardware.
+    estimate: Callable[[ConfigT, EstimateInputs], TrainingWorkload] | None = None
+    # For stages that write a dataset: how many rows a later `stage:` source may expect.
+    dataset_size: Callable[[ConfigT, StageResult | None], SourceSize] | None = None
+    # Whether the stage sees every earlier stage (the bake, for its model card) instead of only
+    # those it reads.
+    sees_all_earlier: bool = False
+
+    def __post_init__(self) -> None:
+        missing = [a.value for a in self.produces if a.value not in self.result.model_fields]
+        if missing:
+            raise TypeError(f"stage kind {self.kind!r} produces {missing} but {self.result.__name__} has no such field")
+
+
+# --------------------------------------------------------------------------- plan estimates
+
+
+@dataclass(frozen=True)
+class SourceSize:
+    """Rows one data source contributes per epoch, and the tokens each row is assumed to hold."""
+
+    rows: int | None
+    tokens_per_row: int
+    how: str
+    at_most: bool = False  # an upper bound (data an earlier stage has not written yet)
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """Tokens one epoch (or one preference round) trains on, and how that was worked out."""
+
+    tokens: int | None
+    rows: int | None
+    source: str
+    notes: list[str] = field(default_factory=list)
+    bound: str = ""  # ">=": some sources unsized; "<=": synthesized data; "~": both
+
+
+@dataclass(frozen=True)
+class EstimateInputs:
+    """What an ``estimate`` hook may use besides its config."""
+
+    avg_tokens_thinking_on: int
+    avg_tokens_thinking_off: int
+    # Sizes of the datasets earlier stages write (or will write), by stage name.
+    dataset_sizes: Mapping[str, SourceSize] = field(default_factory=dict)
+    # The stage's own result when it has already run (its data statistics are then exact).
+    result: StageResult | None = None
+
+
+@dataclass(frozen=True)
+class TrainingWorkload:
+    """What a training stage asks of the hardware, for `tempa plan --hardware`."""
+
+    tokens: TokenCount  # per epoch (per round for preference stages)
+    train_args: dict[str, Any]  # the trl arguments the stage trains with (tempa's defaults included)
+    sequences_per_row: int = 1  # 2 for a preference pair (chosen and rejected)
+    rounds: int = 1
+    reference_model: bool = False  # a frozen reference model (DPO without precomputed log-probs)
+    lora: Any = None  # the stage's LoRA settings, if it trains adapters
+
+
+# --------------------------------------------------------------------------- `stage:NAME` references
+
+STAGE_REF = "stage:"  # a recipe value `stage:NAME` names an earlier stage's output (dataset or model)
+
+
+def stage_ref(value: object) -> str | None:
+    """The stage name in a `stage:NAME` reference, or None when ``value`` is not one."""
+    if isinstance(value, str) and value.startswith(STAGE_REF):
+        return value[len(STAGE_REF):].strip()
+    return None
+
+
+def format_metric(value: Scalar) -> str:
+    """A metric as people read it in logs, tables and cards: floats to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

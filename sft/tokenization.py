@@ -7,13 +7,12 @@ is exactly what inference will use. Masks come from the template's ``{% generati
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from typing import Any
 
 from tempa.sft.data_config import DataError
 from tempa.sft.expand import Render
+from tempa.sft.files import digest
 
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
@@ -53,14 +52,9 @@ def make_render(tokenizer: Any) -> Render:
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A digest of everything about the tokenizer that changes token ids (not the template)."""
-    digest = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        digest.update(backend.to_str().encode())
-    else:
-        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
+    vocab = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
+    return digest([type(tokenizer).__name__, vocab, tokenizer.special_tokens_map])
 
 
 def special_token_texts(tokenizer: Any) -> list[str]:

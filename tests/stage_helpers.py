@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tempa.sft.stage_api import StageContext
+from tempa.sft.checkpoints import complete_checkpoints
+from tempa.sft.stage_api import StageConfigBase, StageContext, StageResult, TrainingEnv, Upstream
 
 
 def no_launch(*_args: Any) -> None:
@@ -14,8 +15,9 @@ def no_launch(*_args: Any) -> None:
 
 
 def make_context(
-    run_dir: Path, name: str, *, model_dir: Path, tokenizer_dir: Path, chat_template: str | None = None,
-    stage_dirs: dict | None = None, stage_models: dict | None = None, launch=no_launch, **fields: Any,
+    run_dir: Path, name: str, *, start_model: Path, tokenizer_dir: Path, chat_template: str | None = None,
+    upstream: list[Upstream] | None = None, launch=no_launch, base_model: Path | None = None,
+    use_cpu: bool = False, seed: int = 0, log: logging.Logger | None = None, **fields: Any,
 ) -> StageContext:
     """A context for stage ``name`` under ``run_dir``; ``chat_template`` defaults to the tokenizer's own."""
     if chat_template is None:
@@ -23,8 +25,19 @@ def make_context(
 
         chat_template = AutoTokenizer.from_pretrained(tokenizer_dir).chat_template
     return StageContext(
-        run_dir=run_dir, stage_dir=run_dir / name, stage_name=name, seed=fields.pop("seed", 0),
-        model_dir=model_dir, tokenizer_dir=tokenizer_dir, chat_template=chat_template,
-        stage_dirs=dict(stage_dirs or {}), stage_models=dict(stage_models or {}), launch=launch,
-        log=fields.pop("log", logging.getLogger("tempa")), **fields,
+        stage_name=name, stage_dir=run_dir / name, seed=seed, start_model=start_model,
+        base_model=base_model or start_model, tokenizer_dir=tokenizer_dir, chat_template=chat_template,
+        upstream={up.name: up for up in upstream or []}, launch=launch,
+        training=TrainingEnv(use_cpu=use_cpu), log=log or logging.getLogger("tempa"), **fields,
     )
+
+
+def done(name: str, result: StageResult, *, kind: str = "sft", config: StageConfigBase | None = None,
+         duration_s: float | None = None) -> Upstream:
+    """An earlier stage that finished with ``result``, as the runner hands it to later stages."""
+    return Upstream(name, kind, config or StageConfigBase(kind=kind, name=name), result, duration_s)
+
+
+def trained(stage_dir: Path) -> StageResult:
+    """What a training stage in ``stage_dir`` hands on: ``final/`` and its complete checkpoints."""
+    return StageResult(model=stage_dir / "final", checkpoints=complete_checkpoints(stage_dir / "checkpoints"))

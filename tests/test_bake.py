@@ -8,12 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
-from stage_helpers import make_context
+from stage_helpers import done, make_context, trained
 from tempa.merge import BakeStageConfig, run_bake
+from tempa.merge.leaderboard import EvaluateResult, Leaderboard, LeaderboardRow
+from tempa.merge.merge_result import MergedModel, MergeResult, MergeSummary, Reevaluation, Selection
 from tempa.merge.model_card import redact, scrub
-from tempa.sft.stage_api import StageContext, StageError
+from tempa.sft.data_report import DataMix, MixTotals, SourceMix
+from tempa.sft.stage import SFTResult
+from tempa.sft.stage_api import RecipeInfo, StageContext, StageError, Upstream
 
 # mergekit imports numpy.core, which numpy 2 deprecates; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:numpy.core is deprecated:DeprecationWarning")
@@ -32,78 +35,62 @@ def recipe_tokenizer(tiny_model_dir: Path, tmp_path_factory) -> Path:
     return bake_tokenizer(tiny_model_dir, "llama3_thinking", out, model_dir=tiny_model_dir)
 
 
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data), encoding="utf-8")
+def _mix() -> DataMix:
+    def source(name: str, rows_in: int, rows_kept: int) -> SourceMix:
+        return SourceMix(name=name, path=f"{name}.jsonl", size={"weight": 1.0}, thinking_mode="off", rows_in=rows_in,
+                         rows_curated=rows_kept, rows_tokenized=rows_kept, samples=rows_kept, tokens_in=10 * rows_in,
+                         heldout_rows=0, heldout_samples=0, heldout_tokens=0, rows_kept=rows_kept,
+                         unique_rows_kept=rows_kept, samples_kept=rows_kept, tokens_kept=10 * rows_kept,
+                         trained_tokens_kept=5 * rows_kept, thinking_on_rows_kept=0, rejects={"too_long": 1})
+
+    totals = MixTotals(rows_in=150, rows_kept=138, train_samples=138, eval_samples=0, tokens_kept=1380,
+                       trained_tokens_kept=690, heldout_tokens=0, thinking_on_rows_kept=0, rejects=2)
+    return DataMix(seed=42, cache_key="k", sources=[source("instruct-id", 100, 90), source("reasoning", 50, 48)],
+                   total=totals)
 
 
-def _run_dir(tmp_path: Path, tiny_model_dir: Path) -> tuple[Path, dict[str, Path], Path]:
-    """A run directory as earlier stages leave it: manifests, a data mix, a leaderboard, a merge."""
-    run_dir = tmp_path / "run"
-    recipe = {
-        "name": "sea-demo",
-        "description": f"Demo recipe (do not leak {ENV_SECRET}).",
-        "base_model": "tempa:tiny",
-        "chat_template": "llama3_thinking",
-        "seed": 42,
-        "stages": [
-            {"name": "sft", "kind": "sft", "report_to": ["wandb"]},
-            {"name": "judge", "kind": "synthesize", "judge": {"api_key": OPENAI_KEY, "hf_token": HUB_TOKEN}},
-        ],
-    }
-    run_dir.mkdir()
-    (run_dir / "recipe.resolved.yaml").write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    stages = {name: run_dir / name for name in ("sft", "eval", "merge")}
-    _write_json(
-        stages["sft"] / "manifest.json",
-        {"name": "sft", "kind": "sft", "status": "done", "duration_s": 12.5, "metrics": {"train_loss": 1.25}},
-    )
-    _write_json(
-        stages["sft"] / "data" / "mix.json",
-        {
-            "sources": {
-                "instruct-id": {"rows_in": 100, "rows_kept": 90},
-                "reasoning": {"rows_in": 50, "rows_kept": 48},
-            }
-        },
-    )
-    _write_json(
-        stages["eval"] / "manifest.json",
-        {"name": "eval", "kind": "evaluate", "status": "done", "metrics": {}},
-    )
-    (stages["merge"]).mkdir(parents=True)
-    (stages["merge"] / "leaderboard.md").write_text(
-        "## Leaderboard\n\n| model | step | math/accuracy ↑ |\n| --- | ---: | ---: |\n| merge (merged) |  | **0.9000** |\n"
-    )
-    _write_json(
-        stages["merge"] / "merge_summary.json",
-        {
-            "method": "ties",
-            "models": [{"name": "sft/checkpoint-20", "weight": 0.5, "density": 0.5}],
-            "base_model": {"name": "base model"},
-            "selection": {
-                "evaluate_stage": "eval",
-                "metric": "math/accuracy",
-                "top_k": 2,
-                "values": {"x": 0.8},
-            },
-            "reevaluation": {"metric": "math/accuracy", "merged": 0.9, "best_input": 0.8},
-            "merge_helped": True,
-        },
-    )
-    # The model the bake starts from (e.g. merge/final), with training leftovers that must stay behind.
-    source = stages["merge"] / "final"
+def _earlier_stages(run_dir: Path, tiny_model_dir: Path) -> tuple[list[Upstream], Path]:
+    """What earlier stages hand the bake: an sft with its data mix, an evaluation, a merge."""
+    source = run_dir / "merge" / "final"
     shutil.copytree(tiny_model_dir, source)
+    # Training leftovers in the folder the bake starts from must stay behind.
     (source / "optimizer.pt").write_bytes(b"not for users")
     (source / "COMPLETE").write_text("")
-    return run_dir, stages, source
+    board = Leaderboard(rows=[LeaderboardRow(candidate="merge", path=source, merged=True,
+                                             metrics={"math/accuracy": 0.9}),
+                              LeaderboardRow(candidate="sft/checkpoint-20", path=run_dir / "sft" / "x",
+                                             metrics={"math/accuracy": 0.8})],
+                        rank_by="math/accuracy")
+    summary = MergeSummary(
+        method="ties",
+        models=[MergedModel(name="sft/checkpoint-20", path=run_dir / "sft" / "x",
+                            parameters={"weight": 0.5, "density": 0.5})],
+        base_model=MergedModel(name="base model", path=tiny_model_dir),
+        selection=Selection(evaluate_stage="eval", metric="math/accuracy", top_k=2, values={"x": 0.8}),
+        reevaluation=Reevaluation(metric="math/accuracy", merged=0.9, best_input=0.8, helped=True),
+    )
+    stages = [
+        done("sft", SFTResult(model=run_dir / "sft" / "final", metrics={"train_loss": 1.25}, data=_mix()),
+             duration_s=12.5),
+        done("eval", EvaluateResult(leaderboard=board), kind="evaluate"),
+        done("merge", MergeResult(model=source, summary=summary, leaderboard=board), kind="merge"),
+    ]
+    return stages, source
 
 
-def _ctx(
-    run_dir: Path, stages: dict[str, Path], source: Path, tokenizer_dir: Path, template: str
-) -> StageContext:
-    return make_context(run_dir, "bake", model_dir=source, tokenizer_dir=tokenizer_dir, chat_template=template,
-                        stage_dirs=stages, stage_models={"merge": source})
+RECIPE = RecipeInfo(
+    name="sea-demo", base_model="tempa:tiny", chat_template="llama3_thinking",
+    description=f"Demo recipe (do not leak {ENV_SECRET}).",
+    resolved={"name": "sea-demo", "base_model": "tempa:tiny", "chat_template": "llama3_thinking", "seed": 42,
+              "stages": [{"name": "sft", "kind": "sft", "report_to": ["wandb"]},
+                         {"name": "judge", "kind": "synthesize",
+                          "judge": {"api_key": OPENAI_KEY, "hf_token": HUB_TOKEN}}]},
+)
+
+
+def _ctx(run_dir: Path, stages: list[Upstream], source: Path, tokenizer_dir: Path, template: str) -> StageContext:
+    return make_context(run_dir, "bake", start_model=source, tokenizer_dir=tokenizer_dir, chat_template=template,
+                        upstream=stages, recipe=RECIPE)
 
 
 def test_bake_writes_a_checked_loadable_final_model(tmp_path, tiny_model_dir, recipe_tokenizer, monkeypatch):
@@ -114,13 +101,14 @@ def test_bake_writes_a_checked_loadable_final_model(tmp_path, tiny_model_dir, re
 
     monkeypatch.setenv("WANDB_API_KEY", ENV_SECRET)
     template = load_template("llama3_thinking")
-    run_dir, stages, source = _run_dir(tmp_path, tiny_model_dir)
+    run_dir = tmp_path / "run"
+    stages, source = _earlier_stages(run_dir, tiny_model_dir)
     config = BakeStageConfig.model_validate(
         {"name": "bake", "kind": "bake", "model_card": {"license": "llama3.1", "languages": ["id", "en"]}}
     )
     result = run_bake(config, _ctx(run_dir, stages, source, recipe_tokenizer, template))
     final = run_dir / "bake" / "final"
-    assert result.model_dir == final
+    assert result.model == final
     names = {p.name for p in final.iterdir()}
     assert {
         "config.json",
@@ -169,8 +157,8 @@ def test_bake_writes_a_checked_loadable_final_model(tmp_path, tiny_model_dir, re
     )
     exec(compile(snippet, "README.md", "exec"), {})
     assert "license: llama3.1" in card
-    assert "| sft | sft | done | 12s |" in card  # stages
-    assert "instruct-id" in card and "rows_kept" in card  # data mix
+    assert "| sft | sft | 12s | train_loss=1.25 |" in card  # stages
+    assert "| instruct-id | instruct-id.jsonl | off | 100 | 90 |" in card and "rows_kept" in card  # data mix
     assert "merge (merged)" in card and "**0.9000**" in card  # eval table
     assert "**ties**" in card and "improved on" in card  # merge choice
     assert "sea-demo" in card and "llama3_thinking" in card  # recipe
@@ -186,7 +174,8 @@ def test_bake_refuses_a_template_that_fails_the_check(tmp_path, tiny_model_dir, 
     broken = (
         load_template("llama3_thinking").replace("{%- generation %}", "").replace("{%- endgeneration %}", "")
     )
-    run_dir, stages, source = _run_dir(tmp_path, tiny_model_dir)
+    run_dir = tmp_path / "run"
+    stages, source = _earlier_stages(run_dir, tiny_model_dir)
     config = BakeStageConfig.model_validate({"name": "bake", "kind": "bake", "smoke_test": False})
     with pytest.raises(StageError) as error:
         run_bake(config, _ctx(run_dir, stages, source, recipe_tokenizer, broken))
@@ -244,13 +233,11 @@ def test_evaluate_merge_bake_pipeline(tmp_path, tiny_model_dir, recipe_tokenizer
         )
     )
 
-    def ctx(name: str, model_dir: Path, stage_dirs: dict[str, Path], stage_models: dict[str, Path]):
-        return make_context(run_dir, name, model_dir=model_dir, tokenizer_dir=recipe_tokenizer,
-                            chat_template=template, stage_dirs=stage_dirs, stage_models=stage_models,
-                            base_model_dir=tiny_model_dir, use_cpu=True)
+    def ctx(name: str, start_model: Path, upstream: list):
+        return make_context(run_dir, name, start_model=start_model, tokenizer_dir=recipe_tokenizer,
+                            chat_template=template, upstream=upstream, base_model=tiny_model_dir, use_cpu=True)
 
-    stage_dirs = {"sft": sft}
-    stage_models = {"sft": sft / "final"}
+    sft_stage = done("sft", trained(sft))
     evaluate = EvaluateStageConfig.model_validate(
         {
             "name": "eval",
@@ -264,8 +251,8 @@ def test_evaluate_merge_bake_pipeline(tmp_path, tiny_model_dir, recipe_tokenizer
             "rank_by": "heldout/loss",
         }
     )
-    result = run_evaluate(evaluate, ctx("eval", sft / "final", dict(stage_dirs), dict(stage_models)))
-    stage_dirs["eval"], stage_models["eval"] = run_dir / "eval", result.model_dir
+    result = run_evaluate(evaluate, ctx("eval", sft / "final", [sft_stage]))
+    eval_stage = done("eval", result, kind="evaluate", config=evaluate)
     merge = MergeStageConfig.model_validate(
         {
             "name": "merge",
@@ -276,17 +263,18 @@ def test_evaluate_merge_bake_pipeline(tmp_path, tiny_model_dir, recipe_tokenizer
             "density": 0.7,
         }
     )
-    merged = run_merge(merge, ctx("merge", result.model_dir, dict(stage_dirs), dict(stage_models)))
-    stage_dirs["merge"], stage_models["merge"] = run_dir / "merge", merged.model_dir
+    merged = run_merge(merge, ctx("merge", sft / "final", [eval_stage]))
     assert "merged/heldout/loss" in merged.metrics and "merge_helped" in merged.metrics
+    assert merged.model is not None
     baked = run_bake(
         BakeStageConfig.model_validate({"name": "bake", "kind": "bake"}),
-        ctx("bake", merged.model_dir, dict(stage_dirs), dict(stage_models)),
+        ctx("bake", merged.model, [sft_stage, eval_stage, done("merge", merged, kind="merge", config=merge)]),
     )
-    model = AutoModelForCausalLM.from_pretrained(baked.model_dir)
+    assert baked.model is not None
+    model = AutoModelForCausalLM.from_pretrained(baked.model)
     torch.testing.assert_close(
         model.state_dict()["model.norm.weight"],
-        load_file(merged.model_dir / "model.safetensors")["model.norm.weight"],
+        load_file(merged.model / "model.safetensors")["model.norm.weight"],
     )
-    card = (baked.model_dir / "README.md").read_text()
+    card = (baked.model / "README.md").read_text()
     assert "**dare_ties**" in card and "heldout/loss" in card and "merge (merged)" in card

@@ -160,17 +160,31 @@ def test_8b_fits_on_a_node_but_not_on_one_gpu(tmp_path: Path):
     assert node.hours == pytest.approx(single.hours / 8)
 
 
+def finish(run_dir: Path, name: str, kind: str, result, *, done: bool = True) -> None:
+    """A stage as the runner leaves it: a manifest with its typed result, and (when done) DONE last."""
+    from tempa.recipes.rundir import Manifest, mark_done
+
+    stage_dir = run_dir / name
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    Manifest(name=name, kind=kind, fingerprint="f", status="done" if done else "running", started_at=0.0,
+             result=result.model_dump(mode="json", context={"run_dir": run_dir})).write(stage_dir, run_dir)
+    if done:
+        mark_done(stage_dir, "f")
+
+
 def test_data_stats_replace_the_assumptions(tmp_path: Path):
+    from tempa.sft.data_report import DataMix, MixTotals
+    from tempa.sft.stage import SFTResult
+
     loaded = load_recipe(write_recipe(tmp_path, HUB_70B, SEA70_STAGES))
-    data = tmp_path / "run" / "sft-general" / "data"
-    data.mkdir(parents=True)
-    mix = {"sources": [{"name": "general", "samples_kept": 1000, "rows_kept": 900}],
-           "total": {"tokens_kept": 1_234_567, "rows_kept": 900}}
-    (data / "mix.json").write_text(json.dumps(mix))
+    totals = MixTotals(rows_in=1000, rows_kept=900, train_samples=1000, eval_samples=0, tokens_kept=1_234_567,
+                       trained_tokens_kept=1_000_000, heldout_tokens=0, thinking_on_rows_kept=0, rejects=100)
+    mix = DataMix(seed=0, cache_key="k", sources=[], total=totals)
+    finish(tmp_path / "run", "sft-general", "sft", SFTResult(data=mix))
     general, reasoning = estimate_recipe(loaded, "8xH100", run_dir=tmp_path / "run")
-    assert general.tokens_per_epoch == 1_234_567 and "mix.json" in general.tokens_source
+    assert general.tokens_per_epoch == 1_234_567 and "data mix" in general.tokens_source
     assert "assumed" in reasoning.tokens_source or "recipe" in reasoning.tokens_source
-    assert "mix.json" in render_estimate(loaded, "8xH100", run_dir=tmp_path / "run")
+    assert "the stage's data mix" in render_estimate(loaded, "8xH100", run_dir=tmp_path / "run")
 
 
 def test_local_rows_weight_and_max_steps(tmp_path: Path):
@@ -352,12 +366,14 @@ def test_synthesized_source_is_sized_from_its_stage(tmp_path: Path):
     assert second.tokens_per_epoch == (40 - 4) * (200 + 500 + 128 + 500)
 
     # Once the synthesize stage has finished, its output's row count replaces the bound.
+    from tempa.alignment.synthesize_stage import SynthesizeResult
+
     run_dir = tmp_path / "run"
-    (run_dir / "distill" / "data").mkdir(parents=True)
-    (run_dir / "distill" / "data" / "synthesized.jsonl").write_text("{}\n" * 10)
+    output = SynthesizeResult(dataset=run_dir / "distill" / "data" / "synthesized.jsonl", rows=10)
+    finish(run_dir, "distill", "synthesize", output, done=False)
     unfinished = estimate(tmp_path / "unfinished", "{strategy: best}", run_dir=run_dir)
     assert unfinished.tokens_per_epoch == (40 - 4) * 700  # no DONE marker: a partial output is not counted
-    (run_dir / "distill" / "DONE").write_text("{}")
+    finish(run_dir, "distill", "synthesize", output)
     finished = estimate(tmp_path / "finished", "{strategy: best}", run_dir=run_dir)
     assert finished.tokens_per_epoch == (10 - 4) * 700 and finished.bound == ""
     assert any("distill's output" in note for note in finished.notes)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from stage_helpers import make_context
+from stage_helpers import done, make_context, trained
 from tempa.merge import EvaluateStageConfig, run_evaluate
 from tempa.merge.answers import (
     answer_matches,
@@ -184,12 +184,11 @@ def make_ctx(
     *,
     tokenizer_dir: Path,
     model_dir: Path,
-    stage_dirs=None,
-    stage_models=None,
+    upstream=None,
     cache_dir: Path | None = None,
 ):
-    return make_context(run_dir, name, model_dir=model_dir, tokenizer_dir=tokenizer_dir, stage_dirs=stage_dirs,
-                        stage_models=stage_models, base_model_dir=model_dir, cache_dir=cache_dir)
+    return make_context(run_dir, name, start_model=model_dir, tokenizer_dir=tokenizer_dir, upstream=upstream,
+                        cache_dir=cache_dir)
 
 
 def test_transformers_backend_batches_like_single_prompts(tiny_model_dir, tokenizer_dir):
@@ -378,12 +377,12 @@ def test_evaluate_stage_scores_checkpoints_into_a_leaderboard(tmp_path, tiny_mod
         "eval",
         tokenizer_dir=tokenizer_dir,
         model_dir=sft_dir / "final",
-        stage_dirs={"sft": sft_dir},
-        stage_models={"sft": sft_dir / "final"},
+        upstream=[done("sft", trained(sft_dir))],
         cache_dir=tmp_path / "cache",
     )
     result = run_evaluate(config, ctx, backend_factory=factory)
-    assert result.model_dir == sft_dir / "final"  # the stage passes its input on
+    assert result.model is None  # it produces no model: the next stage starts from its input
+    assert [r.candidate for r in result.leaderboard.ranked()] == [r.candidate for r in read_leaderboard(run_dir / "eval").rows]
     board = read_leaderboard(run_dir / "eval")
     by_name = {r.candidate: r.metrics for r in board.rows}
     assert list(by_name) == [
@@ -404,8 +403,6 @@ def test_evaluate_stage_scores_checkpoints_into_a_leaderboard(tmp_path, tiny_mod
     assert result.metrics["best"] == "sft/checkpoint-20"
     table = (run_dir / "eval" / "leaderboard.md").read_text()
     assert "language/normalized_accuracy ↑" in table and "sft/checkpoint-20" in table
-    saved = json.loads((run_dir / "eval" / "evaluate_config.json").read_text())
-    assert saved["suites"][0]["data"] == math_rows
 
     # A re-run (the runner clears the stage folder first) reuses the scores of unchanged checkpoints...
     shutil.rmtree(run_dir / "eval")
@@ -438,8 +435,7 @@ def test_evaluate_stage_scores_checkpoints_into_a_leaderboard(tmp_path, tiny_mod
         "eval2",
         tokenizer_dir=tokenizer_dir,
         model_dir=sft_dir / "final",
-        stage_dirs={"sft": sft_dir},
-        stage_models={"sft": sft_dir / "final"},
+        upstream=[done("sft", trained(sft_dir))],
     )
     run_evaluate(real, ctx2)
     (row,) = read_leaderboard(run_dir / "eval2").rows
@@ -451,7 +447,7 @@ def test_evaluate_stage_scores_checkpoints_into_a_leaderboard(tmp_path, tiny_mod
 
 def test_evaluate_errors_are_one_line(tmp_path, tiny_model_dir, tokenizer_dir):
     rows = _write_rows(tmp_path / "r.jsonl", [{"prompt": "hi", "answer": 1}])
-    ctx = make_ctx(tmp_path, "eval", tokenizer_dir=tokenizer_dir, model_dir=tiny_model_dir, stage_dirs={})
+    ctx = make_ctx(tmp_path, "eval", tokenizer_dir=tokenizer_dir, model_dir=tiny_model_dir)
     config = EvaluateStageConfig.model_validate(
         {
             "name": "eval",

@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
-from stage_helpers import make_context
+from stage_helpers import done, make_context
 from tempa.merge import MergeStageConfig, run_merge
 from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, read_leaderboard
 from tempa.merge.mergekit_run import MergeInput, check_compatible
@@ -24,11 +24,8 @@ from tempa.sft.stage_api import StageError
 pytestmark = pytest.mark.filterwarnings("ignore:numpy.core is deprecated:DeprecationWarning")
 
 
-def make_ctx(
-    run_dir: Path, name: str, *, tokenizer_dir: Path, base: Path, stage_dirs=None, stage_models=None
-):
-    return make_context(run_dir, name, model_dir=base, tokenizer_dir=tokenizer_dir, stage_dirs=stage_dirs,
-                        stage_models=stage_models, base_model_dir=base)
+def make_ctx(run_dir: Path, name: str, *, tokenizer_dir: Path, base: Path, upstream=None):
+    return make_context(run_dir, name, start_model=base, tokenizer_dir=tokenizer_dir, upstream=upstream)
 
 
 def perturbed_copy(src: Path, dst: Path, seed: int, scale: float) -> Path:
@@ -71,7 +68,7 @@ def _merge(tmp_path, tokenizer_dir, base, name="merge", **fields):
     config = MergeStageConfig.model_validate({"name": name, "kind": "merge", "reevaluate": False, **fields})
     ctx = make_ctx(tmp_path, name, tokenizer_dir=tokenizer_dir, base=base)
     result = run_merge(config, ctx)
-    return result, load_file(Path(result.model_dir) / "model.safetensors")
+    return result, load_file(Path(result.model) / "model.safetensors")
 
 
 def test_linear_merge_equals_normalised_weighted_sum(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir):
@@ -174,8 +171,8 @@ def test_base_model_methods_produce_loadable_models(
     )
     document = yaml.safe_load((tmp_path / "merge" / "mergekit.yaml").read_text())
     assert document["base_model"] == str(tiny_model_dir)  # the recipe's base model by default
-    model = AutoModelForCausalLM.from_pretrained(result.model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
+    model = AutoModelForCausalLM.from_pretrained(result.model)
+    tokenizer = AutoTokenizer.from_pretrained(result.model)
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hai"}],
         add_generation_prompt=True,
@@ -190,7 +187,7 @@ def test_base_model_methods_produce_loadable_models(
     assert not torch.allclose(merged[key], base[key]) and not torch.allclose(merged[key], a[key])
     # The tokenizer is the recipe's, with its baked thinking template, not a copy of an input's.
     assert "thinking_mode" in tokenizer.chat_template
-    assert not (Path(result.model_dir) / "mergekit_config.yml").exists()
+    assert not (Path(result.model) / "mergekit_config.yml").exists()
 
 
 def _board() -> Leaderboard:
@@ -350,13 +347,11 @@ def test_select_from_leaderboard_then_rescore(tmp_path, tokenizer_dir, checkpoin
             "rank_by": "math/accuracy",
         }
     )
-    eval_dir = tmp_path / "eval"
-    eval_dir.mkdir()
-    # Write the evaluate stage's outputs as the stage would: a and c answer right, b wrong.
+    # The evaluate stage scores the three: a and c answer right, b wrong.
     from tempa.merge.evaluate_stage import run_evaluate
 
     right = {"a", "c", "final"}  # "final" = the merged model's folder name
-    run_evaluate(
+    scored = run_evaluate(
         evaluate,
         make_ctx(tmp_path, "eval", tokenizer_dir=tokenizer_dir, base=tiny_model_dir),
         backend_factory=lambda path, _cfg, _ctx: ScriptedBackend(path, {"a", "c"}),
@@ -370,9 +365,8 @@ def test_select_from_leaderboard_then_rescore(tmp_path, tokenizer_dir, checkpoin
             "select": {"metric": "math/accuracy", "top_k": 2},
         }
     )
-    ctx = make_ctx(
-        tmp_path, "merge", tokenizer_dir=tokenizer_dir, base=tiny_model_dir, stage_dirs={"eval": eval_dir}
-    )
+    ctx = make_ctx(tmp_path, "merge", tokenizer_dir=tokenizer_dir, base=tiny_model_dir,
+                   upstream=[done("eval", scored, kind="evaluate", config=evaluate)])
     result = run_merge(config, ctx, backend_factory=lambda path, _cfg, _ctx: ScriptedBackend(path, right))
     document = yaml.safe_load((tmp_path / "merge" / "mergekit.yaml").read_text())
     assert sorted(m["model"] for m in document["models"]) == sorted(
@@ -388,6 +382,8 @@ def test_select_from_leaderboard_then_rescore(tmp_path, tokenizer_dir, checkpoin
     assert result.metrics["merge_helped"] is False  # equal to the best input is not an improvement
     summary = json.loads((tmp_path / "merge" / "merge_summary.json").read_text())
     assert summary["selection"]["values"] == {"a": 1.0, "c": 1.0}
+    assert result.summary.selection is not None and result.summary.selection.values == {"a": 1.0, "c": 1.0}
+    assert result.leaderboard is not None and {r.candidate for r in result.leaderboard.rows} == {"a", "b", "c", "merge"}
 
 
 def shard(src: Path, dst: Path) -> Path:

@@ -77,11 +77,11 @@ def test_synthesize_select_must_name_a_reward():
 def test_recipe_with_both_stages_loads_and_plans(tmp_path, tiny_model_dir):
     from tempa.recipes.errors import RecipeError
     from tempa.recipes.loader import load_recipe
-    from tempa.recipes.registry import STAGE_KINDS
+    from tempa.recipes.registry import stage_kinds
     from tempa.recipes.runner import plan_run
 
     # both continue an interrupted run from what they completed (checkpoints, sampled batches)
-    assert STAGE_KINDS["preference"].resumable and STAGE_KINDS["synthesize"].resumable
+    assert stage_kinds()["preference"].resumable and stage_kinds()["synthesize"].resumable
     (tmp_path / "prompts.jsonl").write_text(Path(PROMPTS).read_text())
     recipe = tmp_path / "r.yaml"
     recipe.write_text(textwrap.dedent(f"""

@@ -29,7 +29,7 @@ def test_a_failed_training_launch_resumes_without_resampling(tmp_path, tiny_mode
         final.mkdir(parents=True)
         (final / "tempa_train_metrics.json").write_text(json.dumps({"global_step": 1}))
 
-    ctx = make_context(tmp_path / "run", "align", model_dir=tiny_model_dir, tokenizer_dir=tmp_path / "tok",
+    ctx = make_context(tmp_path / "run", "align", start_model=tiny_model_dir, tokenizer_dir=tmp_path / "tok",
                        chat_template="", launch=launch)
     config = PreferenceStageConfig.model_validate({
         "name": "align", "prompts": {"path": PROMPTS, "limit": 4},
@@ -47,7 +47,7 @@ def test_a_failed_training_launch_resumes_without_resampling(tmp_path, tiny_mode
 
     monkeypatch.setattr(stage_module, "build_backend", no_sampling)
     result = run_preference(config, ctx)
-    assert launches == ["tempa.alignment.dpo_train"] * 2
+    assert launches == ["tempa.sft.train_worker"] * 2
     assert (ctx.stage_dir / "round-1" / "samples.jsonl").read_text() == samples
     assert (ctx.stage_dir / "round-1" / "pairs.jsonl").read_text() == pairs
     assert result.metrics["round1_pairs"] == len(pairs.splitlines()) > 0

@@ -39,7 +39,7 @@ def test_rewrites_of_the_worst_samples_become_the_chosen_side(tmp_path, tiny_mod
         return chat_response([REWRITES[question][2]])
 
     fake_training.plans = []  # type: ignore[attr-defined]
-    ctx = make_context(tmp_path / "run", "align", model_dir=tiny_model_dir, tokenizer_dir=tmp_path / "tok",
+    ctx = make_context(tmp_path / "run", "align", start_model=tiny_model_dir, tokenizer_dir=tmp_path / "tok",
                        chat_template="", launch=fake_training)
     with FakeOpenAI(reply) as server:
         config = PreferenceStageConfig.model_validate({

@@ -28,7 +28,7 @@ def context(run_dir: Path, model_dir: Path, tokenizer_dir: Path, launches: list[
         launches.append(module)
         run_launch(LaunchConfig(use_cpu=True), module, args, log_file, log=log)
 
-    return make_context(run_dir, "align", model_dir=model_dir, tokenizer_dir=tokenizer_dir, chat_template="",
+    return make_context(run_dir, "align", start_model=model_dir, tokenizer_dir=tokenizer_dir, chat_template="",
                         launch=launch, seed=3, log=log, use_cpu=True)
 
 
@@ -67,7 +67,7 @@ def read_jsonl(path: Path) -> list[dict]:
 def test_two_rounds_train_each_from_the_previous_model(aligned, tiny_model_dir):
     ctx, result, launches = aligned
     stage = ctx.stage_dir
-    assert launches == ["tempa.alignment.dpo_train"] * 2
+    assert launches == ["tempa.sft.train_worker"] * 2
     assert result.model_dir == stage / "round-2" / "final"
     plan1 = json.loads((stage / "round-1" / "train_plan.json").read_text())
     plan2 = json.loads((stage / "round-2" / "train_plan.json").read_text())

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from sft_helpers import sft_recipe
-from tempa.recipes.rundir import DONE, read_json
 from tempa.sft.checkpoints import complete_checkpoints
+from tempa.sft.files import read_json
+from tempa.sft.run_layout import DONE
 
 STAGES = """
   - name: warmup

@@ -1,8 +1,9 @@
 """Runner mechanics: fingerprints, skip / re-run / --from / --only, failures, interruptions, the lock.
 
-The stage used here is a small real stage kind registered for the test (`touch`): it writes a
-file and records each call, so what ran and what was skipped can be counted exactly. Real
-training stages are exercised in test_sft_stage.py and test_resume.py.
+The stage used here is a small real stage kind added for the test (`touch`): it writes a file and
+records each call, so what ran and what was skipped can be counted exactly. It is added the way
+any new kind is, as one StageKind in a stage package's STAGE_KINDS, without touching `recipes/`.
+Real training stages are exercised in test_sft_stage.py and test_resume.py.
 """
 
 from __future__ import annotations
@@ -15,11 +16,22 @@ from typing import Literal
 import pytest
 from pydantic import field_validator
 
-from tempa.recipes import registry
+import tempa.merge
+import tempa.sft
 from tempa.recipes.loader import load_recipe
-from tempa.recipes.rundir import DONE, MANIFEST, RunLock, RunLockedError, read_json
+from tempa.recipes.rundir import RunLock, RunLockedError
 from tempa.recipes.runner import plan_run, run_recipe, stage_status
-from tempa.sft.stage_api import StageConfigBase, StageContext, StageError, StageResult, resolve_path
+from tempa.sft.files import read_json
+from tempa.sft.run_layout import DONE, MANIFEST
+from tempa.sft.stage_api import (
+    Artifact,
+    StageConfigBase,
+    StageContext,
+    StageError,
+    StageKind,
+    StageResult,
+    resolve_path,
+)
 
 
 class TouchConfig(StageConfigBase):
@@ -36,25 +48,27 @@ class TouchConfig(StageConfigBase):
 
 
 def run_touch(config: TouchConfig, ctx: StageContext) -> StageResult:
-    calls = ctx.run_dir / "calls.log"
+    calls = ctx.stage_dir.parent / "calls.log"  # a test log beside the stages, to count runs
     with open(calls, "a") as f:
         f.write(f"{config.name}\n")
     if config.fail:
         raise StageError("asked to fail")
-    (ctx.stage_dir / "out.txt").write_text(f"{config.value} from {ctx.model_dir}")
+    (ctx.stage_dir / "out.txt").write_text(f"{config.value} from {ctx.start_model}")
     if config.no_model:
         return StageResult(metrics={"value": config.value})
     own = ctx.stage_dir / "model"
     own.mkdir()
-    return StageResult(model_dir=own, metrics={"value": config.value})
+    return StageResult(model=own, metrics={"value": config.value})
+
+
+TOUCH = StageKind("touch", TouchConfig, run_touch, "test stage", produces=frozenset({Artifact.MODEL}))
 
 
 @pytest.fixture(autouse=True)
 def touch_kind(monkeypatch):
-    monkeypatch.setitem(
-        registry.STAGE_KINDS, "touch", registry.StageKind("touch", TouchConfig, run_touch, False, "test stage")
-    )
-    monkeypatch.delitem(registry.STAGE_KINDS, "bake", raising=False)
+    monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS, TOUCH))
+    # No automatic bake: these recipes have no real model to bake.
+    monkeypatch.setattr(tempa.merge, "STAGE_KINDS", tuple(k for k in tempa.merge.STAGE_KINDS if k.kind != "bake"))
 
 
 @pytest.fixture()
@@ -160,7 +174,7 @@ def test_failed_stage_is_recorded_and_the_next_run_continues_there(recipe, tmp_p
     manifest = read_json(run_dir / "b" / MANIFEST)
     assert manifest["status"] == "failed" and manifest["error"] == "asked to fail"
     assert not (run_dir / "b" / DONE).exists()
-    states = {row["name"]: row["state"] for row in stage_status(load_recipe(recipe), run_dir)}
+    states = {row.name: row.state for row in stage_status(load_recipe(recipe), run_dir)}
     assert states == {"a": "done", "b": "failed", "c": "pending"}
 
     reset_calls(run_dir)
@@ -214,7 +228,8 @@ def test_final_points_at_the_last_model(recipe, tmp_path):
 def test_a_stage_without_a_model_hands_on_the_one_it_started_from(recipe, tmp_path):
     run_dir = tmp_path / "run"
     run_recipe(load_recipe(recipe, ["stages.b.no_model=true"]), run_dir)
-    assert read_json(run_dir / "b" / MANIFEST)["model_dir"] == "a/model"
+    manifest = read_json(run_dir / "b" / MANIFEST)
+    assert manifest["start_model"] == "a/model" and manifest["result"]["model"] is None
     # and again when b is skipped: the next stage still gets a's model through b
     run_recipe(load_recipe(recipe, ["stages.b.no_model=true", "stages.c.from=b", "stages.c.value=4"]), run_dir)
     assert (run_dir / "c" / "out.txt").read_text() == f"4 from {run_dir / 'a' / 'model'}"
@@ -228,5 +243,5 @@ def test_status_tells_running_from_interrupted(recipe, tmp_path):
     (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
     (run_dir / "b" / DONE).unlink()
     with RunLock(run_dir):
-        assert stage_status(load_recipe(recipe), run_dir)[1]["state"] == "running"
-    assert stage_status(load_recipe(recipe), run_dir)[1]["state"] == "interrupted"
+        assert stage_status(load_recipe(recipe), run_dir)[1].state == "running"
+    assert stage_status(load_recipe(recipe), run_dir)[1].state == "interrupted"

@@ -16,6 +16,7 @@ import pytest
 
 from tempa.sft.data import COMPLETE, PreparedData, prepare_sft_data
 from tempa.sft.data_config import DataConfig, DataError
+from tempa.sft.data_report import DataMix
 
 EOT = "<|eot_id|>"
 ON_PREFILL = "<|start_header_id|>assistant<|end_header_id|>\n\n<think>\n"
@@ -218,8 +219,8 @@ def test_cache_hits_and_misses_when_it_should(tmp_path: Path, tokenizer: Any, mo
     second = prepare(tmp_path, cfg, tokenizer)
     assert second.cache_hit and builds == [] and second.train["input_ids"] == first.train["input_ids"]
     # The reports of a cached run are in the stage folder too.
-    assert json.loads((tmp_path / "out" / "stats.json").read_text())["cache_hit"] is True
-    assert (tmp_path / "out" / "mix.json").exists() and (tmp_path / "out" / "rejects.jsonl").exists()
+    assert DataMix.read(tmp_path / "out" / "mix.json") == first.mix
+    assert (tmp_path / "out" / "rejects.jsonl").exists()
 
     # A changed template misses even though the tokenizer files are the same.
     changed = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
@@ -231,7 +232,7 @@ def test_cache_hits_and_misses_when_it_should(tmp_path: Path, tokenizer: Any, mo
     assert not prepare(tmp_path, cfg, tokenizer, max_length=4000).cache_hit
     write_jsonl(rows, [chat(f"soal {i}", f"jawab {i}", f"pikir {i}") for i in range(11)])
     changed_data = prepare(tmp_path, cfg, tokenizer)
-    assert not changed_data.cache_hit and changed_data.stats["sources"]["r"]["rows_in"] == 11
+    assert not changed_data.cache_hit and changed_data.mix.sources[0].rows_in == 11
     assert len(builds) == 4
     # A partial entry (no completion marker) is never used.
     entry = prepare(tmp_path, cfg, tokenizer).cache_path
@@ -297,9 +298,9 @@ def test_malformed_and_filtered_rows_are_rejected_with_reasons_and_the_run_goes_
         assert by_line[line]["source"] == "sea" and by_line[line]["row"] == line - 1
     assert by_line[2]["data"] == "{not json" and by_line[8]["data"][0]["role"] == "user"
     assert len(prepared.train) == 4
-    stats = json.loads((tmp_path / "out" / "stats.json").read_text())["sources"]["sea"]
-    assert stats["rows_in"] == 15 and stats["rows_kept"] == 4
-    assert stats["rejects"] == {"malformed_row": 4, "malformed_reasoning": 2, "role_order": 1, "pii": 1,
+    (stats,) = DataMix.read(tmp_path / "out" / "mix.json").sources
+    assert stats.name == "sea" and stats.rows_in == 15 and stats.rows_kept == 4
+    assert stats.rejects == {"malformed_row": 4, "malformed_reasoning": 2, "role_order": 1, "pii": 1,
                                 "language": 1, "exact_duplicate": 1, "too_long": 1}
 
 
@@ -410,10 +411,10 @@ def test_shipped_sample_data_survives_default_curation(tmp_path: Path, tokenizer
         context={"base_dir": str(data)},
     )
     prepared = prepare(tmp_path, cfg, tokenizer)
-    stats = prepared.stats["sources"]
+    stats = {source.name: source for source in prepared.mix.sources}
     # Genuine sentences in the declared languages, no personal data, well-formed traces: nothing rejected.
-    assert stats["instruct"]["rejects"] == {} and stats["reasoning"]["rejects"] == {}
-    assert stats["instruct"]["rows_in"] >= 200 and stats["reasoning"]["rows_in"] >= 100
+    assert stats["instruct"].rejects == {} and stats["reasoning"].rejects == {}
+    assert stats["instruct"].rows_in >= 200 and stats["reasoning"].rows_in >= 100
 
 
 def test_trl_sft_trainer_accepts_the_prepared_data(tmp_path: Path, tokenizer: Any, tiny_model_dir: Path) -> None:

@@ -11,8 +11,10 @@ from safetensors.torch import load_file
 
 from sft_helpers import sft_recipe
 from tempa.recipes.loader import load_recipe
+from tempa.recipes.rundir import read_manifest
 from tempa.recipes.runner import run_recipe
 from tempa.sft.checkpoints import COMPLETE_MARKER, complete_checkpoints
+from tempa.sft.stage import SFTResult
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +42,18 @@ def test_sft_trains_saves_and_records_metrics(single_run, tiny_model_dir):
     assert not [p.name for p in (stage / "final").iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
     # every checkpoint the trainer kept carries the completion marker
     kept = complete_checkpoints(stage / "checkpoints")
-    assert [p.name for p in kept] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]
-    assert all((p / COMPLETE_MARKER).is_file() for p in kept)
+    assert [c.path.name for c in kept] == ["checkpoint-4", "checkpoint-8", "checkpoint-12"]
+    assert [c.step for c in kept] == [4, 8, 12]
+    assert all((c.path / COMPLETE_MARKER).is_file() for c in kept)
+    # the runner recorded the stage's typed result: its model, checkpoints and data mix
+    manifest = read_manifest(stage)
+    assert manifest is not None and manifest.result is not None
+    result = SFTResult.model_validate(manifest.result, context={"run_dir": single_run})
+    assert result.model == stage / "final" and result.checkpoints == kept
+    assert result.data.total.train_samples == metrics["train_rows"] > 0
+    assert manifest.result["model"] == "sft/final"  # stored relative: the run directory may move
     # the exact launch command is kept for re-running the stage by hand
-    assert "tempa.sft.train" in (stage / "logs" / "launch.sh").read_text()
+    assert "tempa.sft.train_worker" in (stage / "logs" / "launch.sh").read_text()
 
 
 def test_sft_final_model_loads_and_carries_the_thinking_template(single_run):
@@ -107,7 +117,8 @@ def test_zero3_two_cpu_processes_match_single_process_layout(single_run, tiny_mo
 
 
 def test_failed_training_process_surfaces_its_error_and_log(tmp_path, tiny_model_dir):
-    from tempa.recipes.rundir import DONE, read_json
+    from tempa.sft.files import read_json
+    from tempa.sft.run_layout import DONE
     from tempa.sft.stage_api import StageError
 
     recipe = sft_recipe(tmp_path, tiny_model_dir, max_steps=2)

@@ -45,7 +45,7 @@ def context(tmp_path: Path, model_dir: Path, tokenizer_dir: Path) -> StageContex
     def no_launch(*args):
         raise AssertionError("synthesize launches nothing")
 
-    return make_context(tmp_path / "run", "distill", model_dir=model_dir, tokenizer_dir=tokenizer_dir,
+    return make_context(tmp_path / "run", "distill", start_model=model_dir, tokenizer_dir=tokenizer_dir,
                         chat_template="", launch=no_launch, seed=1)
 
 
@@ -115,7 +115,7 @@ def test_keeps_exactly_the_best_responses_above_the_threshold(tmp_path, tiny_mod
     rejects = read_jsonl(ctx.stage_dir / "data" / "rejects.jsonl")
     assert sorted(r["messages"][0]["content"] for r in rejects) == ["Hitung 7 × 3.", "What is 10 - 4?"]
     assert {r["reason"] for r in rejects} == {"below_threshold"}
-    assert result.outputs == {"dataset": str(ctx.stage_dir / "data" / "synthesized.jsonl")}
+    assert result.dataset == ctx.stage_dir / "data" / "synthesized.jsonl" and result.rows == len(rows)
     assert result.metrics["rows"] == 2 and result.metrics["kept_fraction"] == 0.5
     # every request carried the key and the thinking mode; the key was written nowhere
     assert {h["Authorization"] for h in server.headers} == {f"Bearer {SECRET}"}
@@ -175,10 +175,10 @@ def test_output_is_a_dataset_the_sft_pipeline_reads(tmp_path, tiny_model_dir, to
     with FakeOpenAI(math_reply) as server:
         result = run_synthesize(synth_config(server, write_prompts(tmp_path / "p.jsonl"),
                                              select={"strategy": "all", "min_score": 1.0}), ctx)
-    data = DataConfig.model_validate({"sources": [{"name": "synth", "path": result.outputs["dataset"]}]})
+    data = DataConfig.model_validate({"sources": [{"name": "synth", "path": str(result.dataset)}]})
     prepared = prepare_sft_data(data, AutoTokenizer.from_pretrained(tokenizer_dir), out_dir=tmp_path / "sft",
                                 cache_dir=tmp_path / "cache", seed=0)
-    kept = len(read_jsonl(Path(result.outputs["dataset"])))
+    kept = len(read_jsonl(result.dataset))
     assert kept > 0 and len(prepared.train) + (len(prepared.eval) if prepared.eval is not None else 0) == kept
     assert all(sum(row["assistant_masks"]) > 0 for row in prepared.train)
 

@@ -1,13 +1,16 @@
-"""Training worker: `python -m tempa.sft.train --plan PLAN.json`, run by accelerate/torchrun.
+"""The training worker: `python -m tempa.sft.train_worker --plan train_plan.json`, under accelerate/torchrun.
 
-Everything it needs is in the plan file the `sft` stage wrote (data already tokenised on disk),
-so one stage can be re-run by hand with the command the runner logged.
+One worker for both trainers tempa launches: trl's SFTTrainer (the sft stage) and DPOTrainer (each
+round of the preference stage). Everything it needs is in the :class:`TrainPlan` the stage wrote
+(data already tokenised or paired on disk), so a stage can be re-run by hand with the command
+the runner logged. Checkpoints get COMPLETE markers and a restart resumes from the last complete
+one; the final model is written to a temporary folder and renamed into place, so ``final/`` is
+either whole or absent.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -18,7 +21,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tempa.sft.checkpoints import CheckpointCompleteCallback, last_complete_checkpoint
+from tempa.sft.checkpoints import COMPLETE_MARKER, last_complete_checkpoint
+from tempa.sft.train_plan import OUTCOME_FILE, TrainOutcome, TrainPlan
 
 
 class ProgressLine(TrainerCallback):
@@ -47,6 +51,24 @@ class ProgressLine(TrainerCallback):
         print("[tempa] " + " | ".join(parts), flush=True)
 
 
+class CheckpointCompleteCallback(TrainerCallback):
+    """Marks ``checkpoint-N`` complete once every process has finished writing it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # all shards (ZeRO-3 writes one per rank) are on disk before the marker
+        if state.is_world_process_zero:
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if path.is_dir():
+                marker = path / COMPLETE_MARKER
+                tmp = marker.with_suffix(".tmp")
+                tmp.write_text(f"{state.global_step}\n")
+                os.replace(tmp, marker)
+        return control
+
+
 def watch_runner(pid: int | None, interval_s: float = 1.0) -> None:
     """Stop this training process group if the runner that launched it dies (e.g. SIGKILL).
 
@@ -68,16 +90,17 @@ def watch_runner(pid: int | None, interval_s: float = 1.0) -> None:
     threading.Thread(target=_watch, name="tempa-runner-watch", daemon=True).start()
 
 
-def trl_config_kwargs(plan: dict[str, Any]) -> dict[str, Any]:
+def trl_config_kwargs(plan: TrainPlan) -> dict[str, Any]:
     """trl config kwargs: the recipe's train args plus what the stage folder and launch decide."""
-    kwargs = dict(plan["train_args"])
-    kwargs["output_dir"] = plan["output_dir"]
-    kwargs.setdefault("seed", plan["seed"])
-    kwargs.setdefault("data_seed", plan["seed"])
-    if plan.get("deepspeed"):
-        kwargs["deepspeed"] = plan["deepspeed"]
-    precision = plan.get("mixed_precision")
-    if plan.get("use_cpu"):
+    kwargs = dict(plan.train_args)
+    kwargs["output_dir"] = str(plan.checkpoints_dir)
+    kwargs.setdefault("seed", plan.seed)
+    kwargs.setdefault("data_seed", plan.seed)
+    env = plan.env
+    if env.deepspeed_config:
+        kwargs["deepspeed"] = str(env.deepspeed_config)
+    precision = env.mixed_precision
+    if env.use_cpu:
         kwargs["use_cpu"] = True
         precision = precision or "no"
     if precision is None:
@@ -85,10 +108,10 @@ def trl_config_kwargs(plan: dict[str, Any]) -> dict[str, Any]:
 
         # trl defaults to bf16, which a CPU-only machine refuses; decide by what is there.
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if precision is not None and "bf16" not in plan["train_args"] and "fp16" not in plan["train_args"]:
+    if precision is not None and "bf16" not in plan.train_args and "fp16" not in plan.train_args:
         kwargs["bf16"] = precision == "bf16"
         kwargs["fp16"] = precision == "fp16"
-    if plan.get("trust_remote_code"):
+    if env.trust_remote_code:
         kwargs.setdefault("model_init_kwargs", {})["trust_remote_code"] = True
     init = kwargs.get("model_init_kwargs") or {}
     if "attn_implementation" not in init and precision in ("bf16", "fp16") and _flash_attention_available():
@@ -106,14 +129,14 @@ def _flash_attention_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
 
 
-def read_plan(prog: str, argv: list[str] | None) -> dict[str, Any]:
-    """Parse ``--plan PLAN.json``, start the runner watch and set up distributed CPU DeepSpeed."""
-    parser = argparse.ArgumentParser(prog=prog)
+def read_plan(argv: list[str] | None) -> TrainPlan:
+    """Parse ``--plan train_plan.json``, start the runner watch and set up distributed CPU DeepSpeed."""
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'tempa.sft.train_worker'}")
     parser.add_argument("--plan", required=True, help="train_plan.json written by the stage")
     args = parser.parse_args(argv)
-    plan = json.loads(Path(args.plan).read_text())
-    watch_runner(plan.get("runner_pid"))
-    if plan.get("deepspeed") and plan.get("use_cpu"):
+    plan = TrainPlan.read(Path(args.plan))
+    watch_runner(plan.runner_pid)
+    if plan.env.deepspeed_config and plan.env.use_cpu:
         # transformers sets up a plain CPU process group when use_cpu is on and never initialises
         # DeepSpeed's communication layer, so ZeRO-3 would see a world of one. Do it first.
         import deepspeed
@@ -122,20 +145,20 @@ def read_plan(prog: str, argv: list[str] | None) -> dict[str, Any]:
     return plan
 
 
-def train_and_save(trainer, tokenizer, plan: dict[str, Any], *, evaluate: bool = False,
+def train_and_save(trainer, tokenizer, plan: TrainPlan, *, evaluate: bool = False,
                    merge_adapters: bool = False) -> None:
     """Train (resuming from the last complete checkpoint), then publish ``final/`` atomically.
 
     The model goes to ``final.tmp`` with the tokenizer and `tempa_train_metrics.json`, and is
     renamed to ``final`` last, so a kill never leaves a final model that looks complete.
     """
-    resume = last_complete_checkpoint(Path(plan["output_dir"]))
+    resume = last_complete_checkpoint(plan.checkpoints_dir)
     if resume is not None and trainer.is_world_process_zero():
         print(f"[tempa] resuming from {resume}", flush=True)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     eval_metrics = trainer.evaluate() if evaluate else {}
 
-    final = Path(plan["final_dir"])
+    final = plan.final_dir
     tmp = final.with_name(final.name + ".tmp")
     if trainer.is_world_process_zero():
         shutil.rmtree(tmp, ignore_errors=True)
@@ -151,71 +174,91 @@ def train_and_save(trainer, tokenizer, plan: dict[str, Any], *, evaluate: bool =
         # pickle-free (the same arguments are in train_plan.json).
         (tmp / "training_args.bin").unlink(missing_ok=True)
         tokenizer.save_pretrained(tmp)
-        metrics = {
-            "train": result.metrics,
-            "eval": eval_metrics,
-            "global_step": trainer.state.global_step,
-            "log_history": trainer.state.log_history,
-            "resumed_from": str(resume) if resume else None,
-        }
-        (tmp / "tempa_train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        outcome = TrainOutcome(
+            global_step=trainer.state.global_step,
+            train=result.metrics,
+            eval=eval_metrics,
+            log_history=trainer.state.log_history,
+            resumed_from=str(resume) if resume else None,
+        )
+        (tmp / OUTCOME_FILE).write_text(outcome.model_dump_json(indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     trainer.accelerator.wait_for_everyone()
 
 
-def main(argv: list[str] | None = None) -> int:
-    plan = read_plan("python -m tempa.sft.train", argv)
+def _lora_config(plan: TrainPlan):
+    if plan.lora is None:
+        return None
+    from peft import LoraConfig
 
+    return LoraConfig(r=plan.lora.r, lora_alpha=plan.lora.lora_alpha, lora_dropout=plan.lora.lora_dropout,
+                      target_modules=plan.lora.target_modules, task_type="CAUSAL_LM")
+
+
+def _quantised_init(plan: TrainPlan, init: dict[str, Any] | None) -> dict[str, Any] | None:
+    if plan.lora is None or not plan.lora.load_in_4bit:
+        return init
+    from transformers import BitsAndBytesConfig
+
+    return {**(init or {}), "quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")}
+
+
+def sft_trainer(plan: TrainPlan, tokenizer):
+    """trl's SFTTrainer over the pre-tokenised rows (``input_ids`` + ``assistant_masks``)."""
     from datasets import load_from_disk
-    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    tokenizer = AutoTokenizer.from_pretrained(plan["tokenizer_dir"])
     # tempa tokenises and masks the data itself (assistant_masks column, which trl turns into
     # labels); trl's own flag only applies to conversational rows it tokenises.
     config = SFTConfig(**{**trl_config_kwargs(plan), "assistant_only_loss": False})
-    train_dataset = load_from_disk(plan["train_data"])
-    eval_dataset = load_from_disk(plan["eval_data"]) if plan.get("eval_data") else None
-    if not plan["train_args"].get("assistant_only_loss", True):
+    config.model_init_kwargs = _quantised_init(plan, config.model_init_kwargs)
+    train_dataset = load_from_disk(str(plan.train_data))
+    eval_dataset = load_from_disk(str(plan.eval_data)) if plan.eval_data else None
+    if not plan.train_args.get("assistant_only_loss", True):
         train_dataset = train_dataset.remove_columns("assistant_masks")
         if eval_dataset is not None:
             eval_dataset = eval_dataset.remove_columns("assistant_masks")
     if eval_dataset is not None and config.eval_strategy == "no":
         config.eval_strategy = "steps" if config.save_strategy == "steps" else "epoch"
         config.eval_steps = config.eval_steps or config.save_steps
-
-    peft_config = None
-    if plan.get("lora"):
-        from peft import LoraConfig
-
-        lora = plan["lora"]
-        peft_config = LoraConfig(
-            r=lora["r"],
-            lora_alpha=lora["lora_alpha"],
-            lora_dropout=lora["lora_dropout"],
-            target_modules=lora["target_modules"],
-            task_type="CAUSAL_LM",
-        )
-        if lora.get("load_in_4bit"):
-            from transformers import BitsAndBytesConfig
-
-            config.model_init_kwargs = {
-                **(config.model_init_kwargs or {}),
-                "quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
-            }
-
-    trainer = SFTTrainer(
-        model=plan["model_dir"],
+    return SFTTrainer(
+        model=str(plan.start_model),
         args=config,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=_lora_config(plan),
         callbacks=[CheckpointCompleteCallback(), ProgressLine()],
     )
-    train_and_save(trainer, tokenizer, plan, evaluate=eval_dataset is not None,
-                   merge_adapters=peft_config is not None)
+
+
+def dpo_trainer(plan: TrainPlan, tokenizer):
+    """trl's DPOTrainer over conversational preference pairs (prompt / chosen / rejected)."""
+    from datasets import load_from_disk
+    from trl import DPOConfig, DPOTrainer
+
+    config = DPOConfig(**trl_config_kwargs(plan))
+    config.model_init_kwargs = _quantised_init(plan, config.model_init_kwargs)
+    return DPOTrainer(
+        model=str(plan.start_model),
+        args=config,
+        train_dataset=load_from_disk(str(plan.train_data)),
+        processing_class=tokenizer,
+        peft_config=_lora_config(plan),
+        callbacks=[CheckpointCompleteCallback(), ProgressLine()],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    plan = read_plan(argv)
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(plan.tokenizer_dir)
+    trainer = (sft_trainer if plan.trainer == "sft" else dpo_trainer)(plan, tokenizer)
+    train_and_save(trainer, tokenizer, plan, evaluate=plan.trainer == "sft" and plan.eval_data is not None,
+                   merge_adapters=plan.lora is not None)
     return 0
 
 

@@ -1,0 +1,56 @@
+"""What a merge stage hands on: the merged model, what went into it and why, and whether it helped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tempa.merge.leaderboard import Leaderboard
+from tempa.sft.stage_api import RunPath, StageResult
+
+
+class MergedModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    path: RunPath
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Per-model mergekit parameters.")
+
+
+class Selection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    evaluate_stage: str
+    metric: str
+    top_k: int
+    values: dict[str, float] = Field(description="The chosen candidates' values of the metric.")
+
+
+class Reevaluation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str
+    merged: float
+    best_input: float
+    helped: bool = Field(description="Whether the merge scored better than its best input.")
+
+
+class MergeSummary(BaseModel):
+    """What was merged, how, why these models, and whether it helped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    models: list[MergedModel]
+    base_model: MergedModel | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Method-level mergekit parameters.")
+    selection: Selection | None = None
+    reevaluation: Reevaluation | None = None
+
+
+class MergeResult(StageResult):
+    """A merge stage's result: the merged model, the summary, and the leaderboard with the merge on it."""
+
+    summary: MergeSummary
+    leaderboard: Leaderboard | None = None

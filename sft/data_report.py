@@ -1,0 +1,87 @@
+"""What the SFT data pipeline reports: per source, rows and tokens in and kept, and rejects by reason.
+
+``DataMix`` is written as ``data/mix.json`` in the stage folder (and in the cache entry), is part
+of the sft stage's typed result, and is what the model card, the report and `tempa plan` read.
+Rows are conversations; tokens count every token of the rendered samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SourceMix(BaseModel):
+    """One source's journey through curation, tokenisation, the held-out split and sizing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    path: str = Field(description="The source as the recipe names it (a file name or hub id; never shown absolute).")
+    size: dict[str, float | int] = Field(description="The size setting: weight, rows or tokens.")
+    thinking_mode: str
+    thinking_ratio: float | None = None
+    rows_in: int = Field(description="Rows read.")
+    rows_curated: int = Field(description="Rows left after the row filters.")
+    rows_tokenized: int = Field(description="Rows left after the length limits.")
+    samples: int = Field(description="Trainable samples of those rows (a multi-turn row can give several).")
+    tokens_in: int
+    heldout_rows: int
+    heldout_samples: int
+    heldout_tokens: int
+    rows_kept: int = Field(description="Rows in the training mix (repeats counted when up-sampled).")
+    unique_rows_kept: int
+    samples_kept: int
+    tokens_kept: int
+    trained_tokens_kept: int = Field(description="Tokens with a loss (the assistant's tokens).")
+    thinking_on_rows_kept: int
+    share_of_tokens: float = 0.0
+    rejects: dict[str, int] = Field(default_factory=dict, description="Rejected rows by reason.")
+
+
+class MixTotals(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rows_in: int
+    rows_kept: int
+    train_samples: int
+    eval_samples: int
+    tokens_kept: int
+    trained_tokens_kept: int
+    heldout_tokens: int
+    thinking_on_rows_kept: int
+    rejects: int
+
+
+class DataMix(BaseModel):
+    """The resolved data mix of one sft stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int
+    cache_key: str
+    sources: list[SourceMix]
+    total: MixTotals
+
+    def write(self, path: Path) -> None:
+        from tempa.sft.files import write_atomic
+
+        write_atomic(path, self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> DataMix:
+        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
+
+    def table(self) -> str:
+        """The mix as a plain-text table (rows and tokens per source, in and kept)."""
+        header = ("source", "rows in", "rows kept", "held out", "tokens in", "tokens kept", "share", "thinking on")
+        lines = [header]
+        for s in self.sources:
+            lines.append((s.name, str(s.rows_in), str(s.rows_kept), str(s.heldout_rows), str(s.tokens_in),
+                          str(s.tokens_kept), f"{100 * s.share_of_tokens:.1f}%",
+                          f"{s.thinking_on_rows_kept}/{s.rows_kept}"))
+        t = self.total
+        lines.append(("total", str(t.rows_in), str(t.rows_kept), "", "", str(t.tokens_kept), "100%", ""))
+        widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+        return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in lines)

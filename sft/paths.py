@@ -1,0 +1,40 @@
+"""Recipe paths: which references are local files, and how they resolve against the recipe's folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import ValidationInfo
+
+_LOCAL_PREFIXES = ("/", "./", "../", "~")
+_LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".yaml", ".yml", ".jinja", ".txt", ".arrow")
+
+
+def looks_local(value: str) -> bool:
+    """A model/data reference is a local path when it is spelled like one; otherwise a hub id."""
+    return value.startswith(_LOCAL_PREFIXES) or value.lower().endswith(_LOCAL_SUFFIXES)
+
+
+def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = True) -> str:
+    """Resolve a recipe path against the recipe's folder (``context["base_dir"]``).
+
+    Use from a pydantic ``field_validator``. Hub ids (``org/name``) pass through untouched.
+    A local path becomes absolute, because mergekit and hub helpers treat a relative path as
+    a hub id; ``must_exist`` makes a missing local path a validation error.
+    """
+    base_dir = None
+    if info is not None and info.context:
+        base_dir = info.context.get("base_dir")
+    expanded = os.path.expanduser(value)
+    candidate = Path(expanded)
+    if not candidate.is_absolute() and base_dir is not None:
+        anchored = Path(base_dir) / candidate
+        if anchored.exists() or looks_local(value):
+            candidate = anchored
+    if candidate.is_absolute() or looks_local(value) or candidate.exists():
+        resolved = candidate.resolve()
+        if must_exist and not resolved.exists():
+            raise ValueError(f"local path does not exist: {resolved}")
+        return str(resolved)
+    return value

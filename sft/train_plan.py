@@ -1,0 +1,132 @@
+"""The seam between a training stage and its launched worker: what to train, and what came of it.
+
+A stage (sft, or one round of preference) writes a :class:`TrainPlan` to ``train_plan.json`` and
+launches ``python -m tempa.sft.train_worker --plan train_plan.json`` in its own process group; the
+worker trains, then writes :class:`TrainOutcome` beside the final model, which the stage reads.
+Both ends use these models, so a field is never read by a string key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tempa.sft.files import write_atomic
+from tempa.sft.stage_api import StageContext, StageError, TrainingEnv
+
+OUTCOME_FILE = "tempa_train_metrics.json"  # in the final model folder, written by the worker
+WORKER = "tempa.sft.train_worker"
+
+# Set by tempa from the stage folder and the launch settings, never by a recipe's `train:` block.
+RESERVED_TRAIN_KEYS = ("output_dir", "logging_dir", "resume_from_checkpoint", "deepspeed", "save_safetensors")
+
+
+class LoraSettings(BaseModel):
+    """LoRA/QLoRA through peft; adapters are merged into the saved final model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(default=16, ge=1)
+    lora_alpha: int = 32
+    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    load_in_4bit: bool = Field(default=False, description="QLoRA: load the base in 4 bit (needs bitsandbytes + GPU).")
+
+
+class TrainPlan(BaseModel):
+    """Everything a training worker needs; the data is already tokenised (sft) or paired (dpo) on disk."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trainer: Literal["sft", "dpo"]
+    start_model: Path = Field(description="The model training starts from.")
+    tokenizer_dir: Path
+    train_data: Path = Field(description="A `save_to_disk` dataset the worker loads as it is.")
+    eval_data: Path | None = None
+    checkpoints_dir: Path
+    final_dir: Path
+    train_args: dict[str, Any] = Field(
+        description="trl config fields (SFTConfig or DPOConfig), checked against trl's dataclass at recipe load."
+    )
+    lora: LoraSettings | None = None
+    seed: int
+    env: TrainingEnv
+    runner_pid: int | None = Field(default=None, description="The worker stops when this process dies.")
+
+    def write(self, path: Path) -> Path:
+        write_atomic(path, self.model_dump_json(indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> TrainPlan:
+        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
+
+
+def train_plan(
+    ctx: StageContext,
+    *,
+    trainer: Literal["sft", "dpo"],
+    start_model: Path,
+    train_data: Path,
+    out_dir: Path,
+    train_args: dict[str, Any],
+    seed: int,
+    eval_data: Path | None = None,
+    lora: LoraSettings | None = None,
+) -> TrainPlan:
+    """The plan for training into ``out_dir`` (``checkpoints/`` and ``final/`` go there)."""
+    return TrainPlan(
+        trainer=trainer,
+        start_model=start_model,
+        tokenizer_dir=ctx.tokenizer_dir,
+        train_data=train_data,
+        eval_data=eval_data,
+        checkpoints_dir=out_dir / "checkpoints",
+        final_dir=out_dir / "final",
+        train_args=train_args,
+        lora=lora,
+        seed=seed,
+        env=ctx.training,
+        runner_pid=os.getpid(),
+    )
+
+
+class TrainOutcome(BaseModel):
+    """What the worker reports beside the final model."""
+
+    model_config = ConfigDict(extra="allow")
+
+    global_step: int
+    train: dict[str, Any] = Field(default_factory=dict, description="trainer.train()'s metrics.")
+    eval: dict[str, Any] = Field(default_factory=dict, description="trainer.evaluate()'s metrics, if any.")
+    log_history: list[dict[str, Any]] = Field(default_factory=list)
+    resumed_from: str | None = None
+
+    @classmethod
+    def read(cls, final_dir: Path) -> TrainOutcome:
+        path = Path(final_dir) / OUTCOME_FILE
+        if not path.is_file():
+            raise StageError(f"training finished without a final model in {final_dir}")
+        return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+    def headline(self) -> dict[str, float | int | str | None]:
+        """Step count, losses and the last logged DPO rewards, for metrics and `tempa status`."""
+        logged = [entry for entry in self.log_history if "loss" in entry]
+        last = logged[-1] if logged else {}
+        out: dict[str, float | int | str | None] = {
+            "global_step": self.global_step,
+            "train_loss": self.train.get("train_loss"),
+            "first_logged_loss": logged[0]["loss"] if logged else None,
+            "last_logged_loss": last.get("loss"),
+        }
+        if self.eval.get("eval_loss") is not None:
+            out["eval_loss"] = self.eval["eval_loss"]
+        for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"):
+            if key in last:
+                out[key] = last[key]
+        if self.resumed_from:
+            out["resumed_from"] = self.resumed_from
+        return out

@@ -29,9 +29,10 @@ def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = 
     expanded = os.path.expanduser(value)
     candidate = Path(expanded)
     if not candidate.is_absolute() and base_dir is not None:
-        anchored = Path(base_dir) / candidate
-        if anchored.exists() or looks_local(value):
-            candidate = anchored
+        # Relative to the recipe's folder, never to wherever tempa happens to be started from.
+        candidate = Path(base_dir) / candidate
+        if not (candidate.exists() or looks_local(value)):
+            return value
     if candidate.is_absolute() or looks_local(value) or candidate.exists():
         resolved = candidate.resolve()
         if must_exist and not resolved.exists():

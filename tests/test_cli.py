@@ -128,7 +128,7 @@ def test_wheel_ships_recipes_configs_templates_and_data(tmp_path):
         "tempa/recipes/data/sample_instruct.jsonl",
         "tempa/chat_templates/llama3_thinking.jinja",
         "tempa/chat_templates/chatml_thinking.jinja",
-        "tempa/sft/train.py",
+        "tempa/sft/train_worker.py",
     ]
     missing = [name for name in expected if name not in names]
     assert not missing, missing

@@ -141,13 +141,11 @@ def test_leaderboard_ranks_by_direction_and_writes_table(tmp_path):
     from tempa.merge.leaderboard import write_leaderboard
 
     board = Leaderboard(
-        [
-            LeaderboardRow(
-                "s/checkpoint-1", "/p1", "s", 1, metrics={"heldout/loss": 2.0, "acc/accuracy": 0.9}
-            ),
-            LeaderboardRow(
-                "s/checkpoint-2", "/p2", "s", 2, metrics={"heldout/loss": 1.0, "acc/accuracy": 0.1}
-            ),
+        rows=[
+            LeaderboardRow(candidate="s/checkpoint-1", path="/p1", stage="s", step=1,
+                           metrics={"heldout/loss": 2.0, "acc/accuracy": 0.9}),
+            LeaderboardRow(candidate="s/checkpoint-2", path="/p2", stage="s", step=2,
+                           metrics={"heldout/loss": 1.0, "acc/accuracy": 0.1}),
         ],
         rank_by="heldout/loss",
     )
@@ -456,7 +454,7 @@ def test_evaluate_errors_are_one_line(tmp_path, tiny_model_dir, tokenizer_dir):
             "suites": [{"type": "accuracy", "data": rows}],
         }
     )
-    with pytest.raises(StageError, match="'sft' is not a stage that runs before it"):
+    with pytest.raises(StageError, match="'sft' is not a stage this stage reads"):
         run_evaluate(config, ctx)
     if importlib.util.find_spec("lm_eval") is None:
         asks_lm_eval = EvaluateStageConfig.model_validate(
@@ -487,7 +485,8 @@ def test_evaluate_config_validation(tmp_path):
     )
     assert config.suites[0].data == rows
     reads = validate(checkpoints_of=["sft"], stages=["dpo", "sft"], suites=[{"type": "ifeval", "data": rows}])
-    assert reads.depends_on() == ["sft", "dpo"]
+    assert [(r.stage, r.artifact.value, r.field) for r in reads.reads(["sft", "dpo"])] == [
+        ("sft", "model", ("checkpoints_of", 0)), ("dpo", "model", ("stages", 0)), ("sft", "model", ("stages", 1))]
 
 
 def test_flatten_lm_eval_results():

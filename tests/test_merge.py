@@ -94,7 +94,7 @@ def test_linear_merge_equals_normalised_weighted_sum(tmp_path, tokenizer_dir, ch
     assert [m["model"] for m in document["models"]] == [str(checkpoints["a"]), str(checkpoints["b"])]
     assert [m["parameters"]["weight"] for m in document["models"]] == [3.0, 1.0]
     summary = json.loads((tmp_path / "merge" / "merge_summary.json").read_text())
-    assert summary["method"] == "linear" and [m["weight"] for m in summary["models"]] == [3.0, 1.0]
+    assert summary["method"] == "linear" and [m["parameters"]["weight"] for m in summary["models"]] == [3.0, 1.0]
     assert result.metrics["models_merged"] == 2
 
 
@@ -192,21 +192,18 @@ def test_base_model_methods_produce_loadable_models(
 
 def _board() -> Leaderboard:
     rows = [
-        LeaderboardRow(
-            "sft/checkpoint-10", "/m/10", "sft", 10, metrics={"acc/accuracy": 0.50, "heldout/loss": 2.0}
-        ),
-        LeaderboardRow(
-            "sft/checkpoint-20", "/m/20", "sft", 20, metrics={"acc/accuracy": 0.70, "heldout/loss": 1.5}
-        ),
-        LeaderboardRow(
-            "sft/checkpoint-30", "/m/30", "sft", 30, metrics={"acc/accuracy": 0.60, "heldout/loss": 1.2}
-        ),
-        LeaderboardRow(
-            "sft", "/m/final", "sft", None, metrics={"acc/accuracy": 0.70, "heldout/loss": float("nan")}
-        ),
-        LeaderboardRow("old-merge", "/m/merge", "merge", None, merged=True, metrics={"acc/accuracy": 0.99}),
+        LeaderboardRow(candidate="sft/checkpoint-10", path="/m/10", stage="sft", step=10,
+                       metrics={"acc/accuracy": 0.50, "heldout/loss": 2.0}),
+        LeaderboardRow(candidate="sft/checkpoint-20", path="/m/20", stage="sft", step=20,
+                       metrics={"acc/accuracy": 0.70, "heldout/loss": 1.5}),
+        LeaderboardRow(candidate="sft/checkpoint-30", path="/m/30", stage="sft", step=30,
+                       metrics={"acc/accuracy": 0.60, "heldout/loss": 1.2}),
+        LeaderboardRow(candidate="sft", path="/m/final", stage="sft",
+                       metrics={"acc/accuracy": 0.70, "heldout/loss": float("nan")}),
+        LeaderboardRow(candidate="old-merge", path="/m/merge", stage="merge", merged=True,
+                       metrics={"acc/accuracy": 0.99}),
     ]
-    return Leaderboard(rows)
+    return Leaderboard(rows=rows)
 
 
 def test_selection_picks_top_k_in_the_metric_direction():
@@ -288,7 +285,8 @@ def test_architecture_mismatch_is_refused(tmp_path, checkpoints, tiny_model_dir)
 
 def test_config_validation(tmp_path, checkpoints):
     def validate(**fields):
-        return MergeStageConfig.model_validate({"name": "m", "kind": "merge", **fields})
+        return MergeStageConfig.model_validate({"name": "m", "kind": "merge", **fields},
+                                               context={"base_dir": str(tmp_path)})
 
     with pytest.raises(ValidationError, match="exactly 2"):
         validate(method="slerp", models=["x", "y", "z"])
@@ -315,7 +313,8 @@ def test_config_validation(tmp_path, checkpoints):
     named = validate(
         method="ties", models=["sft/checkpoint-20", "sft2"], base_model="sft", evaluate_stage="eval"
     )
-    assert named.depends_on() == ["eval", "sft", "sft2"]
+    assert [(r.stage, r.artifact.value) for r in named.reads(["sft", "sft2", "eval"])] == [
+        ("eval", "leaderboard"), ("sft", "model"), ("sft2", "model"), ("sft", "model")]
 
 
 class ScriptedBackend:

@@ -62,7 +62,8 @@ def test_config_rules():
         config(rewards=[{"type": "judge", "backend": {"type": "http", "base_url": "localhost:8000", "model": "m"}}])
     revise = config(pairs={"strategy": "revise", "revise": {"backend": {"type": "transformers", "model": "stage:sft"}}},
                     rewards=[{"type": "judge", "backend": {"type": "transformers", "model": "stage:teacher"}}])
-    assert revise.depends_on() == ["teacher", "sft"]
+    assert [(r.stage, r.field) for r in revise.reads([])] == [
+        ("teacher", ("rewards", 0, "backend", "model")), ("sft", ("pairs", "revise", "backend", "model"))]
 
 
 def test_synthesize_select_must_name_a_reward():

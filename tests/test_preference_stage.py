@@ -68,12 +68,13 @@ def test_two_rounds_train_each_from_the_previous_model(aligned, tiny_model_dir):
     ctx, result, launches = aligned
     stage = ctx.stage_dir
     assert launches == ["tempa.sft.train_worker"] * 2
-    assert result.model_dir == stage / "round-2" / "final"
+    assert result.model == stage / "round-2" / "final"
     plan1 = json.loads((stage / "round-1" / "train_plan.json").read_text())
     plan2 = json.loads((stage / "round-2" / "train_plan.json").read_text())
-    assert plan1["model_dir"] == str(tiny_model_dir)
-    assert plan2["model_dir"] == str(stage / "round-1" / "final")  # round 2 samples and trains the new policy
-    assert json.loads((stage / "round-2" / "samples.jsonl.meta.json").read_text())["policy"] == plan2["model_dir"]
+    assert plan1["start_model"] == str(tiny_model_dir) and plan1["trainer"] == "dpo"
+    assert plan2["start_model"] == str(stage / "round-1" / "final")  # round 2 samples and trains the new policy
+    assert json.loads((stage / "round-2" / "samples.jsonl.meta.json").read_text())["policy"] == plan2["start_model"]
+    assert [r.model for r in result.rounds] == [stage / "round-1" / "final", stage / "round-2" / "final"]
     start = load_file(str(tiny_model_dir / "model.safetensors"))
     one = load_file(str(stage / "round-1" / "final" / "model.safetensors"))
     two = load_file(str(stage / "round-2" / "final" / "model.safetensors"))
@@ -135,5 +136,5 @@ def test_a_finished_stage_is_not_sampled_or_trained_again(aligned, tiny_model_di
     ctx, result, _ = aligned
     launches: list[str] = []
     again = run_preference(PreferenceStageConfig.model_validate(CONFIG),
-                           context(ctx.run_dir, tiny_model_dir, ctx.tokenizer_dir, launches))
+                           context(ctx.stage_dir.parent, tiny_model_dir, ctx.tokenizer_dir, launches))
     assert launches == [] and again.metrics == result.metrics

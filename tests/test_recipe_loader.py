@@ -326,7 +326,7 @@ def test_stage_without_kind_and_stage_source_without_dataset(tmp_path, data_file
     reads_sft = "  - {name: second, kind: sft, data: {sources: [{name: s, path: 'stage:first'}]}}"
     path = write(tmp_path / "r.yaml", recipe_text(extra_stage=reads_sft))
     with pytest.raises(RecipeError, match=r"r\.yaml:12: stages\[1\]\.data\.sources\[0\]\.path \(stage 'second'\): "
-                       r"stage 'first' is a sft stage and writes no dataset"):
+                       r"stage 'first' is a sft stage and produces no dataset"):
         load_recipe(path)
 
 
@@ -341,3 +341,20 @@ def test_missing_parent_and_unknown_template_name_the_line(tmp_path, data_file):
                                                               'base_model: "tempa:tiny"\n    chat_template: chatml_thinkin'))
     with pytest.raises(RecipeError, match=r"r\.yaml:3: chat_template: not a shipped template .*did you mean 'chatml_thinking'"):
         load_recipe(path)
+
+
+def test_relative_names_resolve_against_the_recipe_folder_never_the_working_directory(tmp_path, monkeypatch):
+    from tempa.merge.merge_config import MergeStageConfig
+
+    here, recipe_dir = tmp_path / "cwd", tmp_path / "recipes"
+    (here / "sft").mkdir(parents=True)  # a folder named like a stage, where tempa happens to run
+    recipe_dir.mkdir()
+    monkeypatch.chdir(here)
+
+    def merge(**fields):
+        return MergeStageConfig.model_validate({"name": "m", "kind": "merge", "method": "ties", **fields},
+                                               context={"base_dir": str(recipe_dir)})
+
+    assert merge(models=["a", "b"], base_model="sft").base_model == "sft"  # a stage name, left for the runner
+    (recipe_dir / "sft").mkdir()
+    assert merge(models=["a", "b"], base_model="sft").base_model == str(recipe_dir / "sft")

@@ -85,7 +85,7 @@ def test_sigkill_during_training_then_resume(tmp_path, tiny_model_dir):
     assert (run_dir / "warmup" / DONE).is_file()
     assert not (main / DONE).exists() and not (main / "final").exists()
     warmup_done = (run_dir / "warmup" / DONE).read_text()
-    killed_at = max(int(p.name.split("-")[1]) for p in complete_checkpoints(main / "checkpoints"))
+    killed_at = max(c.step for c in complete_checkpoints(main / "checkpoints"))
     assert killed_at < 60
 
     status = subprocess.run(tempa("status", str(run_dir), "--json"), capture_output=True, text=True, check=True)

@@ -120,7 +120,7 @@ def test_keeps_exactly_the_best_responses_above_the_threshold(tmp_path, tiny_mod
     # every request carried the key and the thinking mode; the key was written nowhere
     assert {h["Authorization"] for h in server.headers} == {f"Bearer {SECRET}"}
     assert all(b["n"] == 3 and b["chat_template_kwargs"]["thinking_mode"] == "on" for b in server.requests)
-    assert SECRET not in all_text(ctx.run_dir) and SECRET not in caplog.text
+    assert SECRET not in all_text(ctx.stage_dir.parent) and SECRET not in caplog.text
 
 
 def test_strategy_all_keeps_every_passing_response_and_resumes_without_requests(tmp_path, tiny_model_dir,

@@ -299,7 +299,7 @@ def test_language_filter_reads_prose_and_the_accepted_groups_confidence() -> Non
     coding = [_user("Bagaimana cara menghitung faktorial di Python?"),
               _asst("Berikut contoh fungsinya:\n```python\ndef factorial(n):\n    if n == 0:\n        return 1\n"
                     "    return n * factorial(n - 1)\n\nprint(factorial(5))\n```")]
-    config = LanguageFilterConfig()
+    config = LanguageFilterConfig(check="assistant")
     assert curation.check_language(coding, _accepted(["id"], config), config) is None
     # min_confidence applies to the accepted set: Indonesian split between id and ms by the detector is sure.
     sure = LanguageFilterConfig(min_confidence=0.7)

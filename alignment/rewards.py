@@ -199,8 +199,11 @@ class AnswerReward(_RewardBase):
         return value
 
 
-class LanguageReward(_RewardBase):
-    """Language fidelity: the answer is in the prompt's target language (column `language`, py3langid)."""
+class LanguageReward(_RewardBase, language.LanguageRules):
+    """Language fidelity: the answer is in the prompt's target language (column `language`, py3langid).
+
+    A too short answer (see `min_letters`) gets no score, so it never gates.
+    """
 
     type: Literal["language"] = "language"
     gate: bool = Field(
@@ -208,30 +211,14 @@ class LanguageReward(_RewardBase):
         description="SEA-IFEval's rule: a response in the wrong language fails every `answer` check (its "
         "answer score becomes 0), however correct it is.",
     )
-    min_letters: int = Field(
-        default=language.MIN_LETTERS,
-        ge=1,
-        description="Answers with fewer letters of prose (code, math and URLs removed; e.g. a bare number) are "
-        "not judged (no score).",
-    )
     languages: list[str] | None = Field(
         default=None, description="Restrict py3langid to these codes (e.g. the recipe's languages); default: all."
-    )
-    equivalent: list[list[str]] = Field(
-        default_factory=lambda: [list(group) for group in language.EQUIVALENT],
-        description="Groups of codes that count as one language (default: id~ms, zh~yue~wuu, which the detector "
-        "confuses); [] for none.",
     )
 
     @field_validator("languages")
     @classmethod
     def _known_languages(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else language.check_codes(value)
-
-    @field_validator("equivalent")
-    @classmethod
-    def _known_equivalents(cls, value: list[list[str]]) -> list[list[str]]:
-        return [language.check_codes(group) for group in value]
 
 
 class FormatReward(_RewardBase):

@@ -329,7 +329,7 @@ class TemplateFilterConfig(_Strict):
     scope: Literal["global", "source"] = Field(default="source", description="Count skeletons per source or across all.")
 
 
-class LanguageFilterConfig(_Strict):
+class LanguageFilterConfig(_Strict, language.LanguageRules):
     """Keep rows whose text is in one of the source's ``languages`` (py3langid, offline; see tempa.sft.language).
 
     py3langid covers the SEA languages including Burmese (`my`), Khmer (`km`) and Lao (`lo`).
@@ -348,21 +348,6 @@ class LanguageFilterConfig(_Strict):
     check: Literal["all", "user", "assistant"] = Field(
         default="all", description="Which turns' text to identify: user and assistant together, or one side."
     )
-    min_letters: int = Field(
-        default=language.MIN_LETTERS,
-        ge=0,
-        description="Texts with fewer letters of prose (code, math, URLs, digits and symbols removed) are not judged.",
-    )
-    equivalent: list[list[str]] = Field(
-        default_factory=lambda: [list(group) for group in language.EQUIVALENT],
-        description="Groups of codes accepted for each other (default: id~ms, zh~yue~wuu, which the detector confuses); "
-        "[] for none.",
-    )
-
-    @field_validator("equivalent")
-    @classmethod
-    def _known_codes(cls, value: list[list[str]]) -> list[list[str]]:
-        return [language.check_codes(group) for group in value]
 
 
 class CurationConfig(_Strict):

@@ -28,6 +28,8 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 # Spellings users write -> the detector's code. Only true synonyms (the same language under
 # another name or code standard) belong here; languages that are merely hard to tell apart go in
 # EQUIVALENT, which a caller can switch off.
@@ -201,3 +203,26 @@ def detect(text: str, languages: Sequence[str] | None = None, *, min_letters: in
     if best == _NO_LANGUAGE:
         return UNDETERMINED
     return Detection(best, float(probabilities[best]), probabilities)
+
+
+class LanguageRules(BaseModel):
+    """The recipe knobs every language check shares (mixed into the curation filter's and the reward's configs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_letters: int = Field(
+        default=MIN_LETTERS,
+        ge=1,
+        description="Text with fewer letters of prose (code, math, URLs, digits and symbols removed; e.g. a bare "
+        "number) is not judged.",
+    )
+    equivalent: list[list[str]] = Field(
+        default_factory=lambda: [list(group) for group in EQUIVALENT],
+        description="Groups of codes that count as one language (default: id~ms, zh~yue~wuu, which the detector "
+        "confuses); [] for none.",
+    )
+
+    @field_validator("equivalent")
+    @classmethod
+    def _known_codes(cls, value: list[list[str]]) -> list[list[str]]:
+        return [check_codes(group) for group in value]

@@ -22,8 +22,10 @@ Example (YAML)::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
+import typing
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -63,23 +65,42 @@ DEFAULT_DPO_ARGS: dict[str, Any] = {
 
 # Common spellings from papers and other toolkits -> trl's names.
 LOSS_ALIASES = {"dpo": "sigmoid", "apo": "apo_zero", "ln_dpo": "sigmoid_norm", "length_normalized": "sigmoid_norm"}
-# trl 1.16's names, used when the installed DPOConfig's help text cannot be read.
-_FALLBACK_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-                    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+
+
+def declared_choices(config_class: type, field_name: str) -> tuple[str, ...]:
+    """The names a dataclass field declares it accepts: its annotation's ``Literal[...]`` (also inside
+    ``list[...]``), else the `'name'` values its ``help`` metadata lists (how trl documents a list field)."""
+
+    def literals(annotation: Any) -> tuple[str, ...]:
+        if typing.get_origin(annotation) is Literal:
+            return tuple(a for a in typing.get_args(annotation) if isinstance(a, str))
+        return tuple(name for arg in typing.get_args(annotation) for name in literals(arg))
+
+    annotated = literals(typing.get_type_hints(config_class)[field_name])
+    if annotated:
+        return tuple(dict.fromkeys(annotated))
+    field = next(f for f in dataclasses.fields(config_class) if f.name == field_name)
+    return tuple(dict.fromkeys(re.findall(r"`'([a-z0-9_]+)'`", field.metadata.get("help", ""))))
 
 
 @functools.cache
 def trl_loss_types() -> tuple[str, ...]:
-    """The loss names the installed trl's DPOConfig documents (its `loss_type` help text)."""
+    """The loss names the installed trl's ``DPOConfig.loss_type`` declares.
+
+    trl 1.16 annotates the field ``list[str]`` and lists the names in the field's help metadata,
+    which the trainer's loss dispatch matches (tests/test_preference_config.py checks both).
+    """
     from trl import DPOConfig
 
-    help_text = DPOConfig.__dataclass_fields__["loss_type"].metadata.get("help", "")
-    names = tuple(dict.fromkeys(re.findall(r"`'([a-z_]+)'`", help_text)))
-    return names or _FALLBACK_LOSSES
+    return declared_choices(DPOConfig, "loss_type")
 
 
 def normalize_loss_type(value: Any) -> list[str]:
-    """`loss_type` as trl's list of names (aliases mapped); ValueError naming a bad one."""
+    """`loss_type` as trl's list of names (aliases mapped); ValueError naming a bad one.
+
+    Should a trl release declare no names at all, the names pass unchecked and trl itself
+    rejects an unknown one when training starts.
+    """
     names = [value] if isinstance(value, str) else list(value)
     if not names:
         raise ValueError("loss_type must name at least one loss")
@@ -87,7 +108,7 @@ def normalize_loss_type(value: Any) -> list[str]:
     out = []
     for name in names:
         mapped = LOSS_ALIASES.get(str(name).lower(), str(name).lower())
-        if mapped not in valid:
+        if valid and mapped not in valid:
             raise ValueError(
                 f"loss_type {name!r} is not a loss of the installed trl DPOConfig; expected one of "
                 f"{', '.join(valid)} (or alias {', '.join(f'{k}->{v}' for k, v in LOSS_ALIASES.items())})"

@@ -26,7 +26,6 @@ judge) batch their work and load their model only when first used.
 
 from __future__ import annotations
 
-import functools
 import re
 import threading
 import unicodedata
@@ -48,6 +47,7 @@ from tempa.alignment.judge import (
     render_conversation,
 )
 from tempa.alignment.prompts import PromptRow
+from tempa.sft import language
 from tempa.sft.stage_api import Read, resolve_path
 
 # --------------------------------------------------------------------------- pure scoring functions
@@ -110,50 +110,27 @@ def answer_match(
     return 0.0
 
 
-@functools.cache
-def _identifier(languages: tuple[str, ...] | None):
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-    if languages:
-        identifier.set_languages(list(languages))
-    return identifier
-
-
-def detect_language(text: str, languages: tuple[str, ...] | None = None) -> tuple[str, float]:
-    """py3langid's best guess (ISO 639-1 code, probability) for ``text``."""
-    code, probability = _identifier(languages).classify(text)
-    return str(code), float(probability)
-
-
-DEFAULT_EQUIVALENTS = (("id", "ms"), ("tl", "fil"))
-
-
-def letter_count(text: str) -> int:
-    return sum(1 for ch in text if unicodedata.category(ch).startswith("L"))
-
-
 def language_match(
     text: str,
     target: str | None,
     *,
-    min_letters: int = 8,
+    min_letters: int = language.MIN_LETTERS,
     languages: tuple[str, ...] | None = None,
-    equivalents: tuple[tuple[str, ...], ...] = DEFAULT_EQUIVALENTS,
+    equivalent: tuple[tuple[str, ...], ...] = language.EQUIVALENT,
 ) -> tuple[float | None, str | None]:
     """(1.0 / 0.0 / None, detected code): is ``text`` in the ``target`` language?
 
-    None (does not apply) when there is no target or fewer than ``min_letters`` letters to judge
-    by (e.g. a bare number). Codes in one ``equivalents`` group count as the same language.
+    None (does not apply) when there is no target or too little prose to judge by (e.g. a bare
+    number); see :mod:`tempa.sft.language` for the rules. Codes in one ``equivalent`` group count
+    as the same language.
     """
     if not target:
         return None, None
-    if letter_count(text) < min_letters:
+    found = language.detect(text, languages, min_letters=min_letters)
+    verdict = found.is_in(language.accepted([target], equivalent))
+    if verdict is None:
         return None, None
-    detected, _ = detect_language(text, languages)
-    target = target.lower()
-    same = detected == target or any(detected in group and target in group for group in equivalents)
-    return (1.0 if same else 0.0), detected
+    return (1.0 if verdict else 0.0), found.language
 
 
 def format_checks(completion: Completion, thinking_mode: str | None, *, require_stop: bool = True) -> dict[str, bool]:
@@ -223,8 +200,11 @@ class AnswerReward(_RewardBase):
         return value
 
 
-class LanguageReward(_RewardBase):
-    """Language fidelity: the answer is in the prompt's target language (column `language`, py3langid)."""
+class LanguageReward(_RewardBase, language.LanguageRules):
+    """Language fidelity: the answer is in the prompt's target language (column `language`, py3langid).
+
+    A too short answer (see `min_letters`) gets no score, so it never gates.
+    """
 
     type: Literal["language"] = "language"
     gate: bool = Field(
@@ -232,16 +212,14 @@ class LanguageReward(_RewardBase):
         description="SEA-IFEval's rule: a response in the wrong language fails every `answer` check (its "
         "answer score becomes 0), however correct it is.",
     )
-    min_letters: int = Field(
-        default=8, ge=1, description="Answers with fewer letters (e.g. a bare number) are not judged (no score)."
-    )
     languages: list[str] | None = Field(
-        default=None, description="Restrict py3langid to these codes (e.g. the recipe's languages); default: all 97."
+        default=None, description="Restrict py3langid to these codes (e.g. the recipe's languages); default: all."
     )
-    equivalents: list[list[str]] = Field(
-        default_factory=lambda: [list(g) for g in DEFAULT_EQUIVALENTS],
-        description="Groups of codes that count as one language (default: id~ms, tl~fil).",
-    )
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else language.check_codes(value)
 
 
 class FormatReward(_RewardBase):
@@ -407,7 +385,7 @@ class RewardSet:
                 value, detected = language_match(
                     split_think(it.completion).answer, it.prompt.language, min_letters=config.min_letters,
                     languages=tuple(config.languages) if config.languages else None,
-                    equivalents=tuple(tuple(g) for g in config.equivalents),
+                    equivalent=tuple(tuple(g) for g in config.equivalent),
                 )
                 values.append(value)
                 infos.append({"detected": detected} if detected else {})

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from tempa.merge.language import default_also_accept
+from tempa.sft import language
 from tempa.sft.stage_api import Artifact, Read, StageConfigBase, resolve_path
 
 ThinkingMode = Literal["on", "off"]
@@ -81,20 +83,20 @@ class LanguageSuite(_GenerationSuite):
         description="Restrict detection to these codes (e.g. [en, id, vi, th, ta]); default: all py3langid knows.",
     )
     also_accept: dict[str, list[str]] = Field(
-        default_factory=dict,
-        description="Detected codes that also count as a target, e.g. {id: [ms]}.",
+        default_factory=default_also_accept,
+        description="Codes counted as the same language as the key, both ways (default: {id: [ms], zh: [yue, wuu]}, "
+        "which the detector confuses; {} for none).",
     )
 
     @field_validator("languages")
     @classmethod
     def _known(cls, value: list[str] | None) -> list[str] | None:
-        if value:
-            from tempa.merge.language import known_languages
+        return None if value is None else language.check_codes(value)
 
-            unknown = sorted(set(value) - set(known_languages()))
-            if unknown:
-                raise ValueError(f"py3langid does not know language code(s) {unknown}")
-        return value
+    @field_validator("also_accept")
+    @classmethod
+    def _known_aliases(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {language.check_codes([code])[0]: language.check_codes(others) for code, others in value.items()}
 
 
 class ThinkingFormatSuite(_DataSuite):

@@ -1,41 +1,193 @@
-"""Configuration of the ``merge`` stage: which models, which mergekit method, with which knobs."""
+"""Configuration of the ``merge`` stage: which models, which mergekit method, with which knobs.
+
+The methods, their parameters and what each needs of its inputs come from mergekit's own
+registry (``mergekit.merge_methods.registered_methods()``: each method's ``MergeMethodSpec``
+with its ``ParameterSpec``s and ``InputContract``); the run options are mergekit's
+``MergeOptions``. A recipe is checked against them when it loads.
+"""
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tempa.sft.stage_api import Artifact, Read, StageConfigBase, resolve_path
 
+# How the stage's base model enters a merge (read from the method's input contract, see base_role).
+BaseRole = Literal["none", "first_input", "separate"]
 
-@dataclass(frozen=True)
-class MethodInfo:
-    """What a mergekit method needs from tempa."""
+# tempa's defaults for method parameters mergekit requires without a default.
+PARAMETER_DEFAULTS: dict[str, dict[str, Any]] = {"slerp": {"t": 0.5}}  # the midpoint of the two models
+# Per-model knobs the stage sets from its own fields (in selection order), not from `parameters:`.
+PER_MODEL_FIELDS = {"weight": "weights", "density": "density"}
 
-    base: Literal["none", "required", "first_input"]  # first_input: one of the two inputs (slerp)
-    weights: bool  # takes a per-model `weight`
-    density: bool  # takes a per-model `density` (sparsifying task arithmetic)
-    min_models: int = 1
-    max_models: int | None = None
-
-
-METHODS: dict[str, MethodInfo] = {
-    "linear": MethodInfo(base="none", weights=True, density=False, min_models=2),
-    "slerp": MethodInfo(base="first_input", weights=False, density=False, min_models=2, max_models=2),
-    "task_arithmetic": MethodInfo(base="required", weights=True, density=False),
-    "ties": MethodInfo(base="required", weights=True, density=True),
-    "dare_ties": MethodInfo(base="required", weights=True, density=True),
-    "dare_linear": MethodInfo(base="required", weights=True, density=True),
-    "breadcrumbs": MethodInfo(base="required", weights=True, density=True),
-    "breadcrumbs_ties": MethodInfo(base="required", weights=True, density=True),
-    "della": MethodInfo(base="required", weights=True, density=True),
-    "della_linear": MethodInfo(base="required", weights=True, density=True),
-    "model_stock": MethodInfo(base="required", weights=False, density=False, min_models=2),
+# MergeOptions tempa sets itself; a recipe cannot override them.
+OWNED_OPTIONS = {
+    "copy_tokenizer": "tempa attaches the recipe's tokenizer with its baked chat template",
+    "write_model_card": "the bake stage writes the model card",
+    "safe_serialization": "tempa writes safetensors only",
+    "random_seed": "tempa passes the recipe's seed",
+    "trust_remote_code": "set trust_remote_code on the recipe",
 }
+# tempa's defaults over mergekit's: merge on the CPU (device applies unless cuda/gpu_rich is set) and
+# read pickled (.bin) inputs tensor by tensor instead of loading whole files.
+OPTION_DEFAULTS: dict[str, Any] = {"device": "cpu", "lazy_unpickle": True}
+
+
+def _did_you_mean(value: str, choices: list[str]) -> str:
+    hint = difflib.get_close_matches(value, choices, n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+@functools.cache
+def merge_methods() -> dict[str, Any]:
+    """mergekit's registered methods by name: their ``MergeMethodSpec``."""
+    from mergekit.merge_methods import registered_methods
+
+    return {method.spec.name: method.spec for method in registered_methods()}
+
+
+def method_spec(name: str) -> Any:
+    """mergekit's spec of method ``name``; ValueError naming the methods mergekit has."""
+    methods = merge_methods()
+    if name not in methods:
+        raise ValueError(
+            f"unknown merge method {name!r}{_did_you_mean(name, list(methods))}; mergekit has: "
+            f"{', '.join(sorted(methods))}"
+        )
+    return methods[name]
+
+
+def base_role(spec: Any, models: int, base_model_set: bool) -> BaseRole:
+    """How a base model enters ``spec``'s merge of ``models`` models, from mergekit's input contract.
+
+    - ``none``: the method ignores or forbids a base (linear, karcher, passthrough), or takes an
+      optional one the stage does not set (multislerp, nuslerp);
+    - ``first_input``: the method takes no more inputs, base included, than the stage merges
+      (slerp, nearswap, arcee_fusion between two models): the first (best) model is the base
+      unless `base_model` names the other one;
+    - ``separate``: the base model (`base_model`, else the recipe's) is added to the models, as
+      task-vector methods (task_arithmetic, ties, dare_*, della*, breadcrumbs*, model_stock) need.
+    """
+    from mergekit.merge_methods import BasePolicy
+
+    policy = spec.contract.base
+    if policy in (BasePolicy.IGNORED, BasePolicy.FORBIDDEN) or (policy == BasePolicy.OPTIONAL and not base_model_set):
+        return "none"
+    maximum = spec.contract.max_inputs
+    return "first_input" if maximum is not None and models >= maximum else "separate"
+
+
+def check_input_count(spec: Any, models: int, role: BaseRole) -> None:
+    """mergekit's own input-count rules for ``models`` models (plus a separate base); ValueError if broken."""
+    ids: list[Any] = list(range(models))
+    base = None
+    if role == "first_input" and ids:
+        base = ids[0]
+    elif role == "separate":
+        base = "base"
+        ids.append(base)
+    try:
+        spec.contract.validate_ids(ids, base)
+    except ValueError as error:
+        given = f"{models} model(s)" + (" plus the base model" if role == "separate" else "")
+        raise ValueError(f"method {spec.name}: {str(error).removeprefix('Merge method ')} ({given})") from None
+
+
+def _check_setting(parameter: Any, value: Any) -> None:
+    """``value`` must be a mergekit parameter setting (scalar, layer gradient, or {value, filter}) of the parameter's type."""
+    from mergekit.config import ConditionalParameter, ParameterSetting
+
+    setting = TypeAdapter(ParameterSetting).validate_python(value)
+    conditions = setting if isinstance(setting, list) and setting and isinstance(setting[0], ConditionalParameter) \
+        else [setting] if isinstance(setting, ConditionalParameter) else []
+    values = [c.value for c in conditions] or [setting]
+    for item in values:
+        for scalar in item if isinstance(item, list) else [item]:
+            parameter.validate(scalar)
+
+
+def check_method_parameters(spec: Any, parameters: dict[str, Any]) -> None:
+    """Method-level ``parameters`` against mergekit's spec: known names, valid values, required ones given."""
+    accepted = {p.name: p for p in spec.parameters}
+    takes = ", ".join(accepted) or "none"
+    for name, value in parameters.items():
+        if name in PER_MODEL_FIELDS and name in accepted:
+            raise ValueError(
+                f"parameters.{name}: set the stage's per-model `{PER_MODEL_FIELDS[name]}` instead (in selection order)"
+            )
+        if name not in accepted:
+            raise ValueError(
+                f"parameters.{name}: not a parameter of mergekit's {spec.name}{_did_you_mean(name, list(accepted))}; "
+                f"it takes: {takes}"
+            )
+        try:
+            _check_setting(accepted[name], value)
+        except (ValidationError, ValueError, TypeError) as error:
+            detail = error.errors()[0]["msg"] if isinstance(error, ValidationError) else str(error)
+            raise ValueError(f"parameters.{name}: {value!r} is not a valid {spec.name} {name}: {detail}") from None
+    missing = [p.name for p in spec.parameters if p.required and p.name not in parameters and p.name != "weight"]
+    if missing:
+        raise ValueError(f"method {spec.name} needs parameters.{missing[0]} (mergekit has no default); it takes: {takes}")
+
+
+def check_per_model(spec: Any, name: str, values: list[float], count: int) -> None:
+    """A per-model knob (``weight`` / ``density``): the method takes it, one value per model, each valid."""
+    parameter = next((p for p in spec.parameters if p.name == name), None)
+    field = PER_MODEL_FIELDS[name]
+    if parameter is None:
+        takes = ", ".join(p.name for p in spec.parameters) or "none"
+        raise ValueError(f"{field}: method {spec.name} takes no per-model {name} (its parameters: {takes})")
+    if len(values) != count:
+        raise ValueError(f"{field}: {len(values)} values for {count} models")
+    for value in values:
+        try:
+            parameter.validate(value)
+        except ValidationError as error:
+            raise ValueError(f"{field}: {value!r}: {error.errors()[0]['msg']}") from None
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """A merge stage's ``options`` against mergekit's ``MergeOptions`` (which ignores unknown keys itself)."""
+    from mergekit.common import parse_kmb
+    from mergekit.options import MergeOptions
+
+    known = list(MergeOptions.model_fields)
+    for key in options:
+        if key in OWNED_OPTIONS:
+            raise ValueError(f"options.{key}: set by tempa ({OWNED_OPTIONS[key]})")
+        if key not in known:
+            raise ValueError(
+                f"options.{key}: not a mergekit MergeOptions field{_did_you_mean(key, known)}; known: "
+                f"{', '.join(k for k in known if k not in OWNED_OPTIONS)}"
+            )
+    values = dict(options)
+    if isinstance(values.get("out_shard_size"), str):
+        try:
+            values["out_shard_size"] = parse_kmb(values["out_shard_size"])
+        except (ValueError, IndexError):
+            raise ValueError(
+                f"options.out_shard_size: {options['out_shard_size']!r} is not a size such as 5B, 500M or 1000000"
+            ) from None
+    try:
+        MergeOptions.model_validate(values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise ValueError(f"options.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
 
 
 class SelectConfig(BaseModel):
@@ -50,39 +202,23 @@ class SelectConfig(BaseModel):
     )
 
 
-class MergekitOptions(BaseModel):
-    """Options passed to mergekit's MergeOptions. Defaults merge out-of-core on CPU."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    device: str = Field(default="cpu", description="Device for the tensor arithmetic (cpu | cuda | auto).")
-    lazy_unpickle: bool = Field(
-        default=True, description="Read pickled (.bin) inputs tensor by tensor instead of whole files."
-    )
-    low_cpu_memory: bool = Field(
-        default=False,
-        description="Keep results on the accelerator (mergekit's option; only useful with cuda).",
-    )
-    out_shard_size: str = Field(
-        default="5B", description="Parameters per output shard (mergekit syntax: 5B, 500M)."
-    )
-    num_threads: int | None = Field(default=None, ge=1, description="CPU threads for the arithmetic.")
-    allow_crimes: bool = Field(
-        default=False, description="Let mergekit mix architectures (tempa still refuses)."
-    )
-
-
 class MergeStageConfig(StageConfigBase):
     """Merge the best checkpoints with mergekit, then re-score the merged model.
 
     Give either `select` (top-k of `evaluate_stage`'s leaderboard) or `models` (stage names,
-    leaderboard candidate names, or folders). Methods with a base model (task arithmetic, TIES,
-    DARE, model_stock) use `base_model`, else the recipe's base model; slerp interpolates from
-    the first model (t=0) to the second (t=1).
+    leaderboard candidate names, or folders). Any method in mergekit's registry works; its
+    parameters are checked against mergekit's spec at load. Task-vector methods (task
+    arithmetic, TIES, DARE, DELLA, breadcrumbs, model_stock) add `base_model`, else the recipe's
+    base model; two-model methods with a base (slerp, nearswap, arcee_fusion) take the first
+    model as the base: slerp interpolates from it (t=0) to the second (t=1).
     """
 
     kind: Literal["merge"]
-    method: str = Field(default="linear", description=f"mergekit method: {', '.join(METHODS)}.")
+    method: str = Field(
+        default="linear",
+        description="A mergekit merge method: any in its registry, e.g. linear, slerp, ties, dare_ties, della, "
+        "model_stock, karcher, multislerp.",
+    )
     evaluate_stage: str | None = Field(
         default=None,
         description="Evaluate stage whose leaderboard `select` reads and whose suites re-score the merge.",
@@ -91,7 +227,8 @@ class MergeStageConfig(StageConfigBase):
     models: list[str] | None = Field(default=None, description="Or: the models to merge, explicitly.")
     base_model: str | None = Field(
         default=None,
-        description="Base for task-vector methods: a stage name or folder (default: recipe base).",
+        description="Base of methods that take one: a stage name or folder (default: the recipe's base model, or "
+        "for two-model methods such as slerp the first model).",
     )
     weights: list[float] | None = Field(
         default=None, description="Per-model weights, in selection order (default: equal)."
@@ -101,7 +238,8 @@ class MergeStageConfig(StageConfigBase):
     )
     parameters: dict[str, Any] = Field(
         default_factory=dict,
-        description="Method-level mergekit parameters, e.g. {t: 0.5} for slerp, {lambda: 1.0, normalize: true}.",
+        description="Method-level mergekit parameters, e.g. {t: 0.5} for slerp, {lambda: 1.0, normalize: true}; "
+        "a value may be a layer gradient ([0, 0.5, 1]) or [{filter: self_attn, value: 0.3}, {value: 0.7}].",
     )
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         default=None, description="Dtype of the arithmetic (default: mergekit's choice from the inputs)."
@@ -109,7 +247,12 @@ class MergeStageConfig(StageConfigBase):
     out_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         default=None, description="Dtype of the saved weights (default: `dtype`)."
     )
-    options: MergekitOptions = Field(default_factory=MergekitOptions, description="mergekit run options.")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="mergekit MergeOptions, e.g. {device: cuda, out_shard_size: 5B, num_threads: 8}. tempa's "
+        "defaults: device cpu, lazy_unpickle true; it sets copy_tokenizer, write_model_card, safe_serialization, "
+        "random_seed and trust_remote_code itself.",
+    )
     reevaluate: bool = Field(
         default=True,
         description="Re-score the merged model with `evaluate_stage`'s suites and add it to the board.",
@@ -127,11 +270,21 @@ class MergeStageConfig(StageConfigBase):
     def _resolve_base(cls, value: str | None, info: ValidationInfo) -> str | None:
         return None if value is None else resolve_path(value, info, must_exist=False)
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        method_spec(value)
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _mergekit_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_options(value)
+        return value
+
     @model_validator(mode="after")
     def _check(self):
-        info = METHODS.get(self.method)
-        if info is None:
-            raise ValueError(f"unknown merge method {self.method!r}; tempa supports {', '.join(METHODS)}")
+        spec = method_spec(self.method)
         if (self.select is None) == (self.models is None):
             raise ValueError("give exactly one of `select` (top-k of a leaderboard) or `models`")
         if self.select is not None and self.evaluate_stage is None:
@@ -139,34 +292,25 @@ class MergeStageConfig(StageConfigBase):
                 "`select` needs `evaluate_stage` (the evaluate stage whose leaderboard it reads)"
             )
         count = self.select.top_k if self.select is not None else len(self.models or [])
-        if count < info.min_models or (info.max_models is not None and count > info.max_models):
-            want = (
-                f"exactly {info.min_models}"
-                if info.max_models == info.min_models
-                else f"at least {info.min_models}"
-                + (f" and at most {info.max_models}" if info.max_models else "")
-            )
-            raise ValueError(f"method {self.method} merges {want} models; this stage gives {count}")
+        role = self.base_role(count)
+        if self.base_model is not None and role == "none":
+            raise ValueError(f"method {self.method} uses no base model")
+        check_input_count(spec, count, role)
+        for name, value in PARAMETER_DEFAULTS.get(self.method, {}).items():
+            self.parameters.setdefault(name, value)
+        check_method_parameters(spec, self.parameters)
         if self.weights is not None:
-            if not info.weights:
-                raise ValueError(f"method {self.method} takes no per-model weights")
-            if len(self.weights) != count:
-                raise ValueError(f"{len(self.weights)} weights for {count} models")
+            check_per_model(spec, "weight", self.weights, count)
         if self.density is not None:
-            if not info.density:
-                raise ValueError(
-                    f"method {self.method} takes no density (only TIES/DARE/DELLA/breadcrumbs do)"
-                )
-            if isinstance(self.density, list) and len(self.density) != count:
-                raise ValueError(f"{len(self.density)} densities for {count} models")
-            densities = self.density if isinstance(self.density, list) else [self.density]
+            densities = self.density if isinstance(self.density, list) else [self.density] * count
+            check_per_model(spec, "density", densities, count)
             if any(not 0.0 < d <= 1.0 for d in densities):
                 raise ValueError("density must be in (0, 1]")
-        if self.method == "slerp" and "t" not in self.parameters:
-            self.parameters["t"] = 0.5
-        if self.base_model is not None and info.base == "none":
-            raise ValueError(f"method {self.method} uses no base model")
         return self
+
+    def base_role(self, models: int) -> BaseRole:
+        """How the base model enters this stage's merge of ``models`` models (see :func:`base_role`)."""
+        return base_role(method_spec(self.method), models, self.base_model is not None)
 
     def reads(self, earlier: Sequence[str]) -> list[Read]:
         """The evaluate stage's leaderboard, and the earlier stages named in `models` / `base_model`.

@@ -28,9 +28,15 @@ from tempa.merge.leaderboard import (
     lower_is_better,
     write_leaderboard,
 )
-from tempa.merge.merge_config import METHODS, MergeStageConfig
+from tempa.merge.merge_config import MergeStageConfig, check_input_count, method_spec
 from tempa.merge.merge_result import MergedModel, MergeResult, MergeSummary, Reevaluation, Selection
-from tempa.merge.mergekit_run import MergeInput, build_mergekit_config, check_compatible, run_mergekit
+from tempa.merge.mergekit_run import (
+    MergeInput,
+    build_mergekit_config,
+    check_compatible,
+    mergekit_options,
+    run_mergekit,
+)
 from tempa.merge.selection import select_top_k
 from tempa.sft.files import staging_dir, write_atomic
 from tempa.sft.run_layout import FINAL_DIR
@@ -88,17 +94,17 @@ def resolve_inputs(
     if len({m.path for m in models}) != len(models):
         raise StageError(f"{_who(ctx)}: the same model is listed twice: {[m.name for m in models]}")
 
-    info = METHODS[config.method]
+    role = config.base_role(len(models))
     base: MergeInput | None = None
-    if info.base == "first_input":
+    if role == "first_input":
         if config.base_model is not None:
             wanted = resolve_reference(config.base_model, ctx, board)
             matching = [m for m in models if m.path == wanted.path]
             if not matching:
-                raise StageError(f"{_who(ctx)}: slerp's base_model must be one of the two inputs")
+                raise StageError(f"{_who(ctx)}: {config.method}'s base_model must be one of the models it merges")
             models = matching + [m for m in models if m.path != wanted.path]
         base = models[0]
-    elif info.base == "required":
+    elif role == "separate":
         if config.base_model is not None:
             base = resolve_reference(config.base_model, ctx, board)
         elif is_model_dir(ctx.base_model):
@@ -106,10 +112,11 @@ def resolve_inputs(
         else:
             raise StageError(f"{_who(ctx)}: method {config.method} needs a base model; set base_model")
         models = [m for m in models if m.path != base.path]
-        if len(models) < info.min_models:
-            raise StageError(
-                f"{_who(ctx)}: {config.method} needs {info.min_models}+ models besides the base {base.path}"
-            )
+    try:
+        check_input_count(method_spec(config.method), len(models), role)
+    except ValueError as error:
+        where = f"; base {base.path}" if role == "separate" and base is not None else ""
+        raise StageError(f"{_who(ctx)}: {error}{where}") from None
     return models, base, chosen
 
 
@@ -165,7 +172,8 @@ def run_merge(
     everything = models + ([base] if base is not None and base not in models else [])
     check_compatible(everything)
     check_tokenizer_fits(models, Path(ctx.tokenizer_dir))
-    document = build_mergekit_config(config, models, base)
+    merge_config = build_mergekit_config(config, models, base)
+    options = mergekit_options(config, seed=ctx.seed, trust_remote_code=ctx.trust_remote_code)
     ctx.log.info(
         "%s: %s of %s%s",
         ctx.stage_name,
@@ -176,15 +184,15 @@ def run_merge(
 
     final = stage_dir / FINAL_DIR
     with staging_dir(final) as tmp:
-        run_mergekit(document, tmp, config, seed=ctx.seed, config_path=stage_dir / MERGEKIT_CONFIG)
+        run_mergekit(merge_config, tmp, options, config_path=stage_dir / MERGEKIT_CONFIG)
         finish_model_dir(tmp, ctx, donor=models[0].path)
 
-    knobs = {entry["model"]: entry.get("parameters", {}) for entry in document["models"]}
+    knobs = {str(entry.model): entry.parameters or {} for entry in merge_config.models}
     summary = MergeSummary(
         method=config.method,
         models=[MergedModel(name=m.name, path=m.path, parameters=knobs.get(str(m.path), {})) for m in models],
         base_model=None if base is None else MergedModel(name=base.name, path=base.path),
-        parameters=document.get("parameters", {}),
+        parameters=merge_config.parameters or {},
         selection=None if config.select is None or config.evaluate_stage is None else Selection(
             evaluate_stage=config.evaluate_stage, metric=config.select.metric, top_k=config.select.top_k,
             values={row.candidate: row.metrics[config.select.metric] for row in chosen}),

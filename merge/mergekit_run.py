@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tempa.merge.merge_config import METHODS, MergeStageConfig
+from tempa.merge.merge_config import OPTION_DEFAULTS, MergeStageConfig, method_spec
 from tempa.merge.tensor_reader import unmapped_inputs
 from tempa.sft.stage_api import StageError
 
@@ -108,66 +106,76 @@ def _per_model(value: float | list[float] | None, index: int) -> float | None:
     return value
 
 
-def build_mergekit_config(
-    config: MergeStageConfig, models: list[MergeInput], base: MergeInput | None
-) -> dict[str, Any]:
-    """The mergekit YAML (as a dict) for ``models``, best first; paths absolute."""
-    info = METHODS[config.method]
+def _reference(path: Path) -> Any:
+    from mergekit.common import ModelPath, ModelReference
+
+    # Built field by field: parsing a string would read "+" as a LoRA and "@" as a revision.
+    return ModelReference(model=ModelPath(path=str(path)))
+
+
+def build_mergekit_config(config: MergeStageConfig, models: list[MergeInput], base: MergeInput | None) -> Any:
+    """mergekit's ``MergeConfiguration`` for ``models``, best first; paths absolute.
+
+    Per-model ``weight`` (default: equal) and ``density`` go on each model the method gives them
+    to (a parameter mergekit scopes to non-base inputs skips the base); ``parameters`` apply to all.
+    """
+    from mergekit.config import InputModelDefinition, MergeConfiguration
+    from mergekit.merge_methods import ParameterScope
+
+    scopes = {p.name: p.scope for p in method_spec(config.method).parameters}
     entries = []
     for index, model in enumerate(models):
-        parameters: dict[str, Any] = {}
-        if info.weights:
-            parameters["weight"] = config.weights[index] if config.weights else 1.0 / len(models)
-        if info.density and (density := _per_model(config.density, index)) is not None:
-            parameters["density"] = density
-        entry: dict[str, Any] = {"model": str(model.path)}
-        if parameters:
-            entry["parameters"] = parameters
-        entries.append(entry)
-    document: dict[str, Any] = {"merge_method": config.method, "models": entries}
-    if info.base != "none" and base is not None:
-        document["base_model"] = str(base.path)
-    if config.parameters:
-        document["parameters"] = dict(config.parameters)
-    if config.dtype:
-        document["dtype"] = config.dtype
-    if config.out_dtype:
-        document["out_dtype"] = config.out_dtype
-    return document
+        is_base = base is not None and model.path == base.path
+        knobs = {"weight": config.weights[index] if config.weights else 1.0 / len(models),
+                 "density": _per_model(config.density, index)}
+        parameters = {
+            name: value
+            for name, value in knobs.items()
+            if name in scopes and value is not None and not (is_base and scopes[name] == ParameterScope.NON_BASE)
+        }
+        entries.append(InputModelDefinition(model=_reference(model.path), parameters=parameters or None))
+    return MergeConfiguration(
+        merge_method=config.method,
+        models=entries,
+        base_model=None if base is None else _reference(base.path),
+        parameters=dict(config.parameters) or None,
+        dtype=config.dtype,
+        out_dtype=config.out_dtype,
+    )
 
 
-def run_mergekit(
-    document: dict[str, Any], out_dir: Path, config: MergeStageConfig, *, seed: int, config_path: Path
-) -> None:
-    """Write ``document`` to ``config_path`` and merge into ``out_dir`` (an empty, temporary folder)."""
+def mergekit_options(config: MergeStageConfig, *, seed: int, trust_remote_code: bool) -> Any:
+    """mergekit's ``MergeOptions``: tempa's defaults, the stage's ``options``, then what tempa owns."""
     from mergekit.common import parse_kmb
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge import MergeOptions, run_merge
+    from mergekit.options import MergeOptions
 
-    for reference in [m["model"] for m in document["models"]] + [document.get("base_model")]:
-        if reference is not None and not (os.path.isabs(reference) and os.path.isdir(reference)):
-            raise StageError(
-                f"merge input {reference} is not an existing absolute folder (mergekit would read a hub id)"
-            )
-    text = yaml.safe_dump(document, sort_keys=False)
-    config_path.write_text(text, encoding="utf-8")
-    try:
-        merge_config = MergeConfiguration.model_validate(document)
-    except Exception as error:  # pydantic / RuntimeError from mergekit's validators
-        raise StageError(f"mergekit rejected {config_path}: {str(error).splitlines()[0]}") from None
-    options = MergeOptions(
-        device=config.options.device,
-        cuda=config.options.device.startswith("cuda"),
-        lazy_unpickle=config.options.lazy_unpickle,
-        low_cpu_memory=config.options.low_cpu_memory,
-        out_shard_size=parse_kmb(config.options.out_shard_size),
-        num_threads=config.options.num_threads,
-        allow_crimes=config.options.allow_crimes,
+    options = dict(config.options)
+    if isinstance(options.get("out_shard_size"), str):
+        options["out_shard_size"] = parse_kmb(options["out_shard_size"])
+    defaults = dict(OPTION_DEFAULTS)
+    if {"device", "cuda", "gpu_rich"} & set(options):
+        defaults.pop("device")  # mergekit derives the device from cuda / gpu_rich
+    return MergeOptions(
+        **defaults,
+        **options,
         copy_tokenizer=False,
         write_model_card=False,
         safe_serialization=True,
         random_seed=seed,
-        quiet=False,
+        trust_remote_code=trust_remote_code,
     )
+
+
+def run_mergekit(merge_config: Any, out_dir: Path, options: Any, *, config_path: Path) -> None:
+    """Write ``merge_config`` to ``config_path`` (mergekit YAML) and merge into ``out_dir`` (an empty, temporary folder)."""
+    from mergekit.merge import run_merge
+
+    for reference in merge_config.referenced_models():
+        path = str(reference.model.path)
+        if not (os.path.isabs(path) and os.path.isdir(path)):
+            raise StageError(f"merge input {path} is not an existing absolute folder (mergekit would read a hub id)")
+    text = merge_config.to_yaml() + "\n"
+    config_path.write_text(text, encoding="utf-8")
     with unmapped_inputs(merge_config):
-        run_merge(merge_config, str(out_dir), options=options, config_source=text)
+        # mergekit rewrites the configuration it is given (models -> modules); keep the caller's intact.
+        run_merge(merge_config.model_copy(deep=True), str(out_dir), options=options, config_source=text)

@@ -26,7 +26,8 @@ from tempa.merge.evaluate_config import (
     Suite,
     ThinkingFormatSuite,
 )
-from tempa.merge.language import detect_language, language_scores
+from tempa.merge.language import language_scores
+from tempa.sft.language import detect as detect_language
 from tempa.sft.stage_api import StageError
 
 Messages = list[dict[str, Any]]

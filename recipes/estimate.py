@@ -1,12 +1,14 @@
 """Plan estimates: tokens, steps, per-GPU memory under ZeRO-3 and hours for each training stage.
 
 ``tempa plan RECIPE --hardware 8xH100`` prints :func:`render_estimate`; :func:`estimate_recipe`
-returns the numbers. Nothing is downloaded: the base model's shape comes from a local
-``config.json``, or from a built-in table matched from the hub id (Llama 3.x, Qwen2.5, Mistral 7B,
-SEA-LION v3 / Swallow on Llama 3.1). What each training stage trains on comes from its kind's
-``estimate`` hook (:mod:`tempa.sft.data_size`, :mod:`tempa.alignment.sizing`): exact once the
-stage has run in the run directory, else from the recipe's sizes with a stated average length per
-row; a ``stage:NAME`` source takes the size its producer's ``dataset_size`` hook declares.
+returns the numbers. Nothing is downloaded: the base model is built from its ``config.json`` on
+the meta device and its parameters counted; the config comes from a local folder, the Hugging
+Face cache, or tempa's copies for the seed recipes' base models (``recipes/model_configs/``), and
+without one the plan says, per stage, that the size is unknown. What each training stage trains
+on comes from its kind's ``estimate`` hook (:mod:`tempa.sft.data_size`,
+:mod:`tempa.alignment.sizing`): exact once the stage has run in the run directory, else from the
+recipe's sizes with a stated average length per row; a ``stage:NAME`` source takes the size its
+producer's ``dataset_size`` hook declares.
 
 The memory model (per GPU, DeepSpeed ZeRO-3 without offload, bf16 mixed precision, AdamW):
 
@@ -27,7 +29,6 @@ A preference stage without ``precompute_ref_log_probs`` also holds a bf16 refere
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import textwrap
@@ -117,10 +118,12 @@ def parse_hardware(text: str) -> Hardware:
 
 # --------------------------------------------------------------------------- model shapes
 
+MODEL_CONFIGS = "model_configs"  # tempa's copies of the seed base models' config.json (see its README)
+
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What the estimate needs of a decoder-only transformer (Llama / Qwen2 / Mistral layout)."""
+    """What the estimate needs of a decoder-only transformer: its counted size and the shape activations follow."""
 
     name: str
     hidden_size: int
@@ -129,127 +132,108 @@ class ModelShape:
     num_kv_heads: int
     intermediate_size: int
     vocab_size: int
-    tie_embeddings: bool = False
+    parameters: int  # counted on the meta device (tied weights once)
+    largest_layer_parameters: int  # the largest single module's own parameters, as DeepSpeed counts them
     head_dim: int | None = None
-    qkv_bias: bool = False  # Qwen2
 
     @property
     def dim_per_head(self) -> int:
         return self.head_dim or self.hidden_size // self.num_heads
 
-    def layer_parameters(self) -> int:
-        h, d = self.hidden_size, self.dim_per_head
-        q, kv = self.num_heads * d, self.num_kv_heads * d
-        attention = h * q + 2 * h * kv + q * h + ((q + 2 * kv) if self.qkv_bias else 0)
-        return attention + 3 * h * self.intermediate_size + 2 * h  # + SwiGLU MLP + two RMSNorms
 
-    @property
-    def parameters(self) -> int:
-        embeddings = self.vocab_size * self.hidden_size * (1 if self.tie_embeddings else 2)
-        return embeddings + self.num_layers * self.layer_parameters() + self.hidden_size
-
-    @property
-    def largest_layer_parameters(self) -> int:
-        """Largest single module's own parameters, as DeepSpeed's ``model_to_params`` counts them."""
-        h, d = self.hidden_size, self.dim_per_head
-        return max(self.vocab_size * h, h * self.intermediate_size, h * self.num_heads * d)
+_COUNTS: dict[str, tuple[int, int]] = {}  # by config JSON: a plan sizes the same model for every stage
 
 
-def _llama(name: str, h: int, layers: int, heads: int, kv: int, inter: int, tied: bool = False) -> ModelShape:
-    return ModelShape(name, h, layers, heads, kv, inter, 128256, tied)
+def count_parameters(config: Any) -> tuple[int, int]:
+    """(parameters, largest module's own parameters) of the causal LM ``config`` describes.
+
+    The model is built on PyTorch's meta device (shapes without storage: a 70B model costs no
+    memory) and its parameters counted, so any architecture transformers knows is sized exactly.
+    """
+    key = config.to_json_string(use_diff=False)
+    if key not in _COUNTS:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        total = sum(p.numel() for p in model.parameters())  # a tied weight is yielded once
+        largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+        _COUNTS[key] = (total, largest)
+    return _COUNTS[key]
 
 
-def _qwen(name: str, h: int, layers: int, heads: int, kv: int, inter: int, vocab: int, tied: bool) -> ModelShape:
-    return ModelShape(name, h, layers, heads, kv, inter, vocab, tied, qkv_bias=True)
+def shape_from_config(config: Any, name: str) -> ModelShape:
+    """A shape from a transformers config (multimodal configs: their text model's)."""
+    text = config.get_text_config()
+    try:
+        heads = int(text.num_attention_heads)
+        fields = dict(hidden_size=int(text.hidden_size), num_layers=int(text.num_hidden_layers), num_heads=heads,
+                      num_kv_heads=int(getattr(text, "num_key_value_heads", None) or heads),
+                      intermediate_size=int(text.intermediate_size), vocab_size=int(text.vocab_size),
+                      head_dim=getattr(text, "head_dim", None))
+    except AttributeError as exc:
+        raise EstimateError(f"{name}: config.json has no {exc.name!r}; cannot size the model") from None
+    try:
+        parameters, largest = count_parameters(config)
+    except (ValueError, KeyError, TypeError) as exc:  # a config transformers cannot build a causal LM from
+        raise EstimateError(f"{name}: transformers cannot build a causal LM from its config ({exc})") from None
+    return ModelShape(name=name, parameters=parameters, largest_layer_parameters=largest, **fields)
 
 
-KNOWN_SHAPES: dict[str, ModelShape] = {
-    shape.name.lower(): shape
-    for shape in (
-        _llama("Llama-3.2-1B", 2048, 16, 32, 8, 8192, tied=True),
-        _llama("Llama-3.2-3B", 3072, 28, 24, 8, 8192, tied=True),
-        _llama("Llama-3.1-8B", 4096, 32, 32, 8, 14336),
-        _llama("Llama-3.1-70B", 8192, 80, 64, 8, 28672),
-        _llama("Llama-3.1-405B", 16384, 126, 128, 8, 53248),
-        _qwen("Qwen2.5-0.5B", 896, 24, 14, 2, 4864, 151936, True),
-        _qwen("Qwen2.5-1.5B", 1536, 28, 12, 2, 8960, 151936, True),
-        _qwen("Qwen2.5-3B", 2048, 36, 16, 2, 11008, 151936, True),
-        _qwen("Qwen2.5-7B", 3584, 28, 28, 4, 18944, 152064, False),
-        _qwen("Qwen2.5-14B", 5120, 48, 40, 8, 13824, 152064, False),
-        _qwen("Qwen2.5-32B", 5120, 64, 40, 8, 27648, 152064, False),
-        _qwen("Qwen2.5-72B", 8192, 80, 64, 8, 29568, 152064, False),
-        ModelShape("Mistral-7B", 4096, 32, 32, 8, 14336, 32768),
-    )
-}
+def shipped_config(model_id: str) -> Path | None:
+    """tempa's copy of hub model ``model_id``'s config.json (``model_configs/<org>__<name>.json``), if it ships one."""
+    from importlib import resources
 
-# (family pattern in the lower-cased model name, size -> table key); first family that matches wins.
-_FAMILIES: tuple[tuple[str, dict[str, str]], ...] = (
-    (r"llama-?3\.2", {"1b": "llama-3.2-1b", "3b": "llama-3.2-3b"}),
-    # Llama 3 / 3.1 / 3.3 share these shapes; SEA-LION v3/v3.5 and Swallow are Llama 3.1 fine-tunes.
-    (r"llama-?3(?:\.[13])?(?![.\d])|sea-?lion-v3", {"8b": "llama-3.1-8b", "70b": "llama-3.1-70b",
-                                                    "405b": "llama-3.1-405b"}),
-    (r"qwen2\.5", {s: f"qwen2.5-{s}" for s in ("0.5b", "1.5b", "3b", "7b", "14b", "32b", "72b")}),
-    (r"mistral-7b", {"7b": "mistral-7b"}),
-)
-_SIZE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?b)(?![a-z0-9])")
-
-
-def match_known_shape(model_id: str) -> ModelShape | None:
-    """The built-in shape for a hub id such as ``meta-llama/Llama-3.1-70B-Instruct``, or None."""
-    name = model_id.lower().rsplit("/", 1)[-1].replace("_", "-")
-    for pattern, sizes in _FAMILIES:
-        if re.search(pattern, name):
-            for size in _SIZE.findall(name):
-                if size in sizes:
-                    return KNOWN_SHAPES[sizes[size]]
+    wanted = model_id.strip().replace("/", "__").lower() + ".json"
+    folder = resources.files("tempa.recipes") / MODEL_CONFIGS
+    for entry in folder.iterdir():
+        if entry.name.lower() == wanted:
+            return Path(str(entry))
     return None
 
 
-def shape_from_config(config: dict[str, Any], name: str) -> ModelShape:
-    """A shape from a transformers ``config.json`` (multimodal configs: their ``text_config``)."""
-    config = config.get("text_config", config) if "hidden_size" not in config else config
-    try:
-        heads = int(config["num_attention_heads"])
-        return ModelShape(
-            name=name,
-            hidden_size=int(config["hidden_size"]),
-            num_layers=int(config["num_hidden_layers"]),
-            num_heads=heads,
-            num_kv_heads=int(config.get("num_key_value_heads") or heads),
-            intermediate_size=int(config["intermediate_size"]),
-            vocab_size=int(config["vocab_size"]),
-            tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-            head_dim=config.get("head_dim"),
-            qkv_bias=bool(config.get("attention_bias", config.get("model_type") == "qwen2")),
-        )
-    except KeyError as exc:
-        raise EstimateError(f"{name}: config.json has no {exc.args[0]!r}; cannot size the model") from None
+def find_config(base_model: str) -> tuple[Any, str]:
+    """The base model's transformers config and where it came from, without downloading; EstimateError if none."""
+    from transformers import AutoConfig
 
-
-def resolve_shape(base_model: str) -> tuple[ModelShape, str]:
-    """The base model's shape and where it came from; never downloads."""
     if base_model == TINY_DEFAULT:
+        from transformers import LlamaConfig
+
         from tempa.recipes.tiny import TINY_MODEL_SHAPE, TINY_VOCAB_SIZE
 
-        s = TINY_MODEL_SHAPE
-        shape = ModelShape("tempa:tiny", s["hidden_size"], s["num_hidden_layers"], s["num_attention_heads"],
-                           s["num_key_value_heads"], s["intermediate_size"], TINY_VOCAB_SIZE)
-        return shape, "the embedded tiny default"
+        return LlamaConfig(vocab_size=TINY_VOCAB_SIZE, tie_word_embeddings=False, **TINY_MODEL_SHAPE), \
+            "the embedded tiny default"
     path = Path(base_model)
     if path.is_dir():
-        config = path / "config.json"
-        if not config.is_file():
-            raise EstimateError(f"base_model {base_model}: folder has no config.json; cannot size the model")
-        return shape_from_config(json.loads(config.read_text(encoding="utf-8")), path.name), f"{config}"
-    shape = match_known_shape(base_model)
-    if shape is None:
-        known = ", ".join(s.name for s in KNOWN_SHAPES.values())
-        raise EstimateError(
-            f"base_model {base_model!r}: not a local folder and not in the built-in shape table ({known}); "
-            f"download its config.json (huggingface-cli download {base_model} config.json --local-dir DIR) "
-            "and point base_model at DIR"
-        )
-    return shape, f"built-in table ({shape.name}, matched from the id; no download)"
+        if not (path / "config.json").is_file():
+            raise EstimateError(f"base_model {base_model}: the folder has no config.json")
+        try:
+            return AutoConfig.from_pretrained(path), str(path / "config.json")
+        except (OSError, ValueError) as exc:
+            raise EstimateError(f"base_model {base_model}: transformers cannot read its config.json ({exc})") from None
+    try:
+        return AutoConfig.from_pretrained(base_model, local_files_only=True), "the Hugging Face cache (no download)"
+    except (OSError, ValueError):
+        pass
+    shipped = shipped_config(base_model)
+    if shipped is not None:
+        return AutoConfig.from_pretrained(shipped), f"tempa's copy of its config.json ({MODEL_CONFIGS}/{shipped.name})"
+    raise EstimateError(
+        f"base_model {base_model}: its config.json is neither a local folder nor in the Hugging Face cache, and "
+        f"tempa ships no copy (recipes/{MODEL_CONFIGS}/); fetch it once with huggingface-cli download {base_model} "
+        "config.json, or point base_model at a folder holding it"
+    )
+
+
+def resolve_shape(base_model: str) -> tuple[ModelShape | None, str]:
+    """(the base model's shape, where its config came from), or (None, why its size is unknown); never downloads."""
+    try:
+        config, source = find_config(base_model)
+        name = Path(base_model).name if Path(base_model).is_dir() else base_model
+        return shape_from_config(config, name), source
+    except EstimateError as exc:
+        return None, str(exc)
 
 
 # --------------------------------------------------------------------------- memory
@@ -360,9 +344,9 @@ class StageEstimate:
     steps: int | None
     tokens_per_step: int
     micro_batch_tokens: int
-    memory: MemoryEstimate
+    memory: MemoryEstimate | None  # None: the model's size is unknown
     hours: float | None
-    fits: bool
+    fits: bool | None  # None: the model's size is unknown
     bound: str = ""  # tokens, steps and hours are at least (">="), at most ("<=") or about ("~") these
     gpus_needed: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -412,14 +396,20 @@ def offloads_optimizer(loaded: LoadedRecipe) -> bool:
     return (config.get("deepspeed_config") or {}).get("offload_optimizer_device") in ("cpu", "nvme")
 
 
-def estimate_stage(name: str, kind: str, workload: TrainingWorkload, shape: ModelShape, hardware: Hardware,
-                   mfu: float, *, offload: bool = False) -> StageEstimate:
+def estimate_stage(name: str, kind: str, workload: TrainingWorkload, shape: ModelShape | None, hardware: Hardware,
+                   mfu: float, *, offload: bool = False, unknown_size: str = "") -> StageEstimate:
+    """One stage's plan; with ``shape`` None (``unknown_size`` says why), tokens and steps only."""
     train = workload.train_args
     count = workload.tokens
     sequences = workload.sequences_per_row
     per_sequence = count.tokens / (count.rows * sequences) if count.tokens and count.rows else AVG_TOKENS_THINKING_OFF
     micro, per_step = _batch(train, hardware, per_sequence, sequences)
     epochs, steps, trained = _schedule(count, train, per_step, workload.rounds)
+    if shape is None:
+        estimate = StageEstimate(name, kind, count.tokens, count.source, epochs, trained, steps, per_step,
+                                 micro, None, None, None, bound=count.bound, notes=list(count.notes))
+        estimate.warnings.append(f"stage {name}: unknown size, so no memory, fit or hours: {unknown_size}")
+        return estimate
     work = Workload(micro, train, workload.lora, workload.reference_model)
     memory = memory_estimate(shape, hardware, work)
     if offload and work.lora is None:
@@ -493,7 +483,7 @@ def estimate_recipe(
     if not 0 < mfu <= 1:
         raise EstimateError(f"mfu {mfu}: expected a fraction in (0, 1], e.g. 0.4")
     machine = parse_hardware(hardware)
-    shape, _ = resolve_shape(loaded.recipe.base_model)
+    shape, source = resolve_shape(loaded.recipe.base_model)
     offload = offloads_optimizer(loaded)
     sizes: dict[str, SourceSize] = {}
     estimates = []
@@ -505,7 +495,7 @@ def estimate_recipe(
         if kind.trains and kind.estimate is not None:
             inputs = EstimateInputs(avg_tokens_thinking_on, avg_tokens_thinking_off, dict(sizes), result)
             estimates.append(estimate_stage(stage.name, stage.kind, kind.estimate(stage, inputs), shape, machine,
-                                            mfu, offload=offload))
+                                            mfu, offload=offload, unknown_size=source))
     return estimates
 
 
@@ -555,10 +545,12 @@ def render_estimate(loaded: LoadedRecipe, hardware: str = "8xH100", mfu: float =
     machine = parse_hardware(hardware)
     shape, shape_source = resolve_shape(loaded.recipe.base_model)
     estimates = estimate_recipe(loaded, hardware, mfu, run_dir=run_dir)
+    size = (f"{_count(shape.parameters)} parameters (counted on the meta device), config from {shape_source}"
+            if shape is not None else "unknown size")
     lines = [
         f"estimate for {machine.label} ({machine.gpu.peak_tflops:.0f} TFLOP/s bf16 dense, "
         f"{machine.gpu.memory_gib:.0f} GiB per GPU), DeepSpeed ZeRO-3, bf16 + AdamW, MFU {100 * mfu:.0f}%",
-        f"model {loaded.recipe.base_model}: {_count(shape.parameters)} parameters, shape from {shape_source}",
+        f"model {loaded.recipe.base_model}: {size}",
     ]
     if not estimates:
         return "\n".join([*lines, "no training stages to estimate"])
@@ -569,10 +561,11 @@ def render_estimate(loaded: LoadedRecipe, hardware: str = "8xH100", mfu: float =
         b = e.bound
         hours = _hours(e.hours)
         hours = hours if b == "<=" and hours.startswith("<") else b + hours  # "<0.1" already bounds it
+        memory = ("?",) * 6 if m is None else (f"{m.params:.1f}", f"{m.grads:.1f}", f"{m.optimizer:.1f}",
+                                               f"{m.gathered:.1f}", f"{m.activations:.1f}", f"{m.total:.1f} GiB")
+        fits = "?" if e.fits is None else "yes" if e.fits else "NO"
         rows.append((e.name, b + _count(e.tokens_per_epoch), f"{e.epochs:.3g}", b + _count(e.trained_tokens),
-                     b + _count(e.steps), _count(e.tokens_per_step), f"{m.params:.1f}", f"{m.grads:.1f}",
-                     f"{m.optimizer:.1f}", f"{m.gathered:.1f}", f"{m.activations:.1f}", f"{m.total:.1f} GiB",
-                     "yes" if e.fits else "NO", hours))
+                     b + _count(e.steps), _count(e.tokens_per_step), *memory, fits, hours))
     lines += _table(rows)
     lines += _footnotes(estimates, loaded)
     return "\n".join(lines)

@@ -14,10 +14,11 @@ import hashlib
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+from tempa.sft import language
 from tempa.sft.data_config import DedupConfig, LanguageFilterConfig, PIIConfig, TemplateFilterConfig
 from tempa.sft.formats import THINK_CLOSE, THINK_OPEN, think_problem
 
@@ -229,57 +230,25 @@ def check_pii(messages: Messages, config: PIIConfig) -> Reason | None:
 
 # --- language ID ----------------------------------------------------------------------------------
 
-# Codes users write that the detector spells differently.
-LANGUAGE_ALIASES = {"fil": "tl", "in": "id", "iw": "he", "zsm": "ms", "jw": "jv"}
-_NOT_LETTERS = re.compile(r"[\d\W_]+", re.UNICODE)
-
-
-@lru_cache(maxsize=1)
-def _identifier() -> Any:
-    # Loading the model takes about half a second; once per process.
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-
-
-def supported_languages() -> frozenset[str]:
-    """Codes the offline detector (py3langid) can return."""
-    return frozenset(_identifier().nb_classes)
-
-
-def canonical_language(code: str) -> str:
-    """The detector's spelling of a language code (``fil`` -> ``tl``)."""
-    code = code.strip().lower()
-    return LANGUAGE_ALIASES.get(code, code)
-
-
-def detect_language(text: str) -> tuple[str, float]:
-    """(code, normalised probability) from py3langid."""
-    lang, prob = _identifier().classify(text)
-    return str(lang), float(prob)
-
-
-def accepted_languages(targets: Iterable[str], config: LanguageFilterConfig) -> frozenset[str]:
-    """The target codes plus the codes declared equivalent to one of them."""
-    accepted = {canonical_language(t) for t in targets}
-    for group in config.equivalent:
-        codes = {canonical_language(c) for c in group}
-        if codes & accepted:
-            accepted |= codes
-    return frozenset(accepted)
-
 
 def check_language(messages: Messages, accepted: frozenset[str], config: LanguageFilterConfig) -> Reason | None:
-    """Reject a conversation whose text is identified as a language outside ``accepted``."""
+    """Reject a conversation whose text is identified as a language outside ``accepted``.
+
+    ``accepted`` comes from :func:`tempa.sft.language.accepted` (targets plus their equivalents);
+    text with too little prose to tell is kept. The confidence compared with ``min_confidence`` is
+    the detector's probability of the whole accepted set, so an Indonesian row that the detector
+    splits between ``id`` and ``ms`` is not rejected as unsure.
+    """
     roles = {"all": ("user", "assistant"), "user": ("user",), "assistant": ("assistant",)}[config.check]
     text = "\n".join(t["content"] for t in messages if t["role"] in roles)
-    if len(_NOT_LETTERS.sub("", text)) < config.min_chars:
+    found = language.detect(text, min_letters=config.min_letters)
+    if found.language is None:
         return None
-    lang, prob = detect_language(text)
-    if lang not in accepted:
-        return LANGUAGE, f"detected {lang!r} (p={prob:.2f}); expected one of {sorted(accepted)}"
-    if prob < config.min_confidence:
-        return LANGUAGE, f"detected {lang!r} with p={prob:.2f} < min_confidence {config.min_confidence}"
+    if not found.is_in(accepted):
+        return LANGUAGE, f"detected {found.language!r} (p={found.probability:.2f}); expected one of {sorted(accepted)}"
+    confidence = found.probability_of(accepted)
+    if confidence < config.min_confidence:
+        return LANGUAGE, f"detected {sorted(accepted)} with p={confidence:.2f} < min_confidence {config.min_confidence}"
     return None
 
 

@@ -52,7 +52,7 @@ import datasets
 from datasets import Features, List, Value
 from tqdm.auto import tqdm
 
-from tempa.sft import curation
+from tempa.sft import curation, language
 from tempa.sft.curation import Deduplicator, Reason
 from tempa.sft.data_config import CurationConfig, DataConfig, DataError, SourceConfig
 from tempa.sft.data_report import DataMix, MixTotals, SourceMix
@@ -238,18 +238,15 @@ def _check_languages(config: DataConfig) -> dict[str, frozenset[str]]:
     """Accepted language codes per source, failing early on a code the detector does not know."""
     if config.curation.language is None:
         return {}
-    supported = curation.supported_languages()
     out = {}
     for source in config.sources:
         if not source.languages:
             continue
-        for code in source.languages:
-            if curation.canonical_language(code) not in supported:
-                raise DataError(
-                    f"{describe(source)}: language {code!r} is not covered by the language-ID detector "
-                    f"(py3langid); supported: {', '.join(sorted(supported))}"
-                )
-        out[source.name] = curation.accepted_languages(source.languages, config.curation.language)
+        try:
+            language.check_codes(source.languages)
+        except ValueError as error:
+            raise DataError(f"{describe(source)}: {error}") from None
+        out[source.name] = language.accepted(source.languages, config.curation.language.equivalent)
     return out
 
 

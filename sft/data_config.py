@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from tempa.sft import language
 from tempa.sft.stage_api import STAGE_REF, StageError, resolve_path, stage_ref
 
 # `path: stage:NAME` reads the dataset an earlier stage (e.g. `synthesize`) wrote.
@@ -328,28 +329,24 @@ class TemplateFilterConfig(_Strict):
     scope: Literal["global", "source"] = Field(default="source", description="Count skeletons per source or across all.")
 
 
-class LanguageFilterConfig(_Strict):
-    """Keep rows whose text is in one of the source's ``languages`` (py3langid, offline).
+class LanguageFilterConfig(_Strict, language.LanguageRules):
+    """Keep rows whose text is in one of the source's ``languages`` (py3langid, offline; see tempa.sft.language).
 
     py3langid covers the SEA languages including Burmese (`my`), Khmer (`km`) and Lao (`lo`).
-    Reasoning traces are not checked: distilled R1 traces often reason in English for SEA prompts.
+    Code blocks, inline code, math and URLs are ignored; rows with too little prose left to tell
+    are kept. Reasoning traces are not checked: distilled R1 traces often reason in English for
+    SEA prompts.
     """
 
     min_confidence: float = Field(
         default=0.0,
         ge=0,
         le=1,
-        description="Also reject rows whose detected target language has a normalised probability below this.",
+        description="Also reject rows whose probability of being in the accepted languages (targets and their "
+        "equivalents together) is below this.",
     )
     check: Literal["all", "user", "assistant"] = Field(
         default="all", description="Which turns' text to identify: user and assistant together, or one side."
-    )
-    min_chars: int = Field(
-        default=20, ge=0, description="Texts shorter than this (after removing digits and symbols) are not judged."
-    )
-    equivalent: list[list[str]] = Field(
-        default_factory=lambda: [["id", "ms"]],
-        description="Groups of codes accepted for each other; Indonesian and Malay are often confused by the detector.",
     )
 
 

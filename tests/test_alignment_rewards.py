@@ -96,13 +96,27 @@ def test_language_match_and_abstentions():
     assert language_match("I went to the market to buy fresh fruit and vegetables.", "id") == (0.0, "en")
     assert language_match("ตอนนี้มานีมีหนังสือทั้งหมด 65 เล่ม", "th")[0] == 1.0
     assert language_match("42", "th") == (None, None)  # too few letters to tell
+    assert language_match("Jakarta saja.", "th") == (None, None)  # 11 letters: still too few
     assert language_match("Some text in English here", None) == (None, None)  # no target
     # Malay and Indonesian count as one language by default, not when the groups are emptied
     malay = "Saya sedang belajar bahasa Melayu di universiti tempatan bersama kawan-kawan saya."
-    detected = language_match(malay, "ms", equivalents=())[1]
+    detected = language_match(malay, "ms", equivalent=())[1]
     other = "id" if detected == "ms" else "ms"
     assert language_match(malay, other)[0] == 1.0
-    assert language_match(malay, other, equivalents=())[0] == 0.0
+    assert language_match(malay, other, equivalent=())[0] == 0.0
+    # A target written as Filipino matches Tagalog text without any group: one language, two codes.
+    assert language_match("Pumunta kami sa palengke kahapon para bumili ng isda.", "fil", equivalent=()) == (1.0, "tl")
+
+
+def test_language_reward_ignores_code_and_math():
+    """An Indonesian answer whose code and formula outweigh its prose is still Indonesian."""
+    answer = ("Berikut contoh fungsi Python:\n```python\ndef factorial(n):\n    if n == 0:\n        return 1\n"
+              "    return n * factorial(n - 1)\n\nprint(factorial(5))\n```\nHasilnya $5! = 120$.")
+    item = ScoreItem(prompt(language="id", mode="off"), Completion(text=answer, prefill=OFF))
+    record = RewardSet([LanguageReward()], env(Path("."))).score([item])[0]
+    assert record["scores"]["language"] == 1.0 and record["details"]["language"]["detected"] in ("id", "ms")
+    with pytest.raises(ValueError, match="did you mean 'tgl'"):
+        LanguageReward(languages=["id", "tagalog"])
 
 
 def test_sea_ifeval_rule_correct_answer_in_wrong_language_fails():

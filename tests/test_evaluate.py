@@ -23,8 +23,10 @@ from tempa.merge.answers import (
     thinking_on_compliant,
 )
 from tempa.merge.ifeval import count_bullets, count_sentences, count_words, ifeval_scores, parse_instructions
-from tempa.merge.language import detect_language, language_scores
+from tempa.merge.language import default_also_accept, language_scores
 from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, read_leaderboard
+from tempa.sft.language import Detection
+from tempa.sft.language import detect as detect_language
 from tempa.sft.stage_api import StageError
 
 # --- IFEval checks --------------------------------------------------------------------------------
@@ -112,26 +114,45 @@ def test_split_and_final_answers():
     assert not answer_matches(final_answer_text("<think>maybe 42</think> I am not sure"), 42)
 
 
-def test_language_detection_and_normalised_accuracy():
-    assert detect_language("The weather is lovely today and we are going to the beach.") == "en"
-    assert detect_language("Hôm nay trời đẹp và chúng tôi sẽ đi biển.") == "vi"
-    assert detect_language("วันนี้อากาศดีและเราจะไปทะเล") == "th"
-    assert detect_language("Cuaca hari ini sangat cerah dan kami akan pergi ke pantai.", ["id", "en"]) == "id"
-    assert detect_language("42 + 7") == ""
+def test_language_normalised_accuracy():
+    def found(code):
+        return Detection(code, 1.0)
+
     scores = language_scores(
-        detected=["id", "en", "id", "vi", "en"],
-        targets=["id", "id", "id", "vi", "en"],
-        correct=[True, True, False, None, True],
+        detected=[found("id"), found("en"), found("id"), found("vi"), found("en"), detect_language("42 + 7")],
+        targets=["id", "id", "id", "vi", "en", "th"],
+        correct=[True, True, False, None, True, True],
+        also_accept={},
     )
     # Row 2 is correct but in English for an Indonesian prompt: a failure once normalised.
+    # Row 6 ("42 + 7") is too short to tell: not counted as the wrong language, nor in the share.
     assert scores["language_share"] == pytest.approx(4 / 5)
-    assert scores["accuracy"] == pytest.approx(3 / 4)
-    assert scores["normalized_accuracy"] == pytest.approx(2 / 4)
+    assert scores["language:undetermined"] == pytest.approx(1 / 6)
+    assert scores["accuracy"] == pytest.approx(4 / 5)
+    assert scores["normalized_accuracy"] == pytest.approx(3 / 5)
     assert scores["language_share:id"] == pytest.approx(2 / 3)
     assert scores["normalized_accuracy:id"] == pytest.approx(1 / 3)
     assert "normalized_accuracy:vi" not in scores  # nothing verifiable in Vietnamese
-    aliased = language_scores(["ms"], ["id"], [True], also_accept={"id": ["ms"]})
-    assert aliased["normalized_accuracy"] == 1.0
+    assert "language_share:th" not in scores and scores["normalized_accuracy:th"] == 1.0
+    # Equivalent codes count both ways; the suite's default accepts Malay for Indonesian.
+    for detected, target in (("ms", "id"), ("id", "ms")):
+        assert language_scores([found(detected)], [target], [True], {"id": ["ms"]})["normalized_accuracy"] == 1.0
+        assert language_scores([found(detected)], [target], [True], {})["normalized_accuracy"] == 0.0
+    assert language_scores([found("ms")], ["id"], [True], default_also_accept())["language_share"] == 1.0
+    assert language_scores([found("tl")], ["fil"], [True], {})["language_share"] == 1.0  # one language, two codes
+
+
+def test_language_suite_checks_codes_at_load(tmp_path):
+    rows = _write_rows(tmp_path / "r.jsonl", [{"prompt": "hi", "language": "id"}])
+    suite = {"type": "language", "data": rows}
+    with pytest.raises(ValidationError, match="did you mean 'tgl'"):
+        EvaluateStageConfig.model_validate(
+            {"name": "e", "kind": "evaluate", "suites": [{**suite, "also_accept": {"tl": ["tagalog"]}}]}
+        )
+    config = EvaluateStageConfig.model_validate(
+        {"name": "e", "kind": "evaluate", "suites": [{**suite, "languages": ["fil", "ind_Latn", "en"]}]}
+    )
+    assert config.suites[0].languages == ["tl", "id", "en"]
 
 
 # --- leaderboard ------------------------------------------------------------------------------------
@@ -476,7 +497,7 @@ def test_evaluate_config_validation(tmp_path):
         validate(suites=[{"type": "accuracy", "data": rows}], rank_by="ifeval/prompt_accuracy")
     with pytest.raises(ValidationError, match="does not exist"):
         validate(suites=[{"type": "accuracy", "data": str(tmp_path / "missing.jsonl")}])
-    with pytest.raises(ValidationError, match="does not know language"):
+    with pytest.raises(ValidationError, match="not one the language detector"):
         validate(suites=[{"type": "language", "data": rows, "languages": ["xx"]}])
     # Data paths are relative to the recipe's folder.
     config = EvaluateStageConfig.model_validate(

@@ -294,12 +294,13 @@ def test_config_validation(tmp_path, checkpoints):
         validate(method="linear")
     with pytest.raises(ValidationError, match="needs `evaluate_stage`"):
         validate(select={"metric": "a/b", "top_k": 2})
-    with pytest.raises(ValidationError, match="3 weights for 2 models"):
+    with pytest.raises(ValidationError, match="weights: 3 values for 2 models"):
         validate(models=["x", "y"], weights=[1, 2, 3])
-    with pytest.raises(ValidationError, match="takes no density"):
+    with pytest.raises(ValidationError, match=r"density: method linear takes no per-model density \(its parameters: "
+                                              r"weight, normalize\)"):
         validate(method="linear", models=["x", "y"], density=0.5)
-    with pytest.raises(ValidationError, match="unknown merge method"):
-        validate(method="frankenmerge", models=["x", "y"])
+    with pytest.raises(ValidationError, match=r"unknown merge method 'tie' \(did you mean 'ties'\?\); mergekit has: "):
+        validate(method="tie", models=["x", "y"])
     with pytest.raises(ValidationError, match="Extra inputs"):
         validate(models=["x", "y"], wieghts=[1, 1])
     # Relative folders are resolved against the recipe's folder: mergekit reads relative paths as hub ids.
@@ -315,6 +316,94 @@ def test_config_validation(tmp_path, checkpoints):
     )
     assert [(r.stage, r.artifact.value) for r in named.reads(["sft", "sft2", "eval"])] == [
         ("eval", "leaderboard"), ("sft", "model"), ("sft2", "model"), ("sft", "model")]
+
+
+def test_every_mergekit_method_and_its_parameters_are_checked_at_load():
+    """Methods, parameters and input counts come from mergekit's registry and each method's spec."""
+    from mergekit.merge_methods import registered_methods
+
+    def validate(**fields):
+        return MergeStageConfig.model_validate({"name": "m", "kind": "merge", **fields})
+
+    names = {method.spec.name for method in registered_methods()}
+    assert len(names) >= 20 and {"karcher", "multislerp", "nuslerp", "sce", "passthrough"} <= names
+    # Methods tempa's own table never had load, with their parameters checked against their spec.
+    assert validate(method="karcher", models=["x", "y"], parameters={"max_iter": 20}).parameters == {"max_iter": 20}
+    assert validate(method="sce", models=["x", "y"], parameters={"select_topk": 0.5})
+    assert validate(method="passthrough", models=["x"], parameters={"scale": 0.5})
+    # Gradients over layers and per-tensor filters are mergekit's own setting shapes.
+    assert validate(method="slerp", models=["x", "y"], parameters={"t": [0, 0.5, 1]})
+    assert validate(method="ties", models=["x"], parameters={"lambda": [{"filter": "self_attn", "value": 0.9},
+                                                                     {"value": 1.0}]})
+    with pytest.raises(ValidationError, match=r"parameters\.lamda: not a parameter of mergekit's ties \(did you mean "
+                                              r"'lambda'\?\); it takes: int8_mask, normalize, rescale, lambda, weight, density"):
+        validate(method="ties", models=["x", "y"], parameters={"lamda": 0.5})
+    with pytest.raises(ValidationError, match=r"parameters\.t: 'half' is not a valid slerp t: Input should be a valid "
+                                              r"number"):
+        validate(method="slerp", models=["x", "y"], parameters={"t": "half"})
+    with pytest.raises(ValidationError, match=r"parameters\.weight: set the stage's per-model `weights` instead"):
+        validate(method="linear", models=["x", "y"], parameters={"weight": 0.5})
+    with pytest.raises(ValidationError, match=r"method nearswap needs parameters\.t \(mergekit has no default\)"):
+        validate(method="nearswap", models=["x", "y"])
+    with pytest.raises(ValidationError, match=r"weights: method karcher takes no per-model weight"):
+        validate(method="karcher", models=["x", "y"], weights=[1, 1])
+    with pytest.raises(ValidationError, match=r"method passthrough: requires exactly 1 inputs; got 2 \(2 model\(s\)\)"):
+        validate(method="passthrough", models=["x", "y"])
+    with pytest.raises(ValidationError, match=r"method model_stock: requires at least 3 inputs; got 2 \(1 model\(s\) "
+                                              r"plus the base model\)"):
+        validate(method="model_stock", models=["x"])
+    with pytest.raises(ValidationError, match="method karcher uses no base model"):
+        validate(method="karcher", models=["x", "y"], base_model="z")
+    # The base model's role is read from the method's input contract.
+    roles = {name: validate(method=name, models=["x", "y"], **({"parameters": {"t": 0.5}} if name == "nearswap" else {}))
+             .base_role(2) for name in ("linear", "slerp", "nearswap", "ties", "multislerp")}
+    assert roles == {"linear": "none", "slerp": "first_input", "nearswap": "first_input", "ties": "separate",
+                     "multislerp": "none"}
+
+
+def test_mergekit_options_are_mergekits_own():
+    from tempa.merge.mergekit_run import mergekit_options
+
+    def validate(**options):
+        return MergeStageConfig.model_validate({"name": "m", "kind": "merge", "models": ["x", "y"], "options": options})
+
+    options = mergekit_options(validate(num_threads=2, async_write=True, out_shard_size="500M"), seed=7,
+                               trust_remote_code=False)
+    assert (options.device, options.lazy_unpickle, options.num_threads, options.async_write) == ("cpu", True, 2, True)
+    assert (options.out_shard_size, options.random_seed, options.copy_tokenizer) == (500_000_000, 7, False)
+    assert mergekit_options(validate(cuda=True), seed=0, trust_remote_code=False).device == "cuda"
+    with pytest.raises(ValidationError, match=r"options\.num_thread: not a mergekit MergeOptions field \(did you mean "
+                                              r"'num_threads'\?\)"):
+        validate(num_thread=2)
+    with pytest.raises(ValidationError, match=r"options\.copy_tokenizer: set by tempa"):
+        validate(copy_tokenizer=True)
+    with pytest.raises(ValidationError, match=r"options\.out_shard_size: '5 GB' is not a size such as 5B"):
+        validate(out_shard_size="5 GB")
+    with pytest.raises(ValidationError, match=r"options\.write_threads: Input should be a valid integer"):
+        validate(write_threads="many")
+
+
+def test_mergekit_configuration_is_built_as_mergekits_objects(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir):
+    """A folder named like a LoRA reference ("a+b") or a revision ("a@b") is still just a folder."""
+    from mergekit.config import MergeConfiguration
+
+    from tempa.merge.mergekit_run import build_mergekit_config
+
+    odd = shutil.copytree(checkpoints["b"], tmp_path / "b+lora@rev")
+    _, merged = _merge(tmp_path, tokenizer_dir, tiny_model_dir, method="passthrough", models=[str(odd)],
+                       parameters={"scale": 0.5}, dtype="float32")
+    b = load_file(checkpoints["b"] / "model.safetensors")
+    for key in b:
+        torch.testing.assert_close(merged[key], 0.5 * b[key])  # passthrough scales its one input
+    config = MergeStageConfig.model_validate(
+        {"name": "m", "kind": "merge", "method": "ties", "models": [str(checkpoints["a"]), str(checkpoints["c"])],
+         "density": [0.5, 0.7], "weights": [2, 1], "parameters": {"lambda": 0.9}})
+    built = build_mergekit_config(config, [MergeInput("a", checkpoints["a"]), MergeInput("c", checkpoints["c"])],
+                                  MergeInput("base", tiny_model_dir))
+    assert isinstance(built, MergeConfiguration)
+    assert MergeConfiguration.model_validate(yaml.safe_load(built.to_yaml())) == built
+    assert [m.parameters for m in built.models] == [{"weight": 2, "density": 0.5}, {"weight": 1, "density": 0.7}]
+    assert str(built.base_model) == str(tiny_model_dir) and built.parameters == {"lambda": 0.9}
 
 
 class ScriptedBackend:

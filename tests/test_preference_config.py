@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import re
 import textwrap
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from pydantic import ValidationError
 
 from tempa.alignment import PreferenceStageConfig, SynthesizeStageConfig
-from tempa.alignment.preference_config import normalize_loss_type, trl_loss_types
+from tempa.alignment.preference_config import declared_choices, normalize_loss_type, trl_loss_types
 
 PROMPTS = str(Path(__file__).resolve().parents[1] / "recipes" / "data" / "sample_prompts.jsonl")
 
@@ -28,6 +32,20 @@ def test_the_issue_loss_types_are_trl_loss_types():
         # trl itself accepts what we pass on
         assert DPOConfig(output_dir="/tmp/x", loss_type=[name], use_cpu=True, bf16=False,
                          activation_checkpointing=False).loss_type == [name]
+
+
+def test_loss_names_are_trls_declared_and_implemented_ones():
+    from trl import DPOTrainer
+
+    @dataclasses.dataclass
+    class Typed:
+        loss_type: list[Literal["sigmoid", "ipo"]] = dataclasses.field(
+            default_factory=list, metadata={"help": "Possible values are: `'sigmoid'`, `'hinge'`."})
+
+    assert declared_choices(Typed, "loss_type") == ("sigmoid", "ipo")  # a typed declaration wins over prose
+    # The installed trl declares them in the field's metadata: exactly the losses its trainer implements.
+    implemented = set(re.findall(r'loss_type == "([a-z0-9_]+)"', inspect.getsource(DPOTrainer)))
+    assert len(implemented) >= 15 and set(trl_loss_types()) == implemented
 
 
 def test_loss_aliases_lists_and_errors():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tempa.sft import curation
+from tempa.sft import curation, language
 from tempa.sft.data_config import (
     CurationConfig,
     DataConfig,
@@ -268,38 +268,45 @@ def test_pii_is_configurable() -> None:
 
 # --- curation: language ---------------------------------------------------------------------------
 
-SENTENCES = {
-    "my": "မင်္ဂလာပါ။ ကျွန်တော် မြန်မာစကား ပြောတတ်ပါတယ်။ ဒီနေ့ ရာသီဥတု အရမ်းပူတယ်။",
-    "km": "សួស្តី។ ខ្ញុំនិយាយភាសាខ្មែរបាន។ ថ្ងៃនេះអាកាសធាតុក្តៅណាស់។",
-    "lo": "ສະບາຍດີ. ຂ້ອຍເວົ້າພາສາລາວໄດ້. ມື້ນີ້ອາກາດຮ້ອນຫຼາຍ.",
-    "th": "วันนี้อากาศร้อนมาก ฉันอยากสั่งกาแฟหนึ่งถ้วย",
-    "vi": "Hôm nay thời tiết rất nóng. Tôi muốn gọi một tách cà phê.",
-    "ta": "இன்று வானிலை மிகவும் வெப்பமாக உள்ளது. நான் ஒரு கப் காபி ஆர்டர் செய்ய விரும்புகிறேன்.",
-    "ja": "今日はとても暑いです。コーヒーを一杯注文したいです。",
-    "id": "Cuaca hari ini sangat panas. Saya ingin memesan secangkir kopi.",
-    "tl": "Napakainit ng panahon ngayon. Gusto kong umorder ng isang tasa ng kape.",
-    "en": "The weather is very hot today. I would like to order a cup of coffee.",
-}
+THAI = "วันนี้อากาศร้อนมาก ฉันอยากสั่งกาแฟหนึ่งถ้วย"
+TAGALOG = "Napakainit ng panahon ngayon. Gusto kong umorder ng isang tasa ng kape."
+INDONESIAN = "Saya pergi ke pasar untuk membeli buah dan sayur segar."  # py3langid: ms, p 0.62
 
 
-@pytest.mark.parametrize("lang", sorted(SENTENCES))
-def test_language_id_covers_sea_languages_offline(lang: str) -> None:
-    assert curation.detect_language(SENTENCES[lang])[0] == lang
+def _accepted(targets: list[str], config: LanguageFilterConfig) -> frozenset[str]:
+    return language.accepted(targets, config.equivalent)
 
 
 def test_language_filter_keeps_targets_and_rejects_others() -> None:
     config = LanguageFilterConfig()
-    thai_row = [_user(SENTENCES["th"]), _asst("ขอบคุณมาก ฉันจะเตรียมกาแฟให้เดี๋ยวนี้")]
-    assert curation.check_language(thai_row, curation.accepted_languages(["th"], config), config) is None
-    reason = curation.check_language(thai_row, curation.accepted_languages(["id", "vi"], config), config)
+    thai_row = [_user(THAI), _asst("ขอบคุณมาก ฉันจะเตรียมกาแฟให้เดี๋ยวนี้")]
+    assert curation.check_language(thai_row, _accepted(["th"], config), config) is None
+    reason = curation.check_language(thai_row, _accepted(["id", "vi"], config), config)
     assert reason is not None and reason[0] == curation.LANGUAGE and "'th'" in reason[1]
     # Filipino is `tl` to the detector; Indonesian targets accept Malay (confusable) by default.
-    tagalog = [_user(SENTENCES["tl"]), _asst("Sige, ihahanda ko ang kape mo ngayon din.")]
-    assert curation.check_language(tagalog, curation.accepted_languages(["fil"], config), config) is None
-    assert "ms" in curation.accepted_languages(["id"], config)
-    assert "ms" not in curation.accepted_languages(["id"], LanguageFilterConfig(equivalent=[]))
+    tagalog = [_user(TAGALOG), _asst("Sige, ihahanda ko ang kape mo ngayon din.")]
+    assert curation.check_language(tagalog, _accepted(["fil"], config), config) is None
+    assert "ms" in _accepted(["id"], config)
+    assert "ms" not in _accepted(["id"], LanguageFilterConfig(equivalent=[]))
     # Too little text to judge: kept.
     assert curation.check_language([_user("2+2?"), _asst("4")], frozenset({"th"}), config) is None
+    with pytest.raises(ValidationError, match="did you mean 'tgl'"):
+        LanguageFilterConfig(equivalent=[["tl", "tagalog"]])
+
+
+def test_language_filter_reads_prose_and_the_accepted_groups_confidence() -> None:
+    # A coding answer: the Python would read as another language; the Indonesian around it decides.
+    coding = [_user("Bagaimana cara menghitung faktorial di Python?"),
+              _asst("Berikut contoh fungsinya:\n```python\ndef factorial(n):\n    if n == 0:\n        return 1\n"
+                    "    return n * factorial(n - 1)\n\nprint(factorial(5))\n```")]
+    config = LanguageFilterConfig(check="assistant")
+    assert curation.check_language(coding, _accepted(["id"], config), config) is None
+    # min_confidence applies to the accepted set: Indonesian split between id and ms by the detector is sure.
+    sure = LanguageFilterConfig(min_confidence=0.7)
+    assert curation.check_language([_user(INDONESIAN)], _accepted(["id"], sure), sure) is None
+    unsure = LanguageFilterConfig(min_confidence=0.7, equivalent=[])
+    reason = curation.check_language([_user(INDONESIAN)], _accepted(["ms"], unsure), unsure)
+    assert reason is not None and "< min_confidence 0.7" in reason[1]
 
 
 # --- curation: duplicates and templates -----------------------------------------------------------

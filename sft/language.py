@@ -1,0 +1,228 @@
+"""Language identification: which language a text is in, and whether that is the one wanted.
+
+One home for the rules every language check in tempa shares (SFT curation's language filter, the
+preference stage's ``language`` reward, the evaluate stage's ``language`` suite):
+
+- **codes**: users write ISO 639-1 (``id``), ISO 639-2/3 (``ind``, ``fil``), BCP 47 tags
+  (``zh-Hant``, ``ms_MY``) or FLORES-style codes (``tha_Thai``); :func:`canonical` maps them to
+  the detector's spelling (:data:`ALIASES`), :func:`check_codes` rejects what it cannot detect;
+- **equivalence**: languages the detector cannot reliably tell apart count as one by default
+  (:data:`EQUIVALENT`); callers may pass their own groups, or none;
+- **minimum length**: text with fewer than :data:`MIN_LETTERS` letters of prose is
+  *undetermined* (``Detection.language is None``), never "the wrong language": a bare number or
+  ``OK`` says nothing about the language an answer is in;
+- **prose only**: fenced and inline code, LaTeX math and URLs are removed before detection
+  (:func:`prose`); an Indonesian explanation around a Python snippet is Indonesian.
+
+The detector is py3langid (offline, 140+ languages including Burmese, Khmer and Lao), with
+normalised probabilities; it can be restricted to a set of languages (e.g. a benchmark's), which
+removes most confusions with languages that cannot occur.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Spellings users write -> the detector's code. Only true synonyms (the same language under
+# another name or code standard) belong here; languages that are merely hard to tell apart go in
+# EQUIVALENT, which a caller can switch off.
+ALIASES: Mapping[str, str] = {
+    # Malay / Indonesian (ISO 639-1 ms / id)
+    "in": "id",  # Indonesian's ISO 639-1 code before 1989, still emitted by Java's Locale
+    "ind": "id",  # ISO 639-2/3 Indonesian (FLORES: ind_Latn)
+    "msa": "ms",  # ISO 639-2/T Malay (macrolanguage)
+    "may": "ms",  # ISO 639-2/B Malay
+    "zsm": "ms",  # ISO 639-3 Standard Malay (FLORES: zsm_Latn), Malaysia's and Brunei's
+    "zlm": "ms",  # ISO 639-3 Malay (individual language), used for Malaysian Malay corpora
+    # Filipino is the standardised register of Tagalog; the detector knows it as tl.
+    "fil": "tl",
+    "tgl": "tl",  # ISO 639-2/3 Tagalog (FLORES: tgl_Latn)
+    # Mainland SEA and Tamil, ISO 639-2/3 (FLORES) codes
+    "tha": "th",
+    "vie": "vi",
+    "tam": "ta",
+    "mya": "my",  # Burmese, ISO 639-2/T and 639-3
+    "bur": "my",  # Burmese, ISO 639-2/B
+    "khm": "km",
+    "lao": "lo",
+    "jav": "jv",
+    "jw": "jv",  # Google's code for Javanese
+    "eng": "en",
+    # Chinese: the detector's zh is written Mandarin in either script (see EQUIVALENT for yue).
+    "zho": "zh",
+    "chi": "zh",
+    "cmn": "zh",  # ISO 639-3 Mandarin
+    # Norwegian: the detector's no is Bokmål (Wikipedia "no"); Nynorsk (nn) is its own class.
+    "nb": "no",
+    "nob": "no",
+    "nor": "no",
+    "nno": "nn",
+    "iw": "he",  # Hebrew's ISO 639-1 code before 1989
+}
+
+# Groups of detector codes that count as one language unless a caller passes other groups.
+# Each is a confusion measured on py3langid, not a claim that the languages are the same:
+# - id ~ ms: Indonesian and Malay share most of their vocabulary; Indonesian sentences such as
+#   "Saya pergi ke pasar untuk membeli buah dan sayur segar." are detected as ms (p 0.62).
+# - zh ~ yue ~ wuu: written Cantonese and Wu share the Han script with Mandarin, and short
+#   Mandarin is detected as either: "我們這個週末要去海邊。" and "我喜欢吃苹果" as yue, "北京是首都" as wuu.
+EQUIVALENT: tuple[tuple[str, ...], ...] = (("id", "ms"), ("zh", "yue", "wuu"))
+
+# Fewer letters of prose than this: undetermined. On single sentences in id, ms, tl, vi, en, jv,
+# th, ta, my and zh cut at every word, py3langid's guesses went wrong only below 9 letters
+# ("Cuaca" -> ga, "Paano ka" -> so, "Anak-anak" -> jv); 12 leaves a margin.
+MIN_LETTERS = 12
+# A Han, kana or Hangul character (East Asian wide) counts as this many letters: it carries about
+# a word, a whole sentence fits in 10 of them, and zh/ja/ko sentences cut after their 3rd
+# character were already identified right (zh ~ yue ~ wuu).
+WIDE_LETTER = 4
+
+# py3langid's class for text without linguistic content (numbers, symbols, markup).
+_NO_LANGUAGE = "zxx"
+
+_FENCED_CODE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]*\1[ \t]*$|\Z)", re.MULTILINE | re.DOTALL)
+_INLINE_CODE = re.compile(r"(`+)[^`\n].*?\1", re.DOTALL)
+_DISPLAY_MATH = re.compile(r"\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|\\begin\{(\w+\*?)\}.*?\\end\{\1\}", re.DOTALL)
+# Pandoc's rule for inline math: "$" + non-space ... non-space + "$" not followed by a digit,
+# so "$5 and $10" stays text.
+_INLINE_MATH = re.compile(r"(?<![\\$\w])\$(?=\S)[^$\n]*?(?<=\S)\$(?!\d)")
+_URL = re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+", re.IGNORECASE)
+
+
+def prose(text: str) -> str:
+    """``text`` without fenced or inline code, LaTeX math and URLs: the part worth identifying."""
+    for pattern in (_FENCED_CODE, _INLINE_CODE, _DISPLAY_MATH, _INLINE_MATH, _URL):
+        text = pattern.sub(" ", text)
+    return text
+
+
+def letter_count(text: str) -> int:
+    """Unicode letters (categories L*) in ``text``, a wide (CJK) one as :data:`WIDE_LETTER`.
+
+    Digits, punctuation and combining marks (Thai, Burmese and Tamil vowel signs) do not count.
+    """
+    return sum(
+        WIDE_LETTER if unicodedata.east_asian_width(ch) == "W" else 1
+        for ch in text
+        if unicodedata.category(ch).startswith("L")
+    )
+
+
+@functools.cache
+def _identifier(languages: tuple[str, ...] | None):
+    # Loading the model takes about half a second: once per process and language set.
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    if languages:
+        identifier.set_languages(list(languages))
+    return identifier
+
+
+@functools.cache
+def supported() -> frozenset[str]:
+    """Every code the detector can return."""
+    return frozenset(_identifier(None).labels) - {_NO_LANGUAGE}
+
+
+def canonical(code: str) -> str:
+    """The detector's spelling of a language code: ``fil`` -> ``tl``, ``zh-Hant`` -> ``zh``, ``tha_Thai`` -> ``th``."""
+    code = str(code).strip().lower().replace("_", "-")
+    code = ALIASES.get(code, code)
+    if code not in supported() and "-" in code:  # a region/script subtag: zh-hant, ms-my, ind-latn
+        primary = code.split("-", 1)[0]
+        code = ALIASES.get(primary, primary)
+    return code
+
+
+def check_codes(codes: Iterable[str]) -> list[str]:
+    """``codes`` in the detector's spelling; ValueError naming the first one it cannot detect."""
+    out = []
+    for code in codes:
+        spelled = canonical(code)
+        if spelled not in supported():
+            hint = difflib.get_close_matches(str(code).lower(), [*supported(), *ALIASES], n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(
+                f"language code {code!r} is not one the language detector (py3langid) knows{suggestion}; "
+                f"known: {', '.join(sorted(supported()))}"
+            )
+        out.append(spelled)
+    return list(dict.fromkeys(out))
+
+
+def accepted(targets: Iterable[str], equivalent: Iterable[Iterable[str]] = EQUIVALENT) -> frozenset[str]:
+    """The target codes (detector spelling) plus every code in an ``equivalent`` group with one of them."""
+    codes = {canonical(t) for t in targets}
+    for group in equivalent:
+        members = {canonical(c) for c in group}
+        if members & codes:
+            codes |= members
+    return frozenset(codes)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The detector's verdict on one text. ``language`` None: too little prose to tell."""
+
+    language: str | None
+    probability: float = 0.0  # of ``language``, normalised over the candidate languages
+    probabilities: Mapping[str, float] = field(default_factory=dict, repr=False)
+
+    def probability_of(self, codes: Iterable[str]) -> float:
+        """How likely the text is in any of ``codes`` (e.g. a target and its equivalents)."""
+        return sum(self.probabilities.get(code, 0.0) for code in set(codes))
+
+    def is_in(self, codes: frozenset[str]) -> bool | None:
+        """Whether the detected language is one of ``codes`` (see :func:`accepted`); None when undetermined."""
+        return None if self.language is None else self.language in codes
+
+
+UNDETERMINED = Detection(None)
+
+
+def detect(text: str, languages: Sequence[str] | None = None, *, min_letters: int = MIN_LETTERS) -> Detection:
+    """The language of ``text``'s prose, optionally among ``languages`` only.
+
+    Undetermined when the prose (code, math and URLs removed) has fewer than ``min_letters``
+    letters, or the detector files it under "no linguistic content".
+    """
+    text = prose(text)
+    if letter_count(text) < min_letters:
+        return UNDETERMINED
+    key = tuple(sorted(set(check_codes(languages)))) if languages else None
+    probabilities = dict(_identifier(key).rank(text))
+    best = max(probabilities, key=probabilities.__getitem__)
+    if best == _NO_LANGUAGE:
+        return UNDETERMINED
+    return Detection(best, float(probabilities[best]), probabilities)
+
+
+class LanguageRules(BaseModel):
+    """The recipe knobs every language check shares (mixed into the curation filter's and the reward's configs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_letters: int = Field(
+        default=MIN_LETTERS,
+        ge=1,
+        description="Text with fewer letters of prose (code, math, URLs, digits and symbols removed; e.g. a bare "
+        "number) is not judged.",
+    )
+    equivalent: list[list[str]] = Field(
+        default_factory=lambda: [list(group) for group in EQUIVALENT],
+        description="Groups of codes that count as one language (default: id~ms, zh~yue~wuu, which the detector "
+        "confuses); [] for none.",
+    )
+
+    @field_validator("equivalent")
+    @classmethod
+    def _known_codes(cls, value: list[list[str]]) -> list[list[str]]:
+        return [check_codes(group) for group in value]

@@ -6,11 +6,11 @@ the meta device and its parameters counted; the config comes from a local folder
 Face cache, or tempa's copies for the seed recipes' base models (``recipes/model_configs/``), and
 without one the plan says, per stage, that the size is unknown. Tokens come from the stage's data
 stats when it already ran (``run_dir/<stage>/data/mix.json``), else from the sources' ``tokens`` /
-``rows`` settings (or the row count of a local file) with a stated average length per row. A ``stage:NAME`` source written
-by a synthesize stage counts at most its prompts times the answers kept per prompt (its output's
-rows once that stage has finished), each row as long as the stage's ``max_new_tokens`` suggest.
-Preference stages count one pair per prompt (``prompts.limit``) per round; their sampling and
-scoring time is not estimated.
+``rows`` settings (or the row count of a local file) with a stated average length per row. A
+``stage:NAME`` source written by a synthesize stage counts at most its prompts times the answers
+kept per prompt (its output's rows once that stage has finished), each row as long as the stage's
+``max_new_tokens`` suggest. Preference stages count one pair per prompt (``prompts.limit``) per
+round; their sampling and scoring time is not estimated.
 
 The memory model (per GPU, DeepSpeed ZeRO-3 without offload, bf16 mixed precision, AdamW):
 

@@ -8,7 +8,6 @@ with its ``ParameterSpec``s and ``InputContract``); the run options are mergekit
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from pydantic import (
 )
 
 from tempa.sft.stage_api import Artifact, Read, StageConfigBase, resolve_path
+from tempa.sft.suggest import closest
 
 # How the stage's base model enters a merge (read from the method's input contract, see base_role).
 BaseRole = Literal["none", "first_input", "separate"]
@@ -49,8 +49,8 @@ OPTION_DEFAULTS: dict[str, Any] = {"device": "cpu", "lazy_unpickle": True}
 
 
 def _did_you_mean(value: str, choices: list[str]) -> str:
-    hint = difflib.get_close_matches(value, choices, n=1)
-    return f" (did you mean {hint[0]!r}?)" if hint else ""
+    hint = closest(value, choices)
+    return f" (did you mean {hint!r}?)" if hint else ""
 
 
 @functools.cache

@@ -7,7 +7,6 @@ the field path and what was expected, before any work starts.
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from tempa.recipes.errors import FieldPath, RecipeError, dotted, from_validation
 from tempa.recipes.registry import stage_kinds
 from tempa.recipes.schema import Recipe
 from tempa.sft.stage_api import Read, StageConfigBase
+from tempa.sft.suggest import did_you_mean
 
 
 class _RecipeYAMLLoader(yaml.SafeLoader):
@@ -335,11 +335,9 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
                 f"one of: {', '.join(kinds)}"
             )
         if kind not in kinds:
-            hint = difflib.get_close_matches(str(kind), list(kinds), n=1)
-            suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
             raise RecipeError(
                 f"{where((*loc, 'kind'), lines, path)}: stages[{i}].kind (stage '{name}'): unknown stage kind "
-                f"{kind!r}; known kinds: {', '.join(kinds)}{suggestion}"
+                f"{kind!r}; known kinds: {', '.join(kinds)}{did_you_mean(kind, kinds)}"
             )
         base_dir = origins.get(name, path).parent
         try:

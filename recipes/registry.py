@@ -7,13 +7,13 @@ tuple plus its module; nothing in `recipes/` names it.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 
 import tempa.alignment
 import tempa.merge
 import tempa.sft
 from tempa.sft.stage_api import StageKind
+from tempa.sft.suggest import did_you_mean
 
 STAGE_PACKAGES = (tempa.sft, tempa.alignment, tempa.merge)
 
@@ -33,9 +33,7 @@ def stage_kind(name: str) -> StageKind:
     """The kind called ``name``; a KeyError names the known kinds and the closest one."""
     kinds = stage_kinds()
     if name not in kinds:
-        hint = difflib.get_close_matches(str(name), list(kinds), n=1)
-        raise KeyError(f"unknown stage kind {name!r}; known kinds: {', '.join(kinds)}"
-                       + (f"; did you mean '{hint[0]}'?" if hint else ""))
+        raise KeyError(f"unknown stage kind {name!r}; known kinds: {', '.join(kinds)}{did_you_mean(name, kinds)}")
     return kinds[name]
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tempa.sft.stage_api import looks_local, resolve_path
+from tempa.sft.suggest import did_you_mean
 
 TINY_DEFAULT = "tempa:tiny"
 SHIPPED_ACCELERATE = ("single", "ddp", "zero3", "zero3-offload", "zero3-multinode")
@@ -94,7 +94,6 @@ class Recipe(BaseModel):
 
         known = available_templates()
         if value not in known:
-            hint = difflib.get_close_matches(value, known, n=1)
-            extra = f"; did you mean '{hint[0]}'?" if hint else ""
-            raise ValueError(f"not a shipped template or a .jinja path (shipped: {', '.join(known)}{extra})")
+            raise ValueError(f"not a shipped template or a .jinja path (shipped: {', '.join(known)}"
+                             f"{did_you_mean(value, known)})")
         return value

@@ -21,7 +21,6 @@ removes most confusions with languages that cannot occur.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 import unicodedata
@@ -29,6 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tempa.sft.suggest import closest
 
 # Spellings users write -> the detector's code. Only true synonyms (the same language under
 # another name or code standard) belong here; languages that are merely hard to tell apart go in
@@ -148,8 +149,8 @@ def check_codes(codes: Iterable[str]) -> list[str]:
     for code in codes:
         spelled = canonical(code)
         if spelled not in supported():
-            hint = difflib.get_close_matches(str(code).lower(), [*supported(), *ALIASES], n=1)
-            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            hint = closest(str(code).lower(), [*supported(), *ALIASES])
+            suggestion = f" (did you mean {hint!r}?)" if hint else ""
             raise ValueError(
                 f"language code {code!r} is not one the language detector (py3langid) knows{suggestion}; "
                 f"known: {', '.join(sorted(supported()))}"

@@ -8,7 +8,6 @@ the wrong type fails when the recipe loads, not an hour into data preparation.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import functools
 import typing
@@ -16,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+
+from tempa.sft.suggest import closest, did_you_mean
 
 
 @functools.cache
@@ -46,16 +47,14 @@ def check_train_args(
         if key in reserved:
             raise ValueError(f"'{key}' is set by tempa (the stage folder and launch decide it); remove it")
         if key not in fields:
-            hint = difflib.get_close_matches(key, list(fields), n=1)
-            extra = f"; did you mean '{hint[0]}'?" if hint else ""
-            raise ValueError(f"'{key}' is not a {config_cls.__name__} field{extra}")
+            raise ValueError(f"'{key}' is not a {config_cls.__name__} field{did_you_mean(key, fields)}")
         adapter = _adapter(fields[key])
         if adapter is None or value is None:
             continue
         choices = _enum_choices(fields[key])
         if choices and isinstance(value, str) and value not in choices:
-            hint = difflib.get_close_matches(value, choices, n=1)
-            extra = f"did you mean '{hint[0]}'?" if hint else f"one of: {', '.join(choices)}"
+            hint = closest(value, choices)
+            extra = f"did you mean '{hint}'?" if hint else f"one of: {', '.join(choices)}"
             raise ValueError(f"'{key}': {value!r} is not a valid choice; {extra}")
         try:
             adapter.validate_python(value)

@@ -39,7 +39,7 @@ from tempa.alignment.judge import REVISE_PROMPT, text_or_file
 from tempa.alignment.prompts import PromptSource, ThinkingSettings
 from tempa.alignment.rewards import JudgeReward, RewardConfig, check_reward_names
 from tempa.sft.stage_api import StageConfigBase
-from tempa.sft.train_args import check_train_args
+from tempa.sft.train_args import check_train_args, train_checks_deferred
 
 # Set by tempa from the stage folder and the launch settings (as for sft).
 RESERVED_TRAIN_KEYS = ("output_dir", "logging_dir", "resume_from_checkpoint", "deepspeed", "save_safetensors")
@@ -210,7 +210,9 @@ class PreferenceStageConfig(StageConfigBase):
 
     @field_validator("train")
     @classmethod
-    def _train(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _train(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if train_checks_deferred(info):
+            return value
         from trl import DPOConfig
 
         value = dict(value)

@@ -171,7 +171,7 @@ def run_round(
         )
 
     # 4. train with DPO in a launched process group
-    train_path = _save_pairs_dataset(rows, round_dir / "data" / "pairs")
+    train_path = _save_pairs_dataset(rows, round_dir / "data" / "pairs", ctx.run_dir)
     trained = train_round(config, ctx, round_dir, policy, train_path, seed)
     stats["train"] = trained
     write_json(round_dir / "stats.json", stats)
@@ -319,7 +319,7 @@ def train_round(config: PreferenceStageConfig, ctx: StageContext, round_dir: Pat
     from tempa.sft.checkpoints import remove_incomplete_checkpoints
 
     checkpoints = round_dir / "checkpoints"
-    for path in remove_incomplete_checkpoints(checkpoints):
+    for path in remove_incomplete_checkpoints(checkpoints, [ctx.run_dir]):
         ctx.log.warning("removed incomplete checkpoint %s (interrupted while saving)", path.name)
     plan = {
         "model_dir": str(policy),
@@ -327,6 +327,7 @@ def train_round(config: PreferenceStageConfig, ctx: StageContext, round_dir: Pat
         "train_data": str(train_path),
         "output_dir": str(checkpoints),
         "final_dir": str(round_dir / "final"),
+        "run_dir": str(ctx.run_dir),  # the worker deletes and replaces only inside it
         "train_args": config.train_args(),
         "seed": seed,
         "use_cpu": ctx.use_cpu,
@@ -373,13 +374,13 @@ def _round_headline(stats: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- files
 
 
-def _save_pairs_dataset(rows: list[dict[str, Any]], path: Path) -> Path:
+def _save_pairs_dataset(rows: list[dict[str, Any]], path: Path, run_dir: Path) -> Path:
     """trl's conversational preference columns only, saved for the training processes."""
     import datasets
 
     columns = ("prompt", "chosen", "rejected", "chat_template_kwargs")
     dataset = datasets.Dataset.from_list([{k: row[k] for k in columns} for row in rows])
-    with staging_dir(path) as tmp:
+    with staging_dir(path, inside=[run_dir]) as tmp:
         dataset.save_to_disk(str(tmp))
     return path
 

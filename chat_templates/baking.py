@@ -97,8 +97,15 @@ def bake_tokenizer(
     from transformers import AutoTokenizer
 
     out = Path(out_dir).resolve()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; choose an empty folder or overwrite (--overwrite)")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} is not empty; choose an empty folder or overwrite (--overwrite)")
+        if not any((out / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+            # --overwrite replaces an earlier bake, never an arbitrary folder someone mistyped.
+            raise FileExistsError(
+                f"{out} holds no tokenizer (no tokenizer.json or tokenizer_config.json); --overwrite only "
+                "replaces an earlier bake: choose an empty folder"
+            )
     text = load_template(template)
     end_of_turn = end_of_turn_token(text)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

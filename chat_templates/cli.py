@@ -152,14 +152,14 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _read_messages(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    from tempa.chat_templates.json_files import JsonFileError, read_json
+
     if not path.is_file():
         raise CliError(f"{path}: no such file (--messages expects a JSON file)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise CliError(
-            f"{path}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}"
-        ) from None
+        data = read_json(path, "a JSON list of messages")
+    except JsonFileError as error:
+        raise CliError(str(error)) from None
     tools = None
     if isinstance(data, dict):
         tools = data.get("tools")

@@ -4,7 +4,9 @@
 no copy), the recipe's tokenizer with the thinking template baked in, a generation config whose
 eos ids include the end-of-turn token, and a model card. The stage then checks the template on
 the saved tokenizer and (by default) loads the folder with the Auto classes and generates in
-both thinking modes; only a folder that passes replaces ``final/``.
+both thinking modes; only a folder that passes replaces ``final/``, and only when it is
+publishable as it is (``tempa.merge.publish``: file modes, no pickles, no dangling ``auto_map``,
+no local paths or secrets).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydantic import Field
 
 from tempa.merge.candidates import is_model_dir
 from tempa.merge.model_card import ModelCardConfig, render_model_card
+from tempa.merge.publish import make_publishable, publish_problems
 from tempa.sft.files import link_or_copy, staging_dir, write_atomic
 from tempa.sft.stage_api import StageConfigBase, StageContext, StageError, StageResult
 
@@ -147,7 +150,7 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
     # folder of its own, so it bakes into a scratch folder whose files join the weights after.
     template_file = stage_dir / "chat_template.jinja"
     write_atomic(template_file, ctx.chat_template)
-    with staging_dir(final) as tmp, tempfile.TemporaryDirectory(prefix=".bake-", dir=stage_dir) as scratch:
+    with staging_dir(final, inside=[ctx.run_dir]) as tmp, tempfile.TemporaryDirectory(prefix=".bake-", dir=stage_dir) as scratch:
         copied = copy_model_files(source, tmp, trust_remote_code=ctx.trust_remote_code)
         baked = Path(scratch) / "tokenizer"
         try:
@@ -160,6 +163,9 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
         for path in baked.iterdir():
             if path.is_file():
                 shutil.copy2(path, tmp / path.name)
+        dropped = make_publishable(tmp)
+        for entry in dropped:
+            ctx.log.warning("%s: dropped %s (the final folder does not hold that code)", ctx.stage_name, entry)
         generation = check_generation_config(tmp)
         checks = run_template_checks(tmp, ctx.chat_template)
         write_atomic(
@@ -176,6 +182,12 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
             write_atomic(
                 stage_dir / "smoke_test.json", json.dumps(outputs, indent=2, ensure_ascii=False) + "\n"
             )
+        make_publishable(tmp)  # the files written since (README.md) get the same modes
+        problems = publish_problems(tmp)
+        if problems:
+            raise StageError(
+                f"bake stage '{ctx.stage_name}': the final folder is not publishable as it is: {'; '.join(problems[:5])}"
+            )
 
     metrics: dict[str, Any] = {
         "source_model": str(source),
@@ -184,6 +196,7 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
         "end_of_turn": generation["end_of_turn"],
         "eos_token_id": generation["eos_token_id"],
         "smoke_test": bool(config.smoke_test),
+        "auto_map_dropped": dropped,
     }
     write_atomic(stage_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return StageResult(

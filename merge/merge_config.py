@@ -55,9 +55,6 @@ class MergekitOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     device: str = Field(default="cpu", description="Device for the tensor arithmetic (cpu | cuda | auto).")
-    lazy_unpickle: bool = Field(
-        default=True, description="Read pickled (.bin) inputs tensor by tensor instead of whole files."
-    )
     low_cpu_memory: bool = Field(
         default=False,
         description="Keep results on the accelerator (mergekit's option; only useful with cuda).",

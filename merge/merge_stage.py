@@ -178,7 +178,7 @@ def run_merge(
     )
 
     final = stage_dir / "final"
-    with staging_dir(final) as tmp:
+    with staging_dir(final, inside=[ctx.run_dir]) as tmp:
         run_mergekit(document, tmp, config, seed=ctx.seed, config_path=stage_dir / MERGEKIT_CONFIG)
         finish_model_dir(tmp, ctx, donor=models[0].path)
 

@@ -1,9 +1,11 @@
 """mergekit, driven through its Python API: compatibility checks, the config, the run.
 
 mergekit treats a path that does not exist as a hub id, so every model here is an absolute
-folder, checked to exist. Merges run tensor by tensor (safetensors read with pread, see
-``tensor_reader``; pickles lazily unpickled), writing shards as they go, so a merge needs little
-more RAM than the largest tensor times the number of inputs, plus one output shard.
+folder, checked to exist and to hold safetensors weights: mergekit would unpickle a folder with
+only ``pytorch_model.bin`` (even while merely indexing it), so such a folder is refused before
+mergekit sees it. Merges run tensor by tensor (safetensors read with pread, see
+``tensor_reader``), writing shards as they go, so a merge needs little more RAM than the largest
+tensor times the number of inputs, plus one output shard.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import yaml
 
 from tempa.merge.merge_config import METHODS, MergeStageConfig
+from tempa.merge.model_files import weights_problem
 from tempa.merge.tensor_reader import unmapped_inputs
 from tempa.sft.stage_api import StageError
 
@@ -149,6 +152,8 @@ def run_mergekit(
             raise StageError(
                 f"merge input {reference} is not an existing absolute folder (mergekit would read a hub id)"
             )
+        if reference is not None and (problem := weights_problem(Path(reference))) is not None:
+            raise StageError(f"merge input: {problem}")
     text = yaml.safe_dump(document, sort_keys=False)
     config_path.write_text(text, encoding="utf-8")
     try:
@@ -158,7 +163,7 @@ def run_mergekit(
     options = MergeOptions(
         device=config.options.device,
         cuda=config.options.device.startswith("cuda"),
-        lazy_unpickle=config.options.lazy_unpickle,
+        lazy_unpickle=False,
         low_cpu_memory=config.options.low_cpu_memory,
         out_shard_size=parse_kmb(config.options.out_shard_size),
         num_threads=config.options.num_threads,

@@ -30,7 +30,7 @@ _HARMLESS_KEYS = re.compile(
     r"bos_token|tokens_per_.*|.*_tokens|author.*)",
     re.IGNORECASE,
 )
-_TOKEN_PATTERNS = [
+TOKEN_PATTERNS = [
     re.compile(r"\bhf_[A-Za-z0-9]{20,}\b"),
     re.compile(r"\bsk-[A-Za-z0-9_-]{16,}\b"),
     re.compile(r"\b(?:ghp|gho|ghs|github_pat)_[A-Za-z0-9_]{20,}\b"),
@@ -38,6 +38,31 @@ _TOKEN_PATTERNS = [
     re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{12,}"),
     re.compile(r"\b[0-9a-f]{40}\b"),  # W&B-style 40-hex api keys
 ]
+
+
+# An absolute path starts a token: at the start, after whitespace, a quote, '(', '=', ',' or '['.
+_ABSOLUTE = re.compile(r"""(?:^|(?<=[\s`'"(=,\[]))(/[^\s`'"|<>()\[\]{},;]+)""", re.MULTILINE)
+
+
+def _is_local(path: str) -> bool:
+    # The top folder must exist here: strings like "/no_think" or "/v1/chat" are not paths.
+    first = path.strip("/").split("/")[0]
+    return bool(first) and os.path.isdir("/" + first)
+
+
+def local_paths(text: str) -> list[str]:
+    """Absolute paths in ``text`` whose top folder exists on this machine (``/home/...``, ``/tmp/...``)."""
+    return [m.group(1) for m in _ABSOLUTE.finditer(text) if _is_local(m.group(1))]
+
+
+def strip_local_paths(text: str) -> str:
+    """``text`` with every local absolute path replaced by its last component (``x.jsonl``)."""
+
+    def name(match: re.Match[str]) -> str:
+        path = match.group(1)
+        return (Path(path.rstrip("/")).name or path) if _is_local(path) else path
+
+    return _ABSOLUTE.sub(name, text)
 
 
 class ModelCardConfig(BaseModel):
@@ -83,7 +108,7 @@ def scrub(text: str, environ: Mapping[str, str] | None = None) -> str:
     for key, value in environ.items():
         if len(value) >= 8 and _SECRET_KEY_RE.search(key) and value in text:
             text = text.replace(value, REDACTED)
-    for pattern in _TOKEN_PATTERNS:
+    for pattern in TOKEN_PATTERNS:
         text = pattern.sub(REDACTED, text)
     return text
 
@@ -303,4 +328,5 @@ def render_model_card(
         ]
     if card.extra:
         lines += [card.extra.strip(), ""]
-    return scrub("\n".join(lines), environ)
+    # The card is published: this machine's folders (data files, base model) are named, not located.
+    return scrub(strip_local_paths("\n".join(lines)), environ)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -146,19 +147,13 @@ def _cmd_plan(args) -> int:
 def _cmd_status(args) -> int:
     from rich.table import Table
 
-    from tempa.recipes.loader import load_recipe
     from tempa.recipes.runner import stage_status
 
     run_dir: Path = args.run_dir
     resolved = run_dir / RESOLVED_RECIPE
     if not resolved.is_file():
         raise RecipeError(f"{run_dir}: not a tempa run directory (no recipe.resolved.yaml)")
-    loaded = None
-    try:
-        loaded = load_recipe(resolved)
-    except Exception:  # the recipe may reference files that moved; manifests still tell the story
-        loaded = None
-    rows = stage_status(loaded, run_dir)
+    rows = stage_status(_stage_names(resolved), run_dir)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
@@ -173,6 +168,23 @@ def _cmd_status(args) -> int:
         table.add_row(row["name"], row["kind"], row["state"], f"{seconds:.1f}s" if seconds else "-", metrics)
     _console().print(table)
     return 0
+
+
+def _stage_names(resolved: Path) -> list[str] | None:
+    """The stage order recorded in recipe.resolved.yaml, read without validating the recipe.
+
+    Status needs only the names: validation would import trl and fail on files that moved since.
+    """
+    import yaml
+
+    from tempa.recipes.yaml_loader import RecipeTextError, parse_yaml, read_text
+
+    try:
+        stages = parse_yaml(read_text(resolved)).get("stages")
+        names = [stage["name"] for stage in stages]
+    except (OSError, yaml.YAMLError, RecipeTextError, AttributeError, KeyError, TypeError):
+        return None  # unreadable: the manifests still tell the story
+    return names if all(isinstance(name, str) for name in names) else None
 
 
 def _console():
@@ -214,6 +226,19 @@ def _cmd_tiny(args) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM, Kubernetes and `kill` send before SIGKILL), raised where the runner is.
+
+    A KeyboardInterrupt, so everything that stops cleanly on Ctrl-C (the training process group,
+    partial outputs) stops the same way on SIGTERM.
+    """
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated SIGTERM must not cut the cleanup short
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -224,20 +249,23 @@ def main(argv: list[str] | None = None) -> int:
     from tempa.recipes.rundir import RunLockedError
     from tempa.sft.stage_api import StageError
 
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except (RecipeError, StageError, RunLockedError, FileExistsError) as exc:
         print(f"tempa: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("tempa: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     except Exception as exc:  # an unexpected failure still gets one line; -v shows the traceback
         if args.verbose:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"tempa: error: {type(exc).__name__}: {first} (run with -v for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _setup_logging(verbose: bool) -> None:

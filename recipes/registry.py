@@ -2,6 +2,8 @@
 
 Stage packages own their configs and run functions; this table is the only place the runner
 learns about them. A kind whose package is not installed/importable is simply not listed.
+Only the config modules are imported here (pydantic, no torch): validating a recipe stays fast,
+and a stage's run module (trl, transformers, mergekit, ...) is imported when the stage runs.
 """
 
 from __future__ import annotations
@@ -25,34 +27,50 @@ class StageKind:
     summary: str
 
 
-# kind, module, config class, run function, resumable, one-line summary
+# kind, "config module:class", "run module:function", resumable, one-line summary
 _KINDS = [
-    ("sft", "tempa.sft.stage", "SFTStageConfig", "run_sft", True, "supervised fine-tuning with trl SFTTrainer"),
-    ("synthesize", "tempa.alignment", "SynthesizeStageConfig", "run_synthesize", True,
+    ("sft", "tempa.sft.config:SFTStageConfig", "tempa.sft.stage:run_sft", True,
+     "supervised fine-tuning with trl SFTTrainer"),
+    ("synthesize", "tempa.alignment.synthesize_config:SynthesizeStageConfig",
+     "tempa.alignment.synthesize_stage:run_synthesize", True,
      "teacher generation + judge/verifier filtering into an SFT dataset"),
-    ("preference", "tempa.alignment", "PreferenceStageConfig", "run_preference", True,
+    ("preference", "tempa.alignment.preference_config:PreferenceStageConfig",
+     "tempa.alignment.preference_stage:run_preference", True,
      "on-policy sampling, scoring, pair building and DPO/APO rounds"),
-    ("evaluate", "tempa.merge", "EvaluateStageConfig", "run_evaluate", False, "score checkpoints into a leaderboard"),
-    ("merge", "tempa.merge", "MergeStageConfig", "run_merge", False, "mergekit merge of selected checkpoints"),
-    ("bake", "tempa.merge", "BakeStageConfig", "run_bake", False,
+    ("evaluate", "tempa.merge.evaluate_config:EvaluateStageConfig", "tempa.merge.evaluate_stage:run_evaluate", False,
+     "score checkpoints into a leaderboard"),
+    ("merge", "tempa.merge.merge_config:MergeStageConfig", "tempa.merge.merge_stage:run_merge", False,
+     "mergekit merge of selected checkpoints"),
+    ("bake", "tempa.merge.bake:BakeStageConfig", "tempa.merge.bake:run_bake", False,
      "final model: baked thinking template, generation config, model card"),
 ]
 
 
+def _lazy_run(ref: str) -> Callable[[Any, StageContext], StageResult]:
+    """The run function named ``module:function``, imported on the first call."""
+    module_name, _, name = ref.partition(":")
+
+    def run(config: Any, ctx: StageContext) -> StageResult:
+        return getattr(importlib.import_module(module_name), name)(config, ctx)
+
+    run.__qualname__ = run.__name__ = name
+    return run
+
+
 def _load() -> dict[str, StageKind]:
     kinds: dict[str, StageKind] = {}
-    for kind, module_name, config_name, run_name, resumable, summary in _KINDS:
+    for kind, config_ref, run_ref, resumable, summary in _KINDS:
+        module_name, _, config_name = config_ref.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name == module_name:
+            if exc.name is not None and module_name.startswith(exc.name):
                 continue  # that stage package is not part of this install
             raise
         config = getattr(module, config_name, None)
-        run = getattr(module, run_name, None)
-        if config is None or run is None:
+        if config is None:
             continue
-        kinds[kind] = StageKind(kind, config, run, resumable, summary)
+        kinds[kind] = StageKind(kind, config, _lazy_run(run_ref), resumable, summary)
     return kinds
 
 

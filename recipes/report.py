@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from tempa.recipes.rundir import MANIFEST, RESOLVED_RECIPE, read_json
+from tempa.recipes.rundir import MANIFEST, REPORT_DIR, RESOLVED_RECIPE, read_json
 from tempa.sft.files import staging_dir
 
 EXAMPLE = [
@@ -162,8 +162,8 @@ def write_report(run_dir: str | Path) -> Path:
 
         raise RecipeError(f"{run_dir}: not a tempa run directory (no recipe.resolved.yaml)")
     manifests = _manifests(run_dir)
-    out = run_dir / "report"
-    with staging_dir(out) as tmp:
+    out = run_dir / REPORT_DIR
+    with staging_dir(out, inside=[run_dir]) as tmp:
         sections = [f"<h1>tempa run report</h1><p>{html.escape(str(run_dir))}</p>", "<h2>Stages</h2>"]
         rows = "".join(
             f"<tr><td>{html.escape(m['name'])}</td><td>{html.escape(m.get('kind', ''))}</td>"

@@ -10,6 +10,10 @@ Layout::
       <stage>/metrics.json       the stage's metrics
       <stage>/DONE               {"fingerprint": ...}; present only for a complete stage
       final -> <last stage>/final
+      report/                    `tempa report`
+
+A stage's name is its folder: a safe name (``tempa.sft.stage_api.safe_name``) that is none of
+the entries above (``RESERVED_NAMES``).
 """
 
 from __future__ import annotations
@@ -17,15 +21,29 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from tempa.sft.files import write_atomic
+from tempa.sft.files import ensure_inside, remove_tree, write_atomic
 
 DONE = "DONE"
 RESOLVED_RECIPE = "recipe.resolved.yaml"  # in the run folder: the recipe after extends, profile and --set
+TOKENIZER_DIR = "tokenizer"
+FINAL_LINK = "final"
+REPORT_DIR = "report"
+LOCK_FILE = ".lock"
+# The run directory's own entries: a stage (whose folder is run_dir/<name>) may not take one of
+# these names, or running it would replace the run's tokenizer, final model, report, ...
+# Compared case-insensitively, for case-insensitive filesystems.
+RESERVED_NAMES = frozenset({RESOLVED_RECIPE, TOKENIZER_DIR, FINAL_LINK, REPORT_DIR, LOCK_FILE, "logs"})
+
+
+def reserved_name(name: str) -> str | None:
+    """Why ``name`` cannot be a stage folder in the run directory, or None when it can."""
+    if name.lower() in RESERVED_NAMES:
+        return f"'{name}' is one of the run directory's own entries ({', '.join(sorted(RESERVED_NAMES))})"
+    return None
 
 
 def cache_root() -> Path:
@@ -57,18 +75,19 @@ def mark_done(stage_dir: Path, fingerprint: str) -> None:
     write_json(stage_dir / DONE, {"fingerprint": fingerprint, "finished_at": time.time()})
 
 
-def clear_stage(stage_dir: Path) -> None:
-    """Remove a stage folder: renamed away first, so a kill mid-delete leaves no half-folder."""
-    if not stage_dir.exists():
+def clear_stage(stage_dir: Path, run_dir: Path) -> None:
+    """Remove a folder of ``run_dir``: renamed away first, so a kill mid-delete leaves no half-folder."""
+    stage_dir = ensure_inside(stage_dir, [run_dir])
+    if not stage_dir.exists() and not stage_dir.is_symlink():
         return
     trash = stage_dir.with_name(f".trash-{stage_dir.name}-{os.getpid()}-{time.time_ns()}")
     os.replace(stage_dir, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    remove_tree(trash, [run_dir])
 
 
 def sweep_trash(run_dir: Path) -> None:
     for path in run_dir.glob(".trash-*"):
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path, [run_dir])
 
 
 class RunLockedError(RuntimeError):
@@ -79,7 +98,7 @@ class RunLock:
     """An exclusive flock on ``run_dir/.lock``; the kernel drops it when the holder dies."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
+        self.path = run_dir / LOCK_FILE
         self._fd: int | None = None
 
     def __enter__(self) -> RunLock:
@@ -107,7 +126,7 @@ class RunLock:
 
 def run_in_progress(run_dir: Path) -> bool:
     """True while some runner holds the run directory's lock."""
-    path = run_dir / ".lock"
+    path = run_dir / LOCK_FILE
     if not path.exists():
         return False
     fd = os.open(path, os.O_RDONLY)

@@ -23,8 +23,11 @@ from tempa.recipes.launcher import deepspeed_config_path, reap_stale_launch, run
 from tempa.recipes.loader import LoadedRecipe, stage_dependencies
 from tempa.recipes.registry import STAGE_KINDS
 from tempa.recipes.rundir import (
+    DONE,
+    FINAL_LINK,
     MANIFEST,
     RESOLVED_RECIPE,
+    TOKENIZER_DIR,
     RunLock,
     cache_root,
     clear_stage,
@@ -40,9 +43,6 @@ from tempa.sft.files import write_atomic
 from tempa.sft.stage_api import StageContext, StageError, StageResult
 
 log = logging.getLogger("tempa")
-
-TOKENIZER_DIR = "tokenizer"
-FINAL_LINK = "final"
 
 
 @dataclass
@@ -73,21 +73,71 @@ class RunSummary:
 
 
 def resolve_base_model(loaded: LoadedRecipe) -> Path:
-    """The base model as a local folder (tiny default built/cached, hub ids downloaded)."""
+    """The base model as a local safetensors folder (tiny default built/cached, hub ids downloaded).
+
+    A pickled base model is refused, or with ``allow_pickle_weights`` converted once into the
+    cache, so that no later stage (or mergekit) ever unpickles anything.
+    """
+    from tempa.merge.model_files import base_model_problem, pickle_files
+
     ref = loaded.recipe.base_model
     if ref == TINY_DEFAULT:
         from tempa.recipes.tiny import cached_tiny_default
 
         return cached_tiny_default()
-    path = Path(ref)
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
+    allow_pickle = loaded.recipe.allow_pickle_weights
+    folder = Path(ref) if Path(ref).is_dir() else _download_model(ref, allow_pickle=allow_pickle)
+    problem = base_model_problem(folder, allow_pickle=allow_pickle)
+    if problem is not None:
+        raise StageError(f"base_model {ref}: {problem}")
+    if not any(folder.glob("*.safetensors")) and pickle_files(folder):
+        return _as_safetensors(folder, loaded)
+    return folder
 
-    # safetensors only: pickled weights are never downloaded, so never loaded.
-    return Path(
-        snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.py"])
-    )
+
+def _download_model(ref: str, *, allow_pickle: bool) -> Path:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    # safetensors only: pickled weights are never downloaded (unless the recipe opts in), so never loaded.
+    patterns = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.py"]
+    try:
+        return Path(snapshot_download(ref, allow_patterns=patterns + (["*.bin", "*.pt"] if allow_pickle else [])))
+    except LocalEntryNotFoundError:
+        if constants.HF_HUB_OFFLINE:
+            raise StageError(
+                f"base_model '{ref}': not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids downloading "
+                f"it; download it first (hf download {ref}) or set base_model to a local folder"
+            ) from None
+        raise StageError(
+            f"base_model '{ref}': the Hugging Face Hub cannot be reached and the model is not in the local cache; "
+            "check the network, or set base_model to a local folder"
+        ) from None
+    except RepositoryNotFoundError:
+        raise StageError(
+            f"base_model '{ref}': no such model on the Hugging Face Hub (or it is gated/private: log in with "
+            "`hf auth login`); a local folder must exist"
+        ) from None
+    except HfHubHTTPError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StageError(f"base_model '{ref}': download failed: {first}") from None
+
+
+def _as_safetensors(folder: Path, loaded: LoadedRecipe) -> Path:
+    """The opted-in pickled base model, converted once into the cache (keyed by its contents)."""
+    from tempa.merge.model_files import convert_to_safetensors
+    from tempa.sft.files import staging_dir
+
+    root = cache_root()
+    out = root / "safetensors-models" / path_digest(folder)[:32]
+    if (out / DONE).is_file():
+        return out
+    log.warning("base model %s: converting pickled weights to safetensors once (allow_pickle_weights) -> %s",
+                folder, out)
+    with staging_dir(out, inside=[root]) as tmp:
+        convert_to_safetensors(folder, tmp, trust_remote_code=loaded.recipe.trust_remote_code)
+        write_atomic(tmp / DONE, f"{folder}\n")
+    return out
 
 
 def base_model_fingerprint(loaded: LoadedRecipe) -> str:
@@ -234,7 +284,7 @@ def run_recipe(
             log.info("stage %s (%s): %s: %s", plan.name, plan.kind, plan.action, plan.reason)
             reap_stale_launch(stage_dir, log=log)
             if plan.action in ("rerun", "run"):
-                clear_stage(stage_dir)
+                clear_stage(stage_dir, run_dir)
             model_dir = model_dirs.get(plan.upstream, base_dir) if plan.upstream else base_dir
             ctx = _context(loaded, plan, run_dir, stage_dir, model_dir, base_dir, tokenizer_dir, template,
                            stage_dirs, model_dirs)
@@ -258,7 +308,7 @@ def prepare_tokenizer(base_dir: Path, template_ref: str, template: str, run_dir:
                  if (base_dir / "tokenizer_config.json").exists() else str(base_dir)})
     if done_fingerprint(out) == fp:
         return out
-    clear_stage(out)
+    clear_stage(out, run_dir)
     log.info("baking the chat template into the base tokenizer -> %s", out)
     try:
         bake_tokenizer(base_dir, template_ref, out, model_dir=base_dir)
@@ -367,19 +417,16 @@ def _point_final(run_dir: Path, model_dir: Path) -> None:
     tmp.unlink(missing_ok=True)
     os.symlink(os.path.relpath(model_dir, run_dir), tmp)
     if link.is_dir() and not link.is_symlink():
-        clear_stage(link)
+        clear_stage(link, run_dir)
     os.replace(tmp, link)
 
 
 # --------------------------------------------------------------------------- status
 
 
-def stage_status(loaded: LoadedRecipe | None, run_dir: Path) -> list[dict[str, Any]]:
-    """Each stage's state from its manifest (recipe order when the recipe is known)."""
-    names: list[str]
-    if loaded is not None:
-        names = loaded.names
-    else:
+def stage_status(names: list[str] | None, run_dir: Path) -> list[dict[str, Any]]:
+    """Each stage's state from its manifest (in ``names``' order, the recipe's, when known)."""
+    if names is None:
         manifests = [(read_json(p) or {}) for p in run_dir.glob(f"*/{MANIFEST}")]
         names = [m["name"] for m in sorted(manifests, key=lambda m: m.get("started_at", 0)) if "name" in m]
     active = run_in_progress(run_dir)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tempa.sft.stage_api import looks_local, resolve_path
+from tempa.sft.stage_api import looks_local, resolve_path, safe_name
 
 TINY_DEFAULT = "tempa:tiny"
 SHIPPED_ACCELERATE = ("single", "ddp", "zero3", "zero3-offload", "zero3-multinode")
@@ -66,7 +67,10 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Recipe name; used in the model card.")
+    name: str = Field(
+        description="Recipe name (a safe name: letters, digits, '.', '_', '-'); the model card's title and "
+        "the default run directory runs/<name>."
+    )
     description: str = ""
     base_model: str = Field(
         description=f"Local folder, hub id, or '{TINY_DEFAULT}' for the embedded tiny default."
@@ -77,13 +81,33 @@ class Recipe(BaseModel):
     )
     seed: int = 42
     trust_remote_code: bool = Field(default=False, description="Passed to transformers; off unless you trust it.")
+    allow_pickle_weights: bool = Field(
+        default=False,
+        description="UNSAFE: accept a base model whose weights are pickles (pytorch_model.bin, *.pt), which can "
+        "run code when loaded. tempa converts it to safetensors once (in the cache) and reads only that.",
+    )
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     stages: list[Any] = Field(min_length=1, description="Ordered stages; each has name, kind and settings.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return safe_name(value, "recipe name")
 
     @field_validator("base_model")
     @classmethod
     def _base_model(cls, value: str, info) -> str:
         return value if value == TINY_DEFAULT else resolve_path(value, info)
+
+    @model_validator(mode="after")
+    def _base_model_folder(self) -> Recipe:
+        if self.base_model != TINY_DEFAULT and Path(self.base_model).is_absolute():
+            from tempa.merge.model_files import base_model_problem
+
+            problem = base_model_problem(Path(self.base_model), allow_pickle=self.allow_pickle_weights)
+            if problem is not None:
+                raise ValueError(f"'base_model': {problem}")  # the key first: errors.py points at its line
+        return self
 
     @field_validator("chat_template")
     @classmethod

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+from tempa.sft.files import remove_tree
 
 COMPLETE_MARKER = "COMPLETE"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -30,12 +32,14 @@ def last_complete_checkpoint(output_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def remove_incomplete_checkpoints(output_dir: Path) -> list[Path]:
-    """Delete checkpoints a kill interrupted mid-save, so neither a resume nor rotation uses them."""
+def remove_incomplete_checkpoints(output_dir: Path, inside: Iterable[Path]) -> list[Path]:
+    """Delete checkpoints a kill interrupted mid-save, so neither a resume nor rotation uses them.
+
+    ``inside``: the roots the checkpoints must lie in (the run directory)."""
     removed = []
     for path in checkpoint_dirs(output_dir):
         if not (path / COMPLETE_MARKER).is_file():
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path, inside)
             removed.append(path)
     return removed
 

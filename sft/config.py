@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from tempa.sft.data_config import DataConfig
 from tempa.sft.stage_api import StageConfigBase
-from tempa.sft.train_args import check_train_args
+from tempa.sft.train_args import check_train_args, train_checks_deferred
 
 # Set by tempa from the stage folder, the recipe seed and the launch settings.
 RESERVED_TRAIN_KEYS = ("output_dir", "logging_dir", "resume_from_checkpoint", "deepspeed", "save_safetensors")
@@ -60,7 +60,9 @@ class SFTStageConfig(StageConfigBase):
 
     @field_validator("train")
     @classmethod
-    def _train(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _train(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if train_checks_deferred(info):
+            return value
         from trl import SFTConfig
 
         return check_train_args(value, SFTConfig, reserved=RESERVED_TRAIN_KEYS)

@@ -54,13 +54,15 @@ import datasets
 from datasets import Features, List, Value
 from tqdm.auto import tqdm
 
+from tempa.chat_templates.json_files import Line, parse_line
 from tempa.sft import curation
 from tempa.sft.curation import Deduplicator, Reason
 from tempa.sft.data_config import CurationConfig, DataConfig, DataError, SourceConfig
 from tempa.sft.expand import Render, expand
+from tempa.sft.files import remove_tree
 from tempa.sft.formats import FormatSpec, RowError, check_columns, normalize_row, spec_for, user_instruction
 from tempa.sft.mixing import assign_thinking, rng_for, select_rows, split_heldout
-from tempa.sft.sources import RAW, describe, is_local, load_source, row_label, source_fingerprint
+from tempa.sft.sources import RAW, READ_ERROR, describe, is_local, load_source, row_label, source_fingerprint
 from tempa.sft.tokenization import check_template, make_render, special_token_texts, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -155,7 +157,7 @@ def prepare_sft_data(
     else:
         if entry.exists():
             logger.warning("SFT data: discarding incomplete cache entry %s", entry)
-            shutil.rmtree(entry)
+            remove_tree(entry, [cache_dir])
         build_dir = cache_dir / f".tmp-{key[:16]}-{uuid.uuid4().hex[:8]}"
         build_dir.mkdir(parents=True)
         try:
@@ -176,7 +178,7 @@ def prepare_sft_data(
                 if not (entry / COMPLETE).exists():
                     raise
         finally:
-            shutil.rmtree(build_dir, ignore_errors=True)
+            remove_tree(build_dir, [cache_dir])
     return _open_entry(entry, out_dir, hit)
 
 
@@ -346,7 +348,7 @@ def _build(
     (build_dir / MIX_FILE).write_text(json.dumps(mix, indent=2, ensure_ascii=False) + "\n")
     (build_dir / STATS_FILE).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     del parts, everything, train
-    shutil.rmtree(work, ignore_errors=True)
+    remove_tree(work, [build_dir])
 
 
 # --- 2: normalise + row-local filters -------------------------------------------------------------
@@ -413,19 +415,19 @@ def _normalize_batch(
         out["instruction"].append(user_instruction(messages) if reason is None else "")
         out["has_reasoning"].append(any(t.get("reasoning_content") for t in messages))
 
-    columns = list(batch)
+    columns = [name for name in batch if name != READ_ERROR]
+    read_errors = batch.get(READ_ERROR)
     for k, index in enumerate(indices):
         label = f"line {index + 1}" if jsonl_lines else f"row {index}"
         if RAW in batch:
-            text = batch[RAW][k]
-            if not text.strip():
+            line = parse_line(Line(index + 1, batch[RAW][k], read_errors[k] if read_errors else None))
+            if line.blank:
                 emit(index, [], (_BLANK, ""))
                 continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                emit(index, [], (curation.MALFORMED_ROW, f"{label}: not valid JSON ({exc.msg}, column {exc.colno})"), text)
+            if line.error is not None:
+                emit(index, [], (curation.MALFORMED_ROW, f"{label}: {line.error}"), line.text)
                 continue
+            row = line.value
         else:
             row = {name: batch[name][k] for name in columns}
         try:

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from tempa.sft.stage_api import StageError, resolve_path
+from tempa.sft.stage_api import StageError, resolve_path, safe_name
 
 # `path: stage:NAME` reads the dataset an earlier stage (e.g. `synthesize`) wrote.
 STAGE_REF = "stage:"
@@ -125,7 +125,7 @@ class SourceConfig(_Strict):
     become several training samples (see ``tempa.sft.expand``) that stay together.
     """
 
-    name: str = Field(description="Unique name; used in stats, rejects and error messages.")
+    name: str = Field(description="Unique safe name (letters, digits, '.', '_', '-'); used in stats, rejects and messages.")
     path: str = Field(
         description=(
             "A local file (.jsonl, .json, .parquet, .csv), a folder written by `datasets.save_to_disk` "
@@ -202,10 +202,8 @@ class SourceConfig(_Strict):
 
     @field_validator("name")
     @classmethod
-    def _name_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("source name must not be empty")
-        return value
+    def _safe_name(cls, value: str) -> str:
+        return safe_name(value, "source name")
 
     @field_validator("path")
     @classmethod

@@ -43,7 +43,7 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> StageResult:
     eval_path = prepared.eval_path if prepared.eval is not None and len(prepared.eval) else None
 
     checkpoints = stage_dir / "checkpoints"
-    removed = remove_incomplete_checkpoints(checkpoints)
+    removed = remove_incomplete_checkpoints(checkpoints, [ctx.run_dir])
     for path in removed:
         ctx.log.warning("removed incomplete checkpoint %s (interrupted while saving)", path.name)
     resume = last_complete_checkpoint(checkpoints)
@@ -57,6 +57,7 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> StageResult:
         "eval_data": str(eval_path) if eval_path else None,
         "output_dir": str(checkpoints),
         "final_dir": str(stage_dir / "final"),
+        "run_dir": str(ctx.run_dir),  # the worker deletes and replaces only inside it
         "train_args": train_args,
         "lora": config.lora.model_dump() if config.lora else None,
         "seed": ctx.seed,

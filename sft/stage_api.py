@@ -9,12 +9,28 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+# A name that becomes a file or folder name (stage folders, ...): one path component, never
+# "..", never hidden, portable across filesystems. README.md documents the same pattern.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def safe_name(value: str, what: str) -> str:
+    """``value`` if it may be used as a single path component; else ValueError saying what is allowed."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise ValueError(
+            f"{what} {value!r} is not a safe name: use letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit (at most 128 characters)"
+        )
+    return value
+
 
 # launch(entry_module, args, log_file): run `python -m entry_module *args` under the recipe's
 # launcher (accelerate/torchrun, 1..N processes). Raises StageError when the process fails.
@@ -28,12 +44,19 @@ class StageConfigBase(BaseModel):
     # Whether the stage writes a dataset (``outputs.dataset``) that a later `path: stage:NAME` reads.
     writes_dataset: ClassVar[bool] = False
 
-    name: str = Field(description="Unique stage name; also its folder in the run directory.")
+    name: str = Field(
+        description="Unique stage name; also its folder in the run directory, so a safe name (see safe_name)."
+    )
     from_: str | None = Field(
         default=None,
         alias="from",
         description="Earlier stage whose model this stage starts from (default: the previous stage).",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return safe_name(value, "stage name")
 
 
 class StageError(RuntimeError):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tempa.sft.checkpoints import CheckpointCompleteCallback, last_complete_checkpoint
+from tempa.sft.files import remove_tree
 
 
 class ProgressLine(TrainerCallback):
@@ -133,12 +133,24 @@ def train_and_save(trainer, tokenizer, plan: dict[str, Any], *, evaluate: bool =
     if resume is not None and trainer.is_world_process_zero():
         print(f"[tempa] resuming from {resume}", flush=True)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if trainer.state.global_step <= 0:
+        # Trainer "succeeds" without a single step (e.g. fewer rows than one batch per process):
+        # publishing final/ would ship the starting weights as if they were trained.
+        args = trainer.args
+        rows = len(trainer.train_dataset) if hasattr(trainer.train_dataset, "__len__") else "?"
+        raise RuntimeError(
+            f"training took no optimizer step ({rows} training rows, "
+            f"num_train_epochs={args.num_train_epochs}, max_steps={args.max_steps}, "
+            f"per_device_train_batch_size={args.per_device_train_batch_size}, "
+            f"gradient_accumulation_steps={args.gradient_accumulation_steps}, processes={args.world_size})"
+        )
     eval_metrics = trainer.evaluate() if evaluate else {}
 
     final = Path(plan["final_dir"])
     tmp = final.with_name(final.name + ".tmp")
+    inside = [Path(plan["run_dir"])]
     if trainer.is_world_process_zero():
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp, inside)
     trainer.accelerator.wait_for_everyone()
     if merge_adapters:
         merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
@@ -159,7 +171,7 @@ def train_and_save(trainer, tokenizer, plan: dict[str, Any], *, evaluate: bool =
             "resumed_from": str(resume) if resume else None,
         }
         (tmp / "tempa_train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-        shutil.rmtree(final, ignore_errors=True)
+        remove_tree(final, inside)
         os.replace(tmp, final)
     trainer.accelerator.wait_for_everyone()
 

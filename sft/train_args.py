@@ -15,7 +15,16 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError, ValidationInfo
+
+# Validation context key: when true, `train:` mappings are not checked yet. Checking needs trl's
+# config classes (torch, transformers: seconds of imports), so the recipe loader first validates
+# everything else and reports those errors at once, then validates again with the checks on.
+DEFER_TRAIN_CHECKS = "defer_train_checks"
+
+
+def train_checks_deferred(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get(DEFER_TRAIN_CHECKS))
 
 
 @functools.cache
@@ -62,9 +71,44 @@ def check_train_args(
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]["msg"]
             raise ValueError(f"'{key}': {first}, got {value!r}") from None
+    check_counts(values)
     if "lr_scheduler_type" in values:
         check_scheduler(values["lr_scheduler_type"], values.get("lr_scheduler_kwargs") or {})
     return dict(values)
+
+
+# Counts and sizes that only make sense above zero. transformers checks some of them only when
+# training starts, and some never: `num_train_epochs: -1` trains 0 steps and reports success.
+_POSITIVE = (
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "eval_accumulation_steps",
+    "logging_steps",
+    "save_steps",
+    "eval_steps",
+    "max_length",
+    "max_prompt_length",
+    "max_completion_length",
+)
+_UNSET_MAX_STEPS = -1  # transformers' default: train for num_train_epochs instead
+
+
+def check_counts(values: Mapping[str, Any]) -> None:
+    """Refuse non-positive epochs, steps and batch sizes; ``max_steps: -1`` is transformers' "unset"."""
+    max_steps = values.get("max_steps")
+    if isinstance(max_steps, int) and max_steps != _UNSET_MAX_STEPS and max_steps <= 0:
+        raise ValueError(f"'max_steps': must be a positive number of optimizer steps (or -1: unset), got {max_steps!r}")
+    steps_set = isinstance(max_steps, int) and max_steps > 0
+    for key in _POSITIVE:
+        value = values.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value > 0:
+            continue
+        if key == "num_train_epochs" and steps_set:
+            continue  # max_steps decides the length; epochs are ignored
+        extra = " (or set max_steps)" if key == "num_train_epochs" else ""
+        raise ValueError(f"'{key}': must be positive{extra}, got {value!r}")
 
 
 # What the Trainer passes every scheduler itself; anything else a schedule requires must come

@@ -156,7 +156,7 @@ def test_render_tokens_needs_a_tokenizer(case_file, capsys: pytest.CaptureFixtur
             '[{"role": "bot", "content": "hi"}]',
             'rejects this conversation: messages[0].role: unknown role "bot"',
         ),
-        ('[{"role": "user",', "invalid JSON at line 1"),
+        ('[{"role": "user",', ":1: not valid JSON"),
         (
             '{"rows": []}',
             'expected a non-empty JSON list of message objects, or an object with a "messages" list',
@@ -171,6 +171,27 @@ def test_render_errors_are_one_line_naming_the_file(
     assert main(["template", "render", "--template", "llama3_thinking", "--messages", str(path)]) == 2
     line = _one_line_error(capsys)
     assert str(path) in line and expected in line
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"", "empty file"), (b"\xef\xbb\xbf\n", "empty file"), (b'[{"role": "user", "content": "caf\xe9"}]', ":1: invalid UTF-8")],
+)
+def test_render_input_that_is_empty_or_not_utf8_is_one_line(
+    content: bytes, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    assert main(["template", "render", "--template", "llama3_thinking", "--messages", str(path)]) == 2
+    line = _one_line_error(capsys)
+    assert str(path) in line and expected in line
+
+
+def test_render_input_may_start_with_a_bom(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bom.json"
+    path.write_bytes(b'\xef\xbb\xbf[{"role": "user", "content": "Halo"}]')
+    assert main(["template", "render", "--template", "llama3_thinking", "--messages", str(path)]) == 0
+    assert "Halo" in capsys.readouterr().out
 
 
 def test_render_unknown_template_names_the_known_ones(case_file, capsys: pytest.CaptureFixture[str]) -> None:

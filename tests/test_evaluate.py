@@ -560,3 +560,17 @@ def test_lm_eval_suite_calls_the_harness_with_the_loaded_model(
     assert type(calls["model"]).__name__ == "LlamaForCausalLM" and isinstance(calls["lm"], FakeHFLM)
     assert calls["kwargs"]["tasks"] == ["arc_easy"] and calls["kwargs"]["limit"] == 4  # args override
     assert calls["kwargs"]["apply_chat_template"] is False
+
+
+def test_evaluation_rows_are_read_strictly_with_line_numbers(tmp_path):
+    from tempa.merge.eval_data import load_rows
+
+    path = tmp_path / "eval.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\n\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(StageError, match=rf"^{path}:3: invalid UTF-8 \(byte 0xe9"):
+        load_rows(str(path))
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\n{"prompt": "b"}\n')
+    assert load_rows(str(path)) == [{"prompt": "a"}, {"prompt": "b"}]  # the BOM is no part of row 1
+    path.write_bytes(b"")
+    with pytest.raises(StageError, match="empty file"):
+        load_rows(str(path))

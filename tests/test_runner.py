@@ -160,7 +160,7 @@ def test_failed_stage_is_recorded_and_the_next_run_continues_there(recipe, tmp_p
     manifest = read_json(run_dir / "b" / MANIFEST)
     assert manifest["status"] == "failed" and manifest["error"] == "asked to fail"
     assert not (run_dir / "b" / DONE).exists()
-    states = {row["name"]: row["state"] for row in stage_status(load_recipe(recipe), run_dir)}
+    states = {row["name"]: row["state"] for row in stage_status(load_recipe(recipe).names, run_dir)}
     assert states == {"a": "done", "b": "failed", "c": "pending"}
 
     reset_calls(run_dir)
@@ -228,5 +228,5 @@ def test_status_tells_running_from_interrupted(recipe, tmp_path):
     (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
     (run_dir / "b" / DONE).unlink()
     with RunLock(run_dir):
-        assert stage_status(load_recipe(recipe), run_dir)[1]["state"] == "running"
-    assert stage_status(load_recipe(recipe), run_dir)[1]["state"] == "interrupted"
+        assert stage_status(load_recipe(recipe).names, run_dir)[1]["state"] == "running"
+    assert stage_status(load_recipe(recipe).names, run_dir)[1]["state"] == "interrupted"

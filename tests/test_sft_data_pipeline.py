@@ -342,6 +342,30 @@ def test_a_source_that_is_all_rejects_is_one_clear_error(tmp_path: Path, tokeniz
     assert [r["row"] for r in rejects(tmp_path) if r["source"] == "sea_instruct"] == [0, 1]
 
 
+def test_a_line_that_is_not_utf8_is_a_reject_and_a_bom_is_no_broken_row(tmp_path: Path, tokenizer: Any) -> None:
+    good = [json.dumps(chat(f"Ulangi {i}", f"{i}")).encode() for i in range(6)]
+    lines = [b"\xef\xbb\xbf" + good[0], good[1], good[2][:30] + b"\xff" + good[2][30:], good[3], b"{not json", good[4],
+             good[5]]
+    (tmp_path / "rows.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    prepared = prepare(tmp_path, config(tmp_path, [{"name": "r", "path": "rows.jsonl", "thinking_mode": "off"}]),
+                       tokenizer)
+    # the BOM line and every good line train; the two bad lines are rejects naming their line and reason
+    assert len(prepared.train) == 5
+    details = {r["detail"] for r in rejects(tmp_path)}
+    assert details == {"line 3: invalid UTF-8 (byte 0xff at column 31)",
+                       "line 5: not valid JSON (Expecting property name enclosed in double quotes, column 2)"}
+    assert prepared.stats["sources"]["r"]["rows_in"] == 7
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n", b"\xef\xbb\xbf"])
+def test_an_empty_jsonl_file_is_one_error_naming_it(tmp_path: Path, tokenizer: Any, content: bytes) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        prepare(tmp_path, config(tmp_path, [{"name": "e", "path": "empty.jsonl"}]), tokenizer)
+    assert str(err.value) == f"data source 'e': {path}: empty file (expected one JSON object per line)"
+
+
 def test_a_typed_source_without_the_needed_columns_is_one_clear_error(tmp_path: Path, tokenizer: Any) -> None:
     datasets.Dataset.from_dict({"question": ["a"], "answer": ["b"]}).to_parquet(tmp_path / "qa.parquet")
     cfg = config(tmp_path, [{"name": "qa", "path": "qa.parquet"}])

@@ -127,3 +127,37 @@ def test_failed_training_process_surfaces_its_error_and_log(tmp_path, tiny_model
 def test_a_finished_launch_leaves_no_pid_file(single_run):
     # the pid file exists only while a training group may be alive (for reaping after a kill)
     assert not (single_run / "sft" / "logs" / "launch.pid").exists()
+
+
+def test_training_that_takes_no_optimizer_step_is_an_error(tmp_path, tiny_model_dir):
+    """Fewer rows than one batch with drop_last: the Trainer "finishes" at step 0, which is no trained model.
+
+    The worker itself (``python -m tempa.sft.train``), run in-process on a plan as the stage writes it.
+    """
+    from transformers import AutoTokenizer
+
+    from sft_helpers import write_rows
+    from tempa.chat_templates import bake_tokenizer
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_config import DataConfig
+    from tempa.sft.train import main as train_main
+
+    tokenizer_dir = bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tokenizer")
+    write_rows(tmp_path / "rows.jsonl", n=6)
+    data = DataConfig.model_validate({"sources": [{"name": "r", "path": str(tmp_path / "rows.jsonl")}]})
+    prepared = prepare_sft_data(data, AutoTokenizer.from_pretrained(tokenizer_dir), out_dir=tmp_path / "data",
+                                cache_dir=tmp_path / "cache", seed=0)
+    stage_dir = tmp_path / "run" / "sft"
+    plan = {
+        "model_dir": str(tiny_model_dir), "tokenizer_dir": str(tokenizer_dir), "train_data": str(prepared.train_path),
+        "eval_data": None, "output_dir": str(stage_dir / "checkpoints"), "final_dir": str(stage_dir / "final"),
+        "run_dir": str(tmp_path / "run"), "lora": None, "seed": 0, "use_cpu": True, "mixed_precision": None,
+        "deepspeed": None, "trust_remote_code": False, "runner_pid": None,
+        "train_args": {"max_steps": 3, "per_device_train_batch_size": 64, "dataloader_drop_last": True,
+                       "max_length": 256, "report_to": "none", "save_strategy": "no"},
+    }
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(RuntimeError, match=r"training took no optimizer step \(\d+ training rows, .*"
+                                           r"per_device_train_batch_size=64"):
+        train_main(["--plan", str(tmp_path / "plan.json")])
+    assert not (stage_dir / "final").exists()

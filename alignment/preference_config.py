@@ -39,8 +39,9 @@ from tempa.alignment.judge import REVISE_PROMPT, text_or_file
 from tempa.alignment.prompts import PromptSource, ThinkingSettings
 from tempa.alignment.rewards import JudgeReward, RewardConfig, check_reward_names
 from tempa.sft.stage_api import StageConfigBase
-from tempa.sft.train_args import check_train_args, train_checks_deferred
+from tempa.sft.train_args import check_train_args, train_arg_spec, train_checks_deferred
 
+DPO_CONFIG = "trl:DPOConfig"
 # Set by tempa from the stage folder and the launch settings (as for sft).
 RESERVED_TRAIN_KEYS = ("output_dir", "logging_dir", "resume_from_checkpoint", "deepspeed", "save_safetensors")
 
@@ -72,9 +73,7 @@ _FALLBACK_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust",
 @functools.cache
 def trl_loss_types() -> tuple[str, ...]:
     """The loss names the installed trl's DPOConfig documents (its `loss_type` help text)."""
-    from trl import DPOConfig
-
-    help_text = DPOConfig.__dataclass_fields__["loss_type"].metadata.get("help", "")
+    help_text = train_arg_spec(DPO_CONFIG).helps.get("loss_type", "")
     names = tuple(dict.fromkeys(re.findall(r"`'([a-z_]+)'`", help_text)))
     return names or _FALLBACK_LOSSES
 
@@ -213,12 +212,10 @@ class PreferenceStageConfig(StageConfigBase):
     def _train(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         if train_checks_deferred(info):
             return value
-        from trl import DPOConfig
-
         value = dict(value)
         if "loss_type" in value:
             value["loss_type"] = normalize_loss_type(value["loss_type"])
-        return check_train_args(value, DPOConfig, reserved=RESERVED_TRAIN_KEYS)
+        return check_train_args(value, DPO_CONFIG, reserved=RESERVED_TRAIN_KEYS)
 
     def train_args(self) -> dict[str, Any]:
         """tempa defaults overlaid with the recipe's values."""

@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tempa.sft.files import ensure_inside, remove_tree, write_atomic
+from tempa.sft.files import cache_root, ensure_inside, remove_tree, write_atomic
+
+__all__ = ["cache_root"]  # its home is tempa.sft.files; the runner's modules import it from here
 
 DONE = "DONE"
 RESOLVED_RECIPE = "recipe.resolved.yaml"  # in the run folder: the recipe after extends, profile and --set
@@ -46,9 +48,6 @@ def reserved_name(name: str) -> str | None:
     return None
 
 
-def cache_root() -> Path:
-    """Machine-wide cache (tiny default, tokenised data): $TEMPA_CACHE or ~/.cache/tempa."""
-    return Path(os.environ.get("TEMPA_CACHE") or Path.home() / ".cache" / "tempa")
 
 
 
@@ -92,6 +91,25 @@ def sweep_trash(run_dir: Path) -> None:
 
 class RunLockedError(RuntimeError):
     pass
+
+
+class NotARunDirError(RuntimeError):
+    """A --run-dir that holds someone's files: tempa would clear folders in it that share a stage's name."""
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """A run goes into a new or empty folder, or one that an earlier run of tempa made."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise NotARunDirError(f"{run_dir}: --run-dir is a file; choose a new or empty folder")
+    entries = set(os.listdir(run_dir)) - {LOCK_FILE}
+    if entries and RESOLVED_RECIPE not in entries:
+        shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+        raise NotARunDirError(
+            f"{run_dir}: not empty ({shown}) and not a tempa run directory (no {RESOLVED_RECIPE}); choose a new or "
+            "empty --run-dir"
+        )
 
 
 class RunLock:

@@ -63,9 +63,7 @@ class SFTStageConfig(StageConfigBase):
     def _train(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         if train_checks_deferred(info):
             return value
-        from trl import SFTConfig
-
-        return check_train_args(value, SFTConfig, reserved=RESERVED_TRAIN_KEYS)
+        return check_train_args(value, "trl:SFTConfig", reserved=RESERVED_TRAIN_KEYS)
 
     def depends_on(self) -> list[str]:
         """Earlier stages whose datasets this stage reads (`path: stage:NAME`)."""

@@ -45,6 +45,11 @@ def remove_tree(path: Path, roots: Iterable[Path]) -> None:
         shutil.rmtree(target, ignore_errors=True)
 
 
+def cache_root() -> Path:
+    """Machine-wide cache (tiny default, tokenised data, train-argument specs): $TEMPA_CACHE or ~/.cache/tempa."""
+    return Path(os.environ.get("TEMPA_CACHE") or Path.home() / ".cache" / "tempa")
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write a text file via a temporary sibling and a rename."""
     path = Path(path)

@@ -155,7 +155,8 @@ class TransformersBackend(GenerationBackend):
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"tokenizer at {tokenizer_dir or model_dir} has no pad token")
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=_pick_dtype(dtype, self.device), trust_remote_code=trust_remote_code
+            model_dir, dtype=_pick_dtype(dtype, self.device), trust_remote_code=trust_remote_code,
+            use_safetensors=True,  # never unpickle a checkpoint
         ).to(self.device)
         self.model.eval()
         self.stop_ids = end_of_turn_ids(self.tokenizer, getattr(self.model, "generation_config", None))

@@ -529,7 +529,7 @@ class _RewardModel:
         self.tokenizer.padding_side = "right"
         self.tokenizer.truncation_side = "left"
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            config.model, dtype=dtype, trust_remote_code=env.trust_remote_code
+            config.model, dtype=dtype, trust_remote_code=env.trust_remote_code, use_safetensors=True
         ).to(device).eval()
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id

@@ -246,13 +246,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.verbose)
-    from tempa.recipes.rundir import RunLockedError
+    from tempa.recipes.rundir import NotARunDirError, RunLockedError
     from tempa.sft.stage_api import StageError
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
-    except (RecipeError, StageError, RunLockedError, FileExistsError) as exc:
+    except (RecipeError, StageError, RunLockedError, NotARunDirError, FileExistsError) as exc:
         print(f"tempa: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:

@@ -30,6 +30,7 @@ from tempa.recipes.rundir import (
     TOKENIZER_DIR,
     RunLock,
     cache_root,
+    check_run_dir,
     clear_stage,
     done_fingerprint,
     mark_done,
@@ -255,6 +256,7 @@ def run_recipe(
     loaded: LoadedRecipe, run_dir: Path, *, from_stage: str | None = None, only: str | None = None
 ) -> RunSummary:
     run_dir = run_dir.resolve()
+    check_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = RunSummary(run_dir)
     with RunLock(run_dir):

@@ -88,9 +88,12 @@ def trl_config_kwargs(plan: dict[str, Any]) -> dict[str, Any]:
     if precision is not None and "bf16" not in plan["train_args"] and "fp16" not in plan["train_args"]:
         kwargs["bf16"] = precision == "bf16"
         kwargs["fp16"] = precision == "fp16"
+    # safetensors only (the policy, and DPO's reference, which trl builds from the same kwargs):
+    # a pickled checkpoint never gets here, and transformers must not fall back to one.
+    kwargs["model_init_kwargs"] = {**(kwargs.get("model_init_kwargs") or {}), "use_safetensors": True}
     if plan.get("trust_remote_code"):
-        kwargs.setdefault("model_init_kwargs", {})["trust_remote_code"] = True
-    init = kwargs.get("model_init_kwargs") or {}
+        kwargs["model_init_kwargs"]["trust_remote_code"] = True
+    init = kwargs["model_init_kwargs"]
     if "attn_implementation" not in init and precision in ("bf16", "fp16") and _flash_attention_available():
         # Packed rows (BFD + position_ids) need per-document attention: flash-attention's varlen
         # kernel does that; sdpa builds one dense block-diagonal mask (bench/README.md: 2.9x slower).

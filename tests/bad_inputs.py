@@ -255,6 +255,10 @@ MODEL_CASES = [
 ]
 
 CLI_CASES = [
+    Case("run-dir-holds-user-files", "cli", lambda ws: ["run", str(recipe(ws)), "--run-dir", str(ws)],
+         "not a tempa run directory (no recipe.resolved.yaml); choose a new or empty --run-dir"),
+    Case("run-dir-is-a-file", "cli", lambda ws: ["run", str(recipe(ws)), "--run-dir", str(ws / "rows.jsonl")],
+         "--run-dir is a file"),
     Case("status-not-a-run-dir", "cli", lambda ws: ["status", str(ws)], "not a tempa run directory"),
     Case("report-not-a-run-dir", "cli", lambda ws: ["report", str(ws)], "not a tempa run directory"),
     Case("recipe-not-found", "cli", lambda ws: ["plan", str(ws / "nope.yaml")], "recipe file not found"),
@@ -287,7 +291,7 @@ ROW_CASES = [
     Case("rows-json-file-empty", "rows", _rows_file("rows.json", b"  \n"), "rows.json: empty file", fast=False),
     Case("rows-no-assistant", "rows",
          _rows_file("users.jsonl", json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode() + b"\n"),
-         "no assistant turn", fast=False),
+         "does not end with an assistant turn", fast=False),
 ]
 
 CASES = RECIPE_CASES + MODEL_CASES + CLI_CASES + ROW_CASES

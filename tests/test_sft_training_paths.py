@@ -121,7 +121,7 @@ def test_trainer_settings_follow_the_hardware(monkeypatch):
     plan = {"train_args": {"learning_rate": 1e-3}, "output_dir": "/out", "seed": 7, "use_cpu": True}
     cpu = train.trl_config_kwargs(plan)
     assert cpu["use_cpu"] and cpu["bf16"] is False and cpu["seed"] == 7 and cpu["output_dir"] == "/out"
-    assert "model_init_kwargs" not in cpu
+    assert cpu["model_init_kwargs"] == {"use_safetensors": True}  # never a pickled checkpoint
 
     monkeypatch.setattr(train, "_flash_attention_available", lambda: True)
     gpu = train.trl_config_kwargs({**plan, "use_cpu": False, "mixed_precision": "bf16"})

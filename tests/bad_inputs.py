@@ -145,6 +145,11 @@ SECOND_STAGE = """
 """
 
 
+def _train(id_: str, train: str, expect: str) -> Case:
+    """A recipe whose only fault is its `train:` block."""
+    return Case(id_, "recipe", lambda ws: plan(recipe(ws, train=train)), expect)
+
+
 def _stage_named(name: str) -> Callable[[Path], list[str]]:
     return lambda ws: plan(recipe(ws, stage=SECOND_STAGE.format(name=json.dumps(name))))
 
@@ -157,8 +162,7 @@ RECIPE_CASES = [
          fast=False),
     Case("recursive-alias", "recipe", lambda ws: plan(_text(ws, "name: x\nbase_model: &a [*a]\n")), "recursive alias"),
     Case("duplicate-key", "recipe", lambda ws: plan(recipe(ws, top="seed: 1\nseed: 2")), "duplicate key 'seed' (first at line"),
-    Case("duplicate-key-in-train", "recipe", lambda ws: plan(recipe(ws, train="max_steps: 2, max_steps: 3")),
-         "duplicate key 'max_steps'"),
+    _train("duplicate-key-in-train", "max_steps: 2, max_steps: 3", "duplicate key 'max_steps'"),
     Case("not-utf8-recipe", "recipe", lambda ws: plan(_bytes(ws, b"name: caf\xe9\nstages: []\n", "recipe.yaml")),
          "recipe.yaml:1: not UTF-8 text"),
     Case("deep-nesting", "recipe", lambda ws: plan(_text(ws, "name: x\nstages: " + "[" * 20000 + "]" * 20000 + "\n")),
@@ -202,27 +206,19 @@ RECIPE_CASES = [
          "at most one of weight, rows, tokens"),
     Case("heldout-fraction", "recipe",
          lambda ws: plan(recipe(ws, source="{name: r, path: rows.jsonl, heldout: 1.5}")), "fraction below 1"),
-    Case("unknown-train-key", "recipe", lambda ws: plan(recipe(ws, train="lerning_rate: 1.0e-3")),
-         "did you mean 'learning_rate'"),
-    Case("reserved-train-key", "recipe", lambda ws: plan(recipe(ws, train="output_dir: /tmp/x")), "is set by tempa"),
-    Case("negative-epochs", "recipe", lambda ws: plan(recipe(ws, train="num_train_epochs: -1")),
-         "train.num_train_epochs (stage 'sft'): must be positive"),
-    Case("zero-epochs", "recipe", lambda ws: plan(recipe(ws, train="num_train_epochs: 0")), "must be positive"),
-    Case("zero-max-steps", "recipe", lambda ws: plan(recipe(ws, train="max_steps: 0")), "train.max_steps (stage 'sft'): must be a positive"),
-    Case("negative-max-steps", "recipe", lambda ws: plan(recipe(ws, train="max_steps: -5")), "train.max_steps (stage 'sft'): must be a positive"),
-    Case("zero-batch", "recipe", lambda ws: plan(recipe(ws, train="max_steps: 2, per_device_train_batch_size: 0")),
-         "train.per_device_train_batch_size (stage 'sft'): must be positive"),
-    Case("negative-grad-accum", "recipe", lambda ws: plan(recipe(ws, train="max_steps: 2, gradient_accumulation_steps: -2")),
-         "train.gradient_accumulation_steps (stage 'sft'): must be positive"),
-    Case("zero-max-length", "recipe", lambda ws: plan(recipe(ws, train="max_steps: 2, max_length: 0")),
-         "train.max_length (stage 'sft'): must be positive"),
-    Case("zero-save-steps", "recipe", lambda ws: plan(recipe(ws, train="max_steps: 2, logging_steps: 0")),
-         "train.logging_steps (stage 'sft'): must be positive"),
-    Case("lr-not-a-number", "recipe", lambda ws: plan(recipe(ws, train="learning_rate: fast")), "learning_rate"),
-    Case("unknown-scheduler", "recipe", lambda ws: plan(recipe(ws, train="lr_scheduler_type: cosin")),
-         "did you mean 'cosine'"),
-    Case("wsd-without-kwargs", "recipe", lambda ws: plan(recipe(ws, train="lr_scheduler_type: warmup_stable_decay")),
-         "needs lr_scheduler_kwargs"),
+    _train("unknown-train-key", "lerning_rate: 1.0e-3", "did you mean 'learning_rate'"),
+    _train("reserved-train-key", "output_dir: /tmp/x", "is set by tempa"),
+    _train("negative-epochs", "num_train_epochs: -1", "train.num_train_epochs (stage 'sft'): must be positive"),
+    _train("zero-epochs", "num_train_epochs: 0", "must be positive"),
+    _train("zero-max-steps", "max_steps: 0", "train.max_steps (stage 'sft'): must be a positive"),
+    _train("negative-max-steps", "max_steps: -5", "train.max_steps (stage 'sft'): must be a positive"),
+    _train("zero-batch", "max_steps: 2, per_device_train_batch_size: 0", "train.per_device_train_batch_size (stage 'sft'): must be positive"),
+    _train("negative-grad-accum", "max_steps: 2, gradient_accumulation_steps: -2", "train.gradient_accumulation_steps (stage 'sft'): must be positive"),
+    _train("zero-max-length", "max_steps: 2, max_length: 0", "train.max_length (stage 'sft'): must be positive"),
+    _train("zero-logging-steps", "max_steps: 2, logging_steps: 0", "train.logging_steps (stage 'sft'): must be positive"),
+    _train("lr-not-a-number", "learning_rate: fast", "learning_rate"),
+    _train("unknown-scheduler", "lr_scheduler_type: cosin", "did you mean 'cosine'"),
+    _train("wsd-without-kwargs", "lr_scheduler_type: warmup_stable_decay", "needs lr_scheduler_kwargs"),
     Case("extends-cycle", "recipe", lambda ws: plan(_text(ws, "extends: recipe.yaml\nname: x\n")), "extends: cycle"),
     Case("extends-missing", "recipe", lambda ws: plan(_text(ws, "extends: nope.yaml\nname: x\n")), "recipe file not found"),
     Case("unknown-template", "recipe", lambda ws: plan(recipe(ws, top="chat_template: llama4")), "not a shipped template"),

@@ -2,9 +2,11 @@
 
 Not a test (outside CI's pass/fail); it prints what it measured and writes it as JSON.
 
-Kill and resume: a short recipe (two SFT stages, then the bake) runs once uninterrupted to time
-it; then each trial starts it, kills it at a random moment (SIGKILL of the runner's whole
-process group, SIGTERM, or SIGINT, in turn) and runs the same command again. A trial passes when
+Kill and resume: a short recipe (two SFT stages, then the bake) runs once uninterrupted; then
+each trial starts it, waits for a moment of the run (in turn: start-up, each stage's data
+preparation, each stage's training, a checkpoint being written, the bake), kills it a random
+0-3 s into that moment (SIGKILL of the runner's whole process group, SIGTERM or SIGINT, in
+turn), and runs the same command again. A trial passes when
 the second run exits 0 with every stage done, the final model loads and generates in both
 thinking modes, the final folder is publishable (``tempa.merge.publish``), every source row is
 either trained on, held out or a reject (the data has bad lines on purpose), the killed run's
@@ -298,17 +300,49 @@ def reference_run(base: Path) -> float:
 SIGNALS = ("SIGKILL-group", "SIGTERM", "SIGINT")
 
 
+def _running(run_dir: Path, stage: str) -> bool:
+    from tempa.recipes.rundir import read_json
+
+    return (read_json(run_dir / stage / "manifest.json") or {}).get("status") == "running"
+
+
+def _training(run_dir: Path, stage: str) -> bool:
+    return _running(run_dir, stage) and (run_dir / stage / "logs" / "launch.pid").exists()
+
+
+def _saving(run_dir: Path) -> bool:
+    """A checkpoint folder without its COMPLETE marker: the Trainer is writing it."""
+    return any(not (p / "COMPLETE").exists() for p in (run_dir / "main" / "checkpoints").glob("checkpoint-*"))
+
+
+# The moments a trial kills in (each a test on the run directory), in turn.
+MOMENTS = {
+    "start-up": lambda run: True,
+    "warmup data": lambda run: _running(run, "warmup") and not _training(run, "warmup"),
+    "warmup training": lambda run: _training(run, "warmup"),
+    "main data": lambda run: _running(run, "main") and not _training(run, "main"),
+    "main training": lambda run: _training(run, "main"),
+    "checkpoint save": _saving,
+    "bake": lambda run: _running(run, "bake"),
+}
+
+
 def kill_trial(trial: int, base: Path, full_s: float, rng: random.Random) -> TrialResult:
     kind = SIGNALS[trial % len(SIGNALS)]
+    moment = list(MOMENTS)[trial % len(MOMENTS)]
     box = Sandbox(Path(tempfile.mkdtemp(prefix=f"trial{trial}-", dir=base))).make()
     good = write_data(box.ws)
     before = box.snapshot()
-    kill_at = rng.uniform(1.0, 0.95 * full_s)
+    delay = 0.0 if moment == "checkpoint save" else rng.uniform(0.0, 3.0)
     proc = tempa(["run", "recipe.yaml", "--run-dir", "run"], box, new_session=True)
-    deadline = time.monotonic() + kill_at
+    started = time.monotonic()
+    while proc.poll() is None and not MOMENTS[moment](box.run_dir) and time.monotonic() - started < 3 * full_s:
+        time.sleep(0.02)
+    deadline = time.monotonic() + delay
     while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    stage = running_stage(box.run_dir) if proc.poll() is None else "finished before the kill"
+        time.sleep(0.02)
+    kill_at = time.monotonic() - started
+    stage = f"{moment} ({running_stage(box.run_dir)})" if proc.poll() is None else f"{moment}: finished before the kill"
     if proc.poll() is None:
         if kind == "SIGKILL-group":
             os.killpg(proc.pid, signal.SIGKILL)
@@ -317,7 +351,7 @@ def kill_trial(trial: int, base: Path, full_s: float, rng: random.Random) -> Tri
     code, _, err = finish(proc, timeout=300)
     problems = []
     said = None
-    if kind != "SIGKILL-group" and stage != "finished before the kill":
+    if kind != "SIGKILL-group" and "finished before" not in stage:
         expected = 128 + getattr(signal, kind)
         said = err.strip().splitlines()[-1:] == [INTERRUPTED] and code == expected
     deadline = time.monotonic() + 30
@@ -356,16 +390,21 @@ def main(argv: list[str] | None = None) -> int:
                               "load_average_start": os.getloadavg()}
     print(f"[bench] sandboxes under {base}", flush=True)
 
+    def save() -> None:  # after every case and trial: a long run interrupted still leaves its numbers
+        if args.json:
+            args.json.write_text(json.dumps({**report, "load_average_now": os.getloadavg()}, indent=2) + "\n")
+
     if not args.skip_inputs:
         cases = [c for c in CASES if c.fast or not args.quick]
         results = []
         for case in cases:
             result = run_case(case, base)
             results.append(result)
+            report["inputs"] = [asdict(r) for r in results]
+            save()
             mark = "ok " if result.ok else "BAD"
             print(f"[input] {mark} {case.id:32s} {result.seconds:6.1f}s  {result.error[:110]}"
                   + (f"  PROBLEMS: {result.problems}" if result.problems else ""), flush=True)
-        report["inputs"] = [asdict(r) for r in results]
         by_kind: dict[str, list[int]] = {}
         for r in results:
             by_kind.setdefault(r.kind, [0, 0])[0] += r.ok
@@ -383,11 +422,12 @@ def main(argv: list[str] | None = None) -> int:
         for trial in range(args.trials):
             result = kill_trial(trial, base, full_s, rng)
             trials.append(result)
+            report["trials"] = [asdict(t) for t in trials]
+            save()
             print(f"[kill] {'ok ' if result.ok else 'BAD'} #{trial:02d} {result.signal:13s} at {result.kill_at_s:5.1f}s "
                   f"({result.stage_at_kill}); killed exit {result.killed_code}, resume message "
                   f"{result.said_how_to_resume}; re-run {result.rerun_s:.0f}s"
                   + (f"  PROBLEMS: {result.problems}" if result.problems else ""), flush=True)
-        report["trials"] = [asdict(t) for t in trials]
         report["trials_summary"] = {
             "ok": sum(t.ok for t in trials), "total": len(trials),
             "stages_at_kill": sorted({t.stage_at_kill for t in trials}),
@@ -396,8 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(f"[kill] {report['trials_summary']}", flush=True)
     report["load_average_end"] = os.getloadavg()
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    save()
     bad = [r for r in report.get("inputs", []) if not r["ok"]] + [t for t in report.get("trials", []) if not t["ok"]]
     return 1 if bad else 0
 

@@ -371,7 +371,19 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
                 )
         stages.append(config)
 
-    # Everything else is valid: now the `train:` checks, which import trl (seconds).
+    if "bake" in STAGE_KINDS and not any(stage.kind == "bake" for stage in stages):  # type: ignore[attr-defined]
+        if "bake" in seen:
+            i = seen["bake"]
+            raise RecipeError(
+                f"{where(('stages', i, 'name'), lines, path)}: stages[{i}].name: 'bake' is the folder of the bake "
+                "stage tempa adds last; rename this stage (or give it kind: bake)"
+            )
+        bake = STAGE_KINDS["bake"].config.model_validate({"name": "bake", "kind": "bake"})
+    else:
+        bake = None
+
+    # Everything else is valid: now the `train:` checks, which need trl's config spec (cached; the
+    # first time on a machine, or after an upgrade, it is read from trl itself: seconds of imports).
     for i, (stage_raw, config) in enumerate(zip(stages_raw, stages, strict=True)):
         if stage_raw.get("train") is None:
             continue
@@ -383,14 +395,8 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
                 exc, file=path, lines=lines, raw=stage_raw, prefix=("stages", i), stage_names=names
             ) from None
 
-    if "bake" in STAGE_KINDS and not any(stage.kind == "bake" for stage in stages):  # type: ignore[attr-defined]
-        if "bake" in seen:
-            i = seen["bake"]
-            raise RecipeError(
-                f"{where(('stages', i, 'name'), lines, path)}: stages[{i}].name: 'bake' is the folder of the bake "
-                "stage tempa adds last; rename this stage (or give it kind: bake)"
-            )
-        stages.append(STAGE_KINDS["bake"].config.model_validate({"name": "bake", "kind": "bake"}))
+    if bake is not None:
+        stages.append(bake)
     return LoadedRecipe(path=path, recipe=recipe, stages=stages, raw=raw, files=files)
 
 

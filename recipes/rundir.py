@@ -25,9 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tempa.sft.files import cache_root, ensure_inside, remove_tree, write_atomic
-
-__all__ = ["cache_root"]  # its home is tempa.sft.files; the runner's modules import it from here
+from tempa.sft.files import ensure_inside, remove_tree, write_atomic
 
 DONE = "DONE"
 RESOLVED_RECIPE = "recipe.resolved.yaml"  # in the run folder: the recipe after extends, profile and --set

@@ -29,7 +29,6 @@ from tempa.recipes.rundir import (
     RESOLVED_RECIPE,
     TOKENIZER_DIR,
     RunLock,
-    cache_root,
     check_run_dir,
     clear_stage,
     done_fingerprint,
@@ -40,7 +39,7 @@ from tempa.recipes.rundir import (
     write_json,
 )
 from tempa.recipes.schema import TINY_DEFAULT
-from tempa.sft.files import write_atomic
+from tempa.sft.files import cache_root, write_atomic
 from tempa.sft.stage_api import StageContext, StageError, StageResult
 
 log = logging.getLogger("tempa")

@@ -139,7 +139,7 @@ def tiny_default_key() -> str:
 
 def cached_tiny_default(cache_root: str | os.PathLike | None = None) -> Path:
     """The tiny default, built once per machine into a cache folder and reused afterwards."""
-    from tempa.recipes.rundir import cache_root as default_cache_root
+    from tempa.sft.files import cache_root as default_cache_root
 
     root = Path(cache_root) if cache_root else default_cache_root()
     target = root / f"tiny-default-{tiny_default_key()}"

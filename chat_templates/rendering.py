@@ -21,11 +21,6 @@ class TokenizedChat:
     assistant_mask: list[int]
 
 
-def mode_kwargs(thinking_mode: str | None) -> dict[str, str]:
-    """Template kwargs for a thinking mode; ``None`` passes nothing, so the template's default applies."""
-    return {} if thinking_mode is None else {"thinking_mode": thinking_mode}
-
-
 def compile_template(template: str) -> Any:
     """Compile ``template`` in transformers' chat-template environment (raises ``jinja2.TemplateSyntaxError``)."""
     from transformers.utils.chat_template_utils import _compile_jinja_template

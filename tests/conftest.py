@@ -31,6 +31,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def llama3_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with Meta's real Llama 3 tokenizer (128,256 tokens, built offline; treat as read-only)."""
+    from tempa.recipes.tiny import write_tiny_default
+
+    return write_tiny_default(tmp_path_factory.mktemp("tiny-llama3") / "model", tokenizer="llama3")
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tiny_model_dir: Path) -> Path:
     """Same folder as the model: the tokenizer files live beside the weights."""
     return tiny_model_dir

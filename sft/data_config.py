@@ -138,9 +138,11 @@ class SourceConfig(_Strict):
     format: Literal["auto", "messages", "sharegpt", "prompt_response", "alpaca"] = Field(
         default="auto",
         description=(
-            "Row format. `messages`: OpenAI-style list of {role, content}; `sharegpt`: `conversations` "
-            "list of {from, value}; `prompt_response`: prompt + response (or completion); `alpaca`: "
-            "instruction + optional input + output. `auto` tells them apart by the columns present."
+            "Row format. `messages`: OpenAI-style list of {role, content} (assistant `tool_calls`, `tool` "
+            "results with `tool_call_id`/`name`); `sharegpt`: `conversations` list of {from, value} "
+            "(`function_call` and `observation` turns for tools); `prompt_response`: prompt + response (or "
+            "completion); `alpaca`: instruction + optional input + output. A row's `tools` column (a list of "
+            "definitions, or its JSON) is rendered with it. `auto` tells them apart by the columns present."
         ),
     )
     columns: ColumnMapping = Field(

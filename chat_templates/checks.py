@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tempa.chat_templates.probes import INVALID_INPUTS, PROBES, Probe
-from tempa.chat_templates.rendering import render_with_tokenizer, token_ids, tokenize_chat
+from tempa.chat_templates.rendering import mask_spans, render_with_tokenizer, token_ids, tokenize_chat
 from tempa.chat_templates.templates import template_defaults
 from tempa.chat_templates.thinking import MODES, THINK_CLOSE, THINK_OPEN, end_of_turn_token, mode_kwargs
 
@@ -130,7 +130,7 @@ def check_assistant_mask(ctx: _Context) -> tuple[bool, str]:
                 False,
                 f"{where}: the prompt is not a token prefix (see a), so the trained span is undefined",
             )
-        last = _runs(chat.assistant_mask)[-1]
+        last = mask_spans(chat.assistant_mask)[-1]
         if last != (len(prompt), len(ids) - ids[::-1].index(eot_id)):
             return False, (
                 f"{where}: the last turn trains {ctx.decode(ids[last[0] : last[1]])!r}, "
@@ -141,20 +141,9 @@ def check_assistant_mask(ctx: _Context) -> tuple[bool, str]:
     return True, f"{_covered()}, prompt and full; headers, prompts and tool results untrained"
 
 
-def _runs(mask: list[int]) -> list[tuple[int, int]]:
-    runs, start = [], None
-    for index, value in enumerate([*mask, 0]):
-        if value and start is None:
-            start = index
-        elif not value and start is not None:
-            runs.append((start, index))
-            start = None
-    return runs
-
-
 def _turn_spans_problem(ctx: _Context, messages: list[dict[str, Any]], chat: Any, eot_id: int, special: set[int]) -> str:
     """One trained span per assistant turn, each ending on the end-of-turn token, no other special token in it."""
-    runs = _runs(chat.assistant_mask)
+    runs = mask_spans(chat.assistant_mask)
     expected = sum(message["role"] == "assistant" for message in messages)
     if len(runs) != expected:
         return f"{len(runs)} trained spans for {expected} assistant turns: {_masked_text(ctx, chat)!r}"

@@ -21,6 +21,18 @@ class TokenizedChat:
     assistant_mask: list[int]
 
 
+def mask_spans(mask: Sequence[int]) -> list[tuple[int, int]]:
+    """The ``[start, end)`` runs of ones in a 0/1 assistant mask, in order: one per trained assistant turn."""
+    runs, start = [], None
+    for index, value in enumerate([*mask, 0]):
+        if value and start is None:
+            start = index
+        elif not value and start is not None:
+            runs.append((start, index))
+            start = None
+    return runs
+
+
 def compile_template(template: str) -> Any:
     """Compile ``template`` in transformers' chat-template environment (raises ``jinja2.TemplateSyntaxError``)."""
     from transformers.utils.chat_template_utils import _compile_jinja_template

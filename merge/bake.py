@@ -97,9 +97,11 @@ def thinking_default_warning(default: str, stage_dirs: dict[str, Path]) -> str |
             mix = json.loads((Path(folder) / "data" / "mix.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        for source in mix.get("sources", []):
-            on += int(source.get("thinking_on_rows_kept", 0))
-            total += int(source.get("rows_kept", 0))
+        sources = mix.get("sources", []) if isinstance(mix, dict) else []
+        for source in sources.values() if isinstance(sources, dict) else sources:
+            if isinstance(source, dict) and "thinking_on_rows_kept" in source:
+                on += int(source["thinking_on_rows_kept"])
+                total += int(source.get("rows_kept", 0))
     if total == 0:
         return None
     matching = on if default == "on" else total - on

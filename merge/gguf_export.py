@@ -74,10 +74,9 @@ def _pre_tokenizer_name(tokenizer_json: dict) -> str:
     return "gpt-2"
 
 
-def _vocab(model_dir: Path, tokenizer) -> tuple[list[str], list[int], list[str]]:
+def _vocab(model_dir: Path, data: dict, tokenizer) -> tuple[list[str], list[int], list[str]]:
     import gguf
 
-    data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     if data.get("model", {}).get("type") != "BPE":
         raise StageError(f"{model_dir}/tokenizer.json: only byte-level BPE tokenizers export to GGUF here")
     merges = [" ".join(m) if isinstance(m, list) else m for m in data["model"].get("merges", [])]
@@ -167,9 +166,10 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if file_type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
 
-    tokens, types, merges = _vocab(model_dir, tokenizer)
+    tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    tokens, types, merges = _vocab(model_dir, tokenizer_json, tokenizer)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_pre_tokenizer_name(json.loads((model_dir / "tokenizer.json").read_text())))
+    writer.add_tokenizer_pre(_pre_tokenizer_name(tokenizer_json))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tempa.chat_templates.rendering import mask_spans
 from tempa.chat_templates.thinking import keeps_reasoning
 
 # render(messages, thinking, tools) -> (input_ids, assistant_mask)
@@ -42,14 +43,8 @@ class Sample:
 
 def last_span(mask: Sequence[int]) -> tuple[int, int] | None:
     """[start, end) of the last run of ones in ``mask``, or None when it has none."""
-    end = None
-    for i in range(len(mask) - 1, -1, -1):
-        if mask[i]:
-            if end is None:
-                end = i + 1
-        elif end is not None:
-            return i + 1, end
-    return (0, end) if end is not None else None
+    spans = mask_spans(mask)
+    return spans[-1] if spans else None
 
 
 def turn_messages(messages: Sequence[Mapping[str, Any]], j: int, thinking: bool) -> list[dict[str, Any]]:

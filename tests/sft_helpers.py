@@ -112,14 +112,9 @@ SYSTEM_TOOLS = "<|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipyth
 
 def trained_spans(tokenizer, ex: dict) -> list[str]:
     """Each run of trained tokens, decoded on its own."""
-    spans, run = [], []
-    for token, trained in zip([*ex["input_ids"], None], [*ex["assistant_masks"], 0], strict=True):
-        if trained:
-            run.append(token)
-        elif run:
-            spans.append(tokenizer.decode(run))
-            run = []
-    return spans
+    from tempa.chat_templates.rendering import mask_spans
+
+    return [tokenizer.decode(ex["input_ids"][start:end]) for start, end in mask_spans(ex["assistant_masks"])]
 
 
 def expected_tool_samples() -> dict[str, tuple[str, list[str]]]:

@@ -24,6 +24,7 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from tempa.chat_templates import bake_tokenizer, check_tokenizer, end_of_turn_token, load_template
 from tempa.chat_templates.probes import INVALID_INPUTS, PROBES
+from tempa.chat_templates.rendering import mask_spans
 from tempa.chat_templates.thinking import last_user_index, split_reasoning
 
 TEMPLATES = ("llama3_thinking", "chatml_thinking")
@@ -93,18 +94,23 @@ def nn_merge_dirs(baked_dirs: dict[str, Path], tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture(scope="module")
-def llama3_real_dirs(llama3_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("llama3-real")
-    return {"llama3_thinking": bake_tokenizer(llama3_model_dir, "llama3_thinking", root / "llama3_thinking")}
+def llama3_real_dirs(llama3_final_dir: Path) -> dict[str, Path]:
+    return {"llama3_thinking": llama3_final_dir}
 
 
 VARIANTS = ("gpt2-split", "llama3-split", "nn-merge", "llama3-real")
 PAIRS = [(t, v) for t in TEMPLATES for v in VARIANTS if not (v == "llama3-real" and t != "llama3_thinking")]
 
 
+_LOADED: dict[tuple[str, str], Any] = {}
+
+
 @pytest.fixture(params=PAIRS, ids=lambda p: f"{p[0]}-{p[1]}")
 def tokenizer(request: pytest.FixtureRequest) -> Any:
+    """Loaded from disk once per module and shared (treat as read-only): the real Llama 3 one takes seconds."""
     name, variant = request.param
+    if request.param in _LOADED:
+        return _LOADED[request.param]
     fixture = {"gpt2-split": "baked_dirs", "llama3-split": "llama3_split_dirs", "nn-merge": "nn_merge_dirs",
                "llama3-real": "llama3_real_dirs"}[variant]
     tokenizer = AutoTokenizer.from_pretrained(request.getfixturevalue(fixture)[name])
@@ -117,6 +123,7 @@ def tokenizer(request: pytest.FixtureRequest) -> Any:
         )
     if variant == "llama3-real":
         assert len(tokenizer) == 128256 and tokenizer.convert_tokens_to_ids("<|eot_id|>") == 128009
+    _LOADED[request.param] = tokenizer
     return tokenizer
 
 
@@ -163,17 +170,6 @@ def test_a_prompt_tokens_are_a_prefix_of_the_conversation(tokenizer: Any) -> Non
 # ---------------------------------------------------------------- b. mask
 
 
-def _spans(mask: list[int]) -> list[tuple[int, int]]:
-    runs, start = [], None
-    for i, value in enumerate([*mask, 0]):
-        if value and start is None:
-            start = i
-        elif not value and start is not None:
-            runs.append((start, i))
-            start = None
-    return runs
-
-
 def test_b_every_assistant_turn_trains_through_its_end_of_turn_and_the_last_is_what_is_generated(
     tokenizer: Any,
 ) -> None:
@@ -194,7 +190,7 @@ def test_b_every_assistant_turn_trains_through_its_end_of_turn_and_the_last_is_w
                 thinking_mode=mode,
             )
             ids, mask = out["input_ids"], out["assistant_masks"]
-            spans = _spans(mask)
+            spans = mask_spans(mask)
             assert len(spans) == sum(m["role"] == "assistant" for m in messages), f"{name} [{mode}]"
             for start, end in spans:  # each turn: its text through its end-of-turn token, no header
                 assert ids[end - 1] == eot_id and eot_id not in ids[start : end - 1], f"{name} [{mode}]"

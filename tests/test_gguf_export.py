@@ -8,26 +8,16 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
+from stage_helpers import baked_final
 from tempa.merge.gguf_export import permute_rotary, serving_template
 from tempa.merge.ollama_template import ollama_template
 from tempa.recipes.cli import main
 
 
-def _baked(model_dir: Path, folder: Path) -> Path:
-    """``model_dir``'s weights with the thinking template baked in, as a final/ folder."""
-    import shutil
-
-    from tempa.chat_templates import bake_tokenizer
-
-    bake_tokenizer(model_dir, "llama3_thinking", folder, model_dir=model_dir)
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy2(model_dir / name, folder / name)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def baked_model(tmp_path_factory, tiny_model_dir) -> Path:
-    return _baked(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "final")
+    """The tiny model with weights and the thinking template baked in, as a final/ folder."""
+    return baked_final(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "final")
 
 
 def field_text(reader, key: str) -> str:
@@ -91,25 +81,6 @@ def test_gguf_reads_back_with_tensors_template_and_special_tokens(baked_model, t
     assert f'TEMPLATE """{ollama_template(tokenizer.chat_template)}"""' in modelfile
     assert 'PARAMETER stop "<|eot_id|>"' in modelfile
     assert not list(tmp_path.glob(".*.partial"))
-
-
-def test_gguf_of_the_real_llama3_tokenizer_keeps_its_vocabulary(llama3_model_dir, tmp_path):
-    from gguf import GGUFReader
-    from transformers import AutoTokenizer
-
-    final = _baked(llama3_model_dir, tmp_path / "final")
-    out = tmp_path / "llama3.gguf"
-    assert main(["export", "gguf", str(final), "--out", str(out)]) == 0
-    reader = GGUFReader(str(out))
-    tokenizer = AutoTokenizer.from_pretrained(final)
-    tokens = reader.fields["tokenizer.ggml.tokens"]
-    assert len(tokens.data) == len(tokenizer) == 128256
-    for token_id in (9906, 128000, 128009, 128255):  # "Hello", begin_of_text, eot_id, the last reserved
-        assert bytes(tokens.parts[tokens.data[token_id]]).decode() == tokenizer.convert_ids_to_tokens(token_id)
-    assert field_text(reader, "tokenizer.ggml.pre") == "llama-bpe"
-    assert field_int(reader, "tokenizer.ggml.eos_token_id") == 128009
-    merges = reader.fields["tokenizer.ggml.merges"]
-    assert len(merges.data) > 280_000
 
 
 def test_permute_rotary_interleaves_the_two_halves_of_each_head():

@@ -12,14 +12,13 @@ stop at that token through the GGUF's own metadata.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tempa.chat_templates import bake_tokenizer
+from stage_helpers import baked_final
 from tempa.chat_templates.probes import PROBES, WEATHER_TOOL
 from tempa.chat_templates.thinking import MODES
 from tempa.merge.gguf_export import export_gguf
@@ -35,20 +34,13 @@ CHATS = [
 ]
 
 
-def _final(model_dir: Path, folder: Path) -> Path:
-    """A demo-like final folder: weights plus the baked llama3_thinking tokenizer."""
-    bake_tokenizer(model_dir, "llama3_thinking", folder, model_dir=model_dir)
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy2(model_dir / name, folder / name)
-    return folder
-
-
 @pytest.fixture(scope="module", params=["tiny", "llama3"])
 def gguf(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(final folder, its f16 GGUF) for the tiny tokenizer and Meta's Llama 3 one."""
-    model_dir = request.getfixturevalue("tiny_model_dir" if request.param == "tiny" else "llama3_model_dir")
-    root = tmp_path_factory.mktemp(f"llama-cpp-{request.param}")
-    final = _final(model_dir, root / "final")
+    """(demo-like final folder, its f16 GGUF) for the tiny tokenizer and Meta's Llama 3 one."""
+    if request.param == "llama3":
+        return request.getfixturevalue("llama3_final_dir"), request.getfixturevalue("llama3_gguf")
+    root = tmp_path_factory.mktemp("llama-cpp-tiny")
+    final = baked_final(request.getfixturevalue("tiny_model_dir"), root / "final")
     return final, export_gguf(final, root / "model.gguf").gguf_path
 
 
@@ -81,6 +73,12 @@ def test_llama_cpp_renders_and_tokenises_the_embedded_template_as_transformers_d
     assert "{% generation %}" in tokenizer.chat_template.replace("{%-", "{%")
     assert not re.search(r"\{%-?\s*(end)?generation", embedded)
     assert llm.token_eos() == tokenizer.convert_tokens_to_ids(EOT) == tokenizer.eos_token_id
+    # The whole vocabulary, ids and texts, as llama.cpp reads it (128,256 tokens for Llama 3).
+    assert llm.n_vocab() == len(tokenizer)
+    for token_id in (0, 9906 % len(tokenizer), tokenizer.bos_token_id, llm.token_eos(), len(tokenizer) - 1):
+        assert llm._model.token_get_text(token_id) == tokenizer.convert_ids_to_tokens(token_id)
+    if len(tokenizer) == 128256:
+        assert llm.metadata["tokenizer.ggml.pre"] == "llama-bpe"
     formatter = _formatter(llm)
     for messages in CHATS:
         tools = [WEATHER_TOOL] if any(m.get("tool_calls") for m in messages) else None
@@ -123,7 +121,7 @@ def scripted_gguf(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("scripted")
-    final = _final(tiny_model_dir, root / "final")
+    final = baked_final(tiny_model_dir, root / "final")
     tokenizer = AutoTokenizer.from_pretrained(final)
     weights = load_file(str(final / "model.safetensors"))
     for name in weights:

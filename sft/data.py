@@ -74,7 +74,7 @@ from tempa.sft.tokenization import check_template, make_render, special_token_te
 logger = logging.getLogger(__name__)
 
 # Bump when a change to this pipeline changes its output, so old cache entries are not reused.
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 COMPLETE = "COMPLETE"
 MIX_FILE, STATS_FILE, REJECTS_FILE = "mix.json", "stats.json", "rejects.jsonl"
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects

@@ -65,10 +65,12 @@ def go_renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if go is None:
         pytest.fail("the Ollama template test needs Go (Debian: apt-get install golang-go; the README's test "
                     "command installs it)")
-    out = tmp_path_factory.mktemp("ollama") / "render"
-    source = Path(__file__).parent / "ollama" / "render.go"
-    subprocess.run([go, "build", "-o", str(out), str(source)], check=True, cwd=source.parent,
-                   env={**os.environ, "GO111MODULE": "auto", "GOFLAGS": ""})
+    folder = tmp_path_factory.mktemp("ollama")
+    out, source = folder / "render", Path(__file__).parent / "ollama" / "render.go"
+    env = {**os.environ, "GO111MODULE": "auto", "GOFLAGS": ""}
+    if not (env.get("HOME") or env.get("XDG_CACHE_HOME") or env.get("GOCACHE")):
+        env["GOCACHE"] = str(folder / "go-cache")  # go needs a build cache; CI may have no home
+    subprocess.run([go, "build", "-o", str(out), str(source)], check=True, cwd=source.parent, env=env)
     return out
 
 

@@ -49,6 +49,27 @@ def test_render_matches_golden(case: str, template_name: str, mode: str) -> None
     assert _marked(text, spans) == expected
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_golden_marks_fall_on_token_boundaries_of_metas_llama3_tokenizer(mode: str, llama3_final_dir: Path) -> None:
+    """Through the real Llama 3 tokenizer, every golden text tokenises losslessly and its trained tokens are
+    exactly the marked spans: no token straddles a mark, so the masks train what the goldens specify."""
+    from transformers import AutoTokenizer
+
+    from tempa.chat_templates.rendering import mask_spans
+
+    tokenizer = AutoTokenizer.from_pretrained(llama3_final_dir)
+    for case, spec in sorted(CASES.items()):
+        golden = (GOLDEN / f"{case}.llama3_thinking.{mode}.txt").read_text(encoding="utf-8")
+        out = tokenizer.apply_chat_template(
+            spec["messages"], tools=spec.get("tools"), add_generation_prompt=spec.get("add_generation_prompt", False),
+            tokenize=True, return_dict=True, return_assistant_tokens_mask=True, thinking_mode=mode,
+        )
+        ids = out["input_ids"]
+        assert tokenizer.decode(ids) == golden.replace(OPEN, "").replace(CLOSE, ""), case
+        marked = [part.split(CLOSE)[0] for part in golden.split(OPEN)[1:]]
+        assert [tokenizer.decode(ids[a:b]) for a, b in mask_spans(out["assistant_masks"])] == marked, case
+
+
 def test_every_golden_file_is_exercised() -> None:
     expected = {f"{case}.{name}.{mode}.txt" for case in CASES for name in TEMPLATES for mode in MODES}
     assert {path.name for path in GOLDEN.glob("*.txt")} == expected

@@ -403,11 +403,14 @@ def test_h_invalid_input_raises_a_clear_template_error(
 # ---------------------------------------------------------------- the check itself
 
 
-@pytest.mark.parametrize("template_name", TEMPLATES)
+@pytest.mark.parametrize("template_name", [*TEMPLATES, "llama3_thinking on Meta's Llama 3 tokenizer"])
 def test_check_tokenizer_passes_every_row_on_the_baked_tokenizer(
-    template_name: str, baked_dirs: dict[str, Path]
+    template_name: str, baked_dirs: dict[str, Path], request: pytest.FixtureRequest
 ) -> None:
-    folder = baked_dirs[template_name]
+    if template_name in baked_dirs:
+        folder = baked_dirs[template_name]
+    else:
+        folder = request.getfixturevalue("llama3_final_dir")
     config = json.loads((folder / "generation_config.json").read_text())
     results = check_tokenizer(AutoTokenizer.from_pretrained(folder), generation_config=config)
     assert [r.name[:2] for r in results] == ["a.", "b.", "c.", "d.", "e.", "f.", "g.", "h.", "i.", "j."]

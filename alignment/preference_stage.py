@@ -43,6 +43,7 @@ from tempa.alignment.sampling import (
     write_json,
     write_jsonl,
 )
+from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.files import staging_dir
 from tempa.sft.stage_api import StageContext, StageError, StageResult
 
@@ -237,7 +238,7 @@ def pair_row(prompt: PromptRow, pair: Pair, chosen: Completion, rejected: Comple
         "prompt": prompt.messages,
         "chosen": [assistant_message(chosen)],
         "rejected": [assistant_message(rejected)],
-        "chat_template_kwargs": {"thinking_mode": mode, "enable_thinking": mode == "on"},
+        "chat_template_kwargs": mode_kwargs(mode),
         "chosen_score": pair.chosen_score,
         "rejected_score": pair.rejected_score,
         "margin": pair.margin,

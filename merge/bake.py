@@ -7,6 +7,10 @@ the saved tokenizer and (by default) loads the folder with the Auto classes and 
 both thinking modes; only a folder that passes replaces ``final/``, and only when it is
 publishable as it is (``tempa.merge.publish``: file modes, no pickles, no dangling ``auto_map``,
 no local paths or secrets).
+
+The template's default thinking mode is the recipe's ``thinking_default`` (already baked into the
+recipe's template text); the card states it, and the stage warns when no SFT row of the run was
+trained in that mode, since the model would then be prompted by default in a mode it never learned.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ def check_generation_config(out_dir: Path) -> dict[str, Any]:
     """The end-of-turn token must be among the eos ids and pad must differ from every eos id."""
     from transformers import AutoTokenizer, GenerationConfig
 
-    from tempa.chat_templates.templates import end_of_turn_token
+    from tempa.chat_templates.thinking import end_of_turn_token
 
     if not (out_dir / "generation_config.json").is_file():
         raise StageError(f"{out_dir} has no generation_config.json after baking the tokenizer")
@@ -86,6 +90,32 @@ def check_generation_config(out_dir: Path) -> dict[str, Any]:
     if generation.pad_token_id is not None and generation.pad_token_id in eos_ids:
         raise StageError(f"generation_config.json pad_token_id {generation.pad_token_id} is also an eos id")
     return {"end_of_turn": eot, "eos_token_id": eos_ids, "pad_token_id": generation.pad_token_id}
+
+
+def thinking_default_warning(default: str, stage_dirs: dict[str, Path]) -> str | None:
+    """A warning when the SFT stages (their ``data/mix.json``) trained no row in the ``default`` mode."""
+    on = total = 0
+    for folder in stage_dirs.values():
+        try:
+            mix = json.loads((Path(folder) / "data" / "mix.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        sources = mix.get("sources", []) if isinstance(mix, dict) else []
+        for source in sources.values() if isinstance(sources, dict) else sources:
+            if isinstance(source, dict) and "thinking_on_rows_kept" in source:
+                on += int(source["thinking_on_rows_kept"])
+                total += int(source.get("rows_kept", 0))
+    if total == 0:
+        return None
+    matching = on if default == "on" else total - on
+    if matching:
+        return None
+    other = "off" if default == "on" else "on"
+    return (
+        f"the chat template's default thinking mode is '{default}' (thinking_default), but all {total} SFT rows "
+        f"of this run were trained with thinking {other}: callers that pass no thinking_mode get a mode the "
+        f"model never learned; set thinking_default: {other} in the recipe"
+    )
 
 
 def _as_dict(result: Any) -> dict[str, Any]:
@@ -133,7 +163,7 @@ def smoke_test(out_dir: Path, device: str, max_new_tokens: int) -> dict[str, str
 
 def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
     """Assemble, check and publish ``<stage>/final``."""
-    from tempa.chat_templates import bake_tokenizer
+    from tempa.chat_templates import bake_tokenizer, template_defaults
 
     source = Path(ctx.model_dir)
     if not is_model_dir(source):
@@ -145,6 +175,10 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
     final = stage_dir / "final"
     device = "cpu" if config.device == "auto" and getattr(ctx, "use_cpu", False) else config.device
     earlier = {name: Path(folder) for name, folder in ctx.stage_dirs.items() if name != ctx.stage_name}
+    thinking_default = template_defaults(ctx.chat_template).thinking_mode
+    warning = thinking_default_warning(thinking_default, earlier)
+    if warning:
+        ctx.log.warning("%s: %s", ctx.stage_name, warning)
 
     # bake_tokenizer takes a template name or a .jinja path (not its text) and writes a whole
     # folder of its own, so it bakes into a scratch folder whose files join the weights after.
@@ -172,7 +206,8 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
             stage_dir / "template_check.json", json.dumps(checks, indent=2, ensure_ascii=False) + "\n"
         )
         card = render_model_card(
-            config.model_card, run_dir=Path(ctx.run_dir), stage_dirs=earlier, template_checks=checks
+            config.model_card, run_dir=Path(ctx.run_dir), stage_dirs=earlier, template_checks=checks,
+            thinking_default=thinking_default,
         )
         write_atomic(tmp / "README.md", card)
         outputs: dict[str, str] = {}
@@ -194,6 +229,8 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
         "files": len(copied),
         "template_checks_passed": len(checks),
         "end_of_turn": generation["end_of_turn"],
+        "thinking_default": thinking_default,
+        **({"warning": warning} if warning else {}),
         "eos_token_id": generation["eos_token_id"],
         "smoke_test": bool(config.smoke_test),
         "auto_map_dropped": dropped,

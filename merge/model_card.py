@@ -227,12 +227,15 @@ def _merge_section(stage_dirs: Mapping[str, Path]) -> list[str]:
     return ["## Merge", "", *lines] if lines else []
 
 
-def usage_snippet(model_id: str) -> list[str]:
+def usage_snippet(model_id: str, thinking_default: str = "on") -> list[str]:
+    other = "off" if thinking_default == "on" else "on"
     return [
         "## Usage",
         "",
-        'The chat template takes `thinking_mode="on"` (default: the model reasons inside `<think>...</think>`',
-        'before answering) or `thinking_mode="off"` (a direct answer).',
+        'The chat template takes `thinking_mode="on"` (the model reasons in a think block before answering) or',
+        '`thinking_mode="off"` (a direct answer); `enable_thinking=True/False` is an alias.',
+        f"**Default thinking mode: `{thinking_default}`** (the recipe's `thinking_default`): a caller that passes",
+        f'neither gets `thinking_mode="{thinking_default}"`. Pass `thinking_mode="{other}"` to switch.',
         "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
@@ -245,7 +248,7 @@ def usage_snippet(model_id: str) -> list[str]:
         "inputs = tokenizer.apply_chat_template(",
         "    messages,",
         "    add_generation_prompt=True,",
-        '    thinking_mode="on",  # "off" for a direct answer',
+        f'    thinking_mode="{thinking_default}",  # "{other}" to switch',
         '    return_tensors="pt",',
         "    return_dict=True,",
         ").to(model.device)",
@@ -253,7 +256,9 @@ def usage_snippet(model_id: str) -> list[str]:
         'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
         "```",
         "",
-        "Generation stops at the end-of-turn token (`generation_config.json` lists it among the eos ids).",
+        "Generation stops at the end-of-turn token: it is the tokenizer's eos, and `generation_config.json`",
+        "lists it among the eos ids. `tempa export gguf` writes a GGUF (llama.cpp) and an Ollama Modelfile",
+        "whose template honours Ollama's `think` switch and falls back to the same default.",
         "",
     ]
 
@@ -265,6 +270,7 @@ def render_model_card(
     stage_dirs: Mapping[str, Path],
     template_checks: list[dict[str, Any]] | None = None,
     environ: Mapping[str, str] | None = None,
+    thinking_default: str = "on",
 ) -> str:
     """The card's markdown, scrubbed of secrets."""
     recipe_path = Path(run_dir) / RESOLVED_RECIPE
@@ -300,7 +306,7 @@ def render_model_card(
         ),
         "",
     ]
-    lines += usage_snippet(card.model_id or "path/to/this/folder")
+    lines += usage_snippet(card.model_id or "path/to/this/folder", thinking_default)
     lines += _stages_section(stage_dirs)
     lines += _mix_section(stage_dirs)
     lines += _eval_section(stage_dirs)

@@ -19,7 +19,7 @@ EPILOG = """examples:
   tempa run demo --set stages.sft-general.train.learning_rate=2e-5
   tempa run demo --from sft-reasoning                   re-run one stage and everything after it
   tempa status runs/demo                                each stage's state, time and key metrics
-  tempa tiny-model /tmp/tiny                            build the embedded tiny model + tokenizer
+  tempa tiny-model /tmp/tiny [--tokenizer llama3]      build the embedded tiny model + tokenizer
   tempa template check --tokenizer runs/demo/final      verify the chat template invariants
   tempa export gguf runs/demo/final --type q8_0         GGUF + Ollama Modelfile
   tempa report runs/demo                                HTML report: loss/reward curves, leaderboard
@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny-model", help="build the embedded tiny Llama model + tokenizer into OUT_DIR")
     tiny.add_argument("out_dir", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--tokenizer", choices=("tiny", "llama3"), default="tiny",
+                      help="tiny: a 1,024-token BPE trained on the sample data; llama3: Meta's real Llama 3 "
+                      "tokenizer (128,256 tokens, offline, from the llama-models package)")
     tiny.set_defaults(func=_cmd_tiny)
 
     report = sub.add_parser("report", help="write RUN_DIR/report/index.html: curves, leaderboard, merge, template")
@@ -221,7 +224,7 @@ def _cmd_tiny(args) -> int:
 
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise RecipeError(f"tiny-model: {args.out_dir} is a file; give a folder to write the model into")
-    out = write_tiny_default(args.out_dir, seed=args.seed)
+    out = write_tiny_default(args.out_dir, seed=args.seed, tokenizer=args.tokenizer)
     print(f"tiny model + tokenizer written to {out}")
     return 0
 

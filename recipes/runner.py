@@ -150,11 +150,20 @@ def base_model_fingerprint(loaded: LoadedRecipe) -> str:
     return path_digest(path) if path.exists() else digest({"hub": ref})
 
 
+def template_defaults(loaded: LoadedRecipe):
+    """The recipe's `thinking_default` / `stock_preamble`, as the baked template's defaults."""
+    from tempa.chat_templates import TemplateDefaults
+
+    return TemplateDefaults(thinking_mode=loaded.recipe.thinking_default, stock_preamble=loaded.recipe.stock_preamble)
+
+
 def template_text(loaded: LoadedRecipe) -> str:
-    from tempa.chat_templates import load_template
+    """The recipe's chat template with its defaults baked in: the text every stage renders with."""
+    from tempa.chat_templates import load_template, with_defaults
 
     try:
-        return load_template(loaded.recipe.chat_template)
+        return with_defaults(load_template(loaded.recipe.chat_template), template_defaults(loaded),
+                             origin=f"chat template {loaded.recipe.chat_template}")
     except (OSError, ValueError) as exc:
         raise StageError(f"{loaded.path}: chat_template: {exc}") from None
 
@@ -267,7 +276,8 @@ def run_recipe(
         plans = plan_run(loaded, run_dir, from_stage=from_stage, only=only)
         base_dir = resolve_base_model(loaded)
         template = template_text(loaded)
-        tokenizer_dir = prepare_tokenizer(base_dir, loaded.recipe.chat_template, template, run_dir, log)
+        tokenizer_dir = prepare_tokenizer(base_dir, loaded.recipe.chat_template, template, run_dir, log,
+                                          defaults=template_defaults(loaded))
         model_dirs: dict[str, Path] = {}
         stage_dirs: dict[str, Path] = {}
         for plan in plans:
@@ -300,8 +310,10 @@ def run_recipe(
     return summary
 
 
-def prepare_tokenizer(base_dir: Path, template_ref: str, template: str, run_dir: Path, log: logging.Logger) -> Path:
-    """The base tokenizer with the recipe's template (name or path; ``template`` is its text) baked in."""
+def prepare_tokenizer(base_dir: Path, template_ref: str, template: str, run_dir: Path, log: logging.Logger,
+                      defaults=None) -> Path:
+    """The base tokenizer with the recipe's template (name or path; ``template`` is its text, ``defaults``
+    the recipe's baked defaults) baked in."""
     from tempa.chat_templates import bake_tokenizer
 
     out = run_dir / TOKENIZER_DIR
@@ -312,7 +324,7 @@ def prepare_tokenizer(base_dir: Path, template_ref: str, template: str, run_dir:
     clear_stage(out, run_dir)
     log.info("baking the chat template into the base tokenizer -> %s", out)
     try:
-        bake_tokenizer(base_dir, template_ref, out, model_dir=base_dir)
+        bake_tokenizer(base_dir, template_ref, out, model_dir=base_dir, defaults=defaults)
     except ValueError as exc:
         raise StageError(f"chat template check failed on the base tokenizer: {exc}") from None
     mark_done(out, fp)

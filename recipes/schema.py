@@ -79,6 +79,18 @@ class Recipe(BaseModel):
         default="llama3_thinking",
         description="A shipped template name (llama3_thinking, chatml_thinking) or a path to a .jinja file.",
     )
+    thinking_default: Literal["on", "off"] = Field(
+        default="on",
+        description="The thinking mode the baked chat template uses when a caller passes no `thinking_mode` / "
+        "`enable_thinking` (transformers, vLLM, llama.cpp, the Ollama Modelfile). Set `off` for a model "
+        "trained without reasoning; the run warns when no trained row was in this mode.",
+    )
+    stock_preamble: bool = Field(
+        default=False,
+        description="Llama 3.1 Instruct's own system block (`Cutting Knowledge Date: December 2023`, "
+        "`Today Date: {date_string}`) in every prompt, as the stock template writes it: for a base that "
+        "was trained on it (Llama-3.1-Instruct, SEA-LION v3 IT). llama3_thinking only.",
+    )
     seed: int = 42
     trust_remote_code: bool = Field(default=False, description="Passed to transformers; off unless you trust it.")
     allow_pickle_weights: bool = Field(
@@ -108,6 +120,12 @@ class Recipe(BaseModel):
             if problem is not None:
                 raise ValueError(f"'base_model': {problem}")  # the key first: errors.py points at its line
         return self
+
+    @field_validator("thinking_default", mode="before")
+    @classmethod
+    def _thinking_default(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as a boolean; both spellings mean the mode.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("chat_template")
     @classmethod

@@ -60,7 +60,15 @@ from tempa.sft.curation import Deduplicator, Reason
 from tempa.sft.data_config import CurationConfig, DataConfig, DataError, SourceConfig
 from tempa.sft.expand import Render, expand
 from tempa.sft.files import remove_tree
-from tempa.sft.formats import FormatSpec, RowError, check_columns, normalize_row, spec_for, user_instruction
+from tempa.sft.formats import (
+    Conversation,
+    FormatSpec,
+    RowError,
+    check_columns,
+    normalize_row,
+    spec_for,
+    user_instruction,
+)
 from tempa.sft.mixing import assign_thinking, rng_for, select_rows, split_heldout
 from tempa.sft.sources import RAW, READ_ERROR, describe, is_local, load_source, row_label, source_fingerprint
 from tempa.sft.tokenization import check_template, make_render, special_token_texts, tokenizer_fingerprint
@@ -68,15 +76,28 @@ from tempa.sft.tokenization import check_template, make_render, special_token_te
 logger = logging.getLogger(__name__)
 
 # Bump when a change to this pipeline changes its output, so old cache entries are not reused.
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 COMPLETE = "COMPLETE"
 MIX_FILE, STATS_FILE, REJECTS_FILE = "mix.json", "stats.json", "rejects.jsonl"
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects
 
-_MESSAGE = {"role": Value("string"), "content": Value("string"), "reasoning_content": Value("string")}
+_TOOL_CALL = {
+    "id": Value("string"),
+    "type": Value("string"),
+    "function": {"name": Value("string"), "arguments": Value("string")},
+}
+_MESSAGE = {
+    "role": Value("string"),
+    "content": Value("string"),
+    "reasoning_content": Value("string"),
+    "tool_calls": List(_TOOL_CALL),
+    "tool_call_id": Value("string"),
+    "name": Value("string"),
+}
 _CURATED = Features(
     {
         "messages": List(_MESSAGE),
+        "tools": Value("string"),  # the row's tool definitions as JSON (None without any)
         "row": Value("int64"),
         "reject": Value("string"),
         "detail": Value("string"),
@@ -369,7 +390,7 @@ def row_rejects(
     """The first row-local filter that rejects ``messages``, in the documented order, or None."""
     pattern = _specials_pattern(tuple(specials))
     for i, turn in enumerate(messages):
-        for text in (turn["content"], turn.get("reasoning_content") or ""):
+        for text in curation.turn_texts(turn):
             found = pattern.search(text) if pattern is not None else None
             if found is not None:
                 # The tokenizer would read it as a control token and corrupt the turn structure.
@@ -406,8 +427,10 @@ def _normalize_batch(
 ) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {name: [] for name in _CURATED}
 
-    def emit(row: int, messages: list[dict[str, Any]], reason: Reason | None, data: Any = None) -> None:
+    def emit(row: int, conversation: Conversation, reason: Reason | None, data: Any = None) -> None:
+        messages = conversation.messages
         out["messages"].append(messages)
+        out["tools"].append(None if conversation.tools is None else json.dumps(conversation.tools, ensure_ascii=False))
         out["row"].append(row)
         out["reject"].append(reason[0] if reason else None)
         out["detail"].append(reason[1] if reason else None)
@@ -422,24 +445,24 @@ def _normalize_batch(
         if RAW in batch:
             line = parse_line(Line(index + 1, batch[RAW][k], read_errors[k] if read_errors else None))
             if line.blank:
-                emit(index, [], (_BLANK, ""))
+                emit(index, Conversation([]), (_BLANK, ""))
                 continue
             if line.error is not None:
-                emit(index, [], (curation.MALFORMED_ROW, f"{label}: {line.error}"), line.text)
+                emit(index, Conversation([]), (curation.MALFORMED_ROW, f"{label}: {line.error}"), line.text)
                 continue
             row = line.value
         else:
             row = {name: batch[name][k] for name in columns}
         try:
-            messages = normalize_row(row, spec)
+            conversation = normalize_row(row, spec)
         except RowError as exc:
-            emit(index, [], (curation.MALFORMED_ROW, f"{label}: {exc}"), row)
+            emit(index, Conversation([]), (curation.MALFORMED_ROW, f"{label}: {exc}"), row)
             continue
-        reason = row_rejects(messages, curation_config, accepted_languages, specials)
+        reason = row_rejects(conversation.messages, curation_config, accepted_languages, specials)
         if reason is not None:
-            emit(index, messages, (reason[0], f"{label}: {reason[1]}"), messages)
+            emit(index, conversation, (reason[0], f"{label}: {reason[1]}"), conversation.messages)
         else:
-            emit(index, messages, None)
+            emit(index, conversation, None)
     return out
 
 
@@ -573,7 +596,7 @@ def _split_rejects(state: _SourceState, rejects: _RejectWriter) -> datasets.Data
     if state.rejects:
         logger.info("%s: %d of %d rows rejected %s", describe(state.source), sum(state.rejects.values()),
                     rows_in, dict(state.rejects))
-    return ds.select(kept).select_columns(["messages", "row", "has_reasoning"])
+    return ds.select(kept).select_columns(["messages", "tools", "row", "has_reasoning"])
 
 
 def _all_rejected(state: _SourceState) -> DataError:
@@ -615,8 +638,9 @@ def _tokenize_batch(
     out: dict[str, list[Any]] = {name: [] for name in _TOKENIZED}
     for k, conv in enumerate(indices):
         messages, thinking = batch["messages"][k], batch["thinking"][k]
+        tools = json.loads(batch["tools"][k]) if batch["tools"][k] else None
         try:
-            samples = expand(messages, thinking, render)
+            samples = expand(messages, thinking, render, tools)
         except Exception as exc:
             # The template refuses some rows (e.g. roles out of order when that filter is off):
             # a reject with the template's message, never a crash of the whole run.

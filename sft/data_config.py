@@ -81,8 +81,9 @@ class ColumnMapping(_Strict):
         description=(
             "Key of the reasoning trace: inside an assistant turn for turn lists, or a column for "
             "prompt/response and instruction/output rows (then it belongs to the answer). Default: "
-            "`reasoning_content`, else `reasoning`, else `thinking`. Traces written as R1-style "
-            "`<think>...</think>` at the start of the answer are always recognised."
+            "`reasoning_content`, else `reasoning`, else `thinking`. Traces written as a think block in "
+            "the answer (tempa.chat_templates.thinking: leading, or R1-style without the opening tag) "
+            "are always recognised."
         ),
     )
     prompt: str | None = Field(default=None, description="Prompt column. Default: `prompt`.")
@@ -137,9 +138,11 @@ class SourceConfig(_Strict):
     format: Literal["auto", "messages", "sharegpt", "prompt_response", "alpaca"] = Field(
         default="auto",
         description=(
-            "Row format. `messages`: OpenAI-style list of {role, content}; `sharegpt`: `conversations` "
-            "list of {from, value}; `prompt_response`: prompt + response (or completion); `alpaca`: "
-            "instruction + optional input + output. `auto` tells them apart by the columns present."
+            "Row format. `messages`: OpenAI-style list of {role, content} (assistant `tool_calls`, `tool` "
+            "results with `tool_call_id`/`name`); `sharegpt`: `conversations` list of {from, value} "
+            "(`function_call` and `observation` turns for tools); `prompt_response`: prompt + response (or "
+            "completion); `alpaca`: instruction + optional input + output. A row's `tools` column (a list of "
+            "definitions, or its JSON) is rendered with it. `auto` tells them apart by the columns present."
         ),
     )
     columns: ColumnMapping = Field(
@@ -362,8 +365,9 @@ class CurationConfig(_Strict):
     malformed_reasoning: bool = Field(
         default=True,
         description=(
-            "Reject unclosed, nested or stray think tags, traces given both as a field and as tags, and an "
-            "empty answer after the reasoning."
+            "Reject an unclosed think block, think tags inside a trace, a second think block in an answer, "
+            "traces given both as a field and as a block, and an empty answer after the reasoning (a tool "
+            "call may stand alone). A think tag elsewhere in an answer is text and stays."
         ),
     )
     role_order: bool = Field(

@@ -28,3 +28,15 @@ def make_context(
         stage_dirs=dict(stage_dirs or {}), stage_models=dict(stage_models or {}), launch=launch,
         log=fields.pop("log", logging.getLogger("tempa")), **fields,
     )
+
+
+def baked_final(model_dir: Path, folder: Path) -> Path:
+    """``model_dir``'s weights with the llama3_thinking template baked in: a final/ folder as the bake writes."""
+    import shutil
+
+    from tempa.chat_templates import bake_tokenizer
+
+    bake_tokenizer(model_dir, "llama3_thinking", folder, model_dir=model_dir)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy2(model_dir / name, folder / name)
+    return folder

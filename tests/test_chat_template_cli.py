@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from transformers import AutoTokenizer
 
 from tempa.chat_templates import bake_tokenizer
 from tempa.chat_templates.cli import main, register
@@ -206,9 +207,9 @@ def test_render_unknown_template_names_the_known_ones(case_file, capsys: pytest.
 def test_check_passes_on_the_baked_tokenizer(baked: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["template", "check", "--tokenizer", str(baked)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    rows = [line for line in lines if line[:2] in {"a.", "b.", "c.", "d.", "e.", "f.", "g.", "h.", "i."}]
-    assert len(rows) == 9 and all("  PASS  " in row for row in rows)
-    assert lines[-1].startswith("-- 9/9 passed")
+    rows = [line for line in lines if line[:2] in {"a.", "b.", "c.", "d.", "e.", "f.", "g.", "h.", "i.", "j."}]
+    assert len(rows) == 10 and all("  PASS  " in row for row in rows)
+    assert lines[-1].startswith("-- 10/10 passed")
 
 
 def test_check_fails_on_the_unbaked_tokenizer(
@@ -222,7 +223,7 @@ def test_check_fails_on_the_unbaked_tokenizer(
     out = capsys.readouterr().out
     (row,) = [line for line in out.splitlines() if line.startswith("c.")]
     assert "FAIL" in row and "<|im_end|>" in row
-    assert "-- 8/9 passed" in out
+    assert "-- 9/10 passed" in out
 
 
 def test_check_without_a_template_or_folder_is_a_one_line_error(
@@ -257,6 +258,18 @@ def test_bake_then_check(
     capsys.readouterr()
     assert main(argv) == 2  # never overwrites silently
     assert "not empty" in _one_line_error(capsys)
+
+
+def test_bake_with_a_thinking_default_and_the_stock_preamble(tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "baked"
+    assert main(["template", "bake", "--tokenizer", str(tiny_tokenizer_dir), "--template", "llama3_thinking",
+                 "--out", str(out), "--thinking-default", "off", "--stock-preamble"]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                                           tokenize=False)
+    assert prompt.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date")
+    assert prompt.endswith("<think>\n</think>\n")
+    assert main(["template", "check", "--tokenizer", str(out)]) == 0
 
 
 # ---------------------------------------------------------------- wiring

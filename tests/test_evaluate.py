@@ -18,7 +18,6 @@ from tempa.merge.answers import (
     answer_matches,
     extract_final_number,
     final_answer_text,
-    split_thinking,
     thinking_off_compliant,
     thinking_on_compliant,
 )
@@ -94,8 +93,8 @@ def test_thinking_compliance(text, on, off):
 
 
 def test_split_and_final_answers():
-    assert split_thinking("<think>r</think>\n\nA").answer == "A"
-    assert split_thinking("<think>r").answer == ""
+    assert final_answer_text("<think>r</think>\n\nA") == "A"
+    assert final_answer_text("<think>r") == ""
     assert final_answer_text("plain answer ") == "plain answer"
     assert extract_final_number("There are 3 cats, 4 dogs. The answer is 12 legs... wait 7") == 12
     assert extract_final_number(r"so \boxed{\frac{1}{4}}") == 0.25

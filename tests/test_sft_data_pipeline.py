@@ -14,6 +14,7 @@ from typing import Any
 import datasets
 import pytest
 
+from sft_helpers import ISSUE_ROW, REASONED_ROW, SHAREGPT_ROW, expected_tool_samples, trained_spans
 from tempa.sft.data import COMPLETE, PreparedData, prepare_sft_data
 from tempa.sft.data_config import DataConfig, DataError
 
@@ -282,7 +283,7 @@ def test_malformed_and_filtered_rows_are_rejected_with_reasons_and_the_run_goes_
         2: ("malformed_row", "not valid JSON"),
         3: ("malformed_row", "expected 'messages' to be a list of {role, content}"),
         4: ("malformed_row", "unknown role 'narrator'"),
-        5: ("malformed_reasoning", "unclosed <think> tag"),
+        5: ("malformed_reasoning", "unclosed think block"),
         6: ("malformed_reasoning", "empty answer after the reasoning"),
         7: ("role_order", "assistant turn at the start"),
         8: ("pii", "email"),
@@ -455,3 +456,69 @@ def test_trl_sft_trainer_accepts_the_prepared_data(tmp_path: Path, tokenizer: An
     trained = sum(int(np.sum(np.asarray(ex["labels"]) != -100)) for ex in packed)
     assert trained == sum(sum(m) for m in prepared.train["assistant_masks"])
     assert len(packed) < len(prepared.train)  # packed: several samples per sequence
+
+
+# --- tool calls -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llama3_tokenizer(llama3_model_dir: Path) -> Any:
+    """Meta's Llama 3 tokenizer with the thinking template baked in (treat as read-only)."""
+    from transformers import AutoTokenizer
+
+    from tempa.chat_templates import load_template
+
+    tok = AutoTokenizer.from_pretrained(llama3_model_dir)
+    tok.chat_template = load_template("llama3_thinking")
+    return tok
+
+
+@pytest.mark.parametrize("which", ["tiny", "llama3"])
+def test_tool_call_rows_train_each_loop_step_with_exact_masks(
+    tmp_path: Path, which: str, tokenizer: Any, request: pytest.FixtureRequest
+) -> None:
+    tok = tokenizer if which == "tiny" else request.getfixturevalue("llama3_tokenizer")
+    two_calls = {"messages": [
+        {"role": "user", "content": "Cuaca di Medan dan Jakarta?"},
+        {"role": "assistant", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": c}}}
+                                             for c in ("Medan", "Jakarta")]},
+        {"role": "tool", "content": "29C"}, {"role": "tool", "content": "31C"},
+        {"role": "assistant", "content": "29°C dan 31°C."}]}
+    write_jsonl(tmp_path / "openai.jsonl", [ISSUE_ROW, REASONED_ROW, two_calls])
+    write_jsonl(tmp_path / "sharegpt.jsonl", [SHAREGPT_ROW])
+    cfg = config(tmp_path, [{"name": "openai", "path": "openai.jsonl", "thinking_mode": "on"},
+                            {"name": "sharegpt", "path": "sharegpt.jsonl", "format": "sharegpt"}])
+    prepared = prepare(tmp_path, cfg, tok)
+    expected = expected_tool_samples()
+    got = {}
+    for ex in prepared.train:
+        full = tok.decode(ex["input_ids"])
+        key = next(city for city in expected if f"{city}?" in full)
+        got[key] = (full, trained_spans(tok, ex))
+    # One sample per row: the loop's call turn trains inside the answer's sample, tool results never do.
+    assert got == expected
+    # Llama 3.1's JSON format has one call per message: that row is a clear reject, not a crash.
+    [reject] = rejects(tmp_path)
+    assert reject["reason"] == "template_error" and "one tool call per assistant message, got 2" in reject["detail"]
+
+
+def test_bad_tool_calls_are_one_line_rejects(tmp_path: Path, tokenizer: Any) -> None:
+    def row(**call: Any) -> dict:
+        return {"messages": [{"role": "user", "content": "Cuaca?"},
+                             {"role": "assistant", "tool_calls": [{"function": call}]},
+                             {"role": "tool", "content": "x"}, {"role": "assistant", "content": "ok"}]}
+
+    write_jsonl(tmp_path / "rows.jsonl", [
+        row(name="f", arguments="{not json"), row(arguments={}), row(name="f", arguments="[1, 2]"),
+        {"messages": [{"role": "user", "content": "Hai"}, {"role": "tool", "content": "x"},
+                      {"role": "assistant", "content": "ok"}]},
+        chat("Halo, apa kabar hari ini?", "Baik sekali, terima kasih."),
+    ])
+    prepare(tmp_path, config(tmp_path, [{"name": "r", "path": "rows.jsonl"}]), tokenizer)
+    details = [(r["reason"], r["detail"]) for r in rejects(tmp_path)]
+    assert details == [
+        ("malformed_row", "line 1: expected turn 1 'tool_calls'[0] arguments to be JSON; Expecting property name "
+                          "enclosed in double quotes at column 2"),
+        ("malformed_row", "line 2: expected turn 1 'tool_calls'[0] to name its function (a non-empty 'name')"),
+        ("malformed_row", "line 3: expected turn 1 'tool_calls'[0] arguments to be a JSON object, got list"),
+        ("role_order", "line 4: turn 1: tool turn not after an assistant turn that calls a tool"),
+    ]

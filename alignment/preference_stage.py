@@ -45,6 +45,8 @@ from tempa.alignment.sampling import (
 )
 from tempa.sft.files import staging_dir
 from tempa.sft.stage_api import StageContext, StageError, StageResult
+from tempa.sft.throughput import SUMMARY_KEYS
+from tempa.sft.train import trained_headline
 
 __all__ = ["PreferenceStageConfig", "run_preference"]
 
@@ -355,6 +357,7 @@ def train_headline(trained: dict[str, Any]) -> dict[str, Any]:
         **{key: last[key] for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
            if key in last},
         "resumed_from": trained.get("resumed_from"),
+        **trained_headline(trained),
     }
 
 
@@ -367,6 +370,7 @@ def _round_headline(stats: dict[str, Any]) -> dict[str, Any]:
         "rejected_reward_mean": stats["rejected_reward_mean"],
         "sample_reward_mean": stats["sample_reward_mean"],
         "train_loss": stats.get("train", {}).get("train_loss"),
+        **{key: stats["train"][key] for key in SUMMARY_KEYS if key in stats.get("train", {})},
     }
 
 

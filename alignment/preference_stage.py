@@ -44,6 +44,7 @@ from tempa.alignment.sampling import (
     write_jsonl,
 )
 from tempa.sft.files import staging_dir
+from tempa.sft.kernels import KERNEL_KEYS
 from tempa.sft.stage_api import StageContext, StageError, StageResult
 from tempa.sft.throughput import SUMMARY_KEYS
 from tempa.sft.train import trained_headline
@@ -82,6 +83,7 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> StageRes
         "pairs": last["pairs"],
         "train_loss": last.get("train", {}).get("train_loss"),
         "rounds": config.rounds,
+        **{key: last["train"][key] for key in KERNEL_KEYS if key in last.get("train", {})},
     }
     for stats in per_round:  # flat keys, so trackers and `tempa status` show them as numbers
         metrics.update({f"round{stats['round']}_{key}": value for key, value in _round_headline(stats).items()})

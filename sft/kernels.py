@@ -23,6 +23,7 @@ from typing import Any
 from tempa.sft.packed_attention import DOC_SDPA
 
 FLASH_ATTENTION = "flash_attention_2"
+KERNEL_KEYS = ("attn_implementation", "liger_kernel")  # what KernelChoice.record() puts in a stage's metrics
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class KernelChoice:
 
     def record(self) -> dict[str, Any]:
         """Flat, JSON-ready values for metrics.json and the manifest."""
-        return {"attn_implementation": self.attn_implementation or "sdpa", "liger_kernel": self.use_liger_kernel}
+        return dict(zip(KERNEL_KEYS, (self.attn_implementation or "sdpa", self.use_liger_kernel), strict=True))
 
 
 def choose_kernels(

@@ -242,12 +242,17 @@ class ThroughputMeter(TrainerCallback):
     def _rates(self, real: float, positions: float, flops: float, seconds: float) -> dict[str, float]:
         out: dict[str, float] = {}
         if positions:
-            out["padding_fraction"] = round(1 - real / positions, 6)
+            out["padding_fraction"] = _significant(1 - real / positions)
         if seconds > 0 and real:
-            out["tokens_per_s"] = round(real / self._world / seconds, 2)
+            out["tokens_per_s"] = _significant(real / self._world / seconds)
             if self.peak:
-                out["mfu"] = round(flops / self._world / seconds / self.peak, 6)
+                out["mfu"] = _significant(flops / self._world / seconds / self.peak)
         return out
+
+
+def _significant(value: float) -> float:
+    """Six significant digits: enough for any dashboard, short in JSON."""
+    return float(f"{value:.6g}")
 
 
 def _device_peak(args: Any) -> float | None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from sft_helpers import write_rows
+from sft_helpers import prepared_rows
 from tempa.sft.kernels import FLASH_ATTENTION, KernelEnv, choose_kernels
 from tempa.sft.packed_attention import DOC_SDPA, register, supports_document_attention
 
@@ -111,22 +111,7 @@ def test_padded_batches_and_generation_take_the_dense_path(tiny_model_dir):
 @pytest.fixture(scope="module")
 def sft_rows(tmp_path_factory, tiny_model_dir):
     """Rows as tempa's data pipeline hands them to the trainer: input_ids + assistant_masks."""
-    from datasets import load_from_disk
-    from transformers import AutoTokenizer
-
-    from tempa.chat_templates import load_template
-    from tempa.sft.data import prepare_sft_data
-    from tempa.sft.data_config import DataConfig
-
-    folder = tmp_path_factory.mktemp("trl3910")
-    write_rows(folder / "rows.jsonl", n=6, seed=5)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tokenizer.chat_template = load_template("llama3_thinking")
-    data = DataConfig.model_validate({"sources": [{"name": "rows", "path": "rows.jsonl", "thinking_mode": "mixed",
-                                                   "thinking_ratio": 0.5}]}, context={"base_dir": str(folder)})
-    prepared = prepare_sft_data(data, tokenizer, out_dir=folder / "out", cache_dir=folder / "cache", seed=0,
-                                max_length=512)
-    return load_from_disk(str(prepared.train_path)), tokenizer
+    return prepared_rows(tmp_path_factory.mktemp("trl3910"), tiny_model_dir, n=6, seed=5)
 
 
 def train_losses(model_dir: Path, rows: Any, tokenizer: Any, out: Path, *, packing: bool,

@@ -113,7 +113,7 @@ def recipe_text(base_model: str, dry_run: bool) -> str:
         new_tokens, prompts, dpo_lr = 16, 8, 5.0e-4
     else:
         launch = "{accelerate_config: single, num_processes: 1}"
-        backend = "{type: vllm, gpu_memory_utilization: 0.35, max_model_len: 4096, enforce_eager: true}"
+        backend = "{type: vllm, dtype: bfloat16, gpu_memory_utilization: 0.35, max_model_len: 4096, enforce_eager: true}"
         sft = "{max_steps: 40, learning_rate: 2.0e-4, per_device_train_batch_size: 16, max_length: 2048, logging_steps: 5}"
         new_tokens, prompts, dpo_lr = 256, 16, 1.0e-5
     return textwrap.dedent(f"""\

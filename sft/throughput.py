@@ -221,12 +221,7 @@ class ThroughputMeter(TrainerCallback):
         self._window_start = None
 
     def _window(self, state: Any) -> dict[str, float]:
-        real, positions, squares = self._counts.take()
-        seconds = self._window_seconds
-        self._window_seconds = 0.0
-        flops = self._per_token * real + self._per_square * (squares + real)
-        for key, value in (("tokens", real), ("positions", positions), ("flops", flops), ("seconds", seconds)):
-            self.totals[key] += value
+        real, positions, flops, seconds = self._close_window()
         out = self._rates(real, positions, flops, seconds)
         done = state.global_step - self._first_step
         if done > 0 and state.max_steps > 0:
@@ -235,9 +230,19 @@ class ThroughputMeter(TrainerCallback):
         return out
 
     def _summary(self) -> dict[str, float]:
+        self._close_window()  # steps after the last training log
         t = self.totals
         rates = self._rates(t["tokens"], t["positions"], t["flops"], t["seconds"])
         return {"train_tokens": t["tokens"], **{f"train_{key}": value for key, value in rates.items()}}
+
+    def _close_window(self) -> tuple[float, float, float, float]:
+        """(real tokens, positions, FLOPs, seconds) since the last log, over all processes; added to the totals."""
+        real, positions, squares = self._counts.take()
+        seconds, self._window_seconds = self._window_seconds, 0.0
+        flops = self._per_token * real + self._per_square * (squares + real)
+        for key, value in (("tokens", real), ("positions", positions), ("flops", flops), ("seconds", seconds)):
+            self.totals[key] += value
+        return real, positions, flops, seconds
 
     def _rates(self, real: float, positions: float, flops: float, seconds: float) -> dict[str, float]:
         out: dict[str, float] = {}

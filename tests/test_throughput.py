@@ -181,7 +181,7 @@ def test_dpo_counts_both_sequences_of_every_pair(tmp_path, tiny_model_dir):
         "chosen": [{"role": "assistant", "content": " ".join(words[: 1 + i % 4])}],
         "rejected": [{"role": "assistant", "content": "tidak " * (1 + 2 * i)}],
     } for i in range(4)])
-    args = {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1, "save_strategy": "no",
+    args = {"max_steps": 3, "per_device_train_batch_size": 4, "logging_steps": 2, "save_strategy": "no",
             "max_length": 512, "report_to": "none", "dataloader_num_workers": 0, "learning_rate": 1e-4}
     plan = {"model_dir": str(tiny_model_dir), "train_args": args, "output_dir": str(tmp_path), "seed": 0,
             "use_cpu": True}
@@ -193,12 +193,12 @@ def test_dpo_counts_both_sequences_of_every_pair(tmp_path, tiny_model_dir):
     sequences = [len(p) + len(c) for p, c in zip(data["prompt_ids"], data["chosen_ids"], strict=True)] + [
         len(p) + len(r) for p, r in zip(data["prompt_ids"], data["rejected_ids"], strict=True)]
     summary = next(entry for entry in trainer.state.log_history if "train_runtime" in entry)
-    assert summary["train_tokens"] == 2 * sum(sequences)  # two steps, each over all 4 pairs
+    assert summary["train_tokens"] == 3 * sum(sequences)  # three steps over all 4 pairs; the third is not logged
     padding = 1 - sum(sequences) / (len(sequences) * max(sequences))
     assert summary["train_padding_fraction"] == pytest.approx(padding, abs=1e-6)
     # each padded row is one sequence; the frozen reference model's forward adds a third to fwd + bwd
     seconds = summary["train_tokens"] / summary["train_tokens_per_s"]
-    flops = 4 / 3 * 2 * expected_flops(trainer.model, sequences)
+    flops = 4 / 3 * 3 * expected_flops(trainer.model, sequences)
     assert summary["train_mfu"] == pytest.approx(flops / seconds / PEAK, rel=1e-3)
 
 

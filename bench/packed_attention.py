@@ -111,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     doc = results[DOC_SDPA]
     for name in ("sdpa", "flex_attention"):
         other = results[name]
-        line = f"{DOC_SDPA} vs {name}: forward {other['forward']['cpu'] / doc['forward']['cpu']:.2f}x (CPU time)"
+        line = (f"{name} takes {other['forward']['cpu'] / doc['forward']['cpu']:.2f}x the CPU time of {DOC_SDPA} "
+                "forward")
         if other["forward_backward"]:
-            line += f", forward+backward {other['forward_backward']['cpu'] / doc['forward_backward']['cpu']:.2f}x"
+            line += f", {other['forward_backward']['cpu'] / doc['forward_backward']['cpu']:.2f}x forward+backward"
         print(line)
     print(f"machine after the run: {common.machine_line()}")
     if args.json:

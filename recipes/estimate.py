@@ -46,6 +46,7 @@ from tempa.recipes.errors import RecipeError
 from tempa.recipes.loader import LoadedRecipe
 from tempa.recipes.rundir import DONE
 from tempa.recipes.schema import TINY_DEFAULT
+from tempa.sft.throughput import peak_flops
 
 GIB = 2**30
 TRAINING_KINDS = ("sft", "preference")
@@ -81,14 +82,19 @@ class GPUSpec:
     memory_gib: float  # what the device reports as total memory
 
 
+def _gpu(name: str, memory_gib: float) -> GPUSpec:
+    """A GPU with the peak the training worker's MFU uses (tempa.sft.throughput.PEAK_FLOPS)."""
+    return GPUSpec(name, peak_flops(name) / 1e12, memory_gib)
+
+
 GPUS: dict[str, GPUSpec] = {
     spec.name.lower(): spec
     for spec in (
-        GPUSpec("H100", 989.4, 79.6),  # SXM5 80 GB
-        GPUSpec("H200", 989.4, 139.8),  # SXM 141 GB
-        GPUSpec("A100", 312.0, 79.2),  # SXM4 80 GB
-        GPUSpec("A100-40GB", 312.0, 39.4),
-        GPUSpec("L40S", 362.1, 44.4),
+        _gpu("H100", 79.6),  # SXM5 80 GB
+        _gpu("H200", 139.8),  # SXM 141 GB
+        _gpu("A100", 79.2),  # SXM4 80 GB
+        _gpu("A100-40GB", 39.4),
+        _gpu("L40S", 44.4),
     )
 }
 

@@ -285,16 +285,14 @@ def test_preference_stage_pairs_rounds_and_reference_model(tmp_path: Path):
     assert with_reference.hours == pytest.approx(expected_hours)
 
 
+def default_and_changed(train: str) -> str:
+    """Two identical sft stages, the second with ``train`` set."""
+    stage = "kind: sft\n  data: {sources: [{name: a, path: org/a, rows: 10}]}"
+    return f"- name: default\n  {stage}\n- name: changed\n  {stage}\n  train: {train}\n"
+
+
 def test_activation_checkpointing_off_keeps_every_layer(tmp_path: Path):
-    stages = """
-    - name: ckpt-on
-      kind: sft
-      data: {sources: [{name: a, path: org/a, rows: 10}]}
-    - name: ckpt-off
-      kind: sft
-      data: {sources: [{name: a, path: org/a, rows: 10}]}
-      train: {activation_checkpointing: false}
-    """
+    stages = default_and_changed("{activation_checkpointing: false}")
     on, off = estimate_recipe(load_recipe(write_recipe(tmp_path, HUB_70B, stages)), "8xH100")
     assert off.memory.activations > 5 * on.memory.activations
     assert any("checkpointing is off" in note for note in off.notes)
@@ -377,15 +375,7 @@ def test_lm_head_memory_follows_trls_chunked_kernel_and_liger_is_planned_on(tmp_
     assert 4 * (tokens + 128256) * shape.hidden_size < fused < 4 * (tokens + 128256) * shape.hidden_size + 2**29
     assert logits_bytes(shape, TOKEN_CHUNK_SIZE // 2) < logits_bytes(shape, TOKEN_CHUNK_SIZE)  # a smaller tile
 
-    stages = """
-    - name: liger-default
-      kind: sft
-      data: {sources: [{name: a, path: org/a, rows: 10}]}
-    - name: liger-off
-      kind: sft
-      data: {sources: [{name: a, path: org/a, rows: 10}]}
-      train: {use_liger_kernel: false}
-    """
+    stages = default_and_changed("{use_liger_kernel: false}")
     on, off = estimate_recipe(load_recipe(write_recipe(tmp_path, "meta-llama/Llama-3.1-8B-Instruct", stages)), "8xH100")
     micro = on.micro_batch_tokens
     assert (off.memory.activations - on.memory.activations) * GIB == pytest.approx(2 * shape.intermediate_size * micro)

@@ -100,7 +100,11 @@ def packs_rows(train_args: dict[str, Any]) -> bool:
 
 
 def plan_kernels(plan: dict[str, Any], env: KernelEnv | None = None) -> KernelChoice:
-    """:func:`tempa.sft.kernels.choose_kernels` for this plan on this machine (``env``: what it has)."""
+    """:func:`tempa.sft.kernels.choose_kernels` for this plan on this machine (``env``: what it has).
+
+    Whether the model suits per-document attention is read from ``plan["model_dir"]``'s config
+    (a plan without one, as some benchmarks build, is taken to hold a plain causal model).
+    """
     train = plan["train_args"]
     env = env or detect_env(training_precision(plan))
     packed = packs_rows(train)

@@ -45,7 +45,10 @@ from tempa.alignment.sampling import (
 )
 from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.files import staging_dir
+from tempa.sft.kernels import KERNEL_KEYS
 from tempa.sft.stage_api import StageContext, StageError, StageResult
+from tempa.sft.throughput import SUMMARY_KEYS
+from tempa.sft.train import trained_headline
 
 __all__ = ["PreferenceStageConfig", "run_preference"]
 
@@ -81,6 +84,7 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> StageRes
         "pairs": last["pairs"],
         "train_loss": last.get("train", {}).get("train_loss"),
         "rounds": config.rounds,
+        **{key: last["train"][key] for key in KERNEL_KEYS if key in last.get("train", {})},
     }
     for stats in per_round:  # flat keys, so trackers and `tempa status` show them as numbers
         metrics.update({f"round{stats['round']}_{key}": value for key, value in _round_headline(stats).items()})
@@ -357,6 +361,7 @@ def train_headline(trained: dict[str, Any]) -> dict[str, Any]:
         **{key: last[key] for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
            if key in last},
         "resumed_from": trained.get("resumed_from"),
+        **trained_headline(trained),
     }
 
 
@@ -369,6 +374,7 @@ def _round_headline(stats: dict[str, Any]) -> dict[str, Any]:
         "rejected_reward_mean": stats["rejected_reward_mean"],
         "sample_reward_mean": stats["sample_reward_mean"],
         "train_loss": stats.get("train", {}).get("train_loss"),
+        **{key: stats["train"][key] for key in SUMMARY_KEYS if key in stats.get("train", {})},
     }
 
 

@@ -15,6 +15,7 @@ from tempa.sft.checkpoints import last_complete_checkpoint, remove_incomplete_ch
 from tempa.sft.config import SFTStageConfig
 from tempa.sft.data_config import DataConfig
 from tempa.sft.stage_api import StageContext, StageError, StageResult
+from tempa.sft.train import trained_headline
 
 __all__ = ["SFTStageConfig", "run_sft"]
 
@@ -107,6 +108,7 @@ def _headline(trained: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
         "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,
         "resumed_from": trained.get("resumed_from"),
+        **trained_headline(trained),
     }
     eval_loss = trained.get("eval", {}).get("eval_loss")
     if eval_loss is not None:

@@ -15,36 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 from tempa.sft.checkpoints import CheckpointCompleteCallback, last_complete_checkpoint
 from tempa.sft.files import remove_tree
-
-
-class ProgressLine(TrainerCallback):
-    """One `[tempa]` line per log step (the runner shows these; tqdm bars stay in the log file)."""
-
-    def __init__(self) -> None:
-        self.started = time.time()
-        self.first_step = 0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.started = time.time()
-        self.first_step = state.global_step  # non-zero after a resume
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        elapsed = time.time() - self.started
-        parts = [f"step {state.global_step}/{state.max_steps}"]
-        for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
-            if key in logs:
-                parts.append(f"{key} {float(logs[key]):.4g}")
-        done = state.global_step - self.first_step
-        if done > 0 and state.global_step < state.max_steps:
-            eta = elapsed / done * (state.max_steps - state.global_step)
-            parts.append(f"eta {eta:.0f}s")
-        print("[tempa] " + " | ".join(parts), flush=True)
+from tempa.sft.kernels import KernelChoice, KernelEnv, choose_kernels, detect_env
+from tempa.sft.packed_attention import DOC_SDPA, supports_document_attention
+from tempa.sft.packed_attention import register as register_document_attention
+from tempa.sft.throughput import ThroughputMeter, add_throughput_callbacks, throughput_headline
 
 
 def watch_runner(pid: int | None, interval_s: float = 1.0) -> None:
@@ -68,45 +44,94 @@ def watch_runner(pid: int | None, interval_s: float = 1.0) -> None:
     threading.Thread(target=_watch, name="tempa-runner-watch", daemon=True).start()
 
 
-def trl_config_kwargs(plan: dict[str, Any]) -> dict[str, Any]:
-    """trl config kwargs: the recipe's train args plus what the stage folder and launch decide."""
+def trl_config_kwargs(plan: dict[str, Any], kernels: KernelChoice | None = None) -> dict[str, Any]:
+    """trl config kwargs: the recipe's train args plus what the stage folder and launch decide.
+
+    ``kernels``: the attention implementation and Liger setting (default: :func:`plan_kernels`).
+    """
     kwargs = dict(plan["train_args"])
     kwargs["output_dir"] = plan["output_dir"]
     kwargs.setdefault("seed", plan["seed"])
     kwargs.setdefault("data_seed", plan["seed"])
     if plan.get("deepspeed"):
         kwargs["deepspeed"] = plan["deepspeed"]
-    precision = plan.get("mixed_precision")
     if plan.get("use_cpu"):
         kwargs["use_cpu"] = True
-        precision = precision or "no"
-    if precision is None:
-        import torch
-
+    if "bf16" not in plan["train_args"] and "fp16" not in plan["train_args"]:
         # trl defaults to bf16, which a CPU-only machine refuses; decide by what is there.
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if precision is not None and "bf16" not in plan["train_args"] and "fp16" not in plan["train_args"]:
+        precision = training_precision(plan)
         kwargs["bf16"] = precision == "bf16"
         kwargs["fp16"] = precision == "fp16"
     # safetensors only (the policy, and DPO's reference, which trl builds from the same kwargs):
     # a pickled checkpoint never gets here, and transformers must not fall back to one.
     kwargs["model_init_kwargs"] = {**(kwargs.get("model_init_kwargs") or {}), "use_safetensors": True}
     if plan.get("trust_remote_code"):
-        kwargs["model_init_kwargs"]["trust_remote_code"] = True
-    init = kwargs["model_init_kwargs"]
-    if "attn_implementation" not in init and precision in ("bf16", "fp16") and _flash_attention_available():
-        # Packed rows (BFD + position_ids) need per-document attention: flash-attention's varlen
-        # kernel does that; sdpa builds one dense block-diagonal mask (bench/README.md: 2.9x slower).
-        kwargs["model_init_kwargs"] = {**init, "attn_implementation": "flash_attention_2"}
+        kwargs.setdefault("model_init_kwargs", {})["trust_remote_code"] = True
+    kernels = kernels or plan_kernels(plan)
+    if kernels.attn_implementation is not None:
+        if kernels.attn_implementation == DOC_SDPA:
+            register_document_attention()  # the model is loaded in this process, by name
+        kwargs["model_init_kwargs"] = {**(kwargs.get("model_init_kwargs") or {}),
+                                       "attn_implementation": kernels.attn_implementation}
+    if kernels.use_liger_kernel:
+        kwargs["use_liger_kernel"] = True
     return kwargs
 
 
-def _flash_attention_available() -> bool:
-    import importlib.util
+def training_precision(plan: dict[str, Any]) -> str:
+    """"bf16", "fp16" or "no": the recipe's train args, else the launch setting, else what the machine has."""
+    train = plan["train_args"]
+    if train.get("bf16") or train.get("fp16"):
+        return "bf16" if train.get("bf16") else "fp16"
+    if "bf16" in train or "fp16" in train:
+        return "no"
+    precision = plan.get("mixed_precision")
+    if precision is None and plan.get("use_cpu"):
+        return "no"
+    if precision is None:
+        import torch
 
-    import torch
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return precision
 
-    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+
+def packs_rows(train_args: dict[str, Any]) -> bool:
+    """Whether trl will put several documents in one row (BFD packing turns padding-free on)."""
+    strategy = train_args.get("packing_strategy", "bfd")
+    return bool(train_args.get("padding_free")) or (
+        bool(train_args.get("packing")) and strategy in ("bfd", "bfd_split", "bfd-requeue"))
+
+
+def plan_kernels(plan: dict[str, Any], env: KernelEnv | None = None) -> KernelChoice:
+    """:func:`tempa.sft.kernels.choose_kernels` for this plan on this machine (``env``: what it has).
+
+    Whether the model suits per-document attention is read from ``plan["model_dir"]``'s config
+    (a plan without one, as some benchmarks build, is taken to hold a plain causal model).
+    """
+    train = plan["train_args"]
+    env = env or detect_env(training_precision(plan))
+    packed = packs_rows(train)
+    document = (True, "")
+    if packed and plan.get("model_dir"):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(plan["model_dir"], trust_remote_code=bool(plan.get("trust_remote_code")))
+        document = supports_document_attention(config)
+    return choose_kernels(env, packed=packed, requested_attention=(train.get("model_init_kwargs") or {}).get(
+        "attn_implementation"), requested_liger=train.get("use_liger_kernel"), document_attention=document)
+
+
+def announced_kernels(plan: dict[str, Any]) -> KernelChoice:
+    """:func:`plan_kernels` for a training worker, with the reasons printed to its log."""
+    kernels = plan_kernels(plan)
+    for line in kernels.why:
+        print(f"[tempa] {line}", flush=True)
+    return kernels
+
+
+def trained_headline(trained: dict[str, Any]) -> dict[str, Any]:
+    """What a stage's metrics carry from its worker's record: the kernels used and the run's throughput."""
+    return {**trained.get("kernels", {}), **throughput_headline(trained.get("log_history", []))}
 
 
 def read_plan(prog: str, argv: list[str] | None) -> dict[str, Any]:
@@ -125,7 +150,7 @@ def read_plan(prog: str, argv: list[str] | None) -> dict[str, Any]:
     return plan
 
 
-def train_and_save(trainer, tokenizer, plan: dict[str, Any], *, evaluate: bool = False,
+def train_and_save(trainer, tokenizer, plan: dict[str, Any], kernels: KernelChoice, *, evaluate: bool = False,
                    merge_adapters: bool = False) -> None:
     """Train (resuming from the last complete checkpoint), then publish ``final/`` atomically.
 
@@ -172,6 +197,7 @@ def train_and_save(trainer, tokenizer, plan: dict[str, Any], *, evaluate: bool =
             "global_step": trainer.state.global_step,
             "log_history": trainer.state.log_history,
             "resumed_from": str(resume) if resume else None,
+            "kernels": kernels.record(),
         }
         (tmp / "tempa_train_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         remove_tree(final, inside)
@@ -187,9 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(plan["tokenizer_dir"])
+    kernels = announced_kernels(plan)
     # tempa tokenises and masks the data itself (assistant_masks column, which trl turns into
     # labels); trl's own flag only applies to conversational rows it tokenises.
-    config = SFTConfig(**{**trl_config_kwargs(plan), "assistant_only_loss": False})
+    config = SFTConfig(**{**trl_config_kwargs(plan, kernels), "assistant_only_loss": False})
     train_dataset = load_from_disk(plan["train_data"])
     eval_dataset = load_from_disk(plan["eval_data"]) if plan.get("eval_data") else None
     if not plan["train_args"].get("assistant_only_loss", True):
@@ -227,9 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[CheckpointCompleteCallback(), ProgressLine()],
+        callbacks=[CheckpointCompleteCallback()],
     )
-    train_and_save(trainer, tokenizer, plan, evaluate=eval_dataset is not None,
+    add_throughput_callbacks(trainer, ThroughputMeter())
+    train_and_save(trainer, tokenizer, plan, kernels, evaluate=eval_dataset is not None,
                    merge_adapters=peft_config is not None)
     return 0
 

@@ -135,3 +135,20 @@ def expected_tool_samples() -> dict[str, tuple[str, list[str]]]:
     }
 
 
+def prepared_rows(folder: Path, model_dir: Path, *, n: int, seed: int = 0, max_length: int = 512):
+    """(tokenised dataset, tokenizer): ``write_rows`` through tempa's data pipeline, as the trainer receives them."""
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    from tempa.chat_templates import load_template
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_config import DataConfig
+
+    write_rows(folder / "rows.jsonl", n=n, seed=seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = load_template("llama3_thinking")
+    data = DataConfig.model_validate({"sources": [{"name": "rows", "path": "rows.jsonl", "thinking_mode": "mixed",
+                                                   "thinking_ratio": 0.5}]}, context={"base_dir": str(folder)})
+    prepared = prepare_sft_data(data, tokenizer, out_dir=folder / "out", cache_dir=folder / "cache", seed=0,
+                                max_length=max_length)
+    return load_from_disk(str(prepared.train_path)), tokenizer

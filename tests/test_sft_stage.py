@@ -33,6 +33,9 @@ def test_sft_trains_saves_and_records_metrics(single_run, tiny_model_dir):
     assert metrics["global_step"] == 12
     assert metrics["last_logged_loss"] < metrics["first_logged_loss"]
     assert metrics["eval_loss"] > 0  # held-out rows were evaluated
+    # the kernels the worker picked on this CPU, and the run's throughput (packed rows: no padding)
+    assert (metrics["attn_implementation"], metrics["liger_kernel"]) == ("tempa_doc_sdpa", False)
+    assert metrics["train_tokens"] > 0 and metrics["train_tokens_per_s"] > 0 and metrics["train_padding_fraction"] == 0
     before, after = weights(tiny_model_dir), weights(stage / "final")
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -112,20 +112,3 @@ def test_resolved_recipe_records_no_secret_from_the_environment(tmp_path, tiny_m
     for path in Path(tmp_path / "run").rglob("*"):
         if path.is_file() and path.suffix in {".json", ".yaml", ".md", ".log", ".txt", ".sh", ".jsonl"}:
             assert "hf_abcdefghijklmnopqrstuvwxyz123456" not in path.read_text(errors="replace"), path
-
-
-def test_trainer_settings_follow_the_hardware(monkeypatch):
-    """CPU: no bf16 (trl's default would fail); GPU with flash-attn: per-document attention for packing."""
-    from tempa.sft import train
-
-    plan = {"train_args": {"learning_rate": 1e-3}, "output_dir": "/out", "seed": 7, "use_cpu": True}
-    cpu = train.trl_config_kwargs(plan)
-    assert cpu["use_cpu"] and cpu["bf16"] is False and cpu["seed"] == 7 and cpu["output_dir"] == "/out"
-    assert cpu["model_init_kwargs"] == {"use_safetensors": True}  # never a pickled checkpoint
-
-    monkeypatch.setattr(train, "_flash_attention_available", lambda: True)
-    gpu = train.trl_config_kwargs({**plan, "use_cpu": False, "mixed_precision": "bf16"})
-    assert gpu["bf16"] is True and gpu["model_init_kwargs"]["attn_implementation"] == "flash_attention_2"
-    chosen = train.trl_config_kwargs({**plan, "use_cpu": False, "mixed_precision": "bf16",
-                                      "train_args": {"model_init_kwargs": {"attn_implementation": "sdpa"}}})
-    assert chosen["model_init_kwargs"]["attn_implementation"] == "sdpa"  # the recipe's choice wins

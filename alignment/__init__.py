@@ -17,7 +17,7 @@ from tempa.alignment.backends import (
     VLLMBackendConfig,
     build_backend,
 )
-from tempa.alignment.completions import Completion, ThinkSplit, assistant_message, split_think
+from tempa.alignment.completions import Completion, assistant_message, split_think
 from tempa.alignment.judge import Judge, JudgeSettings, parse_judge_score
 from tempa.alignment.pairs import Pair, PairStats, Scored, best_worst, revision_pair
 from tempa.alignment.preference_config import PreferenceStageConfig
@@ -28,6 +28,7 @@ from tempa.alignment.selection import select_samples
 from tempa.alignment.sizing import estimate_preference, synthesized_size
 from tempa.alignment.synthesize_config import SynthesizeStageConfig
 from tempa.alignment.synthesize_stage import SynthesizeResult, run_synthesize
+from tempa.chat_templates.thinking import ThinkSplit
 from tempa.sft.stage_api import Artifact, StageKind
 
 SYNTHESIZE = StageKind(

@@ -32,8 +32,8 @@ from tempa.alignment.generation import (
     ThinkingMode,
     TransformersBackend,
     resolve_modes,
-    template_kwargs,
 )
+from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.stage_api import Artifact, Read, StageError, resolve_path, stage_ref
 
 
@@ -107,7 +107,7 @@ class TransformersSampler(TransformersBackend, SamplingBackend):
         texts = TransformersBackend.generate(self, prompts, params, thinking_modes=modes)
         out: list[list[Completion]] = []
         for messages, mode, group in zip(prompts, modes, texts, strict=True):
-            prefill = generation_prefill(self.tokenizer, messages, template_kwargs(mode))
+            prefill = generation_prefill(self.tokenizer, messages, mode_kwargs(mode))
             out.append([
                 Completion(
                     text=str(text),

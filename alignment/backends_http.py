@@ -30,8 +30,8 @@ from tempa.alignment.generation import (
     Messages,
     ThinkingMode,
     resolve_modes,
-    template_kwargs,
 )
+from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.stage_api import StageError
 
 log = logging.getLogger("tempa.alignment.http")
@@ -66,7 +66,7 @@ def chat_request_body(
     }
     if not params.greedy:
         body["top_p"] = params.top_p
-    kwargs = template_kwargs(thinking_mode)
+    kwargs = mode_kwargs(thinking_mode)
     if send_chat_template_kwargs and kwargs:
         body["chat_template_kwargs"] = kwargs
     body.update(extra_body or {})

@@ -22,8 +22,8 @@ from tempa.alignment.generation import (
     ThinkingMode,
     end_of_turn_ids,
     resolve_modes,
-    template_kwargs,
 )
+from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.stage_api import StageError
 
 INSTALL_HINT = "the vllm backend needs vLLM on a GPU machine: pip install 'tempa[gpu]' (or pip install vllm)"
@@ -77,6 +77,7 @@ def engine_kwargs(
         "enforce_eager": enforce_eager,
         "trust_remote_code": trust_remote_code,
         "seed": seed,
+        "load_format": "safetensors",  # never unpickle a checkpoint (engine_args may say otherwise, explicitly)
     }
     if max_model_len is not None:
         kwargs["max_model_len"] = max_model_len
@@ -126,7 +127,7 @@ class VLLMBackend(SamplingBackend):
         modes = resolve_modes(len(prompts), params, thinking_modes)
         requests, prefills, sampling = [], [], []
         for i, (messages, mode) in enumerate(zip(prompts, modes, strict=True)):
-            kwargs = template_kwargs(mode)
+            kwargs = mode_kwargs(mode)
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
             # Token ids, so vLLM does not add a second BOS to the rendered template.
             requests.append({"prompt_token_ids": self.tokenizer(text, add_special_tokens=False)["input_ids"]})

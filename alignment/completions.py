@@ -4,8 +4,8 @@ A backend hands back the text the model generated *after* the generation prompt,
 end-of-turn token stripped. Two facts are lost that way and are kept here instead:
 
 - ``prefill``: what the chat template wrote after the assistant header before the model started
-  (tempa's thinking templates pre-fill ``<think>\\n`` with thinking on and an empty
-  ``<think>\\n</think>\\n`` block with thinking off). The response the model "wrote" is
+  (tempa's thinking templates pre-fill an open think block with thinking on and an empty one with
+  thinking off: ``tempa.chat_templates.thinking.PREFILL``). The response the model "wrote" is
   ``prefill + text``; without it a think block would look unopened.
 - ``finish_reason``: ``"stop"`` when generation ended with an end-of-turn token, ``"length"`` when
   it was cut at ``max_new_tokens``, ``None`` when the backend cannot tell. The format reward
@@ -17,8 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
+from tempa.chat_templates.thinking import ThinkSplit, rendered_prefill, split_reasoning
 
 FinishReason = Literal["stop", "length"]
 
@@ -57,46 +56,14 @@ class Completion:
                                                       "reasoning") if key in data})
 
 
-@dataclass(frozen=True)
-class ThinkSplit:
-    """A response split into its think block and its answer."""
-
-    reasoning: str | None  # text of the think block; None when there is no block at all
-    answer: str  # what the user sees: the text after the block, stripped
-    has_block: bool  # a think block was opened (by the model or the template's prefill)
-    closed: bool  # ... and closed
-    stray_tags: bool  # think tags left inside the reasoning or the answer
-
-
-def split_text(text: str) -> ThinkSplit:
-    """Split ``<think>reasoning</think>answer`` text (an opening tag may be missing: R1 style)."""
-    stripped = text.lstrip()
-    if stripped.startswith(THINK_OPEN):
-        rest = stripped[len(THINK_OPEN):]
-        end = rest.find(THINK_CLOSE)
-        if end == -1:
-            return ThinkSplit(rest.strip(), "", True, False, THINK_OPEN in rest)
-        reasoning, answer = rest[:end], rest[end + len(THINK_CLOSE):]
-        return ThinkSplit(reasoning.strip(), answer.strip(), True, True, _tags_in(reasoning, answer))
-    end = stripped.find(THINK_CLOSE)
-    if end != -1:
-        reasoning, answer = stripped[:end], stripped[end + len(THINK_CLOSE):]
-        return ThinkSplit(reasoning.strip(), answer.strip(), True, True, _tags_in(reasoning, answer))
-    return ThinkSplit(None, stripped.strip(), False, False, THINK_OPEN in stripped)
-
-
-def _tags_in(*parts: str) -> bool:
-    return any(THINK_OPEN in part or THINK_CLOSE in part for part in parts)
-
-
 def split_think(completion: Completion) -> ThinkSplit:
     """Reasoning and answer of a completion, using the server's split when it made one."""
     if completion.reasoning is not None:
         answer = completion.text.strip()
         # A server-side parser puts an unclosed block wholly into the reasoning (no content).
-        return ThinkSplit(completion.reasoning.strip(), answer, True, bool(answer) or completion.finish_reason == "stop",
-                          _tags_in(completion.reasoning, answer))
-    return split_text(completion.full_text)
+        return ThinkSplit(completion.reasoning.strip(), answer, opened=True,
+                          closed=bool(answer) or completion.finish_reason == "stop")
+    return split_reasoning(completion.full_text)
 
 
 def assistant_message(completion: Completion) -> dict[str, Any]:
@@ -107,16 +74,5 @@ def assistant_message(completion: Completion) -> dict[str, Any]:
 
 
 def generation_prefill(tokenizer: Any, messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> str:
-    """The think-tag part of the generation prompt the chat template pre-fills ("" if none).
-
-    Found by rendering the conversation with and without the generation prompt: the difference
-    is the generation prompt (e.g. ``<|start_header_id|>assistant<|end_header_id|>\\n\\n<think>\\n``);
-    what follows its first ``<think>`` is what the model continues from.
-    """
-    with_prompt = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True, **template_kwargs
-    )
-    without = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False, **template_kwargs)
-    generation = with_prompt[len(without):] if with_prompt.startswith(without) else with_prompt[-64:]
-    start = generation.find(THINK_OPEN)
-    return generation[start:] if start >= 0 else ""
+    """The think part of the generation prompt the chat template pre-fills ("" if none)."""
+    return rendered_prefill(tokenizer, messages, template_kwargs)

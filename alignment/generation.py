@@ -17,18 +17,15 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tempa.chat_templates.thinking import STOP_TOKENS, THINK_TAGS, ThinkingMode, mode_kwargs
+
 log = logging.getLogger("tempa.alignment.generation")
 
-ThinkingMode = Literal["on", "off"]
 Messages = list[dict[str, Any]]
-
-# Tokens that end an assistant turn, across the template families tempa ships.
-END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>")
-THINK_TAGS = ("<think>", "</think>")
 
 
 class GenerationParams(BaseModel):
@@ -75,13 +72,6 @@ class GenerationBackend(ABC):
         """Release the model (memory, server connections). Optional."""
 
 
-def template_kwargs(thinking_mode: ThinkingMode | None) -> dict[str, Any]:
-    """Chat-template variables for a thinking mode (both spellings tempa's templates accept)."""
-    if thinking_mode is None:
-        return {}
-    return {"thinking_mode": thinking_mode, "enable_thinking": thinking_mode == "on"}
-
-
 def resolve_modes(
     count: int, params: GenerationParams, thinking_modes: Sequence[ThinkingMode | None] | None
 ) -> list[ThinkingMode | None]:
@@ -95,17 +85,15 @@ def resolve_modes(
 
 def end_of_turn_ids(tokenizer, generation_config=None) -> list[int]:
     """Token ids that stop generation: every eos id, plus the end-of-turn tokens of the chat
-    template (those of :data:`END_OF_TURN_TOKENS` it contains; without a template, those in the
-    vocabulary)."""
-    from tempa.chat_templates.templates import END_OF_TURN_TOKENS as TEMPLATE_END_TOKENS
-
+    template (those of :data:`tempa.chat_templates.thinking.STOP_TOKENS` it contains; without a
+    template, those in the vocabulary)."""
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     vocab = tokenizer.get_vocab()
     ids: list[int] = []
     for source in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
         if source is not None:
             ids.extend(source if isinstance(source, list) else [source])
-    for token in dict.fromkeys((*TEMPLATE_END_TOKENS, *END_OF_TURN_TOKENS)):
+    for token in STOP_TOKENS:
         if token in vocab and (template is None or token in template):
             ids.append(vocab[token])
     return list(dict.fromkeys(int(i) for i in ids))
@@ -155,7 +143,8 @@ class TransformersBackend(GenerationBackend):
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"tokenizer at {tokenizer_dir or model_dir} has no pad token")
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=_pick_dtype(dtype, self.device), trust_remote_code=trust_remote_code
+            model_dir, dtype=_pick_dtype(dtype, self.device), trust_remote_code=trust_remote_code,
+            use_safetensors=True,  # never unpickle a checkpoint
         ).to(self.device)
         self.model.eval()
         self.stop_ids = end_of_turn_ids(self.tokenizer, getattr(self.model, "generation_config", None))
@@ -172,7 +161,7 @@ class TransformersBackend(GenerationBackend):
     def render(self, messages: Messages, thinking_mode: ThinkingMode | None) -> str:
         """The prompt text the model sees: the chat template with the generation prompt."""
         return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, **template_kwargs(thinking_mode)
+            messages, tokenize=False, add_generation_prompt=True, **mode_kwargs(thinking_mode)
         )
 
     def decode(self, token_ids: Sequence[int]) -> str:

@@ -19,8 +19,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from tempa.alignment.backends import BackendConfig, SamplingBackend, TransformersBackendConfig
-from tempa.alignment.completions import split_text
 from tempa.alignment.generation import GenerationParams
+from tempa.chat_templates.thinking import split_reasoning
 from tempa.sft.stage_api import resolve_path
 
 LANGUAGE_NAMES = {
@@ -81,7 +81,7 @@ _SINGLE = re.compile(r"\[\s*(\d+(?:\.\d+)?)\s*\]")
 
 def parse_judge_score(text: str, low: float = 1, high: float = 10) -> float | None:
     """The rating in a judge's reply, or None when there is none in ``[low, high]``."""
-    answer = split_text(text).answer if "</think>" in text or text.lstrip().startswith("<think>") else text
+    answer = split_reasoning(text).answer
     for pattern in (_DOUBLE, _SINGLE):
         found = pattern.findall(answer)
         if found:

@@ -22,10 +22,8 @@ Example (YAML)::
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
-import typing
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -42,8 +40,10 @@ from tempa.alignment.judge import REVISE_PROMPT, text_or_file
 from tempa.alignment.prompts import PromptSource, ThinkingSettings
 from tempa.alignment.rewards import RewardConfig, check_reward_names, judge_reads
 from tempa.sft.stage_api import Read, StageConfigBase
-from tempa.sft.train_args import check_train_args
+from tempa.sft.train_args import check_train_args, train_arg_spec, train_checks_deferred
 from tempa.sft.train_plan import RESERVED_TRAIN_KEYS
+
+DPO_CONFIG = "trl:DPOConfig"
 
 # tempa's defaults on top of trl's DPOConfig.
 DEFAULT_DPO_ARGS: dict[str, Any] = {
@@ -67,20 +67,22 @@ DEFAULT_DPO_ARGS: dict[str, Any] = {
 LOSS_ALIASES = {"dpo": "sigmoid", "apo": "apo_zero", "ln_dpo": "sigmoid_norm", "length_normalized": "sigmoid_norm"}
 
 
-def declared_choices(config_class: type, field_name: str) -> tuple[str, ...]:
-    """The names a dataclass field declares it accepts: its annotation's ``Literal[...]`` (also inside
-    ``list[...]``), else the `'name'` values its ``help`` metadata lists (how trl documents a list field)."""
+def declared_choices(encoded_type: Any, help_text: str) -> tuple[str, ...]:
+    """The names a field declares it accepts: the ``Literal[...]`` of its (spec-encoded) annotation,
+    also inside ``list[...]`` or a union, else the `'name'` values its help lists (how trl documents
+    a list field)."""
 
-    def literals(annotation: Any) -> tuple[str, ...]:
-        if typing.get_origin(annotation) is Literal:
-            return tuple(a for a in typing.get_args(annotation) if isinstance(a, str))
-        return tuple(name for arg in typing.get_args(annotation) for name in literals(arg))
+    def literals(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            if "literal" in node:
+                return [str(value) for value in node["literal"]]
+            return [name for value in node.values() for name in literals(value)]
+        if isinstance(node, list):
+            return [name for value in node for name in literals(value)]
+        return []
 
-    annotated = literals(typing.get_type_hints(config_class)[field_name])
-    if annotated:
-        return tuple(dict.fromkeys(annotated))
-    field = next(f for f in dataclasses.fields(config_class) if f.name == field_name)
-    return tuple(dict.fromkeys(re.findall(r"`'([a-z0-9_]+)'`", field.metadata.get("help", ""))))
+    declared = literals(encoded_type) or re.findall(r"`'([a-z0-9_]+)'`", help_text)
+    return tuple(dict.fromkeys(declared))
 
 
 @functools.cache
@@ -88,11 +90,11 @@ def trl_loss_types() -> tuple[str, ...]:
     """The loss names the installed trl's ``DPOConfig.loss_type`` declares.
 
     trl 1.16 annotates the field ``list[str]`` and lists the names in the field's help metadata,
-    which the trainer's loss dispatch matches (tests/test_preference_config.py checks both).
+    which the trainer's loss dispatch matches (tests/test_preference_config.py checks both). Read
+    from tempa's cached spec of DPOConfig, so a recipe is checked without importing trl.
     """
-    from trl import DPOConfig
-
-    return declared_choices(DPOConfig, "loss_type")
+    spec = train_arg_spec(DPO_CONFIG)
+    return declared_choices(spec.fields.get("loss_type"), spec.helps.get("loss_type", ""))
 
 
 def normalize_loss_type(value: Any) -> list[str]:
@@ -230,13 +232,13 @@ class PreferenceStageConfig(StageConfigBase):
 
     @field_validator("train")
     @classmethod
-    def _train(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from trl import DPOConfig
-
+    def _train(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if train_checks_deferred(info):
+            return value
         value = dict(value)
         if "loss_type" in value:
             value["loss_type"] = normalize_loss_type(value["loss_type"])
-        return check_train_args(value, DPOConfig, reserved=RESERVED_TRAIN_KEYS)
+        return check_train_args(value, DPO_CONFIG, reserved=RESERVED_TRAIN_KEYS)
 
     def train_args(self) -> dict[str, Any]:
         """tempa defaults overlaid with the recipe's values."""

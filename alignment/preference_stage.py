@@ -41,10 +41,13 @@ from tempa.alignment.sampling import (
     sample_prompts,
     score_pass,
 )
+from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.checkpoints import complete_checkpoints, remove_incomplete_checkpoints
-from tempa.sft.files import point_link, read_json, staging_dir, write_json, write_jsonl
+from tempa.sft.files import json_or_none, point_link, staging_dir, write_json, write_jsonl
+from tempa.sft.kernels import KERNEL_KEYS
 from tempa.sft.run_layout import CHECKPOINTS_DIR, FINAL_DIR, LOGS_DIR, TRAIN_PLAN
 from tempa.sft.stage_api import RunPath, Scalar, StageContext, StageError, StageResult, format_metric
+from tempa.sft.throughput_summary import SUMMARY_KEYS
 from tempa.sft.train_plan import OUTCOME_FILE, WORKER, TrainOutcome, train_plan
 
 __all__ = ["PreferenceResult", "PreferenceStageConfig", "RoundSummary", "run_preference"]
@@ -106,6 +109,7 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> Preferen
         "pairs": last.pairs,
         "train_loss": last.train.get("train_loss"),
         "rounds": config.rounds,
+        **{key: last.train[key] for key in KERNEL_KEYS if key in last.train},
     }
     for summary in rounds:  # flat keys, so trackers and `tempa status` show them as numbers
         metrics.update({f"round{summary.round}_{key}": value for key, value in _round_headline(summary).items()})
@@ -118,7 +122,7 @@ def _finished_round(round_dir: Path) -> dict[str, Any] | None:
     stats_file = round_dir / "stats.json"
     if not (round_dir / FINAL_DIR / OUTCOME_FILE).is_file() or not stats_file.is_file():
         return None
-    stats = read_json(stats_file)
+    stats = json_or_none(stats_file)
     return stats if isinstance(stats, dict) and "train" in stats else None
 
 
@@ -202,7 +206,7 @@ def run_round(
         )
 
     # 4. train with DPO in a launched process group
-    train_path = _save_pairs_dataset(rows, round_dir / "data" / "pairs")
+    train_path = _save_pairs_dataset(rows, round_dir / "data" / "pairs", ctx.stage_dir)
     trained = train_round(config, ctx, round_dir, policy, train_path, seed)
     stats["train"] = trained
     write_json(round_dir / "stats.json", stats)
@@ -268,7 +272,7 @@ def pair_row(prompt: PromptRow, pair: Pair, chosen: Completion, rejected: Comple
         "prompt": prompt.messages,
         "chosen": [assistant_message(chosen)],
         "rejected": [assistant_message(rejected)],
-        "chat_template_kwargs": {"thinking_mode": mode, "enable_thinking": mode == "on"},
+        "chat_template_kwargs": mode_kwargs(mode),
         "chosen_score": pair.chosen_score,
         "rejected_score": pair.rejected_score,
         "margin": pair.margin,
@@ -349,7 +353,7 @@ def train_round(config: PreferenceStageConfig, ctx: StageContext, round_dir: Pat
     """Train one round with DPO in a launched process group; returns the training headline."""
     plan = train_plan(ctx, trainer="dpo", start_model=policy, train_data=train_path, out_dir=round_dir,
                       train_args=config.train_args(), seed=seed)
-    for path in remove_incomplete_checkpoints(plan.checkpoints_dir):
+    for path in remove_incomplete_checkpoints(plan.checkpoints_dir, [ctx.stage_dir]):
         ctx.log.warning("removed incomplete checkpoint %s (interrupted while saving)", path.name)
     plan_path = plan.write(round_dir / TRAIN_PLAN)
     ctx.launch(WORKER, ["--plan", str(plan_path)], round_dir / LOGS_DIR / "train.log")
@@ -365,19 +369,20 @@ def _round_headline(summary: RoundSummary) -> dict[str, Scalar]:
         "rejected_reward_mean": summary.rejected_reward_mean,
         "sample_reward_mean": summary.sample_reward_mean,
         "train_loss": summary.train.get("train_loss"),
+        **{key: summary.train[key] for key in SUMMARY_KEYS if key in summary.train},
     }
 
 
 # --------------------------------------------------------------------------- files
 
 
-def _save_pairs_dataset(rows: list[dict[str, Any]], path: Path) -> Path:
+def _save_pairs_dataset(rows: list[dict[str, Any]], path: Path, stage_dir: Path) -> Path:
     """trl's conversational preference columns only, saved for the training processes."""
     import datasets
 
     columns = ("prompt", "chosen", "rejected", "chat_template_kwargs")
     dataset = datasets.Dataset.from_list([{k: row[k] for k in columns} for row in rows])
-    with staging_dir(path) as tmp:
+    with staging_dir(path, inside=[stage_dir]) as tmp:
         dataset.save_to_disk(str(tmp))
     return path
 

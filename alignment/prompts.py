@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from tempa.chat_templates.json_files import JsonFileError, read_json, read_jsonl
 from tempa.sft.stage_api import StageError, looks_local, resolve_path
+
+log = logging.getLogger("tempa")
 
 
 class PromptSource(BaseModel):
@@ -100,17 +104,16 @@ def _read_rows(source: PromptSource) -> list[dict[str, Any]]:
     where = source.path
     try:
         if path.is_file() and path.suffix.lower() == ".jsonl":
-            rows = []
-            with open(path, encoding="utf-8") as f:
-                for number, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as exc:
-                            raise StageError(f"{where}: line {number}: not valid JSON ({exc.msg})") from None
-            return rows
+            lines = list(read_jsonl(path))
+            bad = [line for line in lines if line.error is not None]
+            if bad:
+                # As SFT sources do: an unreadable line is left out and named, the others are used.
+                shown = "; ".join(f"line {line.number}: {line.error}" for line in bad[:3])
+                log.warning("%s: skipped %d unreadable line(s) of %d: %s%s", where, len(bad), len(lines), shown,
+                            " ..." if len(bad) > 3 else "")
+            return [line.value for line in lines if line.error is None]
         if path.is_file() and path.suffix.lower() == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = read_json(path, "a JSON list of rows")
             if not isinstance(data, list):
                 raise StageError(f"{where}: expected a JSON list of rows")
             return data
@@ -132,6 +135,8 @@ def _read_rows(source: PromptSource) -> list[dict[str, Any]]:
         return [dict(row) for row in loaded]
     except StageError:
         raise
+    except JsonFileError as exc:
+        raise StageError(str(exc)) from None
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StageError(f"{where}: could not load prompts: {first}") from None

@@ -37,7 +37,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from tempa.alignment.backends import SamplingBackend, backend_reads, build_backend
-from tempa.alignment.completions import Completion, ThinkSplit, split_think
+from tempa.alignment.completions import Completion, split_think
 from tempa.alignment.judge import (
     MULTI_TURN_RUBRIC,
     SINGLE_TURN_RUBRIC,
@@ -47,6 +47,7 @@ from tempa.alignment.judge import (
     render_conversation,
 )
 from tempa.alignment.prompts import PromptRow
+from tempa.chat_templates.thinking import ThinkSplit, has_think_tags
 from tempa.sft import language
 from tempa.sft.stage_api import Read, resolve_path
 
@@ -146,7 +147,7 @@ def format_checks(completion: Completion, thinking_mode: str | None, *, require_
     thinking = thinking_mode != "off"
     checks = {
         "think": (split.has_block and split.closed) if thinking else not (split.reasoning or "").strip(),
-        "no_stray_tags": not split.stray_tags,
+        "no_stray_tags": not (has_think_tags(split.reasoning or "") or has_think_tags(split.answer)),
         "answer": bool(split.answer.strip()),
     }
     if require_stop and completion.finish_reason is not None:
@@ -514,7 +515,7 @@ class _RewardModel:
         self.tokenizer.padding_side = "right"
         self.tokenizer.truncation_side = "left"
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            config.model, dtype=dtype, trust_remote_code=env.trust_remote_code
+            config.model, dtype=dtype, trust_remote_code=env.trust_remote_code, use_safetensors=True
         ).to(device).eval()
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id

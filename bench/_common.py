@@ -6,7 +6,6 @@ tokens) with the recipe template baked in, and models are randomly initialised L
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import platform
@@ -157,36 +156,6 @@ def llama(shape: Shape, tokenizer=None, *, seed: int = 0, max_positions: int = 8
 
 def parameter_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-DOC_ATTENTION = "tempa_bench_doc_sdpa"
-
-
-def document_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Causal sdpa within each packed document (the CPU stand-in for flash-attention varlen)."""
-    import torch
-    import torch.nn.functional as F
-
-    bounds = kwargs.get("cu_seq_lens_q")
-    if bounds is not None:
-        cuts = bounds.tolist()
-    else:
-        positions = kwargs["position_ids"][0]
-        cuts = [*(positions == 0).nonzero().flatten().tolist(), positions.shape[0]]
-    parts = [
-        F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True,
-                                       scale=scaling, enable_gqa=True)
-        for a, b in itertools.pairwise(cuts) if b > a
-    ]
-    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
-
-
-def register_document_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    AttentionInterface.register(DOC_ATTENTION, document_attention)
-    AttentionMaskInterface.register(DOC_ATTENTION, lambda *args, **kwargs: None)  # no dense mask to build
 
 
 # --------------------------------------------------------------------------- timing + machine

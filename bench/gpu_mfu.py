@@ -4,23 +4,24 @@
     python bench/gpu_mfu.py --no-checkpointing    # trade memory for speed (1B fits on one 80 GB GPU)
     python bench/gpu_mfu.py --dry-run             # CPU: a tiny shape, checks the logic, MFU meaningless
 
-The trainer is trl's SFTTrainer with the SFTConfig that ``tempa.sft.train`` builds from tempa's
-defaults (BFD packing, padding-free, assistant-only loss on pre-tokenised masks) in bf16, with
-flash-attention 2 when the ``flash_attn`` package is installed (else sdpa, which under padding-free
-packing computes dense attention over the whole packed row; ``--attn doc-sdpa`` calls sdpa once per
-packed document instead) and Liger kernels when
-``liger_kernel`` is installed. The model is Llama-3.2-1B's shape with random weights, saved to a
-folder and loaded from it, as the training worker does; data are random token ids with the
-heavy-tailed lengths of bench/_common.py.
+The trainer is trl's SFTTrainer with the SFTConfig that ``tempa.sft.train_worker`` builds from tempa's
+defaults (BFD packing, padding-free, assistant-only loss on pre-tokenised masks) in bf16, with the
+kernels its worker picks (``tempa.sft.train_worker.plan_kernels``): flash-attention 2 when ``flash_attn``
+is installed (else one sdpa call per packed document, ``tempa_doc_sdpa``) and Liger's layer kernels
+when ``liger_kernel`` is installed. ``--attn`` overrides the attention as a recipe would. The model
+is Llama-3.2-1B's shape with random weights, saved to a folder and loaded from it, as the training
+worker does; data are random token ids with the heavy-tailed lengths of bench/_common.py.
 
-Printed: tokens/s/GPU and MFU = 6 * N * tokens/s / peak bf16 dense FLOP/s (N: all parameters, tied
-embeddings once), plus the MFU with causal attention FLOPs added. Goal on H100: >= 45% MFU.
+Printed: the worker's own progress lines (tokens/s/GPU, MFU, padding, ETA from
+``tempa.sft.throughput``), then tokens/s/GPU and MFU over the steps after warm-up. MFU counts the
+model FLOPs of ``tempa.sft.throughput``: 6 x matmul parameters per token, with and without causal
+attention within each packed document, over the peak dense bf16 FLOP/s of
+``tempa.sft.throughput.PEAK_FLOPS``. Goal on H100: >= 45% MFU.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import tempfile
 import time
@@ -34,33 +35,14 @@ from transformers import TrainerCallback
 LLAMA_32_1B = common.Shape(2048, 8192, 16, 32, 8, 128256, tie_word_embeddings=True)
 DRY_RUN_SHAPE = common.Shape(64, 176, 2, 4, 2, 1024, tie_word_embeddings=True)
 
-# Peak dense bf16 tensor FLOP/s (no sparsity), by device-name fragment; first match wins.
-PEAK_BF16 = (
-    ("H100 PCIe", 756e12),
-    ("H100 NVL", 835e12),
-    ("H100", 989e12),
-    ("H200", 989e12),
-    ("H800", 989e12),
-    ("GH200", 989e12),
-    ("A100", 312e12),
-    ("L40S", 362e12),
-)
-
-
-def peak_flops(device_name: str) -> float | None:
-    for fragment, peak in PEAK_BF16:
-        if fragment in device_name:
-            return peak
-    return None
-
-
 @dataclass
 class Meter(TrainerCallback):
     """Times the steps after warm-up (synchronising the GPU) and counts the tokens they trained on."""
 
     warmup_steps: int = 3
-    tokens: int = 0
-    doc_tokens_sq: int = 0  # sum of squared document lengths, for the attention FLOPs
+    tokens: Any = 0
+    doc_tokens_sq: Any = 0  # sum of squared document lengths, for the attention FLOPs
+    flops_terms: tuple[float, float] = (0.0, 0.0)  # tempa.sft.throughput.flops_per_token_terms of the model
     seconds: float = 0.0
     steps: int = 0
     peak_memory_gib: float = 0.0
@@ -69,6 +51,9 @@ class Meter(TrainerCallback):
     _handles: list[Any] = field(default_factory=list)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from tempa.sft.throughput import flops_per_token_terms
+
+        self.flops_terms = flops_per_token_terms(model)
         self._handles.append(model.register_forward_pre_hook(self._count, with_kwargs=True))
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -84,19 +69,17 @@ class Meter(TrainerCallback):
 
         for handle in self._handles:
             handle.remove()
+        self.tokens, self.doc_tokens_sq = int(self.tokens), int(self.doc_tokens_sq)
         if torch.cuda.is_available():
             self.peak_memory_gib = torch.cuda.max_memory_allocated() / 2**30
 
     def _count(self, module, args, kwargs) -> None:
         if not self._measuring or not module.training:
             return
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        self.tokens += int(input_ids.numel()) if kwargs.get("attention_mask") is None else int(
-            kwargs["attention_mask"].sum())
-        position_ids = kwargs.get("position_ids")
-        if position_ids is not None:
-            starts = [*(position_ids[0] == 0).nonzero().flatten().tolist(), position_ids.shape[1]]
-            self.doc_tokens_sq += sum((b - a) ** 2 for a, b in itertools.pairwise(starts))
+        from tempa.sft.throughput import batch_counts
+
+        real, _, squares = batch_counts(kwargs, kwargs.get("input_ids", args[0] if args else None))
+        self.tokens, self.doc_tokens_sq = self.tokens + real, self.doc_tokens_sq + squares
 
 
 def _synchronize() -> None:
@@ -129,29 +112,14 @@ def lengths_for(tokens: float, max_length: int) -> list[int]:
     return lengths
 
 
-def attention_choice(requested: str) -> str:
-    """``auto``: flash-attention 2 when installed, else sdpa (tempa's default when a recipe sets none)."""
-    if requested == "doc-sdpa":
-        common.register_document_attention()
-        return common.DOC_ATTENTION
-    if requested != "auto":
-        return requested
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return "sdpa"
-    return "flash_attention_2"
+def requested_attention(requested: str) -> str | None:
+    """The recipe setting ``--attn`` stands for; None (``auto``): what tempa's worker picks."""
+    from tempa.sft.packed_attention import DOC_SDPA
+
+    return {"auto": None, "doc-sdpa": DOC_SDPA}.get(requested, requested)
 
 
-def liger_available() -> bool:
-    try:
-        import liger_kernel  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def train_args(args: argparse.Namespace, attention: str, liger: bool) -> dict[str, Any]:
+def train_args(args: argparse.Namespace, attention: str | None) -> dict[str, Any]:
     """The recipe's `train:` block this benchmark stands for (tempa fills in the rest)."""
     out: dict[str, Any] = {
         "max_length": args.max_length,
@@ -162,11 +130,10 @@ def train_args(args: argparse.Namespace, attention: str, liger: bool) -> dict[st
         "learning_rate": 1e-5,
         "warmup_steps": 0,
         "activation_checkpointing": not args.no_checkpointing,
-        "model_init_kwargs": {"attn_implementation": attention, "dtype": "bfloat16" if not args.dry_run else "float32"},
+        "model_init_kwargs": {"dtype": "bfloat16" if not args.dry_run else "float32",
+                              **({"attn_implementation": attention} if attention else {})},
         "dataloader_num_workers": 2 if not args.dry_run else 0,
     }
-    if liger:
-        out["use_liger_kernel"] = True
     return out
 
 
@@ -175,7 +142,10 @@ def build_trainer(args: argparse.Namespace, work: Path, meter: Meter):
     from trl import SFTConfig, SFTTrainer
 
     from tempa.sft.config import DEFAULT_TRAIN_ARGS
-    from tempa.sft.train import trl_config_kwargs
+    from tempa.sft.stage_api import TrainingEnv
+    from tempa.sft.throughput import ThroughputMeter, add_throughput_callbacks
+    from tempa.sft.train_plan import TrainPlan
+    from tempa.sft.train_worker import plan_kernels, trl_config_kwargs
 
     shape = DRY_RUN_SHAPE if args.dry_run else LLAMA_32_1B
     tokenizer = common.bench_tokenizer()
@@ -185,22 +155,19 @@ def build_trainer(args: argparse.Namespace, work: Path, meter: Meter):
     model.save_pretrained(work / "model", safe_serialization=True)
     tokenizer.save_pretrained(work / "model")
     del model
-    attention = attention_choice(args.attn)
-    liger = liger_available() and not args.dry_run
-    plan = {
-        "train_args": {**DEFAULT_TRAIN_ARGS, **train_args(args, attention, liger)},
-        "output_dir": str(work / "out"),
-        "seed": 0,
-        "use_cpu": args.dry_run,
-        "mixed_precision": "no" if args.dry_run else "bf16",
-    }
-    # As tempa.sft.train.main builds it: the data carry their own assistant masks.
-    config = SFTConfig(**{**trl_config_kwargs(plan), "assistant_only_loss": False})
+    plan = TrainPlan.standalone(
+        work / "model", work / "out", {**DEFAULT_TRAIN_ARGS, **train_args(args, requested_attention(args.attn))},
+        env=TrainingEnv(use_cpu=args.dry_run, mixed_precision="no" if args.dry_run else "bf16"))
+    # As the training worker builds it: the data carry their own assistant masks.
+    kernels = plan_kernels(plan)
+    config = SFTConfig(**{**trl_config_kwargs(plan, kernels), "assistant_only_loss": False})
     dataset = random_dataset(lengths_for(1.2 * args.steps * args.batch * args.max_length, args.max_length),
                              shape.vocab_size)
     trainer = SFTTrainer(model=str(work / "model"), args=config, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[meter])
-    info = {"shape": shape, "parameters": n_params, "attention": attention, "liger": liger,
+    add_throughput_callbacks(trainer, ThroughputMeter(peak=1e12 if args.dry_run else None))
+    info = {"shape": shape, "parameters": n_params, "attention": trainer.model.config._attn_implementation,
+            "liger": bool(config.use_liger_kernel),
             "activation_checkpointing": config.activation_checkpointing, "packing": config.packing,
             "padding_free": trainer.padding_free, "bf16": config.bf16,
             "tokens_per_step": args.batch * args.max_length}
@@ -208,20 +175,17 @@ def build_trainer(args: argparse.Namespace, work: Path, meter: Meter):
 
 
 def mfu_report(meter: Meter, info: dict[str, Any], device: str, peak: float | None) -> dict[str, Any]:
-    shape: common.Shape = info["shape"]
     tokens_per_s = meter.tokens / max(meter.seconds, 1e-9)
-    model_flops = 6 * info["parameters"] * tokens_per_s
-    # Causal attention per token, fwd + bwd: 3 x (QK^T + AV = 4 x context x d_attn) per layer, where a token's
-    # mean context in its own document is sum(len^2) / (2 sum(len)) (varlen kernels attend within documents).
-    mean_context = meter.doc_tokens_sq / max(1, meter.tokens) / 2
-    attention_flops = 12 * shape.num_hidden_layers * shape.hidden_size * mean_context * tokens_per_s
+    per_token, per_square = meter.flops_terms
+    # causal attention within each document: sum over documents of l(l + 1) = sum(l^2) + tokens
+    attention_per_s = per_square * (meter.doc_tokens_sq + meter.tokens) / max(meter.seconds, 1e-9)
     out = {"device": device, "tokens_per_s_per_gpu": tokens_per_s, "timed_steps": meter.steps,
            "seconds": meter.seconds, "peak_memory_gib": meter.peak_memory_gib,
-           **{k: v for k, v in info.items() if k != "shape"}, "shape": shape.__dict__}
+           **{k: v for k, v in info.items() if k != "shape"}, "shape": info["shape"].__dict__}
     if peak:
         out["peak_flops"] = peak
-        out["mfu"] = model_flops / peak
-        out["mfu_with_attention"] = (model_flops + attention_flops) / peak
+        out["mfu_without_attention"] = per_token * tokens_per_s / peak
+        out["mfu"] = (per_token * tokens_per_s + attention_per_s) / peak
     return out
 
 
@@ -233,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2, help="packed rows per step (flattened, padding-free)")
     parser.add_argument("--no-checkpointing", action="store_true", help="turn trl's default checkpointing off")
     parser.add_argument("--attn", default="auto", choices=["auto", "flash_attention_2", "sdpa", "doc-sdpa"],
-                        help="auto: flash_attention_2 if installed, else sdpa; doc-sdpa: one sdpa call per packed "
-                        "document (no dense block mask), for machines without flash-attn")
+                        help="auto: what tempa's worker picks (flash_attention_2 if installed, else one sdpa call per "
+                        "packed document); sdpa: dense block-diagonal mask; doc-sdpa: per-document sdpa")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shape, few steps: checks the logic only")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -242,10 +206,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dry_run:
         args.steps, args.warmup, args.max_length, args.batch = 4, 1, 1024, 1
-        args.attn = "sdpa" if args.attn in ("auto", "flash_attention_2") else args.attn
+        args.attn = "auto" if args.attn == "flash_attention_2" else args.attn
         torch.set_num_threads(1)  # steadier on a shared CPU
     elif not torch.cuda.is_available():
         parser.error("no CUDA device; use --dry-run to check the script on CPU")
+    from tempa.sft.throughput_summary import peak_flops
+
     device = "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(0)
     peak = 1e12 if args.dry_run else peak_flops(device)
     print(common.machine_line() + f" | device: {device}")
@@ -259,10 +225,10 @@ def main(argv: list[str] | None = None) -> int:
           f"peak memory {meter.peak_memory_gib:.1f} GiB")
     if "mfu" in result:
         label = " (nominal 1 TFLOP/s peak: meaningless on CPU)" if args.dry_run else " (goal on H100: >= 45%)"
-        print(f"MFU (6N): {100 * result['mfu']:.1f}%{label}; with attention FLOPs: "
-              f"{100 * result['mfu_with_attention']:.1f}%")
+        print(f"MFU: {100 * result['mfu']:.1f}%{label}; without attention FLOPs: "
+              f"{100 * result['mfu_without_attention']:.1f}%")
     else:
-        print(f"MFU: unknown peak for {device!r}; add it to PEAK_BF16")
+        print(f"MFU: unknown peak for {device!r}; add it to tempa.sft.throughput.PEAK_FLOPS")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
     return 0

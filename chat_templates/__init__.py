@@ -12,15 +12,19 @@ from tempa.chat_templates.rendering import (
     tokenize_chat,
 )
 from tempa.chat_templates.templates import (
+    TemplateDefaults,
     TemplateNotFoundError,
     available_templates,
-    end_of_turn_token,
     load_template,
+    template_defaults,
+    with_defaults,
 )
+from tempa.chat_templates.thinking import end_of_turn_token, mode_kwargs, split_reasoning
 
 __all__ = [
     "CheckResult",
     "PadChoice",
+    "TemplateDefaults",
     "TemplateNotFoundError",
     "TokenizedChat",
     "available_templates",
@@ -29,7 +33,11 @@ __all__ = [
     "choose_pad_token",
     "end_of_turn_token",
     "load_template",
+    "mode_kwargs",
     "render_text",
     "render_with_generation_spans",
+    "split_reasoning",
+    "template_defaults",
     "tokenize_chat",
+    "with_defaults",
 ]

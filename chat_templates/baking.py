@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from tempa.chat_templates.checks import check_tokenizer
-from tempa.chat_templates.templates import end_of_turn_token, load_template
+from tempa.chat_templates.templates import TemplateDefaults, load_template, with_defaults
+from tempa.chat_templates.thinking import end_of_turn_token
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +83,18 @@ def bake_tokenizer(
     *,
     model_dir: str | os.PathLike | None = None,
     pad_token: str | None = None,
+    defaults: TemplateDefaults | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``tokenizer_dir``'s tokenizer to ``out_dir`` with ``template`` baked in; returns ``out_dir``.
 
-    ``template`` is a shipped name or a ``.jinja`` path. The bake writes ``chat_template.jinja``; makes pad differ
-    from eos and the end-of-turn token (keeping, then picking an existing token, and only then adding one, which
-    it logs as a warning because the model's embeddings must then be resized); and writes ``generation_config.json``
-    whose ``eos_token_id`` holds the tokenizer eos and the end-of-turn token, starting from ``model_dir``'s (else
+    ``template`` is a shipped name or a ``.jinja`` path; ``defaults`` (thinking mode, stock preamble) rewrite
+    its ``default_*`` lines (``None`` keeps the file's). The bake writes ``chat_template.jinja``; makes the
+    tokenizer's eos the end-of-turn token (as Llama 3.1 Instruct's tokenizer does, so a client that stops on
+    ``tokenizer.eos_token`` stops at the end of a turn); makes pad differ from both the old eos and the
+    end-of-turn token (keeping, then picking an existing token, and only then adding one, which it logs as a
+    warning because the model's embeddings must then be resized); and writes ``generation_config.json`` whose
+    ``eos_token_id`` holds the old eos and the end-of-turn token, starting from ``model_dir``'s (else
     ``tokenizer_dir``'s) generation config. It then reloads the result, runs :func:`check_tokenizer` and raises
     ``ValueError`` listing the failed checks. Everything is written in a temporary sibling folder that is renamed
     to ``out_dir`` only after the checks pass, so a half-written bake never looks complete.
@@ -97,9 +102,18 @@ def bake_tokenizer(
     from transformers import AutoTokenizer
 
     out = Path(out_dir).resolve()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} is not empty; choose an empty folder or overwrite (--overwrite)")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} is not empty; choose an empty folder or overwrite (--overwrite)")
+        if not any((out / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+            # --overwrite replaces an earlier bake, never an arbitrary folder someone mistyped.
+            raise FileExistsError(
+                f"{out} holds no tokenizer (no tokenizer.json or tokenizer_config.json); --overwrite only "
+                "replaces an earlier bake: choose an empty folder"
+            )
     text = load_template(template)
+    if defaults is not None:
+        text = with_defaults(text, defaults, origin=f"chat template {template}")
     end_of_turn = end_of_turn_token(text)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     eot_ids = tokenizer.encode(end_of_turn, add_special_tokens=False)
@@ -126,12 +140,12 @@ def bake_tokenizer(
     else:
         tokenizer.pad_token = choice.token
         logger.info(choice.reason)
+    base_eos_id = tokenizer.eos_token_id
+    tokenizer.eos_token = end_of_turn
     tokenizer.chat_template = text
 
     generation_config = _base_generation_config(model_dir, tokenizer_dir)
-    generation_config["eos_token_id"] = stop_token_ids(
-        generation_config.get("eos_token_id"), tokenizer.eos_token_id, eot_ids[0]
-    )
+    generation_config["eos_token_id"] = stop_token_ids(generation_config.get("eos_token_id"), base_eos_id, eot_ids[0])
     generation_config["pad_token_id"] = tokenizer.pad_token_id
     # The file is edited now, so it no longer mirrors config.json; older transformers would otherwise rebuild it
     # from the model config and drop the end-of-turn stop id.

@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tempa.chat_templates.probes import INVALID_INPUTS, MODES, PROBES, Probe
-from tempa.chat_templates.rendering import mode_kwargs, render_with_tokenizer, token_ids, tokenize_chat
-from tempa.chat_templates.templates import end_of_turn_token
+from tempa.chat_templates.probes import INVALID_INPUTS, PROBES, Probe
+from tempa.chat_templates.rendering import mask_spans, render_with_tokenizer, token_ids, tokenize_chat
+from tempa.chat_templates.templates import template_defaults
+from tempa.chat_templates.thinking import MODES, THINK_CLOSE, THINK_OPEN, end_of_turn_token, mode_kwargs
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,10 @@ def check_prompt_is_prefix(ctx: _Context) -> tuple[bool, str]:
 
 
 def check_assistant_mask(ctx: _Context) -> tuple[bool, str]:
-    """b. The mask is exactly the tokens generated after the prompt, through the end-of-turn token."""
+    """b. Every assistant turn is trained through its end-of-turn token, nothing else is; the last turn's span
+    is exactly the tokens generated after the prompt."""
     eot_id = ctx.tokenizer.convert_tokens_to_ids(end_of_turn_token(ctx.template))
+    special = set(ctx.tokenizer.all_special_ids) | set(ctx.tokenizer.get_added_vocab().values())
     for probe, mode in _cases():
         where = f"{probe.name} [{mode}]"
         prompt_only = tokenize_chat(
@@ -114,32 +117,43 @@ def check_assistant_mask(ctx: _Context) -> tuple[bool, str]:
             add_generation_prompt=True,
             thinking_mode=mode,
         )
-        if any(prompt_only.assistant_mask):
-            return (
-                False,
-                f"{where}: the generation prompt has trained tokens: {_masked_text(ctx, prompt_only)!r}",
-            )
-        prompt = prompt_only.input_ids
         chat = tokenize_chat(
             ctx.tokenizer, probe.messages, template=ctx.template, tools=probe.tools, thinking_mode=mode
         )
-        ids, mask = chat.input_ids, chat.assistant_mask
+        for messages, tokenized in ((probe.prompt_messages, prompt_only), (probe.messages, chat)):
+            problem = _turn_spans_problem(ctx, messages, tokenized, eot_id, special)
+            if problem:
+                return False, f"{where}: {problem}"
+        prompt, ids = prompt_only.input_ids, chat.input_ids
         if ids[: len(prompt)] != prompt:
             return (
                 False,
                 f"{where}: the prompt is not a token prefix (see a), so the trained span is undefined",
             )
-        if eot_id not in ids[len(prompt) :]:
-            return False, f"{where}: no end-of-turn token after the prompt"
-        end = len(ids) - 1 - ids[::-1].index(eot_id)
-        expected = [0] * len(prompt) + [1] * (end + 1 - len(prompt)) + [0] * (len(ids) - end - 1)
-        if mask != expected:
+        last = mask_spans(chat.assistant_mask)[-1]
+        if last != (len(prompt), len(ids) - ids[::-1].index(eot_id)):
             return False, (
-                f"{where}: trained {_masked_text(ctx, chat)!r}, expected {ctx.decode(ids[len(prompt) : end + 1])!r}"
+                f"{where}: the last turn trains {ctx.decode(ids[last[0] : last[1]])!r}, "
+                f"expected what is generated after the prompt: {ctx.decode(ids[len(prompt) :])!r}"
             )
-        if probe.answer and probe.answer not in _masked_text(ctx, chat):
+        if probe.answer and probe.answer not in ctx.decode(ids[last[0] : last[1]]):
             return False, f"{where}: the answer {probe.answer!r} is not in the trained tokens"
-    return True, f"{_covered()}; prompts have no trained tokens"
+    return True, f"{_covered()}, prompt and full; headers, prompts and tool results untrained"
+
+
+def _turn_spans_problem(ctx: _Context, messages: list[dict[str, Any]], chat: Any, eot_id: int, special: set[int]) -> str:
+    """One trained span per assistant turn, each ending on the end-of-turn token, no other special token in it."""
+    runs = mask_spans(chat.assistant_mask)
+    expected = sum(message["role"] == "assistant" for message in messages)
+    if len(runs) != expected:
+        return f"{len(runs)} trained spans for {expected} assistant turns: {_masked_text(ctx, chat)!r}"
+    for start, end in runs:
+        span = chat.input_ids[start:end]
+        if span[-1] != eot_id:
+            return f"a trained span does not end on the end-of-turn token: {ctx.decode(span)!r}"
+        if any(token in special for token in span[:-1]):
+            return f"a trained span holds a header or other special token: {ctx.decode(span)!r}"
+    return None
 
 
 def check_stops_at_end_of_turn(ctx: _Context) -> tuple[bool, str]:
@@ -176,22 +190,23 @@ def check_reasoning_by_mode(ctx: _Context) -> tuple[bool, str]:
         text = ctx.text(probe.messages, probe, thinking_mode=mode)
         block = _last_think_block(text)
         if block is None:
-            return False, f"{where}: the final turn has no <think>...</think> block"
+            return False, f"{where}: the final turn has no think block"
         if mode == "on" and block.strip() != probe.final_reasoning:
             return False, f"{where}: last think block holds {block!r}, expected {probe.final_reasoning!r}"
         if mode == "off":
             if block.strip():
                 return False, f"{where}: think block is not empty in thinking-off mode: {block!r}"
             prompt = ctx.text(probe.prompt_messages, probe, add_generation_prompt=True, thinking_mode=mode)
-            for reasoning in (probe.final_reasoning, *probe.history_reasoning):
+            for reasoning in (probe.final_reasoning, *probe.loop_reasoning, *probe.history_reasoning):
                 if reasoning and (reasoning in text or reasoning in prompt):
                     return False, f"{where}: reasoning {reasoning!r} renders in thinking-off mode"
     return True, _covered()
 
 
-def check_history_reasoning_dropped(ctx: _Context) -> tuple[bool, str]:
-    """e. Reasoning of earlier assistant turns never renders, in either mode, prompt or full."""
-    probes = [probe for probe in PROBES if probe.history_reasoning]
+def check_reasoning_rule(ctx: _Context) -> tuple[bool, str]:
+    """e. Reasoning before the last user message never renders; reasoning of earlier turns after it (a tool
+    loop) renders with thinking on, in the full conversation and in the prompt that continues it."""
+    probes = [probe for probe in PROBES if probe.history_reasoning or probe.loop_reasoning]
     for probe in probes:
         for mode in MODES:
             renders = (
@@ -200,19 +215,23 @@ def check_history_reasoning_dropped(ctx: _Context) -> tuple[bool, str]:
             )
             for reasoning in probe.history_reasoning:
                 if any(reasoning in text for text in renders):
-                    return False, f"{probe.name} [{mode}]: history reasoning {reasoning!r} renders"
-    return True, f"{len(probes)} multi-turn conversations x {len(MODES)} modes"
+                    return False, f"{probe.name} [{mode}]: reasoning before the last user message renders: {reasoning!r}"
+            for reasoning in probe.loop_reasoning:
+                if mode == "on" and not all(reasoning in text for text in renders):
+                    return False, f"{probe.name} [on]: tool-loop reasoning {reasoning!r} is missing"
+    return True, f"{len(probes)} multi-turn conversations x {len(MODES)} modes, prompt and full"
 
 
 def check_mode_aliases(ctx: _Context) -> tuple[bool, str]:
-    """f. No kwarg == thinking_mode="on" == enable_thinking=True; enable_thinking=False == thinking_mode="off"."""
-    same_as_on = (
-        {},
-        {"thinking_mode": None},
-        {"enable_thinking": True},
-        {"thinking_mode": "on", "enable_thinking": True},
-    )
+    """f. No kwarg == the baked default; enable_thinking=True == "on"; enable_thinking=False == "off"."""
+    default = template_defaults(ctx.template).thinking_mode
+    unset = ({}, {"thinking_mode": None}, {"enable_thinking": None})
+    same_as_on = ({"enable_thinking": True}, {"thinking_mode": "on", "enable_thinking": True})
     same_as_off = ({"enable_thinking": False}, {"thinking_mode": "off", "enable_thinking": False})
+    if default == "on":
+        same_as_on += unset
+    else:
+        same_as_off += unset
     for probe in PROBES:
         for messages, prompt in ((probe.messages, False), (probe.prompt_messages, True)):
             on = ctx.text(messages, probe, add_generation_prompt=prompt, thinking_mode="on")
@@ -226,7 +245,7 @@ def check_mode_aliases(ctx: _Context) -> tuple[bool, str]:
                             False,
                             f"{probe.name} ({'prompt' if prompt else 'full'}): {kwargs} renders differently",
                         )
-    return True, f"{len(PROBES)} conversations, prompt and full; None counts as unset"
+    return True, f"{len(PROBES)} conversations, prompt and full; default {default!r}; None counts as unset"
 
 
 def check_save_reload_identical(ctx: _Context) -> tuple[bool, str]:
@@ -234,9 +253,12 @@ def check_save_reload_identical(ctx: _Context) -> tuple[bool, str]:
     from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory(prefix="tempa-template-check-") as tmp:
-        ctx.tokenizer.save_pretrained(f"{tmp}/a")
-        staged = AutoTokenizer.from_pretrained(f"{tmp}/a")
-        staged.chat_template = ctx.template
+        staged = ctx.tokenizer
+        if staged.chat_template != ctx.template:
+            # Checking another template than the tokenizer's own: bake it into a copy first.
+            staged.save_pretrained(f"{tmp}/a")
+            staged = AutoTokenizer.from_pretrained(f"{tmp}/a")
+            staged.chat_template = ctx.template
         staged.save_pretrained(f"{tmp}/b")
         reloaded = AutoTokenizer.from_pretrained(f"{tmp}/b")
     if reloaded.chat_template != ctx.template:
@@ -283,16 +305,42 @@ def check_pad_token(ctx: _Context) -> tuple[bool, str]:
     return True, f"pad {tokenizer.pad_token!r} (id {tokenizer.pad_token_id})"
 
 
+def check_prefix_preserving(ctx: _Context) -> tuple[bool, str]:
+    """j. A turn renders the same whether or not it is the last message: every conversation cut after an
+    assistant turn is a token prefix of the same conversation continued up to the next user message."""
+    count = 0
+    for probe, mode in _cases():
+        messages = probe.messages
+        for cut in range(1, len(messages)):
+            if messages[cut - 1]["role"] != "assistant":
+                continue
+            head = ctx.ids(messages[:cut], probe, thinking_mode=mode)
+            stop = next((i for i in range(cut, len(messages)) if messages[i]["role"] == "user"), len(messages))
+            for end in range(cut + 1, stop + 1):
+                longer = ctx.ids(
+                    messages[:end], probe, add_generation_prompt=messages[end - 1]["role"] != "assistant",
+                    thinking_mode=mode,
+                )
+                count += 1
+                if longer[: len(head)] != head:
+                    return False, (
+                        f"{probe.name} [{mode}]: messages[{cut - 1}] renders differently once "
+                        f"messages[{cut}:{end}] follow it"
+                    )
+    return True, f"{count} continuations of {len(PROBES)} conversations x {len(MODES)} modes"
+
+
 CHECKS: tuple[tuple[str, Callable[[_Context], tuple[bool, str]]], ...] = (
     ("a. prompt is a token prefix", check_prompt_is_prefix),
     ("b. mask = generated tokens + end of turn", check_assistant_mask),
     ("c. generation stops at end of turn", check_stops_at_end_of_turn),
     ("d. reasoning placement by mode", check_reasoning_by_mode),
-    ("e. history reasoning dropped", check_history_reasoning_dropped),
+    ("e. reasoning kept after the last user message only", check_reasoning_rule),
     ("f. default and alias modes", check_mode_aliases),
     ("g. identical after save/reload", check_save_reload_identical),
     ("h. invalid input rejected", check_invalid_input_rejected),
     ("i. pad differs from eos", check_pad_token),
+    ("j. turns render the same when not last", check_prefix_preserving),
 )
 
 
@@ -303,11 +351,11 @@ def _masked_text(ctx: _Context, chat: Any) -> str:
 
 
 def _last_think_block(text: str) -> str | None:
-    start = text.rfind("<think>")
-    end = text.find("</think>", start)
+    start = text.rfind(THINK_OPEN)
+    end = text.find(THINK_CLOSE, start)
     if start < 0 or end < 0:
         return None
-    return text[start + len("<think>") : end]
+    return text[start + len(THINK_OPEN) : end]
 
 
 def _generation_eos_ids(generation_config: Any) -> list[int] | None:

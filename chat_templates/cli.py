@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
         help='JSON file: a list of messages, or {"messages": [...], "tools": [...]}',
     )
     render.add_argument(
-        "--thinking", choices=("on", "off"), help="thinking_mode (default: the template's, on)"
+        "--thinking", choices=("on", "off"), help="thinking_mode (default: the template's baked default)"
     )
     render.add_argument("--generation-prompt", action="store_true", help="append the generation prompt")
     render.add_argument(
@@ -76,6 +76,14 @@ def register(subparsers: Any) -> None:
     )
     bake.add_argument(
         "--pad-token", help="pad token to use (default: keep a valid one, else pick or add one)"
+    )
+    bake.add_argument(
+        "--thinking-default", choices=("on", "off"), help="the mode a render without a thinking kwarg uses "
+        "(default: the template's, on)"
+    )
+    bake.add_argument(
+        "--stock-preamble", action="store_true",
+        help="write Llama 3.1 Instruct's own system block (Cutting Knowledge Date / Today Date) in every prompt",
     )
     bake.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     bake.set_defaults(func=_guarded("bake", _bake))
@@ -121,7 +129,8 @@ def _guarded(
 def _render(args: argparse.Namespace) -> int:
     import jinja2
 
-    from tempa.chat_templates.rendering import mode_kwargs, render_text, render_with_tokenizer, tokenize_chat
+    from tempa.chat_templates.rendering import render_text, render_with_tokenizer, tokenize_chat
+    from tempa.chat_templates.thinking import mode_kwargs
     from tempa.chat_templates.token_view import format_token_view, token_pieces
 
     messages, tools = _read_messages(args.messages)
@@ -152,14 +161,14 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _read_messages(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    from tempa.chat_templates.json_files import JsonFileError, read_json
+
     if not path.is_file():
         raise CliError(f"{path}: no such file (--messages expects a JSON file)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise CliError(
-            f"{path}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}"
-        ) from None
+        data = read_json(path, "a JSON list of messages")
+    except JsonFileError as error:
+        raise CliError(str(error)) from None
     tools = None
     if isinstance(data, dict):
         tools = data.get("tools")
@@ -208,14 +217,19 @@ def _read_generation_config(folder: Path) -> dict[str, Any] | None:
 
 def _bake(args: argparse.Namespace) -> int:
     from tempa.chat_templates.baking import bake_tokenizer
+    from tempa.chat_templates.templates import TemplateDefaults
 
     _require_tokenizer_folder(args.tokenizer)
+    defaults = None
+    if args.thinking_default is not None or args.stock_preamble:
+        defaults = TemplateDefaults(thinking_mode=args.thinking_default or "on", stock_preamble=args.stock_preamble)
     out = bake_tokenizer(
         args.tokenizer,
         args.template,
         args.out,
         model_dir=args.model,
         pad_token=args.pad_token,
+        defaults=defaults,
         overwrite=args.overwrite,
     )
     print(f"baked {args.template} into {out} (all template checks passed)")

@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-MODES = ("on", "off")
+from tempa.chat_templates.thinking import MODES, THINK_CLOSE, THINK_OPEN
+
+__all__ = ["INVALID_INPUTS", "MODES", "PROBES", "WEATHER_TOOL", "InvalidInput", "Probe"]
 
 WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
@@ -29,13 +31,15 @@ class Probe:
     """A valid conversation that ends in the assistant turn being trained.
 
     ``final_reasoning`` is the reasoning of that last turn ("" if none); ``history_reasoning`` the reasoning
-    of earlier assistant turns, which must never render.
+    of assistant turns before the last user message, which must never render; ``loop_reasoning`` that of
+    earlier assistant turns after it (a tool loop), which renders with thinking on and only then.
     """
 
     name: str
     messages: list[dict[str, Any]]
     final_reasoning: str = ""
     history_reasoning: tuple[str, ...] = ()
+    loop_reasoning: tuple[str, ...] = ()
     tools: list[dict[str, Any]] | None = None
     answer: str = field(default="")
 
@@ -96,12 +100,12 @@ def _probes() -> list[Probe]:
             name="multi turn, reasoning inside content",
             messages=[
                 {"role": "user", "content": "Is 9 prime?"},
-                # DeepSeek-R1 style: the opening <think> is missing.
-                {"role": "assistant", "content": "Nine equals three times three.\n</think>\n\nNo."},
+                # DeepSeek-R1 style: the opening tag is missing, the closing one stands on its own line.
+                {"role": "assistant", "content": f"Nine equals three times three.\n{THINK_CLOSE}\n\nNo."},
                 {"role": "user", "content": "Is 7 prime?"},
                 {
                     "role": "assistant",
-                    "content": "<think>Seven has no divisor but one and itself.</think>Yes.",
+                    "content": f"{THINK_OPEN}Seven has no divisor but one and itself.{THINK_CLOSE}Yes.",
                 },
             ],
             final_reasoning="Seven has no divisor but one and itself.",
@@ -151,9 +155,52 @@ def _probes() -> list[Probe]:
                 },
             ],
             final_reasoning="The tool says 31 and cloudy.",
-            history_reasoning=("Call the tool first.",),
+            loop_reasoning=("Call the tool first.",),
             tools=[WEATHER_TOOL],
             answer="31 C and cloudy.",
+        ),
+        Probe(
+            # The issue's row: text beside the call, string arguments, a named tool result, then a new question
+            # whose answer needs a second loop; the first loop's reasoning is history by then.
+            name="agent loop after an earlier loop, text beside the call",
+            messages=[
+                {"role": "user", "content": "Thời tiết ở Huế?"},
+                {
+                    "role": "assistant",
+                    "content": "Để tôi kiểm tra.",
+                    "reasoning_content": "Hỏi công cụ thời tiết.",
+                    "tool_calls": [
+                        {"id": "call_1", "type": "function",
+                         "function": {"name": "get_weather", "arguments": '{"city": "Huế"}'}}
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "30C"},
+                {"role": "assistant", "content": "Huế 30°C.", "reasoning_content": "Công cụ trả lời 30 độ."},
+                {"role": "user", "content": "Còn Đà Nẵng?"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "reasoning_content": "Lại hỏi công cụ, lần này cho Đà Nẵng.",
+                    "tool_calls": [{"type": "function", "function": {"name": "get_weather",
+                                                                     "arguments": {"city": "Đà Nẵng"}}}],
+                },
+                {"role": "tool", "name": "get_weather", "content": "31C"},
+                {"role": "assistant", "content": "Đà Nẵng 31°C.", "reasoning_content": "Công cụ nói 31 độ."},
+            ],
+            final_reasoning="Công cụ nói 31 độ.",
+            history_reasoning=("Hỏi công cụ thời tiết.", "Công cụ trả lời 30 độ."),
+            loop_reasoning=("Lại hỏi công cụ, lần này cho Đà Nẵng.",),
+            tools=[WEATHER_TOOL],
+            answer="Đà Nẵng 31°C.",
+        ),
+        Probe(
+            # A think tag that is not in reasoning position is text: the whole sentence is the answer.
+            name="literal closing tag in the answer",
+            messages=[
+                {"role": "user", "content": "How do I end a reasoning block?"},
+                {"role": "assistant", "content": f"Write the closing tag {THINK_CLOSE} after the reasoning."},
+            ],
+            answer=f"Write the closing tag {THINK_CLOSE} after the reasoning.",
         ),
     ]
 
@@ -209,8 +256,8 @@ INVALID_INPUTS: tuple[InvalidInput, ...] = (
         ],
     ),
     InvalidInput(
-        "unterminated <think>",
-        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>never closed"}],
+        "unterminated think block",
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": f"{THINK_OPEN}never closed"}],
     ),
     InvalidInput("thinking_mode not on/off", [{"role": "user", "content": "Hi"}], {"thinking_mode": "maybe"}),
     InvalidInput("thinking_mode as a bool", [{"role": "user", "content": "Hi"}], {"thinking_mode": True}),

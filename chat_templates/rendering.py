@@ -21,9 +21,16 @@ class TokenizedChat:
     assistant_mask: list[int]
 
 
-def mode_kwargs(thinking_mode: str | None) -> dict[str, str]:
-    """Template kwargs for a thinking mode; ``None`` passes nothing, so the template's default applies."""
-    return {} if thinking_mode is None else {"thinking_mode": thinking_mode}
+def mask_spans(mask: Sequence[int]) -> list[tuple[int, int]]:
+    """The ``[start, end)`` runs of ones in a 0/1 assistant mask, in order: one per trained assistant turn."""
+    runs, start = [], None
+    for index, value in enumerate([*mask, 0]):
+        if value and start is None:
+            start = index
+        elif not value and start is not None:
+            runs.append((start, index))
+            start = None
+    return runs
 
 
 def compile_template(template: str) -> Any:

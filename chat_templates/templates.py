@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-# End-of-turn markers of the chat formats tempa knows, most specific first. The first one a template
-# contains is the token its assistant turns end with (and so the token generation must stop on).
-END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
+from tempa.chat_templates.thinking import MODES, ThinkingMode
+
+# The baked-default lines of tempa's templates (one per setting, at the top), which `bake` rewrites.
+_DEFAULT_LINE = re.compile(r'^\{%- set default_(thinking_mode|stock_preamble) = ("on"|"off"|true|false) %\}$', re.M)
 
 
 class TemplateNotFoundError(ValueError):
@@ -47,14 +50,42 @@ def load_template(name_or_path: str | Path) -> str:
     return text
 
 
-def end_of_turn_token(template: str) -> str:
-    """The token that ends an assistant turn in ``template`` (``<|eot_id|>`` for Llama 3, ``<|im_end|>`` for ChatML)."""
-    for token in END_OF_TURN_TOKENS:
-        if token in template:
-            return token
-    raise ValueError(
-        f"cannot tell the end-of-turn token of this chat template: it contains none of {', '.join(END_OF_TURN_TOKENS)}"
+@dataclass(frozen=True)
+class TemplateDefaults:
+    """What a template does when a render passes no kwarg: its thinking mode and whether it writes the stock
+    Llama 3.1 system preamble. A recipe's ``thinking_default`` / ``stock_preamble`` bake these in."""
+
+    thinking_mode: ThinkingMode = "on"
+    stock_preamble: bool = False
+
+
+def template_defaults(template: str) -> TemplateDefaults:
+    """The defaults ``template`` declares in its ``default_*`` lines (a template without them: on, no preamble)."""
+    values = {name: value for name, value in _DEFAULT_LINE.findall(template)}
+    return TemplateDefaults(
+        thinking_mode=values.get("thinking_mode", '"on"').strip('"'),  # type: ignore[arg-type]
+        stock_preamble=values.get("stock_preamble") == "true",
     )
+
+
+def with_defaults(template: str, defaults: TemplateDefaults, origin: str = "the chat template") -> str:
+    """``template`` with its ``default_*`` lines set to ``defaults``.
+
+    A template without such a line can only keep the built-in default (on, no preamble); asking for another
+    raises ``ValueError`` naming ``origin`` and the line it lacks, instead of baking a default nobody renders.
+    """
+    if defaults.thinking_mode not in MODES:
+        raise ValueError(f"thinking default must be 'on' or 'off', got {defaults.thinking_mode!r}")
+    wanted = {"thinking_mode": f'"{defaults.thinking_mode}"', "stock_preamble": "true" if defaults.stock_preamble else "false"}
+    builtin = {"thinking_mode": '"on"', "stock_preamble": "false"}
+    present = {name for name, _ in _DEFAULT_LINE.findall(template)}
+    for name, value in wanted.items():
+        if name not in present and value != builtin[name]:
+            what = "thinking_default: off" if name == "thinking_mode" else "stock_preamble: true"
+            raise ValueError(
+                f"{origin} has no '{{%- set default_{name} = ... %}}' line, so {what} cannot be baked into it"
+            )
+    return _DEFAULT_LINE.sub(lambda m: f"{{%- set default_{m.group(1)} = {wanted[m.group(1)]} %}}", template)
 
 
 def _check_compiles(text: str, origin: str) -> None:

@@ -6,6 +6,9 @@ Three stage kinds (``STAGE_KINDS``), each a pydantic config and a ``run(config, 
 - ``merge``: merge the top-k (or listed) models with mergekit and re-score the merge;
 - ``bake``: the final folder (weights, thinking template, generation config, model card); the
   loader appends one when a recipe has none.
+
+Importing the package is cheap: torch, transformers and mergekit are imported inside the
+functions that use them, so validating a recipe never loads them.
 """
 
 from tempa.merge.bake import BakeStageConfig, run_bake

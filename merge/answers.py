@@ -1,8 +1,10 @@
-"""Pure functions over completion text: think blocks, thinking-format compliance, final answers.
+"""Pure functions over completion text: thinking-format compliance and final answers.
 
 Every scorer reads the *assistant text*: whatever the chat template pre-filled after the
-generation prompt (e.g. an opening ``<think>``) followed by what the model generated. The answer
-a user sees is the text after the think block; an unclosed think block has no answer.
+generation prompt (an open think block, say) followed by what the model generated. The answer a
+user sees is the text after the think block, as :func:`tempa.chat_templates.thinking.split_reasoning`
+splits it; an unclosed think block has no answer. The tags default to tempa's; an evaluation may
+name others (``think_tags``).
 """
 
 from __future__ import annotations
@@ -10,79 +12,33 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from dataclasses import dataclass
 
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
-
-
-@dataclass(frozen=True)
-class ThinkSplit:
-    """A completion split into its reasoning and its answer."""
-
-    reasoning: str | None  # text inside the think block; None when there is no block
-    answer: str  # text after the block (the whole text when there is none), stripped
-    opened: bool  # the text starts with an opening think tag
-    closed: bool  # a closing think tag follows
-
-
-def split_thinking(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> ThinkSplit:
-    """Split ``text`` at its leading think block.
-
-    An opening tag counts only at the very start (after whitespace); an unclosed block leaves
-    an empty answer, because the model never finished thinking. A closing tag without an
-    opening tag (a template that pre-fills ``<think>`` the caller did not prepend) still
-    separates reasoning from answer, with ``opened`` False.
-    """
-    stripped = text.lstrip()
-    if stripped.startswith(open_tag):
-        rest = stripped[len(open_tag) :]
-        end = rest.find(close_tag)
-        if end == -1:
-            return ThinkSplit(reasoning=rest, answer="", opened=True, closed=False)
-        return ThinkSplit(
-            reasoning=rest[:end], answer=rest[end + len(close_tag) :].strip(), opened=True, closed=True
-        )
-    end = stripped.find(close_tag)
-    if end != -1:
-        return ThinkSplit(
-            reasoning=stripped[:end],
-            answer=stripped[end + len(close_tag) :].strip(),
-            opened=False,
-            closed=True,
-        )
-    return ThinkSplit(reasoning=None, answer=stripped.strip(), opened=False, closed=False)
+from tempa.chat_templates.thinking import THINK_CLOSE, THINK_OPEN, has_think_tags, split_reasoning
 
 
 def final_answer_text(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> str:
     """The user-visible answer: the text after any think block."""
-    return split_thinking(text, open_tag, close_tag).answer
-
-
-def _has_tag(text: str, open_tag: str, close_tag: str) -> bool:
-    return open_tag in text or close_tag in text
+    return split_reasoning(text, open_tag, close_tag).answer
 
 
 def thinking_on_compliant(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> bool:
-    """Thinking on: a closed think block first, then a non-empty answer with no further tags."""
-    split = split_thinking(text, open_tag, close_tag)
+    """Thinking on: an opened and closed think block first, then a non-empty answer with no further tags."""
+    split = split_reasoning(text, open_tag, close_tag)
     return (
         split.opened
         and split.closed
         and bool(split.answer)
-        and not _has_tag(split.reasoning or "", open_tag, close_tag)
-        and not _has_tag(split.answer, open_tag, close_tag)
+        and not has_think_tags(split.reasoning or "", open_tag, close_tag)
+        and not has_think_tags(split.answer, open_tag, close_tag)
     )
 
 
 def thinking_off_compliant(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> bool:
-    """Thinking off: no think text. An empty pre-filled block (``<think>\\n\\n</think>``) is allowed."""
-    split = split_thinking(text, open_tag, close_tag)
-    if (split.opened or split.closed) and (
-        not (split.opened and split.closed) or (split.reasoning or "").strip()
-    ):
+    """Thinking off: no think text. An empty pre-filled block is allowed."""
+    split = split_reasoning(text, open_tag, close_tag)
+    if split.has_block and (not (split.opened and split.closed) or (split.reasoning or "").strip()):
         return False
-    return bool(split.answer) and not _has_tag(split.answer, open_tag, close_tag)
+    return bool(split.answer) and not has_think_tags(split.answer, open_tag, close_tag)
 
 
 # --- final answers -----------------------------------------------------------------------------

@@ -4,7 +4,13 @@
 no copy), the recipe's tokenizer with the thinking template baked in, a generation config whose
 eos ids include the end-of-turn token, and a model card. The stage then checks the template on
 the saved tokenizer and (by default) loads the folder with the Auto classes and generates in
-both thinking modes; only a folder that passes replaces ``final/``.
+both thinking modes; only a folder that passes replaces ``final/``, and only when it is
+publishable as it is (``tempa.merge.publish``: file modes, no pickles, no dangling ``auto_map``,
+no local paths or secrets).
+
+The template's default thinking mode is the recipe's ``thinking_default`` (already baked into the
+recipe's template text); the card states it, and the stage warns when no SFT row of the run was
+trained in that mode, since the model would then be prompted by default in a mode it never learned.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,9 +27,19 @@ from pydantic import Field
 
 from tempa.merge.candidates import is_model_dir
 from tempa.merge.model_card import ModelCardConfig, render_model_card
+from tempa.merge.publish import make_publishable, publish_problems
 from tempa.sft.files import link_or_copy, staging_dir, write_atomic, write_json
 from tempa.sft.run_layout import FINAL_DIR
-from tempa.sft.stage_api import RecipeInfo, Scalar, StageConfigBase, StageContext, StageError, StageResult
+from tempa.sft.stage import SFTResult
+from tempa.sft.stage_api import (
+    RecipeInfo,
+    Scalar,
+    StageConfigBase,
+    StageContext,
+    StageError,
+    StageResult,
+    Upstream,
+)
 
 # Model files carried into the final folder; tokenizer files come from the recipe's tokenizer,
 # and training leftovers (optimizer, trainer state, markers) stay behind.
@@ -67,7 +84,7 @@ def check_generation_config(out_dir: Path) -> dict[str, Any]:
     """The end-of-turn token must be among the eos ids and pad must differ from every eos id."""
     from transformers import AutoTokenizer, GenerationConfig
 
-    from tempa.chat_templates.templates import end_of_turn_token
+    from tempa.chat_templates.thinking import end_of_turn_token
 
     if not (out_dir / "generation_config.json").is_file():
         raise StageError(f"{out_dir} has no generation_config.json after baking the tokenizer")
@@ -84,6 +101,24 @@ def check_generation_config(out_dir: Path) -> dict[str, Any]:
     if generation.pad_token_id is not None and generation.pad_token_id in eos_ids:
         raise StageError(f"generation_config.json pad_token_id {generation.pad_token_id} is also an eos id")
     return {"end_of_turn": eot, "eos_token_id": eos_ids, "pad_token_id": generation.pad_token_id}
+
+
+def thinking_default_warning(default: str, stages: Mapping[str, Upstream]) -> str | None:
+    """A warning when the SFT stages of the run trained no row in the ``default`` mode."""
+    mixes = [up.result.data for up in stages.values() if isinstance(up.result, SFTResult)]
+    total = sum(mix.total.rows_kept for mix in mixes)
+    on = sum(mix.total.thinking_on_rows_kept for mix in mixes)
+    if total == 0:
+        return None
+    matching = on if default == "on" else total - on
+    if matching:
+        return None
+    other = "off" if default == "on" else "on"
+    return (
+        f"the chat template's default thinking mode is '{default}' (thinking_default), but all {total} SFT rows "
+        f"of this run were trained with thinking {other}: callers that pass no thinking_mode get a mode the "
+        f"model never learned; set thinking_default: {other} in the recipe"
+    )
 
 
 def _as_dict(result: Any) -> dict[str, Any]:
@@ -131,7 +166,7 @@ def smoke_test(out_dir: Path, device: str, max_new_tokens: int) -> dict[str, str
 
 def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
     """Assemble, check and publish ``<stage>/final``."""
-    from tempa.chat_templates import bake_tokenizer
+    from tempa.chat_templates import bake_tokenizer, template_defaults
 
     source = ctx.start_model
     if not is_model_dir(source):
@@ -142,12 +177,17 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
     stage_dir.mkdir(parents=True, exist_ok=True)
     final = stage_dir / FINAL_DIR
     device = "cpu" if config.device == "auto" and ctx.training.use_cpu else config.device
+    thinking_default = template_defaults(ctx.chat_template).thinking_mode
+    warning = thinking_default_warning(thinking_default, ctx.upstream)
+    if warning:
+        ctx.log.warning("%s: %s", ctx.stage_name, warning)
 
     # bake_tokenizer takes a template name or a .jinja path (not its text) and writes a whole
     # folder of its own, so it bakes into a scratch folder whose files join the weights after.
     template_file = stage_dir / "chat_template.jinja"
     write_atomic(template_file, ctx.chat_template)
-    with staging_dir(final) as tmp, tempfile.TemporaryDirectory(prefix=".bake-", dir=stage_dir) as scratch:
+    with staging_dir(final, inside=[stage_dir]) as tmp, \
+            tempfile.TemporaryDirectory(prefix=".bake-", dir=stage_dir) as scratch:
         copied = copy_model_files(source, tmp, trust_remote_code=ctx.trust_remote_code)
         baked = Path(scratch) / "tokenizer"
         try:
@@ -160,21 +200,34 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
         for path in baked.iterdir():
             if path.is_file():
                 shutil.copy2(path, tmp / path.name)
+        dropped = make_publishable(tmp)
+        for entry in dropped:
+            ctx.log.warning("%s: dropped %s (the final folder does not hold that code)", ctx.stage_name, entry)
         generation = check_generation_config(tmp)
         checks = run_template_checks(tmp, ctx.chat_template)
         write_json(stage_dir / "template_check.json", checks)
         recipe = ctx.recipe or RecipeInfo(name=ctx.stage_name, base_model=str(ctx.base_model), chat_template="")
-        card = render_model_card(config.model_card, recipe=recipe, stages=ctx.upstream, template_checks=checks)
+        card = render_model_card(config.model_card, recipe=recipe, stages=ctx.upstream, template_checks=checks,
+                                 thinking_default=thinking_default)
         write_atomic(tmp / "README.md", card)
         if config.smoke_test:
             ctx.log.info("%s: smoke test: load and generate in both thinking modes", ctx.stage_name)
-            outputs = smoke_test(tmp, device, config.smoke_max_new_tokens)
-            write_json(stage_dir / "smoke_test.json", outputs)
+            write_json(stage_dir / "smoke_test.json", smoke_test(tmp, device, config.smoke_max_new_tokens))
+        make_publishable(tmp)  # the files written since (README.md) get the same modes
+        problems = publish_problems(tmp)
+        if problems:
+            raise StageError(
+                f"bake stage '{ctx.stage_name}': the final folder is not publishable as it is: {'; '.join(problems[:5])}"
+            )
 
     metrics: dict[str, Scalar] = {
         "files": len(copied),
         "template_checks_passed": len(checks),
         "end_of_turn": generation["end_of_turn"],
+        "thinking_default": thinking_default,
         "smoke_test": bool(config.smoke_test),
+        "auto_map_dropped": ", ".join(dropped) or None,
     }
+    if warning:
+        metrics["warning"] = warning
     return StageResult(model=final, metrics=metrics, files={"model_card": final / "README.md"})

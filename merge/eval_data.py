@@ -8,10 +8,10 @@ the last user turn is dropped, so a reference answer may stay in the file) or fr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from tempa.chat_templates.json_files import JsonFileError, read_json, read_jsonl
 from tempa.sft.stage_api import StageError, looks_local
 
 
@@ -33,21 +33,21 @@ def load_rows(source: str, *, split: str = "train", max_rows: int | None = None)
 
 
 def _read_json_rows(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        data = json.loads(text)
-        if isinstance(data, dict):
-            data = data.get("rows") or data.get("data") or []
-        return [dict(row) for row in data]
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise StageError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-    return rows
+    """Evaluation rows must all be readable: a score over a silently shortened set would mislead."""
+    try:
+        if path.suffix == ".json":
+            data = read_json(path, "a JSON list of rows")
+            if isinstance(data, dict):
+                data = data.get("rows") or data.get("data") or []
+            return [dict(row) for row in data]
+        rows = []
+        for line in read_jsonl(path):
+            if line.error is not None:
+                raise StageError(f"{path}:{line.number}: {line.error}")
+            rows.append(line.value)
+        return rows
+    except JsonFileError as exc:
+        raise StageError(str(exc)) from None
 
 
 def prompt_messages(row: dict[str, Any]) -> list[dict[str, Any]]:

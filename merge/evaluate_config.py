@@ -11,11 +11,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from tempa.chat_templates.thinking import THINK_TAGS, ThinkingMode
 from tempa.merge.language import default_also_accept
 from tempa.sft import language
 from tempa.sft.stage_api import Artifact, Read, StageConfigBase, resolve_path
-
-ThinkingMode = Literal["on", "off"]
 
 
 class _Suite(BaseModel):
@@ -182,7 +181,7 @@ class EvaluateStageConfig(StageConfigBase):
         default="auto", description="Weights dtype for scoring (auto: bf16 on GPU, fp32 on CPU)."
     )
     think_tags: tuple[str, str] = Field(
-        default=("<think>", "</think>"), description="Opening and closing think tags of the template."
+        default=THINK_TAGS, description="Opening and closing think tags of the template."
     )
 
     @field_validator("models")

@@ -4,12 +4,18 @@ The conversion follows llama.cpp's `convert_hf_to_gguf.py` for the Llama archite
 names from gguf-py's map, q/k projections permuted from Hugging Face's rotary layout to GGML's,
 norms kept in f32, the byte-level BPE vocabulary with merges, and the special tokens. The file
 is written to a temporary name and renamed, so a partial export never looks complete.
+
+The embedded chat template is the baked one without its ``{% generation %}`` markers (a
+transformers extension for training masks that other Jinja engines reject); its eos is the
+end-of-turn token, so llama.cpp stops at the end of a turn. The Modelfile's TEMPLATE is the
+template's Go twin (:mod:`tempa.merge.ollama_template`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +23,9 @@ from typing import Literal
 
 import numpy as np
 
+from tempa.chat_templates.templates import template_defaults
+from tempa.chat_templates.thinking import end_of_turn_token
+from tempa.merge.ollama_template import ollama_template
 from tempa.sft.run_layout import RESOLVED_RECIPE
 from tempa.sft.stage_api import StageError
 
@@ -26,6 +35,7 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 # llama.cpp's names for the pre-tokenizer regexes it knows (it hashes a probe string; we read the
 # tokenizer.json that produced it).
 _LLAMA3_SPLIT = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}"
+_GENERATION_TAG = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
 
 
 @dataclass(frozen=True)
@@ -64,10 +74,9 @@ def _pre_tokenizer_name(tokenizer_json: dict) -> str:
     return "gpt-2"
 
 
-def _vocab(model_dir: Path, tokenizer) -> tuple[list[str], list[int], list[str]]:
+def _vocab(model_dir: Path, data: dict, tokenizer) -> tuple[list[str], list[int], list[str]]:
     import gguf
 
-    data = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
     if data.get("model", {}).get("type") != "BPE":
         raise StageError(f"{model_dir}/tokenizer.json: only byte-level BPE tokenizers export to GGUF here")
     merges = [" ".join(m) if isinstance(m, list) else m for m in data["model"].get("merges", [])]
@@ -92,6 +101,13 @@ def _vocab(model_dir: Path, tokenizer) -> tuple[list[str], list[int], list[str]]
             else:
                 types.append(gguf.TokenType.NORMAL)
     return tokens, [int(t) for t in types], merges
+
+
+def serving_template(template: str) -> str:
+    """The chat template for inference engines: the ``{% generation %}`` / ``{% endgeneration %}`` markers
+    (training-only, transformers' extension) removed. Their whitespace control goes too, which changes
+    nothing: tempa's templates write every character through ``{{- ... }}`` expressions."""
+    return _GENERATION_TAG.sub("", template)
 
 
 def export_name(model_dir: Path) -> str:
@@ -150,21 +166,25 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if file_type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
 
-    tokens, types, merges = _vocab(model_dir, tokenizer)
+    tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    tokens, types, merges = _vocab(model_dir, tokenizer_json, tokenizer)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_pre_tokenizer_name(json.loads((model_dir / "tokenizer.json").read_text())))
+    writer.add_tokenizer_pre(_pre_tokenizer_name(tokenizer_json))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
     if tokenizer.bos_token_id is not None:
         writer.add_bos_token_id(tokenizer.bos_token_id)
     stop_ids = _stop_ids(model_dir, GenerationConfig)
-    eos = stop_ids[-1] if stop_ids else tokenizer.eos_token_id
-    writer.add_eos_token_id(eos)  # llama.cpp stops on this; the end-of-turn token when baked
+    eot_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(template))
+    # llama.cpp ends generation on eos and eot (and on the other eos ids by their text); the baked eos
+    # is the end-of-turn token already.
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_eot_token_id(eot_id)
     if tokenizer.pad_token_id is not None:
         writer.add_pad_token_id(tokenizer.pad_token_id)
     writer.add_add_bos_token(False)  # the chat template writes <|begin_of_text|> itself
-    writer.add_chat_template(template)
+    writer.add_chat_template(serving_template(template))
 
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     count = 0
@@ -187,7 +207,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
     os.replace(tmp, gguf_path)
 
     modelfile = gguf_path.with_name("Modelfile")
-    modelfile.write_text(ollama_modelfile(gguf_path.name, tokenizer, stop_ids))
+    modelfile.write_text(ollama_modelfile(gguf_path.name, tokenizer, stop_ids), encoding="utf-8")
     return GGUFExport(gguf_path, modelfile, count, file_type)
 
 
@@ -212,31 +232,24 @@ def _stop_ids(model_dir: Path, generation_config_cls) -> list[int]:
 
 
 def ollama_modelfile(gguf_name: str, tokenizer, stop_ids: list[int]) -> str:
-    """An Ollama Modelfile: Llama 3 turns in Ollama's Go template, thinking on by default.
+    """An Ollama Modelfile: the GGUF, the chat template's Go twin, the stop tokens, and the default mode.
 
-    Ollama renders its own Go template, not the Jinja one; this mirrors the thinking template's
-    default (thinking on: the assistant turn opens with `<think>`). For thinking off, start the
-    system prompt or edit the TEMPLATE's last line to prefill `<think>\\n</think>\\n`.
+    The TEMPLATE follows Ollama's ``think`` request switch, and the template's baked default (the recipe's
+    ``thinking_default``) when a request leaves it unset; see :mod:`tempa.merge.ollama_template`.
     """
+    template = tokenizer.chat_template or ""
+    default = template_defaults(template).thinking_mode
+    try:
+        body = ollama_template(template)
+    except ValueError as error:
+        raise StageError(f"Modelfile for {gguf_name}: {error}") from None
+    if '"""' in body:
+        raise StageError(f"Modelfile for {gguf_name}: the template contains a triple quote")
     stops = [tokenizer.convert_ids_to_tokens(i) for i in stop_ids] or [tokenizer.eos_token]
-    if "<|im_start|>" in (tokenizer.chat_template or ""):
-        body = [
-            '{{- if .System }}<|im_start|>system',
-            "{{ .System }}<|im_end|>",
-            "{{ end }}{{- range .Messages }}<|im_start|>{{ .Role }}",
-            "{{ .Content }}<|im_end|>",
-            "{{ end }}<|im_start|>assistant",
-        ]
-    else:
-        body = [
-            "<|begin_of_text|>{{- if .System }}<|start_header_id|>system<|end_header_id|>",
-            "",
-            "{{ .System }}<|eot_id|>{{- end }}",
-            "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>",
-            "",
-            "{{ .Content }}<|eot_id|>{{- end }}<|start_header_id|>assistant<|end_header_id|>",
-            "",
-        ]
-    lines = [f"FROM ./{gguf_name}", 'TEMPLATE """' + body[0], *body[1:], "<think>", '"""']
+    lines = [
+        f"# tempa: default thinking mode '{default}' (thinking_default); a request's think: true/false overrides it.",
+        f"FROM ./{gguf_name}",
+        f'TEMPLATE """{body}"""',
+    ]
     lines += [f'PARAMETER stop "{stop}"' for stop in dict.fromkeys(stops)]
     return "\n".join(lines) + "\n"

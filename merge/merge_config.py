@@ -42,10 +42,12 @@ OWNED_OPTIONS = {
     "safe_serialization": "tempa writes safetensors only",
     "random_seed": "tempa passes the recipe's seed",
     "trust_remote_code": "set trust_remote_code on the recipe",
+    "lazy_unpickle": "tempa merges safetensors only, so nothing is unpickled",
 }
-# tempa's defaults over mergekit's: merge on the CPU (device applies unless cuda/gpu_rich is set) and
-# read pickled (.bin) inputs tensor by tensor instead of loading whole files.
-OPTION_DEFAULTS: dict[str, Any] = {"device": "cpu", "lazy_unpickle": True}
+# tempa's defaults over mergekit's: merge on the CPU (device applies unless cuda/gpu_rich is set).
+# Inputs are safetensors only (pickled folders are refused before mergekit sees them), so mergekit
+# never unpickles: lazy_unpickle stays off.
+OPTION_DEFAULTS: dict[str, Any] = {"device": "cpu", "lazy_unpickle": False}
 
 
 def _did_you_mean(value: str, choices: list[str]) -> str:
@@ -250,8 +252,8 @@ class MergeStageConfig(StageConfigBase):
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="mergekit MergeOptions, e.g. {device: cuda, out_shard_size: 5B, num_threads: 8}. tempa's "
-        "defaults: device cpu, lazy_unpickle true; it sets copy_tokenizer, write_model_card, safe_serialization, "
-        "random_seed and trust_remote_code itself.",
+        "defaults: device cpu; it sets copy_tokenizer, write_model_card, safe_serialization, random_seed, "
+        "trust_remote_code and lazy_unpickle (off: inputs are safetensors only) itself.",
     )
     reevaluate: bool = Field(
         default=True,

@@ -183,7 +183,7 @@ def run_merge(
     )
 
     final = stage_dir / FINAL_DIR
-    with staging_dir(final) as tmp:
+    with staging_dir(final, inside=[stage_dir]) as tmp:
         run_mergekit(merge_config, tmp, options, config_path=stage_dir / MERGEKIT_CONFIG)
         finish_model_dir(tmp, ctx, donor=models[0].path)
 

@@ -1,9 +1,11 @@
 """mergekit, driven through its Python API: compatibility checks, the config, the run.
 
 mergekit treats a path that does not exist as a hub id, so every model here is an absolute
-folder, checked to exist. Merges run tensor by tensor (safetensors read with pread, see
-``tensor_reader``; pickles lazily unpickled), writing shards as they go, so a merge needs little
-more RAM than the largest tensor times the number of inputs, plus one output shard.
+folder, checked to exist and to hold safetensors weights: mergekit would unpickle a folder with
+only ``pytorch_model.bin`` (even while merely indexing it), so such a folder is refused before
+mergekit sees it. Merges run tensor by tensor (safetensors read with pread, see
+``tensor_reader``), writing shards as they go, so a merge needs little more RAM than the largest
+tensor times the number of inputs, plus one output shard.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tempa.merge.merge_config import OPTION_DEFAULTS, MergeStageConfig, method_spec
-from tempa.merge.tensor_reader import unmapped_inputs
+from tempa.merge.model_files import weights_problem
 from tempa.sft.stage_api import StageError
 
 # config.json fields that must agree for two checkpoints to be mergeable.
@@ -170,10 +172,14 @@ def run_mergekit(merge_config: Any, out_dir: Path, options: Any, *, config_path:
     """Write ``merge_config`` to ``config_path`` (mergekit YAML) and merge into ``out_dir`` (an empty, temporary folder)."""
     from mergekit.merge import run_merge
 
+    from tempa.merge.tensor_reader import unmapped_inputs
+
     for reference in merge_config.referenced_models():
         path = str(reference.model.path)
         if not (os.path.isabs(path) and os.path.isdir(path)):
             raise StageError(f"merge input {path} is not an existing absolute folder (mergekit would read a hub id)")
+        if (problem := weights_problem(Path(path))) is not None:
+            raise StageError(f"merge input: {problem}")
     text = merge_config.to_yaml() + "\n"
     config_path.write_text(text, encoding="utf-8")
     with unmapped_inputs(merge_config):

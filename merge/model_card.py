@@ -12,6 +12,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -33,7 +34,7 @@ _HARMLESS_KEYS = re.compile(
     r"bos_token|tokens_per_.*|.*_tokens|author.*)",
     re.IGNORECASE,
 )
-_TOKEN_PATTERNS = [
+TOKEN_PATTERNS = [
     re.compile(r"\bhf_[A-Za-z0-9]{20,}\b"),
     re.compile(r"\bsk-[A-Za-z0-9_-]{16,}\b"),
     re.compile(r"\b(?:ghp|gho|ghs|github_pat)_[A-Za-z0-9_]{20,}\b"),
@@ -41,6 +42,31 @@ _TOKEN_PATTERNS = [
     re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{12,}"),
     re.compile(r"\b[0-9a-f]{40}\b"),  # W&B-style 40-hex api keys
 ]
+
+
+# An absolute path starts a token: at the start, after whitespace, a quote, '(', '=', ',' or '['.
+_ABSOLUTE = re.compile(r"""(?:^|(?<=[\s`'"(=,\[]))(/[^\s`'"|<>()\[\]{},;]+)""", re.MULTILINE)
+
+
+def _is_local(path: str) -> bool:
+    # The top folder must exist here: strings like "/no_think" or "/v1/chat" are not paths.
+    first = path.strip("/").split("/")[0]
+    return bool(first) and os.path.isdir("/" + first)
+
+
+def local_paths(text: str) -> list[str]:
+    """Absolute paths in ``text`` whose top folder exists on this machine (``/home/...``, ``/tmp/...``)."""
+    return [m.group(1) for m in _ABSOLUTE.finditer(text) if _is_local(m.group(1))]
+
+
+def strip_local_paths(text: str) -> str:
+    """``text`` with every local absolute path replaced by its last component (``x.jsonl``)."""
+
+    def name(match: re.Match[str]) -> str:
+        path = match.group(1)
+        return (Path(path.rstrip("/")).name or path) if _is_local(path) else path
+
+    return _ABSOLUTE.sub(name, text)
 
 
 class ModelCardConfig(BaseModel):
@@ -86,7 +112,7 @@ def scrub(text: str, environ: Mapping[str, str] | None = None) -> str:
     for key, value in environ.items():
         if len(value) >= 8 and _SECRET_KEY_RE.search(key) and value in text:
             text = text.replace(value, REDACTED)
-    for pattern in _TOKEN_PATTERNS:
+    for pattern in TOKEN_PATTERNS:
         text = pattern.sub(REDACTED, text)
     return text
 
@@ -176,12 +202,15 @@ def _merge_section(stages: Mapping[str, Upstream]) -> list[str]:
     return ["## Merge", "", *lines] if lines else []
 
 
-def usage_snippet(model_id: str) -> list[str]:
+def usage_snippet(model_id: str, thinking_default: str = "on") -> list[str]:
+    other = "off" if thinking_default == "on" else "on"
     return [
         "## Usage",
         "",
-        'The chat template takes `thinking_mode="on"` (default: the model reasons inside `<think>...</think>`',
-        'before answering) or `thinking_mode="off"` (a direct answer).',
+        'The chat template takes `thinking_mode="on"` (the model reasons in a think block before answering) or',
+        '`thinking_mode="off"` (a direct answer); `enable_thinking=True/False` is an alias.',
+        f"**Default thinking mode: `{thinking_default}`** (the recipe's `thinking_default`): a caller that passes",
+        f'neither gets `thinking_mode="{thinking_default}"`. Pass `thinking_mode="{other}"` to switch.',
         "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
@@ -194,7 +223,7 @@ def usage_snippet(model_id: str) -> list[str]:
         "inputs = tokenizer.apply_chat_template(",
         "    messages,",
         "    add_generation_prompt=True,",
-        '    thinking_mode="on",  # "off" for a direct answer',
+        f'    thinking_mode="{thinking_default}",  # "{other}" to switch',
         '    return_tensors="pt",',
         "    return_dict=True,",
         ").to(model.device)",
@@ -202,7 +231,9 @@ def usage_snippet(model_id: str) -> list[str]:
         'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
         "```",
         "",
-        "Generation stops at the end-of-turn token (`generation_config.json` lists it among the eos ids).",
+        "Generation stops at the end-of-turn token: it is the tokenizer's eos, and `generation_config.json`",
+        "lists it among the eos ids. `tempa export gguf` writes a GGUF (llama.cpp) and an Ollama Modelfile",
+        "whose template honours Ollama's `think` switch and falls back to the same default.",
         "",
     ]
 
@@ -214,6 +245,7 @@ def render_model_card(
     stages: Mapping[str, Upstream],
     template_checks: list[dict[str, Any]] | None = None,
     environ: Mapping[str, str] | None = None,
+    thinking_default: str = "on",
 ) -> str:
     """The card's markdown, scrubbed of secrets."""
     resolved = redact(dict(recipe.resolved))
@@ -239,7 +271,7 @@ def render_model_card(
         lines += [str(card.description or recipe.description), ""]
     lines += [f"Post-trained with tempa from base model `{recipe.base_model}` with the `{recipe.chat_template}` "
               "chat template.", ""]
-    lines += usage_snippet(card.model_id or "path/to/this/folder")
+    lines += usage_snippet(card.model_id or "path/to/this/folder", thinking_default)
     lines += _stages_section(stages)
     lines += _mix_section(stages)
     lines += _eval_section(stages)
@@ -267,4 +299,5 @@ def render_model_card(
         ]
     if card.extra:
         lines += [card.extra.strip(), ""]
-    return scrub("\n".join(lines), environ)
+    # The card is published: this machine's folders (data files, base model) are named, not located.
+    return scrub(strip_local_paths("\n".join(lines)), environ)

@@ -13,7 +13,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from tempa.alignment.generation import GenerationBackend, GenerationParams, template_kwargs
+from tempa.alignment.generation import GenerationBackend, GenerationParams
+from tempa.chat_templates.thinking import THINK_TAGS, mode_kwargs, rendered_prefill
 from tempa.merge import answers, ifeval
 from tempa.merge.eval_data import chat_messages, prompt_messages
 from tempa.merge.evaluate_config import (
@@ -33,22 +34,6 @@ from tempa.sft.stage_api import StageError
 Messages = list[dict[str, Any]]
 
 
-def assistant_prefill(tokenizer, messages: Messages, thinking_mode: str | None, open_tag: str) -> str:
-    """What the template writes for the assistant after the header, from the last ``open_tag`` on.
-
-    A thinking template may pre-fill ``<think>`` (or an empty ``<think></think>`` block in off
-    mode) in the generation prompt; the model's text continues it, so scorers read both.
-    """
-    kwargs = template_kwargs(thinking_mode)  # type: ignore[arg-type]
-    with_prompt = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True, **kwargs
-    )
-    without = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False, **kwargs)
-    tail = with_prompt[len(without) :] if with_prompt.startswith(without) else with_prompt[-200:]
-    at = tail.rfind(open_tag)
-    return tail[at:] if at != -1 else ""
-
-
 class CandidateScorer:
     """One loaded candidate: generates (memoised) and scores suites against it."""
 
@@ -59,7 +44,7 @@ class CandidateScorer:
         generation: EvalGeneration,
         *,
         seed: int = 0,
-        think_tags: tuple[str, str] = (answers.THINK_OPEN, answers.THINK_CLOSE),
+        think_tags: tuple[str, str] = THINK_TAGS,
         model=None,
         lm_eval_seed: int | None = None,
     ) -> None:
@@ -103,7 +88,7 @@ class CandidateScorer:
     def prefill(self, messages: Messages, mode: str | None) -> str:
         key = (json.dumps(messages, sort_keys=True, ensure_ascii=False), mode)
         if key not in self._prefill:
-            self._prefill[key] = assistant_prefill(self.tokenizer, messages, mode, self.open_tag)
+            self._prefill[key] = rendered_prefill(self.tokenizer, messages, mode_kwargs(mode), self.open_tag)
         return self._prefill[key]
 
     def answer(self, text: str) -> str:
@@ -251,7 +236,7 @@ def assistant_mask(tokenizer, messages: Messages, thinking_mode: str | None) -> 
     Uses the template's ``{% generation %}`` markers; a template without them falls back to
     rendering each assistant turn's prefix and marking the tokens the turn adds.
     """
-    kwargs = template_kwargs(thinking_mode)  # type: ignore[arg-type]
+    kwargs = mode_kwargs(thinking_mode)
     encoded = tokenizer.apply_chat_template(
         messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **kwargs
     )

@@ -89,7 +89,7 @@ def unmapped_loader(model: Any) -> Any:
 
     class UnmappedTensorLoader(LazyTensorLoader):
         def __init__(self, index: Any) -> None:
-            super().__init__(index, lazy_unpickle=True)
+            super().__init__(index, lazy_unpickle=False)  # safetensors only: nothing is ever unpickled
             self._headers: dict[str, dict[str, TensorEntry]] = {}
             self._header_lock = threading.Lock()
 

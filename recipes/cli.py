@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ EPILOG = """examples:
   tempa run demo --set stages.sft-general.train.learning_rate=2e-5
   tempa run demo --from sft-reasoning                   re-run one stage and everything after it
   tempa status runs/demo                                each stage's state, time and key metrics
-  tempa tiny-model /tmp/tiny                            build the embedded tiny model + tokenizer
+  tempa tiny-model /tmp/tiny [--tokenizer llama3]      build the embedded tiny model + tokenizer
   tempa template check --tokenizer runs/demo/final      verify the chat template invariants
   tempa export gguf runs/demo/final --type q8_0         GGUF + Ollama Modelfile
   tempa report runs/demo                                HTML report: loss/reward curves, leaderboard
@@ -71,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny-model", help="build the embedded tiny Llama model + tokenizer into OUT_DIR")
     tiny.add_argument("out_dir", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--tokenizer", choices=("tiny", "llama3"), default="tiny",
+                      help="tiny: a 1,024-token BPE trained on the sample data; llama3: Meta's real Llama 3 "
+                      "tokenizer (128,256 tokens, offline, from the llama-models package)")
     tiny.set_defaults(func=_cmd_tiny)
 
     report = sub.add_parser("report", help="write RUN_DIR/report/index.html: curves, leaderboard, merge, template")
@@ -148,19 +152,13 @@ def _cmd_plan(args) -> int:
 def _cmd_status(args) -> int:
     from rich.table import Table
 
-    from tempa.recipes.loader import load_recipe
     from tempa.recipes.runner import stage_status
 
     run_dir: Path = args.run_dir
     resolved = run_dir / RESOLVED_RECIPE
     if not resolved.is_file():
         raise RecipeError(f"{run_dir}: not a tempa run directory (no recipe.resolved.yaml)")
-    loaded = None
-    try:
-        loaded = load_recipe(resolved)
-    except Exception:  # the recipe may reference files that moved; manifests still tell the story
-        loaded = None
-    rows = stage_status(loaded, run_dir)
+    rows = stage_status(_stage_names(resolved), run_dir)
     if args.json:
         print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2, default=str))
         return 0
@@ -175,6 +173,23 @@ def _cmd_status(args) -> int:
         table.add_row(row.name, row.kind, row.state, f"{seconds:.1f}s" if seconds else "-", metrics)
     _console().print(table)
     return 0
+
+
+def _stage_names(resolved: Path) -> list[str] | None:
+    """The stage order recorded in recipe.resolved.yaml, read without validating the recipe.
+
+    Status needs only the names: validation would import trl and fail on files that moved since.
+    """
+    import yaml
+
+    from tempa.recipes.yaml_loader import RecipeTextError, parse_yaml, read_text
+
+    try:
+        stages = parse_yaml(read_text(resolved)).get("stages")
+        names = [stage["name"] for stage in stages]
+    except (OSError, yaml.YAMLError, RecipeTextError, AttributeError, KeyError, TypeError):
+        return None  # unreadable: the manifests still tell the story
+    return names if all(isinstance(name, str) for name in names) else None
 
 
 def _console():
@@ -207,9 +222,22 @@ def _cmd_tiny(args) -> int:
 
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise RecipeError(f"tiny-model: {args.out_dir} is a file; give a folder to write the model into")
-    out = write_tiny_default(args.out_dir, seed=args.seed)
+    out = write_tiny_default(args.out_dir, seed=args.seed, tokenizer=args.tokenizer)
     print(f"tiny model + tokenizer written to {out}")
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM, Kubernetes and `kill` send before SIGKILL), raised where the runner is.
+
+    A KeyboardInterrupt, so everything that stops cleanly on Ctrl-C (the training process group,
+    partial outputs) stops the same way on SIGTERM.
+    """
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated SIGTERM must not cut the cleanup short
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,23 +247,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.verbose)
-    from tempa.recipes.rundir import RunLockedError
+    from tempa.recipes.rundir import NotARunDirError, RunLockedError
     from tempa.sft.stage_api import StageError
 
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
-    except (RecipeError, StageError, RunLockedError, FileExistsError) as exc:
+    except (RecipeError, StageError, RunLockedError, NotARunDirError, FileExistsError) as exc:
         print(f"tempa: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("tempa: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     except Exception as exc:  # an unexpected failure still gets one line; -v shows the traceback
         if args.verbose:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"tempa: error: {type(exc).__name__}: {first} (run with -v for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _setup_logging(verbose: bool) -> None:

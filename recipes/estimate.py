@@ -17,8 +17,11 @@ The memory model (per GPU, DeepSpeed ZeRO-3 without offload, bf16 mixed precisio
   4: fp32; optimizer 8: Adam's two fp32 moments) plus 4 bytes per parameter of the largest layer,
   which ZeRO-3 gathers whole to compute with (the embedding or LM head for Llama shapes);
 - activations of one micro-batch with full activation checkpointing (trl's default): each
-  layer's bf16 input kept, one layer's intermediates rebuilt during its backward, and the logits
-  (bf16, their fp32 upcast for the loss and its fp32 gradient; Liger's fused loss never builds them);
+  layer's bf16 input kept, one layer's intermediates rebuilt during its backward (Liger's SwiGLU,
+  on by default on GPU when ``liger-kernel`` is installed, keeps 3 instead of 4 MLP-wide tensors),
+  and the LM head: trl's SFT and DPO trainers score tokens with a chunked kernel that never builds
+  the (tokens x vocab) logits, holding one bf16 tile plus fp32 gradients of the hidden states and
+  of the head's weight (:func:`logits_bytes`; unfused logits would take 10 bytes x vocab per token);
 - a stage fits when that total stays under 90% of the GPU's memory (the rest: CUDA context, NCCL
   buffers, allocator fragmentation, DeepSpeed's prefetch buckets).
 
@@ -42,6 +45,7 @@ from tempa.recipes.registry import stage_kind
 from tempa.recipes.rundir import done_fingerprint, read_manifest
 from tempa.recipes.schema import TINY_DEFAULT
 from tempa.sft.stage_api import EstimateInputs, SourceSize, StageResult, TokenCount, TrainingWorkload
+from tempa.sft.throughput_summary import peak_flops
 
 GIB = 2**30
 
@@ -73,14 +77,19 @@ class GPUSpec:
     memory_gib: float  # what the device reports as total memory
 
 
+def _gpu(name: str, memory_gib: float) -> GPUSpec:
+    """A GPU with the peak the training worker's MFU uses (tempa.sft.throughput.PEAK_FLOPS)."""
+    return GPUSpec(name, peak_flops(name) / 1e12, memory_gib)
+
+
 GPUS: dict[str, GPUSpec] = {
     spec.name.lower(): spec
     for spec in (
-        GPUSpec("H100", 989.4, 79.6),  # SXM5 80 GB
-        GPUSpec("H200", 989.4, 139.8),  # SXM 141 GB
-        GPUSpec("A100", 312.0, 79.2),  # SXM4 80 GB
-        GPUSpec("A100-40GB", 312.0, 39.4),
-        GPUSpec("L40S", 362.1, 44.4),
+        _gpu("H100", 79.6),  # SXM5 80 GB
+        _gpu("H200", 139.8),  # SXM 141 GB
+        _gpu("A100", 79.2),  # SXM4 80 GB
+        _gpu("A100-40GB", 39.4),
+        _gpu("L40S", 44.4),
     )
 }
 
@@ -274,15 +283,37 @@ def zero3_model_states_bytes(parameters: int, largest_layer: int, gpus: int) -> 
     }
 
 
+def logits_bytes(shape: ModelShape, tokens: int, *, fused: bool = True) -> float:
+    """Peak bytes of the LM head + loss for one micro-batch of ``tokens`` tokens.
+
+    ``fused``: trl's chunked log-prob kernel (what its SFT and DPO trainers run); one
+    (token chunk x vocab chunk) bf16 tile, fp32 gradients for the hidden states and the head's
+    weight. Unfused: bf16 logits, their fp32 upcast for the loss and its fp32 gradient.
+    """
+    if not fused:
+        return 10.0 * shape.vocab_size * tokens
+    from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+    tile = 2 * min(tokens, TOKEN_CHUNK_SIZE) * min(shape.vocab_size, _CHUNKED_LOGPROB_CHUNK_SIZE)
+    return float(tile + 4 * tokens * shape.hidden_size + 4 * shape.vocab_size * shape.hidden_size)
+
+
 def activation_bytes(shape: ModelShape, tokens: int, *, checkpointing: bool, liger: bool) -> float:
     """Activations of one micro-batch of ``tokens`` tokens (bf16, flash/sdpa attention, no dropout)."""
     h, kv = shape.hidden_size, shape.num_kv_heads * shape.dim_per_head
     # One layer's saved tensors per token: norm outputs, q/k/v, attention output, residuals (5h + 2kv)
-    # and the MLP's gate, up, activation and product (4 x intermediate), all bf16.
-    layer = 2 * (5 * h + 2 * kv + 4 * shape.intermediate_size) * tokens
+    # and the MLP's gate, up, activation and product (4 x intermediate; Liger's fused SwiGLU
+    # recomputes the activation in its backward: 3), all bf16.
+    mlp = (3 if liger else 4) * shape.intermediate_size
+    layer = 2 * (5 * h + 2 * kv + mlp) * tokens
     layers = (shape.num_layers * 2 * h * tokens + layer) if checkpointing else shape.num_layers * layer
-    logits = 0 if liger else 10 * shape.vocab_size * tokens  # bf16 logits + fp32 upcast + fp32 gradient
-    return float(layers + logits)
+    return float(layers + logits_bytes(shape, tokens))
+
+
+def liger(train: dict[str, Any]) -> bool:
+    """Liger's layer kernels: on unless the recipe turns them off (tempa's GPU default with the `gpu` extra)."""
+    return bool(train.get("use_liger_kernel", True))
 
 
 def checkpointing(train: dict[str, Any]) -> bool:
@@ -306,7 +337,7 @@ def memory_estimate(shape: ModelShape, hardware: Hardware, work: Workload) -> Me
         states = {"params": (0.55 if work.lora.load_in_4bit else 2) * shape.parameters / hardware.gpus,
                   "grads": 0.0, "optimizer": 0.0, "gathered": 2 * shape.largest_layer_parameters}
     activations = activation_bytes(shape, work.micro_tokens, checkpointing=checkpointing(work.train),
-                                   liger=bool(work.train.get("use_liger_kernel", False)))
+                                   liger=liger(work.train))
     reference = 2 * shape.parameters / hardware.gpus if work.reference else 0.0
     return MemoryEstimate(**{k: v / GIB for k, v in states.items()}, activations=activations / GIB,
                           capacity=hardware.gpu.memory_gib, reference=reference / GIB)
@@ -435,6 +466,9 @@ def _annotate(estimate: StageEstimate, shape: ModelShape, hardware: Hardware, wo
         estimate.warnings.append(f"stage {estimate.name}: token count unknown, so no steps or hours")
     if not checkpointing(work.train):
         estimate.notes.append("activation checkpointing is off: activations of every layer are kept")
+    fused, unfused = (logits_bytes(shape, work.micro_tokens, fused=f) / GIB for f in (True, False))
+    estimate.notes.append(f"LM head + loss: {fused:.1f} GiB per GPU in trl's chunked kernel, counted in activ. "
+                          f"(unfused logits over the {shape.vocab_size:,}-token vocabulary: {unfused:.1f} GiB)")
     if preference:
         reference = f"reference model {estimate.memory.reference:.1f} GiB per GPU in the total" if work.reference \
             else "reference log-probs precomputed: no reference model during training"
@@ -459,9 +493,9 @@ def _will_not_fit(estimate: StageEstimate, shape: ModelShape, hardware: Hardware
         options.append(f"launch.accelerate_config: zero3-offload (~{gpu + mem.reference + mem.activations:.0f} GiB per GPU, "
                        f"~{host:.0f} GiB host RAM per node, DeepSpeed's estimate)")
     if mem.activations > 0.25 * mem.capacity:
-        liger = "" if work.train.get("use_liger_kernel") else " or use_liger_kernel: true"
+        kernels = "" if liger(work.train) else " or use_liger_kernel: true"
         options.append(f"a smaller per_device_train_batch_size x max_length (micro-batch {work.micro_tokens:,} "
-                       f"tokens){liger}")
+                       f"tokens){kernels}")
     return message + ("; options: " + "; ".join(options) if options else "")
 
 
@@ -585,7 +619,9 @@ def _footnotes(estimates: list[StageEstimate], loaded: LoadedRecipe) -> list[str
     out += _wrap(
         "memory, GiB per GPU: params = bf16 copy + fp32 master (6 B/param), grads fp32 (4 B), optim = Adam moments "
         "(8 B), each divided over the GPUs; gathered = the largest layer x 4 B; activ. = one micro-batch with "
-        f"activation checkpointing, plus the logits; fits = total <= {100 * USABLE_MEMORY:.0f}% of GPU memory"
+        "activation checkpointing, plus the LM head's chunked loss; kernels as tempa picks them on GPU with the "
+        "gpu extra installed (flash-attention 2, Liger; set use_liger_kernel: false to plan without Liger); "
+        f"fits = total <= {100 * USABLE_MEMORY:.0f}% of GPU memory"
     )
     out += _wrap(
         f"steps assume BFD packing fills {100 * PACKING_FILL:.0f}% of each row; hours = 6 x params x trained "

@@ -75,8 +75,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def deepspeed_on_cpu(launch: LaunchConfig) -> bool:
+    """Whether the launched group runs DeepSpeed on CPU (and so needs its JIT-built shm op)."""
+    if launch.launcher == "torchrun":
+        uses_deepspeed = launch.deepspeed_config is not None
+    else:
+        import yaml
+
+        config = yaml.safe_load(accelerate_config_path(launch.accelerate_config).read_text(encoding="utf-8")) or {}
+        uses_deepspeed = config.get("distributed_type") == "DEEPSPEED"
+    if not uses_deepspeed:
+        return False
+    if launch.use_cpu or os.environ.get("DS_ACCELERATOR") == "cpu":
+        return True
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Path, *, log) -> None:
     """Run the command, streaming output to ``log_file``; a failure raises a one-line StageError."""
+    if deepspeed_on_cpu(launch):
+        from tempa.recipes.jit_ops import ensure_shm_op
+
+        ensure_shm_op(log, log_file.parent / "deepspeed_op_build.log")
     cmd = launch_command(launch, module, args, port=_free_port())
     env = dict(os.environ)
     env["TEMPA_RUNNER_PID"] = str(os.getpid())

@@ -7,7 +7,6 @@ the field path and what was expected, before any work starts.
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,23 +19,10 @@ from pydantic import ValidationError
 from tempa.recipes.errors import FieldPath, RecipeError, dotted, from_validation_error, where
 from tempa.recipes.registry import stage_kinds
 from tempa.recipes.schema import Recipe
+from tempa.recipes.yaml_loader import RecipeTextError, compose_and_construct, parse_yaml, read_text
 from tempa.sft.stage_api import Read, StageConfigBase
 from tempa.sft.suggest import did_you_mean
-
-
-class _RecipeYAMLLoader(yaml.SafeLoader):
-    """Safe YAML where `2e-5` is a float (YAML 1.1 wants `2.0e-5`; every recipe author writes 2e-5)."""
-
-
-_RecipeYAMLLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
-
-def parse_yaml(text: str):
-    return yaml.load(text, Loader=_RecipeYAMLLoader)
+from tempa.sft.train_args import DEFER_TRAIN_CHECKS
 
 
 @dataclass
@@ -141,14 +127,16 @@ def _profile_lines(lines, profile: str, overlay: dict) -> dict:
 
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[FieldPath, tuple[Path, int]]]:
     try:
-        text = path.read_text(encoding="utf-8")
-        data = parse_yaml(text)
-        node = yaml.compose(text, Loader=_RecipeYAMLLoader)
+        data, node = compose_and_construct(read_text(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RecipeError(f"{path}{line}: invalid YAML: {problem}") from None
+    except RecipeTextError as exc:
+        raise RecipeError(str(exc)) from None
+    except RecursionError:
+        raise RecipeError(f"{path}: invalid YAML: nested too deeply") from None
     except OSError as exc:
         raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
     if not isinstance(data, dict):
@@ -270,8 +258,11 @@ def _apply_override(raw: dict[str, Any], override: str) -> FieldPath:
         raise RecipeError(f"--set {override}: expected KEY.PATH=VALUE")
     try:
         value = parse_yaml(text)
-    except yaml.YAMLError:
-        raise RecipeError(f"--set {override}: value is not valid YAML") from None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise RecipeError(f"--set {override}: value is not valid YAML: {problem}") from None
+    except RecursionError:
+        raise RecipeError(f"--set {override}: value is nested too deeply") from None
     parts: list[str | int] = list(key.split("."))
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
@@ -328,6 +319,7 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
                 f"{where((*loc, 'name'), lines, path)}: stages[{i}].name: duplicate stage name '{name}' "
                 f"(also stages[{seen[name]}])"
             )
+        seen[name] = i
         kind = stage_raw.get("kind")
         if kind is None:
             raise RecipeError(
@@ -339,14 +331,13 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
                 f"{where((*loc, 'kind'), lines, path)}: stages[{i}].kind (stage '{name}'): unknown stage kind "
                 f"{kind!r}; known kinds: {', '.join(kinds)}{did_you_mean(kind, kinds)}"
             )
-        base_dir = origins.get(name, path).parent
+        context = {"base_dir": origins.get(name, path).parent, DEFER_TRAIN_CHECKS: True}
         try:
-            config = kinds[kind].config.model_validate(stage_raw, context={"base_dir": base_dir})
+            config = kinds[kind].config.model_validate(stage_raw, context=context)
         except ValidationError as exc:
             raise from_validation_error(
                 exc, file=path, lines=lines, raw=stage_raw, prefix=loc, stage_names=names
             ) from None
-        seen[name] = i
         if config.from_ is not None and (config.from_ not in seen or config.from_ == name):
             earlier = [n for n in names[:i]]
             raise RecipeError(
@@ -357,9 +348,32 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
             _check_read(read, stages, kinds, loc, name, lines, path)
         stages.append(config)
 
-    bake = kinds.get("bake")
-    if bake is not None and not any(stage.kind == "bake" for stage in stages):
-        stages.append(bake.config.model_validate({"name": "bake", "kind": "bake"}))
+    bake_kind = kinds.get("bake")
+    bake = None
+    if bake_kind is not None and not any(stage.kind == "bake" for stage in stages):
+        if "bake" in seen:
+            i = seen["bake"]
+            raise RecipeError(
+                f"{where(('stages', i, 'name'), lines, path)}: stages[{i}].name: 'bake' is the folder of the bake "
+                "stage tempa adds last; rename this stage (or give it kind: bake)"
+            )
+        bake = bake_kind.config.model_validate({"name": "bake", "kind": "bake"})
+
+    # Everything else is valid: now the `train:` checks, which need trl's config spec (cached; the
+    # first time on a machine, or after an upgrade, it is read from trl itself: seconds of imports).
+    for i, (stage_raw, config) in enumerate(zip(stages_raw, stages, strict=True)):
+        if stage_raw.get("train") is None:
+            continue
+        context = {"base_dir": origins.get(config.name, path).parent}
+        try:
+            stages[i] = type(config).model_validate(stage_raw, context=context)
+        except ValidationError as exc:
+            raise from_validation_error(
+                exc, file=path, lines=lines, raw=stage_raw, prefix=("stages", i), stage_names=names
+            ) from None
+
+    if bake is not None:
+        stages.append(bake)
     return LoadedRecipe(path=path, recipe=recipe, stages=stages, raw=raw, files=files)
 
 

@@ -2,7 +2,9 @@
 
 Each stage package exports its kinds as ``STAGE_KINDS`` (a tuple of :class:`StageKind`); this is
 the only place the runner learns about them. A new kind is one ``StageKind`` in its package's
-tuple plus its module; nothing in `recipes/` names it.
+tuple plus its module; nothing in `recipes/` names it. Importing the packages is cheap (their
+modules import torch, trl, transformers and mergekit inside the functions that use them), so a
+recipe is validated without loading them.
 """
 
 from __future__ import annotations

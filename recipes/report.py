@@ -1,8 +1,9 @@
 """`tempa report RUN_DIR`: one HTML page (plus PNGs) showing what a run did.
 
-Everything comes from the stages' manifests and their typed results: loss curves from each
-trained model's training outcome, reward statistics per preference round, the last leaderboard,
-the merge choice, and the final tokenizer rendering one conversation in both thinking modes.
+Everything comes from the stages' manifests and their typed results: loss and throughput curves
+(tokens/s per device, MFU) from each trained model's training outcome, reward statistics per
+preference round, the last leaderboard, the merge choice, and the final tokenizer rendering one
+conversation in both thinking modes.
 """
 
 from __future__ import annotations
@@ -81,6 +82,38 @@ def _plot_losses(name: str, histories: list[tuple[str, list[dict]]], out: Path) 
     ax.set_title(f"{name}: loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    return _save(fig, ax, out)
+
+
+def _plot_throughput(name: str, histories: list[tuple[str, list[dict]]], out: Path) -> Path | None:
+    """Trained tokens/s per device over the steps (and MFU on a second axis where the peak was known)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [(label, [(e["step"], e["tokens_per_s"], e.get("mfu")) for e in history
+                       if "tokens_per_s" in e and "step" in e]) for label, history in histories]
+    series = [(label, points) for label, points in series if points]
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    mfu_ax = None
+    for label, points in series:
+        suffix = "" if len(series) == 1 else f" ({label})"
+        steps = [p[0] for p in points]
+        ax.plot(steps, [p[1] for p in points], marker=".", label=f"tokens/s per device{suffix}")
+        mfu = [(step, 100 * p[2]) for step, p in zip(steps, points, strict=True) if p[2] is not None]
+        if mfu:
+            mfu_ax = mfu_ax or ax.twinx()
+            mfu_ax.plot(*zip(*mfu, strict=True), linestyle="--", color="tab:red", label=f"MFU %{suffix}")
+    if mfu_ax is not None:
+        mfu_ax.set_ylabel("MFU %")
+        mfu_ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(f"{name}: throughput")
+    ax.set_xlabel("step")
+    ax.set_ylabel("tokens/s per device")
+    ax.set_ylim(bottom=0)
     return _save(fig, ax, out)
 
 
@@ -167,7 +200,7 @@ def write_report(run_dir: str | Path) -> Path:
         raise RecipeError(f"{run_dir}: not a tempa run directory (no recipe.resolved.yaml)")
     stages = finished_stages(run_dir)
     out = run_dir / REPORT_DIR
-    with staging_dir(out) as tmp:
+    with staging_dir(out, inside=[run_dir]) as tmp:
         sections = [f"<h1>tempa run report</h1><p>{html.escape(str(run_dir))}</p>", "<h2>Stages</h2>"]
         rows = "".join(
             f"<tr><td>{html.escape(m.name)}</td><td>{html.escape(m.kind)}</td>"
@@ -181,11 +214,17 @@ def write_report(run_dir: str | Path) -> Path:
         done = [(m, r) for m, r in stages if r is not None]
 
         sections.append("<h2>Loss curves</h2>")
+        throughput_pngs = []
         for m, result in done:
             histories = _loss_history(result)
             png = _plot_losses(m.name, histories, tmp / f"loss-{m.name}.png") if histories else None
             if png:
                 sections.append(f'<img alt="{html.escape(m.name)} loss" src="{png.name}">')
+            png = _plot_throughput(m.name, histories, tmp / f"throughput-{m.name}.png") if histories else None
+            if png:
+                throughput_pngs.append(f'<img alt="{html.escape(m.name)} throughput" src="{png.name}">')
+        if throughput_pngs:
+            sections += ["<h2>Throughput</h2>", *throughput_pngs]
 
         reward_pngs = []
         for m, result in done:

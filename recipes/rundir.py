@@ -1,32 +1,27 @@
 """The run directory as the runner keeps it: manifests, DONE markers, the lock, crash-safe clears.
 
-The names of the run directory's entries are part of the stage contract
-(:mod:`tempa.sft.run_layout`); this module is the only writer of a stage's ``manifest.json``,
-``metrics.json`` and ``DONE``, and the one reader of manifests (``tempa status``, ``tempa plan``,
-``tempa report`` and the runner itself, for the results of stages it skips).
+The names of the run directory's entries, and the rule for stage names, are part of the stage
+contract (:mod:`tempa.sft.run_layout`); this module is the only writer of a stage's
+``manifest.json``, ``metrics.json`` and ``DONE``, and the one reader of manifests (``tempa
+status``, ``tempa plan``, ``tempa report`` and the runner itself, for the results of stages it
+skips). Everything it deletes lies inside the run directory (:func:`tempa.sft.files.remove_tree`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tempa.sft.files import read_json, write_json
-from tempa.sft.run_layout import DONE, LOCK, MANIFEST, METRICS
+from tempa.sft.files import cache_root, ensure_inside, json_or_none, remove_tree, write_json
+from tempa.sft.run_layout import DONE, LOCK, MANIFEST, METRICS, RESOLVED_RECIPE
 from tempa.sft.stage_api import RunPath, StageResult, Upstream
 
-__all__ = ["DONE", "MANIFEST", "Manifest", "RunLock", "RunLockedError", "read_json"]
-
-
-def cache_root() -> Path:
-    """Machine-wide cache (tiny default, tokenised data): $TEMPA_CACHE or ~/.cache/tempa."""
-    return Path(os.environ.get("TEMPA_CACHE") or Path.home() / ".cache" / "tempa")
+__all__ = ["Manifest", "RunLock", "RunLockedError", "cache_root", "read_manifest"]
 
 
 class Manifest(BaseModel):
@@ -65,7 +60,7 @@ class Manifest(BaseModel):
 
 def read_manifest(stage_dir: Path) -> Manifest | None:
     """A stage's manifest, or None when there is none (or it cannot be read as one)."""
-    data = read_json(stage_dir / MANIFEST)
+    data = json_or_none(stage_dir / MANIFEST)
     if not isinstance(data, dict):
         return None
     try:
@@ -79,7 +74,7 @@ def write_metrics(stage_dir: Path, metrics: dict[str, Any]) -> None:
 
 
 def done_fingerprint(stage_dir: Path) -> str | None:
-    data = read_json(stage_dir / DONE)
+    data = json_or_none(stage_dir / DONE)
     return data.get("fingerprint") if isinstance(data, dict) else None
 
 
@@ -87,22 +82,42 @@ def mark_done(stage_dir: Path, fingerprint: str) -> None:
     write_json(stage_dir / DONE, {"fingerprint": fingerprint, "finished_at": time.time()})
 
 
-def clear_stage(stage_dir: Path) -> None:
-    """Remove a stage folder: renamed away first, so a kill mid-delete leaves no half-folder."""
-    if not stage_dir.exists():
+def clear_stage(stage_dir: Path, run_dir: Path) -> None:
+    """Remove a folder of ``run_dir``: renamed away first, so a kill mid-delete leaves no half-folder."""
+    stage_dir = ensure_inside(stage_dir, [run_dir])
+    if not stage_dir.exists() and not stage_dir.is_symlink():
         return
     trash = stage_dir.with_name(f".trash-{stage_dir.name}-{os.getpid()}-{time.time_ns()}")
     os.replace(stage_dir, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    remove_tree(trash, [run_dir])
 
 
 def sweep_trash(run_dir: Path) -> None:
     for path in run_dir.glob(".trash-*"):
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path, [run_dir])
 
 
 class RunLockedError(RuntimeError):
     pass
+
+
+class NotARunDirError(RuntimeError):
+    """A --run-dir that holds someone's files: tempa would clear folders in it that share a stage's name."""
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """A run goes into a new or empty folder, or one that an earlier run of tempa made."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise NotARunDirError(f"{run_dir}: --run-dir is a file; choose a new or empty folder")
+    entries = set(os.listdir(run_dir)) - {LOCK}
+    if entries and RESOLVED_RECIPE not in entries:
+        shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+        raise NotARunDirError(
+            f"{run_dir}: not empty ({shown}) and not a tempa run directory (no {RESOLVED_RECIPE}); choose a new or "
+            "empty --run-dir"
+        )
 
 
 class RunLock:

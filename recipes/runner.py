@@ -24,7 +24,7 @@ from tempa.recipes.registry import stage_kind
 from tempa.recipes.rundir import (
     Manifest,
     RunLock,
-    cache_root,
+    check_run_dir,
     clear_stage,
     done_fingerprint,
     mark_done,
@@ -34,8 +34,8 @@ from tempa.recipes.rundir import (
     write_metrics,
 )
 from tempa.recipes.schema import TINY_DEFAULT
-from tempa.sft.files import digest, path_digest, point_link, write_atomic
-from tempa.sft.run_layout import FINAL_LINK, LOGS_DIR, RESOLVED_RECIPE, TOKENIZER_DIR
+from tempa.sft.files import cache_root, digest, path_digest, point_link, write_atomic
+from tempa.sft.run_layout import DONE, FINAL_LINK, LOGS_DIR, RESOLVED_RECIPE, TOKENIZER_DIR
 from tempa.sft.stage_api import (
     RecipeInfo,
     StageConfigBase,
@@ -77,21 +77,71 @@ class RunSummary:
 
 
 def resolve_base_model(loaded: LoadedRecipe) -> Path:
-    """The base model as a local folder (tiny default built/cached, hub ids downloaded)."""
+    """The base model as a local safetensors folder (tiny default built/cached, hub ids downloaded).
+
+    A pickled base model is refused, or with ``allow_pickle_weights`` converted once into the
+    cache, so that no later stage (or mergekit) ever unpickles anything.
+    """
+    from tempa.merge.model_files import base_model_problem, pickle_files
+
     ref = loaded.recipe.base_model
     if ref == TINY_DEFAULT:
         from tempa.recipes.tiny import cached_tiny_default
 
         return cached_tiny_default()
-    path = Path(ref)
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
+    allow_pickle = loaded.recipe.allow_pickle_weights
+    folder = Path(ref) if Path(ref).is_dir() else _download_model(ref, allow_pickle=allow_pickle)
+    problem = base_model_problem(folder, allow_pickle=allow_pickle)
+    if problem is not None:
+        raise StageError(f"base_model {ref}: {problem}")
+    if not any(folder.glob("*.safetensors")) and pickle_files(folder):
+        return _as_safetensors(folder, loaded)
+    return folder
 
-    # safetensors only: pickled weights are never downloaded, so never loaded.
-    return Path(
-        snapshot_download(ref, allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.py"])
-    )
+
+def _download_model(ref: str, *, allow_pickle: bool) -> Path:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    # safetensors only: pickled weights are never downloaded (unless the recipe opts in), so never loaded.
+    patterns = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.py"]
+    try:
+        return Path(snapshot_download(ref, allow_patterns=patterns + (["*.bin", "*.pt"] if allow_pickle else [])))
+    except LocalEntryNotFoundError:
+        if constants.HF_HUB_OFFLINE:
+            raise StageError(
+                f"base_model '{ref}': not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 forbids downloading "
+                f"it; download it first (hf download {ref}) or set base_model to a local folder"
+            ) from None
+        raise StageError(
+            f"base_model '{ref}': the Hugging Face Hub cannot be reached and the model is not in the local cache; "
+            "check the network, or set base_model to a local folder"
+        ) from None
+    except RepositoryNotFoundError:
+        raise StageError(
+            f"base_model '{ref}': no such model on the Hugging Face Hub (or it is gated/private: log in with "
+            "`hf auth login`); a local folder must exist"
+        ) from None
+    except HfHubHTTPError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StageError(f"base_model '{ref}': download failed: {first}") from None
+
+
+def _as_safetensors(folder: Path, loaded: LoadedRecipe) -> Path:
+    """The opted-in pickled base model, converted once into the cache (keyed by its contents)."""
+    from tempa.merge.model_files import convert_to_safetensors
+    from tempa.sft.files import staging_dir
+
+    root = cache_root()
+    out = root / "safetensors-models" / path_digest(folder)[:32]
+    if (out / DONE).is_file():
+        return out
+    log.warning("base model %s: converting pickled weights to safetensors once (allow_pickle_weights) -> %s",
+                folder, out)
+    with staging_dir(out, inside=[root]) as tmp:
+        convert_to_safetensors(folder, tmp, trust_remote_code=loaded.recipe.trust_remote_code)
+        write_atomic(tmp / DONE, f"{folder}\n")
+    return out
 
 
 def base_model_fingerprint(loaded: LoadedRecipe) -> str:
@@ -104,11 +154,20 @@ def base_model_fingerprint(loaded: LoadedRecipe) -> str:
     return path_digest(path) if path.exists() else digest({"hub": ref})
 
 
+def template_defaults(loaded: LoadedRecipe):
+    """The recipe's `thinking_default` / `stock_preamble`, as the baked template's defaults."""
+    from tempa.chat_templates import TemplateDefaults
+
+    return TemplateDefaults(thinking_mode=loaded.recipe.thinking_default, stock_preamble=loaded.recipe.stock_preamble)
+
+
 def template_text(loaded: LoadedRecipe) -> str:
-    from tempa.chat_templates import load_template
+    """The recipe's chat template with its defaults baked in: the text every stage renders with."""
+    from tempa.chat_templates import load_template, with_defaults
 
     try:
-        return load_template(loaded.recipe.chat_template)
+        return with_defaults(load_template(loaded.recipe.chat_template), template_defaults(loaded),
+                             origin=f"chat template {loaded.recipe.chat_template}")
     except (OSError, ValueError) as exc:
         raise StageError(f"{loaded.path}: chat_template: {exc}") from None
 
@@ -211,6 +270,7 @@ def run_recipe(
     loaded: LoadedRecipe, run_dir: Path, *, from_stage: str | None = None, only: str | None = None
 ) -> RunSummary:
     run_dir = run_dir.resolve()
+    check_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = RunSummary(run_dir)
     with RunLock(run_dir):
@@ -220,7 +280,8 @@ def run_recipe(
         decisions = plan_run(loaded, run_dir, from_stage=from_stage, only=only)
         base_dir = resolve_base_model(loaded)
         template = template_text(loaded)
-        tokenizer_dir = prepare_tokenizer(base_dir, loaded.recipe.chat_template, template, run_dir, log)
+        tokenizer_dir = prepare_tokenizer(base_dir, loaded.recipe.chat_template, template, run_dir, log,
+                                          defaults=template_defaults(loaded))
         recipe = RecipeInfo(name=loaded.recipe.name, base_model=loaded.recipe.base_model,
                             chat_template=loaded.recipe.chat_template, description=loaded.recipe.description,
                             resolved=resolved)
@@ -239,7 +300,7 @@ def run_recipe(
                 log.info("stage %s (%s): %s: %s", decision.name, decision.kind, decision.action, decision.reason)
                 reap_stale_launch(stage_dir, log=log)
                 if decision.action in ("rerun", "run"):
-                    clear_stage(stage_dir)
+                    clear_stage(stage_dir, run_dir)
                 ctx = _context(loaded, decision, run_dir, start_model, base_dir, tokenizer_dir, template, recipe,
                                _visible(decision, done))
                 upstream = _run_stage(config, decision, ctx, run_dir)
@@ -270,8 +331,10 @@ def _skipped(decision: StageDecision, config: StageConfigBase, run_dir: Path) ->
     return manifest.upstream(stage_kind(decision.kind).result, config, run_dir)
 
 
-def prepare_tokenizer(base_dir: Path, template_ref: str, template: str, run_dir: Path, log: logging.Logger) -> Path:
-    """The base tokenizer with the recipe's template (name or path; ``template`` is its text) baked in."""
+def prepare_tokenizer(base_dir: Path, template_ref: str, template: str, run_dir: Path, log: logging.Logger,
+                      defaults=None) -> Path:
+    """The base tokenizer with the recipe's template (name or path; ``template`` is its text, ``defaults``
+    the recipe's baked defaults) baked in."""
     from tempa.chat_templates import bake_tokenizer
 
     out = run_dir / TOKENIZER_DIR
@@ -279,10 +342,10 @@ def prepare_tokenizer(base_dir: Path, template_ref: str, template: str, run_dir:
                  if (base_dir / "tokenizer_config.json").exists() else str(base_dir)})
     if done_fingerprint(out) == fp:
         return out
-    clear_stage(out)
+    clear_stage(out, run_dir)
     log.info("baking the chat template into the base tokenizer -> %s", out)
     try:
-        bake_tokenizer(base_dir, template_ref, out, model_dir=base_dir)
+        bake_tokenizer(base_dir, template_ref, out, model_dir=base_dir, defaults=defaults)
     except ValueError as exc:
         raise StageError(f"chat template check failed on the base tokenizer: {exc}") from None
     mark_done(out, fp)
@@ -367,7 +430,7 @@ def _fail(manifest: Manifest, stage_dir: Path, run_dir: Path, message: str) -> N
 def _point_final(run_dir: Path, model_dir: Path) -> None:
     link = run_dir / FINAL_LINK
     if link.is_dir() and not link.is_symlink():
-        clear_stage(link)
+        clear_stage(link, run_dir)
     point_link(link, model_dir)
 
 
@@ -386,12 +449,10 @@ class StageStatus:
     error: str | None = None
 
 
-def stage_status(loaded: LoadedRecipe | None, run_dir: Path) -> list[StageStatus]:
-    """Each stage's state from its manifest (recipe order when the recipe is known)."""
+def stage_status(names: list[str] | None, run_dir: Path) -> list[StageStatus]:
+    """Each stage's state from its manifest (in ``names``' order, the recipe's, when known)."""
     manifests = {m.name: m for p in sorted(run_dir.glob("*/")) if (m := read_manifest(p)) is not None}
-    if loaded is not None:
-        names = loaded.names
-    else:
+    if names is None:
         names = [m.name for m in sorted(manifests.values(), key=lambda m: m.started_at)]
     active = run_in_progress(run_dir)
     rows = []

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tempa.sft.run_layout import safe_name
 from tempa.sft.stage_api import looks_local, resolve_path
 from tempa.sft.suggest import did_you_mean
 
@@ -66,7 +68,10 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Recipe name; used in the model card.")
+    name: str = Field(
+        description="Recipe name (a safe name: letters, digits, '.', '_', '-'); the model card's title and "
+        "the default run directory runs/<name>."
+    )
     description: str = ""
     base_model: str = Field(
         description=f"Local folder, hub id, or '{TINY_DEFAULT}' for the embedded tiny default."
@@ -75,15 +80,53 @@ class Recipe(BaseModel):
         default="llama3_thinking",
         description="A shipped template name (llama3_thinking, chatml_thinking) or a path to a .jinja file.",
     )
+    thinking_default: Literal["on", "off"] = Field(
+        default="on",
+        description="The thinking mode the baked chat template uses when a caller passes no `thinking_mode` / "
+        "`enable_thinking` (transformers, vLLM, llama.cpp, the Ollama Modelfile). Set `off` for a model "
+        "trained without reasoning; the run warns when no trained row was in this mode.",
+    )
+    stock_preamble: bool = Field(
+        default=False,
+        description="Llama 3.1 Instruct's own system block (`Cutting Knowledge Date: December 2023`, "
+        "`Today Date: {date_string}`) in every prompt, as the stock template writes it: for a base that "
+        "was trained on it (Llama-3.1-Instruct, SEA-LION v3 IT). llama3_thinking only.",
+    )
     seed: int = 42
     trust_remote_code: bool = Field(default=False, description="Passed to transformers; off unless you trust it.")
+    allow_pickle_weights: bool = Field(
+        default=False,
+        description="UNSAFE: accept a base model whose weights are pickles (pytorch_model.bin, *.pt), which can "
+        "run code when loaded. tempa converts it to safetensors once (in the cache) and reads only that.",
+    )
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     stages: list[Any] = Field(min_length=1, description="Ordered stages; each has name, kind and settings.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return safe_name(value, "recipe name")
 
     @field_validator("base_model")
     @classmethod
     def _base_model(cls, value: str, info) -> str:
         return value if value == TINY_DEFAULT else resolve_path(value, info)
+
+    @model_validator(mode="after")
+    def _base_model_folder(self) -> Recipe:
+        if self.base_model != TINY_DEFAULT and Path(self.base_model).is_absolute():
+            from tempa.merge.model_files import base_model_problem
+
+            problem = base_model_problem(Path(self.base_model), allow_pickle=self.allow_pickle_weights)
+            if problem is not None:
+                raise ValueError(f"'base_model': {problem}")  # the key first: errors.py points at its line
+        return self
+
+    @field_validator("thinking_default", mode="before")
+    @classmethod
+    def _thinking_default(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as a boolean; both spellings mean the mode.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("chat_template")
     @classmethod

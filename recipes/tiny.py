@@ -3,6 +3,10 @@
 Neither the demo recipe nor the tests may reach a model hub, so both are built here from the
 shipped sample data. The tokenizer carries the Llama 3 special tokens, with a pad token that
 differs from every end token, so templates and masks are exercised exactly as on a real Llama.
+
+``tokenizer="llama3"`` swaps in Meta's real Llama 3 tokenizer instead (128,256 tokens, the same
+for Llama 3, 3.1 and 3.2 text models), converted offline from the ``tokenizer.model`` that the
+``llama-models`` package ships, with the special tokens named and numbered as in Llama 3.1.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import tempfile
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
+
+from tempa.chat_templates.thinking import THINK_CLOSE, THINK_OPEN
 
 # Llama 3.1's special tokens, in Llama's order for the ones that matter to chat templates.
 BEGIN_OF_TEXT = "<|begin_of_text|>"
@@ -29,6 +35,11 @@ SPECIAL_TOKENS = [BEGIN_OF_TEXT, END_OF_TEXT, START_HEADER, END_HEADER, EOT, EOM
 CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
 
 TINY_VOCAB_SIZE = 1024
+TOKENIZERS = ("tiny", "llama3")
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+LLAMA3_CONTEXT = 131072
 TINY_MODEL_SHAPE = {
     "hidden_size": 64,
     "intermediate_size": 128,
@@ -56,7 +67,7 @@ def _sample_texts() -> Iterator[str]:
                     if message.get("reasoning_content"):
                         yield str(message["reasoning_content"])
     # Template scaffolding, so headers and think tags tokenise compactly.
-    yield "system user assistant tool ipython <think>\n</think>\n\n" * 50
+    yield f"system user assistant tool ipython {THINK_OPEN}\n{THINK_CLOSE}\n\n" * 50
 
 
 def build_tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE):
@@ -85,6 +96,62 @@ def build_tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE):
     )
 
 
+def llama3_special_tokens() -> list[str]:
+    """Llama 3.1's 256 special tokens in id order (ids 128000-128255), named as its tokenizer names them."""
+    named = {0: BEGIN_OF_TEXT, 1: END_OF_TEXT, 4: PAD, 6: START_HEADER, 7: END_HEADER, 8: EOM, 9: EOT, 10: PYTHON_TAG}
+    reserved = iter(range(256))
+    return [named.get(i) or f"<|reserved_special_token_{next(reserved)}|>" for i in range(256)]
+
+
+def build_llama3_tokenizer():
+    """Meta's Llama 3 tokenizer as a ``PreTrainedTokenizerFast``, built offline.
+
+    The BPE ranks come from ``llama_models/llama3/tokenizer.model`` (the ``llama-models`` package);
+    transformers' ``TikTokenConverter`` turns them into a fast tokenizer with Llama 3's split pattern.
+    Like the Llama 3.1 base tokenizer: bos ``<|begin_of_text|>`` (added on plain encodes), eos
+    ``<|end_of_text|>``, no pad token (a bake picks ``<|finetune_right_pad_id|>``).
+    """
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    try:
+        import llama_models
+    except ImportError as error:
+        raise RuntimeError(
+            "the real Llama 3 tokenizer needs the llama-models package (pip install llama-models, or the "
+            "'dev' extra): it ships Meta's tokenizer.model"
+        ) from error
+    model_file = Path(llama_models.__file__).parent / "llama3" / "tokenizer.model"
+    specials = llama3_special_tokens()
+    backend = TikTokenConverter(vocab_file=str(model_file), pattern=LLAMA3_SPLIT, extra_special_tokens=specials).converted()
+    bos_id = backend.token_to_id(BEGIN_OF_TEXT)
+    backend.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(
+            single=f"{BEGIN_OF_TEXT} $A", pair=f"{BEGIN_OF_TEXT} $A {BEGIN_OF_TEXT} $B",
+            special_tokens=[(BEGIN_OF_TEXT, bos_id)],
+        ),
+    ])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BEGIN_OF_TEXT,
+        eos_token=END_OF_TEXT,
+        model_max_length=LLAMA3_CONTEXT,
+        clean_up_tokenization_spaces=False,
+    )
+    if len(tokenizer) != 128256 or tokenizer.convert_tokens_to_ids(EOT) != 128009:
+        raise RuntimeError(f"{model_file}: expected Llama 3's 128,256 tokens with <|eot_id|> at 128009")
+    return tokenizer
+
+
+def build_tokenizer(kind: str = "tiny"):
+    """The tiny trained tokenizer (``tiny``) or Meta's Llama 3 one (``llama3``)."""
+    if kind not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {kind!r}; expected one of {', '.join(TOKENIZERS)}")
+    return build_tiny_tokenizer() if kind == "tiny" else build_llama3_tokenizer()
+
+
 def build_tiny_model(tokenizer, seed: int = 0):
     """A randomly initialised Llama with the tiny shape, sized to the tokenizer's vocabulary."""
     import torch
@@ -102,8 +169,9 @@ def build_tiny_model(tokenizer, seed: int = 0):
     return LlamaForCausalLM(config)
 
 
-def write_tiny_default(out_dir: str | os.PathLike, seed: int = 0) -> Path:
-    """Build the tiny model + tokenizer into ``out_dir`` (safetensors); returns the path.
+def write_tiny_default(out_dir: str | os.PathLike, seed: int = 0, tokenizer: str = "tiny") -> Path:
+    """Build the tiny model + tokenizer (``tiny`` or ``llama3``, see :func:`build_tokenizer`) into
+    ``out_dir`` (safetensors); returns the path.
 
     Written into a temporary sibling and renamed, so a half-written build is never mistaken
     for a complete one.
@@ -115,10 +183,10 @@ def write_tiny_default(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp's private 0700 would stick to the published folder
     try:
-        tokenizer = build_tiny_tokenizer()
-        model = build_tiny_model(tokenizer, seed=seed)
+        built = build_tokenizer(tokenizer)
+        model = build_tiny_model(built, seed=seed)
         model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        built.save_pretrained(tmp)
         if out.exists():
             out.rmdir()  # only an empty folder reaches here
         os.replace(tmp, out)
@@ -139,7 +207,7 @@ def tiny_default_key() -> str:
 
 def cached_tiny_default(cache_root: str | os.PathLike | None = None) -> Path:
     """The tiny default, built once per machine into a cache folder and reused afterwards."""
-    from tempa.recipes.rundir import cache_root as default_cache_root
+    from tempa.sft.files import cache_root as default_cache_root
 
     root = Path(cache_root) if cache_root else default_cache_root()
     target = root / f"tiny-default-{tiny_default_key()}"

@@ -1,11 +1,13 @@
-"""Checkpoints that a resume can trust: a `COMPLETE` marker is written after every rank saved."""
+"""Checkpoints that a resume can trust: a `COMPLETE` marker is written after every rank saved
+(by the training worker's callback); these helpers read and tidy them without importing torch."""
 
 from __future__ import annotations
 
 import re
-import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
+from tempa.sft.files import remove_tree
 from tempa.sft.run_layout import COMPLETE as COMPLETE_MARKER
 from tempa.sft.stage_api import Checkpoint
 
@@ -31,11 +33,13 @@ def last_complete_checkpoint(output_dir: Path) -> Path | None:
     return done[-1].path if done else None
 
 
-def remove_incomplete_checkpoints(output_dir: Path) -> list[Path]:
-    """Delete checkpoints a kill interrupted mid-save, so neither a resume nor rotation uses them."""
+def remove_incomplete_checkpoints(output_dir: Path, inside: Iterable[Path]) -> list[Path]:
+    """Delete checkpoints a kill interrupted mid-save, so neither a resume nor rotation uses them.
+
+    ``inside``: the roots the checkpoints must lie in (the stage's folder)."""
     removed = []
     for path in checkpoint_dirs(output_dir):
         if not (path / COMPLETE_MARKER).is_file():
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path, inside)
             removed.append(path)
     return removed

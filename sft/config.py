@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from tempa.sft.data_config import DataConfig
 from tempa.sft.stage_api import Artifact, Read, StageConfigBase
-from tempa.sft.train_args import check_train_args
+from tempa.sft.train_args import check_train_args, train_checks_deferred
 from tempa.sft.train_plan import RESERVED_TRAIN_KEYS, LoraSettings
 
 # tempa's defaults on top of trl's: assistant-only loss on the pre-tokenised masks, BFD packing
@@ -47,10 +47,10 @@ class SFTStageConfig(StageConfigBase):
 
     @field_validator("train")
     @classmethod
-    def _train(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from trl import SFTConfig
-
-        return check_train_args(value, SFTConfig, reserved=RESERVED_TRAIN_KEYS)
+    def _train(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if train_checks_deferred(info):
+            return value
+        return check_train_args(value, "trl:SFTConfig", reserved=RESERVED_TRAIN_KEYS)
 
     def reads(self, earlier: Sequence[str]) -> list[Read]:
         """The datasets of earlier stages that `path: stage:NAME` sources name."""

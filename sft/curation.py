@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+from tempa.chat_templates.thinking import has_think_tags, split_reasoning
 from tempa.sft import language
 from tempa.sft.data_config import DedupConfig, LanguageFilterConfig, PIIConfig, TemplateFilterConfig
-from tempa.sft.formats import THINK_CLOSE, THINK_OPEN, think_problem
 
 Reason = tuple[str, str]
 Messages = Sequence[Mapping[str, Any]]
@@ -40,23 +40,39 @@ NO_TRAINABLE_TOKENS = "no_trainable_tokens"
 TEMPLATE_ERROR = "template_error"
 
 
+def turn_texts(turn: Mapping[str, Any]) -> list[str]:
+    """Every text of a turn a filter scans: content, reasoning, and the arguments of its tool calls."""
+    texts = [turn["content"], turn.get("reasoning_content") or ""]
+    for call in turn.get("tool_calls") or ():
+        texts.append(call["function"]["arguments"])
+    return texts
+
+
 # --- malformed reasoning --------------------------------------------------------------------------
 
 
 def check_reasoning(messages: Messages) -> Reason | None:
-    """Unclosed/nested/stray think tags, a trace given twice, or an empty answer after a trace."""
+    """An unclosed think block, tags inside a trace, a trace given twice, a second think block in the
+    answer, or an empty answer after a trace (a turn that calls a tool may have no text).
+
+    Think tags outside reasoning position are text (``tempa.chat_templates.thinking``): an answer that
+    mentions ``</think>`` in a sentence is kept as it is.
+    """
     for i, turn in enumerate(messages):
         if turn["role"] != "assistant":
             continue
         content, trace = turn["content"], turn.get("reasoning_content")
-        if trace is not None and (THINK_OPEN in trace or THINK_CLOSE in trace):
+        if trace is not None and has_think_tags(trace):
             return MALFORMED_REASONING, f"turn {i}: think tags inside the reasoning trace (nested reasoning)"
-        problem = think_problem(content)
-        if problem is not None:
+        split = split_reasoning(content)
+        if split.opened and not split.closed:
+            return MALFORMED_REASONING, f"turn {i}: unclosed think block"
+        if split.has_block:
             if trace is not None:
-                problem = "reasoning given both as a field and as <think> tags in the answer"
-            return MALFORMED_REASONING, f"turn {i}: {problem}"
-        if trace is not None and not content.strip():
+                return MALFORMED_REASONING, f"turn {i}: reasoning given both as a field and as a think block in the answer"
+            # formats split the block off already; one still here means a second block
+            return MALFORMED_REASONING, f"turn {i}: more than one think block in one answer"
+        if trace is not None and not content.strip() and not turn.get("tool_calls"):
             return MALFORMED_REASONING, f"turn {i}: empty answer after the reasoning"
     return None
 
@@ -67,10 +83,11 @@ _TOOL_ROLES = {"tool", "ipython"}
 
 
 def check_role_order(messages: Messages) -> Reason | None:
-    """System only first; user and assistant alternate; tool turns answer an assistant; ends on assistant."""
+    """System only first; user and assistant alternate; tool results answer an assistant turn that called a
+    tool (several results may follow one call turn); the row ends on an assistant turn."""
     if not messages:
         return ROLE_ORDER, "no turns"
-    previous = None
+    previous, calling = None, False
     for i, turn in enumerate(messages):
         role = turn["role"]
         if role == "system":
@@ -83,10 +100,13 @@ def check_role_order(messages: Messages) -> Reason | None:
             if previous not in ("user", *_TOOL_ROLES):
                 what = "at the start" if previous in (None, "system") else "after an assistant turn"
                 return ROLE_ORDER, f"turn {i}: assistant turn {what}"
-        elif role in _TOOL_ROLES and previous not in ("assistant", *_TOOL_ROLES):
-            return ROLE_ORDER, f"turn {i}: {role} turn not after an assistant turn"
-        if role in ("user", "assistant") and not turn["content"].strip() and not turn.get("reasoning_content"):
+        elif role in _TOOL_ROLES and not (previous in _TOOL_ROLES or (previous == "assistant" and calling)):
+            return ROLE_ORDER, f"turn {i}: {role} turn not after an assistant turn that calls a tool"
+        empty = not turn["content"].strip() and not turn.get("reasoning_content") and not turn.get("tool_calls")
+        if role in ("user", "assistant") and empty:
             return ROLE_ORDER, f"turn {i}: empty {role} turn"
+        if role == "assistant":
+            calling = bool(turn.get("tool_calls"))
         previous = role
     if previous != "assistant":
         return ROLE_ORDER, "does not end with an assistant turn"
@@ -221,7 +241,7 @@ def check_pii(messages: Messages, config: PIIConfig) -> Reason | None:
     for i, turn in enumerate(messages):
         if turn["role"] not in config.roles:
             continue
-        for text in (turn["content"], turn.get("reasoning_content") or ""):
+        for text in turn_texts(turn):
             kind = find_pii(text, config)
             if kind is not None:
                 return PII, f"turn {i}: {kind}"

@@ -52,29 +52,51 @@ import datasets
 from datasets import Features, List, Value
 from tqdm.auto import tqdm
 
+from tempa.chat_templates.json_files import Line, parse_line
 from tempa.sft import curation, language
 from tempa.sft.curation import Deduplicator, Reason
 from tempa.sft.data_config import CurationConfig, DataConfig, DataError, SourceConfig
 from tempa.sft.data_report import DataMix, MixTotals, SourceMix
 from tempa.sft.expand import Render, expand
-from tempa.sft.files import digest
-from tempa.sft.formats import FormatSpec, RowError, check_columns, normalize_row, spec_for, user_instruction
+from tempa.sft.files import digest, remove_tree
+from tempa.sft.formats import (
+    Conversation,
+    FormatSpec,
+    RowError,
+    check_columns,
+    normalize_row,
+    spec_for,
+    user_instruction,
+)
 from tempa.sft.mixing import assign_thinking, rng_for, select_rows, split_heldout
-from tempa.sft.sources import RAW, describe, is_local, load_source, row_label, source_fingerprint
+from tempa.sft.sources import RAW, READ_ERROR, describe, is_local, load_source, row_label, source_fingerprint
 from tempa.sft.tokenization import check_template, make_render, special_token_texts, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 
 # Bump when a change to this pipeline changes its output, so old cache entries are not reused.
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"
 COMPLETE = "COMPLETE"
 MIX_FILE, REJECTS_FILE = "mix.json", "rejects.jsonl"
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects
 
-_MESSAGE = {"role": Value("string"), "content": Value("string"), "reasoning_content": Value("string")}
+_TOOL_CALL = {
+    "id": Value("string"),
+    "type": Value("string"),
+    "function": {"name": Value("string"), "arguments": Value("string")},
+}
+_MESSAGE = {
+    "role": Value("string"),
+    "content": Value("string"),
+    "reasoning_content": Value("string"),
+    "tool_calls": List(_TOOL_CALL),
+    "tool_call_id": Value("string"),
+    "name": Value("string"),
+}
 _CURATED = Features(
     {
         "messages": List(_MESSAGE),
+        "tools": Value("string"),  # the row's tool definitions as JSON (None without any)
         "row": Value("int64"),
         "reject": Value("string"),
         "detail": Value("string"),
@@ -154,7 +176,7 @@ def prepare_sft_data(
     else:
         if entry.exists():
             logger.warning("SFT data: discarding incomplete cache entry %s", entry)
-            shutil.rmtree(entry)
+            remove_tree(entry, [cache_dir])
         build_dir = cache_dir / f".tmp-{key[:16]}-{uuid.uuid4().hex[:8]}"
         build_dir.mkdir(parents=True)
         try:
@@ -175,7 +197,7 @@ def prepare_sft_data(
                 if not (entry / COMPLETE).exists():
                     raise
         finally:
-            shutil.rmtree(build_dir, ignore_errors=True)
+            remove_tree(build_dir, [cache_dir])
     return _open_entry(entry, out_dir, hit)
 
 
@@ -335,7 +357,7 @@ def _build(
         everything.select(eval_index).save_to_disk(str(build_dir / "eval"))
     _report(states, seed=seed, key=key, n_train=len(train), n_eval=len(eval_index)).write(build_dir / MIX_FILE)
     del parts, everything, train
-    shutil.rmtree(work, ignore_errors=True)
+    remove_tree(work, [build_dir])
 
 
 # --- 2: normalise + row-local filters -------------------------------------------------------------
@@ -356,7 +378,7 @@ def row_rejects(
     """The first row-local filter that rejects ``messages``, in the documented order, or None."""
     pattern = _specials_pattern(tuple(specials))
     for i, turn in enumerate(messages):
-        for text in (turn["content"], turn.get("reasoning_content") or ""):
+        for text in curation.turn_texts(turn):
             found = pattern.search(text) if pattern is not None else None
             if found is not None:
                 # The tokenizer would read it as a control token and corrupt the turn structure.
@@ -393,8 +415,10 @@ def _normalize_batch(
 ) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {name: [] for name in _CURATED}
 
-    def emit(row: int, messages: list[dict[str, Any]], reason: Reason | None, data: Any = None) -> None:
+    def emit(row: int, conversation: Conversation, reason: Reason | None, data: Any = None) -> None:
+        messages = conversation.messages
         out["messages"].append(messages)
+        out["tools"].append(None if conversation.tools is None else json.dumps(conversation.tools, ensure_ascii=False))
         out["row"].append(row)
         out["reject"].append(reason[0] if reason else None)
         out["detail"].append(reason[1] if reason else None)
@@ -402,31 +426,31 @@ def _normalize_batch(
         out["instruction"].append(user_instruction(messages) if reason is None else "")
         out["has_reasoning"].append(any(t.get("reasoning_content") for t in messages))
 
-    columns = list(batch)
+    columns = [name for name in batch if name != READ_ERROR]
+    read_errors = batch.get(READ_ERROR)
     for k, index in enumerate(indices):
         label = f"line {index + 1}" if jsonl_lines else f"row {index}"
         if RAW in batch:
-            text = batch[RAW][k]
-            if not text.strip():
-                emit(index, [], (_BLANK, ""))
+            line = parse_line(Line(index + 1, batch[RAW][k], read_errors[k] if read_errors else None))
+            if line.blank:
+                emit(index, Conversation([]), (_BLANK, ""))
                 continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                emit(index, [], (curation.MALFORMED_ROW, f"{label}: not valid JSON ({exc.msg}, column {exc.colno})"), text)
+            if line.error is not None:
+                emit(index, Conversation([]), (curation.MALFORMED_ROW, f"{label}: {line.error}"), line.text)
                 continue
+            row = line.value
         else:
             row = {name: batch[name][k] for name in columns}
         try:
-            messages = normalize_row(row, spec)
+            conversation = normalize_row(row, spec)
         except RowError as exc:
-            emit(index, [], (curation.MALFORMED_ROW, f"{label}: {exc}"), row)
+            emit(index, Conversation([]), (curation.MALFORMED_ROW, f"{label}: {exc}"), row)
             continue
-        reason = row_rejects(messages, curation_config, accepted_languages, specials)
+        reason = row_rejects(conversation.messages, curation_config, accepted_languages, specials)
         if reason is not None:
-            emit(index, messages, (reason[0], f"{label}: {reason[1]}"), messages)
+            emit(index, conversation, (reason[0], f"{label}: {reason[1]}"), conversation.messages)
         else:
-            emit(index, messages, None)
+            emit(index, conversation, None)
     return out
 
 
@@ -560,7 +584,7 @@ def _split_rejects(state: _SourceState, rejects: _RejectWriter) -> datasets.Data
     if state.rejects:
         logger.info("%s: %d of %d rows rejected %s", describe(state.source), sum(state.rejects.values()),
                     rows_in, dict(state.rejects))
-    return ds.select(kept).select_columns(["messages", "row", "has_reasoning"])
+    return ds.select(kept).select_columns(["messages", "tools", "row", "has_reasoning"])
 
 
 def _all_rejected(state: _SourceState) -> DataError:
@@ -602,8 +626,9 @@ def _tokenize_batch(
     out: dict[str, list[Any]] = {name: [] for name in _TOKENIZED}
     for k, conv in enumerate(indices):
         messages, thinking = batch["messages"][k], batch["thinking"][k]
+        tools = json.loads(batch["tools"][k]) if batch["tools"][k] else None
         try:
-            samples = expand(messages, thinking, render)
+            samples = expand(messages, thinking, render, tools)
         except Exception as exc:
             # The template refuses some rows (e.g. roles out of order when that filter is off):
             # a reject with the template's message, never a crash of the whole run.

@@ -37,6 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from tempa.sft import language
+from tempa.sft.run_layout import safe_name
 from tempa.sft.stage_api import STAGE_REF, StageError, resolve_path, stage_ref
 
 # `path: stage:NAME` reads the dataset an earlier stage (e.g. `synthesize`) wrote.
@@ -81,8 +82,9 @@ class ColumnMapping(_Strict):
         description=(
             "Key of the reasoning trace: inside an assistant turn for turn lists, or a column for "
             "prompt/response and instruction/output rows (then it belongs to the answer). Default: "
-            "`reasoning_content`, else `reasoning`, else `thinking`. Traces written as R1-style "
-            "`<think>...</think>` at the start of the answer are always recognised."
+            "`reasoning_content`, else `reasoning`, else `thinking`. Traces written as a think block in "
+            "the answer (tempa.chat_templates.thinking: leading, or R1-style without the opening tag) "
+            "are always recognised."
         ),
     )
     prompt: str | None = Field(default=None, description="Prompt column. Default: `prompt`.")
@@ -125,7 +127,7 @@ class SourceConfig(_Strict):
     become several training samples (see ``tempa.sft.expand``) that stay together.
     """
 
-    name: str = Field(description="Unique name; used in stats, rejects and error messages.")
+    name: str = Field(description="Unique safe name (letters, digits, '.', '_', '-'); used in stats, rejects and messages.")
     path: str = Field(
         description=(
             "A local file (.jsonl, .json, .parquet, .csv), a folder written by `datasets.save_to_disk` "
@@ -137,9 +139,11 @@ class SourceConfig(_Strict):
     format: Literal["auto", "messages", "sharegpt", "prompt_response", "alpaca"] = Field(
         default="auto",
         description=(
-            "Row format. `messages`: OpenAI-style list of {role, content}; `sharegpt`: `conversations` "
-            "list of {from, value}; `prompt_response`: prompt + response (or completion); `alpaca`: "
-            "instruction + optional input + output. `auto` tells them apart by the columns present."
+            "Row format. `messages`: OpenAI-style list of {role, content} (assistant `tool_calls`, `tool` "
+            "results with `tool_call_id`/`name`); `sharegpt`: `conversations` list of {from, value} "
+            "(`function_call` and `observation` turns for tools); `prompt_response`: prompt + response (or "
+            "completion); `alpaca`: instruction + optional input + output. A row's `tools` column (a list of "
+            "definitions, or its JSON) is rendered with it. `auto` tells them apart by the columns present."
         ),
     )
     columns: ColumnMapping = Field(
@@ -202,10 +206,8 @@ class SourceConfig(_Strict):
 
     @field_validator("name")
     @classmethod
-    def _name_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("source name must not be empty")
-        return value
+    def _safe_name(cls, value: str) -> str:
+        return safe_name(value, "source name")
 
     @field_validator("path")
     @classmethod
@@ -361,8 +363,9 @@ class CurationConfig(_Strict):
     malformed_reasoning: bool = Field(
         default=True,
         description=(
-            "Reject unclosed, nested or stray think tags, traces given both as a field and as tags, and an "
-            "empty answer after the reasoning."
+            "Reject an unclosed think block, think tags inside a trace, a second think block in an answer, "
+            "traces given both as a field and as a block, and an empty answer after the reasoning (a tool "
+            "call may stand alone). A think tag elsewhere in an answer is text and stays."
         ),
     )
     role_order: bool = Field(

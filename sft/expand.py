@@ -1,17 +1,19 @@
 """Multi-turn expansion: every trained assistant turn is rendered the way inference sees it.
 
-At inference the template shows reasoning only for the turn being generated; earlier turns
-appear without theirs. So a turn can only be trained inside a longer rendering when that
-rendering shows it token for token as it would be generated. For each assistant turn ``j`` we
-render the conversation up to ``j`` (history reasoning dropped, turn ``j`` in the thinking mode
-that fits it) and train only its final span. Turns whose standalone rendering is a prefix of
-an already-built sample are trained inside that sample instead of duplicating the prefix;
-that happens for thinking-off conversations under templates that render history and final
-turns alike, and never when a turn carries reasoning that history would hide.
+At inference the template shows reasoning only for the turns after the last user message (the
+turn being generated, and the earlier steps of its tool loop); turns before it appear without
+theirs, and without the think block. So a turn can only be trained inside a longer rendering
+when that rendering shows it token for token as it was generated. For each assistant turn ``j``
+we render the conversation up to ``j`` (reasoning dropped where inference drops it, turn ``j``
+in the thinking mode that fits it) and train only its final span. A turn whose standalone
+rendering is a prefix of an already-built sample is trained inside that sample instead of
+duplicating the prefix: the steps of one tool loop (calls, then the answer) become one sample,
+because tempa's templates render a turn the same whether or not it is the last message; a turn
+before a later user message never does, since it renders as history there.
 
 The check is on token ids, so it holds for any template; no template knowledge is assumed.
-History assistant turns that the template wraps in ``{% generation %}`` are therefore masked
-out unless the prefix check proves them identical.
+The templates wrap every assistant turn in ``{% generation %}``; only the final span of each
+rendering is kept, so history turns train only where the prefix check proves them identical.
 """
 
 from __future__ import annotations
@@ -20,8 +22,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# render(messages, thinking) -> (input_ids, assistant_mask)
-Render = Callable[[list[dict[str, Any]], bool], tuple[list[int], list[int]]]
+from tempa.chat_templates.rendering import mask_spans
+from tempa.chat_templates.thinking import keeps_reasoning
+
+# render(messages, thinking, tools) -> (input_ids, assistant_mask)
+Render = Callable[[list[dict[str, Any]], bool, "list[dict[str, Any]] | None"], tuple[list[int], list[int]]]
+# Keys a normalised turn may carry besides role/content/reasoning_content (None: absent).
+_TOOL_KEYS = ("tool_call_id", "name")
 
 
 @dataclass
@@ -36,44 +43,50 @@ class Sample:
 
 def last_span(mask: Sequence[int]) -> tuple[int, int] | None:
     """[start, end) of the last run of ones in ``mask``, or None when it has none."""
-    end = None
-    for i in range(len(mask) - 1, -1, -1):
-        if mask[i]:
-            if end is None:
-                end = i + 1
-        elif end is not None:
-            return i + 1, end
-    return (0, end) if end is not None else None
+    spans = mask_spans(mask)
+    return spans[-1] if spans else None
 
 
 def turn_messages(messages: Sequence[Mapping[str, Any]], j: int, thinking: bool) -> list[dict[str, Any]]:
     """The conversation up to assistant turn ``j``, as inference would see it when generating ``j``.
 
-    History reasoning is dropped here too (not left to the template), and turn ``j`` keeps its
-    trace only when rendered with thinking on; ``None`` keys are left out, since templates test
+    Reasoning is dropped here too (not left to the template) where inference drops it: with thinking
+    off, and for turns before the last user message; ``None`` keys are left out, since templates test
     for a key's presence.
     """
+    head = messages[: j + 1]
     out = []
-    for i, turn in enumerate(messages[: j + 1]):
+    for i, turn in enumerate(head):
         item = {"role": turn["role"], "content": turn["content"]}
-        if i == j and thinking and turn.get("reasoning_content"):
+        if thinking and turn.get("reasoning_content") and keeps_reasoning(head, i):
             item["reasoning_content"] = turn["reasoning_content"]
+        if turn.get("tool_calls"):
+            item["tool_calls"] = [
+                {key: value for key, value in call.items() if value is not None} for call in turn["tool_calls"]
+            ]
+        item.update({key: turn[key] for key in _TOOL_KEYS if turn.get(key) is not None})
         out.append(item)
     return out
 
 
-def expand(messages: Sequence[Mapping[str, Any]], thinking: bool, render: Render) -> list[Sample]:
+def expand(
+    messages: Sequence[Mapping[str, Any]],
+    thinking: bool,
+    render: Render,
+    tools: list[dict[str, Any]] | None = None,
+) -> list[Sample]:
     """Samples that train every assistant turn of ``messages`` exactly once.
 
     ``thinking`` is the conversation's mode; a turn without a reasoning trace is rendered with
-    thinking off even in an ``on`` conversation (the mode its text fits). A turn whose rendering
-    has no trained tokens yields no sample. Samples are returned last turn first.
+    thinking off even in an ``on`` conversation (the mode its text fits). ``tools`` are the row's
+    tool definitions, rendered with every sample. A turn whose rendering has no trained tokens
+    yields no sample. Samples are returned last turn first.
     """
     samples: list[Sample] = []
     assistant_turns = [i for i, t in enumerate(messages) if t["role"] == "assistant"]
     for j in reversed(assistant_turns):
         turn_thinking = thinking and bool(messages[j].get("reasoning_content"))
-        ids, mask = render(turn_messages(messages, j, turn_thinking), turn_thinking)
+        ids, mask = render(turn_messages(messages, j, turn_thinking), turn_thinking, tools)
         span = last_span(mask)
         if span is None:
             continue

@@ -1,5 +1,10 @@
 """File helpers shared by the stages and the runner: atomic writes, staged folders, cheap copies,
-relative links and content digests."""
+relative links, content digests and guarded deletes.
+
+Every folder tempa deletes or replaces goes through :func:`remove_tree` or :func:`staging_dir`,
+which first check that the target lies inside the roots tempa owns (the run directory, the
+cache): a name or path that slipped past validation can never make tempa delete a user's folder.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,47 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tempa.sft.stage_api import StageError
+
 _DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+class UnsafePathError(StageError):
+    """tempa was about to delete or replace something outside the folders it owns."""
+
+
+def ensure_inside(path: Path, roots: Iterable[Path], *, action: str = "delete") -> Path:
+    """``path`` with its folder resolved, if it lies strictly inside one of ``roots``.
+
+    The last component is not resolved: a symlink is judged (and removed) as the link itself,
+    never as the folder it points to.
+    """
+    path = Path(path)
+    roots = [Path(os.path.realpath(root)) for root in roots]
+    target = Path(os.path.realpath(path.parent)) / path.name
+    if path.name not in ("", ".", "..") and any(target != r and target.is_relative_to(r) for r in roots):
+        return target
+    where = ", ".join(str(r) for r in roots) or "none given"
+    raise UnsafePathError(f"refusing to {action} {path}: it is not inside the run directory or the cache ({where})")
+
+
+def remove_tree(path: Path, roots: Iterable[Path]) -> None:
+    """Delete ``path`` (a folder, file or link; absent is fine) after :func:`ensure_inside` allows it."""
+    target = ensure_inside(path, roots)
+    if target.is_symlink() or target.is_file():
+        target.unlink(missing_ok=True)
+    elif target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def cache_root() -> Path:
+    """Machine-wide cache (tiny default, tokenised data, train-argument specs): $TEMPA_CACHE or ~/.cache/tempa."""
+    return Path(os.environ.get("TEMPA_CACHE") or Path.home() / ".cache" / "tempa")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -43,7 +83,7 @@ def write_jsonl(path: Path, rows: Sequence[Any]) -> None:
     write_atomic(path, "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows))
 
 
-def read_json(path: Path) -> Any:
+def json_or_none(path: Path) -> Any:
     """A JSON file's content, or None when it is missing or unreadable (a file being replaced)."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -101,18 +141,21 @@ def path_digest(path: Path) -> str:
 
 
 @contextmanager
-def staging_dir(final: Path) -> Iterator[Path]:
+def staging_dir(final: Path, *, inside: Iterable[Path]) -> Iterator[Path]:
     """A temporary sibling of ``final`` that replaces it on success and vanishes on failure.
 
     A crash leaves at most a ``.<name>.partial-*`` folder, never a half-written ``final``.
+    ``final`` must lie inside one of the ``inside`` roots (the run directory, the cache).
     """
-    final = Path(final)
+    final = ensure_inside(Path(final), inside, action="replace")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp's private 0700 would stick to the published folder
     try:
         yield tmp
-        if final.exists():
+        if final.is_symlink() or final.is_file():
+            final.unlink()
+        elif final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     finally:

@@ -1,9 +1,19 @@
-"""Row formats: every accepted layout becomes one list of turns ``{role, content, reasoning_content}``.
+"""Row formats: every accepted layout becomes one :class:`Conversation` of turns and its tool definitions.
 
-Accepted: OpenAI-style ``messages``; ShareGPT ``conversations`` (``from``/``value``); ``prompt`` +
-``response`` (or ``completion``, also trl's conversational prompt/completion lists); ``instruction``
-+ ``input`` + ``output``. A reasoning trace is read from a field (``reasoning_content``,
-``reasoning``, ``thinking``) or from R1-style ``<think>...</think>`` at the start of an answer.
+A turn is ``{role, content, reasoning_content}``, plus ``tool_calls`` on an assistant turn that calls
+tools and ``tool_call_id`` / ``name`` on a tool result when the row gives them.
+
+Accepted: OpenAI-style ``messages`` (with ``tool_calls``, whose ``arguments`` are an object or a JSON
+string, the legacy ``function_call``, and ``tool`` / ``function`` results); ShareGPT ``conversations``
+(``from``/``value``, with ``function_call`` and ``observation`` turns); ``prompt`` + ``response`` (or
+``completion``, also trl's conversational prompt/completion lists); ``instruction`` + ``input`` +
+``output``. A row's ``tools`` (a list of definitions, or that list as a JSON string) come along. A
+reasoning trace is read from a field (``reasoning_content``, ``reasoning``, ``thinking``) or from a think
+block in the answer, split by :func:`tempa.chat_templates.thinking.split_reasoning`.
+
+Tool-call arguments are stored as canonical JSON text (``json.dumps(..., ensure_ascii=False)``), which is
+exactly what the templates' ``tojson`` writes for an object, so a row renders the same whichever way it
+spelled them.
 
 Everything here is a pure function of the row and a :class:`FormatSpec`. A row that cannot be
 read raises :class:`RowError` with a one-line reason; the caller turns that into a reject.
@@ -11,17 +21,14 @@ read raises :class:`RowError` with a one-line reason; the caller turns that into
 
 from __future__ import annotations
 
+import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tempa.chat_templates.thinking import split_reasoning
 from tempa.sft.data_config import ColumnMapping, DataError, SourceConfig
-
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
-_THINK_TAG = re.compile(r"</?think>")
 
 # Speaker names seen in the wild, mapped to the roles chat templates know.
 DEFAULT_ROLE_NAMES: dict[str, str] = {
@@ -37,14 +44,24 @@ DEFAULT_ROLE_NAMES: dict[str, str] = {
     "tool": "tool",
     "function": "tool",
     "observation": "tool",
-    "ipython": "ipython",
+    "ipython": "tool",
 }
+# ShareGPT speakers whose value is a tool call (JSON: {"name", "arguments"} or a list of them).
+CALL_ROLES = frozenset({"function_call", "tool_call", "tool_calls"})
 
 _REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 
 
 class RowError(ValueError):
     """A row that cannot be read; the message says which field and what was expected."""
+
+
+@dataclass
+class Conversation:
+    """A normalised row: its turns and the tool definitions it offers (None without any)."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,7 @@ class FormatSpec:
     input: tuple[str, ...] = ("input",)
     output: tuple[str, ...] = ("output",)
     system: tuple[str, ...] = ("system",)
+    tools: tuple[str, ...] = ("tools",)
     role_names: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ROLE_NAMES))
 
 
@@ -169,87 +187,152 @@ def _optional_text(value: Any, what: str) -> str | None:
     return text if text.strip() else None
 
 
-def split_think(content: str) -> tuple[str | None, str]:
-    """Split R1-style ``<think>trace</think>answer`` into (trace, answer).
-
-    Returns ``(None, content)`` unchanged when the tags are not well formed; the
-    malformed-reasoning filter then finds the tags still in the answer and says what is wrong.
-    Also accepts a lone ``</think>`` with no opening tag: R1's template pre-fills ``<think>\\n``,
-    so raw R1 completions start inside the trace. An empty trace (``<think></think>``, R1's
-    non-thinking output) is treated as no trace.
-    """
-    tags = _THINK_TAG.findall(content)
-    if not tags:
-        return None, content
-    stripped = content.lstrip()
-    if tags == [THINK_OPEN, THINK_CLOSE] and stripped.startswith(THINK_OPEN):
-        trace, _, answer = stripped[len(THINK_OPEN):].partition(THINK_CLOSE)
-    elif tags == [THINK_CLOSE]:
-        trace, _, answer = content.partition(THINK_CLOSE)
-    else:
-        return None, content
-    trace = trace.strip()
-    return (trace or None), answer.lstrip()
+def _turn(role: str, content: str, reasoning: str | None = None, **extra: Any) -> dict[str, Any]:
+    turn = {"role": role, "content": content, "reasoning_content": reasoning}
+    turn.update({key: value for key, value in extra.items() if value is not None})
+    return turn
 
 
-def think_problem(content: str) -> str | None:
-    """Why the think tags left in an answer are malformed, or None when there are none."""
-    tags = _THINK_TAG.findall(content)
-    if not tags:
-        return None
-    depth = 0
-    for tag in tags:
-        depth += 1 if tag == THINK_OPEN else -1
-        if depth > 1:
-            return "nested <think> tags"
-        if depth < 0:
-            return "</think> without a matching <think>"
-    if depth > 0:
-        return "unclosed <think> tag"
-    if not content.lstrip().startswith(THINK_OPEN):
-        return "<think> block is not at the start of the answer"
-    return "more than one <think> block in one answer"
-
-
-def _turn(role: str, content: str, reasoning: str | None = None) -> dict[str, Any]:
-    return {"role": role, "content": content, "reasoning_content": reasoning}
-
-
-def _assistant(content: str, reasoning: str | None) -> dict[str, Any]:
+def _assistant(content: str, reasoning: str | None, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     if reasoning is None:
-        reasoning, content = split_think(content)
-    return _turn("assistant", content, reasoning)
+        split = split_reasoning(content)
+        if split.closed:
+            # A closed block leaves the answer; an unclosed one stays, for the reasoning filter to name.
+            reasoning, content = split.reasoning or None, split.answer
+    return _turn("assistant", content, reasoning, tool_calls=tool_calls)
+
+
+def _json_value(value: Any, what: str) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RowError(f"expected {what} to be JSON; {exc.msg} at column {exc.colno}") from None
+    return value
+
+
+def _canonical_arguments(value: Any, what: str) -> str:
+    arguments = {} if _is_missing(value) else _json_value(value, what)
+    if not isinstance(arguments, Mapping):
+        raise RowError(f"expected {what} to be a JSON object, got {type(arguments).__name__}")
+    return json.dumps(arguments, ensure_ascii=False)
+
+
+def tool_calls_of(value: Any, what: str) -> list[dict[str, Any]] | None:
+    """OpenAI-style tool calls (or ShareGPT / legacy ``{"name", "arguments"}`` ones) in one shape:
+    ``[{"id", "type": "function", "function": {"name", "arguments": <canonical JSON text>}}]``."""
+    if _is_missing(value):
+        return None
+    calls = _json_value(value, what)
+    if isinstance(calls, Mapping):
+        calls = [calls]
+    if not isinstance(calls, (list, tuple)):
+        raise RowError(f"expected {what} to be a list of tool calls, got {type(calls).__name__}")
+    out = []
+    for i, call in enumerate(calls):
+        where = f"{what}[{i}]"
+        if not isinstance(call, Mapping):
+            raise RowError(f"expected {where} to be an object, got {type(call).__name__}")
+        function = call.get("function", call)
+        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise RowError(f"expected {where} to name its function (a non-empty 'name')")
+        call_id = call.get("id")
+        out.append({
+            "id": call_id if isinstance(call_id, str) else None,
+            "type": "function",
+            "function": {
+                "name": function["name"],
+                "arguments": _canonical_arguments(function.get("arguments"), f"{where} arguments"),
+            },
+        })
+    return out or None
+
+
+def tools_of(value: Any, what: str) -> list[dict[str, Any]] | None:
+    """A row's tool definitions as OpenAI ``{"type": "function", "function": {...}}`` objects (bare
+    ``{"name", "description", "parameters"}`` ones, as ShareGPT datasets write them, are wrapped)."""
+    if _is_missing(value):
+        return None
+    tools = _json_value(value, what)
+    if not isinstance(tools, (list, tuple)):
+        raise RowError(f"expected {what} to be a list of tool definitions, got {type(tools).__name__}")
+    out = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, Mapping):
+            raise RowError(f"expected {what}[{i}] to be an object, got {type(tool).__name__}")
+        tool = dict(tool) if "function" in tool else {"type": "function", "function": dict(tool)}
+        function = tool["function"]
+        if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+            raise RowError(f"expected {what}[{i}] to define a function with a 'name'")
+        out.append(tool)
+    return out or None
+
+
+def _tool_content(value: Any, what: str) -> str:
+    # Results are often objects; the templates write those as JSON (tojson), so store that text.
+    if isinstance(value, (Mapping, list, tuple)) and not (
+        isinstance(value, (list, tuple)) and value and all(isinstance(p, Mapping) and "type" in p for p in value)
+    ):
+        return json.dumps(value, ensure_ascii=False)
+    return _text(value, what)
 
 
 def _read_turns(turns: Any, spec: FormatSpec, field_name: str) -> list[dict[str, Any]]:
     shape = "a list of {role, content}"
     if not isinstance(turns, (list, tuple)) or not turns:
         raise RowError(f"expected {field_name!r} to be {shape}")
-    out = []
+    out: list[dict[str, Any]] = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, Mapping):
             raise RowError(f"expected {field_name!r} to be {shape}; turn {i} is a {type(turn).__name__}")
         role_key = _first_present(turn, spec.role)
         content_key = next((k for k in spec.content if k in turn), None)
-        if role_key is None or content_key is None:
+        if role_key is None:
             raise RowError(f"expected {field_name!r} to be {shape}; turn {i} has keys {sorted(turn)}")
         raw_role = turn[role_key]
-        role = spec.role_names.get(str(raw_role).lower()) if isinstance(raw_role, str) else None
+        name = str(raw_role).lower() if isinstance(raw_role, str) else None
+        content = turn[content_key] if content_key is not None else None
+        if name in CALL_ROLES:
+            # ShareGPT: the turn's value is the call; it joins a text-only assistant turn right before it.
+            calls = tool_calls_of(content, f"turn {i} {content_key!r}")
+            if calls is None:
+                raise RowError(f"turn {i}: a {raw_role!r} turn without a tool call")
+            previous = out[-1] if out else None
+            if previous is not None and previous["role"] == "assistant" and "tool_calls" not in previous:
+                previous["tool_calls"] = calls
+            else:
+                out.append(_turn("assistant", "", None, tool_calls=calls))
+            continue
+        role = spec.role_names.get(name) if name is not None else None
         if role is None:
             raise RowError(f"turn {i}: unknown role {raw_role!r}; map it with columns.role_names")
-        content = _text(turn[content_key], f"turn {i} {content_key!r}")
-        reasoning_key = _first_present(turn, spec.reasoning)
-        reasoning = _optional_text(turn[reasoning_key], f"turn {i} {reasoning_key!r}") if reasoning_key else None
         if role == "assistant":
-            out.append(_assistant(content, reasoning))
+            calls = tool_calls_of(turn.get("tool_calls"), f"turn {i} 'tool_calls'") or tool_calls_of(
+                turn.get("function_call"), f"turn {i} 'function_call'"
+            )
+            if content_key is None and calls is None:
+                raise RowError(f"expected {field_name!r} to be {shape}; turn {i} has keys {sorted(turn)}")
+            text = "" if calls is not None and _is_missing(content) else _text(content, f"turn {i} {content_key!r}")
+            reasoning_key = _first_present(turn, spec.reasoning)
+            reasoning = _optional_text(turn[reasoning_key], f"turn {i} {reasoning_key!r}") if reasoning_key else None
+            out.append(_assistant(text, reasoning, calls))
+        elif content_key is None:
+            raise RowError(f"expected {field_name!r} to be {shape}; turn {i} has keys {sorted(turn)}")
+        elif role == "tool":
+            call_id, tool_name = turn.get("tool_call_id"), turn.get("name")
+            out.append(_turn(
+                "tool", _tool_content(content, f"turn {i} {content_key!r}"),
+                tool_call_id=call_id if isinstance(call_id, str) else None,
+                name=tool_name if isinstance(tool_name, str) else None,
+            ))
         else:
             # A trace on a non-assistant turn is never rendered; keeping it would only mislead.
-            out.append(_turn(role, content))
+            out.append(_turn(role, _text(content, f"turn {i} {content_key!r}")))
     return out
 
 
-def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> list[dict[str, Any]]:
-    """The row as a list of turns ``{role, content, reasoning_content}``; raises :class:`RowError`."""
+def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> Conversation:
+    """The row as a :class:`Conversation`; raises :class:`RowError`."""
     if not isinstance(row, Mapping):
         raise RowError(f"expected a JSON object per row, got {type(row).__name__}")
     fmt = detect_format(row, spec)
@@ -258,9 +341,11 @@ def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> list[dict[str, An
             f"expected 'messages', 'conversations', 'prompt'+'response' or 'instruction'+'output'; "
             f"found keys {sorted(row)}"
         )
+    tools_key = _first_present(row, spec.tools)
+    tools = tools_of(row[tools_key], repr(tools_key)) if tools_key else None
     if fmt in ("messages", "sharegpt"):
         key = _first_present(row, spec.messages) or spec.messages[0]
-        return _read_turns(row.get(key), spec, key)
+        return Conversation(_read_turns(row.get(key), spec, key), tools)
 
     system_key = _first_present(row, spec.system)
     system = _optional_text(row[system_key], repr(system_key)) if system_key else None
@@ -277,7 +362,7 @@ def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> list[dict[str, An
             turns = _read_turns(list(prompt), spec, prompt_key) + _read_turns(list(response), spec, response_key)
             if reasoning is not None and turns[-1]["role"] == "assistant" and turns[-1]["reasoning_content"] is None:
                 turns[-1]["reasoning_content"] = reasoning
-            return head + turns
+            return Conversation(head + turns, tools)
         user = _text(prompt, repr(prompt_key))
         answer = _text(response, repr(response_key))
     else:
@@ -289,7 +374,7 @@ def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> list[dict[str, An
         if extra:
             user = f"{user}\n\n{extra}"
         answer = _text(row.get(output_key), repr(output_key))
-    return [*head, _turn("user", user), _assistant(answer, reasoning)]
+    return Conversation([*head, _turn("user", user), _assistant(answer, reasoning)], tools)
 
 
 def user_instruction(messages: Sequence[Mapping[str, Any]]) -> str:

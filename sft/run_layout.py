@@ -37,22 +37,31 @@ DATA_DIR = "data"
 TRAIN_PLAN = "train_plan.json"
 COMPLETE = "COMPLETE"  # in a checkpoint folder: the checkpoint is whole
 
-# Names the run directory itself uses; a stage of that name would overwrite them.
-RESERVED_NAMES = frozenset({LOCK, RESOLVED_RECIPE, TOKENIZER_DIR, REPORT_DIR, FINAL_LINK})
+LOGS_AT_TOP = "logs"  # kept free for run-level logs
 
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-SAFE_NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
+# The run directory's own entries: a stage (whose folder is run_dir/<name>) may not take one of
+# these names, or running it would replace the run's tokenizer, final model, report, ...
+# Compared case-insensitively, for case-insensitive filesystems.
+RESERVED_NAMES = frozenset({LOCK, RESOLVED_RECIPE, TOKENIZER_DIR, REPORT_DIR, FINAL_LINK, LOGS_AT_TOP})
+
+# A name that becomes a file or folder name (stage folders, source names, ...): one path
+# component, never "..", never hidden, portable across filesystems. README.md documents it.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-def safe_name(value: object) -> object:
-    """A name that becomes one path component: refuse separators, `..`, hidden and reserved names.
-
-    Use as a pydantic ``BeforeValidator`` on every config field whose value names a folder or file.
-    """
-    if not isinstance(value, str):
-        return value  # the field's own type check reports it
-    if not SAFE_NAME.fullmatch(value) or value.startswith(".."):
-        raise ValueError(f"{value!r} is not a safe name ({SAFE_NAME_RULE})")
-    if value in RESERVED_NAMES or value.lower() in RESERVED_NAMES:
-        raise ValueError(f"{value!r} is a name the run directory uses itself ({', '.join(sorted(RESERVED_NAMES))})")
+def safe_name(value: str, what: str) -> str:
+    """``value`` if it may be used as a single path component; else ValueError saying what is allowed."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise ValueError(
+            f"{what} {value!r} is not a safe name: use letters, digits, '.', '_' and '-', starting with a "
+            "letter or digit (at most 128 characters)"
+        )
     return value
+
+
+def reserved_name(name: str) -> str | None:
+    """Why ``name`` cannot be a stage folder in the run directory, or None when it can."""
+    if name.lower() in RESERVED_NAMES:
+        return (f"'{name}' is one of the run directory's own entries ({', '.join(sorted(RESERVED_NAMES))}); a "
+                "stage's folder sits beside them, so pick another name")
+    return None

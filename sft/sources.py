@@ -2,8 +2,10 @@
 
 JSON Lines and JSON are read as raw text (one JSON document per row, in the column ``RAW``), so
 a line that is not valid JSON, or whose fields change type from row to row, becomes a rejected
-row instead of an Arrow schema error that stops the whole run. Typed sources (Parquet, CSV,
-Arrow, hub) are loaded with ``datasets`` as they are.
+row instead of an Arrow schema error that stops the whole run. JSON Lines files go through
+tempa's one reader (``tempa.chat_templates.json_files``): a line that is not UTF-8 carries its
+reason in ``READ_ERROR`` and becomes a reject too, a leading BOM is dropped, and an empty file
+is a one-line error. Typed sources (Parquet, CSV, Arrow, hub) are loaded with ``datasets``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import datasets
 
+from tempa.chat_templates.json_files import JsonFileError, check_not_empty, read_json, read_lines
 from tempa.sft.data_config import DataError, SourceConfig
 from tempa.sft.files import digest, file_digest, tree_digest
 
@@ -22,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 # Column holding one raw JSON document per row for JSON/JSONL sources.
 RAW = "__tempa_raw__"
+# JSON Lines: why a line could not be read (not UTF-8), else None; such a row becomes a reject.
+READ_ERROR = "__tempa_read_error__"
+_JSONL_READER_VERSION = "1"  # bump when the rows read_lines yields change
 _FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv"}
 
 
@@ -66,11 +72,7 @@ def load_source(source: SourceConfig, *, cache_dir: Path | None = None) -> datas
             return _one_split(datasets.load_dataset(str(path), split=source.split, cache_dir=hf_cache), source)
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            # One row per line, empty lines included, so row i is line i+1 in error messages.
-            lines = datasets.load_dataset(
-                "text", data_files=str(path), split="train", cache_dir=hf_cache, keep_linebreaks=False
-            )
-            return lines.rename_column("text", RAW)
+            return _jsonl_rows(path, hf_cache)
         if suffix == ".json":
             return datasets.Dataset.from_dict({RAW: _json_rows(path, where)})
         if suffix in _FILE_BUILDERS:
@@ -79,6 +81,8 @@ def load_source(source: SourceConfig, *, cache_dir: Path | None = None) -> datas
             )
     except DataError:
         raise
+    except JsonFileError as exc:  # its message starts with the file (and line)
+        raise DataError(f"data source {source.name!r}: {exc}") from None
     except Exception as exc:
         # Any loader failure becomes one actionable line.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -98,11 +102,28 @@ def _one_split(loaded: Any, source: SourceConfig) -> datasets.Dataset:
     raise DataError(f"{describe(source)}: expected a Dataset, got {type(loaded).__name__}")
 
 
+def _jsonl_lines(path: str) -> Any:
+    for line in read_lines(Path(path)):
+        yield {RAW: line.text, READ_ERROR: line.error}
+
+
+def _jsonl_rows(path: Path, hf_cache: str | None) -> datasets.Dataset:
+    """One row per line, blank lines included, so row i is line i+1 in every message.
+
+    Streamed into an Arrow file in the cache (memory stays flat for multi-GB files), keyed by the
+    file's identity and modification time, as ``datasets`` keys its own file loaders.
+    """
+    check_not_empty(path)
+    stat = path.stat()
+    key = digest([str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, _JSONL_READER_VERSION])[:32]
+    features = datasets.Features({RAW: datasets.Value("string"), READ_ERROR: datasets.Value("string")})
+    return datasets.Dataset.from_generator(
+        _jsonl_lines, features=features, gen_kwargs={"path": str(path)}, cache_dir=hf_cache, fingerprint=key
+    )
+
+
 def _json_rows(path: Path, where: str) -> list[str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+    data = read_json(path, "a JSON list of rows")
     if isinstance(data, dict):
         # `{"data": [...]}`-style wrappers: take the single list of rows.
         lists = [value for value in data.values() if isinstance(value, list)]

@@ -52,7 +52,7 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
     plan = train_plan(ctx, trainer="sft", start_model=ctx.start_model, train_data=prepared.train_path,
                       eval_data=eval_path, out_dir=ctx.stage_dir, train_args=train_args, seed=ctx.seed,
                       lora=config.lora)
-    for path in remove_incomplete_checkpoints(plan.checkpoints_dir):
+    for path in remove_incomplete_checkpoints(plan.checkpoints_dir, [ctx.stage_dir]):
         ctx.log.warning("removed incomplete checkpoint %s (interrupted while saving)", path.name)
     resume = last_complete_checkpoint(plan.checkpoints_dir)
     if resume is not None:

@@ -29,10 +29,11 @@ from pydantic import (
     PlainSerializer,
     SerializationInfo,
     ValidationInfo,
+    field_validator,
 )
 
 from tempa.sft.paths import looks_local, resolve_path  # noqa: F401  (re-exported: stage configs use them)
-from tempa.sft.run_layout import safe_name
+from tempa.sft.run_layout import reserved_name, safe_name
 
 # launch(entry_module, args, log_file): run `python -m entry_module *args` under the recipe's
 # launcher (accelerate/torchrun, 1..N processes). Raises StageError when the process fails.
@@ -74,7 +75,7 @@ class StageConfigBase(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     kind: str = Field(description="The stage kind (sft, synthesize, preference, evaluate, merge, bake).")
-    name: Annotated[str, BeforeValidator(safe_name)] = Field(
+    name: str = Field(
         description="Unique stage name; also its folder in the run directory (letters, digits, '.', '_', "
         "'-'; starting with a letter or digit; not a name the run directory uses itself)."
     )
@@ -83,6 +84,14 @@ class StageConfigBase(BaseModel):
         alias="from",
         description="Earlier stage whose model this stage starts from (default: the previous stage).",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        problem = reserved_name(safe_name(value, "stage name"))
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     def reads(self, earlier: Sequence[str]) -> list[Read]:
         """Earlier stages this stage reads besides its ``from``; ``earlier`` are their names, in order."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.data_config import DataError
 from tempa.sft.expand import Render
 from tempa.sft.files import digest
@@ -33,17 +34,18 @@ def check_template(tokenizer: Any) -> str:
 
 
 def make_render(tokenizer: Any) -> Render:
-    """render(messages, thinking) -> (input_ids, assistant_masks) with the tokenizer's template."""
+    """render(messages, thinking, tools) -> (input_ids, assistant_masks) with the tokenizer's template."""
 
-    def render(messages: list[dict[str, Any]], thinking: bool) -> tuple[list[int], list[int]]:
+    def render(
+        messages: list[dict[str, Any]], thinking: bool, tools: list[dict[str, Any]] | None = None
+    ) -> tuple[list[int], list[int]]:
         out = tokenizer.apply_chat_template(
             messages,
+            tools=tools,
             tokenize=True,
             return_dict=True,
             return_assistant_tokens_mask=True,
-            # Both spellings of the switch: tempa's `thinking_mode` and the Qwen3/vLLM `enable_thinking`.
-            thinking_mode="on" if thinking else "off",
-            enable_thinking=thinking,
+            **mode_kwargs("on" if thinking else "off"),
         )
         return list(out["input_ids"]), [int(m) for m in out["assistant_masks"]]
 

@@ -3,6 +3,11 @@
 Training arguments pass straight through to trl; re-declaring them one by one would drift from
 trl. What tempa adds is checking them early: an unknown key (with a spelling hint) or a value of
 the wrong type fails when the recipe loads, not an hour into data preparation.
+
+What the check needs from trl (each field's type, the choices of its enum fields, what each
+scheduler requires) is read from the config class once and kept as a small JSON spec in the
+cache, keyed by the installed trl and transformers versions: later recipes are checked without
+importing trl, torch or transformers (seconds), and an upgrade simply writes a new spec.
 """
 
 from __future__ import annotations
@@ -10,60 +15,195 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import importlib
+import json
+import types
 import typing
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any, Literal, Union
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError, ValidationInfo
 
+from tempa.sft.files import cache_root, write_atomic
 from tempa.sft.suggest import closest, did_you_mean
 
+# Validation context key: when true, `train:` mappings are not checked yet. A spec not yet in the
+# cache needs trl's config classes (torch, transformers: seconds of imports), so the recipe
+# loader first validates everything else and reports those errors at once, then validates again
+# with the checks on.
+DEFER_TRAIN_CHECKS = "defer_train_checks"
+_SPEC_VERSION = 1  # bump when the spec's layout changes
 
-@functools.cache
-def _field_types(config_cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(config_cls)
-    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(config_cls) if f.init}
+
+def train_checks_deferred(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get(DEFER_TRAIN_CHECKS))
 
 
-@functools.cache
-def _adapter(tp: Any) -> TypeAdapter | None:
-    try:
-        return TypeAdapter(tp)
-    except Exception:  # exotic transformers types: trl validates those itself
-        return None
+@dataclass(frozen=True)
+class TrainArgSpec:
+    """What validating a config class's arguments needs: field types, scheduler requirements."""
+
+    name: str  # e.g. SFTConfig
+    fields: dict[str, Any]  # field -> JSON-encoded type (see _encode)
+    schedulers: dict[str, list[str]]  # lr_scheduler_type value -> lr_scheduler_kwargs it requires
+    helps: dict[str, str]  # field -> its help text (e.g. the loss names DPOConfig documents)
 
 
 def check_train_args(
-    values: Mapping[str, Any], config_cls: type, *, reserved: Iterable[str] = ()
+    values: Mapping[str, Any], config_ref: str, *, reserved: Iterable[str] = ()
 ) -> dict[str, Any]:
-    """Return ``values`` unchanged if every key is a field of ``config_cls`` with a fitting value.
+    """Return ``values`` unchanged if every key is a field of ``config_ref`` (``"trl:SFTConfig"``) with a fitting value.
 
     Raises ``ValueError`` naming the key and what was expected; pydantic reports it with the
     field path. ``reserved`` keys are set by tempa itself (e.g. output_dir) and are refused.
     """
-    fields = _field_types(config_cls)
+    spec = train_arg_spec(config_ref)
     reserved = set(reserved)
     for key, value in values.items():
         if key in reserved:
             raise ValueError(f"'{key}' is set by tempa (the stage folder and launch decide it); remove it")
-        if key not in fields:
-            raise ValueError(f"'{key}' is not a {config_cls.__name__} field{did_you_mean(key, fields)}")
-        adapter = _adapter(fields[key])
-        if adapter is None or value is None:
+        if key not in spec.fields:
+            raise ValueError(f"'{key}' is not a {spec.name} field{did_you_mean(key, spec.fields)}")
+        if value is None:
             continue
-        choices = _enum_choices(fields[key])
+        tp = _decode(spec.fields[key])
+        choices = _enum_choices(tp)
         if choices and isinstance(value, str) and value not in choices:
             hint = closest(value, choices)
             extra = f"did you mean '{hint}'?" if hint else f"one of: {', '.join(choices)}"
             raise ValueError(f"'{key}': {value!r} is not a valid choice; {extra}")
         try:
-            adapter.validate_python(value)
+            _adapter(tp).validate_python(value)
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]["msg"]
             raise ValueError(f"'{key}': {first}, got {value!r}") from None
+    check_counts(values)
     if "lr_scheduler_type" in values:
-        check_scheduler(values["lr_scheduler_type"], values.get("lr_scheduler_kwargs") or {})
+        check_scheduler(spec, values["lr_scheduler_type"], values.get("lr_scheduler_kwargs") or {})
     return dict(values)
+
+
+@functools.cache
+def train_arg_spec(config_ref: str) -> TrainArgSpec:
+    """The spec of ``module:Class``, from the cache when this trl/transformers pair wrote one."""
+    module, _, name = config_ref.partition(":")
+    key = f"{name}-trl{version('trl')}-transformers{version('transformers')}-v{_SPEC_VERSION}.json"
+    path = cache_root() / "train-args" / key
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return TrainArgSpec(data["name"], data["fields"], data["schedulers"], data["helps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    spec = _build_spec(getattr(importlib.import_module(module), name))
+    write_atomic(path, json.dumps(dataclasses.asdict(spec), indent=1, sort_keys=True) + "\n")
+    return spec
+
+
+def _build_spec(config_cls: type) -> TrainArgSpec:
+    import inspect
+
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+
+    hints = typing.get_type_hints(config_cls)
+    init = [f for f in dataclasses.fields(config_cls) if f.init]
+    fields = {f.name: _encode(hints.get(f.name, Any)) for f in init}
+    helps = {f.name: str(f.metadata.get("help", "")) for f in init}
+    schedulers = {}
+    for scheduler, function in TYPE_TO_SCHEDULER_FUNCTION.items():
+        parameters = inspect.signature(function).parameters.values()
+        schedulers[str(getattr(scheduler, "value", scheduler))] = [
+            p.name for p in parameters if p.default is inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in _TRAINER_SUPPLIED
+        ]
+    return TrainArgSpec(config_cls.__name__, fields, schedulers, helps)
+
+
+_PLAIN = {"int": int, "float": float, "bool": bool, "str": str, "dict": dict, "list": list, "None": type(None),
+          "Any": Any}
+UNKNOWN = "Unknown"  # a type the spec cannot hold (transformers' own classes): anything passes
+_CONTAINERS = {"list": list, "tuple": tuple, "set": set, "dict": dict}
+
+
+def _encode(tp: Any) -> Any:
+    """A type annotation as JSON. Other classes (transformers' own: ParallelismConfig, ...) become
+    ``UNKNOWN``, which accepts anything: trl and transformers check those when training starts."""
+    if tp is type(None):
+        return "None"
+    if tp is Any:
+        return "Any"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return {"enum": tp.__name__, "values": [member.value for member in tp]}
+    if isinstance(tp, type) and tp.__name__ in _PLAIN and _PLAIN[tp.__name__] is tp:
+        return tp.__name__
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return {"union": [_encode(a) for a in args]}
+    if origin is Literal and all(isinstance(a, str | int | float | bool) for a in args):
+        return {"literal": list(args)}
+    if isinstance(origin, type) and origin.__name__ in _CONTAINERS and _CONTAINERS[origin.__name__] is origin:
+        return {origin.__name__: [_encode(a) for a in args if a is not Ellipsis]}
+    return UNKNOWN
+
+
+@functools.cache
+def _decode_json(text: str) -> Any:
+    spec = json.loads(text)
+    if isinstance(spec, str):
+        return _PLAIN.get(spec, Any)  # UNKNOWN too
+    if "enum" in spec:
+        return enum.Enum(spec["enum"], [(f"m{i}", value) for i, value in enumerate(spec["values"])])
+    if "union" in spec:
+        return Union[tuple(_decode(a) for a in spec["union"])]  # noqa: UP007 - built from a list
+    if "literal" in spec:
+        return Literal[tuple(spec["literal"])]
+    (name, args), = spec.items()
+    container = _CONTAINERS[name]
+    return container[tuple(_decode(a) for a in args)] if args else container
+
+
+def _decode(spec: Any) -> Any:
+    return _decode_json(json.dumps(spec, sort_keys=True))
+
+
+@functools.cache
+def _adapter(tp: Any) -> TypeAdapter:
+    return TypeAdapter(tp)
+
+
+# Counts and sizes that only make sense above zero. transformers checks some of them only when
+# training starts, and some never: `num_train_epochs: -1` trains 0 steps and reports success.
+_POSITIVE = (
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "eval_accumulation_steps",
+    "logging_steps",
+    "save_steps",
+    "eval_steps",
+    "max_length",
+    "max_prompt_length",
+    "max_completion_length",
+)
+_UNSET_MAX_STEPS = -1  # transformers' default: train for num_train_epochs instead
+
+
+def check_counts(values: Mapping[str, Any]) -> None:
+    """Refuse non-positive epochs, steps and batch sizes; ``max_steps: -1`` is transformers' "unset"."""
+    max_steps = values.get("max_steps")
+    if isinstance(max_steps, int) and max_steps != _UNSET_MAX_STEPS and max_steps <= 0:
+        raise ValueError(f"'max_steps': must be a positive number of optimizer steps (or -1: unset), got {max_steps!r}")
+    steps_set = isinstance(max_steps, int) and max_steps > 0
+    for key in _POSITIVE:
+        value = values.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value > 0:
+            continue
+        if key == "num_train_epochs" and steps_set:
+            continue  # max_steps decides the length; epochs are ignored
+        extra = " (or set max_steps)" if key == "num_train_epochs" else ""
+        raise ValueError(f"'{key}': must be positive{extra}, got {value!r}")
 
 
 # What the Trainer passes every scheduler itself; anything else a schedule requires must come
@@ -71,23 +211,13 @@ def check_train_args(
 _TRAINER_SUPPLIED = {"optimizer", "num_warmup_steps", "num_training_steps"}
 
 
-def check_scheduler(name: Any, kwargs: Mapping[str, Any]) -> None:
+def check_scheduler(spec: TrainArgSpec, name: Any, kwargs: Mapping[str, Any]) -> None:
     """Refuse a scheduler whose required ``lr_scheduler_kwargs`` keys are missing (e.g. WSD's decay length)."""
-    import inspect
-
-    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
-    from transformers.trainer_utils import SchedulerType
-
-    function = TYPE_TO_SCHEDULER_FUNCTION.get(SchedulerType(name))
-    if function is None or not isinstance(kwargs, Mapping):
-        return
-    parameters = inspect.signature(function).parameters.values()
-    missing = [p.name for p in parameters if p.default is inspect.Parameter.empty
-               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in _TRAINER_SUPPLIED
-               and p.name not in kwargs]
-    if missing:
+    required = spec.schedulers.get(str(getattr(name, "value", name)), [])
+    missing = [key for key in required if not isinstance(kwargs, Mapping) or key not in kwargs]
+    if missing and isinstance(kwargs, Mapping):
         example = ", ".join(f"{m}: ..." for m in missing)
-        raise ValueError(f"'lr_scheduler_type': {SchedulerType(name).value} needs lr_scheduler_kwargs: {{{example}}}")
+        raise ValueError(f"'lr_scheduler_type': {name} needs lr_scheduler_kwargs: {{{example}}}")
 
 
 @functools.cache

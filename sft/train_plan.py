@@ -15,7 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tempa.sft.files import write_atomic
+from tempa.sft.run_layout import CHECKPOINTS_DIR, FINAL_DIR
 from tempa.sft.stage_api import StageContext, StageError, TrainingEnv
+from tempa.sft.throughput_summary import throughput_headline
 
 OUTCOME_FILE = "tempa_train_metrics.json"  # in the final model folder, written by the worker
 WORKER = "tempa.sft.train_worker"
@@ -46,6 +48,7 @@ class TrainPlan(BaseModel):
     tokenizer_dir: Path
     train_data: Path = Field(description="A `save_to_disk` dataset the worker loads as it is.")
     eval_data: Path | None = None
+    out_dir: Path = Field(description="The folder this training writes in (the stage's, or a round's).")
     checkpoints_dir: Path
     final_dir: Path
     train_args: dict[str, Any] = Field(
@@ -63,6 +66,17 @@ class TrainPlan(BaseModel):
     @classmethod
     def read(cls, path: Path) -> TrainPlan:
         return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
+
+    @classmethod
+    def standalone(cls, start_model: Path, out_dir: Path, train_args: dict[str, Any], *,
+                   trainer: Literal["sft", "dpo"] = "sft", seed: int = 0, env: TrainingEnv | None = None,
+                   train_data: Path | None = None, tokenizer_dir: Path | None = None) -> TrainPlan:
+        """A plan outside any stage, to build the worker's trainer settings (benchmarks, tests)."""
+        out_dir = Path(out_dir)
+        return cls(trainer=trainer, start_model=start_model, tokenizer_dir=tokenizer_dir or start_model,
+                   train_data=train_data or out_dir / "data", out_dir=out_dir, checkpoints_dir=out_dir,
+                   final_dir=out_dir / FINAL_DIR, train_args=train_args, seed=seed,
+                   env=env or TrainingEnv(use_cpu=True))
 
 
 def train_plan(
@@ -84,8 +98,9 @@ def train_plan(
         tokenizer_dir=ctx.tokenizer_dir,
         train_data=train_data,
         eval_data=eval_data,
-        checkpoints_dir=out_dir / "checkpoints",
-        final_dir=out_dir / "final",
+        out_dir=out_dir,
+        checkpoints_dir=out_dir / CHECKPOINTS_DIR,
+        final_dir=out_dir / FINAL_DIR,
         train_args=train_args,
         lora=lora,
         seed=seed,
@@ -104,6 +119,7 @@ class TrainOutcome(BaseModel):
     eval: dict[str, Any] = Field(default_factory=dict, description="trainer.evaluate()'s metrics, if any.")
     log_history: list[dict[str, Any]] = Field(default_factory=list)
     resumed_from: str | None = None
+    kernels: dict[str, Any] = Field(default_factory=dict, description="The attention and Liger kernels used.")
 
     @classmethod
     def read(cls, final_dir: Path) -> TrainOutcome:
@@ -129,4 +145,4 @@ class TrainOutcome(BaseModel):
                 out[key] = last[key]
         if self.resumed_from:
             out["resumed_from"] = self.resumed_from
-        return out
+        return {**out, **self.kernels, **throughput_headline(self.log_history)}

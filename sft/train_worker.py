@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import threading
 import time
@@ -22,33 +21,12 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tempa.sft.checkpoints import COMPLETE_MARKER, last_complete_checkpoint
+from tempa.sft.files import remove_tree
+from tempa.sft.kernels import KernelChoice, KernelEnv, choose_kernels, detect_env
+from tempa.sft.packed_attention import DOC_SDPA, supports_document_attention
+from tempa.sft.packed_attention import register as register_document_attention
+from tempa.sft.throughput import ThroughputMeter, add_throughput_callbacks
 from tempa.sft.train_plan import OUTCOME_FILE, TrainOutcome, TrainPlan
-
-
-class ProgressLine(TrainerCallback):
-    """One `[tempa]` line per log step (the runner shows these; tqdm bars stay in the log file)."""
-
-    def __init__(self) -> None:
-        self.started = time.time()
-        self.first_step = 0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.started = time.time()
-        self.first_step = state.global_step  # non-zero after a resume
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        elapsed = time.time() - self.started
-        parts = [f"step {state.global_step}/{state.max_steps}"]
-        for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
-            if key in logs:
-                parts.append(f"{key} {float(logs[key]):.4g}")
-        done = state.global_step - self.first_step
-        if done > 0 and state.global_step < state.max_steps:
-            eta = elapsed / done * (state.max_steps - state.global_step)
-            parts.append(f"eta {eta:.0f}s")
-        print("[tempa] " + " | ".join(parts), flush=True)
 
 
 class CheckpointCompleteCallback(TrainerCallback):
@@ -90,8 +68,11 @@ def watch_runner(pid: int | None, interval_s: float = 1.0) -> None:
     threading.Thread(target=_watch, name="tempa-runner-watch", daemon=True).start()
 
 
-def trl_config_kwargs(plan: TrainPlan) -> dict[str, Any]:
-    """trl config kwargs: the recipe's train args plus what the stage folder and launch decide."""
+def trl_config_kwargs(plan: TrainPlan, kernels: KernelChoice | None = None) -> dict[str, Any]:
+    """trl config kwargs: the recipe's train args plus what the stage folder and launch decide.
+
+    ``kernels``: the attention implementation and Liger setting (default: :func:`plan_kernels`).
+    """
     kwargs = dict(plan.train_args)
     kwargs["output_dir"] = str(plan.checkpoints_dir)
     kwargs.setdefault("seed", plan.seed)
@@ -99,39 +80,81 @@ def trl_config_kwargs(plan: TrainPlan) -> dict[str, Any]:
     env = plan.env
     if env.deepspeed_config:
         kwargs["deepspeed"] = str(env.deepspeed_config)
-    precision = env.mixed_precision
     if env.use_cpu:
         kwargs["use_cpu"] = True
-        precision = precision or "no"
-    if precision is None:
-        import torch
-
+    if "bf16" not in plan.train_args and "fp16" not in plan.train_args:
         # trl defaults to bf16, which a CPU-only machine refuses; decide by what is there.
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if precision is not None and "bf16" not in plan.train_args and "fp16" not in plan.train_args:
+        precision = training_precision(plan)
         kwargs["bf16"] = precision == "bf16"
         kwargs["fp16"] = precision == "fp16"
+    # safetensors only (the policy, and DPO's reference, which trl builds from the same kwargs):
+    # a pickled checkpoint never gets here, and transformers must not fall back to one.
+    kwargs["model_init_kwargs"] = {**(kwargs.get("model_init_kwargs") or {}), "use_safetensors": True}
     if env.trust_remote_code:
-        kwargs.setdefault("model_init_kwargs", {})["trust_remote_code"] = True
-    init = kwargs.get("model_init_kwargs") or {}
-    if "attn_implementation" not in init and precision in ("bf16", "fp16") and _flash_attention_available():
-        # Packed rows (BFD + position_ids) need per-document attention: flash-attention's varlen
-        # kernel does that; sdpa builds one dense block-diagonal mask (bench/README.md: 2.9x slower).
-        kwargs["model_init_kwargs"] = {**init, "attn_implementation": "flash_attention_2"}
+        kwargs["model_init_kwargs"]["trust_remote_code"] = True
+    kernels = kernels or plan_kernels(plan)
+    if kernels.attn_implementation is not None:
+        if kernels.attn_implementation == DOC_SDPA:
+            register_document_attention()  # the model is loaded in this process, by name
+        kwargs["model_init_kwargs"] = {**kwargs["model_init_kwargs"], "attn_implementation": kernels.attn_implementation}
+    if kernels.use_liger_kernel:
+        kwargs["use_liger_kernel"] = True
     return kwargs
 
 
-def _flash_attention_available() -> bool:
-    import importlib.util
+def training_precision(plan: TrainPlan) -> str:
+    """"bf16", "fp16" or "no": the recipe's train args, else the launch setting, else what the machine has."""
+    train = plan.train_args
+    if train.get("bf16") or train.get("fp16"):
+        return "bf16" if train.get("bf16") else "fp16"
+    if "bf16" in train or "fp16" in train:
+        return "no"
+    precision = plan.env.mixed_precision
+    if precision is None and plan.env.use_cpu:
+        return "no"
+    if precision is None:
+        import torch
 
-    import torch
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return precision
 
-    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+
+def packs_rows(train_args: dict[str, Any]) -> bool:
+    """Whether trl will put several documents in one row (BFD packing turns padding-free on)."""
+    strategy = train_args.get("packing_strategy", "bfd")
+    return bool(train_args.get("padding_free")) or (
+        bool(train_args.get("packing")) and strategy in ("bfd", "bfd_split", "bfd-requeue"))
+
+
+def plan_kernels(plan: TrainPlan, env: KernelEnv | None = None) -> KernelChoice:
+    """:func:`tempa.sft.kernels.choose_kernels` for this plan on this machine (``env``: what it has).
+
+    Whether the model suits per-document attention is read from the starting model's config.
+    """
+    train = plan.train_args
+    env = env or detect_env(training_precision(plan))
+    packed = packs_rows(train)
+    document = (True, "")
+    if packed and (plan.start_model / "config.json").is_file():
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(plan.start_model, trust_remote_code=plan.env.trust_remote_code)
+        document = supports_document_attention(config)
+    return choose_kernels(env, packed=packed, requested_attention=(train.get("model_init_kwargs") or {}).get(
+        "attn_implementation"), requested_liger=train.get("use_liger_kernel"), document_attention=document)
+
+
+def announced_kernels(plan: TrainPlan) -> KernelChoice:
+    """:func:`plan_kernels` for a training worker, with the reasons printed to its log."""
+    kernels = plan_kernels(plan)
+    for line in kernels.why:
+        print(f"[tempa] {line}", flush=True)
+    return kernels
 
 
 def read_plan(argv: list[str] | None) -> TrainPlan:
     """Parse ``--plan train_plan.json``, start the runner watch and set up distributed CPU DeepSpeed."""
-    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else 'tempa.sft.train_worker'}")
+    parser = argparse.ArgumentParser(prog="python -m tempa.sft.train_worker")
     parser.add_argument("--plan", required=True, help="train_plan.json written by the stage")
     args = parser.parse_args(argv)
     plan = TrainPlan.read(Path(args.plan))
@@ -145,23 +168,35 @@ def read_plan(argv: list[str] | None) -> TrainPlan:
     return plan
 
 
-def train_and_save(trainer, tokenizer, plan: TrainPlan, *, evaluate: bool = False,
+def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *, evaluate: bool = False,
                    merge_adapters: bool = False) -> None:
     """Train (resuming from the last complete checkpoint), then publish ``final/`` atomically.
 
-    The model goes to ``final.tmp`` with the tokenizer and `tempa_train_metrics.json`, and is
+    The model goes to ``final.tmp`` with the tokenizer and its :class:`TrainOutcome`, and is
     renamed to ``final`` last, so a kill never leaves a final model that looks complete.
     """
     resume = last_complete_checkpoint(plan.checkpoints_dir)
     if resume is not None and trainer.is_world_process_zero():
         print(f"[tempa] resuming from {resume}", flush=True)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if trainer.state.global_step <= 0:
+        # Trainer "succeeds" without a single step (e.g. fewer rows than one batch per process):
+        # publishing final/ would ship the starting weights as if they were trained.
+        args = trainer.args
+        rows = len(trainer.train_dataset) if hasattr(trainer.train_dataset, "__len__") else "?"
+        raise RuntimeError(
+            f"training took no optimizer step ({rows} training rows, "
+            f"num_train_epochs={args.num_train_epochs}, max_steps={args.max_steps}, "
+            f"per_device_train_batch_size={args.per_device_train_batch_size}, "
+            f"gradient_accumulation_steps={args.gradient_accumulation_steps}, processes={args.world_size})"
+        )
     eval_metrics = trainer.evaluate() if evaluate else {}
 
     final = plan.final_dir
     tmp = final.with_name(final.name + ".tmp")
+    inside = [plan.out_dir]  # nothing outside the folder this training writes in is ever deleted
     if trainer.is_world_process_zero():
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp, inside)
     trainer.accelerator.wait_for_everyone()
     if merge_adapters:
         merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
@@ -180,9 +215,10 @@ def train_and_save(trainer, tokenizer, plan: TrainPlan, *, evaluate: bool = Fals
             eval=eval_metrics,
             log_history=trainer.state.log_history,
             resumed_from=str(resume) if resume else None,
+            kernels=kernels.record(),
         )
         (tmp / OUTCOME_FILE).write_text(outcome.model_dump_json(indent=2))
-        shutil.rmtree(final, ignore_errors=True)
+        remove_tree(final, inside)
         os.replace(tmp, final)
     trainer.accelerator.wait_for_everyone()
 
@@ -204,14 +240,14 @@ def _quantised_init(plan: TrainPlan, init: dict[str, Any] | None) -> dict[str, A
     return {**(init or {}), "quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")}
 
 
-def sft_trainer(plan: TrainPlan, tokenizer):
+def sft_trainer(plan: TrainPlan, tokenizer, kernels: KernelChoice):
     """trl's SFTTrainer over the pre-tokenised rows (``input_ids`` + ``assistant_masks``)."""
     from datasets import load_from_disk
     from trl import SFTConfig, SFTTrainer
 
     # tempa tokenises and masks the data itself (assistant_masks column, which trl turns into
     # labels); trl's own flag only applies to conversational rows it tokenises.
-    config = SFTConfig(**{**trl_config_kwargs(plan), "assistant_only_loss": False})
+    config = SFTConfig(**{**trl_config_kwargs(plan, kernels), "assistant_only_loss": False})
     config.model_init_kwargs = _quantised_init(plan, config.model_init_kwargs)
     train_dataset = load_from_disk(str(plan.train_data))
     eval_dataset = load_from_disk(str(plan.eval_data)) if plan.eval_data else None
@@ -222,32 +258,37 @@ def sft_trainer(plan: TrainPlan, tokenizer):
     if eval_dataset is not None and config.eval_strategy == "no":
         config.eval_strategy = "steps" if config.save_strategy == "steps" else "epoch"
         config.eval_steps = config.eval_steps or config.save_steps
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=str(plan.start_model),
         args=config,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=_lora_config(plan),
-        callbacks=[CheckpointCompleteCallback(), ProgressLine()],
+        callbacks=[CheckpointCompleteCallback()],
     )
+    add_throughput_callbacks(trainer, ThroughputMeter())
+    return trainer
 
 
-def dpo_trainer(plan: TrainPlan, tokenizer):
+def dpo_trainer(plan: TrainPlan, tokenizer, kernels: KernelChoice):
     """trl's DPOTrainer over conversational preference pairs (prompt / chosen / rejected)."""
     from datasets import load_from_disk
     from trl import DPOConfig, DPOTrainer
 
-    config = DPOConfig(**trl_config_kwargs(plan))
+    config = DPOConfig(**trl_config_kwargs(plan, kernels))
     config.model_init_kwargs = _quantised_init(plan, config.model_init_kwargs)
-    return DPOTrainer(
+    trainer = DPOTrainer(
         model=str(plan.start_model),
         args=config,
         train_dataset=load_from_disk(str(plan.train_data)),
         processing_class=tokenizer,
         peft_config=_lora_config(plan),
-        callbacks=[CheckpointCompleteCallback(), ProgressLine()],
+        callbacks=[CheckpointCompleteCallback()],
     )
+    # Without precomputed log-probs, a frozen reference model runs forward on every trained token.
+    add_throughput_callbacks(trainer, ThroughputMeter(reference_forward=not config.precompute_ref_log_probs))
+    return trainer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(plan.tokenizer_dir)
-    trainer = (sft_trainer if plan.trainer == "sft" else dpo_trainer)(plan, tokenizer)
-    train_and_save(trainer, tokenizer, plan, evaluate=plan.trainer == "sft" and plan.eval_data is not None,
+    kernels = announced_kernels(plan)
+    trainer = (sft_trainer if plan.trainer == "sft" else dpo_trainer)(plan, tokenizer, kernels)
+    train_and_save(trainer, tokenizer, plan, kernels,
+                   evaluate=plan.trainer == "sft" and plan.eval_data is not None,
                    merge_adapters=plan.lora is not None)
     return 0
 

@@ -31,6 +31,30 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def llama3_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with Meta's real Llama 3 tokenizer (128,256 tokens, built offline; treat as read-only)."""
+    from tempa.recipes.tiny import write_tiny_default
+
+    return write_tiny_default(tmp_path_factory.mktemp("tiny-llama3") / "model", tokenizer="llama3")
+
+
+@pytest.fixture(scope="session")
+def llama3_final_dir(llama3_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Llama 3 tokenizer model baked with llama3_thinking (read-only; baking 128k tokens is slow, so once)."""
+    from stage_helpers import baked_final
+
+    return baked_final(llama3_model_dir, tmp_path_factory.mktemp("llama3-final") / "final")
+
+
+@pytest.fixture(scope="session")
+def llama3_gguf(llama3_final_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``llama3_final_dir`` exported to an f16 GGUF (with its Modelfile beside it; read-only)."""
+    from tempa.merge.gguf_export import export_gguf
+
+    return export_gguf(llama3_final_dir, tmp_path_factory.mktemp("llama3-gguf") / "llama3.gguf").gguf_path
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tiny_model_dir: Path) -> Path:
     """Same folder as the model: the tokenizer files live beside the weights."""
     return tiny_model_dir

@@ -41,3 +41,15 @@ def done(name: str, result: StageResult, *, kind: str = "sft", config: StageConf
 def trained(stage_dir: Path) -> StageResult:
     """What a training stage in ``stage_dir`` hands on: ``final/`` and its complete checkpoints."""
     return StageResult(model=stage_dir / "final", checkpoints=complete_checkpoints(stage_dir / "checkpoints"))
+
+
+def baked_final(model_dir: Path, folder: Path) -> Path:
+    """``model_dir``'s weights with the llama3_thinking template baked in: a final/ folder as the bake writes."""
+    import shutil
+
+    from tempa.chat_templates import bake_tokenizer
+
+    bake_tokenizer(model_dir, "llama3_thinking", folder, model_dir=model_dir)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy2(model_dir / name, folder / name)
+    return folder

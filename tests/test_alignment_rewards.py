@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tempa.alignment.completions import Completion, assistant_message, split_text, split_think
+from tempa.alignment.completions import Completion, assistant_message, split_think
 from tempa.alignment.prompts import PromptRow
 from tempa.alignment.rewards import (
     AnswerReward,
@@ -24,6 +24,7 @@ from tempa.alignment.rewards import (
     language_match,
     length_penalty,
 )
+from tempa.chat_templates.thinking import split_reasoning
 
 ON = "<think>\n"  # what llama3_thinking pre-fills with thinking on
 OFF = "<think>\n</think>\n"  # ... and with thinking off
@@ -45,9 +46,11 @@ def test_split_handles_prefilled_inline_and_server_separated_reasoning():
     prefilled = Completion(text="add them: 2+3\n</think>\n\nHasilnya 5.", prefill=ON)
     assert split_think(prefilled).reasoning == "add them: 2+3"
     assert split_think(prefilled).answer == "Hasilnya 5."
-    # R1 style: no opening tag at all, the closing tag still separates
-    r1 = split_text("thinking...</think>answer")
+    # R1 style: no opening tag at all, the closing tag on its own line still separates
+    r1 = split_reasoning("thinking...\n</think>\n\nanswer")
     assert (r1.reasoning, r1.answer, r1.closed) == ("thinking...", "answer", True)
+    # elsewhere, it is text
+    assert split_think(Completion(text="Use </think> to close.")).answer == "Use </think> to close."
     server = Completion(text="Hasilnya 5.", reasoning="2+3=5", finish_reason="stop")
     assert (split_think(server).reasoning, split_think(server).answer) == ("2+3=5", "Hasilnya 5.")
     unclosed = Completion(text="still thinking and thinking", prefill=ON, finish_reason="length")

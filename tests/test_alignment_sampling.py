@@ -122,3 +122,19 @@ def test_prompt_loading_takes_reference_answers_and_thinking_modes(tmp_path):
 
     with pytest.raises(StageError, match="row 1: the conversation must end with a user message"):
         load_prompts(PromptSource(path=str(path)), seed=0)
+
+
+def test_prompt_files_skip_unreadable_lines_strip_a_bom_and_refuse_an_empty_file(tmp_path, caplog):
+    from tempa.sft.stage_api import StageError
+
+    path = tmp_path / "p.jsonl"
+    good = [json.dumps({"prompt": f"Q{i}"}).encode() for i in range(3)]
+    path.write_bytes(b"\xef\xbb\xbf" + good[0] + b"\n" + b'{"prompt": "caf\xe9"}\n' + good[1] + b"\n{oops\n" + good[2] + b"\n")
+    with caplog.at_level("WARNING", logger="tempa"):
+        rows = load_prompts(PromptSource(path=str(path)), seed=0)
+    assert [r.question for r in rows] == ["Q0", "Q1", "Q2"]
+    assert f"{path}: skipped 2 unreadable line(s) of 5: line 2: invalid UTF-8 (byte 0xe9" in caplog.text
+    assert "line 4: not valid JSON" in caplog.text
+    path.write_bytes(b"\xef\xbb\xbf\n")
+    with pytest.raises(StageError, match=f"^{path}: empty file"):
+        load_prompts(PromptSource(path=str(path)), seed=0)

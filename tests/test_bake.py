@@ -3,6 +3,7 @@ carries a model card without secrets."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -278,3 +279,65 @@ def test_evaluate_merge_bake_pipeline(tmp_path, tiny_model_dir, recipe_tokenizer
     )
     card = (baked.model / "README.md").read_text()
     assert "**dare_ties**" in card and "heldout/loss" in card and "merge (merged)" in card
+
+
+def test_final_folder_is_publishable_as_it_is(tmp_path, tiny_model_dir, recipe_tokenizer):
+    from tempa.chat_templates import load_template
+    from tempa.merge.publish import publish_problems
+
+    run_dir = tmp_path / "run"
+    stages, source = _earlier_stages(run_dir, tiny_model_dir)
+    # A base model with custom code, trained without trust_remote_code: its config still names that code.
+    config = json.loads((source / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_sea.SeaForCausalLM", "AutoConfig": "org/sea--conf.SeaConfig"}
+    (source / "config.json").write_text(json.dumps(config))
+    (source / "model.safetensors").chmod(0o600)  # as save_pretrained writes it
+    # The recipe read a data file on this machine: recipe.resolved.yaml holds its absolute path.
+    data = tmp_path / "corpora" / "sea_instruct.jsonl"
+    data.parent.mkdir()
+    data.write_text("{}\n")
+    resolved = {**RECIPE.resolved, "stages": [{"name": "sft", "kind": "sft",
+                                                "data": {"sources": [{"name": "sea", "path": str(data)}]}}]}
+    recipe = dataclasses.replace(RECIPE, resolved=resolved)
+
+    config = BakeStageConfig.model_validate({"name": "bake", "kind": "bake", "smoke_test": False})
+    ctx = make_context(run_dir, "bake", start_model=source, tokenizer_dir=recipe_tokenizer,
+                       chat_template=load_template("llama3_thinking"), upstream=stages, recipe=recipe)
+    result = run_bake(config, ctx)
+    final = run_dir / "bake" / "final"
+    assert publish_problems(final) == []
+    assert "auto_map" not in json.loads((final / "config.json").read_text())
+    assert len(str(result.metrics["auto_map_dropped"]).split(", ")) == 2
+    assert {p.stat().st_mode & 0o777 for p in final.iterdir()} == {0o644} and final.stat().st_mode & 0o777 == 0o755
+    card = (final / "README.md").read_text()
+    assert str(tmp_path) not in card and "path: sea_instruct.jsonl" in card
+
+
+def test_publish_check_finds_what_would_stop_an_upload(tmp_path):
+    from tempa.merge.publish import make_publishable, publish_problems
+
+    folder = tmp_path / "final"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "modeling_x.X"}}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["tok_x.T", None]}}))
+    (folder / "model.safetensors").write_bytes(b"\0")
+    (folder / "model.safetensors").chmod(0o600)
+    (folder / "pytorch_model.bin").write_bytes(b"\0")
+    (folder / "README.md").write_text(f"trained on {tmp_path}/data.jsonl with {HUB_TOKEN}\n")
+    problems = publish_problems(folder)
+    assert "model.safetensors: mode 0600, not 0644" in problems
+    assert "config.json: auto_map AutoModel -> modeling_x.X" in problems
+    assert "tokenizer_config.json: auto_map AutoTokenizer -> tok_x.T" in problems
+    assert "pytorch_model.bin: pickled weights" in problems
+    assert f"README.md: local path {tmp_path}/data.jsonl" in problems
+    assert "README.md: secret-looking string" in problems
+    assert make_publishable(folder) == [
+        "config.json: auto_map AutoModel -> modeling_x.X", "tokenizer_config.json: auto_map AutoTokenizer -> tok_x.T"
+    ]
+    assert sorted(publish_problems(folder)) == sorted(
+        ["pytorch_model.bin: pickled weights", f"README.md: local path {tmp_path}/data.jsonl",
+         "README.md: secret-looking string"]
+    )
+    (folder / "modeling_x.py").write_text("")
+    (folder / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "modeling_x.X"}}))
+    assert not [p for p in publish_problems(folder) if "auto_map" in p]  # its code is here: not dangling

@@ -24,8 +24,10 @@ def test_bake_writes_template_pad_and_stop_ids(tiny_tokenizer_dir: Path, tmp_pat
     tokenizer = AutoTokenizer.from_pretrained(out)
     config = json.loads((out / "generation_config.json").read_text())
     eot_id = tokenizer.convert_tokens_to_ids("<|eot_id|>")
-    # Base config stopped on <|end_of_text|> only; the bake keeps it and adds the end-of-turn token.
-    assert config["eos_token_id"] == [tokenizer.eos_token_id, eot_id]
+    # Base config stopped on <|end_of_text|> only; the bake keeps it and adds the end-of-turn token, which is
+    # the tokenizer's eos now, as in Llama 3.1 Instruct's tokenizer.
+    assert config["eos_token_id"] == [tokenizer.convert_tokens_to_ids("<|end_of_text|>"), eot_id]
+    assert tokenizer.eos_token == "<|eot_id|>"
     assert config["pad_token_id"] == tokenizer.pad_token_id != tokenizer.eos_token_id
     assert "_from_model_config" not in config
     assert len(tokenizer) == len(AutoTokenizer.from_pretrained(tiny_tokenizer_dir))  # nothing added
@@ -114,8 +116,8 @@ def test_bake_rejects_a_template_whose_end_of_turn_is_not_one_token(tmp_path: Pa
 def test_a_failing_bake_leaves_no_folder_behind(tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
     # eot moved outside {% generation %}: the model would never learn to stop.
     broken = load_template("llama3_thinking").replace(
-        '~ answer.text ~ "<|eot_id|>" }}\n            {%- endgeneration %}',
-        '~ answer.text }}\n            {%- endgeneration %}\n            {{- "<|eot_id|>" }}',
+        '{{- answer.text ~ "<|eot_id|>" }}\n        {%- endgeneration %}',
+        '{{- answer.text }}\n        {%- endgeneration %}\n        {{- "<|eot_id|>" }}',
     )
     path = tmp_path / "broken.jinja"
     path.write_text(broken, encoding="utf-8")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from transformers import AutoTokenizer
 
 from tempa.chat_templates import bake_tokenizer
 from tempa.chat_templates.cli import main, register
@@ -156,7 +157,7 @@ def test_render_tokens_needs_a_tokenizer(case_file, capsys: pytest.CaptureFixtur
             '[{"role": "bot", "content": "hi"}]',
             'rejects this conversation: messages[0].role: unknown role "bot"',
         ),
-        ('[{"role": "user",', "invalid JSON at line 1"),
+        ('[{"role": "user",', ":1: not valid JSON"),
         (
             '{"rows": []}',
             'expected a non-empty JSON list of message objects, or an object with a "messages" list',
@@ -173,6 +174,27 @@ def test_render_errors_are_one_line_naming_the_file(
     assert str(path) in line and expected in line
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"", "empty file"), (b"\xef\xbb\xbf\n", "empty file"), (b'[{"role": "user", "content": "caf\xe9"}]', ":1: invalid UTF-8")],
+)
+def test_render_input_that_is_empty_or_not_utf8_is_one_line(
+    content: bytes, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    assert main(["template", "render", "--template", "llama3_thinking", "--messages", str(path)]) == 2
+    line = _one_line_error(capsys)
+    assert str(path) in line and expected in line
+
+
+def test_render_input_may_start_with_a_bom(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bom.json"
+    path.write_bytes(b'\xef\xbb\xbf[{"role": "user", "content": "Halo"}]')
+    assert main(["template", "render", "--template", "llama3_thinking", "--messages", str(path)]) == 0
+    assert "Halo" in capsys.readouterr().out
+
+
 def test_render_unknown_template_names_the_known_ones(case_file, capsys: pytest.CaptureFixture[str]) -> None:
     path = case_file("id_sentiment")
     assert main(["template", "render", "--template", "llama4", "--messages", str(path)]) == 2
@@ -185,9 +207,9 @@ def test_render_unknown_template_names_the_known_ones(case_file, capsys: pytest.
 def test_check_passes_on_the_baked_tokenizer(baked: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["template", "check", "--tokenizer", str(baked)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    rows = [line for line in lines if line[:2] in {"a.", "b.", "c.", "d.", "e.", "f.", "g.", "h.", "i."}]
-    assert len(rows) == 9 and all("  PASS  " in row for row in rows)
-    assert lines[-1].startswith("-- 9/9 passed")
+    rows = [line for line in lines if line[:2] in {"a.", "b.", "c.", "d.", "e.", "f.", "g.", "h.", "i.", "j."}]
+    assert len(rows) == 10 and all("  PASS  " in row for row in rows)
+    assert lines[-1].startswith("-- 10/10 passed")
 
 
 def test_check_fails_on_the_unbaked_tokenizer(
@@ -201,7 +223,7 @@ def test_check_fails_on_the_unbaked_tokenizer(
     out = capsys.readouterr().out
     (row,) = [line for line in out.splitlines() if line.startswith("c.")]
     assert "FAIL" in row and "<|im_end|>" in row
-    assert "-- 8/9 passed" in out
+    assert "-- 9/10 passed" in out
 
 
 def test_check_without_a_template_or_folder_is_a_one_line_error(
@@ -236,6 +258,18 @@ def test_bake_then_check(
     capsys.readouterr()
     assert main(argv) == 2  # never overwrites silently
     assert "not empty" in _one_line_error(capsys)
+
+
+def test_bake_with_a_thinking_default_and_the_stock_preamble(tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "baked"
+    assert main(["template", "bake", "--tokenizer", str(tiny_tokenizer_dir), "--template", "llama3_thinking",
+                 "--out", str(out), "--thinking-default", "off", "--stock-preamble"]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,
+                                           tokenize=False)
+    assert prompt.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date")
+    assert prompt.endswith("<think>\n</think>\n")
+    assert main(["template", "check", "--tokenizer", str(out)]) == 0
 
 
 # ---------------------------------------------------------------- wiring

@@ -1,12 +1,13 @@
-"""Invariants a-h (+ pad) of both templates, on real tokenizers baked to disk and reloaded.
+"""Invariants a-j (+ pad) of both templates, on real tokenizers baked to disk and reloaded.
 
-Every tokenizer here is the tiny byte-level BPE, baked by ``bake_tokenizer`` and loaded back with
-``AutoTokenizer.from_pretrained``. Prefix and mask bugs depend on how the tokenizer splits and merges
-newlines, so each test runs on three variants of it:
-  gpt2-split    as built (GPT-2 pre-tokenizer pattern)
-  llama3-split  Llama 3's pattern, which real Llama 3 / Qwen2 tokenizers use (newlines join the punctuation before)
+Every tokenizer here is baked by ``bake_tokenizer`` and loaded back with ``AutoTokenizer.from_pretrained``.
+Prefix and mask bugs depend on how the tokenizer splits and merges newlines, so each test runs on four of them:
+  gpt2-split    the tiny byte-level BPE as built (GPT-2 pre-tokenizer pattern)
+  llama3-split  the tiny BPE with Llama 3's pattern, which real Llama 3 / Qwen2 tokenizers use (newlines join
+                the punctuation before)
   nn-merge      GPT-2 pattern plus a guaranteed "\n\n" merge, so a prompt ending in two newlines tokenises
                 differently from the same newlines followed by text (the tiny vocabulary may or may not have it)
+  llama3-real   Meta's Llama 3 tokenizer itself (128,256 tokens; llama3_thinking only: it has no ChatML tokens)
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from tempa.chat_templates import bake_tokenizer, check_tokenizer, end_of_turn_token, load_template
 from tempa.chat_templates.probes import INVALID_INPUTS, PROBES
+from tempa.chat_templates.rendering import mask_spans
+from tempa.chat_templates.thinking import last_user_index, split_reasoning
 
 TEMPLATES = ("llama3_thinking", "chatml_thinking")
 MODES = ("on", "off")
@@ -90,21 +93,27 @@ def nn_merge_dirs(baked_dirs: dict[str, Path], tmp_path_factory: pytest.TempPath
     return out
 
 
-VARIANTS = ("gpt2-split", "llama3-split", "nn-merge")
+@pytest.fixture(scope="module")
+def llama3_real_dirs(llama3_final_dir: Path) -> dict[str, Path]:
+    return {"llama3_thinking": llama3_final_dir}
 
 
-@pytest.fixture(params=[(t, v) for t in TEMPLATES for v in VARIANTS], ids=lambda p: f"{p[0]}-{p[1]}")
-def tokenizer(
-    request: pytest.FixtureRequest,
-    baked_dirs: dict[str, Path],
-    llama3_split_dirs: dict[str, Path],
-    nn_merge_dirs: dict[str, Path],
-) -> Any:
+VARIANTS = ("gpt2-split", "llama3-split", "nn-merge", "llama3-real")
+PAIRS = [(t, v) for t in TEMPLATES for v in VARIANTS if not (v == "llama3-real" and t != "llama3_thinking")]
+
+
+_LOADED: dict[tuple[str, str], Any] = {}
+
+
+@pytest.fixture(params=PAIRS, ids=lambda p: f"{p[0]}-{p[1]}")
+def tokenizer(request: pytest.FixtureRequest) -> Any:
+    """Loaded from disk once per module and shared (treat as read-only): the real Llama 3 one takes seconds."""
     name, variant = request.param
-    folders = {"gpt2-split": baked_dirs, "llama3-split": llama3_split_dirs, "nn-merge": nn_merge_dirs}[
-        variant
-    ]
-    tokenizer = AutoTokenizer.from_pretrained(folders[name])
+    if request.param in _LOADED:
+        return _LOADED[request.param]
+    fixture = {"gpt2-split": "baked_dirs", "llama3-split": "llama3_split_dirs", "nn-merge": "nn_merge_dirs",
+               "llama3-real": "llama3_real_dirs"}[variant]
+    tokenizer = AutoTokenizer.from_pretrained(request.getfixturevalue(fixture)[name])
     # The variant must have survived the save and reload, or its runs test nothing new.
     if variant == "llama3-split":
         assert "Split" in str(tokenizer.backend_tokenizer.pre_tokenizer)
@@ -112,6 +121,9 @@ def tokenizer(
         assert (
             tokenizer.convert_ids_to_tokens(tokenizer.encode("A\n\n", add_special_tokens=False))[-1] == "ĊĊ"
         )
+    if variant == "llama3-real":
+        assert len(tokenizer) == 128256 and tokenizer.convert_tokens_to_ids("<|eot_id|>") == 128009
+    _LOADED[request.param] = tokenizer
     return tokenizer
 
 
@@ -125,6 +137,12 @@ def _text(tokenizer: Any, messages: list[dict[str, Any]], tools: Any = None, **k
     return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, **kwargs)
 
 
+def _history_and_loop(messages: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Reasoning of earlier assistant turns: before the last user message (history), and after it (tool loop)."""
+    cut = last_user_index(messages)
+    return _reasoning_texts(messages[:cut]), _reasoning_texts(messages[cut:-1])
+
+
 def _reasoning_texts(messages: list[dict[str, Any]]) -> list[str]:
     found = []
     for message in messages:
@@ -132,8 +150,8 @@ def _reasoning_texts(messages: list[dict[str, Any]]) -> list[str]:
             if message.get(key):
                 found.append(message[key].strip())
         content = message.get("content")
-        if isinstance(content, str) and "</think>" in content:
-            found.append(content.split("</think>")[0].removeprefix("<think>").strip())
+        if isinstance(content, str) and split_reasoning(content).reasoning:
+            found.append(split_reasoning(content).reasoning)
     return found
 
 
@@ -152,11 +170,13 @@ def test_a_prompt_tokens_are_a_prefix_of_the_conversation(tokenizer: Any) -> Non
 # ---------------------------------------------------------------- b. mask
 
 
-def test_b_mask_is_exactly_the_generated_tokens_through_end_of_turn(tokenizer: Any) -> None:
+def test_b_every_assistant_turn_trains_through_its_end_of_turn_and_the_last_is_what_is_generated(
+    tokenizer: Any,
+) -> None:
     eot_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer.chat_template))
     never_trained = {
         tokenizer.convert_tokens_to_ids(t)
-        for t in ("<|start_header_id|>", "<|end_header_id|>", "<|im_start|>")
+        for t in ("<|start_header_id|>", "<|end_header_id|>", "<|im_start|>", "<|begin_of_text|>")
     }
     for name, messages, tools in CONVERSATIONS:
         for mode in MODES:
@@ -170,13 +190,15 @@ def test_b_mask_is_exactly_the_generated_tokens_through_end_of_turn(tokenizer: A
                 thinking_mode=mode,
             )
             ids, mask = out["input_ids"], out["assistant_masks"]
-            trained = [i for i, m in enumerate(mask) if m]
-            assert trained, f"{name} [{mode}]: nothing trained"
-            # Contiguous, starting right after the prompt (so no header or prefilled token), ending on end-of-turn.
-            assert trained == list(range(len(prompt), trained[-1] + 1)), f"{name} [{mode}]"
-            assert ids[trained[-1]] == eot_id, f"{name} [{mode}]"
-            assert eot_id not in ids[trained[-1] + 1 :]
-            assert not never_trained & {ids[i] for i in trained}
+            spans = mask_spans(mask)
+            assert len(spans) == sum(m["role"] == "assistant" for m in messages), f"{name} [{mode}]"
+            for start, end in spans:  # each turn: its text through its end-of-turn token, no header
+                assert ids[end - 1] == eot_id and eot_id not in ids[start : end - 1], f"{name} [{mode}]"
+                assert not never_trained & set(ids[start:end]), f"{name} [{mode}]"
+            # The last span starts right after the prompt (no header or prefilled token); after it at most the
+            # newline ChatML writes after <|im_end|>, which is never generated.
+            assert spans[-1][0] == len(prompt), f"{name} [{mode}]"
+            assert tokenizer.decode(ids[spans[-1][1] :]).strip() == "", f"{name} [{mode}]"
 
 
 @pytest.mark.parametrize("template_name", TEMPLATES)
@@ -194,19 +216,19 @@ def test_b_trained_text_of_the_card_example(template_name: str, baked_dirs: dict
         assert tokenizer.decode(trained) == expected[mode]
 
 
-def test_b_generation_prompts_have_no_trained_tokens(tokenizer: Any) -> None:
+def test_b_a_generation_prompt_trains_what_the_conversation_trains_up_to_it(tokenizer: Any) -> None:
+    """Its earlier assistant turns carry the same mask as in the whole conversation; a first turn's prompt
+    and the prefill carry none."""
     for name, messages, tools in CONVERSATIONS:
         for mode in MODES:
-            out = tokenizer.apply_chat_template(
-                messages[:-1],
-                tools=tools,
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=True,
-                return_assistant_tokens_mask=True,
-                thinking_mode=mode,
-            )
-            assert not any(out["assistant_masks"]), f"{name} [{mode}]"
+            kwargs = {"tools": tools, "tokenize": True, "return_dict": True, "return_assistant_tokens_mask": True,
+                      "thinking_mode": mode}
+            prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, **kwargs)
+            full = tokenizer.apply_chat_template(messages, **kwargs)
+            n = len(prompt["input_ids"])
+            assert list(prompt["assistant_masks"]) == list(full["assistant_masks"][:n]), f"{name} [{mode}]"
+            if not any(m["role"] == "assistant" for m in messages[:-1]):
+                assert not any(prompt["assistant_masks"]), f"{name} [{mode}]"
 
 
 # ---------------------------------------------------------------- c. stop
@@ -244,7 +266,8 @@ def test_d_reasoning_in_think_block_when_on_and_absent_when_off(tokenizer: Any) 
         final = _reasoning_texts(messages[-1:])
         on = _text(tokenizer, messages, tools, thinking_mode="on")
         off = _text(tokenizer, messages, tools, thinking_mode="off")
-        block = on[on.rindex("<think>") + len("<think>") : on.rindex("</think>")]
+        start = on.rindex("<think>") + len("<think>")
+        block = on[start : on.index("</think>", start)]
         assert block.strip() == (final[0] if final else ""), name
         assert on.rindex("<think>") > on.rindex("assistant"), name  # the block belongs to the final turn
         for reasoning in _reasoning_texts(messages):
@@ -254,17 +277,21 @@ def test_d_reasoning_in_think_block_when_on_and_absent_when_off(tokenizer: Any) 
             )
 
 
-def test_e_history_reasoning_never_renders(tokenizer: Any) -> None:
+def test_e_reasoning_before_the_last_user_message_never_renders_and_in_a_tool_loop_it_does(tokenizer: Any) -> None:
     multi_turn = [row for row in CONVERSATIONS if _reasoning_texts(row[1][:-1])]
     assert len(multi_turn) >= 4
+    assert sum(bool(_history_and_loop(row[1])[1]) for row in multi_turn) >= 3
     for name, messages, tools in multi_turn:
+        history, loop = _history_and_loop(messages)
         for mode in MODES:
             for rendered in (
                 _text(tokenizer, messages, tools, thinking_mode=mode),
                 _text(tokenizer, messages[:-1], tools, add_generation_prompt=True, thinking_mode=mode),
             ):
-                for reasoning in _reasoning_texts(messages[:-1]):
+                for reasoning in history:
                     assert reasoning not in rendered, f"{name} [{mode}]"
+                for reasoning in loop:
+                    assert (reasoning in rendered) == (mode == "on"), f"{name} [{mode}]: {reasoning!r}"
 
 
 # ---------------------------------------------------------------- f. defaults and aliases
@@ -348,7 +375,7 @@ EXPECTED_ERRORS = {
     "image part where text is required": "messages[0].content: list content must hold",
     "user without content": "messages[0].content is missing",
     "non-string reasoning": "messages[1].reasoning_content must be a string",
-    "unterminated <think>": "messages[1].content starts with <think> but has no closing </think>",
+    "unterminated think block": "messages[1].content starts with <think> but has no closing </think>",
     "thinking_mode not on/off": 'thinking_mode must be "on" or "off", got "maybe"',
     "thinking_mode as a bool": 'thinking_mode must be "on" or "off", got true',
     "enable_thinking not a bool": 'enable_thinking must be true or false, got "yes"',
@@ -376,14 +403,17 @@ def test_h_invalid_input_raises_a_clear_template_error(
 # ---------------------------------------------------------------- the check itself
 
 
-@pytest.mark.parametrize("template_name", TEMPLATES)
+@pytest.mark.parametrize("template_name", [*TEMPLATES, "llama3_thinking on Meta's Llama 3 tokenizer"])
 def test_check_tokenizer_passes_every_row_on_the_baked_tokenizer(
-    template_name: str, baked_dirs: dict[str, Path]
+    template_name: str, baked_dirs: dict[str, Path], request: pytest.FixtureRequest
 ) -> None:
-    folder = baked_dirs[template_name]
+    if template_name in baked_dirs:
+        folder = baked_dirs[template_name]
+    else:
+        folder = request.getfixturevalue("llama3_final_dir")
     config = json.loads((folder / "generation_config.json").read_text())
     results = check_tokenizer(AutoTokenizer.from_pretrained(folder), generation_config=config)
-    assert [r.name[:2] for r in results] == ["a.", "b.", "c.", "d.", "e.", "f.", "g.", "h.", "i."]
+    assert [r.name[:2] for r in results] == ["a.", "b.", "c.", "d.", "e.", "f.", "g.", "h.", "i.", "j."]
     assert all(r.passed for r in results), [r for r in results if not r.passed]
 
 
@@ -403,10 +433,12 @@ BROKEN_TEMPLATES = {
         _variant(LLAMA3, '"<think>\\n</think>\\n"', '"<think>\\n\\n</think>\\n\\n"'),
         {"a."},
     ),
-    # Training render differs from inference: the full conversation drops the prefilled empty think block.
+    # Training render differs from inference: the conversation drops the prefill the prompt writes.
     "prefill missing from training render": (
         _variant(
-            LLAMA3, '{{- "<think>\\n</think>\\n" }}\n            {%- generation %}', "{%- generation %}"
+            LLAMA3,
+            '{%- if current %}\n            {{- "<think>\\n" if thinking else "<think>\\n</think>\\n" }}\n        {%- endif %}',
+            "",
         ),
         {"a.", "b."},
     ),
@@ -414,18 +446,21 @@ BROKEN_TEMPLATES = {
     "eot outside generation": (
         _variant(
             LLAMA3,
-            '{{- "</think>\\n\\n" ~ answer.text ~ "<|eot_id|>" }}\n            {%- endgeneration %}',
-            '{{- "</think>\\n\\n" ~ answer.text }}\n            {%- endgeneration %}\n            {{- "<|eot_id|>" }}',
+            '{{- answer.text ~ "<|eot_id|>" }}\n        {%- endgeneration %}',
+            '{{- answer.text }}\n        {%- endgeneration %}\n        {{- "<|eot_id|>" }}',
         ),
         {"b."},
     ),
+    # Every turn's reasoning rendered, history included.
     "history reasoning rendered": (
-        _variant(
-            LLAMA3,
-            '{{- answer.text ~ "<|eot_id|>" }}\n        {%- endif %}',
-            '{{- reasoning.text ~ answer.text ~ "<|eot_id|>" }}\n        {%- endif %}',
-        ),
+        _variant(LLAMA3, '{{- answer.text ~ "<|eot_id|>" }}', '{{- reasoning.text ~ answer.text ~ "<|eot_id|>" }}'),
         {"d.", "e."},
+    ),
+    # tempa's old rule: only the last message is "current", so a tool loop's reasoning is dropped and a call
+    # turn renders differently once a result follows it.
+    "only the last turn current": (
+        _variant(LLAMA3, "{%- set current = loop.index0 > last_user.index %}", "{%- set current = loop.last %}"),
+        {"e.", "j."},
     ),
     "off mode ignored": (
         _variant(LLAMA3, '{%- set thinking = mode.value == "on" %}', "{%- set thinking = true %}"),
@@ -495,10 +530,29 @@ def test_sft_thinking_off_row_has_no_reasoning_tokens_and_trains_end_of_turn(
         # Token-level too: the reasoning's own token sequence appears nowhere in the ids.
         needle = tokenizer.encode(reasoning, add_special_tokens=False)
         assert not any(ids[i : i + len(needle)] == needle for i in range(len(ids)))
-    eot_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer.chat_template))
+    eot = end_of_turn_token(tokenizer.chat_template)
     trained = [t for t, m in zip(ids, mask, strict=True) if m]
-    assert trained[-1] == eot_id
-    assert (
-        tokenizer.decode(trained)
-        == f"{row['messages'][-1]['content']}{end_of_turn_token(tokenizer.chat_template)}"
+    assert trained[-1] == tokenizer.convert_tokens_to_ids(eot)
+    # trl trains every assistant turn as it renders: the earlier one as history, the last after its prefill.
+    answers = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
+    assert tokenizer.decode(trained) == "".join(f"{answer}{eot}" for answer in answers)
+
+
+# ---------------------------------------------------------------- trl's own template checks
+
+
+def test_trl_prefix_preserving_and_stop_token_checks_pass(tokenizer: Any) -> None:
+    """What trl's tool-calling trainers and SFTTrainer check before they trust a template."""
+    from trl.chat_template_utils import (
+        is_chat_template_prefix_preserving,
+        is_chat_template_stop_token_trained,
     )
+
+    assert is_chat_template_prefix_preserving(tokenizer)
+    assert is_chat_template_stop_token_trained(tokenizer)
+
+
+def test_baked_eos_is_the_end_of_turn_token(tokenizer: Any) -> None:
+    # As in Llama 3.1 Instruct's tokenizer: a client that stops on tokenizer.eos_token stops at the turn's end.
+    assert tokenizer.eos_token == end_of_turn_token(tokenizer.chat_template)
+    assert tokenizer.pad_token not in (tokenizer.eos_token, "<|end_of_text|>")

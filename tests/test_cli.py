@@ -168,3 +168,53 @@ def test_hardware_count_separator_is_case_insensitive(capsys):
     assert main(["plan", "demo", "--hardware", "8XH100", "--mfu", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "estimate for 8xH100" in out and "MFU 50%" in out
+
+
+def test_sigterm_stops_the_training_group_and_says_how_to_resume(tmp_path, tiny_model_dir):
+    """What SLURM and Kubernetes send before SIGKILL: it must behave like Ctrl-C."""
+    import os
+    import signal
+    import time
+
+    from sft_helpers import sft_recipe
+
+    recipe = sft_recipe(tmp_path, tiny_model_dir, max_steps=10_000, save_steps=1_000)
+    pid_file = tmp_path / "run" / "sft" / "logs" / "launch.pid"
+    proc = subprocess.Popen([sys.executable, "-m", "tempa.recipes.cli", "run", str(recipe), "--run-dir",
+                             str(tmp_path / "run")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while not pid_file.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert pid_file.exists(), "training never started"
+        group = int(pid_file.read_text())
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert err.strip().splitlines()[-1] == "tempa: interrupted; run the same command again to resume"
+    with pytest.raises(ProcessLookupError):  # the training group is gone with the runner
+        os.killpg(group, 0)
+
+
+def test_status_and_a_bad_recipe_answer_without_importing_torch(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "sft").mkdir(parents=True)
+    (run_dir / "recipe.resolved.yaml").write_text("name: x\nbase_model: tempa:tiny\nstages: [{name: sft, kind: sft}]\n")
+    (run_dir / "sft" / "manifest.json").write_text('{"name": "sft", "kind": "sft", "status": "failed", "error": "boom"}')
+    bad = tmp_path / "bad.yaml"  # wrong only in its data path; its `train:` block needs trl to check
+    bad.write_text("name: x\nbase_model: tempa:tiny\nstages:\n  - {name: s, kind: sft, data: {sources: "
+                   "[{name: r, path: nope.jsonl}]}, train: {learning_rate: 1.0e-3}}\n")
+    child = textwrap.dedent(f"""
+        import contextlib, io, sys
+        from tempa.recipes.cli import main
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            codes = (main(["status", {str(run_dir)!r}, "--json"]), main(["plan", {str(bad)!r}]))
+        heavy = sorted(m for m in ("torch", "transformers", "trl", "datasets") if m in sys.modules)
+        print(codes, heavy, "boom" in out.getvalue(), "nope.jsonl" in out.getvalue())
+    """)
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "(0, 1) [] True True", done.stderr[-2000:]

@@ -321,16 +321,14 @@ def test_preference_stage_pairs_rounds_and_reference_model(tmp_path: Path):
     assert with_reference.hours == pytest.approx(expected_hours)
 
 
+def default_and_changed(train: str) -> str:
+    """Two identical sft stages, the second with ``train`` set."""
+    stage = "kind: sft\n  data: {sources: [{name: a, path: org/a, rows: 10}]}"
+    return f"- name: default\n  {stage}\n- name: changed\n  {stage}\n  train: {train}\n"
+
+
 def test_activation_checkpointing_off_keeps_every_layer(tmp_path: Path):
-    stages = """
-    - name: ckpt-on
-      kind: sft
-      data: {sources: [{name: a, path: org/a, rows: 10}]}
-    - name: ckpt-off
-      kind: sft
-      data: {sources: [{name: a, path: org/a, rows: 10}]}
-      train: {activation_checkpointing: false}
-    """
+    stages = default_and_changed("{activation_checkpointing: false}")
     on, off = estimate_recipe(load_recipe(write_recipe(tmp_path, HUB_70B, stages)), "8xH100")
     assert off.memory.activations > 5 * on.memory.activations
     assert any("checkpointing is off" in note for note in off.notes)
@@ -399,3 +397,27 @@ def test_synthesized_source_is_sized_from_its_stage(tmp_path: Path):
     finished = estimate(tmp_path / "finished", "{strategy: best}", run_dir=run_dir)
     assert finished.tokens_per_epoch == (10 - 4) * 700 and finished.bound == ""
     assert any("distill's output" in note for note in finished.notes)
+
+
+def test_lm_head_memory_follows_trls_chunked_kernel_and_liger_is_planned_on(tmp_path: Path):
+    """trl's SFT/DPO trainers never hold the (tokens x 128k) logits; Liger's SwiGLU is on unless the recipe says no."""
+    from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
+
+    from tempa.recipes.estimate import logits_bytes, resolve_shape
+
+    shape, _ = resolve_shape("meta-llama/Llama-3.1-8B-Instruct")  # tempa's copy of its config
+    assert shape is not None
+    tokens = 16384
+    fused, unfused = logits_bytes(shape, tokens), logits_bytes(shape, tokens, fused=False)
+    assert unfused == 10 * 128256 * tokens and unfused > 5 * fused
+    # the fp32 gradients of the hidden states and of the head's weight are the bulk of it
+    assert 4 * (tokens + 128256) * shape.hidden_size < fused < 4 * (tokens + 128256) * shape.hidden_size + 2**29
+    assert logits_bytes(shape, TOKEN_CHUNK_SIZE // 2) < logits_bytes(shape, TOKEN_CHUNK_SIZE)  # a smaller tile
+
+    stages = default_and_changed("{use_liger_kernel: false}")
+    on, off = estimate_recipe(load_recipe(write_recipe(tmp_path, "meta-llama/Llama-3.1-8B-Instruct", stages)), "8xH100")
+    micro = on.micro_batch_tokens
+    assert (off.memory.activations - on.memory.activations) * GIB == pytest.approx(2 * shape.intermediate_size * micro)
+    note = next(n for n in on.notes if n.startswith("LM head + loss"))
+    for value in (logits_bytes(shape, micro), logits_bytes(shape, micro, fused=False)):
+        assert f"{value / GIB:.1f} GiB" in note

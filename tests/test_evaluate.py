@@ -18,7 +18,6 @@ from tempa.merge.answers import (
     answer_matches,
     extract_final_number,
     final_answer_text,
-    split_thinking,
     thinking_off_compliant,
     thinking_on_compliant,
 )
@@ -96,8 +95,8 @@ def test_thinking_compliance(text, on, off):
 
 
 def test_split_and_final_answers():
-    assert split_thinking("<think>r</think>\n\nA").answer == "A"
-    assert split_thinking("<think>r").answer == ""
+    assert final_answer_text("<think>r</think>\n\nA") == "A"
+    assert final_answer_text("<think>r") == ""
     assert final_answer_text("plain answer ") == "plain answer"
     assert extract_final_number("There are 3 cats, 4 dogs. The answer is 12 legs... wait 7") == 12
     assert extract_final_number(r"so \boxed{\frac{1}{4}}") == 0.25
@@ -576,3 +575,17 @@ def test_lm_eval_suite_calls_the_harness_with_the_loaded_model(
     assert type(calls["model"]).__name__ == "LlamaForCausalLM" and isinstance(calls["lm"], FakeHFLM)
     assert calls["kwargs"]["tasks"] == ["arc_easy"] and calls["kwargs"]["limit"] == 4  # args override
     assert calls["kwargs"]["apply_chat_template"] is False
+
+
+def test_evaluation_rows_are_read_strictly_with_line_numbers(tmp_path):
+    from tempa.merge.eval_data import load_rows
+
+    path = tmp_path / "eval.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\n\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(StageError, match=rf"^{path}:3: invalid UTF-8 \(byte 0xe9"):
+        load_rows(str(path))
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\n{"prompt": "b"}\n')
+    assert load_rows(str(path)) == [{"prompt": "a"}, {"prompt": "b"}]  # the BOM is no part of row 1
+    path.write_bytes(b"")
+    with pytest.raises(StageError, match="empty file"):
+        load_rows(str(path))

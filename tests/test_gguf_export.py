@@ -8,22 +8,16 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from tempa.merge.gguf_export import permute_rotary
+from stage_helpers import baked_final
+from tempa.merge.gguf_export import permute_rotary, serving_template
+from tempa.merge.ollama_template import ollama_template
 from tempa.recipes.cli import main
 
 
 @pytest.fixture(scope="module")
 def baked_model(tmp_path_factory, tiny_model_dir) -> Path:
     """The tiny model with weights and the thinking template baked in, as a final/ folder."""
-    import shutil
-
-    from tempa.chat_templates import bake_tokenizer
-
-    folder = tmp_path_factory.mktemp("gguf") / "final"
-    bake_tokenizer(tiny_model_dir, "llama3_thinking", folder, model_dir=tiny_model_dir)
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy2(tiny_model_dir / name, folder / name)
-    return folder
+    return baked_final(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "final")
 
 
 def field_text(reader, key: str) -> str:
@@ -48,9 +42,15 @@ def test_gguf_reads_back_with_tensors_template_and_special_tokens(baked_model, t
     tokenizer = AutoTokenizer.from_pretrained(baked_model)
 
     assert field_text(reader, "general.architecture") == "llama"
-    assert field_text(reader, "tokenizer.chat_template") == tokenizer.chat_template
+    # The baked template, without the training-only generation markers, and otherwise unchanged.
+    embedded = field_text(reader, "tokenizer.chat_template")
+    assert embedded == serving_template(tokenizer.chat_template) != tokenizer.chat_template
+    assert "generation %}" not in embedded
+    assert embedded.replace("\n", "") == tokenizer.chat_template.replace("{%- generation %}", "").replace(
+        "{%- endgeneration %}", "").replace("\n", "")
     assert field_int(reader, "tokenizer.ggml.bos_token_id") == tokenizer.convert_tokens_to_ids("<|begin_of_text|>")
     assert field_int(reader, "tokenizer.ggml.eos_token_id") == tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert field_int(reader, "tokenizer.ggml.eot_token_id") == tokenizer.convert_tokens_to_ids("<|eot_id|>")
     assert field_int(reader, "tokenizer.ggml.padding_token_id") == tokenizer.pad_token_id
     tokens = reader.fields["tokenizer.ggml.tokens"]
     assert len(tokens.data) == len(tokenizer)
@@ -77,7 +77,8 @@ def test_gguf_reads_back_with_tensors_template_and_special_tokens(baked_model, t
     assert tensors["output_norm.weight"].tensor_type.name == "F32"
 
     modelfile = (tmp_path / "Modelfile").read_text()
-    assert modelfile.startswith(f"FROM ./{out.name}")
+    assert f"\nFROM ./{out.name}\n" in modelfile and "default thinking mode 'on'" in modelfile
+    assert f'TEMPLATE """{ollama_template(tokenizer.chat_template)}"""' in modelfile
     assert 'PARAMETER stop "<|eot_id|>"' in modelfile
     assert not list(tmp_path.glob(".*.partial"))
 

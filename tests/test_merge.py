@@ -545,3 +545,19 @@ def test_tensor_reader_matches_safetensors_for_every_dtype(tmp_path):
     odd.write_bytes(len(header_json).to_bytes(8, "little") + header_json + b"\0")
     with pytest.raises(ValueError, match=r"odd\.safetensors: tensor odd has dtype F4"):
         read_header(str(odd))
+
+
+def test_a_pickled_input_is_refused_and_never_unpickled(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir,
+                                                        monkeypatch):
+    """mergekit would torch.load a folder holding only pytorch_model.bin (even just to index it)."""
+    pickled = tmp_path / "old-checkpoint"
+    shutil.copytree(checkpoints["b"], pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    # a stray safetensors file (say, an adapter) beside the pickle: the model's weights are still the pickle
+    (pickled / "model.safetensors").rename(pickled / "adapter_model.safetensors")
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: loads.append(args) or {})
+    with pytest.raises(StageError) as err:
+        _merge(tmp_path, tokenizer_dir, tiny_model_dir, method="linear", models=[str(checkpoints["a"]), str(pickled)])
+    assert str(err.value).startswith(f"merge input: {pickled} holds its weights only as pickles (pytorch_model.bin)")
+    assert loads == [] and not (tmp_path / "merge" / "final").exists()

@@ -42,7 +42,12 @@ def test_loss_names_are_trls_declared_and_implemented_ones():
         loss_type: list[Literal["sigmoid", "ipo"]] = dataclasses.field(
             default_factory=list, metadata={"help": "Possible values are: `'sigmoid'`, `'hinge'`."})
 
-    assert declared_choices(Typed, "loss_type") == ("sigmoid", "ipo")  # a typed declaration wins over prose
+    from tempa.sft.train_args import _build_spec
+
+    spec = _build_spec(Typed)  # as tempa caches it
+    # a typed declaration wins over prose
+    assert declared_choices(spec.fields["loss_type"], spec.helps["loss_type"]) == ("sigmoid", "ipo")
+    assert declared_choices("list", spec.helps["loss_type"]) == ("sigmoid", "hinge")
     # The installed trl declares them in the field's metadata: exactly the losses its trainer implements.
     implemented = set(re.findall(r'loss_type == "([a-z0-9_]+)"', inspect.getsource(DPOTrainer)))
     assert len(implemented) >= 15 and set(trl_loss_types()) == implemented

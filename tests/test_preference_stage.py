@@ -129,7 +129,11 @@ def test_each_round_reports_reward_statistics(aligned):
         for key in ("chosen_reward_mean", "rejected_reward_mean", "pair_fraction", "pairs"):
             assert metrics[f"round{k}_{key}"] == stats[key]
     assert metrics["chosen_reward_mean"] == metrics["round2_chosen_reward_mean"]
-    assert all(isinstance(v, int | float | type(None)) for v in metrics.values())
+    # the kernels the DPO worker picked (padded pairs on CPU: transformers' sdpa) and each round's throughput
+    assert (metrics["attn_implementation"], metrics["liger_kernel"]) == ("sdpa", False)
+    for k in (1, 2):
+        assert metrics[f"round{k}_train_tokens_per_s"] > 0 and 0 < metrics[f"round{k}_train_padding_fraction"] < 1
+    assert all(isinstance(v, int | float | type(None)) for k, v in metrics.items() if k != "attn_implementation")
 
 
 def test_a_finished_stage_is_not_sampled_or_trained_again(aligned, tiny_model_dir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -358,3 +359,105 @@ def test_relative_names_resolve_against_the_recipe_folder_never_the_working_dire
     assert merge(models=["a", "b"], base_model="sft").base_model == "sft"  # a stage name, left for the runner
     (recipe_dir / "sft").mkdir()
     assert merge(models=["a", "b"], base_model="sft").base_model == str(recipe_dir / "sft")
+
+
+def test_alias_bomb_fails_fast_in_bounded_memory(tmp_path):
+    """A billion-laughs recipe: refused with file and line, in a child capped at 3 GiB and 60 s."""
+    import subprocess
+    import sys
+
+    from bad_inputs import BILLION_LAUGHS
+
+    path = write(tmp_path / "lol.yaml", BILLION_LAUGHS)
+    child = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+        "from tempa.recipes.errors import RecipeError\n"
+        "from tempa.recipes.loader import load_recipe\n"
+        "try:\n"
+        f"    load_recipe({str(path)!r})\n"
+        "except RecipeError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout.strip() == (  # line 7: `e`, the first level past 20000 nodes
+        f"{path}:7: invalid YAML: aliases expand to more than 20000 nodes (an alias bomb?); "
+        "write the repeated values out or reuse fewer"
+    )
+
+
+def test_ordinary_aliases_still_work(tmp_path, data_file):
+    text = """
+    name: t
+    base_model: "tempa:tiny"
+    stages:
+      - &first
+        name: first
+        kind: sft
+        data: {sources: [{name: rows, path: rows.jsonl}]}
+        train: {learning_rate: 1.0e-3}
+      - <<: *first
+        name: second
+    """
+    loaded = load_recipe(write(tmp_path / "r.yaml", text))
+    assert loaded.names[:2] == ["first", "second"] and loaded.stages[1].train == {"learning_rate": 1.0e-3}
+
+
+def test_duplicate_keys_are_refused_with_both_lines(tmp_path, data_file):
+    path = write(tmp_path / "r.yaml", recipe_text(train="learning_rate: 1.0e-3\n          learning_rate: 2.0e-3"))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value) == (
+        f"{path}:12: invalid YAML: duplicate key 'learning_rate' (first at line 11); YAML would keep only the last"
+    )
+
+
+def test_recipe_that_is_not_utf8_names_file_and_line(tmp_path, data_file):
+    path = tmp_path / "r.yaml"
+    path.write_bytes(textwrap.dedent(recipe_text()).lstrip().encode() + b"description: caf\xe9\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value) == f"{path}:13: not UTF-8 text (byte 0xe9); save the recipe as UTF-8"
+
+
+def test_unset_max_steps_and_epochs_under_max_steps_are_accepted(tmp_path, data_file):
+    # -1 is transformers' "unset" for max_steps; with max_steps set, epochs are ignored
+    for train in ("{max_steps: -1, num_train_epochs: 2}", "{max_steps: 5, num_train_epochs: 0}"):
+        loaded = load_recipe(write(tmp_path / "r.yaml", recipe_text(train=train)))
+        assert loaded.stages[0].train["max_steps"] in (-1, 5)
+
+
+def _pickled_model(tiny_model_dir: Path, folder: Path) -> Path:
+    """The tiny model as an old checkpoint ships: pytorch_model.bin (a pickle) beside config and tokenizer."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    folder.mkdir()
+    torch.save(load_file(tiny_model_dir / "model.safetensors"), folder / "pytorch_model.bin")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model_dir / name, folder / name)
+    return folder
+
+
+def test_pickled_base_model_is_refused_unless_the_recipe_opts_in(tmp_path, data_file, tiny_model_dir):
+    from tempa.recipes.runner import resolve_base_model
+
+    base = _pickled_model(tiny_model_dir, tmp_path / "pickled")
+    assert (base / "pytorch_model.bin").is_file() and not list(base.glob("*.safetensors"))
+    text = recipe_text().replace('base_model: "tempa:tiny"', f"base_model: {base}")
+    path = write(tmp_path / "r.yaml", text)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:2: base_model: {base} holds its weights only as pickles (pytorch_model.bin)")
+    assert "save_pretrained" in message and "allow_pickle_weights: true" in message and "\n" not in message
+
+    # Opted in: converted once, into the cache; what the stages get is safetensors only.
+    loaded = load_recipe(path, ["allow_pickle_weights=true"])
+    folder = resolve_base_model(loaded)
+    assert folder.is_relative_to(Path(os.environ["TEMPA_CACHE"]))
+    assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
+    assert (folder / "tokenizer.json").is_file() and resolve_base_model(loaded) == folder  # reused

@@ -72,6 +72,7 @@ def test_report_page_has_every_section(reported_run):
         assert section in page, section
     assert "(merged)" in page and "merge_method: linear" in page
     assert 'src="loss-sft.png"' in page and 'src="loss-align.png"' in page
+    assert "Throughput" in page and 'src="throughput-sft.png"' in page and 'src="throughput-align.png"' in page
     assert "Rewards per preference round" in page and 'src="rewards-align.png"' in page
     # the off-mode prompt shows the prefilled empty think block, the on-mode one an open block
     assert "&lt;think&gt;\n&lt;/think&gt;" in page

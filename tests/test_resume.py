@@ -18,7 +18,7 @@ import pytest
 
 from sft_helpers import sft_recipe
 from tempa.sft.checkpoints import complete_checkpoints
-from tempa.sft.files import read_json
+from tempa.sft.files import json_or_none
 from tempa.sft.run_layout import DONE
 
 STAGES = """
@@ -99,7 +99,7 @@ def test_sigkill_during_training_then_resume(tmp_path, tiny_model_dir):
     again = subprocess.run(tempa("run", str(recipe), "--run-dir", str(run_dir)), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (run_dir / "warmup" / DONE).read_text() == warmup_done  # not redone
-    metrics = read_json(main / "metrics.json")
+    metrics = json_or_none(main / "metrics.json")
     assert metrics["global_step"] == 60
     assert metrics["resumed_from"] is not None
     resumed_step = int(Path(metrics["resumed_from"]).name.split("-")[1])

@@ -21,7 +21,7 @@ import tempa.sft
 from tempa.recipes.loader import load_recipe
 from tempa.recipes.rundir import RunLock, RunLockedError
 from tempa.recipes.runner import plan_run, run_recipe, stage_status
-from tempa.sft.files import read_json
+from tempa.sft.files import json_or_none
 from tempa.sft.run_layout import DONE, MANIFEST
 from tempa.sft.stage_api import (
     Artifact,
@@ -100,9 +100,9 @@ def test_first_run_runs_all_then_everything_is_skipped(recipe, tmp_path):
     summary = run_recipe(load_recipe(recipe), run_dir)
     assert summary.ran == ["a", "b", "c"] and calls(run_dir) == ["a", "b", "c"]
     for name in "abc":
-        manifest = read_json(run_dir / name / MANIFEST)
+        manifest = json_or_none(run_dir / name / MANIFEST)
         assert manifest["status"] == "done"
-        assert read_json(run_dir / name / DONE)["fingerprint"] == manifest["fingerprint"]
+        assert json_or_none(run_dir / name / DONE)["fingerprint"] == manifest["fingerprint"]
         assert json.loads((run_dir / name / "metrics.json").read_text())["value"] == "abc".index(name) + 1
     assert (run_dir / "tokenizer" / "chat_template.jinja").is_file()
     resolved = load_recipe(run_dir / "recipe.resolved.yaml")  # loads back as a recipe
@@ -171,10 +171,10 @@ def test_failed_stage_is_recorded_and_the_next_run_continues_there(recipe, tmp_p
     with pytest.raises(StageError, match="stage 'b' failed: asked to fail"):
         run_recipe(load_recipe(recipe, ["stages.b.fail=true"]), run_dir)
     assert calls(run_dir) == ["a", "b"]
-    manifest = read_json(run_dir / "b" / MANIFEST)
+    manifest = json_or_none(run_dir / "b" / MANIFEST)
     assert manifest["status"] == "failed" and manifest["error"] == "asked to fail"
     assert not (run_dir / "b" / DONE).exists()
-    states = {row.name: row.state for row in stage_status(load_recipe(recipe), run_dir)}
+    states = {row.name: row.state for row in stage_status(load_recipe(recipe).names, run_dir)}
     assert states == {"a": "done", "b": "failed", "c": "pending"}
 
     reset_calls(run_dir)
@@ -187,7 +187,7 @@ def test_interrupted_stage_is_never_taken_as_complete(recipe, tmp_path):
     run_recipe(load_recipe(recipe), run_dir)
     # What a kill mid-stage leaves: outputs and a running manifest, but no DONE.
     (run_dir / "b" / DONE).unlink()
-    manifest = read_json(run_dir / "b" / MANIFEST)
+    manifest = json_or_none(run_dir / "b" / MANIFEST)
     manifest["status"] = "running"
     (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
     (run_dir / "b" / "half-written.bin").write_text("x")
@@ -228,7 +228,7 @@ def test_final_points_at_the_last_model(recipe, tmp_path):
 def test_a_stage_without_a_model_hands_on_the_one_it_started_from(recipe, tmp_path):
     run_dir = tmp_path / "run"
     run_recipe(load_recipe(recipe, ["stages.b.no_model=true"]), run_dir)
-    manifest = read_json(run_dir / "b" / MANIFEST)
+    manifest = json_or_none(run_dir / "b" / MANIFEST)
     assert manifest["start_model"] == "a/model" and manifest["result"]["model"] is None
     # and again when b is skipped: the next stage still gets a's model through b
     run_recipe(load_recipe(recipe, ["stages.b.no_model=true", "stages.c.from=b", "stages.c.value=4"]), run_dir)
@@ -238,10 +238,10 @@ def test_a_stage_without_a_model_hands_on_the_one_it_started_from(recipe, tmp_pa
 def test_status_tells_running_from_interrupted(recipe, tmp_path):
     run_dir = tmp_path / "run"
     run_recipe(load_recipe(recipe), run_dir)
-    manifest = read_json(run_dir / "b" / MANIFEST)
+    manifest = json_or_none(run_dir / "b" / MANIFEST)
     manifest["status"] = "running"
     (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
     (run_dir / "b" / DONE).unlink()
     with RunLock(run_dir):
-        assert stage_status(load_recipe(recipe), run_dir)[1].state == "running"
-    assert stage_status(load_recipe(recipe), run_dir)[1].state == "interrupted"
+        assert stage_status(load_recipe(recipe).names, run_dir)[1].state == "running"
+    assert stage_status(load_recipe(recipe).names, run_dir)[1].state == "interrupted"

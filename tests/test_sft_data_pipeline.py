@@ -14,6 +14,7 @@ from typing import Any
 import datasets
 import pytest
 
+from sft_helpers import ISSUE_ROW, REASONED_ROW, SHAREGPT_ROW, expected_tool_samples, trained_spans
 from tempa.sft.data import COMPLETE, PreparedData, prepare_sft_data
 from tempa.sft.data_config import DataConfig, DataError
 from tempa.sft.data_report import DataMix
@@ -283,7 +284,7 @@ def test_malformed_and_filtered_rows_are_rejected_with_reasons_and_the_run_goes_
         2: ("malformed_row", "not valid JSON"),
         3: ("malformed_row", "expected 'messages' to be a list of {role, content}"),
         4: ("malformed_row", "unknown role 'narrator'"),
-        5: ("malformed_reasoning", "unclosed <think> tag"),
+        5: ("malformed_reasoning", "unclosed think block"),
         6: ("malformed_reasoning", "empty answer after the reasoning"),
         7: ("role_order", "assistant turn at the start"),
         8: ("pii", "email"),
@@ -341,6 +342,30 @@ def test_a_source_that_is_all_rejects_is_one_clear_error(tmp_path: Path, tokeniz
     assert "all 2 rows were rejected" in message
     assert "line 1: expected 'messages' to be a list of {role, content}" in message
     assert [r["row"] for r in rejects(tmp_path) if r["source"] == "sea_instruct"] == [0, 1]
+
+
+def test_a_line_that_is_not_utf8_is_a_reject_and_a_bom_is_no_broken_row(tmp_path: Path, tokenizer: Any) -> None:
+    good = [json.dumps(chat(f"Ulangi {i}", f"{i}")).encode() for i in range(6)]
+    lines = [b"\xef\xbb\xbf" + good[0], good[1], good[2][:30] + b"\xff" + good[2][30:], good[3], b"{not json", good[4],
+             good[5]]
+    (tmp_path / "rows.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    prepared = prepare(tmp_path, config(tmp_path, [{"name": "r", "path": "rows.jsonl", "thinking_mode": "off"}]),
+                       tokenizer)
+    # the BOM line and every good line train; the two bad lines are rejects naming their line and reason
+    assert len(prepared.train) == 5
+    details = {r["detail"] for r in rejects(tmp_path)}
+    assert details == {"line 3: invalid UTF-8 (byte 0xff at column 31)",
+                       "line 5: not valid JSON (Expecting property name enclosed in double quotes, column 2)"}
+    assert prepared.stats["sources"]["r"]["rows_in"] == 7
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n", b"\xef\xbb\xbf"])
+def test_an_empty_jsonl_file_is_one_error_naming_it(tmp_path: Path, tokenizer: Any, content: bytes) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        prepare(tmp_path, config(tmp_path, [{"name": "e", "path": "empty.jsonl"}]), tokenizer)
+    assert str(err.value) == f"data source 'e': {path}: empty file (expected one JSON object per line)"
 
 
 def test_a_typed_source_without_the_needed_columns_is_one_clear_error(tmp_path: Path, tokenizer: Any) -> None:
@@ -432,3 +457,69 @@ def test_trl_sft_trainer_accepts_the_prepared_data(tmp_path: Path, tokenizer: An
     trained = sum(int(np.sum(np.asarray(ex["labels"]) != -100)) for ex in packed)
     assert trained == sum(sum(m) for m in prepared.train["assistant_masks"])
     assert len(packed) < len(prepared.train)  # packed: several samples per sequence
+
+
+# --- tool calls -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llama3_tokenizer(llama3_model_dir: Path) -> Any:
+    """Meta's Llama 3 tokenizer with the thinking template baked in (treat as read-only)."""
+    from transformers import AutoTokenizer
+
+    from tempa.chat_templates import load_template
+
+    tok = AutoTokenizer.from_pretrained(llama3_model_dir)
+    tok.chat_template = load_template("llama3_thinking")
+    return tok
+
+
+@pytest.mark.parametrize("which", ["tiny", "llama3"])
+def test_tool_call_rows_train_each_loop_step_with_exact_masks(
+    tmp_path: Path, which: str, tokenizer: Any, request: pytest.FixtureRequest
+) -> None:
+    tok = tokenizer if which == "tiny" else request.getfixturevalue("llama3_tokenizer")
+    two_calls = {"messages": [
+        {"role": "user", "content": "Cuaca di Medan dan Jakarta?"},
+        {"role": "assistant", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": c}}}
+                                             for c in ("Medan", "Jakarta")]},
+        {"role": "tool", "content": "29C"}, {"role": "tool", "content": "31C"},
+        {"role": "assistant", "content": "29°C dan 31°C."}]}
+    write_jsonl(tmp_path / "openai.jsonl", [ISSUE_ROW, REASONED_ROW, two_calls])
+    write_jsonl(tmp_path / "sharegpt.jsonl", [SHAREGPT_ROW])
+    cfg = config(tmp_path, [{"name": "openai", "path": "openai.jsonl", "thinking_mode": "on"},
+                            {"name": "sharegpt", "path": "sharegpt.jsonl", "format": "sharegpt"}])
+    prepared = prepare(tmp_path, cfg, tok)
+    expected = expected_tool_samples()
+    got = {}
+    for ex in prepared.train:
+        full = tok.decode(ex["input_ids"])
+        key = next(city for city in expected if f"{city}?" in full)
+        got[key] = (full, trained_spans(tok, ex))
+    # One sample per row: the loop's call turn trains inside the answer's sample, tool results never do.
+    assert got == expected
+    # Llama 3.1's JSON format has one call per message: that row is a clear reject, not a crash.
+    [reject] = rejects(tmp_path)
+    assert reject["reason"] == "template_error" and "one tool call per assistant message, got 2" in reject["detail"]
+
+
+def test_bad_tool_calls_are_one_line_rejects(tmp_path: Path, tokenizer: Any) -> None:
+    def row(**call: Any) -> dict:
+        return {"messages": [{"role": "user", "content": "Cuaca?"},
+                             {"role": "assistant", "tool_calls": [{"function": call}]},
+                             {"role": "tool", "content": "x"}, {"role": "assistant", "content": "ok"}]}
+
+    write_jsonl(tmp_path / "rows.jsonl", [
+        row(name="f", arguments="{not json"), row(arguments={}), row(name="f", arguments="[1, 2]"),
+        {"messages": [{"role": "user", "content": "Hai"}, {"role": "tool", "content": "x"},
+                      {"role": "assistant", "content": "ok"}]},
+        chat("Halo, apa kabar hari ini?", "Baik sekali, terima kasih."),
+    ])
+    prepare(tmp_path, config(tmp_path, [{"name": "r", "path": "rows.jsonl"}]), tokenizer)
+    details = [(r["reason"], r["detail"]) for r in rejects(tmp_path)]
+    assert details == [
+        ("malformed_row", "line 1: expected turn 1 'tool_calls'[0] arguments to be JSON; Expecting property name "
+                          "enclosed in double quotes at column 2"),
+        ("malformed_row", "line 2: expected turn 1 'tool_calls'[0] to name its function (a non-empty 'name')"),
+        ("malformed_row", "line 3: expected turn 1 'tool_calls'[0] arguments to be a JSON object, got list"),
+        ("role_order", "line 4: turn 1: tool turn not after an assistant turn that calls a tool"),
+    ]

@@ -23,7 +23,7 @@ from tempa.sft.data_config import (
     TemplateFilterConfig,
 )
 from tempa.sft.expand import Sample, expand, last_span
-from tempa.sft.formats import RowError, normalize_row, spec_for, split_think
+from tempa.sft.formats import FormatSpec, RowError, normalize_row, spec_for
 from tempa.sft.mixing import assign_thinking, select_rows, split_heldout
 
 
@@ -110,7 +110,7 @@ def test_every_format_normalises_to_the_same_messages(tmp_path: Path) -> None:
          "completion": [{"role": "assistant", "content": "Jakarta.", "reasoning": "Ibu kota Indonesia adalah Jakarta."}]},
     ]
     for row in rows:
-        got = normalize_row(row, spec)
+        got = normalize_row(row, spec).messages
         if "input" in row:
             assert got[0]["content"] == "Apa ibu kota\n\nIndonesia?"
             got[0]["content"] = "Apa ibu kota Indonesia?"
@@ -126,11 +126,11 @@ def test_column_mapping_and_role_names_are_configurable(tmp_path: Path) -> None:
     )
     row = {"dialog": [{"speaker": "narrator", "text": "Be brief."}, {"speaker": "kid", "text": "2+2?"},
                       {"speaker": "sage", "text": "4", "why": "two and two"}]}
-    assert normalize_row(row, spec_for(source)) == [
+    assert normalize_row(row, spec_for(source)).messages == [
         {"role": "system", "content": "Be brief.", "reasoning_content": None}, _user("2+2?"), _asst("4", "two and two")
     ]
     pairs = _src(tmp_path, columns={"prompt": "question", "response": "answer", "system": "persona"})
-    got = normalize_row({"question": "Hi", "answer": 5, "persona": "Kind."}, spec_for(pairs))
+    got = normalize_row({"question": "Hi", "answer": 5, "persona": "Kind."}, spec_for(pairs)).messages
     # CSV readers type short answers as numbers; they are text again here.
     assert got == [{"role": "system", "content": "Kind.", "reasoning_content": None}, _user("Hi"), _asst("5")]
 
@@ -153,13 +153,22 @@ def test_unreadable_rows_raise_one_line_reasons(tmp_path: Path, row: dict, fragm
     assert "\n" not in str(info.value)
 
 
-def test_split_think_handles_r1_shapes_and_leaves_malformed_text_alone() -> None:
-    assert split_think("<think>\nplan\n</think>\n\nanswer") == ("plan", "answer")
+def test_think_blocks_leave_the_answer_and_a_literal_tag_stays_text() -> None:
+    spec = FormatSpec(format="auto")
+
+    def answer(content: str) -> dict:
+        return normalize_row({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": content}]},
+                             spec).messages[1]
+
+    assert answer("<think>\nplan\n</think>\n\nanswer") == _asst("answer", "plan")
     # Raw R1 completions start inside the trace: the template prefilled <think>.
-    assert split_think("plan</think>\n\nanswer") == ("plan", "answer")
-    assert split_think("<think>\n\n</think>\n\nanswer") == (None, "answer")
-    for bad in ("<think>plan, no end", "<think>a<think>b</think>c</think>d", "x <think>a</think> y"):
-        assert split_think(bad) == (None, bad)
+    assert answer("plan\n</think>\n\nanswer") == _asst("answer", "plan")
+    assert answer("<think>\n\n</think>\n\nanswer") == _asst("answer")
+    # Not in reasoning position: text, kept whole (before the fix the first half became a trace).
+    literal = "Write the closing tag </think> after the reasoning."
+    assert answer(literal) == _asst(literal)
+    # An unclosed block stays in the content, for the reasoning filter to name.
+    assert answer("<think>plan, no end") == _asst("<think>plan, no end")
 
 
 # --- curation: reasoning and role order -----------------------------------------------------------
@@ -168,11 +177,12 @@ def test_split_think_handles_r1_shapes_and_leaves_malformed_text_alone() -> None
 @pytest.mark.parametrize(
     ("messages", "fragment"),
     [
-        ([_user("q"), _asst("<think>never closed")], "unclosed <think> tag"),
-        ([_user("q"), _asst("<think>a<think>b</think>c</think>answer")], "nested <think> tags"),
-        ([_user("q"), _asst("answer</think> and more </think>")], "</think> without a matching <think>"),
+        ([_user("q"), _asst("<think>never closed")], "unclosed think block"),
         ([_user("q"), _asst("answer", "trace with <think> inside")], "think tags inside the reasoning trace"),
-        ([_user("q"), _asst("<think>x</think>answer", "trace")], "both as a field and as <think> tags"),
+        ([_user("q"), _asst("<think>x</think>answer", "trace")], "both as a field and as a think block"),
+        ([_user("q"), _asst("answer\n</think>\nmore", "trace")], "both as a field and as a think block"),
+        ([_user("q"), _asst("<think>second</think>answer", "first")], "both as a field and as a think block"),
+        ([_user("q"), _asst("<think>b</think>c", None)], "more than one think block"),
         ([_user("q"), _asst("   ", "a real trace")], "empty answer after the reasoning"),
     ],
 )
@@ -184,6 +194,10 @@ def test_malformed_reasoning_is_rejected(messages: list, fragment: str) -> None:
 
 def test_wellformed_reasoning_passes() -> None:
     assert curation.check_reasoning([_user("q"), _asst("answer", "trace"), _user("q2"), _asst("a2")]) is None
+    # A tag mentioned in a sentence is text; a tool call may stand alone after its reasoning.
+    assert curation.check_reasoning([_user("q"), _asst("Close it with </think> inline.", "trace")]) is None
+    call = [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    assert curation.check_reasoning([_user("q"), {**_asst("", "call f"), "tool_calls": call}]) is None
 
 
 @pytest.mark.parametrize(
@@ -195,6 +209,7 @@ def test_wellformed_reasoning_passes() -> None:
         (["user", "system", "assistant"], "system turn after the start"),
         (["user", "assistant", "user"], "does not end with an assistant turn"),
         (["user", "tool", "assistant"], "tool turn not after an assistant turn"),
+        (["user", "assistant", "tool", "assistant"], "tool turn not after an assistant turn that calls a tool"),
     ],
 )
 def test_broken_role_order_is_rejected(roles: list[str], fragment: str) -> None:
@@ -204,11 +219,16 @@ def test_broken_role_order_is_rejected(roles: list[str], fragment: str) -> None:
 
 
 def test_good_role_orders_pass_and_empty_turns_do_not() -> None:
+    call = [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]
     for roles in (["user", "assistant"], ["system", "user", "assistant", "user", "assistant"],
-                  ["user", "assistant", "tool", "assistant"]):
+                  ["user", "assistant", "tool", "assistant"], ["user", "assistant", "tool", "tool", "assistant"]):
         messages = [{"role": r, "content": "x", "reasoning_content": None} for r in roles]
+        if "tool" in roles:
+            messages[1]["tool_calls"] = call
         assert curation.check_role_order(messages) is None, roles
     assert "empty assistant turn" in curation.check_role_order([_user("q"), _asst(" ")])[1]
+    # A call with no text is not an empty turn.
+    assert curation.check_role_order([_user("q"), {**_asst(""), "tool_calls": call}]) is None
 
 
 # --- curation: PII --------------------------------------------------------------------------------
@@ -381,13 +401,14 @@ def _fake_render(history_like_final: bool):
     (so dropping history and thinking-off traces is expand's job) and, unless
     ``history_like_final``, marks the final assistant turn with a "*" that history turns lack."""
 
-    def render(messages, thinking):
+    def render(messages, thinking, tools=None):
         ids, mask = [], []
         for i, m in enumerate(messages):
             final = i == len(messages) - 1
             if m["role"] == "assistant":
                 body = m["reasoning_content"] + "|" if m.get("reasoning_content") else ""
-                body += ("" if history_like_final or not final else "*") + m["content"] + "$"
+                body += ("" if history_like_final or not final else "*") + m["content"]
+                body += "".join(f"@{c['function']['name']}" for c in m.get("tool_calls", ())) + "$"
                 ids += [ord(c) for c in body]
                 mask += [1] * len(body)  # like a template that wraps every assistant turn
             else:
@@ -423,6 +444,28 @@ def test_expansion_merges_turns_only_when_history_renders_like_generation() -> N
     assert len(merged) == 1 and merged[0].turns == [1, 3] and _text(merged[0], trained=True) == "a1$a2$"
     split = expand(convo, False, _fake_render(history_like_final=False))
     assert [_text(s, trained=True) for s in split] == ["*a2$", "*a1$"]
+
+
+def test_expansion_keeps_tool_loop_reasoning_and_trains_the_loop_as_one_sample() -> None:
+    call = [{"id": None, "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    convo = [_user("q1"), _asst("a1", "r1"), _user("q2"), {**_asst("", "r2"), "tool_calls": call},
+             {"role": "tool", "content": "out", "reasoning_content": None, "tool_calls": None, "name": "f"},
+             _asst("a2", "r3")]
+    seen = []
+
+    def render(messages, thinking, tools=None):
+        seen.append(messages)
+        return _fake_render(history_like_final=True)(messages, thinking, tools)
+
+    samples = expand(convo, True, render)
+    # The loop's call and answer share one sample (the call renders the same when not last); the trace of
+    # the turn before the last user message is gone, the loop's own traces stay.
+    assert [s.turns for s in samples] == [[3, 5], [1]]
+    assert _text(samples[0], trained=False) == "q1#a1$q2#r2|@f$out#r3|a2$"
+    assert _text(samples[0], trained=True) == "r2|@f$r3|a2$"
+    # None-valued keys never reach the template (it tests keys for presence).
+    assert all(None not in m.values() for messages in seen for m in messages)
+    assert seen[0][3]["tool_calls"] == [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]
 
 
 def test_last_span() -> None:

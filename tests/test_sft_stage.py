@@ -35,6 +35,9 @@ def test_sft_trains_saves_and_records_metrics(single_run, tiny_model_dir):
     assert metrics["global_step"] == 12
     assert metrics["last_logged_loss"] < metrics["first_logged_loss"]
     assert metrics["eval_loss"] > 0  # held-out rows were evaluated
+    # the kernels the worker picked on this CPU, and the run's throughput (packed rows: no padding)
+    assert (metrics["attn_implementation"], metrics["liger_kernel"]) == ("tempa_doc_sdpa", False)
+    assert metrics["train_tokens"] > 0 and metrics["train_tokens_per_s"] > 0 and metrics["train_padding_fraction"] == 0
     before, after = weights(tiny_model_dir), weights(stage / "final")
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)
@@ -117,7 +120,7 @@ def test_zero3_two_cpu_processes_match_single_process_layout(single_run, tiny_mo
 
 
 def test_failed_training_process_surfaces_its_error_and_log(tmp_path, tiny_model_dir):
-    from tempa.sft.files import read_json
+    from tempa.sft.files import json_or_none
     from tempa.sft.run_layout import DONE
     from tempa.sft.stage_api import StageError
 
@@ -131,10 +134,41 @@ def test_failed_training_process_surfaces_its_error_and_log(tmp_path, tiny_model
     assert "Invalid learning rate: -1.0" in message
     log_file = tmp_path / "run" / "sft" / "logs" / "train.log"
     assert f"(full log: {log_file})" in message and log_file.is_file()
-    assert read_json(tmp_path / "run" / "sft" / "manifest.json")["status"] == "failed"
+    assert json_or_none(tmp_path / "run" / "sft" / "manifest.json")["status"] == "failed"
     assert not (tmp_path / "run" / "sft" / DONE).exists()
 
 
 def test_a_finished_launch_leaves_no_pid_file(single_run):
     # the pid file exists only while a training group may be alive (for reaping after a kill)
     assert not (single_run / "sft" / "logs" / "launch.pid").exists()
+
+
+def test_training_that_takes_no_optimizer_step_is_an_error(tmp_path, tiny_model_dir):
+    """Fewer rows than one batch with drop_last: the Trainer "finishes" at step 0, which is no trained model.
+
+    The worker itself (``python -m tempa.sft.train_worker``), run in-process on a plan as the stage writes it.
+    """
+    from transformers import AutoTokenizer
+
+    from sft_helpers import write_rows
+    from tempa.chat_templates import bake_tokenizer
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_config import DataConfig
+    from tempa.sft.train_plan import TrainPlan
+    from tempa.sft.train_worker import main as train_main
+
+    tokenizer_dir = bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tokenizer")
+    write_rows(tmp_path / "rows.jsonl", n=6)
+    data = DataConfig.model_validate({"sources": [{"name": "r", "path": str(tmp_path / "rows.jsonl")}]})
+    prepared = prepare_sft_data(data, AutoTokenizer.from_pretrained(tokenizer_dir), out_dir=tmp_path / "data",
+                                cache_dir=tmp_path / "cache", seed=0)
+    stage_dir = tmp_path / "run" / "sft"
+    train_args = {"max_steps": 3, "per_device_train_batch_size": 64, "dataloader_drop_last": True,
+                  "max_length": 256, "report_to": "none", "save_strategy": "no"}
+    plan = TrainPlan.standalone(tiny_model_dir, stage_dir, train_args, train_data=prepared.train_path,
+                                tokenizer_dir=tokenizer_dir)
+    plan.model_copy(update={"checkpoints_dir": stage_dir / "checkpoints"}).write(tmp_path / "plan.json")
+    with pytest.raises(RuntimeError, match=r"training took no optimizer step \(\d+ training rows, .*"
+                                           r"per_device_train_batch_size=64"):
+        train_main(["--plan", str(tmp_path / "plan.json")])
+    assert not (stage_dir / "final").exists()

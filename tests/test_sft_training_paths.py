@@ -112,25 +112,3 @@ def test_resolved_recipe_records_no_secret_from_the_environment(tmp_path, tiny_m
     for path in Path(tmp_path / "run").rglob("*"):
         if path.is_file() and path.suffix in {".json", ".yaml", ".md", ".log", ".txt", ".sh", ".jsonl"}:
             assert "hf_abcdefghijklmnopqrstuvwxyz123456" not in path.read_text(errors="replace"), path
-
-
-def test_trainer_settings_follow_the_hardware(monkeypatch):
-    """CPU: no bf16 (trl's default would fail); GPU with flash-attn: per-document attention for packing."""
-    from tempa.sft import train_worker
-    from tempa.sft.stage_api import TrainingEnv
-    from tempa.sft.train_plan import TrainPlan
-
-    def plan(env: TrainingEnv, **train_args) -> TrainPlan:
-        return TrainPlan(trainer="sft", start_model="/m", tokenizer_dir="/t", train_data="/d", checkpoints_dir="/out",
-                         final_dir="/f", train_args={"learning_rate": 1e-3, **train_args}, seed=7, env=env)
-
-    cpu = train_worker.trl_config_kwargs(plan(TrainingEnv(use_cpu=True)))
-    assert cpu["use_cpu"] and cpu["bf16"] is False and cpu["seed"] == 7 and cpu["output_dir"] == "/out"
-    assert "model_init_kwargs" not in cpu
-
-    monkeypatch.setattr(train_worker, "_flash_attention_available", lambda: True)
-    gpu = train_worker.trl_config_kwargs(plan(TrainingEnv(mixed_precision="bf16")))
-    assert gpu["bf16"] is True and gpu["model_init_kwargs"]["attn_implementation"] == "flash_attention_2"
-    chosen = train_worker.trl_config_kwargs(plan(TrainingEnv(mixed_precision="bf16"),
-                                                 model_init_kwargs={"attn_implementation": "sdpa"}))
-    assert chosen["model_init_kwargs"]["attn_implementation"] == "sdpa"  # the recipe's choice wins

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tempa.chat_templates.thinking import THINK_CLOSE, THINK_OPEN
+
 SEED = 20250101
 LANGUAGES = ("en", "id", "vi", "th", "ta", "tl", "ja")
 HERE = Path(__file__).resolve().parent
@@ -388,7 +390,7 @@ def _assistant(text: str, trace: str | None = None, *, inline: bool = False) -> 
         return {"role": "assistant", "content": text}
     if inline:
         # R1-style: the trace inside the answer, as raw distilled completions carry it.
-        return {"role": "assistant", "content": f"<think>\n{trace}\n</think>\n\n{text}"}
+        return {"role": "assistant", "content": f"{THINK_OPEN}\n{trace}\n{THINK_CLOSE}\n\n{text}"}
     return {"role": "assistant", "content": text, "reasoning_content": trace}
 
 

@@ -1,0 +1,231 @@
+"""One-command GPU check: the `gpu` extra, MFU on a Llama-3.2-1B shape, and a two-stage recipe with vLLM.
+
+    python bench/gpu_check.py                  # on a machine with one H100/H200 (about 10 minutes)
+    python bench/gpu_check.py --skip-install   # the gpu extra is already installed
+    python bench/gpu_check.py --dry-run        # CPU: the same steps at toy scale (what the tests run)
+
+Steps, each timed:
+
+1. install: ``pip install --no-build-isolation -e ".[gpu]"`` (flash-attn, liger-kernel, vLLM) into this
+   interpreter. flash-attn's setup downloads a prebuilt wheel when one matches the installed torch
+   and CUDA; building it from source takes far longer than this check: install it first, then use
+   ``--skip-install``.
+2. MFU: ``bench/gpu_mfu.py`` on the Llama-3.2-1B shape (1.24B parameters, 128k vocabulary), bf16,
+   BFD packing, with the kernels tempa's worker picks; the check requires flash-attention 2 and Liger.
+3. pipeline: a random model with Llama-3.2-1B's body (tempa's tiny tokenizer, so its vocabulary is
+   the tokenizer's: sampled ids always decode) through one recipe: an ``sft`` stage, then one
+   ``preference`` round that samples with the vLLM backend, scores, pairs and trains DPO. Each
+   training stage runs in its launched worker, as in any tempa run.
+4. checks: every logged loss of both stages is finite and the last is below the first; both stages
+   used flash-attention 2 and Liger. Prints tokens/s/GPU and MFU per stage (tempa's own meter).
+
+The dry run swaps in what a CPU can run: no install, ``gpu_mfu.py --dry-run``, the embedded tiny
+model, the transformers sampling backend, and tempa's CPU kernels (per-document sdpa for packed SFT
+rows). Exit code 0 only when every check passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import _common as common  # noqa: E402
+
+# Llama-3.2-1B's body (hidden, MLP, layers, heads, KV heads); the vocabulary is the tokenizer's.
+BODY_1B = common.Shape(2048, 8192, 16, 32, 8, 0, tie_word_embeddings=True)
+TIME_BUDGET_S = 600
+
+
+@dataclass
+class Report:
+    phases: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def check(self, ok: bool, message: str) -> None:
+        print(f"  [{'ok' if ok else 'FAIL'}] {message}", flush=True)
+        if not ok:
+            self.failures.append(message)
+
+
+def run(command: list[str], *, env: dict[str, str] | None = None, dry: bool = False) -> None:
+    print("$ " + " ".join(command), flush=True)
+    if dry:
+        return
+    subprocess.run(command, check=True, cwd=REPO, env={**os.environ, **(env or {})})
+
+
+def install(dry_run: bool, skip: bool) -> None:
+    command = [sys.executable, "-m", "pip", "install", "--no-build-isolation", "-e", f"{REPO}[gpu]"]
+    if skip:
+        print("  skipped (--skip-install): " + " ".join(command))
+        return
+    run(command, dry=dry_run)
+
+
+def mfu(report: Report, work: Path, dry_run: bool) -> None:
+    out = work / "gpu_mfu.json"
+    run([sys.executable, str(BENCH / "gpu_mfu.py"), "--json", str(out), *(["--dry-run"] if dry_run else [])])
+    result = json.loads(out.read_text())
+    attention, liger = result["attention"], result["liger"]
+    if dry_run:
+        report.check(attention == "tempa_doc_sdpa", f"gpu_mfu (dry run) attention: {attention}")
+    else:
+        report.check(attention == "flash_attention_2", f"gpu_mfu attention: {attention} (flash_attention_2)")
+        report.check(liger, f"gpu_mfu Liger kernels: {liger}")
+    share = f"{100 * result['mfu']:.1f}%" if "mfu" in result else "unknown peak"
+    print(f"  gpu_mfu: {result['device']}: {result['tokens_per_s_per_gpu']:,.0f} tokens/s/GPU, MFU {share}"
+          f"{' (nominal peak: meaningless on CPU)' if dry_run else ''}; peak memory {result['peak_memory_gib']:.1f} GiB")
+
+
+def pipeline_model(folder: Path) -> Path:
+    """A random model with Llama-3.2-1B's body and the tiny tokenizer, saved as the worker loads models."""
+    import torch
+
+    tokenizer = common.bench_tokenizer()
+    shape = common.Shape(**{**BODY_1B.__dict__, "vocab_size": len(tokenizer)})
+    model = common.llama(shape, tokenizer, max_positions=8192, dtype=torch.bfloat16)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    print(f"  model: Llama-3.2-1B body, vocabulary {len(tokenizer)}, {common.parameter_count(model) / 1e9:.2f}B "
+          f"parameters, bf16, in {folder}")
+    return folder
+
+
+def recipe_text(base_model: str, dry_run: bool) -> str:
+    data = REPO / "recipes" / "data"
+    if dry_run:
+        launch, backend = "{use_cpu: true}", "{type: transformers}"
+        sft = "{max_steps: 6, learning_rate: 3.0e-3, per_device_train_batch_size: 8, max_length: 512, logging_steps: 2}"
+        new_tokens, prompts, dpo_lr = 16, 8, 5.0e-4
+    else:
+        launch = "{accelerate_config: single, num_processes: 1}"
+        backend = "{type: vllm, dtype: bfloat16, gpu_memory_utilization: 0.35, max_model_len: 4096, enforce_eager: true}"
+        sft = "{max_steps: 40, learning_rate: 2.0e-4, per_device_train_batch_size: 16, max_length: 2048, logging_steps: 5}"
+        new_tokens, prompts, dpo_lr = 256, 16, 1.0e-5
+    return textwrap.dedent(f"""\
+        name: gpu-check
+        base_model: {base_model}
+        chat_template: llama3_thinking
+        seed: 0
+        launch: {launch}
+        stages:
+          - name: sft
+            kind: sft
+            data:
+              sources:
+                - {{name: instruct, path: {data / "sample_instruct.jsonl"}, thinking_mode: "off"}}
+                - {{name: reasoning, path: {data / "sample_reasoning.jsonl"}, thinking_mode: mixed, thinking_ratio: 0.5}}
+            train: {sft}
+          - name: align
+            kind: preference
+            rounds: 1
+            prompts: {{path: {data / "sample_prompts.jsonl"}, limit: {prompts}}}
+            backend: {backend}
+            sampling: {{n: 4, temperature: 1.0, max_new_tokens: {new_tokens}, batch_size: {prompts}}}
+            rewards:
+              - {{type: format}}
+              - {{type: language}}
+              - {{type: length, unit: chars, per_token: 0.005}}
+            pairs: {{min_margin: 0.01, allow_truncated_chosen: true}}
+            train: {{loss_type: sigmoid, beta: 0.1, learning_rate: {dpo_lr}, max_steps: 8, warmup_steps: 0,
+                    per_device_train_batch_size: 4, logging_steps: 1, save_strategy: "no", max_length: 1024}}
+        """)
+
+
+def trained_records(stage_dir: Path) -> list[dict[str, Any]]:
+    """The training workers' records of a stage (one per preference round; ``final`` links to the last)."""
+    paths = {path.resolve() for path in stage_dir.rglob("final/tempa_train_metrics.json")}
+    return [json.loads(path.read_text()) for path in sorted(paths)]
+
+
+def check_losses(report: Report, stage: str, history: list[dict[str, Any]]) -> None:
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    finite = bool(losses) and all(isinstance(x, int | float) and math.isfinite(x) for x in losses)
+    report.check(finite, f"{stage}: {len(losses)} logged losses, all finite")
+    if finite:
+        report.check(len(losses) > 1 and losses[-1] < losses[0],
+                     f"{stage}: loss decreases ({losses[0]:.4f} -> {losses[-1]:.4f})")
+
+
+def pipeline(report: Report, work: Path, dry_run: bool) -> None:
+    from tempa.sft.throughput_summary import throughput_headline
+
+    base = "tempa:tiny" if dry_run else str(pipeline_model(work / "model"))
+    recipe = work / "gpu-check.yaml"
+    recipe.write_text(recipe_text(base, dry_run))
+    run_dir = work / "run"
+    run([sys.executable, "-m", "tempa.recipes.cli", "run", str(recipe), "--run-dir", str(run_dir)])
+    for stage in ("sft", "align"):
+        records = trained_records(run_dir / stage)
+        report.check(len(records) == 1, f"{stage}: one trained model ({len(records)} found)")
+        for record in records:
+            check_losses(report, stage, record.get("log_history", []))
+            kernels = record.get("kernels", {})
+            if not dry_run:
+                report.check(kernels.get("attn_implementation") == "flash_attention_2",
+                             f"{stage}: attention {kernels.get('attn_implementation')}")
+                report.check(kernels.get("liger_kernel") is True, f"{stage}: Liger kernels {kernels.get('liger_kernel')}")
+            summary = throughput_headline(record.get("log_history", []))
+            report.check("train_tokens_per_s" in summary, f"{stage}: throughput recorded")
+            mfu = f"{100 * summary['train_mfu']:.1f}%" if "train_mfu" in summary else "n/a (peak unknown)"
+            print(f"  {stage}: {summary.get('train_tokens_per_s', 0):,.0f} tokens/s/GPU, MFU {mfu}, padding "
+                  f"{100 * summary.get('train_padding_fraction', 0):.1f}%, kernels {kernels}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry-run", action="store_true", help="CPU: toy scale, no install, transformers sampling")
+    parser.add_argument("--skip-install", action="store_true", help="the gpu extra is already installed")
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep the model, recipe and run here")
+    args = parser.parse_args(argv)
+    if not args.dry_run:
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("no CUDA device; use --dry-run to check the script on CPU")
+    print(common.machine_line(), flush=True)
+    report = Report()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tempa-gpu-check-") as tmp:
+        work = args.work_dir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        phases = [("install", lambda: install(args.dry_run, args.skip_install)),
+                  ("mfu", lambda: mfu(report, work, args.dry_run)),
+                  ("pipeline", lambda: pipeline(report, work, args.dry_run))]
+        for name, phase in phases:
+            print(f"== {name}", flush=True)
+            t0 = time.perf_counter()
+            try:
+                phase()
+            except (subprocess.CalledProcessError, OSError, ValueError, KeyError) as exc:
+                report.check(False, f"{name}: {type(exc).__name__}: {exc}")
+                break
+            finally:
+                report.phases[name] = time.perf_counter() - t0
+    total = time.perf_counter() - started
+    print("== summary: " + ", ".join(f"{k} {v:.0f}s" for k, v in report.phases.items()) + f"; total {total:.0f}s")
+    if not args.dry_run and total > TIME_BUDGET_S:
+        print(f"  note: over the {TIME_BUDGET_S // 60}-minute budget")
+    if report.failures:
+        print(f"FAILED: {len(report.failures)} check(s): " + "; ".join(report.failures))
+        return 1
+    print("all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""Reading users' JSON and JSON Lines files, the one way tempa does it everywhere.
+
+Files are UTF-8; a byte-order mark at the start is dropped (editors on Windows write one), not
+taken as part of the first row. A JSON Lines file is read line by line as bytes, so one line
+that is not UTF-8 or not JSON is reported with its line number and the other lines still count;
+what to do with such a line (reject it, or stop) is the caller's decision. An empty file is an
+error naming the file. It lives on the ground floor because the template tools read JSON too.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_CHUNK = 1 << 16
+
+
+class JsonFileError(ValueError):
+    """A JSON/JSONL file cannot be used at all; the message is one line naming the file."""
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of a JSON Lines file: its text, or why it could not be read."""
+
+    number: int  # 1-based, as an editor shows it
+    text: str  # without the line break; undecodable bytes shown as U+FFFD when ``error`` is set
+    error: str | None = None  # e.g. "invalid UTF-8 (byte 0xff at column 12)"
+    value: Any = None  # the parsed JSON value (``read_jsonl`` only)
+
+    @property
+    def blank(self) -> bool:
+        return self.error is None and not self.text.strip()
+
+
+def _decode(raw: bytes) -> tuple[str, str | None]:
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        return raw.decode("utf-8", "replace"), f"invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+
+
+def check_not_empty(path: Path, what: str = "one JSON object per line") -> None:
+    """``JsonFileError`` when ``path`` holds nothing but whitespace (and maybe a BOM)."""
+    with open(path, "rb") as handle:
+        first = True
+        while chunk := handle.read(_CHUNK):
+            if first and chunk.startswith(codecs.BOM_UTF8):
+                chunk = chunk[len(codecs.BOM_UTF8):]
+            first = False
+            if chunk.strip():
+                return
+    raise JsonFileError(f"{path}: empty file (expected {what})")
+
+
+def read_lines(path: Path) -> Iterator[Line]:
+    """Every line of a JSON Lines file (blank lines too, so numbers match the file), decoded."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            text, error = _decode(raw.rstrip(b"\r\n"))
+            yield Line(number, text, error)
+
+
+def parse_line(line: Line) -> Line:
+    """``line`` with its JSON value, or with the reason it is not JSON."""
+    if line.error is not None or line.blank:
+        return line
+    try:
+        return Line(line.number, line.text, value=json.loads(line.text))
+    except json.JSONDecodeError as exc:
+        return Line(line.number, line.text, error=f"not valid JSON ({exc.msg}, column {exc.colno})")
+
+
+def read_jsonl(path: Path) -> Iterator[Line]:
+    """The non-blank lines of a JSON Lines file, each parsed or carrying its error.
+
+    Raises ``JsonFileError`` for an empty file.
+    """
+    check_not_empty(path)
+    for line in read_lines(path):
+        if not line.blank:
+            yield parse_line(line)
+
+
+def read_json(path: Path, what: str = "a JSON document") -> Any:
+    """A whole JSON file; ``JsonFileError`` (file, line, reason) when it is empty, not UTF-8 or not JSON."""
+    data = Path(path).read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise JsonFileError(f"{path}:{line}: invalid UTF-8 (byte 0x{data[exc.start]:02x})") from None
+    if not text.strip():
+        raise JsonFileError(f"{path}: empty file (expected {what})")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JsonFileError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None

@@ -1,0 +1,99 @@
+"""What a model folder tempa reads must hold: a config and safetensors weights, never pickles.
+
+Pickled weights (``pytorch_model.bin``, ``*.pt``, ...) run code when they are loaded, so tempa
+refuses them everywhere it reads a model: the recipe's base model, merge inputs, the final
+folder. A recipe that sets ``allow_pickle_weights: true`` has its pickled base model converted
+to safetensors once, in the cache (:func:`convert_to_safetensors`); everything after that reads
+safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+_REFUSAL = "tempa reads safetensors only, since pickles can run code when loaded"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def pickle_files(folder: Path) -> list[str]:
+    """Names of the pickled weight files directly in ``folder``."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
+
+
+def convert_hint(folder: Path | str) -> str:
+    """One line a user can run to turn a pickled model folder into a safetensors one."""
+    return (
+        "convert it once with: python -c \"import sys; from transformers import AutoModelForCausalLM as M, "
+        f"AutoTokenizer as T; p = sys.argv[1]; M.from_pretrained(p, use_safetensors=False).save_pretrained(p + "
+        f"'-safetensors'); T.from_pretrained(p).save_pretrained(p + '-safetensors')\" {folder}"
+    )
+
+
+def weights_problem(folder: Path, *, allow_pickle: bool = False) -> str | None:
+    """Why ``folder`` is not a model tempa may load (config + safetensors weights), or None.
+
+    It follows what transformers and mergekit read: ``model.safetensors.index.json`` (every shard
+    it lists must be safetensors), else ``model.safetensors``, else the pickles. Another
+    ``*.safetensors`` file (an adapter, say) beside ``pytorch_model.bin`` does not make the model
+    safetensors.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    names = {p.name for p in folder.iterdir()}
+    if not names:
+        return f"{folder} is an empty folder (expected a model: config.json, tokenizer files, *.safetensors weights)"
+    if "config.json" not in names:
+        return f"{folder} has no config.json: not a model folder"
+    if "model.safetensors.index.json" in names:
+        try:
+            shards = set(json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, AttributeError):
+            return f"{folder}/model.safetensors.index.json is not a safetensors index (no weight_map)"
+        pickled = sorted(shard for shard in shards if not str(shard).endswith(".safetensors"))
+        if pickled and not allow_pickle:
+            return f"{folder}/model.safetensors.index.json lists pickled shards ({', '.join(pickled[:3])}); {_REFUSAL}"
+        return None
+    if "model.safetensors" in names:
+        return None
+    pickled = pickle_files(folder)
+    if pickled and allow_pickle:
+        return None
+    if pickled:
+        return (
+            f"{folder} holds its weights only as pickles ({', '.join(pickled[:3])}); {_REFUSAL}: "
+            f"{convert_hint(folder)} (or set allow_pickle_weights: true in the recipe if you trust the file)"
+        )
+    if any(name.endswith(".safetensors") for name in names):
+        return None  # sharded without an index: the loaders report what they miss
+    return f"{folder} has no *.safetensors weights"
+
+
+def base_model_problem(folder: Path, *, allow_pickle: bool = False) -> str | None:
+    """:func:`weights_problem`, plus the tokenizer a base model must bring."""
+    problem = weights_problem(folder, allow_pickle=allow_pickle)
+    if problem is None and not any((Path(folder) / name).is_file() for name in TOKENIZER_FILES):
+        return f"{folder} has no tokenizer ({', '.join(TOKENIZER_FILES)})"
+    return problem
+
+
+def convert_to_safetensors(source: Path, out: Path, *, trust_remote_code: bool = False) -> Path:
+    """Load a pickled model folder once (opted in) and write it to ``out`` as safetensors.
+
+    ``out`` must be a fresh folder the caller publishes (e.g. a ``staging_dir``); tokenizer and
+    generation files are copied beside the weights.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        source, use_safetensors=False, dtype="auto", trust_remote_code=trust_remote_code
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    for path in Path(source).iterdir():
+        weights = path.suffix.lower() in PICKLE_SUFFIXES or path.name.endswith((".safetensors", ".index.json"))
+        if path.is_file() and not weights and not (out / path.name).exists():
+            shutil.copy2(path, out / path.name)
+    return out

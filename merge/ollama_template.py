@@ -1,0 +1,127 @@
+"""The Ollama Modelfile TEMPLATE of a tempa chat template: the same turns, in Ollama's Go template language.
+
+Ollama renders its own Go template, not the Jinja one in the GGUF, so each tempa template has a Go twin here
+that writes the same text for what Ollama passes a template (its ``template.Values``: ``.System`` (all system
+messages joined), ``.Messages`` (role, content, thinking, tool calls), ``.Tools``, ``.Think`` and
+``.IsThinkSet``; see ollama's ``template/template.go``):
+
+* the thinking mode is Ollama's ``think`` switch when the request sets it, else the template's baked default
+  (the recipe's ``thinking_default``), with the same prefills as the Jinja template;
+* the system prompt renders once, in the system block (system messages are not rendered again as turns);
+* assistant turns after the last user message carry their ``thinking`` (an agent's tool loop) with thinking
+  on; earlier ones render their answer only; tool calls and results as the Jinja template writes them;
+* the reasoning sits in ``<think>{{ .Thinking }}</think>`` inside ``range .Messages``, which is how Ollama
+  infers a template's thinking tags, so it offers the model as thinking-capable and parses the reasoning
+  out of replies when ``think`` is on.
+
+What Go templates cannot reproduce (documented in chat_templates/README.md): Ollama passes text as given
+where Jinja trims surrounding whitespace; tool-call arguments are written with sorted keys and nested
+objects compact (Go's encoding/json), where Jinja keeps their order (``tojson``); tool definitions are
+compact JSON where llama3_thinking indents them; ``tools_in_user_message=false`` and ``date_string`` have
+no Ollama equivalent (the preamble shows the stock template's default date).
+"""
+
+from __future__ import annotations
+
+from tempa.chat_templates.templates import TemplateDefaults, template_defaults
+from tempa.chat_templates.thinking import PREFILL, THINK_CLOSE, THINK_OPEN, end_of_turn_token
+
+# The per-request mode ($think), the last user message (reasoning renders after it), the first one (Llama
+# 3.1 puts tool definitions there) and the previous role (ChatML groups consecutive tool results).
+_HEAD = (
+    "{{- $think := %s }}{{ if .IsThinkSet }}{{ $think = .Think }}{{ end }}"
+    '{{ $lastUser := -1 }}{{ $firstUser := -1 }}{{ $prev := "" }}'
+    '{{ range $i, $_ := .Messages }}{{ if eq .Role "user" }}{{ $lastUser = $i }}'
+    "{{ if lt $firstUser 0 }}{{ $firstUser = $i }}{{ end }}{{ end }}{{ end }}"
+)
+# An assistant turn after the last user message: the prefill of the mode, then (on) its reasoning.
+_LOOP_PREFIX = (
+    "{{ if gt $i $lastUser }}{{ if $think }}" + THINK_OPEN + "\n{{ .Thinking }}{{ if .Thinking }}\n{{ end }}"
+    + THINK_CLOSE + "\n\n{{ else }}" + PREFILL["off"] + "{{ end }}{{ end }}"
+)
+# Arguments as Jinja's tojson writes a flat object: {"key": value, ...} (Go ranges over a map in key order).
+_ARGUMENTS = (
+    '{{ "{" }}{{ $first := true }}{{ range $k, $v := .Function.Arguments }}{{ if not $first }}, {{ end }}'
+    '{{ json $k }}: {{ json $v }}{{ $first = false }}{{ end }}{{ "}" }}'
+)
+_GENERATION_PROMPT = "{{ if $think }}" + PREFILL["on"] + "{{ else }}" + PREFILL["off"] + "{{ end }}"
+
+_LLAMA3_TOOLS_INTRO = (
+    "Given the following functions, please respond with a JSON for a function call with its proper arguments "
+    'that best answers the given prompt.\n\nRespond in the format {"name": function name, "parameters": '
+    'dictionary of argument name and its value}.Do not use variables.\n\n'
+)
+_CHATML_TOOLS = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with "
+    "function signatures within <tools></tools> XML tags:\n<tools>{{ range .Tools }}\n{{ json . }}{{ end }}\n"
+    "</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
+    "<args-json-object>}\n</tool_call><|im_end|>\n"
+)
+
+
+def _llama3(defaults: TemplateDefaults) -> str:
+    if defaults.stock_preamble:
+        system = (
+            "<|start_header_id|>system<|end_header_id|>\n\n{{ if .Tools }}Environment: ipython\n{{ end }}"
+            "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n{{ .System }}<|eot_id|>"
+        )
+    else:
+        system = (
+            "{{ if or .System .Tools }}<|start_header_id|>system<|end_header_id|>\n\n"
+            "{{ if .Tools }}Environment: ipython{{ if .System }}\n\n{{ end }}{{ end }}{{ .System }}<|eot_id|>{{ end }}"
+        )
+    return "".join([
+        _HEAD % ("true" if defaults.thinking_mode == "on" else "false"),
+        "<|begin_of_text|>",
+        system,
+        "{{ range $i, $_ := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}",
+        '{{ if eq .Role "user" }}<|start_header_id|>user<|end_header_id|>\n\n',
+        "{{ if and $.Tools (eq $i $firstUser) }}" + _LLAMA3_TOOLS_INTRO + "{{ range $.Tools }}{{ json . }}\n\n{{ end }}{{ end }}",
+        "{{ .Content }}<|eot_id|>",
+        '{{ else if eq .Role "assistant" }}<|start_header_id|>assistant<|end_header_id|>\n\n',
+        _LOOP_PREFIX,
+        "{{ $content := .Content }}{{ .Content }}",
+        '{{ range .ToolCalls }}{{ if $content }}\n{{ end }}{"name": "{{ .Function.Name }}", "parameters": '
+        + _ARGUMENTS + "}{{ end }}",
+        "{{ if not $last }}<|eot_id|>{{ end }}",
+        '{{ else if eq .Role "tool" }}<|start_header_id|>ipython<|end_header_id|>\n\n{{ .Content }}<|eot_id|>',
+        "{{ end }}",
+        '{{ if and (ne .Role "assistant") $last }}<|start_header_id|>assistant<|end_header_id|>\n\n'
+        + _GENERATION_PROMPT + "{{ end }}",
+        "{{ end }}",
+    ])
+
+
+def _chatml(defaults: TemplateDefaults) -> str:
+    return "".join([
+        _HEAD % ("true" if defaults.thinking_mode == "on" else "false"),
+        "{{ if .Tools }}<|im_start|>system\n{{ if .System }}{{ .System }}\n\n{{ end }}" + _CHATML_TOOLS,
+        "{{ else if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}",
+        "{{ range $i, $_ := .Messages }}{{ $rest := slice $.Messages $i }}{{ $last := eq (len $rest) 1 }}",
+        '{{ if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n',
+        '{{ else if eq .Role "assistant" }}<|im_start|>assistant\n',
+        _LOOP_PREFIX,
+        "{{ $content := .Content }}{{ .Content }}",
+        "{{ range $j, $_ := .ToolCalls }}{{ if or $j $content }}\n{{ end }}"
+        '<tool_call>\n{"name": "{{ .Function.Name }}", "arguments": ' + _ARGUMENTS + "}\n</tool_call>{{ end }}",
+        "{{ if not $last }}<|im_end|>\n{{ end }}",
+        '{{ else if eq .Role "tool" }}{{ if ne $prev "tool" }}<|im_start|>user{{ end }}'
+        "\n<tool_response>\n{{ .Content }}\n</tool_response>"
+        '{{ if or $last (ne (index $rest 1).Role "tool") }}<|im_end|>\n{{ end }}',
+        "{{ end }}{{ $prev = .Role }}",
+        '{{ if and (ne .Role "assistant") $last }}<|im_start|>assistant\n' + _GENERATION_PROMPT + "{{ end }}",
+        "{{ end }}",
+    ])
+
+
+_BUILDERS = {"<|eot_id|>": _llama3, "<|im_end|>": _chatml}
+
+
+def ollama_template(chat_template: str) -> str:
+    """The Go template that renders like ``chat_template`` (llama3_thinking or chatml_thinking, baked defaults
+    included); ``ValueError`` for a template of another format, which tempa has no Go twin of."""
+    eot = end_of_turn_token(chat_template)
+    if eot not in _BUILDERS:
+        raise ValueError(f"no Ollama template for a chat template ending turns with {eot}")
+    return _BUILDERS[eot](template_defaults(chat_template))

@@ -1,0 +1,111 @@
+"""A final model folder must be publishable as it is: this module makes it so and checks it.
+
+``publish_problems(folder)`` lists what would stop someone from uploading the folder as it is
+(the bake stage runs it on every final model; a future ``tempa push`` can run it again):
+
+- every file has mode 0644 and every folder 0755 (``save_pretrained`` writes weights 0600);
+- no pickled weights;
+- no ``auto_map`` entry in config.json / tokenizer_config.json that names code the folder lacks
+  (a base model with custom code, loaded without ``trust_remote_code``, leaves one behind);
+- no absolute local path (``/home/me/data/x.jsonl``) and no token-shaped secret in the text files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tempa.merge.model_card import TOKEN_PATTERNS, local_paths
+from tempa.merge.model_files import pickle_files
+
+FILE_MODE, DIR_MODE = 0o644, 0o755
+AUTO_MAP_FILES = ("config.json", "tokenizer_config.json")
+_TEXT_SUFFIXES = (".json", ".md", ".jinja", ".txt", ".yaml", ".yml", ".py")
+def _auto_map_refs(entry: Any) -> list[str]:
+    values = entry if isinstance(entry, list) else [entry]
+    return [value for value in values if isinstance(value, str)]
+
+
+def _resolves(ref: str, folder: Path) -> bool:
+    """``modeling_x.XForCausalLM`` needs ``modeling_x.py`` here; ``org/repo--...`` points elsewhere."""
+    if "--" in ref:
+        return False
+    module = ref.rsplit(".", 1)[0]
+    return (folder / (module.replace(".", "/") + ".py")).is_file()
+
+
+def dangling_auto_map(folder: Path) -> list[str]:
+    """``file: key -> ref`` for each auto_map entry whose code is not in ``folder``."""
+    out = []
+    for name in AUTO_MAP_FILES:
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        auto_map = json.loads(path.read_text(encoding="utf-8")).get("auto_map") or {}
+        for key, entry in auto_map.items():
+            out += [f"{name}: auto_map {key} -> {ref}" for ref in _auto_map_refs(entry) if not _resolves(ref, folder)]
+    return out
+
+
+def prune_auto_map(folder: Path) -> list[str]:
+    """Drop auto_map entries that name code the folder lacks; returns what was dropped."""
+    dropped = dangling_auto_map(folder)
+    for name in AUTO_MAP_FILES:
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        auto_map = data.get("auto_map")
+        if not isinstance(auto_map, dict):
+            continue
+        kept = {k: v for k, v in auto_map.items() if all(_resolves(ref, folder) for ref in _auto_map_refs(v))}
+        if kept == auto_map:
+            continue
+        if kept:
+            data["auto_map"] = kept
+        else:
+            data.pop("auto_map")
+        path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    return dropped
+
+
+def normalize_modes(folder: Path) -> None:
+    """0644 files and 0755 folders, whatever the writer's umask or mkstemp chose."""
+    Path(folder).chmod(DIR_MODE)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), DIR_MODE)
+        for name in files:
+            os.chmod(os.path.join(root, name), FILE_MODE)
+
+
+def make_publishable(folder: Path) -> list[str]:
+    """Prune dangling auto_map entries and fix modes; returns the auto_map entries dropped."""
+    dropped = prune_auto_map(folder)
+    normalize_modes(folder)
+    return dropped
+
+
+def publish_problems(folder: Path) -> list[str]:
+    """Everything that stops ``folder`` from being uploaded as it is; empty when it is clean."""
+    folder = Path(folder)
+    problems = []
+    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+        problems.append("no config.json + *.safetensors weights")
+    for path in sorted([folder, *folder.rglob("*")]):
+        mode = path.stat().st_mode & 0o777
+        wanted = DIR_MODE if path.is_dir() else FILE_MODE
+        if mode != wanted:
+            problems.append(f"{path.relative_to(folder) if path != folder else '.'}: mode {mode:04o}, not {wanted:04o}")
+    problems += [f"{name}: pickled weights" for name in pickle_files(folder)]
+    problems += dangling_auto_map(folder)
+    for path in sorted(folder.rglob("*")):
+        # tokenizer.json is vocabulary, not prose: a token such as "/usr" is no path.
+        if not path.is_file() or path.suffix.lower() not in _TEXT_SUFFIXES or path.name == "tokenizer.json":
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        problems += [f"{path.name}: local path {p}" for p in sorted(set(local_paths(text)))[:5]]
+        problems += [f"{path.name}: secret-looking string" for pattern in TOKEN_PATTERNS if pattern.search(text)]
+    return problems

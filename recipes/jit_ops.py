@@ -1,0 +1,169 @@
+"""DeepSpeed's JIT-built CPU op: built once, up front, with a progress line and a bounded wait.
+
+On CPU, every DeepSpeed process group loads ``deepspeed_shm_comm``, which torch's cpp_extension
+compiles the first time: minutes on a small machine, with no output. torch serialises builds
+with a lock file, ``<build dir>/lock`` (``torch.utils.file_baton.FileBaton``: created with
+O_EXCL, removed when the build ends, polled forever by every other process). A build killed
+half-way leaves the lock behind, and every later launch then hangs silently.
+
+So before it launches a DeepSpeed group on CPU the runner calls :func:`ensure_shm_op`: a lock
+that is old and that no process is working under is removed as stale; a live one is waited for,
+at most ``TEMPA_JIT_BUILD_TIMEOUT_S`` seconds; a missing op is built here, in a subprocess, with
+a progress line, under the same bound. Run ``python -m tempa.recipes.jit_ops`` to build it by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tempa.sft.stage_api import StageError
+
+OP = "deepspeed_shm_comm"
+LOCK = "lock"  # torch.utils.cpp_extension: FileBaton(os.path.join(build_directory, "lock"))
+TIMEOUT_ENV = "TEMPA_JIT_BUILD_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 1800
+# A lock younger than this may belong to a build that has not started its compiler yet.
+STALE_AFTER_S = 60.0
+_PROGRESS_EVERY_S = 30.0
+
+
+def build_timeout_s() -> float:
+    try:
+        return float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+    except ValueError:
+        raise StageError(f"{TIMEOUT_ENV}={os.environ[TIMEOUT_ENV]!r}: expected a number of seconds") from None
+
+
+def build_dir(op: str = OP) -> Path:
+    """Where torch builds ``op``: $TORCH_EXTENSIONS_DIR/<op>, else ~/.cache/torch_extensions/<py>_<accel>/<op>."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(op, verbose=False))
+
+
+def is_built(folder: Path, op: str = OP) -> bool:
+    return any(folder.glob(f"{op}*.so"))
+
+
+def _workers(folder: Path) -> list[int]:
+    """Processes working in ``folder`` (a compiler or ninja: their cwd or arguments name it)."""
+    target = str(folder)
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cwd == target or target in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def lock_is_stale(folder: Path, *, stale_after_s: float = STALE_AFTER_S) -> bool:
+    """True for a lock left by a build that died: old enough, and nobody works in its folder."""
+    lock = folder / LOCK
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > stale_after_s and not _workers(folder)
+
+
+def clear_stale_lock(folder: Path, log: logging.Logger, *, stale_after_s: float = STALE_AFTER_S) -> bool:
+    """Remove a stale build lock (see :func:`lock_is_stale`); returns whether one was removed."""
+    if not lock_is_stale(folder, stale_after_s=stale_after_s):
+        return False
+    (folder / LOCK).unlink(missing_ok=True)
+    log.warning("removed a stale build lock %s (a build of %s was interrupted); building again", folder / LOCK, OP)
+    return True
+
+
+def wait_for_lock(folder: Path, timeout_s: float, log: logging.Logger, *, stale_after_s: float = STALE_AFTER_S) -> None:
+    """Wait while another process builds in ``folder``; StageError after ``timeout_s``."""
+    lock = folder / LOCK
+    started = last_note = time.monotonic()
+    while lock.exists():
+        if clear_stale_lock(folder, log, stale_after_s=stale_after_s):
+            return
+        waited = time.monotonic() - started
+        if waited > timeout_s:
+            raise StageError(
+                f"waited {waited:.0f}s for another build of DeepSpeed's {OP} op to finish ({lock} is held by "
+                f"pids {', '.join(map(str, _workers(folder))) or 'unknown'}); stop that build or delete the lock "
+                f"(limit: {TIMEOUT_ENV}={timeout_s:g})"
+            )
+        if time.monotonic() - last_note > _PROGRESS_EVERY_S:
+            log.info("waiting for another process to finish building DeepSpeed's %s op (%.0fs)", OP, waited)
+            last_note = time.monotonic()
+        time.sleep(0.5)
+
+
+def ensure_shm_op(log: logging.Logger, log_file: Path, *, timeout_s: float | None = None) -> None:
+    """Make sure ``deepspeed_shm_comm`` is built before a CPU DeepSpeed group needs it (see module doc)."""
+    timeout_s = build_timeout_s() if timeout_s is None else timeout_s
+    folder = build_dir()
+    clear_stale_lock(folder, log)
+    wait_for_lock(folder, timeout_s, log)
+    if is_built(folder):
+        return
+    log.info("building DeepSpeed's %s op for this machine, once (minutes on a small CPU machine); log: %s",
+             OP, log_file)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    started = last_note = time.monotonic()
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    with open(log_file, "a", encoding="utf-8") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tempa.recipes.jit_ops"], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+        try:
+            while (code := proc.poll()) is None:
+                waited = time.monotonic() - started
+                if waited > timeout_s:
+                    raise StageError(
+                        f"building DeepSpeed's {OP} op took more than {timeout_s:g}s ({TIMEOUT_ENV}); see {log_file}, "
+                        f"or build it by hand: python -m tempa.recipes.jit_ops"
+                    )
+                time.sleep(0.5)
+                if time.monotonic() - last_note > _PROGRESS_EVERY_S:
+                    log.info("still building DeepSpeed's %s op (%.0fs)", OP, waited)
+                    last_note = time.monotonic()
+        finally:
+            if proc.poll() is None:
+                _kill(proc)
+                (folder / LOCK).unlink(missing_ok=True)  # ours: the build it guarded is gone
+    if code != 0:
+        tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise StageError(f"building DeepSpeed's {OP} op failed (exit code {code}): {tail[0]} (log: {log_file})")
+    if is_built(folder):  # else not available here, and DeepSpeed does without it
+        log.info("built DeepSpeed's %s op in %.0fs", OP, time.monotonic() - started)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _build() -> int:
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not builder.is_compatible():
+        print(f"{OP}: not available on this machine; DeepSpeed falls back to torch.distributed")
+        return 0
+    builder.jit_load(verbose=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_build())

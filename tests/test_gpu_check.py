@@ -1,0 +1,61 @@
+"""bench/gpu_check.py: its dry run passes on CPU, and its loss check catches what it is there to catch."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def gpu_check_module():
+    sys.path.insert(0, str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_loss_check_fails_on_a_non_finite_or_rising_loss():
+    gpu_check = gpu_check_module()
+    report = gpu_check.Report()
+    gpu_check.check_losses(report, "nan", [{"loss": 2.0}, {"loss": float("nan")}, {"loss": 1.0}])
+    gpu_check.check_losses(report, "rising", [{"loss": 2.0}, {"loss": 1.0}, {"loss": 2.5}])
+    gpu_check.check_losses(report, "empty", [{"eval_loss": 1.0}])
+    gpu_check.check_losses(report, "good", [{"loss": 2.0}, {"learning_rate": 1.0}, {"loss": 1.5}])
+    assert [f.split(":")[0] for f in report.failures] == ["nan", "rising", "empty"]
+
+
+def test_the_gpu_recipe_uses_vllm_and_the_dry_run_recipe_what_a_cpu_has(tmp_path):
+    """Both recipes load (a typo in the GPU one would only surface on a GPU machine otherwise)."""
+    from tempa.recipes.loader import load_recipe
+
+    gpu_check = gpu_check_module()
+    for dry, backend in ((False, "vllm"), (True, "transformers")):
+        path = tmp_path / f"{backend}.yaml"
+        path.write_text(gpu_check.recipe_text(str(tmp_path), dry))
+        if not dry:
+            (tmp_path / "config.json").write_text("{}")  # base_model must exist as a folder
+        stages = {stage.name: stage for stage in load_recipe(path).stages}
+        assert stages["align"].backend.type == backend and stages["align"].rounds == 1
+        assert stages["sft"].kind == "sft"
+
+
+@pytest.mark.slow
+def test_dry_run_passes_on_cpu(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--dry-run", "--work-dir",
+                             str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    out = result.stdout
+    assert result.returncode == 0, out[-4000:] + result.stderr[-4000:]
+    assert "all checks passed" in out and "FAIL" not in out
+    assert "pip install --no-build-isolation -e" in out  # the install it would run, not run
+    for stage in ("sft", "align"):
+        assert re.search(rf"\[ok\] {stage}: loss decreases \(\d", out)
+        assert re.search(rf"{stage}: [\d,]+ tokens/s/GPU, MFU n/a", out)
+    assert re.search(r"gpu_mfu: cpu \(dry run\): [\d,]+ tokens/s/GPU, MFU \d", out)

@@ -1,0 +1,67 @@
+"""DeepSpeed's JIT-built CPU op: a stale torch_extensions lock is detected, a live one waited for, boundedly.
+
+The locks are crafted in a temporary TORCH_EXTENSIONS_DIR, the way torch's FileBaton leaves them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tempa.recipes import jit_ops
+from tempa.sft.stage_api import StageError
+
+log = logging.getLogger("tempa")
+
+
+@pytest.fixture()
+def op_dir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    folder = jit_ops.build_dir()
+    assert folder == tmp_path / "ext" / "deepspeed_shm_comm" and folder.is_dir()
+    return folder
+
+
+def _lock(folder: Path, age_s: float) -> Path:
+    lock = folder / "lock"
+    lock.touch()
+    then = time.time() - age_s
+    os.utime(lock, (then, then))
+    return lock
+
+
+def test_a_lock_left_by_a_killed_build_is_stale_and_removed(op_dir, caplog) -> None:
+    lock = _lock(op_dir, age_s=600)
+    (op_dir / "deepspeed_shm_comm.so").write_bytes(b"")  # built earlier: nothing to build now
+    with caplog.at_level("WARNING", logger="tempa"):
+        jit_ops.ensure_shm_op(log, op_dir / "build.log", timeout_s=5)
+    assert not lock.exists() and "removed a stale build lock" in caplog.text
+
+
+def test_a_lock_that_is_young_or_worked_under_is_not_stale(op_dir) -> None:
+    _lock(op_dir, age_s=1)
+    assert not jit_ops.lock_is_stale(op_dir)  # the build may not have started its compiler yet
+    _lock(op_dir, age_s=600)
+    compiler = subprocess.Popen(["sleep", "30"], cwd=op_dir)  # ninja and the compiler run in the build folder
+    try:
+        assert not jit_ops.lock_is_stale(op_dir)
+    finally:
+        compiler.kill()
+        compiler.wait()
+    assert jit_ops.lock_is_stale(op_dir)
+
+
+def test_waiting_on_a_live_lock_is_bounded_with_a_clear_error(op_dir) -> None:
+    lock = _lock(op_dir, age_s=0)
+    started = time.monotonic()
+    with pytest.raises(StageError) as err:
+        jit_ops.wait_for_lock(op_dir, timeout_s=1, log=log)
+    assert time.monotonic() - started < 10
+    message = str(err.value)
+    assert str(lock) in message and "TEMPA_JIT_BUILD_TIMEOUT_S=1" in message and "\n" not in message
+    assert lock.exists()  # a live build's lock is never taken away

@@ -1,0 +1,139 @@
+"""The Modelfile's TEMPLATE, rendered by Go's text/template exactly as Ollama drives it, against the Jinja
+template's text.
+
+tests/ollama/render.go ports what Ollama does with a chat request (its template functions, collate, the
+message, tool-call and tool types, the Values of Execute, and thinking.InferTags); Go comes from Debian's
+golang-go, which the README's test command installs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tempa.chat_templates import TemplateDefaults, load_template, render_text, with_defaults
+from tempa.chat_templates.probes import WEATHER_TOOL
+from tempa.chat_templates.thinking import THINK_TAGS
+from tempa.merge.ollama_template import ollama_template
+
+TEMPLATES = ("llama3_thinking", "chatml_thinking")
+CALL = {"function": {"name": "get_weather", "arguments": {"city": "Huế"}}}
+# Conversations as an Ollama client sends them (reasoning in `thinking`, as Ollama returns it).
+CONVERSATIONS: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]] | None]] = {
+    "system once, history reasoning dropped": ([
+        {"role": "system", "content": "Jawab singkat."},
+        {"role": "user", "content": "Ibu kota Thailand?"},
+        {"role": "assistant", "content": "Bangkok.", "thinking": "Soal geografi."},
+        {"role": "user", "content": "Dan Vietnam?"},
+    ], None),
+    "tool loop with reasoning and text beside the call": ([
+        {"role": "system", "content": "Dùng công cụ khi cần."},
+        {"role": "user", "content": "Thời tiết ở Huế?"},
+        {"role": "assistant", "content": "Để tôi kiểm tra.", "thinking": "Gọi công cụ thời tiết.", "tool_calls": [CALL]},
+        {"role": "tool", "content": "30C", "tool_name": "get_weather"},
+    ], [WEATHER_TOOL]),
+    "second loop after a finished one": ([
+        {"role": "user", "content": "Thời tiết ở Huế?"},
+        {"role": "assistant", "content": "", "thinking": "Gọi công cụ.", "tool_calls": [CALL]},
+        {"role": "tool", "content": "30C"},
+        {"role": "assistant", "content": "Huế 30°C.", "thinking": "30 độ."},
+        {"role": "user", "content": "Còn Đà Nẵng?"},
+        {"role": "assistant", "content": "", "thinking": "Lại gọi.",
+         "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Đà Nẵng", "unit": "C"}}}]},
+        {"role": "tool", "content": "31C"},
+    ], [WEATHER_TOOL]),
+}
+# ChatML only: parallel calls and their results grouped in one user turn.
+PARALLEL = ([
+    {"role": "user", "content": "Huế và Đà Nẵng?"},
+    {"role": "assistant", "content": "", "tool_calls": [CALL, {"function": {"name": "get_weather",
+                                                                            "arguments": {"city": "Đà Nẵng"}}}]},
+    {"role": "tool", "content": "30C"},
+    {"role": "tool", "content": "31C"},
+], [WEATHER_TOOL])
+
+
+@pytest.fixture(scope="session")
+def go_renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    go = shutil.which("go")
+    if go is None:
+        pytest.fail("the Ollama template test needs Go (Debian: apt-get install golang-go; the README's test "
+                    "command installs it)")
+    folder = tmp_path_factory.mktemp("ollama")
+    out, source = folder / "render", Path(__file__).parent / "ollama" / "render.go"
+    env = {**os.environ, "GO111MODULE": "auto", "GOFLAGS": ""}
+    if not (env.get("HOME") or env.get("XDG_CACHE_HOME") or env.get("GOCACHE")):
+        env["GOCACHE"] = str(folder / "go-cache")  # go needs a build cache; CI may have no home
+    subprocess.run([go, "build", "-o", str(out), str(source)], check=True, cwd=source.parent, env=env)
+    return out
+
+
+def _ollama(renderer: Path, template: str, messages: list[dict], tools: list[dict] | None, think: bool | None) -> dict:
+    payload = {"template": template, "messages": messages, "tools": tools, "think": think}
+    result = subprocess.run([str(renderer)], input=json.dumps(payload), capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _as_jinja(messages: list[dict]) -> list[dict]:
+    out = []
+    for message in messages:
+        turn = {"role": message["role"], "content": message["content"]}
+        if message.get("thinking"):
+            turn["reasoning_content"] = message["thinking"]
+        if message.get("tool_calls"):
+            turn["tool_calls"] = [{"type": "function", "function": call["function"]} for call in message["tool_calls"]]
+        out.append(turn)
+    return out
+
+
+def _cases():
+    for name in TEMPLATES:
+        conversations = dict(CONVERSATIONS)
+        if name == "chatml_thinking":
+            conversations["parallel calls, grouped results"] = PARALLEL
+        for case in conversations:
+            for default in ("on", "off"):
+                yield pytest.param(name, case, default, id=f"{name}-{case}-default {default}")
+
+
+@pytest.mark.parametrize(("template_name", "case", "default"), list(_cases()))
+def test_modelfile_template_renders_as_the_jinja_template(
+    go_renderer: Path, template_name: str, case: str, default: str
+) -> None:
+    jinja = with_defaults(load_template(template_name), TemplateDefaults(thinking_mode=default))
+    go = ollama_template(jinja)
+    messages, tools = CONVERSATIONS.get(case) or PARALLEL
+    for think in (None, True, False):
+        out = _ollama(go_renderer, go, messages, tools, think)
+        mode = {None: {}, True: {"thinking_mode": "on"}, False: {"thinking_mode": "off"}}[think]
+        expected = render_text(jinja, _as_jinja(messages), tools=tools, add_generation_prompt=True, **mode)
+        # Tool definitions are the one part Go writes differently (compact JSON, Ollama's field order): the
+        # same objects, checked as JSON, then swapped in.
+        prompt = out["prompt"]
+        for tool, written in zip(tools or [], out["tools_json"], strict=True):
+            assert json.loads(written) == tool
+            ours = json.dumps(tool, ensure_ascii=False, indent=4 if template_name == "llama3_thinking" else None)
+            prompt = prompt.replace(written, ours)
+        assert prompt == expected, think
+        # Ollama sees the thinking tags, so it offers `think` for this model and parses the reasoning out.
+        assert tuple(out["thinking_tags"]) == THINK_TAGS
+        system = next((m["content"] for m in messages if m["role"] == "system"), None)
+        if system:
+            assert out["prompt"].count(system) == 1
+
+
+def test_ollama_think_switch_and_default() -> None:
+    """The switch decides the prefill; without it, the baked default does (read from the Go source, for the
+    part no conversation above shows: which constant the default is)."""
+    for default, constant in (("on", "true"), ("off", "false")):
+        jinja = with_defaults(load_template("llama3_thinking"), TemplateDefaults(thinking_mode=default))
+        assert ollama_template(jinja).startswith(f"{{{{- $think := {constant} }}}}{{{{ if .IsThinkSet }}}}")
+    with pytest.raises(ValueError, match="no Ollama template"):
+        ollama_template("{{ messages }}<end_of_turn>")

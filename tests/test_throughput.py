@@ -1,0 +1,211 @@
+"""What the user sees while a stage trains (tempa.sft.throughput): tokens/s, MFU, padding, ETA.
+
+Real short trainings on the tiny model; every number the meter logs is checked against an
+independent count (the batches the data collator produced, the dataset's own lengths, the
+model's shape, the clock), not just for being there.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from sft_helpers import prepared_rows
+from tempa.sft.throughput import ThroughputMeter, add_throughput_callbacks
+from tempa.sft.throughput_summary import format_eta, peak_flops
+
+PEAK = 1e12  # a nominal peak, so the CPU run reports an MFU to check
+
+
+class Clock(TrainerCallback):
+    """Runs after the meter (like a tracker): what it was given, when, and how long each step took."""
+
+    def __init__(self) -> None:
+        self.logs: list[tuple[float, int, dict[str, Any]]] = []
+        self.step_seconds = 0.0
+        self.started = self._step = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_seconds += time.perf_counter() - self._step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append((time.perf_counter() - self.started, state.global_step, dict(logs)))
+
+
+class CollatedBatches:
+    """Wraps the trainer's data collator and keeps every batch it produced (the independent count)."""
+
+    def __init__(self, collator: Any) -> None:
+        self.collator, self.batches = collator, []
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        self.batches.append({k: v.clone() for k, v in batch.items() if isinstance(v, torch.Tensor)})
+        return batch
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory, tiny_model_dir):
+    return prepared_rows(tmp_path_factory.mktemp("throughput"), tiny_model_dir, n=8, seed=2)
+
+
+def sft_run(model_dir: Path, rows: Any, out: Path, **train: Any):
+    from trl import SFTConfig, SFTTrainer
+
+    from tempa.sft.config import DEFAULT_TRAIN_ARGS
+    from tempa.sft.train_plan import TrainPlan
+    from tempa.sft.train_worker import trl_config_kwargs
+
+    dataset, tokenizer = rows
+    args = {**DEFAULT_TRAIN_ARGS, "max_length": 512, "logging_steps": 2, "save_strategy": "steps", "save_steps": 3,
+            "dataloader_num_workers": 0, "report_to": ["tensorboard"], **train}
+    config = SFTConfig(**{**trl_config_kwargs(TrainPlan.standalone(model_dir, out, args)), "assistant_only_loss": False})
+    trainer = SFTTrainer(model=str(model_dir), args=config, train_dataset=dataset, processing_class=tokenizer)
+    batches = CollatedBatches(trainer.data_collator)
+    trainer.data_collator = batches
+    add_throughput_callbacks(trainer, ThroughputMeter(peak=PEAK))
+    clock = Clock()
+    trainer.add_callback(clock)
+    started = time.perf_counter()
+    trainer.train()
+    return trainer, clock, batches.batches, time.perf_counter() - started
+
+
+def document_lengths(batch: dict[str, torch.Tensor]) -> list[int]:
+    if "attention_mask" in batch:
+        return batch["attention_mask"].sum(-1).tolist()
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+    return [b - a for a, b in itertools.pairwise([*starts, batch["position_ids"].shape[1]])]
+
+
+def expected_flops(model: Any, lengths: list[int]) -> float:
+    """Model FLOPs of training on documents of ``lengths``, from the Llama shape (not from the meter's code)."""
+    c = model.config
+    h, i, layers, heads, kv = (c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
+                               c.num_key_value_heads)
+    d = c.head_dim
+    layer = h * heads * d + 2 * h * kv * d + heads * d * h + 3 * h * i + 2 * h  # q, k, v, o, SwiGLU, 2 norms
+    matmul = layers * layer + h + c.vocab_size * h  # + final norm + LM head (the input embedding is a lookup)
+    tokens = sum(lengths)
+    return 6 * matmul * tokens + 6 * layers * heads * d * sum(n * (n + 1) for n in lengths)
+
+
+@pytest.mark.parametrize("packing", [True, False], ids=["packed", "padded"])
+def test_logged_throughput_matches_the_tokens_trained_and_the_time_taken(tmp_path, tiny_model_dir, rows, capsys,
+                                                                         packing):
+    train = {"packing": packing, "per_device_train_batch_size": 4, "max_steps": 4}
+    trainer, clock, batches, wall = sft_run(tiny_model_dir, rows, tmp_path, **train)
+    history = trainer.state.log_history
+    windows = [entry for entry in history if "loss" in entry]
+    summary = next(entry for entry in history if "train_runtime" in entry)
+    assert len(batches) == 4 and len(windows) == 2
+
+    # tokens and padding: what the collator handed the model
+    real = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batches)
+    positions = sum(b["input_ids"].numel() for b in batches)
+    assert summary["train_tokens"] == real
+    assert summary["train_padding_fraction"] == pytest.approx(1 - real / positions, abs=1e-6)
+    assert (summary["train_padding_fraction"] == 0) == packing  # padding-free packing vs padded batches
+    per_window = [batches[2 * k:2 * k + 2] for k in range(2)]  # logging_steps 2, one batch per step
+    lengths = [[n for b in window_batches for n in document_lengths(b)] for window_batches in per_window]
+    for window, window_batches, window_lengths in zip(windows, per_window, lengths, strict=True):
+        window_positions = sum(b["input_ids"].numel() for b in window_batches)
+        assert window["padding_fraction"] == pytest.approx(1 - sum(window_lengths) / window_positions, abs=1e-6)
+
+    # tokens/s: the windows' seconds add up to the run's, and lie between the steps' own time and the wall time
+    seconds = [sum(window_lengths) / window["tokens_per_s"] for window, window_lengths in zip(windows, lengths,
+                                                                                                strict=True)]
+    assert sum(seconds) == pytest.approx(real / summary["train_tokens_per_s"], rel=1e-3)
+    assert 0.99 * clock.step_seconds <= sum(seconds) <= wall
+
+    # MFU: the same seconds, with the FLOPs of these documents on this model shape
+    for window, window_seconds, window_lengths in zip(windows, seconds, lengths, strict=True):
+        flops = expected_flops(trainer.model, window_lengths)
+        assert window["mfu"] == pytest.approx(flops / window_seconds / PEAK, rel=1e-3)
+
+    # ETA: wall seconds per step so far times the steps left, at the moment of each log
+    for at, step, logs in clock.logs:
+        if "eta_s" in logs:
+            expected = at / step * (4 - step)
+            assert logs["eta_s"] == pytest.approx(expected, rel=0.05, abs=0.2)
+
+    # the progress line shows the logged numbers; the tracker (TensorBoard) and log_history got them too
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[tempa] step")]
+    assert len(printed) == 2
+    for line, window in zip(printed, windows, strict=True):
+        assert f"{window['tokens_per_s']:,.0f} tok/s" in line and f"MFU {100 * window['mfu']:.1f}%" in line
+        assert f"padding {100 * window['padding_fraction']:.1f}%" in line
+    for line, window in zip(printed[:-1], windows[:-1], strict=True):
+        assert re.search(r"eta \d+:\d\d:\d\d", line) and f"eta {format_eta(window['eta_s'])}" in line
+    tracked = [logs for _, _, logs in clock.logs if "loss" in logs]
+    assert [t["tokens_per_s"] for t in tracked] == [w["tokens_per_s"] for w in windows]
+    tensorboard_scalars(tmp_path, "train/tokens_per_s", expect=len(windows))
+
+
+def tensorboard_scalars(folder: Path, tag: str, *, expect: int) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = sorted(folder.rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert len(acc.Scalars(tag)) == expect and all(s.value > 0 for s in acc.Scalars(tag))
+
+
+def test_dpo_counts_both_sequences_of_every_pair(tmp_path, tiny_model_dir):
+    """The preference stage's trainer: real tokens are prompt + chosen and prompt + rejected, padding the rest."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from tempa.chat_templates import load_template
+    from tempa.sft.train_plan import TrainPlan
+    from tempa.sft.train_worker import trl_config_kwargs
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = load_template("llama3_thinking")
+    words = ["satu", "dua", "tiga", "empat"]
+    pairs = Dataset.from_list([{
+        "prompt": [{"role": "user", "content": f"Ulangi {' '.join(words[:1 + i % 4])}"}],
+        "chosen": [{"role": "assistant", "content": " ".join(words[: 1 + i % 4])}],
+        "rejected": [{"role": "assistant", "content": "tidak " * (1 + 2 * i)}],
+    } for i in range(4)])
+    args = {"max_steps": 3, "per_device_train_batch_size": 4, "logging_steps": 2, "save_strategy": "no",
+            "max_length": 512, "report_to": "none", "dataloader_num_workers": 0, "learning_rate": 1e-4}
+    plan = TrainPlan.standalone(tiny_model_dir, tmp_path, args, trainer="dpo")
+    trainer = DPOTrainer(model=str(tiny_model_dir), args=DPOConfig(**trl_config_kwargs(plan)), train_dataset=pairs,
+                         processing_class=tokenizer)
+    add_throughput_callbacks(trainer, ThroughputMeter(peak=PEAK, reference_forward=True))
+    trainer.train()
+    data = trainer.train_dataset
+    sequences = [len(p) + len(c) for p, c in zip(data["prompt_ids"], data["chosen_ids"], strict=True)] + [
+        len(p) + len(r) for p, r in zip(data["prompt_ids"], data["rejected_ids"], strict=True)]
+    summary = next(entry for entry in trainer.state.log_history if "train_runtime" in entry)
+    assert summary["train_tokens"] == 3 * sum(sequences)  # three steps over all 4 pairs; the third is not logged
+    padding = 1 - sum(sequences) / (len(sequences) * max(sequences))
+    assert summary["train_padding_fraction"] == pytest.approx(padding, abs=1e-6)
+    # each padded row is one sequence; the frozen reference model's forward adds a third to fwd + bwd
+    seconds = summary["train_tokens"] / summary["train_tokens_per_s"]
+    flops = 4 / 3 * 3 * expected_flops(trainer.model, sequences)
+    assert summary["train_mfu"] == pytest.approx(flops / seconds / PEAK, rel=1e-3)
+
+
+def test_device_peaks_and_eta_format():
+    assert peak_flops("NVIDIA H100 80GB HBM3") == pytest.approx(989.4e12)
+    assert peak_flops("NVIDIA H100 PCIe") == pytest.approx(756e12)
+    assert peak_flops("NVIDIA A100-SXM4-80GB") == pytest.approx(312e12)
+    assert peak_flops("Some future accelerator") is None
+    assert [format_eta(s) for s in (0, 59.6, 3599, 3600 * 27 + 61)] == ["0:00:00", "0:01:00", "0:59:59", "27:01:01"]

@@ -1,0 +1,68 @@
+"""The cached spec of trl's config classes validates exactly as the classes' own annotations do."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import typing
+
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from tempa.sft.train_args import UNKNOWN, _build_spec, _decode, train_arg_spec
+
+PROBES = [1, -3, 2.5, "adamw_torch", "steps", "x", True, None, [1, "a"], ["a"], {"a": 1}, {"a": "b"}]
+
+
+def _accepts(adapter: TypeAdapter, value) -> bool:
+    try:
+        adapter.validate_python(value)
+        return True
+    except ValidationError:
+        return False
+
+
+@pytest.mark.parametrize("name", ["SFTConfig", "DPOConfig"])
+def test_spec_accepts_and_refuses_what_the_annotations_do(name: str) -> None:
+    import trl
+
+    config_cls = getattr(trl, name)
+    spec = _build_spec(config_cls)
+    hints = typing.get_type_hints(config_cls)
+    compared = 0
+    for field in dataclasses.fields(config_cls):
+        if not field.init:
+            continue
+        if UNKNOWN in json.dumps(spec.fields[field.name]):
+            continue  # transformers' own classes: left to trl when training starts, as documented
+        original = TypeAdapter(hints[field.name])
+        cached = TypeAdapter(_decode(spec.fields[field.name]))
+        for value in PROBES:
+            assert _accepts(cached, value) == _accepts(original, value), (field.name, value)
+        compared += 1
+    assert compared > 100
+
+
+def test_a_train_error_is_reported_from_the_cached_spec_without_importing_trl(tmp_path) -> None:
+    train_arg_spec("trl:SFTConfig")  # written to this session's cache (once per trl/transformers version)
+    (tmp_path / "rows.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: t\nbase_model: tempa:tiny\nstages:\n  - {name: s, kind: sft, data: {sources: "
+                      "[{name: r, path: rows.jsonl}]}, train: {lerning_rate: 1.0e-3, lr_scheduler_type: cosine}}\n")
+    child = (
+        "import sys\n"
+        "from tempa.recipes.errors import RecipeError\n"
+        "from tempa.recipes.loader import load_recipe\n"
+        "try:\n"
+        f"    load_recipe({str(recipe)!r})\n"
+        "except RecipeError as exc:\n"
+        "    print(exc)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines() == [
+        f"{recipe}:4: stages[0].train.lerning_rate (stage 's'): is not a SFTConfig field; did you mean 'learning_rate'?",
+        "[]",
+    ], done.stderr[-2000:]

@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from tempa.chat_templates.thinking import THINK_TAGS, ThinkingMode
-from tempa.merge.language import default_also_accept
 from tempa.sft import language
 from tempa.sft.stage_api import Artifact, Read, StageConfigBase, resolve_path
 
@@ -66,7 +65,7 @@ class AccuracySuite(_GenerationSuite):
     rel_tol: float = Field(default=1e-6, ge=0, description="Relative tolerance of the numeric match.")
 
 
-class LanguageSuite(_GenerationSuite):
+class LanguageSuite(_GenerationSuite, language.LanguageRules):
     """Share of answers in the target language, and SEA-IFEval's language-normalised accuracy.
 
     Correctness comes from the row's `answer` (numeric/text match) and/or `instructions`
@@ -81,21 +80,11 @@ class LanguageSuite(_GenerationSuite):
         default=None,
         description="Restrict detection to these codes (e.g. [en, id, vi, th, ta]); default: all py3langid knows.",
     )
-    also_accept: dict[str, list[str]] = Field(
-        default_factory=default_also_accept,
-        description="Codes counted as the same language as the key, both ways (default: {id: [ms], zh: [yue, wuu]}, "
-        "which the detector confuses; {} for none).",
-    )
 
     @field_validator("languages")
     @classmethod
     def _known(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else language.check_codes(value)
-
-    @field_validator("also_accept")
-    @classmethod
-    def _known_aliases(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        return {language.check_codes([code])[0]: language.check_codes(others) for code, others in value.items()}
 
 
 class ThinkingFormatSuite(_DataSuite):

@@ -9,26 +9,21 @@ minimum length all come from :mod:`tempa.sft.language`; an answer with too littl
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from tempa.sft import language
 from tempa.sft.language import Detection
-
-
-def default_also_accept() -> dict[str, list[str]]:
-    """:data:`tempa.sft.language.EQUIVALENT` as a suite's ``also_accept`` mapping ({id: [ms], ...})."""
-    return {group[0]: list(group[1:]) for group in language.EQUIVALENT}
 
 
 def language_scores(
     detected: Sequence[Detection],
     targets: Sequence[str],
     correct: Sequence[bool | None],
-    also_accept: Mapping[str, Sequence[str]],
+    equivalent: Sequence[Sequence[str]] = language.EQUIVALENT,
 ) -> dict[str, float]:
     """Share of answers in their target language, and language-normalised accuracy.
 
-    ``also_accept`` maps a code to codes counted as the same language (both ways). ``correct[i]``
+    ``equivalent`` groups codes that count as one language. ``correct[i]``
     is None for rows with nothing verifiable; they count toward the language share only.
     Metrics: ``language_share`` (over the answers whose language could be determined; absent
     when none could), per-language ``language_share:<code>``, ``language:undetermined`` (share of
@@ -39,8 +34,7 @@ def language_scores(
         raise ValueError("detected, targets and correct must have the same length")
     if not detected:
         return {}
-    groups = [(code, *others) for code, others in also_accept.items()]
-    verdicts = [d.is_in(language.accepted([t], groups)) for d, t in zip(detected, targets, strict=True)]
+    verdicts = [d.is_in(language.accepted([t], equivalent)) for d, t in zip(detected, targets, strict=True)]
     scores: dict[str, float] = {"language:undetermined": sum(v is None for v in verdicts) / len(verdicts)}
     scores.update(_share("language_share", verdicts))
     verifiable = [(ok, v, t) for ok, v, t in zip(correct, verdicts, targets, strict=True) if ok is not None]

@@ -147,9 +147,9 @@ class CandidateScorer:
         detected, correct = [], []
         for row, text in zip(rows, texts, strict=True):
             answer = self.answer(text)
-            detected.append(detect_language(answer, suite.languages))
+            detected.append(detect_language(answer, suite.languages, min_letters=suite.min_letters))
             correct.append(row_correct(suite.key, row, answer))
-        return language_scores(detected, targets, correct, suite.also_accept)  # type: ignore[arg-type]
+        return language_scores(detected, targets, correct, suite.equivalent)
 
     def thinking(self, suite: ThinkingFormatSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
         prompts = [prompt_messages(row) for row in rows]

@@ -203,7 +203,8 @@ def test_status_and_a_bad_recipe_answer_without_importing_torch(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / "sft").mkdir(parents=True)
     (run_dir / "recipe.resolved.yaml").write_text("name: x\nbase_model: tempa:tiny\nstages: [{name: sft, kind: sft}]\n")
-    (run_dir / "sft" / "manifest.json").write_text('{"name": "sft", "kind": "sft", "status": "failed", "error": "boom"}')
+    (run_dir / "sft" / "manifest.json").write_text('{"name": "sft", "kind": "sft", "status": "failed", "error": "boom", '
+                                                    '"fingerprint": "f", "started_at": 0}')
     bad = tmp_path / "bad.yaml"  # wrong only in its data path; its `train:` block needs trl to check
     bad.write_text("name: x\nbase_model: tempa:tiny\nstages:\n  - {name: s, kind: sft, data: {sources: "
                    "[{name: r, path: nope.jsonl}]}, train: {learning_rate: 1.0e-3}}\n")

@@ -405,7 +405,7 @@ def test_lm_head_memory_follows_trls_chunked_kernel_and_liger_is_planned_on(tmp_
 
     from tempa.recipes.estimate import logits_bytes, resolve_shape
 
-    shape, _ = resolve_shape("meta-llama/Llama-3.1-8B-Instruct")  # tempa's copy of its config
+    shape, _ = resolve_shape("aisingapore/Llama-SEA-LION-v3-8B-IT")  # tempa's copy of its config (Llama 3.1 8B)
     assert shape is not None
     tokens = 16384
     fused, unfused = logits_bytes(shape, tokens), logits_bytes(shape, tokens, fused=False)
@@ -415,7 +415,7 @@ def test_lm_head_memory_follows_trls_chunked_kernel_and_liger_is_planned_on(tmp_
     assert logits_bytes(shape, TOKEN_CHUNK_SIZE // 2) < logits_bytes(shape, TOKEN_CHUNK_SIZE)  # a smaller tile
 
     stages = default_and_changed("{use_liger_kernel: false}")
-    on, off = estimate_recipe(load_recipe(write_recipe(tmp_path, "meta-llama/Llama-3.1-8B-Instruct", stages)), "8xH100")
+    on, off = estimate_recipe(load_recipe(write_recipe(tmp_path, "aisingapore/Llama-SEA-LION-v3-8B-IT", stages)), "8xH100")
     micro = on.micro_batch_tokens
     assert (off.memory.activations - on.memory.activations) * GIB == pytest.approx(2 * shape.intermediate_size * micro)
     note = next(n for n in on.notes if n.startswith("LM head + loss"))

@@ -22,7 +22,7 @@ from tempa.merge.answers import (
     thinking_on_compliant,
 )
 from tempa.merge.ifeval import count_bullets, count_sentences, count_words, ifeval_scores, parse_instructions
-from tempa.merge.language import default_also_accept, language_scores
+from tempa.merge.language import language_scores
 from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, read_leaderboard
 from tempa.sft.language import Detection
 from tempa.sft.language import detect as detect_language
@@ -121,7 +121,7 @@ def test_language_normalised_accuracy():
         detected=[found("id"), found("en"), found("id"), found("vi"), found("en"), detect_language("42 + 7")],
         targets=["id", "id", "id", "vi", "en", "th"],
         correct=[True, True, False, None, True, True],
-        also_accept={},
+        equivalent=[],
     )
     # Row 2 is correct but in English for an Indonesian prompt: a failure once normalised.
     # Row 6 ("42 + 7") is too short to tell: not counted as the wrong language, nor in the share.
@@ -135,10 +135,10 @@ def test_language_normalised_accuracy():
     assert "language_share:th" not in scores and scores["normalized_accuracy:th"] == 1.0
     # Equivalent codes count both ways; the suite's default accepts Malay for Indonesian.
     for detected, target in (("ms", "id"), ("id", "ms")):
-        assert language_scores([found(detected)], [target], [True], {"id": ["ms"]})["normalized_accuracy"] == 1.0
-        assert language_scores([found(detected)], [target], [True], {})["normalized_accuracy"] == 0.0
-    assert language_scores([found("ms")], ["id"], [True], default_also_accept())["language_share"] == 1.0
-    assert language_scores([found("tl")], ["fil"], [True], {})["language_share"] == 1.0  # one language, two codes
+        assert language_scores([found(detected)], [target], [True], [["id", "ms"]])["normalized_accuracy"] == 1.0
+        assert language_scores([found(detected)], [target], [True], [])["normalized_accuracy"] == 0.0
+    assert language_scores([found("ms")], ["id"], [True])["language_share"] == 1.0  # id~ms by default
+    assert language_scores([found("tl")], ["fil"], [True], [])["language_share"] == 1.0  # one language, two codes
 
 
 def test_language_suite_checks_codes_at_load(tmp_path):
@@ -146,7 +146,7 @@ def test_language_suite_checks_codes_at_load(tmp_path):
     suite = {"type": "language", "data": rows}
     with pytest.raises(ValidationError, match="did you mean 'tgl'"):
         EvaluateStageConfig.model_validate(
-            {"name": "e", "kind": "evaluate", "suites": [{**suite, "also_accept": {"tl": ["tagalog"]}}]}
+            {"name": "e", "kind": "evaluate", "suites": [{**suite, "equivalent": [["tl", "tagalog"]]}]}
         )
     config = EvaluateStageConfig.model_validate(
         {"name": "e", "kind": "evaluate", "suites": [{**suite, "languages": ["fil", "ind_Latn", "en"]}]}
@@ -382,7 +382,7 @@ def test_evaluate_stage_scores_checkpoints_into_a_leaderboard(tmp_path, tiny_mod
                     "type": "language",
                     "data": math_rows,
                     "languages": ["id", "en", "ms"],
-                    "also_accept": {"id": ["ms"]},
+                    "equivalent": [["id", "ms"]],
                 },
                 {"type": "thinking", "data": math_rows},
                 {"type": "ifeval", "data": if_rows},

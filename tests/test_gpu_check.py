@@ -41,7 +41,9 @@ def test_the_gpu_recipe_uses_vllm_and_the_dry_run_recipe_what_a_cpu_has(tmp_path
         path = tmp_path / f"{backend}.yaml"
         path.write_text(gpu_check.recipe_text(str(tmp_path), dry))
         if not dry:
-            (tmp_path / "config.json").write_text("{}")  # base_model must exist as a folder
+            (tmp_path / "config.json").write_text("{}")  # base_model must exist as a folder with safetensors
+            for name in ("model.safetensors", "tokenizer.json"):
+                (tmp_path / name).write_bytes(b"")
         stages = {stage.name: stage for stage in load_recipe(path).stages}
         assert stages["align"].backend.type == backend and stages["align"].rounds == 1
         assert stages["sft"].kind == "sft"

@@ -369,7 +369,7 @@ def test_mergekit_options_are_mergekits_own():
 
     options = mergekit_options(validate(num_threads=2, async_write=True, out_shard_size="500M"), seed=7,
                                trust_remote_code=False)
-    assert (options.device, options.lazy_unpickle, options.num_threads, options.async_write) == ("cpu", True, 2, True)
+    assert (options.device, options.lazy_unpickle, options.num_threads, options.async_write) == ("cpu", False, 2, True)
     assert (options.out_shard_size, options.random_seed, options.copy_tokenizer) == (500_000_000, 7, False)
     assert mergekit_options(validate(cuda=True), seed=0, trust_remote_code=False).device == "cuda"
     with pytest.raises(ValidationError, match=r"options\.num_thread: not a mergekit MergeOptions field \(did you mean "

@@ -356,7 +356,7 @@ def test_a_line_that_is_not_utf8_is_a_reject_and_a_bom_is_no_broken_row(tmp_path
     details = {r["detail"] for r in rejects(tmp_path)}
     assert details == {"line 3: invalid UTF-8 (byte 0xff at column 31)",
                        "line 5: not valid JSON (Expecting property name enclosed in double quotes, column 2)"}
-    assert prepared.stats["sources"]["r"]["rows_in"] == 7
+    assert prepared.mix.sources[0].rows_in == 7
 
 
 @pytest.mark.parametrize("content", [b"", b"\n\n  \n", b"\xef\xbb\xbf"])

@@ -9,6 +9,7 @@ from test_alignment_fakes import FakeOpenAI, chat_response, last_user
 
 from stage_helpers import make_context
 from tempa.alignment import PreferenceStageConfig, run_preference
+from tempa.sft.train_plan import TrainPlan
 
 REWRITES = {
     "What is 2 + 3?": ("en", "5", "The answer is 5, since two plus three makes five."),
@@ -16,13 +17,15 @@ REWRITES = {
 }
 
 
+PLANS: list[TrainPlan] = []
+
+
 def fake_training(module: str, args: list[str], log_file: Path) -> None:
     """Stands in for the DPO worker: writes the final model marker the stage waits for."""
-    plan = json.loads(Path(args[1]).read_text())
-    final = Path(plan["final_dir"])
-    final.mkdir(parents=True)
-    (final / "tempa_train_metrics.json").write_text(json.dumps({"global_step": 1, "train": {"train_loss": 0.5}}))
-    fake_training.plans.append(plan)  # type: ignore[attr-defined]
+    plan = TrainPlan.read(Path(args[1]))
+    plan.final_dir.mkdir(parents=True)
+    (plan.final_dir / "tempa_train_metrics.json").write_text(json.dumps({"global_step": 1, "train": {"train_loss": 0.5}}))
+    PLANS.append(plan)
 
 
 def test_rewrites_of_the_worst_samples_become_the_chosen_side(tmp_path, tiny_model_dir):
@@ -38,7 +41,7 @@ def test_rewrites_of_the_worst_samples_become_the_chosen_side(tmp_path, tiny_mod
         question = next(q for q in REWRITES if q in instruction)
         return chat_response([REWRITES[question][2]])
 
-    fake_training.plans = []  # type: ignore[attr-defined]
+    PLANS.clear()
     ctx = make_context(tmp_path / "run", "align", start_model=tiny_model_dir, tokenizer_dir=tmp_path / "tok",
                        chat_template="", launch=fake_training)
     with FakeOpenAI(reply) as server:
@@ -65,4 +68,4 @@ def test_rewrites_of_the_worst_samples_become_the_chosen_side(tmp_path, tiny_mod
         # the reviser was shown that worst sample
         assert any(worst_text in last_user(b) and question in last_user(b) for b in server.requests)
     assert len(server.requests) == 2
-    assert fake_training.plans[0]["train_data"].endswith("round-1/data/pairs")  # type: ignore[attr-defined]
+    assert PLANS[0].train_data.parts[-3:] == ("round-1", "data", "pairs")

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ EPILOG = """examples:
   tempa template check --tokenizer runs/demo/final      verify the chat template invariants
   tempa export gguf runs/demo/final --type q8_0         GGUF + Ollama Modelfile
   tempa report runs/demo                                HTML report: loss/reward curves, leaderboard
+  tempa schema > tempa-recipe.schema.json               JSON Schema of a recipe, for editors (--markdown: the reference)
 """
 
 
@@ -76,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="tiny: a 1,024-token BPE trained on the sample data; llama3: Meta's real Llama 3 "
                       "tokenizer (128,256 tokens, offline, from the llama-models package)")
     tiny.set_defaults(func=_cmd_tiny)
+
+    schema = sub.add_parser("schema", help="print the recipe JSON Schema (for editors), or the Markdown reference")
+    schema.add_argument("--markdown", action="store_true",
+                        help="the recipe reference as Markdown (what docs/recipe-reference.md holds)")
+    schema.set_defaults(func=_cmd_schema)
 
     report = sub.add_parser("report", help="write RUN_DIR/report/index.html: curves, leaderboard, merge, template")
     report.add_argument("run_dir", type=Path)
@@ -201,6 +208,14 @@ def _console():
     return console
 
 
+def _cmd_schema(args) -> int:
+    from tempa.recipes import reference
+
+    print(reference.markdown() if args.markdown else json.dumps(reference.json_schema(), indent=2), end="\n"
+          if not args.markdown else "")
+    return 0
+
+
 def _cmd_report(args) -> int:
     from tempa.recipes.report import write_report
 
@@ -252,7 +267,13 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a reader that went away is handled below, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader stopped (`tempa status | head`): stop quietly, as Unix tools do on SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (RecipeError, StageError, RunLockedError, NotARunDirError, FileExistsError) as exc:
         print(f"tempa: error: {exc}", file=sys.stderr)
         return 1

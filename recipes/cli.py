@@ -118,6 +118,9 @@ def _cmd_run(args) -> int:
     summary = run_recipe(loaded, run_dir, from_stage=args.from_stage, only=args.only)
     print(f"run complete: {summary.run_dir}")
     print(f"  ran: {', '.join(summary.ran) or '-'}; skipped: {', '.join(summary.skipped) or '-'}")
+    if summary.stale:
+        print(f"  stale: {', '.join(summary.stale)} (built on a stage --only re-ran; the final model is out of date "
+              "until a plain `tempa run` re-runs them)")
     if summary.final_model is not None:
         print(f"  final model: {summary.final_model}")
     return 0
@@ -148,12 +151,26 @@ def _cmd_plan(args) -> int:
         table.add_row(str(d.index + 1), d.name, d.kind, d.upstream or "base model", d.action, d.reason,
                       d.fingerprint[:12])
     console.print(table)
+    _print_train_args(console, loaded)
     if args.hardware:
         from tempa.recipes.estimate import render_estimate
 
         mfu = 0.4 if args.mfu is None else args.mfu
         console.print(render_estimate(loaded, args.hardware, mfu, run_dir=run_dir), markup=False)
     return 0
+
+
+def _print_train_args(console, loaded) -> None:
+    """Each training stage's effective trainer arguments: the recipe's `train:` over tempa's defaults."""
+    from tempa.recipes.registry import stage_kind
+
+    for config in loaded.stages:
+        if not stage_kind(config.kind).trains:
+            continue
+        own = getattr(config, "train", {})
+        args = ", ".join(f"{key}={json.dumps(value, default=str)}" + ("" if key in own else "*")
+                         for key, value in config.train_args().items())
+        console.print(f"[bold]training arguments of {config.name}[/bold] (* tempa's default): {args}")
 
 
 def _cmd_status(args) -> int:
@@ -177,6 +194,8 @@ def _cmd_status(args) -> int:
         metrics = ", ".join(f"{k}={format_metric(v)}" for k, v in list(row.metrics.items())[:5] if v is not None)
         if row.error:
             metrics = f"error: {row.error}"
+        if row.note:
+            metrics = f"{row.note}; {metrics}" if metrics else row.note
         table.add_row(row.name, row.kind, row.state, f"{seconds:.1f}s" if seconds else "-", metrics)
     _console().print(table)
     return 0

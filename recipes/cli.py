@@ -280,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from tempa.sft.line_progress import line_mode
+
+    stderr = sys.stderr
+    line_mode()  # a file or a pipe: progress bars (datasets, tqdm) as one line per interval
     _setup_logging(args.verbose)
     from tempa.recipes.rundir import NotARunDirError, RunLockedError
     from tempa.sft.stage_api import StageError
@@ -307,17 +311,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.stderr = stderr
 
 
 def _setup_logging(verbose: bool) -> None:
     from rich.console import Console
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False, markup=False)],
-    )
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False)
+        fmt = "%(message)s"
+    else:  # a file or a pipe: whole lines (rich would wrap them at 80 columns), timestamped
+        handler, fmt = logging.StreamHandler(sys.stderr), "%(asctime)s %(levelname)s %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, handlers=[handler])
     for noisy in ("httpx", "urllib3", "datasets", "filelock", "DeepSpeed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -292,6 +292,9 @@ def dpo_trainer(plan: TrainPlan, tokenizer, kernels: KernelChoice):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tempa.sft.line_progress import line_mode
+
+    line_mode()  # train.log gets one line per interval of the trainer's bars, not \r redraws
     plan = read_plan(argv)
 
     from transformers import AutoTokenizer

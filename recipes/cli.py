@@ -26,6 +26,7 @@ EPILOG = """examples:
   tempa template check --tokenizer runs/demo/final      verify the chat template invariants
   tempa export gguf runs/demo/final --type q8_0         GGUF + Ollama Modelfile
   tempa report runs/demo                                HTML report: loss/reward curves, leaderboard
+  tempa push runs/demo --repo ORG/NAME --dry-run        list what would go to the Hugging Face Hub
   tempa schema > tempa-recipe.schema.json               JSON Schema of a recipe, for editors (--markdown: the reference)
 """
 
@@ -87,6 +88,15 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write RUN_DIR/report/index.html: curves, leaderboard, merge, template")
     report.add_argument("run_dir", type=Path)
     report.set_defaults(func=_cmd_report)
+
+    push = sub.add_parser("push", help="upload a finished run's final model to the Hugging Face Hub")
+    push.add_argument("run_dir", type=Path)
+    push.add_argument("--repo", required=True, metavar="ORG/NAME", help="the model repo (created if missing)")
+    push.add_argument("--gguf", action="store_true", help="also upload the GGUF files and Ollama Modelfile")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--message", default=None, help="commit message")
+    push.add_argument("--dry-run", action="store_true", help="list the files that would go up; upload nothing")
+    push.set_defaults(func=_cmd_push)
 
     export = sub.add_parser("export", help="export a final model to another format")
     export_sub = export.add_subparsers(dest="format", metavar="FORMAT", required=True)
@@ -239,6 +249,21 @@ def _cmd_report(args) -> int:
     from tempa.recipes.report import write_report
 
     print(f"wrote {write_report(args.run_dir)}")
+    return 0
+
+
+def _cmd_push(args) -> int:
+    from tempa.recipes.push import push
+
+    files, url = push(args.run_dir, args.repo, include_gguf=args.gguf, private=args.private, dry_run=args.dry_run,
+                      message=args.message)
+    for f in files:
+        print(f"  {f.path_in_repo}  ({f.size:,} bytes)")
+    total = sum(f.size for f in files)
+    if url is None:
+        print(f"dry run: {len(files)} files, {total:,} bytes would go to {args.repo}")
+    else:
+        print(f"pushed {len(files)} files, {total:,} bytes: {url}")
     return 0
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -32,9 +33,9 @@ model_id = "path/to/this/folder"
 
 
 class FakeHub(BaseHTTPRequestHandler):
-    commits: list[dict] = []
-    repos: list[dict] = []
-    tokens: set[str] = set()
+    commits: ClassVar[list[dict]] = []
+    repos: ClassVar[list[dict]] = []
+    tokens: ClassVar[set[str]] = set()
 
     def log_message(self, *args):
         pass

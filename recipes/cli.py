@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="write RUN_DIR/report/index.html: curves, leaderboard, merge, template")
     report.add_argument("run_dir", type=Path)
+    report.add_argument("--no-samples", action="store_true",
+                        help="leave out the sample generations (each stage's model answering held-out prompts)")
     report.set_defaults(func=_cmd_report)
 
     push = sub.add_parser("push", help="upload a finished run's final model to the Hugging Face Hub")
@@ -99,10 +101,15 @@ def _parser() -> argparse.ArgumentParser:
     push.set_defaults(func=_cmd_push)
 
     export = sub.add_parser("export", help="export a final model to another format")
+    from tempa.merge.gguf_export import GGUF_TYPES, LLAMA_CPP_QUANTS, WRITTEN_TYPES
+
     export_sub = export.add_subparsers(dest="format", metavar="FORMAT", required=True)
     gguf = export_sub.add_parser("gguf", help="GGUF (llama.cpp, Ollama) with the chat template + an Ollama Modelfile")
-    gguf.add_argument("model_dir", type=Path, help="a final model folder, e.g. runs/demo/final")
-    gguf.add_argument("--type", dest="file_type", choices=["f16", "q8_0"], default="f16")
+    gguf.add_argument("model_dir", type=Path, help="a final model folder, e.g. runs/demo/final (or a .gguf file "
+                      "to quantise, e.g. from llama.cpp's convert_hf_to_gguf.py)")
+    gguf.add_argument("--type", dest="file_type", default="f16", metavar="TYPE", choices=GGUF_TYPES,
+                      help=f"{' | '.join(WRITTEN_TYPES)} (written by tempa) | {' '.join(LLAMA_CPP_QUANTS)} "
+                      "(llama.cpp's own quantiser; needs the serving extra)")
     gguf.add_argument("--out", type=Path, default=None, help="output .gguf path (default: inside MODEL_DIR)")
     gguf.set_defaults(func=_cmd_export_gguf)
 
@@ -248,7 +255,7 @@ def _cmd_schema(args) -> int:
 def _cmd_report(args) -> int:
     from tempa.recipes.report import write_report
 
-    print(f"wrote {write_report(args.run_dir)}")
+    print(f"wrote {write_report(args.run_dir, samples=not args.no_samples)}")
     return 0
 
 
@@ -271,8 +278,11 @@ def _cmd_export_gguf(args) -> int:
     from tempa.merge.gguf_export import export_gguf
 
     result = export_gguf(args.model_dir, args.out, file_type=args.file_type)
-    print(f"wrote {result.gguf_path} ({result.tensor_count} tensors, {result.file_type})")
-    print(f"wrote {result.modelfile_path} (ollama create NAME -f {result.modelfile_path})")
+    types = f"; by type: {', '.join(f'{k} {v}' for k, v in sorted(result.tensor_types.items()))}" \
+        if result.tensor_types else ""
+    print(f"wrote {result.gguf_path} ({result.tensor_count} tensors, {result.file_type}{types})")
+    if result.modelfile_path is not None:
+        print(f"wrote {result.modelfile_path} (ollama create NAME -f {result.modelfile_path})")
     return 0
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -200,6 +200,7 @@ class PreferenceStageConfig(StageConfigBase):
     score them, pair best against worst, and train with trl's DPOTrainer; the next round starts from
     the trained model."""
 
+    train_defaults: ClassVar[dict[str, Any]] = DEFAULT_DPO_ARGS
     kind: Literal["preference"] = "preference"
     prompts: PromptSource = Field(description="The prompts to sample (with target language / reference answers).")
     rounds: int = Field(default=1, ge=1, description="Sampling + training rounds; each starts from the previous "
@@ -242,7 +243,7 @@ class PreferenceStageConfig(StageConfigBase):
 
     def train_args(self) -> dict[str, Any]:
         """tempa defaults overlaid with the recipe's values."""
-        args = {**DEFAULT_DPO_ARGS, **self.train}
+        args = super().train_args()
         if not {"activation_checkpointing", "gradient_checkpointing"} & set(self.train):
             # trl's default (on), under the name transformers 5 no longer warns about.
             args["activation_checkpointing"] = True

@@ -1,9 +1,23 @@
-"""Export a final Llama model to GGUF (f16 or q8_0) with its chat template, plus an Ollama Modelfile.
+"""Export a final Llama model to GGUF (f16, q8_0, or llama.cpp's K-quants) with its chat template, plus an
+Ollama Modelfile.
 
 The conversion follows llama.cpp's `convert_hf_to_gguf.py` for the Llama architecture: tensor
 names from gguf-py's map, q/k projections permuted from Hugging Face's rotary layout to GGML's,
 norms kept in f32, the byte-level BPE vocabulary with merges, and the special tokens. The file
 is written to a temporary name and renamed, so a partial export never looks complete.
+
+Quantised types other than q8_0 (q2_k ... q6_k, the K-quants the seed models publish) are made by
+llama.cpp's own quantiser, ``llama_model_quantize`` as llama-cpp-python exposes it (the ``serving``
+extra), from the f16 file this module writes: the same code as llama.cpp's ``llama-quantize``,
+including its per-tensor choices (q4_k_m keeps some tensors in q6_k) and its fallback to a
+compatible type for a weight matrix whose rows are not a multiple of 256 values. A model none of
+whose matrices fits is refused rather than written under a K-quant name it does not have.
+
+llama.cpp's own HF-to-GGUF converter (``convert_hf_to_gguf.py``, which covers Qwen2/3, Gemma 2 and
+most other architectures) ships in llama.cpp's source tree only: neither the ``gguf`` package nor
+llama-cpp-python installs it. So this writer stays for Llama (what tempa's recipes train); for other
+architectures run the converter from a llama.cpp checkout and quantise its output with
+``tempa export gguf FILE.gguf --type q4_k_m`` (the same llama.cpp quantiser).
 
 The embedded chat template is the baked one without its ``{% generation %}`` markers (a
 transformers extension for training masks that other Jinja engines reject); its eos is the
@@ -16,10 +30,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -29,7 +43,14 @@ from tempa.merge.ollama_template import ollama_template
 from tempa.sft.run_layout import RESOLVED_RECIPE
 from tempa.sft.stage_api import StageError
 
-GGUFType = Literal["f16", "q8_0"]
+GGUFType = str  # "f16", "q8_0" (written here) or a key of LLAMA_CPP_QUANTS (llama.cpp's quantiser)
+WRITTEN_TYPES = ("f16", "q8_0")
+# tempa's name -> llama.cpp's LLAMA_FTYPE_MOSTLY_* name (llama-quantize's common types)
+LLAMA_CPP_QUANTS = {"q2_k": "Q2_K", "q3_k_s": "Q3_K_S", "q3_k_m": "Q3_K_M", "q3_k_l": "Q3_K_L", "q4_0": "Q4_0",
+                    "q4_k_s": "Q4_K_S", "q4_k_m": "Q4_K_M", "q5_0": "Q5_0", "q5_k_s": "Q5_K_S", "q5_k_m": "Q5_K_M",
+                    "q6_k": "Q6_K"}
+GGUF_TYPES = (*WRITTEN_TYPES, *LLAMA_CPP_QUANTS)
+K_QUANT_ROW = 256  # a K-quant block: a weight row must be a multiple of it
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 
 # llama.cpp's names for the pre-tokenizer regexes it knows (it hashes a probe string; we read the
@@ -41,9 +62,56 @@ _GENERATION_TAG = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
 @dataclass(frozen=True)
 class GGUFExport:
     gguf_path: Path
-    modelfile_path: Path
+    modelfile_path: Path | None
     tensor_count: int
     file_type: GGUFType
+    # llama.cpp quantisation: tensors by their GGML type (e.g. {"Q4_K": 10, "Q6_K": 2, "F32": 5})
+    tensor_types: dict[str, int] | None = None
+
+
+def quantize_gguf(source: Path, out: Path, file_type: str) -> dict[str, int]:
+    """Quantise an f16/f32 GGUF with llama.cpp's own quantiser; returns the output's tensors by GGML type.
+
+    The output is written to a temporary name and renamed; a model whose weight matrices all fall back
+    (no row a multiple of 256 values) is refused for a K-quant.
+    """
+    import ctypes
+
+    if file_type not in LLAMA_CPP_QUANTS:
+        raise StageError(f"--type {file_type}: not a llama.cpp quantisation type ({', '.join(LLAMA_CPP_QUANTS)})")
+    try:
+        import llama_cpp
+    except ImportError:
+        raise StageError(f"--type {file_type} uses llama.cpp's quantiser: pip install 'tempa[serving]' "
+                         "(llama-cpp-python)") from None
+    tmp = out.with_name(f".{out.name}.partial")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{LLAMA_CPP_QUANTS[file_type]}")
+    params.nthread = os.cpu_count() or 1
+    code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+    if code != 0 or not tmp.is_file():
+        tmp.unlink(missing_ok=True)
+        raise StageError(f"llama.cpp could not quantise {source} to {file_type} (llama_model_quantize returned {code})")
+    types = gguf_tensor_types(tmp)
+    wanted = LLAMA_CPP_QUANTS[file_type]
+    if "_K" in wanted and not any(name.endswith("_K") for name in types):
+        tmp.unlink()
+        raise StageError(
+            f"{file_type}: no weight matrix of this model has rows that are a multiple of {K_QUANT_ROW} values "
+            f"(a K-quant block), so llama.cpp would store none of them as {wanted}; use q8_0, q4_0 or f16")
+    os.replace(tmp, out)
+    return types
+
+
+def gguf_tensor_types(path: Path) -> dict[str, int]:
+    """How many tensors of a GGUF file have each GGML type."""
+    import gguf
+
+    counts: dict[str, int] = {}
+    for tensor in gguf.GGUFReader(str(path)).tensors:
+        name = tensor.tensor_type.name
+        counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def permute_rotary(weights: np.ndarray, n_head: int) -> np.ndarray:
@@ -129,7 +197,31 @@ def export_name(model_dir: Path) -> str:
 
 def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
                 file_type: GGUFType = "f16") -> GGUFExport:
-    """Write ``model_dir`` as GGUF (``out`` default: ``<model_dir>/<name>-<type>.gguf``) + a Modelfile."""
+    """Write ``model_dir`` as GGUF (``out`` default: ``<model_dir>/<name>-<type>.gguf``) + a Modelfile.
+
+    ``model_dir`` may also be a ``.gguf`` file (e.g. from llama.cpp's converter): it is quantised to
+    ``file_type`` with llama.cpp's quantiser, without a Modelfile.
+    """
+    if file_type not in GGUF_TYPES:
+        raise StageError(f"--type {file_type}: expected one of {', '.join(GGUF_TYPES)}")
+    if Path(model_dir).suffix == ".gguf":
+        source = Path(model_dir).resolve()
+        if not source.is_file():
+            raise StageError(f"{source}: no such GGUF file")
+        target = Path(out) if out else source.with_name(f"{source.stem}-{file_type}.gguf")
+        types = quantize_gguf(source, target, file_type)
+        return GGUFExport(target, None, sum(types.values()), file_type, types)
+    if file_type in LLAMA_CPP_QUANTS:  # llama.cpp quantises the f16 file this module writes
+        target = Path(out) if out else Path(model_dir).resolve() / f"{export_name(Path(model_dir))}-{file_type}.gguf"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".tempa-gguf-", dir=target.parent) as scratch:
+            f16 = export_gguf(model_dir, Path(scratch) / "model-f16.gguf", file_type="f16")
+            types = quantize_gguf(f16.gguf_path, target, file_type)
+            assert f16.modelfile_path is not None
+            modelfile = f16.modelfile_path.read_text(encoding="utf-8").replace(
+                f"./{f16.gguf_path.name}", f"./{target.name}")
+        target.with_name("Modelfile").write_text(modelfile, encoding="utf-8")
+        return GGUFExport(target, target.with_name("Modelfile"), f16.tensor_count, file_type, types)
     import gguf
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tempa.merge.leaderboard import EvaluateResult
 from tempa.merge.merge_result import MergeResult
 from tempa.sft.stage import SFTResult
-from tempa.sft.stage_api import RecipeInfo, Upstream, format_metric
+from tempa.sft.stage_api import RecipeInfo, Upstream, format_metric, looks_local
 
 REDACTED = "<redacted>"
 _SECRET_KEY_RE = re.compile(
@@ -202,6 +202,31 @@ def _merge_section(stages: Mapping[str, Upstream]) -> list[str]:
     return ["## Merge", "", *lines] if lines else []
 
 
+# What the usage snippet names when the card has no hub id yet; `tempa push --repo` puts the repo there.
+USAGE_PLACEHOLDER = "path/to/this/folder"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def hub_datasets(stages: Mapping[str, Upstream]) -> list[str]:
+    """Hub dataset ids the stages read (`path:` values that are `org/name`, not local files), in order."""
+    found: dict[str, None] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            path = value.get("path")
+            if isinstance(path, str) and _HUB_ID.fullmatch(path) and not looks_local(path):
+                found[path] = None
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    for stage in stages.values():
+        walk(stage.config.model_dump(mode="json", by_alias=True))
+    return list(found)
+
+
 def usage_snippet(model_id: str, thinking_default: str = "on") -> list[str]:
     other = "off" if thinking_default == "on" else "on"
     return [
@@ -258,6 +283,9 @@ def render_model_card(
         front["language"] = card.languages
     if not recipe.base_model.startswith(("/", "tempa:")):
         front["base_model"] = recipe.base_model
+    datasets = hub_datasets(stages)
+    if datasets:
+        front["datasets"] = datasets
 
     lines = [
         "---",
@@ -271,7 +299,7 @@ def render_model_card(
         lines += [str(card.description or recipe.description), ""]
     lines += [f"Post-trained with tempa from base model `{recipe.base_model}` with the `{recipe.chat_template}` "
               "chat template.", ""]
-    lines += usage_snippet(card.model_id or "path/to/this/folder", thinking_default)
+    lines += usage_snippet(card.model_id or USAGE_PLACEHOLDER, thinking_default)
     lines += _stages_section(stages)
     lines += _mix_section(stages)
     lines += _eval_section(stages)

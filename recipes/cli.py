@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ EPILOG = """examples:
   tempa template check --tokenizer runs/demo/final      verify the chat template invariants
   tempa export gguf runs/demo/final --type q8_0         GGUF + Ollama Modelfile
   tempa report runs/demo                                HTML report: loss/reward curves, leaderboard
+  tempa push runs/demo --repo ORG/NAME --dry-run        list what would go to the Hugging Face Hub
+  tempa schema > tempa-recipe.schema.json               JSON Schema of a recipe, for editors (--markdown: the reference)
 """
 
 
@@ -77,15 +80,36 @@ def _parser() -> argparse.ArgumentParser:
                       "tokenizer (128,256 tokens, offline, from the llama-models package)")
     tiny.set_defaults(func=_cmd_tiny)
 
+    schema = sub.add_parser("schema", help="print the recipe JSON Schema (for editors), or the Markdown reference")
+    schema.add_argument("--markdown", action="store_true",
+                        help="the recipe reference as Markdown (what docs/recipe-reference.md holds)")
+    schema.set_defaults(func=_cmd_schema)
+
     report = sub.add_parser("report", help="write RUN_DIR/report/index.html: curves, leaderboard, merge, template")
     report.add_argument("run_dir", type=Path)
+    report.add_argument("--no-samples", action="store_true",
+                        help="leave out the sample generations (each stage's model answering held-out prompts)")
     report.set_defaults(func=_cmd_report)
 
+    push = sub.add_parser("push", help="upload a finished run's final model to the Hugging Face Hub")
+    push.add_argument("run_dir", type=Path)
+    push.add_argument("--repo", required=True, metavar="ORG/NAME", help="the model repo (created if missing)")
+    push.add_argument("--gguf", action="store_true", help="also upload the GGUF files and Ollama Modelfile")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--message", default=None, help="commit message")
+    push.add_argument("--dry-run", action="store_true", help="list the files that would go up; upload nothing")
+    push.set_defaults(func=_cmd_push)
+
     export = sub.add_parser("export", help="export a final model to another format")
+    from tempa.merge.gguf_export import GGUF_TYPES, LLAMA_CPP_QUANTS, WRITTEN_TYPES
+
     export_sub = export.add_subparsers(dest="format", metavar="FORMAT", required=True)
     gguf = export_sub.add_parser("gguf", help="GGUF (llama.cpp, Ollama) with the chat template + an Ollama Modelfile")
-    gguf.add_argument("model_dir", type=Path, help="a final model folder, e.g. runs/demo/final")
-    gguf.add_argument("--type", dest="file_type", choices=["f16", "q8_0"], default="f16")
+    gguf.add_argument("model_dir", type=Path, help="a final model folder, e.g. runs/demo/final (or a .gguf file "
+                      "to quantise, e.g. from llama.cpp's convert_hf_to_gguf.py)")
+    gguf.add_argument("--type", dest="file_type", default="f16", metavar="TYPE", choices=GGUF_TYPES,
+                      help=f"{' | '.join(WRITTEN_TYPES)} (written by tempa) | {' '.join(LLAMA_CPP_QUANTS)} "
+                      "(llama.cpp's own quantiser; needs the serving extra)")
     gguf.add_argument("--out", type=Path, default=None, help="output .gguf path (default: inside MODEL_DIR)")
     gguf.set_defaults(func=_cmd_export_gguf)
 
@@ -111,6 +135,9 @@ def _cmd_run(args) -> int:
     summary = run_recipe(loaded, run_dir, from_stage=args.from_stage, only=args.only)
     print(f"run complete: {summary.run_dir}")
     print(f"  ran: {', '.join(summary.ran) or '-'}; skipped: {', '.join(summary.skipped) or '-'}")
+    if summary.stale:
+        print(f"  stale: {', '.join(summary.stale)} (built on a stage --only re-ran; the final model is out of date "
+              "until a plain `tempa run` re-runs them)")
     if summary.final_model is not None:
         print(f"  final model: {summary.final_model}")
     return 0
@@ -141,12 +168,26 @@ def _cmd_plan(args) -> int:
         table.add_row(str(d.index + 1), d.name, d.kind, d.upstream or "base model", d.action, d.reason,
                       d.fingerprint[:12])
     console.print(table)
+    _print_train_args(console, loaded)
     if args.hardware:
         from tempa.recipes.estimate import render_estimate
 
         mfu = 0.4 if args.mfu is None else args.mfu
         console.print(render_estimate(loaded, args.hardware, mfu, run_dir=run_dir), markup=False)
     return 0
+
+
+def _print_train_args(console, loaded) -> None:
+    """Each training stage's effective trainer arguments: the recipe's `train:` over tempa's defaults."""
+    from tempa.recipes.registry import stage_kind
+
+    for config in loaded.stages:
+        if not stage_kind(config.kind).trains:
+            continue
+        own = getattr(config, "train", {})
+        args = ", ".join(f"{key}={json.dumps(value, default=str)}" + ("" if key in own else "*")
+                         for key, value in config.train_args().items())
+        console.print(f"[bold]training arguments of {config.name}[/bold] (* tempa's default): {args}")
 
 
 def _cmd_status(args) -> int:
@@ -170,6 +211,8 @@ def _cmd_status(args) -> int:
         metrics = ", ".join(f"{k}={format_metric(v)}" for k, v in list(row.metrics.items())[:5] if v is not None)
         if row.error:
             metrics = f"error: {row.error}"
+        if row.note:
+            metrics = f"{row.note}; {metrics}" if metrics else row.note
         table.add_row(row.name, row.kind, row.state, f"{seconds:.1f}s" if seconds else "-", metrics)
     _console().print(table)
     return 0
@@ -201,10 +244,33 @@ def _console():
     return console
 
 
+def _cmd_schema(args) -> int:
+    from tempa.recipes import reference
+
+    print(reference.markdown() if args.markdown else json.dumps(reference.json_schema(), indent=2), end="\n"
+          if not args.markdown else "")
+    return 0
+
+
 def _cmd_report(args) -> int:
     from tempa.recipes.report import write_report
 
-    print(f"wrote {write_report(args.run_dir)}")
+    print(f"wrote {write_report(args.run_dir, samples=not args.no_samples)}")
+    return 0
+
+
+def _cmd_push(args) -> int:
+    from tempa.recipes.push import push
+
+    files, url = push(args.run_dir, args.repo, include_gguf=args.gguf, private=args.private, dry_run=args.dry_run,
+                      message=args.message)
+    for f in files:
+        print(f"  {f.path_in_repo}  ({f.size:,} bytes)")
+    total = sum(f.size for f in files)
+    if url is None:
+        print(f"dry run: {len(files)} files, {total:,} bytes would go to {args.repo}")
+    else:
+        print(f"pushed {len(files)} files, {total:,} bytes: {url}")
     return 0
 
 
@@ -212,8 +278,11 @@ def _cmd_export_gguf(args) -> int:
     from tempa.merge.gguf_export import export_gguf
 
     result = export_gguf(args.model_dir, args.out, file_type=args.file_type)
-    print(f"wrote {result.gguf_path} ({result.tensor_count} tensors, {result.file_type})")
-    print(f"wrote {result.modelfile_path} (ollama create NAME -f {result.modelfile_path})")
+    types = f"; by type: {', '.join(f'{k} {v}' for k, v in sorted(result.tensor_types.items()))}" \
+        if result.tensor_types else ""
+    print(f"wrote {result.gguf_path} ({result.tensor_count} tensors, {result.file_type}{types})")
+    if result.modelfile_path is not None:
+        print(f"wrote {result.modelfile_path} (ollama create NAME -f {result.modelfile_path})")
     return 0
 
 
@@ -246,13 +315,23 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from tempa.sft.line_progress import line_mode
+
+    stderr = sys.stderr
+    line_mode()  # a file or a pipe: progress bars (datasets, tqdm) as one line per interval
     _setup_logging(args.verbose)
     from tempa.recipes.rundir import NotARunDirError, RunLockedError
     from tempa.sft.stage_api import StageError
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a reader that went away is handled below, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader stopped (`tempa status | head`): stop quietly, as Unix tools do on SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (RecipeError, StageError, RunLockedError, NotARunDirError, FileExistsError) as exc:
         print(f"tempa: error: {exc}", file=sys.stderr)
         return 1
@@ -267,17 +346,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.stderr = stderr
 
 
 def _setup_logging(verbose: bool) -> None:
     from rich.console import Console
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False, markup=False)],
-    )
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False)
+        fmt = "%(message)s"
+    else:  # a file or a pipe: whole lines (rich would wrap them at 80 columns), timestamped
+        handler, fmt = logging.StreamHandler(sys.stderr), "%(asctime)s %(levelname)s %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, handlers=[handler])
     for noisy in ("httpx", "urllib3", "datasets", "filelock", "DeepSpeed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

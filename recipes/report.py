@@ -1,26 +1,50 @@
-"""`tempa report RUN_DIR`: one HTML page (plus PNGs) showing what a run did.
+"""`tempa report RUN_DIR`: one self-contained HTML page (charts inlined) showing what a run did.
 
-Everything comes from the stages' manifests and their typed results: loss and throughput curves
-(tokens/s per device, MFU) from each trained model's training outcome, reward statistics per
-preference round, the last leaderboard, the merge choice, and the final tokenizer rendering one
-conversation in both thinking modes.
+Everything comes from the stages' manifests and their typed results: the data mix of each SFT
+stage (rows and tokens per source, rejects by reason), training curves (loss, learning rate, grad
+norm, tokens/s per device and MFU) from each trained model's training outcome, each preference
+round on its own step axis (DPO margins and accuracies) with its reward statistics, the last
+leaderboard (metric direction marked), the merge choice, sample generations of every stage's model
+in both thinking modes side by side, and the final tokenizer rendering one conversation in both modes.
+
+Sample generations are made when the report is written (greedy, on the CPU unless a GPU is free,
+for models up to ``SAMPLE_MAX_BYTES`` of weights) and cached by model and prompt in the tempa
+cache, so writing the report again is quick; ``tempa report --no-samples`` leaves them out.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import io
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from tempa.alignment.preference_stage import PreferenceResult, RoundSummary
-from tempa.merge.leaderboard import EvaluateResult, Leaderboard, is_headline, lower_is_better
+from tempa.merge.leaderboard import EvaluateResult, is_headline, lower_is_better
 from tempa.merge.merge_result import MergeResult
 from tempa.recipes.registry import stage_kinds
 from tempa.recipes.rundir import Manifest, read_manifest
-from tempa.sft.files import staging_dir
+from tempa.sft.data_report import DataMix
+from tempa.sft.files import cache_root, digest, path_digest, staging_dir, write_json
 from tempa.sft.run_layout import FINAL_LINK, REPORT_DIR, RESOLVED_RECIPE, TOKENIZER_DIR
+from tempa.sft.stage import SFTResult
 from tempa.sft.stage_api import StageResult, format_metric
 from tempa.sft.train_plan import OUTCOME_FILE, TrainOutcome
+
+log = logging.getLogger("tempa")
+
+# Held-out prompts every stage's model answers in both thinking modes (none is in the sample data).
+SAMPLE_PROMPTS = [
+    "Jelaskan secara singkat mengapa langit berwarna biru.",
+    "ช่วยแปลประโยคนี้เป็นภาษาอังกฤษ: วันนี้อากาศดีมาก",
+    "A shop sells pens at 3 for $2. How much do 12 pens cost?",
+]
+SAMPLE_MAX_NEW_TOKENS = 64
+SAMPLE_MAX_BYTES = 1024**3  # larger models are not sampled at report time (minutes per answer on a CPU)
+_SAMPLES_VERSION = 1  # bump when the cached samples' layout or decoding changes
 
 EXAMPLE = [
     {"role": "user", "content": "Apa sentimen dari kalimat berikut ini?\nKalimat: Buku ini sangat membosankan."},
@@ -58,113 +82,241 @@ def _loss_history(result: StageResult) -> list[tuple[str, list[dict[str, Any]]]]
     return out
 
 
-def _plot_losses(name: str, histories: list[tuple[str, list[dict]]], out: Path) -> Path | None:
+Panel = tuple[str, list[tuple[str, list[tuple[float, float]], str]], str]  # y label, series, x label
+
+
+def _figure(title: str, panels: list[Panel], columns: int = 4) -> str | None:
+    """Panels on a grid, each with its own axes; the PNG as a data: URI (the page stays one file)."""
+    panels = [(ylabel, [s for s in series if s[1]], xlabel) for ylabel, series, xlabel in panels]
+    panels = [panel for panel in panels if panel[1]]
+    if not panels:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    plotted = False
-    for label, history in histories:
-        train = [(e["step"], e["loss"]) for e in history if "loss" in e and "step" in e]
-        evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e and "step" in e]
-        suffix = "" if len(histories) == 1 else f" ({label})"
-        if train:
-            ax.plot(*zip(*train, strict=True), marker=".", label=f"train loss{suffix}")
-            plotted = True
-        if evals:
-            ax.plot(*zip(*evals, strict=True), marker="o", linestyle="--", label=f"eval loss{suffix}")
-            plotted = True
-    if not plotted:
-        plt.close(fig)
-        return None
-    ax.set_title(f"{name}: loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    return _save(fig, ax, out)
-
-
-def _plot_throughput(name: str, histories: list[tuple[str, list[dict]]], out: Path) -> Path | None:
-    """Trained tokens/s per device over the steps (and MFU on a second axis where the peak was known)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = [(label, [(e["step"], e["tokens_per_s"], e.get("mfu")) for e in history
-                       if "tokens_per_s" in e and "step" in e]) for label, history in histories]
-    series = [(label, points) for label, points in series if points]
-    if not series:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    mfu_ax = None
-    for label, points in series:
-        suffix = "" if len(series) == 1 else f" ({label})"
-        steps = [p[0] for p in points]
-        ax.plot(steps, [p[1] for p in points], marker=".", label=f"tokens/s per device{suffix}")
-        mfu = [(step, 100 * p[2]) for step, p in zip(steps, points, strict=True) if p[2] is not None]
-        if mfu:
-            mfu_ax = mfu_ax or ax.twinx()
-            mfu_ax.plot(*zip(*mfu, strict=True), linestyle="--", color="tab:red", label=f"MFU %{suffix}")
-    if mfu_ax is not None:
-        mfu_ax.set_ylabel("MFU %")
-        mfu_ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(f"{name}: throughput")
-    ax.set_xlabel("step")
-    ax.set_ylabel("tokens/s per device")
-    ax.set_ylim(bottom=0)
-    return _save(fig, ax, out)
-
-
-def _save(fig: Any, ax: Any, out: Path) -> Path:
-    """Grid, legend, layout; write the PNG and free the figure."""
-    import matplotlib.pyplot as plt
-
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    columns = min(columns, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.3 * columns, 2.6 * rows), dpi=100, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (ylabel, series, xlabel) in zip(axes.flat, panels, strict=False):
+        for label, points, style in series:
+            ax.plot(*zip(*points, strict=True), style, label=label, markersize=3)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(out)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    return out
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _plot_rewards(name: str, rounds: list[RoundSummary], out: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    xs = [r.round for r in rounds]
-    chosen = [r.chosen_reward_mean for r in rounds]
-    rejected = [r.rejected_reward_mean for r in rounds]
-    usable = [r.pair_fraction for r in rounds]
-    if not any(v is not None for v in chosen + rejected + usable):
-        return None
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    for values, label, style in ((chosen, "mean reward, chosen", "-o"), (rejected, "mean reward, rejected", "-s"),
-                                 (usable, "prompts with a usable pair", "--^")):
-        points = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
-        if points:
-            ax.plot(*zip(*points, strict=True), style, label=label)
-    ax.set_title(f"{name}: rewards per round")
-    ax.set_xlabel("round")
-    ax.set_xticks(xs)
-    return _save(fig, ax, out)
+def _points(history: list[dict[str, Any]], key: str, scale: float = 1.0) -> list[tuple[float, float]]:
+    return [(e["step"], scale * float(e[key])) for e in history
+            if "step" in e and isinstance(e.get(key), int | float)]
 
 
-def _leaderboard_html(board: Leaderboard) -> str:
+def _img(uri: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="{uri}">'
+
+
+def training_section(done: list[tuple[Manifest, StageResult]]) -> str:
+    """Loss, learning rate, grad norm and throughput of every trained model; a preference round is its own
+    training run, so each round gets its own step axes (with its DPO margins and accuracies)."""
+    parts = []
+    for m, result in done:
+        for label, history in _loss_history(result):
+            title = m.name + (f" {label}" if label else "")
+            panels: list[Panel] = [
+                ("loss", [("train", _points(history, "loss"), ".-"), ("eval", _points(history, "eval_loss"), "o--")],
+                 "step"),
+                ("learning rate", [("learning rate", _points(history, "learning_rate"), ".-")], "step"),
+                ("grad norm", [("grad norm", _points(history, "grad_norm"), ".-")], "step"),
+                ("tokens/s per device", [("tokens/s", _points(history, "tokens_per_s"), ".-")], "step"),
+                ("MFU %", [("MFU", _points(history, "mfu", 100.0), ".-")], "step"),
+            ]
+            if isinstance(result, PreferenceResult):
+                panels += [("DPO reward margin", [("margin", _points(history, "rewards/margins"), ".-")], "step"),
+                           ("DPO accuracy", [("accuracy", _points(history, "rewards/accuracies"), ".-")], "step")]
+            uri = _figure(title, panels)
+            if uri:
+                parts.append(f"<h3>{html.escape(title)}</h3>{_img(uri, f'{title} training curves')}")
+    return f"<section id='training'><h2>Training curves</h2>{''.join(parts)}</section>" if parts else ""
+
+
+def data_mix_section(done: list[tuple[Manifest, StageResult]]) -> str:
+    """Each SFT stage's data mix: per source, rows and tokens read and kept, and the rejects by reason."""
+    parts = []
+    for m, result in done:
+        if isinstance(result, SFTResult):
+            parts.append(f"<h3>{html.escape(m.name)}</h3>{_mix_table(result.data)}")
+    return f"<section id='data-mix'><h2>Data mix</h2>{''.join(parts)}</section>" if parts else ""
+
+
+def _mix_table(mix: DataMix) -> str:
+    head = ("source", "rows in", "rows kept", "held out", "tokens in", "tokens kept", "share", "thinking on",
+            "rejects by reason")
+    rows = []
+    for s in mix.sources:
+        rejects = ", ".join(f"{html.escape(reason)}: {count}" for reason, count in sorted(s.rejects.items())) or "none"
+        cells = (html.escape(s.name), s.rows_in, s.rows_kept, s.heldout_rows, f"{s.tokens_in:,}", f"{s.tokens_kept:,}",
+                 f"{100 * s.share_of_tokens:.1f}%", f"{s.thinking_on_rows_kept}/{s.rows_kept}", rejects)
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    t = mix.total
+    rows.append(f"<tr class='total'><td>total</td><td>{t.rows_in}</td><td>{t.rows_kept}</td><td></td><td></td>"
+                f"<td>{t.tokens_kept:,}</td><td>100%</td><td>{t.thinking_on_rows_kept}/{t.rows_kept}</td>"
+                f"<td>{t.rejects}</td></tr>")
+    header = "".join(f"<th>{h}</th>" for h in head)
+    return f"<table class='mix'><tr>{header}</tr>{''.join(rows)}</table>"
+
+
+def preference_section(done: list[tuple[Manifest, StageResult]]) -> str:
+    """Per preference stage: each round's pairs, rewards and DPO margins/accuracies, and rewards across rounds."""
+    parts = []
+    for m, result in done:
+        if not isinstance(result, PreferenceResult) or not result.rounds:
+            continue
+        head = ("round", "prompts", "pairs", "usable", "reward chosen", "reward rejected", "reward margin",
+                "DPO margin", "DPO accuracy", "dropped")
+        rows = []
+        for r in result.rounds:
+            cells = (r.round, r.prompts, r.pairs, f"{100 * r.pair_fraction:.0f}%", _fmt(r.chosen_reward_mean),
+                     _fmt(r.rejected_reward_mean), _fmt(r.margin_mean), _fmt(r.train.get("rewards/margins")),
+                     _fmt(r.train.get("rewards/accuracies")),
+                     ", ".join(f"{html.escape(k)}: {v}" for k, v in r.dropped.items()) or "none")
+            rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        header = "".join(f"<th>{h}</th>" for h in head)
+        parts.append(f"<h3>{html.escape(m.name)}</h3><table class='rounds'><tr>{header}</tr>{''.join(rows)}</table>")
+        uri = _plot_rewards(m.name, result.rounds)
+        if uri:
+            parts.append(_img(uri, f"{m.name} rewards"))
+    return f"<section id='preference'><h2>Preference rounds</h2>{''.join(parts)}</section>" if parts else ""
+
+
+def _plot_rewards(name: str, rounds: list[RoundSummary]) -> str | None:
+    def series(values: list[float | None]) -> list[tuple[float, float]]:
+        return [(r.round, v) for r, v in zip(rounds, values, strict=True) if v is not None]
+
+    return _figure(f"{name}: rewards per round", [
+        ("mean reward", [("chosen", series([r.chosen_reward_mean for r in rounds]), "o-"),
+                         ("rejected", series([r.rejected_reward_mean for r in rounds]), "s-")], "round"),
+        ("prompts with a usable pair", [("usable", series([r.pair_fraction for r in rounds]), "^--")], "round"),
+        ("DPO margin (last log)", [("margin", series([_number(r.train.get("rewards/margins")) for r in rounds]),
+                                    "o-")], "round"),
+    ], columns=3)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def leaderboard_section(done: list[tuple[Manifest, StageResult]]) -> str:
+    """The last leaderboard, fitted to the page: headline metrics, each marked with its direction, best in bold."""
+    boards = [(m.name, r.leaderboard) for m, r in done
+              if isinstance(r, EvaluateResult | MergeResult) and r.leaderboard is not None]
+    if not boards:
+        return ""
+    name, board = boards[-1]
     headline = [m for m in board.metric_names if is_headline(m)]
     if board.rank_by in headline:
         headline.remove(board.rank_by)
         headline.insert(0, board.rank_by)
-    head = "".join(f"<th>{html.escape(m)} {'↓' if lower_is_better(m) else '↑'}</th>" for m in headline)
+    ranked = board.ranked()
+    best = {}
+    for metric in headline:
+        values = [row.metrics[metric] for row in ranked if metric in row.metrics]
+        if values:
+            best[metric] = min(values) if lower_is_better(metric) else max(values)
+    head = "".join(
+        f"<th class='metric' title='{'lower' if lower_is_better(m) else 'higher'} is better'>{html.escape(m)} "
+        f"<span class='dir'>{'↓' if lower_is_better(m) else '↑'}</span></th>" for m in headline)
     rows = []
-    for row in board.ranked():
-        name = html.escape(row.candidate) + (" <b>(merged)</b>" if row.merged else "")
-        cells = "".join(f"<td>{row.metrics[m]:.4f}</td>" if m in row.metrics else "<td></td>" for m in headline)
-        rows.append(f"<tr><td>{name}</td>{cells}</tr>")
-    return f"<div class='wide'><table><tr><th>model</th>{head}</tr>{''.join(rows)}</table></div>"
+    for row in ranked:
+        label = html.escape(row.candidate) + (" <b>(merged)</b>" if row.merged else "")
+        cells = "".join(
+            "<td></td>" if m not in row.metrics else
+            f"<td>{'<b>' if row.metrics[m] == best.get(m) else ''}{row.metrics[m]:.4f}"
+            f"{'</b>' if row.metrics[m] == best.get(m) else ''}</td>" for m in headline)
+        rows.append(f"<tr><td class='model'>{label}</td>{cells}</tr>")
+    return (f"<section id='leaderboard'><h2>Leaderboard ({html.escape(name)})</h2>"
+            f"<p class='note'>ranked by {html.escape(board.rank_by or headline[0] if headline else '')}; "
+            "↑ higher is better, ↓ lower is better; best in bold</p>"
+            f"<table class='board'><tr><th class='model'>model</th>{head}</tr>{''.join(rows)}</table></section>")
+
+
+# --------------------------------------------------------------------------- sample generations
+
+
+def _stage_models(done: list[tuple[Manifest, StageResult]]) -> list[tuple[Manifest, Path]]:
+    """Each stage's own model, once (a stage that hands on the model it started from is left out)."""
+    seen, out = set(), []
+    for m, result in done:
+        model = result.model
+        if model is not None and (Path(model) / "config.json").is_file() and Path(model).resolve() not in seen:
+            seen.add(Path(model).resolve())
+            out.append((m, Path(model)))
+    return out
+
+
+def _weight_bytes(model: Path) -> int:
+    return sum(p.stat().st_size for p in model.glob("*.safetensors"))
+
+
+def sample_generations(manifest: Manifest, model: Path) -> dict[str, list[str]]:
+    """The model's greedy answers to :data:`SAMPLE_PROMPTS` in both thinking modes, cached by stage run."""
+    key = digest({"v": _SAMPLES_VERSION, "model": str(model.resolve()), "run": manifest.run_id or manifest.started_at,
+                  "weights": path_digest(model / "config.json"), "prompts": SAMPLE_PROMPTS,
+                  "max_new_tokens": SAMPLE_MAX_NEW_TOKENS})
+    cached = cache_root() / "report-samples" / f"{key}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text(encoding="utf-8"))
+    from tempa.alignment.generation import GenerationParams, TransformersBackend
+
+    log.info("report: sampling %s (%s) in both thinking modes", manifest.name, model)
+    backend = TransformersBackend(model, show_progress=False)
+    try:
+        prompts = [[{"role": "user", "content": prompt}] for prompt in SAMPLE_PROMPTS]
+        answers = {mode: [outs[0] for outs in backend.generate(prompts, GenerationParams(
+            max_new_tokens=SAMPLE_MAX_NEW_TOKENS, thinking_mode=mode))] for mode in ("on", "off")}
+    finally:
+        backend.close()
+    write_json(cached, answers)
+    return answers
+
+
+def samples_section(done: list[tuple[Manifest, StageResult]]) -> str:
+    """Held-out prompts answered by each stage's model, thinking on and off side by side."""
+    models = _stage_models(done)
+    if not models:
+        return ""
+    answers: dict[str, dict[str, list[str]]] = {}
+    skipped = []
+    for m, model in models:
+        if _weight_bytes(model) > SAMPLE_MAX_BYTES:
+            skipped.append(m.name)
+        else:
+            answers[m.name] = sample_generations(m, model)
+    parts = []
+    for i, prompt in enumerate(SAMPLE_PROMPTS):
+        rows = "".join(
+            f"<tr><td class='model'>{html.escape(name)}</td>"
+            + "".join(f"<td class='answer' data-mode='{mode}'><pre>{html.escape(out[mode][i])}</pre></td>"
+                      for mode in ("on", "off")) + "</tr>"
+            for name, out in answers.items())
+        parts.append(f"<h3 class='prompt'>{html.escape(prompt)}</h3><table class='samples'><tr><th class='model'>"
+                     "model</th><th>thinking_mode=\"on\"</th><th>thinking_mode=\"off\"</th></tr>"
+                     f"{rows}</table>")
+    note = (f"<p class='note'>not sampled (over {SAMPLE_MAX_BYTES / 1024**3:.0f} GB of weights): "
+            f"{html.escape(', '.join(skipped))}</p>") if skipped else ""
+    return (f"<section id='samples'><h2>Sample generations</h2><p class='note'>greedy, at most "
+            f"{SAMPLE_MAX_NEW_TOKENS} new tokens, each stage's model</p>{note}{''.join(parts)}</section>")
 
 
 def _examples(run_dir: Path) -> str:
@@ -188,77 +340,69 @@ def _examples(run_dir: Path) -> str:
 
 
 def _fmt(value: Any) -> str:
-    return html.escape(format_metric(value))
+    return "–" if value is None else html.escape(format_metric(value))
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``run_dir/report/index.html`` (+ PNGs); returns the HTML path."""
+def stages_section(stages: list[tuple[Manifest, StageResult | None]]) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(m.name)}</td><td>{html.escape(m.kind)}</td>"
+        f"<td>{html.escape(m.status)}</td><td>{_fmt(m.duration_s)}</td>"
+        f"<td>{', '.join(f'{html.escape(k)}={_fmt(v)}' for k, v in list(m.metrics.items())[:6])}</td></tr>"
+        for m, _ in stages)
+    return (f"<section id='stages'><h2>Stages</h2><table><tr><th>stage</th><th>kind</th><th>status</th>"
+            f"<th>seconds</th><th>key metrics</th></tr>{rows}</table></section>")
+
+
+def merge_section(done: list[tuple[Manifest, StageResult]]) -> str:
+    parts = []
+    for m, result in done:
+        if not isinstance(result, MergeResult):
+            continue
+        summary = result.summary
+        parts.append(f"<h2>Merge choice ({html.escape(m.name)})</h2>")
+        config = result.files.get("mergekit_config")
+        if config is not None and config.is_file():
+            parts.append(f"<pre>{html.escape(config.read_text())}</pre>")
+        if summary.reevaluation is not None:
+            r = summary.reevaluation
+            parts.append(f"<p>merge helped: <b>{r.helped}</b> ({html.escape(r.metric)}: merged {_fmt(r.merged)}, "
+                         f"best input {_fmt(r.best_input)}, difference {_fmt(r.merged - r.best_input)})</p>")
+    return f"<section id='merge'>{''.join(parts)}</section>" if parts else ""
+
+
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+         "table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px;"
+         "vertical-align:top}th{background:#f4f4f4}pre{background:#f4f4f4;padding:8px;white-space:pre-wrap;"
+         "overflow-wrap:anywhere;margin:0}img{display:block;margin:8px 0;max-width:100%}.note{color:#555;font-size:13px}"
+         "table.board,table.samples{width:100%;table-layout:fixed}table.board th.metric{overflow-wrap:anywhere;"
+         "font-size:12px}table.board td.model,table.board th.model{width:22%;overflow-wrap:anywhere}"
+         "table.samples td.model,table.samples th.model{width:12%}.dir{font-weight:bold;color:#06c}"
+         "tr.total td{font-weight:bold}")
+
+
+def write_report(run_dir: str | Path, *, samples: bool = True) -> Path:
+    """Write ``run_dir/report/index.html``, one self-contained page; returns its path."""
     run_dir = Path(run_dir).resolve()
     if not (run_dir / RESOLVED_RECIPE).is_file():
         from tempa.recipes.errors import RecipeError
 
         raise RecipeError(f"{run_dir}: not a tempa run directory (no recipe.resolved.yaml)")
     stages = finished_stages(run_dir)
+    done = [(m, r) for m, r in stages if r is not None]
+    sections = [
+        f"<h1>tempa run report</h1><p>{html.escape(str(run_dir))}</p>",
+        stages_section(stages),
+        data_mix_section(done),
+        training_section(done),
+        preference_section(done),
+        leaderboard_section(done),
+        merge_section(done),
+        samples_section(done) if samples else "",
+        f"<section id='template'><h2>Chat template, both thinking modes</h2>{_examples(run_dir)}</section>",
+    ]
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>tempa report</title><style>{STYLE}</style>"
+            f"</head><body>{''.join(sections)}</body></html>")
     out = run_dir / REPORT_DIR
     with staging_dir(out, inside=[run_dir]) as tmp:
-        sections = [f"<h1>tempa run report</h1><p>{html.escape(str(run_dir))}</p>", "<h2>Stages</h2>"]
-        rows = "".join(
-            f"<tr><td>{html.escape(m.name)}</td><td>{html.escape(m.kind)}</td>"
-            f"<td>{html.escape(m.status)}</td><td>{_fmt(m.duration_s if m.duration_s is not None else '')}</td>"
-            f"<td>{', '.join(f'{html.escape(k)}={_fmt(v)}' for k, v in list(m.metrics.items())[:6])}"
-            "</td></tr>"
-            for m, _ in stages
-        )
-        sections.append(f"<table><tr><th>stage</th><th>kind</th><th>status</th><th>seconds</th>"
-                        f"<th>key metrics</th></tr>{rows}</table>")
-        done = [(m, r) for m, r in stages if r is not None]
-
-        sections.append("<h2>Loss curves</h2>")
-        throughput_pngs = []
-        for m, result in done:
-            histories = _loss_history(result)
-            png = _plot_losses(m.name, histories, tmp / f"loss-{m.name}.png") if histories else None
-            if png:
-                sections.append(f'<img alt="{html.escape(m.name)} loss" src="{png.name}">')
-            png = _plot_throughput(m.name, histories, tmp / f"throughput-{m.name}.png") if histories else None
-            if png:
-                throughput_pngs.append(f'<img alt="{html.escape(m.name)} throughput" src="{png.name}">')
-        if throughput_pngs:
-            sections += ["<h2>Throughput</h2>", *throughput_pngs]
-
-        reward_pngs = []
-        for m, result in done:
-            rounds = result.rounds if isinstance(result, PreferenceResult) else []
-            if rounds and (png := _plot_rewards(m.name, rounds, tmp / f"rewards-{m.name}.png")):
-                reward_pngs.append(f'<img alt="{html.escape(m.name)} rewards" src="{png.name}">')
-        if reward_pngs:
-            sections += ["<h2>Rewards per preference round</h2>", *reward_pngs]
-
-        boards = [(m.name, r.leaderboard) for m, r in done
-                  if isinstance(r, EvaluateResult | MergeResult) and r.leaderboard is not None]
-        if boards:
-            name, board = boards[-1]
-            sections += [f"<h2>Leaderboard ({html.escape(name)})</h2>", _leaderboard_html(board)]
-
-        for m, result in done:
-            if not isinstance(result, MergeResult):
-                continue
-            summary = result.summary
-            sections.append(f"<h2>Merge choice ({html.escape(m.name)})</h2>")
-            config = result.files.get("mergekit_config")
-            if config is not None and config.is_file():
-                sections.append(f"<pre>{html.escape(config.read_text())}</pre>")
-            if summary.reevaluation is not None:
-                gain = summary.reevaluation.merged - summary.reevaluation.best_input
-                sections.append(f"<p>merge helped: <b>{summary.reevaluation.helped}</b> "
-                                f"({html.escape(summary.reevaluation.metric)}: merged {_fmt(summary.reevaluation.merged)}"
-                                f", best input {_fmt(summary.reevaluation.best_input)}, difference {_fmt(gain)})</p>")
-
-        sections += ["<h2>Chat template, both thinking modes</h2>", _examples(run_dir)]
-        style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
-                 "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}pre{background:#f4f4f4;padding:8px;"
-                 "white-space:pre-wrap}img{display:block;margin:8px 0}.wide{overflow-x:auto}")
-        page = f"<!doctype html><html><head><meta charset='utf-8'><title>tempa report</title><style>{style}</style>" \
-               f"</head><body>{''.join(sections)}</body></html>"
         (tmp / "index.html").write_text(page, encoding="utf-8")
     return out / "index.html"

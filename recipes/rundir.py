@@ -41,6 +41,15 @@ class Manifest(BaseModel):
     tempa_version: str = ""
     error: str | None = None
     start_model: RunPath | None = Field(default=None, description="The model the stage started from.")
+    run_id: str = Field(default="", description="This run of the stage; a later stage records it in `inputs`.")
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="The run_id of each earlier stage this one read when it ran: another run of one of them since "
+        "(`--only`) leaves this stage stale.",
+    )
+    config: dict[str, Any] | None = Field(
+        default=None, description="The stage's resolved config as it ran (`tempa plan` shows what changed since)."
+    )
     result: dict[str, Any] | None = Field(default=None, description="The stage's typed result, as JSON.")
 
     @property
@@ -56,6 +65,11 @@ class Manifest(BaseModel):
         """This stage as a later stage sees it (its result re-anchored in ``run_dir``)."""
         result = result_type.model_validate(self.result or {}, context={"run_dir": run_dir})
         return Upstream(self.name, self.kind, config, result, self.duration_s)
+
+
+def stale_inputs(manifest: Manifest, current: dict[str, str]) -> list[str]:
+    """The earlier stages ``manifest``'s stage read that have run again since (``current``: their run ids)."""
+    return [name for name, run_id in manifest.inputs.items() if current.get(name, run_id) != run_id]
 
 
 def read_manifest(stage_dir: Path) -> Manifest | None:

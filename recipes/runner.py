@@ -7,9 +7,11 @@ complete stage or one that the next run resumes (training) or redoes (everything
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from tempa.recipes.rundir import (
     mark_done,
     read_manifest,
     run_in_progress,
+    stale_inputs,
     sweep_trash,
     write_metrics,
 )
@@ -43,6 +46,7 @@ from tempa.sft.stage_api import (
     StageError,
     TrainingEnv,
     Upstream,
+    format_metric,
 )
 
 log = logging.getLogger("tempa")
@@ -63,6 +67,9 @@ class StageDecision:
     reason: str
     resumable: bool = False
     complete: bool = False  # DONE holds the current fingerprint (before any forcing)
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved config (stored in the manifest)
+    inputs: list[str] = field(default_factory=list)  # the earlier stages it is handed (its from and reads)
+    stale: list[str] = field(default_factory=list)  # inputs that ran (or will run) again since it ran
 
 
 @dataclass
@@ -70,6 +77,7 @@ class RunSummary:
     run_dir: Path
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)  # skipped by --only although an input re-ran: out of date
     final_model: Path | None = None
 
 
@@ -186,12 +194,16 @@ def plan_run(
     template_fp = digest(template_text(loaded))
     decisions: list[StageDecision] = []
     fps: dict[str, str] = {}
+    run_ids: dict[str, str] = {}  # each earlier stage's last run, from its manifest
+    will_run: set[str] = set()
     forcing = False
     for i, config in enumerate(loaded.stages):
         name = config.name
+        kind = stage_kind(config.kind)
         upstream = loaded.upstream(i)
         dump = config.model_dump(mode="json", by_alias=True)
         reads = [dep for dep in stage_reads(loaded, i) if dep != upstream]
+        inputs = loaded.names[:i] if kind.sees_all_earlier else [dep for dep in (upstream, *reads) if dep]
         components = {
             "tempa_version": __version__,
             "config": digest(dump),
@@ -205,40 +217,57 @@ def plan_run(
         fp = digest(components)
         fps[name] = fp
         stage_dir = run_dir / name
-        resumable = stage_kind(config.kind).resumable
+        manifest = read_manifest(stage_dir)
         forcing = forcing or name == from_stage
         forced = forcing or name == only
-        action, reason = _decide(stage_dir, fp, components, forced, resumable, from_stage or only)
+        action, reason = _decide(stage_dir, manifest, fp, components, dump, forced, kind.resumable, from_stage or only)
+        stale: list[str] = []
+        if action == "skip" and manifest is not None:
+            # Complete for its fingerprint, but built on an earlier stage that has run again since (--only),
+            # or that runs again now: its outputs are out of date.
+            stale = [dep for dep in inputs if dep in will_run or dep in stale_inputs(manifest, run_ids)]
+            if stale:
+                action, reason = "rerun", f"stale: {_names(stale)} ran again since it ran"
         if only is not None and name != only and action != "skip":
             action, reason = "skip", "not selected by --only"
+            if stale:
+                reason += f"; stale once {_names(stale)} re-ran (the next plain `tempa run` re-runs it)"
+        if action != "skip":
+            will_run.add(name)
+        run_ids[name] = manifest.run_id if manifest is not None else ""
         complete = done_fingerprint(stage_dir) == fp
         decisions.append(StageDecision(i, name, config.kind, upstream, reads, fp, components, action, reason,
-                                       resumable, complete))
+                                       kind.resumable, complete, dump, inputs, stale))
     if only is not None:
         _check_only_inputs(decisions, only)
     return decisions
 
 
-def _decide(stage_dir: Path, fp: str, components: dict, forced: bool, resumable: bool, flag: str | None):
+def _names(names: list[str]) -> str:
+    return ", ".join(f"'{name}'" for name in names)
+
+
+def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dict, config: dict, forced: bool,
+            resumable: bool, flag: str | None):
     done = done_fingerprint(stage_dir)
-    manifest = read_manifest(stage_dir)
     if forced:
         return "rerun", f"forced by --from/--only {flag}"
     if done == fp and manifest is not None and manifest.status == "done":
         return "skip", "complete; fingerprint matches"
     old = manifest.components if manifest is not None else {}
+    old_config = manifest.config if manifest is not None else None
     if done is not None:
-        return "rerun", "changed since it ran: " + _what_changed(old, components)
+        return "rerun", "changed since it ran: " + _what_changed(old, components, old_config, config)
     if manifest is not None and manifest.fingerprint == fp:
         if resumable:
             return "resume", "interrupted; continues from what it completed (checkpoints, samples)"
         return "rerun", "interrupted; starts over (not a resumable stage)"
     if manifest is not None:
-        return "rerun", "interrupted and changed since: " + _what_changed(old, components)
+        return "rerun", "interrupted and changed since: " + _what_changed(old, components, old_config, config)
     return "run", "not run yet"
 
 
-def _what_changed(old: dict, new: dict) -> str:
+def _what_changed(old: dict, new: dict, old_config: dict | None = None, config: dict | None = None) -> str:
     labels = {
         "config": "stage config",
         "files": "input files",
@@ -249,8 +278,47 @@ def _what_changed(old: dict, new: dict) -> str:
         "seed": "recipe seed",
         "trust_remote_code": "trust_remote_code",
     }
-    changed = [labels.get(key, key) for key in new if old.get(key) != new.get(key)]
+    changed = []
+    for key in new:
+        if old.get(key) == new.get(key):
+            continue
+        label = labels.get(key, key)
+        if key == "config" and old_config is not None and config is not None:
+            label += " changed: " + config_diff(old_config, config)
+        changed.append(label)
     return ", ".join(changed) or "fingerprint"
+
+
+def config_diff(old: Any, new: Any, *, limit: int = 4) -> str:
+    """What differs between two config dumps: `train.learning_rate 2e-05 → 1e-05, data.heldout 0.05 → unset`."""
+    before, after = _flatten(old), _flatten(new)
+    changes = [f"{key} {_shown(before.get(key))} → {_shown(after.get(key))}"
+               for key in dict.fromkeys([*before, *after]) if before.get(key, _UNSET) != after.get(key, _UNSET)]
+    shown = ", ".join(changes[:limit])
+    return shown + (f" (+{len(changes) - limit} more)" if len(changes) > limit else "") or "no visible key"
+
+
+_UNSET = object()
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        out = {}
+        for i, item in enumerate(value):
+            out.update(_flatten(item, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "unset"
+    return format_metric(value) if isinstance(value, float) else json.dumps(value, ensure_ascii=False)
 
 
 def _check_only_inputs(decisions: list[StageDecision], only: str) -> None:
@@ -286,6 +354,7 @@ def run_recipe(
                             chat_template=loaded.recipe.chat_template, description=loaded.recipe.description,
                             resolved=resolved)
         done: dict[str, Upstream] = {}
+        run_ids: dict[str, str] = {}  # each stage's run, as later stages record it (manifest `inputs`)
         # The model each stage hands on: its own, or (evaluate, synthesize) the one it started from.
         hands_on: dict[str, Path] = {}
         for decision in decisions:
@@ -293,9 +362,11 @@ def run_recipe(
             stage_dir = run_dir / decision.name
             start_model = hands_on[decision.upstream] if decision.upstream else base_dir
             if decision.action == "skip":
-                upstream = _skipped(decision, config, run_dir)
+                upstream, run_ids[decision.name] = _skipped(decision, config, run_dir)
                 log.info("stage %s (%s): skip: %s", decision.name, decision.kind, decision.reason)
                 summary.skipped.append(decision.name)
+                if decision.stale:
+                    summary.stale.append(decision.name)
             else:
                 log.info("stage %s (%s): %s: %s", decision.name, decision.kind, decision.action, decision.reason)
                 reap_stale_launch(stage_dir, log=log)
@@ -303,7 +374,8 @@ def run_recipe(
                     clear_stage(stage_dir, run_dir)
                 ctx = _context(loaded, decision, run_dir, start_model, base_dir, tokenizer_dir, template, recipe,
                                _visible(decision, done))
-                upstream = _run_stage(config, decision, ctx, run_dir)
+                run_ids[decision.name] = uuid.uuid4().hex
+                upstream = _run_stage(config, decision, ctx, run_dir, run_ids)
                 summary.ran.append(decision.name)
             done[decision.name] = upstream
             hands_on[decision.name] = upstream.result.model or start_model
@@ -322,13 +394,13 @@ def _visible(decision: StageDecision, done: dict[str, Upstream]) -> dict[str, Up
     return {name: up for name, up in done.items() if name in wanted}
 
 
-def _skipped(decision: StageDecision, config: StageConfigBase, run_dir: Path) -> Upstream:
-    """A complete stage as later stages see it, from its manifest."""
+def _skipped(decision: StageDecision, config: StageConfigBase, run_dir: Path) -> tuple[Upstream, str]:
+    """A complete stage as later stages see it, from its manifest, and its run id."""
     manifest = read_manifest(run_dir / decision.name)
     if manifest is None or manifest.status != "done":
         raise StageError(f"stage '{decision.name}': its manifest is missing or unreadable; run it again with "
                          f"--from {decision.name}")
-    return manifest.upstream(stage_kind(decision.kind).result, config, run_dir)
+    return manifest.upstream(stage_kind(decision.kind).result, config, run_dir), manifest.run_id
 
 
 def prepare_tokenizer(base_dir: Path, template_ref: str, template: str, run_dir: Path, log: logging.Logger,
@@ -380,7 +452,8 @@ def _context(loaded: LoadedRecipe, decision: StageDecision, run_dir: Path, start
     )
 
 
-def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageContext, run_dir: Path) -> Upstream:
+def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageContext, run_dir: Path,
+               run_ids: dict[str, str]) -> Upstream:
     """Run one stage; the runner alone writes its manifest, metrics and (last) DONE."""
     kind = stage_kind(decision.kind)
     stage_dir = ctx.stage_dir
@@ -391,7 +464,9 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
     log.addHandler(handler)
     manifest = Manifest(name=decision.name, kind=decision.kind, fingerprint=decision.fingerprint,
                         components=decision.components, status="running", action=decision.action,
-                        started_at=time.time(), tempa_version=__version__, start_model=ctx.start_model)
+                        started_at=time.time(), tempa_version=__version__, start_model=ctx.start_model,
+                        run_id=run_ids[decision.name], inputs={dep: run_ids.get(dep, "") for dep in decision.inputs},
+                        config=decision.config)
     manifest.write(stage_dir, run_dir)
     try:
         result = kind.run(config, ctx)
@@ -443,10 +518,11 @@ class StageStatus:
 
     name: str
     kind: str
-    state: str  # done | failed | running | interrupted | pending
+    state: str  # done | stale | failed | running | interrupted | pending
     duration_s: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    note: str | None = None  # why a stage is stale
 
 
 def stage_status(names: list[str] | None, run_dir: Path) -> list[StageStatus]:
@@ -455,19 +531,23 @@ def stage_status(names: list[str] | None, run_dir: Path) -> list[StageStatus]:
     if names is None:
         names = [m.name for m in sorted(manifests.values(), key=lambda m: m.started_at)]
     active = run_in_progress(run_dir)
+    run_ids = {name: m.run_id for name, m in manifests.items()}
     rows = []
     for name in names:
         manifest = manifests.get(name)
         if manifest is None:
             rows.append(StageStatus(name, "", "pending"))
             continue
-        state = "pending"
+        state, note = "pending", None
         if done_fingerprint(run_dir / name) == manifest.fingerprint:
             state = "done"
+            stale = stale_inputs(manifest, run_ids)
+            if stale:
+                state, note = "stale", f"{_names(stale)} ran again since; the next `tempa run` re-runs it"
         elif manifest.status == "failed":
             state = "failed"
         elif manifest.status == "running":
             state = "running" if active else "interrupted"
         rows.append(StageStatus(name, manifest.kind, state, manifest.duration_s,
-                                manifest.metrics if state == "done" else {}, manifest.error))
+                                manifest.metrics if state in ("done", "stale") else {}, manifest.error, note))
     return rows

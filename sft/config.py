@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -36,6 +36,7 @@ DEFAULT_TRAIN_ARGS: dict[str, Any] = {
 class SFTStageConfig(StageConfigBase):
     """Full-parameter (default) or LoRA supervised fine-tuning with trl's SFTTrainer."""
 
+    train_defaults: ClassVar[dict[str, Any]] = DEFAULT_TRAIN_ARGS
     kind: Literal["sft"] = "sft"
     data: DataConfig = Field(description="Sources, mixing, curation and held-out split.")
     train: dict[str, Any] = Field(
@@ -56,7 +57,3 @@ class SFTStageConfig(StageConfigBase):
         """The datasets of earlier stages that `path: stage:NAME` sources name."""
         return [Read(ref, Artifact.DATASET, ("data", "sources", i, "path"))
                 for i, source in enumerate(self.data.sources) if (ref := source.stage_ref)]
-
-    def train_args(self) -> dict[str, Any]:
-        """tempa defaults overlaid with the recipe's values."""
-        return {**DEFAULT_TRAIN_ARGS, **self.train}

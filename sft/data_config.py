@@ -32,9 +32,17 @@ Example (YAML, inside an ``sft`` stage)::
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tempa.sft import language
 from tempa.sft.run_layout import safe_name
@@ -352,6 +360,17 @@ class LanguageFilterConfig(_Strict, language.LanguageRules):
     )
 
 
+def _switch(model: type[BaseModel]) -> Any:
+    """A filter block that `true` turns on with its defaults and `false` turns off (schema: the block or a bool)."""
+    return Annotated[model | None, BeforeValidator(_enable_with_defaults, json_schema_input_type=model | bool | None)]
+
+
+PIISwitch = _switch(PIIConfig)
+LanguageSwitch = _switch(LanguageFilterConfig)
+DedupSwitch = _switch(DedupConfig)
+TemplateFilterSwitch = _switch(TemplateFilterConfig)
+
+
 class CurationConfig(_Strict):
     """Row filters. Each is optional; each counts what it drops and writes the rows to rejects.jsonl.
 
@@ -375,12 +394,12 @@ class CurationConfig(_Strict):
             "after an assistant), ending with an assistant turn; empty user/assistant turns count as broken."
         ),
     )
-    pii: PIIConfig | None = Field(default=None, description="PII filter; off unless set.")
-    language: LanguageFilterConfig | None = Field(
+    pii: PIISwitch = Field(default=None, description="PII filter; off unless set.")
+    language: LanguageSwitch = Field(
         default=None, description="Language-ID filter against each source's `languages`; off unless set."
     )
-    dedup: DedupConfig | None = Field(default=None, description="Exact and near-duplicate removal; off unless set.")
-    template_instructions: TemplateFilterConfig | None = Field(
+    dedup: DedupSwitch = Field(default=None, description="Exact and near-duplicate removal; off unless set.")
+    template_instructions: TemplateFilterSwitch = Field(
         default=None, description="Template-instruction filter; off unless set."
     )
     min_tokens: int | None = Field(default=None, ge=1, description="Reject samples shorter than this many tokens.")
@@ -392,11 +411,6 @@ class CurationConfig(_Strict):
             "than letting the trainer truncate away the end of an answer and its end-of-turn token."
         ),
     )
-
-    @field_validator("pii", "language", "dedup", "template_instructions", mode="before")
-    @classmethod
-    def _bool_switch(cls, value: Any) -> Any:
-        return _enable_with_defaults(value)
 
 
 class DataConfig(_Strict):

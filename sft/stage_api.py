@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -74,6 +74,9 @@ class StageConfigBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
+    # A training kind's defaults for its `train:` block (on top of trl's): the reference and `tempa plan` show them.
+    train_defaults: ClassVar[Mapping[str, Any]] = {}
+
     kind: str = Field(description="The stage kind (sft, synthesize, preference, evaluate, merge, bake).")
     name: str = Field(
         description="Unique stage name; also its folder in the run directory (letters, digits, '.', '_', "
@@ -96,6 +99,10 @@ class StageConfigBase(BaseModel):
     def reads(self, earlier: Sequence[str]) -> list[Read]:
         """Earlier stages this stage reads besides its ``from``; ``earlier`` are their names, in order."""
         return []
+
+    def train_args(self) -> dict[str, Any]:
+        """The trainer arguments a training kind trains with (its defaults overlaid with the recipe's)."""
+        return {**self.train_defaults, **getattr(self, "train", {})}
 
 
 ConfigT = TypeVar("ConfigT", bound=StageConfigBase)

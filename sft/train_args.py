@@ -28,6 +28,7 @@ from pydantic import TypeAdapter, ValidationError, ValidationInfo
 
 from tempa.sft.files import cache_root, write_atomic
 from tempa.sft.suggest import closest, did_you_mean
+from tempa.sft.trackers import check_report_to
 
 # Validation context key: when true, `train:` mappings are not checked yet. A spec not yet in the
 # cache needs trl's config classes (torch, transformers: seconds of imports), so the recipe
@@ -80,6 +81,7 @@ def check_train_args(
             first = exc.errors(include_url=False)[0]["msg"]
             raise ValueError(f"'{key}': {first}, got {value!r}") from None
     check_counts(values)
+    check_report_to(values.get("report_to"))
     if "lr_scheduler_type" in values:
         check_scheduler(spec, values["lr_scheduler_type"], values.get("lr_scheduler_kwargs") or {})
     return dict(values)

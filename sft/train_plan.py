@@ -58,6 +58,8 @@ class TrainPlan(BaseModel):
     seed: int
     env: TrainingEnv
     runner_pid: int | None = Field(default=None, description="The worker stops when this process dies.")
+    recipe: dict[str, Any] | None = Field(default=None, description="The resolved recipe: the run config the "
+                                          "trackers (wandb, trackio) are given.")
 
     def write(self, path: Path) -> Path:
         write_atomic(path, self.model_dump_json(indent=2) + "\n")
@@ -92,6 +94,10 @@ def train_plan(
     lora: LoraSettings | None = None,
 ) -> TrainPlan:
     """The plan for training into ``out_dir`` (``checkpoints/`` and ``final/`` go there)."""
+    train_args = dict(train_args)
+    if ctx.recipe is not None:  # what the trackers call the run: recipe/stage (/round-N for a preference round)
+        name = f"{ctx.recipe.name}/{ctx.stage_name}" + (f"/{out_dir.name}" if out_dir != ctx.stage_dir else "")
+        train_args.setdefault("run_name", name)
     return TrainPlan(
         trainer=trainer,
         start_model=start_model,
@@ -106,6 +112,7 @@ def train_plan(
         seed=seed,
         env=ctx.training,
         runner_pid=os.getpid(),
+        recipe=dict(ctx.recipe.resolved) if ctx.recipe is not None else None,
     )
 
 

@@ -26,6 +26,7 @@ from tempa.sft.kernels import KernelChoice, KernelEnv, choose_kernels, detect_en
 from tempa.sft.packed_attention import DOC_SDPA, supports_document_attention
 from tempa.sft.packed_attention import register as register_document_attention
 from tempa.sft.throughput import ThroughputMeter, add_throughput_callbacks
+from tempa.sft.trackers import CONFIG_TRACKERS, named_trackers, recipe_callback
 from tempa.sft.train_plan import OUTCOME_FILE, TrainOutcome, TrainPlan
 
 
@@ -175,6 +176,8 @@ def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *
     The model goes to ``final.tmp`` with the tokenizer and its :class:`TrainOutcome`, and is
     renamed to ``final`` last, so a kill never leaves a final model that looks complete.
     """
+    if plan.recipe is not None and set(named_trackers(trainer.args.report_to)) & set(CONFIG_TRACKERS):
+        trainer.add_callback(recipe_callback(plan.recipe))  # after the trackers' own callbacks
     resume = last_complete_checkpoint(plan.checkpoints_dir)
     if resume is not None and trainer.is_world_process_zero():
         print(f"[tempa] resuming from {resume}", flush=True)
@@ -292,6 +295,9 @@ def dpo_trainer(plan: TrainPlan, tokenizer, kernels: KernelChoice):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tempa.sft.line_progress import line_mode
+
+    line_mode()  # train.log gets one line per interval of the trainer's bars, not \r redraws
     plan = read_plan(argv)
 
     from transformers import AutoTokenizer

@@ -58,6 +58,11 @@ def test_plan_explains_stages_and_does_no_work(tmp_path, capsys, tiny_model_dir)
     assert "resolved recipe" in out and "learning_rate: 0.0001" in out
     for expected in ("one", "two", "base model", "not run yet"):
         assert expected in out
+    # the effective training arguments: the recipe's value, and tempa's defaults marked
+    line = next(line for line in out.splitlines() if line.startswith("training arguments of one"))
+    assert "learning_rate=0.0001," in line and "assistant_only_loss=true*" in line and "packing=true*" in line
+    assert "learning_rate=2e-05*" in next(line for line in out.splitlines()
+                                          if line.startswith("training arguments of two"))
     assert not run_dir.exists()
 
 

@@ -3,10 +3,10 @@ rendered in a real headless Chromium."""
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 import subprocess
-import textwrap
 
 import pytest
 
@@ -61,49 +61,101 @@ def reported_run(tmp_path_factory, tiny_model_dir):
         json.dumps({"messages": [{"role": "user", "content": f"Ulangi: satu dua #{i}"}]}) + "\n" for i in range(6)))
     recipe = sft_recipe(folder, tiny_model_dir, stages=STAGES)
     run_recipe(load_recipe(recipe), folder / "run")
-    assert main(["report", str(folder / "run")]) == 0
+    with pytest.MonkeyPatch.context() as patch:  # short answers: the tiny models are sampled on a busy CPU
+        patch.setattr("tempa.recipes.report.SAMPLE_MAX_NEW_TOKENS", 12)
+        assert main(["report", str(folder / "run")]) == 0
     return folder / "run"
 
 
 def test_report_page_has_every_section(reported_run):
     page = (reported_run / "report" / "index.html").read_text()
-    for section in ("Stages", "Loss curves", "Leaderboard (merge)", "Merge choice (merge)",
-                    'thinking_mode="on"', 'thinking_mode="off"'):
+    for section in ("Stages", "Data mix", "Training curves", "Preference rounds", "Leaderboard (merge)",
+                    "Merge choice (merge)", "Sample generations", 'thinking_mode="on"', 'thinking_mode="off"'):
         assert section in page, section
     assert "(merged)" in page and "merge_method: linear" in page
-    assert 'src="loss-sft.png"' in page and 'src="loss-align.png"' in page
-    assert "Throughput" in page and 'src="throughput-sft.png"' in page and 'src="throughput-align.png"' in page
-    assert "Rewards per preference round" in page and 'src="rewards-align.png"' in page
+    # one self-contained file: every image inline, nothing else in the folder
+    assert 'src="data:image/png;base64,' in page and "src=\"data:" in page
+    assert all(src.startswith("data:") for src in page.split('src="')[1:])
+    assert [p.name for p in (reported_run / "report").iterdir()] == ["index.html"]
     # the off-mode prompt shows the prefilled empty think block, the on-mode one an open block
     assert "&lt;think&gt;\n&lt;/think&gt;" in page
 
 
-def test_report_renders_in_headless_chromium_with_non_empty_images(reported_run, tmp_path):
-    import matplotlib.image
+def test_report_samples_are_cached_and_can_be_left_out(reported_run, monkeypatch):
+    import time
 
-    report = tmp_path / "report"
-    shutil.copytree(reported_run / "report", report)
-    probe = report / "probe.html"
-    # the real page plus a probe that records each image's decoded size after load
-    probe.write_text((report / "index.html").read_text().replace("</body>", textwrap.dedent("""
-        <script>
-        window.addEventListener('load', () => {
-          const sizes = [...document.images].map(i => [i.getAttribute('src'), i.naturalWidth, i.naturalHeight]);
-          document.body.setAttribute('data-images', JSON.stringify(sizes));
-        });
-        </script></body>""")))
+    from tempa.recipes.report import write_report
+
+    monkeypatch.setattr("tempa.recipes.report.SAMPLE_MAX_NEW_TOKENS", 12)  # as the fixture's report sampled
+    page = write_report(reported_run, samples=False).read_text()
+    assert "Sample generations" not in page and "Training curves" in page
+    started = time.monotonic()
+    page = write_report(reported_run).read_text()  # the fixture's report sampled; these come from the cache
+    assert time.monotonic() - started < 30 and "Sample generations" in page
+
+
+PROBE = """
+<script>
+window.addEventListener('load', () => {
+  const text = (el) => el.textContent.trim();
+  const board = document.querySelector('table.board');
+  const info = {
+    sections: [...document.querySelectorAll('h2')].map(text),
+    training: [...document.querySelectorAll('#training h3')].map(text),
+    images: [...document.images].map(i => [i.getAttribute('alt'), i.naturalWidth, i.naturalHeight]),
+    mixRows: [...document.querySelectorAll('table.mix tr')].map(r => [...r.cells].map(text)),
+    rounds: [...document.querySelectorAll('table.rounds tr')].filter(r => r.cells[0].tagName === 'TD')
+      .map(r => [...r.cells].map(text)),
+    board: board && {width: board.getBoundingClientRect().width, page: document.documentElement.clientWidth,
+                     scroll: document.documentElement.scrollWidth,
+                     directions: [...board.querySelectorAll('th.metric .dir')].map(text)},
+    prompts: [...document.querySelectorAll('#samples h3.prompt')].map(text),
+    answers: [...document.querySelectorAll('#samples td.answer')].map(td => [td.dataset.mode, text(td)]),
+    sampleRows: [...document.querySelectorAll('table.samples tr')].filter(r => r.cells[0].tagName === 'TD')
+      .map(r => text(r.cells[0])),
+  };
+  document.body.setAttribute('data-probe', JSON.stringify(info));
+});
+</script></body>"""
+
+
+def test_report_renders_in_headless_chromium(reported_run, tmp_path):
+    probe = tmp_path / "probe.html"
+    probe.write_text((reported_run / "report" / "index.html").read_text().replace("</body>", PROBE))
     result = subprocess.run(
         [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+         "--window-size=1280,900", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
+         "--dump-dom", probe.as_uri()],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    marker = 'data-images="'
+    marker = 'data-probe="'
     start = result.stdout.index(marker) + len(marker)
-    sizes = json.loads(result.stdout[start:result.stdout.index('"', start)].replace("&quot;", '"'))
-    assert sizes, "the page shows no images"
-    for src, width, height in sizes:
-        assert width > 100 and height > 100, (src, width, height)
-        pixels = matplotlib.image.imread(report / src)
-        assert pixels.std() > 0.01, f"{src} is blank"  # a curve was drawn, not an empty canvas
+    info = json.loads(html.unescape(result.stdout[start:result.stdout.index('"', start)]))
+
+    assert info["sections"][:5] == ["Stages", "Data mix", "Training curves", "Preference rounds",
+                                    "Leaderboard (merge)"]
+    assert "Sample generations" in info["sections"]
+    # every image decoded (inline PNGs), big enough to read
+    assert info["images"] and all(w > 300 and h > 150 for _, w, h in info["images"]), info["images"]
+    # training curves: the sft stage, and each preference round on its own axes
+    assert info["training"][:3] == ["sft", "align round-1", "align round-2"]
+    # the data mix: the source, its rows and tokens, the rejects by reason
+    header, source, total = info["mixRows"][0], info["mixRows"][1], info["mixRows"][-1]
+    assert header[:3] == ["source", "rows in", "rows kept"] and "rejects by reason" in header
+    assert source[0] == "rows" and int(source[1]) == 48 and int(source[3]) == 4 and total[0] == "total"
+    # two preference rounds, each with its DPO margin and accuracy
+    assert [row[0] for row in info["rounds"]] == ["1", "2"]
+    assert all(row[7] != "–" and row[8] != "–" for row in info["rounds"]), info["rounds"]
+    # the leaderboard fits the page, each metric marked with its direction
+    board = info["board"]
+    assert board["width"] <= board["page"] and board["scroll"] <= board["page"], board
+    assert board["directions"] and set(board["directions"]) <= {"↑", "↓"} and "↓" in board["directions"]
+    # samples: each prompt answered by each stage's model, thinking on and off side by side
+    assert len(info["prompts"]) == 3
+    models = sorted(set(info["sampleRows"]))
+    assert {"sft", "align", "merge", "bake"} <= set(models), models
+    assert len(info["answers"]) == 2 * len(info["sampleRows"])
+    assert [mode for mode, _ in info["answers"][:2]] == ["on", "off"]
+    assert sum(1 for _, answer in info["answers"] if answer) >= len(info["answers"]) // 2

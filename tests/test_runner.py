@@ -123,7 +123,7 @@ def test_changing_one_stage_reruns_it_and_its_downstream_only(recipe, tmp_path):
     # b changes; c starts from a (not b), so only b re-runs
     plans = plan_run(load_recipe(recipe, ["stages.b.value=5"]), run_dir)
     assert [(p.name, p.action) for p in plans] == [("a", "skip"), ("b", "rerun"), ("c", "skip")]
-    assert plans[1].reason == "changed since it ran: stage config"
+    assert plans[1].reason == "changed since it ran: stage config changed: value 2 → 5"
     run_recipe(load_recipe(recipe, ["stages.b.value=5"]), run_dir)
     assert calls(run_dir) == ["b"]
     assert (run_dir / "b" / "out.txt").read_text().startswith("5")
@@ -152,6 +152,39 @@ def test_from_and_only_force_stages(recipe, tmp_path):
     reset_calls(run_dir)
     run_recipe(load_recipe(recipe), run_dir, only="a")
     assert calls(run_dir) == ["a"]
+
+
+def test_only_leaves_later_stages_stale_until_a_plain_run(recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    plans = plan_run(load_recipe(recipe), run_dir, only="a")
+    assert [(p.name, p.action) for p in plans] == [("a", "rerun"), ("b", "skip"), ("c", "skip")]
+    assert "stale once 'a' re-ran" in plans[1].reason and plans[1].stale == ["a"]
+    summary = run_recipe(load_recipe(recipe), run_dir, only="a")
+    assert summary.stale == ["b", "c"]
+    states = {row.name: (row.state, row.note) for row in stage_status(["a", "b", "c"], run_dir)}
+    assert states["a"] == ("done", None)
+    assert states["b"][0] == "stale" and "'a' ran again since" in states["b"][1]
+    assert states["c"][0] == "stale"
+
+    plans = plan_run(load_recipe(recipe), run_dir)  # a plain run re-runs what --only left stale
+    assert [(p.name, p.action) for p in plans] == [("a", "skip"), ("b", "rerun"), ("c", "rerun")]
+    assert plans[1].reason == "stale: 'a' ran again since it ran"
+    reset_calls(run_dir)
+    run_recipe(load_recipe(recipe), run_dir)
+    assert calls(run_dir) == ["b", "c"]
+    assert {row.state for row in stage_status(["a", "b", "c"], run_dir)} == {"done"}
+    assert [p.action for p in plan_run(load_recipe(recipe), run_dir)] == ["skip", "skip", "skip"]
+
+
+def test_plan_names_the_keys_that_changed(tmp_path):
+    from tempa.recipes.runner import config_diff
+
+    old = {"train": {"learning_rate": 2e-5, "max_length": 512}, "data": {"sources": [{"name": "x", "weight": 1.0}]}}
+    new = {"train": {"learning_rate": 1e-5, "max_length": 512}, "data": {"sources": [{"name": "x", "weight": 0.5}]},
+           "lora": {"r": 8}}
+    assert config_diff(old, new) == ("train.learning_rate 2e-05 → 1e-05, data.sources[0].weight 1 → 0.5, "
+                                     "lora.r unset → 8")
 
 
 def test_only_refuses_a_stage_whose_input_is_incomplete(recipe, tmp_path):

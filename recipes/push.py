@@ -1,0 +1,94 @@
+"""`tempa push RUN_DIR --repo ORG/NAME`: upload a finished run's final model to the Hugging Face Hub.
+
+What goes up is the final folder (``RUN_DIR/final``: weights, tokenizer with the baked template,
+generation config, model card) in one commit, made with huggingface_hub's own
+``CommitOperationAdd`` / ``create_commit``; the GGUF and its Ollama Modelfile only with
+``--gguf``. Never intermediate checkpoints or stage folders, never hidden files, and only a
+folder that :func:`tempa.merge.publish.publish_problems` finds clean (no pickles, no local path or
+secret in its text) and whose stages are all complete and current. The card's usage snippet
+names the repo. The token is huggingface_hub's own (``HF_TOKEN`` or ``hf auth login``); tempa
+never reads or logs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tempa.merge.model_card import USAGE_PLACEHOLDER
+from tempa.merge.publish import publish_problems
+from tempa.sft.run_layout import FINAL_LINK
+from tempa.sft.stage_api import StageError
+
+CARD = "README.md"
+GGUF_FILES = ("*.gguf", "Modelfile")
+
+
+@dataclass(frozen=True)
+class PushFile:
+    path_in_repo: str
+    local: Path
+    size: int
+
+
+def final_folder(run_dir: Path) -> Path:
+    """The run's final model folder, refused unless every stage is complete and current, and it is publishable."""
+    from tempa.recipes.runner import stage_status
+
+    folder = Path(run_dir) / FINAL_LINK
+    if not (folder / "config.json").is_file():
+        raise StageError(f"{run_dir}: no final model ({folder}); finish the run first (tempa run)")
+    unfinished = [f"{row.name} ({row.state})" for row in stage_status(None, Path(run_dir)) if row.state != "done"]
+    if unfinished:
+        raise StageError(f"{run_dir}: not every stage is complete and current: {', '.join(unfinished)}; "
+                         "run `tempa run` first so that the final model is what the recipe says")
+    problems = publish_problems(folder)
+    if problems:
+        shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+        raise StageError(f"{folder}: not publishable as it is: {shown}")
+    return folder.resolve()
+
+
+def push_files(folder: Path, *, include_gguf: bool = False) -> list[PushFile]:
+    """The files of ``folder`` that go up, by their path in the repo."""
+    files = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if not path.is_file() or any(part.startswith(".") for part in rel.parts):
+            continue  # hidden files: partial writes, editor and OS leftovers
+        if not include_gguf and any(rel.match(pattern) for pattern in GGUF_FILES):
+            continue
+        files.append(PushFile(rel.as_posix(), path, path.stat().st_size))
+    return files
+
+
+def card_text(folder: Path, repo: str) -> str:
+    """The model card as it goes up: its usage snippet loads the repo."""
+    return (folder / CARD).read_text(encoding="utf-8").replace(USAGE_PLACEHOLDER, repo)
+
+
+def commit_operations(folder: Path, files: list[PushFile], repo: str) -> list:
+    """huggingface_hub's operations for one commit of ``files``."""
+    from huggingface_hub import CommitOperationAdd
+
+    return [CommitOperationAdd(path_in_repo=f.path_in_repo,
+                               path_or_fileobj=card_text(folder, repo).encode() if f.path_in_repo == CARD else f.local)
+            for f in files]
+
+
+def push(run_dir: Path, repo: str, *, include_gguf: bool = False, private: bool = False,
+         dry_run: bool = False, message: str | None = None) -> tuple[list[PushFile], str | None]:
+    """Upload (or with ``dry_run`` only list) the final model; returns the files and the commit URL."""
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise StageError(f"--repo {repo!r}: expected ORG/NAME")
+    folder = final_folder(run_dir)
+    files = push_files(folder, include_gguf=include_gguf)
+    if dry_run:
+        return files, None
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo, private=private, exist_ok=True)
+    info = api.create_commit(repo, operations=commit_operations(folder, files, repo),
+                             commit_message=message or f"Upload {repo} (tempa)")
+    return files, info.commit_url

@@ -1,0 +1,278 @@
+"""The recipe reference, generated from the pydantic models: Markdown for people, JSON Schema for editors.
+
+Everything a recipe may say is declared once, in the models (:class:`tempa.recipes.schema.Recipe`
+and each stage kind's config, collected from the stage packages by
+:func:`tempa.recipes.registry.stage_kinds`), so a new kind or key appears here without an edit.
+The committed ``docs/recipe-reference.md`` is this module's output; regenerate it with::
+
+    python -m tempa.recipes.reference > docs/recipe-reference.md
+
+(``tempa schema --markdown`` prints the same). ``tempa schema`` prints the JSON Schema.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import types
+import typing
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, Field, create_model
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from tempa.recipes.registry import stage_kinds
+from tempa.recipes.schema import Recipe
+
+REGENERATE = "python -m tempa.recipes.reference > docs/recipe-reference.md"
+
+# Keys the loader reads before validation (recipes/loader.py), declared here so that editors know them.
+_LOADER_KEYS: dict[str, Any] = {
+    "extends": (str | None, Field(default=None, description="Another recipe file this one inherits (relative "
+                                  "to this file); stages merge by name, new stages are appended.")),
+    "profiles": (dict[str, Any], Field(default_factory=dict, description="Named overlays applied with "
+                                       "`--profile NAME` (any recipe keys; stages merge by name).")),
+}
+
+
+def stage_union() -> Any:
+    """Every stage kind's config, told apart by `kind` (a discriminated union)."""
+    configs = tuple(kind.config for kind in stage_kinds().values())
+    return Annotated[Union[configs], Field(discriminator="kind")]  # noqa: UP007 (a runtime tuple of types)
+
+
+def recipe_model() -> type[BaseModel]:
+    """:class:`Recipe` with its stages typed by kind, plus the keys the loader handles (extends, profiles)."""
+    stages = (list[stage_union()], Field(min_length=1, description=Recipe.model_fields["stages"].description))
+    return create_model("Recipe", __base__=Recipe, __doc__=Recipe.__doc__, stages=stages, **_LOADER_KEYS)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a recipe file (for YAML editors: `# yaml-language-server: $schema=...`)."""
+    schema = recipe_model().model_json_schema(by_alias=True, mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": "tempa recipe"}
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def markdown() -> str:
+    """The whole reference as Markdown (docs/recipe-reference.md)."""
+    model = recipe_model()
+    kinds = stage_kinds()
+    queue: list[type[BaseModel]] = []
+    out = [
+        "# Recipe reference",
+        "",
+        f"<!-- generated from the pydantic models; do not edit. Regenerate: {REGENERATE} -->",
+        "",
+        "Every key a recipe may hold, with its type, default and meaning, generated from the models tempa "
+        "validates recipes with (a key not listed here is an error naming the closest one). `tempa schema` "
+        "prints the same as a JSON Schema for editors, e.g. with the YAML language server: "
+        "`tempa schema > tempa-recipe.schema.json` and a first line "
+        "`# yaml-language-server: $schema=tempa-recipe.schema.json` in the recipe.",
+        "",
+        "Contents: [the recipe](#the-recipe), " + ", ".join(f"[`{k}`](#stage-kind-{k})" for k in kinds)
+        + ", [data formats](#data-formats), [prompt files](#prompt-files), [training defaults and `train:`]"
+        "(#training-arguments-train), [logs and tensorboard](#logs-and-tensorboard).",
+        "",
+        "## The recipe",
+        "",
+        _doc(Recipe),
+        "",
+        _fields_table(model, queue, skip={"stages"}),
+        "",
+        "`stages`: a list of stages, each a mapping whose `kind` is one of the kinds below. Every stage has "
+        "`name`, `kind` and `from`; the bake stage is added last when a recipe has none.",
+        "",
+    ]
+    for name, kind in kinds.items():
+        out += [f"## Stage kind: `{name}`", "", f"*{kind.summary}.*", "", _doc(kind.config), "",
+                _fields_table(kind.config, queue), ""]
+        defaults = kind.config.train_defaults
+        if defaults:
+            out += [f"tempa's `train:` defaults for `{name}` (on top of trl's; a key you set wins):", "",
+                    _mapping_table(defaults), ""]
+    out += _nested_sections(queue)
+    out += [_STATIC_SECTIONS.strip(), ""]
+    return "\n".join(out)
+
+
+def _nested_sections(queue: list[type[BaseModel]]) -> list[str]:
+    out, seen = [], set()
+    while queue:
+        model = queue.pop(0)
+        if model in seen:
+            continue
+        seen.add(model)
+        out += [f"### {model.__name__}", "", _doc(model), "", _fields_table(model, queue), ""]
+    return out
+
+
+def _doc(model: type[BaseModel]) -> str:
+    doc = typing.cast(str, model.__doc__ or "").strip()
+    return re.sub(r"\s*\n\s*", " ", doc.split("\n\n")[0]) if doc else ""
+
+
+def _fields_table(model: type[BaseModel], queue: list[type[BaseModel]], skip: set[str] = frozenset()) -> str:
+    rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
+    for name, info in model.model_fields.items():
+        if name in skip:
+            continue
+        key = info.alias or name
+        # What a recipe may write: a before-validator's declared input type, else the field's type.
+        inputs = [m.json_schema_input_type for m in info.metadata if isinstance(m, BeforeValidator)
+                  and m.json_schema_input_type is not PydanticUndefined]
+        rows.append(f"| `{key}` | {_cell(_type(inputs[0] if inputs else info.annotation, queue) + _limits(info))} | {_cell(_default(info))} "
+                    f"| {_cell(info.description or '')} |")
+    return "\n".join(rows)
+
+
+def _mapping_table(values: Mapping[str, Any]) -> str:
+    rows = ["| key | value |", "| --- | --- |"]
+    rows += [f"| `{key}` | {_cell(_value(value))} |" for key, value in values.items()]
+    return "\n".join(rows)
+
+
+def _cell(text: str) -> str:
+    return re.sub(r"\s*\n\s*", " ", text).replace("|", "\\|") or " "
+
+
+def _type(tp: Any, queue: list[type[BaseModel]]) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is type(None):
+        return "null"
+    if tp is Any:
+        return "any"
+    if origin is Annotated:
+        return _type(args[0], queue)
+    if origin in (Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_type(arg, queue) for arg in args))
+    if origin is Literal:
+        return " or ".join(f"`{json.dumps(arg)}`" if not isinstance(arg, str) else f"`{arg}`" for arg in args)
+    if origin in (list, tuple, set, frozenset, typing.Sequence) or (
+            origin is not None and getattr(origin, "__name__", "") in ("Sequence", "Iterable")):
+        return f"list of {_type(args[0], queue)}" if args else "list"
+    if origin in (dict, Mapping) or tp is dict:
+        return f"mapping of {_type(args[1], queue)}" if len(args) == 2 and args[1] is not Any else "mapping"
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        if tp not in queue:
+            queue.append(tp)
+        return f"[{tp.__name__}](#{tp.__name__.lower()})"
+    return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(
+        getattr(tp, "__name__", ""), getattr(tp, "__name__", str(tp)))
+
+
+def _limits(info: FieldInfo) -> str:
+    words = {"ge": "≥ {}", "gt": "> {}", "le": "≤ {}", "lt": "< {}", "min_length": "at least {} items",
+             "max_length": "at most {} items"}
+    parts = [text.format(getattr(meta, attr)) for meta in info.metadata for attr, text in words.items()
+             if getattr(meta, attr, None) is not None]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _default(info: FieldInfo) -> str:
+    if info.is_required():
+        return "required"
+    value = info.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return "its defaults"
+    return _value(value)
+
+
+def _value(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, str):
+        return f"`{value}`" if value else '`""`'
+    return f"`{json.dumps(value, ensure_ascii=False)}`"
+
+
+_STATIC_SECTIONS = """
+## Data formats
+
+A data source (`data.sources[]`, see [SourceConfig](#sourceconfig)) is read from:
+
+| `path` | read as |
+| --- | --- |
+| `file.jsonl` / `file.json` | JSON Lines / a JSON list, one conversation per row, read as UTF-8 line by line: a bad line becomes a reject in `rejects.jsonl` with its line number |
+| `file.parquet`, `file.csv` | loaded with `datasets` |
+| a folder written by `Dataset.save_to_disk` (or a `DatasetDict`, with `split`) | loaded with `datasets.load_from_disk` |
+| a folder of data files | loaded with `datasets` |
+| a hub dataset id, e.g. `HuggingFaceH4/ultrachat_200k` | `datasets.load_dataset(path, name=subset, split=split, revision=revision)` |
+| `stage:NAME` | the dataset an earlier `synthesize` stage wrote |
+
+Each row is one conversation in one of these layouts (`format: auto` tells them apart by the columns present;
+`columns:` renames them, see [ColumnMapping](#columnmapping)):
+
+```jsonl
+{"messages": [{"role": "system", "content": "..."}, {"role": "user", "content": "..."}, {"role": "assistant", "content": "...", "reasoning_content": "optional trace"}]}
+{"conversations": [{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}]}
+{"prompt": "...", "response": "..."}
+{"instruction": "...", "input": "optional", "output": "..."}
+```
+
+`messages` is OpenAI's layout (assistant `tool_calls`, `tool` results with `tool_call_id`/`name`); `conversations`
+is ShareGPT (`function_call` and `observation` turns for tools); `prompt` + `response` (or `completion`) and
+Alpaca's `instruction` + `input` + `output` are single turns. A row's `tools` (a list of definitions, or that
+list as JSON text) is rendered with it. A reasoning trace is read from `reasoning_content`, `reasoning` or
+`thinking`, or from a think block at the start of the answer; `thinking_mode` decides whether it is trained.
+
+## Prompt files
+
+The `preference` stage's `prompts:` ([PromptSource](#promptsource)) and the prompts of `synthesize` read rows
+with `messages` (a chat ending with a user turn; a trailing assistant turn is taken off and kept as the
+reference answer) or a plain `prompt` string, and optionally:
+
+| field | meaning |
+| --- | --- |
+| `language` | the target language (ISO 639-1) the language rewards check |
+| `answer` | a verifiable reference answer (math / exact-match verifiers) |
+| `thinking_mode` | `on` or `off` for this row (overrides the stage's `thinking`) |
+
+```jsonl
+{"messages": [{"role": "user", "content": "Apa ibu kota Indonesia?"}], "language": "id", "answer": "Jakarta"}
+{"prompt": "What is 12 * 7?", "answer": "84", "thinking_mode": "on"}
+```
+
+The field names are set with `messages_field`, `prompt_field`, `language_field`, `answer_field` and
+`thinking_field`.
+
+## Training arguments (`train:`)
+
+A training stage's `train:` takes any field of trl's `SFTConfig` (`sft`) or `DPOConfig` (`preference`),
+checked against trl's own dataclass when the recipe loads (unknown keys, wrong types, unknown choices, a
+scheduler's required `lr_scheduler_kwargs`, non-positive counts). tempa's defaults for each kind are listed
+with it above; `tempa plan` prints the effective arguments of every training stage (defaults included).
+tempa itself sets `output_dir`, `logging_dir`, `resume_from_checkpoint`, `deepspeed` and `save_safetensors`
+(a recipe may not). `report_to` names trackers (`tensorboard`, `wandb`, `trackio`, `mlflow`, ...); one that is
+not installed fails when the recipe loads. The run's name (`<recipe>/<stage>`) becomes `run_name` unless
+the recipe sets one.
+
+`lora:` (on an `sft` stage, see [LoraSettings](#lorasettings)) trains LoRA adapters with peft instead of all
+weights; the adapters are merged into the stage's saved model, so every later stage sees a plain model:
+
+```yaml
+lora: {r: 16, lora_alpha: 32, lora_dropout: 0.05, target_modules: all-linear}
+```
+
+## Logs and tensorboard
+
+| what | where |
+| --- | --- |
+| what the runner did (each stage's decisions, warnings) | `RUN_DIR/<stage>/logs/stage.log`, and the terminal |
+| a training process's output and progress lines | `RUN_DIR/<stage>/logs/train.log` (preference: one per round) |
+| the exact launch command, to re-run by hand | `RUN_DIR/<stage>/logs/launch.sh` |
+| a failed stage's traceback | `RUN_DIR/<stage>/logs/traceback.txt` |
+| tensorboard event files (`report_to: tensorboard`) | `RUN_DIR/<stage>/checkpoints/runs/<date>_<host>/` (trainer `output_dir`; `TENSORBOARD_LOGGING_DIR` overrides); `tensorboard --logdir RUN_DIR` finds them all |
+| the loss / learning-rate / grad-norm history | `log_history` in each model's `tempa_train_metrics.json`, and `tempa report` |
+
+When output goes to a file or a pipe, tempa writes full-width lines and one progress line per logging
+interval, never carriage-return progress bars.
+"""
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

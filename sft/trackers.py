@@ -1,0 +1,82 @@
+"""Trackers (`report_to`): checked when the recipe loads, and given the run's name and its recipe.
+
+transformers decides which integrations exist and how each is detected
+(``transformers.integrations.integration_utils``: ``INTEGRATION_TO_CALLBACK`` and its
+``is_<name>_available`` functions), but importing that module imports torch, and recipes are
+checked without it. :data:`INTEGRATIONS` mirrors those detections as the modules each needs
+(tests/test_trackers.py compares the names with transformers' own table), so a `report_to` naming
+an integration that is not installed fails at load, in one line, instead of an hour in.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+from typing import Any
+
+from tempa.sft.suggest import did_you_mean
+
+# integration -> the modules transformers' is_<name>_available() looks for (all must be importable)
+INTEGRATIONS: dict[str, tuple[str, ...]] = {
+    "azure_ml": ("azureml.core.run",),
+    "comet_ml": ("comet_ml",),
+    "mlflow": ("mlflow",),
+    "neptune": ("neptune",),
+    "tensorboard": ("tensorboard",),  # or tensorboardX
+    "trackio": ("trackio",),
+    "wandb": ("wandb",),
+    "codecarbon": ("codecarbon",),
+    "clearml": ("clearml",),
+    "dagshub": ("dagshub", "mlflow"),
+    "flyte": ("flytekit", "flytekitplugins.deck"),
+    "dvclive": ("dvclive",),
+    "swanlab": ("swanlab",),
+    "kubeflow": (),  # detected by an environment variable only
+}
+_ALTERNATIVES = {"tensorboard": ("tensorboardX",)}
+# Trackers that receive the recipe as their run config (their callbacks keep a `config` to update).
+CONFIG_TRACKERS = ("wandb", "trackio")
+
+
+def named_trackers(report_to: Any) -> list[str]:
+    """The integrations a `report_to` value names (none for "none", None or "all")."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    return [name for name in names if name not in ("none", "all")]
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is missing
+        return False
+
+
+def check_report_to(report_to: Any) -> None:
+    """Raise ValueError (one line) when `report_to` names an unknown or uninstalled integration."""
+    for name in named_trackers(report_to):
+        if name not in INTEGRATIONS:
+            raise ValueError(f"'report_to': {name!r} is not a transformers integration{did_you_mean(name, INTEGRATIONS)}"
+                             f" (known: {', '.join(INTEGRATIONS)})")
+        modules = INTEGRATIONS[name]
+        if not all(_installed(m) for m in modules) and not any(_installed(m) for m in _ALTERNATIVES.get(name, ())):
+            raise ValueError(f"'report_to': {name!r} is not installed (pip install {modules[0].split('.')[0]}), "
+                             "or remove it from report_to")
+
+
+def recipe_callback(recipe: Mapping[str, Any]):
+    """A Trainer callback that adds the recipe to the wandb / trackio run config once they have started."""
+    import sys
+
+    from transformers import TrainerCallback
+
+    class RecipeToTrackers(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            for name in CONFIG_TRACKERS:
+                module = sys.modules.get(name)  # imported by its callback, which runs before this one
+                run = getattr(module, "run", None) if name == "wandb" else module
+                if name in named_trackers(args.report_to) and run is not None and hasattr(module, "config"):
+                    module.config.update({"tempa_recipe": dict(recipe)}, allow_val_change=True)
+
+    return RecipeToTrackers()

@@ -1,0 +1,183 @@
+"""`tempa push`: the final folder goes up in one huggingface_hub commit, to a local stand-in for the Hub API.
+
+The server answers the calls huggingface_hub makes (create the repo, validate the card's YAML,
+pre-upload, commit) and records what the commit carried; no test reaches the real Hub.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import pytest
+
+from tempa.merge.publish import make_publishable
+
+CARD = """---
+license: apache-2.0
+language: [id, en]
+base_model: meta-llama/Llama-3.1-8B
+---
+
+# t
+
+model_id = "path/to/this/folder"
+"""
+
+
+class FakeHub(BaseHTTPRequestHandler):
+    commits: ClassVar[list[dict]] = []
+    repos: ClassVar[list[dict]] = []
+    tokens: ClassVar[set[str]] = set()
+
+    def log_message(self, *args):
+        pass
+
+    def _reply(self, body: dict, status: int = 200) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        FakeHub.tokens.add(self.headers.get("Authorization", ""))
+        endpoint = f"http://127.0.0.1:{self.server.server_port}"
+        if self.path == "/api/repos/create":
+            request = json.loads(body)
+            FakeHub.repos.append(request)
+            repo = f"{request.get('organization')}/{request['name']}"
+            return self._reply({"url": f"{endpoint}/{repo}", "name": repo, "id": repo})
+        if self.path == "/api/validate-yaml":
+            return self._reply({"errors": [], "warnings": []})
+        if self.path.endswith("/preupload/main"):
+            files = json.loads(body)["files"]
+            return self._reply({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                          for f in files]})
+        if self.path.endswith("/commit/main"):
+            lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+            files = {item["value"]["path"]: base64.b64decode(item["value"]["content"])
+                     for item in lines if item["key"] == "file"}
+            FakeHub.commits.append({"path": self.path, "header": lines[0]["value"], "files": files})
+            return self._reply({"commitUrl": f"{endpoint}/org/model/commit/{'a' * 40}", "commitOid": "a" * 40})
+        self._reply({"error": f"not served: {self.path}"}, 404)
+
+
+@pytest.fixture()
+def hub():
+    FakeHub.commits, FakeHub.repos, FakeHub.tokens = [], [], set()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture()
+def run_dir(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    final = run / "bake" / "final"
+    shutil.copytree(tiny_model_dir, final)
+    (final / "README.md").write_text(CARD)
+    (final / "t-q8_0.gguf").write_bytes(b"GGUF")
+    (final / "Modelfile").write_text("FROM ./t-q8_0.gguf\n")
+    (final / ".t-f16.gguf.partial").write_bytes(b"half")
+    (run / "sft" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (run / "sft" / "checkpoints" / "checkpoint-2" / "model.safetensors").write_bytes(b"x")
+    make_publishable(final)
+    (run / "final").symlink_to(final)
+    return run
+
+
+def tempa(*args: str, endpoint: str = "http://127.0.0.1:9") -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB_OFFLINE")}
+    env.update(HF_ENDPOINT=endpoint, HF_TOKEN="hf_" + "x" * 34, HF_HUB_DISABLE_TELEMETRY="1")
+    return subprocess.run([sys.executable, "-m", "tempa.recipes.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_push_commits_the_final_folder_only(run_dir, tiny_model_dir, hub):
+    proc = tempa("push", str(run_dir), "--repo", "org/model", endpoint=hub)
+    assert proc.returncode == 0, proc.stderr
+    assert len(FakeHub.commits) == 1 and FakeHub.commits[0]["path"] == "/api/models/org/model/commit/main"
+    files = FakeHub.commits[0]["files"]
+    expected = {p.name for p in tiny_model_dir.iterdir() if p.is_file()} | {"README.md"}
+    assert set(files) == expected  # no GGUF without --gguf, no hidden partial file, no checkpoint
+    weights = next(name for name in files if name.endswith(".safetensors"))
+    assert files[weights] == (tiny_model_dir / weights).read_bytes()
+    card = files["README.md"].decode()
+    assert 'model_id = "org/model"' in card and card.startswith("---\nlicense: apache-2.0")
+    assert FakeHub.repos[0]["name"] == "model" and FakeHub.repos[0]["organization"] == "org"
+    assert str(run_dir) not in proc.stdout + proc.stderr and "hf_xxx" not in proc.stdout + proc.stderr
+    assert f"{hub}/org/model/commit/" in proc.stdout
+
+
+def test_dry_run_lists_files_and_uploads_nothing(run_dir, hub):
+    proc = tempa("push", str(run_dir), "--repo", "org/model", "--gguf", "--dry-run", endpoint=hub)
+    assert proc.returncode == 0, proc.stderr
+    listed = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")]
+    assert "t-q8_0.gguf" in listed and "Modelfile" in listed and "README.md" in listed
+    assert not any(name.startswith(".") or "checkpoint" in name for name in listed)
+    assert "dry run:" in proc.stdout and FakeHub.commits == [] and FakeHub.repos == []
+
+
+def test_a_folder_that_is_not_publishable_is_refused(run_dir, hub):
+    (run_dir / "final" / "notes.txt").write_text(f"trained on {run_dir}/data/private.jsonl\n")
+    (run_dir / "final" / "notes.txt").chmod(0o644)
+    proc = tempa("push", str(run_dir), "--repo", "org/model", endpoint=hub)
+    assert proc.returncode == 1 and "not publishable as it is: notes.txt: local path" in proc.stderr
+    assert FakeHub.commits == [] and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_commit_operations_are_huggingface_hub_s_own(run_dir):
+    from huggingface_hub import CommitOperationAdd
+
+    from tempa.recipes.push import commit_operations, final_folder, push_files
+
+    folder = final_folder(run_dir)
+    ops = commit_operations(folder, push_files(folder), "org/model")
+    assert all(isinstance(op, CommitOperationAdd) for op in ops)
+    card = next(op for op in ops if op.path_in_repo == "README.md")
+    assert b'model_id = "org/model"' in card.path_or_fileobj
+
+
+def test_a_run_with_a_stale_or_failed_stage_is_refused(run_dir):
+    from tempa.recipes.push import final_folder
+    from tempa.sft.stage_api import StageError
+
+    (run_dir / "sft" / "manifest.json").write_text(json.dumps(
+        {"name": "sft", "kind": "sft", "fingerprint": "f", "status": "failed", "started_at": 0}))
+    with pytest.raises(StageError, match=r"not every stage is complete and current: sft \(failed\)"):
+        final_folder(run_dir)
+
+
+def test_the_card_names_hub_datasets_but_not_local_files(tmp_path):
+    import yaml
+
+    from tempa.merge.model_card import ModelCardConfig, render_model_card
+    from tempa.sft.config import SFTStageConfig
+    from tempa.sft.stage_api import RecipeInfo, StageResult, Upstream
+    from tempa.sft.train_args import DEFER_TRAIN_CHECKS
+
+    (tmp_path / "mine.jsonl").write_text("{}\n")
+    config = SFTStageConfig.model_validate(
+        {"name": "sft", "kind": "sft", "data": {"sources": [
+            {"name": "chat", "path": "HuggingFaceH4/ultrachat_200k"}, {"name": "mine", "path": "mine.jsonl"}]}},
+        context={"base_dir": tmp_path, DEFER_TRAIN_CHECKS: True})
+    card = render_model_card(
+        ModelCardConfig(license="llama3.1", languages=["id", "th"]),
+        recipe=RecipeInfo("t", "meta-llama/Llama-3.1-8B", "llama3_thinking"),
+        stages={"sft": Upstream("sft", "sft", config, StageResult())})
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["datasets"] == ["HuggingFaceH4/ultrachat_200k"] and front["base_model"] == "meta-llama/Llama-3.1-8B"
+    assert front["license"] == "llama3.1" and front["language"] == ["id", "th"]
+    assert 'thinking_mode="on"' in card and str(tmp_path) not in card

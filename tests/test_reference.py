@@ -1,0 +1,81 @@
+"""The recipe reference (docs/recipe-reference.md) and `tempa schema`, generated from the pydantic models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from tempa.recipes import reference
+from tempa.recipes.cli import main
+from tempa.recipes.loader import shipped_recipe_dir
+from tempa.recipes.registry import stage_kinds
+from tempa.recipes.yaml_loader import parse_yaml, read_text
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "recipe-reference.md"
+
+
+def test_committed_reference_is_up_to_date():
+    assert DOC.is_file(), f"docs/recipe-reference.md is missing; generate it: {reference.REGENERATE}"
+    assert DOC.read_text(encoding="utf-8") == reference.markdown(), (
+        f"docs/recipe-reference.md is out of date with the recipe models; regenerate it: {reference.REGENERATE}")
+
+
+def test_reference_lists_every_key_of_every_kind():
+    text = reference.markdown()
+    for name, kind in stage_kinds().items():
+        section = text.split(f"## Stage kind: `{name}`", 1)[1].split("\n## ", 1)[0]
+        for field_name, info in kind.config.model_fields.items():
+            assert f"| `{info.alias or field_name}` |" in section, (name, field_name)
+        for key in kind.config.train_defaults:
+            assert f"| `{key}` |" in section, (name, key)
+    for heading in ("## Data formats", "## Prompt files", "### LoraSettings", "## Logs and tensorboard",
+                    "### SourceConfig", "### PromptSource"):
+        assert heading in text
+
+
+def _shipped_recipe(name: str) -> dict:
+    return parse_yaml(read_text(shipped_recipe_dir() / name))
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "sea-lion-v3-70b-it.yaml", "swallow-8b-instruct-v0.3.yaml"])
+def test_shipped_recipes_validate_against_the_json_schema(name):
+    jsonschema.validate(_shipped_recipe(name), reference.json_schema())
+
+
+def test_json_schema_rejects_what_the_loader_rejects():
+    schema = reference.json_schema()
+    recipe = _shipped_recipe("demo.yaml")
+    recipe["stages"][0]["train"] = {**recipe["stages"][0].get("train", {})}
+    recipe["stages"][0]["lerning_rate"] = 1e-5  # a misplaced key on a stage
+    with pytest.raises(jsonschema.ValidationError, match="lerning_rate"):
+        jsonschema.validate(recipe, schema)
+    recipe = _shipped_recipe("demo.yaml")
+    recipe["stages"][0]["kind"] = "stf"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(recipe, schema)
+
+
+def test_tempa_schema_prints_the_schema_and_the_reference(capsys):
+    assert main(["schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == reference.json_schema()
+    assert main(["schema", "--markdown"]) == 0
+    assert capsys.readouterr().out == reference.markdown()
+
+
+def test_readme_recipe_loads(tmp_path):
+    """The README's "Bring your own data and model" recipe is valid as written (given its data files)."""
+    from tempa.recipes.loader import load_recipe
+
+    readme = (DOC.parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Bring your own data and model", 1)[1]
+    recipe = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "data").mkdir()
+    for name in ("chats.jsonl", "sharegpt.json", "extra.parquet", "prompts.jsonl"):
+        (tmp_path / "data" / name).write_text("{}\n")
+    (tmp_path / "my-model.yaml").write_text(recipe)
+    loaded = load_recipe(tmp_path / "my-model.yaml")
+    assert [stage.kind for stage in loaded.stages] == ["sft", "preference", "bake"]
+    assert loaded.stages[0].lora is not None and len(loaded.stages[0].data.sources) == 4

@@ -359,7 +359,7 @@ def _context(loaded: LoadedRecipe, decision: StageDecision, run_dir: Path, start
     stage_dir.mkdir(parents=True, exist_ok=True)
 
     def _launch(module: str, args: list[str], log_file: Path) -> None:
-        run_launch(launch, module, args, log_file, log=log)
+        run_launch(launch, module, args, log_file, log=log, run_dir=run_dir)
 
     ds = deepspeed_config_path(launch.deepspeed_config) if launch.launcher == "torchrun" else None
     return StageContext(

@@ -158,7 +158,8 @@ def read_plan(argv: list[str] | None) -> TrainPlan:
     parser.add_argument("--plan", required=True, help="train_plan.json written by the stage")
     args = parser.parse_args(argv)
     plan = TrainPlan.read(Path(args.plan))
-    watch_runner(plan.runner_pid)
+    # The launcher names the local process to watch (on another node, the plan's runner pid means nothing).
+    watch_runner(int(os.environ.get("TEMPA_RUNNER_PID") or 0) or plan.runner_pid)
     if plan.env.deepspeed_config and plan.env.use_cpu:
         # transformers sets up a plain CPU process group when use_cpu is on and never initialises
         # DeepSpeed's communication layer, so ZeRO-3 would see a world of one. Do it first.

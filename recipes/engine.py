@@ -28,6 +28,7 @@ class Engine:
     offload_params: bool = False  # parameters (and, for FSDP2, gradients) in host RAM too
     num_processes: int | None = None  # as the config file says (all machines), if it says
     source: str = ""
+    num_machines: int = 1  # as the config file says
 
     @property
     def label(self) -> str:
@@ -69,6 +70,7 @@ def accelerate_engine(config: dict, source: str) -> Engine:
     kind = str(config.get("distributed_type", "NO")).upper()
     processes = config.get("num_processes")
     processes = int(processes) if isinstance(processes, int) else None
+    machines = int(config.get("num_machines") or 1) if isinstance(config.get("num_machines", 1), int) else 1
     if kind == "DEEPSPEED":
         block = config.get("deepspeed_config") or {}
         if block.get("deepspeed_config_file"):
@@ -79,17 +81,17 @@ def accelerate_engine(config: dict, source: str) -> Engine:
                             offload_optimizer=_offloaded(block.get("offload_optimizer_device")),
                             offload_params=_offloaded(block.get("offload_param_device")))
         return Engine(engine.name, engine.zero_stage, engine.offload_optimizer, engine.offload_params, processes,
-                      source)
+                      source, machines)
     if kind == "FSDP":
         block = config.get("fsdp_config") or {}
         version = int(block.get("fsdp_version", 1) or 1)
         offload = bool(block.get("fsdp_offload_params", False))
         # FSDP's CPU offload moves parameters, gradients and the optimizer state together.
         return Engine("fsdp2" if version == 2 else "fsdp1", offload_optimizer=offload, offload_params=offload,
-                      num_processes=processes, source=source)
+                      num_processes=processes, source=source, num_machines=machines)
     if kind in ("MULTI_GPU", "MULTI_CPU"):
-        return Engine("ddp", num_processes=processes, source=source)
-    return Engine("single", num_processes=processes, source=source)
+        return Engine("ddp", num_processes=processes, source=source, num_machines=machines)
+    return Engine("single", num_processes=processes, source=source, num_machines=machines)
 
 
 def read_engine(launcher: str, accelerate_config: Path | None, deepspeed_config: Path | None) -> Engine:

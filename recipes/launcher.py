@@ -180,6 +180,13 @@ def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Pat
 
     With ``launch.num_machines > 1``, ``run_dir`` is where the other nodes find the launch to join.
     """
+    if launch.engine().name in ("fsdp1", "fsdp2"):
+        import torch
+
+        if not torch.cuda.is_available():
+            # accelerate would start plain, unsharded processes that each train and save alone
+            raise StageError(f"launch.accelerate_config {launch.accelerate_config!r}: FSDP needs CUDA GPUs and this "
+                             "machine has none; on CPU use launcher: torchrun with deepspeed_config: zero3-cpu")
     if deepspeed_on_cpu(launch):
         from tempa.recipes.jit_ops import ensure_shm_op
 

@@ -103,6 +103,13 @@ class LaunchConfig(BaseModel):
         except (OSError, ValueError, yaml.YAMLError) as exc:  # an unreadable YAML/JSON: say so, with the field
             field = "accelerate_config" if self.launcher == "accelerate" else "deepspeed_config"
             raise ValueError(f"launch.{field}: cannot read it ({exc})") from None
+        if self.launcher == "accelerate" and engine.num_machines > 1 and self.num_machines == 1:
+            # tempa passes the machine count and each node's rank only for a multi-node launch
+            raise ValueError(f"launch.num_machines: {self.num_machines}, but {Path(engine.source).name} says "
+                             f"num_machines: {engine.num_machines}; set launch.num_machines: {engine.num_machines}")
+        if self.num_processes is not None and self.num_processes % self.num_machines:
+            raise ValueError(f"launch.num_processes: {self.num_processes} (all machines) is not a multiple of "
+                             f"launch.num_machines: {self.num_machines}")
         if engine.name in ("fsdp1", "fsdp2") and self.use_cpu:
             # accelerate runs FSDP only on GPU-class devices: with --cpu it starts ONE plain process.
             raise ValueError("launch.use_cpu: FSDP needs GPUs (accelerate starts a single process without FSDP on "

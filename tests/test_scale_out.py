@@ -265,3 +265,32 @@ def test_sequence_parallel_and_multi_node_launch_commands(tmp_path):
     torchrun = launch_command(LaunchConfig(launcher="torchrun", num_processes=16, num_machines=2), "m", [],
                               port=29500, machine_rank=1, main_process_ip="10.0.0.1")
     assert "--nproc_per_node=8" in torchrun and "--node_rank=1" in torchrun and "--nnodes=2" in torchrun
+
+
+def test_fsdp_on_a_machine_without_cuda_is_refused_before_launching(tmp_path):
+    """accelerate 1.15 enables FSDP only on GPU-class devices: on CPU it would start plain processes."""
+    import logging
+
+    import torch
+
+    from tempa.recipes.launcher import run_launch
+    from tempa.recipes.schema import LaunchConfig
+    from tempa.sft.stage_api import StageError
+
+    assert not torch.cuda.is_available()
+    with pytest.raises(StageError, match="FSDP needs CUDA GPUs and this machine has none"):
+        run_launch(LaunchConfig(accelerate_config="fsdp2", num_processes=2), "tempa.sft.train_worker", [],
+                   tmp_path / "logs" / "train.log", log=logging.getLogger("tempa"))
+    assert not (tmp_path / "logs" / "launch.sh").exists()
+
+
+def test_a_config_file_for_two_machines_needs_num_machines_2(tmp_path):
+    from pydantic import ValidationError
+
+    from tempa.recipes.schema import LaunchConfig
+
+    with pytest.raises(ValidationError, match=r"launch\.num_machines: 1, but zero3-multinode\.yaml says num_machines: 2"):
+        LaunchConfig(accelerate_config="zero3-multinode")
+    assert LaunchConfig(accelerate_config="zero3-multinode", num_machines=2).engine().zero_stage == 3
+    with pytest.raises(ValidationError, match=r"num_processes: 3 .* not a multiple of launch\.num_machines: 2"):
+        LaunchConfig(launcher="torchrun", num_processes=3, num_machines=2)

@@ -171,6 +171,9 @@ def _launch_env(launch: LaunchConfig) -> dict[str, str]:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if launch.use_cpu:
         env.setdefault("DS_ACCELERATOR", "cpu")
+    if launch.sequence_parallel > 1 and launch.engine().name == "deepspeed":
+        # Ulysses runs this attention on each head group; it alone reads packed documents from position_ids
+        env.setdefault("PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION", "flash_attention_2")
     return env
 
 

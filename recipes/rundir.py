@@ -164,25 +164,31 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _stale(owner: LockOwner, path: Path, *, flock_held_by_us: bool) -> bool:
-    """Whether the recorded holder is gone: same host, its process (or flock) is; another host, its heartbeat."""
+def _stale(owner: LockOwner, path: Path, *, flock_held_by_us: bool, probe: bool = True) -> bool:
+    """Whether the recorded holder is gone: same host, its process (or flock) is; another host, its heartbeat.
+
+    ``probe``: read the file server's clock by writing a probe file; a reader that must not write
+    (a joining node) uses its own clock with twice the lease, for clocks that disagree.
+    """
     if owner.host == socket.gethostname():
         return flock_held_by_us or not _pid_alive(owner.pid)
     try:
-        return _server_now(path.parent) - path.stat().st_mtime > LEASE_S
+        if probe:
+            return _server_now(path.parent) - path.stat().st_mtime > LEASE_S
+        return time.time() - path.stat().st_mtime > 2 * LEASE_S
     except FileNotFoundError:
         return True
 
 
 def lock_owner(run_dir: Path) -> LockOwner | None:
-    """The live holder of ``run_dir`` (any host), or None."""
+    """The live holder of ``run_dir`` (any host), or None; writes nothing."""
     path = run_dir / LOCK_OWNER
     owner = _read_owner(path)
     if owner is None:
         return None
     if owner.host == socket.gethostname():
         return owner if _pid_alive(owner.pid) and _flock_busy(run_dir) is not False else None
-    return None if _stale(owner, path, flock_held_by_us=False) else owner
+    return None if _stale(owner, path, flock_held_by_us=False, probe=False) else owner
 
 
 def _flock_busy(run_dir: Path) -> bool | None:

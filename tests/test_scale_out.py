@@ -248,10 +248,12 @@ def test_launch_settings_that_cannot_work_are_refused_up_front(tmp_path, launch,
 
 
 def test_sequence_parallel_and_multi_node_launch_commands(tmp_path):
-    from tempa.recipes.launcher import launch_command
+    from tempa.recipes.launcher import _launch_env, launch_command
     from tempa.recipes.schema import LaunchConfig
 
     ulysses = launch_command(LaunchConfig(accelerate_config="zero3", sequence_parallel=4), "m", [])
+    env = _launch_env(LaunchConfig(accelerate_config="zero3", sequence_parallel=4))
+    assert env["PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION"] == "flash_attention_2"
     assert ulysses[ulysses.index("--parallelism_config_sp_size") + 1] == "4"
     assert ulysses[ulysses.index("--parallelism_config_sp_backend") + 1] == "deepspeed"
     cp = launch_command(LaunchConfig(accelerate_config="fsdp2", sequence_parallel=2), "m", [])
@@ -294,3 +296,27 @@ def test_a_config_file_for_two_machines_needs_num_machines_2(tmp_path):
     assert LaunchConfig(accelerate_config="zero3-multinode", num_machines=2).engine().zero_stage == 3
     with pytest.raises(ValidationError, match=r"num_processes: 3 .* not a multiple of launch\.num_machines: 2"):
         LaunchConfig(launcher="torchrun", num_processes=3, num_machines=2)
+
+
+@pytest.mark.parametrize(("config", "offload"), [("fsdp2", False), ("fsdp2-offload", True)])
+def test_the_shipped_fsdp2_configs_become_accelerates_fsdp2_plugin(config, offload, monkeypatch):
+    """What CPU can check of FSDP2: accelerate's own launcher reads tempa's command and config into its
+    FSDP2 plugin (full state dict on save, CPU offload for the offload variant); training needs GPUs."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_multi_gpu_env
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    from tempa.recipes.launcher import launch_command
+    from tempa.recipes.schema import LaunchConfig
+
+    cmd = launch_command(LaunchConfig(accelerate_config=config, num_processes=2), "tempa.sft.train_worker",
+                         ["--plan", "p.json"], port=29555)
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(cmd[3:]))
+    assert args.use_fsdp and args.num_processes == 2 and not args.cpu
+    for key, value in prepare_multi_gpu_env(args).items():
+        monkeypatch.setenv(key, value)
+    plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2 and plugin.state_dict_type.name == "FULL_STATE_DICT"
+    assert isinstance(plugin.cpu_offload, CPUOffloadPolicy) is offload

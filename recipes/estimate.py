@@ -1,6 +1,6 @@
-"""Plan estimates: tokens, steps, per-GPU memory under ZeRO-3 and hours for each training stage.
+"""Plan estimates: tokens, steps, global batch, memory per GPU and per node, and hours for each training stage.
 
-``tempa plan RECIPE --hardware 8xH100`` prints :func:`render_estimate`; :func:`estimate_recipe`
+``tempa plan RECIPE --hardware 8xH100`` (or ``2x8xH100``, ``8xH100@1TiB``) prints :func:`render_estimate`; :func:`estimate_recipe`
 returns the numbers. Nothing is downloaded: the base model is built from its ``config.json`` on
 the meta device and its parameters counted; the config comes from a local folder, the Hugging
 Face cache, or tempa's copies for the seed recipes' base models (``recipes/model_configs/``), and
@@ -23,7 +23,15 @@ The memory model (per GPU, DeepSpeed ZeRO-3 without offload, bf16 mixed precisio
   the (tokens x vocab) logits, holding one bf16 tile plus fp32 gradients of the hidden states and
   of the head's weight (:func:`logits_bytes`; unfused logits would take 10 bytes x vocab per token);
 - a stage fits when that total stays under 90% of the GPU's memory (the rest: CUDA context, NCCL
-  buffers, allocator fragmentation, DeepSpeed's prefetch buckets).
+  buffers, allocator fragmentation, DeepSpeed's prefetch buckets) and the host RAM it needs stays
+  under 90% of a node's RAM.
+
+Other engines (:func:`model_states_bytes`, read from the launch config by
+:mod:`tempa.recipes.engine`): ZeRO-3 with the optimizer or parameters offloaded (DeepSpeed's
+estimators, their 1.5x host buffer), FSDP2 (fp32 shards as master weights: 16 bytes per
+parameter, plus the bf16 units in flight) and its CPU offload. ``launch.sequence_parallel``
+divides a micro-batch's tokens, and the data-parallel ranks, by its size; the long-context table
+shows one sequence of 32k/64k/128k tokens with and without it.
 
 Hours are ``6 * N * trained tokens / (GPUs * peak bf16 dense FLOP/s * MFU)``, the same MFU that
 bench/gpu_mfu.py measures (preference stages: 8N, the reference model's forward pass included).

@@ -18,6 +18,10 @@ Steps, each timed:
    training stage runs in its launched worker, as in any tempa run.
 4. checks: every logged loss of both stages is finite and the last is below the first; both stages
    used flash-attention 2 and Liger. Prints tokens/s/GPU and MFU per stage (tempa's own meter).
+5. scale-out: the launches that CPU CI cannot run (:data:`SCALE_OUT`: FSDP2 and its offload, DeepSpeed
+   Ulysses/ALST and FSDP2 context parallelism, nodes over NCCL). Each recipe's launch block is validated
+   (on CPU too), ``tempa plan --hardware`` is rendered for it, and each is listed with the GPUs it needs
+   and the command that checks it on a machine that has them.
 
 The dry run swaps in what a CPU can run: no install, ``gpu_mfu.py --dry-run``, the embedded tiny
 model, the transformers sampling backend, and tempa's CPU kernels (per-document sdpa for packed SFT
@@ -146,6 +150,56 @@ def recipe_text(base_model: str, dry_run: bool) -> str:
         """)
 
 
+@dataclass(frozen=True)
+class ScaleOut:
+    """A launch the CPU tests cannot run: what it checks, the GPUs it needs, its recipe's launch block."""
+
+    name: str
+    gpus: int
+    launch: str
+    train: str
+    checks: str
+
+
+SCALE_OUT = (
+    ScaleOut("fsdp2", 2, "{accelerate_config: fsdp2, num_processes: 2}", "{max_steps: 4, save_steps: 2}",
+             "FSDP2 trains, saves full-state-dict safetensors, resumes from checkpoint-2; weights match a zero3 run's"),
+    ScaleOut("fsdp2-offload", 2, "{accelerate_config: fsdp2-offload, num_processes: 2}", "{max_steps: 4}",
+             "parameters, gradients and AdamW state in host RAM (CPUOffloadPolicy)"),
+    ScaleOut("ulysses", 2, "{accelerate_config: zero3, num_processes: 2, sequence_parallel: 2}",
+             "{max_steps: 4, packing: true, max_length: 32768}",
+             "DeepSpeed Ulysses/ALST over 2 GPUs with packed 32k rows (flash-attention 2, position_ids)"),
+    ScaleOut("context-parallel", 2, "{accelerate_config: fsdp2, num_processes: 2, sequence_parallel: 2}",
+             "{max_steps: 4, packing: false, max_length: 32768}", "torch context parallelism on FSDP2, no packing"),
+    ScaleOut("two-nodes", 16, "{accelerate_config: zero3, num_machines: 2, num_processes: 16}", "{max_steps: 4}",
+             "node 0 `tempa run`, node 1 `tempa run --machine-rank 1` over NCCL (docs/multinode/tempa-2nodes.sbatch)"),
+)
+
+
+def scale_out(report: Report, work: Path, base_model: str) -> None:
+    """Validate each :data:`SCALE_OUT` recipe, render its plan, and list what it needs."""
+    from tempa.recipes.estimate import render_estimate
+    from tempa.recipes.loader import load_recipe
+
+    data = REPO / "recipes" / "data"
+    for check in SCALE_OUT:
+        path = work / f"scale-out-{check.name}.yaml"
+        path.write_text(textwrap.dedent(f"""\
+            name: gpu-check-{check.name}
+            base_model: {base_model}
+            launch: {check.launch}
+            stages:
+              - name: sft
+                kind: sft
+                data: {{sources: [{{name: instruct, path: {data / "sample_instruct.jsonl"}, thinking_mode: "off"}}]}}
+                train: {check.train}
+            """))
+        loaded = load_recipe(path)  # a RecipeError here is a broken check, reported by the caller
+        plan = render_estimate(loaded, "1xH200" if check.gpus < 8 else f"{check.gpus // 8}x8xH100")
+        report.check("estimate for" in plan, f"scale-out {check.name}: recipe valid, plan rendered")
+        print(f"  needs {check.gpus} GPUs: {check.checks}; run: tempa run {path}")
+
+
 def trained_records(stage_dir: Path) -> list[dict[str, Any]]:
     """The training workers' records of a stage (one per preference round; ``final`` links to the last)."""
     paths = {path.resolve() for path in stage_dir.rglob("final/tempa_train_metrics.json")}
@@ -205,13 +259,14 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         phases = [("install", lambda: install(args.dry_run, args.skip_install)),
                   ("mfu", lambda: mfu(report, work, args.dry_run)),
-                  ("pipeline", lambda: pipeline(report, work, args.dry_run))]
+                  ("pipeline", lambda: pipeline(report, work, args.dry_run)),
+                  ("scale-out", lambda: scale_out(report, work, "aisingapore/Llama-SEA-LION-v3-8B-IT"))]
         for name, phase in phases:
             print(f"== {name}", flush=True)
             t0 = time.perf_counter()
             try:
                 phase()
-            except (subprocess.CalledProcessError, OSError, ValueError, KeyError) as exc:
+            except (subprocess.CalledProcessError, OSError, ValueError, KeyError, RuntimeError) as exc:
                 report.check(False, f"{name}: {type(exc).__name__}: {exc}")
                 break
             finally:

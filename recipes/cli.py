@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a recipe (resumes an interrupted run)")
     recipe_args(run)
+    run.add_argument("--machine-rank", type=int, default=0, metavar="N",
+                     help="multi-node (launch.num_machines > 1): this node's rank; nodes 1.. only join node 0's "
+                     "training launches (same recipe, same --run-dir on shared storage)")
     run.set_defaults(func=_cmd_run)
 
     plan = sub.add_parser("plan", help="show the resolved recipe and what a run would do; does no work")
@@ -132,6 +135,8 @@ def _cmd_run(args) -> int:
 
     loaded = load_recipe(args.recipe, args.overrides, profile=args.profile)
     run_dir = _run_dir(args, loaded)
+    if args.machine_rank:
+        return _join(args, loaded, run_dir)
     summary = run_recipe(loaded, run_dir, from_stage=args.from_stage, only=args.only)
     print(f"run complete: {summary.run_dir}")
     print(f"  ran: {', '.join(summary.ran) or '-'}; skipped: {', '.join(summary.skipped) or '-'}")
@@ -140,6 +145,19 @@ def _cmd_run(args) -> int:
               "until a plain `tempa run` re-runs them)")
     if summary.final_model is not None:
         print(f"  final model: {summary.final_model}")
+    return 0
+
+
+def _join(args, loaded, run_dir: Path) -> int:
+    import logging
+
+    from tempa.recipes.launcher import join_run
+    from tempa.sft.files import cache_root
+
+    log_dir = cache_root() / "join-logs" / f"{loaded.recipe.name}-rank{args.machine_rank}"
+    joined = join_run(loaded.recipe.launch, run_dir.resolve(), args.machine_rank, log_dir,
+                      log=logging.getLogger("tempa"))
+    print(f"node {args.machine_rank}: joined {joined} training launch(es) of {run_dir}; logs: {log_dir}")
     return 0
 
 

@@ -1,6 +1,6 @@
-"""Plan estimates: tokens, steps, per-GPU memory under ZeRO-3 and hours for each training stage.
+"""Plan estimates: tokens, steps, global batch, memory per GPU and per node, and hours for each training stage.
 
-``tempa plan RECIPE --hardware 8xH100`` prints :func:`render_estimate`; :func:`estimate_recipe`
+``tempa plan RECIPE --hardware 8xH100`` (or ``2x8xH100``, ``8xH100@1TiB``) prints :func:`render_estimate`; :func:`estimate_recipe`
 returns the numbers. Nothing is downloaded: the base model is built from its ``config.json`` on
 the meta device and its parameters counted; the config comes from a local folder, the Hugging
 Face cache, or tempa's copies for the seed recipes' base models (``recipes/model_configs/``), and
@@ -23,7 +23,15 @@ The memory model (per GPU, DeepSpeed ZeRO-3 without offload, bf16 mixed precisio
   the (tokens x vocab) logits, holding one bf16 tile plus fp32 gradients of the hidden states and
   of the head's weight (:func:`logits_bytes`; unfused logits would take 10 bytes x vocab per token);
 - a stage fits when that total stays under 90% of the GPU's memory (the rest: CUDA context, NCCL
-  buffers, allocator fragmentation, DeepSpeed's prefetch buckets).
+  buffers, allocator fragmentation, DeepSpeed's prefetch buckets) and the host RAM it needs stays
+  under 90% of a node's RAM.
+
+Other engines (:func:`model_states_bytes`, read from the launch config by
+:mod:`tempa.recipes.engine`): ZeRO-3 with the optimizer or parameters offloaded (DeepSpeed's
+estimators, their 1.5x host buffer), FSDP2 (fp32 shards as master weights: 16 bytes per
+parameter, plus the bf16 units in flight) and its CPU offload. ``launch.sequence_parallel``
+divides a micro-batch's tokens, and the data-parallel ranks, by its size; the long-context table
+shows one sequence of 32k/64k/128k tokens with and without it.
 
 Hours are ``6 * N * trained tokens / (GPUs * peak bf16 dense FLOP/s * MFU)``, the same MFU that
 bench/gpu_mfu.py measures (preference stages: 8N, the reference model's forward pass included).
@@ -35,15 +43,17 @@ from __future__ import annotations
 import math
 import re
 import textwrap
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tempa.recipes.engine import Engine
 from tempa.recipes.errors import RecipeError
 from tempa.recipes.loader import LoadedRecipe
 from tempa.recipes.registry import stage_kind
 from tempa.recipes.rundir import done_fingerprint, read_manifest
 from tempa.recipes.schema import TINY_DEFAULT
+from tempa.sft.global_batch import accumulation_for
 from tempa.sft.stage_api import EstimateInputs, SourceSize, StageResult, TokenCount, TrainingWorkload
 from tempa.sft.throughput_summary import peak_flops
 
@@ -56,6 +66,10 @@ OPTIMIZER_BYTES = 8  # Adam's first and second moments, fp32
 GATHER_BYTES = 4  # per parameter of the largest layer, gathered whole for compute
 
 USABLE_MEMORY = 0.90  # share of GPU memory a stage may plan to use
+DS_BUFFER = 1.5  # DeepSpeed's additional_buffer_factor: its estimators' margin on host RAM
+ZERO3 = Engine("deepspeed", zero_stage=3)
+ZERO3_OFFLOAD = Engine("deepspeed", zero_stage=3, offload_optimizer=True)
+LONG_CONTEXTS = (32_768, 65_536, 131_072)
 PACKING_FILL = 0.95  # share of each packed row that BFD packing fills with tokens
 
 # Average rendered tokens per conversation when the recipe gives rows but no data stats exist yet.
@@ -75,23 +89,26 @@ class GPUSpec:
     name: str
     peak_tflops: float  # dense bf16 tensor-core TFLOP/s (no sparsity)
     memory_gib: float  # what the device reports as total memory
+    node_ram_gib: float = 2048.0  # host RAM of a typical 8-GPU server with this GPU (DGX-class)
 
 
-def _gpu(name: str, memory_gib: float) -> GPUSpec:
+def _gpu(name: str, memory_gib: float, node_ram_gib: float) -> GPUSpec:
     """A GPU with the peak the training worker's MFU uses (tempa.sft.throughput.PEAK_FLOPS)."""
-    return GPUSpec(name, peak_flops(name) / 1e12, memory_gib)
+    return GPUSpec(name, peak_flops(name) / 1e12, memory_gib, node_ram_gib)
 
 
 GPUS: dict[str, GPUSpec] = {
     spec.name.lower(): spec
     for spec in (
-        _gpu("H100", 79.6),  # SXM5 80 GB
-        _gpu("H200", 139.8),  # SXM 141 GB
-        _gpu("A100", 79.2),  # SXM4 80 GB
-        _gpu("A100-40GB", 39.4),
-        _gpu("L40S", 44.4),
+        _gpu("H100", 79.6, 2048),  # SXM5 80 GB; DGX H100: 2 TiB
+        _gpu("H200", 139.8, 2048),  # SXM 141 GB; DGX H200: 2 TiB
+        _gpu("A100", 79.2, 2048),  # SXM4 80 GB; DGX A100 640GB: 2 TiB
+        _gpu("A100-40GB", 39.4, 1024),  # DGX A100 320GB: 1 TiB
+        _gpu("L40S", 44.4, 1024),
     )
 }
+
+USABLE_HOST_MEMORY = 0.90  # share of a node's RAM the offloaded states may take (the OS, page cache, loaders)
 
 
 @dataclass(frozen=True)
@@ -99,30 +116,55 @@ class Hardware:
     gpus: int
     gpu: GPUSpec
     gpus_per_node: int = 8
+    host_ram_gib: float | None = None  # per node; None: the GPU's typical server
 
     @property
     def nodes(self) -> int:
         return max(1, math.ceil(self.gpus / self.gpus_per_node))
 
     @property
+    def node_ram_gib(self) -> float:
+        return self.host_ram_gib if self.host_ram_gib is not None else self.gpu.node_ram_gib
+
+    @property
     def label(self) -> str:
+        if self.nodes > 1:
+            return f"{self.nodes}x{self.gpus_per_node}x{self.gpu.name}"
         return f"{self.gpus}x{self.gpu.name}"
 
     def with_gpus(self, gpus: int) -> Hardware:
-        return Hardware(gpus, self.gpu, self.gpus_per_node)
+        return Hardware(gpus, self.gpu, self.gpus_per_node, self.host_ram_gib)
+
+
+_HARDWARE = re.compile(
+    r"\s*(?:(\d+)\s*[xX×*]\s*)?(?:(\d+)\s*[xX×*]\s*)?([A-Za-z][A-Za-z0-9-]*)"
+    r"(?:\s*@\s*([\d.]+)\s*(TiB|TB|T|GiB|GB|G))?\s*")
 
 
 def parse_hardware(text: str) -> Hardware:
-    """``8xH100``, ``16xH100``, ``1xH200``, ``H100`` (one GPU); nodes hold 8 GPUs."""
-    match = re.fullmatch(r"\s*(?:(\d+)\s*[xX×*]\s*)?([A-Za-z0-9-]+)\s*", text)
-    gpu = GPUS.get(match.group(2).lower()) if match else None
+    """``8xH100`` (one node), ``2x8xH100`` (nodes x GPUs per node), ``16xH100`` (whole 8-GPU nodes),
+    ``H100`` (one GPU); ``@1TiB`` / ``@1536G`` after it sets each node's host RAM."""
+    match = _HARDWARE.fullmatch(text)
+    gpu = GPUS.get(match.group(3).lower()) if match else None
     known = ", ".join(spec.name for spec in GPUS.values())
     if match is None or gpu is None:
-        raise EstimateError(f"--hardware {text!r}: expected COUNTxGPU such as 8xH100 (GPUs: {known})")
-    if match.group(1) is not None and int(match.group(1)) < 1:
+        raise EstimateError(f"--hardware {text!r}: expected COUNTxGPU such as 8xH100, or NODESxGPUSxGPU such as "
+                            f"2x8xH100, optionally @RAM per node such as @2TiB (GPUs: {known})")
+    first, second = (int(g) if g is not None else None for g in match.group(1, 2))
+    if 0 in (first, second):
         raise EstimateError(f"--hardware {text!r}: the GPU count must be at least 1")
-    count = int(match.group(1) or 1)
-    return Hardware(count, gpu, gpus_per_node=min(count, 8))
+    ram = None
+    if match.group(4) is not None:  # T / G are binary (TiB / GiB), TB / GB decimal
+        ram = float(match.group(4)) * {"tib": 1024, "t": 1024, "gib": 1, "g": 1, "tb": 1e12 / GIB,
+                                       "gb": 1e9 / GIB}[match.group(5).lower()]
+    if second is not None:  # NODESxGPUSxGPU
+        return Hardware(first * second, gpu, gpus_per_node=second, host_ram_gib=ram)
+    count = first or 1
+    if count > 8 and count % 8:
+        raise EstimateError(f"--hardware {text!r}: {count} GPUs do not fill 8-GPU nodes; say NODESxGPUSxGPU, "
+                            f"e.g. 2x{count // 2}x{gpu.name}" if count % 2 == 0 else
+                            f"--hardware {text!r}: {count} GPUs do not fill 8-GPU nodes; say NODESxGPUSxGPU")
+    return Hardware(count, gpu, gpus_per_node=min(count, 8), host_ram_gib=ram)
 
 
 # --------------------------------------------------------------------------- model shapes
@@ -259,6 +301,8 @@ class MemoryEstimate:
     activations: float
     capacity: float
     reference: float = 0.0  # a frozen bf16 reference model (preference stages), sharded
+    host: float = 0.0  # GiB of host RAM per node (the fullest node)
+    host_capacity: float = math.inf  # GiB of RAM per node
 
     @property
     def model_states(self) -> float:
@@ -269,8 +313,16 @@ class MemoryEstimate:
         return self.model_states + self.activations
 
     @property
-    def fits(self) -> bool:
+    def gpu_fits(self) -> bool:
         return self.total <= USABLE_MEMORY * self.capacity
+
+    @property
+    def host_fits(self) -> bool:
+        return self.host <= USABLE_HOST_MEMORY * self.host_capacity
+
+    @property
+    def fits(self) -> bool:
+        return self.gpu_fits and self.host_fits
 
 
 def zero3_model_states_bytes(parameters: int, largest_layer: int, gpus: int) -> dict[str, float]:
@@ -331,32 +383,57 @@ class Workload:
     reference: bool = False
 
 
-def memory_estimate(shape: ModelShape, hardware: Hardware, work: Workload) -> MemoryEstimate:
-    states = zero3_model_states_bytes(shape.parameters, shape.largest_layer_parameters, hardware.gpus)
+def decoder_layer_parameters(shape: ModelShape) -> int:
+    """Parameters of one decoder layer (what FSDP wraps as a unit), from the count less embedding and head."""
+    return max(0, (shape.parameters - 2 * shape.vocab_size * shape.hidden_size) // shape.num_layers)
+
+
+def model_states_bytes(shape: ModelShape, hardware: Hardware, engine: Engine) -> tuple[dict[str, float], float]:
+    """(per-GPU bytes of params, grads, optimizer, gathered; host bytes on the fullest node) for full training.
+
+    DeepSpeed ZeRO-3 as its estimators count (``estimate_zero3_model_states_mem_needs``, zero_init,
+    1.5x host buffer). FSDP2: fp32 parameter shards are the master weights (4 B), fp32 gradients
+    (4 B) and Adam (8 B) sharded, plus bf16 copies of the unit computing and the one prefetched;
+    its offload keeps those 16 B per parameter in host RAM (with DeepSpeed's 1.5x margin for
+    pinned buffers), and without offload rank 0 gathers the full fp32 state dict to save it.
+    """
+    n, g, nodes = shape.parameters, hardware.gpus, hardware.nodes
+    if engine.name in ("fsdp2", "fsdp1"):
+        gathered = 2 * 2 * max(shape.largest_layer_parameters, decoder_layer_parameters(shape))
+        if engine.offload_params:
+            return {"params": 0.0, "grads": 0.0, "optimizer": 0.0, "gathered": gathered}, 16 * n / nodes * DS_BUFFER
+        return {"params": 4 * n / g, "grads": 4 * n / g, "optimizer": 8 * n / g, "gathered": gathered}, 4.0 * n
+    largest = GATHER_BYTES * shape.largest_layer_parameters
+    if engine.offload_params:
+        return {"params": 0.0, "grads": 0.0, "optimizer": 0.0, "gathered": largest}, 18 * n / nodes * DS_BUFFER
+    if engine.offload_optimizer:
+        return {"params": 2 * n / g, "grads": 0.0, "optimizer": 0.0, "gathered": largest}, 16 * n / nodes * DS_BUFFER
+    host = shape.largest_layer_parameters * 4 * hardware.gpus_per_node * DS_BUFFER
+    return zero3_model_states_bytes(n, shape.largest_layer_parameters, g), host
+
+
+def memory_estimate(shape: ModelShape, hardware: Hardware, work: Workload, engine: Engine = ZERO3) -> MemoryEstimate:
     if work.lora is not None:  # frozen bf16 (or 4-bit) base; adapter states are negligible
         states = {"params": (0.55 if work.lora.load_in_4bit else 2) * shape.parameters / hardware.gpus,
                   "grads": 0.0, "optimizer": 0.0, "gathered": 2 * shape.largest_layer_parameters}
+        host = 0.0
+    else:
+        states, host = model_states_bytes(shape, hardware, engine)
     activations = activation_bytes(shape, work.micro_tokens, checkpointing=checkpointing(work.train),
                                    liger=liger(work.train))
     reference = 2 * shape.parameters / hardware.gpus if work.reference else 0.0
     return MemoryEstimate(**{k: v / GIB for k, v in states.items()}, activations=activations / GIB,
-                          capacity=hardware.gpu.memory_gib, reference=reference / GIB)
+                          capacity=hardware.gpu.memory_gib, reference=reference / GIB, host=host / GIB,
+                          host_capacity=hardware.node_ram_gib)
 
 
-def gpus_needed(shape: ModelShape, hardware: Hardware, work: Workload) -> int | None:
-    """The fewest GPUs (whole nodes past one) on which the stage fits under ZeRO-3; None past 1024."""
+def gpus_needed(shape: ModelShape, hardware: Hardware, work: Workload, engine: Engine = ZERO3) -> int | None:
+    """The fewest GPUs (whole nodes past one) on which the stage fits with ``engine``; None past 1024."""
     candidates = [n for n in (1, 2, 4) if n < hardware.gpus_per_node] + list(range(8, 1025, 8))
     for gpus in candidates:
-        if memory_estimate(shape, hardware.with_gpus(gpus), work).fits:
+        if memory_estimate(shape, hardware.with_gpus(gpus), work, engine).fits:
             return gpus
     return None
-
-
-def optimizer_offload_gib(shape: ModelShape, hardware: Hardware) -> tuple[float, float]:
-    """(GPU GiB for model states, host GiB per node) with the optimizer offloaded to CPU, per DeepSpeed."""
-    gpu = GATHER_BYTES * shape.largest_layer_parameters + 2 * shape.parameters / hardware.gpus
-    host = 16 * shape.parameters / hardware.nodes * 1.5  # DeepSpeed's zero_init estimate, 1.5x buffer
-    return gpu / GIB, host / GIB
 
 
 # --------------------------------------------------------------------------- stages
@@ -380,18 +457,51 @@ class StageEstimate:
     fits: bool | None  # None: the model's size is unknown
     bound: str = ""  # tokens, steps and hours are at least (">="), at most ("<=") or about ("~") these
     gpus_needed: int | None = None
+    global_batch: int = 0  # rows (pairs) per optimizer step on this hardware
+    accumulation: int = 1
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
-def _batch(train: dict[str, Any], hardware: Hardware, per_sequence: float, sequences: int) -> tuple[int, int]:
-    """(micro-batch tokens per GPU, tokens per optimizer step); ``sequences`` per row (2 for a pair)."""
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What of the recipe's ``launch:`` the estimate needs."""
+
+    engine: Engine = ZERO3
+    processes: int = 8  # the GPUs the recipe's launch asks for (its global batch is set for these)
+    global_batch_size: int | None = None
+    sequence_parallel: int = 1
+
+
+def launch_plan(loaded: LoadedRecipe) -> LaunchPlan:
+    launch = loaded.recipe.launch
+    engine = launch.engine()
+    processes = launch.num_processes or engine.num_processes or 1
+    return LaunchPlan(engine, processes, launch.global_batch_size, launch.sequence_parallel)
+
+
+def _batch(train: dict[str, Any], hardware: Hardware, per_sequence: float, sequences: int,
+           launch: LaunchPlan) -> tuple[int, int, int, int, str | None]:
+    """(micro-batch tokens per GPU, tokens per optimizer step, rows per step, accumulation, problem).
+
+    ``sequences`` per row (2 for a pair); sequence parallelism splits each micro-batch over
+    ``launch.sequence_parallel`` GPUs, which then form one data-parallel rank.
+    """
     max_length = int(train.get("max_length") or 1024)
-    per_device = int(train.get("per_device_train_batch_size", 8)) * sequences
-    accumulation = int(train.get("gradient_accumulation_steps", 1))
-    micro = per_device * max_length  # packed rows, or the worst case of padding to max_length
+    rows = int(train.get("per_device_train_batch_size", 8))
+    data_parallel = max(1, hardware.gpus // launch.sequence_parallel)
+    accumulation, problem = int(train.get("gradient_accumulation_steps", 1)), None
+    if launch.global_batch_size is not None:
+        try:
+            accumulation = accumulation_for(launch.global_batch_size, rows, data_parallel)
+        except ValueError as exc:
+            problem = f"{exc} on {hardware.label}"
+            accumulation = max(1, round(launch.global_batch_size / (rows * data_parallel)))
+    per_device = rows * sequences
+    micro = math.ceil(per_device * max_length / launch.sequence_parallel)  # packed rows, or padding's worst case
     per_sequence = max_length * PACKING_FILL if train.get("packing") else min(per_sequence, max_length)
-    return micro, int(per_device * accumulation * hardware.gpus * per_sequence)
+    global_rows = rows * accumulation * data_parallel
+    return micro, int(global_rows * sequences * per_sequence), global_rows, accumulation, problem
 
 
 def _schedule(count: TokenCount, train: dict[str, Any], tokens_per_step: int,
@@ -411,57 +521,65 @@ def _schedule(count: TokenCount, train: dict[str, Any], tokens_per_step: int,
     return epochs, max(1, math.ceil(trained / max(1, tokens_per_step))), trained
 
 
-def offloads_optimizer(loaded: LoadedRecipe) -> bool:
-    """Whether the recipe's accelerate config puts the optimizer state in CPU RAM (DeepSpeed offload)."""
-    import yaml
-
-    from tempa.recipes.launcher import accelerate_config_path
-
-    launch = loaded.recipe.launch
-    if launch.launcher != "accelerate":
-        return False
-    try:
-        config = yaml.safe_load(accelerate_config_path(launch.accelerate_config).read_text()) or {}
-    except (OSError, yaml.YAMLError, ValueError):
-        return False
-    return (config.get("deepspeed_config") or {}).get("offload_optimizer_device") in ("cpu", "nvme")
-
-
 def estimate_stage(name: str, kind: str, workload: TrainingWorkload, shape: ModelShape | None, hardware: Hardware,
-                   mfu: float, *, offload: bool = False, unknown_size: str = "") -> StageEstimate:
+                   mfu: float, *, launch: LaunchPlan = LaunchPlan(), unknown_size: str = "") -> StageEstimate:
     """One stage's plan; with ``shape`` None (``unknown_size`` says why), tokens and steps only."""
     train = workload.train_args
     count = workload.tokens
     sequences = workload.sequences_per_row
     per_sequence = count.tokens / (count.rows * sequences) if count.tokens and count.rows else AVG_TOKENS_THINKING_OFF
-    micro, per_step = _batch(train, hardware, per_sequence, sequences)
+    micro, per_step, global_rows, accumulation, problem = _batch(train, hardware, per_sequence, sequences, launch)
     epochs, steps, trained = _schedule(count, train, per_step, workload.rounds)
+    common = dict(bound=count.bound, notes=list(count.notes), global_batch=global_rows, accumulation=accumulation)
     if shape is None:
         estimate = StageEstimate(name, kind, count.tokens, count.source, epochs, trained, steps, per_step,
-                                 micro, None, None, None, bound=count.bound, notes=list(count.notes))
+                                 micro, None, None, None, **common)
         estimate.warnings.append(f"stage {name}: unknown size, so no memory, fit or hours: {unknown_size}")
-        return estimate
-    work = Workload(micro, train, workload.lora, workload.reference_model)
-    memory = memory_estimate(shape, hardware, work)
-    if offload and work.lora is None:
-        # fp32 master weights + Adam moments live in host RAM; the GPU keeps bf16 shards + gathers
-        gpu_states, host = optimizer_offload_gib(shape, hardware)
-        memory = replace(memory, params=gpu_states - memory.gathered, grads=0.0, optimizer=0.0)
-    # A preference pair's reference model adds a forward pass (2N) to the policy's 6N FLOPs per token.
-    paired = sequences > 1
-    flops_per_token = 6 * shape.parameters + (2 * shape.parameters if paired else 0)
-    peak = hardware.gpus * hardware.gpu.peak_tflops * 1e12 * mfu
-    hours = flops_per_token * trained / peak / 3600 if trained else None
-    estimate = StageEstimate(name, kind, count.tokens, count.source, epochs, trained, steps, per_step,
-                             micro, memory, hours, memory.fits, bound=count.bound, notes=list(count.notes))
-    if offload and work.lora is None:
-        estimate.notes.append(f"optimizer offloaded to CPU: ~{host:.0f} GiB host RAM per node (DeepSpeed's estimate)")
-    _annotate(estimate, shape, hardware, work, paired)
+    else:
+        work = Workload(micro, train, workload.lora, workload.reference_model)
+        memory = memory_estimate(shape, hardware, work, launch.engine)
+        # A preference pair's reference model adds a forward pass (2N) to the policy's 6N FLOPs per token.
+        paired = sequences > 1
+        flops_per_token = 6 * shape.parameters + (2 * shape.parameters if paired else 0)
+        peak = hardware.gpus * hardware.gpu.peak_tflops * 1e12 * mfu
+        hours = flops_per_token * trained / peak / 3600 if trained else None
+        estimate = StageEstimate(name, kind, count.tokens, count.source, epochs, trained, steps, per_step,
+                                 micro, memory, hours, memory.fits, **common)
+        if launch.engine.offloads and work.lora is None:
+            estimate.notes.append(f"{launch.engine.label}: ~{memory.host:.0f} GiB host RAM per node of "
+                                  f"{hardware.node_ram_gib:.0f}")
+        _annotate(estimate, shape, hardware, work, paired, launch.engine)
+    if problem:
+        estimate.warnings.append(f"stage {name}: {problem}")
+    _global_batch_note(estimate, train, hardware, launch)
     return estimate
 
 
+def _global_batch_note(estimate: StageEstimate, train: dict[str, Any], hardware: Hardware,
+                       launch: LaunchPlan) -> None:
+    """Warn when this hardware trains with another global batch than the recipe's launch, and say how to keep it."""
+    rows = int(train.get("per_device_train_batch_size", 8))
+    if launch.global_batch_size is not None:
+        estimate.notes.append(f"global batch {launch.global_batch_size} (launch.global_batch_size): "
+                              f"gradient_accumulation_steps {estimate.accumulation} on {hardware.label}")
+        return
+    recipe_dp = max(1, launch.processes // launch.sequence_parallel)
+    intended = rows * int(train.get("gradient_accumulation_steps", 1)) * recipe_dp
+    if estimate.global_batch == intended:
+        return
+    try:
+        here = accumulation_for(intended, rows, max(1, hardware.gpus // launch.sequence_parallel))
+        keep = f"gradient_accumulation_steps {here} here"
+    except ValueError:
+        keep = "not reachable exactly with this per_device_train_batch_size here"
+    estimate.warnings.append(
+        f"stage {estimate.name}: {hardware.label} changes the global batch from {intended} (the launch's "
+        f"{launch.processes} processes) to {estimate.global_batch} rows per step, and with it the learning-rate "
+        f"schedule's meaning; to keep {intended} on any hardware set launch.global_batch_size: {intended} ({keep})")
+
+
 def _annotate(estimate: StageEstimate, shape: ModelShape, hardware: Hardware, work: Workload,
-              preference: bool) -> None:
+              preference: bool, engine: Engine) -> None:
     if estimate.trained_tokens is None:
         estimate.warnings.append(f"stage {estimate.name}: token count unknown, so no steps or hours")
     if not checkpointing(work.train):
@@ -476,22 +594,28 @@ def _annotate(estimate: StageEstimate, shape: ModelShape, hardware: Hardware, wo
     if work.lora is not None:
         estimate.notes.append("LoRA: frozen base weights only; 6N FLOPs/token overstates the time a little")
     if not estimate.fits:
-        estimate.gpus_needed = gpus_needed(shape, hardware, work)
-        estimate.warnings.append(_will_not_fit(estimate, shape, hardware, work))
+        estimate.gpus_needed = gpus_needed(shape, hardware, work, engine)
+        estimate.warnings.append(_will_not_fit(estimate, shape, hardware, work, engine))
 
 
-def _will_not_fit(estimate: StageEstimate, shape: ModelShape, hardware: Hardware, work: Workload) -> str:
+def _will_not_fit(estimate: StageEstimate, shape: ModelShape, hardware: Hardware, work: Workload,
+                  engine: Engine) -> str:
     mem = estimate.memory
-    message = (f"stage {estimate.name} will not fit on {hardware.label}: ~{mem.total:.0f} GiB per GPU needed "
-               f"(model states {mem.model_states:.0f} + activations {mem.activations:.0f}) of "
-               f"{mem.capacity:.0f} GiB ({100 * USABLE_MEMORY:.0f}% usable)")
+    if not mem.gpu_fits:
+        message = (f"stage {estimate.name} will not fit on {hardware.label}: ~{mem.total:.0f} GiB per GPU needed "
+                   f"(model states {mem.model_states:.0f} + activations {mem.activations:.0f}) of "
+                   f"{mem.capacity:.0f} GiB ({100 * USABLE_MEMORY:.0f}% usable)")
+    else:
+        message = (f"stage {estimate.name} will not fit on {hardware.label}: {engine.label} needs ~{mem.host:.0f} GiB "
+                   f"of host RAM per node of {mem.host_capacity:.0f} GiB ({100 * USABLE_HOST_MEMORY:.0f}% usable; "
+                   f"give a node's RAM as --hardware {hardware.label}@2TiB)")
     options = []
     if estimate.gpus_needed is not None:
-        options.append(f"ZeRO-3 over >= {estimate.gpus_needed}x{hardware.gpu.name}")
-    if work.lora is None:
-        gpu, host = optimizer_offload_gib(shape, hardware)
-        options.append(f"launch.accelerate_config: zero3-offload (~{gpu + mem.reference + mem.activations:.0f} GiB per GPU, "
-                       f"~{host:.0f} GiB host RAM per node, DeepSpeed's estimate)")
+        options.append(f"{engine.label} over >= {estimate.gpus_needed}x{hardware.gpu.name}")
+    if work.lora is None and not engine.offloads:
+        off = memory_estimate(shape, hardware, work, ZERO3_OFFLOAD)
+        options.append(f"launch.accelerate_config: zero3-offload (~{off.total:.0f} GiB per GPU, "
+                       f"~{off.host:.0f} GiB host RAM per node, DeepSpeed's estimate)")
     if mem.activations > 0.25 * mem.capacity:
         kernels = "" if liger(work.train) else " or use_liger_kernel: true"
         options.append(f"a smaller per_device_train_batch_size x max_length (micro-batch {work.micro_tokens:,} "
@@ -518,7 +642,7 @@ def estimate_recipe(
         raise EstimateError(f"mfu {mfu}: expected a fraction in (0, 1], e.g. 0.4")
     machine = parse_hardware(hardware)
     shape, source = resolve_shape(loaded.recipe.base_model)
-    offload = offloads_optimizer(loaded)
+    launch = launch_plan(loaded)
     sizes: dict[str, SourceSize] = {}
     estimates = []
     for stage in loaded.stages:
@@ -529,7 +653,7 @@ def estimate_recipe(
         if kind.trains and kind.estimate is not None:
             inputs = EstimateInputs(avg_tokens_thinking_on, avg_tokens_thinking_off, dict(sizes), result)
             estimates.append(estimate_stage(stage.name, stage.kind, kind.estimate(stage, inputs), shape, machine,
-                                            mfu, offload=offload, unknown_size=source))
+                                            mfu, launch=launch, unknown_size=source))
     return estimates
 
 
@@ -575,34 +699,74 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
 
 def render_estimate(loaded: LoadedRecipe, hardware: str = "8xH100", mfu: float = 0.4, *,
                     run_dir: Path | None = None) -> str:
-    """A readable estimate of every training stage: tokens, steps, memory per GPU, hours, warnings."""
+    """A readable estimate of every training stage: tokens, steps, memory per GPU and node, hours, warnings."""
     machine = parse_hardware(hardware)
     shape, shape_source = resolve_shape(loaded.recipe.base_model)
     estimates = estimate_recipe(loaded, hardware, mfu, run_dir=run_dir)
+    launch = launch_plan(loaded)
     size = (f"{_count(shape.parameters)} parameters (counted on the meta device), config from {shape_source}"
             if shape is not None else "unknown size")
+    nodes = f"{machine.nodes} node(s) x {min(machine.gpus, machine.gpus_per_node)} GPUs"
     lines = [
-        f"estimate for {machine.label} ({machine.gpu.peak_tflops:.0f} TFLOP/s bf16 dense, "
-        f"{machine.gpu.memory_gib:.0f} GiB per GPU), DeepSpeed ZeRO-3, bf16 + AdamW, MFU {100 * mfu:.0f}%",
+        f"estimate for {machine.label} ({nodes}, {machine.gpu.peak_tflops:.0f} TFLOP/s bf16 dense, "
+        f"{machine.gpu.memory_gib:.0f} GiB per GPU, {machine.node_ram_gib:.0f} GiB host RAM per node), "
+        f"{_engine_label(launch)}, bf16 + AdamW, MFU {100 * mfu:.0f}%",
         f"model {loaded.recipe.base_model}: {size}",
     ]
     if not estimates:
         return "\n".join([*lines, "no training stages to estimate"])
-    rows = [("stage", "tokens/epoch", "epochs", "trained", "steps", "tokens/step", "params", "grads", "optim",
-             "gathered", "activ.", "total/GPU", "fits", "hours")]
+    rows = [("stage", "tokens/epoch", "epochs", "trained", "steps", "batch", "tokens/step", "params", "grads",
+             "optim", "gathered", "activ.", "total/GPU", "host/node", "fits", "hours")]
     for e in estimates:
         m = e.memory
         b = e.bound
         hours = _hours(e.hours)
         hours = hours if b == "<=" and hours.startswith("<") else b + hours  # "<0.1" already bounds it
-        memory = ("?",) * 6 if m is None else (f"{m.params:.1f}", f"{m.grads:.1f}", f"{m.optimizer:.1f}",
-                                               f"{m.gathered:.1f}", f"{m.activations:.1f}", f"{m.total:.1f} GiB")
-        fits = "?" if e.fits is None else "yes" if e.fits else "NO"
+        memory = ("?",) * 7 if m is None else (f"{m.params:.1f}", f"{m.grads:.1f}", f"{m.optimizer:.1f}",
+                                               f"{m.gathered:.1f}", f"{m.activations:.1f}", f"{m.total:.1f} GiB",
+                                               f"{m.host:.0f} GiB")
+        fits = "?" if m is None else "yes" if m.fits else "NO (host)" if m.gpu_fits else "NO"
         rows.append((e.name, b + _count(e.tokens_per_epoch), f"{e.epochs:.3g}", b + _count(e.trained_tokens),
-                     b + _count(e.steps), _count(e.tokens_per_step), *memory, fits, hours))
+                     b + _count(e.steps), f"{e.global_batch}", _count(e.tokens_per_step), *memory, fits, hours))
     lines += _table(rows)
-    lines += _footnotes(estimates, loaded)
+    if shape is not None:
+        lines += _long_context(shape, machine, launch)
+    lines += _footnotes(estimates, loaded, launch)
     return "\n".join(lines)
+
+
+def _engine_label(launch: LaunchPlan) -> str:
+    engine = launch.engine
+    label = engine.label if engine.shards_model else f"{engine.label} (estimated as DeepSpeed ZeRO-3)"
+    return label + (f", sequence_parallel {launch.sequence_parallel}" if launch.sequence_parallel > 1 else "")
+
+
+def long_context_memory(shape: ModelShape, hardware: Hardware, train: dict[str, Any], engine: Engine,
+                        length: int, sequence_parallel: int) -> MemoryEstimate:
+    """Per-GPU memory of one sequence of ``length`` tokens split over ``sequence_parallel`` GPUs."""
+    work = Workload(math.ceil(length / sequence_parallel), train)
+    return memory_estimate(shape, hardware, work, engine)
+
+
+def _long_context(shape: ModelShape, hardware: Hardware, launch: LaunchPlan) -> list[str]:
+    """Activations per GPU at 32k/64k/128k tokens with and without sequence parallelism, and what fits."""
+    train: dict[str, Any] = {}  # the defaults: activation checkpointing, Liger
+    engine = launch.engine if launch.engine.shards_model else ZERO3
+    sizes = [s for s in (1, 2, 4, 8, 16, 32) if s <= hardware.gpus]
+    with_sp = launch.sequence_parallel if launch.sequence_parallel > 1 else min(8, hardware.gpus)
+    rows = [("context", "activ. SP=1", "total/GPU", "fits", f"activ. SP={with_sp}", "total/GPU", "fits",
+             "smallest SP that fits")]
+    for length in LONG_CONTEXTS:
+        one = long_context_memory(shape, hardware, train, engine, length, 1)
+        many = long_context_memory(shape, hardware, train, engine, length, with_sp)
+        smallest = next((s for s in sizes if long_context_memory(shape, hardware, train, engine, length, s).fits),
+                        None)
+        rows.append((f"{length // 1024}k", f"{one.activations:.1f}", f"{one.total:.1f} GiB",
+                     "yes" if one.fits else "NO", f"{many.activations:.1f}", f"{many.total:.1f} GiB",
+                     "yes" if many.fits else "NO", str(smallest) if smallest else f"none <= {hardware.gpus}"))
+    out = ["", f"long context: one sequence per GPU group, {engine.label}, activation checkpointing, Liger; "
+                "SP = launch.sequence_parallel (Ulysses/ALST on ZeRO-3, context parallelism on FSDP2)"]
+    return out + _table(rows)
 
 
 def _wrap(text: str, indent: str = "", width: int = 110) -> list[str]:
@@ -610,30 +774,39 @@ def _wrap(text: str, indent: str = "", width: int = 110) -> list[str]:
                          break_on_hyphens=False)
 
 
-def _footnotes(estimates: list[StageEstimate], loaded: LoadedRecipe) -> list[str]:
+def _footnotes(estimates: list[StageEstimate], loaded: LoadedRecipe, launch: LaunchPlan) -> list[str]:
     out = ["", "tokens:"]
     for e in estimates:
         out += _wrap(f"{e.name}: {e.tokens_source}; micro-batch {e.micro_batch_tokens:,} tokens per GPU", "  ")
         for note in e.notes:
             out += _wrap(note, "    ")
+    engine = launch.engine
+    if engine.name in ("fsdp2", "fsdp1"):
+        states = ("params = fp32 shards (4 B/param, the master weights), grads fp32 (4 B), optim = Adam moments "
+                  "(8 B), each divided over the GPUs; gathered = bf16 copies of the FSDP unit computing and the one "
+                  "prefetched")
+    else:
+        states = ("params = bf16 copy + fp32 master (6 B/param), grads fp32 (4 B), optim = Adam moments (8 B), each "
+                  "divided over the GPUs; gathered = the largest layer x 4 B")
     out += _wrap(
-        "memory, GiB per GPU: params = bf16 copy + fp32 master (6 B/param), grads fp32 (4 B), optim = Adam moments "
-        "(8 B), each divided over the GPUs; gathered = the largest layer x 4 B; activ. = one micro-batch with "
-        "activation checkpointing, plus the LM head's chunked loss; kernels as tempa picks them on GPU with the "
-        "gpu extra installed (flash-attention 2, Liger; set use_liger_kernel: false to plan without Liger); "
-        f"fits = total <= {100 * USABLE_MEMORY:.0f}% of GPU memory"
+        f"memory, GiB per GPU: {states}; activ. = one micro-batch with activation checkpointing, plus the LM "
+        "head's chunked loss; kernels as tempa picks them on GPU with the gpu extra installed (flash-attention 2, "
+        "Liger; set use_liger_kernel: false to plan without Liger); host/node = RAM on the fullest node "
+        f"(DeepSpeed's estimators, 1.5x buffer); fits = total <= {100 * USABLE_MEMORY:.0f}% of GPU memory and "
+        f"host <= {100 * USABLE_HOST_MEMORY:.0f}% of a node's RAM; batch = rows (pairs) per optimizer step"
     )
     out += _wrap(
         f"steps assume BFD packing fills {100 * PACKING_FILL:.0f}% of each row; hours = 6 x params x trained "
         "tokens / (GPUs x peak x MFU); '>=': some data could not be sized; '<=': an upper bound (a synthesize "
         "stage's output); '~': both"
     )
-    launch = loaded.recipe.launch.accelerate_config
-    if offloads_optimizer(loaded):
-        out += _wrap(f"'{launch}' offloads the optimizer to CPU: params = the bf16 shard only; the fp32 master "
-                     "weights, gradients and Adam moments live in host RAM")
-    elif launch not in ("zero3", "zero3-multinode"):
-        out.append(f"note: the recipe launches with accelerate_config '{launch}'; this estimate assumes ZeRO-3")
+    config = loaded.recipe.launch.accelerate_config
+    if engine.offloads:
+        where = "parameters, gradients and optimizer state" if engine.offload_params else \
+            "the fp32 master weights, gradients and Adam moments"
+        out += _wrap(f"'{config}' offloads to CPU: {where} live in host RAM (host/node)")
+    elif not engine.shards_model:
+        out.append(f"note: the recipe launches with {engine.label} ('{config}'); this estimate assumes ZeRO-3")
     warnings = [w for e in estimates for w in e.warnings]
     if warnings:
         out.append("")

@@ -2,6 +2,13 @@
 
 The exact command is written to the stage folder (`launch.sh`) so a user can re-run one stage
 by hand; the subprocess output goes to a log file whose tail is surfaced when it fails.
+
+Several nodes (``launch.num_machines > 1``): node rank 0 runs ``tempa run`` (every stage, and
+machine rank 0 of each training launch); before a training launch it publishes a
+:class:`LaunchRequest` (``run_dir/.launch.json``: what to run, rank 0's address and port). The
+other nodes run ``tempa run ... --machine-rank N`` (:func:`join_run`): they read the recipe and
+that request, start the same launch as machine rank N, and write nothing in the run directory
+but what their training processes write (checkpoint shards); their own logs stay on the node.
 """
 
 from __future__ import annotations
@@ -17,8 +24,13 @@ from collections import deque
 from importlib import resources
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from tempa.recipes.schema import SHIPPED_ACCELERATE, SHIPPED_DEEPSPEED, LaunchConfig
+from tempa.sft.files import json_or_none, write_json
 from tempa.sft.stage_api import StageError
+
+LAUNCH_REQUEST = ".launch.json"  # in the run directory: the training launch the other nodes join
 
 
 def _config_path(field: str, ref: str, folder: str, shipped: tuple[str, ...], suffix: str) -> Path:
@@ -42,12 +54,21 @@ def deepspeed_config_path(ref: str | None) -> Path | None:
     return None if ref is None else _config_path("deepspeed_config", ref, "deepspeed", SHIPPED_DEEPSPEED, ".json")
 
 
-def launch_command(launch: LaunchConfig, module: str, args: list[str], *, port: int | None = None) -> list[str]:
-    """The command line that runs ``python -m module args`` under the recipe's launcher."""
+def launch_command(launch: LaunchConfig, module: str, args: list[str], *, port: int | None = None,
+                   machine_rank: int = 0, main_process_ip: str | None = None) -> list[str]:
+    """The command line that runs ``python -m module args`` under the recipe's launcher.
+
+    ``machine_rank`` / ``main_process_ip`` / ``port``: this node's part of a multi-node launch.
+    """
+    multinode = launch.num_machines > 1
     if launch.launcher == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={launch.num_processes or 1}"]
-        cmd += [f"--nnodes={launch.num_machines}"]
-        if port is not None and launch.num_machines == 1:
+        # num_processes counts every machine's processes, as accelerate's does.
+        per_node = max(1, (launch.num_processes or launch.num_machines) // launch.num_machines)
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={per_node}",
+               f"--nnodes={launch.num_machines}"]
+        if multinode:
+            cmd += [f"--node_rank={machine_rank}", "--master_addr", main_process_ip or "127.0.0.1"]
+        if port is not None:
             cmd += ["--master_port", str(port)]
         cmd += [*launch.extra_args, "-m", module, *args]
         return cmd
@@ -55,16 +76,37 @@ def launch_command(launch: LaunchConfig, module: str, args: list[str], *, port: 
            str(accelerate_config_path(launch.accelerate_config))]
     if launch.num_processes is not None:
         cmd += ["--num_processes", str(launch.num_processes)]
-    if launch.num_machines != 1:
-        cmd += ["--num_machines", str(launch.num_machines)]
+    if multinode:
+        cmd += ["--num_machines", str(launch.num_machines), "--machine_rank", str(machine_rank),
+                "--main_process_ip", main_process_ip or "127.0.0.1"]
     if launch.mixed_precision is not None:
         cmd += ["--mixed_precision", launch.mixed_precision]
     if launch.use_cpu:
         cmd += ["--cpu"]
-    if port is not None and launch.num_machines == 1:
+    if port is not None:
         cmd += ["--main_process_port", str(port)]
+    cmd += parallelism_args(launch)
     cmd += [*launch.extra_args, "-m", module, *args]
     return cmd
+
+
+def parallelism_args(launch: LaunchConfig) -> list[str]:
+    """accelerate's parallelism flags for ``launch.sequence_parallel`` (Ulysses/ALST on ZeRO-3, CP on FSDP2)."""
+    size = launch.sequence_parallel
+    if size <= 1:
+        return []
+    engine = launch.engine()
+    if engine.name == "deepspeed":
+        # ALST shards each (packed) row along the sequence; variable lengths, flash-attention 2 underneath
+        # (it reads the packed documents' boundaries from position_ids).
+        return ["--use_parallelism_config", "--parallelism_config_sp_size", str(size),
+                "--parallelism_config_sp_backend", "deepspeed",
+                "--parallelism_config_sp_seq_length_is_variable", "true"]
+    args = ["--use_parallelism_config", "--parallelism_config_cp_size", str(size)]
+    processes = launch.num_processes or engine.num_processes
+    if processes:  # FSDP shards over the rest of the world
+        args += ["--parallelism_config_dp_shard_size", str(processes // size)]
+    return args
 
 
 def _free_port() -> int:
@@ -77,14 +119,7 @@ def _free_port() -> int:
 
 def deepspeed_on_cpu(launch: LaunchConfig) -> bool:
     """Whether the launched group runs DeepSpeed on CPU (and so needs its JIT-built shm op)."""
-    if launch.launcher == "torchrun":
-        uses_deepspeed = launch.deepspeed_config is not None
-    else:
-        import yaml
-
-        config = yaml.safe_load(accelerate_config_path(launch.accelerate_config).read_text(encoding="utf-8")) or {}
-        uses_deepspeed = config.get("distributed_type") == "DEEPSPEED"
-    if not uses_deepspeed:
+    if launch.engine().name != "deepspeed":
         return False
     if launch.use_cpu or os.environ.get("DS_ACCELERATOR") == "cpu":
         return True
@@ -93,18 +128,83 @@ def deepspeed_on_cpu(launch: LaunchConfig) -> bool:
     return not torch.cuda.is_available()
 
 
-def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Path, *, log) -> None:
-    """Run the command, streaming output to ``log_file``; a failure raises a one-line StageError."""
-    if deepspeed_on_cpu(launch):
-        from tempa.recipes.jit_ops import ensure_shm_op
+class LaunchRequest(BaseModel):
+    """A training launch that node rank 0 starts and the other nodes join (``run_dir/.launch.json``)."""
 
-        ensure_shm_op(log, log_file.parent / "deepspeed_op_build.log")
-    cmd = launch_command(launch, module, args, port=_free_port())
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int  # increases with every launch of a run
+    module: str
+    args: list[str]
+    main_process_ip: str
+    main_process_port: int
+    host: str  # node rank 0's hostname, for messages
+    created_at: float
+
+
+def read_request(run_dir: Path) -> LaunchRequest | None:
+    data = json_or_none(run_dir / LAUNCH_REQUEST)
+    try:
+        return LaunchRequest.model_validate(data) if isinstance(data, dict) else None
+    except ValueError:
+        return None
+
+
+def publish_request(launch: LaunchConfig, module: str, args: list[str], run_dir: Path) -> LaunchRequest:
+    """Node rank 0: say which launch the other nodes join, and where rank 0 listens."""
+    import socket
+
+    previous = read_request(run_dir)
+    request = LaunchRequest(
+        seq=(previous.seq + 1) if previous else 1, module=module, args=list(args),
+        main_process_ip=launch.main_process_ip or socket.gethostname(),
+        main_process_port=launch.main_process_port or _free_port(), host=socket.gethostname(),
+        created_at=time.time())
+    write_json(run_dir / LAUNCH_REQUEST, request.model_dump())
+    return request
+
+
+def _launch_env(launch: LaunchConfig) -> dict[str, str]:
     env = dict(os.environ)
+    # The local process that watches over the training group: its processes stop when it dies.
     env["TEMPA_RUNNER_PID"] = str(os.getpid())
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if launch.use_cpu:
         env.setdefault("DS_ACCELERATOR", "cpu")
+    if launch.sequence_parallel > 1 and launch.engine().name == "deepspeed":
+        # Ulysses runs this attention on each head group; it alone reads packed documents from position_ids
+        env.setdefault("PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION", "flash_attention_2")
+    return env
+
+
+def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Path, *, log,
+               run_dir: Path | None = None) -> None:
+    """Run the command, streaming output to ``log_file``; a failure raises a one-line StageError.
+
+    With ``launch.num_machines > 1``, ``run_dir`` is where the other nodes find the launch to join.
+    """
+    if launch.engine().name in ("fsdp1", "fsdp2"):
+        import torch
+
+        if not torch.cuda.is_available():
+            # accelerate would start plain, unsharded processes that each train and save alone
+            raise StageError(f"launch.accelerate_config {launch.accelerate_config!r}: FSDP needs CUDA GPUs and this "
+                             "machine has none; on CPU use launcher: torchrun with deepspeed_config: zero3-cpu")
+    if deepspeed_on_cpu(launch):
+        from tempa.recipes.jit_ops import ensure_shm_op
+
+        ensure_shm_op(log, log_file.parent / "deepspeed_op_build.log")
+    if launch.num_machines > 1:
+        if run_dir is None:
+            raise StageError("launch.num_machines > 1 needs the run directory to tell the other nodes the launch")
+        request = publish_request(launch, module, args, run_dir)
+        log.info("launch %d: waiting for %d more node(s) to join at %s:%d", request.seq, launch.num_machines - 1,
+                 request.main_process_ip, request.main_process_port)
+        cmd = launch_command(launch, module, args, port=request.main_process_port, machine_rank=0,
+                             main_process_ip=request.main_process_ip)
+    else:
+        cmd = launch_command(launch, module, args, port=_free_port())
+    env = _launch_env(launch)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     script = log_file.parent / "launch.sh"
     script.write_text(
@@ -113,6 +213,14 @@ def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Pat
     )
     log.info("launch: %s", " ".join(shlex.quote(c) for c in cmd))
     log.info("log: %s", log_file)
+    code, tail = _stream(cmd, env, log_file, log)
+    if code != 0:
+        reason = _reason(tail)
+        raise StageError(f"training process exited with code {code}: {reason} (full log: {log_file})")
+
+
+def _stream(cmd: list[str], env: dict[str, str], log_file: Path, log) -> tuple[int, deque[str]]:
+    """Run ``cmd`` in its own process group, its output to ``log_file``; (exit code, last lines)."""
     tail: deque[str] = deque(maxlen=200)
     with open(log_file, "a", encoding="utf-8") as out:
         out.write(f"$ {' '.join(shlex.quote(c) for c in cmd)}\n")
@@ -137,9 +245,7 @@ def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Pat
         except BaseException:
             _stop(proc)
             raise
-    if code != 0:
-        reason = _reason(tail)
-        raise StageError(f"training process exited with code {code}: {reason} (full log: {log_file})")
+    return code, tail
 
 
 def reap_stale_launch(stage_dir: Path, *, log) -> None:
@@ -190,3 +296,58 @@ def _reason(tail: deque[str]) -> str:
         if match and not any(name in line for name in _LAUNCHER_ERRORS):
             return f"{match.group(1)}: {match.group(2)}".strip()
     return next((line.strip() for line in reversed(tail) if line.strip()), "no output")
+
+
+def join_run(launch: LaunchConfig, run_dir: Path, machine_rank: int, log_dir: Path, *, log,
+             start_timeout_s: float = 600.0, poll_s: float = 1.0) -> int:
+    """Node ``machine_rank`` > 0: join every training launch node rank 0 publishes, until its run ends.
+
+    Waits up to ``start_timeout_s`` for a ``tempa run`` to hold ``run_dir``; returns how many
+    launches this node joined. Writes only under ``log_dir`` (this node's launch logs); a launch
+    that fails here fails on node rank 0 too, which reports it.
+    """
+    from tempa.recipes.rundir import lock_owner
+
+    if launch.num_machines < 2:
+        raise StageError(f"--machine-rank {machine_rank}: the recipe's launch.num_machines is "
+                         f"{launch.num_machines}; only a multi-node launch has other nodes to join")
+    if not 0 < machine_rank < launch.num_machines:
+        raise StageError(f"--machine-rank {machine_rank}: expected 1..{launch.num_machines - 1} "
+                         f"(launch.num_machines is {launch.num_machines}; rank 0 is `tempa run` without it)")
+    if deepspeed_on_cpu(launch):
+        from tempa.recipes.jit_ops import ensure_shm_op
+
+        ensure_shm_op(log, log_dir / "deepspeed_op_build.log")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + start_timeout_s
+    joined, last_seq, failed = 0, 0, False
+    log.info("node %d: waiting for node rank 0's run in %s", machine_rank, run_dir)
+    while True:
+        owner = lock_owner(run_dir)
+        if owner is None:
+            if joined or time.monotonic() > deadline:
+                break
+            time.sleep(poll_s)
+            continue
+        request = read_request(run_dir)
+        # Only launches of the run that holds the directory now (not a request left by an earlier run).
+        if request is None or request.seq <= last_seq or request.created_at < owner.started_at:
+            time.sleep(poll_s)
+            continue
+        last_seq = request.seq
+        cmd = launch_command(launch, request.module, request.args, port=request.main_process_port,
+                             machine_rank=machine_rank, main_process_ip=request.main_process_ip)
+        log_file = log_dir / f"launch-{request.seq}.log"
+        log.info("node %d: joining launch %d of %s (%s:%d); log: %s", machine_rank, request.seq, owner.host,
+                 request.main_process_ip, request.main_process_port, log_file)
+        code, tail = _stream(cmd, _launch_env(launch), log_file, log)
+        joined += 1
+        failed = code != 0
+        if failed:
+            log.warning("node %d: launch %d exited with code %d: %s", machine_rank, request.seq, code, _reason(tail))
+    if not joined:
+        raise StageError(f"{run_dir}: no `tempa run` held this run directory within {start_timeout_s:.0f}s; start "
+                         "node rank 0 (tempa run without --machine-rank) with the same --run-dir on shared storage")
+    if failed:
+        raise StageError(f"node {machine_rank}: the last training launch failed (logs: {log_dir})")
+    return joined

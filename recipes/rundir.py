@@ -9,8 +9,11 @@ skips). Everything it deletes lies inside the run directory (:func:`tempa.sft.fi
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +24,7 @@ from tempa.sft.files import cache_root, ensure_inside, json_or_none, remove_tree
 from tempa.sft.run_layout import DONE, LOCK, MANIFEST, METRICS, RESOLVED_RECIPE
 from tempa.sft.stage_api import RunPath, StageResult, Upstream
 
-__all__ = ["Manifest", "RunLock", "RunLockedError", "cache_root", "read_manifest"]
+__all__ = ["LockOwner", "Manifest", "RunLock", "RunLockedError", "cache_root", "lock_owner", "read_manifest"]
 
 
 class Manifest(BaseModel):
@@ -125,7 +128,7 @@ def check_run_dir(run_dir: Path) -> None:
         return
     if not run_dir.is_dir():
         raise NotARunDirError(f"{run_dir}: --run-dir is a file; choose a new or empty folder")
-    entries = set(os.listdir(run_dir)) - {LOCK}
+    entries = {e for e in os.listdir(run_dir) if e != LOCK and not e.startswith(LOCK + ".")}
     if entries and RESOLVED_RECIPE not in entries:
         shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
         raise NotARunDirError(
@@ -134,38 +137,76 @@ def check_run_dir(run_dir: Path) -> None:
         )
 
 
-class RunLock:
-    """An exclusive flock on ``run_dir/.lock``; the kernel drops it when the holder dies."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / LOCK
-        self._fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise RunLockedError(
-                f"{self.path.parent}: run directory is in use by pid {holder}; wait for it or pick another --run-dir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+LOCK_OWNER = LOCK + ".owner"  # who holds the run directory: host, pid, start; its mtime is the heartbeat
+LEASE_S = float(os.environ.get("TEMPA_LOCK_LEASE_S", "120"))  # a holder silent this long (other host) is gone
 
 
-def run_in_progress(run_dir: Path) -> bool:
-    """True while some runner holds the run directory's lock."""
+class LockOwner(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    host: str
+    pid: int
+    token: str
+    started_at: float
+
+
+def _read_owner(path: Path) -> LockOwner | None:
+    data = json_or_none(path)
+    try:
+        return LockOwner.model_validate(data) if isinstance(data, dict) else None
+    except ValidationError:
+        return None
+
+
+def _server_now(folder: Path) -> float:
+    """The file system's clock: the mtime of a file just written in ``folder`` (hosts' clocks may differ)."""
+    probe = folder / f"{LOCK}.probe-{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
+    probe.write_bytes(b"")
+    try:
+        return probe.stat().st_mtime
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale(owner: LockOwner, path: Path, *, flock_held_by_us: bool, probe: bool = True) -> bool:
+    """Whether the recorded holder is gone: same host, its process (or flock) is; another host, its heartbeat.
+
+    ``probe``: read the file server's clock by writing a probe file; a reader that must not write
+    (a joining node) uses its own clock with twice the lease, for clocks that disagree.
+    """
+    if owner.host == socket.gethostname():
+        return flock_held_by_us or not _pid_alive(owner.pid)
+    try:
+        if probe:
+            return _server_now(path.parent) - path.stat().st_mtime > LEASE_S
+        return time.time() - path.stat().st_mtime > 2 * LEASE_S
+    except FileNotFoundError:
+        return True
+
+
+def lock_owner(run_dir: Path) -> LockOwner | None:
+    """The live holder of ``run_dir`` (any host), or None; writes nothing."""
+    path = run_dir / LOCK_OWNER
+    owner = _read_owner(path)
+    if owner is None:
+        return None
+    if owner.host == socket.gethostname():
+        return owner if _pid_alive(owner.pid) and _flock_busy(run_dir) is not False else None
+    return None if _stale(owner, path, flock_held_by_us=False, probe=False) else owner
+
+
+def _flock_busy(run_dir: Path) -> bool | None:
+    """Whether a process holds ``run_dir``'s flock; None where the file system has no flock."""
     path = run_dir / LOCK
     if not path.exists():
         return False
@@ -174,6 +215,116 @@ def run_in_progress(run_dir: Path) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
+    except OSError:
+        return None
     finally:
         os.close(fd)  # closing drops a lock we may have taken
     return False
+
+
+class RunLock:
+    """One orchestrator per run directory, on a local disk or shared storage (NFS, Lustre, GPFS).
+
+    Two layers: an exclusive ``flock`` on ``.lock`` (the kernel drops it when the holder dies;
+    on NFS it is a POSIX lock through the server, on Lustre only with the ``flock`` mount option,
+    node-local with ``localflock``; a file system without flock skips it), and an owner record
+    ``.lock.owner`` created with ``link()``, which is atomic on every POSIX and network file
+    system, holding host, pid and start time. A background thread touches the record every
+    ``LEASE_S / 4`` seconds; another host takes a record over only once its heartbeat is older
+    than ``LEASE_S`` (``TEMPA_LOCK_LEASE_S``, by the file server's clock), the same host as soon
+    as its process is gone.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK
+        self.owner_path = run_dir / LOCK_OWNER
+        self._fd: int | None = None
+        self._token = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flocked = True
+        except BlockingIOError:
+            os.close(fd)
+            owner = _read_owner(self.owner_path)
+            raise RunLockedError(self._in_use(owner)) from None
+        except OSError:  # no flock here (e.g. Lustre without -o flock): the owner record alone decides
+            flocked = False
+        try:
+            self._claim(flocked)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        self._beat = threading.Thread(target=self._heartbeat, name="tempa-run-lock", daemon=True)
+        self._beat.start()
+        return self
+
+    def _claim(self, flocked: bool) -> None:
+        me = LockOwner(host=socket.gethostname(), pid=os.getpid(), token=self._token, started_at=time.time())
+        tmp = self.path.parent / f"{LOCK}.tmp-{self._token}"
+        tmp.write_text(me.model_dump_json())
+        try:
+            for _ in range(2):
+                try:
+                    os.link(tmp, self.owner_path)
+                    return
+                except FileExistsError:
+                    pass
+                owner = _read_owner(self.owner_path)
+                if owner is not None and not _stale(owner, self.owner_path, flock_held_by_us=flocked):
+                    raise RunLockedError(self._in_use(owner))
+                self._break(owner)
+            raise RunLockedError(self._in_use(_read_owner(self.owner_path)))
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _break(self, stale: LockOwner | None) -> None:
+        """Move a dead holder's record aside; put it back if another process replaced it meanwhile."""
+        aside = self.path.parent / f"{LOCK}.stale-{self._token}"
+        try:
+            os.rename(self.owner_path, aside)
+        except FileNotFoundError:
+            return
+        moved = _read_owner(aside)
+        if stale is not None and moved is not None and moved.token != stale.token:
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.owner_path)
+        aside.unlink(missing_ok=True)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(LEASE_S / 4):
+            owner = _read_owner(self.owner_path)
+            if owner is None or owner.token != self._token:
+                return
+            with contextlib.suppress(OSError):
+                os.utime(self.owner_path)  # no times: the file server stamps its own clock
+
+    def _in_use(self, owner: LockOwner | None) -> str:
+        who = f"pid {owner.pid} on {owner.host}" if owner is not None else "another process"
+        return f"{self.path.parent}: run directory is in use by {who}; wait for it or pick another --run-dir"
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+        owner = _read_owner(self.owner_path)
+        if owner is not None and owner.token == self._token:
+            self.owner_path.unlink(missing_ok=True)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def run_in_progress(run_dir: Path) -> bool:
+    """True while some runner (on any host) holds the run directory."""
+    return bool(_flock_busy(run_dir)) or lock_owner(run_dir) is not None

@@ -431,7 +431,7 @@ def _context(loaded: LoadedRecipe, decision: StageDecision, run_dir: Path, start
     stage_dir.mkdir(parents=True, exist_ok=True)
 
     def _launch(module: str, args: list[str], log_file: Path) -> None:
-        run_launch(launch, module, args, log_file, log=log)
+        run_launch(launch, module, args, log_file, log=log, run_dir=run_dir)
 
     ds = deepspeed_config_path(launch.deepspeed_config) if launch.launcher == "torchrun" else None
     return StageContext(
@@ -445,7 +445,8 @@ def _context(loaded: LoadedRecipe, decision: StageDecision, run_dir: Path, start
         upstream=upstream,
         launch=_launch,
         training=TrainingEnv(use_cpu=launch.use_cpu, mixed_precision=launch.mixed_precision, deepspeed_config=ds,
-                             trust_remote_code=loaded.recipe.trust_remote_code),
+                             trust_remote_code=loaded.recipe.trust_remote_code,
+                             global_batch_size=launch.global_batch_size, sequence_parallel=launch.sequence_parallel),
         log=log,
         cache_dir=cache_root(),
         recipe=recipe,

@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tempa.recipes.engine import SHIPPED_ACCELERATE, SHIPPED_DEEPSPEED, Engine, read_engine, shipped_path
 from tempa.sft.run_layout import safe_name
 from tempa.sft.stage_api import looks_local, resolve_path
 from tempa.sft.suggest import did_you_mean
 
 TINY_DEFAULT = "tempa:tiny"
-SHIPPED_ACCELERATE = ("single", "ddp", "zero3", "zero3-offload", "zero3-multinode")
-SHIPPED_DEEPSPEED = ("zero3", "zero3-cpu")
+__all__ = ["SHIPPED_ACCELERATE", "SHIPPED_DEEPSPEED", "LaunchConfig", "Recipe"]
 
 
 class LaunchConfig(BaseModel):
@@ -28,15 +29,40 @@ class LaunchConfig(BaseModel):
     )
     accelerate_config: str = Field(
         default="single",
-        description="A shipped accelerate config (single, ddp, zero3, zero3-offload, zero3-multinode) or a "
-        "path to your own accelerate YAML.",
+        description="A shipped accelerate config (single, ddp, zero3, zero3-offload, zero3-multinode, fsdp2, "
+        "fsdp2-offload) or a path to your own accelerate YAML.",
     )
     deepspeed_config: str | None = Field(
         default=None,
         description="DeepSpeed JSON for the torchrun launcher (a shipped name such as 'zero3-cpu', or a path).",
     )
     num_processes: int | None = Field(default=None, ge=1, description="Processes per run (all machines).")
-    num_machines: int = Field(default=1, ge=1)
+    num_machines: int = Field(
+        default=1, ge=1,
+        description="Nodes a training launch spans. Node rank 0 (`tempa run`) runs every stage; the others run "
+        "`tempa run ... --machine-rank N` and only join the training launches (README: Several nodes).",
+    )
+    main_process_ip: str | None = Field(
+        default=None,
+        description="Multi-node: the address of node rank 0 that the other nodes can reach (default: its hostname).",
+    )
+    main_process_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="Multi-node: the rendezvous port on node rank 0 (default: a free port, told to the other nodes).",
+    )
+    global_batch_size: int | None = Field(
+        default=None, ge=1,
+        description="Sequences (pairs, for preference stages) per optimizer step on any hardware: each training "
+        "launch sets gradient_accumulation_steps = global_batch_size / (per_device_train_batch_size x processes), "
+        "which must divide evenly. Unset: the train block's gradient_accumulation_steps, so the global batch "
+        "grows with the GPU count.",
+    )
+    sequence_parallel: int = Field(
+        default=1, ge=1,
+        description="Long context: split each sequence over this many GPUs. DeepSpeed ZeRO-3 configs use "
+        "DeepSpeed-Ulysses/ALST (packing kept: flash-attention 2 reads document boundaries from position_ids); "
+        "FSDP2 configs use torch context parallelism (trl refuses packing with it). GPU only.",
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] | None = Field(
         default=None, description="Overrides the accelerate config's mixed precision."
     )
@@ -54,6 +80,54 @@ class LaunchConfig(BaseModel):
         if value is None or value in SHIPPED_DEEPSPEED:
             return value
         return _config_file(value, info, SHIPPED_DEEPSPEED)
+
+    def accelerate_path(self) -> Path:
+        ref = self.accelerate_config
+        return shipped_path("accelerate", ref, ".yaml") if ref in SHIPPED_ACCELERATE else Path(ref)
+
+    def deepspeed_path(self) -> Path | None:
+        ref = self.deepspeed_config
+        if ref is None:
+            return None
+        return shipped_path("deepspeed", ref, ".json") if ref in SHIPPED_DEEPSPEED else Path(ref)
+
+    def engine(self) -> Engine:
+        """What training launches shard with and offload (read from the accelerate / DeepSpeed config)."""
+        return read_engine(self.launcher, self.accelerate_path() if self.launcher == "accelerate" else None,
+                           self.deepspeed_path())
+
+    @model_validator(mode="after")
+    def _engine_fits_the_launch(self) -> LaunchConfig:
+        try:
+            engine = self.engine()
+        except (OSError, ValueError, yaml.YAMLError) as exc:  # an unreadable YAML/JSON: say so, with the field
+            field = "accelerate_config" if self.launcher == "accelerate" else "deepspeed_config"
+            raise ValueError(f"launch.{field}: cannot read it ({exc})") from None
+        if self.launcher == "accelerate" and engine.num_machines > 1 and self.num_machines == 1:
+            # tempa passes the machine count and each node's rank only for a multi-node launch
+            raise ValueError(f"launch.num_machines: {self.num_machines}, but {Path(engine.source).name} says "
+                             f"num_machines: {engine.num_machines}; set launch.num_machines: {engine.num_machines}")
+        if self.num_processes is not None and self.num_processes % self.num_machines:
+            raise ValueError(f"launch.num_processes: {self.num_processes} (all machines) is not a multiple of "
+                             f"launch.num_machines: {self.num_machines}")
+        if engine.name in ("fsdp1", "fsdp2") and self.use_cpu:
+            # accelerate runs FSDP only on GPU-class devices: with --cpu it starts ONE plain process.
+            raise ValueError("launch.use_cpu: FSDP needs GPUs (accelerate starts a single process without FSDP on "
+                             "CPU); for CPU runs use launcher: torchrun with deepspeed_config: zero3-cpu")
+        if self.sequence_parallel > 1:
+            if not (engine.name == "fsdp2" or (engine.name == "deepspeed" and engine.zero_stage == 3)) \
+                    or self.launcher != "accelerate":
+                raise ValueError(f"launch.sequence_parallel: {self.sequence_parallel} needs accelerate with a "
+                                 f"DeepSpeed ZeRO-3 config (Ulysses/ALST) or an FSDP2 config (context parallelism); "
+                                 f"this launch trains with {engine.label}")
+            if self.use_cpu:
+                raise ValueError("launch.sequence_parallel: sequence/context parallelism needs GPUs "
+                                 "(flash-attention 2 or CUDA sdpa); set it to 1 with use_cpu: true")
+            processes = self.num_processes or engine.num_processes
+            if processes is not None and processes % self.sequence_parallel:
+                raise ValueError(f"launch.sequence_parallel: {self.sequence_parallel} must divide the "
+                                 f"{processes} processes of a launch")
+        return self
 
 
 def _config_file(value: str, info, shipped: tuple[str, ...]) -> str:

@@ -180,6 +180,8 @@ class TrainingEnv:
     mixed_precision: str | None = None  # "no" | "fp16" | "bf16"; None: bf16 on GPU, fp32 on CPU
     deepspeed_config: Path | None = None  # passed to trl's config when torchrun launches
     trust_remote_code: bool = False
+    global_batch_size: int | None = None  # rows per optimizer step on any hardware (sets gradient accumulation)
+    sequence_parallel: int = 1  # GPUs one sequence is split over (they form one data-parallel rank)
 
 
 @dataclass(frozen=True)

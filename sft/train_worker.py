@@ -100,7 +100,32 @@ def trl_config_kwargs(plan: TrainPlan, kernels: KernelChoice | None = None) -> d
         kwargs["model_init_kwargs"] = {**kwargs["model_init_kwargs"], "attn_implementation": kernels.attn_implementation}
     if kernels.use_liger_kernel:
         kwargs["use_liger_kernel"] = True
+    kwargs.update(parallel_kwargs(plan))
     return kwargs
+
+
+def parallel_kwargs(plan: TrainPlan, world_size: int | None = None) -> dict[str, Any]:
+    """What the launch's global batch and sequence parallelism set in the trainer's arguments.
+
+    ``world_size``: the launched processes (default: torch's WORLD_SIZE).
+    """
+    env, train = plan.env, plan.train_args
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    out: dict[str, Any] = {}
+    if env.sequence_parallel > 1 and bool(train.get("packing")) and (plan.env.deepspeed_config is None) \
+            and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise ValueError("launch.sequence_parallel with FSDP2 is torch context parallelism, which trl runs only "
+                         "without packing (it drops the per-document mask); set train.packing: false or use a "
+                         "DeepSpeed ZeRO-3 config (Ulysses/ALST keeps packing)")
+    if env.global_batch_size is not None:
+        from tempa.sft.global_batch import accumulation_for
+
+        per_device = int(train.get("per_device_train_batch_size", 8))
+        steps = accumulation_for(env.global_batch_size, per_device, max(1, world // env.sequence_parallel))
+        print(f"[tempa] global batch {env.global_batch_size}: gradient_accumulation_steps {steps} "
+              f"({per_device} per device x {world // env.sequence_parallel} data-parallel ranks)", flush=True)
+        out["gradient_accumulation_steps"] = steps
+    return out
 
 
 def training_precision(plan: TrainPlan) -> str:
@@ -159,7 +184,8 @@ def read_plan(argv: list[str] | None) -> TrainPlan:
     parser.add_argument("--plan", required=True, help="train_plan.json written by the stage")
     args = parser.parse_args(argv)
     plan = TrainPlan.read(Path(args.plan))
-    watch_runner(plan.runner_pid)
+    # The launcher names the local process to watch (on another node, the plan's runner pid means nothing).
+    watch_runner(int(os.environ.get("TEMPA_RUNNER_PID") or 0) or plan.runner_pid)
     if plan.env.deepspeed_config and plan.env.use_cpu:
         # transformers sets up a plain CPU process group when use_cpu is on and never initialises
         # DeepSpeed's communication layer, so ZeRO-3 would see a world of one. Do it first.

@@ -61,3 +61,16 @@ def test_dry_run_passes_on_cpu(tmp_path):
         assert re.search(rf"\[ok\] {stage}: loss decreases \(\d", out)
         assert re.search(rf"{stage}: [\d,]+ tokens/s/GPU, MFU n/a", out)
     assert re.search(r"gpu_mfu: cpu \(dry run\): [\d,]+ tokens/s/GPU, MFU \d", out)
+
+
+def test_the_scale_out_checks_cpu_ci_cannot_run_are_valid_recipes_and_listed(tmp_path, capsys):
+    gpu_check = gpu_check_module()
+    report = gpu_check.Report()
+    gpu_check.scale_out(report, tmp_path, "aisingapore/Llama-SEA-LION-v3-8B-IT")
+    out = capsys.readouterr().out
+    assert not report.failures
+    names = [check.name for check in gpu_check.SCALE_OUT]
+    assert {"fsdp2", "fsdp2-offload", "ulysses", "context-parallel", "two-nodes"} <= set(names)
+    for check in gpu_check.SCALE_OUT:
+        assert f"[ok] scale-out {check.name}: recipe valid, plan rendered" in out
+        assert f"needs {check.gpus} GPUs: {check.checks}" in out

@@ -1,0 +1,322 @@
+"""Scaling out without surprises: the run lock on shared storage, hardware specs, engines, global batch, long context."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import itertools
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tempa.recipes.errors import RecipeError
+from tempa.recipes.estimate import GIB, estimate_recipe, parse_hardware, render_estimate, resolve_shape
+from tempa.recipes.loader import load_recipe
+from tempa.recipes.rundir import LOCK_OWNER, RunLock, RunLockedError, lock_owner, run_in_progress
+
+HUB_70B = "aisingapore/Llama-SEA-LION-v3-70B"
+
+
+# --------------------------------------------------------------------------- the run lock
+
+
+def owner_record(run_dir: Path, host: str, pid: int, age_s: float = 0.0) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_OWNER
+    path.write_text(json.dumps({"host": host, "pid": pid, "token": f"{host}-{pid}", "started_at": time.time()}))
+    if age_s:
+        os.utime(path, (time.time() - age_s, time.time() - age_s))
+    return path
+
+
+def test_an_orchestrator_on_another_host_is_refused_even_where_flock_is_node_local(tmp_path):
+    """Lustre's localflock or NFS mounted nolock: flock never sees the other node; the owner record does."""
+    run_dir = tmp_path / "run"
+    owner_record(run_dir, "node-b", 4242)  # a live holder on another host (fresh heartbeat)
+    with pytest.raises(RunLockedError, match="in use by pid 4242 on node-b"):
+        RunLock(run_dir).__enter__()
+    assert run_in_progress(run_dir) and lock_owner(run_dir).host == "node-b"
+
+
+def test_a_silent_holder_on_another_host_is_taken_over_after_its_lease(tmp_path):
+    run_dir = tmp_path / "run"
+    owner_record(run_dir, "node-b", 4242, age_s=3600)  # heartbeat an hour old
+    assert not run_in_progress(run_dir)
+    with RunLock(run_dir):
+        assert lock_owner(run_dir).host == socket.gethostname() and lock_owner(run_dir).pid == os.getpid()
+    assert not (run_dir / LOCK_OWNER).exists()  # released: the record goes with the holder
+
+
+def test_a_dead_holder_on_this_host_is_taken_over_at_once(tmp_path):
+    run_dir = tmp_path / "run"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    owner_record(run_dir, socket.gethostname(), int(dead.stdout))
+    with RunLock(run_dir):
+        assert lock_owner(run_dir).pid == os.getpid()
+
+
+def test_a_second_orchestrator_process_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from tempa.recipes.rundir import RunLock\n"
+         f"with RunLock(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=f"in use by pid {holder.pid} on {re.escape(socket.gethostname())}"):
+            RunLock(run_dir).__enter__()
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(run_dir):  # its flock died with it, and its record is stale: the next run goes through
+        pass
+
+
+def test_without_flock_the_owner_record_still_refuses_a_second_orchestrator(tmp_path, monkeypatch):
+    """A file system without flock (Lustre mounted without -o flock answers ENOSYS)."""
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with RunLock(run_dir):
+        record = json.loads((run_dir / LOCK_OWNER).read_text())
+        assert record["pid"] == os.getpid()
+        with pytest.raises(RunLockedError, match="in use by pid"):
+            RunLock(run_dir).__enter__()
+
+
+def test_the_heartbeat_keeps_the_record_fresh(tmp_path, monkeypatch):
+    import tempa.recipes.rundir as rundir
+
+    monkeypatch.setattr(rundir, "LEASE_S", 0.4)  # beats every 0.1 s
+    run_dir = tmp_path / "run"
+    with RunLock(run_dir):
+        path = run_dir / LOCK_OWNER
+        os.utime(path, (0, 0))
+        time.sleep(0.5)
+        assert path.stat().st_mtime > 1e9
+
+
+# --------------------------------------------------------------------------- hardware and the plan
+
+
+def test_nodes_x_gpus_per_node_and_host_ram():
+    two = parse_hardware("2x8xH100")
+    assert (two.nodes, two.gpus_per_node, two.gpus, two.label) == (2, 8, 16, "2x8xH100")
+    assert parse_hardware("16xH100") == two  # whole 8-GPU nodes
+    assert parse_hardware("2x4xH200").gpus == 8 and parse_hardware("2x4xH200").nodes == 2
+    assert parse_hardware("8xH100@1TiB").node_ram_gib == 1024
+    assert parse_hardware("8xH100@1TB").node_ram_gib == pytest.approx(1e12 / GIB)
+    assert parse_hardware("8xH100").node_ram_gib == 2048  # a DGX H100
+    with pytest.raises(RecipeError, match=r"12 GPUs do not fill 8-GPU nodes; say NODESxGPUSxGPU, e\.g\. 2x6xH100"):
+        parse_hardware("12xH100")
+    with pytest.raises(RecipeError, match="at least 1"):
+        parse_hardware("2x0xH100")
+
+
+def test_70b_offload_host_ram_matches_deepspeeds_estimator_and_is_part_of_fits():
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs_all_cold
+
+    loaded = load_recipe("sea-lion-v3-70b-it")
+    shape, _ = resolve_shape(loaded.recipe.base_model)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        estimate_zero3_model_states_mem_needs_all_cold(total_params=shape.parameters,
+                                                       largest_layer_params=shape.largest_layer_parameters,
+                                                       num_gpus_per_node=8, num_nodes=1)
+    line = next(x for x in printed.getvalue().splitlines()
+                if "offload_param=none" in x and "offload_optimizer=none" not in x and "zero_init=1" in x)
+    cpu_gib, gpu_gib = (float(v) for v in re.findall(r"([\d.]+)GB", line)[:2])
+    one_node = estimate_recipe(loaded, "8xH100")[0]
+    assert one_node.memory.host == pytest.approx(cpu_gib, rel=0.01)
+    assert one_node.memory.params + one_node.memory.gathered == pytest.approx(gpu_gib, rel=0.01)
+    # the recipe comment's figure is DeepSpeed's (not the raw 1.1 TB of states)
+    comment = (Path(__file__).parent.parent / "recipes" / "accelerate" / "zero3-offload.yaml").read_text()
+    assert f"~{cpu_gib:,.0f} GiB" in comment
+    assert one_node.fits  # a DGX H100's 2 TiB holds it
+    small = estimate_recipe(loaded, "8xH100@1TiB")[0]
+    assert small.memory.gpu_fits and not small.fits
+    assert "needs ~1577 GiB of host RAM per node of 1024 GiB" in small.warnings[0]
+    two_nodes = estimate_recipe(loaded, "2x8xH100@1TiB")[0]  # each node holds half the offloaded states
+    assert two_nodes.memory.host == pytest.approx(one_node.memory.host / 2) and two_nodes.fits
+
+
+def test_2x8xh100_plan_prints_nodes_host_ram_global_batch_and_hours_for_each_seed_recipe():
+    for name in ("sea-lion-v3-70b-it", "sea-lion-v3.5-8b-r", "swallow-8b-instruct-v0.3"):
+        loaded = load_recipe(name)
+        text = render_estimate(loaded, "2x8xH100")
+        assert text.startswith("estimate for 2x8xH100 (2 node(s) x 8 GPUs"), name
+        assert "host/node" in text and "batch" in text and "hours" in text, name
+        one, two = estimate_recipe(loaded, "8xH100"), estimate_recipe(loaded, "2x8xH100")
+        for a, b in zip(one, two, strict=True):
+            assert b.global_batch == 2 * a.global_batch  # twice the GPUs, same accumulation
+            assert b.hours == pytest.approx(a.hours / 2)
+            assert any("changes the global batch" in w for w in b.warnings)
+
+
+def test_global_batch_size_keeps_the_batch_on_any_hardware(tmp_path):
+    loaded = load_recipe("sea-lion-v3-70b-it", ["launch.global_batch_size=128"])
+    for hardware, accumulation in (("8xH100", 16), ("2x8xH100", 8), ("4x8xH100", 4)):
+        for e in estimate_recipe(loaded, hardware):
+            assert (e.global_batch, e.accumulation) == (128, accumulation)
+            assert not any("changes the global batch" in w for w in e.warnings)
+    odd = estimate_recipe(load_recipe("sea-lion-v3-70b-it", ["launch.global_batch_size=100"]), "8xH100")[0]
+    assert "launch.global_batch_size 100 is not a multiple of per_device_train_batch_size 1 x 8" in odd.warnings[0]
+
+
+def test_the_worker_sets_gradient_accumulation_from_the_global_batch(tmp_path):
+    from tempa.sft.stage_api import TrainingEnv
+    from tempa.sft.train_plan import TrainPlan
+    from tempa.sft.train_worker import parallel_kwargs
+
+    plan = TrainPlan.standalone(tmp_path, tmp_path, {"per_device_train_batch_size": 2},
+                                env=TrainingEnv(use_cpu=True, global_batch_size=32))
+    assert parallel_kwargs(plan, world_size=8) == {"gradient_accumulation_steps": 2}
+    assert parallel_kwargs(plan, world_size=16) == {"gradient_accumulation_steps": 1}
+    with pytest.raises(ValueError, match="not a multiple of per_device_train_batch_size 2 x 32"):
+        parallel_kwargs(plan, world_size=32)
+    assert parallel_kwargs(TrainPlan.standalone(tmp_path, tmp_path, {}), world_size=8) == {}
+
+
+def test_fsdp2_memory_and_its_offload_variant():
+    base = load_recipe("sea-lion-v3.5-8b-r")
+    zero3 = estimate_recipe(load_recipe("sea-lion-v3.5-8b-r", ["launch.accelerate_config=zero3"]), "8xH100")[0]
+    fsdp2 = estimate_recipe(load_recipe("sea-lion-v3.5-8b-r", ["launch.accelerate_config=fsdp2"]), "8xH100")[0]
+    offload = estimate_recipe(load_recipe("sea-lion-v3.5-8b-r", ["launch.accelerate_config=fsdp2-offload"]),
+                              "8xH100")[0]
+    shape, _ = resolve_shape(base.recipe.base_model)
+    n = shape.parameters
+    assert fsdp2.memory.params * GIB == pytest.approx(4 * n / 8)  # fp32 shards: no separate bf16 copy
+    assert zero3.memory.params * GIB == pytest.approx(6 * n / 8)
+    assert fsdp2.memory.optimizer == zero3.memory.optimizer and fsdp2.memory.grads == zero3.memory.grads
+    assert offload.memory.params == offload.memory.optimizer == offload.memory.grads == 0
+    assert offload.memory.host * GIB == pytest.approx(16 * n * 1.5)
+    text = render_estimate(load_recipe("sea-lion-v3.5-8b-r", ["launch.accelerate_config=fsdp2-offload"]), "8xH100")
+    assert "FSDP2 (offload: optimizer + parameters to CPU)" in text
+
+
+def test_long_context_activation_table_and_sequence_parallel(tmp_path):
+    loaded = load_recipe("sea-lion-v3.5-8b-r")
+    text = render_estimate(loaded, "8xH100")
+    table = text[text.index("long context:"):text.index("tokens:")]
+    rows = {line.split()[0]: line.split() for line in table.splitlines() if re.match(r"\d+k ", line)}
+    assert list(rows) == ["32k", "64k", "128k"]
+    # activations scale with the tokens one GPU holds: SP=8 holds an eighth of the sequence
+    act1 = [float(rows[k][1]) for k in rows]
+    act8 = [float(rows[k][5]) for k in rows]
+    assert act1[2] > 1.8 * act1[1] > 1.8 * 1.8 * act1[0]  # ~linear in the sequence length
+    assert all(b < a for a, b in zip(act1, act8, strict=True)) and act8[2] < act1[2] / 4
+    for row in rows.values():  # "fits" says whether the total stays in 90% of the 80 GB
+        assert row[4] == ("yes" if float(row[2]) <= 0.9 * 79.6 else "NO") and row[8] == "yes"
+    small = render_estimate(loaded, "8xA100-40GB")
+    rows = {line.split()[0]: line.split() for line in small[small.index("long context:"):].splitlines()
+            if re.match(r"\d+k ", line)}
+    assert rows["128k"][4] == "NO" and rows["128k"][8] == "yes"  # 128k needs sequence parallelism on 40 GB
+    assert int(rows["128k"][9]) > 1 and rows["32k"][9] == "1"
+    sp = estimate_recipe(load_recipe("sea-lion-v3.5-8b-r", ["launch.sequence_parallel=4"]), "8xH100")[0]
+    plain = estimate_recipe(loaded, "8xH100")[0]
+    assert sp.micro_batch_tokens == plain.micro_batch_tokens // 4
+    assert sp.global_batch == plain.global_batch // 4  # 4 GPUs per sequence: a quarter of the data-parallel ranks
+
+
+@pytest.mark.parametrize(("launch", "message"), [
+    ("{accelerate_config: fsdp2, use_cpu: true}", "launch.use_cpu: FSDP needs GPUs"),
+    ("{accelerate_config: ddp, sequence_parallel: 2}", "needs accelerate with a DeepSpeed ZeRO-3 config"),
+    ("{accelerate_config: zero3, num_processes: 6, sequence_parallel: 4}", "must divide the 6 processes"),
+    ("{accelerate_config: fsdp2, sequence_parallel: 2, use_cpu: true}", "FSDP needs GPUs"),
+    ("{launcher: torchrun, deepspeed_config: zero3, sequence_parallel: 2}", "needs accelerate"),
+])
+def test_launch_settings_that_cannot_work_are_refused_up_front(tmp_path, launch, message):
+    path = tmp_path / "r.yaml"
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "q"},
+                                                                  {"role": "assistant", "content": "a"}]}) + "\n")
+    path.write_text(f"name: r\nbase_model: {HUB_70B}\nlaunch: {launch}\nstages:\n  - name: s\n    kind: sft\n"
+                    "    data: {sources: [{name: r, path: rows.jsonl}]}\n")
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        load_recipe(path)
+
+
+def test_sequence_parallel_and_multi_node_launch_commands(tmp_path):
+    from tempa.recipes.launcher import _launch_env, launch_command
+    from tempa.recipes.schema import LaunchConfig
+
+    ulysses = launch_command(LaunchConfig(accelerate_config="zero3", sequence_parallel=4), "m", [])
+    env = _launch_env(LaunchConfig(accelerate_config="zero3", sequence_parallel=4))
+    assert env["PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION"] == "flash_attention_2"
+    assert ulysses[ulysses.index("--parallelism_config_sp_size") + 1] == "4"
+    assert ulysses[ulysses.index("--parallelism_config_sp_backend") + 1] == "deepspeed"
+    cp = launch_command(LaunchConfig(accelerate_config="fsdp2", sequence_parallel=2), "m", [])
+    assert cp[cp.index("--parallelism_config_cp_size") + 1] == "2"
+    assert cp[cp.index("--parallelism_config_dp_shard_size") + 1] == "4"  # 8 processes in fsdp2.yaml
+    node1 = launch_command(LaunchConfig(accelerate_config="zero3", num_processes=16, num_machines=2), "m", [],
+                           port=29500, machine_rank=1, main_process_ip="10.0.0.1")
+    flags = dict(itertools.pairwise(node1))
+    assert (flags["--num_processes"], flags["--num_machines"], flags["--machine_rank"], flags["--main_process_ip"],
+            flags["--main_process_port"]) == ("16", "2", "1", "10.0.0.1", "29500")
+    torchrun = launch_command(LaunchConfig(launcher="torchrun", num_processes=16, num_machines=2), "m", [],
+                              port=29500, machine_rank=1, main_process_ip="10.0.0.1")
+    assert "--nproc_per_node=8" in torchrun and "--node_rank=1" in torchrun and "--nnodes=2" in torchrun
+
+
+def test_fsdp_on_a_machine_without_cuda_is_refused_before_launching(tmp_path):
+    """accelerate 1.15 enables FSDP only on GPU-class devices: on CPU it would start plain processes."""
+    import logging
+
+    import torch
+
+    from tempa.recipes.launcher import run_launch
+    from tempa.recipes.schema import LaunchConfig
+    from tempa.sft.stage_api import StageError
+
+    assert not torch.cuda.is_available()
+    with pytest.raises(StageError, match="FSDP needs CUDA GPUs and this machine has none"):
+        run_launch(LaunchConfig(accelerate_config="fsdp2", num_processes=2), "tempa.sft.train_worker", [],
+                   tmp_path / "logs" / "train.log", log=logging.getLogger("tempa"))
+    assert not (tmp_path / "logs" / "launch.sh").exists()
+
+
+def test_a_config_file_for_two_machines_needs_num_machines_2(tmp_path):
+    from pydantic import ValidationError
+
+    from tempa.recipes.schema import LaunchConfig
+
+    with pytest.raises(ValidationError, match=r"launch\.num_machines: 1, but zero3-multinode\.yaml says num_machines: 2"):
+        LaunchConfig(accelerate_config="zero3-multinode")
+    assert LaunchConfig(accelerate_config="zero3-multinode", num_machines=2).engine().zero_stage == 3
+    with pytest.raises(ValidationError, match=r"num_processes: 3 .* not a multiple of launch\.num_machines: 2"):
+        LaunchConfig(launcher="torchrun", num_processes=3, num_machines=2)
+
+
+@pytest.mark.parametrize(("config", "offload"), [("fsdp2", False), ("fsdp2-offload", True)])
+def test_the_shipped_fsdp2_configs_become_accelerates_fsdp2_plugin(config, offload, monkeypatch):
+    """What CPU can check of FSDP2: accelerate's own launcher reads tempa's command and config into its
+    FSDP2 plugin (full state dict on save, CPU offload for the offload variant); training needs GPUs."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_multi_gpu_env
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    from tempa.recipes.launcher import launch_command
+    from tempa.recipes.schema import LaunchConfig
+
+    cmd = launch_command(LaunchConfig(accelerate_config=config, num_processes=2), "tempa.sft.train_worker",
+                         ["--plan", "p.json"], port=29555)
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(cmd[3:]))
+    assert args.use_fsdp and args.num_processes == 2 and not args.cpu
+    for key, value in prepare_multi_gpu_env(args).items():
+        monkeypatch.setenv(key, value)
+    plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2 and plugin.state_dict_type.name == "FULL_STATE_DICT"
+    assert isinstance(plugin.cpu_offload, CPUOffloadPolicy) is offload

@@ -53,6 +53,17 @@ class PromptSource(BaseModel):
                                       "that has none.")
     limit: int | None = Field(default=None, ge=1, description="Use at most this many prompts (after shuffling).")
     shuffle: bool = Field(default=False, description="Shuffle (with the recipe seed) before applying `limit`.")
+    languages: list[str] | None = Field(
+        default=None, description="Keep only prompts whose text the language detector places in one of these "
+        "(ISO 639-1; applied before `limit`); a prompt without a `language` gets the detected one.",
+    )
+
+    @field_validator("languages")
+    @classmethod
+    def _codes(cls, value: list[str] | None) -> list[str] | None:
+        from tempa.sft import language
+
+        return None if value is None else language.check_codes(value)
 
     @field_validator("path")
     @classmethod
@@ -194,17 +205,35 @@ def to_prompt(row: dict[str, Any], index: int, source: PromptSource) -> PromptRo
     )
 
 
+def _in_languages(prompts: Any, languages: list[str], limit: int | None) -> list[PromptRow]:
+    """The first ``limit`` prompts whose text is detected as one of ``languages``."""
+    from tempa.sft import language
+
+    accepted, kept = language.accepted(languages), []
+    for prompt in prompts:
+        detected = language.detect(prompt.question).language
+        if detected is None or detected not in accepted:
+            continue
+        prompt.language = prompt.language or detected
+        kept.append(prompt)
+        if limit is not None and len(kept) >= limit:
+            break
+    return kept
+
+
 def load_prompts(source: PromptSource, *, seed: int, thinking: ThinkingSettings | None = None) -> list[PromptRow]:
     """The prompts in a stable order, each with its thinking mode decided (seeded for `mixed`)."""
     rows = read_rows(source)
     order = list(range(len(rows)))
     if source.shuffle:
         random.Random(seed).shuffle(order)
-    if source.limit is not None:
-        order = order[: source.limit]
-    prompts = [to_prompt(rows[i], i, source) for i in order]
+    if source.languages:
+        prompts = _in_languages((to_prompt(rows[i], i, source) for i in order), source.languages, source.limit)
+    else:
+        prompts = [to_prompt(rows[i], i, source) for i in order[: source.limit]]
     if not prompts:
-        raise StageError(f"{source.path}: no prompts")
+        within = f" in {', '.join(source.languages)}" if source.languages else ""
+        raise StageError(f"{source.path}: no prompts{within}")
     if thinking is not None:
         rng = random.Random(seed + 1)
         for prompt in prompts:

@@ -51,6 +51,7 @@ class TextFilters(BaseModel):
                            "(text with too few letters to tell is kept).")
     min_letters: int = Field(default=lang.MIN_LETTERS, ge=1, description="Letters needed to judge a language.")
     dedup: bool = Field(default=True, description="Drop a text equal to an earlier one (case and spaces aside).")
+    keep_incomplete: bool = Field(default=False, description="Keep text cut off at max_new_tokens (off: dropped).")
 
 
 class JudgeGate(JudgeSettings):
@@ -92,7 +93,7 @@ class Gate:
 
     def reason(self, text: str, finished: bool, target: str | None) -> str | None:
         """Why ``text`` is dropped, or None when it passes."""
-        if not finished:
+        if not finished and not self.filters.keep_incomplete:
             return "cut_off"
         if len(text) < self.filters.min_chars:
             return "too_short"

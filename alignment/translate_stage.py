@@ -76,6 +76,10 @@ class TranslateStageConfig(StageConfigBase):
         description="`first_user`: the first user message only (a prompts dataset, as Swallow's LMSYS first "
         "turns); `all`: every message of the conversation (an SFT dataset, as Swallow's magpie-ultra-ja).",
     )
+    response_field: str | None = Field(
+        default=None, description="With `turns: all` and rows of a prompt string: the column with the assistant's "
+        "answer (e.g. magpie-ultra's `response`), so the pair is translated as a two-turn conversation.",
+    )
     teacher: TeacherSettings = Field(default_factory=TeacherSettings, description="The translator.")
     instruction: str = Field(
         default=TRANSLATE_PROMPT,
@@ -122,6 +126,11 @@ def _conversations(config: TranslateStageConfig, rows: list[dict[str, Any]]) -> 
         messages = row.get(source.messages_field)
         if messages is None and isinstance(row.get(source.prompt_field), str):
             messages = [{"role": "user", "content": row[source.prompt_field]}]
+            if config.response_field and config.turns == "all":
+                response = row.get(config.response_field)
+                if not isinstance(response, str):
+                    raise StageError(f"{source.path}: row {index + 1}: no '{config.response_field}' string")
+                messages.append({"role": "assistant", "content": response})
         if not isinstance(messages, list) or not messages:
             raise StageError(f"{source.path}: row {index + 1}: has neither a '{source.messages_field}' list nor a "
                              f"'{source.prompt_field}' string")

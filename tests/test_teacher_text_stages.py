@@ -188,3 +188,19 @@ def test_translate_errors_name_the_row(tmp_path, tiny_model_dir, backends):
                        chat_template="")
     with pytest.raises(StageError, match=r"bad\.jsonl: row 2: has neither a 'messages' list"):
         run_translate(config, ctx)
+
+
+def test_prompt_source_keeps_only_the_languages_asked_for():
+    import tempa.recipes
+    from tempa.alignment.prompts import PromptSource, load_prompts, read_rows
+
+    path = str(Path(tempa.recipes.__file__).parent / "data" / "sample_prompts.jsonl")
+    labelled = [r for r in read_rows(PromptSource(path=path)) if r.get("language") in ("th", "vi")]
+    kept = load_prompts(PromptSource(path=path, languages=["th", "vi"]), seed=0)
+    assert kept and {p.language for p in kept} == {"th", "vi"}
+    # no prompt of another language gets in; prompts too short to tell (a bare sum) stay out too
+    texts = {r["messages"][0]["content"]: r["language"] for r in labelled}
+    assert all(texts.get(p.question) == p.language for p in kept) and len(kept) >= 0.8 * len(labelled)
+    assert len(load_prompts(PromptSource(path=path, languages=["th", "vi"], limit=2), seed=0)) == 2
+    with pytest.raises(StageError, match="no prompts in ko"):
+        load_prompts(PromptSource(path=path, languages=["ko"]), seed=0)

@@ -108,9 +108,15 @@ def score_model(
     backend_factory: BackendFactory = transformers_backend,
     pairwise: PairwiseJudging | None = None,
 ) -> dict[str, float]:
-    """Every suite's metrics for one model, as ``{"<suite>/<metric>": value}``."""
+    """Every suite's metrics for one model, as ``{"<suite>/<metric>": value}``.
+
+    Win-rate suites use ``pairwise`` (shared by the candidates of one stage), else judges and baseline
+    answers of their own (a merge stage re-scoring its merge; the baseline's answers come from the cache).
+    """
     from transformers import AutoTokenizer
 
+    own_pairwise = pairwise is None
+    pairwise = pairwise or pairwise_judging(config, ctx)
     backend = backend_factory(model_dir, config, ctx)
     try:
         tokenizer = getattr(backend, "tokenizer", None) or AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
@@ -125,6 +131,8 @@ def score_model(
         return metrics
     finally:
         backend.close()
+        if own_pairwise and pairwise is not None:
+            pairwise.close()
 
 
 def pairwise_judging(config: EvaluateStageConfig, ctx: StageContext) -> PairwiseJudging | None:
@@ -133,7 +141,7 @@ def pairwise_judging(config: EvaluateStageConfig, ctx: StageContext) -> Pairwise
         return None
     from transformers import AutoTokenizer
 
-    from tempa.alignment.backends import build_backend
+    from tempa.alignment.backends import build_backend, resolve_model
 
     device = "cpu" if config.device == "auto" and ctx.training.use_cpu else None
 
@@ -149,13 +157,19 @@ def pairwise_judging(config: EvaluateStageConfig, ctx: StageContext) -> Pairwise
         return CandidateScorer(backend, tokenizer, config.generation, seed=ctx.seed,
                                think_tags=tuple(config.think_tags))
 
+    def identity(block) -> Any:
+        """What the baseline's answers depend on: its block, and the weights of a local model it loads."""
+        described = block.model_dump(mode="json", exclude={"api_key_env", "concurrency"})
+        if getattr(block, "type", None) == "http":
+            return described
+        model = resolve_model(block.model, ctx.start_model, ctx.stage_models, "baseline")
+        # a baseline model retrained in place must not reuse the old answers
+        return {**described, "weights": _weights_signature(Path(model)) if Path(model).is_dir() else str(model)}
+
     cache = ctx.cache_dir / "baseline_answers" if ctx.cache_dir else ctx.stage_dir / "scores" / ".baseline"
     material = {"generation": config.generation.model_dump(mode="json"), "template": digest(ctx.chat_template),
-                "seed": ctx.seed,
-                # a baseline model retrained in place must not reuse the old answers
-                "models": {str(path): _weights_signature(Path(path))
-                           for path in {ctx.start_model, *ctx.stage_models.values()} if Path(path).is_dir()}}
-    return PairwiseJudging(make_backend, make_scorer, cache, material, seed=ctx.seed)
+                "seed": ctx.seed}
+    return PairwiseJudging(make_backend, make_scorer, cache, material, seed=ctx.seed, identity=identity)
 
 
 def evaluate_candidates(

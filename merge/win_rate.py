@@ -19,6 +19,7 @@ settings, the template and the seed.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,7 +78,8 @@ def win_rates(categories: Sequence[str], scores: Sequence[float | None]) -> dict
         if score is not None:
             by_category.setdefault(category, []).append(score)
     if not by_category:
-        raise StageError("win rate: no judge verdict could be parsed (every reply lacked [[A]], [[B]] or [[C]])")
+        # Not an error: like an unrated reward, it is counted (``unparsable:judge``) and ranks last.
+        return {"win_rate": math.nan, "micro_win_rate": math.nan, "rows": 0.0}
     per_category = {c: sum(v) / len(v) for c, v in sorted(by_category.items())}
     judged = [s for s in scores if s is not None]
     out = {"win_rate": sum(per_category.values()) / len(per_category),
@@ -201,12 +203,14 @@ class PairwiseJudging:
     """
 
     def __init__(self, make_backend: Any, make_scorer: Any, cache_dir: Path, material: dict[str, Any],
-                 seed: int = 0) -> None:
+                 seed: int = 0, identity: Any = None) -> None:
         self.make_backend = make_backend
         self.make_scorer = make_scorer
         self.cache_dir = cache_dir
         self.material = material
         self.seed = seed
+        # identity(baseline block) -> what its answers depend on (its model's weights, say)
+        self.identity = identity or (lambda block: block.model_dump(mode="json"))
         self._judges: dict[str, Judge] = {}
         self._baselines: dict[str, BaselineAnswers] = {}
 
@@ -218,7 +222,7 @@ class PairwiseJudging:
 
     def baseline(self, suite: Any) -> BaselineAnswers:
         if suite.key not in self._baselines:
-            describe = json.dumps(suite.baseline.model_dump(mode="json"), sort_keys=True)
+            describe = json.dumps(self.identity(suite.baseline), sort_keys=True, default=str)
             self._baselines[suite.key] = BaselineAnswers(
                 self.cache_dir, lambda: self.make_scorer(self.make_backend(suite.baseline, f"suite '{suite.key}' baseline")),
                 describe, self.material,

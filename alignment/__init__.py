@@ -4,6 +4,8 @@ Stage kinds (``STAGE_KINDS``, collected by the recipe runner):
 
 - ``synthesize``: teacher generation + verifier/judge rejection sampling -> an SFT dataset.
 - ``preference``: N rounds of on-policy sampling -> rewards -> best/worst pairs -> trl DPOTrainer.
+- ``translate``: a teacher translates prompts or conversations (filters, optional judge) -> a dataset.
+- ``generate_prompts``: a teacher writes prompts per topic (filters, judge threshold) -> a prompts dataset.
 
 Heavy imports (torch, transformers, trl) happen inside functions, so importing the package is cheap.
 """
@@ -18,6 +20,12 @@ from tempa.alignment.backends import (
     build_backend,
 )
 from tempa.alignment.completions import Completion, assistant_message, split_think
+from tempa.alignment.generate_prompts_stage import (
+    GeneratePromptsResult,
+    GeneratePromptsStageConfig,
+    generated_size,
+    run_generate_prompts,
+)
 from tempa.alignment.judge import Judge, JudgeSettings, parse_judge_score
 from tempa.alignment.pairs import Pair, PairStats, Scored, best_worst, revision_pair
 from tempa.alignment.preference_config import PreferenceStageConfig
@@ -28,6 +36,12 @@ from tempa.alignment.selection import select_samples
 from tempa.alignment.sizing import estimate_preference, synthesized_size
 from tempa.alignment.synthesize_config import SynthesizeStageConfig
 from tempa.alignment.synthesize_stage import SynthesizeResult, run_synthesize
+from tempa.alignment.translate_stage import (
+    TranslateResult,
+    TranslateStageConfig,
+    run_translate,
+    translated_size,
+)
 from tempa.chat_templates.thinking import ThinkSplit
 from tempa.sft.stage_api import Artifact, StageKind
 
@@ -52,12 +66,32 @@ PREFERENCE = StageKind(
     resumable=True,
     estimate=estimate_preference,
 )
-STAGE_KINDS = (SYNTHESIZE, PREFERENCE)
+TRANSLATE = StageKind(
+    kind="translate",
+    config=TranslateStageConfig,
+    run=run_translate,
+    summary="teacher machine translation of prompts or conversations, filtered and judged, into a dataset",
+    produces=frozenset({Artifact.DATASET}),
+    result=TranslateResult,
+    dataset_size=translated_size,
+)
+GENERATE_PROMPTS = StageKind(
+    kind="generate_prompts",
+    config=GeneratePromptsStageConfig,
+    run=run_generate_prompts,
+    summary="teacher-written prompts per topic (Magpie-style), filtered and judged, into a prompts dataset",
+    produces=frozenset({Artifact.DATASET}),
+    result=GeneratePromptsResult,
+    dataset_size=generated_size,
+)
+STAGE_KINDS = (SYNTHESIZE, PREFERENCE, TRANSLATE, GENERATE_PROMPTS)
 
 __all__ = [
+    "GENERATE_PROMPTS",
     "PREFERENCE",
     "STAGE_KINDS",
     "SYNTHESIZE",
+    "TRANSLATE",
     "BackendConfig",
     "Completion",
     "HTTPBackendConfig",

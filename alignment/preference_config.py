@@ -252,4 +252,5 @@ class PreferenceStageConfig(StageConfigBase):
     def reads(self, earlier: Sequence[str]) -> list[Read]:
         """Earlier stages whose models a judge or the reviser names as `stage:NAME`."""
         reviser = self.pairs.revise.backend if self.pairs.revise else None
-        return judge_reads(self.rewards, ("rewards",)) + backend_reads(reviser, ("pairs", "revise", "backend"))
+        return (judge_reads(self.rewards, ("rewards",)) + backend_reads(reviser, ("pairs", "revise", "backend"))
+                + self.prompts.reads(("prompts",)))

@@ -82,7 +82,7 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> Preferen
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
-    prompts = load_prompts(config.prompts, seed=ctx.seed, thinking=config.sampling.thinking)
+    prompts = load_prompts(config.prompts.resolved(ctx, who=f"stage '{ctx.stage_name}'"), seed=ctx.seed, thinking=config.sampling.thinking)
     ctx.log.info("preference: %d prompts, %d samples each, %d round(s)", len(prompts), config.sampling.n,
                  config.rounds)
     policy = Path(ctx.start_model)

@@ -3,7 +3,8 @@
 A row holds either ``messages`` (a chat ending with a user turn; a trailing assistant turn is
 taken off and kept as the ``reference`` answer) or a plain ``prompt`` string, and optionally
 the target ``language``, a verifiable ``answer`` and a per-row ``thinking_mode``. The shipped
-``recipes/data/sample_prompts.jsonl`` is in this format.
+``recipes/data/sample_prompts.jsonl`` is in this format. ``path: stage:NAME`` reads the dataset an
+earlier stage wrote (a `translate` or `generate_prompts` stage's prompts, a synthesize stage's rows).
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from tempa.chat_templates.json_files import JsonFileError, read_json, read_jsonl
-from tempa.sft.stage_api import StageError, looks_local, resolve_path
+from tempa.sft.stage_api import (
+    Artifact,
+    Read,
+    StageContext,
+    StageError,
+    looks_local,
+    resolve_path,
+    stage_ref,
+)
 
 log = logging.getLogger("tempa")
 
@@ -30,8 +39,8 @@ class PromptSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(
-        description="A .jsonl / .json / .parquet / .csv file, a `save_to_disk` folder, or a hub dataset id. "
-        "Relative paths are resolved against the recipe's folder."
+        description="A .jsonl / .json / .parquet / .csv file, a `save_to_disk` folder, a hub dataset id, or "
+        "`stage:NAME` (the dataset an earlier stage wrote). Relative paths are resolved against the recipe's folder."
     )
     split: str = Field(default="train", description="Split of a hub dataset or DatasetDict folder.")
     messages_field: str = Field(default="messages", description="Column with the chat (list of {role, content}).")
@@ -44,11 +53,32 @@ class PromptSource(BaseModel):
                                       "that has none.")
     limit: int | None = Field(default=None, ge=1, description="Use at most this many prompts (after shuffling).")
     shuffle: bool = Field(default=False, description="Shuffle (with the recipe seed) before applying `limit`.")
+    languages: list[str] | None = Field(
+        default=None, description="Keep only prompts whose text the language detector places in one of these "
+        "(ISO 639-1; applied before `limit`); a prompt without a `language` gets the detected one.",
+    )
+
+    @field_validator("languages")
+    @classmethod
+    def _codes(cls, value: list[str] | None) -> list[str] | None:
+        from tempa.sft import language
+
+        return None if value is None else language.check_codes(value)
 
     @field_validator("path")
     @classmethod
     def _path(cls, value: str, info: ValidationInfo) -> str:
-        return resolve_path(value, info)
+        return value if stage_ref(value) is not None else resolve_path(value, info)
+
+    def reads(self, field: tuple[str | int, ...]) -> list[Read]:
+        """The earlier stage whose dataset ``path: stage:NAME`` names (``field``: where the block sits)."""
+        name = stage_ref(self.path)
+        return [Read(name, Artifact.DATASET, (*field, "path"))] if name else []
+
+    def resolved(self, ctx: StageContext, who: str) -> PromptSource:
+        """This source with a `stage:NAME` path replaced by that stage's dataset file."""
+        name = stage_ref(self.path)
+        return self if name is None else self.model_copy(update={"path": str(ctx.dataset_of(name, who=who))})
 
 
 class ThinkingSettings(BaseModel):
@@ -99,7 +129,8 @@ def prompt_id(index: int, messages: list[dict[str, Any]]) -> str:
     return f"{index:06d}-{digest[:10]}"
 
 
-def _read_rows(source: PromptSource) -> list[dict[str, Any]]:
+def read_rows(source: PromptSource) -> list[dict[str, Any]]:
+    """The source's raw rows (a local file or folder, or a hub dataset); StageError when unreadable."""
     path = Path(source.path)
     where = source.path
     try:
@@ -174,17 +205,35 @@ def to_prompt(row: dict[str, Any], index: int, source: PromptSource) -> PromptRo
     )
 
 
+def _in_languages(prompts: Any, languages: list[str], limit: int | None) -> list[PromptRow]:
+    """The first ``limit`` prompts whose text is detected as one of ``languages``."""
+    from tempa.sft import language
+
+    accepted, kept = language.accepted(languages), []
+    for prompt in prompts:
+        detected = language.detect(prompt.question).language
+        if detected is None or detected not in accepted:
+            continue
+        prompt.language = prompt.language or detected
+        kept.append(prompt)
+        if limit is not None and len(kept) >= limit:
+            break
+    return kept
+
+
 def load_prompts(source: PromptSource, *, seed: int, thinking: ThinkingSettings | None = None) -> list[PromptRow]:
     """The prompts in a stable order, each with its thinking mode decided (seeded for `mixed`)."""
-    rows = _read_rows(source)
+    rows = read_rows(source)
     order = list(range(len(rows)))
     if source.shuffle:
         random.Random(seed).shuffle(order)
-    if source.limit is not None:
-        order = order[: source.limit]
-    prompts = [to_prompt(rows[i], i, source) for i in order]
+    if source.languages:
+        prompts = _in_languages((to_prompt(rows[i], i, source) for i in order), source.languages, source.limit)
+    else:
+        prompts = [to_prompt(rows[i], i, source) for i in order[: source.limit]]
     if not prompts:
-        raise StageError(f"{source.path}: no prompts")
+        within = f" in {', '.join(source.languages)}" if source.languages else ""
+        raise StageError(f"{source.path}: no prompts{within}")
     if thinking is not None:
         rng = random.Random(seed + 1)
         for prompt in prompts:

@@ -139,8 +139,10 @@ class SynthesizeStageConfig(StageConfigBase):
         return self
 
     def reads(self, earlier: Sequence[str]) -> list[Read]:
-        """Earlier stages whose models the teacher, the follow-up writer or a judge names as `stage:NAME`."""
-        reads = backend_reads(self.teacher, ("teacher",)) + judge_reads(self.rewards, ("rewards",))
+        """Earlier stages whose models the teacher, the follow-up writer or a judge name as `stage:NAME`, and
+        the stage whose dataset `prompts.path: stage:NAME` reads."""
+        reads = (backend_reads(self.teacher, ("teacher",)) + judge_reads(self.rewards, ("rewards",))
+                 + self.prompts.reads(("prompts",)))
         if self.second_turn is not None:
             reads += backend_reads(self.second_turn.followup_backend, ("second_turn", "followup_backend"))
             reads += judge_reads(self.second_turn.rewards or [], ("second_turn", "rewards"))

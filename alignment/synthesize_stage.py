@@ -66,7 +66,7 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
     data_dir = ctx.stage_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
-    prompts = load_prompts(config.prompts, seed=ctx.seed, thinking=config.sampling.thinking)
+    prompts = load_prompts(config.prompts.resolved(ctx, who=f"stage '{ctx.stage_name}'"), seed=ctx.seed, thinking=config.sampling.thinking)
     teacher_name = describe_backend(config.teacher, ctx.start_model)
     ctx.log.info("synthesize: %d prompts, %d samples each, teacher %s", len(prompts), config.sampling.n,
                  teacher_name)

@@ -3,7 +3,7 @@
 The ground floor of tempa: imports no other tempa package. See README.md in this folder.
 """
 
-from tempa.chat_templates.baking import PadChoice, bake_tokenizer, choose_pad_token
+from tempa.chat_templates.baking import GenerationDefaults, PadChoice, bake_tokenizer, choose_pad_token
 from tempa.chat_templates.checks import CheckResult, check_tokenizer
 from tempa.chat_templates.rendering import (
     TokenizedChat,
@@ -23,6 +23,7 @@ from tempa.chat_templates.thinking import end_of_turn_token, mode_kwargs, split_
 
 __all__ = [
     "CheckResult",
+    "GenerationDefaults",
     "PadChoice",
     "TemplateDefaults",
     "TemplateNotFoundError",

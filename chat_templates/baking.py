@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from tempa.chat_templates.checks import check_tokenizer
 from tempa.chat_templates.templates import TemplateDefaults, load_template, with_defaults
 from tempa.chat_templates.thinking import end_of_turn_token
@@ -23,6 +25,34 @@ logger = logging.getLogger(__name__)
 PREFERRED_PAD_TOKENS = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>")
 ADDED_PAD_TOKEN = "<|pad|>"
 _RESERVED = re.compile(r"<\|reserved_special_token_\d+\|>")
+
+
+class GenerationDefaults(BaseModel):
+    """Sampling defaults written into the final ``generation_config.json`` (what a client gets unasked).
+
+    The stop tokens are not set here: the bake always makes the template's end-of-turn token an eos id.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0.0, description="0 means greedy decoding.")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    max_new_tokens: int | None = Field(default=None, ge=1)
+
+    def apply(self, generation_config: dict[str, Any]) -> dict[str, Any]:
+        """``generation_config`` with these defaults set; sampling is on unless the temperature is 0."""
+        values = self.model_dump(exclude_none=True)
+        out = {**generation_config, **values}
+        if values.keys() & {"temperature", "top_p", "top_k", "min_p"}:
+            # transformers ignores (and warns about) sampling settings unless do_sample is on
+            out["do_sample"] = values.get("temperature") != 0.0
+            if not out["do_sample"]:
+                for key in ("temperature", "top_p", "top_k", "min_p"):
+                    out.pop(key, None)
+        return out
 
 
 @dataclass(frozen=True)
@@ -84,6 +114,7 @@ def bake_tokenizer(
     model_dir: str | os.PathLike | None = None,
     pad_token: str | None = None,
     defaults: TemplateDefaults | None = None,
+    generation: GenerationDefaults | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``tokenizer_dir``'s tokenizer to ``out_dir`` with ``template`` baked in; returns ``out_dir``.
@@ -95,7 +126,7 @@ def bake_tokenizer(
     end-of-turn token (keeping, then picking an existing token, and only then adding one, which it logs as a
     warning because the model's embeddings must then be resized); and writes ``generation_config.json`` whose
     ``eos_token_id`` holds the old eos and the end-of-turn token, starting from ``model_dir``'s (else
-    ``tokenizer_dir``'s) generation config. It then reloads the result, runs :func:`check_tokenizer` and raises
+    ``tokenizer_dir``'s) generation config, with ``generation``'s sampling defaults set. It then reloads the result, runs :func:`check_tokenizer` and raises
     ``ValueError`` listing the failed checks. Everything is written in a temporary sibling folder that is renamed
     to ``out_dir`` only after the checks pass, so a half-written bake never looks complete.
     """
@@ -152,6 +183,8 @@ def bake_tokenizer(
     generation_config.pop("_from_model_config", None)
     if tokenizer.bos_token_id is not None:
         generation_config.setdefault("bos_token_id", tokenizer.bos_token_id)
+    if generation is not None:
+        generation_config = generation.apply(generation_config)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.bake-", dir=out.parent))

@@ -2,7 +2,8 @@
 
 ``<stage>/final/`` holds the weights and config of the model the stage starts from (hard links,
 no copy), the recipe's tokenizer with the thinking template baked in, a generation config whose
-eos ids include the end-of-turn token, and a model card. The stage then checks the template on
+eos ids include the end-of-turn token (and the recipe's ``generation`` sampling defaults), and a
+model card. The stage then checks the template on
 the saved tokenizer and (by default) loads the folder with the Auto classes and generates in
 both thinking modes; only a folder that passes replaces ``final/``, and only when it is
 publishable as it is (``tempa.merge.publish``: file modes, no pickles, no dangling ``auto_map``,
@@ -25,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from tempa.chat_templates.baking import GenerationDefaults
 from tempa.merge.candidates import is_model_dir
 from tempa.merge.model_card import ModelCardConfig, render_model_card
 from tempa.merge.publish import make_publishable, publish_problems
@@ -61,6 +63,10 @@ class BakeStageConfig(StageConfigBase):
         default=8, ge=1, description="Tokens generated per mode by the smoke test."
     )
     device: str = Field(default="auto", description="Device for the smoke test (auto | cpu | cuda).")
+    generation: GenerationDefaults = Field(
+        default_factory=GenerationDefaults,
+        description="Sampling defaults for generation_config.json (the recipe's top-level `generation`).",
+    )
 
 
 def copy_model_files(source: Path, out_dir: Path, *, trust_remote_code: bool = False) -> list[str]:
@@ -191,7 +197,8 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
         copied = copy_model_files(source, tmp, trust_remote_code=ctx.trust_remote_code)
         baked = Path(scratch) / "tokenizer"
         try:
-            bake_tokenizer(ctx.tokenizer_dir, str(template_file), baked, model_dir=source)
+            bake_tokenizer(ctx.tokenizer_dir, str(template_file), baked, model_dir=source,
+                           generation=config.generation)
         except (ValueError, OSError) as error:
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise StageError(

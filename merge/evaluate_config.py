@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from tempa.alignment.backends import BackendConfig, backend_reads
+from tempa.alignment.judge import JudgeSettings
 from tempa.chat_templates.thinking import THINK_TAGS, ThinkingMode
 from tempa.sft import language
 from tempa.sft.stage_api import Artifact, Read, StageConfigBase, resolve_path
@@ -103,6 +105,26 @@ class IFEvalSuite(_GenerationSuite):
     type: Literal["ifeval"]
 
 
+class WinRateSuite(_GenerationSuite):
+    """Pairwise LLM-judge win rate against a baseline model, per category and category-averaged (SEA-MTBench).
+
+    Rows hold the user turns (``turns``, or the user messages of ``messages``, or a ``prompt``) and a
+    ``category``. Both orders are judged; a tie counts 0.5. See :mod:`tempa.merge.win_rate`.
+    """
+
+    type: Literal["win_rate"]
+    baseline: BackendConfig = Field(
+        description="The model compared against: `{type: transformers|vllm|http, ...}` (transformers without "
+        "`model`: the model this evaluate stage starts from). Its answers are generated once and cached."
+    )
+    judge: JudgeSettings = Field(description="The judge: any backend, a pairwise rubric, its sampling.")
+    turns_field: str = Field(default="turns", description="Column with the list of user messages.")
+    category_field: str = Field(default="category", description="Column with the row's category.")
+    language: str | None = Field(
+        default=None, description="Tell the judge the answers must be in this language (ISO 639-1)."
+    )
+
+
 class LmEvalSuite(_Suite):
     """Tasks of lm-evaluation-harness (optional dependency: `pip install lm-eval`)."""
 
@@ -126,7 +148,7 @@ class LmEvalSuite(_Suite):
 
 
 Suite = Annotated[
-    LossSuite | AccuracySuite | LanguageSuite | ThinkingFormatSuite | IFEvalSuite | LmEvalSuite,
+    LossSuite | AccuracySuite | LanguageSuite | ThinkingFormatSuite | IFEvalSuite | WinRateSuite | LmEvalSuite,
     Field(discriminator="type"),
 ]
 
@@ -193,9 +215,14 @@ class EvaluateStageConfig(StageConfigBase):
         return self
 
     def reads(self, earlier: Sequence[str]) -> list[Read]:
-        """The stages whose checkpoints and models are candidates."""
-        return [Read(name, Artifact.MODEL, (field, i)) for field in ("checkpoints_of", "stages")
-                for i, name in enumerate(getattr(self, field))]
+        """The stages whose checkpoints and models are candidates, and those a win-rate suite's models name."""
+        reads = [Read(name, Artifact.MODEL, (field, i)) for field in ("checkpoints_of", "stages")
+                 for i, name in enumerate(getattr(self, field))]
+        for i, suite in enumerate(self.suites):
+            if isinstance(suite, WinRateSuite):
+                reads += backend_reads(suite.baseline, ("suites", i, "baseline"))
+                reads += backend_reads(suite.judge.backend, ("suites", i, "judge", "backend"))
+        return reads
 
     def suites_fingerprint(self) -> dict[str, Any]:
         """What determines a candidate's scores (cache key material)."""

@@ -19,7 +19,7 @@ from typing import Any
 from tempa.alignment.generation import GenerationBackend, TransformersBackend
 from tempa.merge.candidates import Candidate, collect_candidates
 from tempa.merge.eval_data import load_rows
-from tempa.merge.evaluate_config import EvaluateStageConfig, LmEvalSuite
+from tempa.merge.evaluate_config import EvaluateStageConfig, LmEvalSuite, WinRateSuite
 from tempa.merge.leaderboard import (
     EvaluateResult,
     Leaderboard,
@@ -28,6 +28,7 @@ from tempa.merge.leaderboard import (
     write_leaderboard,
 )
 from tempa.merge.suites import CandidateScorer, import_lm_eval
+from tempa.merge.win_rate import PairwiseJudging
 from tempa.sft.files import digest, write_json
 from tempa.sft.stage_api import Scalar, StageContext, StageError
 
@@ -105,15 +106,23 @@ def score_model(
     ctx: StageContext,
     rows: dict[str, list[dict[str, Any]]],
     backend_factory: BackendFactory = transformers_backend,
+    pairwise: PairwiseJudging | None = None,
 ) -> dict[str, float]:
-    """Every suite's metrics for one model, as ``{"<suite>/<metric>": value}``."""
+    """Every suite's metrics for one model, as ``{"<suite>/<metric>": value}``.
+
+    Win-rate suites use ``pairwise`` (shared by the candidates of one stage), else judges and baseline
+    answers of their own (a merge stage re-scoring its merge; the baseline's answers come from the cache).
+    """
     from transformers import AutoTokenizer
 
+    own_pairwise = pairwise is None
+    pairwise = pairwise or pairwise_judging(config, ctx)
     backend = backend_factory(model_dir, config, ctx)
     try:
         tokenizer = getattr(backend, "tokenizer", None) or AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
         scorer = CandidateScorer(
-            backend, tokenizer, config.generation, seed=ctx.seed, think_tags=tuple(config.think_tags)
+            backend, tokenizer, config.generation, seed=ctx.seed, think_tags=tuple(config.think_tags),
+            pairwise=pairwise,
         )
         metrics: dict[str, float] = {}
         for suite in config.suites:
@@ -122,6 +131,45 @@ def score_model(
         return metrics
     finally:
         backend.close()
+        if own_pairwise and pairwise is not None:
+            pairwise.close()
+
+
+def pairwise_judging(config: EvaluateStageConfig, ctx: StageContext) -> PairwiseJudging | None:
+    """Judges and cached baseline answers for the win-rate suites (None when there are none)."""
+    if not any(isinstance(suite, WinRateSuite) for suite in config.suites):
+        return None
+    from transformers import AutoTokenizer
+
+    from tempa.alignment.backends import build_backend, resolve_model
+
+    device = "cpu" if config.device == "auto" and ctx.training.use_cpu else None
+
+    def make_backend(block, who: str):
+        if device is not None and getattr(block, "type", None) == "transformers" and block.device == "auto":
+            block = block.model_copy(update={"device": device})
+        return build_backend(block, policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir,
+                             stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code, who=who,
+                             show_progress=False)
+
+    def make_scorer(backend):
+        tokenizer = getattr(backend, "tokenizer", None) or AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
+        return CandidateScorer(backend, tokenizer, config.generation, seed=ctx.seed,
+                               think_tags=tuple(config.think_tags))
+
+    def identity(block) -> Any:
+        """What the baseline's answers depend on: its block, and the weights of a local model it loads."""
+        described = block.model_dump(mode="json", exclude={"api_key_env", "concurrency"})
+        if getattr(block, "type", None) == "http":
+            return described
+        model = resolve_model(block.model, ctx.start_model, ctx.stage_models, "baseline")
+        # a baseline model retrained in place must not reuse the old answers
+        return {**described, "weights": _weights_signature(Path(model)) if Path(model).is_dir() else str(model)}
+
+    cache = ctx.cache_dir / "baseline_answers" if ctx.cache_dir else ctx.stage_dir / "scores" / ".baseline"
+    material = {"generation": config.generation.model_dump(mode="json"), "template": digest(ctx.chat_template),
+                "seed": ctx.seed}
+    return PairwiseJudging(make_backend, make_scorer, cache, material, seed=ctx.seed, identity=identity)
 
 
 def evaluate_candidates(
@@ -131,9 +179,19 @@ def evaluate_candidates(
     backend_factory: BackendFactory = transformers_backend,
 ) -> Leaderboard:
     """Score each candidate (reusing cached scores) and return the leaderboard."""
+    rows = load_suite_rows(config)
+    pairwise = pairwise_judging(config, ctx)
+    try:
+        board_rows = _score_candidates(config, ctx, candidates, backend_factory, rows, pairwise)
+    finally:
+        if pairwise is not None:
+            pairwise.close()
+    return Leaderboard(rows=board_rows, rank_by=config.rank_by)
+
+
+def _score_candidates(config, ctx, candidates, backend_factory, rows, pairwise) -> list[LeaderboardRow]:
     from tqdm.auto import tqdm
 
-    rows = load_suite_rows(config)
     scores_dir = Path(ctx.stage_dir) / "scores"
     cache_dir = _cache_dir(ctx)
     board_rows = []
@@ -145,7 +203,7 @@ def evaluate_candidates(
             ctx.log.info("%s: reusing scores of %s (%s)", ctx.stage_name, candidate.name, cached_path)
         else:
             ctx.log.info("%s: scoring %s (%s)", ctx.stage_name, candidate.name, candidate.path)
-            metrics = score_model(candidate.path, config, ctx, rows, backend_factory)
+            metrics = score_model(candidate.path, config, ctx, rows, backend_factory, pairwise)
             write_json(cached_path, {"path": str(candidate.path), "metrics": metrics})
         record = {"candidate": candidate.name, "path": str(candidate.path), "metrics": metrics}
         write_json(scores_dir / f"{_slug(candidate.name)}.json", record)
@@ -158,7 +216,7 @@ def evaluate_candidates(
                 metrics=metrics,
             )
         )
-    return Leaderboard(rows=board_rows, rank_by=config.rank_by)
+    return board_rows
 
 
 def run_evaluate(

@@ -26,8 +26,19 @@ from tempa.merge.evaluate_config import (
     LossSuite,
     Suite,
     ThinkingFormatSuite,
+    WinRateSuite,
 )
 from tempa.merge.language import language_scores
+from tempa.merge.win_rate import (
+    PAIRWISE_RUBRIC,
+    PairwiseJudging,
+    answer_conversations,
+    consistency,
+    judge_pairs,
+    pairwise_rows,
+    row_score,
+    win_rates,
+)
 from tempa.sft.language import detect as detect_language
 from tempa.sft.stage_api import StageError
 
@@ -47,6 +58,7 @@ class CandidateScorer:
         think_tags: tuple[str, str] = THINK_TAGS,
         model=None,
         lm_eval_seed: int | None = None,
+        pairwise: PairwiseJudging | None = None,
     ) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
@@ -56,6 +68,7 @@ class CandidateScorer:
         self.model = model if model is not None else getattr(backend, "model", None)
         self._cache: dict[tuple[str, str | None, int], str] = {}
         self._prefill: dict[tuple[str, str | None], str] = {}
+        self.pairwise = pairwise
 
     def complete(
         self, prompts: Sequence[Messages], modes: Sequence[str | None], max_new_tokens: int | None = None
@@ -108,6 +121,8 @@ class CandidateScorer:
             return self.thinking(suite, rows)
         if isinstance(suite, IFEvalSuite):
             return self.ifeval(suite, rows)
+        if isinstance(suite, WinRateSuite):
+            return self.win_rate(suite, rows)
         if isinstance(suite, LmEvalSuite):
             return self.lm_eval(suite)
         raise TypeError(f"unknown suite {type(suite).__name__}")
@@ -160,6 +175,25 @@ class CandidateScorer:
             passed = [check(text, self.open_tag, self.close_tag) for text in texts]
             scores[f"{mode}_compliance"] = sum(passed) / len(passed)
         scores["compliance"] = sum(scores[f"{m}_compliance"] for m in suite.modes) / len(suite.modes)
+        return scores
+
+    def win_rate(self, suite: WinRateSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
+        """Pairwise judge win rate against the suite's baseline, both orders judged (merge.win_rate)."""
+        if self.pairwise is None:
+            raise StageError(f"suite '{suite.key}': a win-rate suite needs a judge and a baseline (an evaluate stage)")
+        parsed = pairwise_rows(suite.key, rows, suite.turns_field, suite.category_field)
+        candidate = answer_conversations(self, parsed, suite.thinking_mode, suite.max_new_tokens)
+        baseline = self.pairwise.baseline(suite).get(suite.key, parsed, suite.thinking_mode, suite.max_new_tokens)
+        judge = self.pairwise.judge(suite)
+        before = judge.unparsable
+        first, second = judge_pairs(judge, suite.judge.rubric or PAIRWISE_RUBRIC, candidate, baseline,
+                                    suite.language)
+        scores = win_rates([row.category for row in parsed], [row_score(a, b) for a, b in zip(first, second,
+                                                                                              strict=True)])
+        agreed = consistency(first, second)
+        if agreed == agreed:  # not NaN: some row had two parsed verdicts
+            scores["consistency"] = agreed
+        scores["unparsable:judge"] = float(judge.unparsable - before)
         return scores
 
     def loss(self, suite: LossSuite, rows: list[dict[str, Any]]) -> dict[str, float]:

@@ -357,7 +357,9 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
                 f"{where(('stages', i, 'name'), lines, path)}: stages[{i}].name: 'bake' is the folder of the bake "
                 "stage tempa adds last; rename this stage (or give it kind: bake)"
             )
-        bake = bake_kind.config.model_validate({"name": "bake", "kind": "bake"})
+        bake = bake_kind.config.model_validate(
+            {"name": "bake", "kind": "bake", "generation": recipe.generation.model_dump(exclude_none=True)}
+        )
 
     # Everything else is valid: now the `train:` checks, which need trl's config spec (cached; the
     # first time on a machine, or after an upgrade, it is read from trl itself: seconds of imports).

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tempa.chat_templates.baking import GenerationDefaults
 from tempa.recipes.engine import SHIPPED_ACCELERATE, SHIPPED_DEEPSPEED, Engine, read_engine, shipped_path
 from tempa.sft.run_layout import safe_name
 from tempa.sft.stage_api import looks_local, resolve_path
@@ -165,6 +166,11 @@ class Recipe(BaseModel):
         description="Llama 3.1 Instruct's own system block (`Cutting Knowledge Date: December 2023`, "
         "`Today Date: {date_string}`) in every prompt, as the stock template writes it: for a base that "
         "was trained on it (Llama-3.1-Instruct, SEA-LION v3 IT). llama3_thinking only.",
+    )
+    generation: GenerationDefaults = Field(
+        default_factory=GenerationDefaults,
+        description="Sampling defaults the final model's generation_config.json carries (temperature, top_p, "
+        "top_k, min_p, repetition_penalty, max_new_tokens); the end-of-turn token is always a stop id.",
     )
     seed: int = 42
     trust_remote_code: bool = Field(default=False, description="Passed to transformers; off unless you trust it.")

@@ -1,5 +1,5 @@
-"""tempa.sft: SFT data (load, normalise, curate, mix, tokenise, cache), the ``sft`` stage and the
-training worker that every training stage launches.
+"""tempa.sft: SFT data (load, normalise, curate, mix, tokenise, cache), the ``sft`` and ``pretrain``
+(continued pre-training on raw text) stages and the training worker that every training stage launches.
 
 The stage contract every stage package builds on (:mod:`tempa.sft.stage_api`) lives here, the lowest
 floor that runs stages. Heavy imports (torch, transformers, trl, datasets) happen inside functions,
@@ -7,6 +7,8 @@ so importing the package is cheap.
 """
 
 from tempa.sft.data_size import estimate_sft
+from tempa.sft.pretrain_config import PretrainStageConfig
+from tempa.sft.pretrain_stage import estimate_pretrain, run_pretrain
 from tempa.sft.stage import SFTResult, SFTStageConfig, run_sft
 from tempa.sft.stage_api import Artifact, StageKind
 
@@ -22,6 +24,18 @@ SFT = StageKind(
     estimate=estimate_sft,
 )
 
-STAGE_KINDS = (SFT,)
+PRETRAIN = StageKind(
+    kind="pretrain",
+    config=PretrainStageConfig,
+    run=run_pretrain,
+    summary="continued pre-training on raw text: token budgets, document-bounded packing, loss on every token",
+    produces=frozenset({Artifact.MODEL}),
+    trains=True,
+    resumable=True,
+    estimate=estimate_pretrain,
+)
 
-__all__ = ["SFT", "STAGE_KINDS", "SFTResult", "SFTStageConfig", "run_sft"]
+STAGE_KINDS = (SFT, PRETRAIN)
+
+__all__ = ["PRETRAIN", "SFT", "STAGE_KINDS", "PretrainStageConfig", "SFTResult", "SFTStageConfig", "run_pretrain",
+           "run_sft"]

@@ -144,3 +144,39 @@ def test_choose_pad_token_rules(tiny_tokenizer: Any) -> None:
     assert choose_pad_token(tiny_tokenizer, "<|eot_id|>", requested="<|eom_id|>").token == "<|eom_id|>"
     with pytest.raises(ValueError, match="must differ"):
         choose_pad_token(tiny_tokenizer, "<|eot_id|>", requested="<|end_of_text|>")
+
+
+def test_bake_writes_the_recipe_generation_defaults(tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+    from transformers import GenerationConfig
+
+    from tempa.chat_templates import GenerationDefaults
+
+    # The Swallow card's serving settings: temperature 0.6, top-p 0.9, stop at <|eot_id|>.
+    defaults = GenerationDefaults(temperature=0.6, top_p=0.9)
+    out = bake_tokenizer(tiny_tokenizer_dir, "llama3_thinking", tmp_path / "baked", generation=defaults)
+    loaded = GenerationConfig.from_pretrained(out)
+    eot_id = AutoTokenizer.from_pretrained(out).convert_tokens_to_ids("<|eot_id|>")
+    assert (loaded.temperature, loaded.top_p, loaded.do_sample) == (0.6, 0.9, True)
+    assert eot_id in loaded.eos_token_id  # the end-of-turn stop survives the defaults
+
+    greedy = bake_tokenizer(tiny_tokenizer_dir, "llama3_thinking", tmp_path / "greedy",
+                            generation=GenerationDefaults(temperature=0.0, top_p=0.9))
+    config = json.loads((greedy / "generation_config.json").read_text())
+    assert config["do_sample"] is False and "top_p" not in config and "temperature" not in config
+
+
+def test_recipe_generation_key_reaches_the_bake_stage(tmp_path: Path) -> None:
+    import tempa.recipes
+    from tempa.recipes.errors import RecipeError
+    from tempa.recipes.loader import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    data = Path(tempa.recipes.__file__).parent / "data" / "sample_instruct.jsonl"
+    body = ("name: r\nbase_model: 'tempa:tiny'\nstages:\n  - {name: s, kind: sft, data: {sources: "
+            f"[{{name: a, path: '{data}'}}]}}}}\n")
+    recipe.write_text(body + "generation: {temperature: 0.6, top_p: 0.9}\n")
+    bake = load_recipe(recipe).stages[-1]
+    assert bake.kind == "bake" and (bake.generation.temperature, bake.generation.top_p) == (0.6, 0.9)
+    recipe.write_text(body + "generation: {top_p: 1.5}\n")
+    with pytest.raises(RecipeError, match=r"generation\.top_p"):
+        load_recipe(recipe)

@@ -1,0 +1,243 @@
+"""The `translate` stage: machine translation of prompts (or whole conversations) by a teacher model.
+
+Swallow v0.3 translated LMSYS-Chat-1M's first-turn prompts into Japanese (with DeepL) and
+magpie-ultra's conversations with gemma-2-27b-it; this stage does either with any teacher backend
+(an OpenAI-compatible server, vLLM, transformers), into any language::
+
+    - name: translate
+      kind: translate
+      source: {path: lmsys/lmsys-chat-1m, messages_field: conversation, limit: 200000}
+      target_language: ja
+      turns: first_user            # or: all (every message: an SFT dataset)
+      teacher: {backend: {type: http, base_url: http://127.0.0.1:8000/v1, model: google/gemma-2-27b-it}}
+      judge: {backend: ..., min_score: 7}   # optional: rate each translation 1-10
+
+Output ``<stage>/data/translated.jsonl``: ``{"messages": [...], "language": <target>, "provenance"}``
+rows, a prompts dataset (``turns: first_user``) or an SFT dataset (``turns: all``) that a later
+stage reads with ``path: stage:<name>``; ``rejects.jsonl`` holds what was dropped and why,
+``stats.json`` the counts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from tempa.alignment.backends import LazyBackend, build_backend, describe_backend
+from tempa.alignment.judge import Judge, language_name, text_or_file
+from tempa.alignment.prompts import PromptSource, read_rows
+from tempa.alignment.teacher_text import (
+    Gate,
+    JudgeGate,
+    TeacherSettings,
+    TextFilters,
+    ask_teacher,
+    judge_scores,
+    teacher_reads,
+)
+from tempa.sft import language
+from tempa.sft.files import write_json, write_jsonl
+from tempa.sft.stage_api import Read, SourceSize, StageConfigBase, StageContext, StageError, StageResult
+
+OUTPUT_FILE = "data/translated.jsonl"
+
+TRANSLATE_PROMPT = """Translate the text below into {language}. Keep its meaning, tone, formatting, code and \
+names; do not answer it, explain it or add anything. Output only the translation.
+
+[Text]
+{text}
+[End of text]"""
+
+TRANSLATION_RUBRIC = """You are a strict judge of translations into {language}.
+
+Rate the translation below for faithfulness to the original (nothing added, dropped or answered), fluency \
+and naturalness in {language}. First explain briefly, then give a rating from 1 (unusable) to 10 \
+(perfect) in exactly this format: [[rating]]
+
+[Original]
+{question}
+
+[Translation]
+{answer}
+[End of translation]"""
+
+
+class TranslateStageConfig(StageConfigBase):
+    """Translate prompts (first user turns) or whole conversations with a teacher; filter and judge them."""
+
+    kind: Literal["translate"] = "translate"
+    source: PromptSource = Field(description="What to translate: rows with `messages` (or a `prompt` string).")
+    target_language: str = Field(description="ISO 639-1 code of the language to translate into (ja, id, th...).")
+    turns: Literal["first_user", "all"] = Field(
+        default="first_user",
+        description="`first_user`: the first user message only (a prompts dataset, as Swallow's LMSYS first "
+        "turns); `all`: every message of the conversation (an SFT dataset, as Swallow's magpie-ultra-ja).",
+    )
+    response_field: str | None = Field(
+        default=None, description="With `turns: all` and rows of a prompt string: the column with the assistant's "
+        "answer (e.g. magpie-ultra's `response`), so the pair is translated as a two-turn conversation.",
+    )
+    teacher: TeacherSettings = Field(default_factory=TeacherSettings, description="The translator.")
+    instruction: str = Field(
+        default=TRANSLATE_PROMPT,
+        description="The request sent per text (inline or a .txt path), with {text} and {language} placeholders.",
+    )
+    filters: TextFilters = Field(default_factory=TextFilters, description="Heuristic filters per translated text.")
+    max_length_ratio: float = Field(
+        default=4.0, gt=1, description="Drop a translation more than this many times longer than the original "
+        "(or shorter than its inverse): a sign the teacher answered instead of translating.",
+    )
+    judge: JudgeGate | None = Field(
+        default=None, description="Optional: an LLM judge rates each translated conversation 1-10 (default rubric: "
+        "faithfulness and fluency); under min_score it is dropped.",
+    )
+
+    @field_validator("target_language")
+    @classmethod
+    def _code(cls, value: str) -> str:
+        return language.check_codes([value])[0]
+
+    @field_validator("instruction")
+    @classmethod
+    def _instruction(cls, value: str, info: ValidationInfo) -> str:
+        text = text_or_file(value, info)
+        if "{text}" not in text:
+            raise ValueError("the instruction needs a {text} placeholder")
+        return text
+
+    def reads(self, earlier: Sequence[str]) -> list[Read]:
+        """The stage whose dataset `source.path: stage:NAME` reads; stages whose models the backends name."""
+        return self.source.reads(("source",)) + teacher_reads(self.teacher, self.judge)
+
+
+class TranslateResult(StageResult):
+    """The translated dataset (``dataset``) and how many rows it holds."""
+
+    rows: int
+
+
+def _conversations(config: TranslateStageConfig, rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Each row's messages to translate (the first user message only, or all of them)."""
+    source, out = config.source, []
+    for index, row in enumerate(rows):
+        messages = row.get(source.messages_field)
+        if messages is None and isinstance(row.get(source.prompt_field), str):
+            messages = [{"role": "user", "content": row[source.prompt_field]}]
+            if config.response_field and config.turns == "all":
+                response = row.get(config.response_field)
+                if not isinstance(response, str):
+                    raise StageError(f"{source.path}: row {index + 1}: no '{config.response_field}' string")
+                messages.append({"role": "assistant", "content": response})
+        if not isinstance(messages, list) or not messages:
+            raise StageError(f"{source.path}: row {index + 1}: has neither a '{source.messages_field}' list nor a "
+                             f"'{source.prompt_field}' string")
+        messages = [{"role": m.get("role"), "content": m.get("content")} for m in messages]
+        if config.turns == "first_user":
+            messages = [m for m in messages if m["role"] == "user"][:1]
+            if not messages or not isinstance(messages[0]["content"], str):
+                raise StageError(f"{source.path}: row {index + 1}: no user message to translate")
+        out.append(messages)
+    return out
+
+
+def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateResult:
+    import random
+
+    source = config.source.resolved(ctx, who=f"stage '{ctx.stage_name}'")
+    rows = read_rows(source)
+    order = list(range(len(rows)))
+    if source.shuffle:
+        random.Random(ctx.seed).shuffle(order)
+    order = order[: source.limit] if source.limit else order
+    conversations = _conversations(config, [rows[i] for i in order])
+    if not conversations:
+        raise StageError(f"stage '{ctx.stage_name}': {source.path} has no rows")
+    target = language_name(config.target_language) or config.target_language
+    teacher_name = describe_backend(config.teacher.backend, ctx.start_model)
+    teacher = LazyBackend(lambda: build_backend(
+        config.teacher.backend, policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir,
+        stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code, who="teacher"), teacher_name)
+
+    # Every message with text is one request; system prompts and empty turns pass through unchanged.
+    requests = [(c, m) for c, conv in enumerate(conversations) for m, msg in enumerate(conv)
+                if isinstance(msg["content"], str) and msg["content"].strip() and msg["role"] != "system"]
+    ctx.log.info("%s: translating %d text(s) of %d row(s) into %s with %s", ctx.stage_name, len(requests),
+                 len(conversations), target, teacher_name)
+    try:
+        answers = ask_teacher(teacher, [config.instruction.replace("{language}", target).replace(
+            "{text}", conversations[c][m]["content"]) for c, m in requests], config.teacher.params(ctx.seed))
+    finally:
+        teacher.close()
+
+    gate, dropped = Gate(config.filters), {}
+    translated = [[dict(m) for m in conv] for conv in conversations]
+    for (c, m), (text, finished) in zip(requests, answers, strict=True):
+        original = conversations[c][m]["content"]
+        reason = gate.reason(text, finished, config.target_language) if c not in dropped else None
+        ratio = (len(text) + 1) / (len(original) + 1)
+        if reason is None and not 1 / config.max_length_ratio <= ratio <= config.max_length_ratio:
+            reason = "length_ratio"
+        if reason is not None and c not in dropped:
+            dropped[c] = reason
+        translated[c][m]["content"] = text
+
+    kept = [c for c in range(len(conversations)) if c not in dropped]
+    scores: dict[int, float | None] = {}
+    if config.judge is not None and kept:
+        judge = Judge(build_backend(config.judge.backend, policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir,
+                                    stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code,
+                                    who="judge"), config.judge, seed=ctx.seed)
+        try:
+            rated = judge_scores(judge, config.judge.rubric or TRANSLATION_RUBRIC, [
+                {"question": _plain(conversations[c]), "answer": _plain(translated[c]),
+                 "language": config.target_language} for c in kept])
+        finally:
+            judge.backend.close()
+        for c, score in zip(kept, rated, strict=True):
+            scores[c] = score
+            if score is None or score < config.judge.min_score:
+                dropped[c] = "judge_unrated" if score is None else "judge_score"
+        kept = [c for c in kept if c not in dropped]
+
+    provenance = {"stage": ctx.stage_name, "teacher": teacher_name, "source": config.source.path,
+                  "turns": config.turns, "seed": ctx.seed}
+    out_rows = [{"messages": translated[c], "language": config.target_language,
+                 **({"judge": scores[c]} if c in scores else {}),
+                 "provenance": {**provenance, "row": order[c]}} for c in kept]
+    rejects = [{"row": order[c], "reason": reason, "messages": translated[c]} for c, reason in sorted(dropped.items())]
+    data_dir = ctx.stage_dir / "data"
+    write_jsonl(data_dir / "rejects.jsonl", rejects)
+    stats = {"rows": len(conversations), "kept": len(out_rows), "texts": len(requests),
+             "rejected": dict(Counter(dropped.values())), "teacher": teacher_name}
+    write_json(data_dir / "stats.json", stats)
+    if not out_rows:
+        raise StageError(f"stage '{ctx.stage_name}': no translation passed the filters ({stats['rejected']}); "
+                         f"see {data_dir / 'rejects.jsonl'}")
+    output = ctx.stage_dir / OUTPUT_FILE
+    write_jsonl(output, out_rows)  # last: a complete output file means a complete stage
+    ctx.log.info("%s: kept %d of %d; rejected %s", ctx.stage_name, len(out_rows), len(conversations),
+                 stats["rejected"] or "none")
+    return TranslateResult(dataset=output, rows=len(out_rows),
+                           metrics={"rows": len(out_rows), "kept_fraction": round(len(out_rows) / len(conversations), 6)},
+                           files={"rejects": data_dir / "rejects.jsonl", "stats": data_dir / "stats.json"})
+
+
+def translated_size(config: TranslateStageConfig, result: StageResult | None) -> SourceSize:
+    """Rows a later stage may expect: exact once run, else at most the source's limit."""
+    per_row = 200 if config.turns == "first_user" else config.teacher.max_new_tokens
+    if isinstance(result, TranslateResult):
+        return SourceSize(result.rows, per_row, f"{config.name}'s output")
+    if config.source.limit is None:
+        return SourceSize(None, per_row, f"unknown size: set source.limit on stage {config.name}")
+    return SourceSize(config.source.limit, per_row, f"at most {config.source.limit:,} rows from stage {config.name}",
+                      at_most=True)
+
+
+def _plain(messages: Sequence[dict[str, Any]]) -> str:
+    from tempa.alignment.judge import render_conversation
+
+    return render_conversation(messages) if len(messages) > 1 else str(messages[0].get("content") or "")
+

@@ -1,0 +1,110 @@
+"""The `pretrain` stage's recipe block: raw-text sources with token budgets, and trl's SFTConfig pass-through.
+
+Continued pre-training (SEA-LION v3 on ~200B tokens, Swallow on ~200B from Llama 3.1)::
+
+    - name: cpt
+      kind: pretrain
+      sources:
+        - {name: code, path: bigcode/the-stack-v2-dedup, text_field: content, tokens: 40000000000}
+        - {name: english, path: allenai/dolma, tokens: 37500000000}
+        - {name: thai, path: data/thai_docs.parquet, tokens: 10700000000}
+      train:
+        learning_rate: 1.0e-5
+        lr_scheduler_type: warmup_stable_decay
+        lr_scheduler_kwargs: {num_decay_steps: 2000}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from tempa.sft.config import DEFAULT_TRAIN_ARGS
+from tempa.sft.run_layout import safe_name
+from tempa.sft.stage_api import Read, StageConfigBase, resolve_path
+from tempa.sft.train_args import check_train_args, train_checks_deferred
+from tempa.sft.train_plan import RESERVED_TRAIN_KEYS
+
+# On top of the SFT defaults: loss on every token (no chat, no masks), the WSD schedule the cards
+# name for continued pre-training, BFD packing with per-document position_ids.
+PRETRAIN_TRAIN_ARGS: dict[str, Any] = {
+    **DEFAULT_TRAIN_ARGS,
+    "assistant_only_loss": False,
+    "max_length": 4096,
+    "learning_rate": 1e-5,
+    "lr_scheduler_type": "warmup_stable_decay",
+    "warmup_steps": 0.01,
+}
+
+
+class PretrainSource(BaseModel):
+    """One raw-text source: documents in a text column, up to a token budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Unique safe name; used in stats and messages.")
+    path: str = Field(description="A .jsonl / .json / .parquet / .csv file, a `save_to_disk` folder, or a hub "
+                      "dataset id.")
+    split: str = "train"
+    subset: str | None = Field(default=None, description="Hub dataset configuration name.")
+    revision: str | None = None
+    text_field: str = Field(default="text", description="The column holding a document's text.")
+    tokens: int | None = Field(
+        default=None, ge=1, description="Token budget: documents are taken in order until it is reached "
+        "(the last one cut); unset: every document once.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return safe_name(value, "source name")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_path(value, info, must_exist=True)
+
+
+class PretrainStageConfig(StageConfigBase):
+    """Continued pre-training on raw text: every token trained, documents packed with their boundaries kept."""
+
+    kind: Literal["pretrain"] = "pretrain"
+    sources: list[PretrainSource] = Field(min_length=1, description="Raw-text sources and their token budgets.")
+    heldout: float = Field(default=0.0, ge=0, lt=1, description="Share of chunks held out for eval loss.")
+    add_eos: bool = Field(default=True, description="End every document with the tokenizer's eos token.")
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any trl SFTConfig field. Defaults: loss on all tokens, BFD packing, warmup_stable_decay "
+        "(give lr_scheduler_kwargs.num_decay_steps), max_length 4096.",
+    )
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if train_checks_deferred(info):
+            return value
+        return check_train_args(value, "trl:SFTConfig", reserved=RESERVED_TRAIN_KEYS)
+
+    @model_validator(mode="after")
+    def _checks(self) -> PretrainStageConfig:
+        names = [source.name for source in self.sources]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"source names must be unique; repeated: {repeated}")
+        args = self.train_args()
+        if args.get("assistant_only_loss"):
+            raise ValueError("train.assistant_only_loss: a pretrain stage trains on every token (raw text has "
+                             "no assistant turns)")
+        kwargs = args.get("lr_scheduler_kwargs") or {}
+        if args.get("lr_scheduler_type") == "warmup_stable_decay" and "num_decay_steps" not in kwargs:
+            raise ValueError("train.lr_scheduler_kwargs.num_decay_steps: the warmup_stable_decay schedule needs the "
+                             "number of decay steps")
+        return self
+
+    def reads(self, earlier: Sequence[str]) -> list[Read]:
+        return []
+
+    def train_args(self) -> dict[str, Any]:
+        return {**PRETRAIN_TRAIN_ARGS, **self.train}

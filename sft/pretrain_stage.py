@@ -1,0 +1,182 @@
+"""The `pretrain` stage: raw text -> token-budgeted, mixed, chunked documents -> the one training worker.
+
+Data work happens here, once, in the runner's process (as for `sft`): each source's documents are
+tokenised (an eos after each), taken in order up to the source's token budget (the last document
+cut), split into chunks of at most ``max_length`` tokens, and the chunks of all sources are
+shuffled together with the recipe seed. A chunk is one row (``input_ids`` and an all-ones
+``assistant_masks``); trl's BFD packing then fills each training sequence with several rows and
+restarts ``position_ids`` at every row, which the per-document attention (``sft.packed_attention``)
+turns into a block-diagonal mask: no token attends across a document boundary, and every token
+is in the loss (``assistant_only_loss`` is off). The tokenised data is cached under the shared
+cache, keyed by the sources' content fingerprints, the settings, the tokenizer and the seed;
+training resumes from the last complete checkpoint, as `sft` does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tempa.sft.checkpoints import (
+    complete_checkpoints,
+    last_complete_checkpoint,
+    remove_incomplete_checkpoints,
+)
+from tempa.sft.files import digest, tree_digest, write_json
+from tempa.sft.pretrain_config import PretrainSource, PretrainStageConfig
+from tempa.sft.run_layout import LOGS_DIR, TRAIN_PLAN
+from tempa.sft.stage_api import (
+    EstimateInputs,
+    StageContext,
+    StageError,
+    StageResult,
+    TokenCount,
+    TrainingWorkload,
+)
+from tempa.sft.train_plan import WORKER, TrainOutcome, train_plan
+
+COMPLETE = "COMPLETE"
+
+
+@dataclass(frozen=True)
+class PretrainData:
+    """Where the prepared chunks are, and how many tokens each source gave."""
+
+    train_path: Path
+    eval_path: Path | None
+    tokens: dict[str, int]
+    documents: dict[str, int]
+    chunks: int
+
+
+def chunk_document(ids: list[int], max_length: int) -> list[list[int]]:
+    """A document's tokens in pieces of at most ``max_length`` (each piece one packed row)."""
+    return [ids[i: i + max_length] for i in range(0, len(ids), max_length)]
+
+
+def budgeted(documents: Any, budget: int | None) -> tuple[list[list[int]], int]:
+    """Documents (token lists) in order until ``budget`` tokens, the last one cut; and the tokens taken."""
+    taken, total = [], 0
+    for ids in documents:
+        if budget is not None and total + len(ids) > budget:
+            if budget - total > 0:
+                taken.append(ids[: budget - total])
+                total = budget
+            break
+        taken.append(ids)
+        total += len(ids)
+    return taken, total
+
+
+def _texts(source: PretrainSource, loaded: Any) -> Any:
+    """Each document's text, in order; a row without a text string is an error naming it."""
+    from tempa.sft.sources import RAW
+
+    raw = RAW in loaded.column_names
+    if not raw and source.text_field not in loaded.column_names:
+        raise StageError(f"data source '{source.name}': no '{source.text_field}' column (columns: "
+                         f"{', '.join(loaded.column_names)}); set text_field")
+    for index, row in enumerate(loaded):
+        value = json.loads(row[RAW]).get(source.text_field) if raw else row[source.text_field]
+        if not isinstance(value, str):
+            raise StageError(f"data source '{source.name}', row {index + 1}: '{source.text_field}' is not a string")
+        yield value
+
+
+def _as_sft_source(source: PretrainSource):
+    from tempa.sft.data_config import SourceConfig
+
+    return SourceConfig.model_construct(name=source.name, path=source.path, split=source.split,
+                                        subset=source.subset, revision=source.revision)
+
+
+def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer_dir: Path, cache_dir: Path,
+                          seed: int) -> PretrainData:
+    """Tokenise, budget, chunk and mix the sources (cached: a second call with the same inputs reads the cache)."""
+    import datasets
+    import numpy as np
+
+    from tempa.sft.data_config import DataError
+    from tempa.sft.sources import load_source, source_fingerprint
+
+    max_length = int(config.train_args()["max_length"])
+    try:
+        loaded = {s.name: load_source(_as_sft_source(s), cache_dir=cache_dir) for s in config.sources}
+        fingerprints = {s.name: source_fingerprint(_as_sft_source(s), dataset=loaded[s.name]) for s in config.sources}
+    except DataError as error:
+        raise StageError(str(error)) from None
+    key = digest({"sources": [s.model_dump(exclude={"path"}) for s in config.sources], "data": fingerprints,
+                  "heldout": config.heldout, "add_eos": config.add_eos, "max_length": max_length, "seed": seed,
+                  "tokenizer": tree_digest(Path(tokenizer_dir))})
+    entry = cache_dir / key[:16]
+    if (entry / COMPLETE).is_file():
+        stats = json.loads((entry / "stats.json").read_text(encoding="utf-8"))
+        return PretrainData(entry / "train", entry / "eval" if (entry / "eval").is_dir() else None,
+                            stats["tokens"], stats["documents"], stats["chunks"])
+
+    chunks: list[list[int]] = []
+    tokens, documents = {}, {}
+    eos = [tokenizer.eos_token_id] if config.add_eos and tokenizer.eos_token_id is not None else []
+    for source in config.sources:
+        def encoded(source=source):
+            for text in _texts(source, loaded[source.name]):
+                yield tokenizer(text, add_special_tokens=False)["input_ids"] + eos
+
+        taken, total = budgeted(encoded(), source.tokens)
+        if total == 0:
+            raise StageError(f"data source '{source.name}': no text to train on")
+        tokens[source.name], documents[source.name] = total, len(taken)
+        chunks.extend(piece for ids in taken for piece in chunk_document(ids, max_length))
+    order = np.random.default_rng(seed).permutation(len(chunks))
+    n_eval = round(config.heldout * len(chunks))
+    if config.heldout and n_eval == 0 and len(chunks) > 1:
+        n_eval = 1
+
+    def dataset(indices) -> datasets.Dataset:
+        rows = [chunks[i] for i in indices]
+        return datasets.Dataset.from_dict({"input_ids": rows, "assistant_masks": [[1] * len(r) for r in rows]})
+
+    shutil.rmtree(entry, ignore_errors=True)  # an incomplete earlier attempt
+    dataset(order[n_eval:]).save_to_disk(str(entry / "train"))
+    if n_eval:
+        dataset(order[:n_eval]).save_to_disk(str(entry / "eval"))
+    write_json(entry / "stats.json", {"tokens": tokens, "documents": documents, "chunks": len(chunks)})
+    (entry / COMPLETE).write_text("")  # last: a folder without it is never reused
+    return PretrainData(entry / "train", entry / "eval" if n_eval else None, tokens, documents, len(chunks))
+
+
+def run_pretrain(config: PretrainStageConfig, ctx: StageContext) -> StageResult:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
+    data = prepare_pretrain_data(config, tokenizer, ctx.tokenizer_dir,
+                                 (ctx.cache_dir or ctx.stage_dir / "cache") / "pretrain-data", ctx.seed)
+    ctx.log.info("%s: %s tokens in %d chunks (%s)", ctx.stage_name, f"{sum(data.tokens.values()):,}", data.chunks,
+                 ", ".join(f"{name} {count:,}" for name, count in data.tokens.items()))
+    plan = train_plan(ctx, trainer="sft", start_model=ctx.start_model, train_data=data.train_path,
+                      eval_data=data.eval_path, out_dir=ctx.stage_dir, train_args=config.train_args(), seed=ctx.seed)
+    for path in remove_incomplete_checkpoints(plan.checkpoints_dir, [ctx.stage_dir]):
+        ctx.log.warning("removed incomplete checkpoint %s (interrupted while saving)", path.name)
+    resume = last_complete_checkpoint(plan.checkpoints_dir)
+    if resume is not None:
+        ctx.log.info("will resume from %s", resume)
+    plan_path = plan.write(ctx.stage_dir / TRAIN_PLAN)
+    ctx.launch(WORKER, ["--plan", str(plan_path)], ctx.stage_dir / LOGS_DIR / "train.log")
+    outcome = TrainOutcome.read(plan.final_dir)
+    metrics = {**outcome.headline(), "train_tokens": sum(data.tokens.values()), "chunks": data.chunks,
+               **{f"tokens:{name}": count for name, count in data.tokens.items()}}
+    return StageResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir), metrics=metrics)
+
+
+def estimate_pretrain(config: PretrainStageConfig, inputs: EstimateInputs) -> TrainingWorkload:
+    """Tokens per epoch: the sum of the sources' token budgets (unbudgeted sources are not sized)."""
+    budgets = [s.tokens for s in config.sources]
+    known = sum(b for b in budgets if b is not None)
+    unsized = [s.name for s in config.sources if s.tokens is None]
+    notes = [f"source {s.name}: token budget {s.tokens:,}" if s.tokens else f"source {s.name}: no token budget, "
+             "not sized" for s in config.sources]
+    tokens = TokenCount(known or None, None, "token budgets", notes, bound=">=" if unsized and known else "")
+    return TrainingWorkload(tokens=tokens, train_args=config.train_args())

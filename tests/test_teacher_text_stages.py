@@ -1,0 +1,206 @@
+"""`translate` and `generate_prompts`: a scripted teacher and judge, the real filters, outputs and references."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tempa.alignment.backends import SamplingBackend
+from tempa.alignment.completions import Completion
+from tempa.alignment.generate_prompts_stage import GeneratePromptsStageConfig, run_generate_prompts
+from tempa.alignment.translate_stage import TranslateStageConfig, run_translate
+from tempa.sft.stage_api import StageError
+from tests.stage_helpers import make_context
+
+TRANSLATIONS = {
+    "What is the capital of France?": "フランスの首都はどこですか？",
+    "Tell me a joke about cats.": "Sure! Here is a joke about cats.",  # answered in English, not translated
+    "Hi": "こんにちは、今日はとても良い天気ですね。散歩に行きましょうか。それとも家でゆっくりしますか。",  # ratio
+    "Write a haiku about the sea.": "海についての俳句を書いてください。",
+    "Explain photosynthesis.": "光合成を説明し",  # cut off (finish_reason length)
+    "How do I bake bread?": "パンの焼き方を教えてください。",
+    "Sure, bread needs flour, water, yeast and salt.": "はい、パンには小麦粉、水、酵母、塩が必要です。",
+}
+
+
+class Scripted(SamplingBackend):
+    def __init__(self, reply) -> None:
+        self.reply = reply
+        self.requests: list[str] = []
+
+    def sample(self, prompts, params, *, thinking_modes=None):
+        out = []
+        for messages in prompts:
+            text = messages[-1]["content"]
+            self.requests.append(text)
+            reply, finish = self.reply(text)
+            out.append([Completion(text=reply, finish_reason=finish)])
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def translator(request: str):
+    original = re.search(r"\[Text\]\n(.*)\n\[End of text\]", request, re.S).group(1)
+    return TRANSLATIONS[original], "length" if original.startswith("Explain") else "stop"
+
+
+def translation_judge(request: str):
+    return ("Unfaithful. [[4]]" if "俳句" in request else "Good. [[9]]"), "stop"
+
+
+@pytest.fixture()
+def backends(monkeypatch):
+    import tempa.alignment.backends as module
+
+    made: dict[str, Scripted] = {}
+
+    def build_backend(config, **kwargs):
+        made[config.model] = Scripted(SCRIPTS[config.model])
+        return made[config.model]
+
+    monkeypatch.setattr(module, "build_backend", build_backend)
+    # the stages import build_backend by name
+    import tempa.alignment.generate_prompts_stage as generate
+    import tempa.alignment.translate_stage as translate
+
+    monkeypatch.setattr(translate, "build_backend", build_backend)
+    monkeypatch.setattr(generate, "build_backend", build_backend)
+    return made
+
+
+def prompt_writer(request: str):
+    topic = re.search(r"Topic: (.*)\n", request).group(1)
+    index = re.search(r"\(variation (\d+)\)", request).group(1)
+    return {("料理", "1"): "「簡単な和食の献立を一週間分考えてください。」", ("料理", "2"): "簡単な和食の献立を一週間分考えてください。",
+            ("料理", "3"): "What should I cook tonight for my family?",
+            ("歴史", "1"): "江戸時代の庶民の暮らしについて詳しく教えてください。",
+            ("歴史", "2"): "鎌倉幕府が成立した理由を説明してください。",
+            ("歴史", "3"): "はい"}[(topic, index)], "stop"
+
+
+def prompt_judge(request: str):
+    return ("Vague. [[7]]" if "鎌倉" in request else "Clear. [[8]]"), "stop"
+
+
+SCRIPTS = {"translator": translator, "judge": translation_judge, "writer": prompt_writer,
+           "prompt-judge": prompt_judge}
+HTTP = {"type": "http", "base_url": "http://teacher.invalid/v1"}
+
+
+def _rows(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_translate_first_turns_filters_and_judges(tmp_path, tiny_model_dir, backends):
+    firsts = ["What is the capital of France?", "Tell me a joke about cats.", "Hi", "Write a haiku about the sea.",
+              "Explain photosynthesis.", "What is the capital of France?"]
+    source = _rows(tmp_path / "lmsys.jsonl", [
+        {"conversation": [{"role": "user", "content": q}, {"role": "assistant", "content": "an answer"},
+                          {"role": "user", "content": "and a second turn"}]} for q in firsts])
+    config = TranslateStageConfig.model_validate({
+        "name": "translate", "target_language": "ja", "source": {"path": source, "messages_field": "conversation"},
+        "teacher": {"backend": {**HTTP, "model": "translator"}},
+        "judge": {"backend": {**HTTP, "model": "judge"}, "min_score": 7}})
+    ctx = make_context(tmp_path / "run", "translate", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    result = run_translate(config, ctx)
+    rows = [json.loads(line) for line in result.dataset.read_text(encoding="utf-8").splitlines()]
+    # only the first user turn is sent and kept: a prompts dataset
+    assert [r["messages"] for r in rows] == [[{"role": "user", "content": "フランスの首都はどこですか？"}]]
+    assert rows[0]["language"] == "ja" and rows[0]["judge"] == 9.0
+    assert all("second turn" not in r and "an answer" not in r for r in backends["translator"].requests)
+    rejects = {r["row"]: r["reason"] for r in map(json.loads, (result.dataset.parent / "rejects.jsonl").read_text(
+        encoding="utf-8").splitlines())}
+    assert rejects == {1: "language_en", 2: "length_ratio", 3: "judge_score", 4: "cut_off", 5: "duplicate"}
+
+
+def test_translate_whole_conversations_into_an_sft_dataset(tmp_path, tiny_model_dir, backends):
+    source = _rows(tmp_path / "magpie.jsonl", [{"messages": [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": "How do I bake bread?"},
+        {"role": "assistant", "content": "Sure, bread needs flour, water, yeast and salt."}]}])
+    config = TranslateStageConfig.model_validate({
+        "name": "translate-magpie", "target_language": "ja", "turns": "all", "source": {"path": source},
+        "teacher": {"backend": {**HTTP, "model": "translator"}}})
+    ctx = make_context(tmp_path / "run", "translate-magpie", start_model=tiny_model_dir,
+                       tokenizer_dir=tiny_model_dir, chat_template="")
+    rows = [json.loads(line) for line in run_translate(config, ctx).dataset.read_text(encoding="utf-8").splitlines()]
+    assert rows[0]["messages"] == [
+        {"role": "system", "content": "You are helpful."},  # system prompts are not translated
+        {"role": "user", "content": "パンの焼き方を教えてください。"},
+        {"role": "assistant", "content": "はい、パンには小麦粉、水、酵母、塩が必要です。"}]
+
+
+def test_generate_prompts_filters_and_judge_threshold(tmp_path, tiny_model_dir, backends):
+    config = GeneratePromptsStageConfig.model_validate({
+        "name": "magpie", "topics": ["料理", "歴史"], "per_topic": 3, "language": "ja",
+        "system_prompt": "You are writing questions from Japanese users.",
+        "teacher": {"backend": {**HTTP, "model": "writer"}, "temperature": 1.0},
+        "judge": {"backend": {**HTTP, "model": "prompt-judge"}, "min_score": 8}})
+    ctx = make_context(tmp_path / "run", "magpie", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    result = run_generate_prompts(config, ctx)
+    rows = [json.loads(line) for line in result.dataset.read_text(encoding="utf-8").splitlines()]
+    assert [(r["topic"], r["messages"][0]["content"]) for r in rows] == [
+        ("料理", "簡単な和食の献立を一週間分考えてください。"),  # quotes stripped
+        ("歴史", "江戸時代の庶民の暮らしについて詳しく教えてください。")]
+    assert all(r["judge"] >= 8 for r in rows) and result.rows == 2
+    assert all(r.startswith("You are writing questions") for r in backends["writer"].requests)
+    stats = json.loads((result.dataset.parent / "stats.json").read_text())
+    # a judge score of 7 is rejected (Swallow's gemma-magpie: scores <= 7 rejected)
+    assert stats["rejected"] == {"duplicate": 1, "language_en": 1, "too_short": 1, "judge_score": 1}
+
+
+def test_a_stage_reads_prompts_from_an_earlier_stage(tmp_path):
+    from tempa.recipes.errors import RecipeError
+    from tempa.recipes.loader import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    body = """name: r
+base_model: "tempa:tiny"
+stages:
+  - {name: gen, kind: generate_prompts, topics: [food], language: ja}
+  - name: answer
+    kind: synthesize
+    prompts: {path: "stage:%s"}
+    rewards: [{type: length, unit: chars}]
+"""
+    recipe.write_text(body % "gen")
+    loaded = load_recipe(recipe)
+    assert loaded.stages[1].prompts.path == "stage:gen"
+    recipe.write_text(body % "nope")
+    with pytest.raises(RecipeError, match=r"r\.yaml:\d+: .*prompts\.path.*nope"):
+        load_recipe(recipe)
+
+
+def test_translate_errors_name_the_row(tmp_path, tiny_model_dir, backends):
+    source = _rows(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "Hi"}]}, {"text": "x"}])
+    config = TranslateStageConfig.model_validate({
+        "name": "t", "target_language": "ja", "source": {"path": source},
+        "teacher": {"backend": {**HTTP, "model": "translator"}}})
+    ctx = make_context(tmp_path / "run", "t", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    with pytest.raises(StageError, match=r"bad\.jsonl: row 2: has neither a 'messages' list"):
+        run_translate(config, ctx)
+
+
+def test_prompt_source_keeps_only_the_languages_asked_for():
+    import tempa.recipes
+    from tempa.alignment.prompts import PromptSource, load_prompts, read_rows
+
+    path = str(Path(tempa.recipes.__file__).parent / "data" / "sample_prompts.jsonl")
+    labelled = [r for r in read_rows(PromptSource(path=path)) if r.get("language") in ("th", "vi")]
+    kept = load_prompts(PromptSource(path=path, languages=["th", "vi"]), seed=0)
+    assert kept and {p.language for p in kept} == {"th", "vi"}
+    # no prompt of another language gets in; prompts too short to tell (a bare sum) stay out too
+    texts = {r["messages"][0]["content"]: r["language"] for r in labelled}
+    assert all(texts.get(p.question) == p.language for p in kept) and len(kept) >= 0.8 * len(labelled)
+    assert len(load_prompts(PromptSource(path=path, languages=["th", "vi"], limit=2), seed=0)) == 2
+    with pytest.raises(StageError, match="no prompts in ko"):
+        load_prompts(PromptSource(path=path, languages=["ko"]), seed=0)

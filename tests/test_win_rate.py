@@ -1,0 +1,153 @@
+"""The SEA-MTBench-style win-rate suite: both orders judged, ties 0.5, categories averaged, baseline cached."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tempa.alignment.backends import SamplingBackend
+from tempa.alignment.completions import Completion
+from tempa.merge import win_rate
+from tempa.merge.candidates import Candidate
+from tempa.merge.evaluate_config import EvaluateStageConfig
+from tempa.merge.evaluate_stage import evaluate_candidates
+from tests.stage_helpers import make_context
+
+# category -> what the scripted judge thinks of the candidate
+RULES = {"math": "candidate", "writing": "baseline", "roleplay": "tie", "reasoning": "always A"}
+ROWS = ([("math", 1)] + [("writing", i) for i in range(3)] + [("roleplay", i) for i in range(2)]
+        + [("reasoning", i) for i in range(2)])
+
+
+class ScriptedAnswers:
+    """A candidate or baseline model: answers '<WHO> answer to <question>' (a GenerationBackend)."""
+
+    def __init__(self, who: str, prompts_seen: list) -> None:
+        self.who = who
+        self.prompts_seen = prompts_seen
+
+    def generate(self, prompts, params, *, thinking_modes=None):
+        self.prompts_seen.extend(prompts)
+        return [[f"{self.who} answer to {p[-1]['content']}"] for p in prompts]
+
+    def close(self) -> None:
+        pass
+
+
+class ScriptedJudge(SamplingBackend):
+    """Reads which assistant (A or B) holds the candidate's conversation and rules by the row's category."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    def sample(self, prompts, params, *, thinking_modes=None):
+        out = []
+        for messages in prompts:
+            text = messages[-1]["content"]
+            self.prompts.append(text)
+            category = re.search(r"\[(\w+) q", text).group(1)
+            a_part = text.split("[Conversation with assistant B]")[0]
+            candidate_is = "A" if "CAND answer" in a_part else "B"
+            rule = RULES[category]
+            verdict = {"candidate": candidate_is, "baseline": "B" if candidate_is == "A" else "A",
+                       "tie": "C", "always A": "A"}[rule]
+            out.append([Completion(text=f"Both are fine. Verdict: [[{verdict}]]")])
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer
+
+    from tempa.chat_templates.templates import load_template
+
+    out = tmp_path_factory.mktemp("tok") / "tokenizer"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = load_template("llama3_thinking")
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_verdicts_rows_and_weighting_pure():
+    assert win_rate.parse_verdict("<think>[[B]]</think>A is better [[A]]") == "A"
+    assert win_rate.parse_verdict("no verdict") is None
+    assert win_rate.row_score("A", "B") == 1.0  # candidate won as A and as B
+    assert win_rate.row_score("A", "A") == 0.5  # position bias: one win, one loss
+    assert win_rate.row_score("C", None) == 0.5 and win_rate.row_score(None, None) is None
+    rates = win_rate.win_rates(["math", "writing", "writing", "writing"], [1.0, 0.0, 0.0, None])
+    assert rates["win_rate"] == 0.5 and rates["micro_win_rate"] == pytest.approx(1 / 3)
+    assert rates["win_rate:math"] == 1.0 and rates["rows"] == 3.0
+
+
+def test_win_rate_suite_judges_both_orders_and_caches_the_baseline(tmp_path, tiny_model_dir, tokenizer_dir,
+                                                                    monkeypatch):
+    import tempa.alignment.backends as backends
+
+    data = tmp_path / "mtbench.jsonl"
+    data.write_text("".join(json.dumps({"turns": [f"[{c} q{i}] first", f"[{c} q{i}] second"], "category": c}) + "\n"
+                            for c, i in ROWS), encoding="utf-8")
+    judge, baseline_prompts, baseline_builds = ScriptedJudge(), [], []
+
+    def build_backend(config, **kwargs):
+        if config.model == "judge":
+            return judge
+        baseline_builds.append(config.model)
+        return ScriptedAnswers("BASE", baseline_prompts)
+
+    monkeypatch.setattr(backends, "build_backend", build_backend)
+    config = EvaluateStageConfig.model_validate({
+        "kind": "evaluate", "name": "evaluate", "rank_by": "mtbench/win_rate",
+        "suites": [{"type": "win_rate", "name": "mtbench", "data": str(data), "thinking_mode": "off",
+                    "baseline": {"type": "http", "base_url": "http://baseline.invalid/v1", "model": "gpt-3.5"},
+                    "judge": {"backend": {"type": "http", "base_url": "http://judge.invalid/v1", "model": "judge"}}}],
+    })
+    candidate_prompts: list = []
+    models = []
+    for name in ("one", "two"):
+        shutil.copytree(tiny_model_dir, tmp_path / name)
+        models.append(Candidate(name=name, path=tmp_path / name, stage="m", step=None))
+    cache = tmp_path / "cache"
+
+    def run(stage: str):
+        ctx = make_context(tmp_path / "run", stage, start_model=tiny_model_dir, tokenizer_dir=tokenizer_dir,
+                           cache_dir=cache)
+        return evaluate_candidates(config, ctx, models,
+                                   backend_factory=lambda path, _c, _x: ScriptedAnswers("CAND", candidate_prompts))
+
+    board = run("evaluate")
+    metrics = board.rows[0].metrics
+    # weighted: mean over categories (math 1, writing 0, roleplay 0.5 tie, reasoning 0.5 position bias) ...
+    assert metrics["mtbench/win_rate"] == pytest.approx(0.5)
+    assert {k: metrics[f"mtbench/win_rate:{k}"] for k in RULES} == {
+        "math": 1.0, "writing": 0.0, "roleplay": 0.5, "reasoning": 0.5}
+    # ... not over rows (3 losing writing rows would pull that to 3/8)
+    assert metrics["mtbench/micro_win_rate"] == pytest.approx(3 / 8)
+    assert metrics["mtbench/consistency"] == pytest.approx(6 / 8)  # only the always-A judge disagrees with itself
+    # every row judged twice, once with the candidate as A and once as B
+    assert len(judge.prompts) == 2 * 2 * len(ROWS)
+    firsts = [p for p in judge.prompts[: len(ROWS)]]
+    assert all(p.index("CAND answer") < p.index("BASE answer") for p in firsts)
+    assert all(p.index("BASE answer") < p.index("CAND answer") for p in judge.prompts[len(ROWS): 2 * len(ROWS)])
+    # multi-turn: the second turn is asked after the model's own first answer
+    second_turns = [p for p in candidate_prompts if len(p) == 3]
+    assert second_turns and all(p[1]["content"].startswith("CAND answer to") for p in second_turns)
+    # the baseline answered once for both candidates ...
+    assert baseline_builds == ["gpt-3.5"] and len(baseline_prompts) == 2 * len(ROWS)
+    # ... and a later run reuses its cached answers (the candidates' scores are cached too)
+    shutil.rmtree(cache / "eval_scores")
+    board = run("evaluate-again")
+    assert baseline_builds == ["gpt-3.5"] and board.rows[0].metrics["mtbench/win_rate"] == pytest.approx(0.5)
+
+
+def test_win_rate_rows_name_the_bad_row():
+    from tempa.sft.stage_api import StageError
+
+    with pytest.raises(StageError, match=r"suite 'mt', row 1: expected 'turns'"):
+        win_rate.pairwise_rows("mt", [{"turns": ["q"]}, {"turns": []}], "turns", "category")

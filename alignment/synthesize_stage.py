@@ -30,6 +30,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from tempa.alignment.backends import LazyBackend, build_backend, describe_backend
 from tempa.alignment.completions import Completion, assistant_message, split_think
 from tempa.alignment.generation import GenerationParams
@@ -52,9 +54,18 @@ __all__ = ["SynthesizeResult", "SynthesizeStageConfig", "run_synthesize"]
 
 
 class SynthesizeResult(StageResult):
-    """A synthesize stage's result: the SFT dataset it wrote (``dataset``) and how many rows it holds."""
+    """A synthesize stage's result: the SFT dataset it wrote (``dataset``), how many rows it holds, and what
+    was kept and rejected, by reason (the report shows them)."""
 
     rows: int
+    prompts: int = 0
+    kept_prompts: int = 0
+    rejected: dict[str, int] = Field(default_factory=dict, description="Rejected prompts (or second turns) by "
+                                     "reason (rejects.jsonl).")
+    truncated: int = Field(default=0, description="Teacher samples cut off at max_new_tokens.")
+    samples: int = 0
+    judges: dict[str, float | int] = Field(default_factory=dict, description="Per judge: replies, unparsable, "
+                                           "unparsable_fraction (first turns).")
 
 EMPTY_FOLLOWUP = "empty_followup"
 INCOMPLETE = "incomplete"  # every response was cut off or had no answer
@@ -138,7 +149,10 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
     }
     if "second_turn" in stats:
         metrics["two_turn_rows"] = stats["second_turn"]["kept"]
-    return SynthesizeResult(dataset=output, rows=len(rows), metrics=metrics,
+    finish = stats["finish_reasons"]
+    return SynthesizeResult(dataset=output, rows=len(rows), metrics=metrics, prompts=len(prompts),
+                            kept_prompts=kept_prompts, rejected=stats["rejected"], truncated=finish.get("length", 0),
+                            samples=sum(finish.values()), judges=stats["judges"],
                             files={"rejects": data_dir / "rejects.jsonl", "stats": data_dir / "stats.json"})
 
 

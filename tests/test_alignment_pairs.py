@@ -7,11 +7,10 @@ import pytest
 from tempa.alignment.pairs import (
     ALL_EQUAL,
     IDENTICAL,
+    INCOMPLETE,
     MARGIN,
     NO_SCORES,
     NOT_BETTER,
-    TIE,
-    INCOMPLETE,
     PairStats,
     Scored,
     best_worst,

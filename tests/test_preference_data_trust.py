@@ -138,3 +138,31 @@ def test_mixed_thinking_gives_exactly_the_documented_count(ratio, rows, on):
     source = SourceConfig.model_construct(name="s", thinking_mode="mixed", thinking_ratio=ratio)
     flags = assign_thinking([True] * rows + [False] * 3, source, seed=1)
     assert sum(flags) == on and not any(flags[rows:])
+
+
+def test_the_report_shows_pair_and_judge_statistics_from_the_typed_results(tmp_path):
+    from tempa.alignment.preference_stage import PreferenceResult, RoundSummary
+    from tempa.alignment.synthesize_stage import SynthesizeResult
+    from tempa.recipes.report import _preference_data_section
+    from tempa.recipes.rundir import Manifest
+
+    def manifest(name, kind):
+        return Manifest(name=name, kind=kind, fingerprint="f", status="done", started_at=0.0)
+
+    rounds = [
+        RoundSummary(round=1, source="offline", model=tmp_path / "r1", prompts=9, pairs=4, pair_fraction=0.44,
+                     dropped={"identical_pair": 1, "malformed_row": 2}, identical_renderings=1,
+                     train={"rewards/margins": 0.125, "rewards/accuracies": 0.75}),
+        RoundSummary(round=2, model=tmp_path / "r2", prompts=6, pairs=3, pair_fraction=0.5,
+                     dropped={"fewer_than_two_complete": 3}, samples=24, truncated=13, truncated_fraction=0.541667,
+                     judges={"judge_replies": 24, "judge_unparsable": 2, "judge_unparsable_fraction": 0.083333},
+                     train={"rewards/margins": 0.5, "rewards/accuracies": 1.0}),
+    ]
+    synth = SynthesizeResult(rows=5, prompts=8, kept_prompts=5, rejected={"below_threshold": 2, "incomplete": 1},
+                             truncated=7, samples=32, judges={"judge_replies": 32, "judge_unparsable": 0})
+    page = "".join(_preference_data_section([(manifest("align", "preference"), PreferenceResult(rounds=rounds)),
+                                             (manifest("distill", "synthesize"), synth)]))
+    for cell in ("<td>1</td><td>offline</td><td>4 / 9</td>", "<td>13 / 24 (0.5417)</td>", "judge: 2/24",
+                 "<td>0.125</td><td>0.75</td>", "identical_pair: 1, malformed_row: 2", "fewer_than_two_complete: 3",
+                 "<td>5</td><td>5 / 8</td><td>7 / 32</td><td>judge: 0/32</td>", "below_threshold: 2, incomplete: 1"):
+        assert cell in page, cell

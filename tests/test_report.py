@@ -29,7 +29,7 @@ STAGES = """
     prompts: {path: prompts.jsonl}
     sampling: {n: 3, temperature: 1.0, max_new_tokens: 12, batch_size: 8}
     rewards: [{type: format}, {type: length, unit: chars, per_token: 0.01}]
-    pairs: {min_margin: 0.01, allow_truncated_chosen: true}
+    pairs: {min_margin: 0.01}
     train: {max_steps: 1, per_device_train_batch_size: 4, save_steps: 1, logging_steps: 1, max_length: 256,
             activation_checkpointing: false}
   - name: evaluate

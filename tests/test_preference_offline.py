@@ -101,7 +101,7 @@ def test_offline_rows_are_curated_with_reasons_and_trained_as_round_one(run):
     pairs = read_jsonl(round_dir / "pairs.jsonl")
     rejects = read_jsonl(round_dir / "rejects.jsonl")
     assert [p["chosen"][-1]["content"] for p in pairs] == ["Jakarta.", "4", "Hà Nội.", "9"]
-    assert pairs[2]["prompt"] == [{"role": "user", "content": "Thủ đô Việt Nam?"}]
+    assert [(t["role"], t["content"]) for t in pairs[2]["prompt"]] == [("user", "Thủ đô Việt Nam?")]
     assert pairs[3]["chat_template_kwargs"]["thinking_mode"] == "on"  # the row with a trace renders on
     assert pairs[0]["chat_template_kwargs"]["thinking_mode"] == "off"
     assert all(p["rendered"]["differ"] for p in pairs)

@@ -44,14 +44,14 @@ def run(tmp_path_factory, tiny_model_dir):
 
     folder = tmp_path_factory.mktemp("offline")
     bake_tokenizer(tiny_model_dir, "llama3_thinking", folder / "tok")
-    base = ending_model(tiny_model_dir, folder / "tok", folder / "base", boost=5.0)
+    base = ending_model(tiny_model_dir, folder / "tok", folder / "base")
     lines = [json.dumps(row, ensure_ascii=False) for row in GOOD + [row for row, _ in BAD]]
     lines.insert(5, "{not json")
     (folder / "prefs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (folder / "prompts.jsonl").write_text("".join(
         json.dumps({"messages": [{"role": "user", "content": f"Sebutkan angka {i}"}]}) + "\n" for i in range(6)))
     # A small learning rate: after the offline round the policy must still end its turns for round 2 to pair.
-    train = ("{max_steps: 2, learning_rate: 1.0e-4, warmup_steps: 0, per_device_train_batch_size: 2, "
+    train = ("{max_steps: 2, learning_rate: 1.0e-3, warmup_steps: 0, per_device_train_batch_size: 2, "
              "logging_steps: 1, save_steps: 2, max_length: 256, activation_checkpointing: false, "
              "precompute_ref_log_probs: true, loss_type: sigmoid}")
     recipe = folder / "recipe.yaml"

@@ -1,11 +1,13 @@
-"""The `preference` stage: N rounds of on-policy sampling -> rewards -> pairs -> DPO.
+"""The `preference` stage: an optional offline round, then N rounds of on-policy sampling -> rewards -> pairs -> DPO.
 
-Round K lives in ``<stage>/round-K/``::
+With ``offline:``, round 1 trains on an existing chosen/rejected dataset (``round-1/pairs.jsonl``,
+``rejects.jsonl``, ``stats.json``, see :mod:`tempa.alignment.offline_pairs`); the on-policy rounds
+follow it. On-policy round K lives in ``<stage>/round-K/``::
 
     samples.jsonl       k samples per prompt from the round's policy (appended per batch; resumable)
     scores.jsonl        every sample's reward scores and total (appended per batch; resumable)
     revisions.jsonl     (strategy revise) the rewrite of each prompt's worst sample, scored
-    pairs.jsonl         chosen/rejected pairs with their scores (the pairs dataset, readable)
+    pairs.jsonl         chosen/rejected pairs with their scores, finish reasons and rendered check (readable)
     data/pairs/         the same pairs as trl's conversational DPO dataset (save_to_disk)
     stats.json          reward statistics: mean chosen/rejected reward, share of prompts with a pair,
                         drop reasons, per-reward means, sampling throughput, training headline
@@ -440,6 +442,9 @@ def _round_headline(summary: RoundSummary) -> dict[str, Scalar]:
         "chosen_reward_mean": summary.chosen_reward_mean,
         "rejected_reward_mean": summary.rejected_reward_mean,
         "sample_reward_mean": summary.sample_reward_mean,
+        "truncated_fraction": summary.truncated_fraction,
+        "identical_renderings": summary.identical_renderings,
+        **{key: value for key, value in summary.judges.items() if key.endswith("_unparsable_fraction")},
         "train_loss": summary.train.get("train_loss"),
         **{key: summary.train[key] for key in SUMMARY_KEYS if key in summary.train},
     }

@@ -44,6 +44,14 @@ class Completion:
         """Cut off at the token limit (False when unknown)."""
         return self.finish_reason == "length"
 
+    @property
+    def renders_as_written(self) -> bool:
+        """Ended on its own and closed any think block it opened, so the chat template adds nothing the
+        model did not write (an end-of-turn after a cut-off, a ``</think>`` after open reasoning).
+        A backend that cannot tell how generation ended (``finish_reason`` None) is taken at its word."""
+        split = split_think(self)
+        return not self.truncated and not (split.opened and not split.closed)
+
     def split(self) -> ThinkSplit:
         return split_think(self)
 

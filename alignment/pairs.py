@@ -1,10 +1,15 @@
 """On-policy preference pairs from scored samples (pure functions).
 
-``best_worst``: per prompt, the highest-scoring sample is chosen and the lowest rejected. A
-prompt gives no pair when fewer than two samples were scored, when every score is equal,
-when the best and worst tie, when their margin is under ``min_margin``, or when the only
-candidates for "chosen" were cut off at the token limit (unless allowed). Ties at the top or
-bottom are broken by sample order, so the same scores always give the same pair.
+``best_worst``: per prompt, the highest-scoring sample is chosen and the lowest rejected. Only
+*complete* samples take part: a sample cut off at the token limit, or one whose think block the
+template would close for it, would be trained with an ending the model never wrote (an
+end-of-turn, a ``</think>``), so it is neither chosen nor rejected (see alignment/README.md,
+"Pairs"). Samples are compared on their rendered token ids: the rejected sample is the worst one
+that renders differently from the chosen one, so a pair is never two identical sequences. A
+prompt gives no pair when fewer than two complete samples were scored, when every score is
+equal, when the best and worst tie, when their margin is under ``min_margin``, or when every
+other sample renders like the best. Ties at the top or bottom are broken by sample order, so the
+same scores always give the same pair.
 
 ``revise``: the rejected sample is the worst one and the chosen is a teacher's or judge's
 rewrite of it, kept when the rewrite scores at least ``min_margin`` higher.
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -24,8 +29,8 @@ class Scored:
 
     index: int
     total: float | None
-    truncated: bool = False
-    text: str = ""
+    incomplete: bool = False  # cut off, or its think block would be closed by the template
+    rendered: tuple[int, ...] | None = None  # token ids as trained (None: unknown, never equal to another)
 
 
 @dataclass(frozen=True)
@@ -45,55 +50,59 @@ NO_SCORES = "fewer_than_two_scored"
 ALL_EQUAL = "all_scores_equal"
 TIE = "tie"
 MARGIN = "below_min_margin"
-TRUNCATED = "chosen_truncated"
-IDENTICAL = "identical_texts"
+INCOMPLETE = "fewer_than_two_complete"
+IDENTICAL = "identical_rendering"
 NOT_BETTER = "revision_not_better"
-UNRENDERABLE = "unrenderable"
 
 
-def best_worst(
-    samples: Sequence[Scored], *, min_margin: float = 0.0, allow_truncated_chosen: bool = False
-) -> tuple[Pair | None, str | None]:
+def same_rendering(a: Scored, b: Scored) -> bool:
+    return a.rendered is not None and a.rendered == b.rendered
+
+
+def best_worst(samples: Sequence[Scored], *, min_margin: float = 0.0) -> tuple[Pair | None, str | None]:
     """(pair, None) or (None, reason) for one prompt's samples."""
     scored = [s for s in samples if s.total is not None]
     if len(scored) < 2:
         return None, NO_SCORES
-    if len({s.total for s in scored}) == 1:
+    complete = [s for s in scored if not s.incomplete]
+    if len(complete) < 2:
+        return None, INCOMPLETE
+    if len({s.total for s in complete}) == 1:
         return None, ALL_EQUAL
-    candidates = scored if allow_truncated_chosen else [s for s in scored if not s.truncated]
-    if not candidates:
-        return None, TRUNCATED
-    chosen = max(candidates, key=lambda s: (s.total, -s.index))
-    rejected = min(scored, key=lambda s: (s.total, s.index))
+    chosen = max(complete, key=lambda s: (s.total, -s.index))
+    others = [s for s in complete if not same_rendering(s, chosen)]
+    if not others:
+        return None, IDENTICAL
+    rejected = min(others, key=lambda s: (s.total, s.index))
     assert chosen.total is not None and rejected.total is not None
     margin = chosen.total - rejected.total
     if margin <= 0:
         return None, TIE
     if margin < min_margin:
         return None, MARGIN
-    if chosen.text and chosen.text == rejected.text:
-        return None, IDENTICAL
     return Pair(chosen.index, rejected.index, chosen.total, rejected.total), None
 
 
 def worst(samples: Sequence[Scored]) -> Scored | None:
-    """The lowest-scoring sample (first on ties); None when nothing was scored."""
-    scored = [s for s in samples if s.total is not None]
+    """The lowest-scoring complete sample (first on ties); None when none was scored."""
+    scored = [s for s in samples if s.total is not None and not s.incomplete]
     return min(scored, key=lambda s: (s.total, s.index)) if scored else None
 
 
 def revision_pair(
-    rejected: Scored, revision_total: float | None, *, min_margin: float = 0.0, revision_text: str = ""
+    rejected: Scored, revision: Scored, *, min_margin: float = 0.0
 ) -> tuple[Pair | None, str | None]:
     """The rewrite as chosen against the sample it rewrote, if it scores better by ``min_margin``."""
-    if rejected.total is None or revision_total is None:
+    if rejected.total is None or revision.total is None:
         return None, NO_SCORES
-    margin = revision_total - rejected.total
+    if rejected.incomplete or revision.incomplete:
+        return None, INCOMPLETE
+    margin = revision.total - rejected.total
     if margin <= 0 or margin < min_margin:
         return None, NOT_BETTER
-    if revision_text and revision_text == rejected.text:
+    if same_rendering(revision, rejected):
         return None, IDENTICAL
-    return Pair(-1, rejected.index, revision_total, rejected.total), None
+    return Pair(-1, rejected.index, revision.total, rejected.total), None
 
 
 @dataclass
@@ -102,14 +111,25 @@ class PairStats:
 
     prompts: int = 0
     pairs: int = 0
+    samples: int = 0
+    truncated: int = 0  # samples cut off at the token limit (never in a pair)
+    incomplete: int = 0  # samples out of the running: cut off, or a think block the template would close
+    identical: int = 0  # prompts where a sample rendered exactly like the chosen one (skipped as rejected)
     chosen_scores: list[float] = field(default_factory=list)
     rejected_scores: list[float] = field(default_factory=list)
     sample_scores: list[float] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)
 
-    def add(self, pair: Pair | None, reason: str | None, totals: Iterable[float | None]) -> None:
+    def add(self, pair: Pair | None, reason: str | None, samples: Sequence[Scored], *, truncated: int = 0) -> None:
         self.prompts += 1
-        self.sample_scores.extend(t for t in totals if t is not None)
+        self.samples += len(samples)
+        self.truncated += truncated
+        self.incomplete += sum(s.incomplete for s in samples)
+        self.sample_scores.extend(s.total for s in samples if s.total is not None)
+        best = next((s for s in samples if pair is not None and s.index == pair.chosen), None)
+        if reason == IDENTICAL or (best is not None and any(
+                s.index != best.index and same_rendering(s, best) for s in samples)):
+            self.identical += 1
         if pair is None:
             self.dropped[reason or "unknown"] += 1
             return
@@ -130,5 +150,10 @@ class PairStats:
             "margin_mean": mean([c - r for c, r in zip(self.chosen_scores, self.rejected_scores, strict=True)]),
             "sample_reward_mean": mean(self.sample_scores),
             "samples_scored": len(self.sample_scores),
+            "samples": self.samples,
+            "truncated": self.truncated,
+            "truncated_fraction": round(self.truncated / self.samples, 6) if self.samples else 0.0,
+            "incomplete": self.incomplete,
+            "identical_renderings": self.identical,
             "dropped": dict(sorted(self.dropped.items())),
         }

@@ -37,11 +37,12 @@ from tempa.alignment.backends import (
 )
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.judge import REVISE_PROMPT, text_or_file
+from tempa.alignment.offline_pairs import OfflinePairs
 from tempa.alignment.prompts import PromptSource, ThinkingSettings
 from tempa.alignment.rewards import RewardConfig, check_reward_names, judge_reads
 from tempa.sft.stage_api import Read, StageConfigBase
 from tempa.sft.train_args import check_train_args, train_arg_spec, train_checks_deferred
-from tempa.sft.train_plan import RESERVED_TRAIN_KEYS
+from tempa.sft.train_plan import RESERVED_TRAIN_KEYS, LoraSettings
 
 DPO_CONFIG = "trl:DPOConfig"
 
@@ -182,10 +183,6 @@ class PairSettings(BaseModel):
         default=0.0, ge=0, description="Smallest chosen-minus-rejected total reward for a pair; ties are always "
         "dropped, as are prompts whose samples all score the same."
     )
-    allow_truncated_chosen: bool = Field(
-        default=False, description="Let a sample cut off at max_new_tokens be chosen (it is trained as if it "
-        "ended there). Off: the best sample that ended properly is chosen."
-    )
     revise: ReviseSettings | None = Field(default=None, description="Reviser settings for strategy `revise`.")
 
     @model_validator(mode="after")
@@ -196,22 +193,36 @@ class PairSettings(BaseModel):
 
 
 class PreferenceStageConfig(StageConfigBase):
-    """On-policy preference alignment: per round, sample k responses per prompt from the current policy,
-    score them, pair best against worst, and train with trl's DPOTrainer; the next round starts from
-    the trained model."""
+    """Preference alignment with trl's DPOTrainer: optionally first a round on an existing chosen/rejected
+    dataset (`offline`), then on-policy rounds: sample k responses per prompt from the current policy,
+    score them, pair best against worst, train; each round starts from the previous round's model."""
 
     train_defaults: ClassVar[dict[str, Any]] = DEFAULT_DPO_ARGS
     kind: Literal["preference"] = "preference"
-    prompts: PromptSource = Field(description="The prompts to sample (with target language / reference answers).")
-    rounds: int = Field(default=1, ge=1, description="Sampling + training rounds; each starts from the previous "
-                        "round's model.")
+    offline: OfflinePairs | None = Field(
+        default=None, description="An existing preference dataset (prompt/chosen/rejected), trained as round 1; "
+        "on-policy rounds (`rounds`) follow it.")
+    prompts: PromptSource | None = Field(
+        default=None, description="The prompts to sample (with target language / reference answers); needed for "
+        "on-policy rounds.")
+    rounds: int = Field(default=1, ge=0, description="On-policy sampling + training rounds (after the offline "
+                        "round, if any); each starts from the previous round's model.")
+    reference: Literal["round_start", "stage_start"] = Field(
+        default="round_start", description="The DPO reference of each round: `round_start`, the policy the round "
+        "starts from (each round is DPO against its own start), or `stage_start`, the model the stage starts from "
+        "(pi_0 of iterative DPO: every round stays anchored to it).")
+    lora: LoraSettings | None = Field(
+        default=None, description="Train LoRA (QLoRA with load_in_4bit) adapters, as the sft stage's `lora:`; the "
+        "reference is the adapter-disabled policy (trl) unless `reference: stage_start` names another, and the "
+        "adapters are merged into each round's saved model.")
     sampling: SamplingSettings = Field(default_factory=SamplingSettings, description="Sampling settings.")
     backend: TransformersBackendConfig | VLLMBackendConfig = Field(
         default_factory=TransformersBackendConfig, discriminator="type",
         description="How the policy is sampled: `{type: transformers}` or `{type: vllm, ...}` (its model is the "
         "current policy, so `model` must be unset).",
     )
-    rewards: list[RewardConfig] = Field(min_length=1, description="Rewards, verifiers and judges, with weights.")
+    rewards: list[RewardConfig] = Field(default_factory=list, description="Rewards, verifiers and judges, with "
+                                        "weights; needed for on-policy rounds.")
     pairs: PairSettings = Field(default_factory=PairSettings, description="Pair building.")
     train: dict[str, Any] = Field(
         default_factory=dict,
@@ -223,6 +234,14 @@ class PreferenceStageConfig(StageConfigBase):
     @classmethod
     def _rewards(cls, value: list[Any]) -> list[Any]:
         return check_reward_names(value)
+
+    @model_validator(mode="after")
+    def _rounds(self) -> PreferenceStageConfig:
+        if self.rounds == 0 and self.offline is None:
+            raise ValueError("rounds: 0 trains nothing; give an `offline:` dataset or at least one on-policy round")
+        if self.rounds > 0 and (self.prompts is None or not self.rewards):
+            raise ValueError(f"{self.rounds} on-policy round(s) need `prompts:` and `rewards:`")
+        return self
 
     @field_validator("backend")
     @classmethod

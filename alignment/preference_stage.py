@@ -1,11 +1,13 @@
-"""The `preference` stage: N rounds of on-policy sampling -> rewards -> pairs -> DPO.
+"""The `preference` stage: an optional offline round, then N rounds of on-policy sampling -> rewards -> pairs -> DPO.
 
-Round K lives in ``<stage>/round-K/``::
+With ``offline:``, round 1 trains on an existing chosen/rejected dataset (``round-1/pairs.jsonl``,
+``rejects.jsonl``, ``stats.json``, see :mod:`tempa.alignment.offline_pairs`); the on-policy rounds
+follow it. On-policy round K lives in ``<stage>/round-K/``::
 
     samples.jsonl       k samples per prompt from the round's policy (appended per batch; resumable)
     scores.jsonl        every sample's reward scores and total (appended per batch; resumable)
     revisions.jsonl     (strategy revise) the rewrite of each prompt's worst sample, scored
-    pairs.jsonl         chosen/rejected pairs with their scores (the pairs dataset, readable)
+    pairs.jsonl         chosen/rejected pairs with their scores, finish reasons and rendered check (readable)
     data/pairs/         the same pairs as trl's conversational DPO dataset (save_to_disk)
     stats.json          reward statistics: mean chosen/rejected reward, share of prompts with a pair,
                         drop reasons, per-reward means, sampling throughput, training headline
@@ -23,17 +25,26 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tempa.alignment.backends import LazyBackend, SamplingBackend, build_backend
 from tempa.alignment.completions import Completion, assistant_message, split_think
 from tempa.alignment.judge import fill
-from tempa.alignment.pairs import UNRENDERABLE, Pair, PairStats, Scored, best_worst, revision_pair, worst
+from tempa.alignment.offline_pairs import IDENTICAL_PAIR, load_offline_pairs
+from tempa.alignment.pair_rendering import completion_ids, rendered_check
+from tempa.alignment.pairs import Pair, PairStats, Scored, best_worst, revision_pair, worst
 from tempa.alignment.preference_config import PreferenceStageConfig
 from tempa.alignment.prompts import PromptRow, load_prompts
-from tempa.alignment.rewards import RewardSet, ScoreItem, ScoringEnv, reward_summary
+from tempa.alignment.rewards import (
+    RewardSet,
+    ScoreItem,
+    ScoringEnv,
+    check_judges,
+    judge_stats,
+    reward_summary,
+)
 from tempa.alignment.sampling import (
     JsonlStore,
     completions_of,
@@ -43,6 +54,7 @@ from tempa.alignment.sampling import (
 )
 from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.checkpoints import complete_checkpoints, remove_incomplete_checkpoints
+from tempa.sft.data_config import DataError
 from tempa.sft.files import json_or_none, point_link, staging_dir, write_json, write_jsonl
 from tempa.sft.kernels import KERNEL_KEYS
 from tempa.sft.run_layout import CHECKPOINTS_DIR, FINAL_DIR, LOGS_DIR, TRAIN_PLAN
@@ -59,17 +71,27 @@ class RoundSummary(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     round: int
+    source: Literal["on_policy", "offline"] = "on_policy"
     model: RunPath = Field(description="The round's trained policy (the next round starts from it).")
-    prompts: int
+    reference: RunPath | None = Field(default=None, description="The DPO reference when it is not the round's "
+                                      "starting policy (`reference: stage_start`).")
+    prompts: int = Field(description="Prompts sampled (offline: dataset rows read).")
     pairs: int
     pair_fraction: float
-    chosen_reward_mean: float | None
-    rejected_reward_mean: float | None
-    margin_mean: float | None
-    sample_reward_mean: float | None
-    dropped: dict[str, int]
-    reward_means: dict[str, float | None]
-    train: dict[str, Scalar] = Field(description="The DPO training headline (losses, DPO rewards).")
+    chosen_reward_mean: float | None = None
+    rejected_reward_mean: float | None = None
+    margin_mean: float | None = None
+    sample_reward_mean: float | None = None
+    dropped: dict[str, int] = Field(description="Prompts (offline: rows) without a pair, by reason.")
+    reward_means: dict[str, float | None] = Field(default_factory=dict)
+    samples: int = 0
+    truncated: int = Field(default=0, description="Samples cut off at max_new_tokens (never in a pair).")
+    truncated_fraction: float = 0.0
+    identical_renderings: int = Field(default=0, description="Prompts where a sample rendered to the same tokens "
+                                      "as the chosen one (never its rejected side); offline: identical_pair rows.")
+    judges: dict[str, float | int] = Field(default_factory=dict, description="Per judge: replies, unparsable, "
+                                           "unparsable_fraction.")
+    train: dict[str, Scalar] = Field(description="The DPO training headline (losses, DPO rewards, accuracies).")
 
 
 class PreferenceResult(StageResult):
@@ -82,18 +104,28 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> Preferen
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
-    prompts = load_prompts(config.prompts.resolved(ctx, who=f"stage '{ctx.stage_name}'"), seed=ctx.seed, thinking=config.sampling.thinking)
-    ctx.log.info("preference: %d prompts, %d samples each, %d round(s)", len(prompts), config.sampling.n,
-                 config.rounds)
-    policy = Path(ctx.start_model)
+    prompts: list[PromptRow] = []
+    if config.rounds:
+        assert config.prompts is not None  # the config requires prompts for on-policy rounds
+        prompts = load_prompts(config.prompts.resolved(ctx, who=f"stage '{ctx.stage_name}'"), seed=ctx.seed,
+                                thinking=config.sampling.thinking)
+        ctx.log.info("preference: %d prompts, %d samples each, %d on-policy round(s)", len(prompts),
+                     config.sampling.n, config.rounds)
+    start = Path(ctx.start_model)
+    policy = start
     rounds: list[RoundSummary] = []
-    for round_index in range(1, config.rounds + 1):
+    first_on_policy = 1 + (config.offline is not None)
+    for round_index in range(1, first_on_policy + config.rounds):
         round_dir = ctx.stage_dir / f"round-{round_index}"
+        # Round 1 starts from the stage's model, so its reference is that model either way.
+        reference = start if config.reference == "stage_start" and round_index > 1 else None
         stats = _finished_round(round_dir)
-        if stats is None:
-            stats = run_round(config, ctx, round_index, policy, prompts, tokenizer)
-        else:
+        if stats is not None:
             ctx.log.info("round %d: already trained; reusing %s", round_index, round_dir / FINAL_DIR)
+        elif round_index < first_on_policy:
+            stats = run_offline_round(config, ctx, round_index, policy, tokenizer)
+        else:
+            stats = run_round(config, ctx, round_index, policy, prompts, tokenizer, reference)
         policy = round_dir / FINAL_DIR
         rounds.append(_summary(stats, policy))
     # The stage's own final/ and checkpoints/ are the last round's, as for an sft stage.
@@ -108,7 +140,7 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> Preferen
         "pair_fraction": last.pair_fraction,
         "pairs": last.pairs,
         "train_loss": last.train.get("train_loss"),
-        "rounds": config.rounds,
+        "rounds": len(rounds),
         **{key: last.train[key] for key in KERNEL_KEYS if key in last.train},
     }
     for summary in rounds:  # flat keys, so trackers and `tempa status` show them as numbers
@@ -131,6 +163,37 @@ def _summary(stats: dict[str, Any], model: Path) -> RoundSummary:
     return RoundSummary(model=model, **{key: stats[key] for key in fields if key in stats})
 
 
+def run_offline_round(config: PreferenceStageConfig, ctx: StageContext, round_index: int, policy: Path,
+                      tokenizer: Any) -> dict[str, Any]:
+    """Curate the offline dataset into pairs (rejects with reasons) and train one round on them."""
+    assert config.offline is not None
+    round_dir = ctx.stage_dir / f"round-{round_index}"
+    round_dir.mkdir(parents=True, exist_ok=True)
+    label = f"round {round_index} (offline)"
+    try:
+        loaded = load_offline_pairs(config.offline, tokenizer, cache_dir=ctx.cache_dir)
+    except DataError as exc:
+        raise StageError(f"{ctx.stage_name}.offline: {exc}") from None
+    write_jsonl(round_dir / "pairs.jsonl", loaded.rows)
+    write_jsonl(round_dir / "rejects.jsonl", loaded.rejects)
+    dropped = loaded.dropped()
+    stats: dict[str, Any] = {
+        "round": round_index, "source": "offline", "policy": str(policy), "data": config.offline.path,
+        "prompts": loaded.read, "pairs": len(loaded.rows),
+        "pair_fraction": round(len(loaded.rows) / loaded.read, 6) if loaded.read else 0.0,
+        "dropped": dropped, "identical_renderings": dropped.get(IDENTICAL_PAIR, 0),
+    }
+    write_json(round_dir / "stats.json", stats)
+    ctx.log.info("%s: %d pairs from %d rows; rejected %s", label, len(loaded.rows), loaded.read, dropped or "none")
+    if not loaded.rows:
+        raise StageError(f"{label}: no usable pair in {config.offline.path} (rejected: {dropped}); "
+                         f"see {round_dir / 'rejects.jsonl'}")
+    train_path = _save_pairs_dataset(loaded.rows, round_dir / "data" / "pairs", ctx.stage_dir)
+    stats["train"] = train_round(config, ctx, round_dir, policy, train_path, ctx.seed, None)
+    write_json(round_dir / "stats.json", stats)
+    return stats
+
+
 def run_round(
     config: PreferenceStageConfig,
     ctx: StageContext,
@@ -138,6 +201,7 @@ def run_round(
     policy: Path,
     prompts: list[PromptRow],
     tokenizer: Any,
+    reference: Path | None = None,
 ) -> dict[str, Any]:
     """Sample, score, pair and train one round; returns its stats (also in round-K/stats.json)."""
     round_dir = ctx.stage_dir / f"round-{round_index}"
@@ -175,9 +239,10 @@ def run_round(
         if config.pairs.strategy == "revise":
             revisions = _revise(config, ctx, policy, prompts, samples, scores, rewards, round_dir,
                                 score_signature, seed)
-        judge_stats = rewards.stats()
+        backend_stats = rewards.stats()
     finally:
         rewards.close()
+    check_judges(config.rewards, scores, f"{ctx.stage_name} {label}")
     ctx.log.info("%s: scored %d samples %s", label, sum(len(s["results"]) for s in scores), _throughput(score_stats))
 
     # 3. build pairs
@@ -185,13 +250,16 @@ def run_round(
     write_jsonl(round_dir / "pairs.jsonl", rows)
     stats: dict[str, Any] = {
         "round": round_index,
+        "source": "on_policy",
         "policy": str(policy),
+        "reference": str(reference) if reference is not None else None,
         **pair_stats.summary(),
         **reward_summary(config.rewards, scores),
         "finish_reasons": dict(Counter(c.get("finish_reason") or "unknown" for s in samples
                                        for c in s["completions"])),
         "sampling": sample_stats,
-        "scoring": {**score_stats, **judge_stats},
+        "scoring": {**score_stats, **backend_stats},
+        "judges": judge_stats(config.rewards, scores),
     }
     write_json(round_dir / "stats.json", stats)
     ctx.log.info(
@@ -207,8 +275,7 @@ def run_round(
 
     # 4. train with DPO in a launched process group
     train_path = _save_pairs_dataset(rows, round_dir / "data" / "pairs", ctx.stage_dir)
-    trained = train_round(config, ctx, round_dir, policy, train_path, seed)
-    stats["train"] = trained
+    stats["train"] = train_round(config, ctx, round_dir, policy, train_path, seed, reference)
     write_json(round_dir / "stats.json", stats)
     return stats
 
@@ -224,17 +291,23 @@ def build_round_pairs(
     revisions: list[dict[str, Any]] | None,
     tokenizer: Any,
 ) -> tuple[list[dict[str, Any]], PairStats]:
-    """The pairs dataset rows (scores included) and the round's reward statistics."""
+    """The pairs dataset rows (scores, finish reasons, rendered check included) and the round's statistics.
+
+    Every sample is rendered as trl will train it; samples that would get an ending they never
+    wrote (cut off, or an open think block) or that the template refuses are out of the running.
+    """
     stats = PairStats()
     rows: list[dict[str, Any]] = []
     revised = {r["id"]: r for r in revisions or []}
     for prompt, sample, score in zip(prompts, samples, scores, strict=True):
+        kwargs = mode_kwargs(prompt.thinking_mode or "on")
         completions = completions_of(sample)
         results = score["results"]
-        scored = [Scored(i, r["scores"]["total"], c.truncated, c.full_text)
+        scored = [_scored(i, r["scores"]["total"], c, prompt, kwargs, tokenizer)
                   for i, (c, r) in enumerate(zip(completions, results, strict=True))]
         chosen_completion: Completion | None = None
         chosen_scores: dict[str, Any] = {}
+        chosen_rendered: Scored | None = None
         if config.pairs.strategy == "revise":
             revision = revised.get(prompt.id)
             if revision is None:
@@ -242,29 +315,34 @@ def build_round_pairs(
             else:
                 chosen_completion = Completion.from_dict(revision["completion"])
                 chosen_scores = revision["result"]["scores"]
-                pair, reason = revision_pair(scored[revision["index"]], chosen_scores["total"],
-                                             min_margin=config.pairs.min_margin,
-                                             revision_text=chosen_completion.full_text)
+                chosen_rendered = _scored(-1, chosen_scores["total"], chosen_completion, prompt, kwargs, tokenizer)
+                pair, reason = revision_pair(scored[revision["index"]], chosen_rendered,
+                                             min_margin=config.pairs.min_margin)
         else:
-            pair, reason = best_worst(scored, min_margin=config.pairs.min_margin,
-                                      allow_truncated_chosen=config.pairs.allow_truncated_chosen)
+            pair, reason = best_worst(scored, min_margin=config.pairs.min_margin)
             if pair is not None:
                 chosen_completion = completions[pair.chosen]
                 chosen_scores = results[pair.chosen]["scores"]
-        row = None
-        if pair is not None and chosen_completion is not None:
-            row = pair_row(prompt, pair, chosen_completion, completions[pair.rejected], chosen_scores,
-                           results[pair.rejected]["scores"])
-            if not renders(tokenizer, row):
-                pair, reason, row = None, UNRENDERABLE, None
-        stats.add(pair, reason, [s.total for s in scored])
-        if row is not None:
-            rows.append(row)
+                chosen_rendered = scored[pair.chosen]
+        stats.add(pair, reason, scored, truncated=sum(c.truncated for c in completions))
+        if pair is not None and chosen_completion is not None and chosen_rendered is not None:
+            rejected = scored[pair.rejected]
+            assert chosen_rendered.rendered is not None and rejected.rendered is not None
+            rows.append(pair_row(prompt, pair, chosen_completion, completions[pair.rejected], chosen_scores,
+                                 results[pair.rejected]["scores"],
+                                 rendered_check(chosen_rendered.rendered, rejected.rendered)))
     return rows, stats
 
 
+def _scored(index: int, total: float | None, completion: Completion, prompt: PromptRow, kwargs: dict[str, Any],
+            tokenizer: Any) -> Scored:
+    rendered = completion_ids(tokenizer, prompt.messages, [assistant_message(completion)], kwargs)
+    return Scored(index, total, incomplete=not completion.renders_as_written or rendered is None, rendered=rendered)
+
+
 def pair_row(prompt: PromptRow, pair: Pair, chosen: Completion, rejected: Completion,
-             chosen_scores: dict[str, Any], rejected_scores: dict[str, Any]) -> dict[str, Any]:
+             chosen_scores: dict[str, Any], rejected_scores: dict[str, Any],
+             rendered: dict[str, Any]) -> dict[str, Any]:
     """One row of the pairs dataset: trl's conversational format plus scores and provenance."""
     mode = prompt.thinking_mode or "on"
     return {
@@ -280,18 +358,11 @@ def pair_row(prompt: PromptRow, pair: Pair, chosen: Completion, rejected: Comple
         "rejected_index": pair.rejected,
         "chosen_scores": chosen_scores,
         "rejected_scores": rejected_scores,
+        "chosen_finish_reason": chosen.finish_reason,
+        "rejected_finish_reason": rejected.finish_reason,
+        "rendered": rendered,
         "language": prompt.language,
     }
-
-
-def renders(tokenizer: Any, row: dict[str, Any]) -> bool:
-    """Both sides render through the chat template (e.g. no stray think tags it refuses)."""
-    try:
-        for side in ("chosen", "rejected"):
-            tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=False, **row["chat_template_kwargs"])
-    except Exception:
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------- revise
@@ -306,8 +377,9 @@ def _revise(config: PreferenceStageConfig, ctx: StageContext, policy: Path, prom
     by_id = {s["id"]: (completions_of(s), sc["results"]) for s, sc in zip(samples, scores, strict=True)}
     targets: list[tuple[PromptRow, int]] = []
     for prompt in prompts:
-        _, results = by_id[prompt.id]
-        bottom = worst([Scored(i, r["scores"]["total"]) for i, r in enumerate(results)])
+        completions, results = by_id[prompt.id]
+        bottom = worst([Scored(i, r["scores"]["total"], incomplete=not c.renders_as_written)
+                        for i, (c, r) in enumerate(zip(completions, results, strict=True))])
         if bottom is not None:
             targets.append((prompt, bottom.index))
     reviser: SamplingBackend = LazyBackend(lambda: build_backend(
@@ -349,10 +421,13 @@ def _revise(config: PreferenceStageConfig, ctx: StageContext, policy: Path, prom
 
 
 def train_round(config: PreferenceStageConfig, ctx: StageContext, round_dir: Path, policy: Path, train_path: Path,
-                seed: int) -> dict[str, Scalar]:
-    """Train one round with DPO in a launched process group; returns the training headline."""
+                seed: int, reference: Path | None) -> dict[str, Scalar]:
+    """Train one round with DPO in a launched process group; returns the training headline.
+
+    ``reference``: the frozen DPO reference when it is not ``policy`` (None: trl's default, the
+    starting policy, or with LoRA the policy with its adapters disabled)."""
     plan = train_plan(ctx, trainer="dpo", start_model=policy, train_data=train_path, out_dir=round_dir,
-                      train_args=config.train_args(), seed=seed)
+                      train_args=config.train_args(), seed=seed, lora=config.lora, reference_model=reference)
     for path in remove_incomplete_checkpoints(plan.checkpoints_dir, [ctx.stage_dir]):
         ctx.log.warning("removed incomplete checkpoint %s (interrupted while saving)", path.name)
     plan_path = plan.write(round_dir / TRAIN_PLAN)
@@ -368,6 +443,9 @@ def _round_headline(summary: RoundSummary) -> dict[str, Scalar]:
         "chosen_reward_mean": summary.chosen_reward_mean,
         "rejected_reward_mean": summary.rejected_reward_mean,
         "sample_reward_mean": summary.sample_reward_mean,
+        "truncated_fraction": summary.truncated_fraction,
+        "identical_renderings": summary.identical_renderings,
+        **{key: value for key, value in summary.judges.items() if key.endswith("_unparsable_fraction")},
         "train_loss": summary.train.get("train_loss"),
         **{key: summary.train[key] for key in SUMMARY_KEYS if key in summary.train},
     }

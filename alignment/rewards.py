@@ -1,7 +1,10 @@
 """Rewards, verifiers and judges, composable with weights.
 
-Each reward gives a sample a score (or ``None``: "does not apply", e.g. no reference answer, an
-unparsable judge reply); the sample's ``total`` is the weighted sum of the scores that apply.
+Each reward gives a sample a score (or ``None``: "does not apply", e.g. no reference answer); the
+sample's ``total`` is the weighted sum of the scores that apply. An unparsable judge reply is not
+"does not apply" but a *failed* score: the sample's ``total`` is ``None``, so it is never kept or
+paired, and a stage whose judge fails on more than ``max_unparsable`` of its replies stops
+(:func:`check_judges`).
 
 ========================  ==========================================================  ============
 type                      score                                                       range
@@ -49,7 +52,7 @@ from tempa.alignment.judge import (
 from tempa.alignment.prompts import PromptRow
 from tempa.chat_templates.thinking import ThinkSplit, has_think_tags
 from tempa.sft import language
-from tempa.sft.stage_api import Read, resolve_path
+from tempa.sft.stage_api import Read, StageError, resolve_path
 
 # --------------------------------------------------------------------------- pure scoring functions
 
@@ -265,9 +268,13 @@ class RewardModelReward(_RewardBase):
 
 
 class JudgeReward(_RewardBase, JudgeSettings):
-    """An LLM judge's 1-10 rating (MT-Bench `[[N]]`); unparsable replies give no score and are counted."""
+    """An LLM judge's 1-10 rating (MT-Bench `[[N]]`); an unparsable reply fails the sample's scoring."""
 
     type: Literal["judge"] = "judge"
+    max_unparsable: float = Field(
+        default=0.1, ge=0, le=1, description="Largest share of this judge's replies that may lack a rating; "
+        "above it the stage fails, quoting one reply (a judge that cannot follow the rubric decides nothing).",
+    )
     scale: Literal["raw", "unit"] = Field(
         default="raw", description="`raw`: the 1-10 rating; `unit`: (rating - 1) / 9, in 0..1."
     )
@@ -365,6 +372,7 @@ class RewardSet:
                     details[i][config.key] = info
         gates = [c.key for c in self.configs if isinstance(c, LanguageReward) and c.gate]
         answers = [c.key for c in self.configs if isinstance(c, AnswerReward)]
+        judges = [c.key for c in self.configs if isinstance(c, JudgeReward)]
         records = []
         for item_scores, item_details in zip(scores, details, strict=True):
             if gates and answers and any(item_scores.get(g) == 0.0 for g in gates):
@@ -372,7 +380,8 @@ class RewardSet:
                     if item_scores[name]:
                         item_details.setdefault(name, {})["gated_by_language"] = True
                         item_scores[name] = 0.0
-            total = combine(item_scores, self.weights)
+            failed = any(item_details.get(key, {}).get("unparsable") for key in judges)
+            total = None if failed else combine(item_scores, self.weights)
             records.append({"scores": {**item_scores, "total": total}, "details": item_details})
         return records
 
@@ -439,7 +448,7 @@ class RewardSet:
             if score is not None and config.scale == "unit":
                 score = (score - 1) / 9
             values.append(score)
-            infos.append({"rating": verdict.score, "raw": verdict.raw[-2000:]} if verdict.score is None
+            infos.append({"rating": None, "unparsable": True, "raw": verdict.raw[-2000:]} if verdict.score is None
                          else {"rating": verdict.score})
         return values, infos
 
@@ -458,6 +467,56 @@ class RewardSet:
         self._backends.clear()
         self._judges.clear()
         self._reward_models.clear()
+
+
+@dataclass
+class JudgeFailures:
+    """How often one judge's replies had no rating, over every sample scored (resumed ones included)."""
+
+    replies: int = 0
+    unparsable: int = 0
+    example: str | None = None  # one raw reply without a rating
+
+    @property
+    def fraction(self) -> float:
+        return round(self.unparsable / self.replies, 6) if self.replies else 0.0
+
+
+def judge_failures(rewards: Sequence[Any], scores: Sequence[dict[str, Any]]) -> dict[str, JudgeFailures]:
+    """Per judge reward: replies, unparsable replies and one example, read from the score records."""
+    out = {r.key: JudgeFailures() for r in rewards if isinstance(r, JudgeReward)}
+    for record in (r for s in scores for r in s["results"]):
+        for key, failures in out.items():
+            if key not in record["scores"]:
+                continue
+            failures.replies += 1
+            detail = record.get("details", {}).get(key, {})
+            if detail.get("unparsable"):
+                failures.unparsable += 1
+                failures.example = failures.example or detail.get("raw", "")
+    return out
+
+
+def judge_stats(rewards: Sequence[Any], scores: Sequence[dict[str, Any]]) -> dict[str, float | int]:
+    """Flat per-judge numbers for stats and metrics: ``<judge>_replies``, ``_unparsable``, ``_unparsable_fraction``."""
+    out: dict[str, float | int] = {}
+    for key, failures in judge_failures(rewards, scores).items():
+        out.update({f"{key}_replies": failures.replies, f"{key}_unparsable": failures.unparsable,
+                    f"{key}_unparsable_fraction": failures.fraction})
+    return out
+
+
+def check_judges(rewards: Sequence[Any], scores: Sequence[dict[str, Any]], where: str) -> None:
+    """Raise StageError (one line, quoting a reply) when a judge's unparsable share exceeds its ``max_unparsable``."""
+    limits = {r.key: r.max_unparsable for r in rewards if isinstance(r, JudgeReward)}
+    for key, failures in judge_failures(rewards, scores).items():
+        if failures.replies and failures.fraction > limits[key]:
+            reply = " ".join((failures.example or "").split())[:160]
+            raise StageError(
+                f"{where}: judge {key!r} gave no [[rating]] in {failures.unparsable} of {failures.replies} replies "
+                f"({failures.fraction:.0%} > max_unparsable {limits[key]:g}); e.g. {reply!r}. Use a judge that "
+                "follows the rubric, or raise max_unparsable"
+            )
 
 
 def reward_summary(rewards: list[Any], scores: list[dict[str, Any]]) -> dict[str, Any]:

@@ -42,9 +42,11 @@ def synthesized_size(config: SynthesizeStageConfig, result: StageResult | None) 
 
 
 def estimate_preference(config: PreferenceStageConfig, inputs: EstimateInputs) -> TrainingWorkload:
-    """Tokens of one round's pairs: one pair per prompt, two sequences of prompt + sampled answer."""
+    """Tokens of one round's pairs: one pair per prompt (or offline row), two sequences of prompt + answer."""
     train = config.train_args()
-    prompts = config.prompts.limit or count_local_rows(config.prompts.path)
+    source = config.prompts or config.offline
+    assert source is not None  # the config requires prompts for on-policy rounds, else an offline dataset
+    prompts = source.limit or count_local_rows(source.path)
     sampling = config.sampling
     per_sequence = min(int(train.get("max_length") or 1024),
                        AVG_PROMPT_TOKENS + int(COMPLETION_FILL * sampling.max_new_tokens))
@@ -55,5 +57,6 @@ def estimate_preference(config: PreferenceStageConfig, inputs: EstimateInputs) -
     where = "prompts x assumed pair length"
     tokens = (TokenCount(None, None, where, [note]) if prompts is None
               else TokenCount(2 * prompts * per_sequence, prompts, where, [note]))
-    return TrainingWorkload(tokens=tokens, train_args=train, sequences_per_row=2, rounds=config.rounds,
+    return TrainingWorkload(tokens=tokens, train_args=train, sequences_per_row=2,
+                            rounds=config.rounds + (config.offline is not None),
                             reference_model=not train.get("precompute_ref_log_probs", False))

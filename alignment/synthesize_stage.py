@@ -30,12 +30,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from tempa.alignment.backends import LazyBackend, build_backend, describe_backend
 from tempa.alignment.completions import Completion, assistant_message, split_think
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.judge import fill, render_conversation
 from tempa.alignment.prompts import PromptRow, load_prompts
-from tempa.alignment.rewards import RewardSet, ScoringEnv, reward_summary
+from tempa.alignment.rewards import RewardSet, ScoringEnv, check_judges, judge_stats, reward_summary
 from tempa.alignment.sampling import (
     JsonlStore,
     completions_of,
@@ -43,7 +45,7 @@ from tempa.alignment.sampling import (
     sample_prompts,
     score_pass,
 )
-from tempa.alignment.selection import select_samples
+from tempa.alignment.selection import UNSCORED, select_samples
 from tempa.alignment.synthesize_config import OUTPUT_FILE, SynthesizeStageConfig
 from tempa.sft.files import write_json, write_jsonl
 from tempa.sft.stage_api import StageContext, StageError, StageResult
@@ -52,12 +54,22 @@ __all__ = ["SynthesizeResult", "SynthesizeStageConfig", "run_synthesize"]
 
 
 class SynthesizeResult(StageResult):
-    """A synthesize stage's result: the SFT dataset it wrote (``dataset``) and how many rows it holds."""
+    """A synthesize stage's result: the SFT dataset it wrote (``dataset``), how many rows it holds, and what
+    was kept and rejected, by reason (the report shows them)."""
 
     rows: int
+    prompts: int = 0
+    kept_prompts: int = 0
+    rejected: dict[str, int] = Field(default_factory=dict, description="Rejected prompts (or second turns) by "
+                                     "reason (rejects.jsonl).")
+    truncated: int = Field(default=0, description="Teacher samples cut off at max_new_tokens.")
+    samples: int = 0
+    judges: dict[str, float | int] = Field(default_factory=dict, description="Per judge: replies, unparsable, "
+                                           "unparsable_fraction (first turns).")
 
 EMPTY_FOLLOWUP = "empty_followup"
 INCOMPLETE = "incomplete"  # every response was cut off or had no answer
+JUDGE_UNPARSABLE = "judge_unparsable"  # no response got a judge rating
 
 
 def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> SynthesizeResult:
@@ -95,6 +107,8 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
         )
         stats["scoring"].update(rewards.stats())
         rewards.close()
+        stats["judges"] = judge_stats(config.rewards, scores)
+        check_judges(config.rewards, scores, f"{ctx.stage_name}: scoring")
         kept, rejects = select_first_turns(config, prompts, samples, scores)
         stats.update(reward_summary(config.rewards, scores))
         provenance = {"stage": ctx.stage_name, "teacher": teacher_name, "n": config.sampling.n, "seed": ctx.seed,
@@ -135,7 +149,10 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
     }
     if "second_turn" in stats:
         metrics["two_turn_rows"] = stats["second_turn"]["kept"]
-    return SynthesizeResult(dataset=output, rows=len(rows), metrics=metrics,
+    finish = stats["finish_reasons"]
+    return SynthesizeResult(dataset=output, rows=len(rows), metrics=metrics, prompts=len(prompts),
+                            kept_prompts=kept_prompts, rejected=stats["rejected"], truncated=finish.get("length", 0),
+                            samples=sum(finish.values()), judges=stats["judges"],
                             files={"rejects": data_dir / "rejects.jsonl", "stats": data_dir / "stats.json"})
 
 
@@ -167,15 +184,27 @@ def select_first_turns(
     rejects: list[dict[str, Any]] = []
     for prompt, sample, score in zip(prompts, samples, scores, strict=True):
         completions = completions_of(sample)
-        values = [r["scores"].get(config.select.by) for r in score["results"]]
+        values = selectable(score["results"], config.select.by)
         indices, reason = select_complete(values, completions, config.select.strategy, config.select.min_score,
                                           config.keep_incomplete)
+        reason = judge_reason(score["results"], reason)
         for i in indices:
             kept.append(Kept(prompt, i, completions[i], score["results"][i]["scores"]))
         if not indices:
             rejects.append({"prompt_id": prompt.id, "turn": 1, "reason": reason, "scores": values,
                             "messages": prompt.messages})
     return kept, rejects
+
+
+def selectable(results: list[dict[str, Any]], by: str) -> list[float | None]:
+    """The compared score of each sample; None (never kept) where scoring failed (a judge gave no rating)."""
+    return [r["scores"].get(by) if r["scores"].get("total") is not None else None for r in results]
+
+
+def judge_reason(results: list[dict[str, Any]], reason: str | None) -> str | None:
+    """Name the judge as the reason when nothing was scored because its replies had no rating."""
+    failed = any(d.get("unparsable") for r in results for d in r.get("details", {}).values())
+    return JUDGE_UNPARSABLE if reason == UNSCORED and failed else reason
 
 
 def complete(completion: Completion) -> bool:
@@ -276,12 +305,14 @@ def add_second_turns(
         score_stats = {**score_stats, **rewards.stats()}
     finally:
         rewards.close()
+    check_judges(second_rewards, scores, f"{ctx.stage_name}: second turns")
 
     seconds: dict[str, dict[str, Any]] = {}
     for prompt, sample, score in zip(second_prompts, samples, scores, strict=True):
-        values = [r["scores"].get(settings.select.by) for r in score["results"]]
+        values = selectable(score["results"], settings.select.by)
         indices, reason = select_complete(values, completions_of(sample), "best", settings.select.min_score,
                                           config.keep_incomplete)
+        reason = judge_reason(score["results"], reason)
         if indices:
             i = indices[0]
             seconds[prompt.id] = {"followup": followup_of[prompt.id], "completion": completions_of(sample)[i],
@@ -307,6 +338,7 @@ def add_second_turns(
         "dropped_conversations": dropped_conversations,
         "sampling": {**followup_stats, **{f"answer_{k}": v for k, v in sample_stats.items()}},
         "scoring": score_stats,
+        "judges": judge_stats(second_rewards, scores),
         **reward_summary(second_rewards, scores),
     }
     return rows, rejects, stats

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tempa.alignment.preference_stage import PreferenceResult, RoundSummary
+from tempa.alignment.synthesize_stage import SynthesizeResult
 from tempa.merge.leaderboard import EvaluateResult, is_headline, lower_is_better
 from tempa.merge.merge_result import MergeResult
 from tempa.recipes.registry import stage_kinds
@@ -217,6 +218,45 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def _judge_failures(judges: dict[str, float | int]) -> str:
+    names = [key.removesuffix("_replies") for key in judges if key.endswith("_replies")]
+    return ", ".join(f"{name}: {judges.get(f'{name}_unparsable', 0)}/{judges[f'{name}_replies']}" for name in names)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason}: {n}" for reason, n in counts.items()) or "none"
+
+
+def _preference_data_section(done: list[tuple[Manifest, StageResult]]) -> list[str]:
+    """Pair and judge statistics: per preference round and per synthesize stage, from their typed results."""
+    parts: list[str] = []
+    for m, result in done:
+        if isinstance(result, PreferenceResult):
+            head = ("<tr><th>round</th><th>source</th><th>pairs / prompts</th><th>truncated samples</th>"
+                    "<th>identical renderings</th><th>judge unparsable</th><th>DPO reward margin</th>"
+                    "<th>DPO accuracy</th><th>no pair, by reason</th></tr>")
+            rows = "".join(
+                f"<tr><td>{r.round}</td><td>{html.escape(r.source)}</td><td>{r.pairs} / {r.prompts}</td>"
+                f"<td>{r.truncated} / {r.samples} ({_fmt(r.truncated_fraction)})</td>"
+                f"<td>{r.identical_renderings}</td><td>{html.escape(_judge_failures(r.judges)) or '-'}</td>"
+                f"<td>{_fmt(r.train.get('rewards/margins', ''))}</td>"
+                f"<td>{_fmt(r.train.get('rewards/accuracies', ''))}</td>"
+                f"<td>{html.escape(_counts(r.dropped))}</td></tr>"
+                for r in result.rounds
+            )
+            parts.append(f"<h3>{html.escape(m.name)} (preference)</h3><table>{head}{rows}</table>")
+        elif isinstance(result, SynthesizeResult):
+            parts.append(
+                f"<h3>{html.escape(m.name)} (synthesize)</h3><table><tr><th>kept rows</th><th>kept prompts</th>"
+                f"<th>truncated samples</th><th>judge unparsable</th><th>rejected, by reason</th></tr>"
+                f"<tr><td>{result.rows}</td><td>{result.kept_prompts} / {result.prompts}</td>"
+                f"<td>{result.truncated} / {result.samples}</td>"
+                f"<td>{html.escape(_judge_failures(result.judges)) or '-'}</td>"
+                f"<td>{html.escape(_counts(result.rejected))}</td></tr></table>"
+            )
+    return ["<h2>Pairs and judges</h2>", *parts] if parts else []
+
+
 def leaderboard_section(done: list[tuple[Manifest, StageResult]]) -> str:
     """The last leaderboard, fitted to the page: headline metrics, each marked with its direction, best in bold."""
     boards = [(m.name, r.leaderboard) for m, r in done
@@ -395,6 +435,7 @@ def write_report(run_dir: str | Path, *, samples: bool = True) -> Path:
         data_mix_section(done),
         training_section(done),
         preference_section(done),
+        "".join(_preference_data_section(done)),
         leaderboard_section(done),
         merge_section(done),
         samples_section(done) if samples else "",

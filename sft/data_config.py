@@ -193,7 +193,8 @@ class SourceConfig(_Strict):
         default=None,
         ge=0,
         le=1,
-        description="With `thinking_mode: mixed`: share of the rows with a reasoning trace rendered with thinking on.",
+        description="With `thinking_mode: mixed`: share of the rows with a reasoning trace rendered with thinking on "
+        "(ratio * rows rounded half up, at least 1 and at most rows - 1 when 0 < ratio < 1: tempa.sft.mixing).",
     )
     heldout: float | int | None = Field(
         default=None,

@@ -26,8 +26,8 @@ def rng_for(seed: int, source_name: str, purpose: int) -> np.random.Generator:
 def assign_thinking(has_reasoning: Sequence[bool], source: SourceConfig, seed: int) -> list[bool]:
     """Per conversation: render with thinking on?
 
-    ``on``: rows with a trace; ``off``: none; ``mixed``: exactly ``round(ratio * n)`` of the n
-    rows that have a trace, chosen at random, so the share is exact rather than a coin flip's.
+    ``on``: rows with a trace; ``off``: none; ``mixed``: exactly :func:`thinking_on_count` of the
+    n rows that have a trace, chosen at random, so the share is exact rather than a coin flip's.
     Rows without a trace are never on: there is nothing to think with.
     """
     flags = [bool(h) for h in has_reasoning]
@@ -36,12 +36,26 @@ def assign_thinking(has_reasoning: Sequence[bool], source: SourceConfig, seed: i
     if source.thinking_mode == "on":
         return flags
     candidates = np.flatnonzero(np.asarray(flags, dtype=bool))
-    n_on = round((source.thinking_ratio or 0.0) * len(candidates))
+    n_on = thinking_on_count(source.thinking_ratio or 0.0, len(candidates))
     chosen = rng_for(seed, source.name, _THINKING).permutation(candidates)[:n_on]
     out = [False] * len(flags)
     for i in chosen:
         out[int(i)] = True
     return out
+
+
+def thinking_on_count(ratio: float, n: int) -> int:
+    """How many of ``n`` rows render with thinking on for a ``mixed`` ratio.
+
+    ``ratio * n`` rounded half up (Python's ``round`` rounds half to even: 2.5 -> 2), then kept
+    inside ``[1, n - 1]`` when the ratio is strictly between 0 and 1 and there are at least two
+    rows: a mix asked for is a mix delivered, so 0.05 of 10 rows is 1 row on, 0.95 of 10 is 9.
+    A ratio of exactly 0 or 1 gives none or all.
+    """
+    count = min(n, int(np.floor(ratio * n + 0.5)))
+    if 0 < ratio < 1 and n >= 2:
+        count = min(max(count, 1), n - 1)
+    return count
 
 
 def heldout_count(setting: float | int, n_rows: int) -> int:

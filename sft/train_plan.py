@@ -55,6 +55,8 @@ class TrainPlan(BaseModel):
         description="trl config fields (SFTConfig or DPOConfig), checked against trl's dataclass at recipe load."
     )
     lora: LoraSettings | None = None
+    reference_model: Path | None = Field(
+        default=None, description="DPO: the frozen reference, when it is not the model training starts from.")
     seed: int
     env: TrainingEnv
     runner_pid: int | None = Field(default=None, description="The worker stops when this process dies.")
@@ -92,6 +94,7 @@ def train_plan(
     seed: int,
     eval_data: Path | None = None,
     lora: LoraSettings | None = None,
+    reference_model: Path | None = None,
 ) -> TrainPlan:
     """The plan for training into ``out_dir`` (``checkpoints/`` and ``final/`` go there)."""
     train_args = dict(train_args)
@@ -109,6 +112,7 @@ def train_plan(
         final_dir=out_dir / FINAL_DIR,
         train_args=train_args,
         lora=lora,
+        reference_model=reference_model,
         seed=seed,
         env=ctx.training,
         runner_pid=os.getpid(),

@@ -309,6 +309,7 @@ def dpo_trainer(plan: TrainPlan, tokenizer, kernels: KernelChoice):
     config.model_init_kwargs = _quantised_init(plan, config.model_init_kwargs)
     trainer = DPOTrainer(
         model=str(plan.start_model),
+        ref_model=_reference_model(plan, config),
         args=config,
         train_dataset=load_from_disk(str(plan.train_data)),
         processing_class=tokenizer,
@@ -318,6 +319,18 @@ def dpo_trainer(plan: TrainPlan, tokenizer, kernels: KernelChoice):
     # Without precomputed log-probs, a frozen reference model runs forward on every trained token.
     add_throughput_callbacks(trainer, ThroughputMeter(reference_forward=not config.precompute_ref_log_probs))
     return trainer
+
+
+def _reference_model(plan: TrainPlan, config: Any):
+    """The plan's own reference model, loaded as trl loads the policy; None: trl's default (the starting
+    model, or with LoRA the policy with its adapters disabled)."""
+    if plan.reference_model is None:
+        return None
+    from trl.trainer.utils import create_model_from_path
+
+    # As trl builds its own reference: the policy's init kwargs, never quantised (it is not trained).
+    init = {key: value for key, value in (config.model_init_kwargs or {}).items() if key != "quantization_config"}
+    return create_model_from_path(str(plan.reference_model), **init)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,7 @@ def test_judge_counts_unparsable_replies_and_never_crashes():
     assert judge.stats()["judge_unparsable"] == 2 and judge.stats()["judge_calls"] == 4
 
 
-def test_judge_reward_scales_and_leaves_unparsable_unscored(monkeypatch, tmp_path):
+def test_judge_reward_scales_and_an_unparsable_reply_fails_the_sample(monkeypatch, tmp_path):
     import tempa.alignment.rewards as rewards_module
 
     def fake_build(config, **kwargs):
@@ -72,9 +72,10 @@ def test_judge_reward_scales_and_leaves_unparsable_unscored(monkeypatch, tmp_pat
     records = reward_set.score(items)
     assert records[0]["scores"]["judge"] == 1.0  # (10 - 1) / 9
     assert records[0]["scores"]["total"] == 2.0
-    assert records[1]["scores"]["judge"] is None  # unparsable: no score ...
-    assert records[1]["scores"]["total"] == 0.0  # ... so only the other rewards count
-    assert records[1]["details"]["judge"]["raw"] == "hmm"
+    assert records[1]["scores"]["judge"] is None  # unparsable: no rating ...
+    assert records[1]["scores"]["total"] is None  # ... and a failed score, not "the other rewards decide"
+    assert records[1]["scores"]["length"] == 0.0
+    assert records[1]["details"]["judge"] == {"rating": None, "unparsable": True, "raw": "hmm"}
     assert reward_set.stats() == {"judge_calls": 2, "judge_unparsable": 1, "judge_seconds": pytest.approx(0, abs=5)}
 
 

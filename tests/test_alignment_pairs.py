@@ -7,11 +7,10 @@ import pytest
 from tempa.alignment.pairs import (
     ALL_EQUAL,
     IDENTICAL,
+    INCOMPLETE,
     MARGIN,
     NO_SCORES,
     NOT_BETTER,
-    TIE,
-    TRUNCATED,
     PairStats,
     Scored,
     best_worst,
@@ -22,7 +21,7 @@ from tempa.alignment.selection import BELOW, UNSCORED, select_samples
 
 
 def group(*totals, truncated=()):
-    return [Scored(i, t, i in truncated, f"text {i}") for i, t in enumerate(totals)]
+    return [Scored(i, t, i in truncated, (i,)) for i, t in enumerate(totals)]
 
 
 def test_best_against_worst():
@@ -45,10 +44,10 @@ def test_ties_at_the_top_and_bottom_break_by_sample_order():
         (group(None, 0.3, None), {}, NO_SCORES),
         (group(None, None), {}, NO_SCORES),
         (group(0.5, 0.4), {"min_margin": 0.2}, MARGIN),
-        # the best sample was cut off; the only one that ended ties with the worst
-        (group(0.9, 0.1, 0.1, truncated=(0,)), {}, TIE),
-        (group(0.9, 0.1, truncated=(0, 1)), {}, TRUNCATED),
-        ([Scored(0, 1.0, False, "same"), Scored(1, 0.0, False, "same")], {}, IDENTICAL),
+        # the best sample was cut off; the two that ended tie
+        (group(0.9, 0.1, 0.1, truncated=(0,)), {}, ALL_EQUAL),
+        (group(0.9, 0.5, 0.1, truncated=(0, 1)), {}, INCOMPLETE),
+        ([Scored(0, 1.0, False, (5, 6)), Scored(1, 0.0, False, (5, 6))], {}, IDENTICAL),
     ],
 )
 def test_prompts_without_a_usable_pair(samples, kwargs, reason):
@@ -60,36 +59,45 @@ def test_margin_at_the_minimum_is_kept_and_none_scores_are_ignored():
     assert reason is None and (pair.chosen, pair.rejected) == (1, 2)
 
 
-def test_truncated_samples_may_be_rejected_but_not_chosen_unless_allowed():
-    samples = group(0.9, 0.4, 0.1, truncated=(0, 2))
-    pair, _ = best_worst(samples)
+def test_incomplete_samples_are_neither_chosen_nor_rejected():
+    pair, _ = best_worst(group(0.9, 0.4, 0.3, 0.1, truncated=(0, 3)))
     assert (pair.chosen, pair.rejected) == (1, 2)
-    pair, _ = best_worst(samples, allow_truncated_chosen=True)
+
+
+def test_the_rejected_side_is_the_worst_sample_that_renders_differently():
+    samples = [Scored(0, 0.9, False, (1, 2)), Scored(1, 0.88, False, (1, 2)), Scored(2, 0.5, False, (1, 3)),
+               Scored(3, 0.1, False, (1, 2))]
+    pair, _ = best_worst(samples)
     assert (pair.chosen, pair.rejected) == (0, 2)
+    stats = PairStats()
+    stats.add(pair, None, samples)
+    assert stats.summary()["identical_renderings"] == 1
 
 
 def test_revision_pairs():
     rejected = worst(group(0.4, -0.2, 0.1))
     assert rejected.index == 1
-    pair, reason = revision_pair(rejected, 0.5, min_margin=0.5)
+    pair, reason = revision_pair(rejected, Scored(-1, 0.5, False, (9,)), min_margin=0.5)
     assert reason is None and (pair.chosen, pair.rejected) == (-1, 1) and pair.margin == pytest.approx(0.7)
-    assert revision_pair(rejected, 0.2, min_margin=0.5) == (None, NOT_BETTER)
-    assert revision_pair(rejected, -0.2) == (None, NOT_BETTER)  # a tie is no preference
-    assert revision_pair(rejected, None) == (None, NO_SCORES)
+    assert revision_pair(rejected, Scored(-1, 0.2), min_margin=0.5) == (None, NOT_BETTER)
+    assert revision_pair(rejected, Scored(-1, -0.2)) == (None, NOT_BETTER)  # a tie is no preference
+    assert revision_pair(rejected, Scored(-1, None)) == (None, NO_SCORES)
+    assert revision_pair(rejected, Scored(-1, 0.5, False, rejected.rendered)) == (None, IDENTICAL)
     assert worst(group(None, None)) is None
+    assert worst(group(0.4, -0.2, truncated=(1,))).index == 0
 
 
 def test_pair_stats_summary():
     stats = PairStats()
     for samples in (group(1.0, 0.0), group(0.5, 0.5), group(2.0, 1.0, 0.0)):
-        stats.add(*best_worst(samples), [s.total for s in samples])
+        stats.add(*best_worst(samples), samples)
     summary = stats.summary()
     assert summary["prompts"] == 3 and summary["pairs"] == 2
     assert summary["pair_fraction"] == pytest.approx(2 / 3, abs=1e-6)
     assert summary["chosen_reward_mean"] == pytest.approx(1.5)
     assert summary["rejected_reward_mean"] == pytest.approx(0.0)
     assert summary["dropped"] == {ALL_EQUAL: 1}
-    assert summary["samples_scored"] == 7
+    assert summary["samples_scored"] == summary["samples"] == 7
     assert PairStats().summary()["pair_fraction"] == 0.0
 
 

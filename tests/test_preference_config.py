@@ -89,6 +89,26 @@ def test_config_rules():
         ("teacher", ("rewards", 0, "backend", "model")), ("sft", ("pairs", "revise", "backend", "model"))]
 
 
+def test_every_trl_loss_passes_through_and_offline_lora_reference_rules(tmp_path):
+    for name in trl_loss_types():
+        assert config(train={"loss_type": name}).train_args()["loss_type"] == [name]
+    (tmp_path / "prefs.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    offline = {"name": "dpo", "offline": {"path": str(tmp_path / "prefs.jsonl")}, "rounds": 0,
+               "lora": {"r": 8}, "reference": "stage_start"}
+    loaded = PreferenceStageConfig.model_validate(offline)
+    assert (loaded.lora.r, loaded.reference, loaded.prompts) == (8, "stage_start", None)
+    with pytest.raises(ValidationError, match="rounds: 0 trains nothing"):
+        PreferenceStageConfig.model_validate({"name": "dpo", "rounds": 0})
+    with pytest.raises(ValidationError, match=r"1 on-policy round\(s\) need `prompts:` and `rewards:`"):
+        PreferenceStageConfig.model_validate({**offline, "rounds": 1})
+    with pytest.raises(ValidationError, match="local path does not exist"):
+        PreferenceStageConfig.model_validate({**offline, "offline": {"path": str(tmp_path / "missing.jsonl")}})
+    with pytest.raises(ValidationError, match="reference"):
+        config(reference="previous")
+    with pytest.raises(ValidationError, match="allow_truncated_chosen"):
+        config(pairs={"allow_truncated_chosen": True})  # removed: a cut-off sample is never paired
+
+
 def test_synthesize_select_must_name_a_reward():
     base = {"name": "s", "prompts": {"path": PROMPTS}, "rewards": [{"type": "answer"}, {"type": "language"}]}
     assert SynthesizeStageConfig.model_validate({**base, "select": {"by": "answer", "min_score": 1}}).select.by == "answer"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from preference_helpers import ending_model
 
 import tempa.alignment.preference_stage as stage_module
 from stage_helpers import make_context
@@ -19,6 +20,7 @@ def test_a_failed_training_launch_resumes_without_resampling(tmp_path, tiny_mode
     from tempa.chat_templates import bake_tokenizer
 
     bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tok")
+    start = ending_model(tiny_model_dir, tmp_path / "tok", tmp_path / "start")
     launches: list[str] = []
 
     def launch(module: str, args: list[str], log_file: Path) -> None:
@@ -29,13 +31,12 @@ def test_a_failed_training_launch_resumes_without_resampling(tmp_path, tiny_mode
         final.mkdir(parents=True)
         (final / "tempa_train_metrics.json").write_text(json.dumps({"global_step": 1}))
 
-    ctx = make_context(tmp_path / "run", "align", start_model=tiny_model_dir, tokenizer_dir=tmp_path / "tok",
+    ctx = make_context(tmp_path / "run", "align", start_model=start, tokenizer_dir=tmp_path / "tok",
                        chat_template="", launch=launch)
     config = PreferenceStageConfig.model_validate({
         "name": "align", "prompts": {"path": PROMPTS, "limit": 4},
-        "sampling": {"n": 3, "max_new_tokens": 6, "batch_size": 2},
+        "sampling": {"n": 4, "max_new_tokens": 12, "batch_size": 2, "thinking": {"mode": "off"}},
         "rewards": [{"type": "length", "unit": "chars", "per_token": 0.01}],
-        "pairs": {"allow_truncated_chosen": True},
     })
     with pytest.raises(StageError, match="code -9"):
         run_preference(config, ctx)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from preference_helpers import ending_model
 from safetensors.torch import load_file
 
 from stage_helpers import make_context
 from tempa.alignment import Completion, PreferenceStageConfig, assistant_message, run_preference
-from tempa.alignment.pairs import Scored, best_worst
 from tempa.sft.stage_api import StageContext
 
 PROMPTS = str(Path(__file__).resolve().parents[1] / "recipes" / "data" / "sample_prompts.jsonl")
@@ -41,7 +41,7 @@ CONFIG = {
                  "thinking": {"mode": "mixed", "ratio": 0.5}},
     # The tiny model writes gibberish: length in characters, format and language still tell samples apart.
     "rewards": [{"type": "length", "unit": "chars", "per_token": 0.01}, {"type": "format"}, {"type": "language"}],
-    "pairs": {"allow_truncated_chosen": True, "min_margin": 0.01},
+    "pairs": {"min_margin": 0.01},
     "train": {"max_steps": 1, "learning_rate": 1.0e-2, "warmup_steps": 0, "per_device_train_batch_size": 4,
               "logging_steps": 1, "save_steps": 1, "activation_checkpointing": False, "loss_type": "sigmoid",
               "precompute_ref_log_probs": True, "max_length": 256},
@@ -54,8 +54,9 @@ def aligned(tmp_path_factory, tiny_model_dir):
 
     root = tmp_path_factory.mktemp("pref")
     bake_tokenizer(tiny_model_dir, "llama3_thinking", root / "tok")
+    start = ending_model(tiny_model_dir, root / "tok", root / "start")
     launches: list[str] = []
-    ctx = context(root / "run", tiny_model_dir, root / "tok", launches)
+    ctx = context(root / "run", start, root / "tok", launches)
     result = run_preference(PreferenceStageConfig.model_validate(CONFIG), ctx)
     return ctx, result, launches
 
@@ -64,8 +65,9 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_two_rounds_train_each_from_the_previous_model(aligned, tiny_model_dir):
+def test_two_rounds_train_each_from_the_previous_model(aligned):
     ctx, result, launches = aligned
+    tiny_model_dir = ctx.start_model
     stage = ctx.stage_dir
     assert launches == ["tempa.sft.train_worker"] * 2
     assert result.model == stage / "round-2" / "final"
@@ -93,21 +95,20 @@ def test_pairs_are_best_against_worst_of_the_scored_samples(aligned):
         pairs = read_jsonl(round_dir / "pairs.jsonl")
         assert len(samples) == len(scores) == 6 and pairs
         for pair in pairs:
+            completions = [Completion.from_dict(c) for c in samples[pair["prompt_id"]]["completions"]]
             totals = [r["scores"]["total"] for r in scores[pair["prompt_id"]]["results"]]
-            assert pair["chosen_score"] == max(totals) and pair["rejected_score"] == min(totals)
+            # only samples that ended on their own (and closed any think block) take part
+            complete = [t for t, c in zip(totals, completions, strict=True) if c.renders_as_written]
+            assert pair["chosen_score"] == max(complete) and pair["rejected_score"] >= min(complete)
             assert pair["chosen_score"] - pair["rejected_score"] >= 0.01
-            assert totals[pair["chosen_index"]] == max(totals)
+            assert totals[pair["chosen_index"]] == max(complete)
             for side in ("chosen", "rejected"):
-                completion = samples[pair["prompt_id"]]["completions"][pair[f"{side}_index"]]
-                assert pair[side] == [assistant_message(Completion.from_dict(completion))]
+                completion = completions[pair[f"{side}_index"]]
+                assert completion.renders_as_written and pair[f"{side}_finish_reason"] == "stop"
+                assert pair[side] == [assistant_message(completion)]
+            assert pair["rendered"]["differ"] is True
             assert pair["chat_template_kwargs"]["thinking_mode"] in ("on", "off")
             assert set(pair["chosen_scores"]) == {"length", "format", "language", "total"}
-        # prompts without a pair are exactly those best_worst refuses
-        paired = {p["prompt_id"] for p in pairs}
-        for pid, record in scores.items():
-            group = [Scored(i, r["scores"]["total"], True) for i, r in enumerate(record["results"])]
-            usable = best_worst(group, min_margin=0.01, allow_truncated_chosen=True)[0] is not None
-            assert usable == (pid in paired)
 
 
 def test_each_round_reports_reward_statistics(aligned):
@@ -121,6 +122,9 @@ def test_each_round_reports_reward_statistics(aligned):
         assert stats["rejected_reward_mean"] == pytest.approx(sum(p["rejected_score"] for p in pairs) / len(pairs), abs=1e-5)
         assert stats["chosen_reward_mean"] > stats["rejected_reward_mean"]
         assert sum(stats["dropped"].values()) == 6 - len(pairs)
+        samples = read_jsonl(ctx.stage_dir / f"round-{k}" / "samples.jsonl")
+        cut = sum(c["finish_reason"] == "length" for s in samples for c in s["completions"])
+        assert stats["truncated"] == cut and stats["truncated_fraction"] == pytest.approx(cut / 24, abs=1e-6)
         assert stats["sampling"]["samples"] == 24 and stats["sampling"]["samples_per_s"] > 0
         assert stats["train"]["global_step"] == 1
     metrics = result.metrics
@@ -136,9 +140,9 @@ def test_each_round_reports_reward_statistics(aligned):
     assert all(isinstance(v, int | float | type(None)) for k, v in metrics.items() if k != "attn_implementation")
 
 
-def test_a_finished_stage_is_not_sampled_or_trained_again(aligned, tiny_model_dir):
+def test_a_finished_stage_is_not_sampled_or_trained_again(aligned):
     ctx, result, _ = aligned
     launches: list[str] = []
     again = run_preference(PreferenceStageConfig.model_validate(CONFIG),
-                           context(ctx.stage_dir.parent, tiny_model_dir, ctx.tokenizer_dir, launches))
+                           context(ctx.stage_dir.parent, ctx.start_model, ctx.tokenizer_dir, launches))
     assert launches == [] and again.metrics == result.metrics

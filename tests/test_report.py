@@ -23,13 +23,12 @@ STAGES = """
       sources: [{name: rows, path: rows.jsonl, thinking_mode: mixed, thinking_ratio: 0.5}]
     train: {max_steps: 6, learning_rate: 3.0e-3, per_device_train_batch_size: 4, max_length: 256,
             logging_steps: 1, save_steps: 2, save_total_limit: 3, eval_strategy: steps, eval_steps: 3}
+  # Offline pairs: six SFT steps do not teach the tiny model to end its turns, and on-policy rounds pair
+  # only samples that ended on their own (tests/test_preference_offline.py runs those end to end).
   - name: align
     kind: preference
-    rounds: 2
-    prompts: {path: prompts.jsonl}
-    sampling: {n: 3, temperature: 1.0, max_new_tokens: 12, batch_size: 8}
-    rewards: [{type: format}, {type: length, unit: chars, per_token: 0.01}]
-    pairs: {min_margin: 0.01, allow_truncated_chosen: true}
+    offline: {path: prefs.jsonl}
+    rounds: 0
     train: {max_steps: 1, per_device_train_batch_size: 4, save_steps: 1, logging_steps: 1, max_length: 256,
             activation_checkpointing: false}
   - name: evaluate
@@ -57,8 +56,8 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def reported_run(tmp_path_factory, tiny_model_dir):
     folder = tmp_path_factory.mktemp("report")
-    (folder / "prompts.jsonl").write_text("".join(
-        json.dumps({"messages": [{"role": "user", "content": f"Ulangi: satu dua #{i}"}]}) + "\n" for i in range(6)))
+    (folder / "prefs.jsonl").write_text("".join(json.dumps(
+        {"prompt": f"Ulangi: satu dua #{i}", "chosen": f"satu dua #{i}", "rejected": "tiga"}) + "\n" for i in range(6)))
     recipe = sft_recipe(folder, tiny_model_dir, stages=STAGES)
     run_recipe(load_recipe(recipe), folder / "run")
     with pytest.MonkeyPatch.context() as patch:  # short answers: the tiny models are sampled on a busy CPU
@@ -77,6 +76,7 @@ def test_report_page_has_every_section(reported_run):
     assert 'src="data:image/png;base64,' in page and "src=\"data:" in page
     assert all(src.startswith("data:") for src in page.split('src="')[1:])
     assert [p.name for p in (reported_run / "report").iterdir()] == ["index.html"]
+    assert "Pairs and judges" in page and "<td>1</td><td>offline</td><td>6 / 6</td>" in page
     # the off-mode prompt shows the prefilled empty think block, the on-mode one an open block
     assert "&lt;think&gt;\n&lt;/think&gt;" in page
 

@@ -137,3 +137,47 @@ def test_an_empty_think_block_does_not_score_as_well_as_real_reasoning():
     for record in records[1:]:
         assert record["scores"]["format"] < records[0]["scores"]["format"]
         assert "think" in record["details"]["format"]["failed"]
+
+
+class ScriptedGeneration:
+    """A generation backend that answers each prompt with the text scripted for its content."""
+
+    def __init__(self, replies: dict[str, str]) -> None:
+        self.replies = replies
+
+    def generate(self, prompts, params, *, thinking_modes=None):
+        return [[self.replies[p[-1]["content"]]] * params.n for p in prompts]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("languages", [["target"], ["target", "en"]])
+def test_the_language_suite_reports_the_rewards_reasoning_figure(tmp_path, tiny_model_dir, languages):
+    from transformers import AutoTokenizer
+
+    from tempa.chat_templates import bake_tokenizer
+    from tempa.merge.evaluate_config import EvalGeneration, LanguageSuite
+    from tempa.merge.suites import CandidateScorer
+
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    rows, replies, items = [], {}, []
+    for lang, case in sorted(CASES.items()):
+        for kind in ("native", "english"):
+            question = f"{lang}-{kind}"
+            rows.append({"prompt": question, "language": lang, "thinking_mode": "on"})
+            replies[question] = f"{case[kind]}\n</think>\n\n{case['answer']}"  # after the pre-filled open tag
+            items.append(item(lang, case[kind], case["answer"]))
+    rows.append({"prompt": "short", "language": "th", "thinking_mode": "on"})  # reasoning too short to judge
+    replies["short"] = f"61\n</think>\n\n{CASES['th']['answer']}"
+    suite = LanguageSuite(type="language", data=str(tmp_path), reasoning={"languages": languages})
+    scorer = CandidateScorer(ScriptedGeneration(replies), tokenizer, EvalGeneration())
+    scores = scorer.run(suite, rows)
+
+    records = score(LanguageReward(reasoning={"languages": languages}), items)
+    reward_share = sum(r["details"]["language"]["reasoning"] for r in records) / len(records)
+    assert scores["reasoning_language_share"] == pytest.approx(reward_share)
+    assert reward_share == pytest.approx(0.5 if languages == ["target"] else 1.0)
+    assert scores["reasoning:undetermined"] == pytest.approx(1 / 7)
+    assert scores["language_share"] == 1.0  # every answer is in its prompt's language

@@ -4,6 +4,7 @@ Stage kinds (``STAGE_KINDS``, collected by the recipe runner):
 
 - ``synthesize``: teacher generation + verifier/judge rejection sampling -> an SFT dataset.
 - ``preference``: N rounds of on-policy sampling -> rewards -> best/worst pairs -> trl DPOTrainer.
+- ``rl``: reinforcement learning with verifiable rewards: trl GRPOTrainer / RLOOTrainer scored by tempa's rewards.
 
 Heavy imports (torch, transformers, trl) happen inside functions, so importing the package is cheap.
 """
@@ -24,6 +25,9 @@ from tempa.alignment.preference_config import PreferenceStageConfig
 from tempa.alignment.preference_stage import PreferenceResult, run_preference
 from tempa.alignment.prompts import PromptRow, PromptSource, load_prompts
 from tempa.alignment.rewards import RewardConfig, RewardSet, ScoreItem, ScoringEnv
+from tempa.alignment.rl_config import RLStageConfig
+from tempa.alignment.rl_sizing import estimate_rl
+from tempa.alignment.rl_stage import RLResult, run_rl
 from tempa.alignment.selection import select_samples
 from tempa.alignment.sizing import estimate_preference, synthesized_size
 from tempa.alignment.synthesize_config import SynthesizeStageConfig
@@ -52,10 +56,22 @@ PREFERENCE = StageKind(
     resumable=True,
     estimate=estimate_preference,
 )
-STAGE_KINDS = (SYNTHESIZE, PREFERENCE)
+RL = StageKind(
+    kind="rl",
+    config=RLStageConfig,
+    run=run_rl,
+    summary="reinforcement learning with verifiable rewards (trl GRPO / RLOO), sampling while it trains",
+    produces=frozenset({Artifact.MODEL}),
+    result=RLResult,
+    trains=True,
+    resumable=True,
+    estimate=estimate_rl,
+)
+STAGE_KINDS = (SYNTHESIZE, PREFERENCE, RL)
 
 __all__ = [
     "PREFERENCE",
+    "RL",
     "STAGE_KINDS",
     "SYNTHESIZE",
     "BackendConfig",
@@ -68,6 +84,8 @@ __all__ = [
     "PreferenceStageConfig",
     "PromptRow",
     "PromptSource",
+    "RLResult",
+    "RLStageConfig",
     "RewardConfig",
     "RewardSet",
     "SamplingBackend",
@@ -86,6 +104,7 @@ __all__ = [
     "parse_judge_score",
     "revision_pair",
     "run_preference",
+    "run_rl",
     "run_synthesize",
     "select_samples",
     "split_think",

@@ -28,6 +28,9 @@ The memory model (per GPU, DeepSpeed ZeRO-3 without offload, bf16 mixed precisio
 Hours are ``6 * N * trained tokens / (GPUs * peak bf16 dense FLOP/s * MFU)``, the same MFU that
 bench/gpu_mfu.py measures (preference stages: 8N, the reference model's forward pass included).
 A preference stage without ``precompute_ref_log_probs`` also holds a bf16 reference model, sharded.
+An RL stage also samples while it trains: its generation hours are ``2 * N`` FLOPs per prompt token
+prefilled at the training MFU plus ``2 * N`` per sampled token at :data:`GENERATION_MFU` (decoding is
+memory-bound), and a colocated vLLM engine's share of each GPU is not available to training.
 """
 
 from __future__ import annotations
@@ -44,7 +47,14 @@ from tempa.recipes.loader import LoadedRecipe
 from tempa.recipes.registry import stage_kind
 from tempa.recipes.rundir import done_fingerprint, read_manifest
 from tempa.recipes.schema import TINY_DEFAULT
-from tempa.sft.stage_api import EstimateInputs, SourceSize, StageResult, TokenCount, TrainingWorkload
+from tempa.sft.stage_api import (
+    EstimateInputs,
+    GenerationWork,
+    SourceSize,
+    StageResult,
+    TokenCount,
+    TrainingWorkload,
+)
 from tempa.sft.throughput_summary import peak_flops
 
 GIB = 2**30
@@ -57,6 +67,9 @@ GATHER_BYTES = 4  # per parameter of the largest layer, gathered whole for compu
 
 USABLE_MEMORY = 0.90  # share of GPU memory a stage may plan to use
 PACKING_FILL = 0.95  # share of each packed row that BFD packing fills with tokens
+# Decoding reads every weight once per step for the whole batch, so it runs far below the training
+# MFU; an assumption (not measured here) for vLLM's continuous batching on H100-class GPUs.
+GENERATION_MFU = 0.10
 
 # Average rendered tokens per conversation when the recipe gives rows but no data stats exist yet.
 AVG_TOKENS_THINKING_OFF = 800  # instruction / chat data
@@ -329,6 +342,7 @@ class Workload:
     train: dict[str, Any]
     lora: Any = None
     reference: bool = False
+    reserved: float = 0.0  # share of each GPU held by something else (a colocated vLLM engine)
 
 
 def memory_estimate(shape: ModelShape, hardware: Hardware, work: Workload) -> MemoryEstimate:
@@ -340,7 +354,7 @@ def memory_estimate(shape: ModelShape, hardware: Hardware, work: Workload) -> Me
                                    liger=liger(work.train))
     reference = 2 * shape.parameters / hardware.gpus if work.reference else 0.0
     return MemoryEstimate(**{k: v / GIB for k, v in states.items()}, activations=activations / GIB,
-                          capacity=hardware.gpu.memory_gib, reference=reference / GIB)
+                          capacity=hardware.gpu.memory_gib * (1 - work.reserved), reference=reference / GIB)
 
 
 def gpus_needed(shape: ModelShape, hardware: Hardware, work: Workload) -> int | None:
@@ -380,13 +394,15 @@ class StageEstimate:
     fits: bool | None  # None: the model's size is unknown
     bound: str = ""  # tokens, steps and hours are at least (">="), at most ("<=") or about ("~") these
     gpus_needed: int | None = None
+    generation_hours: float | None = None  # sampling during training (RL stages), included in hours
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
-def _batch(train: dict[str, Any], hardware: Hardware, per_sequence: float, sequences: int) -> tuple[int, int]:
+def _batch(train: dict[str, Any], hardware: Hardware, per_sequence: float, sequences: int,
+           max_length: int | None = None) -> tuple[int, int]:
     """(micro-batch tokens per GPU, tokens per optimizer step); ``sequences`` per row (2 for a pair)."""
-    max_length = int(train.get("max_length") or 1024)
+    max_length = int(max_length or train.get("max_length") or 1024)
     per_device = int(train.get("per_device_train_batch_size", 8)) * sequences
     accumulation = int(train.get("gradient_accumulation_steps", 1))
     micro = per_device * max_length  # packed rows, or the worst case of padding to max_length
@@ -434,14 +450,16 @@ def estimate_stage(name: str, kind: str, workload: TrainingWorkload, shape: Mode
     count = workload.tokens
     sequences = workload.sequences_per_row
     per_sequence = count.tokens / (count.rows * sequences) if count.tokens and count.rows else AVG_TOKENS_THINKING_OFF
-    micro, per_step = _batch(train, hardware, per_sequence, sequences)
+    micro, per_step = _batch(train, hardware, per_sequence, sequences, workload.sequence_tokens)
     epochs, steps, trained = _schedule(count, train, per_step, workload.rounds)
     if shape is None:
         estimate = StageEstimate(name, kind, count.tokens, count.source, epochs, trained, steps, per_step,
                                  micro, None, None, None, bound=count.bound, notes=list(count.notes))
         estimate.warnings.append(f"stage {name}: unknown size, so no memory, fit or hours: {unknown_size}")
         return estimate
-    work = Workload(micro, train, workload.lora, workload.reference_model)
+    generation = workload.generation
+    work = Workload(micro, train, workload.lora, workload.reference_model,
+                    generation.gpu_memory_fraction if generation else 0.0)
     memory = memory_estimate(shape, hardware, work)
     if offload and work.lora is None:
         # fp32 master weights + Adam moments live in host RAM; the GPU keeps bf16 shards + gathers
@@ -449,15 +467,43 @@ def estimate_stage(name: str, kind: str, workload: TrainingWorkload, shape: Mode
         memory = replace(memory, params=gpu_states - memory.gathered, grads=0.0, optimizer=0.0)
     # A preference pair's reference model adds a forward pass (2N) to the policy's 6N FLOPs per token.
     paired = sequences > 1
-    flops_per_token = 6 * shape.parameters + (2 * shape.parameters if paired else 0)
+    forwards = workload.extra_forwards + (1 if paired else 0)
+    flops_per_token = 6 * shape.parameters + 2 * shape.parameters * forwards
     peak = hardware.gpus * hardware.gpu.peak_tflops * 1e12 * mfu
     hours = flops_per_token * trained / peak / 3600 if trained else None
+    generation_hours = _generation_hours(generation, shape, hardware, mfu, trained, count.tokens)
+    if hours is not None and generation_hours is not None:
+        hours += generation_hours
     estimate = StageEstimate(name, kind, count.tokens, count.source, epochs, trained, steps, per_step,
-                             micro, memory, hours, memory.fits, bound=count.bound, notes=list(count.notes))
+                             micro, memory, hours, memory.fits, bound=count.bound, notes=list(count.notes),
+                             generation_hours=generation_hours)
+    if generation is not None:
+        estimate.notes.append(_generation_note(generation, generation_hours, forwards))
     if offload and work.lora is None:
         estimate.notes.append(f"optimizer offloaded to CPU: ~{host:.0f} GiB host RAM per node (DeepSpeed's estimate)")
     _annotate(estimate, shape, hardware, work, paired)
     return estimate
+
+
+def _generation_hours(generation: GenerationWork | None, shape: ModelShape, hardware: Hardware, mfu: float,
+                      trained: int | None, tokens_per_epoch: int | None) -> float | None:
+    """Hours of sampling over the whole stage (as many epochs of it as of training)."""
+    if generation is None or generation.sampled_tokens is None or not trained or not tokens_per_epoch:
+        return None
+    epochs = trained / tokens_per_epoch
+    peak = hardware.gpus * hardware.gpu.peak_tflops * 1e12
+    prefill = 2 * shape.parameters * (generation.prompt_tokens or 0) / (peak * mfu)
+    decode = 2 * shape.parameters * generation.sampled_tokens / (peak * GENERATION_MFU)
+    return epochs * (prefill + decode) / 3600
+
+
+def _generation_note(generation: GenerationWork, hours: float | None, forwards: int) -> str:
+    share = (f"; the engine holds {100 * generation.gpu_memory_fraction:.0f}% of each GPU, left out of the memory "
+             "available to training" if generation.gpu_memory_fraction else "")
+    timed = f"~{hours:.2g} h of the hours" if hours is not None else "not timed (token count unknown)"
+    return (f"generation while training: {generation.how}; {timed} (2N FLOPs per prompt token at the training "
+            f"MFU, per sampled token at {100 * GENERATION_MFU:.0f}% MFU: decoding is memory-bound){share}; "
+            f"{forwards} forward-only pass(es) per trained token besides the policy's (2N FLOPs each)")
 
 
 def _annotate(estimate: StageEstimate, shape: ModelShape, hardware: Hardware, work: Workload,
@@ -625,7 +671,7 @@ def _footnotes(estimates: list[StageEstimate], loaded: LoadedRecipe) -> list[str
     )
     out += _wrap(
         f"steps assume BFD packing fills {100 * PACKING_FILL:.0f}% of each row; hours = 6 x params x trained "
-        "tokens / (GPUs x peak x MFU); '>=': some data could not be sized; '<=': an upper bound (a synthesize "
+        "tokens / (GPUs x peak x MFU), plus sampling for RL stages (their notes); '>=': some data could not be sized; '<=': an upper bound (a synthesize "
         "stage's output); '~': both"
     )
     launch = loaded.recipe.launch.accelerate_config

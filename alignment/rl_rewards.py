@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,17 +35,8 @@ class RLPrompt(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str
-    messages: list[dict[str, Any]]
-    language: str | None = None
-    answer: Any = None
-    reference: str | None = None
-    thinking_mode: Literal["on", "off"] | None = None
+    row: PromptRow = Field(description="The prompt with its target language, reference answer and thinking mode.")
     prefill: str = Field(default="", description="What the template wrote after the assistant header.")
-
-    def row(self) -> PromptRow:
-        return PromptRow(id=self.id, messages=self.messages, language=self.language, answer=self.answer,
-                         reference=self.reference, thinking_mode=self.thinking_mode)
 
 
 class RewardSpec(BaseModel):
@@ -88,7 +79,7 @@ class BatchScorer:
         key = (tuple(tuple(int(i) for i in ids) for ids in completion_ids), tuple(rows))
         if key != self._key:
             prompts = [RLPrompt.model_validate_json(row) for row in rows]
-            items = [ScoreItem(p.row(), self.completion(ids, p.prefill)) for p, ids in zip(prompts, completion_ids,
+            items = [ScoreItem(p.row, self.completion(ids, p.prefill)) for p, ids in zip(prompts, completion_ids,
                                                                                        strict=True)]
             self._records = self.rewards.score(items)
             self._key = key

@@ -117,9 +117,7 @@ def render_prompts(prompts: list[PromptRow], tokenizer: Any, where: str) -> list
             raise StageError(f"{where}: prompt {prompt.id}: the chat template cannot render it ({first})") from None
         if prefix and text.startswith(prefix):
             text = text[len(prefix):]
-        row = RLPrompt(id=prompt.id, messages=prompt.messages, language=prompt.language, answer=prompt.answer,
-                       reference=prompt.reference, thinking_mode=prompt.thinking_mode, prefill=prefill)
-        rows.append({"prompt": text, ROW_COLUMN: row.model_dump_json()})
+        rows.append({"prompt": text, ROW_COLUMN: RLPrompt(row=prompt, prefill=prefill).model_dump_json()})
     return rows
 
 

@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from tempa.alignment.rl_config import RLStageConfig
+from tempa.recipes.loader import load_recipe
+from tempa.recipes.runner import run_recipe
 from tempa.sft.checkpoints import complete_checkpoints
 from tempa.sft.files import json_or_none
 from tempa.sft.run_layout import DONE
@@ -65,13 +67,15 @@ def rlvr(tmp_path_factory):
         "final": (stage / "final").exists(),
         "done": {name: (run_dir / name / DONE).read_text() for name in ("sft-sea-instruct", "sft-reasoning")},
     }
-    again = subprocess.run(tempa("run", RECIPE, "--profile", "tiny", "--run-dir", str(run_dir)),
-                           capture_output=True, text=True)
-    assert again.returncode == 0, again.stderr[-3000:]
+    summary = run_recipe(load_recipe(RECIPE, profile="tiny"), run_dir)  # the same command, in this process
+    assert summary.ran == ["rlvr", "bake"]
     return run_dir, killed
 
 
+# One pipeline for the three tests below: 2 tiny SFT stages, the rl stage killed and resumed, the bake
+# (about 2 minutes on an idle 2-core machine; the first test to run pays for it).
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_the_rl_stage_resumes_after_a_kill(rlvr):
     run_dir, killed = rlvr
     stage = run_dir / "rlvr"
@@ -87,6 +91,7 @@ def test_the_rl_stage_resumes_after_a_kill(rlvr):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_rewards_are_logged_per_component_and_loss_and_kl_are_finite(rlvr):
     run_dir, _ = rlvr
     stage = run_dir / "rlvr"
@@ -113,6 +118,7 @@ def test_rewards_are_logged_per_component_and_loss_and_kl_are_finite(rlvr):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_prompts_are_rendered_in_each_rows_thinking_mode_with_the_recipes_rewards(rlvr):
     import datasets
 
@@ -124,9 +130,9 @@ def test_prompts_are_rendered_in_each_rows_thinking_mode_with_the_recipes_reward
     assert len(rows) == 6
     for row in rows:
         prompt = RLPrompt.model_validate_json(row[ROW_COLUMN])
-        assert prompt.thinking_mode == "on" and prompt.prefill == "<think>\n"
+        assert prompt.row.thinking_mode == "on" and prompt.prefill == "<think>\n"
         assert row["prompt"].endswith("<|start_header_id|>assistant<|end_header_id|>\n\n<think>\n")
-        assert prompt.language and prompt.answer is not None  # what the verifiers need travels with the row
+        assert prompt.row.language and prompt.row.answer is not None  # what the verifiers need travels with it
     plan = json.loads((stage / "train_plan.json").read_text())
     assert plan["trainer"] == "grpo" and plan["rewards"]["factory"].endswith(":trl_reward_functions")
     assert plan["train_args"]["reward_weights"] == [1.0, 0.5, 0.25, 1.0]
@@ -135,7 +141,6 @@ def test_prompts_are_rendered_in_each_rows_thinking_mode_with_the_recipes_reward
 
 def test_the_plan_on_8xh100_includes_generation_time():
     from tempa.recipes.estimate import estimate_recipe, render_estimate
-    from tempa.recipes.loader import load_recipe
 
     loaded = load_recipe(RECIPE)
     estimates = {e.name: e for e in estimate_recipe(loaded, "8xH100")}
@@ -216,6 +221,7 @@ def test_rendered_prompts_encode_as_the_template_does(llama3_final_dir):
 def test_the_batch_is_scored_once_and_completions_keep_how_they_ended(tiny_tokenizer_dir, tmp_path):
     from transformers import AutoTokenizer
 
+    from tempa.alignment.prompts import PromptRow
     from tempa.alignment.rl_rewards import ROW_COLUMN, RewardSpec, RLPrompt, trl_reward_functions
     from tempa.chat_templates import bake_tokenizer
 
@@ -226,7 +232,7 @@ def test_the_batch_is_scored_once_and_completions_keep_how_they_ended(tiny_token
     (tmp_path / "spec.json").write_text(spec.model_dump_json())
     functions = trl_reward_functions(tmp_path / "spec.json", tokenizer)
     assert [f.__name__ for f in functions] == ["format", "length"]
-    row = RLPrompt(id="p", messages=[{"role": "user", "content": "?"}], thinking_mode="on",
+    row = RLPrompt(row=PromptRow(id="p", messages=[{"role": "user", "content": "?"}], thinking_mode="on"),
                    prefill="<think>\n").model_dump_json()
     body = tokenizer("2 and 2 make 4.\n</think>\n\nFour.", add_special_tokens=False)["input_ids"]
     ended = [*body, tokenizer.convert_tokens_to_ids("<|eot_id|>")]
@@ -270,6 +276,7 @@ def test_prompts_whose_samples_all_score_the_same_leave_the_model_unchanged(tiny
         "name": "rl", "kind": "rl", "prompts": {"path": PROMPTS}, "rewards": [{"type": "length"}],
         "train": {"num_generations": 2, "per_device_train_batch_size": 4, "max_completion_length": 6,
                   "max_steps": 1, "learning_rate": 1.0e-2, "warmup_steps": 0, "beta": 0.0,
+                  "mask_truncated_completions": False,  # all cut off: masking alone would zero the loss
                   "activation_checkpointing": False, "save_strategy": "no", "logging_steps": 1}})
     plan = TrainPlan.standalone(tiny_model_dir, tmp_path / "out", config.train_args(), trainer="grpo",
                                 train_data=tmp_path / "data", tokenizer_dir=tmp_path / "tok",
@@ -281,3 +288,44 @@ def test_prompts_whose_samples_all_score_the_same_leave_the_model_unchanged(tiny
     assert logged["frac_reward_zero_std"] == 1.0 and logged["loss"] == 0.0
     after = trainer.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_lora_trains_adapters_only(tiny_model_dir, tmp_path):
+    """`lora:` trains peft adapters on the frozen policy (merged into final/ by the worker, as for sft)."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    from tempa.alignment.prompts import PromptRow
+    from tempa.alignment.rl_rewards import FACTORY, RewardSpec
+    from tempa.alignment.rl_stage import render_prompts
+    from tempa.chat_templates import bake_tokenizer
+    from tempa.sft.kernels import KernelChoice
+    from tempa.sft.train_plan import RewardHook, TrainPlan
+    from tempa.sft.train_worker import rl_trainer
+
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    prompts = [PromptRow(id=str(i), messages=[{"role": "user", "content": f"{i} + 1?"}], thinking_mode="off")
+               for i in range(2)]
+    datasets.Dataset.from_list(render_prompts(prompts, tokenizer, "p")).save_to_disk(str(tmp_path / "data"))
+    spec = RewardSpec(rewards=[{"type": "length", "unit": "chars", "per_token": 0.05}], policy_dir=tiny_model_dir,
+                      tokenizer_dir=tmp_path / "tok")
+    (tmp_path / "rewards.json").write_text(spec.model_dump_json())
+    config = RLStageConfig.model_validate({
+        "name": "rl", "kind": "rl", "trainer": "rloo", "prompts": {"path": PROMPTS},
+        "rewards": [{"type": "length"}], "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
+        "train": {"num_generations": 2, "per_device_train_batch_size": 4, "max_completion_length": 6,
+                  "max_steps": 1, "learning_rate": 5.0e-2, "warmup_steps": 0, "beta": 0.0,
+                  "mask_truncated_completions": False,  # the tiny model's samples are all cut off
+                  "activation_checkpointing": False, "save_strategy": "no", "logging_steps": 1}})
+    plan = TrainPlan.standalone(tiny_model_dir, tmp_path / "out", config.train_args(), trainer="rloo",
+                                train_data=tmp_path / "data", tokenizer_dir=tmp_path / "tok",
+                                rewards=RewardHook(factory=FACTORY, spec=tmp_path / "rewards.json"))
+    plan = plan.model_copy(update={"lora": config.lora})
+    trainer = rl_trainer(plan, tokenizer, KernelChoice(attn_implementation=None, use_liger_kernel=False))
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {k for k, v in trainer.model.named_parameters() if not torch.equal(before[k], v)}
+    assert changed and all("lora_" in k for k in changed)  # the base weights stay frozen
+    (logged,) = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert math.isfinite(logged["loss"]) and "rewards/length/mean" in logged

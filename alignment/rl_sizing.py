@@ -24,6 +24,7 @@ def estimate_rl(config: RLStageConfig, inputs: EstimateInputs) -> TrainingWorklo
     # trl recomputes the sampling policy's log-probs with a forward pass when sampling is off-policy:
     # several updates per batch, or vLLM's sampler (its importance-sampling correction, on by default).
     old_policy = int(train.get("num_iterations", 1) or 1) > 1 or train.get("use_vllm") is not False
+    # On the GPUs it plans for, the worker samples with vLLM unless the recipe says use_vllm: false.
     colocated = train.get("use_vllm") is not False and train.get("vllm_mode", "colocate") == "colocate"
     memory = float(train.get("vllm_gpu_memory_utilization", 0.3)) if colocated else 0.0
     where = "prompts x num_generations x assumed prompt + completion length"
@@ -32,12 +33,12 @@ def estimate_rl(config: RLStageConfig, inputs: EstimateInputs) -> TrainingWorklo
             f"({100 * COMPLETION_FILL:.0f}% of max_completion_length {completion:,})")
     rows = None if prompts is None else prompts * generations
     tokens = TokenCount(None if rows is None else rows * (AVG_PROMPT_TOKENS + sampled), rows, where, [note])
-    how = (f"{'vLLM ' + str(train.get('vllm_mode', 'colocate')) if train.get('use_vllm') is not False else 'transformers'}"
-           f", {'?' if rows is None else f'{rows * sampled:,}'} sampled tokens per epoch")
+    engine = "transformers" if train.get("use_vllm") is False else f"vLLM {train.get('vllm_mode', 'colocate')}"
     generation = GenerationWork(
         sampled_tokens=None if rows is None else rows * sampled,
         prompt_tokens=None if rows is None else rows * AVG_PROMPT_TOKENS,
-        gpu_memory_fraction=memory, how=how)
+        gpu_memory_fraction=memory,
+        how=f"{engine}, {'?' if rows is None else f'{rows * sampled:,}'} sampled tokens per epoch")
     return TrainingWorkload(tokens=tokens, train_args=train, reference_model=beta > 0, lora=config.lora,
                             sequence_tokens=AVG_PROMPT_TOKENS + completion,
                             extra_forwards=int(beta > 0) + int(old_policy), generation=generation)

@@ -74,10 +74,9 @@ def run_rl(config: RLStageConfig, ctx: StageContext) -> RLResult:
     metrics.update({f"reward_{name}": value for name, value in rewards.items()})
     for key in (*LOGGED, *logged_shares(outcome.log_history)):
         metrics[key.replace("/", "_")] = run_mean(outcome.log_history, key)
-    if outcome.log_history:
-        last = [entry for entry in outcome.log_history if "loss" in entry]
-        if last and "kl" in last[-1]:
-            metrics["last_kl"] = last[-1]["kl"]
+    logged = [entry for entry in outcome.log_history if "loss" in entry]
+    if logged and "kl" in logged[-1]:
+        metrics["last_kl"] = logged[-1]["kl"]
     return RLResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir), metrics=metrics,
                     files={"prompts": dataset, "rewards": spec_path}, prompts=len(prompts), rewards=rewards)
 

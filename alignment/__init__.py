@@ -6,6 +6,7 @@ Stage kinds (``STAGE_KINDS``, collected by the recipe runner):
 - ``preference``: N rounds of on-policy sampling -> rewards -> best/worst pairs -> trl DPOTrainer.
 - ``translate``: a teacher translates prompts or conversations (filters, optional judge) -> a dataset.
 - ``generate_prompts``: a teacher writes prompts per topic (filters, judge threshold) -> a prompts dataset.
+- ``rl``: reinforcement learning with verifiable rewards: trl GRPOTrainer / RLOOTrainer scored by tempa's rewards.
 
 Heavy imports (torch, transformers, trl) happen inside functions, so importing the package is cheap.
 """
@@ -32,6 +33,9 @@ from tempa.alignment.preference_config import PreferenceStageConfig
 from tempa.alignment.preference_stage import PreferenceResult, run_preference
 from tempa.alignment.prompts import PromptRow, PromptSource, load_prompts
 from tempa.alignment.rewards import RewardConfig, RewardSet, ScoreItem, ScoringEnv
+from tempa.alignment.rl_config import RLStageConfig
+from tempa.alignment.rl_sizing import estimate_rl
+from tempa.alignment.rl_stage import RLResult, run_rl
 from tempa.alignment.selection import select_samples
 from tempa.alignment.sizing import estimate_preference, synthesized_size
 from tempa.alignment.synthesize_config import SynthesizeStageConfig
@@ -84,11 +88,23 @@ GENERATE_PROMPTS = StageKind(
     result=GeneratePromptsResult,
     dataset_size=generated_size,
 )
-STAGE_KINDS = (SYNTHESIZE, PREFERENCE, TRANSLATE, GENERATE_PROMPTS)
+RL = StageKind(
+    kind="rl",
+    config=RLStageConfig,
+    run=run_rl,
+    summary="reinforcement learning with verifiable rewards (trl GRPO / RLOO), sampling while it trains",
+    produces=frozenset({Artifact.MODEL}),
+    result=RLResult,
+    trains=True,
+    resumable=True,
+    estimate=estimate_rl,
+)
+STAGE_KINDS = (SYNTHESIZE, PREFERENCE, RL, TRANSLATE, GENERATE_PROMPTS)
 
 __all__ = [
     "GENERATE_PROMPTS",
     "PREFERENCE",
+    "RL",
     "STAGE_KINDS",
     "SYNTHESIZE",
     "TRANSLATE",
@@ -102,6 +118,8 @@ __all__ = [
     "PreferenceStageConfig",
     "PromptRow",
     "PromptSource",
+    "RLResult",
+    "RLStageConfig",
     "RewardConfig",
     "RewardSet",
     "SamplingBackend",
@@ -120,6 +138,7 @@ __all__ = [
     "parse_judge_score",
     "revision_pair",
     "run_preference",
+    "run_rl",
     "run_synthesize",
     "select_samples",
     "split_think",

@@ -11,10 +11,12 @@ type                      score                                                 
 ========================  ==========================================================  ============
 ``answer``                the answer matches the reference (math-verify, exact,       0 or 1
                           contains or regex)
-``language``              the answer is in the prompt's target language (py3langid)   0 or 1
-``format``                share of format checks passed: think block closed exactly   0..1
-                          when thinking is on, non-empty answer, ended with
-                          end-of-turn (not cut off)
+``language``              the answer is in the prompt's target language (py3langid);  0..1
+                          with ``reasoning``, the think block too (in the prompt's
+                          language, or any the policy allows, e.g. English)
+``format``                share of format checks passed: a closed think block with    0..1
+                          reasoning in it exactly when thinking is on, non-empty
+                          answer, ended with end-of-turn (not cut off)
 ``length``                ``-per_token * max(0, tokens - free_tokens)``, capped       -max..0
 ``reward_model``          a sequence-classification model's score                     logit/0..1
 ``judge``                 an LLM judge's 1-10 rating (or (r-1)/9 with scale: unit)    1..10 / 0..1
@@ -57,6 +59,7 @@ from tempa.sft.stage_api import Read, StageError, resolve_path
 # --------------------------------------------------------------------------- pure scoring functions
 
 _PUNCT = re.compile(r"[\s\W_]+", re.UNICODE)
+_WORD = re.compile(r"[^\W_]", re.UNICODE)  # a letter or digit, in any script
 
 
 def normalize_text(text: str) -> str:
@@ -137,10 +140,52 @@ def language_match(
     return (1.0 if verdict else 0.0), found.language
 
 
+@dataclass(frozen=True)
+class LanguageVerdict:
+    """The language reward's verdicts on one response (None: could not be judged)."""
+
+    score: float | None
+    answer: float | None
+    answer_language: str | None = None
+    reasoning: float | None = None
+    reasoning_language: str | None = None
+
+    def details(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"detected": self.answer_language} if self.answer_language else {}
+        if self.answer is not None:
+            out["answer"] = self.answer  # what the SEA-IFEval gate reads
+        if self.reasoning is not None:
+            out.update(reasoning=self.reasoning, reasoning_detected=self.reasoning_language)
+        return out
+
+
+def language_fidelity(completion: Completion, target: str | None, config: LanguageReward) -> LanguageVerdict:
+    """The ``language`` reward of one response: its answer and, with ``config.reasoning``, its reasoning."""
+    split = split_think(completion)
+    languages = tuple(config.languages) if config.languages else None
+    equivalent = tuple(tuple(g) for g in config.equivalent)
+    answer, detected = language_match(split.answer, target, min_letters=config.min_letters, languages=languages,
+                                      equivalent=equivalent)
+    if config.reasoning is None:
+        return LanguageVerdict(answer, answer, detected)
+    verdict, reasoning_detected = language.reasoning_verdict(
+        split.reasoning, target, config.reasoning, languages=languages, min_letters=config.min_letters,
+        equivalent=equivalent)
+    reasoning = None if verdict is None else float(verdict)
+    weight = config.reasoning_weight
+    if answer is not None and reasoning is not None:
+        score: float | None = (1 - weight) * answer + weight * reasoning
+    else:
+        score = answer if reasoning is None else reasoning
+    return LanguageVerdict(score, answer, detected, reasoning, reasoning_detected)
+
+
 def format_checks(completion: Completion, thinking_mode: str | None, *, require_stop: bool = True) -> dict[str, bool]:
     """Named format checks of a response (the format reward is the share that pass).
 
-    - ``think``: thinking on: a think block is present and closed; thinking off: no reasoning text.
+    - ``think``: thinking on: a think block is present, closed, and has reasoning in it (a word, not only
+      whitespace or punctuation: closing the pre-filled block at once is the cheapest way to pass a
+      format check, and RL finds it); thinking off: no reasoning text.
     - ``no_stray_tags``: no think tags beyond the one block.
     - ``answer``: the answer (after the block) is not empty.
     - ``ended``: generation ended with the end-of-turn token, not at the token limit (left out
@@ -149,7 +194,8 @@ def format_checks(completion: Completion, thinking_mode: str | None, *, require_
     split: ThinkSplit = split_think(completion)
     thinking = thinking_mode != "off"
     checks = {
-        "think": (split.has_block and split.closed) if thinking else not (split.reasoning or "").strip(),
+        "think": (split.has_block and split.closed and bool(_WORD.search(split.reasoning or ""))) if thinking
+        else not (split.reasoning or "").strip(),
         "no_stray_tags": not (has_think_tags(split.reasoning or "") or has_think_tags(split.answer)),
         "answer": bool(split.answer.strip()),
     }
@@ -205,9 +251,12 @@ class AnswerReward(_RewardBase):
 
 
 class LanguageReward(_RewardBase, language.LanguageRules):
-    """Language fidelity: the answer is in the prompt's target language (column `language`, py3langid).
+    """Language fidelity: the answer is in the prompt's target language (column `language`, py3langid),
+    and, with `reasoning` set, the reasoning in a language its policy allows.
 
-    A too short answer (see `min_letters`) gets no score, so it never gates.
+    A too short answer (see `min_letters`) gets no score, so it never gates; the same holds for the
+    reasoning. Score: the answer's verdict (0 or 1); with `reasoning`, ``(1 - reasoning_weight) x answer
+    + reasoning_weight x reasoning`` when both can be judged, else whichever can.
     """
 
     type: Literal["language"] = "language"
@@ -219,6 +268,13 @@ class LanguageReward(_RewardBase, language.LanguageRules):
     languages: list[str] | None = Field(
         default=None, description="Restrict py3langid to these codes (e.g. the recipe's languages); default: all."
     )
+
+    reasoning: language.ReasoningLanguage | None = Field(
+        default=None,
+        description="Also check the reasoning (the think block): `{languages: [target]}` (the prompt's language), "
+        "`{languages: [target, en]}` (English reasoning allowed too), ... Unset: the answer only.",
+    )
+    reasoning_weight: float = Field(default=0.5, ge=0, le=1, description="With `reasoning`: its share of the score.")
 
     @field_validator("languages")
     @classmethod
@@ -375,7 +431,8 @@ class RewardSet:
         judges = [c.key for c in self.configs if isinstance(c, JudgeReward)]
         records = []
         for item_scores, item_details in zip(scores, details, strict=True):
-            if gates and answers and any(item_scores.get(g) == 0.0 for g in gates):
+            # The gate follows the answer's language only, never the reasoning's.
+            if gates and answers and any(item_details.get(g, {}).get("answer") == 0.0 for g in gates):
                 for name in answers:
                     if item_scores[name]:
                         item_details.setdefault(name, {})["gated_by_language"] = True
@@ -390,16 +447,8 @@ class RewardSet:
             return [answer_match(split_think(it.completion).answer, it.prompt.answer, config.match, config.pattern)
                     for it in items], [{} for _ in items]
         if isinstance(config, LanguageReward):
-            values, infos = [], []
-            for it in items:
-                value, detected = language_match(
-                    split_think(it.completion).answer, it.prompt.language, min_letters=config.min_letters,
-                    languages=tuple(config.languages) if config.languages else None,
-                    equivalent=tuple(tuple(g) for g in config.equivalent),
-                )
-                values.append(value)
-                infos.append({"detected": detected} if detected else {})
-            return values, infos
+            verdicts = [language_fidelity(it.completion, it.prompt.language, config) for it in items]
+            return [v.score for v in verdicts], [v.details() for v in verdicts]
         if isinstance(config, FormatReward):
             values, infos = [], []
             for it in items:

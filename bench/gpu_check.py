@@ -1,4 +1,4 @@
-"""One-command GPU check: the `gpu` extra, MFU on a Llama-3.2-1B shape, and a two-stage recipe with vLLM.
+"""One-command GPU check: the `gpu` extra, MFU on a Llama-3.2-1B shape, and a three-stage recipe with vLLM.
 
     python bench/gpu_check.py                  # on a machine with one H100/H200 (about 10 minutes)
     python bench/gpu_check.py --skip-install   # the gpu extra is already installed
@@ -14,18 +14,20 @@ Steps, each timed:
    BFD packing, with the kernels tempa's worker picks; the check requires flash-attention 2 and Liger.
 3. pipeline: a random model with Llama-3.2-1B's body (tempa's tiny tokenizer, so its vocabulary is
    the tokenizer's: sampled ids always decode) through one recipe: an ``sft`` stage, then one
-   ``preference`` round that samples with the vLLM backend, scores, pairs and trains DPO. Each
-   training stage runs in its launched worker, as in any tempa run.
-4. checks: every logged loss of both stages is finite and the last is below the first; both stages
-   used flash-attention 2 and Liger. Prints tokens/s/GPU and MFU per stage (tempa's own meter).
+   ``preference`` round that samples with the vLLM backend, scores, pairs and trains DPO, then an ``rl``
+   stage: trl's GRPOTrainer sampling with vLLM colocated on the training GPU, scored by tempa's rewards.
+   Each training stage runs in its launched worker, as in any tempa run.
+4. checks: every logged loss of the sft and preference stages is finite and the last is below the first;
+   both used flash-attention 2 and Liger. The rl stage logged every reward, a finite loss and KL at every
+   step, and generated with vLLM (colocate). Prints tokens/s/GPU and MFU per stage (tempa's own meter).
 5. scale-out: the launches that CPU CI cannot run (:data:`SCALE_OUT`: FSDP2 and its offload, DeepSpeed
    Ulysses/ALST and FSDP2 context parallelism, nodes over NCCL). Each recipe's launch block is validated
    (on CPU too), ``tempa plan --hardware`` is rendered for it, and each is listed with the GPUs it needs
    and the command that checks it on a machine that has them.
 
 The dry run swaps in what a CPU can run: no install, ``gpu_mfu.py --dry-run``, the embedded tiny
-model, the transformers sampling backend, and tempa's CPU kernels (per-document sdpa for packed SFT
-rows). Exit code 0 only when every check passes.
+model, the transformers sampling backend (and transformers generation for GRPO), and tempa's CPU kernels
+(per-document sdpa for packed SFT rows). Exit code 0 only when every check passes.
 """
 
 from __future__ import annotations
@@ -115,11 +117,18 @@ def recipe_text(base_model: str, dry_run: bool) -> str:
         launch, backend = "{use_cpu: true}", "{type: transformers}"
         sft = "{max_steps: 6, learning_rate: 3.0e-3, per_device_train_batch_size: 8, max_length: 512, logging_steps: 2}"
         new_tokens, prompts, dpo_lr = 16, 8, 5.0e-4
+        # the tiny model never ends a sample within 8 tokens: train on the cut-off ones
+        grpo = ("{num_generations: 2, per_device_train_batch_size: 4, max_completion_length: 8, max_steps: 2, "
+                "learning_rate: 1.0e-3, beta: 0.04, mask_truncated_completions: false, logging_steps: 1, "
+                "save_strategy: 'no', activation_checkpointing: false}")
     else:
         launch = "{accelerate_config: single, num_processes: 1}"
         backend = "{type: vllm, dtype: bfloat16, gpu_memory_utilization: 0.35, max_model_len: 4096, enforce_eager: true}"
         sft = "{max_steps: 40, learning_rate: 2.0e-4, per_device_train_batch_size: 16, max_length: 2048, logging_steps: 5}"
         new_tokens, prompts, dpo_lr = 256, 16, 1.0e-5
+        grpo = ("{num_generations: 4, per_device_train_batch_size: 16, max_completion_length: 128, max_steps: 4, "
+                "learning_rate: 1.0e-6, beta: 0.001, logging_steps: 1, save_strategy: 'no', "
+                "vllm_gpu_memory_utilization: 0.3, vllm_max_model_length: 2048}")
     return textwrap.dedent(f"""\
         name: gpu-check
         base_model: {base_model}
@@ -147,6 +156,15 @@ def recipe_text(base_model: str, dry_run: bool) -> str:
             pairs: {{min_margin: 0.01, allow_truncated_chosen: true}}
             train: {{loss_type: sigmoid, beta: 0.1, learning_rate: {dpo_lr}, max_steps: 8, warmup_steps: 0,
                     per_device_train_batch_size: 4, logging_steps: 1, save_strategy: "no", max_length: 1024}}
+          - name: rl
+            kind: rl
+            prompts: {{path: {data / "sample_prompts.jsonl"}, limit: {prompts}}}
+            rewards:
+              - {{type: answer}}
+              - {{type: language, reasoning: {{languages: [target, en]}}}}
+              - {{type: format}}
+              - {{type: length, unit: chars, per_token: 0.005}}
+            train: {grpo}
         """)
 
 
@@ -215,6 +233,24 @@ def check_losses(report: Report, stage: str, history: list[dict[str, Any]]) -> N
                      f"{stage}: loss decreases ({losses[0]:.4f} -> {losses[-1]:.4f})")
 
 
+RL_REWARDS = ("answer", "language", "format", "length")
+
+
+def check_rl(report: Report, history: list[dict[str, Any]], train_log: str, dry_run: bool) -> None:
+    """The rl stage: every reward logged per step, finite loss and KL, and the generation backend it should use."""
+    steps = [entry for entry in history if "loss" in entry]
+    report.check(bool(steps), f"rl: {len(steps)} logged steps")
+    finite = all(isinstance(e.get(k), int | float) and math.isfinite(e[k]) for e in steps for k in ("loss", "kl"))
+    report.check(bool(steps) and finite, "rl: loss and KL finite at every step")
+    missing = sorted({name for e in steps for name in RL_REWARDS if f"rewards/{name}/mean" not in e})
+    report.check(bool(steps) and not missing, f"rl: every reward logged per step (missing: {missing or 'none'})")
+    expected = "generating with transformers: no CUDA GPU" if dry_run else "generating with vLLM, colocate mode"
+    report.check(expected in train_log, f"rl: {expected}")
+    if steps:
+        print(f"  rl: reward {steps[0].get('reward', float('nan')):.3f} -> {steps[-1].get('reward', float('nan')):.3f}, "
+              f"kl {steps[-1]['kl']:.2e}, frac_reward_zero_std {steps[-1].get('frac_reward_zero_std')}")
+
+
 def pipeline(report: Report, work: Path, dry_run: bool) -> None:
     from tempa.sft.throughput_summary import throughput_headline
 
@@ -238,6 +274,12 @@ def pipeline(report: Report, work: Path, dry_run: bool) -> None:
             mfu = f"{100 * summary['train_mfu']:.1f}%" if "train_mfu" in summary else "n/a (peak unknown)"
             print(f"  {stage}: {summary.get('train_tokens_per_s', 0):,.0f} tokens/s/GPU, MFU {mfu}, padding "
                   f"{100 * summary.get('train_padding_fraction', 0):.1f}%, kernels {kernels}")
+    records = trained_records(run_dir / "rl")
+    report.check(len(records) == 1, f"rl: one trained model ({len(records)} found)")
+    for record in records:
+        log = run_dir / "rl" / "logs" / "train.log"
+        check_rl(report, record.get("log_history", []), log.read_text() if log.is_file() else "", dry_run)
+        print(f"  rl: kernels {record.get('kernels', {})}")
 
 
 def main(argv: list[str] | None = None) -> int:

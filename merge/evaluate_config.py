@@ -15,6 +15,7 @@ from tempa.alignment.backends import BackendConfig, backend_reads
 from tempa.alignment.judge import JudgeSettings
 from tempa.chat_templates.thinking import THINK_TAGS, ThinkingMode
 from tempa.sft import language
+from tempa.sft.language import ReasoningLanguage  # the `language` field below shadows the module
 from tempa.sft.stage_api import Artifact, Read, StageConfigBase, resolve_path
 
 
@@ -71,7 +72,9 @@ class LanguageSuite(_GenerationSuite, language.LanguageRules):
     """Share of answers in the target language, and SEA-IFEval's language-normalised accuracy.
 
     Correctness comes from the row's `answer` (numeric/text match) and/or `instructions`
-    (all IFEval checks pass); rows with neither count toward the language share only.
+    (all IFEval checks pass); rows with neither count toward the language share only. The
+    reasoning (think block) of each answer is checked too, by the same policy the `language`
+    reward's `reasoning` uses: `reasoning_language_share`.
     """
 
     type: Literal["language"]
@@ -81,6 +84,11 @@ class LanguageSuite(_GenerationSuite, language.LanguageRules):
     languages: list[str] | None = Field(
         default=None,
         description="Restrict detection to these codes (e.g. [en, id, vi, th, ta]); default: all py3langid knows.",
+    )
+    reasoning: ReasoningLanguage = Field(
+        default_factory=ReasoningLanguage,
+        description="Languages the reasoning may be in (`reasoning_language_share`): default [target], the "
+        "prompt's; [target, en] allows English reasoning too.",
     )
 
     @field_validator("languages")

@@ -50,6 +50,15 @@ def language_scores(
     return scores
 
 
+def reasoning_scores(verdicts: Sequence[bool | None]) -> dict[str, float]:
+    """``reasoning_language_share``: the share of reasonings in a language the policy allows (over those that
+    could be judged; absent when none could), and ``reasoning:undetermined`` (no reasoning, or too short)."""
+    if not verdicts:
+        return {}
+    return {"reasoning:undetermined": sum(v is None for v in verdicts) / len(verdicts),
+            **_share("reasoning_language_share", list(verdicts))}
+
+
 def _share(name: str, verdicts: list[bool | None]) -> dict[str, float]:
     determined = [v for v in verdicts if v is not None]
     return {name: sum(determined) / len(determined)} if determined else {}

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tempa.alignment.generation import GenerationBackend, GenerationParams
-from tempa.chat_templates.thinking import THINK_TAGS, mode_kwargs, rendered_prefill
+from tempa.chat_templates.thinking import THINK_TAGS, mode_kwargs, rendered_prefill, split_reasoning
 from tempa.merge import answers, ifeval
 from tempa.merge.eval_data import chat_messages, prompt_messages
 from tempa.merge.evaluate_config import (
@@ -28,7 +28,7 @@ from tempa.merge.evaluate_config import (
     ThinkingFormatSuite,
     WinRateSuite,
 )
-from tempa.merge.language import language_scores
+from tempa.merge.language import language_scores, reasoning_scores
 from tempa.merge.win_rate import (
     PAIRWISE_RUBRIC,
     PairwiseJudging,
@@ -40,6 +40,7 @@ from tempa.merge.win_rate import (
     win_rates,
 )
 from tempa.sft.language import detect as detect_language
+from tempa.sft.language import reasoning_verdict
 from tempa.sft.stage_api import StageError
 
 Messages = list[dict[str, Any]]
@@ -159,12 +160,14 @@ class CandidateScorer:
         if any(t is None for t in targets):
             raise StageError(f"suite '{suite.key}': rows need a 'language' (or set the suite's `language`)")
         texts = self._generate_rows(suite, rows)
-        detected, correct = [], []
-        for row, text in zip(rows, texts, strict=True):
-            answer = self.answer(text)
-            detected.append(detect_language(answer, suite.languages, min_letters=suite.min_letters))
-            correct.append(row_correct(suite.key, row, answer))
-        return language_scores(detected, targets, correct, suite.equivalent)
+        detected, correct, reasoning = [], [], []
+        for row, text, target in zip(rows, texts, targets, strict=True):
+            split = split_reasoning(text, self.open_tag, self.close_tag)
+            detected.append(detect_language(split.answer, suite.languages, min_letters=suite.min_letters))
+            correct.append(row_correct(suite.key, row, split.answer))
+            reasoning.append(reasoning_verdict(split.reasoning, target, suite.reasoning, languages=suite.languages,
+                                               min_letters=suite.min_letters, equivalent=suite.equivalent)[0])
+        return {**language_scores(detected, targets, correct, suite.equivalent), **reasoning_scores(reasoning)}
 
     def thinking(self, suite: ThinkingFormatSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
         prompts = [prompt_messages(row) for row in rows]

@@ -36,6 +36,9 @@ shows one sequence of 32k/64k/128k tokens with and without it.
 Hours are ``6 * N * trained tokens / (GPUs * peak bf16 dense FLOP/s * MFU)``, the same MFU that
 bench/gpu_mfu.py measures (preference stages: 8N, the reference model's forward pass included).
 A preference stage without ``precompute_ref_log_probs`` also holds a bf16 reference model, sharded.
+An RL stage also samples while it trains: its generation hours are ``2 * N`` FLOPs per prompt token
+prefilled at the training MFU plus ``2 * N`` per sampled token at :data:`GENERATION_MFU` (decoding is
+memory-bound), and a colocated vLLM engine's share of each GPU is not available to training.
 """
 
 from __future__ import annotations
@@ -54,7 +57,14 @@ from tempa.recipes.registry import stage_kind
 from tempa.recipes.rundir import done_fingerprint, read_manifest
 from tempa.recipes.schema import TINY_DEFAULT
 from tempa.sft.global_batch import accumulation_for
-from tempa.sft.stage_api import EstimateInputs, SourceSize, StageResult, TokenCount, TrainingWorkload
+from tempa.sft.stage_api import (
+    EstimateInputs,
+    GenerationWork,
+    SourceSize,
+    StageResult,
+    TokenCount,
+    TrainingWorkload,
+)
 from tempa.sft.throughput_summary import peak_flops
 
 GIB = 2**30
@@ -71,6 +81,9 @@ ZERO3 = Engine("deepspeed", zero_stage=3)
 ZERO3_OFFLOAD = Engine("deepspeed", zero_stage=3, offload_optimizer=True)
 LONG_CONTEXTS = (32_768, 65_536, 131_072)
 PACKING_FILL = 0.95  # share of each packed row that BFD packing fills with tokens
+# Decoding reads every weight once per step for the whole batch, so it runs far below the training
+# MFU; an assumption (not measured here) for vLLM's continuous batching on H100-class GPUs.
+GENERATION_MFU = 0.10
 
 # Average rendered tokens per conversation when the recipe gives rows but no data stats exist yet.
 AVG_TOKENS_THINKING_OFF = 800  # instruction / chat data
@@ -381,6 +394,7 @@ class Workload:
     train: dict[str, Any]
     lora: Any = None
     reference: bool = False
+    reserved: float = 0.0  # share of each GPU held by something else (a colocated vLLM engine)
 
 
 def decoder_layer_parameters(shape: ModelShape) -> int:
@@ -423,7 +437,7 @@ def memory_estimate(shape: ModelShape, hardware: Hardware, work: Workload, engin
                                    liger=liger(work.train))
     reference = 2 * shape.parameters / hardware.gpus if work.reference else 0.0
     return MemoryEstimate(**{k: v / GIB for k, v in states.items()}, activations=activations / GIB,
-                          capacity=hardware.gpu.memory_gib, reference=reference / GIB, host=host / GIB,
+                          capacity=hardware.gpu.memory_gib * (1 - work.reserved), reference=reference / GIB, host=host / GIB,
                           host_capacity=hardware.node_ram_gib)
 
 
@@ -459,6 +473,7 @@ class StageEstimate:
     gpus_needed: int | None = None
     global_batch: int = 0  # rows (pairs) per optimizer step on this hardware
     accumulation: int = 1
+    generation_hours: float | None = None  # sampling during training (RL stages), included in hours
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -481,13 +496,14 @@ def launch_plan(loaded: LoadedRecipe) -> LaunchPlan:
 
 
 def _batch(train: dict[str, Any], hardware: Hardware, per_sequence: float, sequences: int,
-           launch: LaunchPlan) -> tuple[int, int, int, int, str | None]:
+           launch: LaunchPlan, max_length: int | None = None) -> tuple[int, int, int, int, str | None]:
     """(micro-batch tokens per GPU, tokens per optimizer step, rows per step, accumulation, problem).
 
     ``sequences`` per row (2 for a pair); sequence parallelism splits each micro-batch over
-    ``launch.sequence_parallel`` GPUs, which then form one data-parallel rank.
+    ``launch.sequence_parallel`` GPUs, which then form one data-parallel rank. ``max_length``: a
+    sequence length other than ``train.max_length`` (an RL stage's prompt + completion).
     """
-    max_length = int(train.get("max_length") or 1024)
+    max_length = int(max_length or train.get("max_length") or 1024)
     rows = int(train.get("per_device_train_batch_size", 8))
     data_parallel = max(1, hardware.gpus // launch.sequence_parallel)
     accumulation, problem = int(train.get("gradient_accumulation_steps", 1)), None
@@ -528,7 +544,8 @@ def estimate_stage(name: str, kind: str, workload: TrainingWorkload, shape: Mode
     count = workload.tokens
     sequences = workload.sequences_per_row
     per_sequence = count.tokens / (count.rows * sequences) if count.tokens and count.rows else AVG_TOKENS_THINKING_OFF
-    micro, per_step, global_rows, accumulation, problem = _batch(train, hardware, per_sequence, sequences, launch)
+    micro, per_step, global_rows, accumulation, problem = _batch(train, hardware, per_sequence, sequences, launch,
+                                                                 workload.sequence_tokens)
     epochs, steps, trained = _schedule(count, train, per_step, workload.rounds)
     common = dict(bound=count.bound, notes=list(count.notes), global_batch=global_rows, accumulation=accumulation)
     if shape is None:
@@ -536,15 +553,23 @@ def estimate_stage(name: str, kind: str, workload: TrainingWorkload, shape: Mode
                                  micro, None, None, None, **common)
         estimate.warnings.append(f"stage {name}: unknown size, so no memory, fit or hours: {unknown_size}")
     else:
-        work = Workload(micro, train, workload.lora, workload.reference_model)
+        generation = workload.generation
+        work = Workload(micro, train, workload.lora, workload.reference_model,
+                        generation.gpu_memory_fraction if generation else 0.0)
         memory = memory_estimate(shape, hardware, work, launch.engine)
         # A preference pair's reference model adds a forward pass (2N) to the policy's 6N FLOPs per token.
         paired = sequences > 1
-        flops_per_token = 6 * shape.parameters + (2 * shape.parameters if paired else 0)
+        forwards = workload.extra_forwards + (1 if paired else 0)
+        flops_per_token = 6 * shape.parameters + 2 * shape.parameters * forwards
         peak = hardware.gpus * hardware.gpu.peak_tflops * 1e12 * mfu
         hours = flops_per_token * trained / peak / 3600 if trained else None
+        generation_hours = _generation_hours(generation, shape, hardware, mfu, trained, count.tokens)
+        if hours is not None and generation_hours is not None:
+            hours += generation_hours
         estimate = StageEstimate(name, kind, count.tokens, count.source, epochs, trained, steps, per_step,
-                                 micro, memory, hours, memory.fits, **common)
+                                 micro, memory, hours, memory.fits, generation_hours=generation_hours, **common)
+        if generation is not None:
+            estimate.notes.append(_generation_note(generation, generation_hours, forwards))
         if launch.engine.offloads and work.lora is None:
             estimate.notes.append(f"{launch.engine.label}: ~{memory.host:.0f} GiB host RAM per node of "
                                   f"{hardware.node_ram_gib:.0f}")
@@ -576,6 +601,27 @@ def _global_batch_note(estimate: StageEstimate, train: dict[str, Any], hardware:
         f"stage {estimate.name}: {hardware.label} changes the global batch from {intended} (the launch's "
         f"{launch.processes} processes) to {estimate.global_batch} rows per step, and with it the learning-rate "
         f"schedule's meaning; to keep {intended} on any hardware set launch.global_batch_size: {intended} ({keep})")
+
+
+def _generation_hours(generation: GenerationWork | None, shape: ModelShape, hardware: Hardware, mfu: float,
+                      trained: int | None, tokens_per_epoch: int | None) -> float | None:
+    """Hours of sampling over the whole stage (as many epochs of it as of training)."""
+    if generation is None or generation.sampled_tokens is None or not trained or not tokens_per_epoch:
+        return None
+    epochs = trained / tokens_per_epoch
+    peak = hardware.gpus * hardware.gpu.peak_tflops * 1e12
+    prefill = 2 * shape.parameters * (generation.prompt_tokens or 0) / (peak * mfu)
+    decode = 2 * shape.parameters * generation.sampled_tokens / (peak * GENERATION_MFU)
+    return epochs * (prefill + decode) / 3600
+
+
+def _generation_note(generation: GenerationWork, hours: float | None, forwards: int) -> str:
+    share = (f"; the engine holds {100 * generation.gpu_memory_fraction:.0f}% of each GPU, left out of the memory "
+             "available to training" if generation.gpu_memory_fraction else "")
+    timed = f"~{hours:.2g} h of the hours" if hours is not None else "not timed (token count unknown)"
+    return (f"generation while training: {generation.how}; {timed} (2N FLOPs per prompt token at the training "
+            f"MFU, per sampled token at {100 * GENERATION_MFU:.0f}% MFU: decoding is memory-bound){share}; "
+            f"{forwards} forward-only pass(es) per trained token besides the policy's (2N FLOPs each)")
 
 
 def _annotate(estimate: StageEstimate, shape: ModelShape, hardware: Hardware, work: Workload,
@@ -797,7 +843,7 @@ def _footnotes(estimates: list[StageEstimate], loaded: LoadedRecipe, launch: Lau
     )
     out += _wrap(
         f"steps assume BFD packing fills {100 * PACKING_FILL:.0f}% of each row; hours = 6 x params x trained "
-        "tokens / (GPUs x peak x MFU); '>=': some data could not be sized; '<=': an upper bound (a synthesize "
+        "tokens / (GPUs x peak x MFU), plus sampling for RL stages (their notes); '>=': some data could not be sized; '<=': an upper bound (a synthesize "
         "stage's output); '~': both"
     )
     config = loaded.recipe.launch.accelerate_config

@@ -227,3 +227,51 @@ class LanguageRules(BaseModel):
     @classmethod
     def _known_codes(cls, value: list[list[str]]) -> list[list[str]]:
         return [check_codes(group) for group in value]
+
+
+TARGET = "target"  # in a reasoning policy's `languages`: the prompt's own language
+
+
+class ReasoningLanguage(BaseModel):
+    """Which languages the reasoning (the think block) may be in: one policy for the reward and the suite.
+
+    Reasoning models trained on English or Chinese traces drift into those languages while the answer
+    stays in the user's; this says what counts as drift.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    languages: list[str] = Field(
+        default_factory=lambda: [TARGET],
+        min_length=1,
+        description="Languages the reasoning may be in: `target` (the prompt's language) and/or codes, e.g. "
+        "[target, en] to allow English reasoning too; [en] for English reasoning only.",
+    )
+
+    @field_validator("languages")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        codes = check_codes([code for code in value if code != TARGET])
+        return ([TARGET] if TARGET in value else []) + codes
+
+    def accepted(self, target: str | None, equivalent: Iterable[Iterable[str]] = EQUIVALENT) -> frozenset[str]:
+        """The codes a reasoning for a prompt in ``target`` may be detected as (equivalents included)."""
+        codes = [code for code in self.languages if code != TARGET]
+        if TARGET in self.languages and target:
+            codes.append(target)
+        return accepted(codes, equivalent)
+
+
+def reasoning_verdict(reasoning: str | None, target: str | None, policy: ReasoningLanguage, *,
+                      languages: Sequence[str] | None = None, min_letters: int = MIN_LETTERS,
+                      equivalent: Iterable[Iterable[str]] = EQUIVALENT) -> tuple[bool | None, str | None]:
+    """(whether ``reasoning`` is in a language ``policy`` allows for a prompt in ``target``, detected code).
+
+    None when there is nothing to judge: no reasoning, too little prose in it, or a policy that needs
+    the prompt's language and the prompt has none.
+    """
+    if not reasoning or (TARGET in policy.languages and not target):
+        return None, None
+    allowed = policy.accepted(target, equivalent)
+    found = detect(reasoning, languages, min_letters=min_letters)
+    return found.is_in(allowed), found.language

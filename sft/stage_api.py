@@ -325,6 +325,16 @@ class EstimateInputs:
 
 
 @dataclass(frozen=True)
+class GenerationWork:
+    """What an on-policy stage samples while it trains (RL), per epoch: the plan times it apart from training."""
+
+    sampled_tokens: int | None  # completion tokens decoded
+    prompt_tokens: int | None  # prompt tokens prefilled
+    gpu_memory_fraction: float = 0.0  # share of each training GPU a colocated engine (vLLM) holds
+    how: str = ""
+
+
+@dataclass(frozen=True)
 class TrainingWorkload:
     """What a training stage asks of the hardware, for `tempa plan --hardware`."""
 
@@ -334,6 +344,11 @@ class TrainingWorkload:
     rounds: int = 1
     reference_model: bool = False  # a frozen reference model (DPO without precomputed log-probs)
     lora: Any = None  # the stage's LoRA settings, if it trains adapters
+    # Longest sequence of one row, when the train args have no `max_length` (RL: prompt + completion).
+    sequence_tokens: int | None = None
+    # Forward-only passes over every trained token besides the policy's (RL: reference model, old policy).
+    extra_forwards: int = 0
+    generation: GenerationWork | None = None  # sampling during training (RL)
 
 
 # --------------------------------------------------------------------------- `stage:NAME` references

@@ -38,12 +38,30 @@ class LoraSettings(BaseModel):
     load_in_4bit: bool = Field(default=False, description="QLoRA: load the base in 4 bit (needs bitsandbytes + GPU).")
 
 
-class TrainPlan(BaseModel):
-    """Everything a training worker needs; the data is already tokenised (sft) or paired (dpo) on disk."""
+Trainer = Literal["sft", "dpo", "grpo", "rloo"]
+
+
+class RewardHook(BaseModel):
+    """Where an RL worker (grpo, rloo) gets its reward functions.
+
+    The rewards live in the stage's package (alignment), which this floor must not import; the stage
+    names a factory, ``module:function(spec: Path, tokenizer) -> list of trl reward functions``, and
+    the typed spec it reads, and the worker calls it.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    trainer: Literal["sft", "dpo"]
+    factory: str = Field(pattern=r"^tempa\.[a-z_.]+:[a-z_]+$", description="`module:function` inside tempa.")
+    spec: Path = Field(description="The JSON file the factory reads (written by the stage).")
+
+
+class TrainPlan(BaseModel):
+    """Everything a training worker needs; the data is already tokenised (sft), paired (dpo) or rendered as
+    prompts (grpo, rloo) on disk."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trainer: Trainer
     start_model: Path = Field(description="The model training starts from.")
     tokenizer_dir: Path
     train_data: Path = Field(description="A `save_to_disk` dataset the worker loads as it is.")
@@ -57,6 +75,7 @@ class TrainPlan(BaseModel):
     lora: LoraSettings | None = None
     reference_model: Path | None = Field(
         default=None, description="DPO: the frozen reference, when it is not the model training starts from.")
+    rewards: RewardHook | None = Field(default=None, description="grpo / rloo: the reward functions.")
     seed: int
     env: TrainingEnv
     runner_pid: int | None = Field(default=None, description="The worker stops when this process dies.")
@@ -73,20 +92,21 @@ class TrainPlan(BaseModel):
 
     @classmethod
     def standalone(cls, start_model: Path, out_dir: Path, train_args: dict[str, Any], *,
-                   trainer: Literal["sft", "dpo"] = "sft", seed: int = 0, env: TrainingEnv | None = None,
-                   train_data: Path | None = None, tokenizer_dir: Path | None = None) -> TrainPlan:
+                   trainer: Trainer = "sft", seed: int = 0, env: TrainingEnv | None = None,
+                   train_data: Path | None = None, tokenizer_dir: Path | None = None,
+                   rewards: RewardHook | None = None) -> TrainPlan:
         """A plan outside any stage, to build the worker's trainer settings (benchmarks, tests)."""
         out_dir = Path(out_dir)
         return cls(trainer=trainer, start_model=start_model, tokenizer_dir=tokenizer_dir or start_model,
                    train_data=train_data or out_dir / "data", out_dir=out_dir, checkpoints_dir=out_dir,
-                   final_dir=out_dir / FINAL_DIR, train_args=train_args, seed=seed,
+                   final_dir=out_dir / FINAL_DIR, train_args=train_args, seed=seed, rewards=rewards,
                    env=env or TrainingEnv(use_cpu=True))
 
 
 def train_plan(
     ctx: StageContext,
     *,
-    trainer: Literal["sft", "dpo"],
+    trainer: Trainer,
     start_model: Path,
     train_data: Path,
     out_dir: Path,
@@ -95,6 +115,7 @@ def train_plan(
     eval_data: Path | None = None,
     lora: LoraSettings | None = None,
     reference_model: Path | None = None,
+    rewards: RewardHook | None = None,
 ) -> TrainPlan:
     """The plan for training into ``out_dir`` (``checkpoints/`` and ``final/`` go there)."""
     train_args = dict(train_args)
@@ -113,6 +134,7 @@ def train_plan(
         train_args=train_args,
         lora=lora,
         reference_model=reference_model,
+        rewards=rewards,
         seed=seed,
         env=ctx.training,
         runner_pid=os.getpid(),

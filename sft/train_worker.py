@@ -1,7 +1,7 @@
 """The training worker: `python -m tempa.sft.train_worker --plan train_plan.json`, under accelerate/torchrun.
 
-One worker for both trainers tempa launches: trl's SFTTrainer (the sft stage) and DPOTrainer (each
-round of the preference stage). Everything it needs is in the :class:`TrainPlan` the stage wrote
+One worker for every trainer tempa launches: trl's SFTTrainer (the sft stage), DPOTrainer (each
+round of the preference stage) and GRPOTrainer / RLOOTrainer (the rl stage). Everything it needs is in the :class:`TrainPlan` the stage wrote
 (data already tokenised or paired on disk), so a stage can be re-run by hand with the command
 the runner logged. Checkpoints get COMPLETE markers and a restart resumes from the last complete
 one; the final model is written to a temporary folder and renamed into place, so ``final/`` is
@@ -11,10 +11,12 @@ either whole or absent.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +335,77 @@ def _reference_model(plan: TrainPlan, config: Any):
     return create_model_from_path(str(plan.reference_model), **init)
 
 
+@dataclass(frozen=True)
+class GenerationChoice:
+    """How an RL trainer samples its completions, and why."""
+
+    use_vllm: bool
+    vllm_mode: str | None  # "colocate" | "server" with vLLM
+    why: str
+
+
+def choose_generation(train_args: dict[str, Any], *, cuda: bool, vllm_installed: bool) -> GenerationChoice:
+    """vLLM on a CUDA GPU when it is installed (trl's `colocate` mode unless the recipe sets `vllm_mode`),
+    else transformers' ``generate``; a recipe's explicit ``use_vllm`` wins, and one vLLM cannot honour
+    is a one-line error. Pure: the worker passes what its machine has."""
+    requested = train_args.get("use_vllm")
+    mode = str(train_args.get("vllm_mode") or "colocate")
+    if requested is False:
+        return GenerationChoice(False, None, "generating with transformers (use_vllm: false in the recipe)")
+    missing = ("no CUDA GPU" if not cuda else
+               "vLLM is not installed (the gpu extra: pip install -e '.[gpu]')" if not vllm_installed else None)
+    if missing is not None:
+        if requested:
+            raise ValueError(f"train.use_vllm is true but {missing}; remove use_vllm to generate with transformers")
+        return GenerationChoice(False, None, f"generating with transformers: {missing}")
+    return GenerationChoice(True, mode, f"generating with vLLM, {mode} mode"
+                            + (" (on the training GPUs)" if mode == "colocate" else " (a separate `trl vllm-serve`)"))
+
+
+def load_rewards(plan: TrainPlan, tokenizer) -> list[Any]:
+    """The reward functions the plan's factory builds (see :class:`tempa.sft.train_plan.RewardHook`)."""
+    if plan.rewards is None:
+        raise ValueError(f"trainer {plan.trainer!r} needs reward functions; the plan names none")
+    module, _, name = plan.rewards.factory.partition(":")
+    return getattr(importlib.import_module(module), name)(plan.rewards.spec, tokenizer)
+
+
+def rl_trainer(plan: TrainPlan, tokenizer, kernels: KernelChoice):
+    """trl's GRPOTrainer (or RLOOTrainer) over the prompts the stage rendered, scored by its reward functions."""
+    import importlib.util
+
+    import torch
+    import trl
+    from datasets import load_from_disk
+
+    config_class, trainer_class = (trl.GRPOConfig, trl.GRPOTrainer) if plan.trainer == "grpo" else (
+        trl.RLOOConfig, trl.RLOOTrainer)
+    generation = choose_generation(plan.train_args, cuda=torch.cuda.is_available() and not plan.env.use_cpu,
+                                   vllm_installed=importlib.util.find_spec("vllm") is not None)
+    print(f"[tempa] {generation.why}", flush=True)
+    kwargs = {**trl_config_kwargs(plan, kernels), "use_vllm": generation.use_vllm}
+    if generation.vllm_mode is not None:
+        kwargs["vllm_mode"] = generation.vllm_mode
+    config = config_class(**kwargs)
+    config.model_init_kwargs = _quantised_init(plan, config.model_init_kwargs)
+    trainer = trainer_class(
+        model=str(plan.start_model),
+        reward_funcs=load_rewards(plan, tokenizer),
+        args=config,
+        train_dataset=load_from_disk(str(plan.train_data)),
+        processing_class=tokenizer,
+        peft_config=_lora_config(plan),
+        callbacks=[CheckpointCompleteCallback()],
+    )
+    # Generation runs without gradients, so the meter counts the trained forward passes only; with a
+    # KL term, the reference model's forward adds to them.
+    add_throughput_callbacks(trainer, ThroughputMeter(reference_forward=bool(config.beta)))
+    return trainer
+
+
+TRAINERS = {"sft": sft_trainer, "dpo": dpo_trainer, "grpo": rl_trainer, "rloo": rl_trainer}
+
+
 def main(argv: list[str] | None = None) -> int:
     from tempa.sft.line_progress import line_mode
 
@@ -343,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer = AutoTokenizer.from_pretrained(plan.tokenizer_dir)
     kernels = announced_kernels(plan)
-    trainer = (sft_trainer if plan.trainer == "sft" else dpo_trainer)(plan, tokenizer, kernels)
+    trainer = TRAINERS[plan.trainer](plan, tokenizer, kernels)
     train_and_save(trainer, tokenizer, plan, kernels,
                    evaluate=plan.trainer == "sft" and plan.eval_data is not None,
                    merge_adapters=plan.lora is not None)

@@ -47,6 +47,23 @@ def test_the_gpu_recipe_uses_vllm_and_the_dry_run_recipe_what_a_cpu_has(tmp_path
         stages = {stage.name: stage for stage in load_recipe(path).stages}
         assert stages["align"].backend.type == backend and stages["align"].rounds == 1
         assert stages["sft"].kind == "sft"
+        assert stages["rl"].kind == "rl" and "use_vllm" not in stages["rl"].train  # vLLM on the GPU, chosen by the worker
+
+
+def test_the_rl_check_fails_on_a_non_finite_kl_a_missing_reward_or_the_wrong_generation():
+    gpu_check = gpu_check_module()
+    rewards = {f"rewards/{name}/mean": 0.5 for name in gpu_check.RL_REWARDS}
+    good = [{"loss": 0.1, "kl": 0.01, **rewards}, {"loss": -0.2, "kl": 0.02, **rewards}]
+    vllm = "generating with vLLM, colocate mode (on the training GPUs)"
+    report = gpu_check.Report()
+    gpu_check.check_rl(report, good, vllm, dry_run=False)
+    assert not report.failures
+    gpu_check.check_rl(report, [good[0], {**good[1], "kl": float("nan")}], vllm, dry_run=False)
+    gpu_check.check_rl(report, [{"loss": 0.1, "kl": 0.0}], vllm, dry_run=False)
+    gpu_check.check_rl(report, good, "generating with transformers: vLLM is not installed", dry_run=False)
+    assert [f.split(": ", 1)[1] for f in report.failures] == [
+        "loss and KL finite at every step", "every reward logged per step (missing: ['answer', 'format', "
+        "'language', 'length'])", "generating with vLLM, colocate mode"]
 
 
 @pytest.mark.slow
@@ -61,6 +78,9 @@ def test_dry_run_passes_on_cpu(tmp_path):
         assert re.search(rf"\[ok\] {stage}: loss decreases \(\d", out)
         assert re.search(rf"{stage}: [\d,]+ tokens/s/GPU, MFU n/a", out)
     assert re.search(r"gpu_mfu: cpu \(dry run\): [\d,]+ tokens/s/GPU, MFU \d", out)
+    for check in ("one trained model", "loss and KL finite at every step", "every reward logged per step",
+                  "generating with transformers: no CUDA GPU"):
+        assert f"[ok] rl: {check}" in out
 
 
 def test_the_scale_out_checks_cpu_ci_cannot_run_are_valid_recipes_and_listed(tmp_path, capsys):

@@ -1,0 +1,128 @@
+"""The `rl` stage's recipe block: reinforcement learning with verifiable rewards (trl GRPO or RLOO).
+
+Example (YAML)::
+
+    - name: rlvr
+      kind: rl
+      trainer: grpo                  # or rloo
+      prompts: {path: data/sample_prompts.jsonl}      # messages/prompt, language, answer (thinking_mode)
+      thinking: {mode: "on"}
+      rewards:
+        - {type: answer, match: math, weight: 1.0}
+        - {type: language, weight: 0.5, reasoning: {languages: [target, en]}}
+        - {type: format, weight: 0.25}
+      train:                         # any trl GRPOConfig (RLOOConfig) field
+        num_generations: 8
+        max_completion_length: 2048
+        learning_rate: 1.0e-6
+        beta: 0.001
+
+Guards against the known failures, each a trl setting tempa sets by default (and documents):
+
+- a prompt whose samples all get the same total reward has zero advantage under GRPO's group
+  normalisation (and RLOO's leave-one-out baseline), so it adds nothing to the policy gradient; trl
+  logs the share of such prompts as ``frac_reward_zero_std``, which the stage reports;
+- ``mask_truncated_completions: true``: a sample cut off at ``max_completion_length`` still gets its
+  rewards (and counts in its group's statistics) but is left out of the loss, as DAPO recommends: an
+  unfinished answer is neither right nor wrong, and the ``format`` reward's ``ended`` check already
+  scores the cut-off itself;
+- per-token loss normalisation (GRPO): ``loss_type: dapo`` (trl's default) averages the clipped
+  token losses over every completion token of the whole accumulated batch, so a long completion weighs
+  by its tokens and no length bias comes from per-sequence averaging (``grpo`` averages per sequence
+  first; ``dr_grpo`` divides by a constant, ``max_completion_length``). RLOO optimises sequence
+  log-probabilities (token log-probs summed per completion, then averaged over completions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from tempa.alignment.prompts import PromptSource, ThinkingSettings
+from tempa.alignment.rewards import RewardConfig, check_reward_names, judge_reads
+from tempa.sft.stage_api import Read, StageConfigBase
+from tempa.sft.train_args import check_train_args, train_arg_spec, train_checks_deferred
+from tempa.sft.train_plan import RESERVED_TRAIN_KEYS, LoraSettings
+
+RL_CONFIGS = {"grpo": "trl:GRPOConfig", "rloo": "trl:RLOOConfig"}
+
+# Set by the stage: the weights come from `rewards`, the template kwargs from each row's thinking mode.
+RL_RESERVED_KEYS = (*RESERVED_TRAIN_KEYS, "reward_weights", "chat_template_kwargs")
+
+# tempa's defaults on top of trl's config (keys the chosen trainer lacks are dropped).
+DEFAULT_RL_ARGS: dict[str, Any] = {
+    "num_train_epochs": 1,
+    "learning_rate": 1e-6,
+    "lr_scheduler_type": "constant_with_warmup",
+    "warmup_steps": 0.03,  # a float below 1 is a fraction of the total steps
+    "per_device_train_batch_size": 8,  # completions, not prompts: num_generations must divide the global batch
+    "gradient_accumulation_steps": 1,
+    "num_generations": 8,
+    "max_completion_length": 1024,
+    "temperature": 1.0,
+    # A small KL to the starting (SFT) model, as DeepSeek-R1 trained; logged as `kl`. 0 drops the
+    # reference model (trl GRPO's default).
+    "beta": 0.001,
+    "mask_truncated_completions": True,
+    "loss_type": "dapo",
+    "scale_rewards": "group",
+    "logging_steps": 10,
+    "save_strategy": "steps",
+    "save_steps": 100,
+    "save_total_limit": 2,
+    "report_to": "none",
+}
+
+
+class RLStageConfig(StageConfigBase):
+    """On-policy RL from the model of the stage before (usually SFT): sample `num_generations` answers per
+    prompt with the recipe's template and each row's thinking mode, score them with tempa's rewards
+    (verifiers, language fidelity, format, judges) and train with trl's GRPOTrainer or RLOOTrainer."""
+
+    kind: Literal["rl"] = "rl"
+    trainer: Literal["grpo", "rloo"] = Field(default="grpo", description="trl's GRPOTrainer or RLOOTrainer.")
+    prompts: PromptSource = Field(description="The prompts, with their target `language` and verifiable `answer`.")
+    thinking: ThinkingSettings = Field(default_factory=ThinkingSettings,
+                                       description="Thinking mode per prompt: on, off or mixed (a row's own "
+                                       "`thinking_mode` wins).")
+    rewards: list[RewardConfig] = Field(min_length=1, description="Rewards, verifiers and judges, with weights; "
+                                        "each is one trl reward function, logged as rewards/<name>/mean.")
+    lora: LoraSettings | None = Field(default=None, description="Train LoRA adapters (merged into final/).")
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any trl GRPOConfig (RLOOConfig) field: num_generations, max_completion_length, beta, "
+        "loss_type, use_vllm, vllm_mode (colocate | server), ... tempa sets output_dir, reward_weights and the "
+        "template kwargs.",
+    )
+
+    @field_validator("rewards")
+    @classmethod
+    def _rewards(cls, value: list[Any]) -> list[Any]:
+        return check_reward_names(value)
+
+    @field_validator("train")
+    @classmethod
+    def _train(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if train_checks_deferred(info):
+            return value
+        checked = check_train_args(value, RL_CONFIGS[info.data.get("trainer", "grpo")], reserved=RL_RESERVED_KEYS)
+        generations = checked.get("num_generations")
+        if isinstance(generations, int) and generations < 2:
+            raise ValueError("'num_generations': needs at least 2 samples per prompt (advantages compare them)")
+        return checked
+
+    def train_args(self) -> dict[str, Any]:
+        """tempa defaults overlaid with the recipe's values, plus the rewards' weights."""
+        fields = train_arg_spec(RL_CONFIGS[self.trainer]).fields
+        args = {key: value for key, value in DEFAULT_RL_ARGS.items() if key in fields}
+        args.update(self.train)
+        if not {"activation_checkpointing", "gradient_checkpointing"} & set(self.train):
+            args["activation_checkpointing"] = True
+        args["reward_weights"] = [reward.weight for reward in self.rewards]
+        return args
+
+    def reads(self, earlier: Sequence[str]) -> list[Read]:
+        """Earlier stages whose models a judge names as `stage:NAME`."""
+        return judge_reads(self.rewards, ("rewards",))

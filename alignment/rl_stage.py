@@ -1,0 +1,129 @@
+"""The `rl` stage: render the prompts, then train with trl's GRPOTrainer / RLOOTrainer in the launched worker.
+
+Stage folder::
+
+    data/prompts/       the prompts rendered with the recipe's template in each row's thinking mode
+                        (a `save_to_disk` dataset: `prompt` text + the row as the rewards read it)
+    data/rewards.json   the rewards the worker builds its trl reward functions from
+    train_plan.json     what the worker reads; logs/train.log its output
+    checkpoints/        checkpoint-N/ with COMPLETE markers; a restart resumes from the last one
+    final/              the trained model, tokenizer and tempa_train_metrics.json (per-step rewards, KL, ...)
+
+Sampling happens inside training (vLLM on a GPU, transformers' generate on CPU; see
+:func:`tempa.sft.train_worker.choose_generation`), so the stage itself only prepares and reads back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from tempa.alignment.prompts import PromptRow, load_prompts
+from tempa.alignment.rl_config import RLStageConfig
+from tempa.alignment.rl_rewards import FACTORY, ROW_COLUMN, RewardSpec, RLPrompt
+from tempa.chat_templates.thinking import mode_kwargs, rendered_prefill
+from tempa.sft.checkpoints import complete_checkpoints, remove_incomplete_checkpoints
+from tempa.sft.files import staging_dir, write_atomic
+from tempa.sft.run_layout import DATA_DIR, LOGS_DIR, TRAIN_PLAN
+from tempa.sft.stage_api import Scalar, StageContext, StageError, StageResult
+from tempa.sft.train_plan import WORKER, RewardHook, TrainOutcome, train_plan
+
+# What trl logs per step that the stage reports as run averages (besides rewards/<name>/mean).
+LOGGED = ("reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "completions/mean_length",
+          "completions/clipped_ratio")
+
+
+class RLResult(StageResult):
+    """An rl stage's result: its model and checkpoints, plus the per-reward means over the run."""
+
+    prompts: int = Field(description="Prompts in the stage's dataset.")
+    rewards: dict[str, float | None] = Field(
+        default_factory=dict, description="Each reward's mean over the logged steps (trl's rewards/<name>/mean).")
+
+
+def run_rl(config: RLStageConfig, ctx: StageContext) -> RLResult:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
+    prompts = load_prompts(config.prompts, seed=ctx.seed, thinking=config.thinking)
+    data_dir = ctx.stage_dir / DATA_DIR
+    dataset = save_prompts(render_prompts(prompts, tokenizer, config.prompts.path), data_dir / "prompts",
+                           ctx.stage_dir)
+    modes = {mode: sum(p.thinking_mode == mode for p in prompts) for mode in ("on", "off")}
+    ctx.log.info("%d prompts (thinking on %d, off %d), %s with %s", len(prompts), modes["on"], modes["off"],
+                 config.trainer, ", ".join(f"{r.key} x{r.weight:g}" for r in config.rewards))
+    spec = RewardSpec(rewards=config.rewards, policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir,
+                      stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code, seed=ctx.seed)
+    spec_path = data_dir / "rewards.json"
+    write_atomic(spec_path, spec.model_dump_json(indent=2) + "\n")
+
+    plan = train_plan(ctx, trainer=config.trainer, start_model=ctx.start_model, train_data=dataset,
+                      out_dir=ctx.stage_dir, train_args=config.train_args(), seed=ctx.seed, lora=config.lora,
+                      rewards=RewardHook(factory=FACTORY, spec=spec_path))
+    for path in remove_incomplete_checkpoints(plan.checkpoints_dir, [ctx.stage_dir]):
+        ctx.log.warning("removed incomplete checkpoint %s (interrupted while saving)", path.name)
+    plan_path = plan.write(ctx.stage_dir / TRAIN_PLAN)
+    ctx.launch(WORKER, ["--plan", str(plan_path)], ctx.stage_dir / LOGS_DIR / "train.log")
+
+    outcome = TrainOutcome.read(plan.final_dir)
+    names = [reward.key for reward in config.rewards]
+    rewards = {name: run_mean(outcome.log_history, f"rewards/{name}/mean") for name in names}
+    metrics: dict[str, Scalar] = {**outcome.headline(), "prompts": len(prompts)}
+    metrics.update({f"reward_{name}": value for name, value in rewards.items()})
+    for key in (*LOGGED, *logged_shares(outcome.log_history)):
+        metrics[key.replace("/", "_")] = run_mean(outcome.log_history, key)
+    logged = [entry for entry in outcome.log_history if "loss" in entry]
+    if logged and "kl" in logged[-1]:
+        metrics["last_kl"] = logged[-1]["kl"]
+    return RLResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir), metrics=metrics,
+                    files={"prompts": dataset, "rewards": spec_path}, prompts=len(prompts), rewards=rewards)
+
+
+def run_mean(log_history: list[dict[str, Any]], key: str) -> float | None:
+    """Mean of ``key`` over the training logs that have it (None when none does)."""
+    values = [entry[key] for entry in log_history if "loss" in entry and isinstance(entry.get(key), int | float)]
+    return sum(values) / len(values) if values else None
+
+
+def logged_shares(log_history: list[dict[str, Any]]) -> list[str]:
+    """The language rewards' answer / reasoning shares the reward functions logged (rl_rewards.fidelity_metrics)."""
+    return sorted({key for entry in log_history for key in entry if key.endswith("_language_share")})
+
+
+def added_prefix(tokenizer: Any) -> str:
+    """The text of what the tokenizer adds before any text it encodes (Llama 3's BOS), else ''.
+
+    trl encodes a rendered prompt with the tokenizer's special tokens; the template already wrote them.
+    """
+    ids = tokenizer("")["input_ids"]
+    return tokenizer.decode(ids) if ids else ""
+
+
+def render_prompts(prompts: list[PromptRow], tokenizer: Any, where: str) -> list[dict[str, str]]:
+    """Each prompt rendered with the template in its thinking mode, as trl's text prompts; the row beside it."""
+    prefix = added_prefix(tokenizer)
+    rows = []
+    for prompt in prompts:
+        kwargs = mode_kwargs(prompt.thinking_mode)
+        try:
+            text = tokenizer.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True,
+                                                 **kwargs)
+            prefill = rendered_prefill(tokenizer, prompt.messages, kwargs)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise StageError(f"{where}: prompt {prompt.id}: the chat template cannot render it ({first})") from None
+        if prefix and text.startswith(prefix):
+            text = text[len(prefix):]
+        rows.append({"prompt": text, ROW_COLUMN: RLPrompt(row=prompt, prefill=prefill).model_dump_json()})
+    return rows
+
+
+def save_prompts(rows: list[dict[str, str]], path: Path, stage_dir: Path) -> Path:
+    """The rendered prompts as a `save_to_disk` dataset for the training processes."""
+    import datasets
+
+    with staging_dir(path, inside=[stage_dir]) as tmp:
+        datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
+    return path

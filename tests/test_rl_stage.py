@@ -1,0 +1,331 @@
+"""The `rl` stage end to end: the v3.5-8B-R + RLVR seed recipe at tiny scale, killed in the middle of its
+GRPO training and run again; its plan at full scale; the worker's pieces on their own."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tempa.alignment.rl_config import RLStageConfig
+from tempa.recipes.loader import load_recipe
+from tempa.recipes.runner import run_recipe
+from tempa.sft.checkpoints import complete_checkpoints
+from tempa.sft.files import json_or_none
+from tempa.sft.run_layout import DONE
+from tempa.sft.train_worker import GenerationChoice, choose_generation
+
+RECIPE = "sea-lion-v3.5-8b-r-rlvr"
+PROMPTS = str(Path(__file__).resolve().parents[1] / "recipes" / "data" / "sample_prompts.jsonl")
+REWARDS = ("answer", "language", "format", "length")  # the tiny profile's rewards
+
+
+def tempa(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tempa.recipes.cli", *args]
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run ended (code {proc.returncode}) before {what}")
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def rlvr(tmp_path_factory):
+    """The tiny profile of the seed recipe: killed (worker group and runner, SIGKILL) once the rl stage has
+    its first complete checkpoint, then run again to the end."""
+    run_dir = tmp_path_factory.mktemp("rlvr") / "run"
+    stage = run_dir / "rlvr"
+    proc = subprocess.Popen(tempa("run", RECIPE, "--profile", "tiny", "--run-dir", str(run_dir)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: bool(complete_checkpoints(stage / "checkpoints")), 600, "an rl checkpoint", proc)
+        group = int((stage / "logs" / "launch.pid").read_text())
+        os.killpg(group, signal.SIGKILL)  # the training processes, as a node failure would
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed = {
+        "checkpoints": [c.step for c in complete_checkpoints(stage / "checkpoints")],
+        "final": (stage / "final").exists(),
+        "done": {name: (run_dir / name / DONE).read_text() for name in ("sft-sea-instruct", "sft-reasoning")},
+    }
+    summary = run_recipe(load_recipe(RECIPE, profile="tiny"), run_dir)  # the same command, in this process
+    assert summary.ran == ["rlvr", "bake"]
+    return run_dir, killed
+
+
+# One pipeline for the three tests below: 2 tiny SFT stages, the rl stage killed and resumed, the bake
+# (about 2 minutes on an idle 2-core machine; the first test to run pays for it).
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_rl_stage_resumes_after_a_kill(rlvr):
+    run_dir, killed = rlvr
+    stage = run_dir / "rlvr"
+    assert not killed["final"] and killed["checkpoints"] and max(killed["checkpoints"]) < 3
+    # the SFT stages were complete and are not redone; the rl stage continues from a checkpoint
+    for name, done in killed["done"].items():
+        assert (run_dir / name / DONE).read_text() == done
+    metrics = json_or_none(stage / "metrics.json")
+    assert metrics["global_step"] == 3
+    resumed = int(Path(metrics["resumed_from"]).name.split("-")[1])
+    assert max(killed["checkpoints"]) <= resumed < 3
+    assert (stage / DONE).is_file() and (run_dir / "final" / "config.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_rewards_are_logged_per_component_and_loss_and_kl_are_finite(rlvr):
+    run_dir, _ = rlvr
+    stage = run_dir / "rlvr"
+    history = json.loads((stage / "final" / "tempa_train_metrics.json").read_text())["log_history"]
+    steps = [entry for entry in history if "loss" in entry]
+    assert [entry["step"] for entry in steps][-1] == 3
+    for entry in steps:
+        assert all(f"rewards/{name}/mean" in entry for name in REWARDS), entry
+        assert math.isfinite(entry["loss"]) and math.isfinite(entry["kl"]) and entry["kl"] >= 0
+        assert 0.0 <= entry["frac_reward_zero_std"] <= 1.0
+        # the logged total is the weighted sum of the components (weights 1, 0.5, 0.25, 1; NaN-free here
+        # only for the rewards that applied: the answer reward has references, the others always apply)
+    metrics = json_or_none(stage / "metrics.json")
+    for name in REWARDS:
+        logged = [e[f"rewards/{name}/mean"] for e in steps if e.get(f"rewards/{name}/mean") is not None]
+        assert metrics[f"reward_{name}"] == pytest.approx(sum(logged) / len(logged))
+    assert "frac_reward_zero_std" in metrics and "kl" in metrics and "completions_clipped_ratio" in metrics
+    assert metrics["last_kl"] > 0  # the policy moved away from the SFT model it started from
+    start = load_file(str(run_dir / "sft-reasoning" / "final" / "model.safetensors"))
+    trained = load_file(str(stage / "final" / "model.safetensors"))
+    assert any(not torch.equal(start[k], trained[k]) for k in start)
+    manifest = json.loads((stage / "manifest.json").read_text())
+    assert set(manifest["result"]["rewards"]) == set(REWARDS) and manifest["result"]["prompts"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_prompts_are_rendered_in_each_rows_thinking_mode_with_the_recipes_rewards(rlvr):
+    import datasets
+
+    from tempa.alignment.rl_rewards import ROW_COLUMN, RLPrompt
+
+    run_dir, _ = rlvr
+    stage = run_dir / "rlvr"
+    rows = datasets.load_from_disk(str(stage / "data" / "prompts"))
+    assert len(rows) == 6
+    for row in rows:
+        prompt = RLPrompt.model_validate_json(row[ROW_COLUMN])
+        assert prompt.row.thinking_mode == "on" and prompt.prefill == "<think>\n"
+        assert row["prompt"].endswith("<|start_header_id|>assistant<|end_header_id|>\n\n<think>\n")
+        assert prompt.row.language and prompt.row.answer is not None  # what the verifiers need travels with it
+    plan = json.loads((stage / "train_plan.json").read_text())
+    assert plan["trainer"] == "grpo" and plan["rewards"]["factory"].endswith(":trl_reward_functions")
+    assert plan["train_args"]["reward_weights"] == [1.0, 0.5, 0.25, 1.0]
+    assert "generating with transformers: no CUDA GPU" in (stage / "logs" / "train.log").read_text()
+
+
+def test_the_plan_on_8xh100_includes_generation_time():
+    from tempa.recipes.estimate import estimate_recipe, render_estimate
+
+    loaded = load_recipe(RECIPE)
+    estimates = {e.name: e for e in estimate_recipe(loaded, "8xH100")}
+    assert list(estimates) == ["sft-sea-instruct", "sft-reasoning", "rlvr"]
+    rl = estimates["rlvr"]
+    assert rl.fits and not rl.warnings and rl.steps and rl.trained_tokens
+    assert 0 < rl.generation_hours < rl.hours
+    # colocated vLLM holds 30% of each GPU: training plans with the rest
+    assert rl.memory.capacity == pytest.approx(0.7 * 79.6)
+    text = render_estimate(loaded, "8xH100")
+    assert "generation while training: vLLM colocate" in text
+    # twice the samples per prompt: twice the sampling time
+    doubled = load_recipe(RECIPE, ["stages.rlvr.train.num_generations=16"])
+    rl16 = {e.name: e for e in estimate_recipe(doubled, "8xH100")}["rlvr"]
+    assert rl16.generation_hours == pytest.approx(2 * rl.generation_hours)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+@pytest.mark.parametrize(
+    ("args", "cuda", "vllm", "expected"),
+    [
+        ({}, False, False, (False, None)),
+        ({}, False, True, (False, None)),  # a CPU machine never uses vLLM
+        ({}, True, False, (False, None)),  # no vLLM installed: transformers, said so
+        ({}, True, True, (True, "colocate")),
+        ({"vllm_mode": "server"}, True, True, (True, "server")),
+        ({"use_vllm": False}, True, True, (False, None)),
+        ({"use_vllm": True, "vllm_mode": "server"}, True, True, (True, "server")),
+    ],
+)
+def test_generation_is_vllm_colocate_on_a_gpu_and_transformers_on_cpu(args, cuda, vllm, expected):
+    choice = choose_generation(args, cuda=cuda, vllm_installed=vllm)
+    assert isinstance(choice, GenerationChoice) and (choice.use_vllm, choice.vllm_mode) == expected
+    assert choice.why
+
+
+@pytest.mark.parametrize(("cuda", "vllm", "reason"), [(False, True, "no CUDA GPU"), (True, False, "not installed")])
+def test_asking_for_vllm_where_it_cannot_run_is_a_one_line_error(cuda, vllm, reason):
+    with pytest.raises(ValueError, match=reason):
+        choose_generation({"use_vllm": True}, cuda=cuda, vllm_installed=vllm)
+
+
+def test_rl_config_checks_the_trainers_own_fields():
+    base = {"name": "rl", "kind": "rl", "prompts": {"path": PROMPTS}, "rewards": [{"type": "format"}]}
+    with pytest.raises(ValueError, match="num_generations"):
+        RLStageConfig.model_validate({**base, "train": {"num_generations": 1}})
+    with pytest.raises(ValueError, match=r"reward_weights.*set by tempa"):
+        RLStageConfig.model_validate({**base, "train": {"reward_weights": [1.0]}})
+    with pytest.raises(ValueError, match="is not a GRPOConfig field; did you mean 'num_generations'"):
+        RLStageConfig.model_validate({**base, "train": {"num_generation": 4}})
+    with pytest.raises(ValueError, match="is not a RLOOConfig field"):  # GRPO's loss_type is not RLOO's
+        RLStageConfig.model_validate({**base, "trainer": "rloo", "train": {"loss_type": "dapo"}})
+    grpo = RLStageConfig.model_validate(base).train_args()
+    assert grpo["mask_truncated_completions"] is True and grpo["loss_type"] == "dapo" and grpo["beta"] == 0.001
+    rloo = RLStageConfig.model_validate({**base, "trainer": "rloo"}).train_args()
+    assert "loss_type" not in rloo and rloo["mask_truncated_completions"] is True
+
+
+def test_rendered_prompts_encode_as_the_template_does(llama3_final_dir):
+    """trl encodes a text prompt with the tokenizer's own BOS; the template's must not be doubled."""
+    from transformers import AutoTokenizer
+
+    from tempa.alignment.prompts import PromptRow
+    from tempa.alignment.rl_stage import render_prompts
+    from tempa.chat_templates.thinking import mode_kwargs
+
+    tokenizer = AutoTokenizer.from_pretrained(llama3_final_dir)
+    prompts = [PromptRow(id=f"p{mode}", messages=[{"role": "user", "content": "Berapa 5 x 42?"}], thinking_mode=mode)
+               for mode in ("on", "off")]
+    for prompt, row in zip(prompts, render_prompts(prompts, tokenizer, "prompts.jsonl"), strict=True):
+        expected = tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True, **mode_kwargs(prompt.thinking_mode))["input_ids"]
+        assert tokenizer(row["prompt"])["input_ids"] == list(expected)
+
+
+def test_the_batch_is_scored_once_and_completions_keep_how_they_ended(tiny_tokenizer_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from tempa.alignment.prompts import PromptRow
+    from tempa.alignment.rl_rewards import ROW_COLUMN, RewardSpec, RLPrompt, trl_reward_functions
+    from tempa.chat_templates import bake_tokenizer
+
+    bake_tokenizer(tiny_tokenizer_dir, "llama3_thinking", tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    spec = RewardSpec(rewards=[{"type": "format"}, {"type": "length", "unit": "chars", "per_token": 0.1}],
+                      policy_dir=tiny_tokenizer_dir, tokenizer_dir=tmp_path / "tok")
+    (tmp_path / "spec.json").write_text(spec.model_dump_json())
+    functions = trl_reward_functions(tmp_path / "spec.json", tokenizer)
+    assert [f.__name__ for f in functions] == ["format", "length"]
+    row = RLPrompt(row=PromptRow(id="p", messages=[{"role": "user", "content": "?"}], thinking_mode="on"),
+                   prefill="<think>\n").model_dump_json()
+    body = tokenizer("2 and 2 make 4.\n</think>\n\nFour.", add_special_tokens=False)["input_ids"]
+    ended = [*body, tokenizer.convert_tokens_to_ids("<|eot_id|>")]
+    calls = []
+    scorer = functions[0].scorer
+    score = scorer.rewards.score
+    scorer.rewards.score = lambda items: calls.append(items) or score(items)
+    columns = {ROW_COLUMN: [row, row]}
+    formats = functions[0](prompts=["", ""], completions=["", ""], completion_ids=[ended, body], **columns)
+    lengths = functions[1](prompts=["", ""], completions=["", ""], completion_ids=[ended, body], **columns)
+    assert len(calls) == 1  # both reward functions read one scoring of the batch
+    assert [it.completion.finish_reason for it in calls[0]] == ["stop", "length"]
+    assert calls[0][0].completion.full_text == "<think>\n2 and 2 make 4.\n</think>\n\nFour."
+    assert formats == [1.0, 0.75]  # the cut-off sample fails only the `ended` check
+    assert lengths[0] == lengths[1] < 0
+
+
+def test_prompts_whose_samples_all_score_the_same_leave_the_model_unchanged(tiny_model_dir, tmp_path):
+    """GRPO's group-normalised advantage is 0 when a prompt's samples tie; trl logs the share of such prompts."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    from tempa.alignment.prompts import PromptRow
+    from tempa.alignment.rl_rewards import FACTORY, RewardSpec
+    from tempa.alignment.rl_stage import render_prompts
+    from tempa.chat_templates import bake_tokenizer
+    from tempa.sft.kernels import KernelChoice
+    from tempa.sft.train_plan import RewardHook, TrainPlan
+    from tempa.sft.train_worker import rl_trainer
+
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    prompts = [PromptRow(id=str(i), messages=[{"role": "user", "content": f"{i} + {i}?"}], thinking_mode="on")
+               for i in range(2)]
+    datasets.Dataset.from_list(render_prompts(prompts, tokenizer, "p")).save_to_disk(str(tmp_path / "data"))
+    # Every sample is shorter than free_tokens: the same (zero) length penalty for all.
+    spec = RewardSpec(rewards=[{"type": "length", "free_tokens": 1000}], policy_dir=tiny_model_dir,
+                      tokenizer_dir=tmp_path / "tok")
+    (tmp_path / "rewards.json").write_text(spec.model_dump_json())
+    config = RLStageConfig.model_validate({
+        "name": "rl", "kind": "rl", "prompts": {"path": PROMPTS}, "rewards": [{"type": "length"}],
+        "train": {"num_generations": 2, "per_device_train_batch_size": 4, "max_completion_length": 6,
+                  "max_steps": 1, "learning_rate": 1.0e-2, "warmup_steps": 0, "beta": 0.0,
+                  "mask_truncated_completions": False,  # all cut off: masking alone would zero the loss
+                  "activation_checkpointing": False, "save_strategy": "no", "logging_steps": 1}})
+    plan = TrainPlan.standalone(tiny_model_dir, tmp_path / "out", config.train_args(), trainer="grpo",
+                                train_data=tmp_path / "data", tokenizer_dir=tmp_path / "tok",
+                                rewards=RewardHook(factory=FACTORY, spec=tmp_path / "rewards.json"))
+    trainer = rl_trainer(plan, tokenizer, KernelChoice(attn_implementation=None, use_liger_kernel=False))
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    (logged,) = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged["frac_reward_zero_std"] == 1.0 and logged["loss"] == 0.0
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_lora_trains_adapters_only(tiny_model_dir, tmp_path):
+    """`lora:` trains peft adapters on the frozen policy (merged into final/ by the worker, as for sft)."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    from tempa.alignment.prompts import PromptRow
+    from tempa.alignment.rl_rewards import FACTORY, RewardSpec
+    from tempa.alignment.rl_stage import render_prompts
+    from tempa.chat_templates import bake_tokenizer
+    from tempa.sft.kernels import KernelChoice
+    from tempa.sft.train_plan import RewardHook, TrainPlan
+    from tempa.sft.train_worker import rl_trainer
+
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    prompts = [PromptRow(id=str(i), messages=[{"role": "user", "content": f"{i} + 1?"}], thinking_mode="off")
+               for i in range(2)]
+    datasets.Dataset.from_list(render_prompts(prompts, tokenizer, "p")).save_to_disk(str(tmp_path / "data"))
+    spec = RewardSpec(rewards=[{"type": "length", "unit": "chars", "per_token": 0.05}], policy_dir=tiny_model_dir,
+                      tokenizer_dir=tmp_path / "tok")
+    (tmp_path / "rewards.json").write_text(spec.model_dump_json())
+    config = RLStageConfig.model_validate({
+        "name": "rl", "kind": "rl", "trainer": "rloo", "prompts": {"path": PROMPTS},
+        "rewards": [{"type": "length"}], "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
+        "train": {"num_generations": 2, "per_device_train_batch_size": 4, "max_completion_length": 6,
+                  "max_steps": 1, "learning_rate": 5.0e-2, "warmup_steps": 0, "beta": 0.0,
+                  "mask_truncated_completions": False,  # the tiny model's samples are all cut off
+                  "activation_checkpointing": False, "save_strategy": "no", "logging_steps": 1}})
+    plan = TrainPlan.standalone(tiny_model_dir, tmp_path / "out", config.train_args(), trainer="rloo",
+                                train_data=tmp_path / "data", tokenizer_dir=tmp_path / "tok",
+                                rewards=RewardHook(factory=FACTORY, spec=tmp_path / "rewards.json"))
+    plan = plan.model_copy(update={"lora": config.lora})
+    trainer = rl_trainer(plan, tokenizer, KernelChoice(attn_implementation=None, use_liger_kernel=False))
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {k for k, v in trainer.model.named_parameters() if not torch.equal(before[k], v)}
+    assert changed and all("lora_" in k for k in changed)  # the base weights stay frozen
+    (logged,) = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert math.isfinite(logged["loss"]) and "rewards/length/mean" in logged

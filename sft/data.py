@@ -85,6 +85,7 @@ PIPELINE_VERSION = "2"
 COMPLETE = "COMPLETE"
 MIX_FILE, REJECTS_FILE = "mix.json", "rejects.jsonl"
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects
+ROWS_PER_PROCESS = 1000  # the fewest rows of a source worth another worker process (see worker_count)
 
 _TOOL_CALL = {
     "id": Value("string"),
@@ -467,7 +468,7 @@ def _normalize_and_filter(
     accepted: frozenset[str] | None,
     specials: Sequence[str],
     *,
-    num_proc: int,
+    num_proc: int | None,
     cache_file: Path,
     fingerprint: str,
 ) -> datasets.Dataset:
@@ -489,12 +490,29 @@ def _normalize_and_filter(
             "accepted_languages": accepted,
             "specials": list(specials),
         },
-        num_proc=num_proc if num_proc > 1 else None,
+        num_proc=worker_count(num_proc, len(raw)),
         cache_file_name=str(cache_file),
         new_fingerprint=fingerprint,
         load_from_cache_file=False,
         desc=f"Normalising {source.name}",
     )
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and schedulers narrow)."""
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def worker_count(num_proc: int | None, rows: int) -> int | None:
+    """``datasets.map``'s ``num_proc`` for ``rows`` rows: the setting, or one per core and per ``ROWS_PER_PROCESS``.
+
+    A worker costs a fork and a copy of the tokenizer (about a second for Llama 3's), so small sources
+    stay in this process. ``None`` (not 1) means this process: ``datasets`` then skips its pool.
+    """
+    wanted = num_proc if num_proc is not None else min(available_cores(), rows // ROWS_PER_PROCESS)
+    return wanted if wanted > 1 else None
 
 
 # --- 3: duplicates and templates ------------------------------------------------------------------
@@ -672,7 +690,7 @@ def _tokenize_and_mix(
     *,
     seed: int,
     heldout: float | int,
-    num_proc: int,
+    num_proc: int | None,
     cache_file: Path,
     fingerprint: str,
 ) -> tuple[datasets.Dataset, list[int], list[int]]:
@@ -689,7 +707,7 @@ def _tokenize_and_mix(
         remove_columns=curated.column_names,
         features=_TOKENIZED,
         fn_kwargs={"encoder": encoder, "min_tokens": limits[0], "max_tokens": limits[1]},
-        num_proc=num_proc if num_proc > 1 else None,
+        num_proc=worker_count(num_proc, len(curated)),
         cache_file_name=str(cache_file),
         new_fingerprint=fingerprint,
         load_from_cache_file=False,

@@ -409,7 +409,12 @@ class DataConfig(_Strict):
         ge=0,
         description="Default held-out share (fraction below 1) or row count per source, for the eval set.",
     )
-    num_proc: int = Field(default=1, ge=1, description="Processes for `datasets.map` while normalising and tokenising.")
+    num_proc: int | None = Field(
+        default=None,
+        ge=1,
+        description="Processes for normalising and tokenising; unset: one per core, at most one per "
+        "1,000 rows of a source. The prepared data is the same for every setting.",
+    )
 
     @field_validator("heldout")
     @classmethod

@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 from tempa.chat_templates.json_files import Line, parse_line
 from tempa.sft import curation, language
 from tempa.sft.curation import Deduplicator, Reason
-from tempa.sft.data_config import CurationConfig, DataConfig, DataError, SourceConfig
+from tempa.sft.data_config import CurationConfig, DataConfig, DataError, SourceConfig, worker_count
 from tempa.sft.data_report import DataMix, MixTotals, SourceMix
 from tempa.sft.expand import TurnView, assemble, turn_views
 from tempa.sft.files import digest, remove_tree
@@ -85,7 +85,6 @@ PIPELINE_VERSION = "2"
 COMPLETE = "COMPLETE"
 MIX_FILE, REJECTS_FILE = "mix.json", "rejects.jsonl"
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects
-ROWS_PER_PROCESS = 1000  # the fewest rows of a source worth another worker process (see worker_count)
 
 _TOOL_CALL = {
     "id": Value("string"),
@@ -496,23 +495,6 @@ def _normalize_and_filter(
         load_from_cache_file=False,
         desc=f"Normalising {source.name}",
     )
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, which containers and schedulers narrow)."""
-    with contextlib.suppress(AttributeError, OSError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def worker_count(num_proc: int | None, rows: int) -> int | None:
-    """``datasets.map``'s ``num_proc`` for ``rows`` rows: the setting, or one per core and per ``ROWS_PER_PROCESS``.
-
-    A worker costs a fork and a copy of the tokenizer (about a second for Llama 3's), so small sources
-    stay in this process. ``None`` (not 1) means this process: ``datasets`` then skips its pool.
-    """
-    wanted = num_proc if num_proc is not None else min(available_cores(), rows // ROWS_PER_PROCESS)
-    return wanted if wanted > 1 else None
 
 
 # --- 3: duplicates and templates ------------------------------------------------------------------

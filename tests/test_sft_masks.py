@@ -115,7 +115,7 @@ def test_worker_processes_prepare_exactly_what_one_process_does(tmp_path: Path, 
 
 
 def test_default_workers_follow_cores_and_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tempa.sft.data as data
+    import tempa.sft.data_config as data
 
     monkeypatch.setattr(data, "available_cores", lambda: 8)
     assert data.worker_count(None, 3 * data.ROWS_PER_PROCESS) == 3

@@ -161,14 +161,22 @@ def parameter_count(model) -> int:
 # --------------------------------------------------------------------------- timing + machine
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished child processes (user + system)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 @contextmanager
 def timed() -> Iterator[dict[str, float]]:
+    """Wall seconds and CPU seconds (this process and the children it waited for) of the block."""
     out: dict[str, float] = {}
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     try:
         yield out
     finally:
         out["seconds"] = time.perf_counter() - start
+        out["cpu_seconds"] = cpu_seconds() - cpu
 
 
 def peak_rss_mib() -> float:

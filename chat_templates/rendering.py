@@ -6,6 +6,7 @@ Everything goes through transformers' own renderer (its sandboxed Jinja environm
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,14 +24,45 @@ class TokenizedChat:
 
 def mask_spans(mask: Sequence[int]) -> list[tuple[int, int]]:
     """The ``[start, end)`` runs of ones in a 0/1 assistant mask, in order: one per trained assistant turn."""
-    runs, start = [], None
-    for index, value in enumerate([*mask, 0]):
-        if value and start is None:
-            start = index
-        elif not value and start is not None:
-            runs.append((start, index))
-            start = None
-    return runs
+    import numpy as np
+
+    flags = np.asarray(mask, dtype=np.int8).reshape(-1) != 0
+    edges = np.flatnonzero(np.diff(flags, prepend=False, append=False))
+    return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def token_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[int]:
+    """Per token, 1 where its character offsets overlap a generation span: ``apply_chat_template``'s own rule.
+
+    transformers walks the tokens and the spans together: a token starting at or after the current span's
+    end moves on to the next span, and a token ending after that span's start is masked. When token starts
+    and span ends both never decrease (every tokenizer tempa has met), the span a token meets is the first
+    one ending after the token's start, which one ``searchsorted`` finds for all tokens at once; otherwise
+    the walk runs as transformers writes it.
+    """
+    import numpy as np
+
+    if not len(offsets) or not len(spans):
+        return [0] * len(offsets)
+    # fromiter over the flattened pairs: about 2.5x faster than asarray on a list of tuples
+    bounds = np.fromiter(itertools.chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets)).reshape(-1, 2)
+    starts, ends = bounds[:, 0], bounds[:, 1]
+    span_bounds = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    span_starts, span_ends = span_bounds[:, 0], span_bounds[:, 1]
+    if bool(np.all(starts[1:] >= starts[:-1])) and bool(np.all(span_ends[1:] >= span_ends[:-1])):
+        met = np.searchsorted(span_ends, starts, side="right")
+        inside = met < len(span_bounds)
+        masked = inside & (ends > span_starts[np.minimum(met, len(span_bounds) - 1)])
+        return masked.astype(np.int8).tolist()
+    mask, index = [0] * len(offsets), 0
+    for token, (start, end) in enumerate(offsets):
+        while index < len(spans) and start >= spans[index][1]:
+            index += 1
+        if index == len(spans):
+            break
+        if end > spans[index][0]:
+            mask[token] = 1
+    return mask
 
 
 def compile_template(template: str) -> Any:

@@ -55,9 +55,9 @@ from tqdm.auto import tqdm
 from tempa.chat_templates.json_files import Line, parse_line
 from tempa.sft import curation, language
 from tempa.sft.curation import Deduplicator, Reason
-from tempa.sft.data_config import CurationConfig, DataConfig, DataError, SourceConfig
+from tempa.sft.data_config import CurationConfig, DataConfig, DataError, SourceConfig, worker_count
 from tempa.sft.data_report import DataMix, MixTotals, SourceMix
-from tempa.sft.expand import Render, expand
+from tempa.sft.expand import TurnView, assemble, turn_views
 from tempa.sft.files import digest, remove_tree
 from tempa.sft.formats import (
     Conversation,
@@ -70,7 +70,13 @@ from tempa.sft.formats import (
 )
 from tempa.sft.mixing import assign_thinking, rng_for, select_rows, split_heldout
 from tempa.sft.sources import RAW, READ_ERROR, describe, is_local, load_source, row_label, source_fingerprint
-from tempa.sft.tokenization import check_template, make_render, special_token_texts, tokenizer_fingerprint
+from tempa.sft.tokenization import (
+    ChatEncoder,
+    Rendered,
+    check_template,
+    special_token_texts,
+    tokenizer_fingerprint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -333,13 +339,13 @@ def _build(
         for state in states:
             state.curated = _split_rejects(state, rejects)
         # 4-6: thinking, tokenise, held-out split and sizing.
-        render = make_render(tokenizer)
+        encoder = ChatEncoder(tokenizer)
         ceilings = [x for x in (cur.max_tokens, max_length) if x is not None]
         limits = (cur.min_tokens, min(ceilings) if ceilings else None)
         parts, train_index, eval_index, offset = [], [], [], 0
         for i, state in enumerate(states):
             tokenized, train_rows, eval_rows = _tokenize_and_mix(
-                state, render, limits, rejects, seed=seed, heldout=config.heldout_for(state.source),
+                state, encoder, limits, rejects, seed=seed, heldout=config.heldout_for(state.source),
                 num_proc=config.num_proc, cache_file=work / f"{i}-tokens.arrow", fingerprint=f"{key}-{i}-t",
             )
             parts.append(tokenized)
@@ -461,7 +467,7 @@ def _normalize_and_filter(
     accepted: frozenset[str] | None,
     specials: Sequence[str],
     *,
-    num_proc: int,
+    num_proc: int | None,
     cache_file: Path,
     fingerprint: str,
 ) -> datasets.Dataset:
@@ -483,7 +489,7 @@ def _normalize_and_filter(
             "accepted_languages": accepted,
             "specials": list(specials),
         },
-        num_proc=num_proc if num_proc > 1 else None,
+        num_proc=worker_count(num_proc, len(raw)),
         cache_file_name=str(cache_file),
         new_fingerprint=fingerprint,
         load_from_cache_file=False,
@@ -619,23 +625,31 @@ def _tokenize_batch(
     batch: dict[str, list[Any]],
     indices: list[int],
     *,
-    render: Render,
+    encoder: ChatEncoder,
     min_tokens: int | None,
     max_tokens: int | None,
 ) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {name: [] for name in _TOKENIZED}
-    for k, conv in enumerate(indices):
-        messages, thinking = batch["messages"][k], batch["thinking"][k]
+    # Render every conversation of the batch first, then tokenise all texts in a row (see ChatEncoder).
+    planned: list[tuple[list[TurnView], list[Rendered]] | Reason] = []
+    for k in range(len(indices)):
         tools = json.loads(batch["tools"][k]) if batch["tools"][k] else None
         try:
-            samples = expand(messages, thinking, render, tools)
+            views = turn_views(batch["messages"][k], batch["thinking"][k])
+            planned.append((views, [encoder.text(view.messages, view.thinking, tools) for view in views]))
         except Exception as exc:
             # The template refuses some rows (e.g. roles out of order when that filter is off):
             # a reject with the template's message, never a crash of the whole run.
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            samples_out = [([], [], -1, False, (curation.TEMPLATE_ERROR, f"chat template: {message}"))]
-        else:
+            planned.append((curation.TEMPLATE_ERROR, f"chat template: {message}"))
+    encoded = iter(encoder.encode([text for plan in planned if isinstance(plan[0], list) for text in plan[1]]))
+    for k, (conv, plan) in enumerate(zip(indices, planned, strict=True)):
+        if isinstance(plan[0], list):
+            views = plan[0]
+            samples = assemble(views, [next(encoded) for _ in views])
             samples_out = _sample_rows(samples, min_tokens, max_tokens)
+        else:
+            samples_out = [([], [], -1, False, plan)]
         for ids, mask, turn, sample_thinking, reason in samples_out:
             out["input_ids"].append(ids if reason is None else [])
             out["assistant_masks"].append(mask if reason is None else [])
@@ -652,13 +666,13 @@ def _tokenize_batch(
 
 def _tokenize_and_mix(
     state: _SourceState,
-    render: Render,
+    encoder: ChatEncoder,
     limits: tuple[int | None, int | None],
     rejects: _RejectWriter,
     *,
     seed: int,
     heldout: float | int,
-    num_proc: int,
+    num_proc: int | None,
     cache_file: Path,
     fingerprint: str,
 ) -> tuple[datasets.Dataset, list[int], list[int]]:
@@ -674,8 +688,8 @@ def _tokenize_and_mix(
         with_indices=True,
         remove_columns=curated.column_names,
         features=_TOKENIZED,
-        fn_kwargs={"render": render, "min_tokens": limits[0], "max_tokens": limits[1]},
-        num_proc=num_proc if num_proc > 1 else None,
+        fn_kwargs={"encoder": encoder, "min_tokens": limits[0], "max_tokens": limits[1]},
+        num_proc=worker_count(num_proc, len(curated)),
         cache_file_name=str(cache_file),
         new_fingerprint=fingerprint,
         load_from_cache_file=False,

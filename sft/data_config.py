@@ -31,6 +31,7 @@ Example (YAML, inside an ``sft`` stage)::
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Any, Literal
 
@@ -424,7 +425,12 @@ class DataConfig(_Strict):
         ge=0,
         description="Default held-out share (fraction below 1) or row count per source, for the eval set.",
     )
-    num_proc: int = Field(default=1, ge=1, description="Processes for `datasets.map` while normalising and tokenising.")
+    num_proc: int | None = Field(
+        default=None,
+        ge=1,
+        description="Processes for normalising and tokenising; unset: one per core, at most one per "
+        "1,000 rows of a source. The prepared data is the same for every setting.",
+    )
 
     @field_validator("heldout")
     @classmethod
@@ -446,3 +452,43 @@ class DataConfig(_Strict):
     def heldout_for(self, source: SourceConfig) -> float | int:
         """The held-out setting that applies to ``source``."""
         return self.heldout if source.heldout is None else source.heldout
+
+
+# --- worker processes and throughput -----------------------------------------------------------------
+
+ROWS_PER_PROCESS = 1000  # the fewest rows of a source worth another worker process (see worker_count)
+# Tokens the pipeline prepares per CPU-second on one core (render, tokenise, masks, filters, cache), for
+# `tempa plan`'s data-prep estimate. Measured with bench/data_prep.py on 2026-11-30: 267k tokens per
+# CPU-second on a shared 2-vCPU x86_64 VM (tiny byte-level BPE tokenizer, single-turn reasoning rows
+# of 880 tokens on average); Meta's Llama 3 tokenizer encodes about 10% slower per token. Rounded down.
+PREP_TOKENS_PER_CORE_SECOND = 250_000
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and schedulers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def workers_for(rows: int, num_proc: int | None = None, cores: int | None = None) -> int:
+    """Processes that prepare a source of ``rows`` rows: ``num_proc``, or one per core and per ``ROWS_PER_PROCESS``.
+
+    A worker costs a fork and a copy of the tokenizer (about a second for Llama 3's), so small sources
+    stay in one process.
+    """
+    if num_proc is not None:
+        return num_proc
+    return max(1, min(cores or available_cores(), rows // ROWS_PER_PROCESS))
+
+
+def worker_count(num_proc: int | None, rows: int) -> int | None:
+    """``datasets.map``'s ``num_proc``: ``None`` (not 1) for one process, so that ``datasets`` skips its pool."""
+    workers = workers_for(rows, num_proc)
+    return workers if workers > 1 else None
+
+
+def prep_seconds(tokens: int, rows: int, num_proc: int | None = None, cores: int | None = None) -> float:
+    """Estimated seconds to prepare ``rows`` rows of ``tokens`` tokens (tokenising is CPU-bound)."""
+    return tokens / (PREP_TOKENS_PER_CORE_SECOND * workers_for(rows, num_proc, cores))

@@ -12,9 +12,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from tempa.sft.config import SFTStageConfig
-from tempa.sft.data_config import SourceConfig
+from tempa.sft.data_config import (
+    PREP_TOKENS_PER_CORE_SECOND,
+    SourceConfig,
+    available_cores,
+    prep_seconds,
+    workers_for,
+)
 from tempa.sft.data_report import DataMix
 from tempa.sft.stage_api import EstimateInputs, SourceSize, TokenCount, TrainingWorkload
+from tempa.sft.throughput_summary import format_eta
 
 
 def count_local_rows(path: str) -> int | None:
@@ -87,7 +94,22 @@ def tokens_from_recipe(config: SFTStageConfig, inputs: EstimateInputs) -> TokenC
     if unknown:
         where += f"; at least: {', '.join(unknown)} not counted"
     bound = {(True, False): ">=", (False, True): "<=", (True, True): "~"}.get((bool(unknown), bool(upper)), "")
+    notes.append(prep_note(total_tokens, total_rows, data.num_proc, bound))
     return TokenCount(total_tokens, total_rows, where, notes, bound=bound)
+
+
+def prep_note(tokens: int, rows: int, num_proc: int | None, bound: str = "", cores: int | None = None) -> str:
+    """The plan's data-prep line: how long rendering and tokenising ``tokens`` takes before training starts.
+
+    The plan may run elsewhere than the training node, so it gives this machine's figure and a 128-core
+    node's (an 8-GPU node has 100+ cores).
+    """
+    here = cores or available_cores()
+    workers = workers_for(rows, num_proc, here)
+    node = format_eta(prep_seconds(tokens, rows, num_proc, 128))
+    return (f"data prep before the first step: {bound or '~'}{format_eta(prep_seconds(tokens, rows, num_proc, here))} "
+            f"(h:mm:ss) in {workers} process{'es' if workers > 1 else ''} on this machine's {here} cores, "
+            f"{bound or '~'}{node} on 128 cores ({PREP_TOKENS_PER_CORE_SECOND:,} tokens/s per process); cached after")
 
 
 def tokens_from_mix(mix: DataMix) -> TokenCount:

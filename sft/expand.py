@@ -69,24 +69,36 @@ def turn_messages(messages: Sequence[Mapping[str, Any]], j: int, thinking: bool)
     return out
 
 
-def expand(
-    messages: Sequence[Mapping[str, Any]],
-    thinking: bool,
-    render: Render,
-    tools: list[dict[str, Any]] | None = None,
-) -> list[Sample]:
-    """Samples that train every assistant turn of ``messages`` exactly once.
+@dataclass(frozen=True)
+class TurnView:
+    """One rendering that :func:`expand` needs: the conversation as inference sees it when generating ``turn``."""
+
+    turn: int
+    thinking: bool
+    messages: list[dict[str, Any]]
+
+
+def turn_views(messages: Sequence[Mapping[str, Any]], thinking: bool) -> list[TurnView]:
+    """The renderings that train every assistant turn of ``messages``, last turn first.
 
     ``thinking`` is the conversation's mode; a turn without a reasoning trace is rendered with
-    thinking off even in an ``on`` conversation (the mode its text fits). ``tools`` are the row's
-    tool definitions, rendered with every sample. A turn whose rendering has no trained tokens
-    yields no sample. Samples are returned last turn first.
+    thinking off even in an ``on`` conversation (the mode its text fits).
+    """
+    views = []
+    for j in reversed([i for i, t in enumerate(messages) if t["role"] == "assistant"]):
+        turn_thinking = thinking and bool(messages[j].get("reasoning_content"))
+        views.append(TurnView(j, turn_thinking, turn_messages(messages, j, turn_thinking)))
+    return views
+
+
+def assemble(views: Sequence[TurnView], rendered: Sequence[tuple[list[int], list[int]]]) -> list[Sample]:
+    """Samples from the ``(input_ids, assistant_mask)`` of each view, in the order :func:`turn_views` gives.
+
+    Only the final span of each rendering trains; a turn whose rendering is a prefix of an
+    already-built sample trains inside it. A rendering without trained tokens yields no sample.
     """
     samples: list[Sample] = []
-    assistant_turns = [i for i, t in enumerate(messages) if t["role"] == "assistant"]
-    for j in reversed(assistant_turns):
-        turn_thinking = thinking and bool(messages[j].get("reasoning_content"))
-        ids, mask = render(turn_messages(messages, j, turn_thinking), turn_thinking, tools)
+    for view, (ids, mask) in zip(views, rendered, strict=True):
         span = last_span(mask)
         if span is None:
             continue
@@ -97,9 +109,24 @@ def expand(
         )
         if host is not None:
             host.assistant_masks[start:end] = [1] * (end - start)
-            host.turns.insert(0, j)
+            host.turns.insert(0, view.turn)
             continue
         own = [0] * len(ids)
         own[start:end] = [1] * (end - start)
-        samples.append(Sample(list(ids), own, [j], turn_thinking))
+        samples.append(Sample(list(ids), own, [view.turn], view.thinking))
     return samples
+
+
+def expand(
+    messages: Sequence[Mapping[str, Any]],
+    thinking: bool,
+    render: Render,
+    tools: list[dict[str, Any]] | None = None,
+) -> list[Sample]:
+    """Samples that train every assistant turn of ``messages`` exactly once.
+
+    ``tools`` are the row's tool definitions, rendered with every sample. Samples are returned last
+    turn first. (The data pipeline renders many conversations' views at once, then assembles them.)
+    """
+    views = turn_views(messages, thinking)
+    return assemble(views, [render(view.messages, view.thinking, tools) for view in views])

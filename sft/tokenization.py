@@ -2,17 +2,20 @@
 
 The runner bakes the recipe's template into the tokenizer before the stage, so rendering here
 is exactly what inference will use. Masks come from the template's ``{% generation %}`` blocks
-(``return_assistant_tokens_mask``); :mod:`tempa.sft.expand` decides which of them train.
+(what ``return_assistant_tokens_mask`` returns, built in one pass: :func:`make_render`);
+:mod:`tempa.sft.expand` decides which of them train.
 """
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Sequence
 from typing import Any
 
+from tempa.chat_templates.rendering import render_with_generation_spans, token_mask
 from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.data_config import DataError
-from tempa.sft.expand import Render
 from tempa.sft.files import digest
 
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -33,23 +36,68 @@ def check_template(tokenizer: Any) -> str:
     return template
 
 
-def make_render(tokenizer: Any) -> Render:
-    """render(messages, thinking, tools) -> (input_ids, assistant_masks) with the tokenizer's template."""
+Rendered = tuple[str, list[tuple[int, int]]]  # text, and the character spans of its generation blocks
 
-    def render(
-        messages: list[dict[str, Any]], thinking: bool, tools: list[dict[str, Any]] | None = None
-    ) -> tuple[list[int], list[int]]:
-        out = tokenizer.apply_chat_template(
+
+class ChatEncoder:
+    """The tokenizer's template, rendered and tokenised with the assistant mask; a :data:`Render`.
+
+    The result is ``apply_chat_template(..., return_assistant_tokens_mask=True)``'s, token for token, by
+    the same steps with less around them: transformers' renderer gives the text and the character spans
+    of the ``{% generation %}`` blocks, the backend tokenizer encodes the text (its token offsets come
+    with it), and :func:`token_mask` applies transformers' span rule to all tokens at once.
+    :meth:`encode` tokenises many rendered texts in a row: alternating Jinja and the tokenizer per row
+    measured about 1.3x slower, since each evicts the other's working set from the CPU caches.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise DataError(
+                f"the tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer; assistant masks need the "
+                "token offsets only a fast (tokenizers-backed) tokenizer gives"
+            )
+        self.tokenizer = tokenizer
+        self.backend = _plain_backend(tokenizer)
+        self.specials = dict(tokenizer.special_tokens_map)
+
+    def text(self, messages: list[dict[str, Any]], thinking: bool, tools: list[dict[str, Any]] | None = None) -> Rendered:
+        """The rendered text and its generation spans (raises what the template raises)."""
+        return render_with_generation_spans(
+            self.tokenizer.get_chat_template(None, tools),
             messages,
             tools=tools,
-            tokenize=True,
-            return_dict=True,
-            return_assistant_tokens_mask=True,
-            **mode_kwargs("on" if thinking else "off"),
+            **{**self.specials, **mode_kwargs("on" if thinking else "off")},
         )
-        return list(out["input_ids"]), [int(m) for m in out["assistant_masks"]]
 
-    return render
+    def encode(self, rendered: Sequence[Rendered]) -> list[tuple[list[int], list[int]]]:
+        """``(input_ids, assistant_mask)`` of each rendered text."""
+        # One text at a time: encode_batch would start the tokenizer's thread pool, which the data
+        # pipeline's own worker processes already stand in for.
+        encodings = [self.backend.encode(text, add_special_tokens=False) for text, _ in rendered]
+        return [(e.ids, token_mask(e.offsets, spans)) for e, (_, spans) in zip(encodings, rendered, strict=True)]
+
+    def __call__(
+        self, messages: list[dict[str, Any]], thinking: bool, tools: list[dict[str, Any]] | None = None
+    ) -> tuple[list[int], list[int]]:
+        return self.encode([self.text(messages, thinking, tools)])[0]
+
+
+def make_render(tokenizer: Any) -> ChatEncoder:
+    """render(messages, thinking, tools) -> (input_ids, assistant_masks) with the tokenizer's template."""
+    return ChatEncoder(tokenizer)
+
+
+def _plain_backend(tokenizer: Any) -> Any:
+    """The backend tokenizer as ``tokenizer(text, add_special_tokens=False)`` runs it: no truncation, no padding."""
+    backend = tokenizer.backend_tokenizer
+    split = bool(getattr(tokenizer, "split_special_tokens", False))
+    if backend.truncation is None and backend.padding is None and backend.encode_special_tokens == split:
+        return backend
+    backend = copy.deepcopy(backend)  # leave the caller's tokenizer as it was
+    backend.no_truncation()
+    backend.no_padding()
+    backend.encode_special_tokens = split
+    return backend
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

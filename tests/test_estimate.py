@@ -426,3 +426,26 @@ def test_lm_head_memory_follows_trls_chunked_kernel_and_liger_is_planned_on(tmp_
     note = next(n for n in on.notes if n.startswith("LM head + loss"))
     for value in (logits_bytes(shape, micro), logits_bytes(shape, micro, fused=False)):
         assert f"{value / GIB:.1f} GiB" in note
+
+
+def test_plan_says_how_long_data_prep_takes(tmp_path: Path, monkeypatch):
+    import tempa.sft.data_config as data_config
+    import tempa.sft.data_size as data_size
+
+    for module in (data_config, data_size):
+        monkeypatch.setattr(module, "available_cores", lambda: 4)
+    stages = """
+    - name: sft
+      kind: sft
+      data:
+        sources:
+          - {name: rows, path: org/big, rows: 8000, thinking_mode: "off"}
+    """
+    loaded = load_recipe(write_recipe(tmp_path, HUB_70B, stages))
+    [stage] = estimate_recipe(loaded, "8xH100")
+    [line] = [note for note in stage.notes if note.startswith("data prep")]
+    # 8,000 rows x 800 tokens over min(4 cores, 8 rows-thousands) = 4 processes, then over 8 on a big node.
+    seconds = 8000 * 800 / (data_config.PREP_TOKENS_PER_CORE_SECOND * 4)
+    assert f"~0:00:{round(seconds):02d} (h:mm:ss) in 4 processes on this machine's 4 cores" in line
+    assert f"~0:00:{round(seconds / 2):02d} on 128 cores" in line
+    assert "data prep before the first step" in render_estimate(loaded, "8xH100")

@@ -226,12 +226,14 @@ def _stream(cmd: list[str], env: dict[str, str], log_file: Path, log) -> tuple[i
         out.write(f"$ {' '.join(shlex.quote(c) for c in cmd)}\n")
         out.flush()
         # A new session: Ctrl-C in the runner stops the whole training group, and the group
-        # never outlives a killed runner (the worker watches TEMPA_RUNNER_PID).
+        # never outlives a killed runner (the watchdog below; the worker also watches the runner's pid,
+        # but only once it has imported torch, which can take a minute on a busy machine).
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True, text=True,
             errors="replace",
         )
         (log_file.parent / "launch.pid").write_text(str(proc.pid))
+        watchdog = _start_watchdog(proc.pid)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -245,7 +247,34 @@ def _stream(cmd: list[str], env: dict[str, str], log_file: Path, log) -> tuple[i
         except BaseException:
             _stop(proc)
             raise
+        finally:
+            watchdog.kill()
+            watchdog.wait()
     return code, tail
+
+
+# Stops the training group as soon as the runner that started it is gone (SIGKILL, OOM killer): it is
+# the runner's child in a session of its own, so a signal to the runner's group spares it, and the
+# runner's death shows as a new parent. Plain Python without site-packages: it starts in milliseconds.
+_WATCHDOG = """
+import os, signal, sys, time
+runner, group = int(sys.argv[1]), int(sys.argv[2])
+while True:
+    time.sleep(0.25)
+    try:
+        os.killpg(group, 0)
+    except OSError:
+        break
+    if os.getppid() != runner:
+        os.killpg(group, signal.SIGKILL)
+        break
+"""
+
+
+def _start_watchdog(group: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-I", "-S", "-c", _WATCHDOG, str(os.getpid()), str(group)],
+                            start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def reap_stale_launch(stage_dir: Path, *, log) -> None:

@@ -26,7 +26,6 @@ from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft import curation
 from tempa.sft.data_config import SourceConfig
 from tempa.sft.formats import RowError, normalize_row, spec_for
-from tempa.sft.sources import RAW, READ_ERROR, load_source, row_label
 from tempa.sft.stage_api import resolve_path
 
 IDENTICAL_PAIR = "identical_pair"
@@ -76,6 +75,8 @@ class OfflineResult:
 
 def load_offline_pairs(config: OfflinePairs, tokenizer: Any, *, cache_dir: Path | None = None) -> OfflineResult:
     """The curated pairs (the same row shape as on-policy pairs) and the rejects with their reasons."""
+    from tempa.sft.sources import RAW, READ_ERROR, load_source, row_label  # imports datasets: only when used
+
     source = config.source()
     dataset = load_source(source, cache_dir=cache_dir)
     spec = spec_for(source)
@@ -123,6 +124,8 @@ def load_offline_pairs(config: OfflinePairs, tokenizer: Any, *, cache_dir: Path 
 
 
 def _row(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    from tempa.sft.sources import RAW, READ_ERROR
+
     if RAW not in raw:
         return raw
     if raw.get(READ_ERROR):

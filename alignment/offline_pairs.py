@@ -75,7 +75,7 @@ class OfflineResult:
 
 def load_offline_pairs(config: OfflinePairs, tokenizer: Any, *, cache_dir: Path | None = None) -> OfflineResult:
     """The curated pairs (the same row shape as on-policy pairs) and the rejects with their reasons."""
-    from tempa.sft.sources import RAW, READ_ERROR, load_source, row_label  # datasets: not at recipe load
+    from tempa.sft.sources import RAW, READ_ERROR, load_source, row_label  # imports datasets: only when used
 
     source = config.source()
     dataset = load_source(source, cache_dir=cache_dir)

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from tempa.chat_templates.json_files import JsonFileError, read_json, read_jsonl
+from tempa.sft.mixing import thinking_on_count
 from tempa.sft.stage_api import (
     Artifact,
     Read,
@@ -87,7 +88,8 @@ class ThinkingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["on", "off", "mixed"] = Field(
-        default="on", description="`on`, `off`, or `mixed`: a seeded `ratio` share of the prompts on, the rest off."
+        default="on", description="`on`, `off`, or `mixed`: a seeded `ratio` share of the prompts on, the rest off "
+        "(exactly: ratio * prompts rounded half up, at least 1 and at most all but 1 when 0 < ratio < 1)."
     )
     ratio: float | None = Field(default=None, ge=0, le=1, description="With `mixed`: share of prompts with "
                                 "thinking on.")
@@ -235,11 +237,12 @@ def load_prompts(source: PromptSource, *, seed: int, thinking: ThinkingSettings 
         within = f" in {', '.join(source.languages)}" if source.languages else ""
         raise StageError(f"{source.path}: no prompts{within}")
     if thinking is not None:
-        rng = random.Random(seed + 1)
-        for prompt in prompts:
-            draw = rng.random()  # drawn for every row, so one row's own mode never shifts the others
-            if prompt.thinking_mode is None:
-                prompt.thinking_mode = (
-                    thinking.mode if thinking.mode != "mixed" else ("on" if draw < (thinking.ratio or 0) else "off")
-                )
+        unset = [prompt for prompt in prompts if prompt.thinking_mode is None]  # a row's own mode wins
+        on: set[int] = set(range(len(unset))) if thinking.mode == "on" else set()
+        if thinking.mode == "mixed":
+            # Exactly the documented share, not a coin flip per prompt (which can turn 0.5 of 6 into 6 of 6).
+            count = thinking_on_count(thinking.ratio or 0.0, len(unset))
+            on = set(random.Random(seed + 1).sample(range(len(unset)), count))
+        for index, prompt in enumerate(unset):
+            prompt.thinking_mode = "on" if index in on else "off"
     return prompts

@@ -166,3 +166,13 @@ def test_the_report_shows_pair_and_judge_statistics_from_the_typed_results(tmp_p
                  "<td>0.125</td><td>0.75</td>", "identical_pair: 1, malformed_row: 2", "fewer_than_two_complete: 3",
                  "<td>5</td><td>5 / 8</td><td>7 / 32</td><td>judge: 0/32</td>", "below_threshold: 2, incomplete: 1"):
         assert cell in page, cell
+
+
+@pytest.mark.parametrize(("ratio", "on"), [(0.5, 3), (0.05, 1), (0.95, 5)])
+def test_mixed_thinking_prompts_get_exactly_the_share_too(ratio, on):
+    from tempa.alignment.prompts import PromptSource, ThinkingSettings, load_prompts
+
+    for seed in (3, 4, 5):
+        prompts = load_prompts(PromptSource(path=PROMPTS, limit=6), seed=seed,
+                               thinking=ThinkingSettings(mode="mixed", ratio=ratio))
+        assert sum(p.thinking_mode == "on" for p in prompts) == on

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from preference_helpers import ending_model
 from test_alignment_fakes import FakeOpenAI, chat_response, last_user
 
 from stage_helpers import make_context
@@ -32,6 +33,7 @@ def test_rewrites_of_the_worst_samples_become_the_chosen_side(tmp_path, tiny_mod
     from tempa.chat_templates import bake_tokenizer
 
     bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tok")
+    start = ending_model(tiny_model_dir, tmp_path / "tok", tmp_path / "start")  # only ended samples are paired
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": q, "language": lang, "answer": a}) + "\n"
                                for q, (lang, a, _) in REWRITES.items()))
@@ -42,7 +44,7 @@ def test_rewrites_of_the_worst_samples_become_the_chosen_side(tmp_path, tiny_mod
         return chat_response([REWRITES[question][2]])
 
     PLANS.clear()
-    ctx = make_context(tmp_path / "run", "align", start_model=tiny_model_dir, tokenizer_dir=tmp_path / "tok",
+    ctx = make_context(tmp_path / "run", "align", start_model=start, tokenizer_dir=tmp_path / "tok",
                        chat_template="", launch=fake_training)
     with FakeOpenAI(reply) as server:
         config = PreferenceStageConfig.model_validate({
@@ -60,7 +62,8 @@ def test_rewrites_of_the_worst_samples_become_the_chosen_side(tmp_path, tiny_mod
     assert len(pairs) == 2 and result.metrics["pair_fraction"] == 1.0
     for pair in pairs:
         question = pair["prompt"][-1]["content"]
-        totals = [r["scores"]["total"] for r in scores[pair["prompt_id"]]["results"]]
+        ended = [c["finish_reason"] == "stop" for c in samples[pair["prompt_id"]]["completions"]]
+        totals = [r["scores"]["total"] for r, e in zip(scores[pair["prompt_id"]]["results"], ended, strict=True) if e]
         assert pair["chosen"][0]["content"] == REWRITES[question][2]
         assert pair["chosen_index"] == -1 and pair["rejected_score"] == min(totals)
         assert pair["chosen_scores"]["answer"] == 1.0 and pair["chosen_scores"]["language"] == 1.0

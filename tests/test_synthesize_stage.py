@@ -216,7 +216,8 @@ def test_second_turns_are_judged_and_kept_at_nine_or_above(tmp_path, tiny_model_
         config = SynthesizeStageConfig.model_validate({
             "name": "distill", "prompts": {"path": str(prompts)}, "teacher": backend,
             "sampling": {"n": 2, "temperature": 0.7, "thinking": {"mode": "off"}},
-            "rewards": [{"type": "judge", "backend": backend}],
+            # one of the four first-turn replies has no rating: allowed here, above the 10% default
+            "rewards": [{"type": "judge", "backend": backend, "max_unparsable": 0.5}],
             "select": {"strategy": "best", "by": "judge"},
             "second_turn": {"select": {"by": "judge", "min_score": 9}, "on_reject": on_reject},
         })
@@ -238,6 +239,8 @@ def test_second_turns_are_judged_and_kept_at_nine_or_above(tmp_path, tiny_model_
     assert [(r["turn"], r["reason"]) for r in rejects] == [(2, "below_threshold")]
     stats = json.loads((ctx.stage_dir / "data" / "stats.json").read_text())
     assert stats["scoring"]["judge_unparsable"] == 1  # "BROKEN" got no rating: counted, not a crash
+    assert stats["judges"] == {"judge_replies": 4, "judge_unparsable": 1, "judge_unparsable_fraction": 0.25}
+    assert result.judges == stats["judges"] and result.rejected == {"below_threshold": 1}
     assert stats["second_turn"]["kept"] == 1
     assert result.metrics["judge_unparsable"] == 1
     # the second answer was generated with the whole conversation as context

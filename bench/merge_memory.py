@@ -135,7 +135,7 @@ def worker_tempa(work: Path, out_shard_size: str | None = None) -> dict[str, Any
         launch=no_launch, log=logging.getLogger("bench"),
     )
     result = run_merge(config, ctx)
-    return {"out": str(result.model_dir)}
+    return {"out": str(result.model)}
 
 
 def worker_naive(work: Path) -> dict[str, Any]:

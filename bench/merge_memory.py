@@ -130,12 +130,12 @@ def worker_tempa(work: Path, out_shard_size: str | None = None) -> dict[str, Any
     )
     stage_dir = work / "tempa-merge"
     ctx = StageContext(
-        run_dir=work, stage_dir=stage_dir, stage_name="merge", seed=0, model_dir=Path(models[0]),
-        tokenizer_dir=work / "tokenizer", chat_template=load_template(common.TEMPLATE), stage_dirs={},
-        stage_models={}, launch=no_launch, log=logging.getLogger("bench"),
+        stage_name="merge", stage_dir=stage_dir, seed=0, start_model=Path(models[0]), base_model=Path(models[0]),
+        tokenizer_dir=work / "tokenizer", chat_template=load_template(common.TEMPLATE), upstream={},
+        launch=no_launch, log=logging.getLogger("bench"),
     )
     result = run_merge(config, ctx)
-    return {"out": str(result.model_dir)}
+    return {"out": str(result.model)}
 
 
 def worker_naive(work: Path) -> dict[str, Any]:

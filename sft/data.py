@@ -16,6 +16,9 @@ Order of work, per source unless noted:
 6. held-out split, then sizing (weight/rows/tokens), on whole conversations;
 7. concatenate, shuffle with the seed, save.
 
+Steps 2 and 5 run in ``num_proc`` worker processes (default: one per core, at most one per 1,000 rows
+of a source; :func:`tempa.sft.data_config.workers_for`); every count gives the same data.
+
 Reports (in ``out_dir``; rows are conversations, tokens count every token of the rendered samples):
 
 - ``mix.json`` (:class:`tempa.sft.data_report.DataMix`): per source its size setting and thinking

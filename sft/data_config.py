@@ -458,9 +458,10 @@ class DataConfig(_Strict):
 
 ROWS_PER_PROCESS = 1000  # the fewest rows of a source worth another worker process (see worker_count)
 # Tokens the pipeline prepares per CPU-second on one core (render, tokenise, masks, filters, cache), for
-# `tempa plan`'s data-prep estimate. Measured with bench/data_prep.py on 2026-11-30: 267k tokens per
-# CPU-second on a shared 2-vCPU x86_64 VM (tiny byte-level BPE tokenizer, single-turn reasoning rows
-# of 880 tokens on average); Meta's Llama 3 tokenizer encodes about 10% slower per token. Rounded down.
+# `tempa plan`'s data-prep estimate. Measured with bench/data_prep.py on 2026-11-30: 217k-267k tokens per
+# CPU-second (three runs) on a heavily shared 2-vCPU x86_64 VM (tiny byte-level BPE tokenizer,
+# single-turn reasoning rows of about 820 tokens); Meta's Llama 3 tokenizer encodes about 10% slower per
+# token. Rounded down.
 PREP_TOKENS_PER_CORE_SECOND = 250_000
 
 

@@ -26,25 +26,25 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from tempa.alignment.backends import LazyBackend, build_backend, describe_backend
-from tempa.alignment.judge import Judge, language_name, text_or_file
+from tempa.alignment.judge import language_name, text_or_file
 from tempa.alignment.teacher_text import (
     Gate,
     JudgeGate,
     TeacherSettings,
     TextFilters,
     ask_teacher,
-    judge_scores,
+    gate_scores,
+    output_files,
+    teacher_backend,
     teacher_reads,
+    write_outputs,
 )
 from tempa.sft import language
-from tempa.sft.files import write_json, write_jsonl
 from tempa.sft.stage_api import (
     Read,
     SourceSize,
     StageConfigBase,
     StageContext,
-    StageError,
     StageResult,
     resolve_path,
 )
@@ -134,12 +134,9 @@ def run_generate_prompts(config: GeneratePromptsStageConfig, ctx: StageContext) 
     jobs = [(topic, i) for topic in config.topics for i in range(config.per_topic)]
     requests = [_fill(config.instruction, topic=topic, language=target, index=str(i + 1), system=system)
                 for topic, i in jobs]
-    teacher_name = describe_backend(config.teacher.backend, ctx.start_model)
-    teacher = LazyBackend(lambda: build_backend(
-        config.teacher.backend, policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir,
-        stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code, who="teacher"), teacher_name)
+    teacher = teacher_backend(config.teacher.backend, ctx, "teacher")
     ctx.log.info("%s: %d prompt(s) requested (%d topic(s) x %d) in %s from %s", ctx.stage_name, len(jobs),
-                 len(config.topics), config.per_topic, target, teacher_name)
+                 len(config.topics), config.per_topic, target, teacher.describe)
     try:
         answers = ask_teacher(teacher, requests, config.teacher.params(ctx.seed))
     finally:
@@ -151,14 +148,8 @@ def run_generate_prompts(config: GeneratePromptsStageConfig, ctx: StageContext) 
         reason = gate.reason(text, finished, config.language)
         (dropped if reason else kept).append({"topic": topic, "index": i, "text": text, "reason": reason})
     if config.judge is not None and kept:
-        judge = Judge(build_backend(config.judge.backend, policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir,
-                                    stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code,
-                                    who="judge"), config.judge, seed=ctx.seed)
-        try:
-            scores = judge_scores(judge, config.judge.rubric or PROMPT_RUBRIC,
-                                  [{"question": k["text"], "language": config.language} for k in kept])
-        finally:
-            judge.backend.close()
+        scores = gate_scores(config.judge, PROMPT_RUBRIC,
+                             [{"question": k["text"], "language": config.language} for k in kept], ctx)
         passed = []
         for item, score in zip(kept, scores, strict=True):
             item["judge"] = score
@@ -170,23 +161,13 @@ def run_generate_prompts(config: GeneratePromptsStageConfig, ctx: StageContext) 
 
     rows = [{"messages": [{"role": "user", "content": k["text"]}], "language": config.language, "topic": k["topic"],
              **({"judge": k["judge"]} if "judge" in k else {}),
-             "provenance": {"stage": ctx.stage_name, "teacher": teacher_name, "seed": ctx.seed, "index": k["index"]}}
+             "provenance": {"stage": ctx.stage_name, "teacher": teacher.describe, "seed": ctx.seed, "index": k["index"]}}
             for k in kept]
-    data_dir = ctx.stage_dir / "data"
-    write_jsonl(data_dir / "rejects.jsonl", dropped)
     stats = {"requested": len(jobs), "kept": len(rows), "rejected": dict(Counter(d["reason"] for d in dropped)),
-             "teacher": teacher_name}
-    write_json(data_dir / "stats.json", stats)
-    if not rows:
-        raise StageError(f"stage '{ctx.stage_name}': no generated prompt passed the filters ({stats['rejected']}); "
-                         f"see {data_dir / 'rejects.jsonl'}")
-    output = ctx.stage_dir / OUTPUT_FILE
-    write_jsonl(output, rows)  # last: its presence means the stage finished
-    ctx.log.info("%s: kept %d of %d prompts; rejected %s", ctx.stage_name, len(rows), len(jobs),
-                 stats["rejected"] or "none")
-    return GeneratePromptsResult(dataset=output, rows=len(rows),
-                                 metrics={"rows": len(rows), "kept_fraction": round(len(rows) / len(jobs), 6)},
-                                 files={"rejects": data_dir / "rejects.jsonl", "stats": data_dir / "stats.json"})
+             "teacher": teacher.describe}
+    output = write_outputs(ctx, OUTPUT_FILE, rows, dropped, stats, "prompts")
+    return GeneratePromptsResult(dataset=output, rows=len(rows), files=output_files(ctx),
+                                 metrics={"rows": len(rows), "kept_fraction": round(len(rows) / len(jobs), 6)})
 
 
 def generated_size(config: GeneratePromptsStageConfig, result: StageResult | None) -> SourceSize:

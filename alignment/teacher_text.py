@@ -10,15 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tempa.alignment.backends import BackendConfig, SamplingBackend, TransformersBackendConfig, backend_reads
+from tempa.alignment.backends import (
+    BackendConfig,
+    LazyBackend,
+    SamplingBackend,
+    TransformersBackendConfig,
+    backend_reads,
+    build_backend,
+    describe_backend,
+)
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.judge import Judge, JudgeSettings, fill
 from tempa.sft import language as lang
-from tempa.sft.stage_api import Read
+from tempa.sft.files import write_json, write_jsonl
+from tempa.sft.stage_api import Read, StageContext, StageError
 
 
 class TeacherSettings(BaseModel):
@@ -114,3 +124,41 @@ class Gate:
 def judge_scores(judge: Judge, rubric: str, items: Sequence[dict[str, Any]]) -> list[float | None]:
     """Ratings of ``items`` (each the rubric's placeholder values: question, answer, language, ...)."""
     return [verdict.score for verdict in judge.rate([fill(rubric, **item) for item in items])]
+
+
+def teacher_backend(block: Any, ctx: StageContext, who: str) -> LazyBackend:
+    """The backend a recipe block names, built on first use (a stage with nothing to ask loads nothing)."""
+    name = describe_backend(block, ctx.start_model)
+    return LazyBackend(lambda: build_backend(block, policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir,
+                                             stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code,
+                                             who=who), name)
+
+
+def gate_scores(gate: JudgeGate, rubric: str, items: Sequence[dict[str, Any]], ctx: StageContext
+                ) -> list[float | None]:
+    """The judge's 1-10 ratings of ``items`` (rubric placeholder values), its backend closed after."""
+    judge = Judge(teacher_backend(gate.backend, ctx, "judge"), gate, seed=ctx.seed)
+    try:
+        return judge_scores(judge, gate.rubric or rubric, items)
+    finally:
+        judge.backend.close()
+
+
+def write_outputs(ctx: StageContext, output_file: str, rows: list[dict[str, Any]], rejects: list[dict[str, Any]],
+                  stats: dict[str, Any], what: str) -> Path:
+    """``rejects.jsonl`` and ``stats.json``, then the output (last: its presence means the stage finished)."""
+    data_dir = ctx.stage_dir / "data"
+    write_jsonl(data_dir / "rejects.jsonl", rejects)
+    write_json(data_dir / "stats.json", stats)
+    if not rows:
+        raise StageError(f"stage '{ctx.stage_name}': no {what} passed the filters ({stats['rejected']}); "
+                         f"see {data_dir / 'rejects.jsonl'}")
+    output = ctx.stage_dir / output_file
+    write_jsonl(output, rows)
+    ctx.log.info("%s: kept %d %s; rejected %s", ctx.stage_name, len(rows), what, stats["rejected"] or "none")
+    return output
+
+
+def output_files(ctx: StageContext) -> dict[str, Path]:
+    data_dir = ctx.stage_dir / "data"
+    return {"rejects": data_dir / "rejects.jsonl", "stats": data_dir / "stats.json"}

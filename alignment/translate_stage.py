@@ -26,8 +26,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from tempa.alignment.backends import LazyBackend, build_backend, describe_backend
-from tempa.alignment.judge import Judge, language_name, text_or_file
+from tempa.alignment.judge import language_name, text_or_file
 from tempa.alignment.prompts import PromptSource, read_rows
 from tempa.alignment.teacher_text import (
     Gate,
@@ -35,11 +34,13 @@ from tempa.alignment.teacher_text import (
     TeacherSettings,
     TextFilters,
     ask_teacher,
-    judge_scores,
+    gate_scores,
+    output_files,
+    teacher_backend,
     teacher_reads,
+    write_outputs,
 )
 from tempa.sft import language
-from tempa.sft.files import write_json, write_jsonl
 from tempa.sft.stage_api import Read, SourceSize, StageConfigBase, StageContext, StageError, StageResult
 
 OUTPUT_FILE = "data/translated.jsonl"
@@ -156,16 +157,12 @@ def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateR
     if not conversations:
         raise StageError(f"stage '{ctx.stage_name}': {source.path} has no rows")
     target = language_name(config.target_language) or config.target_language
-    teacher_name = describe_backend(config.teacher.backend, ctx.start_model)
-    teacher = LazyBackend(lambda: build_backend(
-        config.teacher.backend, policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir,
-        stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code, who="teacher"), teacher_name)
-
+    teacher = teacher_backend(config.teacher.backend, ctx, "teacher")
     # Every message with text is one request; system prompts and empty turns pass through unchanged.
     requests = [(c, m) for c, conv in enumerate(conversations) for m, msg in enumerate(conv)
                 if isinstance(msg["content"], str) and msg["content"].strip() and msg["role"] != "system"]
     ctx.log.info("%s: translating %d text(s) of %d row(s) into %s with %s", ctx.stage_name, len(requests),
-                 len(conversations), target, teacher_name)
+                 len(conversations), target, teacher.describe)
     try:
         answers = ask_teacher(teacher, [config.instruction.replace("{language}", target).replace(
             "{text}", conversations[c][m]["content"]) for c, m in requests], config.teacher.params(ctx.seed))
@@ -187,42 +184,26 @@ def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateR
     kept = [c for c in range(len(conversations)) if c not in dropped]
     scores: dict[int, float | None] = {}
     if config.judge is not None and kept:
-        judge = Judge(build_backend(config.judge.backend, policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir,
-                                    stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code,
-                                    who="judge"), config.judge, seed=ctx.seed)
-        try:
-            rated = judge_scores(judge, config.judge.rubric or TRANSLATION_RUBRIC, [
-                {"question": _plain(conversations[c]), "answer": _plain(translated[c]),
-                 "language": config.target_language} for c in kept])
-        finally:
-            judge.backend.close()
+        rated = gate_scores(config.judge, TRANSLATION_RUBRIC, [
+            {"question": _plain(conversations[c]), "answer": _plain(translated[c]),
+             "language": config.target_language} for c in kept], ctx)
         for c, score in zip(kept, rated, strict=True):
             scores[c] = score
             if score is None or score < config.judge.min_score:
                 dropped[c] = "judge_unrated" if score is None else "judge_score"
         kept = [c for c in kept if c not in dropped]
 
-    provenance = {"stage": ctx.stage_name, "teacher": teacher_name, "source": config.source.path,
+    provenance = {"stage": ctx.stage_name, "teacher": teacher.describe, "source": config.source.path,
                   "turns": config.turns, "seed": ctx.seed}
     out_rows = [{"messages": translated[c], "language": config.target_language,
                  **({"judge": scores[c]} if c in scores else {}),
                  "provenance": {**provenance, "row": order[c]}} for c in kept]
     rejects = [{"row": order[c], "reason": reason, "messages": translated[c]} for c, reason in sorted(dropped.items())]
-    data_dir = ctx.stage_dir / "data"
-    write_jsonl(data_dir / "rejects.jsonl", rejects)
     stats = {"rows": len(conversations), "kept": len(out_rows), "texts": len(requests),
-             "rejected": dict(Counter(dropped.values())), "teacher": teacher_name}
-    write_json(data_dir / "stats.json", stats)
-    if not out_rows:
-        raise StageError(f"stage '{ctx.stage_name}': no translation passed the filters ({stats['rejected']}); "
-                         f"see {data_dir / 'rejects.jsonl'}")
-    output = ctx.stage_dir / OUTPUT_FILE
-    write_jsonl(output, out_rows)  # last: a complete output file means a complete stage
-    ctx.log.info("%s: kept %d of %d; rejected %s", ctx.stage_name, len(out_rows), len(conversations),
-                 stats["rejected"] or "none")
-    return TranslateResult(dataset=output, rows=len(out_rows),
-                           metrics={"rows": len(out_rows), "kept_fraction": round(len(out_rows) / len(conversations), 6)},
-                           files={"rejects": data_dir / "rejects.jsonl", "stats": data_dir / "stats.json"})
+             "rejected": dict(Counter(dropped.values())), "teacher": teacher.describe}
+    output = write_outputs(ctx, OUTPUT_FILE, out_rows, rejects, stats, "translations")
+    return TranslateResult(dataset=output, rows=len(out_rows), files=output_files(ctx),
+                           metrics={"rows": len(out_rows), "kept_fraction": round(len(out_rows) / len(conversations), 6)})
 
 
 def translated_size(config: TranslateStageConfig, result: StageResult | None) -> SourceSize:

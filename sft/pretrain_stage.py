@@ -20,14 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tempa.sft.checkpoints import (
-    complete_checkpoints,
-    last_complete_checkpoint,
-    remove_incomplete_checkpoints,
-)
+from tempa.sft.checkpoints import complete_checkpoints
 from tempa.sft.files import digest, tree_digest, write_json
 from tempa.sft.pretrain_config import PretrainSource, PretrainStageConfig
-from tempa.sft.run_layout import LOGS_DIR, TRAIN_PLAN
+from tempa.sft.stage import launch_training
 from tempa.sft.stage_api import (
     EstimateInputs,
     StageContext,
@@ -36,7 +32,7 @@ from tempa.sft.stage_api import (
     TokenCount,
     TrainingWorkload,
 )
-from tempa.sft.train_plan import WORKER, TrainOutcome, train_plan
+from tempa.sft.train_plan import train_plan
 
 COMPLETE = "COMPLETE"
 
@@ -158,14 +154,7 @@ def run_pretrain(config: PretrainStageConfig, ctx: StageContext) -> StageResult:
                  ", ".join(f"{name} {count:,}" for name, count in data.tokens.items()))
     plan = train_plan(ctx, trainer="sft", start_model=ctx.start_model, train_data=data.train_path,
                       eval_data=data.eval_path, out_dir=ctx.stage_dir, train_args=config.train_args(), seed=ctx.seed)
-    for path in remove_incomplete_checkpoints(plan.checkpoints_dir, [ctx.stage_dir]):
-        ctx.log.warning("removed incomplete checkpoint %s (interrupted while saving)", path.name)
-    resume = last_complete_checkpoint(plan.checkpoints_dir)
-    if resume is not None:
-        ctx.log.info("will resume from %s", resume)
-    plan_path = plan.write(ctx.stage_dir / TRAIN_PLAN)
-    ctx.launch(WORKER, ["--plan", str(plan_path)], ctx.stage_dir / LOGS_DIR / "train.log")
-    outcome = TrainOutcome.read(plan.final_dir)
+    outcome = launch_training(plan, ctx)
     metrics = {**outcome.headline(), "train_tokens": sum(data.tokens.values()), "chunks": data.chunks,
                **{f"tokens:{name}": count for name, count in data.tokens.items()}}
     return StageResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir), metrics=metrics)

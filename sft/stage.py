@@ -17,7 +17,7 @@ from tempa.sft.data_config import DataConfig
 from tempa.sft.data_report import DataMix
 from tempa.sft.run_layout import DATA_DIR, LOGS_DIR, TRAIN_PLAN
 from tempa.sft.stage_api import StageContext, StageError, StageResult
-from tempa.sft.train_plan import WORKER, TrainOutcome, train_plan
+from tempa.sft.train_plan import WORKER, TrainOutcome, TrainPlan, train_plan
 
 __all__ = ["SFTResult", "SFTStageConfig", "run_sft"]
 
@@ -52,6 +52,17 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
     plan = train_plan(ctx, trainer="sft", start_model=ctx.start_model, train_data=prepared.train_path,
                       eval_data=eval_path, out_dir=ctx.stage_dir, train_args=train_args, seed=ctx.seed,
                       lora=config.lora)
+    outcome = launch_training(plan, ctx)
+    mix = prepared.mix
+    metrics = {**outcome.headline(), "train_rows": mix.total.train_samples, "eval_rows": mix.total.eval_samples,
+               "train_tokens": mix.total.tokens_kept, "thinking_on_rows": mix.total.thinking_on_rows_kept}
+    return SFTResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir),
+                     metrics=metrics, data=mix)
+
+
+def launch_training(plan: TrainPlan, ctx: StageContext) -> TrainOutcome:
+    """Clear half-saved checkpoints, write the plan, run the worker (it resumes from the last complete
+    checkpoint) and read what it reports."""
     for path in remove_incomplete_checkpoints(plan.checkpoints_dir, [ctx.stage_dir]):
         ctx.log.warning("removed incomplete checkpoint %s (interrupted while saving)", path.name)
     resume = last_complete_checkpoint(plan.checkpoints_dir)
@@ -59,13 +70,7 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
         ctx.log.info("will resume from %s", resume)
     plan_path = plan.write(ctx.stage_dir / TRAIN_PLAN)
     ctx.launch(WORKER, ["--plan", str(plan_path)], ctx.stage_dir / LOGS_DIR / "train.log")
-
-    outcome = TrainOutcome.read(plan.final_dir)
-    mix = prepared.mix
-    metrics = {**outcome.headline(), "train_rows": mix.total.train_samples, "eval_rows": mix.total.eval_samples,
-               "train_tokens": mix.total.tokens_kept, "thinking_on_rows": mix.total.thinking_on_rows_kept}
-    return SFTResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir),
-                     metrics=metrics, data=mix)
+    return TrainOutcome.read(plan.final_dir)
 
 
 def resolve_stage_sources(data: DataConfig, ctx: StageContext) -> DataConfig:

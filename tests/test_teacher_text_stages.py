@@ -64,12 +64,9 @@ def backends(monkeypatch):
         return made[config.model]
 
     monkeypatch.setattr(module, "build_backend", build_backend)
-    # the stages import build_backend by name
-    import tempa.alignment.generate_prompts_stage as generate
-    import tempa.alignment.translate_stage as translate
+    import tempa.alignment.teacher_text as teacher_text  # the stages build their backends here
 
-    monkeypatch.setattr(translate, "build_backend", build_backend)
-    monkeypatch.setattr(generate, "build_backend", build_backend)
+    monkeypatch.setattr(teacher_text, "build_backend", build_backend)
     return made
 
 

@@ -84,6 +84,8 @@ def test_verdicts_rows_and_weighting_pure():
     rates = win_rate.win_rates(["math", "writing", "writing", "writing"], [1.0, 0.0, 0.0, None])
     assert rates["win_rate"] == 0.5 and rates["micro_win_rate"] == pytest.approx(1 / 3)
     assert rates["win_rate:math"] == 1.0 and rates["rows"] == 3.0
+    unjudged = win_rate.win_rates(["math"], [None])  # a judge that never gives a verdict ranks last, no crash
+    assert unjudged["rows"] == 0.0 and unjudged["win_rate"] != unjudged["win_rate"]
 
 
 def test_win_rate_suite_judges_both_orders_and_caches_the_baseline(tmp_path, tiny_model_dir, tokenizer_dir,

@@ -67,6 +67,7 @@ def test_the_rl_check_fails_on_a_non_finite_kl_a_missing_reward_or_the_wrong_gen
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # three training stages in launched workers, as its subprocess timeout allows
 def test_dry_run_passes_on_cpu(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--dry-run", "--work-dir",
                              str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)

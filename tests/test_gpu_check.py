@@ -50,6 +50,7 @@ def test_the_gpu_recipe_uses_vllm_and_the_dry_run_recipe_what_a_cpu_has(tmp_path
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # the whole pipeline in subprocesses: ~70 s of CPU, minutes on a busy machine
 def test_dry_run_passes_on_cpu(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--dry-run", "--work-dir",
                              str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)

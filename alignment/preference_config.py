@@ -272,4 +272,4 @@ class PreferenceStageConfig(StageConfigBase):
         """Earlier stages whose models a judge or the reviser names as `stage:NAME`."""
         reviser = self.pairs.revise.backend if self.pairs.revise else None
         return (judge_reads(self.rewards, ("rewards",)) + backend_reads(reviser, ("pairs", "revise", "backend"))
-                + self.prompts.reads(("prompts",)))
+                + (self.prompts.reads(("prompts",)) if self.prompts is not None else []))

@@ -117,6 +117,9 @@ def recipe_text(base_model: str, dry_run: bool) -> str:
         launch, backend = "{use_cpu: true}", "{type: transformers}"
         sft = "{max_steps: 6, learning_rate: 3.0e-3, per_device_train_batch_size: 8, max_length: 512, logging_steps: 2}"
         new_tokens, prompts, dpo_lr = 16, 8, 5.0e-4
+        # A tiny random model never ends a turn within 16 tokens, and a cut-off sample is never paired:
+        # the dry run trains its DPO round on the shipped offline pairs instead of sampling.
+        align = f"offline: {{path: {data / 'preferences' / 'sample_preferences.jsonl'}}}\n            rounds: 0"
         # the tiny model never ends a sample within 8 tokens: train on the cut-off ones
         grpo = ("{num_generations: 2, per_device_train_batch_size: 4, max_completion_length: 8, max_steps: 2, "
                 "learning_rate: 1.0e-3, beta: 0.04, mask_truncated_completions: false, logging_steps: 1, "
@@ -126,6 +129,7 @@ def recipe_text(base_model: str, dry_run: bool) -> str:
         backend = "{type: vllm, dtype: bfloat16, gpu_memory_utilization: 0.35, max_model_len: 4096, enforce_eager: true}"
         sft = "{max_steps: 40, learning_rate: 2.0e-4, per_device_train_batch_size: 16, max_length: 2048, logging_steps: 5}"
         new_tokens, prompts, dpo_lr = 256, 16, 1.0e-5
+        align = "rounds: 1"
         grpo = ("{num_generations: 4, per_device_train_batch_size: 16, max_completion_length: 128, max_steps: 4, "
                 "learning_rate: 1.0e-6, beta: 0.001, logging_steps: 1, save_strategy: 'no', "
                 "vllm_gpu_memory_utilization: 0.3, vllm_max_model_length: 2048}")
@@ -145,7 +149,7 @@ def recipe_text(base_model: str, dry_run: bool) -> str:
             train: {sft}
           - name: align
             kind: preference
-            rounds: 1
+            {align}
             prompts: {{path: {data / "sample_prompts.jsonl"}, limit: {prompts}}}
             backend: {backend}
             sampling: {{n: 4, temperature: 1.0, max_new_tokens: {new_tokens}, batch_size: {prompts}}}
@@ -153,7 +157,7 @@ def recipe_text(base_model: str, dry_run: bool) -> str:
               - {{type: format}}
               - {{type: language}}
               - {{type: length, unit: chars, per_token: 0.005}}
-            pairs: {{min_margin: 0.01, allow_truncated_chosen: true}}
+            pairs: {{min_margin: 0.01}}
             train: {{loss_type: sigmoid, beta: 0.1, learning_rate: {dpo_lr}, max_steps: 8, warmup_steps: 0,
                     per_device_train_batch_size: 4, logging_steps: 1, save_strategy: "no", max_length: 1024}}
           - name: rl

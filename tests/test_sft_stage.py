@@ -96,7 +96,8 @@ def test_sft_change_of_learning_rate_reruns_only_training(single_run, tiny_model
 
     recipe = single_run.parent / "sft.yaml"
     plans = plan_run(load_recipe(recipe, ["stages.sft.train.learning_rate=1e-3"]), single_run)
-    assert plans[0].action == "rerun" and plans[0].reason == "changed since it ran: stage config"
+    assert plans[0].action == "rerun" and plans[0].reason.startswith("changed since it ran: stage config changed: ")
+    assert "train.learning_rate 0.003 → 0.001" in plans[0].reason
     same = plan_run(load_recipe(recipe, ["stages.sft.train.save_total_limit=10"]), single_run)
     assert same[0].action == "skip"
 

@@ -45,7 +45,9 @@ def test_the_gpu_recipe_uses_vllm_and_the_dry_run_recipe_what_a_cpu_has(tmp_path
             for name in ("model.safetensors", "tokenizer.json"):
                 (tmp_path / name).write_bytes(b"")
         stages = {stage.name: stage for stage in load_recipe(path).stages}
-        assert stages["align"].backend.type == backend and stages["align"].rounds == 1
+        assert stages["align"].backend.type == backend
+        # on the GPU a vLLM-sampled round; the dry run's tiny model never ends a turn: offline pairs only
+        assert (stages["align"].rounds, stages["align"].offline is not None) == ((0, True) if dry else (1, False))
         assert stages["sft"].kind == "sft"
         assert stages["rl"].kind == "rl" and "use_vllm" not in stages["rl"].train  # vLLM on the GPU, chosen by the worker
 

@@ -134,8 +134,8 @@ def test_report_renders_in_headless_chromium(reported_run, tmp_path):
     start = result.stdout.index(marker) + len(marker)
     info = json.loads(html.unescape(result.stdout[start:result.stdout.index('"', start)]))
 
-    assert info["sections"][:5] == ["Stages", "Data mix", "Training curves", "Preference rounds",
-                                    "Leaderboard (merge)"]
+    assert info["sections"][:6] == ["Stages", "Data mix", "Training curves", "Preference rounds",
+                                    "Pairs and judges", "Leaderboard (merge)"]
     assert "Sample generations" in info["sections"]
     # every image decoded (inline PNGs), big enough to read
     assert info["images"] and all(w > 300 and h > 150 for _, w, h in info["images"]), info["images"]

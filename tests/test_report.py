@@ -139,14 +139,14 @@ def test_report_renders_in_headless_chromium(reported_run, tmp_path):
     assert "Sample generations" in info["sections"]
     # every image decoded (inline PNGs), big enough to read
     assert info["images"] and all(w > 300 and h > 150 for _, w, h in info["images"]), info["images"]
-    # training curves: the sft stage, and each preference round on its own axes
-    assert info["training"][:3] == ["sft", "align round-1", "align round-2"]
+    # training curves: the sft stage, and the preference round (offline pairs) on its own axes
+    assert info["training"][:2] == ["sft", "align round-1"]
     # the data mix: the source, its rows and tokens, the rejects by reason
     header, source, total = info["mixRows"][0], info["mixRows"][1], info["mixRows"][-1]
     assert header[:3] == ["source", "rows in", "rows kept"] and "rejects by reason" in header
     assert source[0] == "rows" and int(source[1]) == 48 and int(source[3]) == 4 and total[0] == "total"
-    # two preference rounds, each with its DPO margin and accuracy
-    assert [row[0] for row in info["rounds"]] == ["1", "2"]
+    # the preference round, with its DPO margin and accuracy
+    assert [row[0] for row in info["rounds"]] == ["1"]
     assert all(row[7] != "–" and row[8] != "–" for row in info["rounds"]), info["rounds"]
     # the leaderboard fits the page, each metric marked with its direction
     board = info["board"]

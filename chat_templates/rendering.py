@@ -6,8 +6,7 @@ Everything goes through transformers' own renderer (its sandboxed Jinja environm
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,45 +30,86 @@ def mask_spans(mask: Sequence[int]) -> list[tuple[int, int]]:
     return list(zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
-def token_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> list[int]:
-    """Per token, 1 where its character offsets overlap a generation span: ``apply_chat_template``'s own rule.
+def token_runs(
+    n_tokens: int, token_chars: Callable[[int], tuple[int, int]], spans: Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """The ``[start, end)`` token runs that ``apply_chat_template``'s assistant mask marks, found by bisection.
 
-    transformers walks the tokens and the spans together: a token starting at or after the current span's
-    end moves on to the next span, and a token ending after that span's start is masked. When token starts
-    and span ends both never decrease (every tokenizer tempa has met), the span a token meets is the first
-    one ending after the token's start, which one ``searchsorted`` finds for all tokens at once; otherwise
-    the walk runs as transformers writes it.
+    ``token_chars(i)`` is token ``i``'s character offsets (``Encoding.token_to_chars``); ``spans`` are the
+    character spans of the ``{% generation %}`` blocks. transformers walks the tokens and the spans together:
+    a token starting at or after the current span's end moves on to the next span, and a token ending after
+    that span's start is masked. A tokenizers encoding's token offsets never go backwards (pre-tokens are
+    split in order and each token lies inside its own), and span ends never do either (a span is recorded
+    when its block closes), so the tokens that meet span ``j`` are those starting in ``[end_{j-1}, end_j)``
+    and the masked ones are the tail of them ending after ``start_j``: two binary searches per span instead
+    of every token's offsets (materialising them cost as much as all the rest of the mask work). Runs that
+    touch are merged, so the result is the runs of ones of transformers' mask.
     """
-    import numpy as np
 
-    if not len(offsets) or not len(spans):
-        return [0] * len(offsets)
-    # fromiter over the flattened pairs: about 2.5x faster than asarray on a list of tuples
-    bounds = np.fromiter(itertools.chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets)).reshape(-1, 2)
-    starts, ends = bounds[:, 0], bounds[:, 1]
-    span_bounds = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
-    span_starts, span_ends = span_bounds[:, 0], span_bounds[:, 1]
-    if bool(np.all(starts[1:] >= starts[:-1])) and bool(np.all(span_ends[1:] >= span_ends[:-1])):
-        met = np.searchsorted(span_ends, starts, side="right")
-        inside = met < len(span_bounds)
-        masked = inside & (ends > span_starts[np.minimum(met, len(span_bounds) - 1)])
-        return masked.astype(np.int8).tolist()
-    mask, index = [0] * len(offsets), 0
-    for token, (start, end) in enumerate(offsets):
-        while index < len(spans) and start >= spans[index][1]:
-            index += 1
-        if index == len(spans):
-            break
-        if end > spans[index][0]:
-            mask[token] = 1
+    def first(lo: int, hi: int, reached: Callable[[int], bool]) -> int:
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if reached(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    runs: list[tuple[int, int]] = []
+    lo = 0
+    for span_start, span_end in spans:
+        hi = first(lo, n_tokens, lambda t: token_chars(t)[0] >= span_end)  # noqa: B023 (used at once)
+        masked = first(lo, hi, lambda t: token_chars(t)[1] > span_start)  # noqa: B023
+        if masked < hi:
+            if runs and runs[-1][1] == masked:
+                runs[-1] = (runs[-1][0], hi)
+            else:
+                runs.append((masked, hi))
+        lo = hi
+    return runs
+
+
+def runs_to_mask(n_tokens: int, runs: Sequence[tuple[int, int]]) -> list[int]:
+    """The 0/1 mask of ``n_tokens`` tokens with ones in ``runs``; the inverse of :func:`mask_spans`."""
+    mask = [0] * n_tokens
+    for start, end in runs:
+        mask[start:end] = [1] * (end - start)
     return mask
 
 
 def compile_template(template: str) -> Any:
-    """Compile ``template`` in transformers' chat-template environment (raises ``jinja2.TemplateSyntaxError``)."""
+    """Compile ``template`` in transformers' chat-template environment (raises ``jinja2.TemplateSyntaxError``).
+
+    transformers keeps one compiled template per text; its sandbox gets memoised attribute checks here.
+    """
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
-    return _compile_jinja_template(template)
+    compiled = _compile_jinja_template(template)
+    _memoize_attribute_checks(compiled.environment)
+    return compiled
+
+
+def _memoize_attribute_checks(environment: Any) -> None:
+    """Answer the sandbox's ``is_safe_attribute`` once per (type, attribute name).
+
+    Every ``x.y`` in a template asks the sandbox whether ``y`` is safe on ``x``; jinja2's answer depends
+    only on the object's type (``isinstance`` against function/frame/mutable-container types) and the
+    name, never on the value, and it was about a quarter of the render time of tempa's templates. The
+    sandbox still decides every case; its verdicts are reused.
+    """
+    if "is_safe_attribute" in vars(environment):
+        return
+    decide = environment.is_safe_attribute
+    verdicts: dict[tuple[type, str], bool] = {}
+
+    def is_safe_attribute(obj: Any, attr: str, value: Any) -> bool:
+        key = (type(obj), attr)
+        verdict = verdicts.get(key)
+        if verdict is None:
+            verdict = verdicts[key] = bool(decide(obj, attr, value))
+        return verdict
+
+    environment.is_safe_attribute = is_safe_attribute
 
 
 def render_text(
@@ -98,6 +138,7 @@ def render_with_generation_spans(
     """Render to text, with the character spans the template wraps in ``{% generation %}``."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
+    compile_template(template)  # transformers' cached compile, with the memoised sandbox checks
     # apply_chat_template drops None-valued keys before rendering (OpenAI-style content=None); do the same so a
     # tokenizer-free render is byte-identical to the tokenizer's.
     cleaned = [{key: value for key, value in message.items() if value is not None} for message in messages]

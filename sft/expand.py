@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tempa.chat_templates.rendering import mask_spans
+from tempa.chat_templates.rendering import mask_spans, runs_to_mask
 from tempa.chat_templates.thinking import keeps_reasoning
 
 # render(messages, thinking, tools) -> (input_ids, assistant_mask)
@@ -33,18 +33,21 @@ _TOOL_KEYS = ("tool_call_id", "name")
 
 @dataclass
 class Sample:
-    """One training sequence: token ids, the 0/1 mask of trained tokens, and where it came from."""
+    """One training sequence: token ids, its ``[start, end)`` runs of trained tokens, and where it came from."""
 
     input_ids: list[int]
-    assistant_masks: list[int]
+    trained: list[tuple[int, int]]
     turns: list[int] = field(default_factory=list)  # trained assistant turns (message indices)
     thinking: bool = False  # the thinking mode of its final turn
 
+    @property
+    def assistant_masks(self) -> list[int]:
+        """The 0/1 mask of trained tokens."""
+        return runs_to_mask(len(self.input_ids), self.trained)
 
-def last_span(mask: Sequence[int]) -> tuple[int, int] | None:
-    """[start, end) of the last run of ones in ``mask``, or None when it has none."""
-    spans = mask_spans(mask)
-    return spans[-1] if spans else None
+    @property
+    def n_trained(self) -> int:
+        return sum(end - start for start, end in self.trained)
 
 
 def turn_messages(messages: Sequence[Mapping[str, Any]], j: int, thinking: bool) -> list[dict[str, Any]]:
@@ -91,30 +94,31 @@ def turn_views(messages: Sequence[Mapping[str, Any]], thinking: bool) -> list[Tu
     return views
 
 
-def assemble(views: Sequence[TurnView], rendered: Sequence[tuple[list[int], list[int]]]) -> list[Sample]:
-    """Samples from the ``(input_ids, assistant_mask)`` of each view, in the order :func:`turn_views` gives.
+def assemble(views: Sequence[TurnView], encoded: Sequence[tuple[list[int], list[tuple[int, int]]]]) -> list[Sample]:
+    """Samples from the ids and trained token runs of each view, in the order :func:`turn_views` gives.
 
-    Only the final span of each rendering trains; a turn whose rendering is a prefix of an
+    Only the final run of each rendering trains; a turn whose rendering is a prefix of an
     already-built sample trains inside it. A rendering without trained tokens yields no sample.
     """
     samples: list[Sample] = []
-    for view, (ids, mask) in zip(views, rendered, strict=True):
-        span = last_span(mask)
-        if span is None:
+    for view, (ids, runs) in zip(views, encoded, strict=True):
+        if not runs:
             continue
-        start, end = span
+        start, end = runs[-1]
         host = next(
-            (s for s in samples if s.input_ids[:end] == ids[:end] and not any(s.assistant_masks[start:end])),
+            (s for s in samples if s.input_ids[:end] == ids[:end] and not _overlaps(s.trained, start, end)),
             None,
         )
         if host is not None:
-            host.assistant_masks[start:end] = [1] * (end - start)
+            host.trained = sorted([*host.trained, (start, end)])
             host.turns.insert(0, view.turn)
             continue
-        own = [0] * len(ids)
-        own[start:end] = [1] * (end - start)
-        samples.append(Sample(list(ids), own, [view.turn], view.thinking))
+        samples.append(Sample(list(ids), [(start, end)], [view.turn], view.thinking))
     return samples
+
+
+def _overlaps(runs: Sequence[tuple[int, int]], start: int, end: int) -> bool:
+    return any(a < end and start < b for a, b in runs)
 
 
 def expand(
@@ -129,4 +133,5 @@ def expand(
     turn first. (The data pipeline renders many conversations' views at once, then assembles them.)
     """
     views = turn_views(messages, thinking)
-    return assemble(views, [render(view.messages, view.thinking, tools) for view in views])
+    rendered = [render(view.messages, view.thinking, tools) for view in views]
+    return assemble(views, [(ids, mask_spans(mask)) for ids, mask in rendered])

@@ -22,7 +22,7 @@ from tempa.sft.data_config import (
     SourceConfig,
     TemplateFilterConfig,
 )
-from tempa.sft.expand import Sample, expand, last_span
+from tempa.sft.expand import Sample, expand
 from tempa.sft.formats import FormatSpec, RowError, normalize_row, spec_for
 from tempa.sft.mixing import assign_thinking, select_rows, split_heldout
 
@@ -466,8 +466,3 @@ def test_expansion_keeps_tool_loop_reasoning_and_trains_the_loop_as_one_sample()
     # None-valued keys never reach the template (it tests keys for presence).
     assert all(None not in m.values() for messages in seen for m in messages)
     assert seen[0][3]["tool_calls"] == [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]
-
-
-def test_last_span() -> None:
-    assert last_span([0, 1, 1, 0, 1, 1, 1, 0]) == (4, 7)
-    assert last_span([1, 1]) == (0, 2) and last_span([0, 0]) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from tempa.chat_templates import load_template
-from tempa.chat_templates.rendering import token_mask
+from tempa.chat_templates.rendering import mask_spans, runs_to_mask, token_runs
 from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.expand import turn_views
 from tempa.sft.tokenization import ChatEncoder
@@ -76,16 +77,47 @@ def test_masks_are_byte_identical_to_apply_chat_template(tokenizers: dict[str, A
                 rendered.append(encoder.text(view.messages, view.thinking, tools))
                 expected.append(want)
     assert len(expected) > 30 and refused < len(expected)
-    assert encoder.encode(rendered) == expected
+    assert [(chat.input_ids, chat.assistant_mask) for chat in encoder.encode(rendered)] == expected
 
 
-def test_token_mask_walks_the_spans_as_transformers_does_when_offsets_go_back() -> None:
-    # transformers never walks back to an earlier span: the second token starts inside span 0 but is
-    # compared with span 1, which it does not reach.
-    assert token_mask([(7, 8), (1, 3)], [(0, 2), (5, 9)]) == [1, 0]
-    # In order: a token is trained when it overlaps the span it meets, however little.
-    assert token_mask([(0, 2), (2, 4), (4, 6), (6, 8)], [(3, 5)]) == [0, 1, 1, 0]
-    assert token_mask([(0, 1), (1, 2)], []) == [0, 0]
+def _transformers_walk(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """apply_chat_template's own mask loop (transformers 5.x tokenization_utils_base), the specification."""
+    mask, span_idx = [0] * len(offsets), 0
+    for token_id, (token_start, token_end) in enumerate(offsets):
+        while span_idx < len(spans) and token_start >= spans[span_idx][1]:
+            span_idx += 1
+        if span_idx == len(spans):
+            break
+        if token_end > spans[span_idx][0]:
+            mask[token_id] = 1
+    return mask
+
+
+def test_bisected_token_runs_equal_transformers_walk_on_random_offsets() -> None:
+    """Offsets shaped like a tokenizer's (tokens sharing a multi-byte character, zero-width tokens after
+    trimmed whitespace, gaps) against spans that touch, nest in time, are empty or run past the text."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        offsets, pos = [], 0
+        for _ in range(rng.randint(0, 40)):
+            kind = rng.random()
+            if kind < 0.1 and offsets:
+                offsets.append(offsets[-1])  # the next byte of the same character
+                continue
+            pos += rng.choice([0, 0, 0, 1, 2])  # a gap: trimmed whitespace
+            width = 0 if kind < 0.2 else rng.randint(1, 4)
+            offsets.append((pos, pos + width))
+            pos += width
+        cuts = sorted(rng.randint(0, pos + 3) for _ in range(2 * rng.randint(0, 4)))
+        spans = [(cuts[i], cuts[i + 1]) for i in range(0, len(cuts), 2)]
+        if spans and rng.random() < 0.3:  # a block closing right where the previous one closed
+            spans.append((spans[-1][1], spans[-1][1] + rng.randint(0, 3)))
+        want = _transformers_walk(offsets, spans)
+        runs = token_runs(len(offsets), offsets.__getitem__, spans)
+        assert runs_to_mask(len(offsets), runs) == want, (offsets, spans)
+        assert runs == mask_spans(want), (offsets, spans)  # merged: exactly the runs of ones
 
 
 def test_worker_processes_prepare_exactly_what_one_process_does(tmp_path: Path, tokenizers: dict[str, Any]) -> None:
@@ -108,6 +140,7 @@ def test_worker_processes_prepare_exactly_what_one_process_does(tmp_path: Path, 
         return prepare_sft_data(config, tok, out_dir=tmp_path / name, cache_dir=tmp_path / f"cache-{name}", seed=3)
 
     one, two = prepare(1, "one"), prepare(2, "two")
+    assert gc.get_freeze_count() == 0  # the heap frozen for the workers is given back to the collector
     assert not two.cache_hit and len(one.train) > 40
     assert one.train.to_dict() == two.train.to_dict() and one.eval.to_dict() == two.eval.to_dict()
     assert one.mix == two.mix
@@ -122,3 +155,24 @@ def test_default_workers_follow_cores_and_rows(monkeypatch: pytest.MonkeyPatch) 
     assert data.worker_count(None, 10**7) == 8
     assert data.worker_count(None, data.ROWS_PER_PROCESS + 1) is None  # one process: no pool at all
     assert data.worker_count(4, 10) == 4
+
+
+def test_memoised_sandbox_still_refuses_what_the_sandbox_refuses() -> None:
+    """The render path reuses the sandbox's attribute verdicts; every refused access stays refused, on the
+    first render and on later ones (when the verdict comes from the memo)."""
+    import jinja2
+
+    from tempa.chat_templates.rendering import compile_template, render_text
+
+    escape = "{{ messages[0].content.__class__.__mro__ }}"  # a classic sandbox escape
+    mutate = "{{ messages.append(1) }}"  # the immutable sandbox refuses list mutation
+    allowed = "{% for m in messages %}{{ m.content.upper() }}{% endfor %}"
+    messages = [{"role": "user", "content": "hi"}]
+    for _ in range(2):
+        with pytest.raises(jinja2.exceptions.SecurityError):
+            render_text(mutate, messages)
+        with pytest.raises(jinja2.exceptions.SecurityError):
+            render_text(escape, messages)
+        assert render_text(allowed, messages) == "HI"
+        assert "is_safe_attribute" in vars(compile_template(mutate).environment)  # the memo answered
+    assert messages == [{"role": "user", "content": "hi"}]

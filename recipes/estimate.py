@@ -800,18 +800,21 @@ def _long_context(shape: ModelShape, hardware: Hardware, launch: LaunchPlan) -> 
     engine = launch.engine if launch.engine.shards_model else ZERO3
     sizes = [s for s in (1, 2, 4, 8, 16, 32) if s <= hardware.gpus]
     with_sp = launch.sequence_parallel if launch.sequence_parallel > 1 else min(8, hardware.gpus)
-    rows = [("context", "activ. SP=1", "total/GPU", "fits", f"activ. SP={with_sp}", "total/GPU", "fits",
+    # On one GPU there is nothing to split a sequence over: one group of columns, and say why.
+    groups = [1, with_sp] if with_sp > 1 else [1]
+    rows = [("context", *(cell for sp in groups for cell in (f"activ. SP={sp}", "total/GPU", "fits")),
              "smallest SP that fits")]
     for length in LONG_CONTEXTS:
-        one = long_context_memory(shape, hardware, train, engine, length, 1)
-        many = long_context_memory(shape, hardware, train, engine, length, with_sp)
+        cells: list[str] = []
+        for sp in groups:
+            memory = long_context_memory(shape, hardware, train, engine, length, sp)
+            cells += [f"{memory.activations:.1f}", f"{memory.total:.1f} GiB", "yes" if memory.fits else "NO"]
         smallest = next((s for s in sizes if long_context_memory(shape, hardware, train, engine, length, s).fits),
                         None)
-        rows.append((f"{length // 1024}k", f"{one.activations:.1f}", f"{one.total:.1f} GiB",
-                     "yes" if one.fits else "NO", f"{many.activations:.1f}", f"{many.total:.1f} GiB",
-                     "yes" if many.fits else "NO", str(smallest) if smallest else f"none <= {hardware.gpus}"))
+        rows.append((f"{length // 1024}k", *cells, str(smallest) if smallest else f"none <= {hardware.gpus}"))
     out = ["", f"long context: one sequence per GPU group, {engine.label}, activation checkpointing, Liger; "
-                "SP = launch.sequence_parallel (Ulysses/ALST on ZeRO-3, context parallelism on FSDP2)"]
+                "SP = launch.sequence_parallel (Ulysses/ALST on ZeRO-3, context parallelism on FSDP2)"
+                + ("; one GPU: sequence parallelism needs 2 or more" if len(groups) == 1 else "")]
     return out + _table(rows)
 
 

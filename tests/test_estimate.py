@@ -449,3 +449,15 @@ def test_plan_says_how_long_data_prep_takes(tmp_path: Path, monkeypatch):
     assert f"~0:00:{round(seconds):02d} (h:mm:ss) in 4 processes on this machine's 4 cores" in line
     assert f"~0:00:{round(seconds / 2):02d} on 128 cores" in line
     assert "data prep before the first step" in render_estimate(loaded, "8xH100")
+
+
+def test_long_context_table_on_one_gpu_has_no_sequence_parallel_columns() -> None:
+    """One GPU cannot split a sequence: one group of columns (not the same one twice), and the reason."""
+    from tempa.recipes.estimate import render_estimate
+    from tempa.recipes.loader import load_recipe
+
+    text = render_estimate(load_recipe("sea-lion-v3.5-8b-r"), "1xH100")
+    table = text[text.index("long context:"):text.index("tokens:")]
+    header = next(line for line in table.splitlines() if line.startswith("context"))
+    assert header.split() == ["context", "activ.", "SP=1", "total/GPU", "fits", "smallest", "SP", "that", "fits"]
+    assert "sequence parallelism needs 2 or more" in table

@@ -533,8 +533,10 @@ def _schedule(count: TokenCount, train: dict[str, Any], tokens_per_step: int,
         return (trained / count.tokens if count.tokens else epochs), max_steps * rounds, trained
     if count.tokens is None:
         return epochs, None, None
-    trained = int(count.tokens * epochs)
-    return epochs, max(1, math.ceil(trained / max(1, tokens_per_step))), trained
+    # As transformers counts: every epoch ends with its own (possibly short) step, and the epochs
+    # multiply whole steps per epoch (a tiny dataset trains one step per epoch, not a fraction of one).
+    per_epoch = max(1, math.ceil(count.tokens / max(1, tokens_per_step)))
+    return epochs, max(1, math.ceil(epochs * per_epoch)), int(count.tokens * epochs)
 
 
 def estimate_stage(name: str, kind: str, workload: TrainingWorkload, shape: ModelShape | None, hardware: Hardware,

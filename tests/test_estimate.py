@@ -314,8 +314,9 @@ def test_preference_stage_pairs_rounds_and_reference_model(tmp_path: Path):
     precomputed = estimate_recipe(load_recipe(write_recipe(
         tmp_path / "b", HUB_8B, PREFERENCE_STAGE.format(extra=", precompute_ref_log_probs: true"))),
         "8xH100")[0]
-    # 1000 prompts -> at most 1000 pairs per round, 2 rounds, 2 pairs per GPU per step on 8 GPUs.
-    assert with_reference.steps == 1000 * 2 // (2 * 8)
+    # 1000 prompts -> at most 1000 pairs per round, 2 rounds, 2 pairs per GPU per step on 8 GPUs: each round
+    # trains 63 steps, its last one short.
+    assert with_reference.steps == 2 * -(-1000 // (2 * 8))
     assert with_reference.micro_batch_tokens == 2 * 2 * 2048  # chosen + rejected, padded to max_length
     parameters = 8_030_261_248
     assert with_reference.memory.reference * GIB == pytest.approx(2 * parameters / 8)
@@ -461,3 +462,27 @@ def test_long_context_table_on_one_gpu_has_no_sequence_parallel_columns() -> Non
     header = next(line for line in table.splitlines() if line.startswith("context"))
     assert header.split() == ["context", "activ.", "SP=1", "total/GPU", "fits", "smallest", "SP", "that", "fits"]
     assert "sequence parallelism needs 2 or more" in table
+
+
+def test_steps_count_whole_steps_per_epoch_as_the_trainer_does(tmp_path: Path):
+    """A dataset smaller than one optimizer step trains one (short) step per epoch: 40 epochs are 40 steps
+    (transformers: max_steps = ceil(epochs x ceil(batches per epoch / accumulation)))."""
+    stages = """
+    - name: small
+      kind: sft
+      data:
+        sources:
+          - {name: rows, path: rows.jsonl, thinking_mode: "off"}
+      train: {num_train_epochs: 40, per_device_train_batch_size: 64, max_length: 4096}
+    - name: half
+      kind: sft
+      data:
+        sources:
+          - {name: rows, path: rows.jsonl, thinking_mode: "off"}
+      train: {num_train_epochs: 2.5, per_device_train_batch_size: 1, max_length: 4096}
+    """
+    small, half = estimate_recipe(load_recipe(write_recipe(tmp_path, HUB_8B, stages)), "1xH100")
+    assert small.tokens_per_step > small.tokens_per_epoch  # one epoch is less than one step's tokens
+    assert small.steps == 40
+    per_epoch = -(-half.tokens_per_epoch // half.tokens_per_step)
+    assert per_epoch > 1 and half.steps == -(-5 * per_epoch // 2)  # ceil(2.5 x whole steps per epoch)

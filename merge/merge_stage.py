@@ -22,6 +22,7 @@ from tempa.merge.evaluate_stage import (
     transformers_backend,
 )
 from tempa.merge.leaderboard import (
+    LEADERBOARD_MD,
     Leaderboard,
     LeaderboardRow,
     is_headline,
@@ -40,7 +41,7 @@ from tempa.merge.mergekit_run import (
 from tempa.merge.selection import select_top_k
 from tempa.sft.files import staging_dir, write_atomic
 from tempa.sft.run_layout import FINAL_DIR
-from tempa.sft.stage_api import Artifact, Scalar, StageContext, StageError
+from tempa.sft.stage_api import Artifact, Scalar, StageContext, StageError, format_metric
 
 MERGEKIT_CONFIG = "mergekit.yaml"
 SUMMARY_FILE = "merge_summary.json"
@@ -200,6 +201,7 @@ def run_merge(
     metrics: dict[str, Scalar] = {"models_merged": len(models)}
     updated: Leaderboard | None = None
     files = {"mergekit_config": stage_dir / MERGEKIT_CONFIG, "summary": stage_dir / SUMMARY_FILE}
+    notes: list[str] = []
 
     if config.reevaluate and evaluation is not None:
         board, evaluate_config = evaluation
@@ -233,8 +235,15 @@ def run_merge(
                                 "merge_helped": gain > 0})
                 summary.reevaluation = Reevaluation(metric=focus, merged=merged_metrics[focus], best_input=best,
                                                     helped=gain > 0)
+                if gain <= 0:
+                    best_name = next(row.candidate for row in board.rows
+                                     if row.candidate in inputs and row.metrics.get(focus) == best)
+                    notes.append(f"merge {ctx.stage_name}: the merged model did not improve on its best input "
+                                 f"({focus} {format_metric(merged_metrics[focus])} merged, "
+                                 f"{format_metric(best)} for {best_name}); see {ctx.stage_name}/{LEADERBOARD_MD}")
+                    ctx.log.warning("%s", notes[-1])
     elif config.reevaluate:
         ctx.log.info("%s: no evaluate_stage, so the merged model is not re-scored", ctx.stage_name)
 
     write_atomic(stage_dir / SUMMARY_FILE, summary.model_dump_json(indent=2) + "\n")
-    return MergeResult(model=final, metrics=metrics, files=files, summary=summary, leaderboard=updated)
+    return MergeResult(model=final, metrics=metrics, files=files, summary=summary, leaderboard=updated, notes=notes)

@@ -145,6 +145,8 @@ def _cmd_run(args) -> int:
               "until a plain `tempa run` re-runs them)")
     if summary.final_model is not None:
         print(f"  final model: {summary.final_model}")
+    for note in summary.notes:
+        print(f"  note: {note}")
     return 0
 
 

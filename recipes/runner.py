@@ -79,6 +79,7 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)  # skipped by --only although an input re-ran: out of date
     final_model: Path | None = None
+    notes: list[str] = field(default_factory=list)  # the stages' own notes (StageResult.notes), in order
 
 
 # --------------------------------------------------------------------------- inputs
@@ -378,6 +379,7 @@ def run_recipe(
                 upstream = _run_stage(config, decision, ctx, run_dir, run_ids)
                 summary.ran.append(decision.name)
             done[decision.name] = upstream
+            summary.notes += upstream.result.notes
             hands_on[decision.name] = upstream.result.model or start_model
         last_model = hands_on.get(decisions[-1].name) if decisions else None
         if last_model is not None:

@@ -153,6 +153,8 @@ class StageResult(BaseModel):
     checkpoints: list[Checkpoint] = Field(default_factory=list, description="Complete checkpoints, by step.")
     metrics: dict[str, Scalar] = Field(default_factory=dict, description="Headline numbers (metrics.json).")
     files: dict[str, RunPath] = Field(default_factory=dict, description="Named outputs worth opening.")
+    notes: list[str] = Field(default_factory=list,
+                             description="What the user should know at the end of the run (its closing summary).")
 
 
 ResultT = TypeVar("ResultT", bound=StageResult)

@@ -71,7 +71,8 @@ def run_count(config: CountConfig, ctx: StageContext) -> StageResult:
         "counted": len(ctx.dataset_of(name, who="test").read_text().splitlines()),
         "start_model": ctx.start_model,
     }
-    return StageResult(metrics={"counted": SEEN[ctx.stage_name]["counted"]})
+    return StageResult(metrics={"counted": SEEN[ctx.stage_name]["counted"]},
+                       notes=[f"{ctx.stage_name}: counted {SEEN[ctx.stage_name]['counted']} rows of {name}"])
 
 
 WRITE = StageKind("write", WriteConfig, run_write, "writes rows", produces=frozenset({Artifact.DATASET}),
@@ -99,7 +100,8 @@ def test_a_new_kind_runs_and_reads_a_typed_upstream_result(tmp_path, tiny_model_
         - {name: count, kind: count, data: "stage:rows"}
         """))
     run_dir = tmp_path / "run"
-    run_recipe(load_recipe(path), run_dir)
+    summary = run_recipe(load_recipe(path), run_dir)
+    assert summary.notes == ["count: counted 4 rows of rows"]  # a result's notes reach the closing summary
     seen = SEEN["count"]
     # it sees its `from` (the previous stage) and what it reads, nothing else
     assert seen["visible"] == ["other", "rows"]
@@ -112,6 +114,8 @@ def test_a_new_kind_runs_and_reads_a_typed_upstream_result(tmp_path, tiny_model_
     run_recipe(load_recipe(path, ["stages.count.data=stage:rows", "stages.count.name=count"]), run_dir,
                from_stage="count")
     assert SEEN["count"]["typed"] and SEEN["count"]["declared_rows"] == 4
+    # ... and a skipped stage's notes come back from its manifest: the summary describes the final model
+    assert run_recipe(load_recipe(path), run_dir).notes == ["count: counted 4 rows of rows"]
 
 
 def test_a_read_is_checked_against_what_the_producer_kind_makes(tmp_path, tiny_model_dir):

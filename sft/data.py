@@ -27,8 +27,13 @@ Reports (in ``out_dir``; rows are conversations, tokens count every token of the
   (with repeats when up-sampled), ``samples_kept``, ``tokens_kept``, ``trained_tokens_kept``,
   ``thinking_on_rows_kept``, ``share_of_tokens`` and rejects by reason, plus totals; the same
   table is logged.
-- ``rejects.jsonl``: ``{source, row, reason, detail, data}`` per rejected row (``data`` is the row
-  as read, or its normalised messages); ``<reason>_turn`` marks one turn dropped from a kept row.
+- ``rejects.jsonl``: ``{source, row, reason, detail, data}`` per rejected row, plus ``line`` (1-based)
+  for JSON Lines sources; ``row`` is the 0-based row index in the source (for JSON Lines, the line
+  index: blank lines count); ``data`` is the row as read, or its normalised messages;
+  ``<reason>_turn`` marks one turn dropped from a kept row.
+
+Once a source is prepared (built or cached), one log line gives its rejects by reason, turns
+dropped apart, and the path of the stage's ``rejects.jsonl``.
 
 The result is cached under a hash of the data, the chat template, the tokenizer, the data
 config, the seed and ``max_length``; a complete cache entry carries a ``COMPLETE`` marker written
@@ -61,7 +66,7 @@ from tempa.chat_templates.json_files import Line, parse_line
 from tempa.sft import curation, language
 from tempa.sft.curation import Deduplicator, Reason
 from tempa.sft.data_config import CurationConfig, DataConfig, DataError, SourceConfig, worker_count
-from tempa.sft.data_report import DataMix, MixTotals, SourceMix
+from tempa.sft.data_report import TURN_SUFFIX, DataMix, MixTotals, SourceMix
 from tempa.sft.expand import Sample, TurnView, assemble, turn_views
 from tempa.sft.files import digest, remove_tree
 from tempa.sft.formats import (
@@ -74,7 +79,16 @@ from tempa.sft.formats import (
     user_instruction,
 )
 from tempa.sft.mixing import assign_thinking, rng_for, select_rows, split_heldout
-from tempa.sft.sources import RAW, READ_ERROR, describe, is_local, load_source, row_label, source_fingerprint
+from tempa.sft.sources import (
+    RAW,
+    READ_ERROR,
+    describe,
+    is_local,
+    line_number,
+    load_source,
+    row_label,
+    source_fingerprint,
+)
 from tempa.sft.tokenization import (
     ChatEncoder,
     Rendered,
@@ -209,15 +223,18 @@ def prepare_sft_data(
                     raise
         finally:
             remove_tree(build_dir, [cache_dir])
-    return _open_entry(entry, out_dir, hit)
+    return _open_entry(entry, out_dir, hit, config.sources)
 
 
-def _open_entry(entry: Path, out_dir: Path, hit: bool) -> PreparedData:
+def _open_entry(entry: Path, out_dir: Path, hit: bool, sources: Sequence[SourceConfig]) -> PreparedData:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in (MIX_FILE, REJECTS_FILE):
         shutil.copyfile(entry / name, out_dir / name)
     mix = DataMix.read(entry / MIX_FILE)
     logger.info("SFT data mix (seed %s%s):\n%s", mix.seed, ", cached" if hit else "", mix.table())
+    for source, stats in zip(sources, mix.sources, strict=True):
+        if stats.rejects:
+            logger.info("%s: %s; see %s", describe(source), stats.rejects_summary(), out_dir / REJECTS_FILE)
     eval_path = entry / "eval"
     return PreparedData(
         train=datasets.load_from_disk(str(entry / "train")),
@@ -306,7 +323,11 @@ class _RejectWriter:
         state.rejects[reason] += 1
         if state.first_reject is None:
             state.first_reject = detail
-        record = {"source": state.source.name, "row": row, "reason": reason, "detail": detail, "data": data}
+        record: dict[str, Any] = {"source": state.source.name, "row": row}
+        line = line_number(state.source, row)
+        if line is not None:
+            record["line"] = line
+        record.update(reason=reason, detail=detail, data=data)
         self.handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
 
 
@@ -613,9 +634,6 @@ def _split_rejects(state: _SourceState, rejects: _RejectWriter) -> datasets.Data
         raise DataError(f"{describe(state.source)}: has no rows")
     if not kept:
         raise _all_rejected(state)
-    if state.rejects:
-        logger.info("%s: %d of %d rows rejected %s", describe(state.source), sum(state.rejects.values()),
-                    rows_in, dict(state.rejects))
     return ds.select(kept).select_columns(["messages", "tools", "row", "has_reasoning"])
 
 
@@ -752,7 +770,7 @@ def _tokenize_and_mix(
         label = row_label(source, int(record.row))
         where = f"{label}: turn {int(record.turn)}" if record.turn >= 0 else label
         if conv in surviving:
-            rejects.write(state, int(record.row), f"{record.reject}_turn", f"{where}: {record.detail}", messages[conv])
+            rejects.write(state, int(record.row), f"{record.reject}{TURN_SUFFIX}", f"{where}: {record.detail}", messages[conv])
         elif conv not in counted:
             counted.add(conv)
             rejects.write(state, int(record.row), str(record.reject), f"{where}: {record.detail}", messages[conv])

@@ -215,6 +215,18 @@ def test_failed_stage_is_recorded_and_the_next_run_continues_there(recipe, tmp_p
     assert calls(run_dir) == ["b", "c"]
 
 
+def test_a_failed_stage_logs_why_and_the_plan_calls_it_failed(recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(StageError):
+        run_recipe(load_recipe(recipe, ["stages.b.fail=true"]), run_dir)
+    assert "stage b failed: asked to fail" in (run_dir / "b" / "logs" / "stage.log").read_text()
+    again = plan_run(load_recipe(recipe, ["stages.b.fail=true"]), run_dir)[1]
+    assert again.action == "rerun" and again.reason.startswith("failed; starts over")
+    changed = plan_run(load_recipe(recipe), run_dir)[1]
+    assert changed.action == "rerun" and changed.reason.startswith("failed and changed since: stage config")
+    assert "interrupted" not in again.reason + changed.reason
+
+
 def test_interrupted_stage_is_never_taken_as_complete(recipe, tmp_path):
     run_dir = tmp_path / "run"
     run_recipe(load_recipe(recipe), run_dir)

@@ -207,7 +207,7 @@ def prepare_sft_data(
         try:
             try:
                 _build(config, tokenizer, build_dir, seed=seed, max_length=max_length, languages=languages,
-                       loaded=loaded, cache_dir=cache_dir, key=key)
+                       loaded=loaded, cache_dir=cache_dir, key=key, shown_rejects=out_dir / REJECTS_FILE)
             except DataError:
                 # The error points at rejects.jsonl: leave the rejects found so far where the user looks.
                 if (build_dir / REJECTS_FILE).exists():
@@ -314,10 +314,14 @@ class _SourceState:
 
 
 class _RejectWriter:
-    """rejects.jsonl: one line per rejected row, with its source, row, reason and data."""
+    """rejects.jsonl: one line per rejected row, with its source, row, reason and data.
 
-    def __init__(self, handle: TextIO) -> None:
+    ``shown`` is where the user finds the file (the stage folder), named in error messages.
+    """
+
+    def __init__(self, handle: TextIO, shown: Path) -> None:
         self.handle = handle
+        self.shown = shown
 
     def write(self, state: _SourceState, row: int, reason: str, detail: str, data: Any) -> None:
         state.rejects[reason] += 1
@@ -342,6 +346,7 @@ def _build(
     loaded: dict[str, datasets.Dataset],
     cache_dir: Path,
     key: str,
+    shown_rejects: Path,
 ) -> None:
     work = build_dir / "work"
     work.mkdir()
@@ -349,7 +354,7 @@ def _build(
     specials = special_token_texts(tokenizer)
     states = [_SourceState(source) for source in config.sources]
     with open(build_dir / REJECTS_FILE, "w", encoding="utf-8") as handle:
-        rejects = _RejectWriter(handle)
+        rejects = _RejectWriter(handle, shown_rejects)
         # 1-2: load, normalise, row-local filters.
         for i, state in enumerate(states):
             raw = loaded.get(state.source.name)
@@ -383,7 +388,9 @@ def _build(
     order = rng_for(seed, "__mix__", 4).permutation(len(train_index))
     train = everything.select([train_index[i] for i in order])
     if len(train) == 0:
-        raise DataError("no training rows left after curation and sizing; see rejects.jsonl and mix.json")
+        # Every source kept rows (else it failed above) and held some back for training: sizing took none.
+        raise DataError(f"no training rows left: no source's size setting selects a row (see the warnings "
+                        f"above); rejects: {shown_rejects}")
     train.save_to_disk(str(build_dir / "train"))
     if eval_index:
         everything.select(eval_index).save_to_disk(str(build_dir / "eval"))
@@ -633,15 +640,15 @@ def _split_rejects(state: _SourceState, rejects: _RejectWriter) -> datasets.Data
     if rows_in == 0:
         raise DataError(f"{describe(state.source)}: has no rows")
     if not kept:
-        raise _all_rejected(state)
+        raise _all_rejected(state, rejects.shown)
     return ds.select(kept).select_columns(["messages", "tools", "row", "has_reasoning"])
 
 
-def _all_rejected(state: _SourceState) -> DataError:
+def _all_rejected(state: _SourceState, shown: Path) -> DataError:
     counts = ", ".join(f"{reason} {n}" for reason, n in state.rejects.most_common())
     return DataError(
         f"{describe(state.source)}: all {state.rows_in} rows were rejected ({counts}); first: "
-        f"{state.first_reject} (see {REJECTS_FILE})"
+        f"{state.first_reject} (see {shown})"
     )
 
 
@@ -775,7 +782,7 @@ def _tokenize_and_mix(
             counted.add(conv)
             rejects.write(state, int(record.row), str(record.reject), f"{where}: {record.detail}", messages[conv])
     if not surviving:
-        raise _all_rejected(state)
+        raise _all_rejected(state, rejects.shown)
 
     convs = sorted(surviving)
     samples_of: dict[int, list[int]] = {}
@@ -786,11 +793,14 @@ def _tokenize_and_mix(
     conv_thinking = ok.groupby("conv")["thinking"].any().to_dict()
 
     train_pos, held_pos = split_heldout(len(convs), heldout, source.name, seed)
+    if not train_pos:
+        raise _all_held_out(state, heldout, len(convs))
     train_convs = [convs[p] for p in train_pos]
     held_convs = [convs[p] for p in held_pos]
     chosen = select_rows(train_convs, [int(conv_tokens[c]) for c in train_convs], source, seed)
     if not chosen:
-        logger.warning("%s: its size setting selects no rows", describe(source))
+        setting = ", ".join(f"{k}: {v}" for k, v in _size_setting(source).items())
+        logger.warning("%s: its size setting (%s) selects no rows", describe(source), setting)
 
     def total(values: Mapping[int, Any], picked: Sequence[int]) -> int:
         return int(sum(int(values[c]) for c in picked))
@@ -814,6 +824,16 @@ def _tokenize_and_mix(
     train_rows = [s for c in chosen for s in samples_of[c]]
     eval_rows = [s for c in held_convs for s in samples_of[c]]
     return tokenized, train_rows, eval_rows
+
+
+def _all_held_out(state: _SourceState, heldout: float | int, usable: int) -> DataError:
+    rejected = state.rows_in - usable
+    after = f" ({state.rows_in} read, {rejected} rejected)" if rejected else ""
+    key = "its `heldout`" if state.source.heldout is not None else "`data.heldout` (or `heldout` on this source)"
+    return DataError(
+        f"{describe(state.source)}: heldout {heldout} takes {usable} of its {usable} usable rows{after} and leaves "
+        f"none to train on; set {key} to fewer than {usable} rows or a fraction such as 0.1"
+    )
 
 
 # --- reports --------------------------------------------------------------------------------------

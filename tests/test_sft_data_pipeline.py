@@ -558,3 +558,34 @@ def test_the_log_counts_every_reject_once_the_source_is_prepared_and_the_table_a
     cells = dict(zip([c.strip() for c in header.split("  ") if c.strip()], row.split(), strict=False))
     assert (cells["rows in"], cells["rejected"], cells["held out"], cells["resized"], cells["rows kept"]) == \
         ("10", "3", "2", "0", "5")
+
+
+@pytest.mark.parametrize("where", ["data", "source"])
+def test_a_heldout_that_takes_every_row_is_one_error_naming_the_source_and_the_setting(
+    tmp_path: Path, tokenizer: Any, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    write_jsonl(tmp_path / "small.jsonl", [chat(f"Pertanyaan {i}?", f"Jawaban {i}.") for i in range(12)])
+    write_jsonl(tmp_path / "other.jsonl", [chat(f"Soal {i}?", f"Balasan {i}.") for i in range(60)])
+    small: dict[str, Any] = {"name": "small", "path": "small.jsonl"}
+    if where == "source":
+        cfg = config(tmp_path, [{**small, "heldout": 50}, {"name": "other", "path": "other.jsonl"}])
+    else:
+        cfg = config(tmp_path, [small], heldout=50)
+    with caplog.at_level("WARNING"), pytest.raises(DataError) as info:
+        prepare(tmp_path, cfg, tokenizer)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"data source 'small' ({tmp_path / 'small.jsonl'}): ")
+    assert "heldout 50 takes 12 of its 12 usable rows and leaves none to train on" in message
+    assert ("set its `heldout`" if where == "source" else "set `data.heldout`") in message
+    assert not any("size setting" in r.getMessage() for r in caplog.records)  # no size key was set
+
+
+def test_a_size_setting_that_selects_nothing_is_named_and_the_error_gives_the_rejects_path(
+    tmp_path: Path, tokenizer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_jsonl(tmp_path / "rows.jsonl", [chat(f"Pertanyaan {i}?", f"Jawaban {i}.") for i in range(4)])
+    cfg = config(tmp_path, [{"name": "r", "path": "rows.jsonl", "tokens": 3}])
+    with caplog.at_level("WARNING"), pytest.raises(DataError) as info:
+        prepare(tmp_path, cfg, tokenizer)
+    assert str(tmp_path / "out" / "rejects.jsonl") in str(info.value)
+    assert any("its size setting (tokens: 3) selects no rows" in r.getMessage() for r in caplog.records)

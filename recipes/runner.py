@@ -12,6 +12,7 @@ import logging
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,7 +221,8 @@ def plan_run(
         manifest = read_manifest(stage_dir)
         forcing = forcing or name == from_stage
         forced = forcing or name == only
-        action, reason = _decide(stage_dir, manifest, fp, components, dump, forced, kind.resumable, from_stage or only)
+        action, reason = _decide(stage_dir, manifest, fp, components, dump, forced, kind.resumable, from_stage or only,
+                                 kind.resume_point)
         stale: list[str] = []
         if action == "skip" and manifest is not None:
             # Complete for its fingerprint, but built on an earlier stage that has run again since (--only),
@@ -248,7 +250,7 @@ def _names(names: list[str]) -> str:
 
 
 def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dict, config: dict, forced: bool,
-            resumable: bool, flag: str | None):
+            resumable: bool, flag: str | None, resume_point: Callable[[Path], str | None] | None = None):
     done = done_fingerprint(stage_dir)
     if forced:
         return "rerun", f"forced by --from/--only {flag}"
@@ -261,6 +263,11 @@ def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dic
     # A stage whose manifest says failed stopped on an error; any other unfinished one was stopped.
     ended = "failed" if manifest is not None and manifest.status == "failed" else "interrupted"
     if manifest is not None and manifest.fingerprint == fp:
+        if resumable and resume_point is not None:
+            point = resume_point(stage_dir)
+            if point is None:
+                return "rerun", f"{ended} before its first complete checkpoint; starts over from step 0"
+            return "resume", f"{ended}; continues from {point}"
         if resumable:
             return "resume", f"{ended}; continues from what it completed (checkpoints, samples)"
         return "rerun", f"{ended}; starts over (not a resumable stage)"

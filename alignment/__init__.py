@@ -47,6 +47,7 @@ from tempa.alignment.translate_stage import (
     translated_size,
 )
 from tempa.chat_templates.thinking import ThinkSplit
+from tempa.sft.checkpoints import resume_point
 from tempa.sft.stage_api import Artifact, StageKind
 
 SYNTHESIZE = StageKind(
@@ -97,6 +98,7 @@ RL = StageKind(
     result=RLResult,
     trains=True,
     resumable=True,
+    resume_point=resume_point,
     estimate=estimate_rl,
 )
 STAGE_KINDS = (SYNTHESIZE, PREFERENCE, RL, TRANSLATE, GENERATE_PROMPTS)

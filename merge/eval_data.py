@@ -4,15 +4,24 @@ A row is a dict. Generation suites read its prompt from ``messages`` (a chat; an
 the last user turn is dropped, so a reference answer may stay in the file) or from ``prompt``
 (a string, with an optional ``system``). Suites read their own fields beside it: ``answer``,
 ``language``, ``instructions``, ``thinking_mode``.
+
+Rows are checked when read, before any model is loaded: a row that is not an object, or whose
+``messages`` a chat template would refuse (a message without a role, an unknown role), stops the
+stage with one line naming the file and line (or row). Evaluation sets are not filtered: a score
+over a silently shortened set would mislead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tempa.chat_templates.json_files import JsonFileError, read_json, read_jsonl
 from tempa.sft.stage_api import StageError, looks_local
+
+# The roles tempa's chat templates render (they raise on any other).
+ROLES = ("system", "user", "assistant", "tool")
 
 
 def load_rows(source: str, *, split: str = "train", max_rows: int | None = None) -> list[dict[str, Any]]:
@@ -27,9 +36,39 @@ def load_rows(source: str, *, split: str = "train", max_rows: int | None = None)
         if max_rows is not None:
             dataset = dataset.select(range(min(max_rows, len(dataset))))
         rows = [dict(row) for row in dataset]
+        _check_rows(rows, lambda i: f"{source}: row {i}")
     else:
         raise StageError(f"evaluation data not found: {source}")
     return rows[:max_rows] if max_rows is not None else rows
+
+
+def row_problem(row: Any) -> str | None:
+    """Why ``row`` cannot be an evaluation row (one line), or None."""
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got {type(row).__name__}"
+    messages = row.get("messages")
+    if not messages:
+        return None  # a prompt-only row
+    if not isinstance(messages, list):
+        return f"expected 'messages' to be a list of {{role, content}}, got {type(messages).__name__}"
+    expected = f"expected one of {', '.join(ROLES)}"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"messages[{i}] is a {type(message).__name__}, expected an object with role and content"
+        role = message.get("role")
+        if role is None:
+            return f"messages[{i}] has no role ({expected})"
+        if role not in ROLES:
+            return f"messages[{i}] has an unknown role {role!r} ({expected})"
+        if message.get("content") is None and not message.get("tool_calls"):
+            return f"messages[{i}] ({role}) has no content"
+    return None
+
+
+def _check_rows(rows: list[Any], where: Callable[[int], str]) -> None:
+    for i, row in enumerate(rows):
+        if (problem := row_problem(row)) is not None:
+            raise StageError(f"{where(i)}: {problem}")
 
 
 def _read_json_rows(path: Path) -> list[dict[str, Any]]:
@@ -39,11 +78,15 @@ def _read_json_rows(path: Path) -> list[dict[str, Any]]:
             data = read_json(path, "a JSON list of rows")
             if isinstance(data, dict):
                 data = data.get("rows") or data.get("data") or []
+            if not isinstance(data, list):
+                raise StageError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
+            _check_rows(data, lambda i: f"{path}: row {i}")
             return [dict(row) for row in data]
         rows = []
         for line in read_jsonl(path):
-            if line.error is not None:
-                raise StageError(f"{path}:{line.number}: {line.error}")
+            problem = line.error if line.error is not None else row_problem(line.value)
+            if problem is not None:
+                raise StageError(f"{path}:{line.number}: {problem}")
             rows.append(line.value)
         return rows
     except JsonFileError as exc:

@@ -12,6 +12,7 @@ import logging
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,8 @@ def plan_run(
         manifest = read_manifest(stage_dir)
         forcing = forcing or name == from_stage
         forced = forcing or name == only
-        action, reason = _decide(stage_dir, manifest, fp, components, dump, forced, kind.resumable, from_stage or only)
+        action, reason = _decide(stage_dir, manifest, fp, components, dump, forced, kind.resumable, from_stage or only,
+                                 kind.resume_point)
         stale: list[str] = []
         if action == "skip" and manifest is not None:
             # Complete for its fingerprint, but built on an earlier stage that has run again since (--only),
@@ -249,7 +251,7 @@ def _names(names: list[str]) -> str:
 
 
 def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dict, config: dict, forced: bool,
-            resumable: bool, flag: str | None):
+            resumable: bool, flag: str | None, resume_point: Callable[[Path], str | None] | None = None):
     done = done_fingerprint(stage_dir)
     if forced:
         return "rerun", f"forced by --from/--only {flag}"
@@ -259,12 +261,19 @@ def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dic
     old_config = manifest.config if manifest is not None else None
     if done is not None:
         return "rerun", "changed since it ran: " + _what_changed(old, components, old_config, config)
+    # A stage whose manifest says failed stopped on an error; any other unfinished one was stopped.
+    ended = "failed" if manifest is not None and manifest.status == "failed" else "interrupted"
     if manifest is not None and manifest.fingerprint == fp:
+        if resumable and resume_point is not None:
+            point = resume_point(stage_dir)
+            if point is None:
+                return "rerun", f"{ended} before its first complete checkpoint; starts over from step 0"
+            return "resume", f"{ended}; continues from {point}"
         if resumable:
-            return "resume", "interrupted; continues from what it completed (checkpoints, samples)"
-        return "rerun", "interrupted; starts over (not a resumable stage)"
+            return "resume", f"{ended}; continues from what it completed (checkpoints, samples)"
+        return "rerun", f"{ended}; starts over (not a resumable stage)"
     if manifest is not None:
-        return "rerun", "interrupted and changed since: " + _what_changed(old, components, old_config, config)
+        return "rerun", f"{ended} and changed since: " + _what_changed(old, components, old_config, config)
     return "run", "not run yet"
 
 
@@ -476,12 +485,12 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
         if not isinstance(result, kind.result):
             raise TypeError(f"{decision.kind} stage returned {type(result).__name__}, not {kind.result.__name__}")
     except StageError as exc:
-        _fail(manifest, stage_dir, run_dir, str(exc))
+        _fail(manifest, stage_dir, run_dir, str(exc), handler)
         raise StageError(f"stage '{decision.name}' failed: {exc}") from None
     except Exception as exc:
         (logs / "traceback.txt").write_text(traceback.format_exc())
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        _fail(manifest, stage_dir, run_dir, message)
+        _fail(manifest, stage_dir, run_dir, message, handler)
         raise StageError(
             f"stage '{decision.name}' failed: {message} (traceback: {logs / 'traceback.txt'})"
         ) from None
@@ -499,7 +508,10 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
     return Upstream(decision.name, decision.kind, config, result, manifest.duration_s)
 
 
-def _fail(manifest: Manifest, stage_dir: Path, run_dir: Path, message: str) -> None:
+def _fail(manifest: Manifest, stage_dir: Path, run_dir: Path, message: str, stage_log: logging.Handler) -> None:
+    # The terminal shows the error once (the CLI prints it); the stage's own log must hold it too.
+    stage_log.emit(log.makeRecord(log.name, logging.ERROR, __file__, 0, "stage %s failed: %s",
+                                  (manifest.name, message), None))
     manifest.status, manifest.finished_at, manifest.error = "failed", time.time(), message
     manifest.duration_s = round(manifest.finished_at - manifest.started_at, 3)
     manifest.write(stage_dir, run_dir)

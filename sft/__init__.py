@@ -6,6 +6,7 @@ floor that runs stages. Heavy imports (torch, transformers, trl, datasets) happe
 so importing the package is cheap.
 """
 
+from tempa.sft.checkpoints import resume_point
 from tempa.sft.data_size import estimate_sft
 from tempa.sft.pretrain_config import PretrainStageConfig
 from tempa.sft.pretrain_stage import estimate_pretrain, run_pretrain
@@ -21,6 +22,7 @@ SFT = StageKind(
     result=SFTResult,
     trains=True,
     resumable=True,
+    resume_point=resume_point,
     estimate=estimate_sft,
 )
 
@@ -32,6 +34,7 @@ PRETRAIN = StageKind(
     produces=frozenset({Artifact.MODEL}),
     trains=True,
     resumable=True,
+    resume_point=resume_point,
     estimate=estimate_pretrain,
 )
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tempa.sft.files import remove_tree
+from tempa.sft.run_layout import CHECKPOINTS_DIR
 from tempa.sft.run_layout import COMPLETE as COMPLETE_MARKER
 from tempa.sft.stage_api import Checkpoint
 
@@ -31,6 +32,13 @@ def complete_checkpoints(output_dir: Path) -> list[Checkpoint]:
 def last_complete_checkpoint(output_dir: Path) -> Path | None:
     done = complete_checkpoints(output_dir)
     return done[-1].path if done else None
+
+
+def resume_point(stage_dir: Path) -> str | None:
+    """What a re-run of a training stage continues from (its last complete checkpoint's name), or
+    None when it has none yet and training starts again from step 0 (a kill before the first save)."""
+    last = last_complete_checkpoint(Path(stage_dir) / CHECKPOINTS_DIR)
+    return last.name if last is not None else None
 
 
 def remove_incomplete_checkpoints(output_dir: Path, inside: Iterable[Path]) -> list[Path]:

@@ -27,8 +27,13 @@ Reports (in ``out_dir``; rows are conversations, tokens count every token of the
   (with repeats when up-sampled), ``samples_kept``, ``tokens_kept``, ``trained_tokens_kept``,
   ``thinking_on_rows_kept``, ``share_of_tokens`` and rejects by reason, plus totals; the same
   table is logged.
-- ``rejects.jsonl``: ``{source, row, reason, detail, data}`` per rejected row (``data`` is the row
-  as read, or its normalised messages); ``<reason>_turn`` marks one turn dropped from a kept row.
+- ``rejects.jsonl``: ``{source, row, reason, detail, data}`` per rejected row, plus ``line`` (1-based)
+  for JSON Lines sources; ``row`` is the 0-based row index in the source (for JSON Lines, the line
+  index: blank lines count); ``data`` is the row as read, or its normalised messages;
+  ``<reason>_turn`` marks one turn dropped from a kept row.
+
+Once a source is prepared (built or cached), one log line gives its rejects by reason, turns
+dropped apart, and the path of the stage's ``rejects.jsonl``.
 
 The result is cached under a hash of the data, the chat template, the tokenizer, the data
 config, the seed and ``max_length``; a complete cache entry carries a ``COMPLETE`` marker written
@@ -61,7 +66,7 @@ from tempa.chat_templates.json_files import Line, parse_line
 from tempa.sft import curation, language
 from tempa.sft.curation import Deduplicator, Reason
 from tempa.sft.data_config import CurationConfig, DataConfig, DataError, SourceConfig, worker_count
-from tempa.sft.data_report import DataMix, MixTotals, SourceMix
+from tempa.sft.data_report import TURN_SUFFIX, DataMix, MixTotals, SourceMix
 from tempa.sft.expand import Sample, TurnView, assemble, turn_views
 from tempa.sft.files import digest, remove_tree
 from tempa.sft.formats import (
@@ -74,7 +79,16 @@ from tempa.sft.formats import (
     user_instruction,
 )
 from tempa.sft.mixing import assign_thinking, rng_for, select_rows, split_heldout
-from tempa.sft.sources import RAW, READ_ERROR, describe, is_local, load_source, row_label, source_fingerprint
+from tempa.sft.sources import (
+    RAW,
+    READ_ERROR,
+    describe,
+    is_local,
+    line_number,
+    load_source,
+    row_label,
+    source_fingerprint,
+)
 from tempa.sft.tokenization import (
     ChatEncoder,
     Rendered,
@@ -193,7 +207,7 @@ def prepare_sft_data(
         try:
             try:
                 _build(config, tokenizer, build_dir, seed=seed, max_length=max_length, languages=languages,
-                       loaded=loaded, cache_dir=cache_dir, key=key)
+                       loaded=loaded, cache_dir=cache_dir, key=key, shown_rejects=out_dir / REJECTS_FILE)
             except DataError:
                 # The error points at rejects.jsonl: leave the rejects found so far where the user looks.
                 if (build_dir / REJECTS_FILE).exists():
@@ -209,15 +223,18 @@ def prepare_sft_data(
                     raise
         finally:
             remove_tree(build_dir, [cache_dir])
-    return _open_entry(entry, out_dir, hit)
+    return _open_entry(entry, out_dir, hit, config.sources)
 
 
-def _open_entry(entry: Path, out_dir: Path, hit: bool) -> PreparedData:
+def _open_entry(entry: Path, out_dir: Path, hit: bool, sources: Sequence[SourceConfig]) -> PreparedData:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in (MIX_FILE, REJECTS_FILE):
         shutil.copyfile(entry / name, out_dir / name)
     mix = DataMix.read(entry / MIX_FILE)
     logger.info("SFT data mix (seed %s%s):\n%s", mix.seed, ", cached" if hit else "", mix.table())
+    for source, stats in zip(sources, mix.sources, strict=True):
+        if stats.rejects:
+            logger.info("%s: %s; see %s", describe(source), stats.rejects_summary(), out_dir / REJECTS_FILE)
     eval_path = entry / "eval"
     return PreparedData(
         train=datasets.load_from_disk(str(entry / "train")),
@@ -297,16 +314,24 @@ class _SourceState:
 
 
 class _RejectWriter:
-    """rejects.jsonl: one line per rejected row, with its source, row, reason and data."""
+    """rejects.jsonl: one line per rejected row, with its source, row, reason and data.
 
-    def __init__(self, handle: TextIO) -> None:
+    ``shown`` is where the user finds the file (the stage folder), named in error messages.
+    """
+
+    def __init__(self, handle: TextIO, shown: Path) -> None:
         self.handle = handle
+        self.shown = shown
 
     def write(self, state: _SourceState, row: int, reason: str, detail: str, data: Any) -> None:
         state.rejects[reason] += 1
         if state.first_reject is None:
             state.first_reject = detail
-        record = {"source": state.source.name, "row": row, "reason": reason, "detail": detail, "data": data}
+        record: dict[str, Any] = {"source": state.source.name, "row": row}
+        line = line_number(state.source, row)
+        if line is not None:
+            record["line"] = line
+        record.update(reason=reason, detail=detail, data=data)
         self.handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
 
 
@@ -321,6 +346,7 @@ def _build(
     loaded: dict[str, datasets.Dataset],
     cache_dir: Path,
     key: str,
+    shown_rejects: Path,
 ) -> None:
     work = build_dir / "work"
     work.mkdir()
@@ -328,7 +354,7 @@ def _build(
     specials = special_token_texts(tokenizer)
     states = [_SourceState(source) for source in config.sources]
     with open(build_dir / REJECTS_FILE, "w", encoding="utf-8") as handle:
-        rejects = _RejectWriter(handle)
+        rejects = _RejectWriter(handle, shown_rejects)
         # 1-2: load, normalise, row-local filters.
         for i, state in enumerate(states):
             raw = loaded.get(state.source.name)
@@ -362,7 +388,9 @@ def _build(
     order = rng_for(seed, "__mix__", 4).permutation(len(train_index))
     train = everything.select([train_index[i] for i in order])
     if len(train) == 0:
-        raise DataError("no training rows left after curation and sizing; see rejects.jsonl and mix.json")
+        # Every source kept rows (else it failed above) and held some back for training: sizing took none.
+        raise DataError(f"no training rows left: no source's size setting selects a row (see the warnings "
+                        f"above); rejects: {shown_rejects}")
     train.save_to_disk(str(build_dir / "train"))
     if eval_index:
         everything.select(eval_index).save_to_disk(str(build_dir / "eval"))
@@ -612,18 +640,15 @@ def _split_rejects(state: _SourceState, rejects: _RejectWriter) -> datasets.Data
     if rows_in == 0:
         raise DataError(f"{describe(state.source)}: has no rows")
     if not kept:
-        raise _all_rejected(state)
-    if state.rejects:
-        logger.info("%s: %d of %d rows rejected %s", describe(state.source), sum(state.rejects.values()),
-                    rows_in, dict(state.rejects))
+        raise _all_rejected(state, rejects.shown)
     return ds.select(kept).select_columns(["messages", "tools", "row", "has_reasoning"])
 
 
-def _all_rejected(state: _SourceState) -> DataError:
+def _all_rejected(state: _SourceState, shown: Path) -> DataError:
     counts = ", ".join(f"{reason} {n}" for reason, n in state.rejects.most_common())
     return DataError(
         f"{describe(state.source)}: all {state.rows_in} rows were rejected ({counts}); first: "
-        f"{state.first_reject} (see {REJECTS_FILE})"
+        f"{state.first_reject} (see {shown})"
     )
 
 
@@ -752,12 +777,12 @@ def _tokenize_and_mix(
         label = row_label(source, int(record.row))
         where = f"{label}: turn {int(record.turn)}" if record.turn >= 0 else label
         if conv in surviving:
-            rejects.write(state, int(record.row), f"{record.reject}_turn", f"{where}: {record.detail}", messages[conv])
+            rejects.write(state, int(record.row), f"{record.reject}{TURN_SUFFIX}", f"{where}: {record.detail}", messages[conv])
         elif conv not in counted:
             counted.add(conv)
             rejects.write(state, int(record.row), str(record.reject), f"{where}: {record.detail}", messages[conv])
     if not surviving:
-        raise _all_rejected(state)
+        raise _all_rejected(state, rejects.shown)
 
     convs = sorted(surviving)
     samples_of: dict[int, list[int]] = {}
@@ -768,11 +793,14 @@ def _tokenize_and_mix(
     conv_thinking = ok.groupby("conv")["thinking"].any().to_dict()
 
     train_pos, held_pos = split_heldout(len(convs), heldout, source.name, seed)
+    if not train_pos:
+        raise _all_held_out(state, heldout, len(convs))
     train_convs = [convs[p] for p in train_pos]
     held_convs = [convs[p] for p in held_pos]
     chosen = select_rows(train_convs, [int(conv_tokens[c]) for c in train_convs], source, seed)
     if not chosen:
-        logger.warning("%s: its size setting selects no rows", describe(source))
+        setting = ", ".join(f"{k}: {v}" for k, v in _size_setting(source).items())
+        logger.warning("%s: its size setting (%s) selects no rows", describe(source), setting)
 
     def total(values: Mapping[int, Any], picked: Sequence[int]) -> int:
         return int(sum(int(values[c]) for c in picked))
@@ -796,6 +824,16 @@ def _tokenize_and_mix(
     train_rows = [s for c in chosen for s in samples_of[c]]
     eval_rows = [s for c in held_convs for s in samples_of[c]]
     return tokenized, train_rows, eval_rows
+
+
+def _all_held_out(state: _SourceState, heldout: float | int, usable: int) -> DataError:
+    rejected = state.rows_in - usable
+    after = f" ({state.rows_in} read, {rejected} rejected)" if rejected else ""
+    key = "its `heldout`" if state.source.heldout is not None else "`data.heldout` (or `heldout` on this source)"
+    return DataError(
+        f"{describe(state.source)}: heldout {heldout} takes {usable} of its {usable} usable rows{after} and leaves "
+        f"none to train on; set {key} to fewer than {usable} rows or a fraction such as 0.1"
+    )
 
 
 # --- reports --------------------------------------------------------------------------------------

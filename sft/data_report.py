@@ -11,6 +11,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# A reject reason ending in this marks one turn dropped from a row that was kept, not a rejected row.
+TURN_SUFFIX = "_turn"
+
 
 class SourceMix(BaseModel):
     """One source's journey through curation, tokenisation, the held-out split and sizing."""
@@ -38,6 +41,37 @@ class SourceMix(BaseModel):
     thinking_on_rows_kept: int
     share_of_tokens: float = 0.0
     rejects: dict[str, int] = Field(default_factory=dict, description="Rejected rows by reason.")
+
+    @property
+    def rejected_rows(self) -> dict[str, int]:
+        """Rows rejected whole, by reason (``rows_in`` minus these is ``rows_tokenized``)."""
+        return {reason: n for reason, n in self.rejects.items() if not reason.endswith(TURN_SUFFIX)}
+
+    @property
+    def dropped_turns(self) -> dict[str, int]:
+        """Turns dropped from kept rows, by reason (without the ``_turn`` suffix)."""
+        return {reason.removesuffix(TURN_SUFFIX): n for reason, n in self.rejects.items()
+                if reason.endswith(TURN_SUFFIX)}
+
+    @property
+    def resized_rows(self) -> int:
+        """Rows the size setting added (up-sampling, > 0) or left out (< 0) of the training rows."""
+        return self.rows_kept - (self.rows_tokenized - self.heldout_rows)
+
+    def rejects_summary(self) -> str:
+        """``4 of 30 rows rejected (malformed_row 2, too_long 1, ...); 1 turn dropped (too_long 1)``."""
+
+        def by_reason(counts: dict[str, int]) -> str:
+            return ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+        rows, turns = self.rejected_rows, self.dropped_turns
+        text = f"{sum(rows.values())} of {self.rows_in} rows rejected"
+        if rows:
+            text += f" ({by_reason(rows)})"
+        if turns:
+            n = sum(turns.values())
+            text += f"; {n} turn{'s' if n != 1 else ''} dropped from kept rows ({by_reason(turns)})"
+        return text
 
 
 class MixTotals(BaseModel):
@@ -74,14 +108,24 @@ class DataMix(BaseModel):
         return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
 
     def table(self) -> str:
-        """The mix as a plain-text table (rows and tokens per source, in and kept)."""
-        header = ("source", "rows in", "rows kept", "held out", "tokens in", "tokens kept", "share", "thinking on")
+        """The mix as a plain-text table (rows and tokens per source, in and kept).
+
+        The row columns add up: rows in - rejected - held out + resized = rows kept, where
+        resized is what the size setting added (up-sampling) or left out.
+        """
+        header = ("source", "rows in", "rejected", "held out", "resized", "rows kept", "tokens in", "tokens kept",
+                  "share", "thinking on")
         lines = [header]
         for s in self.sources:
-            lines.append((s.name, str(s.rows_in), str(s.rows_kept), str(s.heldout_rows), str(s.tokens_in),
+            lines.append((s.name, str(s.rows_in), str(sum(s.rejected_rows.values())), str(s.heldout_rows),
+                          f"{s.resized_rows:+d}" if s.resized_rows else "0", str(s.rows_kept), str(s.tokens_in),
                           str(s.tokens_kept), f"{100 * s.share_of_tokens:.1f}%",
                           f"{s.thinking_on_rows_kept}/{s.rows_kept}"))
         t = self.total
-        lines.append(("total", str(t.rows_in), str(t.rows_kept), "", "", str(t.tokens_kept), "100%", ""))
+        rejected = sum(sum(s.rejected_rows.values()) for s in self.sources)
+        heldout = sum(s.heldout_rows for s in self.sources)
+        resized = sum(s.resized_rows for s in self.sources)
+        lines.append(("total", str(t.rows_in), str(rejected), str(heldout), f"{resized:+d}" if resized else "0",
+                      str(t.rows_kept), "", str(t.tokens_kept), "100%", ""))
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in lines)

@@ -41,11 +41,15 @@ def is_local(source: SourceConfig) -> bool:
     return Path(source.path).is_absolute() and Path(source.path).exists()
 
 
+def line_number(source: SourceConfig, index: int) -> int | None:
+    """The 1-based line of row ``index`` (0-based) in a JSON Lines source; None for other kinds."""
+    return index + 1 if source.path.lower().endswith(".jsonl") else None
+
+
 def row_label(source: SourceConfig, index: int) -> str:
     """How a row is named in messages: JSON Lines rows by line number (what an editor shows)."""
-    if source.path.lower().endswith(".jsonl"):
-        return f"line {index + 1}"
-    return f"row {index}"
+    line = line_number(source, index)
+    return f"line {line}" if line is not None else f"row {index}"
 
 
 def _is_saved_dataset(folder: Path) -> bool:

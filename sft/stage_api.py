@@ -276,6 +276,9 @@ class StageKind(Generic[ConfigT, ResultT]):
     # Resumable stages (training, incremental sampling) keep their folder after an interruption
     # and continue from what is complete in it; other stages restart from scratch.
     resumable: bool = False
+    # For a resumable stage: what in its folder a re-run continues from (e.g. ``checkpoint-40``), or
+    # None when nothing is complete yet, so the plan says "starts over" instead of "resume".
+    resume_point: Callable[[Path], str | None] | None = None
     # For `tempa plan --hardware`: what one training stage of this kind asks of the hardware.
     estimate: Callable[[ConfigT, EstimateInputs], TrainingWorkload] | None = None
     # For stages that write a dataset: how many rows a later `stage:` source may expect.

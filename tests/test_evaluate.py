@@ -589,3 +589,44 @@ def test_evaluation_rows_are_read_strictly_with_line_numbers(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(StageError, match="empty file"):
         load_rows(str(path))
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ({"messages": [{"content": "hi"}]}, "messages[0] has no role (expected one of system, user, assistant, tool)"),
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]},
+         "messages[1] has an unknown role 'bot'"),
+        ({"messages": [{"role": "user"}]}, "messages[0] (user) has no content"),
+        ({"messages": ["hi"]}, "messages[0] is a str, expected an object"),
+        ({"messages": "hi"}, "expected 'messages' to be a list of {role, content}, got str"),
+        (["a", "list"], "expected a JSON object, got list"),
+    ],
+)
+def test_a_bad_evaluation_row_stops_the_read_naming_file_and_line(tmp_path, row, problem):
+    from tempa.merge.eval_data import load_rows
+
+    path = tmp_path / "eval.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [{"prompt": "a"}, {"prompt": "b"}, row]) + "\n")
+    with pytest.raises(StageError) as info:
+        load_rows(str(path))
+    assert str(info.value).startswith(f"{path}:3: {problem}") and "\n" not in str(info.value)
+    listed = tmp_path / "eval.json"
+    listed.write_text(json.dumps([{"prompt": "a"}, row]))
+    with pytest.raises(StageError, match=rf"^{listed}: row 1: "):
+        load_rows(str(listed))
+
+
+def test_an_evaluate_stage_with_a_bad_row_fails_before_any_model_work(tmp_path, tiny_model_dir, tokenizer_dir):
+    rows = _write_rows(tmp_path / "r.jsonl", [{"prompt": "hi", "answer": 1}, {"messages": [{"content": "hi"}]}])
+    ctx = make_ctx(tmp_path, "eval", tokenizer_dir=tokenizer_dir, model_dir=tiny_model_dir)
+    config = EvaluateStageConfig.model_validate(
+        {"name": "eval", "kind": "evaluate", "models": [str(tiny_model_dir)], "include_final": False,
+         "suites": [{"type": "accuracy", "data": rows}]}
+    )
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded for a set with a bad row")
+
+    with pytest.raises(StageError, match=rf"^{rows}:2: messages\[0\] has no role"):
+        run_evaluate(config, ctx, backend_factory=no_model)

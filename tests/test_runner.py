@@ -8,6 +8,7 @@ Real training stages are exercised in test_sft_stage.py and test_resume.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
 from pathlib import Path
@@ -19,10 +20,12 @@ from pydantic import field_validator
 import tempa.merge
 import tempa.sft
 from tempa.recipes.loader import load_recipe
+from tempa.recipes.registry import stage_kind
 from tempa.recipes.rundir import RunLock, RunLockedError
 from tempa.recipes.runner import plan_run, run_recipe, stage_status
+from tempa.sft.checkpoints import resume_point
 from tempa.sft.files import json_or_none
-from tempa.sft.run_layout import DONE, MANIFEST
+from tempa.sft.run_layout import CHECKPOINTS_DIR, COMPLETE, DONE, MANIFEST
 from tempa.sft.stage_api import (
     Artifact,
     StageConfigBase,
@@ -215,6 +218,18 @@ def test_failed_stage_is_recorded_and_the_next_run_continues_there(recipe, tmp_p
     assert calls(run_dir) == ["b", "c"]
 
 
+def test_a_failed_stage_logs_why_and_the_plan_calls_it_failed(recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(StageError):
+        run_recipe(load_recipe(recipe, ["stages.b.fail=true"]), run_dir)
+    assert "stage b failed: asked to fail" in (run_dir / "b" / "logs" / "stage.log").read_text()
+    again = plan_run(load_recipe(recipe, ["stages.b.fail=true"]), run_dir)[1]
+    assert again.action == "rerun" and again.reason.startswith("failed; starts over")
+    changed = plan_run(load_recipe(recipe), run_dir)[1]
+    assert changed.action == "rerun" and changed.reason.startswith("failed and changed since: stage config")
+    assert "interrupted" not in again.reason + changed.reason
+
+
 def test_interrupted_stage_is_never_taken_as_complete(recipe, tmp_path):
     run_dir = tmp_path / "run"
     run_recipe(load_recipe(recipe), run_dir)
@@ -266,6 +281,32 @@ def test_a_stage_without_a_model_hands_on_the_one_it_started_from(recipe, tmp_pa
     # and again when b is skipped: the next stage still gets a's model through b
     run_recipe(load_recipe(recipe, ["stages.b.no_model=true", "stages.c.from=b", "stages.c.value=4"]), run_dir)
     assert (run_dir / "c" / "out.txt").read_text() == f"4 from {run_dir / 'a' / 'model'}"
+
+
+def test_a_training_stage_cut_off_before_its_first_checkpoint_is_planned_as_starting_over(
+    recipe, tmp_path, monkeypatch
+):
+    # The touch kind made resumable the way training kinds are, with the checkpoint hook they use.
+    trains = dataclasses.replace(TOUCH, resumable=True, resume_point=resume_point)
+    monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS[:-1], trains))
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    (run_dir / "b" / DONE).unlink()  # what a Ctrl-C before the first checkpoint leaves
+    manifest = json_or_none(run_dir / "b" / MANIFEST)
+    manifest["status"] = "running"
+    (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
+    checkpoints = run_dir / "b" / CHECKPOINTS_DIR
+    (checkpoints / "checkpoint-5").mkdir(parents=True)  # half-saved: no COMPLETE marker
+
+    decision = plan_run(load_recipe(recipe), run_dir)[1]
+    assert (decision.action, decision.reason) == (
+        "rerun", "interrupted before its first complete checkpoint; starts over from step 0")
+    (checkpoints / "checkpoint-5" / COMPLETE).write_text("")
+    (checkpoints / "checkpoint-10").mkdir()
+    decision = plan_run(load_recipe(recipe), run_dir)[1]
+    assert (decision.action, decision.reason) == ("resume", "interrupted; continues from checkpoint-5")
+    # The real training kinds carry the hook.
+    assert all(stage_kind(k).resume_point is resume_point for k in ("sft", "pretrain", "rl"))
 
 
 def test_status_tells_running_from_interrupted(recipe, tmp_path):

@@ -523,3 +523,69 @@ def test_bad_tool_calls_are_one_line_rejects(tmp_path: Path, tokenizer: Any) -> 
         ("malformed_row", "line 3: expected turn 1 'tool_calls'[0] arguments to be a JSON object, got list"),
         ("role_order", "line 4: turn 1: tool turn not after an assistant turn that calls a tool"),
     ]
+
+
+def test_the_log_counts_every_reject_once_the_source_is_prepared_and_the_table_adds_up(
+    tmp_path: Path, tokenizer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    kept = [chat(f"Pertanyaan nomor {i} tentang buah?", f"Jawaban nomor {i}.") for i in range(6)]
+    long_turn = {"messages": [
+        {"role": "user", "content": "Sapa aku."}, {"role": "assistant", "content": "Halo!"},
+        {"role": "user", "content": "Ulangi seratus kali."}, {"role": "assistant", "content": "halo " * 100},
+    ]}
+    write_jsonl(tmp_path / "rows.jsonl", [
+        *kept[:3], "{not json", {"messages": [{"role": "assistant", "content": "Halo!"},
+                                             {"role": "user", "content": "Hai"}]},
+        chat("Tulis ulang kalimat ini. " + "kata " * 200, "Baik."), long_turn, *kept[3:],
+    ])
+    cfg = config(tmp_path, [{"name": "r", "path": "rows.jsonl", "thinking_mode": "off"}], heldout=2)
+    with caplog.at_level("INFO", logger="tempa.sft.data"):
+        prepare(tmp_path, cfg, tokenizer, max_length=120)
+    lines = [r.getMessage() for r in caplog.records if "rows rejected" in r.getMessage()]
+    assert len(lines) == 1, lines
+    [line] = lines
+    path = tmp_path / "out" / "rejects.jsonl"
+    assert "3 of 10 rows rejected (" in line and "malformed_row 1" in line and "role_order 1" in line
+    assert "too_long 1" in line and "1 turn dropped from kept rows (too_long 1)" in line
+    assert str(path) in line
+    # Every reject in the file is in the line; rows are 0-based, lines 1-based.
+    records = rejects(tmp_path)
+    assert sorted(r["reason"] for r in records) == ["malformed_row", "role_order", "too_long", "too_long_turn"]
+    assert all(r["line"] == r["row"] + 1 and f"line {r['line']}:" in r["detail"] for r in records)
+    # The mix table's row columns add up: in - rejected - held out + resized = kept.
+    table = next(r.getMessage() for r in caplog.records if "SFT data mix" in r.getMessage())
+    header, row = table.splitlines()[1:3]
+    cells = dict(zip([c.strip() for c in header.split("  ") if c.strip()], row.split(), strict=False))
+    assert (cells["rows in"], cells["rejected"], cells["held out"], cells["resized"], cells["rows kept"]) == \
+        ("10", "3", "2", "0", "5")
+
+
+@pytest.mark.parametrize("where", ["data", "source"])
+def test_a_heldout_that_takes_every_row_is_one_error_naming_the_source_and_the_setting(
+    tmp_path: Path, tokenizer: Any, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    write_jsonl(tmp_path / "small.jsonl", [chat(f"Pertanyaan {i}?", f"Jawaban {i}.") for i in range(12)])
+    write_jsonl(tmp_path / "other.jsonl", [chat(f"Soal {i}?", f"Balasan {i}.") for i in range(60)])
+    small: dict[str, Any] = {"name": "small", "path": "small.jsonl"}
+    if where == "source":
+        cfg = config(tmp_path, [{**small, "heldout": 50}, {"name": "other", "path": "other.jsonl"}])
+    else:
+        cfg = config(tmp_path, [small], heldout=50)
+    with caplog.at_level("WARNING"), pytest.raises(DataError) as info:
+        prepare(tmp_path, cfg, tokenizer)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"data source 'small' ({tmp_path / 'small.jsonl'}): ")
+    assert "heldout 50 takes 12 of its 12 usable rows and leaves none to train on" in message
+    assert ("set its `heldout`" if where == "source" else "set `data.heldout`") in message
+    assert not any("size setting" in r.getMessage() for r in caplog.records)  # no size key was set
+
+
+def test_a_size_setting_that_selects_nothing_is_named_and_the_error_gives_the_rejects_path(
+    tmp_path: Path, tokenizer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_jsonl(tmp_path / "rows.jsonl", [chat(f"Pertanyaan {i}?", f"Jawaban {i}.") for i in range(4)])
+    cfg = config(tmp_path, [{"name": "r", "path": "rows.jsonl", "tokens": 3}])
+    with caplog.at_level("WARNING"), pytest.raises(DataError) as info:
+        prepare(tmp_path, cfg, tokenizer)
+    assert str(tmp_path / "out" / "rejects.jsonl") in str(info.value)
+    assert any("its size setting (tokens: 3) selects no rows" in r.getMessage() for r in caplog.records)

@@ -302,13 +302,12 @@ def _what_changed(old: dict, new: dict, old_config: dict | None = None, config: 
 def config_diff(old: Any, new: Any, *, limit: int = 4) -> str:
     """What differs between two config dumps: `train.learning_rate 2e-05 → 1e-05, data.heldout 0.05 → unset`."""
     before, after = _flatten(old), _flatten(new)
+    # A key set to None and a key that is absent are both "unset" (a block such as `lora: null` becoming
+    # `lora: {r: 16}` flattens to `lora` on one side and `lora.r` on the other).
     changes = [f"{key} {_shown(before.get(key))} → {_shown(after.get(key))}"
-               for key in dict.fromkeys([*before, *after]) if before.get(key, _UNSET) != after.get(key, _UNSET)]
+               for key in dict.fromkeys([*before, *after]) if before.get(key) != after.get(key)]
     shown = ", ".join(changes[:limit])
     return shown + (f" (+{len(changes) - limit} more)" if len(changes) > limit else "") or "no visible key"
-
-
-_UNSET = object()
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -188,6 +188,9 @@ def test_plan_names_the_keys_that_changed(tmp_path):
            "lora": {"r": 8}}
     assert config_diff(old, new) == ("train.learning_rate 2e-05 → 1e-05, data.sources[0].weight 1 → 0.5, "
                                      "lora.r unset → 8")
+    # A block that was null (as dumped configs write an unset one) reads as unset too, never "unset → unset".
+    assert config_diff({"lora": None, "seed": 1}, {"lora": {"r": 16, "lora_alpha": 32}, "seed": 1}) == (
+        "lora.r unset → 16, lora.lora_alpha unset → 32")
 
 
 def test_only_refuses_a_stage_whose_input_is_incomplete(recipe, tmp_path):

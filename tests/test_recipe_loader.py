@@ -461,3 +461,43 @@ def test_pickled_base_model_is_refused_unless_the_recipe_opts_in(tmp_path, data_
     assert folder.is_relative_to(Path(os.environ["TEMPA_CACHE"]))
     assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
     assert (folder / "tokenizer.json").is_file() and resolve_base_model(loaded) == folder  # reused
+
+
+def test_extends_resolves_each_path_against_the_file_that_wrote_it(tmp_path, data_file):
+    """The child's paths against the child's folder, inherited ones against the parent's."""
+    parent_dir, child_dir = tmp_path / "recipes", tmp_path / "my"
+    parent_dir.mkdir()
+    child_dir.mkdir()
+    (parent_dir / "rows.jsonl").write_text(data_file.read_text())
+    (child_dir / "chats_id.jsonl").write_text(data_file.read_text())
+    write(parent_dir / "base.yaml", recipe_text(extra_stage="""
+      - name: second
+        kind: sft
+        data:
+          sources:
+            - {name: rows, path: rows.jsonl}
+    """))
+    child = write(
+        child_dir / "ext.yaml",
+        """
+        extends: ../recipes/base.yaml
+        name: ext
+        stages:
+          - name: first
+            data:
+              sources:
+                - {name: chats, path: chats_id.jsonl}
+          - name: third
+            kind: sft
+            data:
+              sources:
+                - {name: chats, path: chats_id.jsonl}
+        """,
+    )
+    loaded = load_recipe(child)
+    paths = {stage.name: stage.data.sources[0].path for stage in loaded.stages if stage.kind == "sft"}
+    assert paths == {
+        "first": str((child_dir / "chats_id.jsonl").resolve()),  # overridden in the child
+        "second": str((parent_dir / "rows.jsonl").resolve()),  # inherited
+        "third": str((child_dir / "chats_id.jsonl").resolve()),  # new in the child
+    }

@@ -179,9 +179,11 @@ def _adapter(tp: Any) -> TypeAdapter:
     return TypeAdapter(tp)
 
 
-# Counts and sizes that only make sense above zero. transformers checks some of them only when
-# training starts, and some never: `num_train_epochs: -1` trains 0 steps and reports success.
+# Counts, sizes and rates that only make sense above zero. transformers checks some of them only when
+# training starts, and some never: `num_train_epochs: -1` trains 0 steps and reports success,
+# `learning_rate: 0` trains without moving a weight (a negative one fails in the optimizer).
 _POSITIVE = (
+    "learning_rate",
     "num_train_epochs",
     "per_device_train_batch_size",
     "per_device_eval_batch_size",
@@ -198,7 +200,7 @@ _UNSET_MAX_STEPS = -1  # transformers' default: train for num_train_epochs inste
 
 
 def check_counts(values: Mapping[str, Any]) -> None:
-    """Refuse non-positive epochs, steps and batch sizes; ``max_steps: -1`` is transformers' "unset"."""
+    """Refuse non-positive learning rates, epochs, steps and batch sizes; ``max_steps: -1`` is transformers' "unset"."""
     max_steps = values.get("max_steps")
     if isinstance(max_steps, int) and max_steps != _UNSET_MAX_STEPS and max_steps <= 0:
         raise ValueError(f"'max_steps': must be a positive number of optimizer steps (or -1: unset), got {max_steps!r}")

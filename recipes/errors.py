@@ -57,7 +57,7 @@ def from_validation_error(
             msg = "field required"
         elif "input" in err and err["type"] not in ("union_tag_invalid",):
             got = err["input"]
-            if not isinstance(got, Mapping | list):
+            if not isinstance(got, Mapping | list) and repr(got) not in msg and f"'{got}'" not in msg:
                 msg = f"{msg}, got {got!r}"
         # Validators of free-form mappings (e.g. `train:`) name the offending key first: 'key': ...
         if msg.startswith("'") and (*path, msg.split("'")[1]) in lines:

@@ -15,6 +15,7 @@ from tempa.sft.stage_api import looks_local, resolve_path
 from tempa.sft.suggest import did_you_mean
 
 TINY_DEFAULT = "tempa:tiny"
+TEMPA_MODELS = (TINY_DEFAULT,)  # the `tempa:` names a base_model may take
 __all__ = ["SHIPPED_ACCELERATE", "SHIPPED_DEEPSPEED", "LaunchConfig", "Recipe"]
 
 
@@ -190,7 +191,25 @@ class Recipe(BaseModel):
     @field_validator("base_model")
     @classmethod
     def _base_model(cls, value: str, info) -> str:
-        return value if value == TINY_DEFAULT else resolve_path(value, info)
+        if value in TEMPA_MODELS:
+            return value
+        if value.startswith("tempa:"):
+            raise ValueError(f"unknown tempa model '{value}' (known: {', '.join(TEMPA_MODELS)})"
+                             f"{did_you_mean(value, TEMPA_MODELS)}")
+        resolved = resolve_path(value, info)
+        if Path(resolved).is_absolute():
+            return resolved  # a local folder: `_base_model_folder` checks what it holds
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        try:
+            validate_repo_id(resolved)  # what the download checks, an hour later
+        except HFValidationError:
+            raise ValueError(
+                f"'{value}' is no existing local folder, no tempa model ({', '.join(TEMPA_MODELS)}) and no valid "
+                f"hub id ('name' or 'org/name': letters, digits, '-', '_', '.'){did_you_mean(value, TEMPA_MODELS)}"
+            ) from None
+        return resolved
 
     @model_validator(mode="after")
     def _base_model_folder(self) -> Recipe:

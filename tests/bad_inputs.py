@@ -249,6 +249,12 @@ MODEL_CASES = [
          "has no tokenizer"),
     Case("base-is-a-file", "model", lambda ws: plan(recipe(ws, base_model=str(write_rows(ws / "model.txt")))),
          "is not a folder"),
+    Case("base-tempa-typo", "model", lambda ws: plan(recipe(ws, base_model='"tempa:tiy"')),
+         "recipe.yaml:2: base_model: unknown tempa model 'tempa:tiy' (known: tempa:tiny); did you mean 'tempa:tiny'?"),
+    Case("base-not-a-hub-id", "model", lambda ws: plan(recipe(ws, base_model='"my model"')),
+         "base_model: 'my model' is no existing local folder, no tempa model (tempa:tiny) and no valid hub id"),
+    Case("base-missing-nested-folder", "model", lambda ws: plan(recipe(ws, base_model="models/org/name")),
+         "base_model: 'models/org/name' is no existing local folder"),
     Case("base-hub-id-offline", "model", lambda ws: run(recipe(ws, base_model="tempa-test/no-such-model")),
          "base_model 'tempa-test/no-such-model': not in the local Hugging Face cache, and HF_HUB_OFFLINE=1"),
 ]

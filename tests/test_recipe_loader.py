@@ -501,3 +501,9 @@ def test_extends_resolves_each_path_against_the_file_that_wrote_it(tmp_path, dat
         "second": str((parent_dir / "rows.jsonl").resolve()),  # inherited
         "third": str((child_dir / "chats_id.jsonl").resolve()),  # new in the child
     }
+
+
+@pytest.mark.parametrize("hub_id", ["gpt2", "org/name-1.5_x"])
+def test_a_valid_hub_id_base_model_is_left_for_the_run(tmp_path, data_file, hub_id):
+    path = write(tmp_path / "r.yaml", recipe_text().replace('"tempa:tiny"', f'"{hub_id}"'))
+    assert load_recipe(path).recipe.base_model == hub_id

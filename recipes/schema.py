@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tempa.chat_templates.baking import GenerationDefaults
 from tempa.recipes.engine import SHIPPED_ACCELERATE, SHIPPED_DEEPSPEED, Engine, read_engine, shipped_path
 from tempa.sft.run_layout import safe_name
-from tempa.sft.stage_api import looks_local, resolve_path
+from tempa.sft.stage_api import OnOff, looks_local, resolve_path
 from tempa.sft.suggest import did_you_mean
 
 TINY_DEFAULT = "tempa:tiny"
@@ -156,7 +156,7 @@ class Recipe(BaseModel):
         default="llama3_thinking",
         description="A shipped template name (llama3_thinking, chatml_thinking) or a path to a .jinja file.",
     )
-    thinking_default: Literal["on", "off"] = Field(
+    thinking_default: OnOff = Field(
         default="on",
         description="The thinking mode the baked chat template uses when a caller passes no `thinking_mode` / "
         "`enable_thinking` (transformers, vLLM, llama.cpp, the Ollama Modelfile). Set `off` for a model "
@@ -220,12 +220,6 @@ class Recipe(BaseModel):
             if problem is not None:
                 raise ValueError(f"'base_model': {problem}")  # the key first: errors.py points at its line
         return self
-
-    @field_validator("thinking_default", mode="before")
-    @classmethod
-    def _thinking_default(cls, value: Any) -> Any:
-        # YAML 1.1 reads a bare on/off as a boolean; both spellings mean the mode.
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("chat_template")
     @classmethod

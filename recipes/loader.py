@@ -308,7 +308,8 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
         top = {key: value for key, value in raw.items() if key != "stages"}
         recipe = Recipe.model_validate(raw, context=_path_context(top, (), lines, top_dir))
     except ValidationError as exc:
-        raise from_validation_error(exc, file=path, lines=lines, raw=raw, stage_names=names) from None
+        raise from_validation_error(exc, file=path, lines=lines, raw=raw, stage_names=names, model=Recipe,
+                                    top_keys=("extends", "profiles")) from None
 
     kinds = stage_kinds()
     seen: dict[str, int] = {}
@@ -338,7 +339,7 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
             config = kinds[kind].config.model_validate(stage_raw, context=context)
         except ValidationError as exc:
             raise from_validation_error(
-                exc, file=path, lines=lines, raw=stage_raw, prefix=loc, stage_names=names
+                exc, file=path, lines=lines, raw=stage_raw, prefix=loc, stage_names=names, model=kinds[kind].config
             ) from None
         if config.from_ is not None and (config.from_ not in seen or config.from_ == name):
             earlier = [n for n in names[:i]]
@@ -373,7 +374,7 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
             stages[i] = type(config).model_validate(stage_raw, context=context)
         except ValidationError as exc:
             raise from_validation_error(
-                exc, file=path, lines=lines, raw=stage_raw, prefix=("stages", i), stage_names=names
+                exc, file=path, lines=lines, raw=stage_raw, prefix=("stages", i), stage_names=names, model=type(config)
             ) from None
 
     if bake is not None:

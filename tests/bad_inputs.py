@@ -150,6 +150,17 @@ def _train(id_: str, train: str, expect: str) -> Case:
     return Case(id_, "recipe", lambda ws: plan(recipe(ws, train=train)), expect)
 
 
+def _with_data(entry: str) -> Callable[[Path], list[str]]:
+    """A recipe whose stage's `data:` block also holds ``entry``."""
+
+    def build(ws: Path) -> list[str]:
+        path = recipe(ws)
+        path.write_text(path.read_text(encoding="utf-8").replace("data: {", f"data: {{{entry}, "), encoding="utf-8")
+        return plan(path)
+
+    return build
+
+
 def _stage_named(name: str) -> Callable[[Path], list[str]]:
     return lambda ws: plan(recipe(ws, stage=SECOND_STAGE.format(name=json.dumps(name))))
 
@@ -169,7 +180,21 @@ RECIPE_CASES = [
          "nested too deeply"),
     Case("recipe-is-a-list", "recipe", lambda ws: plan(_text(ws, "- name: x\n")), "expected a mapping"),
     Case("recipe-empty", "recipe", lambda ws: plan(_text(ws, "")), "expected a mapping"),
-    Case("unknown-top-field", "recipe", lambda ws: plan(recipe(ws, top="bse_model: x")), "unknown field"),
+    Case("unknown-top-field", "recipe", lambda ws: plan(recipe(ws, top="bse_model: x")), "did you mean 'base_model'?"),
+    Case("unknown-top-field-extends", "recipe", lambda ws: plan(recipe(ws, top="extend: other.yaml")),
+         "extend: unknown field (not allowed here; check the spelling); did you mean 'extends'?"),
+    Case("unknown-data-key", "recipe",
+         _with_data("heldot: 0.1"),
+         "stages[0].data.heldot (stage 'sft'): unknown field (not allowed here; check the spelling); did you mean 'heldout'?"),
+    Case("unknown-source-key", "recipe",
+         lambda ws: plan(recipe(ws, source="{name: r, path: rows.jsonl, thinking_mod: 'off'}")),
+         "did you mean 'thinking_mode'?"),
+    Case("unknown-key-in-tagged-union", "recipe",
+         lambda ws: plan(recipe(ws, stage="- {name: d, kind: synthesize, prompts: {path: rows.jsonl}, "
+                                           "rewards: [{type: length, unt: chars}]}\n")),
+         "stages[1].rewards[0].unt (stage 'd'): unknown field (not allowed here; check the spelling); did you mean 'unit'?"),
+    Case("unknown-launch-key", "recipe", lambda ws: plan(recipe(ws, launch="{use_cpu: true, num_process: 1}")),
+         "did you mean 'num_processes'?"),
     Case("missing-base-model", "recipe", lambda ws: plan(_text(ws, "name: x\nstages: [{name: a, kind: bake}]\n")),
          "base_model: field required"),
     Case("recipe-name-escapes", "recipe", lambda ws: plan(recipe(ws, name='"../../escape"')), "not a safe name"),

@@ -22,7 +22,7 @@ from tempa.recipes.schema import Recipe
 from tempa.recipes.yaml_loader import RecipeTextError, compose_and_construct, parse_yaml, read_text
 from tempa.sft.paths import WRITTEN_IN
 from tempa.sft.stage_api import Read, StageConfigBase
-from tempa.sft.suggest import did_you_mean
+from tempa.sft.suggest import closest, did_you_mean
 from tempa.sft.train_args import DEFER_TRAIN_CHECKS
 
 
@@ -81,7 +81,19 @@ def find_recipe(ref: str | Path, relative_to: Path | None = None) -> Path:
         if candidate.is_file():
             return candidate.resolve()
     shipped = sorted(p.stem for p in shipped_recipe_dir().glob("*.yaml"))
-    raise RecipeError(f"{ref}: recipe file not found (shipped recipes: {', '.join(shipped)})")
+    raise RecipeError(f"{ref}: recipe file not found{_nearby_recipe(Path(ref), relative_to)} "
+                      f"(shipped recipes: {', '.join(shipped)})")
+
+
+def _nearby_recipe(ref: Path, relative_to: Path | None) -> str:
+    """``; did you mean 'mine.yaml'?`` for a recipe file beside ``ref`` spelled almost like it."""
+    folder = (relative_to or Path()) / ref.parent
+    try:
+        nearby = [p.name for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
+    except OSError:
+        return ""
+    hint = closest(ref.name, nearby)
+    return f"; did you mean '{ref.with_name(hint)}'?" if hint else ""
 
 
 def load_recipe(ref: str | Path, overrides: Sequence[str] = (), *, profile: str | None = None) -> LoadedRecipe:

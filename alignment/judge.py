@@ -14,14 +14,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from tempa.alignment.backends import BackendConfig, SamplingBackend, TransformersBackendConfig
 from tempa.alignment.generation import GenerationParams
 from tempa.chat_templates.thinking import split_reasoning
-from tempa.sft.stage_api import resolve_path
+from tempa.sft.stage_api import OnOff, resolve_path
 
 LANGUAGE_NAMES = {
     "en": "English", "id": "Indonesian", "ms": "Malay", "th": "Thai", "vi": "Vietnamese", "tl": "Filipino",
@@ -142,7 +141,7 @@ class JudgeSettings(BaseModel):
     )
     max_new_tokens: int = Field(default=512, ge=1, description="Judge reply budget (explanation + rating).")
     temperature: float = Field(default=0.0, ge=0, description="Judge sampling temperature (0: greedy).")
-    thinking_mode: Literal["on", "off"] | None = Field(
+    thinking_mode: OnOff | None = Field(
         default="off", description="Thinking mode of the judge's own chat template (None: its default)."
     )
     batch_size: int = Field(default=8, ge=1, description="Judge prompts per backend call.")

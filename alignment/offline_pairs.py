@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -26,7 +26,7 @@ from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft import curation
 from tempa.sft.data_config import SourceConfig
 from tempa.sft.formats import RowError, normalize_row, spec_for
-from tempa.sft.stage_api import resolve_path
+from tempa.sft.stage_api import OnOff, resolve_path
 
 IDENTICAL_PAIR = "identical_pair"
 DUPLICATE_PAIR = "duplicate_pair"
@@ -47,7 +47,7 @@ class OfflinePairs(BaseModel):
                         "rejected repeat the prompt).")
     chosen: str = Field(default="chosen", description="Chosen column (text or turns).")
     rejected: str = Field(default="rejected", description="Rejected column (text or turns).")
-    thinking_mode: Literal["on", "off"] = Field(
+    thinking_mode: OnOff = Field(
         default="on", description="`on`: a pair with a reasoning trace (`reasoning_content`) renders with thinking "
         "on, one without renders off (as sft renders a turn without a trace); `off`: every pair renders off, "
         "traces dropped.")

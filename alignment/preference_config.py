@@ -40,7 +40,7 @@ from tempa.alignment.judge import REVISE_PROMPT, text_or_file
 from tempa.alignment.offline_pairs import OfflinePairs
 from tempa.alignment.prompts import PromptSource, ThinkingSettings
 from tempa.alignment.rewards import RewardConfig, check_reward_names, judge_reads
-from tempa.sft.stage_api import Read, StageConfigBase
+from tempa.sft.stage_api import OnOff, Read, StageConfigBase
 from tempa.sft.train_args import check_train_args, train_arg_spec, train_checks_deferred
 from tempa.sft.train_plan import RESERVED_TRAIN_KEYS, LoraSettings
 
@@ -160,7 +160,7 @@ class ReviseSettings(BaseModel):
     )
     max_new_tokens: int = Field(default=1024, ge=1, description="Budget of one rewrite.")
     temperature: float = Field(default=0.0, ge=0, description="Reviser sampling temperature.")
-    thinking_mode: Literal["on", "off"] | None = Field(default="off", description="The reviser's own thinking mode.")
+    thinking_mode: OnOff | None = Field(default="off", description="The reviser's own thinking mode.")
     batch_size: int = Field(default=8, ge=1, description="Rewrites per backend call.")
 
     @field_validator("prompt")

@@ -23,6 +23,7 @@ from tempa.chat_templates.json_files import JsonFileError, read_json, read_jsonl
 from tempa.sft.mixing import thinking_on_count
 from tempa.sft.stage_api import (
     Artifact,
+    OnOffMixed,
     Read,
     StageContext,
     StageError,
@@ -87,7 +88,7 @@ class ThinkingSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["on", "off", "mixed"] = Field(
+    mode: OnOffMixed = Field(
         default="on", description="`on`, `off`, or `mixed`: a seeded `ratio` share of the prompts on, the rest off "
         "(exactly: ratio * prompts rounded half up, at least 1 and at most all but 1 when 0 < ratio < 1)."
     )

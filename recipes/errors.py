@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+
+from tempa.sft.suggest import did_you_mean
 
 
 class RecipeError(ValueError):
@@ -45,19 +49,25 @@ def from_validation_error(
     raw: object,
     prefix: FieldPath = (),
     stage_names: Sequence[str] = (),
+    model: type[BaseModel] | None = None,
+    top_keys: Sequence[str] = (),
 ) -> RecipeError:
-    """Turn pydantic's report into one line per problem; ``raw`` is the YAML under ``prefix``."""
+    """Turn pydantic's report into one line per problem; ``raw`` is the YAML under ``prefix``.
+
+    ``model`` is the class ``raw`` was validated as: an unknown key then gets the closest allowed one
+    (``top_keys``: further keys allowed at the top, which the loader reads before validation)."""
     messages = []
     for err in exc.errors(include_url=False):
         path = (*prefix, *_yaml_path(err["loc"], raw))
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown field (not allowed here; check the spelling)"
+            allowed = _keys_at(model, err["loc"][:-1]) + (list(top_keys) if len(err["loc"]) == 1 else [])
+            msg = f"unknown field (not allowed here; check the spelling){did_you_mean(err['loc'][-1], allowed)}"
         elif err["type"] == "missing":
             msg = "field required"
         elif "input" in err and err["type"] not in ("union_tag_invalid",):
             got = err["input"]
-            if not isinstance(got, Mapping | list):
+            if not isinstance(got, Mapping | list) and repr(got) not in msg and f"'{got}'" not in msg:
                 msg = f"{msg}, got {got!r}"
         # Validators of free-form mappings (e.g. `train:`) name the offending key first: 'key': ...
         if msg.startswith("'") and (*path, msg.split("'")[1]) in lines:
@@ -96,3 +106,48 @@ def _human_path(path: FieldPath, stage_names: Sequence[str]) -> str:
     if len(path) >= 2 and path[0] == "stages" and isinstance(path[1], int) and path[1] < len(stage_names):
         text += f" (stage '{stage_names[path[1]]}')"
     return text
+
+
+def _keys_at(model: type[BaseModel] | None, loc: Sequence[str | int]) -> list[str]:
+    """The keys a recipe may write at pydantic location ``loc`` inside ``model`` ([] when unknown)."""
+    tp: Any = model
+    for part in loc:
+        tp = _step(tp, part)
+    models = [m for m in _members(tp) if isinstance(m, type) and issubclass(m, BaseModel)]
+    if len(models) != 1:
+        return []
+    return [info.alias or name for name, info in models[0].model_fields.items()]
+
+
+def _members(tp: Any) -> list[Any]:
+    """The alternatives of a type: Optional/Union members, Annotated unwrapped."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _members(typing.get_args(tp)[0])
+    if origin is typing.Union or type(tp).__name__ == "UnionType":
+        return [m for arg in typing.get_args(tp) for m in _members(arg) if m is not type(None)]
+    return [tp]
+
+
+def _step(tp: Any, part: str | int) -> Any:
+    """The type one step down ``part`` (a field, list index, mapping key or union tag) from ``tp``."""
+    for member in _members(tp):
+        origin, args = typing.get_origin(member), typing.get_args(member)
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            for name, info in member.model_fields.items():
+                if part in (name, info.alias):
+                    return info.annotation
+        elif isinstance(part, int) and origin in (list, tuple, set, Sequence) and args:
+            return args[0]
+        elif origin in (dict, Mapping) and len(args) == 2:
+            return args[1]
+    # a union tag (`type: http` -> loc 'http') or a model's name: the member it selects
+    for member in _members(tp):
+        if isinstance(member, type) and issubclass(member, BaseModel) and (
+            member.__name__ == part or any(
+                typing.get_origin(info.annotation) is typing.Literal and part in typing.get_args(info.annotation)
+                for info in member.model_fields.values()
+            )
+        ):
+            return member
+    return tp if isinstance(part, str) and "[" in part else None  # a validator's name: same node

@@ -20,8 +20,9 @@ from tempa.recipes.errors import FieldPath, RecipeError, dotted, from_validation
 from tempa.recipes.registry import stage_kinds
 from tempa.recipes.schema import Recipe
 from tempa.recipes.yaml_loader import RecipeTextError, compose_and_construct, parse_yaml, read_text
+from tempa.sft.paths import WRITTEN_IN
 from tempa.sft.stage_api import Read, StageConfigBase
-from tempa.sft.suggest import did_you_mean
+from tempa.sft.suggest import closest, did_you_mean
 from tempa.sft.train_args import DEFER_TRAIN_CHECKS
 
 
@@ -80,7 +81,19 @@ def find_recipe(ref: str | Path, relative_to: Path | None = None) -> Path:
         if candidate.is_file():
             return candidate.resolve()
     shipped = sorted(p.stem for p in shipped_recipe_dir().glob("*.yaml"))
-    raise RecipeError(f"{ref}: recipe file not found (shipped recipes: {', '.join(shipped)})")
+    raise RecipeError(f"{ref}: recipe file not found{_nearby_recipe(Path(ref), relative_to)} "
+                      f"(shipped recipes: {', '.join(shipped)})")
+
+
+def _nearby_recipe(ref: Path, relative_to: Path | None) -> str:
+    """``; did you mean 'mine.yaml'?`` for a recipe file beside ``ref`` spelled almost like it."""
+    folder = (relative_to or Path()) / ref.parent
+    try:
+        nearby = [p.name for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()]
+    except OSError:
+        return ""
+    hint = closest(ref.name, nearby)
+    return f"; did you mean '{ref.with_name(hint)}'?" if hint else ""
 
 
 def load_recipe(ref: str | Path, overrides: Sequence[str] = (), *, profile: str | None = None) -> LoadedRecipe:
@@ -188,8 +201,8 @@ def _load_chain(path: Path, seen: tuple[Path, ...]):
     raw, lines = _read_yaml(path)
     stages = _stage_list(raw, path)
     named_lines = _by_name(lines, stages)
-    # Relative paths resolve against the file that wrote them: a stage against the file that
-    # first defined it, top-level fields against the file that set base_model.
+    # Relative paths resolve against the file that wrote them (`_path_context`). A value with no
+    # file (--set) falls back to: a stage's first-defining file; for top-level fields the file that set base_model.
     origins = {stage["name"]: path for stage in stages}
     if "base_model" in raw:
         origins["<top>"] = path
@@ -304,9 +317,11 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
     lines = _by_index(named_lines, names)
     top_dir = origins.get("<top>", path).parent
     try:
-        recipe = Recipe.model_validate(raw, context={"base_dir": top_dir})
+        top = {key: value for key, value in raw.items() if key != "stages"}
+        recipe = Recipe.model_validate(raw, context=_path_context(top, (), lines, top_dir))
     except ValidationError as exc:
-        raise from_validation_error(exc, file=path, lines=lines, raw=raw, stage_names=names) from None
+        raise from_validation_error(exc, file=path, lines=lines, raw=raw, stage_names=names, model=Recipe,
+                                    top_keys=("extends", "profiles")) from None
 
     kinds = stage_kinds()
     seen: dict[str, int] = {}
@@ -331,12 +346,12 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
                 f"{where((*loc, 'kind'), lines, path)}: stages[{i}].kind (stage '{name}'): unknown stage kind "
                 f"{kind!r}; known kinds: {', '.join(kinds)}{did_you_mean(kind, kinds)}"
             )
-        context = {"base_dir": origins.get(name, path).parent, DEFER_TRAIN_CHECKS: True}
+        context = {**_path_context(stage_raw, loc, lines, origins.get(name, path).parent), DEFER_TRAIN_CHECKS: True}
         try:
             config = kinds[kind].config.model_validate(stage_raw, context=context)
         except ValidationError as exc:
             raise from_validation_error(
-                exc, file=path, lines=lines, raw=stage_raw, prefix=loc, stage_names=names
+                exc, file=path, lines=lines, raw=stage_raw, prefix=loc, stage_names=names, model=kinds[kind].config
             ) from None
         if config.from_ is not None and (config.from_ not in seen or config.from_ == name):
             earlier = [n for n in names[:i]]
@@ -366,17 +381,41 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
     for i, (stage_raw, config) in enumerate(zip(stages_raw, stages, strict=True)):
         if stage_raw.get("train") is None:
             continue
-        context = {"base_dir": origins.get(config.name, path).parent}
+        context = _path_context(stage_raw, ("stages", i), lines, origins.get(config.name, path).parent)
         try:
             stages[i] = type(config).model_validate(stage_raw, context=context)
         except ValidationError as exc:
             raise from_validation_error(
-                exc, file=path, lines=lines, raw=stage_raw, prefix=("stages", i), stage_names=names
+                exc, file=path, lines=lines, raw=stage_raw, prefix=("stages", i), stage_names=names, model=type(config)
             ) from None
 
     if bake is not None:
         stages.append(bake)
     return LoadedRecipe(path=path, recipe=recipe, stages=stages, raw=raw, files=files)
+
+
+def _path_context(raw: Any, prefix: FieldPath, lines, base_dir: Path) -> dict[str, Any]:
+    """Validation context: every string under ``prefix`` keyed (field, value) to its file's folder.
+
+    After an `extends:` merge, the position map holds, for each key, the file whose value won, so a
+    path the child wrote resolves against the child's folder and an inherited one against the parent's.
+    (``--set`` values have no file: they keep ``base_dir``.)"""
+    written_in: dict[tuple[str, str], Path] = {}
+
+    def walk(node: Any, loc: FieldPath, field_name: str | None) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, (*loc, key), str(key))
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, (*loc, i), field_name)
+        elif isinstance(node, str) and field_name is not None:
+            file = lines.get(loc, (None,))[0]
+            if isinstance(file, Path):
+                written_in[(field_name, node)] = file.parent
+
+    walk(raw, prefix, None)
+    return {"base_dir": base_dir, WRITTEN_IN: written_in}
 
 
 def _check_read(read: Read, earlier: list[StageConfigBase], kinds, loc, name: str, lines, path: Path) -> None:

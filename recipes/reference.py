@@ -244,7 +244,7 @@ The field names are set with `messages_field`, `prompt_field`, `language_field`,
 
 A training stage's `train:` takes any field of trl's `SFTConfig` (`sft`) or `DPOConfig` (`preference`),
 checked against trl's own dataclass when the recipe loads (unknown keys, wrong types, unknown choices, a
-scheduler's required `lr_scheduler_kwargs`, non-positive counts). tempa's defaults for each kind are listed
+scheduler's required `lr_scheduler_kwargs`, non-positive counts and learning rates). tempa's defaults for each kind are listed
 with it above; `tempa plan` prints the effective arguments of every training stage (defaults included).
 tempa itself sets `output_dir`, `logging_dir`, `resume_from_checkpoint`, `deepspeed` and `save_safetensors`
 (a recipe may not). `report_to` names trackers (`tensorboard`, `wandb`, `trackio`, `mlflow`, ...); one that is

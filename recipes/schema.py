@@ -11,10 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tempa.chat_templates.baking import GenerationDefaults
 from tempa.recipes.engine import SHIPPED_ACCELERATE, SHIPPED_DEEPSPEED, Engine, read_engine, shipped_path
 from tempa.sft.run_layout import safe_name
-from tempa.sft.stage_api import looks_local, resolve_path
+from tempa.sft.stage_api import OnOff, looks_local, resolve_path
 from tempa.sft.suggest import did_you_mean
 
 TINY_DEFAULT = "tempa:tiny"
+TEMPA_MODELS = (TINY_DEFAULT,)  # the `tempa:` names a base_model may take
 __all__ = ["SHIPPED_ACCELERATE", "SHIPPED_DEEPSPEED", "LaunchConfig", "Recipe"]
 
 
@@ -155,7 +156,7 @@ class Recipe(BaseModel):
         default="llama3_thinking",
         description="A shipped template name (llama3_thinking, chatml_thinking) or a path to a .jinja file.",
     )
-    thinking_default: Literal["on", "off"] = Field(
+    thinking_default: OnOff = Field(
         default="on",
         description="The thinking mode the baked chat template uses when a caller passes no `thinking_mode` / "
         "`enable_thinking` (transformers, vLLM, llama.cpp, the Ollama Modelfile). Set `off` for a model "
@@ -190,7 +191,25 @@ class Recipe(BaseModel):
     @field_validator("base_model")
     @classmethod
     def _base_model(cls, value: str, info) -> str:
-        return value if value == TINY_DEFAULT else resolve_path(value, info)
+        if value in TEMPA_MODELS:
+            return value
+        if value.startswith("tempa:"):
+            raise ValueError(f"unknown tempa model '{value}' (known: {', '.join(TEMPA_MODELS)})"
+                             f"{did_you_mean(value, TEMPA_MODELS)}")
+        resolved = resolve_path(value, info)
+        if Path(resolved).is_absolute():
+            return resolved  # a local folder: `_base_model_folder` checks what it holds
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        try:
+            validate_repo_id(resolved)  # what the download checks, an hour later
+        except HFValidationError:
+            raise ValueError(
+                f"'{value}' is no existing local folder, no tempa model ({', '.join(TEMPA_MODELS)}) and no valid "
+                f"hub id ('name' or 'org/name': letters, digits, '-', '_', '.'){did_you_mean(value, TEMPA_MODELS)}"
+            ) from None
+        return resolved
 
     @model_validator(mode="after")
     def _base_model_folder(self) -> Recipe:
@@ -201,12 +220,6 @@ class Recipe(BaseModel):
             if problem is not None:
                 raise ValueError(f"'base_model': {problem}")  # the key first: errors.py points at its line
         return self
-
-    @field_validator("thinking_default", mode="before")
-    @classmethod
-    def _thinking_default(cls, value: Any) -> Any:
-        # YAML 1.1 reads a bare on/off as a boolean; both spellings mean the mode.
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("chat_template")
     @classmethod

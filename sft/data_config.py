@@ -47,7 +47,7 @@ from pydantic import (
 
 from tempa.sft import language
 from tempa.sft.run_layout import safe_name
-from tempa.sft.stage_api import STAGE_REF, StageError, resolve_path, stage_ref
+from tempa.sft.stage_api import STAGE_REF, OnOffMixed, StageError, resolve_path, stage_ref
 
 # `path: stage:NAME` reads the dataset an earlier stage (e.g. `synthesize`) wrote.
 
@@ -180,7 +180,7 @@ class SourceConfig(_Strict):
             "next one would exceed it. Counts every token of the rendered samples, not only trained ones."
         ),
     )
-    thinking_mode: Literal["on", "off", "mixed"] = Field(
+    thinking_mode: OnOffMixed = Field(
         default="on",
         description=(
             "How rows render through the chat template's `thinking_mode`. `on`: with their reasoning trace; "

@@ -10,6 +10,10 @@ from pydantic import ValidationInfo
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".yaml", ".yml", ".jinja", ".txt", ".arrow")
 
+# Validation-context key: {(field name, value as written): folder of the file that wrote it}. In an
+# `extends:` chain one stage holds values from several files; each resolves against its own file.
+WRITTEN_IN = "written_in"
+
 
 def looks_local(value: str) -> bool:
     """A model/data reference is a local path when it is spelled like one; otherwise a hub id."""
@@ -17,7 +21,9 @@ def looks_local(value: str) -> bool:
 
 
 def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = True) -> str:
-    """Resolve a recipe path against the recipe's folder (``context["base_dir"]``).
+    """Resolve a recipe path against the folder of the file that wrote it.
+
+    That is ``context[WRITTEN_IN][(field, value)]`` where the loader knows it, else ``context["base_dir"]``.
 
     Use from a pydantic ``field_validator``. Hub ids (``org/name``) pass through untouched.
     A local path becomes absolute, because mergekit and hub helpers treat a relative path as
@@ -26,6 +32,7 @@ def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = 
     base_dir = None
     if info is not None and info.context:
         base_dir = info.context.get("base_dir")
+        base_dir = (info.context.get(WRITTEN_IN) or {}).get((info.field_name, value), base_dir)
     expanded = os.path.expanduser(value)
     candidate = Path(expanded)
     if not candidate.is_absolute() and base_dir is not None:

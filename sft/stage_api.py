@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -40,6 +40,16 @@ from tempa.sft.run_layout import reserved_name, safe_name
 Launch = Callable[[str, list[str], Path], None]
 
 Scalar = float | int | str | bool | None
+
+
+def _yaml_on_off(value: Any) -> Any:
+    # YAML 1.1 reads a bare `off` / `on` as a boolean: in an on/off field it means the mode.
+    return ("on" if value else "off") if isinstance(value, bool) else value
+
+
+# Every on/off field of a recipe (thinking modes): `off`, "off" and false all read as "off".
+OnOff = Annotated[Literal["on", "off"], BeforeValidator(_yaml_on_off)]
+OnOffMixed = Annotated[Literal["on", "off", "mixed"], BeforeValidator(_yaml_on_off)]
 
 
 class StageError(RuntimeError):

@@ -55,13 +55,16 @@ class TrainArgSpec:
 def check_train_args(
     values: Mapping[str, Any], config_ref: str, *, reserved: Iterable[str] = ()
 ) -> dict[str, Any]:
-    """Return ``values`` unchanged if every key is a field of ``config_ref`` (``"trl:SFTConfig"``) with a fitting value.
+    """Return ``values`` if every key is a field of ``config_ref`` (``"trl:SFTConfig"``) with a fitting value.
 
+    A number or boolean written as a string (``per_device_train_batch_size: "4"``) comes back as the
+    number, as trl's own YAML config parser (argparse) reads it; every other value comes back as written.
     Raises ``ValueError`` naming the key and what was expected; pydantic reports it with the
     field path. ``reserved`` keys are set by tempa itself (e.g. output_dir) and are refused.
     """
     spec = train_arg_spec(config_ref)
     reserved = set(reserved)
+    out = dict(values)
     for key, value in values.items():
         if key in reserved:
             raise ValueError(f"'{key}' is set by tempa (the stage folder and launch decide it); remove it")
@@ -76,15 +79,17 @@ def check_train_args(
             extra = f"did you mean '{hint}'?" if hint else f"one of: {', '.join(choices)}"
             raise ValueError(f"'{key}': {value!r} is not a valid choice; {extra}")
         try:
-            _adapter(tp).validate_python(value)
+            checked = _adapter(tp).validate_python(value)
         except ValidationError as exc:
             first = exc.errors(include_url=False)[0]["msg"]
             raise ValueError(f"'{key}': {first}, got {value!r}") from None
-    check_counts(values)
-    check_report_to(values.get("report_to"))
-    if "lr_scheduler_type" in values:
-        check_scheduler(spec, values["lr_scheduler_type"], values.get("lr_scheduler_kwargs") or {})
-    return dict(values)
+        if isinstance(value, str) and isinstance(checked, int | float) and not isinstance(checked, enum.Enum):
+            out[key] = checked  # the worker gets the number that was checked, never the string
+    check_counts(out)
+    check_report_to(out.get("report_to"))
+    if "lr_scheduler_type" in out:
+        check_scheduler(spec, out["lr_scheduler_type"], out.get("lr_scheduler_kwargs") or {})
+    return out
 
 
 @functools.cache
@@ -174,9 +179,11 @@ def _adapter(tp: Any) -> TypeAdapter:
     return TypeAdapter(tp)
 
 
-# Counts and sizes that only make sense above zero. transformers checks some of them only when
-# training starts, and some never: `num_train_epochs: -1` trains 0 steps and reports success.
+# Counts, sizes and rates that only make sense above zero. transformers checks some of them only when
+# training starts, and some never: `num_train_epochs: -1` trains 0 steps and reports success,
+# `learning_rate: 0` trains without moving a weight (a negative one fails in the optimizer).
 _POSITIVE = (
+    "learning_rate",
     "num_train_epochs",
     "per_device_train_batch_size",
     "per_device_eval_batch_size",
@@ -193,7 +200,7 @@ _UNSET_MAX_STEPS = -1  # transformers' default: train for num_train_epochs inste
 
 
 def check_counts(values: Mapping[str, Any]) -> None:
-    """Refuse non-positive epochs, steps and batch sizes; ``max_steps: -1`` is transformers' "unset"."""
+    """Refuse non-positive learning rates, epochs, steps and batch sizes; ``max_steps: -1`` is transformers' "unset"."""
     max_steps = values.get("max_steps")
     if isinstance(max_steps, int) and max_steps != _UNSET_MAX_STEPS and max_steps <= 0:
         raise ValueError(f"'max_steps': must be a positive number of optimizer steps (or -1: unset), got {max_steps!r}")

@@ -150,6 +150,17 @@ def _train(id_: str, train: str, expect: str) -> Case:
     return Case(id_, "recipe", lambda ws: plan(recipe(ws, train=train)), expect)
 
 
+def _with_data(entry: str) -> Callable[[Path], list[str]]:
+    """A recipe whose stage's `data:` block also holds ``entry``."""
+
+    def build(ws: Path) -> list[str]:
+        path = recipe(ws)
+        path.write_text(path.read_text(encoding="utf-8").replace("data: {", f"data: {{{entry}, "), encoding="utf-8")
+        return plan(path)
+
+    return build
+
+
 def _stage_named(name: str) -> Callable[[Path], list[str]]:
     return lambda ws: plan(recipe(ws, stage=SECOND_STAGE.format(name=json.dumps(name))))
 
@@ -169,7 +180,21 @@ RECIPE_CASES = [
          "nested too deeply"),
     Case("recipe-is-a-list", "recipe", lambda ws: plan(_text(ws, "- name: x\n")), "expected a mapping"),
     Case("recipe-empty", "recipe", lambda ws: plan(_text(ws, "")), "expected a mapping"),
-    Case("unknown-top-field", "recipe", lambda ws: plan(recipe(ws, top="bse_model: x")), "unknown field"),
+    Case("unknown-top-field", "recipe", lambda ws: plan(recipe(ws, top="bse_model: x")), "did you mean 'base_model'?"),
+    Case("unknown-top-field-extends", "recipe", lambda ws: plan(recipe(ws, top="extend: other.yaml")),
+         "extend: unknown field (not allowed here; check the spelling); did you mean 'extends'?"),
+    Case("unknown-data-key", "recipe",
+         _with_data("heldot: 0.1"),
+         "stages[0].data.heldot (stage 'sft'): unknown field (not allowed here; check the spelling); did you mean 'heldout'?"),
+    Case("unknown-source-key", "recipe",
+         lambda ws: plan(recipe(ws, source="{name: r, path: rows.jsonl, thinking_mod: 'off'}")),
+         "did you mean 'thinking_mode'?"),
+    Case("unknown-key-in-tagged-union", "recipe",
+         lambda ws: plan(recipe(ws, stage="- {name: d, kind: synthesize, prompts: {path: rows.jsonl}, "
+                                           "rewards: [{type: length, unt: chars}]}\n")),
+         "stages[1].rewards[0].unt (stage 'd'): unknown field (not allowed here; check the spelling); did you mean 'unit'?"),
+    Case("unknown-launch-key", "recipe", lambda ws: plan(recipe(ws, launch="{use_cpu: true, num_process: 1}")),
+         "did you mean 'num_processes'?"),
     Case("missing-base-model", "recipe", lambda ws: plan(_text(ws, "name: x\nstages: [{name: a, kind: bake}]\n")),
          "base_model: field required"),
     Case("recipe-name-escapes", "recipe", lambda ws: plan(recipe(ws, name='"../../escape"')), "not a safe name"),
@@ -217,6 +242,9 @@ RECIPE_CASES = [
     _train("zero-max-length", "max_steps: 2, max_length: 0", "train.max_length (stage 'sft'): must be positive"),
     _train("zero-logging-steps", "max_steps: 2, logging_steps: 0", "train.logging_steps (stage 'sft'): must be positive"),
     _train("lr-not-a-number", "learning_rate: fast", "learning_rate"),
+    _train("negative-lr", "max_steps: 2, learning_rate: -3.0e-3", "train.learning_rate (stage 'sft'): must be positive"),
+    _train("zero-lr", "max_steps: 2, learning_rate: 0", "train.learning_rate (stage 'sft'): must be positive"),
+    _train("negative-lr-quoted", "max_steps: 2, learning_rate: '-3e-3'", "train.learning_rate (stage 'sft'): must be positive"),
     _train("unknown-scheduler", "lr_scheduler_type: cosin", "did you mean 'cosine'"),
     _train("wsd-without-kwargs", "lr_scheduler_type: warmup_stable_decay", "needs lr_scheduler_kwargs"),
     Case("extends-cycle", "recipe", lambda ws: plan(_text(ws, "extends: recipe.yaml\nname: x\n")), "extends: cycle"),
@@ -246,6 +274,12 @@ MODEL_CASES = [
          "has no tokenizer"),
     Case("base-is-a-file", "model", lambda ws: plan(recipe(ws, base_model=str(write_rows(ws / "model.txt")))),
          "is not a folder"),
+    Case("base-tempa-typo", "model", lambda ws: plan(recipe(ws, base_model='"tempa:tiy"')),
+         "recipe.yaml:2: base_model: unknown tempa model 'tempa:tiy' (known: tempa:tiny); did you mean 'tempa:tiny'?"),
+    Case("base-not-a-hub-id", "model", lambda ws: plan(recipe(ws, base_model='"my model"')),
+         "base_model: 'my model' is no existing local folder, no tempa model (tempa:tiny) and no valid hub id"),
+    Case("base-missing-nested-folder", "model", lambda ws: plan(recipe(ws, base_model="models/org/name")),
+         "base_model: 'models/org/name' is no existing local folder"),
     Case("base-hub-id-offline", "model", lambda ws: run(recipe(ws, base_model="tempa-test/no-such-model")),
          "base_model 'tempa-test/no-such-model': not in the local Hugging Face cache, and HF_HUB_OFFLINE=1"),
 ]
@@ -258,6 +292,11 @@ CLI_CASES = [
     Case("status-not-a-run-dir", "cli", lambda ws: ["status", str(ws)], "not a tempa run directory"),
     Case("report-not-a-run-dir", "cli", lambda ws: ["report", str(ws)], "not a tempa run directory"),
     Case("recipe-not-found", "cli", lambda ws: ["plan", str(ws / "nope.yaml")], "recipe file not found"),
+    Case("recipe-yml-for-yaml", "cli", lambda ws: ["plan", "mine.yml"] if recipe(ws, file="mine.yaml") else [],
+         "mine.yml: recipe file not found; did you mean 'mine.yaml'?"),
+    Case("extends-yml-for-yaml", "recipe",
+         lambda ws: plan(_text(ws, "extends: base.yml\nname: x\n")) if recipe(ws, file="base.yaml") else [],
+         "extends: base.yml: recipe file not found; did you mean 'base.yaml'?"),
     Case("mfu-without-hardware", "cli", lambda ws: plan(recipe(ws), "--mfu", "0.5"), "needs --hardware"),
     Case("from-unknown-stage", "cli", lambda ws: plan(recipe(ws), "--from", "nope"), "no stage named 'nope'"),
     Case("set-without-equals", "cli", lambda ws: plan(recipe(ws), "--set", "seed"), "expected KEY.PATH=VALUE"),

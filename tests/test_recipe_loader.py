@@ -461,3 +461,128 @@ def test_pickled_base_model_is_refused_unless_the_recipe_opts_in(tmp_path, data_
     assert folder.is_relative_to(Path(os.environ["TEMPA_CACHE"]))
     assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
     assert (folder / "tokenizer.json").is_file() and resolve_base_model(loaded) == folder  # reused
+
+
+def test_extends_resolves_each_path_against_the_file_that_wrote_it(tmp_path, data_file):
+    """The child's paths against the child's folder, inherited ones against the parent's."""
+    parent_dir, child_dir = tmp_path / "recipes", tmp_path / "my"
+    parent_dir.mkdir()
+    child_dir.mkdir()
+    (parent_dir / "rows.jsonl").write_text(data_file.read_text())
+    (child_dir / "chats_id.jsonl").write_text(data_file.read_text())
+    write(parent_dir / "base.yaml", recipe_text(extra_stage="""
+      - name: second
+        kind: sft
+        data:
+          sources:
+            - {name: rows, path: rows.jsonl}
+    """))
+    child = write(
+        child_dir / "ext.yaml",
+        """
+        extends: ../recipes/base.yaml
+        name: ext
+        stages:
+          - name: first
+            data:
+              sources:
+                - {name: chats, path: chats_id.jsonl}
+          - name: third
+            kind: sft
+            data:
+              sources:
+                - {name: chats, path: chats_id.jsonl}
+        """,
+    )
+    loaded = load_recipe(child)
+    paths = {stage.name: stage.data.sources[0].path for stage in loaded.stages if stage.kind == "sft"}
+    assert paths == {
+        "first": str((child_dir / "chats_id.jsonl").resolve()),  # overridden in the child
+        "second": str((parent_dir / "rows.jsonl").resolve()),  # inherited
+        "third": str((child_dir / "chats_id.jsonl").resolve()),  # new in the child
+    }
+
+
+@pytest.mark.parametrize("hub_id", ["gpt2", "org/name-1.5_x"])
+def test_a_valid_hub_id_base_model_is_left_for_the_run(tmp_path, data_file, hub_id):
+    path = write(tmp_path / "r.yaml", recipe_text().replace('"tempa:tiny"', f'"{hub_id}"'))
+    assert load_recipe(path).recipe.base_model == hub_id
+
+
+def _on_off_fields():
+    """(model, field) of every recipe field whose values are the modes "on"/"off" (nested models included)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from tempa.recipes.registry import stage_kinds
+    from tempa.recipes.schema import Recipe
+
+    found, seen = [], set()
+
+    def visit_type(tp):
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            visit_model(tp)
+        for arg in typing.get_args(tp):
+            visit_type(arg)
+
+    def visit_model(model):
+        if model in seen:
+            return
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            if {"on", "off"} <= literal_values(info.annotation):
+                found.append((model, name))
+            visit_type(info.annotation)
+
+    def literal_values(tp) -> set:
+        if typing.get_origin(tp) is typing.Literal:
+            return set(typing.get_args(tp))
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            return set()
+        return set().union(*(literal_values(arg) for arg in typing.get_args(tp)))
+
+    visit_model(Recipe)
+    for kind in stage_kinds().values():
+        visit_model(kind.config)
+    return found
+
+
+def test_every_on_off_field_reads_yaml_booleans_as_the_mode():
+    """YAML reads a bare `off` as false: every on/off field takes it as "off" (and `on` as "on")."""
+    import typing
+
+    from pydantic import TypeAdapter, ValidationError
+
+    fields = _on_off_fields()
+    names = {f"{model.__name__}.{name}" for model, name in fields}
+    assert {"Recipe.thinking_default", "SourceConfig.thinking_mode", "ThinkingSettings.mode"} <= names, names
+    wrong = []
+    for model, name in fields:
+        info = model.model_fields[name]
+        adapter = TypeAdapter(typing_annotated(info))
+        many = typing.get_origin(info.annotation) is list
+        try:
+            ok = (adapter.validate_python([False, True]) == ["off", "on"] if many
+                  else adapter.validate_python(False) == "off" and adapter.validate_python(True) == "on")
+        except ValidationError:  # a refusal is the failure being looked for
+            ok = False
+        if not ok:
+            wrong.append(f"{model.__module__}.{model.__name__}.{name}")
+    # The evaluate suites (merge/evaluate_config.py) still use chat_templates' plain ThinkingMode: merge/
+    # was out of this change's reach (other work owned it at the time). Drop this once they take OnOff.
+    pending = "tempa.merge.evaluate_config."
+    assert [field for field in wrong if not field.startswith(pending)] == []
+    assert len(fields) - len(wrong) >= 6  # the recipe, data source, sampling, judge, reviser, offline pairs
+
+
+def typing_annotated(info):
+    from typing import Annotated
+
+    return Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+
+
+def test_unquoted_off_in_a_data_source_reads_as_off(tmp_path, data_file):
+    text = recipe_text().replace("path: rows.jsonl", "path: rows.jsonl\n              thinking_mode: off")
+    loaded = load_recipe(write(tmp_path / "r.yaml", text.replace("name: t", "name: t\n    thinking_default: off")))
+    assert loaded.stages[0].data.sources[0].thinking_mode == "off" and loaded.recipe.thinking_default == "off"

@@ -66,3 +66,30 @@ def test_a_train_error_is_reported_from_the_cached_spec_without_importing_trl(tm
         f"{recipe}:4: stages[0].train.lerning_rate (stage 's'): is not a SFTConfig field; did you mean 'learning_rate'?",
         "[]",
     ], done.stderr[-2000:]
+
+
+def test_quoted_numbers_reach_the_trainer_as_trls_own_config_parser_reads_them(tmp_path) -> None:
+    """`per_device_train_batch_size: "4"`: trl's YAML config (argparse) reads 4; so does the recipe check."""
+    import yaml
+    from trl import SFTConfig, TrlParser
+
+    from tempa.recipes.loader import load_recipe
+    from tempa.sft.train_args import check_train_args
+
+    train = {"per_device_train_batch_size": "4", "num_train_epochs": "40", "learning_rate": "3e-3", "packing": "true"}
+    config = tmp_path / "trl.yaml"
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "use_cpu": True, "bf16": False, **train}))
+    (parsed,) = TrlParser((SFTConfig,)).parse_args_and_config(["--config", str(config)])
+    expected = {key: getattr(parsed, key) for key in train}
+    checked = check_train_args(train, "trl:SFTConfig")
+    assert checked == expected and [type(v) for v in checked.values()] == [type(v) for v in expected.values()]
+    # what the stage config hands the worker is the checked value
+    (tmp_path / "rows.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: t\nbase_model: tempa:tiny\nstages:\n  - {name: s, kind: sft, data: {sources: "
+                      "[{name: r, path: rows.jsonl}]}, train: " + json.dumps(train) + "}\n")
+    stage = load_recipe(recipe).stage("s")
+    assert stage.train == expected and {key: stage.train_args()[key] for key in train} == expected
+    # a quoted count is checked as the number it becomes
+    with pytest.raises(ValueError, match="'per_device_train_batch_size': must be positive"):
+        check_train_args({"per_device_train_batch_size": "-4"}, "trl:SFTConfig")

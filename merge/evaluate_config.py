@@ -13,10 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from tempa.alignment.backends import BackendConfig, backend_reads
 from tempa.alignment.judge import JudgeSettings
-from tempa.chat_templates.thinking import THINK_TAGS, ThinkingMode
+from tempa.chat_templates.thinking import THINK_TAGS
 from tempa.sft import language
 from tempa.sft.language import ReasoningLanguage  # the `language` field below shadows the module
-from tempa.sft.stage_api import Artifact, Read, StageConfigBase, resolve_path
+from tempa.sft.stage_api import Artifact, OnOff, Read, StageConfigBase, resolve_path
 
 
 class _Suite(BaseModel):
@@ -44,7 +44,7 @@ class _DataSuite(_Suite):
 
 
 class _GenerationSuite(_DataSuite):
-    thinking_mode: ThinkingMode | None = Field(
+    thinking_mode: OnOff | None = Field(
         default=None,
         description="thinking_mode for every prompt (default: the row's `thinking_mode`, else the template's).",
     )
@@ -101,7 +101,7 @@ class ThinkingFormatSuite(_DataSuite):
     """Thinking-format compliance per mode. On: a closed think block, then an answer. Off: no think text."""
 
     type: Literal["thinking"]
-    modes: list[ThinkingMode] = Field(default=["on", "off"], min_length=1, description="Modes to test.")
+    modes: list[OnOff] = Field(default=["on", "off"], min_length=1, description="Modes to test.")
     max_new_tokens: int | None = Field(
         default=None, ge=1, description="Override of the stage's generation.max_new_tokens."
     )

@@ -569,11 +569,8 @@ def test_every_on_off_field_reads_yaml_booleans_as_the_mode():
             ok = False
         if not ok:
             wrong.append(f"{model.__module__}.{model.__name__}.{name}")
-    # The evaluate suites (merge/evaluate_config.py) still use chat_templates' plain ThinkingMode: merge/
-    # was out of this change's reach (other work owned it at the time). Drop this once they take OnOff.
-    pending = "tempa.merge.evaluate_config."
-    assert [field for field in wrong if not field.startswith(pending)] == []
-    assert len(fields) - len(wrong) >= 6  # the recipe, data source, sampling, judge, reviser, offline pairs
+    assert wrong == []
+    assert len(fields) >= 8  # the recipe, data source, sampling, judge, reviser, offline pairs, evaluate suites
 
 
 def typing_annotated(info):

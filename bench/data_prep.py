@@ -12,8 +12,11 @@ then ``SFTTrainer._prepare_dataset`` (chat template with assistant masks, labels
 twice as well; the second run can reuse ``datasets``' own map cache when its fingerprints match.
 
 Both use one process (``num_proc: 1`` / ``dataset_num_proc`` unset) and the same tokenizer and template;
-then tempa's first run again with ``num_proc: 2`` (a fresh cache). Wall and CPU seconds are both
-reported: CPU seconds (this process and its finished workers) are what other load inflates least.
+then tempa's first run again with ``num_proc: 2`` (a fresh cache). Every measurement runs in a fresh
+process set up alike (trl's trainer built, template compiled, tempa imported; untimed); the three first
+runs are repeated ``--repeats`` times, interleaved, each with fresh caches, and medians are compared: one
+first run of the same code varies by +-15% on a quiet shared VM. Wall and CPU seconds are both reported: CPU seconds
+(this process and its finished workers) are what other load inflates least.
 Goals: tempa >= 2x trl on the first run in one process, >= 1.7x from 1 to 2 processes, and >= 20x
 trl's first run on tempa's cached run.
 """
@@ -23,6 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -68,12 +74,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--max-length", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="interleaved first runs of each path (fresh caches each time); medians are compared")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--measure", choices=MEASURES, help=argparse.SUPPRESS)  # one measurement, in a child
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--tag", default="0", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.rows = 150
+        args.rows, args.repeats = 150, 1
     return args
+
+
+FIRST_RUNS = ("tempa first", "tempa first, 2 processes", "trl first")
+MEASURES = (*FIRST_RUNS, "tempa cached", "trl second")
+
+
+def measure_here(args: argparse.Namespace) -> dict[str, Any]:
+    """One measurement in this (fresh) process. Untimed first, alike for every path: the tokenizer, trl's
+    trainer with its template compiled (so torch, transformers, trl and datasets are imported and the
+    process holds what a training run's process holds), tempa's modules."""
+    import tempa.sft.data  # noqa: F401
+
+    tokenizer = common.bench_tokenizer()
+    work, tag = args.work, args.tag
+    trainer = trl_trainer(tokenizer, work, args.max_length)
+    rows_path = work / "rows.jsonl"
+    if args.measure == "trl first":
+        return trl_run(trainer, rows_path, work / f"hf-cache-{tag}")
+    if args.measure == "trl second":
+        return trl_run(trainer, rows_path, work / "hf-cache-0")
+    procs = 2 if args.measure == "tempa first, 2 processes" else 1
+    cache = work / ("tempa-cache-0" if args.measure == "tempa cached" else f"tempa-cache-{procs}-{tag}")
+    return tempa_run(rows_path, tokenizer, cache, work / f"out-{procs}-{tag}-{args.measure[-6:]}", args.max_length,
+                     num_proc=procs)
+
+
+def measure(name: str, work: Path, tag: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``name`` measured in a fresh process: earlier runs' memory and caches never tilt the next one."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--measure", name, "--work", str(work), "--tag", tag,
+         "--max-length", str(args.max_length)],
+        check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,40 +126,53 @@ def main(argv: list[str] | None = None) -> int:
     from datasets.utils.logging import disable_progress_bar
 
     disable_progress_bar()
+    if args.measure:
+        print(json.dumps(measure_here(args)))
+        return 0
     tokenizer = common.bench_tokenizer()
     lengths = common.reasoning_lengths(args.rows, seed=1, max_tokens=args.max_length)
     print(common.machine_line())
     print(f"data: {common.length_summary(lengths)}")
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in MEASURES}
     with tempfile.TemporaryDirectory(prefix="tempa-bench-data-") as tmp:
         work = Path(tmp)
-        rows_path = common.write_conversations(work / "rows.jsonl", lengths, tokenizer, seed=1)
-        trainer = trl_trainer(tokenizer, work, args.max_length)  # also compiles the template once for both
-        results = {
-            "tempa first": tempa_run(rows_path, tokenizer, work / "tempa-cache", work / "tempa-out", args.max_length),
-            "tempa cached": tempa_run(rows_path, tokenizer, work / "tempa-cache", work / "tempa-out2", args.max_length),
-            "tempa first, 2 processes": tempa_run(rows_path, tokenizer, work / "tempa-cache-2", work / "tempa-out3",
-                                                  args.max_length, num_proc=2),
-            "trl first": trl_run(trainer, rows_path, work / "hf-cache"),
-            "trl second": trl_run(trainer, rows_path, work / "hf-cache"),
-        }
+        common.write_conversations(work / "rows.jsonl", lengths, tokenizer, seed=1)
+        # Interleaved, so that a slow minute of a shared VM falls on every path alike; each first run gets
+        # fresh caches and its own process.
+        for k in range(args.repeats):
+            for name in FIRST_RUNS:
+                runs[name].append(measure(name, work, str(k), args))
+            print(f"repeat {k + 1}/{args.repeats}: " + ", ".join(
+                f"{name} {runs[name][-1]['seconds']:.2f} s" for name in FIRST_RUNS), flush=True)
+        for name in ("tempa cached", "trl second"):
+            runs[name].append(measure(name, work, "0", args))
+    results = {name: summarise(values) for name, values in runs.items()}
     report(results)
     if args.json:
-        args.json.write_text(json.dumps({"machine": common.machine_line(), **results}, indent=2))
+        args.json.write_text(json.dumps({"machine": common.machine_line(), "repeats": args.repeats,
+                                         "results": results, "runs": runs}, indent=2))
     return 0
 
 
+def summarise(values: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of wall and CPU seconds over the repeats, with the range of wall seconds."""
+    walls = [v["seconds"] for v in values]
+    return {**values[0], "seconds": statistics.median(walls), "cpu_seconds": statistics.median(
+        v["cpu_seconds"] for v in values), "min_seconds": min(walls), "max_seconds": max(walls), "n": len(values)}
+
+
 def report(results: dict[str, dict[str, Any]]) -> None:
-    rows = [("run", "wall s", "CPU s", "rows/CPU-s", "tokens/CPU-s", "samples", "tokens")]
+    rows = [("run (median of n)", "n", "wall s", "wall range", "CPU s", "tokens/CPU-s", "samples", "tokens")]
     for name, r in results.items():
         cpu = max(r["cpu_seconds"], 1e-9)
-        rows.append((name, f"{r['seconds']:.2f}", f"{r['cpu_seconds']:.2f}", f"{r['rows_in'] / cpu:.0f}",
-                     f"{r['tokens'] / cpu:.0f}", str(r["samples"]), str(r["tokens"])))
+        rows.append((name, str(r["n"]), f"{r['seconds']:.2f}", f"{r['min_seconds']:.2f}-{r['max_seconds']:.2f}",
+                     f"{r['cpu_seconds']:.2f}", f"{r['tokens'] / cpu:.0f}", str(r["samples"]), str(r["tokens"])))
     common.print_table(rows)
     trl, tempa, cached = results["trl first"], results["tempa first"], results["tempa cached"]
-    print(f"tempa/trl first run, one process: {trl['cpu_seconds'] / tempa['cpu_seconds']:.2f}x CPU time, "
-          f"{trl['seconds'] / tempa['seconds']:.2f}x wall (goal >= 2x)")
+    print(f"tempa/trl first run, one process: {trl['seconds'] / tempa['seconds']:.2f}x wall, "
+          f"{trl['cpu_seconds'] / tempa['cpu_seconds']:.2f}x CPU time (medians; goal >= 2x)")
     two = results["tempa first, 2 processes"]
-    print(f"tempa 1 -> 2 processes: {tempa['seconds'] / two['seconds']:.2f}x wall (goal >= 1.7x); CPU time "
+    print(f"tempa 1 -> 2 processes: {tempa['seconds'] / two['seconds']:.2f}x wall (medians; goal >= 1.7x); CPU time "
           f"{two['cpu_seconds'] / tempa['cpu_seconds']:.2f}x of one process's (the cost of the second process)")
     print(f"tempa cached / trl first run: {trl['seconds'] / cached['seconds']:.1f}x wall (goal >= 20x); "
           f"against trl's own second run: {results['trl second']['seconds'] / cached['seconds']:.1f}x")

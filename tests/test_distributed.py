@@ -38,22 +38,23 @@ def files(run_dir: Path) -> set[str]:
     return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
 
 
+def two_steps(folder: Path, base_model: Path, launch: str, save_steps: int) -> Path:
+    """A 2-step SFT run of ``base_model`` under ``launch``; its run directory."""
+    recipe = sft_recipe(folder, base_model, max_steps=2, save_steps=save_steps, launch=f"launch: {{{launch}}}")
+    run_recipe(load_recipe(recipe), folder / "run")
+    return folder / "run"
+
+
 @pytest.fixture(scope="module")
 def zero3_run(tmp_path_factory, tiny_model_dir) -> Path:
     """2 CPU processes on one node, DeepSpeed ZeRO-3, 2 optimizer steps."""
-    folder = tmp_path_factory.mktemp("zero3")
-    recipe = sft_recipe(folder, tiny_model_dir, max_steps=2, save_steps=2, launch=f"launch: {{{ZERO3}}}")
-    run_recipe(load_recipe(recipe), folder / "run")
-    return folder / "run"
+    return two_steps(tmp_path_factory.mktemp("zero3"), tiny_model_dir, ZERO3, save_steps=2)
 
 
 @pytest.fixture(scope="module")
 def fsdp2_run(tmp_path_factory, tiny_model_dir) -> Path:
     """2 CPU processes, the shipped fsdp2 config, the same 2 optimizer steps as ``zero3_run``; a checkpoint after each."""
-    folder = tmp_path_factory.mktemp("fsdp2")
-    recipe = sft_recipe(folder, tiny_model_dir, max_steps=2, save_steps=1, launch=f"launch: {{{FSDP2}}}")
-    run_recipe(load_recipe(recipe), folder / "run")
-    return folder / "run"
+    return two_steps(tmp_path_factory.mktemp("fsdp2"), tiny_model_dir, FSDP2, save_steps=1)
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:

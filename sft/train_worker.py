@@ -181,7 +181,7 @@ def announced_kernels(plan: TrainPlan) -> KernelChoice:
 
 
 def read_plan(argv: list[str] | None) -> TrainPlan:
-    """Parse ``--plan train_plan.json``, start the runner watch and set up distributed CPU DeepSpeed."""
+    """Parse ``--plan train_plan.json``, start the runner watch and set up DeepSpeed or FSDP2 on CPU processes."""
     parser = argparse.ArgumentParser(prog="python -m tempa.sft.train_worker")
     parser.add_argument("--plan", required=True, help="train_plan.json written by the stage")
     args = parser.parse_args(argv)

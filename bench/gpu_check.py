@@ -20,7 +20,8 @@ Steps, each timed:
 4. checks: every logged loss of the sft and preference stages is finite and the last is below the first;
    both used flash-attention 2 and Liger. The rl stage logged every reward, a finite loss and KL at every
    step, and generated with vLLM (colocate). Prints tokens/s/GPU and MFU per stage (tempa's own meter).
-5. scale-out: the launches that CPU CI cannot run (:data:`SCALE_OUT`: FSDP2 and its offload, DeepSpeed
+5. scale-out: the launches that CPU CI cannot run (:data:`SCALE_OUT`: FSDP2 on GPUs (NCCL, bf16; CI trains
+   it on CPU processes over gloo in fp32) and its offload, DeepSpeed
    Ulysses/ALST and FSDP2 context parallelism, nodes over NCCL). Each recipe's launch block is validated
    (on CPU too), ``tempa plan --hardware`` is rendered for it, and each is listed with the GPUs it needs
    and the command that checks it on a machine that has them.

@@ -81,7 +81,12 @@ def launch_command(launch: LaunchConfig, module: str, args: list[str], *, port: 
                 "--main_process_ip", main_process_ip or "127.0.0.1"]
     if launch.mixed_precision is not None:
         cmd += ["--mixed_precision", launch.mixed_precision]
-    if launch.use_cpu:
+    if launch.use_cpu and launch.engine().name == "fsdp2":
+        # accelerate's --cpu would start ONE plain process for an FSDP config: each worker runs its
+        # FSDP2 rank on CPU itself (tempa.sft.cpu_fsdp), in fp32 unless asked (the config's bf16 is for GPUs).
+        if launch.mixed_precision is None:
+            cmd += ["--mixed_precision", "no"]
+    elif launch.use_cpu:
         cmd += ["--cpu"]
     if port is not None:
         cmd += ["--main_process_port", str(port)]
@@ -186,10 +191,10 @@ def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Pat
     if launch.engine().name in ("fsdp1", "fsdp2"):
         import torch
 
-        if not torch.cuda.is_available():
+        if not launch.use_cpu and not torch.cuda.is_available():
             # accelerate would start plain, unsharded processes that each train and save alone
             raise StageError(f"launch.accelerate_config {launch.accelerate_config!r}: FSDP needs CUDA GPUs and this "
-                             "machine has none; on CPU use launcher: torchrun with deepspeed_config: zero3-cpu")
+                             "machine has none; set launch.use_cpu: true to run FSDP2 over CPU processes (gloo)")
     if deepspeed_on_cpu(launch):
         from tempa.recipes.jit_ops import ensure_shm_op
 

@@ -112,10 +112,14 @@ class LaunchConfig(BaseModel):
         if self.num_processes is not None and self.num_processes % self.num_machines:
             raise ValueError(f"launch.num_processes: {self.num_processes} (all machines) is not a multiple of "
                              f"launch.num_machines: {self.num_machines}")
-        if engine.name in ("fsdp1", "fsdp2") and self.use_cpu:
-            # accelerate runs FSDP only on GPU-class devices: with --cpu it starts ONE plain process.
-            raise ValueError("launch.use_cpu: FSDP needs GPUs (accelerate starts a single process without FSDP on "
-                             "CPU); for CPU runs use launcher: torchrun with deepspeed_config: zero3-cpu")
+        if self.use_cpu and engine.name == "fsdp1":
+            # accelerate's FSDP1 plugin asks for a CUDA/XPU/... device when it is built
+            raise ValueError("launch.use_cpu: FSDP1 needs GPUs (accelerate's FSDP1 plugin wants a CUDA-class "
+                             "device); on CPU use an FSDP2 config (accelerate_config: fsdp2)")
+        if self.use_cpu and engine.name == "fsdp2" and engine.offload_params:
+            # torch's CPUOffloadPolicy pins the host copies for transfers to a GPU, which needs CUDA
+            raise ValueError(f"launch.use_cpu: {Path(engine.source).name} offloads parameters to the CPU for a "
+                             "GPU, which needs CUDA; on CPU they are in host RAM already: use accelerate_config: fsdp2")
         if self.sequence_parallel > 1:
             if not (engine.name == "fsdp2" or (engine.name == "deepspeed" and engine.zero_stage == 3)) \
                     or self.launcher != "accelerate":

@@ -142,6 +142,16 @@ def train_plan(
     )
 
 
+class ParameterShards(BaseModel):
+    """How the trained model's parameters were spread over the training processes, as each one held them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    distributed_type: str  # accelerate's: FSDP, DEEPSPEED, MULTI_CPU, MULTI_GPU, NO, ...
+    parameters: int  # elements of the whole model
+    per_rank: list[int]  # elements each process held itself: a shard under FSDP / ZeRO-3, all of them otherwise
+
+
 class TrainOutcome(BaseModel):
     """What the worker reports beside the final model."""
 
@@ -153,6 +163,7 @@ class TrainOutcome(BaseModel):
     log_history: list[dict[str, Any]] = Field(default_factory=list)
     resumed_from: str | None = None
     kernels: dict[str, Any] = Field(default_factory=dict, description="The attention and Liger kernels used.")
+    shards: ParameterShards | None = None
 
     @classmethod
     def read(cls, final_dir: Path) -> TrainOutcome:

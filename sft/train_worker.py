@@ -29,7 +29,7 @@ from tempa.sft.packed_attention import DOC_SDPA, supports_document_attention
 from tempa.sft.packed_attention import register as register_document_attention
 from tempa.sft.throughput import ThroughputMeter, add_throughput_callbacks
 from tempa.sft.trackers import CONFIG_TRACKERS, named_trackers, recipe_callback
-from tempa.sft.train_plan import OUTCOME_FILE, TrainOutcome, TrainPlan
+from tempa.sft.train_plan import OUTCOME_FILE, ParameterShards, TrainOutcome, TrainPlan
 
 
 class CheckpointCompleteCallback(TrainerCallback):
@@ -181,7 +181,7 @@ def announced_kernels(plan: TrainPlan) -> KernelChoice:
 
 
 def read_plan(argv: list[str] | None) -> TrainPlan:
-    """Parse ``--plan train_plan.json``, start the runner watch and set up distributed CPU DeepSpeed."""
+    """Parse ``--plan train_plan.json``, start the runner watch and set up DeepSpeed or FSDP2 on CPU processes."""
     parser = argparse.ArgumentParser(prog="python -m tempa.sft.train_worker")
     parser.add_argument("--plan", required=True, help="train_plan.json written by the stage")
     args = parser.parse_args(argv)
@@ -194,7 +194,35 @@ def read_plan(argv: list[str] | None) -> TrainPlan:
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo")
+    if plan.env.use_cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        from tempa.sft import cpu_fsdp
+
+        cpu_fsdp.enable()
     return plan
+
+
+def held_parameters(model) -> tuple[int, int]:
+    """(elements this process holds, elements of the whole model): FSDP2 DTensor shards, ZeRO-3 partitions."""
+    from torch.distributed.tensor import DTensor
+
+    held = whole = 0
+    for param in model.parameters():
+        if isinstance(param, DTensor):
+            held, whole = held + param.to_local().numel(), whole + param.numel()
+        elif hasattr(param, "ds_tensor"):  # DeepSpeed ZeRO-3 keeps only this rank's partition
+            held, whole = held + param.ds_tensor.numel(), whole + param.ds_numel
+        else:
+            held, whole = held + param.numel(), whole + param.numel()
+    return held, whole
+
+
+def parameter_shards(trainer) -> ParameterShards:
+    """What every process held of the trained model (a collective: all ranks call it)."""
+    from accelerate.utils import gather_object
+
+    held, whole = held_parameters(trainer.model)
+    return ParameterShards(distributed_type=trainer.accelerator.distributed_type.value,
+                           parameters=whole, per_rank=gather_object([held]))
 
 
 def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *, evaluate: bool = False,
@@ -221,6 +249,9 @@ def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *
             f"per_device_train_batch_size={args.per_device_train_batch_size}, "
             f"gradient_accumulation_steps={args.gradient_accumulation_steps}, processes={args.world_size})"
         )
+    # Before evaluating: the last backward left every FSDP2 unit resharded, while a forward-only pass
+    # keeps the last one (final norm + lm_head, reshard_after_forward=False) gathered.
+    shards = parameter_shards(trainer)
     eval_metrics = trainer.evaluate() if evaluate else {}
 
     final = plan.final_dir
@@ -247,6 +278,7 @@ def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *
             log_history=trainer.state.log_history,
             resumed_from=str(resume) if resume else None,
             kernels=kernels.record(),
+            shards=shards,
         )
         (tmp / OUTCOME_FILE).write_text(outcome.model_dump_json(indent=2))
         remove_tree(final, inside)

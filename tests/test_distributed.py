@@ -1,13 +1,16 @@
-"""Training over several processes and nodes on CPU (gloo): DeepSpeed ZeRO-3 under torchrun, one node or two.
+"""Training over several processes and nodes on CPU (gloo): DeepSpeed ZeRO-3 under torchrun, one node or two,
+and FSDP2 through accelerate's plugin.
 
 Two "nodes" are two launches on localhost: node rank 0 is `tempa run` (every stage, and machine
 rank 0 of the training launch), node rank 1 is `tempa run --machine-rank 1`, which only joins the
-training launch. The result must equal a 2-process single-node run of the same recipe.
+training launch. The result must equal a 2-process single-node run of the same recipe, and so must
+FSDP2's: the same steps on the same data and seed.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +22,12 @@ from safetensors.torch import load_file
 from sft_helpers import sft_recipe
 from tempa.recipes.loader import load_recipe
 from tempa.recipes.runner import run_recipe
+from tempa.sft.run_layout import DONE
+from tempa.sft.train_plan import TrainOutcome
 
 ZERO3 = "launcher: torchrun, num_processes: 2, deepspeed_config: zero3-cpu, use_cpu: true"
 TWO_NODES = ZERO3 + ", num_machines: 2, main_process_ip: 127.0.0.1"
+FSDP2 = "launcher: accelerate, accelerate_config: fsdp2, num_processes: 2, use_cpu: true"
 
 
 def weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -32,13 +38,29 @@ def files(run_dir: Path) -> set[str]:
     return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
 
 
+def two_steps(folder: Path, base_model: Path, launch: str, save_steps: int) -> Path:
+    """A 2-step SFT run of ``base_model`` under ``launch``; its run directory."""
+    recipe = sft_recipe(folder, base_model, max_steps=2, save_steps=save_steps, launch=f"launch: {{{launch}}}")
+    run_recipe(load_recipe(recipe), folder / "run")
+    return folder / "run"
+
+
 @pytest.fixture(scope="module")
 def zero3_run(tmp_path_factory, tiny_model_dir) -> Path:
     """2 CPU processes on one node, DeepSpeed ZeRO-3, 2 optimizer steps."""
-    folder = tmp_path_factory.mktemp("zero3")
-    recipe = sft_recipe(folder, tiny_model_dir, max_steps=2, save_steps=2, launch=f"launch: {{{ZERO3}}}")
-    run_recipe(load_recipe(recipe), folder / "run")
-    return folder / "run"
+    return two_steps(tmp_path_factory.mktemp("zero3"), tiny_model_dir, ZERO3, save_steps=2)
+
+
+@pytest.fixture(scope="module")
+def fsdp2_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """2 CPU processes, the shipped fsdp2 config, the same 2 optimizer steps as ``zero3_run``; a checkpoint after each."""
+    return two_steps(tmp_path_factory.mktemp("fsdp2"), tiny_model_dir, FSDP2, save_steps=1)
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float) -> None:
+    assert a.keys() == b.keys()
+    for key in b:
+        torch.testing.assert_close(a[key].float(), b[key].float(), rtol=0, atol=atol)
 
 
 @pytest.mark.slow
@@ -72,10 +94,7 @@ def test_two_nodes_on_localhost_equal_one_node_with_two_processes(zero3_run, tin
         node1.kill()
     assert node1.returncode == 0, out[-2000:]
     assert "joined 1 training launch(es)" in out
-    two_nodes, one_node = weights(run_dir / "sft" / "final"), weights(zero3_run / "sft" / "final")
-    assert two_nodes.keys() == one_node.keys()
-    for key in one_node:
-        torch.testing.assert_close(two_nodes[key].float(), one_node[key].float(), rtol=0, atol=1e-5)
+    assert_same_weights(weights(run_dir / "sft" / "final"), weights(zero3_run / "sft" / "final"), atol=1e-5)
     # rank 0 ran the launch as machine 0 of 2; node 1 wrote nothing in the run directory of its own
     # (only its training process's checkpoint shards, which a 2-process single-node run writes too)
     log = (run_dir / "sft" / "logs" / "train.log").read_text()
@@ -99,3 +118,45 @@ def test_a_node_other_than_rank_0_needs_a_multi_node_launch(tmp_path, tiny_model
         join_run(two, tmp_path / "run", 2, tmp_path / "logs", log=log)
     with pytest.raises(StageError, match="no `tempa run` held this run directory"):
         join_run(two, tmp_path / "run", 1, tmp_path / "logs", log=log, start_timeout_s=0.2, poll_s=0.05)
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_cpu_processes_shards_and_saves_the_zero3_weights(fsdp2_run, zero3_run, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    final = fsdp2_run / "sft" / "final"
+    # the full state dict, gathered to rank 0 and saved as safetensors that transformers loads
+    assert sorted(p.name for p in final.glob("*.safetensors")) == ["model.safetensors"]
+    assert not list(final.glob("*.bin")) and not list(final.glob("*.pt"))
+    fsdp2, start = weights(final), weights(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert sum(p.numel() for p in model.parameters()) == sum(v.numel() for v in start.values())
+    assert any(not torch.equal(fsdp2[k], start[k]) for k in start)
+    # the same two steps as ZeRO-3 on the same rows and seed (fp32 on CPU; they differ by float rounding only)
+    assert_same_weights(fsdp2, weights(zero3_run / "sft" / "final"), atol=1e-5)
+    # each process held only its own shard of every parameter while it trained (the worker's own count)
+    shards = TrainOutcome.read(final).shards
+    assert shards is not None and shards.distributed_type == "FSDP" and len(shards.per_rank) == 2
+    assert shards.parameters == sum(v.numel() for v in start.values())
+    assert sum(shards.per_rank) == shards.parameters and max(shards.per_rank) < shards.parameters
+    zero3 = TrainOutcome.read(zero3_run / "sft" / "final").shards
+    assert zero3 is not None and zero3.distributed_type == "DEEPSPEED" and max(zero3.per_rank) < zero3.parameters
+    log = (fsdp2_run / "sft" / "logs" / "train.log").read_text()
+    assert "accelerate.commands.launch" in log and "--num_processes 2" in log and " --cpu " not in log
+
+
+@pytest.mark.slow
+def test_fsdp2_resumes_from_its_checkpoint_to_the_same_weights(fsdp2_run, tmp_path):
+    """A run stopped right after checkpoint-1 (what a kill then leaves) finishes from it, as if never stopped."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(fsdp2_run, run_dir)
+    sft = run_dir / "sft"
+    for later in (sft / "final", sft / "checkpoints" / "checkpoint-2", run_dir / "bake", run_dir / "final"):
+        shutil.rmtree(later)
+    (sft / DONE).unlink()
+    assert (sft / "checkpoints" / "checkpoint-1" / "COMPLETE").is_file()
+    run_recipe(load_recipe(fsdp2_run.parent / "sft.yaml"), run_dir)
+    outcome = TrainOutcome.read(sft / "final")
+    assert outcome.resumed_from is not None and Path(outcome.resumed_from).name == "checkpoint-1"
+    assert outcome.global_step == 2 and outcome.shards is not None and outcome.shards.distributed_type == "FSDP"
+    assert_same_weights(weights(sft / "final"), weights(fsdp2_run / "sft" / "final"), atol=1e-6)

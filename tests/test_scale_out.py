@@ -231,14 +231,16 @@ def test_long_context_activation_table_and_sequence_parallel(tmp_path):
 
 
 @pytest.mark.parametrize(("launch", "message"), [
-    ("{accelerate_config: fsdp2, use_cpu: true}", "launch.use_cpu: FSDP needs GPUs"),
+    ("{accelerate_config: fsdp1.yaml, use_cpu: true}", "launch.use_cpu: FSDP1 needs GPUs"),
+    ("{accelerate_config: fsdp2-offload, use_cpu: true}", "launch.use_cpu: fsdp2-offload.yaml offloads parameters"),
     ("{accelerate_config: ddp, sequence_parallel: 2}", "needs accelerate with a DeepSpeed ZeRO-3 config"),
     ("{accelerate_config: zero3, num_processes: 6, sequence_parallel: 4}", "must divide the 6 processes"),
-    ("{accelerate_config: fsdp2, sequence_parallel: 2, use_cpu: true}", "FSDP needs GPUs"),
+    ("{accelerate_config: fsdp2, sequence_parallel: 2, use_cpu: true}", "sequence/context parallelism needs GPUs"),
     ("{launcher: torchrun, deepspeed_config: zero3, sequence_parallel: 2}", "needs accelerate"),
 ])
 def test_launch_settings_that_cannot_work_are_refused_up_front(tmp_path, launch, message):
     path = tmp_path / "r.yaml"
+    (tmp_path / "fsdp1.yaml").write_text("distributed_type: FSDP\nfsdp_config: {fsdp_version: 1}\n")
     (tmp_path / "rows.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "q"},
                                                                   {"role": "assistant", "content": "a"}]}) + "\n")
     path.write_text(f"name: r\nbase_model: {HUB_70B}\nlaunch: {launch}\nstages:\n  - name: s\n    kind: sft\n"
@@ -270,7 +272,7 @@ def test_sequence_parallel_and_multi_node_launch_commands(tmp_path):
 
 
 def test_fsdp_on_a_machine_without_cuda_is_refused_before_launching(tmp_path):
-    """accelerate 1.15 enables FSDP only on GPU-class devices: on CPU it would start plain processes."""
+    """Without use_cpu, accelerate (1.15) on a machine without GPUs would start plain processes, each training alone."""
     import logging
 
     import torch
@@ -300,8 +302,9 @@ def test_a_config_file_for_two_machines_needs_num_machines_2(tmp_path):
 
 @pytest.mark.parametrize(("config", "offload"), [("fsdp2", False), ("fsdp2-offload", True)])
 def test_the_shipped_fsdp2_configs_become_accelerates_fsdp2_plugin(config, offload, monkeypatch):
-    """What CPU can check of FSDP2: accelerate's own launcher reads tempa's command and config into its
-    FSDP2 plugin (full state dict on save, CPU offload for the offload variant); training needs GPUs."""
+    """accelerate's own launcher reads tempa's command and config into its FSDP2 plugin (full state dict on
+    save, CPU offload for the offload variant). On CPU (use_cpu) the command starts the same FSDP processes,
+    in fp32, rather than accelerate's --cpu single process (training: tests/test_distributed.py)."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils import FullyShardedDataParallelPlugin
     from accelerate.utils.launch import prepare_multi_gpu_env
@@ -320,3 +323,17 @@ def test_the_shipped_fsdp2_configs_become_accelerates_fsdp2_plugin(config, offlo
     plugin = FullyShardedDataParallelPlugin()
     assert plugin.fsdp_version == 2 and plugin.state_dict_type.name == "FULL_STATE_DICT"
     assert isinstance(plugin.cpu_offload, CPUOffloadPolicy) is offload
+
+
+def test_fsdp2_on_cpu_launches_fsdp_processes_in_fp32():
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    from tempa.recipes.launcher import launch_command
+    from tempa.recipes.schema import LaunchConfig
+
+    cmd = launch_command(LaunchConfig(accelerate_config="fsdp2", num_processes=2, use_cpu=True), "m", [], port=29555)
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(cmd[3:]))
+    assert args.use_fsdp and args.num_processes == 2 and not args.cpu and args.mixed_precision == "no"
+    bf16 = launch_command(LaunchConfig(accelerate_config="fsdp2", use_cpu=True, mixed_precision="bf16"), "m", [])
+    assert bf16.count("--mixed_precision") == 1 and bf16[bf16.index("--mixed_precision") + 1] == "bf16"
+    assert "--cpu" in launch_command(LaunchConfig(accelerate_config="zero3", use_cpu=True), "m", [])

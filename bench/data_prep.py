@@ -106,7 +106,7 @@ def measure_here(args: argparse.Namespace) -> dict[str, Any]:
     if args.measure == "trl second":
         return trl_run(trainer, rows_path, work / "hf-cache-0")
     procs = 2 if args.measure == "tempa first, 2 processes" else 1
-    cache = work / ("tempa-cache-0" if args.measure == "tempa cached" else f"tempa-cache-{procs}-{tag}")
+    cache = work / ("tempa-cache-1-0" if args.measure == "tempa cached" else f"tempa-cache-{procs}-{tag}")
     return tempa_run(rows_path, tokenizer, cache, work / f"out-{procs}-{tag}-{args.measure[-6:]}", args.max_length,
                      num_proc=procs)
 
@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name} {runs[name][-1]['seconds']:.2f} s" for name in FIRST_RUNS), flush=True)
         for name in ("tempa cached", "trl second"):
             runs[name].append(measure(name, work, "0", args))
+        if not runs["tempa cached"][0]["cache_hit"]:
+            raise SystemExit("tempa cached: the second run missed the first run's cache")
     results = {name: summarise(values) for name, values in runs.items()}
     report(results)
     if args.json:

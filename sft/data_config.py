@@ -428,8 +428,8 @@ class DataConfig(_Strict):
     num_proc: int | None = Field(
         default=None,
         ge=1,
-        description="Processes for normalising and tokenising; unset: one per core, at most one per "
-        "1,000 rows of a source. The prepared data is the same for every setting.",
+        description="Processes for tokenising (and for normalising sources of 40,000+ rows); unset: one "
+        "per core, at most one per 1,000 rows of a source. The prepared data is the same for every setting.",
     )
 
     @field_validator("heldout")
@@ -457,9 +457,12 @@ class DataConfig(_Strict):
 # --- worker processes and throughput -----------------------------------------------------------------
 
 ROWS_PER_PROCESS = 1000  # the fewest rows of a source worth another worker process (see worker_count)
+# Normalising and the row filters cost about 1/40 of tokenising per row (0.25 vs 9.8 CPU-s for 3,000
+# reasoning rows in bench/data_prep.py), so a worker pool pays for its start-up only on far more rows.
+NORMALISE_ROWS_PER_PROCESS = 20 * ROWS_PER_PROCESS
 # Tokens the pipeline prepares per CPU-second on one core (render, tokenise, masks, filters, cache), for
-# `tempa plan`'s data-prep estimate. Measured with bench/data_prep.py on 2026-11-30: 217k-267k tokens per
-# CPU-second (three runs) on a heavily shared 2-vCPU x86_64 VM (tiny byte-level BPE tokenizer,
+# `tempa plan`'s data-prep estimate. Measured with bench/data_prep.py on 2026-11-30: medians of 253k-278k
+# tokens per CPU-second (two runs of 5 repeats) on a quiet 2-vCPU x86_64 VM (tiny byte-level BPE tokenizer,
 # single-turn reasoning rows of about 820 tokens); Meta's Llama 3 tokenizer encodes about 10% slower per
 # token. Rounded down.
 PREP_TOKENS_PER_CORE_SECOND = 250_000
@@ -484,9 +487,14 @@ def workers_for(rows: int, num_proc: int | None = None, cores: int | None = None
     return max(1, min(cores or available_cores(), rows // ROWS_PER_PROCESS))
 
 
-def worker_count(num_proc: int | None, rows: int) -> int | None:
-    """``datasets.map``'s ``num_proc``: ``None`` (not 1) for one process, so that ``datasets`` skips its pool."""
+def worker_count(num_proc: int | None, rows: int, rows_per_process: int | None = None) -> int | None:
+    """``datasets.map``'s ``num_proc``: ``None`` (not 1) for one process, so that ``datasets`` skips its pool.
+
+    ``rows_per_process`` bounds a cheap step's pool even when ``num_proc`` is set (the data is the same).
+    """
     workers = workers_for(rows, num_proc)
+    if rows_per_process is not None:
+        workers = min(workers, max(1, rows // rows_per_process))
     return workers if workers > 1 else None
 
 

@@ -225,6 +225,15 @@ def parameter_shards(trainer) -> ParameterShards:
                            parameters=whole, per_rank=gather_object([held]))
 
 
+def final_evaluation(trainer) -> dict[str, Any]:
+    """Held-out metrics of the final weights: those of the evaluation the last step already ran, else a new one."""
+    state = trainer.state
+    last = next((entry for entry in reversed(state.log_history) if "eval_loss" in entry), None)
+    if last is not None and last.get("step") == state.global_step:
+        return {key: value for key, value in last.items() if key.startswith("eval_")}
+    return trainer.evaluate()
+
+
 def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *, evaluate: bool = False,
                    merge_adapters: bool = False) -> None:
     """Train (resuming from the last complete checkpoint), then publish ``final/`` atomically.
@@ -252,7 +261,11 @@ def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *
     # Before evaluating: the last backward left every FSDP2 unit resharded, while a forward-only pass
     # keeps the last one (final norm + lm_head, reshard_after_forward=False) gathered.
     shards = parameter_shards(trainer)
-    eval_metrics = trainer.evaluate() if evaluate else {}
+    eval_metrics = final_evaluation(trainer) if evaluate else {}
+    if trainer.is_world_process_zero():
+        # trl writes a stub card ("fine-tuned version of [None]...") into output_dir with every checkpoint;
+        # the model's card is tempa's, in final/.
+        (plan.checkpoints_dir / "README.md").unlink(missing_ok=True)
 
     final = plan.final_dir
     tmp = final.with_name(final.name + ".tmp")

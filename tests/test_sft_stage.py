@@ -57,6 +57,11 @@ def test_sft_trains_saves_and_records_metrics(single_run, tiny_model_dir):
     assert manifest.result["model"] == "sft/final"  # stored relative: the run directory may move
     # the exact launch command is kept for re-running the stage by hand
     assert "tempa.sft.train_worker" in (stage / "logs" / "launch.sh").read_text()
+    # the final weights are evaluated once: the last step's evaluation is reused, not run again
+    history = json.loads((stage / "final" / "tempa_train_metrics.json").read_text())["log_history"]
+    final_evals = [e for e in history if "eval_loss" in e and e["step"] == metrics["global_step"]]
+    assert len(final_evals) == 1 and final_evals[0]["eval_loss"] == metrics["eval_loss"]
+    assert not (stage / "checkpoints" / "README.md").exists()  # trl's stub card ("fine-tuned version of [None]")
 
 
 def test_sft_final_model_loads_and_carries_the_thinking_template(single_run):

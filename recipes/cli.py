@@ -172,9 +172,13 @@ def _cmd_plan(args) -> int:
 
     if args.mfu is not None and not args.hardware:
         raise RecipeError(f"--mfu {args.mfu:g} needs --hardware (e.g. --hardware 8xH100): it sets the estimate's MFU")
+    from tempa.recipes.rundir import check_run_dir, run_in_progress
+
     loaded = load_recipe(args.recipe, args.overrides, profile=args.profile)
     run_dir = _run_dir(args, loaded)
-    decisions = plan_run(loaded, run_dir, from_stage=args.from_stage, only=args.only)
+    check_run_dir(run_dir)  # what `tempa run` would refuse, plan refuses too
+    decisions = plan_run(loaded, run_dir, from_stage=args.from_stage, only=args.only,
+                         running_elsewhere=run_in_progress(run_dir))
     console = _console()
     console.print(f"[bold]recipe[/bold] {loaded.path}" + (
         f" (extends {', '.join(str(f) for f in loaded.files[:-1])})" if len(loaded.files) > 1 else ""))

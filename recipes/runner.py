@@ -64,7 +64,7 @@ class StageDecision:
     reads: list[str]  # further stages it reads
     fingerprint: str
     components: dict[str, Any]
-    action: str  # skip | run | resume | rerun
+    action: str  # skip | run | resume | rerun; running (only in `tempa plan` while another run holds the folder)
     reason: str
     resumable: bool = False
     complete: bool = False  # DONE holds the current fingerprint (before any forcing)
@@ -186,9 +186,14 @@ def template_text(loaded: LoadedRecipe) -> str:
 
 
 def plan_run(
-    loaded: LoadedRecipe, run_dir: Path, *, from_stage: str | None = None, only: str | None = None
+    loaded: LoadedRecipe, run_dir: Path, *, from_stage: str | None = None, only: str | None = None,
+    running_elsewhere: bool = False,
 ) -> list[StageDecision]:
-    """Decide, for every stage, whether it is skipped, run, resumed or re-run (and why)."""
+    """Decide, for every stage, whether it is skipped, run, resumed or re-run (and why).
+
+    ``running_elsewhere``: another runner holds the run directory now (``tempa plan`` during a run), so an
+    unfinished stage is running, not interrupted.
+    """
     for forced in (from_stage, only):
         if forced is not None:
             loaded.stage(forced)  # unknown name -> RecipeError listing the stages
@@ -223,7 +228,7 @@ def plan_run(
         forcing = forcing or name == from_stage
         forced = forcing or name == only
         action, reason = _decide(stage_dir, manifest, fp, components, dump, forced, kind.resumable, from_stage or only,
-                                 kind.resume_point)
+                                 kind.resume_point, running_elsewhere)
         stale: list[str] = []
         if action == "skip" and manifest is not None:
             # Complete for its fingerprint, but built on an earlier stage that has run again since (--only),
@@ -251,7 +256,8 @@ def _names(names: list[str]) -> str:
 
 
 def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dict, config: dict, forced: bool,
-            resumable: bool, flag: str | None, resume_point: Callable[[Path], str | None] | None = None):
+            resumable: bool, flag: str | None, resume_point: Callable[[Path], str | None] | None = None,
+            running_elsewhere: bool = False):
     done = done_fingerprint(stage_dir)
     if forced:
         return "rerun", f"forced by --from/--only {flag}"
@@ -263,6 +269,8 @@ def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dic
         return "rerun", "changed since it ran: " + _what_changed(old, components, old_config, config)
     # A stage whose manifest says failed stopped on an error; any other unfinished one was stopped.
     ended = "failed" if manifest is not None and manifest.status == "failed" else "interrupted"
+    if running_elsewhere and manifest is not None and manifest.status == "running":
+        return "running", "another `tempa run` is running it now (`tempa status` follows it)"
     if manifest is not None and manifest.fingerprint == fp:
         if resumable and resume_point is not None:
             point = resume_point(stage_dir)

@@ -64,6 +64,11 @@ def test_plan_explains_stages_and_does_no_work(tmp_path, capsys, tiny_model_dir)
     assert "learning_rate=2e-05*" in next(line for line in out.splitlines()
                                           if line.startswith("training arguments of two"))
     assert not run_dir.exists()
+    # a folder holding someone's files: plan refuses it as run does, instead of planning every stage as "run"
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("x")
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "theirs")]) == 1
+    assert "not a tempa run directory" in capsys.readouterr().err
 
 
 def test_status_of_a_folder_that_is_not_a_run(tmp_path, capsys):

@@ -21,7 +21,7 @@ import tempa.merge
 import tempa.sft
 from tempa.recipes.loader import load_recipe
 from tempa.recipes.registry import stage_kind
-from tempa.recipes.rundir import RunLock, RunLockedError
+from tempa.recipes.rundir import RunLock, RunLockedError, run_in_progress
 from tempa.recipes.runner import plan_run, run_recipe, stage_status
 from tempa.sft.checkpoints import resume_point
 from tempa.sft.files import json_or_none
@@ -321,4 +321,10 @@ def test_status_tells_running_from_interrupted(recipe, tmp_path):
     (run_dir / "b" / DONE).unlink()
     with RunLock(run_dir):
         assert stage_status(load_recipe(recipe).names, run_dir)[1].state == "running"
+        # `tempa plan` during the run says the same as status, not "interrupted"
+        plans = plan_run(load_recipe(recipe), run_dir, running_elsewhere=run_in_progress(run_dir))
+        assert (plans[1].action, plans[1].reason) == ("running", "another `tempa run` is running it now "
+                                                                 "(`tempa status` follows it)")
     assert stage_status(load_recipe(recipe).names, run_dir)[1].state == "interrupted"
+    assert "interrupted" in plan_run(load_recipe(recipe), run_dir,
+                                     running_elsewhere=run_in_progress(run_dir))[1].reason

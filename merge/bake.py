@@ -233,8 +233,9 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
         "end_of_turn": generation["end_of_turn"],
         "thinking_default": thinking_default,
         "smoke_test": bool(config.smoke_test),
-        "auto_map_dropped": ", ".join(dropped) or None,
     }
+    if dropped:  # only when there was something to drop: an empty value reads as a dash in the report
+        metrics["auto_map_dropped"] = ", ".join(dropped)
     if warning:
         metrics["warning"] = warning
     return StageResult(model=final, metrics=metrics, files={"model_card": final / "README.md"})

@@ -166,6 +166,7 @@ def test_bake_writes_a_checked_loadable_final_model(tmp_path, tiny_model_dir, re
     for secret in (OPENAI_KEY, HUB_TOKEN, ENV_SECRET):
         assert secret not in card
     assert result.metrics["template_checks_passed"] == len(checks)
+    assert "auto_map_dropped" not in result.metrics  # nothing to drop: no empty metric (a dash in the report)
 
 
 def test_bake_refuses_a_template_that_fails_the_check(tmp_path, tiny_model_dir, recipe_tokenizer):

@@ -163,6 +163,20 @@ def _join(args, loaded, run_dir: Path) -> int:
     return 0
 
 
+def _starts_from(decision, decisions) -> str:
+    """The model a stage starts from: its upstream's, followed through stages that make no model."""
+    from tempa.recipes.registry import stage_kind
+    from tempa.sft.stage_api import Artifact
+
+    by_name = {d.name: d for d in decisions}
+    name, via = decision.upstream, []
+    while name is not None and Artifact.MODEL not in stage_kind(by_name[name].kind).produces:
+        via.append(name)
+        name = by_name[name].upstream
+    model = f"{name}'s model" if name is not None else "base model"
+    return f"{model} (via {', '.join(via)})" if via else model
+
+
 def _cmd_plan(args) -> int:
     import yaml
     from rich.table import Table
@@ -189,7 +203,7 @@ def _cmd_plan(args) -> int:
     for column in ("#", "stage", "kind", "starts from", "action", "why", "fingerprint"):
         table.add_column(column)
     for d in decisions:
-        table.add_row(str(d.index + 1), d.name, d.kind, d.upstream or "base model", d.action, d.reason,
+        table.add_row(str(d.index + 1), d.name, d.kind, _starts_from(d, decisions), d.action, d.reason,
                       d.fingerprint[:12])
     console.print(table)
     _print_train_args(console, loaded)

@@ -232,3 +232,15 @@ def test_status_and_a_bad_recipe_answer_without_importing_torch(tmp_path):
     """)
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "(0, 1) [] True True", done.stderr[-2000:]
+
+
+def test_plan_names_the_model_each_stage_starts_from(tmp_path, capsys):
+    """A stage after one that makes no model (synthesize, evaluate) starts from the model before it: the plan
+    names that model and the stages it passes through."""
+    demo = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+    assert main(["plan", str(demo), "--run-dir", str(tmp_path / "run")]) == 0
+    rows = {line.split("│")[2].strip(): line.split("│")[4].strip()
+            for line in capsys.readouterr().out.splitlines() if line.count("│") > 6}
+    assert rows["sft-general"] == "base model" and rows["sft-reasoning"] == "sft-general's model"
+    assert rows["sft-distill"] == "sft-reasoning's model (via distill)"
+    assert rows["bake"] == "merge's model"

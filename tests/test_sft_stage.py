@@ -114,12 +114,12 @@ def test_failed_training_process_surfaces_its_error_and_log(tmp_path, tiny_model
 
     recipe = sft_recipe(tmp_path, tiny_model_dir, max_steps=2)
     # valid for the schema (a float), refused by torch's AdamW inside the launched process
-    loaded = load_recipe(recipe, ["stages.sft.train.learning_rate=-1.0"])
+    loaded = load_recipe(recipe, ["stages.sft.train.adam_beta1=1.5"])
     with pytest.raises(StageError) as err:
         run_recipe(loaded, tmp_path / "run")
     message = str(err.value)
     assert message.startswith("stage 'sft' failed: training process exited with code")
-    assert "Invalid learning rate: -1.0" in message
+    assert "Invalid beta parameter at index 0: 1.5" in message
     log_file = tmp_path / "run" / "sft" / "logs" / "train.log"
     assert f"(full log: {log_file})" in message and log_file.is_file()
     assert json_or_none(tmp_path / "run" / "sft" / "manifest.json")["status"] == "failed"

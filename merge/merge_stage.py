@@ -238,7 +238,7 @@ def run_merge(
                 if gain <= 0:
                     best_name = next(row.candidate for row in board.rows
                                      if row.candidate in inputs and row.metrics.get(focus) == best)
-                    notes.append(f"merge {ctx.stage_name}: the merged model did not improve on its best input "
+                    notes.append(f"{ctx.stage_name}: the merged model did not improve on its best input "
                                  f"({focus} {format_metric(merged_metrics[focus])} merged, "
                                  f"{format_metric(best)} for {best_name}); see {ctx.stage_name}/{LEADERBOARD_MD}")
                     ctx.log.warning("%s", notes[-1])

@@ -469,7 +469,7 @@ def test_select_from_leaderboard_then_rescore(tmp_path, tokenizer_dir, checkpoin
     assert result.metrics["merged/math/accuracy"] == 1.0
     assert result.metrics["merge_helped"] is False  # equal to the best input is not an improvement
     (note,) = result.notes  # shown in the run's closing summary
-    assert note.startswith("merge merge: the merged model did not improve on its best input (math/accuracy 1 merged, "
+    assert note.startswith("merge: the merged model did not improve on its best input (math/accuracy 1 merged, "
                            "1 for ") and note.endswith("see merge/leaderboard.md")
     summary = json.loads((tmp_path / "merge" / "merge_summary.json").read_text())
     assert summary["selection"]["values"] == {"a": 1.0, "c": 1.0}

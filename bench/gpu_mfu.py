@@ -16,7 +16,7 @@ Printed: the worker's own progress lines (tokens/s/GPU, MFU, padding, ETA from
 ``tempa.sft.throughput``), then tokens/s/GPU and MFU over the steps after warm-up. MFU counts the
 model FLOPs of ``tempa.sft.throughput``: 6 x matmul parameters per token, with and without causal
 attention within each packed document, over the peak dense bf16 FLOP/s of
-``tempa.sft.throughput.PEAK_FLOPS``. Goal on H100: >= 45% MFU.
+``tempa.sft.throughput_summary.PEAK_FLOPS``. Goal on H100: >= 45% MFU.
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MFU: {100 * result['mfu']:.1f}%{label}; without attention FLOPs: "
               f"{100 * result['mfu_without_attention']:.1f}%")
     else:
-        print(f"MFU: unknown peak for {device!r}; add it to tempa.sft.throughput.PEAK_FLOPS")
+        print(f"MFU: unknown peak for {device!r}; add it to tempa.sft.throughput_summary.PEAK_FLOPS")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
     return 0

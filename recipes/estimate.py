@@ -106,7 +106,7 @@ class GPUSpec:
 
 
 def _gpu(name: str, memory_gib: float, node_ram_gib: float) -> GPUSpec:
-    """A GPU with the peak the training worker's MFU uses (tempa.sft.throughput.PEAK_FLOPS)."""
+    """A GPU with the peak the training worker's MFU uses (tempa.sft.throughput_summary.PEAK_FLOPS)."""
     return GPUSpec(name, peak_flops(name) / 1e12, memory_gib, node_ram_gib)
 
 

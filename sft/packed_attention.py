@@ -7,10 +7,16 @@ one dense block-diagonal mask over the whole row and compute all (row length)^2 
 them masked out (bench/README.md: about 3x slower on CPU at 8k-token rows).
 
 ``DOC_SDPA`` is registered in transformers' attention-function registry. Given a packed row, it
-calls sdpa once per document with ``is_causal=True``: the same numbers as the dense mask, at the
+attends within each document only: on a CUDA GPU in bf16/fp16 with one call of torch's own
+flash-attention varlen kernel (``torch.nn.attention.varlen``, no flash_attn package needed),
+elsewhere with one causal sdpa call per document. Both give the numbers of the dense mask, at the
 cost of the documents only. Anything it cannot split exactly (a padding mask, a KV cache
 offset, sliding windows, bidirectional attention) gets the dense mask built and goes through
 transformers' own sdpa function unchanged.
+
+The per-document calls split q/k/v with ``Tensor.split`` (whose backward is one concatenation):
+slicing each document out instead made autograd add one zero-filled full-size gradient per
+document, which on an H200 cost 3 s per 16k-token step of a 1B model (bench/README.md).
 
 flex attention with a document block mask (transformers' ``flex_attention``, which derives the
 same mask from ``position_ids``) is the other way to skip the masked blocks; on CPU, torch 2.13
@@ -123,9 +129,8 @@ def document_sdpa_attention(
     is_causal: bool | None = None,
     **kwargs: Any,
 ) -> tuple[Any, None]:
-    """sdpa once per packed document; transformers' sdpa function for everything else."""
-    import torch
-    import torch.nn.functional as F
+    """Attention within each packed document (varlen flash on CUDA, else sdpa per document); transformers'
+    sdpa function for everything else."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
@@ -142,14 +147,63 @@ def document_sdpa_attention(
         raise ValueError(f"{DOC_SDPA}: packed rows with {', '.join(unsplittable)} need a dense mask; use "
                          "attn_implementation 'sdpa' (or 'flash_attention_2') for this model")
     gqa = query.shape[1] != key.shape[1]
+    if dropout == 0.0 and _varlen_kernel(query) is not None:
+        return _attend_varlen(query, key, value, cuts, scaling, gqa), None
+    return _attend_per_document(query, key, value, cuts, dropout, scaling, gqa), None
+
+
+def _attend_per_document(query: Any, key: Any, value: Any, cuts: list[list[int]], dropout: float,
+                         scaling: float | None, gqa: bool) -> Any:
+    """One causal sdpa call per document; (batch, heads, length, dim) in, (batch, length, heads, dim) out."""
+    import torch
+    import torch.nn.functional as F
+
     rows = []
-    for row, row_cuts in enumerate(cuts):
+    for row_cuts, q, k, v in zip(cuts, query.unbind(0), key.unbind(0), value.unbind(0), strict=True):
+        sizes = [b - a for a, b in itertools.pairwise(row_cuts) if b > a]
         parts = [
-            F.scaled_dot_product_attention(query[row:row + 1, :, a:b], key[row:row + 1, :, a:b],
-                                           value[row:row + 1, :, a:b], dropout_p=dropout, scale=scaling,
+            F.scaled_dot_product_attention(qd[None], kd[None], vd[None], dropout_p=dropout, scale=scaling,
                                            is_causal=True, enable_gqa=gqa)
-            for a, b in itertools.pairwise(row_cuts) if b > a
+            for qd, kd, vd in zip(q.split(sizes, dim=1), k.split(sizes, dim=1), v.split(sizes, dim=1), strict=True)
         ]
         rows.append(torch.cat(parts, dim=2))
     out = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
-    return out.transpose(1, 2).contiguous(), None
+    return out.transpose(1, 2).contiguous()
+
+
+def _varlen_kernel(query: Any) -> Any:
+    """torch's flash-attention varlen function when it can take ``query`` (CUDA, bf16/fp16), else None."""
+    import torch
+
+    if not query.is_cuda or query.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # torch < 2.10
+        return None
+    return varlen_attn
+
+
+def _attend_varlen(query: Any, key: Any, value: Any, cuts: list[list[int]], scaling: float | None,
+                   gqa: bool) -> Any:
+    """Every document of every row in one varlen flash-attention call over the flattened tokens."""
+    import inspect
+
+    import torch
+
+    varlen_attn = _varlen_kernel(query)
+    batch, heads, length, dim = query.shape
+    starts = sorted({row * length + cut for row, row_cuts in enumerate(cuts) for cut in row_cuts})
+    longest = max(b - a for a, b in itertools.pairwise(starts))
+    cu = torch.tensor(starts, dtype=torch.int32, device=query.device)
+    q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (query, key, value))
+    params = inspect.signature(varlen_attn).parameters
+    # torch 2.10 spells causal `is_causal`, later releases `window_size=(-1, 0)`; GQA needs `enable_gqa`
+    # where it exists, else the key/value heads are repeated as transformers' repeat_kv does.
+    extra: dict[str, Any] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    if gqa and "enable_gqa" in params:
+        extra["enable_gqa"] = True
+    elif gqa:
+        k, v = (t.repeat_interleave(heads // t.shape[1], dim=1) for t in (k, v))
+    out = varlen_attn(q, k, v, cu, cu, longest, longest, scale=scaling, **extra)
+    return out.reshape(batch, length, heads, dim)

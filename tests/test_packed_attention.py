@@ -215,3 +215,70 @@ def test_the_worker_applies_the_choice_to_the_trainer_settings(tmp_path, tiny_mo
     dense = trl_config_kwargs(plan.model_copy(update={"start_model": sliding}))
     # transformers' sdpa with its sliding-window mask
     assert dense["model_init_kwargs"] == {"use_safetensors": True}
+
+
+def _qkv(batch: int = 1, heads: int = 4, kv_heads: int = 2, length: int = 52, dim: int = 8, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, h, length, dim, generator=generator, requires_grad=True)
+            for h in (heads, kv_heads, kv_heads)]
+
+
+def test_the_per_document_backward_is_one_concatenation_not_a_full_gradient_per_document():
+    """Slicing each document out of q/k/v made autograd build one zero-filled full-size gradient per document
+    and add them up (an H200 spent 3 s per 16k-token step of a 1B model on it); split's backward is one cat."""
+    from tempa.sft.packed_attention import document_sdpa_attention
+
+    lengths = [5, 9, 1, 13, 4, 20]
+    query, key, value = _qkv(length=sum(lengths))
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    out, _ = document_sdpa_attention(torch.nn.Module(), query, key, value, None, cu_seq_lens_q=cu)
+    nodes, stack, seen = [], [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        nodes.append(type(node).__name__)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    assert not [name for name in nodes if name.startswith(("SliceBackward", "SelectBackward", "IndexBackward"))], nodes
+    out.sum().backward()  # and the gradient still reaches every input
+    assert all(t.grad is not None and bool(t.grad.abs().sum() > 0) for t in (query, key, value))
+
+
+def _reference_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                      window_size=(-1, -1), enable_gqa=False):
+    """torch.nn.attention.varlen.varlen_attn's documented contract, on CPU: (tokens, heads, dim) inputs,
+    attention within each [cu[i], cu[i+1]) span; causal is window_size (-1, 0)."""
+    import torch.nn.functional as F
+
+    cuts = cu_seq_q.tolist()
+    assert window_size == (-1, 0) and torch.equal(cu_seq_q, cu_seq_k) and cu_seq_q.dtype == torch.int32
+    assert max_q == max_k == max(b - a for a, b in itertools.pairwise(cuts))
+    assert enable_gqa or key.shape[1] == query.shape[1]
+    return torch.cat([
+        F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1)[None] for t in (query, key, value)), scale=scale,
+                                       is_causal=True, enable_gqa=enable_gqa)[0].transpose(0, 1)
+        for a, b in itertools.pairwise(cuts)])
+
+
+def _reference_varlen_torch_2_10(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None,
+                                 scale=None, is_causal=False):
+    """torch 2.10's spelling: `is_causal`, and no `enable_gqa` (the caller must repeat the KV heads)."""
+    assert is_causal
+    return _reference_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale, window_size=(-1, 0))
+
+
+@pytest.mark.parametrize("kernel", [_reference_varlen, _reference_varlen_torch_2_10])
+def test_the_gpu_varlen_call_gets_every_document_of_every_row(monkeypatch, kernel):
+    """On CUDA in bf16 the documents go to torch's varlen flash kernel in one call (measured on an H200 in
+    bench/README.md); here its documented contract stands in for it, to check the flattening, the offsets of
+    several rows, empty documents and GQA against the per-document path."""
+    from tempa.sft import packed_attention
+
+    query, key, value = _qkv(batch=2, length=50)
+    cuts = [[0, 7, 20, 20, 50], [0, 33, 50]]
+    expected = packed_attention._attend_per_document(query, key, value, cuts, 0.0, 0.3, True)
+    monkeypatch.setattr(packed_attention, "_varlen_kernel", lambda query: kernel)
+    got = packed_attention._attend_varlen(query, key, value, cuts, 0.3, True)
+    assert got.shape == expected.shape == (2, 50, 4, 8)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)

@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from tempa.chat_templates.json_files import JsonFileError, read_json, read_jsonl
+from tempa.chat_templates.roles import ROLES
 from tempa.sft.stage_api import StageError, looks_local
-
-# The roles tempa's chat templates render (they raise on any other).
-ROLES = ("system", "user", "assistant", "tool")
 
 
 def load_rows(source: str, *, split: str = "train", max_rows: int | None = None) -> list[dict[str, Any]]:

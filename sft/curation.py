@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+from tempa.chat_templates.roles import TOOL_ROLES
 from tempa.chat_templates.thinking import has_think_tags, split_reasoning
 from tempa.sft import language
 from tempa.sft.data_config import DedupConfig, LanguageFilterConfig, PIIConfig, TemplateFilterConfig
@@ -79,9 +80,6 @@ def check_reasoning(messages: Messages) -> Reason | None:
 
 # --- role order -----------------------------------------------------------------------------------
 
-_TOOL_ROLES = {"tool", "ipython"}
-
-
 def check_role_order(messages: Messages) -> Reason | None:
     """System only first; user and assistant alternate; tool results answer an assistant turn that called a
     tool (several results may follow one call turn); the row ends on an assistant turn."""
@@ -97,10 +95,10 @@ def check_role_order(messages: Messages) -> Reason | None:
             if previous == "user":
                 return ROLE_ORDER, f"turn {i}: two user turns in a row"
         elif role == "assistant":
-            if previous not in ("user", *_TOOL_ROLES):
+            if previous not in ("user", *TOOL_ROLES):
                 what = "at the start" if previous in (None, "system") else "after an assistant turn"
                 return ROLE_ORDER, f"turn {i}: assistant turn {what}"
-        elif role in _TOOL_ROLES and not (previous in _TOOL_ROLES or (previous == "assistant" and calling)):
+        elif role in TOOL_ROLES and not (previous in TOOL_ROLES or (previous == "assistant" and calling)):
             return ROLE_ORDER, f"turn {i}: {role} turn not after an assistant turn that calls a tool"
         empty = not turn["content"].strip() and not turn.get("reasoning_content") and not turn.get("tool_calls")
         if role in ("user", "assistant") and empty:

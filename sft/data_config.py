@@ -45,6 +45,7 @@ from pydantic import (
     model_validator,
 )
 
+from tempa.chat_templates.roles import ROLES, Role
 from tempa.sft import language
 from tempa.sft.run_layout import safe_name
 from tempa.sft.stage_api import STAGE_REF, OnOffMixed, StageError, resolve_path, stage_ref
@@ -121,10 +122,9 @@ class ColumnMapping(_Strict):
     @field_validator("role_names")
     @classmethod
     def _known_targets(cls, value: dict[str, str]) -> dict[str, str]:
-        allowed = {"system", "user", "assistant", "tool", "ipython"}
         for name, target in value.items():
-            if target not in allowed:
-                raise ValueError(f"role_names[{name!r}] must be one of {sorted(allowed)}, got {target!r}")
+            if target not in ROLES:
+                raise ValueError(f"role_names[{name!r}] must be one of {list(ROLES)}, got {target!r}")
         return value
 
 
@@ -307,7 +307,7 @@ class PIIConfig(_Strict):
         default_factory=list,
         description="Regular expressions for matches to ignore, e.g. `@example\\.com$` for placeholder emails.",
     )
-    roles: list[Literal["system", "user", "assistant", "tool", "ipython"]] = Field(
+    roles: list[Role] = Field(
         default_factory=lambda: ["system", "user", "assistant"],
         description="Turns to scan (reasoning traces of scanned assistant turns are scanned too).",
     )

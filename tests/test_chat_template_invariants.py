@@ -556,3 +556,14 @@ def test_baked_eos_is_the_end_of_turn_token(tokenizer: Any) -> None:
     # As in Llama 3.1 Instruct's tokenizer: a client that stops on tokenizer.eos_token stops at the turn's end.
     assert tokenizer.eos_token == end_of_turn_token(tokenizer.chat_template)
     assert tokenizer.pad_token not in (tokenizer.eos_token, "<|end_of_text|>")
+
+
+@pytest.mark.parametrize(("template_name", "refused"), [("llama3_thinking", set()), ("chatml_thinking", {"ipython"})])
+def test_the_templates_accept_the_roles_of_the_one_role_list(template_name: str, refused: set[str]) -> None:
+    """tempa.chat_templates.roles is what data, curation and evaluation accept; each template's own role check
+    must agree with it (ChatML has no `ipython` header: the default normalisation maps it to `tool`)."""
+    from tempa.chat_templates.roles import ROLES
+
+    listed = re.search(r"message\.role not in \[([^\]]*)\]", load_template(template_name))
+    assert listed is not None, "the template no longer checks roles where this test reads them"
+    assert set(json.loads(f"[{listed.group(1)}]")) == set(ROLES) - refused

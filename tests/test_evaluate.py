@@ -594,7 +594,7 @@ def test_evaluation_rows_are_read_strictly_with_line_numbers(tmp_path):
 @pytest.mark.parametrize(
     ("row", "problem"),
     [
-        ({"messages": [{"content": "hi"}]}, "messages[0] has no role (expected one of system, user, assistant, tool)"),
+        ({"messages": [{"content": "hi"}]}, "messages[0] has no role (expected one of system, user, assistant, tool, ipython)"),
         ({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]},
          "messages[1] has an unknown role 'bot'"),
         ({"messages": [{"role": "user"}]}, "messages[0] (user) has no content"),
@@ -630,3 +630,14 @@ def test_an_evaluate_stage_with_a_bad_row_fails_before_any_model_work(tmp_path, 
 
     with pytest.raises(StageError, match=rf"^{rows}:2: messages\[0\] has no role"):
         run_evaluate(config, ctx, backend_factory=no_model)
+
+
+def test_evaluation_rows_take_every_role_the_training_data_may_hold():
+    """Roles have one home (tempa.chat_templates.roles): a Llama 3.1 tool result (`ipython`) that the data
+    pipeline and the llama3 template take is no unknown role to evaluation."""
+    from tempa.chat_templates.roles import ROLES
+    from tempa.merge.eval_data import row_problem
+
+    turns = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "", "tool_calls": [{"x": 1}]}]
+    for role in ROLES:
+        assert row_problem({"messages": [*turns, {"role": role, "content": "4"}]}) is None, role

@@ -102,6 +102,12 @@ def trl_config_kwargs(plan: TrainPlan, kernels: KernelChoice | None = None) -> d
         kwargs["model_init_kwargs"] = {**kwargs["model_init_kwargs"], "attn_implementation": kernels.attn_implementation}
     if kernels.use_liger_kernel:
         kwargs["use_liger_kernel"] = True
+    # trl's configs default the deprecated `gradient_checkpointing` to True, which transformers turns into a
+    # FutureWarning in every training log; pass the setting under its current name (same default, same meaning).
+    if "activation_checkpointing" not in kwargs:
+        kwargs["activation_checkpointing"] = bool(kwargs.pop("gradient_checkpointing", True))
+    if "gradient_checkpointing_kwargs" in kwargs and "activation_checkpointing_kwargs" not in kwargs:
+        kwargs["activation_checkpointing_kwargs"] = kwargs.pop("gradient_checkpointing_kwargs")
     kwargs.update(parallel_kwargs(plan))
     return kwargs
 

@@ -282,3 +282,25 @@ def test_the_gpu_varlen_call_gets_every_document_of_every_row(monkeypatch, kerne
     got = packed_attention._attend_varlen(query, key, value, cuts, 0.3, True)
     assert got.shape == expected.shape == (2, 50, 4, 8)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("train", "expected"), [({}, True), ({"gradient_checkpointing": False}, False),
+                                                 ({"activation_checkpointing": False}, False)])
+def test_the_worker_names_activation_checkpointing_so_no_training_log_carries_a_deprecation(tiny_model_dir, train,
+                                                                                             expected):
+    """trl's configs default the deprecated `gradient_checkpointing` to True; transformers warned about it in
+    every training log (seen in an H200 run's sft log). The setting keeps its default and its meaning."""
+    import warnings
+
+    from trl import DPOConfig, GRPOConfig, SFTConfig
+
+    from tempa.sft.train_plan import TrainPlan
+    from tempa.sft.train_worker import trl_config_kwargs
+
+    kwargs = trl_config_kwargs(TrainPlan.standalone(tiny_model_dir, Path("/out"), {"learning_rate": 1e-3, **train}))
+    for config_class in (SFTConfig, DPOConfig, GRPOConfig):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            config = config_class(**kwargs)
+        assert not [w for w in caught if "checkpointing" in str(w.message)], config_class.__name__
+        assert config.activation_checkpointing is expected and config.gradient_checkpointing is expected

@@ -18,6 +18,7 @@ from tempa.chat_templates.rendering import render_with_generation_spans, runs_to
 from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.data_config import DataError
 from tempa.sft.files import digest
+from tempa.sft.pretokens import PretokenEncoder
 
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
@@ -71,6 +72,7 @@ class ChatEncoder:
             )
         self.tokenizer = tokenizer
         self.backend = _plain_backend(tokenizer)
+        self.pretokens = PretokenEncoder.for_backend(self.backend)
         self.specials = dict(tokenizer.special_tokens_map)
 
     def text(self, messages: list[dict[str, Any]], thinking: bool, tools: list[dict[str, Any]] | None = None) -> Rendered:
@@ -84,13 +86,18 @@ class ChatEncoder:
 
     def encode(self, rendered: Sequence[Rendered]) -> list[EncodedChat]:
         """The ids and trained token runs of each rendered text."""
-        # One text at a time: encode_batch would start the tokenizer's thread pool, which the data
+        quick = self.pretokens
+        chats = [quick.encode(text, spans) if quick is not None else None for text, spans in rendered]
+        # The rest one text at a time: encode_batch would start the tokenizer's thread pool, which the data
         # pipeline's own worker processes already stand in for.
-        encodings = [self.backend.encode(text, add_special_tokens=False) for text, _ in rendered]
         return [
-            EncodedChat(e.ids, token_runs(len(e), e.token_to_chars, spans))
-            for e, (_, spans) in zip(encodings, rendered, strict=True)
+            EncodedChat(*chat) if chat is not None else self._encode_one(text, spans)
+            for chat, (text, spans) in zip(chats, rendered, strict=True)
         ]
+
+    def _encode_one(self, text: str, spans: list[tuple[int, int]]) -> EncodedChat:
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        return EncodedChat(encoding.ids, token_runs(len(encoding), encoding.token_to_chars, spans))
 
     def __call__(
         self, messages: list[dict[str, Any]], thinking: bool, tools: list[dict[str, Any]] | None = None

@@ -1,0 +1,165 @@
+"""The backend tokenizer's ids for ASCII texts, from a cache of each pre-token's ids.
+
+A tokenizers ``encode`` splits the text at added tokens, splits each stretch between them into
+pre-tokens with the pre-tokenizer's regex, and runs the model on each pre-token on its own: a
+pre-token's ids never depend on its neighbours. Most of the encode's time goes to the character-level
+bookkeeping around the regex (alignments for offsets), not to the model. :class:`PretokenEncoder` does
+the two splits with Python's ``re`` and asks the backend tokenizer itself for each distinct pre-token's
+ids once, so the ids are the tokenizer's own.
+
+It answers only where that is provably the same split, and returns ``None`` everywhere else (the caller
+then encodes the usual way):
+
+- the tokenizer: no normalizer; a pre-tokenizer whose regex has a transcription below (byte-level BPE
+  with GPT-2's pattern, and Llama 3's); a model without dropout; added tokens that match as plain
+  text (no ``lstrip``/``rstrip``/``single_word``) and are not encoded as text; a post-processor that
+  leaves offsets as they are (so the template's mask rule sees the tokens' true character spans);
+- the text: only printable ASCII, tab, newline and carriage return. On these characters ``\\p{L}`` is
+  ``[A-Za-z]``, ``\\p{N}`` is ``[0-9]`` and ``\\s`` is ``[\\t\\n\\r ]`` in every Unicode version, so the
+  transcriptions match exactly what the tokenizer's regex matches (both engines backtrack and try
+  alternatives in order);
+- every pre-token: the tokenizer, given it alone, keeps it as one pre-token (its ids are then the ids it
+  gets inside the text);
+- every ``{% generation %}`` span edge falls between two pre-tokens (or added tokens), so the tokens
+  inside the span are exactly the ones the template's mask rule marks.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import re
+from collections.abc import Sequence
+from itertools import accumulate, chain
+from typing import Any
+
+# The tokenizers regexes (as serialised in tokenizer.json) and their transcriptions for the characters
+# allowed below. ByteLevel(use_regex=True) uses GPT-2's pattern; Llama 3 splits with its own first.
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_ASCII_FORMS = {
+    GPT2_PATTERN: r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\t\n\r A-Za-z0-9]+|[\t\n\r ]+(?![^\t\n\r ])|[\t\n\r ]+",
+    LLAMA3_PATTERN: (
+        r"'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD]|[^\r\nA-Za-z0-9]?[A-Za-z]+|[0-9]{1,3}"
+        r"| ?[^\t\n\r A-Za-z0-9]+[\r\n]*|[\t\n\r ]*[\r\n]+|[\t\n\r ]+(?![^\t\n\r ])|[\t\n\r ]+"
+    ),
+}
+_OUTSIDE = re.compile(r"[^\t\n\r\x20-\x7e]")  # a character the transcriptions are not proven for
+_MAX_CACHED = 500_000  # distinct pre-tokens kept; the cache starts over past this
+
+
+def _pretokenizer_pattern(state: dict[str, Any]) -> str | None:
+    """The regex that ``state`` (a serialised pre-tokenizer) splits with, when it is one of the known shapes."""
+    kind = state.get("type")
+    if kind == "ByteLevel" and state.get("use_regex") and not state.get("add_prefix_space"):
+        return GPT2_PATTERN
+    if kind == "Sequence" and len(state.get("pretokenizers", [])) == 2:
+        split, byte_level = state["pretokenizers"]
+        plain_split = (split.get("type") == "Split" and split.get("behavior") == "Isolated"
+                       and not split.get("invert") and "Regex" in split.get("pattern", {}))
+        plain_bytes = (byte_level.get("type") == "ByteLevel" and not byte_level.get("use_regex")
+                       and not byte_level.get("add_prefix_space"))
+        if plain_split and plain_bytes:
+            return split["pattern"]["Regex"]
+    return None
+
+
+def _keeps_offsets(state: dict[str, Any] | None) -> bool:
+    """Whether a serialised post-processor leaves every token's offsets as the encoding made them."""
+    if state is None:
+        return True
+    kind = state.get("type")
+    if kind == "Sequence":
+        return all(_keeps_offsets(child) for child in state.get("processors", []))
+    return kind == "TemplateProcessing" or (kind == "ByteLevel" and not state.get("trim_offsets"))
+
+
+class PretokenEncoder:
+    """Ids and trained token runs of ASCII texts, the backend tokenizer's own; ``None`` where unproven."""
+
+    def __init__(self, backend: Any, added: dict[str, int], words: re.Pattern[str]) -> None:
+        self.backend = backend
+        self.added = added
+        self.words = words
+        # One alternation, longest first: the leftmost-longest match the tokenizer's added-token split makes.
+        self.split = re.compile("(" + "|".join(re.escape(t) for t in sorted(added, key=len, reverse=True)) + ")")
+        self.cache: dict[str, list[int] | None] = {}
+
+    @classmethod
+    def for_backend(cls, backend: Any) -> PretokenEncoder | None:
+        """The encoder for ``backend`` (a ``tokenizers.Tokenizer`` set up as the caller encodes), or ``None``
+        when its pipeline is not one whose split is transcribed here."""
+        if backend.normalizer is not None or backend.pre_tokenizer is None or backend.encode_special_tokens:
+            return None
+        if getattr(backend.model, "dropout", None):
+            return None
+        pattern = _pretokenizer_pattern(json.loads(backend.pre_tokenizer.__getstate__()))
+        words = _ASCII_FORMS.get(pattern) if pattern is not None else None
+        processor = backend.post_processor
+        if words is None or not _keeps_offsets(json.loads(processor.__getstate__()) if processor else None):
+            return None
+        tokens = backend.get_added_tokens_decoder()
+        # Added tokens of both kinds would be split in two passes (plain ones first), not in one.
+        if not tokens or len({token.normalized for token in tokens.values()}) > 1:
+            return None
+        if any(token.lstrip or token.rstrip or token.single_word or not token.content for token in tokens.values()):
+            return None
+        added = {token.content: token_id for token_id, token in tokens.items()}
+        return cls(backend, added, re.compile(words))
+
+    def encode(self, text: str, spans: Sequence[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]] | None:
+        """``text``'s ids and the ``[start, end)`` token runs inside ``spans``, or ``None`` where unproven."""
+        if _OUTSIDE.search(text):
+            return None
+        pieces: list[str] = []
+        ids_of: list[list[int] | None] = []
+        for k, chunk in enumerate(self.split.split(text)):
+            if k % 2:  # an added token
+                pieces.append(chunk)
+                ids_of.append([self.added[chunk]])
+            elif chunk:
+                words = self.words.findall(chunk)
+                if sum(map(len, words)) != len(chunk):  # matches left a gap: not the split the regex proves
+                    return None
+                pieces.extend(words)
+                ids_of.extend(map(self.cache.get, words))
+        if None in ids_of:
+            for i, piece in enumerate(pieces):
+                if ids_of[i] is None:
+                    ids_of[i] = self.cache[piece] if piece in self.cache else self._piece_ids(piece)
+                    if ids_of[i] is None:
+                        return None
+        char_ends = list(accumulate(map(len, pieces)))
+        token_ends = list(accumulate(map(len, ids_of)))  # type: ignore[arg-type]
+        runs: list[tuple[int, int]] = []
+        for start, end in spans:
+            first, last = _token_at(start, char_ends, token_ends), _token_at(end, char_ends, token_ends)
+            if first is None or last is None:
+                return None
+            if first < last:
+                if runs and runs[-1][1] == first:
+                    runs[-1] = (runs[-1][0], last)
+                else:
+                    runs.append((first, last))
+        return list(chain.from_iterable(ids_of)), runs  # type: ignore[arg-type]
+
+    def _piece_ids(self, piece: str) -> list[int] | None:
+        """One pre-token's ids from the tokenizer; ``None`` when, alone, it would not stay one pre-token."""
+        if len(self.cache) >= _MAX_CACHED:
+            self.cache.clear()
+        encoding = self.backend.encode(piece, add_special_tokens=False)
+        ids = list(encoding.ids) if encoding.ids and set(encoding.word_ids) == {0} else None
+        self.cache[piece] = ids
+        return ids
+
+
+def _token_at(char: int, char_ends: list[int], token_ends: list[int]) -> int | None:
+    """The index of the first token at or after character ``char``, when ``char`` is a pre-token edge."""
+    if char <= 0:
+        return 0 if char == 0 else None
+    i = bisect.bisect_left(char_ends, char)
+    if i == len(char_ends) or char_ends[i] != char:
+        return None
+    return token_ends[i]

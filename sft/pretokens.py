@@ -19,9 +19,11 @@ then encodes the usual way):
   transcriptions match exactly what the tokenizer's regex matches (both engines backtrack and try
   alternatives in order);
 - every pre-token: the tokenizer, given it alone, keeps it as one pre-token (its ids are then the ids it
-  gets inside the text);
-- every ``{% generation %}`` span edge falls between two pre-tokens (or added tokens), so the tokens
-  inside the span are exactly the ones the template's mask rule marks.
+  gets inside the text).
+
+The trained runs follow apply_chat_template's mask rule on the tokens' character spans: pre-tokens lie
+end to end, and inside one its tokens do too, each as wide as its token string (byte-level BPE writes
+one character per byte; checked per pre-token where a ``{% generation %}`` edge cuts one).
 """
 
 from __future__ import annotations
@@ -131,18 +133,23 @@ class PretokenEncoder:
                     ids_of[i] = self.cache[piece] if piece in self.cache else self._piece_ids(piece)
                     if ids_of[i] is None:
                         return None
-        char_ends = list(accumulate(map(len, pieces)))
-        token_ends = list(accumulate(map(len, ids_of)))  # type: ignore[arg-type]
+        layout = _Layout(pieces, ids_of, self.backend)  # type: ignore[arg-type]
+        # apply_chat_template's mask rule, as rendering.token_runs applies it: the tokens of span j are
+        # those from the first ending after its start to the first starting at or after its end.
         runs: list[tuple[int, int]] = []
-        for start, end in spans:
-            first, last = _token_at(start, char_ends, token_ends), _token_at(end, char_ends, token_ends)
-            if first is None or last is None:
+        lo = 0
+        for span_start, span_end in spans:
+            hi, masked = layout.first_token(span_end, ending_after=False), layout.first_token(span_start, ending_after=True)
+            if hi is None or masked is None:
                 return None
-            if first < last:
-                if runs and runs[-1][1] == first:
-                    runs[-1] = (runs[-1][0], last)
+            hi = max(lo, hi)
+            masked = min(max(lo, masked), hi)
+            if masked < hi:
+                if runs and runs[-1][1] == masked:
+                    runs[-1] = (runs[-1][0], hi)
                 else:
-                    runs.append((first, last))
+                    runs.append((masked, hi))
+            lo = hi
         return list(chain.from_iterable(ids_of)), runs  # type: ignore[arg-type]
 
     def _piece_ids(self, piece: str) -> list[int] | None:
@@ -155,11 +162,34 @@ class PretokenEncoder:
         return ids
 
 
-def _token_at(char: int, char_ends: list[int], token_ends: list[int]) -> int | None:
-    """The index of the first token at or after character ``char``, when ``char`` is a pre-token edge."""
-    if char <= 0:
-        return 0 if char == 0 else None
-    i = bisect.bisect_left(char_ends, char)
-    if i == len(char_ends) or char_ends[i] != char:
-        return None
-    return token_ends[i]
+class _Layout:
+    """Where a text's tokens lie: pre-tokens end to end, each one's tokens end to end inside it."""
+
+    def __init__(self, pieces: list[str], ids_of: list[list[int]], backend: Any) -> None:
+        self.pieces, self.ids_of, self.backend = pieces, ids_of, backend
+        self.char_ends = list(accumulate(map(len, pieces)))
+        self.token_ends = list(accumulate(map(len, ids_of)))
+
+    def first_token(self, char: int, *, ending_after: bool) -> int | None:
+        """The first token ending after ``char`` (``ending_after``), else the first starting at or after it;
+        ``None`` when a pre-token's tokens do not spell it out character for character."""
+        ends = self.char_ends
+        i = bisect.bisect_right(ends, char) if ending_after else bisect.bisect_left(ends, char)
+        if i == len(ends):
+            return self.token_ends[-1] if ends else 0
+        before = self.token_ends[i - 1] if i else 0
+        position = ends[i - 1] if i else 0
+        if position >= char or (not ending_after and ends[i] == char):
+            return before if position >= char else self.token_ends[i]
+        # ``char`` falls inside pre-token i: its tokens' widths are their lengths (byte-level BPE writes one
+        # character per byte, and the text is ASCII), checked against the pre-token's own length.
+        widths = [len(self.backend.id_to_token(token) or "") for token in self.ids_of[i]]
+        if sum(widths) != len(self.pieces[i]):
+            return None
+        for k, width in enumerate(widths):
+            if ending_after and position + width > char:
+                return before + k
+            if not ending_after and position >= char:
+                return before + k
+            position += width
+        return self.token_ends[i]

@@ -78,6 +78,10 @@ def test_masks_are_byte_identical_to_apply_chat_template(tokenizers: dict[str, A
                 expected.append(want)
     assert len(expected) > 30 and refused < len(expected)
     assert [(chat.input_ids, chat.assistant_mask) for chat in encoder.encode(rendered)] == expected
+    # Both paths were compared: ASCII renderings take the pre-token cache, the others the backend's encode.
+    assert encoder.pretokens is not None
+    quick = [encoder.pretokens.encode(text, spans) is not None for text, spans in rendered]
+    assert any(quick) and not all(quick)
 
 
 def _transformers_walk(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
@@ -118,6 +122,65 @@ def test_bisected_token_runs_equal_transformers_walk_on_random_offsets() -> None
         runs = token_runs(len(offsets), offsets.__getitem__, spans)
         assert runs_to_mask(len(offsets), runs) == want, (offsets, spans)
         assert runs == mask_spans(want), (offsets, spans)  # merged: exactly the runs of ones
+
+
+# Pieces where a regex transcription could go wrong: contractions in both cases, digit runs around Llama 3's
+# three-digit split, whitespace runs before text and at the end (the lookahead), punctuation with newlines,
+# added tokens whole and cut short.
+_PIECES = [*"abzAZ09 '\t\n\r.,!?<>|_-\"{}", "'s", "'S", "'ll", "'LL", "'Re", "'ve", "'d", "'m", "'t", "1234567",
+           "  ", "   x", "\n\n", " \n", "\r\n", " 12", "!!\n\n", " ''", "<|eot_id|>", "<|start_header_id|>",
+           "<|eot_id", "<|im_start|>", "<think>", "don't", " I'M"]
+
+
+@pytest.mark.parametrize("which", ["tiny", "llama3"])
+def test_pretoken_cache_gives_the_backend_encode_on_random_ascii(tokenizers: dict[str, Any], which: str) -> None:
+    """The pre-token cache against the backend tokenizer's encode and the bisected runs on its offsets: random
+    ASCII texts built from the pieces above, spans cut mostly at token edges and sometimes inside a token.
+    Non-ASCII text is always declined."""
+    import random
+
+    encoder = ChatEncoder(tokenizers[which])
+    quick = encoder.pretokens
+    assert quick is not None
+    rng, answered = random.Random(1), 0
+    for _ in range(2500):
+        text = "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 40)))
+        reference = encoder.backend.encode(text, add_special_tokens=False)
+        edges = [end for _, end in reference.offsets]
+        cuts = sorted(rng.choice(edges) if edges and rng.random() < 0.9 else rng.randint(0, len(text))
+                      for _ in range(2 * rng.randint(0, 3)))
+        spans = [(cuts[i], cuts[i + 1]) for i in range(0, len(cuts), 2)]
+        got = quick.encode(text, spans)
+        if got is not None:
+            answered += 1
+            assert got == (reference.ids, token_runs(len(reference), reference.token_to_chars, spans)), (text, spans)
+        assert quick.encode(text, []) == (reference.ids, []), text  # without spans it always answers
+        assert quick.encode(text + "é", []) is None
+    assert answered > 1500
+
+
+def test_pretoken_cache_declines_tokenizers_it_has_no_proof_for(tokenizers: dict[str, Any]) -> None:
+    """A normalizer, a prefix space, an unknown split regex, offsets trimmed after encoding or an added token
+    that strips its neighbours each change what the transcribed split would have to be: no cache then."""
+    import copy
+
+    from tokenizers import AddedToken, Regex, normalizers, pre_tokenizers, processors
+
+    from tempa.sft.pretokens import PretokenEncoder
+
+    def changed(which: str, edit: Any) -> Any:
+        backend = copy.deepcopy(tokenizers[which].backend_tokenizer)
+        edit(backend)
+        return PretokenEncoder.for_backend(backend)
+
+    assert changed("tiny", lambda b: None) is not None and changed("llama3", lambda b: None) is not None
+    assert changed("tiny", lambda b: setattr(b, "normalizer", normalizers.NFC())) is None
+    assert changed("tiny", lambda b: setattr(b, "pre_tokenizer", pre_tokenizers.ByteLevel(add_prefix_space=True))) is None
+    assert changed("llama3", lambda b: setattr(b, "pre_tokenizer", pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\p{N}{1,2}|\s+|[^\s\p{N}]+"), "isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]))) is None
+    assert changed("tiny", lambda b: setattr(b, "post_processor", processors.ByteLevel(trim_offsets=True))) is None
+    assert changed("tiny", lambda b: b.add_tokens([AddedToken("<x>", lstrip=True)])) is None
 
 
 def test_worker_processes_prepare_exactly_what_one_process_does(tmp_path: Path, tokenizers: dict[str, Any]) -> None:

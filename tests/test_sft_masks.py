@@ -160,8 +160,9 @@ def test_pretoken_cache_gives_the_backend_encode_on_random_ascii(tokenizers: dic
 
 
 def test_pretoken_cache_declines_tokenizers_it_has_no_proof_for(tokenizers: dict[str, Any]) -> None:
-    """A normalizer, a prefix space, an unknown split regex, offsets trimmed after encoding or an added token
-    that strips its neighbours each change what the transcribed split would have to be: no cache then."""
+    """A normalizer, a prefix space, an unknown split regex, offsets trimmed after encoding, an added token
+    that strips its neighbours or added tokens split in two passes each change what the transcribed split
+    would have to be: no cache then."""
     import copy
 
     from tokenizers import AddedToken, Regex, normalizers, pre_tokenizers, processors
@@ -180,7 +181,9 @@ def test_pretoken_cache_declines_tokenizers_it_has_no_proof_for(tokenizers: dict
         pre_tokenizers.Split(Regex(r"\p{N}{1,2}|\s+|[^\s\p{N}]+"), "isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]))) is None
     assert changed("tiny", lambda b: setattr(b, "post_processor", processors.ByteLevel(trim_offsets=True))) is None
-    assert changed("tiny", lambda b: b.add_tokens([AddedToken("<x>", lstrip=True)])) is None
+    assert changed("tiny", lambda b: b.add_tokens([AddedToken("<x>", lstrip=True, normalized=False)])) is None
+    assert changed("tiny", lambda b: b.add_tokens([AddedToken("<x>", normalized=True)])) is None  # split in 2 passes
+    assert changed("tiny", lambda b: b.add_tokens([AddedToken("<x>", normalized=False)])) is not None
 
 
 def test_worker_processes_prepare_exactly_what_one_process_does(tmp_path: Path, tokenizers: dict[str, Any]) -> None:

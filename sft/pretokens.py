@@ -49,7 +49,7 @@ _ASCII_FORMS = {
     ),
 }
 _OUTSIDE = re.compile(r"[^\t\n\r\x20-\x7e]")  # a character the transcriptions are not proven for
-_MAX_CACHED = 500_000  # distinct pre-tokens kept; the cache starts over past this
+_MAX_CACHED = 200_000  # distinct pre-tokens kept (about 40 MB); the cache starts over past this
 
 
 def _pretokenizer_pattern(state: dict[str, Any]) -> str | None:
@@ -83,11 +83,11 @@ class PretokenEncoder:
 
     def __init__(self, backend: Any, added: dict[str, int], words: re.Pattern[str]) -> None:
         self.backend = backend
-        self.added = added
+        self.added = {content: (token_id,) for content, token_id in added.items()}
         self.words = words
         # One alternation, longest first: the leftmost-longest match the tokenizer's added-token split makes.
         self.split = re.compile("(" + "|".join(re.escape(t) for t in sorted(added, key=len, reverse=True)) + ")")
-        self.cache: dict[str, list[int] | None] = {}
+        self.cache: dict[str, tuple[int, ...] | None] = {}
 
     @classmethod
     def for_backend(cls, backend: Any) -> PretokenEncoder | None:
@@ -116,11 +116,11 @@ class PretokenEncoder:
         if _OUTSIDE.search(text):
             return None
         pieces: list[str] = []
-        ids_of: list[list[int] | None] = []
+        ids_of: list[Sequence[int] | None] = []
         for k, chunk in enumerate(self.split.split(text)):
             if k % 2:  # an added token
                 pieces.append(chunk)
-                ids_of.append([self.added[chunk]])
+                ids_of.append(self.added[chunk])
             elif chunk:
                 words = self.words.findall(chunk)
                 if sum(map(len, words)) != len(chunk):  # matches left a gap: not the split the regex proves
@@ -152,12 +152,12 @@ class PretokenEncoder:
             lo = hi
         return list(chain.from_iterable(ids_of)), runs  # type: ignore[arg-type]
 
-    def _piece_ids(self, piece: str) -> list[int] | None:
+    def _piece_ids(self, piece: str) -> tuple[int, ...] | None:
         """One pre-token's ids from the tokenizer; ``None`` when, alone, it would not stay one pre-token."""
         if len(self.cache) >= _MAX_CACHED:
             self.cache.clear()
         encoding = self.backend.encode(piece, add_special_tokens=False)
-        ids = list(encoding.ids) if encoding.ids and set(encoding.word_ids) == {0} else None
+        ids = tuple(encoding.ids) if encoding.ids and set(encoding.word_ids) == {0} else None
         self.cache[piece] = ids
         return ids
 
@@ -165,7 +165,7 @@ class PretokenEncoder:
 class _Layout:
     """Where a text's tokens lie: pre-tokens end to end, each one's tokens end to end inside it."""
 
-    def __init__(self, pieces: list[str], ids_of: list[list[int]], backend: Any) -> None:
+    def __init__(self, pieces: list[str], ids_of: list[Sequence[int]], backend: Any) -> None:
         self.pieces, self.ids_of, self.backend = pieces, ids_of, backend
         self.char_ends = list(accumulate(map(len, pieces)))
         self.token_ends = list(accumulate(map(len, ids_of)))

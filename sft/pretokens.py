@@ -1,29 +1,31 @@
-"""The backend tokenizer's ids for ASCII texts, from a cache of each pre-token's ids.
+"""The backend tokenizer's ids, from a cache of each pre-token's ids where the text is ASCII.
 
 A tokenizers ``encode`` splits the text at added tokens, splits each stretch between them into
 pre-tokens with the pre-tokenizer's regex, and runs the model on each pre-token on its own: a
-pre-token's ids never depend on its neighbours. Most of the encode's time goes to the character-level
-bookkeeping around the regex (alignments for offsets), not to the model. :class:`PretokenEncoder` does
-the two splits with Python's ``re`` and asks the backend tokenizer itself for each distinct pre-token's
-ids once, so the ids are the tokenizer's own.
+pre-token's ids never depend on its neighbours, nor a stretch's on the other stretches. Most of the
+encode's time goes to the character-level bookkeeping around the regex (alignments for offsets), not to
+the model. :class:`PretokenEncoder` does the two splits with Python's ``re`` and asks the backend
+tokenizer itself for each distinct pre-token's ids once, so the ids are the tokenizer's own.
 
-It answers only where that is provably the same split, and returns ``None`` everywhere else (the caller
-then encodes the usual way):
+It does so only where that is provably the same split:
 
 - the tokenizer: no normalizer; a pre-tokenizer whose regex has a transcription below (byte-level BPE
   with GPT-2's pattern, and Llama 3's); a model without dropout; added tokens that match as plain
-  text (no ``lstrip``/``rstrip``/``single_word``) and are not encoded as text; a post-processor that
-  leaves offsets as they are (so the template's mask rule sees the tokens' true character spans);
-- the text: only printable ASCII, tab, newline and carriage return. On these characters ``\\p{L}`` is
-  ``[A-Za-z]``, ``\\p{N}`` is ``[0-9]`` and ``\\s`` is ``[\\t\\n\\r ]`` in every Unicode version, so the
-  transcriptions match exactly what the tokenizer's regex matches (both engines backtrack and try
-  alternatives in order);
+  text (no ``lstrip``/``rstrip``/``single_word``, all split in one pass) and are not encoded as text; a
+  post-processor that leaves offsets as they are (so the template's mask rule sees the tokens' true
+  character spans). Any other tokenizer gets no :class:`PretokenEncoder`;
+- the stretch between two added tokens: only printable ASCII, tab, newline and carriage return. On these
+  characters ``\\p{L}`` is ``[A-Za-z]``, ``\\p{N}`` is ``[0-9]`` and ``\\s`` is ``[\\t\\n\\r ]`` in every
+  Unicode version, so the transcriptions match exactly what the tokenizer's regex matches (both engines
+  backtrack and try alternatives in order). Any other stretch is encoded by the backend, alone;
 - every pre-token: the tokenizer, given it alone, keeps it as one pre-token (its ids are then the ids it
-  gets inside the text).
+  gets inside the text); else :meth:`PretokenEncoder.encode` returns ``None`` and the caller encodes the
+  whole text the usual way.
 
 The trained runs follow apply_chat_template's mask rule on the tokens' character spans: pre-tokens lie
 end to end, and inside one its tokens do too, each as wide as its token string (byte-level BPE writes
-one character per byte; checked per pre-token where a ``{% generation %}`` edge cuts one).
+one character per byte; checked per pre-token where a ``{% generation %}`` edge cuts one); inside a
+stretch the backend encoded, its own offsets place them.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def _keeps_offsets(state: dict[str, Any] | None) -> bool:
 
 
 class PretokenEncoder:
-    """Ids and trained token runs of ASCII texts, the backend tokenizer's own; ``None`` where unproven."""
+    """Ids and trained token runs of rendered texts, the backend tokenizer's own, from cached pre-token ids."""
 
     def __init__(self, backend: Any, added: dict[str, int], words: re.Pattern[str]) -> None:
         self.backend = backend
@@ -113,14 +115,20 @@ class PretokenEncoder:
 
     def encode(self, text: str, spans: Sequence[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]] | None:
         """``text``'s ids and the ``[start, end)`` token runs inside ``spans``, or ``None`` where unproven."""
-        if _OUTSIDE.search(text):
-            return None
         pieces: list[str] = []
+        exact: dict[int, list[tuple[int, int]]] = {}  # a stretch's token offsets, where the backend encoded it
         ids_of: list[Sequence[int] | None] = []
         for k, chunk in enumerate(self.split.split(text)):
             if k % 2:  # an added token
                 pieces.append(chunk)
                 ids_of.append(self.added[chunk])
+            elif _OUTSIDE.search(chunk):
+                # Not ASCII: the backend encodes this stretch, alone as it does inside the text (the added
+                # tokens around it split it off before its pre-tokenizer runs).
+                encoding = self.backend.encode(chunk, add_special_tokens=False)
+                exact[len(pieces)] = encoding.offsets
+                pieces.append(chunk)
+                ids_of.append(encoding.ids)
             elif chunk:
                 words = self.words.findall(chunk)
                 if sum(map(len, words)) != len(chunk):  # matches left a gap: not the split the regex proves
@@ -133,7 +141,7 @@ class PretokenEncoder:
                     ids_of[i] = self.cache[piece] if piece in self.cache else self._piece_ids(piece)
                     if ids_of[i] is None:
                         return None
-        layout = _Layout(pieces, ids_of, self.backend)  # type: ignore[arg-type]
+        layout = _Layout(pieces, ids_of, exact, self.backend)  # type: ignore[arg-type]
         # apply_chat_template's mask rule, as rendering.token_runs applies it: the tokens of span j are
         # those from the first ending after its start to the first starting at or after its end.
         runs: list[tuple[int, int]] = []
@@ -163,10 +171,13 @@ class PretokenEncoder:
 
 
 class _Layout:
-    """Where a text's tokens lie: pre-tokens end to end, each one's tokens end to end inside it."""
+    """Where a text's tokens lie: pre-tokens (and stretches the backend encoded) end to end, each one's tokens
+    inside it."""
 
-    def __init__(self, pieces: list[str], ids_of: list[Sequence[int]], backend: Any) -> None:
-        self.pieces, self.ids_of, self.backend = pieces, ids_of, backend
+    def __init__(
+        self, pieces: list[str], ids_of: list[Sequence[int]], exact: dict[int, list[tuple[int, int]]], backend: Any
+    ) -> None:
+        self.pieces, self.ids_of, self.exact, self.backend = pieces, ids_of, exact, backend
         self.char_ends = list(accumulate(map(len, pieces)))
         self.token_ends = list(accumulate(map(len, ids_of)))
 
@@ -181,15 +192,19 @@ class _Layout:
         position = ends[i - 1] if i else 0
         if position >= char or (not ending_after and ends[i] == char):
             return before if position >= char else self.token_ends[i]
-        # ``char`` falls inside pre-token i: its tokens' widths are their lengths (byte-level BPE writes one
-        # character per byte, and the text is ASCII), checked against the pre-token's own length.
+        offsets = self.exact[i] if i in self.exact else self._end_to_end(i)
+        if offsets is None:
+            return None
+        for k, (start, end) in enumerate(offsets):
+            if (position + end > char) if ending_after else (position + start >= char):
+                return before + k
+        return self.token_ends[i]
+
+    def _end_to_end(self, i: int) -> list[tuple[int, int]] | None:
+        """Pre-token i's token offsets inside it: each as wide as its token string (byte-level BPE writes one
+        character per byte, and the pre-token is ASCII), checked against the pre-token's own length."""
         widths = [len(self.backend.id_to_token(token) or "") for token in self.ids_of[i]]
         if sum(widths) != len(self.pieces[i]):
             return None
-        for k, width in enumerate(widths):
-            if ending_after and position + width > char:
-                return before + k
-            if not ending_after and position >= char:
-                return before + k
-            position += width
-        return self.token_ends[i]
+        ends = list(accumulate(widths))
+        return list(zip([0, *ends[:-1]], ends, strict=True))

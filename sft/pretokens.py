@@ -37,6 +37,8 @@ from collections.abc import Sequence
 from itertools import accumulate, chain
 from typing import Any
 
+from tempa.chat_templates.rendering import runs_for_spans
+
 # The tokenizers regexes (as serialised in tokenizer.json) and their transcriptions for the characters
 # allowed below. ByteLevel(use_regex=True) uses GPT-2's pattern; Llama 3 splits with its own first.
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -142,23 +144,12 @@ class PretokenEncoder:
                     if ids_of[i] is None:
                         return None
         layout = _Layout(pieces, ids_of, exact, self.backend)  # type: ignore[arg-type]
-        # apply_chat_template's mask rule, as rendering.token_runs applies it: the tokens of span j are
-        # those from the first ending after its start to the first starting at or after its end.
-        runs: list[tuple[int, int]] = []
-        lo = 0
-        for span_start, span_end in spans:
-            hi, masked = layout.first_token(span_end, ending_after=False), layout.first_token(span_start, ending_after=True)
-            if hi is None or masked is None:
-                return None
-            hi = max(lo, hi)
-            masked = min(max(lo, masked), hi)
-            if masked < hi:
-                if runs and runs[-1][1] == masked:
-                    runs[-1] = (runs[-1][0], hi)
-                else:
-                    runs.append((masked, hi))
-            lo = hi
-        return list(chain.from_iterable(ids_of)), runs  # type: ignore[arg-type]
+        runs = runs_for_spans(
+            spans,
+            ending_after=lambda char: layout.first_token(char, ending_after=True),
+            starting_at=lambda char: layout.first_token(char, ending_after=False),
+        )
+        return (list(chain.from_iterable(ids_of)), runs) if runs is not None else None  # type: ignore[arg-type]
 
     def _piece_ids(self, piece: str) -> tuple[int, ...] | None:
         """One pre-token's ids from the tokenizer; ``None`` when, alone, it would not stay one pre-token."""

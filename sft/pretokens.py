@@ -10,10 +10,10 @@ tokenizer itself for each distinct pre-token's ids once, so the ids are the toke
 It does so only where that is provably the same split:
 
 - the tokenizer: no normalizer; a pre-tokenizer whose regex has a transcription below (byte-level BPE
-  with GPT-2's pattern, and Llama 3's); a model without dropout; added tokens that match as plain
-  text (no ``lstrip``/``rstrip``/``single_word``, all split in one pass) and are not encoded as text; a
-  post-processor that leaves offsets as they are (so the template's mask rule sees the tokens' true
-  character spans). Any other tokenizer gets no :class:`PretokenEncoder`;
+  with GPT-2's pattern, and Llama 3's); a BPE model without dropout, unknown or byte-fallback tokens;
+  added tokens that match as plain text (no ``lstrip``/``rstrip``/``single_word``, all split in one pass)
+  and are not encoded as text; a post-processor that leaves offsets as they are (so the template's mask
+  rule sees the tokens' true character spans). Any other tokenizer gets no :class:`PretokenEncoder`;
 - the stretch between two added tokens: only printable ASCII, tab, newline and carriage return. On these
   characters ``\\p{L}`` is ``[A-Za-z]``, ``\\p{N}`` is ``[0-9]`` and ``\\s`` is ``[\\t\\n\\r ]`` in every
   Unicode version, so the transcriptions match exactly what the tokenizer's regex matches (both engines
@@ -54,6 +54,16 @@ _ASCII_FORMS = {
 }
 _OUTSIDE = re.compile(r"[^\t\n\r\x20-\x7e]")  # a character the transcriptions are not proven for
 _MAX_CACHED = 200_000  # distinct pre-tokens kept (about 40 MB); the cache starts over past this
+
+
+def _state(component: Any) -> dict[str, Any] | None:
+    """A tokenizer component's serialised settings; ``None`` for none, or for one that cannot say (custom code)."""
+    if component is None:
+        return None
+    try:
+        return json.loads(component.__getstate__())
+    except Exception:
+        return None
 
 
 def _pretokenizer_pattern(state: dict[str, Any]) -> str | None:
@@ -97,14 +107,18 @@ class PretokenEncoder:
     def for_backend(cls, backend: Any) -> PretokenEncoder | None:
         """The encoder for ``backend`` (a ``tokenizers.Tokenizer`` set up as the caller encodes), or ``None``
         when its pipeline is not one whose split is transcribed here."""
+        from tokenizers.models import BPE
+
         if backend.normalizer is not None or backend.pre_tokenizer is None or backend.encode_special_tokens:
             return None
-        if getattr(backend.model, "dropout", None):
+        model = backend.model
+        # Every token a string of its bytes' byte-level characters: no dropout, no unknown or byte-fallback tokens.
+        if not isinstance(model, BPE) or model.dropout or model.unk_token is not None or model.byte_fallback:
             return None
-        pattern = _pretokenizer_pattern(json.loads(backend.pre_tokenizer.__getstate__()))
+        pre_tokenizer, processor = _state(backend.pre_tokenizer), _state(backend.post_processor)
+        pattern = _pretokenizer_pattern(pre_tokenizer) if pre_tokenizer is not None else None
         words = _ASCII_FORMS.get(pattern) if pattern is not None else None
-        processor = backend.post_processor
-        if words is None or not _keeps_offsets(json.loads(processor.__getstate__()) if processor else None):
+        if words is None or (backend.post_processor is not None and processor is None) or not _keeps_offsets(processor):
             return None
         tokens = backend.get_added_tokens_decoder()
         # Added tokens of both kinds would be split in two passes (plain ones first), not in one.

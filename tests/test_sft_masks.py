@@ -164,9 +164,9 @@ def test_pretoken_cache_gives_the_backend_encode_on_random_ascii(tokenizers: dic
 
 
 def test_pretoken_cache_declines_tokenizers_it_has_no_proof_for(tokenizers: dict[str, Any]) -> None:
-    """A normalizer, a prefix space, an unknown split regex, offsets trimmed after encoding, an added token
-    that strips its neighbours or added tokens split in two passes each change what the transcribed split
-    would have to be: no cache then."""
+    """A normalizer, BPE dropout or byte fallback, a prefix space, an unknown split regex, offsets trimmed after
+    encoding, an added token that strips its neighbours or added tokens split in two passes each change what
+    the transcribed split would have to be: no cache then."""
     import copy
 
     from tokenizers import AddedToken, Regex, normalizers, pre_tokenizers, processors
@@ -180,6 +180,8 @@ def test_pretoken_cache_declines_tokenizers_it_has_no_proof_for(tokenizers: dict
 
     assert changed("tiny", lambda b: None) is not None and changed("llama3", lambda b: None) is not None
     assert changed("tiny", lambda b: setattr(b, "normalizer", normalizers.NFC())) is None
+    assert changed("tiny", lambda b: setattr(b.model, "dropout", 0.1)) is None
+    assert changed("tiny", lambda b: setattr(b.model, "byte_fallback", True)) is None
     assert changed("tiny", lambda b: setattr(b, "pre_tokenizer", pre_tokenizers.ByteLevel(add_prefix_space=True))) is None
     assert changed("llama3", lambda b: setattr(b, "pre_tokenizer", pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(r"\p{N}{1,2}|\s+|[^\s\p{N}]+"), "isolated"),

@@ -227,7 +227,7 @@ def test_default_workers_follow_cores_and_rows(monkeypatch: pytest.MonkeyPatch) 
     assert data.worker_count(None, 10**7) == 8
     assert data.worker_count(None, data.ROWS_PER_PROCESS + 1) is None  # one process: no pool at all
     assert data.worker_count(4, 10) == 4
-    # normalising (about 1/40 of tokenising per row) gets a pool only for sources that pay for it
+    # normalising (about 1/10 of tokenising per row) gets a pool only for sources that pay for it
     assert data.worker_count(4, 10, data.NORMALISE_ROWS_PER_PROCESS) is None
     assert data.worker_count(None, 3 * data.NORMALISE_ROWS_PER_PROCESS, data.NORMALISE_ROWS_PER_PROCESS) == 3
 

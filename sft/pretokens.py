@@ -14,10 +14,11 @@ It does so only where that is provably the same split:
   added tokens that match as plain text (no ``lstrip``/``rstrip``/``single_word``, all split in one pass)
   and are not encoded as text; a post-processor that leaves offsets as they are (so the template's mask
   rule sees the tokens' true character spans). Any other tokenizer gets no :class:`PretokenEncoder`;
-- the stretch between two added tokens: only printable ASCII, tab, newline and carriage return. On these
+- the stretch between two added tokens (or, in a stretch that is not all ASCII, the lines that
+  ``_LINE_START`` splits it into): only printable ASCII, tab, newline and carriage return. On these
   characters ``\\p{L}`` is ``[A-Za-z]``, ``\\p{N}`` is ``[0-9]`` and ``\\s`` is ``[\\t\\n\\r ]`` in every
   Unicode version, so the transcriptions match exactly what the tokenizer's regex matches (both engines
-  backtrack and try alternatives in order). Any other stretch is encoded by the backend, alone;
+  backtrack and try alternatives in order). Any other part is encoded by the backend, alone;
 - every pre-token: the tokenizer, given it alone, keeps it as one pre-token (its ids are then the ids it
   gets inside the text); else :meth:`PretokenEncoder.encode` returns ``None`` and the caller encodes the
   whole text the usual way.
@@ -53,6 +54,12 @@ _ASCII_FORMS = {
     ),
 }
 _OUTSIDE = re.compile(r"[^\t\n\r\x20-\x7e]")  # a character the transcriptions are not proven for
+# A line that starts with an ASCII letter after a line ending in a visible ASCII character. Both regexes put a
+# pre-token edge before that letter whatever the other characters are (no alternative matches a newline and
+# then a letter), and each side, given alone, splits as it does in the text: the only alternatives that read
+# past the newline are the whitespace runs and Llama 3's punctuation run with its trailing newlines, and with
+# a visible character before the newline, a letter after it and the end of a string match them alike.
+_LINE_START = re.compile(r"(?<=[!-~]\n)(?=[A-Za-z])")
 _MAX_CACHED = 200_000  # distinct pre-tokens kept (about 40 MB); the cache starts over past this
 
 
@@ -138,19 +145,21 @@ class PretokenEncoder:
             if k % 2:  # an added token
                 pieces.append(chunk)
                 ids_of.append(self.added[chunk])
-            elif _OUTSIDE.search(chunk):
-                # Not ASCII: the backend encodes this stretch, alone as it does inside the text (the added
-                # tokens around it split it off before its pre-tokenizer runs).
-                encoding = self.backend.encode(chunk, add_special_tokens=False)
-                exact[len(pieces)] = encoding.offsets
-                pieces.append(chunk)
-                ids_of.append(encoding.ids)
-            elif chunk:
-                words = self.words.findall(chunk)
-                if sum(map(len, words)) != len(chunk):  # matches left a gap: not the split the regex proves
-                    return None
-                pieces.extend(words)
-                ids_of.extend(map(self.cache.get, words))
+                continue
+            for part in _LINE_START.split(chunk) if _OUTSIDE.search(chunk) else (chunk,):
+                if _OUTSIDE.search(part):
+                    # Not ASCII: the backend encodes this part alone, as it does inside the text (added tokens
+                    # and line starts split it off; see _LINE_START).
+                    encoding = self.backend.encode(part, add_special_tokens=False)
+                    exact[len(pieces)] = encoding.offsets
+                    pieces.append(part)
+                    ids_of.append(encoding.ids)
+                elif part:
+                    words = self.words.findall(part)
+                    if sum(map(len, words)) != len(part):  # matches left a gap: not the split the regex proves
+                        return None
+                    pieces.extend(words)
+                    ids_of.extend(map(self.cache.get, words))
         if None in ids_of:
             for i, piece in enumerate(pieces):
                 if ids_of[i] is None:

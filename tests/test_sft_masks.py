@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -131,11 +132,11 @@ def test_bisected_token_runs_equal_transformers_walk_on_random_offsets() -> None
 
 # Pieces where a regex transcription could go wrong: contractions in both cases, digit runs around Llama 3's
 # three-digit split, whitespace runs before text and at the end (the lookahead), punctuation with newlines,
-# added tokens whole and cut short; and some non-ASCII text (the backend encodes those stretches).
+# added tokens whole and cut short; some non-ASCII text (the backend encodes those parts) and line starts.
 _PIECES = [*"abzAZ09 '\t\n\r.,!?<>|_-\"{}", "'s", "'S", "'ll", "'LL", "'Re", "'ve", "'d", "'m", "'t", "1234567",
            "  ", "   x", "\n\n", " \n", "\r\n", " 12", "!!\n\n", " ''", "<|eot_id|>", "<|start_header_id|>",
            "<|eot_id", "<|im_start|>", "<think>", "don't", " I'M", "<|eot_id|>", "<|eot_id|>", "é", " 你好", "👋🏽", "e\u0301",
-           "\x0b", "\u00a0"]
+           "\x0b", "\u00a0", ".\nSo", ":\n"]
 
 
 @pytest.mark.parametrize("which", ["tiny", "llama3"])
@@ -161,6 +162,34 @@ def test_pretoken_cache_gives_the_backend_encode_on_random_ascii(tokenizers: dic
             assert got == (reference.ids, token_runs(len(reference), reference.token_to_chars, spans)), (text, spans)
         assert quick.encode(text, []) == (reference.ids, []), text  # without spans it always answers
     assert answered == 2500
+
+
+@pytest.mark.parametrize("which", ["tiny", "llama3"])
+def test_pretoken_splits_are_the_pre_tokenizers_own(tokenizers: dict[str, Any], which: str) -> None:
+    """The two claims under the cache, on the pre-tokenizer's own split (so a vocabulary that happens to give the
+    same ids either way hides nothing): on ASCII text the transcribed regex finds its pre-tokens, and the line
+    starts that split a non-ASCII stretch are pre-token edges with each side splitting alone as in the text."""
+    import random
+
+    from tempa.sft.pretokens import _LINE_START, _OUTSIDE
+
+    quick = ChatEncoder(tokenizers[which]).pretokens
+    assert quick is not None
+    split = tokenizers[which].backend_tokenizer.pre_tokenizer.pre_tokenize_str
+    rng, cut = random.Random(2), 0
+    for _ in range(3000):
+        text = "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 40)))
+        want = [offsets for _, offsets in split(text)]
+        if not _OUTSIDE.search(text):
+            ends = list(accumulate(len(word) for word in quick.words.findall(text)))
+            assert list(zip([0, *ends][: len(ends)], ends, strict=True)) == want, text
+        got, start = [], 0
+        for part in _LINE_START.split(text):
+            got += [(start + a, start + b) for _, (a, b) in split(part)]
+            start += len(part)
+        cut += len(_LINE_START.split(text)) > 1 and bool(_OUTSIDE.search(text))
+        assert got == want, text
+    assert cut > 500
 
 
 def test_pretoken_cache_declines_tokenizers_it_has_no_proof_for(tokenizers: dict[str, Any]) -> None:

@@ -36,17 +36,14 @@ def token_runs(
     """The ``[start, end)`` token runs that ``apply_chat_template``'s assistant mask marks, found by bisection.
 
     ``token_chars(i)`` is token ``i``'s character offsets (``Encoding.token_to_chars``); ``spans`` are the
-    character spans of the ``{% generation %}`` blocks. transformers walks the tokens and the spans together:
-    a token starting at or after the current span's end moves on to the next span, and a token ending after
-    that span's start is masked. A tokenizers encoding's token offsets never go backwards (pre-tokens are
-    split in order and each token lies inside its own), and span ends never do either (a span is recorded
-    when its block closes), so the tokens that meet span ``j`` are those starting in ``[end_{j-1}, end_j)``
-    and the masked ones are the tail of them ending after ``start_j``: two binary searches per span instead
-    of every token's offsets (materialising them cost as much as all the rest of the mask work). Runs that
-    touch are merged, so the result is the runs of ones of transformers' mask.
+    character spans of the ``{% generation %}`` blocks. A tokenizers encoding's token offsets never go
+    backwards (pre-tokens are split in order and each token lies inside its own), so the two searches
+    :func:`runs_for_spans` needs are binary searches: two per span instead of every token's offsets
+    (materialising them cost as much as all the rest of the mask work).
     """
 
-    def first(lo: int, hi: int, reached: Callable[[int], bool]) -> int:
+    def first(reached: Callable[[int], bool]) -> int:
+        lo, hi = 0, n_tokens
         while lo < hi:
             mid = (lo + hi) // 2
             if reached(mid):
@@ -55,11 +52,39 @@ def token_runs(
                 lo = mid + 1
         return lo
 
+    runs = runs_for_spans(
+        spans,
+        ending_after=lambda char: first(lambda t: token_chars(t)[1] > char),
+        starting_at=lambda char: first(lambda t: token_chars(t)[0] >= char),
+    )
+    assert runs is not None
+    return runs
+
+
+def runs_for_spans(
+    spans: Sequence[tuple[int, int]],
+    *,
+    ending_after: Callable[[int], int | None],
+    starting_at: Callable[[int], int | None],
+) -> list[tuple[int, int]] | None:
+    """transformers' span rule as token runs, from two searches over tokens whose offsets never go backwards.
+
+    ``ending_after(c)`` is the first token ending after character ``c``, ``starting_at(c)`` the first starting
+    at or after it (either may answer ``None``: then so does this). transformers walks the tokens and the spans
+    together: a token starting at or after the current span's end moves on to the next span, and a token
+    ending after that span's start is masked. Span ends never go backwards either (a span is recorded when
+    its block closes), so the tokens that meet span ``j`` are those starting in ``[end_{j-1}, end_j)`` and the
+    masked ones are the tail of them ending after ``start_j``. Runs that touch are merged, so the result is
+    the runs of ones of transformers' mask.
+    """
     runs: list[tuple[int, int]] = []
     lo = 0
     for span_start, span_end in spans:
-        hi = first(lo, n_tokens, lambda t: token_chars(t)[0] >= span_end)  # noqa: B023 (used at once)
-        masked = first(lo, hi, lambda t: token_chars(t)[1] > span_start)  # noqa: B023
+        hi, masked = starting_at(span_end), ending_after(span_start)
+        if hi is None or masked is None:
+            return None
+        hi = max(lo, hi)
+        masked = min(max(lo, masked), hi)
         if masked < hi:
             if runs and runs[-1][1] == masked:
                 runs[-1] = (runs[-1][0], hi)

@@ -457,8 +457,9 @@ class DataConfig(_Strict):
 # --- worker processes and throughput -----------------------------------------------------------------
 
 ROWS_PER_PROCESS = 1000  # the fewest rows of a source worth another worker process (see worker_count)
-# Normalising and the row filters cost about 1/40 of tokenising per row (0.25 vs 9.8 CPU-s for 3,000
-# reasoning rows in bench/data_prep.py), so a worker pool pays for its start-up only on far more rows.
+# Normalising and the row filters cost about 1/10 of tokenising per row (0.2-0.3 vs about 2.6 CPU-s for
+# 3,000 reasoning rows in bench/data_prep.py; 9.8 before the pre-token cache), so a worker pool pays for
+# its start-up only on far more rows.
 NORMALISE_ROWS_PER_PROCESS = 20 * ROWS_PER_PROCESS
 # Tokens the pipeline prepares per CPU-second on one core (render, tokenise, masks, filters, cache), for
 # `tempa plan`'s data-prep estimate. Measured with bench/data_prep.py on 2026-11-30: medians of 253k-278k

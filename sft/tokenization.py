@@ -18,6 +18,7 @@ from tempa.chat_templates.rendering import render_with_generation_spans, runs_to
 from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.data_config import DataError
 from tempa.sft.files import digest
+from tempa.sft.pretokens import PretokenEncoder
 
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
@@ -58,7 +59,9 @@ class ChatEncoder:
     The result is ``apply_chat_template(..., return_assistant_tokens_mask=True)``'s, token for token, by
     the same steps with less around them: transformers' renderer gives the text and the character spans
     of the ``{% generation %}`` blocks, the backend tokenizer encodes the text, and :func:`token_runs`
-    applies transformers' span rule by bisecting the token offsets instead of walking all of them.
+    applies transformers' span rule by bisecting the token offsets instead of walking all of them. Where
+    :class:`~tempa.sft.pretokens.PretokenEncoder` can prove its split (ASCII text, byte-level BPE with a known
+    regex) it gives the same ids and runs from cached pre-token ids, about 5x faster than the encode.
     :meth:`encode` tokenises many rendered texts in a row: alternating Jinja and the tokenizer per row
     measured about 1.3x slower, since each evicts the other's working set from the CPU caches.
     """
@@ -71,6 +74,7 @@ class ChatEncoder:
             )
         self.tokenizer = tokenizer
         self.backend = _plain_backend(tokenizer)
+        self.pretokens = PretokenEncoder.for_backend(self.backend)
         self.specials = dict(tokenizer.special_tokens_map)
 
     def text(self, messages: list[dict[str, Any]], thinking: bool, tools: list[dict[str, Any]] | None = None) -> Rendered:
@@ -84,13 +88,18 @@ class ChatEncoder:
 
     def encode(self, rendered: Sequence[Rendered]) -> list[EncodedChat]:
         """The ids and trained token runs of each rendered text."""
-        # One text at a time: encode_batch would start the tokenizer's thread pool, which the data
+        quick = self.pretokens
+        chats = [quick.encode(text, spans) if quick is not None else None for text, spans in rendered]
+        # The rest one text at a time: encode_batch would start the tokenizer's thread pool, which the data
         # pipeline's own worker processes already stand in for.
-        encodings = [self.backend.encode(text, add_special_tokens=False) for text, _ in rendered]
         return [
-            EncodedChat(e.ids, token_runs(len(e), e.token_to_chars, spans))
-            for e, (_, spans) in zip(encodings, rendered, strict=True)
+            EncodedChat(*chat) if chat is not None else self._encode_one(text, spans)
+            for chat, (text, spans) in zip(chats, rendered, strict=True)
         ]
+
+    def _encode_one(self, text: str, spans: list[tuple[int, int]]) -> EncodedChat:
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        return EncodedChat(encoding.ids, token_runs(len(encoding), encoding.token_to_chars, spans))
 
     def __call__(
         self, messages: list[dict[str, Any]], thinking: bool, tools: list[dict[str, Any]] | None = None

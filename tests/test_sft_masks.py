@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,12 @@ def test_masks_are_byte_identical_to_apply_chat_template(tokenizers: dict[str, A
                 expected.append(want)
     assert len(expected) > 30 and refused < len(expected)
     assert [(chat.input_ids, chat.assistant_mask) for chat in encoder.encode(rendered)] == expected
+    # The pre-token cache answered every rendering; without it (tokenizers it has no proof for), the backend's
+    # encode gives the same.
+    assert encoder.pretokens is not None
+    assert all(encoder.pretokens.encode(text, spans) is not None for text, spans in rendered)
+    encoder.pretokens = None
+    assert [(chat.input_ids, chat.assistant_mask) for chat in encoder.encode(rendered)] == expected
 
 
 def _transformers_walk(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
@@ -95,7 +102,8 @@ def _transformers_walk(offsets: list[tuple[int, int]], spans: list[tuple[int, in
 
 def test_bisected_token_runs_equal_transformers_walk_on_random_offsets() -> None:
     """Offsets shaped like a tokenizer's (tokens sharing a multi-byte character, zero-width tokens after
-    trimmed whitespace, gaps) against spans that touch, nest in time, are empty or run past the text."""
+    trimmed whitespace, gaps) against spans that touch, nest in time, are empty, run past the text or come
+    out of order."""
     import random
 
     rng = random.Random(0)
@@ -114,10 +122,103 @@ def test_bisected_token_runs_equal_transformers_walk_on_random_offsets() -> None
         spans = [(cuts[i], cuts[i + 1]) for i in range(0, len(cuts), 2)]
         if spans and rng.random() < 0.3:  # a block closing right where the previous one closed
             spans.append((spans[-1][1], spans[-1][1] + rng.randint(0, 3)))
+        if spans and rng.random() < 0.2:  # one out of order (never from a template: the walk still decides)
+            spans.insert(rng.randint(0, len(spans)), (rng.randint(0, spans[-1][1]), rng.randint(0, spans[-1][1])))
         want = _transformers_walk(offsets, spans)
         runs = token_runs(len(offsets), offsets.__getitem__, spans)
         assert runs_to_mask(len(offsets), runs) == want, (offsets, spans)
         assert runs == mask_spans(want), (offsets, spans)  # merged: exactly the runs of ones
+
+
+# Pieces where a regex transcription could go wrong: contractions in both cases, digit runs around Llama 3's
+# three-digit split, whitespace runs before text and at the end (the lookahead), punctuation with newlines,
+# added tokens whole and cut short; some non-ASCII text (the backend encodes those parts) and line starts.
+_PIECES = [*"abzAZ09 '\t\n\r.,!?<>|_-\"{}", "'s", "'S", "'ll", "'LL", "'Re", "'ve", "'d", "'m", "'t", "1234567",
+           "  ", "   x", "\n\n", " \n", "\r\n", " 12", "!!\n\n", " ''", "<|eot_id|>", "<|start_header_id|>",
+           "<|eot_id", "<|im_start|>", "<think>", "don't", " I'M", "<|eot_id|>", "<|eot_id|>", "é", " 你好", "👋🏽", "e\u0301",
+           "\x0b", "\u00a0", ".\nSo", ":\n"]
+
+
+@pytest.mark.parametrize("which", ["tiny", "llama3"])
+def test_pretoken_cache_gives_the_backend_encode_on_random_ascii(tokenizers: dict[str, Any], which: str) -> None:
+    """The pre-token cache against the backend tokenizer's encode and the bisected runs on its offsets: random
+    texts built from the pieces above, spans cut mostly at token edges and sometimes inside a token."""
+    import random
+
+    encoder = ChatEncoder(tokenizers[which])
+    quick = encoder.pretokens
+    assert quick is not None
+    rng, answered = random.Random(1), 0
+    for _ in range(2500):
+        text = "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 40)))
+        reference = encoder.backend.encode(text, add_special_tokens=False)
+        edges = [end for _, end in reference.offsets]
+        cuts = sorted(rng.choice(edges) if edges and rng.random() < 0.9 else rng.randint(0, len(text))
+                      for _ in range(2 * rng.randint(0, 3)))
+        spans = [(cuts[i], cuts[i + 1]) for i in range(0, len(cuts), 2)]
+        got = quick.encode(text, spans)
+        if got is not None:
+            answered += 1
+            assert got == (reference.ids, token_runs(len(reference), reference.token_to_chars, spans)), (text, spans)
+        assert quick.encode(text, []) == (reference.ids, []), text  # without spans it always answers
+    assert answered == 2500
+
+
+@pytest.mark.parametrize("which", ["tiny", "llama3"])
+def test_pretoken_splits_are_the_pre_tokenizers_own(tokenizers: dict[str, Any], which: str) -> None:
+    """The two claims under the cache, on the pre-tokenizer's own split (so a vocabulary that happens to give the
+    same ids either way hides nothing): on ASCII text the transcribed regex finds its pre-tokens, and the line
+    starts that split a non-ASCII stretch are pre-token edges with each side splitting alone as in the text."""
+    import random
+
+    from tempa.sft.pretokens import _LINE_START, _OUTSIDE
+
+    quick = ChatEncoder(tokenizers[which]).pretokens
+    assert quick is not None
+    split = tokenizers[which].backend_tokenizer.pre_tokenizer.pre_tokenize_str
+    rng, cut = random.Random(2), 0
+    for _ in range(3000):
+        text = "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 40)))
+        want = [offsets for _, offsets in split(text)]
+        if not _OUTSIDE.search(text):
+            ends = list(accumulate(len(word) for word in quick.words.findall(text)))
+            assert list(zip([0, *ends][: len(ends)], ends, strict=True)) == want, text
+        got, start = [], 0
+        for part in _LINE_START.split(text):
+            got += [(start + a, start + b) for _, (a, b) in split(part)]
+            start += len(part)
+        cut += len(_LINE_START.split(text)) > 1 and bool(_OUTSIDE.search(text))
+        assert got == want, text
+    assert cut > 500
+
+
+def test_pretoken_cache_declines_tokenizers_it_has_no_proof_for(tokenizers: dict[str, Any]) -> None:
+    """A normalizer, BPE dropout or byte fallback, a prefix space, an unknown split regex, offsets trimmed after
+    encoding, an added token that strips its neighbours or added tokens split in two passes each change what
+    the transcribed split would have to be: no cache then."""
+    import copy
+
+    from tokenizers import AddedToken, Regex, normalizers, pre_tokenizers, processors
+
+    from tempa.sft.pretokens import PretokenEncoder
+
+    def changed(which: str, edit: Any) -> Any:
+        backend = copy.deepcopy(tokenizers[which].backend_tokenizer)
+        edit(backend)
+        return PretokenEncoder.for_backend(backend)
+
+    assert changed("tiny", lambda b: None) is not None and changed("llama3", lambda b: None) is not None
+    assert changed("tiny", lambda b: setattr(b, "normalizer", normalizers.NFC())) is None
+    assert changed("tiny", lambda b: setattr(b.model, "dropout", 0.1)) is None
+    assert changed("tiny", lambda b: setattr(b.model, "byte_fallback", True)) is None
+    assert changed("tiny", lambda b: setattr(b, "pre_tokenizer", pre_tokenizers.ByteLevel(add_prefix_space=True))) is None
+    assert changed("llama3", lambda b: setattr(b, "pre_tokenizer", pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\p{N}{1,2}|\s+|[^\s\p{N}]+"), "isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]))) is None
+    assert changed("tiny", lambda b: setattr(b, "post_processor", processors.ByteLevel(trim_offsets=True))) is None
+    assert changed("tiny", lambda b: b.add_tokens([AddedToken("<x>", lstrip=True, normalized=False)])) is None
+    assert changed("tiny", lambda b: b.add_tokens([AddedToken("<x>", normalized=True)])) is None  # split in 2 passes
+    assert changed("tiny", lambda b: b.add_tokens([AddedToken("<x>", normalized=False)])) is not None
 
 
 def test_worker_processes_prepare_exactly_what_one_process_does(tmp_path: Path, tokenizers: dict[str, Any]) -> None:
@@ -155,7 +256,7 @@ def test_default_workers_follow_cores_and_rows(monkeypatch: pytest.MonkeyPatch) 
     assert data.worker_count(None, 10**7) == 8
     assert data.worker_count(None, data.ROWS_PER_PROCESS + 1) is None  # one process: no pool at all
     assert data.worker_count(4, 10) == 4
-    # normalising (about 1/40 of tokenising per row) gets a pool only for sources that pay for it
+    # normalising (about 1/10 of tokenising per row) gets a pool only for sources that pay for it
     assert data.worker_count(4, 10, data.NORMALISE_ROWS_PER_PROCESS) is None
     assert data.worker_count(None, 3 * data.NORMALISE_ROWS_PER_PROCESS, data.NORMALISE_ROWS_PER_PROCESS) == 3
 

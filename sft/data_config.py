@@ -465,7 +465,9 @@ NORMALISE_ROWS_PER_PROCESS = 20 * ROWS_PER_PROCESS
 # `tempa plan`'s data-prep estimate. Measured with bench/data_prep.py on 2026-11-30: medians of 253k-278k
 # tokens per CPU-second (two runs of 5 repeats) on a quiet 2-vCPU x86_64 VM (tiny byte-level BPE tokenizer,
 # single-turn reasoning rows of about 820 tokens); Meta's Llama 3 tokenizer encodes about 10% slower per
-# token. Rounded down.
+# token. Rounded down. Measured before the pre-token cache (sft/pretokens.py), which prepares ASCII text at
+# about 2.5x that rate; kept, since text that is not ASCII (Thai, Japanese, ...) still takes the backend's
+# encode at about this rate, and a plan should not promise the faster case.
 PREP_TOKENS_PER_CORE_SECOND = 250_000
 
 

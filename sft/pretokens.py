@@ -36,7 +36,7 @@ import json
 import re
 from collections.abc import Sequence
 from itertools import accumulate, chain
-from typing import Any
+from typing import Any, cast
 
 from tempa.chat_templates.rendering import runs_for_spans
 
@@ -166,13 +166,14 @@ class PretokenEncoder:
                     ids_of[i] = self.cache[piece] if piece in self.cache else self._piece_ids(piece)
                     if ids_of[i] is None:
                         return None
-        layout = _Layout(pieces, ids_of, exact, self.backend)  # type: ignore[arg-type]
+        resolved = cast("list[Sequence[int]]", ids_of)  # every None was filled in or returned above
+        layout = _Layout(pieces, resolved, exact, self.backend)
         runs = runs_for_spans(
             spans,
             ending_after=lambda char: layout.first_token(char, ending_after=True),
             starting_at=lambda char: layout.first_token(char, ending_after=False),
         )
-        return (list(chain.from_iterable(ids_of)), runs) if runs is not None else None  # type: ignore[arg-type]
+        return (list(chain.from_iterable(resolved)), runs) if runs is not None else None
 
     def _piece_ids(self, piece: str) -> tuple[int, ...] | None:
         """One pre-token's ids from the tokenizer; ``None`` when, alone, it would not stay one pre-token."""

@@ -309,14 +309,25 @@ def reap_stale_launch(stage_dir: Path, *, log) -> None:
     pid_file.unlink(missing_ok=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop the training group: SIGTERM, then SIGKILL after ``grace_s``; returns once every member is gone.
+
+    Waiting for the leader alone is not enough: the launcher can exit while its worker is still
+    shutting down, and the runner must not report "interrupted" with a training process alive.
+    """
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
-            proc.wait(timeout=10)
+        except ProcessLookupError:
             return
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            continue
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader: until then the group id stays taken
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
 
 
 _LAUNCHER_ERRORS = ("CalledProcessError", "ChildFailedError", "torch.distributed.elastic")

@@ -59,3 +59,28 @@ def test_a_finished_launch_leaves_no_watchdog_behind(tmp_path: Path) -> None:
     children = [p for p in Path("/proc").iterdir() if p.name.isdigit() and p.name not in before
                 and (p / "stat").exists() and f" {os.getpid()} " in (p / "stat").read_text().split(")", 1)[-1][:20]]
     assert children == [], "a watchdog (or a zombie) outlived the launch"
+
+
+def test_stopping_a_launch_returns_only_once_every_process_of_its_group_is_gone(tmp_path: Path) -> None:
+    """The launcher can exit on SIGTERM while its worker is still shutting down (seen in CI: the runner said
+    "interrupted" with a training process alive); the runner must wait for the whole group."""
+    from tempa.recipes.launcher import _stop
+
+    ready = tmp_path / "ready"
+    worker = ("import signal, sys, time\n"
+              "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1.5), sys.exit(0)))\n"
+              f"open({str(ready)!r}, 'w').close()\n"
+              "time.sleep(60)\n")
+    launcher = f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {worker!r}])\ntime.sleep(60)\n"
+    proc = subprocess.Popen([sys.executable, "-c", launcher], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "the worker never started"
+        _stop(proc)
+        assert proc.poll() is not None
+        assert not _group_alive(proc.pid), "the worker outlived the stop"
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -428,7 +428,7 @@ class DataConfig(_Strict):
     num_proc: int | None = Field(
         default=None,
         ge=1,
-        description="Processes for tokenising (and for normalising sources of 40,000+ rows); unset: one "
+        description="Processes for tokenising (and for normalising sources of 20,000+ rows); unset: one "
         "per core, at most one per 1,000 rows of a source. The prepared data is the same for every setting.",
     )
 

@@ -61,12 +61,12 @@ def length_summary(lengths: list[int]) -> str:
 # --------------------------------------------------------------------------- tokenizer + data
 
 
-def bench_tokenizer():
-    """tempa's tiny tokenizer with the llama3_thinking template baked in."""
+def bench_tokenizer(kind: str = "tiny"):
+    """tempa's tiny tokenizer (or Meta's Llama 3 one: ``kind="llama3"``) with the llama3_thinking template baked in."""
     from tempa.chat_templates import load_template
-    from tempa.recipes.tiny import build_tiny_tokenizer
+    from tempa.recipes.tiny import build_tokenizer
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tokenizer(kind)
     tokenizer.chat_template = load_template(TEMPLATE)
     return tokenizer
 

@@ -17,6 +17,9 @@ process set up alike (trl's trainer built, template compiled, tempa imported; un
 runs are repeated ``--repeats`` times, interleaved, each with fresh caches, and medians are compared: one
 first run of the same code varies by +-15% on a quiet shared VM. Wall and CPU seconds are both reported: CPU seconds
 (this process and its finished workers) are what other load inflates least.
+The same repeats also time the parallel part alone: rendering and encoding every row with tempa's encoder,
+in one process and in two forked processes (nothing else: no reading, no datasets, no pool of datasets'),
+which is the most this machine gives that work in two processes, the ceiling of the pipeline's own ratio.
 Goals: tempa >= 2x trl on the first run in one process, >= 1.7x from 1 to 2 processes, and >= 20x
 trl's first run on tempa's cached run.
 """
@@ -24,6 +27,7 @@ trl's first run on tempa's cached run.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import statistics
@@ -70,6 +74,37 @@ def trl_run(trainer, rows_path: Path, hf_cache: Path) -> dict[str, Any]:
     return {**t, "rows_in": len(raw), "samples": len(prepared), "tokens": tokens}
 
 
+_SHARES: list[list[dict[str, Any]]] = []  # set before the encode-only processes fork; they inherit it
+_ENCODER: list[Any] = []
+
+
+def _encode_share(k: int) -> int:
+    encoder = _ENCODER[0]
+    return sum(len(chat.input_ids) for chat in encoder.encode([encoder.text(row["messages"], True) for row in _SHARES[k]]))
+
+
+def encode_only(rows_path: Path, tokenizer, processes: int) -> dict[str, Any]:
+    """The parallel part alone, with nothing around it: render and encode every row (thinking on) in
+    ``processes`` forked processes, each its contiguous share. Its 1 -> 2 ratio is what this machine gives
+    this work in two processes, the ceiling of the pipeline's own 1 -> 2 ratio."""
+    import multiprocessing
+
+    from tempa.sft.tokenization import ChatEncoder
+
+    rows = common.read_jsonl(rows_path)
+    _ENCODER[:] = [ChatEncoder(tokenizer)]
+    _SHARES[:] = [rows[k * len(rows) // processes:(k + 1) * len(rows) // processes] for k in range(processes)]
+    gc.freeze()  # as the pipeline does while it prepares (tempa.sft.forked_workers.frozen_heap)
+    with common.timed() as t:
+        if processes == 1:
+            tokens = _encode_share(0)
+        else:
+            with multiprocessing.get_context("fork").Pool(processes) as pool:
+                tokens = sum(pool.map(_encode_share, range(processes)))
+    gc.unfreeze()
+    return {**t, "rows_in": len(rows), "samples": len(rows), "tokens": tokens, "cache_hit": False}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=3000)
@@ -77,6 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5,
                         help="interleaved first runs of each path (fresh caches each time); medians are compared")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--tokenizer", choices=("tiny", "llama3"), default="tiny",
+                        help="the tokenizer that prepares the rows (the rows' text is the same for both)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--measure", choices=MEASURES, help=argparse.SUPPRESS)  # one measurement, in a child
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -87,7 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-FIRST_RUNS = ("tempa first", "tempa first, 2 processes", "trl first")
+FIRST_RUNS = ("tempa first", "tempa first, 2 processes", "trl first", "encode only", "encode only, 2 processes")
 MEASURES = (*FIRST_RUNS, "tempa cached", "trl second")
 
 
@@ -97,25 +134,38 @@ def measure_here(args: argparse.Namespace) -> dict[str, Any]:
     process holds what a training run's process holds), tempa's modules."""
     import tempa.sft.data  # noqa: F401
 
-    tokenizer = common.bench_tokenizer()
     work, tag = args.work, args.tag
+    tokenizer = prepared_tokenizer(args.tokenizer, work)
     trainer = trl_trainer(tokenizer, work, args.max_length)
     rows_path = work / "rows.jsonl"
     if args.measure == "trl first":
         return trl_run(trainer, rows_path, work / f"hf-cache-{tag}")
     if args.measure == "trl second":
         return trl_run(trainer, rows_path, work / "hf-cache-0")
+    if args.measure.startswith("encode only"):
+        return encode_only(rows_path, tokenizer, 2 if args.measure.endswith("processes") else 1)
     procs = 2 if args.measure == "tempa first, 2 processes" else 1
     cache = work / ("tempa-cache-1-0" if args.measure == "tempa cached" else f"tempa-cache-{procs}-{tag}")
     return tempa_run(rows_path, tokenizer, cache, work / f"out-{procs}-{tag}-{args.measure[-6:]}", args.max_length,
                      num_proc=procs)
 
 
+def prepared_tokenizer(kind: str, work: Path):
+    """The tokenizer that prepares the rows: built once per run into ``work`` (Llama 3's conversion takes
+    seconds), loaded from there in every measurement's process."""
+    from transformers import AutoTokenizer
+
+    folder = work / f"tokenizer-{kind}"
+    if not folder.exists():
+        common.bench_tokenizer(kind).save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def measure(name: str, work: Path, tag: str, args: argparse.Namespace) -> dict[str, Any]:
     """``name`` measured in a fresh process: earlier runs' memory and caches never tilt the next one."""
     out = subprocess.run(
         [sys.executable, __file__, "--measure", name, "--work", str(work), "--tag", tag,
-         "--max-length", str(args.max_length)],
+         "--max-length", str(args.max_length), "--tokenizer", args.tokenizer],
         check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -132,11 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = common.bench_tokenizer()
     lengths = common.reasoning_lengths(args.rows, seed=1, max_tokens=args.max_length)
     print(common.machine_line())
-    print(f"data: {common.length_summary(lengths)}")
+    print(f"data: {common.length_summary(lengths)}; prepared with the {args.tokenizer} tokenizer")
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in MEASURES}
     with tempfile.TemporaryDirectory(prefix="tempa-bench-data-") as tmp:
         work = Path(tmp)
         common.write_conversations(work / "rows.jsonl", lengths, tokenizer, seed=1)
+        prepared_tokenizer(args.tokenizer, work)
         # Interleaved, so that a slow minute of a shared VM falls on every path alike; each first run gets
         # fresh caches and its own process.
         for k in range(args.repeats):
@@ -148,6 +199,13 @@ def main(argv: list[str] | None = None) -> int:
             runs[name].append(measure(name, work, "0", args))
         if not runs["tempa cached"][0]["cache_hit"]:
             raise SystemExit("tempa cached: the second run missed the first run's cache")
+    # Each path's runs prepare the same; tempa and trl differ only on rows past --max-length (tempa drops a
+    # sample, trl truncates it), and encode-only counts every row.
+    for path in ("tempa", "trl", "encode only"):
+        counts = {name: {(v["samples"], v["tokens"]) for v in values} for name, values in runs.items()
+                  if name.startswith(path)}
+        if len(set().union(*counts.values())) != 1:
+            raise SystemExit(f"{path}: the runs did not prepare the same samples and tokens: {counts}")
     results = {name: summarise(values) for name, values in runs.items()}
     report(results)
     if args.json:
@@ -176,6 +234,10 @@ def report(results: dict[str, dict[str, Any]]) -> None:
     two = results["tempa first, 2 processes"]
     print(f"tempa 1 -> 2 processes: {tempa['seconds'] / two['seconds']:.2f}x wall (medians; goal >= 1.7x); CPU time "
           f"{two['cpu_seconds'] / tempa['cpu_seconds']:.2f}x of one process's (the cost of the second process)")
+    alone, pair = results["encode only"], results["encode only, 2 processes"]
+    print(f"the parallel part alone (render + encode, nothing around it) 1 -> 2 processes: "
+          f"{alone['seconds'] / pair['seconds']:.2f}x wall, CPU time {pair['cpu_seconds'] / alone['cpu_seconds']:.2f}x "
+          f"of one process's: what this machine gives this work in two processes, the ceiling of the line above")
     print(f"tempa cached / trl first run: {trl['seconds'] / cached['seconds']:.1f}x wall (goal >= 20x); "
           f"against trl's own second run: {results['trl second']['seconds'] / cached['seconds']:.1f}x")
     print(f"machine after the run: {common.machine_line()}")

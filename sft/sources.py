@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
 import datasets
+from datasets.arrow_writer import ArrowWriter
 
 from tempa.chat_templates.json_files import JsonFileError, check_not_empty, read_json, read_lines
 from tempa.sft.data_config import DataError, SourceConfig
-from tempa.sft.files import digest, file_digest, tree_digest
+from tempa.sft.files import cache_root, digest, file_digest, tree_digest
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +30,9 @@ logger = logging.getLogger(__name__)
 RAW = "__tempa_raw__"
 # JSON Lines: why a line could not be read (not UTF-8), else None; such a row becomes a reject.
 READ_ERROR = "__tempa_read_error__"
-_JSONL_READER_VERSION = "1"  # bump when the rows read_lines yields change
+_JSONL_READER_VERSION = "2"  # bump when the rows read_lines yields, or the Arrow file written of them, change
+_JSONL_FEATURES = datasets.Features({RAW: datasets.Value("string"), READ_ERROR: datasets.Value("string")})
+_BATCH_CHARS = 64 << 20  # characters of JSON Lines text per Arrow record batch
 _FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv"}
 
 
@@ -106,24 +111,47 @@ def _one_split(loaded: Any, source: SourceConfig) -> datasets.Dataset:
     raise DataError(f"{describe(source)}: expected a Dataset, got {type(loaded).__name__}")
 
 
-def _jsonl_lines(path: str) -> Any:
-    for line in read_lines(Path(path)):
-        yield {RAW: line.text, READ_ERROR: line.error}
-
-
 def _jsonl_rows(path: Path, hf_cache: str | None) -> datasets.Dataset:
     """One row per line, blank lines included, so row i is line i+1 in every message.
 
-    Streamed into an Arrow file in the cache (memory stays flat for multi-GB files), keyed by the
-    file's identity and modification time, as ``datasets`` keys its own file loaders.
+    Written in batches into an Arrow file in the cache (memory stays flat for multi-GB files) and
+    memory-mapped from there, keyed by the file's identity and modification time, as ``datasets`` keys
+    its own file loaders. ``datasets``' own writer, not its generator builder: the builder's locks, split
+    bookkeeping and per-row encoding made reading the one serial step of a prepare that worker processes
+    cannot share (0.45 s of 3,000 rows, about 13,000 rows a second).
     """
     check_not_empty(path)
     stat = path.stat()
     key = digest([str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, _JSONL_READER_VERSION])[:32]
-    features = datasets.Features({RAW: datasets.Value("string"), READ_ERROR: datasets.Value("string")})
-    return datasets.Dataset.from_generator(
-        _jsonl_lines, features=features, gen_kwargs={"path": str(path)}, cache_dir=hf_cache, fingerprint=key
-    )
+    folder = Path(hf_cache) if hf_cache is not None else cache_root() / "hf"
+    arrow = folder / f"jsonl-{key}.arrow"
+    if not arrow.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        # Renamed into place once complete: an interrupted read never passes for the whole file.
+        partial = folder / f".{arrow.name}.{uuid.uuid4().hex}.partial"
+        try:
+            _write_jsonl_arrow(path, partial)
+            os.replace(partial, arrow)
+        finally:
+            partial.unlink(missing_ok=True)
+    return datasets.Dataset.from_file(str(arrow))
+
+
+def _write_jsonl_arrow(path: Path, out: Path) -> None:
+    texts: list[str] = []
+    errors: list[str | None] = []
+    size = 0
+    with ArrowWriter(features=_JSONL_FEATURES, path=str(out)) as writer:
+        for line in read_lines(path):
+            texts.append(line.text)
+            errors.append(line.error)
+            size += len(line.text)
+            if size >= _BATCH_CHARS:
+                writer.write_batch({RAW: texts, READ_ERROR: errors})
+                texts, errors, size = [], [], 0
+        if texts:
+            writer.write_batch({RAW: texts, READ_ERROR: errors})
+        writer.finalize()
 
 
 def _json_rows(path: Path, where: str) -> list[str]:

@@ -466,3 +466,56 @@ def test_expansion_keeps_tool_loop_reasoning_and_trains_the_loop_as_one_sample()
     # None-valued keys never reach the template (it tests keys for presence).
     assert all(None not in m.values() for messages in seen for m in messages)
     assert seen[0][3]["tool_calls"] == [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]
+
+
+# --- JSON Lines sources: read into an Arrow file in the cache ----------------------------------------
+
+
+def _jsonl_source(tmp_path: Path, data: bytes) -> SourceConfig:
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(data)
+    return SourceConfig.model_validate({"name": "s", "path": str(path)})
+
+
+def test_a_jsonl_source_reads_every_line_in_order_across_record_batches(tmp_path: Path, monkeypatch) -> None:
+    from tempa.sft import sources
+
+    monkeypatch.setattr(sources, "_BATCH_CHARS", 25)  # a record batch every few lines
+    lines = [b'\xef\xbb\xbf{"a": 0}', b"", *[b'{"a": %d, "pad": "%s"}' % (i, b"x" * i) for i in range(1, 40)],
+             b'{"a": "\xff"}', b"   "]
+    source = _jsonl_source(tmp_path, b"\n".join(lines) + b"\n")
+    rows = sources.load_source(source, cache_dir=tmp_path / "cache")
+    assert len(rows) == len(lines)
+    expected = [line.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "replace") for line in lines]
+    assert rows[sources.RAW] == expected
+    errors = rows[sources.READ_ERROR]
+    assert errors[-2] == "invalid UTF-8 (byte 0xff at column 8)"
+    assert [e for i, e in enumerate(errors) if i != len(lines) - 2] == [None] * (len(lines) - 1)
+
+
+def test_a_jsonl_read_cut_short_is_never_reused_and_a_changed_file_is_read_again(tmp_path: Path, monkeypatch) -> None:
+    from tempa.chat_templates import json_files
+    from tempa.sft import sources
+
+    source = _jsonl_source(tmp_path, b"".join(b'{"a": %d}\n' % i for i in range(50)))
+    cache = tmp_path / "cache"
+    real = json_files.read_lines
+
+    def cut_short(path: Path):
+        for line in real(path):
+            if line.number == 30:
+                raise KeyboardInterrupt
+            yield line
+
+    monkeypatch.setattr(sources, "read_lines", cut_short)
+    monkeypatch.setattr(sources, "_BATCH_CHARS", 1)  # batches of the first 29 lines are on disk when it stops
+    with pytest.raises(KeyboardInterrupt):
+        sources.load_source(source, cache_dir=cache)
+    assert list((cache / "hf").iterdir()) == []  # nothing that a later load could take for the whole file
+    monkeypatch.setattr(sources, "read_lines", real)
+    assert len(sources.load_source(source, cache_dir=cache)) == 50
+    assert len(sources.load_source(source, cache_dir=cache)) == 50  # the cached file, complete
+
+    Path(source.path).write_bytes(b"".join(b'{"b": %d}\n' % i for i in range(7)))
+    again = sources.load_source(source, cache_dir=cache)
+    assert again[sources.RAW] == [f'{{"b": {i}}}' for i in range(7)]

@@ -248,6 +248,55 @@ def test_worker_processes_prepare_exactly_what_one_process_does(tmp_path: Path, 
     assert (tmp_path / "one" / "rejects.jsonl").read_bytes() == (tmp_path / "two" / "rejects.jsonl").read_bytes()
 
 
+def _encode_in_worker(encoder: ChatEncoder, messages: list[dict[str, Any]]) -> tuple[int, list[int], list[int]]:
+    return id(encoder), *encoder(messages, True)
+
+
+def test_forked_workers_inherit_the_encoder_instead_of_unpickling_the_tokenizer(
+    tokenizers: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dill
+    import multiprocess
+
+    import tempa.sft.forked_workers as forked
+
+    tok = tokenizers["llama3"]
+    tok.chat_template = load_template("llama3_thinking")
+    encoder = ChatEncoder(tok)
+    messages = [_turn("user", "Apa ibu kota Jepang?"), _turn("assistant", "Tokyo.", "Ibu kota Jepang: Tokyo.")]
+    whole = len(dill.dumps(encoder))
+    assert whole > 1_000_000  # the 128k-token tokenizer, pickled for each worker before the fix
+    with forked.forked_workers(2, encoder):
+        assert len(dill.dumps(encoder)) < 200
+        with multiprocess.get_context("fork").Pool(1) as pool:
+            key, ids, mask = pool.apply(_encode_in_worker, (encoder, messages))
+        # the worker's encoder is its inherited copy of this very one, and encodes alike
+        assert (key, ids, mask) == (id(encoder), *encoder(messages, True))
+        # workers that are not forked do not share the parent's memory: they get it whole
+        monkeypatch.setattr(forked, "_workers_fork", lambda: False)
+        assert len(dill.dumps(encoder)) >= whole  # (its pre-token cache has grown since)
+    monkeypatch.undo()
+    assert len(dill.dumps(encoder)) >= whole  # shared only while the workers run
+    with pytest.raises(RuntimeError, match="not forked from the one sharing it"):
+        with forked.forked_workers(2, encoder):
+            handle = dill.dumps(encoder)
+        dill.loads(handle)
+
+
+def test_frozen_heap_blocks_nest_and_only_the_outermost_gives_the_heap_back() -> None:
+    from tempa.sft.forked_workers import forked_workers, frozen_heap
+
+    assert gc.get_freeze_count() == 0
+    with frozen_heap():
+        outer = gc.get_freeze_count()
+        assert outer > 0
+        with forked_workers(2):  # the workers' block inside a prepare's
+            assert gc.get_freeze_count() >= outer
+        # an inner gc.unfreeze would have handed the prepare's heap back to the collector here
+        assert gc.get_freeze_count() >= outer
+    assert gc.get_freeze_count() == 0
+
+
 def test_default_workers_follow_cores_and_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     import tempa.sft.data_config as data
 

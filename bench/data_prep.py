@@ -79,8 +79,12 @@ _ENCODER: list[Any] = []
 
 
 def _encode_share(k: int) -> int:
-    encoder = _ENCODER[0]
-    return sum(len(chat.input_ids) for chat in encoder.encode([encoder.text(row["messages"], True) for row in _SHARES[k]]))
+    encoder, rows = _ENCODER[0], _SHARES[k]
+    tokens = 0
+    for start in range(0, len(rows), 64):  # in the pipeline's batches (sft/data.py: batch_size=64)
+        texts = [encoder.text(row["messages"], True) for row in rows[start:start + 64]]
+        tokens += sum(len(chat.input_ids) for chat in encoder.encode(texts))
+    return tokens
 
 
 def encode_only(rows_path: Path, tokenizer, processes: int) -> dict[str, Any]:

@@ -27,7 +27,6 @@ trl's first run on tempa's cached run.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import statistics
@@ -93,19 +92,18 @@ def encode_only(rows_path: Path, tokenizer, processes: int) -> dict[str, Any]:
     this work in two processes, the ceiling of the pipeline's own 1 -> 2 ratio."""
     import multiprocessing
 
+    from tempa.sft.forked_workers import frozen_heap
     from tempa.sft.tokenization import ChatEncoder
 
     rows = common.read_jsonl(rows_path)
     _ENCODER[:] = [ChatEncoder(tokenizer)]
     _SHARES[:] = [rows[k * len(rows) // processes:(k + 1) * len(rows) // processes] for k in range(processes)]
-    gc.freeze()  # as the pipeline does while it prepares (tempa.sft.forked_workers.frozen_heap)
-    with common.timed() as t:
+    with frozen_heap(), common.timed() as t:  # as the pipeline prepares
         if processes == 1:
             tokens = _encode_share(0)
         else:
             with multiprocessing.get_context("fork").Pool(processes) as pool:
                 tokens = sum(pool.map(_encode_share, range(processes)))
-    gc.unfreeze()
     return {**t, "rows_in": len(rows), "samples": len(rows), "tokens": tokens, "cache_hit": False}
 
 

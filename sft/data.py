@@ -17,7 +17,7 @@ Order of work, per source unless noted:
 7. concatenate, shuffle with the seed, save.
 
 Step 5 runs in ``num_proc`` worker processes (default: one per core, at most one per 1,000 rows of a
-source; :func:`tempa.sft.data_config.workers_for`), step 2 too for sources of 20,000+ rows (it costs
+source; :func:`tempa.sft.data_config.workers_for`), step 2 too for sources of 10,000+ rows (it costs
 about 1/10 of step 5 per row); every count gives the same data.
 
 Reports (in ``out_dir``; rows are conversations, tokens count every token of the rendered samples):

@@ -428,7 +428,7 @@ class DataConfig(_Strict):
     num_proc: int | None = Field(
         default=None,
         ge=1,
-        description="Processes for tokenising (and for normalising sources of 20,000+ rows); unset: one "
+        description="Processes for tokenising (and for normalising sources of 10,000+ rows); unset: one "
         "per core, at most one per 1,000 rows of a source. The prepared data is the same for every setting.",
     )
 
@@ -457,10 +457,11 @@ class DataConfig(_Strict):
 # --- worker processes and throughput -----------------------------------------------------------------
 
 ROWS_PER_PROCESS = 1000  # the fewest rows of a source worth another worker process (see worker_count)
-# Normalising and the row filters cost about 1/10 of tokenising per row (0.2-0.3 vs about 2.6 CPU-s for
-# 3,000 reasoning rows in bench/data_prep.py; 9.8 before the pre-token cache), so a worker pool pays for
-# its start-up only on far more rows.
-NORMALISE_ROWS_PER_PROCESS = 20 * ROWS_PER_PROCESS
+# Normalising and the row filters cost about 1/10 of tokenising per row, and datasets' worker pool costs
+# about 0.2-0.3 s to start, feed and join, so a second normalising process pays only on more rows:
+# bench/normalise_workers.py (2026-11-30, quiet 2-vCPU VM, medians of 5) measured 2 processes against 1 at
+# 0.76x on 3,000 rows, 0.99x on 6,000, 1.14x on 12,000 and 1.52x on 24,000.
+NORMALISE_ROWS_PER_PROCESS = 5 * ROWS_PER_PROCESS
 # Tokens the pipeline prepares per CPU-second on one core (render, tokenise, masks, filters, cache), for
 # `tempa plan`'s data-prep estimate. Measured with bench/data_prep.py on 2026-11-30: medians of 253k-278k
 # tokens per CPU-second (two runs of 5 repeats) on a quiet 2-vCPU x86_64 VM (tiny byte-level BPE tokenizer,
@@ -469,6 +470,12 @@ NORMALISE_ROWS_PER_PROCESS = 20 * ROWS_PER_PROCESS
 # about 2.5x that rate; kept, since text that is not ASCII (Thai, Japanese, ...) still takes the backend's
 # encode at about this rate, and a plan should not promise the faster case.
 PREP_TOKENS_PER_CORE_SECOND = 250_000
+# Tokens per second of the steps that run in one process whatever `num_proc` is: hashing the source files,
+# reading JSON Lines into Arrow, splitting off the rejects, the shuffled selection and save of the prepared
+# set. On a node with 100+ cores these, not tokenising, set the floor. Measured 2026-11-30 on the quiet
+# 2-vCPU VM: a prepare of 30,000 bench rows (24.5M tokens, 121 MB of JSON Lines) in 2 processes spent 2.39
+# and 2.41 s (two runs) outside its normalising and tokenising steps: 10.2M tokens/s. Rounded down.
+PREP_SERIAL_TOKENS_PER_SECOND = 10_000_000
 
 
 def available_cores() -> int:
@@ -502,5 +509,6 @@ def worker_count(num_proc: int | None, rows: int, rows_per_process: int | None =
 
 
 def prep_seconds(tokens: int, rows: int, num_proc: int | None = None, cores: int | None = None) -> float:
-    """Estimated seconds to prepare ``rows`` rows of ``tokens`` tokens (tokenising is CPU-bound)."""
-    return tokens / (PREP_TOKENS_PER_CORE_SECOND * workers_for(rows, num_proc, cores))
+    """Estimated seconds to prepare ``rows`` rows of ``tokens`` tokens: the one-process steps, then tokenising
+    (CPU-bound) spread over the workers."""
+    return tokens / PREP_SERIAL_TOKENS_PER_SECOND + tokens / (PREP_TOKENS_PER_CORE_SECOND * workers_for(rows, num_proc, cores))

@@ -221,7 +221,10 @@ def test_pretoken_cache_declines_tokenizers_it_has_no_proof_for(tokenizers: dict
     assert changed("tiny", lambda b: b.add_tokens([AddedToken("<x>", normalized=False)])) is not None
 
 
-def test_worker_processes_prepare_exactly_what_one_process_does(tmp_path: Path, tokenizers: dict[str, Any]) -> None:
+def test_worker_processes_prepare_exactly_what_one_process_does(
+    tmp_path: Path, tokenizers: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempa.sft.data as data
     from tempa.sft.data import prepare_sft_data
     from tempa.sft.data_config import DataConfig
 
@@ -230,8 +233,16 @@ def test_worker_processes_prepare_exactly_what_one_process_does(tmp_path: Path, 
     rows = [{"messages": messages, **({"tools": tools} if tools else {})} for messages, tools in CORPUS]
     rows += [{"messages": [_turn("user", f"soal {i}"), _turn("assistant", f"jawab {i}", f"pikir {i}")]}
              for i in range(40)]
-    with open(tmp_path / "rows.jsonl", "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
+    # Rejects on both sides of where the normalising workers split the file: their line numbers must hold.
+    lines[3:3] = ["{not json\n", "\n"]
+    lines[-5:-5] = ['{"messages": "not a list"}\n']
+    (tmp_path / "rows.jsonl").write_text("".join(lines), encoding="utf-8")
+    # Normalising gets its own workers only on large sources: here too, so that both pools are compared.
+    monkeypatch.setattr(data, "NORMALISE_ROWS_PER_PROCESS", 1)
+    pools: list[int | None] = []
+    count = data.worker_count
+    monkeypatch.setattr(data, "worker_count", lambda *args: pools.append(count(*args)) or pools[-1])
 
     def prepare(num_proc: int, name: str):
         config = DataConfig.model_validate(
@@ -240,12 +251,18 @@ def test_worker_processes_prepare_exactly_what_one_process_does(tmp_path: Path, 
              "heldout": 0.1, "num_proc": num_proc})
         return prepare_sft_data(config, tok, out_dir=tmp_path / name, cache_dir=tmp_path / f"cache-{name}", seed=3)
 
-    one, two = prepare(1, "one"), prepare(2, "two")
+    one = prepare(1, "one")
+    assert pools == [None, None]  # one process: no pool for either step
+    two = prepare(2, "two")
+    assert pools[2:] == [2, 2]  # normalising, then tokenising, each in 2 worker processes
     assert gc.get_freeze_count() == 0  # the heap frozen for the workers is given back to the collector
     assert not two.cache_hit and len(one.train) > 40
     assert one.train.to_dict() == two.train.to_dict() and one.eval.to_dict() == two.eval.to_dict()
     assert one.mix == two.mix
-    assert (tmp_path / "one" / "rejects.jsonl").read_bytes() == (tmp_path / "two" / "rejects.jsonl").read_bytes()
+    rejected = (tmp_path / "one" / "rejects.jsonl").read_bytes()
+    assert rejected == (tmp_path / "two" / "rejects.jsonl").read_bytes()
+    lines_rejected = [json.loads(line).get("line") for line in rejected.decode().splitlines()]
+    assert 4 in lines_rejected and len(lines) - 5 in lines_rejected  # the broken lines, by their numbers
 
 
 def _encode_in_worker(encoder: ChatEncoder, messages: list[dict[str, Any]]) -> tuple[int, list[int], list[int]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,10 +57,15 @@ def check_not_empty(path: Path, what: str = "one JSON object per line") -> None:
     raise JsonFileError(f"{path}: empty file (expected {what})")
 
 
-def read_lines(path: Path) -> Iterator[Line]:
-    """Every line of a JSON Lines file (blank lines too, so numbers match the file), decoded."""
+def read_lines(path: Path, on_bytes: Callable[[int], None] | None = None) -> Iterator[Line]:
+    """Every line of a JSON Lines file (blank lines too, so numbers match the file), decoded.
+
+    ``on_bytes`` is told each line's size on disk, line break included (a progress bar's update).
+    """
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            if on_bytes is not None:
+                on_bytes(len(raw))
             if number == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8):]
             text, error = _decode(raw.rstrip(b"\r\n"))

@@ -19,6 +19,7 @@ from typing import Any
 
 import datasets
 from datasets.arrow_writer import ArrowWriter
+from tqdm.auto import tqdm
 
 from tempa.chat_templates.json_files import JsonFileError, check_not_empty, read_json, read_lines
 from tempa.sft.data_config import DataError, SourceConfig
@@ -33,6 +34,7 @@ READ_ERROR = "__tempa_read_error__"
 _JSONL_READER_VERSION = "2"  # bump when the rows read_lines yields, or the Arrow file written of them, change
 _JSONL_FEATURES = datasets.Features({RAW: datasets.Value("string"), READ_ERROR: datasets.Value("string")})
 _BATCH_CHARS = 64 << 20  # characters of JSON Lines text per Arrow record batch
+_PROGRESS_DELAY_S = 3.0  # a read shows its bar once it has taken this long
 _FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv"}
 
 
@@ -141,17 +143,29 @@ def _write_jsonl_arrow(path: Path, out: Path) -> None:
     texts: list[str] = []
     errors: list[str | None] = []
     size = 0
-    with ArrowWriter(features=_JSONL_FEATURES, path=str(out)) as writer:
-        for line in read_lines(path):
+    unshown = 0  # bytes read since the bar last moved
+
+    def count(n: int) -> None:
+        nonlocal unshown
+        unshown += n
+
+    # Reading runs at 130-210 MB/s in one process (bench/README.md): minutes for the tens of GB of a large
+    # reasoning set, so a bar, shown only once a read has taken a few seconds.
+    with tqdm(total=path.stat().st_size, desc=f"Reading {path.name}", unit="B", unit_scale=True,
+              delay=_PROGRESS_DELAY_S) as bar, ArrowWriter(features=_JSONL_FEATURES, path=str(out)) as writer:
+        for line in read_lines(path, on_bytes=count):
             texts.append(line.text)
             errors.append(line.error)
             size += len(line.text)
             if size >= _BATCH_CHARS:
                 writer.write_batch({RAW: texts, READ_ERROR: errors})
                 texts, errors, size = [], [], 0
+                bar.update(unshown)
+                unshown = 0
         if texts:
             writer.write_batch({RAW: texts, READ_ERROR: errors})
         writer.finalize()
+        bar.update(unshown)
 
 
 def _json_rows(path: Path, where: str) -> list[str]:

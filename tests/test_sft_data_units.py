@@ -493,6 +493,29 @@ def test_a_jsonl_source_reads_every_line_in_order_across_record_batches(tmp_path
     assert [e for i, e in enumerate(errors) if i != len(lines) - 2] == [None] * (len(lines) - 1)
 
 
+def test_a_long_jsonl_read_shows_a_bar_that_ends_at_the_file_size(tmp_path: Path, monkeypatch, capsys) -> None:
+    from tqdm.auto import tqdm
+
+    from tempa.sft import sources
+
+    bars: list[tqdm] = []
+
+    class Recorded(tqdm):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(sources, "tqdm", Recorded)
+    monkeypatch.setattr(sources, "_BATCH_CHARS", 25)  # the bar moves at every record batch
+    monkeypatch.setattr(sources, "_PROGRESS_DELAY_S", 0)  # a real read shows it only after a few seconds
+    # Bytes, not characters: a BOM, two-byte characters, Windows line breaks, a line that is not UTF-8.
+    data = b"\xef\xbb\xbf" + b"".join(('{"a": "%s"}\r\n' % ("\u00e9" * i)).encode() for i in range(30)) + b"\xff\n"
+    sources.load_source(_jsonl_source(tmp_path, data), cache_dir=tmp_path / "cache")
+    [bar] = bars
+    assert bar.n == bar.total == len(data)
+    assert "Reading rows.jsonl" in capsys.readouterr().err
+
+
 def test_a_jsonl_read_cut_short_is_never_reused_and_a_changed_file_is_read_again(tmp_path: Path, monkeypatch) -> None:
     from tempa.chat_templates import json_files
     from tempa.sft import sources
@@ -501,8 +524,8 @@ def test_a_jsonl_read_cut_short_is_never_reused_and_a_changed_file_is_read_again
     cache = tmp_path / "cache"
     real = json_files.read_lines
 
-    def cut_short(path: Path):
-        for line in real(path):
+    def cut_short(path: Path, **kwargs):
+        for line in real(path, **kwargs):
             if line.number == 30:
                 raise KeyboardInterrupt
             yield line

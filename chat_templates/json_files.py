@@ -57,19 +57,43 @@ def check_not_empty(path: Path, what: str = "one JSON object per line") -> None:
     raise JsonFileError(f"{path}: empty file (expected {what})")
 
 
-def read_lines(path: Path, on_bytes: Callable[[int], None] | None = None) -> Iterator[Line]:
+def read_lines(
+    path: Path, on_bytes: Callable[[int], None] | None = None, span: tuple[int, int] | None = None
+) -> Iterator[Line]:
     """Every line of a JSON Lines file (blank lines too, so numbers match the file), decoded.
 
     ``on_bytes`` is told each line's size on disk, line break included (a progress bar's update).
+    ``span`` (from :func:`line_spans`) reads only the lines that start in that byte range; their numbers
+    then count from the range's first line.
     """
+    start, end = span if span is not None else (0, None)
     with open(path, "rb") as handle:
+        handle.seek(start)
+        position = start
         for number, raw in enumerate(handle, start=1):
+            if end is not None and position >= end:
+                break
+            position += len(raw)
             if on_bytes is not None:
                 on_bytes(len(raw))
-            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            if number == 1 and start == 0 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8):]
             text, error = _decode(raw.rstrip(b"\r\n"))
             yield Line(number, text, error)
+
+
+def line_spans(path: Path, parts: int) -> list[tuple[int, int]]:
+    """Up to ``parts`` byte ranges that cover the file, each starting where a line starts (fewer when a
+    line is longer than a part), for reading the lines in separate processes."""
+    size = path.stat().st_size
+    cuts = [0]
+    with open(path, "rb") as handle:
+        for k in range(1, parts):
+            handle.seek(max(k * size // parts, cuts[-1] + 1) - 1)
+            handle.readline()  # to the start of the next line (a byte already at one stays there)
+            if cuts[-1] < handle.tell() < size:
+                cuts.append(handle.tell())
+    return list(zip(cuts, [*cuts[1:], size], strict=True))
 
 
 def parse_line(line: Line) -> Line:

@@ -459,8 +459,9 @@ class DataConfig(_Strict):
 ROWS_PER_PROCESS = 1000  # the fewest rows of a source worth another worker process (see worker_count)
 # Normalising and the row filters cost about 1/10 of tokenising per row, and datasets' worker pool costs
 # about 0.2-0.3 s to start, feed and join, so a second normalising process pays only on more rows:
-# bench/normalise_workers.py (2026-11-30, quiet 2-vCPU VM, medians of 5) measured 2 processes against 1 at
-# 0.76x on 3,000 rows, 0.99x on 6,000, 1.14x on 12,000 and 1.52x on 24,000.
+# bench/prep_workers.py (2026-11-30, quiet 2-vCPU VM, medians of 5, two runs) measured 2 processes against 1
+# at 0.76x and 0.66x on 3,000 rows, 0.99x and 0.97x on 6,000, 1.14x and 1.15x on 12,000, 1.52x and 1.39x on
+# 24,000.
 NORMALISE_ROWS_PER_PROCESS = 5 * ROWS_PER_PROCESS
 # Tokens the pipeline prepares per CPU-second on one core (render, tokenise, masks, filters, cache), for
 # `tempa plan`'s data-prep estimate. Measured with bench/data_prep.py on 2026-11-30: medians of 253k-278k
@@ -472,7 +473,8 @@ NORMALISE_ROWS_PER_PROCESS = 5 * ROWS_PER_PROCESS
 PREP_TOKENS_PER_CORE_SECOND = 250_000
 # Tokens per second of the steps that run in one process whatever `num_proc` is: hashing the source files,
 # reading JSON Lines into Arrow, splitting off the rejects, the shuffled selection and save of the prepared
-# set. On a node with 100+ cores these, not tokenising, set the floor. Measured 2026-11-30 on the quiet
+# set (reading counted as one process, though a large file is read in several: two scaled only 1.2x on the
+# VM below). On a node with 100+ cores these, not tokenising, set the floor. Measured 2026-11-30 on the quiet
 # 2-vCPU VM: a prepare of 30,000 bench rows (24.5M tokens, 121 MB of JSON Lines) in 2 processes spent 2.39
 # and 2.41 s (two runs) outside its normalising and tokenising steps: 10.2M tokens/s. Rounded down.
 PREP_SERIAL_TOKENS_PER_SECOND = 10_000_000
@@ -495,6 +497,20 @@ def workers_for(rows: int, num_proc: int | None = None, cores: int | None = None
     if num_proc is not None:
         return num_proc
     return max(1, min(cores or available_cores(), rows // ROWS_PER_PROCESS))
+
+
+# Bytes of a JSON Lines file worth another reading process (see read_processes). bench/prep_workers.py
+# (2026-11-30, quiet 2-vCPU VM, medians of 5 and of 3) read in 2 processes against 1 at 0.83x for 127 MB,
+# 1.17x and 1.25x for 255 MB, 1.22x for 510 MB: on this VM reading is bound by memory, not by one core.
+READ_BYTES_PER_PROCESS = 128 << 20
+
+
+def read_processes(size: int, cores: int | None = None) -> int:
+    """Processes that read a JSON Lines file of ``size`` bytes: one per core and per ``READ_BYTES_PER_PROCESS``.
+
+    Reading comes before any row is known, so ``num_proc`` (a tokenising setting) does not apply.
+    """
+    return max(1, min(cores or available_cores(), size // READ_BYTES_PER_PROCESS))
 
 
 def worker_count(num_proc: int | None, rows: int, rows_per_process: int | None = None) -> int | None:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +24,10 @@ import datasets
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
-from tempa.chat_templates.json_files import JsonFileError, check_not_empty, read_json, read_lines
-from tempa.sft.data_config import DataError, SourceConfig
-from tempa.sft.files import cache_root, digest, file_digest, tree_digest
+from tempa.chat_templates.json_files import JsonFileError, check_not_empty, line_spans, read_json, read_lines
+from tempa.sft.data_config import DataError, SourceConfig, read_processes
+from tempa.sft.files import cache_root, digest, file_digest, remove_tree, tree_digest
+from tempa.sft.forked_workers import frozen_heap
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ logger = logging.getLogger(__name__)
 RAW = "__tempa_raw__"
 # JSON Lines: why a line could not be read (not UTF-8), else None; such a row becomes a reject.
 READ_ERROR = "__tempa_read_error__"
-_JSONL_READER_VERSION = "2"  # bump when the rows read_lines yields, or the Arrow file written of them, change
+_JSONL_READER_VERSION = "3"  # bump when the rows read_lines yields, or the Arrow file written of them, change
 _JSONL_FEATURES = datasets.Features({RAW: datasets.Value("string"), READ_ERROR: datasets.Value("string")})
 _BATCH_CHARS = 64 << 20  # characters of JSON Lines text per Arrow record batch
 _PROGRESS_DELAY_S = 3.0  # a read shows its bar once it has taken this long
@@ -116,56 +120,102 @@ def _one_split(loaded: Any, source: SourceConfig) -> datasets.Dataset:
 def _jsonl_rows(path: Path, hf_cache: str | None) -> datasets.Dataset:
     """One row per line, blank lines included, so row i is line i+1 in every message.
 
-    Written in batches into an Arrow file in the cache (memory stays flat for multi-GB files) and
+    Written in batches into Arrow files in the cache (memory stays flat for multi-GB files) and
     memory-mapped from there, keyed by the file's identity and modification time, as ``datasets`` keys
     its own file loaders. ``datasets``' own writer, not its generator builder: the builder's locks, split
     bookkeeping and per-row encoding made reading the one serial step of a prepare that worker processes
-    cannot share (0.45 s of 3,000 rows, about 13,000 rows a second).
+    cannot share (0.45 s of 3,000 rows, about 13,000 rows a second). A large file is read in parts, one
+    forked process per part (:func:`tempa.sft.data_config.read_processes`): one process reads 130-210 MB/s,
+    minutes for the tens of GB of a large reasoning set.
     """
     check_not_empty(path)
     stat = path.stat()
     key = digest([str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, _JSONL_READER_VERSION])[:32]
     folder = Path(hf_cache) if hf_cache is not None else cache_root() / "hf"
-    arrow = folder / f"jsonl-{key}.arrow"
-    if not arrow.exists():
+    entry = folder / f"jsonl-{key}"
+    if not entry.is_dir():
         folder.mkdir(parents=True, exist_ok=True)
-        # Renamed into place once complete: an interrupted read never passes for the whole file.
-        partial = folder / f".{arrow.name}.{uuid.uuid4().hex}.partial"
+        # Renamed into place once every part is complete: an interrupted read never passes for the file.
+        partial = folder / f".{entry.name}.{uuid.uuid4().hex}.partial"
+        partial.mkdir()
         try:
-            _write_jsonl_arrow(path, partial)
-            os.replace(partial, arrow)
+            _read_jsonl_parts(path, partial, line_spans(path, read_processes(stat.st_size)))
+            try:
+                os.replace(partial, entry)
+            except OSError:
+                if not entry.is_dir():  # else another process read the same file first: theirs is as good
+                    raise
         finally:
-            partial.unlink(missing_ok=True)
-    return datasets.Dataset.from_file(str(arrow))
+            remove_tree(partial, [folder])
+    parts = sorted(entry.glob("part-*.arrow"))
+    if len(parts) == 1:
+        return datasets.Dataset.from_file(str(parts[0]))
+    return datasets.concatenate_datasets([datasets.Dataset.from_file(str(part)) for part in parts])
 
 
-def _write_jsonl_arrow(path: Path, out: Path) -> None:
+def _read_jsonl_parts(path: Path, folder: Path, spans: list[tuple[int, int]]) -> None:
+    """``spans`` of ``path`` into ``folder/part-NNNNN.arrow``, in forked worker processes when more than one."""
+    outs = [folder / f"part-{k:05d}.arrow" for k in range(len(spans))]
+    # Reading a few hundred MB takes seconds: the bar shows only once a read has taken that long.
+    with tqdm(total=path.stat().st_size, desc=f"Reading {path.name}", unit="B", unit_scale=True,
+              delay=_PROGRESS_DELAY_S) as bar:
+        if len(spans) == 1 or "fork" not in multiprocessing.get_all_start_methods():  # (Windows: one process)
+            for out, span in zip(outs, spans, strict=True):
+                _write_jsonl_arrow(path, out, span, bar.update)
+            return
+        context = multiprocessing.get_context("fork")
+        done = context.Value("q", 0)  # bytes read by all workers, for the bar
+
+        def report(n: int) -> None:
+            with done.get_lock():
+                done.value += n
+
+        _SHARED[:] = [report]
+        try:
+            with frozen_heap(), ProcessPoolExecutor(len(spans), mp_context=context) as pool:
+                pending = {pool.submit(_read_part, path, out, span) for out, span in zip(outs, spans, strict=True)}
+                while pending:
+                    finished, pending = wait(pending, timeout=0.5)
+                    for future in finished:
+                        future.result()  # a worker's error, raised here
+                    bar.update(done.value - bar.n)
+        finally:
+            _SHARED.clear()
+
+
+_SHARED: list[Callable[[int], None]] = []  # the progress report, inherited by the forked readers
+
+
+def _read_part(path: Path, out: Path, span: tuple[int, int]) -> None:
+    _write_jsonl_arrow(path, out, span, _SHARED[0])
+
+
+def _write_jsonl_arrow(path: Path, out: Path, span: tuple[int, int], report: Callable[[int], None]) -> None:
+    """The lines of ``span``, in record batches of about ``_BATCH_CHARS`` characters; ``report`` is told the
+    bytes read at every batch."""
     texts: list[str] = []
     errors: list[str | None] = []
     size = 0
-    unshown = 0  # bytes read since the bar last moved
+    unreported = 0
 
     def count(n: int) -> None:
-        nonlocal unshown
-        unshown += n
+        nonlocal unreported
+        unreported += n
 
-    # Reading runs at 130-210 MB/s in one process (bench/README.md): minutes for the tens of GB of a large
-    # reasoning set, so a bar, shown only once a read has taken a few seconds.
-    with tqdm(total=path.stat().st_size, desc=f"Reading {path.name}", unit="B", unit_scale=True,
-              delay=_PROGRESS_DELAY_S) as bar, ArrowWriter(features=_JSONL_FEATURES, path=str(out)) as writer:
-        for line in read_lines(path, on_bytes=count):
+    with ArrowWriter(features=_JSONL_FEATURES, path=str(out)) as writer:
+        for line in read_lines(path, on_bytes=count, span=span):
             texts.append(line.text)
             errors.append(line.error)
             size += len(line.text)
             if size >= _BATCH_CHARS:
                 writer.write_batch({RAW: texts, READ_ERROR: errors})
                 texts, errors, size = [], [], 0
-                bar.update(unshown)
-                unshown = 0
+                report(unreported)
+                unreported = 0
         if texts:
             writer.write_batch({RAW: texts, READ_ERROR: errors})
         writer.finalize()
-        bar.update(unshown)
+    report(unreported)
 
 
 def _json_rows(path: Path, where: str) -> list[str]:

@@ -6,6 +6,7 @@ much fails as surely as one that drops too little.
 
 from __future__ import annotations
 
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -514,6 +515,62 @@ def test_a_long_jsonl_read_shows_a_bar_that_ends_at_the_file_size(tmp_path: Path
     [bar] = bars
     assert bar.n == bar.total == len(data)
     assert "Reading rows.jsonl" in capsys.readouterr().err
+
+
+def test_line_spans_cut_only_at_line_starts_and_their_lines_are_the_files() -> None:
+    import random
+
+    from tempa.chat_templates.json_files import line_spans, read_lines
+
+    rng = random.Random(0)
+    for case in range(60):
+        lines = [bytes(rng.choice(b"ab \xff\r") for _ in range(rng.choice([0, 1, 3, 40, 200]))) for _ in range(rng.randint(1, 30))]
+        data = (b"\xef\xbb\xbf" if case % 3 == 0 else b"") + b"\n".join(lines) + (b"\n" if case % 2 else b"")
+        if not data:  # an empty file is an error before any reading (check_not_empty)
+            continue
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "rows.jsonl"
+            path.write_bytes(data)
+            whole = [(line.text, line.error) for line in read_lines(path)]
+            for parts in (1, 2, 3, 7, 64):
+                spans = line_spans(path, parts)
+                assert 1 <= len(spans) <= parts
+                assert spans[0][0] == 0 and spans[-1][1] == len(data)
+                assert all(a < b for a, b in spans) and all(spans[k][1] == spans[k + 1][0] for k in range(len(spans) - 1))
+                assert all(data[start - 1:start] == b"\n" for start, _ in spans[1:])
+                sizes: list[int] = []
+                read = [(line.text, line.error) for span in spans for line in read_lines(path, sizes.append, span)]
+                assert read == whole, (case, parts)
+                assert sum(sizes) == len(data)
+
+
+def test_a_large_jsonl_file_is_read_in_parallel_parts_exactly_as_in_one(tmp_path: Path, monkeypatch, capsys) -> None:
+    from tqdm.auto import tqdm
+
+    from tempa.sft import sources
+
+    bars: list[tqdm] = []
+
+    class Recorded(tqdm):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(sources, "tqdm", Recorded)
+    monkeypatch.setattr(sources, "_BATCH_CHARS", 200)
+    monkeypatch.setattr(sources, "_PROGRESS_DELAY_S", 0)
+    lines = [b'\xef\xbb\xbf{"a": 0}', b"", *[b'{"a": %d, "pad": "%s"}\r' % (i, b"\xc3\xa9" * i) for i in range(1, 300)],
+             b'{"a": "\xff"}', b"   ", b'{"last": "no line break"}']
+    source = _jsonl_source(tmp_path, b"\n".join(lines))
+    monkeypatch.setattr(sources, "read_processes", lambda size: 1)
+    one = sources.load_source(source, cache_dir=tmp_path / "one")
+    monkeypatch.setattr(sources, "read_processes", lambda size: 4)
+    four = sources.load_source(source, cache_dir=tmp_path / "four")
+    assert len(list((tmp_path / "four" / "hf").glob("jsonl-*/part-*.arrow"))) == 4  # read in 4 parts
+    assert one.to_dict() == four.to_dict() and len(one) == len(lines)
+    assert one[sources.RAW][0] == '{"a": 0}' and one[sources.READ_ERROR][-3] == "invalid UTF-8 (byte 0xff at column 8)"
+    assert [bar.n for bar in bars] == [bar.total for bar in bars] == [Path(source.path).stat().st_size] * 2
+    assert sources.load_source(source, cache_dir=tmp_path / "four").to_dict() == one.to_dict()  # from the cache
 
 
 def test_a_jsonl_read_cut_short_is_never_reused_and_a_changed_file_is_read_again(tmp_path: Path, monkeypatch) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -494,7 +495,9 @@ def test_a_jsonl_source_reads_every_line_in_order_across_record_batches(tmp_path
     assert [e for i, e in enumerate(errors) if i != len(lines) - 2] == [None] * (len(lines) - 1)
 
 
-def test_a_long_jsonl_read_shows_a_bar_that_ends_at_the_file_size(tmp_path: Path, monkeypatch, capsys) -> None:
+@pytest.fixture
+def reading_bars(monkeypatch) -> list[Any]:
+    """The progress bars JSON Lines reads open, each shown at once (a real read waits a few seconds)."""
     from tqdm.auto import tqdm
 
     from tempa.sft import sources
@@ -507,12 +510,20 @@ def test_a_long_jsonl_read_shows_a_bar_that_ends_at_the_file_size(tmp_path: Path
             bars.append(self)
 
     monkeypatch.setattr(sources, "tqdm", Recorded)
+    monkeypatch.setattr(sources, "_PROGRESS_DELAY_S", 0)
+    return bars
+
+
+def test_a_long_jsonl_read_shows_a_bar_that_ends_at_the_file_size(
+    tmp_path: Path, monkeypatch, capsys, reading_bars: list[Any]
+) -> None:
+    from tempa.sft import sources
+
     monkeypatch.setattr(sources, "_BATCH_CHARS", 25)  # the bar moves at every record batch
-    monkeypatch.setattr(sources, "_PROGRESS_DELAY_S", 0)  # a real read shows it only after a few seconds
     # Bytes, not characters: a BOM, two-byte characters, Windows line breaks, a line that is not UTF-8.
     data = b"\xef\xbb\xbf" + b"".join(('{"a": "%s"}\r\n' % ("\u00e9" * i)).encode() for i in range(30)) + b"\xff\n"
     sources.load_source(_jsonl_source(tmp_path, data), cache_dir=tmp_path / "cache")
-    [bar] = bars
+    [bar] = reading_bars
     assert bar.n == bar.total == len(data)
     assert "Reading rows.jsonl" in capsys.readouterr().err
 
@@ -544,21 +555,12 @@ def test_line_spans_cut_only_at_line_starts_and_their_lines_are_the_files() -> N
                 assert sum(sizes) == len(data)
 
 
-def test_a_large_jsonl_file_is_read_in_parallel_parts_exactly_as_in_one(tmp_path: Path, monkeypatch, capsys) -> None:
-    from tqdm.auto import tqdm
-
+def test_a_large_jsonl_file_is_read_in_parallel_parts_exactly_as_in_one(
+    tmp_path: Path, monkeypatch, reading_bars: list[Any]
+) -> None:
     from tempa.sft import sources
 
-    bars: list[tqdm] = []
-
-    class Recorded(tqdm):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            bars.append(self)
-
-    monkeypatch.setattr(sources, "tqdm", Recorded)
     monkeypatch.setattr(sources, "_BATCH_CHARS", 200)
-    monkeypatch.setattr(sources, "_PROGRESS_DELAY_S", 0)
     lines = [b'\xef\xbb\xbf{"a": 0}', b"", *[b'{"a": %d, "pad": "%s"}\r' % (i, b"\xc3\xa9" * i) for i in range(1, 300)],
              b'{"a": "\xff"}', b"   ", b'{"last": "no line break"}']
     source = _jsonl_source(tmp_path, b"\n".join(lines))
@@ -569,7 +571,7 @@ def test_a_large_jsonl_file_is_read_in_parallel_parts_exactly_as_in_one(tmp_path
     assert len(list((tmp_path / "four" / "hf").glob("jsonl-*/part-*.arrow"))) == 4  # read in 4 parts
     assert one.to_dict() == four.to_dict() and len(one) == len(lines)
     assert one[sources.RAW][0] == '{"a": 0}' and one[sources.READ_ERROR][-3] == "invalid UTF-8 (byte 0xff at column 8)"
-    assert [bar.n for bar in bars] == [bar.total for bar in bars] == [Path(source.path).stat().st_size] * 2
+    assert [bar.n for bar in reading_bars] == [bar.total for bar in reading_bars] == [Path(source.path).stat().st_size] * 2
     assert sources.load_source(source, cache_dir=tmp_path / "four").to_dict() == one.to_dict()  # from the cache
 
 

@@ -1,20 +1,22 @@
-"""From how much data do the steps before tokenising pay for a second worker process?
+"""From how much data does a second worker process pay, for each step of a prepare that can use one?
 
-    python bench/prep_workers.py              # reading 16-256 MB, normalising 1k-24k rows; 5 interleaved repeats
-    python bench/prep_workers.py --quick      # a smoke run
+    python bench/prep_workers.py              # reading 16-256 MB, normalising 1k-24k rows, preparing 250-2k rows
+    python bench/prep_workers.py --quick      # a smoke run (--read-mb "" --rows "": only whole prepares)
 
-Two steps of a prepare (``tempa.sft.data``) run before any row is tokenised:
+Three thresholds decide how many processes a prepare (``tempa.sft.data``) uses:
 
 - reading a JSON Lines file into Arrow (``tempa.sft.sources``), in byte ranges that start at line starts, one
   forked process per range: ``READ_BYTES_PER_PROCESS`` bytes per process;
 - normalising (parse each line, normalise it to ``messages``, the row-local filters), about 1/10 of
   tokenising per row, in ``datasets``' worker pool (a fork per worker, its manager process and queue, the
-  shards written and joined): ``NORMALISE_ROWS_PER_PROCESS`` rows per process.
+  shards written and joined): ``NORMALISE_ROWS_PER_PROCESS`` rows per process;
+- tokenising, the costly step, in the same kind of pool: ``ROWS_PER_PROCESS`` rows per process (timed as a
+  whole prepare with ``num_proc`` 1 and 2).
 
-Each pool pays for itself only from some size. This times each step alone on the bench's rows, in one
-process and in two, at several sizes, interleaved and repeated, and prints the medians and the crossover.
-It calls the pipeline's own (private) functions with the thresholds lifted, so that both runs do exactly
-what a prepare does.
+Each pool pays for itself only from some size. This times each on the bench's rows, in one process and in
+two, at several sizes, interleaved and repeated, and prints the medians and the crossover. It calls the
+pipeline's own (private) functions with the thresholds lifted, so that both runs do exactly what a prepare
+does.
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--read-mb", default="16,64,128,256", help="file sizes to read, MB, comma-separated")
     parser.add_argument("--rows", default="1000,3000,6000,12000,24000", help="rows to normalise, comma-separated")
+    parser.add_argument("--prepare-rows", default="250,500,1000,2000", help="rows to prepare whole, comma-separated")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.read_mb, args.rows, args.repeats = "4", "500,2000", 1
+        args.read_mb, args.rows, args.prepare_rows, args.repeats = "4", "500,2000", "200", 1
     return args
 
 
@@ -70,6 +73,21 @@ def normalise_seconds(rows_path: Path, work: Path, processes: int, tag: str) -> 
         return time.perf_counter() - started
 
 
+def prepare_seconds(rows_path: Path, work: Path, processes: int, tag: str) -> float:
+    """A whole prepare (fresh caches), in ``processes`` tokenising workers whatever ``ROWS_PER_PROCESS`` says."""
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_config import DataConfig
+
+    config = DataConfig.model_validate(
+        {"sources": [{"name": "rows", "path": str(rows_path), "thinking_mode": "on"}], "num_proc": processes})
+    started = time.perf_counter()
+    prepare_sft_data(config, _TOKENIZER[0], out_dir=work / f"out-{tag}", cache_dir=work / f"cache-{tag}", seed=0)
+    return time.perf_counter() - started
+
+
+_TOKENIZER: list[Any] = []
+
+
 def compare(label: str, size: str, measure, rows_path: Path, work: Path, repeats: int) -> dict[str, Any]:
     """``measure`` in 1 and 2 processes, interleaved, after one untimed warm-up; medians."""
     measure(rows_path, work, 1, f"{label}-{size}-warm")
@@ -97,13 +115,14 @@ def main(argv: list[str] | None = None) -> int:
 
     disable_progress_bar()
     tokenizer = common.bench_tokenizer()
+    _TOKENIZER[:] = [tokenizer]
     print(common.machine_line())
     results = []
     with tempfile.TemporaryDirectory(prefix="tempa-bench-prep-workers-") as tmp:
         work = Path(tmp)
         base = common.write_conversations(work / "base.jsonl", common.reasoning_lengths(3000, seed=1), tokenizer, seed=1)
         block = base.read_bytes()
-        for mb in (int(m) for m in args.read_mb.split(",")):
+        for mb in (int(m) for m in args.read_mb.split(",") if m):
             path = work / f"read-{mb}.jsonl"
             with open(path, "wb") as handle:  # the bench's rows, repeated to the size
                 for _ in range(max(1, round(mb * 2**20 / len(block)))):
@@ -111,14 +130,20 @@ def main(argv: list[str] | None = None) -> int:
             results.append(compare("reading", f"{path.stat().st_size / 2**20:.0f} MB", read_seconds, path, work,
                                    args.repeats))
             path.unlink()
-        for n in (int(r) for r in args.rows.split(",")):
+        for n in (int(r) for r in args.rows.split(",") if r):
             path = common.write_conversations(work / f"rows-{n}.jsonl", common.reasoning_lengths(n, seed=1),
                                               tokenizer, seed=1)
             results.append(compare("normalising", f"{n:,} rows", normalise_seconds, path, work, args.repeats))
+        for n in (int(r) for r in args.prepare_rows.split(",") if r):
+            path = common.write_conversations(work / f"prepare-{n}.jsonl", common.reasoning_lengths(n, seed=1),
+                                              tokenizer, seed=1)
+            results.append(compare("preparing", f"{n:,} rows", prepare_seconds, path, work, args.repeats))
     print(f"reading: two processes faster from {crossover(results, 'reading')}; tempa reads in 2 from "
           f"{2 * data_config.READ_BYTES_PER_PROCESS / 2**20:.0f} MB (READ_BYTES_PER_PROCESS)")
     print(f"normalising: two processes faster from {crossover(results, 'normalising')}; tempa normalises in 2 "
           f"from {2 * data_config.NORMALISE_ROWS_PER_PROCESS:,} rows (NORMALISE_ROWS_PER_PROCESS)")
+    print(f"preparing: two tokenising processes faster from {crossover(results, 'preparing')}; tempa tokenises in 2 "
+          f"from {2 * data_config.ROWS_PER_PROCESS:,} rows (ROWS_PER_PROCESS)")
     if args.json:
         args.json.write_text(json.dumps({"machine": common.machine_line(), "results": results}, indent=2))
     return 0

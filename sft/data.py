@@ -16,7 +16,7 @@ Order of work, per source unless noted:
 6. held-out split, then sizing (weight/rows/tokens), on whole conversations;
 7. concatenate, shuffle with the seed, save.
 
-Step 5 runs in ``num_proc`` worker processes (default: one per core, at most one per 1,000 rows of a
+Step 5 runs in ``num_proc`` worker processes (default: one per core, at most one per 500 rows of a
 source; :func:`tempa.sft.data_config.workers_for`), step 2 too for sources of 10,000+ rows (it costs
 about 1/10 of step 5 per row); every count gives the same data.
 

@@ -429,7 +429,7 @@ class DataConfig(_Strict):
         default=None,
         ge=1,
         description="Processes for tokenising (and for normalising sources of 10,000+ rows); unset: one "
-        "per core, at most one per 1,000 rows of a source. The prepared data is the same for every setting.",
+        "per core, at most one per 500 rows of a source. The prepared data is the same for every setting.",
     )
 
     @field_validator("heldout")
@@ -456,13 +456,16 @@ class DataConfig(_Strict):
 
 # --- worker processes and throughput -----------------------------------------------------------------
 
-ROWS_PER_PROCESS = 1000  # the fewest rows of a source worth another worker process (see worker_count)
+# The fewest rows of a source worth another tokenising process (see worker_count). bench/prep_workers.py
+# (2026-11-30, quiet 2-vCPU VM, medians of 5) prepared in 2 processes against 1 at 0.64x for 250 rows, 0.99x
+# for 500, 1.32x for 1,000 and 1.39x for 2,000 (datasets' pool costs 0.2-0.3 s whatever the rows).
+ROWS_PER_PROCESS = 500
 # Normalising and the row filters cost about 1/10 of tokenising per row, and datasets' worker pool costs
 # about 0.2-0.3 s to start, feed and join, so a second normalising process pays only on more rows:
 # bench/prep_workers.py (2026-11-30, quiet 2-vCPU VM, medians of 5, two runs) measured 2 processes against 1
 # at 0.76x and 0.66x on 3,000 rows, 0.99x and 0.97x on 6,000, 1.14x and 1.15x on 12,000, 1.52x and 1.39x on
 # 24,000.
-NORMALISE_ROWS_PER_PROCESS = 5 * ROWS_PER_PROCESS
+NORMALISE_ROWS_PER_PROCESS = 5_000
 # Tokens the pipeline prepares per CPU-second on one core (render, tokenise, masks, filters, cache), for
 # `tempa plan`'s data-prep estimate. Measured with bench/data_prep.py on 2026-11-30: medians of 253k-278k
 # tokens per CPU-second (two runs of 5 repeats) on a quiet 2-vCPU x86_64 VM (tiny byte-level BPE tokenizer,

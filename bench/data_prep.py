@@ -88,7 +88,7 @@ def _encode_share(k: int) -> int:
 
 def encode_only(rows_path: Path, tokenizer, processes: int) -> dict[str, Any]:
     """The parallel part alone, with nothing around it: render and encode every row (thinking on) in
-    ``processes`` forked processes, each its contiguous share. Its 1 -> 2 ratio is what this machine gives
+    ``processes`` forked processes, each every ``processes``-th row. Its 1 -> 2 ratio is what this machine gives
     this work in two processes, the ceiling of the pipeline's own 1 -> 2 ratio."""
     import multiprocessing
 
@@ -97,7 +97,7 @@ def encode_only(rows_path: Path, tokenizer, processes: int) -> dict[str, Any]:
 
     rows = common.read_jsonl(rows_path)
     _ENCODER[:] = [ChatEncoder(tokenizer)]
-    _SHARES[:] = [rows[k * len(rows) // processes:(k + 1) * len(rows) // processes] for k in range(processes)]
+    _SHARES[:] = [rows[k::processes] for k in range(processes)]  # every other row: even shares in any row order
     with frozen_heap(), common.timed() as t:  # as the pipeline prepares
         if processes == 1:
             tokens = _encode_share(0)
@@ -116,6 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tokenizer", choices=("tiny", "llama3"), default="tiny",
                         help="the tokenizer that prepares the rows (the rows' text is the same for both)")
+    parser.add_argument("--order", choices=("shuffled", "by-length"), default="shuffled",
+                        help="the rows' order in the file: by-length puts the long rows last, as a file "
+                             "concatenated from short chats and long reasoning traces has them")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--measure", choices=MEASURES, help=argparse.SUPPRESS)  # one measurement, in a child
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -183,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     tokenizer = common.bench_tokenizer()
     lengths = common.reasoning_lengths(args.rows, seed=1, max_tokens=args.max_length)
+    if args.order == "by-length":
+        lengths = sorted(lengths)
     print(common.machine_line())
-    print(f"data: {common.length_summary(lengths)}; prepared with the {args.tokenizer} tokenizer")
+    print(f"data: {common.length_summary(lengths)}, {args.order}; prepared with the {args.tokenizer} tokenizer")
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in MEASURES}
     with tempfile.TemporaryDirectory(prefix="tempa-bench-data-") as tmp:
         work = Path(tmp)

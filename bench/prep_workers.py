@@ -8,9 +8,10 @@ Three thresholds decide how many processes a prepare (``tempa.sft.data``) uses:
 - reading a JSON Lines file into Arrow (``tempa.sft.sources``), in byte ranges that start at line starts, one
   forked process per range: ``READ_BYTES_PER_PROCESS`` bytes per process;
 - normalising (parse each line, normalise it to ``messages``, the row-local filters), about 1/10 of
-  tokenising per row, in ``datasets``' worker pool (a fork per worker, its manager process and queue, the
-  shards written and joined): ``NORMALISE_ROWS_PER_PROCESS`` rows per process;
-- tokenising, the costly step, in the same kind of pool: ``ROWS_PER_PROCESS`` rows per process (timed as a
+  tokenising per row, in tempa's pool of forked workers (``tempa.sft.forked_workers.forked_map``: a fork per
+  worker, chunks of equal bytes written to Arrow files and joined): ``NORMALISE_ROWS_PER_PROCESS`` rows per
+  process;
+- tokenising, the costly step, in the same pool: ``ROWS_PER_PROCESS`` rows per process (timed as a
   whole prepare with ``num_proc`` 1 and 2).
 
 Each pool pays for itself only from some size. This times each on the bench's rows, in one process and in
@@ -69,7 +70,7 @@ def normalise_seconds(rows_path: Path, work: Path, processes: int, tag: str) -> 
     with frozen_heap():  # as prepare_sft_data runs it
         started = time.perf_counter()
         data._normalize_and_filter(raw, source, config.curation, None, ["<|begin_of_text|>"], num_proc=2,
-                                   cache_file=work / f"curated-{tag}.arrow", fingerprint=f"bench-{tag}")
+                                   cache_file=work / f"curated-{tag}.arrow")
         return time.perf_counter() - started
 
 

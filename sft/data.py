@@ -16,9 +16,10 @@ Order of work, per source unless noted:
 6. held-out split, then sizing (weight/rows/tokens), on whole conversations;
 7. concatenate, shuffle with the seed, save.
 
-Step 5 runs in ``num_proc`` worker processes (default: one per core, at most one per 500 rows of a
-source; :func:`tempa.sft.data_config.workers_for`), step 2 too for sources of 10,000+ rows (it costs
-about 1/10 of step 5 per row); every count gives the same data.
+Step 5 runs in ``num_proc`` forked worker processes (default: one per core, at most one per 500 rows of
+a source; :func:`tempa.sft.data_config.workers_for`), step 2 too for sources of 10,000+ rows (it costs
+about 1/10 of step 5 per row), in chunks of equal bytes handed to whichever worker is free
+(:func:`tempa.sft.forked_workers.forked_map`); every count gives the same data.
 
 Reports (in ``out_dir``; rows are conversations, tokens count every token of the rendered samples):
 
@@ -76,7 +77,7 @@ from tempa.sft.data_config import (
 from tempa.sft.data_report import TURN_SUFFIX, DataMix, MixTotals, SourceMix
 from tempa.sft.expand import Sample, TurnView, assemble, turn_views
 from tempa.sft.files import digest, remove_tree
-from tempa.sft.forked_workers import forked_workers, frozen_heap
+from tempa.sft.forked_workers import forked_map, frozen_heap
 from tempa.sft.formats import (
     Conversation,
     FormatSpec,
@@ -371,7 +372,7 @@ def _build(
                 raw = load_source(state.source, cache_dir=cache_dir)
             state.curated = _normalize_and_filter(
                 raw, state.source, cur, languages.get(state.source.name), specials,
-                num_proc=config.num_proc, cache_file=work / f"{i}-curated.arrow", fingerprint=f"{key}-{i}-c",
+                num_proc=config.num_proc, cache_file=work / f"{i}-curated.arrow",
             )
         # 3: rows compared with each other, in recipe order.
         _mark_duplicates(states, cur)
@@ -386,7 +387,7 @@ def _build(
         for i, state in enumerate(states):
             tokenized, train_rows, eval_rows = _tokenize_and_mix(
                 state, encoder, limits, rejects, seed=seed, heldout=config.heldout_for(state.source),
-                num_proc=config.num_proc, cache_file=work / f"{i}-tokens.arrow", fingerprint=f"{key}-{i}-t",
+                num_proc=config.num_proc, cache_file=work / f"{i}-tokens.arrow",
             )
             parts.append(tokenized)
             train_index.extend(offset + r for r in train_rows)
@@ -517,34 +518,27 @@ def _normalize_and_filter(
     *,
     num_proc: int | None,
     cache_file: Path,
-    fingerprint: str,
 ) -> datasets.Dataset:
     spec = spec_for(source)
     if RAW not in raw.column_names:
         check_columns(raw.column_names, spec, describe(source))
     if len(raw) == 0:
         raise DataError(f"{describe(source)}: has no rows")
-    workers = worker_count(num_proc, len(raw), NORMALISE_ROWS_PER_PROCESS)
-    with forked_workers(workers):
-        return raw.map(
-            _normalize_batch,
-            batched=True,
-            with_indices=True,
-            remove_columns=raw.column_names,
-            features=_CURATED,
-            fn_kwargs={
-                "spec": spec,
-                "jsonl_lines": source.path.lower().endswith(".jsonl"),
-                "curation_config": cur,
-                "accepted_languages": accepted,
-                "specials": list(specials),
-            },
-            num_proc=workers,
-            cache_file_name=str(cache_file),
-            new_fingerprint=fingerprint,
-            load_from_cache_file=False,
-            desc=f"Normalising {source.name}",
-        )
+    return forked_map(
+        raw,
+        _normalize_batch,
+        workers=worker_count(num_proc, len(raw), NORMALISE_ROWS_PER_PROCESS),
+        fn_kwargs={
+            "spec": spec,
+            "jsonl_lines": source.path.lower().endswith(".jsonl"),
+            "curation_config": cur,
+            "accepted_languages": accepted,
+            "specials": list(specials),
+        },
+        features=_CURATED,
+        cache_file=cache_file,
+        desc=f"Normalising {source.name}",
+    )
 
 
 # --- 3: duplicates and templates ------------------------------------------------------------------
@@ -736,29 +730,22 @@ def _tokenize_and_mix(
     heldout: float | int,
     num_proc: int | None,
     cache_file: Path,
-    fingerprint: str,
 ) -> tuple[datasets.Dataset, list[int], list[int]]:
     """Tokenised samples of one source, and which of them train and which are held out."""
     source, curated = state.source, state.curated
     assert curated is not None
     thinking = assign_thinking(_values(curated, "has_reasoning"), source, seed)
     curated = curated.add_column("thinking", thinking, feature=Value("bool"))
-    workers = worker_count(num_proc, len(curated))
-    with forked_workers(workers, encoder):
-        tokenized = curated.map(
-            _tokenize_batch,
-            batched=True,
-            batch_size=64,
-            with_indices=True,
-            remove_columns=curated.column_names,
-            features=_TOKENIZED,
-            fn_kwargs={"encoder": encoder, "min_tokens": limits[0], "max_tokens": limits[1]},
-            num_proc=workers,
-            cache_file_name=str(cache_file),
-            new_fingerprint=fingerprint,
-            load_from_cache_file=False,
-            desc=f"Tokenising {source.name}",
-        )
+    tokenized = forked_map(
+        curated,
+        _tokenize_batch,
+        workers=worker_count(num_proc, len(curated)),
+        fn_kwargs={"encoder": encoder, "min_tokens": limits[0], "max_tokens": limits[1]},
+        features=_TOKENIZED,
+        cache_file=cache_file,
+        desc=f"Tokenising {source.name}",
+        batch_size=64,
+    )
     meta = tokenized.select_columns(["conv", "row", "turn", "thinking", "n_tokens", "n_trained", "reject", "detail"])
     meta = meta.to_pandas()
     ok = meta[meta["reject"].isna()]

@@ -494,7 +494,7 @@ def available_cores() -> int:
 def workers_for(rows: int, num_proc: int | None = None, cores: int | None = None) -> int:
     """Processes that prepare a source of ``rows`` rows: ``num_proc``, or one per core and per ``ROWS_PER_PROCESS``.
 
-    A worker costs a fork and datasets' pool around it (the tokenizer is inherited, not copied:
+    A worker costs a fork and a pool around it (nothing is pickled to it, the tokenizer neither:
     :mod:`tempa.sft.forked_workers`), so small sources stay in one process.
     """
     if num_proc is not None:

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from tqdm.auto import tqdm
 from tempa.chat_templates.json_files import JsonFileError, check_not_empty, line_spans, read_json, read_lines
 from tempa.sft.data_config import DataError, SourceConfig, read_processes
 from tempa.sft.files import cache_root, digest, file_digest, remove_tree, tree_digest
-from tempa.sft.forked_workers import frozen_heap
+from tempa.sft.forked_workers import dataset_of_files, run_forked
 
 logger = logging.getLogger(__name__)
 
@@ -147,10 +145,7 @@ def _jsonl_rows(path: Path, hf_cache: str | None) -> datasets.Dataset:
                     raise
         finally:
             remove_tree(partial, [folder])
-    parts = sorted(entry.glob("part-*.arrow"))
-    if len(parts) == 1:
-        return datasets.Dataset.from_file(str(parts[0]))
-    return datasets.concatenate_datasets([datasets.Dataset.from_file(str(part)) for part in parts])
+    return dataset_of_files(sorted(entry.glob("part-*.arrow")))
 
 
 def _read_jsonl_parts(path: Path, folder: Path, spans: list[tuple[int, int]]) -> None:
@@ -159,35 +154,8 @@ def _read_jsonl_parts(path: Path, folder: Path, spans: list[tuple[int, int]]) ->
     # Reading a few hundred MB takes seconds: the bar shows only once a read has taken that long.
     with tqdm(total=path.stat().st_size, desc=f"Reading {path.name}", unit="B", unit_scale=True,
               delay=_PROGRESS_DELAY_S) as bar:
-        if len(spans) == 1 or "fork" not in multiprocessing.get_all_start_methods():  # (Windows: one process)
-            for out, span in zip(outs, spans, strict=True):
-                _write_jsonl_arrow(path, out, span, bar.update)
-            return
-        context = multiprocessing.get_context("fork")
-        done = context.Value("q", 0)  # bytes read by all workers, for the bar
-
-        def report(n: int) -> None:
-            with done.get_lock():
-                done.value += n
-
-        _SHARED[:] = [report]
-        try:
-            with frozen_heap(), ProcessPoolExecutor(len(spans), mp_context=context) as pool:
-                pending = {pool.submit(_read_part, path, out, span) for out, span in zip(outs, spans, strict=True)}
-                while pending:
-                    finished, pending = wait(pending, timeout=0.5)
-                    for future in finished:
-                        future.result()  # a worker's error, raised here
-                    bar.update(done.value - bar.n)
-        finally:
-            _SHARED.clear()
-
-
-_SHARED: list[Callable[[int], None]] = []  # the progress report, inherited by the forked readers
-
-
-def _read_part(path: Path, out: Path, span: tuple[int, int]) -> None:
-    _write_jsonl_arrow(path, out, span, _SHARED[0])
+        run_forked(lambda k, report: _write_jsonl_arrow(path, outs[k], spans[k], report), len(spans), len(spans),
+                   bar)
 
 
 def _write_jsonl_arrow(path: Path, out: Path, span: tuple[int, int], report: Callable[[int], None]) -> None:

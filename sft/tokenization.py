@@ -18,7 +18,6 @@ from tempa.chat_templates.rendering import render_with_generation_spans, runs_to
 from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.data_config import DataError
 from tempa.sft.files import digest
-from tempa.sft.forked_workers import InheritedByForks
 from tempa.sft.pretokens import PretokenEncoder
 
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -54,7 +53,7 @@ class EncodedChat:
         return runs_to_mask(len(self.input_ids), self.trained)
 
 
-class ChatEncoder(InheritedByForks):
+class ChatEncoder:
     """The tokenizer's template, rendered and tokenised with the assistant mask; a :data:`Render`.
 
     The result is ``apply_chat_template(..., return_assistant_tokens_mask=True)``'s, token for token, by

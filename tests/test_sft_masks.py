@@ -265,49 +265,57 @@ def test_worker_processes_prepare_exactly_what_one_process_does(
     assert 4 in lines_rejected and len(lines) - 5 in lines_rejected  # the broken lines, by their numbers
 
 
-def _encode_in_worker(encoder: ChatEncoder, messages: list[dict[str, Any]]) -> tuple[int, list[int], list[int]]:
-    return id(encoder), *encoder(messages, True)
-
-
-def test_forked_workers_inherit_the_encoder_instead_of_unpickling_the_tokenizer(
-    tokenizers: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+def test_worker_processes_get_byte_balanced_work_on_rows_sorted_by_length(
+    tmp_path: Path, tokenizers: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dill
-    import multiprocess
+    """A file whose long rows sit together (here: the last quarter) must not leave one worker with most of
+    the text. Each batch sleeps in proportion to its text, so the split, not the cores, decides who does what."""
+    import os
+    import time
 
-    import tempa.sft.forked_workers as forked
+    import tempa.sft.data as data
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_config import DataConfig
 
-    tok = tokenizers["llama3"]
+    tok = tokenizers["tiny"]
     tok.chat_template = load_template("llama3_thinking")
-    encoder = ChatEncoder(tok)
-    messages = [_turn("user", "Apa ibu kota Jepang?"), _turn("assistant", "Tokyo.", "Ibu kota Jepang: Tokyo.")]
-    whole = len(dill.dumps(encoder))
-    assert whole > 1_000_000  # the 128k-token tokenizer, pickled for each worker before the fix
-    with forked.forked_workers(2, encoder):
-        assert len(dill.dumps(encoder)) < 200
-        with multiprocess.get_context("fork").Pool(1) as pool:
-            key, ids, mask = pool.apply(_encode_in_worker, (encoder, messages))
-        # the worker's encoder is its inherited copy of this very one, and encodes alike
-        assert (key, ids, mask) == (id(encoder), *encoder(messages, True))
-        # workers that are not forked do not share the parent's memory: they get it whole
-        monkeypatch.setattr(forked, "_workers_fork", lambda: False)
-        assert len(dill.dumps(encoder)) >= whole  # (its pre-token cache has grown since)
-    monkeypatch.undo()
-    assert len(dill.dumps(encoder)) >= whole  # shared only while the workers run
-    with pytest.raises(RuntimeError, match="not forked from the one sharing it"):
-        with forked.forked_workers(2, encoder):
-            handle = dill.dumps(encoder)
-        dill.loads(handle)
+    rows = [[_turn("user", f"q{i}"), _turn("assistant", f"a{i}")] for i in range(450)]
+    rows += [[_turn("user", f"q{i} " + "x" * 1000), _turn("assistant", "y" * 1000)] for i in range(150)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows), encoding="utf-8")
+    total = sum(len(turn["content"]) for m in rows for turn in m)
+    log = tmp_path / "batches.log"
+    tokenize = data._tokenize_batch
+
+    def timed(batch: dict[str, list[Any]], indices: list[int], **kwargs: Any) -> dict[str, list[Any]]:
+        text = sum(len(turn["content"]) for m in batch["messages"] for turn in m)
+        time.sleep(1.6 * text / total)  # 1.6 s of "work" in all
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(f"{os.getpid()} {text}\n")
+        return tokenize(batch, indices, **kwargs)
+
+    monkeypatch.setattr(data, "_tokenize_batch", timed)
+    config = DataConfig.model_validate({"sources": [{"name": "r", "path": str(tmp_path / "rows.jsonl")}],
+                                        "num_proc": 2})
+    prepared = prepare_sft_data(config, tok, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", seed=0)
+    assert len(prepared.train) == 600
+    per_worker: dict[str, int] = {}
+    for line in log.read_text().splitlines():
+        pid, text = line.split()
+        per_worker[pid] = per_worker.get(pid, 0) + int(text)
+    assert str(os.getpid()) not in per_worker and sum(per_worker.values()) == total
+    # Equal rows per worker would give one worker 95% of the text; equal-byte chunks given out as workers
+    # come free give each about half (within a chunk or two: 1/8 of the text each).
+    assert len(per_worker) == 2 and max(per_worker.values()) <= 0.75 * total, per_worker
 
 
 def test_frozen_heap_blocks_nest_and_only_the_outermost_gives_the_heap_back() -> None:
-    from tempa.sft.forked_workers import forked_workers, frozen_heap
+    from tempa.sft.forked_workers import frozen_heap
 
     assert gc.get_freeze_count() == 0
     with frozen_heap():
         outer = gc.get_freeze_count()
         assert outer > 0
-        with forked_workers(2):  # the workers' block inside a prepare's
+        with frozen_heap():  # the workers' block inside a prepare's
             assert gc.get_freeze_count() >= outer
         # an inner gc.unfreeze would have handed the prepare's heap back to the collector here
         assert gc.get_freeze_count() >= outer

@@ -458,13 +458,14 @@ class DataConfig(_Strict):
 
 # The fewest rows of a source worth another tokenising process (see worker_count). bench/prep_workers.py
 # (2026-11-30, quiet 2-vCPU VM, medians of 5) prepared in 2 processes against 1 at 0.64x for 250 rows, 0.99x
-# for 500, 1.32x for 1,000 and 1.39x for 2,000 (datasets' pool costs 0.2-0.3 s whatever the rows).
+# for 500, 1.32x for 1,000 and 1.39x for 2,000 (datasets' pool costs 0.2-0.3 s whatever the rows); again on
+# tempa's own pool (sft/forked_workers.py): 0.92x, 1.22x and 1.39x for 500, 1,000 and 2,000.
 ROWS_PER_PROCESS = 500
-# Normalising and the row filters cost about 1/10 of tokenising per row, and datasets' worker pool costs
-# about 0.2-0.3 s to start, feed and join, so a second normalising process pays only on more rows:
-# bench/prep_workers.py (2026-11-30, quiet 2-vCPU VM, medians of 5, two runs) measured 2 processes against 1
-# at 0.76x and 0.66x on 3,000 rows, 0.99x and 0.97x on 6,000, 1.14x and 1.15x on 12,000, 1.52x and 1.39x on
-# 24,000.
+# Normalising and the row filters cost about 1/10 of tokenising per row, and a pool of workers costs time to
+# fork, feed and join, so a second normalising process pays only on more rows: bench/prep_workers.py
+# (2026-11-30, quiet 2-vCPU VM, medians of 5) measured 2 processes against 1 at 0.76x, 0.66x and (tempa's own
+# pool) 0.81x on 3,000 rows, 0.99x, 0.97x and 0.98x on 6,000, 1.14x, 1.15x and 1.14x on 12,000, 1.52x, 1.39x
+# and 1.32x on 24,000.
 NORMALISE_ROWS_PER_PROCESS = 5_000
 # Tokens the pipeline prepares per CPU-second on one core (render, tokenise, masks, filters, cache), for
 # `tempa plan`'s data-prep estimate. Measured with bench/data_prep.py on 2026-11-30: medians of 253k-278k

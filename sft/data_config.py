@@ -517,15 +517,15 @@ def read_processes(size: int, cores: int | None = None) -> int:
     return max(1, min(cores or available_cores(), size // READ_BYTES_PER_PROCESS))
 
 
-def worker_count(num_proc: int | None, rows: int, rows_per_process: int | None = None) -> int | None:
-    """``datasets.map``'s ``num_proc``: ``None`` (not 1) for one process, so that ``datasets`` skips its pool.
+def worker_count(num_proc: int | None, rows: int, rows_per_process: int | None = None) -> int:
+    """Processes for one step over ``rows`` rows (:func:`tempa.sft.forked_workers.forked_map`; 1: no pool).
 
     ``rows_per_process`` bounds a cheap step's pool even when ``num_proc`` is set (the data is the same).
     """
     workers = workers_for(rows, num_proc)
     if rows_per_process is not None:
         workers = min(workers, max(1, rows // rows_per_process))
-    return workers if workers > 1 else None
+    return workers
 
 
 def prep_seconds(tokens: int, rows: int, num_proc: int | None = None, cores: int | None = None) -> float:

@@ -180,7 +180,7 @@ def forked_map(
     ds: datasets.Dataset,
     function: Callable[..., dict[str, list[Any]]],
     *,
-    workers: int | None,
+    workers: int,
     fn_kwargs: Mapping[str, Any],
     features: datasets.Features,
     cache_file: Path,
@@ -195,7 +195,7 @@ def forked_map(
     is a plain loop over batches into ``datasets``' Arrow writer: ``Dataset.map``'s own set-up cost about
     10 ms a chunk.
     """
-    procs = workers if workers and workers > 1 and fork_available() else 1
+    procs = workers if workers > 1 and fork_available() else 1
     bounds = [(0, len(ds))] if procs == 1 else chunk_bounds(row_bytes(ds.with_format("arrow")[:]),
                                                             procs * CHUNKS_PER_WORKER)
     parts = [cache_file.with_name(f"{cache_file.stem}-{k:05d}{cache_file.suffix}") for k in range(len(bounds))]

@@ -86,7 +86,7 @@ def test_forked_map_gives_the_one_process_rows_without_pickling_what_it_needs(tm
     ds = datasets.Dataset.from_dict({"text": texts, "other": list(range(101))})
     features = datasets.Features({"text": datasets.Value("string"), "pid": datasets.Value("int64")})
     kwargs = {"features": features, "fn_kwargs": {"marker": _Unpicklable("r")}, "batch_size": 7}
-    one = forked_map(ds, _label, workers=None, cache_file=tmp_path / "one.arrow", desc="one",
+    one = forked_map(ds, _label, workers=1, cache_file=tmp_path / "one.arrow", desc="one",
                      **kwargs)
     many = forked_map(ds, _label, workers=workers, cache_file=tmp_path / "many.arrow",
                       desc="many", **kwargs)

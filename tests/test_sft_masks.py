@@ -252,7 +252,7 @@ def test_worker_processes_prepare_exactly_what_one_process_does(
         return prepare_sft_data(config, tok, out_dir=tmp_path / name, cache_dir=tmp_path / f"cache-{name}", seed=3)
 
     one = prepare(1, "one")
-    assert pools == [None, None]  # one process: no pool for either step
+    assert pools == [1, 1]  # one process: no pool for either step
     two = prepare(2, "two")
     assert pools[2:] == [2, 2]  # normalising, then tokenising, each in 2 worker processes
     assert gc.get_freeze_count() == 0  # the heap frozen for the workers is given back to the collector
@@ -328,10 +328,10 @@ def test_default_workers_follow_cores_and_rows(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(data, "available_cores", lambda: 8)
     assert data.worker_count(None, 3 * data.ROWS_PER_PROCESS) == 3
     assert data.worker_count(None, 10**7) == 8
-    assert data.worker_count(None, data.ROWS_PER_PROCESS + 1) is None  # one process: no pool at all
+    assert data.worker_count(None, data.ROWS_PER_PROCESS + 1) == 1  # one process: no pool at all
     assert data.worker_count(4, 10) == 4
     # normalising (about 1/10 of tokenising per row) gets a pool only for sources that pay for it
-    assert data.worker_count(4, 10, data.NORMALISE_ROWS_PER_PROCESS) is None
+    assert data.worker_count(4, 10, data.NORMALISE_ROWS_PER_PROCESS) == 1
     assert data.worker_count(None, 3 * data.NORMALISE_ROWS_PER_PROCESS, data.NORMALISE_ROWS_PER_PROCESS) == 3
 
 

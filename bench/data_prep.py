@@ -18,8 +18,8 @@ runs are repeated ``--repeats`` times, interleaved, each with fresh caches, and 
 first run of the same code varies by +-15% on a quiet shared VM. Wall and CPU seconds are both reported: CPU seconds
 (this process and its finished workers) are what other load inflates least.
 The same repeats also time the parallel part alone: rendering and encoding every row with tempa's encoder,
-in one process and in two forked processes (nothing else: no reading, no datasets, no pool of datasets'),
-which is the most this machine gives that work in two processes, the ceiling of the pipeline's own ratio.
+in one process and in two forked processes (nothing else: no reading, no datasets, no pool), which is what
+this machine gives that work in two processes in the same minutes: how much its two cores slow each other.
 Goals: tempa >= 2x trl on the first run in one process, >= 1.7x from 1 to 2 processes, and >= 20x
 trl's first run on tempa's cached run.
 """
@@ -89,7 +89,7 @@ def _encode_share(k: int) -> int:
 def encode_only(rows_path: Path, tokenizer, processes: int) -> dict[str, Any]:
     """The parallel part alone, with nothing around it: render and encode every row (thinking on) in
     ``processes`` forked processes, each every ``processes``-th row. Its 1 -> 2 ratio is what this machine gives
-    this work in two processes, the ceiling of the pipeline's own 1 -> 2 ratio."""
+    this work in two processes in these minutes (how much the two cores slow each other)."""
     import multiprocessing
 
     from tempa.sft.forked_workers import frozen_heap
@@ -244,7 +244,7 @@ def report(results: dict[str, dict[str, Any]]) -> None:
     alone, pair = results["encode only"], results["encode only, 2 processes"]
     print(f"the parallel part alone (render + encode, nothing around it) 1 -> 2 processes: "
           f"{alone['seconds'] / pair['seconds']:.2f}x wall, CPU time {pair['cpu_seconds'] / alone['cpu_seconds']:.2f}x "
-          f"of one process's: what this machine gives this work in two processes, the ceiling of the line above")
+          f"of one process's: what this machine gives this work in two processes in these minutes")
     print(f"tempa cached / trl first run: {trl['seconds'] / cached['seconds']:.1f}x wall (goal >= 20x); "
           f"against trl's own second run: {results['trl second']['seconds'] / cached['seconds']:.1f}x")
     print(f"machine after the run: {common.machine_line()}")

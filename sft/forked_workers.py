@@ -88,12 +88,13 @@ def _run_task(k: int) -> None:
     task(k, report)
 
 
-def run_forked(task: Task, count: int, workers: int, bar: tqdm) -> None:
+def run_forked(task: Task, count: int, workers: int, bar: tqdm, hint: str = "") -> None:
     """``task(k, report)`` for every ``k`` in ``range(count)``, in ``workers`` forked processes, each ``k`` to
     whichever worker is free; ``report(n)`` from any worker advances ``bar`` by ``n``.
 
-    A task's exception is raised here; a worker that dies (the kernel's out-of-memory killer, say) raises a
-    :class:`~tempa.sft.data_config.DataError`.
+    The first task's exception is raised here, and Ctrl-C too, at once: the tasks not started are dropped
+    and the workers ended. A worker that dies (the kernel's out-of-memory killer, say) raises a one-line
+    :class:`~tempa.sft.data_config.DataError` naming ``bar``'s description, with ``hint`` (what to change).
     """
     if workers <= 1 or count <= 1 or not fork_available():
         for k in range(count):
@@ -108,20 +109,36 @@ def run_forked(task: Task, count: int, workers: int, bar: tqdm) -> None:
 
     _TASK[:] = [(task, report)]
     try:
-        with frozen_heap(), _tokenizers_single_threaded(), \
-                ProcessPoolExecutor(min(workers, count), mp_context=context) as pool:
-            pending = {pool.submit(_run_task, k) for k in range(count)}
-            while pending:
-                finished, pending = wait(pending, timeout=0.5)
-                for future in finished:
-                    future.result()  # a task's error, raised here
-                bar.update(done.value - bar.n)
+        with frozen_heap(), _tokenizers_single_threaded():
+            pool = ProcessPoolExecutor(min(workers, count), mp_context=context)
+            try:
+                pending = {pool.submit(_run_task, k) for k in range(count)}
+                while pending:
+                    finished, pending = wait(pending, timeout=0.5)
+                    for future in finished:
+                        future.result()  # a task's error, raised here
+                    bar.update(done.value - bar.n)
+            except BaseException:
+                _stop(pool)
+                raise
+            pool.shutdown()
     except BrokenProcessPool as exc:
         raise DataError(
-            f"a worker process died before finishing ({exc}); if the machine ran out of memory, use fewer "
-            "processes (data.num_proc)") from None
+            f"{bar.desc}: a worker process ended before finishing ({exc}); if the machine ran out of memory, "
+            f"{hint or 'free some memory'}") from None
     finally:
         _TASK.clear()
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Drop the tasks not started and end the workers now, instead of ``shutdown``'s wait for every queued
+    task (a worker hit by Ctrl-C passes it back as its task's error and takes the next one)."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())  # (Python 3.14 adds terminate_workers())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        worker.join(timeout=5)
 
 
 @contextlib.contextmanager
@@ -143,9 +160,11 @@ def row_bytes(table: pa.Table) -> np.ndarray:
     """Bytes of text (string and binary values, at any depth of lists and structs) in each row of ``table``:
     what a map over text rows costs per row, near enough to split the work evenly."""
     total = np.zeros(len(table), dtype=np.float64)
-    rows = np.arange(len(table))
     for column in table.columns:
-        _add_bytes(column.combine_chunks() if column.num_chunks != 1 else column.chunk(0), rows, total)
+        start = 0
+        for chunk in column.chunks:  # chunk by chunk: joined, a column over 2 GiB of text overflows its offsets
+            _add_bytes(chunk, np.arange(start, start + len(chunk)), total)
+            start += len(chunk)
     return total
 
 
@@ -156,8 +175,11 @@ def _add_bytes(array: pa.Array, owners: np.ndarray, total: np.ndarray) -> None:
         lengths = pc.binary_length(array).fill_null(0).to_numpy(zero_copy_only=False)
         total += np.bincount(owners, weights=lengths, minlength=len(total))
     elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        parents = pc.list_parent_indices(array).to_numpy(zero_copy_only=False)
-        _add_bytes(array.flatten(), owners[parents], total)
+        # From the offsets, which also count the values behind a null list (``flatten`` skips them and
+        # ``list_parent_indices`` does not, so the two disagree there).
+        offsets = array.offsets.to_numpy()
+        values = array.values.slice(offsets[0], offsets[-1] - offsets[0])
+        _add_bytes(values, np.repeat(owners, np.diff(offsets)), total)
     elif pa.types.is_struct(kind):
         for i in range(kind.num_fields):
             _add_bytes(array.field(i), owners, total)
@@ -195,9 +217,10 @@ def forked_map(
     is a plain loop over batches into ``datasets``' Arrow writer: ``Dataset.map``'s own set-up cost about
     10 ms a chunk.
     """
-    procs = workers if workers > 1 and fork_available() else 1
+    procs = workers if workers > 1 and len(ds) > 1 and fork_available() else 1
     bounds = [(0, len(ds))] if procs == 1 else chunk_bounds(row_bytes(ds.with_format("arrow")[:]),
                                                             procs * CHUNKS_PER_WORKER)
+    procs = min(procs, len(bounds))
     parts = [cache_file.with_name(f"{cache_file.stem}-{k:05d}{cache_file.suffix}") for k in range(len(bounds))]
 
     def map_chunk(k: int, report: Callable[[int], None]) -> None:
@@ -211,7 +234,7 @@ def forked_map(
             writer.finalize()
 
     with hf_tqdm(total=len(ds), desc=desc if procs == 1 else f"{desc} ({procs} processes)", unit=" rows") as bar:
-        run_forked(map_chunk, len(bounds), procs, bar)
+        run_forked(map_chunk, len(bounds), procs, bar, hint="use fewer processes (data.num_proc)")
     return dataset_of_files(parts)
 
 

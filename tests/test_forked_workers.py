@@ -4,6 +4,7 @@ result for any worker count, and errors that say what happened."""
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
 import pickle
 import signal
@@ -62,6 +63,10 @@ def test_row_bytes_count_text_at_any_depth_by_hand() -> None:
     assert row_bytes(table.slice(1, 2)).tolist() == [0, 16]
     chunked = pa.concat_tables([table.slice(0, 1), table.slice(1, 2)])
     assert chunked.column("messages").num_chunks == 2 and row_bytes(chunked).tolist() == [20, 0, 16]
+    # a null list still backed by values (as list arrays may be): its values are counted, the rows line up
+    backed = pa.ListArray.from_arrays(pa.array([0, 2, 3]), pa.array(["ab", "c", "def"]),
+                                      mask=pa.array([True, False]))
+    assert row_bytes(pa.table({"l": backed, "s": ["x", "yy"]})).tolist() == [4, 5]
 
 
 class _Unpicklable:
@@ -113,6 +118,58 @@ def test_run_forked_gives_tasks_to_whichever_worker_is_free(tmp_path: Path) -> N
     assert bar.n == bar.total  # every worker's reports reached the bar
 
 
+def _mark(k: int, folder: Path) -> None:
+    if k == 0:
+        raise ValueError("chunk 0: not a conversation")
+    (folder / f"{k}.started").touch()
+    time.sleep(1)
+    (folder / f"{k}.finished").touch()
+
+
+def test_run_forked_stops_at_the_first_error_instead_of_running_the_queue(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="chunk 0: not a conversation"):
+        run_forked(lambda k, report: _mark(k, tmp_path), 16, 2, tqdm(total=0, file=io.StringIO()))
+    # the tasks already handed out when task 0 failed were ended, and no other task started
+    assert not list(tmp_path.glob("*.finished"))
+    assert len(list(tmp_path.glob("*.started"))) < 8
+    assert not multiprocessing.active_children()
+
+
+_CTRL_C_CHILD = """
+import io, sys, time
+from pathlib import Path
+from tqdm import tqdm
+from tempa.sft.forked_workers import run_forked
+folder = Path(sys.argv[1])
+def task(k, report):
+    (folder / f"{k}.started").touch()
+    time.sleep(1)
+    (folder / f"{k}.finished").touch()
+run_forked(task, 16, 2, tqdm(total=0, file=io.StringIO()))
+"""
+
+
+def test_ctrl_c_ends_the_workers_and_runs_no_further_task(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", _CTRL_C_CHILD, str(tmp_path)], start_new_session=True,
+                             stderr=subprocess.PIPE, text=True)
+    for _ in range(600):  # until the workers have started tasks (imports take a few seconds)
+        if len(list(tmp_path.glob("*.started"))) >= 2 or child.poll() is not None:
+            break
+        time.sleep(0.1)
+    os.killpg(child.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole process group
+    _, err = child.communicate(timeout=120)
+    assert "KeyboardInterrupt" in err and child.returncode != 0
+    finished = {p.stem for p in tmp_path.glob("*.finished")}
+    started = {p.stem for p in tmp_path.glob("*.started")}
+    # before: shutting the pool down waited for every queued task, each worker running one after another
+    assert len(started) <= 4 and not finished - started and len(finished) < 4
+    leftover = subprocess.run(["pgrep", "-g", str(child.pid)], capture_output=True, text=True).stdout.split()
+    assert leftover == []
+
+
 def test_run_forked_raises_a_tasks_error_and_a_dead_worker_as_one_line(tmp_path: Path) -> None:
     def failing(k: int, report: Any) -> None:
         if k == 3:
@@ -125,8 +182,10 @@ def test_run_forked_raises_a_tasks_error_and_a_dead_worker_as_one_line(tmp_path:
         if k == 1:
             os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer ends a worker
 
-    with pytest.raises(DataError, match=r"a worker process died before finishing .*data\.num_proc") as error:
-        run_forked(killed, 4, 2, tqdm(total=0, file=io.StringIO()))
+    with pytest.raises(DataError, match=r"^Tokenising r: a worker process ended before finishing .*data\.num_proc") \
+            as error:
+        run_forked(killed, 4, 2, tqdm(total=0, file=io.StringIO(), desc="Tokenising r"),
+                   hint="use fewer processes (data.num_proc)")
     assert "\n" not in str(error.value)
 
 
@@ -141,3 +200,15 @@ def test_without_fork_the_work_runs_here_one_task_after_another(tmp_path: Path, 
     out = forked_map(ds, _label, workers=2, features=features, fn_kwargs={"marker": _Unpicklable("z")},
                      cache_file=tmp_path / "x.arrow", desc="x")
     assert out["text"] == ["z0:A", "z1:B", "z2:C"] and set(out["pid"]) == {os.getpid()}
+
+
+def test_forked_map_of_few_rows_names_the_processes_it_uses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    features = datasets.Features({"text": datasets.Value("string"), "pid": datasets.Value("int64")})
+    kwargs = {"features": features, "fn_kwargs": {"marker": _Unpicklable("q")}, "desc": "Tokenising r"}
+    empty = forked_map(datasets.Dataset.from_dict({"text": []}, features=datasets.Features(
+        {"text": datasets.Value("string")})), _label, workers=4, cache_file=tmp_path / "e.arrow", **kwargs)
+    assert len(empty) == 0 and empty.features == features
+    three = forked_map(datasets.Dataset.from_dict({"text": ["a", "b", "c"]}), _label, workers=4,
+                       cache_file=tmp_path / "t.arrow", **kwargs)
+    assert three["text"] == ["q0:A", "q1:B", "q2:C"] and os.getpid() not in three["pid"]
+    assert "Tokenising r (3 processes): 100%" in capsys.readouterr().err  # 3 rows: 3 workers, not the 4 asked

@@ -20,10 +20,13 @@ Without ``fork`` (Windows) the work runs in this process, one task after another
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import itertools
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -110,7 +113,8 @@ def run_forked(task: Task, count: int, workers: int, bar: tqdm, hint: str = "") 
     _TASK[:] = [(task, report)]
     try:
         with frozen_heap(), _tokenizers_single_threaded():
-            pool = ProcessPoolExecutor(min(workers, count), mp_context=context)
+            pool = ProcessPoolExecutor(min(workers, count), mp_context=context, initializer=_end_with_parent,
+                                       initargs=(os.getpid(),))
             try:
                 pending = {pool.submit(_run_task, k) for k in range(count)}
                 while pending:
@@ -128,6 +132,19 @@ def run_forked(task: Task, count: int, workers: int, bar: tqdm, hint: str = "") 
             f"{hint or 'free some memory'}") from None
     finally:
         _TASK.clear()
+
+
+def _end_with_parent(parent: int) -> None:
+    """In a worker: ended by the kernel when the parent ends, however it ends (a plain ``kill`` of the parent
+    alone would otherwise leave the workers blocked on their queue for good). Linux only (``prctl``)."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent ended before the line above
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:

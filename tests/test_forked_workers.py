@@ -3,11 +3,13 @@ result for any worker count, and errors that say what happened."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -151,7 +153,6 @@ run_forked(task, 16, 2, tqdm(total=0, file=io.StringIO()))
 
 def test_ctrl_c_ends_the_workers_and_runs_no_further_task(tmp_path: Path) -> None:
     import subprocess
-    import sys
 
     child = subprocess.Popen([sys.executable, "-c", _CTRL_C_CHILD, str(tmp_path)], start_new_session=True,
                              stderr=subprocess.PIPE, text=True)
@@ -160,7 +161,11 @@ def test_ctrl_c_ends_the_workers_and_runs_no_further_task(tmp_path: Path) -> Non
             break
         time.sleep(0.1)
     os.killpg(child.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole process group
-    _, err = child.communicate(timeout=120)
+    try:
+        _, err = child.communicate(timeout=120)
+    finally:  # nothing of a failed run left behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
     assert "KeyboardInterrupt" in err and child.returncode != 0
     finished = {p.stem for p in tmp_path.glob("*.finished")}
     started = {p.stem for p in tmp_path.glob("*.started")}
@@ -168,6 +173,29 @@ def test_ctrl_c_ends_the_workers_and_runs_no_further_task(tmp_path: Path) -> Non
     assert len(started) <= 4 and not finished - started and len(finished) < 4
     leftover = subprocess.run(["pgrep", "-g", str(child.pid)], capture_output=True, text=True).stdout.split()
     assert leftover == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux's")
+def test_workers_end_when_their_parent_is_killed_alone(tmp_path: Path) -> None:
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", _CTRL_C_CHILD, str(tmp_path)], start_new_session=True)
+    for _ in range(600):
+        if len(list(tmp_path.glob("*.started"))) >= 2 or child.poll() is not None:
+            break
+        time.sleep(0.1)
+    os.kill(child.pid, signal.SIGKILL)  # the parent only, and it cannot clean up
+    child.wait(timeout=60)
+    try:
+        for _ in range(300):  # before: the workers stayed, blocked on their queue, for good
+            leftover = subprocess.run(["pgrep", "-g", str(child.pid)], capture_output=True, text=True).stdout.split()
+            if not leftover:
+                break
+            time.sleep(0.1)
+        assert leftover == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
 
 
 def test_run_forked_raises_a_tasks_error_and_a_dead_worker_as_one_line(tmp_path: Path) -> None:

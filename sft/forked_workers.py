@@ -25,6 +25,7 @@ import gc
 import itertools
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -88,7 +89,16 @@ _TASK: list[tuple[Task, Callable[[int], None]]] = []  # set before the workers f
 
 def _run_task(k: int) -> None:
     task, report = _TASK[0]
-    task(k, report)
+    try:
+        task(k, report)
+    except Exception as exc:
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:
+            # One the parent could not rebuild (a constructor with other arguments) would reach it as a broken
+            # pool, read as a dead worker: its text instead.
+            raise RuntimeError(f"{type(exc).__name__}: {exc}") from None
+        raise
 
 
 def run_forked(task: Task, count: int, workers: int, bar: tqdm, hint: str = "") -> None:

@@ -134,6 +134,10 @@ def test_run_forked_stops_at_the_first_error_instead_of_running_the_queue(tmp_pa
     # the tasks already handed out when task 0 failed were ended, and no other task started
     assert not list(tmp_path.glob("*.finished"))
     assert len(list(tmp_path.glob("*.started"))) < 8
+    for _ in range(100):  # ended: reaped by the pool's own thread as well, which may take a moment
+        if not multiprocessing.active_children():
+            break
+        time.sleep(0.1)
     assert not multiprocessing.active_children()
 
 
@@ -198,6 +202,11 @@ def test_workers_end_when_their_parent_is_killed_alone(tmp_path: Path) -> None:
             os.killpg(child.pid, signal.SIGKILL)
 
 
+class _TwoArgumentError(Exception):
+    def __init__(self, where: str, why: str) -> None:
+        super().__init__(f"{where}: {why}")
+
+
 def test_run_forked_raises_a_tasks_error_and_a_dead_worker_as_one_line(tmp_path: Path) -> None:
     def failing(k: int, report: Any) -> None:
         if k == 3:
@@ -205,6 +214,14 @@ def test_run_forked_raises_a_tasks_error_and_a_dead_worker_as_one_line(tmp_path:
 
     with pytest.raises(ValueError, match="row 3: not a conversation"):
         run_forked(failing, 6, 2, tqdm(total=0, file=io.StringIO()))
+
+    def odd(k: int, report: Any) -> None:
+        if k == 2:
+            raise _TwoArgumentError("row 2", "the template refused it")
+
+    # an error pickle cannot rebuild in the parent still arrives as itself, in words, not as a dead worker
+    with pytest.raises(RuntimeError, match=r"^_TwoArgumentError: row 2: the template refused it$"):
+        run_forked(odd, 6, 2, tqdm(total=0, file=io.StringIO()))
 
     def killed(k: int, report: Any) -> None:
         if k == 1:

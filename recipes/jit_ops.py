@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from tempa.recipes.held_signals import held_signals
 from tempa.sft.stage_api import StageError
 
 OP = "deepspeed_shm_comm"
@@ -121,10 +122,11 @@ def ensure_shm_op(log: logging.Logger, log_file: Path, *, timeout_s: float | Non
     log_file.parent.mkdir(parents=True, exist_ok=True)
     started = last_note = time.monotonic()
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    with open(log_file, "a", encoding="utf-8") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tempa.recipes.jit_ops"], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
+    with open(log_file, "a", encoding="utf-8") as out, held_signals() as held:
+        proc = subprocess.Popen([sys.executable, "-m", "tempa.recipes.jit_ops"], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
+            held.release()  # a Ctrl-C or SIGTERM that came while starting is raised here, and stops the build
             while (code := proc.poll()) is None:
                 waited = time.monotonic() - started
                 if waited > timeout_s:

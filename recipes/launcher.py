@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from tempa.recipes.held_signals import held_signals
 from tempa.recipes.schema import SHIPPED_ACCELERATE, SHIPPED_DEEPSPEED, LaunchConfig
 from tempa.sft.files import json_or_none, write_json
 from tempa.sft.stage_api import StageError
@@ -233,28 +234,32 @@ def _stream(cmd: list[str], env: dict[str, str], log_file: Path, log) -> tuple[i
         # A new session: Ctrl-C in the runner stops the whole training group, and the group
         # never outlives a killed runner (the watchdog below; the worker also watches the runner's pid,
         # but only once it has imported torch, which can take a minute on a busy machine).
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True, text=True,
-            errors="replace",
-        )
-        (log_file.parent / "launch.pid").write_text(str(proc.pid))
-        watchdog = _start_watchdog(proc.pid)
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                out.write(line)
-                tail.append(line.rstrip())
-                if "[tempa] " in line:  # may follow a tqdm bar on the same line
-                    log.info("%s", line.rstrip().split("[tempa] ", 1)[1])
-            code = proc.wait()
-            # Gone with its group: a stale pid file could later name someone else's process group.
-            (log_file.parent / "launch.pid").unlink(missing_ok=True)
-        except BaseException:
-            _stop(proc)
-            raise
-        finally:
-            watchdog.kill()
-            watchdog.wait()
+        with held_signals() as held:
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True, text=True,
+                errors="replace",
+            )
+            watchdog = None
+            try:
+                (log_file.parent / "launch.pid").write_text(str(proc.pid))
+                watchdog = _start_watchdog(proc.pid)
+                held.release()  # a Ctrl-C or SIGTERM that came while starting is raised here, and stops the group
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    out.write(line)
+                    tail.append(line.rstrip())
+                    if "[tempa] " in line:  # may follow a tqdm bar on the same line
+                        log.info("%s", line.rstrip().split("[tempa] ", 1)[1])
+                code = proc.wait()
+                # Gone with its group: a stale pid file could later name someone else's process group.
+                (log_file.parent / "launch.pid").unlink(missing_ok=True)
+            except BaseException:
+                _stop(proc)
+                raise
+            finally:
+                if watchdog is not None:
+                    watchdog.kill()
+                    watchdog.wait()
     return code, tail
 
 

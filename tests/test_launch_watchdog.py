@@ -84,3 +84,60 @@ def test_stopping_a_launch_returns_only_once_every_process_of_its_group_is_gone(
     finally:
         if _group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_sigterm_while_the_group_starts_stops_the_group(tmp_path: Path) -> None:
+    """Seen in CI: SIGTERM landed after `launch.pid` was written but before the stop was in place; the runner
+    said "interrupted" and exited with the training group still running."""
+    runner = textwrap.dedent(f"""
+        import logging, os, signal, sys
+        from pathlib import Path
+        from tempa.recipes import launcher
+        from tempa.recipes.cli import Terminated, _on_sigterm
+
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        real = launcher._start_watchdog
+
+        def starting(group):
+            os.kill(os.getpid(), signal.SIGTERM)  # lands between the pid file and the watchdog
+            return real(group)
+
+        launcher._start_watchdog = starting
+        try:
+            launcher._stream([sys.executable, "-c", "import time; time.sleep(120)"], dict(os.environ),
+                             Path({str(tmp_path / "train.log")!r}), logging.getLogger("t"))
+        except Terminated:
+            print("terminated")
+    """)
+    done = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, timeout=120)
+    pgid = int((tmp_path / "launch.pid").read_text())
+    alive = _group_alive(pgid)
+    if alive:
+        os.killpg(pgid, signal.SIGKILL)
+    assert done.stdout.strip() == "terminated", done.stderr[-2000:]
+    assert not alive, "the training group outlived the runner's SIGTERM"
+
+
+def test_held_signals_arrive_once_on_release_and_the_handler_is_put_back() -> None:
+    from tempa.recipes.held_signals import held_signals
+
+    got: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        got.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with held_signals() as held:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert got == [], "a held signal reached the handler"
+            held.release()
+            time.sleep(0.05)
+            assert got == [signal.SIGTERM]
+            held.release()
+        assert got == [signal.SIGTERM], "a held signal was delivered twice"
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -290,6 +290,22 @@ def find_config(base_model: str) -> tuple[Any, str]:
     )
 
 
+def find_tokenizer_file(base_model: str) -> Path | None:
+    """The base model's ``tokenizer.json`` in its folder or the Hugging Face cache; None if not here (never downloads)."""
+    path = Path(base_model)
+    if path.is_dir():
+        return path / "tokenizer.json" if (path / "tokenizer.json").is_file() else None
+    if base_model == TINY_DEFAULT:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(base_model, "tokenizer.json")
+    except ValueError:  # not a repository id
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
 def resolve_shape(base_model: str) -> tuple[ModelShape | None, str]:
     """(the base model's shape, where its config came from), or (None, why its size is unknown); never downloads."""
     try:
@@ -691,6 +707,7 @@ def estimate_recipe(
     machine = parse_hardware(hardware)
     shape, source = resolve_shape(loaded.recipe.base_model)
     launch = launch_plan(loaded)
+    tokenizer_file = find_tokenizer_file(loaded.recipe.base_model)
     sizes: dict[str, SourceSize] = {}
     estimates = []
     for stage in loaded.stages:
@@ -699,7 +716,7 @@ def estimate_recipe(
         if kind.dataset_size is not None:
             sizes[stage.name] = kind.dataset_size(stage, result)
         if kind.trains and kind.estimate is not None:
-            inputs = EstimateInputs(avg_tokens_thinking_on, avg_tokens_thinking_off, dict(sizes), result)
+            inputs = EstimateInputs(avg_tokens_thinking_on, avg_tokens_thinking_off, dict(sizes), result, tokenizer_file)
             estimates.append(estimate_stage(stage.name, stage.kind, kind.estimate(stage, inputs), shape, machine,
                                             mfu, launch=launch, unknown_size=source))
     return estimates

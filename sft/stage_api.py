@@ -337,6 +337,8 @@ class EstimateInputs:
     dataset_sizes: Mapping[str, SourceSize] = field(default_factory=dict)
     # The stage's own result when it has already run (its data statistics are then exact).
     result: StageResult | None = None
+    # The base model's tokenizer.json when it is on this machine: counts the tokens of sampled local rows.
+    tokenizer_file: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from tempa.recipes.estimate import (
     zero3_model_states_bytes,
 )
 from tempa.recipes.loader import load_recipe
+from tempa.sft.data_size import TOKENS_PER_ANSWER, TOKENS_PER_RENDERING, TOKENS_PER_TURN
 
 # Seed recipes' base models: tempa ships their config.json (recipes/model_configs/), so they plan offline.
 HUB_70B = "aisingapore/Llama-SEA-LION-v3-70B"
@@ -230,11 +231,36 @@ def test_local_rows_weight_and_max_steps(tmp_path: Path):
     loaded = load_recipe(write_recipe(tmp_path, HUB_70B, stages))
     counted, capped, big = estimate_recipe(loaded, "8xH100")
     assert big.trained_tokens == 5 * big.tokens_per_step and big.epochs == big.trained_tokens / (100000 * 800)
-    assert counted.tokens_per_epoch == (40 - 4) * 2 * 800  # 40 rows in the file, 4 held out, weight 2
-    # max_steps decides: 7 steps, each at most one epoch's tokens (40 rows x 800 fit in one step here),
-    # so 7 epochs.
-    assert capped.tokens_per_step > capped.tokens_per_epoch == 40 * 800
-    assert capped.steps == 7 and capped.trained_tokens == 7 * 40 * 800 and capped.epochs == 7
+    # Measured on the file's rows (no tokenizer here: 4 bytes a token, so "q7" and "a" are a token each),
+    # not the 800 assumed for a hub dataset.
+    per_row = 1 + 1 + 2 * TOKENS_PER_TURN + TOKENS_PER_ANSWER + TOKENS_PER_RENDERING
+    assert counted.tokens_per_epoch == (40 - 4) * 2 * per_row  # 40 rows in the file, 4 held out, weight 2
+    # max_steps decides: 7 steps, each at most one epoch's tokens (40 rows fit in one step here), so 7 epochs.
+    assert capped.tokens_per_step > capped.tokens_per_epoch == 40 * per_row
+    assert capped.steps == 7 and capped.trained_tokens == 7 * 40 * per_row and capped.epochs == 7
+    notes = " ".join(render_estimate(loaded, "8xH100").split())
+    assert "~18 tokens/row measured on 40 sampled rows with ~4 bytes of text per token (off)" in notes
+    assert "~800 tokens/row assumed (off)" in notes  # the hub dataset
+
+
+def test_a_local_base_model_counts_sampled_rows_with_its_own_tokenizer(tmp_path: Path, tiny_model_dir: Path):
+    from tempa.sft.data_size import sampled_tokens_per_row, scan_local_rows, token_counter
+
+    stages = """
+    - name: sft
+      kind: sft
+      data:
+        sources:
+          - {name: rows, path: rows.jsonl, thinking_mode: "off"}
+    """
+    loaded = load_recipe(write_recipe(tmp_path, str(tiny_model_dir), stages))
+    (estimate,) = estimate_recipe(loaded, "8xH100")
+    count, _ = token_counter(tiny_model_dir / "tokenizer.json")
+    per_row, rows = sampled_tokens_per_row(loaded.stages[0].data.sources[0], scan_local_rows(
+        str(tmp_path / "rows.jsonl"), 256).sample, count)
+    assert rows == 40 and estimate.tokens_per_epoch == 40 * per_row
+    assert f"~{per_row} tokens/row measured on 40 sampled rows with the base model's tokenizer (off)" in " ".join(
+        render_estimate(loaded, "8xH100").split())
 
 
 def test_local_config_json_is_read(tmp_path: Path):
@@ -482,7 +508,7 @@ def test_steps_count_whole_steps_per_epoch_as_the_trainer_does(tmp_path: Path):
       kind: sft
       data:
         sources:
-          - {name: rows, path: rows.jsonl, thinking_mode: "off"}
+          - {name: rows, path: org/rows, rows: 40, thinking_mode: "off"}  # 800 tokens a row assumed
       train: {num_train_epochs: 2.5, per_device_train_batch_size: 1, max_length: 4096}
     """
     small, half = estimate_recipe(load_recipe(write_recipe(tmp_path, HUB_8B, stages)), "1xH100")

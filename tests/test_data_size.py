@@ -1,0 +1,136 @@
+"""`tempa plan` measures a local JSON Lines source's tokens per row instead of assuming 800 or 4,000."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from sft_helpers import WEATHER
+from tempa.sft.data_config import DataConfig, SourceConfig
+from tempa.sft.data_size import (
+    TOKENS_PER_ANSWER,
+    TOKENS_PER_RENDERING,
+    TOKENS_PER_TURN,
+    sampled_tokens_per_row,
+    scan_local_rows,
+    token_counter,
+)
+
+
+def _words(texts: list[str]) -> list[int]:
+    return [len(text.split()) for text in texts]
+
+
+def _lines(*rows: object) -> list[bytes]:
+    return [json.dumps(row, ensure_ascii=False).encode() for row in rows]
+
+
+TWO_QUESTIONS = {"messages": [
+    {"role": "user", "content": "a b"},
+    {"role": "assistant", "content": "c", "reasoning_content": "r1 r2"},
+    {"role": "user", "content": "d"},
+    {"role": "assistant", "content": "e f", "reasoning_content": "r3"},
+]}
+
+
+def _source(folder: Path, **mode: object) -> SourceConfig:
+    (folder / "x.jsonl").touch()
+    return SourceConfig.model_validate({"name": "s", "path": "x.jsonl", **mode}, context={"base_dir": str(folder)})
+
+
+def test_tokens_per_row_count_the_renderings_the_pipeline_trains_by_hand(tmp_path: Path):
+    turn, answer, begin = TOKENS_PER_TURN, TOKENS_PER_ANSWER, TOKENS_PER_RENDERING
+    # The last answer's rendering shows the first answer as history (no reasoning, no think block), so
+    # the first answer has a rendering of its own in either mode.
+    # On: a b | c | d | e f + r3 (7 words), then a b | c + r1 r2 (5 words).
+    on = (7 + 4 * turn + answer + begin) + (5 + 2 * turn + answer + begin)
+    off = (6 + 4 * turn + answer + begin) + (3 + 2 * turn + answer + begin)
+    # A tool loop: the call step is a prefix of the answer's rendering and trains inside it.
+    loop = {"messages": [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b", "tool_calls": [{"type": "function", "function": {
+            "name": "f", "arguments": {"x": 1}}}]},
+        {"role": "tool", "content": "t u"},
+        {"role": "assistant", "content": "c d"},
+    ]}
+    call = json.dumps([{"type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}])
+    looped = 6 + len(call.split()) + 4 * turn + 2 * answer + begin
+    lines = _lines(TWO_QUESTIONS, loop)
+    assert sampled_tokens_per_row(_source(tmp_path), lines, _words) == (round((on + looped) / 2), 2)
+    assert sampled_tokens_per_row(_source(tmp_path, thinking_mode="off"), lines, _words) == (round((off + looped) / 2), 2)
+    mixed = _source(tmp_path, thinking_mode="mixed", thinking_ratio=0.5)
+    assert sampled_tokens_per_row(mixed, lines[:1], _words) == (round((on + off) / 2), 1)
+
+
+def test_lines_that_are_not_rows_are_left_out_of_the_average(tmp_path: Path):
+    one_turn = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b c"}]}
+    lines = [b"{broken", b'"a string"', *_lines({"messages": [{"role": "user", "content": "no answer"}]}, one_turn)]
+    per_row, rows = sampled_tokens_per_row(_source(tmp_path, thinking_mode="off"), lines, _words)
+    assert (per_row, rows) == (3 + 2 * TOKENS_PER_TURN + TOKENS_PER_ANSWER + TOKENS_PER_RENDERING, 1)
+
+
+def test_a_file_sorted_by_length_is_sampled_across_its_length(tmp_path: Path):
+    path = tmp_path / "sorted.jsonl"
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(5000):
+            handle.write(json.dumps({"messages": [{"role": "user", "content": "q"},
+                                                  {"role": "assistant", "content": "w " * i}]}) + "\n")
+            if i % 1000 == 0:
+                handle.write("\n")  # blank lines are not rows
+    scanned = scan_local_rows(str(path), 256)
+    assert scanned is not None and scanned.rows == 5000 and len(scanned.sample) == 256
+    mean_words = sum(len(json.loads(line)["messages"][1]["content"].split()) for line in scanned.sample) / 256
+    assert abs(mean_words - 2499.5) < 250  # the first 256 rows would average 127.5
+    assert scan_local_rows(str(path), 256) == scanned  # a fixed seed: the same plan every time
+
+
+def _conversation(rng: random.Random, words: list[str], i: int) -> dict:
+    def text(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
+
+    if i % 10 == 5:  # a tool loop with its tool's definition
+        return {"tools": [WEATHER], "messages": [
+            {"role": "user", "content": text(5, 20)},
+            {"role": "assistant", "content": "", "reasoning_content": text(10, 40), "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": rng.choice(words)}}}]},
+            {"role": "tool", "content": text(2, 6)},
+            {"role": "assistant", "content": text(5, 30), "reasoning_content": text(5, 30)}]}
+    messages = [{"role": "system", "content": text(5, 15)}] if i % 7 == 0 else []
+    for _ in range(2 if i % 3 == 0 else 1):
+        messages.append({"role": "user", "content": text(5, 40)})
+        answer = {"role": "assistant", "content": text(10, 80)}
+        if i % 4:
+            answer["reasoning_content"] = text(20, 150)
+        messages.append(answer)
+    return {"messages": messages}
+
+
+def test_the_estimate_is_within_3_percent_of_what_the_pipeline_renders(tmp_path: Path, llama3_model_dir: Path):
+    """Meta's Llama 3 tokenizer and llama3_thinking; multilingual rows, multi-turn, system prompts, tool loops,
+    with and without reasoning. (The plan assumed 4,000 / 800 / 2,400 tokens per row before.)"""
+    from transformers import AutoTokenizer
+
+    from tempa.chat_templates import load_template
+    from tempa.sft.data import prepare_sft_data
+
+    rng = random.Random(7)
+    words = ["ibu", "kota", "adalah", "Jakarta", "東京", "日本の", "首都", "กรุงเทพ", "เมืองหลวง", "thời", "tiết",
+             "weather", "capital", "because", "the", "answer", "42", "số", "ครับ", "です"]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(_conversation(rng, words, i), ensure_ascii=False) + "\n" for i in range(240)),
+                    encoding="utf-8")
+    modes = [{"thinking_mode": "on"}, {"thinking_mode": "off"}, {"thinking_mode": "mixed", "thinking_ratio": 0.5}]
+    config = DataConfig.model_validate(
+        {"sources": [{"name": f"s{k}", "path": str(path), **mode} for k, mode in enumerate(modes)], "heldout": 0})
+    tokenizer = AutoTokenizer.from_pretrained(llama3_model_dir)
+    tokenizer.chat_template = load_template("llama3_thinking")
+    mix = prepare_sft_data(config, tokenizer, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", seed=0).mix
+    count, how = token_counter(llama3_model_dir / "tokenizer.json")
+    assert how == "the base model's tokenizer"
+    lines = scan_local_rows(str(path), 256).sample
+    for source, prepared in zip(config.sources, mix.sources, strict=True):
+        assert prepared.rows_tokenized == 240
+        estimate, rows = sampled_tokens_per_row(source, lines, count)
+        actual = prepared.tokens_in / prepared.rows_tokenized
+        assert rows == 240 and abs(estimate / actual - 1) < 0.03, (source.thinking_mode, estimate, actual)

@@ -72,6 +72,7 @@ from tempa.sft.data_config import (
     DataConfig,
     DataError,
     SourceConfig,
+    token_limits,
     worker_count,
 )
 from tempa.sft.data_report import TURN_SUFFIX, DataMix, MixTotals, SourceMix
@@ -381,8 +382,7 @@ def _build(
             state.curated = _split_rejects(state, rejects)
         # 4-6: thinking, tokenise, held-out split and sizing.
         encoder = ChatEncoder(tokenizer)
-        ceilings = [x for x in (cur.max_tokens, max_length) if x is not None]
-        limits = (cur.min_tokens, min(ceilings) if ceilings else None)
+        limits = token_limits(cur, max_length)
         parts, train_index, eval_index, offset = [], [], [], 0
         for i, state in enumerate(states):
             tokenized, train_rows, eval_rows = _tokenize_and_mix(

@@ -415,6 +415,12 @@ class CurationConfig(_Strict):
     )
 
 
+def token_limits(curation: CurationConfig, max_length: int | None) -> tuple[int | None, int | None]:
+    """(min, max) tokens of a sample the data pipeline keeps: the curation's, and the stage's max_length if lower."""
+    ceilings = [x for x in (curation.max_tokens, max_length) if x is not None]
+    return curation.min_tokens, min(ceilings) if ceilings else None
+
+
 class DataConfig(_Strict):
     """The SFT data of one stage: sources, curation, held-out split."""
 

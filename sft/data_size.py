@@ -27,6 +27,7 @@ from tempa.sft.data_config import (
     SourceConfig,
     available_cores,
     prep_seconds,
+    token_limits,
     workers_for,
 )
 from tempa.sft.data_report import DataMix
@@ -110,14 +111,25 @@ def token_counter(tokenizer_file: Path | None) -> tuple[TokenCounter, str]:
             f"~{BYTES_PER_TOKEN:g} bytes of text per token")
 
 
-def sampled_tokens_per_row(source: SourceConfig, lines: Sequence[bytes], count: TokenCounter) -> tuple[int, int]:
-    """(tokens the pipeline's samples hold per row, rows measured) over ``lines`` of a JSON Lines source.
+@dataclass(frozen=True)
+class SampledLength:
+    """What a sample of a source's rows says of its length, as the pipeline will tokenise it."""
+
+    tokens_per_row: int  # tokens of the samples kept, per row of the file
+    rows: int  # rows measured
+    outside_limits: float = 0.0  # share of the samples longer or shorter than the token limits (dropped)
+
+
+def sampled_tokens_per_row(source: SourceConfig, lines: Sequence[bytes], count: TokenCounter,
+                           limits: tuple[int | None, int | None] = (None, None)) -> SampledLength:
+    """Tokens the pipeline's samples hold per row, measured on ``lines`` of a JSON Lines source.
 
     Each row is normalised as the pipeline does and expanded into the renderings that train its turns
     (:func:`tempa.sft.expand.turn_views`; a rendering that is a prefix of a later one trains inside it),
     so history without reasoning and repeated prefixes count as they will; a ``mixed`` source weighs the
-    thinking and non-thinking renderings by its ratio. Lines that are not rows of the source are skipped
-    (they become rejects). Template tokens: :data:`TOKENS_PER_TURN` and the like.
+    thinking and non-thinking renderings by its ratio. A sample outside ``limits`` (min, max tokens: the
+    curation's and the stage's ``max_length``) is dropped, as the pipeline drops it. Lines that are not
+    rows of the source are skipped (they become rejects). Template tokens: :data:`TOKENS_PER_TURN` and the like.
     """
     spec = spec_for(source)
     conversations = []
@@ -130,15 +142,23 @@ def sampled_tokens_per_row(source: SourceConfig, lines: Sequence[bytes], count: 
     # A row with nothing to train is a reject, not a row of no tokens.
     conversations = [c for c in conversations if c is not None and any(t["role"] == "assistant" for t in c.messages)]
     if not conversations:
-        return 0, 0
+        return SampledLength(0, 0)
     share_on = {"on": 1.0, "off": 0.0}.get(source.thinking_mode, source.thinking_ratio or 0.0)
     renderings = [(share, _renderings(conv.messages, thinking), conv.tools)
                   for conv in conversations for thinking, share in ((True, share_on), (False, 1 - share_on)) if share]
     texts = sorted({text for _, views, tools in renderings for text in _texts(views, tools)})
     tokens = dict(zip(texts, count(texts), strict=True))
-    total = sum(share * sum(_rendering_tokens(view, tools, tokens) for view in views)
-                for share, views, tools in renderings)
-    return max(1, round(total / len(conversations))), len(conversations)
+    low, high = limits
+    kept = samples = outside = 0.0
+    for share, views, tools in renderings:
+        for view in views:
+            n = _rendering_tokens(view, tools, tokens)
+            samples += share
+            if (low is not None and n < low) or (high is not None and n > high):
+                outside += share
+            else:
+                kept += share * n
+    return SampledLength(round(kept / len(conversations)), len(conversations), outside / samples)
 
 
 def _renderings(messages: Sequence[Mapping[str, Any]], thinking: bool) -> list[list[dict[str, Any]]]:
@@ -184,22 +204,32 @@ def avg_tokens_per_row(source: SourceConfig, avg_on: int, avg_off: int) -> int:
     return avg_on
 
 
+def _limits_text(limits: tuple[int | None, int | None]) -> str:
+    low, high = limits
+    return ", ".join(text for text in (f"min {low:,}" if low else "", f"max {high:,}" if high else "") if text)
+
+
 def source_size(source: SourceConfig, heldout: float | int, avg: int,
-                dataset_sizes: dict[str, SourceSize], count: TokenCounter, counted_by: str) -> SourceSize:
+                dataset_sizes: dict[str, SourceSize], count: TokenCounter, counted_by: str,
+                limits: tuple[int | None, int | None] = (None, None)) -> SourceSize:
     """Rows per epoch of one source (held-out rows removed, weight applied) and its tokens per row.
 
     ``avg``: the tokens per row assumed where they cannot be measured; ``count`` measures them on a sample
-    of a local JSON Lines file (``counted_by`` says how it counts).
+    of a local JSON Lines file (``counted_by`` says how it counts), keeping the samples within ``limits``.
     """
     local = None if source.stage_ref is not None else scan_local_rows(source.path, SAMPLED_ROWS)
     measured = f"~{avg:,} tokens/row assumed ({source.thinking_mode})"
     if local is not None and local.sample:
-        per_row, rows = sampled_tokens_per_row(source, local.sample, count)
-        if rows:
-            avg = per_row
-            measured = f"~{avg:,} tokens/row measured on {rows:,} sampled rows with {counted_by} ({source.thinking_mode})"
+        sampled = sampled_tokens_per_row(source, local.sample, count, limits)
+        if sampled.rows:
+            avg = sampled.tokens_per_row
+            measured = (f"~{sampled.tokens_per_row:,} tokens/row measured on {sampled.rows:,} sampled rows with "
+                        f"{counted_by} ({source.thinking_mode})")
+            if sampled.outside_limits:
+                measured += (f"; {sampled.outside_limits:.0%} of their samples fall outside the token limits "
+                             f"({_limits_text(limits)}) and will be rejected")
     if source.tokens is not None:
-        return SourceSize(max(1, source.tokens // avg), avg, f"token budget {source.tokens:,}, {measured}")
+        return SourceSize(max(1, source.tokens // max(1, avg)), avg, f"token budget {source.tokens:,}, {measured}")
     if source.rows is not None:
         return SourceSize(source.rows, avg, f"rows {source.rows:,}, {measured}")
     if source.stage_ref is not None and source.stage_ref in dataset_sizes:
@@ -221,9 +251,10 @@ def tokens_from_recipe(config: SFTStageConfig, inputs: EstimateInputs) -> TokenC
     data = config.data
     sizes = dict(inputs.dataset_sizes)
     count, counted_by = token_counter(inputs.tokenizer_file)
+    limits = token_limits(data.curation, config.train_args().get("max_length"))
     for source in data.sources:
         avg = avg_tokens_per_row(source, inputs.avg_tokens_thinking_on, inputs.avg_tokens_thinking_off)
-        size = source_size(source, data.heldout_for(source), avg, sizes, count, counted_by)
+        size = source_size(source, data.heldout_for(source), avg, sizes, count, counted_by, limits)
         if size.rows is None:
             unknown.append(source.name)
             notes.append(f"source {source.name}: {size.how}; set rows or tokens to estimate it")

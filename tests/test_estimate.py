@@ -256,9 +256,10 @@ def test_a_local_base_model_counts_sampled_rows_with_its_own_tokenizer(tmp_path:
     loaded = load_recipe(write_recipe(tmp_path, str(tiny_model_dir), stages))
     (estimate,) = estimate_recipe(loaded, "8xH100")
     count, _ = token_counter(tiny_model_dir / "tokenizer.json")
-    per_row, rows = sampled_tokens_per_row(loaded.stages[0].data.sources[0], scan_local_rows(
+    sampled = sampled_tokens_per_row(loaded.stages[0].data.sources[0], scan_local_rows(
         str(tmp_path / "rows.jsonl"), 256).sample, count)
-    assert rows == 40 and estimate.tokens_per_epoch == 40 * per_row
+    per_row = sampled.tokens_per_row
+    assert sampled.rows == 40 and estimate.tokens_per_epoch == 40 * per_row
     assert f"~{per_row} tokens/row measured on 40 sampled rows with the base model's tokenizer (off)" in " ".join(
         render_estimate(loaded, "8xH100").split())
 

@@ -2,7 +2,10 @@
 
 A signal that lands between ``Popen`` forking the child and the ``try`` that stops its group raises
 where nothing cleans up: the runner says "interrupted" and exits while the training group goes on
-(seen in CI, SIGTERM a few milliseconds after ``launch.pid`` was written). Usage::
+(seen in CI, SIGTERM a few milliseconds after ``launch.pid`` was written). A held signal is delivered to
+the handler that was in place: tempa's CLI turns SIGTERM into an exception, so the group is stopped; where
+SIGTERM still has its default action (the launcher used as a library), the process ends there, as it would
+have without the hold, and the training group is left to the watchdog and the worker's own watch. Usage::
 
     with held_signals() as held:
         proc = subprocess.Popen(..., start_new_session=True)

@@ -10,6 +10,7 @@ each row, counted with the base model's tokenizer when it is on this machine, el
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import random
@@ -48,8 +49,12 @@ TOKENS_PER_RENDERING = 1
 # The instructions a template adds with tool definitions: 60 tokens in llama3_thinking (which also indents the
 # JSON: about 40% more per definition), 92 in chatml_thinking; counted with Llama 3's tokenizer.
 TOKENS_WITH_TOOLS = 75
+# A sampled line longer than this is not parsed (a 48 MB line took 6 GB to measure): it holds ~250k tokens or
+# more, beyond any max_length, and counts as one sample of its bytes / BYTES_PER_TOKEN.
+LONG_LINE_BYTES = 1 << 20
 
 TokenCounter = Callable[[list[str]], list[int]]
+SampledLine = bytes | int  # a line, or the length of one over LONG_LINE_BYTES
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class LocalRows:
     """A local file's row count, and up to :data:`SAMPLED_ROWS` of its lines drawn evenly at random (JSONL)."""
 
     rows: int
-    sample: list[bytes]
+    sample: list[SampledLine]
 
 
 def scan_local_rows(path: str, sample: int = 0) -> LocalRows | None:
@@ -74,9 +79,12 @@ def scan_local_rows(path: str, sample: int = 0) -> LocalRows | None:
         import pyarrow.parquet as pq
 
         return LocalRows(int(pq.ParquetFile(file).metadata.num_rows), [])
-    if suffix not in (".jsonl", ".csv"):
+    if suffix == ".csv":  # records, not lines: a quoted field may hold newlines
+        with open(file, encoding="utf-8", errors="replace", newline="") as text:
+            return LocalRows(max(0, sum(1 for record in csv.reader(text) if record) - 1), [])
+    if suffix != ".jsonl":
         return None
-    kept: list[bytes] = []
+    kept: list[SampledLine] = []
     pick = random.Random(0)
     lines = 0
     with open(file, "rb") as handle:
@@ -84,13 +92,11 @@ def scan_local_rows(path: str, sample: int = 0) -> LocalRows | None:
             if not line.strip():
                 continue
             if len(kept) < sample:
-                kept.append(line)
+                kept.append(line if len(line) <= LONG_LINE_BYTES else len(line))
             elif sample and (slot := pick.randrange(lines + 1)) < sample:
-                kept[slot] = line
+                kept[slot] = line if len(line) <= LONG_LINE_BYTES else len(line)
             lines += 1
-    if suffix == ".csv":
-        return LocalRows(lines - 1, [])
-    return LocalRows(lines, kept if suffix == ".jsonl" else [])
+    return LocalRows(lines, kept)
 
 
 def count_local_rows(path: str) -> int | None:
@@ -99,28 +105,37 @@ def count_local_rows(path: str) -> int | None:
     return found.rows if found is not None else None
 
 
+def _bytes_per_token(texts: list[str]) -> list[int]:
+    return [math.ceil(len(t.encode("utf-8")) / BYTES_PER_TOKEN) for t in texts]
+
+
 def token_counter(tokenizer_file: Path | None) -> tuple[TokenCounter, str]:
     """Counts the tokens of texts, and how: the base model's ``tokenizer.json``, else UTF-8 bytes / 4."""
+    fallback = f"~{BYTES_PER_TOKEN:g} bytes of text per token"
     if tokenizer_file is not None:
         from tokenizers import Tokenizer
 
-        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        try:
+            tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        except Exception as exc:  # the plan still stands without it; say why it was not used
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return _bytes_per_token, f"{fallback} ({tokenizer_file} could not be read: {first})"
         return (lambda texts: [len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)],
                 "the base model's tokenizer")
-    return (lambda texts: [math.ceil(len(t.encode("utf-8")) / BYTES_PER_TOKEN) for t in texts],
-            f"~{BYTES_PER_TOKEN:g} bytes of text per token")
+    return _bytes_per_token, fallback
 
 
 @dataclass(frozen=True)
 class SampledLength:
     """What a sample of a source's rows says of its length, as the pipeline will tokenise it."""
 
-    tokens_per_row: int  # tokens of the samples kept, per row of the file
-    rows: int  # rows measured
+    tokens_per_row: int  # tokens of the samples kept, per row measured
+    rows: int  # sampled lines that are rows the pipeline keeps (the others become rejects)
+    lines: int  # lines sampled
     outside_limits: float = 0.0  # share of the samples longer or shorter than the token limits (dropped)
 
 
-def sampled_tokens_per_row(source: SourceConfig, lines: Sequence[bytes], count: TokenCounter,
+def sampled_tokens_per_row(source: SourceConfig, lines: Sequence[SampledLine], count: TokenCounter,
                            limits: tuple[int | None, int | None] = (None, None)) -> SampledLength:
     """Tokens the pipeline's samples hold per row, measured on ``lines`` of a JSON Lines source.
 
@@ -134,6 +149,8 @@ def sampled_tokens_per_row(source: SourceConfig, lines: Sequence[bytes], count: 
     spec = spec_for(source)
     conversations = []
     for line in lines:
+        if isinstance(line, int):
+            continue
         try:
             row = json.loads(line.decode("utf-8-sig"))
             conversations.append(normalize_row(row, spec) if isinstance(row, dict) else None)
@@ -141,8 +158,10 @@ def sampled_tokens_per_row(source: SourceConfig, lines: Sequence[bytes], count: 
             continue
     # A row with nothing to train is a reject, not a row of no tokens.
     conversations = [c for c in conversations if c is not None and any(t["role"] == "assistant" for t in c.messages)]
-    if not conversations:
-        return SampledLength(0, 0)
+    long_lines = [math.ceil(line / BYTES_PER_TOKEN) for line in lines if isinstance(line, int)]
+    rows = len(conversations) + len(long_lines)
+    if not rows:
+        return SampledLength(0, 0, len(lines))
     share_on = {"on": 1.0, "off": 0.0}.get(source.thinking_mode, source.thinking_ratio or 0.0)
     renderings = [(share, _renderings(conv.messages, thinking), conv.tools)
                   for conv in conversations for thinking, share in ((True, share_on), (False, 1 - share_on)) if share]
@@ -150,15 +169,14 @@ def sampled_tokens_per_row(source: SourceConfig, lines: Sequence[bytes], count: 
     tokens = dict(zip(texts, count(texts), strict=True))
     low, high = limits
     kept = samples = outside = 0.0
-    for share, views, tools in renderings:
-        for view in views:
-            n = _rendering_tokens(view, tools, tokens)
-            samples += share
-            if (low is not None and n < low) or (high is not None and n > high):
-                outside += share
-            else:
-                kept += share * n
-    return SampledLength(round(kept / len(conversations)), len(conversations), outside / samples)
+    measured = [(share, _rendering_tokens(view, tools, tokens)) for share, views, tools in renderings for view in views]
+    for share, n in measured + [(1.0, n) for n in long_lines]:
+        samples += share
+        if (low is not None and n < low) or (high is not None and n > high):
+            outside += share
+        else:
+            kept += share * n
+    return SampledLength(round(kept / rows), rows, len(lines), outside / samples)
 
 
 def _renderings(messages: Sequence[Mapping[str, Any]], thinking: bool) -> list[list[dict[str, Any]]]:
@@ -219,12 +237,22 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int,
     """
     local = None if source.stage_ref is not None else scan_local_rows(source.path, SAMPLED_ROWS)
     measured = f"~{avg:,} tokens/row assumed ({source.thinking_mode})"
-    if local is not None and local.sample:
+    usable = 1.0  # the share of the file's lines that are rows the pipeline keeps
+    if local is not None and local.rows == 0:
+        measured += "; the file has no rows: the run will fail on this source"
+    elif local is not None and local.sample:
         sampled = sampled_tokens_per_row(source, local.sample, count, limits)
-        if sampled.rows:
+        usable = sampled.rows / sampled.lines
+        if not sampled.rows:
+            measured += (f"; none of its {sampled.lines:,} sampled lines is a row tempa can train on (not JSON, not "
+                         "the source's format, or no assistant turn): the run will fail on this source")
+        else:
             avg = sampled.tokens_per_row
             measured = (f"~{sampled.tokens_per_row:,} tokens/row measured on {sampled.rows:,} sampled rows with "
                         f"{counted_by} ({source.thinking_mode})")
+            if sampled.rows < sampled.lines:
+                measured += (f"; {sampled.lines - sampled.rows:,} of {sampled.lines:,} sampled lines are not rows it "
+                             "can train on and will be rejected")
             if sampled.outside_limits:
                 measured += (f"; {sampled.outside_limits:.0%} of their samples fall outside the token limits "
                              f"({_limits_text(limits)}) and will be rejected")
@@ -235,9 +263,15 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int,
     if source.stage_ref is not None and source.stage_ref in dataset_sizes:
         size = dataset_sizes[source.stage_ref]
         measured = f"~{size.tokens_per_row:,} tokens/row assumed ({source.thinking_mode})"
+    elif local is not None:
+        rows = round(local.rows * usable)
+        how = f"{local.rows:,} rows in the file" if rows == local.rows else \
+            f"{local.rows:,} lines in the file, ~{rows:,} of them rows"
+        size = SourceSize(rows, avg, how)
+    elif Path(source.path).is_file():
+        size = SourceSize(None, avg, f"a local {Path(source.path).suffix or 'file'} file, not counted before preparing")
     else:
-        size = SourceSize(local.rows if local else None, avg, f"{local.rows:,} rows in the file" if local else
-                          "unknown size (a hub dataset or folder with no rows/tokens setting)")
+        size = SourceSize(None, avg, "unknown size (a hub dataset or folder with no rows/tokens setting)")
     if size.rows is None:
         return size
     kept = size.rows * (1 - heldout) if isinstance(heldout, float) else max(0, size.rows - heldout)

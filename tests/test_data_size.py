@@ -9,14 +9,17 @@ from pathlib import Path
 from sft_helpers import WEATHER
 from tempa.sft.data_config import DataConfig, SourceConfig
 from tempa.sft.data_size import (
+    LONG_LINE_BYTES,
     TOKENS_PER_ANSWER,
     TOKENS_PER_RENDERING,
     TOKENS_PER_TURN,
     SampledLength,
     sampled_tokens_per_row,
     scan_local_rows,
+    source_size,
     token_counter,
 )
+from tempa.sft.stage_api import SourceSize
 
 
 def _words(texts: list[str]) -> list[int]:
@@ -58,26 +61,82 @@ def test_tokens_per_row_count_the_renderings_the_pipeline_trains_by_hand(tmp_pat
     call = json.dumps([{"type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}])
     looped = 6 + len(call.split()) + 4 * turn + 2 * answer + begin
     lines = _lines(TWO_QUESTIONS, loop)
-    assert sampled_tokens_per_row(_source(tmp_path), lines, _words) == SampledLength(round((on + looped) / 2), 2)
+    assert sampled_tokens_per_row(_source(tmp_path), lines, _words) == SampledLength(round((on + looped) / 2), 2, 2)
     off_source = _source(tmp_path, thinking_mode="off")
-    assert sampled_tokens_per_row(off_source, lines, _words) == SampledLength(round((off + looped) / 2), 2)
+    assert sampled_tokens_per_row(off_source, lines, _words) == SampledLength(round((off + looped) / 2), 2, 2)
     mixed = _source(tmp_path, thinking_mode="mixed", thinking_ratio=0.5)
-    assert sampled_tokens_per_row(mixed, lines[:1], _words) == SampledLength(round((on + off) / 2), 1)
+    assert sampled_tokens_per_row(mixed, lines[:1], _words) == SampledLength(round((on + off) / 2), 1, 1)
     # The pipeline drops a sample outside the token limits. With thinking off the samples are the
     # two-question row's two renderings (short, off - short) and the loop's one (looped): 1 of 3 dropped.
     short = 3 + 2 * turn + answer + begin
     assert short < off - short < looped
     assert sampled_tokens_per_row(off_source, lines, _words, (None, off - short)) == SampledLength(
-        round(off / 2), 2, 1 / 3)
+        round(off / 2), 2, 2, 1 / 3)
     assert sampled_tokens_per_row(off_source, lines, _words, (short + 1, None)) == SampledLength(
-        round((off - short + looped) / 2), 2, 1 / 3)
+        round((off - short + looped) / 2), 2, 2, 1 / 3)
 
 
 def test_lines_that_are_not_rows_are_left_out_of_the_average(tmp_path: Path):
     one_turn = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b c"}]}
     lines = [b"{broken", b'"a string"', *_lines({"messages": [{"role": "user", "content": "no answer"}]}, one_turn)]
     sampled = sampled_tokens_per_row(_source(tmp_path, thinking_mode="off"), lines, _words)
-    assert sampled == SampledLength(3 + 2 * TOKENS_PER_TURN + TOKENS_PER_ANSWER + TOKENS_PER_RENDERING, 1)
+    assert sampled == SampledLength(3 + 2 * TOKENS_PER_TURN + TOKENS_PER_ANSWER + TOKENS_PER_RENDERING, 1, 4)
+
+
+def _plan_note(folder: Path, lines: list[str], **source: object) -> tuple[SourceSize, str]:
+    path = folder / "rows.jsonl"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    config = SourceConfig.model_validate({"name": "s", "path": "rows.jsonl", "thinking_mode": "off", **source},
+                                         context={"base_dir": str(folder)})
+    size = source_size(config, 0, 800, {}, _words, "words")
+    return size, " ".join(size.how.split())
+
+
+ROW = json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b c"}]})
+ROW_TOKENS = 3 + 2 * TOKENS_PER_TURN + TOKENS_PER_ANSWER + TOKENS_PER_RENDERING
+
+
+def test_lines_that_will_be_rejected_are_not_planned_as_rows(tmp_path: Path):
+    size, note = _plan_note(tmp_path, [ROW, "{broken"] * 50)
+    assert (size.rows, size.tokens_per_row) == (50, ROW_TOKENS)
+    assert "100 lines in the file, ~50 of them rows" in note and "50 of 100 sampled lines are not rows" in note
+
+
+def test_a_source_the_run_will_fail_on_says_so(tmp_path: Path):
+    for lines in (["{broken"] * 20, [json.dumps({"messages": [{"role": "user", "content": "no answer"}]})] * 20):
+        size, note = _plan_note(tmp_path, lines)
+        assert size.rows == 0 and "none of its 20 sampled lines is a row" in note
+        assert "the run will fail on this source" in note
+    size, note = _plan_note(tmp_path, [])
+    assert size.rows == 0 and "the file has no rows: the run will fail on this source" in note
+    size, note = _plan_note(tmp_path, ["{broken"] * 20, rows=10)  # a budget does not hide it
+    assert "the run will fail on this source" in note
+
+
+def test_a_line_over_a_mebibyte_is_counted_by_its_bytes_not_parsed(tmp_path: Path):
+    long_line = json.dumps({"messages": [{"role": "user", "content": "q"},
+                                         {"role": "assistant", "content": "x" * (LONG_LINE_BYTES + 10)}]})
+    scanned = scan_local_rows(_write(tmp_path / "long.jsonl", [ROW, long_line]), 8)
+    assert scanned is not None and scanned.sample == [ROW.encode() + b"\n", len(long_line) + 1]
+    source = SourceConfig.model_validate({"name": "s", "path": "long.jsonl", "thinking_mode": "off"},
+                                         context={"base_dir": str(tmp_path)})
+    long_tokens = -(-(len(long_line) + 1) // 4)  # 4 bytes a token
+    assert sampled_tokens_per_row(source, scanned.sample, _words) == SampledLength(
+        round((ROW_TOKENS + long_tokens) / 2), 2, 2)
+    assert sampled_tokens_per_row(source, scanned.sample, _words, (None, 2048)) == SampledLength(
+        round(ROW_TOKENS / 2), 2, 2, 0.5)
+
+
+def test_a_tokenizer_file_that_cannot_be_read_falls_back_to_bytes_and_says_which(tmp_path: Path):
+    broken = tmp_path / "tokenizer.json"
+    broken.write_text("{not json")
+    count, how = token_counter(broken)
+    assert count(["abcdefgh"]) == [2] and how.startswith("~4 bytes of text per token (") and str(broken) in how
+
+
+def _write(path: Path, lines: list[str]) -> str:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
 
 
 def test_a_file_sorted_by_length_is_sampled_across_its_length(tmp_path: Path):
@@ -148,3 +207,13 @@ def test_the_estimate_is_within_5_percent_of_what_the_pipeline_renders(tmp_path:
             assert estimate.rows == 240 and abs(estimate.tokens_per_row / actual - 1) < 0.05, (
                 source.thinking_mode, max_length, estimate, actual)
             assert (estimate.outside_limits > 0.1) == (max_length is not None)
+
+
+def test_a_csv_counts_records_not_lines_and_a_json_file_is_named_as_local(tmp_path: Path):
+    (tmp_path / "rows.csv").write_text('prompt,response\n"two\nlines","x"\n"a","b\nc\nd"\n', encoding="utf-8")
+    scanned = scan_local_rows(str(tmp_path / "rows.csv"))
+    assert scanned is not None and scanned.rows == 2
+    (tmp_path / "rows.json").write_text(json.dumps([json.loads(ROW)]), encoding="utf-8")
+    config = SourceConfig.model_validate({"name": "s", "path": "rows.json"}, context={"base_dir": str(tmp_path)})
+    size = source_size(config, 0, 800, {}, _words, "words")
+    assert size.rows is None and size.how == "a local .json file, not counted before preparing"

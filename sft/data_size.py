@@ -144,7 +144,8 @@ def sampled_tokens_per_row(source: SourceConfig, lines: Sequence[SampledLine], c
     so history without reasoning and repeated prefixes count as they will; a ``mixed`` source weighs the
     thinking and non-thinking renderings by its ratio. A sample outside ``limits`` (min, max tokens: the
     curation's and the stage's ``max_length``) is dropped, as the pipeline drops it. Lines that are not
-    rows of the source are skipped (they become rejects). Template tokens: :data:`TOKENS_PER_TURN` and the like.
+    rows of the source are skipped (they become rejects); a line over :data:`LONG_LINE_BYTES` is one sample
+    of its bytes / :data:`BYTES_PER_TOKEN`. Template tokens: :data:`TOKENS_PER_TURN` and the like.
     """
     spec = spec_for(source)
     conversations = []

@@ -252,8 +252,9 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int,
             measured = (f"~{sampled.tokens_per_row:,} tokens/row measured on {sampled.rows:,} sampled rows with "
                         f"{counted_by} ({source.thinking_mode})")
             if sampled.rows < sampled.lines:
-                measured += (f"; {sampled.lines - sampled.rows:,} of {sampled.lines:,} sampled lines are not rows it "
-                             "can train on and will be rejected")
+                bad = sampled.lines - sampled.rows
+                measured += (f"; {bad:,} of {sampled.lines:,} sampled lines {'is not a row' if bad == 1 else 'are not rows'}"
+                             " it can train on and will be rejected")
             if sampled.outside_limits:
                 measured += (f"; {sampled.outside_limits:.0%} of their samples fall outside the token limits "
                              f"({_limits_text(limits)}) and will be rejected")

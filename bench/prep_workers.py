@@ -60,17 +60,17 @@ def read_seconds(rows_path: Path, work: Path, processes: int, tag: str) -> float
 def normalise_seconds(rows_path: Path, work: Path, processes: int, tag: str) -> float:
     import tempa.sft.data as data
     from tempa.sft.data_config import DataConfig
-    from tempa.sft.forked_workers import frozen_heap
+    from tempa.sft.forked_workers import forked_map, frozen_heap
     from tempa.sft.sources import load_source
 
     config = DataConfig.model_validate({"sources": [{"name": "rows", "path": str(rows_path)}], "num_proc": 2})
     source = config.sources[0]
     raw = load_source(source, cache_dir=work / "cache")  # read once, then from the cache: not timed below
-    data.NORMALISE_ROWS_PER_PROCESS = 1 if processes == 2 else 1 << 40
+    settings = data._normalize_settings(source, config.curation, None, ["<|begin_of_text|>"])
     with frozen_heap():  # as prepare_sft_data runs it
         started = time.perf_counter()
-        data._normalize_and_filter(raw, source, config.curation, None, ["<|begin_of_text|>"], num_proc=2,
-                                   cache_file=work / f"curated-{tag}.arrow")
+        forked_map(raw, data._normalize_batch, workers=processes, fn_kwargs=settings, features=data._CURATED,
+                   cache_file=work / f"curated-{tag}.arrow", desc="Normalising")
         return time.perf_counter() - started
 
 

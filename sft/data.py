@@ -17,9 +17,12 @@ Order of work, per source unless noted:
 7. concatenate, shuffle with the seed, save.
 
 Step 5 runs in ``num_proc`` forked worker processes (default: one per core, at most one per 500 rows of
-a source; :func:`tempa.sft.data_config.workers_for`), step 2 too for sources of 10,000+ rows (it costs
-about 1/10 of step 5 per row), in chunks of equal bytes handed to whichever worker is free
-(:func:`tempa.sft.forked_workers.forked_map`); every count gives the same data.
+a source; :func:`tempa.sft.data_config.workers_for`), in chunks of equal bytes handed to whichever worker
+is free (:func:`tempa.sft.forked_workers.forked_map`); every count gives the same data. Step 2 runs in the
+same workers, in one pass with step 5, for a source whose rows no step compares with each other (no
+``dedup``, no ``template_instructions``, thinking ``on`` or ``off``: the defaults but ``mixed``); else
+before step 3, in worker processes of its own for sources of 10,000+ rows (it costs about 1/10 of step 5
+per row). Both give the same data.
 
 Reports (in ``out_dir``; rows are conversations, tokens count every token of the rendered samples):
 
@@ -110,7 +113,7 @@ from tempa.sft.tokenization import (
 logger = logging.getLogger(__name__)
 
 # Bump when a change to this pipeline changes its output, so old cache entries are not reused.
-PIPELINE_VERSION = "2"
+PIPELINE_VERSION = "3"
 COMPLETE = "COMPLETE"
 MIX_FILE, REJECTS_FILE = "mix.json", "rejects.jsonl"
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects
@@ -152,6 +155,7 @@ _TOKENIZED = Features(
         "n_trained": Value("int64"),
         "reject": Value("string"),
         "detail": Value("string"),
+        "data": Value("string"),  # a reject's row as JSON, for rejects.jsonl (None for a kept sample)
     }
 )
 TRAIN_COLUMNS = ["input_ids", "assistant_masks"]
@@ -317,7 +321,9 @@ def _check_languages(config: DataConfig) -> dict[str, frozenset[str]]:
 @dataclass
 class _SourceState:
     source: SourceConfig
-    curated: datasets.Dataset | None = None
+    raw: datasets.Dataset | None = None  # as read; normalised in the tokenising pass (``_one_pass``)
+    normalize: dict[str, Any] = field(default_factory=dict)  # ``_normalize_batch``'s settings for the source
+    curated: datasets.Dataset | None = None  # normalised ahead of tokenising (rows compared with each other)
     rows_in: int = 0
     rejects: Counter[str] = field(default_factory=Counter)
     first_reject: str | None = None
@@ -366,47 +372,63 @@ def _build(
     states = [_SourceState(source) for source in config.sources]
     with open(build_dir / REJECTS_FILE, "w", encoding="utf-8") as handle:
         rejects = _RejectWriter(handle, shown_rejects)
-        # 1-2: load, normalise, row-local filters.
+        # 1-2: load, normalise, row-local filters (for a one-pass source, in step 5's workers).
         for i, state in enumerate(states):
             raw = loaded.get(state.source.name)
             if raw is None:
                 raw = load_source(state.source, cache_dir=cache_dir)
-            state.curated = _normalize_and_filter(
-                raw, state.source, cur, languages.get(state.source.name), specials,
-                num_proc=config.num_proc, cache_file=work / f"{i}-curated.arrow",
-            )
+            _check_raw(raw, state.source)
+            state.normalize = _normalize_settings(state.source, cur, languages.get(state.source.name), specials)
+            if _one_pass(cur, state.source):
+                state.raw = raw
+            else:
+                state.curated = forked_map(
+                    raw, _normalize_batch,
+                    workers=worker_count(config.num_proc, len(raw), NORMALISE_ROWS_PER_PROCESS),
+                    fn_kwargs=state.normalize, features=_CURATED, cache_file=work / f"{i}-curated.arrow",
+                    desc=f"Normalising {state.source.name}",
+                )
         # 3: rows compared with each other, in recipe order.
         _mark_duplicates(states, cur)
         _mark_templates(states, cur)
         for state in states:
-            state.curated = _split_rejects(state, rejects)
+            if state.curated is not None:
+                state.curated = _split_rejects(state, rejects)
         # 4-6: thinking, tokenise, held-out split and sizing.
         encoder = ChatEncoder(tokenizer)
         limits = token_limits(cur, max_length)
         parts, train_index, eval_index, offset = [], [], [], 0
         for i, state in enumerate(states):
-            tokenized, train_rows, eval_rows = _tokenize_and_mix(
-                state, encoder, limits, rejects, seed=seed, heldout=config.heldout_for(state.source),
-                num_proc=config.num_proc, cache_file=work / f"{i}-tokens.arrow",
-            )
+            tokenized = _tokenize(state, encoder, limits, seed=seed, num_proc=config.num_proc,
+                                  cache_file=work / f"{i}-tokens.arrow")
+            train_rows, eval_rows = _mix(state, tokenized, rejects, seed=seed,
+                                         heldout=config.heldout_for(state.source))
             parts.append(tokenized)
             train_index.extend(offset + r for r in train_rows)
             eval_index.extend(offset + r for r in eval_rows)
             offset += len(tokenized)
     # 7: one shuffled training set, one eval set, both with exactly the trainer's columns.
-    everything = datasets.concatenate_datasets(parts).select_columns(TRAIN_COLUMNS)
+    everything = datasets.concatenate_datasets(parts).select_columns(TRAIN_COLUMNS, new_fingerprint=_unhashed())
     order = rng_for(seed, "__mix__", 4).permutation(len(train_index))
-    train = everything.select([train_index[i] for i in order])
+    train = everything.select([train_index[i] for i in order], new_fingerprint=_unhashed())
     if len(train) == 0:
         # Every source kept rows (else it failed above) and held some back for training: sizing took none.
         raise DataError(f"no training rows left: no source's size setting selects a row (see the warnings "
                         f"above); rejects: {shown_rejects}")
     train.save_to_disk(str(build_dir / "train"))
     if eval_index:
-        everything.select(eval_index).save_to_disk(str(build_dir / "eval"))
+        everything.select(eval_index, new_fingerprint=_unhashed()).save_to_disk(str(build_dir / "eval"))
     _report(states, seed=seed, key=key, n_train=len(train), n_eval=len(eval_index)).write(build_dir / MIX_FILE)
     del parts, everything, train
     remove_tree(work, [build_dir])
+
+
+def _unhashed() -> str:
+    """A fingerprint for a ``datasets`` transform, so that it does not hash its arguments to make one: the
+    index lists and new columns of a prepare, pickled and hashed, took 0.1 s of a 3,000-row prepare's part
+    that stays in one process. ``datasets`` uses fingerprints only for its own map cache; tempa caches by
+    its own key."""
+    return uuid.uuid4().hex
 
 
 def _values(ds: datasets.Dataset, column: str) -> list[Any]:
@@ -509,36 +531,32 @@ def _normalize_batch(
     return out
 
 
-def _normalize_and_filter(
-    raw: datasets.Dataset,
-    source: SourceConfig,
-    cur: CurationConfig,
-    accepted: frozenset[str] | None,
-    specials: Sequence[str],
-    *,
-    num_proc: int | None,
-    cache_file: Path,
-) -> datasets.Dataset:
-    spec = spec_for(source)
+def _check_raw(raw: datasets.Dataset, source: SourceConfig) -> None:
     if RAW not in raw.column_names:
-        check_columns(raw.column_names, spec, describe(source))
+        check_columns(raw.column_names, spec_for(source), describe(source))
     if len(raw) == 0:
         raise DataError(f"{describe(source)}: has no rows")
-    return forked_map(
-        raw,
-        _normalize_batch,
-        workers=worker_count(num_proc, len(raw), NORMALISE_ROWS_PER_PROCESS),
-        fn_kwargs={
-            "spec": spec,
-            "jsonl_lines": source.path.lower().endswith(".jsonl"),
-            "curation_config": cur,
-            "accepted_languages": accepted,
-            "specials": list(specials),
-        },
-        features=_CURATED,
-        cache_file=cache_file,
-        desc=f"Normalising {source.name}",
-    )
+
+
+def _normalize_settings(
+    source: SourceConfig, cur: CurationConfig, accepted: frozenset[str] | None, specials: Sequence[str]
+) -> dict[str, Any]:
+    """:func:`_normalize_batch`'s keyword arguments for ``source``."""
+    return {
+        "spec": spec_for(source),
+        "jsonl_lines": source.path.lower().endswith(".jsonl"),
+        "curation_config": cur,
+        "accepted_languages": accepted,
+        "specials": list(specials),
+    }
+
+
+def _one_pass(cur: CurationConfig, source: SourceConfig) -> bool:
+    """Whether ``source`` is normalised inside the tokenising workers, in one pass over its rows: when no
+    step compares its rows with each other (duplicates, template instructions, the exact share of a
+    ``mixed`` source). That saves normalising in one process (a pool for it pays only from about 10,000
+    rows) and the normalised copy of the source written and read back; the data is the same either way."""
+    return cur.dedup is None and cur.template_instructions is None and source.thinking_mode != "mixed"
 
 
 # --- 3: duplicates and templates ------------------------------------------------------------------
@@ -554,10 +572,10 @@ def _replace_rejects(state: _SourceState, updates: dict[int, tuple[str, str]]) -
     for position, (reason, detail) in updates.items():
         reasons[position], details[position] = reason, detail
         data[position] = json.dumps(messages[position], ensure_ascii=False)
-    ds = ds.remove_columns(["reject", "detail", "data"])
-    ds = ds.add_column("reject", reasons, feature=Value("string"))
-    ds = ds.add_column("detail", details, feature=Value("string"))
-    state.curated = ds.add_column("data", data, feature=Value("string"))
+    ds = ds.remove_columns(["reject", "detail", "data"], new_fingerprint=_unhashed())
+    ds = ds.add_column("reject", reasons, feature=Value("string"), new_fingerprint=_unhashed())
+    ds = ds.add_column("detail", details, feature=Value("string"), new_fingerprint=_unhashed())
+    state.curated = ds.add_column("data", data, feature=Value("string"), new_fingerprint=_unhashed())
 
 
 def _mark_duplicates(states: Sequence[_SourceState], cur: CurationConfig) -> None:
@@ -621,17 +639,21 @@ def _split_rejects(state: _SourceState, rejects: _RejectWriter) -> datasets.Data
             kept.append(position)
             continue
         record = ds[position]
-        data = record["data"]
-        # A line that was not JSON stays as its text.
-        with contextlib.suppress(json.JSONDecodeError, TypeError):
-            data = json.loads(data)
-        rejects.write(state, record["row"], reason, record["detail"], data)
+        rejects.write(state, record["row"], reason, record["detail"], _reject_data(record["data"]))
     state.rows_in = rows_in
     if rows_in == 0:
         raise DataError(f"{describe(state.source)}: has no rows")
     if not kept:
         raise _all_rejected(state, rejects.shown)
-    return ds.select(kept).select_columns(["messages", "tools", "row", "has_reasoning"])
+    return ds.select(kept, new_fingerprint=_unhashed()).select_columns(
+        ["messages", "tools", "row", "has_reasoning"], new_fingerprint=_unhashed())
+
+
+def _reject_data(text: str | None) -> Any:
+    """A reject's row from its JSON; a line that was not JSON stays as its text."""
+    with contextlib.suppress(json.JSONDecodeError, TypeError):
+        return json.loads(text)  # type: ignore[arg-type]
+    return text
 
 
 def _all_rejected(state: _SourceState, shown: Path) -> DataError:
@@ -705,8 +727,11 @@ def _tokenize_batch(
                                        max_tokens)
         else:
             samples_out = [(None, plan)]
+        data = None
         for sample, reason in samples_out:
             ids, mask = _trainer_columns(sample) if sample is not None and reason is None else _NOTHING
+            if reason is not None and data is None:
+                data = json.dumps(_without_nulls(batch["messages"][k]), ensure_ascii=False)
             out["input_ids"].append(ids)
             out["assistant_masks"].append(mask)
             out["conv"].append(conv)
@@ -717,53 +742,123 @@ def _tokenize_batch(
             out["n_trained"].append(sample.n_trained if sample is not None else 0)
             out["reject"].append(reason[0] if reason else None)
             out["detail"].append(reason[1] if reason else None)
+            out["data"].append(data if reason else None)
     return out
 
 
-def _tokenize_and_mix(
+def _without_nulls(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    # Arrow gives every turn every key of the schema; rejects.jsonl shows the turn as normalised.
+    return [{key: value for key, value in turn.items() if value is not None} for turn in messages]
+
+
+def _normalize_and_tokenize_batch(
+    batch: dict[str, list[Any]],
+    indices: list[int],
+    *,
+    normalize: Mapping[str, Any],
+    tokenize: Mapping[str, Any],
+    thinking: bool,
+) -> dict[str, list[Any]]:
+    """A one-pass batch (:func:`_one_pass`): raw rows normalised, then tokenised as conversation ``row``.
+
+    The rows normalising rejects follow the batch's samples as rows of no conversation (``conv`` -1),
+    for :func:`_mix` to write out; ``thinking``: render rows that have a trace with thinking on.
+    """
+    curated = _normalize_batch(batch, indices, **normalize)
+    kept = [k for k, reason in enumerate(curated["reject"]) if reason is None]
+    out = _tokenize_batch(
+        {
+            "messages": [curated["messages"][k] for k in kept],
+            "tools": [curated["tools"][k] for k in kept],
+            "row": [curated["row"][k] for k in kept],
+            "thinking": [thinking and curated["has_reasoning"][k] for k in kept],
+        },
+        [curated["row"][k] for k in kept],
+        **tokenize,
+    )
+    for k, reason in enumerate(curated["reject"]):
+        if reason is None:
+            continue
+        for name, value in (("input_ids", _NOTHING[0]), ("assistant_masks", _NOTHING[1]), ("conv", -1),
+                            ("row", curated["row"][k]), ("turn", -1), ("thinking", False), ("n_tokens", 0),
+                            ("n_trained", 0), ("reject", reason), ("detail", curated["detail"][k]),
+                            ("data", curated["data"][k])):
+            out[name].append(value)
+    return out
+
+
+def _tokenize(
     state: _SourceState,
     encoder: ChatEncoder,
     limits: tuple[int | None, int | None],
-    rejects: _RejectWriter,
     *,
     seed: int,
-    heldout: float | int,
     num_proc: int | None,
     cache_file: Path,
-) -> tuple[datasets.Dataset, list[int], list[int]]:
-    """Tokenised samples of one source, and which of them train and which are held out."""
-    source, curated = state.source, state.curated
-    assert curated is not None
-    thinking = assign_thinking(_values(curated, "has_reasoning"), source, seed)
-    curated = curated.add_column("thinking", thinking, feature=Value("bool"))
-    tokenized = forked_map(
-        curated,
-        _tokenize_batch,
-        workers=worker_count(num_proc, len(curated)),
-        fn_kwargs={"encoder": encoder, "min_tokens": limits[0], "max_tokens": limits[1]},
+) -> datasets.Dataset:
+    """The tokenised samples of one source (its rows' order; normalised first for a one-pass source)."""
+    source = state.source
+    tokenize = {"encoder": encoder, "min_tokens": limits[0], "max_tokens": limits[1]}
+    if state.raw is not None:
+        rows, function = state.raw, _normalize_and_tokenize_batch
+        kwargs = {"normalize": state.normalize, "tokenize": tokenize, "thinking": source.thinking_mode == "on"}
+    else:
+        assert state.curated is not None
+        thinking = assign_thinking(_values(state.curated, "has_reasoning"), source, seed)
+        rows = state.curated.add_column("thinking", thinking, feature=Value("bool"), new_fingerprint=_unhashed())
+        function, kwargs = _tokenize_batch, tokenize
+    return forked_map(
+        rows,
+        function,
+        workers=worker_count(num_proc, len(rows)),
+        fn_kwargs=kwargs,
         features=_TOKENIZED,
         cache_file=cache_file,
         desc=f"Tokenising {source.name}",
         batch_size=64,
     )
-    meta = tokenized.select_columns(["conv", "row", "turn", "thinking", "n_tokens", "n_trained", "reject", "detail"])
-    meta = meta.to_pandas()
+
+
+def _mix(
+    state: _SourceState,
+    tokenized: datasets.Dataset,
+    rejects: _RejectWriter,
+    *,
+    seed: int,
+    heldout: float | int,
+) -> tuple[list[int], list[int]]:
+    """Which of a source's tokenised samples train and which are held out (positions in ``tokenized``); its
+    rejects written, its stats kept."""
+    source = state.source
+    meta = tokenized.select_columns(
+        ["conv", "row", "turn", "thinking", "n_tokens", "n_trained", "reject", "detail", "data"],
+        new_fingerprint=_unhashed()).to_pandas()
+    if state.raw is not None:
+        # One pass: the rows normalising rejected come with the samples, in row order.
+        dropped = meta[meta["conv"] < 0]
+        meta = meta[meta["conv"] >= 0]
+        for record in dropped[dropped["reject"] != _BLANK].itertuples(index=False):
+            rejects.write(state, int(record.row), str(record.reject), str(record.detail), _reject_data(record.data))
+        state.rows_in = int((dropped["reject"] != _BLANK).sum()) + int(meta["conv"].nunique())
+        if state.rows_in == 0:
+            raise DataError(f"{describe(source)}: has no rows")
     ok = meta[meta["reject"].isna()]
     surviving = set(ok["conv"].tolist())
     curated_rows = int(meta["conv"].nunique())
     # A conversation survives when at least one of its samples does. A wholly rejected one counts
     # once, under its first reason; a turn dropped from a surviving one counts as `<reason>_turn`.
     counted: set[int] = set()
-    messages = curated["messages"]
     for record in meta[meta["reject"].notna()].itertuples(index=False):
         conv = int(record.conv)
         label = row_label(source, int(record.row))
         where = f"{label}: turn {int(record.turn)}" if record.turn >= 0 else label
         if conv in surviving:
-            rejects.write(state, int(record.row), f"{record.reject}{TURN_SUFFIX}", f"{where}: {record.detail}", messages[conv])
+            rejects.write(state, int(record.row), f"{record.reject}{TURN_SUFFIX}", f"{where}: {record.detail}",
+                          _reject_data(record.data))
         elif conv not in counted:
             counted.add(conv)
-            rejects.write(state, int(record.row), str(record.reject), f"{where}: {record.detail}", messages[conv])
+            rejects.write(state, int(record.row), str(record.reject), f"{where}: {record.detail}",
+                          _reject_data(record.data))
     if not surviving:
         raise _all_rejected(state, rejects.shown)
 
@@ -806,7 +901,7 @@ def _tokenize_and_mix(
     }
     train_rows = [s for c in chosen for s in samples_of[c]]
     eval_rows = [s for c in held_convs for s in samples_of[c]]
-    return tokenized, train_rows, eval_rows
+    return train_rows, eval_rows
 
 
 def _all_held_out(state: _SourceState, heldout: float | int, usable: int) -> DataError:

@@ -434,8 +434,10 @@ class DataConfig(_Strict):
     num_proc: int | None = Field(
         default=None,
         ge=1,
-        description="Processes for tokenising (and for normalising sources of 10,000+ rows); unset: one "
-        "per core, at most one per 500 rows of a source. The prepared data is the same for every setting.",
+        description="Processes for tokenising, which also normalises the rows unless `dedup`, "
+        "`template_instructions` or a `mixed` source needs every row normalised first (then in processes of "
+        "its own for sources of 10,000+ rows); unset: one per core, at most one per 500 rows of a source. The "
+        "prepared data is the same for every setting.",
     )
 
     @field_validator("heldout")

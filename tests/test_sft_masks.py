@@ -221,8 +221,24 @@ def test_pretoken_cache_declines_tokenizers_it_has_no_proof_for(tokenizers: dict
     assert changed("tiny", lambda b: b.add_tokens([AddedToken("<x>", normalized=False)])) is not None
 
 
+def _rows_with_rejects(folder: Path) -> Path:
+    """CORPUS and 40 short chats as JSON Lines, with broken lines near both ends (and a blank one)."""
+    rows = [{"messages": messages, **({"tools": tools} if tools else {})} for messages, tools in CORPUS]
+    rows += [{"messages": [_turn("user", f"soal {i}"), _turn("assistant", f"jawab {i}", f"pikir {i}")]}
+             for i in range(40)]
+    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
+    lines[3:3] = ["{not json\n", "\n"]
+    lines[-5:-5] = ['{"messages": "not a list"}\n']
+    (folder / "rows.jsonl").write_text("".join(lines), encoding="utf-8")
+    return folder / "rows.jsonl"
+
+
+# "mixed" normalises every row before tokenising (its share of thinking-on rows is exact over the source);
+# "on" normalises inside the tokenising workers, in one pass.
+@pytest.mark.parametrize(("mode", "pools_of_one", "pools_of_two"), [("mixed", [1, 1], [2, 2]), ("on", [1], [2])])
 def test_worker_processes_prepare_exactly_what_one_process_does(
-    tmp_path: Path, tokenizers: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tokenizers: dict[str, Any], monkeypatch: pytest.MonkeyPatch, mode: str,
+    pools_of_one: list[int], pools_of_two: list[int],
 ) -> None:
     import tempa.sft.data as data
     from tempa.sft.data import prepare_sft_data
@@ -230,31 +246,26 @@ def test_worker_processes_prepare_exactly_what_one_process_does(
 
     tok = tokenizers["tiny"]
     tok.chat_template = load_template("llama3_thinking")
-    rows = [{"messages": messages, **({"tools": tools} if tools else {})} for messages, tools in CORPUS]
-    rows += [{"messages": [_turn("user", f"soal {i}"), _turn("assistant", f"jawab {i}", f"pikir {i}")]}
-             for i in range(40)]
-    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]
-    # Rejects on both sides of where the normalising workers split the file: their line numbers must hold.
-    lines[3:3] = ["{not json\n", "\n"]
-    lines[-5:-5] = ['{"messages": "not a list"}\n']
-    (tmp_path / "rows.jsonl").write_text("".join(lines), encoding="utf-8")
+    # Rejects on both sides of where the workers split the file: their line numbers must hold.
+    rows = _rows_with_rejects(tmp_path)
+    lines = rows.read_text(encoding="utf-8").splitlines()
     # Normalising gets its own workers only on large sources: here too, so that both pools are compared.
     monkeypatch.setattr(data, "NORMALISE_ROWS_PER_PROCESS", 1)
     pools: list[int | None] = []
     count = data.worker_count
     monkeypatch.setattr(data, "worker_count", lambda *args: pools.append(count(*args)) or pools[-1])
+    ratio = {"thinking_ratio": 0.5} if mode == "mixed" else {}
 
     def prepare(num_proc: int, name: str):
         config = DataConfig.model_validate(
-            {"sources": [{"name": "r", "path": str(tmp_path / "rows.jsonl"), "thinking_mode": "mixed",
-                          "thinking_ratio": 0.5}],
+            {"sources": [{"name": "r", "path": str(rows), "thinking_mode": mode, **ratio}],
              "heldout": 0.1, "num_proc": num_proc})
         return prepare_sft_data(config, tok, out_dir=tmp_path / name, cache_dir=tmp_path / f"cache-{name}", seed=3)
 
     one = prepare(1, "one")
-    assert pools == [1, 1]  # one process: no pool for either step
+    assert pools == pools_of_one  # one process: no pool for any step
     two = prepare(2, "two")
-    assert pools[2:] == [2, 2]  # normalising, then tokenising, each in 2 worker processes
+    assert pools[len(pools_of_one):] == pools_of_two  # each step in 2 worker processes
     assert gc.get_freeze_count() == 0  # the heap frozen for the workers is given back to the collector
     assert not two.cache_hit and len(one.train) > 40
     assert one.train.to_dict() == two.train.to_dict() and one.eval.to_dict() == two.eval.to_dict()
@@ -263,6 +274,59 @@ def test_worker_processes_prepare_exactly_what_one_process_does(
     assert rejected == (tmp_path / "two" / "rejects.jsonl").read_bytes()
     lines_rejected = [json.loads(line).get("line") for line in rejected.decode().splitlines()]
     assert 4 in lines_rejected and len(lines) - 5 in lines_rejected  # the broken lines, by their numbers
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_one_pass_prepares_exactly_what_normalising_first_does(
+    tmp_path: Path, tokenizers: dict[str, Any], monkeypatch: pytest.MonkeyPatch, num_proc: int
+) -> None:
+    """A source whose rows no step compares is normalised inside the tokenising workers: the same samples,
+    mix and rejects (every kind: broken lines, rows the filters and the template refuse, turns and rows
+    over the token limits) as normalising every row first, for thinking on and off."""
+    import tempa.sft.data as data
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_config import DataConfig
+
+    tok = tokenizers["tiny"]
+    tok.chat_template = load_template("llama3_thinking")
+    rows = _rows_with_rejects(tmp_path)
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in [
+        {"messages": [_turn("assistant", "Halo!"), _turn("user", "Hai"), _turn("assistant", "Ya?")]},  # template
+        {"messages": [_turn("user", "Ulangi."), _turn("assistant", "halo " * 150, "r")]},  # too long: whole row
+        {"messages": [_turn("user", "Sapa."), _turn("assistant", "Hai!"), _turn("user", "Lagi."),
+                      _turn("assistant", "hai " * 150)]},  # too long: one turn
+        {"messages": [_turn("user", "Kirim <|eot_id|>"), _turn("assistant", "x")]},  # special token
+        {"messages": [_turn("user", "Tanpa jawaban")]},  # no assistant turn
+        {"messages": [_turn("user", "Hitung."), _turn("assistant", "4", "2+2")]},
+    ]), encoding="utf-8")
+    config = DataConfig.model_validate({
+        "sources": [{"name": "r", "path": str(rows), "thinking_mode": "on", "weight": 1.5},
+                    {"name": "x", "path": str(extra), "thinking_mode": "off"}],
+        "curation": {"role_order": False}, "heldout": 0.1, "num_proc": num_proc})
+    paths = []
+    one_pass = data._one_pass
+    monkeypatch.setattr(data, "_one_pass", lambda *args: paths.append(one_pass(*args)) or paths[-1])
+    one = prepare_sft_data(config, tok, out_dir=tmp_path / "one", cache_dir=tmp_path / "c1", seed=3, max_length=200)
+    monkeypatch.setattr(data, "_one_pass", lambda *args: paths.append(False) or False)
+    two = prepare_sft_data(config, tok, out_dir=tmp_path / "two", cache_dir=tmp_path / "c2", seed=3, max_length=200)
+    assert paths == [True, True, False, False]
+    assert one.train.to_dict() == two.train.to_dict() and one.eval.to_dict() == two.eval.to_dict()
+    assert one.mix == two.mix
+
+    def rejects_by_source(name: str) -> dict[str, list[str]]:
+        # Each source's lines in order; the sources interleave differently (normalising first writes every
+        # source's rows before it tokenises any).
+        out: dict[str, list[str]] = {}
+        for line in (tmp_path / name / "rejects.jsonl").read_text(encoding="utf-8").splitlines():
+            out.setdefault(json.loads(line)["source"], []).append(line)
+        return out
+
+    assert rejects_by_source("one") == rejects_by_source("two")
+    reasons = {(r["source"], r["reason"]) for r in map(json.loads, (tmp_path / "one" / "rejects.jsonl").open())}
+    assert {("r", "malformed_row"), ("x", "template_error"), ("x", "too_long"), ("x", "too_long_turn"),
+            ("x", "malformed_row")} <= reasons
+    assert one.mix.sources[0].thinking_on_rows_kept > 0 and one.mix.sources[1].thinking_on_rows_kept == 0
 
 
 def test_worker_processes_get_byte_balanced_work_on_rows_sorted_by_length(

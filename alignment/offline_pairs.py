@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from tempa.alignment.pair_rendering import completion_ids, rendered_check
+from tempa.chat_templates.json_files import text_error
 from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft import curation
 from tempa.sft.data_config import SourceConfig
@@ -134,6 +135,9 @@ def _row(raw: Mapping[str, Any]) -> Mapping[str, Any]:
         row = json.loads(raw[RAW])
     except json.JSONDecodeError as exc:
         raise RowError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    not_text = text_error(raw[RAW], row)
+    if not_text is not None:
+        raise RowError(not_text)
     if not isinstance(row, Mapping):
         raise RowError(f"expected a JSON object, got {type(row).__name__}")
     return row

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,14 +97,54 @@ def line_spans(path: Path, parts: int) -> list[tuple[int, int]]:
     return list(zip(cuts, [*cuts[1:], size], strict=True))
 
 
+# A \u escape of a UTF-16 surrogate (U+D800-U+DFFF): JSON allows one alone, but alone it is no character, and
+# UTF-8 (Arrow, tokenizers, files) cannot hold it. Two of them in a pair make one character above U+FFFF.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unpaired_surrogate(text: str, value: Any) -> str | None:
+    """The escape (e.g. ``\\ud800``) of a surrogate that ``text``'s \\u escapes left unpaired in the
+    strings of ``value`` (``text`` parsed as JSON), or None."""
+    if not _SURROGATE_ESCAPE.search(text):  # the one way a decoded str gets a surrogate: most text skips the walk
+        return None
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found = _SURROGATE.search(item)
+            if found is not None:
+                return f"\\u{ord(found.group()):04x}"
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def _not_text(escape: str) -> str:
+    return f"not valid text: an unpaired surrogate {escape} (half of a UTF-16 pair)"
+
+
+def text_error(text: str, value: Any) -> str | None:
+    """Why ``value``, parsed from the JSON ``text``, is not text that tempa can store or tokenise, or None."""
+    escape = _unpaired_surrogate(text, value)
+    return None if escape is None else _not_text(escape)
+
+
 def parse_line(line: Line) -> Line:
-    """``line`` with its JSON value, or with the reason it is not JSON."""
+    """``line`` with its JSON value, or with the reason it is not JSON (or not text)."""
     if line.error is not None or line.blank:
         return line
     try:
-        return Line(line.number, line.text, value=json.loads(line.text))
+        value = json.loads(line.text)
     except json.JSONDecodeError as exc:
         return Line(line.number, line.text, error=f"not valid JSON ({exc.msg}, column {exc.colno})")
+    error = text_error(line.text, value)
+    if error is not None:
+        return Line(line.number, line.text, error=error)
+    return Line(line.number, line.text, value=value)
 
 
 def read_jsonl(path: Path) -> Iterator[Line]:
@@ -130,6 +171,12 @@ def read_json(path: Path, what: str = "a JSON document") -> Any:
     if not text.strip():
         raise JsonFileError(f"{path}: empty file (expected {what})")
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise JsonFileError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+    escape = _unpaired_surrogate(text, value)
+    if escape is not None:
+        found = re.search(re.escape(escape), text, re.IGNORECASE)
+        line = text[: found.start()].count("\n") + 1 if found else 1
+        raise JsonFileError(f"{path}:{line}: {_not_text(escape)}")
+    return value

@@ -391,22 +391,30 @@ def _build(
         # 3: rows compared with each other, in recipe order.
         _mark_duplicates(states, cur)
         _mark_templates(states, cur)
-        for state in states:
-            if state.curated is not None:
-                state.curated = _split_rejects(state, rejects)
-        # 4-6: thinking, tokenise, held-out split and sizing.
+        # Every source's normalising rejects, and its "no usable row" error, before any source's tokenising
+        # rejects: the same rejects.jsonl and the same first error for either path.
         encoder = ChatEncoder(tokenizer)
         limits = token_limits(cur, max_length)
+        tokenized: list[datasets.Dataset | None] = [None] * len(states)
+        for i, state in enumerate(states):
+            if state.curated is not None:
+                state.curated = _split_rejects(state, rejects)
+            else:
+                tokenized[i] = _tokenize(state, encoder, limits, seed=seed, num_proc=config.num_proc,
+                                         cache_file=work / f"{i}-tokens.arrow")
+                _split_row_rejects(state, tokenized[i], rejects)
+        # 4-6: thinking, tokenise, held-out split and sizing.
         parts, train_index, eval_index, offset = [], [], [], 0
         for i, state in enumerate(states):
-            tokenized = _tokenize(state, encoder, limits, seed=seed, num_proc=config.num_proc,
-                                  cache_file=work / f"{i}-tokens.arrow")
-            train_rows, eval_rows = _mix(state, tokenized, rejects, seed=seed,
-                                         heldout=config.heldout_for(state.source))
-            parts.append(tokenized)
+            tokens = tokenized[i]
+            if tokens is None:
+                tokens = _tokenize(state, encoder, limits, seed=seed, num_proc=config.num_proc,
+                                   cache_file=work / f"{i}-tokens.arrow")
+            train_rows, eval_rows = _mix(state, tokens, rejects, seed=seed, heldout=config.heldout_for(state.source))
+            parts.append(tokens)
             train_index.extend(offset + r for r in train_rows)
             eval_index.extend(offset + r for r in eval_rows)
-            offset += len(tokenized)
+            offset += len(tokens)
     # 7: one shuffled training set, one eval set, both with exactly the trainer's columns.
     everything = datasets.concatenate_datasets(parts).select_columns(TRAIN_COLUMNS, new_fingerprint=_unhashed())
     order = rng_for(seed, "__mix__", 4).permutation(len(train_index))
@@ -649,6 +657,22 @@ def _split_rejects(state: _SourceState, rejects: _RejectWriter) -> datasets.Data
         ["messages", "tools", "row", "has_reasoning"], new_fingerprint=_unhashed())
 
 
+def _split_row_rejects(state: _SourceState, tokenized: datasets.Dataset, rejects: _RejectWriter) -> None:
+    """One pass: :func:`_split_rejects` for the rows normalising rejected, which come with the samples (``conv``
+    -1, in row order)."""
+    convs = np.asarray(tokenized["conv"][:])
+    dropped = tokenized.select(np.flatnonzero(convs < 0), new_fingerprint=_unhashed())
+    reasons = _values(dropped, "reject")
+    for position in (p for p, reason in enumerate(reasons) if reason != _BLANK):
+        record = dropped[position]
+        rejects.write(state, record["row"], record["reject"], record["detail"], _reject_data(record["data"]))
+    state.rows_in = sum(reason != _BLANK for reason in reasons) + len(np.unique(convs[convs >= 0]))
+    if state.rows_in == 0:
+        raise DataError(f"{describe(state.source)}: has no rows")
+    if not (convs >= 0).any():
+        raise _all_rejected(state, rejects.shown)
+
+
 def _reject_data(text: str | None) -> Any:
     """A reject's row from its JSON; a line that was not JSON stays as its text."""
     with contextlib.suppress(json.JSONDecodeError, TypeError):
@@ -833,15 +857,7 @@ def _mix(
     meta = tokenized.select_columns(
         ["conv", "row", "turn", "thinking", "n_tokens", "n_trained", "reject", "detail", "data"],
         new_fingerprint=_unhashed()).to_pandas()
-    if state.raw is not None:
-        # One pass: the rows normalising rejected come with the samples, in row order.
-        dropped = meta[meta["conv"] < 0]
-        meta = meta[meta["conv"] >= 0]
-        for record in dropped[dropped["reject"] != _BLANK].itertuples(index=False):
-            rejects.write(state, int(record.row), str(record.reject), str(record.detail), _reject_data(record.data))
-        state.rows_in = int((dropped["reject"] != _BLANK).sum()) + int(meta["conv"].nunique())
-        if state.rows_in == 0:
-            raise DataError(f"{describe(source)}: has no rows")
+    meta = meta[meta["conv"] >= 0]  # one pass: the rows normalising rejected (``_split_row_rejects``) left out
     ok = meta[meta["reject"].isna()]
     surviving = set(ok["conv"].tolist())
     curated_rows = int(meta["conv"].nunique())

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tempa.chat_templates.json_files import text_error
 from tempa.chat_templates.thinking import last_user_index
 from tempa.sft.config import SFTStageConfig
 from tempa.sft.data_config import (
@@ -153,8 +154,10 @@ def sampled_tokens_per_row(source: SourceConfig, lines: Sequence[SampledLine], c
         if isinstance(line, int):
             continue
         try:
-            row = json.loads(line.decode("utf-8-sig"))
-            conversations.append(normalize_row(row, spec) if isinstance(row, dict) else None)
+            text = line.decode("utf-8-sig")
+            row = json.loads(text)
+            usable = isinstance(row, dict) and text_error(text, row) is None
+            conversations.append(normalize_row(row, spec) if usable else None)
         except (ValueError, RowError, DataError):
             continue
     # A row with nothing to train is a reject, not a row of no tokens.

@@ -78,9 +78,11 @@ def test_tokens_per_row_count_the_renderings_the_pipeline_trains_by_hand(tmp_pat
 
 def test_lines_that_are_not_rows_are_left_out_of_the_average(tmp_path: Path):
     one_turn = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b c"}]}
-    lines = [b"{broken", b'"a string"', *_lines({"messages": [{"role": "user", "content": "no answer"}]}, one_turn)]
+    lone_surrogate = b'{"messages": [{"role": "user", "content": "a\\ud800"}, {"role": "assistant", "content": "b"}]}'
+    lines = [b"{broken", b'"a string"', lone_surrogate,
+             *_lines({"messages": [{"role": "user", "content": "no answer"}]}, one_turn)]
     sampled = sampled_tokens_per_row(_source(tmp_path, thinking_mode="off"), lines, _words)
-    assert sampled == SampledLength(3 + 2 * TOKENS_PER_TURN + TOKENS_PER_ANSWER + TOKENS_PER_RENDERING, 1, 4)
+    assert sampled == SampledLength(3 + 2 * TOKENS_PER_TURN + TOKENS_PER_ANSWER + TOKENS_PER_RENDERING, 1, 5)
 
 
 def _plan_note(folder: Path, lines: list[str], **source: object) -> tuple[SourceSize, str]:

@@ -35,7 +35,8 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def files(run_dir: Path) -> set[str]:
-    return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
+    """The run's files, but the log of DeepSpeed's CPU op build: only the first launch on a machine writes one."""
+    return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and p.name != "deepspeed_op_build.log"}
 
 
 def two_steps(folder: Path, base_model: Path, launch: str, save_steps: int) -> Path:

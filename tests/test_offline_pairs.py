@@ -40,3 +40,15 @@ def test_typed_sources_give_pairs_and_rejects(tmp_path, tokenizer, kind):
             for r in loaded.rows] == [([("user", "2+2?")], "4", "5")]
     assert [(r["row"], r["reason"]) for r in loaded.rejects] == [("row 1", "malformed_row"), ("row 2", "identical_pair")]
     assert "assistant's reply only" in loaded.rejects[0]["detail"]
+
+
+def test_a_jsonl_row_with_an_unpaired_surrogate_escape_is_a_reject_naming_it(tmp_path, tokenizer):
+    import json
+
+    lone = '{"prompt": [{"role": "user", "content": "2+2?\\ud800"}], "chosen": "4", "rejected": "5"}'
+    (tmp_path / "prefs.jsonl").write_text(json.dumps(ROWS[0]) + "\n" + lone + "\n", encoding="utf-8")
+    loaded = load_offline_pairs(OfflinePairs(path=str(tmp_path / "prefs.jsonl")), tokenizer, cache_dir=tmp_path / "c")
+    assert loaded.read == 2 and len(loaded.rows) == 1
+    [reject] = loaded.rejects
+    assert reject["reason"] == "malformed_row"
+    assert "not valid text: an unpaired surrogate \\ud800 (half of a UTF-16 pair)" in reject["detail"]

@@ -359,6 +359,34 @@ def test_a_line_that_is_not_utf8_is_a_reject_and_a_bom_is_no_broken_row(tmp_path
     assert prepared.mix.sources[0].rows_in == 7
 
 
+# JSON's \\u escapes can spell half of a UTF-16 pair, which no UTF-8 text holds: Arrow and the tokenizer
+# refused it with a traceback that named no row (found by review).
+LONE = '{"messages": [{"role": "user", "content": "Halo \\ud800"}, {"role": "assistant", "content": "Hai"}]}'
+
+
+@pytest.mark.parametrize("thinking_mode", ["on", "mixed"])  # one pass, and normalising first
+def test_an_unpaired_surrogate_escape_is_a_reject_naming_its_line(tmp_path: Path, tokenizer: Any,
+                                                                  thinking_mode: str) -> None:
+    pair = json.dumps(chat("Emoji \U0001F600 ini apa?", "Wajah tersenyum."))  # escaped as a surrogate pair
+    assert "\\ud83d\\ude00" in pair
+    write_jsonl(tmp_path / "rows.jsonl", [chat("Halo", "Hai"), LONE, pair, chat("Apa kabar?", "Baik.")])
+    ratio = {"thinking_ratio": 0.5} if thinking_mode == "mixed" else {}
+    prepared = prepare(tmp_path, config(tmp_path, [{"name": "r", "path": "rows.jsonl", "thinking_mode": thinking_mode,
+                                                    **ratio}]), tokenizer)
+    assert len(prepared.train) == 3
+    [reject] = rejects(tmp_path)
+    assert (reject["reason"], reject["detail"], reject["data"]) == (
+        "malformed_row", "line 2: not valid text: an unpaired surrogate \\ud800 (half of a UTF-16 pair)", LONE)
+
+
+def test_an_unpaired_surrogate_in_a_json_file_is_one_error_naming_its_line(tmp_path: Path, tokenizer: Any) -> None:
+    path = tmp_path / "rows.json"
+    path.write_text("[\n" + json.dumps(chat("Halo", "Hai")) + ",\n" + LONE + "\n]\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        prepare(tmp_path, config(tmp_path, [{"name": "r", "path": "rows.json"}]), tokenizer)
+    assert str(err.value).endswith(f"{path}:3: not valid text: an unpaired surrogate \\ud800 (half of a UTF-16 pair)")
+
+
 @pytest.mark.parametrize("content", [b"", b"\n\n  \n", b"\xef\xbb\xbf"])
 def test_an_empty_jsonl_file_is_one_error_naming_it(tmp_path: Path, tokenizer: Any, content: bytes) -> None:
     path = tmp_path / "empty.jsonl"

@@ -313,16 +313,7 @@ def test_one_pass_prepares_exactly_what_normalising_first_does(
     assert paths == [True, True, False, False]
     assert one.train.to_dict() == two.train.to_dict() and one.eval.to_dict() == two.eval.to_dict()
     assert one.mix == two.mix
-
-    def rejects_by_source(name: str) -> dict[str, list[str]]:
-        # Each source's lines in order; the sources interleave differently (normalising first writes every
-        # source's rows before it tokenises any).
-        out: dict[str, list[str]] = {}
-        for line in (tmp_path / name / "rejects.jsonl").read_text(encoding="utf-8").splitlines():
-            out.setdefault(json.loads(line)["source"], []).append(line)
-        return out
-
-    assert rejects_by_source("one") == rejects_by_source("two")
+    assert (tmp_path / "one" / "rejects.jsonl").read_bytes() == (tmp_path / "two" / "rejects.jsonl").read_bytes()
     reasons = {(r["source"], r["reason"]) for r in map(json.loads, (tmp_path / "one" / "rejects.jsonl").open())}
     assert {("r", "malformed_row"), ("x", "template_error"), ("x", "too_long"), ("x", "too_long_turn"),
             ("x", "malformed_row")} <= reasons
@@ -418,3 +409,42 @@ def test_memoised_sandbox_still_refuses_what_the_sandbox_refuses() -> None:
         assert render_text(allowed, messages) == "HI"
         assert "is_safe_attribute" in vars(compile_template(mutate).environment)  # the memo answered
     assert messages == [{"role": "user", "content": "hi"}]
+
+
+_LONG = {"messages": [_turn("user", "Ulangi."), _turn("assistant", "halo " * 150)]}
+_GOOD = [{"messages": [_turn("user", f"soal {i}"), _turn("assistant", f"jawab {i}")]} for i in range(4)]
+
+
+# A recipe whose sources fail at different steps: the one pass reports the same source's error, with the same
+# rejects, as normalising every source first (found by review: it reported the first source to fail in it).
+@pytest.mark.parametrize("sources", [
+    [{"name": "long", "rows": [_LONG] * 3}, {"name": "broken", "rows": ["{bad", "{worse"]}],
+    [{"name": "broken", "rows": ["{bad", "{worse"]},
+     {"name": "mixed", "rows": [{"messages": [_turn("user", "x")]}], "thinking_mode": "mixed", "thinking_ratio": 0.5}],
+    [{"name": "all-held-out", "rows": _GOOD, "heldout": 4}, {"name": "broken", "rows": ["{bad", "{worse"]}],
+], ids=["too-long-then-broken", "broken-then-mixed", "held-out-then-broken"])
+def test_one_pass_fails_on_the_same_source_as_normalising_first(
+    tmp_path: Path, tokenizers: dict[str, Any], monkeypatch: pytest.MonkeyPatch, sources: list[dict[str, Any]]
+) -> None:
+    import tempa.sft.data as data
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_config import DataConfig, DataError
+
+    tok = tokenizers["tiny"]
+    tok.chat_template = load_template("llama3_thinking")
+    for source in sources:
+        rows = source.pop("rows")
+        source["path"] = str(tmp_path / f"{source['name']}.jsonl")
+        Path(source["path"]).write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    config = DataConfig.model_validate({"sources": sources})
+
+    def failure(name: str) -> tuple[str, bytes]:
+        with pytest.raises(DataError) as error:
+            prepare_sft_data(config, tok, out_dir=tmp_path / name, cache_dir=tmp_path / f"c-{name}", seed=0,
+                             max_length=60)
+        return str(error.value).replace(str(tmp_path / name), "OUT"), (tmp_path / name / "rejects.jsonl").read_bytes()
+
+    one = failure("one")
+    monkeypatch.setattr(data, "_one_pass", lambda *args: False)
+    assert one == failure("two")
+    assert "'broken'" in one[0]  # the rows no source can train on are found before any source is mixed

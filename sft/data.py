@@ -636,23 +636,8 @@ def _split_rejects(state: _SourceState, rejects: _RejectWriter) -> datasets.Data
     """Write the rejected rows out, count them, and return the kept rows; fail if none are kept."""
     ds = state.curated
     assert ds is not None
-    reasons = _values(ds, "reject")
-    kept = []
-    rows_in = 0
-    for position, reason in enumerate(reasons):
-        if reason == _BLANK:
-            continue
-        rows_in += 1
-        if reason is None:
-            kept.append(position)
-            continue
-        record = ds[position]
-        rejects.write(state, record["row"], reason, record["detail"], _reject_data(record["data"]))
-    state.rows_in = rows_in
-    if rows_in == 0:
-        raise DataError(f"{describe(state.source)}: has no rows")
-    if not kept:
-        raise _all_rejected(state, rejects.shown)
+    kept = [position for position, reason in enumerate(_values(ds, "reject")) if reason is None]
+    _write_normalising_rejects(state, ds, rejects, usable=len(kept))
     return ds.select(kept, new_fingerprint=_unhashed()).select_columns(
         ["messages", "tools", "row", "has_reasoning"], new_fingerprint=_unhashed())
 
@@ -662,14 +647,24 @@ def _split_row_rejects(state: _SourceState, tokenized: datasets.Dataset, rejects
     -1, in row order)."""
     convs = np.asarray(tokenized["conv"][:])
     dropped = tokenized.select(np.flatnonzero(convs < 0), new_fingerprint=_unhashed())
-    reasons = _values(dropped, "reject")
-    for position in (p for p, reason in enumerate(reasons) if reason != _BLANK):
-        record = dropped[position]
-        rejects.write(state, record["row"], record["reject"], record["detail"], _reject_data(record["data"]))
-    state.rows_in = sum(reason != _BLANK for reason in reasons) + len(np.unique(convs[convs >= 0]))
-    if state.rows_in == 0:
+    _write_normalising_rejects(state, dropped, rejects, usable=len(np.unique(convs[convs >= 0])))
+
+
+def _write_normalising_rejects(state: _SourceState, ds: datasets.Dataset, rejects: _RejectWriter, *,
+                               usable: int) -> None:
+    """Write out the rows of ``ds`` that normalising rejected (a blank line is no row), count the source's rows
+    (``usable`` of them kept), and fail when it has none, or none usable."""
+    rows_in = usable
+    for position, reason in enumerate(_values(ds, "reject")):
+        if reason is None or reason == _BLANK:
+            continue
+        rows_in += 1
+        record = ds[position]
+        rejects.write(state, record["row"], reason, record["detail"], _reject_data(record["data"]))
+    state.rows_in = rows_in
+    if rows_in == 0:
         raise DataError(f"{describe(state.source)}: has no rows")
-    if not (convs >= 0).any():
+    if not usable:
         raise _all_rejected(state, rejects.shown)
 
 

@@ -38,7 +38,7 @@ class Line:
         return self.error is None and not self.text.strip()
 
 
-def _decode(raw: bytes) -> tuple[str, str | None]:
+def decode_line(raw: bytes) -> tuple[str, str | None]:
     try:
         return raw.decode("utf-8"), None
     except UnicodeDecodeError as exc:
@@ -79,7 +79,7 @@ def read_lines(
                 on_bytes(len(raw))
             if number == 1 and start == 0 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8):]
-            text, error = _decode(raw.rstrip(b"\r\n"))
+            text, error = decode_line(raw.rstrip(b"\r\n"))
             yield Line(number, text, error)
 
 

@@ -290,20 +290,40 @@ def find_config(base_model: str) -> tuple[Any, str]:
     )
 
 
-def find_tokenizer_file(base_model: str) -> Path | None:
-    """The base model's ``tokenizer.json`` in its folder or the Hugging Face cache; None if not here (never downloads)."""
-    path = Path(base_model)
-    if path.is_dir():
-        return path / "tokenizer.json" if (path / "tokenizer.json").is_file() else None
-    if base_model == TINY_DEFAULT:
-        return None
+def plan_tokenizer(loaded: LoadedRecipe) -> tuple[Any, str]:
+    """The base model's tokenizer with the recipe's chat template, as the stages render with it, when it is on
+    this machine (a local folder, the Hugging Face cache, the tiny default); else None, with why when it is
+    here but cannot be loaded. Never downloads."""
+    base_model = loaded.recipe.base_model
+    if base_model != TINY_DEFAULT and not Path(base_model).is_dir() and not _cached_tokenizer(base_model):
+        return None, ""
+    try:
+        from transformers import AutoTokenizer
+
+        from tempa.recipes.runner import template_text
+
+        if base_model == TINY_DEFAULT:
+            from tempa.recipes.tiny import build_tiny_tokenizer, cached_tiny_default_dir
+
+            built = cached_tiny_default_dir()
+            tokenizer = AutoTokenizer.from_pretrained(built) if built is not None else build_tiny_tokenizer()
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True, trust_remote_code=False)
+        tokenizer.chat_template = template_text(loaded)
+    except Exception as exc:  # the plan stands without it; say why it was not used
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, f"{base_model}'s tokenizer could not be loaded: {first}"
+    return tokenizer, ""
+
+
+def _cached_tokenizer(base_model: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        cached = try_to_load_from_cache(base_model, "tokenizer.json")
+        return any(isinstance(try_to_load_from_cache(base_model, name), str)
+                   for name in ("tokenizer.json", "tokenizer_config.json"))
     except ValueError:  # not a repository id
-        return None
-    return Path(cached) if isinstance(cached, str) else None
+        return False
 
 
 def resolve_shape(base_model: str) -> tuple[ModelShape | None, str]:
@@ -707,7 +727,7 @@ def estimate_recipe(
     machine = parse_hardware(hardware)
     shape, source = resolve_shape(loaded.recipe.base_model)
     launch = launch_plan(loaded)
-    tokenizer_file = find_tokenizer_file(loaded.recipe.base_model)
+    tokenizer: tuple[Any, str] | None = None  # loaded for the first sft stage that samples its data
     sizes: dict[str, SourceSize] = {}
     estimates = []
     for stage in loaded.stages:
@@ -716,7 +736,10 @@ def estimate_recipe(
         if kind.dataset_size is not None:
             sizes[stage.name] = kind.dataset_size(stage, result)
         if kind.trains and kind.estimate is not None:
-            inputs = EstimateInputs(avg_tokens_thinking_on, avg_tokens_thinking_off, dict(sizes), result, tokenizer_file)
+            if tokenizer is None and stage.kind == "sft" and result is None:
+                tokenizer = plan_tokenizer(loaded)
+            inputs = EstimateInputs(avg_tokens_thinking_on, avg_tokens_thinking_off, dict(sizes), result,
+                                    *(tokenizer or (None, "")))
             estimates.append(estimate_stage(stage.name, stage.kind, kind.estimate(stage, inputs), shape, machine,
                                             mfu, launch=launch, unknown_size=source))
     return estimates

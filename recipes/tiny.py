@@ -205,13 +205,24 @@ def tiny_default_key() -> str:
     return digest.hexdigest()[:12]
 
 
+def _tiny_default_dir(cache_root: str | os.PathLike) -> Path:
+    return Path(cache_root) / f"tiny-default-{tiny_default_key()}"
+
+
+def cached_tiny_default_dir(cache_root: str | os.PathLike | None = None) -> Path | None:
+    """The tiny default's folder if this machine has built it, else None (builds nothing)."""
+    from tempa.sft.files import cache_root as default_cache_root
+
+    target = _tiny_default_dir(cache_root or default_cache_root())
+    return target if (target / "tokenizer.json").exists() and (target / "config.json").exists() else None
+
+
 def cached_tiny_default(cache_root: str | os.PathLike | None = None) -> Path:
     """The tiny default, built once per machine into a cache folder and reused afterwards."""
     from tempa.sft.files import cache_root as default_cache_root
 
-    root = Path(cache_root) if cache_root else default_cache_root()
-    target = root / f"tiny-default-{tiny_default_key()}"
-    if (target / "tokenizer.json").exists() and (target / "config.json").exists():
+    target = _tiny_default_dir(cache_root or default_cache_root())
+    if cached_tiny_default_dir(cache_root) is not None:
         return target
     try:
         return write_tiny_default(target)

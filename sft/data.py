@@ -205,7 +205,7 @@ def prepare_sft_data(
     """
     out_dir, cache_dir = Path(out_dir), Path(cache_dir)
     template = check_template(tokenizer)
-    languages = _check_languages(config)
+    languages = check_languages(config)
     loaded: dict[str, datasets.Dataset] = {}
     key = cache_key(config, tokenizer, template, seed=seed, max_length=max_length, loaded=loaded, cache_dir=cache_dir)
     entry = cache_dir / key
@@ -299,7 +299,7 @@ def cache_key(
     return digest(payload)[:32]
 
 
-def _check_languages(config: DataConfig) -> dict[str, frozenset[str]]:
+def check_languages(config: DataConfig) -> dict[str, frozenset[str]]:
     """Accepted language codes per source, failing early on a code the detector does not know."""
     if config.curation.language is None:
         return {}
@@ -537,6 +537,36 @@ def _normalize_batch(
         else:
             emit(index, conversation, None)
     return out
+
+
+def normalize_sample(
+    batch: Mapping[str, list[Any]], source: SourceConfig, cur: CurationConfig,
+    accepted: frozenset[str] | None = None, specials: Sequence[str] = (),
+) -> list[Conversation | None]:
+    """The conversation the pipeline makes of each row of ``batch`` (columns as :func:`load_source` gives
+    them), None for a row normalising or a row-local filter rejects: what ``tempa plan`` measures a source on."""
+    rows = len(next(iter(batch.values()), []))
+    curated = _normalize_batch(dict(batch), list(range(rows)), **_normalize_settings(source, cur, accepted, specials))
+    return [Conversation(messages, json.loads(tools) if tools else None) if reason is None else None
+            for messages, tools, reason in zip(curated["messages"], curated["tools"], curated["reject"], strict=True)]
+
+
+def sample_lengths(
+    conversations: Sequence[Conversation], thinking: Sequence[bool], encoder: ChatEncoder,
+    limits: tuple[int | None, int | None],
+) -> list[list[tuple[int, str | None]]]:
+    """Per conversation (rendered with thinking on where ``thinking`` says), the samples tokenising makes of
+    it: their tokens and the reason each is rejected (``too_long``...), None for one kept."""
+    rows = list(range(len(conversations)))
+    out = _tokenize_batch(
+        {"messages": [c.messages for c in conversations],
+         "tools": [None if c.tools is None else json.dumps(c.tools, ensure_ascii=False) for c in conversations],
+         "row": rows, "thinking": list(thinking)},
+        rows, encoder=encoder, min_tokens=limits[0], max_tokens=limits[1])
+    samples: list[list[tuple[int, str | None]]] = [[] for _ in rows]
+    for conv, tokens, reject in zip(out["conv"], out["n_tokens"], out["reject"], strict=True):
+        samples[conv].append((tokens, reject))
+    return samples
 
 
 def _check_raw(raw: datasets.Dataset, source: SourceConfig) -> None:

@@ -1,30 +1,36 @@
 """How many rows and tokens an sft stage's data holds, without preparing it (for `tempa plan --hardware`).
 
 Once the stage has run, its data mix is exact. Before, each source is sized from its ``tokens`` /
-``rows`` setting, or the row count of a local file; a ``stage:NAME`` source takes the size its
-producer declares (an upper bound until that stage has run). Tokens per row are measured on a sample
-of a local JSON Lines file (:func:`sampled_tokens_per_row`: the samples the pipeline would build from
-each row, counted with the base model's tokenizer when it is on this machine, else at
-:data:`BYTES_PER_TOKEN`); other sources get an assumed length that depends on their thinking mode.
+``rows`` setting, or the row count of a local file or saved dataset; a ``stage:NAME`` source takes the
+size its producer declares (an upper bound until that stage has run). Tokens per row are measured on a
+sample of a local source's rows (:func:`scan_local_rows`: JSON Lines, JSON, Parquet, CSV, a
+``save_to_disk`` folder), which the pipeline's own steps normalise, filter, render and tokenise
+(:class:`TemplateCounter`) when the base model's tokenizer is on this machine; without it the renderings
+are counted at :data:`BYTES_PER_TOKEN` plus the template's tokens (:class:`ApproximateCounter`). Hub
+datasets and folders of data files get an assumed length that depends on their thinking mode.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import functools
 import json
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from tempa.chat_templates.json_files import text_error
+from tempa.chat_templates.json_files import JsonFileError, decode_line
 from tempa.chat_templates.thinking import last_user_index
+from tempa.sft import curation
 from tempa.sft.config import SFTStageConfig
 from tempa.sft.data_config import (
     PREP_SERIAL_TOKENS_PER_SECOND,
     PREP_TOKENS_PER_CORE_SECOND,
+    CurationConfig,
     DataError,
     SourceConfig,
     available_cores,
@@ -34,16 +40,17 @@ from tempa.sft.data_config import (
 )
 from tempa.sft.data_report import DataMix
 from tempa.sft.expand import turn_views
-from tempa.sft.formats import RowError, normalize_row, spec_for
+from tempa.sft.formats import Conversation
 from tempa.sft.stage_api import EstimateInputs, SourceSize, TokenCount, TrainingWorkload
 from tempa.sft.throughput_summary import format_eta
 
-SAMPLED_ROWS = 256  # rows of a local JSON Lines file read to measure its tokens per row
+SAMPLED_ROWS = 256  # rows of a local source drawn to measure its tokens per row
 # Without the base model's tokenizer: UTF-8 bytes of text per token. Llama 3's tokenizer measured 3.5 on
 # English model cards, 4.1 on Python code, and 2.4 (Indonesian), 3.6 (Japanese), 7.2 (Thai) on short chat turns.
 BYTES_PER_TOKEN = 4.0
-# Template tokens, as tempa's Llama 3 and ChatML templates render: a turn's role header and end marker,
-# the think block every answer after the last user message carries (empty or not), the begin-of-text token.
+# Without the tokenizer, the template's own tokens, as tempa's Llama 3 and ChatML templates render: a turn's
+# role header and end marker, the think block every answer after the last user message carries (empty or
+# not), the begin-of-text token.
 TOKENS_PER_TURN = 5
 TOKENS_PER_ANSWER = 5
 TOKENS_PER_RENDERING = 1
@@ -55,75 +62,213 @@ TOKENS_WITH_TOOLS = 75
 LONG_LINE_BYTES = 1 << 20
 
 TokenCounter = Callable[[list[str]], list[int]]
-SampledLine = bytes | int  # a line, or the length of one over LONG_LINE_BYTES
+Lengths = list[list[tuple[int, str | None]]]  # per conversation: its samples' tokens and reject reason (None: kept)
 
 
 @dataclass(frozen=True)
 class LocalRows:
-    """A local file's row count, and up to :data:`SAMPLED_ROWS` of its lines drawn evenly at random (JSONL)."""
+    """A local source's row count, and up to :data:`SAMPLED_ROWS` of its rows drawn evenly at random."""
 
     rows: int
-    sample: list[SampledLine]
+    # The sampled rows, columns as :func:`tempa.sft.sources.load_source` gives them (JSON: raw text).
+    sample: dict[str, list[Any]] = field(default_factory=dict)
+    long_lines: tuple[int, ...] = ()  # sampled JSON Lines lines over LONG_LINE_BYTES, by size (not parsed)
+    error: str | None = None  # why the pipeline will not read the source at all
+
+    @property
+    def sampled(self) -> int:
+        return len(next(iter(self.sample.values()), [])) + len(self.long_lines)
+
+
+def jsonl_sample(rows: int, lines: Sequence[tuple[int, bytes | int]]) -> LocalRows:
+    """:class:`LocalRows` of sampled JSON Lines ``lines`` ((line number, its bytes, or its size when over
+    LONG_LINE_BYTES)), decoded as the pipeline's reader decodes them: line 1's UTF-8 BOM dropped, invalid UTF-8
+    a read error."""
+    from tempa.sft.sources import RAW, READ_ERROR
+
+    decoded = [decode_line((line.removeprefix(codecs.BOM_UTF8) if number == 1 else line).rstrip(b"\r\n"))
+               for number, line in lines if isinstance(line, bytes)]
+    batch = {RAW: [text for text, _ in decoded], READ_ERROR: [error for _, error in decoded]} if decoded else {}
+    return LocalRows(rows, batch, tuple(line for _, line in lines if isinstance(line, int)))
+
+
+def _reservoir(items: Any, sample: int) -> tuple[int, list[Any]]:
+    """(how many ``items``, ``sample`` of them drawn evenly by reservoir sampling, with a fixed seed: a source
+    sorted by length is sampled as fairly as a shuffled one, and the plan is the same every time)."""
+    kept: list[Any] = []
+    pick = random.Random(0)
+    count = 0
+    for item in items:
+        if len(kept) < sample:
+            kept.append(item)
+        elif sample and (slot := pick.randrange(count + 1)) < sample:
+            kept[slot] = item
+        count += 1
+    return count, kept
+
+
+def _columns(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    names = list(dict.fromkeys(name for record in records for name in record))
+    return {name: [record.get(name) for record in records] for name in names} if records else {}
 
 
 def scan_local_rows(path: str, sample: int = 0) -> LocalRows | None:
-    """Rows of a local JSONL/CSV/Parquet file without loading it, in one pass; None for anything else.
+    """Rows of a local JSONL/JSON/Parquet/CSV file or ``save_to_disk`` folder, and ``sample`` of them drawn
+    evenly at random, without preparing it; None for anything else (a folder of data files, a hub dataset).
 
-    ``sample``: JSON Lines only, that many non-blank lines kept by reservoir sampling (a fixed seed), so
-    a file sorted by length is sampled as fairly as a shuffled one.
+    Files are read in one pass that keeps only the sample (a Parquet file: the row groups holding it); a JSON
+    file is parsed whole, as the pipeline parses it. A file that several sources or stages read is read once.
     """
     file = Path(path)
+    try:
+        stat = file.stat()
+    except OSError:
+        return None
+    return _scan(str(file.resolve()), stat.st_size, stat.st_mtime_ns, sample)
+
+
+@functools.lru_cache(maxsize=64)
+def _scan(path: str, size: int, mtime_ns: int, sample: int) -> LocalRows | None:
+    from tempa.sft.sources import RAW, is_saved_dataset, json_rows
+
+    file = Path(path)
+    suffix = file.suffix.lower()
+    if file.is_dir():
+        return _saved_dataset_rows(file, sample) if is_saved_dataset(file) else None
     if not file.is_file():
         return None
-    suffix = file.suffix.lower()
+    if suffix == ".jsonl":
+        with open(file, "rb") as handle:
+            rows, kept = _reservoir(((number, line if len(line) <= LONG_LINE_BYTES else len(line))
+                                     for number, line in enumerate(handle, start=1) if line.strip()), sample)
+        return jsonl_sample(rows, kept)
+    if suffix == ".json":
+        try:
+            texts = json_rows(file, str(file))
+        except (DataError, JsonFileError) as exc:
+            return LocalRows(0, error=str(exc))
+        rows, kept = _reservoir(texts, sample)
+        return LocalRows(rows, {RAW: kept} if kept else {})
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return LocalRows(int(pq.ParquetFile(file).metadata.num_rows), [])
+        return _parquet_rows(file, sample)
     if suffix == ".csv":  # records, not lines: a quoted field may hold newlines
         with open(file, encoding="utf-8", errors="replace", newline="") as text:
-            return LocalRows(max(0, sum(1 for record in csv.reader(text) if record) - 1), [])
-    if suffix != ".jsonl":
-        return None
-    kept: list[SampledLine] = []
-    pick = random.Random(0)
-    lines = 0
-    with open(file, "rb") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            if len(kept) < sample:
-                kept.append(line if len(line) <= LONG_LINE_BYTES else len(line))
-            elif sample and (slot := pick.randrange(lines + 1)) < sample:
-                kept[slot] = line if len(line) <= LONG_LINE_BYTES else len(line)
-            lines += 1
-    return LocalRows(lines, kept)
+            rows, kept = _reservoir(csv.DictReader(text), sample)
+        # datasets' CSV loader (pandas) reads an empty field as null.
+        return LocalRows(rows, _columns([{k: v if v != "" else None for k, v in r.items() if k is not None}
+                                         for r in kept]))
+    return None
+
+
+def _draw(rows: int, sample: int) -> list[int]:
+    return sorted(random.Random(0).sample(range(rows), min(rows, sample)))
+
+
+def _parquet_rows(file: Path, sample: int) -> LocalRows:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(file)
+    rows = int(parquet.metadata.num_rows)
+    picked, start, tables = _draw(rows, sample), 0, []
+    for group in range(parquet.num_row_groups):
+        end = start + parquet.metadata.row_group(group).num_rows
+        inside = [i - start for i in picked if start <= i < end]
+        if inside:
+            tables.append(parquet.read_row_group(group).take(inside))
+        start = end
+    return LocalRows(rows, pa.concat_tables(tables).to_pydict() if tables else {})
+
+
+def _saved_dataset_rows(folder: Path, sample: int) -> LocalRows | None:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(folder))
+    except Exception as exc:  # the run fails the same way; the plan says why
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return LocalRows(0, error=f"{folder}: could not be loaded: {first}")
+    if isinstance(loaded, datasets.DatasetDict):
+        return None  # which split the source reads is the stage's choice, sized when it runs
+    return LocalRows(len(loaded), loaded.select(_draw(len(loaded), sample))[:] if sample else {})
 
 
 def count_local_rows(path: str) -> int | None:
-    """Rows of a local JSONL/CSV/Parquet file without loading it; None for anything else."""
+    """Rows of a local JSONL/JSON/CSV/Parquet file or saved dataset without preparing it; None for anything else."""
     found = scan_local_rows(path)
-    return found.rows if found is not None else None
+    return found.rows if found is not None and found.error is None else None
 
 
 def _bytes_per_token(texts: list[str]) -> list[int]:
     return [math.ceil(len(t.encode("utf-8")) / BYTES_PER_TOKEN) for t in texts]
 
 
-def token_counter(tokenizer_file: Path | None) -> tuple[TokenCounter, str]:
-    """Counts the tokens of texts, and how: the base model's ``tokenizer.json``, else UTF-8 bytes / 4."""
-    fallback = f"~{BYTES_PER_TOKEN:g} bytes of text per token"
-    if tokenizer_file is not None:
-        from tokenizers import Tokenizer
+class SampleCounter(Protocol):
+    """Measures the samples the pipeline makes of conversations: :func:`tempa.sft.data.sample_lengths`' result."""
 
+    how: str  # said in the plan: "measured ... with {how}"
+    specials: Sequence[str]  # texts the pipeline rejects inside a row (the tokenizer's special tokens)
+
+    def lengths(self, conversations: Sequence[Conversation], thinking: Sequence[bool],
+                limits: tuple[int | None, int | None]) -> Lengths: ...
+
+
+class TemplateCounter:
+    """The pipeline's own rendering and tokenising, with the base model's tokenizer and the recipe's template:
+    the tokens a sample gets are the tokens training gets."""
+
+    how = "the base model's tokenizer and the recipe's template"
+
+    def __init__(self, tokenizer: Any) -> None:
+        from tempa.sft.tokenization import ChatEncoder, special_token_texts
+
+        self.encoder = ChatEncoder(tokenizer)
+        self.specials = special_token_texts(tokenizer)
+
+    def lengths(self, conversations: Sequence[Conversation], thinking: Sequence[bool],
+                limits: tuple[int | None, int | None]) -> Lengths:
+        from tempa.sft.data import sample_lengths
+
+        return sample_lengths(conversations, thinking, self.encoder, limits)
+
+
+class ApproximateCounter:
+    """Without the tokenizer: each text of a rendering counted by ``count``, plus :data:`TOKENS_PER_TURN` and the
+    like for what the template adds."""
+
+    specials: Sequence[str] = ()
+
+    def __init__(self, count: TokenCounter = _bytes_per_token, how: str = f"~{BYTES_PER_TOKEN:g} bytes of text per token"):
+        self.count, self.how = count, how
+
+    def lengths(self, conversations: Sequence[Conversation], thinking: Sequence[bool],
+                limits: tuple[int | None, int | None]) -> Lengths:
+        renderings = [(_renderings(c.messages, on), c.tools) for c, on in zip(conversations, thinking, strict=True)]
+        texts = sorted({text for views, tools in renderings for text in _texts(views, tools)})
+        tokens = dict(zip(texts, self.count(texts), strict=True))
+        return [[(n, _outside(n, limits)) for n in (_rendering_tokens(view, tools, tokens) for view in views)]
+                for views, tools in renderings]
+
+
+def _outside(tokens: int, limits: tuple[int | None, int | None]) -> str | None:
+    low, high = limits
+    if high is not None and tokens > high:
+        return curation.TOO_LONG
+    return curation.TOO_SHORT if low is not None and tokens < low else None
+
+
+def sample_counter(tokenizer: Any = None, problem: str = "") -> SampleCounter:
+    """:class:`TemplateCounter` with ``tokenizer`` (the base model's, the recipe's template set), else the
+    approximation, saying why (``problem``)."""
+    if tokenizer is not None:
         try:
-            tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        except Exception as exc:  # the plan still stands without it; say why it was not used
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return _bytes_per_token, f"{fallback} ({tokenizer_file} could not be read: {first})"
-        return (lambda texts: [len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)],
-                "the base model's tokenizer")
-    return _bytes_per_token, fallback
+            return TemplateCounter(tokenizer)
+        except DataError as exc:  # not a fast tokenizer: the run fails on it too, and says so
+            problem = str(exc)
+    fallback = ApproximateCounter()
+    if problem:
+        fallback.how += f" ({problem})"
+    return fallback
 
 
 @dataclass(frozen=True)
@@ -131,56 +276,54 @@ class SampledLength:
     """What a sample of a source's rows says of its length, as the pipeline will tokenise it."""
 
     tokens_per_row: int  # tokens of the samples kept, per row measured
-    rows: int  # sampled lines that are rows the pipeline keeps (the others become rejects)
-    lines: int  # lines sampled
+    rows: int  # sampled rows the pipeline keeps (the others become rejects)
+    lines: int  # rows (JSON Lines: lines) sampled
     outside_limits: float = 0.0  # share of the samples longer or shorter than the token limits (dropped)
 
 
-def sampled_tokens_per_row(source: SourceConfig, lines: Sequence[SampledLine], count: TokenCounter,
-                           limits: tuple[int | None, int | None] = (None, None)) -> SampledLength:
-    """Tokens the pipeline's samples hold per row, measured on ``lines`` of a JSON Lines source.
+_ROW_REJECTS = frozenset({curation.TEMPLATE_ERROR, curation.NO_TRAINABLE_TOKENS})
 
-    Each row is normalised as the pipeline does and expanded into the renderings that train its turns
-    (:func:`tempa.sft.expand.turn_views`; a rendering that is a prefix of a later one trains inside it),
-    so history without reasoning and repeated prefixes count as they will; a ``mixed`` source weighs the
-    thinking and non-thinking renderings by its ratio. A sample outside ``limits`` (min, max tokens: the
-    curation's and the stage's ``max_length``) is dropped, as the pipeline drops it. Lines that are not
-    rows of the source are skipped (they become rejects); a line over :data:`LONG_LINE_BYTES` is one sample
-    of its bytes / :data:`BYTES_PER_TOKEN`. Template tokens: :data:`TOKENS_PER_TURN` and the like.
+
+def sampled_tokens_per_row(source: SourceConfig, sample: LocalRows, counter: SampleCounter,
+                           limits: tuple[int | None, int | None] = (None, None), cur: CurationConfig | None = None,
+                           accepted: frozenset[str] | None = None) -> SampledLength:
+    """Tokens the pipeline's samples hold per row, measured on ``sample``.
+
+    Each row is normalised and filtered by the pipeline's own row-local steps (:func:`tempa.sft.data.normalize_sample`:
+    ``cur``'s filters, ``accepted`` languages), then measured by ``counter`` as rendered with thinking on
+    where the pipeline would (a row with a trace, in an ``on`` source; a ``mixed`` source's two renderings
+    weighed by its ratio). A sample outside ``limits`` (min, max tokens) is dropped, as the pipeline drops
+    it. Rows the pipeline rejects are left out; a line over :data:`LONG_LINE_BYTES` is one sample of its
+    bytes / :data:`BYTES_PER_TOKEN`. Rows compared with each other (``dedup``) are not measured.
     """
-    spec = spec_for(source)
-    conversations = []
-    for line in lines:
-        if isinstance(line, int):
-            continue
-        try:
-            text = line.decode("utf-8-sig")
-            row = json.loads(text)
-            usable = isinstance(row, dict) and text_error(text, row) is None
-            conversations.append(normalize_row(row, spec) if usable else None)
-        except (ValueError, RowError, DataError):
-            continue
-    # A row with nothing to train is a reject, not a row of no tokens.
-    conversations = [c for c in conversations if c is not None and any(t["role"] == "assistant" for t in c.messages)]
-    long_lines = [math.ceil(line / BYTES_PER_TOKEN) for line in lines if isinstance(line, int)]
-    rows = len(conversations) + len(long_lines)
-    if not rows:
-        return SampledLength(0, 0, len(lines))
+    from tempa.sft.data import normalize_sample
+
+    conversations = [c for c in normalize_sample(sample.sample, source, cur or CurationConfig(), accepted,
+                                                  counter.specials) if c is not None] if sample.sample else []
+    traced = [any(turn.get("reasoning_content") for turn in c.messages) for c in conversations]
     share_on = {"on": 1.0, "off": 0.0}.get(source.thinking_mode, source.thinking_ratio or 0.0)
-    renderings = [(share, _renderings(conv.messages, thinking), conv.tools)
-                  for conv in conversations for thinking, share in ((True, share_on), (False, 1 - share_on)) if share]
-    texts = sorted({text for _, views, tools in renderings for text in _texts(views, tools)})
-    tokens = dict(zip(texts, count(texts), strict=True))
-    low, high = limits
-    kept = samples = outside = 0.0
-    measured = [(share, _rendering_tokens(view, tools, tokens)) for share, views, tools in renderings for view in views]
-    for share, n in measured + [(1.0, n) for n in long_lines]:
-        samples += share
-        if (low is not None and n < low) or (high is not None and n > high):
-            outside += share
+    rows = kept = samples = outside = 0.0
+    for thinking, share in ((True, share_on), (False, 1 - share_on)):
+        if not share or not conversations:
+            continue
+        for measured in counter.lengths(conversations, [thinking and t for t in traced], limits):
+            if all(reason in _ROW_REJECTS for _, reason in measured):
+                continue  # a row the template refuses or trains nothing of: a reject
+            rows += share
+            for tokens, reason in measured:
+                samples += share
+                outside += share * (reason in (curation.TOO_LONG, curation.TOO_SHORT))
+                kept += share * tokens * (reason is None)
+    for size in sample.long_lines:
+        tokens = math.ceil(size / BYTES_PER_TOKEN)
+        rows, samples = rows + 1, samples + 1
+        if _outside(tokens, limits) is None:
+            kept += tokens
         else:
-            kept += share * n
-    return SampledLength(round(kept / rows), rows, len(lines), outside / samples)
+            outside += 1
+    if not round(rows):
+        return SampledLength(0, 0, sample.sampled)
+    return SampledLength(round(kept / rows), round(rows), sample.sampled, outside / samples)
 
 
 def _renderings(messages: Sequence[Mapping[str, Any]], thinking: bool) -> list[list[dict[str, Any]]]:
@@ -231,32 +374,36 @@ def _limits_text(limits: tuple[int | None, int | None]) -> str:
     return ", ".join(text for text in (f"min {low:,}" if low else "", f"max {high:,}" if high else "") if text)
 
 
-def source_size(source: SourceConfig, heldout: float | int, avg: int,
-                dataset_sizes: dict[str, SourceSize], count: TokenCounter, counted_by: str,
-                limits: tuple[int | None, int | None] = (None, None)) -> SourceSize:
+def source_size(source: SourceConfig, heldout: float | int, avg: int, dataset_sizes: Mapping[str, SourceSize],
+                counter: SampleCounter, limits: tuple[int | None, int | None] = (None, None),
+                cur: CurationConfig | None = None, accepted: frozenset[str] | None = None) -> SourceSize:
     """Rows per epoch of one source (held-out rows removed, weight applied) and its tokens per row.
 
-    ``avg``: the tokens per row assumed where they cannot be measured; ``count`` measures them on a sample
-    of a local JSON Lines file (``counted_by`` says how it counts), keeping the samples within ``limits``.
+    ``avg``: the tokens per row assumed where they cannot be measured; ``counter`` measures them on a sample
+    of a local source (:func:`sampled_tokens_per_row`, with ``limits``, ``cur`` and ``accepted``).
     """
     local = None if source.stage_ref is not None else scan_local_rows(source.path, SAMPLED_ROWS)
     measured = f"~{avg:,} tokens/row assumed ({source.thinking_mode})"
-    usable = 1.0  # the share of the file's lines that are rows the pipeline keeps
-    if local is not None and local.rows == 0:
-        measured += "; the file has no rows: the run will fail on this source"
-    elif local is not None and local.sample:
-        sampled = sampled_tokens_per_row(source, local.sample, count, limits)
+    usable = 1.0  # the share of the source's rows (JSON Lines: lines) that the pipeline keeps
+    unit = "lines" if source.path.lower().endswith(".jsonl") else "rows"
+    if local is not None and local.error is not None:
+        measured += f"; the run will fail on this source: {local.error}"
+    elif local is not None and local.rows == 0:
+        measured += f"; the {'folder' if Path(source.path).is_dir() else 'file'} has no rows: the run will fail on this source"
+    elif local is not None and local.sampled:
+        sampled = sampled_tokens_per_row(source, local, counter, limits, cur, accepted)
         usable = sampled.rows / sampled.lines
         if not sampled.rows:
-            measured += (f"; none of its {sampled.lines:,} sampled lines is a row tempa can train on (not JSON, not "
-                         "the source's format, or no assistant turn): the run will fail on this source")
+            why = "not JSON, not the source's format" if unit == "lines" else "not the source's format"
+            measured += (f"; none of its {sampled.lines:,} sampled {unit} is a row tempa can train on ({why}, filtered "
+                         "out, or no assistant turn): the run will fail on this source")
         else:
             avg = sampled.tokens_per_row
             measured = (f"~{sampled.tokens_per_row:,} tokens/row measured on {sampled.rows:,} sampled rows with "
-                        f"{counted_by} ({source.thinking_mode})")
+                        f"{counter.how} ({source.thinking_mode})")
             if sampled.rows < sampled.lines:
                 bad = sampled.lines - sampled.rows
-                measured += (f"; {bad:,} of {sampled.lines:,} sampled lines {'is not a row' if bad == 1 else 'are not rows'}"
+                measured += (f"; {bad:,} of {sampled.lines:,} sampled {unit} {'is not a row' if bad == 1 else 'are not rows'}"
                              " it can train on and will be rejected")
             if sampled.outside_limits:
                 measured += (f"; {sampled.outside_limits:.0%} of their samples fall outside the token limits "
@@ -270,13 +417,15 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int,
         measured = f"~{size.tokens_per_row:,} tokens/row assumed ({source.thinking_mode})"
     elif local is not None:
         rows = round(local.rows * usable)
-        how = f"{local.rows:,} rows in the file" if rows == local.rows else \
-            f"{local.rows:,} lines in the file, ~{rows:,} of them rows"
+        where = "the saved dataset" if Path(source.path).is_dir() else "the file"
+        how = f"{local.rows:,} rows in {where}" if rows == local.rows else \
+            f"{local.rows:,} {unit} in {where}, ~{rows:,} of them rows"
         size = SourceSize(rows, avg, how)
     elif Path(source.path).is_file():
         size = SourceSize(None, avg, f"a local {Path(source.path).suffix or 'file'} file, not counted before preparing")
     else:
-        size = SourceSize(None, avg, "unknown size (a hub dataset or folder with no rows/tokens setting)")
+        size = SourceSize(None, avg, "unknown size (a hub dataset or a folder of data files, with no rows/tokens "
+                                     "setting)")
     if size.rows is None:
         return size
     kept = size.rows * (1 - heldout) if isinstance(heldout, float) else max(0, size.rows - heldout)
@@ -289,11 +438,13 @@ def tokens_from_recipe(config: SFTStageConfig, inputs: EstimateInputs) -> TokenC
     total_tokens, total_rows, notes, unknown, upper = 0, 0, [], [], []
     data = config.data
     sizes = dict(inputs.dataset_sizes)
-    count, counted_by = token_counter(inputs.tokenizer_file)
+    counter = sample_counter(inputs.tokenizer, inputs.tokenizer_problem)
     limits = token_limits(data.curation, config.train_args().get("max_length"))
+    languages = _accepted_languages(config)
     for source in data.sources:
         avg = avg_tokens_per_row(source, inputs.avg_tokens_thinking_on, inputs.avg_tokens_thinking_off)
-        size = source_size(source, data.heldout_for(source), avg, sizes, count, counted_by, limits)
+        size = source_size(source, data.heldout_for(source), avg, sizes, counter, limits, data.curation,
+                           languages.get(source.name))
         if size.rows is None:
             unknown.append(source.name)
             notes.append(f"source {source.name}: {size.how}; set rows or tokens to estimate it")
@@ -311,6 +462,15 @@ def tokens_from_recipe(config: SFTStageConfig, inputs: EstimateInputs) -> TokenC
     bound = {(True, False): ">=", (False, True): "<=", (True, True): "~"}.get((bool(unknown), bool(upper)), "")
     notes.append(prep_note(total_tokens, total_rows, data.num_proc, bound))
     return TokenCount(total_tokens, total_rows, where, notes, bound=bound)
+
+
+def _accepted_languages(config: SFTStageConfig) -> Mapping[str, frozenset[str]]:
+    from tempa.sft.data import check_languages
+
+    try:
+        return check_languages(config.data)
+    except DataError:  # a language code the detector does not know: the recipe's check says so; size unfiltered
+        return {}
 
 
 def prep_note(tokens: int, rows: int, num_proc: int | None, bound: str = "", cores: int | None = None) -> str:

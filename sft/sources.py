@@ -61,7 +61,7 @@ def row_label(source: SourceConfig, index: int) -> str:
     return f"line {line}" if line is not None else f"row {index}"
 
 
-def _is_saved_dataset(folder: Path) -> bool:
+def is_saved_dataset(folder: Path) -> bool:
     return any((folder / name).exists() for name in ("dataset_info.json", "state.json", "dataset_dict.json"))
 
 
@@ -79,7 +79,7 @@ def load_source(source: SourceConfig, *, cache_dir: Path | None = None) -> datas
             return _one_split(loaded, source)
         path = Path(source.path)
         if path.is_dir():
-            if _is_saved_dataset(path):
+            if is_saved_dataset(path):
                 return _one_split(datasets.load_from_disk(str(path)), source)
             # A folder of data files: let datasets infer the builder from the extensions.
             return _one_split(datasets.load_dataset(str(path), split=source.split, cache_dir=hf_cache), source)
@@ -87,7 +87,7 @@ def load_source(source: SourceConfig, *, cache_dir: Path | None = None) -> datas
         if suffix == ".jsonl":
             return _jsonl_rows(path, hf_cache)
         if suffix == ".json":
-            return datasets.Dataset.from_dict({RAW: _json_rows(path, where)})
+            return datasets.Dataset.from_dict({RAW: json_rows(path, where)})
         if suffix in _FILE_BUILDERS:
             return datasets.load_dataset(
                 _FILE_BUILDERS[suffix], data_files=str(path), split="train", cache_dir=hf_cache
@@ -186,7 +186,7 @@ def _write_jsonl_arrow(path: Path, out: Path, span: tuple[int, int], report: Cal
     report(unreported)
 
 
-def _json_rows(path: Path, where: str) -> list[str]:
+def json_rows(path: Path, where: str) -> list[str]:
     data = read_json(path, "a JSON list of rows")
     if isinstance(data, dict):
         # `{"data": [...]}`-style wrappers: take the single list of rows.

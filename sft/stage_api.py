@@ -337,8 +337,10 @@ class EstimateInputs:
     dataset_sizes: Mapping[str, SourceSize] = field(default_factory=dict)
     # The stage's own result when it has already run (its data statistics are then exact).
     result: StageResult | None = None
-    # The base model's tokenizer.json when it is on this machine: counts the tokens of sampled local rows.
-    tokenizer_file: Path | None = None
+    # The base model's tokenizer with the recipe's chat template, when it is on this machine: renders and
+    # tokenises sampled local rows as training will; else why not (said in the plan).
+    tokenizer: Any = None
+    tokenizer_problem: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,14 @@
-"""`tempa plan` measures a local JSON Lines source's tokens per row instead of assuming 800 or 4,000."""
+"""`tempa plan` measures a local source's tokens per row instead of assuming 800 or 4,000: with the pipeline's own
+rendering and tokenising when the base model's tokenizer is here, else by hand-countable approximation."""
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 from pathlib import Path
+
+import pytest
 
 from sft_helpers import WEATHER
 from tempa.sft.data_config import DataConfig, SourceConfig
@@ -13,21 +17,31 @@ from tempa.sft.data_size import (
     TOKENS_PER_ANSWER,
     TOKENS_PER_RENDERING,
     TOKENS_PER_TURN,
+    ApproximateCounter,
+    LocalRows,
     SampledLength,
+    jsonl_sample,
     sampled_tokens_per_row,
     scan_local_rows,
     source_size,
-    token_counter,
 )
+from tempa.sft.sources import RAW
 from tempa.sft.stage_api import SourceSize
 
 
-def _words(texts: list[str]) -> list[int]:
+def _count_words(texts: list[str]) -> list[int]:
     return [len(text.split()) for text in texts]
 
 
-def _lines(*rows: object) -> list[bytes]:
-    return [json.dumps(row, ensure_ascii=False).encode() for row in rows]
+_words = ApproximateCounter(_count_words, "words")  # hand-countable: a token is a word
+
+
+def _lines(*rows: object) -> LocalRows:
+    return _raw_lines(*(json.dumps(row, ensure_ascii=False).encode() for row in rows))
+
+
+def _raw_lines(*lines: bytes) -> LocalRows:
+    return jsonl_sample(len(lines), list(enumerate(lines, start=1)))
 
 
 TWO_QUESTIONS = {"messages": [
@@ -65,7 +79,7 @@ def test_tokens_per_row_count_the_renderings_the_pipeline_trains_by_hand(tmp_pat
     off_source = _source(tmp_path, thinking_mode="off")
     assert sampled_tokens_per_row(off_source, lines, _words) == SampledLength(round((off + looped) / 2), 2, 2)
     mixed = _source(tmp_path, thinking_mode="mixed", thinking_ratio=0.5)
-    assert sampled_tokens_per_row(mixed, lines[:1], _words) == SampledLength(round((on + off) / 2), 1, 1)
+    assert sampled_tokens_per_row(mixed, _lines(TWO_QUESTIONS), _words) == SampledLength(round((on + off) / 2), 1, 1)
     # The pipeline drops a sample outside the token limits. With thinking off the samples are the
     # two-question row's two renderings (short, off - short) and the loop's one (looped): 1 of 3 dropped.
     short = 3 + 2 * turn + answer + begin
@@ -79,8 +93,8 @@ def test_tokens_per_row_count_the_renderings_the_pipeline_trains_by_hand(tmp_pat
 def test_lines_that_are_not_rows_are_left_out_of_the_average(tmp_path: Path):
     one_turn = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b c"}]}
     lone_surrogate = b'{"messages": [{"role": "user", "content": "a\\ud800"}, {"role": "assistant", "content": "b"}]}'
-    lines = [b"{broken", b'"a string"', lone_surrogate,
-             *_lines({"messages": [{"role": "user", "content": "no answer"}]}, one_turn)]
+    no_answer = json.dumps({"messages": [{"role": "user", "content": "no answer"}]}).encode()
+    lines = _raw_lines(b"{broken", b'"a string"', lone_surrogate, no_answer, json.dumps(one_turn).encode())
     sampled = sampled_tokens_per_row(_source(tmp_path, thinking_mode="off"), lines, _words)
     assert sampled == SampledLength(3 + 2 * TOKENS_PER_TURN + TOKENS_PER_ANSWER + TOKENS_PER_RENDERING, 1, 5)
 
@@ -90,7 +104,7 @@ def _plan_note(folder: Path, lines: list[str], **source: object) -> tuple[Source
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     config = SourceConfig.model_validate({"name": "s", "path": "rows.jsonl", "thinking_mode": "off", **source},
                                          context={"base_dir": str(folder)})
-    size = source_size(config, 0, 800, {}, _words, "words")
+    size = source_size(config, 0, 800, {}, _words)
     return size, " ".join(size.how.split())
 
 
@@ -119,21 +133,14 @@ def test_a_line_over_a_mebibyte_is_counted_by_its_bytes_not_parsed(tmp_path: Pat
     long_line = json.dumps({"messages": [{"role": "user", "content": "q"},
                                          {"role": "assistant", "content": "x" * (LONG_LINE_BYTES + 10)}]})
     scanned = scan_local_rows(_write(tmp_path / "long.jsonl", [ROW, long_line]), 8)
-    assert scanned is not None and scanned.sample == [ROW.encode() + b"\n", len(long_line) + 1]
+    assert scanned is not None and scanned.long_lines == (len(long_line) + 1,) and scanned.sampled == 2
     source = SourceConfig.model_validate({"name": "s", "path": "long.jsonl", "thinking_mode": "off"},
                                          context={"base_dir": str(tmp_path)})
     long_tokens = -(-(len(long_line) + 1) // 4)  # 4 bytes a token
-    assert sampled_tokens_per_row(source, scanned.sample, _words) == SampledLength(
+    assert sampled_tokens_per_row(source, scanned, _words) == SampledLength(
         round((ROW_TOKENS + long_tokens) / 2), 2, 2)
-    assert sampled_tokens_per_row(source, scanned.sample, _words, (None, 2048)) == SampledLength(
+    assert sampled_tokens_per_row(source, scanned, _words, (None, 2048)) == SampledLength(
         round(ROW_TOKENS / 2), 2, 2, 0.5)
-
-
-def test_a_tokenizer_file_that_cannot_be_read_falls_back_to_bytes_and_says_which(tmp_path: Path):
-    broken = tmp_path / "tokenizer.json"
-    broken.write_text("{not json")
-    count, how = token_counter(broken)
-    assert count(["abcdefgh"]) == [2] and how.startswith("~4 bytes of text per token (") and str(broken) in how
 
 
 def _write(path: Path, lines: list[str]) -> str:
@@ -150,8 +157,8 @@ def test_a_file_sorted_by_length_is_sampled_across_its_length(tmp_path: Path):
             if i % 1000 == 0:
                 handle.write("\n")  # blank lines are not rows
     scanned = scan_local_rows(str(path), 256)
-    assert scanned is not None and scanned.rows == 5000 and len(scanned.sample) == 256
-    mean_words = sum(len(json.loads(line)["messages"][1]["content"].split()) for line in scanned.sample) / 256
+    assert scanned is not None and scanned.rows == 5000 and scanned.sampled == 256
+    mean_words = sum(len(json.loads(line)["messages"][1]["content"].split()) for line in scanned.sample[RAW]) / 256
     assert abs(mean_words - 2499.5) < 250  # the first 256 rows would average 127.5
     assert scan_local_rows(str(path), 256) == scanned  # a fixed seed: the same plan every time
 
@@ -177,45 +184,117 @@ def _conversation(rng: random.Random, words: list[str], i: int) -> dict:
     return {"messages": messages}
 
 
-def test_the_estimate_is_within_5_percent_of_what_the_pipeline_renders(tmp_path: Path, llama3_model_dir: Path):
-    """Meta's Llama 3 tokenizer and llama3_thinking; multilingual rows, multi-turn, system prompts, tool loops,
-    with and without reasoning. (The plan assumed 4,000 / 800 / 2,400 tokens per row before.)"""
+def _pipeline_tokens(config: DataConfig, tokenizer, folder: Path, max_length: int | None) -> list:
+    from tempa.sft.data import prepare_sft_data
+
+    return prepare_sft_data(config, tokenizer, out_dir=folder / f"out{max_length}", cache_dir=folder / "cache",
+                            seed=0, max_length=max_length).mix.sources
+
+
+@pytest.mark.parametrize("template", ["llama3_thinking", "chatml_thinking"])
+def test_the_estimate_is_what_the_pipeline_renders(tmp_path: Path, llama3_model_dir: Path, template: str):
+    """Meta's Llama 3 tokenizer; multilingual rows, multi-turn, system prompts, tool loops with their tools'
+    definitions, with and without reasoning. With the tokenizer and template the plan renders and tokenises a
+    sample as the pipeline does: when the sample is the whole file, its tokens per row are the pipeline's
+    (a ``mixed`` source weighs each row's two renderings where the run draws which rows think: within 5%). Before, constants for the
+    template's tokens counted llama3_thinking's tool definitions 24% low."""
     from transformers import AutoTokenizer
 
     from tempa.chat_templates import load_template
-    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_size import TemplateCounter
 
     rng = random.Random(7)
     words = ["ibu", "kota", "adalah", "Jakarta", "東京", "日本の", "首都", "กรุงเทพ", "เมืองหลวง", "thời", "tiết",
              "weather", "capital", "because", "the", "answer", "42", "số", "ครับ", "です"]
     path = tmp_path / "rows.jsonl"
-    path.write_text("".join(json.dumps(_conversation(rng, words, i), ensure_ascii=False) + "\n" for i in range(240)),
-                    encoding="utf-8")
+    rows = [_conversation(rng, words, i) for i in range(240)]
+    for row in rows[5::10]:  # the tool rows: many definitions, as an agent dataset has
+        row["tools"] = [WEATHER] * 6
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     modes = [{"thinking_mode": "on"}, {"thinking_mode": "off"}, {"thinking_mode": "mixed", "thinking_ratio": 0.5}]
     config = DataConfig.model_validate(
         {"sources": [{"name": f"s{k}", "path": str(path), **mode} for k, mode in enumerate(modes)], "heldout": 0})
     tokenizer = AutoTokenizer.from_pretrained(llama3_model_dir)
-    tokenizer.chat_template = load_template("llama3_thinking")
-    count, how = token_counter(llama3_model_dir / "tokenizer.json")
-    assert how == "the base model's tokenizer"
-    lines = scan_local_rows(str(path), 256).sample
+    tokenizer.chat_template = load_template(template)
+    counter = TemplateCounter(tokenizer)
+    sample = scan_local_rows(str(path), 256)
     # Without limits, then with a max_length that rejects the longer samples as too long.
     for max_length in (None, 200):
-        mix = prepare_sft_data(config, tokenizer, out_dir=tmp_path / f"out{max_length}", cache_dir=tmp_path / "cache",
-                               seed=0, max_length=max_length).mix
-        for source, prepared in zip(config.sources, mix.sources, strict=True):
-            estimate = sampled_tokens_per_row(source, lines, count, (None, max_length))
-            actual = prepared.tokens_in / 240  # per row of the file
-            assert estimate.rows == 240 and abs(estimate.tokens_per_row / actual - 1) < 0.05, (
-                source.thinking_mode, max_length, estimate, actual)
+        for source, prepared in zip(config.sources, _pipeline_tokens(config, tokenizer, tmp_path, max_length),
+                                    strict=True):
+            estimate = sampled_tokens_per_row(source, sample, counter, (None, max_length))
+            actual = prepared.tokens_kept / 240  # per row of the file
+            assert estimate.rows == 240, estimate
+            if source.thinking_mode == "mixed":  # the plan weighs each row's two renderings; the run draws rows
+                assert abs(estimate.tokens_per_row / actual - 1) < 0.05, (max_length, estimate, actual)
+            else:
+                assert estimate.tokens_per_row == round(actual), (source.thinking_mode, max_length, estimate, actual)
             assert (estimate.outside_limits > 0.1) == (max_length is not None)
 
 
-def test_a_csv_counts_records_not_lines_and_a_json_file_is_named_as_local(tmp_path: Path):
-    (tmp_path / "rows.csv").write_text('prompt,response\n"two\nlines","x"\n"a","b\nc\nd"\n', encoding="utf-8")
-    scanned = scan_local_rows(str(tmp_path / "rows.csv"))
-    assert scanned is not None and scanned.rows == 2
-    (tmp_path / "rows.json").write_text(json.dumps([json.loads(ROW)]), encoding="utf-8")
+def _formats(folder: Path, rows: list[dict]) -> dict[str, Path]:
+    """The same alpaca-style rows as every kind of local source the pipeline reads."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = {"jsonl": folder / "rows.jsonl", "json": folder / "rows.json", "parquet": folder / "rows.parquet",
+             "csv": folder / "rows.csv", "saved": folder / "saved"}
+    paths["jsonl"].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    paths["json"].write_text(json.dumps({"data": rows}, ensure_ascii=False), encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist(rows), paths["parquet"], row_group_size=64)  # 5 row groups
+    with open(paths["csv"], "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    datasets.Dataset.from_list(rows).save_to_disk(str(paths["saved"]))
+    return paths
+
+
+def test_every_local_source_kind_is_sampled_and_measured_as_the_pipeline_tokenises_it(
+        tmp_path: Path, tiny_tokenizer):
+    """JSON, Parquet, CSV and saved datasets were counted but not sampled (their length assumed); JSON not even
+    counted. Rows with a multi-line field, an empty input and an instruction that is a special token (rejected)."""
+    from tempa.chat_templates import load_template
+    from tempa.sft.data_size import TemplateCounter
+
+    rng = random.Random(3)
+    rows = [{"instruction": " ".join(rng.choice(["ibu", "kota", "東京", "answer"]) for _ in range(rng.randint(2, 30))),
+             "input": "" if i % 3 else "line one\nline two",
+             "output": " ".join(rng.choice(["ya", "tidak", "首都", "42"]) for _ in range(rng.randint(1, 60)))}
+            for i in range(300)]
+    rows[17]["instruction"] = "<|eot_id|>"
+    tiny_tokenizer.chat_template = load_template("llama3_thinking")
+    counter = TemplateCounter(tiny_tokenizer)
+    measured = {}
+    for kind, path in _formats(tmp_path, rows).items():
+        config = DataConfig.model_validate({"sources": [{"name": kind, "path": str(path), "format": "alpaca",
+                                                         "thinking_mode": "off"}], "heldout": 0})
+        (source,) = config.sources
+        (prepared,) = _pipeline_tokens(config, tiny_tokenizer, tmp_path / kind, None)
+        sample = scan_local_rows(str(path), 300)
+        assert sample is not None and sample.rows == 300 and sample.sampled == 300, kind
+        estimate = sampled_tokens_per_row(source, sample, counter)
+        assert estimate.rows == prepared.rows_tokenized == 299, kind  # the special token's row is a reject
+        assert estimate.tokens_per_row == round(prepared.tokens_kept / 299), kind
+        size = source_size(source, 0, 800, {}, counter)  # the plan's 256 rows of 300
+        assert size.rows == 299 and abs(size.tokens_per_row / estimate.tokens_per_row - 1) < 0.05, (kind, size)
+        measured[kind] = estimate
+        partial = sampled_tokens_per_row(source, scan_local_rows(str(path), 50), counter)
+        assert partial.lines == 50 and abs(partial.tokens_per_row / estimate.tokens_per_row - 1) < 0.25, kind
+    assert len({m.tokens_per_row for m in measured.values()}) == 1, measured
+
+
+def test_a_file_the_pipeline_cannot_read_is_said_to_fail(tmp_path: Path):
+    (tmp_path / "rows.json").write_text(json.dumps({"a": [], "b": []}), encoding="utf-8")
     config = SourceConfig.model_validate({"name": "s", "path": "rows.json"}, context={"base_dir": str(tmp_path)})
-    size = source_size(config, 0, 800, {}, _words, "words")
-    assert size.rows is None and size.how == "a local .json file, not counted before preparing"
+    size = source_size(config, 0, 800, {}, _words)
+    assert size.rows == 0 and "the run will fail on this source: " in size.how
+    assert "expected a JSON list of rows, or an object holding exactly one list" in size.how
+
+
+def test_a_csv_counts_records_not_lines(tmp_path: Path):
+    (tmp_path / "rows.csv").write_text('prompt,response\n"two\nlines","x"\n"a","b\nc\nd"\n', encoding="utf-8")
+    scanned = scan_local_rows(str(tmp_path / "rows.csv"), 8)
+    assert scanned is not None and scanned.rows == 2 and scanned.sample == {
+        "prompt": ["two\nlines", "a"], "response": ["x", "b\nc\nd"]}

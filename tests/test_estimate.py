@@ -243,9 +243,41 @@ def test_local_rows_weight_and_max_steps(tmp_path: Path):
     assert "~800 tokens/row assumed (off)" in notes  # the hub dataset
 
 
-def test_a_local_base_model_counts_sampled_rows_with_its_own_tokenizer(tmp_path: Path, tiny_model_dir: Path):
-    from tempa.sft.data_size import sampled_tokens_per_row, scan_local_rows, token_counter
+@pytest.mark.parametrize("base", ["folder", "tiny"])
+def test_a_local_base_model_counts_sampled_rows_with_its_own_tokenizer_and_the_recipes_template(
+        tmp_path: Path, tiny_model_dir: Path, base: str):
+    """A base model folder, and the embedded tiny default (counted at 4 bytes a token before)."""
+    from transformers import AutoTokenizer
 
+    from tempa.recipes.runner import template_text
+    from tempa.sft.data import prepare_sft_data
+
+    stages = """
+    - name: sft
+      kind: sft
+      data:
+        heldout: 0
+        sources:
+          - {name: rows, path: rows.jsonl, thinking_mode: "off"}
+    """
+    loaded = load_recipe(write_recipe(tmp_path, str(tiny_model_dir) if base == "folder" else "tempa:tiny", stages))
+    (estimate,) = estimate_recipe(loaded, "8xH100")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)  # the tiny default's tokenizer
+    tokenizer.chat_template = template_text(loaded)
+    mix = prepare_sft_data(loaded.stages[0].data, tokenizer, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache",
+                           seed=0).mix
+    per_row = round(mix.total.tokens_kept / 40)  # 40 rows: the sample is the whole file
+    assert estimate.tokens_per_epoch == 40 * per_row
+    assert (f"~{per_row} tokens/row measured on 40 sampled rows with the base model's tokenizer and the recipe's "
+            "template (off)") in " ".join(render_estimate(loaded, "8xH100").split())
+
+
+def test_a_tokenizer_that_cannot_be_loaded_falls_back_to_bytes_and_says_why(tmp_path: Path, tiny_model_dir: Path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "tokenizer.json").write_text("{not json")
     stages = """
     - name: sft
       kind: sft
@@ -253,15 +285,9 @@ def test_a_local_base_model_counts_sampled_rows_with_its_own_tokenizer(tmp_path:
         sources:
           - {name: rows, path: rows.jsonl, thinking_mode: "off"}
     """
-    loaded = load_recipe(write_recipe(tmp_path, str(tiny_model_dir), stages))
-    (estimate,) = estimate_recipe(loaded, "8xH100")
-    count, _ = token_counter(tiny_model_dir / "tokenizer.json")
-    sampled = sampled_tokens_per_row(loaded.stages[0].data.sources[0], scan_local_rows(
-        str(tmp_path / "rows.jsonl"), 256).sample, count)
-    per_row = sampled.tokens_per_row
-    assert sampled.rows == 40 and estimate.tokens_per_epoch == 40 * per_row
-    assert f"~{per_row} tokens/row measured on 40 sampled rows with the base model's tokenizer (off)" in " ".join(
-        render_estimate(loaded, "8xH100").split())
+    notes = " ".join(render_estimate(load_recipe(write_recipe(tmp_path, str(model), stages)), "8xH100").split())
+    assert f"measured on 40 sampled rows with ~4 bytes of text per token ({model}'s tokenizer could not be loaded: " \
+        in notes
 
 
 def test_local_config_json_is_read(tmp_path: Path):

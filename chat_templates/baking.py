@@ -106,6 +106,15 @@ def stop_token_ids(base: list[int] | int | None, *extra: int | None) -> list[int
     return ids
 
 
+def check_fits(tokenizer: Any, template: str, where: str | os.PathLike) -> str:
+    """The template's end-of-turn token; ``ValueError`` when it is not one token of ``tokenizer``: adding it would
+    give the model an untrained stop token, so the template does not fit this base (what the bake refuses)."""
+    end_of_turn = end_of_turn_token(template)
+    if len(tokenizer.encode(end_of_turn, add_special_tokens=False)) != 1:
+        raise ValueError(f"{where}: the template's end-of-turn token {end_of_turn} is not a single token of this tokenizer")
+    return end_of_turn
+
+
 def bake_tokenizer(
     tokenizer_dir: str | os.PathLike,
     template: str,
@@ -145,14 +154,9 @@ def bake_tokenizer(
     text = load_template(template)
     if defaults is not None:
         text = with_defaults(text, defaults, origin=f"chat template {template}")
-    end_of_turn = end_of_turn_token(text)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    end_of_turn = check_fits(tokenizer, text, tokenizer_dir)
     eot_ids = tokenizer.encode(end_of_turn, add_special_tokens=False)
-    if len(eot_ids) != 1:
-        # Adding it would give the model an untrained stop token; the template does not fit this base.
-        raise ValueError(
-            f"{tokenizer_dir}: the template's end-of-turn token {end_of_turn} is not a single token of this tokenizer"
-        )
 
     choice = choose_pad_token(tokenizer, end_of_turn, requested=pad_token)
     if choice.added:

@@ -292,14 +292,15 @@ def find_config(base_model: str) -> tuple[Any, str]:
 
 def plan_tokenizer(loaded: LoadedRecipe) -> tuple[Any, str]:
     """The base model's tokenizer with the recipe's chat template, as the stages render with it, when it is on
-    this machine (a local folder, the Hugging Face cache, the tiny default); else None, with why when it is
-    here but cannot be loaded. Never downloads."""
+    this machine (a local folder, the Hugging Face cache, the tiny default); else None, with what the run will
+    stop on when the tokenizer is here but cannot be loaded or does not fit the template. Never downloads."""
     base_model = loaded.recipe.base_model
     if base_model != TINY_DEFAULT and not Path(base_model).is_dir() and not _cached_tokenizer(base_model):
         return None, ""
     try:
         from transformers import AutoTokenizer
 
+        from tempa.chat_templates.baking import check_fits
         from tempa.recipes.runner import template_text
 
         if base_model == TINY_DEFAULT:
@@ -309,10 +310,15 @@ def plan_tokenizer(loaded: LoadedRecipe) -> tuple[Any, str]:
             tokenizer = AutoTokenizer.from_pretrained(built) if built is not None else build_tiny_tokenizer()
         else:
             tokenizer = AutoTokenizer.from_pretrained(base_model, local_files_only=True, trust_remote_code=False)
-        tokenizer.chat_template = template_text(loaded)
-    except Exception as exc:  # the plan stands without it; say why it was not used
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return None, f"{base_model}'s tokenizer could not be loaded: {first}"
+        text = template_text(loaded)
+    except Exception as exc:
+        said = " ".join(str(exc).split()) or type(exc).__name__  # transformers' reasons span several lines
+        return None, f"base_model {base_model}: its tokenizer cannot be loaded: {textwrap.shorten(said, 300)}"
+    try:
+        check_fits(tokenizer, text, f"base_model {base_model}")
+    except ValueError as exc:
+        return None, f"chat_template {loaded.recipe.chat_template} does not fit the base tokenizer: {exc}"
+    tokenizer.chat_template = text
     return tokenizer, ""
 
 
@@ -715,19 +721,21 @@ def estimate_recipe(
     run_dir: Path | None = None,
     avg_tokens_thinking_on: int = AVG_TOKENS_THINKING_ON,
     avg_tokens_thinking_off: int = AVG_TOKENS_THINKING_OFF,
+    resolved: tuple[ModelShape | None, str] | None = None,
 ) -> list[StageEstimate]:
     """One :class:`StageEstimate` per training stage of ``loaded``, in run order.
 
     Each training kind describes its own workload (its ``estimate`` hook); a stage that has
     already run (DONE in ``run_dir``) is sized from its result, and so are the datasets of
-    stages it reads.
+    stages it reads. ``resolved``: :func:`resolve_shape`'s answer when the caller has it (building the
+    model on the meta device takes seconds for a 70B).
     """
     if not 0 < mfu <= 1:
         raise EstimateError(f"mfu {mfu}: expected a fraction in (0, 1], e.g. 0.4")
     machine = parse_hardware(hardware)
-    shape, source = resolve_shape(loaded.recipe.base_model)
+    shape, source = resolved or resolve_shape(loaded.recipe.base_model)
     launch = launch_plan(loaded)
-    tokenizer: tuple[Any, str] | None = None  # loaded for the first sft stage that samples its data
+    tokenizer, looked = None, False  # loaded for the first sft stage that samples its data
     sizes: dict[str, SourceSize] = {}
     estimates = []
     for stage in loaded.stages:
@@ -736,12 +744,15 @@ def estimate_recipe(
         if kind.dataset_size is not None:
             sizes[stage.name] = kind.dataset_size(stage, result)
         if kind.trains and kind.estimate is not None:
-            if tokenizer is None and stage.kind == "sft" and result is None:
-                tokenizer = plan_tokenizer(loaded)
-            inputs = EstimateInputs(avg_tokens_thinking_on, avg_tokens_thinking_off, dict(sizes), result,
-                                    *(tokenizer or (None, "")))
+            problem = ""
+            if not looked and stage.kind == "sft" and result is None:
+                (tokenizer, problem), looked = plan_tokenizer(loaded), True
+            inputs = EstimateInputs(avg_tokens_thinking_on, avg_tokens_thinking_off, dict(sizes), result, tokenizer)
             estimates.append(estimate_stage(stage.name, stage.kind, kind.estimate(stage, inputs), shape, machine,
                                             mfu, launch=launch, unknown_size=source))
+            if problem:  # once, on the first stage that would have used it
+                estimates[-1].warnings.append(f"{problem}; the run will stop there (this plan counts its sampled "
+                                              "rows at ~4 bytes of text a token)")
     return estimates
 
 
@@ -789,8 +800,8 @@ def render_estimate(loaded: LoadedRecipe, hardware: str = "8xH100", mfu: float =
                     run_dir: Path | None = None) -> str:
     """A readable estimate of every training stage: tokens, steps, memory per GPU and node, hours, warnings."""
     machine = parse_hardware(hardware)
-    shape, shape_source = resolve_shape(loaded.recipe.base_model)
-    estimates = estimate_recipe(loaded, hardware, mfu, run_dir=run_dir)
+    shape, shape_source = resolved = resolve_shape(loaded.recipe.base_model)
+    estimates = estimate_recipe(loaded, hardware, mfu, run_dir=run_dir, resolved=resolved)
     launch = launch_plan(loaded)
     size = (f"{_count(shape.parameters)} parameters (counted on the meta device), config from {shape_source}"
             if shape is not None else "unknown size")

@@ -13,7 +13,6 @@ datasets and folders of data files get an assumed length that depends on their t
 from __future__ import annotations
 
 import codecs
-import csv
 import functools
 import json
 import math
@@ -107,36 +106,40 @@ def _reservoir(items: Any, sample: int) -> tuple[int, list[Any]]:
     return count, kept
 
 
-def _columns(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    names = list(dict.fromkeys(name for record in records for name in record))
-    return {name: [record.get(name) for record in records] for name in names} if records else {}
+def scan_local_rows(path: str, sample: int = 0, split: str = "train") -> LocalRows | None:
+    """Rows of a local JSONL/JSON/Parquet/CSV file or ``save_to_disk`` folder (``split`` of a dataset dict), and
+    ``sample`` of them drawn evenly at random, without preparing it; None for anything else (a folder of data
+    files, a hub dataset).
 
-
-def scan_local_rows(path: str, sample: int = 0) -> LocalRows | None:
-    """Rows of a local JSONL/JSON/Parquet/CSV file or ``save_to_disk`` folder, and ``sample`` of them drawn
-    evenly at random, without preparing it; None for anything else (a folder of data files, a hub dataset).
-
-    Files are read in one pass that keeps only the sample (a Parquet file: the row groups holding it); a JSON
-    file is parsed whole, as the pipeline parses it. A file that several sources or stages read is read once.
+    Each kind is read as the pipeline reads it (a CSV with pandas, as ``datasets`` does), in one pass that keeps
+    only the sample (a Parquet file: the row groups holding it); a JSON file is parsed whole, as the pipeline
+    parses it. What the pipeline cannot read gives :attr:`LocalRows.error`. A source read by several stages or
+    sources is read once while it is unchanged.
     """
     file = Path(path)
-    try:
-        stat = file.stat()
-    except OSError:
+    if not file.exists():
         return None
-    return _scan(str(file.resolve()), stat.st_size, stat.st_mtime_ns, sample)
+    try:
+        return _scan(str(file.resolve()), _changes(file), sample, split)
+    except Exception as exc:  # as the pipeline's loader says it (tempa.sft.sources.load_source)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return LocalRows(0, error=f"could not be loaded: {first}")
 
 
-@functools.lru_cache(maxsize=64)
-def _scan(path: str, size: int, mtime_ns: int, sample: int) -> LocalRows | None:
+def _changes(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes when ``path`` (a file, or any file in a folder) is rewritten: the scan cache's key."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return tuple((str(f), (st := f.stat()).st_size, st.st_mtime_ns) for f in files)
+
+
+@functools.lru_cache(maxsize=16)
+def _scan(path: str, changes: tuple[tuple[str, int, int], ...], sample: int, split: str) -> LocalRows | None:
     from tempa.sft.sources import RAW, is_saved_dataset, json_rows
 
     file = Path(path)
     suffix = file.suffix.lower()
     if file.is_dir():
-        return _saved_dataset_rows(file, sample) if is_saved_dataset(file) else None
-    if not file.is_file():
-        return None
+        return _saved_dataset_rows(file, sample, split) if is_saved_dataset(file) else None
     if suffix == ".jsonl":
         with open(file, "rb") as handle:
             rows, kept = _reservoir(((number, line if len(line) <= LONG_LINE_BYTES else len(line))
@@ -151,12 +154,8 @@ def _scan(path: str, size: int, mtime_ns: int, sample: int) -> LocalRows | None:
         return LocalRows(rows, {RAW: kept} if kept else {})
     if suffix == ".parquet":
         return _parquet_rows(file, sample)
-    if suffix == ".csv":  # records, not lines: a quoted field may hold newlines
-        with open(file, encoding="utf-8", errors="replace", newline="") as text:
-            rows, kept = _reservoir(csv.DictReader(text), sample)
-        # datasets' CSV loader (pandas) reads an empty field as null.
-        return LocalRows(rows, _columns([{k: v if v != "" else None for k, v in r.items() if k is not None}
-                                         for r in kept]))
+    if suffix == ".csv":
+        return _csv_rows(file, sample)
     return None
 
 
@@ -180,22 +179,42 @@ def _parquet_rows(file: Path, sample: int) -> LocalRows:
     return LocalRows(rows, pa.concat_tables(tables).to_pydict() if tables else {})
 
 
-def _saved_dataset_rows(folder: Path, sample: int) -> LocalRows | None:
+def _csv_rows(file: Path, sample: int) -> LocalRows:
+    """Read as ``datasets``' CSV builder reads it (pandas with its defaults: a BOM dropped, ``NA``/``null`` cells
+    null, invalid UTF-8 an error), in chunks, each row's values converted only when it is drawn."""
+    import pandas as pd
+    import pyarrow as pa
+    from datasets.packaged_modules.csv.csv import CsvConfig
+
+    kept: list[dict[str, Any]] = []
+    pick = random.Random(0)
+    rows = 0
+    for frame in pd.read_csv(file, iterator=True, **CsvConfig().pd_read_csv_kwargs):
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        for i in range(len(table)):  # _reservoir's draws, converting only the rows kept
+            if len(kept) < sample:
+                kept.append(table.slice(i, 1).to_pylist()[0])
+            elif sample and (slot := pick.randrange(rows + 1)) < sample:
+                kept[slot] = table.slice(i, 1).to_pylist()[0]
+            rows += 1
+    names = list(kept[0]) if kept else []
+    return LocalRows(rows, {name: [row[name] for row in kept] for name in names})
+
+
+def _saved_dataset_rows(folder: Path, sample: int, split: str) -> LocalRows | None:
     import datasets
 
-    try:
-        loaded = datasets.load_from_disk(str(folder))
-    except Exception as exc:  # the run fails the same way; the plan says why
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return LocalRows(0, error=f"{folder}: could not be loaded: {first}")
+    loaded = datasets.load_from_disk(str(folder))
     if isinstance(loaded, datasets.DatasetDict):
-        return None  # which split the source reads is the stage's choice, sized when it runs
+        if split not in loaded:
+            return LocalRows(0, error=f"has no split {split!r}; splits: {', '.join(loaded)}")
+        loaded = loaded[split]
     return LocalRows(len(loaded), loaded.select(_draw(len(loaded), sample))[:] if sample else {})
 
 
 def count_local_rows(path: str) -> int | None:
     """Rows of a local JSONL/JSON/CSV/Parquet file or saved dataset without preparing it; None for anything else."""
-    found = scan_local_rows(path)
+    found = scan_local_rows(path, SAMPLED_ROWS)  # the scan an sft source of the same file makes: read once
     return found.rows if found is not None and found.error is None else None
 
 
@@ -257,18 +276,15 @@ def _outside(tokens: int, limits: tuple[int | None, int | None]) -> str | None:
     return curation.TOO_SHORT if low is not None and tokens < low else None
 
 
-def sample_counter(tokenizer: Any = None, problem: str = "") -> SampleCounter:
+def sample_counter(tokenizer: Any = None) -> SampleCounter:
     """:class:`TemplateCounter` with ``tokenizer`` (the base model's, the recipe's template set), else the
-    approximation, saying why (``problem``)."""
+    approximation."""
     if tokenizer is not None:
         try:
             return TemplateCounter(tokenizer)
-        except DataError as exc:  # not a fast tokenizer: the run fails on it too, and says so
-            problem = str(exc)
-    fallback = ApproximateCounter()
-    if problem:
-        fallback.how += f" ({problem})"
-    return fallback
+        except DataError:  # not a fast tokenizer: the run says so when it prepares the data
+            pass
+    return ApproximateCounter()
 
 
 @dataclass(frozen=True)
@@ -287,43 +303,62 @@ _ROW_REJECTS = frozenset({curation.TEMPLATE_ERROR, curation.NO_TRAINABLE_TOKENS}
 def sampled_tokens_per_row(source: SourceConfig, sample: LocalRows, counter: SampleCounter,
                            limits: tuple[int | None, int | None] = (None, None), cur: CurationConfig | None = None,
                            accepted: frozenset[str] | None = None) -> SampledLength:
-    """Tokens the pipeline's samples hold per row, measured on ``sample``.
+    """Tokens the pipeline's samples hold per row it keeps, measured on ``sample``.
 
     Each row is normalised and filtered by the pipeline's own row-local steps (:func:`tempa.sft.data.normalize_sample`:
     ``cur``'s filters, ``accepted`` languages), then measured by ``counter`` as rendered with thinking on
     where the pipeline would (a row with a trace, in an ``on`` source; a ``mixed`` source's two renderings
-    weighed by its ratio). A sample outside ``limits`` (min, max tokens) is dropped, as the pipeline drops
-    it. Rows the pipeline rejects are left out; a line over :data:`LONG_LINE_BYTES` is one sample of its
-    bytes / :data:`BYTES_PER_TOKEN`. Rows compared with each other (``dedup``) are not measured.
+    weighed by its ratio). A sample outside ``limits`` (min, max tokens) is dropped, and a row none of whose
+    samples is left is rejected, as the pipeline does. A row of more than :data:`LONG_LINE_BYTES` of text is
+    not rendered: one sample of its bytes / :data:`BYTES_PER_TOKEN`. Rows compared with each other (``dedup``)
+    are not measured.
     """
     from tempa.sft.data import normalize_sample
 
-    conversations = [c for c in normalize_sample(sample.sample, source, cur or CurationConfig(), accepted,
-                                                  counter.specials) if c is not None] if sample.sample else []
+    batch, long_rows = _without_long_rows(sample.sample)
+    conversations = [c for c in normalize_sample(batch, source, cur or CurationConfig(), accepted,
+                                                  counter.specials) if c is not None] if batch else []
     traced = [any(turn.get("reasoning_content") for turn in c.messages) for c in conversations]
     share_on = {"on": 1.0, "off": 0.0}.get(source.thinking_mode, source.thinking_ratio or 0.0)
-    rows = kept = samples = outside = 0.0
+    measured: list[tuple[float, list[tuple[int, str | None]]]] = []  # (weight, the samples of one row)
     for thinking, share in ((True, share_on), (False, 1 - share_on)):
-        if not share or not conversations:
-            continue
-        for measured in counter.lengths(conversations, [thinking and t for t in traced], limits):
-            if all(reason in _ROW_REJECTS for _, reason in measured):
-                continue  # a row the template refuses or trains nothing of: a reject
-            rows += share
-            for tokens, reason in measured:
-                samples += share
-                outside += share * (reason in (curation.TOO_LONG, curation.TOO_SHORT))
-                kept += share * tokens * (reason is None)
-    for size in sample.long_lines:
+        if share and conversations:
+            measured += [(share, row) for row in counter.lengths(conversations, [thinking and t for t in traced],
+                                                                 limits)]
+    for size in [*sample.long_lines, *long_rows]:
         tokens = math.ceil(size / BYTES_PER_TOKEN)
-        rows, samples = rows + 1, samples + 1
-        if _outside(tokens, limits) is None:
-            kept += tokens
-        else:
-            outside += 1
-    if not round(rows):
-        return SampledLength(0, 0, sample.sampled)
-    return SampledLength(round(kept / rows), round(rows), sample.sampled, outside / samples)
+        measured.append((1.0, [(tokens, _outside(tokens, limits))]))
+    rows = kept = samples = outside = 0.0
+    for share, row in measured:
+        if all(reason in _ROW_REJECTS for _, reason in row):
+            continue  # a row the template refuses or trains nothing of: a reject
+        samples += share * len(row)
+        outside += share * sum(reason in (curation.TOO_LONG, curation.TOO_SHORT) for _, reason in row)
+        if any(reason is None for _, reason in row):  # else every sample is outside the limits: a reject
+            rows += share
+            kept += share * sum(tokens for tokens, reason in row if reason is None)
+    if rows <= 0:
+        return SampledLength(0, 0, sample.sampled, outside / samples if samples else 0.0)
+    return SampledLength(round(kept / rows), max(1, round(rows)), sample.sampled, outside / samples)
+
+
+def _without_long_rows(batch: Mapping[str, list[Any]]) -> tuple[dict[str, list[Any]], list[int]]:
+    """``batch`` without its rows of more than :data:`LONG_LINE_BYTES` of text, and those rows' sizes."""
+    count = len(next(iter(batch.values()), []))
+    sizes = [sum(_text_bytes(column[i]) for column in batch.values()) for i in range(count)]
+    keep = [i for i, size in enumerate(sizes) if size <= LONG_LINE_BYTES]
+    return {name: [column[i] for i in keep] for name, column in batch.items()}, \
+        [size for size in sizes if size > LONG_LINE_BYTES]
+
+
+def _text_bytes(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, Mapping):
+        return sum(_text_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_text_bytes(v) for v in value)
+    return 0
 
 
 def _renderings(messages: Sequence[Mapping[str, Any]], thinking: bool) -> list[list[dict[str, Any]]]:
@@ -382,32 +417,35 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int, dataset_si
     ``avg``: the tokens per row assumed where they cannot be measured; ``counter`` measures them on a sample
     of a local source (:func:`sampled_tokens_per_row`, with ``limits``, ``cur`` and ``accepted``).
     """
-    local = None if source.stage_ref is not None else scan_local_rows(source.path, SAMPLED_ROWS)
+    local = None if source.stage_ref is not None else scan_local_rows(source.path, SAMPLED_ROWS, source.split)
+    where = "the saved dataset" if Path(source.path).is_dir() else "the file"
+    if local is not None and (local.error is not None or local.rows == 0):
+        problem = f"{where} cannot be read: {local.error}" if local.error is not None else f"{where} has no rows"
+        return SourceSize(0, avg, f"the run will fail on this source, as {problem}")
     measured = f"~{avg:,} tokens/row assumed ({source.thinking_mode})"
     usable = 1.0  # the share of the source's rows (JSON Lines: lines) that the pipeline keeps
-    unit = "lines" if source.path.lower().endswith(".jsonl") else "rows"
-    if local is not None and local.error is not None:
-        measured += f"; the run will fail on this source: {local.error}"
-    elif local is not None and local.rows == 0:
-        measured += f"; the {'folder' if Path(source.path).is_dir() else 'file'} has no rows: the run will fail on this source"
-    elif local is not None and local.sampled:
+    unit = "line" if source.path.lower().endswith(".jsonl") else "row"
+    if local is not None and local.sampled:
         sampled = sampled_tokens_per_row(source, local, counter, limits, cur, accepted)
         usable = sampled.rows / sampled.lines
         if not sampled.rows:
-            why = "not JSON, not the source's format" if unit == "lines" else "not the source's format"
-            measured += (f"; none of its {sampled.lines:,} sampled {unit} is a row tempa can train on ({why}, filtered "
-                         "out, or no assistant turn): the run will fail on this source")
+            why = "not JSON, not the source's format" if unit == "line" else "not the source's format"
+            measured += (f"; none of its {_many(sampled.lines, 'sampled ' + unit)} is a row tempa can train on ({why}, "
+                         "filtered out, no assistant turn, or outside the token limits): the run will fail on this "
+                         "source")
         else:
             avg = sampled.tokens_per_row
-            measured = (f"~{sampled.tokens_per_row:,} tokens/row measured on {sampled.rows:,} sampled rows with "
-                        f"{counter.how} ({source.thinking_mode})")
+            measured = (f"~{sampled.tokens_per_row:,} tokens/row measured on {_many(sampled.rows, 'sampled row')} "
+                        f"with {counter.how} ({source.thinking_mode})")
             if sampled.rows < sampled.lines:
                 bad = sampled.lines - sampled.rows
-                measured += (f"; {bad:,} of {sampled.lines:,} sampled {unit} {'is not a row' if bad == 1 else 'are not rows'}"
+                measured += (f"; {bad:,} of {_many(sampled.lines, 'sampled ' + unit)} {'is not a row' if bad == 1 else 'are not rows'}"
                              " it can train on and will be rejected")
             if sampled.outside_limits:
                 measured += (f"; {sampled.outside_limits:.0%} of their samples fall outside the token limits "
                              f"({_limits_text(limits)}) and will be rejected")
+            if cur is not None and cur.dedup is not None:
+                measured += "; duplicates not counted (dedup drops them when the stage runs)"
     if source.tokens is not None:
         return SourceSize(max(1, source.tokens // max(1, avg)), avg, f"token budget {source.tokens:,}, {measured}")
     if source.rows is not None:
@@ -417,9 +455,8 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int, dataset_si
         measured = f"~{size.tokens_per_row:,} tokens/row assumed ({source.thinking_mode})"
     elif local is not None:
         rows = round(local.rows * usable)
-        where = "the saved dataset" if Path(source.path).is_dir() else "the file"
-        how = f"{local.rows:,} rows in {where}" if rows == local.rows else \
-            f"{local.rows:,} {unit} in {where}, ~{rows:,} of them rows"
+        how = f"{_many(local.rows, 'row')} in {where}" if rows == local.rows else \
+            f"{_many(local.rows, unit)} in {where}, ~{rows:,} of them rows"
         size = SourceSize(rows, avg, how)
     elif Path(source.path).is_file():
         size = SourceSize(None, avg, f"a local {Path(source.path).suffix or 'file'} file, not counted before preparing")
@@ -434,11 +471,15 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int, dataset_si
     return replace(size, rows=round(kept * weight), how=f"{size.how}{held} x weight {weight:g}, {measured}")
 
 
+def _many(count: int, thing: str) -> str:
+    return f"{count:,} {thing}{'' if count == 1 else 's'}"
+
+
 def tokens_from_recipe(config: SFTStageConfig, inputs: EstimateInputs) -> TokenCount:
     total_tokens, total_rows, notes, unknown, upper = 0, 0, [], [], []
     data = config.data
     sizes = dict(inputs.dataset_sizes)
-    counter = sample_counter(inputs.tokenizer, inputs.tokenizer_problem)
+    counter = sample_counter(inputs.tokenizer)
     limits = token_limits(data.curation, config.train_args().get("max_length"))
     languages = _accepted_languages(config)
     for source in data.sources:

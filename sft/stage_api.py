@@ -338,9 +338,8 @@ class EstimateInputs:
     # The stage's own result when it has already run (its data statistics are then exact).
     result: StageResult | None = None
     # The base model's tokenizer with the recipe's chat template, when it is on this machine: renders and
-    # tokenises sampled local rows as training will; else why not (said in the plan).
+    # tokenises sampled local rows as training will.
     tokenizer: Any = None
-    tokenizer_problem: str = ""
 
 
 @dataclass(frozen=True)

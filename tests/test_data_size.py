@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sft_helpers import WEATHER
-from tempa.sft.data_config import DataConfig, SourceConfig
+from tempa.sft.data_config import DataConfig, DataError, SourceConfig
 from tempa.sft.data_size import (
     LONG_LINE_BYTES,
     TOKENS_PER_ANSWER,
@@ -84,8 +84,9 @@ def test_tokens_per_row_count_the_renderings_the_pipeline_trains_by_hand(tmp_pat
     # two-question row's two renderings (short, off - short) and the loop's one (looped): 1 of 3 dropped.
     short = 3 + 2 * turn + answer + begin
     assert short < off - short < looped
-    assert sampled_tokens_per_row(off_source, lines, _words, (None, off - short)) == SampledLength(
-        round(off / 2), 2, 2, 1 / 3)
+    # The loop's only sample is over the limit, so the pipeline rejects that row: one row planned, not two at
+    # half the tokens each (the same tokens in all, but a step count of rows would be off).
+    assert sampled_tokens_per_row(off_source, lines, _words, (None, off - short)) == SampledLength(off, 1, 2, 1 / 3)
     assert sampled_tokens_per_row(off_source, lines, _words, (short + 1, None)) == SampledLength(
         round((off - short + looped) / 2), 2, 2, 1 / 3)
 
@@ -124,7 +125,7 @@ def test_a_source_the_run_will_fail_on_says_so(tmp_path: Path):
         assert size.rows == 0 and "none of its 20 sampled lines is a row" in note
         assert "the run will fail on this source" in note
     size, note = _plan_note(tmp_path, [])
-    assert size.rows == 0 and "the file has no rows: the run will fail on this source" in note
+    assert size.rows == 0 and "the run will fail on this source, as the file has no rows" in note
     size, note = _plan_note(tmp_path, ["{broken"] * 20, rows=10)  # a budget does not hide it
     assert "the run will fail on this source" in note
 
@@ -139,8 +140,7 @@ def test_a_line_over_a_mebibyte_is_counted_by_its_bytes_not_parsed(tmp_path: Pat
     long_tokens = -(-(len(long_line) + 1) // 4)  # 4 bytes a token
     assert sampled_tokens_per_row(source, scanned, _words) == SampledLength(
         round((ROW_TOKENS + long_tokens) / 2), 2, 2)
-    assert sampled_tokens_per_row(source, scanned, _words, (None, 2048)) == SampledLength(
-        round(ROW_TOKENS / 2), 2, 2, 0.5)
+    assert sampled_tokens_per_row(source, scanned, _words, (None, 2048)) == SampledLength(ROW_TOKENS, 1, 2, 0.5)
 
 
 def _write(path: Path, lines: list[str]) -> str:
@@ -223,13 +223,14 @@ def test_the_estimate_is_what_the_pipeline_renders(tmp_path: Path, llama3_model_
         for source, prepared in zip(config.sources, _pipeline_tokens(config, tokenizer, tmp_path, max_length),
                                     strict=True):
             estimate = sampled_tokens_per_row(source, sample, counter, (None, max_length))
-            actual = prepared.tokens_kept / 240  # per row of the file
-            assert estimate.rows == 240, estimate
             if source.thinking_mode == "mixed":  # the plan weighs each row's two renderings; the run draws rows
-                assert abs(estimate.tokens_per_row / actual - 1) < 0.05, (max_length, estimate, actual)
-            else:
-                assert estimate.tokens_per_row == round(actual), (source.thinking_mode, max_length, estimate, actual)
-            assert (estimate.outside_limits > 0.1) == (max_length is not None)
+                planned = estimate.rows * estimate.tokens_per_row
+                assert abs(planned / prepared.tokens_kept - 1) < 0.05, (max_length, estimate, prepared.tokens_kept)
+            else:  # the rows the length limits leave, and their tokens
+                assert estimate.rows == prepared.rows_tokenized, (source.thinking_mode, max_length, estimate)
+                assert estimate.tokens_per_row == round(prepared.tokens_kept / prepared.rows_tokenized), (
+                    source.thinking_mode, max_length, estimate, prepared)
+            assert (estimate.rows < 240) == (estimate.outside_limits > 0.1) == (max_length is not None)
 
 
 def _formats(folder: Path, rows: list[dict]) -> dict[str, Path]:
@@ -285,12 +286,52 @@ def test_every_local_source_kind_is_sampled_and_measured_as_the_pipeline_tokenis
     assert len({m.tokens_per_row for m in measured.values()}) == 1, measured
 
 
-def test_a_file_the_pipeline_cannot_read_is_said_to_fail(tmp_path: Path):
-    (tmp_path / "rows.json").write_text(json.dumps({"a": [], "b": []}), encoding="utf-8")
-    config = SourceConfig.model_validate({"name": "s", "path": "rows.json"}, context={"base_dir": str(tmp_path)})
-    size = source_size(config, 0, 800, {}, _words)
-    assert size.rows == 0 and "the run will fail on this source: " in size.how
-    assert "expected a JSON list of rows, or an object holding exactly one list" in size.how
+def _edge_files(folder: Path) -> dict[str, Path]:
+    """Files a reviewer found the plan and the run disagreeing on: the plan must read each as the run does."""
+    import datasets
+
+    row = {"prompt": "a question", "response": "an answer"}
+    files = {name: folder / name for name in ("two_lists.json", "deep.json", "corrupt.parquet", "big_field.csv",
+                                              "bom.csv", "latin1.csv", "na.csv", "empty.csv", "header.csv", "dict")}
+    files["two_lists.json"].write_text(json.dumps({"a": [row], "b": [row]}), encoding="utf-8")
+    files["deep.json"].write_text("[" * 100_000, encoding="utf-8")
+    files["corrupt.parquet"].write_text("not parquet", encoding="utf-8")
+    files["big_field.csv"].write_text(f'prompt,response\nq,"{"w " * 100_000}"\nq2,a2\n', encoding="utf-8")
+    files["bom.csv"].write_bytes(b"\xef\xbb\xbfprompt,response\nq,a\n")
+    files["latin1.csv"].write_bytes("prompt,response\nq,caf\u00e9\n".encode("latin-1"))
+    files["na.csv"].write_text("prompt,response\nq,NA\nq,null\nq,fine\n", encoding="utf-8")
+    files["empty.csv"].write_text("", encoding="utf-8")
+    files["header.csv"].write_text("prompt,response\n", encoding="utf-8")
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([row] * 3),
+                          "test": datasets.Dataset.from_list([row] * 2)}).save_to_disk(str(files["dict"]))
+    return files
+
+
+def test_the_plan_reads_every_file_as_the_run_does(tmp_path: Path, tiny_tokenizer):
+    """The plan says the run will fail exactly where it does, and otherwise plans the rows the run keeps (a CSV
+    read as pandas reads it, a dataset dict's split); it never stops on a file (before: a CSV field over 128 KiB,
+    a corrupt Parquet file or a deeply nested JSON stopped the plan with an error)."""
+    from tempa.chat_templates import load_template
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_size import TemplateCounter
+
+    tiny_tokenizer.chat_template = load_template("llama3_thinking")
+    counter = TemplateCounter(tiny_tokenizer)
+    for name, path in _edge_files(tmp_path).items():
+        for split in ("train", "test") if name == "dict" else ("train",):
+            config = DataConfig.model_validate({"sources": [{"name": "s", "path": str(path), "split": split,
+                                                             "format": "prompt_response", "thinking_mode": "off"}],
+                                                "heldout": 0})
+            size = source_size(config.sources[0], 0, 800, {}, counter)
+            try:
+                mix = prepare_sft_data(config, tiny_tokenizer, out_dir=tmp_path / f"out-{name}-{split}",
+                                       cache_dir=tmp_path / "cache", seed=0).mix
+            except DataError:
+                assert size.rows == 0 and "the run will fail on this source" in size.how, (name, size)
+                continue
+            assert "fail" not in size.how and size.rows == mix.total.rows_kept, (name, split, size, mix.total)
+    assert "cannot be read: could not be loaded: " in source_size(DataConfig.model_validate(
+        {"sources": [{"name": "s", "path": str(tmp_path / "corrupt.parquet")}]}).sources[0], 0, 800, {}, counter).how
 
 
 def test_a_csv_counts_records_not_lines(tmp_path: Path):

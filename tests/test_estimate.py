@@ -272,22 +272,50 @@ def test_a_local_base_model_counts_sampled_rows_with_its_own_tokenizer_and_the_r
             "template (off)") in " ".join(render_estimate(loaded, "8xH100").split())
 
 
-def test_a_tokenizer_that_cannot_be_loaded_falls_back_to_bytes_and_says_why(tmp_path: Path, tiny_model_dir: Path):
+@pytest.mark.parametrize("problem", ["broken", "missing", "template"])
+def test_a_tokenizer_the_run_will_stop_on_is_one_warning_and_the_plan_counts_bytes(
+        tmp_path: Path, tiny_model_dir: Path, llama3_model_dir: Path, problem: str):
+    """A broken or missing tokenizer, or a template whose end-of-turn token the tokenizer lacks (chatml_thinking
+    on Llama 3's): the run stops on each; the plan said nothing of the last, and repeated the others' reasons in
+    every source's note."""
     import shutil
 
     model = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, model)
-    (model / "tokenizer.json").write_text("{not json")
+    shutil.copytree(llama3_model_dir if problem == "template" else tiny_model_dir, model)
+    if problem == "broken":
+        (model / "tokenizer.json").write_text("{not json")
+    elif problem == "missing":  # tokenizer_config.json alone: nothing to build the tokenizer from
+        (model / "tokenizer.json").unlink()
     stages = """
-    - name: sft
+    - name: a
+      kind: sft
+      data:
+        sources:
+          - {name: rows, path: rows.jsonl, thinking_mode: "off"}
+          - {name: again, path: rows.jsonl, thinking_mode: "on"}
+    - name: b
       kind: sft
       data:
         sources:
           - {name: rows, path: rows.jsonl, thinking_mode: "off"}
     """
-    notes = " ".join(render_estimate(load_recipe(write_recipe(tmp_path, str(model), stages)), "8xH100").split())
-    assert f"measured on 40 sampled rows with ~4 bytes of text per token ({model}'s tokenizer could not be loaded: " \
-        in notes
+    path = write_recipe(tmp_path, str(model), stages)
+    if problem == "template":
+        path.write_text(path.read_text().replace("base_model:", "chat_template: chatml_thinking\nbase_model:", 1))
+    loaded = load_recipe(path)
+    estimates = estimate_recipe(loaded, "8xH100")
+    warnings = [w for e in estimates for w in e.warnings if "the run will stop there" in w]
+    expected = {"broken": "its tokenizer cannot be loaded: ", "missing": "its tokenizer cannot be loaded: ",
+                "template": "chat_template chatml_thinking does not fit the base tokenizer: "}[problem]
+    assert len(warnings) == 1 and expected in warnings[0], warnings
+    notes = " ".join(render_estimate(loaded, "8xH100").split())
+    assert notes.count("measured on 40 sampled rows with ~4 bytes of text per token (off)") == 2
+    assert notes.count("measured on 40 sampled rows with ~4 bytes of text per token (on)") == 1
+    if problem == "template":
+        from tempa.chat_templates import bake_tokenizer
+
+        with pytest.raises(ValueError, match="is not a single token of this tokenizer"):  # what the run stops on
+            bake_tokenizer(model, "chatml_thinking", tmp_path / "baked")
 
 
 def test_local_config_json_is_read(tmp_path: Path):

@@ -643,7 +643,7 @@ def _global_batch_note(estimate: StageEstimate, train: dict[str, Any], hardware:
         keep = "not reachable exactly with this per_device_train_batch_size here"
     estimate.warnings.append(
         f"stage {estimate.name}: {hardware.label} changes the global batch from {intended} (the launch's "
-        f"{launch.processes} processes) to {estimate.global_batch} rows per step, and with it the learning-rate "
+        f"{launch.processes} process{'es' if launch.processes != 1 else ''}) to {estimate.global_batch} rows per step, and with it the learning-rate "
         f"schedule's meaning; to keep {intended} on any hardware set launch.global_batch_size: {intended} ({keep})")
 
 

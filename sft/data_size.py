@@ -123,7 +123,7 @@ def scan_local_rows(path: str, sample: int = 0, split: str = "train") -> LocalRo
         return _scan(str(file.resolve()), _changes(file), sample, split)
     except Exception as exc:  # as the pipeline's loader says it (tempa.sft.sources.load_source)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return LocalRows(0, error=f"could not be loaded: {first}")
+        return LocalRows(0, error=first)
 
 
 def _changes(path: Path) -> tuple[tuple[str, int, int], ...]:
@@ -439,13 +439,13 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int, dataset_si
                         f"with {counter.how} ({source.thinking_mode})")
             if sampled.rows < sampled.lines:
                 bad = sampled.lines - sampled.rows
-                measured += (f"; {bad:,} of {_many(sampled.lines, 'sampled ' + unit)} {'is not a row' if bad == 1 else 'are not rows'}"
-                             " it can train on and will be rejected")
+                measured += (f"; {bad:,} of {_many(sampled.lines, 'sampled ' + unit)} will be rejected (not a row it can "
+                             "train on, or every sample outside the token limits)")
             if sampled.outside_limits:
                 measured += (f"; {sampled.outside_limits:.0%} of their samples fall outside the token limits "
                              f"({_limits_text(limits)}) and will be rejected")
             if cur is not None and cur.dedup is not None:
-                measured += "; duplicates not counted (dedup drops them when the stage runs)"
+                measured += "; these rows include duplicates, which dedup drops when the stage runs"
     if source.tokens is not None:
         return SourceSize(max(1, source.tokens // max(1, avg)), avg, f"token budget {source.tokens:,}, {measured}")
     if source.rows is not None:
@@ -456,7 +456,7 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int, dataset_si
     elif local is not None:
         rows = round(local.rows * usable)
         how = f"{_many(local.rows, 'row')} in {where}" if rows == local.rows else \
-            f"{_many(local.rows, unit)} in {where}, ~{rows:,} of them rows"
+            f"{_many(local.rows, unit)} in {where}, ~{rows:,} of them kept"
         size = SourceSize(rows, avg, how)
     elif Path(source.path).is_file():
         size = SourceSize(None, avg, f"a local {Path(source.path).suffix or 'file'} file, not counted before preparing")

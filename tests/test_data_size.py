@@ -116,7 +116,7 @@ ROW_TOKENS = 3 + 2 * TOKENS_PER_TURN + TOKENS_PER_ANSWER + TOKENS_PER_RENDERING
 def test_lines_that_will_be_rejected_are_not_planned_as_rows(tmp_path: Path):
     size, note = _plan_note(tmp_path, [ROW, "{broken"] * 50)
     assert (size.rows, size.tokens_per_row) == (50, ROW_TOKENS)
-    assert "100 lines in the file, ~50 of them rows" in note and "50 of 100 sampled lines are not rows" in note
+    assert "100 lines in the file, ~50 of them kept" in note and "50 of 100 sampled lines will be rejected (not a row" in note
 
 
 def test_a_source_the_run_will_fail_on_says_so(tmp_path: Path):
@@ -330,7 +330,7 @@ def test_the_plan_reads_every_file_as_the_run_does(tmp_path: Path, tiny_tokenize
                 assert size.rows == 0 and "the run will fail on this source" in size.how, (name, size)
                 continue
             assert "fail" not in size.how and size.rows == mix.total.rows_kept, (name, split, size, mix.total)
-    assert "cannot be read: could not be loaded: " in source_size(DataConfig.model_validate(
+    assert "cannot be read: Parquet magic bytes not found" in source_size(DataConfig.model_validate(
         {"sources": [{"name": "s", "path": str(tmp_path / "corrupt.parquet")}]}).sources[0], 0, 800, {}, counter).how
 
 
@@ -339,3 +339,18 @@ def test_a_csv_counts_records_not_lines(tmp_path: Path):
     scanned = scan_local_rows(str(tmp_path / "rows.csv"), 8)
     assert scanned is not None and scanned.rows == 2 and scanned.sample == {
         "prompt": ["two\nlines", "a"], "response": ["x", "b\nc\nd"]}
+
+
+def test_with_dedup_on_the_plan_says_its_rows_include_duplicates(tmp_path: Path):
+    """The plan samples rows one by one, so it cannot see duplicates; a reviewer's source of 180 rows, 80 of them
+    repeats, was planned at 168 rows and kept 92. The note says so rather than implying they were left out."""
+    from tempa.sft.data_config import CurationConfig
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text((ROW + "\n") * 10, encoding="utf-8")
+    config = SourceConfig.model_validate({"name": "s", "path": "rows.jsonl", "thinking_mode": "off"},
+                                         context={"base_dir": str(tmp_path)})
+    with_dedup = source_size(config, 0, 800, {}, _words, cur=CurationConfig.model_validate({"dedup": {}}))
+    assert with_dedup.rows == 10 and "these rows include duplicates, which dedup drops when the stage runs" in \
+        with_dedup.how
+    assert "duplicates" not in source_size(config, 0, 800, {}, _words, cur=CurationConfig()).how

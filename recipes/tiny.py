@@ -209,12 +209,16 @@ def _tiny_default_dir(cache_root: str | os.PathLike) -> Path:
     return Path(cache_root) / f"tiny-default-{tiny_default_key()}"
 
 
+def _built(target: Path) -> bool:
+    return (target / "tokenizer.json").exists() and (target / "config.json").exists()
+
+
 def cached_tiny_default_dir(cache_root: str | os.PathLike | None = None) -> Path | None:
     """The tiny default's folder if this machine has built it, else None (builds nothing)."""
     from tempa.sft.files import cache_root as default_cache_root
 
     target = _tiny_default_dir(cache_root or default_cache_root())
-    return target if (target / "tokenizer.json").exists() and (target / "config.json").exists() else None
+    return target if _built(target) else None
 
 
 def cached_tiny_default(cache_root: str | os.PathLike | None = None) -> Path:
@@ -222,7 +226,7 @@ def cached_tiny_default(cache_root: str | os.PathLike | None = None) -> Path:
     from tempa.sft.files import cache_root as default_cache_root
 
     target = _tiny_default_dir(cache_root or default_cache_root())
-    if cached_tiny_default_dir(cache_root) is not None:
+    if _built(target):
         return target
     try:
         return write_tiny_default(target)

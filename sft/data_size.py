@@ -91,17 +91,18 @@ def jsonl_sample(rows: int, lines: Sequence[tuple[int, bytes | int]]) -> LocalRo
     return LocalRows(rows, batch, tuple(line for _, line in lines if isinstance(line, int)))
 
 
-def _reservoir(items: Any, sample: int) -> tuple[int, list[Any]]:
-    """(how many ``items``, ``sample`` of them drawn evenly by reservoir sampling, with a fixed seed: a source
-    sorted by length is sampled as fairly as a shuffled one, and the plan is the same every time)."""
+def _reservoir(items: Any, sample: int, take: Callable[[Any], Any] = lambda item: item) -> tuple[int, list[Any]]:
+    """(how many ``items``, ``take`` of ``sample`` of them drawn evenly by reservoir sampling, with a fixed seed:
+    a source sorted by length is sampled as fairly as a shuffled one, and the plan is the same every time).
+    ``take`` runs only on the items drawn."""
     kept: list[Any] = []
     pick = random.Random(0)
     count = 0
     for item in items:
         if len(kept) < sample:
-            kept.append(item)
+            kept.append(take(item))
         elif sample and (slot := pick.randrange(count + 1)) < sample:
-            kept[slot] = item
+            kept[slot] = take(item)
         count += 1
     return count, kept
 
@@ -142,8 +143,9 @@ def _scan(path: str, changes: tuple[tuple[str, int, int], ...], sample: int, spl
         return _saved_dataset_rows(file, sample, split) if is_saved_dataset(file) else None
     if suffix == ".jsonl":
         with open(file, "rb") as handle:
-            rows, kept = _reservoir(((number, line if len(line) <= LONG_LINE_BYTES else len(line))
-                                     for number, line in enumerate(handle, start=1) if line.strip()), sample)
+            rows, kept = _reservoir(((number, line) for number, line in enumerate(handle, start=1) if line.strip()),
+                                    sample, lambda item: (item[0], item[1] if len(item[1]) <= LONG_LINE_BYTES
+                                                          else len(item[1])))
         return jsonl_sample(rows, kept)
     if suffix == ".json":
         try:
@@ -186,17 +188,10 @@ def _csv_rows(file: Path, sample: int) -> LocalRows:
     import pyarrow as pa
     from datasets.packaged_modules.csv.csv import CsvConfig
 
-    kept: list[dict[str, Any]] = []
-    pick = random.Random(0)
-    rows = 0
-    for frame in pd.read_csv(file, iterator=True, **CsvConfig().pd_read_csv_kwargs):
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        for i in range(len(table)):  # _reservoir's draws, converting only the rows kept
-            if len(kept) < sample:
-                kept.append(table.slice(i, 1).to_pylist()[0])
-            elif sample and (slot := pick.randrange(rows + 1)) < sample:
-                kept[slot] = table.slice(i, 1).to_pylist()[0]
-            rows += 1
+    frames = pd.read_csv(file, iterator=True, **CsvConfig().pd_read_csv_kwargs)
+    tables = (pa.Table.from_pandas(frame, preserve_index=False) for frame in frames)
+    rows, kept = _reservoir(((table, i) for table in tables for i in range(len(table))), sample,
+                            lambda item: item[0].slice(item[1], 1).to_pylist()[0])
     names = list(kept[0]) if kept else []
     return LocalRows(rows, {name: [row[name] for row in kept] for name in names})
 

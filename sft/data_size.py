@@ -4,10 +4,10 @@ Once the stage has run, its data mix is exact. Before, each source is sized from
 ``rows`` setting, or the row count of a local file or saved dataset; a ``stage:NAME`` source takes the
 size its producer declares (an upper bound until that stage has run). Tokens per row are measured on a
 sample of a local source's rows (:func:`scan_local_rows`: JSON Lines, JSON, Parquet, CSV, a
-``save_to_disk`` folder), which the pipeline's own steps normalise, filter, render and tokenise
-(:class:`TemplateCounter`) when the base model's tokenizer is on this machine; without it the renderings
-are counted at :data:`BYTES_PER_TOKEN` plus the template's tokens (:class:`ApproximateCounter`). Hub
-datasets and folders of data files get an assumed length that depends on their thinking mode.
+``save_to_disk`` folder, a folder of such data files), which the pipeline's own steps normalise, filter,
+render and tokenise (:class:`TemplateCounter`) when the base model's tokenizer is on this machine; without it
+the renderings are counted at :data:`BYTES_PER_TOKEN` plus the template's tokens (:class:`ApproximateCounter`).
+Hub datasets get an assumed length that depends on their thinking mode.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import functools
 import json
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -108,9 +108,10 @@ def _reservoir(items: Any, sample: int, take: Callable[[Any], Any] = lambda item
 
 
 def scan_local_rows(path: str, sample: int = 0, split: str = "train") -> LocalRows | None:
-    """Rows of a local JSONL/JSON/Parquet/CSV file or ``save_to_disk`` folder (``split`` of a dataset dict), and
-    ``sample`` of them drawn evenly at random, without preparing it; None for anything else (a folder of data
-    files, a hub dataset).
+    """Rows of a local JSONL/JSON/Parquet/CSV file, ``save_to_disk`` folder (``split`` of a dataset dict) or folder
+    of Parquet/CSV/JSON files (the files of ``split``, as ``datasets.load_dataset`` finds them: shards named
+    ``train-00000-of-00004.parquet``, say), and ``sample`` of them drawn evenly at random, without preparing it;
+    None for anything else (a hub dataset, a folder of other files).
 
     Each kind is read as the pipeline reads it (a CSV with pandas, as ``datasets`` does), in one pass that keeps
     only the sample (a Parquet file: the row groups holding it); a JSON file is parsed whole, as the pipeline
@@ -140,7 +141,8 @@ def _scan(path: str, changes: tuple[tuple[str, int, int], ...], sample: int, spl
     file = Path(path)
     suffix = file.suffix.lower()
     if file.is_dir():
-        return _saved_dataset_rows(file, sample, split) if is_saved_dataset(file) else None
+        return _saved_dataset_rows(file, sample, split) if is_saved_dataset(file) else \
+            _data_files_rows(file, sample, split)
     if suffix == ".jsonl":
         with open(file, "rb") as handle:
             rows, kept = _reservoir(((number, line) for number, line in enumerate(handle, start=1) if line.strip()),
@@ -155,9 +157,9 @@ def _scan(path: str, changes: tuple[tuple[str, int, int], ...], sample: int, spl
         rows, kept = _reservoir(texts, sample)
         return LocalRows(rows, {RAW: kept} if kept else {})
     if suffix == ".parquet":
-        return _parquet_rows(file, sample)
+        return _parquet_rows([file], sample)
     if suffix == ".csv":
-        return _csv_rows(file, sample)
+        return _csv_rows([file], sample)
     return None
 
 
@@ -165,35 +167,88 @@ def _draw(rows: int, sample: int) -> list[int]:
     return sorted(random.Random(0).sample(range(rows), min(rows, sample)))
 
 
-def _parquet_rows(file: Path, sample: int) -> LocalRows:
+def _parquet_rows(files: Sequence[Path], sample: int) -> LocalRows:
+    """The files' rows as one table (a sharded dataset's files in order), reading only the row groups that hold
+    the rows drawn."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(file)
-    rows = int(parquet.metadata.num_rows)
+    parquets = [pq.ParquetFile(file) for file in files]
+    groups = [(parquet, g, parquet.metadata.row_group(g).num_rows) for parquet in parquets
+              for g in range(parquet.num_row_groups)]
+    rows = sum(size for _, _, size in groups)
     picked, start, tables = _draw(rows, sample), 0, []
-    for group in range(parquet.num_row_groups):
-        end = start + parquet.metadata.row_group(group).num_rows
-        inside = [i - start for i in picked if start <= i < end]
+    for parquet, group, size in groups:
+        inside = [i - start for i in picked if start <= i < start + size]
         if inside:
             tables.append(parquet.read_row_group(group).take(inside))
-        start = end
-    return LocalRows(rows, pa.concat_tables(tables).to_pydict() if tables else {})
+        start += size
+    return LocalRows(rows, pa.concat_tables(tables, promote_options="default").to_pydict() if tables else {})
 
 
-def _csv_rows(file: Path, sample: int) -> LocalRows:
-    """Read as ``datasets``' CSV builder reads it (pandas with its defaults: a BOM dropped, ``NA``/``null`` cells
+def _csv_rows(files: Sequence[Path], sample: int) -> LocalRows:
+    """Read as ``datasets``' CSV builder reads them (pandas with its defaults: a BOM dropped, ``NA``/``null`` cells
     null, invalid UTF-8 an error), in chunks, each row's values converted only when it is drawn."""
     import pandas as pd
     import pyarrow as pa
     from datasets.packaged_modules.csv.csv import CsvConfig
 
-    frames = pd.read_csv(file, iterator=True, **CsvConfig().pd_read_csv_kwargs)
+    frames = (frame for file in files for frame in pd.read_csv(file, iterator=True, **CsvConfig().pd_read_csv_kwargs))
     tables = (pa.Table.from_pandas(frame, preserve_index=False) for frame in frames)
     rows, kept = _reservoir(((table, i) for table in tables for i in range(len(table))), sample,
                             lambda item: item[0].slice(item[1], 1).to_pylist()[0])
-    names = list(kept[0]) if kept else []
-    return LocalRows(rows, {name: [row[name] for row in kept] for name in names})
+    return LocalRows(rows, _columns(kept))
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Rows as columns, each row's missing fields null, at every depth, as Arrow gives a typed file's rows (a turn
+    without ``reasoning_content`` among turns with one has it null); rows Arrow cannot type together keep their
+    own fields (the run's loader says what it makes of them)."""
+    import pyarrow as pa
+
+    names = list(dict.fromkeys(name for row in rows for name in row))  # (from_pylist takes the first row's)
+    columns = {name: [row.get(name) for row in rows] for name in names}
+    try:
+        return pa.Table.from_pydict(columns).to_pydict()
+    except (pa.ArrowException, TypeError, ValueError):
+        return columns
+
+
+def _json_files_rows(files: Sequence[Path], sample: int) -> LocalRows:
+    """``datasets``' JSON builder's rows of ``files``: each non-blank line of JSON Lines a row, or each item of a
+    file's JSON list (a string item: a row of one ``text``)."""
+
+    def rows() -> Iterator[bytes | Any]:
+        for file in files:
+            with open(file, "rb") as handle:
+                start = handle.read(4096).lstrip(codecs.BOM_UTF8).lstrip()
+                handle.seek(0)
+                if start.startswith(b"["):
+                    yield from json.loads(handle.read().decode("utf-8-sig"))
+                else:
+                    yield from (line for line in handle if line.strip())
+
+    count, kept = _reservoir(rows(), sample)
+    parsed = [json.loads(row.decode("utf-8-sig")) if isinstance(row, bytes) else row for row in kept]
+    return LocalRows(count, _columns([row if isinstance(row, dict) else {"text": row} for row in parsed]))
+
+
+def _data_files_rows(folder: Path, sample: int, split: str) -> LocalRows | None:
+    """A folder of data files, the files of ``split`` found as ``datasets.load_dataset(folder)`` finds them (its
+    builder, without building it); None for files other than Parquet, CSV or JSON."""
+    import tempfile
+
+    import datasets
+
+    with tempfile.TemporaryDirectory(prefix="tempa-plan-") as cache:  # the builder's lock files, not the user's cache
+        builder = datasets.load_dataset_builder(str(folder), cache_dir=cache)
+    read = {"parquet": _parquet_rows, "csv": _csv_rows, "json": _json_files_rows}.get(builder.name)
+    if read is None:
+        return None
+    found = {str(name): files for name, files in (builder.config.data_files or {}).items()}
+    if split not in found:
+        return LocalRows(0, error=f'Unknown split "{split}". Should be one of {list(found)}.')  # as datasets says
+    return read([Path(file) for file in found[split]], sample)
 
 
 def _saved_dataset_rows(folder: Path, sample: int, split: str) -> LocalRows | None:
@@ -413,7 +468,7 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int, dataset_si
     of a local source (:func:`sampled_tokens_per_row`, with ``limits``, ``cur`` and ``accepted``).
     """
     local = None if source.stage_ref is not None else scan_local_rows(source.path, SAMPLED_ROWS, source.split)
-    where = "the saved dataset" if Path(source.path).is_dir() else "the file"
+    where = _what_is_read(Path(source.path))
     if local is not None and (local.error is not None or local.rows == 0):
         problem = f"{where} cannot be read: {local.error}" if local.error is not None else f"{where} has no rows"
         return SourceSize(0, avg, f"the run will fail on this source, as {problem}")
@@ -455,15 +510,24 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int, dataset_si
         size = SourceSize(rows, avg, how)
     elif Path(source.path).is_file():
         size = SourceSize(None, avg, f"a local {Path(source.path).suffix or 'file'} file, not counted before preparing")
+    elif Path(source.path).is_dir():
+        size = SourceSize(None, avg, "a folder of files other than Parquet, CSV or JSON, not counted before preparing")
     else:
-        size = SourceSize(None, avg, "unknown size (a hub dataset or a folder of data files, with no rows/tokens "
-                                     "setting)")
+        size = SourceSize(None, avg, "unknown size (a hub dataset, with no rows/tokens setting)")
     if size.rows is None:
         return size
     kept = size.rows * (1 - heldout) if isinstance(heldout, float) else max(0, size.rows - heldout)
     weight = source.weight if source.weight is not None else 1.0
     held = f" less {heldout:g} held out" if heldout else ""
     return replace(size, rows=round(kept * weight), how=f"{size.how}{held} x weight {weight:g}, {measured}")
+
+
+def _what_is_read(path: Path) -> str:
+    if not path.is_dir():
+        return "the file"
+    from tempa.sft.sources import is_saved_dataset
+
+    return "the saved dataset" if is_saved_dataset(path) else "the folder's data files"
 
 
 def _many(count: int, thing: str) -> str:

@@ -6,7 +6,8 @@ packs), and writes ``mix.json`` and ``rejects.jsonl`` into the stage folder.
 
 Order of work, per source unless noted:
 
-1. load (JSON/JSONL as raw text, so a broken line is a reject, not a crash);
+1. load (JSON/JSONL as raw text, so a broken line is a reject, not a crash; a JSON Lines file read in
+   one pass, below, is read by step 5's workers, each its own lines);
 2. normalise to ``messages`` and run the row-local filters (malformed reasoning, role order,
    PII, language) in one ``datasets.map``;
 3. exact/near duplicates (in recipe order across sources), then template instructions;
@@ -81,7 +82,7 @@ from tempa.sft.data_config import (
 from tempa.sft.data_report import TURN_SUFFIX, DataMix, MixTotals, SourceMix
 from tempa.sft.expand import Sample, TurnView, assemble, turn_views
 from tempa.sft.files import digest, remove_tree
-from tempa.sft.forked_workers import forked_map, frozen_heap
+from tempa.sft.forked_workers import Rows, forked_map, frozen_heap
 from tempa.sft.formats import (
     Conversation,
     FormatSpec,
@@ -97,6 +98,7 @@ from tempa.sft.sources import (
     READ_ERROR,
     describe,
     is_local,
+    json_lines_file,
     line_number,
     load_source,
     row_label,
@@ -321,7 +323,7 @@ def check_languages(config: DataConfig) -> dict[str, frozenset[str]]:
 @dataclass
 class _SourceState:
     source: SourceConfig
-    raw: datasets.Dataset | None = None  # as read; normalised in the tokenising pass (``_one_pass``)
+    raw: datasets.Dataset | Rows | None = None  # as read; normalised in the tokenising pass (``_one_pass``)
     normalize: dict[str, Any] = field(default_factory=dict)  # ``_normalize_batch``'s settings for the source
     curated: datasets.Dataset | None = None  # normalised ahead of tokenising (rows compared with each other)
     rows_in: int = 0
@@ -374,12 +376,16 @@ def _build(
         rejects = _RejectWriter(handle, shown_rejects)
         # 1-2: load, normalise, row-local filters (for a one-pass source, in step 5's workers).
         for i, state in enumerate(states):
-            raw = loaded.get(state.source.name)
-            if raw is None:
-                raw = load_source(state.source, cache_dir=cache_dir)
-            _check_raw(raw, state.source)
             state.normalize = _normalize_settings(state.source, cur, languages.get(state.source.name), specials)
-            if _one_pass(cur, state.source):
+            one_pass = _one_pass(cur, state.source)
+            # A JSON Lines file read in one pass is read by the tokenising workers themselves, each its own lines.
+            raw: datasets.Dataset | Rows | None = json_lines_file(state.source) if one_pass else None
+            if raw is None:
+                raw = loaded.get(state.source.name)
+                if raw is None:
+                    raw = load_source(state.source, cache_dir=cache_dir)
+                _check_raw(raw, state.source)
+            if one_pass:
                 state.raw = raw
             else:
                 state.curated = forked_map(

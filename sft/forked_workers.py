@@ -31,8 +31,9 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import datasets
 import numpy as np
@@ -225,8 +226,38 @@ def chunk_bounds(costs: np.ndarray, chunks: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(edges))
 
 
+class Rows(Protocol):
+    """Rows that :func:`forked_map` reads: how many, what each costs to map, and a range of them in batches."""
+
+    def __len__(self) -> int: ...
+
+    def costs(self) -> np.ndarray:
+        """Per row, about what mapping it costs (its bytes of text): where the chunks are cut."""
+        ...
+
+    def batches(self, start: int, end: int, size: int) -> Iterator[dict[str, list[Any]]]:
+        """Rows ``[start, end)`` as column batches of ``size`` rows (the last may be shorter)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ArrowRows:
+    """A dataset's rows."""
+
+    ds: datasets.Dataset
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def costs(self) -> np.ndarray:
+        return row_bytes(self.ds.with_format("arrow")[:])
+
+    def batches(self, start: int, end: int, size: int) -> Iterator[dict[str, list[Any]]]:
+        return self.ds.select(range(start, end)).iter(size)
+
+
 def forked_map(
-    ds: datasets.Dataset,
+    ds: datasets.Dataset | Rows,
     function: Callable[..., dict[str, list[Any]]],
     *,
     workers: int,
@@ -238,29 +269,30 @@ def forked_map(
 ) -> datasets.Dataset:
     """``function(batch, indices, **fn_kwargs)`` over ``ds`` in batches (``indices``: the rows' positions in
     ``ds``), into ``features``: ``ds.map(function, batched=True, with_indices=True, remove_columns=...)``, in
-    ``workers`` forked processes when more than one; the same rows in the same order for any count.
+    ``workers`` forked processes when more than one; the same rows in the same order for any count. ``ds``: a
+    dataset, or other :class:`Rows` (a JSON Lines file read by the workers themselves).
 
     Arrow files go next to ``cache_file``, one per chunk; the result is memory-mapped from them. Each chunk
     is a plain loop over batches into ``datasets``' Arrow writer: ``Dataset.map``'s own set-up cost about
     10 ms a chunk.
     """
-    procs = workers if workers > 1 and len(ds) > 1 and fork_available() else 1
-    bounds = [(0, len(ds))] if procs == 1 else chunk_bounds(row_bytes(ds.with_format("arrow")[:]),
-                                                            procs * CHUNKS_PER_WORKER)
+    rows_in: Rows = ArrowRows(ds) if isinstance(ds, datasets.Dataset) else ds
+    procs = workers if workers > 1 and len(rows_in) > 1 and fork_available() else 1
+    bounds = [(0, len(rows_in))] if procs == 1 else chunk_bounds(rows_in.costs(), procs * CHUNKS_PER_WORKER)
     procs = min(procs, len(bounds))
     parts = [cache_file.with_name(f"{cache_file.stem}-{k:05d}{cache_file.suffix}") for k in range(len(bounds))]
 
     def map_chunk(k: int, report: Callable[[int], None]) -> None:
         start, end = bounds[k]
         with ArrowWriter(features=features, path=str(parts[k])) as writer:
-            for batch in ds.select(range(start, end)).iter(batch_size):
+            for batch in rows_in.batches(start, end, batch_size):
                 rows = len(next(iter(batch.values())))
                 writer.write_batch(function(batch, list(range(start, start + rows)), **fn_kwargs))
                 start += rows
                 report(rows)
             writer.finalize()
 
-    with hf_tqdm(total=len(ds), desc=desc if procs == 1 else f"{desc} ({procs} processes)", unit=" rows") as bar:
+    with hf_tqdm(total=len(rows_in), desc=desc if procs == 1 else f"{desc} ({procs} processes)", unit=" rows") as bar:
         run_forked(map_chunk, len(bounds), procs, bar, hint="use fewer processes (data.num_proc)")
     return dataset_of_files(parts)
 

@@ -5,20 +5,26 @@ a line that is not valid JSON, or whose fields change type from row to row, beco
 row instead of an Arrow schema error that stops the whole run. JSON Lines files go through
 tempa's one reader (``tempa.chat_templates.json_files``): a line that is not UTF-8 carries its
 reason in ``READ_ERROR`` and becomes a reject too, a leading BOM is dropped, and an empty file
-is a one-line error. Typed sources (Parquet, CSV, Arrow, hub) are loaded with ``datasets``.
+is a one-line error. :func:`load_source` writes a JSON Lines file's rows into an Arrow file in the cache;
+a source read in one pass (:func:`tempa.sft.data._one_pass`) skips that copy: its workers read their own
+lines of the file (:class:`JsonLinesFile`), the same rows. Typed sources (Parquet, CSV, Arrow, hub) are loaded
+with ``datasets``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
@@ -38,6 +44,7 @@ _JSONL_FEATURES = datasets.Features({RAW: datasets.Value("string"), READ_ERROR: 
 _BATCH_CHARS = 64 << 20  # characters of JSON Lines text per Arrow record batch
 _PROGRESS_DELAY_S = 3.0  # a read shows its bar once it has taken this long
 _FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv"}
+_SEARCH_BYTES = 1 << 20  # bytes of JSON Lines searched for line breaks at a time
 
 
 def describe(source: SourceConfig) -> str:
@@ -101,6 +108,69 @@ def load_source(source: SourceConfig, *, cache_dir: Path | None = None) -> datas
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{where}: could not be loaded: {first}") from exc
     raise DataError(f"{where}: unsupported file type {path.suffix!r}; expected .jsonl, .json, .parquet or .csv")
+
+
+@dataclass(frozen=True)
+class JsonLinesFile:
+    """A JSON Lines file's lines as rows (``RAW``, ``READ_ERROR``, as :func:`load_source` gives them; blank lines
+    too, so row i is line i+1), read straight from the file by the processes that map them
+    (:func:`tempa.sft.forked_workers.forked_map`): no Arrow copy of the file is written first and read back in
+    one process (measured on 121 MB of JSON Lines: 0.6-1.4 s of a 17 s prepare in two processes)."""
+
+    path: Path
+    starts: np.ndarray  # the byte where each line starts, then the file's size
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def costs(self) -> np.ndarray:
+        return np.diff(self.starts).astype(np.float64)
+
+    def batches(self, start: int, end: int, size: int) -> Iterator[dict[str, list[Any]]]:
+        texts: list[str] = []
+        errors: list[str | None] = []
+        for line in read_lines(self.path, span=(int(self.starts[start]), int(self.starts[end]))):
+            texts.append(line.text)
+            errors.append(line.error)
+            if len(texts) == size:
+                yield {RAW: texts, READ_ERROR: errors}
+                texts, errors = [], []
+        if texts:
+            yield {RAW: texts, READ_ERROR: errors}
+
+
+def json_lines_file(source: SourceConfig) -> JsonLinesFile | None:
+    """The local JSON Lines file that ``source`` reads, its lines found but not read; None for other sources.
+
+    Raises :class:`DataError` (one line) as :func:`load_source` does for a file it cannot read.
+    """
+    path = Path(source.path)
+    if not is_local(source) or path.is_dir() or path.suffix.lower() != ".jsonl":
+        return None
+    try:
+        check_not_empty(path)
+        return JsonLinesFile(path, _line_starts(path))
+    except JsonFileError as exc:
+        raise DataError(f"data source {source.name!r}: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"{describe(source)}: could not be loaded: {exc}") from None
+
+
+def _line_starts(path: Path) -> np.ndarray:
+    """The byte where each line of ``path`` starts (as ``for line in handle`` splits them), then its size."""
+    size = path.stat().st_size
+    found = [np.zeros(1, dtype=np.int64)]
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped, \
+            tqdm(total=size, desc=f"Finding the lines of {path.name}", unit="B", unit_scale=True,
+                 delay=_PROGRESS_DELAY_S) as bar:
+        data = np.frombuffer(mapped, dtype=np.uint8)
+        # Slices that stay in the CPU's cache: 118 MB in 0.06 s, against 0.29 s searched whole.
+        for at in range(0, size, _SEARCH_BYTES):
+            found.append(np.flatnonzero(data[at:at + _SEARCH_BYTES] == ord("\n")) + (at + 1))
+            bar.update(min(_SEARCH_BYTES, size - at))
+        del data  # the map cannot close while an array views it
+    starts = np.concatenate(found)
+    return starts if starts[-1] == size else np.append(starts, size)
 
 
 def _one_split(loaded: Any, source: SourceConfig) -> datasets.Dataset:

@@ -555,6 +555,58 @@ def test_line_spans_cut_only_at_line_starts_and_their_lines_are_the_files() -> N
                 assert sum(sizes) == len(data)
 
 
+def test_a_jsonl_file_read_by_the_workers_gives_the_rows_load_source_gives(tmp_path: Path) -> None:
+    """A one-pass source's workers read their own lines (no Arrow copy first): in any chunks, the same rows as
+    the cached Arrow copy, for files with a BOM, blank lines, Windows line breaks, bytes that are not UTF-8 and
+    no final line break."""
+    import random
+
+    from tempa.sft import sources
+    from tempa.sft.forked_workers import chunk_bounds
+
+    rng = random.Random(1)
+    for case in range(40):
+        lines = [bytes(rng.choice(b'ab {}"\xff\r') for _ in range(rng.choice([0, 1, 3, 40, 200])))
+                 for _ in range(rng.randint(1, 30))]
+        data = (b"\xef\xbb\xbf" if case % 3 == 0 else b"") + b"\n".join(lines) + (b"\n" if case % 2 else b"")
+        if not data.strip(b"\xef\xbb\xbf"):
+            continue
+        (tmp_path / str(case)).mkdir()
+        source = _jsonl_source(tmp_path / str(case), data)
+        loaded = sources.load_source(source, cache_dir=tmp_path / str(case) / "cache").to_dict()
+        lines_file = sources.json_lines_file(source)
+        assert lines_file is not None and len(lines_file) == len(loaded[sources.RAW]), case
+        for chunks in (1, 2, 5, 64):
+            read: dict[str, list] = {sources.RAW: [], sources.READ_ERROR: []}
+            for start, end in chunk_bounds(lines_file.costs(), chunks):
+                for batch in lines_file.batches(start, end, 3):
+                    for name, values in batch.items():
+                        read[name].extend(values)
+            assert read == loaded, (case, chunks)
+
+
+def test_a_one_pass_jsonl_source_is_prepared_without_an_arrow_copy_of_the_file(tmp_path: Path, tiny_tokenizer) -> None:
+    """Only a source whose rows are compared with each other (here: dedup) is read into the cache first."""
+    import json
+
+    from tempa.chat_templates import load_template
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_config import DataConfig
+
+    tok = tiny_tokenizer
+    tok.chat_template = load_template("llama3_thinking")
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+                            for i in range(40)), encoding="utf-8")
+    for curate, copies in ({}, 0), ({"dedup": {}}, 1):
+        cache = tmp_path / f"cache-{copies}"
+        config = DataConfig.model_validate({"sources": [{"name": "s", "path": str(path)}], "curation": curate,
+                                            "num_proc": 2, "heldout": 0})
+        prepared = prepare_sft_data(config, tok, out_dir=tmp_path / f"out-{copies}", cache_dir=cache, seed=0)
+        assert len(prepared.train) == 40 and len(list(cache.glob("hf/jsonl-*"))) == copies
+
+
 def test_a_large_jsonl_file_is_read_in_parallel_parts_exactly_as_in_one(
     tmp_path: Path, monkeypatch, reading_bars: list[Any]
 ) -> None:

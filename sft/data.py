@@ -98,7 +98,7 @@ from tempa.sft.sources import (
     READ_ERROR,
     describe,
     is_local,
-    json_lines_file,
+    json_lines_files,
     line_number,
     load_source,
     row_label,
@@ -378,8 +378,8 @@ def _build(
         for i, state in enumerate(states):
             state.normalize = _normalize_settings(state.source, cur, languages.get(state.source.name), specials)
             one_pass = _one_pass(cur, state.source)
-            # A JSON Lines file read in one pass is read by the tokenising workers themselves, each its own lines.
-            raw: datasets.Dataset | Rows | None = json_lines_file(state.source) if one_pass else None
+            # JSON Lines files read in one pass are read by the tokenising workers themselves, each its own lines.
+            raw: datasets.Dataset | Rows | None = json_lines_files(state.source) if one_pass else None
             if raw is None:
                 raw = loaded.get(state.source.name)
                 if raw is None:

@@ -144,11 +144,7 @@ def _scan(path: str, changes: tuple[tuple[str, int, int], ...], sample: int, spl
         return _saved_dataset_rows(file, sample, split) if is_saved_dataset(file) else \
             _data_files_rows(file, sample, split)
     if suffix == ".jsonl":
-        with open(file, "rb") as handle:
-            rows, kept = _reservoir(((number, line) for number, line in enumerate(handle, start=1) if line.strip()),
-                                    sample, lambda item: (item[0], item[1] if len(item[1]) <= LONG_LINE_BYTES
-                                                          else len(item[1])))
-        return jsonl_sample(rows, kept)
+        return _jsonl_rows([file], sample)
     if suffix == ".json":
         try:
             texts = json_rows(file, str(file))
@@ -161,6 +157,19 @@ def _scan(path: str, changes: tuple[tuple[str, int, int], ...], sample: int, spl
     if suffix == ".csv":
         return _csv_rows([file], sample)
     return None
+
+
+def _jsonl_rows(files: Sequence[Path], sample: int) -> LocalRows:
+    """The non-blank lines of JSON Lines ``files``, file after file, as tempa's reader reads them."""
+
+    def lines() -> Iterator[tuple[int, bytes]]:
+        for file in files:
+            with open(file, "rb") as handle:
+                yield from ((number, line) for number, line in enumerate(handle, start=1) if line.strip())
+
+    rows, kept = _reservoir(lines(), sample, lambda item: (item[0], item[1] if len(item[1]) <= LONG_LINE_BYTES
+                                                           else len(item[1])))
+    return jsonl_sample(rows, kept)
 
 
 def _draw(rows: int, sample: int) -> list[int]:
@@ -234,21 +243,15 @@ def _json_files_rows(files: Sequence[Path], sample: int) -> LocalRows:
 
 
 def _data_files_rows(folder: Path, sample: int, split: str) -> LocalRows | None:
-    """A folder of data files, the files of ``split`` found as ``datasets.load_dataset(folder)`` finds them (its
-    builder, without building it); None for files other than Parquet, CSV or JSON."""
-    import tempfile
+    """A folder of data files, the files of ``split`` found as the run finds them
+    (:func:`tempa.sft.sources.data_files`); None for files other than Parquet, CSV or JSON."""
+    from tempa.sft.sources import data_files
 
-    import datasets
-
-    with tempfile.TemporaryDirectory(prefix="tempa-plan-") as cache:  # the builder's lock files, not the user's cache
-        builder = datasets.load_dataset_builder(str(folder), cache_dir=cache)
-    read = {"parquet": _parquet_rows, "csv": _csv_rows, "json": _json_files_rows}.get(builder.name)
-    if read is None:
-        return None
-    found = {str(name): files for name, files in (builder.config.data_files or {}).items()}
-    if split not in found:
-        return LocalRows(0, error=f'Unknown split "{split}". Should be one of {list(found)}.')  # as datasets says
-    return read([Path(file) for file in found[split]], sample)
+    kind, files = data_files(folder, split)
+    if kind == "json" and all(file.suffix.lower() == ".jsonl" for file in files):
+        return _jsonl_rows(files, sample)  # read by tempa's reader, as one JSON Lines file is
+    read = {"parquet": _parquet_rows, "csv": _csv_rows, "json": _json_files_rows}.get(kind)
+    return None if read is None else read(files, sample)
 
 
 def _saved_dataset_rows(folder: Path, sample: int, split: str) -> LocalRows | None:
@@ -470,7 +473,8 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int, dataset_si
     local = None if source.stage_ref is not None else scan_local_rows(source.path, SAMPLED_ROWS, source.split)
     where = _what_is_read(Path(source.path))
     if local is not None and (local.error is not None or local.rows == 0):
-        problem = f"{where} cannot be read: {local.error}" if local.error is not None else f"{where} has no rows"
+        has = "have" if where.endswith("files") else "has"
+        problem = f"{where} cannot be read: {local.error}" if local.error is not None else f"{where} {has} no rows"
         return SourceSize(0, avg, f"the run will fail on this source, as {problem}")
     measured = f"~{avg:,} tokens/row assumed ({source.thinking_mode})"
     usable = 1.0  # the share of the source's rows (JSON Lines: lines) that the pipeline keeps

@@ -68,17 +68,28 @@ def budgeted(documents: Any, budget: int | None) -> tuple[list[list[int]], int]:
 
 
 def _texts(source: PretrainSource, loaded: Any) -> Any:
-    """Each document's text, in order; a row without a text string is an error naming it."""
-    from tempa.sft.sources import RAW
+    """Each document's text, in order; a row without a text string (in JSON Lines: a line that is not JSON) is an
+    error naming it; blank lines are skipped."""
+    from tempa.chat_templates.json_files import Line, parse_line
+    from tempa.sft.sources import RAW, READ_ERROR, row_label
 
     raw = RAW in loaded.column_names
     if not raw and source.text_field not in loaded.column_names:
         raise StageError(f"data source '{source.name}': no '{source.text_field}' column (columns: "
                          f"{', '.join(loaded.column_names)}); set text_field")
     for index, row in enumerate(loaded):
-        value = json.loads(row[RAW]).get(source.text_field) if raw else row[source.text_field]
+        where = f"data source '{source.name}', {row_label(_as_sft_source(source), index)}"
+        if raw:
+            line = parse_line(Line(index + 1, row[RAW], row.get(READ_ERROR)))
+            if line.blank:
+                continue
+            if line.error is not None:
+                raise StageError(f"{where}: {line.error}")
+            value = line.value.get(source.text_field) if isinstance(line.value, dict) else None
+        else:
+            value = row[source.text_field]
         if not isinstance(value, str):
-            raise StageError(f"data source '{source.name}', row {index + 1}: '{source.text_field}' is not a string")
+            raise StageError(f"{where}: '{source.text_field}' is not a string")
         yield value
 
 

@@ -5,18 +5,21 @@ a line that is not valid JSON, or whose fields change type from row to row, beco
 row instead of an Arrow schema error that stops the whole run. JSON Lines files go through
 tempa's one reader (``tempa.chat_templates.json_files``): a line that is not UTF-8 carries its
 reason in ``READ_ERROR`` and becomes a reject too, a leading BOM is dropped, and an empty file
-is a one-line error. :func:`load_source` writes a JSON Lines file's rows into an Arrow file in the cache;
-a source read in one pass (:func:`tempa.sft.data._one_pass`) skips that copy: its workers read their own
-lines of the file (:class:`JsonLinesFile`), the same rows. Typed sources (Parquet, CSV, Arrow, hub) are loaded
-with ``datasets``.
+is a one-line error. A folder of JSON Lines files is read the same way, file after file (the files of its
+``split``, as ``datasets`` finds them). :func:`load_source` writes the rows into Arrow files in the cache; a
+source read in one pass (:func:`tempa.sft.data._one_pass`) skips that copy: its workers read their own lines
+of the files (:class:`JsonLinesFiles`), the same rows. Typed sources (Parquet, CSV, JSON lists in a folder,
+Arrow, hub) are loaded with ``datasets``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import mmap
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -88,7 +91,10 @@ def load_source(source: SourceConfig, *, cache_dir: Path | None = None) -> datas
         if path.is_dir():
             if is_saved_dataset(path):
                 return _one_split(datasets.load_from_disk(str(path)), source)
-            # A folder of data files: let datasets infer the builder from the extensions.
+            lines = _jsonl_folder_files(source)
+            if lines is not None:  # tempa's reader, file after file: a bad line is a reject, as in one file
+                return dataset_of_files([part for file in lines for part in _jsonl_parts(file, hf_cache)])
+            # Other data files: datasets infers the builder from the extensions.
             return _one_split(datasets.load_dataset(str(path), split=source.split, cache_dir=hf_cache), source)
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
@@ -105,55 +111,97 @@ def load_source(source: SourceConfig, *, cache_dir: Path | None = None) -> datas
         raise DataError(f"data source {source.name!r}: {exc}") from None
     except Exception as exc:
         # Any loader failure becomes one actionable line.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{where}: could not be loaded: {first}") from exc
+        raise DataError(f"{where}: could not be loaded: {_first_line(exc)}") from exc
     raise DataError(f"{where}: unsupported file type {path.suffix!r}; expected .jsonl, .json, .parquet or .csv")
 
 
 @dataclass(frozen=True)
-class JsonLinesFile:
-    """A JSON Lines file's lines as rows (``RAW``, ``READ_ERROR``, as :func:`load_source` gives them; blank lines
-    too, so row i is line i+1), read straight from the file by the processes that map them
-    (:func:`tempa.sft.forked_workers.forked_map`): no Arrow copy of the file is written first and read back in
-    one process (measured on 121 MB of JSON Lines: 0.6-1.4 s of a 17 s prepare in two processes)."""
+class JsonLinesFiles:
+    """JSON Lines files' lines as rows, file after file (``RAW``, ``READ_ERROR``, as :func:`load_source` gives them;
+    blank lines too, so row i of one file is line i+1), read straight from the files by the processes that map
+    them (:func:`tempa.sft.forked_workers.forked_map`): no Arrow copy of the files is written first and read back
+    in one process (measured on 121 MB of JSON Lines: 0.6-1.4 s of a 17 s prepare in two processes)."""
 
-    path: Path
-    starts: np.ndarray  # the byte where each line starts, then the file's size
+    files: tuple[Path, ...]
+    starts: tuple[np.ndarray, ...]  # per file: the byte where each line starts, then the file's size
+
+    @functools.cached_property
+    def _firsts(self) -> np.ndarray:
+        """Each file's first row, then the row count."""
+        return np.cumsum([0, *(len(starts) - 1 for starts in self.starts)])
 
     def __len__(self) -> int:
-        return len(self.starts) - 1
+        return int(self._firsts[-1])
 
     def costs(self) -> np.ndarray:
-        return np.diff(self.starts).astype(np.float64)
+        return np.concatenate([np.diff(starts) for starts in self.starts]).astype(np.float64)
 
     def batches(self, start: int, end: int, size: int) -> Iterator[dict[str, list[Any]]]:
         texts: list[str] = []
         errors: list[str | None] = []
-        for line in read_lines(self.path, span=(int(self.starts[start]), int(self.starts[end]))):
-            texts.append(line.text)
-            errors.append(line.error)
-            if len(texts) == size:
-                yield {RAW: texts, READ_ERROR: errors}
-                texts, errors = [], []
+        for file, starts, first, after in zip(self.files, self.starts, self._firsts, self._firsts[1:], strict=False):
+            low, high = max(start, first) - first, min(end, after) - first
+            if low >= high:
+                continue
+            for line in read_lines(file, span=(int(starts[low]), int(starts[high]))):
+                texts.append(line.text)
+                errors.append(line.error)
+                if len(texts) == size:
+                    yield {RAW: texts, READ_ERROR: errors}
+                    texts, errors = [], []
         if texts:
             yield {RAW: texts, READ_ERROR: errors}
 
 
-def json_lines_file(source: SourceConfig) -> JsonLinesFile | None:
-    """The local JSON Lines file that ``source`` reads, its lines found but not read; None for other sources.
+def json_lines_files(source: SourceConfig) -> JsonLinesFiles | None:
+    """The local JSON Lines file, or folder of JSON Lines files, that ``source`` reads, their lines found but not
+    read; None for other sources.
 
-    Raises :class:`DataError` (one line) as :func:`load_source` does for a file it cannot read.
+    Raises :class:`DataError` (one line) as :func:`load_source` does for a source it cannot read.
     """
     path = Path(source.path)
-    if not is_local(source) or path.is_dir() or path.suffix.lower() != ".jsonl":
-        return None
     try:
-        check_not_empty(path)
-        return JsonLinesFile(path, _line_starts(path))
+        if not is_local(source) or (path.is_dir() and is_saved_dataset(path)):
+            return None
+        if path.is_dir():
+            files = _jsonl_folder_files(source)
+            if files is None:
+                return None
+        elif path.suffix.lower() == ".jsonl":
+            check_not_empty(path)
+            files = [path]
+        else:
+            return None
+        return JsonLinesFiles(tuple(files), tuple(_line_starts(file) for file in files))
+    except DataError:
+        raise
     except JsonFileError as exc:
         raise DataError(f"data source {source.name!r}: {exc}") from None
-    except OSError as exc:
-        raise DataError(f"{describe(source)}: could not be loaded: {exc}") from None
+    except Exception as exc:
+        raise DataError(f"{describe(source)}: could not be loaded: {_first_line(exc)}") from None
+
+
+def data_files(folder: Path, split: str) -> tuple[str, list[Path]]:
+    """The builder ``datasets.load_dataset(folder)`` picks for a folder of data files (``parquet``, ``json``,
+    ``csv``...) and the files of ``split``, found as it finds them (shards named ``train-00000-of-00004.parquet``,
+    a README's ``configs``), without building anything."""
+    with tempfile.TemporaryDirectory(prefix="tempa-") as cache:  # the builder's lock files, not the user's cache
+        builder = datasets.load_dataset_builder(str(folder), cache_dir=cache)
+    found = {str(name): files for name, files in (builder.config.data_files or {}).items()}
+    if split not in found:
+        raise ValueError(f'Unknown split "{split}". Should be one of {list(found)}.')  # as datasets says it
+    return builder.name, [Path(file) for file in found[split]]
+
+
+def _jsonl_folder_files(source: SourceConfig) -> list[Path] | None:
+    """The non-empty files of a folder whose ``split`` is JSON Lines files only; None for other folders."""
+    kind, files = data_files(Path(source.path), source.split)
+    if kind != "json" or not all(file.suffix.lower() == ".jsonl" for file in files):
+        return None
+    files = [file for file in files if file.stat().st_size]
+    if not files:
+        raise DataError(f"{describe(source)}: has no rows (its {source.split} files are empty)")
+    return files
 
 
 def _line_starts(path: Path) -> np.ndarray:
@@ -173,6 +221,10 @@ def _line_starts(path: Path) -> np.ndarray:
     return starts if starts[-1] == size else np.append(starts, size)
 
 
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def _one_split(loaded: Any, source: SourceConfig) -> datasets.Dataset:
     if isinstance(loaded, datasets.DatasetDict):
         if source.split not in loaded:
@@ -186,7 +238,11 @@ def _one_split(loaded: Any, source: SourceConfig) -> datasets.Dataset:
 
 
 def _jsonl_rows(path: Path, hf_cache: str | None) -> datasets.Dataset:
-    """One row per line, blank lines included, so row i is line i+1 in every message.
+    return dataset_of_files(_jsonl_parts(path, hf_cache))
+
+
+def _jsonl_parts(path: Path, hf_cache: str | None) -> list[Path]:
+    """The Arrow files holding one row per line, blank lines included, so row i is line i+1 in every message.
 
     Written in batches into Arrow files in the cache (memory stays flat for multi-GB files) and
     memory-mapped from there, keyed by the file's identity and modification time, as ``datasets`` keys
@@ -215,7 +271,7 @@ def _jsonl_rows(path: Path, hf_cache: str | None) -> datasets.Dataset:
                     raise
         finally:
             remove_tree(partial, [folder])
-    return dataset_of_files(sorted(entry.glob("part-*.arrow")))
+    return sorted(entry.glob("part-*.arrow"))
 
 
 def _read_jsonl_parts(path: Path, folder: Path, spans: list[tuple[int, int]]) -> None:

@@ -258,8 +258,8 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def _shards(folder: Path, rows: list[dict], test_rows: list[dict] = ()) -> dict[str, Path]:
     """``rows`` as folders of data files, as a dataset downloaded from the hub has them: Parquet shards in
-    ``data/`` (with ``test_rows`` as a test split), JSON Lines in three files, JSON lists in two, CSV in two
-    (for rows of text fields only, which also get a blank line in the JSON Lines)."""
+    ``data/`` (with ``test_rows`` as a test split), JSON Lines in three files (one with a blank line), JSON lists
+    in two, CSV in two (for rows of text fields only)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -277,7 +277,7 @@ def _shards(folder: Path, rows: list[dict], test_rows: list[dict] = ()) -> dict[
         paths[kind].mkdir()
     for k, part in enumerate(parts):
         lines = [json.dumps(r, ensure_ascii=False) for r in part]
-        if k == 1 and flat:  # (datasets' JSON loader fails on a blank line among conversations of mixed shapes)
+        if k == 1:
             lines.insert(5, "")
         (paths["jsonl"] / f"part{k}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     for k, part in enumerate((rows[:third], rows[third:])):
@@ -354,7 +354,7 @@ def test_a_folder_of_data_files_is_sampled_as_datasets_loads_it(tmp_path: Path, 
     first = scan_local_rows(str(tmp_path / "jsonl-shards"), 30)
     assert first == scan_local_rows(str(tmp_path / "jsonl-shards"), 30) and first.rows == 150
     position = {row["messages"][0]["content"]: i for i, row in enumerate(rows)}
-    drawn = [position[messages[0]["content"]] for messages in first.sample["messages"]]
+    drawn = [position[json.loads(line)["messages"][0]["content"]] for line in first.sample[RAW]]
     assert len(set(drawn)) == 30 and {i // 50 for i in drawn} == {0, 1, 2}, drawn
 
 

@@ -40,6 +40,34 @@ def test_pretrain_config_checks():
         PretrainStageConfig.model_validate({**base, "train": {**base["train"], "assistant_only_loss": True}})
 
 
+def test_a_blank_line_is_skipped_and_a_broken_one_named_in_a_folder_of_jsonl_or_one_file(tmp_path, tiny_model_dir):
+    """A blank line of a JSON Lines source stopped the stage with a JSONDecodeError traceback; a line that is not
+    JSON too. Now the blank line is skipped (as every other stage does) and the broken line is one error naming
+    it; a folder of JSON Lines files is read the same way, file after file."""
+    from transformers import AutoTokenizer
+
+    from tempa.sft.stage_api import StageError
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    (tmp_path / "shards").mkdir()
+    _docs(tmp_path / "shards" / "a.jsonl", 4, 1)
+    (tmp_path / "shards" / "b.jsonl").write_text('{"text": "river rice"}\n\n{"text": "temple"}\n', encoding="utf-8")
+    one = tmp_path / "one.jsonl"
+    one.write_text((tmp_path / "shards" / "b.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+
+    def prepare(path: Path, cache: str):
+        config = PretrainStageConfig.model_validate({
+            "name": "cpt", "sources": [{"name": "web", "path": str(path)}],
+            "train": {"max_length": 64, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+        return prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / cache, seed=0)
+
+    assert prepare(one, "c1").documents["web"] == 2
+    assert prepare(tmp_path / "shards", "c2").documents["web"] == 6
+    one.write_text('{"text": "river"}\n{"text": "rice"\n', encoding="utf-8")
+    with pytest.raises(StageError, match=r"^data source 'web', line 2: not valid JSON"):
+        prepare(one, "c3")
+
+
 def test_packed_documents_never_see_each_other(tmp_path, tiny_model_dir):
     import torch
     from datasets import load_from_disk

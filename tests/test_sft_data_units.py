@@ -574,7 +574,7 @@ def test_a_jsonl_file_read_by_the_workers_gives_the_rows_load_source_gives(tmp_p
         (tmp_path / str(case)).mkdir()
         source = _jsonl_source(tmp_path / str(case), data)
         loaded = sources.load_source(source, cache_dir=tmp_path / str(case) / "cache").to_dict()
-        lines_file = sources.json_lines_file(source)
+        lines_file = sources.json_lines_files(source)
         assert lines_file is not None and len(lines_file) == len(loaded[sources.RAW]), case
         for chunks in (1, 2, 5, 64):
             read: dict[str, list] = {sources.RAW: [], sources.READ_ERROR: []}
@@ -583,6 +583,45 @@ def test_a_jsonl_file_read_by_the_workers_gives_the_rows_load_source_gives(tmp_p
                     for name, values in batch.items():
                         read[name].extend(values)
             assert read == loaded, (case, chunks)
+
+
+def test_a_folder_of_jsonl_files_is_read_as_one_file_is_a_bad_line_a_reject(tmp_path: Path, tiny_tokenizer) -> None:
+    """A folder of JSON Lines shards went to ``datasets``' JSON loader: a line that is not JSON, or a blank line
+    among conversations of different shapes, stopped the run with "An error occurred while generating the
+    dataset", naming no file or line. Now tempa's reader reads the split's files in order (a test split's file
+    left out): the broken line is a reject, and one pass and normalising first prepare the same rows."""
+    import json
+
+    from tempa.chat_templates import load_template
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_config import DataConfig
+
+    tok = tiny_tokenizer
+    tok.chat_template = load_template("llama3_thinking")
+    folder = tmp_path / "shards"
+    folder.mkdir()
+
+    def row(i: int) -> str:
+        answer = {"role": "assistant", "content": f"a{i}", **({"reasoning_content": f"r{i}"} if i % 2 else {})}
+        return json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, answer]})
+
+    (folder / "train-00000-of-00002.jsonl").write_text("\n".join([row(0), "", row(1), "{not json"]) + "\n",
+                                                       encoding="utf-8")
+    (folder / "train-00001-of-00002.jsonl").write_text("\n".join(row(i) for i in range(2, 6)), encoding="utf-8")
+    (folder / "test-00000-of-00001.jsonl").write_text(row(99) + "\n", encoding="utf-8")
+    prepared = {}
+    for curate in ({}, {"dedup": {}}):  # one pass, and normalising first (the Arrow copy)
+        config = DataConfig.model_validate({"sources": [{"name": "s", "path": str(folder)}], "curation": curate,
+                                            "num_proc": 2, "heldout": 0})
+        out = tmp_path / f"out-{len(prepared)}"
+        prepared[len(prepared)] = prepare_sft_data(config, tok, out_dir=out, cache_dir=tmp_path / "cache", seed=0)
+        (reject,) = [json.loads(line) for line in (out / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert reject["reason"] == "malformed_row" and reject["row"] == 3 and reject["data"] == "{not json", reject
+    one, first = prepared[0], prepared[1]
+    assert one.mix.total.rows_in == 7 and one.mix.total.rows_kept == 6
+    assert sorted(tok.decode(ids) for ids in one.train["input_ids"]) == sorted(
+        tok.decode(ids) for ids in first.train["input_ids"])
+    assert not any("q99" in tok.decode(ids) for ids in one.train["input_ids"])
 
 
 def test_a_one_pass_jsonl_source_is_prepared_without_an_arrow_copy_of_the_file(tmp_path: Path, tiny_tokenizer) -> None:

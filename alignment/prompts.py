@@ -138,14 +138,7 @@ def read_rows(source: PromptSource) -> list[dict[str, Any]]:
     where = source.path
     try:
         if path.is_file() and path.suffix.lower() == ".jsonl":
-            lines = list(read_jsonl(path))
-            bad = [line for line in lines if line.error is not None]
-            if bad:
-                # As SFT sources do: an unreadable line is left out and named, the others are used.
-                shown = "; ".join(f"line {line.number}: {line.error}" for line in bad[:3])
-                log.warning("%s: skipped %d unreadable line(s) of %d: %s%s", where, len(bad), len(lines), shown,
-                            " ..." if len(bad) > 3 else "")
-            return [line.value for line in lines if line.error is None]
+            return _jsonl_rows([path], where)
         if path.is_file() and path.suffix.lower() == ".json":
             data = read_json(path, "a JSON list of rows")
             if not isinstance(data, list):
@@ -153,8 +146,15 @@ def read_rows(source: PromptSource) -> list[dict[str, Any]]:
             return data
         import datasets
 
-        if path.is_dir() and any((path / n).exists() for n in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        from tempa.sft.sources import data_files, is_saved_dataset
+
+        if path.is_dir() and is_saved_dataset(path):
             loaded = datasets.load_from_disk(str(path))
+        elif path.is_dir():  # a folder of data files, its split's files found as datasets finds them
+            kind, files = data_files(path, source.split)
+            if kind == "json" and all(file.suffix.lower() == ".jsonl" for file in files):
+                return _jsonl_rows([file for file in files if file.stat().st_size], where)
+            loaded = datasets.load_dataset(str(path), split=source.split)
         elif path.is_file():
             builder = {".parquet": "parquet", ".csv": "csv"}.get(path.suffix.lower())
             if builder is None:
@@ -174,6 +174,19 @@ def read_rows(source: PromptSource) -> list[dict[str, Any]]:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StageError(f"{where}: could not load prompts: {first}") from None
+
+
+def _jsonl_rows(files: list[Path], where: str) -> list[dict[str, Any]]:
+    """The rows of JSON Lines files, file after file; as SFT sources do, an unreadable line is left out and named,
+    the others are used."""
+    lines = [(file, line) for file in files for line in read_jsonl(file)]
+    bad = [(file, line) for file, line in lines if line.error is not None]
+    if bad:
+        shown = "; ".join(f"{f'{file.name}:' if len(files) > 1 else 'line '}{line.number}: {line.error}"
+                          for file, line in bad[:3])
+        log.warning("%s: skipped %d unreadable line(s) of %d: %s%s", where, len(bad), len(lines), shown,
+                    " ..." if len(bad) > 3 else "")
+    return [line.value for _, line in lines if line.error is None]
 
 
 def to_prompt(row: dict[str, Any], index: int, source: PromptSource) -> PromptRow:

@@ -124,6 +124,34 @@ def test_prompt_loading_takes_reference_answers_and_thinking_modes(tmp_path):
         load_prompts(PromptSource(path=str(path)), seed=0)
 
 
+def test_a_folder_of_prompt_files_is_read_file_after_file_and_planned_as_read(tmp_path, caplog):
+    """A folder of data files stopped a preference or RL stage with "no such file or folder"; `tempa plan`
+    counts such a folder's rows, so the run reads them too: its split's JSON Lines files in order (an unreadable
+    line skipped and named by file and line), or its Parquet files with ``datasets``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tempa.sft.data_size import count_local_rows
+
+    (tmp_path / "jsonl").mkdir()
+    (tmp_path / "jsonl" / "train-00000-of-00002.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"Q{i}"}) + "\n" for i in range(3)), encoding="utf-8")
+    (tmp_path / "jsonl" / "train-00001-of-00002.jsonl").write_text(
+        json.dumps({"prompt": "Q3"}) + "\n{oops\n\n" + json.dumps({"prompt": "Q4"}) + "\n", encoding="utf-8")
+    (tmp_path / "jsonl" / "test-00000-of-00001.jsonl").write_text(json.dumps({"prompt": "T"}) + "\n", encoding="utf-8")
+    (tmp_path / "parquet").mkdir()
+    pq.write_table(pa.Table.from_pylist([{"prompt": f"P{i}"} for i in range(4)]),
+                   tmp_path / "parquet" / "train-00000-of-00001.parquet")
+    with caplog.at_level("WARNING", logger="tempa"):
+        rows = load_prompts(PromptSource(path=str(tmp_path / "jsonl")), seed=0)
+    assert [r.question for r in rows] == ["Q0", "Q1", "Q2", "Q3", "Q4"]
+    assert "skipped 1 unreadable line(s) of 6: train-00001-of-00002.jsonl:2: not valid JSON" in caplog.text
+    assert [r.question for r in load_prompts(PromptSource(path=str(tmp_path / "jsonl"), split="test"), seed=0)] == ["T"]
+    assert [r.question for r in load_prompts(PromptSource(path=str(tmp_path / "parquet")), seed=0)] == [
+        "P0", "P1", "P2", "P3"]
+    assert count_local_rows(str(tmp_path / "jsonl")) == 6 and count_local_rows(str(tmp_path / "parquet")) == 4
+
+
 def test_prompt_files_skip_unreadable_lines_strip_a_bom_and_refuse_an_empty_file(tmp_path, caplog):
     from tempa.sft.stage_api import StageError
 

@@ -76,17 +76,18 @@ class OfflineResult:
 
 def load_offline_pairs(config: OfflinePairs, tokenizer: Any, *, cache_dir: Path | None = None) -> OfflineResult:
     """The curated pairs (the same row shape as on-policy pairs) and the rejects with their reasons."""
-    from tempa.sft.sources import RAW, READ_ERROR, load_source, row_label  # imports datasets: only when used
+    from tempa.sft.sources import RAW, READ_ERROR, load_source, row_names  # imports datasets: only when used
 
     source = config.source()
     dataset = load_source(source, cache_dir=cache_dir)
+    names = row_names(source)
     spec = spec_for(source)
     out = OfflineResult()
     seen: set[tuple[Any, ...]] = set()
     for index, raw in enumerate(dataset):
         if config.limit is not None and out.read >= config.limit:
             break
-        label = row_label(source, index)
+        label = names.label(index)
         if RAW in raw and not (raw[RAW] or "").strip() and not raw.get(READ_ERROR):
             continue  # a blank line of a JSON Lines file
         out.read += 1

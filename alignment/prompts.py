@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from tempa.chat_templates.json_files import JsonFileError, read_json, read_jsonl
+from tempa.chat_templates.json_files import JsonFileError, has_text, read_json, read_jsonl
 from tempa.sft.mixing import thinking_on_count
 from tempa.sft.stage_api import (
     Artifact,
@@ -41,10 +41,12 @@ class PromptSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(
-        description="A .jsonl / .json / .parquet / .csv file, a `save_to_disk` folder, a hub dataset id, or "
-        "`stage:NAME` (the dataset an earlier stage wrote). Relative paths are resolved against the recipe's folder."
+        description="A .jsonl / .json / .parquet / .csv file, a `save_to_disk` folder, a folder of such data files "
+        "(the files of `split`, as `datasets` finds them), a hub dataset id, or `stage:NAME` (the dataset an earlier "
+        "stage wrote). Relative paths are resolved against the recipe's folder."
     )
-    split: str = Field(default="train", description="Split of a hub dataset or DatasetDict folder.")
+    split: str = Field(default="train", description="Split of a hub dataset, DatasetDict folder or folder of data "
+                       "files.")
     messages_field: str = Field(default="messages", description="Column with the chat (list of {role, content}).")
     prompt_field: str = Field(default="prompt", description="Column with a plain prompt string (used when there "
                               "is no messages column).")
@@ -153,7 +155,7 @@ def read_rows(source: PromptSource) -> list[dict[str, Any]]:
         elif path.is_dir():  # a folder of data files, its split's files found as datasets finds them
             kind, files = data_files(path, source.split)
             if kind == "json" and all(file.suffix.lower() == ".jsonl" for file in files):
-                return _jsonl_rows([file for file in files if file.stat().st_size], where)
+                return _jsonl_rows([file for file in files if has_text(file)], where)  # not a shard left empty
             loaded = datasets.load_dataset(str(path), split=source.split)
         elif path.is_file():
             builder = {".parquet": "parquet", ".csv": "csv"}.get(path.suffix.lower())

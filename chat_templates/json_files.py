@@ -47,6 +47,12 @@ def decode_line(raw: bytes) -> tuple[str, str | None]:
 
 def check_not_empty(path: Path, what: str = "one JSON object per line") -> None:
     """``JsonFileError`` when ``path`` holds nothing but whitespace (and maybe a BOM)."""
+    if not has_text(path):
+        raise JsonFileError(f"{path}: empty file (expected {what})")
+
+
+def has_text(path: Path) -> bool:
+    """Whether ``path`` holds more than whitespace (and maybe a BOM)."""
     with open(path, "rb") as handle:
         first = True
         while chunk := handle.read(_CHUNK):
@@ -54,8 +60,8 @@ def check_not_empty(path: Path, what: str = "one JSON object per line") -> None:
                 chunk = chunk[len(codecs.BOM_UTF8):]
             first = False
             if chunk.strip():
-                return
-    raise JsonFileError(f"{path}: empty file (expected {what})")
+                return True
+    return False
 
 
 def read_lines(

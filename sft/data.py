@@ -96,12 +96,12 @@ from tempa.sft.mixing import assign_thinking, rng_for, select_rows, split_heldou
 from tempa.sft.sources import (
     RAW,
     READ_ERROR,
+    RowNames,
     describe,
     is_local,
     json_lines_files,
-    line_number,
     load_source,
-    row_label,
+    row_names,
     source_fingerprint,
 )
 from tempa.sft.tokenization import (
@@ -325,6 +325,7 @@ class _SourceState:
     source: SourceConfig
     raw: datasets.Dataset | Rows | None = None  # as read; normalised in the tokenising pass (``_one_pass``)
     normalize: dict[str, Any] = field(default_factory=dict)  # ``_normalize_batch``'s settings for the source
+    names: RowNames = field(default_factory=RowNames)  # how messages name its rows
     curated: datasets.Dataset | None = None  # normalised ahead of tokenising (rows compared with each other)
     rows_in: int = 0
     rejects: Counter[str] = field(default_factory=Counter)
@@ -347,9 +348,11 @@ class _RejectWriter:
         if state.first_reject is None:
             state.first_reject = detail
         record: dict[str, Any] = {"source": state.source.name, "row": row}
-        line = line_number(state.source, row)
-        if line is not None:
-            record["line"] = line
+        found = state.names.line(row)
+        if found is not None:
+            file, record["line"] = found
+            if file is not None:
+                record["file"] = file
         record.update(reason=reason, detail=detail, data=data)
         self.handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
 
@@ -376,7 +379,9 @@ def _build(
         rejects = _RejectWriter(handle, shown_rejects)
         # 1-2: load, normalise, row-local filters (for a one-pass source, in step 5's workers).
         for i, state in enumerate(states):
-            state.normalize = _normalize_settings(state.source, cur, languages.get(state.source.name), specials)
+            state.names = row_names(state.source)
+            state.normalize = _normalize_settings(state.source, cur, languages.get(state.source.name), specials,
+                                                  state.names)
             one_pass = _one_pass(cur, state.source)
             # JSON Lines files read in one pass are read by the tokenising workers themselves, each its own lines.
             raw: datasets.Dataset | Rows | None = json_lines_files(state.source) if one_pass else None
@@ -499,7 +504,7 @@ def _normalize_batch(
     indices: list[int],
     *,
     spec: FormatSpec,
-    jsonl_lines: bool,
+    names: RowNames,
     curation_config: CurationConfig,
     accepted_languages: frozenset[str] | None,
     specials: Sequence[str],
@@ -520,7 +525,7 @@ def _normalize_batch(
     columns = [name for name in batch if name != READ_ERROR]
     read_errors = batch.get(READ_ERROR)
     for k, index in enumerate(indices):
-        label = f"line {index + 1}" if jsonl_lines else f"row {index}"
+        label = names.label(index)
         if RAW in batch:
             line = parse_line(Line(index + 1, batch[RAW][k], read_errors[k] if read_errors else None))
             if line.blank:
@@ -552,7 +557,8 @@ def normalize_sample(
     """The conversation the pipeline makes of each row of ``batch`` (columns as :func:`load_source` gives
     them), None for a row normalising or a row-local filter rejects: what ``tempa plan`` measures a source on."""
     rows = len(next(iter(batch.values()), []))
-    curated = _normalize_batch(dict(batch), list(range(rows)), **_normalize_settings(source, cur, accepted, specials))
+    settings = _normalize_settings(source, cur, accepted, specials, RowNames())  # (a plan names no row)
+    curated = _normalize_batch(dict(batch), list(range(rows)), **settings)
     return [Conversation(messages, json.loads(tools) if tools else None) if reason is None else None
             for messages, tools, reason in zip(curated["messages"], curated["tools"], curated["reject"], strict=True)]
 
@@ -583,12 +589,14 @@ def _check_raw(raw: datasets.Dataset, source: SourceConfig) -> None:
 
 
 def _normalize_settings(
-    source: SourceConfig, cur: CurationConfig, accepted: frozenset[str] | None, specials: Sequence[str]
+    source: SourceConfig, cur: CurationConfig, accepted: frozenset[str] | None, specials: Sequence[str],
+    names: RowNames | None = None,
 ) -> dict[str, Any]:
-    """:func:`_normalize_batch`'s keyword arguments for ``source``."""
+    """:func:`_normalize_batch`'s keyword arguments for ``source`` (``names``: how its rows are named, else
+    found: a folder's files are read for them)."""
     return {
         "spec": spec_for(source),
-        "jsonl_lines": source.path.lower().endswith(".jsonl"),
+        "names": names if names is not None else row_names(source),
         "curation_config": cur,
         "accepted_languages": accepted,
         "specials": list(specials),
@@ -638,9 +646,9 @@ def _mark_duplicates(states: Sequence[_SourceState], cur: CurationConfig) -> Non
         ):
             if reason is not None:
                 continue
-            found = dedup.offer(instruction, f"{state.source.name} {row_label(state.source, row)}")
+            found = dedup.offer(instruction, f"{state.source.name} {state.names.label(row)}")
             if found is not None:
-                updates[position] = (found[0], f"{row_label(state.source, row)}: {found[1]}")
+                updates[position] = (found[0], f"{state.names.label(row)}: {found[1]}")
         _replace_rejects(state, updates)
 
 
@@ -663,7 +671,7 @@ def _mark_templates(states: Sequence[_SourceState], cur: CurationConfig) -> None
             if found is not None:
                 state = group[s_index]
                 row = state.curated[position]["row"]  # type: ignore[index]
-                updates.setdefault(s_index, {})[position] = (found[0], f"{row_label(state.source, row)}: {found[1]}")
+                updates.setdefault(s_index, {})[position] = (found[0], f"{state.names.label(row)}: {found[1]}")
         for s_index, state_updates in updates.items():
             _replace_rejects(group[s_index], state_updates)
 
@@ -897,7 +905,7 @@ def _mix(
     counted: set[int] = set()
     for record in meta[meta["reject"].notna()].itertuples(index=False):
         conv = int(record.conv)
-        label = row_label(source, int(record.row))
+        label = state.names.label(int(record.row))
         where = f"{label}: turn {int(record.turn)}" if record.turn >= 0 else label
         if conv in surviving:
             rejects.write(state, int(record.row), f"{record.reject}{TURN_SUFFIX}", f"{where}: {record.detail}",

@@ -165,7 +165,9 @@ def _jsonl_rows(files: Sequence[Path], sample: int) -> LocalRows:
     def lines() -> Iterator[tuple[int, bytes]]:
         for file in files:
             with open(file, "rb") as handle:
-                yield from ((number, line) for number, line in enumerate(handle, start=1) if line.strip())
+                for number, line in enumerate(handle, start=1):
+                    if (line.removeprefix(codecs.BOM_UTF8) if number == 1 else line).strip():  # a blank line: none
+                        yield number, line
 
     rows, kept = _reservoir(lines(), sample, lambda item: (item[0], item[1] if len(item[1]) <= LONG_LINE_BYTES
                                                            else len(item[1])))
@@ -251,7 +253,10 @@ def _data_files_rows(folder: Path, sample: int, split: str) -> LocalRows | None:
     if kind == "json" and all(file.suffix.lower() == ".jsonl" for file in files):
         return _jsonl_rows(files, sample)  # read by tempa's reader, as one JSON Lines file is
     read = {"parquet": _parquet_rows, "csv": _csv_rows, "json": _json_files_rows}.get(kind)
-    return None if read is None else read(files, sample)
+    plain = {"parquet": {".parquet"}, "csv": {".csv"}, "json": {".json", ".jsonl"}}.get(kind, set())
+    if read is None or any(file.suffix.lower() not in plain for file in files):  # compressed (.gz...), or other
+        return None
+    return read(files, sample)
 
 
 def _saved_dataset_rows(folder: Path, sample: int, split: str) -> LocalRows | None:
@@ -515,7 +520,8 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int, dataset_si
     elif Path(source.path).is_file():
         size = SourceSize(None, avg, f"a local {Path(source.path).suffix or 'file'} file, not counted before preparing")
     elif Path(source.path).is_dir():
-        size = SourceSize(None, avg, "a folder of files other than Parquet, CSV or JSON, not counted before preparing")
+        size = SourceSize(None, avg, "a folder of files other than Parquet, CSV or JSON (or compressed), not counted "
+                                     "before preparing")
     else:
         size = SourceSize(None, avg, "unknown size (a hub dataset, with no rows/tokens setting)")
     if size.rows is None:

@@ -71,14 +71,15 @@ def _texts(source: PretrainSource, loaded: Any) -> Any:
     """Each document's text, in order; a row without a text string (in JSON Lines: a line that is not JSON) is an
     error naming it; blank lines are skipped."""
     from tempa.chat_templates.json_files import Line, parse_line
-    from tempa.sft.sources import RAW, READ_ERROR, row_label
+    from tempa.sft.sources import RAW, READ_ERROR, row_names
 
     raw = RAW in loaded.column_names
     if not raw and source.text_field not in loaded.column_names:
         raise StageError(f"data source '{source.name}': no '{source.text_field}' column (columns: "
                          f"{', '.join(loaded.column_names)}); set text_field")
+    names = row_names(_as_sft_source(source))
     for index, row in enumerate(loaded):
-        where = f"data source '{source.name}', {row_label(_as_sft_source(source), index)}"
+        where = f"data source '{source.name}', {names.label(index)}"
         if raw:
             line = parse_line(Line(index + 1, row[RAW], row.get(READ_ERROR)))
             if line.blank:

@@ -14,6 +14,8 @@ Arrow, hub) are loaded with ``datasets``.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import functools
 import json
 import logging
@@ -31,7 +33,14 @@ import numpy as np
 from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
-from tempa.chat_templates.json_files import JsonFileError, check_not_empty, line_spans, read_json, read_lines
+from tempa.chat_templates.json_files import (
+    JsonFileError,
+    check_not_empty,
+    has_text,
+    line_spans,
+    read_json,
+    read_lines,
+)
 from tempa.sft.data_config import DataError, SourceConfig, read_processes
 from tempa.sft.files import cache_root, digest, file_digest, remove_tree, tree_digest
 from tempa.sft.forked_workers import dataset_of_files, run_forked
@@ -60,15 +69,42 @@ def is_local(source: SourceConfig) -> bool:
     return Path(source.path).is_absolute() and Path(source.path).exists()
 
 
-def line_number(source: SourceConfig, index: int) -> int | None:
-    """The 1-based line of row ``index`` (0-based) in a JSON Lines source; None for other kinds."""
-    return index + 1 if source.path.lower().endswith(".jsonl") else None
+@dataclass(frozen=True)
+class RowNames:
+    """How messages name a source's rows: a JSON Lines file's by line number (what an editor shows), a folder of
+    JSON Lines files' by file and line, other sources' by row (0-based)."""
+
+    lines: bool = False  # one JSON Lines file
+    files: tuple[str, ...] = ()  # a folder's JSON Lines files, by path below the folder
+    firsts: tuple[int, ...] = ()  # each file's first row
+
+    def line(self, index: int) -> tuple[str | None, int] | None:
+        """(the file, in a folder; its 1-based line) of row ``index``; None for a source of typed rows."""
+        if self.files:
+            k = max(0, bisect.bisect_right(self.firsts, index) - 1)
+            return self.files[k], index - self.firsts[k] + 1
+        return (None, index + 1) if self.lines else None
+
+    def label(self, index: int) -> str:
+        found = self.line(index)
+        if found is None:
+            return f"row {index}"
+        file, line = found
+        return f"{file} line {line}" if file is not None else f"line {line}"
 
 
-def row_label(source: SourceConfig, index: int) -> str:
-    """How a row is named in messages: JSON Lines rows by line number (what an editor shows)."""
-    line = line_number(source, index)
-    return f"line {line}" if line is not None else f"row {index}"
+def row_names(source: SourceConfig) -> RowNames:
+    """The source's :class:`RowNames` (a folder of JSON Lines files: its files' lines counted)."""
+    path = Path(source.path)
+    if is_local(source) and path.is_dir() and not is_saved_dataset(path):
+        with contextlib.suppress(Exception):  # a folder the loader cannot read fails there, with its own message
+            files = _jsonl_folder_files(source)
+            if files is not None:
+                counts = [len(_line_starts(file)) - 1 for file in files]
+                return RowNames(files=tuple(str(file.relative_to(path)) for file in files),
+                                firsts=tuple(int(n) for n in np.cumsum([0, *counts[:-1]])))
+        return RowNames()
+    return RowNames(lines=path.suffix.lower() == ".jsonl" and not path.is_dir())
 
 
 def is_saved_dataset(folder: Path) -> bool:
@@ -185,8 +221,14 @@ def data_files(folder: Path, split: str) -> tuple[str, list[Path]]:
     """The builder ``datasets.load_dataset(folder)`` picks for a folder of data files (``parquet``, ``json``,
     ``csv``...) and the files of ``split``, found as it finds them (shards named ``train-00000-of-00004.parquet``,
     a README's ``configs``), without building anything."""
-    with tempfile.TemporaryDirectory(prefix="tempa-") as cache:  # the builder's lock files, not the user's cache
-        builder = datasets.load_dataset_builder(str(folder), cache_dir=cache)
+    cards = logging.getLogger("huggingface_hub.repocard")
+    level = cards.level
+    cards.setLevel(logging.ERROR)  # not "Repo card metadata block was not found" for a README without YAML
+    try:
+        with tempfile.TemporaryDirectory(prefix="tempa-") as cache:  # the builder's lock files, not the user's
+            builder = datasets.load_dataset_builder(str(folder), cache_dir=cache)
+    finally:
+        cards.setLevel(level)
     found = {str(name): files for name, files in (builder.config.data_files or {}).items()}
     if split not in found:
         raise ValueError(f'Unknown split "{split}". Should be one of {list(found)}.')  # as datasets says it
@@ -194,11 +236,12 @@ def data_files(folder: Path, split: str) -> tuple[str, list[Path]]:
 
 
 def _jsonl_folder_files(source: SourceConfig) -> list[Path] | None:
-    """The non-empty files of a folder whose ``split`` is JSON Lines files only; None for other folders."""
+    """The files of a folder whose ``split`` is JSON Lines files only, but those with no line (empty, blank, a BOM
+    alone: a shard left empty); None for other folders."""
     kind, files = data_files(Path(source.path), source.split)
     if kind != "json" or not all(file.suffix.lower() == ".jsonl" for file in files):
         return None
-    files = [file for file in files if file.stat().st_size]
+    files = [file for file in files if has_text(file)]
     if not files:
         raise DataError(f"{describe(source)}: has no rows (its {source.split} files are empty)")
     return files

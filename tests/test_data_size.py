@@ -4,6 +4,7 @@ rendering and tokenising when the base model's tokenizer is here, else by hand-c
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import random
 from pathlib import Path
@@ -258,8 +259,8 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def _shards(folder: Path, rows: list[dict], test_rows: list[dict] = ()) -> dict[str, Path]:
     """``rows`` as folders of data files, as a dataset downloaded from the hub has them: Parquet shards in
-    ``data/`` (with ``test_rows`` as a test split), JSON Lines in three files (one with a blank line), JSON lists
-    in two, CSV in two (for rows of text fields only)."""
+    ``data/`` (with ``test_rows`` as a test split), JSON Lines in three files (one with a blank line) and a fourth
+    holding only a BOM, JSON lists in two, CSV in two (for rows of text fields only)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -280,6 +281,7 @@ def _shards(folder: Path, rows: list[dict], test_rows: list[dict] = ()) -> dict[
         if k == 1:
             lines.insert(5, "")
         (paths["jsonl"] / f"part{k}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (paths["jsonl"] / "part3.jsonl").write_bytes(b"\xef\xbb\xbf\n")  # a shard left empty: no row in plan or run
     for k, part in enumerate((rows[:third], rows[third:])):
         (paths["json"] / f"rows{k}.json").write_text(json.dumps(part, ensure_ascii=False), encoding="utf-8")
         if flat:
@@ -422,6 +424,13 @@ def test_the_plan_reads_every_file_as_the_run_does(tmp_path: Path, tiny_tokenize
     texts = source_size(DataConfig.model_validate({"sources": [{"name": "s", "path": str(tmp_path / "texts")}]})
                         .sources[0], 0, 800, {}, counter)
     assert texts.rows is None and "a folder of files other than Parquet, CSV or JSON" in texts.how, texts
+    # Compressed shards (the run's datasets loader reads them) are not sampled either, rather than called unreadable.
+    (tmp_path / "gz").mkdir()
+    with gzip.open(tmp_path / "gz" / "train-00000-of-00001.jsonl.gz", "wt", encoding="utf-8") as handle:
+        handle.write(json.dumps({"prompt": "q", "response": "a"}) + "\n")
+    packed = source_size(DataConfig.model_validate({"sources": [{"name": "s", "path": str(tmp_path / "gz")}]})
+                         .sources[0], 0, 800, {}, counter)
+    assert packed.rows is None and "(or compressed), not counted before preparing" in packed.how, packed
 
 
 def test_a_csv_counts_records_not_lines(tmp_path: Path):

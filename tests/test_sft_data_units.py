@@ -589,7 +589,8 @@ def test_a_folder_of_jsonl_files_is_read_as_one_file_is_a_bad_line_a_reject(tmp_
     """A folder of JSON Lines shards went to ``datasets``' JSON loader: a line that is not JSON, or a blank line
     among conversations of different shapes, stopped the run with "An error occurred while generating the
     dataset", naming no file or line. Now tempa's reader reads the split's files in order (a test split's file
-    left out): the broken line is a reject, and one pass and normalising first prepare the same rows."""
+    left out, a shard of nothing but whitespace skipped in either path): the broken line is a reject named by file
+    and line, and one pass and normalising first prepare the same rows."""
     import json
 
     from tempa.chat_templates import load_template
@@ -608,6 +609,7 @@ def test_a_folder_of_jsonl_files_is_read_as_one_file_is_a_bad_line_a_reject(tmp_
     (folder / "train-00000-of-00002.jsonl").write_text("\n".join([row(0), "", row(1), "{not json"]) + "\n",
                                                        encoding="utf-8")
     (folder / "train-00001-of-00002.jsonl").write_text("\n".join(row(i) for i in range(2, 6)), encoding="utf-8")
+    (folder / "train-00002-of-00002.jsonl").write_bytes(b"\xef\xbb\xbf \n\n")  # a shard left empty: no rows
     (folder / "test-00000-of-00001.jsonl").write_text(row(99) + "\n", encoding="utf-8")
     prepared = {}
     for curate in ({}, {"dedup": {}}):  # one pass, and normalising first (the Arrow copy)
@@ -617,6 +619,9 @@ def test_a_folder_of_jsonl_files_is_read_as_one_file_is_a_bad_line_a_reject(tmp_
         prepared[len(prepared)] = prepare_sft_data(config, tok, out_dir=out, cache_dir=tmp_path / "cache", seed=0)
         (reject,) = [json.loads(line) for line in (out / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
         assert reject["reason"] == "malformed_row" and reject["row"] == 3 and reject["data"] == "{not json", reject
+        # named by its file and line, as an editor shows them
+        assert (reject["file"], reject["line"]) == ("train-00000-of-00002.jsonl", 4), reject
+        assert reject["detail"].startswith("train-00000-of-00002.jsonl line 4: not valid JSON"), reject
     one, first = prepared[0], prepared[1]
     assert one.mix.total.rows_in == 7 and one.mix.total.rows_kept == 6
     assert sorted(tok.decode(ids) for ids in one.train["input_ids"]) == sorted(

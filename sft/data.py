@@ -6,8 +6,8 @@ packs), and writes ``mix.json`` and ``rejects.jsonl`` into the stage folder.
 
 Order of work, per source unless noted:
 
-1. load (JSON/JSONL as raw text, so a broken line is a reject, not a crash; a JSON Lines file read in
-   one pass, below, is read by step 5's workers, each its own lines);
+1. load (JSON/JSONL as raw text, so a broken line is a reject, not a crash; JSON Lines files are read
+   by the workers of step 2 or 5, each its own lines);
 2. normalise to ``messages`` and run the row-local filters (malformed reasoning, role order,
    PII, language) in one ``datasets.map``;
 3. exact/near duplicates (in recipe order across sources), then template instructions;
@@ -382,15 +382,14 @@ def _build(
             state.names = row_names(state.source)
             state.normalize = _normalize_settings(state.source, cur, languages.get(state.source.name), specials,
                                                   state.names)
-            one_pass = _one_pass(cur, state.source)
-            # JSON Lines files read in one pass are read by the tokenising workers themselves, each its own lines.
-            raw: datasets.Dataset | Rows | None = json_lines_files(state.source) if one_pass else None
+            # JSON Lines files are read by the workers that map them, each its own lines: no Arrow copy first.
+            raw: datasets.Dataset | Rows | None = json_lines_files(state.source)
             if raw is None:
                 raw = loaded.get(state.source.name)
                 if raw is None:
                     raw = load_source(state.source, cache_dir=cache_dir)
                 _check_raw(raw, state.source)
-            if one_pass:
+            if _one_pass(cur, state.source):
                 state.raw = raw
             else:
                 state.curated = forked_map(

@@ -484,8 +484,8 @@ NORMALISE_ROWS_PER_PROCESS = 5_000
 # encode at about this rate, and a plan should not promise the faster case.
 PREP_TOKENS_PER_CORE_SECOND = 250_000
 # Tokens per second of the steps that run in one process whatever `num_proc` is: hashing the source files,
-# reading JSON Lines into Arrow (since 2026-12-01 only for a source whose rows are compared with each other:
-# dedup, template instructions, mixed thinking), splitting off the rejects, the shuffled selection and save of the prepared
+# reading JSON Lines into Arrow (until 2026-12-01: the workers now read their own lines), splitting off the
+# rejects, the shuffled selection and save of the prepared
 # set (reading counted as one process, though a large file is read in several: two scaled only 1.2x on the
 # VM below). On a node with 100+ cores these, not tokenising, set the floor. Measured 2026-11-30 on the quiet
 # 2-vCPU VM: a prepare of 30,000 bench rows (24.5M tokens, 121 MB of JSON Lines) in 2 processes spent 2.39

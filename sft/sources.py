@@ -6,9 +6,9 @@ row instead of an Arrow schema error that stops the whole run. JSON Lines files 
 tempa's one reader (``tempa.chat_templates.json_files``): a line that is not UTF-8 carries its
 reason in ``READ_ERROR`` and becomes a reject too, a leading BOM is dropped, and an empty file
 is a one-line error. A folder of JSON Lines files is read the same way, file after file (the files of its
-``split``, as ``datasets`` finds them). :func:`load_source` writes the rows into Arrow files in the cache; a
-source read in one pass (:func:`tempa.sft.data._one_pass`) skips that copy: its workers read their own lines
-of the files (:class:`JsonLinesFiles`), the same rows. Typed sources (Parquet, CSV, JSON lists in a folder,
+``split``, as ``datasets`` finds them). :func:`load_source` writes the rows into Arrow files in the cache; the
+SFT pipeline skips that copy: its workers read their own lines of the files (:class:`JsonLinesFiles`), the
+same rows. Typed sources (Parquet, CSV, JSON lists in a folder,
 Arrow, hub) are loaded with ``datasets``.
 """
 

@@ -629,8 +629,9 @@ def test_a_folder_of_jsonl_files_is_read_as_one_file_is_a_bad_line_a_reject(tmp_
     assert not any("q99" in tok.decode(ids) for ids in one.train["input_ids"])
 
 
-def test_a_one_pass_jsonl_source_is_prepared_without_an_arrow_copy_of_the_file(tmp_path: Path, tiny_tokenizer) -> None:
-    """Only a source whose rows are compared with each other (here: dedup) is read into the cache first."""
+def test_a_jsonl_source_is_prepared_without_an_arrow_copy_of_the_file(tmp_path: Path, tiny_tokenizer) -> None:
+    """Read in one pass or normalised first (here: dedup), the workers read the file's lines themselves: no Arrow
+    copy of it is written to the cache first (``load_source``'s), the same rows either way."""
     import json
 
     from tempa.chat_templates import load_template
@@ -643,7 +644,7 @@ def test_a_one_pass_jsonl_source_is_prepared_without_an_arrow_copy_of_the_file(t
     path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
                                                      {"role": "assistant", "content": f"a{i}"}]}) + "\n"
                             for i in range(40)), encoding="utf-8")
-    for curate, copies in ({}, 0), ({"dedup": {}}, 1):
+    for curate, copies in ({}, 0), ({"dedup": {}}, 0):
         cache = tmp_path / f"cache-{copies}"
         config = DataConfig.model_validate({"sources": [{"name": "s", "path": str(path)}], "curation": curate,
                                             "num_proc": 2, "heldout": 0})

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from tempa.chat_templates.json_files import JsonFileError, has_text, read_json, read_jsonl
+from tempa.chat_templates.json_files import JsonFileError, read_json, read_jsonl
 from tempa.sft.mixing import thinking_on_count
 from tempa.sft.stage_api import (
     Artifact,
@@ -148,14 +148,14 @@ def read_rows(source: PromptSource) -> list[dict[str, Any]]:
             return data
         import datasets
 
-        from tempa.sft.sources import data_files, is_saved_dataset
+        from tempa.sft.sources import data_files, is_saved_dataset, jsonl_shards
 
         if path.is_dir() and is_saved_dataset(path):
             loaded = datasets.load_from_disk(str(path))
         elif path.is_dir():  # a folder of data files, its split's files found as datasets finds them
-            kind, files = data_files(path, source.split)
-            if kind == "json" and all(file.suffix.lower() == ".jsonl" for file in files):
-                return _jsonl_rows([file for file in files if has_text(file)], where)  # not a shard left empty
+            shards = jsonl_shards(*data_files(path, source.split))
+            if shards is not None:
+                return _jsonl_rows(shards, where)
             loaded = datasets.load_dataset(str(path), split=source.split)
         elif path.is_file():
             builder = {".parquet": "parquet", ".csv": "csv"}.get(path.suffix.lower())

@@ -379,11 +379,12 @@ def _build(
         rejects = _RejectWriter(handle, shown_rejects)
         # 1-2: load, normalise, row-local filters (for a one-pass source, in step 5's workers).
         for i, state in enumerate(states):
-            state.names = row_names(state.source)
+            # JSON Lines files are read by the workers that map them, each its own lines: no Arrow copy first.
+            lines = json_lines_files(state.source)
+            state.names = row_names(state.source, lines)
             state.normalize = _normalize_settings(state.source, cur, languages.get(state.source.name), specials,
                                                   state.names)
-            # JSON Lines files are read by the workers that map them, each its own lines: no Arrow copy first.
-            raw: datasets.Dataset | Rows | None = json_lines_files(state.source)
+            raw: datasets.Dataset | Rows | None = lines
             if raw is None:
                 raw = loaded.get(state.source.name)
                 if raw is None:
@@ -589,13 +590,12 @@ def _check_raw(raw: datasets.Dataset, source: SourceConfig) -> None:
 
 def _normalize_settings(
     source: SourceConfig, cur: CurationConfig, accepted: frozenset[str] | None, specials: Sequence[str],
-    names: RowNames | None = None,
+    names: RowNames,
 ) -> dict[str, Any]:
-    """:func:`_normalize_batch`'s keyword arguments for ``source`` (``names``: how its rows are named, else
-    found: a folder's files are read for them)."""
+    """:func:`_normalize_batch`'s keyword arguments for ``source`` (``names``: how its rows are named)."""
     return {
         "spec": spec_for(source),
-        "names": names if names is not None else row_names(source),
+        "names": names,
         "curation_config": cur,
         "accepted_languages": accepted,
         "specials": list(specials),

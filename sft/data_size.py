@@ -247,11 +247,12 @@ def _json_files_rows(files: Sequence[Path], sample: int) -> LocalRows:
 def _data_files_rows(folder: Path, sample: int, split: str) -> LocalRows | None:
     """A folder of data files, the files of ``split`` found as the run finds them
     (:func:`tempa.sft.sources.data_files`); None for files other than Parquet, CSV or JSON."""
-    from tempa.sft.sources import data_files
+    from tempa.sft.sources import data_files, jsonl_shards
 
     kind, files = data_files(folder, split)
-    if kind == "json" and all(file.suffix.lower() == ".jsonl" for file in files):
-        return _jsonl_rows(files, sample)  # read by tempa's reader, as one JSON Lines file is
+    shards = jsonl_shards(kind, files)
+    if shards is not None:
+        return _jsonl_rows(shards, sample)  # read by tempa's reader, as one JSON Lines file is
     read = {"parquet": _parquet_rows, "csv": _csv_rows, "json": _json_files_rows}.get(kind)
     plain = {"parquet": {".parquet"}, "csv": {".csv"}, "json": {".json", ".jsonl"}}.get(kind, set())
     if read is None or any(file.suffix.lower() not in plain for file in files):  # compressed (.gz...), or other

@@ -93,18 +93,18 @@ class RowNames:
         return f"{file} line {line}" if file is not None else f"line {line}"
 
 
-def row_names(source: SourceConfig) -> RowNames:
-    """The source's :class:`RowNames` (a folder of JSON Lines files: its files' lines counted)."""
+def row_names(source: SourceConfig, lines: JsonLinesFiles | None = None) -> RowNames:
+    """The source's :class:`RowNames`; a folder's from ``lines``, its :func:`json_lines_files` when already found."""
     path = Path(source.path)
-    if is_local(source) and path.is_dir() and not is_saved_dataset(path):
-        with contextlib.suppress(Exception):  # a folder the loader cannot read fails there, with its own message
-            files = _jsonl_folder_files(source)
-            if files is not None:
-                counts = [len(_line_starts(file)) - 1 for file in files]
-                return RowNames(files=tuple(str(file.relative_to(path)) for file in files),
-                                firsts=tuple(int(n) for n in np.cumsum([0, *counts[:-1]])))
+    if not (is_local(source) and path.is_dir()):
+        return RowNames(lines=path.suffix.lower() == ".jsonl")
+    if lines is None:
+        with contextlib.suppress(DataError):  # a folder the loader cannot read fails there, with its own message
+            lines = json_lines_files(source)
+    if lines is None:
         return RowNames()
-    return RowNames(lines=path.suffix.lower() == ".jsonl" and not path.is_dir())
+    return RowNames(files=tuple(str(file.relative_to(path)) for file in lines.files),
+                    firsts=tuple(int(first) for first in lines.firsts[:-1]))
 
 
 def is_saved_dataset(folder: Path) -> bool:
@@ -162,12 +162,12 @@ class JsonLinesFiles:
     starts: tuple[np.ndarray, ...]  # per file: the byte where each line starts, then the file's size
 
     @functools.cached_property
-    def _firsts(self) -> np.ndarray:
+    def firsts(self) -> np.ndarray:
         """Each file's first row, then the row count."""
         return np.cumsum([0, *(len(starts) - 1 for starts in self.starts)])
 
     def __len__(self) -> int:
-        return int(self._firsts[-1])
+        return int(self.firsts[-1])
 
     def costs(self) -> np.ndarray:
         return np.concatenate([np.diff(starts) for starts in self.starts]).astype(np.float64)
@@ -175,7 +175,7 @@ class JsonLinesFiles:
     def batches(self, start: int, end: int, size: int) -> Iterator[dict[str, list[Any]]]:
         texts: list[str] = []
         errors: list[str | None] = []
-        for file, starts, first, after in zip(self.files, self.starts, self._firsts, self._firsts[1:], strict=False):
+        for file, starts, first, after in zip(self.files, self.starts, self.firsts, self.firsts[1:], strict=False):
             low, high = max(start, first) - first, min(end, after) - first
             if low >= high:
                 continue
@@ -235,14 +235,18 @@ def data_files(folder: Path, split: str) -> tuple[str, list[Path]]:
     return builder.name, [Path(file) for file in found[split]]
 
 
-def _jsonl_folder_files(source: SourceConfig) -> list[Path] | None:
-    """The files of a folder whose ``split`` is JSON Lines files only, but those with no line (empty, blank, a BOM
-    alone: a shard left empty); None for other folders."""
-    kind, files = data_files(Path(source.path), source.split)
+def jsonl_shards(kind: str, files: list[Path]) -> list[Path] | None:
+    """Of a folder's data files (:func:`data_files`), the ones tempa's JSON Lines reader takes when they are all
+    JSON Lines: those with a line (not empty, blank or a BOM alone: a shard left empty); None otherwise."""
     if kind != "json" or not all(file.suffix.lower() == ".jsonl" for file in files):
         return None
-    files = [file for file in files if has_text(file)]
-    if not files:
+    return [file for file in files if has_text(file)]
+
+
+def _jsonl_folder_files(source: SourceConfig) -> list[Path] | None:
+    """The :func:`jsonl_shards` of the source's folder and split; None for other folders."""
+    files = jsonl_shards(*data_files(Path(source.path), source.split))
+    if files == []:
         raise DataError(f"{describe(source)}: has no rows (its {source.split} files are empty)")
     return files
 

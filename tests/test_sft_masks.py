@@ -370,10 +370,12 @@ def test_frozen_heap_blocks_nest_and_only_the_outermost_gives_the_heap_back() ->
     with frozen_heap():
         outer = gc.get_freeze_count()
         assert outer > 0
+        # A frozen object freed meanwhile (its last reference dropped, by another thread even) leaves the count,
+        # so "kept" is "about as many", not ">= outer": a CI run saw 712,153 after 712,155.
         with frozen_heap():  # the workers' block inside a prepare's
-            assert gc.get_freeze_count() >= outer
-        # an inner gc.unfreeze would have handed the prepare's heap back to the collector here
-        assert gc.get_freeze_count() >= outer
+            assert gc.get_freeze_count() > 0.99 * outer
+        # an inner gc.unfreeze would have handed the prepare's heap back to the collector here (a count of 0)
+        assert gc.get_freeze_count() > 0.99 * outer
     assert gc.get_freeze_count() == 0
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from tempa.chat_templates.json_files import JsonFileError, read_json, read_jsonl
+from tempa.chat_templates.json_files import JsonFileError, document_rows, is_json_lines, read_json, read_jsonl
 from tempa.sft.mixing import thinking_on_count
 from tempa.sft.stage_api import (
     Artifact,
@@ -139,13 +139,10 @@ def read_rows(source: PromptSource) -> list[dict[str, Any]]:
     path = Path(source.path)
     where = source.path
     try:
-        if path.is_file() and path.suffix.lower() == ".jsonl":
+        if path.is_file() and is_json_lines(path):
             return _jsonl_rows([path], where)
         if path.is_file() and path.suffix.lower() == ".json":
-            data = read_json(path, "a JSON list of rows")
-            if not isinstance(data, list):
-                raise StageError(f"{where}: expected a JSON list of rows")
-            return data
+            return document_rows(path, read_json(path, "a JSON list of rows"))
         import datasets
 
         from tempa.sft.sources import data_files, is_saved_dataset, jsonl_shards

@@ -64,6 +64,50 @@ def has_text(path: Path) -> bool:
     return False
 
 
+# A first line longer than this is not taken for a JSON Lines row: it is a document written on one line.
+_FIRST_ROW_BYTES = 64 << 20
+
+
+def is_json_lines(path: Path) -> bool:
+    """Whether ``path`` holds JSON Lines: a ``.jsonl`` file, or a ``.json`` file whose first line is a whole JSON
+    object with more lines after it, which is what ``datasets`` and most hub datasets mean by a ``.json`` file of
+    rows. A ``.json`` file holding one JSON document (a list of rows, or an object holding one, pretty-printed or
+    on one line) is not; nor is any other file."""
+    suffix = path.suffix.lower()
+    if suffix != ".json":
+        return suffix == ".jsonl"
+    with open(path, "rb") as handle:
+        first = b""
+        while not first:  # the first line that is not blank
+            line = handle.readline(_FIRST_ROW_BYTES)
+            if not line:
+                return False
+            first = line.removeprefix(codecs.BOM_UTF8).strip() if handle.tell() == len(line) else line.strip()
+        if not first.startswith(b"{") or not line.endswith(b"\n"):  # a list, or a document on its one long line
+            return False
+        try:
+            if not isinstance(json.loads(first), dict):
+                return False
+        except ValueError:  # not JSON alone (the start of a pretty-printed document), or not UTF-8
+            return False
+        return any(line.strip() for line in iter(lambda: handle.readline(_FIRST_ROW_BYTES), b""))
+
+
+def document_rows(path: Path, data: Any) -> list[Any]:
+    """The rows of ``data``, a JSON document read from ``path``: a list of rows, or an object holding exactly one
+    list (``{"data": [...]}``); ``JsonFileError`` naming the file otherwise."""
+    if isinstance(data, dict):
+        lists = [key for key, value in data.items() if isinstance(value, list)]
+        if len(lists) != 1:
+            found = f"lists under {', '.join(map(repr, lists))}" if lists else "no list"
+            raise JsonFileError(f"{path}: expected a JSON list of rows, or an object holding exactly one list; "
+                                f"the object holds {found}")
+        data = data[lists[0]]
+    if not isinstance(data, list):
+        raise JsonFileError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
+    return data
+
+
 def read_lines(
     path: Path, on_bytes: Callable[[int], None] | None = None, span: tuple[int, int] | None = None
 ) -> Iterator[Line]:

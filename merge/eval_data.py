@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tempa.chat_templates.json_files import JsonFileError, read_json, read_jsonl
+from tempa.chat_templates.json_files import JsonFileError, document_rows, is_json_lines, read_json, read_jsonl
 from tempa.chat_templates.roles import ROLES
 from tempa.sft.stage_api import StageError, looks_local
 
@@ -25,7 +25,7 @@ from tempa.sft.stage_api import StageError, looks_local
 def load_rows(source: str, *, split: str = "train", max_rows: int | None = None) -> list[dict[str, Any]]:
     """Rows of a local ``.jsonl``/``.json`` file, or of a hub/local dataset via ``datasets``."""
     path = Path(source)
-    if path.is_file() and path.suffix in (".jsonl", ".json"):
+    if path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
         rows = _read_json_rows(path)
     elif path.exists() or not looks_local(source):
         import datasets
@@ -72,12 +72,8 @@ def _check_rows(rows: list[Any], where: Callable[[int], str]) -> None:
 def _read_json_rows(path: Path) -> list[dict[str, Any]]:
     """Evaluation rows must all be readable: a score over a silently shortened set would mislead."""
     try:
-        if path.suffix == ".json":
-            data = read_json(path, "a JSON list of rows")
-            if isinstance(data, dict):
-                data = data.get("rows") or data.get("data") or []
-            if not isinstance(data, list):
-                raise StageError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
+        if not is_json_lines(path):
+            data = document_rows(path, read_json(path, "a JSON list of rows"))
             _check_rows(data, lambda i: f"{path}: row {i}")
             return [dict(row) for row in data]
         rows = []

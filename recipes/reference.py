@@ -197,11 +197,12 @@ A data source (`data.sources[]`, see [SourceConfig](#sourceconfig)) is read from
 
 | `path` | read as |
 | --- | --- |
-| `file.jsonl` / `file.json` | JSON Lines / a JSON list, one conversation per row, read as UTF-8 line by line: a bad line becomes a reject in `rejects.jsonl` with its line number |
+| `file.jsonl`, or `file.json` holding JSON Lines | one conversation per line, read as UTF-8 line by line: a bad line becomes a reject in `rejects.jsonl` with its line number |
+| `file.json` holding one JSON document | a list of rows, or an object holding exactly one list (`{"data": [...]}`) |
 | `file.parquet`, `file.csv` | loaded with `datasets` |
 | a folder written by `Dataset.save_to_disk` (or a `DatasetDict`, with `split`) | loaded with `datasets.load_from_disk` |
-| a folder of `.jsonl` files | read as one JSON Lines file is, file after file: the files of `split` as `datasets` finds them (`train-00000-of-00004.jsonl`, a `train/` folder) |
-| a folder of other data files (Parquet, CSV, JSON lists) | loaded with `datasets.load_dataset(folder, split=split)` |
+| a folder of JSON Lines files (`.jsonl`, or `.json` holding JSON Lines) | read as one JSON Lines file is, file after file: the files of `split` as `datasets` finds them (`train-00000-of-00004.jsonl`, a `train/` folder) |
+| a folder of other data files (Parquet, CSV, JSON documents) | loaded with `datasets.load_dataset(folder, split=split)` |
 | a hub dataset id, e.g. `HuggingFaceH4/ultrachat_200k` | `datasets.load_dataset(path, name=subset, split=split, revision=revision)` |
 | `stage:NAME` | the dataset an earlier `synthesize` stage wrote |
 

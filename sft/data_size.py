@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from tempa.chat_templates.json_files import JsonFileError, decode_line
+from tempa.chat_templates.json_files import JsonFileError, decode_line, is_json_lines
 from tempa.chat_templates.thinking import last_user_index
 from tempa.sft import curation
 from tempa.sft.config import SFTStageConfig
@@ -73,6 +73,7 @@ class LocalRows:
     sample: dict[str, list[Any]] = field(default_factory=dict)
     long_lines: tuple[int, ...] = ()  # sampled JSON Lines lines over LONG_LINE_BYTES, by size (not parsed)
     error: str | None = None  # why the pipeline will not read the source at all
+    lines: bool = False  # the rows are the lines of JSON Lines files
 
     @property
     def sampled(self) -> int:
@@ -88,7 +89,7 @@ def jsonl_sample(rows: int, lines: Sequence[tuple[int, bytes | int]]) -> LocalRo
     decoded = [decode_line((line.removeprefix(codecs.BOM_UTF8) if number == 1 else line).rstrip(b"\r\n"))
                for number, line in lines if isinstance(line, bytes)]
     batch = {RAW: [text for text, _ in decoded], READ_ERROR: [error for _, error in decoded]} if decoded else {}
-    return LocalRows(rows, batch, tuple(line for _, line in lines if isinstance(line, int)))
+    return LocalRows(rows, batch, tuple(line for _, line in lines if isinstance(line, int)), lines=True)
 
 
 def _reservoir(items: Any, sample: int, take: Callable[[Any], Any] = lambda item: item) -> tuple[int, list[Any]]:
@@ -143,11 +144,11 @@ def _scan(path: str, changes: tuple[tuple[str, int, int], ...], sample: int, spl
     if file.is_dir():
         return _saved_dataset_rows(file, sample, split) if is_saved_dataset(file) else \
             _data_files_rows(file, sample, split)
-    if suffix == ".jsonl":
+    if is_json_lines(file):
         return _jsonl_rows([file], sample)
     if suffix == ".json":
         try:
-            texts = json_rows(file, str(file))
+            texts = json_rows(file)
         except (DataError, JsonFileError) as exc:
             return LocalRows(0, error=str(exc))
         rows, kept = _reservoir(texts, sample)
@@ -484,7 +485,7 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int, dataset_si
         return SourceSize(0, avg, f"the run will fail on this source, as {problem}")
     measured = f"~{avg:,} tokens/row assumed ({source.thinking_mode})"
     usable = 1.0  # the share of the source's rows (JSON Lines: lines) that the pipeline keeps
-    unit = "line" if source.path.lower().endswith(".jsonl") else "row"
+    unit = "line" if local is not None and local.lines else "row"
     if local is not None and local.sampled:
         sampled = sampled_tokens_per_row(source, local, counter, limits, cur, accepted)
         usable = sampled.rows / sampled.lines

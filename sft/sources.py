@@ -2,7 +2,9 @@
 
 JSON Lines and JSON are read as raw text (one JSON document per row, in the column ``RAW``), so
 a line that is not valid JSON, or whose fields change type from row to row, becomes a rejected
-row instead of an Arrow schema error that stops the whole run. JSON Lines files go through
+row instead of an Arrow schema error that stops the whole run. A ``.json`` file is read as its content says
+(:func:`~tempa.chat_templates.json_files.is_json_lines`): JSON Lines, or one document holding a list of rows.
+JSON Lines files go through
 tempa's one reader (``tempa.chat_templates.json_files``): a line that is not UTF-8 carries its
 reason in ``READ_ERROR`` and becomes a reject too, a leading BOM is dropped, and an empty file
 is a one-line error. A folder of JSON Lines files is read the same way, file after file (the files of its
@@ -36,7 +38,9 @@ from tqdm.auto import tqdm
 from tempa.chat_templates.json_files import (
     JsonFileError,
     check_not_empty,
+    document_rows,
     has_text,
+    is_json_lines,
     line_spans,
     read_json,
     read_lines,
@@ -97,7 +101,7 @@ def row_names(source: SourceConfig, lines: JsonLinesFiles | None = None) -> RowN
     """The source's :class:`RowNames`; a folder's from ``lines``, its :func:`json_lines_files` when already found."""
     path = Path(source.path)
     if not (is_local(source) and path.is_dir()):
-        return RowNames(lines=path.suffix.lower() == ".jsonl")
+        return RowNames(lines=is_local(source) and is_json_lines(path))
     if lines is None:
         with contextlib.suppress(DataError):  # a folder the loader cannot read fails there, with its own message
             lines = json_lines_files(source)
@@ -133,10 +137,10 @@ def load_source(source: SourceConfig, *, cache_dir: Path | None = None) -> datas
             # Other data files: datasets infers the builder from the extensions.
             return _one_split(datasets.load_dataset(str(path), split=source.split, cache_dir=hf_cache), source)
         suffix = path.suffix.lower()
-        if suffix == ".jsonl":
+        if is_json_lines(path):
             return _jsonl_rows(path, hf_cache)
         if suffix == ".json":
-            return datasets.Dataset.from_dict({RAW: json_rows(path, where)})
+            return datasets.Dataset.from_dict({RAW: json_rows(path)})
         if suffix in _FILE_BUILDERS:
             return datasets.load_dataset(
                 _FILE_BUILDERS[suffix], data_files=str(path), split="train", cache_dir=hf_cache
@@ -203,7 +207,7 @@ def json_lines_files(source: SourceConfig) -> JsonLinesFiles | None:
             files = _jsonl_folder_files(source)
             if files is None:
                 return None
-        elif path.suffix.lower() == ".jsonl":
+        elif is_json_lines(path):
             check_not_empty(path)
             files = [path]
         else:
@@ -237,10 +241,12 @@ def data_files(folder: Path, split: str) -> tuple[str, list[Path]]:
 
 def jsonl_shards(kind: str, files: list[Path]) -> list[Path] | None:
     """Of a folder's data files (:func:`data_files`), the ones tempa's JSON Lines reader takes when they are all
-    JSON Lines: those with a line (not empty, blank or a BOM alone: a shard left empty); None otherwise."""
-    if kind != "json" or not all(file.suffix.lower() == ".jsonl" for file in files):
+    JSON Lines (``.jsonl``, or ``.json`` holding JSON Lines: :func:`is_json_lines`): those with a line (not empty,
+    blank or a BOM alone: a shard left empty); None otherwise."""
+    if kind != "json":
         return None
-    return [file for file in files if has_text(file)]
+    shards = [file for file in files if has_text(file)]
+    return shards if all(is_json_lines(file) for file in shards) else None
 
 
 def _jsonl_folder_files(source: SourceConfig) -> list[Path] | None:
@@ -359,17 +365,9 @@ def _write_jsonl_arrow(path: Path, out: Path, span: tuple[int, int], report: Cal
     report(unreported)
 
 
-def json_rows(path: Path, where: str) -> list[str]:
-    data = read_json(path, "a JSON list of rows")
-    if isinstance(data, dict):
-        # `{"data": [...]}`-style wrappers: take the single list of rows.
-        lists = [value for value in data.values() if isinstance(value, list)]
-        if len(lists) != 1:
-            raise DataError(f"{where}: expected a JSON list of rows, or an object holding exactly one list")
-        data = lists[0]
-    if not isinstance(data, list):
-        raise DataError(f"{where}: expected a JSON list of rows, got {type(data).__name__}")
-    return [json.dumps(row, ensure_ascii=False) for row in data]
+def json_rows(path: Path) -> list[str]:
+    """The rows of a JSON document file (:func:`document_rows`), each as JSON text (``RAW``)."""
+    return [json.dumps(row, ensure_ascii=False) for row in document_rows(path, read_json(path, "a JSON list of rows"))]
 
 
 def source_fingerprint(source: SourceConfig, *, dataset: datasets.Dataset | None = None) -> str:

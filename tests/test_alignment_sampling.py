@@ -152,6 +152,23 @@ def test_a_folder_of_prompt_files_is_read_file_after_file_and_planned_as_read(tm
     assert count_local_rows(str(tmp_path / "jsonl")) == 6 and count_local_rows(str(tmp_path / "parquet")) == 4
 
 
+def test_a_json_prompt_file_is_read_as_its_content_says(tmp_path):
+    """A ``.json`` prompt file holding JSON Lines stopped the stage with "not valid JSON (Extra data)", and one
+    holding ``{"data": [...]}`` with "expected a JSON list of rows", though an SFT source reads both."""
+    from tempa.sft.stage_api import StageError
+
+    prompts = [{"prompt": f"Q{i}"} for i in range(3)]
+    for content in ("".join(json.dumps(p) + "\n" for p in prompts), json.dumps({"data": prompts}),
+                    json.dumps(prompts, indent=2)):
+        (tmp_path / "p.json").write_text(content, encoding="utf-8")
+        assert [r.question for r in load_prompts(PromptSource(path=str(tmp_path / "p.json")), seed=0)] == [
+            "Q0", "Q1", "Q2"], content
+    (tmp_path / "p.json").write_text(json.dumps({"a": prompts, "b": prompts}), encoding="utf-8")
+    with pytest.raises(StageError, match=r"p.json: expected a JSON list of rows, or an object holding exactly one "
+                                         r"list; the object holds lists under 'a', 'b'$"):
+        load_prompts(PromptSource(path=str(tmp_path / "p.json")), seed=0)
+
+
 def test_prompt_files_skip_unreadable_lines_strip_a_bom_and_refuse_an_empty_file(tmp_path, caplog):
     from tempa.sft.stage_api import StageError
 

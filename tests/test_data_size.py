@@ -241,8 +241,9 @@ def _formats(folder: Path, rows: list[dict]) -> dict[str, Path]:
     import pyarrow.parquet as pq
 
     paths = {"jsonl": folder / "rows.jsonl", "json": folder / "rows.json", "parquet": folder / "rows.parquet",
-             "csv": folder / "rows.csv", "saved": folder / "saved"}
+             "csv": folder / "rows.csv", "saved": folder / "saved", "json-lines": folder / "lines.json"}
     paths["jsonl"].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    paths["json-lines"].write_bytes(b"\xef\xbb\xbf\r\n" + paths["jsonl"].read_bytes())  # JSON Lines in a .json file
     paths["json"].write_text(json.dumps({"data": rows}, ensure_ascii=False), encoding="utf-8")
     pq.write_table(pa.Table.from_pylist(rows), paths["parquet"], row_group_size=64)  # 5 row groups
     _write_csv(paths["csv"], rows)
@@ -260,7 +261,8 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def _shards(folder: Path, rows: list[dict], test_rows: list[dict] = ()) -> dict[str, Path]:
     """``rows`` as folders of data files, as a dataset downloaded from the hub has them: Parquet shards in
     ``data/`` (with ``test_rows`` as a test split), JSON Lines in three files (one with a blank line) and a fourth
-    holding only a BOM, JSON lists in two, CSV in two (for rows of text fields only)."""
+    holding only a BOM (and the same as ``.json`` files), JSON lists in two, CSV in two (for rows of text fields
+    only)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -282,6 +284,10 @@ def _shards(folder: Path, rows: list[dict], test_rows: list[dict] = ()) -> dict[
             lines.insert(5, "")
         (paths["jsonl"] / f"part{k}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (paths["jsonl"] / "part3.jsonl").write_bytes(b"\xef\xbb\xbf\n")  # a shard left empty: no row in plan or run
+    paths["json-lines"] = folder / "json-lines-shards"
+    paths["json-lines"].mkdir()
+    for shard in paths["jsonl"].iterdir():
+        (paths["json-lines"] / f"{shard.stem}.json").write_bytes(shard.read_bytes())
     for k, part in enumerate((rows[:third], rows[third:])):
         (paths["json"] / f"rows{k}.json").write_text(json.dumps(part, ensure_ascii=False), encoding="utf-8")
         if flat:

@@ -591,6 +591,24 @@ def test_evaluation_rows_are_read_strictly_with_line_numbers(tmp_path):
         load_rows(str(path))
 
 
+def test_a_json_evaluation_file_is_read_as_its_content_says(tmp_path):
+    """JSON Lines in a ``.json`` file failed with "not valid JSON (Extra data)"; an object holding its rows under
+    another key than ``rows`` or ``data`` read as no rows. Both now read as an SFT source reads them."""
+    from tempa.merge.eval_data import load_rows
+
+    rows = [{"prompt": "a"}, {"prompt": "b"}]
+    path = tmp_path / "eval.json"
+    for content in ("\n".join(json.dumps(r) for r in rows) + "\n", json.dumps({"items": rows})):
+        path.write_text(content, encoding="utf-8")
+        assert load_rows(str(path)) == rows, content
+    path.write_text(json.dumps(rows[0]) + '\n{"prompt": \n', encoding="utf-8")  # read strictly, as .jsonl is
+    with pytest.raises(StageError, match=rf"^{path}:2: not valid JSON"):
+        load_rows(str(path))
+    path.write_text(json.dumps({"note": "no rows here"}), encoding="utf-8")
+    with pytest.raises(StageError, match=r"an object holding exactly one list; the object holds no list$"):
+        load_rows(str(path))
+
+
 @pytest.mark.parametrize(
     ("row", "problem"),
     [

@@ -66,6 +66,9 @@ def test_a_blank_line_is_skipped_and_a_broken_one_named_in_a_folder_of_jsonl_or_
     one.write_text('{"text": "river"}\n{"text": "rice"\n', encoding="utf-8")
     with pytest.raises(StageError, match=r"^data source 'web', line 2: not valid JSON"):
         prepare(one, "c3")
+    as_json = one.rename(tmp_path / "one.json")  # JSON Lines in a .json file, as many hub datasets ship them
+    with pytest.raises(StageError, match=r"^data source 'web', line 2: not valid JSON"):
+        prepare(as_json, "c4")
 
 
 def test_packed_documents_never_see_each_other(tmp_path, tiny_model_dir):

@@ -585,12 +585,64 @@ def test_a_jsonl_file_read_by_the_workers_gives_the_rows_load_source_gives(tmp_p
             assert read == loaded, (case, chunks)
 
 
-def test_a_folder_of_jsonl_files_is_read_as_one_file_is_a_bad_line_a_reject(tmp_path: Path, tiny_tokenizer) -> None:
-    """A folder of JSON Lines shards went to ``datasets``' JSON loader: a line that is not JSON, or a blank line
-    among conversations of different shapes, stopped the run with "An error occurred while generating the
-    dataset", naming no file or line. Now tempa's reader reads the split's files in order (a test split's file
-    left out, a shard of nothing but whitespace skipped in either path): the broken line is a reject named by file
-    and line, and one pass and normalising first prepare the same rows."""
+_LINES = b'{"a": 1, "t": "x"}\n{"a": 2, "t": "y"}\n'
+_JSON_FILES = {  # a .json file's content: JSON Lines (True) or one document (False)
+    "lines": (_LINES, True),
+    "lines, a BOM, CRLF, a blank first line, no final break": (b"\xef\xbb\xbf\r\n" + _LINES.replace(b"\n", b"\r\n")[:-2],
+                                                                True),
+    "lines with blank lines between": (b'\n\n{"a": 1, "t": "x"}\n\n  \n{"a": 2, "t": "y"}\n\n', True),
+    "lines, the second broken": (b'{"a": 1, "t": "x"}\n{"a": 2,\n{"a": 3, "t": "z"}\n', True),
+    "a list": (b'[{"a": 1, "t": "x"}, {"a": 2, "t": "y"}]', False),
+    "a list, pretty-printed": (b'[\n  {"a": 1, "t": "x"},\n  {"a": 2, "t": "y"}\n]\n', False),
+    "an object holding a list, pretty-printed": (b'{\n  "data": [\n    {"a": 1, "t": "x"}\n  ]\n}\n', False),
+    "an object holding a list, on one line": (b'{"data": [{"a": 1, "t": "x"}, {"a": 2, "t": "y"}]}\n\n', False),
+    "an object starting on one line": (b'{"data": [{"a": 1, "t": "x"},\n {"a": 2, "t": "y"}]}\n', False),
+}
+
+
+@pytest.mark.parametrize("name", list(_JSON_FILES))
+def test_a_json_file_is_read_as_its_content_says(tmp_path: Path, name: str) -> None:
+    """A ``.json`` file holding JSON Lines, as many hub datasets ship them, stopped the run with "rows.json:2: not
+    valid JSON (Extra data)". It is now read as JSON Lines (a broken line a reject, as in a ``.jsonl`` file), with
+    the rows ``datasets``' own JSON loader gives; a JSON document gives its list of rows."""
+    import json
+
+    import datasets
+
+    from tempa.chat_templates.json_files import Line, is_json_lines, parse_line
+    from tempa.sft import sources
+
+    content, lines = _JSON_FILES[name]
+    path = tmp_path / "rows.json"
+    path.write_bytes(content)
+    assert is_json_lines(path) is lines
+    source = SourceConfig.model_validate({"name": "s", "path": str(path)})
+    loaded = sources.load_source(source, cache_dir=tmp_path / "cache").to_dict()
+    errors = loaded.get(sources.READ_ERROR, [None] * len(loaded[sources.RAW]))
+    parsed = [parse_line(Line(i + 1, text, error)) for i, (text, error) in
+              enumerate(zip(loaded[sources.RAW], errors, strict=True))]
+    rows = [line.value for line in parsed if not line.blank and line.error is None]
+    if lines:
+        assert sources.row_names(source).lines  # rejects name the line
+        assert [i + 1 for i, line in enumerate(parsed) if line.error] == ([2] if "broken" in name else [])
+        good = tmp_path / "good.json"
+        good.write_bytes(b"\n".join(row for row in content.splitlines() if not row.rstrip().endswith(b",")))
+        expected = datasets.load_dataset("json", data_files=str(good), split="train",
+                                         cache_dir=str(tmp_path / "hf")).to_list()
+    else:
+        document = json.loads(content.decode("utf-8"))
+        expected = document if isinstance(document, list) else document["data"]
+    assert rows == expected and len(rows) >= 1
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_folder_of_jsonl_files_is_read_as_one_file_is_a_bad_line_a_reject(tmp_path: Path, tiny_tokenizer,
+                                                                           suffix: str) -> None:
+    """A folder of JSON Lines shards (``.jsonl``, or ``.json`` holding JSON Lines) went to ``datasets``' JSON loader:
+    a line that is not JSON, or a blank line among conversations of different shapes, stopped the run with "An
+    error occurred while generating the dataset", naming no file or line. Now tempa's reader reads the split's files
+    in order (a test split's file left out, a shard of nothing but whitespace skipped in either path): the broken
+    line is a reject named by file and line, and one pass and normalising first prepare the same rows."""
     import json
 
     from tempa.chat_templates import load_template
@@ -606,11 +658,11 @@ def test_a_folder_of_jsonl_files_is_read_as_one_file_is_a_bad_line_a_reject(tmp_
         answer = {"role": "assistant", "content": f"a{i}", **({"reasoning_content": f"r{i}"} if i % 2 else {})}
         return json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, answer]})
 
-    (folder / "train-00000-of-00002.jsonl").write_text("\n".join([row(0), "", row(1), "{not json"]) + "\n",
-                                                       encoding="utf-8")
-    (folder / "train-00001-of-00002.jsonl").write_text("\n".join(row(i) for i in range(2, 6)), encoding="utf-8")
-    (folder / "train-00002-of-00002.jsonl").write_bytes(b"\xef\xbb\xbf \n\n")  # a shard left empty: no rows
-    (folder / "test-00000-of-00001.jsonl").write_text(row(99) + "\n", encoding="utf-8")
+    (folder / f"train-00000-of-00002{suffix}").write_text("\n".join([row(0), "", row(1), "{not json"]) + "\n",
+                                                          encoding="utf-8")
+    (folder / f"train-00001-of-00002{suffix}").write_text("\n".join(row(i) for i in range(2, 6)), encoding="utf-8")
+    (folder / f"train-00002-of-00002{suffix}").write_bytes(b"\xef\xbb\xbf \n\n")  # a shard left empty: no rows
+    (folder / f"test-00000-of-00001{suffix}").write_text(row(99) + "\n", encoding="utf-8")
     prepared = {}
     for curate in ({}, {"dedup": {}}):  # one pass, and normalising first (the Arrow copy)
         config = DataConfig.model_validate({"sources": [{"name": "s", "path": str(folder)}], "curation": curate,
@@ -620,8 +672,8 @@ def test_a_folder_of_jsonl_files_is_read_as_one_file_is_a_bad_line_a_reject(tmp_
         (reject,) = [json.loads(line) for line in (out / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
         assert reject["reason"] == "malformed_row" and reject["row"] == 3 and reject["data"] == "{not json", reject
         # named by its file and line, as an editor shows them
-        assert (reject["file"], reject["line"]) == ("train-00000-of-00002.jsonl", 4), reject
-        assert reject["detail"].startswith("train-00000-of-00002.jsonl line 4: not valid JSON"), reject
+        assert (reject["file"], reject["line"]) == (f"train-00000-of-00002{suffix}", 4), reject
+        assert reject["detail"].startswith(f"train-00000-of-00002{suffix} line 4: not valid JSON"), reject
     one, first = prepared[0], prepared[1]
     assert one.mix.total.rows_in == 7 and one.mix.total.rows_kept == 6
     assert sorted(tok.decode(ids) for ids in one.train["input_ids"]) == sorted(

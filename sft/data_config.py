@@ -481,16 +481,16 @@ NORMALISE_ROWS_PER_PROCESS = 5_000
 # single-turn reasoning rows of about 820 tokens); Meta's Llama 3 tokenizer encodes about 10% slower per
 # token. Rounded down. Measured before the pre-token cache (sft/pretokens.py), which prepares ASCII text at
 # about 2.5x that rate; kept, since text that is not ASCII (Thai, Japanese, ...) still takes the backend's
-# encode at about this rate, and a plan should not promise the faster case.
+# encode at about this rate, and a plan should not promise the faster case. Checked 2026-12-01 (one process, Llama 3's
+# tokenizer, one run each): ASCII 688k, the same rows in Thai letters 333k, in Japanese 412k tokens per CPU-second.
 PREP_TOKENS_PER_CORE_SECOND = 250_000
 # Tokens per second of the steps that run in one process whatever `num_proc` is: hashing the source files,
-# reading JSON Lines into Arrow (until 2026-12-01: the workers now read their own lines), splitting off the
-# rejects, the shuffled selection and save of the prepared
-# set (reading counted as one process, though a large file is read in several: two scaled only 1.2x on the
-# VM below). On a node with 100+ cores these, not tokenising, set the floor. Measured 2026-11-30 on the quiet
-# 2-vCPU VM: a prepare of 30,000 bench rows (24.5M tokens, 121 MB of JSON Lines) in 2 processes spent 2.39
-# and 2.41 s (two runs) outside its normalising and tokenising steps: 10.2M tokens/s. Rounded down.
-PREP_SERIAL_TOKENS_PER_SECOND = 10_000_000
+# finding the lines of JSON Lines files, splitting off the rejects, the shuffled selection and save of the
+# prepared set. On a node with 100+ cores these, not tokenising, set the floor. Measured 2026-12-01 on the quiet
+# 2-vCPU VM: a prepare of 30,000 bench rows (24.96M tokens, 124 MB of JSON Lines) in 2 processes spent 0.60,
+# 0.64, 0.65 and 0.90 s (four runs) outside the workers' map: 27.7M-41.6M tokens/s. Rounded down. (2026-11-30,
+# when the parent still read the file into Arrow before the workers started: 2.39 and 2.41 s, 10.2M tokens/s.)
+PREP_SERIAL_TOKENS_PER_SECOND = 25_000_000
 
 
 def available_cores() -> int:

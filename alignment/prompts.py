@@ -19,7 +19,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from tempa.chat_templates.json_files import JsonFileError, document_rows, is_json_lines, read_json, read_jsonl
+from tempa.chat_templates.json_files import (
+    JsonFileError,
+    Line,
+    document_rows,
+    is_json_lines,
+    read_json,
+    read_jsonl,
+)
 from tempa.sft.mixing import thinking_on_count
 from tempa.sft.stage_api import (
     Artifact,
@@ -139,20 +146,18 @@ def read_rows(source: PromptSource) -> list[dict[str, Any]]:
     path = Path(source.path)
     where = source.path
     try:
-        if path.is_file() and is_json_lines(path):
-            return _jsonl_rows([path], where)
-        if path.is_file() and path.suffix.lower() == ".json":
-            return document_rows(path, read_json(path, "a JSON list of rows"))
+        if path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
+            return _json_rows([path], where)
         import datasets
 
-        from tempa.sft.sources import data_files, is_saved_dataset, jsonl_shards
+        from tempa.sft.sources import data_files, is_saved_dataset, json_shards
 
         if path.is_dir() and is_saved_dataset(path):
             loaded = datasets.load_from_disk(str(path))
         elif path.is_dir():  # a folder of data files, its split's files found as datasets finds them
-            shards = jsonl_shards(*data_files(path, source.split))
+            shards = json_shards(*data_files(path, source.split))
             if shards is not None:
-                return _jsonl_rows(shards, where)
+                return _json_rows(shards, where)
             loaded = datasets.load_dataset(str(path), split=source.split)
         elif path.is_file():
             builder = {".parquet": "parquet", ".csv": "csv"}.get(path.suffix.lower())
@@ -175,17 +180,28 @@ def read_rows(source: PromptSource) -> list[dict[str, Any]]:
         raise StageError(f"{where}: could not load prompts: {first}") from None
 
 
-def _jsonl_rows(files: list[Path], where: str) -> list[dict[str, Any]]:
-    """The rows of JSON Lines files, file after file; as SFT sources do, an unreadable line is left out and named,
-    the others are used."""
-    lines = [(file, line) for file in files for line in read_jsonl(file)]
-    bad = [(file, line) for file, line in lines if line.error is not None]
+def _json_rows(files: list[Path], where: str) -> list[dict[str, Any]]:
+    """The rows of JSON files, file after file, each read as its content says (JSON Lines, or one document holding
+    a list of rows); as SFT sources do, an unreadable line is left out and named, the others are used."""
+    rows: list[Any] = []
+    bad: list[tuple[Path, Line]] = []
+    read = 0
+    for file in files:
+        if not is_json_lines(file):  # one document: readable whole or not at all
+            rows.extend(document_rows(file, read_json(file, "a JSON list of rows")))
+            continue
+        for line in read_jsonl(file):
+            read += 1
+            if line.error is None:
+                rows.append(line.value)
+            else:
+                bad.append((file, line))
     if bad:
         shown = "; ".join(f"{f'{file.name}:' if len(files) > 1 else 'line '}{line.number}: {line.error}"
                           for file, line in bad[:3])
-        log.warning("%s: skipped %d unreadable line(s) of %d: %s%s", where, len(bad), len(lines), shown,
+        log.warning("%s: skipped %d unreadable line(s) of %d: %s%s", where, len(bad), read, shown,
                     " ..." if len(bad) > 3 else "")
-    return [line.value for _, line in lines if line.error is None]
+    return rows
 
 
 def to_prompt(row: dict[str, Any], index: int, source: PromptSource) -> PromptRow:

@@ -201,8 +201,8 @@ A data source (`data.sources[]`, see [SourceConfig](#sourceconfig)) is read from
 | `file.json` holding one JSON document | a list of rows, or an object holding exactly one list (`{"data": [...]}`) |
 | `file.parquet`, `file.csv` | loaded with `datasets` |
 | a folder written by `Dataset.save_to_disk` (or a `DatasetDict`, with `split`) | loaded with `datasets.load_from_disk` |
-| a folder of JSON Lines files (`.jsonl`, or `.json` holding JSON Lines) | read as one JSON Lines file is, file after file: the files of `split` as `datasets` finds them (`train-00000-of-00004.jsonl`, a `train/` folder) |
-| a folder of other data files (Parquet, CSV, JSON documents) | loaded with `datasets.load_dataset(folder, split=split)` |
+| a folder of JSON files (`.jsonl`, `.json`) | file after file, each read as it would be alone (a bad line a reject named by file and line): the files of `split` as `datasets` finds them (`train-00000-of-00004.jsonl`, a `train/` folder) |
+| a folder of other data files (Parquet, CSV, compressed JSON) | loaded with `datasets.load_dataset(folder, split=split)` |
 | a hub dataset id, e.g. `HuggingFaceH4/ultrachat_200k` | `datasets.load_dataset(path, name=subset, split=split, revision=revision)` |
 | `stage:NAME` | the dataset an earlier `synthesize` stage wrote |
 

@@ -348,11 +348,11 @@ class _RejectWriter:
         if state.first_reject is None:
             state.first_reject = detail
         record: dict[str, Any] = {"source": state.source.name, "row": row}
-        found = state.names.line(row)
-        if found is not None:
-            file, record["line"] = found
-            if file is not None:
-                record["file"] = file
+        place = state.names.place(row)
+        if place.file is not None:  # in a folder: the file, and the line or row in it
+            record.update(file=place.file, **{"line" if place.unit == "line" else "file_row": place.number})
+        elif place.unit == "line":
+            record["line"] = place.number
         record.update(reason=reason, detail=detail, data=data)
         self.handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
 

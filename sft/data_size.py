@@ -145,7 +145,7 @@ def _scan(path: str, changes: tuple[tuple[str, int, int], ...], sample: int, spl
         return _saved_dataset_rows(file, sample, split) if is_saved_dataset(file) else \
             _data_files_rows(file, sample, split)
     if is_json_lines(file):
-        return _jsonl_rows([file], sample)
+        return _json_file_rows([file], sample)
     if suffix == ".json":
         try:
             texts = json_rows(file)
@@ -160,11 +160,16 @@ def _scan(path: str, changes: tuple[tuple[str, int, int], ...], sample: int, spl
     return None
 
 
-def _jsonl_rows(files: Sequence[Path], sample: int) -> LocalRows:
-    """The non-blank lines of JSON Lines ``files``, file after file, as tempa's reader reads them."""
+def _json_file_rows(files: Sequence[Path], sample: int) -> LocalRows:
+    """The rows of JSON ``files``, file after file, each read as the pipeline reads it: the non-blank lines of
+    JSON Lines, a JSON document's rows (as JSON text)."""
+    from tempa.sft.sources import json_rows
 
     def lines() -> Iterator[tuple[int, bytes]]:
         for file in files:
+            if not is_json_lines(file):
+                yield from ((0, text.encode("utf-8")) for text in json_rows(file))  # line 0: no BOM to drop
+                continue
             with open(file, "rb") as handle:
                 for number, line in enumerate(handle, start=1):
                     if (line.removeprefix(codecs.BOM_UTF8) if number == 1 else line).strip():  # a blank line: none
@@ -172,7 +177,7 @@ def _jsonl_rows(files: Sequence[Path], sample: int) -> LocalRows:
 
     rows, kept = _reservoir(lines(), sample, lambda item: (item[0], item[1] if len(item[1]) <= LONG_LINE_BYTES
                                                            else len(item[1])))
-    return jsonl_sample(rows, kept)
+    return replace(jsonl_sample(rows, kept), lines=all(map(is_json_lines, files)))
 
 
 def _draw(rows: int, sample: int) -> list[int]:
@@ -226,36 +231,17 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
         return columns
 
 
-def _json_files_rows(files: Sequence[Path], sample: int) -> LocalRows:
-    """``datasets``' JSON builder's rows of ``files``: each non-blank line of JSON Lines a row, or each item of a
-    file's JSON list (a string item: a row of one ``text``)."""
-
-    def rows() -> Iterator[bytes | Any]:
-        for file in files:
-            with open(file, "rb") as handle:
-                start = handle.read(4096).lstrip(codecs.BOM_UTF8).lstrip()
-                handle.seek(0)
-                if start.startswith(b"["):
-                    yield from json.loads(handle.read().decode("utf-8-sig"))
-                else:
-                    yield from (line for line in handle if line.strip())
-
-    count, kept = _reservoir(rows(), sample)
-    parsed = [json.loads(row.decode("utf-8-sig")) if isinstance(row, bytes) else row for row in kept]
-    return LocalRows(count, _columns([row if isinstance(row, dict) else {"text": row} for row in parsed]))
-
-
 def _data_files_rows(folder: Path, sample: int, split: str) -> LocalRows | None:
     """A folder of data files, the files of ``split`` found as the run finds them
     (:func:`tempa.sft.sources.data_files`); None for files other than Parquet, CSV or JSON."""
-    from tempa.sft.sources import data_files, jsonl_shards
+    from tempa.sft.sources import data_files, json_shards
 
     kind, files = data_files(folder, split)
-    shards = jsonl_shards(kind, files)
+    shards = json_shards(kind, files)
     if shards is not None:
-        return _jsonl_rows(shards, sample)  # read by tempa's reader, as one JSON Lines file is
-    read = {"parquet": _parquet_rows, "csv": _csv_rows, "json": _json_files_rows}.get(kind)
-    plain = {"parquet": {".parquet"}, "csv": {".csv"}, "json": {".json", ".jsonl"}}.get(kind, set())
+        return _json_file_rows(shards, sample)  # read by tempa's readers, each file as it is alone
+    read = {"parquet": _parquet_rows, "csv": _csv_rows}.get(kind)
+    plain = {"parquet": {".parquet"}, "csv": {".csv"}}.get(kind, set())
     if read is None or any(file.suffix.lower() not in plain for file in files):  # compressed (.gz...), or other
         return None
     return read(files, sample)

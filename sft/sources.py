@@ -7,11 +7,10 @@ row instead of an Arrow schema error that stops the whole run. A ``.json`` file 
 JSON Lines files go through
 tempa's one reader (``tempa.chat_templates.json_files``): a line that is not UTF-8 carries its
 reason in ``READ_ERROR`` and becomes a reject too, a leading BOM is dropped, and an empty file
-is a one-line error. A folder of JSON Lines files is read the same way, file after file (the files of its
-``split``, as ``datasets`` finds them). :func:`load_source` writes the rows into Arrow files in the cache; the
+is a one-line error. A folder of JSON files is read file after file (the files of its ``split``, as ``datasets``
+finds them), each as it would be alone. :func:`load_source` writes the rows into Arrow files in the cache; the
 SFT pipeline skips that copy: its workers read their own lines of the files (:class:`JsonLinesFiles`), the
-same rows. Typed sources (Parquet, CSV, JSON lists in a folder,
-Arrow, hub) are loaded with ``datasets``.
+same rows. Typed sources (Parquet, CSV, compressed JSON in a folder, Arrow, hub) are loaded with ``datasets``.
 """
 
 from __future__ import annotations
@@ -74,41 +73,60 @@ def is_local(source: SourceConfig) -> bool:
 
 
 @dataclass(frozen=True)
+class RowPlace:
+    """Where a row is in the user's files: its file (in a folder) and its line (JSON Lines: 1-based, as an editor
+    shows it) or row (a JSON document's list, or a typed source: 0-based)."""
+
+    file: str | None
+    unit: str  # "line" or "row"
+    number: int
+
+    def __str__(self) -> str:
+        return f"{self.file} {self.unit} {self.number}" if self.file is not None else f"{self.unit} {self.number}"
+
+
+@dataclass(frozen=True)
 class RowNames:
     """How messages name a source's rows: a JSON Lines file's by line number (what an editor shows), a folder of
-    JSON Lines files' by file and line, other sources' by row (0-based)."""
+    JSON files' by file and line (or row, in a file holding one JSON document), other sources' by row (0-based)."""
 
     lines: bool = False  # one JSON Lines file
-    files: tuple[str, ...] = ()  # a folder's JSON Lines files, by path below the folder
+    files: tuple[str, ...] = ()  # a folder's JSON files, by path below the folder
     firsts: tuple[int, ...] = ()  # each file's first row
+    documents: frozenset[int] = frozenset()  # the files (by position) holding one JSON document: rows, not lines
 
-    def line(self, index: int) -> tuple[str | None, int] | None:
-        """(the file, in a folder; its 1-based line) of row ``index``; None for a source of typed rows."""
+    def place(self, index: int) -> RowPlace:
         if self.files:
             k = max(0, bisect.bisect_right(self.firsts, index) - 1)
-            return self.files[k], index - self.firsts[k] + 1
-        return (None, index + 1) if self.lines else None
+            within = index - self.firsts[k]
+            return RowPlace(self.files[k], "row", within) if k in self.documents else \
+                RowPlace(self.files[k], "line", within + 1)
+        return RowPlace(None, "line", index + 1) if self.lines else RowPlace(None, "row", index)
 
     def label(self, index: int) -> str:
-        found = self.line(index)
-        if found is None:
-            return f"row {index}"
-        file, line = found
-        return f"{file} line {line}" if file is not None else f"line {line}"
+        return str(self.place(index))
 
 
 def row_names(source: SourceConfig, lines: JsonLinesFiles | None = None) -> RowNames:
-    """The source's :class:`RowNames`; a folder's from ``lines``, its :func:`json_lines_files` when already found."""
+    """The source's :class:`RowNames`; a folder of JSON Lines files' from ``lines``, its :func:`json_lines_files`
+    when already found."""
     path = Path(source.path)
     if not (is_local(source) and path.is_dir()):
         return RowNames(lines=is_local(source) and is_json_lines(path))
+    files = None
     if lines is None:
         with contextlib.suppress(DataError):  # a folder the loader cannot read fails there, with its own message
-            lines = json_lines_files(source)
-    if lines is None:
+            files = _json_folder_files(source)
+    if lines is not None or (files is not None and all(map(is_json_lines, files))):
+        lines = lines or json_lines_files(source)
+        files, counts, documents = list(lines.files), [len(starts) - 1 for starts in lines.starts], frozenset()
+    elif files is not None:  # JSON documents among the files: their rows counted as the loader reads them
+        counts = [len(_line_starts(file)) - 1 if is_json_lines(file) else _document_size(file) for file in files]
+        documents = frozenset(k for k, file in enumerate(files) if not is_json_lines(file))
+    else:
         return RowNames()
-    return RowNames(files=tuple(str(file.relative_to(path)) for file in lines.files),
-                    firsts=tuple(int(first) for first in lines.firsts[:-1]))
+    return RowNames(files=tuple(str(file.relative_to(path)) for file in files),
+                    firsts=tuple(int(first) for first in np.cumsum([0, *counts[:-1]])), documents=documents)
 
 
 def is_saved_dataset(folder: Path) -> bool:
@@ -131,9 +149,9 @@ def load_source(source: SourceConfig, *, cache_dir: Path | None = None) -> datas
         if path.is_dir():
             if is_saved_dataset(path):
                 return _one_split(datasets.load_from_disk(str(path)), source)
-            lines = _jsonl_folder_files(source)
-            if lines is not None:  # tempa's reader, file after file: a bad line is a reject, as in one file
-                return dataset_of_files([part for file in lines for part in _jsonl_parts(file, hf_cache)])
+            files = _json_folder_files(source)
+            if files is not None:  # tempa's readers, file after file: a bad line is a reject, as in one file
+                return _json_files_rows(files, hf_cache)
             # Other data files: datasets infers the builder from the extensions.
             return _one_split(datasets.load_dataset(str(path), split=source.split, cache_dir=hf_cache), source)
         suffix = path.suffix.lower()
@@ -204,8 +222,8 @@ def json_lines_files(source: SourceConfig) -> JsonLinesFiles | None:
         if not is_local(source) or (path.is_dir() and is_saved_dataset(path)):
             return None
         if path.is_dir():
-            files = _jsonl_folder_files(source)
-            if files is None:
+            files = _json_folder_files(source)
+            if files is None or not all(map(is_json_lines, files)):
                 return None
         elif is_json_lines(path):
             check_not_empty(path)
@@ -239,19 +257,18 @@ def data_files(folder: Path, split: str) -> tuple[str, list[Path]]:
     return builder.name, [Path(file) for file in found[split]]
 
 
-def jsonl_shards(kind: str, files: list[Path]) -> list[Path] | None:
-    """Of a folder's data files (:func:`data_files`), the ones tempa's JSON Lines reader takes when they are all
-    JSON Lines (``.jsonl``, or ``.json`` holding JSON Lines: :func:`is_json_lines`): those with a line (not empty,
-    blank or a BOM alone: a shard left empty); None otherwise."""
-    if kind != "json":
+def json_shards(kind: str, files: list[Path]) -> list[Path] | None:
+    """Of a folder's data files (:func:`data_files`), the ones tempa reads itself, each as one file alone is read
+    (JSON Lines, or one JSON document: :func:`is_json_lines`), when they are all JSON (``.jsonl``/``.json``, not
+    compressed): those with some text (not empty, blank or a BOM alone: a shard left empty); None otherwise."""
+    if kind != "json" or any(file.suffix.lower() not in (".json", ".jsonl") for file in files):
         return None
-    shards = [file for file in files if has_text(file)]
-    return shards if all(is_json_lines(file) for file in shards) else None
+    return [file for file in files if has_text(file)]
 
 
-def _jsonl_folder_files(source: SourceConfig) -> list[Path] | None:
-    """The :func:`jsonl_shards` of the source's folder and split; None for other folders."""
-    files = jsonl_shards(*data_files(Path(source.path), source.split))
+def _json_folder_files(source: SourceConfig) -> list[Path] | None:
+    """The :func:`json_shards` of the source's folder and split; None for other folders."""
+    files = json_shards(*data_files(Path(source.path), source.split))
     if files == []:
         raise DataError(f"{describe(source)}: has no rows (its {source.split} files are empty)")
     return files
@@ -292,6 +309,22 @@ def _one_split(loaded: Any, source: SourceConfig) -> datasets.Dataset:
 
 def _jsonl_rows(path: Path, hf_cache: str | None) -> datasets.Dataset:
     return dataset_of_files(_jsonl_parts(path, hf_cache))
+
+
+def _json_files_rows(files: list[Path], hf_cache: str | None) -> datasets.Dataset:
+    """A folder's JSON files' rows, file after file, each file read as it is alone: JSON Lines through the Arrow
+    copy, a JSON document's rows as raw text (``READ_ERROR`` none)."""
+    if all(map(is_json_lines, files)):
+        return dataset_of_files([part for file in files for part in _jsonl_parts(file, hf_cache)])
+    parts = []
+    for file in files:
+        if is_json_lines(file):
+            parts.append(_jsonl_rows(file, hf_cache))
+        else:
+            texts = json_rows(file)
+            parts.append(datasets.Dataset.from_dict({RAW: texts, READ_ERROR: [None] * len(texts)},
+                                                    features=_JSONL_FEATURES))
+    return datasets.concatenate_datasets(parts)
 
 
 def _jsonl_parts(path: Path, hf_cache: str | None) -> list[Path]:
@@ -367,7 +400,24 @@ def _write_jsonl_arrow(path: Path, out: Path, span: tuple[int, int], report: Cal
 
 def json_rows(path: Path) -> list[str]:
     """The rows of a JSON document file (:func:`document_rows`), each as JSON text (``RAW``)."""
-    return [json.dumps(row, ensure_ascii=False) for row in document_rows(path, read_json(path, "a JSON list of rows"))]
+    rows = [json.dumps(row, ensure_ascii=False) for row in document_rows(path, read_json(path, "a JSON list of rows"))]
+    _DOCUMENT_SIZES[_identity(path)] = len(rows)
+    return rows
+
+
+# Rows of the JSON documents read in this process, by file identity: naming a folder's rows after loading it does
+# not parse its documents again.
+_DOCUMENT_SIZES: dict[tuple[str, int, int, int], int] = {}
+
+
+def _identity(path: Path) -> tuple[str, int, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
+def _document_size(path: Path) -> int:
+    size = _DOCUMENT_SIZES.get(_identity(path))
+    return size if size is not None else len(json_rows(path))
 
 
 def source_fingerprint(source: SourceConfig, *, dataset: datasets.Dataset | None = None) -> str:

@@ -152,7 +152,7 @@ def test_a_folder_of_prompt_files_is_read_file_after_file_and_planned_as_read(tm
     assert count_local_rows(str(tmp_path / "jsonl")) == 6 and count_local_rows(str(tmp_path / "parquet")) == 4
 
 
-def test_a_json_prompt_file_is_read_as_its_content_says(tmp_path):
+def test_a_json_prompt_file_is_read_as_its_content_says(tmp_path, caplog):
     """A ``.json`` prompt file holding JSON Lines stopped the stage with "not valid JSON (Extra data)", and one
     holding ``{"data": [...]}`` with "expected a JSON list of rows", though an SFT source reads both."""
     from tempa.sft.stage_api import StageError
@@ -167,6 +167,16 @@ def test_a_json_prompt_file_is_read_as_its_content_says(tmp_path):
     with pytest.raises(StageError, match=r"p.json: expected a JSON list of rows, or an object holding exactly one "
                                          r"list; the object holds lists under 'a', 'b'$"):
         load_prompts(PromptSource(path=str(tmp_path / "p.json")), seed=0)
+    # A folder of JSON files (here a list, and JSON Lines with a broken line), each read as it is alone; before, a
+    # folder holding a JSON list went to datasets, which failed on an id that is a number here and a string there.
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    (folder / "train-0.json").write_text(json.dumps([{"prompt": "Q0", "id": 1}, {"prompt": "Q1", "id": "b"}]),
+                                         encoding="utf-8")
+    (folder / "train-1.json").write_text('{"prompt": "Q2"}\n{oops\n{"prompt": "Q3"}\n', encoding="utf-8")
+    with caplog.at_level("WARNING", logger="tempa"):
+        assert [r.question for r in load_prompts(PromptSource(path=str(folder)), seed=0)] == ["Q0", "Q1", "Q2", "Q3"]
+    assert "skipped 1 unreadable line(s) of 3: train-1.json:2: not valid JSON" in caplog.text
 
 
 def test_prompt_files_skip_unreadable_lines_strip_a_bom_and_refuse_an_empty_file(tmp_path, caplog):

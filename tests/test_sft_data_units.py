@@ -681,6 +681,45 @@ def test_a_folder_of_jsonl_files_is_read_as_one_file_is_a_bad_line_a_reject(tmp_
     assert not any("q99" in tok.decode(ids) for ids in one.train["input_ids"])
 
 
+def test_a_folder_of_json_documents_is_read_as_each_file_alone_is(tmp_path: Path, tiny_tokenizer) -> None:
+    """A folder of JSON lists (a ShareGPT dump in parts) went to ``datasets``' JSON loader, which types every row
+    together: an ``id`` that is a number in one row and a string in another stopped the run with "An error
+    occurred while generating the dataset", though each file alone prepares. Now each file is read as it would be
+    alone (a list, an object holding one, JSON Lines), rejects are named by file and row or line, and the plan
+    counts the rows the run reads."""
+    import json
+
+    from tempa.chat_templates import load_template
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_config import DataConfig
+    from tempa.sft.data_size import scan_local_rows
+
+    tok = tiny_tokenizer
+    tok.chat_template = load_template("llama3_thinking")
+    folder = tmp_path / "parts"
+    folder.mkdir()
+
+    def row(i: Any) -> dict:
+        return {"id": i, "conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": f"a{i}"}]}
+
+    (folder / "part-1.json").write_text(json.dumps([row(1), row("two"), {"conversations": "broken"}], indent=1),
+                                        encoding="utf-8")
+    (folder / "part-2.json").write_text(json.dumps({"data": [row(3.5), row(None)]}), encoding="utf-8")
+    (folder / "part-3.json").write_text(f"{json.dumps(row(6))}\n{{oops\n{json.dumps(row([7]))}\n", encoding="utf-8")
+    (folder / "part-4.json").write_text("  \n", encoding="utf-8")  # a part left empty
+    config = DataConfig.model_validate({"sources": [{"name": "s", "path": str(folder), "format": "sharegpt"}],
+                                        "heldout": 0})
+    prepared = prepare_sft_data(config, tok, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", seed=0)
+    assert sorted(tok.decode(ids).split("q")[-1].split("<")[0] for ids in prepared.train["input_ids"]) == [
+        "1", "3.5", "6", "None", "[7]", "two"]
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(r["file"], r.get("file_row"), r.get("line")) for r in rejects] == [
+        ("part-1.json", 2, None), ("part-3.json", None, 2)], rejects
+    assert rejects[0]["detail"].startswith("part-1.json row 2: ") and rejects[1]["detail"].startswith(
+        "part-3.json line 2: not valid JSON"), rejects
+    assert scan_local_rows(str(folder), 16).rows == prepared.mix.total.rows_in == 8
+
+
 def test_a_jsonl_source_is_prepared_without_an_arrow_copy_of_the_file(tmp_path: Path, tiny_tokenizer) -> None:
     """Read in one pass or normalised first (here: dedup), the workers read the file's lines themselves: no Arrow
     copy of it is written to the cache first (``load_source``'s), the same rows either way."""

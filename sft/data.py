@@ -381,15 +381,15 @@ def _build(
         for i, state in enumerate(states):
             # JSON Lines files are read by the workers that map them, each its own lines: no Arrow copy first.
             lines = json_lines_files(state.source)
-            state.names = row_names(state.source, lines)
-            state.normalize = _normalize_settings(state.source, cur, languages.get(state.source.name), specials,
-                                                  state.names)
             raw: datasets.Dataset | Rows | None = lines
             if raw is None:
                 raw = loaded.get(state.source.name)
                 if raw is None:
                     raw = load_source(state.source, cache_dir=cache_dir)
                 _check_raw(raw, state.source)
+            state.names = row_names(state.source, lines)  # after loading: a JSON document's rows are counted then
+            state.normalize = _normalize_settings(state.source, cur, languages.get(state.source.name), specials,
+                                                  state.names)
             if _one_pass(cur, state.source):
                 state.raw = raw
             else:

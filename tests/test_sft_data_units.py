@@ -681,7 +681,8 @@ def test_a_folder_of_jsonl_files_is_read_as_one_file_is_a_bad_line_a_reject(tmp_
     assert not any("q99" in tok.decode(ids) for ids in one.train["input_ids"])
 
 
-def test_a_folder_of_json_documents_is_read_as_each_file_alone_is(tmp_path: Path, tiny_tokenizer) -> None:
+def test_a_folder_of_json_documents_is_read_as_each_file_alone_is(tmp_path: Path, tiny_tokenizer,
+                                                                 monkeypatch) -> None:
     """A folder of JSON lists (a ShareGPT dump in parts) went to ``datasets``' JSON loader, which types every row
     together: an ``id`` that is a number in one row and a string in another stopped the run with "An error
     occurred while generating the dataset", though each file alone prepares. Now each file is read as it would be
@@ -690,6 +691,8 @@ def test_a_folder_of_json_documents_is_read_as_each_file_alone_is(tmp_path: Path
     import json
 
     from tempa.chat_templates import load_template
+    from tempa.chat_templates.json_files import read_json
+    from tempa.sft import sources
     from tempa.sft.data import prepare_sft_data
     from tempa.sft.data_config import DataConfig
     from tempa.sft.data_size import scan_local_rows
@@ -709,7 +712,10 @@ def test_a_folder_of_json_documents_is_read_as_each_file_alone_is(tmp_path: Path
     (folder / "part-4.json").write_text("  \n", encoding="utf-8")  # a part left empty
     config = DataConfig.model_validate({"sources": [{"name": "s", "path": str(folder), "format": "sharegpt"}],
                                         "heldout": 0})
+    parsed: list[str] = []
+    monkeypatch.setattr(sources, "read_json", lambda path, what: parsed.append(path.name) or read_json(path, what))
     prepared = prepare_sft_data(config, tok, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", seed=0)
+    assert sorted(parsed) == ["part-1.json", "part-2.json"]  # each document parsed once, not again to name its rows
     assert sorted(tok.decode(ids).split("q")[-1].split("<")[0] for ids in prepared.train["input_ids"]) == [
         "1", "3.5", "6", "None", "[7]", "two"]
     rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]

@@ -82,6 +82,28 @@ def single_token_words(tokenizer) -> list[str]:
     return sorted(words)
 
 
+# Letters that stand in for a-z, A-Z: the same rows written in another script, to measure text that is not ASCII.
+SCRIPTS = {"latin": None,
+           "thai": "กขคงจฉชซญดตถทธนบปผพฟภมยรลวศสหอฮะาเแโใไ",
+           "japanese": "あいうえおかきくけこさしすせそたちつてとなにぬねのはひふへほまみむめもやゆよらりるれろわをん東京都市"}
+
+
+def in_script(path: Path, script: str) -> None:
+    """Rewrite the conversations of ``path`` letter for letter in ``script`` (roles and keys unchanged). Not real
+    Thai or Japanese: the same words in those letters, which the tokenizer splits into more, non-ASCII tokens."""
+    letters = SCRIPTS[script]
+    if letters is None:
+        return
+    table = str.maketrans("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", (letters * 3)[:52])
+    rows = read_jsonl(path)
+    for row in rows:
+        for message in row["messages"]:
+            for key in ("content", "reasoning_content"):
+                if key in message:
+                    message[key] = message[key].translate(table)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+
+
 def conversation(length: int, words: list[str], rng: random.Random) -> dict[str, Any]:
     """One user -> assistant(reasoning, answer) conversation of about ``length`` tokens rendered."""
     body = max(24, length - 24)  # the template adds about 24 tokens of headers and think tags

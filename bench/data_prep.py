@@ -3,6 +3,7 @@
     python bench/data_prep.py              # the recorded configuration
     python bench/data_prep.py --quick      # a smoke run
     python bench/data_prep.py --rows 30000 --scaling-only   # 1 -> 2 processes on ten times the rows, no trl
+    python bench/data_prep.py --tokenizer llama3 --script thai --scaling-only   # text that is not ASCII
 
 tempa: ``tempa.sft.data.prepare_sft_data`` on a JSONL file: load, normalise, curate (tempa's default
 row filters: malformed reasoning, role order), render with the chat template, tokenise, assistant
@@ -117,6 +118,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tokenizer", choices=("tiny", "llama3"), default="tiny",
                         help="the tokenizer that prepares the rows (the rows' text is the same for both)")
+    parser.add_argument("--script", choices=list(common.SCRIPTS), default="latin",
+                        help="the letters the rows are written in: thai or japanese writes the same words letter for "
+                             "letter in that script (more tokens per word, none of them ASCII)")
     parser.add_argument("--order", choices=("shuffled", "by-length"), default="shuffled",
                         help="the rows' order in the file: by-length puts the long rows last, as a file "
                              "concatenated from short chats and long reasoning traces has them")
@@ -193,13 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.order == "by-length":
         lengths = sorted(lengths)
     print(common.machine_line())
-    print(f"data: {common.length_summary(lengths)}, {args.order}; prepared with the {args.tokenizer} tokenizer")
+    print(f"data: {common.length_summary(lengths)} (in the tiny tokenizer's words, {args.script} letters), "
+          f"{args.order}; prepared with the {args.tokenizer} tokenizer")
     first_runs = [name for name in FIRST_RUNS if not (args.scaling_only and name.startswith("trl"))]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in MEASURES if name in first_runs
                                              or not args.scaling_only}
     with tempfile.TemporaryDirectory(prefix="tempa-bench-data-") as tmp:
         work = Path(tmp)
         common.write_conversations(work / "rows.jsonl", lengths, tokenizer, seed=1)
+        common.in_script(work / "rows.jsonl", args.script)
         prepared_tokenizer(args.tokenizer, work)
         # Interleaved, so that a slow minute of a shared VM falls on every path alike; each first run gets
         # fresh caches and its own process.

@@ -167,7 +167,7 @@ def run_pretrain(config: PretrainStageConfig, ctx: StageContext) -> StageResult:
     plan = train_plan(ctx, trainer="sft", start_model=ctx.start_model, train_data=data.train_path,
                       eval_data=data.eval_path, out_dir=ctx.stage_dir, train_args=config.train_args(), seed=ctx.seed)
     outcome = launch_training(plan, ctx)
-    metrics = {**outcome.headline(), "train_tokens": sum(data.tokens.values()), "chunks": data.chunks,
+    metrics = {**outcome.headline(), "data_tokens": sum(data.tokens.values()), "chunks": data.chunks,
                **{f"tokens:{name}": count for name, count in data.tokens.items()}}
     return StageResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir), metrics=metrics)
 

@@ -54,8 +54,10 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
                       lora=config.lora)
     outcome = launch_training(plan, ctx)
     mix = prepared.mix
+    # `train_tokens` is what the trainer saw (the headline's, over every epoch and step); `data_tokens` is one pass
+    # over the prepared rows.
     metrics = {**outcome.headline(), "train_rows": mix.total.train_samples, "eval_rows": mix.total.eval_samples,
-               "train_tokens": mix.total.tokens_kept, "thinking_on_rows": mix.total.thinking_on_rows_kept}
+               "data_tokens": mix.total.tokens_kept, "thinking_on_rows": mix.total.thinking_on_rows_kept}
     return SFTResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir),
                      metrics=metrics, data=mix)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tempa.sft.throughput_summary import format_eta, peak_flops
+from tempa.sft.throughput_summary import PEAK_FLOPS, format_eta, peak_flops
 
 
 def matmul_parameters(model: Any) -> int:
@@ -137,6 +137,8 @@ class ThroughputMeter(TrainerCallback):
         self._world = max(1, int(getattr(args, "world_size", 1) or 1))
         if self.peak is None:
             self.peak = _device_peak(args)
+            if self.peak is None and state.is_world_process_zero:  # say why, rather than leave it out silently
+                print(f"[tempa] MFU not shown: {_no_peak(args)}", flush=True)
         self._handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
         self._wall_start = time.perf_counter()
         self._first_step = state.global_step  # non-zero after a resume
@@ -238,6 +240,18 @@ def _device_peak(args: Any) -> float | None:
     if not (args.bf16 or args.fp16) or not torch.cuda.is_available() or args.device.type != "cuda":
         return None
     return peak_flops(torch.cuda.get_device_name(args.device))
+
+
+def _no_peak(args: Any) -> str:
+    """Why :func:`_device_peak` knows no peak for this run."""
+    import torch
+
+    if not torch.cuda.is_available() or args.device.type != "cuda":
+        return f"training on {args.device.type}, not a GPU with a known peak"
+    if not (args.bf16 or args.fp16):
+        return "training in fp32 (the peaks known are bf16/fp16)"
+    return (f"no peak known for {torch.cuda.get_device_name(args.device)} "
+            f"(known: {', '.join(name for name, _ in PEAK_FLOPS)})")
 
 
 class ProgressLine(TrainerCallback):

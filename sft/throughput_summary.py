@@ -43,5 +43,7 @@ def throughput_headline(log_history: list[dict[str, Any]]) -> dict[str, float]:
     """The run's averages (the ``train_*`` keys of the Trainer's last log) for a stage's metrics."""
     for entry in reversed(log_history):
         if "train_tokens" in entry:
-            return {key: entry[key] for key in SUMMARY_KEYS if key in entry}
+            # a count, though the Trainer's logs carry every number as a float
+            return {key: round(entry[key]) if key == "train_tokens" else entry[key] for key in SUMMARY_KEYS
+                    if key in entry}
     return {}

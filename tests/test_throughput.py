@@ -62,7 +62,7 @@ def rows(tmp_path_factory, tiny_model_dir):
     return prepared_rows(tmp_path_factory.mktemp("throughput"), tiny_model_dir, n=8, seed=2)
 
 
-def sft_run(model_dir: Path, rows: Any, out: Path, **train: Any):
+def sft_run(model_dir: Path, rows: Any, out: Path, peak: float | None = PEAK, **train: Any):
     from trl import SFTConfig, SFTTrainer
 
     from tempa.sft.config import DEFAULT_TRAIN_ARGS
@@ -76,7 +76,7 @@ def sft_run(model_dir: Path, rows: Any, out: Path, **train: Any):
     trainer = SFTTrainer(model=str(model_dir), args=config, train_dataset=dataset, processing_class=tokenizer)
     batches = CollatedBatches(trainer.data_collator)
     trainer.data_collator = batches
-    add_throughput_callbacks(trainer, ThroughputMeter(peak=PEAK))
+    add_throughput_callbacks(trainer, ThroughputMeter(peak=peak))
     clock = Clock()
     trainer.add_callback(clock)
     started = time.perf_counter()
@@ -153,6 +153,25 @@ def test_logged_throughput_matches_the_tokens_trained_and_the_time_taken(tmp_pat
     tracked = [logs for _, _, logs in clock.logs if "loss" in logs]
     assert [t["tokens_per_s"] for t in tracked] == [w["tokens_per_s"] for w in windows]
     tensorboard_scalars(tmp_path, "train/tokens_per_s", expect=len(windows))
+
+
+def test_a_run_without_a_known_peak_says_why_mfu_is_not_shown(tmp_path, tiny_model_dir, rows, capsys, monkeypatch):
+    """MFU was left out of the progress line without a word on a CPU, in fp32 or on a GPU of unknown peak."""
+    from types import SimpleNamespace
+
+    from tempa.sft import throughput
+
+    trainer, *_ = sft_run(tiny_model_dir, rows, tmp_path, peak=None, max_steps=2)
+    assert not any("mfu" in entry for entry in trainer.state.log_history)
+    out = capsys.readouterr().out
+    assert "[tempa] MFU not shown: training on cpu, not a GPU with a known peak" in out.splitlines()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA B200")
+    gpu = SimpleNamespace(device=torch.device("cuda", 0), bf16=True, fp16=False)
+    assert throughput._device_peak(gpu) is None
+    assert throughput._no_peak(gpu).startswith("no peak known for NVIDIA B200 (known: H100 PCIe, H100")
+    assert throughput._no_peak(SimpleNamespace(device=gpu.device, bf16=False, fp16=False)) == (
+        "training in fp32 (the peaks known are bf16/fp16)")
 
 
 def tensorboard_scalars(folder: Path, tag: str, *, expect: int) -> None:

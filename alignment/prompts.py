@@ -207,8 +207,13 @@ def _json_rows(files: list[Path], where: str) -> list[dict[str, Any]]:
 def to_prompt(row: dict[str, Any], index: int, source: PromptSource) -> PromptRow:
     """A raw row as a :class:`PromptRow`; raises StageError naming the row when it cannot be used."""
     where = f"{source.path}: row {index + 1}"
+    if not isinstance(row, dict):
+        raise StageError(f"{where}: expected a JSON object, got {type(row).__name__}")
     if source.messages_field in row and row[source.messages_field] is not None:
-        messages = [dict(m) for m in row[source.messages_field]]
+        listed = row[source.messages_field]
+        if not isinstance(listed, list) or not all(isinstance(m, dict) and "role" in m for m in listed):
+            raise StageError(f"{where}: '{source.messages_field}' must be a list of {{role, content}} objects")
+        messages = [dict(m) for m in listed]
     elif isinstance(row.get(source.prompt_field), str):
         messages = [{"role": "user", "content": row[source.prompt_field]}]
     else:

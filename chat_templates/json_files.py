@@ -64,48 +64,92 @@ def has_text(path: Path) -> bool:
     return False
 
 
-# A first line longer than this is not taken for a JSON Lines row: it is a document written on one line.
-_FIRST_ROW_BYTES = 64 << 20
-
-
 def is_json_lines(path: Path) -> bool:
-    """Whether ``path`` holds JSON Lines: a ``.jsonl`` file, or a ``.json`` file whose first line is a whole JSON
-    object with more lines after it, which is what ``datasets`` and most hub datasets mean by a ``.json`` file of
-    rows. A ``.json`` file holding one JSON document (a list of rows, or an object holding one, pretty-printed or
-    on one line) is not; nor is any other file."""
+    """Whether ``path`` holds JSON Lines: a ``.jsonl`` file, or a ``.json`` file of more than one line whose first
+    line is a JSON value of its own (or a broken one), which is what ``datasets`` and most hub datasets mean by a
+    ``.json`` file of rows. A ``.json`` file holding one JSON document (a list, pretty-printed or not; an object
+    on one line, or pretty-printed, whose first line only starts it) is not; nor is any other file."""
     suffix = path.suffix.lower()
     if suffix != ".json":
         return suffix == ".jsonl"
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _JSON_LINES:
+        _JSON_LINES[key] = _holds_json_lines(path)
+    return _JSON_LINES[key]
+
+
+_JSON_LINES: dict[tuple[str, int, int, int], bool] = {}  # is_json_lines by file identity: asked once per file
+
+
+def _holds_json_lines(path: Path) -> bool:
     with open(path, "rb") as handle:
-        first = b""
-        while not first:  # the first line that is not blank
-            line = handle.readline(_FIRST_ROW_BYTES)
-            if not line:
-                return False
-            first = line.removeprefix(codecs.BOM_UTF8).strip() if handle.tell() == len(line) else line.strip()
-        if not first.startswith(b"{") or not line.endswith(b"\n"):  # a list, or a document on its one long line
+        start = _skip_space(handle)
+        if start is None:
             return False
-        try:
-            if not isinstance(json.loads(first), dict):
-                return False
-        except ValueError:  # not JSON alone (the start of a pretty-printed document), or not UTF-8
+        first = handle.read(1)
+        if first == b"[":  # a list of rows: one document
             return False
-        return any(line.strip() for line in iter(lambda: handle.readline(_FIRST_ROW_BYTES), b""))
+        end = _line_end(handle)
+        if _skip_space(handle) is None:  # one line: one document, however long
+            return False
+        handle.seek(start)
+        line = handle.read(end - start).rstrip()
+    try:
+        json.loads(line)
+    except UnicodeDecodeError:  # a row that is not UTF-8: a reject, as in a .jsonl file
+        return True
+    except json.JSONDecodeError as exc:
+        # A pretty-printed document's first line is an unfinished value ('{', '{"data": ['): it only errs at its
+        # end. A broken row errs before that.
+        return exc.pos < len(line)
+    return True
+
+
+def _skip_space(handle: Any) -> int | None:
+    """Move past whitespace (and a BOM at the start); the offset of the next byte, or None at the end."""
+    while chunk := handle.read(_CHUNK):
+        at = handle.tell() - len(chunk)
+        if at == 0 and chunk.startswith(codecs.BOM_UTF8):
+            chunk, at = chunk[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
+        kept = chunk.lstrip()
+        if kept:
+            handle.seek(at + len(chunk) - len(kept))
+            return handle.tell()
+    return None
+
+
+def _line_end(handle: Any) -> int:
+    """Move past the end of the current line (its line break included); the offset where its text ends."""
+    while chunk := handle.read(_CHUNK):
+        found = chunk.find(b"\n")
+        if found >= 0:
+            end = handle.tell() - len(chunk) + found
+            handle.seek(end + 1)
+            return end
+    return handle.tell()
 
 
 def document_rows(path: Path, data: Any) -> list[Any]:
-    """The rows of ``data``, a JSON document read from ``path``: a list of rows, or an object holding exactly one
-    list (``{"data": [...]}``); ``JsonFileError`` naming the file otherwise."""
-    if isinstance(data, dict):
-        lists = [key for key, value in data.items() if isinstance(value, list)]
-        if len(lists) != 1:
-            found = f"lists under {', '.join(map(repr, lists))}" if lists else "no list"
-            raise JsonFileError(f"{path}: expected a JSON list of rows, or an object holding exactly one list; "
-                                f"the object holds {found}")
-        data = data[lists[0]]
-    if not isinstance(data, list):
-        raise JsonFileError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
-    return data
+    """The rows of ``data``, a JSON document read from ``path``: a list of rows; or an object holding one list of
+    rows (``{"data": [...], "version": 2}``); or an object that is one row (a conversation, whose lists hold chat
+    messages; one whose lists hold no objects). ``JsonFileError`` naming the file otherwise."""
+    if isinstance(data, list):
+        return data
+    if not isinstance(data, dict):
+        raise JsonFileError(f"{path}: expected a JSON list of rows, or an object, got {type(data).__name__}")
+    if any(isinstance(value, list) and any(_is_message(item) for item in value) for value in data.values()):
+        return [data]  # a conversation
+    lists = [key for key, value in data.items()
+             if isinstance(value, list) and all(isinstance(item, dict) for item in value)]
+    if len(lists) > 1:
+        raise JsonFileError(f"{path}: holds lists of rows under {', '.join(map(repr, lists))}; expected one list of "
+                            "rows, or one row")
+    return data[lists[0]] if lists else [data]
+
+
+def _is_message(item: Any) -> bool:
+    return isinstance(item, dict) and ("role" in item or "from" in item)
 
 
 def read_lines(

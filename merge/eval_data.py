@@ -23,21 +23,39 @@ from tempa.sft.stage_api import StageError, looks_local
 
 
 def load_rows(source: str, *, split: str = "train", max_rows: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a local ``.jsonl``/``.json`` file, or of a hub/local dataset via ``datasets``."""
+    """Rows of a local ``.jsonl``/``.json`` file or folder of them (its ``split``'s files, each read as it is alone),
+    or of a hub/local dataset via ``datasets``."""
     path = Path(source)
     if path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
-        rows = _read_json_rows(path)
-    elif path.exists() or not looks_local(source):
-        import datasets
-
-        dataset = datasets.load_dataset(source, split=split)
-        if max_rows is not None:
-            dataset = dataset.select(range(min(max_rows, len(dataset))))
-        rows = [dict(row) for row in dataset]
-        _check_rows(rows, lambda i: f"{source}: row {i}")
-    else:
+        return _read_json_rows(path)[:max_rows]
+    if not path.exists() and looks_local(source):
         raise StageError(f"evaluation data not found: {source}")
-    return rows[:max_rows] if max_rows is not None else rows
+    import datasets
+
+    from tempa.sft.sources import data_files, is_saved_dataset, json_shards
+
+    try:
+        if path.is_dir() and not is_saved_dataset(path):
+            shards = json_shards(*data_files(path, split))
+            if shards is not None:
+                return [row for shard in shards for row in _read_json_rows(shard)][:max_rows]
+        if path.is_file():
+            raise StageError(f"{source}: unsupported file type {path.suffix!r}; expected .jsonl or .json (or a folder "
+                             "of data files, or a dataset id)")
+        dataset = datasets.load_from_disk(source) if path.is_dir() and is_saved_dataset(path) else \
+            datasets.load_dataset(source, split=split)
+        if isinstance(dataset, datasets.DatasetDict):
+            dataset = dataset[split]
+    except StageError:
+        raise
+    except Exception as exc:  # one line naming the data, not the loader's traceback
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StageError(f"{source}: evaluation data could not be loaded: {first}") from None
+    if max_rows is not None:
+        dataset = dataset.select(range(min(max_rows, len(dataset))))
+    rows = [dict(row) for row in dataset]
+    _check_rows(rows, lambda i: f"{source}: row {i}")
+    return rows
 
 
 def row_problem(row: Any) -> str | None:

@@ -16,6 +16,7 @@ import codecs
 import functools
 import json
 import math
+import os
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -123,7 +124,7 @@ def scan_local_rows(path: str, sample: int = 0, split: str = "train") -> LocalRo
     if not file.exists():
         return None
     try:
-        return _scan(str(file.resolve()), _changes(file), sample, split)
+        return _scan(os.path.abspath(file), _changes(file), sample, split)  # a symlink's name says what it holds
     except Exception as exc:  # as the pipeline's loader says it (tempa.sft.sources.load_source)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return LocalRows(0, error=first)

@@ -41,7 +41,9 @@ def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = 
         if not (candidate.exists() or looks_local(value)):
             return value
     if candidate.is_absolute() or looks_local(value) or candidate.exists():
-        resolved = candidate.resolve()
+        # Absolute, but symlinks kept: a file in the Hugging Face cache (snapshots/<rev>/train.json) links to a blob
+        # named by its hash, and the link's name says what the file holds.
+        resolved = Path(os.path.abspath(candidate))
         if must_exist and not resolved.exists():
             raise ValueError(f"local path does not exist: {resolved}")
         return str(resolved)

@@ -122,6 +122,16 @@ def test_prompt_loading_takes_reference_answers_and_thinking_modes(tmp_path):
 
     with pytest.raises(StageError, match="row 1: the conversation must end with a user message"):
         load_prompts(PromptSource(path=str(path)), seed=0)
+    # rows that are not objects, messages that are not chat messages: one line naming the row, not a bare
+    # AttributeError / TypeError / KeyError
+    for row, problem in ((["a", "list"], "expected a JSON object, got list"),
+                         ({"messages": [1, 2]}, "'messages' must be a list of {role, content} objects"),
+                         ({"messages": [{"content": "no role"}]}, "'messages' must be a list of {role, content}"),
+                         ({"messages": "hi"}, "'messages' must be a list of {role, content}")):
+        path.write_text(json.dumps({"prompt": "Q0"}) + "\n" + json.dumps(row) + "\n")
+        with pytest.raises(StageError) as info:
+            load_prompts(PromptSource(path=str(path)), seed=0)
+        assert str(info.value).startswith(f"{path}: row 2: {problem}"), info.value
 
 
 def test_a_folder_of_prompt_files_is_read_file_after_file_and_planned_as_read(tmp_path, caplog):
@@ -159,13 +169,13 @@ def test_a_json_prompt_file_is_read_as_its_content_says(tmp_path, caplog):
 
     prompts = [{"prompt": f"Q{i}"} for i in range(3)]
     for content in ("".join(json.dumps(p) + "\n" for p in prompts), json.dumps({"data": prompts}),
-                    json.dumps(prompts, indent=2)):
+                    json.dumps(prompts, indent=2), json.dumps({"count": 3, "data": prompts}, indent=2)):
         (tmp_path / "p.json").write_text(content, encoding="utf-8")
         assert [r.question for r in load_prompts(PromptSource(path=str(tmp_path / "p.json")), seed=0)] == [
             "Q0", "Q1", "Q2"], content
     (tmp_path / "p.json").write_text(json.dumps({"a": prompts, "b": prompts}), encoding="utf-8")
-    with pytest.raises(StageError, match=r"p.json: expected a JSON list of rows, or an object holding exactly one "
-                                         r"list; the object holds lists under 'a', 'b'$"):
+    with pytest.raises(StageError, match=r"p.json: holds lists of rows under 'a', 'b'; expected one list of rows, "
+                                         r"or one row$"):
         load_prompts(PromptSource(path=str(tmp_path / "p.json")), seed=0)
     # A folder of JSON files (here a list, and JSON Lines with a broken line), each read as it is alone; before, a
     # folder holding a JSON list went to datasets, which failed on an id that is a number here and a string there.
@@ -177,6 +187,9 @@ def test_a_json_prompt_file_is_read_as_its_content_says(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="tempa"):
         assert [r.question for r in load_prompts(PromptSource(path=str(folder)), seed=0)] == ["Q0", "Q1", "Q2", "Q3"]
     assert "skipped 1 unreadable line(s) of 3: train-1.json:2: not valid JSON" in caplog.text
+    # one prompt on one line is that prompt (it was taken for an object holding the rows)
+    (tmp_path / "one.json").write_text(json.dumps({"messages": [{"role": "user", "content": "Q9"}]}), encoding="utf-8")
+    assert [r.question for r in load_prompts(PromptSource(path=str(tmp_path / "one.json")), seed=0)] == ["Q9"]
 
 
 def test_prompt_files_skip_unreadable_lines_strip_a_bom_and_refuse_an_empty_file(tmp_path, caplog):

@@ -604,9 +604,30 @@ def test_a_json_evaluation_file_is_read_as_its_content_says(tmp_path):
     path.write_text(json.dumps(rows[0]) + '\n{"prompt": \n', encoding="utf-8")  # read strictly, as .jsonl is
     with pytest.raises(StageError, match=rf"^{path}:2: not valid JSON"):
         load_rows(str(path))
-    path.write_text(json.dumps({"note": "no rows here"}), encoding="utf-8")
-    with pytest.raises(StageError, match=r"an object holding exactly one list; the object holds no list$"):
+    # one row on one line is that row (it was taken for an object holding the rows: 0 rows, or its messages)
+    path.write_text(json.dumps({"prompt": "a", "languages": ["en", "id"]}), encoding="utf-8")
+    assert load_rows(str(path)) == [{"prompt": "a", "languages": ["en", "id"]}]
+    path.write_text(json.dumps({"rows": rows, "languages": ["en", "id"]}), encoding="utf-8")  # one list of rows
+    assert load_rows(str(path)) == rows
+    path.write_text(json.dumps({"dev": rows, "test": rows}), encoding="utf-8")
+    with pytest.raises(StageError, match=r"holds lists of rows under 'dev', 'test'; expected one list of rows, or one "
+                                         r"row$"):
         load_rows(str(path))
+    # a folder of JSON files: each read as it is alone, strictly (a bare DatasetGenerationError before); a
+    # compressed file: one line (a bare FileNotFoundError before)
+    folder = tmp_path / "suite"
+    folder.mkdir()
+    (folder / "train-0.json").write_text(json.dumps(rows), encoding="utf-8")
+    (folder / "train-1.json").write_text('{"prompt": "c"}\n{"prompt": "d"}\n', encoding="utf-8")
+    assert load_rows(str(folder)) == [*rows, {"prompt": "c"}, {"prompt": "d"}]
+    assert load_rows(str(folder), max_rows=3) == [*rows, {"prompt": "c"}]
+    (folder / "train-1.json").write_text('{"prompt": "c"}\n{"prompt": \n', encoding="utf-8")
+    with pytest.raises(StageError, match=r"train-1.json:2: not valid JSON"):
+        load_rows(str(folder))
+    packed = tmp_path / "eval.json.gz"
+    packed.write_bytes(b"\x1f\x8b")
+    with pytest.raises(StageError, match=rf"^{packed}: unsupported file type '.gz'; expected .jsonl or .json"):
+        load_rows(str(packed))
 
 
 @pytest.mark.parametrize(

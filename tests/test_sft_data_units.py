@@ -592,11 +592,18 @@ _JSON_FILES = {  # a .json file's content: JSON Lines (True) or one document (Fa
                                                                 True),
     "lines with blank lines between": (b'\n\n{"a": 1, "t": "x"}\n\n  \n{"a": 2, "t": "y"}\n\n', True),
     "lines, the second broken": (b'{"a": 1, "t": "x"}\n{"a": 2,\n{"a": 3, "t": "z"}\n', True),
+    "lines, the first broken": (b'{not json\n{"a": 1, "t": "x"}\n{"a": 2, "t": "y"}\n', True),
+    "lines, the first not UTF-8": (b'{"a": "caf\xe9"}\n{"a": 1, "t": "x"}\n{"a": 2, "t": "y"}\n', True),
+    "lines, the first null": (b'null\n{"a": 1, "t": "x"}\n{"a": 2, "t": "y"}\n', True),
     "a list": (b'[{"a": 1, "t": "x"}, {"a": 2, "t": "y"}]', False),
     "a list, pretty-printed": (b'[\n  {"a": 1, "t": "x"},\n  {"a": 2, "t": "y"}\n]\n', False),
     "an object holding a list, pretty-printed": (b'{\n  "data": [\n    {"a": 1, "t": "x"}\n  ]\n}\n', False),
     "an object holding a list, on one line": (b'{"data": [{"a": 1, "t": "x"}, {"a": 2, "t": "y"}]}\n\n', False),
     "an object starting on one line": (b'{"data": [{"a": 1, "t": "x"},\n {"a": 2, "t": "y"}]}\n', False),
+    "an object holding a list and other fields": (b'{"version": 2, "tags": ["a"], "data": [{"a": 1, "t": "x"}]}', False),
+    "one conversation on one line": (b'{"messages": [{"role": "user", "content": "q"}], "tools": [{"type": "f"}]}\n',
+                                     False),
+    "one row on one line": (b'{"text": "x", "tags": ["news", "sports"]}', False),
 }
 
 
@@ -621,18 +628,46 @@ def test_a_json_file_is_read_as_its_content_says(tmp_path: Path, name: str) -> N
     errors = loaded.get(sources.READ_ERROR, [None] * len(loaded[sources.RAW]))
     parsed = [parse_line(Line(i + 1, text, error)) for i, (text, error) in
               enumerate(zip(loaded[sources.RAW], errors, strict=True))]
-    rows = [line.value for line in parsed if not line.blank and line.error is None]
+    usable = [line for line in parsed if not line.blank and line.error is None and line.value is not None]
+    rows = [line.value for line in usable]
     if lines:
         assert sources.row_names(source).lines  # rejects name the line
-        assert [i + 1 for i, line in enumerate(parsed) if line.error] == ([2] if "broken" in name else [])
-        good = tmp_path / "good.json"
-        good.write_bytes(b"\n".join(row for row in content.splitlines() if not row.rstrip().endswith(b",")))
+        unusable = [line.number for line in parsed if not line.blank and line not in usable]
+        assert unusable == ([2] if "second broken" in name else [1] if "the first" in name else []), unusable
+        good = tmp_path / "good.json"  # the usable lines alone, for datasets' loader, which fails on a bad one
+        good.write_text("\n".join(line.text for line in usable), encoding="utf-8")
         expected = datasets.load_dataset("json", data_files=str(good), split="train",
                                          cache_dir=str(tmp_path / "hf")).to_list()
-    else:
+    else:  # the list, the object's one list of rows, or the object as one row
         document = json.loads(content.decode("utf-8"))
-        expected = document if isinstance(document, list) else document["data"]
+        expected = document if isinstance(document, list) else document.get("data", [document])
     assert rows == expected and len(rows) >= 1
+
+
+def test_a_file_in_the_hugging_face_cache_is_read_by_its_link_name(tmp_path: Path, tiny_tokenizer) -> None:
+    """A dataset file in the HF cache is a link (snapshots/<rev>/train.jsonl) to a blob named by its hash, without a
+    suffix. The recipe's path was resolved through the link, so the run said "unsupported file type ''" and the
+    plan did not count it."""
+    import json
+
+    from tempa.chat_templates import load_template
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_config import DataConfig
+    from tempa.sft.data_size import scan_local_rows
+
+    tiny_tokenizer.chat_template = load_template("llama3_thinking")
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "9f86d081884c7d65").write_text("".join(
+        json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(5)), encoding="utf-8")
+    snapshot = tmp_path / "snapshots" / "rev"
+    snapshot.mkdir(parents=True)
+    (snapshot / "train.jsonl").symlink_to(tmp_path / "blobs" / "9f86d081884c7d65")
+    source = SourceConfig.model_validate({"name": "s", "path": "snapshots/rev/train.jsonl"},
+                                         context={"base_dir": str(tmp_path)})
+    assert source.path == str(snapshot / "train.jsonl")
+    config = DataConfig.model_validate({"sources": [source.model_dump()], "heldout": 0})
+    prepared = prepare_sft_data(config, tiny_tokenizer, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", seed=0)
+    assert prepared.mix.total.rows_kept == scan_local_rows(source.path).rows == 5
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json"])

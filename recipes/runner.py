@@ -41,6 +41,7 @@ from tempa.recipes.schema import TINY_DEFAULT
 from tempa.sft.files import cache_root, digest, path_digest, point_link, write_atomic
 from tempa.sft.run_layout import DONE, FINAL_LINK, LOGS_DIR, RESOLVED_RECIPE, TOKENIZER_DIR
 from tempa.sft.stage_api import (
+    Artifact,
     RecipeInfo,
     StageConfigBase,
     StageContext,
@@ -68,6 +69,7 @@ class StageDecision:
     reason: str
     resumable: bool = False
     complete: bool = False  # DONE holds the current fingerprint (before any forcing)
+    finished: bool = False  # its last run finished (a done manifest): a skip can hand on its results
     config: dict[str, Any] = field(default_factory=dict)  # the resolved config (stored in the manifest)
     inputs: list[str] = field(default_factory=list)  # the earlier stages it is handed (its from and reads)
     stale: list[str] = field(default_factory=list)  # inputs that ran (or will run) again since it ran
@@ -236,8 +238,11 @@ def plan_run(
             stale = [dep for dep in inputs if dep in will_run or dep in stale_inputs(manifest, run_ids)]
             if stale:
                 action, reason = "rerun", f"stale: {_names(stale)} ran again since it ran"
+        finished = manifest is not None and manifest.status == "done"
         if only is not None and name != only and action != "skip":
             action, reason = "skip", "not selected by --only"
+            if not finished:
+                reason += "; not run yet" if manifest is None else "; its last run did not finish"
             if stale:
                 reason += f"; stale once {_names(stale)} re-ran (the next plain `tempa run` re-runs it)"
         if action != "skip":
@@ -245,7 +250,7 @@ def plan_run(
         run_ids[name] = manifest.run_id if manifest is not None else ""
         complete = done_fingerprint(stage_dir) == fp
         decisions.append(StageDecision(i, name, config.kind, upstream, reads, fp, components, action, reason,
-                                       kind.resumable, complete, dump, inputs, stale))
+                                       kind.resumable, complete, finished, dump, inputs, stale))
     if only is not None:
         _check_only_inputs(decisions, only)
     return decisions
@@ -259,7 +264,7 @@ def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dic
             resumable: bool, flag: str | None, resume_point: Callable[[Path], str | None] | None = None,
             running_elsewhere: bool = False):
     done = done_fingerprint(stage_dir)
-    if forced:
+    if forced and (manifest is not None or done is not None):
         return "rerun", f"forced by --from/--only {flag}"
     if done == fp and manifest is not None and manifest.status == "done":
         return "skip", "complete; fingerprint matches"
@@ -339,13 +344,22 @@ def _shown(value: Any) -> str:
 
 
 def _check_only_inputs(decisions: list[StageDecision], only: str) -> None:
+    """Refuse, before any work, an --only stage whose inputs are not complete: nothing else runs to make them."""
     by_name = {d.name: d for d in decisions}
     target = by_name[only]
-    if target.upstream and not by_name[target.upstream].complete:
-        raise StageError(
-            f"--only {only}: its input stage '{target.upstream}' is not complete; run it first "
-            f"(or use --from {target.upstream})"
-        )
+    needed = set(target.reads)
+    name = target.upstream
+    # A stage that makes no model (evaluate, synthesize) hands on the one it started from, so that one is needed too.
+    while name is not None:
+        needed.add(name)
+        if Artifact.MODEL in stage_kind(by_name[name].kind).produces:
+            break
+        name = by_name[name].upstream
+    for d in decisions:
+        if d.name in needed and not (d.complete and d.finished):
+            raise StageError(
+                f"--only {only}: its input stage '{d.name}' is not complete; run it first (or use --from {d.name})"
+            )
 
 
 # --------------------------------------------------------------------------- run
@@ -373,18 +387,23 @@ def run_recipe(
         done: dict[str, Upstream] = {}
         run_ids: dict[str, str] = {}  # each stage's run, as later stages record it (manifest `inputs`)
         # The model each stage hands on: its own, or (evaluate, synthesize) the one it started from.
-        hands_on: dict[str, Path] = {}
+        hands_on: dict[str, Path | None] = {}
         for decision in decisions:
             config = loaded.stages[decision.index]
             stage_dir = run_dir / decision.name
-            start_model = hands_on[decision.upstream] if decision.upstream else base_dir
             if decision.action == "skip":
-                upstream, run_ids[decision.name] = _skipped(decision, config, run_dir)
                 log.info("stage %s (%s): skip: %s", decision.name, decision.kind, decision.reason)
                 summary.skipped.append(decision.name)
+                if not decision.finished:
+                    continue  # not selected by --only and never finished: nothing to hand on, none needed
+                upstream, run_ids[decision.name] = _skipped(decision, config, run_dir)
                 if decision.stale:
                     summary.stale.append(decision.name)
+                # Under --only the stage it started from may have no results; the --only stage then does not
+                # need them (_check_only_inputs).
+                start_model = hands_on.get(decision.upstream) if decision.upstream else base_dir
             else:
+                start_model = hands_on[decision.upstream] if decision.upstream else base_dir
                 log.info("stage %s (%s): %s: %s", decision.name, decision.kind, decision.action, decision.reason)
                 reap_stale_launch(stage_dir, log=log)
                 if decision.action in ("rerun", "run"):

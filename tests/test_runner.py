@@ -180,6 +180,55 @@ def test_only_leaves_later_stages_stale_until_a_plain_run(recipe, tmp_path):
     assert [p.action for p in plan_run(load_recipe(recipe), run_dir)] == ["skip", "skip", "skip"]
 
 
+def test_only_on_a_fresh_run_dir_runs_that_stage_alone(recipe, tmp_path):
+    # The stages it does not select have never run: they stay unrun, which is no error.
+    run_dir = tmp_path / "run"
+    summary = run_recipe(load_recipe(recipe), run_dir, only="a")
+    assert calls(run_dir) == ["a"] and summary.ran == ["a"] and summary.skipped == ["b", "c"]
+    assert summary.stale == [] and summary.final_model is None
+    assert [row.state for row in stage_status(["a", "b", "c"], run_dir)] == ["done", "pending", "pending"]
+    reset_calls(run_dir)
+    run_recipe(load_recipe(recipe), run_dir, only="c")  # c starts from a, now complete; b still never ran
+    assert calls(run_dir) == ["c"]
+    reset_calls(run_dir)
+    run_recipe(load_recipe(recipe), run_dir)
+    assert calls(run_dir) == ["b"]
+    plans = plan_run(load_recipe(recipe), tmp_path / "fresh", only="a")
+    assert [(p.name, p.action, p.reason) for p in plans] == [
+        ("a", "run", "not run yet"),
+        ("b", "skip", "not selected by --only; not run yet"),
+        ("c", "skip", "not selected by --only; not run yet"),
+    ]
+
+
+def test_only_passes_over_a_stage_whose_last_run_failed(recipe, tmp_path):
+    chain = ["stages.c.from=b"]
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe, chain), run_dir)
+    with pytest.raises(StageError, match="stage 'b' failed"):
+        run_recipe(load_recipe(recipe, [*chain, "stages.b.fail=true"]), run_dir, from_stage="b")
+    reset_calls(run_dir)
+    summary = run_recipe(load_recipe(recipe, chain), run_dir, only="a")  # c, complete, starts from the failed b
+    assert calls(run_dir) == ["a"] and summary.stale == ["c"]
+    assert plan_run(load_recipe(recipe, chain), run_dir, only="a")[1].reason == (
+        "not selected by --only; its last run did not finish")
+    with pytest.raises(StageError, match="--only c: its input stage 'b' is not complete"):
+        plan_run(load_recipe(recipe, chain), run_dir, only="c")
+
+
+def test_only_needs_the_model_behind_an_input_stage_that_makes_none(recipe, tmp_path, monkeypatch):
+    # b makes no model (as evaluate and synthesize): c, starting from b, starts from a's model, so a is needed too.
+    no_model = dataclasses.replace(TOUCH, produces=frozenset())
+    monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS[:-1], no_model))
+    chain = ["stages.b.no_model=true", "stages.c.from=b"]
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe, chain), run_dir)
+    with pytest.raises(StageError, match="stage 'a' failed"):
+        run_recipe(load_recipe(recipe, [*chain, "stages.a.fail=true"]), run_dir, from_stage="a")
+    with pytest.raises(StageError, match="--only c: its input stage 'a' is not complete"):
+        run_recipe(load_recipe(recipe, chain), run_dir, only="c")
+
+
 def test_plan_names_the_keys_that_changed(tmp_path):
     from tempa.recipes.runner import config_diff
 

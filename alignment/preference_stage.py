@@ -59,7 +59,7 @@ from tempa.sft.files import json_or_none, point_link, staging_dir, write_json, w
 from tempa.sft.kernels import KERNEL_KEYS
 from tempa.sft.run_layout import CHECKPOINTS_DIR, FINAL_DIR, LOGS_DIR, TRAIN_PLAN
 from tempa.sft.stage_api import RunPath, Scalar, StageContext, StageError, StageResult, format_metric
-from tempa.sft.throughput_summary import SUMMARY_KEYS
+from tempa.sft.throughput_summary import SUMMARY_KEYS, combined_headline
 from tempa.sft.train_plan import OUTCOME_FILE, WORKER, TrainOutcome, train_plan
 
 __all__ = ["PreferenceResult", "PreferenceStageConfig", "RoundSummary", "run_preference"]
@@ -142,6 +142,7 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> Preferen
         "train_loss": last.train.get("train_loss"),
         "rounds": len(rounds),
         **{key: last.train[key] for key in KERNEL_KEYS if key in last.train},
+        **combined_headline([summary.train for summary in rounds]),  # the stage's throughput, over every round
     }
     for summary in rounds:  # flat keys, so trackers and `tempa status` show them as numbers
         metrics.update({f"round{summary.round}_{key}": value for key, value in _round_headline(summary).items()})

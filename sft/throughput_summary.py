@@ -47,3 +47,21 @@ def throughput_headline(log_history: list[dict[str, Any]]) -> dict[str, float]:
             return {key: round(entry[key]) if key == "train_tokens" else entry[key] for key in SUMMARY_KEYS
                     if key in entry}
     return {}
+
+
+def combined_headline(parts: list[dict[str, Any]]) -> dict[str, float]:
+    """One headline for training runs done one after another (a preference stage's rounds): tokens added up, and
+    tokens/s, MFU and padding over the whole time, each run weighted by its seconds or positions; a rate only when
+    every run has it."""
+    runs = [part for part in parts if part.get("train_tokens") and part.get("train_tokens_per_s")]
+    if not runs:
+        return {}
+    tokens = sum(run["train_tokens"] for run in runs)
+    seconds = [run["train_tokens"] / run["train_tokens_per_s"] for run in runs]
+    out: dict[str, float] = {"train_tokens": tokens, "train_tokens_per_s": tokens / sum(seconds)}
+    if all("train_mfu" in run for run in runs):  # MFU is FLOPs over seconds x peak: its seconds-weighted mean
+        out["train_mfu"] = sum(run["train_mfu"] * s for run, s in zip(runs, seconds, strict=True)) / sum(seconds)
+    if all("train_padding_fraction" in run and run["train_padding_fraction"] < 1 for run in runs):
+        positions = sum(run["train_tokens"] / (1 - run["train_padding_fraction"]) for run in runs)
+        out["train_padding_fraction"] = 1 - tokens / positions
+    return out

@@ -137,6 +137,12 @@ def test_each_round_reports_reward_statistics(aligned):
     assert (metrics["attn_implementation"], metrics["liger_kernel"]) == ("sdpa", False)
     for k in (1, 2):
         assert metrics[f"round{k}_train_tokens_per_s"] > 0 and 0 < metrics[f"round{k}_train_padding_fraction"] < 1
+    # and the stage's, over both rounds (it had only each round's): tokens add up, the rate is over the total time
+    assert metrics["train_tokens"] == metrics["round1_train_tokens"] + metrics["round2_train_tokens"]
+    seconds = sum(metrics[f"round{k}_train_tokens"] / metrics[f"round{k}_train_tokens_per_s"] for k in (1, 2))
+    assert metrics["train_tokens_per_s"] == pytest.approx(metrics["train_tokens"] / seconds)
+    assert min(metrics["round1_train_padding_fraction"], metrics["round2_train_padding_fraction"]) <= metrics[
+        "train_padding_fraction"] <= max(metrics["round1_train_padding_fraction"], metrics["round2_train_padding_fraction"])
     assert all(isinstance(v, int | float | type(None)) for k, v in metrics.items() if k != "attn_implementation")
 
 

@@ -222,6 +222,20 @@ def test_dpo_counts_both_sequences_of_every_pair(tmp_path, tiny_model_dir):
     assert summary["train_mfu"] == pytest.approx(flops / seconds / PEAK, rel=1e-3)
 
 
+def test_rounds_combine_into_one_headline():
+    from tempa.sft.throughput_summary import combined_headline
+
+    # 1,000 tokens in 10 s at MFU 0.2 over 2,000 positions, then 3,000 tokens in 10 s at MFU 0.4 over 4,000
+    first = {"train_tokens": 1000, "train_tokens_per_s": 100.0, "train_mfu": 0.2, "train_padding_fraction": 0.5}
+    second = {"train_tokens": 3000, "train_tokens_per_s": 300.0, "train_mfu": 0.4, "train_padding_fraction": 0.25}
+    combined = combined_headline([first, second])
+    assert combined == pytest.approx({"train_tokens": 4000, "train_tokens_per_s": 200.0, "train_mfu": 0.3,
+                                      "train_padding_fraction": 1 / 3})
+    without_peak = {key: value for key, value in second.items() if key != "train_mfu"}
+    assert "train_mfu" not in combined_headline([first, without_peak])  # not a mean over part of the time
+    assert combined_headline([{}, {"train_loss": 1.0}]) == {}
+
+
 def test_device_peaks_and_eta_format():
     assert peak_flops("NVIDIA H100 80GB HBM3") == pytest.approx(989.4e12)
     assert peak_flops("NVIDIA H100 PCIe") == pytest.approx(756e12)

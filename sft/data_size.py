@@ -493,7 +493,7 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int, dataset_si
                 measured += (f"; {sampled.outside_limits:.0%} of their samples fall outside the token limits "
                              f"({_limits_text(limits)}) and will be rejected")
             if cur is not None and cur.dedup is not None:
-                measured += "; these rows include duplicates, which dedup drops when the stage runs"
+                measured += "; any duplicates among these rows are counted, and dedup drops them when the stage runs"
     if source.tokens is not None:
         return SourceSize(max(1, source.tokens // max(1, avg)), avg, f"token budget {source.tokens:,}, {measured}")
     if source.rows is not None:

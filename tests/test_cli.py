@@ -25,6 +25,13 @@ def test_version_and_help(capsys):
     for command in ("run", "plan", "status", "tiny-model", "template"):
         assert command in help_text
     assert "examples:" in help_text and "tempa run recipes/demo.yaml" in help_text
+    # `tempa plan --help` names every GPU --hardware takes (kept by hand: the estimator is slow to import)
+    from tempa.recipes.estimate import GPUS
+
+    with pytest.raises(SystemExit):
+        main(["plan", "--help"])
+    plan_help = " ".join(capsys.readouterr().out.split())
+    assert all(spec.name in plan_help for spec in GPUS.values()), plan_help
 
 
 def test_bad_recipe_exits_nonzero_with_one_line_reason(tmp_path, capsys):

@@ -456,6 +456,6 @@ def test_with_dedup_on_the_plan_says_its_rows_include_duplicates(tmp_path: Path)
     config = SourceConfig.model_validate({"name": "s", "path": "rows.jsonl", "thinking_mode": "off"},
                                          context={"base_dir": str(tmp_path)})
     with_dedup = source_size(config, 0, 800, {}, _words, cur=CurationConfig.model_validate({"dedup": {}}))
-    assert with_dedup.rows == 10 and "these rows include duplicates, which dedup drops when the stage runs" in \
+    assert with_dedup.rows == 10 and "any duplicates among these rows are counted, and dedup drops them when the stage runs" in \
         with_dedup.how
     assert "duplicates" not in source_size(config, 0, 800, {}, _words, cur=CurationConfig()).how

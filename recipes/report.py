@@ -33,6 +33,7 @@ from tempa.sft.files import cache_root, digest, path_digest, staging_dir, write_
 from tempa.sft.run_layout import FINAL_LINK, REPORT_DIR, RESOLVED_RECIPE, TOKENIZER_DIR
 from tempa.sft.stage import SFTResult
 from tempa.sft.stage_api import StageResult, format_metric
+from tempa.sft.throughput_summary import throughput_headline
 from tempa.sft.train_plan import OUTCOME_FILE, TrainOutcome
 
 log = logging.getLogger("tempa")
@@ -142,14 +143,30 @@ def training_section(done: list[tuple[Manifest, StageResult]]) -> str:
                 ("grad norm", [("grad norm", _points(history, "grad_norm"), ".-")], "step"),
                 ("tokens/s per device", [("tokens/s", _points(history, "tokens_per_s"), ".-")], "step"),
                 ("MFU %", [("MFU", _points(history, "mfu", 100.0), ".-")], "step"),
+                ("padding %", [("padding", _points(history, "padding_fraction", 100.0), ".-")], "step"),
             ]
             if isinstance(result, PreferenceResult):
                 panels += [("DPO reward margin", [("margin", _points(history, "rewards/margins"), ".-")], "step"),
                            ("DPO accuracy", [("accuracy", _points(history, "rewards/accuracies"), ".-")], "step")]
             uri = _figure(title, panels)
             if uri:
-                parts.append(f"<h3>{html.escape(title)}</h3>{_img(uri, f'{title} training curves')}")
+                parts.append(f"<h3>{html.escape(title)}</h3>{_img(uri, f'{title} training curves')}"
+                             f"{_run_averages(throughput_headline(history))}")
     return f"<section id='training'><h2>Training curves</h2>{''.join(parts)}</section>" if parts else ""
+
+
+def _run_averages(headline: dict[str, float]) -> str:
+    """The run's throughput in one line, as the stage's metrics.json has it."""
+    if "train_tokens" not in headline:
+        return ""
+    parts = [f"{headline['train_tokens']:,} tokens trained"]
+    if "train_tokens_per_s" in headline:
+        parts.append(f"{headline['train_tokens_per_s']:,.0f} tokens/s per device")
+    if "train_mfu" in headline:
+        parts.append(f"MFU {100 * headline['train_mfu']:.1f}%")
+    if "train_padding_fraction" in headline:
+        parts.append(f"padding {100 * headline['train_padding_fraction']:.1f}%")
+    return f"<p class='run-averages'>run averages: {', '.join(parts)}</p>"
 
 
 def data_mix_section(done: list[tuple[Manifest, StageResult]]) -> str:

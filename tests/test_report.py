@@ -79,6 +79,11 @@ def test_report_page_has_every_section(reported_run):
     assert "Pairs and judges" in page and "<td>1</td><td>offline</td><td>6 / 6</td>" in page
     # the off-mode prompt shows the prefilled empty think block, the on-mode one an open block
     assert "&lt;think&gt;\n&lt;/think&gt;" in page
+    # each trained model's run averages, as its stage's metrics.json has them (the sft stage's here)
+    metrics = json.loads((reported_run / "sft" / "metrics.json").read_text())
+    assert (f"<p class='run-averages'>run averages: {metrics['train_tokens']:,} tokens trained, "
+            f"{metrics['train_tokens_per_s']:,.0f} tokens/s per device, padding "
+            f"{100 * metrics['train_padding_fraction']:.1f}%</p>") in page
 
 
 def test_report_samples_are_cached_and_can_be_left_out(reported_run, monkeypatch):

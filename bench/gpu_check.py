@@ -21,14 +21,20 @@ Steps, each timed:
    both used flash-attention 2 and Liger. The rl stage logged every reward, a finite loss and KL at every
    step, and generated with vLLM (colocate). Prints tokens/s/GPU and MFU per stage (tempa's own meter).
 5. scale-out: the launches that CPU CI cannot run (:data:`SCALE_OUT`: FSDP2 on GPUs (NCCL, bf16; CI trains
-   it on CPU processes over gloo in fp32) and its offload, DeepSpeed
-   Ulysses/ALST and FSDP2 context parallelism, nodes over NCCL). Each recipe's launch block is validated
-   (on CPU too), ``tempa plan --hardware`` is rendered for it, and each is listed with the GPUs it needs
-   and the command that checks it on a machine that has them.
+   it on CPU processes over gloo in fp32) and its offload, DeepSpeed Ulysses/ALST and FSDP2 context
+   parallelism, two nodes over NCCL). Each recipe's launch block is validated (on CPU too) and
+   ``tempa plan --hardware`` is rendered for it. A single-node launch runs when this machine has the GPUs
+   it needs: ``tempa run`` of a 4-step sft stage on the pipeline's model, checked for exit code 0, a
+   trained model at step 4, finite losses and the distributed type (and sharding) the worker recorded;
+   FSDP2 is then run again without its final model and must resume from checkpoint-2. A launch this
+   machine cannot run (too few GPUs, or a second node) is ``NOT CHECKED``.
 
-The dry run swaps in what a CPU can run: no install, ``gpu_mfu.py --dry-run``, the embedded tiny
-model, the transformers sampling backend (and transformers generation for GRPO), and tempa's CPU kernels
-(per-document sdpa for packed SFT rows). Exit code 0 only when every check passes.
+The dry run swaps in what a CPU can run: no install (the pip command is printed, not run),
+``gpu_mfu.py --dry-run``, the embedded tiny model, DPO on the shipped offline pairs (the tiny model never
+ends a turn, so a sampled round would have nothing to pair; nothing is sampled), transformers generation
+for GRPO, tempa's CPU kernels (per-document sdpa for packed SFT rows) and no scale-out launch. What only
+a GPU can check (flash-attention 2, Liger, vLLM, the scale-out launches) is printed as ``NOT CHECKED``,
+so a dry run whose checks all passed exits 2. Exit code 0 only when every check passes.
 
 Where a package of the gpu extra is missing (a machine without a registry, a flash-attn build that
 failed), the check runs what it can: the worker's fallback kernels (``tempa_doc_sdpa`` for packed rows,
@@ -75,48 +81,75 @@ def installed_extras() -> dict[str, bool]:
 @dataclass
 class Report:
     phases: dict[str, float] = field(default_factory=dict)
+    passed: int = 0
     failures: list[str] = field(default_factory=list)
     not_checked: list[str] = field(default_factory=list)
 
-    def check(self, ok: bool, message: str) -> None:
+    def check(self, ok: bool, message: str) -> bool:
         print(f"  [{'ok' if ok else 'FAIL'}] {message}", flush=True)
-        if not ok:
+        if ok:
+            self.passed += 1
+        else:
             self.failures.append(message)
+        return ok
 
     def skip(self, message: str) -> None:
-        """A check that could not run here (a gpu extra is missing): never counted as passed."""
+        """A check that could not run here (a gpu extra or GPUs missing, a dry run): never counted as passed."""
         print(f"  [NOT CHECKED] {message}", flush=True)
         self.not_checked.append(message)
 
+    def verdict(self) -> int:
+        """Print the outcome and return the exit code: 1 a failure, 2 something not checked, 0 all checked."""
+        if self.not_checked:
+            print(f"== not checked ({len(self.not_checked)})")
+            for message in self.not_checked:
+                print(f"  - {message}")
+        if self.failures:
+            print(f"FAILED: {len(self.failures)} check(s): " + "; ".join(self.failures))
+            return 1
+        if self.not_checked:
+            print(f"INCOMPLETE: all {self.passed} checks that ran passed; {len(self.not_checked)} NOT CHECKED (above)")
+            return 2
+        print(f"all {self.passed} checks passed")
+        return 0
 
-def run(command: list[str], *, env: dict[str, str] | None = None, dry: bool = False) -> None:
+
+def run(command: list[str], *, env: dict[str, str] | None = None) -> None:
     print("$ " + " ".join(command), flush=True)
-    if dry:
-        return
     subprocess.run(command, check=True, cwd=REPO, env={**os.environ, **(env or {})})
+
+
+def tempa_run(recipe: Path, run_dir: Path) -> int:
+    """``tempa run`` in a process of its own, its output on this terminal; its exit code."""
+    command = [sys.executable, "-m", "tempa.recipes.cli", "run", str(recipe), "--run-dir", str(run_dir)]
+    print("$ " + " ".join(command), flush=True)
+    return subprocess.run(command, cwd=REPO).returncode
 
 
 def install(dry_run: bool, skip: bool) -> None:
     command = [sys.executable, "-m", "pip", "install", "--no-build-isolation", "-e", f"{REPO}[gpu]"]
-    if skip:
-        print("  skipped (--skip-install): " + " ".join(command))
+    if skip or dry_run:
+        print(f"  not run ({'--skip-install' if skip else '--dry-run'}): " + " ".join(command))
         return
-    run(command, dry=dry_run)
+    run(command)
 
 
-def check_kernels(report: Report, where: str, attention: Any, liger: Any, extras: dict[str, bool]) -> None:
-    """On a GPU the worker must pick flash-attention 2 and Liger; where one is not installed, the pick it
-    falls back to is checked instead and the missing kernel is reported as not checked."""
-    if extras["flash_attn"]:
+def check_kernels(report: Report, where: str, attention: Any, liger: Any, extras: dict[str, bool] | None) -> None:
+    """On a GPU the worker must pick flash-attention 2 and Liger; where one is not installed (or on the dry
+    run's CPU), the pick it falls back to is checked instead and the missing kernel is reported as not checked."""
+    dry = "dry run: CPU" if extras is None else None
+    have = extras or dict.fromkeys(GPU_EXTRA, False)
+    if have["flash_attn"]:
         report.check(attention == "flash_attention_2", f"{where}: attention {attention} (flash_attention_2)")
     else:
         fallback = "tempa_doc_sdpa" if where in ("gpu_mfu", "sft") else "sdpa"
-        report.check(attention == fallback, f"{where}: attention {attention} ({fallback}: flash_attn is not installed)")
-        report.skip(f"{where}: flash-attention 2 (flash_attn is not installed)")
-    if extras["liger_kernel"]:
+        why = dry or "flash_attn is not installed"
+        report.check(attention == fallback, f"{where}: attention {attention} ({fallback}: {why})")
+        report.skip(f"{where}: flash-attention 2 ({why})")
+    if have["liger_kernel"]:
         report.check(liger is True, f"{where}: Liger kernels {liger}")
     else:
-        report.skip(f"{where}: Liger kernels (liger_kernel is not installed)")
+        report.skip(f"{where}: Liger kernels ({dry or 'liger_kernel is not installed'})")
 
 
 def mfu(report: Report, work: Path, extras: dict[str, bool] | None) -> None:
@@ -124,22 +157,23 @@ def mfu(report: Report, work: Path, extras: dict[str, bool] | None) -> None:
     run([sys.executable, str(BENCH / "gpu_mfu.py"), "--json", str(out), *(["--dry-run"] if extras is None else [])])
     result = json.loads(out.read_text())
     dry_run = extras is None
-    if extras is None:
-        report.check(result["attention"] == "tempa_doc_sdpa", f"gpu_mfu (dry run) attention: {result['attention']}")
-    else:
-        check_kernels(report, "gpu_mfu", result["attention"], result["liger"], extras)
+    check_kernels(report, "gpu_mfu", result["attention"], result["liger"], extras)
     share = f"{100 * result['mfu']:.1f}%" if "mfu" in result else "unknown peak"
     print(f"  gpu_mfu: {result['device']}: {result['tokens_per_s_per_gpu']:,.0f} tokens/s/GPU, MFU {share}"
           f"{' (nominal peak: meaningless on CPU)' if dry_run else ''}; peak memory {result['peak_memory_gib']:.1f} GiB")
 
 
 def pipeline_model(folder: Path) -> Path:
-    """A random model with Llama-3.2-1B's body and the tiny tokenizer, saved as the worker loads models."""
+    """A random model with Llama-3.2-1B's body and the tiny tokenizer, saved as the worker loads models
+    (once: the scale-out launches train the same model)."""
     import torch
 
+    if (folder / "config.json").is_file():
+        return folder
     tokenizer = common.bench_tokenizer()
     shape = common.Shape(**{**BODY_1B.__dict__, "vocab_size": len(tokenizer)})
-    model = common.llama(shape, tokenizer, max_positions=8192, dtype=torch.bfloat16)
+    # 32k positions: the scale-out's sequence-parallel launches train 32k-token rows
+    model = common.llama(shape, tokenizer, max_positions=SCALE_OUT_MAX_LENGTH, dtype=torch.bfloat16)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     print(f"  model: Llama-3.2-1B body, vocabulary {len(tokenizer)}, {common.parameter_count(model) / 1e9:.2f}B "
@@ -211,54 +245,176 @@ def recipe_text(base_model: str, extras: dict[str, bool] | None) -> str:
         """)
 
 
+SCALE_OUT_STEPS = 4
+SCALE_OUT_MAX_LENGTH = 32768
+
+
 @dataclass(frozen=True)
 class ScaleOut:
-    """A launch the CPU tests cannot run: what it checks, the GPUs it needs, its recipe's launch block."""
+    """A launch the CPU tests cannot run: the GPUs and nodes it needs, its recipe's launch and train blocks,
+    what running it checks, and what the training worker must have recorded."""
 
     name: str
     gpus: int
     launch: str
     train: str
     checks: str
+    distributed: str  # accelerate's distributed type in the worker's record: FSDP or DEEPSPEED
+    nodes: int = 1
+    sharded: bool = False  # each process held only a shard of the parameters
+    flag: str = ""  # what the launch command line must hold
+    resume: bool = False  # run again without the final model: resumes from checkpoint-2
+    attention: str | None = None  # the attention the worker must pick; it needs the gpu extra's flash_attn
 
 
 SCALE_OUT = (
-    ScaleOut("fsdp2", 2, "{accelerate_config: fsdp2, num_processes: 2}", "{max_steps: 4, save_steps: 2}",
-             "FSDP2 trains, saves full-state-dict safetensors, resumes from checkpoint-2; weights match a zero3 run's"),
-    ScaleOut("fsdp2-offload", 2, "{accelerate_config: fsdp2-offload, num_processes: 2}", "{max_steps: 4}",
-             "parameters, gradients and AdamW state in host RAM (CPUOffloadPolicy)"),
+    ScaleOut("fsdp2", 2, "{accelerate_config: fsdp2, num_processes: 2}", "{save_steps: 2}",
+             "FSDP2 over 2 GPUs (NCCL, bf16) trains 4 steps, each GPU holding a shard of the parameters, and "
+             "saves the final model; run again without it, it resumes from checkpoint-2 and ends at step 4",
+             "FSDP", sharded=True, resume=True),
+    ScaleOut("fsdp2-offload", 2, "{accelerate_config: fsdp2-offload, num_processes: 2}", "{}",
+             "FSDP2 with parameters, gradients and AdamW state in host RAM (CPUOffloadPolicy) trains 4 steps on "
+             "2 GPUs", "FSDP", sharded=True),
     ScaleOut("ulysses", 2, "{accelerate_config: zero3, num_processes: 2, sequence_parallel: 2}",
-             "{max_steps: 4, packing: true, max_length: 32768}",
-             "DeepSpeed Ulysses/ALST over 2 GPUs with packed 32k rows (flash-attention 2, position_ids)"),
+             f"{{packing: true, max_length: {SCALE_OUT_MAX_LENGTH}}}",
+             "DeepSpeed Ulysses/ALST (ZeRO-3, sequence_parallel 2) trains 4 steps on packed 32k-token rows over "
+             "2 GPUs with flash-attention 2", "DEEPSPEED", flag="--parallelism_config_sp_size 2",
+             attention="flash_attention_2"),
     ScaleOut("context-parallel", 2, "{accelerate_config: fsdp2, num_processes: 2, sequence_parallel: 2}",
-             "{max_steps: 4, packing: false, max_length: 32768}", "torch context parallelism on FSDP2, no packing"),
-    ScaleOut("two-nodes", 16, "{accelerate_config: zero3, num_machines: 2, num_processes: 16}", "{max_steps: 4}",
-             "node 0 `tempa run`, node 1 `tempa run --machine-rank 1` over NCCL (docs/multinode/tempa-2nodes.sbatch)"),
+             f"{{packing: false, max_length: {SCALE_OUT_MAX_LENGTH}}}",
+             "torch context parallelism on FSDP2 (sequence_parallel 2, no packing) trains 4 steps over 2 GPUs",
+             "FSDP", flag="--parallelism_config_cp_size 2"),
+    ScaleOut("two-nodes", 16, "{accelerate_config: zero3, num_machines: 2, num_processes: 16}", "{}",
+             "ZeRO-3 over 2 nodes of 8 GPUs (NCCL): node 0 `tempa run`, node 1 `tempa run --machine-rank 1`",
+             "DEEPSPEED", nodes=2),
 )
 
 
-def scale_out(report: Report, work: Path, base_model: str) -> None:
-    """Validate each :data:`SCALE_OUT` recipe, render its plan, and list what it needs."""
+def scale_out_model(work: Path, extras: dict[str, bool] | None) -> str:
+    """What the scale-out recipes train: the pipeline's random 1B model on a GPU (nothing to download), the
+    embedded tiny model in a dry run (which only validates the recipes)."""
+    return "tempa:tiny" if extras is None else str(pipeline_model(work / "model"))
+
+
+def scale_out_recipe(check: ScaleOut, work: Path, base_model: str) -> Path:
+    path = work / f"scale-out-{check.name}.yaml"
+    data = REPO / "recipes" / "data"
+    train = f"{{max_steps: {SCALE_OUT_STEPS}, logging_steps: 1, " + check.train.strip("{}").strip()
+    path.write_text(textwrap.dedent(f"""\
+        name: gpu-check-{check.name}
+        base_model: {base_model}
+        chat_template: llama3_thinking
+        launch: {check.launch}
+        stages:
+          - name: sft
+            kind: sft
+            data: {{sources: [{{name: instruct, path: {data / "sample_instruct.jsonl"}, thinking_mode: "off"}}]}}
+            train: {train.rstrip(", ")}}}
+        """))
+    return path
+
+
+def cannot_launch(check: ScaleOut, gpus: int, extras: dict[str, bool] | None) -> str | None:
+    """Why this machine cannot run ``check``'s launch; None when it can."""
+    if check.nodes > 1:
+        return f"needs {check.nodes} nodes; this script runs on one"
+    if extras is None:
+        return "dry run"
+    if gpus < check.gpus:
+        return f"needs {check.gpus} GPUs, this machine has {gpus}"
+    if check.attention == "flash_attention_2" and not extras["flash_attn"]:
+        return "flash_attn is not installed"
+    return None
+
+
+def scale_out(report: Report, work: Path, base_model: str, gpus: int, extras: dict[str, bool] | None, *,
+              kept: bool = False) -> None:
+    """Validate each :data:`SCALE_OUT` recipe and render its plan; launch those this machine's ``gpus`` and
+    ``extras`` can run (``extras`` None: the dry run, which launches none); report the others as not checked."""
     from tempa.recipes.estimate import render_estimate
     from tempa.recipes.loader import load_recipe
 
-    data = REPO / "recipes" / "data"
     for check in SCALE_OUT:
-        path = work / f"scale-out-{check.name}.yaml"
-        path.write_text(textwrap.dedent(f"""\
-            name: gpu-check-{check.name}
-            base_model: {base_model}
-            launch: {check.launch}
-            stages:
-              - name: sft
-                kind: sft
-                data: {{sources: [{{name: instruct, path: {data / "sample_instruct.jsonl"}, thinking_mode: "off"}}]}}
-                train: {check.train}
-            """))
+        path = scale_out_recipe(check, work, base_model)
         loaded = load_recipe(path)  # a RecipeError here is a broken check, reported by the caller
         plan = render_estimate(loaded, "1xH200" if check.gpus < 8 else f"{check.gpus // 8}x8xH100")
         report.check("estimate for" in plan, f"scale-out {check.name}: recipe valid, plan rendered")
-        print(f"  needs {check.gpus} GPUs: {check.checks}; run: tempa run {path}")
+        why = cannot_launch(check, gpus, extras)
+        if why is None:
+            launch(report, check, path, work / "scale-out" / check.name)
+            continue
+        report.skip(f"scale-out {check.name}: {check.checks} ({why})")
+        if check.nodes > 1:
+            # nothing here checks a by-hand run's result: say what the command does, no more
+            recipe = path if kept else "RECIPE"
+            print(f"    to run it: sbatch docs/multinode/tempa-2nodes.sbatch {recipe} RUN_DIR on 2 nodes of 8 GPUs "
+                  f"(shared storage): it trains {SCALE_OUT_STEPS} steps and checks nothing; read RUN_DIR/sft/final"
+                  + ("" if kept else "; RECIPE: this check's recipe, kept only with --work-dir DIR"), flush=True)
+        else:
+            print(f"    to check it: python bench/gpu_check.py on a machine with {check.gpus} GPUs"
+                  + (" and flash-attn" if check.attention == "flash_attention_2" else ""), flush=True)
+
+
+def launch(report: Report, check: ScaleOut, recipe: Path, run_dir: Path) -> None:
+    """Run one scale-out recipe with ``tempa run`` and check what the worker recorded, as ``check.checks`` says."""
+    from tempa.sft.train_plan import TrainOutcome
+
+    name = f"scale-out {check.name}"
+    code = tempa_run(recipe, run_dir)
+    report.check(code == 0, f"{name}: tempa run exit code {code}")
+    stage = run_dir / "sft"
+    final = stage / "final"
+    if not (final / "tempa_train_metrics.json").is_file():
+        report.check(False, f"{name}: no trained model in {final}")
+        return
+    outcome = TrainOutcome.read(final)
+    report.check(outcome.global_step == SCALE_OUT_STEPS, f"{name}: trained to step {outcome.global_step} "
+                 f"({SCALE_OUT_STEPS})")
+    losses = [entry["loss"] for entry in outcome.log_history if "loss" in entry]
+    report.check(bool(losses) and all(isinstance(x, int | float) and math.isfinite(x) for x in losses),
+                 f"{name}: {len(losses)} logged losses, all finite")
+    shards = outcome.shards
+    processes = check.gpus // check.nodes
+    ok = (shards is not None and shards.distributed_type == check.distributed and len(shards.per_rank) == processes
+          and (not check.sharded or max(shards.per_rank) < shards.parameters))
+    held = "n/a" if shards is None else f"{shards.distributed_type}, per rank {shards.per_rank} of {shards.parameters}"
+    report.check(ok, f"{name}: {processes} processes, {check.distributed}{', sharded' if check.sharded else ''} "
+                 f"({held})")
+    if check.flag:
+        log = stage / "logs" / "train.log"
+        command = log.read_text().splitlines()[0] if log.is_file() else ""
+        report.check(check.flag in command, f"{name}: launched with {check.flag}")
+    if check.attention:
+        attention = outcome.kernels.get("attn_implementation")
+        report.check(attention == check.attention, f"{name}: attention {attention} ({check.attention})")
+    print(f"  {name}: kernels {outcome.kernels}", flush=True)
+    if check.resume:
+        resume(report, name, recipe, run_dir)
+
+
+def resume(report: Report, name: str, recipe: Path, run_dir: Path) -> None:
+    """Leave what a kill right after checkpoint-2 leaves (no final model, no later checkpoint, the stage not
+    done), run the same command again, and check that training resumed from checkpoint-2 to the last step."""
+    import shutil
+
+    from tempa.sft.run_layout import DONE
+    from tempa.sft.train_plan import TrainOutcome
+
+    stage = run_dir / "sft"
+    checkpoints = stage / "checkpoints"
+    if not report.check((checkpoints / "checkpoint-2").is_dir(), f"{name}: checkpoint-2 saved"):
+        return
+    later = [path for path in checkpoints.glob("checkpoint-*") if path.name != "checkpoint-2"]  # save_steps: 2
+    for path in (stage / "final", *later, run_dir / "bake", run_dir / "final"):
+        shutil.rmtree(path, ignore_errors=True)
+    (stage / DONE).unlink(missing_ok=True)
+    code = tempa_run(recipe, run_dir)
+    final = stage / "final"
+    outcome = TrainOutcome.read(final) if (final / "tempa_train_metrics.json").is_file() else None
+    resumed = Path(outcome.resumed_from).name if outcome and outcome.resumed_from else None
+    step = outcome.global_step if outcome else None
+    report.check(code == 0 and resumed == "checkpoint-2" and step == SCALE_OUT_STEPS,
+                 f"{name}: run again, resumed from {resumed} to step {step} (exit code {code})")
 
 
 def trained_records(stage_dir: Path) -> list[dict[str, Any]]:
@@ -289,6 +445,7 @@ def check_rl(report: Report, history: list[dict[str, Any]], train_log: str, extr
     report.check(bool(steps) and not missing, f"rl: every reward logged per step (missing: {missing or 'none'})")
     if extras is None:
         expected = "generating with transformers: no CUDA GPU"
+        report.skip("rl: GRPO sampling with vLLM colocated (dry run: transformers generation on CPU)")
     elif extras["vllm"]:
         expected = "generating with vLLM, colocate mode"
     else:
@@ -307,12 +464,13 @@ def pipeline(report: Report, work: Path, extras: dict[str, bool] | None) -> None
     base = "tempa:tiny" if extras is None else str(pipeline_model(work / "model"))
     recipe = work / "gpu-check.yaml"
     recipe.write_text(recipe_text(base, extras))
-    if extras is not None and not extras["vllm"]:
+    if extras is None:
+        report.skip("align: on-policy sampling with the vLLM backend (dry run: DPO on the shipped offline pairs, "
+                    "nothing sampled)")
+    elif not extras["vllm"]:
         report.skip("align: on-policy sampling with the vLLM backend (vllm is not installed; sampled with transformers)")
     run_dir = work / "run"
-    command = [sys.executable, "-m", "tempa.recipes.cli", "run", str(recipe), "--run-dir", str(run_dir)]
-    print("$ " + " ".join(command), flush=True)
-    code = subprocess.run(command, cwd=REPO).returncode
+    code = tempa_run(recipe, run_dir)
     report.check(code == 0, f"tempa run: exit code {code}")
     for stage in ("sft", "align"):
         records = trained_records(run_dir / stage)
@@ -320,8 +478,7 @@ def pipeline(report: Report, work: Path, extras: dict[str, bool] | None) -> None
         for record in records:
             check_losses(report, stage, record.get("log_history", []))
             kernels = record.get("kernels", {})
-            if extras is not None:
-                check_kernels(report, stage, kernels.get("attn_implementation"), kernels.get("liger_kernel"), extras)
+            check_kernels(report, stage, kernels.get("attn_implementation"), kernels.get("liger_kernel"), extras)
             summary = throughput_headline(record.get("log_history", []))
             report.check("train_tokens_per_s" in summary, f"{stage}: throughput recorded")
             mfu = f"{100 * summary['train_mfu']:.1f}%" if "train_mfu" in summary else "n/a (peak unknown)"
@@ -337,15 +494,20 @@ def pipeline(report: Report, work: Path, extras: dict[str, bool] | None) -> None
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dry-run", action="store_true", help="CPU: toy scale, no install, transformers sampling")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="CPU rehearsal at toy scale: no install, DPO on offline pairs, no scale-out launch; what "
+                        "only a GPU checks is NOT CHECKED, so a passing dry run exits 2")
     parser.add_argument("--skip-install", action="store_true", help="the gpu extra is already installed")
-    parser.add_argument("--work-dir", type=Path, default=None, help="keep the model, recipe and run here")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="keep the model, recipes and runs here (else a temporary folder, deleted on exit)")
     args = parser.parse_args(argv)
+    gpus = 0
     if not args.dry_run:
         import torch
 
         if not torch.cuda.is_available():
             parser.error("no CUDA device; use --dry-run to check the script on CPU")
+        gpus = torch.cuda.device_count()
     print(common.machine_line(), flush=True)
     extras = None if args.dry_run else installed_extras()
     report = Report()
@@ -356,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         phases = [("install", lambda: install(args.dry_run, args.skip_install)),
                   ("mfu", lambda: mfu(report, work, extras)),
                   ("pipeline", lambda: pipeline(report, work, extras)),
-                  ("scale-out", lambda: scale_out(report, work, "aisingapore/Llama-SEA-LION-v3-8B-IT"))]
+                  ("scale-out", lambda: scale_out(report, work, scale_out_model(work, extras), gpus, extras,
+                                                  kept=args.work_dir is not None))]
         for name, phase in phases:
             print(f"== {name}", flush=True)
             t0 = time.perf_counter()
@@ -370,17 +533,10 @@ def main(argv: list[str] | None = None) -> int:
                 report.phases[name] = time.perf_counter() - t0
     total = time.perf_counter() - started
     print("== summary: " + ", ".join(f"{k} {v:.0f}s" for k, v in report.phases.items()) + f"; total {total:.0f}s")
-    if not args.dry_run and total > TIME_BUDGET_S:
-        print(f"  note: over the {TIME_BUDGET_S // 60}-minute budget")
-    if report.failures:
-        print(f"FAILED: {len(report.failures)} check(s): " + "; ".join(report.failures))
-        return 1
-    if report.not_checked:
-        print(f"INCOMPLETE: every check that ran passed, but {len(report.not_checked)} did not run: "
-              + "; ".join(report.not_checked))
-        return 2
-    print("all checks passed")
-    return 0
+    # the budget is one GPU's: the scale-out launches a machine with more GPUs runs come on top
+    if not args.dry_run and total - report.phases.get("scale-out", 0) > TIME_BUDGET_S:
+        print(f"  note: over the {TIME_BUDGET_S // 60}-minute budget (scale-out not counted)")
+    return report.verdict()
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@
 The trainer is trl's SFTTrainer with the SFTConfig that ``tempa.sft.train_worker`` builds from tempa's
 defaults (BFD packing, padding-free, assistant-only loss on pre-tokenised masks) in bf16, with the
 kernels its worker picks (``tempa.sft.train_worker.plan_kernels``): flash-attention 2 when ``flash_attn``
-is installed (else one sdpa call per packed document, ``tempa_doc_sdpa``) and Liger's layer kernels
-when ``liger_kernel`` is installed. ``--attn`` overrides the attention as a recipe would. The model
+is installed, else ``tempa_doc_sdpa`` (on a CUDA GPU in bf16 one call of torch's varlen flash-attention
+kernel for all packed documents, on CPU one sdpa call per document), and Liger's layer kernels when
+``liger_kernel`` is installed. ``--attn`` overrides the attention as a recipe would. The model
 is Llama-3.2-1B's shape with random weights, saved to a folder and loaded from it, as the training
 worker does; data are random token ids with the heavy-tailed lengths of bench/_common.py.
 
@@ -197,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2, help="packed rows per step (flattened, padding-free)")
     parser.add_argument("--no-checkpointing", action="store_true", help="turn trl's default checkpointing off")
     parser.add_argument("--attn", default="auto", choices=["auto", "flash_attention_2", "sdpa", "doc-sdpa"],
-                        help="auto: what tempa's worker picks (flash_attention_2 if installed, else one sdpa call per "
-                        "packed document); sdpa: dense block-diagonal mask; doc-sdpa: per-document sdpa")
+                        help="auto: what tempa's worker picks (flash_attention_2 if installed, else doc-sdpa); sdpa: "
+                        "dense block-diagonal mask; doc-sdpa: tempa_doc_sdpa, attention within each packed document "
+                        "(one varlen flash-attention call for all documents on a CUDA GPU in bf16, one sdpa call "
+                        "per document on CPU)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shape, few steps: checks the logic only")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)

@@ -1,4 +1,5 @@
-"""bench/gpu_check.py: its dry run passes on CPU, and its loss check catches what it is there to catch."""
+"""bench/gpu_check.py: its dry run passes what a CPU runs and counts the rest NOT CHECKED, and its checks catch what
+they are there to catch."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tempa.sft.train_plan import TrainOutcome
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -104,15 +107,59 @@ def test_the_kernel_check_wants_flash_attention_and_liger_or_the_fallback_the_wo
     assert report.failures == ["sft: attention sdpa (tempa_doc_sdpa: flash_attn is not installed)"]
 
 
+def test_the_dry_run_checks_the_cpu_kernels_and_never_counts_the_gpu_ones():
+    gpu_check = gpu_check_module()
+    report = gpu_check.Report()
+    gpu_check.check_kernels(report, "sft", "tempa_doc_sdpa", False, None)
+    gpu_check.check_kernels(report, "align", "sdpa", False, None)
+    assert not report.failures and report.passed == 2
+    assert report.not_checked == [f"{stage}: {kernel} (dry run: CPU)" for stage in ("sft", "align")
+                                  for kernel in ("flash-attention 2", "Liger kernels")]
+    gpu_check.check_kernels(report, "sft", "sdpa", False, None)
+    assert report.failures == ["sft: attention sdpa (tempa_doc_sdpa: dry run: CPU)"]
+
+
+def test_the_exit_code_is_1_on_a_failure_2_when_something_was_not_checked_0_only_when_all_was(capsys):
+    gpu_check = gpu_check_module()
+    report = gpu_check.Report()
+    report.check(True, "a")
+    assert report.verdict() == 0 and capsys.readouterr().out.splitlines()[-1] == "all 1 checks passed"
+    report.skip("b (needs 2 GPUs, this machine has 1)")
+    assert report.verdict() == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out[-3:] == ["== not checked (1)", "  - b (needs 2 GPUs, this machine has 1)",
+                        "INCOMPLETE: all 1 checks that ran passed; 1 NOT CHECKED (above)"]
+    report.check(False, "c")
+    assert report.verdict() == 1 and capsys.readouterr().out.splitlines()[-1] == "FAILED: 1 check(s): c"
+
+
+# what the dry run cannot check: the GPU kernels and vLLM of every stage, and every scale-out launch
+DRY_RUN_NOT_CHECKED = [
+    *(f"{where}: {kernel} (dry run: CPU)" for where in ("gpu_mfu",) for kernel in ("flash-attention 2", "Liger kernels")),
+    "align: on-policy sampling with the vLLM backend (dry run: DPO on the shipped offline pairs, nothing sampled)",
+    *(f"{where}: {kernel} (dry run: CPU)" for where in ("sft", "align") for kernel in ("flash-attention 2",
+                                                                                        "Liger kernels")),
+    "rl: GRPO sampling with vLLM colocated (dry run: transformers generation on CPU)",
+]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # three training stages in launched workers, as its subprocess timeout allows
-def test_dry_run_passes_on_cpu(tmp_path):
+def test_dry_run_passes_what_a_cpu_runs_and_reports_the_gpu_checks_not_checked(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--dry-run", "--work-dir",
                              str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
     out = result.stdout
-    assert result.returncode == 0, out[-4000:] + result.stderr[-4000:]
-    assert "all checks passed" in out and "FAIL" not in out
-    assert "pip install --no-build-isolation -e" in out  # the install it would run, not run
+    assert result.returncode == 2, out[-4000:] + result.stderr[-4000:]
+    assert "FAIL" not in out and "checks passed" not in out
+    gpu_check = gpu_check_module()
+    expected = [*DRY_RUN_NOT_CHECKED, *(f"scale-out {check.name}: {check.checks} ("
+                                        f"{'needs 2 nodes; this script runs on one' if check.nodes > 1 else 'dry run'})"
+                                        for check in gpu_check.SCALE_OUT)]
+    listed = out[out.index(f"== not checked ({len(expected)})"):].splitlines()
+    assert listed[1:-1] == [f"  - {message}" for message in expected]
+    assert re.fullmatch(rf"INCOMPLETE: all \d+ checks that ran passed; {len(expected)} NOT CHECKED \(above\)",
+                        out.splitlines()[-1])
+    assert re.search(r"== install\n  not run \(--dry-run\): .* -m pip install --no-build-isolation -e", out)
     for stage in ("sft", "align"):
         assert re.search(rf"\[ok\] {stage}: loss decreases \(\d", out)
         assert re.search(rf"{stage}: [\d,]+ tokens/s/GPU, MFU n/a", out)
@@ -120,16 +167,70 @@ def test_dry_run_passes_on_cpu(tmp_path):
     for check in ("one trained model", "loss and KL finite at every step", "every reward logged per step",
                   "generating with transformers: no CUDA GPU"):
         assert f"[ok] rl: {check}" in out
+    assert "tempa.recipes.cli run" not in out.split("== scale-out")[1]  # the dry run launches none
 
 
-def test_the_scale_out_checks_cpu_ci_cannot_run_are_valid_recipes_and_listed(tmp_path, capsys):
+def test_a_scale_out_launch_this_machine_cannot_run_is_not_checked_never_passed(tmp_path, capsys, monkeypatch):
     gpu_check = gpu_check_module()
+    launched = []
+    monkeypatch.setattr(gpu_check, "launch", lambda report, check, recipe, run_dir: launched.append(check.name))
     report = gpu_check.Report()
-    gpu_check.scale_out(report, tmp_path, "aisingapore/Llama-SEA-LION-v3-8B-IT")
+    gpu_check.scale_out(report, tmp_path, "tempa:tiny", 1, FULL)
     out = capsys.readouterr().out
-    assert not report.failures
+    assert not report.failures and not launched
     names = [check.name for check in gpu_check.SCALE_OUT]
     assert {"fsdp2", "fsdp2-offload", "ulysses", "context-parallel", "two-nodes"} <= set(names)
+    assert [message.split(":")[0] for message in report.not_checked] == [f"scale-out {name}" for name in names]
     for check in gpu_check.SCALE_OUT:
         assert f"[ok] scale-out {check.name}: recipe valid, plan rendered" in out
-        assert f"needs {check.gpus} GPUs: {check.checks}" in out
+        why = "needs 2 nodes; this script runs on one" if check.nodes > 1 else f"needs {check.gpus} GPUs, this machine has 1"
+        assert f"[NOT CHECKED] scale-out {check.name}: {check.checks} ({why})" in out
+    # no path printed into the temporary folder that is deleted on exit
+    assert str(tmp_path) not in out and "kept only with --work-dir" in out
+    assert gpu_check.Report.verdict(report) == 2
+
+    # with the GPUs, every single-node launch runs; two nodes never do from one machine, nor anything in a dry run
+    report = gpu_check.Report()
+    gpu_check.scale_out(report, tmp_path, "tempa:tiny", 8, FULL, kept=True)
+    assert launched == [check.name for check in gpu_check.SCALE_OUT if check.nodes == 1]
+    assert report.not_checked == [f"scale-out two-nodes: {gpu_check.SCALE_OUT[-1].checks} (needs 2 nodes; this script "
+                                  "runs on one)"]
+    assert str(tmp_path / "scale-out-two-nodes.yaml") in capsys.readouterr().out  # kept: its path is usable
+    launched.clear()
+    report = gpu_check.Report()
+    gpu_check.scale_out(report, tmp_path, "tempa:tiny", 8, None)
+    assert not launched and len(report.not_checked) == len(gpu_check.SCALE_OUT)
+    # Ulysses needs flash-attention 2 for its packed rows: without flash_attn it is not checked, not failed
+    report = gpu_check.Report()
+    gpu_check.scale_out(report, tmp_path, "tempa:tiny", 8, NO_EXTRAS)
+    assert launched == [check.name for check in gpu_check.SCALE_OUT if check.nodes == 1 and not check.attention]
+    assert [m.split(":")[0] for m in report.not_checked] == ["scale-out ulysses", "scale-out two-nodes"]
+    assert report.not_checked[0].endswith("(flash_attn is not installed)")
+
+
+def test_a_failed_scale_out_launch_is_a_failure(tmp_path):
+    gpu_check = gpu_check_module()
+    check = gpu_check.SCALE_OUT[0]
+    recipe = gpu_check.scale_out_recipe(check, tmp_path, str(tmp_path / "no-such-model"))
+    report = gpu_check.Report()
+    gpu_check.launch(report, check, recipe, tmp_path / "run")
+    assert [f.split(": ", 1)[1].split(" ")[0] for f in report.failures] == ["tempa", "no"]
+    assert report.failures[0].startswith("scale-out fsdp2: tempa run exit code ") and not report.passed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_scale_out_launch_is_checked_and_resumed_from_checkpoint_2(tmp_path, tiny_model_dir):
+    """The launch and resume check, run on CPU: SCALE_OUT's fsdp2 launch over 2 gloo processes (CI's FSDP2)."""
+    gpu_check = gpu_check_module()
+    fsdp2 = gpu_check.SCALE_OUT[0]
+    assert fsdp2.name == "fsdp2" and fsdp2.resume
+    check = gpu_check.ScaleOut(**{**fsdp2.__dict__, "launch": fsdp2.launch.replace("}", ", use_cpu: true}"),
+                                  "train": "{save_steps: 2, per_device_train_batch_size: 2, max_length: 256}"})
+    recipe = gpu_check.scale_out_recipe(check, tmp_path, str(tiny_model_dir))
+    report = gpu_check.Report()
+    gpu_check.launch(report, check, recipe, tmp_path / "run")
+    assert not report.failures and not report.not_checked
+    assert report.passed == 6  # exit code, step, losses, FSDP shards, checkpoint-2, the resumed run
+    outcome = TrainOutcome.read(tmp_path / "run" / "sft" / "final")
+    assert Path(outcome.resumed_from).name == "checkpoint-2" and outcome.global_step == gpu_check.SCALE_OUT_STEPS

@@ -27,7 +27,8 @@ Steps, each timed:
    it needs: ``tempa run`` of a 4-step sft stage on the pipeline's model, checked for exit code 0, a
    trained model at step 4, finite losses and the distributed type (and sharding) the worker recorded;
    FSDP2 is then run again without its final model and must resume from checkpoint-2. A launch this
-   machine cannot run (too few GPUs, or a second node) is ``NOT CHECKED``.
+   machine cannot run (too few GPUs) is ``NOT CHECKED``; the two-node launch, which needs a second node that no
+   run of this script has, is printed as a step by hand (its sbatch command), outside the count.
 
 The dry run swaps in what a CPU can run: no install (the pip command is printed, not run),
 ``gpu_mfu.py --dry-run``, the embedded tiny model, DPO on the shipped offline pairs (the tiny model never
@@ -343,16 +344,18 @@ def scale_out(report: Report, work: Path, base_model: str, gpus: int, extras: di
         if why is None:
             launch(report, check, path, work / "scale-out" / check.name)
             continue
-        report.skip(f"scale-out {check.name}: {check.checks} ({why})")
         if check.nodes > 1:
-            # nothing here checks a by-hand run's result: say what the command does, no more
+            # No machine this script runs on can check it, so it is a step by hand, outside the count (else no run
+            # could ever pass); nothing here checks its result: say what the command does, no more.
             recipe = path if kept else "RECIPE"
+            print(f"  by hand: scale-out {check.name}: {check.checks} ({why}); not counted", flush=True)
             print(f"    to run it: sbatch docs/multinode/tempa-2nodes.sbatch {recipe} RUN_DIR on 2 nodes of 8 GPUs "
                   f"(shared storage): it trains {SCALE_OUT_STEPS} steps and checks nothing; read RUN_DIR/sft/final"
                   + ("" if kept else "; RECIPE: this check's recipe, kept only with --work-dir DIR"), flush=True)
-        else:
-            print(f"    to check it: python bench/gpu_check.py on a machine with {check.gpus} GPUs"
-                  + (" and flash-attn" if check.attention == "flash_attention_2" else ""), flush=True)
+            continue
+        report.skip(f"scale-out {check.name}: {check.checks} ({why})")
+        print(f"    to check it: python bench/gpu_check.py on a machine with {check.gpus} GPUs"
+              + (" and flash-attn" if check.attention == "flash_attention_2" else ""), flush=True)
 
 
 def launch(report: Report, check: ScaleOut, recipe: Path, run_dir: Path) -> None:

@@ -902,6 +902,10 @@ def _footnotes(estimates: list[StageEstimate], loaded: LoadedRecipe, launch: Lau
         "tokens / (GPUs x peak x MFU), plus sampling for RL stages (their notes); '>=': some data could not be sized; '<=': an upper bound (a synthesize "
         "stage's output); '~': both"
     )
+    trained = {e.name for e in estimates}
+    untimed = [f"{stage.name} ({stage.kind})" for stage in loaded.stages if stage.name not in trained]
+    if untimed:  # teachers and judges answer at their endpoint's pace; evaluation, merges and baking are not sized
+        out += _wrap(f"not in the hours: {', '.join(untimed)}")
     config = loaded.recipe.launch.accelerate_config
     if engine.offloads:
         where = "parameters, gradients and optimizer state" if engine.offload_params else \

@@ -169,6 +169,10 @@ def test_70b_hub_recipe_plans_without_download_and_warns(tmp_path: Path):
     assert "model_configs/aisingapore__Llama-SEA-LION-v3-70B.json" in text
     assert "WARNING: stage sft-general will not fit on 8xH100" in text
     assert "launch.accelerate_config: zero3-offload" in text
+    # the stages whose time the hours leave out are named (a synthesize stage's teacher was not even mentioned)
+    untimed = [f"{s.name} ({s.kind})" for s in loaded.stages if s.name not in {e.name for e in
+                                                                               estimate_recipe(loaded, "8xH100")}]
+    assert untimed and f"not in the hours: {', '.join(untimed)}" in " ".join(text.split())
 
 
 def test_8b_fits_on_a_node_but_not_on_one_gpu(tmp_path: Path):

@@ -94,12 +94,14 @@ def _holds_json_lines(path: Path) -> bool:
         if _skip_space(handle) is None:  # one line: one document, however long
             return False
         handle.seek(start)
-        line = handle.read(end - start).rstrip()
+        raw = handle.read(end - start)
     try:
-        json.loads(line)
+        line = raw.decode("utf-8").rstrip()
     except UnicodeDecodeError:  # a row that is not UTF-8: a reject, as in a .jsonl file
         return True
-    except json.JSONDecodeError as exc:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError as exc:  # (its position counts characters, as len(line) does)
         # A pretty-printed document's first line is an unfinished value ('{', '{"data": ['): it only errs at its
         # end. A broken row errs before that.
         return exc.pos < len(line)
@@ -140,8 +142,8 @@ def document_rows(path: Path, data: Any) -> list[Any]:
         raise JsonFileError(f"{path}: expected a JSON list of rows, or an object, got {type(data).__name__}")
     if any(isinstance(value, list) and any(_is_message(item) for item in value) for value in data.values()):
         return [data]  # a conversation
-    lists = [key for key, value in data.items()
-             if isinstance(value, list) and all(isinstance(item, dict) for item in value)]
+    lists = [key for key, value in data.items()  # an empty list is no list of rows: a row's empty `history`
+             if isinstance(value, list) and value and all(isinstance(item, dict) for item in value)]
     if len(lists) > 1:
         raise JsonFileError(f"{path}: holds lists of rows under {', '.join(map(repr, lists))}; expected one list of "
                             "rows, or one row")

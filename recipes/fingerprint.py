@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,13 @@ def _strings(node: Any) -> Iterator[str]:
 
 
 def referenced_files(config_dump: Mapping[str, Any]) -> dict[str, str]:
-    """Digests of every existing absolute path a stage config names (data files, templates)."""
+    """Digests of every existing absolute path a stage config names (data files, templates), with the path a link
+    leads to (a model folder linked to another checkpoint of the same sizes is another input)."""
     found = {}
     for value in _strings(config_dump):
         if value.startswith("/") and len(value) < 4096:
             path = Path(value)
             if path.exists():
-                found[value] = path_digest(path)
+                target = os.path.realpath(path)
+                found[value] = path_digest(path) + (f" -> {target}" if target != value else "")
     return found

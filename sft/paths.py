@@ -41,9 +41,12 @@ def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = 
         if not (candidate.exists() or looks_local(value)):
             return value
     if candidate.is_absolute() or looks_local(value) or candidate.exists():
-        # Absolute, but symlinks kept: a file in the Hugging Face cache (snapshots/<rev>/train.json) links to a blob
-        # named by its hash, and the link's name says what the file holds.
-        resolved = Path(os.path.abspath(candidate))
+        # The folders resolved (a `..` after a linked folder goes where the OS goes), the last name kept: a file in
+        # the Hugging Face cache (snapshots/<rev>/train.json) links to a blob named by its hash, and the link's name
+        # says what the file holds.
+        resolved = Path(os.path.realpath(candidate))
+        if candidate.name not in ("", ".", ".."):
+            resolved = Path(os.path.realpath(candidate.parent)) / candidate.name
         if must_exist and not resolved.exists():
             raise ValueError(f"local path does not exist: {resolved}")
         return str(resolved)

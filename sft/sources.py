@@ -125,8 +125,16 @@ def row_names(source: SourceConfig, lines: JsonLinesFiles | None = None) -> RowN
         documents = frozenset(k for k, file in enumerate(files) if not is_json_lines(file))
     else:
         return RowNames()
-    return RowNames(files=tuple(str(file.relative_to(path)) for file in files),
+    return RowNames(files=tuple(_below(file, path) for file in files),
                     firsts=tuple(int(first) for first in np.cumsum([0, *counts[:-1]])), documents=documents)
+
+
+def _below(file: Path, folder: Path) -> str:
+    """``file``'s path below ``folder``, which may be a link: ``datasets`` names a folder's files by its real path."""
+    for base in (folder, folder.resolve()):
+        if file.is_relative_to(base):
+            return file.relative_to(base).as_posix()
+    return file.name
 
 
 def is_saved_dataset(folder: Path) -> bool:

@@ -609,6 +609,8 @@ def test_a_json_evaluation_file_is_read_as_its_content_says(tmp_path):
     assert load_rows(str(path)) == [{"prompt": "a", "languages": ["en", "id"]}]
     path.write_text(json.dumps({"rows": rows, "languages": ["en", "id"]}), encoding="utf-8")  # one list of rows
     assert load_rows(str(path)) == rows
+    path.write_text(json.dumps({"few_shot": [], "rows": rows}), encoding="utf-8")  # an empty list holds no rows
+    assert load_rows(str(path)) == rows
     path.write_text(json.dumps({"dev": rows, "test": rows}), encoding="utf-8")
     with pytest.raises(StageError, match=r"holds lists of rows under 'dev', 'test'; expected one list of rows, or one "
                                          r"row$"):

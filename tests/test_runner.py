@@ -146,6 +146,23 @@ def test_changed_input_file_reruns_the_stage_that_reads_it(recipe, tmp_path):
     assert plans[0].action == "rerun" and "input files" in plans[0].reason
 
 
+def test_an_input_linked_to_another_folder_reruns_the_stage(tmp_path):
+    """A recipe path keeps its last name when it is a link (a model folder `best -> checkpoint-1000`); pointing the
+    link at another checkpoint with files of the same sizes (large weights are digested by size) is another input."""
+    for name in ("ck1", "ck2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "weights.bin").write_bytes(name.encode() * (3 << 20))  # 9 MiB: digested by its size
+    (tmp_path / "best").symlink_to(tmp_path / "ck1")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: t\nbase_model: tempa:tiny\nstages:\n  - {name: a, kind: touch, value: 1, input: best}\n")
+    run_recipe(load_recipe(recipe), tmp_path / "run")
+    assert load_recipe(recipe).stages[0].input == str(tmp_path / "best")
+    (tmp_path / "best").unlink()
+    (tmp_path / "best").symlink_to(tmp_path / "ck2")
+    plans = plan_run(load_recipe(recipe), tmp_path / "run")
+    assert plans[0].action == "rerun" and "input files" in plans[0].reason
+
+
 def test_from_and_only_force_stages(recipe, tmp_path):
     run_dir = tmp_path / "run"
     run_recipe(load_recipe(recipe), run_dir)

@@ -604,6 +604,9 @@ _JSON_FILES = {  # a .json file's content: JSON Lines (True) or one document (Fa
     "one conversation on one line": (b'{"messages": [{"role": "user", "content": "q"}], "tools": [{"type": "f"}]}\n',
                                      False),
     "one row on one line": (b'{"text": "x", "tags": ["news", "sports"]}', False),
+    "one row with an empty list": (b'{"instruction": "q", "input": "", "output": "a", "history": []}\n', False),
+    "an object with text that is not ASCII, starting on one line": (
+        '{"name": "日本語データ", "data": [\n{"instruction": "質問", "output": "答え"}\n]}\n'.encode(), False),
 }
 
 
@@ -668,6 +671,28 @@ def test_a_file_in_the_hugging_face_cache_is_read_by_its_link_name(tmp_path: Pat
     config = DataConfig.model_validate({"sources": [source.model_dump()], "heldout": 0})
     prepared = prepare_sft_data(config, tiny_tokenizer, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", seed=0)
     assert prepared.mix.total.rows_kept == scan_local_rows(source.path).rows == 5
+    # A data folder reached through links (the folder itself, and a folder above it): datasets names its files by
+    # their real path, and naming the rows below the linked folder stopped the run with a ValueError traceback.
+    (tmp_path / "real" / "sets").mkdir(parents=True)
+    (tmp_path / "real" / "sets" / "train-0.jsonl").write_text('{"prompt": "q", "response": "a"}\n{oops\n',
+                                                              encoding="utf-8")
+    (tmp_path / "above").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "link").symlink_to(tmp_path / "real" / "sets")
+    for path in ("above/sets", "real/link", "above/link"):
+        source = SourceConfig.model_validate({"name": "s", "path": path}, context={"base_dir": str(tmp_path)})
+        config = DataConfig.model_validate({"sources": [source.model_dump()], "heldout": 0})
+        out = tmp_path / f"out-{path.replace('/', '-')}"
+        prepared = prepare_sft_data(config, tiny_tokenizer, out_dir=out, cache_dir=tmp_path / "cache", seed=0)
+        reject = json.loads((out / "rejects.jsonl").read_text(encoding="utf-8"))
+        assert prepared.mix.total.rows_kept == 1 and (reject["file"], reject["line"]) == ("train-0.jsonl", 2), path
+    # A `..` after a linked folder goes where the OS goes (the folder's real parent), not back up the link.
+    (tmp_path / "real" / "data").mkdir()
+    (tmp_path / "real" / "data" / "x.jsonl").write_text('{"prompt": "q", "response": "a"}\n', encoding="utf-8")
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "sets").symlink_to(tmp_path / "real" / "sets")
+    source = SourceConfig.model_validate({"name": "s", "path": "sets/../data/x.jsonl"},
+                                         context={"base_dir": str(tmp_path / "proj")})
+    assert source.path == str(tmp_path / "real" / "data" / "x.jsonl")
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json"])

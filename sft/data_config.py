@@ -481,8 +481,9 @@ NORMALISE_ROWS_PER_PROCESS = 5_000
 # single-turn reasoning rows of about 820 tokens); Meta's Llama 3 tokenizer encodes about 10% slower per
 # token. Rounded down. Measured before the pre-token cache (sft/pretokens.py), which prepares ASCII text at
 # about 2.5x that rate; kept, since text that is not ASCII (Thai, Japanese, ...) still takes the backend's
-# encode at about this rate, and a plan should not promise the faster case. Checked 2026-12-01 (one process, Llama 3's
-# tokenizer, one run each): ASCII 688k, the same rows in Thai letters 333k, in Japanese 412k tokens per CPU-second.
+# encode at about this rate, and a plan should not promise the faster case. Checked 2026-12-01 (bench/data_prep.py
+# --tokenizer llama3 --script ..., one process, medians of 3): the bench rows in Latin letters 1,044k tokens per
+# CPU-second, the same rows in Thai letters 480k, in Japanese 491k.
 PREP_TOKENS_PER_CORE_SECOND = 250_000
 # Tokens per second of the steps that run in one process whatever `num_proc` is: hashing the source files,
 # finding the lines of JSON Lines files, splitting off the rejects, the shuffled selection and save of the

@@ -143,6 +143,12 @@ def prompt_id(index: int, messages: list[dict[str, Any]]) -> str:
 
 def read_rows(source: PromptSource) -> list[dict[str, Any]]:
     """The source's raw rows (a local file or folder, or a hub dataset); StageError when unreadable."""
+    return read_named_rows(source)[0]
+
+
+def read_named_rows(source: PromptSource) -> tuple[list[Any], list[str]]:
+    """:func:`read_rows`, and how messages name each row: by line in JSON Lines (and by file in a folder), else by
+    its 1-based row."""
     path = Path(source.path)
     where = source.path
     try:
@@ -170,7 +176,7 @@ def read_rows(source: PromptSource) -> list[dict[str, Any]]:
             loaded = datasets.load_dataset(source.path, split=source.split)
         if isinstance(loaded, datasets.DatasetDict):
             loaded = loaded[source.split]
-        return [dict(row) for row in loaded]
+        return [dict(row) for row in loaded], [f"row {i + 1}" for i in range(len(loaded))]
     except StageError:
         raise
     except JsonFileError as exc:
@@ -180,20 +186,26 @@ def read_rows(source: PromptSource) -> list[dict[str, Any]]:
         raise StageError(f"{where}: could not load prompts: {first}") from None
 
 
-def _json_rows(files: list[Path], where: str) -> list[dict[str, Any]]:
+def _json_rows(files: list[Path], where: str) -> tuple[list[Any], list[str]]:
     """The rows of JSON files, file after file, each read as its content says (JSON Lines, or one document holding
-    a list of rows); as SFT sources do, an unreadable line is left out and named, the others are used."""
+    a list of rows), and their names; as SFT sources do, an unreadable line is left out and named, the others are
+    used."""
     rows: list[Any] = []
+    names: list[str] = []
     bad: list[tuple[Path, Line]] = []
     read = 0
     for file in files:
+        within = f"{file.name} " if len(files) > 1 else ""
         if not is_json_lines(file):  # one document: readable whole or not at all
-            rows.extend(document_rows(file, read_json(file, "a JSON list of rows")))
+            found = document_rows(file, read_json(file, "a JSON list of rows"))
+            rows.extend(found)
+            names.extend(f"{within}row {k + 1}" for k in range(len(found)))
             continue
         for line in read_jsonl(file):
             read += 1
             if line.error is None:
                 rows.append(line.value)
+                names.append(f"{within}line {line.number}")
             else:
                 bad.append((file, line))
     if bad:
@@ -201,12 +213,13 @@ def _json_rows(files: list[Path], where: str) -> list[dict[str, Any]]:
                           for file, line in bad[:3])
         log.warning("%s: skipped %d unreadable line(s) of %d: %s%s", where, len(bad), read, shown,
                     " ..." if len(bad) > 3 else "")
-    return rows
+    return rows, names
 
 
-def to_prompt(row: dict[str, Any], index: int, source: PromptSource) -> PromptRow:
-    """A raw row as a :class:`PromptRow`; raises StageError naming the row when it cannot be used."""
-    where = f"{source.path}: row {index + 1}"
+def to_prompt(row: dict[str, Any], index: int, source: PromptSource, name: str | None = None) -> PromptRow:
+    """A raw row as a :class:`PromptRow`; raises StageError naming the row (``name``, else its 1-based row) when it
+    cannot be used."""
+    where = f"{source.path}: {name or f'row {index + 1}'}"
     if not isinstance(row, dict):
         raise StageError(f"{where}: expected a JSON object, got {type(row).__name__}")
     if source.messages_field in row and row[source.messages_field] is not None:
@@ -259,14 +272,15 @@ def _in_languages(prompts: Any, languages: list[str], limit: int | None) -> list
 
 def load_prompts(source: PromptSource, *, seed: int, thinking: ThinkingSettings | None = None) -> list[PromptRow]:
     """The prompts in a stable order, each with its thinking mode decided (seeded for `mixed`)."""
-    rows = read_rows(source)
+    rows, names = read_named_rows(source)
     order = list(range(len(rows)))
     if source.shuffle:
         random.Random(seed).shuffle(order)
     if source.languages:
-        prompts = _in_languages((to_prompt(rows[i], i, source) for i in order), source.languages, source.limit)
+        prompts = _in_languages((to_prompt(rows[i], i, source, names[i]) for i in order), source.languages,
+                                source.limit)
     else:
-        prompts = [to_prompt(rows[i], i, source) for i in order[: source.limit]]
+        prompts = [to_prompt(rows[i], i, source, names[i]) for i in order[: source.limit]]
     if not prompts:
         within = f" in {', '.join(source.languages)}" if source.languages else ""
         raise StageError(f"{source.path}: no prompts{within}")

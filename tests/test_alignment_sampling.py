@@ -120,7 +120,7 @@ def test_prompt_loading_takes_reference_answers_and_thinking_modes(tmp_path):
     path.write_text(json.dumps({"messages": [{"role": "assistant", "content": "hi"}]}) + "\n")
     from tempa.sft.stage_api import StageError
 
-    with pytest.raises(StageError, match="row 1: the conversation must end with a user message"):
+    with pytest.raises(StageError, match=r"p\.jsonl: line 1: the conversation must end with a user message"):
         load_prompts(PromptSource(path=str(path)), seed=0)
     # rows that are not objects, messages that are not chat messages: one line naming the row, not a bare
     # AttributeError / TypeError / KeyError
@@ -128,10 +128,10 @@ def test_prompt_loading_takes_reference_answers_and_thinking_modes(tmp_path):
                          ({"messages": [1, 2]}, "'messages' must be a list of {role, content} objects"),
                          ({"messages": [{"content": "no role"}]}, "'messages' must be a list of {role, content}"),
                          ({"messages": "hi"}, "'messages' must be a list of {role, content}")):
-        path.write_text(json.dumps({"prompt": "Q0"}) + "\n" + json.dumps(row) + "\n")
+        path.write_text(json.dumps({"prompt": "Q0"}) + "\n\n" + json.dumps(row) + "\n")
         with pytest.raises(StageError) as info:
             load_prompts(PromptSource(path=str(path)), seed=0)
-        assert str(info.value).startswith(f"{path}: row 2: {problem}"), info.value
+        assert str(info.value).startswith(f"{path}: line 3: {problem}"), info.value  # its line, blank lines counted
 
 
 def test_a_folder_of_prompt_files_is_read_file_after_file_and_planned_as_read(tmp_path, caplog):
@@ -187,6 +187,13 @@ def test_a_json_prompt_file_is_read_as_its_content_says(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="tempa"):
         assert [r.question for r in load_prompts(PromptSource(path=str(folder)), seed=0)] == ["Q0", "Q1", "Q2", "Q3"]
     assert "skipped 1 unreadable line(s) of 3: train-1.json:2: not valid JSON" in caplog.text
+    # a row it cannot use is named by its file and line (or row, in a document): "row 4" counted across the files
+    (folder / "train-1.json").write_text('{"prompt": "Q2"}\n{oops\n{"messages": "Q3"}\n', encoding="utf-8")
+    with pytest.raises(StageError, match=r"parts: train-1.json line 3: 'messages' must be a list"):
+        load_prompts(PromptSource(path=str(folder)), seed=0)
+    (folder / "train-0.json").write_text(json.dumps([{"prompt": "Q0"}, {"text": "no prompt"}]), encoding="utf-8")
+    with pytest.raises(StageError, match=r"parts: train-0.json row 2: has neither"):
+        load_prompts(PromptSource(path=str(folder)), seed=0)
     # one prompt on one line is that prompt (it was taken for an object holding the rows)
     (tmp_path / "one.json").write_text(json.dumps({"messages": [{"role": "user", "content": "Q9"}]}), encoding="utf-8")
     assert [r.question for r in load_prompts(PromptSource(path=str(tmp_path / "one.json")), seed=0)] == ["Q9"]

@@ -229,6 +229,11 @@ def text_error(text: str, value: Any) -> str | None:
     return None if escape is None else _not_text(escape)
 
 
+def _json_error(exc: json.JSONDecodeError) -> str:
+    """``Expecting ',' delimiter, column 12``; ``Unterminated string starting at column 43`` (not "at, column")."""
+    return f"{exc.msg}{' ' if exc.msg.endswith(' at') else ', '}column {exc.colno}"
+
+
 def parse_line(line: Line) -> Line:
     """``line`` with its JSON value, or with the reason it is not JSON (or not text)."""
     if line.error is not None or line.blank:
@@ -236,7 +241,7 @@ def parse_line(line: Line) -> Line:
     try:
         value = json.loads(line.text)
     except json.JSONDecodeError as exc:
-        return Line(line.number, line.text, error=f"not valid JSON ({exc.msg}, column {exc.colno})")
+        return Line(line.number, line.text, error=f"not valid JSON ({_json_error(exc)})")
     error = text_error(line.text, value)
     if error is not None:
         return Line(line.number, line.text, error=error)
@@ -269,7 +274,7 @@ def read_json(path: Path, what: str = "a JSON document") -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise JsonFileError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        raise JsonFileError(f"{path}:{exc.lineno}: not valid JSON ({_json_error(exc)})") from None
     escape = _unpaired_surrogate(text, value)
     if escape is not None:
         found = re.search(re.escape(escape), text, re.IGNORECASE)

@@ -187,6 +187,10 @@ def _cmd_plan(args) -> int:
 
     if args.mfu is not None and not args.hardware:
         raise RecipeError(f"--mfu {args.mfu:g} needs --hardware (e.g. --hardware 8xH100): it sets the estimate's MFU")
+    if args.hardware:  # a bad value is refused before the plan prints, not after
+        from tempa.recipes.estimate import parse_hardware
+
+        parse_hardware(args.hardware)
     from tempa.recipes.rundir import check_run_dir, run_in_progress
 
     loaded = load_recipe(args.recipe, args.overrides, profile=args.profile)

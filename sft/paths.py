@@ -38,7 +38,7 @@ def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = 
     if not candidate.is_absolute() and base_dir is not None:
         # Relative to the recipe's folder, never to wherever tempa happens to be started from.
         candidate = Path(base_dir) / candidate
-        if not (candidate.exists() or looks_local(value)):
+        if not (candidate.exists() or candidate.is_symlink() or looks_local(value)):
             return value
     if candidate.is_absolute() or looks_local(value) or candidate.exists():
         # The folders resolved (a `..` after a linked folder goes where the OS goes), the last name kept: a file in
@@ -48,6 +48,9 @@ def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = 
         if candidate.name not in ("", ".", ".."):
             resolved = Path(os.path.realpath(candidate.parent)) / candidate.name
         if must_exist and not resolved.exists():
+            if resolved.is_symlink():  # not a hub id: a link whose target is gone
+                raise ValueError(f"local path is a link to a path that does not exist: {resolved} -> "
+                                 f"{os.readlink(resolved)}")
             raise ValueError(f"local path does not exist: {resolved}")
         return str(resolved)
     return value

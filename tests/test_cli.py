@@ -179,9 +179,11 @@ def test_bad_command_line_values_get_one_line(argv, expected, tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert main([a.replace("{file}", str(afile)) for a in argv]) == 1
-    err = capsys.readouterr().err.strip()
+    captured = capsys.readouterr()
+    err = captured.err.strip()
     assert len(err.splitlines()) == 1 and expected in err
     assert afile.read_text() == "x"  # nothing written over
+    assert captured.out == ""  # refused before anything prints (a bad --hardware came after the whole plan)
 
 
 def test_hardware_count_separator_is_case_insensitive(capsys):

@@ -594,6 +594,7 @@ _JSON_FILES = {  # a .json file's content: JSON Lines (True) or one document (Fa
     "lines, the second broken": (b'{"a": 1, "t": "x"}\n{"a": 2,\n{"a": 3, "t": "z"}\n', True),
     "lines, the first broken": (b'{not json\n{"a": 1, "t": "x"}\n{"a": 2, "t": "y"}\n', True),
     "lines, the first not UTF-8": (b'{"a": "caf\xe9"}\n{"a": 1, "t": "x"}\n{"a": 2, "t": "y"}\n', True),
+    "lines, the second broken in a string": (b'{"a": 1, "t": "x"}\n{"a": "unterminated\n{"a": 2, "t": "y"}\n', True),
     "lines, the first null": (b'null\n{"a": 1, "t": "x"}\n{"a": 2, "t": "y"}\n', True),
     "a list": (b'[{"a": 1, "t": "x"}, {"a": 2, "t": "y"}]', False),
     "a list, pretty-printed": (b'[\n  {"a": 1, "t": "x"},\n  {"a": 2, "t": "y"}\n]\n', False),
@@ -637,6 +638,8 @@ def test_a_json_file_is_read_as_its_content_says(tmp_path: Path, name: str) -> N
         assert sources.row_names(source).lines  # rejects name the line
         unusable = [line.number for line in parsed if not line.blank and line not in usable]
         assert unusable == ([2] if "second broken" in name else [1] if "the first" in name else []), unusable
+        if "in a string" in name:  # the reason reads as a sentence (it said "starting at, column 7")
+            assert parsed[1].error == "not valid JSON (Unterminated string starting at column 7)", parsed[1]
         good = tmp_path / "good.json"  # the usable lines alone, for datasets' loader, which fails on a bad one
         good.write_text("\n".join(line.text for line in usable), encoding="utf-8")
         expected = datasets.load_dataset("json", data_files=str(good), split="train",
@@ -693,6 +696,10 @@ def test_a_file_in_the_hugging_face_cache_is_read_by_its_link_name(tmp_path: Pat
     source = SourceConfig.model_validate({"name": "s", "path": "sets/../data/x.jsonl"},
                                          context={"base_dir": str(tmp_path / "proj")})
     assert source.path == str(tmp_path / "real" / "data" / "x.jsonl")
+    # A link whose target is gone is a local path that does not exist, not a hub dataset id to fetch.
+    (tmp_path / "proj" / "gone").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ValidationError, match=r"local path is a link to a path that does not exist: .*gone -> "):
+        SourceConfig.model_validate({"name": "s", "path": "gone"}, context={"base_dir": str(tmp_path / "proj")})
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json"])

@@ -72,11 +72,16 @@ def is_json_lines(path: Path) -> bool:
     suffix = path.suffix.lower()
     if suffix != ".json":
         return suffix == ".jsonl"
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    key = file_identity(path)
     if key not in _JSON_LINES:
         _JSON_LINES[key] = _holds_json_lines(path)
     return _JSON_LINES[key]
+
+
+def file_identity(path: Path) -> tuple[str, int, int, int]:
+    """What changes when ``path`` is rewritten or replaced: the key of what is remembered about a file."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
 _JSON_LINES: dict[tuple[str, int, int, int], bool] = {}  # is_json_lines by file identity: asked once per file

@@ -44,9 +44,8 @@ def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = 
         # The folders resolved (a `..` after a linked folder goes where the OS goes), the last name kept: a file in
         # the Hugging Face cache (snapshots/<rev>/train.json) links to a blob named by its hash, and the link's name
         # says what the file holds.
-        resolved = Path(os.path.realpath(candidate))
-        if candidate.name not in ("", ".", ".."):
-            resolved = Path(os.path.realpath(candidate.parent)) / candidate.name
+        resolved = (Path(os.path.realpath(candidate.parent)) / candidate.name if candidate.name not in ("", ".", "..")
+                    else Path(os.path.realpath(candidate)))
         if must_exist and not resolved.exists():
             if resolved.is_symlink():  # not a hub id: a link whose target is gone
                 raise ValueError(f"local path is a link to a path that does not exist: {resolved} -> "

@@ -38,6 +38,7 @@ from tempa.chat_templates.json_files import (
     JsonFileError,
     check_not_empty,
     document_rows,
+    file_identity,
     has_text,
     is_json_lines,
     line_spans,
@@ -113,18 +114,17 @@ def row_names(source: SourceConfig, lines: JsonLinesFiles | None = None) -> RowN
     path = Path(source.path)
     if not (is_local(source) and path.is_dir()):
         return RowNames(lines=is_local(source) and is_json_lines(path))
-    files = None
-    if lines is None:
+    if lines is not None:
+        files, counts = list(lines.files), [len(starts) - 1 for starts in lines.starts]
+    else:
+        files = None
         with contextlib.suppress(DataError):  # a folder the loader cannot read fails there, with its own message
             files = _json_folder_files(source)
-    if lines is not None or (files is not None and all(map(is_json_lines, files))):
-        lines = lines or json_lines_files(source)
-        files, counts, documents = list(lines.files), [len(starts) - 1 for starts in lines.starts], frozenset()
-    elif files is not None:  # JSON documents among the files: their rows counted as the loader reads them
+        if files is None:
+            return RowNames()
+        # counted as the loader reads them: a document's rows (parsed by then), a JSON Lines file's lines
         counts = [len(_line_starts(file)) - 1 if is_json_lines(file) else _document_size(file) for file in files]
-        documents = frozenset(k for k, file in enumerate(files) if not is_json_lines(file))
-    else:
-        return RowNames()
+    documents = frozenset(k for k, file in enumerate(files) if not is_json_lines(file))
     return RowNames(files=tuple(_below(file, path) for file in files),
                     firsts=tuple(int(first) for first in np.cumsum([0, *counts[:-1]])), documents=documents)
 
@@ -409,7 +409,7 @@ def _write_jsonl_arrow(path: Path, out: Path, span: tuple[int, int], report: Cal
 def json_rows(path: Path) -> list[str]:
     """The rows of a JSON document file (:func:`document_rows`), each as JSON text (``RAW``)."""
     rows = [json.dumps(row, ensure_ascii=False) for row in document_rows(path, read_json(path, "a JSON list of rows"))]
-    _DOCUMENT_SIZES[_identity(path)] = len(rows)
+    _DOCUMENT_SIZES[file_identity(path)] = len(rows)
     return rows
 
 
@@ -418,13 +418,8 @@ def json_rows(path: Path) -> list[str]:
 _DOCUMENT_SIZES: dict[tuple[str, int, int, int], int] = {}
 
 
-def _identity(path: Path) -> tuple[str, int, int, int]:
-    stat = path.stat()
-    return str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino
-
-
 def _document_size(path: Path) -> int:
-    size = _DOCUMENT_SIZES.get(_identity(path))
+    size = _DOCUMENT_SIZES.get(file_identity(path))
     return size if size is not None else len(json_rows(path))
 
 

@@ -591,7 +591,12 @@ def estimate_stage(name: str, kind: str, workload: TrainingWorkload, shape: Mode
     micro, per_step, global_rows, accumulation, problem = _batch(train, hardware, per_sequence, sequences, launch,
                                                                  workload.sequence_tokens)
     epochs, steps, trained = _schedule(count, train, per_step, workload.rounds)
-    common = dict(bound=count.bound, notes=list(count.notes), global_batch=global_rows, accumulation=accumulation)
+    notes = list(count.notes)
+    if workload.rounds > 1:  # else the table's epochs (added up over the rounds) read as passes over the data
+        notes.append(f"{workload.rounds} rounds, each training on its own pairs: tokens/epoch is one round's, "
+                     "epochs, steps and trained are added up over the rounds (epochs per round: "
+                     f"{epochs / workload.rounds:.3g})")
+    common = dict(bound=count.bound, notes=notes, global_batch=global_rows, accumulation=accumulation)
     if shape is None:
         estimate = StageEstimate(name, kind, count.tokens, count.source, epochs, trained, steps, per_step,
                                  micro, None, None, None, **common)

@@ -402,6 +402,10 @@ def test_preference_stage_pairs_rounds_and_reference_model(tmp_path: Path):
     # 1000 prompts -> at most 1000 pairs per round, 2 rounds, 2 pairs per GPU per step on 8 GPUs: each round
     # trains 63 steps, its last one short.
     assert with_reference.steps == 2 * -(-1000 // (2 * 8))
+    # the table's epochs add up the rounds (1 epoch of each round's pairs): the note says so
+    assert with_reference.epochs == 2 and with_reference.tokens_per_epoch == 2 * 1000 * (200 + 500)
+    assert ("2 rounds, each training on its own pairs: tokens/epoch is one round's, epochs, steps and trained are "
+            "added up over the rounds (epochs per round: 1)") in with_reference.notes
     assert with_reference.micro_batch_tokens == 2 * 2 * 2048  # chosen + rejected, padded to max_length
     parameters = 8_030_261_248
     assert with_reference.memory.reference * GIB == pytest.approx(2 * parameters / 8)

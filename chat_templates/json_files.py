@@ -3,7 +3,8 @@
 Files are UTF-8; a byte-order mark at the start is dropped (editors on Windows write one), not
 taken as part of the first row. A JSON Lines file is read line by line as bytes, so one line
 that is not UTF-8 or not JSON is reported with its line number and the other lines still count;
-what to do with such a line (reject it, or stop) is the caller's decision. An empty file is an
+what to do with such a line (reject it, or stop) is the caller's decision. Lines end at LF (CRLF too); a line
+that ``str.strip()`` leaves nothing of is blank (:func:`is_blank`): no row, to every reader. An empty file is an
 error naming the file. It lives on the ground floor because the template tools read JSON too.
 """
 
@@ -18,6 +19,17 @@ from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 16
+
+# What ``str.strip()`` removes (the characters ``str.isspace()`` holds true): a line of these alone is blank. The
+# run decodes a line and strips it; the plan counts the lines of multi-GB files in bytes, so the same characters
+# as UTF-8 bytes, which ``bytes.strip()`` is not (it keeps U+00A0, U+3000, NEL, \x1c...).
+_SPACE_CHARS = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
+                + "\u2028\u2029\u202f\u205f\u3000")
+# A run of them as bytes (UTF-8 is prefix-free: one way to read it): a line is tested without decoding it.
+_SPACES = re.compile(b"(?:" + b"|".join(re.escape(char.encode("utf-8")) for char in _SPACE_CHARS) + b")*")
+_SPACE_STARTS = frozenset(char.encode("utf-8")[0] for char in _SPACE_CHARS)  # a line starting otherwise has text
+# JSON's own whitespace: all that ``json.loads`` lets stand around a document.
+_JSON_SPACES = re.compile(rb"[ \t\r\n]*")
 
 
 class JsonFileError(ValueError):
@@ -35,7 +47,17 @@ class Line:
 
     @property
     def blank(self) -> bool:
+        """What :func:`is_blank` says of the line's bytes: nothing left by ``str.strip()`` (a line that is not
+        UTF-8 is a reject, never blank)."""
         return self.error is None and not self.text.strip()
+
+
+def is_blank(raw: bytes) -> bool:
+    """Whether a line (its bytes, a line break or not) is blank: UTF-8 of nothing ``str.strip()`` keeps, as
+    :attr:`Line.blank` says of its text. A BOM (U+FEFF) is no whitespace; line 1's is the caller's to drop."""
+    if raw and raw[0] not in _SPACE_STARTS:  # most rows ("{"): 1M in 0.19 s (the pattern alone 0.53, bytes.strip 0.13)
+        return False
+    return _SPACES.fullmatch(raw) is not None
 
 
 def decode_line(raw: bytes) -> tuple[str, str | None]:
@@ -52,16 +74,9 @@ def check_not_empty(path: Path, what: str = "one JSON object per line") -> None:
 
 
 def has_text(path: Path) -> bool:
-    """Whether ``path`` holds more than whitespace (and maybe a BOM)."""
+    """Whether ``path`` holds more than blank lines (:func:`is_blank`; and maybe a BOM)."""
     with open(path, "rb") as handle:
-        first = True
-        while chunk := handle.read(_CHUNK):
-            if first and chunk.startswith(codecs.BOM_UTF8):
-                chunk = chunk[len(codecs.BOM_UTF8):]
-            first = False
-            if chunk.strip():
-                return True
-    return False
+        return _skip(handle, _SPACES) is not None
 
 
 def is_json_lines(path: Path) -> bool:
@@ -89,15 +104,17 @@ _JSON_LINES: dict[tuple[str, int, int, int], bool] = {}  # is_json_lines by file
 
 def _holds_json_lines(path: Path) -> bool:
     with open(path, "rb") as handle:
-        start = _skip_space(handle)
+        start = _skip(handle, _SPACES)  # past blank lines
         if start is None:
             return False
         first = handle.read(1)
         if first == b"[":  # a list of rows: one document
             return False
         end = _line_end(handle)
-        if _skip_space(handle) is None:  # one line: one document, however long
-            return False
+        if _skip(handle, _JSON_SPACES) is None:  # one line: one document, however long, where json.loads can
+            handle.seek(0)                        # read it (JSON's whitespace around it, no other blank line)
+            if _skip(handle, _JSON_SPACES) == start:
+                return False
         handle.seek(start)
         raw = handle.read(end - start)
     try:
@@ -113,17 +130,25 @@ def _holds_json_lines(path: Path) -> bool:
     return True
 
 
-def _skip_space(handle: Any) -> int | None:
-    """Move past whitespace (and a BOM at the start); the offset of the next byte, or None at the end."""
-    while chunk := handle.read(_CHUNK):
-        at = handle.tell() - len(chunk)
+def _skip(handle: Any, spaces: re.Pattern[bytes]) -> int | None:
+    """Move past what ``spaces`` matches (and a BOM at the start); the offset of the next byte, or None at the
+    end."""
+    while True:
+        at = handle.tell()
+        chunk = handle.read(_CHUNK)
+        if not chunk:
+            return None
+        whole = len(chunk) == _CHUNK  # else the file ends in this chunk
         if at == 0 and chunk.startswith(codecs.BOM_UTF8):
             chunk, at = chunk[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
-        kept = chunk.lstrip()
-        if kept:
-            handle.seek(at + len(chunk) - len(kept))
-            return handle.tell()
-    return None
+        end = spaces.match(chunk).end()  # type: ignore[union-attr]  # (a pattern of `*`: it always matches)
+        if end == len(chunk):
+            continue
+        if whole and len(chunk) - end < 3:  # maybe a space of 2-3 bytes cut at the chunk's end: read it whole
+            handle.seek(at + end)
+            continue
+        handle.seek(at + end)
+        return at + end
 
 
 def _line_end(handle: Any) -> int:

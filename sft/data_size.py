@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from tempa.chat_templates.json_files import JsonFileError, decode_line, is_json_lines
+from tempa.chat_templates.json_files import JsonFileError, decode_line, is_blank, is_json_lines
 from tempa.chat_templates.thinking import last_user_index
 from tempa.sft import curation
 from tempa.sft.config import SFTStageConfig
@@ -173,7 +173,8 @@ def _json_file_rows(files: Sequence[Path], sample: int) -> LocalRows:
                 continue
             with open(file, "rb") as handle:
                 for number, line in enumerate(handle, start=1):
-                    if (line.removeprefix(codecs.BOM_UTF8) if number == 1 else line).strip():  # a blank line: none
+                    # a blank line is no row, as the run skips it (a line of U+00A0 too: not bytes.strip())
+                    if not is_blank(line.removeprefix(codecs.BOM_UTF8) if number == 1 else line):
                         yield number, line
 
     rows, kept = _reservoir(lines(), sample, lambda item: (item[0], item[1] if len(item[1]) <= LONG_LINE_BYTES

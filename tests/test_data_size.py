@@ -376,7 +376,9 @@ def _edge_files(folder: Path) -> dict[str, Path]:
 
     files = {name: folder / name for name in ("two_lists.json", "deep.json", "corrupt.parquet", "big_field.csv",
                                               "bom.csv", "latin1.csv", "na.csv", "empty.csv", "header.csv", "dict",
-                                              "shards", "corrupt_shard", "empty_folder", "csv_folder")}
+                                              "shards", "corrupt_shard", "empty_folder", "csv_folder",
+                                              "unicode_blank.jsonl", "unicode_blank_first.json",
+                                              "unicode_blank_shard")}
     files["two_lists.json"].write_text(json.dumps({"a": [row], "b": [row]}), encoding="utf-8")
     files["deep.json"].write_text("[" * 100_000, encoding="utf-8")
     files["corrupt.parquet"].write_text("not parquet", encoding="utf-8")
@@ -390,12 +392,23 @@ def _edge_files(folder: Path) -> dict[str, Path]:
                           "test": datasets.Dataset.from_list([row] * 2)}).save_to_disk(str(files["dict"]))
     for name in ("shards", "corrupt_shard", "empty_folder", "csv_folder"):
         files[name].mkdir()
+    files["unicode_blank_shard"].mkdir()
     for k in range(2):  # a train split only
         pq.write_table(pa.Table.from_pylist([row] * 3), files["shards"] / f"train-{k:05d}-of-00002.parquet")
     pq.write_table(pa.Table.from_pylist([row] * 3), files["corrupt_shard"] / "train-00000-of-00002.parquet")
     (files["corrupt_shard"] / "train-00001-of-00002.parquet").write_text("not parquet", encoding="utf-8")
     (files["csv_folder"] / "a.csv").write_bytes(b"\xef\xbb\xbfprompt,response\nq,a\nq,NA\n")
     (files["csv_folder"] / "b.csv").write_text("prompt,response\nq2,a2\n", encoding="utf-8")
+    # Lines of whitespace that str.strip() removes and bytes.strip() keeps: no-break, ideographic, em spaces,
+    # NEL, a file separator, a line separator; the run skipped them as blank, the plan counted them as rows.
+    line = json.dumps(row)
+    files["unicode_blank.jsonl"].write_text(f"{line}\n\u00a0\n{line}\n\u3000 \n\x85\n\x1c\u2003\n\u2028\n{line}\n\u00a0",
+                                            encoding="utf-8")
+    # A .json file whose first line is such a line is JSON Lines, as with a first line of spaces (it was taken
+    # for a document, and failed as one).
+    files["unicode_blank_first.json"].write_text(f"\u00a0\n{line}\n{line}\n", encoding="utf-8")
+    (files["unicode_blank_shard"] / "a.json").write_text(f"{line}\n{line}\n", encoding="utf-8")
+    (files["unicode_blank_shard"] / "b.json").write_text("\u3000\n", encoding="utf-8")  # a shard left blank
     return files
 
 
@@ -418,10 +431,13 @@ def test_the_plan_reads_every_file_as_the_run_does(tmp_path: Path, tiny_tokenize
             try:
                 mix = prepare_sft_data(config, tiny_tokenizer, out_dir=tmp_path / f"out-{name}-{split}",
                                        cache_dir=tmp_path / "cache", seed=0).mix
-            except DataError:
+            except DataError as exc:
                 assert size.rows == 0 and "the run will fail on this source" in size.how, (name, size)
+                assert not name.startswith("unicode_blank"), exc  # rows and blank lines: both read the rows
                 continue
             assert "fail" not in size.how and size.rows == mix.total.rows_kept, (name, split, size, mix.total)
+            # and counts the rows the run reads (a blank line is none), not just the rows it keeps
+            assert scan_local_rows(str(path), 256, split).rows == mix.total.rows_in, (name, split, size, mix.total)
     assert "cannot be read: Parquet magic bytes not found" in source_size(DataConfig.model_validate(
         {"sources": [{"name": "s", "path": str(tmp_path / "corrupt.parquet")}]}).sources[0], 0, 800, {}, counter).how
     # A folder of files the plan does not read says so; its size is not guessed.

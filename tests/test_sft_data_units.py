@@ -528,6 +528,31 @@ def test_a_long_jsonl_read_shows_a_bar_that_ends_at_the_file_size(
     assert "Reading rows.jsonl" in capsys.readouterr().err
 
 
+def test_a_blank_line_is_one_rule_in_bytes_and_in_text(tmp_path: Path) -> None:
+    """A line is blank when ``str.strip()`` leaves nothing of it: the run skips it (no row, no reject). The plan
+    counts a file's lines in bytes, where ``bytes.strip()`` kept U+00A0, U+3000, NEL, U+2028, \\x1c...: it counted
+    those lines as rows. The byte rule says of every character what the text rule says; U+FEFF is no space."""
+    import sys
+
+    from tempa.chat_templates.json_files import Line, has_text, is_blank
+
+    chars = [chr(code) for code in range(sys.maxunicode + 1)]
+    spaces = [char for char in chars if not char.strip()]
+    # (a lone surrogate's bytes are no UTF-8: never blank)
+    assert [char for char in chars if is_blank(char.encode("utf-8", "surrogatepass"))] == spaces
+    assert is_blank(" ".join(spaces).encode() * 2 + b"\r\n") and len(spaces) == 29
+    assert is_blank(b"") and is_blank(b"\t\x0b\x0c\x1c\x1f\n") and not is_blank(b"\xa0") and not is_blank(b"\xc2")
+    assert Line(1, "\u00a0\u3000\x85\u2028").blank and not Line(1, "\ufeff").blank
+    assert not Line(1, " ", error="invalid UTF-8").blank
+    # a file of blank lines has no text, a space of 3 bytes cut by the end of the 64 KiB read or not
+    path = tmp_path / "rows.jsonl"
+    for spaces in range((1 << 16) - 3, (1 << 16) + 1):
+        path.write_bytes(b" " * spaces + "\u3000\n".encode())
+        assert not has_text(path), spaces
+        path.write_bytes(b" " * spaces + "\u3000\n{}".encode())
+        assert has_text(path), spaces
+
+
 def test_line_spans_cut_only_at_line_starts_and_their_lines_are_the_files() -> None:
     import random
 
@@ -596,6 +621,10 @@ _JSON_FILES = {  # a .json file's content: JSON Lines (True) or one document (Fa
     "lines, the first not UTF-8": (b'{"a": "caf\xe9"}\n{"a": 1, "t": "x"}\n{"a": 2, "t": "y"}\n', True),
     "lines, the second broken in a string": (b'{"a": 1, "t": "x"}\n{"a": "unterminated\n{"a": 2, "t": "y"}\n', True),
     "lines, the first null": (b'null\n{"a": 1, "t": "x"}\n{"a": 2, "t": "y"}\n', True),
+    # blank is what str.strip() removes, as the run skips a blank line: these were taken for documents (and failed)
+    "lines, a first line of no-break and ideographic spaces": ("\u00a0\u3000\n".encode() + _LINES, True),
+    "one line, then a line of a vertical tab": (b'{"a": 1, "t": "x"}\n\x0b\n', True),
+    "one line, then a line of no-break spaces": ('{"a": 1, "t": "x"}\n\u00a0\n'.encode(), True),
     "a list": (b'[{"a": 1, "t": "x"}, {"a": 2, "t": "y"}]', False),
     "a list, pretty-printed": (b'[\n  {"a": 1, "t": "x"},\n  {"a": 2, "t": "y"}\n]\n', False),
     "an object holding a list, pretty-printed": (b'{\n  "data": [\n    {"a": 1, "t": "x"}\n  ]\n}\n', False),

@@ -22,8 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from tempa.chat_templates.json_files import (
     JsonFileError,
     Line,
+    RowPlace,
     document_rows,
     is_json_lines,
+    name_below,
     read_json,
     read_jsonl,
 )
@@ -147,13 +149,13 @@ def read_rows(source: PromptSource) -> list[dict[str, Any]]:
 
 
 def read_named_rows(source: PromptSource) -> tuple[list[Any], list[str]]:
-    """:func:`read_rows`, and how messages name each row: by line in JSON Lines (and by file in a folder), else by
-    its 1-based row."""
+    """:func:`read_rows`, and how messages name each row (:class:`RowPlace`, as an SFT source's rejects name it):
+    by line in JSON Lines (and by file in a folder), else by its 0-based row."""
     path = Path(source.path)
     where = source.path
     try:
         if path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
-            return _json_rows([path], where)
+            return _json_rows([path], where, None)
         import datasets
 
         from tempa.sft.sources import data_files, is_saved_dataset, json_shards
@@ -163,7 +165,7 @@ def read_named_rows(source: PromptSource) -> tuple[list[Any], list[str]]:
         elif path.is_dir():  # a folder of data files, its split's files found as datasets finds them
             shards = json_shards(*data_files(path, source.split))
             if shards is not None:
-                return _json_rows(shards, where)
+                return _json_rows(shards, where, path)
             loaded = datasets.load_dataset(str(path), split=source.split)
         elif path.is_file():
             builder = {".parquet": "parquet", ".csv": "csv"}.get(path.suffix.lower())
@@ -176,7 +178,7 @@ def read_named_rows(source: PromptSource) -> tuple[list[Any], list[str]]:
             loaded = datasets.load_dataset(source.path, split=source.split)
         if isinstance(loaded, datasets.DatasetDict):
             loaded = loaded[source.split]
-        return [dict(row) for row in loaded], [f"row {i + 1}" for i in range(len(loaded))]
+        return [dict(row) for row in loaded], [str(RowPlace(None, "row", i)) for i in range(len(loaded))]
     except StageError:
         raise
     except JsonFileError as exc:
@@ -186,40 +188,40 @@ def read_named_rows(source: PromptSource) -> tuple[list[Any], list[str]]:
         raise StageError(f"{where}: could not load prompts: {first}") from None
 
 
-def _json_rows(files: list[Path], where: str) -> tuple[list[Any], list[str]]:
-    """The rows of JSON files, file after file, each read as its content says (JSON Lines, or one document holding
-    a list of rows), and their names; as SFT sources do, an unreadable line is left out and named, the others are
-    used."""
+def _json_rows(files: list[Path], where: str, folder: Path | None) -> tuple[list[Any], list[str]]:
+    """The rows of JSON files (a file, or the files of ``folder``), file after file, each read as its content says
+    (JSON Lines, or one document holding a list of rows), and their names; as SFT sources do, an unreadable line is
+    left out and named, the others are used."""
     rows: list[Any] = []
     names: list[str] = []
-    bad: list[tuple[Path, Line]] = []
+    bad: list[tuple[str | None, Line]] = []
     read = 0
     for file in files:
-        within = f"{file.name} " if len(files) > 1 else ""
+        name = name_below(file, folder) if folder is not None else None  # in a folder, even of one file
         if not is_json_lines(file):  # one document: readable whole or not at all
             found = document_rows(file, read_json(file, "a JSON list of rows"))
             rows.extend(found)
-            names.extend(f"{within}row {k + 1}" for k in range(len(found)))
+            names.extend(str(RowPlace(name, "row", k)) for k in range(len(found)))
             continue
         for line in read_jsonl(file):
             read += 1
             if line.error is None:
                 rows.append(line.value)
-                names.append(f"{within}line {line.number}")
+                names.append(str(RowPlace(name, "line", line.number)))
             else:
-                bad.append((file, line))
+                bad.append((name, line))
     if bad:
-        shown = "; ".join(f"{f'{file.name}:' if len(files) > 1 else 'line '}{line.number}: {line.error}"
-                          for file, line in bad[:3])
+        shown = "; ".join(f"{f'{name}:' if name is not None else 'line '}{line.number}: {line.error}"
+                          for name, line in bad[:3])
         log.warning("%s: skipped %d unreadable line(s) of %d: %s%s", where, len(bad), read, shown,
                     " ..." if len(bad) > 3 else "")
     return rows, names
 
 
 def to_prompt(row: dict[str, Any], index: int, source: PromptSource, name: str | None = None) -> PromptRow:
-    """A raw row as a :class:`PromptRow`; raises StageError naming the row (``name``, else its 1-based row) when it
+    """A raw row as a :class:`PromptRow`; raises StageError naming the row (``name``, else its 0-based row) when it
     cannot be used."""
-    where = f"{source.path}: {name or f'row {index + 1}'}"
+    where = f"{source.path}: {name or RowPlace(None, 'row', index)}"
     if not isinstance(row, dict):
         raise StageError(f"{where}: expected a JSON object, got {type(row).__name__}")
     if source.messages_field in row and row[source.messages_field] is not None:

@@ -37,6 +37,28 @@ class JsonFileError(ValueError):
 
 
 @dataclass(frozen=True)
+class RowPlace:
+    """Where a row is in the user's files, as every reader names it: its file (in a folder, by its path below the
+    folder: :func:`name_below`) and its line (JSON Lines: 1-based, as an editor shows it) or row (a JSON
+    document's list, or a typed source: 0-based, as ``rejects.jsonl``'s ``row`` counts)."""
+
+    file: str | None
+    unit: str  # "line" or "row"
+    number: int
+
+    def __str__(self) -> str:
+        return f"{self.file} {self.unit} {self.number}" if self.file is not None else f"{self.unit} {self.number}"
+
+
+def name_below(file: Path, folder: Path) -> str:
+    """``file``'s path below ``folder``, which may be a link: ``datasets`` names a folder's files by its real path."""
+    for base in (folder, folder.resolve()):
+        if file.is_relative_to(base):
+            return file.relative_to(base).as_posix()
+    return file.name
+
+
+@dataclass(frozen=True)
 class Line:
     """One line of a JSON Lines file: its text, or why it could not be read."""
 

@@ -17,7 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tempa.chat_templates.json_files import JsonFileError, document_rows, is_json_lines, read_json, read_jsonl
+from tempa.chat_templates.json_files import (
+    JsonFileError,
+    RowPlace,
+    document_rows,
+    is_json_lines,
+    read_json,
+    read_jsonl,
+)
 from tempa.chat_templates.roles import ROLES
 from tempa.sft.stage_api import StageError, looks_local
 
@@ -54,7 +61,7 @@ def load_rows(source: str, *, split: str = "train", max_rows: int | None = None)
     if max_rows is not None:
         dataset = dataset.select(range(min(max_rows, len(dataset))))
     rows = [dict(row) for row in dataset]
-    _check_rows(rows, lambda i: f"{source}: row {i}")
+    _check_rows(rows, lambda i: f"{source}: {RowPlace(None, 'row', i)}")
     return rows
 
 
@@ -92,7 +99,7 @@ def _read_json_rows(path: Path) -> list[dict[str, Any]]:
     try:
         if not is_json_lines(path):
             data = document_rows(path, read_json(path, "a JSON list of rows"))
-            _check_rows(data, lambda i: f"{path}: row {i}")
+            _check_rows(data, lambda i: f"{path}: {RowPlace(None, 'row', i)}")
             return [dict(row) for row in data]
         rows = []
         for line in read_jsonl(path):

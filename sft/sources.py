@@ -36,12 +36,14 @@ from tqdm.auto import tqdm
 
 from tempa.chat_templates.json_files import (
     JsonFileError,
+    RowPlace,
     check_not_empty,
     document_rows,
     file_identity,
     has_text,
     is_json_lines,
     line_spans,
+    name_below,
     read_json,
     read_lines,
 )
@@ -71,19 +73,6 @@ def describe(source: SourceConfig) -> str:
 def is_local(source: SourceConfig) -> bool:
     """Whether the source's path is on disk; otherwise it is a hub dataset id."""
     return Path(source.path).is_absolute() and Path(source.path).exists()
-
-
-@dataclass(frozen=True)
-class RowPlace:
-    """Where a row is in the user's files: its file (in a folder) and its line (JSON Lines: 1-based, as an editor
-    shows it) or row (a JSON document's list, or a typed source: 0-based)."""
-
-    file: str | None
-    unit: str  # "line" or "row"
-    number: int
-
-    def __str__(self) -> str:
-        return f"{self.file} {self.unit} {self.number}" if self.file is not None else f"{self.unit} {self.number}"
 
 
 @dataclass(frozen=True)
@@ -125,16 +114,8 @@ def row_names(source: SourceConfig, lines: JsonLinesFiles | None = None) -> RowN
         # counted as the loader reads them: a document's rows (parsed by then), a JSON Lines file's lines
         counts = [len(_line_starts(file)) - 1 if is_json_lines(file) else _document_size(file) for file in files]
     documents = frozenset(k for k, file in enumerate(files) if not is_json_lines(file))
-    return RowNames(files=tuple(_below(file, path) for file in files),
+    return RowNames(files=tuple(name_below(file, path) for file in files),
                     firsts=tuple(int(first) for first in np.cumsum([0, *counts[:-1]])), documents=documents)
-
-
-def _below(file: Path, folder: Path) -> str:
-    """``file``'s path below ``folder``, which may be a link: ``datasets`` names a folder's files by its real path."""
-    for base in (folder, folder.resolve()):
-        if file.is_relative_to(base):
-            return file.relative_to(base).as_posix()
-    return file.name
 
 
 def is_saved_dataset(folder: Path) -> bool:

@@ -160,6 +160,20 @@ def test_a_folder_of_prompt_files_is_read_file_after_file_and_planned_as_read(tm
     assert [r.question for r in load_prompts(PromptSource(path=str(tmp_path / "parquet")), seed=0)] == [
         "P0", "P1", "P2", "P3"]
     assert count_local_rows(str(tmp_path / "jsonl")) == 6 and count_local_rows(str(tmp_path / "parquet")) == 4
+    # A row a stage cannot use is named as an SFT source's rejects name it (the README's 0-based row; it was
+    # "row 3" here), and in a folder by its file, even where the split has one file (it was "line 1").
+    from tempa.sft.data_config import SourceConfig
+    from tempa.sft.sources import row_names
+    from tempa.sft.stage_api import StageError
+
+    pq.write_table(pa.Table.from_pylist([{"prompt": "P0"}, {"prompt": "P1"}, {"text": "no prompt"}]),
+                   tmp_path / "parquet" / "train-00000-of-00001.parquet")
+    assert row_names(SourceConfig(name="s", path=str(tmp_path / "parquet"))).label(2) == "row 2"
+    with pytest.raises(StageError, match=r"parquet: row 2: has neither"):
+        load_prompts(PromptSource(path=str(tmp_path / "parquet")), seed=0)
+    (tmp_path / "jsonl" / "test-00000-of-00001.jsonl").write_text(json.dumps({"text": "T"}) + "\n", encoding="utf-8")
+    with pytest.raises(StageError, match=r"jsonl: test-00000-of-00001.jsonl line 1: has neither"):
+        load_prompts(PromptSource(path=str(tmp_path / "jsonl"), split="test"), seed=0)
 
 
 def test_a_json_prompt_file_is_read_as_its_content_says(tmp_path, caplog):
@@ -187,12 +201,13 @@ def test_a_json_prompt_file_is_read_as_its_content_says(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="tempa"):
         assert [r.question for r in load_prompts(PromptSource(path=str(folder)), seed=0)] == ["Q0", "Q1", "Q2", "Q3"]
     assert "skipped 1 unreadable line(s) of 3: train-1.json:2: not valid JSON" in caplog.text
-    # a row it cannot use is named by its file and line (or row, in a document): "row 4" counted across the files
+    # a row it cannot use is named by its file and line (or 0-based row, in a document, as SFT's rejects name it):
+    # "row 4" counted across the files
     (folder / "train-1.json").write_text('{"prompt": "Q2"}\n{oops\n{"messages": "Q3"}\n', encoding="utf-8")
     with pytest.raises(StageError, match=r"parts: train-1.json line 3: 'messages' must be a list"):
         load_prompts(PromptSource(path=str(folder)), seed=0)
     (folder / "train-0.json").write_text(json.dumps([{"prompt": "Q0"}, {"text": "no prompt"}]), encoding="utf-8")
-    with pytest.raises(StageError, match=r"parts: train-0.json row 2: has neither"):
+    with pytest.raises(StageError, match=r"parts: train-0.json row 1: has neither"):
         load_prompts(PromptSource(path=str(folder)), seed=0)
     # one prompt on one line is that prompt (it was taken for an object holding the rows)
     (tmp_path / "one.json").write_text(json.dumps({"messages": [{"role": "user", "content": "Q9"}]}), encoding="utf-8")

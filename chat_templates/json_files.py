@@ -282,8 +282,15 @@ def text_error(text: str, value: Any) -> str | None:
 
 
 def _json_error(exc: json.JSONDecodeError) -> str:
-    """``Expecting ',' delimiter, column 12``; ``Unterminated string starting at column 43`` (not "at, column")."""
-    return f"{exc.msg}{' ' if exc.msg.endswith(' at') else ', '}column {exc.colno}"
+    """``Expecting ',' delimiter, column 12``; ``Unterminated string starting at column 43`` (not "at, column");
+    what a file whose lines end in CR alone gives, said so."""
+    said = f"{exc.msg}{' ' if exc.msg.endswith(' at') else ', '}column {exc.colno}"
+    before = exc.doc[:exc.pos]
+    gap = before[len(before.rstrip(" \t\r\n")):]  # the whitespace between a value and what follows it
+    if exc.msg == "Extra data" and "\r" in gap and "\n" not in gap:
+        # (old Mac files: tempa's lines end at LF, as its byte offsets and line numbers count them)
+        said += "; the lines end in CR alone: save the file with LF or CRLF line breaks"
+    return said
 
 
 def parse_line(line: Line) -> Line:

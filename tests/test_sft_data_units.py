@@ -553,6 +553,24 @@ def test_a_blank_line_is_one_rule_in_bytes_and_in_text(tmp_path: Path) -> None:
         assert has_text(path), spaces
 
 
+def test_a_file_whose_lines_end_in_cr_alone_says_so(tmp_path: Path) -> None:
+    """Lines ended by CR alone (old Mac files) are one line to tempa, whose byte offsets and line numbers count LF
+    (``datasets`` reads them as rows): the reason said only "Extra data"; it now says what to do."""
+    from tempa.chat_templates.json_files import JsonFileError, read_json, read_jsonl
+
+    rows = b'{"a": 1}\r{"a": 2}\r'
+    (tmp_path / "rows.jsonl").write_bytes(rows)
+    (line,) = read_jsonl(tmp_path / "rows.jsonl")
+    assert line.error == ("not valid JSON (Extra data, column 10; the lines end in CR alone: save the file with LF "
+                          "or CRLF line breaks)")
+    (tmp_path / "rows.json").write_bytes(rows)
+    with pytest.raises(JsonFileError, match=r"rows.json:1: not valid JSON \(Extra data, column 10; the lines end in "
+                                            r"CR alone: save the file with LF or CRLF line breaks\)$"):
+        read_json(tmp_path / "rows.json")
+    (tmp_path / "rows.jsonl").write_bytes(b'{"a": 1} {"a": 2}\r\n')  # two rows on one line: no CR between them
+    assert next(read_jsonl(tmp_path / "rows.jsonl")).error == "not valid JSON (Extra data, column 10)"
+
+
 def test_line_spans_cut_only_at_line_starts_and_their_lines_are_the_files() -> None:
     import random
 

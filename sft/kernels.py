@@ -12,11 +12,18 @@ recipe asked for, so the rule is testable without a GPU; :func:`detect_env` prob
   full logits; it refuses Liger's fused linear cross-entropy.
 
 A recipe that sets ``model_init_kwargs.attn_implementation`` or ``use_liger_kernel`` keeps its choice.
+
+Sequence parallelism constrains the attention: torch context parallelism (FSDP2) runs only sdpa
+(transformers' ``Trainer`` refuses any other implementation), and DeepSpeed Ulysses/ALST must be told
+the model's implementation (:func:`sequence_parallel_env`), since accelerate's launcher defaults it to sdpa
+and DeepSpeed refuses a model loaded with another.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,16 +63,22 @@ def choose_kernels(
     requested_attention: str | None = None,
     requested_liger: bool | None = None,
     document_attention: tuple[bool, str] = (True, ""),
+    context_parallel: bool = False,
 ) -> KernelChoice:
     """The attention implementation and Liger setting for one training process.
 
     ``packed``: rows hold several documents (BFD packing / padding-free);
-    ``document_attention``: :func:`tempa.sft.packed_attention.supports_document_attention` of the model.
+    ``document_attention``: :func:`tempa.sft.packed_attention.supports_document_attention` of the model;
+    ``context_parallel``: the launch runs torch context parallelism (:func:`launched_context_parallel`).
     """
     why = []
     if requested_attention is not None:
         attention: str | None = requested_attention
         why.append(f"attention {requested_attention}: set by the recipe")
+    elif context_parallel:
+        # transformers' Trainer._prepare_context_parallel_inputs raises for any attention but "sdpa"
+        attention = None
+        why.append("attention sdpa: torch context parallelism runs only sdpa")
     elif env.cuda and env.precision in ("bf16", "fp16") and env.flash_attn:
         attention = FLASH_ATTENTION
         why.append("attention flash_attention_2: flash_attn installed, CUDA, half precision")
@@ -96,3 +109,22 @@ def detect_env(precision: str) -> KernelEnv:
 
     return KernelEnv(cuda=torch.cuda.is_available(), precision=precision, flash_attn=installed("flash_attn"),
                      liger=installed("liger_kernel"))
+
+
+def launched_context_parallel(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``accelerate launch`` started this process with torch context parallelism (cp_size > 1)."""
+    environ = os.environ if environ is None else environ
+    return int(environ.get("PARALLELISM_CONFIG_CP_SIZE", "1") or 1) > 1
+
+
+def sequence_parallel_env(kernels: KernelChoice, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a DeepSpeed Ulysses/ALST process needs so its attention is the model's own.
+
+    ``accelerate launch`` exports PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION (default "sdpa") and DeepSpeed's
+    UlyssesSPAttentionHF.register_with_transformers refuses a model loaded with a different implementation;
+    empty when the launch has no Ulysses sequence parallelism.
+    """
+    environ = os.environ if environ is None else environ
+    if int(environ.get("PARALLELISM_CONFIG_SP_SIZE", "1") or 1) <= 1:
+        return {}
+    return {"PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION": kernels.attn_implementation or "sdpa"}

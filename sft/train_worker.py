@@ -24,7 +24,14 @@ from transformers import TrainerCallback
 
 from tempa.sft.checkpoints import COMPLETE_MARKER, last_complete_checkpoint
 from tempa.sft.files import remove_tree
-from tempa.sft.kernels import KernelChoice, KernelEnv, choose_kernels, detect_env
+from tempa.sft.kernels import (
+    KernelChoice,
+    KernelEnv,
+    choose_kernels,
+    detect_env,
+    launched_context_parallel,
+    sequence_parallel_env,
+)
 from tempa.sft.packed_attention import DOC_SDPA, supports_document_attention
 from tempa.sft.packed_attention import register as register_document_attention
 from tempa.sft.throughput import ThroughputMeter, add_throughput_callbacks
@@ -102,6 +109,9 @@ def trl_config_kwargs(plan: TrainPlan, kernels: KernelChoice | None = None) -> d
         kwargs["model_init_kwargs"] = {**kwargs["model_init_kwargs"], "attn_implementation": kernels.attn_implementation}
     if kernels.use_liger_kernel:
         kwargs["use_liger_kernel"] = True
+    # Ulysses/ALST: accelerate builds its sequence-parallel config from this process's environment when the
+    # trainer is created, which is after this point.
+    os.environ.update(sequence_parallel_env(kernels))
     # trl's configs default the deprecated `gradient_checkpointing` to True, which transformers turns into a
     # FutureWarning in every training log; pass the setting under its current name (same default, same meaning).
     if "activation_checkpointing" not in kwargs:
@@ -175,7 +185,8 @@ def plan_kernels(plan: TrainPlan, env: KernelEnv | None = None) -> KernelChoice:
         config = AutoConfig.from_pretrained(plan.start_model, trust_remote_code=plan.env.trust_remote_code)
         document = supports_document_attention(config)
     return choose_kernels(env, packed=packed, requested_attention=(train.get("model_init_kwargs") or {}).get(
-        "attn_implementation"), requested_liger=train.get("use_liger_kernel"), document_attention=document)
+        "attn_implementation"), requested_liger=train.get("use_liger_kernel"), document_attention=document,
+        context_parallel=launched_context_parallel())
 
 
 def announced_kernels(plan: TrainPlan) -> KernelChoice:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -205,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shape, few steps: checks the logic only")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    # One process: on a node of several GPUs, transformers' Trainer would wrap the model in nn.DataParallel,
+    # which trl's SFTTrainer refuses. Set before CUDA starts (torch reads it then).
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
     import torch
 
     if args.dry_run:

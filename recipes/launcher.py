@@ -177,10 +177,22 @@ def _launch_env(launch: LaunchConfig) -> dict[str, str]:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if launch.use_cpu:
         env.setdefault("DS_ACCELERATOR", "cpu")
-    if launch.sequence_parallel > 1 and launch.engine().name == "deepspeed":
-        # Ulysses runs this attention on each head group; it alone reads packed documents from position_ids
-        env.setdefault("PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION", "flash_attention_2")
+    elif one_process(launch) and "CUDA_VISIBLE_DEVICES" not in env:
+        # One process that sees several GPUs gets nn.DataParallel from transformers' Trainer, which every trl
+        # trainer refuses: train on the first GPU (a user who names GPUs keeps them).
+        env["CUDA_VISIBLE_DEVICES"] = "0"
     return env
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def one_process(launch: LaunchConfig) -> bool:
+    """Whether the launch starts a single training process (the `single` config, or num_processes 1)."""
+    return launch.num_machines == 1 and (launch.num_processes or launch.engine().num_processes or 1) == 1
 
 
 def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Path, *, log,
@@ -211,6 +223,9 @@ def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Pat
     else:
         cmd = launch_command(launch, module, args, port=_free_port())
     env = _launch_env(launch)
+    if env.get("CUDA_VISIBLE_DEVICES") != os.environ.get("CUDA_VISIBLE_DEVICES") and _gpus() > 1:
+        log.info("one training process: it trains on GPU 0 of %d (CUDA_VISIBLE_DEVICES=0); launch.accelerate_config "
+                 "zero3 or fsdp2 trains on all of them", _gpus())
     log_file.parent.mkdir(parents=True, exist_ok=True)
     script = log_file.parent / "launch.sh"
     script.write_text(

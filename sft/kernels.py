@@ -30,6 +30,7 @@ from typing import Any
 from tempa.sft.packed_attention import DOC_SDPA
 
 FLASH_ATTENTION = "flash_attention_2"
+ULYSSES_ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa")  # what accelerate takes for Ulysses
 KERNEL_KEYS = ("attn_implementation", "liger_kernel")  # what KernelChoice.record() puts in a stage's metrics
 
 
@@ -127,4 +128,10 @@ def sequence_parallel_env(kernels: KernelChoice, environ: Mapping[str, str] | No
     environ = os.environ if environ is None else environ
     if int(environ.get("PARALLELISM_CONFIG_SP_SIZE", "1") or 1) <= 1:
         return {}
-    return {"PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION": kernels.attn_implementation or "sdpa"}
+    attention = kernels.attn_implementation or "sdpa"
+    if attention not in ULYSSES_ATTENTION:
+        # accelerate's sequence-parallel config refuses any other name, with a message that says nothing of packing
+        raise ValueError(f"launch.sequence_parallel (DeepSpeed Ulysses/ALST) runs {' or '.join(ULYSSES_ATTENTION)}, "
+                         f"and this process would attend with {attention}: install flash-attn (the gpu extra) for "
+                         "packed rows, or set train.packing: false")
+    return {"PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION": attention}

@@ -109,9 +109,6 @@ def trl_config_kwargs(plan: TrainPlan, kernels: KernelChoice | None = None) -> d
         kwargs["model_init_kwargs"] = {**kwargs["model_init_kwargs"], "attn_implementation": kernels.attn_implementation}
     if kernels.use_liger_kernel:
         kwargs["use_liger_kernel"] = True
-    # Ulysses/ALST: accelerate builds its sequence-parallel config from this process's environment when the
-    # trainer is created, which is after this point.
-    os.environ.update(sequence_parallel_env(kernels))
     # trl's configs default the deprecated `gradient_checkpointing` to True, which transformers turns into a
     # FutureWarning in every training log; pass the setting under its current name (same default, same meaning).
     if "activation_checkpointing" not in kwargs:
@@ -190,10 +187,16 @@ def plan_kernels(plan: TrainPlan, env: KernelEnv | None = None) -> KernelChoice:
 
 
 def announced_kernels(plan: TrainPlan) -> KernelChoice:
-    """:func:`plan_kernels` for a training worker, with the reasons printed to its log."""
+    """:func:`plan_kernels` for a training worker, with the reasons printed to its log.
+
+    Under Ulysses/ALST it also tells accelerate the model's attention: accelerate builds its sequence-parallel
+    config from this process's environment when the trainer is created, and its launcher exported its own
+    default (sdpa), which DeepSpeed refuses for a model loaded with flash-attention 2.
+    """
     kernels = plan_kernels(plan)
     for line in kernels.why:
         print(f"[tempa] {line}", flush=True)
+    os.environ.update(sequence_parallel_env(kernels))
     return kernels
 
 

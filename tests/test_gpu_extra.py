@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
 from tempa.sft.kernels import KernelEnv, choose_kernels, launched_context_parallel, sequence_parallel_env
-
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,6 +60,10 @@ def test_ulysses_is_told_the_models_attention() -> None:
     assert sequence_parallel_env(flash, ulysses) == {"PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION": "flash_attention_2"}
     plain = choose_kernels(KernelEnv(cuda=True, precision="bf16", flash_attn=False, liger=False), packed=False)
     assert sequence_parallel_env(plain, ulysses) == {"PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION": "sdpa"}
+    # packed rows without flash_attn would attend per document with tempa's kernel, which Ulysses cannot run
+    packed = choose_kernels(KernelEnv(cuda=True, precision="bf16", flash_attn=False, liger=False), packed=True)
+    with pytest.raises(ValueError, match="would attend with tempa_doc_sdpa: install flash-attn"):
+        sequence_parallel_env(packed, ulysses)
 
 
 def test_accelerate_reads_the_attention_tempa_sets(monkeypatch) -> None:
@@ -68,3 +72,20 @@ def test_accelerate_reads_the_attention_tempa_sets(monkeypatch) -> None:
 
     monkeypatch.setenv("PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION", "flash_attention_2")
     assert DeepSpeedSequenceParallelConfig().sp_attn_implementation == "flash_attention_2"
+
+
+def test_a_ulysses_worker_sets_the_attention_accelerate_reads(monkeypatch, tiny_model_dir) -> None:
+    """The worker replaces the sdpa accelerate's launcher exported with the attention the model loads with."""
+    from tempa.sft.train_plan import TrainPlan
+    from tempa.sft.train_worker import announced_kernels
+
+    monkeypatch.setenv("PARALLELISM_CONFIG_SP_SIZE", "2")
+    monkeypatch.setenv("PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION", "sdpa")
+    plan = TrainPlan.standalone(tiny_model_dir, Path("/out"), {"packing": True,
+                                                               "model_init_kwargs": {"attn_implementation": "eager"}})
+    with pytest.raises(ValueError, match="would attend with eager"):
+        announced_kernels(plan)
+    plan = TrainPlan.standalone(tiny_model_dir, Path("/out"), {"packing": True,
+                                                               "model_init_kwargs": {"attn_implementation": "flash_attention_2"}})
+    assert announced_kernels(plan).attn_implementation == "flash_attention_2"
+    assert os.environ["PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION"] == "flash_attention_2"

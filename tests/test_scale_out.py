@@ -250,12 +250,10 @@ def test_launch_settings_that_cannot_work_are_refused_up_front(tmp_path, launch,
 
 
 def test_sequence_parallel_and_multi_node_launch_commands(tmp_path):
-    from tempa.recipes.launcher import _launch_env, launch_command
+    from tempa.recipes.launcher import launch_command
     from tempa.recipes.schema import LaunchConfig
 
     ulysses = launch_command(LaunchConfig(accelerate_config="zero3", sequence_parallel=4), "m", [])
-    env = _launch_env(LaunchConfig(accelerate_config="zero3", sequence_parallel=4))
-    assert env["PARALLELISM_CONFIG_SP_ATTN_IMPLEMENTATION"] == "flash_attention_2"
     assert ulysses[ulysses.index("--parallelism_config_sp_size") + 1] == "4"
     assert ulysses[ulysses.index("--parallelism_config_sp_backend") + 1] == "deepspeed"
     cp = launch_command(LaunchConfig(accelerate_config="fsdp2", sequence_parallel=2), "m", [])
@@ -337,3 +335,19 @@ def test_fsdp2_on_cpu_launches_fsdp_processes_in_fp32():
     bf16 = launch_command(LaunchConfig(accelerate_config="fsdp2", use_cpu=True, mixed_precision="bf16"), "m", [])
     assert bf16.count("--mixed_precision") == 1 and bf16[bf16.index("--mixed_precision") + 1] == "bf16"
     assert "--cpu" in launch_command(LaunchConfig(accelerate_config="zero3", use_cpu=True), "m", [])
+
+
+def test_one_training_process_sees_one_gpu_unless_the_user_names_them(monkeypatch):
+    """transformers' Trainer wraps the model in nn.DataParallel when one process sees several GPUs, and every trl
+    trainer refuses that: a one-process launch on a multi-GPU node trains on the first GPU."""
+    from tempa.recipes.launcher import _launch_env
+    from tempa.recipes.schema import LaunchConfig
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert _launch_env(LaunchConfig())["CUDA_VISIBLE_DEVICES"] == "0"  # the `single` config
+    assert _launch_env(LaunchConfig(accelerate_config="zero3", num_processes=1))["CUDA_VISIBLE_DEVICES"] == "0"
+    for several in (LaunchConfig(accelerate_config="zero3"), LaunchConfig(accelerate_config="fsdp2"),
+                    LaunchConfig(accelerate_config="zero3", num_processes=2), LaunchConfig(use_cpu=True)):
+        assert "CUDA_VISIBLE_DEVICES" not in _launch_env(several), several
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # the user's choice stands (a device_map over two GPUs, say)
+    assert _launch_env(LaunchConfig())["CUDA_VISIBLE_DEVICES"] == "3,5"

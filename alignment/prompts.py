@@ -29,6 +29,7 @@ from tempa.chat_templates.json_files import (
     read_json,
     read_jsonl,
 )
+from tempa.chat_templates.one_line import first_line
 from tempa.sft.mixing import thinking_on_count
 from tempa.sft.stage_api import (
     Artifact,
@@ -184,7 +185,7 @@ def read_named_rows(source: PromptSource) -> tuple[list[Any], list[str]]:
     except JsonFileError as exc:
         raise StageError(str(exc)) from None
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise StageError(f"{where}: could not load prompts: {first}") from None
 
 

@@ -23,6 +23,7 @@ from pydantic import Field
 from tempa.alignment.prompts import PromptRow, load_prompts
 from tempa.alignment.rl_config import RLStageConfig
 from tempa.alignment.rl_rewards import FACTORY, ROW_COLUMN, RewardSpec, RLPrompt
+from tempa.chat_templates.one_line import first_line
 from tempa.chat_templates.thinking import mode_kwargs, rendered_prefill
 from tempa.sft.checkpoints import complete_checkpoints, remove_incomplete_checkpoints
 from tempa.sft.files import staging_dir, write_atomic
@@ -112,7 +113,7 @@ def render_prompts(prompts: list[PromptRow], tokenizer: Any, where: str) -> list
                                                  **kwargs)
             prefill = rendered_prefill(tokenizer, prompt.messages, kwargs)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise StageError(f"{where}: prompt {prompt.id}: the chat template cannot render it ({first})") from None
         if prefix and text.startswith(prefix):
             text = text[len(prefix):]

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tempa.chat_templates.baking import GenerationDefaults
+from tempa.chat_templates.one_line import first_line
 from tempa.merge.candidates import is_model_dir
 from tempa.merge.model_card import ModelCardConfig, render_model_card
 from tempa.merge.publish import make_publishable, publish_problems
@@ -200,7 +201,7 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
             bake_tokenizer(ctx.tokenizer_dir, str(template_file), baked, model_dir=source,
                            generation=config.generation)
         except (ValueError, OSError) as error:
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            message = first_line(error)
             raise StageError(
                 f"bake stage '{ctx.stage_name}': baking the tokenizer failed: {message}"
             ) from None

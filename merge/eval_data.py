@@ -25,6 +25,7 @@ from tempa.chat_templates.json_files import (
     read_json,
     read_jsonl,
 )
+from tempa.chat_templates.one_line import first_line
 from tempa.chat_templates.roles import ROLES
 from tempa.sft.stage_api import StageError, looks_local
 
@@ -56,7 +57,7 @@ def load_rows(source: str, *, split: str = "train", max_rows: int | None = None)
     except StageError:
         raise
     except Exception as exc:  # one line naming the data, not the loader's traceback
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise StageError(f"{source}: evaluation data could not be loaded: {first}") from None
     if max_rows is not None:
         dataset = dataset.select(range(min(max_rows, len(dataset))))

@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
+from tempa.chat_templates.one_line import typed_line
 from tempa.recipes import __version__
 from tempa.recipes.errors import RecipeError
 from tempa.sft.run_layout import RESOLVED_RECIPE
@@ -384,8 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # an unexpected failure still gets one line; -v shows the traceback
         if args.verbose:
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"tempa: error: {type(exc).__name__}: {first} (run with -v for the traceback)", file=sys.stderr)
+        print(f"tempa: error: {typed_line(exc)} (run with -v for the traceback)", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)

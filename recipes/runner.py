@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from tempa.chat_templates.one_line import first_line, typed_line
 from tempa.recipes import __version__
 from tempa.recipes.fingerprint import referenced_files
 from tempa.recipes.launcher import deepspeed_config_path, reap_stale_launch, run_launch
@@ -135,7 +136,7 @@ def _download_model(ref: str, *, allow_pickle: bool) -> Path:
             "`hf auth login`); a local folder must exist"
         ) from None
     except HfHubHTTPError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise StageError(f"base_model '{ref}': download failed: {first}") from None
 
 
@@ -515,7 +516,7 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
         raise StageError(f"stage '{decision.name}' failed: {exc}") from None
     except Exception as exc:
         (logs / "traceback.txt").write_text(traceback.format_exc())
-        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        message = typed_line(exc)
         _fail(manifest, stage_dir, run_dir, message, handler)
         raise StageError(
             f"stage '{decision.name}' failed: {message} (traceback: {logs / 'traceback.txt'})"

@@ -68,6 +68,7 @@ from datasets import Features, List, Value
 from tqdm.auto import tqdm
 
 from tempa.chat_templates.json_files import Line, parse_line
+from tempa.chat_templates.one_line import first_line
 from tempa.sft import curation, language
 from tempa.sft.curation import Deduplicator, Reason
 from tempa.sft.data_config import (
@@ -777,7 +778,7 @@ def _tokenize_batch(
         except Exception as exc:
             # The template refuses some rows (e.g. roles out of order when that filter is off):
             # a reject with the template's message, never a crash of the whole run.
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = first_line(exc)
             planned.append((curation.TEMPLATE_ERROR, f"chat template: {message}"))
     encoded = iter(encoder.encode([text for plan in planned if isinstance(plan[0], list) for text in plan[1]]))
     for k, (conv, plan) in enumerate(zip(indices, planned, strict=True)):

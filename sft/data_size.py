@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tempa.chat_templates.json_files import JsonFileError, decode_line, is_blank, is_json_lines
+from tempa.chat_templates.one_line import first_line
 from tempa.chat_templates.thinking import last_user_index
 from tempa.sft import curation
 from tempa.sft.config import SFTStageConfig
@@ -126,7 +127,7 @@ def scan_local_rows(path: str, sample: int = 0, split: str = "train") -> LocalRo
     try:
         return _scan(os.path.abspath(file), _changes(file), sample, split)  # a symlink's name says what it holds
     except Exception as exc:  # as the pipeline's loader says it (tempa.sft.sources.load_source)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         return LocalRows(0, error=first)
 
 

@@ -47,6 +47,7 @@ from tempa.chat_templates.json_files import (
     read_json,
     read_lines,
 )
+from tempa.chat_templates.one_line import first_line
 from tempa.sft.data_config import DataError, SourceConfig, read_processes
 from tempa.sft.files import cache_root, digest, file_digest, remove_tree, tree_digest
 from tempa.sft.forked_workers import dataset_of_files, run_forked
@@ -158,7 +159,7 @@ def load_source(source: SourceConfig, *, cache_dir: Path | None = None) -> datas
         raise DataError(f"data source {source.name!r}: {exc}") from None
     except Exception as exc:
         # Any loader failure becomes one actionable line.
-        raise DataError(f"{where}: could not be loaded: {_first_line(exc)}") from exc
+        raise DataError(f"{where}: could not be loaded: {first_line(exc)}") from exc
     raise DataError(f"{where}: unsupported file type {path.suffix!r}; expected .jsonl, .json, .parquet or .csv")
 
 
@@ -225,7 +226,7 @@ def json_lines_files(source: SourceConfig) -> JsonLinesFiles | None:
     except JsonFileError as exc:
         raise DataError(f"data source {source.name!r}: {exc}") from None
     except Exception as exc:
-        raise DataError(f"{describe(source)}: could not be loaded: {_first_line(exc)}") from None
+        raise DataError(f"{describe(source)}: could not be loaded: {first_line(exc)}") from None
 
 
 def data_files(folder: Path, split: str) -> tuple[str, list[Path]]:
@@ -278,10 +279,6 @@ def _line_starts(path: Path) -> np.ndarray:
         del data  # the map cannot close while an array views it
     starts = np.concatenate(found)
     return starts if starts[-1] == size else np.append(starts, size)
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _one_split(loaded: Any, source: SourceConfig) -> datasets.Dataset:

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from tempa.alignment.judge import language_name, text_or_file
-from tempa.alignment.prompts import PromptSource, read_rows
+from tempa.alignment.prompts import PromptSource, read_named_rows
 from tempa.alignment.teacher_text import (
     Gate,
     JudgeGate,
@@ -120,26 +120,32 @@ class TranslateResult(StageResult):
     rows: int
 
 
-def _conversations(config: TranslateStageConfig, rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Each row's messages to translate (the first user message only, or all of them)."""
+def _conversations(config: TranslateStageConfig, rows: Sequence[Any], names: Sequence[str]) -> list[list[dict[str, Any]]]:
+    """Each row's messages to translate (the first user message only, or all of them); a row that has none is a
+    StageError naming it as ``names`` do (its line in JSON Lines, as every prompt reader names rows)."""
     source, out = config.source, []
-    for index, row in enumerate(rows):
+    for row, name in zip(rows, names, strict=True):
+        where = f"{source.path}: {name}"
+        if not isinstance(row, dict):
+            raise StageError(f"{where}: expected a JSON object, got {type(row).__name__}")
         messages = row.get(source.messages_field)
         if messages is None and isinstance(row.get(source.prompt_field), str):
             messages = [{"role": "user", "content": row[source.prompt_field]}]
             if config.response_field and config.turns == "all":
                 response = row.get(config.response_field)
                 if not isinstance(response, str):
-                    raise StageError(f"{source.path}: row {index + 1}: no '{config.response_field}' string")
+                    raise StageError(f"{where}: no '{config.response_field}' string")
                 messages.append({"role": "assistant", "content": response})
         if not isinstance(messages, list) or not messages:
-            raise StageError(f"{source.path}: row {index + 1}: has neither a '{source.messages_field}' list nor a "
+            raise StageError(f"{where}: has neither a '{source.messages_field}' list nor a "
                              f"'{source.prompt_field}' string")
+        if not all(isinstance(m, dict) for m in messages):
+            raise StageError(f"{where}: '{source.messages_field}' must be a list of {{role, content}} objects")
         messages = [{"role": m.get("role"), "content": m.get("content")} for m in messages]
         if config.turns == "first_user":
             messages = [m for m in messages if m["role"] == "user"][:1]
             if not messages or not isinstance(messages[0]["content"], str):
-                raise StageError(f"{source.path}: row {index + 1}: no user message to translate")
+                raise StageError(f"{where}: no user message to translate")
         out.append(messages)
     return out
 
@@ -148,12 +154,12 @@ def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateR
     import random
 
     source = config.source.resolved(ctx, who=f"stage '{ctx.stage_name}'")
-    rows = read_rows(source)
+    rows, names = read_named_rows(source)
     order = list(range(len(rows)))
     if source.shuffle:
         random.Random(ctx.seed).shuffle(order)
     order = order[: source.limit] if source.limit else order
-    conversations = _conversations(config, [rows[i] for i in order])
+    conversations = _conversations(config, [rows[i] for i in order], [names[i] for i in order])
     if not conversations:
         raise StageError(f"stage '{ctx.stage_name}': {source.path} has no rows")
     target = language_name(config.target_language) or config.target_language

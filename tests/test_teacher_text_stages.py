@@ -177,14 +177,23 @@ stages:
 
 
 def test_translate_errors_name_the_row(tmp_path, tiny_model_dir, backends):
-    source = _rows(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "Hi"}]}, {"text": "x"}])
-    config = TranslateStageConfig.model_validate({
-        "name": "t", "target_language": "ja", "source": {"path": source},
-        "teacher": {"backend": {**HTTP, "model": "translator"}}})
-    ctx = make_context(tmp_path / "run", "t", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
-                       chat_template="")
-    with pytest.raises(StageError, match=r"bad\.jsonl: row 2: has neither a 'messages' list"):
-        run_translate(config, ctx)
+    """Named by line, as every reader of prompt rows names them: not by a count of the rows left after blank
+    lines, nor by the row's place after shuffling."""
+    good = json.dumps({"messages": [{"role": "user", "content": "Hi"}]})
+    cases = {"bad.jsonl": (f"{good}\n\n" + json.dumps({"text": "x"}) + "\n", "line 3: has neither a 'messages' list"),
+             "list.jsonl": (f"{good}\n[1, 2]\n", "line 2: expected a JSON object, got list"),
+             "strings.jsonl": (f"{good}\n" + json.dumps({"messages": ["Hi"]}) + "\n",
+                               "line 2: 'messages' must be a list of {role, content} objects")}
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        for shuffle in (False, True):
+            config = TranslateStageConfig.model_validate({
+                "name": "t", "target_language": "ja", "source": {"path": str(tmp_path / name), "shuffle": shuffle},
+                "teacher": {"backend": {**HTTP, "model": "translator"}}})
+            ctx = make_context(tmp_path / "run", "t", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                               chat_template="")
+            with pytest.raises(StageError, match=re.escape(f"{name}: {message}")):
+                run_translate(config, ctx)
 
 
 def test_prompt_source_keeps_only_the_languages_asked_for():

@@ -153,6 +153,10 @@ class VLLMBackend(SamplingBackend):
         import contextlib
         import gc
 
+        # vLLM's V1 engine runs its core in a process of its own, which holds the GPU memory: stop it now rather
+        # than when garbage collection finds the last reference (LLMEngine.shutdown, where the version has it)
+        with contextlib.suppress(Exception):
+            self.llm.llm_engine.shutdown()
         del self.llm
         with contextlib.suppress(Exception):
             from vllm.distributed import cleanup_dist_env_and_memory

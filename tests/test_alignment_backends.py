@@ -138,6 +138,7 @@ def test_vllm_backend_maps_parameters_and_outputs(monkeypatch, tiny_model_dir, t
     class LLM:
         def __init__(self, **kwargs):
             calls["engine"] = kwargs
+            self.llm_engine = types.SimpleNamespace(shutdown=lambda: calls.setdefault("shutdown", True))
 
         def generate(self, prompts, sampling_params, use_tqdm=True):
             calls["prompts"], calls["sampling"] = prompts, [p.kwargs for p in sampling_params]
@@ -172,6 +173,9 @@ def test_vllm_backend_maps_parameters_and_outputs(monkeypatch, tiny_model_dir, t
     assert [c.finish_reason for c in out[0]] == ["stop", "length"]
     assert [c.completion_tokens for c in out[0]] == [2, 3]
     assert out[0][0].prefill == "<think>\n" and out[1][0].prefill == "<think>\n</think>\n"
+    assert "shutdown" not in calls
+    backend.close()  # before training starts on the same GPU: the engine's own process is stopped
+    assert calls["shutdown"] and not hasattr(backend, "llm")
 
 
 # --------------------------------------------------------------------------- transformers

@@ -13,7 +13,6 @@ over a silently shortened set would mislead.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +32,17 @@ from tempa.sft.stage_api import StageError, looks_local
 def load_rows(source: str, *, split: str = "train", max_rows: int | None = None) -> list[dict[str, Any]]:
     """Rows of a local ``.jsonl``/``.json`` file or folder of them (its ``split``'s files, each read as it is alone),
     or of a hub/local dataset via ``datasets``."""
+    return load_named_rows(source, split=split, max_rows=max_rows)[0]
+
+
+def load_named_rows(source: str, *, split: str = "train",
+                    max_rows: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """:func:`load_rows`, and how a message names each row: its file and line (JSON Lines) or row
+    (:class:`RowPlace`), as every reader of users' rows names them."""
     path = Path(source)
     if path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
-        return _read_json_rows(path)[:max_rows]
+        rows, names = _read_json_rows(path)
+        return rows[:max_rows], names[:max_rows]
     if not path.exists() and looks_local(source):
         raise StageError(f"evaluation data not found: {source}")
     import datasets
@@ -46,7 +53,12 @@ def load_rows(source: str, *, split: str = "train", max_rows: int | None = None)
         if path.is_dir() and not is_saved_dataset(path):
             shards = json_shards(*data_files(path, split))
             if shards is not None:
-                return [row for shard in shards for row in _read_json_rows(shard)][:max_rows]
+                rows, names = [], []
+                for shard in shards:
+                    shard_rows, shard_names = _read_json_rows(shard)
+                    rows += shard_rows
+                    names += shard_names
+                return rows[:max_rows], names[:max_rows]
         if path.is_file():
             raise StageError(f"{source}: unsupported file type {path.suffix!r}; expected .jsonl or .json (or a folder "
                              "of data files, or a dataset id)")
@@ -62,8 +74,9 @@ def load_rows(source: str, *, split: str = "train", max_rows: int | None = None)
     if max_rows is not None:
         dataset = dataset.select(range(min(max_rows, len(dataset))))
     rows = [dict(row) for row in dataset]
-    _check_rows(rows, lambda i: f"{source}: {RowPlace(None, 'row', i)}")
-    return rows
+    names = [f"{source}: {RowPlace(None, 'row', i)}" for i in range(len(rows))]
+    _check_rows(rows, names)
+    return rows, names
 
 
 def row_problem(row: Any) -> str | None:
@@ -89,26 +102,28 @@ def row_problem(row: Any) -> str | None:
     return None
 
 
-def _check_rows(rows: list[Any], where: Callable[[int], str]) -> None:
-    for i, row in enumerate(rows):
+def _check_rows(rows: list[Any], names: list[str]) -> None:
+    for row, name in zip(rows, names, strict=True):
         if (problem := row_problem(row)) is not None:
-            raise StageError(f"{where(i)}: {problem}")
+            raise StageError(f"{name}: {problem}")
 
 
-def _read_json_rows(path: Path) -> list[dict[str, Any]]:
+def _read_json_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Evaluation rows must all be readable: a score over a silently shortened set would mislead."""
     try:
         if not is_json_lines(path):
             data = document_rows(path, read_json(path, "a JSON list of rows"))
-            _check_rows(data, lambda i: f"{path}: {RowPlace(None, 'row', i)}")
-            return [dict(row) for row in data]
-        rows = []
+            names = [f"{path}: {RowPlace(None, 'row', i)}" for i in range(len(data))]
+            _check_rows(data, names)
+            return [dict(row) for row in data], names
+        rows, names = [], []
         for line in read_jsonl(path):
             problem = line.error if line.error is not None else row_problem(line.value)
             if problem is not None:
                 raise StageError(f"{path}:{line.number}: {problem}")
             rows.append(line.value)
-        return rows
+            names.append(f"{path}:{line.number}")  # as its read errors name it
+        return rows, names
     except JsonFileError as exc:
         raise StageError(str(exc)) from None
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from tempa.alignment.generation import GenerationBackend, TransformersBackend
 from tempa.merge.candidates import Candidate, collect_candidates
-from tempa.merge.eval_data import load_rows
+from tempa.merge.eval_data import load_named_rows
 from tempa.merge.evaluate_config import EvaluateStageConfig, LmEvalSuite, WinRateSuite
 from tempa.merge.leaderboard import (
     EvaluateResult,
@@ -27,7 +27,7 @@ from tempa.merge.leaderboard import (
     is_headline,
     write_leaderboard,
 )
-from tempa.merge.suites import CandidateScorer, import_lm_eval
+from tempa.merge.suites import CandidateScorer, import_lm_eval, suite_row_problem
 from tempa.merge.win_rate import PairwiseJudging
 from tempa.sft.files import digest, write_json
 from tempa.sft.stage_api import Scalar, StageContext, StageError
@@ -57,13 +57,17 @@ def check_requirements(config: EvaluateStageConfig) -> None:
 
 
 def load_suite_rows(config: EvaluateStageConfig) -> dict[str, list[dict[str, Any]]]:
+    """Each data suite's rows, every one checked for what its suite reads (before any model loads)."""
     rows = {}
     for suite in config.suites:
         data = getattr(suite, "data", None)
         if data is not None:
-            rows[suite.key] = load_rows(data, split=suite.split, max_rows=suite.max_rows)
+            rows[suite.key], names = load_named_rows(data, split=suite.split, max_rows=suite.max_rows)
             if not rows[suite.key]:
                 raise StageError(f"suite '{suite.key}': {data} has no rows")
+            for row, name in zip(rows[suite.key], names, strict=True):
+                if (problem := suite_row_problem(suite, row)) is not None:
+                    raise StageError(f"suite '{suite.key}': {name}: {problem}")
     return rows
 
 

@@ -35,6 +35,7 @@ from tempa.merge.win_rate import (
     answer_conversations,
     consistency,
     judge_pairs,
+    pairwise_row,
     pairwise_rows,
     row_score,
     win_rates,
@@ -130,7 +131,7 @@ class CandidateScorer:
 
     def _generate_rows(self, suite, rows: list[dict[str, Any]]) -> list[str]:
         prompts = [prompt_messages(row) for row in rows]
-        modes = [suite.thinking_mode or row_mode(suite.key, index, row) for index, row in enumerate(rows)]
+        modes = [suite.thinking_mode or row.get("thinking_mode") for row in rows]
         return self.complete(prompts, modes, suite.max_new_tokens)
 
     def accuracy(self, suite: AccuracySuite, rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -145,7 +146,7 @@ class CandidateScorer:
         return {"accuracy": sum(correct) / len(correct), "rows": float(len(rows))}
 
     def ifeval(self, suite: IFEvalSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
-        parsed = _rows_with_instructions(suite.key, rows)
+        parsed = _rows_with_instructions(rows)
         if not parsed:
             raise StageError(f"suite '{suite.key}': no row has 'instructions'")
         texts = self._generate_rows(suite, [row for row, _ in parsed])
@@ -164,7 +165,7 @@ class CandidateScorer:
         for row, text, target in zip(rows, texts, targets, strict=True):
             split = split_reasoning(text, self.open_tag, self.close_tag)
             detected.append(detect_language(split.answer, suite.languages, min_letters=suite.min_letters))
-            correct.append(row_correct(suite.key, row, split.answer))
+            correct.append(row_correct(row, split.answer))
             reasoning.append(reasoning_verdict(split.reasoning, target, suite.reasoning, languages=suite.languages,
                                                min_letters=suite.min_letters, equivalent=suite.equivalent)[0])
         return {**language_scores(detected, targets, correct, suite.equivalent), **reasoning_scores(reasoning)}
@@ -184,7 +185,7 @@ class CandidateScorer:
         """Pairwise judge win rate against the suite's baseline, both orders judged (merge.win_rate)."""
         if self.pairwise is None:
             raise StageError(f"suite '{suite.key}': a win-rate suite needs a judge and a baseline (an evaluate stage)")
-        parsed = pairwise_rows(suite.key, rows, suite.turns_field, suite.category_field)
+        parsed = pairwise_rows(rows, suite.turns_field, suite.category_field)
         candidate = answer_conversations(self, parsed, suite.thinking_mode, suite.max_new_tokens)
         baseline = self.pairwise.baseline(suite).get(suite.key, parsed, suite.thinking_mode, suite.max_new_tokens)
         judge = self.pairwise.judge(suite)
@@ -200,11 +201,7 @@ class CandidateScorer:
         return scores
 
     def loss(self, suite: LossSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
-        chats = [
-            (chat, row_mode(suite.key, index, row))
-            for index, row in enumerate(rows)
-            if (chat := chat_messages(row))
-        ]
+        chats = [(chat, row.get("thinking_mode")) for row in rows if (chat := chat_messages(row))]
         if not chats:
             raise StageError(f"suite '{suite.key}': no row has 'messages' with an assistant turn")
         if self.model is None:
@@ -233,37 +230,51 @@ class CandidateScorer:
         return flatten_lm_eval_results((output or {}).get("results", {}))
 
 
-def row_mode(key: str, index: int, row: dict[str, Any]) -> str | None:
-    """A row's own ``thinking_mode`` ("on" / "off" / absent)."""
+def suite_row_problem(suite: Suite, row: dict[str, Any]) -> str | None:
+    """Why ``suite`` cannot score ``row`` (one line), or None. Checked for every row when the stage reads its
+    data, before any model loads, so that a bad row is named by its line, not found mid-evaluation."""
     mode = row.get("thinking_mode")
     if mode not in (None, "on", "off"):
-        raise StageError(f"suite '{key}', row {index}: thinking_mode must be 'on' or 'off', got {mode!r}")
-    return mode
-
-
-def _rows_with_instructions(key: str, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list]]:
-    parsed = []
-    for index, row in enumerate(rows):
-        if not row.get("instructions"):
-            continue
+        return f"thinking_mode must be 'on' or 'off', got {mode!r}"
+    if isinstance(suite, IFEvalSuite | LanguageSuite) and row.get("instructions"):  # row_correct checks them
         try:
-            parsed.append((row, ifeval.parse_instructions(row["instructions"])))
+            ifeval.parse_instructions(row["instructions"])
         except ValueError as error:
-            first = str(error).splitlines()
-            raise StageError(
-                f"suite '{key}', row {index}: bad instructions ({'; '.join(first[:3])})"
-            ) from None
-    return parsed
+            return f"bad instructions ({'; '.join(str(error).splitlines()[:3])})"
+    if isinstance(suite, WinRateSuite):
+        try:
+            pairwise_row(row, suite.turns_field, suite.category_field)
+        except ValueError as error:
+            return str(error)
+    elif _generates_from(suite, row):
+        try:
+            prompt_messages(row)
+        except StageError as error:
+            return str(error)
+    return None
 
 
-def row_correct(key: str, row: dict[str, Any], answer: str) -> bool | None:
+def _generates_from(suite: Suite, row: dict[str, Any]) -> bool:
+    """Whether ``suite`` prompts a model with ``row`` (accuracy: rows with an answer; ifeval: with instructions)."""
+    if isinstance(suite, AccuracySuite):
+        return row.get("answer") not in (None, "")
+    if isinstance(suite, IFEvalSuite):
+        return bool(row.get("instructions"))
+    return isinstance(suite, LanguageSuite | ThinkingFormatSuite)
+
+
+def _rows_with_instructions(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list]]:
+    """Rows with ``instructions`` (checked when read), each with them parsed."""
+    return [(row, ifeval.parse_instructions(row["instructions"])) for row in rows if row.get("instructions")]
+
+
+def row_correct(row: dict[str, Any], answer: str) -> bool | None:
     """Correctness of an answer by whatever the row can verify; None when it can verify nothing."""
     verdicts = []
     if row.get("answer") not in (None, ""):
         verdicts.append(answers.answer_matches(answer, row["answer"]))
     if row.get("instructions"):
-        parsed = _rows_with_instructions(key, [row])
-        verdicts.append(all(ifeval.check_all(parsed[0][1], answer)))
+        verdicts.append(all(ifeval.check_all(ifeval.parse_instructions(row["instructions"]), answer)))
     return all(verdicts) if verdicts else None
 
 

@@ -29,7 +29,6 @@ from typing import Any
 from tempa.alignment.judge import Judge, fill
 from tempa.chat_templates.thinking import split_reasoning
 from tempa.sft.files import digest, write_json
-from tempa.sft.stage_api import StageError
 
 PAIRWISE_RUBRIC = """Please act as an impartial judge and evaluate the two conversations below between a \
 user and two AI assistants, A and B. Judge which assistant answers the user's questions better over the \
@@ -97,28 +96,27 @@ class PairwiseRow:
     system: str | None = None
 
 
-def pairwise_rows(key: str, rows: Sequence[dict[str, Any]], turns_field: str, category_field: str) -> list[PairwiseRow]:
-    """Rows as user turns + category; a row with no user turn is an error naming it."""
-    out = []
-    for index, row in enumerate(rows):
-        turns = row.get(turns_field)
-        system = row.get("system")
-        if turns is None and isinstance(row.get("messages"), list):
-            turns = [m.get("content") for m in row["messages"] if m.get("role") == "user"]
-            system = next((m.get("content") for m in row["messages"] if m.get("role") == "system"), system)
-        if isinstance(turns, str):
-            turns = [turns]
-        if turns is None and isinstance(row.get("prompt"), str):
-            turns = [row["prompt"]]
-        if not turns or not all(isinstance(t, str) and t for t in turns):
-            raise StageError(
-                f"suite '{key}', row {index}: expected '{turns_field}' (a list of user messages), 'messages' "
-                f"with user turns, or a 'prompt' string; got {str(row)[:120]}"
-            )
-        category = row.get(category_field)
-        out.append(PairwiseRow(list(turns), str(category) if category not in (None, "") else DEFAULT_CATEGORY,
-                               system))
-    return out
+def pairwise_row(row: dict[str, Any], turns_field: str, category_field: str) -> PairwiseRow:
+    """A row as user turns + category; ValueError (one line, the row's problem) when it has no user turn."""
+    turns = row.get(turns_field)
+    system = row.get("system")
+    if turns is None and isinstance(row.get("messages"), list):
+        turns = [m.get("content") for m in row["messages"] if m.get("role") == "user"]
+        system = next((m.get("content") for m in row["messages"] if m.get("role") == "system"), system)
+    if isinstance(turns, str):
+        turns = [turns]
+    if turns is None and isinstance(row.get("prompt"), str):
+        turns = [row["prompt"]]
+    if not turns or not all(isinstance(t, str) and t for t in turns):
+        raise ValueError(f"expected '{turns_field}' (a list of user messages), 'messages' with user turns, or a "
+                         f"'prompt' string; got {str(row)[:120]}")
+    category = row.get(category_field)
+    return PairwiseRow(list(turns), str(category) if category not in (None, "") else DEFAULT_CATEGORY, system)
+
+
+def pairwise_rows(rows: Sequence[dict[str, Any]], turns_field: str, category_field: str) -> list[PairwiseRow]:
+    """Rows checked when read (:func:`tempa.merge.suites.suite_row_problem`) as :class:`PairwiseRow`."""
+    return [pairwise_row(row, turns_field, category_field) for row in rows]
 
 
 def answer_conversations(scorer: Any, rows: Sequence[PairwiseRow], mode: str | None,

@@ -673,6 +673,39 @@ def test_an_evaluate_stage_with_a_bad_row_fails_before_any_model_work(tmp_path, 
         run_evaluate(config, ctx, backend_factory=no_model)
 
 
+@pytest.mark.parametrize(
+    ("suite", "row", "problem"),
+    [
+        ({"type": "loss"}, {"messages": [{"role": "user", "content": "q"}], "thinking_mode": True},
+         "thinking_mode must be 'on' or 'off', got True"),
+        ({"type": "ifeval"}, {"prompt": "q", "instructions": [{"id": "no:such_check"}]}, "bad instructions ("),
+        ({"type": "language", "language": "en"}, {"prompt": "q", "instructions": [{"id": "no:such_check"}]},
+         "bad instructions ("),
+        ({"type": "accuracy"}, {"answer": 4}, "evaluation row has neither 'messages' nor a 'prompt' string"),
+        ({"type": "thinking"}, {"messages": [{"role": "system", "content": "s"}]},
+         "evaluation row has no user message"),
+        ({"type": "win_rate", "baseline": {"type": "http", "base_url": "http://b.invalid/v1", "model": "b"},
+          "judge": {"backend": {"type": "http", "base_url": "http://j.invalid/v1", "model": "j"}}},
+         {"turns": []}, "expected 'turns' (a list of user messages)"),
+    ],
+)
+def test_a_row_a_suite_cannot_score_is_named_by_its_line_before_any_model_loads(tmp_path, suite, row, problem):
+    """Checked when the stage reads its data, for what the suite reads; named by the line (a blank line before it:
+    not its index among the rows, nor among the rows the suite keeps)."""
+    from tempa.merge.evaluate_stage import load_suite_rows
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"prompt": "a"}) + "\n\n" + json.dumps({"prompt": "b", "answer": 1}) + "\n"
+                    + json.dumps(row) + "\n")
+    config = EvaluateStageConfig.model_validate({"name": "e", "kind": "evaluate", "models": ["m"],
+                                                 "suites": [{**suite, "name": "s", "data": str(path)}]})
+    with pytest.raises(StageError) as info:
+        load_suite_rows(config)
+    assert str(info.value).startswith(f"suite 's': {path}:4: {problem}") and "\n" not in str(info.value)
+    path.write_text(json.dumps({"prompt": "a", "answer": 1, "thinking_mode": "on"}) + "\n")
+    assert load_suite_rows(config) == {"s": [{"prompt": "a", "answer": 1, "thinking_mode": "on"}]}
+
+
 def test_evaluation_rows_take_every_role_the_training_data_may_hold():
     """Roles have one home (tempa.chat_templates.roles): a Llama 3.1 tool result (`ipython`) that the data
     pipeline and the llama3 template take is no unknown role to evaluation."""

@@ -148,8 +148,8 @@ def test_win_rate_suite_judges_both_orders_and_caches_the_baseline(tmp_path, tin
     assert baseline_builds == ["gpt-3.5"] and board.rows[0].metrics["mtbench/win_rate"] == pytest.approx(0.5)
 
 
-def test_win_rate_rows_name_the_bad_row():
-    from tempa.sft.stage_api import StageError
-
-    with pytest.raises(StageError, match=r"suite 'mt', row 1: expected 'turns'"):
-        win_rate.pairwise_rows("mt", [{"turns": ["q"]}, {"turns": []}], "turns", "category")
+def test_a_win_rate_row_without_a_user_turn_says_what_was_expected():
+    with pytest.raises(ValueError, match=r"^expected 'turns' \(a list of user messages\), 'messages' with user turns"):
+        win_rate.pairwise_row({"turns": []}, "turns", "category")
+    assert win_rate.pairwise_row({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
+                                  "category": "math"}, "turns", "category") == win_rate.PairwiseRow(["q"], "math", "s")

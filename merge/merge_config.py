@@ -263,14 +263,16 @@ class MergeStageConfig(StageConfigBase):
     @field_validator("models")
     @classmethod
     def _resolve_models(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        # A folder must exist when the recipe loads (not after the stages before the merge trained); a bare
+        # name that is no folder next to the recipe stays a stage or leaderboard-candidate reference.
         if value is None:
             return None
-        return [resolve_path(item, info, must_exist=False) for item in value]
+        return [resolve_path(item, info, must_exist=True) for item in value]
 
     @field_validator("base_model")
     @classmethod
     def _resolve_base(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else resolve_path(value, info, must_exist=False)
+        return None if value is None else resolve_path(value, info, must_exist=True)
 
     @field_validator("method")
     @classmethod

@@ -564,3 +564,22 @@ def test_a_pickled_input_is_refused_and_never_unpickled(tmp_path, tokenizer_dir,
         _merge(tmp_path, tokenizer_dir, tiny_model_dir, method="linear", models=[str(checkpoints["a"]), str(pickled)])
     assert str(err.value).startswith(f"merge input: {pickled} holds its weights only as pickles (pytorch_model.bin)")
     assert loads == [] and not (tmp_path / "merge" / "final").exists()
+
+
+def test_a_merge_input_folder_that_does_not_exist_fails_at_load(tmp_path, checkpoints):
+    """A folder in `models` / `base_model` is checked when the recipe loads, as every other local path is,
+    not after the stages before the merge have trained; bare names stay stage / candidate references."""
+
+    def validate(**fields):
+        return MergeStageConfig.model_validate({"name": "m", "kind": "merge", **fields},
+                                               context={"base_dir": str(tmp_path)})
+
+    with pytest.raises(ValidationError, match=r"models\n.*local path does not exist: .*no-such-model"):
+        validate(models=["./no-such-model", "sft"])
+    with pytest.raises(ValidationError, match=r"models\n.*local path does not exist: /nowhere/model"):
+        validate(models=["sft", "/nowhere/model"])
+    with pytest.raises(ValidationError, match=r"base_model\n.*local path does not exist: .*gone"):
+        validate(method="ties", models=["sft", "sft2"], base_model="../gone")
+    # Stage names, leaderboard candidates and existing folders load as before.
+    config = validate(method="ties", models=["sft/checkpoint-20", str(checkpoints["a"])], base_model="sft")
+    assert config.models == ["sft/checkpoint-20", str(checkpoints["a"])] and config.base_model == "sft"

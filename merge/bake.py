@@ -29,7 +29,7 @@ from pydantic import Field
 from tempa.chat_templates.baking import GenerationDefaults
 from tempa.chat_templates.one_line import first_line
 from tempa.merge.candidates import is_model_dir
-from tempa.merge.model_card import ModelCardConfig, render_model_card
+from tempa.merge.model_card import ModelCardConfig, render_model_card, shipped_stage
 from tempa.merge.publish import make_publishable, publish_problems
 from tempa.sft.files import link_or_copy, staging_dir, write_atomic, write_json
 from tempa.sft.run_layout import FINAL_DIR
@@ -216,7 +216,8 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
         write_json(stage_dir / "template_check.json", checks)
         recipe = ctx.recipe or RecipeInfo(name=ctx.stage_name, base_model=str(ctx.base_model), chat_template="")
         card = render_model_card(config.model_card, recipe=recipe, stages=ctx.upstream, template_checks=checks,
-                                 thinking_default=thinking_default)
+                                 thinking_default=thinking_default,
+                                 weights_from=shipped_stage(source, ctx.upstream))
         write_atomic(tmp / "README.md", card)
         if config.smoke_test:
             ctx.log.info("%s: smoke test: load and generate in both thinking modes", ctx.stage_name)

@@ -263,6 +263,27 @@ def usage_snippet(model_id: str, thinking_default: str = "on") -> list[str]:
     ]
 
 
+def shipped_stage(start_model: Path | str, stages: Mapping[str, Upstream]) -> str | None:
+    """The stage whose model ``start_model`` (the folder the bake ships) is; ``None``: the base model."""
+    target = Path(start_model).resolve()
+    for name, up in reversed(list(stages.items())):
+        if up.result.model is not None and Path(up.result.model).resolve() == target:
+            return name
+    return None
+
+
+def _weights_line(stages: Mapping[str, Upstream], weights_from: str | None) -> list[str]:
+    """One sentence naming what the folder's weights are (every stage is listed below, only one ships)."""
+    up = stages.get(weights_from) if weights_from else None
+    if up is None:
+        return ["The weights in this folder are the base model's: no stage of the run changed them.", ""]
+    what = up.kind
+    if isinstance(up.result, MergeResult):
+        names = ", ".join(f"`{model.name}`" for model in up.result.summary.models)
+        what = f"a {up.result.summary.method} merge of {names}"
+    return [f"The weights in this folder are the model of stage `{weights_from}` ({what}).", ""]
+
+
 def render_model_card(
     card: ModelCardConfig,
     *,
@@ -271,8 +292,13 @@ def render_model_card(
     template_checks: list[dict[str, Any]] | None = None,
     environ: Mapping[str, str] | None = None,
     thinking_default: str = "on",
+    weights_from: str | None = "",
 ) -> str:
-    """The card's markdown, scrubbed of secrets."""
+    """The card's markdown, scrubbed of secrets.
+
+    ``weights_from`` names the stage whose model the folder holds (``None``: the base model's weights; see
+    :func:`shipped_stage`); the card then says so in one sentence.
+    """
     resolved = redact(dict(recipe.resolved))
     title = card.title or recipe.name
     front: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation",
@@ -299,6 +325,8 @@ def render_model_card(
         lines += [str(card.description or recipe.description), ""]
     lines += [f"Post-trained with tempa from base model `{recipe.base_model}` with the `{recipe.chat_template}` "
               "chat template.", ""]
+    if weights_from != "":  # "" (the default): the caller does not know; None: the base model's weights
+        lines += _weights_line(stages, weights_from)
     lines += usage_snippet(card.model_id or USAGE_PLACEHOLDER, thinking_default)
     lines += _stages_section(stages)
     lines += _mix_section(stages)

@@ -342,3 +342,23 @@ def test_publish_check_finds_what_would_stop_an_upload(tmp_path):
     (folder / "modeling_x.py").write_text("")
     (folder / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "modeling_x.X"}}))
     assert not [p for p in publish_problems(folder) if "auto_map" in p]  # its code is here: not dangling
+
+
+def test_the_card_names_the_stage_whose_weights_ship(tmp_path, tiny_model_dir, recipe_tokenizer):
+    """Every stage of the run is listed, but only one stage's model is in the folder: the card says which, so a
+    reader does not take the leaderboard's best row (or a stage the merge left out) for the shipped weights."""
+    from tempa.chat_templates import load_template
+
+    run_dir = tmp_path / "run"
+    stages, source = _earlier_stages(run_dir, tiny_model_dir)
+    config = BakeStageConfig.model_validate({"name": "bake", "kind": "bake", "smoke_test": False})
+    run_bake(config, _ctx(run_dir, stages, source, recipe_tokenizer, load_template("llama3_thinking")))
+    card = (run_dir / "bake" / "final" / "README.md").read_text()
+    assert "The weights in this folder are the model of stage `merge` (a ties merge of `sft/checkpoint-20`)." in card
+
+    # Baked straight from the base model (no stage made a model): the card says so.
+    base_only = [stage for stage in stages if stage.result.model is None]
+    run_bake(config, _ctx(tmp_path / "run2", base_only, tiny_model_dir, recipe_tokenizer,
+                          load_template("llama3_thinking")))
+    card = (tmp_path / "run2" / "bake" / "final" / "README.md").read_text()
+    assert "The weights in this folder are the base model's: no stage of the run changed them." in card

@@ -40,7 +40,7 @@ from tempa.recipes.rundir import (
 )
 from tempa.recipes.schema import TINY_DEFAULT
 from tempa.sft.files import cache_root, digest, path_digest, point_link, write_atomic
-from tempa.sft.run_layout import DONE, FINAL_LINK, LOGS_DIR, RESOLVED_RECIPE, TOKENIZER_DIR
+from tempa.sft.run_layout import DONE, FINAL_DIR, FINAL_LINK, LOGS_DIR, RESOLVED_RECIPE, TOKENIZER_DIR
 from tempa.sft.stage_api import (
     Artifact,
     RecipeInfo,
@@ -188,6 +188,21 @@ def template_text(loaded: LoadedRecipe) -> str:
 # --------------------------------------------------------------------------- plan
 
 
+def exports_in(stage_dir: Path) -> list[str]:
+    """Files ``tempa export gguf`` wrote into a stage's final folder (its default place): a GGUF, its Modelfile."""
+    from tempa.recipes.push import GGUF_FILES
+
+    final = stage_dir / FINAL_DIR
+    if not final.is_dir() or final.is_symlink():
+        return []
+    return sorted(path.name for path in final.iterdir() if any(path.match(pattern) for pattern in GGUF_FILES))
+
+
+def _removes_exports(names: list[str]) -> str:
+    return (f"removes {', '.join(names)} that `tempa export gguf` wrote into its final folder (made from the "
+            "previous model: export again)")
+
+
 def plan_run(
     loaded: LoadedRecipe, run_dir: Path, *, from_stage: str | None = None, only: str | None = None,
     running_elsewhere: bool = False,
@@ -246,6 +261,8 @@ def plan_run(
                 reason += "; not run yet" if manifest is None else "; its last run did not finish"
             if stale:
                 reason += f"; stale once {_names(stale)} re-ran (the next plain `tempa run` re-runs it)"
+        if action in ("run", "rerun") and exports_in(stage_dir):
+            reason += f"; {_removes_exports(exports_in(stage_dir))}"
         if action != "skip":
             will_run.add(name)
         run_ids[name] = manifest.run_id if manifest is not None else ""
@@ -408,6 +425,9 @@ def run_recipe(
                 log.info("stage %s (%s): %s: %s", decision.name, decision.kind, decision.action, decision.reason)
                 reap_stale_launch(stage_dir, log=log)
                 if decision.action in ("rerun", "run"):
+                    exports = exports_in(stage_dir)
+                    if exports:
+                        log.warning("stage %s: %s", decision.name, _removes_exports(exports).replace("removes", "removing", 1))
                     clear_stage(stage_dir, run_dir)
                 ctx = _context(loaded, decision, run_dir, start_model, base_dir, tokenizer_dir, template, recipe,
                                _visible(decision, done))

@@ -394,3 +394,25 @@ def test_status_tells_running_from_interrupted(recipe, tmp_path):
     assert stage_status(load_recipe(recipe).names, run_dir)[1].state == "interrupted"
     assert "interrupted" in plan_run(load_recipe(recipe), run_dir,
                                      running_elsewhere=run_in_progress(run_dir))[1].reason
+
+
+def test_a_rerun_that_removes_a_gguf_export_says_so_first(recipe, tmp_path, caplog):
+    """`tempa export gguf RUN/final` writes into the last stage's final folder; a re-run of that stage clears
+    the folder, so the plan and the run's log name the export files it removes (they were made from the
+    previous model), rather than the GGUF quietly disappearing."""
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    final = run_dir / "c" / "final"
+    final.mkdir()
+    (final / "t-q8_0.gguf").write_bytes(b"GGUF")
+    (final / "Modelfile").write_text("FROM ./t-q8_0.gguf\n")
+    assert "removes" not in plan_run(load_recipe(recipe), run_dir)[2].reason  # a skip removes nothing
+
+    decision = plan_run(load_recipe(recipe), run_dir, from_stage="c")[2]
+    assert decision.action == "rerun"
+    assert decision.reason.endswith("; removes Modelfile, t-q8_0.gguf that `tempa export gguf` wrote into its "
+                                    "final folder (made from the previous model: export again)")
+    with caplog.at_level("WARNING", logger="tempa"):
+        run_recipe(load_recipe(recipe), run_dir, from_stage="c")
+    assert "stage c: removing Modelfile, t-q8_0.gguf" in caplog.text
+    assert not final.exists()

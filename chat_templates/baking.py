@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 PREFERRED_PAD_TOKENS = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>")
 ADDED_PAD_TOKEN = "<|pad|>"
 _RESERVED = re.compile(r"<\|reserved_special_token_\d+\|>")
+# What marks a folder as a model's rather than a bake's (which --overwrite may replace).
+_MODEL_FILES = ("config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
 class GenerationDefaults(BaseModel):
@@ -150,6 +153,14 @@ def bake_tokenizer(
             raise FileExistsError(
                 f"{out} holds no tokenizer (no tokenizer.json or tokenizer_config.json); --overwrite only "
                 "replaces an earlier bake: choose an empty folder"
+            )
+        model_files = sorted(path.name for path in out.iterdir() if path.name in _MODEL_FILES
+                             or path.suffix in _WEIGHT_SUFFIXES)
+        if model_files:
+            # A model folder holds a tokenizer too; replacing it with the bake would delete its weights and card.
+            raise FileExistsError(
+                f"{out} holds model files ({', '.join(model_files)}); --overwrite only replaces an earlier bake "
+                "(tokenizer files): bake into a new folder and copy its files over the model's"
             )
     text = load_template(template)
     if defaults is not None:

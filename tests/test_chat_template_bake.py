@@ -180,3 +180,19 @@ def test_recipe_generation_key_reaches_the_bake_stage(tmp_path: Path) -> None:
     recipe.write_text(body + "generation: {top_p: 1.5}\n")
     with pytest.raises(RecipeError, match=r"generation\.top_p"):
         load_recipe(recipe)
+
+
+def test_overwrite_never_replaces_a_model_folder(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A model folder holds a tokenizer too, but `--overwrite` replaces an earlier bake (tokenizer files) only:
+    baking in place onto a model (the run's final folder, a downloaded model) would delete its weights, config
+    and card, so it is refused and the folder is left as it was."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    before = sorted(p.name for p in model.iterdir())
+    assert "model.safetensors" in before
+    with pytest.raises(FileExistsError, match=r"holds model files \(config.json, model.safetensors\)"):
+        bake_tokenizer(model, "llama3_thinking", model, overwrite=True)
+    assert sorted(p.name for p in model.iterdir()) == before
+    assert _leftovers(tmp_path) == []

@@ -567,3 +567,23 @@ def test_the_templates_accept_the_roles_of_the_one_role_list(template_name: str,
     listed = re.search(r"message\.role not in \[([^\]]*)\]", load_template(template_name))
     assert listed is not None, "the template no longer checks roles where this test reads them"
     assert set(json.loads(f"[{listed.group(1)}]")) == set(ROLES) - refused
+
+
+# String methods as C++ Jinja engines implement them (google/minja, which llama.cpp's `--jinja` renders chat
+# templates with): the number of arguments each takes. Python's Jinja takes more (split's maxsplit, say); a
+# template that uses them renders in transformers and fails in llama-server.
+PORTABLE_METHODS = {"strip": (0, 1), "lstrip": (0, 1), "rstrip": (0, 1), "split": (1, 1), "startswith": (1, 1),
+                    "endswith": (1, 1), "capitalize": (0, 0), "title": (0, 0), "get": (1, 2), "items": (0, 0)}
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_a_template_calls_only_methods_a_cpp_jinja_engine_has(name):
+    from tempa.merge.gguf_export import serving_template  # Python's Jinja without transformers' generation tags
+
+    calls = [(node.node.attr, len(node.args) + len(node.kwargs))
+             for node in jinja2.Environment().parse(serving_template(load_template(name))).find_all(jinja2.nodes.Call)
+             if isinstance(node.node, jinja2.nodes.Getattr)]
+    assert calls, "no method call found: the check would pass on anything"
+    bad = sorted({(method, count) for method, count in calls
+                  if not PORTABLE_METHODS.get(method, (1, 0))[0] <= count <= PORTABLE_METHODS.get(method, (1, 0))[1]})
+    assert not bad, f"{name}: methods with arguments a C++ Jinja engine refuses: {bad}"

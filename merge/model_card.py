@@ -8,6 +8,7 @@ and of token-shaped strings (hub/OpenAI/W&B keys, bearer tokens).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -227,11 +228,17 @@ def hub_datasets(stages: Mapping[str, Upstream]) -> list[str]:
     return list(found)
 
 
-def usage_snippet(model_id: str, thinking_default: str = "on") -> list[str]:
+def usage_snippet(model_id: str, thinking_default: str = "on", saved_with: str | None = None) -> list[str]:
+    """The card's usage section; ``saved_with``: the transformers version that wrote the folder's files."""
     other = "off" if thinking_default == "on" else "on"
+    # transformers 5 writes tokenizer_config.json and config.json in its own format: 4.x cannot load the tokenizer
+    # (TokenizersBackend) and reads the RoPE settings (rope_parameters) as absent, silently
+    needs = ([f"Saved with transformers {saved_with}: load it with transformers 5 or later (4.x cannot load the",
+              "tokenizer and misreads the RoPE settings of `config.json`).", ""] if saved_with else [])
     return [
         "## Usage",
         "",
+        *needs,
         'The chat template takes `thinking_mode="on"` (the model reasons in a think block before answering) or',
         '`thinking_mode="off"` (a direct answer); `enable_thinking=True/False` is an alias.',
         f"**Default thinking mode: `{thinking_default}`** (the recipe's `thinking_default`): a caller that passes",
@@ -327,7 +334,8 @@ def render_model_card(
               "chat template.", ""]
     if weights_from != "":  # "" (the default): the caller does not know; None: the base model's weights
         lines += _weights_line(stages, weights_from)
-    lines += usage_snippet(card.model_id or USAGE_PLACEHOLDER, thinking_default)
+    lines += usage_snippet(card.model_id or USAGE_PLACEHOLDER, thinking_default,
+                           saved_with=importlib.metadata.version("transformers"))
     lines += _stages_section(stages)
     lines += _mix_section(stages)
     lines += _eval_section(stages)

@@ -355,6 +355,11 @@ def test_the_card_names_the_stage_whose_weights_ship(tmp_path, tiny_model_dir, r
     run_bake(config, _ctx(run_dir, stages, source, recipe_tokenizer, load_template("llama3_thinking")))
     card = (run_dir / "bake" / "final" / "README.md").read_text()
     assert "The weights in this folder are the model of stage `merge` (a ties merge of `sft/checkpoint-20`)." in card
+    # the files are in transformers 5's format: the card says which version wrote them, and that 4.x cannot read them
+    import transformers
+
+    assert (f"Saved with transformers {transformers.__version__}: load it with transformers 5 or later") in card
+    assert json.loads((run_dir / "bake" / "final" / "config.json").read_text()).get("rope_theta") is None
 
     # Baked straight from the base model (no stage made a model): the card says so.
     base_only = [stage for stage in stages if stage.result.model is None]

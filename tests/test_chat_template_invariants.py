@@ -578,7 +578,8 @@ PORTABLE_METHODS = {"strip": (0, 1), "lstrip": (0, 1), "rstrip": (0, 1), "split"
 
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_a_template_calls_only_methods_a_cpp_jinja_engine_has(name):
-    from tempa.merge.gguf_export import serving_template  # Python's Jinja without transformers' generation tags
+    # parsed by Python's Jinja, which has no generation tags (transformers' extension): as the GGUF embeds it
+    from tempa.merge.gguf_export import serving_template
 
     calls = [(node.node.attr, len(node.args) + len(node.kwargs))
              for node in jinja2.Environment().parse(serving_template(load_template(name))).find_all(jinja2.nodes.Call)

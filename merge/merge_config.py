@@ -24,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from tempa.sft.stage_api import Artifact, Read, StageConfigBase, resolve_path
+from tempa.sft.paths import stage_or_folder
+from tempa.sft.stage_api import Artifact, Read, StageConfigBase
 from tempa.sft.suggest import closest
 
 # How the stage's base model enters a merge (read from the method's input contract, see base_role).
@@ -226,7 +227,10 @@ class MergeStageConfig(StageConfigBase):
         description="Evaluate stage whose leaderboard `select` reads and whose suites re-score the merge.",
     )
     select: SelectConfig | None = Field(default=None, description="Choose the models by leaderboard rank.")
-    models: list[str] | None = Field(default=None, description="Or: the models to merge, explicitly.")
+    models: list[str] | None = Field(
+        default=None,
+        description="Or: the models to merge, explicitly: an earlier stage's name, a leaderboard candidate "
+        "(`sft/checkpoint-20`) or a folder (recipe-relative; `./name` when a stage has the same name).")
     base_model: str | None = Field(
         default=None,
         description="Base of methods that take one: a stage name or folder (default: the recipe's base model, or "
@@ -267,12 +271,12 @@ class MergeStageConfig(StageConfigBase):
         # name that is no folder next to the recipe stays a stage or leaderboard-candidate reference.
         if value is None:
             return None
-        return [resolve_path(item, info, must_exist=True) for item in value]
+        return [stage_or_folder(item, info) for item in value]
 
     @field_validator("base_model")
     @classmethod
     def _resolve_base(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else resolve_path(value, info, must_exist=True)
+        return None if value is None else stage_or_folder(value, info)
 
     @field_validator("method")
     @classmethod

@@ -20,7 +20,7 @@ from tempa.recipes.errors import FieldPath, RecipeError, dotted, from_validation
 from tempa.recipes.registry import stage_kinds
 from tempa.recipes.schema import Recipe
 from tempa.recipes.yaml_loader import RecipeTextError, compose_and_construct, parse_yaml, read_text
-from tempa.sft.paths import WRITTEN_IN
+from tempa.sft.paths import EARLIER_STAGES, WRITTEN_IN
 from tempa.sft.stage_api import Read, StageConfigBase
 from tempa.sft.suggest import closest, did_you_mean
 from tempa.sft.train_args import DEFER_TRAIN_CHECKS
@@ -346,7 +346,8 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
                 f"{where((*loc, 'kind'), lines, path)}: stages[{i}].kind (stage '{name}'): unknown stage kind "
                 f"{kind!r}; known kinds: {', '.join(kinds)}{did_you_mean(kind, kinds)}"
             )
-        context = {**_path_context(stage_raw, loc, lines, origins.get(name, path).parent), DEFER_TRAIN_CHECKS: True}
+        context = {**_path_context(stage_raw, loc, lines, origins.get(name, path).parent), DEFER_TRAIN_CHECKS: True,
+                   EARLIER_STAGES: names[:i]}
         try:
             config = kinds[kind].config.model_validate(stage_raw, context=context)
         except ValidationError as exc:
@@ -381,7 +382,8 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
     for i, (stage_raw, config) in enumerate(zip(stages_raw, stages, strict=True)):
         if stage_raw.get("train") is None:
             continue
-        context = _path_context(stage_raw, ("stages", i), lines, origins.get(config.name, path).parent)
+        context = {**_path_context(stage_raw, ("stages", i), lines, origins.get(config.name, path).parent),
+                   EARLIER_STAGES: names[:i]}
         try:
             stages[i] = type(config).model_validate(stage_raw, context=context)
         except ValidationError as exc:

@@ -13,6 +13,9 @@ _LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".yaml", ".yml", ".jin
 # Validation-context key: {(field name, value as written): folder of the file that wrote it}. In an
 # `extends:` chain one stage holds values from several files; each resolves against its own file.
 WRITTEN_IN = "written_in"
+# Validation-context key: the names of the stages before the one being validated (the loader sets it), for a
+# field that takes a stage's name or a folder.
+EARLIER_STAGES = "earlier_stages"
 
 
 def looks_local(value: str) -> bool:
@@ -53,3 +56,14 @@ def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = 
             raise ValueError(f"local path does not exist: {resolved}")
         return str(resolved)
     return value
+
+
+def stage_or_folder(value: str, info: ValidationInfo | None) -> str:
+    """A reference that names an earlier stage or a folder: a folder resolved (it must exist), a stage's name (or
+    ``stage/checkpoint-N``) kept; a bare name that is both is an error, since either reading loses the other."""
+    resolved = resolve_path(value, info, must_exist=True)
+    earlier = (info.context or {}).get(EARLIER_STAGES, ()) if info is not None else ()
+    if resolved != value and not looks_local(value) and value.split("/", 1)[0] in earlier:
+        raise ValueError(f"'{value}' names both the earlier stage '{value.split('/', 1)[0]}' and the folder "
+                         f"{resolved}: write './{value}' for the folder, or rename one of them")
+    return resolved

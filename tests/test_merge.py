@@ -583,3 +583,25 @@ def test_a_merge_input_folder_that_does_not_exist_fails_at_load(tmp_path, checkp
     # Stage names, leaderboard candidates and existing folders load as before.
     config = validate(method="ties", models=["sft/checkpoint-20", str(checkpoints["a"])], base_model="sft")
     assert config.models == ["sft/checkpoint-20", str(checkpoints["a"])] and config.base_model == "sft"
+
+
+def test_a_name_that_is_both_an_earlier_stage_and_a_folder_is_refused_at_load(tmp_path, checkpoints):
+    """`models: [sft, ...]` next to a folder `sft/`: read as the folder, the merge lost its dependency on stage sft
+    (and failed after training); read as the stage, the folder is ignored. Neither is what the user may mean."""
+    from tempa.recipes.errors import RecipeError
+    from tempa.recipes.loader import load_recipe
+
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "q"},
+                                                                  {"role": "assistant", "content": "a"}]}) + "\n")
+    shutil.copytree(checkpoints["a"], tmp_path / "sft")
+    sft = "kind: sft\n    data: {sources: [{name: r, path: rows.jsonl}]}"
+    recipe = tmp_path / "r.yaml"
+    for models, ok in (("[sft, sft2]", False), ("[sft/checkpoint-20, sft2]", True), ("[./sft, sft2]", True)):
+        recipe.write_text(f"name: r\nbase_model: tempa:tiny\nstages:\n  - name: sft\n    {sft}\n"
+                          f"  - name: sft2\n    {sft}\n  - name: m\n    kind: merge\n    models: {models}\n")
+        if ok:  # a checkpoint of the stage (no such folder below sft/), or the folder spelled as a path
+            assert load_recipe(recipe).stages[2].models[0] in ("sft/checkpoint-20", str(tmp_path / "sft"))
+            continue
+        with pytest.raises(RecipeError, match=r"r\.yaml:12: stages\[2\]\.models \(stage .m.\): 'sft' names both the earlier stage "
+                                              r"'sft' and the folder .*/sft: write './sft' for the folder"):
+            load_recipe(recipe)

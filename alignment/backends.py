@@ -17,12 +17,14 @@ A recipe picks a backend with a ``type``-tagged block::
 from __future__ import annotations
 
 import os
+import urllib.parse
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from tempa.alignment.completions import Completion, generation_prefill
 from tempa.alignment.generation import (
@@ -34,7 +36,7 @@ from tempa.alignment.generation import (
     resolve_modes,
 )
 from tempa.chat_templates.thinking import mode_kwargs
-from tempa.sft.stage_api import Artifact, Read, StageError, resolve_path, stage_ref
+from tempa.sft.stage_api import SECRET_INPUT_ERROR, Artifact, Read, StageError, resolve_path, stage_ref
 
 
 class SamplingBackend(GenerationBackend):
@@ -224,6 +226,18 @@ class HTTPBackendConfig(_Strict):
     def _url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {value!r}")
+        parts = urllib.parse.urlsplit(value)
+        # The URL is copied into provenance, manifests, the model card and error messages, so it must hold
+        # no secret; neither would work anyway (urllib sends no user:password, and the request's path is
+        # appended to base_url, after any query). The value is not echoed: it may be a secret.
+        if "@" in parts.netloc or parts.query or parts.fragment or "?" in value or "#" in value:
+            raise PydanticCustomError(
+                SECRET_INPUT_ERROR,
+                "base_url must be a plain API root such as https://host/v1, without user:password@, a ?query or "
+                "a #fragment (got one for host {host}); put an API key in an environment variable and name it "
+                "in api_key_env",
+                {"host": repr(parts.hostname)},
+            )
         return value.rstrip("/")
 
 

@@ -146,7 +146,12 @@ class HTTPBackend(SamplingBackend):
     # ------------------------------------------------------------------ requests
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        """``text`` without the key: as sent, and as a JSON string escapes it (a server that echoes it back)."""
+        if not self._api_key:
+            return text
+        for form in dict.fromkeys((self._api_key, json.dumps(self._api_key)[1:-1])):
+            text = text.replace(form, "***")
+        return text
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
@@ -160,9 +165,12 @@ class HTTPBackend(SamplingBackend):
             try:
                 self.requests_sent += 1
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    return json.loads(response.read().decode("utf-8"))
+                    # A server that echoes the Authorization header must not plant the key in the samples
+                    # (and from there in datasets, scores and error messages quoting a reply).
+                    return json.loads(self._scrub(response.read().decode("utf-8")))
             except urllib.error.HTTPError as exc:
-                detail = self._scrub(exc.read().decode("utf-8", "replace")[:300].replace("\n", " "))
+                # Scrubbed before it is cut: a key across the cut would keep its first characters.
+                detail = self._scrub(exc.read().decode("utf-8", "replace"))[:300].replace("\n", " ")
                 if exc.code not in RETRY_STATUS:
                     raise HTTPBackendError(f"POST {self.url}: HTTP {exc.code}: {detail}") from None
                 reason = f"HTTP {exc.code}: {detail}"

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from tempa.sft.stage_api import SECRET_INPUT_ERROR
 from tempa.sft.suggest import did_you_mean
 
 
@@ -65,7 +66,7 @@ def from_validation_error(
             msg = f"unknown field (not allowed here; check the spelling){did_you_mean(err['loc'][-1], allowed)}"
         elif err["type"] == "missing":
             msg = "field required"
-        elif "input" in err and err["type"] not in ("union_tag_invalid",):
+        elif "input" in err and err["type"] not in ("union_tag_invalid", SECRET_INPUT_ERROR):
             got = err["input"]
             if not isinstance(got, Mapping | list) and repr(got) not in msg and f"'{got}'" not in msg:
                 msg = f"{msg}, got {got!r}"

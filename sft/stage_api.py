@@ -52,6 +52,11 @@ OnOff = Annotated[Literal["on", "off"], BeforeValidator(_yaml_on_off)]
 OnOffMixed = Annotated[Literal["on", "off", "mixed"], BeforeValidator(_yaml_on_off)]
 
 
+# The pydantic error type of a validator whose input may hold a secret (a URL with a password): the
+# recipe error names the field and the problem, never the value (tempa.recipes.errors).
+SECRET_INPUT_ERROR = "secret_input"
+
+
 class StageError(RuntimeError):
     """A stage failed for a reason the user can act on; the message is one line."""
 

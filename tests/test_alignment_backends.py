@@ -99,6 +99,48 @@ def test_http_backend_gives_up_with_one_line_and_no_secret(monkeypatch, caplog):
     assert SECRET not in repr(backend) and SECRET not in config.model_dump_json()
 
 
+def test_http_backend_never_shows_part_of_the_key_a_server_echoes(monkeypatch, caplog):
+    """A server that echoes the request's Authorization header (a debugging proxy, an error page) must not
+    get the key into an error, a log line or the sampled text: not whole, and not cut in two by the error's
+    length limit (the first characters of a key were shown when it straddled the cut)."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    # the padding puts the key's first 8 characters before the 300-character cut of an error body
+    echo = {"error": "x" * 262}
+
+    def reply(body):
+        auth = server.headers[-1]["Authorization"]
+        if body["messages"][-1]["content"] == "fail":
+            return 401, {**echo, "auth": auth}, {}
+        return chat_response([f"your header was {auth}"])
+
+    with FakeOpenAI(reply) as server, caplog.at_level(logging.DEBUG):
+        config = HTTPBackendConfig(base_url=server.base_url, model="m", api_key_env="TEACHER_KEY", max_retries=0,
+                                   timeout_s=5)
+        backend = build_backend(config, policy_dir=None, tokenizer_dir=None)  # type: ignore[arg-type]
+        out = backend.sample([[{"role": "user", "content": "q"}]], GenerationParams())
+        with pytest.raises(HTTPBackendError) as err:
+            backend.sample([[{"role": "user", "content": "fail"}]], GenerationParams())
+    assert "HTTP 401" in str(err.value)
+    for text in (str(err.value), caplog.text):
+        assert SECRET[:8] not in text, text
+    for text in (out[0][0].text,):
+        assert SECRET[:8] not in text, text
+    assert out[0][0].text == "your header was Bearer ***"
+
+
+@pytest.mark.parametrize("url", ["http://bob:pw-secret@127.0.0.1:8000/v1", "https://api.example.com/v1?key=sk-abc",
+                                 "https://api.example.com/v1#frag"])
+def test_http_base_url_with_credentials_or_a_query_is_refused(url):
+    """Credentials in base_url never reach the server (urllib sends no userinfo; the path is appended after a
+    query), yet the URL is copied into provenance, manifests, the model card and error messages."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="api_key_env") as err:
+        HTTPBackendConfig(base_url=url, model="m")
+    message = err.value.errors()[0]["msg"]  # what a recipe error shows (recipes/errors.py)
+    assert "pw-secret" not in message and "sk-abc" not in message
+
+
 def test_http_backend_client_errors_are_not_retried():
     with FakeOpenAI(lambda body: (400, {"error": "bad model"}, {})) as server, \
             pytest.raises(HTTPBackendError, match="HTTP 400"):

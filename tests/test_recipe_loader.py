@@ -583,3 +583,23 @@ def test_unquoted_off_in_a_data_source_reads_as_off(tmp_path, data_file):
     text = recipe_text().replace("path: rows.jsonl", "path: rows.jsonl\n              thinking_mode: off")
     loaded = load_recipe(write(tmp_path / "r.yaml", text.replace("name: t", "name: t\n    thinking_default: off")))
     assert loaded.stages[0].data.sources[0].thinking_mode == "off" and loaded.recipe.thinking_default == "off"
+
+
+def test_a_base_url_with_a_password_is_refused_without_showing_it(tmp_path):
+    """The recipe error names the field and the host, never the URL: it may carry a password or key."""
+    (tmp_path / "p.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    path = write(tmp_path / "r.yaml", """
+        name: t
+        base_model: "tempa:tiny"
+        stages:
+          - name: syn
+            kind: synthesize
+            prompts: {path: p.jsonl}
+            teacher: {type: http, base_url: "https://me:pw-hunter2@api.example.com/v1", model: m}
+            rewards: [{type: format}]
+    """)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert f"{path}:7: stages[0].teacher.base_url (stage 'syn')" in message and "api_key_env" in message
+    assert "hunter2" not in message

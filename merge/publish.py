@@ -88,12 +88,28 @@ def make_publishable(folder: Path) -> list[str]:
     return dropped
 
 
+def symlinks(folder: Path) -> list[str]:
+    """The symbolic links inside ``folder`` (files and folders, never followed), by their relative path."""
+    out = []
+    for root, dirs, files in os.walk(folder):  # os.walk does not descend into linked folders
+        out += [os.path.relpath(os.path.join(root, name), folder) for name in sorted(dirs + files)
+                if os.path.islink(os.path.join(root, name))]
+    return sorted(out)
+
+
 def publish_problems(folder: Path) -> list[str]:
     """Everything that stops ``folder`` from being uploaded as it is; empty when it is clean."""
     folder = Path(folder)
     problems = []
     if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
         problems.append("no config.json + *.safetensors weights")
+    # A link would upload whatever it points to (a key, a folder of the user's), and every check below
+    # would judge the target; the folder tempa writes holds regular files only.
+    links = symlinks(folder)
+    problems += [f"{rel}: a symbolic link (to {os.readlink(folder / rel)}); only regular files are published"
+                 for rel in links]
+    if links:
+        return problems
     for path in sorted([folder, *folder.rglob("*")]):
         mode = path.stat().st_mode & 0o777
         wanted = DIR_MODE if path.is_dir() else FILE_MODE

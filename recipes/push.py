@@ -38,6 +38,9 @@ def final_folder(run_dir: Path) -> Path:
     folder = Path(run_dir) / FINAL_LINK
     if not (folder / "config.json").is_file():
         raise StageError(f"{run_dir}: no final model ({folder}); finish the run first (tempa run)")
+    if not folder.resolve().is_relative_to(Path(run_dir).resolve()):
+        raise StageError(f"{folder} points outside the run folder (to {folder.resolve()}); the run's final model is "
+                         "its last stage's final/ folder: run `tempa run` again to restore the link")
     unfinished = [f"{row.name} ({row.state})" for row in stage_status(None, Path(run_dir)) if row.state != "done"]
     if unfinished:
         raise StageError(f"{run_dir}: not every stage is complete and current: {', '.join(unfinished)}; "
@@ -54,6 +57,9 @@ def push_files(folder: Path, *, include_gguf: bool = False) -> list[PushFile]:
     files = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
+        if path.is_symlink() or any(parent.is_symlink() for parent in path.parents if parent != folder and
+                                    parent.is_relative_to(folder)):
+            continue  # never a file from outside the folder (publish_problems refuses a folder with links)
         if not path.is_file() or any(part.startswith(".") for part in rel.parts):
             continue  # hidden files: partial writes, editor and OS leftovers
         if not include_gguf and any(rel.match(pattern) for pattern in GGUF_FILES):

@@ -181,3 +181,33 @@ def test_the_card_names_hub_datasets_but_not_local_files(tmp_path):
     assert front["datasets"] == ["HuggingFaceH4/ultrachat_200k"] and front["base_model"] == "meta-llama/Llama-3.1-8B"
     assert front["license"] == "llama3.1" and front["language"] == ["id", "th"]
     assert 'thinking_mode="on"' in card and str(tmp_path) not in card
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_symlink_in_the_final_folder_is_refused_and_nothing_it_points_to_goes_up(run_dir, hub, tmp_path, kind):
+    """A link in final/ (left by a hand-made export, or planted in a shared run folder) would upload a file of
+    the user's machine: push_files followed it, and its 0644 target passed the mode check."""
+    private = tmp_path / "home"
+    private.mkdir()
+    (private / "id_ed25519").write_text("PRIVATE KEY MATERIAL\n")
+    (private / "id_ed25519").chmod(0o644)
+    private.chmod(0o755)
+    target, name = (private / "id_ed25519", "id_ed25519") if kind == "file" else (private, "extra")
+    (run_dir / "final" / name).symlink_to(target)
+    proc = tempa("push", str(run_dir), "--repo", "org/model", endpoint=hub)
+    assert proc.returncode == 1 and f"not publishable as it is: {name}: a symbolic link" in proc.stderr, proc.stderr
+    assert FakeHub.commits == [] and FakeHub.repos == []
+
+    from tempa.recipes.push import push_files
+
+    assert all("PRIVATE" not in f.local.read_text(errors="replace") for f in push_files(run_dir / "final"))
+
+
+def test_a_final_link_that_leaves_the_run_folder_is_refused(run_dir, hub, tmp_path):
+    """run/final must be the run's own model: a link repointed at another folder is not uploaded from there."""
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(run_dir / "bake" / "final", elsewhere)
+    (run_dir / "final").unlink()
+    (run_dir / "final").symlink_to(elsewhere)
+    proc = tempa("push", str(run_dir), "--repo", "org/model", "--dry-run", endpoint=hub)
+    assert proc.returncode == 1 and "outside the run folder" in proc.stderr, proc.stderr

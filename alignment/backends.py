@@ -186,6 +186,14 @@ class VLLMBackendConfig(_Strict):
     def _resolve(cls, value: str | None, info: ValidationInfo) -> str | None:
         return _model_ref(value, info)
 
+    @field_validator("engine_args")
+    @classmethod
+    def _no_remote_code(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "trust_remote_code" in value:
+            raise ValueError("engine_args: trust_remote_code cannot be set here: set `trust_remote_code: true` at the "
+                             "top level of the recipe (off by default), which every loader of the run reads")
+        return value
+
 
 class HTTPBackendConfig(_Strict):
     """An OpenAI-compatible `/v1/chat/completions` endpoint: a vLLM or llama.cpp server, or a hosted API."""

@@ -38,6 +38,26 @@ DEFER_TRAIN_CHECKS = "defer_train_checks"
 _SPEC_VERSION = 1  # bump when the spec's layout changes
 
 
+# `train:` keys trl accepts but a recipe may not set: each would go around one of tempa's safeguards.
+_SET_AT_TOP = ("set `trust_remote_code: true` at the top level of the recipe (off by default), which every loader "
+               "of the run reads; here it would run a model's own code in the trainer alone")
+REFUSED_TRAIN_KEYS = {
+    "hub_token": "a token written in a recipe is copied into recipe.resolved.yaml, train_plan.json, the manifests "
+                 "and `tempa plan`; huggingface_hub reads HF_TOKEN (or `hf auth login`) by itself",
+    "push_to_hub": "the trainer would upload its checkpoints folder (optimizer states, pickled arguments) while it "
+                   "trains; `tempa push RUN_DIR --repo ORG/NAME` uploads the finished, checked final model",
+    "trust_remote_code": _SET_AT_TOP,
+}
+
+
+def _refused(values: Mapping[str, Any]) -> None:
+    for key, value in values.items():
+        if key in REFUSED_TRAIN_KEYS and value not in (None, False):
+            raise ValueError(f"'{key}' cannot be set in train: {REFUSED_TRAIN_KEYS[key]}")
+        if key.endswith("model_init_kwargs") and isinstance(value, Mapping) and "trust_remote_code" in value:
+            raise ValueError(f"'{key}': trust_remote_code cannot be set here: {_SET_AT_TOP}")
+
+
 def train_checks_deferred(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get(DEFER_TRAIN_CHECKS))
 
@@ -62,6 +82,7 @@ def check_train_args(
     Raises ``ValueError`` naming the key and what was expected; pydantic reports it with the
     field path. ``reserved`` keys are set by tempa itself (e.g. output_dir) and are refused.
     """
+    _refused(values)
     spec = train_arg_spec(config_ref)
     reserved = set(reserved)
     out = dict(values)

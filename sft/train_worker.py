@@ -100,8 +100,9 @@ def trl_config_kwargs(plan: TrainPlan, kernels: KernelChoice | None = None) -> d
     # safetensors only (the policy, and DPO's reference, which trl builds from the same kwargs):
     # a pickled checkpoint never gets here, and transformers must not fall back to one.
     kwargs["model_init_kwargs"] = {**(kwargs.get("model_init_kwargs") or {}), "use_safetensors": True}
-    if env.trust_remote_code:
+    if env.trust_remote_code:  # the recipe's switch (train: may not set it): the model and trl's own loads
         kwargs["model_init_kwargs"]["trust_remote_code"] = True
+        kwargs["trust_remote_code"] = True
     kernels = kernels or plan_kernels(plan)
     if kernels.attn_implementation is not None:
         if kernels.attn_implementation == DOC_SDPA:

@@ -93,3 +93,30 @@ def test_quoted_numbers_reach_the_trainer_as_trls_own_config_parser_reads_them(t
     # a quoted count is checked as the number it becomes
     with pytest.raises(ValueError, match="'per_device_train_batch_size': must be positive"):
         check_train_args({"per_device_train_batch_size": "-4"}, "trl:SFTConfig")
+
+
+@pytest.mark.parametrize(("config", "train", "hint"), [
+    ("trl:SFTConfig", {"hub_token": "hf_" + "s" * 34}, "HF_TOKEN"),
+    ("trl:SFTConfig", {"push_to_hub": True, "hub_model_id": "me/x"}, "tempa push"),
+    ("trl:SFTConfig", {"trust_remote_code": True}, "top level"),
+    ("trl:SFTConfig", {"model_init_kwargs": {"trust_remote_code": True}}, "top level"),
+    ("trl:DPOConfig", {"trust_remote_code": True}, "top level"),
+    ("trl:DPOConfig", {"model_init_kwargs": {"trust_remote_code": True}}, "top level"),
+])
+def test_train_keys_that_bypass_tempa_s_safeguards_are_refused(config, train, hint) -> None:
+    """A hub token in `train:` was copied into recipe.resolved.yaml, train_plan.json, the manifests and
+    `tempa plan`'s output; `push_to_hub` uploaded the checkpoints folder past `tempa push`'s checks;
+    `trust_remote_code` there ran a model's code in the trainer while the recipe's own switch was off."""
+    from tempa.sft.train_args import check_train_args
+
+    with pytest.raises(ValueError, match=hint) as err:
+        check_train_args(train, config)
+    assert "hf_sss" not in str(err.value)
+
+
+def test_vllm_engine_args_cannot_turn_on_remote_code() -> None:
+    from tempa.alignment.backends import VLLMBackendConfig
+
+    with pytest.raises(ValidationError, match="top level"):
+        VLLMBackendConfig(engine_args={"trust_remote_code": True})
+    assert VLLMBackendConfig(engine_args={"max_num_seqs": 8}).engine_args == {"max_num_seqs": 8}

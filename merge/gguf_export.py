@@ -69,6 +69,18 @@ class GGUFExport:
     tensor_types: dict[str, int] | None = None
 
 
+def _llama_cpp(file_type: str):
+    """llama-cpp-python, or a one-line error saying how to install it (tempa is installed from its checkout)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise StageError(f"--type {file_type} uses llama.cpp's quantiser, which needs llama-cpp-python (the serving "
+                         "extra): from tempa's checkout, pip install \"scikit-build-core>=0.9.2\" ninja && "
+                         "CMAKE_ARGS=\"-DLLAVA_BUILD=OFF\" pip install --no-build-isolation -e \".[serving]\" "
+                         "(it builds llama.cpp from source); or use --type q8_0 or f16") from None
+    return llama_cpp
+
+
 def quantize_gguf(source: Path, out: Path, file_type: str) -> dict[str, int]:
     """Quantise an f16/f32 GGUF with llama.cpp's own quantiser; returns the output's tensors by GGML type.
 
@@ -79,11 +91,7 @@ def quantize_gguf(source: Path, out: Path, file_type: str) -> dict[str, int]:
 
     if file_type not in LLAMA_CPP_QUANTS:
         raise StageError(f"--type {file_type}: not a llama.cpp quantisation type ({', '.join(LLAMA_CPP_QUANTS)})")
-    try:
-        import llama_cpp
-    except ImportError:
-        raise StageError(f"--type {file_type} uses llama.cpp's quantiser: pip install 'tempa[serving]' "
-                         "(llama-cpp-python)") from None
+    llama_cpp = _llama_cpp(file_type)
     tmp = out.with_name(f".{out.name}.partial")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{LLAMA_CPP_QUANTS[file_type]}")
@@ -212,6 +220,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
         types = quantize_gguf(source, target, file_type)
         return GGUFExport(target, None, sum(types.values()), file_type, types)
     if file_type in LLAMA_CPP_QUANTS:  # llama.cpp quantises the f16 file this module writes
+        _llama_cpp(file_type)  # missing: say so before writing the f16 intermediate
         target = Path(out) if out else Path(model_dir).resolve() / f"{export_name(Path(model_dir))}-{file_type}.gguf"
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".tempa-gguf-", dir=target.parent) as scratch:
@@ -297,10 +306,11 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
     writer.write_tensors_to_file()
     writer.close()
     os.replace(tmp, gguf_path)
+    tensor_types = gguf_tensor_types(gguf_path)
 
     modelfile = gguf_path.with_name("Modelfile")
     modelfile.write_text(ollama_modelfile(gguf_path.name, tokenizer, stop_ids), encoding="utf-8")
-    return GGUFExport(gguf_path, modelfile, count, file_type)
+    return GGUFExport(gguf_path, modelfile, count, file_type, tensor_types)
 
 
 def _add_tensor(writer, name: str, data: np.ndarray, file_type: GGUFType) -> None:

@@ -1,0 +1,48 @@
+"""What `tempa export gguf` prints and advises, on a machine without the serving extra."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from stage_helpers import baked_final
+from tempa.merge.gguf_export import gguf_tensor_types
+from tempa.recipes.cli import main
+
+
+@pytest.fixture(scope="module")
+def final(tmp_path_factory, tiny_model_dir) -> Path:
+    return baked_final(tiny_model_dir, tmp_path_factory.mktemp("gguf-cli") / "final")
+
+
+def test_a_k_quant_without_llama_cpp_names_an_install_that_works_before_writing_anything(
+        final, tmp_path, monkeypatch, capsys):
+    """tempa is installed from its checkout (it is not on PyPI): `pip install 'tempa[serving]'` cannot work.
+    The missing quantiser is found before the f16 intermediate is written."""
+    import tempa.merge.gguf_export as gguf_export
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp raises ImportError
+
+    def no_f16(*args, **kwargs):
+        raise AssertionError("the f16 intermediate was written although it could not be quantised")
+
+    monkeypatch.setattr(gguf_export, "_tensors", no_f16)
+    out = tmp_path / "m-q4_k_m.gguf"
+    assert main(["export", "gguf", str(final), "--type", "q4_k_m", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "llama-cpp-python" in err, err
+    assert "'tempa[serving]'" not in err, err
+    assert "llama-cpp-python>=0.3.36" in err or ".[serving]" in err, err
+    assert not list(tmp_path.iterdir())  # nothing written, no scratch folder left
+
+
+def test_f16_and_q8_0_print_their_tensors_by_type(final, tmp_path, capsys):
+    """The README: "The command prints the tensors by type"; a q8_0 file keeps its norms in F32."""
+    out = tmp_path / "m-q8_0.gguf"
+    assert main(["export", "gguf", str(final), "--type", "q8_0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    types = gguf_tensor_types(out)
+    assert set(types) == {"Q8_0", "F32"}, types
+    assert f"by type: F32 {types['F32']}, Q8_0 {types['Q8_0']}" in printed, printed

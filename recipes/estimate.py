@@ -856,8 +856,10 @@ def _long_context(shape: ModelShape, hardware: Hardware, launch: LaunchPlan) -> 
     """Activations per GPU at 32k/64k/128k tokens with and without sequence parallelism, and what fits."""
     train: dict[str, Any] = {}  # the defaults: activation checkpointing, Liger
     engine = launch.engine if launch.engine.shards_model else ZERO3
-    sizes = [s for s in (1, 2, 4, 8, 16, 32) if s <= hardware.gpus]
-    with_sp = launch.sequence_parallel if launch.sequence_parallel > 1 else min(8, hardware.gpus)
+    # launch.sequence_parallel must divide the processes (the loader refuses it otherwise): only divisors
+    # of the GPU count are offered, so the SP=N columns and "smallest SP that fits" agree on any count.
+    sizes = [s for s in range(1, min(hardware.gpus, 32) + 1) if hardware.gpus % s == 0]
+    with_sp = launch.sequence_parallel if launch.sequence_parallel > 1 else max(s for s in sizes if s <= 8)
     # On one GPU there is nothing to split a sequence over: one group of columns, and say why.
     groups = [1, with_sp] if with_sp > 1 else [1]
     rows = [("context", *(cell for sp in groups for cell in (f"activ. SP={sp}", "total/GPU", "fits")),

@@ -579,3 +579,28 @@ def test_steps_count_whole_steps_per_epoch_as_the_trainer_does(tmp_path: Path):
     assert small.steps == 40
     per_epoch = -(-half.tokens_per_epoch // half.tokens_per_step)
     assert per_epoch > 1 and half.steps == -(-5 * per_epoch // 2)  # ceil(2.5 x whole steps per epoch)
+
+
+@pytest.mark.parametrize("hardware", ["3xH100", "6xH100"])
+def test_long_context_smallest_sp_agrees_with_the_sp_column_on_any_gpu_count(hardware: str) -> None:
+    """A count of GPUs that is not a power of two (3xH100): the SP=N column said 32k fits at SP=3 while
+    'smallest SP that fits' said 'none <= 3'; and SP=2 or 4 does not divide 3 or 6 processes, which the
+    recipe loader refuses, so neither may be offered as the smallest that fits."""
+    from tempa.recipes.estimate import render_estimate
+    from tempa.recipes.loader import load_recipe
+
+    gpus = int(hardware.split("x")[0])
+    text = render_estimate(load_recipe("sea-lion-v3-70b-it"), hardware)
+    table = text[text.index("long context:"):text.index("tokens:")].splitlines()
+    header = next(line for line in table if line.startswith("context"))
+    sp = int(re.findall(r"SP=(\d+)", header)[-1])
+    assert gpus % sp == 0, header
+    for line in table:
+        if not re.match(r"\d+k ", line):
+            continue
+        cells = line.split()
+        fits_with_sp, smallest = cells[8], " ".join(cells[9:])  # "GiB" is a cell of its own here
+        if fits_with_sp == "yes":
+            assert smallest.isdigit() and int(smallest) <= sp, line
+        if smallest.isdigit():
+            assert gpus % int(smallest) == 0, line

@@ -14,6 +14,7 @@ functions that use them, so validating a recipe never loads them.
 from tempa.merge.bake import BakeStageConfig, run_bake
 from tempa.merge.evaluate_config import EvaluateStageConfig
 from tempa.merge.evaluate_stage import EvaluateResult, run_evaluate
+from tempa.merge.evaluate_stage import check_inputs as check_evaluate_inputs
 from tempa.merge.merge_config import MergeStageConfig
 from tempa.merge.merge_stage import MergeResult, run_merge
 from tempa.sft.stage_api import Artifact, StageKind
@@ -25,6 +26,7 @@ EVALUATE = StageKind(
     summary="score checkpoints into a leaderboard",
     produces=frozenset({Artifact.LEADERBOARD}),
     result=EvaluateResult,
+    check_inputs=check_evaluate_inputs,
 )
 MERGE = StageKind(
     kind="merge",

@@ -56,6 +56,14 @@ def check_requirements(config: EvaluateStageConfig) -> None:
             import_lm_eval(suite.key)
 
 
+def check_inputs(config: EvaluateStageConfig) -> None:
+    """Before the run's first stage: the packages the suites need, and every row of the suites' local data files
+    (hub datasets and an earlier stage's output are read when the stage runs)."""
+    check_requirements(config)
+    local = [suite for suite in config.suites if getattr(suite, "data", None) and Path(suite.data).exists()]
+    load_suite_rows(config.model_copy(update={"suites": local}))
+
+
 def load_suite_rows(config: EvaluateStageConfig) -> dict[str, list[dict[str, Any]]]:
     """Each data suite's rows, every one checked for what its suite reads (before any model loads)."""
     rows = {}

@@ -184,7 +184,7 @@ def _cmd_plan(args) -> int:
     from rich.table import Table
 
     from tempa.recipes.loader import load_recipe
-    from tempa.recipes.runner import plan_run
+    from tempa.recipes.runner import check_stage_inputs, plan_run
 
     if args.mfu is not None and not args.hardware:
         raise RecipeError(f"--mfu {args.mfu:g} needs --hardware (e.g. --hardware 8xH100): it sets the estimate's MFU")
@@ -199,6 +199,7 @@ def _cmd_plan(args) -> int:
     check_run_dir(run_dir)  # what `tempa run` would refuse, plan refuses too
     decisions = plan_run(loaded, run_dir, from_stage=args.from_stage, only=args.only,
                          running_elsewhere=run_in_progress(run_dir))
+    check_stage_inputs(loaded, decisions)  # what the run would refuse before its first stage
     console = _console()
     console.print(f"[bold]recipe[/bold] {loaded.path}" + (
         f" (extends {', '.join(str(f) for f in loaded.files[:-1])})" if len(loaded.files) > 1 else ""))

@@ -380,6 +380,17 @@ def _check_only_inputs(decisions: list[StageDecision], only: str) -> None:
             )
 
 
+def check_stage_inputs(loaded: LoadedRecipe, decisions: list[StageDecision]) -> None:
+    """Each stage that will run checks what it can of its own inputs now, before the first stage starts."""
+    for decision in decisions:
+        check = stage_kind(decision.kind).check_inputs
+        if decision.action != "skip" and check is not None:
+            try:
+                check(loaded.stages[decision.index])
+            except StageError as exc:
+                raise StageError(f"stage '{decision.name}' would fail: {exc}") from None
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -395,6 +406,7 @@ def run_recipe(
         resolved = loaded.resolved()
         write_atomic(run_dir / RESOLVED_RECIPE, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
         decisions = plan_run(loaded, run_dir, from_stage=from_stage, only=only)
+        check_stage_inputs(loaded, decisions)
         base_dir = resolve_base_model(loaded)
         template = template_text(loaded)
         tokenizer_dir = prepare_tokenizer(base_dir, loaded.recipe.chat_template, template, run_dir, log,

@@ -301,6 +301,9 @@ class StageKind(Generic[ConfigT, ResultT]):
     # Whether the stage sees every earlier stage (the bake, for its model card) instead of only
     # those it reads.
     sees_all_earlier: bool = False
+    # What the stage can check of its own inputs before the run's first stage starts (evaluation rows, say), so a
+    # typo in a file is not found after hours of training; raises a one-line StageError. `tempa plan` runs it too.
+    check_inputs: Callable[[ConfigT], None] | None = None
 
     def __post_init__(self) -> None:
         missing = [a.value for a in self.produces if a.value not in self.result.model_fields]

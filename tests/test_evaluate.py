@@ -715,3 +715,28 @@ def test_evaluation_rows_take_every_role_the_training_data_may_hold():
     turns = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "", "tool_calls": [{"x": 1}]}]
     for role in ROLES:
         assert row_problem({"messages": [*turns, {"role": role, "content": "4"}]}) is None, role
+
+
+def test_a_bad_evaluation_row_stops_the_run_and_the_plan_before_the_first_stage_trains(tmp_path, capsys):
+    """Not after hours of training: the evaluate stage's local rows are checked before any stage starts."""
+    from tempa.recipes.cli import main
+    from tempa.recipes.loader import load_recipe
+    from tempa.recipes.runner import run_recipe
+
+    rows = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
+    (tmp_path / "train.jsonl").write_text(json.dumps(rows) + "\n")
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"prompt": "a", "answer": 1}) + "\n\n"
+                                         + json.dumps({"prompt": "b", "answer": 2, "thinking_mode": "yes"}) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nbase_model: tempa:tiny\nstages:\n"
+                      "  - {name: sft, kind: sft, data: {sources: [{name: t, path: train.jsonl}]}}\n"
+                      "  - {name: evaluate, kind: evaluate, stages: [sft],\n"
+                      "     suites: [{type: accuracy, name: math, data: eval.jsonl}]}\n")
+    message = (f"stage 'evaluate' would fail: suite 'math': {tmp_path / 'eval.jsonl'}:3: thinking_mode must be "
+               "'on' or 'off', got 'yes'")
+    with pytest.raises(StageError) as info:
+        run_recipe(load_recipe(recipe), tmp_path / "run")
+    assert str(info.value) == message
+    assert not (tmp_path / "run" / "sft").exists()  # nothing trained, nothing to clean up
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 1
+    assert message in capsys.readouterr().err

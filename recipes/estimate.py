@@ -66,6 +66,7 @@ from tempa.sft.stage_api import (
     TrainingWorkload,
 )
 from tempa.sft.throughput_summary import peak_flops
+from tempa.sft.train_args import schedule_problem
 
 GIB = 2**30
 
@@ -625,6 +626,9 @@ def estimate_stage(name: str, kind: str, workload: TrainingWorkload, shape: Mode
         _annotate(estimate, shape, hardware, work, paired, launch.engine)
     if problem:
         estimate.warnings.append(f"stage {name}: {problem}")
+    # steps are an upper bound or an estimate here, never a lower bound: a schedule too long for them is too long
+    if steps and count.bound != ">=" and (schedule := schedule_problem(train, steps)) is not None:
+        estimate.warnings.append(f"stage {name}: {schedule}")
     _global_batch_note(estimate, train, hardware, launch)
     return estimate
 

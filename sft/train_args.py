@@ -17,6 +17,7 @@ import enum
 import functools
 import importlib
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -258,3 +259,21 @@ def _enum_choices(tp: Any) -> tuple[str, ...]:
     if len(enums) != 1 or str not in args:
         return ()
     return tuple(str(member.value) for member in enums[0])
+
+
+def schedule_problem(train_args: Mapping[str, Any], steps: int) -> str | None:
+    """Why the learning-rate schedule does not fit ``steps`` optimizer steps (one line), or None.
+
+    transformers' warmup_stable_decay takes its warmup and decay in steps; when they add up to more than the run
+    has, the rate never holds its peak (a 9-step stage with 200 decay steps trains at under 1% of it).
+    """
+    if train_args.get("lr_scheduler_type") != "warmup_stable_decay" or steps <= 0:
+        return None
+    decay = int((train_args.get("lr_scheduler_kwargs") or {}).get("num_decay_steps") or 0)
+    warmup = float(train_args.get("warmup_steps") or 0)
+    warmup_steps = math.ceil(warmup * steps) if 0 < warmup < 1 else int(warmup)
+    if warmup_steps + decay <= steps:
+        return None
+    return (f"warmup_stable_decay warms up over {warmup_steps} and decays over {decay} steps (num_decay_steps), "
+            f"more than the {steps:,} steps it trains: the learning rate never holds its peak; set "
+            f"lr_scheduler_kwargs.num_decay_steps to about {max(1, steps // 5):,} (a fifth of the steps)")

@@ -36,6 +36,7 @@ from tempa.sft.packed_attention import DOC_SDPA, supports_document_attention
 from tempa.sft.packed_attention import register as register_document_attention
 from tempa.sft.throughput import ThroughputMeter, add_throughput_callbacks
 from tempa.sft.trackers import CONFIG_TRACKERS, named_trackers, recipe_callback
+from tempa.sft.train_args import schedule_problem
 from tempa.sft.train_plan import OUTCOME_FILE, ParameterShards, TrainOutcome, TrainPlan
 
 
@@ -255,6 +256,18 @@ def final_evaluation(trainer) -> dict[str, Any]:
     return trainer.evaluate()
 
 
+class ScheduleCheck(TrainerCallback):
+    """Says in the training log, once the trainer knows its steps, when the learning-rate schedule cannot fit them
+    (`tempa plan` warns from its estimate of the steps; this is the real count)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        scheduler = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+        problem = schedule_problem({"lr_scheduler_type": scheduler, "lr_scheduler_kwargs": args.lr_scheduler_kwargs,
+                                    "warmup_steps": args.warmup_steps}, state.max_steps)
+        if problem is not None and state.is_world_process_zero:
+            print(f"[tempa] warning: {problem}", flush=True)
+
+
 def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *, evaluate: bool = False,
                    merge_adapters: bool = False) -> None:
     """Train (resuming from the last complete checkpoint), then publish ``final/`` atomically.
@@ -264,6 +277,7 @@ def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *
     """
     if plan.recipe is not None and set(named_trackers(trainer.args.report_to)) & set(CONFIG_TRACKERS):
         trainer.add_callback(recipe_callback(plan.recipe))  # after the trackers' own callbacks
+    trainer.add_callback(ScheduleCheck())
     resume = last_complete_checkpoint(plan.checkpoints_dir)
     if resume is not None and trainer.is_world_process_zero():
         print(f"[tempa] resuming from {resume}", flush=True)

@@ -120,3 +120,38 @@ def test_vllm_engine_args_cannot_turn_on_remote_code() -> None:
     with pytest.raises(ValidationError, match="top level"):
         VLLMBackendConfig(engine_args={"trust_remote_code": True})
     assert VLLMBackendConfig(engine_args={"max_num_seqs": 8}).engine_args == {"max_num_seqs": 8}
+
+
+def test_a_warmup_stable_decay_longer_than_the_run_is_named_with_its_steps(capsys) -> None:
+    """transformers takes WSD's warmup and decay in steps: 1 + 200 of a 9-step run never reach the stable phase."""
+    from transformers import TrainerState
+    from trl import SFTConfig
+
+    from tempa.sft.train_args import schedule_problem
+    from tempa.sft.train_worker import ScheduleCheck
+
+    wsd = {"lr_scheduler_type": "warmup_stable_decay", "lr_scheduler_kwargs": {"num_decay_steps": 200},
+           "warmup_steps": 0.02}
+    assert schedule_problem(wsd, 9) == (
+        "warmup_stable_decay warms up over 1 and decays over 200 steps (num_decay_steps), more than the 9 steps it "
+        "trains: the learning rate never holds its peak; set lr_scheduler_kwargs.num_decay_steps to about 1 (a "
+        "fifth of the steps)")  # warmup: 0.02 of 9 steps, rounded up as transformers does
+    assert schedule_problem(wsd, 205) is None and schedule_problem(wsd, 204) is not None  # ceil(4.08) + 200 > 204
+    assert schedule_problem({**wsd, "warmup_steps": 5, "lr_scheduler_kwargs": {"num_decay_steps": 10}}, 14)
+    assert schedule_problem({**wsd, "lr_scheduler_type": "cosine"}, 9) is None  # other schedules scale with the run
+
+    # the worker says it in its log, from the trainer's own arguments (an enum) and the steps it counted
+    args = SFTConfig(output_dir="/tmp/unused", use_cpu=True, bf16=False, **wsd)
+    ScheduleCheck().on_train_begin(args, TrainerState(max_steps=9), None)
+    ScheduleCheck().on_train_begin(args, TrainerState(max_steps=500), None)
+    assert capsys.readouterr().out.splitlines() == [f"[tempa] warning: {schedule_problem(wsd, 9)}"]
+
+
+@pytest.mark.parametrize("recipe", ["sea-lion-v3-70b-it", "sea-lion-v3.5-8b-r", "sea-lion-v3.5-8b-r-rlvr",
+                                    "swallow-8b-instruct-v0.3", "swallow-70b-instruct-v0.3"])
+def test_the_seed_recipes_schedules_fit_their_planned_steps(recipe: str) -> None:
+    from tempa.recipes.estimate import estimate_recipe
+    from tempa.recipes.loader import load_recipe
+
+    warnings = [w for e in estimate_recipe(load_recipe(recipe), "8xH100") for w in e.warnings]
+    assert not [w for w in warnings if "warmup_stable_decay" in w]

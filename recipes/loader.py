@@ -433,8 +433,8 @@ def _check_read(read: Read, earlier: list[StageConfigBase], kinds, loc, name: st
     if read.artifact not in kinds[producer.kind].produces:
         makers = [s.name for s in earlier if read.artifact in kinds[s.kind].produces] or ["none"]
         raise RecipeError(
-            f"{where(field, lines, path)}: {dotted(field)} (stage '{name}'): stage '{read.stage}' is a "
-            f"{producer.kind} stage and produces no {read.artifact.value} (earlier stages that do: {', '.join(makers)})"
+            f"{where(field, lines, path)}: {dotted(field)} (stage '{name}'): stage '{read.stage}' (kind "
+            f"{producer.kind}) produces no {read.artifact.value} (earlier stages that do: {', '.join(makers)})"
         )
 
 

@@ -55,8 +55,8 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
     outcome = launch_training(plan, ctx)
     mix = prepared.mix
     # `train_tokens` is what the trainer saw (the headline's, over every epoch and step); `data_tokens` is one pass
-    # over the prepared rows.
-    metrics = {**outcome.headline(), "train_rows": mix.total.train_samples, "eval_rows": mix.total.eval_samples,
+    # over the prepared rows. Samples, not rows: a `mixed` row can give one rendering in each mode (mix.json has both).
+    metrics = {**outcome.headline(), "train_samples": mix.total.train_samples, "eval_samples": mix.total.eval_samples,
                "data_tokens": mix.total.tokens_kept, "thinking_on_rows": mix.total.thinking_on_rows_kept}
     return SFTResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir),
                      metrics=metrics, data=mix)

@@ -327,7 +327,7 @@ def test_stage_without_kind_and_stage_source_without_dataset(tmp_path, data_file
     reads_sft = "  - {name: second, kind: sft, data: {sources: [{name: s, path: 'stage:first'}]}}"
     path = write(tmp_path / "r.yaml", recipe_text(extra_stage=reads_sft))
     with pytest.raises(RecipeError, match=r"r\.yaml:12: stages\[1\]\.data\.sources\[0\]\.path \(stage 'second'\): "
-                       r"stage 'first' is a sft stage and produces no dataset"):
+                       r"stage 'first' \(kind sft\) produces no dataset"):
         load_recipe(path)
 
 

@@ -62,7 +62,7 @@ def test_sft_trains_saves_and_records_metrics(single_run, tiny_model_dir):
     assert manifest is not None and manifest.result is not None
     result = SFTResult.model_validate(manifest.result, context={"run_dir": single_run})
     assert result.model == stage / "final" and result.checkpoints == kept
-    assert result.data.total.train_samples == metrics["train_rows"] > 0
+    assert result.data.total.train_samples == metrics["train_samples"] > 0 and "train_rows" not in metrics
     assert manifest.result["model"] == "sft/final"  # stored relative: the run directory may move
     # the exact launch command is kept for re-running the stage by hand
     assert "tempa.sft.train_worker" in (stage / "logs" / "launch.sh").read_text()

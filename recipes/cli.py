@@ -238,12 +238,12 @@ def _print_train_args(console, loaded) -> None:
 def _cmd_status(args) -> int:
     from rich.table import Table
 
+    from tempa.recipes.rundir import require_run_dir
     from tempa.recipes.runner import stage_status
 
     run_dir: Path = args.run_dir
+    require_run_dir(run_dir)
     resolved = run_dir / RESOLVED_RECIPE
-    if not resolved.is_file():
-        raise RecipeError(f"{run_dir}: not a tempa run directory (no recipe.resolved.yaml)")
     rows = stage_status(_stage_names(resolved), run_dir)
     if args.json:
         print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2, default=str))

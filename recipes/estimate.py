@@ -171,6 +171,8 @@ def parse_hardware(text: str) -> Hardware:
     if match.group(4) is not None:  # T / G are binary (TiB / GiB), TB / GB decimal
         ram = float(match.group(4)) * {"tib": 1024, "t": 1024, "gib": 1, "g": 1, "tb": 1e12 / GIB,
                                        "gb": 1e9 / GIB}[match.group(5).lower()]
+        if ram <= 0:
+            raise EstimateError(f"--hardware {text!r}: a node's RAM must be more than 0 (e.g. @2TiB)")
     if second is not None:  # NODESxGPUSxGPU
         return Hardware(first * second, gpu, gpus_per_node=second, host_ram_gib=ram)
     count = first or 1
@@ -898,6 +900,12 @@ def _footnotes(estimates: list[StageEstimate], loaded: LoadedRecipe, launch: Lau
         states = ("params = fp32 shards (4 B/param, the master weights), grads fp32 (4 B), optim = Adam moments "
                   "(8 B), each divided over the GPUs; gathered = bf16 copies of the FSDP unit computing and the one "
                   "prefetched")
+    elif engine.offload_params:
+        states = ("params, grads and optim in host RAM (host/node), not on the GPUs; gathered = the largest layer "
+                  "x 4 B")
+    elif engine.offloads:
+        states = ("params = bf16 copy (2 B/param), divided over the GPUs; the fp32 master, grads and optim (Adam "
+                  "moments) in host RAM (host/node); gathered = the largest layer x 4 B")
     else:
         states = ("params = bf16 copy + fp32 master (6 B/param), grads fp32 (4 B), optim = Adam moments (8 B), each "
                   "divided over the GPUs; gathered = the largest layer x 4 B")
@@ -910,8 +918,9 @@ def _footnotes(estimates: list[StageEstimate], loaded: LoadedRecipe, launch: Lau
     )
     out += _wrap(
         f"steps assume BFD packing fills {100 * PACKING_FILL:.0f}% of each row; hours = 6 x params x trained "
-        "tokens / (GPUs x peak x MFU), plus sampling for RL stages (their notes); '>=': some data could not be sized; '<=': an upper bound (a synthesize "
-        "stage's output); '~': both"
+        "tokens / (GPUs x peak x MFU), plus sampling for RL stages (their notes), not data prep (its own line per "
+        "stage) nor a preference stage's sampling; '>=': some data could not be sized; '<=': an upper bound (a "
+        "synthesize stage's output); '~': both"
     )
     trained = {e.name for e in estimates}
     untimed = [f"{stage.name} ({stage.kind})" for stage in loaded.stages if stage.name not in trained]

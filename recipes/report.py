@@ -27,10 +27,10 @@ from tempa.alignment.synthesize_stage import SynthesizeResult
 from tempa.merge.leaderboard import EvaluateResult, is_headline, lower_is_better
 from tempa.merge.merge_result import MergeResult
 from tempa.recipes.registry import stage_kinds
-from tempa.recipes.rundir import Manifest, read_manifest
+from tempa.recipes.rundir import Manifest, read_manifest, require_run_dir
 from tempa.sft.data_report import DataMix
 from tempa.sft.files import cache_root, digest, path_digest, staging_dir, write_json
-from tempa.sft.run_layout import FINAL_LINK, REPORT_DIR, RESOLVED_RECIPE, TOKENIZER_DIR
+from tempa.sft.run_layout import FINAL_LINK, REPORT_DIR, TOKENIZER_DIR
 from tempa.sft.stage import SFTResult
 from tempa.sft.stage_api import StageResult, format_metric
 from tempa.sft.throughput_summary import throughput_headline
@@ -440,10 +440,7 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0
 def write_report(run_dir: str | Path, *, samples: bool = True) -> Path:
     """Write ``run_dir/report/index.html``, one self-contained page; returns its path."""
     run_dir = Path(run_dir).resolve()
-    if not (run_dir / RESOLVED_RECIPE).is_file():
-        from tempa.recipes.errors import RecipeError
-
-        raise RecipeError(f"{run_dir}: not a tempa run directory (no recipe.resolved.yaml)")
+    require_run_dir(run_dir)
     stages = finished_stages(run_dir)
     done = [(m, r) for m, r in stages if r is not None]
     sections = [

@@ -137,6 +137,14 @@ def check_run_dir(run_dir: Path) -> None:
         )
 
 
+def require_run_dir(run_dir: Path) -> None:
+    """A folder a run made, for the commands that read one (status, report)."""
+    if not run_dir.exists():
+        raise NotARunDirError(f"{run_dir}: no such run directory")
+    if not (run_dir / RESOLVED_RECIPE).is_file():
+        raise NotARunDirError(f"{run_dir}: not a tempa run directory (no {RESOLVED_RECIPE})")
+
+
 LOCK_OWNER = LOCK + ".owner"  # who holds the run directory: host, pid, start; its mtime is the heartbeat
 LEASE_S = float(os.environ.get("TEMPA_LOCK_LEASE_S", "120"))  # a holder silent this long (other host) is gone
 

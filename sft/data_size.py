@@ -585,7 +585,7 @@ def prep_note(tokens: int, rows: int, num_proc: int | None, bound: str = "", cor
     node = format_eta(prep_seconds(tokens, rows, num_proc, 128))
     return (f"data prep before the first step: {bound or '~'}{format_eta(prep_seconds(tokens, rows, num_proc, here))} "
             f"(h:mm:ss) in {workers} process{'es' if workers > 1 else ''} on this machine's {here} cores, "
-            f"{bound or '~'}{node} on 128 cores ({PREP_TOKENS_PER_CORE_SECOND:,} tokens/s per process, reading and "
+            f"{bound or '~'}{node} on a node's 128 cores ({PREP_TOKENS_PER_CORE_SECOND:,} tokens/s per process, reading and "
             f"saving {PREP_SERIAL_TOKENS_PER_SECOND:,} tokens/s in one); cached after")
 
 

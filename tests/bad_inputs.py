@@ -291,6 +291,8 @@ CLI_CASES = [
          "--run-dir is a file"),
     Case("status-not-a-run-dir", "cli", lambda ws: ["status", str(ws)], "not a tempa run directory"),
     Case("report-not-a-run-dir", "cli", lambda ws: ["report", str(ws)], "not a tempa run directory"),
+    Case("status-no-such-dir", "cli", lambda ws: ["status", str(ws / "runs" / "nope")], "nope: no such run directory"),
+    Case("report-no-such-dir", "cli", lambda ws: ["report", str(ws / "runs" / "nope")], "nope: no such run directory"),
     Case("recipe-not-found", "cli", lambda ws: ["plan", str(ws / "nope.yaml")], "recipe file not found"),
     Case("recipe-yml-for-yaml", "cli", lambda ws: ["plan", "mine.yml"] if recipe(ws, file="mine.yaml") else [],
          "mine.yml: recipe file not found; did you mean 'mine.yaml'?"),

@@ -142,6 +142,8 @@ def test_hardware_strings():
             parse_hardware(bad)
     with pytest.raises(EstimateError, match="the GPU count must be at least 1"):
         parse_hardware("0xH100")
+    with pytest.raises(EstimateError, match=r"a node's RAM must be more than 0 \(e.g. @2TiB\)"):
+        parse_hardware("8xH100@0G")
     assert parse_hardware("8XH100").gpus == 8
 
 
@@ -441,6 +443,10 @@ def test_optimizer_offload_in_the_accelerate_config_is_honoured(tmp_path):
     assert with_offload.fits and not without.fits
     assert with_offload.memory.optimizer == 0 and without.memory.optimizer > 0
     assert with_offload.memory.total < without.memory.total / 2
+    # the legend says what the columns hold: 2 B/param on the GPUs, the rest in host RAM (not the 6 B of a plain run)
+    text = render_estimate(offloaded, "8xH100")
+    assert "params = bf16 copy (2 B/param), divided over the GPUs; the fp32 master, grads and optim" in text
+    assert "6 B/param" not in text and "6 B/param" in render_estimate(on_gpu, "8xH100")
 
 
 SYNTHESIZE_STAGES = """
@@ -541,7 +547,7 @@ def test_plan_says_how_long_data_prep_takes(tmp_path: Path, monkeypatch):
     here = serial + tokens / (data_config.PREP_TOKENS_PER_CORE_SECOND * 4)
     node = serial + tokens / (data_config.PREP_TOKENS_PER_CORE_SECOND * min(128, 8000 // data_config.ROWS_PER_PROCESS))
     assert f"~0:00:{round(here):02d} (h:mm:ss) in 4 processes on this machine's 4 cores" in line
-    assert f"~0:00:{round(node):02d} on 128 cores" in line
+    assert f"~0:00:{round(node):02d} on a node's 128 cores" in line
     assert "data prep before the first step" in render_estimate(loaded, "8xH100")
 
 

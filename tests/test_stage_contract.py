@@ -127,7 +127,7 @@ def test_a_read_is_checked_against_what_the_producer_kind_makes(tmp_path, tiny_m
         load_recipe(path)
     message = str(error.value)
     assert "\n" not in message
-    assert message.startswith(f"{path}:5: stages[1].data (stage 'count'): stage 'first' is a count stage and produces "
+    assert message.startswith(f"{path}:5: stages[1].data (stage 'count'): stage 'first' (kind count) produces "
                               "no dataset")
 
     path = recipe(tmp_path, tiny_model_dir, '- {name: count, kind: count, data: "stage:later"}\n')

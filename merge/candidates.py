@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tempa.sft.stage_api import Artifact, StageContext, StageError
+from tempa.sft.train_plan import TrainOutcome
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,14 @@ def collect_candidates(
             candidates.append(Candidate(f"{stage}/checkpoint-{checkpoint.step}", checkpoint.path, stage,
                                         checkpoint.step))
         if include_final:
-            candidates.append(Candidate(stage, ctx.model_of(stage, who=who), stage))
+            final = ctx.model_of(stage, who=who)
+            last = checkpoints[-1] if checkpoints else None
+            if last is not None and _trained_step(final) == last.step:
+                # the last checkpoint's weights again: scored twice, a top-k merge would merge them with themselves
+                ctx.log.info("%s: %s's final model is the weights of %s/checkpoint-%d (its last step): scored once, "
+                             "as the checkpoint", who, stage, stage, last.step)
+            else:
+                candidates.append(Candidate(stage, final, stage))
         elif not checkpoints:
             raise StageError(f"{who}: stage '{stage}' has no complete checkpoint")
     for stage in stages:
@@ -68,3 +76,11 @@ def collect_candidates(
         seen[candidate.name] = candidate
     return candidates
 
+
+
+def _trained_step(model: Path) -> int | None:
+    """The optimizer step a trained model stopped at (its training outcome), or None (a merge, a folder)."""
+    try:
+        return TrainOutcome.read(model).global_step
+    except (StageError, OSError, ValueError):
+        return None

@@ -186,7 +186,8 @@ class EvaluateStageConfig(StageConfigBase):
         description="Training stages whose checkpoints (those with a COMPLETE marker) are candidates.",
     )
     include_final: bool = Field(
-        default=True, description="With checkpoints_of: also score each stage's final model."
+        default=True, description="With checkpoints_of: also score each stage's final model (unless it is the "
+        "last checkpoint's weights, trained to the same step: that one is scored once, as the checkpoint)."
     )
     stages: list[str] = Field(default_factory=list, description="Stages whose final model is a candidate.")
     models: list[str] = Field(default_factory=list, description="Further model folders (recipe-relative).")

@@ -740,3 +740,25 @@ def test_a_bad_evaluation_row_stops_the_run_and_the_plan_before_the_first_stage_
     assert not (tmp_path / "run" / "sft").exists()  # nothing trained, nothing to clean up
     assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_a_final_model_that_is_the_last_checkpoint_is_scored_once(tmp_path, tiny_model_dir, tokenizer_dir):
+    """The trainer's last step is both checkpoint-N and final/: scored twice, a top-k merge would merge it with
+    itself. A final model trained past its last checkpoint is a candidate of its own."""
+    from tempa.merge.candidates import collect_candidates
+    from tempa.sft.train_plan import OUTCOME_FILE
+
+    run_dir = tmp_path / "run"
+    sft_dir = run_dir / "sft"
+    for step in (10, 20):
+        shutil.copytree(tiny_model_dir, sft_dir / "checkpoints" / f"checkpoint-{step}")
+        (sft_dir / "checkpoints" / f"checkpoint-{step}" / "COMPLETE").write_text("")
+    shutil.copytree(tiny_model_dir, sft_dir / "final")
+    names = {}
+    for last_step in (20, 25):
+        (sft_dir / "final" / OUTCOME_FILE).write_text(json.dumps({"global_step": last_step}))
+        ctx = make_ctx(run_dir, "eval", tokenizer_dir=tokenizer_dir, model_dir=sft_dir / "final",
+                       upstream=[done("sft", trained(sft_dir))])
+        names[last_step] = [c.name for c in collect_candidates(ctx, checkpoints_of=["sft"], stages=[], models=[])]
+    assert names == {20: ["sft/checkpoint-10", "sft/checkpoint-20"],
+                     25: ["sft/checkpoint-10", "sft/checkpoint-20", "sft"]}

@@ -865,6 +865,9 @@ def _long_context(shape: ModelShape, hardware: Hardware, launch: LaunchPlan) -> 
     # launch.sequence_parallel must divide the processes (the loader refuses it otherwise): only divisors
     # of the GPU count are offered, so the SP=N columns and "smallest SP that fits" agree on any count.
     sizes = [s for s in range(1, min(hardware.gpus, 32) + 1) if hardware.gpus % s == 0]
+    ulysses = engine.name == "deepspeed"
+    if ulysses:  # DeepSpeed's Ulysses splits the heads: it refuses a size that does not divide them (ulysses_sp.py)
+        sizes = [s for s in sizes if ulysses_problem(shape, s) is None]
     with_sp = launch.sequence_parallel if launch.sequence_parallel > 1 else max(s for s in sizes if s <= 8)
     # On one GPU there is nothing to split a sequence over: one group of columns, and say why.
     groups = [1, with_sp] if with_sp > 1 else [1]
@@ -880,8 +883,22 @@ def _long_context(shape: ModelShape, hardware: Hardware, launch: LaunchPlan) -> 
         rows.append((f"{length // 1024}k", *cells, str(smallest) if smallest else f"none <= {hardware.gpus}"))
     out = ["", f"long context: one sequence per GPU group, {engine.label}, activation checkpointing, Liger; "
                 "SP = launch.sequence_parallel (Ulysses/ALST on ZeRO-3, context parallelism on FSDP2)"
-                + ("; one GPU: sequence parallelism needs 2 or more" if len(groups) == 1 else "")]
+                + (f"; Ulysses: sizes that divide the {shape.num_heads} attention heads" if ulysses else "")
+                + (("; one GPU: sequence parallelism needs 2 or more" if hardware.gpus == 1 else
+                    f"; no size above 1 divides both the {hardware.gpus} GPUs and the heads") if len(groups) == 1
+                   else "")]
+    if ulysses and launch.sequence_parallel > 1 and (problem := ulysses_problem(shape, launch.sequence_parallel)):
+        out.append(f"WARNING: launch.sequence_parallel {launch.sequence_parallel}: {problem}")
     return out + _table(rows)
+
+
+def ulysses_problem(shape: ModelShape, size: int) -> str | None:
+    """Why DeepSpeed's Ulysses refuses sequence-parallel ``size`` for this model (its head checks), or None."""
+    if shape.num_heads % size:
+        return f"DeepSpeed Ulysses needs it to divide the model's {shape.num_heads} attention heads"
+    if shape.num_kv_heads % size and size % shape.num_kv_heads:
+        return f"DeepSpeed Ulysses needs it to divide the model's {shape.num_kv_heads} KV heads, or be a multiple of them"
+    return None
 
 
 def _wrap(text: str, indent: str = "", width: int = 110) -> list[str]:

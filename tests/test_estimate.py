@@ -601,6 +601,9 @@ def test_long_context_smallest_sp_agrees_with_the_sp_column_on_any_gpu_count(har
     header = next(line for line in table if line.startswith("context"))
     sp = int(re.findall(r"SP=(\d+)", header)[-1])
     assert gpus % sp == 0, header
+    if sp == 1:  # 3 GPUs: Ulysses takes no size that divides both 3 and the 64 heads, and says so
+        assert "no size above 1 divides both the 3 GPUs and the heads" in table[0]
+        return
     for line in table:
         if not re.match(r"\d+k ", line):
             continue
@@ -610,3 +613,23 @@ def test_long_context_smallest_sp_agrees_with_the_sp_column_on_any_gpu_count(har
             assert smallest.isdigit() and int(smallest) <= sp, line
         if smallest.isdigit():
             assert gpus % int(smallest) == 0, line
+
+
+def test_ulysses_sizes_divide_the_attention_heads() -> None:
+    """DeepSpeed's Ulysses splits the heads over the group and refuses a size that does not divide them (12 heads
+    on 8 GPUs: 8 is refused, 4 is the largest size it takes); a recipe's own size it refuses is a warning."""
+    from tempa.recipes.engine import Engine
+    from tempa.recipes.estimate import ZERO3, LaunchPlan, ModelShape, _long_context, ulysses_problem
+
+    shape = ModelShape("m", 1536, 24, 12, 4, 4096, 32000, 1_000_000_000, 50_000_000)
+    assert [s for s in (1, 2, 3, 4, 6, 8, 12) if ulysses_problem(shape, s) is None] == [1, 2, 4, 12]
+    assert "KV heads" in ulysses_problem(shape, 6)  # 12 heads / 6, but 4 KV heads neither divide nor are divided
+    eight = parse_hardware("8xH100")
+    table = _long_context(shape, eight, LaunchPlan(engine=ZERO3))
+    assert "activ. SP=4 " in next(line for line in table if line.startswith("context"))
+    assert "Ulysses: sizes that divide the 12 attention heads" in table[1]
+    told = _long_context(shape, eight, LaunchPlan(engine=ZERO3, sequence_parallel=8))
+    assert "WARNING: launch.sequence_parallel 8: DeepSpeed Ulysses needs it to divide the model's 12 attention heads" in told
+    # torch context parallelism splits the sequence, not the heads: every divisor of the GPUs is offered
+    assert "activ. SP=8 " in next(line for line in _long_context(shape, eight, LaunchPlan(engine=Engine("fsdp2")))
+                                  if line.startswith("context"))

@@ -12,7 +12,7 @@ import importlib.metadata
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -107,11 +107,32 @@ def redact(value: Any) -> Any:
     return value
 
 
-def scrub(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """Remove secret-looking environment values and token-shaped strings from ``text``."""
+# Environment names say "key" on their own too (TEACHER_KEY, OPENAI_KEY): a word of the name, not any "key".
+_SECRET_ENV_RE = re.compile(rf"{_SECRET_KEY_RE.pattern}|(?:^|[_-])key(?:$|[_-])", re.IGNORECASE)
+
+
+def secret_env_names(resolved: Any) -> set[str]:
+    """The environment variables a recipe names as holding secrets (every ``api_key_env``), at any depth."""
+    if isinstance(resolved, Mapping):
+        names = {item for key, item in resolved.items() if key == "api_key_env" and isinstance(item, str)}
+        for item in resolved.values():
+            names |= secret_env_names(item)
+        return names
+    if isinstance(resolved, (list, tuple)):
+        return set().union(*(secret_env_names(item) for item in resolved))
+    return set()
+
+
+def scrub(text: str, environ: Mapping[str, str] | None = None, secret_names: Iterable[str] = ()) -> str:
+    """Remove secret-looking environment values and token-shaped strings from ``text``.
+
+    ``secret_names`` are environment variables known to hold secrets whatever their names look like (the
+    recipe's ``api_key_env`` values): their values go too.
+    """
     environ = os.environ if environ is None else environ
+    declared = set(secret_names)
     for key, value in environ.items():
-        if len(value) >= 8 and _SECRET_KEY_RE.search(key) and value in text:
+        if len(value) >= 8 and (key in declared or _SECRET_ENV_RE.search(key)) and value in text:
             text = text.replace(value, REDACTED)
     for pattern in TOKEN_PATTERNS:
         text = pattern.sub(REDACTED, text)
@@ -364,4 +385,4 @@ def render_model_card(
     if card.extra:
         lines += [card.extra.strip(), ""]
     # The card is published: this machine's folders (data files, base model) are named, not located.
-    return scrub(strip_local_paths("\n".join(lines)), environ)
+    return scrub(strip_local_paths("\n".join(lines)), environ, secret_env_names(recipe.resolved))

@@ -205,6 +205,28 @@ def test_redaction_helpers():
     assert cleaned.endswith("plain words")
 
 
+def test_the_card_scrub_takes_keys_named_key_and_every_variable_a_recipe_names_as_one():
+    """TEACHER_KEY says "key" as a word of its name; a recipe's api_key_env may name a variable that says nothing."""
+    from tempa.merge.model_card import secret_env_names
+
+    teacher, judge, sort = "tk-0123456789abcdef", "jd-fedcba9876543210", "length-descending"
+    text = f"teacher {teacher} judge {judge} order {sort}"
+    resolved = {"stages": [{"teacher": {"type": "http", "api_key_env": "TEACHER_KEY"}},
+                           {"rewards": [{"type": "judge", "backend": {"api_key_env": "JUDGE_CREDS_2"}}]}]}
+    environ = {"TEACHER_KEY": teacher, "JUDGE_CREDS_2": judge, "SORT_KEYS_BY": "x", "MONKEY_ORDER": sort}
+    assert secret_env_names(resolved) == {"TEACHER_KEY", "JUDGE_CREDS_2"}
+    cleaned = scrub(text, environ=environ, secret_names=secret_env_names(resolved))
+    assert teacher not in cleaned and judge not in cleaned
+    assert sort in cleaned  # "key" inside a word (MONKEY) is no key
+
+    from tempa.merge.model_card import ModelCardConfig, render_model_card
+    from tempa.sft.stage_api import RecipeInfo
+
+    card = render_model_card(ModelCardConfig(extra=f"served with {judge}"), stages={}, environ=environ,
+                             recipe=RecipeInfo("t", "tempa:tiny", "llama3_thinking", resolved=resolved))
+    assert judge not in card and "served with <redacted>" in card
+
+
 def test_evaluate_merge_bake_pipeline(tmp_path, tiny_model_dir, recipe_tokenizer):
     """The three stages chained as a runner would, on real (tiny) models and the default backend."""
     import torch

@@ -10,7 +10,7 @@ from tempa.sft.checkpoints import resume_point
 from tempa.sft.data_size import estimate_sft
 from tempa.sft.pretrain_config import PretrainStageConfig
 from tempa.sft.pretrain_stage import estimate_pretrain, run_pretrain
-from tempa.sft.stage import SFTResult, SFTStageConfig, run_sft
+from tempa.sft.stage import SFTResult, SFTStageConfig, check_inputs, run_sft
 from tempa.sft.stage_api import Artifact, StageKind
 
 SFT = StageKind(
@@ -24,6 +24,7 @@ SFT = StageKind(
     resumable=True,
     resume_point=resume_point,
     estimate=estimate_sft,
+    check_inputs=check_inputs,
 )
 
 PRETRAIN = StageKind(

@@ -163,6 +163,42 @@ def load_source(source: SourceConfig, *, cache_dir: Path | None = None) -> datas
     raise DataError(f"{where}: unsupported file type {path.suffix!r}; expected .jsonl, .json, .parquet or .csv")
 
 
+def check_source(source: SourceConfig) -> None:
+    """What :func:`load_source` refuses of a local source that is found without a pass over its rows: a file or
+    folder with no rows (empty or blank, every JSON shard of its split empty, a Parquet file or saved dataset of
+    none), a split it does not have, a file type no reader takes. Raises :class:`DataError` as the run does.
+
+    For the run's first moments (``StageKind.check_inputs``): the rows themselves are read when the stage prepares
+    them, as a 30 GB file takes a minute to read.
+    """
+    if not is_local(source):
+        return  # a hub dataset, or an earlier stage's output: read when the stage runs
+    path = Path(source.path)
+    if path.is_dir() and not is_saved_dataset(path):
+        try:
+            _json_folder_files(source)  # the split's files, found by name; all its JSON shards empty: no rows
+        except DataError:
+            raise
+        except Exception as exc:  # no such split, say
+            raise DataError(f"{describe(source)}: could not be loaded: {first_line(exc)}") from None
+        return
+    if path.is_dir():
+        rows = len(load_source(source))  # memory-mapped Arrow: its row count costs no reading
+    elif path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.ParquetFile(path).metadata.num_rows
+        except Exception:
+            rows = len(load_source(source))  # it says what is wrong, as the run says it
+    else:
+        if not has_text(path) or path.suffix.lower() not in (".jsonl", ".json", *_FILE_BUILDERS):
+            load_source(source)  # nothing to read, or a type no reader takes: the loader's own one-line error
+        return
+    if rows == 0:
+        raise DataError(f"{describe(source)}: has no rows")
+
+
 @dataclass(frozen=True)
 class JsonLinesFiles:
     """JSON Lines files' lines as rows, file after file (``RAW``, ``READ_ERROR``, as :func:`load_source` gives them;

@@ -28,6 +28,15 @@ class SFTResult(StageResult):
     data: DataMix
 
 
+def check_inputs(config: SFTStageConfig) -> None:
+    """Before the run's first stage: every local source has rows to read (:func:`~tempa.sft.sources.check_source`),
+    so an empty file of a later stage is not found after the stages before it have trained."""
+    from tempa.sft.sources import check_source
+
+    for source in config.data.sources:
+        check_source(source)
+
+
 def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
     from transformers import AutoTokenizer
 

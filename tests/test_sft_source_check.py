@@ -1,0 +1,109 @@
+"""An SFT source with no rows is refused before the run's first stage, as the stage itself would refuse it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tempa.sft.data_config import DataError, SourceConfig
+from tempa.sft.sources import check_source, describe, load_source
+
+ROW = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
+
+
+def _parquet(path: Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"messages": pa.array([r["messages"] for r in rows],
+                                                  type=pa.list_(pa.struct([("role", pa.string()),
+                                                                           ("content", pa.string())])))}), path)
+
+
+def _saved(path: Path, rows: list[dict]) -> None:
+    import datasets
+
+    datasets.Dataset.from_list(rows or [{"messages": []}]).select(range(len(rows))).save_to_disk(str(path))
+
+
+def _folder(path: Path, texts: dict[str, str]) -> None:
+    path.mkdir()
+    for name, text in texts.items():
+        (path / name).write_text(text, encoding="utf-8")
+
+
+NO_ROWS = {
+    "empty.jsonl": lambda p: p.write_text(""),
+    "blank lines.jsonl": lambda p: p.write_text("\n \u00a0\n\u3000\n", encoding="utf-8"),
+    "empty.json": lambda p: p.write_text("  \n"),
+    "empty.csv": lambda p: p.write_text(""),
+    "notes.txt": lambda p: p.write_text(json.dumps(ROW) + "\n"),
+    "none.parquet": lambda p: _parquet(p, []),
+    "saved": lambda p: _saved(p, []),
+    "shards": lambda p: _folder(p, {"train-00000-of-00002.jsonl": "", "train-00001-of-00002.jsonl": "\n"}),
+    "no train split": lambda p: _folder(p, {"test.jsonl": json.dumps(ROW) + "\n"}),
+}
+
+
+@pytest.mark.parametrize("name", list(NO_ROWS))
+def test_a_source_with_no_rows_is_refused_with_the_runs_own_message(tmp_path, name):
+    path = tmp_path / name
+    NO_ROWS[name](path)
+    source = SourceConfig(name="s", path=str(path))
+    with pytest.raises(DataError) as checked:
+        check_source(source)
+    try:  # what the stage says when it reads the source: the loader's error, or its "has no rows" for none
+        rows = len(load_source(source))
+    except DataError as exc:
+        # datasets' Parquet builder fails on a file of no rows ("An error occurred while generating the dataset"):
+        # the check says what it is
+        expected = f"{describe(source)}: has no rows" if name.endswith(".parquet") else str(exc)
+    else:
+        assert rows == 0
+        expected = f"{describe(source)}: has no rows"
+    assert str(checked.value) == expected and "\n" not in expected
+
+
+HAS_ROWS = {
+    "rows.jsonl": lambda p: p.write_text("\n" + json.dumps(ROW) + "\n"),
+    "rows.json": lambda p: p.write_text(json.dumps([ROW])),
+    "rows.csv": lambda p: p.write_text("prompt,completion\na,b\n"),
+    "rows.parquet": lambda p: _parquet(p, [ROW]),
+    "saved": lambda p: _saved(p, [ROW]),
+    "shards": lambda p: _folder(p, {"train-00000-of-00002.jsonl": "", "train-00001-of-00002.jsonl": json.dumps(ROW)}),
+    # A bad row is the stage's to find and report among its rejects: the check reads no rows.
+    "bad row.jsonl": lambda p: p.write_text("{not json\n"),
+}
+
+
+@pytest.mark.parametrize("name", list(HAS_ROWS))
+def test_a_source_with_rows_passes(tmp_path, name):
+    path = tmp_path / name
+    HAS_ROWS[name](path)
+    check_source(SourceConfig(name="s", path=str(path)))
+    check_source(SourceConfig(name="hub", path="HuggingFaceH4/no_robots"))  # read when the stage runs
+
+
+def test_an_empty_source_of_a_later_stage_stops_the_run_and_the_plan_before_the_first_stage(tmp_path, capsys):
+    """Before, the first stage trained and the second found its empty file."""
+    from tempa.recipes.cli import main
+    from tempa.recipes.loader import load_recipe
+    from tempa.recipes.runner import run_recipe
+    from tempa.sft.stage_api import StageError
+
+    (tmp_path / "train.jsonl").write_text(json.dumps(ROW) + "\n")
+    (tmp_path / "more.jsonl").write_text("\n\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nbase_model: tempa:tiny\nstages:\n"
+                      "  - {name: sft, kind: sft, data: {sources: [{name: t, path: train.jsonl}]}}\n"
+                      "  - {name: sft2, kind: sft, data: {sources: [{name: more, path: more.jsonl}]}}\n")
+    message = (f"stage 'sft2' would fail: data source 'more': {tmp_path / 'more.jsonl'}: empty file "
+               "(expected one JSON object per line)")
+    with pytest.raises(StageError) as info:
+        run_recipe(load_recipe(recipe), tmp_path / "run")
+    assert str(info.value) == message
+    assert not (tmp_path / "run" / "sft").exists()  # nothing trained
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 1
+    assert message in capsys.readouterr().err

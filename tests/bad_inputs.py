@@ -315,17 +315,21 @@ CLI_CASES = [
 ]
 
 ROW_CASES = [
-    Case("rows-empty-file", "rows", _rows_file("empty.jsonl", b""), "empty.jsonl: empty file", fast=False),
-    Case("rows-only-blank-lines", "rows", _rows_file("blank.jsonl", b"\n  \n\n"), "blank.jsonl: empty file",
-         fast=False),
-    Case("rows-bom-only", "rows", _rows_file("bom.jsonl", b"\xef\xbb\xbf\n"), "bom.jsonl: empty file", fast=False),
+    # A source with no rows is refused before the run's first stage (and by `tempa plan`), of any stage.
+    Case("rows-empty-file", "rows", _rows_file("empty.jsonl", b""), "empty.jsonl: empty file"),
+    Case("rows-only-blank-lines", "rows", _rows_file("blank.jsonl", b"\n  \n\n"), "blank.jsonl: empty file"),
+    Case("rows-bom-only", "rows", _rows_file("bom.jsonl", b"\xef\xbb\xbf\n"), "bom.jsonl: empty file"),
+    Case("rows-empty-file-of-a-later-stage", "rows",
+         lambda ws: (ws / "more.jsonl").write_text("\n") and run(recipe(ws, stage=SECOND_STAGE.format(name="sft2")
+                                                                      .replace("rows.jsonl", "more.jsonl"))),
+         "stage 'sft2' would fail: data source 'rows': "),
     Case("rows-all-invalid-utf8", "rows",
          _rows_file("latin1.jsonl", b'{"prompt": "caf\xe9", "response": "ok"}\n' * 4),
          "line 1: invalid UTF-8 (byte 0xe9", fast=False),
     Case("rows-all-invalid-json", "rows", _rows_file("broken.jsonl", b'{"messages": [\n' * 3),
          "line 1: not valid JSON", fast=False),
     Case("rows-json-file-invalid", "rows", _rows_file("rows.json", b"[{"), "rows.json:1: not valid JSON", fast=False),
-    Case("rows-json-file-empty", "rows", _rows_file("rows.json", b"  \n"), "rows.json: empty file", fast=False),
+    Case("rows-json-file-empty", "rows", _rows_file("rows.json", b"  \n"), "rows.json: empty file"),
     Case("rows-no-assistant", "rows",
          _rows_file("users.jsonl", json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode() + b"\n"),
          "does not end with an assistant turn", fast=False),

@@ -84,26 +84,3 @@ def test_a_source_with_rows_passes(tmp_path, name):
     HAS_ROWS[name](path)
     check_source(SourceConfig(name="s", path=str(path)))
     check_source(SourceConfig(name="hub", path="HuggingFaceH4/no_robots"))  # read when the stage runs
-
-
-def test_an_empty_source_of_a_later_stage_stops_the_run_and_the_plan_before_the_first_stage(tmp_path, capsys):
-    """Before, the first stage trained and the second found its empty file."""
-    from tempa.recipes.cli import main
-    from tempa.recipes.loader import load_recipe
-    from tempa.recipes.runner import run_recipe
-    from tempa.sft.stage_api import StageError
-
-    (tmp_path / "train.jsonl").write_text(json.dumps(ROW) + "\n")
-    (tmp_path / "more.jsonl").write_text("\n\n")
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: r\nbase_model: tempa:tiny\nstages:\n"
-                      "  - {name: sft, kind: sft, data: {sources: [{name: t, path: train.jsonl}]}}\n"
-                      "  - {name: sft2, kind: sft, data: {sources: [{name: more, path: more.jsonl}]}}\n")
-    message = (f"stage 'sft2' would fail: data source 'more': {tmp_path / 'more.jsonl'}: empty file "
-               "(expected one JSON object per line)")
-    with pytest.raises(StageError) as info:
-        run_recipe(load_recipe(recipe), tmp_path / "run")
-    assert str(info.value) == message
-    assert not (tmp_path / "run" / "sft").exists()  # nothing trained
-    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 1
-    assert message in capsys.readouterr().err

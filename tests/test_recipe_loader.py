@@ -277,18 +277,23 @@ def test_profile_switching_a_tagged_union_replaces_it(tmp_path, data_file):
     assert _deep_merge(http, {"model": "n"}) == {"type": "http", "base_url": "http://x/v1", "model": "n"}
 
 
-def test_error_path_leaves_out_union_tags(tmp_path):
+def _synthesize_recipe(tmp_path, teacher: str):
+    """A one-stage synthesize recipe whose `teacher:` block (line 7) is ``teacher``."""
     (tmp_path / "p.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
-    path = write(tmp_path / "r.yaml", """
+    return write(tmp_path / "r.yaml", f"""
         name: t
         base_model: "tempa:tiny"
         stages:
           - name: syn
             kind: synthesize
-            prompts: {path: p.jsonl}
-            teacher: {type: transformers, base_url: "http://x"}
-            rewards: [{type: format}]
+            prompts: {{path: p.jsonl}}
+            teacher: {teacher}
+            rewards: [{{type: format}}]
         """)
+
+
+def test_error_path_leaves_out_union_tags(tmp_path):
+    path = _synthesize_recipe(tmp_path, '{type: transformers, base_url: "http://x"}')
     with pytest.raises(RecipeError) as err:
         load_recipe(path)
     assert f"{path}:7: stages[0].teacher.base_url (stage 'syn'): unknown field" in str(err.value)
@@ -587,17 +592,7 @@ def test_unquoted_off_in_a_data_source_reads_as_off(tmp_path, data_file):
 
 def test_a_base_url_with_a_password_is_refused_without_showing_it(tmp_path):
     """The recipe error names the field and the host, never the URL: it may carry a password or key."""
-    (tmp_path / "p.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
-    path = write(tmp_path / "r.yaml", """
-        name: t
-        base_model: "tempa:tiny"
-        stages:
-          - name: syn
-            kind: synthesize
-            prompts: {path: p.jsonl}
-            teacher: {type: http, base_url: "https://me:pw-hunter2@api.example.com/v1", model: m}
-            rewards: [{type: format}]
-    """)
+    path = _synthesize_recipe(tmp_path, '{type: http, base_url: "https://me:pw-hunter2@api.example.com/v1", model: m}')
     with pytest.raises(RecipeError) as err:
         load_recipe(path)
     message = str(err.value)

@@ -9,6 +9,7 @@ so importing the package is cheap.
 from tempa.sft.checkpoints import resume_point
 from tempa.sft.data_size import estimate_sft
 from tempa.sft.pretrain_config import PretrainStageConfig
+from tempa.sft.pretrain_stage import check_inputs as check_pretrain_inputs
 from tempa.sft.pretrain_stage import estimate_pretrain, run_pretrain
 from tempa.sft.stage import SFTResult, SFTStageConfig, check_inputs, run_sft
 from tempa.sft.stage_api import Artifact, StageKind
@@ -37,6 +38,7 @@ PRETRAIN = StageKind(
     resumable=True,
     resume_point=resume_point,
     estimate=estimate_pretrain,
+    check_inputs=check_pretrain_inputs,
 )
 
 STAGE_KINDS = (SFT, PRETRAIN)

@@ -101,6 +101,14 @@ def _as_sft_source(source: PretrainSource):
                                         subset=source.subset, revision=source.revision)
 
 
+def check_inputs(config: PretrainStageConfig) -> None:
+    """Before the run's first stage: every local source has rows to read (:func:`~tempa.sft.sources.check_source`)."""
+    from tempa.sft.sources import check_source
+
+    for source in config.sources:
+        check_source(_as_sft_source(source))
+
+
 def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer_dir: Path, cache_dir: Path,
                           seed: int) -> PretrainData:
     """Tokenise, budget, chunk and mix the sources (cached: a second call with the same inputs reads the cache)."""

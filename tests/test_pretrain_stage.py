@@ -148,3 +148,26 @@ stages:
     # `tempa plan --hardware` sizes it from the token budget
     (estimate,) = estimate_recipe(load_recipe(recipe), "8xH100")
     assert estimate.tokens_per_epoch == 2000 and estimate.hours
+
+
+def test_a_pretrain_source_with_no_rows_is_refused_before_the_first_stage(tmp_path):
+    """As an SFT source's: a later pretrain stage's empty file is not found after the stages before it trained."""
+    from tempa.recipes.loader import load_recipe
+    from tempa.recipes.runner import check_stage_inputs, plan_run
+    from tempa.sft.stage_api import StageError
+
+    docs = _docs(tmp_path / "docs.jsonl", 4, 7)
+    (tmp_path / "more.jsonl").write_text("\n")
+    train = "train: {max_steps: 2, lr_scheduler_kwargs: {num_decay_steps: 1}}"
+    recipe = tmp_path / "cpt.yaml"
+    recipe.write_text(f"""name: cpt
+base_model: "tempa:tiny"
+stages:
+  - {{name: cpt, kind: pretrain, sources: [{{name: docs, path: "{docs}"}}], {train}}}
+  - {{name: cpt2, kind: pretrain, sources: [{{name: more, path: more.jsonl}}], {train}}}
+""")
+    loaded = load_recipe(recipe)
+    with pytest.raises(StageError) as info:
+        check_stage_inputs(loaded, plan_run(loaded, tmp_path / "run"))
+    assert str(info.value) == (f"stage 'cpt2' would fail: data source 'more': {tmp_path / 'more.jsonl'}: empty file "
+                               "(expected one JSON object per line)")

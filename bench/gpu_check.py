@@ -274,7 +274,7 @@ class ScaleOut:
     distributed: str  # accelerate's distributed type in the worker's record: FSDP or DEEPSPEED
     nodes: int = 1
     sharded: bool = False  # each process held only a shard of the parameters
-    flag: str = ""  # what the launch command line must hold
+    sequence_parallel: int = 1  # the processes each sequence is split over, in the trainer's parallelism config
     resume: bool = False  # run again without the final model: resumes from checkpoint-2
     attention: str | None = None  # the attention the worker must pick; it needs the gpu extra's flash_attn
 
@@ -290,12 +290,12 @@ SCALE_OUT = (
     ScaleOut("ulysses", 2, "{accelerate_config: zero3, num_processes: 2, sequence_parallel: 2}",
              f"{{packing: true, max_length: {SCALE_OUT_MAX_LENGTH}}}",
              "DeepSpeed Ulysses/ALST (ZeRO-3, sequence_parallel 2) trains 4 steps on packed 32k-token rows over "
-             "2 GPUs with flash-attention 2", "DEEPSPEED", flag="--parallelism_config_sp_size 2",
+             "2 GPUs with flash-attention 2", "DEEPSPEED", sequence_parallel=2,
              attention="flash_attention_2"),
     ScaleOut("context-parallel", 2, "{accelerate_config: fsdp2, num_processes: 2, sequence_parallel: 2}",
              f"{{packing: false, max_length: {SCALE_OUT_MAX_LENGTH}}}",
              "torch context parallelism on FSDP2 (sequence_parallel 2, no packing) trains 4 steps over 2 GPUs",
-             "FSDP", flag="--parallelism_config_cp_size 2"),
+             "FSDP", sequence_parallel=2),
     ScaleOut("two-nodes", 16, "{accelerate_config: zero3, num_machines: 2, num_processes: 16}", "{}",
              "ZeRO-3 over 2 nodes of 8 GPUs (NCCL): node 0 `tempa run`, node 1 `tempa run --machine-rank 1`",
              "DEEPSPEED", nodes=2),
@@ -394,10 +394,10 @@ def launch(report: Report, check: ScaleOut, recipe: Path, run_dir: Path) -> None
     held = "n/a" if shards is None else f"{shards.distributed_type}, per rank {shards.per_rank} of {shards.parameters}"
     report.check(ok, f"{name}: {processes} processes, {check.distributed}{', sharded' if check.sharded else ''} "
                  f"({held})")
-    if check.flag:
-        log = stage / "logs" / "train.log"
-        command = log.read_text().splitlines()[0] if log.is_file() else ""
-        report.check(check.flag in command, f"{name}: launched with {check.flag}")
+    if check.sequence_parallel > 1:
+        split = None if shards is None else shards.sequence_parallel
+        report.check(split == check.sequence_parallel,
+                     f"{name}: the trainer split each sequence over {split} processes ({check.sequence_parallel})")
     if check.attention:
         attention = outcome.kernels.get("attn_implementation")
         report.check(attention == check.attention, f"{name}: attention {attention} ({check.attention})")

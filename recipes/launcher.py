@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tempa.recipes.held_signals import held_signals
 from tempa.recipes.schema import SHIPPED_ACCELERATE, SHIPPED_DEEPSPEED, LaunchConfig
-from tempa.sft.files import json_or_none, write_json
+from tempa.sft.files import cache_root, digest, json_or_none, write_atomic, write_json
 from tempa.sft.stage_api import StageError
 
 LAUNCH_REQUEST = ".launch.json"  # in the run directory: the training launch the other nodes join
@@ -73,8 +73,7 @@ def launch_command(launch: LaunchConfig, module: str, args: list[str], *, port: 
             cmd += ["--master_port", str(port)]
         cmd += [*launch.extra_args, "-m", module, *args]
         return cmd
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(accelerate_config_path(launch.accelerate_config))]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_file(launch))]
     if launch.num_processes is not None:
         cmd += ["--num_processes", str(launch.num_processes)]
     if multinode:
@@ -91,28 +90,51 @@ def launch_command(launch: LaunchConfig, module: str, args: list[str], *, port: 
         cmd += ["--cpu"]
     if port is not None:
         cmd += ["--main_process_port", str(port)]
-    cmd += parallelism_args(launch)
     cmd += [*launch.extra_args, "-m", module, *args]
     return cmd
 
 
-def parallelism_args(launch: LaunchConfig) -> list[str]:
-    """accelerate's parallelism flags for ``launch.sequence_parallel`` (Ulysses/ALST on ZeRO-3, CP on FSDP2)."""
+def parallelism_config(launch: LaunchConfig) -> dict[str, int | str | bool]:
+    """The ``parallelism_config`` block of an accelerate config for ``launch.sequence_parallel`` (Ulysses/ALST on
+    ZeRO-3, torch context parallelism on FSDP2); empty for none."""
     size = launch.sequence_parallel
     if size <= 1:
-        return []
+        return {}
     engine = launch.engine()
     if engine.name == "deepspeed":
         # ALST shards each (packed) row along the sequence; variable lengths, flash-attention 2 underneath
         # (it reads the packed documents' boundaries from position_ids).
-        return ["--use_parallelism_config", "--parallelism_config_sp_size", str(size),
-                "--parallelism_config_sp_backend", "deepspeed",
-                "--parallelism_config_sp_seq_length_is_variable", "true"]
-    args = ["--use_parallelism_config", "--parallelism_config_cp_size", str(size)]
+        return {"parallelism_config_sp_size": size, "parallelism_config_sp_backend": "deepspeed",
+                "parallelism_config_sp_seq_length_is_variable": True}
+    block: dict[str, int | str | bool] = {"parallelism_config_cp_size": size}
     processes = launch.num_processes or engine.num_processes
     if processes:  # FSDP shards over the rest of the world
-        args += ["--parallelism_config_dp_shard_size", str(processes // size)]
-    return args
+        block["parallelism_config_dp_shard_size"] = processes // size
+    return block
+
+
+def accelerate_config_file(launch: LaunchConfig) -> Path:
+    """The accelerate config the launch runs with: the recipe's, or with sequence parallelism a copy of it that
+    carries the ``parallelism_config`` block (in tempa's cache, named by its content).
+
+    accelerate 1.15 takes sequence/context parallelism from the config file only: its launcher refuses
+    ``--use_parallelism_config`` on the command line without ``--use_fsdp --fsdp_version 2`` flags, and then
+    resets it from the file anyway.
+    """
+    import yaml
+
+    path = accelerate_config_path(launch.accelerate_config)
+    block = parallelism_config(launch)
+    if not block:
+        return path
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    config["parallelism_config"] = {**(config.get("parallelism_config") or {}), **block}
+    text = f"# {path} with launch.sequence_parallel {launch.sequence_parallel} (written by tempa)\n" + \
+        yaml.safe_dump(config, sort_keys=False)
+    derived = cache_root() / "accelerate" / f"{path.stem}-sp{launch.sequence_parallel}-{digest(text)[:12]}.yaml"
+    if not derived.is_file():
+        write_atomic(derived, text)
+    return derived
 
 
 def _free_port() -> int:

@@ -381,7 +381,9 @@ def _check_only_inputs(decisions: list[StageDecision], only: str) -> None:
 
 
 def check_stage_inputs(loaded: LoadedRecipe, decisions: list[StageDecision]) -> None:
-    """Each stage that will run checks what it can of its own inputs now, before the first stage starts."""
+    """Each stage that will run checks what it can of its own inputs now, before the first stage starts; and the
+    launch is checked against the model a training stage will launch with."""
+    check_sequence_parallel(loaded, [decision for decision in decisions if decision.action != "skip"])
     for decision in decisions:
         check = stage_kind(decision.kind).check_inputs
         if decision.action != "skip" and check is not None:
@@ -389,6 +391,29 @@ def check_stage_inputs(loaded: LoadedRecipe, decisions: list[StageDecision]) -> 
                 check(loaded.stages[decision.index])
             except StageError as exc:
                 raise StageError(f"stage '{decision.name}' would fail: {exc}") from None
+
+
+def check_sequence_parallel(loaded: LoadedRecipe, running: list[StageDecision]) -> None:
+    """What refuses ``launch.sequence_parallel`` once a training launch is up, after the stages before it:
+    trl's GRPO and RLOO trainers (the rl stage), and DeepSpeed's Ulysses for a size that does not fit the model's
+    attention heads. Every stage trains the base model's architecture, so its config (local, cached, or tempa's
+    copy: no download) says it now."""
+    launch = loaded.recipe.launch
+    if launch.sequence_parallel <= 1 or not any(stage_kind(d.kind).trains for d in running):
+        return
+    rl = next((d.name for d in running if d.kind == "rl"), None)
+    if rl is not None:
+        raise StageError(f"launch.sequence_parallel: {launch.sequence_parallel}: trl's GRPO and RLOO trainers train "
+                         f"without sequence parallelism (stage '{rl}'); run the rl stage from a recipe with "
+                         "launch.sequence_parallel: 1")
+    if launch.engine().name != "deepspeed":
+        return
+    from tempa.recipes.estimate import resolve_shape, ulysses_problem
+
+    shape, _ = resolve_shape(loaded.recipe.base_model)
+    if shape is not None and (problem := ulysses_problem(shape, launch.sequence_parallel)):
+        raise StageError(f"launch.sequence_parallel: {launch.sequence_parallel}: {problem} ({shape.name}); "
+                         "`tempa plan --hardware` lists the sizes that fit")
 
 
 # --------------------------------------------------------------------------- run

@@ -118,6 +118,18 @@ def launched_context_parallel(environ: Mapping[str, str] | None = None) -> bool:
     return int(environ.get("PARALLELISM_CONFIG_CP_SIZE", "1") or 1) > 1
 
 
+def sequence_multiple(environ: Mapping[str, str] | None = None) -> int:
+    """What every batch's sequence length must be a multiple of under the launch's sequence parallelism (1: none).
+
+    DeepSpeed's Ulysses splits a batch's sequence over the sp ranks and refuses a length they do not divide
+    (UlyssesSPDataLoaderAdapter); torch context parallelism cuts it into 2 x cp load-balanced chunks.
+    """
+    environ = os.environ if environ is None else environ
+    sp = int(environ.get("PARALLELISM_CONFIG_SP_SIZE", "1") or 1)
+    cp = int(environ.get("PARALLELISM_CONFIG_CP_SIZE", "1") or 1)
+    return sp if sp > 1 else 2 * cp if cp > 1 else 1
+
+
 def sequence_parallel_env(kernels: KernelChoice, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a DeepSpeed Ulysses/ALST process needs so its attention is the model's own.
 

@@ -150,6 +150,9 @@ class ParameterShards(BaseModel):
     distributed_type: str  # accelerate's: FSDP, DEEPSPEED, MULTI_CPU, MULTI_GPU, NO, ...
     parameters: int  # elements of the whole model
     per_rank: list[int]  # elements each process held itself: a shard under FSDP / ZeRO-3, all of them otherwise
+    # The processes each sequence was split over: accelerate's parallelism config (Ulysses sp, or torch cp), as the
+    # trainer built it from the launch
+    sequence_parallel: int = 1
 
 
 class TrainOutcome(BaseModel):

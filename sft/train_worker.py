@@ -30,6 +30,7 @@ from tempa.sft.kernels import (
     choose_kernels,
     detect_env,
     launched_context_parallel,
+    sequence_multiple,
     sequence_parallel_env,
 )
 from tempa.sft.packed_attention import DOC_SDPA, supports_document_attention
@@ -134,6 +135,9 @@ def parallel_kwargs(plan: TrainPlan, world_size: int | None = None) -> dict[str,
         raise ValueError("launch.sequence_parallel with FSDP2 is torch context parallelism, which trl runs only "
                          "without packing (it drops the per-document mask); set train.packing: false or use a "
                          "DeepSpeed ZeRO-3 config (Ulysses/ALST keeps packing)")
+    multiple = sequence_multiple()
+    if multiple > 1 and plan.trainer == "sft" and train.get("pad_to_multiple_of") is None:
+        out["pad_to_multiple_of"] = multiple  # trl's collator pads each batch (packed rows too) to it
     if env.global_batch_size is not None:
         from tempa.sft.global_batch import accumulation_for
 
@@ -243,8 +247,10 @@ def parameter_shards(trainer) -> ParameterShards:
     from accelerate.utils import gather_object
 
     held, whole = held_parameters(trainer.model)
+    config = getattr(trainer.accelerator, "parallelism_config", None)
+    split = max(config.sp_size, config.cp_size) if config is not None else 1
     return ParameterShards(distributed_type=trainer.accelerator.distributed_type.value,
-                           parameters=whole, per_rank=gather_object([held]))
+                           parameters=whole, per_rank=gather_object([held]), sequence_parallel=split)
 
 
 def final_evaluation(trainer) -> dict[str, Any]:

@@ -189,6 +189,24 @@ def test_the_worker_sets_gradient_accumulation_from_the_global_batch(tmp_path):
     assert parallel_kwargs(TrainPlan.standalone(tmp_path, tmp_path, {}), world_size=8) == {}
 
 
+@pytest.mark.parametrize(("launched", "multiple"), [({"PARALLELISM_CONFIG_SP_SIZE": "4"}, 4),
+                                                   ({"PARALLELISM_CONFIG_CP_SIZE": "2"}, 4), ({}, None)])
+def test_sft_batches_are_padded_to_what_sequence_parallelism_splits(tmp_path, monkeypatch, launched, multiple):
+    """DeepSpeed's Ulysses refuses a batch whose length the sp ranks do not divide ("isn't divisible by sp-size");
+    torch context parallelism cuts it into 2 x cp chunks. A recipe's own pad_to_multiple_of stands."""
+    from tempa.sft.stage_api import TrainingEnv
+    from tempa.sft.train_plan import TrainPlan
+    from tempa.sft.train_worker import parallel_kwargs
+
+    for key, value in launched.items():
+        monkeypatch.setenv(key, value)
+    sequence = TrainingEnv(sequence_parallel=int(next(iter(launched.values()), 1)))
+    sft = TrainPlan.standalone(tmp_path, tmp_path, {}, env=sequence)
+    assert parallel_kwargs(sft, world_size=8).get("pad_to_multiple_of") == multiple
+    own = TrainPlan.standalone(tmp_path, tmp_path, {"pad_to_multiple_of": 16}, env=sequence)
+    assert "pad_to_multiple_of" not in parallel_kwargs(own, world_size=8)
+
+
 def test_fsdp2_memory_and_its_offload_variant():
     base = load_recipe("sea-lion-v3.5-8b-r")
     zero3 = estimate_recipe(load_recipe("sea-lion-v3.5-8b-r", ["launch.accelerate_config=zero3"]), "8xH100")[0]
@@ -249,16 +267,70 @@ def test_launch_settings_that_cannot_work_are_refused_up_front(tmp_path, launch,
         load_recipe(path)
 
 
+def test_a_sequence_parallel_size_ulysses_refuses_stops_the_run_and_the_plan_before_the_first_stage(tmp_path, capsys):
+    """DeepSpeed refuses it once the first training launch is up, on every GPU; the base model's config says it now.
+    The tiny model has 4 attention heads and 2 KV heads: 8 divides neither, 4 and 2 fit (ulysses_sp.py's rules)."""
+    from tempa.recipes.cli import main
+    from tempa.recipes.runner import run_recipe
+    from tempa.sft.stage_api import StageError
+
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "q"},
+                                                                  {"role": "assistant", "content": "a"}]}) + "\n")
+    path = tmp_path / "r.yaml"
+    for size in (8, 4):
+        path.write_text(f"name: r\nbase_model: tempa:tiny\nlaunch: {{accelerate_config: zero3, sequence_parallel: "
+                        f"{size}}}\nstages:\n  - {{name: s, kind: sft, data: {{sources: [{{name: r, path: rows.jsonl}}]}}}}\n")
+        if size == 8:
+            message = ("launch.sequence_parallel: 8: DeepSpeed Ulysses needs it to divide the model's 4 attention heads "
+                       "(tempa:tiny); `tempa plan --hardware` lists the sizes that fit")
+            with pytest.raises(StageError) as info:
+                run_recipe(load_recipe(path), tmp_path / "run")
+            assert str(info.value) == message and not (tmp_path / "run" / "s").exists()
+            assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 1
+            assert message in capsys.readouterr().err
+        else:
+            assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 0
+    # trl's GRPOConfig / RLOOConfig refuse any sequence-dim parallelism
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "2+2?"}) + "\n")
+    path.write_text(path.read_text() + "  - {name: rl, kind: rl, prompts: {path: p.jsonl}, rewards: [{type: format}]}\n")
+    assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 1
+    assert ("launch.sequence_parallel: 4: trl's GRPO and RLOO trainers train without sequence parallelism (stage "
+            "'rl')") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    ("zero3", {"SP_SIZE": "4", "SP_BACKEND": "deepspeed", "SP_SEQ_LENGTH_IS_VARIABLE": "True", "CP_SIZE": "1"}),
+    ("fsdp2", {"CP_SIZE": "4", "DP_SHARD_SIZE": "2", "SP_SIZE": "1"}),  # 8 processes in fsdp2.yaml
+])
+def test_sequence_parallel_reaches_the_training_processes_through_accelerates_own_launcher(
+        config, expected, tmp_path, monkeypatch):
+    """accelerate 1.15 refuses --use_parallelism_config on the command line (without --use_fsdp flags) and resets
+    it from the config file: the launch's config file carries the parallelism, and accelerate's launcher turns it
+    into the environment each training process builds its ParallelismConfig from."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    from tempa.recipes.launcher import launch_command
+    from tempa.recipes.schema import LaunchConfig
+
+    monkeypatch.setenv("TEMPA_CACHE", str(tmp_path))
+    launch = LaunchConfig(accelerate_config=config, sequence_parallel=4)
+    cmd = launch_command(launch, "tempa.sft.train_worker", ["--plan", "p.json"], port=29555)
+    args, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(cmd[3:]))
+    args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)  # as its launch_command sets
+    env = prepare_deepspeed_cmd_env(args)[1] if config == "zero3" else prepare_multi_gpu_env(args)
+    assert env["ACCELERATE_USE_PARALLELISM_CONFIG"] == "true"
+    assert {key: env["PARALLELISM_CONFIG_" + key] for key in expected} == expected
+    again = launch_command(launch, "tempa.sft.train_worker", ["--plan", "p.json"], port=29555)
+    assert again == cmd and len(list((tmp_path / "accelerate").iterdir())) == 1  # one copy per config and size
+    assert "--config_file" in cmd and str(tmp_path) not in " ".join(launch_command(
+        LaunchConfig(accelerate_config=config), "m", []))  # no parallelism: the recipe's config as it is
+
+
 def test_sequence_parallel_and_multi_node_launch_commands(tmp_path):
     from tempa.recipes.launcher import launch_command
     from tempa.recipes.schema import LaunchConfig
 
-    ulysses = launch_command(LaunchConfig(accelerate_config="zero3", sequence_parallel=4), "m", [])
-    assert ulysses[ulysses.index("--parallelism_config_sp_size") + 1] == "4"
-    assert ulysses[ulysses.index("--parallelism_config_sp_backend") + 1] == "deepspeed"
-    cp = launch_command(LaunchConfig(accelerate_config="fsdp2", sequence_parallel=2), "m", [])
-    assert cp[cp.index("--parallelism_config_cp_size") + 1] == "2"
-    assert cp[cp.index("--parallelism_config_dp_shard_size") + 1] == "4"  # 8 processes in fsdp2.yaml
     node1 = launch_command(LaunchConfig(accelerate_config="zero3", num_processes=16, num_machines=2), "m", [],
                            port=29500, machine_rank=1, main_process_ip="10.0.0.1")
     flags = dict(itertools.pairwise(node1))

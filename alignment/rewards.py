@@ -4,7 +4,7 @@ Each reward gives a sample a score (or ``None``: "does not apply", e.g. no refer
 sample's ``total`` is the weighted sum of the scores that apply. An unparsable judge reply is not
 "does not apply" but a *failed* score: the sample's ``total`` is ``None``, so it is never kept or
 paired, and a stage whose judge fails on more than ``max_unparsable`` of its replies stops
-(:func:`check_judges`).
+(:func:`check_judges`). A NaN or infinite score from any reward fails the sample the same way.
 
 ========================  ==========================================================  ============
 type                      score                                                       range
@@ -31,6 +31,8 @@ judge) batch their work and load their model only when first used.
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 import threading
 import unicodedata
@@ -55,6 +57,8 @@ from tempa.alignment.prompts import PromptRow
 from tempa.chat_templates.thinking import ThinkSplit, has_think_tags
 from tempa.sft import language
 from tempa.sft.stage_api import Read, StageError, resolve_path
+
+log = logging.getLogger("tempa")
 
 # --------------------------------------------------------------------------- pure scoring functions
 
@@ -422,10 +426,21 @@ class RewardSet:
         details: list[dict[str, Any]] = [{} for _ in items]
         for config in self.configs:
             values, infos = self._apply(config, items)
+            broken = 0
             for i, (value, info) in enumerate(zip(values, infos, strict=True)):
+                if value is not None and not math.isfinite(value):
+                    # A NaN or infinite score (a reward model's overflowing or diverged head) is a failed score,
+                    # as an unparsable judge reply is: NaN compares false both ways, so left in the total it was
+                    # chosen or rejected at random, kept by any min_score, and written as invalid JSON.
+                    info = {**info, "non_finite": str(value)}
+                    value = None
+                    broken += 1
                 scores[i][config.key] = value
                 if info:
                     details[i][config.key] = info
+            if broken:
+                log.warning("reward %r gave %d of %d samples a NaN or infinite score; they count as unscored "
+                            "(never paired, kept or trained on)", config.key, broken, len(items))
         gates = [c.key for c in self.configs if isinstance(c, LanguageReward) and c.gate]
         answers = [c.key for c in self.configs if isinstance(c, AnswerReward)]
         judges = [c.key for c in self.configs if isinstance(c, JudgeReward)]
@@ -437,7 +452,8 @@ class RewardSet:
                     if item_scores[name]:
                         item_details.setdefault(name, {})["gated_by_language"] = True
                         item_scores[name] = 0.0
-            failed = any(item_details.get(key, {}).get("unparsable") for key in judges)
+            failed = any(item_details.get(key, {}).get("unparsable") for key in judges) or any(
+                "non_finite" in info for info in item_details.values())
             total = None if failed else combine(item_scores, self.weights)
             records.append({"scores": {**item_scores, "total": total}, "details": item_details})
         return records

@@ -253,3 +253,36 @@ def test_reward_model_scores_match_a_plain_forward_pass(reward_model_dir, baked_
     squashed = RewardSet([RewardModelReward(model=str(reward_model_dir), normalize="sigmoid")],
                          env(tmp_path, baked_tokenizer)).score(items[:1])[0]["scores"]["reward_model"]
     assert squashed == pytest.approx(1 / (1 + math.exp(-expected[0])), abs=1e-5)
+
+
+def test_a_nan_reward_model_score_fails_the_sample_instead_of_deciding_the_pair(reward_model_dir, baked_tokenizer,
+                                                                               tmp_path):
+    import json
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tempa.alignment.pairs import Scored, best_worst
+    from tempa.alignment.selection import select_samples
+
+    # A diverged checkpoint: its score head holds NaN, so every logit is NaN.
+    model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir)
+    with torch.no_grad():
+        model.score.weight.fill_(float("nan"))
+    broken = tmp_path / "rm-nan"
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(reward_model_dir).save_pretrained(broken)
+
+    items = [ScoreItem(prompt(mode="off"), Completion(a, prefill=OFF, finish_reason="stop"))
+             for a in ("A long and careful answer.", "Short.", "Medium answer here.")]
+    rewards = RewardSet([LengthPenalty(unit="chars", per_token=0.01),
+                         RewardModelReward(name="rm", model=str(broken))], env(tmp_path, baked_tokenizer))
+    records = rewards.score(items)
+    assert [r["scores"]["rm"] for r in records] == [None, None, None]
+    assert [r["scores"]["total"] for r in records] == [None, None, None]
+    assert all(r["details"]["rm"]["non_finite"] == "nan" for r in records)
+    json.loads(json.dumps(records, allow_nan=False))  # the score files stay valid JSON
+    totals = [r["scores"]["total"] for r in records]
+    # Unscored samples are neither paired nor kept (with NaN totals the NaN sample was chosen and kept).
+    assert best_worst([Scored(i, t, rendered=(i,)) for i, t in enumerate(totals)]) == (None, "fewer_than_two_scored")
+    assert select_samples(totals, min_score=0.0) == ([], "no_score")

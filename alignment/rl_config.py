@@ -124,5 +124,6 @@ class RLStageConfig(StageConfigBase):
         return args
 
     def reads(self, earlier: Sequence[str]) -> list[Read]:
-        """Earlier stages whose models a judge names as `stage:NAME`."""
-        return judge_reads(self.rewards, ("rewards",))
+        """Earlier stages whose models a judge names as `stage:NAME`, and the stage whose dataset
+        `prompts.path: stage:NAME` reads."""
+        return judge_reads(self.rewards, ("rewards",)) + self.prompts.reads(("prompts",))

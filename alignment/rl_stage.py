@@ -48,7 +48,8 @@ def run_rl(config: RLStageConfig, ctx: StageContext) -> RLResult:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
-    prompts = load_prompts(config.prompts, seed=ctx.seed, thinking=config.thinking)
+    prompts = load_prompts(config.prompts.resolved(ctx, who=f"stage '{ctx.stage_name}'"), seed=ctx.seed,
+                           thinking=config.thinking)
     data_dir = ctx.stage_dir / DATA_DIR
     dataset = save_prompts(render_prompts(prompts, tokenizer, config.prompts.path), data_dir / "prompts",
                            ctx.stage_dir)

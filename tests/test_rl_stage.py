@@ -329,3 +329,52 @@ def test_lora_trains_adapters_only(tiny_model_dir, tmp_path):
     assert changed and all("lora_" in k for k in changed)  # the base weights stay frozen
     (logged,) = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert math.isfinite(logged["loss"]) and "rewards/length/mean" in logged
+
+
+def test_prompts_may_be_an_earlier_stages_dataset(tmp_path, tiny_model_dir):
+    """`prompts.path: stage:NAME` (what PromptSource documents for every prompt-reading stage) is a dependency the
+    plan checks and the stage reads; the rl stage took it for a hub dataset id and failed after the stages before."""
+    import textwrap
+
+    from stage_helpers import done, make_context
+    from tempa.alignment.rl_stage import run_rl
+    from tempa.recipes.errors import RecipeError
+    from tempa.recipes.runner import plan_run
+    from tempa.sft.stage_api import StageError, StageResult
+
+    recipe = tmp_path / "r.yaml"
+    text = textwrap.dedent(f"""
+        name: t
+        base_model: {tiny_model_dir}
+        stages:
+          - {{name: gen, kind: synthesize, prompts: {{path: {PROMPTS}}}, rewards: [{{type: format}}]}}
+          - name: rlvr
+            kind: rl
+            prompts: {{path: "stage:nope"}}
+            rewards: [{{type: format}}]
+    """)
+    recipe.write_text(text)
+    with pytest.raises(RecipeError, match=r"prompts\.path.*'nope' is not an earlier stage"):
+        load_recipe(recipe)
+    recipe.write_text(text.replace("stage:nope", "stage:gen"))
+    loaded = load_recipe(recipe)
+    assert "gen" in plan_run(loaded, tmp_path / "run")[1].inputs
+
+    written = tmp_path / "gen.jsonl"
+    written.write_text("".join(json.dumps({"prompt": f"Berapa {i} + {i}?", "answer": str(2 * i)}) + "\n"
+                               for i in range(3)))
+
+    def launch(*_args):
+        raise StageError("stop before training")
+
+    from tempa.chat_templates import bake_tokenizer
+
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tok")
+    ctx = make_context(tmp_path / "run", "rlvr", start_model=tiny_model_dir, tokenizer_dir=tmp_path / "tok",
+                       upstream=[done("gen", StageResult(dataset=written), kind="synthesize")], launch=launch)
+    with pytest.raises(StageError, match="stop before training"):
+        run_rl(loaded.stage("rlvr"), ctx)
+    import datasets
+
+    rows = datasets.load_from_disk(str(ctx.stage_dir / "data" / "prompts"))
+    assert [json.loads(r)["row"]["answer"] for r in rows["tempa_prompt"]] == ["0", "2", "4"]

@@ -241,6 +241,11 @@ class PreferenceStageConfig(StageConfigBase):
             raise ValueError("rounds: 0 trains nothing; give an `offline:` dataset or at least one on-policy round")
         if self.rounds > 0 and (self.prompts is None or not self.rewards):
             raise ValueError(f"{self.rounds} on-policy round(s) need `prompts:` and `rewards:`")
+        if self.rounds > 0 and self.pairs.strategy == "best_worst" and self.sampling.n < 2:
+            # One sample per prompt can never be paired with another: every round would sample and score all its
+            # prompts, then stop on 'no usable preference pair'.
+            raise ValueError(f"sampling.n: {self.sampling.n} sample per prompt gives best_worst nothing to pair; "
+                             "set n: 2 or more (with temperature > 0), or pairs.strategy: revise")
         return self
 
     @field_validator("backend")

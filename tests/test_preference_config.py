@@ -79,6 +79,10 @@ def test_config_rules():
         config(pairs={"strategy": "revise"})
     with pytest.raises(ValidationError, match="greedy"):
         config(sampling={"n": 4, "temperature": 0})
+    with pytest.raises(ValidationError, match=r"sampling\.n: 1 sample per prompt gives best_worst nothing to pair"):
+        config(sampling={"n": 1})
+    assert config(sampling={"n": 1, "temperature": 0}, pairs={"strategy": "revise", "revise": {
+        "backend": {"type": "transformers"}}}).sampling.n == 1  # a rewrite pairs with the one sample
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         config(samples_per_prompt=4)
     with pytest.raises(ValidationError, match="http:// or https://"):

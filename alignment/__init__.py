@@ -27,6 +27,7 @@ from tempa.alignment.generate_prompts_stage import (
     generated_size,
     run_generate_prompts,
 )
+from tempa.alignment.input_checks import check_inputs
 from tempa.alignment.judge import Judge, JudgeSettings, parse_judge_score
 from tempa.alignment.pairs import Pair, PairStats, Scored, best_worst, revision_pair
 from tempa.alignment.preference_config import PreferenceStageConfig
@@ -59,6 +60,7 @@ SYNTHESIZE = StageKind(
     result=SynthesizeResult,
     resumable=True,
     dataset_size=synthesized_size,
+    check_inputs=check_inputs,
 )
 PREFERENCE = StageKind(
     kind="preference",
@@ -70,6 +72,7 @@ PREFERENCE = StageKind(
     trains=True,
     resumable=True,
     estimate=estimate_preference,
+    check_inputs=check_inputs,
 )
 TRANSLATE = StageKind(
     kind="translate",
@@ -100,6 +103,7 @@ RL = StageKind(
     resumable=True,
     resume_point=resume_point,
     estimate=estimate_rl,
+    check_inputs=check_inputs,
 )
 STAGE_KINDS = (SYNTHESIZE, PREFERENCE, RL, TRANSLATE, GENERATE_PROMPTS)
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tempa.alignment.backends import LazyBackend, SamplingBackend, build_backend
 from tempa.alignment.completions import Completion, assistant_message, split_think
+from tempa.alignment.input_checks import check_reward_inputs
 from tempa.alignment.judge import fill
 from tempa.alignment.offline_pairs import IDENTICAL_PAIR, load_offline_pairs
 from tempa.alignment.pair_rendering import completion_ids, rendered_check
@@ -107,8 +108,9 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> Preferen
     prompts: list[PromptRow] = []
     if config.rounds:
         assert config.prompts is not None  # the config requires prompts for on-policy rounds
-        prompts = load_prompts(config.prompts.resolved(ctx, who=f"stage '{ctx.stage_name}'"), seed=ctx.seed,
-                                thinking=config.sampling.thinking)
+        source = config.prompts.resolved(ctx, who=f"stage '{ctx.stage_name}'")
+        prompts = load_prompts(source, seed=ctx.seed, thinking=config.sampling.thinking)
+        check_reward_inputs(config.rewards, prompts, source)
         ctx.log.info("preference: %d prompts, %d samples each, %d on-policy round(s)", len(prompts),
                      config.sampling.n, config.rounds)
     start = Path(ctx.start_model)

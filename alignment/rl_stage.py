@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import Field
 
+from tempa.alignment.input_checks import check_reward_inputs
 from tempa.alignment.prompts import PromptRow, load_prompts
 from tempa.alignment.rl_config import RLStageConfig
 from tempa.alignment.rl_rewards import FACTORY, ROW_COLUMN, RewardSpec, RLPrompt
@@ -48,8 +49,9 @@ def run_rl(config: RLStageConfig, ctx: StageContext) -> RLResult:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
-    prompts = load_prompts(config.prompts.resolved(ctx, who=f"stage '{ctx.stage_name}'"), seed=ctx.seed,
-                           thinking=config.thinking)
+    source = config.prompts.resolved(ctx, who=f"stage '{ctx.stage_name}'")
+    prompts = load_prompts(source, seed=ctx.seed, thinking=config.thinking)
+    check_reward_inputs(config.rewards, prompts, source)
     data_dir = ctx.stage_dir / DATA_DIR
     dataset = save_prompts(render_prompts(prompts, tokenizer, config.prompts.path), data_dir / "prompts",
                            ctx.stage_dir)

@@ -35,6 +35,7 @@ from pydantic import Field
 from tempa.alignment.backends import LazyBackend, build_backend, describe_backend
 from tempa.alignment.completions import Completion, assistant_message, split_think
 from tempa.alignment.generation import GenerationParams
+from tempa.alignment.input_checks import check_reward_inputs
 from tempa.alignment.judge import fill, render_conversation
 from tempa.alignment.prompts import PromptRow, load_prompts
 from tempa.alignment.rewards import RewardSet, ScoringEnv, check_judges, judge_stats, reward_summary
@@ -78,7 +79,9 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
     data_dir = ctx.stage_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
-    prompts = load_prompts(config.prompts.resolved(ctx, who=f"stage '{ctx.stage_name}'"), seed=ctx.seed, thinking=config.sampling.thinking)
+    source = config.prompts.resolved(ctx, who=f"stage '{ctx.stage_name}'")
+    prompts = load_prompts(source, seed=ctx.seed, thinking=config.sampling.thinking)
+    check_reward_inputs(config.rewards, prompts, source)
     teacher_name = describe_backend(config.teacher, ctx.start_model)
     ctx.log.info("synthesize: %d prompts, %d samples each, teacher %s", len(prompts), config.sampling.n,
                  teacher_name)

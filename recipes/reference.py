@@ -224,7 +224,7 @@ list as JSON text) is rendered with it. A reasoning trace is read from `reasonin
 
 ## Prompt files
 
-The `preference` stage's `prompts:` ([PromptSource](#promptsource)) and the prompts of `synthesize` read rows
+The `prompts:` ([PromptSource](#promptsource)) of the `preference`, `synthesize` and `rl` stages read rows
 with `messages` (a chat ending with a user turn; a trailing assistant turn is taken off and kept as the
 reference answer) or a plain `prompt` string, and optionally:
 
@@ -240,7 +240,10 @@ reference answer) or a plain `prompt` string, and optionally:
 ```
 
 The field names are set with `messages_field`, `prompt_field`, `language_field`, `answer_field` and
-`thinking_field`.
+`thinking_field`. A `language` or `answer` reward does not apply to a row without its field, but a stage whose
+prompts all lack it is refused (the reward would never apply: a misspelt field name). A local prompts file is
+read, every row checked, by `tempa plan` and before the run's first stage; an earlier stage's dataset when the
+stage starts.
 
 ## Training arguments (`train:`)
 

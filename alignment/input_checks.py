@@ -1,0 +1,72 @@
+"""What a sampling stage (preference, synthesize, rl) checks of its own inputs before the run's first stage.
+
+The runner calls :func:`check_inputs` for every stage that will run, before any of them starts, and
+`tempa plan` calls it too: a typo in a prompts file, or an API key not exported in this shell, would
+otherwise be found only when the stage starts, after the stages before it trained (and, for a judge's
+key, after the stage sampled every prompt). Nothing here loads a model or reaches a hub: a prompts file
+is read only when it is local (an earlier stage's dataset does not exist yet, a hub dataset would be
+downloaded); the stage checks those itself when it loads them (:func:`check_reward_inputs`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from tempa.alignment.backends import HTTPBackendConfig
+from tempa.alignment.prompts import PromptRow, PromptSource, load_prompts
+from tempa.alignment.rewards import AnswerReward, LanguageReward
+from tempa.sft.stage_api import StageError, stage_ref
+
+
+def http_backends(node: Any, field: str = "") -> Iterator[tuple[str, HTTPBackendConfig]]:
+    """Every HTTP backend block in a stage config, with the recipe field it sits at (``rewards[0].backend``)."""
+    if isinstance(node, HTTPBackendConfig):
+        yield field, node
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            yield from http_backends(getattr(node, name), f"{field}.{name}" if field else name)
+    elif isinstance(node, list | tuple):
+        for index, value in enumerate(node):
+            yield from http_backends(value, f"{field}[{index}]")
+
+
+def check_api_keys(config: BaseModel) -> None:
+    """Each HTTP backend's ``api_key_env`` names a variable set in this environment (its value is never shown)."""
+    for field, backend in http_backends(config):
+        if backend.api_key_env and not os.environ.get(backend.api_key_env):
+            raise StageError(f"{field}.api_key_env: environment variable {backend.api_key_env} is not set "
+                             f"(the API key for {backend.base_url}); export it before the run")
+
+
+def check_reward_inputs(rewards: Sequence[Any], prompts: Sequence[PromptRow], source: PromptSource) -> None:
+    """A reward that reads a prompt column no prompt has would never apply: every sample would go unscored by it
+    (a misspelt `answer_field` silently trained on the other rewards alone)."""
+    for reward in rewards:
+        if isinstance(reward, AnswerReward):
+            column, field = source.answer_field, "answer_field"
+            present = any(p.answer is not None and str(p.answer).strip() for p in prompts)
+        elif isinstance(reward, LanguageReward):
+            column, field = source.language_field, "language_field"
+            present = any(p.language for p in prompts)
+        else:
+            continue
+        if not present:
+            raise StageError(f"{source.path}: column '{column}' (prompts.{field}) is empty in all {len(prompts)} "
+                             f"prompts, so reward '{reward.key}' ({reward.type}) would never apply")
+
+
+def check_inputs(config: Any) -> None:
+    """The stage's local prompts file: every row the stage would read, and the columns its rewards need."""
+    source: PromptSource | None = getattr(config, "prompts", None)
+    if source is None or stage_ref(source.path) is not None or not Path(source.path).exists():
+        return
+    if getattr(config, "rounds", 1) == 0:
+        return  # a preference stage with only an offline round samples no prompts
+    # With shuffle, which rows `limit` keeps depends on the recipe's seed, which this check is not given: read all.
+    prompts = load_prompts(source.model_copy(update={"limit": None}) if source.shuffle else source, seed=0)
+    check_reward_inputs(config.rewards, prompts, source)

@@ -1,0 +1,82 @@
+"""Sampling stages (preference, synthesize, rl) check their prompts file before the run's first stage (and `tempa plan`),
+and refuse a reward that no prompt can feed: each was found when the stage started, after the stages before it had
+trained."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from stage_helpers import done, make_context
+from tempa.recipes.cli import main
+from tempa.sft.stage_api import StageError, StageResult
+
+PROMPTS = str(Path(__file__).resolve().parents[1] / "recipes" / "data" / "sample_prompts.jsonl")
+
+
+def recipe(tmp_path: Path, model: Path, stage: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: t
+        base_model: {model}
+        stages:
+          - name: sft
+            kind: sft
+            data: {{sources: [{{name: rows, path: rows.jsonl}}]}}
+    """) + textwrap.indent(textwrap.dedent(stage), "  "))
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                                                  {"role": "assistant", "content": "yo"}]}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["preference", "synthesize", "rl"])
+def test_plan_refuses_a_bad_prompt_row_before_the_stages_before_it(tmp_path, tiny_model_dir, capsys, kind):
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "Berapa 2+2?", "answer": "4"}\n{"question": "no prompt"}\n')
+    path = recipe(tmp_path, tiny_model_dir, f"""
+        - name: align
+          kind: {kind}
+          prompts: {{path: prompts.jsonl}}
+          rewards: [{{type: format}}]
+    """)
+    assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert f"stage 'align' would fail: {tmp_path / 'prompts.jsonl'}: line 2: has neither a 'messages' list" in err
+    assert "Traceback" not in err
+
+
+def test_plan_refuses_an_answer_reward_no_prompt_has_an_answer_for(tmp_path, tiny_model_dir, capsys):
+    # The reference answers are in a column named `gold`, and the recipe forgot `answer_field: gold`.
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"{i} + {i}?", "gold": str(2 * i)}) + "\n"
+                                                    for i in range(3)))
+    stage = """
+        - name: align
+          kind: synthesize
+          prompts: {path: prompts.jsonl}
+          rewards: [{type: answer}, {type: format}]
+    """
+    path = recipe(tmp_path, tiny_model_dir, stage)
+    assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 1
+    assert ("prompts.jsonl: column 'answer' (prompts.answer_field) is empty in all 3 prompts, so reward 'answer' "
+            "(answer) would never apply") in capsys.readouterr().err
+    path = recipe(tmp_path, tiny_model_dir, stage.replace("prompts.jsonl}", "prompts.jsonl, answer_field: gold}"))
+    assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 0
+
+
+def test_an_earlier_stages_prompts_are_checked_when_the_stage_loads_them(tmp_path, tiny_model_dir):
+    """`stage:NAME` prompts do not exist at plan time; the stage checks them before it samples anything."""
+    from tempa.alignment import PreferenceStageConfig, run_preference
+
+    written = tmp_path / "gen.jsonl"
+    written.write_text("".join(json.dumps({"prompt": f"Tulis kalimat nomor {i}."}) + "\n" for i in range(3)))
+    config = PreferenceStageConfig.model_validate({
+        "name": "align", "prompts": {"path": "stage:gen"}, "sampling": {"n": 2, "max_new_tokens": 4},
+        "rewards": [{"type": "language"}, {"type": "format"}]})
+    ctx = make_context(tmp_path / "run", "align", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="", upstream=[done("gen", StageResult(dataset=written), kind="generate_prompts")])
+    with pytest.raises(StageError, match=r"column 'language' \(prompts\.language_field\) is empty in all 3 prompts, "
+                                         r"so reward 'language' \(language\) would never apply"):
+        run_preference(config, ctx)
+    assert not (ctx.stage_dir / "round-1" / "samples.jsonl").exists()

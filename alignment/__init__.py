@@ -27,7 +27,7 @@ from tempa.alignment.generate_prompts_stage import (
     generated_size,
     run_generate_prompts,
 )
-from tempa.alignment.input_checks import check_inputs
+from tempa.alignment.input_checks import check_api_keys, check_inputs
 from tempa.alignment.judge import Judge, JudgeSettings, parse_judge_score
 from tempa.alignment.pairs import Pair, PairStats, Scored, best_worst, revision_pair
 from tempa.alignment.preference_config import PreferenceStageConfig
@@ -61,6 +61,7 @@ SYNTHESIZE = StageKind(
     resumable=True,
     dataset_size=synthesized_size,
     check_inputs=check_inputs,
+    check_environment=check_api_keys,
 )
 PREFERENCE = StageKind(
     kind="preference",
@@ -73,6 +74,7 @@ PREFERENCE = StageKind(
     resumable=True,
     estimate=estimate_preference,
     check_inputs=check_inputs,
+    check_environment=check_api_keys,
 )
 TRANSLATE = StageKind(
     kind="translate",
@@ -82,6 +84,7 @@ TRANSLATE = StageKind(
     produces=frozenset({Artifact.DATASET}),
     result=TranslateResult,
     dataset_size=translated_size,
+    check_environment=check_api_keys,
 )
 GENERATE_PROMPTS = StageKind(
     kind="generate_prompts",
@@ -91,6 +94,7 @@ GENERATE_PROMPTS = StageKind(
     produces=frozenset({Artifact.DATASET}),
     result=GeneratePromptsResult,
     dataset_size=generated_size,
+    check_environment=check_api_keys,
 )
 RL = StageKind(
     kind="rl",
@@ -104,6 +108,7 @@ RL = StageKind(
     resume_point=resume_point,
     estimate=estimate_rl,
     check_inputs=check_inputs,
+    check_environment=check_api_keys,
 )
 STAGE_KINDS = (SYNTHESIZE, PREFERENCE, RL, TRANSLATE, GENERATE_PROMPTS)
 

@@ -1,8 +1,9 @@
 """What a sampling stage (preference, synthesize, rl) checks of its own inputs before the run's first stage.
 
 The runner calls :func:`check_inputs` for every stage that will run, before any of them starts, and
-`tempa plan` calls it too: a typo in a prompts file, or an API key not exported in this shell, would
-otherwise be found only when the stage starts, after the stages before it trained (and, for a judge's
+`tempa plan` calls it too; :func:`check_api_keys` (every stage with a teacher, judge or reviser) is the
+run's refusal and the plan's warning. A typo in a prompts file, or an API key not exported in this shell,
+would otherwise be found only when the stage starts, after the stages before it trained (and, for a judge's
 key, after the stage sampled every prompt). Nothing here loads a model or reaches a hub: a prompts file
 is read only when it is local (an earlier stage's dataset does not exist yet, a hub dataset would be
 downloaded); the stage checks those itself when it loads them (:func:`check_reward_inputs`).

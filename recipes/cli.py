@@ -184,7 +184,7 @@ def _cmd_plan(args) -> int:
     from rich.table import Table
 
     from tempa.recipes.loader import load_recipe
-    from tempa.recipes.runner import check_stage_inputs, plan_run
+    from tempa.recipes.runner import check_stage_inputs, environment_problems, plan_run
 
     if args.mfu is not None and not args.hardware:
         raise RecipeError(f"--mfu {args.mfu:g} needs --hardware (e.g. --hardware 8xH100): it sets the estimate's MFU")
@@ -214,6 +214,8 @@ def _cmd_plan(args) -> int:
                       d.fingerprint[:12])
     console.print(table)
     _print_train_args(console, loaded)
+    for problem in environment_problems(loaded, decisions):  # `tempa run` in this shell refuses these
+        console.print(f"[yellow]warning:[/yellow] {problem}", markup=True, highlight=False)
     if args.hardware:
         from tempa.recipes.estimate import render_estimate
 

@@ -416,6 +416,21 @@ def check_sequence_parallel(loaded: LoadedRecipe, running: list[StageDecision]) 
                          "`tempa plan --hardware` lists the sizes that fit")
 
 
+def environment_problems(loaded: LoadedRecipe, decisions: list[StageDecision]) -> list[str]:
+    """What this shell lacks for the stages that will run (an API key's variable), one line each: the run refuses
+    the first before its first stage (a judge's key was missed after the stages before it trained and the stage
+    sampled every prompt); `tempa plan` warns."""
+    problems = []
+    for decision in decisions:
+        check = stage_kind(decision.kind).check_environment
+        if decision.action != "skip" and check is not None:
+            try:
+                check(loaded.stages[decision.index])
+            except StageError as exc:
+                problems.append(f"stage '{decision.name}' would fail: {exc}")
+    return problems
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -432,6 +447,9 @@ def run_recipe(
         write_atomic(run_dir / RESOLVED_RECIPE, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
         decisions = plan_run(loaded, run_dir, from_stage=from_stage, only=only)
         check_stage_inputs(loaded, decisions)
+        problems = environment_problems(loaded, decisions)
+        if problems:
+            raise StageError(problems[0])
         base_dir = resolve_base_model(loaded)
         template = template_text(loaded)
         tokenizer_dir = prepare_tokenizer(base_dir, loaded.recipe.chat_template, template, run_dir, log,

@@ -304,6 +304,9 @@ class StageKind(Generic[ConfigT, ResultT]):
     # What the stage can check of its own inputs before the run's first stage starts (evaluation rows, say), so a
     # typo in a file is not found after hours of training; raises a one-line StageError. `tempa plan` runs it too.
     check_inputs: Callable[[ConfigT], None] | None = None
+    # What the stage needs of the shell the run starts in (an API key's environment variable): `tempa run` refuses
+    # before its first stage, `tempa plan` only warns (a recipe is often planned where it will not run).
+    check_environment: Callable[[ConfigT], None] | None = None
 
     def __post_init__(self) -> None:
         missing = [a.value for a in self.produces if a.value not in self.result.model_fields]

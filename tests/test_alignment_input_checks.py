@@ -1,6 +1,6 @@
 """Sampling stages (preference, synthesize, rl) check their prompts file before the run's first stage (and `tempa plan`),
-and refuse a reward that no prompt can feed: each was found when the stage started, after the stages before it had
-trained."""
+and refuse a reward that no prompt can feed; the run refuses an unset API key variable before its first stage (plan
+warns): each was found when the stage started, after the stages before it had trained."""
 
 from __future__ import annotations
 
@@ -80,3 +80,30 @@ def test_an_earlier_stages_prompts_are_checked_when_the_stage_loads_them(tmp_pat
                                          r"so reward 'language' \(language\) would never apply"):
         run_preference(config, ctx)
     assert not (ctx.stage_dir / "round-1" / "samples.jsonl").exists()
+
+
+def test_an_unset_api_key_is_refused_by_the_run_before_its_first_stage_and_named_by_plan(tmp_path, tiny_model_dir, capsys,
+                                                                            monkeypatch):
+    path = recipe(tmp_path, tiny_model_dir, f"""
+        - name: align
+          kind: preference
+          prompts: {{path: {PROMPTS}, limit: 4}}
+          rewards:
+            - {{type: format}}
+            - {{type: judge, backend: {{type: http, base_url: "http://127.0.0.1:9/v1", model: m,
+                                        api_key_env: TEMPA_TEST_JUDGE_KEY}}}}
+    """)
+    monkeypatch.delenv("TEMPA_TEST_JUDGE_KEY", raising=False)
+    problem = ("stage 'align' would fail: rewards[1].backend.api_key_env: environment variable TEMPA_TEST_JUDGE_KEY "
+               "is not set (the API key for http://127.0.0.1:9/v1); export it before the run")
+    # plan warns (a recipe is often planned where it will not run) ...
+    assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 0
+    assert f"warning: {problem}" in " ".join(capsys.readouterr().out.split())
+    # ... the run refuses before its first stage (it found the key after sft trained and align sampled)
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"tempa: error: {problem}"]
+    assert not (tmp_path / "run" / "sft").exists()
+    monkeypatch.setenv("TEMPA_TEST_JUDGE_KEY", "sk-secret-value-1234")
+    assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.out and "sk-secret" not in captured.out + captured.err

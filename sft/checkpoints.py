@@ -41,6 +41,33 @@ def resume_point(stage_dir: Path) -> str | None:
     return last.name if last is not None else None
 
 
+def rotate_checkpoints(output_dir: Path, limit: int | None, inside: Iterable[Path], *,
+                       keep: str | Path | None = None) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond ``limit`` (the recipe's ``save_total_limit``).
+
+    Called once the newest checkpoint's marker is written, never before: transformers rotates inside its
+    own save, before the marker, and with a limit of 1 a kill between the two left no complete checkpoint
+    to resume from. The newest complete checkpoint and ``keep`` (the trainer's best) always stay, as in
+    transformers; a checkpoint without its marker is not counted (a resume deletes it).
+    """
+    if not limit or limit <= 0:
+        return []
+    complete = [checkpoint.path for checkpoint in complete_checkpoints(Path(output_dir))]
+    protected = {path.name for path in complete[-1:]}
+    if keep is not None:
+        protected.add(Path(keep).name)  # the trainer's own spelling of a path in output_dir
+    surplus = len(complete) - max(limit, len(protected))
+    removed = []
+    for path in complete:
+        if surplus <= 0:
+            break
+        if path.name not in protected:
+            remove_tree(path, inside)
+            removed.append(path)
+            surplus -= 1
+    return removed
+
+
 def remove_incomplete_checkpoints(output_dir: Path, inside: Iterable[Path]) -> list[Path]:
     """Delete checkpoints a kill interrupted mid-save, so neither a resume nor rotation uses them.
 

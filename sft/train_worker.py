@@ -22,7 +22,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tempa.sft.checkpoints import COMPLETE_MARKER, last_complete_checkpoint
+from tempa.sft.checkpoints import COMPLETE_MARKER, last_complete_checkpoint, rotate_checkpoints
 from tempa.sft.files import remove_tree
 from tempa.sft.kernels import (
     KernelChoice,
@@ -42,7 +42,21 @@ from tempa.sft.train_plan import OUTCOME_FILE, ParameterShards, TrainOutcome, Tr
 
 
 class CheckpointCompleteCallback(TrainerCallback):
-    """Marks ``checkpoint-N`` complete once every process has finished writing it."""
+    """Marks ``checkpoint-N`` complete once every process has finished writing it, then deletes the
+    checkpoints beyond ``save_total_limit``.
+
+    transformers deletes old checkpoints inside its save, before the ``on_save`` callbacks, i.e. before the
+    new checkpoint is marked: with ``save_total_limit: 1`` a kill in between left nothing to resume from.
+    So this callback takes the limit over when training starts and rotates only after the marker.
+    """
+
+    def __init__(self) -> None:
+        self.save_total_limit: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.save_total_limit:
+            self.save_total_limit, args.save_total_limit = args.save_total_limit, None
+        return control
 
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
@@ -56,6 +70,8 @@ class CheckpointCompleteCallback(TrainerCallback):
                 tmp = marker.with_suffix(".tmp")
                 tmp.write_text(f"{state.global_step}\n")
                 os.replace(tmp, marker)
+            output_dir = Path(args.output_dir)
+            rotate_checkpoints(output_dir, self.save_total_limit, [output_dir], keep=state.best_model_checkpoint)
         return control
 
 

@@ -148,10 +148,10 @@ def test_changed_input_file_reruns_the_stage_that_reads_it(recipe, tmp_path):
 
 def test_an_input_linked_to_another_folder_reruns_the_stage(tmp_path):
     """A recipe path keeps its last name when it is a link (a model folder `best -> checkpoint-1000`); pointing the
-    link at another checkpoint with files of the same sizes (large weights are digested by size) is another input."""
+    link at another checkpoint with files of the same sizes is another input."""
     for name in ("ck1", "ck2"):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "weights.bin").write_bytes(name.encode() * (3 << 20))  # 9 MiB: digested by its size
+        (tmp_path / name / "weights.bin").write_bytes(name.encode() * (3 << 20))  # 9 MiB: digested by samples, not in full
     (tmp_path / "best").symlink_to(tmp_path / "ck1")
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: t\nbase_model: tempa:tiny\nstages:\n  - {name: a, kind: touch, value: 1, input: best}\n")
@@ -161,6 +161,35 @@ def test_an_input_linked_to_another_folder_reruns_the_stage(tmp_path):
     (tmp_path / "best").symlink_to(tmp_path / "ck2")
     plans = plan_run(load_recipe(recipe), tmp_path / "run")
     assert plans[0].action == "rerun" and "input files" in plans[0].reason
+
+
+def test_a_base_model_retrained_in_place_reruns_every_stage(tmp_path, tiny_model_dir):
+    """A base model folder whose weights were rewritten with new values of the same shapes (retrained, re-exported):
+    same config.json, same file sizes. Large files were digested by size alone, so every stage was skipped as
+    complete and the run shipped a model trained from the old base."""
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    weights = base / "extra.safetensors"
+    weights.write_bytes(bytes(range(256)) * (24 << 10))  # 6 MiB, above the size digested in full
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\nbase_model: {base}\nstages:\n  - {{name: a, kind: touch, value: 1}}\n"
+                      "  - {name: b, kind: touch, value: 2}\n")
+    run_recipe(load_recipe(recipe), tmp_path / "run")
+    assert [p.action for p in plan_run(load_recipe(recipe), tmp_path / "run")] == ["skip", "skip"]
+
+    with open(weights, "r+b") as f:  # new values in the middle of the file: the size does not change
+        f.seek(3 << 20)
+        f.write(b"\xff" * (1 << 20))
+    plans = plan_run(load_recipe(recipe), tmp_path / "run")
+    assert [p.action for p in plans] == ["rerun", "rerun"]
+    assert "upstream model/stage" in plans[0].reason
+
+    shutil.copy(weights, tmp_path / "copy")  # a copy (new mtime, same bytes) is the same model
+    (tmp_path / "copy").replace(weights)
+    run_recipe(load_recipe(recipe), tmp_path / "run")
+    assert [p.action for p in plan_run(load_recipe(recipe), tmp_path / "run")] == ["skip", "skip"]
 
 
 def test_from_and_only_force_stages(recipe, tmp_path):

@@ -221,6 +221,7 @@ def plan_run(
     fps: dict[str, str] = {}
     run_ids: dict[str, str] = {}  # each earlier stage's last run, from its manifest
     will_run: set[str] = set()
+    out_of_date: set[str] = set()  # stale stages: what is built on them is stale too, even where --only skips them
     forcing = False
     for i, config in enumerate(loaded.stages):
         name = config.name
@@ -251,9 +252,11 @@ def plan_run(
         if action == "skip" and manifest is not None:
             # Complete for its fingerprint, but built on an earlier stage that has run again since (--only),
             # or that runs again now: its outputs are out of date.
-            stale = [dep for dep in inputs if dep in will_run or dep in stale_inputs(manifest, run_ids)]
+            stale = [dep for dep in inputs
+                     if dep in will_run or dep in out_of_date or dep in stale_inputs(manifest, run_ids)]
             if stale:
                 action, reason = "rerun", f"stale: {_names(stale)} ran again since it ran"
+                out_of_date.add(name)
         finished = manifest is not None and manifest.status == "done"
         if only is not None and name != only and action != "skip":
             action, reason = "skip", "not selected by --only"
@@ -649,6 +652,19 @@ def stage_status(names: list[str] | None, run_dir: Path) -> list[StageStatus]:
         names = [m.name for m in sorted(manifests.values(), key=lambda m: m.started_at)]
     active = run_in_progress(run_dir)
     run_ids = {name: m.run_id for name, m in manifests.items()}
+    done = {name for name, m in manifests.items() if done_fingerprint(run_dir / name) == m.fingerprint}
+    reran = {name: stale_inputs(manifests[name], run_ids) for name in done}
+    # A stage built on a stale one is stale too (its input has not run again, but what that input read has):
+    # spread until nothing changes, as ``names`` need not be in run order (`tempa push` passes none).
+    behind: dict[str, list[str]] = {name: [] for name in done}
+    changed = True
+    while changed:
+        changed = False
+        for name in done:
+            late = [dep for dep in manifests[name].inputs
+                    if dep in done and (reran[dep] or behind[dep]) and dep not in reran[name]]
+            if late != behind[name]:
+                behind[name], changed = late, True
     rows = []
     for name in names:
         manifest = manifests.get(name)
@@ -656,11 +672,13 @@ def stage_status(names: list[str] | None, run_dir: Path) -> list[StageStatus]:
             rows.append(StageStatus(name, "", "pending"))
             continue
         state, note = "pending", None
-        if done_fingerprint(run_dir / name) == manifest.fingerprint:
+        if name in done:
             state = "done"
-            stale = stale_inputs(manifest, run_ids)
-            if stale:
-                state, note = "stale", f"{_names(stale)} ran again since; the next `tempa run` re-runs it"
+            why = [f"{_names(reran[name])} ran again since"] if reran[name] else []
+            if behind[name]:
+                why.append(f"{_names(behind[name])} {'is' if len(behind[name]) == 1 else 'are'} stale")
+            if why:
+                state, note = "stale", f"{'; '.join(why)}; the next `tempa run` re-runs it"
         elif manifest.status == "failed":
             state = "failed"
         elif manifest.status == "running":

@@ -226,6 +226,26 @@ def test_only_leaves_later_stages_stale_until_a_plain_run(recipe, tmp_path):
     assert [p.action for p in plan_run(load_recipe(recipe), run_dir)] == ["skip", "skip", "skip"]
 
 
+def test_a_stage_built_on_a_stale_stage_is_stale_too(tmp_path, tiny_model_dir):
+    """a -> b -> c, where c reads only b: after `--only a`, b is stale because a ran again, and c, built on b's
+    out-of-date model, is stale as well. Status called c done (it compared c's inputs' run ids only, and b has not
+    run again), and the run's summary left it out of the stages it calls out of date."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\nbase_model: {tiny_model_dir}\nstages:\n  - {{name: a, kind: touch, value: 1}}\n"
+                      "  - {name: b, kind: touch, value: 2}\n  - {name: c, kind: touch, value: 3}\n")
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    summary = run_recipe(load_recipe(recipe), run_dir, only="a")
+    assert summary.stale == ["b", "c"]
+    for names in (["a", "b", "c"], None):  # `tempa status` (the recipe's order) and `tempa push` (no recipe)
+        states = {row.name: (row.state, row.note) for row in stage_status(names, run_dir)}
+        assert states["a"] == ("done", None)
+        assert states["b"] == ("stale", "'a' ran again since; the next `tempa run` re-runs it")
+        assert states["c"] == ("stale", "'b' is stale; the next `tempa run` re-runs it")
+    plans = plan_run(load_recipe(recipe), run_dir)
+    assert [(p.name, p.action) for p in plans] == [("a", "skip"), ("b", "rerun"), ("c", "rerun")]
+
+
 def test_only_on_a_fresh_run_dir_runs_that_stage_alone(recipe, tmp_path):
     # The stages it does not select have never run: they stay unrun, which is no error.
     run_dir = tmp_path / "run"

@@ -28,6 +28,7 @@ from tempa.merge.leaderboard import EvaluateResult, is_headline, lower_is_better
 from tempa.merge.merge_result import MergeResult
 from tempa.recipes.registry import stage_kinds
 from tempa.recipes.rundir import Manifest, read_manifest, require_run_dir
+from tempa.recipes.runner import stage_status
 from tempa.sft.data_report import DataMix
 from tempa.sft.files import cache_root, digest, path_digest, staging_dir, write_json
 from tempa.sft.run_layout import FINAL_LINK, REPORT_DIR, TOKENIZER_DIR
@@ -400,10 +401,13 @@ def _fmt(value: Any) -> str:
     return "–" if value is None else html.escape(format_metric(value))
 
 
-def stages_section(stages: list[tuple[Manifest, StageResult | None]]) -> str:
+def stages_section(stages: list[tuple[Manifest, StageResult | None]], states: dict[str, str] | None = None) -> str:
+    """``states``: each stage's state as `tempa status` tells it (a manifest still reads `running` after a kill,
+    and `done` once an input ran again)."""
+    states = states or {}
     rows = "".join(
         f"<tr><td>{html.escape(m.name)}</td><td>{html.escape(m.kind)}</td>"
-        f"<td>{html.escape(m.status)}</td><td>{_fmt(m.duration_s)}</td>"
+        f"<td>{html.escape(states.get(m.name, m.status))}</td><td>{_fmt(m.duration_s)}</td>"
         f"<td>{', '.join(f'{html.escape(k)}={_fmt(v)}' for k, v in list(m.metrics.items())[:6])}</td></tr>"
         for m, _ in stages)
     return (f"<section id='stages'><h2>Stages</h2><table><tr><th>stage</th><th>kind</th><th>status</th>"
@@ -443,9 +447,11 @@ def write_report(run_dir: str | Path, *, samples: bool = True) -> Path:
     require_run_dir(run_dir)
     stages = finished_stages(run_dir)
     done = [(m, r) for m, r in stages if r is not None]
+    states = {row.name: f"{row.state} ({row.note})" if row.note else row.state
+              for row in stage_status([m.name for m, _ in stages], run_dir)}
     sections = [
         f"<h1>tempa run report</h1><p>{html.escape(str(run_dir))}</p>",
-        stages_section(stages),
+        stages_section(stages, states),
         data_mix_section(done),
         training_section(done),
         preference_section(done),

@@ -246,6 +246,32 @@ def test_a_stage_built_on_a_stale_stage_is_stale_too(tmp_path, tiny_model_dir):
     assert [(p.name, p.action) for p in plans] == [("a", "skip"), ("b", "rerun"), ("c", "rerun")]
 
 
+def test_report_states_each_stage_as_status_does(recipe, tmp_path):
+    """`tempa report` on a half-finished run: a stage cut off by a kill is interrupted (its manifest still reads
+    `running`, which the report showed), and one built on a stage that ran again is stale (the report said done)."""
+    import html
+    import re
+
+    from tempa.recipes.report import write_report
+
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    run_recipe(load_recipe(recipe), run_dir, only="a")  # b and c (both built on a) are stale now
+    manifest = json_or_none(run_dir / "b" / MANIFEST)
+    manifest["status"] = "running"  # b's next run was killed: no DONE, and no runner holds the folder
+    (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
+    (run_dir / "b" / DONE).unlink()
+    page = write_report(run_dir, samples=False).read_text(encoding="utf-8")
+    stages = page[page.index("<section id='stages'>"):]
+    stages = stages[:stages.index("</section>")]
+    rows = {cells[0]: cells[2] for cells in (
+        [html.unescape(re.sub(r"<[^>]+>", "", cell)) for cell in re.findall(r"<td>(.*?)</td>", row)]
+        for row in re.findall(r"<tr>(.*?)</tr>", stages)) if cells}
+    assert rows["a"] == "done"
+    assert rows["b"] == "interrupted"
+    assert rows["c"].startswith("stale") and "'a' ran again since" in rows["c"]
+
+
 def test_only_on_a_fresh_run_dir_runs_that_stage_alone(recipe, tmp_path):
     # The stages it does not select have never run: they stay unrun, which is no error.
     run_dir = tmp_path / "run"

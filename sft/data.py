@@ -54,6 +54,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -219,7 +220,9 @@ def prepare_sft_data(
         if entry.exists():
             logger.warning("SFT data: discarding incomplete cache entry %s", entry)
             remove_tree(entry, [cache_dir])
-        build_dir = cache_dir / f".tmp-{key[:16]}-{uuid.uuid4().hex[:8]}"
+        for path in sweep_dead_builds(cache_dir):
+            logger.warning("SFT data: removed %s, a build its killed process left in the cache", path)
+        build_dir = cache_dir / f".tmp-{key[:16]}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         build_dir.mkdir(parents=True)
         try:
             try:
@@ -242,6 +245,33 @@ def prepare_sft_data(
         finally:
             remove_tree(build_dir, [cache_dir])
     return _open_entry(entry, out_dir, hit, config.sources)
+
+
+_BUILD = re.compile(r"^\.tmp-[0-9a-f]{16}-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def sweep_dead_builds(cache_dir: Path) -> list[Path]:
+    """Remove the builds in ``cache_dir`` whose process (on this host) is gone, and return them.
+
+    A SIGKILL (OOM killer, preemption) during data prep skips the ``finally`` that removes a build, and the
+    tokenised rows of a large mix are many GB: each kill left one more in the shared cache. A build names its
+    host and pid; another host's, or a live process's (another run building now), is left alone.
+    """
+    removed = []
+    for path in Path(cache_dir).glob(".tmp-*"):
+        match = _BUILD.match(path.name)
+        if match is None or match["host"] != socket.gethostname():
+            continue
+        try:
+            os.kill(int(match["pid"]), 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        remove_tree(path, [cache_dir])
+        removed.append(path)
+    return removed
 
 
 def _open_entry(entry: Path, out_dir: Path, hit: bool, sources: Sequence[SourceConfig]) -> PreparedData:

@@ -242,6 +242,52 @@ def test_cache_hits_and_misses_when_it_should(tmp_path: Path, tokenizer: Any, mo
     assert not rebuilt.cache_hit and (rebuilt.cache_path / COMPLETE).exists() and len(builds) == 5
 
 
+KILLED_PREP = """
+import os, signal, sys
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+import tempa.sft.data as data
+from tempa.chat_templates import load_template
+from tempa.sft.data_config import DataConfig
+
+real_build = data._build
+
+
+def killed_build(*args, **kwargs):
+    real_build(*args, **kwargs)  # the rows are tokenised into the build folder ...
+    os.kill(os.getpid(), signal.SIGKILL)  # ... and the OOM killer strikes before it is published
+
+
+data._build = killed_build
+folder = Path(sys.argv[2])
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+tokenizer.chat_template = load_template("llama3_thinking")
+config = DataConfig.model_validate({"sources": [{"name": "r", "path": "rows.jsonl"}]}, context={"base_dir": str(folder)})
+data.prepare_sft_data(config, tokenizer, out_dir=folder / "killed-out", cache_dir=folder / "cache", seed=0)
+"""
+
+
+def test_a_build_left_by_a_killed_data_prep_is_removed_by_the_next(tmp_path: Path, tokenizer: Any,
+                                                                  tiny_tokenizer_dir: Path) -> None:
+    """A SIGKILL during data prep skips the clean-up of its build folder in the shared cache (the tokenised rows of
+    a large mix: many GB); each kill left one more there, until the disk was full."""
+    import subprocess
+    import sys
+
+    write_jsonl(tmp_path / "rows.jsonl", [chat(f"soal {i}", f"jawab {i}", f"pikir {i}") for i in range(10)])
+    killed = subprocess.run([sys.executable, "-c", KILLED_PREP, str(tiny_tokenizer_dir), str(tmp_path)],
+                            capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    left = list((tmp_path / "cache").glob(".tmp-*"))
+    assert len(left) == 1 and (left[0] / "train").is_dir()  # the killed build, tokenised rows and all
+
+    prepared = prepare(tmp_path, config(tmp_path, [{"name": "r", "path": "rows.jsonl"}]), tokenizer)
+    assert not prepared.cache_hit and (prepared.cache_path / COMPLETE).exists()
+    assert list((tmp_path / "cache").glob(".tmp-*")) == []
+
+
 # --- rejects and errors ---------------------------------------------------------------------------
 
 

@@ -3,13 +3,16 @@
 A data row lists its instructions as dicts with a ``type`` and that type's arguments, e.g.
 ``{"type": "word_count", "min": 50, "max": 120}``. The checks read the user-visible answer (the
 text after any think block) and are script-agnostic where they can be: words are runs of word
-characters, sentences end at ``. ! ? 。 ！ ？`` and the Devanagari/Thai-style full stops.
+characters and combining marks, sentences end at ``. ! ? 。 ！ ？`` and the Devanagari dandas ``। ॥`` (Thai
+marks a sentence's end with a space, so unpunctuated Thai is one sentence). A blank answer follows no
+instruction, as in IFEval's reference.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
@@ -134,8 +137,17 @@ _FENCE_RE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL | re.IGNORE
 
 
 def count_words(text: str) -> int:
-    """Runs of word characters (contractions and hyphenations count once)."""
-    return len(_WORD_RE.findall(text))
+    """Runs of word characters (contractions and hyphenations count once).
+
+    Combining marks (Thai, Tamil and Devanagari vowel signs and viramas) belong to the word they sit in:
+    ``re``'s ``\\w`` does not match them, so "வணக்கம்" would be three words. Scripts written without
+    spaces between words (Thai, Japanese, Chinese) count each run between spaces or punctuation once.
+    """
+    return len(_WORD_RE.findall(_marks_as_letters(text)))
+
+
+def _marks_as_letters(text: str) -> str:
+    return "".join("a" if unicodedata.category(ch).startswith("M") else ch for ch in text)
 
 
 def count_sentences(text: str) -> int:
@@ -180,7 +192,15 @@ def parse_instructions(raw: Iterable[Mapping[str, Any]] | None) -> list[Instruct
 
 
 def check_all(instructions: Iterable[Instruction], text: str) -> list[bool]:
-    """One pass/fail per instruction, in order."""
+    """One pass/fail per instruction, in order; a blank answer follows none of them.
+
+    As in IFEval's reference (``response.strip() and instruction.check_following(response)``): without it an
+    answer that never came (a think block cut off at the token limit leaves none) passes every "at most N
+    words / sentences / bullets" instruction.
+    """
+    instructions = list(instructions)
+    if not text.strip():
+        return [False] * len(instructions)
     return [instruction.check(text) for instruction in instructions]
 
 

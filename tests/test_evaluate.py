@@ -21,7 +21,14 @@ from tempa.merge.answers import (
     thinking_off_compliant,
     thinking_on_compliant,
 )
-from tempa.merge.ifeval import count_bullets, count_sentences, count_words, ifeval_scores, parse_instructions
+from tempa.merge.ifeval import (
+    check_all,
+    count_bullets,
+    count_sentences,
+    count_words,
+    ifeval_scores,
+    parse_instructions,
+)
 from tempa.merge.language import language_scores
 from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, read_leaderboard
 from tempa.sft.language import Detection
@@ -71,6 +78,28 @@ def test_ifeval_counters_and_scores():
         parse_instructions([{"type": "word_count"}])  # neither min nor max
     with pytest.raises(ValidationError):
         parse_instructions([{"type": "rhymes"}])
+
+
+def test_words_keep_their_combining_marks():
+    # Two words each, by the spaces between them; re's \w alone split them at every vowel sign and virama
+    # (Tamil 5 words, Hindi 5, Thai 6), so a Tamil answer failed "at most N words" at well under N.
+    assert count_words("வணக்கம் நண்பர்களே") == 2
+    assert count_words("नमस्ते दोस्तों") == 2
+    assert count_words("สวัสดีครับ ผมชื่อสมชาย") == 2  # Thai has no spaces between words: runs count once
+    (limit,) = parse_instructions([{"type": "word_count", "max": 3}])
+    assert limit.check("இது ஒரு பதில்")  # "this is an answer": three words
+
+
+def test_a_blank_answer_follows_no_instruction():
+    # IFEval's reference fails every instruction of a blank response. A think block cut off at the token
+    # limit leaves no answer: it must not pass "at most 50 words / 3 sentences / 2 bullets".
+    checks = parse_instructions([{"type": "word_count", "max": 50}, {"type": "sentence_count", "max": 3},
+                                 {"type": "bullet_count", "max": 2}])
+    assert check_all(checks, "") == [False, False, False]
+    assert check_all(checks, " \n ") == [False, False, False]
+    assert check_all(checks, "Short answer.") == [True, True, True]
+    scores = ifeval_scores([(checks, check_all(checks, "")), (checks, check_all(checks, "Short answer."))])
+    assert scores["prompt_accuracy"] == 0.5 and scores["instruction_accuracy"] == 0.5
 
 
 # --- think blocks, compliance, answers -------------------------------------------------------------

@@ -96,6 +96,26 @@ class LanguageSuite(_GenerationSuite, language.LanguageRules):
     def _known(cls, value: list[str] | None) -> list[str] | None:
         return None if value is None else language.check_codes(value)
 
+    @model_validator(mode="after")
+    def _target_known(self):
+        if self.language is not None:
+            if (problem := self.target_problem(self.language)) is not None:
+                raise ValueError(problem)
+            self.language = language.canonical(self.language)
+        return self
+
+    def target_problem(self, code: Any) -> str | None:
+        """Why answers cannot be scored as in ``code`` (one line), or None. An unknown code ('vn', 'Indonesian')
+        or one outside `languages` is never what the detector returns: every answer would count as in the wrong
+        language, silently."""
+        try:
+            (spelled,) = language.check_codes([str(code)])
+        except ValueError as error:
+            return str(error).split("; known:")[0]
+        if self.languages is not None and not language.accepted([spelled], self.equivalent) & set(self.languages):
+            return f"language {code!r} is not among the suite's `languages` {self.languages}, so no answer could be in it"
+        return None
+
 
 class ThinkingFormatSuite(_DataSuite):
     """Thinking-format compliance per mode. On: a closed think block, then an answer. Off: no think text."""

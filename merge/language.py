@@ -34,6 +34,8 @@ def language_scores(
         raise ValueError("detected, targets and correct must have the same length")
     if not detected:
         return {}
+    # one spelling per language, so that rows saying 'ind' and 'id' share one breakdown
+    targets = [language.canonical(t) for t in targets]
     verdicts = [d.is_in(language.accepted([t], equivalent)) for d, t in zip(detected, targets, strict=True)]
     scores: dict[str, float] = {"language:undetermined": sum(v is None for v in verdicts) / len(verdicts)}
     scores.update(_share("language_share", verdicts))

@@ -168,6 +168,10 @@ def test_language_normalised_accuracy():
         assert language_scores([found(detected)], [target], [True], [])["normalized_accuracy"] == 0.0
     assert language_scores([found("ms")], ["id"], [True])["language_share"] == 1.0  # id~ms by default
     assert language_scores([found("tl")], ["fil"], [True], [])["language_share"] == 1.0  # one language, two codes
+    # Rows spelling one language two ways share one breakdown, under the detector's code.
+    both = language_scores([found("id"), found("en")], ["ind", "id"], [True, True], [])
+    assert both["language_share:id"] == 0.5 and both["normalized_accuracy:id"] == 0.5
+    assert not any(name.endswith(":ind") for name in both)
 
 
 def test_language_suite_checks_codes_at_load(tmp_path):
@@ -181,6 +185,18 @@ def test_language_suite_checks_codes_at_load(tmp_path):
         {"name": "e", "kind": "evaluate", "suites": [{**suite, "languages": ["fil", "ind_Latn", "en"]}]}
     )
     assert config.suites[0].languages == ["tl", "id", "en"]
+    with pytest.raises(ValidationError, match="language code 'Indonesian' is not one the language detector"):
+        EvaluateStageConfig.model_validate(
+            {"name": "e", "kind": "evaluate", "suites": [{**suite, "language": "Indonesian"}]}
+        )
+    with pytest.raises(ValidationError, match=r"language 'th' is not among the suite's `languages` \['en', 'id'\]"):
+        EvaluateStageConfig.model_validate(
+            {"name": "e", "kind": "evaluate", "suites": [{**suite, "language": "th", "languages": ["en", "id"]}]}
+        )
+    ms = EvaluateStageConfig.model_validate(  # Malay is scored among [en, id]: id~ms by default
+        {"name": "e", "kind": "evaluate", "suites": [{**suite, "language": "zsm", "languages": ["en", "id"]}]}
+    )
+    assert ms.suites[0].language == "ms"
 
 
 # --- leaderboard ------------------------------------------------------------------------------------
@@ -710,6 +726,12 @@ def test_an_evaluate_stage_with_a_bad_row_fails_before_any_model_work(tmp_path, 
         ({"type": "ifeval"}, {"prompt": "q", "instructions": [{"id": "no:such_check"}]}, "bad instructions ("),
         ({"type": "language", "language": "en"}, {"prompt": "q", "instructions": [{"id": "no:such_check"}]},
          "bad instructions ("),
+        # An unknown code, or one the suite's detector cannot return: every answer was scored as in the wrong
+        # language (language_share 0), silently.
+        ({"type": "language", "language": "en"}, {"prompt": "q", "language": "vn"},
+         "language code 'vn' is not one the language detector (py3langid) knows"),
+        ({"type": "language", "language": "en", "languages": ["en", "id"]}, {"prompt": "q", "language": "th"},
+         "language 'th' is not among the suite's `languages` ['en', 'id'], so no answer could be in it"),
         ({"type": "accuracy"}, {"answer": 4}, "evaluation row has neither 'messages' nor a 'prompt' string"),
         ({"type": "thinking"}, {"messages": [{"role": "system", "content": "s"}]},
          "evaluation row has no user message"),

@@ -155,9 +155,17 @@ def finish_model_dir(out_dir: Path, ctx: StageContext, donor: Path) -> None:
             break
 
 
-def _direction_adjusted(metric: str, merged: float, best: float) -> float:
+def _lower_is_better(config: MergeStageConfig, metric: str) -> bool:
+    """The direction ``metric`` is judged in: the recipe's ``select.higher_is_better`` for the metric it selects by
+    (it is set exactly when the name's direction is wrong, and the inputs were chosen by it), else the name's."""
+    if config.select is not None and config.select.higher_is_better is not None and metric == config.select.metric:
+        return not config.select.higher_is_better
+    return lower_is_better(metric)
+
+
+def _direction_adjusted(lower: bool, merged: float, best: float) -> float:
     """How much better the merge is than the best input (positive = better), in metric units."""
-    return best - merged if lower_is_better(metric) else merged - best
+    return best - merged if lower else merged - best
 
 
 def run_merge(
@@ -229,8 +237,9 @@ def run_merge(
                 row.metrics[focus] for row in board.rows if row.candidate in inputs and focus in row.metrics
             ]
             if values:
-                best = min(values) if lower_is_better(focus) else max(values)
-                gain = _direction_adjusted(focus, merged_metrics[focus], best)
+                lower = _lower_is_better(config, focus)
+                best = min(values) if lower else max(values)
+                gain = _direction_adjusted(lower, merged_metrics[focus], best)
                 metrics.update({"metric": focus, "best_input": best, "gain_over_best_input": gain,
                                 "merge_helped": gain > 0})
                 summary.reevaluation = Reevaluation(metric=focus, merged=merged_metrics[focus], best_input=best,

@@ -477,6 +477,37 @@ def test_select_from_leaderboard_then_rescore(tmp_path, tokenizer_dir, checkpoin
     assert result.leaderboard is not None and {r.candidate for r in result.leaderboard.rows} == {"a", "b", "c", "merge"}
 
 
+def test_the_merge_is_judged_in_the_direction_its_inputs_were_selected_by(tmp_path, tokenizer_dir, checkpoints,
+                                                                         tiny_model_dir):
+    """select.higher_is_better: false picks the lowest values; the re-scored merge is compared with the lowest of its
+    inputs too, not with the highest (the name's direction), which named the wrong input and value in the note."""
+    from tempa.merge import EvaluateStageConfig
+    from tempa.merge.evaluate_stage import run_evaluate
+
+    data = tmp_path / "math.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"2+2? ({i})", "answer": 4}) + "\n" for i in range(2)))
+    evaluate = EvaluateStageConfig.model_validate(
+        {"name": "eval", "kind": "evaluate", "models": [str(p) for p in checkpoints.values()],
+         "suites": [{"type": "accuracy", "name": "math", "data": str(data)}]}
+    )
+    scored = run_evaluate(evaluate, make_ctx(tmp_path, "eval", tokenizer_dir=tokenizer_dir, base=tiny_model_dir),
+                          backend_factory=lambda path, _cfg, _ctx: ScriptedBackend(path, {"a", "c"}))
+    config = MergeStageConfig.model_validate(
+        {"name": "merge", "kind": "merge", "method": "linear", "evaluate_stage": "eval",
+         "select": {"metric": "math/accuracy", "top_k": 2, "higher_is_better": False}}
+    )
+    ctx = make_ctx(tmp_path, "merge", tokenizer_dir=tokenizer_dir, base=tiny_model_dir,
+                   upstream=[done("eval", scored, kind="evaluate", config=evaluate)])
+    # a = 1.0, b = 0.0, c = 1.0: lowest first, b then a (a before c on the board); the merge answers wrong: 0.0.
+    result = run_merge(config, ctx, backend_factory=lambda path, _cfg, _ctx: ScriptedBackend(path, {"a", "c"}))
+    assert [m.name for m in result.summary.models] == ["b", "a"]
+    assert result.metrics["merged/math/accuracy"] == 0.0
+    assert result.metrics["best_input"] == 0.0  # b's, the best in the selected direction (was a's 1.0)
+    assert result.metrics["gain_over_best_input"] == 0.0 and result.metrics["merge_helped"] is False
+    (note,) = result.notes
+    assert "(math/accuracy 0 merged, 0 for b)" in note
+
+
 def shard(src: Path, dst: Path) -> Path:
     """``src`` re-saved as two safetensors shards with an index, as large checkpoints are."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors"))

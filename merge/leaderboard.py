@@ -14,7 +14,8 @@ from tempa.sft.stage_api import RunPath, StageResult
 
 LEADERBOARD_JSON = "leaderboard.json"
 LEADERBOARD_MD = "leaderboard.md"
-_LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error", "stderr")
+# lm-eval's wikitext reports word_perplexity, byte_perplexity and bits_per_byte; unparsable counts judge failures.
+_LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error", "stderr", "bits_per_byte", "unparsable")
 
 
 _COUNTS = ("rows", "tokens")
@@ -27,9 +28,13 @@ def is_headline(metric: str) -> bool:
 
 
 def lower_is_better(metric: str) -> bool:
-    """Direction of a metric, from its last name component: losses and perplexities go down."""
-    last = metric.rsplit("/", 1)[-1].lower()
-    return any(word in last for word in _LOWER_IS_BETTER)
+    """Direction of a metric, from its last name component: losses and perplexities go down.
+
+    A breakdown's qualifier (after ``:``) is data, a win-rate category, a language or an instruction type, and
+    says nothing of the direction: ``win_rate:error_analysis`` is a win rate.
+    """
+    name = metric.rsplit("/", 1)[-1].split(":", 1)[0].lower()
+    return any(word in name for word in _LOWER_IS_BETTER)
 
 
 class LeaderboardRow(BaseModel):

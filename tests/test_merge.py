@@ -229,6 +229,21 @@ def test_selection_picks_top_k_in_the_metric_direction():
         select_top_k(board, "acc/f1", 1)
 
 
+def test_a_metrics_direction_comes_from_its_name_not_its_qualifier():
+    board = Leaderboard(rows=[
+        LeaderboardRow(candidate="x", path="/m/x", metrics={"mt/win_rate:error_analysis": 0.2,
+                                                            "lm_eval/wikitext/bits_per_byte": 0.9}),
+        LeaderboardRow(candidate="y", path="/m/y", metrics={"mt/win_rate:error_analysis": 0.8,
+                                                            "lm_eval/wikitext/bits_per_byte": 0.7}),
+    ])
+    # A category named 'error_analysis' made its win rate lower-is-better: the worst candidate was picked.
+    assert [r.candidate for r in select_top_k(board, "mt/win_rate:error_analysis", 1)] == ["y"]
+    # lm-eval's bits per byte goes down as the model gets better.
+    assert [r.candidate for r in select_top_k(board, "lm_eval/wikitext/bits_per_byte", 1)] == ["y"]
+    assert Leaderboard(rows=board.rows, rank_by="lm_eval/wikitext/bits_per_byte").ranked()[0].candidate == "y"
+    assert board.to_json()["metrics"] == {"mt/win_rate:error_analysis": "max", "lm_eval/wikitext/bits_per_byte": "min"}
+
+
 def _variant(tiny_model_dir: Path, dst: Path, **config_changes) -> Path:
     """A model folder whose config differs; weights rebuilt to match it."""
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -138,6 +138,15 @@ def test_split_and_final_answers():
     assert answer_matches("The answer is: Jakarta.", "jakarta")
     assert not answer_matches("Bandung", "Jakarta")
     assert answer_matches("ประโยคนี้แสดงความรู้สึก\nเชิงลบ", "เชิงลบ")  # label on the last line, Thai marks kept
+    # A decimal comma (Indonesian, Vietnamese): '2,5' was read as 5 (the number after the comma), '0,75' as 75.
+    assert extract_final_number("Jadi hasilnya 2,5") == 2.5
+    assert extract_final_number("Vậy kết quả là 0,75") == 0.75
+    assert extract_final_number(r"\boxed{12,5}") == 12.5
+    assert answer_matches("Jawabannya adalah 2,5 kg.", 2.5) and not answer_matches("Jadi hasilnya 2,5", 5)
+    assert answer_matches("Jawabannya 2,5", "2,5")
+    # A comma before three digits still groups thousands.
+    assert extract_final_number("The answer is 1,500 apples") == 1500
+    assert extract_final_number("Total: 1,234,567.5") == 1_234_567.5
     # The final answer is read after the think block: a number inside the reasoning does not count.
     assert not answer_matches(final_answer_text("<think>maybe 42</think> I am not sure"), 42)
 

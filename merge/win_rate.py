@@ -5,9 +5,10 @@ Each row is a multi-turn conversation (``turns``: the user messages, or the user
 one, seeing their own earlier answers; the judge compares the two whole conversations twice, once
 with the candidate as assistant A and once as B, so a judge that prefers a position gains nobody
 anything. A verdict is ``[[A]]``, ``[[B]]`` or ``[[C]]`` (tie). The candidate scores 1 for a win,
-0.5 for a tie and 0 for a loss in each order; a row's score is the mean over the orders whose
-verdict parsed (a row whose two verdicts disagree scores 0.5, as MT-Bench counts inconsistent
-verdicts as a tie). The headline ``win_rate`` is the weighted win rate of the SEA-LION cards:
+0.5 for a tie and 0 for a loss in each order; a row's score is the mean over the two orders (a row
+whose two verdicts disagree scores 0.5, as MT-Bench counts inconsistent verdicts as a tie). A row
+with an unparsable verdict in either order is not scored (``unparsable:judge`` counts the replies,
+``rows`` the rows scored): one order alone is the position bias the swap is there to cancel. The headline ``win_rate`` is the weighted win rate of the SEA-LION cards:
 the mean over categories of each category's mean row score; ``win_rate:<category>`` holds each
 category's, ``micro_win_rate`` the plain mean over rows.
 
@@ -65,9 +66,12 @@ def candidate_points(verdict: str | None, candidate_is: str) -> float | None:
 
 
 def row_score(first: str | None, second: str | None) -> float | None:
-    """A row's score from the verdict with the candidate as A (``first``) and as B (``second``)."""
-    points = [p for p in (candidate_points(first, "A"), candidate_points(second, "B")) if p is not None]
-    return sum(points) / len(points) if points else None
+    """A row's score from the verdict with the candidate as A (``first``) and as B (``second``); None unless both
+    parsed: a judge that always answers [[A]] would otherwise give 1 to every row whose second verdict failed."""
+    points = (candidate_points(first, "A"), candidate_points(second, "B"))
+    if points[0] is None or points[1] is None:
+        return None
+    return (points[0] + points[1]) / 2
 
 
 def win_rates(categories: Sequence[str], scores: Sequence[float | None]) -> dict[str, float]:

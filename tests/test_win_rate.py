@@ -80,7 +80,10 @@ def test_verdicts_rows_and_weighting_pure():
     assert win_rate.parse_verdict("no verdict") is None
     assert win_rate.row_score("A", "B") == 1.0  # candidate won as A and as B
     assert win_rate.row_score("A", "A") == 0.5  # position bias: one win, one loss
-    assert win_rate.row_score("C", None) == 0.5 and win_rate.row_score(None, None) is None
+    assert win_rate.row_score("C", "C") == 0.5 and win_rate.row_score(None, None) is None
+    # One order alone is the position bias the swap cancels: an always-[[A]] judge whose second reply failed
+    # gave the candidate 1 (and 0 when its first failed). Such a row is not scored.
+    assert win_rate.row_score("A", None) is None and win_rate.row_score(None, "A") is None
     rates = win_rate.win_rates(["math", "writing", "writing", "writing"], [1.0, 0.0, 0.0, None])
     assert rates["win_rate"] == 0.5 and rates["micro_win_rate"] == pytest.approx(1 / 3)
     assert rates["win_rate:math"] == 1.0 and rates["rows"] == 3.0

@@ -55,6 +55,12 @@ class Leaderboard(BaseModel):
 
     rows: list[LeaderboardRow]
     rank_by: str | None = None
+    # Where the recipe says a metric's direction (a merge's select.higher_is_better): metric -> lower is better.
+    # Every other metric's comes from its name (:func:`lower_is_better`).
+    lower: dict[str, bool] = Field(default_factory=dict)
+
+    def lower_is_better(self, metric: str) -> bool:
+        return self.lower.get(metric, lower_is_better(metric))
 
     @property
     def metric_names(self) -> list[str]:
@@ -66,7 +72,7 @@ class Leaderboard(BaseModel):
         if not self.rank_by:
             return list(self.rows)
         metric = self.rank_by
-        sign = 1.0 if lower_is_better(metric) else -1.0
+        sign = 1.0 if self.lower_is_better(metric) else -1.0
 
         def key(row: LeaderboardRow) -> tuple[int, float]:
             value = row.metrics.get(metric)
@@ -79,14 +85,16 @@ class Leaderboard(BaseModel):
     def to_json(self) -> dict[str, Any]:
         return {
             "rank_by": self.rank_by,
-            "metrics": {name: ("min" if lower_is_better(name) else "max") for name in self.metric_names},
+            "metrics": {name: ("min" if self.lower_is_better(name) else "max") for name in self.metric_names},
             "rows": [row.model_dump(mode="json") for row in self.ranked()],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Leaderboard:
+        said = {name: direction == "min" for name, direction in (data.get("metrics") or {}).items()}
         return cls(rows=[LeaderboardRow.model_validate(row) for row in data.get("rows", [])],
-                   rank_by=data.get("rank_by"))
+                   rank_by=data.get("rank_by"),
+                   lower={name: low for name, low in said.items() if low != lower_is_better(name)})
 
     def to_markdown(self, title: str | None = None) -> str:
         """A readable table of the headline metrics; the best value of each is in bold, arrows show
@@ -98,8 +106,8 @@ class Leaderboard(BaseModel):
         for name in names:
             values = [r.metrics[name] for r in rows if name in r.metrics and not math.isnan(r.metrics[name])]
             if values and min(values) != max(values):
-                best[name] = min(values) if lower_is_better(name) else max(values)
-        header = ["model", "step", *[f"{n} {'↓' if lower_is_better(n) else '↑'}" for n in names]]
+                best[name] = min(values) if self.lower_is_better(name) else max(values)
+        header = ["model", "step", *[f"{n} {'↓' if self.lower_is_better(n) else '↑'}" for n in names]]
         lines = []
         if title:
             lines += [f"## {title}", ""]

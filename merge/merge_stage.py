@@ -224,6 +224,9 @@ def run_merge(
             + [LeaderboardRow(candidate=ctx.stage_name, path=final, stage=ctx.stage_name, merged=True,
                               metrics=merged_metrics)],
             rank_by=rank_by,
+            lower={**board.lower, **({config.select.metric: not config.select.higher_is_better}
+                                     if config.select is not None and config.select.higher_is_better is not None
+                                     else {})},
         )
         json_path, _ = write_leaderboard(updated, stage_dir, title=f"Leaderboard after merge: {ctx.stage_name}")
         files["leaderboard"] = json_path

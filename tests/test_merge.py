@@ -521,6 +521,14 @@ def test_the_merge_is_judged_in_the_direction_its_inputs_were_selected_by(tmp_pa
     assert result.metrics["gain_over_best_input"] == 0.0 and result.metrics["merge_helped"] is False
     (note,) = result.notes
     assert "(math/accuracy 0 merged, 0 for b)" in note
+    # The board after the merge ranks in the same direction, and says so when read back (was: highest first).
+    from tempa.merge.leaderboard import Leaderboard
+
+    written = json.loads(Path(result.files["leaderboard"]).read_text())
+    assert written["metrics"]["math/accuracy"] == "min"
+    board = Leaderboard.from_json(written)
+    assert [row.metrics["math/accuracy"] for row in board.ranked()] == [0.0, 0.0, 1.0, 1.0]
+    assert "math/accuracy ↓" in board.to_markdown()
 
 
 def shard(src: Path, dst: Path) -> Path:

@@ -12,7 +12,7 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from tempa.sft.stage_api import (
     StageConfigBase,
     StageContext,
     StageError,
+    StageKind,
     TrainingEnv,
     Upstream,
     format_metric,
@@ -387,13 +388,8 @@ def check_stage_inputs(loaded: LoadedRecipe, decisions: list[StageDecision]) -> 
     """Each stage that will run checks what it can of its own inputs now, before the first stage starts; and the
     launch is checked against the model a training stage will launch with."""
     check_sequence_parallel(loaded, [decision for decision in decisions if decision.action != "skip"])
-    for decision in decisions:
-        check = stage_kind(decision.kind).check_inputs
-        if decision.action != "skip" and check is not None:
-            try:
-                check(loaded.stages[decision.index])
-            except StageError as exc:
-                raise StageError(f"stage '{decision.name}' would fail: {exc}") from None
+    for problem in _refusals(loaded, decisions, lambda kind: kind.check_inputs):
+        raise StageError(problem)
 
 
 def check_sequence_parallel(loaded: LoadedRecipe, running: list[StageDecision]) -> None:
@@ -423,15 +419,19 @@ def environment_problems(loaded: LoadedRecipe, decisions: list[StageDecision]) -
     """What this shell lacks for the stages that will run (an API key's variable), one line each: the run refuses
     the first before its first stage (a judge's key was missed after the stages before it trained and the stage
     sampled every prompt); `tempa plan` warns."""
-    problems = []
+    return list(_refusals(loaded, decisions, lambda kind: kind.check_environment))
+
+
+def _refusals(loaded: LoadedRecipe, decisions: list[StageDecision],
+              hook: Callable[[StageKind], Callable[[Any], None] | None]) -> Iterator[str]:
+    """What ``hook`` (a stage kind's check) refuses of each stage that will run, one line each."""
     for decision in decisions:
-        check = stage_kind(decision.kind).check_environment
+        check = hook(stage_kind(decision.kind))
         if decision.action != "skip" and check is not None:
             try:
                 check(loaded.stages[decision.index])
             except StageError as exc:
-                problems.append(f"stage '{decision.name}' would fail: {exc}")
-    return problems
+                yield f"stage '{decision.name}' would fail: {exc}"
 
 
 # --------------------------------------------------------------------------- run

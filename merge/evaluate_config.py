@@ -62,7 +62,10 @@ class LossSuite(_DataSuite):
 
 
 class AccuracySuite(_GenerationSuite):
-    """Verifiable answers: rows with a prompt and an `answer`; the final number must match."""
+    """Verifiable answers: rows with a prompt and an `answer`. A numeric answer must equal the number the reply
+    commits to (the last `\\boxed{}`, else the first after an "answer is" lead-in, else the last number); a text
+    answer must equal, after case and punctuation folding, the boxed text, the line after a lead-in, the last line
+    or the whole reply. (The preference/rl `answer` reward matches by its own `match`: math-verify by default.)"""
 
     type: Literal["accuracy"]
     rel_tol: float = Field(default=1e-6, ge=0, description="Relative tolerance of the numeric match.")

@@ -248,7 +248,8 @@ def plan_run(
         forcing = forcing or name == from_stage
         forced = forcing or name == only
         action, reason = _decide(stage_dir, manifest, fp, components, dump, forced, kind.resumable, from_stage or only,
-                                 kind.resume_point, running_elsewhere)
+                                 kind.resume_point, running_elsewhere,
+                                 starts_from="base model" if upstream is None else f"model of '{upstream}'")
         stale: list[str] = []
         if action == "skip" and manifest is not None:
             # Complete for its fingerprint, but built on an earlier stage that has run again since (--only),
@@ -284,7 +285,7 @@ def _names(names: list[str]) -> str:
 
 def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dict, config: dict, forced: bool,
             resumable: bool, flag: str | None, resume_point: Callable[[Path], str | None] | None = None,
-            running_elsewhere: bool = False):
+            running_elsewhere: bool = False, *, starts_from: str):
     done = done_fingerprint(stage_dir)
     if forced and (manifest is not None or done is not None):
         return "rerun", f"forced by --from/--only {flag}"
@@ -293,7 +294,7 @@ def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dic
     old = manifest.components if manifest is not None else {}
     old_config = manifest.config if manifest is not None else None
     if done is not None:
-        return "rerun", "changed since it ran: " + _what_changed(old, components, old_config, config)
+        return "rerun", "changed since it ran: " + _what_changed(old, components, old_config, config, starts_from)
     # A stage whose manifest says failed stopped on an error; any other unfinished one was stopped.
     ended = "failed" if manifest is not None and manifest.status == "failed" else "interrupted"
     if running_elsewhere and manifest is not None and manifest.status == "running":
@@ -308,15 +309,16 @@ def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dic
             return "resume", f"{ended}; continues from what it completed (checkpoints, samples)"
         return "rerun", f"{ended}; starts over (not a resumable stage)"
     if manifest is not None:
-        return "rerun", f"{ended} and changed since: " + _what_changed(old, components, old_config, config)
+        return "rerun", f"{ended} and changed since: " + _what_changed(old, components, old_config, config,
+                                                                       starts_from)
     return "run", "not run yet"
 
 
-def _what_changed(old: dict, new: dict, old_config: dict | None = None, config: dict | None = None) -> str:
+def _what_changed(old: dict, new: dict, old_config: dict | None, config: dict | None, starts_from: str) -> str:
     labels = {
         "config": "stage config",
         "files": "input files",
-        "upstream": "upstream model/stage",
+        "upstream": starts_from,  # the base model, or the model of the stage it starts from
         "depends_on": "stages it reads",
         "template": "chat template",
         "tempa_version": "tempa version",

@@ -135,7 +135,7 @@ def test_changing_one_stage_reruns_it_and_its_downstream_only(recipe, tmp_path):
     reset_calls(run_dir)
     plans = plan_run(load_recipe(recipe, ["stages.a.value=9", "stages.b.value=5"]), run_dir)
     assert [p.action for p in plans] == ["rerun", "rerun", "rerun"]
-    assert plans[2].reason == "changed since it ran: upstream model/stage"
+    assert plans[2].reason == "changed since it ran: model of 'a'"
 
 
 def test_changed_input_file_reruns_the_stage_that_reads_it(recipe, tmp_path):
@@ -184,7 +184,7 @@ def test_a_base_model_retrained_in_place_reruns_every_stage(tmp_path, tiny_model
         f.write(b"\xff" * (1 << 20))
     plans = plan_run(load_recipe(recipe), tmp_path / "run")
     assert [p.action for p in plans] == ["rerun", "rerun"]
-    assert "upstream model/stage" in plans[0].reason
+    assert plans[0].reason == "changed since it ran: base model"
 
     shutil.copy(weights, tmp_path / "copy")  # a copy (new mtime, same bytes) is the same model
     (tmp_path / "copy").replace(weights)

@@ -7,6 +7,7 @@ complete stage or one that the next run resumes (training) or redoes (everything
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -605,12 +606,18 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
         log.removeHandler(handler)
         handler.close()
     finished = time.time()
-    write_metrics(stage_dir, result.metrics)
-    manifest.status, manifest.finished_at = "done", finished
-    manifest.duration_s = round(finished - manifest.started_at, 3)
-    manifest.result = result.model_dump(mode="json", context={"run_dir": run_dir})
-    manifest.write(stage_dir, run_dir)
-    mark_done(stage_dir, decision.fingerprint)  # last: the stage is complete from here on
+    try:
+        write_metrics(stage_dir, result.metrics)
+        manifest.status, manifest.finished_at = "done", finished
+        manifest.duration_s = round(finished - manifest.started_at, 3)
+        manifest.result = result.model_dump(mode="json", context={"run_dir": run_dir})
+        manifest.write(stage_dir, run_dir)
+        mark_done(stage_dir, decision.fingerprint)  # last: the stage is complete from here on
+    except OSError as exc:  # a full disk, say: the work is there, but the stage is not complete without its records
+        message = f"its work ended, but its records could not be written: {typed_line(exc)}"
+        with contextlib.suppress(OSError):
+            _fail(manifest, stage_dir, run_dir, message, logging.NullHandler())
+        raise StageError(f"stage '{decision.name}' failed: {message}") from None
     log.info("stage %s: done in %.1fs", decision.name, finished - manifest.started_at)
     return Upstream(decision.name, decision.kind, config, result, manifest.duration_s)
 

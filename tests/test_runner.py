@@ -491,3 +491,30 @@ def test_a_rerun_that_removes_a_gguf_export_says_so_first(recipe, tmp_path, capl
         run_recipe(load_recipe(recipe), run_dir, from_stage="c")
     assert "stage c: removing Modelfile, t-q8_0.gguf" in caplog.text
     assert not final.exists()
+
+
+def test_a_stage_whose_records_cannot_be_written_is_failed_not_interrupted(recipe, tmp_path, monkeypatch):
+    """A full disk as the stage ends: its work is there, but without DONE it is not complete. The run said
+    'OSError' and left the manifest 'running', which `tempa status` read as interrupted."""
+    import errno
+
+    import tempa.recipes.runner as runner
+    from tempa.sft.stage_api import StageError
+
+    real = runner.mark_done
+
+    def full(stage_dir, fingerprint):
+        if stage_dir.name == "b":
+            raise OSError(errno.ENOSPC, "No space left on device", str(stage_dir / DONE))
+        real(stage_dir, fingerprint)
+
+    monkeypatch.setattr(runner, "mark_done", full)
+    run_dir = tmp_path / "run"
+    with pytest.raises(StageError) as info:
+        run_recipe(load_recipe(recipe), run_dir)
+    assert str(info.value).startswith("stage 'b' failed: its work ended, but its records could not be written: "
+                                      "OSError: [Errno 28] No space left on device")
+    states = {row.name: row.state for row in stage_status(["a", "b", "c"], run_dir)}
+    assert states == {"a": "done", "b": "failed", "c": "pending"}
+    monkeypatch.setattr(runner, "mark_done", real)
+    assert run_recipe(load_recipe(recipe), run_dir).ran == ["b", "c"]

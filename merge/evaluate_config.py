@@ -154,6 +154,11 @@ class WinRateSuite(_GenerationSuite):
     language: str | None = Field(
         default=None, description="Tell the judge the answers must be in this language (ISO 639-1)."
     )
+    max_unparsable: float = Field(
+        default=0.1, ge=0, le=1, description="Largest share of the judge's replies that may lack a verdict; above "
+        "it the stage fails, quoting one reply (a row is scored only when both orders' verdicts parse, so a judge "
+        "that cannot follow the rubric would leave a win rate over the few rows it could).",
+    )
 
 
 class LmEvalSuite(_Suite):

@@ -191,7 +191,7 @@ class CandidateScorer:
         judge = self.pairwise.judge(suite)
         before = judge.unparsable
         first, second = judge_pairs(judge, suite.judge.rubric or PAIRWISE_RUBRIC, candidate, baseline,
-                                    suite.language)
+                                    suite.language, suite.max_unparsable, where=f"suite '{suite.key}'")
         scores = win_rates([row.category for row in parsed], [row_score(a, b) for a, b in zip(first, second,
                                                                                               strict=True)])
         agreed = consistency(first, second)

@@ -30,6 +30,7 @@ from typing import Any
 from tempa.alignment.judge import Judge, fill
 from tempa.chat_templates.thinking import split_reasoning
 from tempa.sft.files import digest, write_json
+from tempa.sft.stage_api import StageError
 
 PAIRWISE_RUBRIC = """Please act as an impartial judge and evaluate the two conversations below between a \
 user and two AI assistants, A and B. Judge which assistant answers the user's questions better over the \
@@ -144,16 +145,25 @@ def transcript(conversation: Sequence[dict[str, Any]]) -> str:
 
 
 def judge_pairs(judge: Judge, rubric: str, candidate: Sequence[list[dict[str, Any]]],
-                baseline: Sequence[list[dict[str, Any]]], language: str | None = None
-                ) -> tuple[list[str | None], list[str | None]]:
-    """The judge's verdicts with the candidate as A, then with the candidate as B."""
+                baseline: Sequence[list[dict[str, Any]]], language: str | None = None,
+                max_unparsable: float = 1.0, where: str = "win rate") -> tuple[list[str | None], list[str | None]]:
+    """The judge's verdicts with the candidate as A, then with the candidate as B.
+
+    Raises StageError (one line, quoting a reply) when more than ``max_unparsable`` of the replies have no verdict.
+    """
     def prompts(first, second):
         return [fill(rubric, answer=transcript(a), reference=transcript(b), language=language)
                 for a, b in zip(first, second, strict=True)]
 
     replies = judge.ask(prompts(candidate, baseline) + prompts(baseline, candidate))
     verdicts = [parse_verdict(reply) for reply in replies]
-    judge.unparsable += sum(v is None for v in verdicts)
+    failed = [reply for reply, verdict in zip(replies, verdicts, strict=True) if verdict is None]
+    judge.unparsable += len(failed)
+    if replies and len(failed) / len(replies) > max_unparsable:
+        reply = " ".join(failed[0].split())[:160]
+        raise StageError(f"{where}: the judge gave no [[A]]/[[B]]/[[C]] verdict in {len(failed)} of {len(replies)} "
+                         f"replies ({len(failed) / len(replies):.0%} > max_unparsable {max_unparsable:g}); e.g. "
+                         f"{reply!r}. Use a judge that follows the rubric, or raise max_unparsable")
     half = len(candidate)
     return verdicts[:half], verdicts[half:]
 

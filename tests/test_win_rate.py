@@ -156,3 +156,34 @@ def test_a_win_rate_row_without_a_user_turn_says_what_was_expected():
         win_rate.pairwise_row({"turns": []}, "turns", "category")
     assert win_rate.pairwise_row({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
                                   "category": "math"}, "turns", "category") == win_rate.PairwiseRow(["q"], "math", "s")
+
+
+class Replies(SamplingBackend):
+    """A judge that answers from a script, in order."""
+
+    def __init__(self, replies: list[str]) -> None:
+        self.replies = iter(replies)
+
+    def sample(self, prompts, params, *, thinking_modes=None):
+        return [[Completion(text=next(self.replies))] for _ in prompts]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_judge_that_gives_too_few_verdicts_stops_the_suite_quoting_a_reply():
+    """A row needs both orders' verdicts: a judge that cannot follow the rubric would leave a win rate over the
+    few rows it could judge. Up to max_unparsable of the replies may fail (as for a judge reward)."""
+    from tempa.alignment.judge import Judge, JudgeSettings
+    from tempa.sft.stage_api import StageError
+
+    chats = [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}] for i in range(5)]
+    allowed = Judge(Replies(["[[A]]"] * 8 + ["I cannot decide."] * 2), JudgeSettings())  # 2 of 10 replies: 20%
+    first, second = win_rate.judge_pairs(allowed, win_rate.PAIRWISE_RUBRIC, chats, chats, max_unparsable=0.2)
+    assert first == ["A"] * 5 and second == ["A", "A", "A", None, None] and allowed.unparsable == 2
+    too_many = Judge(Replies(["[[A]]"] * 7 + ["I cannot\n decide."] * 3), JudgeSettings())  # 3 of 10: 30%
+    with pytest.raises(StageError) as info:
+        win_rate.judge_pairs(too_many, win_rate.PAIRWISE_RUBRIC, chats, chats, max_unparsable=0.2, where="suite 'mt'")
+    assert str(info.value) == ("suite 'mt': the judge gave no [[A]]/[[B]]/[[C]] verdict in 3 of 10 replies (30% > "
+                               "max_unparsable 0.2); e.g. 'I cannot decide.'. Use a judge that follows the rubric, "
+                               "or raise max_unparsable")

@@ -11,6 +11,7 @@ Importing the package is cheap: torch, transformers and mergekit are imported in
 functions that use them, so validating a recipe never loads them.
 """
 
+from tempa.alignment.input_checks import check_api_keys
 from tempa.merge.bake import BakeStageConfig, run_bake
 from tempa.merge.evaluate_config import EvaluateStageConfig
 from tempa.merge.evaluate_stage import EvaluateResult, run_evaluate
@@ -27,6 +28,7 @@ EVALUATE = StageKind(
     produces=frozenset({Artifact.LEADERBOARD}),
     result=EvaluateResult,
     check_inputs=check_evaluate_inputs,
+    check_environment=check_api_keys,  # a win-rate suite's hosted baseline and judge
 )
 MERGE = StageKind(
     kind="merge",

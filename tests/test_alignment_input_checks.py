@@ -107,3 +107,29 @@ def test_an_unset_api_key_is_refused_by_the_run_before_its_first_stage_and_named
     assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 0
     captured = capsys.readouterr()
     assert "warning" not in captured.out and "sk-secret" not in captured.out + captured.err
+
+
+def test_an_unset_api_key_of_an_evaluate_stages_win_rate_judge_is_refused_before_the_first_stage(
+        tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """The seed recipes' SEA-MTBench suites call a hosted baseline and judge: a key not exported in this shell was
+    found when the evaluate stage generated, after every stage before it had trained."""
+    (tmp_path / "mt.jsonl").write_text(json.dumps({"turns": ["Halo?"], "category": "chat"}) + "\n")
+    path = recipe(tmp_path, tiny_model_dir, """
+        - name: eval
+          kind: evaluate
+          suites:
+            - type: win_rate
+              name: mt
+              data: mt.jsonl
+              baseline: {type: http, base_url: "http://127.0.0.1:9/v1", model: b}
+              judge: {backend: {type: http, base_url: "http://127.0.0.1:9/v1", model: j,
+                                api_key_env: TEMPA_TEST_JUDGE_KEY}}
+    """)
+    monkeypatch.delenv("TEMPA_TEST_JUDGE_KEY", raising=False)
+    problem = ("stage 'eval' would fail: suites[0].judge.backend.api_key_env: environment variable "
+               "TEMPA_TEST_JUDGE_KEY is not set (the API key for http://127.0.0.1:9/v1); export it before the run")
+    assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 0
+    assert f"warning: {problem}" in " ".join(capsys.readouterr().out.split())
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"tempa: error: {problem}"]
+    assert not (tmp_path / "run" / "sft").exists()

@@ -252,13 +252,16 @@ def plan_run(
                                  kind.resume_point, running_elsewhere,
                                  starts_from="base model" if upstream is None else f"model of '{upstream}'")
         stale: list[str] = []
+        reran: list[str] = []  # stale inputs that ran again (or run now)
+        behind: list[str] = []  # stale inputs that are stale themselves
         if action == "skip" and manifest is not None:
             # Complete for its fingerprint, but built on an earlier stage that has run again since (--only),
             # or that runs again now: its outputs are out of date.
-            stale = [dep for dep in inputs
-                     if dep in will_run or dep in out_of_date or dep in stale_inputs(manifest, run_ids)]
+            reran = [dep for dep in inputs if dep in will_run or dep in stale_inputs(manifest, run_ids)]
+            behind = [dep for dep in inputs if dep in out_of_date and dep not in reran]
+            stale = [dep for dep in inputs if dep in reran or dep in behind]
             if stale:
-                action, reason = "rerun", f"stale: {_names(stale)} ran again since it ran"
+                action, reason = "rerun", f"stale: {_stale_why(reran, behind)}"
                 out_of_date.add(name)
         finished = manifest is not None and manifest.status == "done"
         if only is not None and name != only and action != "skip":
@@ -266,7 +269,9 @@ def plan_run(
             if not finished:
                 reason += "; not run yet" if manifest is None else "; its last run did not finish"
             if stale:
-                reason += f"; stale once {_names(stale)} re-ran (the next plain `tempa run` re-runs it)"
+                why = [f"stale once {_names(reran)} re-ran"] if reran else []
+                why += [f"stale: {_stale_why([], behind)}"] if behind else []
+                reason += f"; {'; '.join(why)} (the next plain `tempa run` re-runs it)"
         if action in ("run", "rerun") and exports_in(stage_dir):
             reason += f"; {_removes_exports(exports_in(stage_dir))}"
         if action != "skip":
@@ -282,6 +287,14 @@ def plan_run(
 
 def _names(names: list[str]) -> str:
     return ", ".join(f"'{name}'" for name in names)
+
+
+def _stale_why(reran: list[str], behind: list[str]) -> str:
+    """Why a stage is stale, as `tempa status` says it: inputs that ran again, and inputs that are stale themselves."""
+    why = [f"{_names(reran)} ran again since it ran"] if reran else []
+    if behind:
+        why.append(f"{_names(behind)} {'is' if len(behind) == 1 else 'are'} stale")
+    return "; ".join(why)
 
 
 def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dict, config: dict, forced: bool,

@@ -244,6 +244,10 @@ def test_a_stage_built_on_a_stale_stage_is_stale_too(tmp_path, tiny_model_dir):
         assert states["c"] == ("stale", "'b' is stale; the next `tempa run` re-runs it")
     plans = plan_run(load_recipe(recipe), run_dir)
     assert [(p.name, p.action) for p in plans] == [("a", "skip"), ("b", "rerun"), ("c", "rerun")]
+    # Another `--only a` leaves b stale and skipped, and c stale as b is: b has not re-run (the plan said so).
+    plans = plan_run(load_recipe(recipe), run_dir, only="a")
+    assert plans[2].reason == ("not selected by --only; stale: 'b' is stale (the next plain `tempa run` re-runs "
+                               "it)")
 
 
 def test_report_states_each_stage_as_status_does(recipe, tmp_path):

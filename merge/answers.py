@@ -44,9 +44,10 @@ def thinking_off_compliant(text: str, open_tag: str = THINK_OPEN, close_tag: str
 # --- final answers -----------------------------------------------------------------------------
 
 # 1,234.5 | 1.234.567 (dot-grouped thousands, as in Indonesian) | 2,5 and 0,75 (a decimal comma, as in Indonesian and
-# Vietnamese: a comma before other than three digits groups no thousands) | 42 | 3/4 | 45%
+# Vietnamese: a comma before other than three digits, or after a lone 0, groups no thousands) | 42 | 3/4 | 45%
+_DECIMAL_COMMA = r"(?:\d+,(?:\d{1,2}|\d{4,})|0,\d+)(?!\d)"
 _NUMBER = (
-    r"[-+−]?\$?(?:\d{1,3}(?:\.\d{3}){2,}(?:,\d+)?|\d+,(?:\d{1,2}|\d{4,})(?!\d)"
+    rf"[-+−]?\$?(?:\d{{1,3}}(?:\.\d{{3}}){{2,}}(?:,\d+)?|{_DECIMAL_COMMA}"
     r"|(?:\d{1,3}(?:[,\u00a0]\d{3})+(?!\d)|\d+)(?:\.\d+)?)"
     r"(?:\s?/\s?\d+(?:\.\d+)?)?%?"
 )
@@ -80,12 +81,12 @@ def parse_number(text: str) -> float | None:
     """Parse ``'1,234.5'``, ``'$12'``, ``'-3/4'``, ``'45%'``, ``'−2'``, ``'2,5'`` into a float; None otherwise.
 
     A comma before exactly three digits groups thousands (``1,500`` is 1500, as ``1.500.000`` is a million);
-    before any other number of digits it is a decimal comma (``2,5``, ``0,75``).
+    before any other number of digits, or after a lone 0, it is a decimal comma (``2,5``, ``0,75``, ``0,125``).
     """
     cleaned = unicodedata.normalize("NFKC", text).strip().replace("−", "-").replace("$", "")
     if re.fullmatch(r"[-+]?\d{1,3}(?:\.\d{3}){2,}(?:,\d+)?%?", cleaned):
         cleaned = cleaned.replace(".", "").replace(",", ".")
-    elif re.fullmatch(r"[-+]?\d+,(?:\d{1,2}|\d{4,})%?", cleaned):  # a decimal comma: 2,5 is 2.5, not 25
+    elif re.fullmatch(rf"[-+]?{_DECIMAL_COMMA}%?", cleaned):  # a decimal comma: 2,5 is 2.5, not 25
         cleaned = cleaned.replace(",", ".")
     cleaned = re.sub(r"(?<=\d)[,\u00a0](?=\d{3}\b)", "", cleaned).replace(" ", "").rstrip(".")
     cleaned = cleaned.removeprefix("\\$").removesuffix("%").removesuffix("\\%")

@@ -18,6 +18,7 @@ from tempa.merge.answers import (
     answer_matches,
     extract_final_number,
     final_answer_text,
+    parse_number,
     thinking_off_compliant,
     thinking_on_compliant,
 )
@@ -147,6 +148,9 @@ def test_split_and_final_answers():
     # A comma before three digits still groups thousands.
     assert extract_final_number("The answer is 1,500 apples") == 1500
     assert extract_final_number("Total: 1,234,567.5") == 1_234_567.5
+    # ... but not after a lone 0 (no number groups its thousands as 0,xxx): '0,125' is a decimal comma, not 125.
+    assert extract_final_number("Jadi peluangnya 0,125") == 0.125
+    assert extract_final_number(r"\boxed{-0,375}") == -0.375 and parse_number("0,750") == 0.75
     # The final answer is read after the think block: a number inside the reasoning does not count.
     assert not answer_matches(final_answer_text("<think>maybe 42</think> I am not sure"), 42)
 

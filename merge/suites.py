@@ -236,9 +236,12 @@ def suite_row_problem(suite: Suite, row: dict[str, Any]) -> str | None:
     mode = row.get("thinking_mode")
     if mode not in (None, "on", "off"):
         return f"thinking_mode must be 'on' or 'off', got {mode!r}"
-    if (isinstance(suite, LanguageSuite) and row.get("language") not in (None, "")
-            and (problem := suite.target_problem(row["language"])) is not None):
-        return problem
+    if isinstance(suite, LanguageSuite):
+        if row.get("language") in (None, ""):
+            if suite.language is None:  # what `language` scores with: the row's, else the suite's
+                return "no 'language' to score the answer in; give the row one or set the suite's `language`"
+        elif (problem := suite.target_problem(row["language"])) is not None:
+            return problem
     if isinstance(suite, IFEvalSuite | LanguageSuite) and row.get("instructions"):  # row_correct checks them
         try:
             ifeval.parse_instructions(row["instructions"])

@@ -826,3 +826,21 @@ def test_a_final_model_that_is_the_last_checkpoint_is_scored_once(tmp_path, tiny
         names[last_step] = [c.name for c in collect_candidates(ctx, checkpoints_of=["sft"], stages=[], models=[])]
     assert names == {20: ["sft/checkpoint-10", "sft/checkpoint-20"],
                      25: ["sft/checkpoint-10", "sft/checkpoint-20", "sft"]}
+
+
+def test_a_language_row_without_a_target_is_named_by_its_line_when_the_suite_has_no_language(tmp_path):
+    """With neither the row's `language` nor the suite's, the suite cannot score the row: it was found after the
+    suite's rows were read and checked (before the first stage), when the evaluate stage scored them."""
+    from tempa.merge.evaluate_stage import load_suite_rows
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "language": "id"}) + "\n" + json.dumps({"prompt": "b"}) + "\n")
+    suite = {"type": "language", "name": "s", "data": str(path)}
+    config = EvaluateStageConfig.model_validate({"name": "e", "kind": "evaluate", "models": ["m"], "suites": [suite]})
+    with pytest.raises(StageError) as info:
+        load_suite_rows(config)
+    assert str(info.value) == (f"suite 's': {path}:2: no 'language' to score the answer in; give the row one or set "
+                               "the suite's `language`")
+    config = EvaluateStageConfig.model_validate({"name": "e", "kind": "evaluate", "models": ["m"],
+                                                 "suites": [{**suite, "language": "id"}]})
+    assert len(load_suite_rows(config)["s"]) == 2

@@ -410,17 +410,19 @@ def check_stage_inputs(loaded: LoadedRecipe, decisions: list[StageDecision]) -> 
 
 def check_sequence_parallel(loaded: LoadedRecipe, running: list[StageDecision]) -> None:
     """What refuses ``launch.sequence_parallel`` once a training launch is up, after the stages before it:
-    trl's GRPO and RLOO trainers (the rl stage), and DeepSpeed's Ulysses for a size that does not fit the model's
+    trl's preference and RL trainers, and DeepSpeed's Ulysses for a size that does not fit the model's
     attention heads. Every stage trains the base model's architecture, so its config (local, cached, or tempa's
     copy: no download) says it now."""
     launch = loaded.recipe.launch
     if launch.sequence_parallel <= 1 or not any(stage_kind(d.kind).trains for d in running):
         return
-    rl = next((d.name for d in running if d.kind == "rl"), None)
-    if rl is not None:
-        raise StageError(f"launch.sequence_parallel: {launch.sequence_parallel}: trl's GRPO and RLOO trainers train "
-                         f"without sequence parallelism (stage '{rl}'); run the rl stage from a recipe with "
-                         "launch.sequence_parallel: 1")
+    # trl's GRPO/RLOO configs refuse it; its preference collator gives no position_ids, which DeepSpeed's Ulysses
+    # dataloader requires, and DPO sums each row's log-probabilities over the whole sequence.
+    unsplit = next((d for d in running if d.kind in ("rl", "preference")), None)
+    if unsplit is not None:
+        raise StageError(f"launch.sequence_parallel: {launch.sequence_parallel}: trl's preference and RL trainers "
+                         f"train without sequence parallelism (stage '{unsplit.name}', {unsplit.kind}); run that "
+                         "stage from a recipe with launch.sequence_parallel: 1")
     if launch.engine().name != "deepspeed":
         return
     from tempa.recipes.estimate import resolve_shape, ulysses_problem

@@ -294,8 +294,11 @@ def test_a_sequence_parallel_size_ulysses_refuses_stops_the_run_and_the_plan_bef
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "2+2?"}) + "\n")
     path.write_text(path.read_text() + "  - {name: rl, kind: rl, prompts: {path: p.jsonl}, rewards: [{type: format}]}\n")
     assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 1
-    assert ("launch.sequence_parallel: 4: trl's GRPO and RLOO trainers train without sequence parallelism (stage "
-            "'rl')") in capsys.readouterr().err
+    assert ("launch.sequence_parallel: 4: trl's preference and RL trainers train without sequence parallelism "
+            "(stage 'rl', rl)") in capsys.readouterr().err
+    path.write_text(path.read_text().replace("{name: rl, kind: rl,", "{name: dpo, kind: preference,"))
+    assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 1
+    assert "(stage 'dpo', preference)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("config", "expected"), [

@@ -20,7 +20,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tempa.sft.files import cache_root, ensure_inside, json_or_none, remove_tree, write_json
+from tempa.sft.files import (
+    cache_root,
+    ensure_inside,
+    flock_held,
+    json_or_none,
+    pid_alive,
+    remove_tree,
+    write_json,
+)
 from tempa.sft.run_layout import DONE, LOCK, MANIFEST, METRICS, RESOLVED_RECIPE
 from tempa.sft.stage_api import RunPath, StageResult, Upstream
 
@@ -176,16 +184,6 @@ def _server_now(folder: Path) -> float:
         probe.unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _stale(owner: LockOwner, path: Path, *, flock_held_by_us: bool, probe: bool = True) -> bool:
     """Whether the recorded holder is gone: same host, its process (or flock) is; another host, its heartbeat.
 
@@ -193,7 +191,7 @@ def _stale(owner: LockOwner, path: Path, *, flock_held_by_us: bool, probe: bool 
     (a joining node) uses its own clock with twice the lease, for clocks that disagree.
     """
     if owner.host == socket.gethostname():
-        return flock_held_by_us or not _pid_alive(owner.pid)
+        return flock_held_by_us or not pid_alive(owner.pid)
     try:
         if probe:
             return _server_now(path.parent) - path.stat().st_mtime > LEASE_S
@@ -209,25 +207,14 @@ def lock_owner(run_dir: Path) -> LockOwner | None:
     if owner is None:
         return None
     if owner.host == socket.gethostname():
-        return owner if _pid_alive(owner.pid) and _flock_busy(run_dir) is not False else None
+        return owner if pid_alive(owner.pid) and _flock_busy(run_dir) is not False else None
     return None if _stale(owner, path, flock_held_by_us=False, probe=False) else owner
 
 
 def _flock_busy(run_dir: Path) -> bool | None:
     """Whether a process holds ``run_dir``'s flock; None where the file system has no flock."""
     path = run_dir / LOCK
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return None
-    finally:
-        os.close(fd)  # closing drops a lock we may have taken
-    return False
+    return flock_held(path) if path.exists() else False
 
 
 class RunLock:

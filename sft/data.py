@@ -49,6 +49,7 @@ last and is moved into place atomically, so a partial build is never reused.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -83,7 +84,7 @@ from tempa.sft.data_config import (
 )
 from tempa.sft.data_report import TURN_SUFFIX, DataMix, MixTotals, SourceMix
 from tempa.sft.expand import Sample, TurnView, assemble, turn_views
-from tempa.sft.files import digest, remove_tree
+from tempa.sft.files import digest, flock_held, pid_alive, remove_tree
 from tempa.sft.forked_workers import Rows, forked_map, frozen_heap
 from tempa.sft.formats import (
     Conversation,
@@ -224,6 +225,7 @@ def prepare_sft_data(
             logger.warning("SFT data: removed %s, a build its killed process left in the cache", path)
         build_dir = cache_dir / f".tmp-{key[:16]}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         build_dir.mkdir(parents=True)
+        held = _hold(build_dir)
         try:
             try:
                 with frozen_heap():
@@ -244,10 +246,27 @@ def prepare_sft_data(
                     raise
         finally:
             remove_tree(build_dir, [cache_dir])
+            if held is not None:
+                os.close(held)
     return _open_entry(entry, out_dir, hit, config.sources)
 
 
 _BUILD = re.compile(r"^\.tmp-[0-9a-f]{16}-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+_BUILD_LOCK = ".building"  # in a build folder: flock'ed by the process building it, for as long as it builds
+
+
+def _hold(build_dir: Path) -> int | None:
+    """An open descriptor holding ``build_dir``'s flock (the kernel drops it when the process dies, however it dies);
+    None where the file system has no flock."""
+    fd = os.open(build_dir / _BUILD_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def sweep_dead_builds(cache_dir: Path) -> list[Path]:
@@ -255,20 +274,17 @@ def sweep_dead_builds(cache_dir: Path) -> list[Path]:
 
     A SIGKILL (OOM killer, preemption) during data prep skips the ``finally`` that removes a build, and the
     tokenised rows of a large mix are many GB: each kill left one more in the shared cache. A build names its
-    host and pid; another host's, or a live process's (another run building now), is left alone.
+    host and pid, and holds a flock while it builds: another host's, or a held one (a run building now, in this
+    container or another one on the host whose pids this one cannot see), is left alone.
     """
     removed = []
     for path in Path(cache_dir).glob(".tmp-*"):
         match = _BUILD.match(path.name)
         if match is None or match["host"] != socket.gethostname():
             continue
-        try:
-            os.kill(int(match["pid"]), 0)
+        held = flock_held(path / _BUILD_LOCK)  # None: a build of an older tempa, or a moment before it took it
+        if held or (held is None and pid_alive(int(match["pid"]))):
             continue
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # alive, another user's
         remove_tree(path, [cache_dir])
         removed.append(path)
     return removed

@@ -8,6 +8,7 @@ cache): a name or path that slipped past validation can never make tempa delete 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -200,3 +201,33 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (in this pid namespace); another user's counts."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def flock_held(path: Path) -> bool | None:
+    """Whether a process holds ``path``'s flock (the kernel drops it when its holder dies, however it dies, and it
+    is seen across the containers of one host); None when that cannot be told: no such file, no flock on this file
+    system."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # closing drops a lock this probe took
+    return False

@@ -288,6 +288,29 @@ def test_a_build_left_by_a_killed_data_prep_is_removed_by_the_next(tmp_path: Pat
     assert list((tmp_path / "cache").glob(".tmp-*")) == []
 
 
+def test_a_build_another_container_is_making_is_left_alone_by_the_sweep(tmp_path: Path) -> None:
+    """Two containers on one host (one hostname, --network host) share the cache, but not their pids: the other's
+    live build has a pid this one cannot see. Its flock says it is alive; once nobody holds it, it is swept."""
+    import fcntl
+    import os
+    import socket
+
+    from tempa.sft.data import sweep_dead_builds
+
+    unseen = 4_194_305  # above any pid_max: no process of this namespace has it
+    building = tmp_path / f".tmp-{'a' * 16}-{socket.gethostname()}-{unseen}-{'b' * 8}"
+    older = tmp_path / f".tmp-{'c' * 16}-{socket.gethostname()}-{unseen}-{'d' * 8}"  # no lock: an older tempa's
+    for folder in (building, older):
+        (folder / "train").mkdir(parents=True)
+    fd = os.open(building / ".building", os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        assert sweep_dead_builds(tmp_path) == [older] and building.is_dir() and not older.exists()
+    finally:
+        os.close(fd)  # the other container's build dies
+    assert sweep_dead_builds(tmp_path) == [building] and not building.exists()
+
+
 # --- rejects and errors ---------------------------------------------------------------------------
 
 

@@ -66,7 +66,8 @@ class BakeStageConfig(StageConfigBase):
     device: str = Field(default="auto", description="Device for the smoke test (auto | cpu | cuda).")
     generation: GenerationDefaults = Field(
         default_factory=GenerationDefaults,
-        description="Sampling defaults for generation_config.json (the recipe's top-level `generation`).",
+        description="Sampling defaults for generation_config.json; the recipe's top-level `generation` fills them "
+        "(set one of the two).",
     )
 
 

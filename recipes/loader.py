@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from tempa.recipes.errors import FieldPath, RecipeError, dotted, from_validation_error, where
+from tempa.recipes.errors import FieldPath, RecipeError, dotted, from_validation_error, locate, where
 from tempa.recipes.registry import stage_kinds
 from tempa.recipes.schema import Recipe
 from tempa.recipes.yaml_loader import RecipeTextError, compose_and_construct, parse_yaml, read_text
@@ -391,6 +391,19 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
                 exc, file=path, lines=lines, raw=stage_raw, prefix=("stages", i), stage_names=names, model=type(config)
             ) from None
 
+    defaults = recipe.generation.model_dump(exclude_none=True)
+    for i, (stage_raw, config) in enumerate(zip(stages_raw, stages, strict=True)):
+        # The recipe's top-level `generation` is for the bake, whoever writes the bake stage: a bake of the recipe's
+        # own took its own (none) and shipped no sampling defaults, silently.
+        if config.kind != "bake" or not defaults:
+            continue
+        if stage_raw.get("generation"):
+            file, line = locate(("generation",), lines, path)
+            raise RecipeError(
+                f"{where(('stages', i, 'generation'), lines, path)}: stages[{i}].generation (stage '{config.name}'): "
+                f"the recipe's top-level generation ({file}:{line}) sets the bake's sampling defaults too; keep one"
+            )
+        stages[i] = config.model_copy(update={"generation": recipe.generation})
     if bake is not None:
         stages.append(bake)
     return LoadedRecipe(path=path, recipe=recipe, stages=stages, raw=raw, files=files)

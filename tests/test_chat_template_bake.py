@@ -180,6 +180,20 @@ def test_recipe_generation_key_reaches_the_bake_stage(tmp_path: Path) -> None:
     recipe.write_text(body + "generation: {top_p: 1.5}\n")
     with pytest.raises(RecipeError, match=r"generation\.top_p"):
         load_recipe(recipe)
+    # A bake stage the recipe writes itself (for its model card, say) takes the top-level defaults too: it shipped
+    # none, silently. Setting them in both places is refused, naming both lines.
+    own = body + "  - {name: ship, kind: bake, model_card: {languages: [th]}}\n"
+    recipe.write_text(own + "generation: {temperature: 0.6, top_p: 0.9}\n")
+    bake = load_recipe(recipe).stages[-1]
+    assert bake.name == "ship" and (bake.generation.temperature, bake.generation.top_p) == (0.6, 0.9)
+    recipe.write_text(own.replace("model_card:", "generation: {temperature: 0.2}, model_card:")
+                      + "generation: {temperature: 0.6}\n")
+    with pytest.raises(RecipeError) as both:
+        load_recipe(recipe)
+    assert str(both.value) == (f"{recipe}:5: stages[1].generation (stage 'ship'): the recipe's top-level generation "
+                               f"({recipe}:6) sets the bake's sampling defaults too; keep one")
+    recipe.write_text(own.replace("model_card:", "generation: {temperature: 0.2}, model_card:"))
+    assert load_recipe(recipe).stages[-1].generation.temperature == 0.2  # the stage's own, when alone
 
 
 def test_overwrite_never_replaces_a_model_folder(tiny_model_dir: Path, tmp_path: Path) -> None:

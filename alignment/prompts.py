@@ -247,10 +247,17 @@ def to_prompt(row: dict[str, Any], index: int, source: PromptSource, name: str |
     if mode not in (None, "on", "off"):
         raise StageError(f"{where}: {source.thinking_field} must be 'on' or 'off', got {mode!r}")
     language = row.get(source.language_field)
+    if language:
+        from tempa.sft import language as languages
+
+        try:  # a code the detector never returns would fail every sample's language reward, silently
+            language = languages.check_codes([str(language)])[0]
+        except ValueError as exc:
+            raise StageError(f"{where}: {source.language_field}: {exc}") from None
     return PromptRow(
         id=prompt_id(index, messages),
         messages=messages,
-        language=str(language).lower() if language else None,
+        language=language or None,
         answer=row.get(source.answer_field),
         reference=reference,
         thinking_mode=mode,

@@ -150,7 +150,7 @@ def check_codes(codes: Iterable[str]) -> list[str]:
         spelled = canonical(code)
         if spelled not in supported():
             hint = closest(str(code).lower(), [*supported(), *ALIASES])
-            suggestion = f" (did you mean {hint!r}?)" if hint else ""
+            suggestion = f" (did you mean {canonical(hint)!r}?)" if hint else ""  # 'thai': 'th', not the alias 'tha'
             raise ValueError(
                 f"language code {code!r} is not one the language detector (py3langid) knows{suggestion}; "
                 f"known: {', '.join(sorted(supported()))}"

@@ -134,6 +134,23 @@ def test_prompt_loading_takes_reference_answers_and_thinking_modes(tmp_path):
         assert str(info.value).startswith(f"{path}: line 3: {problem}"), info.value  # its line, blank lines counted
 
 
+def test_a_prompts_language_is_a_code_the_detector_knows_in_its_spelling(tmp_path):
+    """The language reward compares the detector's code with the row's: 'thai' (or 'vn') never matched, so every
+    correct answer scored 0 (and, gated, its answer score too), silently. Spellings it knows are its own ('TH',
+    'tha', 'zh-Hant')."""
+    from tempa.sft.stage_api import StageError
+
+    path = tmp_path / "p.jsonl"
+    rows = [{"prompt": "Q", "language": code} for code in ("TH", "tha", "zh-Hant", "id")]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert [p.language for p in load_prompts(PromptSource(path=str(path)), seed=0)] == ["th", "th", "zh", "id"]
+    path.write_text(json.dumps({"prompt": "Q", "language": "th"}) + "\n" + json.dumps({"prompt": "Q2", "language": "thai"}))
+    with pytest.raises(StageError) as info:
+        load_prompts(PromptSource(path=str(path)), seed=0)
+    assert str(info.value).startswith(f"{path}: line 2: language: language code 'thai' is not one the language "
+                                      "detector (py3langid) knows (did you mean 'th'?); known: ")
+
+
 def test_a_folder_of_prompt_files_is_read_file_after_file_and_planned_as_read(tmp_path, caplog):
     """A folder of data files stopped a preference or RL stage with "no such file or folder"; `tempa plan`
     counts such a folder's rows, so the run reads them too: its split's JSON Lines files in order (an unreadable

@@ -38,7 +38,7 @@ def test_codes_users_write_map_to_the_detectors() -> None:
     assert {code: language.canonical(code) for code in spelled} == spelled
     assert language.check_codes(["fil", "tl", "id"]) == ["tl", "id"]
     with pytest.raises(ValueError, match=r"'tagalog' is not one the language detector \(py3langid\) knows "
-                                         r"\(did you mean 'tgl'\?\); known: .*\btl\b"):
+                                         r"\(did you mean 'tl'\?\); known: .*\btl\b"):
         language.check_codes(["id", "tagalog"])
     assert "zxx" not in language.supported()  # "no linguistic content" is not a language to target
     # Filipino text is Tagalog to the detector, and a `fil` target accepts it.

@@ -7,7 +7,7 @@ type, so ``accuracy/accuracy``, ``language/normalized_accuracy`` or ``heldout/pe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -17,6 +17,7 @@ from tempa.chat_templates.thinking import THINK_TAGS
 from tempa.sft import language
 from tempa.sft.language import ReasoningLanguage  # the `language` field below shadows the module
 from tempa.sft.stage_api import Artifact, OnOff, Read, StageConfigBase, resolve_path
+from tempa.sft.suggest import closest
 
 
 class _Suite(BaseModel):
@@ -27,9 +28,31 @@ class _Suite(BaseModel):
         default=None, description="Metric prefix on the leaderboard (default: the suite type)."
     )
 
+    # The metrics the suite reports (a breakdown's name before its ':qualifier'); None: known only once it ran.
+    # Checked against what the scorers return (tests/test_evaluate.py), so rank_by and select.metric are checked here.
+    reports: ClassVar[frozenset[str] | None] = None
+
     @property
     def key(self) -> str:
         return self.name or self.type
+
+    def metric_problem(self, metric: str) -> str | None:
+        """Why this suite never reports ``metric`` (its name after ``<suite>/``), or None."""
+        if self.reports is None or metric.split(":", 1)[0] in self.reports:
+            return None
+        hint = closest(metric, sorted(self.reports))
+        return (f"suite '{self.key}' ({self.type}) reports no {metric!r}"
+                + (f" (did you mean {self.key}/{hint}?)" if hint else "")
+                + f"; it reports {', '.join(f'{self.key}/{name}' for name in sorted(self.reports))}")
+
+
+def metric_problem(metric: str, suites: Sequence[_Suite]) -> str | None:
+    """Why no suite of ``suites`` reports ``metric`` (``<suite>/<name>``), or None."""
+    keys = [suite.key for suite in suites]
+    prefix, _, name = metric.partition("/")
+    if not name or prefix not in keys:
+        return f"{metric!r} must be '<suite>/<metric>' with a suite in {keys}"
+    return next(suite for suite in suites if suite.key == prefix).metric_problem(name)
 
 
 class _DataSuite(_Suite):
@@ -57,6 +80,7 @@ class LossSuite(_DataSuite):
     """Held-out loss and perplexity on chats (rows with `messages`), assistant tokens only."""
 
     type: Literal["loss"]
+    reports: ClassVar[frozenset[str] | None] = frozenset({"loss", "perplexity", "tokens"})
     max_length: int = Field(default=2048, ge=8, description="Truncate rendered chats to this many tokens.")
     batch_size: int = Field(default=4, ge=1, description="Chats per forward pass.")
 
@@ -68,6 +92,7 @@ class AccuracySuite(_GenerationSuite):
     or the whole reply. (The preference/rl `answer` reward matches by its own `match`: math-verify by default.)"""
 
     type: Literal["accuracy"]
+    reports: ClassVar[frozenset[str] | None] = frozenset({"accuracy", "rows"})
     rel_tol: float = Field(default=1e-6, ge=0, description="Relative tolerance of the numeric match.")
 
 
@@ -81,6 +106,8 @@ class LanguageSuite(_GenerationSuite, language.LanguageRules):
     """
 
     type: Literal["language"]
+    reports: ClassVar[frozenset[str] | None] = frozenset(
+        {"language", "language_share", "accuracy", "normalized_accuracy", "reasoning", "reasoning_language_share"})
     language: str | None = Field(
         default=None, description="Target language (ISO 639-1) for rows without a `language` field."
     )
@@ -124,6 +151,7 @@ class ThinkingFormatSuite(_DataSuite):
     """Thinking-format compliance per mode. On: a closed think block, then an answer. Off: no think text."""
 
     type: Literal["thinking"]
+    reports: ClassVar[frozenset[str] | None] = frozenset({"on_compliance", "off_compliance", "compliance"})
     modes: list[OnOff] = Field(default=["on", "off"], min_length=1, description="Modes to test.")
     max_new_tokens: int | None = Field(
         default=None, ge=1, description="Override of the stage's generation.max_new_tokens."
@@ -134,6 +162,7 @@ class IFEvalSuite(_GenerationSuite):
     """IFEval-style checks: rows with a prompt and `instructions` ([{type: word_count, max: 50}, ...])."""
 
     type: Literal["ifeval"]
+    reports: ClassVar[frozenset[str] | None] = frozenset({"prompt_accuracy", "instruction_accuracy"})
 
 
 class WinRateSuite(_GenerationSuite):
@@ -144,6 +173,7 @@ class WinRateSuite(_GenerationSuite):
     """
 
     type: Literal["win_rate"]
+    reports: ClassVar[frozenset[str] | None] = frozenset({"win_rate", "micro_win_rate", "rows", "consistency", "unparsable"})
     baseline: BackendConfig = Field(
         description="The model compared against: `{type: transformers|vllm|http, ...}` (transformers without "
         "`model`: the model this evaluate stage starts from). Its answers are generated once and cached."
@@ -243,13 +273,15 @@ class EvaluateStageConfig(StageConfigBase):
         duplicates = sorted({key for key in keys if keys.count(key) > 1})
         if duplicates:
             raise ValueError(f"suite names must be unique; give `name:` to the repeated {duplicates}")
-        if self.rank_by is not None:
-            prefix = self.rank_by.split("/", 1)[0]
-            if "/" not in self.rank_by or prefix not in keys:
-                raise ValueError(
-                    f"rank_by {self.rank_by!r} must be '<suite>/<metric>' with a suite in {keys}"
-                )
         return self
+
+    @field_validator("rank_by")
+    @classmethod
+    def _reported(cls, value: str | None, info: ValidationInfo) -> str | None:
+        suites = info.data.get("suites")  # (absent when they failed: that error is the one to show)
+        if value is not None and suites is not None and (problem := metric_problem(value, suites)) is not None:
+            raise ValueError(problem)
+        return value
 
     def reads(self, earlier: Sequence[str]) -> list[Read]:
         """The stages whose checkpoints and models are candidates, and those a win-rate suite's models name."""

@@ -320,13 +320,22 @@ class MergeStageConfig(StageConfigBase):
         """How the base model enters this stage's merge of ``models`` models (see :func:`base_role`)."""
         return base_role(method_spec(self.method), models, self.base_model is not None)
 
+    def _selected_metric(self, evaluate: Any) -> str | None:
+        """Why the evaluate stage's suites never report ``select.metric`` (a typo found after all training), or None."""
+        from tempa.merge.evaluate_config import metric_problem
+
+        if self.select is None or not hasattr(evaluate, "suites"):
+            return None
+        return metric_problem(self.select.metric, evaluate.suites)
+
     def reads(self, earlier: Sequence[str]) -> list[Read]:
         """The evaluate stage's leaderboard, and the earlier stages named in `models` / `base_model`.
 
         A leaderboard candidate name (``sft/checkpoint-20``) reads its stage (``sft``) too, so a
         re-run of that stage re-runs the merge.
         """
-        reads = [Read(self.evaluate_stage, Artifact.LEADERBOARD, ("evaluate_stage",))] if self.evaluate_stage else []
+        reads = [Read(self.evaluate_stage, Artifact.LEADERBOARD, ("evaluate_stage",), needs=self._selected_metric,
+                      needs_at=("select", "metric"))] if self.evaluate_stage else []
         named = [(("models", i), ref) for i, ref in enumerate(self.models or [])]
         if self.base_model:
             named.append((("base_model",), self.base_model))

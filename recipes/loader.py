@@ -449,6 +449,9 @@ def _check_read(read: Read, earlier: list[StageConfigBase], kinds, loc, name: st
             f"{where(field, lines, path)}: {dotted(field)} (stage '{name}'): stage '{read.stage}' (kind "
             f"{producer.kind}) produces no {read.artifact.value} (earlier stages that do: {', '.join(makers)})"
         )
+    if read.needs is not None and (problem := read.needs(producer)) is not None:
+        at = (*loc, *read.needs_at)
+        raise RecipeError(f"{where(at, lines, path)}: {dotted(at)} (stage '{name}'): {problem} (stage '{read.stage}')")
 
 
 def stage_reads(loaded: LoadedRecipe, index: int) -> list[str]:

@@ -79,6 +79,10 @@ class Read:
     stage: str
     artifact: Artifact
     field: tuple[str | int, ...]
+    # What the reader needs of that stage's config (a metric its suites report, say): why it falls short, or None;
+    # a recipe error at ``needs_at``, when the recipe loads.
+    needs: Callable[[Any], str | None] | None = None
+    needs_at: tuple[str | int, ...] = ()
 
 
 # --------------------------------------------------------------------------- config

@@ -118,7 +118,7 @@ def test_language_reward_ignores_code_and_math():
     item = ScoreItem(prompt(language="id", mode="off"), Completion(text=answer, prefill=OFF))
     record = RewardSet([LanguageReward()], env(Path("."))).score([item])[0]
     assert record["scores"]["language"] == 1.0 and record["details"]["language"]["detected"] in ("id", "ms")
-    with pytest.raises(ValueError, match="did you mean 'tgl'"):
+    with pytest.raises(ValueError, match="did you mean 'tl'"):
         LanguageReward(languages=["id", "tagalog"])
 
 

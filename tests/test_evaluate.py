@@ -190,7 +190,7 @@ def test_language_normalised_accuracy():
 def test_language_suite_checks_codes_at_load(tmp_path):
     rows = _write_rows(tmp_path / "r.jsonl", [{"prompt": "hi", "language": "id"}])
     suite = {"type": "language", "data": rows}
-    with pytest.raises(ValidationError, match="did you mean 'tgl'"):
+    with pytest.raises(ValidationError, match="did you mean 'tl'"):
         EvaluateStageConfig.model_validate(
             {"name": "e", "kind": "evaluate", "suites": [{**suite, "equivalent": [["tl", "tagalog"]]}]}
         )
@@ -467,6 +467,8 @@ def test_evaluate_stage_scores_checkpoints_into_a_leaderboard(tmp_path, tiny_mod
         "sft",
     ]  # ranked; checkpoint-30 incomplete
     c10, c20, final = by_name["sft/checkpoint-10"], by_name["sft/checkpoint-20"], by_name["sft"]
+    for metrics in by_name.values():  # what rank_by and select.metric are checked against when the recipe loads
+        assert_declared(metrics, config.suites)
     assert (c10["math/accuracy"], c20["math/accuracy"], final["math/accuracy"]) == (1.0, 1.0, 0.0)
     assert c10["language/accuracy"] == 1.0 and c10["language/normalized_accuracy"] == 0.0
     assert c20["language/normalized_accuracy"] == 1.0 and c20["language/language_share"] == 1.0
@@ -519,6 +521,49 @@ def test_evaluate_stage_scores_checkpoints_into_a_leaderboard(tmp_path, tiny_mod
     assert math.isfinite(row.metrics["heldout/loss"])
     assert row.metrics["heldout/perplexity"] == pytest.approx(math.exp(row.metrics["heldout/loss"]))
     assert 0.0 <= row.metrics["thinking/compliance"] <= 1.0
+    assert_declared(row.metrics, real.suites)
+
+
+def assert_declared(metrics, suites) -> None:
+    """Every metric a suite reported is one its config declares (``reports``)."""
+    by_key = {suite.key: suite for suite in suites}
+    for metric in metrics:
+        key, _, name = metric.partition("/")
+        assert by_key[key].metric_problem(name) is None, metric
+
+
+def test_a_metric_no_suite_reports_is_refused_when_the_recipe_loads(tmp_path):
+    """A typo in rank_by ranked by nothing (and still named a best); in a merge's select.metric it was found when
+    the merge ran, after every stage had trained."""
+    from tempa.recipes.errors import RecipeError
+    from tempa.recipes.loader import load_recipe
+
+    rows = _write_rows(tmp_path / "r.jsonl", [{"prompt": "hi", "answer": 1}])
+    recipe = tmp_path / "r.yaml"
+    text = ("name: r\nbase_model: tempa:tiny\nstages:\n"
+            "  - {name: sft, kind: sft, data: {sources: [{name: t, path: ROWS}]}}\n"
+            "  - name: eval\n    kind: evaluate\n    checkpoints_of: [sft]\n"
+            "    suites: [{type: accuracy, data: ROWS}, {type: language, language: th, data: ROWS}]\n"
+            "    rank_by: RANK\n"
+            "  - name: merge\n    kind: merge\n    method: linear\n    evaluate_stage: eval\n"
+            "    select: {metric: SELECT, top_k: 2}\n").replace("ROWS", str(rows))
+
+    def recipe_with(rank_by: str, select: str) -> None:
+        recipe.write_text(text.replace("RANK", rank_by).replace("SELECT", select))
+
+    recipe_with("accuracy/accuracy", "language/language_share:th")
+    assert [stage.name for stage in load_recipe(recipe).stages] == ["sft", "eval", "merge", "bake"]
+    recipe_with("accuracy/acc", "language/language_share")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe)
+    assert str(info.value) == (f"{recipe}:9: stages[1].rank_by (stage 'eval'): suite 'accuracy' (accuracy) reports "
+                               "no 'acc'; it reports accuracy/accuracy, accuracy/rows, got 'accuracy/acc'")
+    recipe_with("accuracy/accuracy", "language/languageshare")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe)
+    assert str(info.value).startswith(
+        f"{recipe}:14: stages[2].select.metric (stage 'merge'): suite 'language' (language) reports no "
+        "'languageshare' (did you mean language/language_share?); it reports language/accuracy, ")
 
 
 def test_evaluate_errors_are_one_line(tmp_path, tiny_model_dir, tokenizer_dir):

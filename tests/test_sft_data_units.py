@@ -312,7 +312,7 @@ def test_language_filter_keeps_targets_and_rejects_others() -> None:
     assert "ms" not in _accepted(["id"], LanguageFilterConfig(equivalent=[]))
     # Too little text to judge: kept.
     assert curation.check_language([_user("2+2?"), _asst("4")], frozenset({"th"}), config) is None
-    with pytest.raises(ValidationError, match="did you mean 'tgl'"):
+    with pytest.raises(ValidationError, match="did you mean 'tl'"):
         LanguageFilterConfig(equivalent=[["tl", "tagalog"]])
 
 

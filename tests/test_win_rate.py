@@ -128,6 +128,8 @@ def test_win_rate_suite_judges_both_orders_and_caches_the_baseline(tmp_path, tin
 
     board = run("evaluate")
     metrics = board.rows[0].metrics
+    (suite,) = config.suites  # every metric it reported is one it declares (what rank_by is checked against)
+    assert [m for m in metrics if suite.metric_problem(m.partition("/")[2]) is not None] == []
     # weighted: mean over categories (math 1, writing 0, roleplay 0.5 tie, reasoning 0.5 position bias) ...
     assert metrics["mtbench/win_rate"] == pytest.approx(0.5)
     assert {k: metrics[f"mtbench/win_rate:{k}"] for k in RULES} == {

@@ -6,7 +6,7 @@ stage (rows and tokens per source, rejects by reason), training curves (loss, le
 norm, tokens/s per device and MFU) from each trained model's training outcome, each preference
 round on its own step axis (DPO margins and accuracies) with its reward statistics, the last
 leaderboard (metric direction marked), the merge choice, sample generations of every stage's model
-in both thinking modes side by side, and the final tokenizer rendering one conversation in both modes.
+(on fixed prompts, the same for every run) in both thinking modes side by side, and the final tokenizer rendering one conversation in both modes.
 
 Sample generations are made when the report is written (greedy, on the CPU unless a GPU is free,
 for models up to ``SAMPLE_MAX_BYTES`` of weights) and cached by model and prompt in the tempa
@@ -40,7 +40,8 @@ from tempa.sft.train_plan import OUTCOME_FILE, TrainOutcome
 
 log = logging.getLogger("tempa")
 
-# Held-out prompts every stage's model answers in both thinking modes (none is in the sample data).
+# Fixed prompts every stage's model answers in both thinking modes, the same for every run (not the run's own
+# held-out or evaluation prompts; none is in tempa's sample data).
 SAMPLE_PROMPTS = [
     "Jelaskan secara singkat mengapa langit berwarna biru.",
     "ช่วยแปลประโยคนี้เป็นภาษาอังกฤษ: วันนี้อากาศดีมาก",
@@ -366,7 +367,7 @@ def sample_generations(manifest: Manifest, model: Path) -> dict[str, list[str]]:
 
 
 def samples_section(done: list[tuple[Manifest, StageResult]]) -> str:
-    """Held-out prompts answered by each stage's model, thinking on and off side by side."""
+    """:data:`SAMPLE_PROMPTS` answered by each stage's model, thinking on and off side by side."""
     models = _stage_models(done)
     if not models:
         return ""
@@ -390,7 +391,8 @@ def samples_section(done: list[tuple[Manifest, StageResult]]) -> str:
     note = (f"<p class='note'>not sampled (over {SAMPLE_MAX_BYTES / 1024**3:.0f} GB of weights): "
             f"{html.escape(', '.join(skipped))}</p>") if skipped else ""
     return (f"<section id='samples'><h2>Sample generations</h2><p class='note'>greedy, at most "
-            f"{SAMPLE_MAX_NEW_TOKENS} new tokens, each stage's model</p>{note}{''.join(parts)}</section>")
+            f"{SAMPLE_MAX_NEW_TOKENS} new tokens, each stage's model, on tempa's {len(SAMPLE_PROMPTS)} fixed prompts "
+            f"(the same for every run)</p>{note}{''.join(parts)}</section>")
 
 
 def _examples(run_dir: Path) -> str:

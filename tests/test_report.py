@@ -188,3 +188,27 @@ def test_pairs_and_judges_says_what_left_samples_out_of_the_pairs(tmp_path):
     assert ("<td>1 / 16 (0.0625)</td><td>8 / 16: truncated 1, think block left open or refused by the template 7"
             "</td>") in page
     assert "<td>0 / 0 (0)</td><td>–</td>" in page
+
+
+def test_the_help_and_the_page_say_the_sample_prompts_are_fixed(tmp_path, monkeypatch, capsys):
+    """The samples are tempa's three fixed prompts (Indonesian, Thai, English) for every run; `--help` said
+    'held-out prompts', which reads as the run's own."""
+    from tempa.recipes import report
+    from tempa.recipes.rundir import Manifest
+    from tempa.sft.stage_api import StageResult
+
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "held-out" not in help_text
+    assert "three fixed prompts, in Indonesian, Thai and English, the same for every run" in help_text
+    assert len(report.SAMPLE_PROMPTS) == 3
+
+    model = tmp_path / "sft" / "final"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    monkeypatch.setattr(report, "sample_generations", lambda manifest, folder: {
+        "on": ["a"] * len(report.SAMPLE_PROMPTS), "off": ["b"] * len(report.SAMPLE_PROMPTS)})
+    manifest = Manifest(name="sft", kind="sft", fingerprint="f", status="done", started_at=0.0)
+    page = report.samples_section([(manifest, StageResult(model=model))])
+    assert "on tempa's 3 fixed prompts (the same for every run)" in page

@@ -12,7 +12,7 @@ import importlib.metadata
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,8 @@ class ModelCardConfig(BaseModel):
         default=None, description="Hub id used in the usage snippet (default: a local path placeholder)."
     )
     license: str | None = Field(default=None, description="License id for the card's metadata.")
-    languages: list[str] = Field(default_factory=list, description="Language codes for the card's metadata.")
+    languages: list[str] = Field(default_factory=list, description="Language codes for the card's metadata; the "
+                                 "first picks the usage example's language (English where tempa has none for it).")
     tags: list[str] = Field(default_factory=list, description="Extra tags for the card's metadata.")
     description: str | None = Field(default=None, description="A paragraph about the model.")
     extra: str | None = Field(default=None, description="Markdown appended at the end of the card.")
@@ -249,8 +250,29 @@ def hub_datasets(stages: Mapping[str, Upstream]) -> list[str]:
     return list(found)
 
 
-def usage_snippet(model_id: str, thinking_default: str = "on", saved_with: str | None = None) -> list[str]:
-    """The card's usage section; ``saved_with``: the transformers version that wrote the folder's files."""
+# The usage snippet's question, in the card's first language (`model_card.languages`); English for any other.
+USAGE_QUESTIONS = {
+    "en": "What is the capital of Indonesia?",
+    "id": "Apa ibu kota Indonesia?",
+    "ms": "Apakah ibu negara Malaysia?",
+    "th": "เมืองหลวงของประเทศไทยคืออะไร?",
+    "vi": "Thủ đô của Việt Nam là gì?",
+    "tl": "Ano ang kabisera ng Pilipinas?",
+    "fil": "Ano ang kabisera ng Pilipinas?",
+    "ta": "இந்தியாவின் தலைநகரம் எது?",
+}
+
+
+def usage_question(languages: Sequence[str]) -> str:
+    """The usage example's question in ``languages[0]`` (``th``, ``th-TH``), else in English."""
+    code = re.split(r"[-_]", languages[0].strip().lower())[0] if languages else "en"
+    return USAGE_QUESTIONS.get(code, USAGE_QUESTIONS["en"])
+
+
+def usage_snippet(model_id: str, thinking_default: str = "on", saved_with: str | None = None,
+                  languages: Sequence[str] = ()) -> list[str]:
+    """The card's usage section; ``saved_with``: the transformers version that wrote the folder's files;
+    ``languages``: the card's, the first of which the example question is in (see :func:`usage_question`)."""
     other = "off" if thinking_default == "on" else "on"
     # transformers 5 writes tokenizer_config.json and config.json in its own format: 4.x cannot load the tokenizer
     # (TokenizersBackend) and reads the RoPE settings (rope_parameters) as absent, silently
@@ -272,7 +294,7 @@ def usage_snippet(model_id: str, thinking_default: str = "on", saved_with: str |
         "tokenizer = AutoTokenizer.from_pretrained(model_id)",
         'model = AutoModelForCausalLM.from_pretrained(model_id, dtype="auto", device_map="auto")',
         "",
-        'messages = [{"role": "user", "content": "Apa ibu kota Indonesia?"}]',
+        f'messages = [{{"role": "user", "content": {json.dumps(usage_question(languages), ensure_ascii=False)}}}]',
         "inputs = tokenizer.apply_chat_template(",
         "    messages,",
         "    add_generation_prompt=True,",
@@ -356,7 +378,7 @@ def render_model_card(
     if weights_from != "":  # "" (the default): the caller does not know; None: the base model's weights
         lines += _weights_line(stages, weights_from)
     lines += usage_snippet(card.model_id or USAGE_PLACEHOLDER, thinking_default,
-                           saved_with=importlib.metadata.version("transformers"))
+                           saved_with=importlib.metadata.version("transformers"), languages=card.languages)
     lines += _stages_section(stages)
     lines += _mix_section(stages)
     lines += _eval_section(stages)

@@ -389,3 +389,18 @@ def test_the_card_names_the_stage_whose_weights_ship(tmp_path, tiny_model_dir, r
                           load_template("llama3_thinking")))
     card = (tmp_path / "run2" / "bake" / "final" / "README.md").read_text()
     assert "The weights in this folder are the base model's: no stage of the run changed them." in card
+
+
+@pytest.mark.parametrize(("languages", "question"), [
+    (["th"], "เมืองหลวงของประเทศไทยคืออะไร?"), (["vi", "en"], "Thủ đô của Việt Nam là gì?"),
+    (["id"], "Apa ibu kota Indonesia?"), (["th-TH"], "เมืองหลวงของประเทศไทยคืออะไร?"),
+    (["xx"], "What is the capital of Indonesia?"), ([], "What is the capital of Indonesia?")])
+def test_the_card_usage_example_asks_in_the_card_first_language(languages, question):
+    """A card with `languages: [th]` showed an Indonesian question; it follows the first language tempa has an
+    example for, else English."""
+    from tempa.merge.model_card import ModelCardConfig, render_model_card
+    from tempa.sft.stage_api import RecipeInfo
+
+    card = render_model_card(ModelCardConfig(languages=languages), stages={},
+                             recipe=RecipeInfo("t", "tempa:tiny", "llama3_thinking"))
+    assert f'messages = [{{"role": "user", "content": "{question}"}}]' in card

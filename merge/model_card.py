@@ -194,7 +194,12 @@ def _eval_section(stages: Mapping[str, Upstream]) -> list[str]:
     return []
 
 
-def _merge_section(stages: Mapping[str, Upstream]) -> list[str]:
+# The name a merge stage gives the recipe's base model when it merges onto it (merge_stage.py).
+_RECIPE_BASE = "base model"
+
+
+def _merge_section(stages: Mapping[str, Upstream], base_model: str) -> list[str]:
+    """``base_model``: the recipe's, as it names it (a hub id, a folder, ``tempa:tiny``), named where a merge used it."""
     lines: list[str] = []
     for name, up in stages.items():
         if not isinstance(up.result, MergeResult):
@@ -205,7 +210,9 @@ def _merge_section(stages: Mapping[str, Upstream]) -> list[str]:
             knobs = ", ".join(f"{k}={_cell(v)}" for k, v in model.parameters.items())
             lines.append(f"- `{model.name}`" + (f" ({knobs})" if knobs else ""))
         if summary.base_model is not None:
-            lines.append(f"- base: `{summary.base_model.name}`")
+            name = summary.base_model.name
+            lines.append(f"- base: `{base_model}` (the recipe's base model)" if name == _RECIPE_BASE
+                         else f"- base: `{name}`")
         if summary.selection is not None:
             selection = summary.selection
             lines += [
@@ -382,7 +389,7 @@ def render_model_card(
     lines += _stages_section(stages)
     lines += _mix_section(stages)
     lines += _eval_section(stages)
-    lines += _merge_section(stages)
+    lines += _merge_section(stages, recipe.base_model)
     if template_checks:
         passed = sum(1 for check in template_checks if check.get("passed"))
         lines += ["## Chat template checks", "", f"{passed}/{len(template_checks)} checks passed.", ""]

@@ -404,3 +404,26 @@ def test_the_card_usage_example_asks_in_the_card_first_language(languages, quest
     card = render_model_card(ModelCardConfig(languages=languages), stages={},
                              recipe=RecipeInfo("t", "tempa:tiny", "llama3_thinking"))
     assert f'messages = [{{"role": "user", "content": "{question}"}}]' in card
+
+
+@pytest.mark.parametrize(("recipe_base", "shown"), [
+    ("tempa:tiny", "tempa:tiny"), ("meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B"), ("LOCAL", "my-base")])
+def test_the_card_merge_section_names_the_base_model(tmp_path, recipe_base, shown):
+    """A merge onto the recipe's base model said ``base: `base model` ``; it names the model as the recipe does (a
+    local folder by its name only: the card locates nothing on this machine)."""
+    from tempa.merge.model_card import ModelCardConfig, render_model_card
+    from tempa.sft.stage_api import RecipeInfo
+
+    recipe_base = str(tmp_path / "models" / "my-base") if recipe_base == "LOCAL" else recipe_base
+    summary = MergeSummary(method="ties", models=[MergedModel(name="sft/checkpoint-20", path=tmp_path / "a"),
+                                                  MergedModel(name="sft/checkpoint-40", path=tmp_path / "b")],
+                           base_model=MergedModel(name="base model", path=tmp_path / "cache" / "tiny-default-0"))
+    card = render_model_card(ModelCardConfig(), recipe=RecipeInfo("t", recipe_base, "llama3_thinking"),
+                             stages={"merge": done("merge", MergeResult(summary=summary), kind="merge")})
+    assert f"- base: `{shown}` (the recipe's base model)" in card and "`base model`" not in card
+    assert str(tmp_path) not in card
+    # a base the merge config named (a stage's model) keeps its own name
+    summary.base_model = MergedModel(name="sft", path=tmp_path / "sft" / "final")
+    card = render_model_card(ModelCardConfig(), recipe=RecipeInfo("t", recipe_base, "llama3_thinking"),
+                             stages={"merge": done("merge", MergeResult(summary=summary), kind="merge")})
+    assert "- base: `sft`\n" in card

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from tempa.merge.leaderboard import Leaderboard
 from tempa.sft.stage_api import RunPath, StageResult
 
+# The name a merge gives the recipe's base model when it merges onto it (the card names the model instead).
+RECIPE_BASE = "base model"
+
 
 class MergedModel(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -30,7 +30,14 @@ from tempa.merge.leaderboard import (
     write_leaderboard,
 )
 from tempa.merge.merge_config import MergeStageConfig, check_input_count, method_spec
-from tempa.merge.merge_result import MergedModel, MergeResult, MergeSummary, Reevaluation, Selection
+from tempa.merge.merge_result import (
+    RECIPE_BASE,
+    MergedModel,
+    MergeResult,
+    MergeSummary,
+    Reevaluation,
+    Selection,
+)
 from tempa.merge.mergekit_run import (
     MergeInput,
     build_mergekit_config,
@@ -109,7 +116,7 @@ def resolve_inputs(
         if config.base_model is not None:
             base = resolve_reference(config.base_model, ctx, board)
         elif is_model_dir(ctx.base_model):
-            base = MergeInput("base model", ctx.base_model.resolve())
+            base = MergeInput(RECIPE_BASE, ctx.base_model.resolve())
         else:
             raise StageError(f"{_who(ctx)}: method {config.method} needs a base model; set base_model")
         models = [m for m in models if m.path != base.path]

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from tempa.merge.leaderboard import EvaluateResult
-from tempa.merge.merge_result import MergeResult
+from tempa.merge.merge_result import RECIPE_BASE, MergeResult
 from tempa.sft.stage import SFTResult
 from tempa.sft.stage_api import RecipeInfo, Upstream, format_metric, looks_local
 
@@ -194,8 +194,6 @@ def _eval_section(stages: Mapping[str, Upstream]) -> list[str]:
     return []
 
 
-# The name a merge stage gives the recipe's base model when it merges onto it (merge_stage.py).
-_RECIPE_BASE = "base model"
 
 
 def _merge_section(stages: Mapping[str, Upstream], base_model: str) -> list[str]:
@@ -211,7 +209,7 @@ def _merge_section(stages: Mapping[str, Upstream], base_model: str) -> list[str]
             lines.append(f"- `{model.name}`" + (f" ({knobs})" if knobs else ""))
         if summary.base_model is not None:
             name = summary.base_model.name
-            lines.append(f"- base: `{base_model}` (the recipe's base model)" if name == _RECIPE_BASE
+            lines.append(f"- base: `{base_model}` (the recipe's base model)" if name == RECIPE_BASE
                          else f"- base: `{name}`")
         if summary.selection is not None:
             selection = summary.selection

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -66,6 +67,9 @@ def from_validation_error(
             msg = f"unknown field (not allowed here; check the spelling){did_you_mean(err['loc'][-1], allowed)}"
         elif err["type"] == "missing":
             msg = "field required"
+        elif err["type"] == "union_tag_invalid":  # a `type:` / `kind:` no member has: its closest, as for keys
+            tags = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected_tags", "")))
+            msg += did_you_mean((err.get("ctx") or {}).get("tag", ""), tags)
         elif "input" in err and err["type"] not in ("union_tag_invalid", SECRET_INPUT_ERROR):
             got = err["input"]
             if not isinstance(got, Mapping | list) and repr(got) not in msg and f"'{got}'" not in msg:
@@ -75,8 +79,16 @@ def from_validation_error(
             key = msg.split("'")[1]
             path = (*path, key)
             msg = msg.split("'", 2)[2].lstrip(": ")
+        # A validator of a whole block names the field it refuses first (`parameters.t: not a parameter ...`): point
+        # at that field's line, not the block's.
+        elif (named := _NAMED_FIELD.match(msg)) and (*path, *named[1].split(".")) in lines:
+            path = (*path, *named[1].split("."))
+            msg = msg[named.end():]
         messages.append(f"{where(path, lines, file)}: {_human_path(path, stage_names)}: {msg}")
     return RecipeError("; ".join(messages) if messages else f"{file}: invalid recipe")
+
+
+_NAMED_FIELD = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*): ")
 
 
 def _yaml_path(loc: Sequence[str | int], raw: object) -> FieldPath:

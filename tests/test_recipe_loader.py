@@ -598,3 +598,30 @@ def test_a_base_url_with_a_password_is_refused_without_showing_it(tmp_path):
     message = str(err.value)
     assert f"{path}:7: stages[0].teacher.base_url (stage 'syn')" in message and "api_key_env" in message
     assert "hunter2" not in message
+
+
+def test_a_block_validators_error_points_at_the_field_it_names_and_a_bad_tag_gets_its_closest(tmp_path, data_file):
+    """A merge's `parameters.t` was reported at the stage's first line; a reward `type: langauge` listed the tags
+    without the one meant."""
+    merge = """  - name: merge
+        kind: merge
+        method: ties
+        models: [first, first]
+        parameters:
+          normalize: true
+          t: 0.5"""
+    path = write(tmp_path / "r.yaml", recipe_text(extra_stage=merge))
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert str(info.value).startswith(f"{path}:18: stages[1].parameters.t (stage 'merge'): not a parameter of "
+                                      "mergekit's ties"), info.value
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    align = """  - name: align
+        kind: preference
+        prompts: {path: p.jsonl}
+        rewards: [{type: langauge}]"""
+    path = write(tmp_path / "r.yaml", recipe_text(extra_stage=align))
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert str(info.value).startswith(f"{path}:15: stages[1].rewards[0] (stage 'align'): Input tag 'langauge'")
+    assert str(info.value).endswith("did you mean 'language'?")

@@ -278,7 +278,7 @@ def _tool_content(value: Any, what: str) -> str:
 
 
 def _read_turns(turns: Any, spec: FormatSpec, field_name: str) -> list[dict[str, Any]]:
-    shape = "a list of {role, content}"
+    shape = f"a list of {{{spec.role[0]}, {spec.content[0]}}}"  # ShareGPT's {from, value}, OpenAI's {role, content}
     if not isinstance(turns, (list, tuple)) or not turns:
         raise RowError(f"expected {field_name!r} to be {shape}")
     out: list[dict[str, Any]] = []

@@ -909,3 +909,11 @@ def test_a_jsonl_read_cut_short_is_never_reused_and_a_changed_file_is_read_again
     Path(source.path).write_bytes(b"".join(b'{"b": %d}\n' % i for i in range(7)))
     again = sources.load_source(source, cache_dir=cache)
     assert again[sources.RAW] == [f'{{"b": {i}}}' for i in range(7)]
+
+
+def test_a_sharegpt_rows_message_names_sharegpts_turn_keys(tmp_path: Path) -> None:
+    """ShareGPT turns are {from, value}: the message said {role, content}, which its rows never have."""
+    sharegpt = _src(tmp_path).model_copy(update={"format": "sharegpt"})
+    with pytest.raises(RowError) as info:
+        normalize_row({"conversations": [{"speaker": "human", "text": "hi"}]}, spec_for(sharegpt))
+    assert str(info.value) == "expected 'conversations' to be a list of {from, value}; turn 0 has keys ['speaker', 'text']"

@@ -647,15 +647,23 @@ def _global_batch_note(estimate: StageEstimate, train: dict[str, Any], hardware:
     intended = rows * int(train.get("gradient_accumulation_steps", 1)) * recipe_dp
     if estimate.global_batch == intended:
         return
+    ranks = max(1, hardware.gpus // launch.sequence_parallel)
     try:
-        here = accumulation_for(intended, rows, max(1, hardware.gpus // launch.sequence_parallel))
-        keep = f"gradient_accumulation_steps {here} here"
+        here = accumulation_for(intended, rows, ranks)
+        keep = (f"to keep {intended} on any hardware set launch.global_batch_size: {intended} "
+                f"(gradient_accumulation_steps {here} here)")
     except ValueError:
-        keep = "not reachable exactly with this per_device_train_batch_size here"
+        if intended % ranks:  # every rank takes whole rows: the batch is a multiple of the ranks
+            keep = (f"{intended} cannot be kept on {ranks} data-parallel ranks, whose global batch is a multiple of "
+                    f"{ranks}")
+        else:  # the largest micro-batch that divides each rank's share
+            per = max(d for d in range(1, min(rows, intended // ranks) + 1) if (intended // ranks) % d == 0)
+            keep = (f"to keep {intended} here set launch.global_batch_size: {intended} and "
+                    f"per_device_train_batch_size: {per}")
     estimate.warnings.append(
         f"stage {estimate.name}: {hardware.label} changes the global batch from {intended} (the launch's "
-        f"{launch.processes} process{'es' if launch.processes != 1 else ''}) to {estimate.global_batch} rows per step, and with it the learning-rate "
-        f"schedule's meaning; to keep {intended} on any hardware set launch.global_batch_size: {intended} ({keep})")
+        f"{launch.processes} process{'es' if launch.processes != 1 else ''}) to {estimate.global_batch} rows per "
+        f"step, and with it the learning-rate schedule's meaning; {keep}")
 
 
 def _generation_hours(generation: GenerationWork | None, shape: ModelShape, hardware: Hardware, mfu: float,

@@ -163,8 +163,8 @@ def test_70b_hub_recipe_plans_without_download_and_warns(tmp_path: Path):
     # it fits; what more GPUs change is the global batch (8 rows per step on the launch's 8 GPUs)
     assert bigger.fits and [w.split(":")[1] for w in bigger.warnings] == [
         f" {general.gpus_needed // 8}x8xH100 changes the global batch from 8 (the launch's 8 processes) to "
-        f"{general.gpus_needed} rows per step, and with it the learning-rate schedule's meaning; to keep 8 on any "
-        "hardware set launch.global_batch_size"]
+        f"{general.gpus_needed} rows per step, and with it the learning-rate schedule's meaning; 8 cannot be kept on "
+        f"{general.gpus_needed} data-parallel ranks, whose global batch is a multiple of {general.gpus_needed}"]
     assert bigger.hours == pytest.approx(general.hours * 8 / general.gpus_needed)
     text = render_estimate(loaded, "8xH100", 0.4)
     assert "70.6B parameters (counted on the meta device)" in text
@@ -633,3 +633,27 @@ def test_ulysses_sizes_divide_the_attention_heads() -> None:
     # torch context parallelism splits the sequence, not the heads: every divisor of the GPUs is offered
     assert "activ. SP=8 " in next(line for line in _long_context(shape, eight, LaunchPlan(engine=Engine("fsdp2")))
                                   if line.startswith("context"))
+
+
+def test_the_global_batch_advice_is_one_the_hardware_can_follow():
+    """It advised launch.global_batch_size for a batch the hardware cannot make, which the plan then refused."""
+    from tempa.recipes.estimate import estimate_recipe
+
+    stage = "stages.sft-general.train"
+    def advice(hardware: str, *overrides: str) -> str:
+        loaded = load_recipe("sea-lion-v3-70b-it", [f"{stage}.{o}" for o in overrides])
+        (warning,) = [w for w in estimate_recipe(loaded, hardware)[0].warnings if "global batch" in w]
+        return warning.split("meaning; ", 1)[1]
+
+    # 8 launch processes x 2 rows: 16 rows; 16 ranks take at least 1 row each, so 16 fits with 1 row per device
+    assert advice("2x8xH100", "per_device_train_batch_size=2", "gradient_accumulation_steps=1") == (
+        "to keep 16 here set launch.global_batch_size: 16 and per_device_train_batch_size: 1")
+    # 8 x 1 x 1: 8 rows can never be split over 16 ranks
+    assert advice("2x8xH100", "per_device_train_batch_size=1", "gradient_accumulation_steps=1") == (
+        "8 cannot be kept on 16 data-parallel ranks, whose global batch is a multiple of 16")
+    assert advice("2x8xH100", "per_device_train_batch_size=1", "gradient_accumulation_steps=4") == (
+        "to keep 32 on any hardware set launch.global_batch_size: 32 (gradient_accumulation_steps 2 here)")
+    # and what it advises, the plan takes without a warning
+    followed = load_recipe("sea-lion-v3-70b-it", [f"{stage}.per_device_train_batch_size=1",
+                                                  f"{stage}.gradient_accumulation_steps=1", "launch.global_batch_size=16"])
+    assert not any("global batch" in w and "multiple" in w for w in estimate_recipe(followed, "2x8xH100")[0].warnings)

@@ -227,7 +227,9 @@ class PreferenceStageConfig(StageConfigBase):
     train: dict[str, Any] = Field(
         default_factory=dict,
         description="Any trl DPOConfig field (loss_type: sigmoid | apo_zero | ipo | sigmoid_norm | ..., beta, "
-        "learning_rate, precompute_ref_log_probs, max_steps, ...). tempa sets output_dir and deepspeed.",
+        "learning_rate, precompute_ref_log_probs, max_steps, ...). tempa sets output_dir and deepspeed. Defaults: "
+        + ", ".join(f"{key} {value}" for key, value in DEFAULT_DPO_ARGS.items())
+        + ", activation_checkpointing true (trl's, under transformers 5's name).",
     )
 
     @field_validator("rewards")

@@ -245,7 +245,8 @@ class MergeStageConfig(StageConfigBase):
     parameters: dict[str, Any] = Field(
         default_factory=dict,
         description="Method-level mergekit parameters, e.g. {t: 0.5} for slerp, {lambda: 1.0, normalize: true}; "
-        "a value may be a layer gradient ([0, 0.5, 1]) or [{filter: self_attn, value: 0.3}, {value: 0.7}].",
+        "a value may be a layer gradient ([0, 0.5, 1]) or [{filter: self_attn, value: 0.3}, {value: 0.7}]. Unset, "
+        "slerp's `t` is 0.5 (the midpoint); every other parameter keeps mergekit's default.",
     )
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         default=None, description="Dtype of the arithmetic (default: mergekit's choice from the inputs)."

@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a recipe key, e.g. stages.sft.train.learning_rate=2e-5 (repeatable)")
         p.add_argument("--profile", default=None,
                        help="apply the recipe's `profiles: NAME` overlay (e.g. tiny: the same pipeline at toy scale)")
-        p.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/<recipe name>)")
+        p.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/<recipe name> under the current folder)")
         group = p.add_mutually_exclusive_group()
         group.add_argument("--from", dest="from_stage", metavar="STAGE",
                            help="force STAGE and every later stage to run again")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -109,6 +109,17 @@ def check_generation_config(out_dir: Path) -> dict[str, Any]:
     if generation.pad_token_id is not None and generation.pad_token_id in eos_ids:
         raise StageError(f"generation_config.json pad_token_id {generation.pad_token_id} is also an eos id")
     return {"end_of_turn": eot, "eos_token_id": eos_ids, "pad_token_id": generation.pad_token_id}
+
+
+def planned_thinking_default_warning(default: str, stages: Sequence[Any]) -> str | None:
+    """What :func:`thinking_default_warning` will say, known from the recipe alone: the default is on and every SFT
+    source trains with thinking off. ``tempa plan`` says it before any training (the bake says it after all of it).
+    (A source `on` renders its rows without a trace off, so the other way round is known only from the data.)"""
+    modes = {source.thinking_mode for stage in stages if stage.kind == "sft" for source in stage.data.sources}
+    if default != "on" or modes != {"off"}:
+        return None
+    return ("thinking_default is 'on', but every SFT source trains with thinking off: callers that pass no "
+            "thinking_mode would get a mode the model never learned; set thinking_default: off in the recipe")
 
 
 def thinking_default_warning(default: str, stages: Mapping[str, Upstream]) -> str | None:

@@ -215,7 +215,11 @@ def _cmd_plan(args) -> int:
                       d.fingerprint[:12])
     console.print(table)
     _print_train_args(console, loaded)
-    for problem in environment_problems(loaded, decisions):  # `tempa run` in this shell refuses these
+    from tempa.merge.bake import planned_thinking_default_warning
+
+    warnings = environment_problems(loaded, decisions)  # `tempa run` in this shell refuses these
+    warnings += filter(None, [planned_thinking_default_warning(loaded.recipe.thinking_default, loaded.stages)])
+    for problem in warnings:
         console.print(f"[yellow]warning:[/yellow] {problem}", markup=True, highlight=False)
     if args.hardware:
         from tempa.recipes.estimate import render_estimate

@@ -427,3 +427,22 @@ def test_the_card_merge_section_names_the_base_model(tmp_path, recipe_base, show
     card = render_model_card(ModelCardConfig(), recipe=RecipeInfo("t", recipe_base, "llama3_thinking"),
                              stages={"merge": done("merge", MergeResult(summary=summary), kind="merge")})
     assert "- base: `sft`\n" in card
+
+
+def test_the_plan_warns_before_training_when_every_sft_source_trains_thinking_off(tmp_path, capsys):
+    """The bake warned after all training that the template's default mode is one no row was trained in."""
+    from tempa.recipes.cli import main
+
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "q"},
+                                                                  {"role": "assistant", "content": "a"}]}) + "\n")
+    recipe = tmp_path / "r.yaml"
+    body = ("name: r\nbase_model: tempa:tiny\nTOP\nstages:\n"
+            "  - {name: s, kind: sft, data: {sources: [{name: r, path: rows.jsonl, thinking_mode: 'off'}]}}\n")
+    warning = "warning: thinking_default is 'on', but every SFT source trains with thinking off"
+    for top, warned in (("", True), ("thinking_default: 'off'", False)):
+        recipe.write_text(body.replace("TOP", top))
+        assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+        assert (warning in " ".join(capsys.readouterr().out.split())) is warned
+    recipe.write_text(body.replace("TOP", "").replace("thinking_mode: 'off'", "thinking_mode: mixed, thinking_ratio: 0.5"))
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+    assert "thinking_default" not in capsys.readouterr().out

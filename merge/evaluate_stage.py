@@ -250,10 +250,12 @@ def run_evaluate(
     board = evaluate_candidates(config, ctx, candidates, backend_factory)
     json_path, md_path = write_leaderboard(board, ctx.stage_dir, title=f"Leaderboard: {ctx.stage_name}")
     metrics: dict[str, Scalar] = {"candidates": len(candidates)}
-    if config.rank_by:
-        best = board.ranked()[0]
+    best = board.best()
+    if best is not None:
         metrics["best"] = best.candidate
         metrics.update({f"best/{name}": value for name, value in best.metrics.items() if is_headline(name)})
+    elif config.rank_by:
+        ctx.log.warning("%s: no candidate has a value of %s: no best model", ctx.stage_name, config.rank_by)
     return EvaluateResult(
         metrics=metrics,
         leaderboard=board,

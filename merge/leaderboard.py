@@ -82,6 +82,14 @@ class Leaderboard(BaseModel):
 
         return sorted(self.rows, key=key)
 
+    def best(self) -> LeaderboardRow | None:
+        """The first row by ``rank_by``; None when no row has a value of it (a judge that never gave a verdict, say)."""
+        if not self.rank_by or not self.rows:
+            return None
+        first = self.ranked()[0]
+        value = first.metrics.get(self.rank_by)
+        return None if value is None or math.isnan(value) else first
+
     def to_json(self) -> dict[str, Any]:
         return {
             "rank_by": self.rank_by,

@@ -244,6 +244,16 @@ def test_a_metrics_direction_comes_from_its_name_not_its_qualifier():
     assert board.to_json()["metrics"] == {"mt/win_rate:error_analysis": "max", "lm_eval/wikitext/bits_per_byte": "min"}
 
 
+def test_a_board_whose_rank_metric_no_candidate_has_names_no_best():
+    """A win-rate judge that never gave a verdict leaves every win rate NaN: the first row was still called best."""
+    nan = float("nan")
+    rows = [LeaderboardRow(candidate=c, path=f"/m/{c}", metrics={"mt/win_rate": v}) for c, v in (("x", nan), ("y", nan))]
+    assert Leaderboard(rows=rows, rank_by="mt/win_rate").best() is None
+    rows[1].metrics["mt/win_rate"] = 0.4
+    assert Leaderboard(rows=rows, rank_by="mt/win_rate").best().candidate == "y"
+    assert Leaderboard(rows=rows).best() is None  # nothing to rank by
+
+
 def _variant(tiny_model_dir: Path, dst: Path, **config_changes) -> Path:
     """A model folder whose config differs; weights rebuilt to match it."""
     from transformers import AutoConfig, AutoModelForCausalLM

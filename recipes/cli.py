@@ -216,9 +216,11 @@ def _cmd_plan(args) -> int:
     console.print(table)
     _print_train_args(console, loaded)
     from tempa.merge.bake import planned_thinking_default_warning
+    from tempa.sft.data_size import format_warnings
 
     warnings = environment_problems(loaded, decisions)  # `tempa run` in this shell refuses these
     warnings += filter(None, [planned_thinking_default_warning(loaded.recipe.thinking_default, loaded.stages)])
+    warnings += format_warnings([loaded.stages[d.index] for d in decisions if d.action != "skip"])
     for problem in warnings:
         console.print(f"[yellow]warning:[/yellow] {problem}", markup=True, highlight=False)
     if args.hardware:

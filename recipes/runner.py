@@ -471,6 +471,10 @@ def run_recipe(
         problems = environment_problems(loaded, decisions)
         if problems:
             raise StageError(problems[0])
+        from tempa.sft.data_size import format_warnings
+
+        for warning in format_warnings([loaded.stages[d.index] for d in decisions if d.action != "skip"]):
+            log.warning("%s", warning)  # as `tempa plan` warns: the stage itself fails on it, later
         base_dir = resolve_base_model(loaded)
         template = template_text(loaded)
         tokenizer_dir = prepare_tokenizer(base_dir, loaded.recipe.chat_template, template, run_dir, log,

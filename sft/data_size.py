@@ -602,3 +602,44 @@ def estimate_sft(config: SFTStageConfig, inputs: EstimateInputs) -> TrainingWork
     tokens = (tokens_from_mix(result.data) if isinstance(result, SFTResult)
               else tokens_from_recipe(config, inputs))
     return TrainingWorkload(tokens=tokens, train_args=config.train_args(), lora=config.lora)
+
+
+FORMAT_PROBE_ROWS = 16  # rows `tempa plan` reads of each local JSON Lines source to tell a format that fits none
+
+
+def format_problem(source: SourceConfig, rows: int = FORMAT_PROBE_ROWS) -> str | None:
+    """Why none of the first ``rows`` rows of a local JSON Lines source is one its ``format`` reads (the run would
+    reject them all, and most likely every row after them), or None. Reads those lines only: `tempa plan` warns
+    with it, where before the stage ahead trained and this one failed on "all N rows were rejected"."""
+    from tempa.chat_templates.json_files import parse_line, read_lines
+    from tempa.sft.formats import RowError, normalize_row, spec_for
+
+    path = Path(source.path)
+    if source.stage_ref is not None or not path.is_file() or not is_json_lines(path):
+        return None
+    spec, seen, first = spec_for(source), 0, None
+    for line in read_lines(path):
+        if line.blank:
+            continue
+        seen += 1
+        parsed = parse_line(line)
+        error = parsed.error
+        if error is None:
+            try:
+                normalize_row(parsed.value, spec)
+                return None
+            except RowError as exc:
+                error = str(exc)
+        first = first or f"line {line.number}: {error}"
+        if seen >= rows:
+            break
+    if not seen:
+        return None
+    rows_read = "its first row is not" if seen == 1 else f"none of its first {seen:,} rows is"
+    return f"data source '{source.name}': {rows_read} a row of format {source.format} ({first}); the run rejects such rows"
+
+
+def format_warnings(stages: Sequence[Any]) -> list[str]:
+    """:func:`format_problem` of every local source of the sft stages, one line each."""
+    return [f"stage '{stage.name}': {problem}" for stage in stages if stage.kind == "sft"
+            for source in stage.data.sources if (problem := format_problem(source)) is not None]

@@ -84,3 +84,30 @@ def test_a_source_with_rows_passes(tmp_path, name):
     HAS_ROWS[name](path)
     check_source(SourceConfig(name="s", path=str(path)))
     check_source(SourceConfig(name="hub", path="HuggingFaceH4/no_robots"))  # read when the stage runs
+
+
+def test_the_plan_warns_when_a_sources_first_rows_fit_no_row_of_its_format(tmp_path, capsys):
+    """`format: alpaca` on prompt/completion rows: the plan said nothing, the stage ahead trained, and this one
+    failed on 'all 6 rows were rejected'. The plan reads the first rows and says so; a row that fits stops it."""
+    from tempa.recipes.cli import main
+    from tempa.sft.data_size import format_problem
+
+    pairs = tmp_path / "pc.jsonl"
+    pairs.write_text("\n" + "".join(json.dumps({"prompt": f"q{i}", "completion": "a"}) + "\n" for i in range(3)))
+    alpaca = SourceConfig(name="pc", path=str(pairs), format="alpaca")
+    assert format_problem(alpaca) == ("data source 'pc': none of its first 3 rows is a row of format alpaca (line 2: "
+                                      "expected 'instruction' to be a string, got nothing); the run rejects such rows")
+    assert format_problem(SourceConfig(name="pc", path=str(pairs))) is None  # auto reads them
+    with pairs.open("a") as more:
+        more.write(json.dumps({"instruction": "q", "output": "a"}) + "\n")
+    assert format_problem(alpaca) is None  # one row of the format in the first 16: the rest are the stage's to judge
+
+    (tmp_path / "rows.jsonl").write_text(json.dumps(ROW) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nbase_model: tempa:tiny\nstages:\n"
+                      "  - {name: sft, kind: sft, data: {sources: [{name: t, path: rows.jsonl}]}}\n"
+                      "  - {name: sft2, kind: sft, data: {sources: [{name: pc, path: bad.jsonl, format: sharegpt}]}}\n")
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "q", "completion": "a"}) + "\n")
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+    assert "warning: stage 'sft2': data source 'pc': its first row is not a row of format sharegpt" in \
+        " ".join(capsys.readouterr().out.split())

@@ -68,6 +68,15 @@ ALIASES: Mapping[str, str] = {
     "iw": "he",  # Hebrew's ISO 639-1 code before 1989
 }
 
+# What people write where a code goes: suggested ("did you mean 'id'?"), never taken silently, as a name
+# is no code a dataset or another tool would read.
+NAMES: Mapping[str, str] = {
+    "indonesian": "id", "bahasa": "id", "malay": "ms", "thai": "th", "vietnamese": "vi", "vn": "vi",
+    "tagalog": "tl", "filipino": "tl", "tamil": "ta", "burmese": "my", "myanmar": "my", "khmer": "km",
+    "javanese": "jv", "english": "en", "chinese": "zh", "mandarin": "zh",
+    "cantonese": "yue", "japanese": "ja", "jp": "ja", "korean": "ko", "kr": "ko",
+}
+
 # Groups of detector codes that count as one language unless a caller passes other groups.
 # Each is a confusion measured on py3langid, not a claim that the languages are the same:
 # - id ~ ms: Indonesian and Malay share most of their vocabulary; Indonesian sentences such as
@@ -149,7 +158,7 @@ def check_codes(codes: Iterable[str]) -> list[str]:
     for code in codes:
         spelled = canonical(code)
         if spelled not in supported():
-            hint = closest(str(code).lower(), [*supported(), *ALIASES])
+            hint = NAMES.get(str(code).strip().lower()) or closest(str(code).lower(), [*supported(), *ALIASES])
             suggestion = f" (did you mean {canonical(hint)!r}?)" if hint else ""  # 'thai': 'th', not the alias 'tha'
             raise ValueError(
                 f"language code {code!r} is not one the language detector (py3langid) knows{suggestion}; "

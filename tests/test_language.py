@@ -40,6 +40,11 @@ def test_codes_users_write_map_to_the_detectors() -> None:
     with pytest.raises(ValueError, match=r"'tagalog' is not one the language detector \(py3langid\) knows "
                                          r"\(did you mean 'tl'\?\); known: .*\btl\b"):
         language.check_codes(["id", "tagalog"])
+    # a language's name (or a country's code) is suggested as the code it means, and every such code is one it knows
+    for name, code in (("Indonesian", "id"), ("vn", "vi"), ("thai", "th"), ("jp", "ja")):
+        with pytest.raises(ValueError, match=rf"'{name}' is not one .* \(did you mean '{code}'\?\)"):
+            language.check_codes([name])
+    assert set(language.NAMES.values()) <= language.supported() and not set(language.NAMES) & set(language.ALIASES)
     assert "zxx" not in language.supported()  # "no linguistic content" is not a language to target
     # Filipino text is Tagalog to the detector, and a `fil` target accepts it.
     assert language.detect(SENTENCES["tl"]).is_in(language.accepted(["fil"])) is True

@@ -237,6 +237,8 @@ def _merge_recipes(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, A
                 else:
                     merged.append(copy.deepcopy(stage))
             out["stages"] = merged
+        elif value is None:  # back to the default, as inside a stage (_deep_merge)
+            out.pop(key, None)
         else:
             out[key] = _deep_merge(out.get(key), value)
     return out
@@ -247,14 +249,19 @@ _TAGS = ("type", "kind")
 
 def _deep_merge(base: Any, override: Any) -> Any:
     """Mappings merge key by key, except when the override switches a tagged union's `type`:
-    then it replaces the mapping (an http teacher's base_url means nothing to a transformers one)."""
+    then it replaces the mapping (an http teacher's base_url means nothing to a transformers one).
+    A key the override sets to null is dropped: the field goes back to its default, whatever its type (`select:
+    null` and `parameters: null` alike; a mapping could not be cleared, as null is no mapping)."""
     switches = isinstance(base, dict) and isinstance(override, dict) and any(
         tag in override and tag in base and override[tag] != base[tag] for tag in _TAGS
     )
     if isinstance(base, dict) and isinstance(override, dict) and not switches:
         out = dict(base)
         for key, value in override.items():
-            out[key] = _deep_merge(base.get(key), value)
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = _deep_merge(base.get(key), value)
         return out
     return copy.deepcopy(override)
 

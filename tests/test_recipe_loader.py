@@ -165,6 +165,29 @@ def test_extends_inherits_and_overrides(tmp_path, data_file):
     assert loaded.files == [tmp_path / "base.yaml", child]
 
 
+def test_extends_clears_any_inherited_key_with_null(tmp_path, data_file):
+    """`select: null` cleared an inherited block, `parameters: null` was refused ('a valid dictionary'): null now
+    takes any key back to its default."""
+    write(tmp_path / "base.yaml", recipe_text("""  - name: merge
+        kind: merge
+        method: ties
+        models: [first, first]
+        parameters: {normalize: true}
+        density: [0.5, 0.5]""").replace("stages:", "generation: {temperature: 0.6}\n    stages:"))
+    child = write(tmp_path / "child.yaml", """
+        extends: base.yaml
+        generation: null
+        stages:
+          - name: merge
+            parameters: null
+            density: null
+        """)
+    parent, loaded = load_recipe(tmp_path / "base.yaml"), load_recipe(child)
+    assert parent.stages[1].parameters == {"normalize": True} and parent.stages[-1].generation.temperature == 0.6
+    assert loaded.stages[1].parameters == {} and loaded.stages[1].density is None
+    assert loaded.stages[-1].generation.temperature is None
+
+
 def test_extends_error_points_into_the_child(tmp_path, data_file):
     write(tmp_path / "base.yaml", recipe_text())
     child = write(

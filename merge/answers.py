@@ -118,7 +118,11 @@ def extract_final_number(answer: str) -> float | None:
             return parse_number(numbers[-1])
     lead_ins = list(_LEAD_IN_RE.finditer(answer))
     if lead_ins:
-        numbers = _NUMBER_RE.findall(answer[lead_ins[-1].end() :])
+        tail = answer[lead_ins[-1].end() :]
+        # "The answer is 12 - 5 = 7": a worked line commits to what its last '=' gives
+        line = tail.strip().split("\n", 1)[0]
+        numbers = _NUMBER_RE.findall(line.rsplit("=", 1)[1]) if "=" in line else []
+        numbers = numbers or _NUMBER_RE.findall(tail)
         if numbers:
             return parse_number(numbers[0])
     numbers = _NUMBER_RE.findall(answer)

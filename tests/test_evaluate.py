@@ -132,6 +132,10 @@ def test_split_and_final_answers():
     assert extract_final_number(r"so \boxed{\frac{1}{4}}") == 0.25
     assert extract_final_number("Totalnya Rp 1.250.000 saja") == 1_250_000
     assert extract_final_number("#### 1,234") == 1234
+    # a worked line after the lead-in commits to what its last '=' gives (it read the first number: 12, 3)
+    assert extract_final_number("The answer is 12 - 5 = 7") == 7
+    assert extract_final_number("Jawabannya adalah 3 + 4 = 7 apel") == 7
+    assert extract_final_number("The answer is 5\nbecause 2 = 2") == 5  # only the lead-in's own line
     assert extract_final_number("no digits") is None
     assert answer_matches("Jawabannya adalah 42.", 42)
     assert not answer_matches("Jawabannya adalah 41.", 42)

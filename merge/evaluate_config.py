@@ -88,9 +88,8 @@ class LossSuite(_DataSuite):
 class AccuracySuite(_GenerationSuite):
     """Verifiable answers: rows with a prompt and an `answer`. A numeric answer must equal the number the reply
     commits to (the last `\\boxed{}`, else the first after an "answer is" lead-in or after the last `=` of that
-    line, else the last number); a text
-    answer must equal, after case and punctuation folding, the boxed text, the line after a lead-in, the last line
-    or the whole reply. (The preference/rl `answer` reward matches by its own `match`: math-verify by default.)"""
+    line, else the last number); a text answer must equal, after case and punctuation folding, the boxed text,
+    the line after a lead-in, the last line or the whole reply. (The preference/rl `answer` reward matches by its own `match`: math-verify by default.)"""
 
     type: Literal["accuracy"]
     reports: ClassVar[frozenset[str] | None] = frozenset({"accuracy", "rows"})

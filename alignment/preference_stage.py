@@ -87,6 +87,9 @@ class RoundSummary(BaseModel):
     reward_means: dict[str, float | None] = Field(default_factory=dict)
     samples: int = 0
     truncated: int = Field(default=0, description="Samples cut off at max_new_tokens (never in a pair).")
+    incomplete: int | None = Field(default=None, description="Samples out of the running (never in a pair): the "
+                                   "truncated ones, and those whose think block the template would close or refuse; "
+                                   "None for offline rounds (and rounds of runs older than the count).")
     truncated_fraction: float = 0.0
     identical_renderings: int = Field(default=0, description="Prompts where a sample rendered to the same tokens "
                                       "as the chosen one (never its rejected side); offline: identical_pair rows.")

@@ -1,7 +1,6 @@
 """`tempa report RUN_DIR`: one self-contained HTML page (charts inlined) showing what a run did.
 
-Everything comes from the stages' manifests and their typed results (and each preference round's
-stats.json for the samples it left out of its pairs): the data mix of each SFT
+Everything comes from the stages' manifests and their typed results: the data mix of each SFT
 stage (rows and tokens per source, rejects by reason), training curves (loss, learning rate, grad
 norm, tokens/s per device and MFU) from each trained model's training outcome, each preference
 round on its own step axis (DPO margins and accuracies) with its reward statistics, the last
@@ -31,7 +30,7 @@ from tempa.recipes.registry import stage_kinds
 from tempa.recipes.rundir import Manifest, read_manifest, require_run_dir
 from tempa.recipes.runner import stage_status
 from tempa.sft.data_report import DataMix
-from tempa.sft.files import cache_root, digest, json_or_none, path_digest, staging_dir, write_json
+from tempa.sft.files import cache_root, digest, path_digest, staging_dir, write_json
 from tempa.sft.run_layout import FINAL_LINK, REPORT_DIR, TOKENIZER_DIR
 from tempa.sft.stage import SFTResult
 from tempa.sft.stage_api import StageResult, format_metric
@@ -247,17 +246,13 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{reason}: {n}" for reason, n in counts.items()) or "none"
 
 
-def _incomplete(result: PreferenceResult, r: RoundSummary) -> str:
-    """The round's samples out of the running (never in a pair), and why, as its stats.json counts them: cut off
-    at max_new_tokens, or not (a think block left open, or a rendering the template refused). Offline rounds and
-    rounds without the count: '–'."""
-    pairs = result.files.get(f"pairs_round_{r.round}")
-    stats = json_or_none(pairs.parent / "stats.json") if pairs is not None else None
-    if not isinstance(stats, dict) or not isinstance(stats.get("incomplete"), int):
+def _incomplete(r: RoundSummary) -> str:
+    """The round's samples out of the running (never in a pair), and why: cut off at max_new_tokens, or not (a think
+    block left open, or a rendering the template refused). Offline rounds, and rounds without the count: '–'."""
+    if r.incomplete is None:
         return "–"
-    incomplete, truncated = stats["incomplete"], stats.get("truncated", r.truncated)
-    return (f"{incomplete} / {stats.get('samples', r.samples)}: truncated {truncated}, think block left open "
-            f"or refused by the template {incomplete - truncated}")
+    return (f"{r.incomplete} / {r.samples}: truncated {r.truncated}, think block left open or refused by the "
+            f"template {r.incomplete - r.truncated}")
 
 
 def _preference_data_section(done: list[tuple[Manifest, StageResult]]) -> list[str]:
@@ -272,7 +267,7 @@ def _preference_data_section(done: list[tuple[Manifest, StageResult]]) -> list[s
             rows = "".join(
                 f"<tr><td>{r.round}</td><td>{html.escape(r.source)}</td><td>{r.pairs} / {r.prompts}</td>"
                 f"<td>{r.truncated} / {r.samples} ({_fmt(r.truncated_fraction)})</td>"
-                f"<td>{html.escape(_incomplete(result, r))}</td>"
+                f"<td>{html.escape(_incomplete(r))}</td>"
                 f"<td>{r.identical_renderings}</td><td>{html.escape(_judge_failures(r.judges)) or '-'}</td>"
                 f"<td>{_fmt(r.train.get('rewards/margins', ''))}</td>"
                 f"<td>{_fmt(r.train.get('rewards/accuracies', ''))}</td>"

@@ -167,23 +167,28 @@ def test_report_renders_in_headless_chromium(reported_run, tmp_path):
 
 
 def test_pairs_and_judges_says_what_left_samples_out_of_the_pairs(tmp_path):
-    """A round's stats.json counts 8 of 16 samples incomplete (1 cut off, 7 with a think block never closed): the
-    table showed only 'truncated 1 / 16' beside 'fewer_than_two_complete: 2', which did not add up."""
+    """A round counts 8 of 16 samples incomplete (1 cut off, 7 with a think block never closed): the table showed
+    only 'truncated 1 / 16' beside 'fewer_than_two_complete: 2', which did not add up."""
     from tempa.alignment.preference_stage import PreferenceResult, RoundSummary
     from tempa.recipes.report import _preference_data_section
     from tempa.recipes.rundir import Manifest
 
-    round_dir = tmp_path / "align" / "round-1"
-    round_dir.mkdir(parents=True)
-    (round_dir / "stats.json").write_text(json.dumps({"samples": 16, "truncated": 1, "incomplete": 8}))
-    rounds = [RoundSummary(round=1, model=round_dir / "final", prompts=4, pairs=2, pair_fraction=0.5,
+    rounds = [RoundSummary(round=1, model=tmp_path / "r1", prompts=4, pairs=2, pair_fraction=0.5,
                            dropped={"fewer_than_two_complete": 2}, samples=16, truncated=1, truncated_fraction=0.0625,
-                           train={}),
+                           incomplete=8, train={}),
               RoundSummary(round=2, model=tmp_path / "r2", prompts=4, pairs=4, pair_fraction=1.0, dropped={},
-                           train={})]  # no stats.json: nothing to say
-    result = PreferenceResult(rounds=rounds, files={"pairs_round_1": round_dir / "pairs.jsonl"})
+                           train={})]  # no count (an offline round, or a run older than it): nothing to say
+    result = PreferenceResult(rounds=rounds)
     manifest = Manifest(name="align", kind="preference", fingerprint="f", status="done", started_at=0.0)
     page = "".join(_preference_data_section([(manifest, result)]))
+    # the count a round's summary carries is the one its pair statistics keep (the stage's stats.json)
+    from tempa.alignment.pairs import PairStats, Scored
+    from tempa.alignment.preference_stage import _summary
+
+    stats = PairStats()
+    stats.add(None, "fewer_than_two_complete", [Scored(0, 1.0, incomplete=True), Scored(1, 2.0)], truncated=1)
+    assert _summary({"round": 1, "prompts": 1, "pairs": 0, "pair_fraction": 0.0, "dropped": {}, "train": {},
+                     **stats.summary()}, tmp_path).incomplete == 1
     assert "<th>incomplete samples (never paired)</th>" in page
     assert ("<td>1 / 16 (0.0625)</td><td>8 / 16: truncated 1, think block left open or refused by the template 7"
             "</td>") in page

@@ -26,7 +26,6 @@ from tempa.merge.leaderboard import (
     Leaderboard,
     LeaderboardRow,
     is_headline,
-    lower_is_better,
     write_leaderboard,
 )
 from tempa.merge.merge_config import MergeStageConfig, check_input_count, method_spec
@@ -66,7 +65,13 @@ def _evaluation(config: MergeStageConfig, ctx: StageContext) -> tuple[Leaderboar
     result = ctx.upstream_result(config.evaluate_stage, Artifact.LEADERBOARD, who=_who(ctx))
     assert upstream is not None and isinstance(result, EvaluateResult)
     assert isinstance(upstream.config, EvaluateStageConfig)
-    return result.leaderboard, upstream.config
+    board = result.leaderboard
+    if config.select is not None and config.select.higher_is_better is not None:
+        # The recipe's direction for the metric it selects by: selection, the merge's judgement and the board after
+        # the merge all read it from the board (it is set exactly where the name's direction is wrong).
+        board = board.model_copy(update={"lower": {**board.lower,
+                                                   config.select.metric: not config.select.higher_is_better}})
+    return board, upstream.config
 
 
 def resolve_reference(reference: str, ctx: StageContext, board: Leaderboard | None) -> MergeInput:
@@ -93,9 +98,7 @@ def resolve_inputs(
     chosen: list[LeaderboardRow] = []
     if config.select is not None:
         assert board is not None  # the config validator requires evaluate_stage with select
-        chosen = select_top_k(
-            board, config.select.metric, config.select.top_k, higher_is_better=config.select.higher_is_better
-        )
+        chosen = select_top_k(board, config.select.metric, config.select.top_k)
         models = [MergeInput(row.candidate, Path(row.path).resolve()) for row in chosen]
     else:
         models = [resolve_reference(reference, ctx, board) for reference in config.models or []]
@@ -162,14 +165,6 @@ def finish_model_dir(out_dir: Path, ctx: StageContext, donor: Path) -> None:
             break
 
 
-def _lower_is_better(config: MergeStageConfig, metric: str) -> bool:
-    """The direction ``metric`` is judged in: the recipe's ``select.higher_is_better`` for the metric it selects by
-    (it is set exactly when the name's direction is wrong, and the inputs were chosen by it), else the name's."""
-    if config.select is not None and config.select.higher_is_better is not None and metric == config.select.metric:
-        return not config.select.higher_is_better
-    return lower_is_better(metric)
-
-
 def _direction_adjusted(lower: bool, merged: float, best: float) -> float:
     """How much better the merge is than the best input (positive = better), in metric units."""
     return best - merged if lower else merged - best
@@ -231,9 +226,7 @@ def run_merge(
             + [LeaderboardRow(candidate=ctx.stage_name, path=final, stage=ctx.stage_name, merged=True,
                               metrics=merged_metrics)],
             rank_by=rank_by,
-            lower={**board.lower, **({config.select.metric: not config.select.higher_is_better}
-                                     if config.select is not None and config.select.higher_is_better is not None
-                                     else {})},
+            lower=board.lower,
         )
         json_path, _ = write_leaderboard(updated, stage_dir, title=f"Leaderboard after merge: {ctx.stage_name}")
         files["leaderboard"] = json_path
@@ -247,7 +240,7 @@ def run_merge(
                 row.metrics[focus] for row in board.rows if row.candidate in inputs and focus in row.metrics
             ]
             if values:
-                lower = _lower_is_better(config, focus)
+                lower = board.lower_is_better(focus)
                 best = min(values) if lower else max(values)
                 gain = _direction_adjusted(lower, merged_metrics[focus], best)
                 metrics.update({"metric": focus, "best_input": best, "gain_over_best_input": gain,

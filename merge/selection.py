@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, lower_is_better
+from tempa.merge.leaderboard import Leaderboard, LeaderboardRow
 from tempa.sft.stage_api import StageError
 
 
@@ -18,7 +18,8 @@ def select_top_k(
 ) -> list[LeaderboardRow]:
     """The ``k`` best rows by ``metric``, best first; ties keep leaderboard order.
 
-    The direction defaults to the metric's (losses and perplexities lower, the rest higher).
+    The direction defaults to the board's for the metric (a recipe's, else the name's: losses and perplexities
+    lower, the rest higher).
     Rows without the metric (or with NaN) are not eligible; fewer than ``k`` eligible rows is an
     error rather than a smaller merge.
     """
@@ -29,7 +30,7 @@ def select_top_k(
         raise StageError(
             f"metric '{metric}' is not on the leaderboard (it has: {', '.join(known) or 'none'})"
         )
-    higher = (not lower_is_better(metric)) if higher_is_better is None else higher_is_better
+    higher = (not board.lower_is_better(metric)) if higher_is_better is None else higher_is_better
     eligible = [
         row
         for row in board.rows

@@ -185,7 +185,7 @@ def _cmd_plan(args) -> int:
     from rich.table import Table
 
     from tempa.recipes.loader import load_recipe
-    from tempa.recipes.runner import check_stage_inputs, environment_problems, plan_run
+    from tempa.recipes.runner import check_stage_inputs, environment_problems, input_warnings, plan_run
 
     if args.mfu is not None and not args.hardware:
         raise RecipeError(f"--mfu {args.mfu:g} needs --hardware (e.g. --hardware 8xH100): it sets the estimate's MFU")
@@ -216,11 +216,10 @@ def _cmd_plan(args) -> int:
     console.print(table)
     _print_train_args(console, loaded)
     from tempa.merge.bake import planned_thinking_default_warning
-    from tempa.sft.data_size import format_warnings
 
     warnings = environment_problems(loaded, decisions)  # `tempa run` in this shell refuses these
     warnings += filter(None, [planned_thinking_default_warning(loaded.recipe.thinking_default, loaded.stages)])
-    warnings += format_warnings([loaded.stages[d.index] for d in decisions if d.action != "skip"])
+    warnings += input_warnings(loaded, decisions)
     for problem in warnings:
         console.print(f"[yellow]warning:[/yellow] {problem}", markup=True, highlight=False)
     if args.hardware:

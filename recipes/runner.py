@@ -440,6 +440,14 @@ def environment_problems(loaded: LoadedRecipe, decisions: list[StageDecision]) -
     return list(_refusals(loaded, decisions, lambda kind: kind.check_environment))
 
 
+def input_warnings(loaded: LoadedRecipe, decisions: list[StageDecision]) -> list[str]:
+    """What the stages that will run can tell of their inputs that is likely wrong, one line each: `tempa plan` and
+    the run's start print them (the stage itself fails on it, later)."""
+    return [f"stage '{d.name}': {warning}" for d in decisions
+            if d.action != "skip" and (warn := stage_kind(d.kind).input_warnings) is not None
+            for warning in warn(loaded.stages[d.index])]
+
+
 def _refusals(loaded: LoadedRecipe, decisions: list[StageDecision],
               hook: Callable[[StageKind], Callable[[Any], None] | None]) -> Iterator[str]:
     """What ``hook`` (a stage kind's check) refuses of each stage that will run, one line each."""
@@ -471,10 +479,8 @@ def run_recipe(
         problems = environment_problems(loaded, decisions)
         if problems:
             raise StageError(problems[0])
-        from tempa.sft.data_size import format_warnings
-
-        for warning in format_warnings([loaded.stages[d.index] for d in decisions if d.action != "skip"]):
-            log.warning("%s", warning)  # as `tempa plan` warns: the stage itself fails on it, later
+        for warning in input_warnings(loaded, decisions):
+            log.warning("%s", warning)
         base_dir = resolve_base_model(loaded)
         template = template_text(loaded)
         tokenizer_dir = prepare_tokenizer(base_dir, loaded.recipe.chat_template, template, run_dir, log,

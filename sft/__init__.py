@@ -11,7 +11,7 @@ from tempa.sft.data_size import estimate_sft
 from tempa.sft.pretrain_config import PretrainStageConfig
 from tempa.sft.pretrain_stage import check_inputs as check_pretrain_inputs
 from tempa.sft.pretrain_stage import estimate_pretrain, run_pretrain
-from tempa.sft.stage import SFTResult, SFTStageConfig, check_inputs, run_sft
+from tempa.sft.stage import SFTResult, SFTStageConfig, check_inputs, input_warnings, run_sft
 from tempa.sft.stage_api import Artifact, StageKind
 
 SFT = StageKind(
@@ -26,6 +26,7 @@ SFT = StageKind(
     resume_point=resume_point,
     estimate=estimate_sft,
     check_inputs=check_inputs,
+    input_warnings=input_warnings,
 )
 
 PRETRAIN = StageKind(

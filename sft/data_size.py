@@ -638,8 +638,3 @@ def format_problem(source: SourceConfig, rows: int = FORMAT_PROBE_ROWS) -> str |
     rows_read = "its first row is not" if seen == 1 else f"none of its first {seen:,} rows is"
     return f"data source '{source.name}': {rows_read} a row of format {source.format} ({first}); the run rejects such rows"
 
-
-def format_warnings(stages: Sequence[Any]) -> list[str]:
-    """:func:`format_problem` of every local source of the sft stages, one line each."""
-    return [f"stage '{stage.name}': {problem}" for stage in stages if stage.kind == "sft"
-            for source in stage.data.sources if (problem := format_problem(source)) is not None]

@@ -37,6 +37,13 @@ def check_inputs(config: SFTStageConfig) -> None:
         check_source(source)
 
 
+def input_warnings(config: SFTStageConfig) -> list[str]:
+    """Each local source whose first rows fit no row of its format (:func:`~tempa.sft.data_size.format_problem`)."""
+    from tempa.sft.data_size import format_problem
+
+    return [problem for source in config.data.sources if (problem := format_problem(source)) is not None]
+
+
 def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
     from transformers import AutoTokenizer
 

@@ -311,6 +311,9 @@ class StageKind(Generic[ConfigT, ResultT]):
     # What the stage needs of the shell the run starts in (an API key's environment variable): `tempa run` refuses
     # before its first stage, `tempa plan` only warns (a recipe is often planned where it will not run).
     check_environment: Callable[[ConfigT], None] | None = None
+    # What the stage can tell of its own inputs that is likely, not certainly, wrong (a data file whose first rows
+    # fit no row of its format): one line each, which `tempa plan` and the run's start print as warnings.
+    input_warnings: Callable[[ConfigT], list[str]] | None = None
 
     def __post_init__(self) -> None:
         missing = [a.value for a in self.produces if a.value not in self.result.model_fields]

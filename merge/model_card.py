@@ -194,8 +194,6 @@ def _eval_section(stages: Mapping[str, Upstream]) -> list[str]:
     return []
 
 
-
-
 def _merge_section(stages: Mapping[str, Upstream], base_model: str) -> list[str]:
     """``base_model``: the recipe's, as it names it (a hub id, a folder, ``tempa:tiny``), named where a merge used it."""
     lines: list[str] = []

@@ -8,9 +8,10 @@ anything. A verdict is ``[[A]]``, ``[[B]]`` or ``[[C]]`` (tie). The candidate sc
 0.5 for a tie and 0 for a loss in each order; a row's score is the mean over the two orders (a row
 whose two verdicts disagree scores 0.5, as MT-Bench counts inconsistent verdicts as a tie). A row
 with an unparsable verdict in either order is not scored (``unparsable:judge`` counts the replies,
-``rows`` the rows scored): one order alone is the position bias the swap is there to cancel. The headline ``win_rate`` is the weighted win rate of the SEA-LION cards:
-the mean over categories of each category's mean row score; ``win_rate:<category>`` holds each
-category's, ``micro_win_rate`` the plain mean over rows.
+``rows`` the rows scored): one order alone is the position bias the swap is there to cancel. The
+headline ``win_rate`` is the weighted win rate of the SEA-LION cards: the mean over categories of each
+category's mean row score; ``win_rate:<category>`` holds each category's, ``micro_win_rate`` the plain mean
+over rows.
 
 The baseline's answers do not depend on the candidate: they are generated once per stage run and
 cached (under the shared cache when there is one) keyed by the baseline, the rows, the generation

@@ -5,7 +5,8 @@ stage (rows and tokens per source, rejects by reason), training curves (loss, le
 norm, tokens/s per device and MFU) from each trained model's training outcome, each preference
 round on its own step axis (DPO margins and accuracies) with its reward statistics, the last
 leaderboard (metric direction marked), the merge choice, sample generations of every stage's model
-(on fixed prompts, the same for every run) in both thinking modes side by side, and the final tokenizer rendering one conversation in both modes.
+(on fixed prompts, the same for every run) in both thinking modes side by side, and the final tokenizer
+rendering one conversation in both modes.
 
 Sample generations are made when the report is written (greedy, on the CPU unless a GPU is free,
 for models up to ``SAMPLE_MAX_BYTES`` of weights) and cached by model and prompt in the tempa
@@ -24,7 +25,7 @@ from typing import Any
 
 from tempa.alignment.preference_stage import PreferenceResult, RoundSummary
 from tempa.alignment.synthesize_stage import SynthesizeResult
-from tempa.merge.leaderboard import EvaluateResult, is_headline, lower_is_better
+from tempa.merge.leaderboard import EvaluateResult, is_headline
 from tempa.merge.merge_result import MergeResult
 from tempa.recipes.registry import stage_kinds
 from tempa.recipes.rundir import Manifest, read_manifest, require_run_dir
@@ -303,10 +304,10 @@ def leaderboard_section(done: list[tuple[Manifest, StageResult]]) -> str:
     for metric in headline:
         values = [row.metrics[metric] for row in ranked if metric in row.metrics]
         if values:
-            best[metric] = min(values) if lower_is_better(metric) else max(values)
+            best[metric] = min(values) if board.lower_is_better(metric) else max(values)
     head = "".join(
-        f"<th class='metric' title='{'lower' if lower_is_better(m) else 'higher'} is better'>{html.escape(m)} "
-        f"<span class='dir'>{'↓' if lower_is_better(m) else '↑'}</span></th>" for m in headline)
+        f"<th class='metric' title='{'lower' if board.lower_is_better(m) else 'higher'} is better'>{html.escape(m)} "
+        f"<span class='dir'>{'↓' if board.lower_is_better(m) else '↑'}</span></th>" for m in headline)
     rows = []
     for row in ranked:
         label = html.escape(row.candidate) + (" <b>(merged)</b>" if row.merged else "")

@@ -217,3 +217,18 @@ def test_the_help_and_the_page_say_the_sample_prompts_are_fixed(tmp_path, monkey
     manifest = Manifest(name="sft", kind="sft", fingerprint="f", status="done", started_at=0.0)
     page = report.samples_section([(manifest, StageResult(model=model))])
     assert "on tempa's 3 fixed prompts (the same for every run)" in page
+
+
+def test_the_reports_leaderboard_marks_the_direction_the_board_carries():
+    """A merge's select.higher_is_better travels with its board; the page guessed from the name instead."""
+    from tempa.merge.leaderboard import EvaluateResult, Leaderboard, LeaderboardRow
+    from tempa.recipes.report import leaderboard_section
+    from tempa.recipes.rundir import Manifest
+
+    rows = [LeaderboardRow(candidate=c, path=f"/m/{c}", metrics={"math/accuracy": v}) for c, v in (("a", 0.2),
+                                                                                                  ("b", 0.6))]
+    board = Leaderboard(rows=rows, rank_by="math/accuracy", lower={"math/accuracy": True})
+    manifest = Manifest(name="merge", kind="merge", fingerprint="f", status="done", started_at=0.0)
+    page = leaderboard_section([(manifest, EvaluateResult(leaderboard=board))])
+    assert "title='lower is better'>math/accuracy <span class='dir'>↓</span>" in page
+    assert "<td class='model'>a</td><td><b>0.2000</b></td>" in page  # a first and in bold: the lower value

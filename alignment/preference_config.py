@@ -265,7 +265,7 @@ class PreferenceStageConfig(StageConfigBase):
         value = dict(value)
         if "loss_type" in value:
             value["loss_type"] = normalize_loss_type(value["loss_type"])
-        return check_train_args(value, DPO_CONFIG, reserved=RESERVED_TRAIN_KEYS)
+        return check_train_args(value, DPO_CONFIG, reserved=RESERVED_TRAIN_KEYS, defaults=cls.train_defaults)
 
     def train_args(self) -> dict[str, Any]:
         """tempa defaults overlaid with the recipe's values."""

@@ -107,7 +107,8 @@ class RLStageConfig(StageConfigBase):
     def _train(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         if train_checks_deferred(info):
             return value
-        checked = check_train_args(value, RL_CONFIGS[info.data.get("trainer", "grpo")], reserved=RL_RESERVED_KEYS)
+        checked = check_train_args(value, RL_CONFIGS[info.data.get("trainer", "grpo")], reserved=RL_RESERVED_KEYS,
+                                   defaults=DEFAULT_RL_ARGS)
         generations = checked.get("num_generations")
         if isinstance(generations, int) and generations < 2:
             raise ValueError("'num_generations': needs at least 2 samples per prompt (advantages compare them)")

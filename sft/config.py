@@ -51,7 +51,7 @@ class SFTStageConfig(StageConfigBase):
     def _train(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         if train_checks_deferred(info):
             return value
-        return check_train_args(value, "trl:SFTConfig", reserved=RESERVED_TRAIN_KEYS)
+        return check_train_args(value, "trl:SFTConfig", reserved=RESERVED_TRAIN_KEYS, defaults=cls.train_defaults)
 
     def reads(self, earlier: Sequence[str]) -> list[Read]:
         """The datasets of earlier stages that `path: stage:NAME` sources name."""

@@ -85,7 +85,7 @@ class PretrainStageConfig(StageConfigBase):
     def _train(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         if train_checks_deferred(info):
             return value
-        return check_train_args(value, "trl:SFTConfig", reserved=RESERVED_TRAIN_KEYS)
+        return check_train_args(value, "trl:SFTConfig", reserved=RESERVED_TRAIN_KEYS, defaults=PRETRAIN_TRAIN_ARGS)
 
     @model_validator(mode="after")
     def _checks(self) -> PretrainStageConfig:

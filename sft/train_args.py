@@ -36,7 +36,7 @@ from tempa.sft.trackers import check_report_to
 # loader first validates everything else and reports those errors at once, then validates again
 # with the checks on.
 DEFER_TRAIN_CHECKS = "defer_train_checks"
-_SPEC_VERSION = 1  # bump when the spec's layout changes
+_SPEC_VERSION = 2  # bump when the spec's layout changes
 
 
 # `train:` keys trl accepts but a recipe may not set: each would go around one of tempa's safeguards.
@@ -71,17 +71,21 @@ class TrainArgSpec:
     fields: dict[str, Any]  # field -> JSON-encoded type (see _encode)
     schedulers: dict[str, list[str]]  # lr_scheduler_type value -> lr_scheduler_kwargs it requires
     helps: dict[str, str]  # field -> its help text (e.g. the loss names DPOConfig documents)
+    # lr_scheduler_type value -> the lr_scheduler_kwargs it takes; absent: any (a function of **kwargs)
+    scheduler_kwargs: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 def check_train_args(
-    values: Mapping[str, Any], config_ref: str, *, reserved: Iterable[str] = ()
+    values: Mapping[str, Any], config_ref: str, *, reserved: Iterable[str] = (), defaults: Mapping[str, Any] = {}
 ) -> dict[str, Any]:
     """Return ``values`` if every key is a field of ``config_ref`` (``"trl:SFTConfig"``) with a fitting value.
 
     A number or boolean written as a string (``per_device_train_batch_size: "4"``) comes back as the
     number, as trl's own YAML config parser (argparse) reads it; every other value comes back as written.
     Raises ``ValueError`` naming the key and what was expected; pydantic reports it with the
-    field path. ``reserved`` keys are set by tempa itself (e.g. output_dir) and are refused.
+    field path. ``reserved`` keys are set by tempa itself (e.g. output_dir) and are refused. ``defaults``:
+    tempa's defaults for the stage (its lr_scheduler_type is the one lr_scheduler_kwargs must fit when the recipe
+    sets no other).
     """
     _refused(values)
     spec = train_arg_spec(config_ref)
@@ -109,8 +113,9 @@ def check_train_args(
             out[key] = checked  # the worker gets the number that was checked, never the string
     check_counts(out)
     check_report_to(out.get("report_to"))
-    if "lr_scheduler_type" in out:
-        check_scheduler(spec, out["lr_scheduler_type"], out.get("lr_scheduler_kwargs") or {})
+    scheduler = out.get("lr_scheduler_type", defaults.get("lr_scheduler_type"))
+    if scheduler is not None and ("lr_scheduler_type" in out or "lr_scheduler_kwargs" in out):
+        check_scheduler(spec, scheduler, out.get("lr_scheduler_kwargs") or {})
     return out
 
 
@@ -122,7 +127,7 @@ def train_arg_spec(config_ref: str) -> TrainArgSpec:
     path = cache_root() / "train-args" / key
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return TrainArgSpec(data["name"], data["fields"], data["schedulers"], data["helps"])
+        return TrainArgSpec(data["name"], data["fields"], data["schedulers"], data["helps"], data["scheduler_kwargs"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
     spec = _build_spec(getattr(importlib.import_module(module), name))
@@ -139,14 +144,16 @@ def _build_spec(config_cls: type) -> TrainArgSpec:
     init = [f for f in dataclasses.fields(config_cls) if f.init]
     fields = {f.name: _encode(hints.get(f.name, Any)) for f in init}
     helps = {f.name: str(f.metadata.get("help", "")) for f in init}
-    schedulers = {}
+    schedulers, takes = {}, {}
     for scheduler, function in TYPE_TO_SCHEDULER_FUNCTION.items():
-        parameters = inspect.signature(function).parameters.values()
-        schedulers[str(getattr(scheduler, "value", scheduler))] = [
-            p.name for p in parameters if p.default is inspect.Parameter.empty
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in _TRAINER_SUPPLIED
-        ]
-    return TrainArgSpec(config_cls.__name__, fields, schedulers, helps)
+        parameters = list(inspect.signature(function).parameters.values())
+        named = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                 and p.name not in _TRAINER_SUPPLIED]
+        key = str(getattr(scheduler, "value", scheduler))
+        schedulers[key] = [p.name for p in named if p.default is inspect.Parameter.empty]
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            takes[key] = [p.name for p in named if p.name != "last_epoch"]
+    return TrainArgSpec(config_cls.__name__, fields, schedulers, helps, takes)
 
 
 _PLAIN = {"int": int, "float": float, "bool": bool, "str": str, "dict": dict, "list": list, "None": type(None),
@@ -243,12 +250,21 @@ _TRAINER_SUPPLIED = {"optimizer", "num_warmup_steps", "num_training_steps"}
 
 
 def check_scheduler(spec: TrainArgSpec, name: Any, kwargs: Mapping[str, Any]) -> None:
-    """Refuse a scheduler whose required ``lr_scheduler_kwargs`` keys are missing (e.g. WSD's decay length)."""
-    required = spec.schedulers.get(str(getattr(name, "value", name)), [])
-    missing = [key for key in required if not isinstance(kwargs, Mapping) or key not in kwargs]
-    if missing and isinstance(kwargs, Mapping):
+    """Refuse a scheduler whose required ``lr_scheduler_kwargs`` keys are missing (e.g. WSD's decay length), and
+    keys it does not take (transformers raised TypeError when the training launch built it, after the data prep
+    and the stages before it)."""
+    if not isinstance(kwargs, Mapping):
+        return
+    key = str(getattr(name, "value", name))
+    missing = [arg for arg in spec.schedulers.get(key, []) if arg not in kwargs]
+    if missing:
         example = ", ".join(f"{m}: ..." for m in missing)
         raise ValueError(f"'lr_scheduler_type': {name} needs lr_scheduler_kwargs: {{{example}}}")
+    takes = spec.scheduler_kwargs.get(key)
+    unknown = [arg for arg in kwargs if takes is not None and arg not in takes]
+    if unknown:  # (the list is short: it says what was meant better than a guess)
+        raise ValueError(f"'lr_scheduler_kwargs': the {key} schedule takes no {unknown[0]!r}; it takes: "
+                         f"{', '.join(takes or []) or 'none'}")
 
 
 @functools.cache

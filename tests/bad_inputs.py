@@ -247,6 +247,14 @@ RECIPE_CASES = [
     _train("negative-lr-quoted", "max_steps: 2, learning_rate: '-3e-3'", "train.learning_rate (stage 'sft'): must be positive"),
     _train("unknown-scheduler", "lr_scheduler_type: cosin", "did you mean 'cosine'"),
     _train("wsd-without-kwargs", "lr_scheduler_type: warmup_stable_decay", "needs lr_scheduler_kwargs"),
+    # The sft default schedule is cosine: WSD's decay length is no argument of it (TypeError at the launch, before)
+    _train("scheduler-kwarg-the-default-takes-not", "lr_scheduler_kwargs: {num_decay_steps: 1}",
+           "train.lr_scheduler_kwargs (stage 'sft'): the cosine schedule takes no 'num_decay_steps'; it takes: "
+           "num_cycles"),
+    _train("scheduler-kwarg-typo", "lr_scheduler_type: warmup_stable_decay, lr_scheduler_kwargs: {num_decay_step: 1}",
+           "needs lr_scheduler_kwargs: {num_decay_steps: ...}"),
+    _train("scheduler-kwarg-unknown", "lr_scheduler_type: cosine_with_min_lr, lr_scheduler_kwargs: {min_lr_rat: 0.1}",
+           "the cosine_with_min_lr schedule takes no 'min_lr_rat'; it takes: num_cycles, min_lr, min_lr_rate"),
     Case("extends-cycle", "recipe", lambda ws: plan(_text(ws, "extends: recipe.yaml\nname: x\n")), "extends: cycle"),
     Case("extends-missing", "recipe", lambda ws: plan(_text(ws, "extends: nope.yaml\nname: x\n")), "recipe file not found"),
     Case("unknown-template", "recipe", lambda ws: plan(recipe(ws, top="chat_template: llama4")), "not a shipped template"),

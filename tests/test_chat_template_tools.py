@@ -1,0 +1,105 @@
+"""Tool-calling rows as users have them, from the data path's reader to both templates' renders.
+
+The reference is the template itself: a row written the way a client sends it to
+``apply_chat_template`` must train on the text inference renders for it, so the data path's
+normalised conversation has to render exactly as the raw messages do.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tempa.chat_templates import load_template, mode_kwargs, render_text
+from tempa.sft.formats import FormatSpec, normalize_row
+
+TEMPLATES = ("llama3_thinking", "chatml_thinking")
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def _call(city: str, *, as_text: bool = False, call_id: str | None = None) -> dict[str, Any]:
+    arguments: Any = {"city": city}
+    call = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "arguments": json.dumps(arguments, ensure_ascii=False) if as_text else arguments,
+        },
+    }
+    return {**call, "id": call_id} if call_id else call
+
+
+def _loop(
+    result: Any, *, reasoning: str | None = "道具を呼ぶ。", as_text: bool = False
+) -> list[dict[str, Any]]:
+    call_turn = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [_call("東京", as_text=as_text, call_id="c1")],
+    }
+    if reasoning is not None:
+        call_turn["reasoning_content"] = reasoning
+    return [
+        {"role": "user", "content": "東京の天気は？"},
+        call_turn,
+        {"role": "tool", "tool_call_id": "c1", "name": "get_weather", "content": result},
+        {"role": "assistant", "content": "<think>\nอากาศดี\n</think>\n\n晴れ、25度です。"},
+    ]
+
+
+# OpenAI-style rows a client could send to the template as they are.
+RAW_ROWS: dict[str, list[dict[str, Any]]] = {
+    "arguments_as_object": _loop("晴れ 25度"),
+    "arguments_as_json_text": _loop("晴れ 25度", as_text=True),
+    "result_as_object": _loop({"sky": "晴れ", "temp_c": 25}),
+    "result_as_json_array": _loop([{"sky": "晴れ"}, {"sky": "雨"}]),
+    "result_as_text_parts": _loop([{"type": "text", "text": "晴れ "}, {"type": "text", "text": "25度"}]),
+    "history_before_a_new_question": [
+        *_loop("晴れ 25度"),
+        {"role": "user", "content": "大阪は？"},
+        {
+            "role": "assistant",
+            "content": None,
+            "reasoning_content": "もう一度。",
+            "tool_calls": [_call("大阪")],
+        },
+        {"role": "tool", "content": "雨"},
+        {"role": "assistant", "content": "雨です。", "reasoning": "雨。"},
+    ],
+}
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+@pytest.mark.parametrize("template_name", TEMPLATES)
+@pytest.mark.parametrize("case", sorted(RAW_ROWS))
+def test_a_tool_row_trains_on_the_text_its_raw_messages_render_to(
+    case: str, template_name: str, mode: str
+) -> None:
+    template = load_template(template_name)
+    raw = RAW_ROWS[case]
+    conversation = normalize_row({"messages": raw, "tools": [WEATHER]}, FormatSpec(format="auto"))
+    kwargs = mode_kwargs(mode)
+    want = render_text(template, raw, tools=[WEATHER], **kwargs)
+    assert render_text(template, conversation.messages, tools=conversation.tools, **kwargs) == want
+
+
+@pytest.mark.parametrize("template_name", TEMPLATES)
+def test_a_tool_result_of_text_parts_renders_as_its_text(template_name: str) -> None:
+    template = load_template(template_name)
+    parts = render_text(
+        template, _loop([{"type": "text", "text": "晴れ "}, {"type": "text", "text": "25度"}])
+    )
+    assert parts == render_text(template, _loop("晴れ 25度"))
+    # A JSON array that is not content parts is a result object, written as JSON.
+    assert '[{"sky": "晴れ"}, {"sky": "雨"}]' in render_text(
+        template, _loop([{"sky": "晴れ"}, {"sky": "雨"}])
+    )

@@ -109,7 +109,10 @@ class ColumnMapping(_Strict):
     output: str | None = Field(default=None, description="Output column. Default: `output`.")
     system: str | None = Field(
         default=None,
-        description="Optional system-prompt column for prompt/response and instruction/output rows. Default: `system`.",
+        description=(
+            "Optional system-prompt column (LLaMA-Factory's ShareGPT rows have one beside the turns); it becomes the "
+            "first turn. A row whose turns start with a different system turn is rejected. Default: `system`."
+        ),
     )
     role_names: dict[str, str] = Field(
         default_factory=dict,

@@ -7,7 +7,8 @@ Accepted: OpenAI-style ``messages`` (with ``tool_calls``, whose ``arguments`` ar
 string, the legacy ``function_call``, and ``tool`` / ``function`` results); ShareGPT ``conversations``
 (``from``/``value``, with ``function_call`` and ``observation`` turns); ``prompt`` + ``response`` (or
 ``completion``, also trl's conversational prompt/completion lists); ``instruction`` + ``input`` +
-``output``. A row's ``tools`` (a list of definitions, or that list as a JSON string) come along. A
+``output``. A row's ``tools`` (a list of definitions, or that list as a JSON string) come along, and so
+does its ``system`` column, as the first turn, in every format (LLaMA-Factory's ShareGPT keeps it there). A
 reasoning trace is read from a field (``reasoning_content``, ``reasoning``, ``thinking``) or from a think
 block in the answer, split by :func:`tempa.chat_templates.thinking.split_reasoning`.
 
@@ -331,6 +332,17 @@ def _read_turns(turns: Any, spec: FormatSpec, field_name: str) -> list[dict[str,
     return out
 
 
+def _with_system(turns: list[dict[str, Any]], system: str | None, column: str | None) -> list[dict[str, Any]]:
+    # LLaMA-Factory's ShareGPT (and some OpenAI-style exports) keep the system prompt in a column beside the turns.
+    if system is None:
+        return turns
+    if turns[0]["role"] != "system":
+        return [_turn("system", system), *turns]
+    if turns[0]["content"].strip() != system.strip():
+        raise RowError(f"{column!r} and turn 0 are both system prompts and differ; expected at most one of them")
+    return turns
+
+
 def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> Conversation:
     """The row as a :class:`Conversation`; raises :class:`RowError`."""
     if not isinstance(row, Mapping):
@@ -343,12 +355,12 @@ def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> Conversation:
         )
     tools_key = _first_present(row, spec.tools)
     tools = tools_of(row[tools_key], repr(tools_key)) if tools_key else None
-    if fmt in ("messages", "sharegpt"):
-        key = _first_present(row, spec.messages) or spec.messages[0]
-        return Conversation(_read_turns(row.get(key), spec, key), tools)
-
     system_key = _first_present(row, spec.system)
     system = _optional_text(row[system_key], repr(system_key)) if system_key else None
+    if fmt in ("messages", "sharegpt"):
+        key = _first_present(row, spec.messages) or spec.messages[0]
+        return Conversation(_with_system(_read_turns(row.get(key), spec, key), system, system_key), tools)
+
     reasoning_key = _first_present(row, spec.reasoning)
     reasoning = _optional_text(row[reasoning_key], repr(reasoning_key)) if reasoning_key else None
     head = [_turn("system", system)] if system else []

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from tempa.chat_templates import load_template, mode_kwargs, render_text
-from tempa.sft.formats import FormatSpec, normalize_row
+from tempa.sft.data_config import SourceConfig
+from tempa.sft.formats import FormatSpec, RowError, normalize_row, spec_for
 
 TEMPLATES = ("llama3_thinking", "chatml_thinking")
 WEATHER = {
@@ -103,3 +104,72 @@ def test_a_tool_result_of_text_parts_renders_as_its_text(template_name: str) -> 
     assert '[{"sky": "晴れ"}, {"sky": "雨"}]' in render_text(
         template, _loop([{"sky": "晴れ"}, {"sky": "雨"}])
     )
+
+
+# LLaMA-Factory's ShareGPT layout: the system prompt and the tools are columns beside the turns.
+LLAMA_FACTORY_ROW = {
+    "system": "あなたは天気アシスタントです。",
+    "tools": json.dumps([WEATHER["function"]], ensure_ascii=False),
+    "conversations": [
+        {"from": "human", "value": "東京の天気は？"},
+        {
+            "from": "function_call",
+            "value": json.dumps({"name": "get_weather", "arguments": {"city": "東京"}}),
+        },
+        {"from": "observation", "value": "晴れ"},
+        {"from": "gpt", "value": "晴れです。"},
+    ],
+}
+
+
+def _spec(tmp_path: Any, **source: Any) -> FormatSpec:
+    path = tmp_path / "rows.jsonl"
+    path.write_text("")
+    return spec_for(SourceConfig.model_validate({"name": "s", "path": str(path), **source}))
+
+
+@pytest.mark.parametrize("fmt", ["sharegpt", "auto"])
+def test_a_turn_list_rows_system_column_is_its_system_turn(tmp_path: Any, fmt: str) -> None:
+    conversation = normalize_row(LLAMA_FACTORY_ROW, _spec(tmp_path, format=fmt))
+    assert conversation.messages[0] == {
+        "role": "system",
+        "content": LLAMA_FACTORY_ROW["system"],
+        "reasoning_content": None,
+    }
+    assert [turn["role"] for turn in conversation.messages] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
+    for name in TEMPLATES:
+        assert LLAMA_FACTORY_ROW["system"] in render_text(
+            load_template(name), conversation.messages, tools=conversation.tools
+        )
+    # A renamed column, on an OpenAI-style row.
+    row = {
+        "persona": "Be brief.",
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+    }
+    got = normalize_row(row, _spec(tmp_path, columns={"system": "persona"})).messages
+    assert got[0] == {"role": "system", "content": "Be brief.", "reasoning_content": None}
+
+
+def test_a_system_column_and_a_different_system_turn_are_refused_naming_the_column(tmp_path: Any) -> None:
+    turns = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+    ]
+    spec = _spec(tmp_path)
+    # The same prompt twice is one system turn; an empty column is no prompt.
+    for system in ("Be brief.", "", None):
+        assert (
+            normalize_row({"system": system, "messages": turns}, spec).messages[0]["content"] == "Be brief."
+        )
+        assert [t["role"] for t in normalize_row({"system": system, "messages": turns}, spec).messages].count(
+            "system"
+        ) == 1
+    with pytest.raises(RowError, match=r"'system'.*turn 0"):
+        normalize_row({"system": "Be verbose.", "messages": turns}, spec)

@@ -39,6 +39,19 @@ CORPUS: list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]] = [
       _turn("assistant", "", "Panggil alat.", tool_calls=[{"type": "function", "function": {
           "name": "get_weather", "arguments": {"city": "Medan"}}}]),
       _turn("tool", "29°C", name="get_weather"), _turn("assistant", "29°C, cerah ☀️", "Alat menjawab.")], WEATHER),
+    # Multi-byte text inside tool-call JSON (arguments as text and as an object), parallel calls (Llama 3.1
+    # refuses them, ChatML renders both), an object result and a history loop before the last user turn.
+    ([_turn("user", "東京とバンコクの天気は？"),
+      _turn("assistant", "", "二つの都市を調べる。", tool_calls=[
+          {"id": "a", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "東京都"}'}},
+          {"id": "b", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "กรุงเทพฯ"}}}]),
+      _turn("tool", "晴れ 25℃", tool_call_id="a"), _turn("tool", {"อากาศ": "ร้อน", "°C": 35}, tool_call_id="b"),
+      _turn("assistant", "東京は晴れ、กรุงเทพฯ ร้อน 35℃。", "両方そろった。")], WEATHER),
+    ([_turn("user", "ราคา?"),
+      _turn("assistant", "ดูก่อน", "เรียกเครื่องมือ", tool_calls=[{"type": "function", "function": {
+          "name": "get_weather", "arguments": {"city": "เชียงใหม่ ", "note": "e\u0301 👋🏽\n"}}}]),
+      _turn("tool", " 22°C\n"), _turn("assistant", "22°C", "ได้ผลแล้ว"),
+      _turn("user", "ありがとう！"), _turn("assistant", "どういたしまして。", "礼。")], WEATHER),
 ]
 
 

@@ -119,6 +119,11 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def _is_blank_text(value: Any) -> bool:
+    # A JSON-text cell left empty (LLaMA-Factory's tools of a row without tools, CSV/Parquet exports): none given.
+    return isinstance(value, str) and not value.strip()
+
+
 def detect_format(keys: Sequence[str] | Mapping[str, Any], spec: FormatSpec) -> str | None:
     """The format a row (or a table with these columns) is in, or None when none fits.
 
@@ -222,7 +227,7 @@ def _canonical_arguments(value: Any, what: str) -> str:
 def tool_calls_of(value: Any, what: str) -> list[dict[str, Any]] | None:
     """OpenAI-style tool calls (or ShareGPT / legacy ``{"name", "arguments"}`` ones) in one shape:
     ``[{"id", "type": "function", "function": {"name", "arguments": <canonical JSON text>}}]``."""
-    if _is_missing(value):
+    if _is_missing(value) or _is_blank_text(value):
         return None
     calls = _json_value(value, what)
     if isinstance(calls, Mapping):
@@ -252,7 +257,7 @@ def tool_calls_of(value: Any, what: str) -> list[dict[str, Any]] | None:
 def tools_of(value: Any, what: str) -> list[dict[str, Any]] | None:
     """A row's tool definitions as OpenAI ``{"type": "function", "function": {...}}`` objects (bare
     ``{"name", "description", "parameters"}`` ones, as ShareGPT datasets write them, are wrapped)."""
-    if _is_missing(value):
+    if _is_missing(value) or _is_blank_text(value):
         return None
     tools = _json_value(value, what)
     if not isinstance(tools, (list, tuple)):

@@ -173,3 +173,19 @@ def test_a_system_column_and_a_different_system_turn_are_refused_naming_the_colu
         ) == 1
     with pytest.raises(RowError, match=r"'system'.*turn 0"):
         normalize_row({"system": "Be verbose.", "messages": turns}, spec)
+
+
+@pytest.mark.parametrize("blank", ["", "  ", "[]"])
+def test_a_blank_tools_cell_is_a_row_without_tools(tmp_path: Any, blank: str) -> None:
+    # LLaMA-Factory and Parquet/CSV exports leave the tools cell of a row without tools as an empty string.
+    row = {**LLAMA_FACTORY_ROW, "tools": blank, "conversations": LLAMA_FACTORY_ROW["conversations"][:1]}
+    row["conversations"] = [*row["conversations"], {"from": "gpt", "value": "晴れです。"}]
+    assert normalize_row(row, _spec(tmp_path, format="sharegpt")).tools is None
+    with pytest.raises(RowError, match=r"expected 'tools' to be JSON"):
+        normalize_row({**row, "tools": "[{"}, _spec(tmp_path, format="sharegpt"))
+    # The same for an assistant turn's tool_calls cell.
+    turns = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello", "tool_calls": blank},
+    ]
+    assert "tool_calls" not in normalize_row({"messages": turns}, _spec(tmp_path)).messages[1]

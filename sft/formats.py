@@ -193,6 +193,16 @@ def _optional_text(value: Any, what: str) -> str | None:
     return text if text.strip() else None
 
 
+def _reasoning(holder: Mapping[str, Any], keys: Sequence[str], where: str = "") -> str | None:
+    # The first key with text, as the templates read it: exports often carry every spelling, the unused ones blank.
+    for key in keys:
+        if key in holder:
+            text = _optional_text(holder[key], f"{where}{key!r}")
+            if text is not None:
+                return text
+    return None
+
+
 def _turn(role: str, content: str, reasoning: str | None = None, **extra: Any) -> dict[str, Any]:
     turn = {"role": role, "content": content, "reasoning_content": reasoning}
     turn.update({key: value for key, value in extra.items() if value is not None})
@@ -319,9 +329,7 @@ def _read_turns(turns: Any, spec: FormatSpec, field_name: str) -> list[dict[str,
             if content_key is None and calls is None:
                 raise RowError(f"expected {field_name!r} to be {shape}; turn {i} has keys {sorted(turn)}")
             text = "" if calls is not None and _is_missing(content) else _text(content, f"turn {i} {content_key!r}")
-            reasoning_key = _first_present(turn, spec.reasoning)
-            reasoning = _optional_text(turn[reasoning_key], f"turn {i} {reasoning_key!r}") if reasoning_key else None
-            out.append(_assistant(text, reasoning, calls))
+            out.append(_assistant(text, _reasoning(turn, spec.reasoning, f"turn {i} "), calls))
         elif content_key is None:
             raise RowError(f"expected {field_name!r} to be {shape}; turn {i} has keys {sorted(turn)}")
         elif role == "tool":
@@ -366,8 +374,7 @@ def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> Conversation:
         key = _first_present(row, spec.messages) or spec.messages[0]
         return Conversation(_with_system(_read_turns(row.get(key), spec, key), system, system_key), tools)
 
-    reasoning_key = _first_present(row, spec.reasoning)
-    reasoning = _optional_text(row[reasoning_key], repr(reasoning_key)) if reasoning_key else None
+    reasoning = _reasoning(row, spec.reasoning)
     head = [_turn("system", system)] if system else []
 
     if fmt == "prompt_response":

@@ -79,6 +79,34 @@ RAW_ROWS: dict[str, list[dict[str, Any]]] = {
 }
 
 
+# Exports that carry every reasoning key, the unused ones blank (a Qwen3 row with its trace left in the content,
+# an OpenAI-compatible server that writes `reasoning` and leaves `reasoning_content` empty).
+BLANK_FIELD_ROWS: dict[str, list[dict[str, Any]]] = {
+    "blank_reasoning_field_and_a_think_block": [
+        *_loop("晴れ", reasoning="")[:1],
+        {**_loop("晴れ")[1], "reasoning_content": "", "content": "<think>\n道具を呼ぶ。\n</think>\n\n"},
+        *_loop("晴れ")[2:],
+    ],
+    "blank_reasoning_field_then_reasoning": [
+        *_loop("晴れ")[:1],
+        {**_loop("晴れ")[1], "reasoning_content": " ", "reasoning": "道具を呼ぶ。"},
+        *_loop("晴れ")[2:],
+    ],
+}
+RAW_ROWS.update(BLANK_FIELD_ROWS)
+
+
+@pytest.mark.parametrize("template_name", TEMPLATES)
+@pytest.mark.parametrize("case", sorted(BLANK_FIELD_ROWS))
+def test_a_blank_reasoning_field_is_no_reasoning_field(case: str, template_name: str) -> None:
+    raw = BLANK_FIELD_ROWS[case]
+    conversation = normalize_row({"messages": raw}, FormatSpec(format="auto"))
+    assert conversation.messages[1]["reasoning_content"] == "道具を呼ぶ。"
+    assert "<think>\n道具を呼ぶ。\n</think>" in render_text(
+        load_template(template_name), raw, thinking_mode="on"
+    )
+
+
 @pytest.mark.parametrize("mode", ["on", "off"])
 @pytest.mark.parametrize("template_name", TEMPLATES)
 @pytest.mark.parametrize("case", sorted(RAW_ROWS))

@@ -71,9 +71,27 @@ def normalize_text(text: str) -> str:
     return _PUNCT.sub("", unicodedata.normalize("NFKC", str(text)).casefold())
 
 
+# Full-width ASCII forms (U+FF01..U+FF5E: ４２, ＝, ，) and the ideographic space, as CJK input methods type them;
+# a full-width colon carries its own spacing, and math-verify reads no number right after a bare ':'.
+_FULL_WIDTH = {code: unicodedata.normalize("NFKC", chr(code)) for code in range(0xFF01, 0xFF5F)} | {
+    0xFF1A: ": ", 0x3000: " "}
+# A digit run touching a wide (Han, kana, Hangul) character: "答えは42です".
+_DIGITS_BY_WIDE = re.compile(r"(?<=[\u1100-\u11ff\u2e80-\ua4cf\uac00-\ud7af\uf900-\ufaff])(?=\d)"
+                             r"|(?<=\d)(?=[\u1100-\u11ff\u2e80-\ua4cf\uac00-\ud7af\uf900-\ufaff])")
+
+
+def math_text(answer: str) -> str:
+    """``answer`` as math-verify can read it: full-width forms as ASCII, and a space between a number and the CJK
+    text around it. math-verify finds a number only at a word boundary, and Han, kana and Hangul are word
+    characters, so it found none in "答えは42です" (and none in "４２" at all)."""
+    return _DIGITS_BY_WIDE.sub(" ", answer.translate(_FULL_WIDTH))
+
+
 def _math_equal(gold: str, answer: str) -> bool | None:
     """math-verify equality; None when the gold answer is not something math-verify can parse."""
     from math_verify import parse, verify
+
+    gold, answer = math_text(gold), math_text(answer)
 
     # math-verify's timeouts use SIGALRM, which only the main thread may set.
     timeout = 5 if threading.current_thread() is threading.main_thread() else None

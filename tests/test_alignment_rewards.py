@@ -286,3 +286,24 @@ def test_a_nan_reward_model_score_fails_the_sample_instead_of_deciding_the_pair(
     # Unscored samples are neither paired nor kept (with NaN totals the NaN sample was chosen and kept).
     assert best_worst([Scored(i, t, rendered=(i,)) for i, t in enumerate(totals)]) == (None, "fewer_than_two_scored")
     assert select_samples(totals, min_score=0.0) == ([], "no_score")
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold"),
+    [
+        ("答えは42です。", "42"),  # digits between kana: math-verify found no number at all
+        ("答え：４２", "42"),  # full-width colon and digits, as a Japanese IME types them
+        ("４２", "42"),
+        ("全部で８４個です。", "84"),
+        ("所以答案是12。", "12"),  # Chinese: the same adjacency
+    ],
+)
+def test_answer_match_reads_numbers_in_cjk_text(answer, gold):
+    assert answer_match(answer, gold) == 1.0
+    wrong = str(int(gold) + 1)
+    assert answer_match(answer, wrong) == 0.0
+
+
+def test_answer_match_reads_full_width_thousands():
+    assert answer_match("合計は１，２３４円です。", "1234") == 1.0
+    assert answer_match("合計は１，２３４円です。", "234") == 0.0

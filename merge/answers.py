@@ -43,20 +43,23 @@ def thinking_off_compliant(text: str, open_tag: str = THINK_OPEN, close_tag: str
 
 # --- final answers -----------------------------------------------------------------------------
 
-# 1,234.5 | 1.234.567 (dot-grouped thousands, as in Indonesian) | 2,5 and 0,75 (a decimal comma, as in Indonesian and
-# Vietnamese: a comma before other than three digits, or after a lone 0, groups no thousands) | 42 | 3/4 | 45%
+# 1,234.5 (and full-width １，２３４) | 1.234.567 (dot-grouped thousands, as in Indonesian) | 2,5 and 0,75 (a decimal
+# comma, as in Indonesian and Vietnamese: a comma before other than three digits, or after a lone 0, groups no
+# thousands) | 42 | 3/4 | 45%
 _DECIMAL_COMMA = r"(?:\d+,(?:\d{1,2}|\d{4,})|0,\d+)(?!\d)"
 _NUMBER = (
     rf"[-+−]?\$?(?:\d{{1,3}}(?:\.\d{{3}}){{2,}}(?:,\d+)?|{_DECIMAL_COMMA}"
-    r"|(?:\d{1,3}(?:[,\u00a0]\d{3})+(?!\d)|\d+)(?:\.\d+)?)"
+    r"|(?:\d{1,3}(?:[,，\u00a0]\d{3})+(?!\d)|\d+)(?:\.\d+)?)"
     r"(?:\s?/\s?\d+(?:\.\d+)?)?%?"
 )
 _NUMBER_RE = re.compile(_NUMBER)
 _BOXED_RE = re.compile(r"\\boxed\s*\{")
-# "The answer is 42", "Answer: 42", "#### 42", and the same lead-ins in SEA languages.
+# "The answer is 42", "Answer: 42", "#### 42", and the same lead-ins in SEA languages, Japanese (答えは, 答え：)
+# and Chinese (答案是).
 _LEAD_IN_RE = re.compile(
     r"(?:answer\s*(?:is|:)|####|jawaban(?:nya)?\s*(?:adalah|:)|jawapan(?:nya)?\s*(?:ialah|adalah|:)"
-    r"|đáp án\s*(?:là|:)|câu trả lời\s*(?:là|:)|sagot\s*(?:ay|:)|คำตอบ\s*(?:คือ|:)?)",
+    r"|đáp án\s*(?:là|:)|câu trả lời\s*(?:là|:)|sagot\s*(?:ay|:)|คำตอบ\s*(?:คือ|:)?"
+    r"|(?:答え|正解|解答)\s*(?:は|[:：])|答案\s*(?:是|为|為|[:：]))",
     re.IGNORECASE,
 )
 

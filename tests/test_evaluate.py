@@ -893,3 +893,16 @@ def test_a_language_row_without_a_target_is_named_by_its_line_when_the_suite_has
     config = EvaluateStageConfig.model_validate({"name": "e", "kind": "evaluate", "models": ["m"],
                                                  "suites": [{**suite, "language": "id"}]})
     assert len(load_suite_rows(config)["s"]) == 2
+
+
+def test_final_answers_in_japanese_and_chinese():
+    # A Japanese reply commits to the number after 答え / 正解 (and a Chinese one after 答案): the last number in
+    # "答え：42個、残りは3個です。" is the remainder, not the answer.
+    assert extract_final_number("答え：42個、残りは3個です。") == 42
+    assert extract_final_number("よって答えは４２個です。箱は６つ使いました。") == 42
+    assert extract_final_number("正解は１２です。確認として３を足すと１５になります。") == 12
+    assert extract_final_number("所以答案是12，余数是3。") == 12
+    assert answer_matches("答え：東京", "東京")
+    assert not answer_matches("答え：大阪", "東京")
+    # Full-width thousands: '１，２３４' is one number, as '1,234' is.
+    assert extract_final_number("合計は１，２３４円です。") == 1234

@@ -3,8 +3,9 @@
 A data row lists its instructions as dicts with a ``type`` and that type's arguments, e.g.
 ``{"type": "word_count", "min": 50, "max": 120}``. The checks read the user-visible answer (the
 text after any think block) and are script-agnostic where they can be: words are runs of word
-characters and combining marks, sentences end at ``. ! ? 。 ！ ？`` and the Devanagari dandas ``। ॥`` (Thai
-marks a sentence's end with a space, so unpunctuated Thai is one sentence). A blank answer follows no
+characters and combining marks, sentences end at ``. ! ?`` and the Devanagari dandas ``। ॥`` before a space,
+and at ``。 ！ ？`` wherever they stand, as Japanese and Chinese write them (Thai marks a sentence's end with a
+space, so unpunctuated Thai is one sentence). A blank answer follows no
 instruction, as in IFEval's reference.
 """
 
@@ -16,7 +17,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 
 class _Instruction(BaseModel):
@@ -131,7 +132,10 @@ Instruction = Annotated[
 _INSTRUCTIONS = TypeAdapter(list[Instruction])
 
 _WORD_RE = re.compile(r"\w+(?:['’-]\w+)*")
-_SENTENCE_END_RE = re.compile(r"[.!?。！？।॥]+(?=\s|$|[\"'”’)\]])")
+# ". ! ?" and the dandas end a sentence before a space or a closing quote ("2.5" and "e.g." end none); the CJK
+# stops carry their own spacing and end one wherever they stand, unless a closing quote or bracket follows (彼は
+# 「行きます。」と言った。 is one sentence).
+_SENTENCE_END_RE = re.compile(r"[.!?।॥]+(?=\s|$|[\"'”’)\]])|[。！？]+(?![」』）】〕〉》”’\"')\]])")
 _BULLET_RE = re.compile(r"^\s*(?:[*+•]\s+|-\s+)\S", re.MULTILINE)
 _FENCE_RE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL | re.IGNORECASE)
 
@@ -186,9 +190,43 @@ def is_json(text: str) -> bool:
     return True
 
 
+_KINDS: dict[str, type[_Instruction]] = {
+    kind.model_fields["type"].default: kind
+    for kind in (StartsWith, EndsWith, WordCount, SentenceCount, BulletCount, JsonFormat, AllLowercase, NoCommas)
+}
+
+
 def parse_instructions(raw: Iterable[Mapping[str, Any]] | None) -> list[Instruction]:
-    """Validate a row's instruction list; raises pydantic's ValidationError on a bad entry."""
-    return _INSTRUCTIONS.validate_python(list(raw or []))
+    """Validate a row's instruction list; ValueError in one line naming the entry, its type, the key and what the
+    type takes (pydantic's own message names the whole union of types, over several lines)."""
+    if isinstance(raw, str | Mapping):
+        raise ValueError(f"instructions: expected a list of objects such as [{{type: word_count, max: 50}}], got {raw!r}")
+    entries = list(raw or [])
+    try:
+        return _INSTRUCTIONS.validate_python(entries)
+    except ValidationError as exc:
+        raise ValueError(_describe(exc.errors()[0], entries)) from None
+
+
+def _describe(error: Mapping[str, Any], entries: list[Any]) -> str:
+    loc = list(error["loc"])
+    index = loc.pop(0) if loc and isinstance(loc[0], int) else None
+    entry = entries[index] if index is not None and index < len(entries) else None
+    where = f"instructions[{index}]" if index is not None else "instructions"
+    kind = entry.get("type") if isinstance(entry, Mapping) else None
+    known = ", ".join(_KINDS)
+    if not isinstance(entry, Mapping) and index is not None:
+        return f"{where}: expected an object such as {{type: word_count, max: 50}}, got {entry!r}"
+    if kind not in _KINDS:
+        got = "no 'type'" if kind is None else f"unknown type {kind!r}"
+        return f"{where}: {got}; expected one of {known}"
+    takes = [name for name in _KINDS[kind].model_fields if name != "type"]
+    key = ".".join(str(part) for part in loc[1:])  # loc[0] is the union tag
+    if error["type"] == "extra_forbidden":
+        problem = f"unknown key {key!r}"
+    else:
+        problem = f"{key}: {error['msg']}" if key else error["msg"].removeprefix("Value error, ")
+    return f"{where} ({kind}): {problem}; {kind} takes {', '.join(takes) or 'no arguments'}"
 
 
 def check_all(instructions: Iterable[Instruction], text: str) -> list[bool]:

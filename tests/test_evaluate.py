@@ -75,9 +75,9 @@ def test_ifeval_counters_and_scores():
         "instruction_accuracy:no_commas": 1.0,
         "instruction_accuracy:word_count": 0.5,
     }
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValueError, match="give at least one of min / max"):
         parse_instructions([{"type": "word_count"}])  # neither min nor max
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValueError, match="unknown type"):
         parse_instructions([{"type": "rhymes"}])
 
 
@@ -906,3 +906,26 @@ def test_final_answers_in_japanese_and_chinese():
     assert not answer_matches("答え：大阪", "東京")
     # Full-width thousands: '１，２３４' is one number, as '1,234' is.
     assert extract_final_number("合計は１，２３４円です。") == 1234
+
+
+def test_sentences_of_text_written_without_spaces():
+    # Japanese and Chinese put no space after 。！？: two sentences were counted as one, so "at most 1 sentence"
+    # passed a three-sentence Japanese answer.
+    assert count_sentences("東京は日本の首都です。大きな都市です。人口も多いです。") == 3
+    assert count_sentences("本当ですか？はい！そうです。") == 3
+    assert count_sentences("彼は「行きます。」と言った。") == 1  # a quote's own stop ends no sentence of the answer
+    assert count_sentences("我喜欢北京。北京很大。") == 2
+    assert count_sentences("Version 2.5 is out. It works.") == 2  # an ASCII '.' still needs the space after it
+
+
+def test_a_bad_instruction_is_named_in_one_line():
+    with pytest.raises(ValueError) as info:
+        parse_instructions([{"type": "word_count", "max": 5}, {"type": "sentence_count", "mn": 3}])
+    message = str(info.value)
+    assert "\n" not in message and "tagged-union" not in message
+    assert "instructions[1]" in message and "sentence_count" in message and "'mn'" in message
+    assert "min" in message and "max" in message  # what it takes
+    with pytest.raises(ValueError, match=r"instructions\[0\].*'rhymes'.*word_count"):
+        parse_instructions([{"type": "rhymes"}])
+    with pytest.raises(ValueError, match=r"^instructions: expected a list of objects"):
+        parse_instructions({"type": "word_count", "max": 5})  # one instruction, not in a list

@@ -80,6 +80,16 @@ class WordCount(_CountRange):
         return self.in_range(count_words(text))
 
 
+class CharCount(_CountRange):
+    """The answer has between ``min`` and ``max`` characters, whitespace not counted: the length limit of languages
+    written without spaces (Japanese 「五十文字以内で」, Chinese, Thai), where a word count sees one word per clause."""
+
+    type: Literal["char_count"] = "char_count"
+
+    def check(self, text: str) -> bool:
+        return self.in_range(count_chars(text))
+
+
 class SentenceCount(_CountRange):
     """The answer has between ``min`` and ``max`` sentences."""
 
@@ -126,7 +136,7 @@ class NoCommas(_Instruction):
 
 
 Instruction = Annotated[
-    StartsWith | EndsWith | WordCount | SentenceCount | BulletCount | JsonFormat | AllLowercase | NoCommas,
+    StartsWith | EndsWith | WordCount | CharCount | SentenceCount | BulletCount | JsonFormat | AllLowercase | NoCommas,
     Field(discriminator="type"),
 ]
 _INSTRUCTIONS = TypeAdapter(list[Instruction])
@@ -148,6 +158,11 @@ def count_words(text: str) -> int:
     spaces between words (Thai, Japanese, Chinese) count each run between spaces or punctuation once.
     """
     return len(_WORD_RE.findall(_marks_as_letters(text)))
+
+
+def count_chars(text: str) -> int:
+    """Characters other than whitespace (combining marks count as the characters they are)."""
+    return sum(not ch.isspace() for ch in text)
 
 
 def _marks_as_letters(text: str) -> str:
@@ -192,7 +207,8 @@ def is_json(text: str) -> bool:
 
 _KINDS: dict[str, type[_Instruction]] = {
     kind.model_fields["type"].default: kind
-    for kind in (StartsWith, EndsWith, WordCount, SentenceCount, BulletCount, JsonFormat, AllLowercase, NoCommas)
+    for kind in (StartsWith, EndsWith, WordCount, CharCount, SentenceCount, BulletCount, JsonFormat, AllLowercase,
+                 NoCommas)
 }
 
 

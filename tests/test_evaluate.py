@@ -929,3 +929,14 @@ def test_a_bad_instruction_is_named_in_one_line():
         parse_instructions([{"type": "rhymes"}])
     with pytest.raises(ValueError, match=r"^instructions: expected a list of objects"):
         parse_instructions({"type": "word_count", "max": 5})  # one instruction, not in a list
+
+
+def test_char_count_measures_text_written_without_spaces():
+    # Japanese length limits are in characters (「五十文字以内」): word_count reads a whole unspaced clause as one
+    # word, so it cannot tell a 10-character answer from a 200-character one.
+    short, long = "東京は日本の首都です。", "東京は日本の首都で、政治と経済の中心です。" * 10
+    assert count_words(short) == 1  # one unspaced clause is one "word", however long
+    (limit,) = parse_instructions([{"type": "char_count", "max": 50}])
+    assert limit.check(short) and not limit.check(long)
+    (floor,) = parse_instructions([{"type": "char_count", "min": 11}])
+    assert floor.check(short) and not floor.check("東京 です")  # spaces are not characters of the answer

@@ -155,7 +155,8 @@ def count_words(text: str) -> int:
 
     Combining marks (Thai, Tamil and Devanagari vowel signs and viramas) belong to the word they sit in:
     ``re``'s ``\\w`` does not match them, so "வணக்கம்" would be three words. Scripts written without
-    spaces between words (Thai, Japanese, Chinese) count each run between spaces or punctuation once.
+    spaces between words (Thai, Japanese, Chinese) count each run between spaces or punctuation once: give them
+    ``char_count`` limits instead.
     """
     return len(_WORD_RE.findall(_marks_as_letters(text)))
 

@@ -206,7 +206,8 @@ def is_json(text: str) -> bool:
     return True
 
 
-_KINDS: dict[str, type[_Instruction]] = {
+# Each instruction type by its `type` tag, in the order the reference lists them.
+INSTRUCTION_KINDS: dict[str, type[_Instruction]] = {
     kind.model_fields["type"].default: kind
     for kind in (StartsWith, EndsWith, WordCount, CharCount, SentenceCount, BulletCount, JsonFormat, AllLowercase,
                  NoCommas)
@@ -231,13 +232,13 @@ def _describe(error: Mapping[str, Any], entries: list[Any]) -> str:
     entry = entries[index] if index is not None and index < len(entries) else None
     where = f"instructions[{index}]" if index is not None else "instructions"
     kind = entry.get("type") if isinstance(entry, Mapping) else None
-    known = ", ".join(_KINDS)
+    known = ", ".join(INSTRUCTION_KINDS)
     if not isinstance(entry, Mapping) and index is not None:
         return f"{where}: expected an object such as {{type: word_count, max: 50}}, got {entry!r}"
-    if kind not in _KINDS:
+    if kind not in INSTRUCTION_KINDS:
         got = "no 'type'" if kind is None else f"unknown type {kind!r}"
         return f"{where}: {got}; expected one of {known}"
-    takes = [name for name in _KINDS[kind].model_fields if name != "type"]
+    takes = [name for name in INSTRUCTION_KINDS[kind].model_fields if name != "type"]
     key = ".".join(str(part) for part in loc[1:])  # loc[0] is the union tag
     if error["type"] == "extra_forbidden":
         problem = f"unknown key {key!r}"

@@ -76,7 +76,8 @@ def markdown() -> str:
         "",
         "Contents: [the recipe](#the-recipe), " + ", ".join(f"[`{k}`](#stage-kind-{k})" for k in kinds)
         + ", [data formats](#data-formats), [prompt files](#prompt-files), [training defaults and `train:`]"
-        "(#training-arguments-train), [logs and tensorboard](#logs-and-tensorboard).",
+        "(#training-arguments-train), [logs and tensorboard](#logs-and-tensorboard), "
+        "[IFEval instructions](#ifeval-instructions).",
         "",
         "## The recipe",
         "",
@@ -97,7 +98,36 @@ def markdown() -> str:
                     _mapping_table(defaults), ""]
     out += _nested_sections(queue)
     out += [_STATIC_SECTIONS.strip(), ""]
+    out += _ifeval_section()
     return "\n".join(out)
+
+
+def _ifeval_section() -> list[str]:
+    """The instruction types an evaluation row may list, from the models that check them (merge/ifeval.py)."""
+    from tempa.merge.ifeval import INSTRUCTION_KINDS
+
+    rows = ["| type | arguments | checks |", "| --- | --- | --- |"]
+    for name, kind in INSTRUCTION_KINDS.items():
+        arguments = "; ".join(f"`{key}`" + (f": {info.description.rstrip('.')}" if info.description else "")
+                              for key, info in kind.model_fields.items() if key != "type")
+        rows.append(f"| `{name}` | {_cell(arguments or '-')} | {_cell(_doc(kind))} |")
+    return [
+        "## IFEval instructions",
+        "",
+        "The rows of an `ifeval` suite ([IFEvalSuite](#ifevalsuite)) list their `instructions`, each an object with "
+        "a `type` and that type's arguments; each is checked on the answer after the think block, and a blank "
+        "answer follows none. A row with an unknown type or argument stops the stage, named by its line, before any "
+        "model loads (and in `tempa plan`). Languages written without spaces (Japanese, Chinese, Thai) read a "
+        "whole clause as one word: limit their length with `char_count`.",
+        "",
+        *rows,
+        "",
+        "```jsonl",
+        '{"prompt": "東京について五十文字以内で説明してください。", "language": "ja", '
+        '"instructions": [{"type": "char_count", "max": 50}, {"type": "sentence_count", "max": 2}]}',
+        "```",
+        "",
+    ]
 
 
 def _nested_sections(queue: list[type[BaseModel]]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
 import jsonschema
@@ -79,3 +80,19 @@ def test_readme_recipe_loads(tmp_path):
     loaded = load_recipe(tmp_path / "my-model.yaml")
     assert [stage.kind for stage in loaded.stages] == ["sft", "preference", "bake"]
     assert loaded.stages[0].lora is not None and len(loaded.stages[0].data.sources) == 4
+
+
+def test_reference_lists_every_ifeval_instruction_with_its_arguments():
+    # An ifeval suite's rows name instructions by `type`; the types and their arguments were written nowhere a user
+    # reads (only `word_count` appeared, in an example), so char_count or sentence_count could not be found.
+    from tempa.merge import ifeval
+
+    text = reference.markdown()
+    assert "(#ifeval-instructions)" in text
+    section = text.split("## IFEval instructions", 1)[1].split("\n## ", 1)[0]
+    for kind in typing.get_args(typing.get_args(ifeval.Instruction)[0]):
+        name = kind.model_fields["type"].default
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{name}` |"))
+        for argument in kind.model_fields:
+            if argument != "type":
+                assert f"`{argument}`" in row, (name, argument)

@@ -15,7 +15,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
@@ -136,7 +136,15 @@ class NoCommas(_Instruction):
 
 
 Instruction = Annotated[
-    StartsWith | EndsWith | WordCount | CharCount | SentenceCount | BulletCount | JsonFormat | AllLowercase | NoCommas,
+    StartsWith
+    | EndsWith
+    | WordCount
+    | CharCount
+    | SentenceCount
+    | BulletCount
+    | JsonFormat
+    | AllLowercase
+    | NoCommas,
     Field(discriminator="type"),
 ]
 _INSTRUCTIONS = TypeAdapter(list[Instruction])
@@ -206,11 +214,9 @@ def is_json(text: str) -> bool:
     return True
 
 
-# Each instruction type by its `type` tag, in the order the reference lists them.
+# Each instruction type by its `type` tag, in the union's order (the reference lists them so).
 INSTRUCTION_KINDS: dict[str, type[_Instruction]] = {
-    kind.model_fields["type"].default: kind
-    for kind in (StartsWith, EndsWith, WordCount, CharCount, SentenceCount, BulletCount, JsonFormat, AllLowercase,
-                 NoCommas)
+    kind.model_fields["type"].default: kind for kind in get_args(get_args(Instruction)[0])
 }
 
 
@@ -218,7 +224,9 @@ def parse_instructions(raw: Iterable[Mapping[str, Any]] | None) -> list[Instruct
     """Validate a row's instruction list; ValueError in one line naming the entry, its type, the key and what the
     type takes (pydantic's own message names the whole union of types, over several lines)."""
     if isinstance(raw, str | Mapping):
-        raise ValueError(f"instructions: expected a list of objects such as [{{type: word_count, max: 50}}], got {raw!r}")
+        raise ValueError(
+            f"instructions: expected a list of objects such as [{{type: word_count, max: 50}}], got {raw!r}"
+        )
     entries = list(raw or [])
     try:
         return _INSTRUCTIONS.validate_python(entries)

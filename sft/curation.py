@@ -212,25 +212,44 @@ def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
     return tuple(re.compile(p) for p in patterns)
 
 
+# Dashes typed between digits in place of a hyphen: Japanese input methods give the long-vowel mark (ー, ｰ).
+_DIGIT_DASH = re.compile(r"(?<=\d)[ー‐‑‒–—―](?=\d)")
+
+
+def ascii_forms(text: str) -> str:
+    """``text`` with full-width letters, digits, @, hyphens and ideographic spaces in their ASCII forms.
+
+    CJK input methods type personal data full width (０９０－１２３４－５６７８, ｉｎｆｏ＠ｅｘａｍｐｌｅ．ｊｐ);
+    the rules are written for the ASCII forms, which NFKC gives.
+    """
+    return _DIGIT_DASH.sub("-", unicodedata.normalize("NFKC", text))
+
+
 def find_pii(text: str, config: PIIConfig) -> str | None:
     """The kind of personal data found in ``text`` (e.g. ``email``), or None.
 
     Number-shaped kinds must pass their checksum or date rule, and a number written as a term
-    of arithmetic (next to an operator) is never personal data, so maths rows survive.
+    of arithmetic (next to an operator) is never personal data, so maths rows survive. The rules
+    read the text's ASCII forms (:func:`ascii_forms`); a recipe's ``extra_patterns`` and ``allow``
+    also match the text as written.
     """
     allow = _compiled(tuple(config.allow))
-    rules = [*_RULES, *((name, "", p, None) for name, p in zip(
-        config.extra_patterns, _compiled(tuple(config.extra_patterns.values())), strict=True))]
-    for kind, switch, pattern, valid in rules:
+    extra = [(name, "", p, None) for name, p in zip(
+        config.extra_patterns, _compiled(tuple(config.extra_patterns.values())), strict=True)]
+    ascii_text = ascii_forms(text)
+    texts = [ascii_text] if ascii_text == text else [ascii_text, text]
+    for kind, switch, pattern, valid in [*_RULES, *extra]:
         if switch and not getattr(config, switch):
             continue
-        for m in pattern.finditer(text):
-            if any(a.search(m.group()) for a in allow):
-                continue
-            if switch not in ("", "email") and _in_arithmetic(text, m.start(), m.end()):
-                continue
-            if valid is None or valid(m):
-                return kind
+        # The built-in rules are written for ASCII forms; a recipe's own patterns may be written full width.
+        for seen in texts[:1] if switch else texts:
+            for m in pattern.finditer(seen):
+                if any(a.search(m.group()) for a in allow):
+                    continue
+                if switch not in ("", "email") and _in_arithmetic(seen, m.start(), m.end()):
+                    continue
+                if valid is None or valid(m):
+                    return kind
     return None
 
 

@@ -278,6 +278,30 @@ def test_numbers_that_are_not_pii_pass(text: str) -> None:
     assert curation.find_pii(text, PIIConfig()) is None
 
 
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        # Japanese input methods type digits, @ and hyphens full width; the ASCII forms were caught, these passed.
+        ("電話は０９０－１２３４－５６７８です", "phone number"),
+        ("電話は090ー1234ー5678です", "phone number"),  # the long-vowel mark typed as a hyphen
+        ("連絡先：０３　１２３４　５６７８", "phone number"),  # ideographic spaces
+        ("メールはｉｎｆｏ＠ｅｘａｍｐｌｅ．ｃｏ．ｊｐまで", "email"),
+        ("マイナンバーは１２３４５６７８９０１８です", "Japanese My Number"),
+        ("カード番号４１１１－１１１１－１１１１－１１１１", "card number"),
+    ],
+)
+def test_full_width_pii_is_found_as_its_ascii_form_is(text: str, kind: str) -> None:
+    assert curation.find_pii(text, PIIConfig()) == kind
+
+
+def test_full_width_numbers_that_are_not_pii_pass() -> None:
+    assert curation.find_pii("１２３４５ ＋ ６７８９０ ＝ ８０２３５", PIIConfig()) is None
+    assert curation.find_pii("２０２４年に１５００人", PIIConfig()) is None
+    # A recipe's own patterns still match the text as written, as well as its ASCII form.
+    extra = PIIConfig(extra_patterns={"社員番号": r"社員番号：\d{5}"})
+    assert curation.find_pii("社員番号：１２３４５", extra) == "社員番号"
+
+
 def test_pii_is_configurable() -> None:
     text = "Email admin@example.com or call +62 812-3456-7890"
     assert curation.find_pii(text, PIIConfig(allow=[r"@example\.com$"])) == "phone number"

@@ -279,9 +279,10 @@ def check_language(messages: Messages, accepted: frozenset[str], config: Languag
     roles = {"all": ("user", "assistant"), "user": ("user",), "assistant": ("assistant",)}[config.check]
     text = "\n".join(t["content"] for t in messages if t["role"] in roles)
     found = language.detect(text, min_letters=config.min_letters)
-    if found.language is None:
+    verdict = found.is_in(accepted)
+    if verdict is None:
         return None
-    if not found.is_in(accepted):
+    if not verdict:
         return LANGUAGE, f"detected {found.language!r} (p={found.probability:.2f}); expected one of {sorted(accepted)}"
     confidence = found.probability_of(accepted)
     if confidence < config.min_confidence:

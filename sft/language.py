@@ -11,6 +11,8 @@ preference stage's ``language`` reward, the evaluate stage's ``language`` suite)
 - **minimum length**: text with fewer than :data:`MIN_LETTERS` letters of prose is
   *undetermined* (``Detection.language is None``), never "the wrong language": a bare number or
   ``OK`` says nothing about the language an answer is in;
+- **kanji terms**: a few Han characters without kana (富士山) are Japanese as much as Chinese;
+  for a Japanese target they are undetermined (:data:`KANJI_TERM`);
 - **prose only**: fenced and inline code, LaTeX math and URLs are removed before detection
   (:func:`prose`); an Indonesian explanation around a Python snippet is Indonesian.
 
@@ -93,6 +95,12 @@ MIN_LETTERS = 12
 # a word, a whole sentence fits in 10 of them, and zh/ja/ko sentences cut after their 3rd
 # character were already identified right (zh ~ yue ~ wuu).
 WIDE_LETTER = 4
+
+# Japanese is told from Chinese by its kana: a kanji-only name or term (富士山, 東京大学医学部附属病院) the detector
+# files under Chinese, though it is Japanese as much. Up to this many Han characters and no kana, such text is
+# undetermined for a Japanese target; Japanese prose longer than that has kana, and Chinese that long is Chinese.
+KANJI_TERM = 12
+HAN_LANGUAGES = frozenset({"ja", "zh", "yue", "wuu"})
 
 # py3langid's class for text without linguistic content (numbers, symbols, markup).
 _NO_LANGUAGE = "zxx"
@@ -185,6 +193,7 @@ class Detection:
     language: str | None
     probability: float = 0.0  # of ``language``, normalised over the candidate languages
     probabilities: Mapping[str, float] = field(default_factory=dict, repr=False)
+    kanji_term: bool = False  # a few Han characters and no kana: Japanese or Chinese alike (KANJI_TERM)
 
     def probability_of(self, codes: Iterable[str]) -> float:
         """How likely the text is in any of ``codes`` (e.g. a target and its equivalents)."""
@@ -192,7 +201,13 @@ class Detection:
 
     def is_in(self, codes: frozenset[str]) -> bool | None:
         """Whether the detected language is one of ``codes`` (see :func:`accepted`); None when undetermined."""
-        return None if self.language is None else self.language in codes
+        if self.language is None:
+            return None
+        if self.language in codes:
+            return True
+        if self.kanji_term and "ja" in codes and self.language in HAN_LANGUAGES:
+            return None
+        return False
 
 
 UNDETERMINED = Detection(None)
@@ -212,7 +227,16 @@ def detect(text: str, languages: Sequence[str] | None = None, *, min_letters: in
     best = max(probabilities, key=probabilities.__getitem__)
     if best == _NO_LANGUAGE:
         return UNDETERMINED
-    return Detection(best, float(probabilities[best]), probabilities)
+    return Detection(best, float(probabilities[best]), probabilities, kanji_term=_is_kanji_term(text))
+
+
+def _is_kanji_term(text: str) -> bool:
+    han = kana = 0
+    for ch in text:
+        name = unicodedata.name(ch, "")
+        han += name.startswith("CJK UNIFIED IDEOGRAPH") or name.startswith("CJK COMPATIBILITY IDEOGRAPH")
+        kana += name.startswith(("HIRAGANA", "KATAKANA", "HALFWIDTH KATAKANA"))
+    return 0 < han <= KANJI_TERM and not kana
 
 
 class LanguageRules(BaseModel):

@@ -91,6 +91,35 @@ def test_a_short_cjk_sentence_is_enough() -> None:
     assert language.detect("서울은 한국의 수도입니다.").language == "ko"
 
 
+@pytest.mark.parametrize("text", ["富士山", "信濃川", "東京大学医学部附属病院", "北海道札幌市中央区"])
+def test_japanese_without_kana_is_not_called_chinese(text: str) -> None:
+    # The detector tells Japanese by its kana; a Japanese name or term in kanji alone it files under Chinese.
+    # It is Japanese as much as Chinese, so a ja target can neither reject it nor count it.
+    found = language.detect(text)
+    assert found.language in ("zh", "wuu", "yue")
+    assert found.is_in(language.accepted(["ja"])) is None
+    assert found.is_in(language.accepted(["zh"])) is True  # still Chinese text to a Chinese target
+    assert found.is_in(language.accepted(["th"])) is False
+    # the language reward neither rewards nor punishes it as the answer to a Japanese prompt
+    from tempa.alignment.rewards import language_match
+
+    assert language_match(text, "ja") == (None, None)
+    # the SFT language filter keeps it for a Japanese dataset
+    from tempa.sft.curation import check_language
+    from tempa.sft.data_config import LanguageFilterConfig
+
+    rows = [{"role": "user", "content": "日本一高い山はどれですか？"}, {"role": "assistant", "content": text}]
+    assert check_language(rows, language.accepted(["ja"]), LanguageFilterConfig(check="assistant")) is None
+
+
+def test_chinese_prose_is_still_not_japanese() -> None:
+    # Chinese longer than a kanji name stays Chinese to a ja target (a reasoning that drifted into Chinese).
+    drift = "今天天气很好，我们下午一起去公园散步吧。"
+    assert language.detect(drift).is_in(language.accepted(["ja"])) is False
+    # and kana make it Japanese, kanji-heavy or not
+    assert language.detect("東京大学医学部附属病院です").is_in(language.accepted(["ja"])) is True
+
+
 def test_code_math_and_urls_are_not_evidence() -> None:
     with_code = ("Berikut contoh fungsi Python:\n```python\ndef factorial(n):\n    if n == 0:\n        return 1\n"
                  "    return n * factorial(n - 1)\n\nprint(factorial(5))\n```")

@@ -34,6 +34,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -232,7 +233,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
         target.with_name("Modelfile").write_text(modelfile, encoding="utf-8")
         return GGUFExport(target, target.with_name("Modelfile"), f16.tensor_count, file_type, types)
     import gguf
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+    from transformers import AutoConfig, AutoTokenizer
 
     name = export_name(Path(model_dir))
     model_dir = Path(model_dir).resolve()
@@ -276,7 +277,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
     writer.add_token_merges(merges)
     if tokenizer.bos_token_id is not None:
         writer.add_bos_token_id(tokenizer.bos_token_id)
-    stop_ids = _stop_ids(model_dir, GenerationConfig)
+    generation = generation_defaults(model_dir)
     eot_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(template))
     # llama.cpp ends generation on eos and eot (and on the other eos ids by their text); the baked eos
     # is the end-of-turn token already.
@@ -309,7 +310,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
     tensor_types = gguf_tensor_types(gguf_path)
 
     modelfile = gguf_path.with_name("Modelfile")
-    modelfile.write_text(ollama_modelfile(gguf_path.name, tokenizer, stop_ids), encoding="utf-8")
+    modelfile.write_text(ollama_modelfile(gguf_path.name, tokenizer, generation), encoding="utf-8")
     return GGUFExport(gguf_path, modelfile, count, file_type, tensor_types)
 
 
@@ -325,16 +326,47 @@ def _add_tensor(writer, name: str, data: np.ndarray, file_type: GGUFType) -> Non
         writer.add_tensor(name, data.astype(np.float16))
 
 
-def _stop_ids(model_dir: Path, generation_config_cls) -> list[int]:
+def generation_defaults(model_dir: Path) -> dict[str, Any]:
+    """The keys ``generation_config.json`` sets (``{}`` without one): read as written, because
+    ``GenerationConfig`` fills in transformers' own defaults (top_k 50, ...), which the recipe did not choose."""
+    path = Path(model_dir) / "generation_config.json"
+    if not path.is_file():
+        return {}
     try:
-        eos = generation_config_cls.from_pretrained(model_dir).eos_token_id
-    except OSError:
-        return []
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise StageError(f"{path}: not valid JSON ({error})") from None
+
+
+# generation_config.json's sampling keys -> Ollama's PARAMETER names (ollama docs/modelfile.mdx)
+_OLLAMA_PARAMETERS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                      "repetition_penalty": "repeat_penalty", "max_new_tokens": "num_predict"}
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p")
+
+
+def ollama_parameters(generation: dict[str, Any]) -> dict[str, int | float]:
+    """The sampling defaults of ``generation`` (generation_config.json's keys) as Ollama PARAMETERs.
+
+    Ollama samples with its own defaults (temperature 0.8, top_k 40, top_p 0.9) where the Modelfile sets none,
+    so the recipe's ``generation`` defaults must be written here too. ``do_sample: false`` is greedy decoding
+    in transformers whatever the temperature says: temperature 0 in Ollama, its other sampling knobs moot.
+    """
+    greedy = generation.get("do_sample") is False
+    out = {ollama: generation[key] for key, ollama in _OLLAMA_PARAMETERS.items()
+           if generation.get(key) is not None and not (greedy and key in _SAMPLING_KEYS)}
+    if greedy:
+        out["temperature"] = 0.0
+    return out
+
+
+def _stop_ids(generation: dict[str, Any]) -> list[int]:
+    eos = generation.get("eos_token_id")
     return [eos] if isinstance(eos, int) else list(eos or [])
 
 
-def ollama_modelfile(gguf_name: str, tokenizer, stop_ids: list[int]) -> str:
-    """An Ollama Modelfile: the GGUF, the chat template's Go twin, the stop tokens, and the default mode.
+def ollama_modelfile(gguf_name: str, tokenizer, generation: dict[str, Any]) -> str:
+    """An Ollama Modelfile: the GGUF, the chat template's Go twin, the stop tokens (the eos ids of
+    ``generation``, generation_config.json's keys), the sampling defaults, and the default mode.
 
     The TEMPLATE follows Ollama's ``think`` request switch, and the template's baked default (the recipe's
     ``thinking_default``) when a request leaves it unset; see :mod:`tempa.merge.ollama_template`.
@@ -347,11 +379,12 @@ def ollama_modelfile(gguf_name: str, tokenizer, stop_ids: list[int]) -> str:
         raise StageError(f"Modelfile for {gguf_name}: {error}") from None
     if '"""' in body:
         raise StageError(f"Modelfile for {gguf_name}: the template contains a triple quote")
-    stops = [tokenizer.convert_ids_to_tokens(i) for i in stop_ids] or [tokenizer.eos_token]
+    stops = [tokenizer.convert_ids_to_tokens(i) for i in _stop_ids(generation)] or [tokenizer.eos_token]
     lines = [
         f"# tempa: default thinking mode '{default}' (thinking_default); a request's think: true/false overrides it.",
         f"FROM ./{gguf_name}",
         f'TEMPLATE """{body}"""',
     ]
     lines += [f'PARAMETER stop "{stop}"' for stop in dict.fromkeys(stops)]
+    lines += [f"PARAMETER {name} {value}" for name, value in ollama_parameters(generation).items()]
     return "\n".join(lines) + "\n"

@@ -110,3 +110,49 @@ def test_export_is_named_after_the_run_not_the_link_target(tmp_path):
     assert export_name(run / "sft-general" / "final") == "demo-sft-general"
     (tmp_path / "my-model").mkdir()
     assert export_name(tmp_path / "my-model") == "my-model"
+
+
+def _modelfile_parameters(modelfile: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in modelfile.splitlines():
+        if line.startswith("PARAMETER "):
+            _, name, value = line.split(" ", 2)
+            out.setdefault(name, []).append(value)
+    return out
+
+
+@pytest.mark.parametrize("generation", [
+    {"temperature": 0.6, "top_p": 0.9, "top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1, "max_new_tokens": 700},
+    {"temperature": 0.0, "max_new_tokens": 64},
+])
+def test_modelfile_carries_the_recipes_sampling_defaults(tiny_model_dir, tmp_path, generation):
+    """Ollama samples with its own defaults (temperature 0.8, top_k 40, top_p 0.9) unless the Modelfile sets
+    PARAMETERs: the recipe's `generation` defaults, which generation_config.json carries for transformers, must
+    reach Ollama too; a greedy config (temperature 0, do_sample false) is temperature 0 there."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from tempa.chat_templates import bake_tokenizer
+    from tempa.chat_templates.baking import GenerationDefaults
+    from tempa.merge.gguf_export import export_gguf
+
+    final = tmp_path / "final"
+    defaults = GenerationDefaults(**generation)
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", final, model_dir=tiny_model_dir, generation=defaults)
+    for name in ("config.json", "model.safetensors"):
+        (final / name).write_bytes((tiny_model_dir / name).read_bytes())
+    saved = json.loads((final / "generation_config.json").read_text())
+    modelfile = export_gguf(final, tmp_path / "out" / "m.gguf").modelfile_path.read_text()
+    parameters = _modelfile_parameters(modelfile)
+
+    greedy = saved.get("do_sample") is False
+    expected = {"temperature": 0.0 if greedy else saved["temperature"], "num_predict": saved["max_new_tokens"]}
+    if not greedy:
+        expected |= {"top_p": saved["top_p"], "top_k": saved["top_k"], "min_p": saved["min_p"],
+                     "repeat_penalty": saved["repetition_penalty"]}
+    assert {name: float(values[0]) for name, values in parameters.items() if name != "stop"} == expected
+    eos = saved["eos_token_id"]
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    assert parameters["stop"] == [f'"{token}"' for token in tokenizer.convert_ids_to_tokens(eos)]
+    assert '"<|eot_id|>"' in parameters["stop"]

@@ -40,7 +40,7 @@ import numpy as np
 
 from tempa.chat_templates.templates import template_defaults
 from tempa.chat_templates.thinking import end_of_turn_token
-from tempa.merge.ollama_template import ollama_template
+from tempa.merge.ollama_template import ollama_default_note, ollama_template
 from tempa.sft.run_layout import RESOLVED_RECIPE
 from tempa.sft.stage_api import StageError
 
@@ -369,7 +369,8 @@ def ollama_modelfile(gguf_name: str, tokenizer, generation: dict[str, Any]) -> s
     ``generation``, generation_config.json's keys), the sampling defaults, and the default mode.
 
     The TEMPLATE follows Ollama's ``think`` request switch, and the template's baked default (the recipe's
-    ``thinking_default``) when a request leaves it unset; see :mod:`tempa.merge.ollama_template`.
+    ``thinking_default``) when a request leaves it unset, which only Ollama before 0.12.4 does: the header says
+    so (:func:`~tempa.merge.ollama_template.ollama_default_note`).
     """
     template = tokenizer.chat_template or ""
     default = template_defaults(template).thinking_mode
@@ -381,7 +382,7 @@ def ollama_modelfile(gguf_name: str, tokenizer, generation: dict[str, Any]) -> s
         raise StageError(f"Modelfile for {gguf_name}: the template contains a triple quote")
     stops = [tokenizer.convert_ids_to_tokens(i) for i in _stop_ids(generation)] or [tokenizer.eos_token]
     lines = [
-        f"# tempa: default thinking mode '{default}' (thinking_default); a request's think: true/false overrides it.",
+        f"# tempa: default thinking mode '{default}' (thinking_default). {ollama_default_note(default)}",
         f"FROM ./{gguf_name}",
         f'TEMPLATE """{body}"""',
     ]

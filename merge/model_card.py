@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tempa.merge.leaderboard import EvaluateResult
 from tempa.merge.merge_result import RECIPE_BASE, MergeResult
+from tempa.merge.ollama_template import ollama_default_note
 from tempa.sft.stage import SFTResult
 from tempa.sft.stage_api import RecipeInfo, Upstream, format_metric, looks_local
 
@@ -311,7 +312,7 @@ def usage_snippet(model_id: str, thinking_default: str = "on", saved_with: str |
         "",
         "Generation stops at the end-of-turn token: it is the tokenizer's eos, and `generation_config.json`",
         "lists it among the eos ids. `tempa export gguf` writes a GGUF (llama.cpp) and an Ollama Modelfile",
-        "whose template honours Ollama's `think` switch and falls back to the same default.",
+        "whose template honours Ollama's `think` switch. " + ollama_default_note(thinking_default),
         "",
     ]
 

@@ -6,7 +6,9 @@ messages joined), ``.Messages`` (role, content, thinking, tool calls), ``.Tools`
 ``.IsThinkSet``; see ollama's ``template/template.go``):
 
 * the thinking mode is Ollama's ``think`` switch when the request sets it, else the template's baked default
-  (the recipe's ``thinking_default``), with the same prefills as the Jinja template;
+  (the recipe's ``thinking_default``), with the same prefills as the Jinja template. Ollama 0.12.4 and later
+  never leave it unset for a model whose template has thinking tags (server/routes.go sets ``think: true``),
+  so there the baked default is reached only by older versions: see :func:`ollama_default_note`;
 * the system prompt renders once, in the system block (system messages are not rendered again as turns);
 * assistant turns after the last user message carry their ``thinking`` (an agent's tool loop) with thinking
   on; earlier ones render their answer only; tool calls and results as the Jinja template writes them;
@@ -116,6 +118,18 @@ def _chatml(defaults: TemplateDefaults) -> str:
 
 
 _BUILDERS = {"<|eot_id|>": _llama3, "<|im_end|>": _chatml}
+# The first Ollama release that turns `think` on for a thinking-capable model when a request leaves it unset.
+OLLAMA_THINK_ON_SINCE = "0.12.4"
+
+
+def ollama_default_note(default: str) -> str:
+    """What a request that leaves ``think`` unset gets in Ollama, for a template whose baked default is
+    ``default``: one sentence for the Modelfile and the model card."""
+    if default == "on":
+        return "Ollama thinks by default, as the template's default ('on') does; send think: false to switch it off."
+    return (f"The template's default mode is 'off', but Ollama {OLLAMA_THINK_ON_SINCE} and later turn thinking on "
+            "for a request that leaves `think` unset: send think: false for the default's direct answers "
+            "(older Ollama versions fall back to 'off').")
 
 
 def ollama_template(chat_template: str) -> str:

@@ -74,8 +74,11 @@ def go_renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _ollama(renderer: Path, template: str, messages: list[dict], tools: list[dict] | None, think: bool | None) -> dict:
-    payload = {"template": template, "messages": messages, "tools": tools, "think": think}
+def _ollama(renderer: Path, template: str, messages: list[dict], tools: list[dict] | None, think: bool | None,
+            before_0_12_4: bool = False) -> dict:
+    """Ollama's prompt; ``before_0_12_4``: as Ollama renders it before 0.12.4, which left an unset ``think`` unset."""
+    payload = {"template": template, "messages": messages, "tools": tools, "think": think,
+               "before_0_12_4": before_0_12_4}
     result = subprocess.run([str(renderer)], input=json.dumps(payload), capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -110,9 +113,11 @@ def test_modelfile_template_renders_as_the_jinja_template(
     jinja = with_defaults(load_template(template_name), TemplateDefaults(thinking_mode=default))
     go = ollama_template(jinja)
     messages, tools = CONVERSATIONS.get(case) or PARALLEL
-    for think in (None, True, False):
-        out = _ollama(go_renderer, go, messages, tools, think)
-        mode = {None: {}, True: {"thinking_mode": "on"}, False: {"thinking_mode": "off"}}[think]
+    # (think, Ollama before 0.12.4): an unset `think` is Ollama's `true` since 0.12.4, the baked default before.
+    for think, legacy in ((None, False), (None, True), (True, False), (False, False)):
+        out = _ollama(go_renderer, go, messages, tools, think, before_0_12_4=legacy)
+        mode = {None: {"thinking_mode": "on"} if not legacy else {}, True: {"thinking_mode": "on"},
+                False: {"thinking_mode": "off"}}[think]
         expected = render_text(jinja, _as_jinja(messages), tools=tools, add_generation_prompt=True, **mode)
         # Tool definitions are the one part Go writes differently (compact JSON, Ollama's field order): the
         # same objects, checked as JSON, then swapped in.
@@ -121,7 +126,7 @@ def test_modelfile_template_renders_as_the_jinja_template(
             assert json.loads(written) == tool
             ours = json.dumps(tool, ensure_ascii=False, indent=4 if template_name == "llama3_thinking" else None)
             prompt = prompt.replace(written, ours)
-        assert prompt == expected, think
+        assert prompt == expected, (think, legacy)
         # Ollama sees the thinking tags, so it offers `think` for this model and parses the reasoning out.
         assert tuple(out["thinking_tags"]) == THINK_TAGS
         system = next((m["content"] for m in messages if m["role"] == "system"), None)
@@ -137,3 +142,30 @@ def test_ollama_think_switch_and_default() -> None:
         assert ollama_template(jinja).startswith(f"{{{{- $think := {constant} }}}}{{{{ if .IsThinkSet }}}}")
     with pytest.raises(ValueError, match="no Ollama template"):
         ollama_template("{{ messages }}<end_of_turn>")
+
+
+@pytest.mark.parametrize("default", ["on", "off"])
+def test_the_modelfile_says_what_ollama_does_when_think_is_unset(go_renderer: Path, tmp_path: Path,
+                                                                 tiny_model_dir: Path, default: str) -> None:
+    """Ollama 0.12.4+ sends `think: true` for a thinking-capable model when a request leaves it unset, so a
+    thinking_default of 'off' is not what an Ollama user gets by default: the Modelfile must not claim it is."""
+    from tempa.chat_templates import bake_tokenizer
+    from tempa.merge.gguf_export import export_gguf
+
+    jinja_file = tmp_path / "t.jinja"
+    jinja_file.write_text(with_defaults(load_template("llama3_thinking"), TemplateDefaults(thinking_mode=default)))
+    final = tmp_path / "final"
+    bake_tokenizer(tiny_model_dir, str(jinja_file), final, model_dir=tiny_model_dir)
+    for name in ("config.json", "model.safetensors"):
+        (final / name).write_bytes((tiny_model_dir / name).read_bytes())
+    modelfile = export_gguf(final, tmp_path / "out" / "m.gguf").modelfile_path.read_text()
+    template = modelfile.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    messages = [{"role": "user", "content": "Hai"}]
+    unset = _ollama(go_renderer, template, messages, None, None)["prompt"]
+    jinja = jinja_file.read_text()
+    assert unset == render_text(jinja, messages, add_generation_prompt=True, thinking_mode="on")
+    header = [line for line in modelfile.splitlines() if line.startswith("#")]
+    if default == "off":
+        assert unset != render_text(jinja, messages, add_generation_prompt=True)  # not the baked default
+        assert any("think: false" in line and "0.12.4" in line for line in header), header
+        assert not any("overrides it" in line for line in header), header

@@ -211,3 +211,15 @@ def test_a_final_link_that_leaves_the_run_folder_is_refused(run_dir, hub, tmp_pa
     (run_dir / "final").symlink_to(elsewhere)
     proc = tempa("push", str(run_dir), "--repo", "org/model", "--dry-run", endpoint=hub)
     assert proc.returncode == 1 and "outside the run folder" in proc.stderr, proc.stderr
+
+
+def test_the_card_tells_ollama_users_of_an_off_default_to_send_think_false():
+    """Ollama 0.12.4+ thinks when a request leaves `think` unset: a card whose default is 'off' must not promise
+    Ollama users that default."""
+    from tempa.merge.model_card import ModelCardConfig, render_model_card
+    from tempa.sft.stage_api import RecipeInfo
+
+    card = render_model_card(ModelCardConfig(), recipe=RecipeInfo("t", "tempa:tiny", "llama3_thinking"), stages={},
+                             thinking_default="off")
+    ollama = " ".join(line for line in card.splitlines() if "Ollama" in line)
+    assert "falls back to the same default" not in ollama and "think: false" in ollama, ollama

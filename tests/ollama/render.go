@@ -7,7 +7,11 @@
 // which decides whether Ollama treats a model as thinking-capable and which tags it parses.
 // Only the standard library, so `go build` needs no network.
 //
-// stdin:  {"template": "...", "messages": [api.Message JSON], "tools": [api.Tool JSON], "think": null|bool}
+// The chat handler's default is ported too: since Ollama v0.12.4 (server/routes.go, #12533) a request that leaves
+// `think` unset gets think=true when the model is thinking-capable (its template has thinking tags), so the
+// template sees IsThinkSet true; "before_0_12_4": true renders as older versions do (IsThinkSet false).
+//
+// stdin:  {"template": "...", "messages": [api.Message JSON], "tools": [api.Tool JSON], "think": null|bool, "before_0_12_4": bool}
 // stdout: {"prompt": "...", "thinking_tags": ["<open>", "<close>"], "tools_json": ["{{ json . }} of each tool"]}
 package main
 
@@ -238,6 +242,7 @@ func main() {
 		Messages []message      `json:"messages"`
 		Tools    []templateTool `json:"tools"`
 		Think    *bool          `json:"think"`
+		Legacy   bool           `json:"before_0_12_4"`
 	}
 	if err := json.NewDecoder(os.Stdin).Decode(&in); err != nil {
 		fmt.Fprintln(os.Stderr, "bad input:", err)
@@ -253,7 +258,16 @@ func main() {
 	if len(in.Tools) > 0 {
 		tools = in.Tools
 	}
+	open, close := inferTags(tmpl)
+	if in.Think == nil && !in.Legacy && open != "" && close != "" {
+		on := true
+		in.Think = &on
+	}
 	think := in.Think != nil && *in.Think
+	thinkLevel := ""
+	if think {
+		thinkLevel = "medium" // api.ThinkValue.String() of true
+	}
 	var b strings.Builder
 	if err := tmpl.Execute(&b, map[string]any{
 		"System":     system,
@@ -261,13 +275,12 @@ func main() {
 		"Tools":      tools,
 		"Response":   "",
 		"Think":      think,
-		"ThinkLevel": "",
+		"ThinkLevel": thinkLevel,
 		"IsThinkSet": in.Think != nil,
 	}); err != nil {
 		fmt.Fprintln(os.Stderr, "execute:", err)
 		os.Exit(1)
 	}
-	open, close := inferTags(tmpl)
 	toolsJSON := []string{}
 	for _, tool := range tools {
 		toolsJSON = append(toolsJSON, funcs["json"].(func(any) string)(tool))

@@ -28,6 +28,7 @@ template's Go twin (:mod:`tempa.merge.ollama_template`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -43,6 +44,8 @@ from tempa.chat_templates.thinking import end_of_turn_token
 from tempa.merge.ollama_template import ollama_default_note, ollama_template
 from tempa.sft.run_layout import RESOLVED_RECIPE
 from tempa.sft.stage_api import StageError
+
+log = logging.getLogger(__name__)
 
 GGUFType = str  # "f16", "q8_0" (written here) or a key of LLAMA_CPP_QUANTS (llama.cpp's quantiser)
 WRITTEN_TYPES = ("f16", "q8_0")
@@ -227,7 +230,8 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
         with tempfile.TemporaryDirectory(prefix=".tempa-gguf-", dir=target.parent) as scratch:
             f16 = export_gguf(model_dir, Path(scratch) / "model-f16.gguf", file_type="f16")
             types = quantize_gguf(f16.gguf_path, target, file_type)
-            assert f16.modelfile_path is not None
+            if f16.modelfile_path is None:  # a template without a Go twin (logged)
+                return GGUFExport(target, None, f16.tensor_count, file_type, types)
             modelfile = f16.modelfile_path.read_text(encoding="utf-8").replace(
                 f"./{f16.gguf_path.name}", f"./{target.name}")
         target.with_name("Modelfile").write_text(modelfile, encoding="utf-8")
@@ -278,6 +282,11 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
     if tokenizer.bos_token_id is not None:
         writer.add_bos_token_id(tokenizer.bos_token_id)
     generation = generation_defaults(model_dir)
+    try:
+        modelfile_text: str | None = ollama_modelfile(gguf_path.name, tokenizer, generation)
+    except StageError as error:  # llama.cpp reads the embedded Jinja template: the GGUF is still of use
+        log.warning("%s; the GGUF is written without an Ollama Modelfile", error)
+        modelfile_text = None
     eot_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(template))
     # llama.cpp ends generation on eos and eot (and on the other eos ids by their text); the baked eos
     # is the end-of-turn token already.
@@ -309,8 +318,10 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
     os.replace(tmp, gguf_path)
     tensor_types = gguf_tensor_types(gguf_path)
 
+    if modelfile_text is None:
+        return GGUFExport(gguf_path, None, count, file_type, tensor_types)
     modelfile = gguf_path.with_name("Modelfile")
-    modelfile.write_text(ollama_modelfile(gguf_path.name, tokenizer, generation), encoding="utf-8")
+    modelfile.write_text(modelfile_text, encoding="utf-8")
     return GGUFExport(gguf_path, modelfile, count, file_type, tensor_types)
 
 

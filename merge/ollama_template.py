@@ -25,8 +25,8 @@ no Ollama equivalent (the preamble shows the stock template's default date).
 
 from __future__ import annotations
 
-from tempa.chat_templates.templates import TemplateDefaults, template_defaults
-from tempa.chat_templates.thinking import PREFILL, THINK_CLOSE, THINK_OPEN, end_of_turn_token
+from tempa.chat_templates.templates import TemplateDefaults, load_template, template_defaults, with_defaults
+from tempa.chat_templates.thinking import PREFILL, THINK_CLOSE, THINK_OPEN
 
 # The per-request mode ($think), the last user message (reasoning renders after it), the first one (Llama
 # 3.1 puts tool definitions there) and the previous role (ChatML groups consecutive tool results).
@@ -117,7 +117,26 @@ def _chatml(defaults: TemplateDefaults) -> str:
     ])
 
 
-_BUILDERS = {"<|eot_id|>": _llama3, "<|im_end|>": _chatml}
+# The shipped templates that have a Go twin, by name.
+_TWINS = {"llama3_thinking": _llama3, "chatml_thinking": _chatml}
+
+
+def twin_name(chat_template: str) -> str | None:
+    """The shipped template ``chat_template`` is, its baked defaults aside (``None``: another or an edited one).
+
+    The whole text decides, not its end-of-turn token: a recipe's own .jinja in Llama 3 headers would otherwise
+    get llama3_thinking's twin, and Ollama would render another prompt than the GGUF's template in llama.cpp.
+    """
+    defaults = template_defaults(chat_template)
+    for name in _TWINS:
+        try:
+            if with_defaults(load_template(name), defaults) == chat_template:
+                return name
+        except ValueError:  # a default this template cannot take (chatml has no stock preamble)
+            continue
+    return None
+
+
 # The first Ollama release that turns `think` on for a thinking-capable model when a request leaves it unset.
 OLLAMA_THINK_ON_SINCE = "0.12.4"
 
@@ -134,8 +153,9 @@ def ollama_default_note(default: str) -> str:
 
 def ollama_template(chat_template: str) -> str:
     """The Go template that renders like ``chat_template`` (llama3_thinking or chatml_thinking, baked defaults
-    included); ``ValueError`` for a template of another format, which tempa has no Go twin of."""
-    eot = end_of_turn_token(chat_template)
-    if eot not in _BUILDERS:
-        raise ValueError(f"no Ollama template for a chat template ending turns with {eot}")
-    return _BUILDERS[eot](template_defaults(chat_template))
+    included); ``ValueError`` for any other template (an edited copy too), which tempa has no Go twin of."""
+    name = twin_name(chat_template)
+    if name is None:
+        raise ValueError(f"no Ollama template for this chat template: only tempa's {' and '.join(_TWINS)}, as "
+                         "shipped, have a Go twin (not an edited copy or a template of another format)")
+    return _TWINS[name](template_defaults(chat_template))

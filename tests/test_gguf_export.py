@@ -156,3 +156,26 @@ def test_modelfile_carries_the_recipes_sampling_defaults(tiny_model_dir, tmp_pat
     tokenizer = AutoTokenizer.from_pretrained(final)
     assert parameters["stop"] == [f'"{token}"' for token in tokenizer.convert_ids_to_tokens(eos)]
     assert '"<|eot_id|>"' in parameters["stop"]
+
+
+def test_an_edited_template_gets_no_modelfile_of_another_template(tiny_model_dir, tmp_path, caplog):
+    """The Go twin is chosen for tempa's shipped templates only: a recipe's own .jinja that ends turns with
+    <|eot_id|> got llama3_thinking's twin, which renders another prompt in Ollama than the GGUF's template in
+    llama.cpp. Its GGUF is still written (llama.cpp uses the embedded template), without a Modelfile."""
+    from gguf import GGUFReader
+
+    from tempa.chat_templates import bake_tokenizer, load_template
+    from tempa.merge.gguf_export import export_gguf
+
+    own = tmp_path / "own.jinja"
+    own.write_text(load_template("llama3_thinking").replace("Environment: ipython", "Environment: sandbox"))
+    final = tmp_path / "final"
+    bake_tokenizer(tiny_model_dir, str(own), final, model_dir=tiny_model_dir)
+    for name in ("config.json", "model.safetensors"):
+        (final / name).write_bytes((tiny_model_dir / name).read_bytes())
+    out = tmp_path / "out" / "own.gguf"
+    with caplog.at_level("WARNING"):
+        result = export_gguf(final, out)
+    assert result.modelfile_path is None and not (out.parent / "Modelfile").exists()
+    assert "sandbox" in field_text(GGUFReader(str(out)), "tokenizer.chat_template")
+    assert "without an Ollama Modelfile" in caplog.text and "llama3_thinking" in caplog.text

@@ -7,7 +7,7 @@ generation config, model card) in one commit, made with huggingface_hub's own
 folder that :func:`tempa.merge.publish.publish_problems` finds clean (no pickles, no local path or
 secret in its text) and whose stages are all complete and current. The card's usage snippet
 names the repo. The token is huggingface_hub's own (``HF_TOKEN`` or ``hf auth login``); tempa
-never reads or logs it.
+only asks whether there is one (a push without one stops before any call) and never logs it.
 """
 
 from __future__ import annotations
@@ -91,8 +91,11 @@ def push(run_dir: Path, repo: str, *, include_gguf: bool = False, private: bool 
     files = push_files(folder, include_gguf=include_gguf)
     if dry_run:
         return files, None
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, get_token
 
+    if get_token() is None:  # else the Hub's 401 comes after the calls, as an HTTP error
+        raise StageError(f"no Hugging Face token to push {repo} with: set HF_TOKEN or run `hf auth login` "
+                         "(--dry-run needs none)")
     api = HfApi()
     api.create_repo(repo, private=private, exist_ok=True)
     info = api.create_commit(repo, operations=commit_operations(folder, files, repo),

@@ -98,9 +98,15 @@ def run_dir(tmp_path, tiny_model_dir):
     return run
 
 
-def tempa(*args: str, endpoint: str = "http://127.0.0.1:9") -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB_OFFLINE")}
-    env.update(HF_ENDPOINT=endpoint, HF_TOKEN="hf_" + "x" * 34, HF_HUB_DISABLE_TELEMETRY="1")
+def tempa(*args: str, endpoint: str = "http://127.0.0.1:9", token: str | None = "hf_" + "x" * 34,
+          hf_home: str | None = None) -> subprocess.CompletedProcess:
+    """The CLI against ``endpoint``; ``token`` None: no HF_TOKEN (``hf_home``: where a login would be stored)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_OFFLINE", "HF_TOKEN"))}
+    env.update(HF_ENDPOINT=endpoint, HF_HUB_DISABLE_TELEMETRY="1")
+    if token is not None:
+        env["HF_TOKEN"] = token
+    if hf_home is not None:
+        env["HF_HOME"] = hf_home
     return subprocess.run([sys.executable, "-m", "tempa.recipes.cli", *args], capture_output=True, text=True,
                           env=env, timeout=120)
 
@@ -223,3 +229,18 @@ def test_the_card_tells_ollama_users_of_an_off_default_to_send_think_false():
                              thinking_default="off")
     ollama = " ".join(line for line in card.splitlines() if "Ollama" in line)
     assert "falls back to the same default" not in ollama and "think: false" in ollama, ollama
+
+
+def test_a_push_without_a_token_is_refused_before_anything_goes_up(run_dir, hub, tmp_path):
+    """No HF_TOKEN and no `hf auth login`: huggingface_hub would call the Hub anonymously and the Hub answer 401
+    after the repo step; tempa says what is missing, in one line, before any call."""
+    proc = tempa("push", str(run_dir), "--repo", "org/model", endpoint=hub, token=None,
+                 hf_home=str(tmp_path / "no-login"))
+    assert proc.returncode == 1, proc.stdout
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "HF_TOKEN" in err[0] and "hf auth login" in err[0], proc.stderr
+    assert FakeHub.repos == [] and FakeHub.commits == []
+    # a dry run needs no token
+    assert tempa("push", str(run_dir), "--repo", "org/model", "--dry-run", endpoint=hub, token=None,
+                 hf_home=str(tmp_path / "no-login")).returncode == 0
+

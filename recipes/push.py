@@ -7,7 +7,8 @@ generation config, model card) in one commit, made with huggingface_hub's own
 folder that :func:`tempa.merge.publish.publish_problems` finds clean (no pickles, no local path or
 secret in its text) and whose stages are all complete and current. The card's usage snippet
 names the repo. The token is huggingface_hub's own (``HF_TOKEN`` or ``hf auth login``); tempa
-only asks whether there is one (a push without one stops before any call) and never logs it.
+only asks whether there is one (a push without one stops before any call) and never logs it. Without
+``--private`` the repo gets the Hub's default visibility (public, or an organisation's private default).
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def push(run_dir: Path, repo: str, *, include_gguf: bool = False, private: bool 
         raise StageError(f"no Hugging Face token to push {repo} with: set HF_TOKEN or run `hf auth login` "
                          "(--dry-run needs none)")
     api = HfApi()
-    api.create_repo(repo, private=private, exist_ok=True)
+    # None, not False, without --private: the Hub's default then applies (an organisation's may be private)
+    api.create_repo(repo, private=True if private else None, exist_ok=True)
     info = api.create_commit(repo, operations=commit_operations(folder, files, repo),
                              commit_message=message or f"Upload {repo} (tempa)")
     return files, info.commit_url

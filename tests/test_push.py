@@ -244,3 +244,11 @@ def test_a_push_without_a_token_is_refused_before_anything_goes_up(run_dir, hub,
     assert tempa("push", str(run_dir), "--repo", "org/model", "--dry-run", endpoint=hub, token=None,
                  hf_home=str(tmp_path / "no-login")).returncode == 0
 
+
+def test_the_repo_visibility_is_the_hubs_default_unless_private_is_asked(run_dir, hub):
+    """Without --private the repo is created as the Hub decides (public, or private where the organisation's
+    default is private): tempa passed private=False, which huggingface_hub sends as visibility "public"."""
+    assert tempa("push", str(run_dir), "--repo", "org/model", endpoint=hub).returncode == 0
+    assert "visibility" not in FakeHub.repos[-1] and "private" not in FakeHub.repos[-1], FakeHub.repos[-1]
+    assert tempa("push", str(run_dir), "--repo", "org/model", "--private", endpoint=hub).returncode == 0
+    assert FakeHub.repos[-1].get("visibility") == "private" or FakeHub.repos[-1].get("private") is True

@@ -8,7 +8,8 @@ folder that :func:`tempa.merge.publish.publish_problems` finds clean (no pickles
 secret in its text) and whose stages are all complete and current. The card's usage snippet
 names the repo. The token is huggingface_hub's own (``HF_TOKEN`` or ``hf auth login``); tempa
 only asks whether there is one (a push without one stops before any call) and never logs it. Without
-``--private`` the repo gets the Hub's default visibility (public, or an organisation's private default).
+``--private`` the repo gets the Hub's default visibility (public, or an organisation's private default);
+with it, a repo that already exists and is public is refused (the Hub would not make it private).
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def push(run_dir: Path, repo: str, *, include_gguf: bool = False, private: bool 
     api = HfApi()
     # None, not False, without --private: the Hub's default then applies (an organisation's may be private)
     api.create_repo(repo, private=True if private else None, exist_ok=True)
+    if private and not api.model_info(repo).private:  # create_repo leaves an existing repo's visibility as it is
+        raise StageError(f"--private: {repo} already exists and is public, so this upload would be public; make "
+                         f"the repo private on the Hub first (its settings page), or push without --private")
     info = api.create_commit(repo, operations=commit_operations(folder, files, repo),
                              commit_message=message or f"Upload {repo} (tempa)")
     return files, info.commit_url

@@ -36,6 +36,7 @@ class FakeHub(BaseHTTPRequestHandler):
     commits: ClassVar[list[dict]] = []
     repos: ClassVar[list[dict]] = []
     tokens: ClassVar[set[str]] = set()
+    existing: ClassVar[dict[str, bool]] = {}  # repos already on the Hub: id -> private
 
     def log_message(self, *args):
         pass
@@ -56,6 +57,9 @@ class FakeHub(BaseHTTPRequestHandler):
             request = json.loads(body)
             FakeHub.repos.append(request)
             repo = f"{request.get('organization')}/{request['name']}"
+            if repo in FakeHub.existing:
+                return self._reply({"error": "You already created this model repo", "url": f"{endpoint}/{repo}"}, 409)
+            FakeHub.existing[repo] = request.get("visibility") == "private"
             return self._reply({"url": f"{endpoint}/{repo}", "name": repo, "id": repo})
         if self.path == "/api/validate-yaml":
             return self._reply({"errors": [], "warnings": []})
@@ -71,10 +75,16 @@ class FakeHub(BaseHTTPRequestHandler):
             return self._reply({"commitUrl": f"{endpoint}/org/model/commit/{'a' * 40}", "commitOid": "a" * 40})
         self._reply({"error": f"not served: {self.path}"}, 404)
 
+    def do_GET(self):
+        repo = self.path.removeprefix("/api/models/").split("?")[0].split("/revision/")[0]
+        if repo in FakeHub.existing:
+            return self._reply({"id": repo, "private": FakeHub.existing[repo], "sha": "b" * 40})
+        self._reply({"error": f"not served: {self.path}"}, 404)
+
 
 @pytest.fixture()
 def hub():
-    FakeHub.commits, FakeHub.repos, FakeHub.tokens = [], [], set()
+    FakeHub.commits, FakeHub.repos, FakeHub.tokens, FakeHub.existing = [], [], set(), {}
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -250,5 +260,18 @@ def test_the_repo_visibility_is_the_hubs_default_unless_private_is_asked(run_dir
     default is private): tempa passed private=False, which huggingface_hub sends as visibility "public"."""
     assert tempa("push", str(run_dir), "--repo", "org/model", endpoint=hub).returncode == 0
     assert "visibility" not in FakeHub.repos[-1] and "private" not in FakeHub.repos[-1], FakeHub.repos[-1]
-    assert tempa("push", str(run_dir), "--repo", "org/model", "--private", endpoint=hub).returncode == 0
+    assert tempa("push", str(run_dir), "--repo", "org/secret", "--private", endpoint=hub).returncode == 0
     assert FakeHub.repos[-1].get("visibility") == "private" or FakeHub.repos[-1].get("private") is True
+
+
+def test_private_is_refused_for_a_repo_that_exists_and_is_public(run_dir, hub):
+    """--private cannot make an existing repo private (huggingface_hub ignores it then): the upload would be
+    public although the user asked otherwise, so it is refused before the commit."""
+    FakeHub.existing = {"org/model": False}
+    proc = tempa("push", str(run_dir), "--repo", "org/model", "--private", endpoint=hub)
+    assert proc.returncode == 1 and FakeHub.commits == [], proc.stdout
+    err = [line for line in proc.stderr.splitlines() if "error" in line]  # besides httpx's request lines
+    assert len(err) == 1 and "org/model" in err[0] and "public" in err[0] and "--private" in err[0], proc.stderr
+    FakeHub.existing = {"org/model": True}
+    assert tempa("push", str(run_dir), "--repo", "org/model", "--private", endpoint=hub).returncode == 0
+    assert len(FakeHub.commits) == 1

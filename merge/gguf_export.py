@@ -283,7 +283,8 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
         writer.add_bos_token_id(tokenizer.bos_token_id)
     generation = generation_defaults(model_dir)
     try:
-        modelfile_text: str | None = ollama_modelfile(gguf_path.name, tokenizer, generation)
+        modelfile_text: str | None = ollama_modelfile(gguf_path.name, tokenizer, generation,
+                                                      license_id=card_license(model_dir))
     except StageError as error:  # llama.cpp reads the embedded Jinja template: the GGUF is still of use
         log.warning("%s; the GGUF is written without an Ollama Modelfile", error)
         modelfile_text = None
@@ -375,9 +376,26 @@ def _stop_ids(generation: dict[str, Any]) -> list[int]:
     return [eos] if isinstance(eos, int) else list(eos or [])
 
 
-def ollama_modelfile(gguf_name: str, tokenizer, generation: dict[str, Any]) -> str:
+def card_license(model_dir: Path) -> str | None:
+    """The ``license`` of the folder's model card (README.md front matter: the recipe's model_card.license)."""
+    import yaml
+
+    path = Path(model_dir) / "README.md"
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if not text.startswith("---\n") or "\n---" not in text[4:]:
+        return None
+    try:
+        front = yaml.safe_load(text[4:].split("\n---", 1)[0])
+    except yaml.YAMLError:
+        return None  # a hand-edited card: the Modelfile goes without a LICENSE rather than fail the export
+    value = front.get("license") if isinstance(front, dict) else None
+    return str(value) if value else None
+
+
+def ollama_modelfile(gguf_name: str, tokenizer, generation: dict[str, Any], license_id: str | None = None) -> str:
     """An Ollama Modelfile: the GGUF, the chat template's Go twin, the stop tokens (the eos ids of
-    ``generation``, generation_config.json's keys), the sampling defaults, and the default mode.
+    ``generation``, generation_config.json's keys), the sampling defaults, the default mode, and the
+    ``license_id`` (the model card's) that ``ollama show --license`` prints.
 
     The TEMPLATE follows Ollama's ``think`` request switch, and the template's baked default (the recipe's
     ``thinking_default``) when a request leaves it unset, which only Ollama before 0.12.4 does: the header says
@@ -399,4 +417,6 @@ def ollama_modelfile(gguf_name: str, tokenizer, generation: dict[str, Any]) -> s
     ]
     lines += [f'PARAMETER stop "{stop}"' for stop in dict.fromkeys(stops)]
     lines += [f"PARAMETER {name} {value}" for name, value in ollama_parameters(generation).items()]
+    if license_id and '"""' not in license_id:
+        lines.append(f'LICENSE """{license_id}"""')
     return "\n".join(lines) + "\n"

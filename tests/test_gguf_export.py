@@ -179,3 +179,19 @@ def test_an_edited_template_gets_no_modelfile_of_another_template(tiny_model_dir
     assert result.modelfile_path is None and not (out.parent / "Modelfile").exists()
     assert "sandbox" in field_text(GGUFReader(str(out)), "tokenizer.chat_template")
     assert "without an Ollama Modelfile" in caplog.text and "llama3_thinking" in caplog.text
+
+
+def test_modelfile_names_the_cards_license(baked_model, tmp_path):
+    """`ollama show --license` and the Ollama registry read the Modelfile's LICENSE: the model card's license
+    (the recipe's model_card.license) must reach it."""
+    import shutil
+
+    from tempa.merge.gguf_export import export_gguf
+
+    final = tmp_path / "final"
+    shutil.copytree(baked_model, final)
+    (final / "README.md").write_text("---\nlicense: llama3.1\nlibrary_name: transformers\n---\n\n# t\n")
+    modelfile = export_gguf(final, tmp_path / "out" / "m.gguf").modelfile_path.read_text()
+    assert '\nLICENSE """llama3.1"""\n' in modelfile
+    (final / "README.md").write_text("# no front matter\n")
+    assert "LICENSE" not in export_gguf(final, tmp_path / "out" / "m.gguf").modelfile_path.read_text()

@@ -38,6 +38,16 @@ CONVERSATIONS: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]] | None
         {"role": "assistant", "content": "Để tôi kiểm tra.", "thinking": "Gọi công cụ thời tiết.", "tool_calls": [CALL]},
         {"role": "tool", "content": "30C", "tool_name": "get_weather"},
     ], [WEATHER_TOOL]),
+    "no system prompt, no tools, history reasoning dropped": ([
+        {"role": "user", "content": "Hai"},
+        {"role": "assistant", "content": "Halo!", "thinking": "Sapaan."},
+        {"role": "user", "content": "Apa kabar?"},
+    ], None),
+    "tool loop without reasoning": ([
+        {"role": "user", "content": "Thời tiết ở Huế?"},
+        {"role": "assistant", "content": "", "tool_calls": [CALL]},
+        {"role": "tool", "content": "30C"},
+    ], [WEATHER_TOOL]),
     "second loop after a finished one": ([
         {"role": "user", "content": "Thời tiết ở Huế?"},
         {"role": "assistant", "content": "", "thinking": "Gọi công cụ.", "tool_calls": [CALL]},
@@ -103,14 +113,17 @@ def _cases():
             conversations["parallel calls, grouped results"] = PARALLEL
         for case in conversations:
             for default in ("on", "off"):
-                yield pytest.param(name, case, default, id=f"{name}-{case}-default {default}")
+                yield pytest.param(name, case, default, False, id=f"{name}-{case}-default {default}")
+            if name == "llama3_thinking":  # Llama 3.1's own system block (recipe stock_preamble: true)
+                yield pytest.param(name, case, "on", True, id=f"{name}-{case}-stock preamble")
 
 
-@pytest.mark.parametrize(("template_name", "case", "default"), list(_cases()))
+@pytest.mark.parametrize(("template_name", "case", "default", "stock_preamble"), list(_cases()))
 def test_modelfile_template_renders_as_the_jinja_template(
-    go_renderer: Path, template_name: str, case: str, default: str
+    go_renderer: Path, template_name: str, case: str, default: str, stock_preamble: bool
 ) -> None:
-    jinja = with_defaults(load_template(template_name), TemplateDefaults(thinking_mode=default))
+    defaults = TemplateDefaults(thinking_mode=default, stock_preamble=stock_preamble)
+    jinja = with_defaults(load_template(template_name), defaults)
     go = ollama_template(jinja)
     messages, tools = CONVERSATIONS.get(case) or PARALLEL
     # (think, Ollama before 0.12.4): an unset `think` is Ollama's `true` since 0.12.4, the baked default before.

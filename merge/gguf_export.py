@@ -33,6 +33,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -255,68 +256,69 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
     gguf_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = gguf_path.with_name(f".{gguf_path.name}.partial")
 
-    n_head, n_kv = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
-    writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-    writer.add_name(name)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_kv)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or
-                                    (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if file_type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
+    with removed_on_failure(tmp):
+        n_head, n_kv = config.num_attention_heads, config.num_key_value_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+        writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+        writer.add_name(name)
+        writer.add_context_length(config.max_position_embeddings)
+        writer.add_embedding_length(config.hidden_size)
+        writer.add_block_count(config.num_hidden_layers)
+        writer.add_feed_forward_length(config.intermediate_size)
+        writer.add_head_count(n_head)
+        writer.add_head_count_kv(n_kv)
+        writer.add_rope_dimension_count(head_dim)
+        writer.add_rope_freq_base(float(getattr(config, "rope_theta", None) or
+                                        (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)))
+        writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+        writer.add_vocab_size(config.vocab_size)
+        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if file_type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
 
-    tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    tokens, types, merges = _vocab(model_dir, tokenizer_json, tokenizer)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_pre_tokenizer_name(tokenizer_json))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    if tokenizer.bos_token_id is not None:
-        writer.add_bos_token_id(tokenizer.bos_token_id)
-    generation = generation_defaults(model_dir)
-    try:
-        modelfile_text: str | None = ollama_modelfile(gguf_path.name, tokenizer, generation,
-                                                      license_id=card_license(model_dir))
-    except StageError as error:  # llama.cpp reads the embedded Jinja template: the GGUF is still of use
-        log.warning("%s; the GGUF is written without an Ollama Modelfile", error)
-        modelfile_text = None
-    eot_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(template))
-    # llama.cpp ends generation on eos and eot (and on the other eos ids by their text); the baked eos
-    # is the end-of-turn token already.
-    writer.add_eos_token_id(tokenizer.eos_token_id)
-    writer.add_eot_token_id(eot_id)
-    if tokenizer.pad_token_id is not None:
-        writer.add_pad_token_id(tokenizer.pad_token_id)
-    writer.add_add_bos_token(False)  # the chat template writes <|begin_of_text|> itself
-    writer.add_chat_template(serving_template(template))
+        tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+        tokens, types, merges = _vocab(model_dir, tokenizer_json, tokenizer)
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(_pre_tokenizer_name(tokenizer_json))
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        writer.add_token_merges(merges)
+        if tokenizer.bos_token_id is not None:
+            writer.add_bos_token_id(tokenizer.bos_token_id)
+        generation = generation_defaults(model_dir)
+        try:
+            modelfile_text: str | None = ollama_modelfile(gguf_path.name, tokenizer, generation,
+                                                          license_id=card_license(model_dir))
+        except StageError as error:  # llama.cpp reads the embedded Jinja template: the GGUF is still of use
+            log.warning("%s; the GGUF is written without an Ollama Modelfile", error)
+            modelfile_text = None
+        eot_id = tokenizer.convert_tokens_to_ids(end_of_turn_token(template))
+        # llama.cpp ends generation on eos and eot (and on the other eos ids by their text); the baked eos
+        # is the end-of-turn token already.
+        writer.add_eos_token_id(tokenizer.eos_token_id)
+        writer.add_eot_token_id(eot_id)
+        if tokenizer.pad_token_id is not None:
+            writer.add_pad_token_id(tokenizer.pad_token_id)
+        writer.add_add_bos_token(False)  # the chat template writes <|begin_of_text|> itself
+        writer.add_chat_template(serving_template(template))
 
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    count = 0
-    for hf_name, data in _tensors(model_dir):
-        if hf_name.endswith("rotary_emb.inv_freq"):
-            continue
-        if hf_name.endswith("q_proj.weight"):
-            data = permute_rotary(data, n_head)
-        elif hf_name.endswith("k_proj.weight"):
-            data = permute_rotary(data, n_kv)
-        new_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if new_name is None:
-            raise StageError(f"{model_dir}: no GGUF name for tensor {hf_name}")
-        _add_tensor(writer, new_name, data, file_type)
-        count += 1  # tied embeddings: llama.cpp reuses token_embd when output.weight is absent
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(tmp, gguf_path)
+        name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+        count = 0
+        for hf_name, data in _tensors(model_dir):
+            if hf_name.endswith("rotary_emb.inv_freq"):
+                continue
+            if hf_name.endswith("q_proj.weight"):
+                data = permute_rotary(data, n_head)
+            elif hf_name.endswith("k_proj.weight"):
+                data = permute_rotary(data, n_kv)
+            new_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            if new_name is None:
+                raise StageError(f"{model_dir}: no GGUF name for tensor {hf_name}")
+            _add_tensor(writer, new_name, data, file_type)
+            count += 1  # tied embeddings: llama.cpp reuses token_embd when output.weight is absent
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, gguf_path)
     tensor_types = gguf_tensor_types(gguf_path)
 
     if modelfile_text is None:
@@ -336,6 +338,17 @@ def _add_tensor(writer, name: str, data: np.ndarray, file_type: GGUFType) -> Non
         writer.add_tensor(name, quantized, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
     else:
         writer.add_tensor(name, data.astype(np.float16))
+
+
+@contextmanager
+def removed_on_failure(path: Path) -> Iterator[None]:
+    """Remove ``path`` (a partial file) when the block writing it fails: it is hidden, so nothing would ever use
+    or remove it, and an f16 70B is ~140 GB."""
+    try:
+        yield
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def generation_defaults(model_dir: Path) -> dict[str, Any]:

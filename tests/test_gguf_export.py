@@ -195,3 +195,23 @@ def test_modelfile_names_the_cards_license(baked_model, tmp_path):
     assert '\nLICENSE """llama3.1"""\n' in modelfile
     (final / "README.md").write_text("# no front matter\n")
     assert "LICENSE" not in export_gguf(final, tmp_path / "out" / "m.gguf").modelfile_path.read_text()
+
+
+def test_a_conversion_that_fails_while_writing_leaves_no_partial_file(baked_model, tmp_path, monkeypatch, capsys):
+    """A disk that fills while the tensors are written (an f16 70B is ~140 GB) must not leave the partial file
+    behind: it is hidden, so nothing would ever use or remove it."""
+    import errno
+
+    import gguf
+
+    real = gguf.GGUFWriter.write_tensors_to_file
+
+    def fill_the_disk(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", fill_the_disk)
+    out = tmp_path / "out" / "m.gguf"
+    assert main(["export", "gguf", str(baked_model), "--out", str(out)]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert sorted(p.name for p in out.parent.iterdir()) == []

@@ -163,8 +163,9 @@ class Recipe(BaseModel):
     thinking_default: OnOff = Field(
         default="on",
         description="The thinking mode the baked chat template uses when a caller passes no `thinking_mode` / "
-        "`enable_thinking` (transformers, vLLM, llama.cpp, the Ollama Modelfile). Set `off` for a model "
-        "trained without reasoning; the run warns when no trained row was in this mode.",
+        "`enable_thinking` (transformers, vLLM, llama.cpp). Ollama (0.12.4 on) turns thinking on for a request "
+        "without `think`, whatever this says. Set `off` for a model trained without reasoning; the run warns when "
+        "no trained row was in this mode.",
     )
     stock_preamble: bool = Field(
         default=False,

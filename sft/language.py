@@ -4,7 +4,7 @@ One home for the rules every language check in tempa shares (SFT curation's lang
 preference stage's ``language`` reward, the evaluate stage's ``language`` suite):
 
 - **codes**: users write ISO 639-1 (``id``), ISO 639-2/3 (``ind``, ``fil``), BCP 47 tags
-  (``zh-Hant``, ``ms_MY``) or FLORES-style codes (``tha_Thai``); :func:`canonical` maps them to
+  (``zh-Hant``, ``ms_MY``) or FLORES-200 codes (``tha_Thai``, ``jpn_Jpan``); :func:`canonical` maps them to
   the detector's spelling (:data:`ALIASES`), :func:`check_codes` rejects what it cannot detect;
 - **equivalence**: languages the detector cannot reliably tell apart count as one by default
   (:data:`EQUIVALENT`); callers may pass their own groups, or none;
@@ -68,6 +68,28 @@ ALIASES: Mapping[str, str] = {
     "nor": "no",
     "nno": "nn",
     "iw": "he",  # Hebrew's ISO 639-1 code before 1989
+    # FLORES-200 names individual languages where ISO 639-1 has the macrolanguage.
+    "arb": "ar", "ekk": "et", "pes": "fa", "prs": "fa", "lvs": "lv", "khk": "mn", "npi": "ne", "ory": "or",
+    "pbt": "ps", "als": "sq", "swh": "sw", "uzn": "uz", "azj": "az", "gaz": "om", "plt": "mg", "kmr": "ku",
+    "quy": "qu",
+    **{iso3: iso1 for iso1, codes in (
+        # The ISO 639-2/T (= 639-3) code, then any 639-2/B code, of every other ISO 639-1 language the detector knows.
+        ("af", "afr"), ("am", "amh"), ("an", "arg"), ("ar", "ara"), ("as", "asm"), ("az", "aze"), ("ba", "bak"),
+        ("be", "bel"), ("bg", "bul"), ("bn", "ben"), ("br", "bre"), ("bs", "bos"), ("ca", "cat"), ("cs", "ces cze"),
+        ("cy", "cym wel"), ("da", "dan"), ("de", "deu ger"), ("dz", "dzo"), ("el", "ell gre"), ("eo", "epo"),
+        ("es", "spa"), ("et", "est"), ("eu", "eus baq"), ("fa", "fas per"), ("fi", "fin"), ("fo", "fao"),
+        ("fr", "fra fre"), ("fy", "fry"), ("ga", "gle"), ("gd", "gla"), ("gl", "glg"), ("gu", "guj"), ("ha", "hau"),
+        ("he", "heb"), ("hi", "hin"), ("hr", "hrv"), ("ht", "hat"), ("hu", "hun"), ("hy", "hye arm"), ("ig", "ibo"),
+        ("is", "isl ice"), ("it", "ita"), ("ja", "jpn"), ("ka", "kat geo"), ("kk", "kaz"), ("kn", "kan"),
+        ("ko", "kor"), ("ku", "kur"), ("ky", "kir"), ("la", "lat"), ("lb", "ltz"), ("lg", "lug"), ("ln", "lin"),
+        ("lt", "lit"), ("lv", "lav"), ("mg", "mlg"), ("mk", "mkd mac"), ("ml", "mal"), ("mn", "mon"), ("mr", "mar"),
+        ("mt", "mlt"), ("ne", "nep"), ("nl", "nld dut"), ("oc", "oci"), ("om", "orm"), ("or", "ori"), ("pa", "pan"),
+        ("pl", "pol"), ("ps", "pus"), ("pt", "por"), ("qu", "que"), ("ro", "ron rum"), ("ru", "rus"), ("rw", "kin"),
+        ("sa", "san"), ("se", "sme"), ("si", "sin"), ("sk", "slk slo"), ("sl", "slv"), ("sn", "sna"), ("so", "som"),
+        ("sq", "sqi alb"), ("sr", "srp"), ("st", "sot"), ("sv", "swe"), ("sw", "swa"), ("te", "tel"), ("tg", "tgk"),
+        ("tk", "tuk"), ("tr", "tur"), ("tt", "tat"), ("ug", "uig"), ("uk", "ukr"), ("ur", "urd"), ("uz", "uzb"),
+        ("vo", "vol"), ("wa", "wln"), ("xh", "xho"), ("yo", "yor"), ("zu", "zul"),
+    ) for iso3 in codes.split()},
 }
 
 # What people write where a code goes: suggested ("did you mean 'id'?"), never taken silently, as a name
@@ -77,6 +99,9 @@ NAMES: Mapping[str, str] = {
     "tagalog": "tl", "filipino": "tl", "tamil": "ta", "burmese": "my", "myanmar": "my", "khmer": "km",
     "javanese": "jv", "english": "en", "chinese": "zh", "mandarin": "zh",
     "cantonese": "yue", "japanese": "ja", "jp": "ja", "korean": "ko", "kr": "ko",
+    # and languages' own names for themselves
+    "bahasa indonesia": "id", "bahasa melayu": "ms", "ภาษาไทย": "th", "ไทย": "th", "tiếng việt": "vi",
+    "தமிழ்": "ta", "日本語": "ja", "中文": "zh", "한국어": "ko", "မြန်မာ": "my", "ខ្មែរ": "km", "ລາວ": "lo",
 }
 
 # Groups of detector codes that count as one language unless a caller passes other groups.
@@ -166,10 +191,15 @@ def check_codes(codes: Iterable[str]) -> list[str]:
     for code in codes:
         spelled = canonical(code)
         if spelled not in supported():
-            hint = NAMES.get(str(code).strip().lower()) or closest(str(code).lower(), [*supported(), *ALIASES])
-            suggestion = f" (did you mean {canonical(hint)!r}?)" if hint else ""  # 'thai': 'th', not the alias 'tha'
+            # A two- or three-letter code that is not known is another language's code (ceb: Cebuano), not a typo.
+            typed = str(code).strip().lower()
+            hint = NAMES.get(typed) or (closest(typed, [*supported(), *ALIASES, *NAMES]) if len(typed) > 3 else None)
+            hint = NAMES.get(hint, hint) if hint else None
+            if hint:  # 'thai': 'th', not the alias 'tha'; a good guess says more than 139 codes
+                raise ValueError(f"language code {code!r} is not one the language detector (py3langid) knows "
+                                 f"(did you mean {canonical(hint)!r}?)")
             raise ValueError(
-                f"language code {code!r} is not one the language detector (py3langid) knows{suggestion}; "
+                f"language code {code!r} is not one the language detector (py3langid) knows; "
                 f"known: {', '.join(sorted(supported()))}"
             )
         out.append(spelled)

@@ -37,9 +37,21 @@ def test_codes_users_write_map_to_the_detectors() -> None:
                "zh-Hant": "zh", "zh_CN": "zh", "cmn": "zh", "ms-MY": "ms", "nb": "no", "mya": "my", "th": "th"}
     assert {code: language.canonical(code) for code in spelled} == spelled
     assert language.check_codes(["fil", "tl", "id"]) == ["tl", "id"]
-    with pytest.raises(ValueError, match=r"'tagalog' is not one the language detector \(py3langid\) knows "
-                                         r"\(did you mean 'tl'\?\); known: .*\btl\b"):
+    with pytest.raises(ValueError, match=r"^language code 'tagalog' is not one the language detector \(py3langid\) "
+                                         r"knows \(did you mean 'tl'\?\)$"):
         language.check_codes(["id", "tagalog"])
+    # ISO 639-2/3 and FLORES-200 codes of every language it knows, and languages' own names as suggestions
+    spelled = {"jpn": "ja", "jpn_Jpan": "ja", "kor": "ko", "kor_Hang": "ko", "deu": "de", "ger": "de",
+               "arb_Arab": "ar", "npi_Deva": "ne", "hin_Deva": "hi", "zsm_Latn": "ms", "swh_Latn": "sw"}
+    assert {code: language.check_codes([code])[0] for code in spelled} == spelled
+    for name, code in (("日本語", "ja"), ("ภาษาไทย", "th"), ("Bahasa Indonesia", "id"), ("indonesain", "id")):
+        with pytest.raises(ValueError, match=rf"\(did you mean '{code}'\?\)$"):
+            language.check_codes([name])
+    # a code of a language it does not know is no typo of one it does (kor was "did you mean 'or'?")
+    with pytest.raises(ValueError, match=r"'ceb' is not one .* knows; known: ace, af, .*\btl\b"):
+        language.check_codes(["ceb"])
+    assert all(code in language.supported() and alias not in language.supported()
+               for alias, code in language.ALIASES.items())
     # a language's name (or a country's code) is suggested as the code it means, and every such code is one it knows
     for name, code in (("Indonesian", "id"), ("vn", "vi"), ("thai", "th"), ("jp", "ja")):
         with pytest.raises(ValueError, match=rf"'{name}' is not one .* \(did you mean '{code}'\?\)"):

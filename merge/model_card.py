@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tempa.merge.leaderboard import EvaluateResult
 from tempa.merge.merge_result import RECIPE_BASE, MergeResult
 from tempa.merge.ollama_template import ollama_default_note
+from tempa.sft import language
 from tempa.sft.stage import SFTResult
 from tempa.sft.stage_api import RecipeInfo, Upstream, format_metric, looks_local
 
@@ -262,14 +263,16 @@ USAGE_QUESTIONS = {
     "th": "เมืองหลวงของประเทศไทยคืออะไร?",
     "vi": "Thủ đô của Việt Nam là gì?",
     "tl": "Ano ang kabisera ng Pilipinas?",
-    "fil": "Ano ang kabisera ng Pilipinas?",
     "ta": "இந்தியாவின் தலைநகரம் எது?",
+    "ja": "日本の首都はどこですか？",
+    "zh": "中国的首都是哪里？",
+    "ko": "한국의 수도는 어디입니까?",
 }
 
 
 def usage_question(languages: Sequence[str]) -> str:
-    """The usage example's question in ``languages[0]`` (``th``, ``th-TH``), else in English."""
-    code = re.split(r"[-_]", languages[0].strip().lower())[0] if languages else "en"
+    """The usage example's question in ``languages[0]`` (``th``, ``th-TH``, ``jpn_Jpan``, ``fil``), else in English."""
+    code = language.canonical(languages[0]) if languages else "en"
     return USAGE_QUESTIONS.get(code, USAGE_QUESTIONS["en"])
 
 

@@ -394,7 +394,10 @@ def test_the_card_names_the_stage_whose_weights_ship(tmp_path, tiny_model_dir, r
 @pytest.mark.parametrize(("languages", "question"), [
     (["th"], "เมืองหลวงของประเทศไทยคืออะไร?"), (["vi", "en"], "Thủ đô của Việt Nam là gì?"),
     (["id"], "Apa ibu kota Indonesia?"), (["th-TH"], "เมืองหลวงของประเทศไทยคืออะไร?"),
-    (["xx"], "What is the capital of Indonesia?"), ([], "What is the capital of Indonesia?")])
+    (["xx"], "What is the capital of Indonesia?"), ([], "What is the capital of Indonesia?"),
+    # a Japanese card asked about Indonesia in English; codes are read as the language checks read them
+    (["ja"], "日本の首都はどこですか？"), (["jpn_Jpan"], "日本の首都はどこですか？"), (["zh-Hant"], "中国的首都是哪里？"),
+    (["ko"], "한국의 수도는 어디입니까?"), (["fil"], "Ano ang kabisera ng Pilipinas?")])
 def test_the_card_usage_example_asks_in_the_card_first_language(languages, question):
     """A card with `languages: [th]` showed an Indonesian question; it follows the first language tempa has an
     example for, else English."""

@@ -1,7 +1,9 @@
 """Offline preference data: an existing chosen/rejected dataset, curated into DPO pairs.
 
 A row is UltraFeedback-style: ``prompt`` / ``chosen`` / ``rejected``, each either plain text or a
-list of ``{role, content}`` turns (``reasoning_content`` on assistant turns is kept). ``chosen`` and
+list of ``{role, content}`` turns (``reasoning_content`` on assistant turns is kept; a tool loop's
+``tool_calls`` and ``tool`` results too), and optionally the ``tools`` it offers, which every rendering
+of the pair (its check here, trl's training) is given. ``chosen`` and
 ``rejected`` may also be whole conversations that repeat the prompt (trl's implicit-prompt form):
 their shared leading turns are then the prompt. Files are read by the sft readers (JSON Lines
 through tempa's one JSONL reader, Parquet, ``save_to_disk`` folders, hub ids), turns by the sft
@@ -26,7 +28,7 @@ from tempa.chat_templates.json_files import text_error
 from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft import curation
 from tempa.sft.data_config import SourceConfig
-from tempa.sft.formats import RowError, normalize_row, spec_for
+from tempa.sft.formats import RowError, normalize_row, spec_for, tools_of
 from tempa.sft.stage_api import OnOff, resolve_path
 
 IDENTICAL_PAIR = "identical_pair"
@@ -48,6 +50,8 @@ class OfflinePairs(BaseModel):
                         "rejected repeat the prompt).")
     chosen: str = Field(default="chosen", description="Chosen column (text or turns).")
     rejected: str = Field(default="rejected", description="Rejected column (text or turns).")
+    tools: str = Field(default="tools", description="Column with the tool definitions the conversation offers "
+                       "(a list of OpenAI-style definitions or that list as JSON text; optional).")
     thinking_mode: OnOff = Field(
         default="on", description="`on`: a pair with a reasoning trace (`reasoning_content`) renders with thinking "
         "on, one without renders off (as sft renders a turn without a trace); `off`: every pair renders off, "
@@ -92,7 +96,9 @@ def load_offline_pairs(config: OfflinePairs, tokenizer: Any, *, cache_dir: Path 
             continue  # a blank line of a JSON Lines file
         out.read += 1
         try:
-            prompt, chosen, rejected = pair_turns(_row(raw), config, spec)
+            row = _row(raw)
+            prompt, chosen, rejected = pair_turns(row, config, spec)
+            tools = tools_of(row.get(config.tools), repr(config.tools))
         except RowError as exc:
             out.rejects.append({"row": label, "reason": curation.MALFORMED_ROW, "detail": str(exc)})
             continue
@@ -105,8 +111,8 @@ def load_offline_pairs(config: OfflinePairs, tokenizer: Any, *, cache_dir: Path 
         if config.thinking_mode == "off" or not has_trace:
             chosen, rejected = _without_traces(chosen), _without_traces(rejected)
         kwargs = mode_kwargs("on" if config.thinking_mode == "on" and has_trace else "off")
-        chosen_ids = completion_ids(tokenizer, prompt, chosen, kwargs)
-        rejected_ids = completion_ids(tokenizer, prompt, rejected, kwargs)
+        chosen_ids = completion_ids(tokenizer, prompt, chosen, kwargs, tools=tools)
+        rejected_ids = completion_ids(tokenizer, prompt, rejected, kwargs, tools=tools)
         if chosen_ids is None or rejected_ids is None:
             out.rejects.append({"row": label, "reason": UNRENDERABLE, "detail": "the chat template refused a side"})
             continue
@@ -114,13 +120,13 @@ def load_offline_pairs(config: OfflinePairs, tokenizer: Any, *, cache_dir: Path 
             out.rejects.append({"row": label, "reason": IDENTICAL_PAIR,
                                 "detail": "chosen and rejected render to the same tokens"})
             continue
-        key = (json.dumps(prompt, sort_keys=True, ensure_ascii=False), chosen_ids, rejected_ids)
+        key = (json.dumps([prompt, tools], sort_keys=True, ensure_ascii=False), chosen_ids, rejected_ids)
         if key in seen:
             out.rejects.append({"row": label, "reason": DUPLICATE_PAIR, "detail": "repeats an earlier pair"})
             continue
         seen.add(key)
         out.rows.append({"prompt_id": label, "prompt": prompt, "chosen": chosen, "rejected": rejected,
-                         "chat_template_kwargs": kwargs, "source": "offline",
+                         "tools": tools, "chat_template_kwargs": kwargs, "source": "offline",
                          "rendered": rendered_check(chosen_ids, rejected_ids)})
     return out
 

@@ -1,7 +1,7 @@
 """How one side of a preference pair is trained: its token ids, rendered as trl's DPOTrainer renders them.
 
 trl tokenizes a conversational pair through the chat template (``prompt`` with the generation
-prompt, and ``prompt + side`` without it) and trains the tokens after their common prefix. Pairs
+prompt, and ``prompt + side`` without it, both offered the row's ``tools``) and trains the tokens after their common prefix. Pairs
 are compared and de-duplicated on exactly those ids, so two texts the template renders alike
 (it trims whitespace) are recognised as the same training sequence.
 """
@@ -14,14 +14,17 @@ from typing import Any
 
 def completion_ids(
     tokenizer: Any, prompt: Sequence[Mapping[str, Any]], side: Sequence[Mapping[str, Any]],
-    template_kwargs: Mapping[str, Any],
+    template_kwargs: Mapping[str, Any], *, tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[int, ...] | None:
-    """The trained token ids of ``side`` after ``prompt`` (None when the template refuses to render it)."""
+    """The trained token ids of ``side`` after ``prompt`` offering ``tools`` (None when the template refuses to
+    render it)."""
+    # `or None` as trl's DPOTrainer does: an empty list would render the tool preamble for no tools.
+    kwargs = {**template_kwargs, "tools": list(tools) if tools else None}
     try:
         prompt_ids = _ids(tokenizer.apply_chat_template(
-            list(prompt), tokenize=True, add_generation_prompt=True, return_dict=True, **template_kwargs))
+            list(prompt), tokenize=True, add_generation_prompt=True, return_dict=True, **kwargs))
         full_ids = _ids(tokenizer.apply_chat_template(
-            [*prompt, *side], tokenize=True, return_dict=True, **template_kwargs))
+            [*prompt, *side], tokenize=True, return_dict=True, **kwargs))
     except Exception:  # e.g. a stray think tag the template raises on: such a side cannot be trained
         return None
     start = 0

@@ -23,6 +23,7 @@ redone; an interrupted one resumes where it stopped. After the last round ``fina
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -461,11 +462,17 @@ def _round_headline(summary: RoundSummary) -> dict[str, Scalar]:
 
 
 def _save_pairs_dataset(rows: list[dict[str, Any]], path: Path, stage_dir: Path) -> Path:
-    """trl's conversational preference columns only, saved for the training processes."""
+    """trl's conversational preference columns only, saved for the training processes.
+
+    ``tools`` is JSON text (None without any), as trl's DPOTrainer accepts it: as a column of objects Arrow
+    would widen every definition to the union of all rows' keys and trl would render the nulls."""
     import datasets
 
     columns = ("prompt", "chosen", "rejected", "chat_template_kwargs")
-    dataset = datasets.Dataset.from_list([{k: row[k] for k in columns} for row in rows])
+    dataset = datasets.Dataset.from_list([
+        {**{k: row[k] for k in columns},
+         "tools": json.dumps(row["tools"], ensure_ascii=False) if row.get("tools") else None}
+        for row in rows])
     with staging_dir(path, inside=[stage_dir]) as tmp:
         dataset.save_to_disk(str(tmp))
     return path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tempa.alignment.offline_pairs import OfflinePairs, load_offline_pairs
@@ -52,3 +54,56 @@ def test_a_jsonl_row_with_an_unpaired_surrogate_escape_is_a_reject_naming_it(tmp
     [reject] = loaded.rejects
     assert reject["reason"] == "malformed_row"
     assert "not valid text: an unpaired surrogate \\ud800 (half of a UTF-16 pair)" in reject["detail"]
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather of a city (Celsius)",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TIME = {"name": "get_time", "description": "Local time of a city",  # a bare ShareGPT-style definition
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "format": {"type": "string"}}}}
+TOOL_LOOP = [
+    {"role": "user", "content": "Cuaca di Jakarta?"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Jakarta"}}}]},
+    {"role": "tool", "content": {"temperature": 31}},
+]
+TOOL_ROWS = [
+    {"prompt": TOOL_LOOP, "chosen": "Jakarta 31 derajat.", "rejected": "Tidak tahu.", "tools": [WEATHER]},
+    # the same conversation offering other tools is another training sequence, not a repeat; tools as JSON text
+    {"prompt": TOOL_LOOP, "chosen": "Jakarta 31 derajat.", "rejected": "Tidak tahu.",
+     "tools": json.dumps([WEATHER, TIME])},
+    {"prompt": "2+2?", "chosen": "4", "rejected": "5"},  # no tools
+]
+
+
+def test_offline_tool_rows_are_checked_and_trained_with_their_tools(tmp_path, tokenizer, tiny_model_dir):
+    """A tool-loop row's pair check renders with its tools, the pair row keeps them, and trl's real
+    DPOTrainer (reading the saved pairs dataset) tokenises exactly what the check compared."""
+    from datasets import load_from_disk
+    from trl import DPOConfig, DPOTrainer
+
+    from tempa.alignment.pair_rendering import completion_ids
+    from tempa.alignment.preference_stage import _save_pairs_dataset
+
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in TOOL_ROWS), encoding="utf-8")
+    loaded = load_offline_pairs(OfflinePairs(path=str(tmp_path / "prefs.jsonl")), tokenizer, cache_dir=tmp_path / "c")
+    assert loaded.rejects == []
+    assert [[t["function"]["name"] for t in r.get("tools") or []] for r in loaded.rows] == [
+        ["get_weather"], ["get_weather", "get_time"], []]
+    assert loaded.rows[0]["prompt"][1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Jakarta"}'
+
+    saved = _save_pairs_dataset(loaded.rows, tmp_path / "pairs", tmp_path)
+    trainer = DPOTrainer(model=str(tiny_model_dir), args=DPOConfig(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, bf16=False),
+                         train_dataset=load_from_disk(str(saved)), processing_class=tokenizer)
+    for row, example in zip(loaded.rows, trainer.train_dataset, strict=True):
+        prompt_text = tokenizer.decode(example["prompt_ids"])
+        for tool in row.get("tools") or []:
+            assert tool["function"]["description"] in prompt_text
+        assert ("get_weather" in prompt_text) == bool(row.get("tools"))
+        for side in ("chosen", "rejected"):
+            checked = completion_ids(tokenizer, row["prompt"], row[side], row["chat_template_kwargs"],
+                                     tools=row.get("tools"))
+            assert tuple(example[f"{side}_ids"]) == checked
+            full = tokenizer.apply_chat_template([*row["prompt"], *row[side]], tools=row.get("tools"), tokenize=True,
+                                                 return_dict=True, **row["chat_template_kwargs"])["input_ids"]
+            assert list(example["prompt_ids"]) + list(example[f"{side}_ids"]) == list(full)

@@ -32,8 +32,10 @@ from tempa.alignment.generation import (
     GenerationParams,
     Messages,
     ThinkingMode,
+    Tools,
     TransformersBackend,
     resolve_modes,
+    resolve_tools,
 )
 from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.stage_api import SECRET_INPUT_ERROR, Artifact, Read, StageError, resolve_path, stage_ref
@@ -52,8 +54,10 @@ class SamplingBackend(GenerationBackend):
         params: GenerationParams,
         *,
         thinking_modes: Sequence[ThinkingMode | None] | None = None,
+        tools: Sequence[Tools | None] | None = None,
     ) -> list[list[Completion]]:
-        """``params.n`` completions per prompt, in prompt order."""
+        """``params.n`` completions per prompt, in prompt order; ``tools``: per prompt, the tool definitions
+        it offers (None: none), rendered by the chat template (sent as the request's ``tools`` over HTTP)."""
 
     def generate(
         self,
@@ -104,12 +108,14 @@ class TransformersSampler(TransformersBackend, SamplingBackend):
         params: GenerationParams,
         *,
         thinking_modes: Sequence[ThinkingMode | None] | None = None,
+        tools: Sequence[Tools | None] | None = None,
     ) -> list[list[Completion]]:
         modes = resolve_modes(len(prompts), params, thinking_modes)
-        texts = TransformersBackend.generate(self, prompts, params, thinking_modes=modes)
+        offered = resolve_tools(len(prompts), tools)
+        texts = TransformersBackend.generate(self, prompts, params, thinking_modes=modes, tools=offered)
         out: list[list[Completion]] = []
-        for messages, mode, group in zip(prompts, modes, texts, strict=True):
-            prefill = generation_prefill(self.tokenizer, messages, mode_kwargs(mode))
+        for messages, mode, t, group in zip(prompts, modes, offered, texts, strict=True):
+            prefill = generation_prefill(self.tokenizer, messages, {**mode_kwargs(mode), "tools": t})
             out.append([
                 Completion(
                     text=str(text),
@@ -340,8 +346,10 @@ class LazyBackend(SamplingBackend):
     def loaded(self) -> bool:
         return self._backend is not None
 
-    def sample(self, prompts, params, *, thinking_modes=None):
-        return self.backend.sample(prompts, params, thinking_modes=thinking_modes)
+    def sample(self, prompts, params, *, thinking_modes=None, tools=None):
+        # Passed on only when given: the backend may be a judge's or reviser's, which never get tools.
+        extra = {} if tools is None else {"tools": tools}
+        return self.backend.sample(prompts, params, thinking_modes=thinking_modes, **extra)
 
     def close(self) -> None:
         if self._backend is not None:

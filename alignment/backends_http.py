@@ -2,7 +2,8 @@
 
 Works with `vllm serve`, llama.cpp's `llama-server` and hosted APIs. Each prompt is one
 ``POST {base_url}/chat/completions`` with ``n``, ``temperature``, ``top_p``, ``max_tokens`` and
-``seed``; the thinking mode goes in ``chat_template_kwargs`` (what the OpenAI client sends as
+``seed`` (and the prompt's ``tools``, the OpenAI field, when it offers some); the thinking mode goes in
+``chat_template_kwargs`` (what the OpenAI client sends as
 ``extra_body``), which vLLM and llama.cpp pass to the chat template. HTTP 429 and 5xx answers and
 connection errors are retried with exponential backoff (honouring ``Retry-After``).
 
@@ -29,7 +30,9 @@ from tempa.alignment.generation import (
     GenerationParams,
     Messages,
     ThinkingMode,
+    Tools,
     resolve_modes,
+    resolve_tools,
 )
 from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.stage_api import StageError
@@ -54,6 +57,7 @@ def chat_request_body(
     thinking_mode: ThinkingMode | None,
     send_chat_template_kwargs: bool = True,
     extra_body: dict[str, Any] | None = None,
+    tools: Tools | None = None,
 ) -> dict[str, Any]:
     """The JSON body of one chat-completions request (a pure function; tested directly)."""
     body: dict[str, Any] = {
@@ -66,6 +70,8 @@ def chat_request_body(
     }
     if not params.greedy:
         body["top_p"] = params.top_p
+    if tools:
+        body["tools"] = tools
     kwargs = mode_kwargs(thinking_mode)
     if send_chat_template_kwargs and kwargs:
         body["chat_template_kwargs"] = kwargs
@@ -189,11 +195,11 @@ class HTTPBackend(SamplingBackend):
             attempt += 1
 
     def _one_prompt(self, messages: Messages, params: GenerationParams, seed: int,
-                    mode: ThinkingMode | None) -> list[Completion]:
+                    mode: ThinkingMode | None, tools: Tools | None = None) -> list[Completion]:
         def body(n: int, s: int) -> dict[str, Any]:
             return chat_request_body(self.model, messages, params, n=n, seed=s, thinking_mode=mode,
                                      send_chat_template_kwargs=self.send_chat_template_kwargs,
-                                     extra_body=self.extra_body)
+                                     extra_body=self.extra_body, tools=tools)
 
         if self.supports_n:
             completions = parse_choices(self._post(body(params.n, seed)))
@@ -212,11 +218,13 @@ class HTTPBackend(SamplingBackend):
         params: GenerationParams,
         *,
         thinking_modes: Sequence[ThinkingMode | None] | None = None,
+        tools: Sequence[Tools | None] | None = None,
     ) -> list[list[Completion]]:
         modes = resolve_modes(len(prompts), params, thinking_modes)
+        offered = resolve_tools(len(prompts), tools)
         # Seeds step by n so that prompts never share one, whether or not the server honours `n`.
-        jobs = [(messages, params, params.seed + i * params.n, mode)
-                for i, (messages, mode) in enumerate(zip(prompts, modes, strict=True))]
+        jobs = [(messages, params, params.seed + i * params.n, mode, t)
+                for i, (messages, mode, t) in enumerate(zip(prompts, modes, offered, strict=True))]
         if self.concurrency == 1 or len(jobs) == 1:
             return [self._one_prompt(*job) for job in jobs]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs))) as pool:

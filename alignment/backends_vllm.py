@@ -20,8 +20,10 @@ from tempa.alignment.generation import (
     GenerationParams,
     Messages,
     ThinkingMode,
+    Tools,
     end_of_turn_ids,
     resolve_modes,
+    resolve_tools,
 )
 from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.stage_api import StageError
@@ -123,11 +125,13 @@ class VLLMBackend(SamplingBackend):
         params: GenerationParams,
         *,
         thinking_modes: Sequence[ThinkingMode | None] | None = None,
+        tools: Sequence[Tools | None] | None = None,
     ) -> list[list[Completion]]:
         modes = resolve_modes(len(prompts), params, thinking_modes)
+        offered = resolve_tools(len(prompts), tools)
         requests, prefills, sampling = [], [], []
-        for i, (messages, mode) in enumerate(zip(prompts, modes, strict=True)):
-            kwargs = mode_kwargs(mode)
+        for i, (messages, mode, t) in enumerate(zip(prompts, modes, offered, strict=True)):
+            kwargs = {**mode_kwargs(mode), "tools": t}
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
             # Token ids, so vLLM does not add a second BOS to the rendered template.
             requests.append({"prompt_token_ids": self.tokenizer(text, add_special_tokens=False)["input_ids"]})

@@ -1,7 +1,8 @@
 """Generation backends: chat prompts in, decoded assistant completions out.
 
-A backend turns a batch of chat prompts (lists of ``{"role", "content"}`` messages) into ``n``
-completions each. Every caller (evaluation suites, on-policy sampling, teacher synthesis) talks
+A backend turns a batch of chat prompts (lists of ``{"role", "content"}`` messages, with an agent's
+``tool_calls`` and ``tool`` turns where it has them, and per prompt the tool definitions it offers) into
+``n`` completions each. Every caller (evaluation suites, on-policy sampling, teacher synthesis) talks
 to the small :class:`GenerationBackend` interface, so a vLLM or OpenAI-compatible HTTP backend
 can replace :class:`TransformersBackend` without touching them.
 
@@ -26,6 +27,7 @@ from tempa.chat_templates.thinking import STOP_TOKENS, THINK_TAGS, ThinkingMode,
 log = logging.getLogger("tempa.alignment.generation")
 
 Messages = list[dict[str, Any]]
+Tools = list[dict[str, Any]]
 
 
 class GenerationParams(BaseModel):
@@ -65,7 +67,7 @@ class GenerationBackend(ABC):
         """Return ``params.n`` completions per prompt, in prompt order.
 
         ``thinking_modes`` overrides ``params.thinking_mode`` per prompt (None entries fall back
-        to it).
+        to it). (The sampling backends also take per-prompt ``tools``: alignment.backends.)
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook
@@ -81,6 +83,15 @@ def resolve_modes(
     if len(thinking_modes) != count:
         raise ValueError(f"thinking_modes has {len(thinking_modes)} entries for {count} prompts")
     return [mode if mode is not None else params.thinking_mode for mode in thinking_modes]
+
+
+def resolve_tools(count: int, tools: Sequence[Tools | None] | None) -> list[Tools | None]:
+    """Per-prompt tool definitions (None: the prompt offers none)."""
+    if tools is None:
+        return [None] * count
+    if len(tools) != count:
+        raise ValueError(f"tools has {len(tools)} entries for {count} prompts")
+    return [list(t) if t else None for t in tools]  # `or None`: an empty list would render a tool preamble
 
 
 def end_of_turn_ids(tokenizer, generation_config=None) -> list[int]:
@@ -158,10 +169,10 @@ class TransformersBackend(GenerationBackend):
             if token not in THINK_TAGS
         }
 
-    def render(self, messages: Messages, thinking_mode: ThinkingMode | None) -> str:
-        """The prompt text the model sees: the chat template with the generation prompt."""
+    def render(self, messages: Messages, thinking_mode: ThinkingMode | None, tools: Tools | None = None) -> str:
+        """The prompt text the model sees: the chat template (offering ``tools``) with the generation prompt."""
         return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, **mode_kwargs(thinking_mode)
+            messages, tokenize=False, add_generation_prompt=True, tools=tools, **mode_kwargs(thinking_mode)
         )
 
     def decode(self, token_ids: Sequence[int]) -> str:
@@ -181,12 +192,14 @@ class TransformersBackend(GenerationBackend):
         params: GenerationParams,
         *,
         thinking_modes: Sequence[ThinkingMode | None] | None = None,
+        tools: Sequence[Tools | None] | None = None,
     ) -> list[list[str]]:
         import torch
         from tqdm.auto import tqdm
 
         modes = resolve_modes(len(prompts), params, thinking_modes)
-        texts = [self.render(messages, mode) for messages, mode in zip(prompts, modes, strict=True)]
+        offered = resolve_tools(len(prompts), tools)
+        texts = [self.render(messages, mode, t) for messages, mode, t in zip(prompts, modes, offered, strict=True)]
         encoded = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
         # Longest first, so batches hold similar lengths and the first batch shows peak memory.
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from tempa.alignment.backends import HTTPBackendConfig
 from tempa.alignment.prompts import PromptRow, PromptSource, load_prompts
-from tempa.alignment.rewards import AnswerReward, LanguageReward
+from tempa.alignment.rewards import AnswerReward, JudgeReward, LanguageReward
 from tempa.sft.stage_api import StageError, stage_ref
 
 
@@ -61,6 +61,29 @@ def check_reward_inputs(rewards: Sequence[Any], prompts: Sequence[PromptRow], so
                              f"prompts, so reward '{reward.key}' ({reward.type}) would never apply")
 
 
+def check_tool_prompts(config: Any, prompts: Sequence[PromptRow], source: PromptSource) -> None:
+    """A preference stage samples, pairs and trains a prompt with its tools and tool loop; the parts that would see
+    only its question refuse it here, naming the row, rather than score or rewrite answers blind to the tool
+    results."""
+    for prompt in prompts:
+        if not prompt.uses_tools:
+            continue
+        where = f"{source.path}: {prompt.meta.get('row', prompt.id)}"
+        pairs = getattr(config, "pairs", None)
+        if pairs is not None and pairs.strategy == "revise":
+            raise StageError(f"{where}: offers tools or holds a tool loop, but pairs.strategy 'revise' rewrites an "
+                             "answer from the question alone (the reviser sees no tools or tool results); use "
+                             "strategy best_worst for such prompts")
+        several_users = sum(m["role"] == "user" for m in prompt.messages) > 1
+        for index, reward in enumerate(config.rewards):
+            # The built-in rubric shows the conversation only for second user turns (rewards.judge_prompt).
+            sees_turns = "{conversation}" in reward.rubric if getattr(reward, "rubric", None) else several_users
+            if isinstance(reward, JudgeReward) and not sees_turns:
+                raise StageError(f"{where}: holds tools or a tool loop, but judge '{reward.key}' (rewards[{index}]) "
+                                 "would see only its question, not the tool results; give the judge a rubric with "
+                                 "{conversation}")
+
+
 def check_inputs(config: Any) -> None:
     """The stage's local prompts file: every row the stage would read, and the columns its rewards need."""
     source: PromptSource | None = getattr(config, "prompts", None)
@@ -69,5 +92,9 @@ def check_inputs(config: Any) -> None:
     if getattr(config, "rounds", 1) == 0:
         return  # a preference stage with only an offline round samples no prompts
     # With shuffle, which rows `limit` keeps depends on the recipe's seed, which this check is not given: read all.
-    prompts = load_prompts(source.model_copy(update={"limit": None}) if source.shuffle else source, seed=0)
+    preference = getattr(config, "kind", None) == "preference"  # the one stage kind that renders tools everywhere
+    prompts = load_prompts(source.model_copy(update={"limit": None}) if source.shuffle else source, seed=0,
+                           with_tools=preference)
     check_reward_inputs(config.rewards, prompts, source)
+    if preference:
+        check_tool_prompts(config, prompts, source)

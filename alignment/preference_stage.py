@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tempa.alignment.backends import LazyBackend, SamplingBackend, build_backend
 from tempa.alignment.completions import Completion, assistant_message, split_think
-from tempa.alignment.input_checks import check_reward_inputs
+from tempa.alignment.input_checks import check_reward_inputs, check_tool_prompts
 from tempa.alignment.judge import fill
 from tempa.alignment.offline_pairs import IDENTICAL_PAIR, load_offline_pairs
 from tempa.alignment.pair_rendering import completion_ids, rendered_check
@@ -113,8 +113,9 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> Preferen
     if config.rounds:
         assert config.prompts is not None  # the config requires prompts for on-policy rounds
         source = config.prompts.resolved(ctx, who=f"stage '{ctx.stage_name}'")
-        prompts = load_prompts(source, seed=ctx.seed, thinking=config.sampling.thinking)
+        prompts = load_prompts(source, seed=ctx.seed, thinking=config.sampling.thinking, with_tools=True)
         check_reward_inputs(config.rewards, prompts, source)
+        check_tool_prompts(config, prompts, source)
         ctx.log.info("preference: %d prompts, %d samples each, %d on-policy round(s)", len(prompts),
                      config.sampling.n, config.rounds)
     start = Path(ctx.start_model)
@@ -343,7 +344,7 @@ def build_round_pairs(
 
 def _scored(index: int, total: float | None, completion: Completion, prompt: PromptRow, kwargs: dict[str, Any],
             tokenizer: Any) -> Scored:
-    rendered = completion_ids(tokenizer, prompt.messages, [assistant_message(completion)], kwargs)
+    rendered = completion_ids(tokenizer, prompt.messages, [assistant_message(completion)], kwargs, tools=prompt.tools)
     return Scored(index, total, incomplete=not completion.renders_as_written or rendered is None, rendered=rendered)
 
 
@@ -355,6 +356,7 @@ def pair_row(prompt: PromptRow, pair: Pair, chosen: Completion, rejected: Comple
     return {
         "prompt_id": prompt.id,
         "prompt": prompt.messages,
+        "tools": prompt.tools,
         "chosen": [assistant_message(chosen)],
         "rejected": [assistant_message(rejected)],
         "chat_template_kwargs": mode_kwargs(mode),

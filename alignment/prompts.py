@@ -2,7 +2,11 @@
 
 A row holds either ``messages`` (a chat ending with a user turn; a trailing assistant turn is
 taken off and kept as the ``reference`` answer) or a plain ``prompt`` string, and optionally
-the target ``language``, a verifiable ``answer`` and a per-row ``thinking_mode``. The shipped
+the target ``language``, a verifiable ``answer`` and a per-row ``thinking_mode``. Turns are read by
+the sft row reader (:func:`tempa.sft.formats.normalize_row`), so an agent's history keeps its
+``tool_calls`` and ``tool`` results, and the row's ``tools`` come along; such a prompt may end with a
+tool result (the next assistant turn is sampled). Only stages that render the tools everywhere accept
+them (``load_prompts(with_tools=True)``, the preference stage); the others refuse such a row by name. The shipped
 ``recipes/data/sample_prompts.jsonl`` is in this format. ``path: stage:NAME`` reads the dataset an
 earlier stage wrote (a `translate` or `generate_prompts` stage's prompts, a synthesize stage's rows).
 """
@@ -10,6 +14,7 @@ earlier stage wrote (a `translate` or `generate_prompts` stage's prompts, a synt
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import random
@@ -30,6 +35,7 @@ from tempa.chat_templates.json_files import (
     read_jsonl,
 )
 from tempa.chat_templates.one_line import first_line
+from tempa.sft.formats import FormatSpec, RowError, normalize_row, tools_of
 from tempa.sft.mixing import thinking_on_count
 from tempa.sft.stage_api import (
     Artifact,
@@ -63,6 +69,8 @@ class PromptSource(BaseModel):
     language_field: str = Field(default="language", description="Column with the target language (ISO 639-1).")
     answer_field: str = Field(default="answer", description="Column with the verifiable reference answer.")
     thinking_field: str = Field(default="thinking_mode", description="Column with a per-row thinking mode (on/off).")
+    tools_field: str = Field(default="tools", description="Column with the tool definitions the prompt offers (a "
+                             "list of OpenAI-style definitions or that list as JSON text; preference stages only).")
     system_prompt: str | None = Field(default=None, description="System message prepended to every prompt "
                                       "that has none.")
     limit: int | None = Field(default=None, ge=1, description="Use at most this many prompts (after shuffling).")
@@ -127,6 +135,12 @@ class PromptRow:
     reference: str | None = None
     thinking_mode: Literal["on", "off"] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict[str, Any]] | None = None  # the tool definitions offered (rendered with the prompt)
+
+    @property
+    def uses_tools(self) -> bool:
+        """Offers tools or holds a tool loop: rendering it without the tools (or the loop) changes the prompt."""
+        return bool(self.tools) or any(m["role"] == "tool" or m.get("tool_calls") for m in self.messages)
 
     @property
     def question(self) -> str:
@@ -135,12 +149,13 @@ class PromptRow:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "messages": self.messages, "language": self.language, "answer": self.answer,
-                "reference": self.reference, "thinking_mode": self.thinking_mode}
+                "reference": self.reference, "thinking_mode": self.thinking_mode, "tools": self.tools}
 
 
-def prompt_id(index: int, messages: list[dict[str, Any]]) -> str:
+def prompt_id(index: int, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
     """Stable id: position plus a content hash, so changed data is never mistaken for finished work."""
-    digest = hashlib.sha1(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    content: Any = messages if tools is None else {"messages": messages, "tools": tools}  # old ids stay valid
+    digest = hashlib.sha1(json.dumps(content, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     return f"{index:06d}-{digest[:10]}"
 
 
@@ -219,28 +234,53 @@ def _json_rows(files: list[Path], where: str, folder: Path | None) -> tuple[list
     return rows, names
 
 
-def to_prompt(row: dict[str, Any], index: int, source: PromptSource, name: str | None = None) -> PromptRow:
+def _turns_and_tools(row: dict[str, Any], source: PromptSource) -> tuple[list[dict[str, Any]], Any]:
+    """The row's turns and tools as the sft row reader reads them (RowError names what is wrong)."""
+    listed = row.get(source.messages_field)
+    if listed is not None:
+        if not isinstance(listed, list | tuple) or not all(isinstance(m, dict) and "role" in m for m in listed):
+            raise RowError(f"'{source.messages_field}' must be a list of {{role, content}} objects")
+        spec = FormatSpec(format="messages", messages=(source.messages_field,), tools=(source.tools_field,))
+        # Only the turns and tools: a prompts row's other columns (language, answer, ...) are not turns.
+        conversation = normalize_row({source.messages_field: list(listed),
+                                      source.tools_field: row.get(source.tools_field)}, spec)
+        return conversation.messages, conversation.tools
+    if isinstance(row.get(source.prompt_field), str):
+        return [{"role": "user", "content": row[source.prompt_field]}], tools_of(
+            row.get(source.tools_field), repr(source.tools_field))
+    raise RowError(f"has neither a '{source.messages_field}' list nor a '{source.prompt_field}' string")
+
+
+def _compact(turn: dict[str, Any]) -> dict[str, Any]:
+    # Unset fields left out: a plain turn stays {role, content}, as prompts (and their ids) always were.
+    return {key: value for key, value in turn.items() if value is not None}
+
+
+def to_prompt(row: dict[str, Any], index: int, source: PromptSource, name: str | None = None, *,
+              with_tools: bool = False) -> PromptRow:
     """A raw row as a :class:`PromptRow`; raises StageError naming the row (``name``, else its 0-based row) when it
-    cannot be used."""
+    cannot be used. ``with_tools``: the caller renders a prompt's tools and tool loop everywhere; without it such a
+    row is refused rather than sampled without them."""
     where = f"{source.path}: {name or RowPlace(None, 'row', index)}"
     if not isinstance(row, dict):
         raise StageError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    if source.messages_field in row and row[source.messages_field] is not None:
-        listed = row[source.messages_field]
-        if not isinstance(listed, list) or not all(isinstance(m, dict) and "role" in m for m in listed):
-            raise StageError(f"{where}: '{source.messages_field}' must be a list of {{role, content}} objects")
-        messages = [dict(m) for m in listed]
-    elif isinstance(row.get(source.prompt_field), str):
-        messages = [{"role": "user", "content": row[source.prompt_field]}]
-    else:
-        raise StageError(f"{where}: has neither a '{source.messages_field}' list nor a '{source.prompt_field}' string")
+    try:
+        turns, tools = _turns_and_tools(row, source)
+    except RowError as exc:
+        raise StageError(f"{where}: {exc}") from None
+    messages = [_compact(turn) for turn in turns]
     reference = None
-    while messages and messages[-1].get("role") == "assistant":
+    while messages and messages[-1]["role"] == "assistant":
         reference = reference if reference is not None else str(messages[-1].get("content") or "")
         messages.pop()
-    if not messages or messages[-1].get("role") != "user":
-        raise StageError(f"{where}: the conversation must end with a user message")
-    messages = [{"role": m["role"], "content": m.get("content")} for m in messages]
+    if not messages or messages[-1]["role"] not in ("user", "tool"):
+        raise StageError(f"{where}: the conversation must end with a user message (or, in a tool loop, a tool "
+                         "result)")
+    prompt_row = PromptRow(id="", messages=messages, tools=tools)
+    if prompt_row.uses_tools and not with_tools:
+        what = f"'{source.tools_field}'" if tools else "a tool loop (tool_calls / tool turns)"
+        raise StageError(f"{where}: has {what}, which only a preference stage samples with; this stage would "
+                         "render the prompt without it")
     if source.system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": source.system_prompt})
     mode = row.get(source.thinking_field)
@@ -255,12 +295,14 @@ def to_prompt(row: dict[str, Any], index: int, source: PromptSource, name: str |
         except ValueError as exc:
             raise StageError(f"{where}: {source.language_field}: {exc}") from None
     return PromptRow(
-        id=prompt_id(index, messages),
+        id=prompt_id(index, messages, tools),
         messages=messages,
         language=language or None,
         answer=row.get(source.answer_field),
         reference=reference,
         thinking_mode=mode,
+        tools=tools,
+        meta={"row": name or str(RowPlace(None, "row", index))},
     )
 
 
@@ -280,17 +322,19 @@ def _in_languages(prompts: Any, languages: list[str], limit: int | None) -> list
     return kept
 
 
-def load_prompts(source: PromptSource, *, seed: int, thinking: ThinkingSettings | None = None) -> list[PromptRow]:
-    """The prompts in a stable order, each with its thinking mode decided (seeded for `mixed`)."""
+def load_prompts(source: PromptSource, *, seed: int, thinking: ThinkingSettings | None = None,
+                 with_tools: bool = False) -> list[PromptRow]:
+    """The prompts in a stable order, each with its thinking mode decided (seeded for `mixed`); ``with_tools``: see
+    :func:`to_prompt`."""
     rows, names = read_named_rows(source)
     order = list(range(len(rows)))
     if source.shuffle:
         random.Random(seed).shuffle(order)
+    prompts_of = (to_prompt(rows[i], i, source, names[i], with_tools=with_tools) for i in order)
     if source.languages:
-        prompts = _in_languages((to_prompt(rows[i], i, source, names[i]) for i in order), source.languages,
-                                source.limit)
+        prompts = _in_languages(prompts_of, source.languages, source.limit)
     else:
-        prompts = [to_prompt(rows[i], i, source, names[i]) for i in order[: source.limit]]
+        prompts = list(itertools.islice(prompts_of, source.limit))
     if not prompts:
         within = f" in {', '.join(source.languages)}" if source.languages else ""
         raise StageError(f"{source.path}: no prompts{within}")

@@ -172,7 +172,7 @@ def sample_prompts(
     chunk_size: int | None = None,
     show_progress: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``params.n`` samples per prompt, each prompt with its own thinking mode; resumable.
+    """``params.n`` samples per prompt, each prompt with its own thinking mode (and tools); resumable.
 
     Chunk ``i`` is sampled with seed ``params.seed + 1000 * i``: the same samples whether the
     pass ran in one go or was resumed.
@@ -180,8 +180,12 @@ def sample_prompts(
 
     def work(chunk: list[PromptRow], index: int) -> list[dict[str, Any]]:
         chunk_params = params.model_copy(update={"seed": params.seed + 1000 * index})
+        # Passed only when a prompt offers tools, so a backend written before tools (a test's scripted one) still
+        # samples every other prompt.
+        offered = [p.tools for p in chunk]
         groups = backend.sample([p.messages for p in chunk], chunk_params,
-                                thinking_modes=[p.thinking_mode for p in chunk])
+                                thinking_modes=[p.thinking_mode for p in chunk],
+                                **({"tools": offered} if any(offered) else {}))
         return [sample_record(p, group) for p, group in zip(chunk, groups, strict=True)]
 
     return run_incremental(

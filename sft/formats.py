@@ -321,7 +321,9 @@ def _read_turns(turns: Any, spec: FormatSpec, field_name: str) -> list[dict[str,
             continue
         role = spec.role_names.get(name) if name is not None else None
         if role is None:
-            raise RowError(f"turn {i}: unknown role {raw_role!r}; map it with columns.role_names")
+            # Prompts files read rows here too and have no columns.role_names: the hint says whose field it is.
+            raise RowError(f"turn {i}: unknown role {raw_role!r}; expected one of {', '.join(sorted(spec.role_names))} "
+                           "(an SFT source maps others with columns.role_names)")
         if role == "assistant":
             calls = tool_calls_of(turn.get("tool_calls"), f"turn {i} 'tool_calls'") or tool_calls_of(
                 turn.get("function_call"), f"turn {i} 'function_call'"

@@ -155,6 +155,20 @@ def test_unreadable_rows_raise_one_line_reasons(tmp_path: Path, row: dict, fragm
     assert "\n" not in str(info.value)
 
 
+def test_an_unknown_role_in_a_prompts_file_is_told_what_roles_there_are(tmp_path: Path) -> None:
+    # A prompts file has no columns.role_names: the error named that field as the way out, and no more.
+    import json
+
+    from tempa.alignment.prompts import PromptSource, load_prompts
+    from tempa.sft.stage_api import StageError
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "customer", "content": "Halo"}]}) + "\n")
+    with pytest.raises(StageError, match=r"prompts\.jsonl: line 1: turn 0: unknown role 'customer'; expected one "
+                                         r"of .*\bassistant\b.*\buser\b.* \(an SFT source maps others"):
+        load_prompts(PromptSource(path=str(path)), seed=0)
+
+
 def test_think_blocks_leave_the_answer_and_a_literal_tag_stays_text() -> None:
     spec = FormatSpec(format="auto")
 

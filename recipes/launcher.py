@@ -390,7 +390,8 @@ def join_run(launch: LaunchConfig, run_dir: Path, machine_rank: int, log_dir: Pa
     """Node ``machine_rank`` > 0: join every training launch node rank 0 publishes, until its run ends.
 
     Waits up to ``start_timeout_s`` for a ``tempa run`` to hold ``run_dir``; returns how many
-    launches this node joined. Writes only under ``log_dir`` (this node's launch logs); a launch
+    launches this node joined (none, when that run ends without a training launch: its training stages
+    were done already). Writes only under ``log_dir`` (this node's launch logs); a launch
     that fails here fails on node rank 0 too, which reports it.
     """
     from tempa.recipes.rundir import lock_owner
@@ -407,15 +408,16 @@ def join_run(launch: LaunchConfig, run_dir: Path, machine_rank: int, log_dir: Pa
         ensure_shm_op(log, log_dir / "deepspeed_op_build.log")
     log_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + start_timeout_s
-    joined, last_seq, failed = 0, 0, False
+    joined, last_seq, failed, seen = 0, 0, False, False
     log.info("node %d: waiting for node rank 0's run in %s", machine_rank, run_dir)
     while True:
         owner = lock_owner(run_dir)
         if owner is None:
-            if joined or time.monotonic() > deadline:
+            if seen or time.monotonic() > deadline:
                 break
             time.sleep(poll_s)
             continue
+        seen = True
         request = read_request(run_dir)
         # Only launches of the run that holds the directory now (not a request left by an earlier run).
         if request is None or request.seq <= last_seq or request.created_at < owner.started_at:
@@ -432,9 +434,11 @@ def join_run(launch: LaunchConfig, run_dir: Path, machine_rank: int, log_dir: Pa
         failed = code != 0
         if failed:
             log.warning("node %d: launch %d exited with code %d: %s", machine_rank, request.seq, code, _reason(tail))
-    if not joined:
+    if not seen:
         raise StageError(f"{run_dir}: no `tempa run` held this run directory within {start_timeout_s:.0f}s; start "
                          "node rank 0 (tempa run without --machine-rank) with the same --run-dir on shared storage")
     if failed:
         raise StageError(f"node {machine_rank}: the last training launch failed (logs: {log_dir})")
+    if not joined:
+        log.info("node %d: node rank 0's run in %s ended without a training launch to join", machine_rank, run_dir)
     return joined

@@ -121,6 +121,32 @@ def test_a_node_other_than_rank_0_needs_a_multi_node_launch(tmp_path, tiny_model
         join_run(two, tmp_path / "run", 1, tmp_path / "logs", log=log, start_timeout_s=0.2, poll_s=0.05)
 
 
+def test_a_node_whose_rank_0_run_ends_without_a_training_launch_exits_cleanly(tmp_path, tiny_model_dir):
+    """Node 0 resumed a run whose training stages were done (only evaluate/merge/bake left): node 1 saw that run
+    hold the directory and end, and waited out its start timeout to fail the job (srun --kill-on-bad-exit)."""
+    import logging
+    import time
+
+    from tempa.recipes.launcher import join_run
+
+    two = load_recipe(sft_recipe(tmp_path, tiny_model_dir, launch=f"launch: {{{TWO_NODES}}}")).recipe.launch
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path; from tempa.recipes.rundir import RunLock\n"
+         f"with RunLock(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(1.0)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        joined = join_run(two, run_dir, 1, tmp_path / "logs", log=logging.getLogger("tempa"), start_timeout_s=30,
+                          poll_s=0.05)
+        waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert joined == 0 and waited < 15
+
+
 @pytest.mark.slow
 def test_fsdp2_on_two_cpu_processes_shards_and_saves_the_zero3_weights(fsdp2_run, zero3_run, tiny_model_dir):
     from transformers import AutoModelForCausalLM

@@ -18,7 +18,9 @@ waits on the GPU. At each training log the counts are summed over the processes 
 The meter writes them into the log dict itself, so the progress line, the trackers
 (``report_to``) and the Trainer's ``log_history`` (metrics.json, the report) all get the same
 numbers; it must run before the trackers' callbacks (:func:`add_throughput_callbacks`). The
-Trainer's last log (``train_runtime``) gets the run's averages under ``train_*`` keys.
+Trainer's last log (``train_runtime``) gets the run's averages under ``train_*`` keys: over the whole
+stage, a resumed one included (each checkpoint keeps the totals as of its step's training log, in
+``trainer_state.json``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from tempa.sft.throughput_summary import PEAK_FLOPS, format_eta, peak_flops
 
@@ -107,7 +110,7 @@ def batch_counts(kwargs: dict[str, Any], input_ids: Any) -> tuple[Any, int, Any]
     return positions, positions, rows * length * length
 
 
-class ThroughputMeter(TrainerCallback):
+class ThroughputMeter(TrainerCallback, ExportableState):
     """Adds tokens/s, MFU, padding fraction and ETA to every training log (see the module docstring).
 
     ``peak``: peak FLOP/s per device; None: looked up from the CUDA device's name when training
@@ -128,9 +131,28 @@ class ThroughputMeter(TrainerCallback):
         self._first_step = 0
         self.totals = {"tokens": 0.0, "positions": 0.0, "flops": 0.0, "seconds": 0.0}
 
+    # ------------------------------------------------------------------ checkpoints
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps (the Trainer asks at every save): the totals as of the last training log.
+
+        The window since then is left out: its counts are still per process, and only the saving process asks.
+        """
+        return {"args": {"peak": self.peak, "reference_forward": self.reference_forward},
+                "attributes": {"totals": dict(self.totals)}}
+
+    def _restore(self, state: Any) -> None:
+        """A resumed run starts from the totals of the checkpoint it resumes (the stage's averages cover all of it)."""
+        # A checkpoint of an earlier tempa has no entry, and the Trainer's save looks its entry up by name.
+        saved = state.stateful_callbacks.setdefault(type(self).__name__, self.state())
+        totals = saved.get("attributes", {}).get("totals") if isinstance(saved, dict) else None
+        if state.global_step > 0 and isinstance(totals, dict):
+            self.totals = {key: float(totals.get(key, 0.0)) for key in self.totals}
+
     # ------------------------------------------------------------------ trainer events
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._restore(state)
         scale = 4 / 3 if self.reference_forward else 1.0  # + the reference's forward: a third of fwd + bwd
         per_token, per_square = flops_per_token_terms(model)
         self._per_token, self._per_square = scale * per_token, scale * per_square

@@ -8,7 +8,9 @@ model's shape, the clock), not just for being there.
 from __future__ import annotations
 
 import itertools
+import json
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -62,7 +64,8 @@ def rows(tmp_path_factory, tiny_model_dir):
     return prepared_rows(tmp_path_factory.mktemp("throughput"), tiny_model_dir, n=8, seed=2)
 
 
-def sft_run(model_dir: Path, rows: Any, out: Path, peak: float | None = PEAK, **train: Any):
+def sft_run(model_dir: Path, rows: Any, out: Path, peak: float | None = PEAK, resume: Path | None = None,
+            **train: Any):
     from trl import SFTConfig, SFTTrainer
 
     from tempa.sft.config import DEFAULT_TRAIN_ARGS
@@ -80,7 +83,7 @@ def sft_run(model_dir: Path, rows: Any, out: Path, peak: float | None = PEAK, **
     clock = Clock()
     trainer.add_callback(clock)
     started = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return trainer, clock, batches.batches, time.perf_counter() - started
 
 
@@ -153,6 +156,39 @@ def test_logged_throughput_matches_the_tokens_trained_and_the_time_taken(tmp_pat
     tracked = [logs for _, _, logs in clock.logs if "loss" in logs]
     assert [t["tokens_per_s"] for t in tracked] == [w["tokens_per_s"] for w in windows]
     tensorboard_scalars(tmp_path, "train/tokens_per_s", expect=len(windows))
+
+
+def test_a_resumed_run_reports_the_whole_stages_tokens_and_rate(tmp_path, tiny_model_dir, rows):
+    """A stage killed after its checkpoint at step 2 and resumed: its metrics.json carried only the tokens of steps
+    3-4 as `train_tokens` ("every token trained"), and a rate over those steps alone."""
+    train = {"packing": True, "per_device_train_batch_size": 4, "max_steps": 4, "save_steps": 2}
+    whole, *_ = sft_run(tiny_model_dir, rows, tmp_path / "whole", **train)
+    resumed, *_ = sft_run(tiny_model_dir, rows, tmp_path / "resumed", resume=tmp_path / "whole" / "checkpoint-2",
+                          **train)
+    summary = {name: next(e for e in trainer.state.log_history if "train_runtime" in e)
+               for name, trainer in (("whole", whole), ("resumed", resumed))}
+    windows = [e for e in resumed.state.log_history if "loss" in e]  # steps 1-2 from the checkpoint, 3-4 resumed
+    assert [w["step"] for w in windows] == [2, 4]
+    assert summary["resumed"]["train_tokens"] == summary["whole"]["train_tokens"]
+    # the rate is over both parts' seconds: the tokens of each window over its own rate add up to the same seconds
+    history = [e for e in whole.state.log_history if "loss" in e]
+    tokens = [history[0]["num_tokens"], history[1]["num_tokens"] - history[0]["num_tokens"]]  # trl's own count
+    seconds = tokens[0] / windows[0]["tokens_per_s"] + tokens[1] / windows[1]["tokens_per_s"]
+    assert summary["resumed"]["train_tokens"] / summary["resumed"]["train_tokens_per_s"] == pytest.approx(
+        seconds, rel=1e-3)
+
+    # a checkpoint written before the meter kept its totals: the run resumes and saves (the Trainer looks the
+    # meter's entry up by name at every save), counting from the checkpoint on
+    old = tmp_path / "old" / "checkpoint-2"
+    shutil.copytree(tmp_path / "whole" / "checkpoint-2", old)
+    trainer_state = json.loads((old / "trainer_state.json").read_text())
+    del trainer_state["stateful_callbacks"]["ThroughputMeter"]
+    (old / "trainer_state.json").write_text(json.dumps(trainer_state))
+    from_old, *_ = sft_run(tiny_model_dir, rows, tmp_path / "from-old", resume=old, **train)
+    saved = json.loads((tmp_path / "from-old" / "checkpoint-4" / "trainer_state.json").read_text())
+    old_summary = next(e for e in from_old.state.log_history if "train_runtime" in e)
+    assert saved["stateful_callbacks"]["ThroughputMeter"]["attributes"]["totals"]["tokens"] == old_summary[
+        "train_tokens"] == tokens[1]
 
 
 def test_a_run_without_a_known_peak_says_why_mfu_is_not_shown(tmp_path, tiny_model_dir, rows, capsys, monkeypatch):

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Two nodes without a scheduler. On node A (rank 0; its hostname must resolve on node B, or set
-# launch.main_process_ip in the recipe):
+# Two nodes without a scheduler. Both see /shared at the same path; export TEMPA_CACHE and HF_HOME
+# there on both (the training processes on node B read the tokenised data and the base model from the
+# paths node A's run writes in its train_plan.json). On node A (rank 0; its hostname must resolve on
+# node B, or set launch.main_process_ip in the recipe):
 #   tempa run my-recipe.yaml --run-dir /shared/runs/my-run
 # On node B:
 #   tempa run my-recipe.yaml --run-dir /shared/runs/my-run --machine-rank 1
@@ -25,6 +27,8 @@ set -euo pipefail
 RECIPE=${1:?recipe.yaml}
 RUN_DIR=${2:?run directory on shared storage}
 RANK=${3:-0}
+export TEMPA_CACHE=${TEMPA_CACHE:-$(dirname "$RUN_DIR")/.tempa-cache}   # shared, like the run directory
+export HF_HOME=${HF_HOME:-$(dirname "$RUN_DIR")/.hf-home}
 if [ "$RANK" = 0 ]; then
   exec tempa run "$RECIPE" --run-dir "$RUN_DIR"
 fi

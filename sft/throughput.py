@@ -287,7 +287,8 @@ class ProgressLine(TrainerCallback):
             if key in logs:
                 parts.append(f"{key} {float(logs[key]):.4g}")
         if "tokens_per_s" in logs:
-            unit = "tok/s/GPU" if args.device.type == "cuda" else "tok/s"
+            # per device, as the meter logs it: a bare "tok/s" reads as the launch's total
+            unit = "tok/s/GPU" if args.device.type == "cuda" else "tok/s/process" if args.world_size > 1 else "tok/s"
             parts.append(f"{logs['tokens_per_s']:,.0f} {unit}")
         if "mfu" in logs:
             parts.append(f"MFU {100 * logs['mfu']:.1f}%")

@@ -272,6 +272,20 @@ def test_rounds_combine_into_one_headline():
     assert combined_headline([{}, {"train_loss": 1.0}]) == {}
 
 
+def test_the_progress_line_says_what_its_tokens_per_second_are_per(capsys):
+    """Two CPU processes printed their per-process rate as plain 'tok/s', which reads as the launch's total."""
+    from types import SimpleNamespace
+
+    from tempa.sft.throughput import ProgressLine
+
+    state = SimpleNamespace(is_world_process_zero=True, global_step=2, max_steps=4)
+    for device, world, unit in (("cuda", 8, "tok/s/GPU"), ("cuda", 1, "tok/s/GPU"), ("cpu", 2, "tok/s/process"),
+                                ("cpu", 1, "tok/s")):
+        args = SimpleNamespace(device=torch.device(device), world_size=world)
+        ProgressLine().on_log(args, state, None, logs={"loss": 1.0, "tokens_per_s": 1234.4})
+        assert capsys.readouterr().out.strip().endswith(f"| 1,234 {unit}")
+
+
 def test_device_peaks_and_eta_format():
     assert peak_flops("NVIDIA H100 80GB HBM3") == pytest.approx(989.4e12)
     assert peak_flops("NVIDIA H100 PCIe") == pytest.approx(756e12)

@@ -385,6 +385,26 @@ def _reason(tail: deque[str]) -> str:
     return next((line.strip() for line in reversed(tail) if line.strip()), "no output")
 
 
+def unseen_input(args: list[str]) -> str | None:
+    """The first file a launch's plan (``--plan PATH``) reads that this node does not see, or None.
+
+    The plan names node 0's paths: the tokenised data in its TEMPA_CACHE, a hub base model in its HF_HOME.
+    """
+    if "--plan" not in args[:-1]:
+        return None
+    from tempa.sft.train_plan import TrainPlan
+
+    path = Path(args[args.index("--plan") + 1])
+    if not path.is_file():
+        return f"{path} (the launch's plan, in the run directory)"
+    plan = TrainPlan.read(path)
+    for field in ("start_model", "tokenizer_dir", "train_data", "eval_data", "reference_model"):
+        value = getattr(plan, field)
+        if value is not None and not Path(value).exists():
+            return f"{value} (the plan's {field})"
+    return None
+
+
 def join_run(launch: LaunchConfig, run_dir: Path, machine_rank: int, log_dir: Path, *, log,
              start_timeout_s: float = 600.0, poll_s: float = 1.0) -> int:
     """Node ``machine_rank`` > 0: join every training launch node rank 0 publishes, until its run ends.
@@ -424,6 +444,13 @@ def join_run(launch: LaunchConfig, run_dir: Path, machine_rank: int, log_dir: Pa
             time.sleep(poll_s)
             continue
         last_seq = request.seq
+        missing = unseen_input(request.args)
+        if missing is not None:
+            # Checked before joining: the training process would fail only after the rendezvous, and node 0
+            # would then report a lost connection rather than the cause.
+            raise StageError(f"node {machine_rank}: launch {request.seq} of {owner.host} reads {missing}, which this "
+                             "node does not see; the run directory, TEMPA_CACHE and HF_HOME must be on storage every "
+                             "node sees at the same path (README: Several nodes)")
         cmd = launch_command(launch, request.module, request.args, port=request.main_process_port,
                              machine_rank=machine_rank, main_process_ip=request.main_process_ip)
         log_file = log_dir / f"launch-{request.seq}.log"

@@ -147,6 +147,40 @@ def test_a_node_whose_rank_0_run_ends_without_a_training_launch_exits_cleanly(tm
     assert joined == 0 and waited < 15
 
 
+def test_a_node_that_cannot_see_node_0s_cache_says_so_before_it_joins(tmp_path, tiny_model_dir, monkeypatch):
+    """Node 1 with its own TEMPA_CACHE (what tempa-2nodes.sbatch allowed): its training process failed, after the
+    rendezvous, with a FileNotFoundError of node 0's cache path, and node 0 with 'Connection closed by peer'."""
+    import logging
+
+    from tempa.recipes import launcher
+    from tempa.sft.stage_api import StageError
+    from tempa.sft.train_plan import TrainPlan
+
+    two = load_recipe(sft_recipe(tmp_path, tiny_model_dir, launch=f"launch: {{{TWO_NODES}}}")).recipe.launch
+    run_dir = tmp_path / "run"
+    hidden = tmp_path / "node0-cache" / "sft-data" / "abc" / "train"  # on node 0's disk only
+    plan = TrainPlan.standalone(tiny_model_dir, run_dir / "sft", {}, train_data=hidden).write(
+        run_dir / "sft" / "train_plan.json")
+    launched = []
+    monkeypatch.setattr(launcher, "_stream", lambda cmd, *a: launched.append(cmd) or (1, []))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path; from tempa.recipes.rundir import RunLock\n"
+         f"with RunLock(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        launcher.publish_request(two, "tempa.sft.train_worker", ["--plan", str(plan)], run_dir)
+        with pytest.raises(StageError) as err:
+            launcher.join_run(two, run_dir, 1, tmp_path / "logs", log=logging.getLogger("tempa"), start_timeout_s=30,
+                              poll_s=0.05)
+    finally:
+        holder.kill()
+        holder.wait()
+    message = str(err.value)
+    assert "\n" not in message and f"{hidden} (the plan's train_data)" in message
+    assert "TEMPA_CACHE" in message and launched == []
+
+
 @pytest.mark.slow
 def test_fsdp2_on_two_cpu_processes_shards_and_saves_the_zero3_weights(fsdp2_run, zero3_run, tiny_model_dir):
     from transformers import AutoModelForCausalLM

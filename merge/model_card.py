@@ -24,19 +24,9 @@ from tempa.merge.merge_result import RECIPE_BASE, MergeResult
 from tempa.merge.ollama_template import ollama_default_note
 from tempa.sft import language
 from tempa.sft.stage import SFTResult
-from tempa.sft.stage_api import RecipeInfo, Upstream, format_metric, looks_local
+from tempa.sft.stage_api import SECRET_KEY_RE, RecipeInfo, Upstream, format_metric, is_secret_key, looks_local
 
 REDACTED = "<redacted>"
-_SECRET_KEY_RE = re.compile(
-    r"(api[_-]?key|apikey|token|secret|password|passwd|credential|auth|private[_-]?key|access[_-]?key|cookie)",
-    re.IGNORECASE,
-)
-# Keys that contain a secret-looking word but hold harmless numbers/settings.
-_HARMLESS_KEYS = re.compile(
-    r"(max_new_tokens|max_tokens|num_tokens|tokenizer.*|.*_token_id|.*token_ids|pad_token|eos_token|"
-    r"bos_token|tokens_per_.*|.*_tokens|author.*)",
-    re.IGNORECASE,
-)
 TOKEN_PATTERNS = [
     re.compile(r"\bhf_[A-Za-z0-9]{20,}\b"),
     re.compile(r"\bsk-[A-Za-z0-9_-]{16,}\b"),
@@ -89,10 +79,6 @@ class ModelCardConfig(BaseModel):
     extra: str | None = Field(default=None, description="Markdown appended at the end of the card.")
 
 
-def is_secret_key(key: str) -> bool:
-    return bool(_SECRET_KEY_RE.search(key)) and not _HARMLESS_KEYS.fullmatch(key)
-
-
 def redact(value: Any) -> Any:
     """A copy of ``value`` with every text value under a secret-looking key replaced by ``<redacted>``.
 
@@ -111,7 +97,7 @@ def redact(value: Any) -> Any:
 
 
 # Environment names say "key" on their own too (TEACHER_KEY, OPENAI_KEY): a word of the name, not any "key".
-_SECRET_ENV_RE = re.compile(rf"{_SECRET_KEY_RE.pattern}|(?:^|[_-])key(?:$|[_-])", re.IGNORECASE)
+_SECRET_ENV_RE = re.compile(rf"{SECRET_KEY_RE.pattern}|(?:^|[_-])key(?:$|[_-])", re.IGNORECASE)
 
 
 def secret_env_names(resolved: Any) -> set[str]:

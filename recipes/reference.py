@@ -282,8 +282,9 @@ checked against trl's own dataclass when the recipe loads (unknown keys, wrong t
 scheduler's required `lr_scheduler_kwargs`, non-positive counts and learning rates). tempa's defaults for each kind are listed
 with it above; `tempa plan` prints the effective arguments of every training stage (defaults included).
 tempa itself sets `output_dir`, `logging_dir`, `resume_from_checkpoint`, `deepspeed` and `save_safetensors`
-(a recipe may not). Refused too: `hub_token` (a token belongs in `HF_TOKEN` or `hf auth login`, never in a
-recipe that is copied into the run folder), `push_to_hub` (`tempa push` uploads the checked final model, not
+(a recipe may not). Refused too: `hub_token` and any secret inside a mapping such as `model_init_kwargs: {token:
+...}` (a token belongs in `HF_TOKEN` or `hf auth login`, never in a recipe that is copied into the run folder and
+the trackers' config), `push_to_hub` (`tempa push` uploads the checked final model, not
 the checkpoints) and `trust_remote_code`, also inside `model_init_kwargs` (set it at the recipe's top level,
 which every loader reads). `report_to` names trackers (`tensorboard`, `wandb`, `trackio`, `mlflow`, ...); one that is
 not installed fails when the recipe loads. The run's name (`<recipe>/<stage>`) becomes `run_name` unless

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,23 @@ OnOffMixed = Annotated[Literal["on", "off", "mixed"], BeforeValidator(_yaml_on_o
 # The pydantic error type of a validator whose input may hold a secret (a URL with a password): the
 # recipe error names the field and the problem, never the value (tempa.recipes.errors).
 SECRET_INPUT_ERROR = "secret_input"
+
+# Keys whose text values are secrets wherever they appear (a recipe, a result, a card).
+SECRET_KEY_RE = re.compile(
+    r"(api[_-]?key|apikey|token|secret|password|passwd|credential|auth|private[_-]?key|access[_-]?key|cookie)",
+    re.IGNORECASE,
+)
+# Keys that contain a secret-looking word but hold harmless numbers/settings.
+_HARMLESS_KEYS = re.compile(
+    r"(max_new_tokens|max_tokens|num_tokens|tokenizer.*|.*_token_id|.*token_ids|pad_token|eos_token|"
+    r"bos_token|tokens_per_.*|.*_tokens|author.*)",
+    re.IGNORECASE,
+)
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a text under ``key`` is a secret (``token``, ``api_key``), not a count (``max_tokens``)."""
+    return bool(SECRET_KEY_RE.search(key)) and not _HARMLESS_KEYS.fullmatch(key)
 
 
 class StageError(RuntimeError):

@@ -102,6 +102,10 @@ def test_quoted_numbers_reach_the_trainer_as_trls_own_config_parser_reads_them(t
     ("trl:SFTConfig", {"model_init_kwargs": {"trust_remote_code": True}}, "top level"),
     ("trl:DPOConfig", {"trust_remote_code": True}, "top level"),
     ("trl:DPOConfig", {"model_init_kwargs": {"trust_remote_code": True}}, "top level"),
+    # a token inside a kwargs mapping reached `tempa plan` and the trackers' config (TensorBoard's args text)
+    ("trl:SFTConfig", {"model_init_kwargs": {"token": "hf_" + "s" * 34}}, r"'model_init_kwargs\.token'.*HF_TOKEN"),
+    ("trl:DPOConfig", {"model_init_kwargs": {"use_auth_token": "hf_" + "s" * 34}}, "HF_TOKEN"),
+    ("trl:GRPOConfig", {"generation_kwargs": {"extra": {"api_key": "sk-" + "s" * 30}}}, r"generation_kwargs\.extra"),
 ])
 def test_train_keys_that_bypass_tempa_s_safeguards_are_refused(config, train, hint) -> None:
     """A hub token in `train:` was copied into recipe.resolved.yaml, train_plan.json, the manifests and

@@ -109,6 +109,12 @@ class LaunchConfig(BaseModel):
             # tempa passes the machine count and each node's rank only for a multi-node launch
             raise ValueError(f"launch.num_machines: {self.num_machines}, but {Path(engine.source).name} says "
                              f"num_machines: {engine.num_machines}; set launch.num_machines: {engine.num_machines}")
+        written_for_them = self.launcher == "accelerate" and engine.num_machines == self.num_machines \
+            and engine.num_processes is not None
+        if self.num_machines > 1 and self.num_processes is None and not written_for_them:
+            # torchrun would start one process per node, accelerate spread a per-node config's processes over all
+            raise ValueError(f"launch.num_processes: required when num_machines is {self.num_machines} (every "
+                             f"machine's processes together, e.g. 16 for two nodes of 8 GPUs)")
         if self.num_processes is not None and self.num_processes % self.num_machines:
             raise ValueError(f"launch.num_processes: {self.num_processes} (all machines) is not a multiple of "
                              f"launch.num_machines: {self.num_machines}")

@@ -371,6 +371,14 @@ def test_a_config_file_for_two_machines_needs_num_machines_2(tmp_path):
     assert LaunchConfig(accelerate_config="zero3-multinode", num_machines=2).engine().zero_stage == 3
     with pytest.raises(ValidationError, match=r"num_processes: 3 .* not a multiple of launch\.num_machines: 2"):
         LaunchConfig(launcher="torchrun", num_processes=3, num_machines=2)
+    # Without num_processes a multi-node launch ran fewer processes than the nodes have GPUs: torchrun one per node,
+    # accelerate the per-node config's 8 spread over both nodes (4 each), while `tempa plan` counted 16.
+    for launch in ({"launcher": "torchrun"}, {"accelerate_config": "zero3"}):
+        with pytest.raises(ValidationError, match=r"launch\.num_processes: required when num_machines is 2 "
+                                                  r"\(every machine's processes together, e\.g\. 16 for two nodes of 8 GPUs\)"):
+            LaunchConfig(num_machines=2, **launch)
+    # a config written for the two machines says how many processes they run
+    assert LaunchConfig(accelerate_config="zero3-multinode", num_machines=2).num_processes is None
 
 
 @pytest.mark.parametrize(("config", "offload"), [("fsdp2", False), ("fsdp2-offload", True)])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,7 +37,7 @@ from tempa.alignment.input_checks import check_reward_inputs, check_tool_prompts
 from tempa.alignment.judge import fill
 from tempa.alignment.offline_pairs import IDENTICAL_PAIR, load_offline_pairs
 from tempa.alignment.pair_rendering import completion_ids, rendered_check
-from tempa.alignment.pairs import Pair, PairStats, Scored, best_worst, revision_pair, worst
+from tempa.alignment.pairs import INCOMPLETE, Pair, PairStats, Scored, best_worst, revision_pair, worst
 from tempa.alignment.preference_config import PreferenceStageConfig
 from tempa.alignment.prompts import PromptRow, load_prompts
 from tempa.alignment.rewards import (
@@ -277,8 +278,8 @@ def run_round(
     )
     if not rows:
         raise StageError(
-            f"{label}: no usable preference pair from {len(prompts)} prompts (dropped: {stats['dropped']}); "
-            f"see {round_dir / 'stats.json'}"
+            f"{label}: no usable preference pair from {len(prompts)} prompts (dropped: {stats['dropped']})"
+            f"{_no_pairs_hint(stats, config.sampling.max_new_tokens)}; see {round_dir / 'stats.json'}"
         )
 
     # 4. train with DPO in a launched process group
@@ -461,6 +462,17 @@ def _round_headline(summary: RoundSummary) -> dict[str, Scalar]:
 
 
 # --------------------------------------------------------------------------- files
+
+
+def _no_pairs_hint(stats: Mapping[str, Any], max_new_tokens: int) -> str:
+    """What to change when a round made no pair because its samples were cut off ('' otherwise)."""
+    if INCOMPLETE not in stats["dropped"]:
+        return ""
+    stopped = stats["finish_reasons"].get("length", 0)
+    total = sum(stats["finish_reasons"].values())
+    if not stopped:  # out of the running for an open think block the template would close
+        return ": samples ended inside an open think block, which the template would close, so none is trained as written"
+    return f": {stopped} of {total} samples stopped at sampling.max_new_tokens ({max_new_tokens}); raise it"
 
 
 def _save_pairs_dataset(rows: list[dict[str, Any]], path: Path, stage_dir: Path) -> Path:

@@ -152,3 +152,18 @@ def test_a_finished_stage_is_not_sampled_or_trained_again(aligned):
     again = run_preference(PreferenceStageConfig.model_validate(CONFIG),
                            context(ctx.stage_dir.parent, ctx.start_model, ctx.tokenizer_dir, launches))
     assert launches == [] and again.metrics == result.metrics
+
+
+def test_a_round_whose_samples_are_all_cut_off_says_to_raise_max_new_tokens(tmp_path, tiny_model_dir):
+    """'no usable preference pair ... (dropped: {fewer_than_two_complete: 12})' did not say that every sample had
+    stopped at sampling.max_new_tokens, the one setting that would give pairs (a Japanese user's trial)."""
+    from tempa.chat_templates import bake_tokenizer
+    from tempa.sft.stage_api import StageError
+
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tok")
+    ctx = context(tmp_path / "run", tiny_model_dir, tmp_path / "tok", [])  # the untrained model never ends a turn
+    config = {**CONFIG, "rounds": 1, "prompts": {"path": PROMPTS, "limit": 2},
+              "sampling": {"n": 2, "max_new_tokens": 4, "batch_size": 2, "thinking": {"mode": "off"}}}
+    with pytest.raises(StageError, match=r"no usable preference pair from 2 prompts .*: 4 of 4 samples stopped at "
+                                         r"sampling\.max_new_tokens \(4\); raise it"):
+        run_preference(PreferenceStageConfig.model_validate(config), ctx)

@@ -47,6 +47,9 @@ from tempa.sft.stage_api import (
 # Model files carried into the final folder; tokenizer files come from the recipe's tokenizer,
 # and training leftovers (optimizer, trainer state, markers) stay behind.
 _MODEL_FILE_PATTERNS = ("config.json", "*.safetensors", "model.safetensors.index.json")
+# The base model's licence and use policy travel with every model made from it (the Llama 3 licence asks for a
+# copy with each redistribution); the weights' own folder rarely has them, the base model's folder does.
+LICENSE_FILE_PATTERNS = ("LICENSE*", "LICENCE*", "USE_POLICY*", "NOTICE*")
 _SMOKE_PROMPT = [{"role": "user", "content": "Hello! What is 2 + 3?"}]
 
 
@@ -86,6 +89,17 @@ def copy_model_files(source: Path, out_dir: Path, *, trust_remote_code: bool = F
                     shutil.copy2(path, out_dir / path.name)
                 copied.append(path.name)
     return copied
+
+
+def copy_license_files(folders: Sequence[Path], out_dir: Path) -> list[str]:
+    """Copy the licence files of the first of ``folders`` that has any (the weights', else the base model's)."""
+    for folder in folders:
+        found = sorted({p for pattern in LICENSE_FILE_PATTERNS for p in folder.glob(pattern) if p.is_file()})
+        if found:
+            for path in found:
+                shutil.copyfile(path, out_dir / path.name)  # a hub cache's links are followed: the text is copied
+            return [path.name for path in found]
+    return []
 
 
 def check_generation_config(out_dir: Path) -> dict[str, Any]:
@@ -208,6 +222,9 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
     with staging_dir(final, inside=[stage_dir]) as tmp, \
             tempfile.TemporaryDirectory(prefix=".bake-", dir=stage_dir) as scratch:
         copied = copy_model_files(source, tmp, trust_remote_code=ctx.trust_remote_code)
+        licenses = copy_license_files([source, ctx.base_model], tmp)
+        if licenses:
+            ctx.log.info("%s: carried %s into the final model", ctx.stage_name, ", ".join(licenses))
         baked = Path(scratch) / "tokenizer"
         try:
             bake_tokenizer(ctx.tokenizer_dir, str(template_file), baked, model_dir=source,

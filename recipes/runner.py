@@ -119,7 +119,9 @@ def _download_model(ref: str, *, allow_pickle: bool) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     # safetensors only: pickled weights are never downloaded (unless the recipe opts in), so never loaded.
-    patterns = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.py"]
+    from tempa.merge.bake import LICENSE_FILE_PATTERNS
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.py", *LICENSE_FILE_PATTERNS]
     try:
         return Path(snapshot_download(ref, allow_patterns=patterns + (["*.bin", "*.pt"] if allow_pickle else [])))
     except LocalEntryNotFoundError:

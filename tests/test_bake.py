@@ -449,3 +449,31 @@ def test_the_plan_warns_before_training_when_every_sft_source_trains_thinking_of
     recipe.write_text(body.replace("TOP", "").replace("thinking_mode: 'off'", "thinking_mode: mixed, thinking_ratio: 0.5"))
     assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
     assert "thinking_default" not in capsys.readouterr().out
+
+
+def test_the_base_models_licence_and_use_policy_ship_with_the_final_model(tmp_path, tiny_model_dir, recipe_tokenizer):
+    """The Llama 3 licence asks for a copy with every redistribution; the final folder had none of the base model's
+    LICENSE / USE_POLICY.md (the trained weights' folder never has them)."""
+    from tempa.chat_templates import load_template
+    from tempa.merge.publish import publish_problems
+
+    run_dir = tmp_path / "run"
+    stages, source = _earlier_stages(run_dir, tiny_model_dir)
+    base = tmp_path / "hub" / "snapshots" / "abc"
+    blobs = tmp_path / "hub" / "blobs"
+    base.mkdir(parents=True)
+    blobs.mkdir()
+    (blobs / "1").write_text("LLAMA 3.1 COMMUNITY LICENSE AGREEMENT\n")
+    (base / "LICENSE").symlink_to(blobs / "1")  # the Hugging Face cache links a snapshot's files to its blobs
+    (base / "USE_POLICY.md").write_text("# Llama 3.1 Acceptable Use Policy\n")
+    (base / "README.md").write_text("the base model's own card: not the final model's\n")
+    config = BakeStageConfig.model_validate({"name": "bake", "kind": "bake", "smoke_test": False})
+    ctx = make_context(run_dir, "bake", start_model=source, tokenizer_dir=recipe_tokenizer, base_model=base,
+                       chat_template=load_template("llama3_thinking"), upstream=stages, recipe=RECIPE)
+    run_bake(config, ctx)
+    final = run_dir / "bake" / "final"
+    assert (final / "LICENSE").read_text() == "LLAMA 3.1 COMMUNITY LICENSE AGREEMENT\n"
+    assert not (final / "LICENSE").is_symlink()
+    assert (final / "USE_POLICY.md").read_text().startswith("# Llama 3.1 Acceptable Use Policy")
+    assert "base model's own card" not in (final / "README.md").read_text()
+    assert publish_problems(final) == []

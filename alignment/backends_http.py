@@ -5,7 +5,10 @@ Works with `vllm serve`, llama.cpp's `llama-server` and hosted APIs. Each prompt
 ``seed`` (and the prompt's ``tools``, the OpenAI field, when it offers some); the thinking mode goes in
 ``chat_template_kwargs`` (what the OpenAI client sends as
 ``extra_body``), which vLLM and llama.cpp pass to the chat template. HTTP 429 and 5xx answers and
-connection errors are retried with exponential backoff (honouring ``Retry-After``).
+connection errors (a reset, a body cut short, a timeout) are retried with exponential backoff (honouring
+``Retry-After``), at most ``max_retries`` times. A request the provider's content filter refuses (Azure's
+HTTP 400 ``content_filter``, or ``finish_reason: content_filter``) is one empty completion with
+``finish_reason`` ``"content_filter"``: that row is dropped, the run goes on.
 
 The API key is read from the environment variable the recipe names, sent only in the
 ``Authorization`` header, and scrubbed from every error message.
@@ -13,6 +16,7 @@ The API key is read from the environment variable the recipe names, sent only in
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -41,10 +45,17 @@ log = logging.getLogger("tempa.alignment.http")
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 60.0
+# Kept apart from "stop" and "length": a filtered answer may be cut anywhere, so it is never a finished one.
+FINISH_REASONS = ("stop", "length", "content_filter")
+SNIPPET_CHARS = 300
 
 
 class HTTPBackendError(StageError):
     """The endpoint refused or kept failing; the message is one line and carries no secret."""
+
+
+class _ContentFiltered(Exception):
+    """The provider's content filter refused the prompt (one row's refusal, not an error of the run)."""
 
 
 def chat_request_body(
@@ -89,7 +100,7 @@ def parse_choices(response: dict[str, Any]) -> list[Completion]:
         finish = choice.get("finish_reason")
         out.append(Completion(
             text=message.get("content") or "",
-            finish_reason=finish if finish in ("stop", "length") else None,
+            finish_reason=finish if finish in FINISH_REASONS else None,
             completion_tokens=None,  # `usage` counts all choices together
             reasoning=reasoning if isinstance(reasoning, str) else None,
         ))
@@ -149,6 +160,11 @@ class HTTPBackend(SamplingBackend):
     def __repr__(self) -> str:  # never shows the key
         return f"HTTPBackend({self.describe})"
 
+    @property
+    def _where(self) -> str:
+        """What an error names: the URL and the model (which of several teachers and judges failed)."""
+        return f"POST {self.url} (model {self.model})"
+
     # ------------------------------------------------------------------ requests
 
     def _scrub(self, text: str) -> str:
@@ -171,28 +187,48 @@ class HTTPBackend(SamplingBackend):
             try:
                 self.requests_sent += 1
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    # A server that echoes the Authorization header must not plant the key in the samples
-                    # (and from there in datasets, scores and error messages quoting a reply).
-                    return json.loads(self._scrub(response.read().decode("utf-8")))
+                    raw = response.read()
             except urllib.error.HTTPError as exc:
                 # Scrubbed before it is cut: a key across the cut would keep its first characters.
-                detail = self._scrub(exc.read().decode("utf-8", "replace"))[:300].replace("\n", " ")
+                text = self._scrub(exc.read().decode("utf-8", "replace"))
+                if _content_filtered(exc.code, text):
+                    raise _ContentFiltered from None
+                detail = _snippet(text)
                 if exc.code not in RETRY_STATUS:
-                    raise HTTPBackendError(f"POST {self.url}: HTTP {exc.code}: {detail}") from None
+                    raise HTTPBackendError(f"{self._where}: HTTP {exc.code}: {detail}") from None
                 reason = f"HTTP {exc.code}: {detail}"
                 retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-                reason = self._scrub(str(getattr(exc, "reason", exc)))
-            except json.JSONDecodeError as exc:
-                raise HTTPBackendError(f"POST {self.url}: response is not JSON ({exc.msg})") from None
+            except (OSError, http.client.HTTPException) as exc:
+                # OSError: refused, reset, timed out (URLError, ConnectionError, TimeoutError); HTTPException: the
+                # connection dropped mid-reply (IncompleteRead, RemoteDisconnected) or a garbled status line.
+                reason = self._scrub(str(getattr(exc, "reason", exc))) or type(exc).__name__
+            else:
+                return self._parsed(raw)
             if attempt >= self.max_retries:
-                raise HTTPBackendError(f"POST {self.url}: failed after {attempt} retries: {reason}")
+                raise HTTPBackendError(f"{self._where}: failed after {attempt} retries: {reason}")
             delay = retry_after if retry_after is not None else min(MAX_BACKOFF_S, self.backoff_s * 2**attempt)
             delay *= 1.0 if retry_after is not None else random.uniform(0.8, 1.2)
-            log.warning("POST %s: %s; retry %d/%d in %.1fs", self.url, reason, attempt + 1, self.max_retries, delay)
+            log.warning("%s: %s; retry %d/%d in %.1fs", self._where, reason, attempt + 1, self.max_retries, delay)
             self.retries += 1
             time.sleep(delay)
             attempt += 1
+
+    def _parsed(self, raw: bytes) -> dict[str, Any]:
+        """A 200 reply as a JSON object, or a one-line error quoting what came back (a proxy's HTML page ...)."""
+        try:
+            # A server that echoes the Authorization header must not plant the key in the samples
+            # (and from there in datasets, scores and error messages quoting a reply).
+            text = self._scrub(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            text = self._scrub(raw.decode("utf-8", "replace"))
+            raise HTTPBackendError(f"{self._where}: response is not UTF-8: {_snippet(text)}") from None
+        try:
+            response = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise HTTPBackendError(f"{self._where}: response is not JSON ({exc.msg}): {_snippet(text)}") from None
+        if not isinstance(response, dict):
+            raise HTTPBackendError(f"{self._where}: expected a JSON object with `choices`, got {_snippet(text)}")
+        return response
 
     def _one_prompt(self, messages: Messages, params: GenerationParams, seed: int,
                     mode: ThinkingMode | None, tools: Tools | None = None) -> list[Completion]:
@@ -202,12 +238,23 @@ class HTTPBackend(SamplingBackend):
                                      extra_body=self.extra_body, tools=tools)
 
         if self.supports_n:
-            completions = parse_choices(self._post(body(params.n, seed)))
+            completions = self._completions(body(params.n, seed), params.n)
         else:
-            completions = [c for j in range(params.n) for c in parse_choices(self._post(body(1, seed + j)))]
-        if len(completions) != params.n:
+            completions = [c for j in range(params.n) for c in self._completions(body(1, seed + j), 1)]
+        return completions
+
+    def _completions(self, body: dict[str, Any], n: int) -> list[Completion]:
+        try:
+            response = self._post(body)
+        except _ContentFiltered:
+            return [Completion(text="", finish_reason="content_filter") for _ in range(n)]
+        completions = parse_choices(response)
+        if not completions:
+            raise HTTPBackendError(f"{self._where}: the response has no choices: "
+                                   f"{_snippet(json.dumps(response, ensure_ascii=False))}")
+        if len(completions) != n:
             raise HTTPBackendError(
-                f"POST {self.url}: asked for n={params.n} completions, got {len(completions)} "
+                f"{self._where}: asked for n={n} completions, got {len(completions)} "
                 "(set supports_n: false for servers that ignore `n`)"
             )
         return completions
@@ -229,6 +276,23 @@ class HTTPBackend(SamplingBackend):
             return [self._one_prompt(*job) for job in jobs]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs))) as pool:
             return list(pool.map(lambda job: self._one_prompt(*job), jobs))
+
+
+def _snippet(text: str) -> str:
+    """The start of a reply on one line (an error message quotes it)."""
+    return " ".join(text[:SNIPPET_CHARS].split()) or "(empty body)"
+
+
+def _content_filtered(status: int, text: str) -> bool:
+    """Azure OpenAI refuses a prompt its content filter flags with HTTP 400 and ``error.code`` content_filter: a
+    refusal of that one row, not a broken request (which would stop the run)."""
+    if status != 400:
+        return False
+    try:
+        error = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(error, dict) and error.get("code") == "content_filter"
 
 
 def _retry_after(value: str | None) -> float | None:

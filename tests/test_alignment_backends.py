@@ -155,6 +155,92 @@ def test_missing_api_key_variable_is_a_clear_error(monkeypatch):
         build_backend(config, policy_dir=None, tokenizer_dir=None)  # type: ignore[arg-type]
 
 
+class RawServer:
+    """A loopback server that answers each POST with scripted raw bytes: what FakeOpenAI cannot send (a body
+    cut short, an HTML page, bytes that are not UTF-8)."""
+
+    def __init__(self, replies: list[tuple[int, bytes, int | None]]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.replies, self.served = list(replies), 0
+        raw = self
+
+        class Handler(BaseHTTPRequestHandler):
+            timeout = 10
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status, data, length = raw.replies[min(raw.served, len(raw.replies) - 1)]
+                raw.served += 1
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data) if length is None else length))
+                self.end_headers()
+                self.wfile.write(data)
+                self.close_connection = True
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> RawServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _ok(text: str, finish: str = "stop") -> bytes:
+    import json
+
+    return json.dumps(chat_response([text], finish=finish)).encode()
+
+
+def test_http_backend_retries_a_reply_cut_short():
+    """A connection dropped mid-body (a proxy restart, a load balancer's idle cut) is a transient failure like a
+    reset: retried, not a bare http.client.IncompleteRead traceback that ends a 300k-prompt run."""
+    with RawServer([(200, b'{"choices": [', 500), (200, _ok("fine"), None)]) as server:
+        backend = http(server)
+        out = backend.sample([[{"role": "user", "content": "q"}]], GenerationParams())
+    assert out[0][0].text == "fine" and server.served == 2 and backend.retries == 1
+
+
+@pytest.mark.parametrize(("data", "shows"), [
+    (b"<html><body>502 Bad Gateway</body></html>", "<html><body>502 Bad Gateway"),  # a proxy's page
+    (b'["not", "an", "object"]', '["not", "an", "object"]'),
+    (b'{"choices": []}', "no choices"),
+    (b'\xff\xfe{"choices": []}', "not UTF-8"),
+])
+def test_http_backend_odd_replies_are_one_line_errors_naming_url_and_model(data, shows):
+    with RawServer([(200, data, None)]) as server, pytest.raises(HTTPBackendError) as err:
+        http(server).sample([[{"role": "user", "content": "q"}]], GenerationParams())
+    message = str(err.value)
+    assert shows in message and "\n" not in message
+    assert server.base_url in message and "teacher-model" in message
+    assert "supports_n" not in message  # an empty reply is not a server ignoring `n`
+
+
+def test_http_backend_content_filter_refusals_are_rows_not_errors():
+    """A provider's content filter refuses one prompt of thousands: Azure answers HTTP 400 `content_filter`
+    (this stopped the run), OpenAI-style servers `finish_reason: content_filter` with a partial answer (this was
+    taken as a finished one). Either way the prompt gets an empty or flagged completion; the run goes on."""
+    import json
+
+    azure = json.dumps({"error": {"code": "content_filter", "message": "The response was filtered"}}).encode()
+    with RawServer([(400, azure, None), (200, _ok("Here is how to make a b", finish="content_filter"), None),
+                    (200, _ok("fine"), None)]) as server:
+        backend = http(server, concurrency=1)
+        out = backend.sample([[{"role": "user", "content": p}] for p in "abc"], GenerationParams())
+    assert [(c.text, c.finish_reason) for g in out for c in g] == [
+        ("", "content_filter"), ("Here is how to make a b", "content_filter"), ("fine", "stop")]
+    assert server.served == 3 and backend.retries == 0
+
+
 # --------------------------------------------------------------------------- vLLM
 
 

@@ -37,6 +37,7 @@ from tempa.alignment.teacher_text import (
     output_files,
     teacher_backend,
     teacher_reads,
+    teacher_store,
     write_outputs,
 )
 from tempa.sft import language
@@ -137,15 +138,17 @@ def run_generate_prompts(config: GeneratePromptsStageConfig, ctx: StageContext) 
     teacher = teacher_backend(config.teacher.backend, ctx, "teacher")
     ctx.log.info("%s: %d prompt(s) requested (%d topic(s) x %d) in %s from %s", ctx.stage_name, len(jobs),
                  len(config.topics), config.per_topic, target, teacher.describe)
+    params = config.teacher.params(ctx.seed)
     try:
-        answers = ask_teacher(teacher, requests, config.teacher.params(ctx.seed))
+        answers = ask_teacher(teacher, requests, params, teacher_store(ctx, config.teacher, params),
+                              desc=f"{ctx.stage_name}: write prompts")
     finally:
         teacher.close()
 
     gate, dropped, kept = Gate(config.filters), [], []
-    for (topic, i), (text, finished) in zip(jobs, answers, strict=True):
+    for (topic, i), (text, finish_reason) in zip(jobs, answers, strict=True):
         text = text.strip().strip('"“”「」').strip()
-        reason = gate.reason(text, finished, config.language)
+        reason = gate.reason(text, finish_reason, config.language)
         (dropped if reason else kept).append({"topic": topic, "index": i, "text": text, "reason": reason})
     if config.judge is not None and kept:
         scores = gate_scores(config.judge, PROMPT_RUBRIC,

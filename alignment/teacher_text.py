@@ -4,10 +4,18 @@ Shared by the `translate` and `generate_prompts` stages. A teacher is asked with
 per item; its answer (think block removed) is the text. Heuristic filters then drop text that is
 empty, cut off, too short or long, in the wrong language or a repeat; an optional judge rates what
 is left on 1-10 and drops anything under ``min_score``. Every dropped item is kept with its reason.
+
+Both passes are journaled under ``<stage>/data/`` (``teacher.jsonl``, ``judge.jsonl``: appended and
+fsynced per batch, see :mod:`tempa.alignment.sampling`), so a run stopped at row 150,000 of 300,000
+resumes there instead of paying for the first 150,000 again. A record is keyed by its request's
+position and a hash of its text, and a journal's signature holds the teacher (or judge) and its
+sampling settings: a changed instruction, source row, model or temperature is asked again, while
+settings of how requests travel (concurrency, timeouts, retries) keep the journal.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +32,11 @@ from tempa.alignment.backends import (
     build_backend,
     describe_backend,
 )
+from tempa.alignment.backends_http import output_fingerprint
+from tempa.alignment.completions import Completion
 from tempa.alignment.generation import GenerationParams
-from tempa.alignment.judge import Judge, JudgeSettings, fill
+from tempa.alignment.judge import Judge, JudgeSettings, fill, parse_judge_score
+from tempa.alignment.sampling import JsonlStore, run_incremental
 from tempa.sft import language as lang
 from tempa.sft.files import write_json, write_jsonl
 from tempa.sft.stage_api import Read, StageContext, StageError
@@ -78,16 +89,60 @@ def teacher_reads(teacher: TeacherSettings, judge: JudgeGate | None) -> list[Rea
     return reads
 
 
-def ask_teacher(backend: SamplingBackend, requests: Sequence[str], params: GenerationParams) -> list[tuple[str, bool]]:
-    """The teacher's answer to each request (one user message), and whether it ended by itself."""
+CONTENT_FILTER = "content_filter"
+TEACHER_JOURNAL = "teacher.jsonl"
+JUDGE_JOURNAL = "judge.jsonl"
+
+
+def request_key(index: int, request: str) -> str:
+    """A journal key: the request's place and a hash of its text (an edited instruction or row is asked anew)."""
+    return f"{index}-{hashlib.sha1(request.encode('utf-8')).hexdigest()[:16]}"
+
+
+def _journaled(
+    store: JsonlStore, requests: Sequence[str], chunk_size: int, desc: str, ask: Any, measure: Any = None
+) -> list[dict[str, Any]]:
+    """``ask(chunk_of_requests, chunk_index)`` -> one record per request, run only for requests not journaled."""
+    items = list(enumerate(requests))
+
+    def work(chunk: list[tuple[int, str]], index: int) -> list[dict[str, Any]]:
+        records = ask([request for _, request in chunk], index)
+        return [{"id": request_key(*item), **record} for item, record in zip(chunk, records, strict=True)]
+
+    records, _ = run_incremental(items, key=lambda item: request_key(*item), work=work, store=store,
+                                 chunk_size=chunk_size, desc=desc, measure=measure)
+    return records
+
+
+def ask_teacher(
+    backend: SamplingBackend, requests: Sequence[str], params: GenerationParams, store: JsonlStore, *, desc: str
+) -> list[tuple[str, str | None]]:
+    """The teacher's answer to each request (one user message) and how it ended (``finish_reason``), asked in
+    batches of ``params.batch_size`` and journaled in ``store`` (a resumed run asks only what is missing)."""
+
+    def ask(chunk: list[str], index: int) -> list[dict[str, Any]]:
+        # Seeded per batch, as the synthesize pass is: a resumed run asks a batch with the seed it had.
+        chunk_params = params.model_copy(update={"seed": params.seed + 1000 * index})
+        groups = backend.sample([[{"role": "user", "content": r}] for r in chunk], chunk_params)
+        return [{"completion": group[0].to_dict()} for group in groups]
+
+    def measure(record: dict[str, Any]) -> tuple[int, int]:
+        return 1, record["completion"].get("completion_tokens") or 0
+
     from tempa.chat_templates.thinking import split_reasoning
 
     out = []
-    for group in backend.sample([[{"role": "user", "content": r}] for r in requests], params):
-        completion = group[0]
-        text = split_reasoning(completion.full_text).answer.strip()
-        out.append((text, completion.finish_reason != "length"))
+    for record in _journaled(store, requests, params.batch_size, desc, ask, measure):
+        completion = Completion.from_dict(record["completion"])
+        out.append((split_reasoning(completion.full_text).answer.strip(), completion.finish_reason))
     return out
+
+
+def teacher_store(ctx: StageContext, teacher: TeacherSettings, params: GenerationParams) -> JsonlStore:
+    """The teacher pass's journal; its signature is what changes the answers (not how requests travel)."""
+    signature = {"model": str(ctx.start_model), "backend": output_fingerprint(teacher.backend),
+                 "params": params.model_dump(mode="json")}
+    return JsonlStore(ctx.stage_dir / "data" / TEACHER_JOURNAL, signature)
 
 
 def _normalised(text: str) -> str:
@@ -101,9 +156,11 @@ class Gate:
     filters: TextFilters
     seen: set[str] = field(default_factory=set)
 
-    def reason(self, text: str, finished: bool, target: str | None) -> str | None:
+    def reason(self, text: str, finish_reason: str | None, target: str | None) -> str | None:
         """Why ``text`` is dropped, or None when it passes."""
-        if not finished and not self.filters.keep_incomplete:
+        if finish_reason == CONTENT_FILTER:  # refused, or cut where the filter struck: never a whole text
+            return CONTENT_FILTER
+        if finish_reason == "length" and not self.filters.keep_incomplete:
             return "cut_off"
         if len(text) < self.filters.min_chars:
             return "too_short"
@@ -121,11 +178,6 @@ class Gate:
         return None
 
 
-def judge_scores(judge: Judge, rubric: str, items: Sequence[dict[str, Any]]) -> list[float | None]:
-    """Ratings of ``items`` (each the rubric's placeholder values: question, answer, language, ...)."""
-    return [verdict.score for verdict in judge.rate([fill(rubric, **item) for item in items])]
-
-
 def teacher_backend(block: Any, ctx: StageContext, who: str) -> LazyBackend:
     """The backend a recipe block names, built on first use (a stage with nothing to ask loads nothing)."""
     name = describe_backend(block, ctx.start_model)
@@ -136,12 +188,22 @@ def teacher_backend(block: Any, ctx: StageContext, who: str) -> LazyBackend:
 
 def gate_scores(gate: JudgeGate, rubric: str, items: Sequence[dict[str, Any]], ctx: StageContext
                 ) -> list[float | None]:
-    """The judge's 1-10 ratings of ``items`` (rubric placeholder values), its backend closed after."""
+    """The judge's 1-10 ratings of ``items`` (rubric placeholder values), journaled; its backend closed after."""
     judge = Judge(teacher_backend(gate.backend, ctx, "judge"), gate, seed=ctx.seed)
+    prompts = [fill(gate.rubric or rubric, **item) for item in items]
+    signature = {"model": str(ctx.start_model), "backend": output_fingerprint(gate.backend),
+                 "settings": gate.model_dump(mode="json", exclude={"backend", "min_score"}), "seed": ctx.seed}
+    store = JsonlStore(ctx.stage_dir / "data" / JUDGE_JOURNAL, signature)
+
+    def ask(chunk: list[str], index: int) -> list[dict[str, Any]]:
+        return [{"reply": reply} for reply in judge.ask(chunk)]
+
     try:
-        return judge_scores(judge, gate.rubric or rubric, items)
+        records = _journaled(store, prompts, gate.batch_size, f"{ctx.stage_name}: judge", ask)
     finally:
         judge.backend.close()
+    # Parsed on reading, not stored: a fixed parser rescores a journaled reply without asking again.
+    return [parse_judge_score(record["reply"]) for record in records]
 
 
 def write_outputs(ctx: StageContext, output_file: str, rows: list[dict[str, Any]], rejects: list[dict[str, Any]],

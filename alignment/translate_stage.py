@@ -38,6 +38,7 @@ from tempa.alignment.teacher_text import (
     output_files,
     teacher_backend,
     teacher_reads,
+    teacher_store,
     write_outputs,
 )
 from tempa.sft import language
@@ -169,17 +170,19 @@ def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateR
                 if isinstance(msg["content"], str) and msg["content"].strip() and msg["role"] != "system"]
     ctx.log.info("%s: translating %d text(s) of %d row(s) into %s with %s", ctx.stage_name, len(requests),
                  len(conversations), target, teacher.describe)
+    params = config.teacher.params(ctx.seed)
     try:
         answers = ask_teacher(teacher, [config.instruction.replace("{language}", target).replace(
-            "{text}", conversations[c][m]["content"]) for c, m in requests], config.teacher.params(ctx.seed))
+            "{text}", conversations[c][m]["content"]) for c, m in requests], params,
+            teacher_store(ctx, config.teacher, params), desc=f"{ctx.stage_name}: translate")
     finally:
         teacher.close()
 
     gate, dropped = Gate(config.filters), {}
     translated = [[dict(m) for m in conv] for conv in conversations]
-    for (c, m), (text, finished) in zip(requests, answers, strict=True):
+    for (c, m), (text, finish_reason) in zip(requests, answers, strict=True):
         original = conversations[c][m]["content"]
-        reason = gate.reason(text, finished, config.target_language) if c not in dropped else None
+        reason = gate.reason(text, finish_reason, config.target_language) if c not in dropped else None
         ratio = (len(text) + 1) / (len(original) + 1)
         if reason is None and not 1 / config.max_length_ratio <= ratio <= config.max_length_ratio:
             reason = "length_ratio"

@@ -210,3 +210,114 @@ def test_prompt_source_keeps_only_the_languages_asked_for():
     assert len(load_prompts(PromptSource(path=path, languages=["th", "vi"], limit=2), seed=0)) == 2
     with pytest.raises(StageError, match="no prompts in ko"):
         load_prompts(PromptSource(path=path, languages=["ko"]), seed=0)
+
+
+class Interrupted(Exception):
+    """Ctrl-C or a crash in the middle of a long teacher pass."""
+
+
+class Counting(SamplingBackend):
+    """A teacher that answers every request in Japanese and records them; after ``crash_after`` answered (and
+    paid for) requests it crashes."""
+
+    def __init__(self, reply, crash_after: int | None = None) -> None:
+        self.reply, self.crash_after, self.requests = reply, crash_after, []
+
+    def sample(self, prompts, params, *, thinking_modes=None):
+        out = []
+        for p in prompts:
+            if self.crash_after is not None and len(self.requests) >= self.crash_after:
+                raise Interrupted(f"after {len(self.requests)} requests")
+            self.requests.append(p[-1]["content"])
+            out.append([Completion(text=self.reply(p[-1]["content"]), finish_reason="stop")])
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def japanese(request: str) -> str:
+    numbers = re.findall(r"\d+", request)
+    return f"質問番号{numbers[0] if numbers else ''}について詳しく教えてください。" if "[Text]" in request else \
+        "とても良い翻訳です。 [[9]]"
+
+
+def _run_with(monkeypatch, backends: dict[str, Counting], config, ctx):
+    import tempa.alignment.teacher_text as teacher_text
+
+    monkeypatch.setattr(teacher_text, "build_backend", lambda block, **kwargs: backends[block.model])
+    return run_translate(config, ctx)
+
+
+def test_translate_resumes_from_its_journal_and_asks_again_only_what_changed(tmp_path, tiny_model_dir, monkeypatch):
+    """300k rows through a paid API: a crash at row N must not pay for rows 1..N again. A changed teacher or
+    instruction is asked anew; a transport setting (concurrency) is not a reason to start over."""
+    source = _rows(tmp_path / "prompts.jsonl", [{"prompt": f"Please explain question number {i} in detail."}
+                                                for i in range(20)])
+    block = {"name": "t", "target_language": "ja", "source": {"path": source},
+             "teacher": {"backend": {**HTTP, "model": "translator"}, "batch_size": 4},
+             "judge": {"backend": {**HTTP, "model": "judge"}, "min_score": 8, "batch_size": 4}}
+    config = TranslateStageConfig.model_validate(block)
+    ctx = make_context(tmp_path / "run", "t", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    crashing = {"translator": Counting(japanese, crash_after=8), "judge": Counting(japanese)}
+    with pytest.raises(Interrupted):
+        _run_with(monkeypatch, crashing, config, ctx)
+    assert len(crashing["translator"].requests) == 8 and crashing["judge"].requests == []
+
+    healthy = {"translator": Counting(japanese), "judge": Counting(japanese, crash_after=4)}
+    with pytest.raises(Interrupted):  # now the judge's pass is cut short after its first batch
+        _run_with(monkeypatch, healthy, config, ctx)
+    # the 8 answered before the crash are not asked (nor paid for) again
+    assert len(healthy["translator"].requests) == 12
+    assert not set(healthy["translator"].requests) & set(crashing["translator"].requests)
+
+    again = {"translator": Counting(japanese), "judge": Counting(japanese)}
+    result = _run_with(monkeypatch, again, config, ctx)
+    assert again["translator"].requests == [] and len(again["judge"].requests) == 16
+    rows = [json.loads(line) for line in result.dataset.read_text(encoding="utf-8").splitlines()]
+    assert [r["provenance"]["row"] for r in rows] == list(range(20))  # every row, in source order
+    assert [r["messages"][0]["content"] for r in rows] == [japanese(f"[Text] {i}") for i in range(20)]
+
+    faster = TranslateStageConfig.model_validate(
+        {**block, "teacher": {**block["teacher"], "backend": {**HTTP, "model": "translator", "concurrency": 64}}})
+    unchanged = {"translator": Counting(japanese), "judge": Counting(japanese)}
+    _run_with(monkeypatch, unchanged, faster, ctx)
+    assert unchanged["translator"].requests == [] and unchanged["judge"].requests == []
+
+    other_model = TranslateStageConfig.model_validate(
+        {**block, "teacher": {**block["teacher"], "backend": {**HTTP, "model": "translator-2"}}})
+    fresh = {"translator-2": Counting(japanese), "judge": Counting(japanese)}
+    _run_with(monkeypatch, fresh, other_model, ctx)
+    assert len(fresh["translator-2"].requests) == 20
+
+    edited = TranslateStageConfig.model_validate(
+        {**block, "teacher": {**block["teacher"], "backend": {**HTTP, "model": "translator-2"}},
+         "instruction": "Into {language}, faithfully:\n[Text]\n{text}\n[End of text]"})
+    reasked = {"translator-2": Counting(japanese), "judge": Counting(japanese)}
+    _run_with(monkeypatch, reasked, edited, ctx)
+    assert len(reasked["translator-2"].requests) == 20
+    assert all(r.startswith("Into") for r in reasked["translator-2"].requests)
+
+
+def test_a_content_filtered_translation_is_dropped_with_its_reason(tmp_path, tiny_model_dir, monkeypatch):
+    """A provider's content filter cuts an answer where it strikes (finish_reason content_filter): the part
+    before the cut was kept as a finished translation."""
+
+    class Filtering(Counting):
+        def sample(self, prompts, params, *, thinking_modes=None):
+            return [[Completion(text=japanese(p[-1]["content"]),
+                                finish_reason="content_filter" if "number 1 " in p[-1]["content"] else "stop")]
+                    for p in prompts]
+
+    source = _rows(tmp_path / "prompts.jsonl", [{"prompt": f"Please explain question number {i} in detail."}
+                                                for i in range(3)])
+    config = TranslateStageConfig.model_validate({"name": "t", "target_language": "ja", "source": {"path": source},
+                                                  "teacher": {"backend": {**HTTP, "model": "translator"}}})
+    ctx = make_context(tmp_path / "run", "t", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    result = _run_with(monkeypatch, {"translator": Filtering(japanese)}, config, ctx)
+    rows = [json.loads(line) for line in result.dataset.read_text(encoding="utf-8").splitlines()]
+    assert [r["provenance"]["row"] for r in rows] == [0, 2]
+    stats = json.loads((result.dataset.parent / "stats.json").read_text())
+    assert stats["rejected"] == {"content_filter": 1} and stats["rows"] == stats["kept"] + 1

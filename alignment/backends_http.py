@@ -46,7 +46,8 @@ log = logging.getLogger("tempa.alignment.http")
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 60.0
 # Kept apart from "stop" and "length": a filtered answer may be cut anywhere, so it is never a finished one.
-FINISH_REASONS = ("stop", "length", "content_filter")
+CONTENT_FILTER = "content_filter"
+FINISH_REASONS = ("stop", "length", CONTENT_FILTER)
 SNIPPET_CHARS = 300
 # How requests travel, not what comes back: a journaled pass resumed with other values keeps its work (a
 # user who stops a run at row 150,000 to raise concurrency must not pay for the first 150,000 again).
@@ -258,7 +259,7 @@ class HTTPBackend(SamplingBackend):
         try:
             response = self._post(body)
         except _ContentFiltered:
-            return [Completion(text="", finish_reason="content_filter") for _ in range(n)]
+            return [Completion(text="", finish_reason=CONTENT_FILTER) for _ in range(n)]
         completions = parse_choices(response)
         if not completions:
             raise HTTPBackendError(f"{self._where}: the response has no choices: "

@@ -33,6 +33,7 @@ from typing import Any
 from pydantic import Field
 
 from tempa.alignment.backends import LazyBackend, build_backend, describe_backend
+from tempa.alignment.backends_http import CONTENT_FILTER, output_fingerprint
 from tempa.alignment.completions import Completion, assistant_message, split_think
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.input_checks import check_reward_inputs
@@ -93,7 +94,8 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
     teacher = LazyBackend(make_teacher, describe=teacher_name)
     env = ScoringEnv(policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir, stage_models=ctx.stage_models,
                      trust_remote_code=ctx.trust_remote_code, seed=ctx.seed, tokenizer=tokenizer)
-    signature = {"model": str(ctx.start_model), "teacher": config.teacher.model_dump(mode="json"), "seed": ctx.seed,
+    # The teacher as far as it shapes the samples: a run resumed with more concurrency keeps what it has paid for.
+    signature = {"model": str(ctx.start_model), "teacher": output_fingerprint(config.teacher), "seed": ctx.seed,
                  "sampling": config.sampling.model_dump(mode="json"), "prompts": [p.id for p in prompts]}
     rewards = RewardSet(config.rewards, env)
     stats: dict[str, Any] = {"prompts": len(prompts), "teacher": teacher_name}
@@ -211,8 +213,9 @@ def judge_reason(results: list[dict[str, Any]], reason: str | None) -> str | Non
 
 
 def complete(completion: Completion) -> bool:
-    """Ended on its own (not cut off) with a non-empty answer."""
-    return not completion.truncated and bool(split_think(completion).answer.strip())
+    """Ended on its own (not cut off, not stopped by a provider's content filter) with a non-empty answer."""
+    return (not completion.truncated and completion.finish_reason != CONTENT_FILTER
+            and bool(split_think(completion).answer.strip()))
 
 
 def select_complete(values: list[float | None], completions: list[Completion], strategy: str,

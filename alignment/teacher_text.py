@@ -32,7 +32,7 @@ from tempa.alignment.backends import (
     build_backend,
     describe_backend,
 )
-from tempa.alignment.backends_http import output_fingerprint
+from tempa.alignment.backends_http import CONTENT_FILTER, output_fingerprint
 from tempa.alignment.completions import Completion
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.judge import Judge, JudgeSettings, fill, parse_judge_score
@@ -89,7 +89,6 @@ def teacher_reads(teacher: TeacherSettings, judge: JudgeGate | None) -> list[Rea
     return reads
 
 
-CONTENT_FILTER = "content_filter"
 TEACHER_JOURNAL = "teacher.jsonl"
 JUDGE_JOURNAL = "judge.jsonl"
 

@@ -247,3 +247,45 @@ def test_second_turns_are_judged_and_kept_at_nine_or_above(tmp_path, tiny_model_
     second = next(b for b in server.requests if last_user(b).startswith("FOLLOWUP-1"))
     assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
     assert second["messages"][1]["content"] == "GOOD: plants turn light into sugar."
+
+
+def test_a_content_filtered_answer_is_never_kept(tmp_path, tiny_model_dir, tokenizer_dir, monkeypatch):
+    """A provider's filter stops an answer where it strikes (finish_reason content_filter): the text before the
+    cut scored like a finished answer and was kept."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+
+    def reply(body):
+        response = math_reply(body)
+        if last_user(body) == "What is 9 + 9?":
+            for choice in response["choices"]:
+                choice["finish_reason"] = "content_filter"
+        return response
+
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    with FakeOpenAI(reply) as server:
+        result = run_synthesize(synth_config(server, write_prompts(tmp_path / "p.jsonl"), select={"min_score": 2.0}),
+                                ctx)
+    kept = [r["messages"][0]["content"] for r in read_jsonl(ctx.stage_dir / "data" / "synthesized.jsonl")]
+    reasons = {r["messages"][0]["content"]: r["reason"] for r in read_jsonl(ctx.stage_dir / "data" / "rejects.jsonl")}
+    assert kept == ["Berapa 2 + 3?"] and reasons["What is 9 + 9?"] == "incomplete"
+    stats = json.loads((ctx.stage_dir / "data" / "stats.json").read_text())
+    assert stats["finish_reasons"]["content_filter"] == 3 and result.prompts == result.kept_prompts + len(reasons)
+
+
+def test_a_run_resumed_with_other_transport_settings_keeps_its_samples(tmp_path, tiny_model_dir, tokenizer_dir,
+                                                                       monkeypatch):
+    """Stopping a long distillation to raise concurrency (or a timeout, or retries) changed the journal's signature:
+    every prompt was sampled, and paid for, again."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    with FakeOpenAI(math_reply) as server:
+        config = synth_config(server, prompts)
+        run_synthesize(config, ctx)
+        sent = len(server.requests)
+        teacher = {**config.teacher.model_dump(), "concurrency": 32, "timeout_s": 600, "max_retries": 9,
+                   "backoff_s": 2.0}
+        run_synthesize(synth_config(server, prompts, teacher=teacher), ctx)
+        assert len(server.requests) == sent
+        run_synthesize(synth_config(server, prompts, teacher={**teacher, "model": "teacher-2"}), ctx)
+        assert len(server.requests) == 2 * sent  # another model: sampled again

@@ -83,6 +83,7 @@ TRANSLATE = StageKind(
     summary="teacher machine translation of prompts or conversations, filtered and judged, into a dataset",
     produces=frozenset({Artifact.DATASET}),
     result=TranslateResult,
+    resumable=True,
     dataset_size=translated_size,
     check_environment=check_api_keys,
 )
@@ -93,6 +94,7 @@ GENERATE_PROMPTS = StageKind(
     summary="teacher-written prompts per topic (Magpie-style), filtered and judged, into a prompts dataset",
     produces=frozenset({Artifact.DATASET}),
     result=GeneratePromptsResult,
+    resumable=True,
     dataset_size=generated_size,
     check_environment=check_api_keys,
 )

@@ -38,7 +38,15 @@ from tempa.alignment.generation import (
     resolve_tools,
 )
 from tempa.chat_templates.thinking import mode_kwargs
-from tempa.sft.stage_api import SECRET_INPUT_ERROR, Artifact, Read, StageError, resolve_path, stage_ref
+from tempa.sft.stage_api import (
+    NOT_FINGERPRINTED,
+    SECRET_INPUT_ERROR,
+    Artifact,
+    Read,
+    StageError,
+    resolve_path,
+    stage_ref,
+)
 
 
 class SamplingBackend(GenerationBackend):
@@ -202,23 +210,30 @@ class VLLMBackendConfig(_Strict):
 
 
 class HTTPBackendConfig(_Strict):
-    """An OpenAI-compatible `/v1/chat/completions` endpoint: a vLLM or llama.cpp server, or a hosted API."""
+    """An OpenAI-compatible `/v1/chat/completions` endpoint: a vLLM or llama.cpp server, or a hosted API.
+
+    Its transport settings (`api_key_env`, `timeout_s`, `max_retries`, `backoff_s`, `concurrency`) are no part of
+    a stage's fingerprint: changing them resumes a stage (or keeps a finished one), never re-runs it.
+    """
 
     type: Literal["http"] = "http"
     base_url: str = Field(description="API root including the version, e.g. `http://127.0.0.1:8000/v1`.")
     model: str = Field(description="The served model name sent as `model` in each request.")
     api_key_env: str | None = Field(
         default=None,
+        json_schema_extra=NOT_FINGERPRINTED,
         description="Name of the environment variable holding the API key (sent as a Bearer token). The key "
         "itself never appears in a recipe, a log, a manifest or an output file.",
     )
-    timeout_s: float = Field(default=300.0, gt=0, description="Seconds to wait for one response.")
-    max_retries: int = Field(default=5, ge=0, description="Retries on HTTP 429/5xx and connection errors.")
+    timeout_s: float = Field(default=300.0, gt=0, json_schema_extra=NOT_FINGERPRINTED,
+                             description="Seconds to wait for one response.")
+    max_retries: int = Field(default=5, ge=0, json_schema_extra=NOT_FINGERPRINTED,
+                             description="Retries on HTTP 429/5xx and connection errors.")
     backoff_s: float = Field(
-        default=1.0, ge=0, description="First retry delay; doubles per retry (capped at 60s; `Retry-After` wins)."
+        default=1.0, ge=0, json_schema_extra=NOT_FINGERPRINTED, description="First retry delay; doubles per retry (capped at 60s; `Retry-After` wins)."
     )
     concurrency: int = Field(
-        default=8, ge=1, description="Requests in flight at once (within one batch of the stage's `batch_size` "
+        default=8, ge=1, json_schema_extra=NOT_FINGERPRINTED, description="Requests in flight at once (within one batch of the stage's `batch_size` "
         "prompts, so raise both for a high-latency API).",
     )
     supports_n: bool = Field(

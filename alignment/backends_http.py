@@ -51,23 +51,12 @@ FINISH_REASONS = ("stop", "length", CONTENT_FILTER)
 SNIPPET_CHARS = 300
 # How requests travel, not what comes back: a journaled pass resumed with other values keeps its work (a
 # user who stops a run at row 150,000 to raise concurrency must not pay for the first 150,000 again).
-TRANSPORT_FIELDS = frozenset({"api_key_env", "timeout_s", "max_retries", "backoff_s", "concurrency"})
-
-
 class HTTPBackendError(StageError):
     """The endpoint refused or kept failing; the message is one line and carries no secret."""
 
 
 class _ContentFiltered(Exception):
     """The provider's content filter refused the prompt (one row's refusal, not an error of the run)."""
-
-
-def output_fingerprint(config: Any) -> dict[str, Any]:
-    """A backend config as a resumable pass's signature holds it: every field that can change the samples."""
-    dump = config.model_dump(mode="json")
-    if isinstance(config, HTTPBackendConfig):
-        dump = {key: value for key, value in dump.items() if key not in TRANSPORT_FIELDS}
-    return dump
 
 
 def chat_request_body(

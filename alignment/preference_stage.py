@@ -61,7 +61,15 @@ from tempa.sft.data_config import DataError
 from tempa.sft.files import json_or_none, point_link, staging_dir, write_json, write_jsonl
 from tempa.sft.kernels import KERNEL_KEYS
 from tempa.sft.run_layout import CHECKPOINTS_DIR, FINAL_DIR, LOGS_DIR, TRAIN_PLAN
-from tempa.sft.stage_api import RunPath, Scalar, StageContext, StageError, StageResult, format_metric
+from tempa.sft.stage_api import (
+    RunPath,
+    Scalar,
+    StageContext,
+    StageError,
+    StageResult,
+    fingerprinted,
+    format_metric,
+)
 from tempa.sft.throughput_summary import SUMMARY_KEYS, combined_headline
 from tempa.sft.train_plan import OUTCOME_FILE, WORKER, TrainOutcome, train_plan
 
@@ -218,7 +226,7 @@ def run_round(
     seed = ctx.seed + 7919 * (round_index - 1)
     label = f"round {round_index}"
     signature = {"policy": str(policy), "seed": seed, "prompts": [p.id for p in prompts],
-                 "sampling": config.sampling.model_dump(mode="json"), "backend": config.backend.model_dump(mode="json")}
+                 "sampling": config.sampling.model_dump(mode="json"), "backend": fingerprinted(config.backend)}
 
     # 1. sample k responses per prompt from the current policy
     policy_backend = LazyBackend(lambda: build_backend(
@@ -238,7 +246,7 @@ def run_round(
     rewards = RewardSet(config.rewards, ScoringEnv(
         policy_dir=policy, tokenizer_dir=ctx.tokenizer_dir, stage_models=ctx.stage_models,
         trust_remote_code=ctx.trust_remote_code, seed=seed, tokenizer=tokenizer))
-    score_signature = {**signature, "rewards": [r.model_dump(mode="json") for r in config.rewards]}
+    score_signature = {**signature, "rewards": [fingerprinted(r) for r in config.rewards]}
     try:
         scores, score_stats = score_pass(
             prompts, samples, rewards, JsonlStore(round_dir / "scores.jsonl", score_signature),
@@ -419,7 +427,7 @@ def _revise(config: PreferenceStageConfig, ctx: StageContext, policy: Path, prom
     try:
         records, _ = run_incremental(
             targets, key=lambda t: t[0].id, work=work,
-            store=JsonlStore(round_dir / "revisions.jsonl", {**signature, "revise": settings.model_dump(mode="json")}),
+            store=JsonlStore(round_dir / "revisions.jsonl", {**signature, "revise": fingerprinted(settings)}),
             chunk_size=settings.batch_size, desc="revise",
         )
     finally:

@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import Field
 
 from tempa.alignment.backends import LazyBackend, build_backend, describe_backend
-from tempa.alignment.backends_http import CONTENT_FILTER, output_fingerprint
+from tempa.alignment.backends_http import CONTENT_FILTER
 from tempa.alignment.completions import Completion, assistant_message, split_think
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.input_checks import check_reward_inputs
@@ -50,7 +50,7 @@ from tempa.alignment.sampling import (
 from tempa.alignment.selection import UNSCORED, select_samples
 from tempa.alignment.synthesize_config import OUTPUT_FILE, SynthesizeStageConfig
 from tempa.sft.files import write_json, write_jsonl
-from tempa.sft.stage_api import StageContext, StageError, StageResult
+from tempa.sft.stage_api import StageContext, StageError, StageResult, fingerprinted
 
 __all__ = ["SynthesizeResult", "SynthesizeStageConfig", "run_synthesize"]
 
@@ -95,7 +95,7 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
     env = ScoringEnv(policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir, stage_models=ctx.stage_models,
                      trust_remote_code=ctx.trust_remote_code, seed=ctx.seed, tokenizer=tokenizer)
     # The teacher as far as it shapes the samples: a run resumed with more concurrency keeps what it has paid for.
-    signature = {"model": str(ctx.start_model), "teacher": output_fingerprint(config.teacher), "seed": ctx.seed,
+    signature = {"model": str(ctx.start_model), "teacher": fingerprinted(config.teacher), "seed": ctx.seed,
                  "sampling": config.sampling.model_dump(mode="json"), "prompts": [p.id for p in prompts]}
     rewards = RewardSet(config.rewards, env)
     stats: dict[str, Any] = {"prompts": len(prompts), "teacher": teacher_name}
@@ -105,7 +105,7 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
             desc="synthesize: sample",
         )
         teacher.close()  # free it while judges run; rebuilt if second turns need it
-        score_signature = {**signature, "rewards": [r.model_dump(mode="json") for r in config.rewards]}
+        score_signature = {**signature, "rewards": [fingerprinted(r) for r in config.rewards]}
         scores, stats["scoring"] = score_pass(
             prompts, samples, rewards, JsonlStore(data_dir / "scores.jsonl", score_signature),
             chunk_size=config.sampling.batch_size, desc="synthesize: score",
@@ -258,7 +258,7 @@ def add_second_turns(
         writer = LazyBackend(lambda: build_backend(
             settings.followup_backend, policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir,
             stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code, who="second_turn.followup_backend"))
-    signature = {**signature, "second_turn": settings.model_dump(mode="json"), "kept": [k.key for k in kept]}
+    signature = {**signature, "second_turn": fingerprinted(settings), "kept": [k.key for k in kept]}
 
     def write_followups(chunk: list[Kept], index: int) -> list[dict[str, Any]]:
         params = GenerationParams(max_new_tokens=settings.followup_max_new_tokens,
@@ -303,7 +303,7 @@ def add_second_turns(
             desc="synthesize: second turns",
         ) if second_prompts else ([], {})
         teacher.close()
-        score_signature = {**signature, "second_rewards": [r.model_dump(mode="json") for r in second_rewards]}
+        score_signature = {**signature, "second_rewards": [fingerprinted(r) for r in second_rewards]}
         scores, score_stats = score_pass(
             second_prompts, samples, rewards, JsonlStore(data_dir / "second_scores.jsonl", score_signature),
             chunk_size=config.sampling.batch_size, desc="synthesize: score second turns",

@@ -32,14 +32,14 @@ from tempa.alignment.backends import (
     build_backend,
     describe_backend,
 )
-from tempa.alignment.backends_http import CONTENT_FILTER, output_fingerprint
+from tempa.alignment.backends_http import CONTENT_FILTER
 from tempa.alignment.completions import Completion
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.judge import Judge, JudgeSettings, fill, parse_judge_score
 from tempa.alignment.sampling import JsonlStore, run_incremental
 from tempa.sft import language as lang
 from tempa.sft.files import write_json, write_jsonl
-from tempa.sft.stage_api import Read, StageContext, StageError
+from tempa.sft.stage_api import Read, StageContext, StageError, fingerprinted
 
 
 class TeacherSettings(BaseModel):
@@ -139,7 +139,7 @@ def ask_teacher(
 
 def teacher_store(ctx: StageContext, teacher: TeacherSettings, params: GenerationParams) -> JsonlStore:
     """The teacher pass's journal; its signature is what changes the answers (not how requests travel)."""
-    signature = {"model": str(ctx.start_model), "backend": output_fingerprint(teacher.backend),
+    signature = {"model": str(ctx.start_model), "backend": fingerprinted(teacher.backend),
                  "params": params.model_dump(mode="json")}
     return JsonlStore(ctx.stage_dir / "data" / TEACHER_JOURNAL, signature)
 
@@ -190,7 +190,7 @@ def gate_scores(gate: JudgeGate, rubric: str, items: Sequence[dict[str, Any]], c
     """The judge's 1-10 ratings of ``items`` (rubric placeholder values), journaled; its backend closed after."""
     judge = Judge(teacher_backend(gate.backend, ctx, "judge"), gate, seed=ctx.seed)
     prompts = [fill(gate.rubric or rubric, **item) for item in items]
-    signature = {"model": str(ctx.start_model), "backend": output_fingerprint(gate.backend),
+    signature = {"model": str(ctx.start_model), "backend": fingerprinted(gate.backend),
                  "settings": gate.model_dump(mode="json", exclude={"backend", "min_score"}), "seed": ctx.seed}
     store = JsonlStore(ctx.stage_dir / "data" / JUDGE_JOURNAL, signature)
 

@@ -51,6 +51,7 @@ from tempa.sft.stage_api import (
     StageKind,
     TrainingEnv,
     Upstream,
+    fingerprinted,
     format_metric,
 )
 
@@ -236,7 +237,7 @@ def plan_run(
         inputs = loaded.names[:i] if kind.sees_all_earlier else [dep for dep in (upstream, *reads) if dep]
         components = {
             "tempa_version": __version__,
-            "config": digest(dump),
+            "config": digest(fingerprinted(config)),  # less what changes how it runs, not what it makes
             "files": digest(referenced_files(dump)),
             "upstream": fps[upstream] if upstream else base_fp,
             "depends_on": {dep: fps.get(dep) for dep in reads},

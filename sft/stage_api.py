@@ -70,6 +70,33 @@ _HARMLESS_KEYS = re.compile(
 )
 
 
+# The json_schema_extra of a field that changes how a stage runs, never what it makes (an HTTP client's concurrency
+# or timeouts): stage fingerprints and journal signatures leave it out, so changing it resumes rather than re-runs.
+NOT_FINGERPRINTED: dict[str, Any] = {"fingerprinted": False}
+
+
+def fingerprinted(model: BaseModel) -> dict[str, Any]:
+    """``model``'s JSON dump (by alias) without the fields marked :data:`NOT_FINGERPRINTED`, at any depth."""
+    return _without_unfingerprinted(model, model.model_dump(mode="json", by_alias=True))
+
+
+def _without_unfingerprinted(value: Any, dump: Any) -> Any:
+    if isinstance(value, BaseModel) and isinstance(dump, dict):
+        out, seen = {}, set()
+        for name, info in type(value).model_fields.items():
+            key = info.serialization_alias or info.alias or name
+            seen.add(key)
+            if key in dump and not (isinstance(info.json_schema_extra, dict)
+                                    and info.json_schema_extra.get("fingerprinted") is False):
+                out[key] = _without_unfingerprinted(getattr(value, name), dump[key])
+        return {**out, **{key: item for key, item in dump.items() if key not in seen}}  # computed fields stay
+    if isinstance(value, list | tuple) and isinstance(dump, list) and len(value) == len(dump):
+        return [_without_unfingerprinted(v, d) for v, d in zip(value, dump, strict=True)]
+    if isinstance(value, Mapping) and isinstance(dump, dict) and len(value) == len(dump):
+        return {key: _without_unfingerprinted(v, d) for v, (key, d) in zip(value.values(), dump.items(), strict=True)}
+    return dump
+
+
 def is_secret_key(key: str) -> bool:
     """Whether a text under ``key`` is a secret (``token``, ``api_key``), not a count (``max_tokens``)."""
     return bool(SECRET_KEY_RE.search(key)) and not _HARMLESS_KEYS.fullmatch(key)

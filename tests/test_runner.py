@@ -522,3 +522,31 @@ def test_a_stage_whose_records_cannot_be_written_is_failed_not_interrupted(recip
     assert states == {"a": "done", "b": "failed", "c": "pending"}
     monkeypatch.setattr(runner, "mark_done", real)
     assert run_recipe(load_recipe(recipe), run_dir).ran == ["b", "c"]
+
+
+def test_a_teachers_transport_settings_are_not_part_of_the_stage_fingerprint(tmp_path):
+    """Raising a finished (or interrupted) synthesize stage's `concurrency` re-ran it, paying the teacher for every
+    prompt again, and cleared its sample journal: the stage's fingerprint held settings that change no output."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Berapa 2 + 3?"}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(textwrap.dedent(f"""\
+        name: r
+        base_model: tempa:tiny
+        stages:
+          - kind: synthesize
+            name: syn
+            prompts: {{path: {prompts}}}
+            teacher: {{type: http, base_url: "http://127.0.0.1:9/v1", model: teacher-a, api_key_env: KEY}}
+            rewards: [{{type: format}}]
+        """))
+
+    def fingerprint(*overrides: str) -> str:
+        (decision,) = [d for d in plan_run(load_recipe(recipe, list(overrides)), tmp_path / "run") if d.name == "syn"]
+        return decision.fingerprint
+
+    base = fingerprint()
+    for transport in ("concurrency=64", "timeout_s=30", "max_retries=9", "backoff_s=5", "api_key_env=OTHER_KEY"):
+        assert fingerprint(f"stages.syn.teacher.{transport}") == base, transport
+    assert fingerprint("stages.syn.teacher.model=teacher-b") != base
+    assert fingerprint("stages.syn.sampling.temperature=0.2") != base

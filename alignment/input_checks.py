@@ -63,8 +63,8 @@ def check_reward_inputs(rewards: Sequence[Any], prompts: Sequence[PromptRow], so
 
 def check_tool_prompts(config: Any, prompts: Sequence[PromptRow], source: PromptSource) -> None:
     """A preference stage samples, pairs and trains a prompt with its tools and tool loop; the parts that would see
-    only its question refuse it here, naming the row, rather than score or rewrite answers blind to the tool
-    results."""
+    only its question refuse it here, naming the row, rather than score or rewrite answers blind to the tools and
+    tool results. A judge sees them through ``{conversation}`` (the built-in rubric shows it for such prompts)."""
     for prompt in prompts:
         if not prompt.uses_tools:
             continue
@@ -74,14 +74,11 @@ def check_tool_prompts(config: Any, prompts: Sequence[PromptRow], source: Prompt
             raise StageError(f"{where}: offers tools or holds a tool loop, but pairs.strategy 'revise' rewrites an "
                              "answer from the question alone (the reviser sees no tools or tool results); use "
                              "strategy best_worst for such prompts")
-        several_users = sum(m["role"] == "user" for m in prompt.messages) > 1
         for index, reward in enumerate(config.rewards):
-            # The built-in rubric shows the conversation only for second user turns (rewards.judge_prompt).
-            sees_turns = "{conversation}" in reward.rubric if getattr(reward, "rubric", None) else several_users
-            if isinstance(reward, JudgeReward) and not sees_turns:
+            if isinstance(reward, JudgeReward) and reward.rubric and "{conversation}" not in reward.rubric:
                 raise StageError(f"{where}: holds tools or a tool loop, but judge '{reward.key}' (rewards[{index}]) "
-                                 "would see only its question, not the tool results; give the judge a rubric with "
-                                 "{conversation}")
+                                 "would see only its question, not the tools or tool results; give the judge a rubric "
+                                 "with {conversation}, or leave rubric unset for the built-in one")
 
 
 def check_inputs(config: Any) -> None:

@@ -9,6 +9,7 @@ last ``[[N]]`` in the judge's answer (its think block, if any, is ignored), else
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Sequence
@@ -55,6 +56,23 @@ judgement briefly, then give a rating from 1 (useless) to 10 (excellent) in exac
 {answer}
 [End of response]"""
 
+TOOL_RUBRIC = """You are a strict, impartial judge of AI assistant responses.
+
+Below is a conversation between a user and an AI assistant that can call tools: the tools it was offered, \
+its earlier tool calls and their results. Judge only the assistant's LAST response, its next step after the \
+conversation. It is either a tool call (in the model's own format, e.g. JSON): judge whether a call is needed \
+now, whether it is the right tool, and whether its arguments are correct and complete; or a reply to the user: \
+judge it for correctness, faithfulness to the tool results, helpfulness, relevance and clarity.\
+{language_clause_reply}{reference_clause} First explain your judgement briefly, then give a rating from 1 \
+(useless) to 10 (excellent) in exactly this format: [[rating]], for example: Rating: [[6]]
+
+[Conversation]
+{conversation}
+{reference_block}
+[Last response]
+{answer}
+[End of response]"""
+
 REVISE_PROMPT = """Rewrite the AI assistant's response below so that it fully and correctly answers \
 the user's question.{language_clause} Output only the improved response, with no preamble and no \
 comments about the changes.
@@ -73,7 +91,7 @@ Write the user's next message: a natural follow-up question or request that buil
 assistant's answer{language_clause_short}. Output only the user's message, nothing else."""
 
 _PLACEHOLDER = re.compile(r"\{(question|answer|reference|conversation|language|language_clause|"
-                          r"language_clause_short|reference_clause|reference_block)\}")
+                          r"language_clause_short|language_clause_reply|reference_clause|reference_block)\}")
 _DOUBLE = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _SINGLE = re.compile(r"\[\s*(\d+(?:\.\d+)?)\s*\]")
 
@@ -109,6 +127,9 @@ def fill(template: str, **values: str | None) -> str:
         "language_clause": f" The response must be written in {language}; a response in another language "
         "fails, however good it is." if language else "",
         "language_clause_short": f", written in {language}" if language else "",
+        # A tool call is code, in no language: only a reply to the user is held to the prompt's language.
+        "language_clause_reply": f" A reply to the user must be written in {language}; a reply in another "
+        "language fails, however good it is (a tool call's name and arguments are exempt)." if language else "",
         "reference_clause": " Compare it with the reference answer; a response that contradicts the reference "
         "is wrong." if values.get("reference") else "",
         "reference_block": f"\n[Reference answer]\n{values['reference']}\n" if values.get("reference") else "",
@@ -118,10 +139,65 @@ def fill(template: str, **values: str | None) -> str:
     return _PLACEHOLDER.sub(lambda m: str(merged.get(m.group(1), "")), template)
 
 
-def render_conversation(messages: Sequence[dict]) -> str:
-    """A plain-text transcript for judge and follow-up prompts (reasoning left out)."""
+def _json_text(value: object) -> str:
+    """Arguments, results and schemas as one line of JSON (JSON text given as a string is kept as written)."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _call_parts(call: dict) -> tuple[str, str, str | None]:
+    """(name, arguments, id) of a tool call, OpenAI-style (``{"function": {...}}``) or bare."""
+    function = call.get("function") if isinstance(call.get("function"), dict) else call
+    arguments = function.get("arguments", function.get("parameters"))
+    return str(function.get("name", "?")), _json_text({} if arguments is None else arguments), call.get("id")
+
+
+def render_tools(tools: Sequence[dict]) -> str:
+    """The tools a conversation offers, one entry each: name, description and parameter schema."""
+    lines = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+        name = function.get("name")
+        if not isinstance(name, str):  # not a function definition tempa knows: shown as given
+            lines.append(f"- {_json_text(tool)}")
+            continue
+        description = function.get("description")
+        lines.append(f"- {name}: {description}" if description else f"- {name}")
+        if function.get("parameters") is not None:
+            lines.append(f"  parameters: {_json_text(function['parameters'])}")
+    return "\n".join(lines)
+
+
+def render_conversation(messages: Sequence[dict], tools: Sequence[dict] | None = None) -> str:
+    """A plain-text transcript for judge and follow-up prompts (reasoning left out).
+
+    An agent's tool loop shows in full: the ``tools`` offered first, each assistant tool call as ``Tool call:
+    name(arguments)`` after the turn's text, and each tool result under the name of the call it answers. A
+    conversation without tools renders exactly as it always has (judge replies to it stay comparable)."""
     names = {"user": "User", "assistant": "Assistant", "system": "System"}
-    return "\n\n".join(f"[{names.get(m['role'], m['role'])}]\n{m.get('content') or ''}" for m in messages)
+    called: dict[str, str] = {}  # tool call id -> function name, to name the results
+    last_calls: list[str] = []  # the names of the latest assistant turn's calls, for results without an id
+    blocks = [f"[Tools]\n{render_tools(tools)}"] if tools else []
+    for m in messages:
+        role, content = m["role"], m.get("content") or ""
+        if role in ("tool", "ipython"):
+            name = m.get("name") or called.get(m.get("tool_call_id"))
+            if not name and len(last_calls) == 1:
+                name = last_calls[0]
+            blocks.append(f"[Tool result: {name}]\n{_json_text(content)}" if name else
+                          f"[Tool result]\n{_json_text(content)}")
+            continue
+        lines = [str(content)] if content else []
+        if m.get("tool_calls"):
+            last_calls = []
+            for call in m["tool_calls"]:
+                name, arguments, call_id = _call_parts(call)
+                if call_id:
+                    called[call_id] = name
+                last_calls.append(name)
+                lines.append(f"Tool call: {name}({arguments})")
+            content = "\n".join(lines)
+        blocks.append(f"[{names.get(role, role)}]\n{content}")
+    return "\n\n".join(blocks)
 
 
 class JudgeSettings(BaseModel):
@@ -136,8 +212,9 @@ class JudgeSettings(BaseModel):
     rubric: str | None = Field(
         default=None,
         description="Rubric text or a path to a .txt file, with {question}, {answer}, {reference}, "
-        "{conversation}, {language} placeholders. Default: a built-in single-turn (or, for second turns, "
-        "multi-turn) rubric asking for `[[rating]]` on 1-10.",
+        "{conversation}, {language} placeholders ({conversation}: the prompt's turns, with a tool prompt's tools, "
+        "tool calls and tool results). Default: a built-in single-turn (or, for second turns, multi-turn; for "
+        "prompts with tools, tool-loop) rubric asking for `[[rating]]` on 1-10.",
     )
     max_new_tokens: int = Field(default=512, ge=1, description="Judge reply budget (explanation + rating).")
     temperature: float = Field(default=0.0, ge=0, description="Judge sampling temperature (0: greedy).")

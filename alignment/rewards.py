@@ -48,6 +48,7 @@ from tempa.alignment.completions import Completion, split_think
 from tempa.alignment.judge import (
     MULTI_TURN_RUBRIC,
     SINGLE_TURN_RUBRIC,
+    TOOL_RUBRIC,
     Judge,
     JudgeSettings,
     fill,
@@ -616,11 +617,12 @@ def reward_summary(rewards: list[Any], scores: list[dict[str, Any]]) -> dict[str
 
 
 def judge_prompt(rubric: str | None, item: ScoreItem, *, use_reference: bool = True) -> str:
-    """The rubric filled for one sample: multi-turn rubric when the prompt has earlier turns."""
+    """The rubric filled for one sample: multi-turn rubric when the prompt has earlier turns, tool-loop rubric when it
+    offers tools or holds a tool loop (the question alone would hide the tools and their results)."""
     prompt = item.prompt
     history = [m for m in prompt.messages if m["role"] != "system"]
     multi = sum(1 for m in history if m["role"] == "user") > 1
-    template = rubric or (MULTI_TURN_RUBRIC if multi else SINGLE_TURN_RUBRIC)
+    template = rubric or (TOOL_RUBRIC if prompt.uses_tools else MULTI_TURN_RUBRIC if multi else SINGLE_TURN_RUBRIC)
     reference = None
     if use_reference:
         reference = prompt.reference or (str(prompt.answer) if prompt.answer not in (None, "") else None)
@@ -629,7 +631,7 @@ def judge_prompt(rubric: str | None, item: ScoreItem, *, use_reference: bool = T
         question=prompt.question,
         answer=split_think(item.completion).answer,
         reference=reference,
-        conversation=render_conversation(history),
+        conversation=render_conversation(history, prompt.tools),
         language=prompt.language,
     )
 

@@ -88,3 +88,25 @@ def test_judge_prompt_uses_the_multi_turn_rubric_for_second_turns():
     multi = judge_prompt(None, ScoreItem(second, Completion("answer two")))
     assert "LAST" in multi and "[User]\nQ1" in multi and "[Assistant]\nA1" in multi and "[User]\nQ2" in multi
     assert judge_prompt(None, ScoreItem(first, Completion("x")), use_reference=False).count("42") == 0
+
+
+def test_render_conversation_names_each_tool_result_by_its_call_and_leaves_plain_turns_as_they_were():
+    from tempa.alignment.judge import render_conversation
+
+    plain = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q1"},
+             {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]
+    assert render_conversation(plain) == "[System]\nBe brief.\n\n[User]\nQ1\n\n[Assistant]\nA1\n\n[User]\nQ2"
+
+    loop = [
+        {"role": "user", "content": "Kurs dan cuaca?"},
+        {"role": "assistant", "content": "Saya cek dulu.", "tool_calls": [  # two calls (ChatML), one bare
+            {"id": "a", "type": "function", "function": {"name": "rate", "arguments": '{"pair": "USD/IDR"}'}},
+            {"id": "b", "name": "weather", "arguments": {"city": "Medan"}}]},
+        {"role": "tool", "tool_call_id": "b", "content": "28C"},  # answered out of order: named by its id
+        {"role": "tool", "tool_call_id": "a", "content": {"rate": 16000}},
+    ]
+    tools = [{"name": "rate", "description": "Exchange rate"}, {"type": "function", "function": {"name": "weather"}}]
+    assert render_conversation(loop, tools) == (
+        "[Tools]\n- rate: Exchange rate\n- weather\n\n[User]\nKurs dan cuaca?\n\n"
+        '[Assistant]\nSaya cek dulu.\nTool call: rate({"pair": "USD/IDR"})\nTool call: weather({"city": "Medan"})\n\n'
+        '[Tool result: weather]\n28C\n\n[Tool result: rate]\n{"rate": 16000}')

@@ -14,7 +14,7 @@ from test_alignment_fakes import FakeOpenAI, chat_response
 
 from tempa.alignment.completions import Completion
 from tempa.alignment.generation import GenerationParams
-from tempa.alignment.prompts import PromptSource, load_prompts, prompt_id
+from tempa.alignment.prompts import PromptRow, PromptSource, load_prompts, prompt_id
 from tempa.recipes.cli import main
 from tempa.sft.stage_api import StageError
 
@@ -155,8 +155,8 @@ def _recipe(tmp_path, model, stage: str):
      "line 1: has 'tools', which only a preference stage samples with"),
     ("kind: preference\n  rewards: [{type: format}]\n  pairs: {strategy: revise, revise: {backend: {type: transformers}}}",
      "line 1: offers tools or holds a tool loop, but pairs.strategy 'revise' rewrites an answer from the question"),
-    ("kind: preference\n  rewards: [{type: judge}]",
-     "line 1: holds tools or a tool loop, but judge 'judge' (rewards[0]) would see only its question"),
+    ("kind: preference\n  rewards: [{type: judge, rubric: 'Rate {answer} to {question}'}]",
+     "line 1: holds tools or a tool loop, but judge 'judge' (rewards[0]) would see only its question, not the tools"),
 ])
 def test_plan_refuses_tool_prompts_where_a_part_would_not_see_the_tools(tmp_path, prompts_file, tiny_model_dir, capsys,
                                                                        stage, expected):
@@ -167,8 +167,45 @@ def test_plan_refuses_tool_prompts_where_a_part_would_not_see_the_tools(tmp_path
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("judge", ["{type: judge, rubric: 'Rate {answer} after {conversation}'}",
+                                   "{type: judge, name: builtin}"])  # the built-in rubric shows the tool loop
 def test_plan_accepts_tool_prompts_for_a_preference_stage_whose_judge_sees_the_conversation(
-        tmp_path, prompts_file, tiny_model_dir, capsys):
-    stage = "kind: preference\n  rewards: [{type: format}, {type: judge, rubric: 'Rate {answer} after {conversation}'}]"
+        tmp_path, prompts_file, tiny_model_dir, capsys, judge):
+    stage = f"kind: preference\n  rewards: [{{type: format}}, {judge}]"
     path = _recipe(tmp_path, tiny_model_dir, f"- name: align\n  prompts: {{path: {prompts_file}}}\n  {stage}\n")
     assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+
+
+# The judge's transcript of LOOP as read from its row: the tools offered, the call (name and arguments), its result.
+LOOP_TRANSCRIPT = """[Tools]
+- get_weather: Current weather of a city (Celsius)
+  parameters: {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+[User]
+Cuaca di Jakarta sekarang?
+
+[Assistant]
+Tool call: get_weather({"city": "Jakarta"})
+
+[Tool result: get_weather]
+{"temperature": 31}"""
+
+
+def test_the_built_in_judge_sees_the_whole_tool_loop(prompts_file):
+    from tempa.alignment.rewards import ScoreItem, judge_prompt
+
+    loop, bangkok, plain = load_prompts(PromptSource(path=str(prompts_file)), seed=0, with_tools=True)
+    reply = judge_prompt(None, ScoreItem(loop, Completion("Jakarta 31 derajat.", prefill="<think>\n</think>\n")))
+    assert f"[Conversation]\n{LOOP_TRANSCRIPT}\n\n[Last response]\nJakarta 31 derajat.\n" in reply
+    assert "tool call" in reply.lower() and "faithfulness to the tool results" in reply
+
+    # A prompt that only offers tools: the judge knows them, so it can judge a sampled call (here Llama 3.1's JSON).
+    call = '{"name": "get_weather", "parameters": {"city": "Bangkok"}}'
+    first = judge_prompt(None, ScoreItem(bangkok, Completion(call)))
+    assert "[Tools]\n- get_weather: Current weather" in first and f"[User]\nCuaca di Bangkok?\n\n[Last response]\n{call}" in first
+    # The reply, not the call, is held to the prompt's language.
+    indonesian = judge_prompt(None, ScoreItem(PromptRow(**{**vars(bangkok), "language": "id"}), Completion(call)))
+    assert "A reply to the user must be written in Indonesian" in indonesian and "tool call's name and arguments are exempt" in indonesian
+    # A prompt without tools keeps its rubric and transcript.
+    assert "[Tools]" not in judge_prompt(None, ScoreItem(plain, Completion("4"))) and "[Question]\nBerapa 2+2?" in judge_prompt(
+        None, ScoreItem(plain, Completion("4")))

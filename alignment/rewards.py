@@ -665,13 +665,23 @@ class _RewardModel:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
     def texts(self, items: list[ScoreItem]) -> list[str]:
+        """Each conversation as the reward model's template renders it, with the prompt's tools (a template that
+        does not use tools leaves them out)."""
+        from jinja2 import TemplateError
+
         out = []
         for it in items:
             split = split_think(it.completion)
             message: dict[str, Any] = {"role": "assistant", "content": split.answer}
             if self.config.include_reasoning and split.reasoning:
                 message["reasoning_content"] = split.reasoning
-            out.append(self.tokenizer.apply_chat_template([*it.prompt.messages, message], tokenize=False))
+            try:
+                out.append(self.tokenizer.apply_chat_template([*it.prompt.messages, message], tools=it.prompt.tools,
+                                                              tokenize=False))
+            except TemplateError as exc:
+                what = " (it offers tools or holds a tool loop)" if it.prompt.uses_tools else ""
+                raise StageError(f"reward {self.config.key!r}: the chat template of {self.config.model} cannot render "
+                                 f"prompt {it.prompt.id}{what}: {exc}") from None
         return out
 
     def score(self, items: list[ScoreItem]) -> list[float | None]:

@@ -288,6 +288,63 @@ def test_a_nan_reward_model_score_fails_the_sample_instead_of_deciding_the_pair(
     assert select_samples(totals, min_score=0.0) == ([], "no_score")
 
 
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather of a city (Celsius)",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+LOOP = [  # an agent's tool loop as the prompt reader hands it over (arguments and result as JSON text)
+    {"role": "user", "content": "Cuaca di Jakarta sekarang?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Jakarta"}'}}]},
+    {"role": "tool", "tool_call_id": "c1", "content": '{"temperature": 31}'},
+]
+
+
+def _forward(model_dir: Path, text: str) -> float:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(model_dir)(text, add_special_tokens=False, return_tensors="pt")
+    with torch.inference_mode():
+        return float(AutoModelForSequenceClassification.from_pretrained(model_dir).eval()(**ids).logits[0, 0])
+
+
+def test_a_reward_model_reads_a_tool_loop_with_its_tools(reward_model_dir, baked_tokenizer, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tempa.sft.stage_api import StageError
+
+    items = [ScoreItem(PromptRow(id="loop", messages=LOOP, thinking_mode="off", tools=[WEATHER]),
+                       Completion("Jakarta 31 derajat.", prefill=OFF, finish_reason="stop"))]
+    reply = {"role": "assistant", "content": "Jakarta 31 derajat."}
+    recipe_template = AutoTokenizer.from_pretrained(baked_tokenizer)
+    with_tools = recipe_template.apply_chat_template([*LOOP, reply], tools=[WEATHER], tokenize=False)
+    assert "Current weather of a city" in with_tools  # the recipe's template offers the tools ...
+    [score] = [r["scores"]["reward_model"] for r in RewardSet(
+        [RewardModelReward(model=str(reward_model_dir))], env(tmp_path, baked_tokenizer)).score(items)]
+    assert score == pytest.approx(_forward(reward_model_dir, with_tools), abs=1e-4)  # ... and the reward model reads them
+    assert score != pytest.approx(_forward(reward_model_dir, recipe_template.apply_chat_template(
+        [*LOOP, reply], tokenize=False)), abs=1e-4)  # (without them it would have scored another text)
+
+    # A reward model whose own template ignores tools still scores the loop, as its template renders it.
+    ignoring = tmp_path / "rm-own-template"
+    AutoModelForSequenceClassification.from_pretrained(reward_model_dir).save_pretrained(ignoring)
+    tokenizer = AutoTokenizer.from_pretrained(reward_model_dir)
+    tokenizer.chat_template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    tokenizer.save_pretrained(ignoring)
+    [own] = [r["scores"]["reward_model"] for r in RewardSet(
+        [RewardModelReward(model=str(ignoring))], env(tmp_path, baked_tokenizer)).score(items)]
+    expected = 'user: Cuaca di Jakarta sekarang?\nassistant: \ntool: {"temperature": 31}\nassistant: Jakarta 31 derajat.\n'
+    assert own == pytest.approx(_forward(ignoring, expected), abs=1e-4)
+
+    # One that cannot render a tool turn stops the stage with one line naming the reward model and the prompt.
+    tokenizer.chat_template = ("{% for m in messages %}{% if m.role == 'tool' %}{{ raise_exception('Conversation roles "
+                               "must alternate user/assistant') }}{% endif %}{{ m.content }}{% endfor %}")
+    tokenizer.save_pretrained(ignoring)
+    with pytest.raises(StageError, match=rf"reward 'reward_model': the chat template of {ignoring} cannot render prompt "
+                                         r"loop \(it offers tools or holds a tool loop\): Conversation roles must alternate"):
+        RewardSet([RewardModelReward(model=str(ignoring))], env(tmp_path, baked_tokenizer)).score(items)
+
+
 @pytest.mark.parametrize(
     ("answer", "gold"),
     [

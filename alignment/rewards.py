@@ -44,7 +44,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from tempa.alignment.backends import SamplingBackend, backend_reads, build_backend
-from tempa.alignment.completions import Completion, split_think
+from tempa.alignment.completions import Completion, split_think, without_tool_calls
 from tempa.alignment.judge import (
     MULTI_TURN_RUBRIC,
     SINGLE_TURN_RUBRIC,
@@ -182,12 +182,15 @@ class LanguageVerdict:
         return out
 
 
-def language_fidelity(completion: Completion, target: str | None, config: LanguageReward) -> LanguageVerdict:
-    """The ``language`` reward of one response: its answer and, with ``config.reasoning``, its reasoning."""
+def language_fidelity(completion: Completion, target: str | None, config: LanguageReward, *,
+                      tools: bool = False) -> LanguageVerdict:
+    """The ``language`` reward of one response: its answer and, with ``config.reasoning``, its reasoning. With
+    ``tools`` (the prompt offers tools or holds a tool loop) the tool calls the answer wrote are left out: a call is
+    code, in no language (py3langid read a JSON call as Nigerian Pidgin, failing every call)."""
     split = split_think(completion)
     languages = tuple(config.languages) if config.languages else None
     equivalent = tuple(tuple(g) for g in config.equivalent)
-    answer, detected = language_match(split.answer, target, min_letters=config.min_letters, languages=languages,
+    answer, detected = language_match(without_tool_calls(split.answer) if tools else split.answer, target, min_letters=config.min_letters, languages=languages,
                                       equivalent=equivalent)
     if config.reasoning is None:
         return LanguageVerdict(answer, answer, detected)
@@ -482,7 +485,8 @@ class RewardSet:
             return [answer_match(split_think(it.completion).answer, it.prompt.answer, config.match, config.pattern)
                     for it in items], [{} for _ in items]
         if isinstance(config, LanguageReward):
-            verdicts = [language_fidelity(it.completion, it.prompt.language, config) for it in items]
+            verdicts = [language_fidelity(it.completion, it.prompt.language, config, tools=it.prompt.uses_tools)
+                        for it in items]
             return [v.score for v in verdicts], [v.details() for v in verdicts]
         if isinstance(config, FormatReward):
             values, infos = [], []

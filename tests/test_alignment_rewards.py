@@ -299,6 +299,22 @@ LOOP = [  # an agent's tool loop as the prompt reader hands it over (arguments a
 ]
 
 
+@pytest.mark.parametrize("call", [
+    '{"name": "get_weather", "parameters": {"city": "Jakarta"}}',  # Llama 3.1: the JSON call is the whole turn
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Jakarta"}}\n</tool_call>',  # ChatML (Qwen2.5)
+])
+def test_a_sampled_tool_call_is_in_no_language_and_never_gates(call):
+    """A tool call is code: the language reward does not apply to it (py3langid read the JSON call as Nigerian
+    Pidgin, so with a language column every tool call lost to any prose reply and gated the answer reward)."""
+    loop = PromptRow(id="loop", messages=LOOP, language="id", answer="31", thinking_mode="off", tools=[WEATHER])
+    rewards = RewardSet([LanguageReward(), AnswerReward(match="contains")], env(Path(".")))
+    called, replied = rewards.score([ScoreItem(loop, Completion(call, prefill=OFF)),
+                                     ScoreItem(loop, Completion(f"Sekarang suhu di Jakarta 31 derajat.\n{call}",
+                                                                prefill=OFF))])
+    assert called["scores"]["language"] is None and "gated_by_language" not in called["details"].get("answer", {})
+    assert replied["scores"]["language"] == 1.0  # the text beside a call is still judged
+
+
 def _forward(model_dir: Path, text: str) -> float:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -14,6 +14,7 @@ with it, a repo that already exists and is public is refused (the Hub would not 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,13 @@ def push_files(folder: Path, *, include_gguf: bool = False) -> list[PushFile]:
     return files
 
 
+def _card_loads(folder: Path) -> str | None:
+    # The repo the card's usage snippet loads (model_card.model_id, or the placeholder a push fills in).
+    card = folder / CARD
+    found = re.search(r'^model_id = "([^"\n]*)"$', card.read_text(encoding="utf-8"), re.M) if card.is_file() else None
+    return found.group(1) if found else None
+
+
 def card_text(folder: Path, repo: str) -> str:
     """The model card as it goes up: its usage snippet loads the repo."""
     return (folder / CARD).read_text(encoding="utf-8").replace(USAGE_PLACEHOLDER, repo)
@@ -91,6 +99,10 @@ def push(run_dir: Path, repo: str, *, include_gguf: bool = False, private: bool 
         raise StageError(f"--repo {repo!r}: expected ORG/NAME")
     folder = final_folder(run_dir)
     files = push_files(folder, include_gguf=include_gguf)
+    loads = _card_loads(folder)
+    if loads not in (None, USAGE_PLACEHOLDER, repo):
+        raise StageError(f"the model card's usage example loads {loads} (model_card.model_id), not {repo}: push to "
+                         f"{loads}, or set model_card.model_id: {repo} (or remove it) and run the bake again")
     if dry_run:
         return files, None
     from huggingface_hub import HfApi, get_token

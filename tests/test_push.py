@@ -275,3 +275,16 @@ def test_private_is_refused_for_a_repo_that_exists_and_is_public(run_dir, hub):
     FakeHub.existing = {"org/model": True}
     assert tempa("push", str(run_dir), "--repo", "org/model", "--private", endpoint=hub).returncode == 0
     assert len(FakeHub.commits) == 1
+
+
+def test_a_card_written_for_another_repo_is_refused_before_anything_goes_up(run_dir, hub):
+    """A card baked with `model_card.model_id: org/model-v1` kept loading org/model-v1 in its usage snippet when the
+    model went up to org/model-v2: users of v2 were shown how to load v1."""
+    card = run_dir / "final" / "README.md"
+    card.write_text(card.read_text().replace('model_id = "path/to/this/folder"', 'model_id = "org/model-v1"'))
+    for extra in ((), ("--dry-run",)):
+        proc = tempa("push", str(run_dir), "--repo", "org/model-v2", *extra, endpoint=hub)
+        assert proc.returncode == 1 and FakeHub.commits == [] and FakeHub.repos == []
+        assert ("model card's usage example loads org/model-v1 (model_card.model_id), not org/model-v2"
+                in proc.stderr), proc.stderr
+    assert tempa("push", str(run_dir), "--repo", "org/model-v1", endpoint=hub).returncode == 0

@@ -71,7 +71,8 @@ class TextFilters(BaseModel):
     language: bool = Field(default=True, description="Drop text whose detected language is not the target "
                            "(text with too few letters to tell is kept).")
     min_letters: int = Field(default=lang.MIN_LETTERS, ge=1, description="Letters needed to judge a language.")
-    dedup: bool = Field(default=True, description="Drop a text equal to an earlier one (case and spaces aside).")
+    dedup: bool = Field(default=True, description="Drop a text (translate: a whole conversation) equal to an earlier "
+                        "one (case and spaces aside).")
     keep_incomplete: bool = Field(default=False, description="Keep text cut off at max_new_tokens (off: dropped).")
 
 
@@ -169,12 +170,17 @@ class Gate:
             detected = lang.detect(text, min_letters=self.filters.min_letters)
             if detected.language is not None and detected.language not in lang.accepted([target]):
                 return f"language_{detected.language}"
-        if self.filters.dedup:
-            key = _normalised(text)
-            if key in self.seen:
-                return "duplicate"
-            self.seen.add(key)
+        if self.filters.dedup and self.duplicate(text):
+            return "duplicate"
         return None
+
+    def duplicate(self, text: str) -> bool:
+        """Whether ``text`` equals one seen before (case and spaces aside); remembers it."""
+        key = _normalised(text)
+        if key in self.seen:
+            return True
+        self.seen.add(key)
+        return False
 
 
 def teacher_backend(block: Any, ctx: StageContext, who: str) -> LazyBackend:

@@ -178,7 +178,9 @@ def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateR
     finally:
         teacher.close()
 
-    gate, dropped = Gate(config.filters), {}
+    # Texts are filtered one by one but deduplicated as whole conversations: a short turn two conversations share
+    # ('Thanks!') is no duplicate of either.
+    gate, dropped = Gate(config.filters.model_copy(update={"dedup": False})), {}
     translated = [[dict(m) for m in conv] for conv in conversations]
     for (c, m), (text, finish_reason) in zip(requests, answers, strict=True):
         original = conversations[c][m]["content"]
@@ -191,6 +193,12 @@ def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateR
         translated[c][m]["content"] = text
 
     kept = [c for c in range(len(conversations)) if c not in dropped]
+    if config.filters.dedup:
+        whole = Gate(config.filters)
+        for c in kept:
+            if whole.duplicate("\n".join(m["content"] for m in translated[c] if isinstance(m["content"], str))):
+                dropped[c] = "duplicate"
+        kept = [c for c in kept if c not in dropped]
     scores: dict[int, float | None] = {}
     if config.judge is not None and kept:
         rated = gate_scores(config.judge, TRANSLATION_RUBRIC, [

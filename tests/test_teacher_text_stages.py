@@ -321,3 +321,32 @@ def test_a_content_filtered_translation_is_dropped_with_its_reason(tmp_path, tin
     assert [r["provenance"]["row"] for r in rows] == [0, 2]
     stats = json.loads((result.dataset.parent / "stats.json").read_text())
     assert stats["rejected"] == {"content_filter": 1} and stats["rows"] == stats["kept"] + 1
+
+
+def test_whole_conversations_are_deduplicated_whole_not_turn_by_turn(tmp_path, tiny_model_dir, monkeypatch):
+    """With `turns: all`, a short turn that two conversations share ('Thanks!' -> 'ありがとう') dropped the second
+    whole conversation as a duplicate; only a conversation translated the same as an earlier one is one."""
+    replies = {"Thanks!": "ありがとうございます。", "You're welcome!": "どういたしまして。"}
+
+    def translator(request: str) -> str:
+        text = request.rsplit("\n", 1)[-1].strip()
+        return replies.get(text) or f"翻訳：{text}についての長い日本語の文章です。"
+
+    def chat(question: str, answer: str) -> dict:
+        return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer},
+                             {"role": "user", "content": "Thanks!"}, {"role": "assistant", "content": "You're welcome!"}]}
+
+    source = _rows(tmp_path / "chats.jsonl", [chat("What is tempura?", "A fried dish."),
+                                              chat("What is sushi?", "Rice with fish."),
+                                              chat("What is tempura?", "A fried dish.")])
+    config = TranslateStageConfig.model_validate(
+        {"name": "t", "target_language": "ja", "source": {"path": source}, "turns": "all",
+         "instruction": "Translate into {language}.\n{text}", "filters": {"language": False},
+         "teacher": {"backend": {**HTTP, "model": "translator"}}})
+    ctx = make_context(tmp_path / "run", "t", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    result = _run_with(monkeypatch, {"translator": Counting(translator)}, config, ctx)
+    rows = [json.loads(line) for line in result.dataset.read_text(encoding="utf-8").splitlines()]
+    assert [r["provenance"]["row"] for r in rows] == [0, 1]
+    stats = json.loads((result.dataset.parent / "stats.json").read_text())
+    assert stats["rejected"] == {"duplicate": 1}

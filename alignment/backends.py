@@ -313,7 +313,9 @@ def build_backend(
     if isinstance(config, HTTPBackendConfig):
         from tempa.alignment.backends_http import HTTPBackend
 
-        return HTTPBackend.from_config(config, show_progress=show_progress)
+        # The recipe's tokenizer: a reply's structured tool calls are written as its chat template writes them.
+        return HTTPBackend.from_config(config, show_progress=show_progress, tokenizer_dir=tokenizer_dir,
+                                       trust_remote_code=trust_remote_code)
     models = dict(stage_models or {})
     model = resolve_model(config.model, policy_dir, models, who)
     own_model = config.model is not None and stage_ref(config.model) is None

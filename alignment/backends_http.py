@@ -9,6 +9,8 @@ connection errors (a reset, a body cut short, a timeout) are retried with expone
 ``Retry-After``), at most ``max_retries`` times. A request the provider's content filter refuses (Azure's
 HTTP 400 ``content_filter``, or ``finish_reason: content_filter``) is one empty completion with
 ``finish_reason`` ``"content_filter"``: that row is dropped, the run goes on.
+A reply with structured ``tool_calls`` (a server that parses them) is written with the recipe's chat template
+as the text a local backend samples for that turn (see :func:`parse_choices`).
 
 The API key is read from the environment variable the recipe names, sent only in the
 ``Authorization`` header, and scrubbed from every error message.
@@ -21,15 +23,16 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tempa.alignment.backends import HTTPBackendConfig, SamplingBackend
-from tempa.alignment.completions import Completion
+from tempa.alignment.completions import Completion, written_turn
 from tempa.alignment.generation import (
     GenerationParams,
     Messages,
@@ -39,6 +42,7 @@ from tempa.alignment.generation import (
     resolve_tools,
 )
 from tempa.chat_templates.thinking import mode_kwargs
+from tempa.sft.formats import RowError, tool_calls_of
 from tempa.sft.stage_api import StageError
 
 log = logging.getLogger("tempa.alignment.http")
@@ -48,6 +52,8 @@ MAX_BACKOFF_S = 60.0
 # Kept apart from "stop" and "length": a filtered answer may be cut anywhere, so it is never a finished one.
 CONTENT_FILTER = "content_filter"
 FINISH_REASONS = ("stop", "length", CONTENT_FILTER)
+# OpenAI's finish reason of a turn that ended in tool calls: a finished turn, as "stop" is.
+TOOL_CALLS = "tool_calls"
 SNIPPET_CHARS = 300
 # How requests travel, not what comes back: a journaled pass resumed with other values keeps its work (a
 # user who stops a run at row 150,000 to raise concurrency must not pay for the first 150,000 again).
@@ -91,23 +97,62 @@ def chat_request_body(
     return body
 
 
-def parse_choices(response: dict[str, Any]) -> list[Completion]:
-    """Completions of one chat-completions response, in choice order."""
+# (assistant turn with structured `tool_calls`, where it came from) -> (prefill, text) as the model wrote it
+CallWriter = Callable[[dict[str, Any], str], tuple[str, str]]
+
+
+def parse_choices(response: dict[str, Any], write_calls: CallWriter | None = None) -> list[Completion]:
+    """Completions of one chat-completions response, in choice order.
+
+    A choice with structured ``tool_calls`` (a server that parses them: OpenAI's API, `vllm serve
+    --enable-auto-tool-choice`) becomes the text the chat template writes for that turn, through
+    ``write_calls``: the form every other backend samples a call in. Its ``finish_reason: tool_calls`` is a
+    finished turn (``stop``)."""
     choices = sorted(response.get("choices") or [], key=lambda c: c.get("index", 0))
     out = []
-    for choice in choices:
+    for position, choice in enumerate(choices):
         message = choice.get("message") or {}
         reasoning = message.get("reasoning_content", message.get("reasoning"))
-        finish = choice.get("finish_reason")
-        out.append(Completion(
+        reasoning = reasoning if isinstance(reasoning, str) else None
+        finish = "stop" if choice.get("finish_reason") == TOOL_CALLS else choice.get("finish_reason")
+        completion = Completion(
             text=message.get("content") or "",
             finish_reason=finish if finish in FINISH_REASONS else None,
             completion_tokens=None,  # `usage` counts all choices together
-            reasoning=reasoning if isinstance(reasoning, str) else None,
-        ))
+            reasoning=reasoning,
+        )
+        if message.get("tool_calls"):
+            where = f"choices[{position}].message.tool_calls"
+            if write_calls is None:
+                raise ValueError(f"{where}: a reply with tool calls needs the chat template to write them as text")
+            turn = {"role": "assistant", "content": completion.text, "reasoning_content": reasoning,
+                    "tool_calls": sampled_tool_calls(message["tool_calls"], where)}
+            completion.prefill, completion.text = write_calls(turn, where)
+            completion.reasoning = None  # written into the text, as the template writes it
+        out.append(completion)
     usage = response.get("usage") or {}
     if len(out) == 1 and isinstance(usage.get("completion_tokens"), int):
         out[0].completion_tokens = usage["completion_tokens"]
+    return out
+
+
+def sampled_tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:
+    """A reply's tool calls in tempa's shape (arguments as canonical JSON text, as the sft row reader stores them).
+    Arguments that are no JSON object are kept as the model wrote them: a malformed call is that sample's fault,
+    for the rewards to judge, not an error of the run. A call that names no function is the server's (ValueError)."""
+    if not isinstance(calls, list):
+        raise ValueError(f"{where}: expected a list of tool calls, got {type(calls).__name__}")
+    out = []
+    for i, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not (isinstance(function, dict) and isinstance(function.get("name"), str) and function["name"]):
+            raise ValueError(f"{where}[{i}]: expected a call naming its function (`function.name`), got "
+                             f"{_snippet(json.dumps(call, ensure_ascii=False))}")
+        try:
+            out.extend(tool_calls_of([call], where) or [])
+        except RowError:
+            out.append({"id": call.get("id"), "type": "function",
+                        "function": {"name": function["name"], "arguments": function.get("arguments")}})
     return out
 
 
@@ -128,6 +173,8 @@ class HTTPBackend(SamplingBackend):
         send_chat_template_kwargs: bool = True,
         extra_body: dict[str, Any] | None = None,
         show_progress: bool = True,
+        tokenizer_dir: str | os.PathLike | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
@@ -143,9 +190,15 @@ class HTTPBackend(SamplingBackend):
         self.describe = f"http:{model}@{base_url}"
         self.requests_sent = 0
         self.retries = 0
+        # The recipe's tokenizer writes a reply's structured tool calls as text; loaded at the first such reply.
+        self.tokenizer_dir = tokenizer_dir
+        self.trust_remote_code = trust_remote_code
+        self._tokenizer: Any = None
+        self._tokenizer_lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, config: HTTPBackendConfig, *, show_progress: bool = True) -> HTTPBackend:
+    def from_config(cls, config: HTTPBackendConfig, *, show_progress: bool = True,
+                    tokenizer_dir: str | os.PathLike | None = None, trust_remote_code: bool = False) -> HTTPBackend:
         api_key = None
         if config.api_key_env:
             api_key = os.environ.get(config.api_key_env)
@@ -155,7 +208,8 @@ class HTTPBackend(SamplingBackend):
             config.base_url, config.model, api_key=api_key, timeout_s=config.timeout_s,
             max_retries=config.max_retries, backoff_s=config.backoff_s, concurrency=config.concurrency,
             supports_n=config.supports_n, send_chat_template_kwargs=config.send_chat_template_kwargs,
-            extra_body=config.extra_body, show_progress=show_progress,
+            extra_body=config.extra_body, show_progress=show_progress, tokenizer_dir=tokenizer_dir,
+            trust_remote_code=trust_remote_code,
         )
 
     def __repr__(self) -> str:  # never shows the key
@@ -238,18 +292,45 @@ class HTTPBackend(SamplingBackend):
                                      send_chat_template_kwargs=self.send_chat_template_kwargs,
                                      extra_body=self.extra_body, tools=tools)
 
+        def write_calls(turn: dict[str, Any], where: str) -> tuple[str, str]:
+            return self._write_calls(messages, turn, {**mode_kwargs(mode), "tools": tools}, where)
+
         if self.supports_n:
-            completions = self._completions(body(params.n, seed), params.n)
+            completions = self._completions(body(params.n, seed), params.n, write_calls)
         else:
-            completions = [c for j in range(params.n) for c in self._completions(body(1, seed + j), 1)]
+            completions = [c for j in range(params.n) for c in self._completions(body(1, seed + j), 1, write_calls)]
         return completions
 
-    def _completions(self, body: dict[str, Any], n: int) -> list[Completion]:
+    def _write_calls(self, messages: Messages, turn: dict[str, Any], template_kwargs: dict[str, Any],
+                     where: str) -> tuple[str, str]:
+        """A reply's turn with structured tool calls as the recipe's chat template writes it (prefill, text)."""
+        if self.tokenizer_dir is None:
+            raise HTTPBackendError(f"{self._where}: {where}: the reply holds tool calls, and this backend has no "
+                                   "tokenizer to write them as the model's text")
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                from transformers import AutoTokenizer
+
+                self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir,
+                                                                trust_remote_code=self.trust_remote_code)
+        try:
+            return written_turn(self._tokenizer, messages, turn, template_kwargs)
+        except ValueError as exc:
+            names = [call["function"]["name"] for call in turn["tool_calls"]]
+            hint = (" (for a template that writes one call per turn, ask for `parallel_tool_calls: false` in "
+                    "extra_body)" if len(names) > 1 else "")
+            raise HTTPBackendError(f"{self._where}: {where}: the tool calls {names} cannot be written with the "
+                                   f"chat template of {self.tokenizer_dir}: {exc}{hint}") from None
+
+    def _completions(self, body: dict[str, Any], n: int, write_calls: CallWriter | None = None) -> list[Completion]:
         try:
             response = self._post(body)
         except _ContentFiltered:
             return [Completion(text="", finish_reason=CONTENT_FILTER) for _ in range(n)]
-        completions = parse_choices(response)
+        try:
+            completions = parse_choices(response, write_calls)
+        except ValueError as exc:  # a malformed `tool_calls` list (HTTPBackendError is no ValueError)
+            raise HTTPBackendError(f"{self._where}: {exc}") from None
         if not completions:
             raise HTTPBackendError(f"{self._where}: the response has no choices: "
                                    f"{_snippet(json.dumps(response, ensure_ascii=False))}")

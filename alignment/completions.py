@@ -19,7 +19,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from tempa.chat_templates.thinking import ThinkSplit, rendered_prefill, split_reasoning
+from tempa.chat_templates.thinking import ThinkSplit, end_of_turn_token, rendered_prefill, split_reasoning
 
 FinishReason = Literal["stop", "length"]
 
@@ -110,3 +110,28 @@ def without_tool_calls(answer: str) -> str:
 def generation_prefill(tokenizer: Any, messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> str:
     """The think part of the generation prompt the chat template pre-fills ("" if none)."""
     return rendered_prefill(tokenizer, messages, template_kwargs)
+
+
+def written_turn(
+    tokenizer: Any, messages: list[dict[str, Any]], turn: dict[str, Any], template_kwargs: dict[str, Any]
+) -> tuple[str, str]:
+    """``(prefill, text)`` of an assistant ``turn`` as the chat template writes it after ``messages``: what a local
+    backend samples for that turn (the text after the generation prompt, without the end-of-turn token).
+
+    A server that parses tool calls hands them back as structured ``tool_calls``; written this way they reach the
+    rewards, the judge and the pairs as the text the model wrote for them, as transformers and vLLM samples do.
+    Raises ValueError when the template refuses the turn or does not write it after its generation prompt."""
+    template = tokenizer.chat_template
+    if not isinstance(template, str):
+        raise ValueError("the tokenizer has no single chat template to write the turn with")
+    try:
+        prompt = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True,
+                                               **template_kwargs)
+        full = tokenizer.apply_chat_template([*messages, turn], tokenize=False, **template_kwargs)
+    except Exception as exc:  # the template's raise_exception (jinja2's TemplateError) says what it refuses
+        raise ValueError(f"the chat template cannot write it: {' '.join(str(exc).split())}") from None
+    if not full.startswith(prompt):
+        raise ValueError("the chat template does not write an assistant turn after its own generation prompt")
+    text = full[len(prompt):]
+    end = text.rfind(end_of_turn_token(template))
+    return rendered_prefill(tokenizer, messages, template_kwargs), text[:end] if end >= 0 else text

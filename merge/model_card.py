@@ -23,6 +23,7 @@ from tempa.merge.leaderboard import EvaluateResult
 from tempa.merge.merge_result import RECIPE_BASE, MergeResult
 from tempa.merge.ollama_template import ollama_default_note
 from tempa.sft import language
+from tempa.sft.pretrain_stage import PretrainResult
 from tempa.sft.stage import SFTResult
 from tempa.sft.stage_api import SECRET_KEY_RE, RecipeInfo, Upstream, format_metric, is_secret_key, looks_local
 
@@ -160,16 +161,29 @@ _MIX_COLUMNS = ("path", "thinking_mode", "rows_in", "rows_kept", "heldout_rows",
                 "trained_tokens_kept", "thinking_on_rows_kept", "share_of_tokens")
 
 
+_PRETRAIN_COLUMNS = ("path", "token_budget", "documents", "tokens", "share_of_tokens")
+
+
 def _mix_section(stages: Mapping[str, Upstream]) -> list[str]:
+    """Each SFT stage's sources, and each pretrain stage's (continued pre-training is data the model saw too)."""
     lines: list[str] = []
     for name, up in stages.items():
-        if not isinstance(up.result, SFTResult):
-            continue
-        sources = up.result.data.sources
-        lines += [f"### {name}", ""]
-        lines += _table(["source", *_MIX_COLUMNS, "rejects"],
-                        [[s.name, *(getattr(s, c) for c in _MIX_COLUMNS), sum(s.rejects.values())] for s in sources])
-        lines.append("")
+        if isinstance(up.result, SFTResult):
+            sources = up.result.data.sources
+            lines += [f"### {name}", ""]
+            lines += _table(["source", *_MIX_COLUMNS, "rejects"],
+                            [[s.name, *(getattr(s, c) for c in _MIX_COLUMNS), sum(s.rejects.values())]
+                             for s in sources])
+            lines.append("")
+        elif isinstance(up.result, PretrainResult) and up.result.data is not None:
+            mix = up.result.data
+            lines += [f"### {name} (pretrain)", ""]
+            lines += _table(["source", *_PRETRAIN_COLUMNS],
+                            [[s.name, *("–" if getattr(s, c) is None else getattr(s, c) for c in _PRETRAIN_COLUMNS)]
+                             for s in mix.sources])
+            chunks = "–" if mix.chunks is None else _cell(mix.chunks)
+            epochs = "–" if mix.epochs is None else _cell(mix.epochs)
+            lines += ["", f"{_cell(mix.tokens)} tokens in {chunks} chunks, trained for {epochs} epochs.", ""]
     return ["## Data mix", "", *lines] if lines else []
 
 

@@ -32,6 +32,7 @@ from tempa.recipes.rundir import Manifest, read_manifest, require_run_dir
 from tempa.recipes.runner import stage_status
 from tempa.sft.data_report import DataMix
 from tempa.sft.files import cache_root, digest, path_digest, staging_dir, write_json
+from tempa.sft.pretrain_stage import PretrainMix, PretrainResult
 from tempa.sft.run_layout import FINAL_LINK, REPORT_DIR, TOKENIZER_DIR
 from tempa.sft.stage import SFTResult
 from tempa.sft.stage_api import StageResult, format_metric
@@ -173,11 +174,14 @@ def _run_averages(headline: dict[str, float]) -> str:
 
 
 def data_mix_section(done: list[tuple[Manifest, StageResult]]) -> str:
-    """Each SFT stage's data mix: per source, rows and tokens read and kept, and the rejects by reason."""
+    """Each SFT stage's data mix (per source, rows and tokens read and kept, and the rejects by reason) and each
+    pretrain stage's (per source, its token budget, documents and tokens taken; chunks and epochs)."""
     parts = []
     for m, result in done:
         if isinstance(result, SFTResult):
             parts.append(f"<h3>{html.escape(m.name)}</h3>{_mix_table(result.data)}")
+        elif isinstance(result, PretrainResult) and result.data is not None:
+            parts.append(f"<h3>{html.escape(m.name)} (pretrain)</h3>{_pretrain_table(result.data)}")
     return f"<section id='data-mix'><h2>Data mix</h2>{''.join(parts)}</section>" if parts else ""
 
 
@@ -196,6 +200,23 @@ def _mix_table(mix: DataMix) -> str:
                 f"<td>{t.rejects}</td></tr>")
     header = "".join(f"<th>{h}</th>" for h in head)
     return f"<table class='mix'><tr>{header}</tr>{''.join(rows)}</table>"
+
+
+def _pretrain_table(mix: PretrainMix) -> str:
+    head = ("source", "token budget", "documents", "tokens", "share")
+
+    def count(value: int | None) -> str:
+        return "–" if value is None else f"{value:,}"  # – : every document (no budget), or not recorded (older run)
+
+    rows = [f"<tr><td>{html.escape(s.name)}</td><td>{count(s.token_budget)}</td><td>{count(s.documents)}</td>"
+            f"<td>{s.tokens:,}</td><td>{100 * s.share_of_tokens:.1f}%</td></tr>" for s in mix.sources]
+    documents = [s.documents for s in mix.sources]
+    rows.append(f"<tr class='total'><td>total</td><td></td>"
+                f"<td>{count(None if None in documents else sum(documents))}</td><td>{mix.tokens:,}</td>"
+                "<td>100%</td></tr>")
+    header = "".join(f"<th>{h}</th>" for h in head)
+    note = f"{count(mix.chunks)} chunks, trained for {_fmt(mix.epochs)} epochs (every token in the loss)"
+    return f"<table class='mix'><tr>{header}</tr>{''.join(rows)}</table><p class='note'>{note}</p>"
 
 
 def preference_section(done: list[tuple[Manifest, StageResult]]) -> str:

@@ -9,8 +9,8 @@ so importing the package is cheap.
 from tempa.sft.checkpoints import resume_point
 from tempa.sft.data_size import estimate_sft
 from tempa.sft.pretrain_config import PretrainStageConfig
+from tempa.sft.pretrain_stage import PretrainResult, estimate_pretrain, run_pretrain
 from tempa.sft.pretrain_stage import check_inputs as check_pretrain_inputs
-from tempa.sft.pretrain_stage import estimate_pretrain, run_pretrain
 from tempa.sft.stage import SFTResult, SFTStageConfig, check_inputs, input_warnings, run_sft
 from tempa.sft.stage_api import Artifact, StageKind
 
@@ -35,6 +35,7 @@ PRETRAIN = StageKind(
     run=run_pretrain,
     summary="continued pre-training on raw text: token budgets, document-bounded packing, loss on every token",
     produces=frozenset({Artifact.MODEL}),
+    result=PretrainResult,
     trains=True,
     resumable=True,
     resume_point=resume_point,
@@ -44,5 +45,5 @@ PRETRAIN = StageKind(
 
 STAGE_KINDS = (SFT, PRETRAIN)
 
-__all__ = ["PRETRAIN", "SFT", "STAGE_KINDS", "PretrainStageConfig", "SFTResult", "SFTStageConfig", "run_pretrain",
+__all__ = ["PRETRAIN", "SFT", "STAGE_KINDS", "PretrainResult", "PretrainStageConfig", "SFTResult", "SFTStageConfig", "run_pretrain",
            "run_sft"]

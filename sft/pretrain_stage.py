@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tempa.sft.checkpoints import complete_checkpoints
 from tempa.sft.files import digest, tree_digest, write_json
@@ -35,6 +38,54 @@ from tempa.sft.stage_api import (
 from tempa.sft.train_plan import train_plan
 
 COMPLETE = "COMPLETE"
+TOKENS_METRIC = "tokens:"  # a pretrain stage's metric `tokens:NAME`: the tokens source NAME gave
+
+
+class PretrainSourceMix(BaseModel):
+    """One raw-text source as the stage trained on it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    path: str = Field(default="", description="The source as the recipe names it (a file name or hub id; never "
+                      "shown absolute); empty in a result written before tempa recorded it.")
+    token_budget: int | None = Field(default=None, description="The recipe's `tokens`; None: every document once.")
+    documents: int | None = Field(default=None, description="Documents taken (the last one cut at the budget); "
+                                  "None in a result written before tempa recorded it.")
+    tokens: int = Field(description="Tokens taken, an eos after each document included.")
+    share_of_tokens: float
+
+
+class PretrainMix(BaseModel):
+    """What a pretrain stage trained on: per source, documents and tokens; in all, chunks and epochs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[PretrainSourceMix]
+    tokens: int
+    chunks: int | None = Field(default=None, description="Rows of at most max_length tokens the documents became.")
+    epochs: float | None = Field(default=None, description="Passes over the chunks the trainer made (fractional "
+                                 "when max_steps stopped it).")
+
+
+class PretrainResult(StageResult):
+    """A pretrain stage's result: its model and checkpoints, plus the data mix it trained on."""
+
+    data: PretrainMix | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_result(cls, value: Any) -> Any:
+        # Results written before `data` existed were plain StageResults whose metrics held `tokens:NAME` per source:
+        # their mix is rebuilt from those, so the report, `tempa status` and later stages still read such a run.
+        if not isinstance(value, dict) or "data" in value:
+            return value
+        metrics = value.get("metrics") or {}
+        tokens = {key.removeprefix(TOKENS_METRIC): count for key, count in metrics.items()
+                  if key.startswith(TOKENS_METRIC) and isinstance(count, int)}
+        if not tokens:
+            return value
+        return {**value, "data": mix_of(tokens, {}, chunks=metrics.get("chunks"), sources=())}
 
 
 @dataclass(frozen=True)
@@ -164,7 +215,7 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
     return PretrainData(entry / "train", entry / "eval" if n_eval else None, tokens, documents, len(chunks))
 
 
-def run_pretrain(config: PretrainStageConfig, ctx: StageContext) -> StageResult:
+def run_pretrain(config: PretrainStageConfig, ctx: StageContext) -> PretrainResult:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
@@ -176,8 +227,27 @@ def run_pretrain(config: PretrainStageConfig, ctx: StageContext) -> StageResult:
                       eval_data=data.eval_path, out_dir=ctx.stage_dir, train_args=config.train_args(), seed=ctx.seed)
     outcome = launch_training(plan, ctx)
     metrics = {**outcome.headline(), "data_tokens": sum(data.tokens.values()), "chunks": data.chunks,
-               **{f"tokens:{name}": count for name, count in data.tokens.items()}}
-    return StageResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir), metrics=metrics)
+               **{f"{TOKENS_METRIC}{name}": count for name, count in data.tokens.items()}}
+    epochs = outcome.train.get("epoch")
+    mix = mix_of(data.tokens, data.documents, chunks=data.chunks, sources=config.sources,
+                 epochs=float(epochs) if isinstance(epochs, int | float) else None)
+    return PretrainResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir),
+                          metrics=metrics, data=mix)
+
+
+def mix_of(tokens: dict[str, int], documents: dict[str, int], *, chunks: int | None,
+           sources: Sequence[PretrainSource], epochs: float | None = None) -> PretrainMix:
+    """The mix of per-source ``tokens`` and ``documents``; ``sources``: their recipe entries (path and budget)."""
+    from tempa.sft.data import _display_path
+
+    total = sum(tokens.values())
+    entries = {source.name: source for source in sources}
+    return PretrainMix(
+        sources=[PretrainSourceMix(
+            name=name, tokens=count, documents=documents.get(name), share_of_tokens=round(count / (total or 1), 4),
+            path=_display_path(entries[name].path) if name in entries else "",
+            token_budget=entries[name].tokens if name in entries else None) for name, count in tokens.items()],
+        tokens=total, chunks=chunks, epochs=epochs)
 
 
 def estimate_pretrain(config: PretrainStageConfig, inputs: EstimateInputs) -> TrainingWorkload:

@@ -232,3 +232,108 @@ def test_the_reports_leaderboard_marks_the_direction_the_board_carries():
     page = leaderboard_section([(manifest, EvaluateResult(leaderboard=board))])
     assert "title='lower is better'>math/accuracy <span class='dir'>↓</span>" in page
     assert "<td class='model'>a</td><td><b>0.2000</b></td>" in page  # a first and in bold: the lower value
+
+
+# --------------------------------------------------------------------------- a continued-pretraining run (ja)
+
+JA_DOCS = ["東京は日本の首都です。", "富士山は日本で一番高い山です。", "京都には古い寺がたくさんあります。",
+           "大阪はたこ焼きで有名です。", "日本の春には桜が咲きます。"]
+BUDGET = 100_000  # above the source's tokens: every document is taken whole
+JA_DESCRIPTION = "Continued pre-training on <Japanese> web text & SFT.\nSecond line: \"quoted\"."
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(tmp_path_factory, tiny_model_dir):
+    """A real run on the tiny model: a pretrain stage (one Japanese web source), an SFT stage and the bake, whose
+    card says `languages: [ja, en]`; reported with samples (two new tokens each: the tiny models on a busy CPU)."""
+    folder = tmp_path_factory.mktemp("report-cpt")
+    (folder / "ja-web.jsonl").write_text("".join(json.dumps({"text": JA_DOCS[i % len(JA_DOCS)] * (1 + i % 3)},
+                                                            ensure_ascii=False) + "\n" for i in range(24)),
+                                         encoding="utf-8")
+    stages = f"""
+      - name: cpt
+        kind: pretrain
+        sources: [{{name: ja-web, path: ja-web.jsonl, tokens: {BUDGET}}}]
+        train: {{max_steps: 2, max_length: 128, per_device_train_batch_size: 4, learning_rate: 1.0e-3,
+                lr_scheduler_kwargs: {{num_decay_steps: 1}}, save_steps: 2, logging_steps: 1}}
+      - name: sft
+        kind: sft
+        data:
+          sources: [{{name: rows, path: rows.jsonl, thinking_mode: mixed, thinking_ratio: 0.5}}]
+        train: {{max_steps: 2, per_device_train_batch_size: 4, max_length: 256, logging_steps: 1, save_steps: 2}}
+      - name: bake
+        kind: bake
+        smoke_test: false
+        model_card: {{languages: [ja, en]}}
+    """
+    recipe = sft_recipe(folder, tiny_model_dir, stages=stages)
+    text = recipe.read_text().replace("name: sft-test\n", f"name: ja-cpt\ndescription: {json.dumps(JA_DESCRIPTION)}\n")
+    recipe.write_text(text)
+    run_recipe(load_recipe(recipe), folder / "run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("tempa.recipes.report.SAMPLE_MAX_NEW_TOKENS", 2)
+        assert main(["report", str(folder / "run")]) == 0
+    return folder / "run"
+
+
+def _cpt_docs(run_dir) -> tuple[int, int]:
+    """The documents and tokens the source holds, counted with the run's tokenizer (an eos after each)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    rows = [json.loads(line)["text"] for line in (run_dir.parent / "ja-web.jsonl").read_text().splitlines()]
+    lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1 for text in rows]
+    return len(lengths), sum(lengths)
+
+
+def test_the_pretraining_sources_are_in_the_data_mix_of_the_report_and_the_card(pretrain_run):
+    """A Japanese user's continued-pretraining source (ja-web) was missing from "Data mix" in the report and the
+    model card: only SFT stages' results carried their data. The pretrain stage's typed result now does."""
+    documents, tokens = _cpt_docs(pretrain_run)  # the budget is above them: every document, whole
+    page = (pretrain_run / "report" / "index.html").read_text()
+    mix = page[page.index("<section id='data-mix'>"):] if "<section id='data-mix'>" in page else ""
+    mix = mix[:mix.index("</section>")] if mix else ""
+    assert "<h3>cpt (pretrain)</h3>" in mix and "<h3>sft</h3>" in mix, mix
+    assert f"<td>ja-web</td><td>{BUDGET:,}</td><td>{documents}</td><td>{tokens:,}</td><td>100.0%</td>" in mix, mix
+
+    card = (pretrain_run / "bake" / "final" / "README.md").read_text()
+    section = card[card.index("## Data mix"):]
+    section = section[:section.index("\n## ", 1)]
+    assert "### cpt (pretrain)" in section and "### sft" in section, section
+    assert f"| ja-web | ja-web.jsonl | {BUDGET} | {documents} | {tokens} | 1 |" in section, section
+
+    from tempa.recipes.report import finished_stages
+    from tempa.sft.pretrain_stage import PretrainResult
+
+    results = {m.name: r for m, r in finished_stages(pretrain_run)}
+    assert isinstance(results["cpt"], PretrainResult)
+    assert results["cpt"].data.epochs > 0 and results["cpt"].data.tokens == tokens
+
+
+def test_a_run_whose_pretrain_result_was_written_untyped_still_reports(pretrain_run, tmp_path):
+    """A run of the previous version recorded the pretrain stage's result without its data mix (metrics only, with
+    `tokens:NAME` per source): the report, `tempa status` and later stages still read it, and its mix is rebuilt
+    from those metrics (documents, chunks and epochs unknown)."""
+    from tempa.recipes.report import finished_stages, write_report
+
+    old = tmp_path / "old-run"
+    old.mkdir()
+    for entry in pretrain_run.iterdir():  # the records only: no models, no data
+        if entry.is_file():
+            shutil.copy(entry, old / entry.name)
+        elif (entry / "manifest.json").is_file():
+            (old / entry.name).mkdir(parents=True)
+            for name in ("manifest.json", "DONE", "metrics.json"):
+                if (entry / name).is_file():
+                    shutil.copy(entry / name, old / entry.name / name)
+    manifest = json.loads((old / "cpt" / "manifest.json").read_text())
+    assert manifest["result"].pop("data", None) is not None  # as the previous version wrote it
+    (old / "cpt" / "manifest.json").write_text(json.dumps(manifest))
+    tokens = manifest["result"]["metrics"]["tokens:ja-web"]
+
+    results = {m.name: r for m, r in finished_stages(old)}
+    (source,) = results["cpt"].data.sources
+    assert (source.name, source.tokens, source.documents) == ("ja-web", tokens, None)
+    page = write_report(old, samples=False).read_text()
+    assert f"<td>ja-web</td><td>–</td><td>–</td><td>{tokens:,}</td><td>100.0%</td>" in page
+    assert main(["status", str(old)]) == 0

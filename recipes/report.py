@@ -23,17 +23,21 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from tempa.alignment.preference_stage import PreferenceResult, RoundSummary
 from tempa.alignment.synthesize_stage import SynthesizeResult
 from tempa.merge.leaderboard import EvaluateResult, is_headline
 from tempa.merge.merge_result import MergeResult
+from tempa.merge.model_card import ModelCardConfig
 from tempa.recipes.registry import stage_kinds
 from tempa.recipes.rundir import Manifest, read_manifest, require_run_dir
 from tempa.recipes.runner import stage_status
 from tempa.sft.data_report import DataMix
 from tempa.sft.files import cache_root, digest, path_digest, staging_dir, write_json
 from tempa.sft.pretrain_stage import PretrainMix, PretrainResult
-from tempa.sft.run_layout import FINAL_LINK, REPORT_DIR, TOKENIZER_DIR
+from tempa.sft.run_layout import FINAL_LINK, REPORT_DIR, RESOLVED_RECIPE, TOKENIZER_DIR
 from tempa.sft.stage import SFTResult
 from tempa.sft.stage_api import StageResult, format_metric
 from tempa.sft.throughput_summary import throughput_headline
@@ -56,6 +60,58 @@ EXAMPLE = [
     {"role": "user", "content": "Apa sentimen dari kalimat berikut ini?\nKalimat: Buku ini sangat membosankan."},
     {"role": "assistant", "content": "Negatif", "reasoning_content": "'Membosankan' berarti boring: negatif."},
 ]
+
+
+class _StageHeading(BaseModel):
+    """What the page reads of one stage of recipe.resolved.yaml: a bake's card (its `languages`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: str = ""
+    model_card: ModelCardConfig | None = None
+
+
+class RecipeHeading(BaseModel):
+    """What the page's header shows of the recipe the run ran (``recipe.resolved.yaml``).
+
+    Read apart from the full recipe schema, which checks files and folders that may have moved since the run.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = ""
+    description: str = ""
+    stages: list[_StageHeading] = Field(default_factory=list)
+
+    @property
+    def languages(self) -> list[str]:
+        """The recipe's languages: its model card's (the last bake stage's that names any)."""
+        cards = [s.model_card for s in self.stages if s.kind == "bake" and s.model_card and s.model_card.languages]
+        return list(cards[-1].languages) if cards else []
+
+
+def recipe_heading(run_dir: Path) -> RecipeHeading:
+    """The run's recipe as the header shows it; an empty heading when recipe.resolved.yaml cannot be read."""
+    from tempa.recipes.yaml_loader import RecipeTextError, parse_yaml, read_text
+
+    try:
+        return RecipeHeading.model_validate(parse_yaml(read_text(run_dir / RESOLVED_RECIPE)))
+    except (OSError, yaml.YAMLError, RecipeTextError, ValidationError) as error:
+        log.warning("report: %s: %s; the header leaves the recipe out", run_dir / RESOLVED_RECIPE,
+                    str(error).splitlines()[0])
+        return RecipeHeading()
+
+
+def header_section(run_dir: Path, recipe: RecipeHeading) -> str:
+    """The recipe's name, its description (its lines kept) and its languages, above the run's folder."""
+    title = f"tempa run report: {recipe.name}" if recipe.name else "tempa run report"
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    if recipe.description.strip():
+        parts.append(f"<p class='description'>{html.escape(recipe.description.strip())}</p>")
+    if recipe.languages:
+        parts.append(f"<p class='languages'>languages: {html.escape(', '.join(recipe.languages))}</p>")
+    parts.append(f"<p class='note'>{html.escape(str(run_dir))}</p>")
+    return f"<header>{''.join(parts)}</header>"
 
 
 def finished_stages(run_dir: Path) -> list[tuple[Manifest, StageResult | None]]:
@@ -473,7 +529,7 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0
          "table.board,table.samples{width:100%;table-layout:fixed}table.board th.metric{overflow-wrap:anywhere;"
          "font-size:12px}table.board td.model,table.board th.model{width:22%;overflow-wrap:anywhere}"
          "table.samples td.model,table.samples th.model{width:12%}.dir{font-weight:bold;color:#06c}"
-         "tr.total td{font-weight:bold}")
+         "tr.total td{font-weight:bold}.description{white-space:pre-line}")
 
 
 def write_report(run_dir: str | Path, *, samples: bool = True) -> Path:
@@ -484,8 +540,9 @@ def write_report(run_dir: str | Path, *, samples: bool = True) -> Path:
     done = [(m, r) for m, r in stages if r is not None]
     states = {row.name: f"{row.state} ({row.note})" if row.note else row.state
               for row in stage_status([m.name for m, _ in stages], run_dir)}
+    recipe = recipe_heading(run_dir)
     sections = [
-        f"<h1>tempa run report</h1><p>{html.escape(str(run_dir))}</p>",
+        header_section(run_dir, recipe),
         stages_section(stages, states),
         data_mix_section(done),
         training_section(done),
@@ -496,7 +553,8 @@ def write_report(run_dir: str | Path, *, samples: bool = True) -> Path:
         samples_section(done) if samples else "",
         f"<section id='template'><h2>Chat template, both thinking modes</h2>{_examples(run_dir)}</section>",
     ]
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>tempa report</title><style>{STYLE}</style>"
+    title = html.escape(f"tempa report: {recipe.name}" if recipe.name else "tempa report")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{STYLE}</style>"
             f"</head><body>{''.join(sections)}</body></html>")
     out = run_dir / REPORT_DIR
     with staging_dir(out, inside=[run_dir]) as tmp:

@@ -124,20 +124,25 @@ window.addEventListener('load', () => {
 </script></body>"""
 
 
-def test_report_renders_in_headless_chromium(reported_run, tmp_path):
-    probe = tmp_path / "probe.html"
-    probe.write_text((reported_run / "report" / "index.html").read_text().replace("</body>", PROBE))
+def rendered(page, probe: str, tmp_path) -> dict:
+    """What ``probe`` (a script that sets body[data-probe] to JSON on load) finds in ``page`` in headless Chromium."""
+    path = tmp_path / "probe.html"
+    path.write_text(page.read_text().replace("</body>", probe))
     result = subprocess.run(
         [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--window-size=1280,900", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
-         "--dump-dom", probe.as_uri()],
+         "--dump-dom", path.as_uri()],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     marker = 'data-probe="'
     start = result.stdout.index(marker) + len(marker)
-    info = json.loads(html.unescape(result.stdout[start:result.stdout.index('"', start)]))
+    return json.loads(html.unescape(result.stdout[start:result.stdout.index('"', start)]))
+
+
+def test_report_renders_in_headless_chromium(reported_run, tmp_path):
+    info = rendered(reported_run / "report" / "index.html", PROBE, tmp_path)
 
     assert info["sections"][:6] == ["Stages", "Data mix", "Training curves", "Preference rounds",
                                     "Pairs and judges", "Leaderboard (merge)"]
@@ -337,3 +342,26 @@ def test_a_run_whose_pretrain_result_was_written_untyped_still_reports(pretrain_
     page = write_report(old, samples=False).read_text()
     assert f"<td>ja-web</td><td>–</td><td>–</td><td>{tokens:,}</td><td>100.0%</td>" in page
     assert main(["status", str(old)]) == 0
+
+
+HEADER_PROBE = """
+<script>
+window.addEventListener('load', () => {
+  const header = document.querySelector('header');
+  document.body.setAttribute('data-probe', JSON.stringify({
+    title: document.title, heading: document.querySelector('h1').innerText,
+    description: header && header.querySelector('.description') && header.querySelector('.description').innerText,
+    languages: header && header.querySelector('.languages') && header.querySelector('.languages').innerText,
+    scripts: document.scripts.length}));
+});
+</script></body>"""
+
+
+def test_the_page_header_names_the_recipe_its_description_and_languages(pretrain_run, tmp_path):
+    """The header said only 'tempa run report' and the folder: no recipe name, description or languages (the model
+    card's `languages`). It shows them, escaped, the description's lines kept (as a browser lays them out)."""
+    info = rendered(pretrain_run / "report" / "index.html", HEADER_PROBE, tmp_path)
+    assert "ja-cpt" in info["heading"] and "ja-cpt" in info["title"]
+    assert info["description"] == JA_DESCRIPTION  # its text, tags and quotes as written, both lines
+    assert info["languages"] == "languages: ja, en"
+    assert info["scripts"] == 1  # the probe's own: nothing in the description became markup

@@ -270,10 +270,31 @@ USAGE_QUESTIONS = {
 }
 
 
+# Each question's answer, for a whole example conversation (the report's chat template section).
+USAGE_ANSWERS = {
+    "en": "Jakarta.",
+    "id": "Jakarta.",
+    "ms": "Kuala Lumpur.",
+    "th": "กรุงเทพมหานคร",
+    "vi": "Hà Nội.",
+    "tl": "Maynila.",
+    "ta": "புது தில்லி.",
+    "ja": "東京です。",
+    "zh": "北京。",
+    "ko": "서울입니다.",
+}
+
+
+def example_language(code: str) -> str | None:
+    """The key of :data:`USAGE_QUESTIONS` for language ``code`` (``th-TH``, ``jpn_Jpan``, ``fil``), or None."""
+    canonical = language.canonical(code)
+    return canonical if canonical in USAGE_QUESTIONS else None
+
+
 def usage_question(languages: Sequence[str]) -> str:
     """The usage example's question in ``languages[0]`` (``th``, ``th-TH``, ``jpn_Jpan``, ``fil``), else in English."""
-    code = language.canonical(languages[0]) if languages else "en"
-    return USAGE_QUESTIONS.get(code, USAGE_QUESTIONS["en"])
+    code = example_language(languages[0]) if languages else None
+    return USAGE_QUESTIONS[code or "en"]
 
 
 def usage_snippet(model_id: str, thinking_default: str = "on", saved_with: str | None = None,

@@ -93,8 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write RUN_DIR/report/index.html: curves, leaderboard, merge, template")
     report.add_argument("run_dir", type=Path)
     report.add_argument("--no-samples", action="store_true",
-                        help="leave out the sample generations (each stage's model answering tempa's three fixed "
-                             "prompts, in Indonesian, Thai and English, the same for every run)")
+                        help="leave out the sample generations (each stage's model answering tempa's example "
+                             "question in each of the recipe's languages, its model card's `languages`; for a recipe "
+                             "with none tempa has one for, three fixed prompts, in Indonesian, Thai and English)")
     report.set_defaults(func=_cmd_report)
 
     push = sub.add_parser("push", help="upload a finished run's final model to the Hugging Face Hub")

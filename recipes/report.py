@@ -1,12 +1,13 @@
 """`tempa report RUN_DIR`: one self-contained HTML page (charts inlined) showing what a run did.
 
-Everything comes from the stages' manifests and their typed results: the data mix of each SFT
-stage (rows and tokens per source, rejects by reason), training curves (loss, learning rate, grad
+Everything comes from the stages' manifests and their typed results, under a header naming the recipe (its
+description and languages): the data mix of each SFT stage (rows and tokens per source, rejects by reason) and
+of each pretrain stage (documents and tokens per source), training curves (loss, learning rate, grad
 norm, tokens/s per device and MFU) from each trained model's training outcome, each preference
 round on its own step axis (DPO margins and accuracies) with its reward statistics, the last
 leaderboard (metric direction marked), the merge choice, sample generations of every stage's model
-(on fixed prompts, the same for every run) in both thinking modes side by side, and the final tokenizer
-rendering one conversation in both modes.
+(on tempa's example question in each of the recipe's languages, else on fixed prompts) in both thinking modes
+side by side, and the final tokenizer rendering one conversation (in the recipe's first language) in both modes.
 
 Sample generations are made when the report is written (greedy, on the CPU unless a GPU is free,
 for models up to ``SAMPLE_MAX_BYTES`` of weights) and cached by model and prompt in the tempa
@@ -20,6 +21,7 @@ import html
 import io
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from tempa.alignment.preference_stage import PreferenceResult, RoundSummary
 from tempa.alignment.synthesize_stage import SynthesizeResult
 from tempa.merge.leaderboard import EvaluateResult, is_headline
 from tempa.merge.merge_result import MergeResult
-from tempa.merge.model_card import ModelCardConfig
+from tempa.merge.model_card import USAGE_ANSWERS, USAGE_QUESTIONS, ModelCardConfig, example_language
 from tempa.recipes.registry import stage_kinds
 from tempa.recipes.rundir import Manifest, read_manifest, require_run_dir
 from tempa.recipes.runner import stage_status
@@ -45,8 +47,8 @@ from tempa.sft.train_plan import OUTCOME_FILE, TrainOutcome
 
 log = logging.getLogger("tempa")
 
-# Fixed prompts every stage's model answers in both thinking modes, the same for every run (not the run's own
-# held-out or evaluation prompts; none is in tempa's sample data).
+# Fixed prompts every stage's model answers in both thinking modes when the recipe names no language tempa has an
+# example question for (see :func:`sample_prompts`); not the run's own held-out or evaluation prompts.
 SAMPLE_PROMPTS = [
     "Jelaskan secara singkat mengapa langit berwarna biru.",
     "ช่วยแปลประโยคนี้เป็นภาษาอังกฤษ: วันนี้อากาศดีมาก",
@@ -112,6 +114,28 @@ def header_section(run_dir: Path, recipe: RecipeHeading) -> str:
         parts.append(f"<p class='languages'>languages: {html.escape(', '.join(recipe.languages))}</p>")
     parts.append(f"<p class='note'>{html.escape(str(run_dir))}</p>")
     return f"<header>{''.join(parts)}</header>"
+
+
+def _example_languages(languages: Sequence[str]) -> list[str]:
+    """The recipe's languages tempa has an example question for (the model card's), once each, in order."""
+    return list(dict.fromkeys(code for code in map(example_language, languages) if code is not None))
+
+
+def sample_prompts(languages: Sequence[str]) -> list[str]:
+    """The prompts every stage's model answers: the card's example question in each of ``languages`` tempa has one
+    for, else :data:`SAMPLE_PROMPTS`."""
+    return [USAGE_QUESTIONS[code] for code in _example_languages(languages)] or SAMPLE_PROMPTS
+
+
+def example_conversation(languages: Sequence[str]) -> list[dict[str, str]]:
+    """The template section's conversation: the example question in the first of ``languages`` tempa has one for
+    (answered, with a short reasoning), else :data:`EXAMPLE`."""
+    codes = _example_languages(languages)
+    if not codes:
+        return EXAMPLE
+    return [{"role": "user", "content": USAGE_QUESTIONS[codes[0]]},
+            {"role": "assistant", "content": USAGE_ANSWERS[codes[0]],
+             "reasoning_content": "A question about a capital city: answer briefly, in the language it was asked in."}]
 
 
 def finished_stages(run_dir: Path) -> list[tuple[Manifest, StageResult | None]]:
@@ -417,10 +441,11 @@ def _weight_bytes(model: Path) -> int:
     return sum(p.stat().st_size for p in model.glob("*.safetensors"))
 
 
-def sample_generations(manifest: Manifest, model: Path) -> dict[str, list[str]]:
-    """The model's greedy answers to :data:`SAMPLE_PROMPTS` in both thinking modes, cached by stage run."""
+def sample_generations(manifest: Manifest, model: Path,
+                       prompts: Sequence[str] = SAMPLE_PROMPTS) -> dict[str, list[str]]:
+    """The model's greedy answers to ``prompts`` in both thinking modes, cached by stage run and prompts."""
     key = digest({"v": _SAMPLES_VERSION, "model": str(model.resolve()), "run": manifest.run_id or manifest.started_at,
-                  "weights": path_digest(model / "config.json"), "prompts": SAMPLE_PROMPTS,
+                  "weights": path_digest(model / "config.json"), "prompts": list(prompts),
                   "max_new_tokens": SAMPLE_MAX_NEW_TOKENS})
     cached = cache_root() / "report-samples" / f"{key}.json"
     if cached.is_file():
@@ -430,8 +455,8 @@ def sample_generations(manifest: Manifest, model: Path) -> dict[str, list[str]]:
     log.info("report: sampling %s (%s) in both thinking modes", manifest.name, model)
     backend = TransformersBackend(model, show_progress=False)
     try:
-        prompts = [[{"role": "user", "content": prompt}] for prompt in SAMPLE_PROMPTS]
-        answers = {mode: [outs[0] for outs in backend.generate(prompts, GenerationParams(
+        chats = [[{"role": "user", "content": prompt}] for prompt in prompts]
+        answers = {mode: [outs[0] for outs in backend.generate(chats, GenerationParams(
             max_new_tokens=SAMPLE_MAX_NEW_TOKENS, thinking_mode=mode))] for mode in ("on", "off")}
     finally:
         backend.close()
@@ -439,8 +464,10 @@ def sample_generations(manifest: Manifest, model: Path) -> dict[str, list[str]]:
     return answers
 
 
-def samples_section(done: list[tuple[Manifest, StageResult]]) -> str:
-    """:data:`SAMPLE_PROMPTS` answered by each stage's model, thinking on and off side by side."""
+def samples_section(done: list[tuple[Manifest, StageResult]], languages: Sequence[str] = ()) -> str:
+    """:func:`sample_prompts` for the recipe's ``languages`` answered by each stage's model, thinking on and off side
+    by side."""
+    prompts = sample_prompts(languages)
     models = _stage_models(done)
     if not models:
         return ""
@@ -450,9 +477,9 @@ def samples_section(done: list[tuple[Manifest, StageResult]]) -> str:
         if _weight_bytes(model) > SAMPLE_MAX_BYTES:
             skipped.append(m.name)
         else:
-            answers[m.name] = sample_generations(m, model)
+            answers[m.name] = sample_generations(m, model, prompts)
     parts = []
-    for i, prompt in enumerate(SAMPLE_PROMPTS):
+    for i, prompt in enumerate(prompts):
         rows = "".join(
             f"<tr><td class='model'>{html.escape(name)}</td>"
             + "".join(f"<td class='answer' data-mode='{mode}'><pre>{html.escape(out[mode][i])}</pre></td>"
@@ -463,12 +490,15 @@ def samples_section(done: list[tuple[Manifest, StageResult]]) -> str:
                      f"{rows}</table>")
     note = (f"<p class='note'>not sampled (over {SAMPLE_MAX_BYTES / 1024**3:.0f} GB of weights): "
             f"{html.escape(', '.join(skipped))}</p>") if skipped else ""
+    # the codes are USAGE_QUESTIONS' own keys: nothing to escape
+    asked = (f"tempa's example question in each of the recipe's languages ({', '.join(_example_languages(languages))})"
+             if prompts is not SAMPLE_PROMPTS else f"tempa's {len(prompts)} fixed prompts (the same for every run)")
     return (f"<section id='samples'><h2>Sample generations</h2><p class='note'>greedy, at most "
-            f"{SAMPLE_MAX_NEW_TOKENS} new tokens, each stage's model, on tempa's {len(SAMPLE_PROMPTS)} fixed prompts "
-            f"(the same for every run)</p>{note}{''.join(parts)}</section>")
+            f"{SAMPLE_MAX_NEW_TOKENS} new tokens, each stage's model, on {asked}</p>{note}"
+            f"{''.join(parts)}</section>")
 
 
-def _examples(run_dir: Path) -> str:
+def _examples(run_dir: Path, languages: Sequence[str] = ()) -> str:
     from transformers import AutoTokenizer
 
     final = run_dir / FINAL_LINK
@@ -476,10 +506,11 @@ def _examples(run_dir: Path) -> str:
     if not (folder / "tokenizer_config.json").exists():
         return "<p>No tokenizer in this run yet.</p>"
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    example = example_conversation(languages)
     parts = []
     for mode in ("on", "off"):
-        text = tokenizer.apply_chat_template(EXAMPLE, tokenize=False, thinking_mode=mode)
-        prompt = tokenizer.apply_chat_template(EXAMPLE[:1], tokenize=False, add_generation_prompt=True,
+        text = tokenizer.apply_chat_template(example, tokenize=False, thinking_mode=mode)
+        prompt = tokenizer.apply_chat_template(example[:1], tokenize=False, add_generation_prompt=True,
                                                thinking_mode=mode)
         parts.append(
             f"<h3>thinking_mode=\"{mode}\"</h3><p>generation prompt:</p><pre>{html.escape(prompt)}</pre>"
@@ -550,8 +581,9 @@ def write_report(run_dir: str | Path, *, samples: bool = True) -> Path:
         "".join(_preference_data_section(done)),
         leaderboard_section(done),
         merge_section(done),
-        samples_section(done) if samples else "",
-        f"<section id='template'><h2>Chat template, both thinking modes</h2>{_examples(run_dir)}</section>",
+        samples_section(done, recipe.languages) if samples else "",
+        f"<section id='template'><h2>Chat template, both thinking modes</h2>{_examples(run_dir, recipe.languages)}"
+        "</section>",
     ]
     title = html.escape(f"tempa report: {recipe.name}" if recipe.name else "tempa report")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{STYLE}</style>"

@@ -201,8 +201,8 @@ def test_pairs_and_judges_says_what_left_samples_out_of_the_pairs(tmp_path):
 
 
 def test_the_help_and_the_page_say_the_sample_prompts_are_fixed(tmp_path, monkeypatch, capsys):
-    """The samples are tempa's three fixed prompts (Indonesian, Thai, English) for every run; `--help` said
-    'held-out prompts', which reads as the run's own."""
+    """The samples are tempa's three fixed prompts (Indonesian, Thai, English) for a recipe without languages tempa
+    has an example question for; `--help` said 'held-out prompts', which reads as the run's own."""
     from tempa.recipes import report
     from tempa.recipes.rundir import Manifest
     from tempa.sft.stage_api import StageResult
@@ -211,13 +211,14 @@ def test_the_help_and_the_page_say_the_sample_prompts_are_fixed(tmp_path, monkey
         main(["report", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "held-out" not in help_text
-    assert "three fixed prompts, in Indonesian, Thai and English, the same for every run" in help_text
+    assert "example question in each of the recipe's languages" in help_text
+    assert "three fixed prompts, in Indonesian, Thai and English" in help_text
     assert len(report.SAMPLE_PROMPTS) == 3
 
     model = tmp_path / "sft" / "final"
     model.mkdir(parents=True)
     (model / "config.json").write_text("{}")
-    monkeypatch.setattr(report, "sample_generations", lambda manifest, folder: {
+    monkeypatch.setattr(report, "sample_generations", lambda manifest, folder, prompts: {
         "on": ["a"] * len(report.SAMPLE_PROMPTS), "off": ["b"] * len(report.SAMPLE_PROMPTS)})
     manifest = Manifest(name="sft", kind="sft", fingerprint="f", status="done", started_at=0.0)
     page = report.samples_section([(manifest, StageResult(model=model))])
@@ -365,3 +366,32 @@ def test_the_page_header_names_the_recipe_its_description_and_languages(pretrain
     assert info["description"] == JA_DESCRIPTION  # its text, tags and quotes as written, both lines
     assert info["languages"] == "languages: ja, en"
     assert info["scripts"] == 1  # the probe's own: nothing in the description became markup
+
+
+def test_the_sample_prompts_and_the_template_example_follow_the_recipes_languages(pretrain_run):
+    """A Japanese recipe's page sampled every model on Indonesian, Thai and English prompts and showed an Indonesian
+    conversation in the template section. Both now ask tempa's example question (the model card's) in each of the
+    recipe's languages (its card's `languages`) tempa has one for; the fixed prompts remain for any other recipe."""
+    from tempa.merge.model_card import usage_question
+
+    page = (pretrain_run / "report" / "index.html").read_text()
+    asked = [usage_question(["ja"]), usage_question(["en"])]
+    samples = page[page.index("<section id='samples'>"):]
+    assert [part.split("</h3>")[0] for part in samples.split("<h3 class='prompt'>")[1:]] == asked
+    for old in ("Jelaskan secara singkat", "ช่วยแปลประโยคนี้", "Apa sentimen"):
+        assert old not in page, old
+    template = page[page.index("<section id='template'>"):]
+    assert html.escape(asked[0]) in template and template.count(html.escape(asked[0])) == 4  # 2 modes x 2 renderings
+
+
+@pytest.mark.parametrize(("languages", "expected"), [
+    ([], None), (["xx"], None), (["de"], None),
+    (["th-TH", "jpn_Jpan", "ja"], [["th"], ["ja"]]), (["ko", "xx", "id"], [["ko"], ["id"]])])
+def test_sample_prompts_ask_in_each_language_tempa_has_a_question_for(languages, expected):
+    from tempa.merge.model_card import usage_question
+    from tempa.recipes.report import EXAMPLE, SAMPLE_PROMPTS, example_conversation, sample_prompts
+
+    prompts = sample_prompts(languages)
+    assert prompts == (SAMPLE_PROMPTS if expected is None else [usage_question(code) for code in expected])
+    conversation = example_conversation(languages)
+    assert conversation == EXAMPLE if expected is None else conversation[0]["content"] == prompts[0]

@@ -167,8 +167,9 @@ class Gate:
         if self.filters.max_chars is not None and len(text) > self.filters.max_chars:
             return "too_long"
         if self.filters.language and target:
+            # is_in, not the detector's label: its rules (a kanji-only term for a Japanese target) decide.
             detected = lang.detect(text, min_letters=self.filters.min_letters)
-            if detected.language is not None and detected.language not in lang.accepted([target]):
+            if detected.is_in(lang.accepted([target])) is False:
                 return f"language_{detected.language}"
         if self.filters.dedup and self.duplicate(text):
             return "duplicate"

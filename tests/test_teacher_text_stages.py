@@ -350,3 +350,33 @@ def test_whole_conversations_are_deduplicated_whole_not_turn_by_turn(tmp_path, t
     assert [r["provenance"]["row"] for r in rows] == [0, 1]
     stats = json.loads((result.dataset.parent / "stats.json").read_text())
     assert stats["rejected"] == {"duplicate": 1}
+
+
+def test_a_kanji_only_translation_is_no_wrong_language_for_a_japanese_target(tmp_path, tiny_model_dir, monkeypatch):
+    """'Mount Fuji.' -> '富士山': a kanji-only term is Japanese as much as Chinese (py3langid files it under zh), so
+    the language rules call it undetermined for a Japanese target; the translate filter read the detector's label
+    itself and dropped the conversation as language_zh."""
+    replies = {"What is the highest mountain in Japan?": "日本で一番高い山は何ですか？", "Mount Fuji.": "富士山",
+               "Where is the University of Tokyo Hospital?": "東京大学医学部附属病院はどこですか？",
+               "It is in Bunkyo.": "文京区です。", "Say something in Chinese.": "中文怎么说？",
+               "I like to eat noodles every day.": "我每天都喜欢吃面条，因为面条很好吃。"}
+
+    def translator(request: str) -> str:
+        return replies[request.rsplit("\n", 1)[-1].strip()]
+
+    source = _rows(tmp_path / "chats.jsonl", [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+        for q, a in [("What is the highest mountain in Japan?", "Mount Fuji."),
+                     ("Where is the University of Tokyo Hospital?", "It is in Bunkyo."),
+                     ("Say something in Chinese.", "I like to eat noodles every day.")]])
+    config = TranslateStageConfig.model_validate(
+        {"name": "t", "target_language": "ja", "source": {"path": source}, "turns": "all",
+         "instruction": "Translate into {language}.\n{text}", "teacher": {"backend": {**HTTP, "model": "translator"}}})
+    ctx = make_context(tmp_path / "run", "t", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    result = _run_with(monkeypatch, {"translator": Counting(translator)}, config, ctx)
+    rows = [json.loads(line) for line in result.dataset.read_text(encoding="utf-8").splitlines()]
+    assert [r["provenance"]["row"] for r in rows] == [0, 1]
+    assert rows[0]["messages"][1]["content"] == "富士山"
+    stats = json.loads((result.dataset.parent / "stats.json").read_text())
+    assert stats["rejected"] == {"language_zh": 1}  # Chinese prose is still Chinese

@@ -55,8 +55,8 @@ FINISH_REASONS = ("stop", "length", CONTENT_FILTER)
 # OpenAI's finish reason of a turn that ended in tool calls: a finished turn, as "stop" is.
 TOOL_CALLS = "tool_calls"
 SNIPPET_CHARS = 300
-# How requests travel, not what comes back: a journaled pass resumed with other values keeps its work (a
-# user who stops a run at row 150,000 to raise concurrency must not pay for the first 150,000 again).
+
+
 class HTTPBackendError(StageError):
     """The endpoint refused or kept failing; the message is one line and carries no secret."""
 

@@ -64,8 +64,8 @@ SECRET_KEY_RE = re.compile(
 )
 # Keys that contain a secret-looking word but hold harmless numbers/settings.
 _HARMLESS_KEYS = re.compile(
-    r"(max_new_tokens|max_tokens|num_tokens|tokenizer.*|.*_token_id|.*token_ids|pad_token|eos_token|"
-    r"bos_token|tokens_per_.*|.*_tokens|author.*)",
+    r"(max_new_tokens|max_tokens|num_tokens|tokenizer.*|.*_token_id|.*token_ids|tokens_per_.*|.*_tokens|author.*|"
+    r"(pad|eos|bos|unk|sep|cls|mask|stop|eot|im_start|im_end)_token)",  # special tokens: their text, no secret
     re.IGNORECASE,
 )
 

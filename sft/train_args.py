@@ -74,6 +74,8 @@ def _secret_path(value: Any, path: str) -> str | None:
             found = _secret_path(item, f"{path}.{key}")
             if found:
                 return found
+    if isinstance(value, list | tuple):
+        return next((found for i, item in enumerate(value) if (found := _secret_path(item, f"{path}[{i}]"))), None)
     return None
 
 

@@ -106,6 +106,8 @@ def test_quoted_numbers_reach_the_trainer_as_trls_own_config_parser_reads_them(t
     ("trl:SFTConfig", {"model_init_kwargs": {"token": "hf_" + "s" * 34}}, r"'model_init_kwargs\.token'.*HF_TOKEN"),
     ("trl:DPOConfig", {"model_init_kwargs": {"use_auth_token": "hf_" + "s" * 34}}, "HF_TOKEN"),
     ("trl:GRPOConfig", {"generation_kwargs": {"extra": {"api_key": "sk-" + "s" * 30}}}, r"generation_kwargs\.extra"),
+    ("trl:GRPOConfig", {"generation_kwargs": {"servers": [{"api_key": "sk-" + "s" * 30}]}},
+     r"'generation_kwargs\.servers\[0\]\.api_key'"),
 ])
 def test_train_keys_that_bypass_tempa_s_safeguards_are_refused(config, train, hint) -> None:
     """A hub token in `train:` was copied into recipe.resolved.yaml, train_plan.json, the manifests and
@@ -116,6 +118,13 @@ def test_train_keys_that_bypass_tempa_s_safeguards_are_refused(config, train, hi
     with pytest.raises(ValueError, match=hint) as err:
         check_train_args(train, config)
     assert "hf_sss" not in str(err.value)
+
+
+def test_special_tokens_in_a_train_mapping_are_no_secrets() -> None:
+    from tempa.sft.train_args import check_train_args
+
+    kwargs = {"stop_token": "<|eot_id|>", "unk_token": "<unk>", "sep_token": "</s>", "pad_token": "<pad>"}
+    assert check_train_args({"generation_kwargs": kwargs}, "trl:GRPOConfig")["generation_kwargs"] == kwargs
 
 
 def test_vllm_engine_args_cannot_turn_on_remote_code() -> None:

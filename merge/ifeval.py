@@ -153,7 +153,9 @@ _WORD_RE = re.compile(r"\w+(?:['’-]\w+)*")
 # ". ! ?" and the dandas end a sentence before a space or a closing quote ("2.5" and "e.g." end none); the CJK
 # stops carry their own spacing and end one wherever they stand, unless a closing quote or bracket follows (彼は
 # 「行きます。」と言った。 is one sentence).
-_SENTENCE_END_RE = re.compile(r"[.!?।॥]+(?=\s|$|[\"'”’)\]])|[。！？]+(?![」』）】〕〉》”’\"')\]])")
+_CLOSERS, _OPENERS = "」』）】〕〉》”’\"')\\]", "「『（【〔〈《“‘\"'(\\["
+# ... and a line of dialogue (「はい。」) is one, when its closing bracket ends the line or another line opens.
+_SENTENCE_END_RE = re.compile(rf"[.!?।॥]+(?=\s|$|[\"'”’)\]])|[。！？]+(?:[{_CLOSERS}]+(?=\s|$|[{_OPENERS}])|(?![{_CLOSERS}]))")
 _BULLET_RE = re.compile(r"^\s*(?:[*+•]\s+|-\s+)\S", re.MULTILINE)
 _FENCE_RE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL | re.IGNORECASE)
 

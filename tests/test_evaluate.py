@@ -914,6 +914,10 @@ def test_sentences_of_text_written_without_spaces():
     assert count_sentences("東京は日本の首都です。大きな都市です。人口も多いです。") == 3
     assert count_sentences("本当ですか？はい！そうです。") == 3
     assert count_sentences("彼は「行きます。」と言った。") == 1  # a quote's own stop ends no sentence of the answer
+    # but a line of dialogue that ends in its closing bracket is a sentence (they counted as one)
+    assert count_sentences("「はい。」\n「いいえ。」") == 2
+    assert count_sentences("「はい。」「いいえ。」") == 2
+    assert count_sentences("母は「もう寝なさい！」と言った。私は「はい。」と答えた。") == 2
     assert count_sentences("我喜欢北京。北京很大。") == 2
     assert count_sentences("Version 2.5 is out. It works.") == 2  # an ASCII '.' still needs the space after it
 

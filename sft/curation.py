@@ -233,7 +233,8 @@ def find_pii(text: str, config: PIIConfig) -> str | None:
     read the text's ASCII forms (:func:`ascii_forms`); a recipe's ``extra_patterns`` and ``allow``
     also match the text as written.
     """
-    allow = _compiled(tuple(config.allow))
+    # an allow pattern written full width (０３－…) allows the ASCII form the built-in rules match too
+    allow = _compiled(tuple(dict.fromkeys([*config.allow, *(unicodedata.normalize("NFKC", a) for a in config.allow)])))
     extra = [(name, "", p, None) for name, p in zip(
         config.extra_patterns, _compiled(tuple(config.extra_patterns.values())), strict=True)]
     ascii_text = ascii_forms(text)

@@ -314,6 +314,11 @@ def test_full_width_numbers_that_are_not_pii_pass() -> None:
     # A recipe's own patterns still match the text as written, as well as its ASCII form.
     extra = PIIConfig(extra_patterns={"社員番号": r"社員番号：\d{5}"})
     assert curation.find_pii("社員番号：１２３４５", extra) == "社員番号"
+    # and an allow pattern written full width allows what it says (the rules match the ASCII form)
+    office = PIIConfig(allow=[r"^０３－１２３４－５６７８$"])
+    assert curation.find_pii("代表：０３－１２３４－５６７８", office) is None
+    assert curation.find_pii("代表：03-1234-5678", office) is None
+    assert curation.find_pii("携帯：０９０－１２３４－５６７８", office) == "phone number"
 
 
 def test_pii_is_configurable() -> None:

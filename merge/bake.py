@@ -30,6 +30,7 @@ from tempa.chat_templates.baking import GenerationDefaults
 from tempa.chat_templates.one_line import first_line
 from tempa.merge.candidates import is_model_dir
 from tempa.merge.model_card import ModelCardConfig, render_model_card, shipped_stage
+from tempa.merge.model_files import license_files
 from tempa.merge.publish import make_publishable, publish_problems
 from tempa.sft.files import link_or_copy, staging_dir, write_atomic, write_json
 from tempa.sft.run_layout import FINAL_DIR
@@ -47,9 +48,6 @@ from tempa.sft.stage_api import (
 # Model files carried into the final folder; tokenizer files come from the recipe's tokenizer,
 # and training leftovers (optimizer, trainer state, markers) stay behind.
 _MODEL_FILE_PATTERNS = ("config.json", "*.safetensors", "model.safetensors.index.json")
-# The base model's licence and use policy travel with every model made from it (the Llama 3 licence asks for a
-# copy with each redistribution); the weights' own folder rarely has them, the base model's folder does.
-LICENSE_FILE_PATTERNS = ("LICENSE*", "LICENCE*", "USE_POLICY*", "NOTICE*")
 _SMOKE_PROMPT = [{"role": "user", "content": "Hello! What is 2 + 3?"}]
 
 
@@ -94,7 +92,7 @@ def copy_model_files(source: Path, out_dir: Path, *, trust_remote_code: bool = F
 def copy_license_files(folders: Sequence[Path], out_dir: Path) -> list[str]:
     """Copy the licence files of the first of ``folders`` that has any (the weights', else the base model's)."""
     for folder in folders:
-        found = sorted({p for pattern in LICENSE_FILE_PATTERNS for p in folder.glob(pattern) if p.is_file()})
+        found = license_files(folder)
         if found:
             for path in found:
                 shutil.copyfile(path, out_dir / path.name)  # a hub cache's links are followed: the text is copied

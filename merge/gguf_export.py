@@ -32,7 +32,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +42,7 @@ import numpy as np
 
 from tempa.chat_templates.templates import template_defaults
 from tempa.chat_templates.thinking import end_of_turn_token
+from tempa.merge.model_files import license_files
 from tempa.merge.ollama_template import ollama_default_note, ollama_template
 from tempa.sft.run_layout import RESOLVED_RECIPE
 from tempa.sft.stage_api import StageError
@@ -286,7 +287,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
         generation = generation_defaults(model_dir)
         try:
             modelfile_text: str | None = ollama_modelfile(gguf_path.name, tokenizer, generation,
-                                                          license_id=card_license(model_dir))
+                                                          licenses=model_licenses(model_dir))
         except StageError as error:  # llama.cpp reads the embedded Jinja template: the GGUF is still of use
             log.warning("%s; the GGUF is written without an Ollama Modelfile", error)
             modelfile_text = None
@@ -405,10 +406,22 @@ def card_license(model_dir: Path) -> str | None:
     return str(value) if value else None
 
 
-def ollama_modelfile(gguf_name: str, tokenizer, generation: dict[str, Any], license_id: str | None = None) -> str:
+def model_licenses(model_dir: Path) -> list[str]:
+    """What the Modelfile's LICENSE lines hold: the texts of the folder's licence and use-policy files (the base
+    model's, which the bake ships), else the model card's licence id."""
+    texts = [path.read_text(encoding="utf-8", errors="replace").strip() for path in license_files(model_dir)
+             if not path.name.upper().startswith("NOTICE")]
+    texts = [text for text in texts if text]
+    if texts:
+        return texts
+    license_id = card_license(model_dir)
+    return [license_id] if license_id else []
+
+
+def ollama_modelfile(gguf_name: str, tokenizer, generation: dict[str, Any], licenses: Sequence[str] = ()) -> str:
     """An Ollama Modelfile: the GGUF, the chat template's Go twin, the stop tokens (the eos ids of
     ``generation``, generation_config.json's keys), the sampling defaults, the default mode, and the
-    ``license_id`` (the model card's) that ``ollama show --license`` prints.
+    ``licenses`` (:func:`model_licenses`) that ``ollama show --license`` prints.
 
     The TEMPLATE follows Ollama's ``think`` request switch, and the template's baked default (the recipe's
     ``thinking_default``) when a request leaves it unset, which only Ollama before 0.12.4 does: the header says
@@ -430,6 +443,5 @@ def ollama_modelfile(gguf_name: str, tokenizer, generation: dict[str, Any], lice
     ]
     lines += [f'PARAMETER stop "{stop}"' for stop in dict.fromkeys(stops)]
     lines += [f"PARAMETER {name} {value}" for name, value in ollama_parameters(generation).items()]
-    if license_id and '"""' not in license_id:
-        lines.append(f'LICENSE """{license_id}"""')
+    lines += [f'LICENSE """{text}"""' for text in licenses if '"""' not in text]
     return "\n".join(lines) + "\n"

@@ -16,6 +16,14 @@ from pathlib import Path
 _REFUSAL = "tempa reads safetensors only, since pickles can run code when loaded"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+# The base model's licence and use policy travel with every model made from it (the Llama 3 licence asks for a
+# copy with each redistribution); the weights' own folder rarely has them, the base model's folder does.
+LICENSE_FILE_PATTERNS = ("LICENSE*", "LICENCE*", "USE_POLICY*", "NOTICE*")
+
+
+def license_files(folder: Path) -> list[Path]:
+    """The licence, use-policy and notice files directly in ``folder``."""
+    return sorted({p for pattern in LICENSE_FILE_PATTERNS for p in Path(folder).glob(pattern) if p.is_file()})
 
 
 def pickle_files(folder: Path) -> list[str]:

@@ -120,7 +120,7 @@ def _download_model(ref: str, *, allow_pickle: bool) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     # safetensors only: pickled weights are never downloaded (unless the recipe opts in), so never loaded.
-    from tempa.merge.bake import LICENSE_FILE_PATTERNS
+    from tempa.merge.model_files import LICENSE_FILE_PATTERNS
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.py", *LICENSE_FILE_PATTERNS]
     try:

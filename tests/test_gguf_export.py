@@ -195,6 +195,13 @@ def test_modelfile_names_the_cards_license(baked_model, tmp_path):
     assert '\nLICENSE """llama3.1"""\n' in modelfile
     (final / "README.md").write_text("# no front matter\n")
     assert "LICENSE" not in export_gguf(final, tmp_path / "out" / "m.gguf").modelfile_path.read_text()
+    # the base model's licence and use policy, which the bake ships, are the texts Ollama's own Modelfiles carry
+    (final / "README.md").write_text("---\nlicense: llama3.1\nlibrary_name: transformers\n---\n\n# t\n")
+    (final / "LICENSE").write_text("LLAMA 3.1 COMMUNITY LICENSE AGREEMENT\nterms\n")
+    (final / "USE_POLICY.md").write_text("# Llama 3.1 Acceptable Use Policy\n")
+    modelfile = export_gguf(final, tmp_path / "out" / "m.gguf").modelfile_path.read_text()
+    assert '\nLICENSE """LLAMA 3.1 COMMUNITY LICENSE AGREEMENT\nterms"""\n' in modelfile
+    assert '\nLICENSE """# Llama 3.1 Acceptable Use Policy"""\n' in modelfile and '"""llama3.1"""' not in modelfile
 
 
 def test_a_conversion_that_fails_while_writing_leaves_no_partial_file(baked_model, tmp_path, monkeypatch, capsys):

@@ -35,6 +35,7 @@ from tempa.chat_templates.json_files import (
     read_jsonl,
 )
 from tempa.chat_templates.one_line import first_line
+from tempa.sft.curation import check_tool_results
 from tempa.sft.formats import FormatSpec, RowError, normalize_row, tools_of
 from tempa.sft.mixing import thinking_on_count
 from tempa.sft.stage_api import (
@@ -268,9 +269,15 @@ def to_prompt(row: dict[str, Any], index: int, source: PromptSource, name: str |
         turns, tools = _turns_and_tools(row, source)
     except RowError as exc:
         raise StageError(f"{where}: {exc}") from None
+    stray = check_tool_results(turns)
+    if stray is not None:
+        raise StageError(f"{where}: {stray[1]}")
     messages = [_compact(turn) for turn in turns]
     reference = None
     while messages and messages[-1]["role"] == "assistant":
+        if messages[-1].get("tool_calls"):  # taken off, the call's prompt would be sampled as a different one
+            raise StageError(f"{where}: turn {len(messages) - 1}: ends with an assistant tool call and no tool result "
+                             "after it; a prompt ends with a user message or a tool result (add the call's result)")
         reference = reference if reference is not None else str(messages[-1].get("content") or "")
         messages.pop()
     if not messages or messages[-1]["role"] not in ("user", "tool"):

@@ -80,12 +80,29 @@ def check_reasoning(messages: Messages) -> Reason | None:
 
 # --- role order -----------------------------------------------------------------------------------
 
+def _stray_result(messages: Messages, index: int) -> Reason | None:
+    """Turn ``index``, a tool result, answers no call: it follows neither an assistant turn that calls a tool nor
+    another result (several results may follow one call turn)."""
+    previous = messages[index - 1] if index else None
+    if previous is not None and (previous["role"] in TOOL_ROLES or (
+            previous["role"] == "assistant" and previous.get("tool_calls"))):
+        return None
+    return ROLE_ORDER, f"turn {index}: {messages[index]['role']} turn not after an assistant turn that calls a tool"
+
+
+def check_tool_results(messages: Messages) -> Reason | None:
+    """Every tool result answers a call: the part of the role order a prompt keeps too (the chat templates refuse to
+    render a result without its call)."""
+    return next((reason for i, turn in enumerate(messages)
+                 if turn["role"] in TOOL_ROLES and (reason := _stray_result(messages, i))), None)
+
+
 def check_role_order(messages: Messages) -> Reason | None:
     """System only first; user and assistant alternate; tool results answer an assistant turn that called a
     tool (several results may follow one call turn); the row ends on an assistant turn."""
     if not messages:
         return ROLE_ORDER, "no turns"
-    previous, calling = None, False
+    previous = None
     for i, turn in enumerate(messages):
         role = turn["role"]
         if role == "system":
@@ -98,13 +115,11 @@ def check_role_order(messages: Messages) -> Reason | None:
             if previous not in ("user", *TOOL_ROLES):
                 what = "at the start" if previous in (None, "system") else "after an assistant turn"
                 return ROLE_ORDER, f"turn {i}: assistant turn {what}"
-        elif role in TOOL_ROLES and not (previous in TOOL_ROLES or (previous == "assistant" and calling)):
-            return ROLE_ORDER, f"turn {i}: {role} turn not after an assistant turn that calls a tool"
+        elif role in TOOL_ROLES and (stray := _stray_result(messages, i)):
+            return stray
         empty = not turn["content"].strip() and not turn.get("reasoning_content") and not turn.get("tool_calls")
         if role in ("user", "assistant") and empty:
             return ROLE_ORDER, f"turn {i}: empty {role} turn"
-        if role == "assistant":
-            calling = bool(turn.get("tool_calls"))
         previous = role
     if previous != "assistant":
         return ROLE_ORDER, "does not end with an assistant turn"

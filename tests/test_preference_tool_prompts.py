@@ -5,6 +5,7 @@ building and trl's DPOTrainer; the stages and parts that cannot see them refuse 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import textwrap
 import types
@@ -209,3 +210,29 @@ def test_the_built_in_judge_sees_the_whole_tool_loop(prompts_file):
     # A prompt without tools keeps its rubric and transcript.
     assert "[Tools]" not in judge_prompt(None, ScoreItem(plain, Completion("4"))) and "[Question]\nBerapa 2+2?" in judge_prompt(
         None, ScoreItem(plain, Completion("4")))
+
+
+CALL_TURN = LOOP[1]
+
+
+@pytest.mark.parametrize(("messages", "expected"), [
+    # A result that answers no call: the template refuses to render it, so sampling would fail after the earlier stages.
+    ([LOOP[0], {"role": "tool", "content": "31"}],
+     "turn 1: tool turn not after an assistant turn that calls a tool"),
+    # A call still waiting for its result: taking it off as a "reference" would sample a different prompt.
+    (LOOP[:2], "turn 1: ends with an assistant tool call and no tool result after it"),
+    ([LOOP[0], {"role": "assistant", "content": "Sebentar."}, CALL_TURN],
+     "turn 2: ends with an assistant tool call and no tool result after it"),
+])
+def test_a_tool_prompt_in_the_wrong_order_is_refused_by_plan_naming_the_row(tmp_path, tiny_model_dir, capsys, messages,
+                                                                            expected):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps(ROWS[2]) + "\n" + json.dumps({"messages": messages, "tools": [WEATHER]}) + "\n")
+    with pytest.raises(StageError, match=re.escape(f"{path}: line 2: {expected}")):
+        load_prompts(PromptSource(path=str(path)), seed=0, with_tools=True)
+    recipe = _recipe(tmp_path, tiny_model_dir, f"- name: align\n  kind: preference\n  prompts: {{path: {path}}}\n"
+                                               "  rewards: [{type: format}]\n")
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert f"stage 'align' would fail: {path}: line 2: {expected}" in " ".join(err.split())
+    assert "Traceback" not in err

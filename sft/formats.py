@@ -22,6 +22,7 @@ read raises :class:`RowError` with a one-line reason; the caller turns that into
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -218,12 +219,24 @@ def _assistant(content: str, reasoning: str | None, tool_calls: list[dict[str, A
     return _turn("assistant", content, reasoning, tool_calls=tool_calls)
 
 
+def _python_literal_hint(text: str) -> str:
+    # str(dict) / str(list) is how such cells are usually made; the JSON error alone does not say what to change.
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return ""
+    if not isinstance(value, (dict, list, tuple)):
+        return ""
+    return "; it is a Python literal (single quotes, True/None), not JSON: write it with json.dumps"
+
+
 def _json_value(value: Any, what: str) -> Any:
     if isinstance(value, str):
         try:
             return json.loads(value)
         except json.JSONDecodeError as exc:
-            raise RowError(f"expected {what} to be JSON; {exc.msg} at column {exc.colno}") from None
+            raise RowError(f"expected {what} to be JSON; {exc.msg} at column {exc.colno}"
+                           f"{_python_literal_hint(value)}") from None
     return value
 
 

@@ -217,3 +217,20 @@ def test_a_blank_tools_cell_is_a_row_without_tools(tmp_path: Any, blank: str) ->
         {"role": "assistant", "content": "Hello", "tool_calls": blank},
     ]
     assert "tool_calls" not in normalize_row({"messages": turns}, _spec(tmp_path)).messages[1]
+
+
+@pytest.mark.parametrize("written", ["{'city': 'Huế'}", "{'city': 'Huế', 'metric': True, 'hint': None}"])
+def test_arguments_written_as_a_python_dict_say_how_to_write_them(tmp_path: Any, written: str) -> None:
+    # str(dict) is the usual way such rows are made: the JSON error alone does not say what to change.
+    turns = [
+        {"role": "user", "content": "Thời tiết ở Huế?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": written}}]},
+    ]
+    hint = r"; it is a Python literal \(single quotes, True/None\), not JSON: write it with json\.dumps"
+    with pytest.raises(RowError, match=r"expected turn 1 'tool_calls'\[0\] arguments to be JSON; .*" + hint):
+        normalize_row({"messages": turns}, _spec(tmp_path))
+    with pytest.raises(RowError, match=r"expected 'tools' to be JSON; .*" + hint):
+        normalize_row({"messages": turns[:1], "tools": str([{"name": "get_weather"}])}, _spec(tmp_path))
+    # Text that is neither JSON nor a Python literal gets no such hint.
+    with pytest.raises(RowError, match=r"to be JSON; [^;]*$"):
+        normalize_row({"messages": turns[:1], "tools": "[{"}, _spec(tmp_path))

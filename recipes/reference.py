@@ -255,22 +255,24 @@ list as JSON text) is rendered with it. A reasoning trace is read from `reasonin
 ## Prompt files
 
 The `prompts:` ([PromptSource](#promptsource)) of the `preference`, `synthesize` and `rl` stages read rows
-with `messages` (a chat ending with a user turn; a trailing assistant turn is taken off and kept as the
-reference answer) or a plain `prompt` string, and optionally:
+with `messages` (a chat ending with a user turn, or, in a tool loop, with the `tool` results of an assistant turn's
+`tool_calls`; a trailing assistant turn without tool calls is taken off and kept as the reference answer, one with
+tool calls is refused: its results are missing) or a plain `prompt` string, and optionally:
 
 | field | meaning |
 | --- | --- |
 | `language` | the target language (ISO 639-1) the language rewards check |
 | `answer` | a verifiable reference answer (math / exact-match verifiers) |
 | `thinking_mode` | `on` or `off` for this row (overrides the stage's `thinking`) |
+| `tools` | the tool definitions the prompt offers (a list, or that list as JSON text); `preference` stages only (`alignment/README.md`, "Tool-calling prompts") |
 
 ```jsonl
 {"messages": [{"role": "user", "content": "Apa ibu kota Indonesia?"}], "language": "id", "answer": "Jakarta"}
 {"prompt": "What is 12 * 7?", "answer": "84", "thinking_mode": "on"}
 ```
 
-The field names are set with `messages_field`, `prompt_field`, `language_field`, `answer_field` and
-`thinking_field`. A `language` or `answer` reward does not apply to a row without its field, but a stage whose
+The field names are set with `messages_field`, `prompt_field`, `language_field`, `answer_field`,
+`thinking_field` and `tools_field`. A `language` or `answer` reward does not apply to a row without its field, but a stage whose
 prompts all lack it is refused (the reward would never apply: a misspelt field name). A local prompts file is
 read, every row checked, by `tempa plan` and before the run's first stage; an earlier stage's dataset when the
 stage starts.

@@ -114,6 +114,10 @@ class ColumnMapping(_Strict):
             "first turn. A row whose turns start with a different system turn is rejected. Default: `system`."
         ),
     )
+    tools: str | None = Field(
+        default=None,
+        description="Tool definitions column (a list of definitions, or that list as JSON text). Default: `tools`.",
+    )
     role_names: dict[str, str] = Field(
         default_factory=dict,
         description=(

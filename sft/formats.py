@@ -103,7 +103,7 @@ def spec_for(source: SourceConfig) -> FormatSpec:
     return FormatSpec(
         format=fmt,
         **{name: pick(name) for name in ("messages", "role", "content", "reasoning", "prompt", "response",
-                                          "instruction", "input", "output", "system")},
+                                          "instruction", "input", "output", "system", "tools")},
         role_names={**DEFAULT_ROLE_NAMES, **{k.lower(): v for k, v in cols.role_names.items()}},
     )
 

@@ -6,6 +6,7 @@ much fails as surely as one that drops too little.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -157,8 +158,6 @@ def test_unreadable_rows_raise_one_line_reasons(tmp_path: Path, row: dict, fragm
 
 def test_an_unknown_role_in_a_prompts_file_is_told_what_roles_there_are(tmp_path: Path) -> None:
     # A prompts file has no columns.role_names: the error named that field as the way out, and no more.
-    import json
-
     from tempa.alignment.prompts import PromptSource, load_prompts
     from tempa.sft.stage_api import StageError
 
@@ -167,6 +166,18 @@ def test_an_unknown_role_in_a_prompts_file_is_told_what_roles_there_are(tmp_path
     with pytest.raises(StageError, match=r"prompts\.jsonl: line 1: turn 0: unknown role 'customer'; expected one "
                                          r"of .*\bassistant\b.*\buser\b.* \(an SFT source maps others"):
         load_prompts(PromptSource(path=str(path)), seed=0)
+
+
+def test_a_sources_tools_column_can_be_named(tmp_path: Path) -> None:
+    """`columns: {tools: functions}` was refused as an unknown field, and rows whose definitions sit in another
+    column trained without them; prompts (`tools_field`) and offline pairs could name theirs."""
+    weather = {"name": "get_weather", "description": "Weather of a city", "parameters": {"type": "object"}}
+    row = {"messages": [{"role": "user", "content": "Cuaca Jakarta?"},
+                        {"role": "assistant", "tool_calls": [{"name": "get_weather", "arguments": {"city": "Jakarta"}}]},
+                        {"role": "tool", "content": "31C"}, {"role": "assistant", "content": "31 derajat."}],
+           "functions": json.dumps([weather])}
+    conversation = normalize_row(row, spec_for(_src(tmp_path, columns={"tools": "functions"})))
+    assert conversation.tools == [{"type": "function", "function": weather}]
 
 
 def test_think_blocks_leave_the_answer_and_a_literal_tag_stays_text() -> None:

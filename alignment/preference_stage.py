@@ -478,9 +478,13 @@ def _no_pairs_hint(stats: Mapping[str, Any], max_new_tokens: int) -> str:
         return ""
     stopped = stats["finish_reasons"].get("length", 0)
     total = sum(stats["finish_reasons"].values())
-    if not stopped:  # out of the running for an open think block the template would close
-        return ": samples ended inside an open think block, which the template would close, so none is trained as written"
-    return f": {stopped} of {total} samples stopped at sampling.max_new_tokens ({max_new_tokens}); raise it"
+    open_think = max(0, stats["incomplete"] - stopped)  # out of the running: a think block the template would close
+    parts = [f"{stopped} of {total} samples stopped at sampling.max_new_tokens ({max_new_tokens}); raise it"] \
+        if stopped else []
+    if open_think:
+        parts.append(f"{open_think} of {total} ended inside an open think block, which the template would close, so "
+                     "they cannot be trained as written")
+    return ": " + "; ".join(parts) if parts else ""
 
 
 def _save_pairs_dataset(rows: list[dict[str, Any]], path: Path, stage_dir: Path) -> Path:

@@ -167,3 +167,16 @@ def test_a_round_whose_samples_are_all_cut_off_says_to_raise_max_new_tokens(tmp_
     with pytest.raises(StageError, match=r"no usable preference pair from 2 prompts .*: 4 of 4 samples stopped at "
                                          r"sampling\.max_new_tokens \(4\); raise it"):
         run_preference(PreferenceStageConfig.model_validate(config), ctx)
+
+
+def test_the_no_pairs_hint_counts_cut_off_samples_and_open_think_blocks_apart():
+    """20 samples cut off and 15 ending inside an open think block: the hint named only the 20, whose fix (a higher
+    max_new_tokens) leaves the other 15 out of the running."""
+    from tempa.alignment.pairs import INCOMPLETE
+    from tempa.alignment.preference_stage import _no_pairs_hint
+
+    stats = {"dropped": {INCOMPLETE: 12}, "finish_reasons": {"length": 20, "stop": 28}, "incomplete": 35}
+    assert _no_pairs_hint(stats, 64) == (": 20 of 48 samples stopped at sampling.max_new_tokens (64); raise it; "
+                                         "15 of 48 ended inside an open think block, which the template would close, "
+                                         "so they cannot be trained as written")
+    assert _no_pairs_hint({**stats, "dropped": {"all_scores_equal": 12}}, 64) == ""

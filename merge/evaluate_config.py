@@ -77,7 +77,7 @@ class _GenerationSuite(_DataSuite):
 
 
 class LossSuite(_DataSuite):
-    """Held-out loss and perplexity on chats (rows with `messages`), assistant tokens only."""
+    """Held-out loss and perplexity on chats (rows with `messages`, rendered with their `tools`), assistant tokens only."""
 
     type: Literal["loss"]
     reports: ClassVar[frozenset[str] | None] = frozenset({"loss", "perplexity", "tokens"})

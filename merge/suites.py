@@ -40,6 +40,7 @@ from tempa.merge.win_rate import (
     row_score,
     win_rates,
 )
+from tempa.sft.formats import RowError, tools_of
 from tempa.sft.language import detect as detect_language
 from tempa.sft.language import reasoning_verdict
 from tempa.sft.stage_api import StageError
@@ -201,7 +202,11 @@ class CandidateScorer:
         return scores
 
     def loss(self, suite: LossSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
-        chats = [(chat, row.get("thinking_mode")) for row in rows if (chat := chat_messages(row))]
+        try:  # a row's tools render as training and serving render them (its definitions, or their JSON text)
+            chats = [(chat, row.get("thinking_mode"), tools_of(row.get("tools"), "'tools'"))
+                     for row in rows if (chat := chat_messages(row))]
+        except RowError as error:
+            raise StageError(f"suite '{suite.key}': {error}") from None
         if not chats:
             raise StageError(f"suite '{suite.key}': no row has 'messages' with an assistant turn")
         if self.model is None:
@@ -284,13 +289,14 @@ def row_correct(row: dict[str, Any], answer: str) -> bool | None:
     return all(verdicts) if verdicts else None
 
 
-def assistant_mask(tokenizer, messages: Messages, thinking_mode: str | None) -> tuple[list[int], list[int]]:
-    """Token ids of a rendered chat and a 0/1 mask of the assistant's tokens.
+def assistant_mask(tokenizer, messages: Messages, thinking_mode: str | None,
+                   tools: list[dict[str, Any]] | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of a rendered chat (with its ``tools``) and a 0/1 mask of the assistant's tokens.
 
     Uses the template's ``{% generation %}`` markers; a template without them falls back to
     rendering each assistant turn's prefix and marking the tokens the turn adds.
     """
-    kwargs = mode_kwargs(thinking_mode)
+    kwargs = {**mode_kwargs(thinking_mode), **({"tools": tools} if tools else {})}
     encoded = tokenizer.apply_chat_template(
         messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **kwargs
     )
@@ -318,15 +324,17 @@ def assistant_mask(tokenizer, messages: Messages, thinking_mode: str | None) -> 
 
 
 def held_out_nll(
-    model, tokenizer, chats: Sequence[tuple[Messages, str | None]], max_length: int, batch_size: int
+    model, tokenizer, chats: Sequence[tuple[Messages, str | None, list[dict[str, Any]] | None]], max_length: int,
+    batch_size: int,
 ) -> tuple[float, int]:
-    """Summed negative log-likelihood of the assistant tokens over ``chats``, and their count."""
+    """Summed negative log-likelihood of the assistant tokens over ``chats`` (messages, thinking mode, tools), and
+    their count."""
     import torch
     from tqdm.auto import tqdm
 
     encoded = []
-    for messages, mode in chats:
-        ids, mask = assistant_mask(tokenizer, messages, mode)
+    for messages, mode, tools in chats:
+        ids, mask = assistant_mask(tokenizer, messages, mode, tools)
         encoded.append((ids[:max_length], mask[:max_length]))
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

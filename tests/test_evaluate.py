@@ -330,15 +330,48 @@ def test_held_out_loss_is_mean_nll_of_assistant_tokens(tiny_model_dir, tokenizer
     expected = -sum(float(log_probs[p - 1, ids[p]]) for p in positions)
     other = [{"role": "user", "content": "Hai"}, {"role": "assistant", "content": "Halo juga, apa kabar?"}]
     total, count = held_out_nll(
-        model, tokenizer, [(chat, "on"), (other, "off")], max_length=512, batch_size=2
+        model, tokenizer, [(chat, "on", None), (other, "off", None)], max_length=512, batch_size=2
     )
-    alone, alone_count = held_out_nll(model, tokenizer, [(chat, "on")], max_length=512, batch_size=1)
+    alone, alone_count = held_out_nll(model, tokenizer, [(chat, "on", None)], max_length=512, batch_size=1)
     assert alone_count == len(positions)
     assert alone == pytest.approx(expected, rel=1e-4)
     # Right padding in a batch does not change a chat's loss.
-    other_total, other_count = held_out_nll(model, tokenizer, [(other, "off")], max_length=512, batch_size=1)
+    other_total, other_count = held_out_nll(model, tokenizer, [(other, "off", None)], max_length=512, batch_size=1)
     assert count == alone_count + other_count
     assert total == pytest.approx(alone + other_total, rel=1e-4)
+
+
+def test_held_out_loss_of_a_tool_row_is_scored_with_its_tools(tmp_path, tiny_model_dir, tokenizer_dir):
+    """A loss-suite row's `tools` were ignored: its tool calls were scored against a prompt without the
+    definitions, one the model was never trained or served with."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tempa.merge.suites import assistant_mask, held_out_nll
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
+                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    chat = [{"role": "user", "content": "Cuaca Jakarta?"},
+            {"role": "assistant", "tool_calls": [{"type": "function", "function": {
+                "name": "get_weather", "arguments": '{"city": "Jakarta"}'}}]},
+            {"role": "tool", "content": "31C"}, {"role": "assistant", "content": "31 derajat."}]
+    ids, _ = assistant_mask(tokenizer, chat, "off", tools)
+    assert ids == tokenizer.apply_chat_template(chat, tools=tools, tokenize=True, return_dict=True,
+                                                thinking_mode="off")["input_ids"]
+    with_tools = held_out_nll(model, tokenizer, [(chat, "off", tools)], max_length=4096, batch_size=1)
+    without = held_out_nll(model, tokenizer, [(chat, "off", None)], max_length=4096, batch_size=1)
+    assert with_tools[1] == without[1] and with_tools[0] != pytest.approx(without[0], rel=1e-6)
+    # the suite reads a row's tools, as JSON text too
+    from tempa.merge.evaluate_config import EvalGeneration, LossSuite
+    from tempa.merge.suites import CandidateScorer
+
+    row = {"messages": chat, "tools": json.dumps(tools), "thinking_mode": "off"}
+    suite = LossSuite.model_validate({"type": "loss", "data": _write_rows(tmp_path / "held_out.jsonl", [row]),
+                                      "max_length": 4096})
+    scorer = CandidateScorer(None, tokenizer, EvalGeneration(), model=model)
+    scores = scorer.loss(suite, [row])
+    assert scores["loss"] == pytest.approx(with_tools[0] / with_tools[1], rel=1e-5)
 
 
 def _write_rows(path: Path, rows: list[dict]) -> str:

@@ -96,6 +96,7 @@ from tempa.sft.formats import (
     user_instruction,
 )
 from tempa.sft.mixing import assign_thinking, rng_for, select_rows, split_heldout
+from tempa.sft.paths import display_path
 from tempa.sft.sources import (
     RAW,
     READ_ERROR,
@@ -1025,17 +1026,12 @@ def _size_setting(source: SourceConfig) -> dict[str, Any]:
     return {"weight": 1.0}
 
 
-def _display_path(path: str) -> str:
-    """A local source by its file name (the card and logs never show this machine's folders)."""
-    return Path(path).name if Path(path).is_absolute() else path
-
-
 def _report(states: Sequence[_SourceState], *, seed: int, key: str, n_train: int, n_eval: int) -> DataMix:
     total_tokens = sum(s.stats["tokens_kept"] for s in states) or 1
     sources = [
         SourceMix(
             name=state.source.name,
-            path=_display_path(state.source.path),
+            path=display_path(state.source.path),
             size=_size_setting(state.source),
             thinking_mode=state.source.thinking_mode,
             thinking_ratio=state.source.thinking_ratio,

@@ -18,6 +18,11 @@ WRITTEN_IN = "written_in"
 EARLIER_STAGES = "earlier_stages"
 
 
+def display_path(path: str) -> str:
+    """A local source by its file name (the card and logs never show this machine's folders)."""
+    return Path(path).name if Path(path).is_absolute() else path
+
+
 def looks_local(value: str) -> bool:
     """A model/data reference is a local path when it is spelled like one; otherwise a hub id."""
     return value.startswith(_LOCAL_PREFIXES) or value.lower().endswith(_LOCAL_SUFFIXES)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tempa.sft.checkpoints import complete_checkpoints
 from tempa.sft.files import digest, tree_digest, write_json
+from tempa.sft.paths import display_path
 from tempa.sft.pretrain_config import PretrainSource, PretrainStageConfig
 from tempa.sft.stage import launch_training
 from tempa.sft.stage_api import (
@@ -238,14 +239,12 @@ def run_pretrain(config: PretrainStageConfig, ctx: StageContext) -> PretrainResu
 def mix_of(tokens: dict[str, int], documents: dict[str, int], *, chunks: int | None,
            sources: Sequence[PretrainSource], epochs: float | None = None) -> PretrainMix:
     """The mix of per-source ``tokens`` and ``documents``; ``sources``: their recipe entries (path and budget)."""
-    from tempa.sft.data import _display_path
-
     total = sum(tokens.values())
     entries = {source.name: source for source in sources}
     return PretrainMix(
         sources=[PretrainSourceMix(
             name=name, tokens=count, documents=documents.get(name), share_of_tokens=round(count / (total or 1), 4),
-            path=_display_path(entries[name].path) if name in entries else "",
+            path=display_path(entries[name].path) if name in entries else "",
             token_budget=entries[name].tokens if name in entries else None) for name, count in tokens.items()],
         tokens=total, chunks=chunks, epochs=epochs)
 

@@ -73,8 +73,10 @@ class SamplingBackend(GenerationBackend):
         params: GenerationParams,
         *,
         thinking_modes: Sequence[ThinkingMode | None] | None = None,
+        tools: Sequence[Tools | None] | None = None,
     ) -> list[list[str]]:
-        return [[c.text for c in group] for group in self.sample(prompts, params, thinking_modes=thinking_modes)]
+        return [[c.text for c in group]
+                for group in self.sample(prompts, params, thinking_modes=thinking_modes, tools=tools)]
 
 
 class _Decoded(str):
@@ -135,9 +137,9 @@ class TransformersSampler(TransformersBackend, SamplingBackend):
             ])
         return out
 
-    def generate(self, prompts, params, *, thinking_modes=None):  # the native, string-only path
+    def generate(self, prompts, params, *, thinking_modes=None, tools=None):  # the native, string-only path
         return [[str(t) for t in group] for group in TransformersBackend.generate(
-            self, prompts, params, thinking_modes=thinking_modes)]
+            self, prompts, params, thinking_modes=thinking_modes, tools=tools)]
 
 
 # --------------------------------------------------------------------------- recipe configs

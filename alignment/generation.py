@@ -67,7 +67,8 @@ class GenerationBackend(ABC):
         """Return ``params.n`` completions per prompt, in prompt order.
 
         ``thinking_modes`` overrides ``params.thinking_mode`` per prompt (None entries fall back
-        to it). (The sampling backends also take per-prompt ``tools``: alignment.backends.)
+        to it). The built-in backends also take per-prompt ``tools`` (None: none); callers pass them only
+        when a prompt offers some, so a backend written without tools keeps working.
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook

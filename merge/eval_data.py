@@ -26,6 +26,7 @@ from tempa.chat_templates.json_files import (
 )
 from tempa.chat_templates.one_line import first_line
 from tempa.chat_templates.roles import ROLES
+from tempa.sft.formats import RowError, tools_of
 from tempa.sft.stage_api import StageError, looks_local
 
 
@@ -129,19 +130,30 @@ def _read_json_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def prompt_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """The chat a model should answer: the row's messages up to its last user turn."""
+    """The chat a model should answer: the row's messages without their closing assistant turns. A tool loop keeps
+    its calls and results, so an agent is asked where its answer is due, from the results it was given."""
     messages = row.get("messages")
     if messages:
-        last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
-        if last_user == -1:
+        if not any(m.get("role") == "user" for m in messages):
             raise StageError(f"evaluation row has no user message: {str(row)[:120]}")
-        return [dict(m) for m in messages[: last_user + 1]]
+        end = len(messages)
+        while messages[end - 1].get("role") == "assistant":
+            end -= 1
+        return [dict(m) for m in messages[:end]]
     prompt = row.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise StageError(f"evaluation row has neither 'messages' nor a 'prompt' string: {str(row)[:120]}")
     chat = [{"role": "system", "content": row["system"]}] if row.get("system") else []
     chat.append({"role": "user", "content": prompt})
     return chat
+
+
+def row_tools(row: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The tool definitions a row offers (its `tools`: a list, or its JSON text), as training renders them."""
+    try:
+        return tools_of(row.get("tools"), "'tools'")
+    except RowError as error:
+        raise StageError(str(error)) from None
 
 
 def chat_messages(row: dict[str, Any]) -> list[dict[str, Any]] | None:

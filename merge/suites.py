@@ -13,10 +13,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from tempa.alignment.generation import GenerationBackend, GenerationParams
+from tempa.alignment.generation import GenerationBackend, GenerationParams, Tools
 from tempa.chat_templates.thinking import THINK_TAGS, mode_kwargs, rendered_prefill, split_reasoning
 from tempa.merge import answers, ifeval
-from tempa.merge.eval_data import chat_messages, prompt_messages
+from tempa.merge.eval_data import chat_messages, prompt_messages, row_tools
 from tempa.merge.evaluate_config import (
     AccuracySuite,
     EvalGeneration,
@@ -40,7 +40,7 @@ from tempa.merge.win_rate import (
     row_score,
     win_rates,
 )
-from tempa.sft.formats import RowError, tools_of
+from tempa.sft.curation import check_tool_results
 from tempa.sft.language import detect as detect_language
 from tempa.sft.language import reasoning_verdict
 from tempa.sft.stage_api import StageError
@@ -74,14 +74,19 @@ class CandidateScorer:
         self.pairwise = pairwise
 
     def complete(
-        self, prompts: Sequence[Messages], modes: Sequence[str | None], max_new_tokens: int | None = None
+        self, prompts: Sequence[Messages], modes: Sequence[str | None], max_new_tokens: int | None = None,
+        tools: Sequence[Tools | None] | None = None,
     ) -> list[str]:
-        """The assistant text for each prompt: the template's think pre-fill + the model's completion."""
+        """The assistant text for each prompt (offering its ``tools``): the template's think pre-fill + the model's
+        completion."""
         limit = max_new_tokens or self.generation.max_new_tokens
+        offered = list(tools) if tools is not None else [None] * len(prompts)
         keys = [
-            (json.dumps(p, sort_keys=True, ensure_ascii=False), m, limit)
-            for p, m in zip(prompts, modes, strict=True)
+            (json.dumps([p, t], sort_keys=True, ensure_ascii=False), m, limit)
+            for p, m, t in zip(prompts, modes, offered, strict=True)
         ]
+        # The chats themselves, not the keys read back: sorted keys would reorder a tool's JSON in the prompt.
+        chat_of = {k: (p, t) for k, p, t in zip(keys, prompts, offered, strict=True)}
         todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
         if todo:
             params = GenerationParams(
@@ -92,19 +97,24 @@ class CandidateScorer:
                 n=1,
                 seed=self.seed,
             )
+            chats = [chat_of[k] for k in todo]
+            # Passed on only when a prompt offers tools: a backend written before tools need not take them.
+            with_tools = {"tools": [t for _, t in chats]} if any(t for _, t in chats) else {}
             outputs = self.backend.generate(
-                [json.loads(k[0]) for k in todo],
+                [messages for messages, _ in chats],
                 params,
                 thinking_modes=[k[1] for k in todo],  # type: ignore[misc]
+                **with_tools,
             )
-            for key, samples in zip(todo, outputs, strict=True):
-                self._cache[key] = self.prefill(json.loads(key[0]), key[1]) + samples[0]
+            for key, (messages, offered_tools), samples in zip(todo, chats, outputs, strict=True):
+                self._cache[key] = self.prefill(messages, key[1], offered_tools) + samples[0]
         return [self._cache[k] for k in keys]
 
-    def prefill(self, messages: Messages, mode: str | None) -> str:
-        key = (json.dumps(messages, sort_keys=True, ensure_ascii=False), mode)
+    def prefill(self, messages: Messages, mode: str | None, tools: Tools | None = None) -> str:
+        key = (json.dumps([messages, tools], sort_keys=True, ensure_ascii=False), mode)
         if key not in self._prefill:
-            self._prefill[key] = rendered_prefill(self.tokenizer, messages, mode_kwargs(mode), self.open_tag)
+            kwargs = {**mode_kwargs(mode), **({"tools": tools} if tools else {})}
+            self._prefill[key] = rendered_prefill(self.tokenizer, messages, kwargs, self.open_tag)
         return self._prefill[key]
 
     def answer(self, text: str) -> str:
@@ -133,7 +143,7 @@ class CandidateScorer:
     def _generate_rows(self, suite, rows: list[dict[str, Any]]) -> list[str]:
         prompts = [prompt_messages(row) for row in rows]
         modes = [suite.thinking_mode or row.get("thinking_mode") for row in rows]
-        return self.complete(prompts, modes, suite.max_new_tokens)
+        return self.complete(prompts, modes, suite.max_new_tokens, [row_tools(row) for row in rows])
 
     def accuracy(self, suite: AccuracySuite, rows: list[dict[str, Any]]) -> dict[str, float]:
         rows = [row for row in rows if row.get("answer") not in (None, "")]
@@ -173,9 +183,10 @@ class CandidateScorer:
 
     def thinking(self, suite: ThinkingFormatSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
         prompts = [prompt_messages(row) for row in rows]
+        tools = [row_tools(row) for row in rows]
         scores: dict[str, float] = {}
         for mode in suite.modes:
-            texts = self.complete(prompts, [mode] * len(prompts), suite.max_new_tokens)
+            texts = self.complete(prompts, [mode] * len(prompts), suite.max_new_tokens, tools)
             check = answers.thinking_on_compliant if mode == "on" else answers.thinking_off_compliant
             passed = [check(text, self.open_tag, self.close_tag) for text in texts]
             scores[f"{mode}_compliance"] = sum(passed) / len(passed)
@@ -203,9 +214,8 @@ class CandidateScorer:
 
     def loss(self, suite: LossSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
         try:  # a row's tools render as training and serving render them (its definitions, or their JSON text)
-            chats = [(chat, row.get("thinking_mode"), tools_of(row.get("tools"), "'tools'"))
-                     for row in rows if (chat := chat_messages(row))]
-        except RowError as error:
+            chats = [(chat, row.get("thinking_mode"), row_tools(row)) for row in rows if (chat := chat_messages(row))]
+        except StageError as error:
             raise StageError(f"suite '{suite.key}': {error}") from None
         if not chats:
             raise StageError(f"suite '{suite.key}': no row has 'messages' with an assistant turn")
@@ -259,9 +269,12 @@ def suite_row_problem(suite: Suite, row: dict[str, Any]) -> str | None:
             return str(error)
     elif _generates_from(suite, row):
         try:
-            prompt_messages(row)
+            prompt = prompt_messages(row)
+            row_tools(row)
         except StageError as error:
             return str(error)
+        if (stray := check_tool_results(prompt)) is not None:  # the templates refuse to render it
+            return stray[1]
     return None
 
 

@@ -830,6 +830,10 @@ def test_an_evaluate_stage_with_a_bad_row_fails_before_any_model_work(tmp_path, 
         ({"type": "accuracy"}, {"answer": 4}, "evaluation row has neither 'messages' nor a 'prompt' string"),
         ({"type": "thinking"}, {"messages": [{"role": "system", "content": "s"}]},
          "evaluation row has no user message"),
+        # a generation suite renders the row's tools and tool loop: what the template cannot render is named
+        ({"type": "accuracy"}, {"prompt": "q", "answer": 1, "tools": "{city"}, "expected 'tools' to be JSON"),
+        ({"type": "accuracy"}, {"messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "31"}],
+                                "answer": 31}, "turn 1: tool turn not after an assistant turn that calls a tool"),
         ({"type": "win_rate", "baseline": {"type": "http", "base_url": "http://b.invalid/v1", "model": "b"},
           "judge": {"backend": {"type": "http", "base_url": "http://j.invalid/v1", "model": "j"}}},
          {"turns": []}, "expected 'turns' (a list of user messages)"),
@@ -977,3 +981,41 @@ def test_char_count_measures_text_written_without_spaces():
     assert limit.check(short) and not limit.check(long)
     (floor,) = parse_instructions([{"type": "char_count", "min": 11}])
     assert floor.check(short) and not floor.check("東京 です")  # spaces are not characters of the answer
+
+
+def test_a_generation_suite_prompts_a_tool_loop_with_its_results_and_tools(tmp_path, tiny_model_dir, tokenizer_dir):
+    """An agent's evaluation row (question, tool call, tool result, then the reference answer) was cut back to its
+    last user turn and rendered without its tools: the model was asked the question with neither the tools nor
+    the result it should answer from. It is now prompted where the answer is due, as it is served."""
+    from tempa.alignment.generation import TransformersBackend
+    from tempa.merge.evaluate_config import AccuracySuite, EvalGeneration
+    from tempa.merge.suites import CandidateScorer
+
+    class Spy(TransformersBackend):
+        def render(self, messages, mode=None, tools=None):
+            text = super().render(messages, mode, tools)
+            self.rendered.append(text)
+            return text
+
+    backend = Spy(tiny_model_dir, tokenizer_dir, device="cpu", show_progress=False)
+    backend.rendered = []
+    tools = [{"name": "get_weather", "description": "Weather of a city",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    chat = [{"role": "user", "content": "Berapa suhu di Jakarta?"},
+            {"role": "assistant", "tool_calls": [{"type": "function", "function": {
+                "name": "get_weather", "arguments": '{"city": "Jakarta"}'}}]},
+            {"role": "tool", "content": "31"}, {"role": "assistant", "content": "31 derajat."}]
+    rows = [{"messages": chat, "tools": json.dumps(tools), "answer": 31, "thinking_mode": "off"},
+            {"messages": chat[:1], "answer": 31, "thinking_mode": "off"}]
+    suite = AccuracySuite.model_validate({"type": "accuracy", "data": _write_rows(tmp_path / "agent.jsonl", rows),
+                                          "max_new_tokens": 2})
+    scorer = CandidateScorer(backend, backend.tokenizer, EvalGeneration())
+    scorer.accuracy(suite, rows)
+    expected = backend.tokenizer.apply_chat_template(
+        chat[:3], tools=[{"type": "function", "function": tools[0]}], add_generation_prompt=True, tokenize=False,
+        thinking_mode="off")
+    assert expected in backend.rendered and '"get_weather"' in expected
+    # the plain row is prompted as before, without tools; the two prompts are not one cached completion
+    plain = backend.tokenizer.apply_chat_template(chat[:1], add_generation_prompt=True, tokenize=False,
+                                                  thinking_mode="off")
+    assert plain in backend.rendered and len(scorer._cache) == 2

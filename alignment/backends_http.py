@@ -188,8 +188,13 @@ class HTTPBackend(SamplingBackend):
         self.extra_body = dict(extra_body or {})
         self.show_progress = show_progress
         self.describe = f"http:{model}@{base_url}"
+        # What was sent since the last close() (which reports it): requests, retries, and the server's `usage`.
         self.requests_sent = 0
         self.retries = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self._counted_usage = False
+        self._count_lock = threading.Lock()
         # The recipe's tokenizer writes a reply's structured tool calls as text; loaded at the first such reply.
         self.tokenizer_dir = tokenizer_dir
         self.trust_remote_code = trust_remote_code
@@ -240,7 +245,8 @@ class HTTPBackend(SamplingBackend):
             request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
             retry_after: float | None = None
             try:
-                self.requests_sent += 1
+                with self._count_lock:
+                    self.requests_sent += 1
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                     raw = response.read()
             except urllib.error.HTTPError as exc:
@@ -264,7 +270,8 @@ class HTTPBackend(SamplingBackend):
             delay = retry_after if retry_after is not None else min(MAX_BACKOFF_S, self.backoff_s * 2**attempt)
             delay *= 1.0 if retry_after is not None else random.uniform(0.8, 1.2)
             log.warning("%s: %s; retry %d/%d in %.1fs", self._where, reason, attempt + 1, self.max_retries, delay)
-            self.retries += 1
+            with self._count_lock:
+                self.retries += 1
             time.sleep(delay)
             attempt += 1
 
@@ -283,7 +290,34 @@ class HTTPBackend(SamplingBackend):
             raise HTTPBackendError(f"{self._where}: response is not JSON ({exc.msg}): {_snippet(text)}") from None
         if not isinstance(response, dict):
             raise HTTPBackendError(f"{self._where}: expected a JSON object with `choices`, got {_snippet(text)}")
+        self._count_usage(response.get("usage"))
         return response
+
+    def _count_usage(self, usage: Any) -> None:
+        counts = [usage.get(key) if isinstance(usage, dict) else None for key in ("prompt_tokens", "completion_tokens")]
+        if all(isinstance(count, int) for count in counts):
+            with self._count_lock:
+                self.prompt_tokens += counts[0]
+                self.completion_tokens += counts[1]
+                self._counted_usage = True
+
+    def usage_line(self) -> str:
+        """What was sent since the last report: requests, retries and the tokens the server counted (what an API
+        bills by)."""
+        line = f"{self.requests_sent:,} request{'s' if self.requests_sent != 1 else ''}"
+        line += f" ({self.retries:,} retried)" if self.retries else ""
+        if self._counted_usage:
+            return (f"{line}; the server counted {self.prompt_tokens:,} prompt + {self.completion_tokens:,} "
+                    "completion tokens")
+        return f"{line}; the server sent no token counts (`usage`)"
+
+    def close(self) -> None:
+        """Log what was sent since the last close (a stage closes its teacher when done, or when it fails)."""
+        with self._count_lock:
+            if self.requests_sent:
+                log.info("%s: %s", self.describe, self.usage_line())
+            self.requests_sent = self.retries = self.prompt_tokens = self.completion_tokens = 0
+            self._counted_usage = False
 
     def _one_prompt(self, messages: Messages, params: GenerationParams, seed: int,
                     mode: ThinkingMode | None, tools: Tools | None = None) -> list[Completion]:

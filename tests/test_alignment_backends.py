@@ -340,3 +340,30 @@ def test_transformers_sampler_samples_with_prefill_and_seed(sampler):
     again = sampler.sample(prompts, params, thinking_modes=["on", "off"])
     assert [[c.text for c in g] for g in again] == [[c.text for c in g] for g in out]  # seeded
     assert sampler.generate(prompts, params, thinking_modes=["on", "off"]) == [[c.text for c in g] for g in out]
+
+
+def test_http_backend_reports_requests_retries_and_the_servers_token_counts_when_closed(caplog):
+    """A team paying a teacher API by the token saw neither how many requests a stage sent nor how many tokens the
+    server counted: the backend kept a request count that nothing reported. Closing it logs one line."""
+    failures = iter([(503, {"error": "loading"}, {"Retry-After": "0"})])
+
+    def reply(body):
+        if body["messages"][-1]["content"] == "no usage":
+            return {"choices": [{"message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}
+        return next(failures, {**chat_response(["a"] * body["n"]),
+                               "usage": {"prompt_tokens": 1200, "completion_tokens": 3400 * body["n"]}})
+
+    with FakeOpenAI(reply) as server:
+        backend = http(server, concurrency=4)
+        prompts = [[{"role": "user", "content": f"q{i}"}] for i in range(3)]
+        backend.sample(prompts, GenerationParams(n=2, temperature=1.0))
+        caplog.clear()  # the retry's warning
+        with caplog.at_level(logging.INFO, logger="tempa.alignment.http"):
+            backend.close()
+        assert caplog.messages == [f"{backend.describe}: 4 requests (1 retried); the server counted 3,600 prompt + "
+                                   "20,400 completion tokens"]
+        caplog.clear()
+        backend.sample([[{"role": "user", "content": "no usage"}]], GenerationParams())
+        with caplog.at_level(logging.INFO, logger="tempa.alignment.http"):
+            backend.close()  # a second close reports what was sent since the first
+        assert caplog.messages == [f"{backend.describe}: 1 request; the server sent no token counts (`usage`)"]

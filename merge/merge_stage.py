@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from tempa.merge.candidates import is_model_dir
@@ -99,9 +100,10 @@ def resolve_inputs(
     if config.select is not None:
         assert board is not None  # the config validator requires evaluate_stage with select
         chosen = select_top_k(board, config.select.metric, config.select.top_k)
-        models = [MergeInput(row.candidate, Path(row.path).resolve()) for row in chosen]
+        models = [MergeInput(row.candidate, Path(row.path).resolve(), rank) for rank, row in enumerate(chosen)]
     else:
-        models = [resolve_reference(reference, ctx, board) for reference in config.models or []]
+        models = [replace(resolve_reference(reference, ctx, board), slot=slot)
+                  for slot, reference in enumerate(config.models or [])]
     if len({m.path for m in models}) != len(models):
         raise StageError(f"{_who(ctx)}: the same model is listed twice: {[m.name for m in models]}")
 
@@ -122,6 +124,9 @@ def resolve_inputs(
             base = MergeInput(RECIPE_BASE, ctx.base_model.resolve())
         else:
             raise StageError(f"{_who(ctx)}: method {config.method} needs a base model; set base_model")
+        if any(m.path == base.path for m in models):
+            ctx.log.info("%s: %s is the base model, so it is merged as the base, not as one of the models",
+                         ctx.stage_name, base.name)
         models = [m for m in models if m.path != base.path]
     try:
         check_input_count(method_spec(config.method), len(models), role)

@@ -37,10 +37,13 @@ VOCAB_FIELDS = ("vocab_size",)
 
 @dataclass(frozen=True)
 class MergeInput:
-    """A model to merge: its display name and absolute folder."""
+    """A model to merge: its display name, absolute folder and place among the stage's models."""
 
     name: str
     path: Path
+    # Its index in the stage's `models` (or its rank in `select`), which its `weights` / `density` entry has:
+    # the base model leaving the list, or moving to the front, must not hand its entry to another model.
+    slot: int | None = None
 
 
 def _read_config(model: MergeInput) -> dict[str, Any]:
@@ -119,15 +122,17 @@ def build_mergekit_config(config: MergeStageConfig, models: list[MergeInput], ba
     """mergekit's ``MergeConfiguration`` for ``models``, best first; paths absolute.
 
     Per-model ``weight`` (default: equal) and ``density`` go on each model the method gives them
-    to (a parameter mergekit scopes to non-base inputs skips the base); ``parameters`` apply to all.
+    to (a parameter mergekit scopes to non-base inputs skips the base), each model its own entry
+    (its ``slot``, else its position); ``parameters`` apply to all.
     """
     from mergekit.config import InputModelDefinition, MergeConfiguration
     from mergekit.merge_methods import ParameterScope
 
     scopes = {p.name: p.scope for p in method_spec(config.method).parameters}
     entries = []
-    for index, model in enumerate(models):
+    for position, model in enumerate(models):
         is_base = base is not None and model.path == base.path
+        index = position if model.slot is None else model.slot
         knobs = {"weight": config.weights[index] if config.weights else 1.0 / len(models),
                  "density": _per_model(config.density, index)}
         parameters = {

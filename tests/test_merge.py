@@ -190,6 +190,30 @@ def test_base_model_methods_produce_loadable_models(
     assert not (Path(result.model) / "mergekit_config.yml").exists()
 
 
+def test_task_arithmetic_keeps_each_models_weight_when_the_base_is_one_of_them(
+    tmp_path, tokenizer_dir, checkpoints, tiny_model_dir
+):
+    """The base among the listed (or top-k) models leaves the merge; the others keep their own weight and density."""
+    a, b, c = (load_file(checkpoints[n] / "model.safetensors") for n in "abc")
+    result, merged = _merge(
+        tmp_path,
+        tokenizer_dir,
+        tiny_model_dir,
+        method="task_arithmetic",
+        models=[str(checkpoints["a"]), str(checkpoints["b"]), str(checkpoints["c"])],
+        base_model=str(checkpoints["a"]),
+        weights=[0.5, 2.0, -1.0],
+        density=[1.0, 1.0, 1.0],
+        parameters={"lambda": 0.5},
+        dtype="float32",
+    )
+    for key in a:
+        # task arithmetic (normalize off): base + lambda * sum of weight * (model - base)
+        expected = a[key] + 0.5 * (2.0 * (b[key] - a[key]) - 1.0 * (c[key] - a[key]))
+        torch.testing.assert_close(merged[key], expected, rtol=1e-5, atol=1e-6)
+    assert [(m.name, m.parameters["weight"]) for m in result.summary.models] == [("b", 2.0), ("c", -1.0)]
+
+
 def _board() -> Leaderboard:
     rows = [
         LeaderboardRow(candidate="sft/checkpoint-10", path="/m/10", stage="sft", step=10,

@@ -35,6 +35,9 @@ BaseRole = Literal["none", "first_input", "separate"]
 PARAMETER_DEFAULTS: dict[str, dict[str, Any]] = {"slerp": {"t": 0.5}}  # the midpoint of the two models
 # Per-model knobs the stage sets from its own fields (in selection order), not from `parameters:`.
 PER_MODEL_FIELDS = {"weight": "weights", "density": "density"}
+# Methods that divide by the sum of the weights without a guard, and their switch for it: weights that sum to
+# zero make every merged tensor NaN (the task-vector methods and nuslerp guard their division).
+WEIGHT_NORMALIZING = {"linear": "normalize", "multislerp": "normalize_weights"}
 
 # MergeOptions tempa sets itself; a recipe cannot override them.
 OWNED_OPTIONS = {
@@ -162,6 +165,20 @@ def check_per_model(spec: Any, name: str, values: list[float], count: int) -> No
             parameter.validate(value)
         except ValidationError as error:
             raise ValueError(f"{field}: {value!r}: {error.errors()[0]['msg']}") from None
+
+
+def check_weight_sum(spec: Any, weights: list[float], parameters: dict[str, Any]) -> None:
+    """Weights that cancel out are refused where ``spec`` divides by their sum (a NaN model otherwise)."""
+    switch = WEIGHT_NORMALIZING.get(spec.name)
+    if switch is None or abs(sum(weights)) >= 1e-8:
+        return
+    default = next((p.default for p in spec.parameters if p.name == switch), True)
+    if parameters.get(switch, default):
+        raise ValueError(
+            f"weights: {weights} sum to 0, and {spec.name} divides by their sum (parameters.{switch} is on), "
+            f"which would make every merged tensor NaN; give weights with a non-zero sum or set "
+            f"parameters.{switch}: false"
+        )
 
 
 def check_options(options: dict[str, Any]) -> None:
@@ -310,6 +327,7 @@ class MergeStageConfig(StageConfigBase):
         check_method_parameters(spec, self.parameters)
         if self.weights is not None:
             check_per_model(spec, "weight", self.weights, count)
+            check_weight_sum(spec, self.weights, self.parameters)
         if self.density is not None:
             densities = self.density if isinstance(self.density, list) else [self.density] * count
             check_per_model(spec, "density", densities, count)

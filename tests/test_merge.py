@@ -367,6 +367,23 @@ def test_config_validation(tmp_path, checkpoints):
         ("eval", "leaderboard"), ("sft", "model"), ("sft2", "model"), ("sft", "model")]
 
 
+def test_weights_that_cancel_out_are_refused_where_the_method_divides_by_their_sum():
+    """mergekit's linear and multislerp divide by the weights' sum unguarded: a zero sum writes a NaN model."""
+
+    def validate(**fields):
+        return MergeStageConfig.model_validate({"name": "m", "kind": "merge", "models": ["x", "y", "z"], **fields})
+
+    with pytest.raises(ValidationError, match=r"weights: \[1\.0, -0\.5, -0\.5\] sum to 0, and linear divides by "
+                                              r"their sum \(parameters\.normalize is on\)"):
+        validate(method="linear", weights=[1.0, -0.5, -0.5])
+    with pytest.raises(ValidationError, match=r"weights: .* sum to 0, and multislerp divides by their sum "
+                                              r"\(parameters\.normalize_weights is on\)"):
+        validate(method="multislerp", weights=[2, -1, -1])
+    # Not normalised, or a method that guards the division (task arithmetic subtracts a model this way): allowed.
+    assert validate(method="linear", weights=[1.0, -0.5, -0.5], parameters={"normalize": False}).weights
+    assert validate(method="task_arithmetic", weights=[1.0, -0.5, -0.5]).weights
+
+
 def test_every_mergekit_method_and_its_parameters_are_checked_at_load():
     """Methods, parameters and input counts come from mergekit's registry and each method's spec."""
     from mergekit.merge_methods import registered_methods

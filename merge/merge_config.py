@@ -254,10 +254,14 @@ class MergeStageConfig(StageConfigBase):
         "for two-model methods such as slerp the first model).",
     )
     weights: list[float] | None = Field(
-        default=None, description="Per-model weights, in selection order (default: equal)."
+        default=None,
+        description="Per-model weights, in `models` order or `select`'s rank order (default: equal). When the base "
+        "model of a task-vector method is among them, it is merged as the base and its entry goes unused.",
     )
     density: float | list[float] | None = Field(
-        default=None, description="Fraction of each task vector kept (TIES/DARE/DELLA/breadcrumbs)."
+        default=None,
+        description="Fraction of each task vector kept (TIES/DARE/DELLA/breadcrumbs): one value, or one per model "
+        "as `weights`.",
     )
     parameters: dict[str, Any] = Field(
         default_factory=dict,

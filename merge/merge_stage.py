@@ -100,6 +100,15 @@ def resolve_inputs(
     if config.select is not None:
         assert board is not None  # the config validator requires evaluate_stage with select
         chosen = select_top_k(board, config.select.metric, config.select.top_k)
+        for row in chosen:
+            # The board outlives its folders: checkpoints deleted to free disk, or rotated, after it was scored.
+            if not is_model_dir(Path(row.path)):
+                redo = f", or re-run from {row.stage} (tempa run --from {row.stage})" if row.stage else ""
+                raise StageError(
+                    f"{_who(ctx)}: {row.candidate}, chosen from {config.evaluate_stage}'s leaderboard, is no longer "
+                    f"a model folder at {row.path} (removed since {config.evaluate_stage} scored it?); "
+                    f"restore it{redo}"
+                )
         models = [MergeInput(row.candidate, Path(row.path).resolve(), rank) for rank, row in enumerate(chosen)]
     else:
         models = [replace(resolve_reference(reference, ctx, board), slot=slot)

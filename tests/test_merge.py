@@ -582,6 +582,36 @@ def test_the_merge_is_judged_in_the_direction_its_inputs_were_selected_by(tmp_pa
     assert "math/accuracy ↓" in board.to_markdown()
 
 
+def test_a_chosen_checkpoint_deleted_since_it_was_scored_is_named(tmp_path, tokenizer_dir, checkpoints,
+                                                                   tiny_model_dir):
+    """A checkpoint removed after the evaluate stage scored it (disk cleaned up, rotated) fails naming it and what to do."""
+    from tempa.merge import EvaluateStageConfig
+    from tempa.merge.leaderboard import EvaluateResult
+
+    gone = shutil.copytree(checkpoints["a"], tmp_path / "sft" / "checkpoint-20")
+    data = tmp_path / "math.jsonl"
+    data.write_text(json.dumps({"prompt": "2+2?", "answer": "4"}) + "\n")
+    evaluate = EvaluateStageConfig.model_validate(
+        {"name": "eval", "kind": "evaluate", "models": [str(checkpoints["b"])],
+         "suites": [{"type": "accuracy", "name": "math", "data": str(data)}]})
+    board = Leaderboard(rank_by="math/accuracy", rows=[
+        LeaderboardRow(candidate="sft/checkpoint-20", path=gone, stage="sft", step=20, metrics={"math/accuracy": 0.9}),
+        LeaderboardRow(candidate="b", path=checkpoints["b"], metrics={"math/accuracy": 0.8})])
+    scored = EvaluateResult(model=tiny_model_dir, leaderboard=board)
+    shutil.rmtree(gone)
+    config = MergeStageConfig.model_validate(
+        {"name": "merge", "kind": "merge", "evaluate_stage": "eval", "reevaluate": False,
+         "select": {"metric": "math/accuracy", "top_k": 2}})
+    ctx = make_ctx(tmp_path, "merge", tokenizer_dir=tokenizer_dir, base=tiny_model_dir,
+                   upstream=[done("eval", scored, kind="evaluate", config=evaluate)])
+    with pytest.raises(StageError) as err:
+        run_merge(config, ctx)
+    assert str(err.value) == (
+        f"merge stage 'merge': sft/checkpoint-20, chosen from eval's leaderboard, is no longer a model folder at "
+        f"{gone} (removed since eval scored it?); restore it, or re-run from sft (tempa run --from sft)"
+    )
+
+
 def shard(src: Path, dst: Path) -> Path:
     """``src`` re-saved as two safetensors shards with an index, as large checkpoints are."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors"))

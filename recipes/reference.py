@@ -287,8 +287,9 @@ tempa itself sets `output_dir`, `logging_dir`, `resume_from_checkpoint`, `deepsp
 (a recipe may not). Refused too: `hub_token` and any secret inside a mapping such as `model_init_kwargs: {token:
 ...}` (a token belongs in `HF_TOKEN` or `hf auth login`, never in a recipe that is copied into the run folder and
 the trackers' config), `push_to_hub` (`tempa push` uploads the checked final model, not
-the checkpoints) and `trust_remote_code`, also inside `model_init_kwargs` (set it at the recipe's top level,
-which every loader reads). `report_to` names trackers (`tensorboard`, `wandb`, `trackio`, `mlflow`, ...); one that is
+the checkpoints), `trust_remote_code`, also inside `model_init_kwargs` (set it at the recipe's top level,
+which every loader reads), and `restore_callback_states_from_checkpoint` (tempa's throughput meter restores its own
+totals on resume; the Trainer would re-create it after the trackers). `report_to` names trackers (`tensorboard`, `wandb`, `trackio`, `mlflow`, ...); one that is
 not installed fails when the recipe loads. The run's name (`<recipe>/<stage>`) becomes `run_name` unless
 the recipe sets one.
 

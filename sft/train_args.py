@@ -49,6 +49,10 @@ REFUSED_TRAIN_KEYS = {
     "push_to_hub": "the trainer would upload its checkpoints folder (optimizer states, pickled arguments) while it "
                    "trains; `tempa push RUN_DIR --repo ORG/NAME` uploads the finished, checked final model",
     "trust_remote_code": _SET_AT_TOP,
+    "restore_callback_states_from_checkpoint": "tempa's throughput meter restores its own totals when a stage "
+                                               "resumes (its only stateful callback); the Trainer would re-create it "
+                                               "after the trackers and the progress line, which would then show no "
+                                               "tokens/s, MFU or ETA for the resumed steps",
 }
 
 

@@ -108,6 +108,10 @@ def test_quoted_numbers_reach_the_trainer_as_trls_own_config_parser_reads_them(t
     ("trl:GRPOConfig", {"generation_kwargs": {"extra": {"api_key": "sk-" + "s" * 30}}}, r"generation_kwargs\.extra"),
     ("trl:GRPOConfig", {"generation_kwargs": {"servers": [{"api_key": "sk-" + "s" * 30}]}},
      r"'generation_kwargs\.servers\[0\]\.api_key'"),
+    # the Trainer re-created the throughput meter after the trackers and the progress line on resume: the resumed
+    # steps' progress lines and tracker logs had no tokens/s, MFU or ETA
+    ("trl:SFTConfig", {"restore_callback_states_from_checkpoint": True}, "restores its own totals"),
+    ("trl:DPOConfig", {"restore_callback_states_from_checkpoint": True}, "restores its own totals"),
 ])
 def test_train_keys_that_bypass_tempa_s_safeguards_are_refused(config, train, hint) -> None:
     """A hub token in `train:` was copied into recipe.resolved.yaml, train_plan.json, the manifests and

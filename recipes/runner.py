@@ -233,11 +233,12 @@ def plan_run(
         kind = stage_kind(config.kind)
         upstream = loaded.upstream(i)
         dump = config.model_dump(mode="json", by_alias=True)
+        kept = fingerprinted(config)
         reads = [dep for dep in stage_reads(loaded, i) if dep != upstream]
         inputs = loaded.names[:i] if kind.sees_all_earlier else [dep for dep in (upstream, *reads) if dep]
         components = {
             "tempa_version": __version__,
-            "config": digest(fingerprinted(config)),  # less what changes how it runs, not what it makes
+            "config": digest(kept),  # less what changes how it runs, not what it makes
             "files": digest(referenced_files(dump)),
             "upstream": fps[upstream] if upstream else base_fp,
             "depends_on": {dep: fps.get(dep) for dep in reads},
@@ -253,7 +254,8 @@ def plan_run(
         forced = forcing or name == only
         action, reason = _decide(stage_dir, manifest, fp, components, dump, forced, kind.resumable, from_stage or only,
                                  kind.resume_point, running_elsewhere,
-                                 starts_from="base model" if upstream is None else f"model of '{upstream}'")
+                                 starts_from="base model" if upstream is None else f"model of '{upstream}'",
+                                 unfingerprinted=frozenset(_flatten(dump)) - frozenset(_flatten(kept)))
         stale: list[str] = []
         reran: list[str] = []  # stale inputs that ran again (or run now)
         behind: list[str] = []  # stale inputs that are stale themselves
@@ -302,7 +304,7 @@ def _stale_why(reran: list[str], behind: list[str]) -> str:
 
 def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dict, config: dict, forced: bool,
             resumable: bool, flag: str | None, resume_point: Callable[[Path], str | None] | None = None,
-            running_elsewhere: bool = False, *, starts_from: str):
+            running_elsewhere: bool = False, *, starts_from: str, unfingerprinted: frozenset[str] = frozenset()):
     done = done_fingerprint(stage_dir)
     if forced and (manifest is not None or done is not None):
         return "rerun", f"forced by --from/--only {flag}"
@@ -311,7 +313,8 @@ def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dic
     old = manifest.components if manifest is not None else {}
     old_config = manifest.config if manifest is not None else None
     if done is not None:
-        return "rerun", "changed since it ran: " + _what_changed(old, components, old_config, config, starts_from)
+        return "rerun", "changed since it ran: " + _what_changed(old, components, old_config, config, starts_from,
+                                                                 unfingerprinted)
     # A stage whose manifest says failed stopped on an error; any other unfinished one was stopped.
     ended = "failed" if manifest is not None and manifest.status == "failed" else "interrupted"
     if running_elsewhere and manifest is not None and manifest.status == "running":
@@ -327,11 +330,12 @@ def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dic
         return "rerun", f"{ended}; starts over (not a resumable stage)"
     if manifest is not None:
         return "rerun", f"{ended} and changed since: " + _what_changed(old, components, old_config, config,
-                                                                       starts_from)
+                                                                       starts_from, unfingerprinted)
     return "run", "not run yet"
 
 
-def _what_changed(old: dict, new: dict, old_config: dict | None, config: dict | None, starts_from: str) -> str:
+def _what_changed(old: dict, new: dict, old_config: dict | None, config: dict | None, starts_from: str,
+                  ignore: frozenset[str] = frozenset()) -> str:
     labels = {
         "config": "stage config",
         "files": "input files",
@@ -348,18 +352,19 @@ def _what_changed(old: dict, new: dict, old_config: dict | None, config: dict | 
             continue
         label = labels.get(key, key)
         if key == "config" and old_config is not None and config is not None:
-            label += " changed: " + config_diff(old_config, config)
+            label += " changed: " + config_diff(old_config, config, ignore=ignore)
         changed.append(label)
     return ", ".join(changed) or "fingerprint"
 
 
-def config_diff(old: Any, new: Any, *, limit: int = 4) -> str:
-    """What differs between two config dumps: `train.learning_rate 2e-05 → 1e-05, data.heldout 0.05 → unset`."""
+def config_diff(old: Any, new: Any, *, limit: int = 4, ignore: frozenset[str] = frozenset()) -> str:
+    """What differs between two config dumps: `train.learning_rate 2e-05 → 1e-05, data.heldout 0.05 → unset`;
+    keys in ``ignore`` (settings no part of the fingerprint) are left out."""
     before, after = _flatten(old), _flatten(new)
     # A key set to None and a key that is absent are both "unset" (a block such as `lora: null` becoming
     # `lora: {r: 16}` flattens to `lora` on one side and `lora.r` on the other).
     changes = [f"{key} {_shown(before.get(key))} → {_shown(after.get(key))}"
-               for key in dict.fromkeys([*before, *after]) if before.get(key) != after.get(key)]
+               for key in dict.fromkeys([*before, *after]) if before.get(key) != after.get(key) and key not in ignore]
     shown = ", ".join(changes[:limit])
     return shown + (f" (+{len(changes) - limit} more)" if len(changes) > limit else "") or "no visible key"
 

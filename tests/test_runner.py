@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 import tempa.merge
 import tempa.sft
@@ -27,6 +27,7 @@ from tempa.sft.checkpoints import resume_point
 from tempa.sft.files import json_or_none
 from tempa.sft.run_layout import CHECKPOINTS_DIR, COMPLETE, DONE, MANIFEST
 from tempa.sft.stage_api import (
+    NOT_FINGERPRINTED,
     Artifact,
     StageConfigBase,
     StageContext,
@@ -43,6 +44,7 @@ class TouchConfig(StageConfigBase):
     fail: bool = False
     no_model: bool = False  # like synthesize: produces data, no model
     input: str | None = None
+    transport: int = Field(default=0, json_schema_extra=NOT_FINGERPRINTED)  # like a teacher's timeout_s
 
     @field_validator("input")
     @classmethod
@@ -126,6 +128,9 @@ def test_changing_one_stage_reruns_it_and_its_downstream_only(recipe, tmp_path):
     # b changes; c starts from a (not b), so only b re-runs
     plans = plan_run(load_recipe(recipe, ["stages.b.value=5"]), run_dir)
     assert [(p.name, p.action) for p in plans] == [("a", "skip"), ("b", "rerun"), ("c", "skip")]
+    assert plans[1].reason == "changed since it ran: stage config changed: value 2 → 5"
+    # a setting that is no part of the fingerprint (how a stage runs, not what it makes) is not listed as a change
+    plans = plan_run(load_recipe(recipe, ["stages.b.value=5", "stages.b.transport=3"]), run_dir)
     assert plans[1].reason == "changed since it ran: stage config changed: value 2 → 5"
     run_recipe(load_recipe(recipe, ["stages.b.value=5"]), run_dir)
     assert calls(run_dir) == ["b"]

@@ -28,8 +28,10 @@ The memory model (per GPU, DeepSpeed ZeRO-3 without offload, bf16 mixed precisio
 
 Other engines (:func:`model_states_bytes`, read from the launch config by
 :mod:`tempa.recipes.engine`): ZeRO-3 with the optimizer or parameters offloaded (DeepSpeed's
-estimators, their 1.5x host buffer), FSDP2 (fp32 shards as master weights: 16 bytes per
-parameter, plus the bf16 units in flight) and its CPU offload. ``launch.sequence_parallel``
+estimators, their 1.5x host buffer), ZeRO-0/1/2 (DeepSpeed's ``estimate_zero2_model_states_mem_needs``: the
+bf16 model whole on every GPU), FSDP2 (fp32 shards as master weights: 16 bytes per parameter, plus the
+bf16 units in flight) and its CPU offload, DDP and one process (nothing sharded: trl's fp32 model, its
+gradients and Adam's moments on every GPU). ``launch.sequence_parallel``
 divides a micro-batch's tokens, and the data-parallel ranks, by its size; the long-context table
 shows one sequence of 32k/64k/128k tokens with and without it.
 
@@ -393,6 +395,22 @@ def zero3_model_states_bytes(parameters: int, largest_layer: int, gpus: int) -> 
     }
 
 
+def zero12_model_states_bytes(parameters: int, hardware: Hardware, engine: Engine) -> tuple[dict[str, float], float]:
+    """(per-GPU bytes, host bytes per node) under DeepSpeed ZeRO-0/1/2, as ``estimate_zero2_model_states_mem_needs``
+    counts stages 1 and 2: every GPU keeps the whole bf16 model; the fp32 master weights (4 B), fp32 and bf16
+    gradient partitions (4 + 2 B) and Adam's moments (8 B) are divided over the GPUs. Stage 1 keeps the bf16
+    gradients whole, and stage 0 divides nothing. With the optimizer offloaded only the bf16 model stays on
+    the GPU."""
+    n, g = parameters, hardware.gpus
+    shards = g if engine.zero_stage > 0 else 1
+    if engine.offload_optimizer:
+        host = n * max(4 * hardware.gpus_per_node, 16 / hardware.nodes) * DS_BUFFER
+        return {"params": 2.0 * n, "grads": 0.0, "optimizer": 0.0, "gathered": 0.0}, host
+    grads = 6 * n / shards if engine.zero_stage == 2 else 2 * n + 4 * n / shards
+    states = {"params": 2 * n + 4 * n / shards, "grads": grads, "optimizer": 8 * n / shards, "gathered": 0.0}
+    return states, 4 * n * hardware.gpus_per_node * DS_BUFFER
+
+
 def logits_bytes(shape: ModelShape, tokens: int, *, fused: bool = True) -> float:
     """Peak bytes of the LM head + loss for one micro-batch of ``tokens`` tokens.
 
@@ -457,6 +475,16 @@ def model_states_bytes(shape: ModelShape, hardware: Hardware, engine: Engine) ->
     pinned buffers), and without offload rank 0 gathers the full fp32 state dict to save it.
     """
     n, g, nodes = shape.parameters, hardware.gpus, hardware.nodes
+    # Without ZeRO init every process builds the whole fp32 model in host RAM before it reaches its GPU.
+    loading = 4 * n * hardware.gpus_per_node * DS_BUFFER
+    if engine.name in ("ddp", "single"):
+        # Nothing sharded: trl loads the model in fp32 (its default dtype) and autocasts, so each GPU holds
+        # fp32 weights, gradients and both Adam moments; DDP also keeps its fp32 gradient buckets (accelerate
+        # leaves gradient_as_bucket_view off).
+        buckets = 4 * n if engine.name == "ddp" else 0.0
+        return {"params": 4.0 * n, "grads": 4 * n + buckets, "optimizer": 8.0 * n, "gathered": 0.0}, loading
+    if engine.name == "deepspeed" and engine.zero_stage < 3:
+        return zero12_model_states_bytes(n, hardware, engine)
     if engine.name in ("fsdp2", "fsdp1"):
         gathered = 2 * 2 * max(shape.largest_layer_parameters, decoder_layer_parameters(shape))
         if engine.offload_params:
@@ -473,8 +501,11 @@ def model_states_bytes(shape: ModelShape, hardware: Hardware, engine: Engine) ->
 
 def memory_estimate(shape: ModelShape, hardware: Hardware, work: Workload, engine: Engine = ZERO3) -> MemoryEstimate:
     if work.lora is not None:  # frozen bf16 (or 4-bit) base; adapter states are negligible
-        states = {"params": (0.55 if work.lora.load_in_4bit else 2) * shape.parameters / hardware.gpus,
-                  "grads": 0.0, "optimizer": 0.0, "gathered": 2 * shape.largest_layer_parameters}
+        # DeepSpeed and FSDP cast the frozen base to bf16; DDP keeps trl's fp32 load; only ZeRO-3 / FSDP shard it.
+        per_param = 0.55 if work.lora.load_in_4bit else 4 if engine.name in ("ddp", "single") else 2
+        states = {"params": per_param * shape.parameters / (hardware.gpus if engine.shards_model else 1),
+                  "grads": 0.0, "optimizer": 0.0,
+                  "gathered": 2 * shape.largest_layer_parameters if engine.shards_model else 0.0}
         host = 0.0
     else:
         states, host = model_states_bytes(shape, hardware, engine)
@@ -721,6 +752,8 @@ def _will_not_fit(estimate: StageEstimate, shape: ModelShape, hardware: Hardware
     options = []
     if estimate.gpus_needed is not None:
         options.append(f"{engine.label} over >= {estimate.gpus_needed}x{hardware.gpu.name}")
+    if not engine.shards_model and (sharded := memory_estimate(shape, hardware, work, ZERO3)).fits:
+        options.append(f"launch.accelerate_config: zero3 (~{sharded.total:.0f} GiB per GPU)")
     if work.lora is None and not engine.offloads:
         off = memory_estimate(shape, hardware, work, ZERO3_OFFLOAD)
         options.append(f"launch.accelerate_config: zero3-offload (~{off.total:.0f} GiB per GPU, "
@@ -855,8 +888,7 @@ def render_estimate(loaded: LoadedRecipe, hardware: str = "8xH100", mfu: float =
 
 def _engine_label(launch: LaunchPlan) -> str:
     engine = launch.engine
-    label = engine.label if engine.shards_model else f"{engine.label} (estimated as DeepSpeed ZeRO-3)"
-    return label + (f", sequence_parallel {launch.sequence_parallel}" if launch.sequence_parallel > 1 else "")
+    return engine.label + (f", sequence_parallel {launch.sequence_parallel}" if launch.sequence_parallel > 1 else "")
 
 
 def long_context_memory(shape: ModelShape, hardware: Hardware, train: dict[str, Any], engine: Engine,
@@ -921,7 +953,19 @@ def _footnotes(estimates: list[StageEstimate], loaded: LoadedRecipe, launch: Lau
         for note in e.notes:
             out += _wrap(note, "    ")
     engine = launch.engine
-    if engine.name in ("fsdp2", "fsdp1"):
+    if engine.name in ("ddp", "single"):
+        states = ("nothing sharded: params = fp32 weights (4 B/param, trl's default dtype), grads fp32 (4 B"
+                  + (", and 4 B more for DDP's gradient buckets" if engine.name == "ddp" else "")
+                  + "), optim = Adam moments (8 B), whole on every GPU")
+    elif engine.name == "deepspeed" and engine.zero_stage < 3 and engine.offload_optimizer:
+        states = (f"ZeRO-{engine.zero_stage}: params = the whole bf16 model (2 B/param) on every GPU; the fp32 master, "
+                  "grads and optim (Adam moments) in host RAM (host/node)")
+    elif engine.name == "deepspeed" and engine.zero_stage < 3:
+        states = (f"ZeRO-{engine.zero_stage} as DeepSpeed's estimate_zero2_model_states_mem_needs counts it: params = "
+                  "the whole bf16 model (2 B/param) + the fp32 master (4 B), grads bf16 + fp32 (6 B), optim = Adam "
+                  "moments (8 B); all but the bf16 model divided over the GPUs (ZeRO-1: not the bf16 grads; ZeRO-0: "
+                  "nothing)")
+    elif engine.name in ("fsdp2", "fsdp1"):
         states = ("params = fp32 shards (4 B/param, the master weights), grads fp32 (4 B), optim = Adam moments "
                   "(8 B), each divided over the GPUs; gathered = bf16 copies of the FSDP unit computing and the one "
                   "prefetched")
@@ -956,8 +1000,6 @@ def _footnotes(estimates: list[StageEstimate], loaded: LoadedRecipe, launch: Lau
         where = "parameters, gradients and optimizer state" if engine.offload_params else \
             "the fp32 master weights, gradients and Adam moments"
         out += _wrap(f"'{config}' offloads to CPU: {where} live in host RAM (host/node)")
-    elif not engine.shards_model:
-        out.append(f"note: the recipe launches with {engine.label} ('{config}'); this estimate assumes ZeRO-3")
     warnings = [w for e in estimates for w in e.warnings]
     if warnings:
         out.append("")

@@ -861,7 +861,9 @@ def render_estimate(loaded: LoadedRecipe, hardware: str = "8xH100", mfu: float =
     lines = [
         f"estimate for {machine.label} ({nodes}, {machine.gpu.peak_tflops:.0f} TFLOP/s bf16 dense, "
         f"{machine.gpu.memory_gib:.0f} GiB per GPU, {machine.node_ram_gib:.0f} GiB host RAM per node), "
-        f"{_engine_label(launch)}, bf16 + AdamW, MFU {100 * mfu:.0f}%",
+        # The hours scale with 1/MFU, and nothing here measured it: say so, and how to plan with a measured one.
+        f"{_engine_label(launch)}, bf16 + AdamW, MFU {100 * mfu:.0f}% (assumed for the hours: --mfu sets it; each "
+        "training log reports the measured one)",
         f"model {loaded.recipe.base_model}: {size}",
     ]
     if not estimates:

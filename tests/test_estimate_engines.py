@@ -66,3 +66,10 @@ def test_zero2_model_states_agree_with_deepspeeds_estimator(tmp_path: Path, offl
     memory = estimate_recipe(loaded, "8xH100")[0].memory
     assert memory.model_states == pytest.approx(gpu_gib, rel=0.01)
     assert memory.host == pytest.approx(cpu_gib, rel=0.01)
+
+
+def test_the_hours_say_their_mfu_is_an_assumption_and_how_to_change_it():
+    """The hours hinge on the MFU; the plan says it assumed one, and which flag sets it."""
+    text = render_estimate(load_recipe(RECIPE), "8xH100", mfu=0.33)
+    header = text.splitlines()[0]
+    assert "MFU 33% (assumed" in header and "--mfu" in header

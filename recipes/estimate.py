@@ -718,6 +718,36 @@ def _generation_note(generation: GenerationWork, hours: float | None, forwards: 
             f"{forwards} forward-only pass(es) per trained token besides the policy's (2N FLOPs each)")
 
 
+def checkpoint_bytes(parameters: int, engine: Engine) -> float:
+    """Bytes of one full checkpoint (weights and optimizer state, to resume from) as the engine writes it.
+
+    DeepSpeed: its fp32 master weights and Adam's two moments (12 B/param; ZeRO-1/2 add the whole bf16 module,
+    2 B) plus the 16-bit model the Trainer saves beside them (2 B); FSDP2's full state dict and DDP: trl's fp32
+    weights (4 B) and the two moments (8 B).
+    """
+    if engine.name == "deepspeed":
+        return (14 if engine.zero_stage == 3 else 16) * parameters
+    return 12.0 * parameters
+
+
+def checkpoints_kept(train: dict[str, Any], steps: int | None, epochs: float) -> int | None:
+    """How many checkpoints a stage has on disk at its fullest (None: it cannot say), as the worker rotates them:
+    the new one is complete before the oldest beyond ``save_total_limit`` goes."""
+    strategy = str(train.get("save_strategy", "steps"))
+    if strategy == "no":
+        return 0
+    limit = int(train.get("save_total_limit") or 0)
+    saves: int | None = None
+    if strategy == "epoch":
+        saves = math.floor(epochs)
+    elif strategy == "steps" and steps:
+        every = float(train.get("save_steps", 500))
+        saves = int(steps // (math.ceil(every * steps) if every < 1 else every))
+    if limit:
+        return limit + 1 if saves is None else min(saves, limit + 1)
+    return saves
+
+
 def _annotate(estimate: StageEstimate, shape: ModelShape, hardware: Hardware, work: Workload,
               preference: bool, engine: Engine) -> None:
     if estimate.trained_tokens is None:
@@ -733,6 +763,12 @@ def _annotate(estimate: StageEstimate, shape: ModelShape, hardware: Hardware, wo
         estimate.notes.append(f"{reference}; hours count 8N FLOPs/token (policy 6N + reference forward 2N)")
     if work.lora is not None:
         estimate.notes.append("LoRA: frozen base weights only; 6N FLOPs/token overstates the time a little")
+    # A 70B stage's checkpoints take terabytes; a disk that fills ends the run at a save, hours in.
+    elif kept := checkpoints_kept(work.train, estimate.steps, estimate.epochs):
+        each = checkpoint_bytes(shape.parameters, engine)
+        estimate.notes.append(f"disk: {kept} checkpoint(s) at once (save_steps, save_total_limit), ~{each / 1e9:,.0f} "
+                              f"GB each with the optimizer state: ~{kept * each / 1e12:.1f} TB in the stage's "
+                              "checkpoints/")
     if not estimate.fits:
         estimate.gpus_needed = gpus_needed(shape, hardware, work, engine)
         estimate.warnings.append(_will_not_fit(estimate, shape, hardware, work, engine))

@@ -434,3 +434,39 @@ def test_one_training_process_sees_one_gpu_unless_the_user_names_them(monkeypatc
         assert "CUDA_VISIBLE_DEVICES" not in _launch_env(several), several
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")  # the user's choice stands (a device_map over two GPUs, say)
     assert _launch_env(LaunchConfig())["CUDA_VISIBLE_DEVICES"] == "3,5"
+
+
+@pytest.mark.parametrize(("config", "offload"), [("zero3", "none"), ("zero3-offload", "cpu")])
+def test_the_shipped_zero3_configs_become_the_deepspeed_config_the_trainer_runs(config, offload, monkeypatch):
+    """accelerate's launcher reads tempa's command and config into its DeepSpeed plugin, and transformers fills the
+    'auto' values from the training arguments: ZeRO-3, the 16-bit model gathered on save (a loadable final
+    model), bf16, trl's max_grad_norm as DeepSpeed's clipping, the micro-batch per GPU (training:
+    tests/test_distributed.py runs the shipped JSON under torchrun)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    from tempa.recipes.launcher import launch_command
+    from tempa.recipes.schema import LaunchConfig
+
+    cmd = launch_command(LaunchConfig(accelerate_config=config, mixed_precision="bf16"), "tempa.sft.train_worker",
+                         ["--plan", "p.json"], port=29555)
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(cmd[3:]))
+    assert args.use_deepspeed and args.num_processes == 8 and args.mixed_precision == "bf16"
+    args.deepspeed_fields_from_accelerate_config = []  # what accelerate's launch_command sets before this call
+    _, env = prepare_deepspeed_cmd_env(args)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    plugin = DeepSpeedPlugin()
+    plugin.set_mixed_precision(args.mixed_precision)
+    filled = HfTrainerDeepSpeedConfig(plugin.deepspeed_config)
+    filled.trainer_config_process(TrainingArguments(output_dir="unused", max_grad_norm=0.7, bf16=True,
+                                                    per_device_train_batch_size=2, use_cpu=True))
+    ds = filled.config
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_gather_16bit_weights_on_model_save"] is True
+    assert zero["offload_optimizer"]["device"] == offload and zero["offload_param"]["device"] == "none"
+    assert ds["bf16"] == {"enabled": True} and ds["gradient_clipping"] == 0.7
+    assert ds["train_micro_batch_size_per_gpu"] == 2

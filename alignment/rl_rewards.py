@@ -113,7 +113,18 @@ class TrlReward:
     def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]],
                  **columns: Any) -> list[float | None]:
         records = self.scorer.records(completion_ids, columns[ROW_COLUMN], columns.get("log_metric"))
-        return [record["scores"][self.__name__] for record in records]
+        return [sample_score(record, self.__name__) for record in records]
+
+
+def sample_score(record: dict[str, Any], name: str) -> float | None:
+    """One reward's score of a sample, None for every reward when the sample's scoring failed.
+
+    A failed scoring (a judge reply without a rating, a non-finite reward-model score) has no total, and
+    the other stages leave such a sample out. trl does so only when every reward function returns None
+    (advantage 0, out of its group's baseline); one number left in would enter trl's weighted nansum,
+    scoring the failure as 0.
+    """
+    return None if record["scores"]["total"] is None else record["scores"][name]
 
 
 def stop_token_ids(tokenizer: Any, policy_dir: Path) -> set[int]:

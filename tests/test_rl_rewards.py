@@ -181,3 +181,40 @@ def test_the_language_suite_reports_the_rewards_reasoning_figure(tmp_path, tiny_
     assert reward_share == pytest.approx(0.5 if languages == ["target"] else 1.0)
     assert scores["reasoning:undetermined"] == pytest.approx(1 / 7)
     assert scores["language_share"] == 1.0  # every answer is in its prompt's language
+
+
+def test_a_sample_whose_scoring_failed_is_unscored_by_every_trl_reward_function(tmp_path, tiny_tokenizer_dir):
+    """A judge reply without a rating fails the sample's scoring, as in the preference and synthesize stages.
+    trl leaves a completion out of its group's baseline (advantage 0) only when every reward function returns
+    None; a number from the others went into trl's nansum, which scored the failed judge as 0 and gave the
+    sample a negative advantage for the judge's failure."""
+    from test_alignment_fakes import FakeOpenAI, chat_response
+    from transformers import AutoTokenizer
+
+    from tempa.alignment.rl_rewards import ROW_COLUMN, RewardSpec, RLPrompt, trl_reward_functions
+    from tempa.chat_templates import bake_tokenizer
+
+    bake_tokenizer(tiny_tokenizer_dir, "llama3_thinking", tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
+
+    def reply(body):  # the judge rates one answer and rambles about the other
+        text = body["messages"][-1]["content"]
+        return chat_response(["Correct and clear. [[9]]" if "enam puluh tiga" in text else "Hard to say."])
+
+    with FakeOpenAI(reply) as server:
+        backend = {"type": "http", "base_url": server.base_url, "model": "judge"}
+        judge = {"type": "judge", "backend": backend, "max_unparsable": 1.0}
+        spec = RewardSpec(rewards=[{"type": "answer"}, judge], policy_dir=tiny_tokenizer_dir,
+                          tokenizer_dir=tmp_path / "tok")
+        (tmp_path / "spec.json").write_text(spec.model_dump_json())
+        functions = trl_reward_functions(tmp_path / "spec.json", tokenizer)
+        row = RLPrompt(row=PromptRow(id="p", messages=[{"role": "user", "content": "Berapa 9 x 4 + 27?"}],
+                                     answer="63", thinking_mode="on"), prefill=ON).model_dump_json()
+        eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+        texts = ["36 + 27 = 63\n</think>\n\nJawabannya 63 (enam puluh tiga).",
+                 "36 + 27 = 63\n</think>\n\nJawabannya 63."]
+        ids = [[*tokenizer(text, add_special_tokens=False)["input_ids"], eot] for text in texts]
+        columns = {ROW_COLUMN: [row, row]}
+        scores = [f(prompts=["", ""], completions=texts, completion_ids=ids, **columns) for f in functions]
+    assert [s[0] for s in scores] == [1.0, 9.0]  # the rated sample: right answer, the judge's rating
+    assert [s[1] for s in scores] == [None, None]  # the failed one: unscored by every function

@@ -2,10 +2,13 @@
 
 Per epoch every prompt is sampled ``num_generations`` times; each completion is trained on as a prompt
 plus the completion (:data:`~tempa.alignment.sizing.COMPLETION_FILL` of ``max_completion_length`` on
-average). Sampling is part of the stage: the plan times it from the tokens decoded and prefilled.
+average), ``num_iterations`` times (GRPO's mu: trl trains each sampled batch that many times, sampling it
+once). Sampling is part of the stage: the plan times it from the tokens decoded and prefilled.
 """
 
 from __future__ import annotations
+
+import math
 
 from tempa.alignment.rl_config import RLStageConfig
 from tempa.alignment.sizing import AVG_PROMPT_TOKENS, COMPLETION_FILL
@@ -21,18 +24,23 @@ def estimate_rl(config: RLStageConfig, inputs: EstimateInputs) -> TrainingWorklo
     completion = int(train.get("max_completion_length") or 1024)
     sampled = int(COMPLETION_FILL * completion)
     beta = float(train.get("beta", 0.0) or 0.0)
+    iterations = int(train.get("num_iterations", 1) or 1)
     # trl recomputes the sampling policy's log-probs with a forward pass when sampling is off-policy:
     # several updates per batch, or vLLM's sampler (its importance-sampling correction, on by default).
-    old_policy = int(train.get("num_iterations", 1) or 1) > 1 or train.get("use_vllm") is not False
+    old_policy = iterations > 1 or train.get("use_vllm") is not False
     # On the GPUs it plans for, the worker samples with vLLM unless the recipe says use_vllm: false.
     colocated = train.get("use_vllm") is not False and train.get("vllm_mode", "colocate") == "colocate"
     memory = float(train.get("vllm_gpu_memory_utilization", 0.3)) if colocated else 0.0
     where = "prompts x num_generations x assumed prompt + completion length"
     note = (f"prompts: {prompts if prompts is not None else 'unknown (set prompts.limit)'}; {generations} samples "
             f"per prompt, each ~{AVG_PROMPT_TOKENS} prompt + {sampled:,} completion tokens "
-            f"({100 * COMPLETION_FILL:.0f}% of max_completion_length {completion:,})")
+            f"({100 * COMPLETION_FILL:.0f}% of max_completion_length {completion:,})"
+            + (f", each trained on {iterations} times (num_iterations)" if iterations > 1 else ""))
     rows = None if prompts is None else prompts * generations
-    tokens = TokenCount(None if rows is None else rows * (AVG_PROMPT_TOKENS + sampled), rows, where, [note])
+    # trl steps through every sampled batch num_iterations times: that many more steps and trained tokens.
+    trained = None if rows is None else rows * iterations
+    tokens = TokenCount(None if trained is None else trained * (AVG_PROMPT_TOKENS + sampled), trained, where,
+                        [note])
     engine = "transformers" if train.get("use_vllm") is False else f"vLLM {train.get('vllm_mode', 'colocate')}"
     generation = GenerationWork(
         sampled_tokens=None if rows is None else rows * sampled,
@@ -41,4 +49,6 @@ def estimate_rl(config: RLStageConfig, inputs: EstimateInputs) -> TrainingWorklo
         how=f"{engine}, {'?' if rows is None else f'{rows * sampled:,}'} sampled tokens per epoch")
     return TrainingWorkload(tokens=tokens, train_args=train, reference_model=beta > 0, lora=config.lora,
                             sequence_tokens=AVG_PROMPT_TOKENS + completion,
-                            extra_forwards=int(beta > 0) + int(old_policy), generation=generation)
+                            # reference and old-policy passes: once per sampled batch, not per iteration
+                            extra_forwards=math.ceil((int(beta > 0) + int(old_policy)) / iterations),
+                            generation=generation)

@@ -378,3 +378,59 @@ def test_prompts_may_be_an_earlier_stages_dataset(tmp_path, tiny_model_dir):
 
     rows = datasets.load_from_disk(str(ctx.stage_dir / "data" / "prompts"))
     assert [json.loads(r)["row"]["answer"] for r in rows["tempa_prompt"]] == ["0", "2", "4"]
+
+
+@pytest.mark.parametrize("iterations", [1, 2])
+def test_the_plan_counts_the_steps_trl_trains(tmp_path, tiny_model_dir, iterations):
+    """`tempa plan` steps and trained completions are what trl's GRPOTrainer does: with num_iterations
+    (GRPO's mu) each generation batch is sampled once and trained on mu times."""
+    import textwrap
+
+    import datasets
+    from transformers import AutoTokenizer
+
+    from tempa.alignment.prompts import PromptSource, load_prompts
+    from tempa.alignment.rl_rewards import FACTORY, RewardSpec
+    from tempa.alignment.rl_stage import render_prompts
+    from tempa.chat_templates import bake_tokenizer
+    from tempa.recipes.estimate import estimate_recipe
+    from tempa.sft.kernels import KernelChoice
+    from tempa.sft.train_plan import RewardHook, TrainPlan
+    from tempa.sft.train_worker import rl_trainer
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Berapa {i} + {i}?", "answer": str(2 * i)}) + "\n"
+                               for i in range(4)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: t
+        base_model: {tiny_model_dir}
+        launch: {{accelerate_config: single, num_processes: 1}}
+        stages:
+          - name: rlvr
+            kind: rl
+            prompts: {{path: {prompts}}}
+            rewards: [{{type: length, unit: chars, per_token: 0.05}}]
+            train: {{num_generations: 2, per_device_train_batch_size: 4, num_iterations: {iterations},
+                     max_completion_length: 4, num_train_epochs: 1, warmup_steps: 0, beta: 0.0,
+                     mask_truncated_completions: false, activation_checkpointing: false, save_strategy: "no",
+                     logging_steps: 1}}
+    """))
+    loaded = load_recipe(recipe)
+    (planned,) = estimate_recipe(loaded, "1xH100")
+
+    config = loaded.stage("rlvr")
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    rows = load_prompts(PromptSource(path=str(prompts)), seed=0)
+    datasets.Dataset.from_list(render_prompts(rows, tokenizer, "p")).save_to_disk(str(tmp_path / "data"))
+    spec = RewardSpec(rewards=config.rewards, policy_dir=tiny_model_dir, tokenizer_dir=tmp_path / "tok")
+    (tmp_path / "rewards.json").write_text(spec.model_dump_json())
+    plan = TrainPlan.standalone(tiny_model_dir, tmp_path / "out", config.train_args(), trainer="grpo",
+                                train_data=tmp_path / "data", tokenizer_dir=tmp_path / "tok",
+                                rewards=RewardHook(factory=FACTORY, spec=tmp_path / "rewards.json"))
+    trainer = rl_trainer(plan, tokenizer, KernelChoice(attn_implementation=None, use_liger_kernel=False))
+    trainer.train()
+    assert planned.steps == trainer.state.global_step
+    # every step trains one global batch of completions (4 here): the plan's rows are the completions trained
+    assert planned.global_batch * planned.steps == 4 * 2 * iterations

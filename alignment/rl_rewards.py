@@ -23,7 +23,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tempa.alignment.completions import Completion
 from tempa.alignment.prompts import PromptRow
-from tempa.alignment.rewards import LanguageReward, RewardConfig, RewardSet, ScoreItem, ScoringEnv
+from tempa.alignment.rewards import (
+    JudgeReward,
+    LanguageReward,
+    RewardConfig,
+    RewardSet,
+    ScoreItem,
+    ScoringEnv,
+    check_judges,
+    judge_failures,
+)
 from tempa.chat_templates.thinking import STOP_TOKENS
 
 FACTORY = "tempa.alignment.rl_rewards:trl_reward_functions"
@@ -65,6 +74,7 @@ class BatchScorer:
         self.stop_ids = stop_ids
         self._key: tuple | None = None
         self._records: list[dict[str, Any]] = []
+        self._judged: list[dict[str, Any]] = []  # every judge verdict of the run so far
 
     def completion(self, ids: Sequence[int], prefill: str) -> Completion:
         """The completion as the model wrote it; trl's ids end with the stop token when there was one."""
@@ -83,9 +93,16 @@ class BatchScorer:
                                                                                        strict=True)]
             self._records = self.rewards.score(items)
             self._key = key
+            configs = self.rewards.configs
+            self._judged += judge_verdicts(configs, self._records)
             if log_metric is not None:
-                for name, value in fidelity_metrics(self.rewards.configs, self._records).items():
+                for name, value in {**fidelity_metrics(configs, self._records),
+                                    **judge_metrics(configs, self._records)}.items():
                     log_metric(name, value)
+            # As in the preference and synthesize stages, a judge that cannot follow its rubric decides
+            # nothing: more replies without a rating than its max_unparsable (over the run so far) stop
+            # the training.
+            check_judges(configs, [{"results": self._judged}], "rl rewards")
         return self._records
 
 
@@ -101,6 +118,23 @@ def fidelity_metrics(configs: Sequence[Any], records: Sequence[dict[str, Any]]) 
             if judged:
                 out[f"{config.key}/{part}_language_share"] = sum(judged) / len(judged)
     return out
+
+
+def judge_verdicts(configs: Sequence[Any], records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The judge rewards' part of each score record (what :func:`check_judges` counts)."""
+    keys = [config.key for config in configs if isinstance(config, JudgeReward)]
+    if not keys:
+        return []
+    return [{"scores": {key: record["scores"][key] for key in keys},
+             "details": {key: record["details"][key] for key in keys if key in record["details"]}}
+            for record in records]
+
+
+def judge_metrics(configs: Sequence[Any], records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Per judge reward: the share of this batch's replies without a rating."""
+    failures = judge_failures(configs, [{"results": records}])
+    return {f"{key}/unparsable_fraction": failed.fraction
+            for key, failed in failures.items() if failed.replies}
 
 
 class TrlReward:

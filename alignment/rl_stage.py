@@ -92,8 +92,11 @@ def run_mean(log_history: list[dict[str, Any]], key: str) -> float | None:
 
 
 def logged_shares(log_history: list[dict[str, Any]]) -> list[str]:
-    """The language rewards' answer / reasoning shares the reward functions logged (rl_rewards.fidelity_metrics)."""
-    return sorted({key for entry in log_history for key in entry if key.endswith("_language_share")})
+    """What the reward functions logged: the language rewards' answer / reasoning shares
+    (rl_rewards.fidelity_metrics) and the judges' shares of replies without a rating
+    (rl_rewards.judge_metrics)."""
+    return sorted({key for entry in log_history for key in entry
+                   if key.endswith(("_language_share", "/unparsable_fraction"))})
 
 
 def added_prefix(tokenizer: Any) -> str:

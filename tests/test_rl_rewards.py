@@ -218,3 +218,44 @@ def test_a_sample_whose_scoring_failed_is_unscored_by_every_trl_reward_function(
         scores = [f(prompts=["", ""], completions=texts, completion_ids=ids, **columns) for f in functions]
     assert [s[0] for s in scores] == [1.0, 9.0]  # the rated sample: right answer, the judge's rating
     assert [s[1] for s in scores] == [None, None]  # the failed one: unscored by every function
+
+
+def test_a_judge_that_gives_no_ratings_stops_training_at_its_max_unparsable(tmp_path, tiny_tokenizer_dir):
+    """`max_unparsable` fails the stage in preference and synthesize; the rl stage trained on without the
+    judge (every judge score None), logging nothing about it. The share is logged; above the limit it
+    stops."""
+    from test_alignment_fakes import FakeOpenAI, chat_response
+    from transformers import AutoTokenizer
+
+    from tempa.alignment.rl_rewards import ROW_COLUMN, RewardSpec, RLPrompt, trl_reward_functions
+    from tempa.chat_templates import bake_tokenizer
+    from tempa.sft.stage_api import StageError
+
+    bake_tokenizer(tiny_tokenizer_dir, "llama3_thinking", tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    rated = iter([True, False, False, False])  # one rating in four replies
+
+    def reply(body):
+        return chat_response(["Fine. [[7]]" if next(rated) else "I would rather not rate this."])
+
+    with FakeOpenAI(reply) as server:
+        judge = {"type": "judge", "backend": {"type": "http", "base_url": server.base_url, "model": "judge"},
+                 "max_unparsable": 0.5}
+        spec = RewardSpec(rewards=[{"type": "format"}, judge], policy_dir=tiny_tokenizer_dir,
+                          tokenizer_dir=tmp_path / "tok")
+        (tmp_path / "spec.json").write_text(spec.model_dump_json())
+        functions = trl_reward_functions(tmp_path / "spec.json", tokenizer)
+        row = RLPrompt(row=PromptRow(id="p", messages=[{"role": "user", "content": "Berapa 2 + 2?"}],
+                                     thinking_mode="on"), prefill=ON).model_dump_json()
+        logged: list[tuple[str, float]] = []
+
+        def batch(text: str) -> dict:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            return {"prompts": ["", ""], "completions": [text, text], "completion_ids": [ids, ids],
+                    ROW_COLUMN: [row, row], "log_metric": lambda name, value: logged.append((name, value))}
+
+        scores = functions[1](**batch("2 + 2 = 4\n</think>\n\nEmpat."))  # 1 of 2 rated: at the limit
+        assert sorted(scores, key=lambda score: score is None) == [7.0, None]
+        assert logged == [("judge/unparsable_fraction", 0.5)]
+        with pytest.raises(StageError, match=r"judge 'judge' gave no \[\[rating\]\] in 3 of 4 replies"):
+            functions[1](**batch("2 + 2 = 4\n</think>\n\nJawabannya empat."))

@@ -112,6 +112,11 @@ class RLStageConfig(StageConfigBase):
         generations = checked.get("num_generations")
         if isinstance(generations, int) and generations < 2:
             raise ValueError("'num_generations': needs at least 2 samples per prompt (advantages compare them)")
+        temperature = checked.get("temperature")
+        if isinstance(temperature, int | float) and temperature <= 0:
+            # trl divides the policy's logits by it, and greedy samples of a prompt all tie (zero advantage)
+            raise ValueError(f"'temperature': must be above 0 to sample different answers to compare, got "
+                             f"{temperature!r}")
         return checked
 
     def train_args(self) -> dict[str, Any]:

@@ -434,3 +434,15 @@ def test_the_plan_counts_the_steps_trl_trains(tmp_path, tiny_model_dir, iteratio
     assert planned.steps == trainer.state.global_step
     # every step trains one global batch of completions (4 here): the plan's rows are the completions trained
     assert planned.global_batch * planned.steps == 4 * 2 * iterations
+
+
+@pytest.mark.parametrize("temperature", [0, 0.0, -0.7])
+def test_a_temperature_that_cannot_sample_a_group_is_refused_by_name(temperature):
+    """GRPO and RLOO compare a prompt's samples, and trl divides the policy's logits by the temperature: at
+    0 greedy samples tie every group (nothing to learn) and the division is by zero; a negative one is no
+    temperature at all. Both were accepted, and failed (or learned nothing) after the stages before."""
+    base = {"name": "rl", "kind": "rl", "prompts": {"path": PROMPTS}, "rewards": [{"type": "format"}]}
+    with pytest.raises(ValueError, match=r"'temperature': must be above 0"):
+        RLStageConfig.model_validate({**base, "train": {"temperature": temperature}})
+    train = RLStageConfig.model_validate({**base, "train": {"temperature": 0.6}}).train_args()
+    assert train["temperature"] == 0.6

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,18 +68,23 @@ class PadChoice:
     reason: str
 
 
-def choose_pad_token(tokenizer: Any, end_of_turn: str, requested: str | None = None) -> PadChoice:
-    """Pick a pad token that is neither eos nor the end-of-turn token, preferring ones already in the vocabulary.
+def choose_pad_token(
+    tokenizer: Any, end_of_turn: str, requested: str | None = None, stop_ids: Collection[int] = ()
+) -> PadChoice:
+    """Pick a pad token that is neither eos, the end-of-turn token nor any other stop id (``stop_ids``: those the
+    baked generation config will list), preferring ones already in the vocabulary.
 
     A pad equal to eos/end-of-turn is the classic "model never stops" bug: collators that mask padding by id
-    also mask the real stop token out of the loss.
+    also mask the real stop token out of the loss. The other stop ids count too: Qwen2.5-Instruct ships pad
+    `<|endoftext|>`, which its generation config also stops on, and the final bake refuses a pad among the eos ids.
     """
     vocab = tokenizer.get_vocab()
-    forbidden = {tokenizer.eos_token, end_of_turn}
+    forbidden = {tokenizer.eos_token, end_of_turn, *tokenizer.convert_ids_to_tokens(list(stop_ids))}
     if requested is not None:
         if requested in forbidden:
             raise ValueError(
-                f"pad token {requested!r} is the eos or end-of-turn token; padding must differ from both"
+                f"pad token {requested!r} is the eos, the end-of-turn token or a stop id of the generation config; "
+                "padding must differ from all of them"
             )
         if requested in vocab:
             return PadChoice(requested, added=False, reason=f"pad token {requested!r} as requested")
@@ -114,7 +120,9 @@ def check_fits(tokenizer: Any, template: str, where: str | os.PathLike) -> str:
     give the model an untrained stop token, so the template does not fit this base (what the bake refuses)."""
     end_of_turn = end_of_turn_token(template)
     if len(tokenizer.encode(end_of_turn, add_special_tokens=False)) != 1:
-        raise ValueError(f"{where}: the template's end-of-turn token {end_of_turn} is not a single token of this tokenizer")
+        raise ValueError(
+            f"{where}: the template's end-of-turn token {end_of_turn} is not a single token of this tokenizer"
+        )
     return end_of_turn
 
 
@@ -154,8 +162,11 @@ def bake_tokenizer(
                 f"{out} holds no tokenizer (no tokenizer.json or tokenizer_config.json); --overwrite only "
                 "replaces an earlier bake: choose an empty folder"
             )
-        model_files = sorted(path.name for path in out.iterdir() if path.name in _MODEL_FILES
-                             or path.suffix in _WEIGHT_SUFFIXES)
+        model_files = sorted(
+            path.name
+            for path in out.iterdir()
+            if path.name in _MODEL_FILES or path.suffix in _WEIGHT_SUFFIXES
+        )
         if model_files:
             # A model folder holds a tokenizer too; replacing it with the bake would delete its weights and card.
             raise FileExistsError(
@@ -168,8 +179,10 @@ def bake_tokenizer(
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     end_of_turn = check_fits(tokenizer, text, tokenizer_dir)
     eot_ids = tokenizer.encode(end_of_turn, add_special_tokens=False)
+    generation_config = _base_generation_config(model_dir, tokenizer_dir)
+    stops = stop_token_ids(generation_config.get("eos_token_id"), tokenizer.eos_token_id, eot_ids[0])
 
-    choice = choose_pad_token(tokenizer, end_of_turn, requested=pad_token)
+    choice = choose_pad_token(tokenizer, end_of_turn, requested=pad_token, stop_ids=stops)
     if choice.added:
         tokenizer.add_special_tokens({"pad_token": choice.token})
         message = (
@@ -180,18 +193,18 @@ def bake_tokenizer(
         if model_vocab is not None and tokenizer.pad_token_id >= model_vocab:
             raise ValueError(
                 f"{model_dir}: {message}, but its config has vocab_size {model_vocab}; resize the model's embeddings "
-                "or pass an existing token as pad_token (tempa never resizes silently)"
+                f"to {len(tokenizer)} or more (tempa never resizes silently), or set the base tokenizer's pad_token "
+                f"(tokenizer_config.json) to an unused token of its vocabulary that is none of the stop tokens "
+                f"{tokenizer.convert_ids_to_tokens(stops)}"
             )
         logger.warning(message)
     else:
         tokenizer.pad_token = choice.token
         logger.info(choice.reason)
-    base_eos_id = tokenizer.eos_token_id
     tokenizer.eos_token = end_of_turn
     tokenizer.chat_template = text
 
-    generation_config = _base_generation_config(model_dir, tokenizer_dir)
-    generation_config["eos_token_id"] = stop_token_ids(generation_config.get("eos_token_id"), base_eos_id, eot_ids[0])
+    generation_config["eos_token_id"] = stops
     generation_config["pad_token_id"] = tokenizer.pad_token_id
     # The file is edited now, so it no longer mirrors config.json; older transformers would otherwise rebuild it
     # from the model config and drop the end-of-turn stop id.

@@ -1,0 +1,74 @@
+"""A user's own base model, shaped like the Qwen2.5 checkpoints the README's "Bring your own" example names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from tempa.chat_templates import bake_tokenizer, check_tokenizer
+from tempa.merge.bake import check_generation_config
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def _qwen_tokenizer(folder: Path, *, eos: str) -> PreTrainedTokenizerFast:
+    """A byte-level BPE with Qwen2.5's three special tokens and pad ``<|endoftext|>``, as Qwen ships it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(
+        ["user assistant system <think>\n</think>\n\n Xin chào Việt Nam"] * 20, trainer
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=eos,
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIALS[1:],
+    )
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+@pytest.fixture()
+def qwen_instruct_like(tmp_path: Path) -> Path:
+    """Qwen2.5-Instruct's token setup: eos <|im_end|>, pad <|endoftext|>, and a generation config that stops on
+    both and pads with <|endoftext|>; vocab_size padded beyond the tokenizer, as Qwen's is."""
+    folder = tmp_path / "qwen-instruct-like"
+    tokenizer = _qwen_tokenizer(folder, eos="<|im_end|>")
+    endoftext, im_end = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    (folder / "generation_config.json").write_text(
+        json.dumps(
+            {"bos_token_id": endoftext, "eos_token_id": [im_end, endoftext], "pad_token_id": endoftext}
+        )
+    )
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "qwen2", "vocab_size": len(tokenizer) + 64})
+    )
+    return folder
+
+
+def test_a_qwen_instruct_base_bakes_into_a_final_folder_the_bake_stage_accepts(
+    qwen_instruct_like: Path, tmp_path: Path
+) -> None:
+    out = bake_tokenizer(
+        qwen_instruct_like, "chatml_thinking", tmp_path / "final", model_dir=qwen_instruct_like
+    )
+    generation = json.loads((out / "generation_config.json").read_text())
+    baked = AutoTokenizer.from_pretrained(out)
+    # Every stop id of the base config survives, and the pad is none of them.
+    source_stops = json.loads((qwen_instruct_like / "generation_config.json").read_text())["eos_token_id"]
+    assert set(source_stops) <= set(generation["eos_token_id"])
+    assert generation["pad_token_id"] == baked.pad_token_id not in generation["eos_token_id"]
+    assert all(result.passed for result in check_tokenizer(baked, generation_config=generation))
+    check_generation_config(out)  # the final bake stage's own check: raises on a pad that is a stop id

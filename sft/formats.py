@@ -82,6 +82,8 @@ class FormatSpec:
     output: tuple[str, ...] = ("output",)
     system: tuple[str, ...] = ("system",)
     tools: tuple[str, ...] = ("tools",)
+    # LLaMA-Factory's Alpaca rows keep earlier rounds here; dropping them would train answers without their context.
+    history: tuple[str, ...] = ("history",)
     role_names: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ROLE_NAMES))
 
 
@@ -360,6 +362,22 @@ def _read_turns(turns: Any, spec: FormatSpec, field_name: str) -> list[dict[str,
     return out
 
 
+def _history_turns(value: Any, what: str) -> list[dict[str, Any]]:
+    """LLaMA-Factory's ``history``: earlier rounds as ``[instruction, response]`` pairs, as user/assistant turns."""
+    if _is_missing(value) or (isinstance(value, (list, tuple)) and not value):
+        return []
+    expected = f"expected {what} to be a list of [instruction, response] pairs"
+    if not isinstance(value, (list, tuple)):
+        raise RowError(f"{expected}, got {type(value).__name__}")
+    turns: list[dict[str, Any]] = []
+    for i, pair in enumerate(value):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise RowError(f"{expected}; item {i} is not a pair")
+        turns.append(_turn("user", _text(pair[0], f"{what}[{i}][0] (of an [instruction, response] pair)")))
+        turns.append(_assistant(_text(pair[1], f"{what}[{i}][1] (of an [instruction, response] pair)"), None))
+    return turns
+
+
 def _with_system(turns: list[dict[str, Any]], system: str | None, column: str | None) -> list[dict[str, Any]]:
     # LLaMA-Factory's ShareGPT (and some OpenAI-style exports) keep the system prompt in a column beside the turns.
     if system is None:
@@ -390,7 +408,9 @@ def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> Conversation:
         return Conversation(_with_system(_read_turns(row.get(key), spec, key), system, system_key), tools)
 
     reasoning = _reasoning(row, spec.reasoning)
-    head = [_turn("system", system)] if system else []
+    history_key = _first_present(row, spec.history)
+    history = _history_turns(row[history_key], repr(history_key)) if history_key else []
+    head = [*([_turn("system", system)] if system else []), *history]
 
     if fmt == "prompt_response":
         prompt_key = _first_present(row, spec.prompt) or spec.prompt[0]

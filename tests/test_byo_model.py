@@ -72,3 +72,41 @@ def test_a_qwen_instruct_base_bakes_into_a_final_folder_the_bake_stage_accepts(
     assert generation["pad_token_id"] == baked.pad_token_id not in generation["eos_token_id"]
     assert all(result.passed for result in check_tokenizer(baked, generation_config=generation))
     check_generation_config(out)  # the final bake stage's own check: raises on a pad that is a stop id
+
+
+def _alpaca_spec():
+    from tempa.sft.formats import FormatSpec
+
+    return FormatSpec(format="auto")
+
+
+def test_alpaca_history_becomes_the_earlier_turns() -> None:
+    from tempa.sft.formats import normalize_row
+
+    # LLaMA-Factory's Alpaca layout: earlier rounds in `history` as [instruction, response] pairs.
+    row = {
+        "system": "Bạn là hướng dẫn viên du lịch.",
+        "instruction": "Còn Đà Nẵng thì sao?",
+        "input": "",
+        "output": "Đà Nẵng có biển Mỹ Khê.",
+        "history": [["Hà Nội có gì đẹp?", "Hồ Gươm và phố cổ."], ["Còn Huế?", "Đại Nội."]],
+    }
+    messages = normalize_row(row, _alpaca_spec()).messages
+    assert [(m["role"], m["content"]) for m in messages] == [
+        ("system", row["system"]),
+        ("user", "Hà Nội có gì đẹp?"),
+        ("assistant", "Hồ Gươm và phố cổ."),
+        ("user", "Còn Huế?"),
+        ("assistant", "Đại Nội."),
+        ("user", row["instruction"]),
+        ("assistant", row["output"]),
+    ]
+
+
+@pytest.mark.parametrize("history", [[["only a question"]], "Hà Nội có gì đẹp?", [["q", None]]])
+def test_alpaca_history_that_is_not_pairs_of_texts_is_a_row_error(history: object) -> None:
+    from tempa.sft.formats import RowError, normalize_row
+
+    row = {"instruction": "Còn Huế?", "output": "Đại Nội.", "history": history}
+    with pytest.raises(RowError, match=r"'history'.*\[instruction, response\]"):
+        normalize_row(row, _alpaca_spec())

@@ -190,13 +190,21 @@ def language_fidelity(completion: Completion, target: str | None, config: Langua
     split = split_think(completion)
     languages = tuple(config.languages) if config.languages else None
     equivalent = tuple(tuple(g) for g in config.equivalent)
-    answer, detected = language_match(without_tool_calls(split.answer) if tools else split.answer, target, min_letters=config.min_letters, languages=languages,
-                                      equivalent=equivalent)
+    answer, detected = language_match(without_tool_calls(split.answer) if tools else split.answer, target,
+                                      min_letters=config.min_letters, languages=languages, equivalent=equivalent)
+    # Text too short to detect a language in (a bare number, "Kết quả là 8.", a tool call) passes: nothing in it is
+    # in another language. Left without a score, it lost the whole weight to any longer sample of the same prompt
+    # (a total adds the scores that apply), and preference pairs and GRPO learned length.
+    if answer is None and target and split.answer.strip():
+        answer = 1.0
     if config.reasoning is None:
         return LanguageVerdict(answer, answer, detected)
     verdict, reasoning_detected = language.reasoning_verdict(
         split.reasoning, target, config.reasoning, languages=languages, min_letters=config.min_letters,
         equivalent=equivalent)
+    if verdict is None and (split.reasoning or "").strip() and (target or language.TARGET not in
+                                                                 config.reasoning.languages):
+        verdict = True
     reasoning = None if verdict is None else float(verdict)
     weight = config.reasoning_weight
     if answer is not None and reasoning is not None:
@@ -280,9 +288,10 @@ class LanguageReward(_RewardBase, language.LanguageRules):
     """Language fidelity: the answer is in the prompt's target language (column `language`, py3langid),
     and, with `reasoning` set, the reasoning in a language its policy allows.
 
-    A too short answer (see `min_letters`) gets no score, so it never gates; the same holds for the
-    reasoning. Score: the answer's verdict (0 or 1); with `reasoning`, ``(1 - reasoning_weight) x answer
-    + reasoning_weight x reasoning`` when both can be judged, else whichever can.
+    An answer too short to detect a language in (see `min_letters`; a bare number, a tool call) passes, so it
+    never gates and never loses to a longer sample for its length; the same holds for the reasoning. An empty
+    answer (or no reasoning) has no score. Score: the answer's verdict (0 or 1); with `reasoning`,
+    ``(1 - reasoning_weight) x answer + reasoning_weight x reasoning`` when both apply, else whichever does.
     """
 
     type: Literal["language"] = "language"

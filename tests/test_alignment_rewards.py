@@ -136,6 +136,32 @@ def test_sea_ifeval_rule_correct_answer_in_wrong_language_fails():
     assert ungated.score([ScoreItem(row, wrong_language)])[0]["scores"]["answer"] == 1.0
 
 
+def test_a_short_answer_is_not_outscored_by_a_longer_one_for_its_length():
+    """An answer too short to detect a language in ("Kết quả là 8.") got no language score, and a sample's total
+    adds only the scores that apply: any longer answer that read as the right language won by the whole language
+    weight. A preference round chose 'Kết quả là b bú phố2808 th phốếìn.' (total 2.0) over 'Kết quả là 8.' (1.0),
+    both wrong; DPO learned length. A non-empty answer with too little prose now passes (nothing in it is in
+    another language); an empty one has no score."""
+    row = prompt(language="vi", answer="12", mode="off")
+    short, long, empty, english = (Completion(answer, prefill=OFF) for answer in (
+        "Kết quả là 8.", "Kết quả là b bú phố2808 th phốếìn và thêm vài quả nữa trong hộp.", "",
+        "The result is eight apples and a few more in the box."))
+    records = RewardSet([AnswerReward(), LanguageReward()], env(Path("."))).score(
+        [ScoreItem(row, c) for c in (short, long, empty, english)])
+    totals = [r["scores"]["total"] for r in records]
+    assert records[0]["scores"]["language"] == records[1]["scores"]["language"] == 1.0
+    assert totals[0] == totals[1]  # both wrong, both in Vietnamese: length decides nothing
+    assert records[2]["scores"]["language"] is None  # no answer: nothing to judge
+    assert records[3]["scores"]["language"] == 0.0 and totals[3] < totals[0]
+    # reasoning too short to detect passes as well (the score counted only the answer's verdict, or none)
+    reasoned = RewardSet([LanguageReward(reasoning={"languages": ["target"]})], env(Path(".")))
+    think = prompt(language="vi", answer="12", mode="on")
+    brief, full = (Completion(reasoning + "\n</think>\n\nKết quả là mười hai quả táo trong ba hộp.", prefill=ON)
+                   for reasoning in ("4 x 3 = 12.", "Mỗi hộp có bốn quả táo, ba hộp là mười hai quả táo."))
+    verdicts = [r["details"]["language"] for r in reasoned.score([ScoreItem(think, brief), ScoreItem(think, full)])]
+    assert verdicts[0].get("reasoning") == verdicts[1].get("reasoning") == 1.0
+
+
 # --------------------------------------------------------------------------- format
 
 
@@ -304,14 +330,14 @@ LOOP = [  # an agent's tool loop as the prompt reader hands it over (arguments a
     '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Jakarta"}}\n</tool_call>',  # ChatML (Qwen2.5)
 ])
 def test_a_sampled_tool_call_is_in_no_language_and_never_gates(call):
-    """A tool call is code: the language reward does not apply to it (py3langid read the JSON call as Nigerian
+    """A tool call is code, in no language: it passes the language reward (py3langid read the JSON call as Nigerian
     Pidgin, so with a language column every tool call lost to any prose reply and gated the answer reward)."""
     loop = PromptRow(id="loop", messages=LOOP, language="id", answer="31", thinking_mode="off", tools=[WEATHER])
     rewards = RewardSet([LanguageReward(), AnswerReward(match="contains")], env(Path(".")))
     called, replied = rewards.score([ScoreItem(loop, Completion(call, prefill=OFF)),
                                      ScoreItem(loop, Completion(f"Sekarang suhu di Jakarta 31 derajat.\n{call}",
                                                                 prefill=OFF))])
-    assert called["scores"]["language"] is None and "gated_by_language" not in called["details"].get("answer", {})
+    assert called["scores"]["language"] == 1.0 and "gated_by_language" not in called["details"].get("answer", {})
     assert replied["scores"]["language"] == 1.0  # the text beside a call is still judged
 
 

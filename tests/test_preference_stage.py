@@ -42,7 +42,7 @@ CONFIG = {
     # The tiny model writes gibberish: length in characters, format and language still tell samples apart.
     "rewards": [{"type": "length", "unit": "chars", "per_token": 0.01}, {"type": "format"}, {"type": "language"}],
     "pairs": {"min_margin": 0.01},
-    "train": {"max_steps": 1, "learning_rate": 1.0e-2, "warmup_steps": 0, "per_device_train_batch_size": 4,
+    "train": {"max_steps": 1, "learning_rate": 1.0e-3, "warmup_steps": 0, "per_device_train_batch_size": 4,
               "logging_steps": 1, "save_steps": 1, "activation_checkpointing": False, "loss_type": "sigmoid",
               "precompute_ref_log_probs": True, "max_length": 256},
 }

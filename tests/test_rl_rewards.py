@@ -96,10 +96,10 @@ def test_english_only_reasoning_policy_and_reasoning_that_cannot_be_judged():
     assert reasoning_verdict(None, "th", target) == (None, None)
     assert reasoning_verdict("$23 + 38 = 61$ ```x = 23 + 38```", "th", target) == (None, None)
     assert reasoning_verdict(case["native"], None, target) == (None, None)
-    # Reasoning that cannot be judged leaves the answer's verdict as the whole score.
+    # Reasoning too short to judge (only math) passes, as a short answer does: in no other language.
     config = LanguageReward(reasoning=target)
     (record,) = score(config, [item("th", "$23 + 38 = 61$", case["answer"])])
-    assert record["scores"]["language"] == 1.0 and "reasoning" not in record["details"]["language"]
+    assert record["scores"]["language"] == 1.0 and record["details"]["language"]["reasoning"] == 1.0
 
 
 def test_reasoning_in_the_wrong_language_does_not_gate_a_correct_answer():

@@ -31,6 +31,7 @@ judge) batch their work and load their model only when first used.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -76,23 +77,104 @@ def normalize_text(text: str) -> str:
 # a full-width colon carries its own spacing, and math-verify reads no number right after a bare ':'.
 _FULL_WIDTH = {code: unicodedata.normalize("NFKC", chr(code)) for code in range(0xFF01, 0xFF5F)} | {
     0xFF1A: ": ", 0x3000: " "}
-# A digit run touching a wide (Han, kana, Hangul) character: "答えは42です".
-_DIGITS_BY_WIDE = re.compile(r"(?<=[\u1100-\u11ff\u2e80-\ua4cf\uac00-\ud7af\uf900-\ufaff])(?=\d)"
-                             r"|(?<=\d)(?=[\u1100-\u11ff\u2e80-\ua4cf\uac00-\ud7af\uf900-\ufaff])")
+# A digit run touching a wide (Han, kana, Hangul) character, or one of a script written without spaces between words
+# (Thai, Lao, Myanmar, Khmer): "答えは42です", "คำตอบคือ1250บาท".
+_UNSPACED = r"[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u1100-\u11ff\u2e80-\ua4cf\uac00-\ud7af\uf900-\ufaff]"
+_DIGITS_BY_WIDE = re.compile(rf"(?<={_UNSPACED})(?=\d)|(?<=\d)(?={_UNSPACED})")
 
 
-def math_text(answer: str) -> str:
-    """``answer`` as math-verify can read it: full-width forms as ASCII, and a space between a number and the CJK
-    text around it. math-verify finds a number only at a word boundary, and Han, kana and Hangul are word
-    characters, so it found none in "答えは42です" (and none in "４２" at all)."""
-    return _DIGITS_BY_WIDE.sub(" ", answer.translate(_FULL_WIDTH))
+# --- numbers as people write them: one rule for the answer reward and the evaluate stage's accuracy suite ---------
+
+# Languages whose decimal mark is a comma (CLDR's symbol for each): they group thousands with a dot (id, vi, de,
+# es, pt, ...) or a space (fr, ru, pl, ...), so "1.250" is 1250 there but 1.25 in English, Thai, Tamil, Japanese,
+# Chinese, Malay or Filipino, which write a decimal point.
+DECIMAL_COMMA_LANGUAGES = frozenset({
+    "af", "az", "be", "bg", "br", "bs", "ca", "cs", "da", "de", "el", "es", "et", "eu", "fi", "fo", "fr", "gl",
+    "hr", "hu", "hy", "id", "is", "it", "ka", "kk", "km", "ky", "lb", "lo", "lt", "lv", "mk", "nb", "nl", "nn", "no",
+    "oc", "pl", "pt", "ro", "ru", "sk", "sl", "sq", "sr", "sv", "tr", "uk", "uz", "vi", "wa",
+})
+# No-break, narrow no-break and thin spaces are typed only between digit groups ("1 000"), in any language.
+_GROUP_SPACES = "\u00a0\u202f\u2009"
 
 
-def _math_equal(gold: str, answer: str) -> bool | None:
+def decimal_comma(language: str | None) -> bool:
+    """Whether ``language`` (ISO 639-1, a region tag allowed) writes a decimal comma."""
+    return bool(language) and str(language).split("-")[0].split("_")[0].lower() in DECIMAL_COMMA_LANGUAGES
+
+
+def number_body(language: str | None) -> str:
+    """Regex of one unsigned number as written in ``language`` (None: with a decimal point, as in English).
+
+    Unambiguous forms read the same in every language: 1,234.5 and 1,234 (a comma before three digits groups
+    thousands, as English-written references do), 1,25,000 (Indian lakh grouping), 1.234.567 and 1.234,5 (dot
+    groups), 2,5 and 0,125 (a decimal comma) and 1 000 with a no-break space. Only a lone dot before three digits
+    ("1.250") and plain-space groups ("1 000") depend on ``language``; :func:`plain_number` reads them. A run like
+    1,2,3 (a list) or 12.05.2023 (a date) is no number."""
+    spaces = _GROUP_SPACES + (" " if decimal_comma(language) else "")
+    return (
+        r"(?<!\d)(?<!\d[.,，])(?:"
+        r"\d{1,2}(?:[,，]\d{2})+[,，]\d{3}(?:\.\d+)?"  # 1,25,000
+        r"|\d{1,3}(?:\.\d{3})+,\d+|\d{1,3}(?:\.\d{3}){2,}"  # 1.234,5 | 1.234.567
+        rf"|\d{{1,3}}(?:[{spaces}]\d{{3}})+(?:[.,]\d+)?"  # 1 000 | 1 000,5
+        r"|\d{1,3}(?:[,，]\d{3})+(?:\.\d+)?"  # 1,234 | 1,234.5
+        r"|\d+[,，]\d+|\d+(?:\.\d+)?"  # 2,5 | 0,125 | 42 | 1.250
+        r")(?!\d)(?![.,，]\d)"
+    )
+
+
+def plain_number(token: str, language: str | None = None) -> str | None:
+    """One number as :func:`number_body` finds it, as plain ASCII digits with a decimal point ("1.250" in
+    Indonesian: "1250"; "2,5": "2.5"); None when ``token`` is not a number."""
+    text = re.sub(rf"[\s{_GROUP_SPACES}]", "", unicodedata.normalize("NFKC", token))
+    if re.fullmatch(r"\d{1,2}(?:,\d{2})+,\d{3}(?:\.\d+)?", text):
+        text = text.replace(",", "")
+    elif re.fullmatch(r"\d{1,3}(?:\.\d{3})+,\d+|\d{1,3}(?:\.\d{3}){2,}", text) or (
+            decimal_comma(language) and re.fullmatch(r"[1-9]\d{0,2}\.\d{3}", text)):
+        text = text.replace(".", "").replace(",", ".")
+    elif re.fullmatch(r"[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?", text):
+        text = text.replace(",", "")
+    elif re.fullmatch(r"\d+,\d+", text):  # a decimal comma: before other than three digits, or after a lone 0
+        text = text.replace(",", ".")
+    return text if re.fullmatch(r"\d+(?:\.\d+)?", text) else None
+
+
+@functools.cache
+def _number_re(language: str | None) -> re.Pattern[str]:
+    return re.compile(number_body(language))
+
+
+def _plain_numbers(text: str, language: str | None) -> str:
+    """``text`` with every number in it written plainly (:func:`plain_number`)."""
+    return _number_re(language).sub(lambda m: plain_number(m.group(0), language) or m.group(0), text)
+
+
+# Full-width ASCII forms (U+FF01..U+FF5E: ４２, ＝, ，) and the ideographic space, as CJK input methods type them;
+# a full-width colon carries its own spacing, and math-verify reads no number right after a bare ':'.
+_FULL_WIDTH = {code: unicodedata.normalize("NFKC", chr(code)) for code in range(0xFF01, 0xFF5F)} | {
+    0xFF1A: ": ", 0x3000: " "}
+# A digit run touching a wide (Han, kana, Hangul) character, or one of a script written without spaces between words
+# (Thai, Lao, Myanmar, Khmer): "答えは42です", "คำตอบคือ1250บาท".
+_UNSPACED = r"[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u1100-\u11ff\u2e80-\ua4cf\uac00-\ud7af\uf900-\ufaff]"
+_DIGITS_BY_WIDE = re.compile(rf"(?<={_UNSPACED})(?=\d)|(?<=\d)(?={_UNSPACED})")
+# A number glued to a word before it ("Rp1250", "₹1250" is fine already); one letter ("x2") may be a variable.
+_DIGITS_AFTER_WORD = re.compile(r"(?<=[^\W\d_]{2})(?=\d)")
+
+
+def math_text(answer: str, language: str | None = None) -> str:
+    """``answer`` as math-verify can read it: full-width forms as ASCII, numbers written plainly as ``language``
+    reads them (math-verify reads "1.250" as 1.25 and "1 000" as 1000, whatever the language), and a space between
+    a number and the CJK or Thai text or word around it. math-verify finds a number only at a word boundary, and
+    Han, kana, Hangul and Thai are word characters, so it found none in "答えは42です" or "คือ1250บาท" (and none in
+    "４２" or "Rp1250" at all)."""
+    text = _plain_numbers(answer.translate(_FULL_WIDTH), language)
+    return _DIGITS_AFTER_WORD.sub(" ", _DIGITS_BY_WIDE.sub(" ", text))
+
+
+def _math_equal(gold: str, answer: str, language: str | None = None) -> bool | None:
     """math-verify equality; None when the gold answer is not something math-verify can parse."""
     from math_verify import parse, verify
 
-    gold, answer = math_text(gold), math_text(answer)
+    gold, answer = math_text(gold, language), math_text(answer, language)
 
     # math-verify's timeouts use SIGALRM, which only the main thread may set.
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
@@ -107,12 +189,14 @@ def answer_match(
     gold: Any,
     match: Literal["auto", "math", "exact", "contains", "regex"] = "auto",
     pattern: str | None = None,
+    language: str | None = None,
 ) -> float | None:
     """1.0 when ``answer`` gives the reference answer ``gold``, 0.0 when not, None without a reference.
 
     ``gold`` may be a list of accepted answers. ``auto`` uses math-verify when the reference is a
     number or a formula, else ``contains``. ``regex``: ``pattern`` is searched in the answer; its
-    first group (or the whole match) must equal the reference after normalisation.
+    first group (or the whole match) must equal the reference after normalisation. Numbers are read as the
+    prompt's ``language`` writes them (:func:`plain_number`).
     """
     if gold is None or (isinstance(gold, str) and not gold.strip()):
         return None
@@ -126,7 +210,7 @@ def answer_match(
                 return 1.0
             continue
         if match in ("auto", "math"):
-            equal = _math_equal(g, answer) if answer.strip() else False
+            equal = _math_equal(g, answer, language) if answer.strip() else False
             if equal is not None:
                 if equal:
                     return 1.0
@@ -491,7 +575,8 @@ class RewardSet:
 
     def _apply(self, config: Any, items: list[ScoreItem]) -> tuple[list[float | None], list[dict[str, Any]]]:
         if isinstance(config, AnswerReward):
-            return [answer_match(split_think(it.completion).answer, it.prompt.answer, config.match, config.pattern)
+            return [answer_match(split_think(it.completion).answer, it.prompt.answer, config.match, config.pattern,
+                                 it.prompt.language)
                     for it in items], [{} for _ in items]
         if isinstance(config, LanguageReward):
             verdicts = [language_fidelity(it.completion, it.prompt.language, config, tools=it.prompt.uses_tools)

@@ -9,10 +9,12 @@ name others (``think_tags``).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
 
+from tempa.alignment.rewards import number_body, plain_number
 from tempa.chat_templates.thinking import THINK_CLOSE, THINK_OPEN, has_think_tags, split_reasoning
 
 
@@ -43,16 +45,14 @@ def thinking_off_compliant(text: str, open_tag: str = THINK_OPEN, close_tag: str
 
 # --- final answers -----------------------------------------------------------------------------
 
-# 1,234.5 (and full-width １，２３４) | 1.234.567 (dot-grouped thousands, as in Indonesian) | 2,5 and 0,75 (a decimal
-# comma, as in Indonesian and Vietnamese: a comma before other than three digits, or after a lone 0, groups no
-# thousands) | 42 | 3/4 | 45%
-_DECIMAL_COMMA = r"(?:\d+,(?:\d{1,2}|\d{4,})|0,\d+)(?!\d)"
-_NUMBER = (
-    rf"[-+−]?\$?(?:\d{{1,3}}(?:\.\d{{3}}){{2,}}(?:,\d+)?|{_DECIMAL_COMMA}"
-    r"|(?:\d{1,3}(?:[,，\u00a0]\d{3})+(?!\d)|\d+)(?:\.\d+)?)"
-    r"(?:\s?/\s?\d+(?:\.\d+)?)?%?"
-)
-_NUMBER_RE = re.compile(_NUMBER)
+
+@functools.cache
+def _number_re(language: str | None) -> re.Pattern[str]:
+    """A number as written in ``language`` (see :func:`tempa.alignment.rewards.number_body`: the answer reward reads
+    numbers by the same rule), signed, with a currency sign, as a fraction or a percentage: -3/4, $12, 45%."""
+    return re.compile(rf"[-+−]?\$?(?:{number_body(language)})(?:\s?/\s?\d+(?:\.\d+)?)?%?")
+
+
 _BOXED_RE = re.compile(r"\\boxed\s*\{")
 # "The answer is 42", "Answer: 42", "#### 42", and the same lead-ins in SEA languages, Japanese (答えは, 答え：)
 # and Chinese (答案是).
@@ -80,56 +80,49 @@ def _boxed_contents(text: str) -> list[str]:
     return found
 
 
-def parse_number(text: str) -> float | None:
+def parse_number(text: str, language: str | None = None) -> float | None:
     """Parse ``'1,234.5'``, ``'$12'``, ``'-3/4'``, ``'45%'``, ``'−2'``, ``'2,5'`` into a float; None otherwise.
 
-    A comma before exactly three digits groups thousands (``1,500`` is 1500, as ``1.500.000`` is a million);
-    before any other number of digits, or after a lone 0, it is a decimal comma (``2,5``, ``0,75``, ``0,125``).
+    Numbers read as ``language`` writes them (:func:`tempa.alignment.rewards.plain_number`): ``1,500`` is 1500 and
+    ``1.500.000`` a million everywhere, ``2,5`` and ``0,125`` have a decimal comma; ``1.500`` is 1500 in a language
+    with a decimal comma (Indonesian, Vietnamese, ...) and 1.5 in others (and without a language).
     """
-    cleaned = unicodedata.normalize("NFKC", text).strip().replace("−", "-").replace("$", "")
-    if re.fullmatch(r"[-+]?\d{1,3}(?:\.\d{3}){2,}(?:,\d+)?%?", cleaned):
-        cleaned = cleaned.replace(".", "").replace(",", ".")
-    elif re.fullmatch(rf"[-+]?{_DECIMAL_COMMA}%?", cleaned):  # a decimal comma: 2,5 is 2.5, not 25
-        cleaned = cleaned.replace(",", ".")
-    cleaned = re.sub(r"(?<=\d)[,\u00a0](?=\d{3}\b)", "", cleaned).replace(" ", "").rstrip(".")
-    cleaned = cleaned.removeprefix("\\$").removesuffix("%").removesuffix("\\%")
-    fraction = re.fullmatch(r"([-+]?\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)", cleaned)
-    if fraction:
-        denominator = float(fraction.group(2))
-        return float(fraction.group(1)) / denominator if denominator else None
-    frac_tex = re.fullmatch(r"([-+]?)\\d?frac\{(\d+)\}\{(\d+)\}", cleaned)
-    if frac_tex:
-        sign = -1.0 if frac_tex.group(1) == "-" else 1.0
-        denominator = float(frac_tex.group(3))
-        return sign * float(frac_tex.group(2)) / denominator if denominator else None
-    try:
-        value = float(cleaned)
-    except ValueError:
+    cleaned = unicodedata.normalize("NFKC", text).strip().replace("−", "-").replace("$", "").rstrip(".")
+    cleaned = re.sub(r"^\\(?=\d)", "", cleaned.removesuffix("%").removesuffix("\\"))  # \$12, 45\%
+    sign, cleaned = (-1.0 if cleaned[:1] == "-" else 1.0), cleaned.lstrip("+-").strip()
+    frac_tex = re.fullmatch(r"\\d?frac\{(\d+)\}\{(\d+)\}", cleaned)
+    parts = frac_tex.groups() if frac_tex else cleaned.split("/") if cleaned.count("/") == 1 else (cleaned,)
+    plain = [plain_number(part, language) for part in parts]
+    if None in plain:
         return None
-    return value if math.isfinite(value) else None
+    values = [float(p) for p in plain if p is not None]
+    if len(values) == 2:
+        return sign * values[0] / values[1] if values[1] else None
+    return sign * values[0] if math.isfinite(values[0]) else None
 
 
-def extract_final_number(answer: str) -> float | None:
+def extract_final_number(answer: str, language: str | None = None) -> float | None:
     """The number an answer commits to: the last ``\\boxed{}``, else the number after the last
-    "answer is"-style lead-in, else the last number in the text."""
+    "answer is"-style lead-in, else the last number in the text; numbers read as ``language`` writes them."""
+    number_re = _number_re(language)
     for boxed in reversed(_boxed_contents(answer)):
-        value = parse_number(boxed)
+        value = parse_number(boxed, language)
         if value is not None:
             return value
-        numbers = _NUMBER_RE.findall(boxed)
+        numbers = number_re.findall(boxed)
         if numbers:
-            return parse_number(numbers[-1])
+            return parse_number(numbers[-1], language)
     lead_ins = list(_LEAD_IN_RE.finditer(answer))
     if lead_ins:
         tail = answer[lead_ins[-1].end() :]
         # "The answer is 12 - 5 = 7": a worked line commits to what its last '=' gives
         line = tail.strip().split("\n", 1)[0]
-        numbers = _NUMBER_RE.findall(line.rsplit("=", 1)[1]) if "=" in line else []
-        numbers = numbers or _NUMBER_RE.findall(tail)
+        numbers = number_re.findall(line.rsplit("=", 1)[1]) if "=" in line else []
+        numbers = numbers or number_re.findall(tail)
         if numbers:
-            return parse_number(numbers[0])
-    numbers = _NUMBER_RE.findall(answer)
-    return parse_number(numbers[-1]) if numbers else None
+            return parse_number(numbers[0], language)
+    numbers = number_re.findall(answer)
+    return parse_number(numbers[-1], language) if numbers else None
 
 
 def _normalise_text(text: str) -> str:
@@ -139,20 +132,23 @@ def _normalise_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def answer_matches(answer: str, expected: object, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
+def answer_matches(
+    answer: str, expected: object, rel_tol: float = 1e-6, abs_tol: float = 1e-9, language: str | None = None
+) -> bool:
     """Whether ``answer`` (the text after the think block) gives the ``expected`` answer.
 
-    Numeric expectations compare the final number within tolerance. Other expectations compare
+    Numeric expectations compare the final number within tolerance, numbers read as ``language`` (the row's)
+    writes them, as the answer reward reads them. Other expectations compare
     the normalised boxed content, the line after an "answer is" lead-in, the last line, or the whole
     answer.
     """
     expected_number = (
         float(expected)
         if isinstance(expected, (int, float)) and not isinstance(expected, bool)
-        else parse_number(str(expected))
+        else parse_number(str(expected), language)
     )
     if expected_number is not None:
-        got = extract_final_number(answer)
+        got = extract_final_number(answer, language)
         return got is not None and math.isclose(got, expected_number, rel_tol=rel_tol, abs_tol=abs_tol)
     target = _normalise_text(str(expected))
     if not target:

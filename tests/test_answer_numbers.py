@@ -1,0 +1,73 @@
+"""Numbers in verifiable answers as each language writes them: the answer reward (on the prompt's language) and the
+evaluate stage's accuracy suite read them by one rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tempa.alignment.completions import Completion
+from tempa.alignment.prompts import PromptRow
+from tempa.alignment.rewards import AnswerReward, RewardSet, ScoreItem, ScoringEnv
+from tempa.merge.answers import answer_matches
+
+# (language, reference, the model's answer, right reading, wrong reading): each answer is right for the reference
+# and wrong for a reference one reading away (the other decimal mark, or dropped groups).
+CASES = [
+    ("id", "1,250", "Jadi jumlahnya adalah 1.250 rupiah.", "1250", "1.25"),
+    ("id", "1250", "Jadi jumlahnya adalah Rp1.250.", "1250", "1.25"),
+    ("id", "2500000", "Jadi total harganya Rp 2.500.000,00.", "2500000", "2500"),
+    ("vi", "1250", "Vậy tổng số tiền là 1.250 đồng.", "1250", "1.25"),
+    ("vi", "2.5", "Vậy đáp án là 2,5 kg.", "2.5", "25"),
+    ("vi", "1000", "Đáp án: 1 000", "1000", "1"),
+    ("fr", "1000", "Réponse : 1\u202f000 euros.", "1000", "1"),
+    ("th", "1.25", "ดังนั้นคำตอบคือ 1.250 กิโลกรัม", "1.25", "1250"),
+    ("th", "1,250", "ดังนั้นคำตอบคือ1,250บาท", "1250", "1.25"),  # Thai puts no space between words and numbers
+    ("ta", "1250000", "ராமுவிடம் மொத்தம் 12,50,000 ரூபாய் உள்ளது.", "1250000", "12.5"),
+    ("ta", "125000", "மொத்தம் ₹1,25,000 ஆகும்.", "125000", "1.25"),  # Indian lakh grouping
+    ("ta", "1.25", "அவளிடம் 1.250 கிலோ அரிசி உள்ளது.", "1.25", "1250"),
+    ("ja", "1250", "答えは1,250円です。", "1250", "1.25"),
+    ("ja", "1.25", "答えは1.250キロです。", "1.25", "1250"),
+]
+
+
+def _reward(language: str, reference: str, answer: str) -> float | None:
+    row = PromptRow(
+        id="p",
+        messages=[{"role": "user", "content": "?"}],
+        language=language,
+        answer=reference,
+        thinking_mode="off",
+    )
+    item = ScoreItem(row, Completion(text=answer, prefill="<think>\n</think>\n", finish_reason="stop"))
+    return RewardSet([AnswerReward()], ScoringEnv(policy_dir=Path("."), tokenizer_dir=Path("."))).score(
+        [item]
+    )[0]["scores"]["answer"]
+
+
+@pytest.mark.parametrize(("language", "reference", "answer", "right", "wrong"), CASES)
+def test_answer_reward_reads_numbers_as_the_prompt_language_writes_them(
+    language, reference, answer, right, wrong
+):
+    assert _reward(language, reference, answer) == 1.0
+    assert _reward(language, right, answer) == 1.0
+    assert _reward(language, wrong, answer) == 0.0
+
+
+@pytest.mark.parametrize(("language", "reference", "answer", "right", "wrong"), CASES)
+def test_accuracy_suite_reads_numbers_as_the_answer_reward_does(language, reference, answer, right, wrong):
+    for expected, verdict in ((reference, True), (right, True), (wrong, False)):
+        assert answer_matches(answer, expected, language=language) is verdict
+        assert answer_matches(answer, expected, language=language) == (
+            _reward(language, expected, answer) == 1.0
+        )
+
+
+def test_real_math_stays_with_math_verify():
+    # fractions, LaTeX and a decimal comma against a fraction: read as today, in any language
+    assert _reward("vi", "3/4", "Vậy đáp án là 0,75.") == 1.0
+    assert _reward("id", "0.75", r"Jadi hasilnya $\frac{3}{4}$.") == 1.0
+    assert _reward("id", r"\frac{1}{2}", "Jadi peluangnya 0,5.") == 1.0
+    assert _reward("id", "x^2+1", "Jadi f(x) = x^2 + 1") == 1.0
+    assert _reward("id", "0.125", "Jadi peluangnya 0,125.") == 1.0  # a lone 0: a decimal comma, not 125

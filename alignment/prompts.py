@@ -2,7 +2,8 @@
 
 A row holds either ``messages`` (a chat ending with a user turn; a trailing assistant turn is
 taken off and kept as the ``reference`` answer) or a plain ``prompt`` string, and optionally
-the target ``language``, a verifiable ``answer`` and a per-row ``thinking_mode``. Turns are read by
+the target ``language``, a verifiable ``answer`` (a string, a number or a list of accepted ones) and a per-row
+``thinking_mode``. A row whose question is empty, or whose answer the answer reward could not compare, is refused. Turns are read by
 the sft row reader (:func:`tempa.sft.formats.normalize_row`), so an agent's history keeps its
 ``tool_calls`` and ``tool`` results, and the row's ``tools`` come along; such a prompt may end with a
 tool result (the next assistant turn is sampled). Only stages that render the tools everywhere accept
@@ -17,6 +18,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +70,8 @@ class PromptSource(BaseModel):
     prompt_field: str = Field(default="prompt", description="Column with a plain prompt string (used when there "
                               "is no messages column).")
     language_field: str = Field(default="language", description="Column with the target language (ISO 639-1).")
-    answer_field: str = Field(default="answer", description="Column with the verifiable reference answer.")
+    answer_field: str = Field(default="answer", description="Column with the verifiable reference answer: a string, "
+                              "a number or a non-empty list of accepted ones (unset or \"\": none).")
     thinking_field: str = Field(default="thinking_mode", description="Column with a per-row thinking mode (on/off).")
     tools_field: str = Field(default="tools", description="Column with the tool definitions the prompt offers (a "
                              "list of OpenAI-style definitions or that list as JSON text; preference stages only).")
@@ -252,6 +255,28 @@ def _turns_and_tools(row: dict[str, Any], source: PromptSource) -> tuple[list[di
     raise RowError(f"has neither a '{source.messages_field}' list nor a '{source.prompt_field}' string")
 
 
+def answer_problem(value: Any) -> str | None:
+    """What is wrong with a row's reference answer, or None when the answer reward can use it. The reward compares
+    text: a mapping or a boolean would be compared as its Python spelling ("{'v': 4}", "True"), and an empty list
+    (or an empty item in one) would fail every sample of the row. Unset or "" means the row has no answer."""
+    if value is None or isinstance(value, str):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | list | tuple):
+        return f"expected a string, a number or a non-empty list of them, got {type(value).__name__} {value!r:.60}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"expected a finite number, got {value!r}"
+    if isinstance(value, list | tuple):
+        if not value:
+            return "expected a string, a number or a non-empty list of them (the accepted answers), got []"
+        for index, item in enumerate(value):
+            if isinstance(item, list | tuple) or (isinstance(item, str) and not item.strip()):
+                return f"item {index}: expected a non-empty string or a number, got {item!r:.60}"
+            problem = answer_problem(item)
+            if problem is not None:
+                return f"item {index}: {problem}"
+    return None
+
+
 def _compact(turn: dict[str, Any]) -> dict[str, Any]:
     # Unset fields left out: a plain turn stays {role, content}, as prompts (and their ids) always were.
     return {key: value for key, value in turn.items() if value is not None}
@@ -288,6 +313,15 @@ def to_prompt(row: dict[str, Any], index: int, source: PromptSource, name: str |
         what = f"'{source.tools_field}'" if tools else "a tool loop (tool_calls / tool turns)"
         raise StageError(f"{where}: has {what}, which only a preference stage samples with; this stage would "
                          "render the prompt without it")
+    if messages[-1]["role"] == "user" and isinstance(messages[-1].get("content"), str) and not messages[-1][
+            "content"].strip():
+        field = source.prompt_field if source.messages_field not in row else source.messages_field
+        raise StageError(f"{where}: {field}: the last user message is empty; expected the question to sample "
+                         "answers to")
+    answer = row.get(source.answer_field)
+    problem = answer_problem(answer)
+    if problem is not None:
+        raise StageError(f"{where}: {source.answer_field}: {problem}")
     if source.system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": source.system_prompt})
     mode = row.get(source.thinking_field)
@@ -305,7 +339,7 @@ def to_prompt(row: dict[str, Any], index: int, source: PromptSource, name: str |
         id=prompt_id(index, messages, tools),
         messages=messages,
         language=language or None,
-        answer=row.get(source.answer_field),
+        answer=answer,
         reference=reference,
         thinking_mode=mode,
         tools=tools,

@@ -133,3 +133,47 @@ def test_an_unset_api_key_of_an_evaluate_stages_win_rate_judge_is_refused_before
     assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [f"tempa: error: {problem}"]
     assert not (tmp_path / "run" / "sft").exists()
+
+
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ({"prompt": "", "language": "id", "answer": "4"}, "prompt: the last user message is empty"),
+        ({"messages": [{"role": "user", "content": "  "}], "answer": "4"}, "messages: the last user message is empty"),
+        ({"prompt": "Berapa 2+2?", "answer": []}, "answer: expected a string, a number or a non-empty list of them"),
+        ({"prompt": "Berapa 2+2?", "answer": {"v": 4}}, "answer: expected a string, a number or a non-empty list of "
+         "them, got dict {'v': 4}"),
+        ({"prompt": "Berapa 2+2?", "answer": True}, "answer: expected a string, a number or a non-empty list of them, "
+         "got bool True"),
+        ({"prompt": "Berapa 2+2?", "answer": ["4", ""]}, "answer: item 1: expected a non-empty string or a number"),
+    ],
+)
+def test_plan_refuses_an_empty_prompt_or_an_answer_the_reward_cannot_compare(tmp_path, tiny_model_dir, capsys, row,
+                                                                             problem):
+    # Accepted, such a row was trained on as an empty user turn, or its answer scored 0.0 for every sample (an empty
+    # list) or was compared as Python's spelling of it ("{'v': 4}", "True").
+    good = {"prompt": "Berapa 1+1?", "language": "id", "answer": "2"}
+    (tmp_path / "prompts.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    path = recipe(tmp_path, tiny_model_dir, """
+        - name: align
+          kind: rl
+          prompts: {path: prompts.jsonl}
+          rewards: [{type: answer}, {type: format}]
+    """)
+    assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert f"stage 'align' would fail: {tmp_path / 'prompts.jsonl'}: line 2: {problem}" in err
+    assert "Traceback" not in err
+
+
+def test_plan_accepts_numbers_and_lists_of_accepted_answers(tmp_path, tiny_model_dir, capsys):
+    rows = [{"prompt": "Berapa 2+2?", "answer": 4}, {"prompt": "Setengah?", "answer": 0.5},
+            {"prompt": "Ibu kota?", "answer": ["Jakarta", "DKI Jakarta"]}, {"prompt": "Ceritakan.", "answer": ""}]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = recipe(tmp_path, tiny_model_dir, """
+        - name: align
+          kind: rl
+          prompts: {path: prompts.jsonl}
+          rewards: [{type: answer}, {type: format}]
+    """)
+    assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 0, capsys.readouterr().err

@@ -14,7 +14,7 @@ import math
 import re
 import unicodedata
 
-from tempa.alignment.rewards import number_body, plain_number
+from tempa.alignment.numbers import number_body, plain_number
 from tempa.chat_templates.thinking import THINK_CLOSE, THINK_OPEN, has_think_tags, split_reasoning
 
 
@@ -48,7 +48,7 @@ def thinking_off_compliant(text: str, open_tag: str = THINK_OPEN, close_tag: str
 
 @functools.cache
 def _number_re(language: str | None) -> re.Pattern[str]:
-    """A number as written in ``language`` (see :func:`tempa.alignment.rewards.number_body`: the answer reward reads
+    """A number as written in ``language`` (see :func:`tempa.alignment.numbers.number_body`: the answer reward reads
     numbers by the same rule), signed, with a currency sign, as a fraction or a percentage: -3/4, $12, 45%."""
     return re.compile(rf"[-+−]?\$?(?:{number_body(language)})(?:\s?/\s?\d+(?:\.\d+)?)?%?")
 
@@ -83,7 +83,7 @@ def _boxed_contents(text: str) -> list[str]:
 def parse_number(text: str, language: str | None = None) -> float | None:
     """Parse ``'1,234.5'``, ``'$12'``, ``'-3/4'``, ``'45%'``, ``'−2'``, ``'2,5'`` into a float; None otherwise.
 
-    Numbers read as ``language`` writes them (:func:`tempa.alignment.rewards.plain_number`): ``1,500`` is 1500 and
+    Numbers read as ``language`` writes them (:func:`tempa.alignment.numbers.plain_number`): ``1,500`` is 1500 and
     ``1.500.000`` a million everywhere, ``2,5`` and ``0,125`` have a decimal comma; ``1.500`` is 1500 in a language
     with a decimal comma (Indonesian, Vietnamese, ...) and 1.5 in others (and without a language).
     """

@@ -35,7 +35,8 @@ Guards against the known failures, each a trl setting tempa sets by default (and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -74,6 +75,44 @@ DEFAULT_RL_ARGS: dict[str, Any] = {
     "save_total_limit": 2,
     "report_to": "none",
 }
+
+
+@dataclass(frozen=True)
+class GenerationBatch:
+    """What trl samples at once: ``completions`` (its generation_batch_size), ``prompts`` of them x
+    num_generations, trained as ``steps`` micro-batch steps (its steps_per_generation)."""
+
+    completions: int
+    steps: int
+    prompts: int
+
+
+def generation_batch(train: Mapping[str, Any], processes: int) -> GenerationBatch:
+    """The generation batch of an RL stage's (tempa-defaulted) ``train`` args over ``processes`` data-parallel
+    processes, derived as trl 1.16's GRPOConfig / RLOOConfig.__post_init__ derive it. A shape trl refuses is a
+    ``ValueError`` starting with the recipe field to change (``num_generations: ...``): trl names its own derived
+    ``generation_batch_size``, which the recipe usually never set."""
+    per_device = int(train.get("per_device_train_batch_size", DEFAULT_RL_ARGS["per_device_train_batch_size"]))
+    generations = int(train.get("num_generations", DEFAULT_RL_ARGS["num_generations"]))
+    size, steps = train.get("generation_batch_size"), train.get("steps_per_generation")
+    per_step = per_device * processes
+    shape = f"per_device_train_batch_size {per_device} x {processes} process{'es' if processes != 1 else ''}"
+    if size is not None and steps is not None:
+        raise ValueError(f"generation_batch_size: set it or steps_per_generation, not both ({size} and {steps})")
+    if size is None:
+        steps = int(steps if steps is not None else train.get("gradient_accumulation_steps", 1))
+        size = per_step * steps
+        by = "steps_per_generation" if train.get("steps_per_generation") is not None else "gradient_accumulation_steps"
+        how = f"{shape} x {by} {steps}"
+    elif size % per_step:
+        raise ValueError(f"generation_batch_size: {size} is not a multiple of {shape} = {per_step} completions")
+    else:
+        steps, how = size // per_step, f"generation_batch_size {size}"
+    if size % generations:
+        # trl normalises rewards within each prompt's samples: a group may not straddle two batches
+        raise ValueError(f"num_generations: {generations} does not divide the {size} completions trl samples at once "
+                         f"({how}); each prompt's samples must fall in one generation batch")
+    return GenerationBatch(completions=size, steps=steps, prompts=size // generations)
 
 
 class RLStageConfig(StageConfigBase):

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from tempa.alignment.rl_config import DEFAULT_RL_ARGS, generation_batch
 from tempa.chat_templates.baking import GenerationDefaults
 from tempa.recipes.engine import SHIPPED_ACCELERATE, SHIPPED_DEEPSPEED, Engine, read_engine, shipped_path
+from tempa.sft.global_batch import accumulation_for
 from tempa.sft.run_layout import safe_name
 from tempa.sft.stage_api import OnOff, looks_local, resolve_path
 from tempa.sft.suggest import did_you_mean
@@ -149,6 +159,48 @@ def _config_file(value: str, info, shipped: tuple[str, ...]) -> str:
         raise ValueError(f"{value!r} is neither a shipped config ({', '.join(shipped)}) nor an existing file") from None
 
 
+def _rl_fits_the_launch(stage: Any, info: ValidationInfo) -> Any:
+    """Refuse, naming the stage's field, an `rl` stage that trl would refuse (or train nothing with) once its worker
+    starts, after every stage before it: the generation batch depends on the launch's processes.
+
+    Runs on the stage as written (its own validation comes after the recipe's); values of the wrong type are
+    left to it."""
+    launch = info.data.get("launch")
+    if not isinstance(launch, LaunchConfig) or not isinstance(stage, dict) or stage.get("kind") != "rl":
+        return stage
+    written = stage.get("train") or {}
+    if not isinstance(written, dict):
+        return stage
+    if written.get("use_vllm") is True and launch.use_cpu:
+        raise ValueError("train.use_vllm: true samples with vLLM on CUDA GPUs, but launch.use_cpu is true; remove "
+                         "use_vllm (transformers' generate samples on CPU)")
+    train = {**DEFAULT_RL_ARGS, **written}
+    keys = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_generations", "generation_batch_size",
+            "steps_per_generation")
+    processes = launch.num_processes or launch.engine().num_processes
+    if processes is None or any(type(train.get(key)) not in (int, type(None)) for key in keys):
+        return stage  # accelerate counts the GPUs when the launch does not say
+    data_parallel = max(1, processes // launch.sequence_parallel)
+    if launch.global_batch_size is not None:
+        try:  # what the worker sets, and trl's default steps_per_generation follows
+            train["gradient_accumulation_steps"] = accumulation_for(
+                launch.global_batch_size, train["per_device_train_batch_size"], data_parallel)
+        except ValueError:
+            return stage  # `tempa plan` warns of a global batch the launch cannot make
+    try:
+        batch = generation_batch(train, data_parallel)
+    except ValueError as exc:
+        raise ValueError(f"train.{exc}") from None
+    prompts = stage.get("prompts")
+    limit = prompts.get("limit") if isinstance(prompts, dict) else None
+    if type(limit) is int and limit < batch.prompts:
+        raise ValueError(f"prompts.limit: {limit} prompts are fewer than one generation batch of {batch.prompts} "
+                         f"prompts ({batch.completions} completions / num_generations {train['num_generations']}): "
+                         "trl drops a batch it cannot fill and would train no step; lower per_device_train_batch_size "
+                         "(it counts completions, not prompts) or raise the limit")
+    return stage
+
+
 class Recipe(BaseModel):
     """A whole post-training pipeline. Stages run in order; each one's output is on disk."""
 
@@ -192,7 +244,8 @@ class Recipe(BaseModel):
         "run code when loaded. tempa converts it to safetensors once (in the cache) and reads only that.",
     )
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
-    stages: list[Any] = Field(min_length=1, description="Ordered stages; each has name, kind and settings.")
+    stages: list[Annotated[Any, AfterValidator(_rl_fits_the_launch)]] = Field(
+        min_length=1, description="Ordered stages; each has name, kind and settings.")
 
     @field_validator("name")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -446,3 +447,106 @@ def test_a_temperature_that_cannot_sample_a_group_is_refused_by_name(temperature
         RLStageConfig.model_validate({**base, "train": {"temperature": temperature}})
     train = RLStageConfig.model_validate({**base, "train": {"temperature": 0.6}}).train_args()
     assert train["temperature"] == 0.6
+
+
+# --------------------------------------------------------------------------- the batch shape, checked at load
+
+
+def rl_recipe(folder: Path, train: str, launch: str = "{accelerate_config: single}", prompts: str = "") -> Path:
+    """A recipe with one rl stage whose `train:` block is ``train`` (one line each key, so errors name a line)."""
+    path = folder / "r.yaml"
+    path.write_text(f"name: t\nbase_model: tempa:tiny\nlaunch: {launch}\nstages:\n  - name: rlvr\n    kind: rl\n"
+                    f"    prompts: {{path: {PROMPTS}{prompts}}}\n    rewards: [{{type: format}}]\n    train:\n"
+                    + "".join(f"      {line.strip()}\n" for line in train.split(";")))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("launch", "train", "field", "numbers"),
+    [
+        # 1 process x 4 completions: 3 samples per prompt cannot fill it with whole prompts
+        ("{accelerate_config: single}", "num_generations: 3; per_device_train_batch_size: 4", "num_generations",
+         "3 does not divide the 4 completions"),
+        # 8 processes x 1 x 1: 16 samples of a prompt would span two generation batches
+        ("{accelerate_config: ddp}", "num_generations: 16; per_device_train_batch_size: 1", "num_generations",
+         "16 does not divide the 8 completions"),
+        # launch.global_batch_size sets the accumulation, and with it trl's steps_per_generation: 6 = 2 x 1 x 3
+        ("{accelerate_config: single, global_batch_size: 6}", "num_generations: 4; per_device_train_batch_size: 2",
+         "num_generations", "4 does not divide the 6 completions"),
+        ("{accelerate_config: single}", "num_generations: 4; per_device_train_batch_size: 4; generation_batch_size: 6",
+         "generation_batch_size", "6 is not a multiple of per_device_train_batch_size 4 x 1 process"),
+    ],
+)
+def test_a_generation_batch_trl_would_refuse_is_refused_at_load_by_the_recipes_field(tmp_path, launch, train, field,
+                                                                                      numbers):
+    """trl's GRPOConfig refused these when the worker started (after every stage before it), naming its own
+    `generation_batch_size`, which the recipe never set."""
+    from tempa.recipes.errors import RecipeError
+
+    path = rl_recipe(tmp_path, train, launch)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith(f"{field}:"))
+    with pytest.raises(RecipeError, match=re.escape(numbers)) as caught:
+        load_recipe(path)
+    assert str(caught.value).startswith(f"{path}:{line}: stages[0].train.{field} (stage 'rlvr'): ")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_batch_shape_that_fits_the_launch_loads(tmp_path):
+    # 16 samples per prompt fit 8 processes x 1 completion x 2 accumulation steps: the same trl accepts
+    loaded = load_recipe(rl_recipe(tmp_path, "num_generations: 16; per_device_train_batch_size: 1; "
+                                             "gradient_accumulation_steps: 2", "{accelerate_config: ddp}"))
+    assert loaded.stage("rlvr").train_args()["num_generations"] == 16
+
+
+def test_fewer_prompts_than_one_generation_batch_are_refused_at_load(tmp_path):
+    """trl drops a generation batch it cannot fill; with fewer prompts than one it trained nothing, and the worker
+    said so in terms of per_device_train_batch_size, which counts completions, not prompts."""
+    from tempa.recipes.errors import RecipeError
+
+    train = "num_generations: 2; per_device_train_batch_size: 16"
+    with pytest.raises(RecipeError, match=r"prompts\.limit \(stage 'rlvr'\): 6 prompts are fewer than one "
+                                          r"generation batch of 8 prompts"):
+        load_recipe(rl_recipe(tmp_path, train, prompts=", limit: 6"))
+    assert load_recipe(rl_recipe(tmp_path, train, prompts=", limit: 8")).stage("rlvr").prompts.limit == 8
+
+
+def test_vllm_asked_for_on_a_cpu_launch_is_refused_at_load(tmp_path):
+    from tempa.recipes.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"stages\[0\]\.train\.use_vllm \(stage 'rlvr'\): .*launch\.use_cpu"):
+        load_recipe(rl_recipe(tmp_path, "use_vllm: true", "{accelerate_config: single, use_cpu: true}"))
+    assert load_recipe(rl_recipe(tmp_path, "use_vllm: false", "{accelerate_config: single, use_cpu: true}"))
+
+
+@pytest.mark.parametrize("trainer", ["grpo", "rloo"])
+@pytest.mark.parametrize(
+    ("per_device", "processes", "accumulation", "size", "steps", "generations"),
+    [(8, 1, 1, None, None, 8), (4, 2, 3, None, None, 8), (4, 2, 3, None, None, 6), (2, 4, 1, None, 3, 12),
+     (2, 4, 1, None, 3, 5), (4, 2, 1, 24, None, 6), (4, 2, 1, 20, None, 4), (4, 2, 1, 24, None, 5),
+     (4, 1, 1, 8, 2, 2)],
+)
+def test_the_generation_batch_is_the_one_trl_derives(trainer, per_device, processes, accumulation, size, steps,
+                                                     generations):
+    """tempa's mirror of trl's GRPOConfig / RLOOConfig.__post_init__ refuses what trl refuses and derives the same
+    generation batch and steps_per_generation (trl multiplies the per-device batch by the processes: one CPU
+    process with per_device x processes is the same arithmetic)."""
+    import trl
+
+    from tempa.alignment.rl_config import generation_batch
+
+    train = {"per_device_train_batch_size": per_device, "gradient_accumulation_steps": accumulation,
+             "generation_batch_size": size, "steps_per_generation": steps, "num_generations": generations}
+    config_class = trl.GRPOConfig if trainer == "grpo" else trl.RLOOConfig
+    try:
+        theirs = config_class(output_dir="unused", use_cpu=True, report_to="none", **{
+            **train, "per_device_train_batch_size": per_device * processes})
+    except ValueError:
+        theirs = None
+    if theirs is None:
+        with pytest.raises(ValueError):
+            generation_batch(train, processes)
+    else:
+        ours = generation_batch(train, processes)
+        assert (ours.completions, ours.steps) == (theirs.generation_batch_size, theirs.steps_per_generation)
+        assert ours.prompts == theirs.generation_batch_size // generations
+

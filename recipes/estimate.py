@@ -835,7 +835,9 @@ def estimate_recipe(
             problem = ""
             if not looked and stage.kind == "sft" and result is None:
                 (tokenizer, problem), looked = plan_tokenizer(loaded), True
-            inputs = EstimateInputs(avg_tokens_thinking_on, avg_tokens_thinking_off, dict(sizes), result, tokenizer)
+            inputs = EstimateInputs(avg_tokens_thinking_on, avg_tokens_thinking_off, dict(sizes), result, tokenizer,
+                                    data_parallel=max(1, machine.gpus // launch.sequence_parallel),
+                                    global_batch_size=launch.global_batch_size)
             estimates.append(estimate_stage(stage.name, stage.kind, kind.estimate(stage, inputs), shape, machine,
                                             mfu, launch=launch, unknown_size=source))
             if problem:  # once, on the first stage that would have used it

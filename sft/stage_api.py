@@ -403,6 +403,10 @@ class EstimateInputs:
     # The base model's tokenizer with the recipe's chat template, when it is on this machine: renders and
     # tokenises sampled local rows as training will.
     tokenizer: Any = None
+    # The data-parallel processes of the hardware planned for, and the launch's global batch (which sets the
+    # gradient accumulation there): an RL stage's generation batch, and the prompts trl drops, follow from them.
+    data_parallel: int = 1
+    global_batch_size: int | None = None
 
 
 @dataclass(frozen=True)

@@ -153,10 +153,13 @@ def test_the_plan_on_8xh100_includes_generation_time():
     assert rl.memory.capacity == pytest.approx(0.7 * 79.6)
     text = render_estimate(loaded, "8xH100")
     assert "generation while training: vLLM colocate" in text
-    # twice the samples per prompt: twice the sampling time
+    # twice the samples per prompt: twice the sampling time per prompt trained; a generation batch (256
+    # completions) then holds 16 prompts, not 32, and trl drops fewer of the prompts left over each epoch
     doubled = load_recipe(RECIPE, ["stages.rlvr.train.num_generations=16"])
     rl16 = {e.name: e for e in estimate_recipe(doubled, "8xH100")}["rlvr"]
-    assert rl16.generation_hours == pytest.approx(2 * rl.generation_hours)
+    prompts = sum(1 for line in Path(PROMPTS).read_text().splitlines() if line.strip())
+    trained = {per_batch: prompts // per_batch * per_batch for per_batch in (16, 32)}
+    assert rl16.generation_hours == pytest.approx(2 * rl.generation_hours * trained[16] / trained[32])
 
 
 # --------------------------------------------------------------------------- pieces
@@ -384,7 +387,8 @@ def test_prompts_may_be_an_earlier_stages_dataset(tmp_path, tiny_model_dir):
 @pytest.mark.parametrize("iterations", [1, 2])
 def test_the_plan_counts_the_steps_trl_trains(tmp_path, tiny_model_dir, iterations):
     """`tempa plan` steps and trained completions are what trl's GRPOTrainer does: with num_iterations
-    (GRPO's mu) each generation batch is sampled once and trained on mu times."""
+    (GRPO's mu) each generation batch is sampled once and trained on mu times, and the last prompt, which
+    fills no generation batch (2 prompts x 2 samples), is dropped as trl drops it."""
     import textwrap
 
     import datasets
@@ -401,7 +405,7 @@ def test_the_plan_counts_the_steps_trl_trains(tmp_path, tiny_model_dir, iteratio
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Berapa {i} + {i}?", "answer": str(2 * i)}) + "\n"
-                               for i in range(4)))
+                               for i in range(5)))
     recipe = tmp_path / "r.yaml"
     recipe.write_text(textwrap.dedent(f"""
         name: t
@@ -433,8 +437,9 @@ def test_the_plan_counts_the_steps_trl_trains(tmp_path, tiny_model_dir, iteratio
     trainer = rl_trainer(plan, tokenizer, KernelChoice(attn_implementation=None, use_liger_kernel=False))
     trainer.train()
     assert planned.steps == trainer.state.global_step
-    # every step trains one global batch of completions (4 here): the plan's rows are the completions trained
-    assert planned.global_batch * planned.steps == 4 * 2 * iterations
+    # every step trains one global batch of completions (4 here): the plan's rows are the completions trained,
+    # 2 whole generation batches of 2 prompts x 2 samples
+    assert planned.global_batch * planned.steps == 2 * 4 * iterations
 
 
 @pytest.mark.parametrize("temperature", [0, 0.0, -0.7])
@@ -550,3 +555,17 @@ def test_the_generation_batch_is_the_one_trl_derives(trainer, per_device, proces
         assert (ours.completions, ours.steps) == (theirs.generation_batch_size, theirs.steps_per_generation)
         assert ours.prompts == theirs.generation_batch_size // generations
 
+
+def test_the_plan_drops_the_prompts_trl_drops_on_8xh100():
+    """154 sample prompts, 8 GPUs x 8 completions x 4 accumulation steps = 256 completions = 32 prompts per
+    generation batch: trl trains 4 whole batches per epoch and drops 26 prompts; the plan counted 5."""
+    from tempa.recipes.estimate import estimate_recipe
+
+    loaded = load_recipe(RECIPE)
+    rl = {e.name: e for e in estimate_recipe(loaded, "8xH100")}["rlvr"]
+    train = loaded.stage("rlvr").train_args()
+    prompts = sum(1 for line in Path(PROMPTS).read_text().splitlines() if line.strip())
+    per_batch = 8 * train["per_device_train_batch_size"] * train["gradient_accumulation_steps"] \
+        // train["num_generations"]
+    assert rl.steps == (prompts // per_batch) * train["num_train_epochs"]
+    assert any(f"{prompts % per_batch} of {prompts} prompts" in note for note in rl.notes)

@@ -56,7 +56,9 @@ def estimate_rl(config: RLStageConfig, inputs: EstimateInputs) -> TrainingWorklo
         prompt_tokens=None if rows is None else rows * AVG_PROMPT_TOKENS,
         gpu_memory_fraction=memory,
         how=f"{engine}, {'?' if rows is None else f'{rows * sampled:,}'} sampled tokens per epoch")
-    return TrainingWorkload(tokens=tokens, train_args=train, reference_model=beta > 0, lora=config.lora,
+    # trl computes the KL reference of a peft model with its adapters disabled: no copy of the model then
+    return TrainingWorkload(tokens=tokens, train_args=train, reference_model=beta > 0 and config.lora is None,
+                            lora=config.lora,
                             sequence_tokens=AVG_PROMPT_TOKENS + completion,
                             # reference and old-policy passes: once per sampled batch, not per iteration
                             extra_forwards=math.ceil((int(beta > 0) + int(old_policy)) / iterations),

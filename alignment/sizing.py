@@ -57,6 +57,7 @@ def estimate_preference(config: PreferenceStageConfig, inputs: EstimateInputs) -
     where = "prompts x assumed pair length"
     tokens = (TokenCount(None, None, where, [note]) if prompts is None
               else TokenCount(2 * prompts * per_sequence, prompts, where, [note]))
+    # trl's DPOTrainer scores the reference with a peft model's adapters disabled: no copy of the model then
     return TrainingWorkload(tokens=tokens, train_args=train, sequences_per_row=2,
-                            rounds=config.rounds + (config.offline is not None),
-                            reference_model=not train.get("precompute_ref_log_probs", False))
+                            rounds=config.rounds + (config.offline is not None), lora=config.lora,
+                            reference_model=config.lora is None and not train.get("precompute_ref_log_probs", False))

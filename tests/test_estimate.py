@@ -657,3 +657,16 @@ def test_the_global_batch_advice_is_one_the_hardware_can_follow():
     followed = load_recipe("sea-lion-v3-70b-it", [f"{stage}.per_device_train_batch_size=1",
                                                   f"{stage}.gradient_accumulation_steps=1", "launch.global_batch_size=16"])
     assert not any("global batch" in w and "multiple" in w for w in estimate_recipe(followed, "2x8xH100")[0].warnings)
+
+
+def test_a_lora_preference_stage_is_planned_as_lora_without_a_reference_copy(tmp_path: Path):
+    """trl's DPOTrainer loads no reference model for a peft model (it disables the adapters to score the
+    reference), and trains adapters only; the plan sized a LoRA DPO stage as full fine-tuning plus a copy."""
+    full = estimate_recipe(load_recipe(write_recipe(tmp_path, HUB_8B, PREFERENCE_STAGE.format(extra=""))),
+                           "8xH100")[0]
+    (tmp_path / "lora").mkdir()
+    stage = PREFERENCE_STAGE.format(extra="") + "  lora: {r: 16, lora_alpha: 32}\n"
+    lora = estimate_recipe(load_recipe(write_recipe(tmp_path / "lora", HUB_8B, stage)), "8xH100")[0]
+    assert full.memory.reference > 0 and lora.memory.reference == 0
+    # adapters only: no optimizer states or gradients for the frozen base weights
+    assert lora.memory.total < full.memory.total - full.memory.reference

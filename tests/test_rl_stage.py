@@ -569,3 +569,14 @@ def test_the_plan_drops_the_prompts_trl_drops_on_8xh100():
         // train["num_generations"]
     assert rl.steps == (prompts // per_batch) * train["num_train_epochs"]
     assert any(f"{prompts % per_batch} of {prompts} prompts" in note for note in rl.notes)
+
+
+def test_a_lora_rl_stage_is_planned_without_a_reference_copy():
+    """trl's GRPOTrainer / RLOOTrainer compute the KL reference of a peft model with its adapters disabled:
+    beta > 0 loads no second model then; the plan counted one."""
+    from tempa.recipes.estimate import estimate_recipe
+
+    full = {e.name: e for e in estimate_recipe(load_recipe(RECIPE), "8xH100")}["rlvr"]
+    lora = {e.name: e for e in estimate_recipe(
+        load_recipe(RECIPE, ["stages.rlvr.lora={r: 16, lora_alpha: 32}"]), "8xH100")}["rlvr"]
+    assert full.memory.reference > 0 and lora.memory.reference == 0

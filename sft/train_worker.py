@@ -290,6 +290,23 @@ class ScheduleCheck(TrainerCallback):
             print(f"[tempa] warning: {problem}", flush=True)
 
 
+def no_step_message(args, rows: int | str) -> str:
+    """Why a trainer took no step, in the terms of its batch: an RL trainer's batches count completions, and it
+    samples whole generation batches of prompts (dropping the rest)."""
+    generations = getattr(args, "num_generations", None)
+    size = getattr(args, "generation_batch_size", None)
+    if generations and size:
+        return (f"training took no optimizer step: {rows} prompts are fewer than one generation batch of "
+                f"{size // generations} prompts (generation_batch_size {size} completions = "
+                f"per_device_train_batch_size {args.per_device_train_batch_size} x {args.world_size} processes x "
+                f"steps_per_generation {args.steps_per_generation}, / num_generations {generations}); trl drops a "
+                "batch it cannot fill: add prompts or lower per_device_train_batch_size (it counts completions)")
+    return (f"training took no optimizer step ({rows} training rows, "
+            f"num_train_epochs={args.num_train_epochs}, max_steps={args.max_steps}, "
+            f"per_device_train_batch_size={args.per_device_train_batch_size}, "
+            f"gradient_accumulation_steps={args.gradient_accumulation_steps}, processes={args.world_size})")
+
+
 def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *, evaluate: bool = False,
                    merge_adapters: bool = False) -> None:
     """Train (resuming from the last complete checkpoint), then publish ``final/`` atomically.
@@ -307,14 +324,8 @@ def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *
     if trainer.state.global_step <= 0:
         # Trainer "succeeds" without a single step (e.g. fewer rows than one batch per process):
         # publishing final/ would ship the starting weights as if they were trained.
-        args = trainer.args
         rows = len(trainer.train_dataset) if hasattr(trainer.train_dataset, "__len__") else "?"
-        raise RuntimeError(
-            f"training took no optimizer step ({rows} training rows, "
-            f"num_train_epochs={args.num_train_epochs}, max_steps={args.max_steps}, "
-            f"per_device_train_batch_size={args.per_device_train_batch_size}, "
-            f"gradient_accumulation_steps={args.gradient_accumulation_steps}, processes={args.world_size})"
-        )
+        raise RuntimeError(no_step_message(trainer.args, rows))
     # Before evaluating: the last backward left every FSDP2 unit resharded, while a forward-only pass
     # keeps the last one (final norm + lm_head, reshard_after_forward=False) gathered.
     shards = parameter_shards(trainer)

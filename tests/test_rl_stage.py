@@ -580,3 +580,19 @@ def test_a_lora_rl_stage_is_planned_without_a_reference_copy():
     lora = {e.name: e for e in estimate_recipe(
         load_recipe(RECIPE, ["stages.rlvr.lora={r: 16, lora_alpha: 32}"]), "8xH100")}["rlvr"]
     assert full.memory.reference > 0 and lora.memory.reference == 0
+
+
+def test_an_rl_run_without_a_step_says_it_in_prompts_and_generation_batches():
+    """The worker said '6 training rows, ... per_device_train_batch_size=16', but those rows are prompts and
+    that batch counts completions (a prompts file shorter than one generation batch, which the loader cannot
+    count before an earlier stage writes it)."""
+    import trl
+
+    from tempa.sft.train_worker import no_step_message
+
+    args = trl.GRPOConfig(output_dir="unused", use_cpu=True, report_to="none", num_generations=2,
+                          per_device_train_batch_size=16)
+    message = no_step_message(args, 6)
+    per_batch = args.generation_batch_size // args.num_generations
+    assert f"6 prompts are fewer than one generation batch of {per_batch} prompts" in message
+    assert "per_device_train_batch_size 16" in message and "\n" not in message

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from fractions import Fraction
 
 import numpy as np
 
@@ -52,7 +53,8 @@ def thinking_on_count(ratio: float, n: int) -> int:
     rows: a mix asked for is a mix delivered, so 0.05 of 10 rows is 1 row on, 0.95 of 10 is 9.
     A ratio of exactly 0 or 1 gives none or all.
     """
-    count = min(n, int(np.floor(ratio * n + 0.5)))
+    # On the ratio as written (its shortest decimal): in binary, 0.29 * 50 is 14.4999... and rounds down.
+    count = min(n, int(Fraction(str(ratio)) * n + Fraction(1, 2)))
     if 0 < ratio < 1 and n >= 2:
         count = min(max(count, 1), n - 1)
     return count

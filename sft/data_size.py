@@ -42,6 +42,7 @@ from tempa.sft.data_config import (
 from tempa.sft.data_report import DataMix
 from tempa.sft.expand import turn_views
 from tempa.sft.formats import Conversation
+from tempa.sft.mixing import heldout_count
 from tempa.sft.stage_api import EstimateInputs, SourceSize, TokenCount, TrainingWorkload
 from tempa.sft.throughput_summary import format_eta
 
@@ -496,10 +497,14 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int, dataset_si
                              f"({_limits_text(limits)}) and will be rejected")
             if cur is not None and cur.dedup is not None:
                 measured += "; any duplicates among these rows are counted, and dedup drops them when the stage runs"
+    counted = round(local.rows * usable) if local is not None and local.sampled else None
     if source.tokens is not None:
-        return SourceSize(max(1, source.tokens // max(1, avg)), avg, f"token budget {source.tokens:,}, {measured}")
+        rows = max(1, source.tokens // max(1, avg))
+        repeats = _repeats(rows, counted, usable, heldout)
+        return SourceSize(rows, avg, f"token budget {source.tokens:,}, {measured}{repeats}")
     if source.rows is not None:
-        return SourceSize(source.rows, avg, f"rows {source.rows:,}, {measured}")
+        repeats = _repeats(source.rows, counted, usable, heldout)
+        return SourceSize(source.rows, avg, f"rows {source.rows:,}, {measured}{repeats}")
     if source.stage_ref is not None and source.stage_ref in dataset_sizes:
         size = dataset_sizes[source.stage_ref]
         measured = f"~{size.tokens_per_row:,} tokens/row assumed ({source.thinking_mode})"
@@ -521,6 +526,19 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int, dataset_si
     weight = source.weight if source.weight is not None else 1.0
     held = f" less {heldout:g} held out" if heldout else ""
     return replace(size, rows=round(kept * weight), how=f"{size.how}{held} x weight {weight:g}, {measured}")
+
+
+def _repeats(planned: int, counted: int | None, usable: float, heldout: float | int) -> str:
+    """The note for a rows or token budget beyond the ``counted`` rows of a source less its held-out ones: the run
+    up-samples, each row repeated (and seen again every epoch)."""
+    if not counted:
+        return ""
+    held = heldout_count(heldout, counted)
+    available = counted - held
+    if available <= 0 or planned <= available:
+        return ""
+    rows = ("~" if usable < 1 else "") + _many(available, "row") + (f" left after {held:,} held out" if held else "")
+    return f"; more than its {rows}: each row ~{planned / available:.1f} times (up-sampled)"
 
 
 def _what_is_read(path: Path) -> str:

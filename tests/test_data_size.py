@@ -475,3 +475,20 @@ def test_with_dedup_on_the_plan_says_its_rows_include_duplicates(tmp_path: Path)
     assert with_dedup.rows == 10 and "any duplicates among these rows are counted, and dedup drops them when the stage runs" in \
         with_dedup.how
     assert "duplicates" not in source_size(config, 0, 800, {}, _words, cur=CurationConfig()).how
+
+
+def test_a_budget_beyond_the_source_says_its_rows_repeat(tmp_path: Path):
+    """Rows and token budgets up-sample a source smaller than they are (repeats, seen again every epoch); the plan
+    knows the source's rows and says so, where before it named the budget alone."""
+    lines = [ROW] * 40
+    size, note = _plan_note(tmp_path, lines, rows=100)
+    assert size.rows == 100 and "more than its 40 rows: each row ~2.5 times (up-sampled)" in note
+    held = source_size(SourceConfig.model_validate({"name": "s", "path": "rows.jsonl", "thinking_mode": "off",
+                                                    "rows": 100}, context={"base_dir": str(tmp_path)}),
+                       8, 800, {}, _words)
+    assert "more than its 32 rows left after 8 held out: each row ~3.1 times (up-sampled)" in " ".join(held.how.split())
+    budget = 100 * ROW_TOKENS
+    size, note = _plan_note(tmp_path, lines, tokens=budget)
+    assert size.rows == 100 and "more than its 40 rows: each row ~2.5 times (up-sampled)" in note
+    for fits in ({"rows": 40}, {"tokens": 40 * ROW_TOKENS}, {"rows": 10}):
+        assert "up-sampled" not in _plan_note(tmp_path, lines, **fits)[1]

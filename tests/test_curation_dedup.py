@@ -57,3 +57,29 @@ def test_a_near_duplicate_names_the_first_row_it_duplicates() -> None:
     assert dedup.offer(other, "jp line 2") is None
     reason = dedup.offer(edited, "jp line 3")
     assert reason is not None and reason[0] == curation.NEAR_DUPLICATE and "jp line 1" in reason[1]
+
+
+def test_rows_more_similar_than_the_threshold_are_near_duplicates() -> None:
+    # 100 unrelated questions, then each again with two characters changed: every copy is about 0.9 similar to its
+    # original, over the 0.85 threshold. LSH tuned for a balance of misses and false candidates finds only ~80% of
+    # such pairs; since candidates are checked, it is tuned to miss few (MinHash's own estimate still misses some).
+    rng = random.Random(2)
+    originals = ["".join(rng.choice(_KANJI) for _ in range(200)) for _ in range(100)]
+    copies = []
+    for text in originals:
+        chars = list(text)
+        for at in (60, 140):
+            chars[at] = rng.choice(_KANJI)
+        copies.append("".join(chars))
+    similarities = [_jaccard(a, b, 5) for a, b in zip(originals, copies, strict=True)]
+    assert min(similarities) > 0.89 and max(similarities) < 0.92
+
+    dedup = curation.Deduplicator(DedupConfig(exact=False))
+    assert all(dedup.offer(text, f"line {i + 1}") is None for i, text in enumerate(originals))
+    found = [dedup.offer(text, f"line {i + 101}") for i, text in enumerate(copies)]
+    named = [
+        r
+        for i, r in enumerate(found)
+        if r is not None and r[1].startswith(f"near-duplicate of line {i + 1} ")
+    ]
+    assert len(named) >= 93

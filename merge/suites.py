@@ -151,7 +151,7 @@ class CandidateScorer:
             raise StageError(f"suite '{suite.key}': no row has an 'answer'")
         texts = self._generate_rows(suite, rows)
         correct = [
-            answers.answer_matches(self.answer(text), row["answer"], rel_tol=suite.rel_tol)
+            answers.answer_matches(self.answer(text), row["answer"], rel_tol=suite.rel_tol, language=row.get("language"))
             for text, row in zip(texts, rows, strict=True)
         ]
         return {"accuracy": sum(correct) / len(correct), "rows": float(len(rows))}
@@ -176,7 +176,7 @@ class CandidateScorer:
         for row, text, target in zip(rows, texts, targets, strict=True):
             split = split_reasoning(text, self.open_tag, self.close_tag)
             detected.append(detect_language(split.answer, suite.languages, min_letters=suite.min_letters))
-            correct.append(row_correct(row, split.answer))
+            correct.append(row_correct(row, split.answer, target))
             reasoning.append(reasoning_verdict(split.reasoning, target, suite.reasoning, languages=suite.languages,
                                                min_letters=suite.min_letters, equivalent=suite.equivalent)[0])
         return {**language_scores(detected, targets, correct, suite.equivalent), **reasoning_scores(reasoning)}
@@ -292,11 +292,12 @@ def _rows_with_instructions(rows: list[dict[str, Any]]) -> list[tuple[dict[str, 
     return [(row, ifeval.parse_instructions(row["instructions"])) for row in rows if row.get("instructions")]
 
 
-def row_correct(row: dict[str, Any], answer: str) -> bool | None:
-    """Correctness of an answer by whatever the row can verify; None when it can verify nothing."""
+def row_correct(row: dict[str, Any], answer: str, language: str | None = None) -> bool | None:
+    """Correctness of an answer by whatever the row can verify; None when it can verify nothing. Numbers are read
+    as ``language`` (the row's, else the suite's) writes them."""
     verdicts = []
     if row.get("answer") not in (None, ""):
-        verdicts.append(answers.answer_matches(answer, row["answer"]))
+        verdicts.append(answers.answer_matches(answer, row["answer"], language=language or row.get("language")))
     if row.get("instructions"):
         verdicts.append(all(ifeval.check_all(ifeval.parse_instructions(row["instructions"]), answer)))
     return all(verdicts) if verdicts else None

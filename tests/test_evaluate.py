@@ -1019,3 +1019,25 @@ def test_a_generation_suite_prompts_a_tool_loop_with_its_results_and_tools(tmp_p
     plain = backend.tokenizer.apply_chat_template(chat[:1], add_generation_prompt=True, tokenize=False,
                                                   thinking_mode="off")
     assert plain in backend.rendered and len(scorer._cache) == 2
+
+
+def test_the_accuracy_and_language_suites_read_numbers_as_the_rows_language_writes_them(tmp_path):
+    """The answer reward reads "1.250" in an Indonesian row as 1250 (alignment.numbers); the accuracy suite read it
+    as 1.25, so a model trained to answer right scored wrong in evaluation."""
+    from tempa.alignment.generation import GenerationBackend
+    from tempa.merge.evaluate_config import AccuracySuite, EvalGeneration, LanguageSuite
+    from tempa.merge.suites import CandidateScorer
+
+    class Replies(GenerationBackend):  # a model's replies, fixed: what is under test is how they are scored
+        def generate(self, prompts, params, *, thinking_modes=None):
+            return [["Jadi jumlahnya adalah 1.250 rupiah." if "Rp" in p[-1]["content"] else "Kết quả là 2,5 kg."]
+                    for p in prompts]
+
+    rows = [{"prompt": "Harga 5 permen Rp250 per buah. Berapa totalnya?", "answer": 1250, "language": "id"},
+            {"prompt": "Chia 5 kg gạo cho 2 người, mỗi người bao nhiêu kg?", "answer": "2.5", "language": "vi"}]
+    scorer = CandidateScorer(Replies(), None, EvalGeneration())
+    scorer.prefill = lambda messages, mode, tools=None: ""  # no chat template: the replies are the whole answers
+    accuracy = AccuracySuite.model_validate({"type": "accuracy", "data": _write_rows(tmp_path / "a.jsonl", rows)})
+    assert scorer.accuracy(accuracy, rows)["accuracy"] == 1.0
+    language = LanguageSuite.model_validate({"type": "language", "data": str(tmp_path / "a.jsonl")})
+    assert scorer.language(language, rows)["accuracy"] == 1.0

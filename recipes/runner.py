@@ -40,7 +40,7 @@ from tempa.recipes.rundir import (
     write_metrics,
 )
 from tempa.recipes.schema import TINY_DEFAULT
-from tempa.sft.files import cache_root, digest, path_digest, point_link, write_atomic
+from tempa.sft.files import cache_root, digest, file_digest, path_digest, point_link, write_atomic
 from tempa.sft.run_layout import DONE, FINAL_DIR, FINAL_LINK, LOGS_DIR, RESOLVED_RECIPE, TOKENIZER_DIR
 from tempa.sft.stage_api import (
     Artifact,
@@ -555,6 +555,17 @@ def _skipped(decision: StageDecision, config: StageConfigBase, run_dir: Path) ->
     return manifest.upstream(stage_kind(decision.kind).result, config, run_dir), manifest.run_id
 
 
+_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt")
+
+
+def _tokenizer_inputs_digest(base_dir: Path) -> str:
+    """The base folder's files the bake reads: every top-level file but the weights (tokenizer.json, its config,
+    special tokens, SentencePiece models, generation_config.json, config.json)."""
+    files = sorted(p for p in base_dir.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and not p.name.endswith(_WEIGHTS) and not p.name.endswith(".index.json"))
+    return digest({p.name: file_digest(p) for p in files}) if files else str(base_dir)
+
+
 def prepare_tokenizer(base_dir: Path, template_ref: str, template: str, run_dir: Path, log: logging.Logger,
                       defaults=None) -> Path:
     """The base tokenizer with the recipe's template (name or path; ``template`` is its text, ``defaults``
@@ -562,8 +573,7 @@ def prepare_tokenizer(base_dir: Path, template_ref: str, template: str, run_dir:
     from tempa.chat_templates import bake_tokenizer
 
     out = run_dir / TOKENIZER_DIR
-    fp = digest({"template": digest(template), "base": path_digest(base_dir / "tokenizer_config.json")
-                 if (base_dir / "tokenizer_config.json").exists() else str(base_dir)})
+    fp = digest({"template": digest(template), "base": _tokenizer_inputs_digest(base_dir)})
     if done_fingerprint(out) == fp:
         return out
     clear_stage(out, run_dir)

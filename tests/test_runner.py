@@ -555,3 +555,31 @@ def test_a_teachers_transport_settings_are_not_part_of_the_stage_fingerprint(tmp
         assert fingerprint(f"stages.syn.teacher.{transport}") == base, transport
     assert fingerprint("stages.syn.teacher.model=teacher-b") != base
     assert fingerprint("stages.syn.sampling.temperature=0.2") != base
+
+
+def test_the_run_tokenizer_is_baked_again_when_any_tokenizer_file_of_the_base_changes(tmp_path, tiny_model_dir):
+    """The run's baked tokenizer was reused while the base's `tokenizer_config.json` was unchanged: a base whose
+    `generation_config.json` (the stop ids and sampling defaults the bake writes) or `tokenizer.json` changed in
+    place kept the old bake, and every stage trained and the final model shipped with it."""
+    import logging
+    import shutil
+
+    from tempa.chat_templates import load_template
+    from tempa.recipes.runner import prepare_tokenizer
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    template = load_template("llama3_thinking")
+    log = logging.getLogger("test")
+    out = prepare_tokenizer(base, "llama3_thinking", template, tmp_path / "run", log)
+    baked = json.loads((out / "generation_config.json").read_text())
+    assert baked.get("temperature") != 0.6
+    generation = json.loads((base / "generation_config.json").read_text())
+    (base / "generation_config.json").write_text(json.dumps({**generation, "temperature": 0.6, "do_sample": True}))
+    out = prepare_tokenizer(base, "llama3_thinking", template, tmp_path / "run", log)
+    assert json.loads((out / "generation_config.json").read_text())["temperature"] == 0.6
+    # unchanged, it is not baked again (the weights are no input of the bake)
+    stamp = (out / "tokenizer.json").stat().st_mtime_ns
+    (base / "model.safetensors").touch()
+    assert prepare_tokenizer(base, "llama3_thinking", template, tmp_path / "run", log) == out
+    assert (out / "tokenizer.json").stat().st_mtime_ns == stamp

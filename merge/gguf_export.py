@@ -248,7 +248,9 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
     config = AutoConfig.from_pretrained(model_dir)
     archs = tuple(getattr(config, "architectures", None) or ())
     if not set(archs) & set(SUPPORTED_ARCHITECTURES):
-        raise StageError(f"{model_dir}: GGUF export supports {', '.join(SUPPORTED_ARCHITECTURES)}, got {archs or '?'}")
+        raise StageError(f"{model_dir}: tempa's GGUF writer supports {', '.join(SUPPORTED_ARCHITECTURES)}, got "
+                         f"{', '.join(archs) or '?'}; convert it with convert_hf_to_gguf.py from a llama.cpp checkout, "
+                         "then quantise that file with `tempa export gguf MODEL-f16.gguf --type TYPE`")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     template = tokenizer.chat_template
     if not template:

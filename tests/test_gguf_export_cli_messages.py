@@ -46,3 +46,15 @@ def test_f16_and_q8_0_print_their_tensors_by_type(final, tmp_path, capsys):
     types = gguf_tensor_types(out)
     assert set(types) == {"Q8_0", "F32"}, types
     assert f"by type: F32 {types['F32']}, Q8_0 {types['Q8_0']}" in printed, printed
+
+
+def test_an_architecture_the_writer_lacks_is_pointed_to_llama_cpps_converter(tmp_path, capsys):
+    """A Qwen2 model got only "GGUF export supports LlamaForCausalLM, got ('Qwen2ForCausalLM',)": not the route
+    the README gives (llama.cpp's converter, then `tempa export gguf` on its f16 file to quantise)."""
+    from transformers import Qwen2Config
+
+    Qwen2Config(architectures=["Qwen2ForCausalLM"]).save_pretrained(tmp_path / "qwen")
+    assert main(["export", "gguf", str(tmp_path / "qwen"), "--type", "f16"]) != 0
+    err = capsys.readouterr().err
+    assert "Qwen2ForCausalLM" in err and "convert_hf_to_gguf.py" in err and "--type" in err
+    assert "('" not in err and not list((tmp_path / "qwen").glob("*.gguf"))

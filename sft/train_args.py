@@ -307,11 +307,19 @@ def schedule_problem(train_args: Mapping[str, Any], steps: int) -> str | None:
     transformers' warmup_stable_decay takes its warmup and decay in steps; when they add up to more than the run
     has, the rate never holds its peak (a 9-step stage with 200 decay steps trains at under 1% of it).
     """
-    if train_args.get("lr_scheduler_type") != "warmup_stable_decay" or steps <= 0:
+    if steps <= 0:
         return None
-    decay = int((train_args.get("lr_scheduler_kwargs") or {}).get("num_decay_steps") or 0)
     warmup = float(train_args.get("warmup_steps") or 0)
     warmup_steps = math.ceil(warmup * steps) if 0 < warmup < 1 else int(warmup)
+    scheduler = train_args.get("lr_scheduler_type")
+    # every step is a warmup step, which starts at 0: a 1-step stage learns nothing (these two take no warmup)
+    if warmup_steps >= steps and scheduler not in ("constant", "reduce_lr_on_plateau"):
+        return (f"warmup_steps {warmup:g} is {warmup_steps} of the {steps:,} step{'s' if steps != 1 else ''} it trains: "
+                "the learning rate never reaches learning_rate (its first step is at 0); lower warmup_steps or "
+                "train more steps")
+    if scheduler != "warmup_stable_decay":
+        return None
+    decay = int((train_args.get("lr_scheduler_kwargs") or {}).get("num_decay_steps") or 0)
     if warmup_steps + decay <= steps:
         return None
     return (f"warmup_stable_decay warms up over {warmup_steps} and decays over {decay} steps (num_decay_steps), "

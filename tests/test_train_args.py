@@ -156,6 +156,13 @@ def test_a_warmup_stable_decay_longer_than_the_run_is_named_with_its_steps(capsy
     assert schedule_problem(wsd, 205) is None and schedule_problem(wsd, 204) is not None  # ceil(4.08) + 200 > 204
     assert schedule_problem({**wsd, "warmup_steps": 5, "lr_scheduler_kwargs": {"num_decay_steps": 10}}, 14)
     assert schedule_problem({**wsd, "lr_scheduler_type": "cosine"}, 9) is None  # other schedules scale with the run
+    # ... unless the warmup takes every step: a one-step DPO round with the default warmup 0.1 trained at 0
+    assert schedule_problem({"lr_scheduler_type": "cosine", "warmup_steps": 0.1}, 1) == (
+        "warmup_steps 0.1 is 1 of the 1 step it trains: the learning rate never reaches learning_rate (its first "
+        "step is at 0); lower warmup_steps or train more steps")
+    assert schedule_problem({"lr_scheduler_type": "linear", "warmup_steps": 10}, 8) is not None
+    assert schedule_problem({"lr_scheduler_type": "cosine", "warmup_steps": 0.1}, 2) is None
+    assert schedule_problem({"lr_scheduler_type": "constant", "warmup_steps": 0.1}, 1) is None  # takes no warmup
 
     # the worker says it in its log, from the trainer's own arguments (an enum) and the steps it counted
     args = SFTConfig(output_dir="/tmp/unused", use_cpu=True, bf16=False, **wsd)

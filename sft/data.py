@@ -7,22 +7,23 @@ packs), and writes ``mix.json`` and ``rejects.jsonl`` into the stage folder.
 Order of work, per source unless noted:
 
 1. load (JSON/JSONL as raw text, so a broken line is a reject, not a crash; JSON Lines files are read
-   by the workers of step 2 or 5, each its own lines);
+   by the workers of step 2 or 4, each its own lines);
 2. normalise to ``messages`` and run the row-local filters (malformed reasoning, role order,
    PII, language) in one ``datasets.map``;
-3. exact/near duplicates (in recipe order across sources), then template instructions;
-4. thinking mode per conversation (``on``/``off``/``mixed``);
-5. expand multi-turn conversations (:mod:`tempa.sft.expand`), tokenise with the tokenizer's own
+3. thinking mode per conversation (``on``/``off``/``mixed``: a share of the rows the row filters keep);
+4. expand multi-turn conversations (:mod:`tempa.sft.expand`), tokenise with the tokenizer's own
    template, drop samples outside the token limits;
+5. exact/near duplicates (in recipe order across sources), then template instructions, among the
+   conversations with a sample left: the copy a duplicate leaves is one that trains;
 6. held-out split, then sizing (weight/rows/tokens), on whole conversations;
 7. concatenate, shuffle with the seed, save.
 
-Step 5 runs in ``num_proc`` forked worker processes (default: one per core, at most one per 500 rows of
+Step 4 runs in ``num_proc`` forked worker processes (default: one per core, at most one per 500 rows of
 a source; :func:`tempa.sft.data_config.workers_for`), in chunks of equal bytes handed to whichever worker
 is free (:func:`tempa.sft.forked_workers.forked_map`); every count gives the same data. Step 2 runs in the
-same workers, in one pass with step 5, for a source whose rows no step compares with each other (no
+same workers, in one pass with step 4, for a source whose rows no step compares with each other (no
 ``dedup``, no ``template_instructions``, thinking ``on`` or ``off``: the defaults but ``mixed``); else
-before step 3, in worker processes of its own for sources of 10,000+ rows (it costs about 1/10 of step 5
+first, in worker processes of its own for sources of 10,000+ rows (it costs about 1/10 of step 4
 per row). Both give the same data.
 
 Reports (in ``out_dir``; rows are conversations, tokens count every token of the rendered samples):
@@ -425,7 +426,7 @@ def _build(
     states = [_SourceState(source) for source in config.sources]
     with open(build_dir / REJECTS_FILE, "w", encoding="utf-8") as handle:
         rejects = _RejectWriter(handle, shown_rejects)
-        # 1-2: load, normalise, row-local filters (for a one-pass source, in step 5's workers).
+        # 1-2: load, normalise, row-local filters (for a one-pass source, in step 4's workers).
         for i, state in enumerate(states):
             # JSON Lines files are read by the workers that map them, each its own lines: no Arrow copy first.
             lines = json_lines_files(state.source)
@@ -447,9 +448,6 @@ def _build(
                     fn_kwargs=state.normalize, features=_CURATED, cache_file=work / f"{i}-curated.arrow",
                     desc=f"Normalising {state.source.name}",
                 )
-        # 3: rows compared with each other, in recipe order.
-        _mark_duplicates(states, cur)
-        _mark_templates(states, cur)
         # Every source's normalising rejects, and its "no usable row" error, before any source's tokenising
         # rejects: the same rejects.jsonl and the same first error for either path.
         encoder = ChatEncoder(tokenizer)
@@ -462,14 +460,20 @@ def _build(
                 tokenized[i] = _tokenize(state, encoder, limits, seed=seed, num_proc=config.num_proc,
                                          cache_file=work / f"{i}-tokens.arrow")
                 _split_row_rejects(state, tokenized[i], rejects)
-        # 4-6: thinking, tokenise, held-out split and sizing.
-        parts, train_index, eval_index, offset = [], [], [], 0
+        # 3-4: thinking, tokenise.
         for i, state in enumerate(states):
-            tokens = tokenized[i]
-            if tokens is None:
-                tokens = _tokenize(state, encoder, limits, seed=seed, num_proc=config.num_proc,
-                                   cache_file=work / f"{i}-tokens.arrow")
-            train_rows, eval_rows = _mix(state, tokens, rejects, seed=seed, heldout=config.heldout_for(state.source))
+            if tokenized[i] is None:
+                tokenized[i] = _tokenize(state, encoder, limits, seed=seed, num_proc=config.num_proc,
+                                         cache_file=work / f"{i}-tokens.arrow")
+        ready = [tokens for tokens in tokenized if tokens is not None]
+        # 5: rows compared with each other, in recipe order, among the rows that can train: a copy kept that the
+        # length limits then reject would leave its prompt in no source.
+        compared = _compare_rows(states, ready, cur)
+        # 6: held-out split and sizing.
+        parts, train_index, eval_index, offset = [], [], [], 0
+        for state, tokens, dropped in zip(states, ready, compared, strict=True):
+            train_rows, eval_rows = _mix(state, tokens, rejects, seed=seed, heldout=config.heldout_for(state.source),
+                                         dropped=dropped)
             parts.append(tokens)
             train_index.extend(offset + r for r in train_rows)
             eval_index.extend(offset + r for r in eval_rows)
@@ -658,69 +662,69 @@ def _one_pass(cur: CurationConfig, source: SourceConfig) -> bool:
     return cur.dedup is None and cur.template_instructions is None and source.thinking_mode != "mixed"
 
 
-# --- 3: duplicates and templates ------------------------------------------------------------------
+# --- 5: duplicates and templates ------------------------------------------------------------------
 
 
-def _replace_rejects(state: _SourceState, updates: dict[int, tuple[str, str]]) -> None:
-    if not updates:
-        return
-    ds = state.curated
-    assert ds is not None
-    reasons, details, data = _values(ds, "reject"), _values(ds, "detail"), _values(ds, "data")
-    messages = ds["messages"]
-    for position, (reason, detail) in updates.items():
-        reasons[position], details[position] = reason, detail
-        data[position] = json.dumps(messages[position], ensure_ascii=False)
-    ds = ds.remove_columns(["reject", "detail", "data"], new_fingerprint=_unhashed())
-    ds = ds.add_column("reject", reasons, feature=Value("string"), new_fingerprint=_unhashed())
-    ds = ds.add_column("detail", details, feature=Value("string"), new_fingerprint=_unhashed())
-    state.curated = ds.add_column("data", data, feature=Value("string"), new_fingerprint=_unhashed())
+def _trainable(tokenized: datasets.Dataset) -> list[int]:
+    """The conversations (positions in the curated source) with at least one sample the length limits keep."""
+    meta = tokenized.select_columns(["conv", "reject"], new_fingerprint=_unhashed()).to_pandas()
+    return sorted(int(conv) for conv in meta.loc[meta["conv"].ge(0) & meta["reject"].isna(), "conv"].unique())
 
 
-def _mark_duplicates(states: Sequence[_SourceState], cur: CurationConfig) -> None:
+def _compare_rows(
+    states: Sequence[_SourceState], tokenized: Sequence[datasets.Dataset], cur: CurationConfig
+) -> list[dict[int, Reason]]:
+    """Per source, the conversations that duplicates and template instructions reject, by position in its curated
+    rows (a one-pass source: none, no step compares its rows).
+
+    Only conversations that can train take part (:func:`_trainable`), so the copy kept is one that trains. Every
+    worker count gives the same tokenised rows, and this runs in one process in recipe order: the same rejects.
+    """
+    dropped: list[dict[int, Reason]] = [{} for _ in states]
+    if cur.dedup is None and cur.template_instructions is None:
+        return dropped
+    candidates: list[list[tuple[int, str, int]]] = []  # per source: (position, instruction, row)
+    for state, tokens in zip(states, tokenized, strict=True):
+        ds = state.curated
+        if ds is None:
+            candidates.append([])
+            continue
+        positions = _trainable(tokens)
+        instructions, rows = _values(ds, "instruction"), _values(ds, "row")
+        candidates.append([(p, instructions[p], rows[p]) for p in positions])
+    _mark_duplicates(states, candidates, cur, dropped)
+    _mark_templates(states, candidates, cur, dropped)
+    return dropped
+
+
+def _mark_duplicates(states: Sequence[_SourceState], candidates: Sequence[Sequence[tuple[int, str, int]]],
+                     cur: CurationConfig, dropped: list[dict[int, Reason]]) -> None:
     if cur.dedup is None:
         return
     dedup = Deduplicator(cur.dedup)
-    for state in states:
+    for state, rows, out in zip(states, candidates, dropped, strict=True):
         if cur.dedup.scope == "source":
             dedup = Deduplicator(cur.dedup)
-        ds = state.curated
-        assert ds is not None
-        updates = {}
-        rows = zip(_values(ds, "reject"), _values(ds, "instruction"), _values(ds, "row"), strict=True)
-        for position, (reason, instruction, row) in enumerate(
-            tqdm(rows, total=len(ds), desc=f"Dedup {state.source.name}", disable=len(ds) < 10_000)
-        ):
-            if reason is not None:
-                continue
+        for position, instruction, row in tqdm(rows, desc=f"Dedup {state.source.name}", disable=len(rows) < 10_000):
             found = dedup.offer(instruction, f"{state.source.name} {state.names.label(row)}")
             if found is not None:
-                updates[position] = (found[0], f"{state.names.label(row)}: {found[1]}")
-        _replace_rejects(state, updates)
+                out[position] = (found[0], f"{state.names.label(row)}: {found[1]}")
 
 
-def _mark_templates(states: Sequence[_SourceState], cur: CurationConfig) -> None:
+def _mark_templates(states: Sequence[_SourceState], candidates: Sequence[Sequence[tuple[int, str, int]]],
+                    cur: CurationConfig, dropped: list[dict[int, Reason]]) -> None:
     config = cur.template_instructions
     if config is None:
         return
-    groups = [states] if config.scope == "global" else [[s] for s in states]
+    indices = list(range(len(states)))
+    groups = [indices] if config.scope == "global" else [[i] for i in indices]
     for group in groups:
-        owners, skeletons = [], []
-        for s_index, state in enumerate(group):
-            ds = state.curated
-            assert ds is not None
-            for position, (reason, instruction) in enumerate(zip(_values(ds, "reject"), _values(ds, "instruction"), strict=True)):
-                if reason is None:
-                    owners.append((s_index, position))
-                    skeletons.append(curation.instruction_skeleton(instruction, config.prefix_chars))
-        updates: dict[int, dict[int, tuple[str, str]]] = {}
-        for (s_index, position), found in zip(owners, curation.template_rejects(skeletons, config), strict=True):
+        owners = [(i, position, row) for i in group for position, _, row in candidates[i] if position not in dropped[i]]
+        skeletons = [curation.instruction_skeleton(instruction, config.prefix_chars)
+                     for i in group for position, instruction, _ in candidates[i] if position not in dropped[i]]
+        for (i, position, row), found in zip(owners, curation.template_rejects(skeletons, config), strict=True):
             if found is not None:
-                state = group[s_index]
-                row = state.curated[position]["row"]  # type: ignore[index]
-                updates.setdefault(s_index, {})[position] = (found[0], f"{state.names.label(row)}: {found[1]}")
-        for s_index, state_updates in updates.items():
-            _replace_rejects(group[s_index], state_updates)
+                dropped[i][position] = (found[0], f"{states[i].names.label(row)}: {found[1]}")
 
 
 def _split_rejects(state: _SourceState, rejects: _RejectWriter) -> datasets.Dataset:
@@ -730,7 +734,7 @@ def _split_rejects(state: _SourceState, rejects: _RejectWriter) -> datasets.Data
     kept = [position for position, reason in enumerate(_values(ds, "reject")) if reason is None]
     _write_normalising_rejects(state, ds, rejects, usable=len(kept))
     return ds.select(kept, new_fingerprint=_unhashed()).select_columns(
-        ["messages", "tools", "row", "has_reasoning"], new_fingerprint=_unhashed())
+        ["messages", "tools", "row", "has_reasoning", "instruction"], new_fingerprint=_unhashed())
 
 
 def _split_row_rejects(state: _SourceState, tokenized: datasets.Dataset, rejects: _RejectWriter) -> None:
@@ -774,7 +778,7 @@ def _all_rejected(state: _SourceState, shown: Path) -> DataError:
     )
 
 
-# --- 4-6: thinking, tokenise, held out, size ------------------------------------------------------
+# --- 3, 4, 6: thinking, tokenise, held out, size ----------------------------------------------------
 
 
 def _sample_rows(
@@ -936,17 +940,25 @@ def _mix(
     *,
     seed: int,
     heldout: float | int,
+    dropped: Mapping[int, Reason],
 ) -> tuple[list[int], list[int]]:
     """Which of a source's tokenised samples train and which are held out (positions in ``tokenized``); its
-    rejects written, its stats kept."""
+    rejects written, its stats kept. ``dropped``: the conversations the steps comparing rows reject, and why."""
     source = state.source
     meta = tokenized.select_columns(
         ["conv", "row", "turn", "thinking", "n_tokens", "n_trained", "reject", "detail", "data"],
         new_fingerprint=_unhashed()).to_pandas()
     meta = meta[meta["conv"] >= 0]  # one pass: the rows normalising rejected (``_split_row_rejects``) left out
+    meta = meta[~meta["conv"].isin(list(dropped))]  # rejected whole, for what ``dropped`` says (below)
     ok = meta[meta["reject"].isna()]
     surviving = set(ok["conv"].tolist())
     curated_rows = int(meta["conv"].nunique())
+    if dropped:
+        assert state.curated is not None
+        rows = state.curated.select(sorted(dropped), new_fingerprint=_unhashed())
+        for (_, (reason, detail)), row, turns in zip(sorted(dropped.items()), _values(rows, "row"),
+                                                     _values(rows, "messages"), strict=True):
+            rejects.write(state, int(row), reason, detail, _without_nulls(turns))
     # A conversation survives when at least one of its samples does. A wholly rejected one counts
     # once, under its first reason; a turn dropped from a surviving one counts as `<reason>_turn`.
     counted: set[int] = set()

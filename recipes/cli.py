@@ -186,7 +186,13 @@ def _cmd_plan(args) -> int:
     from rich.table import Table
 
     from tempa.recipes.loader import load_recipe
-    from tempa.recipes.runner import check_stage_inputs, environment_problems, input_warnings, plan_run
+    from tempa.recipes.runner import (
+        check_stage_inputs,
+        decontamination_lines,
+        environment_problems,
+        input_warnings,
+        plan_run,
+    )
 
     if args.mfu is not None and not args.hardware:
         raise RecipeError(f"--mfu {args.mfu:g} needs --hardware (e.g. --hardware 8xH100): it sets the estimate's MFU")
@@ -216,6 +222,8 @@ def _cmd_plan(args) -> int:
                       d.fingerprint[:12])
     console.print(table)
     _print_train_args(console, loaded)
+    for line in decontamination_lines(loaded):
+        console.print(f"[bold]evaluation prompts[/bold] {line}", highlight=False)
     from tempa.merge.bake import planned_thinking_default_warning
 
     warnings = environment_problems(loaded, decisions)  # `tempa run` in this shell refuses these

@@ -34,6 +34,7 @@ MALFORMED_REASONING = "malformed_reasoning"
 ROLE_ORDER = "role_order"
 PII = "pii"
 LANGUAGE = "language"
+CONTAMINATED = "contaminated"
 EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"
 TEMPLATE_INSTRUCTION = "template_instruction"
@@ -392,6 +393,26 @@ class Deduplicator:
             self._keep_signature(minhash.hashvalues)
         self._count += 1
         return None
+
+
+# --- evaluation prompts (decontamination) ---------------------------------------------------------
+
+
+def contamination_index(prompts: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """``(instruction, where)`` pairs of evaluation prompts by their instruction as dedup compares it (the first
+    place wins); an empty instruction is no prompt to match."""
+    index: dict[str, str] = {}
+    for instruction, where in prompts:
+        key = normalize_instruction(instruction)
+        if key:
+            index.setdefault(key, where)
+    return index
+
+
+def check_contamination(instruction: str, index: Mapping[str, str]) -> Reason | None:
+    """A row whose instruction is an evaluation prompt: the evaluation would reward remembering it."""
+    where = index.get(normalize_instruction(instruction)) if index else None
+    return None if where is None else (CONTAMINATED, f"instruction is an evaluation prompt: {where}")
 
 
 # --- template instructions ------------------------------------------------------------------------

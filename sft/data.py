@@ -9,7 +9,7 @@ Order of work, per source unless noted:
 1. load (JSON/JSONL as raw text, so a broken line is a reject, not a crash; JSON Lines files are read
    by the workers of step 2 or 4, each its own lines);
 2. normalise to ``messages`` and run the row-local filters (malformed reasoning, role order,
-   PII, language) in one ``datasets.map``;
+   PII, language, evaluation prompts) in one ``datasets.map``;
 3. thinking mode per conversation (``on``/``off``/``mixed``: a share of the rows the row filters keep);
 4. expand multi-turn conversations (:mod:`tempa.sft.expand`), tokenise with the tokenizer's own
    template, drop samples outside the token limits;
@@ -43,7 +43,7 @@ Once a source is prepared (built or cached), one log line gives its rejects by r
 dropped apart, and the path of the stage's ``rejects.jsonl``.
 
 The result is cached under a hash of the data, the chat template, the tokenizer, the data
-config, the seed and ``max_length``; a complete cache entry carries a ``COMPLETE`` marker written
+config, the seed, ``max_length`` and the evaluation prompts kept out; a complete cache entry carries a ``COMPLETE`` marker written
 last and is moved into place atomically, so a partial build is never reused.
 """
 
@@ -109,6 +109,7 @@ from tempa.sft.sources import (
     row_names,
     source_fingerprint,
 )
+from tempa.sft.stage_api import EvalPrompts
 from tempa.sft.tokenization import (
     ChatEncoder,
     Rendered,
@@ -194,6 +195,7 @@ def prepare_sft_data(
     cache_dir: Path,
     seed: int,
     max_length: int | None = None,
+    eval_prompts: EvalPrompts | None = None,
 ) -> PreparedData:
     """Build (or reuse from ``cache_dir``) the tokenised SFT data described by ``config``.
 
@@ -205,6 +207,8 @@ def prepare_sft_data(
         seed: the recipe seed; the same seed and inputs give the same rows in the same order.
         max_length: the trainer's ``max_length``; longer samples are rejected (``too_long``)
             instead of being truncated, which would cut off the answer and its end-of-turn token.
+        eval_prompts: the recipe's evaluation prompts; with ``curation.decontaminate`` a row whose
+            instruction is one is rejected (``contaminated``).
 
     Raises:
         DataError: one line naming the source, the row and what was expected, for a source that
@@ -213,8 +217,10 @@ def prepare_sft_data(
     out_dir, cache_dir = Path(out_dir), Path(cache_dir)
     template = check_template(tokenizer)
     languages = check_languages(config)
+    contaminants = contamination_index(config, eval_prompts)
     loaded: dict[str, datasets.Dataset] = {}
-    key = cache_key(config, tokenizer, template, seed=seed, max_length=max_length, loaded=loaded, cache_dir=cache_dir)
+    key = cache_key(config, tokenizer, template, seed=seed, max_length=max_length, loaded=loaded, cache_dir=cache_dir,
+                    contaminants=contaminants)
     entry = cache_dir / key
     hit = (entry / COMPLETE).exists()
     if hit:
@@ -232,7 +238,8 @@ def prepare_sft_data(
             try:
                 with frozen_heap():
                     _build(config, tokenizer, build_dir, seed=seed, max_length=max_length, languages=languages,
-                           loaded=loaded, cache_dir=cache_dir, key=key, shown_rejects=out_dir / REJECTS_FILE)
+                           contaminants=contaminants, loaded=loaded, cache_dir=cache_dir, key=key,
+                           shown_rejects=out_dir / REJECTS_FILE)
             except DataError:
                 # The error points at rejects.jsonl: leave the rejects found so far where the user looks.
                 if (build_dir / REJECTS_FILE).exists():
@@ -325,8 +332,10 @@ def cache_key(
     max_length: int | None,
     loaded: dict[str, datasets.Dataset] | None = None,
     cache_dir: Path | None = None,
+    contaminants: Mapping[str, str] | None = None,
 ) -> str:
-    """Hash of everything the prepared data depends on: data, template, tokenizer, config, seed.
+    """Hash of everything the prepared data depends on: data, template, tokenizer, config, seed, and the
+    evaluation prompts kept out of it (``contaminants``, :func:`contamination_index`).
 
     The chat template is hashed on its own: a changed template must miss even when the tokenizer
     files are otherwise identical (open-instruct once reused masks built with an old template).
@@ -346,8 +355,16 @@ def cache_key(
         "template": digest(template),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "data": data,
+        "eval_prompts": digest(sorted((contaminants or {}).items())),
     }
     return digest(payload)[:32]
+
+
+def contamination_index(config: DataConfig, eval_prompts: EvalPrompts | None) -> dict[str, str]:
+    """The evaluation prompts training rows must not be, by normalised instruction (none with decontaminate off)."""
+    if not config.curation.decontaminate or eval_prompts is None:
+        return {}
+    return curation.contamination_index([(p.instruction, p.where) for p in eval_prompts.prompts])
 
 
 def check_languages(config: DataConfig) -> dict[str, frozenset[str]]:
@@ -414,6 +431,7 @@ def _build(
     seed: int,
     max_length: int | None,
     languages: Mapping[str, frozenset[str]],
+    contaminants: Mapping[str, str],
     loaded: dict[str, datasets.Dataset],
     cache_dir: Path,
     key: str,
@@ -438,7 +456,7 @@ def _build(
                 _check_raw(raw, state.source)
             state.names = row_names(state.source, lines)  # after loading: a JSON document's rows are counted then
             state.normalize = _normalize_settings(state.source, cur, languages.get(state.source.name), specials,
-                                                  state.names)
+                                                  state.names, contaminants)
             if _one_pass(cur, state.source):
                 state.raw = raw
             else:
@@ -560,6 +578,7 @@ def _normalize_batch(
     curation_config: CurationConfig,
     accepted_languages: frozenset[str] | None,
     specials: Sequence[str],
+    contaminants: Mapping[str, str],
 ) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {name: [] for name in _CURATED}
 
@@ -595,6 +614,8 @@ def _normalize_batch(
             emit(index, Conversation([]), (curation.MALFORMED_ROW, f"{label}: {exc}"), row)
             continue
         reason = row_rejects(conversation.messages, curation_config, accepted_languages, specials)
+        if reason is None:
+            reason = curation.check_contamination(user_instruction(conversation.messages), contaminants)
         if reason is not None:
             emit(index, conversation, (reason[0], f"{label}: {reason[1]}"), conversation.messages)
         else:
@@ -609,7 +630,7 @@ def normalize_sample(
     """The conversation the pipeline makes of each row of ``batch`` (columns as :func:`load_source` gives
     them), None for a row normalising or a row-local filter rejects: what ``tempa plan`` measures a source on."""
     rows = len(next(iter(batch.values()), []))
-    settings = _normalize_settings(source, cur, accepted, specials, RowNames())  # (a plan names no row)
+    settings = _normalize_settings(source, cur, accepted, specials, RowNames(), {})  # (a plan names no row)
     curated = _normalize_batch(dict(batch), list(range(rows)), **settings)
     return [Conversation(messages, json.loads(tools) if tools else None) if reason is None else None
             for messages, tools, reason in zip(curated["messages"], curated["tools"], curated["reject"], strict=True)]
@@ -642,15 +663,17 @@ def _check_raw(raw: datasets.Dataset, source: SourceConfig) -> None:
 
 def _normalize_settings(
     source: SourceConfig, cur: CurationConfig, accepted: frozenset[str] | None, specials: Sequence[str],
-    names: RowNames,
+    names: RowNames, contaminants: Mapping[str, str],
 ) -> dict[str, Any]:
-    """:func:`_normalize_batch`'s keyword arguments for ``source`` (``names``: how its rows are named)."""
+    """:func:`_normalize_batch`'s keyword arguments for ``source`` (``names``: how its rows are named;
+    ``contaminants``: :func:`contamination_index`)."""
     return {
         "spec": spec_for(source),
         "names": names,
         "curation_config": cur,
         "accepted_languages": accepted,
         "specials": list(specials),
+        "contaminants": contaminants,
     }
 
 

@@ -384,8 +384,9 @@ class CurationConfig(_Strict):
     """Row filters. Each is optional; each counts what it drops and writes the rows to rejects.jsonl.
 
     Filters run in a fixed order and a row is charged to the first that rejects it: malformed
-    reasoning, role order, PII, language, exact/near duplicates, template instructions, then
-    (after tokenisation) token length. A filter set to ``true`` runs with its defaults.
+    reasoning, role order, PII, language, evaluation prompts, then (after tokenisation) token
+    length, then, among the rows left, exact/near duplicates and template instructions. A filter
+    set to ``true`` runs with its defaults.
     """
 
     malformed_reasoning: bool = Field(
@@ -406,6 +407,14 @@ class CurationConfig(_Strict):
     pii: PIISwitch = Field(default=None, description="PII filter; off unless set.")
     language: LanguageSwitch = Field(
         default=None, description="Language-ID filter against each source's `languages`; off unless set."
+    )
+    decontaminate: bool = Field(
+        default=True,
+        description=(
+            "Reject a row (`contaminated`) whose instruction (its user turns, compared as dedup compares them) "
+            "is a prompt of one of the recipe's evaluate stages: training on it would make the leaderboard and "
+            "merge selection reward memorisation. Suites read from the hub (or lm-eval tasks) are not checked."
+        ),
     )
     dedup: DedupSwitch = Field(default=None, description="Exact and near-duplicate removal; off unless set.")
     template_instructions: TemplateFilterSwitch = Field(

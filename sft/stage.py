@@ -16,7 +16,7 @@ from tempa.sft.config import SFTStageConfig
 from tempa.sft.data_config import DataConfig
 from tempa.sft.data_report import DataMix
 from tempa.sft.run_layout import DATA_DIR, LOGS_DIR, TRAIN_PLAN
-from tempa.sft.stage_api import StageContext, StageError, StageResult
+from tempa.sft.stage_api import EvalPrompts, StageContext, StageError, StageResult
 from tempa.sft.train_plan import WORKER, TrainOutcome, TrainPlan, train_plan
 
 __all__ = ["SFTResult", "SFTStageConfig", "run_sft"]
@@ -52,6 +52,7 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
     data_dir = ctx.stage_dir / DATA_DIR
     train_args = config.train_args()
     tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
+    ctx.log.info("%s: %s", ctx.stage_name, decontamination_summary(config.data, ctx.eval_prompts))
     prepared = prepare_sft_data(
         resolve_stage_sources(config.data, ctx),
         tokenizer,
@@ -59,6 +60,7 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
         cache_dir=(ctx.cache_dir or ctx.stage_dir / "cache") / "sft-data",
         seed=ctx.seed,
         max_length=train_args.get("max_length"),
+        eval_prompts=ctx.eval_prompts,
     )
     if len(prepared.train) == 0:
         raise StageError(f"no training rows left after curation (see {data_dir / 'mix.json'})")
@@ -75,7 +77,22 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
     metrics = {**outcome.headline(), "train_samples": mix.total.train_samples, "eval_samples": mix.total.eval_samples,
                "data_tokens": mix.total.tokens_kept, "thinking_on_rows": mix.total.thinking_on_rows_kept}
     return SFTResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir),
-                     metrics=metrics, data=mix)
+                     metrics=metrics, data=mix, notes=decontamination_notes(config.data, ctx.eval_prompts))
+
+
+def decontamination_notes(data: DataConfig, prompts: EvalPrompts) -> list[str]:
+    """What the run should know about the evaluation prompts this stage's rows were not checked against."""
+    if not data.curation.decontaminate:
+        return []
+    return [f"training data not checked against {suite}" for suite in prompts.unchecked]
+
+
+def decontamination_summary(data: DataConfig, prompts: EvalPrompts) -> str:
+    """One line for `tempa plan`: how many evaluation prompts the stage's training rows are checked against."""
+    if not data.curation.decontaminate:
+        return "training rows not checked against evaluation prompts (curation.decontaminate: false)"
+    unchecked = f"; not checked: {', '.join(prompts.unchecked)}" if prompts.unchecked else ""
+    return f"training rows checked against {len(prompts.prompts)} evaluation prompts{unchecked}"
 
 
 def launch_training(plan: TrainPlan, ctx: StageContext) -> TrainOutcome:

@@ -262,6 +262,23 @@ class RecipeInfo:
 
 
 @dataclass(frozen=True)
+class EvalPrompt:
+    """A prompt an evaluate stage of the recipe asks: training on it would score memorisation, not skill."""
+
+    instruction: str  # its user turns joined, as a training row's instruction (:func:`tempa.sft.formats.user_instruction`)
+    where: str  # its stage, suite, file and line, as a reject names it
+
+
+@dataclass(frozen=True)
+class EvalPrompts:
+    """The recipe's evaluation prompts (the rows of its evaluate stages' suites), for decontaminating training data."""
+
+    prompts: tuple[EvalPrompt, ...] = ()
+    # The suites whose prompts could not be read without a download (hub data, lm-eval tasks): one line each.
+    unchecked: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class StageContext:
     """Everything a stage may read; everything it writes goes under ``stage_dir``."""
 
@@ -285,6 +302,8 @@ class StageContext:
     # The recipe's `thinking_default`: the mode the baked template uses when a caller passes none.
     thinking_default: str = "on"
     recipe: RecipeInfo | None = None
+    # What the recipe's evaluate stages ask, for stages that write training data to keep it out of.
+    eval_prompts: EvalPrompts = field(default_factory=EvalPrompts)
 
     @property
     def trust_remote_code(self) -> bool:

@@ -3,6 +3,7 @@ held-out rows that never train through a copy."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from test_sft_data_pipeline import chat, config, prepare, rejects, write_jsonl
 
 from tempa.sft.data_report import DataMix
+from tempa.sft.stage_api import EvalPrompt, EvalPrompts
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +56,102 @@ def test_a_duplicate_too_long_to_train_leaves_its_copy_in_another_source(
     assert reason.rejects == {"too_long": len(SHARED)}
     assert inst.rejects == {} and inst.rows_kept == len(SHARED) + 1
     assert {r["reason"] for r in rejects(tmp_path)} == {"too_long"}
+
+
+EVAL_ROWS = ["Berapa 12 + 30?", "Sebutkan ibu kota Thailand."]
+
+
+def eval_prompts(folder: Path, rows: list[str]) -> EvalPrompts:
+    path = folder / "eval.jsonl"
+    write_jsonl(path, [{"prompt": row, "answer": "x"} for row in rows])
+    return EvalPrompts(
+        tuple(EvalPrompt(row, f"suite 'acc' of stage 'eval' ({path}:{i + 1})") for i, row in enumerate(rows))
+    )
+
+
+def test_training_rows_that_are_evaluation_prompts_are_rejected_as_contaminated(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    prompts = eval_prompts(tmp_path, EVAL_ROWS)
+    # Case and spacing aside, as dedup compares instructions; a longer instruction that contains one is no match.
+    write_jsonl(
+        tmp_path / "rows.jsonl",
+        [
+            chat("berapa  12 + 30?", "42"),
+            chat("Halo", "Hai"),
+            chat("Sebutkan ibu kota Thailand. Lalu Laos.", "Bangkok, Vientiane"),
+        ],
+    )
+    write_jsonl(
+        tmp_path / "other.jsonl", [chat("Sebutkan IBU KOTA Thailand.", "Bangkok"), chat("Apa kabar?", "Baik")]
+    )
+    sources = [{"name": "rows", "path": "rows.jsonl"}, {"name": "other", "path": "other.jsonl"}]
+
+    prepared = prepare(tmp_path, config(tmp_path, sources), tokenizer, eval_prompts=prompts)
+    found = {(r["source"], r["row"]): r for r in rejects(tmp_path)}
+    assert set(found) == {("rows", 0), ("other", 0)}
+    assert {r["reason"] for r in found.values()} == {"contaminated"}
+    assert f"({tmp_path / 'eval.jsonl'}:1)" in found["rows", 0]["detail"]
+    assert f"({tmp_path / 'eval.jsonl'}:2)" in found["other", 0]["detail"]
+    assert "suite 'acc'" in found["other", 0]["detail"] and "line 1" in found["other", 0]["detail"]
+    assert [s.rejects for s in prepared.mix.sources] == [{"contaminated": 1}, {"contaminated": 1}]
+    assert len(prepared.train) == 3
+
+    # Switched off, the rows train.
+    off = config(tmp_path, sources, curation={"decontaminate": False})
+    assert len(prepare(tmp_path, off, tokenizer, eval_prompts=prompts).train) == 5
+
+    # Another evaluation set is another prepared set, not a cache hit of the first.
+    again = prepare(
+        tmp_path, config(tmp_path, sources), tokenizer, eval_prompts=eval_prompts(tmp_path, ["Halo"])
+    )
+    assert not again.cache_hit
+    assert [s.rejects for s in again.mix.sources] == [{"contaminated": 1}, {}]
+
+
+def test_a_recipe_keeps_its_evaluation_prompts_out_of_its_sft_data_and_the_plan_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tempa.recipes.cli import main
+    from tempa.recipes.loader import load_recipe
+    from tempa.recipes.runner import run_recipe
+
+    rows = [chat(f"Ulangi kata {i}", f"kata {i}") for i in range(6)] + [
+        chat("SEBUTKAN ibu kota Thailand.", "Bangkok")
+    ]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(
+        tmp_path / "eval.jsonl",
+        [
+            {"prompt": "Berapa 12 + 30?", "answer": 42},
+            {
+                "messages": [
+                    {"role": "user", "content": "Sebutkan ibu kota Thailand."},
+                    {"role": "assistant", "content": "Bangkok"},
+                ],
+                "answer": 1,
+            },
+        ],
+    )
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: r\nbase_model: tempa:tiny\nlaunch: {use_cpu: true}\nstages:\n"
+        "  - {name: sft, kind: sft, data: {sources: [{name: t, path: train.jsonl}]},\n"
+        "     train: {max_steps: 1, per_device_train_batch_size: 2, save_steps: 1}}\n"
+        "  - {name: evaluate, kind: evaluate, stages: [sft],\n"
+        "     suites: [{type: accuracy, name: math, data: eval.jsonl}, {type: accuracy, name: hub, data: org/set}]}\n"
+    )
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+    line = next(
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("evaluation prompts")
+    )
+    assert line.startswith(
+        "evaluation prompts sft: training rows checked against 2 evaluation prompts; not checked: "
+        "suite 'hub' of stage 'evaluate' (org/set: a hub dataset)"
+    )
+
+    summary = run_recipe(load_recipe(recipe), tmp_path / "run", only="sft")
+    [reject] = [json.loads(line) for line in (tmp_path / "run" / "sft" / "data" / "rejects.jsonl").open()]
+    assert reject["reason"] == "contaminated" and reject["row"] == 6
+    assert f"suite 'math' of stage 'evaluate' ({tmp_path / 'eval.jsonl'}:2)" in reject["detail"]
+    assert any("suite 'hub' of stage 'evaluate'" in note for note in summary.notes)

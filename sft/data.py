@@ -30,9 +30,10 @@ Reports (in ``out_dir``; rows are conversations, tokens count every token of the
 
 - ``mix.json`` (:class:`tempa.sft.data_report.DataMix`): per source its size setting and thinking
   mode, ``rows_in`` (rows read), ``rows_curated`` (after the row filters), ``rows_tokenized`` /
-  ``tokens_in`` (after the length limits), ``heldout_rows`` / ``heldout_tokens``, ``rows_kept``
-  (with repeats when up-sampled), ``samples_kept``, ``tokens_kept``, ``trained_tokens_kept``,
-  ``thinking_on_rows_kept``, ``share_of_tokens`` and rejects by reason, plus totals; the same
+  ``tokens_in`` (after the length limits), ``heldout_rows`` / ``heldout_tokens`` (copies of an
+  instruction held out together) and ``heldout_rows_trained_elsewhere`` (their instruction trains in
+  another source), ``rows_kept`` (with repeats when up-sampled), ``samples_kept``, ``tokens_kept``,
+  ``trained_tokens_kept``, ``thinking_on_rows_kept``, ``share_of_tokens`` and rejects by reason, plus totals; the same
   table is logged.
 - ``rejects.jsonl``: ``{source, row, reason, detail, data}`` per rejected row, plus ``line`` (1-based)
   for JSON Lines sources; ``row`` is the 0-based row index in the source (for JSON Lines, the line
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -161,6 +163,7 @@ _TOKENIZED = Features(
         "thinking": Value("bool"),
         "n_tokens": Value("int64"),
         "n_trained": Value("int64"),
+        "group": Value("int64"),  # its conversation's instruction as dedup compares it, hashed (held out together)
         "reject": Value("string"),
         "detail": Value("string"),
         "data": Value("string"),  # a reject's row as JSON, for rejects.jsonl (None for a kept sample)
@@ -397,6 +400,8 @@ class _SourceState:
     rejects: Counter[str] = field(default_factory=Counter)
     first_reject: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    held_groups: list[int] = field(default_factory=list)  # the held-out rows' instructions (``_instruction_group``)
+    trained_groups: set[int] = field(default_factory=set)  # the instructions of the rows it trains on
 
 
 class _RejectWriter:
@@ -496,6 +501,7 @@ def _build(
             train_index.extend(offset + r for r in train_rows)
             eval_index.extend(offset + r for r in eval_rows)
             offset += len(tokens)
+    _count_heldout_trained_elsewhere(states)
     # 7: one shuffled training set, one eval set, both with exactly the trainer's columns.
     everything = datasets.concatenate_datasets(parts).select_columns(TRAIN_COLUMNS, new_fingerprint=_unhashed())
     order = rng_for(seed, "__mix__", 4).permutation(len(train_index))
@@ -865,6 +871,7 @@ def _tokenize_batch(
         else:
             samples_out = [(None, plan)]
         data = None
+        group = _instruction_group(batch["messages"][k])
         for sample, reason in samples_out:
             ids, mask = _trainer_columns(sample) if sample is not None and reason is None else _NOTHING
             if reason is not None and data is None:
@@ -877,10 +884,17 @@ def _tokenize_batch(
             out["thinking"].append(sample.thinking if sample is not None else False)
             out["n_tokens"].append(len(sample.input_ids) if sample is not None else 0)
             out["n_trained"].append(sample.n_trained if sample is not None else 0)
+            out["group"].append(group)
             out["reject"].append(reason[0] if reason else None)
             out["detail"].append(reason[1] if reason else None)
             out["data"].append(data if reason else None)
     return out
+
+
+def _instruction_group(messages: Sequence[Mapping[str, Any]]) -> int:
+    """A conversation's instruction, normalised as dedup compares it, as a 64-bit number: copies share it."""
+    text = curation.normalize_instruction(user_instruction(messages))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
 
 
 def _without_nulls(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -918,7 +932,7 @@ def _normalize_and_tokenize_batch(
             continue
         for name, value in (("input_ids", _NOTHING[0]), ("assistant_masks", _NOTHING[1]), ("conv", -1),
                             ("row", curated["row"][k]), ("turn", -1), ("thinking", False), ("n_tokens", 0),
-                            ("n_trained", 0), ("reject", reason), ("detail", curated["detail"][k]),
+                            ("n_trained", 0), ("group", 0), ("reject", reason), ("detail", curated["detail"][k]),
                             ("data", curated["data"][k])):
             out[name].append(value)
     return out
@@ -969,7 +983,7 @@ def _mix(
     rejects written, its stats kept. ``dropped``: the conversations the steps comparing rows reject, and why."""
     source = state.source
     meta = tokenized.select_columns(
-        ["conv", "row", "turn", "thinking", "n_tokens", "n_trained", "reject", "detail", "data"],
+        ["conv", "row", "turn", "thinking", "n_tokens", "n_trained", "group", "reject", "detail", "data"],
         new_fingerprint=_unhashed()).to_pandas()
     meta = meta[meta["conv"] >= 0]  # one pass: the rows normalising rejected (``_split_row_rejects``) left out
     meta = meta[~meta["conv"].isin(list(dropped))]  # rejected whole, for what ``dropped`` says (below)
@@ -1006,12 +1020,19 @@ def _mix(
     conv_tokens = ok.groupby("conv")["n_tokens"].sum().to_dict()
     conv_trained = ok.groupby("conv")["n_trained"].sum().to_dict()
     conv_thinking = ok.groupby("conv")["thinking"].any().to_dict()
+    conv_group = ok.groupby("conv")["group"].first().to_dict()
 
-    train_pos, held_pos = split_heldout(len(convs), heldout, source.name, seed)
+    # Copies of an instruction are held out together: one held out while its copy trains would score memory.
+    # Without copies each conversation is its own group, and the split is the one by conversation.
+    groups: dict[int, list[int]] = {}
+    for conv in convs:
+        groups.setdefault(int(conv_group[conv]), []).append(conv)
+    members = list(groups.values())
+    train_pos, held_pos = split_heldout(len(members), heldout, source.name, seed)
     if not train_pos:
-        raise _all_held_out(state, heldout, len(convs))
-    train_convs = [convs[p] for p in train_pos]
-    held_convs = [convs[p] for p in held_pos]
+        raise _all_held_out(state, heldout, len(members), len(convs))
+    train_convs = sorted(c for p in train_pos for c in members[p])
+    held_convs = sorted(c for p in held_pos for c in members[p])
     chosen = select_rows(train_convs, [int(conv_tokens[c]) for c in train_convs], source, seed)
     if not chosen:
         setting = ", ".join(f"{k}: {v}" for k, v in _size_setting(source).items())
@@ -1036,14 +1057,32 @@ def _mix(
         "trained_tokens_kept": total(conv_trained, chosen),
         "thinking_on_rows_kept": sum(1 for c in chosen if conv_thinking[c]),
     }
+    state.held_groups = [int(conv_group[c]) for c in held_convs]
+    state.trained_groups = {int(conv_group[c]) for c in chosen}
     train_rows = [s for c in chosen for s in samples_of[c]]
     eval_rows = [s for c in held_convs for s in samples_of[c]]
     return train_rows, eval_rows
 
 
-def _all_held_out(state: _SourceState, heldout: float | int, usable: int) -> DataError:
-    rejected = state.rows_in - usable
+def _count_heldout_trained_elsewhere(states: Sequence[_SourceState]) -> None:
+    """Per source, its held-out rows whose instruction another source trains on (dedup off, or ``scope: source``):
+    counted in mix.json and warned about, not dropped: the other source's rows are training data of their own."""
+    for state in states:
+        others = set().union(*(other.trained_groups for other in states if other is not state))
+        n = sum(1 for group in state.held_groups if group in others)
+        state.stats["heldout_rows_trained_elsewhere"] = n
+        if n:
+            logger.warning("%s: %d of its %d held-out rows have an instruction another source trains on; their eval "
+                           "loss is not on unseen prompts (dedup across sources, `curation.dedup`, removes the copies)",
+                           describe(state.source), n, len(state.held_groups))
+
+
+def _all_held_out(state: _SourceState, heldout: float | int, usable: int, rows: int) -> DataError:
+    """``usable``: the distinct instructions the split draws from, of ``rows`` usable rows (the same without copies)."""
+    rejected = state.rows_in - rows
     after = f" ({state.rows_in} read, {rejected} rejected)" if rejected else ""
+    if rows != usable:
+        after += f" (its {rows} rows hold {usable} distinct instructions, and copies are held out together)"
     key = "its `heldout`" if state.source.heldout is not None else "`data.heldout` (or `heldout` on this source)"
     return DataError(
         f"{describe(state.source)}: heldout {heldout} takes {usable} of its {usable} usable rows{after} and leaves "

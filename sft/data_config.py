@@ -209,7 +209,8 @@ class SourceConfig(_Strict):
         ge=0,
         description=(
             "Held-out evaluation rows taken from this source before sizing: a fraction below 1 or a row "
-            "count. Default: `DataConfig.heldout`."
+            "count, of its distinct instructions (copies of an instruction are held out together, so none "
+            "trains). Default: `DataConfig.heldout`."
         ),
     )
     languages: list[str] | None = Field(

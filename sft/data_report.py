@@ -33,6 +33,9 @@ class SourceMix(BaseModel):
     heldout_rows: int
     heldout_samples: int
     heldout_tokens: int
+    heldout_rows_trained_elsewhere: int = Field(
+        default=0, description="Held-out rows whose instruction another source trains on (their eval loss is not "
+        "on unseen prompts); copies within the source are held out together.")
     rows_kept: int = Field(description="Rows in the training mix (repeats counted when up-sampled).")
     unique_rows_kept: int
     samples_kept: int

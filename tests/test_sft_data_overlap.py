@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_sft_data_pipeline import chat, config, prepare, rejects, write_jsonl
+from test_sft_data_pipeline import chat, config, prepare, rejects, texts, write_jsonl
 
 from tempa.sft.data_report import DataMix
 from tempa.sft.stage_api import EvalPrompt, EvalPrompts
@@ -155,3 +155,38 @@ def test_a_recipe_keeps_its_evaluation_prompts_out_of_its_sft_data_and_the_plan_
     assert reject["reason"] == "contaminated" and reject["row"] == 6
     assert f"suite 'math' of stage 'evaluate' ({tmp_path / 'eval.jsonl'}:2)" in reject["detail"]
     assert any("suite 'hub' of stage 'evaluate'" in note for note in summary.notes)
+
+
+def answers(tokenizer: Any, ds: Any) -> set[str]:
+    """The trained text of every sample (each row's answer names its instruction)."""
+    return {t for _, t in texts(tokenizer, ds)}
+
+
+def test_a_held_out_instruction_never_trains_through_a_copy_in_its_source(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    # Ten instructions, each three times (dedup is off by default): a split by position holds one copy out and
+    # trains on the others.
+    rows = [chat(f"Ulangi kata nomor {i}", f"kata {i}") for _ in range(3) for i in range(10)]
+    write_jsonl(tmp_path / "rows.jsonl", rows)
+    cfg = config(tmp_path, [{"name": "r", "path": "rows.jsonl", "thinking_mode": "off"}], heldout=0.2)
+    prepared = prepare(tmp_path, cfg, tokenizer)
+    held, trained = answers(tokenizer, prepared.eval), answers(tokenizer, prepared.train)
+    assert held and not held & trained
+    (stats,) = prepared.mix.sources
+    assert stats.heldout_rows == 3 * len(held)  # two instructions, all three copies of each
+    assert stats.heldout_rows + stats.rows_kept == len(rows)
+
+
+def test_a_held_out_instruction_that_trains_in_another_source_is_counted(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    write_jsonl(tmp_path / "a.jsonl", [chat(f"Ulangi kata nomor {i}", f"kata {i}") for i in range(10)])
+    write_jsonl(tmp_path / "b.jsonl", [chat(f"ulangi  kata nomor {i}", f"kata {i}!") for i in range(10)])
+    cfg = config(
+        tmp_path,
+        [{"name": "a", "path": "a.jsonl", "heldout": 3}, {"name": "b", "path": "b.jsonl", "heldout": 0}],
+    )
+    a, b = prepare(tmp_path, cfg, tokenizer).mix.sources
+    assert (a.heldout_rows, a.heldout_rows_trained_elsewhere) == (3, 3)
+    assert b.heldout_rows_trained_elsewhere == 0

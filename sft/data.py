@@ -123,7 +123,7 @@ from tempa.sft.tokenization import (
 logger = logging.getLogger(__name__)
 
 # Bump when a change to this pipeline changes its output, so old cache entries are not reused.
-PIPELINE_VERSION = "4"
+PIPELINE_VERSION = "5"
 COMPLETE = "COMPLETE"
 MIX_FILE, REJECTS_FILE = "mix.json", "rejects.jsonl"
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects

@@ -75,11 +75,12 @@ def normalize_text(text: str) -> str:
 
 
 
-def _math_equal(gold: str, answer: str, language: str | None = None) -> bool | None:
-    """math-verify equality; None when the gold answer is not something math-verify can parse."""
+def _math_equal(gold: str, answer: str, language: str | None, gold_language: str | None) -> bool | None:
+    """math-verify equality, ``answer`` read as ``language`` and ``gold`` as ``gold_language`` write numbers; None
+    when the gold answer is not something math-verify can parse."""
     from math_verify import parse, verify
 
-    gold, answer = math_text(gold, language), math_text(answer, language)
+    gold, answer = math_text(gold, gold_language), math_text(answer, language)
 
     # math-verify's timeouts use SIGALRM, which only the main thread may set.
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
@@ -105,8 +106,11 @@ def answer_match(
     """
     if gold is None or (isinstance(gold, str) and not gold.strip()):
         return None
-    golds = [str(g) for g in gold] if isinstance(gold, list | tuple) else [str(gold)]
-    for g in golds:
+    for item in gold if isinstance(gold, list | tuple) else [gold]:
+        g = str(item)
+        # A number in the data is a value, not text in the row's language: 1.125 is no 1125 in Indonesian (as the
+        # accuracy suite compares it, by value).
+        gold_language = None if isinstance(item, int | float) and not isinstance(item, bool) else language
         if match == "regex":
             if pattern is None:
                 raise ValueError("answer match 'regex' needs a pattern")
@@ -115,7 +119,7 @@ def answer_match(
                 return 1.0
             continue
         if match in ("auto", "math"):
-            equal = _math_equal(g, answer, language) if answer.strip() else False
+            equal = _math_equal(g, answer, language, gold_language) if answer.strip() else False
             if equal is not None:
                 if equal:
                     return 1.0

@@ -32,7 +32,7 @@ CASES = [
 ]
 
 
-def _reward(language: str, reference: str, answer: str) -> float | None:
+def _reward(language: str | None, reference: object, answer: str) -> float | None:
     row = PromptRow(
         id="p",
         messages=[{"role": "user", "content": "?"}],
@@ -71,3 +71,19 @@ def test_real_math_stays_with_math_verify():
     assert _reward("id", r"\frac{1}{2}", "Jadi peluangnya 0,5.") == 1.0
     assert _reward("id", "x^2+1", "Jadi f(x) = x^2 + 1") == 1.0
     assert _reward("id", "0.125", "Jadi peluangnya 0,125.") == 1.0  # a lone 0: a decimal comma, not 125
+
+
+@pytest.mark.parametrize("language", ["id", "vi", "de", "en", None])
+def test_a_numeric_reference_is_its_value_in_every_language(language):
+    # A JSON number 1.125 is one value: the row's language says how the model's answer writes numbers, not how the
+    # data file stored its reference. "1.1250" reads as 1.125 in every language; "1.125" is 1125 where a dot groups.
+    assert _reward(language, 1.125, "Jawabannya 1.1250") == 1.0
+    dot_groups = language in ("id", "vi", "de")
+    assert _reward(language, 1.125, "Jawabannya 1.125") == (0.0 if dot_groups else 1.0)
+    assert _reward(language, 1125, "Jawabannya 1.125") == (1.0 if dot_groups else 0.0)
+    for answer in ("Jawabannya 1.1250", "Jawabannya 1.125"):
+        assert _reward(language, [1125, 1.125], answer) == 1.0  # one of the accepted answers, either reading
+        for reference in (1.125, 1125):  # the accuracy suite compares a number by value too
+            assert answer_matches(answer, reference, language=language) == (
+                _reward(language, reference, answer) == 1.0
+            )

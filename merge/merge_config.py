@@ -331,7 +331,10 @@ class MergeStageConfig(StageConfigBase):
         check_method_parameters(spec, self.parameters)
         if self.weights is not None:
             check_per_model(spec, "weight", self.weights, count)
-            check_weight_sum(spec, self.weights, self.parameters)
+            # A listed base model leaves the merge with its entry (resolve_inputs checks again, by folder).
+            merged = [w for i, w in enumerate(self.weights)
+                      if self.models is None or role != "separate" or self.models[i] != self.base_model]
+            check_weight_sum(spec, merged, self.parameters)
         if self.density is not None:
             densities = self.density if isinstance(self.density, list) else [self.density] * count
             check_per_model(spec, "density", densities, count)

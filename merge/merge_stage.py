@@ -29,7 +29,7 @@ from tempa.merge.leaderboard import (
     is_headline,
     write_leaderboard,
 )
-from tempa.merge.merge_config import MergeStageConfig, check_input_count, method_spec
+from tempa.merge.merge_config import MergeStageConfig, check_input_count, check_weight_sum, method_spec
 from tempa.merge.merge_result import (
     RECIPE_BASE,
     MergedModel,
@@ -139,6 +139,9 @@ def resolve_inputs(
         models = [m for m in models if m.path != base.path]
     try:
         check_input_count(method_spec(config.method), len(models), role)
+        if config.weights is not None:  # the entries of the models merged: a base among them took its own along
+            weights = [config.weights[i if m.slot is None else m.slot] for i, m in enumerate(models)]
+            check_weight_sum(method_spec(config.method), weights, config.parameters)
     except ValueError as error:
         where = f"; base {base.path}" if role == "separate" and base is not None else ""
         raise StageError(f"{_who(ctx)}: {error}{where}") from None

@@ -384,6 +384,28 @@ def test_weights_that_cancel_out_are_refused_where_the_method_divides_by_their_s
     assert validate(method="task_arithmetic", weights=[1.0, -0.5, -0.5]).weights
 
 
+def test_multislerp_sums_the_weights_of_the_models_it_merges_not_the_base_among_them(
+    tmp_path, tokenizer_dir, checkpoints, tiny_model_dir
+):
+    """With its base among the models, multislerp divides by the other models' weights only: the base's entry is
+    no part of the sum that may not be zero."""
+    a, b, c = (str(checkpoints[n]) for n in "abc")
+    refused = r"weights: \[1\.0, -1\.0\] sum to 0, and multislerp divides by their sum"
+    with pytest.raises(ValidationError, match=refused):  # at load, when base_model is written as in `models`
+        _merge(tmp_path, tokenizer_dir, tiny_model_dir, method="multislerp", models=[a, b, c], base_model=c,
+               weights=[1.0, -1.0, 5.0], dtype="float32")
+    link = tmp_path / "base-link"
+    link.symlink_to(c)
+    with pytest.raises(StageError, match=refused):  # by folder, when the stage starts
+        _merge(tmp_path, tokenizer_dir, tiny_model_dir, method="multislerp", models=[a, b, str(link)],
+               base_model=c, weights=[1.0, -1.0, 5.0], dtype="float32")
+    # The base's entry is unused: these weights merge a and b as 1 : 3 around c.
+    result, merged = _merge(tmp_path, tokenizer_dir, tiny_model_dir, method="multislerp", models=[a, b, c],
+                            base_model=c, weights=[1.0, 3.0, -4.0], dtype="float32")
+    assert [(m.name, m.parameters["weight"]) for m in result.summary.models] == [("a", 1.0), ("b", 3.0)]
+    assert all(torch.isfinite(tensor).all() for tensor in merged.values())
+
+
 def test_every_mergekit_method_and_its_parameters_are_checked_at_load():
     """Methods, parameters and input counts come from mergekit's registry and each method's spec."""
     from mergekit.merge_methods import registered_methods

@@ -364,7 +364,7 @@ def _read_turns(turns: Any, spec: FormatSpec, field_name: str) -> list[dict[str,
 
 def _history_turns(value: Any, what: str) -> list[dict[str, Any]]:
     """LLaMA-Factory's ``history``: earlier rounds as ``[instruction, response]`` pairs, as user/assistant turns."""
-    if _is_missing(value) or (isinstance(value, (list, tuple)) and not value):
+    if _is_missing(value) or _is_blank_text(value) or (isinstance(value, (list, tuple)) and not value):
         return []
     expected = f"expected {what} to be a list of [instruction, response] pairs"
     if not isinstance(value, (list, tuple)):

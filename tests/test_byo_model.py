@@ -110,3 +110,14 @@ def test_alpaca_history_that_is_not_pairs_of_texts_is_a_row_error(history: objec
     row = {"instruction": "Còn Huế?", "output": "Đại Nội.", "history": history}
     with pytest.raises(RowError, match=r"'history'.*\[instruction, response\]"):
         normalize_row(row, _alpaca_spec())
+
+
+@pytest.mark.parametrize("empty", [None, [], "", "  "])
+def test_alpaca_rows_without_history_read_as_one_round(empty: object) -> None:
+    # A CSV or Parquet export leaves a row without earlier rounds an empty cell, as it does a row's tools.
+    from tempa.sft.formats import normalize_row
+
+    row = {"instruction": "Còn Huế?", "output": "Đại Nội."}
+    alone = normalize_row(row, _alpaca_spec()).messages
+    assert [m["role"] for m in alone] == ["user", "assistant"]
+    assert normalize_row({**row, "history": empty}, _alpaca_spec()).messages == alone

@@ -4,6 +4,7 @@ held-out rows that never train through a copy."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from test_sft_data_pipeline import chat, config, prepare, rejects, texts, write_jsonl
 
 from tempa.sft.data_report import DataMix
-from tempa.sft.stage_api import EvalPrompt, EvalPrompts
+from tempa.sft.stage_api import EvalPrompt, EvalPrompts, StageError
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +111,8 @@ def test_training_rows_that_are_evaluation_prompts_are_rejected_as_contaminated(
 
 
 def test_a_recipe_keeps_its_evaluation_prompts_out_of_its_sft_data_and_the_plan_says_so(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from tempa.recipes.cli import main
     from tempa.recipes.loader import load_recipe
@@ -150,11 +152,19 @@ def test_a_recipe_keeps_its_evaluation_prompts_out_of_its_sft_data_and_the_plan_
         "suite 'hub' of stage 'evaluate' (org/set: a hub dataset)"
     )
 
-    summary = run_recipe(load_recipe(recipe), tmp_path / "run", only="sft")
+    # The training launch is what this test does not need (it took 40 s): the stage stops once its data is ready.
+    import tempa.recipes.runner as runner
+
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise StageError("training left out by this test")
+
+    monkeypatch.setattr(runner, "run_launch", no_training)
+    with caplog.at_level(logging.INFO, logger="tempa"), pytest.raises(StageError, match="training left out"):
+        run_recipe(load_recipe(recipe), tmp_path / "run", only="sft")
     [reject] = [json.loads(line) for line in (tmp_path / "run" / "sft" / "data" / "rejects.jsonl").open()]
     assert reject["reason"] == "contaminated" and reject["row"] == 6
     assert f"suite 'math' of stage 'evaluate' ({tmp_path / 'eval.jsonl'}:2)" in reject["detail"]
-    assert any("suite 'hub' of stage 'evaluate'" in note for note in summary.notes)
+    assert any("suite 'hub' of stage 'evaluate'" in message for message in caplog.messages)
 
 
 def answers(tokenizer: Any, ds: Any) -> set[str]:

@@ -576,7 +576,8 @@ def prepare_tokenizer(base_dir: Path, template_ref: str, template: str, run_dir:
     from tempa.chat_templates import bake_tokenizer
 
     out = run_dir / TOKENIZER_DIR
-    fp = digest({"template": digest(template), "base": _tokenizer_inputs_digest(base_dir)})
+    # tempa's version too: a bake that changed (which pad token it picks, the generation config it writes) bakes again
+    fp = digest({"template": digest(template), "base": _tokenizer_inputs_digest(base_dir), "tempa": __version__})
     if done_fingerprint(out) == fp:
         return out
     clear_stage(out, run_dir)

@@ -557,7 +557,8 @@ def test_a_teachers_transport_settings_are_not_part_of_the_stage_fingerprint(tmp
     assert fingerprint("stages.syn.sampling.temperature=0.2") != base
 
 
-def test_the_run_tokenizer_is_baked_again_when_any_tokenizer_file_of_the_base_changes(tmp_path, tiny_model_dir):
+def test_the_run_tokenizer_is_baked_again_when_any_tokenizer_file_of_the_base_changes(tmp_path, tiny_model_dir,
+                                                                                     monkeypatch):
     """The run's baked tokenizer was reused while the base's `tokenizer_config.json` was unchanged: a base whose
     `generation_config.json` (the stop ids and sampling defaults the bake writes) or `tokenizer.json` changed in
     place kept the old bake, and every stage trained and the final model shipped with it."""
@@ -583,3 +584,9 @@ def test_the_run_tokenizer_is_baked_again_when_any_tokenizer_file_of_the_base_ch
     (base / "model.safetensors").touch()
     assert prepare_tokenizer(base, "llama3_thinking", template, tmp_path / "run", log) == out
     assert (out / "tokenizer.json").stat().st_mtime_ns == stamp
+    # another tempa bakes again: the bake itself may have changed (which pad token it picks)
+    import tempa.recipes.runner as runner
+
+    monkeypatch.setattr(runner, "__version__", runner.__version__ + ".next")
+    prepare_tokenizer(base, "llama3_thinking", template, tmp_path / "run", log)
+    assert (out / "tokenizer.json").stat().st_mtime_ns != stamp

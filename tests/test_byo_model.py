@@ -14,7 +14,7 @@ from tempa.merge.bake import check_generation_config
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def _qwen_tokenizer(folder: Path, *, eos: str) -> PreTrainedTokenizerFast:
+def qwen_tokenizer(folder: Path, *, eos: str) -> PreTrainedTokenizerFast:
     """A byte-level BPE with Qwen2.5's three special tokens and pad ``<|endoftext|>``, as Qwen ships it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -45,7 +45,7 @@ def qwen_instruct_like(tmp_path: Path) -> Path:
     """Qwen2.5-Instruct's token setup: eos <|im_end|>, pad <|endoftext|>, and a generation config that stops on
     both and pads with <|endoftext|>; vocab_size padded beyond the tokenizer, as Qwen's is."""
     folder = tmp_path / "qwen-instruct-like"
-    tokenizer = _qwen_tokenizer(folder, eos="<|im_end|>")
+    tokenizer = qwen_tokenizer(folder, eos="<|im_end|>")
     endoftext, im_end = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
     (folder / "generation_config.json").write_text(
         json.dumps(

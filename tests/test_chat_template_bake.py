@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from test_byo_model import qwen_tokenizer
+from transformers import AutoTokenizer
 
 from tempa.chat_templates import bake_tokenizer, check_tokenizer, choose_pad_token, load_template
 
@@ -60,28 +61,7 @@ def test_bake_picks_an_existing_pad_when_pad_is_eos(tiny_tokenizer_dir: Path, tm
 
 def _qwen_base_like(folder: Path) -> Path:
     """A byte-level tokenizer shaped like a Qwen2.5 base: eos == pad == <|endoftext|>, no pad-like token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(
-        ["user assistant system <think>\n</think>\n\n hello world"] * 20, trainer=trainer
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=specials[1:],
-    )
-    tokenizer.save_pretrained(folder)
+    qwen_tokenizer(folder, eos="<|endoftext|>")
     return folder
 
 

@@ -33,7 +33,7 @@ Reports (in ``out_dir``; rows are conversations, tokens count every token of the
   ``tokens_in`` (after the length limits), ``heldout_rows`` / ``heldout_tokens`` (copies of an
   instruction held out together) and ``heldout_rows_trained_elsewhere`` (their instruction trains in
   another source), ``rows_kept`` (with repeats when up-sampled), ``samples_kept``, ``tokens_kept``,
-  ``trained_tokens_kept``, ``thinking_on_rows_kept``, ``share_of_tokens`` and rejects by reason, plus totals; the same
+  ``trained_tokens_kept``, ``thinking_on_rows_kept``, ``tool_rows_kept``, ``share_of_tokens`` and rejects by reason, plus totals; the same
   table is logged.
 - ``rejects.jsonl``: ``{source, row, reason, detail, data}`` per rejected row, plus ``line`` (1-based)
   for JSON Lines sources; ``row`` is the 0-based row index in the source (for JSON Lines, the line
@@ -74,6 +74,7 @@ from tqdm.auto import tqdm
 
 from tempa.chat_templates.json_files import Line, parse_line
 from tempa.chat_templates.one_line import first_line
+from tempa.chat_templates.roles import TOOL_ROLES
 from tempa.sft import curation, language
 from tempa.sft.curation import Deduplicator, Reason
 from tempa.sft.data_config import (
@@ -123,7 +124,7 @@ from tempa.sft.tokenization import (
 logger = logging.getLogger(__name__)
 
 # Bump when a change to this pipeline changes its output, so old cache entries are not reused.
-PIPELINE_VERSION = "5"
+PIPELINE_VERSION = "6"  # 6: mix.json counts tool rows (a 5 entry would say none)
 COMPLETE = "COMPLETE"
 MIX_FILE, REJECTS_FILE = "mix.json", "rejects.jsonl"
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects
@@ -161,6 +162,7 @@ _TOKENIZED = Features(
         "row": Value("int64"),
         "turn": Value("int32"),
         "thinking": Value("bool"),
+        "tool_row": Value("bool"),  # its conversation offers tools or holds a tool loop (:func:`is_tool_row`)
         "n_tokens": Value("int64"),
         "n_trained": Value("int64"),
         "group": Value("int64"),  # its conversation's instruction as dedup compares it, hashed (held out together)
@@ -872,6 +874,7 @@ def _tokenize_batch(
             samples_out = [(None, plan)]
         data = None
         group = _instruction_group(batch["messages"][k])
+        tool_row = is_tool_row(batch["messages"][k], batch["tools"][k])
         for sample, reason in samples_out:
             ids, mask = _trainer_columns(sample) if sample is not None and reason is None else _NOTHING
             if reason is not None and data is None:
@@ -882,6 +885,7 @@ def _tokenize_batch(
             out["row"].append(batch["row"][k])
             out["turn"].append(sample.turns[-1] if sample is not None else -1)
             out["thinking"].append(sample.thinking if sample is not None else False)
+            out["tool_row"].append(tool_row)
             out["n_tokens"].append(len(sample.input_ids) if sample is not None else 0)
             out["n_trained"].append(sample.n_trained if sample is not None else 0)
             out["group"].append(group)
@@ -889,6 +893,12 @@ def _tokenize_batch(
             out["detail"].append(reason[1] if reason else None)
             out["data"].append(data if reason else None)
     return out
+
+
+def is_tool_row(messages: Sequence[Mapping[str, Any]], tools: str | None) -> bool:
+    """Whether a normalised conversation teaches tool use: it offers tool definitions (``tools``, as the curated
+    column holds them), or an assistant turn calls a tool, or a turn carries a tool's result."""
+    return bool(tools) or any(turn.get("tool_calls") or turn.get("role") in TOOL_ROLES for turn in messages)
 
 
 def _instruction_group(messages: Sequence[Mapping[str, Any]]) -> int:
@@ -931,7 +941,8 @@ def _normalize_and_tokenize_batch(
         if reason is None:
             continue
         for name, value in (("input_ids", _NOTHING[0]), ("assistant_masks", _NOTHING[1]), ("conv", -1),
-                            ("row", curated["row"][k]), ("turn", -1), ("thinking", False), ("n_tokens", 0),
+                            ("row", curated["row"][k]), ("turn", -1), ("thinking", False), ("tool_row", False),
+                            ("n_tokens", 0),
                             ("n_trained", 0), ("group", 0), ("reject", reason), ("detail", curated["detail"][k]),
                             ("data", curated["data"][k])):
             out[name].append(value)
@@ -983,7 +994,7 @@ def _mix(
     rejects written, its stats kept. ``dropped``: the conversations the steps comparing rows reject, and why."""
     source = state.source
     meta = tokenized.select_columns(
-        ["conv", "row", "turn", "thinking", "n_tokens", "n_trained", "group", "reject", "detail", "data"],
+        ["conv", "row", "turn", "thinking", "tool_row", "n_tokens", "n_trained", "group", "reject", "detail", "data"],
         new_fingerprint=_unhashed()).to_pandas()
     meta = meta[meta["conv"] >= 0]  # one pass: the rows normalising rejected (``_split_row_rejects``) left out
     meta = meta[~meta["conv"].isin(list(dropped))]  # rejected whole, for what ``dropped`` says (below)
@@ -1020,6 +1031,7 @@ def _mix(
     conv_tokens = ok.groupby("conv")["n_tokens"].sum().to_dict()
     conv_trained = ok.groupby("conv")["n_trained"].sum().to_dict()
     conv_thinking = ok.groupby("conv")["thinking"].any().to_dict()
+    conv_tools = ok.groupby("conv")["tool_row"].any().to_dict()
     conv_group = ok.groupby("conv")["group"].first().to_dict()
 
     # Copies of an instruction are held out together: one held out while its copy trains would score memory.
@@ -1056,6 +1068,7 @@ def _mix(
         "tokens_kept": total(conv_tokens, chosen),
         "trained_tokens_kept": total(conv_trained, chosen),
         "thinking_on_rows_kept": sum(1 for c in chosen if conv_thinking[c]),
+        "tool_rows_kept": sum(1 for c in chosen if conv_tools[c]),
     }
     state.held_groups = [int(conv_group[c]) for c in held_convs]
     state.trained_groups = {int(conv_group[c]) for c in chosen}
@@ -1124,6 +1137,7 @@ def _report(states: Sequence[_SourceState], *, seed: int, key: str, n_train: int
         trained_tokens_kept=sum(s.trained_tokens_kept for s in sources),
         heldout_tokens=sum(s.heldout_tokens for s in sources),
         thinking_on_rows_kept=sum(s.thinking_on_rows_kept for s in sources),
+        tool_rows_kept=sum(s.tool_rows_kept for s in sources),
         rejects=sum(sum(s.rejects.values()) for s in sources),
     )
     return DataMix(seed=seed, cache_key=key, sources=sources, total=totals)

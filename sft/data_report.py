@@ -42,6 +42,9 @@ class SourceMix(BaseModel):
     tokens_kept: int
     trained_tokens_kept: int = Field(description="Tokens with a loss (the assistant's tokens).")
     thinking_on_rows_kept: int
+    # 0 in a mix.json of a tempa that did not count them (the pipeline version changed with the count).
+    tool_rows_kept: int = Field(default=0, description="Rows kept that offer tools or hold a tool loop (tool "
+                                "definitions, assistant tool calls or tool results; repeats counted).")
     share_of_tokens: float = 0.0
     rejects: dict[str, int] = Field(default_factory=dict, description="Rejected rows by reason.")
 
@@ -88,6 +91,7 @@ class MixTotals(BaseModel):
     trained_tokens_kept: int
     heldout_tokens: int
     thinking_on_rows_kept: int
+    tool_rows_kept: int = Field(default=0, description="Rows kept that offer tools or hold a tool loop.")
     rejects: int
 
 
@@ -117,18 +121,18 @@ class DataMix(BaseModel):
         resized is what the size setting added (up-sampling) or left out.
         """
         header = ("source", "rows in", "rejected", "held out", "resized", "rows kept", "tokens in", "tokens kept",
-                  "share", "thinking on")
+                  "share", "thinking on", "tool rows")
         lines = [header]
         for s in self.sources:
             lines.append((s.name, str(s.rows_in), str(sum(s.rejected_rows.values())), str(s.heldout_rows),
                           f"{s.resized_rows:+d}" if s.resized_rows else "0", str(s.rows_kept), str(s.tokens_in),
                           str(s.tokens_kept), f"{100 * s.share_of_tokens:.1f}%",
-                          f"{s.thinking_on_rows_kept}/{s.rows_kept}"))
+                          f"{s.thinking_on_rows_kept}/{s.rows_kept}", f"{s.tool_rows_kept}/{s.rows_kept}"))
         t = self.total
         rejected = sum(sum(s.rejected_rows.values()) for s in self.sources)
         heldout = sum(s.heldout_rows for s in self.sources)
         resized = sum(s.resized_rows for s in self.sources)
         lines.append(("total", str(t.rows_in), str(rejected), str(heldout), f"{resized:+d}" if resized else "0",
-                      str(t.rows_kept), "", str(t.tokens_kept), "100%", ""))
+                      str(t.rows_kept), "", str(t.tokens_kept), "100%", "", f"{t.tool_rows_kept}/{t.rows_kept}"))
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in lines)

@@ -14,7 +14,7 @@ from typing import Any
 import datasets
 import pytest
 
-from sft_helpers import ISSUE_ROW, REASONED_ROW, SHAREGPT_ROW, expected_tool_samples, trained_spans
+from sft_helpers import ISSUE_ROW, REASONED_ROW, SHAREGPT_ROW, WEATHER, expected_tool_samples, trained_spans
 from tempa.sft.data import COMPLETE, PreparedData, prepare_sft_data
 from tempa.sft.data_config import DataConfig, DataError
 from tempa.sft.data_report import DataMix
@@ -597,6 +597,44 @@ def test_tool_call_rows_train_each_loop_step_with_exact_masks(
     # Llama 3.1's JSON format has one call per message: that row is a clear reject, not a crash.
     [reject] = rejects(tmp_path)
     assert reject["reason"] == "template_error" and "one tool call per assistant message, got 2" in reject["detail"]
+
+
+def test_the_mix_counts_the_rows_that_offer_tools_or_hold_a_tool_loop_per_source(
+    tmp_path: Path, tokenizer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An agentic team's card and report never said what share of the data taught tools: mix.json, the cache's
+    copy and the logged table count them per source, in both pipeline paths (one pass, and normalised first)."""
+    plain = [chat(f"Pertanyaan nomor {i} tentang buah?", f"Jawaban nomor {i}.") for i in range(3)]
+    offers_tools = {"tools": [WEATHER], **chat("Apa kabar hari ini?", "Baik, terima kasih.")}
+    ipython = {"messages": [
+        {"role": "user", "content": "Cuaca di Bogor?"},
+        {"role": "assistant", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Bogor"}}}]},
+        {"role": "ipython", "content": "25C"}, {"role": "assistant", "content": "Bogor 25°C."}]}
+    write_jsonl(tmp_path / "openai.jsonl", [ISSUE_ROW, *plain, REASONED_ROW])
+    write_jsonl(tmp_path / "mixed.jsonl", [offers_tools, ipython, *plain])
+    write_jsonl(tmp_path / "sharegpt.jsonl", [SHAREGPT_ROW])
+    cfg = config(tmp_path, [{"name": "openai", "path": "openai.jsonl", "thinking_mode": "on"},
+                            {"name": "mixed", "path": "mixed.jsonl", "thinking_mode": "mixed", "thinking_ratio": 0.5},
+                            {"name": "sharegpt", "path": "sharegpt.jsonl", "format": "sharegpt"}], heldout=0)
+    with caplog.at_level("INFO", logger="tempa.sft.data"):
+        built = prepare(tmp_path, cfg, tokenizer)
+    assert [(s.name, s.rows_kept, s.tool_rows_kept) for s in built.mix.sources] == \
+        [("openai", 5, 2), ("mixed", 5, 2), ("sharegpt", 1, 1)]
+    assert built.mix.total.tool_rows_kept == 5
+    assert DataMix.read(tmp_path / "out" / "mix.json") == built.mix
+    table = next(r.getMessage() for r in caplog.records if "SFT data mix" in r.getMessage()).splitlines()[1:]
+    column = [c.strip() for c in table[0].split("  ") if c.strip()].index("tool rows")
+    assert [row.split()[column] for row in table[1:4]] == ["2/5", "2/5", "1/1"]
+    assert table[-1].split()[-1] == "5/11"
+    # A cache hit reads the count back from the cache's mix.json.
+    again = prepare(tmp_path, cfg, tokenizer)
+    assert again.cache_hit and [s.tool_rows_kept for s in again.mix.sources] == [2, 2, 1]
+    # A mix.json of a tempa that did not count them (a finished run's sft stage) still loads, as none counted.
+    old = built.mix.model_dump(mode="json")
+    for part in (old["total"], *old["sources"]):
+        del part["tool_rows_kept"]
+    (tmp_path / "old.json").write_text(json.dumps(old), encoding="utf-8")
+    assert DataMix.read(tmp_path / "old.json").total.tool_rows_kept == 0
 
 
 def test_bad_tool_calls_are_one_line_rejects(tmp_path: Path, tokenizer: Any) -> None:

@@ -29,7 +29,13 @@ from pydantic import Field
 from tempa.chat_templates.baking import GenerationDefaults
 from tempa.chat_templates.one_line import first_line
 from tempa.merge.candidates import is_model_dir
-from tempa.merge.model_card import ModelCardConfig, render_model_card, shipped_stage
+from tempa.merge.model_card import (
+    ModelCardConfig,
+    render_model_card,
+    shipped_stage,
+    tool_rows_trained,
+    written_tool_call,
+)
 from tempa.merge.model_files import license_files
 from tempa.merge.publish import make_publishable, publish_problems
 from tempa.sft.files import link_or_copy, staging_dir, write_atomic, write_json
@@ -195,6 +201,18 @@ def smoke_test(out_dir: Path, device: str, max_new_tokens: int) -> dict[str, str
         backend.close()
 
 
+def _card_tool_call(out_dir: Path, ctx: StageContext) -> str | None:
+    """The card's example call as the final tokenizer writes it; None (and a warning) where its template cannot:
+    the card then describes the format in words, and a finished run is not failed for its card."""
+    from transformers import AutoTokenizer
+
+    try:
+        return written_tool_call(AutoTokenizer.from_pretrained(out_dir))
+    except ValueError as error:
+        ctx.log.warning("%s: the model card shows no example tool call: %s", ctx.stage_name, first_line(error))
+        return None
+
+
 def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
     """Assemble, check and publish ``<stage>/final``."""
     from tempa.chat_templates import bake_tokenizer, template_defaults
@@ -242,9 +260,10 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
         checks = run_template_checks(tmp, ctx.chat_template)
         write_json(stage_dir / "template_check.json", checks)
         recipe = ctx.recipe or RecipeInfo(name=ctx.stage_name, base_model=str(ctx.base_model), chat_template="")
+        tool_call = _card_tool_call(tmp, ctx) if tool_rows_trained(ctx.upstream) else None
         card = render_model_card(config.model_card, recipe=recipe, stages=ctx.upstream, template_checks=checks,
                                  thinking_default=thinking_default,
-                                 weights_from=shipped_stage(source, ctx.upstream))
+                                 weights_from=shipped_stage(source, ctx.upstream), tool_call=tool_call)
         write_atomic(tmp / "README.md", card)
         if config.smoke_test:
             ctx.log.info("%s: smoke test: load and generate in both thinking modes", ctx.stage_name)

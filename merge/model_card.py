@@ -159,6 +159,8 @@ def _stages_section(stages: Mapping[str, Upstream]) -> list[str]:
 
 _MIX_COLUMNS = ("path", "thinking_mode", "rows_in", "rows_kept", "heldout_rows", "tokens_kept",
                 "trained_tokens_kept", "thinking_on_rows_kept", "share_of_tokens")
+# Shown after thinking_on_rows_kept only when a stage trained tool rows: a card without them reads as before.
+_TOOL_COLUMN = "tool_rows_kept"
 
 
 _PRETRAIN_COLUMNS = ("path", "token_budget", "documents", "tokens", "share_of_tokens")
@@ -167,12 +169,16 @@ _PRETRAIN_COLUMNS = ("path", "token_budget", "documents", "tokens", "share_of_to
 def _mix_section(stages: Mapping[str, Upstream]) -> list[str]:
     """Each SFT stage's sources, and each pretrain stage's (continued pre-training is data the model saw too)."""
     lines: list[str] = []
+    columns = _MIX_COLUMNS
+    if tool_rows_trained(stages):
+        at = _MIX_COLUMNS.index("thinking_on_rows_kept") + 1
+        columns = (*_MIX_COLUMNS[:at], _TOOL_COLUMN, *_MIX_COLUMNS[at:])
     for name, up in stages.items():
         if isinstance(up.result, SFTResult):
             sources = up.result.data.sources
             lines += [f"### {name}", ""]
-            lines += _table(["source", *_MIX_COLUMNS, "rejects"],
-                            [[s.name, *(getattr(s, c) for c in _MIX_COLUMNS), sum(s.rejects.values())]
+            lines += _table(["source", *columns, "rejects"],
+                            [[s.name, *(getattr(s, c) for c in columns), sum(s.rejects.values())]
                              for s in sources])
             lines.append("")
         elif isinstance(up.result, PretrainResult) and up.result.data is not None:
@@ -341,6 +347,101 @@ def usage_snippet(model_id: str, thinking_default: str = "on", saved_with: str |
     ]
 
 
+def tool_rows_trained(stages: Mapping[str, Upstream]) -> int:
+    """The SFT rows of the run that offer tools or hold a tool loop (``tool_rows_kept`` of every sft stage)."""
+    return sum(up.result.data.total.tool_rows_kept for up in stages.values() if isinstance(up.result, SFTResult))
+
+
+# The card's tool-calling example: one tool, the model's call of it and the tool's result. The card's code is
+# written from these alone, and a test runs that code on a baked tokenizer of each shipped template.
+TOOL_EXAMPLE_TOOLS: list[dict[str, Any]] = [{"type": "function", "function": {
+    "name": "get_weather",
+    "description": "The current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city's name."}},
+                   "required": ["city"]},
+}}]
+TOOL_EXAMPLE_QUESTION = "What is the weather in Jakarta right now?"
+TOOL_EXAMPLE_CALL: dict[str, Any] = {"role": "assistant", "tool_calls": [
+    {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Jakarta"}}}]}
+TOOL_EXAMPLE_RESULT: dict[str, Any] = {"role": "tool", "name": "get_weather", "content": "31 °C, sunny"}
+
+# How each shipped template writes a call in the model's reply (chat_templates/README.md, "Tools").
+_CALL_FORMATS = {
+    "llama3_thinking": "The model answers a turn that calls a tool with the call alone: one JSON object, the "
+    "arguments under `parameters` (Llama 3.1's format, one call per turn).",
+    "chatml_thinking": "The model writes each call in a `<tool_call>` block, after any text of its reply, the "
+    "arguments under `arguments` (Qwen2.5's format; several calls per turn).",
+}
+
+
+def written_tool_call(tokenizer: Any) -> str:
+    """The example's call (:data:`TOOL_EXAMPLE_CALL`) as ``tokenizer``'s chat template writes it in the model's
+    reply, after the think block (thinking off), without the end-of-turn token. Raises ValueError when the
+    template cannot write it after its own generation prompt."""
+    from tempa.alignment.completions import written_turn
+    from tempa.chat_templates.thinking import mode_kwargs
+
+    question = [{"role": "user", "content": TOOL_EXAMPLE_QUESTION}]
+    _, text = written_turn(tokenizer, question, TOOL_EXAMPLE_CALL, {"tools": TOOL_EXAMPLE_TOOLS, **mode_kwargs("off")})
+    return text
+
+
+def tool_calling_snippet(rows: int, chat_template: str, call: str | None) -> list[str]:
+    """The usage section's "Tool calling" part for a model whose SFT data had ``rows`` tool rows; ``call``: the
+    example's call as the model's template writes it (:func:`written_tool_call`), None where it could not."""
+
+    def literal(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False)  # JSON without true/false/null is Python
+
+    # One line per key of each function: short lines a reader can edit, the same objects.
+    tools_literal = ["tools = ["]
+    for tool in TOOL_EXAMPLE_TOOLS:
+        rest = {key: value for key, value in tool.items() if key != "function"}
+        tools_literal += [f"    {{{literal(rest)[1:-1]}, \"function\": {{",
+                          *(f"        {literal(key)}: {literal(value)}," for key, value in tool["function"].items()),
+                          "    }},"]
+    tools_literal.append("]")
+
+    generate = [
+        "inputs = tokenizer.apply_chat_template(",
+        "    messages,",
+        "    tools=tools,",
+        "    add_generation_prompt=True,",
+        '    return_tensors="pt",',
+        "    return_dict=True,",
+        ").to(model.device)",
+        "output = model.generate(**inputs, max_new_tokens=512)",
+        'reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)',
+    ]
+    written = ["For the example below the reply (with thinking on, after `</think>`) reads:", "", "```text", call,
+               "```", ""] if call is not None else []
+    return [
+        "### Tool calling",
+        "",
+        f"{rows} of the SFT rows this model trained on offer tools or hold a tool loop (see the data mix).",
+        "Pass OpenAI-style tool definitions as `tools=[...]` to `apply_chat_template`; the chat template writes them",
+        "into the prompt. " + _CALL_FORMATS.get(chat_template, "The model writes a call as its chat template renders "
+                                                 "an assistant message's `tool_calls`."),
+        "",
+        *written,
+        "Parse the call out of the reply, add it to `messages` as an assistant message with `tool_calls`, add the",
+        'tool\'s result as a `"role": "tool"` message, and generate again for the answer:',
+        "",
+        "```python",
+        *tools_literal,
+        f'messages = [{{"role": "user", "content": {literal(TOOL_EXAMPLE_QUESTION)}}}]',
+        *generate,
+        "print(reply)  # the call",
+        "",
+        f"messages.append({literal(TOOL_EXAMPLE_CALL)})  # the call, parsed",
+        f"messages.append({literal(TOOL_EXAMPLE_RESULT)})  # what the tool returned",
+        *generate,
+        "print(reply)  # the answer",
+        "```",
+        "",
+    ]
+
+
 def shipped_stage(start_model: Path | str, stages: Mapping[str, Upstream]) -> str | None:
     """The stage whose model ``start_model`` (the folder the bake ships) is; ``None``: the base model."""
     target = Path(start_model).resolve()
@@ -371,11 +472,14 @@ def render_model_card(
     environ: Mapping[str, str] | None = None,
     thinking_default: str = "on",
     weights_from: str | None = "",
+    tool_call: str | None = None,
 ) -> str:
     """The card's markdown, scrubbed of secrets.
 
     ``weights_from`` names the stage whose model the folder holds (``None``: the base model's weights; see
-    :func:`shipped_stage`); the card then says so in one sentence.
+    :func:`shipped_stage`); the card then says so in one sentence. When the SFT stages trained tool rows the
+    usage section says how to call the model with tools; ``tool_call``: the example's call as the baked template
+    writes it (:func:`written_tool_call`).
     """
     resolved = redact(dict(recipe.resolved))
     title = card.title or recipe.name
@@ -407,6 +511,9 @@ def render_model_card(
         lines += _weights_line(stages, weights_from)
     lines += usage_snippet(card.model_id or USAGE_PLACEHOLDER, thinking_default,
                            saved_with=importlib.metadata.version("transformers"), languages=card.languages)
+    tool_rows = tool_rows_trained(stages)
+    if tool_rows:
+        lines += tool_calling_snippet(tool_rows, recipe.chat_template, tool_call)
     lines += _stages_section(stages)
     lines += _mix_section(stages)
     lines += _eval_section(stages)

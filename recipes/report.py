@@ -267,17 +267,18 @@ def data_mix_section(done: list[tuple[Manifest, StageResult]]) -> str:
 
 def _mix_table(mix: DataMix) -> str:
     head = ("source", "rows in", "rows kept", "held out", "tokens in", "tokens kept", "share", "thinking on",
-            "rejects by reason")
+            "tool rows", "rejects by reason")
     rows = []
     for s in mix.sources:
         rejects = ", ".join(f"{html.escape(reason)}: {count}" for reason, count in sorted(s.rejects.items())) or "none"
         cells = (html.escape(s.name), s.rows_in, s.rows_kept, s.heldout_rows, f"{s.tokens_in:,}", f"{s.tokens_kept:,}",
-                 f"{100 * s.share_of_tokens:.1f}%", f"{s.thinking_on_rows_kept}/{s.rows_kept}", rejects)
+                 f"{100 * s.share_of_tokens:.1f}%", f"{s.thinking_on_rows_kept}/{s.rows_kept}",
+                 f"{s.tool_rows_kept}/{s.rows_kept}", rejects)
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     t = mix.total
     rows.append(f"<tr class='total'><td>total</td><td>{t.rows_in}</td><td>{t.rows_kept}</td><td></td><td></td>"
                 f"<td>{t.tokens_kept:,}</td><td>100%</td><td>{t.thinking_on_rows_kept}/{t.rows_kept}</td>"
-                f"<td>{t.rejects}</td></tr>")
+                f"<td>{t.tool_rows_kept}/{t.rows_kept}</td><td>{t.rejects}</td></tr>")
     header = "".join(f"<th>{h}</th>" for h in head)
     return f"<table class='mix'><tr>{header}</tr>{''.join(rows)}</table>"
 

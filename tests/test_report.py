@@ -395,3 +395,19 @@ def test_sample_prompts_ask_in_each_language_tempa_has_a_question_for(languages,
     assert prompts == (SAMPLE_PROMPTS if expected is None else [usage_question(code) for code in expected])
     conversation = example_conversation(languages)
     assert conversation == EXAMPLE if expected is None else conversation[0]["content"] == prompts[0]
+
+
+def test_the_reports_data_mix_counts_the_tool_rows_of_each_source():
+    """An agentic team's report never said how many rows taught tool use: a column beside `thinking on`."""
+    from test_card_tools import sft_stages
+
+    from tempa.recipes.report import data_mix_section
+    from tempa.recipes.rundir import Manifest
+
+    up = sft_stages((3, 0))["sft"]
+    manifest = Manifest(name="sft", kind="sft", fingerprint="f", status="done", started_at=0.0)
+    page = data_mix_section([(manifest, up.result)])
+    assert "<th>thinking on</th><th>tool rows</th><th>rejects by reason</th>" in page
+    assert "<td>s0</td>" in page and "<td>0/10</td><td>3/10</td><td>none</td>" in page
+    assert "<td>s1</td>" in page and "<td>0/10</td><td>0/10</td><td>none</td>" in page
+    assert "<td>0/20</td><td>3/20</td><td>0</td></tr>" in page  # the total

@@ -26,7 +26,7 @@ def test_tool_rows_train_through_tempa_run_and_thinking_default_off_reaches_ever
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
     from datasets import load_from_disk
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.chat_template_utils import (
         is_chat_template_prefix_preserving,
         is_chat_template_stop_token_trained,
@@ -76,6 +76,18 @@ def test_tool_rows_train_through_tempa_run_and_thinking_default_off_reaches_ever
     # ... the model card and the bake's metrics ...
     card = (run / "final" / "README.md").read_text(encoding="utf-8")
     assert "**Default thinking mode: `off`**" in card and 'thinking_mode="off",  # "on" to switch' in card
+    # ... which says what the model trained on (every row of both sources is a tool loop) and how to call it
+    # with tools: the shipped example's code runs on the shipped folder.
+    mix = json.loads((run / "sft" / "data" / "mix.json").read_text())
+    assert [s["tool_rows_kept"] for s in mix["sources"]] == [s["rows_kept"] for s in mix["sources"]]
+    assert f"{mix['total']['tool_rows_kept']} of the SFT rows this model trained on offer tools" in card
+    part = card[card.index("### Tool calling"):]
+    shown = part[part.index("```text\n") + 8:part.index("\n```", part.index("```text\n"))]
+    assert json.loads(shown) == {"name": "get_weather", "parameters": {"city": "Jakarta"}}
+    code = part[part.index("```python\n") + 10:part.index("\n```", part.index("```python\n"))]
+    example = {"tokenizer": final, "model": AutoModelForCausalLM.from_pretrained(run / "final")}
+    exec(code.replace("max_new_tokens=512", "max_new_tokens=2"), example)  # a tiny model: 2 tokens prove it runs
+    assert shown in final.apply_chat_template(example["messages"], tools=example["tools"], tokenize=False)
     metrics = json.loads((run / "bake" / "metrics.json").read_text())
     assert metrics["thinking_default"] == "off" and "warning" not in metrics
     # ... and the Ollama Modelfile (and the GGUF's template, markers removed).

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from tempa.chat_templates.thinking import THINK_CLOSE
 from tempa.merge.leaderboard import EvaluateResult
 from tempa.merge.merge_result import RECIPE_BASE, MergeResult
 from tempa.merge.ollama_template import ollama_default_note
@@ -413,7 +414,7 @@ def tool_calling_snippet(rows: int, chat_template: str, call: str | None) -> lis
         "output = model.generate(**inputs, max_new_tokens=512)",
         'reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)',
     ]
-    written = ["For the example below the reply (with thinking on, after `</think>`) reads:", "", "```text", call,
+    written = [f"For the example below the reply (with thinking on, after `{THINK_CLOSE}`) reads:", "", "```text", call,
                "```", ""] if call is not None else []
     return [
         "### Tool calling",

@@ -73,8 +73,6 @@ def normalize_text(text: str) -> str:
     return _PUNCT.sub("", unicodedata.normalize("NFKC", str(text)).casefold())
 
 
-
-
 def _math_equal(gold: str, answer: str, language: str | None, gold_language: str | None) -> bool | None:
     """math-verify equality, ``answer`` read as ``language`` and ``gold`` as ``gold_language`` write numbers; None
     when the gold answer is not something math-verify can parse."""

@@ -1,9 +1,11 @@
 """Evaluation rows: load them, and turn a row into the chat prompt a model answers.
 
-A row is a dict. Generation suites read its prompt from ``messages`` (a chat; anything after
-the last user turn is dropped, so a reference answer may stay in the file) or from ``prompt``
-(a string, with an optional ``system``). Suites read their own fields beside it: ``answer``,
+A row is a dict. Generation suites read its prompt from ``messages`` (a chat; its closing assistant
+turns are dropped, so a reference answer may stay in the file, and a tool loop keeps its calls and
+results) or from ``prompt`` (a string, with an optional ``system``). Suites read their own fields beside it: ``answer``,
 ``language``, ``instructions``, ``thinking_mode``.
+
+The same prompts keep an sft stage's training rows clean (:func:`evaluation_prompts`).
 
 Rows are checked when read, before any model is loaded: a row that is not an object, or whose
 ``messages`` a chat template would refuse (a message without a role, an unknown role), stops the
@@ -13,6 +15,7 @@ over a silently shortened set would mislead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from tempa.chat_templates.json_files import (
 from tempa.chat_templates.one_line import first_line
 from tempa.chat_templates.roles import ROLES
 from tempa.sft.formats import RowError, tools_of
-from tempa.sft.stage_api import StageError, looks_local
+from tempa.sft.stage_api import EvalPrompt, EvalPrompts, StageError, looks_local
 
 
 def load_rows(source: str, *, split: str = "train", max_rows: int | None = None) -> list[dict[str, Any]]:
@@ -162,3 +165,40 @@ def chat_messages(row: dict[str, Any]) -> list[dict[str, Any]] | None:
     if not messages or not any(m.get("role") == "assistant" for m in messages):
         return None
     return [dict(m) for m in messages]
+
+
+def evaluation_prompts(stages: Sequence[Any]) -> EvalPrompts:
+    """The prompts a recipe's evaluate stages (among ``stages``) ask, read from their suites' local data (the rows each suite uses);
+    a suite whose rows would need a download (hub data, lm-eval tasks) is named as not checked, not read."""
+    from tempa.merge.evaluate_config import EvaluateStageConfig
+
+    prompts: list[EvalPrompt] = []
+    unchecked: list[str] = []
+    for config in stages:
+        if not isinstance(config, EvaluateStageConfig):
+            continue
+        for suite in config.suites:
+            label = f"suite '{suite.key}' of stage '{config.name}'"
+            data = getattr(suite, "data", None)
+            if data is None or not Path(data).exists():
+                why = "lm-eval tasks" if data is None else "not found" if looks_local(data) else "a hub dataset"
+                unchecked.append(f"{label} ({data or ', '.join(getattr(suite, 'tasks', []))}: {why})")
+                continue
+            rows, names = load_named_rows(data, split=suite.split, max_rows=suite.max_rows)
+            prompts += [EvalPrompt(text, f"{label} ({name})") for row, name in zip(rows, names, strict=True)
+                        if (text := _suite_instruction(suite, row))]
+    return EvalPrompts(tuple(prompts), tuple(unchecked))
+
+
+def _suite_instruction(suite: Any, row: dict[str, Any]) -> str | None:
+    """The user turns a suite asks of ``row``, joined as a training row's instruction; None for a row that asks none."""
+    from tempa.merge.evaluate_config import WinRateSuite
+    from tempa.merge.win_rate import pairwise_row
+    from tempa.sft.formats import user_instruction
+
+    try:
+        if isinstance(suite, WinRateSuite):
+            return "\n".join(pairwise_row(row, suite.turns_field, suite.category_field).turns)
+        return user_instruction([{**m, "content": str(m.get("content") or "")} for m in prompt_messages(row)])
+    except (StageError, ValueError):
+        return None  # (evaluate's own input check names such a row)

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from tempa.chat_templates.one_line import first_line, typed_line
+from tempa.merge.eval_data import evaluation_prompts
 from tempa.recipes import __version__
 from tempa.recipes.fingerprint import referenced_files
 from tempa.recipes.launcher import deepspeed_config_path, reap_stale_launch, run_launch
@@ -44,7 +45,6 @@ from tempa.sft.files import cache_root, digest, file_digest, path_digest, point_
 from tempa.sft.run_layout import DONE, FINAL_DIR, FINAL_LINK, LOGS_DIR, RESOLVED_RECIPE, TOKENIZER_DIR
 from tempa.sft.stage_api import (
     Artifact,
-    EvalPrompt,
     EvalPrompts,
     RecipeInfo,
     StageConfigBase,
@@ -55,7 +55,6 @@ from tempa.sft.stage_api import (
     Upstream,
     fingerprinted,
     format_metric,
-    looks_local,
 )
 
 log = logging.getLogger("tempa")
@@ -616,7 +615,7 @@ def _context(loaded: LoadedRecipe, decision: StageDecision, run_dir: Path, start
         log=log,
         cache_dir=cache_root(),
         recipe=recipe,
-        eval_prompts=evaluation_prompts(loaded) if decision.kind in DECONTAMINATED_KINDS else EvalPrompts(),
+        eval_prompts=evaluation_prompts(loaded.stages) if decision.kind in DECONTAMINATED_KINDS else EvalPrompts(),
     )
 
 
@@ -624,51 +623,12 @@ def _context(loaded: LoadedRecipe, decision: StageDecision, run_dir: Path, start
 DECONTAMINATED_KINDS = frozenset({"sft"})
 
 
-def evaluation_prompts(loaded: LoadedRecipe) -> EvalPrompts:
-    """The prompts the recipe's evaluate stages ask, read from their suites' local data (the rows each suite uses);
-    a suite whose rows would need a download (hub data, lm-eval tasks) is named as not checked, not read."""
-    from tempa.merge.eval_data import load_named_rows
-    from tempa.merge.evaluate_config import EvaluateStageConfig
-
-    prompts: list[EvalPrompt] = []
-    unchecked: list[str] = []
-    for config in loaded.stages:
-        if not isinstance(config, EvaluateStageConfig):
-            continue
-        for suite in config.suites:
-            label = f"suite '{suite.key}' of stage '{config.name}'"
-            data = getattr(suite, "data", None)
-            if data is None or not Path(data).exists():
-                why = "lm-eval tasks" if data is None else "not found" if looks_local(data) else "a hub dataset"
-                unchecked.append(f"{label} ({data or ', '.join(getattr(suite, 'tasks', []))}: {why})")
-                continue
-            rows, names = load_named_rows(data, split=suite.split, max_rows=suite.max_rows)
-            prompts += [EvalPrompt(text, f"{label} ({name})") for row, name in zip(rows, names, strict=True)
-                        if (text := _suite_instruction(suite, row))]
-    return EvalPrompts(tuple(prompts), tuple(unchecked))
-
-
-def _suite_instruction(suite: Any, row: dict[str, Any]) -> str | None:
-    """The user turns a suite asks of ``row``, joined as a training row's instruction; None for a row that asks none."""
-    from tempa.merge.eval_data import prompt_messages
-    from tempa.merge.evaluate_config import WinRateSuite
-    from tempa.merge.win_rate import pairwise_row
-    from tempa.sft.formats import user_instruction
-
-    try:
-        if isinstance(suite, WinRateSuite):
-            return "\n".join(pairwise_row(row, suite.turns_field, suite.category_field).turns)
-        return user_instruction([{**m, "content": str(m.get("content") or "")} for m in prompt_messages(row)])
-    except (StageError, ValueError):
-        return None  # (evaluate's own input check names such a row)
-
-
 def decontamination_lines(loaded: LoadedRecipe) -> list[str]:
     """For `tempa plan`: per stage whose data is decontaminated, one line saying what it is checked against."""
     from tempa.sft.stage import decontamination_summary
 
     stages = [config for config in loaded.stages if config.kind in DECONTAMINATED_KINDS]
-    prompts = evaluation_prompts(loaded) if stages else EvalPrompts()
+    prompts = evaluation_prompts(loaded.stages) if stages else EvalPrompts()
     return [f"{config.name}: {decontamination_summary(config.data, prompts)}" for config in stages]
 
 

@@ -38,7 +38,7 @@ from tempa.chat_templates.json_files import (
 )
 from tempa.chat_templates.one_line import first_line
 from tempa.sft.curation import check_tool_results
-from tempa.sft.formats import FormatSpec, RowError, normalize_row, tools_of
+from tempa.sft.formats import FormatSpec, RowError, normalize_row, tools_of, uses_tools
 from tempa.sft.mixing import thinking_on_count
 from tempa.sft.stage_api import (
     Artifact,
@@ -144,7 +144,7 @@ class PromptRow:
     @property
     def uses_tools(self) -> bool:
         """Offers tools or holds a tool loop: rendering it without the tools (or the loop) changes the prompt."""
-        return bool(self.tools) or any(m["role"] == "tool" or m.get("tool_calls") for m in self.messages)
+        return uses_tools(self.messages, self.tools)
 
     @property
     def question(self) -> str:

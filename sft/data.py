@@ -74,7 +74,6 @@ from tqdm.auto import tqdm
 
 from tempa.chat_templates.json_files import Line, parse_line
 from tempa.chat_templates.one_line import first_line
-from tempa.chat_templates.roles import TOOL_ROLES
 from tempa.sft import curation, language
 from tempa.sft.curation import Deduplicator, Reason
 from tempa.sft.data_config import (
@@ -98,6 +97,7 @@ from tempa.sft.formats import (
     normalize_row,
     spec_for,
     user_instruction,
+    uses_tools,
 )
 from tempa.sft.mixing import assign_thinking, rng_for, select_rows, split_heldout
 from tempa.sft.paths import display_path
@@ -162,7 +162,7 @@ _TOKENIZED = Features(
         "row": Value("int64"),
         "turn": Value("int32"),
         "thinking": Value("bool"),
-        "tool_row": Value("bool"),  # its conversation offers tools or holds a tool loop (:func:`is_tool_row`)
+        "tool_row": Value("bool"),  # its conversation offers tools or holds a tool loop (:func:`uses_tools`)
         "n_tokens": Value("int64"),
         "n_trained": Value("int64"),
         "group": Value("int64"),  # its conversation's instruction as dedup compares it, hashed (held out together)
@@ -874,7 +874,7 @@ def _tokenize_batch(
             samples_out = [(None, plan)]
         data = None
         group = _instruction_group(batch["messages"][k])
-        tool_row = is_tool_row(batch["messages"][k], batch["tools"][k])
+        tool_row = uses_tools(batch["messages"][k], batch["tools"][k])
         for sample, reason in samples_out:
             ids, mask = _trainer_columns(sample) if sample is not None and reason is None else _NOTHING
             if reason is not None and data is None:
@@ -893,12 +893,6 @@ def _tokenize_batch(
             out["detail"].append(reason[1] if reason else None)
             out["data"].append(data if reason else None)
     return out
-
-
-def is_tool_row(messages: Sequence[Mapping[str, Any]], tools: str | None) -> bool:
-    """Whether a normalised conversation teaches tool use: it offers tool definitions (``tools``, as the curated
-    column holds them), or an assistant turn calls a tool, or a turn carries a tool's result."""
-    return bool(tools) or any(turn.get("tool_calls") or turn.get("role") in TOOL_ROLES for turn in messages)
 
 
 def _instruction_group(messages: Sequence[Mapping[str, Any]]) -> int:

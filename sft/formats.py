@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tempa.chat_templates.roles import TOOL_ROLES
 from tempa.chat_templates.thinking import split_reasoning
 from tempa.sft.data_config import ColumnMapping, DataError, SourceConfig
 
@@ -439,3 +440,10 @@ def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> Conversation:
 def user_instruction(messages: Sequence[Mapping[str, Any]]) -> str:
     """All user turns joined: the instruction that dedup and the template filter compare."""
     return "\n".join(m["content"] for m in messages if m["role"] == "user")
+
+
+def uses_tools(messages: Sequence[Mapping[str, Any]], tools: Any) -> bool:
+    """Whether a conversation offers tool definitions (``tools``: a list, or its JSON text) or holds a tool loop (an
+    assistant turn that calls a tool, a turn that carries a tool's result): what SFT counts as a tool row, and what a
+    prompt renders only with its tools."""
+    return bool(tools) or any(turn.get("tool_calls") or turn.get("role") in TOOL_ROLES for turn in messages)

@@ -234,3 +234,60 @@ def test_arguments_written_as_a_python_dict_say_how_to_write_them(tmp_path: Any,
     # Text that is neither JSON nor a Python literal gets no such hint.
     with pytest.raises(RowError, match=r"to be JSON; [^;]*$"):
         normalize_row({"messages": turns[:1], "tools": "[{"}, _spec(tmp_path))
+
+
+def _render_as_given(template: str, messages: list[dict[str, Any]], **kwargs: Any) -> str:
+    """Render with transformers' Jinja renderer on the messages exactly as given, None values kept: what
+    llama.cpp (its minja engine), llama-cpp-python's formatter and any server that does not drop None keys
+    do. (``apply_chat_template`` and ``render_text`` drop them first, which hides a template's None bugs.)"""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template(conversations=[messages], chat_template=template, **kwargs)
+    return rendered[0]
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+@pytest.mark.parametrize("template_name", TEMPLATES)
+def test_an_openai_tool_call_turn_with_null_content_renders_in_every_engine(
+    template_name: str, mode: str
+) -> None:
+    """OpenAI clients send a tool-call turn as ``"content": null`` (the SDK's own message, echoed back), and so
+    do llama.cpp's server and llama-cpp-python; it must render as a turn without text, not fail."""
+    template = load_template(template_name)
+    for messages in (RAW_ROWS["arguments_as_object"], RAW_ROWS["history_before_a_new_question"]):
+        assert any("content" in m and m["content"] is None for m in messages)
+        kwargs = {"tools": [WEATHER], **mode_kwargs(mode)}
+        assert _render_as_given(template, messages, **kwargs) == render_text(template, messages, **kwargs)
+        prompt = messages[:-1]
+        assert _render_as_given(template, prompt, add_generation_prompt=True, **kwargs) == render_text(
+            template, prompt, add_generation_prompt=True, **kwargs
+        )
+
+
+@pytest.mark.parametrize("template_name", TEMPLATES)
+@pytest.mark.parametrize(
+    ("messages", "expected"),
+    [
+        (
+            [{"role": "system", "content": None}, {"role": "user", "content": "Hi"}],
+            r"messages\[0\]\.content is missing",
+        ),
+        ([{"role": "user", "content": None}], r"messages\[0\]\.content is missing \(user message\)"),
+        (
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None}],
+            r"messages\[1\]\.content is missing \(assistant message without tool_calls\)",
+        ),
+    ],
+    ids=["system", "user", "assistant without calls"],
+)
+def test_null_content_is_missing_content_in_every_engine(
+    template_name: str, messages: list[dict[str, Any]], expected: str
+) -> None:
+    """A null content where text is required is the same one-line error with or without None-dropping."""
+    import jinja2
+
+    template = load_template(template_name)
+    with pytest.raises(jinja2.TemplateError, match=expected):
+        _render_as_given(template, messages)
+    with pytest.raises(jinja2.TemplateError, match=expected):
+        render_text(template, messages)

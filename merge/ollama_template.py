@@ -17,8 +17,9 @@ messages joined), ``.Messages`` (role, content, thinking, tool calls), ``.Tools`
   out of replies when ``think`` is on.
 
 What Go templates cannot reproduce (documented in chat_templates/README.md): Ollama passes text as given
-where Jinja trims surrounding whitespace; tool-call arguments are written with sorted keys and nested
-objects compact (Go's encoding/json), where Jinja keeps their order (``tojson``); tool definitions are
+where Jinja trims surrounding whitespace; tool-call arguments are written with sorted keys, nested
+objects compact and ``<``, ``>``, ``&`` escaped as ``\\u003c``, ``\\u003e``, ``\\u0026`` (Go's encoding/json, behind
+Ollama's ``json`` function), where Jinja keeps their order and characters (``tojson``); tool definitions are
 compact JSON where llama3_thinking indents them; ``tools_in_user_message=false`` and ``date_string`` have
 no Ollama equivalent (the preamble shows the stock template's default date).
 """

@@ -182,3 +182,35 @@ def test_the_modelfile_says_what_ollama_does_when_think_is_unset(go_renderer: Pa
         assert unset != render_text(jinja, messages, add_generation_prompt=True)  # not the baked default
         assert any("think: false" in line and "0.12.4" in line for line in header), header
         assert not any("overrides it" in line for line in header), header
+
+
+@pytest.mark.parametrize("template_name", TEMPLATES)
+def test_tool_call_arguments_differ_only_as_go_json_writes_them(
+    go_renderer: Path, template_name: str
+) -> None:
+    """The documented limit of the Go twin: arguments are the same JSON object, written by Go's encoding/json
+    (keys sorted, nested values compact, and <, > and & escaped as \\u003c, \\u003e and \\u0026, which Ollama's
+    `json` template function does); everything around them renders as the Jinja template does."""
+    arguments = {
+        "url": "https://example.com/?q=a&b=<c>",
+        "city": "Huế",
+        "opts": {"unit": "C", "days": [1, 2]},
+    }
+    messages = [
+        {"role": "user", "content": "Fetch it."},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "fetch", "arguments": arguments}}],
+        },
+        {"role": "tool", "content": "ok"},
+    ]
+    jinja = load_template(template_name)
+    go = _ollama(go_renderer, ollama_template(jinja), messages, None, True)["prompt"]
+    expected = render_text(jinja, _as_jinja(messages), add_generation_prompt=True, thinking_mode="on")
+    key = '"parameters": ' if template_name == "llama3_thinking" else '"arguments": '
+    go_call, jinja_call = (next(line for line in text.splitlines() if key in line) for text in (go, expected))
+    written = go_call.split(key, 1)[1].rsplit("}", 1)[0]
+    assert json.loads(written) == arguments
+    assert "\\u0026" in written and "\\u003c" in written and "&" not in written
+    assert go.replace(go_call, jinja_call) == expected

@@ -158,6 +158,45 @@ _MY_NUMBER = re.compile(_START + r"\d{4}[ -]?\d{4}[ -]?\d{4}" + _END)
 _OPERATORS = set("+-−*/=×÷^<>≈")
 
 
+# Credentials: a vendor's prefix, then a body as long as that vendor's keys. Whole tokens only: a key is never
+# a piece of a longer identifier. Group 1 is the random body the validators judge.
+_KEY_EDGE = "A-Za-z0-9_-"
+
+
+def _key(prefix: str, body: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![{_KEY_EDGE}]){prefix}({body})(?![{_KEY_EDGE}])")
+
+
+_ANTHROPIC_KEY = _key(r"sk-ant-[a-z]+\d\d-", r"[A-Za-z0-9_-]{32,}")
+_OPENAI_KEY = _key(r"sk-(?:(?:proj|svcacct|admin)-)?", r"[A-Za-z0-9_-]{32,}")
+_GITHUB_TOKEN = _key(r"gh[pousr]_", r"[A-Za-z0-9]{36}")
+_GITHUB_PAT = _key(r"github_pat_", r"[A-Za-z0-9_]{50,}")
+_HF_TOKEN = _key(r"hf_", r"[A-Za-z]{34}")
+_AWS_KEY_ID = _key(r"(?:AKIA|ASIA|ABIA|ACCA)", r"[A-Z0-9]{16}")
+_GOOGLE_KEY = _key(r"AIza", r"[A-Za-z0-9_-]{35}")
+_SLACK_TOKEN = _key(r"xox[bpars]-", r"[A-Za-z0-9-]{10,}")
+# RFC 6750's token characters; a template variable (`{token}`, `$TOKEN`, `<token>`) is none of them.
+_BEARER = re.compile(r"(?<![A-Za-z0-9])(?i:bearer)\s+([A-Za-z0-9._~+/-]{20,}=*)(?![A-Za-z0-9._~+/=-])")
+# The header with key material after it (PEM's own header lines allowed, newlines possibly escaped in code):
+# a tutorial naming the header alone is no key.
+_PRIVATE_KEY = re.compile(
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----(?:\s|\\[rn])+"
+    r"(?:[A-Za-z-]+:[^\n\\]*(?:\s|\\[rn])+)*[A-Za-z0-9+/]{40}"
+)
+
+
+def _placeholder(body: str) -> bool:
+    """``sk-xxxx…``, ``AKIA0000…``, AWS's documented ``AKIAIOSFODNN7EXAMPLE``: shaped like a key, no secret."""
+    return "EXAMPLE" in body.upper() or max(Counter(body).values()) * 3 > len(body)
+
+
+def _looks_random(body: str) -> bool:
+    """A generated key mixes at least two of lower case, upper case and digits (`sk-` and a hyphenated phrase
+    does not) and is no placeholder."""
+    classes = sum(any(test(ch) for ch in body) for test in (str.islower, str.isupper, str.isdigit))
+    return classes >= 2 and not _placeholder(body)
+
+
 def luhn_ok(digits: str) -> bool:
     """The Luhn checksum that payment card numbers carry."""
     total = 0
@@ -213,6 +252,18 @@ def _digits(match: re.Match[str]) -> str:
 
 # (kind, switch on PIIConfig, pattern, validator of a match)
 _RULES: tuple[tuple[str, str, re.Pattern[str], Any], ...] = (
+    # Credentials first: a row with a token in a URL names the token, not the URL's `user@host`.
+    ("Anthropic API key", "secrets", _ANTHROPIC_KEY, lambda m: _looks_random(m.group(1))),
+    ("OpenAI API key", "secrets", _OPENAI_KEY, lambda m: _looks_random(m.group(1))),
+    ("GitHub token", "secrets", _GITHUB_TOKEN, lambda m: _looks_random(m.group(1))),
+    ("GitHub token", "secrets", _GITHUB_PAT, lambda m: _looks_random(m.group(1))),
+    ("Hugging Face token", "secrets", _HF_TOKEN, lambda m: _looks_random(m.group(1))),
+    # AWS key IDs are upper case and digits, and one in thirty has no digit: only placeholders are let through.
+    ("AWS access key ID", "secrets", _AWS_KEY_ID, lambda m: not _placeholder(m.group(1))),
+    ("Google API key", "secrets", _GOOGLE_KEY, lambda m: _looks_random(m.group(1))),
+    ("Slack token", "secrets", _SLACK_TOKEN, lambda m: _looks_random(m.group(1))),
+    ("bearer token", "secrets", _BEARER, lambda m: _looks_random(m.group(1))),
+    ("private key", "secrets", _PRIVATE_KEY, None),
     ("email", "email", _EMAIL, None),
     ("card number", "card", _CARD, lambda m: len(set(_digits(m))) > 1 and luhn_ok(_digits(m))),
     ("Singapore NRIC/FIN", "national_id", _NRIC, lambda m: _nric_ok(*m.groups())),
@@ -223,6 +274,8 @@ _RULES: tuple[tuple[str, str, re.Pattern[str], Any], ...] = (
     ("Japanese My Number", "national_id", _MY_NUMBER, lambda m: _my_number_ok(_digits(m))),
     ("phone number", "phone", _PHONE, lambda m: 8 <= len(_digits(m)) <= 15 and len(set(_digits(m))) > 2),
 )
+# Number-shaped kinds: a number next to an operator is arithmetic. A key after `=` (`OPENAI_API_KEY=sk-...`) is not.
+_NUMBER_SWITCHES = frozenset({"phone", "card", "national_id"})
 
 
 @lru_cache(maxsize=64)
@@ -244,7 +297,7 @@ def ascii_forms(text: str) -> str:
 
 
 def find_pii(text: str, config: PIIConfig) -> str | None:
-    """The kind of personal data found in ``text`` (e.g. ``email``), or None.
+    """The kind of personal data or credential found in ``text`` (e.g. ``email``, ``GitHub token``), or None.
 
     Number-shaped kinds must pass their checksum or date rule, and a number written as a term
     of arithmetic (next to an operator) is never personal data, so maths rows survive. The rules
@@ -265,7 +318,7 @@ def find_pii(text: str, config: PIIConfig) -> str | None:
             for m in pattern.finditer(seen):
                 if any(a.search(m.group()) for a in allow):
                     continue
-                if switch not in ("", "email") and _in_arithmetic(seen, m.start(), m.end()):
+                if switch in _NUMBER_SWITCHES and _in_arithmetic(seen, m.start(), m.end()):
                     continue
                 if valid is None or valid(m):
                     return kind

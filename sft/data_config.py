@@ -290,7 +290,7 @@ class DedupConfig(_Strict):
 
 
 class PIIConfig(_Strict):
-    """Reject conversations that contain personal data (Swallow dropped such conversations)."""
+    """Reject conversations that contain personal data or credentials (Swallow dropped such conversations)."""
 
     email: bool = Field(default=True, description="Email addresses.")
     phone: bool = Field(
@@ -306,6 +306,16 @@ class PIIConfig(_Strict):
         description=(
             "National-ID-like numbers with their checksums or date rules: Singapore NRIC/FIN, Malaysian MyKad, "
             "Indonesian NIK, Thai ID, Japanese My Number, US SSN."
+        ),
+    )
+    secrets: bool = Field(
+        default=True,
+        description=(
+            "Credentials a model could learn to repeat: API keys with a vendor's prefix (OpenAI `sk-`, Anthropic "
+            "`sk-ant-`, GitHub `ghp_`/`gho_`/`github_pat_`..., Hugging Face `hf_`, AWS `AKIA`..., Google `AIza`, "
+            "Slack `xox?-`), `Bearer` tokens and PEM private key blocks. The key must be as long and as random "
+            "as a real one, so `sk-` in prose, placeholders (`sk-...`, `Bearer $TOKEN`, AWS's `...EXAMPLE` keys) "
+            "and a private key header without its body pass."
         ),
     )
     extra_patterns: dict[str, str] = Field(

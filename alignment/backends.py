@@ -228,7 +228,9 @@ class HTTPBackendConfig(_Strict):
         "itself never appears in a recipe, a log, a manifest or an output file.",
     )
     timeout_s: float = Field(default=300.0, gt=0, json_schema_extra=NOT_FINGERPRINTED,
-                             description="Seconds to wait for one response.")
+                             description="Seconds one request may take as a whole: connecting, sending and reading the "
+                             "entire reply (a server trickling bytes cannot hold it longer). A request that runs "
+                             "out is retried like a connection error.")
     max_retries: int = Field(default=5, ge=0, json_schema_extra=NOT_FINGERPRINTED,
                              description="Retries on HTTP 429/5xx and connection errors.")
     backoff_s: float = Field(

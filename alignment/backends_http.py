@@ -6,7 +6,8 @@ Works with `vllm serve`, llama.cpp's `llama-server` and hosted APIs. Each prompt
 ``chat_template_kwargs`` (what the OpenAI client sends as
 ``extra_body``), which vLLM and llama.cpp pass to the chat template. HTTP 429 and 5xx answers and
 connection errors (a reset, a body cut short, a timeout) are retried with exponential backoff (honouring
-``Retry-After``), at most ``max_retries`` times. A request the provider's content filter refuses (Azure's
+``Retry-After``), at most ``max_retries`` times. ``timeout_s`` bounds each request as a whole (connecting,
+sending and reading the entire reply), not each socket read: a server that trickles bytes times out too. A request the provider's content filter refuses (Azure's
 HTTP 400 ``content_filter``, or ``finish_reason: content_filter``) is one empty completion with
 ``finish_reason`` ``"content_filter"``: that row is dropped, the run goes on.
 A reply with structured ``tool_calls`` (a server that parses them) is written with the recipe's chat template
@@ -18,17 +19,21 @@ The API key is read from the environment variable the recipe names, sent only in
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import http.client
 import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from email.message import Message
 from typing import Any
 
 from tempa.alignment.backends import HTTPBackendConfig, SamplingBackend
@@ -247,24 +252,23 @@ class HTTPBackend(SamplingBackend):
             try:
                 with self._count_lock:
                     self.requests_sent += 1
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    raw = response.read()
-            except urllib.error.HTTPError as exc:
-                # Scrubbed before it is cut: a key across the cut would keep its first characters.
-                text = self._scrub(exc.read().decode("utf-8", "replace"))
-                if _content_filtered(exc.code, text):
-                    raise _ContentFiltered from None
-                detail = _snippet(text)
-                if exc.code not in RETRY_STATUS:
-                    raise HTTPBackendError(f"{self._where}: HTTP {exc.code}: {detail}") from None
-                reason = f"HTTP {exc.code}: {detail}"
-                retry_after = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
+                status, reply_headers, raw = _exchange(request, self.timeout_s)
             except (OSError, http.client.HTTPException) as exc:
                 # OSError: refused, reset, timed out (URLError, ConnectionError, TimeoutError); HTTPException: the
                 # connection dropped mid-reply (IncompleteRead, RemoteDisconnected) or a garbled status line.
                 reason = self._scrub(str(getattr(exc, "reason", exc))) or type(exc).__name__
             else:
-                return self._parsed(raw)
+                if status < 300:
+                    return self._parsed(raw)
+                # Scrubbed before it is cut: a key across the cut would keep its first characters.
+                text = self._scrub(raw.decode("utf-8", "replace"))
+                if _content_filtered(status, text):
+                    raise _ContentFiltered from None
+                detail = _snippet(text)
+                if status not in RETRY_STATUS:
+                    raise HTTPBackendError(f"{self._where}: HTTP {status}: {detail}") from None
+                reason = f"HTTP {status}: {detail}"
+                retry_after = _retry_after(reply_headers.get("Retry-After") if reply_headers else None)
             if attempt >= self.max_retries:
                 raise HTTPBackendError(f"{self._where}: failed after {attempt} retries: {reason}")
             delay = retry_after if retry_after is not None else min(MAX_BACKOFF_S, self.backoff_s * 2**attempt)
@@ -392,6 +396,105 @@ class HTTPBackend(SamplingBackend):
             return [self._one_prompt(*job) for job in jobs]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs))) as pool:
             return list(pool.map(lambda job: self._one_prompt(*job), jobs))
+
+
+class _Deadline:
+    """A whole request's time limit. urllib's ``timeout`` bounds each socket operation, so a server that sends a
+    byte now and then (a stuck proxy, an overloaded server streaming keep-alives) could hold a request forever;
+    when this one's time is up it shuts the request's socket down, which ends the read blocked on it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._timer.cancel()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:  # connected just as the time ran out
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """urllib's default opener (proxies, redirects, HTTPS) whose connections this deadline watches."""
+        return urllib.request.build_opener(_WatchedHTTPHandler(self), _WatchedHTTPSHandler(self))
+
+
+def _shut(sock: socket.socket) -> None:
+    # socket.socket's own shutdown: SSLSocket's would also drop its TLS state under the reading thread.
+    with contextlib.suppress(OSError):  # already closed
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Watched(http.client.HTTPConnection):
+    """A connection that hands its socket to a :class:`_Deadline` once connected."""
+
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self._deadline.watch(self.sock)
+
+
+class _WatchedHTTPS(_Watched, http.client.HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_Watched, deadline=self._deadline), req)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(
+            functools.partial(_WatchedHTTPS, deadline=self._deadline), req, context=self._context
+        )
+
+
+def _exchange(request: urllib.request.Request, timeout_s: float) -> tuple[int, Message | None, bytes]:
+    """Send ``request`` and read the whole reply, error bodies included, within ``timeout_s`` seconds:
+    ``(status, headers, body)``. TimeoutError when the time runs out, whatever the socket did then (a reply
+    without a Content-Length just ends early when its socket is shut)."""
+    with _Deadline(timeout_s) as deadline:
+        try:
+            try:
+                with deadline.opener().open(request, timeout=timeout_s) as response:
+                    reply = response.status, response.headers, response.read()
+            except urllib.error.HTTPError as exc:
+                with exc:
+                    reply = exc.code, exc.headers, exc.read()
+        except (OSError, http.client.HTTPException):
+            if not deadline.expired:
+                raise
+        if deadline.expired:
+            raise TimeoutError(f"no complete response within timeout_s={timeout_s:g}s")
+    return reply
 
 
 def _snippet(text: str) -> str:

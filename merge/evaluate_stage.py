@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tempa.alignment.generation import GenerationBackend, TransformersBackend
-from tempa.merge.candidates import Candidate, collect_candidates
+from tempa.merge.candidates import Candidate, _trained_step, collect_candidates
 from tempa.merge.eval_data import load_named_rows
 from tempa.merge.evaluate_config import EvaluateStageConfig, LmEvalSuite, WinRateSuite
 from tempa.merge.leaderboard import (
@@ -31,6 +31,7 @@ from tempa.merge.suites import CandidateScorer, import_lm_eval, suite_row_proble
 from tempa.merge.win_rate import PairwiseJudging
 from tempa.sft.files import digest, write_json
 from tempa.sft.stage_api import Scalar, StageContext, StageError
+from tempa.sft.trackers import named_trackers, tracker_log
 
 BackendFactory = Callable[[Path, EvaluateStageConfig, StageContext], GenerationBackend]
 
@@ -201,7 +202,41 @@ def evaluate_candidates(
     return Leaderboard(rows=board_rows, rank_by=config.rank_by)
 
 
+def candidate_trackers(ctx: StageContext, candidates: list[Candidate]) -> list[str]:
+    """The trackers the candidates' training stages report to (their `train.report_to`): a checkpoint's scores
+    go where its loss curve went. An evaluate stage trains nothing and has no `report_to` of its own."""
+    names: list[str] = []
+    for candidate in candidates:
+        upstream = ctx.upstream.get(candidate.stage) if candidate.stage else None
+        if upstream is not None:
+            names += named_trackers(upstream.config.train_args().get("report_to"))
+    return list(dict.fromkeys(names))
+
+
+def tracked_scores(
+    ctx: StageContext, candidate: Candidate, metrics: dict[str, float]
+) -> tuple[int, dict[str, Any]]:
+    """A candidate's scores as a tracker logs them: at the training step of its weights (a final model's last
+    step; 0 for a folder), with its name, keyed ``eval_<evaluate stage>/<its training stage>/<suite>/<metric>``
+    (the `eval_` prefix of a Trainer's evaluation metrics, which the trackers file under ``eval/``)."""
+    step = candidate.step if candidate.step is not None else _trained_step(candidate.path)
+    prefix = f"eval_{ctx.stage_name}/{candidate.stage or candidate.name}"
+    return step or 0, {
+        f"{prefix}/candidate": candidate.name,
+        **{f"{prefix}/{k}": v for k, v in metrics.items()},
+    }
+
+
 def _score_candidates(config, ctx, candidates, backend_factory, rows, pairwise) -> list[LeaderboardRow]:
+    # The runner's process runs this stage alone, so it is the process that writes to the trackers. The run is
+    # named as train_plan names a training stage's: recipe/stage.
+    run_name = f"{ctx.recipe.name}/{ctx.stage_name}" if ctx.recipe is not None else ctx.stage_name
+    trackers = candidate_trackers(ctx, candidates)
+    with tracker_log(trackers, output_dir=ctx.stage_dir, run_name=run_name) as track:
+        return _score_each(config, ctx, candidates, backend_factory, rows, pairwise, track)
+
+
+def _score_each(config, ctx, candidates, backend_factory, rows, pairwise, track) -> list[LeaderboardRow]:
     from tqdm.auto import tqdm
 
     scores_dir = Path(ctx.stage_dir) / "scores"
@@ -219,6 +254,7 @@ def _score_candidates(config, ctx, candidates, backend_factory, rows, pairwise) 
             write_json(cached_path, {"path": str(candidate.path), "metrics": metrics})
         record = {"candidate": candidate.name, "path": str(candidate.path), "metrics": metrics}
         write_json(scores_dir / f"{_slug(candidate.name)}.json", record)
+        track(*tracked_scores(ctx, candidate, metrics))
         board_rows.append(
             LeaderboardRow(
                 candidate=candidate.name,

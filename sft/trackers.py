@@ -11,7 +11,9 @@ an integration that is not installed fails at load, in one line, instead of an h
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from tempa.sft.suggest import did_you_mean
@@ -80,3 +82,37 @@ def recipe_callback(recipe: Mapping[str, Any]):
                     module.config.update({"tempa_recipe": dict(recipe)}, allow_val_change=True)
 
     return RecipeToTrackers()
+
+
+@contextmanager
+def tracker_log(report_to: Any, *, output_dir: Path, run_name: str) -> Iterator[Callable[[int, Mapping[str, Any]], None]]:
+    """``log(step, metrics)`` to the trackers `report_to` names, from a stage that trains nothing (evaluate).
+
+    It goes through transformers' own integration callbacks, begun, logged to and ended as a Trainer does, so
+    each tracker is written as a training stage writes it (TensorBoard: ``output_dir/runs/<date>_<host>/``,
+    or ``TENSORBOARD_LOGGING_DIR``). Call it on the process that writes only: the callbacks are told they
+    run on process zero. Yields a no-op when no tracker is named, without importing transformers.
+    """
+    names = named_trackers(report_to)
+    if not names:
+        yield lambda step, metrics: None
+        return
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    args = TrainingArguments(output_dir=str(output_dir), report_to=names, run_name=run_name)
+    state, control = TrainerState(is_world_process_zero=True), TrainerControl()
+    callbacks = [callback() for callback in get_reporting_integration_callbacks(names)]
+    for callback in callbacks:
+        callback.on_train_begin(args, state, control)
+
+    def log(step: int, metrics: Mapping[str, Any]) -> None:
+        state.global_step = step
+        for callback in callbacks:
+            callback.on_log(args, state, control, logs=dict(metrics))
+
+    try:
+        yield log
+    finally:
+        for callback in callbacks:
+            callback.on_train_end(args, state, control)

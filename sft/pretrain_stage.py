@@ -1,8 +1,8 @@
 """The `pretrain` stage: raw text -> token-budgeted, mixed, chunked documents -> the one training worker.
 
 Data work happens here, once, in the runner's process (as for `sft`): each source's documents are
-tokenised (an eos after each), taken in order up to the source's token budget (the last document
-cut), split into chunks of at most ``max_length`` tokens, and the chunks of all sources are
+tokenised as the tokenizer encodes plain text (Llama 3: its bos first) with an eos after each, taken
+in order up to the source's token budget (the last document cut), split into chunks of at most ``max_length`` tokens, and the chunks of all sources are
 shuffled together with the recipe seed. A chunk is one row (``input_ids`` and an all-ones
 ``assistant_masks``); trl's BFD packing then fills each training sequence with several rows and
 restarts ``position_ids`` at every row, which the per-document attention (``sft.packed_attention``)
@@ -39,6 +39,7 @@ from tempa.sft.stage_api import (
 from tempa.sft.train_plan import train_plan
 
 COMPLETE = "COMPLETE"
+_PREPARE_VERSION = 2  # bump when the prepared rows change for the same inputs (2: a document starts with its bos)
 TOKENS_METRIC = "tokens:"  # a pretrain stage's metric `tokens:NAME`: the tokens source NAME gave
 
 
@@ -103,6 +104,14 @@ class PretrainData:
 def chunk_document(ids: list[int], max_length: int) -> list[list[int]]:
     """A document's tokens in pieces of at most ``max_length`` (each piece one packed row)."""
     return [ids[i: i + max_length] for i in range(0, len(ids), max_length)]
+
+
+def document_tokens(tokenizer: Any, text: str, eos: list[int]) -> list[int]:
+    """A document as the base model was pre-trained on it: the tokenizer's own encode of plain text (Llama 3 puts
+    <|begin_of_text|> first; a packed document starts at position 0, where the model always saw it), then ``eos``
+    (none added when the tokenizer ends an encode with it already)."""
+    ids = tokenizer(text)["input_ids"]
+    return ids if eos and ids[-len(eos):] == eos else ids + eos
 
 
 def budgeted(documents: Any, budget: int | None) -> tuple[list[list[int]], int]:
@@ -176,8 +185,9 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
         fingerprints = {s.name: source_fingerprint(_as_sft_source(s), dataset=loaded[s.name]) for s in config.sources}
     except DataError as error:
         raise StageError(str(error)) from None
-    key = digest({"sources": [s.model_dump(exclude={"path"}) for s in config.sources], "data": fingerprints,
-                  "heldout": config.heldout, "add_eos": config.add_eos, "max_length": max_length, "seed": seed,
+    key = digest({"version": _PREPARE_VERSION, "sources": [s.model_dump(exclude={"path"}) for s in config.sources],
+                  "data": fingerprints, "heldout": config.heldout, "add_eos": config.add_eos, "max_length": max_length,
+                  "seed": seed,
                   "tokenizer": tree_digest(Path(tokenizer_dir))})
     entry = cache_dir / key[:16]
     if (entry / COMPLETE).is_file():
@@ -191,7 +201,7 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
     for source in config.sources:
         def encoded(source=source):
             for text in _texts(source, loaded[source.name]):
-                yield tokenizer(text, add_special_tokens=False)["input_ids"] + eos
+                yield document_tokens(tokenizer, text, eos)
 
         taken, total = budgeted(encoded(), source.tokens)
         if total == 0:

@@ -171,3 +171,25 @@ stages:
         check_stage_inputs(loaded, plan_run(loaded, tmp_path / "run"))
     assert str(info.value) == (f"stage 'cpt2' would fail: data source 'more': {tmp_path / 'more.jsonl'}: empty file "
                                "(expected one JSON object per line)")
+
+
+def test_every_document_starts_as_the_base_model_encodes_it_bos_included(tmp_path, llama3_model_dir):
+    """Llama 3's tokenizer starts every plain encode with <|begin_of_text|>, and the base model was pre-trained so;
+    the stage tokenised documents without it, so every packed document started on a text token at position 0. Now a
+    document is the tokenizer's own encode of it (bos where it puts one) with an eos after it."""
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llama3_model_dir)
+    texts = ["Selamat pagi, apa kabar?", "Xin chào thế giới.", "สวัสดีครับ"]
+    path = tmp_path / "sea.jsonl"
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    config = PretrainStageConfig.model_validate({
+        "name": "cpt", "sources": [{"name": "sea", "path": str(path)}],
+        "train": {"max_length": 64, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+    data = prepare_pretrain_data(config, tokenizer, llama3_model_dir, tmp_path / "cache", seed=0)
+    chunks = [list(row) for row in load_from_disk(str(data.train_path))["input_ids"]]
+    expected = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    assert all(ids[0] == tokenizer.bos_token_id for ids in expected)  # the test's premise: Llama 3 adds a bos
+    assert sorted(chunks) == sorted(expected)
+    assert data.tokens["sea"] == sum(map(len, expected))

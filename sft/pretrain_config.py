@@ -7,7 +7,7 @@ Continued pre-training (SEA-LION v3 on ~200B tokens, Swallow on ~200B from Llama
       sources:
         - {name: code, path: bigcode/the-stack-v2-dedup, text_field: content, tokens: 40000000000}
         - {name: english, path: allenai/dolma, tokens: 37500000000}
-        - {name: thai, path: data/thai_docs.parquet, tokens: 10700000000}
+        - {name: thai, path: data/thai_docs.parquet, tokens: 10700000000, repeat: true}
       train:
         learning_rate: 1.0e-5
         lr_scheduler_type: warmup_stable_decay
@@ -55,6 +55,11 @@ class PretrainSource(BaseModel):
         default=None, ge=1, description="Token budget: documents are taken in order until it is reached "
         "(the last one cut); unset: every document once.",
     )
+    repeat: bool = Field(
+        default=False, description="When the source holds fewer tokens than `tokens`: go over its documents again, "
+        "in order, until the budget is reached (upsampling a small language); off: every document once, and the "
+        "run logs a warning that the source fell short of its budget.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -93,6 +98,9 @@ class PretrainStageConfig(StageConfigBase):
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"source names must be unique; repeated: {repeated}")
+        unbudgeted = [source.name for source in self.sources if source.repeat and source.tokens is None]
+        if unbudgeted:
+            raise ValueError(f"sources {unbudgeted}: repeat needs a token budget (`tokens`) to repeat up to")
         args = self.train_args()
         if args.get("assistant_only_loss"):
             raise ValueError("train.assistant_only_loss: a pretrain stage trains on every token (raw text has "

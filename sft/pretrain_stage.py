@@ -2,24 +2,27 @@
 
 Data work happens here, once, in the runner's process (as for `sft`): each source's documents are
 tokenised as the tokenizer encodes plain text (Llama 3: its bos first) with an eos after each, taken
-in order up to the source's token budget (the last document cut), split into chunks of at most ``max_length`` tokens, and the chunks of all sources are
-shuffled together with the recipe seed. A chunk is one row (``input_ids`` and an all-ones
-``assistant_masks``); trl's BFD packing then fills each training sequence with several rows and
-restarts ``position_ids`` at every row, which the per-document attention (``sft.packed_attention``)
-turns into a block-diagonal mask: no token attends across a document boundary, and every token
-is in the loss (``assistant_only_loss`` is off). The tokenised data is cached under the shared
-cache, keyed by the sources' content fingerprints, the settings, the tokenizer and the seed;
-training resumes from the last complete checkpoint, as `sft` does.
+in order up to the source's token budget (the last document cut; a source with ``repeat`` and fewer
+tokens than its budget is gone over again, in order, until the budget is reached), split into
+chunks of at most ``max_length`` tokens, and the chunks of all sources are shuffled together with
+the recipe seed. A chunk is one row (``input_ids`` and an all-ones ``assistant_masks``); trl's BFD
+packing then fills each training sequence with several rows and restarts ``position_ids`` at every
+row, which the per-document attention (``sft.packed_attention``) turns into a block-diagonal mask: no
+token attends across a document boundary, and every token is in the loss (``assistant_only_loss``
+is off). The tokenised data is cached under the shared cache, keyed by the sources' content
+fingerprints, the settings, the tokenizer and the seed; training resumes from the last complete
+checkpoint, as `sft` does.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -39,7 +42,9 @@ from tempa.sft.stage_api import (
 from tempa.sft.train_plan import train_plan
 
 COMPLETE = "COMPLETE"
-_PREPARE_VERSION = 2  # bump when the prepared rows change for the same inputs (2: a document starts with its bos)
+# Bump when the prepared rows change for the same inputs (2: a document starts with its bos; 3: repeat, and no
+# held-out chunk also trained on).
+_PREPARE_VERSION = 3
 TOKENS_METRIC = "tokens:"  # a pretrain stage's metric `tokens:NAME`: the tokens source NAME gave
 
 
@@ -52,8 +57,13 @@ class PretrainSourceMix(BaseModel):
     path: str = Field(default="", description="The source as the recipe names it (a file name or hub id; never "
                       "shown absolute); empty in a result written before tempa recorded it.")
     token_budget: int | None = Field(default=None, description="The recipe's `tokens`; None: every document once.")
-    documents: int | None = Field(default=None, description="Documents taken (the last one cut at the budget); "
-                                  "None in a result written before tempa recorded it.")
+    documents: int | None = Field(default=None, description="Documents taken (the last one cut at the budget), "
+                                  "each counted once however often `repeat` went over it; None in a result written "
+                                  "before tempa recorded it.")
+    passes: float | None = Field(default=None, description="Tokens taken over the tokens the whole source holds: "
+                                 "above 1 when `repeat` went over its documents again, 1 every document once (also "
+                                 "when that fell short of the budget); None when the budget stopped before the "
+                                 "source's end, or in a result written before tempa recorded it.")
     tokens: int = Field(description="Tokens taken, an eos after each document included.")
     share_of_tokens: float
 
@@ -99,6 +109,7 @@ class PretrainData:
     tokens: dict[str, int]
     documents: dict[str, int]
     chunks: int
+    passes: dict[str, float | None]  # PretrainSourceMix.passes, per source
 
 
 def chunk_document(ids: list[int], max_length: int) -> list[list[int]]:
@@ -114,18 +125,43 @@ def document_tokens(tokenizer: Any, text: str, eos: list[int]) -> list[int]:
     return ids if eos and ids[-len(eos):] == eos else ids + eos
 
 
-def budgeted(documents: Any, budget: int | None) -> tuple[list[list[int]], int]:
-    """Documents (token lists) in order until ``budget`` tokens, the last one cut; and the tokens taken."""
+class Taken(NamedTuple):
+    """What :func:`budgeted` took of a source."""
+
+    documents: list[list[int]]  # in order; with repeat, the passes one after another (the last one cut)
+    tokens: int
+    whole: int | None  # the tokens the whole source holds; None when the budget stopped before its end
+    distinct: int  # source documents taken, each counted once
+
+
+def budgeted(documents: Iterable[list[int]], budget: int | None, *, repeat: bool = False) -> Taken:
+    """Documents (token lists) in order until ``budget`` tokens, the last one cut; with ``repeat``, a source that
+    ends first is gone over again, in the same order, until the budget is reached."""
+    taken, total, ended = _take(documents, budget)
+    if not ended:
+        return Taken(taken, total, None, len(taken))
+    whole, distinct = total, len(taken)
+    if repeat and budget is not None and 0 < whole < budget:
+        one_pass = list(taken)
+        while total < budget:
+            more, count, _ = _take(one_pass, budget - total)
+            taken.extend(more)
+            total += count
+    return Taken(taken, total, whole, distinct)
+
+
+def _take(documents: Iterable[list[int]], budget: int | None) -> tuple[list[list[int]], int, bool]:
+    """Documents in order until ``budget`` tokens (the last one cut), their tokens, and whether they all fitted."""
     taken, total = [], 0
     for ids in documents:
         if budget is not None and total + len(ids) > budget:
             if budget - total > 0:
                 taken.append(ids[: budget - total])
                 total = budget
-            break
+            return taken, total, False
         taken.append(ids)
         total += len(ids)
-    return taken, total
+    return taken, total, True
 
 
 def _texts(source: PretrainSource, loaded: Any) -> Any:
@@ -193,37 +229,65 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
     if (entry / COMPLETE).is_file():
         stats = json.loads((entry / "stats.json").read_text(encoding="utf-8"))
         return PretrainData(entry / "train", entry / "eval" if (entry / "eval").is_dir() else None,
-                            stats["tokens"], stats["documents"], stats["chunks"])
+                            stats["tokens"], stats["documents"], stats["chunks"], stats["passes"])
 
     chunks: list[list[int]] = []
-    tokens, documents = {}, {}
+    tokens, documents, passes = {}, {}, {}
     eos = [tokenizer.eos_token_id] if config.add_eos and tokenizer.eos_token_id is not None else []
     for source in config.sources:
         def encoded(source=source):
             for text in _texts(source, loaded[source.name]):
                 yield document_tokens(tokenizer, text, eos)
 
-        taken, total = budgeted(encoded(), source.tokens)
-        if total == 0:
+        taken = budgeted(encoded(), source.tokens, repeat=source.repeat)
+        if taken.tokens == 0:
             raise StageError(f"data source '{source.name}': no text to train on")
-        tokens[source.name], documents[source.name] = total, len(taken)
-        chunks.extend(piece for ids in taken for piece in chunk_document(ids, max_length))
+        tokens[source.name], documents[source.name] = taken.tokens, taken.distinct
+        passes[source.name] = round(taken.tokens / taken.whole, 4) if taken.whole else None
+        chunks.extend(piece for ids in taken.documents for piece in chunk_document(ids, max_length))
     order = np.random.default_rng(seed).permutation(len(chunks))
     n_eval = round(config.heldout * len(chunks))
     if config.heldout and n_eval == 0 and len(chunks) > 1:
         n_eval = 1
+    train_order = order[n_eval:]
+    if n_eval:
+        # A repeated document (or one the source holds twice) must not be trained on while its copy measures eval
+        # loss: every copy of a held-out chunk leaves the training rows.
+        held = {tuple(chunks[i]) for i in order[:n_eval]}
+        train_order = [i for i in train_order if tuple(chunks[i]) not in held]
 
     def dataset(indices) -> datasets.Dataset:
         rows = [chunks[i] for i in indices]
         return datasets.Dataset.from_dict({"input_ids": rows, "assistant_masks": [[1] * len(r) for r in rows]})
 
     shutil.rmtree(entry, ignore_errors=True)  # an incomplete earlier attempt
-    dataset(order[n_eval:]).save_to_disk(str(entry / "train"))
+    dataset(train_order).save_to_disk(str(entry / "train"))
     if n_eval:
         dataset(order[:n_eval]).save_to_disk(str(entry / "eval"))
-    write_json(entry / "stats.json", {"tokens": tokens, "documents": documents, "chunks": len(chunks)})
+    write_json(entry / "stats.json", {"tokens": tokens, "documents": documents, "chunks": len(chunks),
+                                      "passes": passes})
     (entry / COMPLETE).write_text("")  # last: a folder without it is never reused
-    return PretrainData(entry / "train", entry / "eval" if n_eval else None, tokens, documents, len(chunks))
+    return PretrainData(entry / "train", entry / "eval" if n_eval else None, tokens, documents, len(chunks),
+                        passes)
+
+
+def budget_lines(config: PretrainStageConfig, data: PretrainData) -> list[tuple[int, str]]:
+    """(log level, line) per source whose tokens are not its budget: repeated to reach it, or short of it."""
+    lines = []
+    for source in config.sources:
+        passes, count = data.passes.get(source.name), data.tokens[source.name]
+        if source.tokens is None or passes is None or (count == source.tokens and passes <= 1):
+            continue
+        if passes > 1:
+            lines.append((logging.INFO, f"data source '{source.name}': its {data.documents[source.name]:,} documents "
+                          f"({round(count / passes):,} tokens) repeated {passes:.2f} times to its budget of "
+                          f"{source.tokens:,} tokens"))
+        else:
+            lines.append((logging.WARNING, f"data source '{source.name}': holds {count:,} tokens, "
+                          f"{100 * count / source.tokens:.1f}% of its budget of {source.tokens:,}: every document "
+                          "once, so the mix's shares are not the budgets'; set `repeat: true` to go over it again "
+                          "up to the budget"))
+    return lines
 
 
 def run_pretrain(config: PretrainStageConfig, ctx: StageContext) -> PretrainResult:
@@ -234,26 +298,31 @@ def run_pretrain(config: PretrainStageConfig, ctx: StageContext) -> PretrainResu
                                  (ctx.cache_dir or ctx.stage_dir / "cache") / "pretrain-data", ctx.seed)
     ctx.log.info("%s: %s tokens in %d chunks (%s)", ctx.stage_name, f"{sum(data.tokens.values()):,}", data.chunks,
                  ", ".join(f"{name} {count:,}" for name, count in data.tokens.items()))
+    for level, line in budget_lines(config, data):
+        ctx.log.log(level, "%s: %s", ctx.stage_name, line)
     plan = train_plan(ctx, trainer="sft", start_model=ctx.start_model, train_data=data.train_path,
                       eval_data=data.eval_path, out_dir=ctx.stage_dir, train_args=config.train_args(), seed=ctx.seed)
     outcome = launch_training(plan, ctx)
     metrics = {**outcome.headline(), "data_tokens": sum(data.tokens.values()), "chunks": data.chunks,
                **{f"{TOKENS_METRIC}{name}": count for name, count in data.tokens.items()}}
     epochs = outcome.train.get("epoch")
-    mix = mix_of(data.tokens, data.documents, chunks=data.chunks, sources=config.sources,
+    mix = mix_of(data.tokens, data.documents, chunks=data.chunks, sources=config.sources, passes=data.passes,
                  epochs=float(epochs) if isinstance(epochs, int | float) else None)
     return PretrainResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir),
                           metrics=metrics, data=mix)
 
 
 def mix_of(tokens: dict[str, int], documents: dict[str, int], *, chunks: int | None,
-           sources: Sequence[PretrainSource], epochs: float | None = None) -> PretrainMix:
-    """The mix of per-source ``tokens`` and ``documents``; ``sources``: their recipe entries (path and budget)."""
+           sources: Sequence[PretrainSource], epochs: float | None = None,
+           passes: dict[str, float | None] | None = None) -> PretrainMix:
+    """The mix of per-source ``tokens``, ``documents`` and ``passes``; ``sources``: their recipe entries (path and
+    budget)."""
     total = sum(tokens.values())
     entries = {source.name: source for source in sources}
     return PretrainMix(
         sources=[PretrainSourceMix(
             name=name, tokens=count, documents=documents.get(name), share_of_tokens=round(count / (total or 1), 4),
+            passes=(passes or {}).get(name),
             path=display_path(entries[name].path) if name in entries else "",
             token_budget=entries[name].tokens if name in entries else None) for name, count in tokens.items()],
         tokens=total, chunks=chunks, epochs=epochs)
@@ -264,7 +333,15 @@ def estimate_pretrain(config: PretrainStageConfig, inputs: EstimateInputs) -> Tr
     budgets = [s.tokens for s in config.sources]
     known = sum(b for b in budgets if b is not None)
     unsized = [s.name for s in config.sources if s.tokens is None]
-    notes = [f"source {s.name}: token budget {s.tokens:,}" if s.tokens else f"source {s.name}: no token budget, "
-             "not sized" for s in config.sources]
+    notes = [_budget_note(s) for s in config.sources]
     tokens = TokenCount(known or None, None, "token budgets", notes, bound=">=" if unsized and known else "")
     return TrainingWorkload(tokens=tokens, train_args=config.train_args())
+
+
+def _budget_note(source: PretrainSource) -> str:
+    if source.tokens is None:
+        return f"source {source.name}: no token budget, not sized"
+    if source.repeat:
+        return f"source {source.name}: token budget {source.tokens:,} (repeat: gone over again if it holds fewer)"
+    return (f"source {source.name}: token budget {source.tokens:,} (fewer if it holds fewer; `repeat: true` goes "
+            "over it again up to the budget)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,11 @@ def _docs(path: Path, n: int, seed: int) -> str:
 
 def test_budget_and_chunks_pure():
     docs = [[1] * 5, [2] * 7, [3] * 4]
-    assert budgeted(iter(docs), 9) == ([[1] * 5, [2] * 4], 9)  # the last document is cut at the budget
-    assert budgeted(iter(docs), None) == (docs, 16)
+    assert budgeted(iter(docs), 9) == ([[1] * 5, [2] * 4], 9, None, 2)  # the last document is cut at the budget
+    assert budgeted(iter(docs), None) == (docs, 16, 16, 3)
+    assert budgeted(iter(docs), 40) == (docs, 16, 16, 3)  # short of its budget: every document once
+    # repeat: passes over the documents in order until the budget, the last one cut
+    assert budgeted(iter(docs), 40, repeat=True) == (docs + docs + [[1] * 5, [2] * 3], 40, 16, 3)
     assert chunk_document(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
@@ -193,3 +197,62 @@ def test_every_document_starts_as_the_base_model_encodes_it_bos_included(tmp_pat
     assert all(ids[0] == tokenizer.bos_token_id for ids in expected)  # the test's premise: Llama 3 adds a bos
     assert sorted(chunks) == sorted(expected)
     assert data.tokens["sea"] == sum(map(len, expected))
+
+
+def _encoded(tokenizer, path: Path) -> list[tuple[int, ...]]:
+    """The documents of a JSON Lines file as the stage should train them: the tokenizer's encode, then eos."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [tuple(tokenizer(json.loads(line)["text"])["input_ids"] + [tokenizer.eos_token_id]) for line in lines]
+
+
+@pytest.mark.parametrize("repeat", [True, False])
+def test_a_budget_above_its_source_is_reached_by_repeating_it_or_said_to_fall_short(tmp_path, tiny_model_dir, repeat):
+    """A SEA-LION-style mix (a small Thai source budgeted 2.5x what it holds, English replay cut at its budget) gave
+    Thai its documents once and the run said nothing: the trained mix was not the recipe's, silently. Now
+    `repeat: true` goes over the source again, in order, up to its budget (no held-out chunk trained on through a
+    copy), and without it a warning says the source fell short; measured on the prepared rows."""
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    from tempa.sft.pretrain_stage import budget_lines, estimate_pretrain
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    thai, english = _docs(tmp_path / "th.jsonl", 6, 1), _docs(tmp_path / "en.jsonl", 40, 2)
+    th_docs, en_docs = _encoded(tokenizer, Path(thai)), _encoded(tokenizer, Path(english))
+    th_whole = sum(map(len, th_docs))
+    th_budget, en_budget = th_whole * 5 // 2, th_whole * 2
+    assert en_budget < sum(map(len, en_docs))  # the premise: English is cut at its budget
+
+    def prepare(heldout: float):
+        config = PretrainStageConfig.model_validate({
+            "name": "cpt", "heldout": heldout,
+            "sources": [{"name": "th", "path": thai, "tokens": th_budget, "repeat": repeat},
+                        {"name": "en", "path": english, "tokens": en_budget}],
+            "train": {"max_length": 512, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+        data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / f"cache{heldout}", seed=0)
+        train = [tuple(r) for r in load_from_disk(str(data.train_path))["input_ids"]]
+        held = [tuple(r) for r in load_from_disk(str(data.eval_path))["input_ids"]] if data.eval_path else []
+        return config, data, train, held
+
+    _, _, train, held = prepare(0.2)
+    assert held and not set(train) & set(held)  # a held-out document is never also trained on, through a copy
+    config, data, train, _ = prepare(0.0)
+
+    def of(docs, rows):  # the rows that are (a prefix of) one of these documents: every document fits one row
+        return [r for r in rows if any(d[: len(r)] == r for d in docs)]
+
+    th_rows, en_rows = of(th_docs, train), of(en_docs, train)
+    assert len(th_rows) + len(en_rows) == len(train)
+    th_tokens, en_tokens = sum(map(len, th_rows)), sum(map(len, en_rows))
+    assert en_tokens == en_budget
+    assert data.documents["th"] == len(th_docs)
+    (line,) = budget_lines(config, data)
+    if repeat:
+        assert th_tokens == th_budget and th_tokens / en_tokens == pytest.approx(th_budget / en_budget, abs=1e-9)
+        assert data.passes["th"] == pytest.approx(th_budget / th_whole, abs=1e-3)
+        assert "'th'" in line[1] and "repeated 2.50 times" in line[1]
+    else:
+        assert th_tokens == th_whole
+        assert line[0] == logging.WARNING and "'th'" in line[1] and "repeat: true" in line[1]
+    notes = estimate_pretrain(config, None).tokens.notes  # `tempa plan` says what a budget above the source does
+    assert ("repeat: gone over again" in notes[0]) is repeat and "`repeat: true`" in notes[1]

@@ -166,7 +166,8 @@ def _take(documents: Iterable[list[int]], budget: int | None) -> tuple[list[list
 
 def _texts(source: PretrainSource, loaded: Any) -> Any:
     """Each document's text, in order; a row without a text string (in JSON Lines: a line that is not JSON) is an
-    error naming it; blank lines are skipped."""
+    error naming it; blank lines and blank documents (empty or whitespace only: nothing to learn, an eos alone)
+    are skipped."""
     from tempa.chat_templates.json_files import Line, parse_line
     from tempa.sft.sources import RAW, READ_ERROR, row_names
 
@@ -183,12 +184,30 @@ def _texts(source: PretrainSource, loaded: Any) -> Any:
                 continue
             if line.error is not None:
                 raise StageError(f"{where}: {line.error}")
-            value = line.value.get(source.text_field) if isinstance(line.value, dict) else None
+            if not isinstance(line.value, dict):
+                raise StageError(f"{where}: {_kind(line.value)}; expected a JSON object with a "
+                                 f"'{source.text_field}' field")
+            if source.text_field not in line.value:
+                raise StageError(f"{where}: no '{source.text_field}' field (fields: {', '.join(line.value)}); "
+                                 "set text_field")
+            value = line.value[source.text_field]
         else:
             value = row[source.text_field]
         if not isinstance(value, str):
-            raise StageError(f"{where}: '{source.text_field}' is not a string")
-        yield value
+            raise StageError(f"{where}: '{source.text_field}' is {_kind(value)}; expected a string")
+        if value.strip():
+            yield value
+
+
+def _kind(value: Any) -> str:
+    """How a message names a JSON value that is not what was expected."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"a number ({type(value).__name__})"
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(value), f"a {type(value).__name__}")
 
 
 def _as_sft_source(source: PretrainSource):

@@ -256,3 +256,39 @@ def test_a_budget_above_its_source_is_reached_by_repeating_it_or_said_to_fall_sh
         assert line[0] == logging.WARNING and "'th'" in line[1] and "repeat: true" in line[1]
     notes = estimate_pretrain(config, None).tokens.notes  # `tempa plan` says what a budget above the source does
     assert ("repeat: gone over again" in notes[0]) is repeat and "`repeat: true`" in notes[1]
+
+
+def test_blank_documents_are_skipped_and_a_row_without_its_text_is_named(tmp_path, tiny_model_dir):
+    """An empty or whitespace-only document became a "document" of an eos alone (or of spaces and an eos), counted
+    and trained on; a source of nothing but those trained on eos tokens instead of saying it had no text. A row
+    without the text field said only "'text' is not a string". Now blank documents are skipped, a source of only
+    those is refused, and a row without its field, or with a null or a number there, says which and what it has."""
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    from tempa.sft.stage_api import StageError
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    def prepare(name: str, rows: list[dict]):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        config = PretrainStageConfig.model_validate({
+            "name": "cpt", "sources": [{"name": name, "path": str(path)}],
+            "train": {"max_length": 64, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+        return prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / name, seed=0)
+
+    data = prepare("web", [{"text": ""}, {"text": "  \n\t"}, {"text": "river rice"}])
+    assert [list(r) for r in load_from_disk(str(data.train_path))["input_ids"]] == [
+        tokenizer("river rice")["input_ids"] + [tokenizer.eos_token_id]]
+    assert data.documents["web"] == 1
+    with pytest.raises(StageError, match=r"^data source 'blank': no text to train on"):
+        prepare("blank", [{"text": ""}, {"text": " "}])
+    with pytest.raises(StageError, match=r"^data source 'body', line 2: no 'text' field \(fields: body, id\); "
+                                         r"set text_field$"):
+        prepare("body", [{"text": "ok"}, {"body": "x", "id": 1}])
+    with pytest.raises(StageError, match=r"^data source 'null', line 1: 'text' is null; expected a string$"):
+        prepare("null", [{"text": None}])
+    with pytest.raises(StageError, match=r"^data source 'number', line 1: 'text' is a number \(int\); expected a "
+                                         r"string$"):
+        prepare("number", [{"text": 3}])

@@ -17,6 +17,7 @@ Continued pre-training (SEA-LION v3 on ~200B tokens, Swallow on ~200B from Llama
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -45,12 +46,16 @@ class PretrainSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Unique safe name; used in stats and messages.")
-    path: str = Field(description="A .jsonl / .json / .parquet / .csv file, a `save_to_disk` folder, or a hub "
-                      "dataset id.")
+    path: str = Field(description="A .jsonl / .json / .parquet / .csv / .txt file, a folder of such files (the "
+                      "split's shards), a `save_to_disk` folder, or a hub dataset id.")
     split: str = "train"
     subset: str | None = Field(default=None, description="Hub dataset configuration name.")
     revision: str | None = None
     text_field: str = Field(default="text", description="The column holding a document's text.")
+    txt_document: Literal["file", "paragraph", "line"] | None = Field(
+        default=None, description="For .txt files (UTF-8): what one document is: the whole file (unset: this), a "
+        "block of lines between blank lines (CC-100's layout), or one line.",
+    )
     tokens: int | None = Field(
         default=None, ge=1, description="Token budget: documents are taken in order until it is reached "
         "(the last one cut); unset: every document once.",
@@ -101,6 +106,9 @@ class PretrainStageConfig(StageConfigBase):
         unbudgeted = [source.name for source in self.sources if source.repeat and source.tokens is None]
         if unbudgeted:
             raise ValueError(f"sources {unbudgeted}: repeat needs a token budget (`tokens`) to repeat up to")
+        untext = [source.name for source in self.sources if source.txt_document and not _is_local(source.path)]
+        if untext:
+            raise ValueError(f"sources {untext}: txt_document is for local .txt files, and these are hub datasets")
         args = self.train_args()
         if args.get("assistant_only_loss"):
             raise ValueError("train.assistant_only_loss: a pretrain stage trains on every token (raw text has "
@@ -116,3 +124,8 @@ class PretrainStageConfig(StageConfigBase):
 
     def train_args(self) -> dict[str, Any]:
         return {**PRETRAIN_TRAIN_ARGS, **self.train}
+
+
+def _is_local(path: str) -> bool:
+    # resolve_path has made a local path absolute; anything else names a hub dataset
+    return Path(path).is_absolute() and Path(path).exists()

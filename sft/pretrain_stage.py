@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -166,8 +167,7 @@ def _take(documents: Iterable[list[int]], budget: int | None) -> tuple[list[list
 
 def _texts(source: PretrainSource, loaded: Any) -> Any:
     """Each document's text, in order; a row without a text string (in JSON Lines: a line that is not JSON) is an
-    error naming it; blank lines and blank documents (empty or whitespace only: nothing to learn, an eos alone)
-    are skipped."""
+    error naming it; blank lines are skipped."""
     from tempa.chat_templates.json_files import Line, parse_line
     from tempa.sft.sources import RAW, READ_ERROR, row_names
 
@@ -195,8 +195,7 @@ def _texts(source: PretrainSource, loaded: Any) -> Any:
             value = row[source.text_field]
         if not isinstance(value, str):
             raise StageError(f"{where}: '{source.text_field}' is {_kind(value)}; expected a string")
-        if value.strip():
-            yield value
+        yield value
 
 
 def _kind(value: Any) -> str:
@@ -210,6 +209,57 @@ def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string"}.get(type(value), f"a {type(value).__name__}")
 
 
+def txt_files(source: PretrainSource) -> list[Path] | None:
+    """The local .txt file, or the .txt files of a folder's split (as ``datasets`` finds a folder's files), that
+    ``source`` reads; None for every other source."""
+    from tempa.sft.sources import data_files, is_saved_dataset
+
+    path = Path(source.path)
+    if not (path.is_absolute() and path.exists()):
+        return None
+    if path.is_file():
+        return [path] if path.suffix.lower() == ".txt" else None
+    if is_saved_dataset(path):
+        return None
+    try:
+        kind, files = data_files(path, source.split)
+    except Exception:  # no such split, say: the loader says it, as for every other folder
+        return None
+    return files if kind == "text" else None
+
+
+def txt_documents(source: PretrainSource, files: list[Path]) -> Iterator[str]:
+    """The documents of .txt ``files``, file after file, as ``source.txt_document`` cuts them (a file, a block
+    between blank lines, a line); a BOM dropped, CRLF read as LF; a byte that is not UTF-8 is an error naming it."""
+    mode = source.txt_document or "file"
+    folder = Path(source.path)
+    for file in files:
+        name = _name_in(file, folder)
+        text = _utf8(file.read_bytes(), f"data source '{source.name}', {name}")
+        text = text.removeprefix("\ufeff").replace("\r\n", "\n")
+        if mode == "file":
+            yield text
+        elif mode == "paragraph":
+            yield from (block.strip("\n") for block in re.split(r"\n[ \t]*\n", text))
+        else:
+            yield from text.split("\n")
+
+
+def _name_in(file: Path, folder: Path) -> str:
+    from tempa.chat_templates.json_files import name_below
+
+    return name_below(file, folder) if folder.is_dir() else file.name
+
+
+def _utf8(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line, line_start = data.count(b"\n", 0, error.start) + 1, data.rfind(b"\n", 0, error.start) + 1
+        raise StageError(f"{where}: line {line}: invalid UTF-8 (byte 0x{data[error.start]:02x} at column "
+                         f"{error.start - line_start + 1})") from None
+
+
 def _as_sft_source(source: PretrainSource):
     from tempa.sft.data_config import SourceConfig
 
@@ -219,10 +269,16 @@ def _as_sft_source(source: PretrainSource):
 
 def check_inputs(config: PretrainStageConfig) -> None:
     """Before the run's first stage: every local source has rows to read (:func:`~tempa.sft.sources.check_source`)."""
+    from tempa.chat_templates.json_files import has_text
+    from tempa.sft.data_config import DataError
     from tempa.sft.sources import check_source
 
     for source in config.sources:
-        check_source(_as_sft_source(source))
+        files = txt_files(source)
+        if files is None:
+            check_source(_as_sft_source(source))
+        elif not any(map(has_text, files)):
+            raise DataError(f"data source '{source.name}' ({source.path}): has no text (its .txt files are empty or blank)")
 
 
 def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer_dir: Path, cache_dir: Path,
@@ -235,9 +291,12 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
     from tempa.sft.sources import load_source, source_fingerprint
 
     max_length = int(config.train_args()["max_length"])
+    texts = {s.name: txt_files(s) for s in config.sources}
     try:
-        loaded = {s.name: load_source(_as_sft_source(s), cache_dir=cache_dir) for s in config.sources}
-        fingerprints = {s.name: source_fingerprint(_as_sft_source(s), dataset=loaded[s.name]) for s in config.sources}
+        loaded = {s.name: load_source(_as_sft_source(s), cache_dir=cache_dir) for s in config.sources
+                  if texts[s.name] is None}
+        fingerprints = {s.name: source_fingerprint(_as_sft_source(s), dataset=loaded.get(s.name))
+                        for s in config.sources}
     except DataError as error:
         raise StageError(str(error)) from None
     key = digest({"version": _PREPARE_VERSION, "sources": [s.model_dump(exclude={"path"}) for s in config.sources],
@@ -255,8 +314,11 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
     eos = [tokenizer.eos_token_id] if config.add_eos and tokenizer.eos_token_id is not None else []
     for source in config.sources:
         def encoded(source=source):
-            for text in _texts(source, loaded[source.name]):
-                yield document_tokens(tokenizer, text, eos)
+            files = texts[source.name]
+            read = _texts(source, loaded[source.name]) if files is None else txt_documents(source, files)
+            for text in read:
+                if text.strip():  # a blank document has nothing to learn
+                    yield document_tokens(tokenizer, text, eos)
 
         taken = budgeted(encoded(), source.tokens, repeat=source.repeat)
         if taken.tokens == 0:

@@ -292,3 +292,60 @@ def test_blank_documents_are_skipped_and_a_row_without_its_text_is_named(tmp_pat
     with pytest.raises(StageError, match=r"^data source 'number', line 1: 'text' is a number \(int\); expected a "
                                          r"string$"):
         prepare("number", [{"text": 3}])
+
+
+def test_plain_text_files_are_documents_as_the_source_says(tmp_path, tiny_model_dir):
+    """Raw text is what a continued-pretraining team has most: a .txt file was refused ("unsupported file type"),
+    and a folder of .txt shards was read by `datasets` one line per document, so every line of an article became
+    a document of its own, with an eos after it and no attention to the line before. Now a .txt file, or a folder
+    of them, is read by `txt_document`: one document per file (the default), per blank-line-separated block
+    (CC-100's layout) or per line; a byte that is not UTF-8 is an error naming the file, line and column."""
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    from tempa.sft.stage_api import StageError
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "a.txt").write_text("river rice\nmango temple\n\nharbour island\n", encoding="utf-8")
+    (shards / "b.txt").write_text("\ufeffmonsoon lantern\r\nmarket forest\r\n", encoding="utf-8")
+
+    def prepare(path: Path, **source):
+        config = PretrainStageConfig.model_validate({
+            "name": "cpt", "sources": [{"name": "web", "path": str(path), **source}],
+            "train": {"max_length": 64, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+        data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / f"c{len(list(tmp_path.iterdir()))}",
+                                     seed=0)
+        return sorted(list(r) for r in load_from_disk(str(data.train_path))["input_ids"])
+
+    def rows(*texts: str):
+        return sorted(tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts)
+
+    assert prepare(shards) == rows("river rice\nmango temple\n\nharbour island\n", "monsoon lantern\nmarket forest\n")
+    assert prepare(shards, txt_document="paragraph") == rows(
+        "river rice\nmango temple", "harbour island", "monsoon lantern\nmarket forest")
+    assert prepare(shards, txt_document="line") == rows(
+        "river rice", "mango temple", "harbour island", "monsoon lantern", "market forest")
+    assert prepare(shards / "a.txt", txt_document="line") == rows("river rice", "mango temple", "harbour island")
+
+    from tempa.sft.data_config import DataError
+    from tempa.sft.pretrain_stage import check_inputs
+
+    def config_of(path: Path):
+        return PretrainStageConfig.model_validate({
+            "name": "cpt", "sources": [{"name": "web", "path": str(path)}],
+            "train": {"lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+
+    check_inputs(config_of(shards / "a.txt"))  # the run's first check takes a .txt source (it refused the type)
+    (tmp_path / "blank.txt").write_text("\n \n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"^data source 'web' \(.*blank\.txt\): has no text"):
+        check_inputs(config_of(tmp_path / "blank.txt"))
+    (shards / "c.txt").write_bytes(b"river\ncaf\xe9 rice\n")
+    with pytest.raises(StageError, match=r"^data source 'web', c\.txt: line 2: invalid UTF-8 \(byte 0xe9 at column "
+                                         r"4\)$"):
+        prepare(shards)
+    with pytest.raises(ValueError, match="txt_document"):
+        PretrainStageConfig.model_validate({
+            "name": "cpt", "sources": [{"name": "web", "path": "org/corpus", "txt_document": "line"}],
+            "train": {"lr_scheduler_kwargs": {"num_decay_steps": 1}}})

@@ -273,7 +273,8 @@ class MergeStageConfig(StageConfigBase):
         default=None, description="Dtype of the arithmetic (default: mergekit's choice from the inputs)."
     )
     out_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
-        default=None, description="Dtype of the saved weights (default: `dtype`)."
+        default=None, description="Dtype of the saved weights (default: `dtype` if set, else the dtype the merged "
+        "models were saved in, float32 when they differ; never the base model's alone).",
     )
     options: dict[str, Any] = Field(
         default_factory=dict,

@@ -33,6 +33,8 @@ ARCHITECTURE_FIELDS = (
     "tie_word_embeddings",
 )
 VOCAB_FIELDS = ("vocab_size",)
+# The dtypes a merge may save in (mergekit's names); anything else (f64, fp8) is left to mergekit.
+MERGE_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,42 @@ def check_compatible(models: list[MergeInput]) -> None:
             )
 
 
+def saved_dtype(folder: Path) -> str | None:
+    """The dtype (mergekit's name) most of ``folder``'s floating-point tensors are saved in, from its first
+    safetensors file's header (no tensor is read); None when it is none of :data:`MERGE_DTYPES`."""
+    from tempa.merge.tensor_reader import DTYPES, read_header
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        first = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))[0]
+        path = folder / first
+    else:
+        path = next(
+            iter(sorted(folder.glob("*.safetensors"), key=lambda p: p.name != "model.safetensors")), None
+        )
+    if path is None:
+        return None
+    names = {torch_dtype: name for name, torch_dtype in DTYPES.items()}
+    counts: dict[str, int] = {}
+    for entry in read_header(str(path)).values():
+        if entry.dtype.is_floating_point:
+            counts[names[entry.dtype]] = counts.get(names[entry.dtype], 0) + 1
+    return MERGE_DTYPES.get(max(counts, key=counts.__getitem__)) if counts else None
+
+
+def output_dtype(config: MergeStageConfig, models: list[MergeInput]) -> str | None:
+    """The dtype the merged weights are saved in: ``out_dtype``, else ``dtype`` (mergekit's own rule), else the
+    one the merged models were saved in (float32 when they differ: it holds each exactly). Left to mergekit, a
+    task-vector merge saves in the base model's dtype: bf16 checkpoints over an f32 base came out f32, twice the
+    size of what was trained."""
+    if config.out_dtype or config.dtype:
+        return config.out_dtype  # None with `dtype`: mergekit then saves in it
+    found = {saved_dtype(model.path) for model in models}
+    if None in found:
+        return None
+    return found.pop() if len(found) == 1 else "float32"
+
+
 def _per_model(value: float | list[float] | None, index: int) -> float | None:
     if isinstance(value, list):
         return value[index]
@@ -147,7 +185,7 @@ def build_mergekit_config(config: MergeStageConfig, models: list[MergeInput], ba
         base_model=None if base is None else _reference(base.path),
         parameters=dict(config.parameters) or None,
         dtype=config.dtype,
-        out_dtype=config.out_dtype,
+        out_dtype=output_dtype(config, models),
     )
 
 

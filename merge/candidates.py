@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tempa.sft.stage_api import Artifact, StageContext, StageError
 from tempa.sft.train_plan import TrainOutcome
@@ -17,6 +20,68 @@ class Candidate:
     path: Path
     stage: str | None = None
     step: int | None = None
+
+
+@dataclass(frozen=True)
+class CandidateCount:
+    """How many candidates an evaluate stage will score, as far as its recipe says: ``low`` to ``high``
+    (None: no bound), and how that was counted."""
+
+    low: int
+    high: int | None
+    how: str
+
+
+def checkpoints_kept(train: Mapping[str, Any]) -> tuple[int, int | None]:
+    """The fewest and most complete checkpoints a training stage with trainer arguments ``train`` leaves.
+
+    Rotation keeps ``save_total_limit`` (and the trainer's best beside the newest, see ``rotate_checkpoints``);
+    transformers saves at the last step with ``save_strategy: steps``, so ``max_steps`` and ``save_steps`` fix
+    the count; otherwise it depends on the data (None: no bound)."""
+    strategy = str(train.get("save_strategy", "steps"))
+    if strategy == "no":
+        return 0, 0
+    limit = train.get("save_total_limit")
+    most = None
+    if type(limit) is int and limit > 0:
+        most = max(limit, 2) if train.get("load_best_model_at_end") else limit
+    steps, every = train.get("max_steps"), train.get("save_steps")
+    fixed = type(steps) is int and steps > 0 and isinstance(every, int | float) and every > 0
+    if strategy == "steps" and fixed:
+        # save_steps below 1 is a share of the steps
+        interval = max(1, math.ceil(every * steps) if every < 1 else int(every))
+        saves = math.ceil(steps / interval)
+        return (saves, saves) if most is None else (min(saves, limit), min(saves, most))
+    return (1 if strategy == "steps" else 0), most
+
+
+def count_candidates(
+    checkpoints_of: Mapping[str, Mapping[str, Any]], *, include_final: bool, stages: int, models: int
+) -> CandidateCount:
+    """What :func:`collect_candidates` will find, from the recipe: ``checkpoints_of`` maps each stage to its
+    trainer arguments. A stage's final model counts unless it is its last checkpoint (``save_strategy: steps``
+    saves the last step, so it always is there)."""
+    if not checkpoints_of and not stages and not models:
+        return CandidateCount(1, 1, "the model it starts from")
+    low, high, parts = stages + models, stages + models, []
+    for stage, train in checkpoints_of.items():
+        fewest, most = checkpoints_kept(train)
+        strategy = str(train.get("save_strategy", "steps"))
+        if include_final and strategy == "no":
+            fewest, most = 1, 1
+        elif include_final and strategy != "steps":  # the final may be apart from the last save
+            most = None if most is None else most + 1
+        low += fewest
+        high = None if high is None or most is None else high + most
+        count = (
+            f"{fewest} or more" if most is None else f"{fewest}" if most == fewest else f"{fewest} to {most}"
+        )
+        parts.append(
+            f"{stage} {count} (save_strategy {strategy}, save_total_limit "
+            f"{train.get('save_total_limit')}, max_steps {train.get('max_steps', -1)})"
+        )
+    parts += [f"{stages} of `stages`"] * bool(stages) + [f"{models} of `models`"] * bool(models)
+    return CandidateCount(low, high, ", ".join(parts))
 
 
 def is_model_dir(path: Path) -> bool:

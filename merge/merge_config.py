@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from tempa.merge.candidates import count_candidates
 from tempa.sft.paths import stage_or_folder
 from tempa.sft.stage_api import Artifact, Read, StageConfigBase
 from tempa.sft.suggest import closest
@@ -326,6 +327,11 @@ class MergeStageConfig(StageConfigBase):
         role = self.base_role(count)
         if self.base_model is not None and role == "none":
             raise ValueError(f"method {self.method} uses no base model")
+        if role == "first_input" and self.base_model is not None and self.models is not None \
+                and self.base_model not in self.models:
+            # the merge refused it after every stage before it had trained
+            raise ValueError(f"base_model: {self.base_model!r} is not one of `models` {self.models}; {self.method} "
+                             f"takes its base from the models it merges: name it as it is written in `models`")
         check_input_count(spec, count, role)
         for name, value in PARAMETER_DEFAULTS.get(self.method, {}).items():
             self.parameters.setdefault(name, value)
@@ -370,3 +376,30 @@ class MergeStageConfig(StageConfigBase):
             if not os.path.isabs(reference):
                 reads.append(Read(reference.split("/", 1)[0], Artifact.MODEL, field))
         return reads
+
+
+def selection_notes(stages: Sequence[StageConfigBase]) -> list[str]:
+    """For `tempa plan`: what a merge's `select` needs that only the run can tell, one line each: enough
+    candidates for `top_k` where the recipe does not fix their count (the loader refuses a `top_k` above the
+    most there can be), and a two-model method's `base_model` among the models selected."""
+    by_name = {stage.name: stage for stage in stages}
+    notes = []
+    for stage in stages:
+        if not isinstance(stage, MergeStageConfig) or stage.select is None or stage.evaluate_stage not in by_name:
+            continue
+        evaluate = by_name[stage.evaluate_stage]
+        top_k = stage.select.top_k
+        if hasattr(evaluate, "checkpoints_of"):
+            count = count_candidates({name: by_name[name].train_args() for name in evaluate.checkpoints_of
+                                      if name in by_name}, include_final=evaluate.include_final,
+                                     stages=len(evaluate.stages), models=len(evaluate.models))
+            if count.low < top_k:
+                most = f"up to {count.high}" if count.high is not None else "no fixed number of"
+                notes.append(f"stage '{stage.name}': select.top_k {top_k}: whether {evaluate.name} scores that many "
+                             f"candidates is known only once it runs: {count.low} at least, {most} ({count.how}); "
+                             f"fewer than {top_k} fails the merge")
+        if stage.base_model is not None and stage.base_role(top_k) == "first_input":
+            notes.append(f"stage '{stage.name}': base_model {stage.base_model!r} must be among the {top_k} models "
+                         f"select picks from {evaluate.name}'s leaderboard, known only once it is ranked; the merge "
+                         "fails otherwise")
+    return notes

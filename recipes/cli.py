@@ -229,6 +229,9 @@ def _cmd_plan(args) -> int:
     warnings = environment_problems(loaded, decisions)  # `tempa run` in this shell refuses these
     warnings += filter(None, [planned_thinking_default_warning(loaded.recipe.thinking_default, loaded.stages)])
     warnings += input_warnings(loaded, decisions)
+    from tempa.merge.merge_config import selection_notes
+
+    warnings += selection_notes(loaded.stages)  # what the merge's selection needs that only the run can tell
     for problem in warnings:
         console.print(f"[yellow]warning:[/yellow] {problem}", markup=True, highlight=False)
     if args.hardware:

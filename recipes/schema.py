@@ -11,6 +11,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -201,6 +202,38 @@ def _rl_fits_the_launch(stage: Any, info: ValidationInfo) -> Any:
     return stage
 
 
+def _top_k_problem(stages: list[Any]) -> tuple[tuple[str | int, ...], int, str] | None:
+    """(where, top_k, why) for the first merge stage whose `select.top_k` exceeds what its evaluate stage can score."""
+    from tempa.merge.candidates import count_candidates
+    from tempa.recipes.registry import stage_kinds
+
+    kinds = stage_kinds()
+    earlier: dict[str, dict[str, Any]] = {}
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, dict):
+            return None
+        select, evaluate = stage.get("select"), earlier.get(str(stage.get("evaluate_stage")))
+        top_k = select.get("top_k", 2) if isinstance(select, dict) else None
+        if stage.get("kind") == "merge" and type(top_k) is int and evaluate and evaluate.get("kind") == "evaluate":
+            listed = {key: evaluate.get(key) or [] for key in ("checkpoints_of", "stages", "models")}
+            producers = [earlier.get(name) for name in listed["checkpoints_of"]] if all(
+                isinstance(value, list) for value in listed.values()) else [None]
+            if all(isinstance(p, dict) and p.get("kind") in kinds and isinstance(p.get("train") or {}, dict)
+                   for p in producers):
+                count = count_candidates(
+                    {p["name"]: {**kinds[p["kind"]].config.train_defaults, **(p.get("train") or {})} for p in producers},
+                    include_final=evaluate.get("include_final", True) is not False,
+                    stages=len(listed["stages"]), models=len(listed["models"]))
+                if count.high is not None and top_k > count.high:
+                    return ((i, "select", "top_k"), top_k,
+                            f"{top_k}, but evaluate stage '{evaluate['name']}' scores at most {count.high} candidate(s) "
+                            f"({count.how}), so the merge would fail after all training; lower top_k, or give "
+                            f"'{evaluate['name']}' more candidates (a higher save_total_limit, `stages`, `models`)")
+        if isinstance(stage.get("name"), str):
+            earlier[stage["name"]] = stage
+    return None
+
+
 class Recipe(BaseModel):
     """A whole post-training pipeline. Stages run in order; each one's output is on disk."""
 
@@ -246,6 +279,22 @@ class Recipe(BaseModel):
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     stages: list[Annotated[Any, AfterValidator(_rl_fits_the_launch)]] = Field(
         min_length=1, description="Ordered stages; each has name, kind and settings.")
+
+    @field_validator("stages")
+    @classmethod
+    def _merge_selections_fit(cls, stages: list[Any]) -> list[Any]:
+        """Refuse, at the merge's `select.top_k`, a top-k above the most candidates its evaluate stage can score
+        (every checkpoint a training stage keeps is counted: save_total_limit, save_strategy, max_steps): the
+        merge refused it after all training. Runs on the stages as written (their own validation comes after);
+        what is not as expected there is left to it."""
+        from pydantic_core import InitErrorDetails, PydanticCustomError
+
+        problem = _top_k_problem(stages)
+        if problem is None:
+            return stages
+        loc, value, message = problem
+        raise ValidationError.from_exception_data("Recipe", [InitErrorDetails(
+            type=PydanticCustomError("value_error", "{message}", {"message": message}), loc=loc, input=value)])
 
     @field_validator("name")
     @classmethod

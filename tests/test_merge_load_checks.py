@@ -1,0 +1,121 @@
+"""What a merge stage will refuse after all training is refused when the recipe loads, or said by `tempa plan`:
+a `select.top_k` above the candidates its evaluate stage can score, and a two-model method's `base_model` that is
+not among the models it merges."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tempa.recipes.cli import main
+from tempa.recipes.errors import RecipeError
+from tempa.recipes.loader import load_recipe
+
+
+def two_stage_recipe(folder: Path, *, dpo_train: str, top_k: int, merge: str = "method: linear") -> Path:
+    """SFT, then DPO, then the best checkpoints of the DPO stage (and the SFT model) scored and merged."""
+    rows = [
+        {
+            "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}],
+            "prompt": f"q{i}",
+            "answer": "a",
+        }
+        for i in range(4)
+    ]
+    (folder / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    recipe = folder / "r.yaml"
+    recipe.write_text(
+        textwrap.dedent(f"""\
+        name: r
+        base_model: "tempa:tiny"
+        stages:
+          - name: sft
+            kind: sft
+            data: {{sources: [{{name: r, path: rows.jsonl}}]}}
+          - name: dpo
+            kind: preference
+            prompts: {{path: rows.jsonl}}
+            rewards: [{{type: format}}]
+            train: {dpo_train}
+          - name: evaluate
+            kind: evaluate
+            checkpoints_of: [dpo]
+            stages: [sft]
+            suites: [{{type: loss, data: rows.jsonl}}]
+          - name: merge
+            kind: merge
+            {merge}
+            evaluate_stage: evaluate
+            select: {{metric: loss/loss, top_k: {top_k}}}
+        """)
+    )
+    return recipe
+
+
+def test_a_top_k_above_the_candidates_the_evaluate_stage_can_score_is_refused_at_load(tmp_path):
+    # DPO saves 10 checkpoints and keeps 2 (tempa's default save_total_limit); its final is its last one; plus sft.
+    recipe = two_stage_recipe(tmp_path, dpo_train="{max_steps: 100, save_steps: 10}", top_k=4)
+    with pytest.raises(RecipeError) as error:
+        load_recipe(recipe)
+    message = str(error.value)
+    assert message.startswith(
+        f"{recipe}:21: stages[3].select.top_k (stage 'merge'): 4, but evaluate stage "
+        "'evaluate' scores at most 3 candidate(s) (dpo 2 (save_strategy steps, "
+        "save_total_limit 2, max_steps 100), 1 of `stages`)"
+    ), message
+    assert "\n" not in message
+    # What the recipe allows loads: three candidates, or more kept checkpoints.
+    assert load_recipe(two_stage_recipe(tmp_path, dpo_train="{max_steps: 100, save_steps: 10}", top_k=3))
+    assert load_recipe(
+        two_stage_recipe(tmp_path, dpo_train="{max_steps: 100, save_steps: 10, save_total_limit: 3}", top_k=4)
+    )
+
+
+def test_a_top_k_the_recipe_cannot_settle_is_said_by_plan(tmp_path, capsys):
+    # Without max_steps, how many checkpoints DPO keeps (1 or 2) depends on its data: the run tells.
+    recipe = two_stage_recipe(tmp_path, dpo_train="{save_total_limit: 2}", top_k=3)
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert (
+        "stage 'merge': select.top_k 3: whether evaluate scores that many candidates is known only once it "
+        "runs: 2 at least, up to 3"
+    ) in out
+    # A count the recipe fixes is not a warning.
+    recipe = two_stage_recipe(
+        tmp_path, dpo_train="{max_steps: 4, save_steps: 1, save_total_limit: 2}", top_k=3
+    )
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+    assert "select.top_k" not in capsys.readouterr().out
+
+
+def test_a_slerp_base_model_not_among_its_models_is_refused_at_load(tmp_path):
+    recipe = two_stage_recipe(tmp_path, dpo_train="{max_steps: 4}", top_k=2)
+    text = (
+        recipe.read_text()
+        .replace("    evaluate_stage: evaluate\n", "")
+        .replace("    select: {metric: loss/loss, top_k: 2}\n", "    models: [dpo, sft]\n")
+    )
+    recipe.write_text(text.replace("method: linear", "method: slerp\n    base_model: dpo/checkpoint-4"))
+    with pytest.raises(RecipeError) as error:
+        load_recipe(recipe)
+    assert str(error.value).startswith(
+        f"{recipe}:20: stages[3].base_model (stage 'merge'): 'dpo/checkpoint-4' is not one of `models` ['dpo', 'sft']; "
+        "slerp takes its base from the models it merges"
+    ), str(error.value)
+    recipe.write_text(text.replace("method: linear", "method: slerp\n    base_model: sft"))
+    assert load_recipe(recipe).stage("merge").base_model == "sft"
+
+
+def test_a_slerp_base_model_with_select_is_said_by_plan(tmp_path, capsys):
+    recipe = two_stage_recipe(
+        tmp_path, dpo_train="{max_steps: 4}", top_k=2, merge="method: slerp\n            base_model: sft"
+    )
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert (
+        "stage 'merge': base_model 'sft' must be among the 2 models select picks from evaluate's leaderboard"
+        in out
+    )

@@ -126,6 +126,35 @@ def check_fits(tokenizer: Any, template: str, where: str | os.PathLike) -> str:
     return end_of_turn
 
 
+def plan_pad(
+    tokenizer: Any,
+    template: str,
+    tokenizer_dir: str | os.PathLike,
+    model_dir: str | os.PathLike | None = None,
+    pad_token: str | None = None,
+) -> tuple[str, dict[str, Any], list[int], PadChoice]:
+    """What a bake of ``tokenizer`` with ``template`` (its text) will use: the end-of-turn token, the generation
+    config (``model_dir``'s, else ``tokenizer_dir``'s), its stop ids and the pad choice. ``ValueError`` (one line,
+    naming the folder and what is needed) when the template does not fit, or when the pad token must be added
+    but ``model_dir``'s embeddings have no row for it. Nothing is changed: `tempa plan` asks it before any work."""
+    end_of_turn = check_fits(tokenizer, template, tokenizer_dir)
+    eot_ids = tokenizer.encode(end_of_turn, add_special_tokens=False)
+    generation_config = _base_generation_config(model_dir, tokenizer_dir)
+    stops = stop_token_ids(generation_config.get("eos_token_id"), tokenizer.eos_token_id, eot_ids[0])
+    choice = choose_pad_token(tokenizer, end_of_turn, requested=pad_token, stop_ids=stops)
+    model_vocab = _model_vocab_size(model_dir)
+    new_id = len(tokenizer)  # the id add_special_tokens gives a new token
+    if choice.added and model_vocab is not None and new_id >= model_vocab:
+        raise ValueError(
+            f"{model_dir}: a pad token is needed ({choice.reason}): adding {choice.token!r} as id {new_id} needs "
+            f"embeddings for {new_id + 1} tokens, but its config has vocab_size {model_vocab}; resize the model's "
+            f"embeddings to {new_id + 1} or more (tempa never resizes silently), or set the base tokenizer's "
+            f"pad_token (tokenizer_config.json) to an unused token of its vocabulary that is none of the stop "
+            f"tokens {tokenizer.convert_ids_to_tokens(stops)}"
+        )
+    return end_of_turn, generation_config, stops, choice
+
+
 def bake_tokenizer(
     tokenizer_dir: str | os.PathLike,
     template: str,
@@ -177,27 +206,18 @@ def bake_tokenizer(
     if defaults is not None:
         text = with_defaults(text, defaults, origin=f"chat template {template}")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    end_of_turn = check_fits(tokenizer, text, tokenizer_dir)
-    eot_ids = tokenizer.encode(end_of_turn, add_special_tokens=False)
-    generation_config = _base_generation_config(model_dir, tokenizer_dir)
-    stops = stop_token_ids(generation_config.get("eos_token_id"), tokenizer.eos_token_id, eot_ids[0])
-
-    choice = choose_pad_token(tokenizer, end_of_turn, requested=pad_token, stop_ids=stops)
+    end_of_turn, generation_config, stops, choice = plan_pad(
+        tokenizer, text, tokenizer_dir, model_dir, pad_token
+    )
     if choice.added:
         tokenizer.add_special_tokens({"pad_token": choice.token})
-        message = (
-            f"added pad token {choice.token!r} as id {tokenizer.pad_token_id} ({choice.reason}); "
-            f"the model's embeddings must cover {len(tokenizer)} tokens"
+        logger.warning(
+            "added pad token %r as id %s (%s); the model's embeddings must cover %s tokens",
+            choice.token,
+            tokenizer.pad_token_id,
+            choice.reason,
+            len(tokenizer),
         )
-        model_vocab = _model_vocab_size(model_dir)
-        if model_vocab is not None and tokenizer.pad_token_id >= model_vocab:
-            raise ValueError(
-                f"{model_dir}: {message}, but its config has vocab_size {model_vocab}; resize the model's embeddings "
-                f"to {len(tokenizer)} or more (tempa never resizes silently), or set the base tokenizer's pad_token "
-                f"(tokenizer_config.json) to an unused token of its vocabulary that is none of the stop tokens "
-                f"{tokenizer.convert_ids_to_tokens(stops)}"
-            )
-        logger.warning(message)
     else:
         tokenizer.pad_token = choice.token
         logger.info(choice.reason)

@@ -208,6 +208,7 @@ def _cmd_plan(args) -> int:
     decisions = plan_run(loaded, run_dir, from_stage=args.from_stage, only=args.only,
                          running_elsewhere=run_in_progress(run_dir))
     check_stage_inputs(loaded, decisions)  # what the run would refuse before its first stage
+    _check_base_tokenizer(loaded)
     console = _console()
     console.print(f"[bold]recipe[/bold] {loaded.path}" + (
         f" (extends {', '.join(str(f) for f in loaded.files[:-1])})" if len(loaded.files) > 1 else ""))
@@ -240,6 +241,26 @@ def _cmd_plan(args) -> int:
         mfu = 0.4 if args.mfu is None else args.mfu
         console.print(render_estimate(loaded, args.hardware, mfu, run_dir=run_dir), markup=False)
     return 0
+
+
+def _check_base_tokenizer(loaded) -> None:
+    """What the run's first step refuses of a local base model, the plan refuses: baking the template into its
+    tokenizer needs a pad token, and one the tokenizer lacks needs a spare embedding row (a self-trained
+    tokenizer, sized exactly to the model, has none). The tiny default has one; a hub model is not read here."""
+    from tempa.chat_templates.baking import plan_pad
+    from tempa.chat_templates.one_line import first_line
+    from tempa.recipes.runner import template_text
+    from tempa.sft.stage_api import StageError
+
+    base = Path(loaded.recipe.base_model)
+    if not base.is_dir():
+        return
+    from transformers import AutoTokenizer
+
+    try:
+        plan_pad(AutoTokenizer.from_pretrained(base), template_text(loaded), base, model_dir=base)
+    except ValueError as exc:
+        raise StageError(f"base_model: `tempa run` would stop before its first stage: {first_line(exc)}") from None
 
 
 def _print_train_args(console, loaded) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tempa.sft.checkpoints import checkpoint_saves
 from tempa.sft.stage_api import Artifact, StageContext, StageError
 from tempa.sft.train_plan import TrainOutcome
 
@@ -45,12 +45,9 @@ def checkpoints_kept(train: Mapping[str, Any]) -> tuple[int, int | None]:
     most = None
     if type(limit) is int and limit > 0:
         most = max(limit, 2) if train.get("load_best_model_at_end") else limit
-    steps, every = train.get("max_steps"), train.get("save_steps")
-    fixed = type(steps) is int and steps > 0 and isinstance(every, int | float) and every > 0
-    if strategy == "steps" and fixed:
-        # save_steps below 1 is a share of the steps
-        interval = max(1, math.ceil(every * steps) if every < 1 else int(every))
-        saves = math.ceil(steps / interval)
+    steps = train.get("max_steps")
+    saves = checkpoint_saves(train, steps) if type(steps) is int and steps > 0 else None
+    if strategy == "steps" and saves is not None:
         return (saves, saves) if most is None else (min(saves, limit), min(saves, most))
     return (1 if strategy == "steps" else 0), most
 
@@ -109,7 +106,7 @@ def collect_candidates(
         if include_final:
             final = ctx.model_of(stage, who=who)
             last = checkpoints[-1] if checkpoints else None
-            if last is not None and _trained_step(final) == last.step:
+            if last is not None and trained_step(final) == last.step:
                 # the last checkpoint's weights again: scored twice, a top-k merge would merge them with themselves
                 ctx.log.info("%s: %s's final model is the weights of %s/checkpoint-%d (its last step): scored once, "
                              "as the checkpoint", who, stage, stage, last.step)
@@ -143,7 +140,7 @@ def collect_candidates(
 
 
 
-def _trained_step(model: Path) -> int | None:
+def trained_step(model: Path) -> int | None:
     """The optimizer step a trained model stopped at (its training outcome), or None (a merge, a folder)."""
     try:
         return TrainOutcome.read(model).global_step

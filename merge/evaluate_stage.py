@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tempa.alignment.generation import GenerationBackend, TransformersBackend
-from tempa.merge.candidates import Candidate, _trained_step, collect_candidates
+from tempa.merge.candidates import Candidate, collect_candidates, trained_step
 from tempa.merge.eval_data import load_named_rows
 from tempa.merge.evaluate_config import EvaluateStageConfig, LmEvalSuite, WinRateSuite
 from tempa.merge.leaderboard import (
@@ -219,7 +219,7 @@ def tracked_scores(
     """A candidate's scores as a tracker logs them: at the training step of its weights (a final model's last
     step; 0 for a folder), with its name, keyed ``eval_<evaluate stage>/<its training stage>/<suite>/<metric>``
     (the `eval_` prefix of a Trainer's evaluation metrics, which the trackers file under ``eval/``)."""
-    step = candidate.step if candidate.step is not None else _trained_step(candidate.path)
+    step = candidate.step if candidate.step is not None else trained_step(candidate.path)
     prefix = f"eval_{ctx.stage_name}/{candidate.stage or candidate.name}"
     return step or 0, {
         f"{prefix}/candidate": candidate.name,

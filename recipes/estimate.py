@@ -58,6 +58,7 @@ from tempa.recipes.loader import LoadedRecipe
 from tempa.recipes.registry import stage_kind
 from tempa.recipes.rundir import done_fingerprint, read_manifest
 from tempa.recipes.schema import TINY_DEFAULT
+from tempa.sft.checkpoints import checkpoint_saves
 from tempa.sft.global_batch import accumulation_for
 from tempa.sft.stage_api import (
     EstimateInputs,
@@ -730,20 +731,12 @@ def checkpoint_bytes(parameters: int, engine: Engine) -> float:
     return 12.0 * parameters
 
 
-def checkpoints_kept(train: dict[str, Any], steps: int | None, epochs: float) -> int | None:
+def checkpoints_on_disk(train: dict[str, Any], steps: int | None, epochs: float) -> int | None:
     """How many checkpoints a stage has on disk at its fullest (None: it cannot say), as the worker rotates them:
     the new one is complete before the oldest beyond ``save_total_limit`` goes."""
-    strategy = str(train.get("save_strategy", "steps"))
-    if strategy == "no":
-        return 0
+    saves = checkpoint_saves(train, steps, epochs)
     limit = int(train.get("save_total_limit") or 0)
-    saves: int | None = None
-    if strategy == "epoch":
-        saves = math.floor(epochs)
-    elif strategy == "steps" and steps:
-        every = float(train.get("save_steps", 500))
-        saves = int(steps // (math.ceil(every * steps) if every < 1 else every))
-    if limit:
+    if limit and saves != 0:
         return limit + 1 if saves is None else min(saves, limit + 1)
     return saves
 
@@ -764,7 +757,7 @@ def _annotate(estimate: StageEstimate, shape: ModelShape, hardware: Hardware, wo
     if work.lora is not None:
         estimate.notes.append("LoRA: frozen base weights only; 6N FLOPs/token overstates the time a little")
     # A 70B stage's checkpoints take terabytes; a disk that fills ends the run at a save, hours in.
-    elif kept := checkpoints_kept(work.train, estimate.steps, estimate.epochs):
+    elif kept := checkpoints_on_disk(work.train, estimate.steps, estimate.epochs):
         each = checkpoint_bytes(shape.parameters, engine)
         estimate.notes.append(f"disk: {kept} checkpoint(s) at once (save_steps, save_total_limit), ~{each / 1e9:,.0f} "
                               f"GB each with the optimizer state: ~{kept * each / 1e12:.1f} TB in the stage's "

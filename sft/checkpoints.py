@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from tempa.sft.files import remove_tree
 from tempa.sft.run_layout import CHECKPOINTS_DIR
@@ -13,6 +15,24 @@ from tempa.sft.run_layout import COMPLETE as COMPLETE_MARKER
 from tempa.sft.stage_api import Checkpoint
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_saves(train: Mapping[str, Any], steps: int | None, epochs: float | None = None) -> int | None:
+    """How many checkpoints a stage with trainer arguments ``train`` writes over ``steps`` optimizer steps
+    (``epochs`` for ``save_strategy: epoch``); None when that is not known.
+
+    transformers saves every ``save_steps`` (a value below 1 is a share of the steps) and, with
+    ``save_strategy: steps``, at the last step too, so the count rounds up."""
+    strategy = str(train.get("save_strategy", "steps"))
+    if strategy == "no":
+        return 0
+    if strategy == "epoch":
+        return None if epochs is None else math.floor(epochs)
+    every = train.get("save_steps", 500)
+    if strategy != "steps" or not steps or not isinstance(every, int | float) or every <= 0:
+        return None
+    interval = max(1, math.ceil(every * steps) if every < 1 else int(every))
+    return math.ceil(steps / interval)
 
 
 def checkpoint_dirs(output_dir: Path) -> list[Path]:

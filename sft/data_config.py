@@ -415,7 +415,13 @@ class CurationConfig(_Strict):
             "after an assistant), ending with an assistant turn; empty user/assistant turns count as broken."
         ),
     )
-    pii: PIISwitch = Field(default=None, description="PII filter; off unless set.")
+    pii: PIISwitch = Field(
+        default_factory=lambda: PIIConfig(email=False, phone=False, card=False, national_id=False),
+        description=(
+            "PII filter. Unset, it checks credentials only (`secrets`: API keys, tokens, private keys), which "
+            "have no place in training data; `true` checks every category, `false` none."
+        ),
+    )
     language: LanguageSwitch = Field(
         default=None, description="Language-ID filter against each source's `languages`; off unless set."
     )

@@ -137,3 +137,17 @@ def test_shipped_sample_data_has_no_credential_false_positives() -> None:
         if (kind := curation.find_pii(line, only_secrets))
     ]
     assert flagged == []
+
+
+def test_a_recipe_that_never_mentions_pii_still_rejects_credentials_only() -> None:
+    from tempa.sft.data_config import CurationConfig
+
+    key = f"hf_{_random(34, string.ascii_letters)}"
+    row = [{"role": "user", "content": f"my token is {key}, write to ana@example.org"},
+           {"role": "assistant", "content": "Revoke it now."}]
+    email_only = [row[0] | {"content": "write to ana@example.org"}, row[1]]
+    default = CurationConfig().pii
+    assert curation.check_pii(row, default) == (curation.PII, "turn 0: Hugging Face token")
+    assert curation.check_pii(email_only, default) is None  # other categories stay opt-in
+    assert curation.check_pii(email_only, CurationConfig(pii=True).pii) == (curation.PII, "turn 0: email")
+    assert CurationConfig(pii=False).pii is None

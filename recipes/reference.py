@@ -309,6 +309,7 @@ lora: {r: 16, lora_alpha: 32, lora_dropout: 0.05, target_modules: all-linear}
 | the exact launch command, to re-run by hand | `RUN_DIR/<stage>/logs/launch.sh` |
 | a failed stage's traceback | `RUN_DIR/<stage>/logs/traceback.txt` |
 | tensorboard event files (`report_to: tensorboard`) | `RUN_DIR/<stage>/checkpoints/runs/<date>_<host>/` (trainer `output_dir`; `TENSORBOARD_LOGGING_DIR` overrides); `tensorboard --logdir RUN_DIR` finds them all |
+| an evaluate stage's scores, per candidate at its training step (to the trackers its candidates' training stages report to) | tensorboard: `RUN_DIR/<evaluate stage>/runs/<date>_<host>/`, under `eval/` |
 | the loss / learning-rate / grad-norm history | `log_history` in each model's `tempa_train_metrics.json`, and `tempa report` |
 | how the training processes held the model (each rank's share of the parameters under FSDP2 / ZeRO-3) | `shards` in each model's `tempa_train_metrics.json` |
 

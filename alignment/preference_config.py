@@ -132,7 +132,7 @@ class SamplingSettings(BaseModel):
                                 "off (finish_reason 'length').")
     batch_size: int = Field(default=8, ge=1, description="Prompts per generation batch; results are written to "
                             "disk after every batch.")
-    thinking: ThinkingSettings = Field(default_factory=ThinkingSettings,
+    thinking: ThinkingSettings = Field(default_factory=dict, validate_default=True,  # see ThinkingSettings
                                        description="Thinking mode per prompt: on, off or mixed (a row's own "
                                        "`thinking_mode` wins).")
 
@@ -215,7 +215,7 @@ class PreferenceStageConfig(StageConfigBase):
         default=None, description="Train LoRA (QLoRA with load_in_4bit) adapters, as the sft stage's `lora:`; the "
         "reference is the adapter-disabled policy (trl) unless `reference: stage_start` names another, and the "
         "adapters are merged into each round's saved model.")
-    sampling: SamplingSettings = Field(default_factory=SamplingSettings, description="Sampling settings.")
+    sampling: SamplingSettings = Field(default_factory=dict, validate_default=True, description="Sampling settings.")
     backend: TransformersBackendConfig | VLLMBackendConfig = Field(
         default_factory=TransformersBackendConfig, discriminator="type",
         description="How the policy is sampled: `{type: transformers}` or `{type: vllm, ...}` (its model is the "

@@ -37,6 +37,7 @@ from tempa.chat_templates.json_files import (
     read_jsonl,
 )
 from tempa.chat_templates.one_line import first_line
+from tempa.chat_templates.thinking import THINKING_DEFAULT_CONTEXT
 from tempa.sft.curation import check_tool_results
 from tempa.sft.formats import FormatSpec, RowError, normalize_row, tools_of, uses_tools
 from tempa.sft.mixing import thinking_on_count
@@ -114,10 +115,20 @@ class ThinkingSettings(BaseModel):
 
     mode: OnOffMixed = Field(
         default="on", description="`on`, `off`, or `mixed`: a seeded `ratio` share of the prompts on, the rest off "
-        "(exactly: ratio * prompts rounded half up, at least 1 and at most all but 1 when 0 < ratio < 1)."
+        "(exactly: ratio * prompts rounded half up, at least 1 and at most all but 1 when 0 < ratio < 1). Unset: "
+        "the recipe's `thinking_default`, the mode the model ships in."
     )
     ratio: float | None = Field(default=None, ge=0, le=1, description="With `mixed`: share of prompts with "
                                 "thinking on.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_default(cls, value: Any, info: ValidationInfo) -> Any:
+        # Sampling in another mode than the model ships in trains the mode its users do not call.
+        default = (info.context or {}).get(THINKING_DEFAULT_CONTEXT)
+        if isinstance(value, dict) and "mode" not in value and default is not None:
+            return {**value, "mode": default}
+        return value
 
     @model_validator(mode="after")
     def _ratio(self) -> ThinkingSettings:

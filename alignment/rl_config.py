@@ -123,7 +123,7 @@ class RLStageConfig(StageConfigBase):
     kind: Literal["rl"] = "rl"
     trainer: Literal["grpo", "rloo"] = Field(default="grpo", description="trl's GRPOTrainer or RLOOTrainer.")
     prompts: PromptSource = Field(description="The prompts, with their target `language` and verifiable `answer`.")
-    thinking: ThinkingSettings = Field(default_factory=ThinkingSettings,
+    thinking: ThinkingSettings = Field(default_factory=dict, validate_default=True,  # see ThinkingSettings
                                        description="Thinking mode per prompt: on, off or mixed (a row's own "
                                        "`thinking_mode` wins).")
     rewards: list[RewardConfig] = Field(min_length=1, description="Rewards, verifiers and judges, with weights; "

@@ -113,7 +113,8 @@ class SynthesizeStageConfig(StageConfigBase):
         description="The teacher: `{type: transformers|vllm|http, ...}`. Default: the model this stage starts from.",
     )
     sampling: SamplingSettings = Field(
-        default_factory=SamplingSettings, description="Teacher sampling: n per prompt, temperature, thinking mode."
+        default_factory=dict, validate_default=True,  # an unwritten block still gets the recipe's thinking mode
+        description="Teacher sampling: n per prompt, temperature, thinking mode.",
     )
     rewards: list[RewardConfig] = Field(min_length=1, description="Verifiers and judges scoring each response.")
     select: SelectSettings = Field(default_factory=SelectSettings, description="Which responses are kept.")

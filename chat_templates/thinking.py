@@ -29,6 +29,9 @@ THINK_CLOSE = "</think>"
 THINK_TAGS = (THINK_OPEN, THINK_CLOSE)
 
 ThinkingMode = Literal["on", "off"]
+# The validation-context key under which the recipe loader hands its stages the recipe's `thinking_default`, the
+# mode stages sample in when they do not say.
+THINKING_DEFAULT_CONTEXT = "thinking_default"
 MODES: tuple[ThinkingMode, ...] = ("on", "off")
 
 # What tempa's templates write after the assistant header, before the model's first token: an open block

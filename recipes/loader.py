@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from tempa.chat_templates.thinking import THINKING_DEFAULT_CONTEXT
 from tempa.recipes.errors import FieldPath, RecipeError, dotted, from_validation_error, locate, where
 from tempa.recipes.registry import stage_kinds
 from tempa.recipes.schema import Recipe
@@ -354,7 +355,7 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
                 f"{kind!r}; known kinds: {', '.join(kinds)}{did_you_mean(kind, kinds)}"
             )
         context = {**_path_context(stage_raw, loc, lines, origins.get(name, path).parent), DEFER_TRAIN_CHECKS: True,
-                   EARLIER_STAGES: names[:i]}
+                   EARLIER_STAGES: names[:i], THINKING_DEFAULT_CONTEXT: recipe.thinking_default}
         try:
             config = kinds[kind].config.model_validate(stage_raw, context=context)
         except ValidationError as exc:
@@ -390,7 +391,7 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
         if stage_raw.get("train") is None:
             continue
         context = {**_path_context(stage_raw, ("stages", i), lines, origins.get(config.name, path).parent),
-                   EARLIER_STAGES: names[:i]}
+                   EARLIER_STAGES: names[:i], THINKING_DEFAULT_CONTEXT: recipe.thinking_default}
         try:
             stages[i] = type(config).model_validate(stage_raw, context=context)
         except ValidationError as exc:

@@ -207,9 +207,14 @@ def _default(info: FieldInfo) -> str:
     if info.is_required():
         return "required"
     value = info.get_default(call_default_factory=True)
-    if isinstance(value, BaseModel):
+    # A block defaulted as `{}` and validated (validate_default) is its model's defaults, filled in at load.
+    if isinstance(value, BaseModel) or (value == {} and info.validate_default and _is_model(info.annotation)):
         return "its defaults"
     return _value(value)
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _value(value: Any) -> str:

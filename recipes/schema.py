@@ -256,7 +256,8 @@ class Recipe(BaseModel):
         description="The thinking mode the baked chat template uses when a caller passes no `thinking_mode` / "
         "`enable_thinking` (transformers, vLLM, llama.cpp). Ollama (0.12.4 on) turns thinking on for a request "
         "without `think`, whatever this says. Set `off` for a model trained without reasoning; the run warns when "
-        "no trained row was in this mode.",
+        "no trained row was in this mode. Also the mode preference, synthesize and rl stages sample prompts in when "
+        "they do not set it (`sampling.thinking` / `thinking`).",
     )
     stock_preamble: bool = Field(
         default=False,

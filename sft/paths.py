@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import ValidationInfo
 
+from tempa.sft.suggest import did_you_mean
+
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".yaml", ".yml", ".jinja", ".txt", ".arrow")
 
@@ -47,7 +49,10 @@ def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = 
         # Relative to the recipe's folder, never to wherever tempa happens to be started from.
         candidate = Path(base_dir) / candidate
         if not (candidate.exists() or candidate.is_symlink() or looks_local(value)):
-            return value
+            if not _in_a_folder_beside(candidate, Path(base_dir)):
+                return value
+            raise ValueError(f"local path does not exist: {candidate} (its first folder is beside the recipe, so it "
+                             f"is not read as a hub id){_siblings_hint(candidate)}")
     if candidate.is_absolute() or looks_local(value) or candidate.exists():
         # The folders resolved (a `..` after a linked folder goes where the OS goes), the last name kept: a file in
         # the Hugging Face cache (snapshots/<rev>/train.json) links to a blob named by its hash, and the link's name
@@ -61,6 +66,18 @@ def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = 
             raise ValueError(f"local path does not exist: {resolved}")
         return str(resolved)
     return value
+
+
+def _in_a_folder_beside(candidate: Path, base_dir: Path) -> bool:
+    """A relative reference whose first folder is a folder beside the recipe (`models/tinyy` where `models/` is
+    there): a misspelt local path, not the hub id its spelling also reads as."""
+    parts = candidate.relative_to(base_dir).parts
+    return len(parts) > 1 and (base_dir / parts[0]).is_dir()
+
+
+def _siblings_hint(candidate: Path) -> str:
+    folder = candidate.parent
+    return did_you_mean(candidate.name, [entry.name for entry in folder.iterdir()]) if folder.is_dir() else ""
 
 
 def stage_or_folder(value: str, info: ValidationInfo | None) -> str:

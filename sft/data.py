@@ -10,12 +10,14 @@ Order of work, per source unless noted:
    by the workers of step 2 or 4, each its own lines);
 2. normalise to ``messages`` and run the row-local filters (malformed reasoning, role order,
    PII, language, evaluation prompts) in one ``datasets.map``;
-3. thinking mode per conversation (``on``/``off``/``mixed``: a share of the rows the row filters keep);
+3. thinking mode per conversation (``on``/``off``/``mixed``: a share of the rows the row filters keep, drawn by
+   content, :mod:`tempa.sft.mixing`);
 4. expand multi-turn conversations (:mod:`tempa.sft.expand`), tokenise with the tokenizer's own
    template, drop samples outside the token limits;
 5. exact/near duplicates (in recipe order across sources), then template instructions, among the
    conversations with a sample left: the copy a duplicate leaves is one that trains;
-6. held-out split, then sizing (weight/rows/tokens), on whole conversations;
+6. held-out split (drawn by instruction, so rows added to a source keep the old rows' split), then sizing
+   (weight/rows/tokens), on whole conversations;
 7. concatenate, shuffle with the seed, save.
 
 Step 4 runs in ``num_proc`` forked worker processes (default: one per core, at most one per 500 rows of
@@ -52,7 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -99,7 +100,13 @@ from tempa.sft.formats import (
     user_instruction,
     uses_tools,
 )
-from tempa.sft.mixing import assign_thinking, rng_for, select_rows, split_heldout
+from tempa.sft.mixing import (
+    assign_thinking,
+    content_key,
+    rng_for,
+    select_rows,
+    split_heldout,
+)
 from tempa.sft.paths import display_path
 from tempa.sft.sources import (
     RAW,
@@ -124,7 +131,8 @@ from tempa.sft.tokenization import (
 logger = logging.getLogger(__name__)
 
 # Bump when a change to this pipeline changes its output, so old cache entries are not reused.
-PIPELINE_VERSION = "6"  # 6: mix.json counts tool rows (a 5 entry would say none)
+# 7: held-out and thinking draws by a hash of the rows' content, not by their positions.
+PIPELINE_VERSION = "7"
 COMPLETE = "COMPLETE"
 MIX_FILE, REJECTS_FILE = "mix.json", "rejects.jsonl"
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects
@@ -152,6 +160,7 @@ _CURATED = Features(
         "data": Value("string"),
         "instruction": Value("string"),
         "has_reasoning": Value("bool"),
+        "key": Value("int64"),  # the conversation's content, hashed: its place in the thinking draw
     }
 )
 _TOKENIZED = Features(
@@ -600,6 +609,7 @@ def _normalize_batch(
         out["data"].append(None if reason is None else json.dumps(data, ensure_ascii=False, default=str))
         out["instruction"].append(user_instruction(messages) if reason is None else "")
         out["has_reasoning"].append(any(t.get("reasoning_content") for t in messages))
+        out["key"].append(_conversation_key(conversation) if reason is None else 0)
 
     columns = [name for name in batch if name != READ_ERROR]
     read_errors = batch.get(READ_ERROR)
@@ -765,7 +775,8 @@ def _split_rejects(state: _SourceState, rejects: _RejectWriter) -> datasets.Data
     kept = [position for position, reason in enumerate(_values(ds, "reject")) if reason is None]
     _write_normalising_rejects(state, ds, rejects, usable=len(kept))
     return ds.select(kept, new_fingerprint=_unhashed()).select_columns(
-        ["messages", "tools", "row", "has_reasoning", "instruction"], new_fingerprint=_unhashed())
+        ["messages", "tools", "row", "has_reasoning", "instruction", "key"],
+        new_fingerprint=_unhashed())
 
 
 def _split_row_rejects(state: _SourceState, tokenized: datasets.Dataset, rejects: _RejectWriter) -> None:
@@ -896,9 +907,15 @@ def _tokenize_batch(
 
 
 def _instruction_group(messages: Sequence[Mapping[str, Any]]) -> int:
-    """A conversation's instruction, normalised as dedup compares it, as a 64-bit number: copies share it."""
-    text = curation.normalize_instruction(user_instruction(messages))
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+    """A conversation's instruction, normalised as dedup compares it, as a 64-bit number: copies share it (and its
+    place in the held-out draw, :func:`tempa.sft.mixing.split_heldout`)."""
+    return content_key(curation.normalize_instruction(user_instruction(messages)))
+
+
+def _conversation_key(conversation: Conversation) -> int:
+    """A normalised conversation (turns and tools) as a 64-bit number: the same row gives the same number whatever
+    its position in the file, so rows added to a source leave the old rows' draw alone."""
+    return content_key(json.dumps([conversation.messages, conversation.tools], ensure_ascii=False, sort_keys=True))
 
 
 def _without_nulls(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -960,7 +977,7 @@ def _tokenize(
         kwargs = {"normalize": state.normalize, "tokenize": tokenize, "thinking": source.thinking_mode == "on"}
     else:
         assert state.curated is not None
-        thinking = assign_thinking(_values(state.curated, "has_reasoning"), source, seed)
+        thinking = assign_thinking(_values(state.curated, "has_reasoning"), source, seed, _values(state.curated, "key"))
         rows = state.curated.add_column("thinking", thinking, feature=Value("bool"), new_fingerprint=_unhashed())
         function, kwargs = _tokenize_batch, tokenize
     return forked_map(
@@ -1034,7 +1051,7 @@ def _mix(
     for conv in convs:
         groups.setdefault(int(conv_group[conv]), []).append(conv)
     members = list(groups.values())
-    train_pos, held_pos = split_heldout(len(members), heldout, source.name, seed)
+    train_pos, held_pos = split_heldout(list(groups), heldout, seed)
     if not train_pos:
         raise _all_held_out(state, heldout, len(members), len(convs))
     train_convs = sorted(c for p in train_pos for c in members[p])

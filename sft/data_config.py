@@ -202,7 +202,9 @@ class SourceConfig(_Strict):
         ge=0,
         le=1,
         description="With `thinking_mode: mixed`: share of the rows with a reasoning trace rendered with thinking on "
-        "(ratio * rows rounded half up, at least 1 and at most rows - 1 when 0 < ratio < 1: tempa.sft.mixing).",
+        "(ratio * rows rounded half up, at least 1 and at most rows - 1 when "
+        "0 < ratio < 1: tempa.sft.mixing). Rows are drawn by a hash of their content and the seed: rows added to "
+        "the source leave the old rows' draw as it was but at the margin.",
     )
     heldout: float | int | None = Field(
         default=None,
@@ -210,7 +212,10 @@ class SourceConfig(_Strict):
         description=(
             "Held-out evaluation rows taken from this source before sizing: a fraction below 1 or a row "
             "count, of its distinct instructions (copies of an instruction are held out together, so none "
-            "trains). Default: `DataConfig.heldout`."
+            "trains). Drawn by a hash of the instruction and the seed, not by position: rows added to the source "
+            "leave the old rows held out, but at the margin (each added row that is held out takes the place of "
+            "at most one old row), so held-out losses of runs before and after stay comparable. Default: "
+            "`DataConfig.heldout`."
         ),
     )
     languages: list[str] | None = Field(

@@ -1,12 +1,21 @@
 """Mixing: thinking-mode assignment, held-out split and per-source sizing, all seeded and pure.
 
-Every function takes the recipe seed and the source name and draws from its own random stream,
-so one source's draw never shifts another's, and the same recipe gives the same mix.
-Units are conversations (rows of the curated source), identified by their position.
+The held-out split and the thinking draw rank their units by a hash of the unit's content and the recipe seed
+(:func:`draw_ranks`) and take the lowest ranks (bottom-k sampling). A unit's rank depends on nothing else, so a
+source that grows keeps its old rows' assignment but at the margin: the old rows chosen before and after are nested
+(one set holds the other), and each added row moves at most one old row across the cut. A permutation of positions
+(the earlier draw) gave every row a new place when one row was added: rows held out for evaluation trained in the
+next run, and two runs' held-out losses were on different rows. The counts stay exact (:func:`heldout_count`,
+:func:`thinking_on_count`).
+
+Ranks are not salted with the source name: copies of an instruction in two sources rank alike, so a prompt held
+out of one tends to be held out of the other, and renaming a source changes nothing. Sizing (weight, rows, tokens)
+draws from a random stream private to (seed, source), so one source's draw never shifts another's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Sequence
 from fractions import Fraction
@@ -15,7 +24,7 @@ import numpy as np
 
 from tempa.sft.data_config import SourceConfig
 
-# Separate streams per purpose, so e.g. adding a held-out split does not change the thinking draw.
+# Separate draws per purpose, so e.g. adding a held-out split does not change the thinking draw.
 _THINKING, _HELDOUT, _SIZE, _SHUFFLE = 1, 2, 3, 4
 
 
@@ -24,24 +33,49 @@ def rng_for(seed: int, source_name: str, purpose: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(source_name.encode()), purpose])
 
 
-def assign_thinking(has_reasoning: Sequence[bool], source: SourceConfig, seed: int) -> list[bool]:
+def content_key(text: str) -> int:
+    """A stable signed 64-bit hash of ``text`` (the same in every process and Python version): a unit's identity in
+    :func:`draw_ranks`."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+def draw_ranks(keys: Sequence[int], seed: int, purpose: int) -> np.ndarray:
+    """Each key's place in the draw of ``purpose`` under ``seed`` (lower draws first): a 64-bit mix of the three.
+
+    A bijection of the key for a given (seed, purpose) (splitmix64's finaliser), so distinct keys never tie and
+    every key's rank is independent of the other keys.
+    """
+    salt = np.uint64(content_key(f"tempa-draw {seed} {purpose}") & 0xFFFF_FFFF_FFFF_FFFF)
+    x = np.asarray(keys, dtype=np.int64).view(np.uint64) ^ salt
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _draw_order(keys: Sequence[int], seed: int, purpose: int) -> list[int]:
+    """Positions of ``keys`` in draw order (equal keys: the earlier position first)."""
+    return np.argsort(draw_ranks(keys, seed, purpose), kind="stable").tolist()
+
+
+def assign_thinking(
+    has_reasoning: Sequence[bool],
+    source: SourceConfig,
+    seed: int,
+    keys: Sequence[int],
+) -> list[bool]:
     """Per conversation: render with thinking on?
 
-    ``on``: rows with a trace; ``off``: none; ``mixed``: exactly :func:`thinking_on_count` of the
-    n rows that have a trace, chosen at random, so the share is exact rather than a coin flip's.
-    Rows without a trace are never on: there is nothing to think with.
+    ``on``: rows with a trace; ``off``: none; ``mixed``: of the rows that have a trace, the
+    :func:`thinking_on_count` first in the draw by ``keys`` (each row's content), so the share is exact rather than
+    a coin flip's. Rows without a trace are never on: there is nothing to think with.
     """
-    flags = [bool(h) for h in has_reasoning]
-    if source.thinking_mode == "off":
-        return [False] * len(flags)
-    if source.thinking_mode == "on":
-        return flags
-    candidates = np.flatnonzero(np.asarray(flags, dtype=bool))
-    n_on = thinking_on_count(source.thinking_ratio or 0.0, len(candidates))
-    chosen = rng_for(seed, source.name, _THINKING).permutation(candidates)[:n_on]
-    out = [False] * len(flags)
-    for i in chosen:
-        out[int(i)] = True
+    out = [bool(h) and source.thinking_mode == "on" for h in has_reasoning]
+    if source.thinking_mode == "mixed":
+        drawn = [i for i, h in enumerate(has_reasoning) if h]
+        n_on = thinking_on_count(source.thinking_ratio or 0.0, len(drawn))
+        for position in _draw_order([keys[i] for i in drawn], seed, _THINKING)[:n_on]:
+            out[drawn[position]] = True
     return out
 
 
@@ -67,15 +101,13 @@ def heldout_count(setting: float | int, n_rows: int) -> int:
     return min(n_rows, int(setting))
 
 
-def split_heldout(n_rows: int, setting: float | int, source_name: str, seed: int) -> tuple[list[int], list[int]]:
-    """(train positions, held-out positions), both in ascending order."""
-    n_out = heldout_count(setting, n_rows)
-    if n_out == 0:
-        return list(range(n_rows)), []
-    held = np.sort(rng_for(seed, source_name, _HELDOUT).permutation(n_rows)[:n_out])
-    mask = np.zeros(n_rows, dtype=bool)
-    mask[held] = True
-    return np.flatnonzero(~mask).tolist(), held.tolist()
+def split_heldout(keys: Sequence[int], setting: float | int, seed: int) -> tuple[list[int], list[int]]:
+    """(train positions, held-out positions) of the units ``keys`` (their content keys), both in ascending order:
+    the :func:`heldout_count` first in the draw by key."""
+    n_out = heldout_count(setting, len(keys))
+    held = sorted(_draw_order(keys, seed, _HELDOUT)[:n_out])
+    chosen = set(held)
+    return [p for p in range(len(keys)) if p not in chosen], held
 
 
 def _draw(n: int, n_target: int, rng: np.random.Generator) -> list[int]:

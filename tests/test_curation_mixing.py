@@ -1,4 +1,5 @@
-"""Mixing arithmetic as the recipe reference states it: the thinking share of a ``mixed`` source."""
+"""Mixing arithmetic as the recipe reference states it: the thinking share of a ``mixed`` source, and draws by
+content that keep a growing source's old rows where they were."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from tempa.sft.data_config import SourceConfig
-from tempa.sft.mixing import assign_thinking, thinking_on_count
+from tempa.sft.mixing import (
+    assign_thinking,
+    content_key,
+    heldout_count,
+    split_heldout,
+    thinking_on_count,
+)
 
 
 def _half_up(ratio: str, n: int) -> int:
@@ -32,6 +39,21 @@ def test_the_mixed_share_of_a_source_is_the_documented_count(tmp_path: Path) -> 
         context={"base_dir": str(tmp_path)},
     )
     has_trace = [i % 5 != 0 for i in range(63)]  # 50 rows with a trace
-    on = assign_thinking(has_trace, source, seed=7)
+    on = assign_thinking(has_trace, source, 7, keys=list(range(63)))
     assert sum(on) == _half_up("0.29", 50)
     assert not any(o and not h for o, h in zip(on, has_trace, strict=True))
+
+
+@pytest.mark.parametrize(("setting", "grow"), [(0.1, 3), (0.1, 40), (25, 5), (0.02, 1)])
+def test_a_grown_source_keeps_its_old_held_out_rows_but_at_the_margin(
+    setting: float | int, grow: int
+) -> None:
+    keys = [content_key(f"soal {i}") for i in range(500 + grow)]
+    for seed in range(5):
+        before = set(split_heldout(keys[:500], setting, seed)[1])
+        after = set(split_heldout(keys, setting, seed)[1])
+        old_after, added = {p for p in after if p < 500}, len(after) - len({p for p in after if p < 500})
+        assert len(before) == heldout_count(setting, 500) and len(after) == heldout_count(setting, 500 + grow)
+        # Nested, and the old rows that cross the cut are exactly those the count change and the added rows make.
+        assert old_after <= before or before <= old_after
+        assert len(before ^ old_after) == abs(len(after) - len(before) - added)

@@ -136,7 +136,7 @@ def test_mixed_thinking_gives_exactly_the_documented_count(ratio, rows, on):
     from tempa.sft.mixing import assign_thinking
 
     source = SourceConfig.model_construct(name="s", thinking_mode="mixed", thinking_ratio=ratio)
-    flags = assign_thinking([True] * rows + [False] * 3, source, seed=1)
+    flags = assign_thinking([True] * rows + [False] * 3, source, seed=1, keys=list(range(rows + 3)))
     assert sum(flags) == on and not any(flags[rows:])
 
 

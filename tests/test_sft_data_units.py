@@ -436,17 +436,19 @@ def test_sizes_by_weight_rows_and_tokens(tmp_path: Path) -> None:
 
 def test_thinking_assignment_is_exact_and_only_for_rows_with_traces(tmp_path: Path) -> None:
     has = [i % 4 != 0 for i in range(400)]  # 300 rows with a trace
-    mixed = assign_thinking(has, _src(tmp_path, thinking_mode="mixed", thinking_ratio=0.3), 7)
+    keys = list(range(400))
+    mixed = assign_thinking(has, _src(tmp_path, thinking_mode="mixed", thinking_ratio=0.3), 7, keys)
     assert sum(mixed) == 90 and not any(m and not h for m, h in zip(mixed, has, strict=True))
-    assert assign_thinking(has, _src(tmp_path, thinking_mode="on"), 7) == has
-    assert not any(assign_thinking(has, _src(tmp_path, thinking_mode="off"), 7))
+    assert assign_thinking(has, _src(tmp_path, thinking_mode="on"), 7, keys) == has
+    assert not any(assign_thinking(has, _src(tmp_path, thinking_mode="off"), 7, keys))
 
 
 def test_heldout_split_is_disjoint_and_sized(tmp_path: Path) -> None:
-    train, held = split_heldout(50, 0.1, "s", 3)
+    keys = list(range(1000, 1050))
+    train, held = split_heldout(keys, 0.1, 3)
     assert len(held) == 5 and sorted(train + held) == list(range(50))
-    assert split_heldout(50, 7, "s", 3)[1] != [] and len(split_heldout(50, 7, "s", 3)[1]) == 7
-    assert split_heldout(50, 0, "s", 3) == (list(range(50)), [])
+    assert len(split_heldout(keys, 7, 3)[1]) == 7
+    assert split_heldout(keys, 0, 3) == (list(range(50)), [])
 
 
 # --- expansion (template-agnostic logic) ----------------------------------------------------------

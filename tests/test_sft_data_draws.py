@@ -1,0 +1,87 @@
+"""SFT data for a team that keeps adding rows: held-out and thinking draws that keep the old rows' split (tiny
+tokenizer, the real llama3_thinking template)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tempa.sft.data import PreparedData, prepare_sft_data
+from tempa.sft.data_config import DataConfig
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_tokenizer_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    from tempa.chat_templates import load_template
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tok.chat_template = load_template("llama3_thinking")
+    return tok
+
+
+def chat(i: int, reasoning: str | None = "pikir", **extra: Any) -> dict[str, Any]:
+    answer: dict[str, Any] = {"role": "assistant", "content": f"jawab {i}"}
+    if reasoning is not None:
+        answer["reasoning_content"] = f"{reasoning} {i}"
+    return {"messages": [{"role": "user", "content": f"soal {i}"}, answer], **extra}
+
+
+def write(path: Path, rows: list[Any]) -> None:
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"
+    )
+
+
+def prepare(
+    folder: Path, sources: list[dict], tokenizer: Any, *, max_length: int | None = None, **extra: Any
+) -> PreparedData:
+    config = DataConfig.model_validate({"sources": sources, **extra}, context={"base_dir": str(folder)})
+    return prepare_sft_data(
+        config, tokenizer, out_dir=folder / "out", cache_dir=folder / "cache", seed=0, max_length=max_length
+    )
+
+
+def rows_of(tokenizer: Any, ds: Any) -> dict[int, str]:
+    """Row number (``soal N``) -> the text of its sample (one sample per row here)."""
+    out = {}
+    for ids in ds["input_ids"] if ds is not None else []:
+        text = tokenizer.decode(ids)
+        out[int(re.search(r"soal (\d+)", text).group(1))] = text
+    return out
+
+
+def thinking_rows(tokenizer: Any, prepared: PreparedData) -> set[int]:
+    texts = {**rows_of(tokenizer, prepared.train), **rows_of(tokenizer, prepared.eval)}
+    return {i for i, text in texts.items() if f"pikir {i}" in text}
+
+
+def test_rows_added_to_a_source_leave_the_old_rows_held_out_and_thinking_as_they_were(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    source = {"name": "r", "path": "r.jsonl", "thinking_mode": "mixed", "thinking_ratio": 0.5}
+    runs = {}
+    for n in (200, 203):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        write(folder / "r.jsonl", [chat(i) for i in range(n)])
+        runs[n] = prepare(folder, [source], tokenizer, heldout=0.1)
+    held = {n: set(rows_of(tokenizer, p.eval)) for n, p in runs.items()}
+    assert len(held[200]) == round(0.1 * 200) and len(held[203]) == round(0.1 * 203)  # the counts stay exact
+    old = set(range(200))
+    # Every old row held out now was held out before; an old row leaves the held-out set only to make room for a
+    # new row (the count stays 20): before, a permutation of positions held out 9 other old rows of 20.
+    added_held = held[203] - old
+    assert held[203] & old <= held[200]
+    assert len(held[200] - held[203]) == len(added_held)
+    # The thinking draw likewise: 100 of 200 on, then 102 of 203; the old rows on before and after are nested.
+    on = {n: thinking_rows(tokenizer, p) for n, p in runs.items()}
+    assert len(on[200]) == 100 and len(on[203]) == 102
+    before, after = on[200], on[203] & old
+    assert before <= after or after <= before
+    assert len(before ^ after) <= 3

@@ -255,7 +255,8 @@ Each row is one conversation in one of these layouts (`format: auto` tells them 
 is ShareGPT (`function_call` and `observation` turns for tools); `prompt` + `response` (or `completion`) and
 Alpaca's `instruction` + `input` + `output` are single turns. A row's `tools` (a list of definitions, or that
 list as JSON text) is rendered with it. A reasoning trace is read from `reasoning_content`, `reasoning` or
-`thinking`, or from a think block at the start of the answer; `thinking_mode` decides whether it is trained.
+`thinking`, or from a think block at the start of the answer; the source's `thinking_mode` decides whether it is
+trained, and a row's own `thinking_mode` (`on` or `off`, as in prompt files) wins over it.
 
 ## Prompt files
 

@@ -10,8 +10,8 @@ Order of work, per source unless noted:
    by the workers of step 2 or 4, each its own lines);
 2. normalise to ``messages`` and run the row-local filters (malformed reasoning, role order,
    PII, language, evaluation prompts) in one ``datasets.map``;
-3. thinking mode per conversation (``on``/``off``/``mixed``: a share of the rows the row filters keep, drawn by
-   content, :mod:`tempa.sft.mixing`);
+3. thinking mode per conversation (a row's own ``thinking_mode``, else its source's ``on``/``off``/``mixed``: a
+   share of the rows the row filters keep, drawn by content, :mod:`tempa.sft.mixing`);
 4. expand multi-turn conversations (:mod:`tempa.sft.expand`), tokenise with the tokenizer's own
    template, drop samples outside the token limits;
 5. exact/near duplicates (in recipe order across sources), then template instructions, among the
@@ -103,6 +103,7 @@ from tempa.sft.formats import (
 from tempa.sft.mixing import (
     assign_thinking,
     content_key,
+    renders_on,
     rng_for,
     select_rows,
     split_heldout,
@@ -131,8 +132,8 @@ from tempa.sft.tokenization import (
 logger = logging.getLogger(__name__)
 
 # Bump when a change to this pipeline changes its output, so old cache entries are not reused.
-# 7: held-out and thinking draws by a hash of the rows' content, not by their positions.
-PIPELINE_VERSION = "7"
+# 7: held-out and thinking draws by content; 8: a row's own thinking_mode.
+PIPELINE_VERSION = "8"
 COMPLETE = "COMPLETE"
 MIX_FILE, REJECTS_FILE = "mix.json", "rejects.jsonl"
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects
@@ -160,6 +161,7 @@ _CURATED = Features(
         "data": Value("string"),
         "instruction": Value("string"),
         "has_reasoning": Value("bool"),
+        "thinking_mode": Value("string"),  # the row's own (on/off), None: its source's
         "key": Value("int64"),  # the conversation's content, hashed: its place in the thinking draw
     }
 )
@@ -609,6 +611,7 @@ def _normalize_batch(
         out["data"].append(None if reason is None else json.dumps(data, ensure_ascii=False, default=str))
         out["instruction"].append(user_instruction(messages) if reason is None else "")
         out["has_reasoning"].append(any(t.get("reasoning_content") for t in messages))
+        out["thinking_mode"].append(conversation.thinking_mode)
         out["key"].append(_conversation_key(conversation) if reason is None else 0)
 
     columns = [name for name in batch if name != READ_ERROR]
@@ -650,8 +653,9 @@ def normalize_sample(
     rows = len(next(iter(batch.values()), []))
     settings = _normalize_settings(source, cur, accepted, specials, RowNames(), {})  # (a plan names no row)
     curated = _normalize_batch(dict(batch), list(range(rows)), **settings)
-    return [Conversation(messages, json.loads(tools) if tools else None) if reason is None else None
-            for messages, tools, reason in zip(curated["messages"], curated["tools"], curated["reject"], strict=True)]
+    return [Conversation(messages, json.loads(tools) if tools else None, mode) if reason is None else None
+            for messages, tools, mode, reason in zip(curated["messages"], curated["tools"], curated["thinking_mode"],
+                                                     curated["reject"], strict=True)]
 
 
 def sample_lengths(
@@ -775,7 +779,7 @@ def _split_rejects(state: _SourceState, rejects: _RejectWriter) -> datasets.Data
     kept = [position for position, reason in enumerate(_values(ds, "reject")) if reason is None]
     _write_normalising_rejects(state, ds, rejects, usable=len(kept))
     return ds.select(kept, new_fingerprint=_unhashed()).select_columns(
-        ["messages", "tools", "row", "has_reasoning", "instruction", "key"],
+        ["messages", "tools", "row", "has_reasoning", "instruction", "thinking_mode", "key"],
         new_fingerprint=_unhashed())
 
 
@@ -929,12 +933,12 @@ def _normalize_and_tokenize_batch(
     *,
     normalize: Mapping[str, Any],
     tokenize: Mapping[str, Any],
-    thinking: bool,
+    mode: str,
 ) -> dict[str, list[Any]]:
     """A one-pass batch (:func:`_one_pass`): raw rows normalised, then tokenised as conversation ``row``.
 
     The rows normalising rejects follow the batch's samples as rows of no conversation (``conv`` -1),
-    for :func:`_mix` to write out; ``thinking``: render rows that have a trace with thinking on.
+    for :func:`_mix` to write out; ``mode``: the source's thinking mode (``on`` or ``off``; a row's own wins).
     """
     curated = _normalize_batch(batch, indices, **normalize)
     kept = [k for k, reason in enumerate(curated["reject"]) if reason is None]
@@ -943,7 +947,7 @@ def _normalize_and_tokenize_batch(
             "messages": [curated["messages"][k] for k in kept],
             "tools": [curated["tools"][k] for k in kept],
             "row": [curated["row"][k] for k in kept],
-            "thinking": [thinking and curated["has_reasoning"][k] for k in kept],
+            "thinking": [renders_on(curated["has_reasoning"][k], curated["thinking_mode"][k], mode) for k in kept],
         },
         [curated["row"][k] for k in kept],
         **tokenize,
@@ -974,10 +978,11 @@ def _tokenize(
     tokenize = {"encoder": encoder, "min_tokens": limits[0], "max_tokens": limits[1]}
     if state.raw is not None:
         rows, function = state.raw, _normalize_and_tokenize_batch
-        kwargs = {"normalize": state.normalize, "tokenize": tokenize, "thinking": source.thinking_mode == "on"}
+        kwargs = {"normalize": state.normalize, "tokenize": tokenize, "mode": source.thinking_mode}
     else:
         assert state.curated is not None
-        thinking = assign_thinking(_values(state.curated, "has_reasoning"), source, seed, _values(state.curated, "key"))
+        thinking = assign_thinking(_values(state.curated, "has_reasoning"), source, seed, _values(state.curated, "key"),
+                                   _values(state.curated, "thinking_mode"))
         rows = state.curated.add_column("thinking", thinking, feature=Value("bool"), new_fingerprint=_unhashed())
         function, kwargs = _tokenize_batch, tokenize
     return forked_map(

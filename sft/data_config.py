@@ -118,6 +118,13 @@ class ColumnMapping(_Strict):
         default=None,
         description="Tool definitions column (a list of definitions, or that list as JSON text). Default: `tools`.",
     )
+    thinking_mode: str | None = Field(
+        default=None,
+        description=(
+            "Column with the row's own thinking mode, `on` or `off` (null or empty: none), which wins over the "
+            "source's `thinking_mode`, as in prompt files; any other value rejects the row. Default: `thinking_mode`."
+        ),
+    )
     role_names: dict[str, str] = Field(
         default_factory=dict,
         description=(
@@ -194,15 +201,16 @@ class SourceConfig(_Strict):
             "a turn without a trace is rendered with thinking off, the mode its text fits, rather than "
             "teaching an empty trace under thinking on. `off`: traces are removed and every turn renders "
             "with thinking off. `mixed`: a seeded `thinking_ratio` share of the rows that have a trace "
-            "render on, the rest off (SEA-LION v3.5 trained reasoning and non-reasoning data together)."
+            "render on, the rest off (SEA-LION v3.5 trained reasoning and non-reasoning data together). A row's "
+            "own `thinking_mode` column (`on`/`off`, see `columns.thinking_mode`) wins over this, as in prompt files."
         ),
     )
     thinking_ratio: float | None = Field(
         default=None,
         ge=0,
         le=1,
-        description="With `thinking_mode: mixed`: share of the rows with a reasoning trace rendered with thinking on "
-        "(ratio * rows rounded half up, at least 1 and at most rows - 1 when "
+        description="With `thinking_mode: mixed`: share of the rows with a reasoning trace and no `thinking_mode` of "
+        "their own rendered with thinking on (ratio * rows rounded half up, at least 1 and at most rows - 1 when "
         "0 < ratio < 1: tempa.sft.mixing). Rows are drawn by a hash of their content and the seed: rows added to "
         "the source leave the old rows' draw as it was but at the margin.",
     )

@@ -42,7 +42,7 @@ from tempa.sft.data_config import (
 from tempa.sft.data_report import DataMix
 from tempa.sft.expand import turn_views
 from tempa.sft.formats import Conversation
-from tempa.sft.mixing import heldout_count
+from tempa.sft.mixing import heldout_count, renders_on
 from tempa.sft.stage_api import EstimateInputs, SourceSize, TokenCount, TrainingWorkload
 from tempa.sft.throughput_summary import format_eta
 
@@ -357,8 +357,8 @@ def sampled_tokens_per_row(source: SourceConfig, sample: LocalRows, counter: Sam
 
     Each row is normalised and filtered by the pipeline's own row-local steps (:func:`tempa.sft.data.normalize_sample`:
     ``cur``'s filters, ``accepted`` languages), then measured by ``counter`` as rendered with thinking on
-    where the pipeline would (a row with a trace, in an ``on`` source; a ``mixed`` source's two renderings
-    weighed by its ratio). A sample outside ``limits`` (min, max tokens) is dropped, and a row none of whose
+    where the pipeline would (a row with a trace, in an ``on`` source or with its own ``thinking_mode: on``; a
+    ``mixed`` source's two renderings weighed by its ratio). A sample outside ``limits`` (min, max tokens) is dropped, and a row none of whose
     samples is left is rejected, as the pipeline does. A row of more than :data:`LONG_LINE_BYTES` of text is
     not rendered: one sample of its bytes / :data:`BYTES_PER_TOKEN`. Rows compared with each other (``dedup``)
     are not measured.
@@ -373,8 +373,10 @@ def sampled_tokens_per_row(source: SourceConfig, sample: LocalRows, counter: Sam
     measured: list[tuple[float, list[tuple[int, str | None]]]] = []  # (weight, the samples of one row)
     for thinking, share in ((True, share_on), (False, 1 - share_on)):
         if share and conversations:
-            measured += [(share, row) for row in counter.lengths(conversations, [thinking and t for t in traced],
-                                                                 limits)]
+            # A row's own thinking_mode wins over the source's, as in the run.
+            flags = [renders_on(t, c.thinking_mode, "on" if thinking else "off")
+                     for t, c in zip(traced, conversations, strict=True)]
+            measured += [(share, row) for row in counter.lengths(conversations, flags, limits)]
     for size in [*sample.long_lines, *long_rows]:
         tokens = math.ceil(size / BYTES_PER_TOKEN)
         measured.append((1.0, [(tokens, _outside(tokens, limits))]))

@@ -8,7 +8,8 @@ string, the legacy ``function_call``, and ``tool`` / ``function`` results); Shar
 (``from``/``value``, with ``function_call`` and ``observation`` turns); ``prompt`` + ``response`` (or
 ``completion``, also trl's conversational prompt/completion lists); ``instruction`` + ``input`` +
 ``output``. A row's ``tools`` (a list of definitions, or that list as a JSON string) come along, and so
-does its ``system`` column, as the first turn, in every format (LLaMA-Factory's ShareGPT keeps it there). A
+does its ``system`` column, as the first turn, in every format (LLaMA-Factory's ShareGPT keeps it there), and its
+own ``thinking_mode`` (``on`` / ``off``, :func:`thinking_mode_of`), which wins over its source's. A
 reasoning trace is read from a field (``reasoning_content``, ``reasoning``, ``thinking``) or from a think
 block in the answer, split by :func:`tempa.chat_templates.thinking.split_reasoning`.
 
@@ -27,7 +28,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from tempa.chat_templates.roles import TOOL_ROLES
 from tempa.chat_templates.thinking import split_reasoning
@@ -65,6 +66,7 @@ class Conversation:
 
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
+    thinking_mode: Literal["on", "off"] | None = None  # the row's own, which wins over its source's
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class FormatSpec:
     tools: tuple[str, ...] = ("tools",)
     # LLaMA-Factory's Alpaca rows keep earlier rounds here; dropping them would train answers without their context.
     history: tuple[str, ...] = ("history",)
+    thinking_mode: tuple[str, ...] = ("thinking_mode",)
     role_names: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ROLE_NAMES))
 
 
@@ -106,7 +109,8 @@ def spec_for(source: SourceConfig) -> FormatSpec:
     return FormatSpec(
         format=fmt,
         **{name: pick(name) for name in ("messages", "role", "content", "reasoning", "prompt", "response",
-                                          "instruction", "input", "output", "system", "tools")},
+                                          "instruction", "input", "output", "system", "tools",
+                                          "thinking_mode")},
         role_names={**DEFAULT_ROLE_NAMES, **{k.lower(): v for k, v in cols.role_names.items()}},
     )
 
@@ -195,6 +199,16 @@ def _optional_text(value: Any, what: str) -> str | None:
         return None
     text = _text(value, what)
     return text if text.strip() else None
+
+
+def thinking_mode_of(value: Any, what: str) -> Literal["on", "off"] | None:
+    """A row's own thinking mode: ``on``, ``off``, or None when it gives none (missing, null, an empty cell); raises
+    :class:`RowError` naming ``what`` for anything else."""
+    if _is_missing(value) or _is_blank_text(value):
+        return None
+    if value in ("on", "off"):
+        return value
+    raise RowError(f"{what} must be 'on' or 'off', got {value!r:.60}")
 
 
 def _reasoning(holder: Mapping[str, Any], keys: Sequence[str], where: str = "") -> str | None:
@@ -404,9 +418,11 @@ def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> Conversation:
     tools = tools_of(row[tools_key], repr(tools_key)) if tools_key else None
     system_key = _first_present(row, spec.system)
     system = _optional_text(row[system_key], repr(system_key)) if system_key else None
+    mode_key = _first_present(row, spec.thinking_mode)
+    mode = thinking_mode_of(row[mode_key], repr(mode_key)) if mode_key else None
     if fmt in ("messages", "sharegpt"):
         key = _first_present(row, spec.messages) or spec.messages[0]
-        return Conversation(_with_system(_read_turns(row.get(key), spec, key), system, system_key), tools)
+        return Conversation(_with_system(_read_turns(row.get(key), spec, key), system, system_key), tools, mode)
 
     reasoning = _reasoning(row, spec.reasoning)
     history_key = _first_present(row, spec.history)
@@ -422,7 +438,7 @@ def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> Conversation:
             turns = _read_turns(list(prompt), spec, prompt_key) + _read_turns(list(response), spec, response_key)
             if reasoning is not None and turns[-1]["role"] == "assistant" and turns[-1]["reasoning_content"] is None:
                 turns[-1]["reasoning_content"] = reasoning
-            return Conversation(head + turns, tools)
+            return Conversation(head + turns, tools, mode)
         user = _text(prompt, repr(prompt_key))
         answer = _text(response, repr(response_key))
     else:
@@ -434,7 +450,7 @@ def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> Conversation:
         if extra:
             user = f"{user}\n\n{extra}"
         answer = _text(row.get(output_key), repr(output_key))
-    return Conversation([*head, _turn("user", user), _assistant(answer, reasoning)], tools)
+    return Conversation([*head, _turn("user", user), _assistant(answer, reasoning)], tools, mode)
 
 
 def user_instruction(messages: Sequence[Mapping[str, Any]]) -> str:

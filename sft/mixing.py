@@ -63,20 +63,29 @@ def assign_thinking(
     source: SourceConfig,
     seed: int,
     keys: Sequence[int],
+    row_modes: Sequence[str | None] | None = None,
 ) -> list[bool]:
     """Per conversation: render with thinking on?
 
-    ``on``: rows with a trace; ``off``: none; ``mixed``: of the rows that have a trace, the
+    A row's own ``thinking_mode`` (``row_modes``: on, off or None) wins over the source's. Else ``on``: rows with a
+    trace; ``off``: none; ``mixed``: of the rows with a trace and no mode of their own, the
     :func:`thinking_on_count` first in the draw by ``keys`` (each row's content), so the share is exact rather than
     a coin flip's. Rows without a trace are never on: there is nothing to think with.
     """
-    out = [bool(h) and source.thinking_mode == "on" for h in has_reasoning]
+    modes = list(row_modes) if row_modes is not None else [None] * len(has_reasoning)
+    out = [renders_on(h, mode, source.thinking_mode) for h, mode in zip(has_reasoning, modes, strict=True)]
     if source.thinking_mode == "mixed":
-        drawn = [i for i, h in enumerate(has_reasoning) if h]
+        drawn = [i for i, (h, mode) in enumerate(zip(has_reasoning, modes, strict=True)) if h and mode is None]
         n_on = thinking_on_count(source.thinking_ratio or 0.0, len(drawn))
         for position in _draw_order([keys[i] for i in drawn], seed, _THINKING)[:n_on]:
             out[drawn[position]] = True
     return out
+
+
+def renders_on(has_reasoning: bool, row_mode: str | None, source_mode: str) -> bool:
+    """Whether a row renders with thinking on, a ``mixed`` source's draw aside: it has a trace, and its own mode (else
+    its source's) is ``on``."""
+    return bool(has_reasoning) and (row_mode or source_mode) == "on"
 
 
 def thinking_on_count(ratio: float, n: int) -> int:

@@ -1,5 +1,5 @@
-"""SFT data for a team that keeps adding rows: held-out and thinking draws that keep the old rows' split (tiny
-tokenizer, the real llama3_thinking template)."""
+"""SFT data for a team that keeps adding rows: draws that keep the old rows' split, and a row's own ``thinking_mode``
+(tiny tokenizer, the real llama3_thinking template)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import pytest
 
 from tempa.sft.data import PreparedData, prepare_sft_data
 from tempa.sft.data_config import DataConfig
+
+OFF_PREFILL = "<|start_header_id|>assistant<|end_header_id|>\n\n<think>\n</think>\n"
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +87,65 @@ def test_rows_added_to_a_source_leave_the_old_rows_held_out_and_thinking_as_they
     before, after = on[200], on[203] & old
     assert before <= after or after <= before
     assert len(before ^ after) <= 3
+
+
+def test_a_rows_own_thinking_mode_wins_over_its_sources(tmp_path: Path, tokenizer: Any) -> None:
+    write(tmp_path / "on.jsonl", [chat(i, **({"thinking_mode": "off"} if i % 2 else {})) for i in range(10)])
+    write(
+        tmp_path / "off.jsonl", [chat(i, **({"thinking_mode": "on"} if i % 2 else {})) for i in range(10, 20)]
+    )
+    prepared = prepare(
+        tmp_path,
+        [
+            {"name": "on", "path": "on.jsonl", "thinking_mode": "on"},
+            {"name": "off", "path": "off.jsonl", "thinking_mode": "off"},
+        ],
+        tokenizer,
+    )
+    texts = rows_of(tokenizer, prepared.train)
+    on = thinking_rows(tokenizer, prepared)
+    assert on == {i for i in range(10) if i % 2 == 0} | {i for i in range(10, 20) if i % 2}
+    assert all(OFF_PREFILL in texts[i] for i in set(range(20)) - on)
+    assert [s.thinking_on_rows_kept for s in prepared.mix.sources] == [5, 5]
+
+
+def test_a_mixed_source_draws_its_ratio_among_the_rows_without_a_mode_of_their_own(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    # 4 rows on and 6 off of their own; the ratio draws among the other 10 (5 on); null and "" are no mode.
+    rows = [
+        chat(i, thinking_mode="on" if i < 4 else "off" if i < 10 else None if i % 2 else "")
+        for i in range(20)
+    ]
+    write(tmp_path / "mixed.jsonl", [*rows, chat(20, thinking_mode="yes")])
+    prepared = prepare(
+        tmp_path,
+        [{"name": "mixed", "path": "mixed.jsonl", "thinking_mode": "mixed", "thinking_ratio": 0.5}],
+        tokenizer,
+    )
+    on = thinking_rows(tokenizer, prepared)
+    assert {0, 1, 2, 3} <= on and not on & set(range(4, 10)) and len(on & set(range(10, 20))) == 5
+    assert prepared.mix.sources[0].thinking_on_rows_kept == 9
+    # Any other value is a reject naming the column, the line and what was expected.
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"], r["detail"]) for r in rejects] == [
+        (21, "malformed_row", "line 21: 'thinking_mode' must be 'on' or 'off', got 'yes'")
+    ]
+
+
+def test_the_thinking_mode_column_can_be_named(tmp_path: Path) -> None:
+    from tempa.sft.data_config import SourceConfig
+    from tempa.sft.formats import RowError, normalize_row, spec_for
+
+    (tmp_path / "r.jsonl").write_text("{}\n")
+    source = SourceConfig.model_validate(
+        {"name": "r", "path": "r.jsonl", "columns": {"thinking_mode": "mode"}},
+        context={"base_dir": str(tmp_path)},
+    )
+    row = chat(0)
+    assert (
+        normalize_row({**row, "mode": "off", "thinking_mode": "on"}, spec_for(source)).thinking_mode == "off"
+    )
+    assert normalize_row({**row, "thinking_mode": "on"}, spec_for(source)).thinking_mode is None
+    with pytest.raises(RowError, match=r"^'mode' must be 'on' or 'off', got True$"):
+        normalize_row({**row, "mode": True}, spec_for(source))

@@ -13,9 +13,12 @@ Order of work, per source unless noted:
 3. thinking mode per conversation (a row's own ``thinking_mode``, else its source's ``on``/``off``/``mixed``: a
    share of the rows the row filters keep, drawn by content, :mod:`tempa.sft.mixing`);
 4. expand multi-turn conversations (:mod:`tempa.sft.expand`), tokenise with the tokenizer's own
-   template, drop samples outside the token limits;
+   template, drop samples outside the token limits; a row a ``mixed`` source drew on that the limits drop whole
+   is tokenised again with thinking off;
 5. exact/near duplicates (in recipe order across sources), then template instructions, among the
-   conversations with a sample left: the copy a duplicate leaves is one that trains;
+   conversations with a sample left: the copy a duplicate leaves is one that trains; then a ``mixed`` source's
+   share on is drawn again among the rows left, rows that fit with thinking on taking the places of rows that
+   do not (:func:`_balance_thinking`: only the rows whose mode changes are tokenised again);
 6. held-out split (drawn by instruction, so rows added to a source keep the old rows' split), then sizing
    (weight/rows/tokens), on whole conversations;
 7. concatenate, shuffle with the seed, save.
@@ -107,6 +110,8 @@ from tempa.sft.mixing import (
     rng_for,
     select_rows,
     split_heldout,
+    thinking_on_count,
+    thinking_picks,
 )
 from tempa.sft.paths import display_path
 from tempa.sft.sources import (
@@ -132,8 +137,8 @@ from tempa.sft.tokenization import (
 logger = logging.getLogger(__name__)
 
 # Bump when a change to this pipeline changes its output, so old cache entries are not reused.
-# 7: held-out and thinking draws by content; 8: a row's own thinking_mode.
-PIPELINE_VERSION = "8"
+# 7: held-out and thinking draws by content; 8: a row's own thinking_mode; 9: a mixed share counted on the rows kept.
+PIPELINE_VERSION = "9"
 COMPLETE = "COMPLETE"
 MIX_FILE, REJECTS_FILE = "mix.json", "rejects.jsonl"
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects
@@ -413,6 +418,8 @@ class _SourceState:
     rejects: Counter[str] = field(default_factory=Counter)
     first_reject: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    thinking: list[bool] = field(default_factory=list)  # per curated row: rendered with thinking on (first draw)
+    renderings: _Renderings | None = None  # a ``mixed`` source's rows as rendered on and off (:class:`_Renderings`)
     held_groups: list[int] = field(default_factory=list)  # the held-out rows' instructions (``_instruction_group``)
     trained_groups: set[int] = field(default_factory=set)  # the instructions of the rows it trains on
 
@@ -496,15 +503,23 @@ def _build(
                 tokenized[i] = _tokenize(state, encoder, limits, seed=seed, num_proc=config.num_proc,
                                          cache_file=work / f"{i}-tokens.arrow")
                 _split_row_rejects(state, tokenized[i], rejects)
-        # 3-4: thinking, tokenise.
+        # 3-4: thinking, tokenise; a row a mixed source drew on that is too long so rendered off.
+        tokenize = {"encoder": encoder, "min_tokens": limits[0], "max_tokens": limits[1]}
         for i, state in enumerate(states):
             if tokenized[i] is None:
                 tokenized[i] = _tokenize(state, encoder, limits, seed=seed, num_proc=config.num_proc,
                                          cache_file=work / f"{i}-tokens.arrow")
+                if state.source.thinking_mode == "mixed":
+                    state.renderings = _Renderings(tokenized[i], state.thinking, work / f"{i}-tokens.arrow")
+                    tokenized[i] = _fit_thinking(state, tokenize=tokenize, num_proc=config.num_proc)
         ready = [tokens for tokens in tokenized if tokens is not None]
         # 5: rows compared with each other, in recipe order, among the rows that can train: a copy kept that the
         # length limits then reject would leave its prompt in no source.
         compared = _compare_rows(states, ready, cur)
+        # 5b: a mixed source's share on, among the rows that train or are held out.
+        for i, (state, dropped) in enumerate(zip(states, compared, strict=True)):
+            if state.renderings is not None:
+                ready[i] = _balance_thinking(state, dropped, seed=seed, tokenize=tokenize, num_proc=config.num_proc)
         # 6: held-out split and sizing.
         parts, train_index, eval_index, offset = [], [], [], 0
         for state, tokens, dropped in zip(states, ready, compared, strict=True):
@@ -878,7 +893,9 @@ def _tokenize_batch(
             message = first_line(exc)
             planned.append((curation.TEMPLATE_ERROR, f"chat template: {message}"))
     encoded = iter(encoder.encode([text for plan in planned if isinstance(plan[0], list) for text in plan[1]]))
-    for k, (conv, plan) in enumerate(zip(indices, planned, strict=True)):
+    # A ``conv`` column: some rows of a source rendered again (:func:`_render_rows`), named by their place in it.
+    convs = batch.get("conv", indices)
+    for k, (conv, plan) in enumerate(zip(convs, planned, strict=True)):
         samples_out: list[tuple[Sample | None, Reason | None]]
         if isinstance(plan[0], list):
             views = plan[0]
@@ -983,6 +1000,7 @@ def _tokenize(
         assert state.curated is not None
         thinking = assign_thinking(_values(state.curated, "has_reasoning"), source, seed, _values(state.curated, "key"),
                                    _values(state.curated, "thinking_mode"))
+        state.thinking = thinking
         rows = state.curated.add_column("thinking", thinking, feature=Value("bool"), new_fingerprint=_unhashed())
         function, kwargs = _tokenize_batch, tokenize
     return forked_map(
@@ -995,6 +1013,126 @@ def _tokenize(
         desc=f"Tokenising {source.name}",
         batch_size=64,
     )
+
+
+class _Renderings:
+    """A ``mixed`` source's conversations tokenised in each thinking mode tried so far (the first draw, then the rows
+    rendered again), and the mode each one trains with (``on``, by position in its curated rows). Arrays, not a
+    dict per conversation: a reasoning source holds millions of rows."""
+
+    def __init__(self, tokenized: datasets.Dataset, on: Sequence[bool], cache_file: Path) -> None:
+        self.on = np.asarray(on, dtype=bool)
+        self.cache_file = cache_file
+        # per part: the dataset, its samples' positions in conversation order, and their conversations in that order
+        self.parts: list[tuple[datasets.Dataset, np.ndarray, np.ndarray]] = []
+        # per mode, per conversation: the part holding its rendering in that mode (-1: none yet), and whether the
+        # length limits keep a sample of it
+        self.part = {mode: np.full(len(self.on), -1) for mode in (True, False)}
+        self.kept = {mode: np.zeros(len(self.on), dtype=bool) for mode in (True, False)}
+        self.add(tokenized, None)
+
+    def add(self, tokenized: datasets.Dataset, mode: bool | None) -> None:
+        """``tokenized``'s conversations, all rendered in ``mode`` (None: each in its ``on``)."""
+        convs = np.asarray(_values(tokenized, "conv"), dtype=np.int64)
+        order = np.argsort(convs, kind="stable")
+        self.parts.append((tokenized, order, convs[order]))
+        kept = np.zeros(len(self.on), dtype=bool)
+        kept[convs[[reject is None for reject in _values(tokenized, "reject")]]] = True
+        present = np.unique(convs)
+        modes = self.on[present] if mode is None else np.full(len(present), mode)
+        for flag in (True, False):
+            rendered = present[modes == flag]
+            self.part[flag][rendered] = len(self.parts) - 1
+            self.kept[flag][rendered] = kept[rendered]
+
+    def fits(self, mode: bool) -> dict[int, bool]:
+        """Per conversation rendered in ``mode``: whether the length limits keep a sample of it."""
+        rendered = np.flatnonzero(self.part[mode] >= 0)
+        return dict(zip(rendered.tolist(), self.kept[mode][rendered].tolist(), strict=True))
+
+    def kept_now(self) -> np.ndarray:
+        """Per conversation: whether the length limits keep a sample of it in the mode it trains with."""
+        return np.where(self.on, self.kept[True], self.kept[False])
+
+    def next_cache_file(self) -> Path:
+        return self.cache_file.with_name(f"{self.cache_file.stem}-{len(self.parts)}{self.cache_file.suffix}")
+
+    def dataset(self) -> datasets.Dataset:
+        """Every conversation's samples in the mode it trains with, in conversation order."""
+        source_part = np.where(self.on, self.part[True], self.part[False])
+        positions, convs, offset = [], [], 0
+        for k, (part, order, sorted_convs) in enumerate(self.parts):
+            mine = source_part[sorted_convs] == k
+            positions.append(offset + order[mine])
+            convs.append(sorted_convs[mine])
+            offset += len(part)
+        picks = np.concatenate(positions)[np.argsort(np.concatenate(convs), kind="stable")]
+        everything = self.parts[0][0] if len(self.parts) == 1 else datasets.concatenate_datasets(
+            [part for part, _, _ in self.parts])
+        return everything.select(picks.tolist(), new_fingerprint=_unhashed())
+
+
+def _render_rows(state: _SourceState, convs: Sequence[int], on: bool, *, tokenize: Mapping[str, Any],
+                 num_proc: int | None) -> None:
+    """Tokenise the conversations ``convs`` of a ``mixed`` source again, all with thinking ``on`` (or off), into its
+    :class:`_Renderings`."""
+    assert state.curated is not None and state.renderings is not None
+    convs = [int(conv) for conv in convs]
+    rows = state.curated.select(convs, new_fingerprint=_unhashed())
+    rows = rows.add_column("thinking", [on] * len(convs), feature=Value("bool"), new_fingerprint=_unhashed())
+    rows = rows.add_column("conv", convs, feature=Value("int64"), new_fingerprint=_unhashed())
+    mode = "on" if on else "off"
+    state.renderings.add(forked_map(rows, _tokenize_batch, workers=worker_count(num_proc, len(rows)), fn_kwargs=tokenize,
+                                    features=_TOKENIZED, cache_file=state.renderings.next_cache_file(),
+                                    desc=f"Tokenising {state.source.name} (thinking {mode})", batch_size=64), on)
+
+
+def _own_mode(state: _SourceState) -> np.ndarray:
+    """Per curated row of ``state``: whether it gives a thinking mode of its own (then no draw moves it)."""
+    assert state.curated is not None
+    return np.asarray([mode is not None for mode in _values(state.curated, "thinking_mode")], dtype=bool)
+
+
+def _fit_thinking(state: _SourceState, *, tokenize: Mapping[str, Any], num_proc: int | None) -> datasets.Dataset:
+    """A ``mixed`` source's rows that the first draw put on and the length limits drop whole, rendered off (their
+    place on goes to others in :func:`_balance_thinking`); the source's samples as they stand."""
+    assert state.renderings is not None
+    renderings = state.renderings
+    redo = np.flatnonzero(renderings.on & ~renderings.kept[True] & ~_own_mode(state))
+    if len(redo):
+        _render_rows(state, redo.tolist(), False, tokenize=tokenize, num_proc=num_proc)
+        renderings.on[redo] = False
+    return renderings.dataset()
+
+
+def _balance_thinking(state: _SourceState, dropped: Mapping[int, Reason], *, seed: int, tokenize: Mapping[str, Any],
+                      num_proc: int | None) -> datasets.Dataset:
+    """A ``mixed`` source with exactly its share on among the rows that go on to the held-out split and sizing (those
+    with a trace and no mode of their own that the length limits keep, duplicates and templates dropped): the first
+    in the draw whose rendering on fits (:func:`tempa.sft.mixing.thinking_picks`), rendered on as needed; the others
+    off, unless only their rendering on fits."""
+    assert state.curated is not None and state.renderings is not None
+    renderings, source = state.renderings, state.source
+    candidates = np.asarray(_values(state.curated, "has_reasoning"), dtype=bool) & ~_own_mode(state)
+    candidates &= renderings.kept_now()
+    candidates[list(dropped)] = False
+    eligible = np.flatnonzero(candidates).tolist()
+    n_on = thinking_on_count(source.thinking_ratio or 0.0, len(eligible))
+    keys = _values(state.curated, "key")
+    eligible_keys = [keys[conv] for conv in eligible]
+    while True:
+        on, untried = thinking_picks(eligible, eligible_keys, seed, n_on, renderings.fits(True))
+        if not untried:
+            break
+        _render_rows(state, untried, True, tokenize=tokenize, num_proc=num_proc)
+    chosen = np.zeros(len(renderings.on), dtype=bool)
+    chosen[on] = True
+    unrendered_off = [conv for conv in eligible if not chosen[conv] and renderings.part[False][conv] < 0]
+    if unrendered_off:
+        _render_rows(state, unrendered_off, False, tokenize=tokenize, num_proc=num_proc)
+    # A row that fits only with thinking on (min_tokens) stays on rather than be lost.
+    renderings.on[eligible] = chosen[eligible] | ~renderings.kept[False][eligible]
+    return renderings.dataset()
 
 
 def _mix(

@@ -210,9 +210,12 @@ class SourceConfig(_Strict):
         ge=0,
         le=1,
         description="With `thinking_mode: mixed`: share of the rows with a reasoning trace and no `thinking_mode` of "
-        "their own rendered with thinking on (ratio * rows rounded half up, at least 1 and at most rows - 1 when "
-        "0 < ratio < 1: tempa.sft.mixing). Rows are drawn by a hash of their content and the seed: rows added to "
-        "the source leave the old rows' draw as it was but at the margin.",
+        "their own rendered with thinking on, counted on the rows the length limits keep (less duplicates and "
+        "templates), before the held-out split and sizing (ratio * rows rounded half up, at least 1 and at most "
+        "rows - 1 when 0 < ratio < 1: tempa.sft.mixing). A row too long with thinking on trains with it off, and the "
+        "next row in the draw thinks instead; fewer think only when too few fit with thinking on. Rows are drawn by "
+        "a hash of their content and the seed: rows added to the source leave the old rows' draw as it was but at "
+        "the margin.",
     )
     heldout: float | int | None = Field(
         default=None,

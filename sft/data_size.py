@@ -357,8 +357,9 @@ def sampled_tokens_per_row(source: SourceConfig, sample: LocalRows, counter: Sam
 
     Each row is normalised and filtered by the pipeline's own row-local steps (:func:`tempa.sft.data.normalize_sample`:
     ``cur``'s filters, ``accepted`` languages), then measured by ``counter`` as rendered with thinking on
-    where the pipeline would (a row with a trace, in an ``on`` source or with its own ``thinking_mode: on``; a
-    ``mixed`` source's two renderings weighed by its ratio). A sample outside ``limits`` (min, max tokens) is dropped, and a row none of whose
+    where the pipeline would (a row with a trace, in an ``on`` source or with its own ``thinking_mode: on``; in a
+    ``mixed`` source, a traced row that fits with thinking on weighs its two renderings by the share that makes the
+    ratio of the traced rows kept). A sample outside ``limits`` (min, max tokens) is dropped, and a row none of whose
     samples is left is rejected, as the pipeline does. A row of more than :data:`LONG_LINE_BYTES` of text is
     not rendered: one sample of its bytes / :data:`BYTES_PER_TOKEN`. Rows compared with each other (``dedup``)
     are not measured.
@@ -369,14 +370,20 @@ def sampled_tokens_per_row(source: SourceConfig, sample: LocalRows, counter: Sam
     conversations = [c for c in normalize_sample(batch, source, cur or CurationConfig(), accepted,
                                                   counter.specials) if c is not None] if batch else []
     traced = [any(turn.get("reasoning_content") for turn in c.messages) for c in conversations]
-    share_on = {"on": 1.0, "off": 0.0}.get(source.thinking_mode, source.thinking_ratio or 0.0)
-    measured: list[tuple[float, list[tuple[int, str | None]]]] = []  # (weight, the samples of one row)
-    for thinking, share in ((True, share_on), (False, 1 - share_on)):
-        if share and conversations:
-            # A row's own thinking_mode wins over the source's, as in the run.
-            flags = [renders_on(t, c.thinking_mode, "on" if thinking else "off")
-                     for t, c in zip(traced, conversations, strict=True)]
-            measured += [(share, row) for row in counter.lengths(conversations, flags, limits)]
+    fixed = [renders_on(t, c.thinking_mode, source.thinking_mode) for t, c in zip(traced, conversations, strict=True)]
+    as_fixed = counter.lengths(conversations, fixed, limits) if conversations else []
+    measured: list[tuple[float, list[tuple[int, str | None]]]] = [(1.0, row) for row in as_fixed]
+    if source.thinking_mode == "mixed" and conversations:
+        # The run draws its ratio of the traced rows it keeps among those that fit with thinking on (tempa.sft.mixing
+        # .thinking_picks): each such row is on with the share that makes up, the others train off.
+        drawn = [t and c.thinking_mode is None for t, c in zip(traced, conversations, strict=True)]
+        as_on = counter.lengths(conversations, [f or d for f, d in zip(fixed, drawn, strict=True)], limits)
+        kept = [d and (_fits(on) or _fits(off)) for d, on, off in zip(drawn, as_on, as_fixed, strict=True)]
+        fit_on = [k and _fits(on) for k, on in zip(kept, as_on, strict=True)]
+        share_on = min(1.0, (source.thinking_ratio or 0.0) * sum(kept) / sum(fit_on)) if any(fit_on) else 0.0
+        measured = [(1.0, off) if not fits else (1 - share_on, off)
+                    for off, fits in zip(as_fixed, fit_on, strict=True)]
+        measured += [(share_on, on) for on, fits in zip(as_on, fit_on, strict=True) if fits and share_on]
     for size in [*sample.long_lines, *long_rows]:
         tokens = math.ceil(size / BYTES_PER_TOKEN)
         measured.append((1.0, [(tokens, _outside(tokens, limits))]))
@@ -392,6 +399,11 @@ def sampled_tokens_per_row(source: SourceConfig, sample: LocalRows, counter: Sam
     if rows <= 0:
         return SampledLength(0, 0, sample.sampled, outside / samples if samples else 0.0)
     return SampledLength(round(kept / rows), max(1, round(rows)), sample.sampled, outside / samples)
+
+
+def _fits(samples: Sequence[tuple[int, str | None]]) -> bool:
+    """Whether the length limits keep a sample of a row (``samples``: its samples' tokens and rejects)."""
+    return any(reason is None for _, reason in samples)
 
 
 def _without_long_rows(batch: Mapping[str, list[Any]]) -> tuple[dict[str, list[Any]], list[int]]:

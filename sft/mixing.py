@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 
 import numpy as np
@@ -65,7 +65,7 @@ def assign_thinking(
     keys: Sequence[int],
     row_modes: Sequence[str | None] | None = None,
 ) -> list[bool]:
-    """Per conversation: render with thinking on?
+    """Per conversation: render with thinking on? (The draw before the length limits: see :func:`thinking_picks`.)
 
     A row's own ``thinking_mode`` (``row_modes``: on, off or None) wins over the source's. Else ``on``: rows with a
     trace; ``off``: none; ``mixed``: of the rows with a trace and no mode of their own, the
@@ -77,8 +77,8 @@ def assign_thinking(
     if source.thinking_mode == "mixed":
         drawn = [i for i, (h, mode) in enumerate(zip(has_reasoning, modes, strict=True)) if h and mode is None]
         n_on = thinking_on_count(source.thinking_ratio or 0.0, len(drawn))
-        for position in _draw_order([keys[i] for i in drawn], seed, _THINKING)[:n_on]:
-            out[drawn[position]] = True
+        for i in thinking_picks(drawn, [keys[i] for i in drawn], seed, n_on, {})[1]:
+            out[i] = True
     return out
 
 
@@ -86,6 +86,31 @@ def renders_on(has_reasoning: bool, row_mode: str | None, source_mode: str) -> b
     """Whether a row renders with thinking on, a ``mixed`` source's draw aside: it has a trace, and its own mode (else
     its source's) is ``on``."""
     return bool(has_reasoning) and (row_mode or source_mode) == "on"
+
+
+def thinking_picks(
+    eligible: Sequence[int], keys: Sequence[int], seed: int, n_on: int, fits_on: Mapping[int, bool]
+) -> tuple[list[int], list[int]]:
+    """The rows of a ``mixed`` source that render with thinking on: of ``eligible`` (row positions; ``keys``, their
+    content keys), the first ``n_on`` in the draw whose rendering with thinking on the length limits keep.
+
+    ``fits_on`` is what is known so far (row -> its rendering on keeps a sample). Returns (the rows known to be on,
+    the rows to render on and try); while the second is not empty the caller renders them, adds what it saw to
+    ``fits_on`` and asks again. A row too long with thinking on thus gives its place to the next in the draw, and
+    the share of the rows kept that think stays the ratio asked for (fewer only when too few rows fit with it on).
+    """
+    on: list[int] = []
+    untried: list[int] = []
+    for position in _draw_order(keys, seed, _THINKING):
+        if len(on) + len(untried) >= n_on:
+            break
+        row = eligible[position]
+        fits = fits_on.get(row)
+        if fits is None:
+            untried.append(row)
+        elif fits:
+            on.append(row)
+    return on, untried
 
 
 def thinking_on_count(ratio: float, n: int) -> int:

@@ -15,6 +15,7 @@ from tempa.sft.mixing import (
     heldout_count,
     split_heldout,
     thinking_on_count,
+    thinking_picks,
 )
 
 
@@ -57,3 +58,15 @@ def test_a_grown_source_keeps_its_old_held_out_rows_but_at_the_margin(
         # Nested, and the old rows that cross the cut are exactly those the count change and the added rows make.
         assert old_after <= before or before <= old_after
         assert len(before ^ old_after) == abs(len(after) - len(before) - added)
+
+
+def test_a_row_that_does_not_fit_with_thinking_on_gives_its_place_to_the_next_in_the_draw() -> None:
+    eligible = list(range(100, 120))
+    keys = [content_key(f"row {i}") for i in eligible]
+    on, untried = thinking_picks(eligible, keys, 3, 5, {})
+    assert on == [] and len(untried) == 5  # nothing known yet: the first five in the draw are to try
+    first = untried[0]
+    on, untried = thinking_picks(eligible, keys, 3, 5, {row: row != first for row in untried})
+    assert len(on) == 4 and first not in on and len(untried) == 1  # the next in the draw, to try
+    on, untried = thinking_picks(eligible, keys, 3, 5, {row: row != first for row in eligible})
+    assert untried == [] and len(on) == 5 and first not in on

@@ -1,5 +1,5 @@
-"""SFT data for a team that keeps adding rows: draws that keep the old rows' split, and a row's own ``thinking_mode``
-(tiny tokenizer, the real llama3_thinking template)."""
+"""SFT data for a team that keeps adding rows: draws that keep the old rows' split, a ``mixed`` share counted on the
+rows the length limits keep, and a row's own ``thinking_mode`` (tiny tokenizer, the real llama3_thinking template)."""
 
 from __future__ import annotations
 
@@ -87,6 +87,49 @@ def test_rows_added_to_a_source_leave_the_old_rows_held_out_and_thinking_as_they
     before, after = on[200], on[203] & old
     assert before <= after or after <= before
     assert len(before ^ after) <= 3
+
+
+def test_a_mixed_share_is_the_ratio_of_the_rows_the_length_limits_keep(
+    tmp_path: Path, tokenizer: Any
+) -> None:
+    long = "pikir " * 80
+    rows = [chat(i, long.strip() if i % 3 == 0 else "pikir") for i in range(120)]  # 40 long traces
+    write(tmp_path / "r.jsonl", rows)
+    max_length = 100
+
+    def tokens(row: dict, thinking: str) -> int:
+        return len(
+            tokenizer.apply_chat_template(
+                row["messages"], tokenize=True, thinking_mode=thinking, return_dict=True
+            )["input_ids"]
+        )
+
+    # The premise: a long trace does not fit with thinking on, every row fits with it off.
+    assert tokens(rows[0], "on") > max_length >= max(tokens(row, "off") for row in rows)
+    assert max(tokens(row, "on") for i, row in enumerate(rows) if i % 3) <= max_length
+
+    def run(ratio: float, name: str) -> tuple[Any, set[int]]:
+        folder = tmp_path / name
+        folder.mkdir()
+        write(folder / "r.jsonl", rows)
+        prepared = prepare(
+            folder,
+            [{"name": "r", "path": "r.jsonl", "thinking_mode": "mixed", "thinking_ratio": ratio}],
+            tokenizer,
+            max_length=max_length,
+        )
+        return prepared.mix.sources[0], thinking_rows(tokenizer, prepared)
+
+    mix, on = run(0.5, "half")
+    # A row drawn on whose trace is too long trains with thinking off instead of being dropped, and the next row in
+    # the draw thinks in its place: half of the 120 rows kept think (before, a long row drawn on was dropped as
+    # too long and 42 of the 102 rows kept thought).
+    assert mix.rows_kept == 120 and mix.rejects == {}
+    assert mix.thinking_on_rows_kept == len(on) == 60
+    assert not any(i % 3 == 0 for i in on)
+    # Asked for more than fit with thinking on: every row that fits thinks, and no row is lost.
+    mix, on = run(0.9, "most")
+    assert mix.rows_kept == 120 and mix.thinking_on_rows_kept == len(on) == 80
 
 
 def test_a_rows_own_thinking_mode_wins_over_its_sources(tmp_path: Path, tokenizer: Any) -> None:

@@ -276,9 +276,12 @@ def test_worker_processes_prepare_exactly_what_one_process_does(
         return prepare_sft_data(config, tok, out_dir=tmp_path / name, cache_dir=tmp_path / f"cache-{name}", seed=3)
 
     one = prepare(1, "one")
-    assert pools == pools_of_one  # one process: no pool for any step
+    # A mixed source's rows drawn again (its rows that fit only with thinking off) are rendered after the steps,
+    # in pools sized for them.
+    first = len(pools)
+    assert pools[:len(pools_of_one)] == pools_of_one and set(pools) == {1}  # one process: no pool for any step
     two = prepare(2, "two")
-    assert pools[len(pools_of_one):] == pools_of_two  # each step in 2 worker processes
+    assert pools[first:first + len(pools_of_two)] == pools_of_two  # each step in 2 worker processes
     assert gc.get_freeze_count() == 0  # the heap frozen for the workers is given back to the collector
     assert not two.cache_hit and len(one.train) > 40
     assert one.train.to_dict() == two.train.to_dict() and one.eval.to_dict() == two.eval.to_dict()

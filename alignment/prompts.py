@@ -39,7 +39,7 @@ from tempa.chat_templates.json_files import (
 from tempa.chat_templates.one_line import first_line
 from tempa.chat_templates.thinking import THINKING_DEFAULT_CONTEXT
 from tempa.sft.curation import check_tool_results
-from tempa.sft.formats import FormatSpec, RowError, normalize_row, tools_of, uses_tools
+from tempa.sft.formats import FormatSpec, RowError, normalize_row, thinking_mode_of, tools_of, uses_tools
 from tempa.sft.mixing import thinking_on_count
 from tempa.sft.stage_api import (
     Artifact,
@@ -335,9 +335,10 @@ def to_prompt(row: dict[str, Any], index: int, source: PromptSource, name: str |
         raise StageError(f"{where}: {source.answer_field}: {problem}")
     if source.system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": source.system_prompt})
-    mode = row.get(source.thinking_field)
-    if mode not in (None, "on", "off"):
-        raise StageError(f"{where}: {source.thinking_field} must be 'on' or 'off', got {mode!r}")
+    try:  # one reader for a row's own mode, as the SFT rows' (a blank cell gives none)
+        mode = thinking_mode_of(row.get(source.thinking_field), source.thinking_field)
+    except RowError as exc:
+        raise StageError(f"{where}: {exc}") from None
     language = row.get(source.language_field)
     if language:
         from tempa.sft import language as languages

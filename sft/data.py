@@ -137,8 +137,9 @@ from tempa.sft.tokenization import (
 logger = logging.getLogger(__name__)
 
 # Bump when a change to this pipeline changes its output, so old cache entries are not reused.
-# 7: held-out and thinking draws by content; 8: a row's own thinking_mode; 9: a mixed share counted on the rows kept.
-PIPELINE_VERSION = "9"
+# 7: held-out and thinking draws by content; 8: a row's own thinking_mode; 9: a mixed share counted on the rows kept;
+# 10: a PII reject's row is not copied into rejects.jsonl.
+PIPELINE_VERSION = "10"
 COMPLETE = "COMPLETE"
 MIX_FILE, REJECTS_FILE = "mix.json", "rejects.jsonl"
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects
@@ -653,7 +654,10 @@ def _normalize_batch(
         if reason is None:
             reason = curation.check_contamination(user_instruction(conversation.messages), contaminants)
         if reason is not None:
-            emit(index, conversation, (reason[0], f"{label}: {reason[1]}"), conversation.messages)
+            # The personal data or credential a row was rejected for is not copied into rejects.jsonl: the detail
+            # names the turn and the kind, the label the source line.
+            data = None if reason[0] == curation.PII else conversation.messages
+            emit(index, conversation, (reason[0], f"{label}: {reason[1]}"), data)
         else:
             emit(index, conversation, None)
     return out

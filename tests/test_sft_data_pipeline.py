@@ -366,7 +366,10 @@ def test_malformed_and_filtered_rows_are_rejected_with_reasons_and_the_run_goes_
     for line, (_, fragment) in expected.items():
         assert fragment in by_line[line]["detail"], by_line[line]
         assert by_line[line]["source"] == "sea" and by_line[line]["row"] == line - 1
-    assert by_line[2]["data"] == "{not json" and by_line[8]["data"][0]["role"] == "user"
+    assert by_line[2]["data"] == "{not json" and by_line[7]["data"][0]["role"] == "assistant"
+    # the personal data a row was rejected for is not copied out of the source into the run's files
+    assert by_line[8]["data"] is None
+    assert "budi.santoso" not in (tmp_path / "out" / "rejects.jsonl").read_text(encoding="utf-8")
     assert len(prepared.train) == 4
     (stats,) = DataMix.read(tmp_path / "out" / "mix.json").sources
     assert stats.name == "sea" and stats.rows_in == 15 and stats.rows_kept == 4

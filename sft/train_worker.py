@@ -519,6 +519,13 @@ def rl_trainer(plan: TrainPlan, tokenizer, kernels: KernelChoice):
 TRAINERS = {"sft": sft_trainer, "dpo": dpo_trainer, "grpo": rl_trainer, "rloo": rl_trainer}
 
 
+def _before_first_step(trainer: Any) -> str:
+    # trl computes a DPO reference's log-probs over every pair before the first step, with a bar only in train.log.
+    if getattr(trainer.args, "precompute_ref_log_probs", False):
+        return f" (first, the reference model's log-probs over {len(trainer.train_dataset):,} pairs)"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     from tempa.sft.line_progress import line_mode
 
@@ -527,9 +534,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer
 
+    # The runner's terminal shows only [tempa] lines: without these, loading a 70B model is minutes of silence.
+    first = os.environ.get("RANK", "0") == "0"
+    started = time.perf_counter()
+    if first:
+        print(f"[tempa] loading the model ({plan.start_model}) and the data for {plan.trainer} training",
+              flush=True)
     tokenizer = AutoTokenizer.from_pretrained(plan.tokenizer_dir)
     kernels = announced_kernels(plan)
     trainer = TRAINERS[plan.trainer](plan, tokenizer, kernels)
+    if first:
+        before = _before_first_step(trainer)
+        print(f"[tempa] ready in {time.perf_counter() - started:.0f}s; training starts{before}", flush=True)
     train_and_save(trainer, tokenizer, plan, kernels,
                    evaluate=plan.trainer == "sft" and plan.eval_data is not None,
                    merge_adapters=plan.lora is not None)

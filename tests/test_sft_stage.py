@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,13 @@ def test_training_that_takes_no_optimizer_step_is_an_error(tmp_path, tiny_model_
                                            r"per_device_train_batch_size=64"):
         train_main(["--plan", str(tmp_path / "plan.json")])
     assert not (stage_dir / "final").exists()
+
+
+def test_the_terminal_hears_from_the_launch_before_the_first_step(single_run):
+    # The runner shows only the workers' [tempa] lines (launcher._stream): model loading and data set-up were
+    # silent before. They are in train.log in the order the terminal shows them.
+    lines = (single_run / "sft" / "logs" / "train.log").read_text(encoding="utf-8").splitlines()
+    loading = next(i for i, line in enumerate(lines) if "loading the model (" in line and "for sft training" in line)
+    ready = next(i for i, line in enumerate(lines) if re.search(r"ready in \d+s; training starts$", line))
+    first_step = next(i for i, line in enumerate(lines) if re.match(r"\[tempa\] step \d+/", line))
+    assert loading < ready < first_step

@@ -37,7 +37,16 @@ from tempa.alignment.input_checks import check_reward_inputs, check_tool_prompts
 from tempa.alignment.judge import fill
 from tempa.alignment.offline_pairs import IDENTICAL_PAIR, load_offline_pairs
 from tempa.alignment.pair_rendering import completion_ids, rendered_check
-from tempa.alignment.pairs import INCOMPLETE, Pair, PairStats, Scored, best_worst, revision_pair, worst
+from tempa.alignment.pairs import (
+    ALL_EQUAL,
+    INCOMPLETE,
+    Pair,
+    PairStats,
+    Scored,
+    best_worst,
+    revision_pair,
+    worst,
+)
 from tempa.alignment.preference_config import PreferenceStageConfig
 from tempa.alignment.prompts import PromptRow, load_prompts
 from tempa.alignment.rewards import (
@@ -473,17 +482,22 @@ def _round_headline(summary: RoundSummary) -> dict[str, Scalar]:
 
 
 def _no_pairs_hint(stats: Mapping[str, Any], max_new_tokens: int) -> str:
-    """What to change when a round made no pair because its samples were cut off ('' otherwise)."""
-    if INCOMPLETE not in stats["dropped"]:
-        return ""
-    stopped = stats["finish_reasons"].get("length", 0)
-    total = sum(stats["finish_reasons"].values())
-    open_think = max(0, stats["incomplete"] - stopped)  # out of the running: a think block the template would close
-    parts = [f"{stopped} of {total} samples stopped at sampling.max_new_tokens ({max_new_tokens}); raise it"] \
-        if stopped else []
-    if open_think:
-        parts.append(f"{open_think} of {total} ended inside an open think block, which the template would close, so "
-                     "they cannot be trained as written")
+    """What to change when a round made no pair: its samples were cut off, or every prompt's samples scored alike
+    ('' otherwise)."""
+    parts = []
+    if INCOMPLETE in stats["dropped"]:
+        stopped = stats["finish_reasons"].get("length", 0)
+        total = sum(stats["finish_reasons"].values())
+        open_think = max(0, stats["incomplete"] - stopped)  # out of the running: a think block the template would close
+        if stopped:
+            parts.append(f"{stopped} of {total} samples stopped at sampling.max_new_tokens ({max_new_tokens}); raise it")
+        if open_think:
+            parts.append(f"{open_think} of {total} ended inside an open think block, which the template would close, "
+                         "so they cannot be trained as written")
+    if ALL_EQUAL in stats["dropped"]:
+        parts.append(f"on {stats['dropped'][ALL_EQUAL]} prompt(s) every sample scored the same, so the rewards cannot "
+                     "rank them: add a reward that varies between answers (a judge, a length penalty) or sample more "
+                     "differently (sampling.n, sampling.temperature)")
     return ": " + "; ".join(parts) if parts else ""
 
 

@@ -179,4 +179,7 @@ def test_the_no_pairs_hint_counts_cut_off_samples_and_open_think_blocks_apart():
     assert _no_pairs_hint(stats, 64) == (": 20 of 48 samples stopped at sampling.max_new_tokens (64); raise it; "
                                          "15 of 48 ended inside an open think block, which the template would close, "
                                          "so they cannot be trained as written")
-    assert _no_pairs_hint({**stats, "dropped": {"all_scores_equal": 12}}, 64) == ""
+    # every prompt's samples scored alike (a tiny model scoring 2.0 on each with answer, language and format rewards)
+    hint = _no_pairs_hint({**stats, "dropped": {"all_scores_equal": 12}}, 64)
+    assert hint.startswith(": on 12 prompt(s) every sample scored the same") and "a length penalty" in hint
+    assert _no_pairs_hint({**stats, "dropped": {"below_min_margin": 12}}, 64) == ""

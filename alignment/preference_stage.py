@@ -210,7 +210,8 @@ def run_offline_round(config: PreferenceStageConfig, ctx: StageContext, round_in
         "dropped": dropped, "identical_renderings": dropped.get(IDENTICAL_PAIR, 0),
     }
     write_json(round_dir / "stats.json", stats)
-    ctx.log.info("%s: %d pairs from %d rows; rejected %s", label, len(loaded.rows), loaded.read, dropped or "none")
+    ctx.log.info("%s: %d pairs from %d rows; rejected %s%s", label, len(loaded.rows), loaded.read, dropped or "none",
+                 f" (each named in {round_dir / 'rejects.jsonl'})" if dropped else "")
     if not loaded.rows:
         raise StageError(f"{label}: no usable pair in {config.offline.path} (rejected: {dropped}); "
                          f"see {round_dir / 'rejects.jsonl'}")

@@ -91,8 +91,12 @@ def decontamination_summary(data: DataConfig, prompts: EvalPrompts) -> str:
     """One line for `tempa plan`: how many evaluation prompts the stage's training rows are checked against."""
     if not data.curation.decontaminate:
         return "training rows not checked against evaluation prompts (curation.decontaminate: false)"
+    from tempa.sft.data import contamination_index
+
     unchecked = f"; not checked: {', '.join(prompts.unchecked)}" if prompts.unchecked else ""
-    return f"training rows checked against {len(prompts.prompts)} evaluation prompts{unchecked}"
+    # distinct as the check compares them: suites that share a file, or repeat a prompt, count it once
+    distinct = len(contamination_index(data, prompts))
+    return f"training rows checked against {distinct} distinct evaluation prompts{unchecked}"
 
 
 def launch_training(plan: TrainPlan, ctx: StageContext) -> TrainOutcome:

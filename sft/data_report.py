@@ -133,6 +133,7 @@ class DataMix(BaseModel):
         heldout = sum(s.heldout_rows for s in self.sources)
         resized = sum(s.resized_rows for s in self.sources)
         lines.append(("total", str(t.rows_in), str(rejected), str(heldout), f"{resized:+d}" if resized else "0",
-                      str(t.rows_kept), "", str(t.tokens_kept), "100%", "", f"{t.tool_rows_kept}/{t.rows_kept}"))
+                      str(t.rows_kept), "", str(t.tokens_kept), "100%", f"{t.thinking_on_rows_kept}/{t.rows_kept}",
+                      f"{t.tool_rows_kept}/{t.rows_kept}"))
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in lines)

@@ -696,6 +696,8 @@ def test_the_log_counts_every_reject_once_the_source_is_prepared_and_the_table_a
     cells = dict(zip([c.strip() for c in header.split("  ") if c.strip()], row.split(), strict=False))
     assert (cells["rows in"], cells["rejected"], cells["held out"], cells["resized"], cells["rows kept"]) == \
         ("10", "3", "2", "0", "5")
+    total = table.splitlines()[3].split()  # the blank "tokens in" cell splits away
+    assert total[0] == "total" and total[-3:] == ["100%", "0/5", "0/5"]  # share, thinking on, tool rows
 
 
 @pytest.mark.parametrize("where", ["data", "source"])

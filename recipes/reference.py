@@ -239,7 +239,7 @@ A data source (`data.sources[]`, see [SourceConfig](#sourceconfig)) is read from
 | a folder of JSON files (`.jsonl`, `.json`) | file after file, each read as it would be alone (a bad line a reject named by file and line): the files of `split` as `datasets` finds them (`train-00000-of-00004.jsonl`, a `train/` folder) |
 | a folder of other data files (Parquet, CSV, compressed JSON) | loaded with `datasets.load_dataset(folder, split=split)` |
 | a hub dataset id, e.g. `HuggingFaceH4/ultrachat_200k` | `datasets.load_dataset(path, name=subset, split=split, revision=revision)` |
-| `stage:NAME` | the dataset an earlier `synthesize` stage wrote |
+| `stage:NAME` | the dataset an earlier stage wrote (`synthesize`, `translate`; `generate_prompts` writes prompts, for a prompt file) |
 
 Each row is one conversation in one of these layouts (`format: auto` tells them apart by the columns present;
 `columns:` renames them, see [ColumnMapping](#columnmapping)):

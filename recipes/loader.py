@@ -139,6 +139,17 @@ def _profile_lines(lines, profile: str, overlay: dict) -> dict:
 # --------------------------------------------------------------------------- YAML + positions
 
 
+def _yaml_hint(problem: str) -> str:
+    # PyYAML speaks of tokens; what a recipe's author got wrong is nearly always the indentation.
+    if "'\\t'" in problem:
+        return " (YAML indents with spaces, not tabs)"
+    if problem.startswith("expected <block end>"):
+        return " (check this line's indentation against the lines above it)"
+    if problem.startswith("mapping values are not allowed"):
+        return " (check this line's indentation, or quote a value that holds ': ')"
+    return ""
+
+
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[FieldPath, tuple[Path, int]]]:
     try:
         data, node = compose_and_construct(read_text(path))
@@ -146,7 +157,7 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[FieldPath, tuple[Path, 
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError(f"{path}{line}: invalid YAML: {problem}") from None
+        raise RecipeError(f"{path}{line}: invalid YAML: {problem}{_yaml_hint(problem)}") from None
     except RecipeTextError as exc:
         raise RecipeError(str(exc)) from None
     except RecursionError:

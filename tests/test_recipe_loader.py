@@ -57,6 +57,19 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
         load_recipe(path)
 
 
+@pytest.mark.parametrize(("text", "line", "hint"), [
+    ("name: t\nstages:\n  - name: sft\n    kind: sft\n   data: {}\n", 5,
+     "check this line's indentation against the lines above it"),
+    ("name: t\nstages:\n\t- name: sft\n", 3, "YAML indents with spaces, not tabs"),
+    ("name: t\ndescription: SFT: then DPO\n", 2, "or quote a value that holds ': '"),
+])
+def test_yaml_errors_say_what_the_author_likely_got_wrong(tmp_path, text, line, hint):
+    path = write(tmp_path / "r.yaml", text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert str(info.value).startswith(f"{path}:{line}: invalid YAML: ") and str(info.value).endswith(f"{hint})")
+
+
 def test_unknown_top_level_field(tmp_path, data_file):
     path = write(tmp_path / "r.yaml", recipe_text().replace("name: t", "name: t\n    bse_model: x"))
     with pytest.raises(RecipeError) as err:

@@ -285,7 +285,8 @@ def _cmd_status(args) -> int:
     run_dir: Path = args.run_dir
     require_run_dir(run_dir)
     resolved = run_dir / RESOLVED_RECIPE
-    rows = stage_status(_stage_names(resolved), run_dir)
+    recorded = _recorded_stages(resolved)
+    rows = stage_status(list(recorded) if recorded is not None else None, run_dir, kinds=recorded)
     if args.json:
         print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2, default=str))
         return 0
@@ -304,10 +305,10 @@ def _cmd_status(args) -> int:
     return 0
 
 
-def _stage_names(resolved: Path) -> list[str] | None:
-    """The stage order recorded in recipe.resolved.yaml, read without validating the recipe.
+def _recorded_stages(resolved: Path) -> dict[str, str] | None:
+    """The stages recorded in recipe.resolved.yaml, in order, with their kinds, read without validating the recipe.
 
-    Status needs only the names: validation would import trl and fail on files that moved since.
+    Status needs only these: validation would import trl and fail on files that moved since.
     """
     import yaml
 
@@ -315,10 +316,12 @@ def _stage_names(resolved: Path) -> list[str] | None:
 
     try:
         stages = parse_yaml(read_text(resolved)).get("stages")
-        names = [stage["name"] for stage in stages]
+        recorded = {stage["name"]: stage.get("kind") for stage in stages}
     except (OSError, yaml.YAMLError, RecipeTextError, AttributeError, KeyError, TypeError):
         return None  # unreadable: the manifests still tell the story
-    return names if all(isinstance(name, str) for name in names) else None
+    if not all(isinstance(name, str) and isinstance(kind, str) for name, kind in recorded.items()):
+        return None
+    return recorded
 
 
 def _console():

@@ -13,7 +13,7 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -714,8 +714,9 @@ class StageStatus:
     note: str | None = None  # why a stage is stale
 
 
-def stage_status(names: list[str] | None, run_dir: Path) -> list[StageStatus]:
-    """Each stage's state from its manifest (in ``names``' order, the recipe's, when known)."""
+def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, str] | None = None) -> list[StageStatus]:
+    """Each stage's state from its manifest (in ``names``' order, the recipe's, when known); ``kinds``: the recipe's
+    stage kinds, for the stages that have no manifest yet."""
     manifests = {m.name: m for p in sorted(run_dir.glob("*/")) if (m := read_manifest(p)) is not None}
     if names is None:
         names = [m.name for m in sorted(manifests.values(), key=lambda m: m.started_at)]
@@ -738,7 +739,7 @@ def stage_status(names: list[str] | None, run_dir: Path) -> list[StageStatus]:
     for name in names:
         manifest = manifests.get(name)
         if manifest is None:
-            rows.append(StageStatus(name, "", "pending"))
+            rows.append(StageStatus(name, (kinds or {}).get(name, ""), "pending"))
             continue
         state, note = "pending", None
         if name in done:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -253,3 +254,15 @@ def test_plan_names_the_model_each_stage_starts_from(tmp_path, capsys):
     assert rows["sft-general"] == "base model" and rows["sft-reasoning"] == "sft-general's model"
     assert rows["sft-distill"] == "sft-reasoning's model (via distill)"
     assert rows["bake"] == "merge's model"
+
+
+def test_status_names_the_kind_of_a_stage_that_has_not_started(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    (run_dir / "sft").mkdir(parents=True)
+    (run_dir / "recipe.resolved.yaml").write_text(
+        "name: x\nbase_model: tempa:tiny\nstages: [{name: sft, kind: sft}, {name: align, kind: preference}]\n")
+    (run_dir / "sft" / "manifest.json").write_text('{"name": "sft", "kind": "sft", "status": "failed", "error": "boom", '
+                                                    '"fingerprint": "f", "started_at": 0}')
+    assert main(["status", str(run_dir), "--json"]) == 0
+    rows = {row["name"]: (row["kind"], row["state"]) for row in json.loads(capsys.readouterr().out)}
+    assert rows == {"sft": ("sft", "failed"), "align": ("preference", "pending")}

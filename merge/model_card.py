@@ -164,7 +164,8 @@ _MIX_COLUMNS = ("path", "thinking_mode", "rows_in", "rows_kept", "heldout_rows",
 _TOOL_COLUMN = "tool_rows_kept"
 
 
-_PRETRAIN_COLUMNS = ("path", "token_budget", "documents", "tokens", "share_of_tokens")
+# passes: above 1 where `repeat` went over a source again to reach its budget
+_PRETRAIN_COLUMNS = ("path", "token_budget", "documents", "tokens", "passes", "share_of_tokens")
 
 
 def _mix_section(stages: Mapping[str, Upstream]) -> list[str]:

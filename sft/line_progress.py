@@ -42,6 +42,11 @@ class LineProgressStream(io.TextIOBase):
         return self.raw.fileno()
 
     def write(self, text: str) -> int:
+        if self._redrawn and self._line.strip() and not text.startswith(("\r", "\n")):
+            # Another writer (a log line) while a bar's state is pending: the state gets a line of its own rather
+            # than the log line's start (a bar redraws with "\r" and ends with "\n").
+            self.raw.write(self._line.rstrip() + "\n")
+            self._line, self._redrawn = "", False
         for piece in re.split(r"(\r\n|\r|\n)", _ANSI.sub("", text)):
             if piece in ("\n", "\r\n"):
                 if self._line.strip() or not self._redrawn:

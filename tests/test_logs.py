@@ -27,6 +27,21 @@ def test_a_tqdm_bar_becomes_one_line_per_interval():
     assert 2 <= len(bar_lines) <= 12, bar_lines  # 61 redraws became a handful of lines
 
 
+def test_a_log_line_written_while_a_bar_is_open_gets_a_line_of_its_own():
+    # the evaluate stage's candidate bar and the runner's log lines share stderr (new-user trial: the log line was
+    # glued to the bar's state, "...3/4 [00:12<00:04]2026-12-02 ... INFO evaluate: scoring")
+    out = io.StringIO()
+    stream = LineProgressStream(out, interval_s=60)
+    bar = tqdm(total=4, file=stream, mininterval=0, desc="candidates")
+    bar.update(3)
+    stream.write("INFO evaluate: scoring final\n")
+    bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert "INFO evaluate: scoring final" in lines, lines
+    assert lines[-1].startswith("candidates: 100%") and "4/4" in lines[-1], lines
+
+
 def test_a_run_logged_to_a_file_has_whole_lines_and_no_bars(tmp_path, tiny_model_dir):
     recipe = sft_recipe(tmp_path, tiny_model_dir, max_steps=2, save_steps=2)
     run_dir = tmp_path / ("run-" + "x" * 70)  # a long path: the launch line is well over 80 columns

@@ -230,6 +230,7 @@ def _cmd_plan(args) -> int:
     warnings = environment_problems(loaded, decisions)  # `tempa run` in this shell refuses these
     warnings += filter(None, [planned_thinking_default_warning(loaded.recipe.thinking_default, loaded.stages)])
     warnings += input_warnings(loaded, decisions)
+    warnings += loaded.path_warnings
     from tempa.merge.merge_config import selection_notes
 
     warnings += selection_notes(loaded.stages)  # what the merge's selection needs that only the run can tell

@@ -21,7 +21,7 @@ from tempa.recipes.errors import FieldPath, RecipeError, dotted, from_validation
 from tempa.recipes.registry import stage_kinds
 from tempa.recipes.schema import Recipe
 from tempa.recipes.yaml_loader import RecipeTextError, compose_and_construct, parse_yaml, read_text
-from tempa.sft.paths import EARLIER_STAGES, WRITTEN_IN
+from tempa.sft.paths import EARLIER_STAGES, PATH_WARNINGS, WRITTEN_IN
 from tempa.sft.stage_api import Read, StageConfigBase
 from tempa.sft.suggest import closest, did_you_mean
 from tempa.sft.train_args import DEFER_TRAIN_CHECKS
@@ -38,6 +38,7 @@ class LoadedRecipe:
     files: list[Path] = field(default_factory=list)  # the recipe and every file it extends
     profile: str | None = None  # the `profiles:` entry applied (--profile)
     profiles: list[str] = field(default_factory=list)  # every profile the recipe offers
+    path_warnings: list[str] = field(default_factory=list)  # references read as hub ids that look misspelt
 
     def stage(self, name: str) -> StageConfigBase:
         for stage in self.stages:
@@ -335,9 +336,10 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
     names = [stage["name"] for stage in stages_raw]
     lines = _by_index(named_lines, names)
     top_dir = origins.get("<top>", path).parent
+    path_warnings: list[str] = []
     try:
         top = {key: value for key, value in raw.items() if key != "stages"}
-        recipe = Recipe.model_validate(raw, context=_path_context(top, (), lines, top_dir))
+        recipe = Recipe.model_validate(raw, context=_path_context(top, (), lines, top_dir, path_warnings))
     except ValidationError as exc:
         raise from_validation_error(exc, file=path, lines=lines, raw=raw, stage_names=names, model=Recipe,
                                     top_keys=("extends", "profiles")) from None
@@ -365,8 +367,8 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
                 f"{where((*loc, 'kind'), lines, path)}: stages[{i}].kind (stage '{name}'): unknown stage kind "
                 f"{kind!r}; known kinds: {', '.join(kinds)}{did_you_mean(kind, kinds)}"
             )
-        context = {**_path_context(stage_raw, loc, lines, origins.get(name, path).parent), DEFER_TRAIN_CHECKS: True,
-                   EARLIER_STAGES: names[:i], THINKING_DEFAULT_CONTEXT: recipe.thinking_default}
+        context = {**_path_context(stage_raw, loc, lines, origins.get(name, path).parent, path_warnings),
+                   DEFER_TRAIN_CHECKS: True, EARLIER_STAGES: names[:i], THINKING_DEFAULT_CONTEXT: recipe.thinking_default}
         try:
             config = kinds[kind].config.model_validate(stage_raw, context=context)
         except ValidationError as exc:
@@ -401,7 +403,8 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
     for i, (stage_raw, config) in enumerate(zip(stages_raw, stages, strict=True)):
         if stage_raw.get("train") is None:
             continue
-        context = {**_path_context(stage_raw, ("stages", i), lines, origins.get(config.name, path).parent),
+        context = {**_path_context(stage_raw, ("stages", i), lines, origins.get(config.name, path).parent,
+                                    path_warnings),
                    EARLIER_STAGES: names[:i], THINKING_DEFAULT_CONTEXT: recipe.thinking_default}
         try:
             stages[i] = type(config).model_validate(stage_raw, context=context)
@@ -425,15 +428,16 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
         stages[i] = config.model_copy(update={"generation": recipe.generation})
     if bake is not None:
         stages.append(bake)
-    return LoadedRecipe(path=path, recipe=recipe, stages=stages, raw=raw, files=files)
+    return LoadedRecipe(path=path, recipe=recipe, stages=stages, raw=raw, files=files,
+                        path_warnings=path_warnings)
 
 
-def _path_context(raw: Any, prefix: FieldPath, lines, base_dir: Path) -> dict[str, Any]:
+def _path_context(raw: Any, prefix: FieldPath, lines, base_dir: Path, warnings: list[str]) -> dict[str, Any]:
     """Validation context: every string under ``prefix`` keyed (field, value) to its file's folder.
 
     After an `extends:` merge, the position map holds, for each key, the file whose value won, so a
     path the child wrote resolves against the child's folder and an inherited one against the parent's.
-    (``--set`` values have no file: they keep ``base_dir``.)"""
+    (``--set`` values have no file: they keep ``base_dir``.) ``warnings`` collects references that look misspelt."""
     written_in: dict[tuple[str, str], Path] = {}
 
     def walk(node: Any, loc: FieldPath, field_name: str | None) -> None:
@@ -449,7 +453,7 @@ def _path_context(raw: Any, prefix: FieldPath, lines, base_dir: Path) -> dict[st
                 written_in[(field_name, node)] = file.parent
 
     walk(raw, prefix, None)
-    return {"base_dir": base_dir, WRITTEN_IN: written_in}
+    return {"base_dir": base_dir, WRITTEN_IN: written_in, PATH_WARNINGS: warnings}
 
 
 def _check_read(read: Read, earlier: list[StageConfigBase], kinds, loc, name: str, lines, path: Path) -> None:

@@ -489,7 +489,7 @@ def run_recipe(
         problems = environment_problems(loaded, decisions)
         if problems:
             raise StageError(problems[0])
-        for warning in input_warnings(loaded, decisions):
+        for warning in [*input_warnings(loaded, decisions), *loaded.path_warnings]:
             log.warning("%s", warning)
         base_dir = resolve_base_model(loaded)
         template = template_text(loaded)

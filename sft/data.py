@@ -138,8 +138,8 @@ logger = logging.getLogger(__name__)
 
 # Bump when a change to this pipeline changes its output, so old cache entries are not reused.
 # 7: held-out and thinking draws by content; 8: a row's own thinking_mode; 9: a mixed share counted on the rows kept;
-# 10: a PII reject's row is not copied into rejects.jsonl.
-PIPELINE_VERSION = "10"
+# 10, 11: a reject's row holding personal data or a key is not copied into rejects.jsonl.
+PIPELINE_VERSION = "11"
 COMPLETE = "COMPLETE"
 MIX_FILE, REJECTS_FILE = "mix.json", "rejects.jsonl"
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects
@@ -624,7 +624,11 @@ def _normalize_batch(
         out["row"].append(row)
         out["reject"].append(reason[0] if reason else None)
         out["detail"].append(reason[1] if reason else None)
-        out["data"].append(None if reason is None else json.dumps(data, ensure_ascii=False, default=str))
+        text = None if reason is None else json.dumps(data, ensure_ascii=False, default=str)
+        if text is not None and curation_config.pii is not None and curation.find_pii(text, curation_config.pii):
+            # a row another check rejected first is not scanned by the PII check: what it holds stays in the source
+            text = json.dumps(None)
+        out["data"].append(text)
         out["instruction"].append(user_instruction(messages) if reason is None else "")
         out["has_reasoning"].append(any(t.get("reasoning_content") for t in messages))
         out["thinking_mode"].append(conversation.thinking_mode)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import ValidationInfo
 
-from tempa.sft.suggest import did_you_mean
+from tempa.sft.suggest import closest
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".yaml", ".yml", ".jinja", ".txt", ".arrow")
@@ -18,6 +18,8 @@ WRITTEN_IN = "written_in"
 # Validation-context key: the names of the stages before the one being validated (the loader sets it), for a
 # field that takes a stage's name or a folder.
 EARLIER_STAGES = "earlier_stages"
+# Validation-context key: a list the loader reads back, of references that look misspelt (one line each).
+PATH_WARNINGS = "path_warnings"
 
 
 def display_path(path: str) -> str:
@@ -49,10 +51,14 @@ def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = 
         # Relative to the recipe's folder, never to wherever tempa happens to be started from.
         candidate = Path(base_dir) / candidate
         if not (candidate.exists() or candidate.is_symlink() or looks_local(value)):
-            if not _in_a_folder_beside(candidate, Path(base_dir)):
-                return value
-            raise ValueError(f"local path does not exist: {candidate} (its first folder is beside the recipe, so it "
-                             f"is not read as a hub id){_siblings_hint(candidate)}")
+            close = _misspelt_sibling(candidate, Path(base_dir))
+            warnings = info.context.get(PATH_WARNINGS) if info is not None and info.context else None
+            if close is not None and warnings is not None:
+                warning = (f"'{value}' is read as a hub id, but {candidate.parent} beside the recipe holds '{close}': "
+                           f"write './{Path(value).parent / close}' if you meant that folder")
+                if warning not in warnings:
+                    warnings.append(warning)
+            return value
     if candidate.is_absolute() or looks_local(value) or candidate.exists():
         # The folders resolved (a `..` after a linked folder goes where the OS goes), the last name kept: a file in
         # the Hugging Face cache (snapshots/<rev>/train.json) links to a blob named by its hash, and the link's name
@@ -68,16 +74,15 @@ def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = 
     return value
 
 
-def _in_a_folder_beside(candidate: Path, base_dir: Path) -> bool:
-    """A relative reference whose first folder is a folder beside the recipe (`models/tinyy` where `models/` is
-    there): a misspelt local path, not the hub id its spelling also reads as."""
+def _misspelt_sibling(candidate: Path, base_dir: Path) -> str | None:
+    """The name beside ``candidate`` (which is not there) that it is a few letters from, under a first folder beside
+    the recipe (`models/tinyy` where `models/tiny` is), or None. Such a value still reads as a hub id (`Qwen/` beside
+    the recipe may hold Qwen2.5-7B while the recipe names Qwen2.5-72B on the hub), so `tempa plan` warns: a
+    misspelt folder would otherwise fail at run time as a hub that cannot be reached."""
     parts = candidate.relative_to(base_dir).parts
-    return len(parts) > 1 and (base_dir / parts[0]).is_dir()
-
-
-def _siblings_hint(candidate: Path) -> str:
-    folder = candidate.parent
-    return did_you_mean(candidate.name, [entry.name for entry in folder.iterdir()]) if folder.is_dir() else ""
+    if len(parts) < 2 or not (base_dir / parts[0]).is_dir() or not candidate.parent.is_dir():
+        return None
+    return closest(candidate.name, [entry.name for entry in candidate.parent.iterdir()])
 
 
 def stage_or_folder(value: str, info: ValidationInfo | None) -> str:

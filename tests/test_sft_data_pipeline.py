@@ -377,6 +377,27 @@ def test_malformed_and_filtered_rows_are_rejected_with_reasons_and_the_run_goes_
                                 "language": 1, "exact_duplicate": 1, "too_long": 1}
 
 
+def test_a_key_in_a_row_another_check_rejected_is_not_copied_into_the_rejects(tmp_path: Path, tokenizer: Any) -> None:
+    # The PII check runs after the reasoning and role-order checks, so a row those reject was never scanned for the
+    # credential it holds (diff review); the key is built here, never written in the repository.
+    import random
+    import string
+
+    rng = random.Random(3)
+    key = "hf_" + "".join(rng.choice(string.ascii_letters) for _ in range(34))
+    write_jsonl(tmp_path / "rows.jsonl", [
+        {"messages": [{"role": "assistant", "content": f"token {key}"}, {"role": "user", "content": "Hai"}]},
+        chat(f"Login pakai {key}", "<think>\nbelum selesai", None),
+        '{"messages": [{"role": "user", "content": "' + key,  # a line that is not JSON
+        chat("Apa kabar?", "Baik."),
+    ])
+    prepare(tmp_path, config(tmp_path, [{"name": "r", "path": "rows.jsonl"}]), tokenizer)
+    records = rejects(tmp_path)
+    assert sorted(r["reason"] for r in records) == ["malformed_reasoning", "malformed_row", "role_order"]
+    assert [r["data"] for r in records] == [None, None, None], records
+    assert key not in (tmp_path / "out" / "rejects.jsonl").read_text(encoding="utf-8")
+
+
 def test_filters_are_optional_and_template_refusals_are_rejects(tmp_path: Path, tokenizer: Any) -> None:
     write_jsonl(tmp_path / "rows.jsonl", [
         chat("Email saya budi@gmail.com", "Baik."),

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -121,6 +121,8 @@ class RLStageConfig(StageConfigBase):
     (verifiers, language fidelity, format, judges) and train with trl's GRPOTrainer or RLOOTrainer."""
 
     kind: Literal["rl"] = "rl"
+    # Read where the config is not built yet (the load-time merge checks) and by the reference.
+    train_defaults: ClassVar[dict[str, Any]] = DEFAULT_RL_ARGS
     trainer: Literal["grpo", "rloo"] = Field(default="grpo", description="trl's GRPOTrainer or RLOOTrainer.")
     prompts: PromptSource = Field(description="The prompts, with their target `language` and verifiable `answer`.")
     thinking: ThinkingSettings = Field(default_factory=dict, validate_default=True,  # see ThinkingSettings
@@ -161,7 +163,7 @@ class RLStageConfig(StageConfigBase):
     def train_args(self) -> dict[str, Any]:
         """tempa defaults overlaid with the recipe's values, plus the rewards' weights."""
         fields = train_arg_spec(RL_CONFIGS[self.trainer]).fields
-        args = {key: value for key, value in DEFAULT_RL_ARGS.items() if key in fields}
+        args = {key: value for key, value in self.train_defaults.items() if key in fields}
         args.update(self.train)
         if not {"activation_checkpointing", "gradient_checkpointing"} & set(self.train):
             args["activation_checkpointing"] = True

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -81,6 +81,7 @@ class PretrainStageConfig(StageConfigBase):
     """Continued pre-training on raw text: every token trained, documents packed with their boundaries kept."""
 
     kind: Literal["pretrain"] = "pretrain"
+    train_defaults: ClassVar[dict[str, Any]] = PRETRAIN_TRAIN_ARGS
     sources: list[PretrainSource] = Field(min_length=1, description="Raw-text sources and their token budgets.")
     heldout: float = Field(default=0.0, ge=0, lt=1, description="Share of chunks held out for eval loss.")
     add_eos: bool = Field(default=True, description="End every document with the tokenizer's eos token.")
@@ -121,9 +122,6 @@ class PretrainStageConfig(StageConfigBase):
 
     def reads(self, earlier: Sequence[str]) -> list[Read]:
         return []
-
-    def train_args(self) -> dict[str, Any]:
-        return {**PRETRAIN_TRAIN_ARGS, **self.train}
 
 
 def _is_local(path: str) -> bool:

@@ -119,3 +119,46 @@ def test_a_slerp_base_model_with_select_is_said_by_plan(tmp_path, capsys):
         "stage 'merge': base_model 'sft' must be among the 2 models select picks from evaluate's leaderboard"
         in out
     )
+
+
+@pytest.mark.parametrize("kind", ["rl", "pretrain"])
+def test_the_load_check_counts_with_the_defaults_the_producing_stage_trains_with(tmp_path, kind):
+    # rl and pretrain kept their trainer defaults out of `train_defaults`, so the check counted with trl's
+    # (save_steps 500, no limit) and refused a top_k 2 of an rl stage that saves 3 times and keeps 2 (diff review).
+    from tempa.alignment.rl_config import DEFAULT_RL_ARGS
+    from tempa.sft.pretrain_config import PRETRAIN_TRAIN_ARGS
+
+    defaults = DEFAULT_RL_ARGS if kind == "rl" else PRETRAIN_TRAIN_ARGS
+    steps, limit = 3 * defaults["save_steps"], defaults["save_total_limit"]
+    (tmp_path / "prompts.jsonl").write_text(json.dumps({"prompt": "1+1?", "answer": "2"}) + "\n")
+    (tmp_path / "text.jsonl").write_text(json.dumps({"text": "teks"}) + "\n")
+    producer = {
+        "rl": "kind: rl\n            prompts: {path: prompts.jsonl}\n            rewards: [{type: answer}]",
+        "pretrain": "kind: pretrain\n            sources: [{name: t, path: text.jsonl}]",
+    }[kind]
+    decay = ", lr_scheduler_kwargs: {num_decay_steps: 10}" if kind == "pretrain" else ""
+    text = textwrap.dedent(f"""\
+        name: r
+        base_model: "tempa:tiny"
+        stages:
+          - name: train
+            {producer}
+            train: {{max_steps: {steps}{decay}}}
+          - name: evaluate
+            kind: evaluate
+            checkpoints_of: [train]
+            include_final: false
+            suites: [{{type: loss, data: prompts.jsonl}}]
+          - name: merge
+            kind: merge
+            method: linear
+            evaluate_stage: evaluate
+            select: {{metric: loss/loss, top_k: TOPK}}
+        """)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text.replace("TOPK", str(limit)))
+    load_recipe(recipe)  # as many as the stage keeps: loads
+    recipe.write_text(text.replace("TOPK", str(limit + 1)))
+    with pytest.raises(RecipeError, match=rf"top_k \(stage 'merge'\): {limit + 1}, but evaluate stage 'evaluate' "
+                                          rf"scores at most {limit} candidate"):
+        load_recipe(recipe)

@@ -538,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     first = os.environ.get("RANK", "0") == "0"
     started = time.perf_counter()
     if first:
-        print(f"[tempa] loading the model ({plan.start_model}) and the data for {plan.trainer} training",
+        # trl's trainer, not the stage's kind: a pretrain stage trains with the SFT trainer too
+        print(f"[tempa] loading the model ({plan.start_model}) and the data into trl's {plan.trainer.upper()} trainer",
               flush=True)
     tokenizer = AutoTokenizer.from_pretrained(plan.tokenizer_dir)
     kernels = announced_kernels(plan)

@@ -176,7 +176,7 @@ def test_the_terminal_hears_from_the_launch_before_the_first_step(single_run):
     # The runner shows only the workers' [tempa] lines (launcher._stream): model loading and data set-up were
     # silent before. They are in train.log in the order the terminal shows them.
     lines = (single_run / "sft" / "logs" / "train.log").read_text(encoding="utf-8").splitlines()
-    loading = next(i for i, line in enumerate(lines) if "loading the model (" in line and "for sft training" in line)
+    loading = next(i for i, line in enumerate(lines) if "loading the model (" in line and "into trl's SFT trainer" in line)
     ready = next(i for i, line in enumerate(lines) if re.search(r"ready in \d+s; training starts$", line))
     first_step = next(i for i, line in enumerate(lines) if re.match(r"\[tempa\] step \d+/", line))
     assert loading < ready < first_step

@@ -77,11 +77,13 @@ class _GenerationSuite(_DataSuite):
 
 
 class LossSuite(_DataSuite):
-    """Held-out loss and perplexity on chats (rows with `messages`, rendered with their `tools`), assistant tokens only."""
+    """Held-out loss and perplexity: on chats (rows with `messages`, rendered with their `tools`), assistant tokens
+    only; on raw text (rows with a `text` string, as continued pre-training reads documents), every token. One suite
+    per language of a continued pre-training mix gives each language its own held-out loss."""
 
     type: Literal["loss"]
     reports: ClassVar[frozenset[str] | None] = frozenset({"loss", "perplexity", "tokens"})
-    max_length: int = Field(default=2048, ge=8, description="Truncate rendered chats to this many tokens.")
+    max_length: int = Field(default=2048, ge=8, description="Truncate rendered chats and texts to this many tokens.")
     batch_size: int = Field(default=4, ge=1, description="Chats per forward pass.")
 
 

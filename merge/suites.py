@@ -217,11 +217,14 @@ class CandidateScorer:
             chats = [(chat, row.get("thinking_mode"), row_tools(row)) for row in rows if (chat := chat_messages(row))]
         except StageError as error:
             raise StageError(f"suite '{suite.key}': {error}") from None
-        if not chats:
-            raise StageError(f"suite '{suite.key}': no row has 'messages' with an assistant turn")
+        texts = [text for row in rows if not chat_messages(row) and (text := raw_text(row))]
+        if not chats and not texts:
+            raise StageError(f"suite '{suite.key}': no row has 'messages' with an assistant turn or a 'text'")
         if self.model is None:
             raise StageError(f"suite '{suite.key}': held-out loss needs a local model (transformers backend)")
-        nll, tokens = held_out_nll(self.model, self.tokenizer, chats, suite.max_length, suite.batch_size)
+        encoded = [*encode_chats(self.tokenizer, chats, suite.max_length),
+                   *encode_texts(self.tokenizer, texts, suite.max_length)]
+        nll, tokens = summed_nll(self.model, self.tokenizer, encoded, suite.batch_size)
         if tokens == 0:
             raise StageError(f"suite '{suite.key}': the template marks no assistant tokens in any chat")
         loss = nll / tokens
@@ -337,19 +340,56 @@ def assistant_mask(tokenizer, messages: Messages, thinking_mode: str | None,
     return ids, mask
 
 
+def loss_rows_problem(suite: Suite, rows: Sequence[dict[str, Any]]) -> str | None:
+    """Why a loss suite's rows give nothing to score (one line), or None: a row without an assistant turn or a text
+    is left out (a file shared with generation suites holds prompts), but a suite of nothing but such rows would
+    fail only when the stage runs, after training."""
+    if not isinstance(suite, LossSuite) or any(chat_messages(row) or raw_text(row) for row in rows):
+        return None
+    return ("no row has 'messages' with an assistant turn (its assistant tokens are scored) or a 'text' string "
+            "(raw text: every token scored)")
+
+
+def raw_text(row: dict[str, Any]) -> str | None:
+    """A loss row's raw text (continued pre-training's held-out documents: every token scored), or None."""
+    text = row.get("text")
+    return text if isinstance(text, str) and text.strip() else None
+
+
+def encode_chats(tokenizer, chats: Sequence[tuple[Messages, str | None, list[dict[str, Any]] | None]],
+                 max_length: int) -> list[tuple[list[int], list[int]]]:
+    """(token ids, assistant mask) of each chat (messages, thinking mode, tools), cut at ``max_length``."""
+    encoded = []
+    for messages, mode, tools in chats:
+        ids, mask = assistant_mask(tokenizer, messages, mode, tools)
+        encoded.append((ids[:max_length], mask[:max_length]))
+    return encoded
+
+
+def encode_texts(tokenizer, texts: Sequence[str], max_length: int) -> list[tuple[list[int], list[int]]]:
+    """(token ids, all ones) of each raw text as the tokenizer encodes plain text (Llama 3: its bos first, as the
+    pretrain stage encodes a document), cut at ``max_length``."""
+    out = []
+    for text in texts:
+        ids = list(tokenizer(text)["input_ids"])[:max_length]
+        out.append((ids, [1] * len(ids)))
+    return out
+
+
 def held_out_nll(
     model, tokenizer, chats: Sequence[tuple[Messages, str | None, list[dict[str, Any]] | None]], max_length: int,
     batch_size: int,
 ) -> tuple[float, int]:
     """Summed negative log-likelihood of the assistant tokens over ``chats`` (messages, thinking mode, tools), and
     their count."""
+    return summed_nll(model, tokenizer, encode_chats(tokenizer, chats, max_length), batch_size)
+
+
+def summed_nll(model, tokenizer, encoded: Sequence[tuple[list[int], list[int]]], batch_size: int) -> tuple[float, int]:
+    """Summed negative log-likelihood of the masked tokens of ``encoded`` (ids, 0/1 mask), and their count."""
     import torch
     from tqdm.auto import tqdm
 
-    encoded = []
-    for messages, mode, tools in chats:
-        ids, mask = assistant_mask(tokenizer, messages, mode, tools)
-        encoded.append((ids[:max_length], mask[:max_length]))
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     total, count = 0.0, 0

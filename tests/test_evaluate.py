@@ -341,6 +341,44 @@ def test_held_out_loss_is_mean_nll_of_assistant_tokens(tiny_model_dir, tokenizer
     assert total == pytest.approx(alone + other_total, rel=1e-4)
 
 
+def test_a_loss_suite_with_nothing_to_score_is_refused_when_its_rows_are_read(tmp_path):
+    # it failed only when the stage ran, after training (CPT new-user trial: blank texts, prompts only)
+    from tempa.merge.evaluate_stage import load_suite_rows
+
+    rows = _write_rows(tmp_path / "r.jsonl", [{"prompt": "q"}, {"text": "  "}])
+    config = EvaluateStageConfig.model_validate({"name": "e", "kind": "evaluate", "models": ["m"],
+                                                 "suites": [{"type": "loss", "name": "s", "data": rows}]})
+    with pytest.raises(StageError, match=rf"^suite 's': {rows}: no row has 'messages' with an assistant turn \(.*\) "
+                                         r"or a 'text' string \(raw text: every token scored\)$"):
+        load_suite_rows(config)
+
+
+def test_a_loss_suite_of_raw_text_scores_every_token_as_continued_pretraining_reads_it(tmp_path, tiny_model_dir,
+                                                                                       tokenizer_dir):
+    """A continued pre-training run's held-out documents (rows with `text`): the suite failed at the run with "no
+    row has 'messages'" (CPT new-user trial). Every next token counts, by hand from the model's logits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    texts = ["Hôm nay trời nắng đẹp, chúng tôi đi chợ.", "วันนี้อากาศดีมาก"]
+    rows = _write_rows(tmp_path / "vi.jsonl", [{"text": t} for t in texts])
+    config = EvaluateStageConfig.model_validate(
+        {"name": "eval", "kind": "evaluate", "models": [str(tiny_model_dir)], "include_final": False,
+         "suites": [{"type": "loss", "name": "cpt", "data": rows}]})
+    run_evaluate(config, make_ctx(tmp_path, "eval", tokenizer_dir=tokenizer_dir, model_dir=tiny_model_dir))
+    (row,) = read_leaderboard(tmp_path / "eval").rows
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    total, count = 0.0, 0
+    for text in texts:
+        ids = tokenizer(text)["input_ids"]
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+        total -= sum(float(log_probs[p - 1, ids[p]]) for p in range(1, len(ids)))
+        count += len(ids) - 1
+    assert row.metrics["cpt/tokens"] == count
+    assert row.metrics["cpt/loss"] == pytest.approx(total / count, rel=1e-4)
+
+
 def test_held_out_loss_of_a_tool_row_is_scored_with_its_tools(tmp_path, tiny_model_dir, tokenizer_dir):
     """A loss-suite row's `tools` were ignored: its tool calls were scored against a prompt without the
     definitions, one the model was never trained or served with."""
@@ -816,7 +854,7 @@ def test_an_evaluate_stage_with_a_bad_row_fails_before_any_model_work(tmp_path, 
 @pytest.mark.parametrize(
     ("suite", "row", "problem"),
     [
-        ({"type": "loss"}, {"messages": [{"role": "user", "content": "q"}], "thinking_mode": True},
+        ({"type": "accuracy"}, {"messages": [{"role": "user", "content": "q"}], "thinking_mode": True},
          "thinking_mode must be 'on' or 'off', got True"),
         ({"type": "ifeval"}, {"prompt": "q", "instructions": [{"id": "no:such_check"}]}, "bad instructions ("),
         ({"type": "language", "language": "en"}, {"prompt": "q", "instructions": [{"id": "no:such_check"}]},

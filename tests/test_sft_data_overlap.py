@@ -142,7 +142,7 @@ def test_a_recipe_keeps_its_evaluation_prompts_out_of_its_sft_data_and_the_plan_
         "     train: {max_steps: 1, per_device_train_batch_size: 2, save_steps: 1}}\n"
         "  - {name: evaluate, kind: evaluate, stages: [sft],\n"
         "     suites: [{type: accuracy, name: math, data: eval.jsonl}, {type: accuracy, name: hub, data: org/set},\n"
-        "              {type: loss, name: again, data: eval.jsonl}]}\n"  # the same prompts, counted once
+        "              {type: accuracy, name: again, data: eval.jsonl}]}\n"  # the same prompts, counted once
     )
     assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
     line = next(

@@ -1,0 +1,126 @@
+"""The `pretrain` stage's data preparation at scale: the rows it prepares, worked out by hand, whatever the
+process count."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tempa.sft.pretrain_config import PretrainStageConfig
+from tempa.sft.pretrain_stage import prepare_pretrain_data
+
+WORDS = ["rice", "river", "mango", "temple", "harbour", "monsoon", "lantern", "market", "island", "forest"]
+MAX_LENGTH = 32
+
+
+def _texts(seed: int, n: int, low: int = 3, high: int = 25) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high))) for _ in range(n)]
+
+
+def _jsonl(path: Path, texts: list[str]) -> str:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return str(path)
+
+
+def _by_hand(documents: list[list[int]], budget: int | None, repeat: bool) -> tuple[list[list[int]], int, int]:
+    """The documents a source gives (the last one cut at the budget; with repeat, passes until the budget),
+    the source documents taken and the tokens of the whole source: the stage's rule, written out plainly."""
+    whole = sum(map(len, documents))
+    if budget is None or whole <= budget and not repeat:
+        return list(documents), len(documents), whole
+    taken, total, distinct = [], 0, 0
+    stream = documents * (budget // whole + 1) if repeat else documents
+    for k, ids in enumerate(stream):
+        if total + len(ids) > budget:
+            if budget > total:
+                taken.append(ids[: budget - total])
+                distinct = max(distinct, min(k + 1, len(documents)))
+            break
+        taken.append(ids)
+        total += len(ids)
+        distinct = max(distinct, min(k + 1, len(documents)))
+    return taken, distinct, whole
+
+
+@pytest.fixture()
+def mix(tmp_path: Path, tiny_model_dir: Path):
+    """A SEA-LION-style mix: a small Thai source repeated 2.5x to its budget, English cut inside a document, a
+    source with a document many rows long, a .txt source read by paragraph; blank documents here and there."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    eos = [tokenizer.eos_token_id]
+
+    def encoded(texts: list[str]) -> list[list[int]]:
+        return [tokenizer(t)["input_ids"] + eos for t in texts if t.strip()]
+
+    th = _texts(1, 6)
+    en = _texts(2, 40)
+    en[3] = "  "  # blank documents are skipped
+    long = [*_texts(3, 3), " ".join(WORDS * 12), *_texts(4, 5)]
+    paragraphs = _texts(5, 7)
+    (tmp_path / "id.txt").write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
+    th_docs, en_docs, long_docs, id_docs = encoded(th), encoded(en), encoded(long), encoded(paragraphs)
+    th_whole, en_lengths = sum(map(len, th_docs)), np.cumsum([len(d) for d in en_docs])
+    budgets = {"th": th_whole * 5 // 2, "en": int(en_lengths[20]) + len(en_docs[21]) // 2, "long": None, "id": None}
+    assert len(en_docs[21]) // 2 > 0 and max(map(len, long_docs)) > 3 * MAX_LENGTH  # the premises: a cut, a long one
+    config = PretrainStageConfig.model_validate({
+        "name": "cpt", "heldout": 0.2,
+        "sources": [{"name": "th", "path": _jsonl(tmp_path / "th.jsonl", th), "tokens": budgets["th"], "repeat": True},
+                    {"name": "en", "path": _jsonl(tmp_path / "en.jsonl", en), "tokens": budgets["en"]},
+                    {"name": "long", "path": _jsonl(tmp_path / "long.jsonl", long)},
+                    {"name": "id", "path": str(tmp_path / "id.txt"), "txt_document": "paragraph"}],
+        "train": {"max_length": MAX_LENGTH, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+    documents = {"th": th_docs, "en": en_docs, "long": long_docs, "id": id_docs}
+    return config, tokenizer, documents, budgets
+
+
+def _expected(config: PretrainStageConfig, documents: dict, budgets: dict, seed: int):
+    chunks, stats = [], {"tokens": {}, "documents": {}, "passes": {}}
+    for source in config.sources:
+        taken, distinct, whole = _by_hand(documents[source.name], budgets[source.name], source.repeat)
+        tokens = sum(map(len, taken))
+        stats["tokens"][source.name], stats["documents"][source.name] = tokens, distinct
+        full = budgets[source.name] is None or whole <= budgets[source.name]
+        stats["passes"][source.name] = round(tokens / whole, 4) if full else None
+        chunks += [ids[i: i + MAX_LENGTH] for ids in taken for i in range(0, len(ids), MAX_LENGTH)]
+    order = np.random.default_rng(seed).permutation(len(chunks))
+    n_eval = max(1, round(config.heldout * len(chunks)))
+    held = [chunks[i] for i in order[:n_eval]]
+    train = [chunks[i] for i in order[n_eval:] if chunks[i] not in held]
+    return train, held, len(chunks), stats
+
+
+def _rows(path: Path | None) -> list[list[int]]:
+    from datasets import load_from_disk
+
+    rows = load_from_disk(str(path))
+    assert all(m == [1] * len(r) for r, m in zip(rows["input_ids"], rows["assistant_masks"], strict=True))
+    assert {name: str(feature) for name, feature in rows.features.items()} == {
+        "input_ids": "List(Value('int32'))", "assistant_masks": "List(Value('int64'))"}
+    return [list(r) for r in rows["input_ids"]]
+
+
+def test_the_prepared_rows_are_the_documents_budgeted_chunked_and_shuffled_as_worked_out_by_hand(tmp_path, mix,
+                                                                                                  tiny_model_dir):
+    """The rows a SEA-LION-size preparation must still give, row for row and in order, whatever does the work:
+    each source's documents (blank ones skipped) taken up to its budget (the last one cut; repeated with
+    `repeat`), cut into chunks of max_length, shuffled with the seed, a share held out and every training copy
+    of a held-out chunk dropped; the stats say the same."""
+    config, tokenizer, documents, budgets = mix
+    train, held, n_chunks, stats = _expected(config, documents, budgets, seed=5)
+    assert len(train) < n_chunks - len(held)  # the premise: copies of held-out chunks were dropped
+    data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / "cache", seed=5)
+    assert _rows(data.train_path) == train
+    assert _rows(data.eval_path) == held
+    assert (data.tokens, data.documents, data.passes, data.chunks) == (
+        stats["tokens"], stats["documents"], stats["passes"], n_chunks)
+    assert stats["passes"]["th"] == pytest.approx(2.5, abs=0.01) and stats["passes"]["en"] is None
+    again = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / "cache", seed=5)  # from the cache
+    assert _rows(again.train_path) == train and again.tokens == data.tokens

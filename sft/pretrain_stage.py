@@ -21,10 +21,11 @@ import logging
 import re
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tempa.sft.checkpoints import complete_checkpoints
@@ -113,17 +114,82 @@ class PretrainData:
     passes: dict[str, float | None]  # PretrainSourceMix.passes, per source
 
 
+def chunk_spans(lengths: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Documents of ``lengths`` tokens in pieces of at most ``max_length`` (each piece one packed row), in order:
+    per piece, its document (index into ``lengths``), its first token and its tokens."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    counts = -(-lengths // max_length)  # a document of no tokens has no piece
+    document = np.repeat(np.arange(len(lengths)), counts)
+    firsts = np.cumsum(counts) - counts
+    start = (np.arange(int(counts.sum())) - np.repeat(firsts, counts)) * max_length
+    return document, start, np.minimum(max_length, lengths[document] - start)
+
+
 def chunk_document(ids: list[int], max_length: int) -> list[list[int]]:
     """A document's tokens in pieces of at most ``max_length`` (each piece one packed row)."""
-    return [ids[i: i + max_length] for i in range(0, len(ids), max_length)]
+    _, starts, counts = chunk_spans(np.array([len(ids)]), max_length)
+    return [ids[start: start + count] for start, count in zip(starts.tolist(), counts.tolist(), strict=True)]
 
 
 def document_tokens(tokenizer: Any, text: str, eos: list[int]) -> list[int]:
     """A document as the base model was pre-trained on it: the tokenizer's own encode of plain text (Llama 3 puts
     <|begin_of_text|> first; a packed document starts at position 0, where the model always saw it), then ``eos``
     (none added when the tokenizer ends an encode with it already)."""
-    ids = tokenizer(text)["input_ids"]
-    return ids if eos and ids[-len(eos):] == eos else ids + eos
+    return documents_tokens(tokenizer, [text], eos)[0]
+
+
+def documents_tokens(tokenizer: Any, texts: list[str], eos: list[int]) -> list[list[int]]:
+    """:func:`document_tokens` of each of ``texts``, in one call of the tokenizer (a fast tokenizer encodes a batch
+    as it encodes each text alone)."""
+    if not texts:
+        return []
+    encoded = tokenizer(texts)["input_ids"]
+    return [ids if eos and ids[-len(eos):] == eos else ids + eos for ids in encoded]
+
+
+class Pieces(NamedTuple):
+    """What :func:`budget_pieces` takes of a source: documents (or the start of one) in order."""
+
+    document: np.ndarray  # per piece, its document (index into the lengths); with repeat, the passes in turn
+    tokens_of: np.ndarray  # per piece, its tokens (the last piece's cut at the budget)
+    tokens: int
+    whole: int | None  # the tokens the whole source holds; None when the budget stopped before its end
+    distinct: int  # source documents taken, each counted once
+
+
+def budget_cut(lengths: np.ndarray, budget: int | None) -> tuple[int, int | None]:
+    """Documents of ``lengths`` tokens taken in order until ``budget`` tokens: how many are taken whole, and the
+    tokens taken of the next one (0: none; None: every document fitted, the source ended first)."""
+    if budget is None:
+        return len(lengths), None
+    cumulative = np.cumsum(lengths, dtype=np.int64)
+    first_over = int(np.searchsorted(cumulative, budget, side="right"))  # the first document that passes it
+    if first_over == len(lengths):
+        return first_over, None
+    return first_over, budget - (int(cumulative[first_over - 1]) if first_over else 0)
+
+
+def budget_pieces(lengths: np.ndarray, budget: int | None, *, repeat: bool = False) -> Pieces:
+    """Documents of ``lengths`` tokens in order until ``budget`` tokens, the last one cut; with ``repeat``, a source
+    that ends first is gone over again, in the same order, until the budget is reached."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    whole_taken, cut = budget_cut(lengths, budget)
+    if cut is not None:
+        document = np.arange(whole_taken + (cut > 0))
+        tokens_of = lengths[document].copy()
+        if cut > 0:
+            tokens_of[-1] = cut
+        return Pieces(document, tokens_of, int(tokens_of.sum()), None, len(document))
+    whole = int(lengths.sum())
+    document, tokens_of = np.arange(len(lengths)), lengths
+    if repeat and budget is not None and 0 < whole < budget:
+        passes, rest = divmod(budget, whole)
+        document, tokens_of = np.tile(document, passes), np.tile(lengths, passes)
+        if rest:  # the last pass stops at the budget, as the first would have
+            last = budget_pieces(lengths, rest)
+            document = np.concatenate([document, last.document])
+            tokens_of = np.concatenate([tokens_of, last.tokens_of])
+    return Pieces(document, tokens_of, int(tokens_of.sum()), whole, len(lengths))
 
 
 class Taken(NamedTuple):
@@ -136,66 +202,48 @@ class Taken(NamedTuple):
 
 
 def budgeted(documents: Iterable[list[int]], budget: int | None, *, repeat: bool = False) -> Taken:
-    """Documents (token lists) in order until ``budget`` tokens, the last one cut; with ``repeat``, a source that
-    ends first is gone over again, in the same order, until the budget is reached."""
-    taken, total, ended = _take(documents, budget)
-    if not ended:
-        return Taken(taken, total, None, len(taken))
-    whole, distinct = total, len(taken)
-    if repeat and budget is not None and 0 < whole < budget:
-        one_pass = list(taken)
-        while total < budget:
-            more, count, _ = _take(one_pass, budget - total)
-            taken.extend(more)
-            total += count
-    return Taken(taken, total, whole, distinct)
+    """:func:`budget_pieces` of documents given as token lists, the pieces as token lists."""
+    documents = list(documents)
+    pieces = budget_pieces(np.array([len(ids) for ids in documents], dtype=np.int64), budget, repeat=repeat)
+    taken = [documents[k][:n] for k, n in zip(pieces.document.tolist(), pieces.tokens_of.tolist(), strict=True)]
+    return Taken(taken, pieces.tokens, pieces.whole, pieces.distinct)
 
 
-def _take(documents: Iterable[list[int]], budget: int | None) -> tuple[list[list[int]], int, bool]:
-    """Documents in order until ``budget`` tokens (the last one cut), their tokens, and whether they all fitted."""
-    taken, total = [], 0
-    for ids in documents:
-        if budget is not None and total + len(ids) > budget:
-            if budget - total > 0:
-                taken.append(ids[: budget - total])
-                total = budget
-            return taken, total, False
-        taken.append(ids)
-        total += len(ids)
-    return taken, total, True
-
-
-def _texts(source: PretrainSource, loaded: Any) -> Any:
-    """Each document's text, in order; a row without a text string (in JSON Lines: a line that is not JSON) is an
-    error naming it; blank lines are skipped."""
-    from tempa.chat_templates.json_files import Line, parse_line
-    from tempa.sft.sources import RAW, READ_ERROR, row_names
+def _check_text_column(source: PretrainSource, loaded: Any) -> bool:
+    """Whether ``loaded`` holds raw JSON text (else its rows' ``text_field`` column); a missing column is an error."""
+    from tempa.sft.sources import RAW
 
     raw = RAW in loaded.column_names
     if not raw and source.text_field not in loaded.column_names:
         raise StageError(f"data source '{source.name}': no '{source.text_field}' column (columns: "
                          f"{', '.join(loaded.column_names)}); set text_field")
-    names = row_names(_as_sft_source(source))
-    for index, row in enumerate(loaded):
-        where = f"data source '{source.name}', {names.label(index)}"
-        if raw:
-            line = parse_line(Line(index + 1, row[RAW], row.get(READ_ERROR)))
-            if line.blank:
-                continue
-            if line.error is not None:
-                raise StageError(f"{where}: {line.error}")
-            if not isinstance(line.value, dict):
-                raise StageError(f"{where}: {_kind(line.value)}; expected a JSON object with a "
-                                 f"'{source.text_field}' field")
-            if source.text_field not in line.value:
-                raise StageError(f"{where}: no '{source.text_field}' field (fields: {', '.join(line.value)}); "
-                                 "set text_field")
-            value = line.value[source.text_field]
-        else:
-            value = row[source.text_field]
-        if not isinstance(value, str):
-            raise StageError(f"{where}: '{source.text_field}' is {_kind(value)}; expected a string")
-        yield value
+    return raw
+
+
+def _row_text(source: PretrainSource, row: dict[str, Any], raw: bool, where: str) -> str | None:
+    """A row's document text; None for a blank JSON line; a row without a text string (in JSON Lines: a line that
+    is not JSON) is an error naming it (``where``)."""
+    from tempa.chat_templates.json_files import Line, parse_line
+    from tempa.sft.sources import RAW, READ_ERROR
+
+    if raw:
+        line = parse_line(Line(0, row[RAW], row.get(READ_ERROR)))
+        if line.blank:
+            return None
+        if line.error is not None:
+            raise StageError(f"{where}: {line.error}")
+        if not isinstance(line.value, dict):
+            raise StageError(f"{where}: {_kind(line.value)}; expected a JSON object with a "
+                             f"'{source.text_field}' field")
+        if source.text_field not in line.value:
+            raise StageError(f"{where}: no '{source.text_field}' field (fields: {', '.join(line.value)}); "
+                             "set text_field")
+        value = line.value[source.text_field]
+    else:
+        value = row[source.text_field]
+    if not isinstance(value, str):
+        raise StageError(f"{where}: '{source.text_field}' is {_kind(value)}; expected a string")
+    return value
 
 
 def _kind(value: Any) -> str:
@@ -228,21 +276,17 @@ def txt_files(source: PretrainSource) -> list[Path] | None:
     return files if kind == "text" else None
 
 
-def txt_documents(source: PretrainSource, files: list[Path]) -> Iterator[str]:
-    """The documents of .txt ``files``, file after file, as ``source.txt_document`` cuts them (a file, a block
+def txt_file_documents(source: PretrainSource, file: Path) -> list[str]:
+    """The documents of one of ``source``'s .txt files, as ``source.txt_document`` cuts them (a file, a block
     between blank lines, a line); a BOM dropped, CRLF read as LF; a byte that is not UTF-8 is an error naming it."""
     mode = source.txt_document or "file"
-    folder = Path(source.path)
-    for file in files:
-        name = _name_in(file, folder)
-        text = _utf8(file.read_bytes(), f"data source '{source.name}', {name}")
-        text = text.removeprefix("\ufeff").replace("\r\n", "\n")
-        if mode == "file":
-            yield text
-        elif mode == "paragraph":
-            yield from (block.strip("\n") for block in re.split(r"\n[ \t]*\n", text))
-        else:
-            yield from text.split("\n")
+    text = _utf8(file.read_bytes(), f"data source '{source.name}', {_name_in(file, Path(source.path))}")
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n")
+    if mode == "file":
+        return [text]
+    if mode == "paragraph":
+        return [block.strip("\n") for block in re.split(r"\n[ \t]*\n", text)]
+    return text.split("\n")
 
 
 def _name_in(file: Path, folder: Path) -> str:
@@ -281,14 +325,232 @@ def check_inputs(config: PretrainStageConfig) -> None:
             raise DataError(f"data source '{source.name}' ({source.path}): has no text (its .txt files are empty or blank)")
 
 
-def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer_dir: Path, cache_dir: Path,
-                          seed: int) -> PretrainData:
-    """Tokenise, budget, chunk and mix the sources (cached: a second call with the same inputs reads the cache)."""
-    import datasets
-    import numpy as np
+# Tokens read per window of a budgeted source (see _tokenise_source), over the bytes its rows hold: a first guess
+# above what text gives (English about 0.22 tokens a byte with Llama 3's tokenizer, JSON-escaped Thai less), so that
+# the first window stops short of the budget rather than far past it; later windows go by the rate measured so far.
+_FIRST_TOKENS_PER_BYTE = 0.4
+_WINDOW_MARGIN = 1.05  # a window reads this much more than the measured rate says the budget needs
+_WINDOW_GROWTH = 0.125  # and at least this share of the bytes read before it: a few windows (each a pool), not many
+_TOKENISE_BATCH_BYTES = 1 << 20  # text per tokenised batch: its token lists are Python ints (~36 B a token) until written
+_CHUNK_BATCH_TOKENS = 1 << 20  # tokens of chunks per written batch (a few arrays of 4-8 B a token; int32 offsets)
 
+
+def _features() -> tuple[Any, Any, Any]:
+    """The Arrow features of the tokenised documents, of the chunk hashes and of the prepared rows (input_ids as
+    ``Dataset.from_dict`` typed them when this stage built its rows in one list: int32 ids, int64 masks)."""
+    import datasets
+
+    ids = datasets.List(datasets.Value("int32"))
+    return (datasets.Features({"input_ids": ids, "error": datasets.Value("string")}),
+            datasets.Features({"hash": datasets.Value("uint64")}),
+            datasets.Features({"input_ids": ids, "assistant_masks": datasets.List(datasets.Value("int64"))}))
+
+
+@dataclass(frozen=True)
+class _TxtFiles:
+    """A .txt source's files as rows for :func:`~tempa.sft.forked_workers.forked_map`: each row one file's
+    documents (``documents``), or why it cannot be read (``error``)."""
+
+    source: PretrainSource
+    files: Sequence[Path]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def costs(self) -> np.ndarray:
+        return np.array([file.stat().st_size for file in self.files], dtype=np.float64)
+
+    def batches(self, start: int, end: int, size: int) -> Iterator[dict[str, list[Any]]]:
+        for file in self.files[start:end]:  # a file a batch: its documents are read whole, as one text
+            try:
+                yield {"documents": [txt_file_documents(self.source, file)], "error": [None]}
+            except StageError as error:
+                yield {"documents": [[]], "error": [str(error)]}
+
+
+def _tokenised(batch: dict[str, list[Any]], indices: list[int], *, source: PretrainSource, raw: bool | None,
+               names: Any, first: int, tokenizer: Any, eos: list[int]) -> dict[str, list[Any]]:
+    """A batch of a source's rows as its documents' tokens, in order; blank documents left out, and a row that is
+    no document kept as its error (``error``), raised only if the budget reaches it. ``first``: the source row
+    that is the batch's row 0 of ``indices`` counts from (a window's first row)."""
+    items: list[str | StageError] = []
+    if raw is None:  # .txt files
+        for documents, error in zip(batch["documents"], batch["error"], strict=True):
+            items.extend([StageError(error)] if error is not None else documents)
+    else:
+        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        for index, row in zip(indices, rows, strict=True):
+            try:
+                text = _row_text(source, row, raw, f"data source '{source.name}', {names.label(first + index)}")
+            except StageError as error:
+                text = error
+            if text is not None:
+                items.append(text)
+    texts = [item for item in items if isinstance(item, str) and item.strip()]  # a blank document has nothing to learn
+    encoded = iter(documents_tokens(tokenizer, texts, eos))
+    out: dict[str, list[Any]] = {"input_ids": [], "error": []}
+    for item in items:
+        if isinstance(item, StageError):
+            out["input_ids"].append([])
+            out["error"].append(str(item))
+        elif item.strip():
+            out["input_ids"].append(next(encoded))
+            out["error"].append(None)
+    return out
+
+
+@dataclass(frozen=True)
+class _Chunks:
+    """Chunks of the tokenised documents as rows for :func:`~tempa.sft.forked_workers.forked_map`: row k is chunk
+    ``order[k]``, tokens ``start`` to ``start + length`` of document ``document`` (a row of ``ids``)."""
+
+    ids: Any  # pa.ChunkedArray of every source's documents' tokens, memory-mapped
+    document: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    order: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def costs(self) -> np.ndarray:
+        return self.length[self.order].astype(np.float64)
+
+    def batches(self, start: int, end: int, size: int) -> Iterator[dict[str, list[Any]]]:
+        for first in range(start, end, size):
+            yield {"input_ids": self.tokens(self.order[first: min(end, first + size)])}
+
+    def tokens(self, chunks: np.ndarray) -> Any:
+        """The tokens of ``chunks`` (positions in ``document``), as an Arrow list array."""
+        import pyarrow as pa
+
+        lists = self.ids.take(pa.array(self.document[chunks])).combine_chunks()
+        offsets, values = lists.offsets.to_numpy(), lists.values.to_numpy()
+        lengths = self.length[chunks]
+        ends = np.cumsum(lengths)
+        gather = np.repeat(offsets[:-1] + self.start[chunks] - (ends - lengths), lengths) + np.arange(ends[-1])
+        return pa.ListArray.from_arrays(pa.array(np.concatenate([[0], ends]).astype(np.int32)), pa.array(values[gather]))
+
+
+def _rows_of(batch: dict[str, Any], indices: list[int]) -> dict[str, Any]:
+    """Prepared rows: a chunk's tokens and its all-ones assistant mask (every token is in the loss)."""
+    import pyarrow as pa
+
+    ids = batch["input_ids"]
+    masks = pa.ListArray.from_arrays(ids.offsets, pa.array(np.ones(len(ids.values), dtype=np.int64)))
+    return {"input_ids": ids, "assistant_masks": masks}
+
+
+def _hashes_of(batch: dict[str, Any], indices: list[int]) -> dict[str, Any]:
+    """A 64-bit digest of each chunk's tokens: equal chunks have equal digests (the converse is checked)."""
+    import hashlib
+
+    import pyarrow as pa
+
+    ids = batch["input_ids"]
+    offsets, values = ids.offsets.to_numpy(), ids.values.to_numpy()
+    digests = [int.from_bytes(hashlib.blake2b(values[a:b].tobytes(), digest_size=8).digest(), "little")
+               for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)]
+    return {"hash": pa.array(digests, type=pa.uint64())}
+
+
+def _chunk_map(chunks: _Chunks, function: Any, features: Any, work: Path, name: str, desc: str,
+               num_proc: int | None) -> Any:
+    """``function`` over ``chunks`` in worker processes, into memory-mapped Arrow files under ``work``."""
+    import datasets
+
+    from tempa.sft.data_config import worker_count
+    from tempa.sft.forked_workers import forked_map
+
+    if not len(chunks):
+        return datasets.Dataset.from_dict({column: [] for column in features}, features=features)
+    size = max(1, _CHUNK_BATCH_TOKENS // max(1, int(chunks.length.max())))
+    return forked_map(chunks, function, workers=worker_count(num_proc, len(chunks)), fn_kwargs={}, features=features,
+                      cache_file=work / f"{name}.arrow", desc=desc, batch_size=size)
+
+
+def _tokenise_source(source: PretrainSource, rows: Any, reader: dict[str, Any], *, tokenizer: Any, eos: list[int],
+                     work: Path, num_proc: int | None) -> tuple[list[str], int, Pieces]:
+    """A source's documents tokenised (Arrow files under ``work``: their paths, and the documents they hold) and
+    budgeted, window after window of rows, so that a budget far below the source reads little more than it takes;
+    a row that is no document is an error when the budget reaches it, as when documents were read one by one."""
+    import pyarrow.compute as pc
+
+    from tempa.sft.data_config import ROWS_PER_PROCESS, worker_count
+    from tempa.sft.forked_workers import ArrowRows, forked_map
+
+    txt = isinstance(rows, _TxtFiles)
+    costs = np.cumsum((rows if txt else ArrowRows(rows)).costs())
+    files: list[str] = []
+    lengths: list[np.ndarray] = []
+    done, tokens = 0, 0
+    while done < len(costs):
+        end, read = len(costs), costs[done - 1] if done else 0.0
+        if source.tokens is not None:  # the rows whose bytes should give the tokens still wanted, and a little more
+            rate = tokens / read if tokens else _FIRST_TOKENS_PER_BYTE
+            more = max((source.tokens - tokens + 1) / rate * _WINDOW_MARGIN, read * _WINDOW_GROWTH)
+            end = max(done + 1, min(end, int(np.searchsorted(costs, read + more)) + 1))
+        window = _TxtFiles(source, rows.files[done:end]) if txt else rows.select(range(done, end))
+        # a .txt file holds many documents: it is worth a process of its own
+        workers = worker_count(num_proc, (end - done) * (ROWS_PER_PROCESS if txt else 1))
+        size = 1 if txt else max(1, int(_TOKENISE_BATCH_BYTES * (end - done) / max(1.0, costs[end - 1] - read)))
+        part = forked_map(window, _tokenised, workers=workers, features=_features()[0], batch_size=size,
+                          fn_kwargs={**reader, "first": done, "tokenizer": tokenizer, "eos": eos},
+                          cache_file=work / f"{source.name}-{len(lengths):05d}.arrow", desc=f"Tokenising {source.name}")
+        files.extend(f["filename"] for f in part.cache_files)
+        table = part.data.table
+        lengths.append(pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64))
+        errors = np.flatnonzero(table.column("error").is_valid().to_numpy(zero_copy_only=False))
+        taken, cut = budget_cut(lengths[-1], None if source.tokens is None else source.tokens - tokens)
+        if len(errors) and errors[0] < taken:  # a row the budget reached
+            raise StageError(table.column("error")[int(errors[0])].as_py())
+        tokens += int(lengths[-1].sum())
+        done = end
+        if cut is not None:  # the budget is reached: the rows after are never read
+            break
+    held = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    return files, len(held), budget_pieces(held, source.tokens, repeat=source.repeat)
+
+
+def _drop_copies(chunks: _Chunks, hashes: np.ndarray, held: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """``train`` (chunks, in order) without the copies of a ``held`` chunk: equal tokens (``hashes`` find the
+    suspects, their tokens decide)."""
+    suspects = train[np.isin(hashes[train], np.unique(hashes[held]))]
+    if not len(suspects):
+        return train
+    by_hash: dict[int, list[int]] = {}
+    for k in held.tolist():
+        by_hash.setdefault(int(hashes[k]), []).append(k)
+    held_tokens: dict[int, np.ndarray] = {}
+
+    def tokens_of(k: int) -> np.ndarray:
+        if k not in held_tokens:
+            held_tokens[k] = chunks.tokens(np.array([k])).values.to_numpy()
+        return held_tokens[k]
+
+    copies = []
+    size = max(1, _CHUNK_BATCH_TOKENS // max(1, int(chunks.length.max())))
+    for first in range(0, len(suspects), size):
+        batch = suspects[first: first + size]
+        lists = chunks.tokens(batch)
+        offsets, values = lists.offsets.to_numpy(), lists.values.to_numpy()
+        for i, k in enumerate(batch.tolist()):
+            mine = values[offsets[i]: offsets[i + 1]]
+            if any(np.array_equal(mine, tokens_of(h)) for h in by_hash[int(hashes[k])]):
+                copies.append(k)
+    return train[~np.isin(train, copies)]
+
+
+def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer_dir: Path, cache_dir: Path,
+                          seed: int, *, num_proc: int | None = None) -> PretrainData:
+    """Tokenise, budget, chunk and mix the sources (cached: a second call with the same inputs reads the cache).
+
+    The tokens stay on disk, memory-mapped: the work runs in ``num_proc`` forked processes (unset: one per core, at
+    most one per 500 rows, as SFT data prepares), and this process holds a few numbers per document and per chunk.
+    Every process count prepares the same rows."""
     from tempa.sft.data_config import DataError
-    from tempa.sft.sources import load_source, source_fingerprint
+    from tempa.sft.forked_workers import dataset_of_files
+    from tempa.sft.sources import load_source, row_names, source_fingerprint
 
     max_length = int(config.train_args()["max_length"])
     texts = {s.name: txt_files(s) for s in config.sources}
@@ -309,47 +571,56 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
         return PretrainData(entry / "train", entry / "eval" if (entry / "eval").is_dir() else None,
                             stats["tokens"], stats["documents"], stats["chunks"], stats["passes"])
 
-    chunks: list[list[int]] = []
+    shutil.rmtree(entry, ignore_errors=True)  # an incomplete earlier attempt
+    work = entry / "work"  # the tokenised documents, until the rows are written
+    work.mkdir(parents=True)
+    files: list[str] = []
+    held = 0  # documents tokenised so far, all sources: the first row of the next source's
+    spans: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per source, its chunks: document, start, tokens
     tokens, documents, passes = {}, {}, {}
     eos = [tokenizer.eos_token_id] if config.add_eos and tokenizer.eos_token_id is not None else []
     for source in config.sources:
-        def encoded(source=source):
-            files = texts[source.name]
-            read = _texts(source, loaded[source.name]) if files is None else txt_documents(source, files)
-            for text in read:
-                if text.strip():  # a blank document has nothing to learn
-                    yield document_tokens(tokenizer, text, eos)
-
-        taken = budgeted(encoded(), source.tokens, repeat=source.repeat)
+        if texts[source.name] is None:
+            rows = loaded[source.name]
+            reader = {"source": source, "raw": _check_text_column(source, rows),
+                      "names": row_names(_as_sft_source(source))}
+        else:
+            rows, reader = _TxtFiles(source, texts[source.name]), {"source": source, "raw": None, "names": None}
+        source_files, count, taken = _tokenise_source(source, rows, reader, tokenizer=tokenizer, eos=eos, work=work,
+                                                      num_proc=num_proc)
         if taken.tokens == 0:
             raise StageError(f"data source '{source.name}': no text to train on")
         tokens[source.name], documents[source.name] = taken.tokens, taken.distinct
         passes[source.name] = round(taken.tokens / taken.whole, 4) if taken.whole else None
-        chunks.extend(piece for ids in taken.documents for piece in chunk_document(ids, max_length))
-    order = np.random.default_rng(seed).permutation(len(chunks))
-    n_eval = round(config.heldout * len(chunks))
-    if config.heldout and n_eval == 0 and len(chunks) > 1:
+        piece, start, length = chunk_spans(taken.tokens_of, max_length)
+        spans.append((held + taken.document[piece], start, length))
+        files.extend(source_files)
+        held += count
+    ids = dataset_of_files([Path(f) for f in files]).data.table.column("input_ids")
+    n_chunks = sum(len(document) for document, _, _ in spans)
+    order = np.random.default_rng(seed).permutation(n_chunks)
+    chunks = _Chunks(ids, *(np.concatenate([span[i] for span in spans]) for i in range(3)), order=order)
+    n_eval = round(config.heldout * n_chunks)
+    if config.heldout and n_eval == 0 and n_chunks > 1:
         n_eval = 1
     train_order = order[n_eval:]
+    _, hash_features, row_features = _features()
     if n_eval:
         # A repeated document (or one the source holds twice) must not be trained on while its copy measures eval
         # loss: every copy of a held-out chunk leaves the training rows.
-        held = {tuple(chunks[i]) for i in order[:n_eval]}
-        train_order = [i for i in train_order if tuple(chunks[i]) not in held]
-
-    def dataset(indices) -> datasets.Dataset:
-        rows = [chunks[i] for i in indices]
-        return datasets.Dataset.from_dict({"input_ids": rows, "assistant_masks": [[1] * len(r) for r in rows]})
-
-    shutil.rmtree(entry, ignore_errors=True)  # an incomplete earlier attempt
-    dataset(train_order).save_to_disk(str(entry / "train"))
+        hashes = _chunk_map(replace(chunks, order=np.arange(n_chunks)), _hashes_of, hash_features, work, "hashes",
+                            "Finding copies of held-out chunks", num_proc)
+        train_order = _drop_copies(chunks, hashes.data.table.column("hash").to_numpy(), order[:n_eval], train_order)
+    _chunk_map(replace(chunks, order=train_order), _rows_of, row_features, work, "train", "Writing training rows",
+               num_proc).save_to_disk(str(entry / "train"))
     if n_eval:
-        dataset(order[:n_eval]).save_to_disk(str(entry / "eval"))
-    write_json(entry / "stats.json", {"tokens": tokens, "documents": documents, "chunks": len(chunks),
+        _chunk_map(replace(chunks, order=order[:n_eval]), _rows_of, row_features, work, "eval",
+                   "Writing held-out rows", num_proc).save_to_disk(str(entry / "eval"))
+    shutil.rmtree(work)
+    write_json(entry / "stats.json", {"tokens": tokens, "documents": documents, "chunks": n_chunks,
                                       "passes": passes})
     (entry / COMPLETE).write_text("")  # last: a folder without it is never reused
-    return PretrainData(entry / "train", entry / "eval" if n_eval else None, tokens, documents, len(chunks),
-                        passes)
+    return PretrainData(entry / "train", entry / "eval" if n_eval else None, tokens, documents, n_chunks, passes)
 
 
 def budget_lines(config: PretrainStageConfig, data: PretrainData) -> list[tuple[int, str]]:

@@ -32,7 +32,7 @@ def _by_hand(documents: list[list[int]], budget: int | None, repeat: bool) -> tu
     """The documents a source gives (the last one cut at the budget; with repeat, passes until the budget),
     the source documents taken and the tokens of the whole source: the stage's rule, written out plainly."""
     whole = sum(map(len, documents))
-    if budget is None or whole <= budget and not repeat:
+    if budget is None or (whole <= budget and not repeat):
         return list(documents), len(documents), whole
     taken, total, distinct = [], 0, 0
     stream = documents * (budget // whole + 1) if repeat else documents
@@ -124,3 +124,73 @@ def test_the_prepared_rows_are_the_documents_budgeted_chunked_and_shuffled_as_wo
     assert stats["passes"]["th"] == pytest.approx(2.5, abs=0.01) and stats["passes"]["en"] is None
     again = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / "cache", seed=5)  # from the cache
     assert _rows(again.train_path) == train and again.tokens == data.tokens
+
+
+class _Counting:
+    """The real tokenizer, with each call's process and texts written to ``log`` (calls run in worker processes)."""
+
+    def __init__(self, tokenizer, log: Path):
+        self._tokenizer, self._log = tokenizer, log
+
+    def __call__(self, texts, *args, **kwargs):
+        with self._log.open("a", encoding="utf-8") as out:
+            out.write(f"{os.getpid()} {len(texts) if isinstance(texts, list) else 1}\n")
+        return self._tokenizer(texts, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def _calls(log: Path) -> list[tuple[int, int]]:
+    return [tuple(map(int, line.split())) for line in log.read_text(encoding="utf-8").splitlines()]
+
+
+def test_every_process_count_prepares_the_same_rows(tmp_path, mix, tiny_model_dir):
+    """The preparation held every token of the mix in Python lists in one process (about 104 bytes of RAM a token,
+    111k tokens/s: a day and a terabyte for a 10B-token mix). Now the sources are tokenised in worker processes
+    into memory-mapped Arrow files; two processes give exactly the rows one gives, and the rows worked out by hand."""
+    config, tokenizer, documents, budgets = mix
+    train, held, _, _ = _expected(config, documents, budgets, seed=5)
+    rows = {}
+    for procs in (1, 2):
+        log = tmp_path / f"calls{procs}"
+        data = prepare_pretrain_data(config, _Counting(tokenizer, log), tiny_model_dir, tmp_path / f"cache{procs}",
+                                     seed=5, num_proc=procs)
+        rows[procs] = (_rows(data.train_path), _rows(data.eval_path))
+        pids = {pid for pid, _ in _calls(log)}
+        # one process, or (a pool for each source's tokenising; a single .txt file is tokenised here) workers
+        assert (pids == {os.getpid()}) if procs == 1 else len(pids - {os.getpid()}) >= 2
+    assert rows[2] == rows[1] == (train, held)
+
+
+def test_a_budget_reads_no_further_than_it_takes(tmp_path, tiny_model_dir):
+    """A budget far below its source (37.5B tokens of Dolma's trillions) tokenises little more than it takes, and
+    a broken row after the budget's last document is never read, as when documents were read one by one; one
+    before it is the error it always was."""
+    from transformers import AutoTokenizer
+
+    from tempa.sft.stage_api import StageError
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    texts = _texts(7, 3000)
+    lines = [json.dumps({"text": t}) for t in texts]
+    lines[2500] = '{"text": "river"'
+    budget = sum(len(tokenizer(t)["input_ids"]) + 1 for t in texts[:100]) - 3
+    path = tmp_path / "web.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def prepare(cache: str):
+        config = PretrainStageConfig.model_validate({
+            "name": "cpt", "sources": [{"name": "web", "path": str(path), "tokens": budget}],
+            "train": {"max_length": MAX_LENGTH, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+        return prepare_pretrain_data(config, _Counting(tokenizer, tmp_path / f"{cache}.log"), tiny_model_dir,
+                                     tmp_path / cache / "c", seed=0)
+
+    data = prepare("lazy")
+    assert data.tokens["web"] == budget and data.documents["web"] == 100
+    assert 100 <= sum(n for _, n in _calls(tmp_path / "lazy.log")) < 600  # of the 3,000 documents
+    lines[50] = "[1, 2]"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(StageError, match=r"^data source 'web', line 51: a list; expected a JSON object with a 'text'"):
+        prepare("broken")
+

@@ -680,12 +680,22 @@ def mix_of(tokens: dict[str, int], documents: dict[str, int], *, chunks: int | N
         tokens=total, chunks=chunks, epochs=epochs)
 
 
+# Tokens of a document, for the plan's guess at how many processes a preparation gets (one per core and per
+# ROWS_PER_PROCESS documents): about a web page's (Dolma's and FineWeb's averages are 500-1,500 with Llama 3's).
+_PLAN_TOKENS_PER_DOCUMENT = 1_000
+
+
 def estimate_pretrain(config: PretrainStageConfig, inputs: EstimateInputs) -> TrainingWorkload:
-    """Tokens per epoch: the sum of the sources' token budgets (unbudgeted sources are not sized)."""
+    """Tokens per epoch: the sum of the sources' token budgets (unbudgeted sources are not sized); and how long
+    preparing them takes, as the SFT plan says it (:func:`~tempa.sft.data_size.prep_note`)."""
+    from tempa.sft.data_size import prep_note
+
     budgets = [s.tokens for s in config.sources]
     known = sum(b for b in budgets if b is not None)
     unsized = [s.name for s in config.sources if s.tokens is None]
     notes = [_budget_note(s) for s in config.sources]
+    if known:
+        notes.append(prep_note(known, max(1, known // _PLAN_TOKENS_PER_DOCUMENT), None, ">=" if unsized else ""))
     tokens = TokenCount(known or None, None, "token budgets", notes, bound=">=" if unsized and known else "")
     return TrainingWorkload(tokens=tokens, train_args=config.train_args())
 

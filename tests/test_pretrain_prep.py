@@ -194,3 +194,27 @@ def test_a_budget_reads_no_further_than_it_takes(tmp_path, tiny_model_dir):
     with pytest.raises(StageError, match=r"^data source 'web', line 51: a list; expected a JSON object with a 'text'"):
         prepare("broken")
 
+
+def test_the_plan_says_how_long_preparing_a_pretrain_stage_takes(tmp_path):
+    """`tempa plan` said how long an SFT stage's data takes to prepare, and nothing for a pretrain stage, whose
+    10B-token mixes take hours to tokenise. Now it says it the same way, from the token budgets."""
+    import re
+
+    from tempa.sft.data_config import PREP_TOKENS_PER_CORE_SECOND, available_cores
+    from tempa.sft.pretrain_stage import estimate_pretrain
+
+    def prep_line(sources: list[dict]) -> str:
+        config = PretrainStageConfig.model_validate({
+            "name": "cpt", "sources": sources, "train": {"lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+        (line,) = [note for note in estimate_pretrain(config, None).tokens.notes if "data prep" in note]
+        return line
+
+    budget = 10_000_000_000
+    line = prep_line([{"name": "web", "path": "org/web", "tokens": budget}])
+    here, node = (int(h) * 3600 + int(m) * 60 + int(s) for h, m, s in re.findall(r"~(\d+):(\d\d):(\d\d)", line))
+    # at least the tokenising, spread over the cores (10B tokens: one process per core), and no more than on one
+    assert budget / (PREP_TOKENS_PER_CORE_SECOND * available_cores()) <= here <= budget / PREP_TOKENS_PER_CORE_SECOND
+    assert budget / (PREP_TOKENS_PER_CORE_SECOND * 128) <= node < here
+    assert "on a node's 128 cores" in line and "cached after" in line
+    assert "step: >=" in prep_line([{"name": "web", "path": "org/web", "tokens": budget},
+                                    {"name": "more", "path": "org/more"}])  # an unsized source: at least

@@ -45,6 +45,9 @@ ON_CLOSE = f"{THINK_CLOSE}\n\n"
 END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
 # Llama 3.1 ends a built-in tool call with <|eom_id|> ("end of message"); generation stops there too.
 STOP_TOKENS = (*END_OF_TURN_TOKENS, "<|eom_id|>")
+# End-of-document markers of pre-training (Llama 3, Qwen/GPT-2, Llama 2/Mistral, Gemma): what raw text ends with,
+# where the bake has made the tokenizer's eos the end-of-turn token.
+END_OF_TEXT_TOKENS = ("<|end_of_text|>", "<|endoftext|>", "</s>", "<eos>")
 
 
 def generation_prefill(mode: ThinkingMode) -> str:
@@ -73,6 +76,17 @@ def end_of_turn_token(template: str) -> str:
     raise ValueError(
         f"cannot tell the end-of-turn token of this chat template: it contains none of {', '.join(END_OF_TURN_TOKENS)}"
     )
+
+
+def end_of_text_id(tokenizer: Any) -> int | None:
+    """The id that ends a raw-text document for ``tokenizer``'s model: the first of :data:`END_OF_TEXT_TOKENS` it
+    holds as one token, else its eos unless that is an end-of-turn token (a baked tokenizer's eos is the chat's
+    end of turn, which a pre-training document must not learn to end with), else None."""
+    vocab = tokenizer.get_vocab()
+    for token in END_OF_TEXT_TOKENS:
+        if token in vocab:
+            return vocab[token]
+    return None if tokenizer.eos_token in END_OF_TURN_TOKENS else tokenizer.eos_token_id
 
 
 @dataclass(frozen=True)

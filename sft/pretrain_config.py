@@ -84,7 +84,8 @@ class PretrainStageConfig(StageConfigBase):
     train_defaults: ClassVar[dict[str, Any]] = PRETRAIN_TRAIN_ARGS
     sources: list[PretrainSource] = Field(min_length=1, description="Raw-text sources and their token budgets.")
     heldout: float = Field(default=0.0, ge=0, lt=1, description="Share of chunks held out for eval loss.")
-    add_eos: bool = Field(default=True, description="End every document with the tokenizer's eos token.")
+    add_eos: bool = Field(default=True, description="End every document with the base model's end-of-text token "
+                          "(`<|end_of_text|>` for Llama 3, `<|endoftext|>` for Qwen), not the chat's end of turn.")
     train: dict[str, Any] = Field(
         default_factory=dict,
         description="Any trl SFTConfig field. Defaults: loss on all tokens, BFD packing, warmup_stable_decay "

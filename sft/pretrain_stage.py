@@ -1,7 +1,8 @@
 """The `pretrain` stage: raw text -> token-budgeted, mixed, chunked documents -> the one training worker.
 
 Data work happens here, once, in the runner's process (as for `sft`): each source's documents are
-tokenised as the tokenizer encodes plain text (Llama 3: its bos first) with an eos after each, taken
+tokenised as the tokenizer encodes plain text (Llama 3: its bos first) with the end-of-text token after each
+(`<|end_of_text|>`, not the baked eos, which is the chat's end of turn: `chat_templates.thinking.end_of_text_id`), taken
 in order up to the source's token budget (the last document cut; a source with ``repeat`` and fewer
 tokens than its budget is gone over again, in order, until the budget is reached), split into
 chunks of at most ``max_length`` tokens, and the chunks of all sources are shuffled together with
@@ -28,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tempa.chat_templates.thinking import END_OF_TEXT_TOKENS, end_of_text_id
 from tempa.sft.checkpoints import complete_checkpoints
 from tempa.sft.files import digest, tree_digest, write_json
 from tempa.sft.paths import display_path
@@ -45,8 +47,9 @@ from tempa.sft.train_plan import train_plan
 
 COMPLETE = "COMPLETE"
 # Bump when the prepared rows change for the same inputs (2: a document starts with its bos; 3: repeat, and no
-# held-out chunk also trained on).
-_PREPARE_VERSION = 3
+# held-out chunk also trained on; 4: a document ends with the end-of-text token, not the baked eos, a chat's end of
+# turn).
+_PREPARE_VERSION = 4
 TOKENS_METRIC = "tokens:"  # a pretrain stage's metric `tokens:NAME`: the tokens source NAME gave
 
 
@@ -578,7 +581,11 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
     held = 0  # documents tokenised so far, all sources: the first row of the next source's
     spans: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per source, its chunks: document, start, tokens
     tokens, documents, passes = {}, {}, {}
-    eos = [tokenizer.eos_token_id] if config.add_eos and tokenizer.eos_token_id is not None else []
+    end = end_of_text_id(tokenizer)
+    if config.add_eos and end is None:
+        raise StageError(f"add_eos: the tokenizer has no end-of-text token ({', '.join(END_OF_TEXT_TOKENS)}) and its "
+                         f"eos {tokenizer.eos_token!r} ends a chat turn; set add_eos: false")
+    eos = [end] if config.add_eos else []
     for source in config.sources:
         if texts[source.name] is None:
             rows = loaded[source.name]

@@ -199,6 +199,30 @@ def test_every_document_starts_as_the_base_model_encodes_it_bos_included(tmp_pat
     assert data.tokens["sea"] == sum(map(len, expected))
 
 
+def test_documents_end_with_the_end_of_text_token_not_the_baked_end_of_turn(tmp_path, llama3_model_dir):
+    """The stage reads the run's baked tokenizer, whose eos the bake made the chat's end of turn (<|eot_id|>): every
+    raw document ended with it, so continued pre-training taught the base to end a document as a chat turn ends
+    (CPT new-user trial: 205 of 214 chunks held <|eot_id|>, none <|end_of_text|>)."""
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    from tempa.chat_templates import bake_tokenizer
+
+    baked = AutoTokenizer.from_pretrained(bake_tokenizer(llama3_model_dir, "llama3_thinking", tmp_path / "tok"))
+    assert baked.eos_token == "<|eot_id|>"  # the premise
+    end = baked.convert_tokens_to_ids("<|end_of_text|>")
+    path = tmp_path / "sea.jsonl"
+    path.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in ["Selamat pagi.", "สวัสดี"]),
+                    encoding="utf-8")
+    config = PretrainStageConfig.model_validate({
+        "name": "cpt", "sources": [{"name": "sea", "path": str(path)}],
+        "train": {"max_length": 64, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+    data = prepare_pretrain_data(config, baked, tmp_path / "tok", tmp_path / "cache", seed=0)
+    chunks = [list(row) for row in load_from_disk(str(data.train_path))["input_ids"]]
+    assert sorted(chunks) == sorted(baked(t)["input_ids"] + [end] for t in ["Selamat pagi.", "สวัสดี"])
+    assert not any(baked.eos_token_id in chunk for chunk in chunks)
+
+
 def _encoded(tokenizer, path: Path) -> list[tuple[int, ...]]:
     """The documents of a JSON Lines file as the stage should train them: the tokenizer's encode, then eos."""
     lines = path.read_text(encoding="utf-8").splitlines()

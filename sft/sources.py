@@ -280,7 +280,23 @@ def data_files(folder: Path, split: str) -> tuple[str, list[Path]]:
     found = {str(name): files for name, files in (builder.config.data_files or {}).items()}
     if split not in found:
         raise ValueError(f'Unknown split "{split}". Should be one of {list(found)}.')  # as datasets says it
+    read = {Path(file).resolve() for files in found.values() for file in files}
+    # datasets takes the files of the folder's most common data extension and drops the rest without a word
+    # (a.txt beside c.jsonl: only c.jsonl; b.TXT: not a text file to it); a row never read is a silent loss.
+    left_out = [] if is_saved_dataset(folder) else sorted(  # save_to_disk's own .json files beside its .arrow
+        name_below(file, folder) for file in folder.rglob("*")
+        if file.is_file() and file.suffix.lower() in _DATA_SUFFIXES and file.resolve() not in read
+        and not any(part.startswith(".") for part in file.relative_to(folder).parts))
+    if left_out:
+        shown = ", ".join(left_out[:5]) + (f" and {len(left_out) - 5} more" if len(left_out) > 5 else "")
+        raise ValueError(f"{shown} would not be read: a folder is read as one kind of data file, here its "
+                         f"{builder.name} files; give the other files a source (or folder) of their own")
     return builder.name, [Path(file) for file in found[split]]
+
+
+# The data files a folder source may hold, as datasets' builders read them (compressed forms included).
+_DATA_SUFFIXES = frozenset({".jsonl", ".json", ".parquet", ".csv", ".tsv", ".txt", ".arrow", ".gz", ".zst", ".bz2",
+                            ".xz", ".zip"})
 
 
 def json_shards(kind: str, files: list[Path]) -> list[Path] | None:

@@ -973,3 +973,29 @@ def test_a_sharegpt_rows_message_names_sharegpts_turn_keys(tmp_path: Path) -> No
     with pytest.raises(RowError) as info:
         normalize_row({"conversations": [{"speaker": "human", "text": "hi"}]}, spec_for(sharegpt))
     assert str(info.value) == "expected 'conversations' to be a list of {from, value}; turn 0 has keys ['speaker', 'text']"
+
+
+@pytest.mark.parametrize(("files", "left_out"), [
+    ({"a.txt": "satu\n", "c.jsonl": '{"text": "dua"}\n'}, "a.txt"),  # the majority kind read, the other dropped
+    ({"a.txt": "satu\n", "b.TXT": "dua\n"}, "b.TXT"),  # not a text file to datasets
+    ({"part-0.jsonl": '{"text": "satu"}\n', "part-1.jsonl": '{"text": "dua"}\n', "sub/extra.csv": "text\ntiga\n"},
+     "sub/extra.csv"),
+])
+def test_a_folder_whose_files_would_not_all_be_read_is_refused_naming_them(tmp_path: Path, files, left_out) -> None:
+    """datasets reads a folder as one kind of data file and dropped the others without a word (CPT new-user trial:
+    a.txt, b.TXT and c.jsonl gave c.jsonl's 2 tokens); the README and the run's first check say nothing of it."""
+    from tempa.sft.data_config import DataError, SourceConfig
+    from tempa.sft.sources import check_source, load_source
+
+    folder = tmp_path / "mix"
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text, encoding="utf-8")
+    (folder / "README.md").write_text("# notes\n")  # not data: never counted
+    source = SourceConfig.model_validate({"name": "mix", "path": str(folder)})
+    for read in (check_source, load_source):
+        with pytest.raises(DataError) as info:
+            read(source)
+        message = str(info.value)
+        assert f"{left_out} would not be read: a folder is read as one kind of data file" in message, message
+        assert "\n" not in message

@@ -185,6 +185,17 @@ _PRIVATE_KEY = re.compile(
 )
 
 
+# Every credential rule's literal start: text holding none of them skips the rules, each of which scans slowly (a
+# look-behind before its prefix), with substring tests that take microseconds. Keys are pasted, never typed full
+# width: the text as written. ("earer": Bearer and bearer; "EARER": BEARER.)
+_SECRET_HINTS = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "hf_", "AKIA", "ASIA", "ABIA", "ACCA",
+                 "AIza", "xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-", "earer", "EARER", "PRIVATE KEY")
+
+
+def _may_hold_a_key(text: str) -> bool:
+    return any(hint in text for hint in _SECRET_HINTS)
+
+
 def _placeholder(body: str) -> bool:
     """``sk-xxxx…``, ``AKIA0000…``, AWS's documented ``AKIAIOSFODNN7EXAMPLE``: shaped like a key, no secret."""
     return "EXAMPLE" in body.upper() or max(Counter(body).values()) * 3 > len(body)
@@ -304,6 +315,10 @@ def find_pii(text: str, config: PIIConfig) -> str | None:
     read the text's ASCII forms (:func:`ascii_forms`); a recipe's ``extra_patterns`` and ``allow``
     also match the text as written.
     """
+    others = config.email or config.phone or config.card or config.national_id or config.extra_patterns
+    secrets = config.secrets and _may_hold_a_key(text)
+    if not others and not secrets:
+        return None  # the default (credentials only) on text with no key's prefix: most training text
     # an allow pattern written full width (０３－…) allows the ASCII form the built-in rules match too
     allow = _compiled(tuple(dict.fromkeys([*config.allow, *(unicodedata.normalize("NFKC", a) for a in config.allow)])))
     extra = [(name, "", p, None) for name, p in zip(
@@ -311,7 +326,7 @@ def find_pii(text: str, config: PIIConfig) -> str | None:
     ascii_text = ascii_forms(text)
     texts = [ascii_text] if ascii_text == text else [ascii_text, text]
     for kind, switch, pattern, valid in [*_RULES, *extra]:
-        if switch and not getattr(config, switch):
+        if (switch and not getattr(config, switch)) or (switch == "secrets" and not secrets):
             continue
         # The built-in rules are written for ASCII forms; a recipe's own patterns may be written full width.
         for seen in texts[:1] if switch else texts:

@@ -31,6 +31,21 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tokenizer_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The recipe tokenizer: the tiny tokenizer with the shipped thinking template, not baked (treat as read-only;
+    a test module that needs a baked one defines its own)."""
+    from transformers import AutoTokenizer
+
+    from tempa.chat_templates.templates import load_template
+
+    out = tmp_path_factory.mktemp("tok") / "tokenizer"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = load_template("llama3_thinking")
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def llama3_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model with Meta's real Llama 3 tokenizer (128,256 tokens, built offline; treat as read-only)."""
     from tempa.recipes.tiny import write_tiny_default

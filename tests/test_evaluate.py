@@ -245,18 +245,6 @@ def test_leaderboard_ranks_by_direction_and_writes_table(tmp_path):
 # --- with a model -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer
-
-    from tempa.chat_templates.templates import load_template
-
-    out = tmp_path_factory.mktemp("tok") / "tokenizer"
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tokenizer.chat_template = load_template("llama3_thinking")
-    tokenizer.save_pretrained(out)
-    return out
-
 
 def make_ctx(
     run_dir: Path,

@@ -21,18 +21,6 @@ from tempa.sft.train_plan import OUTCOME_FILE
 pytest.importorskip("tensorboard")
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer
-
-    from tempa.chat_templates.templates import load_template
-
-    out = tmp_path_factory.mktemp("tok") / "tokenizer"
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tokenizer.chat_template = load_template("llama3_thinking")
-    tokenizer.save_pretrained(out)
-    return out
-
 
 def _sft_run(tmp_path: Path, tiny_model_dir: Path, report_to: str) -> tuple[Path, SFTStageConfig, Path]:
     run_dir = tmp_path / "run"

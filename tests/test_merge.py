@@ -40,19 +40,6 @@ def perturbed_copy(src: Path, dst: Path, seed: int, scale: float) -> Path:
     return dst
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
-    """The recipe tokenizer: the tiny tokenizer with the shipped thinking template."""
-    from transformers import AutoTokenizer
-
-    from tempa.chat_templates.templates import load_template
-
-    out = tmp_path_factory.mktemp("tok") / "tokenizer"
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tokenizer.chat_template = load_template("llama3_thinking")
-    tokenizer.save_pretrained(out)
-    return out
-
 
 @pytest.fixture(scope="module")
 def checkpoints(tiny_model_dir: Path, tmp_path_factory) -> dict[str, Path]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -61,18 +60,6 @@ class ScriptedJudge(SamplingBackend):
     def close(self) -> None:
         pass
 
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer
-
-    from tempa.chat_templates.templates import load_template
-
-    out = tmp_path_factory.mktemp("tok") / "tokenizer"
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tokenizer.chat_template = load_template("llama3_thinking")
-    tokenizer.save_pretrained(out)
-    return out
 
 
 def test_verdicts_rows_and_weighting_pure():

@@ -114,8 +114,8 @@ def saved_dtype(folder: Path) -> str | None:
 
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        first = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))[0]
-        path = folder / first
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values()))
+        path = folder / shards[0] if shards else None  # an index naming no shard: nothing to tell the dtype by
     else:
         path = next(
             iter(sorted(folder.glob("*.safetensors"), key=lambda p: p.name != "model.safetensors")), None

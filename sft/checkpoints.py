@@ -26,8 +26,8 @@ def checkpoint_saves(train: Mapping[str, Any], steps: int | None, epochs: float 
     strategy = str(train.get("save_strategy", "steps"))
     if strategy == "no":
         return 0
-    if strategy == "epoch":
-        return None if epochs is None else math.floor(epochs)
+    if strategy == "epoch":  # the Trainer ends a last, partial epoch as an epoch: 1.5 epochs save twice
+        return None if epochs is None else math.ceil(epochs)
     every = train.get("save_steps", 500)
     if strategy != "steps" or not steps or not isinstance(every, int | float) or every <= 0:
         return None

@@ -944,7 +944,9 @@ def _instruction_group(messages: Sequence[Mapping[str, Any]]) -> int:
 def _conversation_key(conversation: Conversation) -> int:
     """A normalised conversation (turns and tools) as a 64-bit number: the same row gives the same number whatever
     its position in the file, so rows added to a source leave the old rows' draw alone."""
-    return content_key(json.dumps([conversation.messages, conversation.tools], ensure_ascii=False, sort_keys=True))
+    # default=str: a tool definition read from Parquet may hold a timestamp or bytes, which JSON has no form for
+    return content_key(json.dumps([conversation.messages, conversation.tools], ensure_ascii=False, sort_keys=True,
+                                  default=str))
 
 
 def _without_nulls(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -42,7 +42,8 @@ class LineProgressStream(io.TextIOBase):
         return self.raw.fileno()
 
     def write(self, text: str) -> int:
-        if self._redrawn and self._line.strip() and not text.startswith(("\r", "\n")):
+        # (tqdm's cursor moves for a nested bar are ANSI escapes alone: the same writer, nothing to break the line for)
+        if self._redrawn and self._line.strip() and not text.startswith(("\r", "\n")) and _ANSI.sub("", text):
             # Another writer (a log line) while a bar's state is pending: the state gets a line of its own rather
             # than the log line's start (a bar redraws with "\r" and ends with "\n").
             self.raw.write(self._line.rstrip() + "\n")

@@ -38,3 +38,5 @@ def test_the_plan_counts_the_last_steps_save_on_disk():
     assert checkpoints_on_disk(train, 10, 1.0) == 3
     assert checkpoints_on_disk({"save_strategy": "no"}, 10, 1.0) == 0
     assert checkpoints_on_disk({"save_strategy": "epoch", "save_total_limit": 5}, None, 3.0) == 3
+    # the Trainer ends a last, partial epoch as an epoch (DefaultFlowCallback.on_epoch_end): 1.5 epochs save twice
+    assert checkpoint_saves({"save_strategy": "epoch"}, None, 1.5) == 2

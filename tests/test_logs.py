@@ -42,6 +42,16 @@ def test_a_log_line_written_while_a_bar_is_open_gets_a_line_of_its_own():
     assert lines[-1].startswith("candidates: 100%") and "4/4" in lines[-1], lines
 
 
+def test_a_bars_own_cursor_moves_do_not_break_its_line():
+    # tqdm moves the cursor with ANSI escapes alone for a nested bar: the same writer, not a log line (diff review:
+    # nested bars wrote twice the lines once such a write emitted the pending state)
+    out = io.StringIO()
+    stream = LineProgressStream(out, interval_s=60)
+    for text in ("\rinner 1/4", "\x1b[A", "\rinner 2/4", "\x1b[B", "\rinner 4/4", "\n"):
+        stream.write(text)
+    assert out.getvalue().splitlines() == ["inner 1/4", "inner 4/4"]  # the first state, then the last (no 2/4)
+
+
 def test_a_run_logged_to_a_file_has_whole_lines_and_no_bars(tmp_path, tiny_model_dir):
     recipe = sft_recipe(tmp_path, tiny_model_dir, max_steps=2, save_steps=2)
     run_dir = tmp_path / ("run-" + "x" * 70)  # a long path: the launch line is well over 80 columns

@@ -81,3 +81,11 @@ def test_checkpoints_of_different_dtypes_are_saved_in_float32(tmp_path, tiny_mod
     f16 = checkpoint_in(tiny_model_dir, tmp_path / "f16", torch.float16, seed=7)
     out = merged(tmp_path, tiny_model_dir, method="linear", models=[str(bf16_checkpoints[0]), str(f16)])
     assert saved_dtypes(out) == {"F32"}  # holds either input exactly
+
+
+def test_an_index_naming_no_shard_tells_no_dtype(tmp_path):
+    # an empty weight_map was an IndexError (diff review), not "no dtype known"
+    from tempa.merge.mergekit_run import saved_dtype
+
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {}}))
+    assert saved_dtype(tmp_path) is None

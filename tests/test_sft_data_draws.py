@@ -192,3 +192,17 @@ def test_the_thinking_mode_column_can_be_named(tmp_path: Path) -> None:
     assert normalize_row({**row, "thinking_mode": "on"}, spec_for(source)).thinking_mode is None
     with pytest.raises(RowError, match=r"^'mode' must be 'on' or 'off', got True$"):
         normalize_row({**row, "mode": True}, spec_for(source))
+
+
+def test_a_row_whose_tools_hold_a_value_json_has_no_form_for_still_gets_its_draw_key():
+    # a tool definition read from Parquet can hold a timestamp: the draw key was a TypeError (diff review)
+    import datetime
+
+    from tempa.sft.data import _conversation_key
+    from tempa.sft.formats import Conversation
+
+    when = datetime.datetime(2026, 12, 2, tzinfo=datetime.timezone.utc)
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    first = _conversation_key(Conversation(turns, [{"name": "clock", "since": when}]))
+    assert first == _conversation_key(Conversation(turns, [{"name": "clock", "since": when}]))  # stable
+    assert first != _conversation_key(Conversation(turns, [{"name": "clock", "since": when.replace(year=2025)}]))

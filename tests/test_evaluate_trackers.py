@@ -21,7 +21,6 @@ from tempa.sft.train_plan import OUTCOME_FILE
 pytest.importorskip("tensorboard")
 
 
-
 def _sft_run(tmp_path: Path, tiny_model_dir: Path, report_to: str) -> tuple[Path, SFTStageConfig, Path]:
     run_dir = tmp_path / "run"
     sft_dir = run_dir / "sft"

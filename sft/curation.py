@@ -10,7 +10,9 @@ reads in rejects.jsonl.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import re
 import unicodedata
 from collections import Counter
@@ -177,6 +179,14 @@ _GOOGLE_KEY = _key(r"AIza", r"[A-Za-z0-9_-]{35}")
 _SLACK_TOKEN = _key(r"xox[bpars]-", r"[A-Za-z0-9-]{10,}")
 # RFC 6750's token characters; a template variable (`{token}`, `$TOKEN`, `<token>`) is none of them.
 _BEARER = re.compile(r"(?<![A-Za-z0-9])(?i:bearer)\s+([A-Za-z0-9._~+/-]{20,}=*)(?![A-Za-z0-9._~+/=-])")
+# A JSON Web Token: base64url JSON header and claims (`{"` encodes as `eyJ`), then a signature. A signed token is a
+# live session or API credential; its header must name a signing algorithm (`alg: none` tokens sign nothing).
+_JWT = re.compile(r"(?<![A-Za-z0-9_-])(eyJ[A-Za-z0-9_-]{8,})\.(eyJ[A-Za-z0-9_-]{4,})\.[A-Za-z0-9_-]{20,}(?![A-Za-z0-9_-])")
+# AWS's secret access key has no prefix: 40 characters of base64, found by the name every SDK and file gives it.
+_AWS_SECRET = re.compile(
+    r"(?:secret_access_key|SECRET_ACCESS_KEY|SecretAccessKey|secretAccessKey)[\"']?\s*[:=]\s*[\"']?"
+    r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
+)
 # The header with key material after it (PEM's own header lines allowed, newlines possibly escaped in code):
 # a tutorial naming the header alone is no key.
 _PRIVATE_KEY = re.compile(
@@ -189,7 +199,8 @@ _PRIVATE_KEY = re.compile(
 # look-behind before its prefix), with substring tests that take microseconds. Keys are pasted, never typed full
 # width: the text as written. ("earer": Bearer and bearer; "EARER": BEARER.)
 _SECRET_HINTS = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "hf_", "AKIA", "ASIA", "ABIA", "ACCA",
-                 "AIza", "xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-", "earer", "EARER", "PRIVATE KEY")
+                 "AIza", "xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-", "earer", "EARER", "PRIVATE KEY", "eyJ",
+                 "ecret_access_key", "ECRET_ACCESS_KEY", "ecretAccessKey")
 
 
 def _may_hold_a_key(text: str) -> bool:
@@ -206,6 +217,21 @@ def _looks_random(body: str) -> bool:
     does not) and is no placeholder."""
     classes = sum(any(test(ch) for ch in body) for test in (str.islower, str.isupper, str.isdigit))
     return classes >= 2 and not _placeholder(body)
+
+
+def _json_part(part: str) -> Any:
+    try:
+        return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (ValueError, RecursionError):  # binascii, Unicode and JSON errors are ValueErrors; deep nesting
+        return None
+
+
+def _signed_jwt(match: re.Match[str]) -> bool:
+    header, claims = _json_part(match.group(1)), _json_part(match.group(2))
+    return (
+        isinstance(header, dict) and isinstance(claims, dict)
+        and str(header.get("alg", "none")).lower() != "none"
+    )
 
 
 def luhn_ok(digits: str) -> bool:
@@ -274,6 +300,8 @@ _RULES: tuple[tuple[str, str, re.Pattern[str], Any], ...] = (
     ("Google API key", "secrets", _GOOGLE_KEY, lambda m: _looks_random(m.group(1))),
     ("Slack token", "secrets", _SLACK_TOKEN, lambda m: _looks_random(m.group(1))),
     ("bearer token", "secrets", _BEARER, lambda m: _looks_random(m.group(1))),
+    ("JSON Web Token", "secrets", _JWT, _signed_jwt),
+    ("AWS secret access key", "secrets", _AWS_SECRET, lambda m: _looks_random(m.group(1))),
     ("private key", "secrets", _PRIVATE_KEY, None),
     ("email", "email", _EMAIL, None),
     ("card number", "card", _CARD, lambda m: len(set(_digits(m))) > 1 and luhn_ok(_digits(m))),

@@ -329,9 +329,10 @@ class PIIConfig(_Strict):
         description=(
             "Credentials a model could learn to repeat: API keys with a vendor's prefix (OpenAI `sk-`, Anthropic "
             "`sk-ant-`, GitHub `ghp_`/`gho_`/`github_pat_`..., Hugging Face `hf_`, AWS `AKIA`..., Google `AIza`, "
-            "Slack `xox?-`), `Bearer` tokens and PEM private key blocks. The key must be as long and as random "
-            "as a real one, so `sk-` in prose, placeholders (`sk-...`, `Bearer $TOKEN`, AWS's `...EXAMPLE` keys) "
-            "and a private key header without its body pass."
+            "Slack `xox?-`), AWS secret access keys by their name (`aws_secret_access_key = ...`, "
+            "`SecretAccessKey`), `Bearer` tokens, signed JSON Web Tokens and PEM private key blocks. The key must "
+            "be as long and as random as a real one, so `sk-` in prose, placeholders (`sk-...`, `Bearer $TOKEN`, "
+            "AWS's `...EXAMPLE` keys), unsigned (`alg: none`) tokens and a private key header without its body pass."
         ),
     )
     extra_patterns: dict[str, str] = Field(

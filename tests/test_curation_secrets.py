@@ -6,6 +6,7 @@ The keys are generated here, not written out: a literal key in the repository wo
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import string
@@ -25,6 +26,15 @@ _SAMPLE_DATA = Path(curation.__file__).resolve().parent.parent / "recipes" / "da
 def _random(n: int, alphabet: str = _ALNUM, *, seed: int = 0) -> str:
     rng = random.Random(f"{seed}-{n}-{alphabet}")
     return "".join(rng.choice(alphabet) for _ in range(n))
+
+
+def _jwt(claims: dict, *, alg: str = "HS256", signature: str | None = None) -> str:
+    """A signed-looking JSON Web Token: base64url header and claims, then the signature."""
+    def part(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    sig = _random(43, _B64URL) if signature is None else signature
+    return f"{part({'alg': alg, 'typ': 'JWT'})}.{part(claims)}.{sig}"
 
 
 def _pem(kind: str = "RSA ") -> str:
@@ -53,6 +63,16 @@ REAL_LOOKING = [
         f"curl -H 'Authorization: Bearer eyJ{_random(33, _B64URL)}.{_random(60, _B64URL)}.{_random(43, _B64URL)}'",
         "bearer token",
     ),
+    # a session token pasted without `Bearer`: a cookie, a config value, a log line
+    (f"Cookie: session={_jwt({'sub': 'u-4821', 'exp': 1767225600})}; Path=/", "JSON Web Token"),
+    (f'const token = "{_jwt({"user_id": 77, "role": "admin"}, alg="RS256", signature=_random(342, _B64URL))}";',
+     "JSON Web Token"),
+    # AWS's secret half has no prefix: it is found by the name it is given
+    (f"aws_secret_access_key = {_random(40, _B64)}", "AWS secret access key"),
+    (f'export AWS_SECRET_ACCESS_KEY="{_random(40, _B64, seed=1)}"', "AWS secret access key"),
+    (f'{{"AccessKeyId": "ASIA...", "SecretAccessKey": "{_random(40, _B64, seed=2)}"}}', "AWS secret access key"),
+    (f"new S3Client({{ credentials: {{ secretAccessKey: '{_random(40, _B64, seed=3)}' }} }})",
+     "AWS secret access key"),
     (f"Here is my key:\n{_pem()}\nwhy does ssh refuse it?", "private key"),
     (f"{_pem('OPENSSH ')}", "private key"),
     (f"-----BEGIN PGP PRIVATE KEY BLOCK-----\nVersion: GnuPG v2\n\n{_random(64, _B64)}\n", "private key"),
@@ -90,6 +110,14 @@ def test_real_looking_credentials_are_found(text: str, kind: str) -> None:
         "A PEM file starts with -----BEGIN PRIVATE KEY----- and ends with -----END PRIVATE KEY-----.",
         "-----BEGIN RSA PRIVATE KEY-----\n...\n-----END RSA PRIVATE KEY-----",
         "Google keys begin with AIza and are 39 characters long.",
+        "A JWT's header is base64url JSON, so every token starts with eyJ.",
+        "data:application/json;base64,eyJuYW1lIjogInRlbXBhIn0=",  # one base64 JSON blob, no token
+        f"unsigned: {_jwt({'sub': 'demo'}, alg='none', signature='')}",  # alg none: no signature, no secret
+        "eyJhbGciOiJIUzI1NiJ9.bm90IGpzb24gY2xhaW1z.c2lnbmF0dXJlLWJ5dGVz",  # the claims part is not JSON
+        "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",  # AWS's documented example
+        "aws_secret_access_key = YOUR_SECRET_ACCESS_KEY",
+        'export AWS_SECRET_ACCESS_KEY="$AWS_SECRET"',
+        "Set secret_access_key in ~/.aws/credentials; it is 40 characters of base64.",
     ],
 )
 def test_look_alikes_are_not_credentials(text: str) -> None:

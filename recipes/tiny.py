@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -70,23 +70,30 @@ def _sample_texts() -> Iterator[str]:
     yield f"system user assistant tool ipython {THINK_OPEN}\n{THINK_CLOSE}\n\n" * 50
 
 
-def build_tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE):
-    """Train a byte-level BPE tokenizer on the sample data; returns a PreTrainedTokenizerFast."""
+def byte_level_bpe(texts: Iterable[str], special_tokens: list[str], vocab_size: int):
+    """A byte-level BPE (`tokenizers.Tokenizer`, the GPT-2/Llama 3 kind) trained on ``texts``, its special tokens
+    first in id order."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS + CHATML_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_sample_texts(), trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def build_tiny_tokenizer(vocab_size: int = TINY_VOCAB_SIZE):
+    """Train a byte-level BPE tokenizer on the sample data; returns a PreTrainedTokenizerFast."""
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+        tokenizer_object=byte_level_bpe(_sample_texts(), SPECIAL_TOKENS + CHATML_TOKENS, vocab_size),
         bos_token=BEGIN_OF_TEXT,
         eos_token=END_OF_TEXT,
         pad_token=PAD,

@@ -46,6 +46,14 @@ def tokenizer_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir: Path):
+    """The recipe tokenizer loaded once (the tiny tokenizer with the shipped thinking template; treat as read-only)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
 def llama3_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model with Meta's real Llama 3 tokenizer (128,256 tokens, built offline; treat as read-only)."""
     from tempa.recipes.tiny import write_tiny_default

@@ -13,20 +13,10 @@ from tempa.recipes.cli import main
 def self_trained_base(folder: Path, *, spare_rows: int) -> Path:
     """A tiny model with its own byte-level BPE tokenizer: Llama 3's chat tokens but no pad-like token, and
     ``spare_rows`` embedding rows beyond the tokenizer's vocabulary."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = [token for token in tiny.SPECIAL_TOKENS if token != tiny.PAD]
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=specials,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    backend.train_from_iterator(["hello world, a tiny corpus of words"] * 20, trainer=trainer)
+    backend = tiny.byte_level_bpe(["hello world, a tiny corpus of words"] * 20, specials, 400)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=tiny.BEGIN_OF_TEXT,

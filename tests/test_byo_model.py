@@ -10,26 +10,15 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from tempa.chat_templates import bake_tokenizer, check_tokenizer
 from tempa.merge.bake import check_generation_config
+from tempa.recipes import tiny
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
 def qwen_tokenizer(folder: Path, *, eos: str) -> PreTrainedTokenizerFast:
     """A byte-level BPE with Qwen2.5's three special tokens and pad ``<|endoftext|>``, as Qwen ships it."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(
-        ["user assistant system <think>\n</think>\n\n Xin chào Việt Nam"] * 20, trainer
-    )
+    texts = ["user assistant system <think>\n</think>\n\n Xin chào Việt Nam"] * 20
+    backend = tiny.byte_level_bpe(texts, SPECIALS, 300)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token=eos,

@@ -16,17 +16,6 @@ from tempa.sft.data_config import DataConfig
 OFF_PREFILL = "<|start_header_id|>assistant<|end_header_id|>\n\n<think>\n</think>\n"
 
 
-@pytest.fixture(scope="session")
-def tokenizer(tiny_tokenizer_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    from tempa.chat_templates import load_template
-
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    tok.chat_template = load_template("llama3_thinking")
-    return tok
-
-
 def chat(i: int, reasoning: str | None = "pikir", **extra: Any) -> dict[str, Any]:
     answer: dict[str, Any] = {"role": "assistant", "content": f"jawab {i}"}
     if reasoning is not None:

@@ -14,19 +14,6 @@ from test_sft_data_pipeline import chat, config, prepare, rejects, texts, write_
 from tempa.sft.data_report import DataMix
 from tempa.sft.stage_api import EvalPrompt, EvalPrompts, StageError
 
-
-@pytest.fixture(scope="session")
-def tokenizer(tiny_tokenizer_dir: Path) -> Any:
-    """The tiny tokenizer with the real thinking template baked in (treat as read-only)."""
-    from transformers import AutoTokenizer
-
-    from tempa.chat_templates import load_template
-
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    tok.chat_template = load_template("llama3_thinking")
-    return tok
-
-
 # Eight prompts that both a reasoning source (long traces) and an instruction source carry: the Swallow /
 # SEA-LION-R mix of distilled traces and plain instruction rows.
 SHARED = [

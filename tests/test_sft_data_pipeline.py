@@ -24,18 +24,6 @@ ON_PREFILL = "<|start_header_id|>assistant<|end_header_id|>\n\n<think>\n"
 OFF_PREFILL = "<|start_header_id|>assistant<|end_header_id|>\n\n<think>\n</think>\n"
 
 
-@pytest.fixture(scope="session")
-def tokenizer(tiny_tokenizer_dir: Path) -> Any:
-    """The tiny tokenizer with the real thinking template baked in (treat as read-only)."""
-    from transformers import AutoTokenizer
-
-    from tempa.chat_templates import load_template
-
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    tok.chat_template = load_template("llama3_thinking")
-    return tok
-
-
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:

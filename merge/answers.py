@@ -14,6 +14,7 @@ import math
 import re
 import unicodedata
 
+from tempa.alignment.numbers import _FULL_WIDTH as FULL_WIDTH  # the forms the answer reward reads as ASCII
 from tempa.alignment.numbers import number_body, plain_number
 from tempa.chat_templates.thinking import THINK_CLOSE, THINK_OPEN, has_think_tags, split_reasoning
 
@@ -50,7 +51,20 @@ def thinking_off_compliant(text: str, open_tag: str = THINK_OPEN, close_tag: str
 def _number_re(language: str | None) -> re.Pattern[str]:
     """A number as written in ``language`` (see :func:`tempa.alignment.numbers.number_body`: the answer reward reads
     numbers by the same rule), signed, with a currency sign, as a fraction or a percentage: -3/4, $12, 45%."""
-    return re.compile(rf"[-+−]?\$?(?:{number_body(language)})(?:\s?/\s?\d+(?:\.\d+)?)?%?")
+    return re.compile(rf"[-+−]?\$?(?:{_FRAC}|(?:{number_body(language)})(?:\s?/\s?\d+(?:\.\d+)?)?%?)")
+
+
+_FRAC = r"\\[dt]?frac\{\d+\}\{\d+\}"  # LaTeX's \frac{3}{4}, \dfrac and \tfrac: one number, not two
+# LaTeX's digit-group marks: 1{,}234 (its comma; 2{,}5 a decimal comma where the language writes one) and a thin
+# space before three digits (1\,000).
+_LATEX_COMMA = re.compile(r"(?<=\d)\{,\}(?=\d)")
+_LATEX_THIN_SPACE = re.compile(r"(?<=\d)\\[,:;!](?=\d{3}(?!\d))")
+
+
+def _plain_marks(text: str) -> str:
+    """``text`` with full-width forms as ASCII (a CJK input method's －５ is -5, ３／４ is 3/4, １．５ is 1.5) and
+    LaTeX's digit-group marks as the plain ones number_body reads."""
+    return _LATEX_THIN_SPACE.sub("", _LATEX_COMMA.sub(",", text.translate(FULL_WIDTH)))
 
 
 _BOXED_RE = re.compile(r"\\boxed\s*\{")
@@ -90,7 +104,7 @@ def parse_number(text: str, language: str | None = None) -> float | None:
     cleaned = unicodedata.normalize("NFKC", text).strip().replace("−", "-").replace("$", "").rstrip(".")
     cleaned = re.sub(r"^\\(?=\d)", "", cleaned.removesuffix("%").removesuffix("\\"))  # \$12, 45\%
     sign, cleaned = (-1.0 if cleaned[:1] == "-" else 1.0), cleaned.lstrip("+-").strip()
-    frac_tex = re.fullmatch(r"\\d?frac\{(\d+)\}\{(\d+)\}", cleaned)
+    frac_tex = re.fullmatch(r"\\[dt]?frac\{(\d+)\}\{(\d+)\}", cleaned)
     parts = frac_tex.groups() if frac_tex else cleaned.split("/") if cleaned.count("/") == 1 else (cleaned,)
     plain = [plain_number(part, language) for part in parts]
     if None in plain:
@@ -105,6 +119,7 @@ def extract_final_number(answer: str, language: str | None = None) -> float | No
     """The number an answer commits to: the last ``\\boxed{}``, else the number after the last
     "answer is"-style lead-in, else the last number in the text; numbers read as ``language`` writes them."""
     number_re = _number_re(language)
+    answer = _plain_marks(answer)
     for boxed in reversed(_boxed_contents(answer)):
         value = parse_number(boxed, language)
         if value is not None:

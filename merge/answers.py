@@ -131,13 +131,28 @@ def extract_final_number(answer: str, language: str | None = None) -> float | No
     if lead_ins:
         tail = answer[lead_ins[-1].end() :]
         # "The answer is 12 - 5 = 7": a worked line commits to what its last '=' gives
-        line = tail.strip().split("\n", 1)[0]
+        line = committed_sentence(tail)
         numbers = number_re.findall(line.rsplit("=", 1)[1]) if "=" in line else []
         numbers = numbers or number_re.findall(tail)
         if numbers:
             return parse_number(numbers[0], language)
     numbers = number_re.findall(answer)
     return parse_number(numbers[-1], language) if numbers else None
+
+
+# A sentence ends at 。！？ (no space follows them) or at . ! ? before a space or the line's end (a decimal point has
+# a digit after it).
+_SENTENCE_END = re.compile(r"[。！？]|[.!?](?=\s|$)")
+# What Japanese and Thai put after a stated answer: "答えはBです。", "คำตอบคือ B ครับ".
+_COPULA = re.compile(r"\s*(?:です|でした|である|だ|となります|になります|ครับ|ค่ะ)$")
+
+
+def committed_sentence(tail: str) -> str:
+    """The sentence right after an answer lead-in: what the reply commits to. "The answer is 3. Check: 3 + 4 = 7"
+    and "答えは3です。検算：3+4=7" commit to 3 (the line ran on into the check, whose '=' gave 7)."""
+    line = tail.strip().split("\n", 1)[0]
+    end = _SENTENCE_END.search(line)
+    return line[: end.start()] if end else line
 
 
 def _normalise_text(text: str) -> str:
@@ -173,7 +188,8 @@ def answer_matches(
     if lead_ins:
         tail = answer[lead_ins[-1].end() :].strip()
         if tail:
-            candidates.append(tail.splitlines()[0])
+            sentence = committed_sentence(tail)
+            candidates += [tail.splitlines()[0], sentence, _COPULA.sub("", sentence)]
     lines = [line for line in answer.splitlines() if line.strip()]
     if lines:
         candidates.append(lines[-1])

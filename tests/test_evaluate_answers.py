@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tempa.merge.answers import extract_final_number
+from tempa.merge.answers import answer_matches, extract_final_number
 
 
 @pytest.mark.parametrize(("reply", "value"), [
@@ -28,3 +28,27 @@ def test_full_width_signs_points_and_slashes_are_read_as_their_ascii_forms(reply
 ])
 def test_latex_numbers_outside_and_inside_boxed(reply, value):
     assert extract_final_number(reply) == pytest.approx(value)
+
+
+@pytest.mark.parametrize(("reply", "value"), [
+    ("The answer is 3. Check: 3 + 4 = 7.", 3),  # the check's '=' was taken as the worked line's result
+    ("答えは3です。検算：3+4=7", 3),  # Japanese puts no newline (and no space) after 。
+    ("答え：3個。3+4=7なので合計7個です。", 3),
+    ("所以答案是12。验算：12+3=15。", 12),
+    ("The answer is 12 - 5 = 7. Good.", 7),  # a worked line still commits to its last '='
+    ("The answer is 1.5. Check: 1.5 * 2 = 3.", 1.5),  # a decimal point ends no sentence
+])
+def test_the_committed_line_ends_at_its_sentence_end(reply, value):
+    assert extract_final_number(reply, "ja") == value
+    assert answer_matches(reply, value, language="ja")
+
+
+@pytest.mark.parametrize(("reply", "expected", "verdict"), [
+    ("The answer is Tokyo. It is the capital of Japan.", "Tokyo", True),  # the next sentence was compared too
+    ("正解はBです。", "B", True),  # a copula after the answer
+    ("答えは東京です。", "東京", True),
+    ("答えは東京都です。", "東京", False),  # a longer word is another answer
+    ("答えはCです。Bではありません。", "B", False),
+])
+def test_a_text_answer_is_the_sentence_after_the_lead_in(reply, expected, verdict):
+    assert answer_matches(reply, expected, language="ja") is verdict

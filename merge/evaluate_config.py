@@ -89,9 +89,12 @@ class LossSuite(_DataSuite):
 
 class AccuracySuite(_GenerationSuite):
     """Verifiable answers: rows with a prompt and an `answer`. A numeric answer must equal the number the reply
-    commits to (the last `\\boxed{}`, else the first after an "answer is" lead-in or after the last `=` of that
-    line, else the last number); a text answer must equal, after case and punctuation folding, the boxed text,
-    the line after a lead-in, the last line or the whole reply. (The preference/rl `answer` reward matches by its own `match`: math-verify by default.)"""
+    commits to (the last `\\boxed{}`, else the first after an "answer is" lead-in (答えは, 答案是, ...) or after the
+    last `=` of that sentence, else the last number; full-width forms and LaTeX's `\\frac{3}{4}` and `1{,}234`
+    read as numbers); a text answer must equal, after case and punctuation folding, the boxed text, the sentence
+    after a lead-in (a trailing です/だ dropped), the last line or the whole reply. Only the text after the think
+    block is graded: a reply still thinking at `max_new_tokens` is wrong. (The preference/rl `answer` reward
+    matches by its own `match`: math-verify by default.)"""
 
     type: Literal["accuracy"]
     reports: ClassVar[frozenset[str] | None] = frozenset({"accuracy", "rows"})

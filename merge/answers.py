@@ -13,6 +13,7 @@ import functools
 import math
 import re
 import unicodedata
+from collections.abc import Sequence
 
 from tempa.alignment.numbers import _FULL_WIDTH as FULL_WIDTH  # the forms the answer reward reads as ASCII
 from tempa.alignment.numbers import number_body, plain_number
@@ -42,6 +43,13 @@ def thinking_off_compliant(text: str, open_tag: str = THINK_OPEN, close_tag: str
     if split.has_block and (not (split.opened and split.closed) or (split.reasoning or "").strip()):
         return False
     return bool(split.answer) and not has_think_tags(split.answer, open_tag, close_tag)
+
+
+def unanswered(answers: Sequence[str]) -> float:
+    """Share of ``answers`` (texts after the think block) that are empty: replies still thinking when
+    ``max_new_tokens`` cut them (or closing the block and stopping). They are graded wrong; this says how many were,
+    so a low thinking-mode accuracy that measures how briefly a candidate thinks is told apart from wrong answers."""
+    return sum(not answer.strip() for answer in answers) / len(answers) if answers else 0.0
 
 
 # --- final answers -----------------------------------------------------------------------------

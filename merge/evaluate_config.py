@@ -93,11 +93,12 @@ class AccuracySuite(_GenerationSuite):
     last `=` of that sentence, else the last number; full-width forms and LaTeX's `\\frac{3}{4}` and `1{,}234`
     read as numbers); a text answer must equal, after case and punctuation folding, the boxed text, the sentence
     after a lead-in (a trailing です/だ dropped), the last line or the whole reply. Only the text after the think
-    block is graded: a reply still thinking at `max_new_tokens` is wrong. (The preference/rl `answer` reward
+    block is graded: a reply still thinking at `max_new_tokens` is wrong, and counted in `unanswered` (the
+    accuracy, ifeval and language suites report that share; the leaderboard shows it where it is not 0). (The preference/rl `answer` reward
     matches by its own `match`: math-verify by default.)"""
 
     type: Literal["accuracy"]
-    reports: ClassVar[frozenset[str] | None] = frozenset({"accuracy", "rows"})
+    reports: ClassVar[frozenset[str] | None] = frozenset({"accuracy", "rows", "unanswered"})
     rel_tol: float = Field(default=1e-6, ge=0, description="Relative tolerance of the numeric match.")
 
 
@@ -112,7 +113,8 @@ class LanguageSuite(_GenerationSuite, language.LanguageRules):
 
     type: Literal["language"]
     reports: ClassVar[frozenset[str] | None] = frozenset(
-        {"language", "language_share", "accuracy", "normalized_accuracy", "reasoning", "reasoning_language_share"})
+        {"language", "language_share", "accuracy", "normalized_accuracy", "reasoning", "reasoning_language_share",
+         "unanswered"})
     language: str | None = Field(
         default=None, description="Target language (ISO 639-1) for rows without a `language` field."
     )
@@ -167,7 +169,7 @@ class IFEvalSuite(_GenerationSuite):
     """IFEval-style checks: rows with a prompt and `instructions` ([{type: word_count, max: 50}, ...])."""
 
     type: Literal["ifeval"]
-    reports: ClassVar[frozenset[str] | None] = frozenset({"prompt_accuracy", "instruction_accuracy"})
+    reports: ClassVar[frozenset[str] | None] = frozenset({"prompt_accuracy", "instruction_accuracy", "unanswered"})
 
 
 class WinRateSuite(_GenerationSuite):

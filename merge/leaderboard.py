@@ -15,10 +15,12 @@ from tempa.sft.stage_api import RunPath, StageResult
 LEADERBOARD_JSON = "leaderboard.json"
 LEADERBOARD_MD = "leaderboard.md"
 # lm-eval's wikitext reports word_perplexity, byte_perplexity and bits_per_byte; unparsable counts judge failures.
-_LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error", "stderr", "bits_per_byte", "unparsable")
+_LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error", "stderr", "bits_per_byte", "unparsable", "unanswered")
 
 
 _COUNTS = ("rows", "tokens")
+# Shown only where some candidate has a non-zero value: replies cut off while thinking (merge.answers.unanswered).
+_WHEN_NONZERO = ("unanswered",)
 
 
 def is_headline(metric: str) -> bool:
@@ -107,7 +109,8 @@ class Leaderboard(BaseModel):
     def to_markdown(self, title: str | None = None) -> str:
         """A readable table of the headline metrics; the best value of each is in bold, arrows show
         the direction. Breakdowns (``metric:language``, ``metric:type``) and counts stay in the JSON."""
-        names = [name for name in self.metric_names if is_headline(name)]
+        names = [name for name in self.metric_names if is_headline(name) and (
+            name.rsplit("/", 1)[-1] not in _WHEN_NONZERO or any(row.metrics.get(name) for row in self.rows))]
         hidden = len(self.metric_names) - len(names)
         rows = self.ranked()
         best: dict[str, float] = {}

@@ -149,23 +149,24 @@ class CandidateScorer:
         rows = [row for row in rows if row.get("answer") not in (None, "")]
         if not rows:
             raise StageError(f"suite '{suite.key}': no row has an 'answer'")
-        texts = self._generate_rows(suite, rows)
+        replies = [self.answer(text) for text in self._generate_rows(suite, rows)]
         correct = [
-            answers.answer_matches(self.answer(text), row["answer"], rel_tol=suite.rel_tol, language=row.get("language"))
-            for text, row in zip(texts, rows, strict=True)
+            answers.answer_matches(reply, row["answer"], rel_tol=suite.rel_tol, language=row.get("language"))
+            for reply, row in zip(replies, rows, strict=True)
         ]
-        return {"accuracy": sum(correct) / len(correct), "rows": float(len(rows))}
+        return {"accuracy": sum(correct) / len(correct), "rows": float(len(rows)),
+                "unanswered": answers.unanswered(replies)}
 
     def ifeval(self, suite: IFEvalSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
         parsed = _rows_with_instructions(rows)
         if not parsed:
             raise StageError(f"suite '{suite.key}': no row has 'instructions'")
-        texts = self._generate_rows(suite, [row for row, _ in parsed])
+        replies = [self.answer(text) for text in self._generate_rows(suite, [row for row, _ in parsed])]
         results = [
-            (instructions, ifeval.check_all(instructions, self.answer(text)))
-            for (_, instructions), text in zip(parsed, texts, strict=True)
+            (instructions, ifeval.check_all(instructions, reply))
+            for (_, instructions), reply in zip(parsed, replies, strict=True)
         ]
-        return ifeval.ifeval_scores(results)
+        return {**ifeval.ifeval_scores(results), "unanswered": answers.unanswered(replies)}
 
     def language(self, suite: LanguageSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
         targets = [row.get("language") or suite.language for row in rows]
@@ -179,7 +180,8 @@ class CandidateScorer:
             correct.append(row_correct(row, split.answer, target))
             reasoning.append(reasoning_verdict(split.reasoning, target, suite.reasoning, languages=suite.languages,
                                                min_letters=suite.min_letters, equivalent=suite.equivalent)[0])
-        return {**language_scores(detected, targets, correct, suite.equivalent), **reasoning_scores(reasoning)}
+        return {**language_scores(detected, targets, correct, suite.equivalent), **reasoning_scores(reasoning),
+                "unanswered": answers.unanswered([self.answer(text) for text in texts])}
 
     def thinking(self, suite: ThinkingFormatSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
         prompts = [prompt_messages(row) for row in rows]

@@ -1,0 +1,55 @@
+"""Replies cut off while thinking: graded wrong, and counted, so a leaderboard of thinking-mode accuracies says when it
+ranks how briefly the candidates think rather than how well they answer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from tempa.alignment.generation import GenerationBackend
+from tempa.merge.evaluate_config import AccuracySuite, EvalGeneration, IFEvalSuite, LanguageSuite
+from tempa.merge.leaderboard import Leaderboard, LeaderboardRow
+from tempa.merge.suites import CandidateScorer
+
+ROWS = [{"prompt": "2+2は？", "answer": 4, "language": "ja", "instructions": [{"type": "word_count", "max": 50}]},
+        {"prompt": "3×3は？", "answer": 9, "language": "ja", "instructions": [{"type": "word_count", "max": 50}]}]
+
+
+class Replies(GenerationBackend):
+    """A model's replies, fixed: what is under test is how they are scored. The first prompt's reply closes its
+    think block and answers; the second is still thinking when max_new_tokens cuts it."""
+
+    def generate(self, prompts, params, *, thinking_modes=None):
+        return [["2と2を足す。\n</think>\n\n答えは4です。" if "2+2" in p[-1]["content"] else "3を3回足すと、まず"]
+                for p in prompts]
+
+
+@pytest.fixture(scope="module")
+def scorer(tokenizer_dir):
+    # the shipped template's pre-fill opens the think block when thinking is on: the replies continue it
+    return CandidateScorer(Replies(), AutoTokenizer.from_pretrained(tokenizer_dir), EvalGeneration())
+
+
+@pytest.mark.parametrize("suite_type", [AccuracySuite, IFEvalSuite, LanguageSuite])
+def test_a_reply_still_thinking_at_the_budget_is_wrong_and_counted(tmp_path, scorer, suite_type):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ROWS), encoding="utf-8")
+    suite = suite_type.model_validate({"type": suite_type.model_fields["type"].annotation.__args__[0],
+                                       "data": str(data), "thinking_mode": "on"})
+    scores = scorer.run(suite, ROWS)
+    assert scores["unanswered"] == 0.5
+    assert suite.metric_problem("unanswered") is None  # a metric rank_by and select may name
+    accuracy = scores.get("accuracy", scores.get("prompt_accuracy"))
+    assert accuracy == 0.5  # the cut-off reply is wrong, the other right
+
+
+def test_the_leaderboard_shows_unanswered_replies_only_when_there_are_some():
+    rows = [LeaderboardRow(candidate="short-thinker", path="/a", metrics={"math/accuracy": 0.6, "math/unanswered": 0.0}),
+            LeaderboardRow(candidate="long-thinker", path="/b", metrics={"math/accuracy": 0.2, "math/unanswered": 0.7})]
+    board = Leaderboard(rows=rows, rank_by="math/accuracy")
+    assert board.lower_is_better("math/unanswered")
+    assert "math/unanswered ↓" in board.to_markdown()
+    quiet = Leaderboard(rows=[r.model_copy(update={"metrics": {**r.metrics, "math/unanswered": 0.0}}) for r in rows])
+    assert "unanswered" not in quiet.to_markdown()

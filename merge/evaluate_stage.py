@@ -4,12 +4,13 @@ Outputs in the stage folder: ``leaderboard.json`` / ``leaderboard.md`` and
 ``scores/<candidate>.json`` (per-candidate results). The stage's result carries the leaderboard
 (a merge stage selects from it, and re-scores its merge with this stage's suites, which it reads
 from this stage's config). Scores are also cached under the shared cache folder, keyed by suites,
-rows, weights files, tokenizer, template and seed, so a re-run (or another run) skips candidates
+rows, weights files, tokenizer, template, seed and the scoring code, so a re-run (or another run) skips candidates
 it has already scored.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections.abc import Callable
@@ -87,13 +88,32 @@ def _weights_signature(path: Path) -> list[tuple[str, int, int]]:
     return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
+# The code a candidate's scores come from. Cached scores from before an upgrade that changed how answers are read,
+# or which metrics a suite reports, were reused as current: the fix did not apply to them, and the metrics new to the
+# code were missing from them but present on a candidate scored since (a merge's re-scoring).
+SCORING_MODULES = (
+    "tempa.merge.suites", "tempa.merge.answers", "tempa.merge.ifeval", "tempa.merge.language",
+    "tempa.merge.win_rate", "tempa.merge.eval_data", "tempa.alignment.numbers", "tempa.alignment.judge",
+    "tempa.sft.language", "tempa.chat_templates.thinking",
+)
+
+
+def scoring_code() -> str:
+    """A digest of the source of :data:`SCORING_MODULES`."""
+    sources = {}
+    for name in SCORING_MODULES:
+        origin = importlib.util.find_spec(name).origin  # the file as it is now, not as it was imported
+        sources[name] = Path(origin).read_text(encoding="utf-8") if origin else ""
+    return digest(sources)
+
+
 def cache_key(
     config: EvaluateStageConfig,
     candidate_path: Path,
     ctx: StageContext,
     rows: dict[str, list[dict[str, Any]]],
 ) -> str:
-    """What a candidate's scores depend on: suites, their rows, the weights' files, template, seed."""
+    """What a candidate's scores depend on: suites, their rows, the weights' files, template, seed, scoring code."""
     material = {
         "suites": config.suites_fingerprint(),
         "rows": digest(rows),
@@ -102,6 +122,7 @@ def cache_key(
         "tokenizer": _weights_signature(Path(ctx.tokenizer_dir)),
         "template": digest(ctx.chat_template),
         "seed": ctx.seed,
+        "code": scoring_code(),
     }
     return digest(material)
 

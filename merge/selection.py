@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
-from tempa.merge.leaderboard import Leaderboard, LeaderboardRow
+from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, format_value
 from tempa.sft.stage_api import StageError
+
+log = logging.getLogger(__name__)
 
 
 def select_top_k(
@@ -41,4 +44,9 @@ def select_top_k(
     if len(eligible) < k:
         raise StageError(f"top_k={k} but only {len(eligible)} candidate(s) have '{metric}'")
     ranked = sorted(eligible, key=lambda row: -row.metrics[metric] if higher else row.metrics[metric])
+    if len(ranked) > k and ranked[k - 1].metrics[metric] == ranked[k].metrics[metric]:
+        # (every candidate at 0 when all were cut off while thinking, say): the metric did not choose
+        log.warning("select: %s ties at the top_k=%d cut (%s): %s chosen over %s by leaderboard order, not by the "
+                    "metric", metric, k, format_value(ranked[k].metrics[metric]), ranked[k - 1].candidate,
+                    ", ".join(row.candidate for row in ranked[k:] if row.metrics[metric] == ranked[k].metrics[metric]))
     return ranked[:k]

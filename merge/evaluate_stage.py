@@ -290,6 +290,24 @@ def _score_each(config, ctx, candidates, backend_factory, rows, pairwise, track)
     return board_rows
 
 
+def unanswered_warnings(board: Leaderboard, config: EvaluateStageConfig) -> list[str]:
+    """One line per suite whose replies were cut off while still thinking (graded wrong): the leaderboard's column
+    alone is easy to miss, and the suite then ranks how briefly candidates think."""
+    lines = []
+    for suite in config.suites:
+        name = f"{suite.key}/unanswered"
+        cut = {row.candidate: row.metrics[name] for row in board.rows if row.metrics.get(name)}
+        if cut:
+            limit = getattr(suite, "max_new_tokens", None) or config.generation.max_new_tokens
+            worst = max(cut.values())
+            lines.append(
+                f"suite '{suite.key}': up to {worst:.0%} of a candidate's replies ({len(cut)} of {len(board.rows)} "
+                f"candidates) were still thinking at max_new_tokens={limit} and are graded wrong; raise the "
+                "suite's max_new_tokens or set its thinking_mode to 'off'"
+            )
+    return lines
+
+
 def run_evaluate(
     config: EvaluateStageConfig, ctx: StageContext, *, backend_factory: BackendFactory = transformers_backend
 ) -> EvaluateResult:
@@ -307,6 +325,8 @@ def run_evaluate(
         "%s: %d candidate(s): %s", ctx.stage_name, len(candidates), ", ".join(c.name for c in candidates)
     )
     board = evaluate_candidates(config, ctx, candidates, backend_factory)
+    for line in unanswered_warnings(board, config):
+        ctx.log.warning("%s: %s", ctx.stage_name, line)
     json_path, md_path = write_leaderboard(board, ctx.stage_dir, title=f"Leaderboard: {ctx.stage_name}")
     metrics: dict[str, Scalar] = {"candidates": len(candidates)}
     best = board.best()

@@ -53,3 +53,22 @@ def test_the_leaderboard_shows_unanswered_replies_only_when_there_are_some():
     assert "math/unanswered ↓" in board.to_markdown()
     quiet = Leaderboard(rows=[r.model_copy(update={"metrics": {**r.metrics, "math/unanswered": 0.0}}) for r in rows])
     assert "unanswered" not in quiet.to_markdown()
+
+
+def test_the_stage_warns_once_per_suite_whose_replies_were_cut_off(tmp_path):
+    from tempa.merge.evaluate_config import EvaluateStageConfig
+    from tempa.merge.evaluate_stage import unanswered_warnings
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ROWS), encoding="utf-8")
+    config = EvaluateStageConfig.model_validate({
+        "name": "evaluate", "kind": "evaluate", "generation": {"max_new_tokens": 24},
+        "suites": [{"type": "accuracy", "name": "math", "data": str(data), "max_new_tokens": 64},
+                   {"type": "ifeval", "data": str(data)}]})
+    rows = [LeaderboardRow(candidate="a", path="/a", metrics={"math/unanswered": 0.25, "ifeval/unanswered": 0.0}),
+            LeaderboardRow(candidate="b", path="/b", metrics={"math/unanswered": 1.0, "ifeval/unanswered": 0.0})]
+    lines = unanswered_warnings(Leaderboard(rows=rows), config)
+    assert len(lines) == 1 and lines[0].startswith("suite 'math': up to 100% of a candidate's replies (2 of 2")
+    assert "max_new_tokens=64" in lines[0]  # the suite's own budget, not the stage's
+    quiet = [r.model_copy(update={"metrics": {"math/unanswered": 0.0}}) for r in rows]
+    assert unanswered_warnings(Leaderboard(rows=quiet), config) == []

@@ -83,7 +83,10 @@ class PretrainStageConfig(StageConfigBase):
     kind: Literal["pretrain"] = "pretrain"
     train_defaults: ClassVar[dict[str, Any]] = PRETRAIN_TRAIN_ARGS
     sources: list[PretrainSource] = Field(min_length=1, description="Raw-text sources and their token budgets.")
-    heldout: float = Field(default=0.0, ge=0, lt=1, description="Share of chunks held out for eval loss.")
+    heldout: float = Field(default=0.0, ge=0, lt=1, description="Share of each source's documents (of those its "
+                           "budget takes) held out whole for eval loss, never trained on: drawn by content and seed, "
+                           "as SFT's held-out rows, so a source that grows keeps its held-out documents but at the "
+                           "margin; at least one a source when positive, and never a source's last one.")
     add_eos: bool = Field(default=True, description="End every document with the base model's end-of-text token "
                           "(`<|end_of_text|>` for Llama 3, `<|endoftext|>` for Qwen), not the chat's end of turn.")
     train: dict[str, Any] = Field(

@@ -4,8 +4,9 @@ Data work happens here, once, in the runner's process (as for `sft`): each sourc
 tokenised as the tokenizer encodes plain text (Llama 3: its bos first) with the end-of-text token after each
 (`<|end_of_text|>`, not the baked eos, which is the chat's end of turn: `chat_templates.thinking.end_of_text_id`), taken
 in order up to the source's token budget (the last document cut; a source with ``repeat`` and fewer
-tokens than its budget is gone over again, in order, until the budget is reached), split into
-chunks of at most ``max_length`` tokens, and the chunks of all sources are shuffled together with
+tokens than its budget is gone over again, in order, until the budget is reached), a share of
+each source's documents held out whole for eval loss (by content and seed, :func:`split_documents`), the rest
+split into chunks of at most ``max_length`` tokens, and the chunks of all sources are shuffled together with
 the recipe seed. A chunk is one row (``input_ids`` and an all-ones ``assistant_masks``); trl's BFD
 packing then fills each training sequence with several rows and restarts ``position_ids`` at every
 row, which the per-document attention (``sft.packed_attention``) turns into a block-diagonal mask: no
@@ -48,8 +49,8 @@ from tempa.sft.train_plan import train_plan
 COMPLETE = "COMPLETE"
 # Bump when the prepared rows change for the same inputs (2: a document starts with its bos; 3: repeat, and no
 # held-out chunk also trained on; 4: a document ends with the end-of-text token, not the baked eos, a chat's end of
-# turn).
-_PREPARE_VERSION = 4
+# turn; 5: held out by document, not by chunk).
+_PREPARE_VERSION = 5
 TOKENS_METRIC = "tokens:"  # a pretrain stage's metric `tokens:NAME`: the tokens source NAME gave
 
 
@@ -193,6 +194,23 @@ def budget_pieces(lengths: np.ndarray, budget: int | None, *, repeat: bool = Fal
             document = np.concatenate([document, last.document])
             tokens_of = np.concatenate([tokens_of, last.tokens_of])
     return Pieces(document, tokens_of, int(tokens_of.sum()), whole, len(lengths))
+
+
+def split_documents(keys: np.ndarray, heldout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Of a source's pieces (their documents' content ``keys``, in order), (those trained, those held out): the
+    :func:`~tempa.sft.mixing.heldout_count` of its distinct documents first in the draw by content and seed (SFT's
+    held-out draw: a source that grows keeps its old documents' sides but at the margin) are held out whole, each
+    once (a document repeated, or held twice, measures eval loss once), and never trained on. At least one document
+    is trained: a source of one document (a .txt file read whole) holds none out."""
+    from tempa.sft.mixing import _HELDOUT, draw_ranks, heldout_count
+
+    distinct, first = np.unique(keys, return_index=True)
+    n_out = min(heldout_count(heldout, len(distinct)), len(distinct) - 1)
+    if n_out <= 0:
+        return np.arange(len(keys)), np.zeros(0, dtype=np.int64)
+    held = np.zeros(len(distinct), dtype=bool)
+    held[np.argpartition(draw_ranks(distinct, seed, _HELDOUT), n_out - 1)[:n_out]] = True
+    return np.flatnonzero(~held[np.searchsorted(distinct, keys)]), np.sort(first[held])
 
 
 class Taken(NamedTuple):
@@ -339,12 +357,12 @@ _CHUNK_BATCH_TOKENS = 1 << 20  # tokens of chunks per written batch (a few array
 
 
 def _features() -> tuple[Any, Any, Any]:
-    """The Arrow features of the tokenised documents, of the chunk hashes and of the prepared rows (input_ids as
+    """The Arrow features of the tokenised documents (with their content keys), of the chunk hashes and of the prepared rows (input_ids as
     ``Dataset.from_dict`` typed them when this stage built its rows in one list: int32 ids, int64 masks)."""
     import datasets
 
     ids = datasets.List(datasets.Value("int32"))
-    return (datasets.Features({"input_ids": ids, "error": datasets.Value("string")}),
+    return (datasets.Features({"input_ids": ids, "key": datasets.Value("int64"), "error": datasets.Value("string")}),
             datasets.Features({"hash": datasets.Value("uint64")}),
             datasets.Features({"input_ids": ids, "assistant_masks": datasets.List(datasets.Value("int64"))}))
 
@@ -373,8 +391,9 @@ class _TxtFiles:
 
 def _tokenised(batch: dict[str, list[Any]], indices: list[int], *, source: PretrainSource, raw: bool | None,
                names: Any, first: int, tokenizer: Any, eos: list[int]) -> dict[str, list[Any]]:
-    """A batch of a source's rows as its documents' tokens, in order; blank documents left out, and a row that is
-    no document kept as its error (``error``), raised only if the budget reaches it. ``first``: the source row
+    """A batch of a source's rows as its documents' tokens and content keys (the held-out draw's, as SFT's rows'), in
+    order; blank documents left out, and a row that is no document kept as its error (``error``), raised only if the
+    budget reaches it. ``first``: the source row
     that is the batch's row 0 of ``indices`` counts from (a window's first row)."""
     items: list[str | StageError] = []
     if raw is None:  # .txt files
@@ -389,15 +408,19 @@ def _tokenised(batch: dict[str, list[Any]], indices: list[int], *, source: Pretr
                 text = error
             if text is not None:
                 items.append(text)
+    from tempa.sft.mixing import content_key
+
     texts = [item for item in items if isinstance(item, str) and item.strip()]  # a blank document has nothing to learn
     encoded = iter(documents_tokens(tokenizer, texts, eos))
-    out: dict[str, list[Any]] = {"input_ids": [], "error": []}
+    out: dict[str, list[Any]] = {"input_ids": [], "key": [], "error": []}
     for item in items:
         if isinstance(item, StageError):
             out["input_ids"].append([])
+            out["key"].append(0)
             out["error"].append(str(item))
         elif item.strip():
             out["input_ids"].append(next(encoded))
+            out["key"].append(content_key(item))
             out["error"].append(None)
     return out
 
@@ -473,8 +496,9 @@ def _chunk_map(chunks: _Chunks, function: Any, features: Any, work: Path, name: 
 
 
 def _tokenise_source(source: PretrainSource, rows: Any, reader: dict[str, Any], *, tokenizer: Any, eos: list[int],
-                     work: Path, num_proc: int | None) -> tuple[list[str], int, Pieces]:
-    """A source's documents tokenised (Arrow files under ``work``: their paths, and the documents they hold) and
+                     work: Path, num_proc: int | None) -> tuple[list[str], np.ndarray, Pieces]:
+    """A source's documents tokenised (Arrow files under ``work``: their paths, and the content keys of the documents
+    they hold) and
     budgeted, window after window of rows, so that a budget far below the source reads little more than it takes;
     a row that is no document is an error when the budget reaches it, as when documents were read one by one."""
     import pyarrow.compute as pc
@@ -486,6 +510,7 @@ def _tokenise_source(source: PretrainSource, rows: Any, reader: dict[str, Any], 
     costs = np.cumsum((rows if txt else ArrowRows(rows)).costs())
     files: list[str] = []
     lengths: list[np.ndarray] = []
+    keys: list[np.ndarray] = []
     done, tokens = 0, 0
     while done < len(costs):
         end, read = len(costs), costs[done - 1] if done else 0.0
@@ -503,6 +528,7 @@ def _tokenise_source(source: PretrainSource, rows: Any, reader: dict[str, Any], 
         files.extend(f["filename"] for f in part.cache_files)
         table = part.data.table
         lengths.append(pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64))
+        keys.append(table.column("key").to_numpy())
         errors = np.flatnonzero(table.column("error").is_valid().to_numpy(zero_copy_only=False))
         taken, cut = budget_cut(lengths[-1], None if source.tokens is None else source.tokens - tokens)
         if len(errors) and errors[0] < taken:  # a row the budget reached
@@ -512,7 +538,7 @@ def _tokenise_source(source: PretrainSource, rows: Any, reader: dict[str, Any], 
         if cut is not None:  # the budget is reached: the rows after are never read
             break
     held = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
-    return files, len(held), budget_pieces(held, source.tokens, repeat=source.repeat)
+    return files, np.concatenate(keys) if keys else held, budget_pieces(held, source.tokens, repeat=source.repeat)
 
 
 def _drop_copies(chunks: _Chunks, hashes: np.ndarray, held: np.ndarray, train: np.ndarray) -> np.ndarray:
@@ -579,7 +605,8 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
     work.mkdir(parents=True)
     files: list[str] = []
     held = 0  # documents tokenised so far, all sources: the first row of the next source's
-    spans: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per source, its chunks: document, start, tokens
+    # per source, its chunks: document, first token, tokens, whether held out
+    spans: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     tokens, documents, passes = {}, {}, {}
     end = end_of_text_id(tokenizer)
     if config.add_eos and end is None:
@@ -593,41 +620,41 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
                       "names": row_names(_as_sft_source(source))}
         else:
             rows, reader = _TxtFiles(source, texts[source.name]), {"source": source, "raw": None, "names": None}
-        source_files, count, taken = _tokenise_source(source, rows, reader, tokenizer=tokenizer, eos=eos, work=work,
-                                                      num_proc=num_proc)
+        source_files, keys, taken = _tokenise_source(source, rows, reader, tokenizer=tokenizer, eos=eos, work=work,
+                                                     num_proc=num_proc)
         if taken.tokens == 0:
             raise StageError(f"data source '{source.name}': no text to train on")
         tokens[source.name], documents[source.name] = taken.tokens, taken.distinct
         passes[source.name] = round(taken.tokens / taken.whole, 4) if taken.whole else None
-        piece, start, length = chunk_spans(taken.tokens_of, max_length)
-        spans.append((held + taken.document[piece], start, length))
+        for side, picked in enumerate(split_documents(keys[taken.document], config.heldout, seed)):
+            piece, start, length = chunk_spans(taken.tokens_of[picked], max_length)
+            spans.append((held + taken.document[picked][piece], start, length, np.full(len(piece), side, dtype=bool)))
         files.extend(source_files)
-        held += count
+        held += len(keys)
     ids = dataset_of_files([Path(f) for f in files]).data.table.column("input_ids")
-    n_chunks = sum(len(document) for document, _, _ in spans)
-    order = np.random.default_rng(seed).permutation(n_chunks)
-    chunks = _Chunks(ids, *(np.concatenate([span[i] for span in spans]) for i in range(3)), order=order)
-    n_eval = round(config.heldout * n_chunks)
-    if config.heldout and n_eval == 0 and n_chunks > 1:
-        n_eval = 1
-    train_order = order[n_eval:]
+    document, start, length, is_eval = (np.concatenate([span[i] for span in spans]) for i in range(4))
+    order = np.random.default_rng(seed).permutation(len(document))
+    chunks = _Chunks(ids, document, start, length, order=order)
+    train_order, eval_order = order[~is_eval[order]], order[is_eval[order]]
     _, hash_features, row_features = _features()
-    if n_eval:
-        # A repeated document (or one the source holds twice) must not be trained on while its copy measures eval
-        # loss: every copy of a held-out chunk leaves the training rows.
-        hashes = _chunk_map(replace(chunks, order=np.arange(n_chunks)), _hashes_of, hash_features, work, "hashes",
+    if len(eval_order):
+        # A document held out is never trained on; nor is a chunk equal to a held-out one that another document
+        # holds (the same page in two sources, boilerplate): every copy of a held-out chunk leaves the training rows.
+        hashes = _chunk_map(replace(chunks, order=np.arange(len(document))), _hashes_of, hash_features, work, "hashes",
                             "Finding copies of held-out chunks", num_proc)
-        train_order = _drop_copies(chunks, hashes.data.table.column("hash").to_numpy(), order[:n_eval], train_order)
+        train_order = _drop_copies(chunks, hashes.data.table.column("hash").to_numpy(), eval_order, train_order)
     _chunk_map(replace(chunks, order=train_order), _rows_of, row_features, work, "train", "Writing training rows",
                num_proc).save_to_disk(str(entry / "train"))
-    if n_eval:
-        _chunk_map(replace(chunks, order=order[:n_eval]), _rows_of, row_features, work, "eval",
+    if len(eval_order):
+        _chunk_map(replace(chunks, order=eval_order), _rows_of, row_features, work, "eval",
                    "Writing held-out rows", num_proc).save_to_disk(str(entry / "eval"))
     shutil.rmtree(work)
+    n_chunks = len(document)
     write_json(entry / "stats.json", {"tokens": tokens, "documents": documents, "chunks": n_chunks,
                                       "passes": passes})
     (entry / COMPLETE).write_text("")  # last: a folder without it is never reused
-    return PretrainData(entry / "train", entry / "eval" if n_eval else None, tokens, documents, n_chunks, passes)
+    return PretrainData(entry / "train", entry / "eval" if len(eval_order) else None, tokens, documents, n_chunks,
+                        passes)
 
 
 def budget_lines(config: PretrainStageConfig, data: PretrainData) -> list[tuple[int, str]]:

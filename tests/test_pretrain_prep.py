@@ -28,24 +28,37 @@ def _jsonl(path: Path, texts: list[str]) -> str:
     return str(path)
 
 
-def _by_hand(documents: list[list[int]], budget: int | None, repeat: bool) -> tuple[list[list[int]], int, int]:
-    """The documents a source gives (the last one cut at the budget; with repeat, passes until the budget),
-    the source documents taken and the tokens of the whole source: the stage's rule, written out plainly."""
+def _by_hand(documents: list[list[int]], budget: int | None,
+             repeat: bool) -> tuple[list[tuple[int, list[int]]], int, int]:
+    """The documents a source gives (each with its index; the last one cut at the budget; with repeat, passes until
+    the budget), the source documents taken and the tokens of the whole source: the stage's rule, written out
+    plainly."""
     whole = sum(map(len, documents))
     if budget is None or (whole <= budget and not repeat):
-        return list(documents), len(documents), whole
+        return list(enumerate(documents)), len(documents), whole
     taken, total, distinct = [], 0, 0
     stream = documents * (budget // whole + 1) if repeat else documents
     for k, ids in enumerate(stream):
         if total + len(ids) > budget:
             if budget > total:
-                taken.append(ids[: budget - total])
+                taken.append((k % len(documents), ids[: budget - total]))
                 distinct = max(distinct, min(k + 1, len(documents)))
             break
-        taken.append(ids)
+        taken.append((k % len(documents), ids))
         total += len(ids)
         distinct = max(distinct, min(k + 1, len(documents)))
     return taken, distinct, whole
+
+
+def _held_out(texts: list[str], taken: list[tuple[int, list[int]]], heldout: float, seed: int) -> set[str]:
+    """The documents a source holds out: of the distinct ones taken, a share (rounded, at least one, at most all but
+    one) lowest in SFT's held-out draw by content and seed."""
+    from tempa.sft.mixing import content_key, draw_ranks
+
+    distinct = sorted({texts[k] for k, _ in taken})
+    n_out = min(max(1, round(heldout * len(distinct))), len(distinct) - 1)
+    ranks = draw_ranks([content_key(t) for t in distinct], seed, 2)  # 2: SFT's held-out purpose
+    return {t for _, t in sorted(zip(ranks.tolist(), distinct, strict=True))[:n_out]}
 
 
 @pytest.fixture()
@@ -67,6 +80,8 @@ def mix(tmp_path: Path, tiny_model_dir: Path):
     paragraphs = _texts(5, 7)
     (tmp_path / "id.txt").write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
     th_docs, en_docs, long_docs, id_docs = encoded(th), encoded(en), encoded(long), encoded(paragraphs)
+    texts = {name: [t for t in source if t.strip()] for name, source in
+             (("th", th), ("en", en), ("long", long), ("id", paragraphs))}
     th_whole, en_lengths = sum(map(len, th_docs)), np.cumsum([len(d) for d in en_docs])
     budgets = {"th": th_whole * 5 // 2, "en": int(en_lengths[20]) + len(en_docs[21]) // 2, "long": None, "id": None}
     assert len(en_docs[21]) // 2 > 0 and max(map(len, long_docs)) > 3 * MAX_LENGTH  # the premises: a cut, a long one
@@ -78,22 +93,31 @@ def mix(tmp_path: Path, tiny_model_dir: Path):
                     {"name": "id", "path": str(tmp_path / "id.txt"), "txt_document": "paragraph"}],
         "train": {"max_length": MAX_LENGTH, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
     documents = {"th": th_docs, "en": en_docs, "long": long_docs, "id": id_docs}
-    return config, tokenizer, documents, budgets
+    return config, tokenizer, documents, budgets, texts
 
 
-def _expected(config: PretrainStageConfig, documents: dict, budgets: dict, seed: int):
-    chunks, stats = [], {"tokens": {}, "documents": {}, "passes": {}}
+def _expected(config: PretrainStageConfig, documents: dict, budgets: dict, texts: dict, seed: int):
+    chunks, is_eval, stats = [], [], {"tokens": {}, "documents": {}, "passes": {}}
     for source in config.sources:
         taken, distinct, whole = _by_hand(documents[source.name], budgets[source.name], source.repeat)
-        tokens = sum(map(len, taken))
+        tokens = sum(len(ids) for _, ids in taken)
         stats["tokens"][source.name], stats["documents"][source.name] = tokens, distinct
         full = budgets[source.name] is None or whole <= budgets[source.name]
         stats["passes"][source.name] = round(tokens / whole, 4) if full else None
-        chunks += [ids[i: i + MAX_LENGTH] for ids in taken for i in range(0, len(ids), MAX_LENGTH)]
+        names = texts[source.name]
+        out = _held_out(names, taken, config.heldout, seed)
+        trained = [ids for k, ids in taken if names[k] not in out]
+        first: dict[str, list[int]] = {}  # a held-out document once, its first time
+        for k, ids in taken:
+            if names[k] in out:
+                first.setdefault(names[k], ids)
+        for side, pieces in enumerate((trained, list(first.values()))):
+            cut = [ids[i: i + MAX_LENGTH] for ids in pieces for i in range(0, len(ids), MAX_LENGTH)]
+            chunks += cut
+            is_eval += [bool(side)] * len(cut)
     order = np.random.default_rng(seed).permutation(len(chunks))
-    n_eval = max(1, round(config.heldout * len(chunks)))
-    held = [chunks[i] for i in order[:n_eval]]
-    train = [chunks[i] for i in order[n_eval:] if chunks[i] not in held]
+    held = [chunks[i] for i in order if is_eval[i]]
+    train = [chunks[i] for i in order if not is_eval[i] and chunks[i] not in held]
     return train, held, len(chunks), stats
 
 
@@ -111,10 +135,10 @@ def test_the_prepared_rows_are_the_documents_budgeted_chunked_and_shuffled_as_wo
                                                                                                   tiny_model_dir):
     """The rows a SEA-LION-size preparation must still give, row for row and in order, whatever does the work:
     each source's documents (blank ones skipped) taken up to its budget (the last one cut; repeated with
-    `repeat`), cut into chunks of max_length, shuffled with the seed, a share held out and every training copy
-    of a held-out chunk dropped; the stats say the same."""
-    config, tokenizer, documents, budgets = mix
-    train, held, n_chunks, stats = _expected(config, documents, budgets, seed=5)
+    `repeat`), a share of each source's documents held out whole (once), cut into chunks of max_length, shuffled
+    with the seed, and every training copy of a held-out chunk dropped; the stats say the same."""
+    config, tokenizer, documents, budgets, texts = mix
+    train, held, n_chunks, stats = _expected(config, documents, budgets, texts, seed=5)
     assert len(train) < n_chunks - len(held)  # the premise: copies of held-out chunks were dropped
     data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / "cache", seed=5)
     assert _rows(data.train_path) == train
@@ -149,8 +173,8 @@ def test_every_process_count_prepares_the_same_rows(tmp_path, mix, tiny_model_di
     """The preparation held every token of the mix in Python lists in one process (about 104 bytes of RAM a token,
     111k tokens/s: a day and a terabyte for a 10B-token mix). Now the sources are tokenised in worker processes
     into memory-mapped Arrow files; two processes give exactly the rows one gives, and the rows worked out by hand."""
-    config, tokenizer, documents, budgets = mix
-    train, held, _, _ = _expected(config, documents, budgets, seed=5)
+    config, tokenizer, documents, budgets, texts = mix
+    train, held, _, _ = _expected(config, documents, budgets, texts, seed=5)
     rows = {}
     for procs in (1, 2):
         log = tmp_path / f"calls{procs}"

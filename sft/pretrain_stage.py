@@ -49,9 +49,10 @@ from tempa.sft.train_plan import train_plan
 COMPLETE = "COMPLETE"
 # Bump when the prepared rows change for the same inputs (2: a document starts with its bos; 3: repeat, and no
 # held-out chunk also trained on; 4: a document ends with the end-of-text token, not the baked eos, a chat's end of
-# turn; 5: held out by document, not by chunk).
-_PREPARE_VERSION = 5
+# turn; 5: held out by document, not by chunk; 6: the stats count each source's held-out and training-row tokens).
+_PREPARE_VERSION = 6
 TOKENS_METRIC = "tokens:"  # a pretrain stage's metric `tokens:NAME`: the tokens source NAME gave
+TRAINED_METRIC = "trained_tokens:"  # `trained_tokens:NAME`: the tokens of source NAME trained (PretrainSourceMix's)
 
 
 class PretrainSourceMix(BaseModel):
@@ -70,7 +71,14 @@ class PretrainSourceMix(BaseModel):
                                  "above 1 when `repeat` went over its documents again, 1 every document once (also "
                                  "when that fell short of the budget); None when the budget stopped before the "
                                  "source's end, or in a result written before tempa recorded it.")
-    tokens: int = Field(description="Tokens taken, an eos after each document included.")
+    tokens: int = Field(description="Tokens taken, an eos after each document included (held-out documents too).")
+    heldout_tokens: int | None = Field(default=None, description="Of those, the tokens of the documents held out for "
+                                       "eval loss (never trained on); None in a result written before tempa recorded "
+                                       "it.")
+    trained_tokens: int | None = Field(default=None, description="Tokens trained: the source's training rows' tokens "
+                                       "times the epochs the trainer made (a partial last epoch: its share of every "
+                                       "source's rows, which are shuffled together); None in a result written before "
+                                       "tempa recorded it.")
     share_of_tokens: float
 
 
@@ -81,7 +89,10 @@ class PretrainMix(BaseModel):
 
     sources: list[PretrainSourceMix]
     tokens: int
-    chunks: int | None = Field(default=None, description="Rows of at most max_length tokens the documents became.")
+    trained_tokens: int | None = Field(default=None, description="Tokens trained, every source's added up; None in a "
+                                       "result written before tempa recorded it.")
+    chunks: int | None = Field(default=None, description="Training rows of at most max_length tokens the documents "
+                               "became (held-out rows apart; before tempa 0.1's document split: all rows).")
     epochs: float | None = Field(default=None, description="Passes over the chunks the trainer made (fractional "
                                  "when max_steps stopped it).")
 
@@ -108,14 +119,16 @@ class PretrainResult(StageResult):
 
 @dataclass(frozen=True)
 class PretrainData:
-    """Where the prepared chunks are, and how many tokens each source gave."""
+    """Where the prepared chunks are, and how many tokens each source gave, held out and has in the training rows."""
 
     train_path: Path
     eval_path: Path | None
     tokens: dict[str, int]
     documents: dict[str, int]
-    chunks: int
+    chunks: int  # training rows
     passes: dict[str, float | None]  # PretrainSourceMix.passes, per source
+    heldout: dict[str, int]  # tokens in held-out rows, per source
+    trained: dict[str, int]  # tokens in training rows (one epoch), per source: taken, less held out and their copies
 
 
 def chunk_spans(lengths: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -598,22 +611,23 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
     if (entry / COMPLETE).is_file():
         stats = json.loads((entry / "stats.json").read_text(encoding="utf-8"))
         return PretrainData(entry / "train", entry / "eval" if (entry / "eval").is_dir() else None,
-                            stats["tokens"], stats["documents"], stats["chunks"], stats["passes"])
+                            stats["tokens"], stats["documents"], stats["chunks"], stats["passes"], stats["heldout"],
+                            stats["trained"])
 
     shutil.rmtree(entry, ignore_errors=True)  # an incomplete earlier attempt
     work = entry / "work"  # the tokenised documents, until the rows are written
     work.mkdir(parents=True)
     files: list[str] = []
     held = 0  # documents tokenised so far, all sources: the first row of the next source's
-    # per source, its chunks: document, first token, tokens, whether held out
-    spans: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    # per source, its chunks: document, first token, tokens, whether held out, the source
+    spans: list[tuple[np.ndarray, ...]] = []
     tokens, documents, passes = {}, {}, {}
     end = end_of_text_id(tokenizer)
     if config.add_eos and end is None:
         raise StageError(f"add_eos: the tokenizer has no end-of-text token ({', '.join(END_OF_TEXT_TOKENS)}) and its "
                          f"eos {tokenizer.eos_token!r} ends a chat turn; set add_eos: false")
     eos = [end] if config.add_eos else []
-    for source in config.sources:
+    for number, source in enumerate(config.sources):
         if texts[source.name] is None:
             rows = loaded[source.name]
             reader = {"source": source, "raw": _check_text_column(source, rows),
@@ -628,11 +642,12 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
         passes[source.name] = round(taken.tokens / taken.whole, 4) if taken.whole else None
         for side, picked in enumerate(split_documents(keys[taken.document], config.heldout, seed)):
             piece, start, length = chunk_spans(taken.tokens_of[picked], max_length)
-            spans.append((held + taken.document[picked][piece], start, length, np.full(len(piece), side, dtype=bool)))
+            spans.append((held + taken.document[picked][piece], start, length, np.full(len(piece), side, dtype=bool),
+                          np.full(len(piece), number)))
         files.extend(source_files)
         held += len(keys)
     ids = dataset_of_files([Path(f) for f in files]).data.table.column("input_ids")
-    document, start, length, is_eval = (np.concatenate([span[i] for span in spans]) for i in range(4))
+    document, start, length, is_eval, source_of = (np.concatenate([span[i] for span in spans]) for i in range(5))
     order = np.random.default_rng(seed).permutation(len(document))
     chunks = _Chunks(ids, document, start, length, order=order)
     train_order, eval_order = order[~is_eval[order]], order[is_eval[order]]
@@ -649,12 +664,17 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
         _chunk_map(replace(chunks, order=eval_order), _rows_of, row_features, work, "eval",
                    "Writing held-out rows", num_proc).save_to_disk(str(entry / "eval"))
     shutil.rmtree(work)
-    n_chunks = len(document)
-    write_json(entry / "stats.json", {"tokens": tokens, "documents": documents, "chunks": n_chunks,
-                                      "passes": passes})
+
+    def per_source(chunk_order: np.ndarray) -> dict[str, int]:  # the tokens of these rows, by source
+        counts = np.bincount(source_of[chunk_order], weights=length[chunk_order], minlength=len(config.sources))
+        return {source.name: int(count) for source, count in zip(config.sources, counts.tolist(), strict=True)}
+
+    stats = {"tokens": tokens, "documents": documents, "chunks": len(train_order), "passes": passes,
+             "heldout": per_source(eval_order), "trained": per_source(train_order)}
+    write_json(entry / "stats.json", stats)
     (entry / COMPLETE).write_text("")  # last: a folder without it is never reused
-    return PretrainData(entry / "train", entry / "eval" if len(eval_order) else None, tokens, documents, n_chunks,
-                        passes)
+    return PretrainData(entry / "train", entry / "eval" if len(eval_order) else None, tokens, documents,
+                        stats["chunks"], passes, stats["heldout"], stats["trained"])
 
 
 def budget_lines(config: PretrainStageConfig, data: PretrainData) -> list[tuple[int, str]]:
@@ -689,29 +709,43 @@ def run_pretrain(config: PretrainStageConfig, ctx: StageContext) -> PretrainResu
     plan = train_plan(ctx, trainer="sft", start_model=ctx.start_model, train_data=data.train_path,
                       eval_data=data.eval_path, out_dir=ctx.stage_dir, train_args=config.train_args(), seed=ctx.seed)
     outcome = launch_training(plan, ctx)
-    metrics = {**outcome.headline(), "data_tokens": sum(data.tokens.values()), "chunks": data.chunks,
-               **{f"{TOKENS_METRIC}{name}": count for name, count in data.tokens.items()}}
     epochs = outcome.train.get("epoch")
     mix = mix_of(data.tokens, data.documents, chunks=data.chunks, sources=config.sources, passes=data.passes,
-                 epochs=float(epochs) if isinstance(epochs, int | float) else None)
+                 epochs=float(epochs) if isinstance(epochs, int | float) else None, heldout=data.heldout,
+                 trained=data.trained)
+    # `data_tokens`: one pass over the training rows (as SFT's); `tokens:NAME` what each source gave (held-out
+    # documents included), `trained_tokens:NAME` what of it was trained
+    metrics = {**outcome.headline(), "data_tokens": sum(data.trained.values()), "chunks": data.chunks,
+               **{f"{TOKENS_METRIC}{name}": count for name, count in data.tokens.items()},
+               **{f"{TRAINED_METRIC}{s.name}": s.trained_tokens for s in mix.sources if s.trained_tokens is not None}}
+    if mix.trained_tokens is not None:
+        ctx.log.info("%s: trained %s tokens (%s)", ctx.stage_name, f"{mix.trained_tokens:,}",
+                     ", ".join(f"{s.name} {s.trained_tokens:,}" for s in mix.sources))
     return PretrainResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir),
                           metrics=metrics, data=mix)
 
 
 def mix_of(tokens: dict[str, int], documents: dict[str, int], *, chunks: int | None,
            sources: Sequence[PretrainSource], epochs: float | None = None,
-           passes: dict[str, float | None] | None = None) -> PretrainMix:
-    """The mix of per-source ``tokens``, ``documents`` and ``passes``; ``sources``: their recipe entries (path and
-    budget)."""
+           passes: dict[str, float | None] | None = None, heldout: dict[str, int] | None = None,
+           trained: dict[str, int] | None = None) -> PretrainMix:
+    """The mix of per-source ``tokens``, ``documents``, ``passes`` and ``heldout`` tokens, and the tokens trained:
+    each source's training-row tokens (``trained``, one epoch) times ``epochs``; ``sources``: their recipe entries
+    (path and budget)."""
     total = sum(tokens.values())
     entries = {source.name: source for source in sources}
-    return PretrainMix(
-        sources=[PretrainSourceMix(
-            name=name, tokens=count, documents=documents.get(name), share_of_tokens=round(count / (total or 1), 4),
-            passes=(passes or {}).get(name),
-            path=display_path(entries[name].path) if name in entries else "",
-            token_budget=entries[name].tokens if name in entries else None) for name, count in tokens.items()],
-        tokens=total, chunks=chunks, epochs=epochs)
+
+    def trained_of(name: str) -> int | None:
+        return None if trained is None or epochs is None else round(trained[name] * epochs)
+
+    mixed = [PretrainSourceMix(
+        name=name, tokens=count, documents=documents.get(name), share_of_tokens=round(count / (total or 1), 4),
+        passes=(passes or {}).get(name), heldout_tokens=None if heldout is None else heldout[name],
+        trained_tokens=trained_of(name), path=display_path(entries[name].path) if name in entries else "",
+        token_budget=entries[name].tokens if name in entries else None) for name, count in tokens.items()]
+    trained_counts = [s.trained_tokens for s in mixed]
+    return PretrainMix(sources=mixed, tokens=total, chunks=chunks, epochs=epochs,
+                       trained_tokens=None if None in trained_counts else sum(trained_counts))
 
 
 # Tokens of a document, for the plan's guess at how many processes a preparation gets (one per core and per

@@ -144,7 +144,7 @@ def test_the_prepared_rows_are_the_documents_budgeted_chunked_and_shuffled_as_wo
     assert _rows(data.train_path) == train
     assert _rows(data.eval_path) == held
     assert (data.tokens, data.documents, data.passes, data.chunks) == (
-        stats["tokens"], stats["documents"], stats["passes"], n_chunks)
+        stats["tokens"], stats["documents"], stats["passes"], len(train))
     assert stats["passes"]["th"] == pytest.approx(2.5, abs=0.01) and stats["passes"]["en"] is None
     again = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / "cache", seed=5)  # from the cache
     assert _rows(again.train_path) == train and again.tokens == data.tokens

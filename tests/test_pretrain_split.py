@@ -79,3 +79,47 @@ def test_a_document_is_wholly_trained_or_wholly_held_out_by_content_and_seed(tmp
     encoded |= {tuple(tokenizer(t)["input_ids"] + [tokenizer.eos_token_id]): t for t in more}
     grown = _sides(_prepare(tmp_path, tokenizer, tiny_model_dir, (texts + more)[::-1], 3, "d"), encoded)[1]
     assert len(grown) == 5 and len(set(held) - set(grown)) <= 1
+
+
+def test_the_tokens_trained_per_source_are_the_training_rows_not_the_tokens_taken(tmp_path, tiny_model_dir):
+    """The mix, the metrics and the report said each source's tokens taken (held-out documents included) as what
+    the stage trained, and nothing per source of what was trained. Now the preparation counts, per source, the
+    tokens of the held-out rows and of the training rows (measured here on the rows written), and the mix says the
+    tokens trained: the training rows' times the epochs the trainer made."""
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    from tempa.sft.pretrain_stage import mix_of
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    th, en = _documents(tokenizer, 6), _documents(tokenizer, 20, first=1)
+    (tmp_path / "th.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in th), encoding="utf-8")
+    (tmp_path / "en.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in en), encoding="utf-8")
+    encoded = {name: {tuple(tokenizer(t)["input_ids"] + [tokenizer.eos_token_id]) for t in texts}
+               for name, texts in (("th", th), ("en", en))}
+    th_whole = sum(map(len, encoded["th"]))
+    config = PretrainStageConfig.model_validate({
+        "name": "cpt", "heldout": 0.25,
+        "sources": [{"name": "th", "path": str(tmp_path / "th.jsonl"), "tokens": th_whole * 2, "repeat": True},
+                    {"name": "en", "path": str(tmp_path / "en.jsonl"), "tokens": th_whole * 2}],
+        "train": {"max_length": 512, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+    data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / "cache", seed=0)
+
+    def tokens_by_source(path) -> dict[str, int]:  # every document fits one row: a row is (the start of) one
+        out = {"th": 0, "en": 0}
+        for row in load_from_disk(str(path))["input_ids"]:
+            (name,) = [n for n, docs in encoded.items() if any(d[: len(row)] == tuple(row) for d in docs)]
+            out[name] += len(row)
+        return out
+
+    trained, held = tokens_by_source(data.train_path), tokens_by_source(data.eval_path)
+    assert data.trained == trained and data.heldout == held
+    assert data.tokens == {"th": th_whole * 2, "en": th_whole * 2}  # the budgets: taken, not trained
+    assert held["th"] > 0 and held["en"] > 0 and trained["en"] + held["en"] == data.tokens["en"]
+    # th went over its documents twice: a held-out document measures eval loss once, its second pass on no side
+    assert trained["th"] + held["th"] < data.tokens["th"]
+    mix = mix_of(data.tokens, data.documents, chunks=data.chunks, sources=config.sources, passes=data.passes,
+                 epochs=1.5, heldout=data.heldout, trained=data.trained)
+    assert [(s.name, s.tokens, s.heldout_tokens, s.trained_tokens) for s in mix.sources] == [
+        (n, data.tokens[n], held[n], round(1.5 * trained[n])) for n in ("th", "en")]
+    assert mix.trained_tokens == sum(round(1.5 * trained[n]) for n in ("th", "en"))

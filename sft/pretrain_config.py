@@ -58,7 +58,9 @@ class PretrainSource(BaseModel):
     )
     tokens: int | None = Field(
         default=None, ge=1, description="Token budget: documents are taken in order until it is reached "
-        "(the last one cut); unset: every document once.",
+        "(the last one cut); unset: every document once. The stage trains the budgets num_train_epochs times; with "
+        "train.max_steps set, max_steps decides the tokens trained (the plan and the run say so) and the budgets only "
+        "the sources' shares.",
     )
     repeat: bool = Field(
         default=False, description="When the source holds fewer tokens than `tokens`: go over its documents again, "

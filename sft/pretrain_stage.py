@@ -706,6 +706,11 @@ def run_pretrain(config: PretrainStageConfig, ctx: StageContext) -> PretrainResu
                  ", ".join(f"{name} {count:,}" for name, count in data.tokens.items()))
     for level, line in budget_lines(config, data):
         ctx.log.log(level, "%s: %s", ctx.stage_name, line)
+    steps_line = max_steps_line(config)
+    one_pass = sum(data.trained.values())
+    if steps_line:
+        ctx.log.warning("%s: %s; one pass over the budgets' training rows is %s tokens", ctx.stage_name, steps_line,
+                        f"{one_pass:,}")
     plan = train_plan(ctx, trainer="sft", start_model=ctx.start_model, train_data=data.train_path,
                       eval_data=data.eval_path, out_dir=ctx.stage_dir, train_args=config.train_args(), seed=ctx.seed)
     outcome = launch_training(plan, ctx)
@@ -718,11 +723,29 @@ def run_pretrain(config: PretrainStageConfig, ctx: StageContext) -> PretrainResu
     metrics = {**outcome.headline(), "data_tokens": sum(data.trained.values()), "chunks": data.chunks,
                **{f"{TOKENS_METRIC}{name}": count for name, count in data.tokens.items()},
                **{f"{TRAINED_METRIC}{s.name}": s.trained_tokens for s in mix.sources if s.trained_tokens is not None}}
+    notes = []
     if mix.trained_tokens is not None:
         ctx.log.info("%s: trained %s tokens (%s)", ctx.stage_name, f"{mix.trained_tokens:,}",
                      ", ".join(f"{s.name} {s.trained_tokens:,}" for s in mix.sources))
+        if steps_line:  # what it came to, measured: in the run's closing notes, not only in the log
+            notes.append(f"{steps_line}: it trained {mix.trained_tokens:,} tokens, "
+                         f"{mix.trained_tokens / max(1, one_pass):.1%} of one pass over the budgets' {one_pass:,}")
+            ctx.log.warning("%s: %s", ctx.stage_name, notes[-1])
     return PretrainResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir),
-                          metrics=metrics, data=mix)
+                          metrics=metrics, data=mix, notes=notes)
+
+
+def max_steps_line(config: PretrainStageConfig) -> str | None:
+    """What ``train.max_steps`` does to a stage with token budgets, for `tempa plan` and the run alike (None when it is
+    unset, or no source has a budget): it, not the budgets, sets how many tokens are trained; a budget then sets a
+    source's share, no longer its tokens."""
+    steps = int(config.train_args().get("max_steps", -1) or -1)
+    budgeted = [s.name for s in config.sources if s.tokens is not None]
+    if steps <= 0 or not budgeted:
+        return None
+    return (f"train.max_steps {steps}, not the token budgets of {', '.join(budgeted)}, sets how many tokens this "
+            f"stage trains ({steps} steps of the tokens a batch holds: less or more than one pass over the budgets); "
+            "unset it to train the budgets num_train_epochs times")
 
 
 def mix_of(tokens: dict[str, int], documents: dict[str, int], *, chunks: int | None,
@@ -754,14 +777,17 @@ _PLAN_TOKENS_PER_DOCUMENT = 1_000
 
 
 def estimate_pretrain(config: PretrainStageConfig, inputs: EstimateInputs) -> TrainingWorkload:
-    """Tokens per epoch: the sum of the sources' token budgets (unbudgeted sources are not sized); and how long
-    preparing them takes, as the SFT plan says it (:func:`~tempa.sft.data_size.prep_note`)."""
+    """Tokens per epoch: the sum of the sources' token budgets (unbudgeted sources are not sized); how long
+    preparing them takes, as the SFT plan says it (:func:`~tempa.sft.data_size.prep_note`); and that ``max_steps``,
+    where set, decides the tokens trained instead (:func:`max_steps_line`)."""
     from tempa.sft.data_size import prep_note
 
     budgets = [s.tokens for s in config.sources]
     known = sum(b for b in budgets if b is not None)
     unsized = [s.name for s in config.sources if s.tokens is None]
     notes = [_budget_note(s) for s in config.sources]
+    if (steps_line := max_steps_line(config)) is not None:
+        notes.append(f"{steps_line}: `trained` below, not tokens/epoch")
     if known:
         notes.append(prep_note(known, max(1, known // _PLAN_TOKENS_PER_DOCUMENT), None, ">=" if unsized else ""))
     tokens = TokenCount(known or None, None, "token budgets", notes, bound=">=" if unsized and known else "")

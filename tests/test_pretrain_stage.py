@@ -148,6 +148,13 @@ stages:
     metrics = json.loads((tmp_path / "run" / "cpt" / "metrics.json").read_text())
     flat = metrics.get("metrics", metrics)
     assert flat["global_step"] == 2 and flat["tokens:docs"] == 2000
+    # max_steps, not the budget, set what was trained: the run says so with what it trained (one pass over the
+    # training rows is data_tokens, the budget less the held-out documents)
+    assert flat["data_tokens"] < 2000 and flat["trained_tokens:docs"] > 0
+    (note,) = summary.notes
+    assert note.startswith("train.max_steps 2, not the token budgets of docs") and note.endswith(
+        f"it trained {flat['trained_tokens:docs']:,} tokens, {flat['trained_tokens:docs'] / flat['data_tokens']:.1%} "
+        f"of one pass over the budgets' {flat['data_tokens']:,}")
     assert (tmp_path / "run" / "cpt" / "checkpoints").is_dir()
     # `tempa plan --hardware` sizes it from the token budget
     (estimate,) = estimate_recipe(load_recipe(recipe), "8xH100")

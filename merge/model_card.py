@@ -164,8 +164,10 @@ _MIX_COLUMNS = ("path", "thinking_mode", "rows_in", "rows_kept", "heldout_rows",
 _TOOL_COLUMN = "tool_rows_kept"
 
 
-# passes: above 1 where `repeat` went over a source again to reach its budget
-_PRETRAIN_COLUMNS = ("path", "token_budget", "documents", "tokens", "passes", "share_of_tokens")
+# passes: above 1 where `repeat` went over a source again to reach its budget; tokens: taken (held-out documents
+# included); trained_tokens: the training rows' tokens times the epochs
+_PRETRAIN_COLUMNS = ("path", "token_budget", "documents", "tokens", "passes", "share_of_tokens", "heldout_tokens",
+                     "trained_tokens")
 
 
 def _mix_section(stages: Mapping[str, Upstream]) -> list[str]:
@@ -191,7 +193,9 @@ def _mix_section(stages: Mapping[str, Upstream]) -> list[str]:
                              for s in mix.sources])
             chunks = "–" if mix.chunks is None else _cell(mix.chunks)
             epochs = "–" if mix.epochs is None else _cell(mix.epochs)
-            lines += ["", f"{_cell(mix.tokens)} tokens in {chunks} chunks, trained for {epochs} epochs.", ""]
+            trained = "" if mix.trained_tokens is None else f", {_cell(mix.trained_tokens)} trained"
+            lines += ["", f"{_cell(mix.tokens)} tokens taken{trained}, in {chunks} training chunks, trained for "
+                      f"{epochs} epochs.", ""]
     return ["## Data mix", "", *lines] if lines else []
 
 

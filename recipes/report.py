@@ -284,20 +284,24 @@ def _mix_table(mix: DataMix) -> str:
 
 
 def _pretrain_table(mix: PretrainMix) -> str:
-    head = ("source", "token budget", "documents", "tokens", "passes", "share")
+    # tokens: taken from the source (held-out documents included); trained: the training rows' tokens times the epochs
+    head = ("source", "token budget", "documents", "tokens", "passes", "share", "held out", "trained")
 
     def count(value: int | None) -> str:
         return "–" if value is None else f"{value:,}"  # – : every document (no budget), or not recorded (older run)
 
     rows = [f"<tr><td>{html.escape(s.name)}</td><td>{count(s.token_budget)}</td><td>{count(s.documents)}</td>"
             f"<td>{s.tokens:,}</td><td>{'–' if s.passes is None else f'{s.passes:g}'}</td>"
-            f"<td>{100 * s.share_of_tokens:.1f}%</td></tr>" for s in mix.sources]
+            f"<td>{100 * s.share_of_tokens:.1f}%</td><td>{count(s.heldout_tokens)}</td>"
+            f"<td>{count(s.trained_tokens)}</td></tr>" for s in mix.sources]
     documents = [s.documents for s in mix.sources]
+    heldout = [s.heldout_tokens for s in mix.sources]
     rows.append(f"<tr class='total'><td>total</td><td></td>"
                 f"<td>{count(None if None in documents else sum(documents))}</td><td>{mix.tokens:,}</td>"
-                "<td></td><td>100%</td></tr>")
+                f"<td></td><td>100%</td><td>{count(None if None in heldout else sum(heldout))}</td>"
+                f"<td>{count(mix.trained_tokens)}</td></tr>")
     header = "".join(f"<th>{h}</th>" for h in head)
-    note = f"{count(mix.chunks)} chunks, trained for {_fmt(mix.epochs)} epochs (every token in the loss)"
+    note = f"{count(mix.chunks)} training chunks, trained for {_fmt(mix.epochs)} epochs (every token in the loss)"
     return f"<table class='mix'><tr>{header}</tr>{''.join(rows)}</table><p class='note'>{note}</p>"
 
 

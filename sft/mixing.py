@@ -144,6 +144,14 @@ def split_heldout(keys: Sequence[int], setting: float | int, seed: int) -> tuple
     return [p for p in range(len(keys)) if p not in chosen], held
 
 
+def heldout_positions(distinct_keys: np.ndarray, n_out: int, seed: int) -> np.ndarray:
+    """Positions of the ``n_out`` (at most their number) of ``distinct_keys`` first in :func:`split_heldout`'s draw, in
+    arrays: a pretrain source holds millions of documents."""
+    if n_out <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.argpartition(draw_ranks(distinct_keys, seed, _HELDOUT), n_out - 1)[:n_out]
+
+
 def _draw(n: int, n_target: int, rng: np.random.Generator) -> list[int]:
     # Whole copies first, then a random part of one more: weight 2.5 = every row twice + half once.
     copies, remainder = divmod(n_target, n)

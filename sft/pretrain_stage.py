@@ -215,14 +215,14 @@ def split_documents(keys: np.ndarray, heldout: float, seed: int) -> tuple[np.nda
     held-out draw: a source that grows keeps its old documents' sides but at the margin) are held out whole, each
     once (a document repeated, or held twice, measures eval loss once), and never trained on. At least one document
     is trained: a source of one document (a .txt file read whole) holds none out."""
-    from tempa.sft.mixing import _HELDOUT, draw_ranks, heldout_count
+    from tempa.sft.mixing import heldout_count, heldout_positions
 
     distinct, first = np.unique(keys, return_index=True)
     n_out = min(heldout_count(heldout, len(distinct)), len(distinct) - 1)
     if n_out <= 0:
         return np.arange(len(keys)), np.zeros(0, dtype=np.int64)
     held = np.zeros(len(distinct), dtype=bool)
-    held[np.argpartition(draw_ranks(distinct, seed, _HELDOUT), n_out - 1)[:n_out]] = True
+    held[heldout_positions(distinct, n_out, seed)] = True
     return np.flatnonzero(~held[np.searchsorted(distinct, keys)]), np.sort(first[held])
 
 
@@ -708,9 +708,9 @@ def run_pretrain(config: PretrainStageConfig, ctx: StageContext) -> PretrainResu
         ctx.log.log(level, "%s: %s", ctx.stage_name, line)
     steps_line = max_steps_line(config)
     one_pass = sum(data.trained.values())
-    if steps_line:
-        ctx.log.warning("%s: %s; one pass over the budgets' training rows is %s tokens", ctx.stage_name, steps_line,
-                        f"{one_pass:,}")
+    if steps_line:  # the run's start warned with the same line (the kind's input_warnings); here, the measured pass
+        ctx.log.info("%s: one pass over the budgets' training rows is %s tokens; train.max_steps %s decides how many "
+                     "are trained", ctx.stage_name, f"{one_pass:,}", config.train_args()["max_steps"])
     plan = train_plan(ctx, trainer="sft", start_model=ctx.start_model, train_data=data.train_path,
                       eval_data=data.eval_path, out_dir=ctx.stage_dir, train_args=config.train_args(), seed=ctx.seed)
     outcome = launch_training(plan, ctx)

@@ -25,3 +25,13 @@ def test_the_plan_says_max_steps_not_the_budgets_sets_the_tokens_trained():
     # nothing to say without max_steps, or without a budget (every document once is no promise of tokens)
     for quiet in (_config([web]), _config([{"name": "web", "path": "org/web"}], max_steps=5000)):
         assert not any("max_steps" in n for n in estimate_pretrain(quiet, None).tokens.notes)
+
+
+def test_plain_tempa_plan_and_the_run_start_warn_of_max_steps_with_budgets():
+    """The stage kind's input warnings, which `tempa plan` (without --hardware) and the run's start print."""
+    from tempa.sft import PRETRAIN
+
+    web = {"name": "web", "path": "org/web", "tokens": 2_000_000_000}
+    (line,) = PRETRAIN.input_warnings(_config([web], max_steps=5000))
+    assert line.startswith("train.max_steps 5000, not the token budgets of web")
+    assert PRETRAIN.input_warnings(_config([web])) == []

@@ -356,20 +356,33 @@ def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
 
     Waiting for the leader alone is not enough: the launcher can exit while its worker is still
     shutting down, and the runner must not report "interrupted" with a training process alive.
+    A second Ctrl-C (or SIGTERM) during the grace period cuts it short, as users expect of a second
+    Ctrl-C, rather than the wait: it used to end the runner with the group still running.
     """
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
+    try:
+        if _signal_group(proc, signal.SIGTERM, grace_s):
             return
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            proc.poll()  # reap the leader: until then the group id stays taken
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
+    except KeyboardInterrupt:
+        pass
+    with held_signals():  # SIGKILL takes effect at once: this wait is short, and nothing may cut it
+        _signal_group(proc, signal.SIGKILL, grace_s)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int, wait_s: float) -> bool:
+    """Send ``sig`` to the group; whether every member is gone within ``wait_s``."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader: until then the group id stays taken
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 _LAUNCHER_ERRORS = ("CalledProcessError", "ChildFailedError", "torch.distributed.elastic")

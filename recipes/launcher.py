@@ -258,8 +258,7 @@ def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Pat
     log.info("log: %s", log_file)
     code, tail = _stream(cmd, env, log_file, log)
     if code != 0:
-        reason = _reason(tail)
-        raise StageError(f"training process exited with code {code}: {reason} (full log: {log_file})")
+        raise StageError(f"{_failure(code, tail)} (full log: {log_file})")
 
 
 def _stream(cmd: list[str], env: dict[str, str], log_file: Path, log) -> tuple[int, deque[str]]:
@@ -391,11 +390,50 @@ _EXCEPTION_LINE = re.compile(r"^(?:\[rank\d+\]:\s*)?([\w.]*(?:Error|Exception|In
 
 def _reason(tail: deque[str]) -> str:
     """The most telling line of a failed run: the worker's own exception, not the launcher's."""
+    return _exception(tail) or next((line.strip() for line in reversed(tail) if line.strip()), "no output")
+
+
+def _exception(tail: deque[str]) -> str | None:
     for line in reversed(tail):
         match = _EXCEPTION_LINE.match(line.strip())
         if match and not any(name in line for name in _LAUNCHER_ERRORS):
             return f"{match.group(1)}: {match.group(2)}".strip()
-    return next((line.strip() for line in reversed(tail) if line.strip()), "no output")
+    return None
+
+
+# How the launchers report a process that a signal ended: accelerate's single-process launcher
+# (subprocess.CalledProcessError), torch elastic (torchrun, accelerate's multi-process launcher).
+_KILLED = (re.compile(r"died with <Signals\.SIG\w+: (\d+)>"), re.compile(r"Signal (\d+) \(SIG\w+\) received by PID"),
+           re.compile(r"exitcode\s*:\s*-(\d+)\b"))
+_KILL_HINTS = {
+    signal.SIGKILL: " (the kernel's out-of-memory killer sends it when the node runs out of host memory: `dmesg` "
+                    "names it; else a scheduler or a user killed it)",
+    signal.SIGTERM: " (a scheduler or a user stopped it)",
+}
+
+
+def killed_by(code: int, tail: deque[str]) -> int | None:
+    """The signal that ended a training process (a worker, or the launcher itself: ``code`` < 0), else None."""
+    if code < 0:
+        return -code
+    for line in reversed(tail):
+        for pattern in _KILLED:
+            if match := pattern.search(line):
+                return int(match.group(1))
+    return None
+
+
+def _failure(code: int, tail: deque[str]) -> str:
+    """One line for a launch that failed: the worker's exception, else the signal that killed it, else its last line."""
+    sig = None if _exception(tail) else killed_by(code, tail)
+    if sig is None:
+        return f"training process exited with code {code}: {_reason(tail)}"
+    try:
+        name = signal.Signals(sig).name
+    except ValueError:
+        name = f"signal {sig}"
+    return (f"a training process was killed by {name}{_KILL_HINTS.get(sig, '')}; the same command again resumes "
+            "from its last complete checkpoint (`tempa plan` names it)")
 
 
 def unseen_input(args: list[str]) -> str | None:
@@ -473,7 +511,7 @@ def join_run(launch: LaunchConfig, run_dir: Path, machine_rank: int, log_dir: Pa
         joined += 1
         failed = code != 0
         if failed:
-            log.warning("node %d: launch %d exited with code %d: %s", machine_rank, request.seq, code, _reason(tail))
+            log.warning("node %d: launch %d: %s", machine_rank, request.seq, _failure(code, tail))
     if not seen:
         raise StageError(f"{run_dir}: no `tempa run` held this run directory within {start_timeout_s:.0f}s; start "
                          "node rank 0 (tempa run without --machine-rank) with the same --run-dir on shared storage")

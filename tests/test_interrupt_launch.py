@@ -1,7 +1,8 @@
-"""How a training launch ends when it is interrupted."""
+"""How a training launch ends when it is interrupted: a second Ctrl-C, a worker killed by the OOM killer."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -9,6 +10,12 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+
+import pytest
+
+from tempa.recipes.launcher import run_launch
+from tempa.recipes.schema import LaunchConfig
+from tempa.sft.stage_api import StageError
 
 
 def _group_alive(pgid: int) -> bool:
@@ -52,3 +59,20 @@ def test_a_second_ctrl_c_while_the_training_group_stops_still_leaves_no_process_
         if _group_alive(pgid):
             os.killpg(pgid, signal.SIGKILL)
     assert not alive, "the runner exited on the second Ctrl-C with its training group still running"
+
+
+@pytest.mark.parametrize("launcher", ["accelerate", "torchrun"])
+def test_a_worker_killed_by_the_oom_killer_is_named_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             launcher: str) -> None:
+    """accelerate's launcher reports a SIGKILLed worker as a CalledProcessError, torch elastic in a box of "="; the
+    stage said "training process exited with code 1: subprocess.CalledProcessError: Command [...] died with
+    <Signals.SIGKILL: 9>", or quoted the box's last border."""
+    (tmp_path / "oom_worker.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    with pytest.raises(StageError) as caught:
+        run_launch(LaunchConfig(launcher=launcher, use_cpu=True), "oom_worker", [], tmp_path / "logs" / "train.log",
+                   log=logging.getLogger("t"))
+    message = str(caught.value)
+    assert message.startswith("a training process was killed by SIGKILL (the kernel's out-of-memory killer")
+    assert "resumes from its last complete checkpoint" in message
+    assert "CalledProcessError" not in message and "\n" not in message

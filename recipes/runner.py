@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import time
 import traceback
 import uuid
@@ -639,7 +640,7 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
     stage_dir = ctx.stage_dir
     logs = stage_dir / LOGS_DIR
     logs.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(logs / "stage.log", encoding="utf-8")
+    handler = _StageLog(logs / "stage.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     manifest = Manifest(name=decision.name, kind=decision.kind, fingerprint=decision.fingerprint,
@@ -653,18 +654,22 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
         if not isinstance(result, kind.result):
             raise TypeError(f"{decision.kind} stage returned {type(result).__name__}, not {kind.result.__name__}")
     except StageError as exc:
-        _fail(manifest, stage_dir, run_dir, str(exc), handler)
-        raise StageError(f"stage '{decision.name}' failed: {exc}") from None
+        message = str(exc) + disk_full_hint([run_dir, ctx.cache_dir])
+        _fail_if_writable(manifest, stage_dir, run_dir, message, handler)
+        raise StageError(f"stage '{decision.name}' failed: {message}") from None
     except Exception as exc:
-        (logs / "traceback.txt").write_text(traceback.format_exc())
-        message = typed_line(exc)
-        _fail(manifest, stage_dir, run_dir, message, handler)
-        raise StageError(
-            f"stage '{decision.name}' failed: {message} (traceback: {logs / 'traceback.txt'})"
-        ) from None
+        message = typed_line(exc) + disk_full_hint([run_dir, ctx.cache_dir])
+        try:
+            (logs / "traceback.txt").write_text(traceback.format_exc())
+            message += f" (traceback: {logs / 'traceback.txt'})"
+        except OSError:  # a full disk: the error itself is what the user must see
+            pass
+        _fail_if_writable(manifest, stage_dir, run_dir, message, handler)
+        raise StageError(f"stage '{decision.name}' failed: {message}") from None
     finally:
         log.removeHandler(handler)
-        handler.close()
+        with contextlib.suppress(OSError):  # its last lines may not fit on a full disk; the error above matters more
+            handler.close()
     finished = time.time()
     try:
         write_metrics(stage_dir, result.metrics)
@@ -675,11 +680,48 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
         mark_done(stage_dir, decision.fingerprint)  # last: the stage is complete from here on
     except OSError as exc:  # a full disk, say: the work is there, but the stage is not complete without its records
         message = f"its work ended, but its records could not be written: {typed_line(exc)}"
-        with contextlib.suppress(OSError):
-            _fail(manifest, stage_dir, run_dir, message, logging.NullHandler())
+        _fail_if_writable(manifest, stage_dir, run_dir, message, logging.NullHandler())
         raise StageError(f"stage '{decision.name}' failed: {message}") from None
     log.info("stage %s: done in %.1fs", decision.name, finished - manifest.started_at)
     return Upstream(decision.name, decision.kind, config, result, manifest.duration_s)
+
+
+class _StageLog(logging.FileHandler):
+    """A stage's ``logs/stage.log``. A line that cannot be written (a full disk) is lost from the file alone: the
+    terminal shows every line anyway, where logging's default printed a traceback for each."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
+def _fail_if_writable(manifest: Manifest, stage_dir: Path, run_dir: Path, message: str,
+                      stage_log: logging.Handler) -> None:
+    """Record the failure where the disk lets it be written: on a full disk the manifest stays `running`, which
+    the next run reads as interrupted, and the error the user sees is the stage's, not this write's ENOSPC."""
+    with contextlib.suppress(OSError):
+        _fail(manifest, stage_dir, run_dir, message, stage_log)
+
+
+# Free space below which a failed stage most likely failed because its disk filled up (a checkpoint's partial file
+# stays behind, so the disk is still full when the failure is reported).
+LOW_DISK_BYTES = 64 << 20
+
+
+def disk_full_hint(folders: list[Path | None]) -> str:
+    """'; the disk of FOLDER is full (4 KiB free)' for the first of ``folders`` on a (nearly) full file system, else ''.
+
+    Libraries report a full disk in their own words (torch.save: `unexpected pos 1387456 vs 1387344`)."""
+    for folder in folders:
+        if folder is None:
+            continue
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            continue
+        if free < LOW_DISK_BYTES:
+            return (f"; the disk of {folder} is full ({free // 1024:,} KiB free): free space, then run the same "
+                    "command again to resume")
+    return ""
 
 
 def _fail(manifest: Manifest, stage_dir: Path, run_dir: Path, message: str, stage_log: logging.Handler) -> None:

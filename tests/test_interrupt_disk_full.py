@@ -1,0 +1,76 @@
+"""A disk that fills up while a stage runs: the user sees the stage's error (and that the disk is full), in one line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tempa.recipes.runner import LOW_DISK_BYTES, disk_full_hint
+
+# A stage kind whose stage fails as a checkpoint save on a full disk does (torch.save's own words), after which no
+# file may grow: RLIMIT_FSIZE makes every later write fail for real (EFBIG), as ENOSPC does, without a small disk.
+RUNNER = textwrap.dedent("""
+    import resource, signal, sys
+    from typing import Literal
+
+    import tempa.merge, tempa.sft
+    from tempa.sft.stage_api import Artifact, StageConfigBase, StageError, StageKind
+
+    class FillConfig(StageConfigBase):
+        kind: Literal["fill"] = "fill"
+
+    def run_fill(config, ctx):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+        raise StageError("training process exited with code 1: RuntimeError: [enforce fail at "
+                         "inline_container.cc:672] . unexpected pos 1387456 vs 1387344")
+
+    tempa.sft.STAGE_KINDS = (*tempa.sft.STAGE_KINDS,
+                             StageKind("fill", FillConfig, run_fill, "test", produces=frozenset({Artifact.MODEL})))
+    tempa.merge.STAGE_KINDS = tuple(k for k in tempa.merge.STAGE_KINDS if k.kind != "bake")
+    from tempa.recipes.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_a_stage_failing_on_a_full_disk_reports_its_own_error_not_the_failed_record(tmp_path: Path,
+                                                                                      tiny_model_dir: Path) -> None:
+    """Seen on a 6 MB tmpfs: a checkpoint save hit ENOSPC, then writing the manifest as failed hit it too, and the
+    run ended with `tempa: error: OSError: [Errno 28] No space left on device`, naming neither stage nor cause."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\nbase_model: {tiny_model_dir}\nstages:\n  - {{name: big, kind: fill}}\n")
+    run_dir = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", RUNNER, "run", str(recipe), "--run-dir", str(run_dir)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("tempa: error: stage 'big' failed: training process exited with code 1: RuntimeError: "
+                           "[enforce fail at inline_container.cc:672]"), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]  # logging printed one per line it could not write
+    # Its manifest could not say `failed`: the stage is not complete, and the next run takes it up again.
+    from tempa.recipes.runner import stage_status
+
+    assert [(row.name, row.state) for row in stage_status(["big"], run_dir)] == [("big", "interrupted")]
+    assert not (run_dir / "big" / "DONE").exists()
+
+
+def test_a_full_disk_is_named_in_the_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save says `unexpected pos 1387456 vs 1387344` when the disk is full: the runner names the full disk.
+    (The file system's answer is replaced here: a full disk cannot be made without mounting one.)"""
+    assert disk_full_hint([tmp_path]) == ""  # this disk has room
+    real = shutil.disk_usage
+
+    def full(path: str | os.PathLike) -> object:
+        usage = real(path)
+        return usage._replace(free=4096) if Path(path) == tmp_path else usage
+
+    monkeypatch.setattr(shutil, "disk_usage", full)
+    assert LOW_DISK_BYTES > 4096
+    assert disk_full_hint([None, tmp_path / "missing", tmp_path]) == (
+        f"; the disk of {tmp_path} is full (4 KiB free): free space, then run the same command again to resume")

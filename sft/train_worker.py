@@ -22,7 +22,13 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tempa.sft.checkpoints import COMPLETE_MARKER, last_complete_checkpoint, rotate_checkpoints
+from tempa.sft.checkpoints import (
+    COMPLETE_MARKER,
+    last_complete_checkpoint,
+    rotate_checkpoints,
+    sync_tree,
+    write_marker,
+)
 from tempa.sft.files import remove_tree
 from tempa.sft.kernels import (
     KernelChoice,
@@ -61,15 +67,17 @@ class CheckpointCompleteCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()  # all shards (ZeRO-3 writes one per rank) are on disk before the marker
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed:
+            dist.barrier()  # all shards (ZeRO-3 writes one per rank) are written
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_local_process_zero and path.is_dir():
+            sync_tree(path)  # each node flushes what its ranks wrote (shared storage: its own client's pages)
+        if distributed:
+            dist.barrier()  # ... and on every node's disk before the marker
         if state.is_world_process_zero:
-            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if path.is_dir():
-                marker = path / COMPLETE_MARKER
-                tmp = marker.with_suffix(".tmp")
-                tmp.write_text(f"{state.global_step}\n")
-                os.replace(tmp, marker)
+                write_marker(path / COMPLETE_MARKER, f"{state.global_step}\n")
             output_dir = Path(args.output_dir)
             rotate_checkpoints(output_dir, self.save_total_limit, [output_dir], keep=state.best_model_checkpoint)
         return control
@@ -362,6 +370,7 @@ def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *
             shards=shards,
         )
         (tmp / OUTCOME_FILE).write_text(outcome.model_dump_json(indent=2))
+        sync_tree(tmp)  # final/ with its outcome is what the runner marks DONE: on the disk first (sync_tree)
         remove_tree(final, inside)
         os.replace(tmp, final)
     trainer.accelerator.wait_for_everyone()

@@ -73,3 +73,38 @@ def test_rotation_keeps_save_total_limit_complete_checkpoints(tmp_path, tiny_mod
     trainer.train()
     assert [p.name for p in checkpoint_dirs(out)] == ["checkpoint-4", "checkpoint-5"]
     assert [c.step for c in complete_checkpoints(out)] == [4, 5]
+
+
+def test_a_checkpoints_files_are_on_the_disk_before_its_marker(tmp_path, tiny_model_dir, rows, monkeypatch):
+    """A node's hard reset (power loss, a hung GPU node reset from its BMC) loses what the page cache had not yet
+    written back: the COMPLETE marker could come back beside empty weight files, and every resume then failed to
+    load that checkpoint. Each file must be flushed (fsync) before the marker naming it complete is written. The
+    real fsync runs; the test only records which files it flushed, and whether the marker existed then."""
+    import os
+
+    from tempa.sft.run_layout import COMPLETE
+
+    out = tmp_path / "checkpoints"
+    flushed: list[tuple[str, bool]] = []  # (path, whether its checkpoint's marker existed when it was flushed)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        checkpoint = next((p for p in [path, *path.parents] if p.name.startswith("checkpoint-")), None)
+        flushed.append((str(path), checkpoint is not None and (checkpoint / COMPLETE).exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    trainer = trainer_for(tiny_model_dir, rows, out, max_steps=2, save_steps=1, save_total_limit=2)
+    trainer.train()
+    checkpoints = complete_checkpoints(out)
+    assert [c.step for c in checkpoints] == [1, 2]
+    before = {path for path, marked in flushed if not marked}
+    for checkpoint in checkpoints:
+        files = [p for p in checkpoint.path.rglob("*") if p.is_file() and p.name != COMPLETE]
+        assert {p.name for p in files} >= {"model.safetensors", "optimizer.pt", "trainer_state.json"}
+        unflushed = [p.name for p in files if str(p) not in before]
+        assert unflushed == [], f"{checkpoint.path.name}: not flushed before its marker: {unflushed}"
+        assert str(checkpoint.path / f"{COMPLETE}.tmp") in before  # the marker's content, then its name:
+        assert (str(checkpoint.path), True) in flushed  # the folder flushed once the marker is in it
+

@@ -74,3 +74,22 @@ def test_a_full_disk_is_named_in_the_error(tmp_path: Path, monkeypatch: pytest.M
     assert LOW_DISK_BYTES > 4096
     assert disk_full_hint([None, tmp_path / "missing", tmp_path]) == (
         f"; the disk of {tmp_path} is full (4 KiB free): free space, then run the same command again to resume")
+
+
+def test_a_write_that_fails_on_a_full_disk_names_the_file(tmp_path: Path) -> None:
+    """The run's first write (recipe.resolved.yaml) on a full disk ended `tempa: error: OSError: [Errno 28] No space
+    left on device`: a failed write names no file. write_atomic names it, and leaves no temporary file behind."""
+    target = tmp_path / "recipe.resolved.yaml"
+    script = textwrap.dedent(f"""
+        import resource, signal
+        from tempa.sft.files import write_atomic
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
+        try:
+            write_atomic({str(target)!r}, "x" * 8192)
+        except OSError as exc:
+            print(exc)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == f"[Errno 27] File too large: '{target}'", done.stdout + done.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -44,7 +44,7 @@ class JsonlStore:
             if self.path.exists() and found is not None:
                 log.warning("%s was written with other settings; starting it over", self.path)
             self.reset()
-            self.meta.write_text(wanted, encoding="utf-8")
+            write_atomic(self.meta, wanted)  # a torn signature would discard the samples after it
 
     def reset(self) -> None:
         for path in (self.path, self.marker, self.meta):

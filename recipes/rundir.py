@@ -104,6 +104,10 @@ def done_fingerprint(stage_dir: Path) -> str | None:
 
 
 def mark_done(stage_dir: Path, fingerprint: str) -> None:
+    """Call the stage complete. What it wrote (its folder, and the caches it filled) is flushed to the disks first:
+    the page cache writes back in its own order, so a node's hard reset could keep DONE and lose the weights or data
+    it vouches for. Once per stage: the wait is for writes the disk had to make anyway."""
+    os.sync()
     write_json(stage_dir / DONE, {"fingerprint": fingerprint, "finished_at": time.time()})
 
 

@@ -590,3 +590,23 @@ def test_the_run_tokenizer_is_baked_again_when_any_tokenizer_file_of_the_base_ch
     monkeypatch.setattr(runner, "__version__", runner.__version__ + ".next")
     prepare_tokenizer(base, "llama3_thinking", template, tmp_path / "run", log)
     assert (out / "tokenizer.json").stat().st_mtime_ns != stamp
+
+
+def test_a_stage_is_flushed_to_the_disk_before_its_done_marker(recipe, tmp_path, monkeypatch):
+    """DONE vouches for what the stage wrote; the page cache writes back in its own order, so without a flush a
+    node's hard reset could keep DONE and lose the files (the flush itself cannot be undone here: its order is)."""
+    import os
+
+    run_dir = tmp_path / "run"
+    flushed: list[tuple[bool, bool]] = []
+    real_sync = os.sync
+
+    def sync() -> None:
+        stage = run_dir / "b"
+        flushed.append(((stage / "out.txt").exists(), (stage / DONE).exists()))
+        real_sync()
+
+    monkeypatch.setattr(os, "sync", sync)
+    run_recipe(load_recipe(recipe), run_dir)
+    assert (True, False) in flushed  # b's output written, its DONE not yet
+    assert (run_dir / "b" / DONE).exists()

@@ -346,16 +346,22 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
 
     kinds = stage_kinds()
     seen: dict[str, int] = {}
+    # Stage names are folder names: 'sft' and 'SFT' are one folder on macOS's and Windows' file systems.
+    folded: dict[str, int] = {}
     stages: list[StageConfigBase] = []
     for i, stage_raw in enumerate(stages_raw):
         loc = ("stages", i)
         name = stage_raw["name"]
-        if name in seen:
+        if name.lower() in folded:
+            j = folded[name.lower()]
+            other = "" if stages_raw[j]["name"] == name else (
+                f", named '{stages_raw[j]['name']}': stage folders may not differ only in case")
             raise RecipeError(
                 f"{where((*loc, 'name'), lines, path)}: stages[{i}].name: duplicate stage name '{name}' "
-                f"(also stages[{seen[name]}])"
+                f"(also stages[{j}]{other})"
             )
         seen[name] = i
+        folded[name.lower()] = i
         kind = stage_raw.get("kind")
         if kind is None:
             raise RecipeError(
@@ -388,11 +394,11 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
     bake_kind = kinds.get("bake")
     bake = None
     if bake_kind is not None and not any(stage.kind == "bake" for stage in stages):
-        if "bake" in seen:
-            i = seen["bake"]
+        if "bake" in folded:
+            i = folded["bake"]
             raise RecipeError(
-                f"{where(('stages', i, 'name'), lines, path)}: stages[{i}].name: 'bake' is the folder of the bake "
-                "stage tempa adds last; rename this stage (or give it kind: bake)"
+                f"{where(('stages', i, 'name'), lines, path)}: stages[{i}].name: '{stages_raw[i]['name']}' is the "
+                "folder of the bake stage tempa adds last (in any case); rename this stage (or give it kind: bake)"
             )
         bake = bake_kind.config.model_validate(
             {"name": "bake", "kind": "bake", "generation": recipe.generation.model_dump(exclude_none=True)}

@@ -210,6 +210,10 @@ RECIPE_CASES = [
     Case("stage-name-resolved-recipe", "recipe", _stage_named("recipe.resolved.yaml"), "run directory's own entries"),
     Case("stage-name-bake-not-bake", "recipe", _stage_named("bake"), "'bake' is the folder of the bake stage"),
     Case("duplicate-stage", "recipe", _stage_named("sft"), "duplicate stage name 'sft'"),
+    # stage names are folders: one folder on macOS's and Windows' file systems
+    Case("stage-name-bake-other-case", "recipe", _stage_named("Bake"), "'Bake' is the folder of the bake stage"),
+    Case("duplicate-stage-other-case", "recipe", _stage_named("SFT"),
+         "duplicate stage name 'SFT' (also stages[0], named 'sft': stage folders may not differ only in case)"),
     Case("unknown-kind", "recipe", lambda ws: plan(recipe(ws, stage="- {name: x, kind: sfft}\n")), "did you mean 'sft'"),
     Case("missing-kind", "recipe", lambda ws: plan(recipe(ws, stage="- {name: x}\n")), "kind (stage 'x'): field required"),
     Case("stages-not-list", "recipe", lambda ws: plan(_text(ws, "name: x\nbase_model: a/b\nstages: {a: 1}\n")),

@@ -116,7 +116,8 @@ class ThinkingSettings(BaseModel):
     mode: OnOffMixed = Field(
         default="on", description="`on`, `off`, or `mixed`: a seeded `ratio` share of the prompts on, the rest off "
         "(exactly: ratio * prompts rounded half up, at least 1 and at most all but 1 when 0 < ratio < 1). Unset: "
-        "the recipe's `thinking_default`, the mode the model ships in."
+        "the recipe's `thinking_default`, the mode the model ships in.",
+        json_schema_extra={"default_shown": "the recipe's `thinking_default`"},  # `on` only outside a recipe
     )
     ratio: float | None = Field(default=None, ge=0, le=1, description="With `mixed`: share of prompts with "
                                 "thinking on.")

@@ -206,6 +206,8 @@ def _limits(info: FieldInfo) -> str:
 def _default(info: FieldInfo) -> str:
     if info.is_required():
         return "required"
+    if isinstance(info.json_schema_extra, dict) and "default_shown" in info.json_schema_extra:
+        return str(info.json_schema_extra["default_shown"])  # a default the recipe fills in when it loads
     value = info.get_default(call_default_factory=True)
     # A block defaulted as `{}` and validated (validate_default) is its model's defaults, filled in at load.
     if isinstance(value, BaseModel) or (value == {} and info.validate_default and _is_model(info.annotation)):

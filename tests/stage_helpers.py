@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +54,12 @@ def baked_final(model_dir: Path, folder: Path) -> Path:
     for name in ("config.json", "model.safetensors"):
         shutil.copy2(model_dir / name, folder / name)
     return folder
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the process group ``pgid`` is still alive."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -13,17 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from stage_helpers import group_alive
 from tempa.recipes.launcher import run_launch
 from tempa.recipes.schema import LaunchConfig
 from tempa.sft.stage_api import StageError
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_a_second_ctrl_c_while_the_training_group_stops_still_leaves_no_process_behind(tmp_path: Path) -> None:
@@ -53,10 +46,10 @@ def test_a_second_ctrl_c_while_the_training_group_stops_still_leaves_no_process_
     proc.send_signal(signal.SIGINT)
     try:
         assert proc.wait(timeout=8) == 130, "the second Ctrl-C should cut the grace short"
-        alive = _group_alive(pgid)
+        alive = group_alive(pgid)
     finally:
         proc.kill()
-        if _group_alive(pgid):
+        if group_alive(pgid):
             os.killpg(pgid, signal.SIGKILL)
     assert not alive, "the runner exited on the second Ctrl-C with its training group still running"
 

@@ -10,13 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from stage_helpers import group_alive
 
 
 def test_a_sigkilled_runner_takes_its_training_group_with_it(tmp_path: Path) -> None:
@@ -35,13 +29,13 @@ def test_a_sigkilled_runner_takes_its_training_group_with_it(tmp_path: Path) -> 
         time.sleep(0.1)
     pgid = int(pid_file.read_text())
     time.sleep(0.5)
-    assert _group_alive(pgid)
+    assert group_alive(pgid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 10
-    while _group_alive(pgid) and time.monotonic() < deadline:
+    while group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    alive = _group_alive(pgid)
+    alive = group_alive(pgid)
     if alive:
         os.killpg(pgid, signal.SIGKILL)
     assert not alive, "the training group outlived its SIGKILLed runner"
@@ -80,9 +74,9 @@ def test_stopping_a_launch_returns_only_once_every_process_of_its_group_is_gone(
         assert ready.exists(), "the worker never started"
         _stop(proc)
         assert proc.poll() is not None
-        assert not _group_alive(proc.pid), "the worker outlived the stop"
+        assert not group_alive(proc.pid), "the worker outlived the stop"
     finally:
-        if _group_alive(proc.pid):
+        if group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
@@ -111,7 +105,7 @@ def test_a_sigterm_while_the_group_starts_stops_the_group(tmp_path: Path) -> Non
     """)
     done = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, timeout=120)
     pgid = int((tmp_path / "launch.pid").read_text())
-    alive = _group_alive(pgid)
+    alive = group_alive(pgid)
     if alive:
         os.killpg(pgid, signal.SIGKILL)
     assert done.stdout.strip() == "terminated", done.stderr[-2000:]

@@ -77,7 +77,7 @@ def plain_numbers(text: str, language: str | None) -> str:
 
 # Full-width ASCII forms (U+FF01..U+FF5E: ４２, ＝, ，) and the ideographic space, as CJK input methods type them;
 # a full-width colon carries its own spacing, and math-verify reads no number right after a bare ':'.
-_FULL_WIDTH = {code: unicodedata.normalize("NFKC", chr(code)) for code in range(0xFF01, 0xFF5F)} | {
+FULL_WIDTH = {code: unicodedata.normalize("NFKC", chr(code)) for code in range(0xFF01, 0xFF5F)} | {
     0xFF1A: ": ", 0x3000: " "}
 # A digit run touching a wide (Han, kana, Hangul) character, or one of a script written without spaces between words
 # (Thai, Lao, Myanmar, Khmer): "答えは42です", "คำตอบคือ1250บาท".
@@ -93,5 +93,5 @@ def math_text(answer: str, language: str | None = None) -> str:
     a number and the CJK or Thai text or word around it. math-verify finds a number only at a word boundary, and
     Han, kana, Hangul and Thai are word characters, so it found none in "答えは42です" or "คือ1250บาท" (and none in
     "４２" or "Rp1250" at all)."""
-    text = plain_numbers(answer.translate(_FULL_WIDTH), language)
+    text = plain_numbers(answer.translate(FULL_WIDTH), language)
     return _DIGITS_AFTER_WORD.sub(" ", _DIGITS_BY_WIDE.sub(" ", text))

@@ -15,8 +15,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-from tempa.alignment.numbers import _FULL_WIDTH as FULL_WIDTH  # the forms the answer reward reads as ASCII
-from tempa.alignment.numbers import number_body, plain_number
+from tempa.alignment.numbers import FULL_WIDTH, number_body, plain_number
 from tempa.chat_templates.thinking import THINK_CLOSE, THINK_OPEN, has_think_tags, split_reasoning
 
 

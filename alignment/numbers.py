@@ -79,10 +79,13 @@ def plain_numbers(text: str, language: str | None) -> str:
 # a full-width colon carries its own spacing, and math-verify reads no number right after a bare ':'.
 FULL_WIDTH = {code: unicodedata.normalize("NFKC", chr(code)) for code in range(0xFF01, 0xFF5F)} | {
     0xFF1A: ": ", 0x3000: " "}
+# The minus sign (U+2212) that typeset and LaTeX-rendered text writes: math-verify reads no number in "−5".
+_MINUS = {0x2212: "-"}
 # A digit run touching a wide (Han, kana, Hangul) character, or one of a script written without spaces between words
 # (Thai, Lao, Myanmar, Khmer): "答えは42です", "คำตอบคือ1250บาท".
 _UNSPACED = r"[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u1100-\u11ff\u2e80-\ua4cf\uac00-\ud7af\uf900-\ufaff]"
-_DIGITS_BY_WIDE = re.compile(rf"(?<={_UNSPACED})(?=\d)|(?<=\d)(?={_UNSPACED})")
+# A sign goes with its digits: "答えは-5" spaced as "答えは -5" (math-verify reads no number in "は -" + "5").
+_DIGITS_BY_WIDE = re.compile(rf"(?<={_UNSPACED})(?=[-+−]?\d)|(?<=\d)(?={_UNSPACED})")
 # A number glued to a word before it ("Rp1250", "₹1250" is fine already); one letter ("x2") may be a variable.
 _DIGITS_AFTER_WORD = re.compile(r"(?<=[^\W\d_]{2})(?=\d)")
 
@@ -90,8 +93,8 @@ _DIGITS_AFTER_WORD = re.compile(r"(?<=[^\W\d_]{2})(?=\d)")
 def math_text(answer: str, language: str | None = None) -> str:
     """``answer`` as math-verify can read it: full-width forms as ASCII, numbers written plainly as ``language``
     reads them (math-verify reads "1.250" as 1.25 and "1 000" as 1000, whatever the language), and a space between
-    a number and the CJK or Thai text or word around it. math-verify finds a number only at a word boundary, and
+    a number (with its sign) and the CJK or Thai text or word around it. math-verify finds a number only at a word boundary, and
     Han, kana, Hangul and Thai are word characters, so it found none in "答えは42です" or "คือ1250บาท" (and none in
     "４２" or "Rp1250" at all)."""
-    text = plain_numbers(answer.translate(FULL_WIDTH), language)
+    text = plain_numbers(answer.translate(FULL_WIDTH | _MINUS), language)
     return _DIGITS_AFTER_WORD.sub(" ", _DIGITS_BY_WIDE.sub(" ", text))

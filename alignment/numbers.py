@@ -75,6 +75,51 @@ def plain_numbers(text: str, language: str | None) -> str:
     return _number_re(language).sub(lambda m: plain_number(m.group(0), language) or m.group(0), text)
 
 
+# Units a reference answer may carry: currencies (before or after the number), SI units, and the units and counters
+# Japanese, Chinese, Thai and Vietnamese write after a number. Percent is not one: both readers read "45%" already
+# (the accuracy suite as 45, math-verify as 45 or 0.45).
+_CURRENCY_BEFORE = ("US$", "S$", "HK$", "NT$", "A$", "$", "¥", "￥", "€", "£", "₫", "₹", "₱", "₩", "฿", "Rp", "RM")
+_UNITS_AFTER = (
+    # currencies
+    "円", "元", "块", "块钱", "圓", "圆", "日元", "美元", "人民币", "人民幣", "ドル", "ユーロ", "บาท", "ดอลลาร์",
+    "đ", "₫", "đồng", "dong", "VND", "VNĐ", "USD", "JPY", "CNY", "RMB", "THB", "IDR", "MYR", "SGD", "PHP", "EUR",
+    "INR", "$", "€", "¥", "yen", "yuan", "baht", "rupiah", "ringgit", "dollars", "dollar", "euros", "euro",
+    # SI and common units
+    "mm", "cm", "dm", "m", "km", "mm²", "cm²", "m²", "km²", "mm2", "cm2", "m2", "km2", "mm^2", "cm^2", "m^2",
+    "km^2", "cm³", "m³", "cm3", "m3", "cm^3", "m^3", "ml", "mL", "l", "L", "mg", "g", "kg", "t", "s", "ms", "min",
+    "h", "km/h", "m/s", "°C", "℃", "°F", "°", "W", "kW", "V", "A", "Hz", "kHz", "J", "kJ", "N", "Pa", "kPa", "cal",
+    "kcal",
+    # Japanese and Chinese units and counters
+    "キロ", "キログラム", "キロメートル", "メートル", "センチ", "センチメートル", "ミリ", "グラム", "リットル",
+    "米", "厘米", "毫米", "公里", "公斤", "克", "斤", "吨", "升", "毫升", "度", "秒", "分", "分钟", "分鐘",
+    "小时", "小時", "時間", "天", "日", "年", "个月", "か月", "ヶ月", "個", "个", "人", "名", "本", "枚", "匹", "頭",
+    "头", "羽", "台", "冊", "册", "件", "回", "次", "倍", "歳", "岁", "只", "条", "條", "张", "張", "辆", "輛", "颗",
+    "顆", "棵", "杯", "箱", "袋",
+    # Thai and Vietnamese units and counters
+    "กิโลกรัม", "กิโลเมตร", "เมตร", "เซนติเมตร", "กรัม", "ลิตร", "ชั่วโมง", "นาที", "วินาที", "คน", "ชิ้น", "ผล",
+    "อัน", "ตัว", "mét", "lít", "giờ", "phút", "giây", "người", "cái", "quả", "con",
+)
+
+
+def _alternatives(words: tuple[str, ...]) -> str:
+    return "|".join(re.escape(word) for word in sorted(set(words), key=len, reverse=True))
+
+
+@functools.cache
+def _unit_number_re(language: str | None) -> re.Pattern[str]:
+    number = rf"[-+−]?(?:{number_body(language)})"
+    return re.compile(rf"(?:{_alternatives(_CURRENCY_BEFORE)})\s*(?P<after>{number})"
+                      rf"|(?P<before>{number})[\s{_GROUP_SPACES}]*(?:{_alternatives(_UNITS_AFTER)})")
+
+
+def unit_number(text: str, language: str | None = None) -> str | None:
+    """The number of a reference answer that is a number with a unit or currency ("12,000円", "12 cm", "₫100.000",
+    "1,250 บาท"), as written; None when ``text`` is not one. Both answer readers compare such a reference as its
+    number, so "答えは12000円" and "\\boxed{12}" give "12,000円" and "12 cm" in training and in evaluation alike."""
+    found = _unit_number_re(language).fullmatch(unicodedata.normalize("NFC", text.translate(FULL_WIDTH)).strip())
+    return (found.group("after") or found.group("before")) if found else None
+
+
 # Full-width ASCII forms (U+FF01..U+FF5E: ４２, ＝, ，) and the ideographic space, as CJK input methods type them;
 # a full-width colon carries its own spacing, and math-verify reads no number right after a bare ':'.
 FULL_WIDTH = {code: unicodedata.normalize("NFKC", chr(code)) for code in range(0xFF01, 0xFF5F)} | {

@@ -54,7 +54,7 @@ from tempa.alignment.judge import (
     fill,
     render_conversation,
 )
-from tempa.alignment.numbers import math_text
+from tempa.alignment.numbers import math_text, unit_number
 from tempa.alignment.prompts import PromptRow
 from tempa.chat_templates.thinking import ThinkSplit, has_think_tags
 from tempa.sft import language
@@ -100,7 +100,8 @@ def answer_match(
     ``gold`` may be a list of accepted answers. ``auto`` uses math-verify when the reference is a
     number or a formula, else ``contains``. ``regex``: ``pattern`` is searched in the answer; its
     first group (or the whole match) must equal the reference after normalisation. Numbers are read as the
-    prompt's ``language`` writes them (:func:`plain_number`).
+    prompt's ``language`` writes them (:func:`plain_number`); a reference that is a number with a unit or currency
+    (:func:`unit_number`: "12,000円", "12 cm") is its number.
     """
     if gold is None or (isinstance(gold, str) and not gold.strip()):
         return None
@@ -117,7 +118,10 @@ def answer_match(
                 return 1.0
             continue
         if match in ("auto", "math"):
-            equal = _math_equal(g, answer, language, gold_language) if answer.strip() else False
+            # A reference with a unit is its number ("12,000円", "₫100.000"), as the accuracy suite compares it:
+            # math-verify read "US$12" as no number, so no reply matched it.
+            number = unit_number(g, gold_language)
+            equal = _math_equal(number or g, answer, language, gold_language) if answer.strip() else False
             if equal is not None:
                 if equal:
                     return 1.0
@@ -261,7 +265,8 @@ class AnswerReward(_RewardBase):
     type: Literal["answer"] = "answer"
     match: Literal["auto", "math", "exact", "contains", "regex"] = Field(
         default="auto",
-        description="`math`: math-verify equivalence (numbers, fractions, LaTeX); `exact`: equal after case, "
+        description="`math`: math-verify equivalence (numbers, fractions, LaTeX; a reference that is a number with a "
+        "unit or currency, `12 cm` or `12,000円`, is its number); `exact`: equal after case, "
         "punctuation and space folding; `contains`: the reference appears in the answer; `regex`: `pattern` "
         "extracts the answer; `auto`: math when the reference parses as math, else contains.",
     )

@@ -15,7 +15,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-from tempa.alignment.numbers import FULL_WIDTH, number_body, plain_number
+from tempa.alignment.numbers import FULL_WIDTH, number_body, plain_number, unit_number
 from tempa.chat_templates.thinking import THINK_CLOSE, THINK_OPEN, has_think_tags, split_reasoning
 
 
@@ -175,14 +175,15 @@ def answer_matches(
     """Whether ``answer`` (the text after the think block) gives the ``expected`` answer.
 
     Numeric expectations compare the final number within tolerance, numbers read as ``language`` (the row's)
-    writes them, as the answer reward reads them. Other expectations compare
-    the normalised boxed content, the line after an "answer is" lead-in, the last line, or the whole
-    answer.
+    writes them, as the answer reward reads them; an expectation that is a number with a unit or currency
+    ("12,000円", "12 cm", :func:`tempa.alignment.numbers.unit_number`) is its number, as the reward compares it.
+    Other expectations compare the normalised boxed content, the line after an "answer is" lead-in, the last line,
+    or the whole answer.
     """
     expected_number = (
         float(expected)
         if isinstance(expected, (int, float)) and not isinstance(expected, bool)
-        else parse_number(str(expected), language)
+        else parse_number(unit_number(str(expected), language) or str(expected), language)
     )
     if expected_number is not None:
         got = extract_final_number(answer, language)

@@ -4,6 +4,9 @@
 "答えは42です" and "คือ1250บาท" glue digits to text that math-verify reads as one word. The answer reward
 (:mod:`tempa.alignment.rewards`) and the evaluate stage's accuracy suite (:mod:`tempa.merge.answers`) read numbers
 by the functions here, so a reply scores the same in training and in evaluation.
+
+Japanese and Chinese also write numbers with Han numerals (四十二, 三百五, 1万2千, 二〇二六, 两千), and a reference
+answer may carry its unit (12,000円, 12 cm, 1,250 บาท, 100.000 đồng): both readers take them from here too.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from decimal import Decimal
 
 # Languages whose decimal mark is a comma (CLDR's symbol for each): they group thousands with a dot (id, vi, de,
 # es, pt, ...) or a space (fr, ru, pl, ...), so "1.250" is 1250 there but 1.25 in English, Thai, Tamil, Japanese,
@@ -75,6 +79,179 @@ def plain_numbers(text: str, language: str | None) -> str:
     return _number_re(language).sub(lambda m: plain_number(m.group(0), language) or m.group(0), text)
 
 
+# --- Han numerals, as Japanese and Chinese write them: 四十二, 三百五, 1万2千, 二〇二六, 两千 -----------------------------
+
+_HAN_DIGITS = {"〇": 0, "零": 0, "一": 1, "壱": 1, "二": 2, "弐": 2, "两": 2, "兩": 2, "三": 3, "四": 4, "五": 5,
+               "六": 6, "七": 7, "八": 8, "九": 9}
+_HAN_TENS = {"十": 10, "百": 100, "千": 1000}
+_HAN_MYRIADS = {"万": 10**4, "萬": 10**4, "億": 10**8, "亿": 10**8, "兆": 10**12}
+_HAN = "".join([*_HAN_DIGITS, *_HAN_TENS, *_HAN_MYRIADS])
+_ARABIC = r"\d+(?:[.,]\d+)*"
+# One numeral: at least one Han numeral character, Arabic digits allowed around the units (1万2千, 3.5万).
+_NUMERAL = rf"(?:{_ARABIC})?[{_HAN}](?:[{_HAN}]|{_ARABIC})*"
+_PIECE = re.compile(rf"{_ARABIC}|[{''.join(_HAN_DIGITS)}]+|[{''.join(_HAN_TENS)}{''.join(_HAN_MYRIADS)}]")
+_MINUS_WORD = r"[-−]|负|負|マイナス"
+# A numeral, signed, or a fraction: 三分之一 (zh), 3分の1 (ja), 百分之五十 (zh: 50%).
+_HAN_NUMBER = re.compile(
+    rf"(?<![\d.,])(?P<sign>{_MINUS_WORD})?(?P<numeral>{_NUMERAL}|{_ARABIC})"
+    rf"(?:分[之の](?P<numerator>{_NUMERAL}|{_ARABIC}))?(?![\d])")
+# What a numeral made of Han characters only may stand before when it is a quantity: a counter or unit (個, 人, 円,
+# 年, 度, ...), an operator (加, 等, ...) or anything not Han (kana, punctuation, the end). Elsewhere it is part of a
+# word or a name: 一郎, 九州, 三菱, 千葉, 一緒, 一般, 一定, 五十嵐.
+_COUNTERS = (
+    "個个箇人名位円元圓块塊本枚匹頭头羽台冊册件回次倍歳岁才年月日号天時时秒週周度割杯皿軒階层層张張只隻条條辆輛"
+    "斤克米里升吨噸箱袋瓶碗盒包双對对组組种種道题題问問棵朵颗顆粒根支把架座家所户戸口页頁章节節课課"
+    "分加减減乘除等是和与與或到至以多余餘")
+_QUANTITY_AFTER = re.compile(rf"$|[^\u3005\u3007\u3400-\u9fff\uf900-\ufaff]|[{_COUNTERS}]")
+# ...and what it may not follow: an ordinal (第一に: firstly), 唯一 (only), 統一/同一 (unified, same), 之一 (one of).
+_NOT_AFTER = "第唯統统同之"
+_KANA = re.compile(r"[\u3040-\u30ff]")
+_WIDE = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff]")
+
+
+def cjk_reading(text: str, language: str | None) -> str | None:
+    """How ``text`` writes Han numerals: "zh" (三百五 is 350, as spoken), "ja" (三百五 is 305), or None (no Han
+    numerals read: the row is in another language, or has no language and no Han or kana in it)."""
+    code = str(language).split("-")[0].split("_")[0].lower() if language else None
+    if code in ("ja", "zh"):
+        return code
+    if code is None and _WIDE.search(text):
+        return "ja" if _KANA.search(text) else "zh"
+    return None
+
+
+def _numeral_value(numeral: str, reading: str) -> Decimal | None:
+    """The value of one numeral (四十二, 1万2千, 二〇二六, 三百五); None when it is no well-formed numeral (万一,
+    三四: 'three or four', 十百)."""
+    pieces = _PIECE.findall(numeral)
+    if "".join(pieces) != numeral:
+        return None
+    units = any(piece in _HAN_TENS or piece in _HAN_MYRIADS for piece in pieces)
+    total = section = Decimal(0)
+    pending: Decimal | None = None
+    tens_limit, myriad_limit, last_unit = 10**5, 10**13, 0
+    lone_digit = after_unit = was_after_unit = False
+    for piece in pieces:
+        if piece in _HAN_TENS:
+            unit = _HAN_TENS[piece]
+            if unit >= tens_limit:
+                return None
+            section += (pending if pending is not None else 1) * unit
+            pending, tens_limit, last_unit, after_unit = None, unit, unit, True
+        elif piece in _HAN_MYRIADS:
+            unit = _HAN_MYRIADS[piece]
+            if unit >= myriad_limit or (pending is None and not section):
+                return None
+            total += (section + (pending or 0)) * unit
+            section, pending, tens_limit, myriad_limit, last_unit, after_unit = Decimal(0), None, 10**5, unit, unit, True
+        else:
+            if pending is not None:
+                return None
+            if piece[0].isdigit():  # Arabic digits, as number_body reads them in a language with a decimal point
+                plain = plain_number(piece)
+                if plain is None:
+                    return None
+                pending, lone_digit = Decimal(plain), len(piece) == 1
+            else:
+                # a run of Han digits is positional (二〇二六) only alone and with a 〇 in it, or 零 filling a gap
+                # (一百零五); 三四 and 五六 are "three or four", 〇〇 a placeholder (〇〇さん: so-and-so)
+                positional = not units and "〇" in piece and piece[0] not in "〇零"
+                filler = units and len(piece) == 2 and piece[0] in "〇零" and piece[1] not in "〇零"
+                if len(piece) > 1 and not (positional or filler):
+                    return None
+                pending = Decimal("".join(str(_HAN_DIGITS[char]) for char in piece))
+                lone_digit = len(piece) == 1 and piece not in "〇零"
+            after_unit, was_after_unit = False, after_unit
+    if pending is not None:
+        if reading == "zh" and lone_digit and was_after_unit and last_unit >= 100:
+            pending *= Decimal(last_unit) / 10  # spoken Chinese: 三百五 is 350, 一万二 12000
+        section += pending
+    return total + section
+
+
+def _plain(value: Decimal) -> str:
+    text = format(value.normalize(), "f")
+    return text.split(".")[0] if "." in text and not text.split(".")[1].strip("0") else text
+
+
+def _han_value(match: re.Match[str], reading: str) -> str | None:
+    """One numeral match as plain ASCII ("-42", "12000", "1/3", "50%"); None when it is no number."""
+    value = _numeral_value(match.group("numeral"), reading)
+    sign = "-" if match.group("sign") else ""
+    if value is None:
+        return None
+    if match.group("numerator") is None:
+        return sign + _plain(value)
+    numerator = _numeral_value(match.group("numerator"), reading)
+    if numerator is None or not value:
+        return None
+    if match.group("numeral") == "百" and "之" in match.group(0):
+        return f"{sign}{_plain(numerator)}%"  # 百分之五十
+    return f"{sign}{_plain(numerator)}/{_plain(value)}"
+
+
+def _han_only(match: re.Match[str]) -> bool:
+    return not re.search(r"\d", match.group(0))
+
+
+def _is_quantity(text: str, match: re.Match[str]) -> bool:
+    """Whether a numeral of Han characters only stands as a quantity where it is (not in a word or a name)."""
+    before = text[match.start() - 1] if match.start() else ""
+    if before and before in _NOT_AFTER and not (before == "之" and text[max(0, match.start() - 2)] == "分"):
+        return False
+    if match.group(0) == "十" and text.startswith("分", match.end()):
+        return False  # 十分: enough (ja), very (zh); 十五分 and 三分 are minutes
+    return match.group("numerator") is not None or bool(_QUANTITY_AFTER.match(text, match.end()))
+
+
+def plain_unit_numerals(text: str, reading: str | None) -> str:
+    """``text`` with every numeral that mixes Arabic digits and Han units (1万2千, 12万3456, 3.5万, 3分の1) written
+    plainly: they are numbers wherever they stand. Han-only numerals are left (:func:`han_numbers`)."""
+    if reading is None:
+        return text
+
+    def plain(match: re.Match[str]) -> str:
+        if _han_only(match) or not re.search(rf"[{_HAN}分]", match.group(0)):
+            return match.group(0)
+        return _han_value(match, reading) or match.group(0)
+
+    return _HAN_NUMBER.sub(plain, text)
+
+
+def han_numbers(text: str, reading: str | None) -> list[str]:
+    """The numerals of Han characters only in ``text`` that stand as quantities (四十二個, 答案是两千, 〇), as
+    plain ASCII, in order. A reply commits to its Arabic digits first (a reader falls back to these only where a
+    part of the reply has none), so 一郎, 九州 or 第一に never outweigh a digit answer."""
+    if reading is None:
+        return []
+    found = []
+    for match in _HAN_NUMBER.finditer(text):
+        if _han_only(match) and _is_quantity(text, match):
+            value = _han_value(match, reading)
+            if value is not None:
+                found.append(value)
+    return found
+
+
+def plain_han_numerals(text: str, reading: str | None) -> str:
+    """``text`` with the numerals :func:`han_numbers` reads written plainly."""
+    if reading is None:
+        return text
+
+    def plain(match: re.Match[str]) -> str:
+        if not (_han_only(match) and _is_quantity(text, match)):
+            return match.group(0)
+        return _han_value(match, reading) or match.group(0)
+
+    return _HAN_NUMBER.sub(plain, text)
+
+
+def plain_cjk_number(token: str, reading: str | None) -> str | None:
+    """One whole numeral (四十二, 1万2千, 三分之一, 负五) as plain ASCII; None when ``token`` is not one."""
+    found = _HAN_NUMBER.fullmatch(token.strip()) if reading else None
+    return _han_value(found, reading) if found and reading and re.search(rf"[{_HAN}]", token) else None
+
+
 # Units a reference answer may carry: currencies (before or after the number), SI units, and the units and counters
 # Japanese, Chinese, Thai and Vietnamese write after a number. Percent is not one: both readers read "45%" already
 # (the accuracy suite as 45, math-verify as 45 or 0.45).
@@ -107,7 +284,7 @@ def _alternatives(words: tuple[str, ...]) -> str:
 
 @functools.cache
 def _unit_number_re(language: str | None) -> re.Pattern[str]:
-    number = rf"[-+−]?(?:{number_body(language)})"
+    number = rf"[-+−]?(?:{number_body(language)}|{_NUMERAL})"
     return re.compile(rf"(?:{_alternatives(_CURRENCY_BEFORE)})\s*(?P<after>{number})"
                       rf"|(?P<before>{number})[\s{_GROUP_SPACES}]*(?:{_alternatives(_UNITS_AFTER)})")
 
@@ -117,7 +294,15 @@ def unit_number(text: str, language: str | None = None) -> str | None:
     "1,250 บาท"), as written; None when ``text`` is not one. Both answer readers compare such a reference as its
     number, so "答えは12000円" and "\\boxed{12}" give "12,000円" and "12 cm" in training and in evaluation alike."""
     found = _unit_number_re(language).fullmatch(unicodedata.normalize("NFC", text.translate(FULL_WIDTH)).strip())
-    return (found.group("after") or found.group("before")) if found else None
+    number = (found.group("after") or found.group("before")) if found else None
+    if number and re.search(f"[{_HAN}]", number):
+        # 四十二個 is a number with a counter only where Han numerals are read (ja, zh), and 十分 (enough) none
+        han = _HAN_NUMBER.match(found.group(0))
+        reading = cjk_reading(text, language)
+        if not (reading and han and plain_cjk_number(number, reading) is not None
+                and (not _han_only(han) or _is_quantity(found.group(0), han))):
+            return None
+    return number
 
 
 # Full-width ASCII forms (U+FF01..U+FF5E: ４２, ＝, ，) and the ideographic space, as CJK input methods type them;
@@ -138,8 +323,14 @@ _DIGITS_AFTER_WORD = re.compile(r"(?<=[^\W\d_]{2})(?=\d)")
 def math_text(answer: str, language: str | None = None) -> str:
     """``answer`` as math-verify can read it: full-width forms as ASCII, numbers written plainly as ``language``
     reads them (math-verify reads "1.250" as 1.25 and "1 000" as 1000, whatever the language), and a space between
-    a number (with its sign) and the CJK or Thai text or word around it. math-verify finds a number only at a word boundary, and
+    a number (with its sign) and the CJK or Thai text or word around it; in Japanese and Chinese, Han numerals
+    (1万2千, and 四十二 where the reply writes no digits) as digits. math-verify finds a number only at a word boundary, and
     Han, kana, Hangul and Thai are word characters, so it found none in "答えは42です" or "คือ1250บาท" (and none in
     "４２" or "Rp1250" at all)."""
-    text = plain_numbers(answer.translate(FULL_WIDTH | _MINUS), language)
+    text = answer.translate(FULL_WIDTH | _MINUS)
+    reading = cjk_reading(text, language)
+    text = plain_unit_numerals(text, reading)
+    if not _number_re(language).search(text):  # a reply that writes digits commits to them (see han_numbers)
+        text = plain_han_numerals(text, reading)
+    text = plain_numbers(text, language)
     return _DIGITS_AFTER_WORD.sub(" ", _DIGITS_BY_WIDE.sub(" ", text))

@@ -15,7 +15,16 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-from tempa.alignment.numbers import FULL_WIDTH, number_body, plain_number, unit_number
+from tempa.alignment.numbers import (
+    FULL_WIDTH,
+    cjk_reading,
+    han_numbers,
+    number_body,
+    plain_cjk_number,
+    plain_number,
+    plain_unit_numerals,
+    unit_number,
+)
 from tempa.chat_templates.thinking import THINK_CLOSE, THINK_OPEN, has_think_tags, split_reasoning
 
 
@@ -68,10 +77,11 @@ _LATEX_COMMA = re.compile(r"(?<=\d)\{,\}(?=\d)")
 _LATEX_THIN_SPACE = re.compile(r"(?<=\d)\\[,:;!](?=\d{3}(?!\d))")
 
 
-def _plain_marks(text: str) -> str:
-    """``text`` with full-width forms as ASCII (a CJK input method's －５ is -5, ３／４ is 3/4, １．５ is 1.5) and
-    LaTeX's digit-group marks as the plain ones number_body reads."""
-    return _LATEX_THIN_SPACE.sub("", _LATEX_COMMA.sub(",", text.translate(FULL_WIDTH)))
+def _plain_marks(text: str, reading: str | None) -> str:
+    """``text`` with full-width forms as ASCII (a CJK input method's －５ is -5, ３／４ is 3/4, １．５ is 1.5),
+    LaTeX's digit-group marks as the plain ones number_body reads, and numerals of digits and Han units (1万2千)
+    as digits."""
+    return plain_unit_numerals(_LATEX_THIN_SPACE.sub("", _LATEX_COMMA.sub(",", text.translate(FULL_WIDTH))), reading)
 
 
 _BOXED_RE = re.compile(r"\\boxed\s*\{")
@@ -108,7 +118,9 @@ def parse_number(text: str, language: str | None = None) -> float | None:
     ``1.500.000`` a million everywhere, ``2,5`` and ``0,125`` have a decimal comma; ``1.500`` is 1500 in a language
     with a decimal comma (Indonesian, Vietnamese, ...) and 1.5 in others (and without a language).
     """
-    cleaned = unicodedata.normalize("NFKC", text).strip().replace("−", "-").replace("$", "").rstrip(".")
+    cleaned = unicodedata.normalize("NFKC", text).strip()
+    cleaned = plain_cjk_number(cleaned, cjk_reading(cleaned, language)) or cleaned  # 四十二, 1万2千, 三分之一
+    cleaned = cleaned.replace("−", "-").replace("$", "").rstrip(".")
     cleaned = re.sub(r"^\\(?=\d)", "", cleaned.removesuffix("%").removesuffix("\\"))  # \$12, 45\%
     sign, cleaned = (-1.0 if cleaned[:1] == "-" else 1.0), cleaned.lstrip("+-").strip()
     frac_tex = re.fullmatch(r"\\[dt]?frac\{(\d+)\}\{(\d+)\}", cleaned)
@@ -124,14 +136,23 @@ def parse_number(text: str, language: str | None = None) -> float | None:
 
 def extract_final_number(answer: str, language: str | None = None) -> float | None:
     """The number an answer commits to: the last ``\\boxed{}``, else the number after the last
-    "answer is"-style lead-in, else the last number in the text; numbers read as ``language`` writes them."""
+    "answer is"-style lead-in, else the last number in the text; numbers read as ``language`` writes them.
+
+    In Japanese and Chinese (or a row without a language whose reply is), Han numerals are numbers too: 1万2千
+    wherever it stands, and 四十二 or 两千 where that part of the reply (the box, the committed sentence, the rest
+    after the lead-in, the whole reply) writes no digits, so a name (一郎, 九州) never outweighs a digit answer."""
     number_re = _number_re(language)
-    answer = _plain_marks(answer)
+    reading = cjk_reading(answer, language)
+    answer = _plain_marks(answer, reading)
+
+    def numbers_in(part: str) -> list[str]:
+        return number_re.findall(part) or han_numbers(part, reading)
+
     for boxed in reversed(_boxed_contents(answer)):
         value = parse_number(boxed, language)
         if value is not None:
             return value
-        numbers = number_re.findall(boxed)
+        numbers = numbers_in(boxed)
         if numbers:
             return parse_number(numbers[-1], language)
     lead_ins = list(_LEAD_IN_RE.finditer(answer))
@@ -139,11 +160,11 @@ def extract_final_number(answer: str, language: str | None = None) -> float | No
         tail = answer[lead_ins[-1].end() :]
         # "The answer is 12 - 5 = 7": a worked line commits to what its last '=' gives
         line = committed_sentence(tail)
-        numbers = number_re.findall(line.rsplit("=", 1)[1]) if "=" in line else []
-        numbers = numbers or number_re.findall(tail)
+        numbers = numbers_in(line.rsplit("=", 1)[1]) if "=" in line else []
+        numbers = numbers or numbers_in(line) or numbers_in(tail)
         if numbers:
             return parse_number(numbers[0], language)
-    numbers = number_re.findall(answer)
+    numbers = numbers_in(answer)
     return parse_number(numbers[-1], language) if numbers else None
 
 

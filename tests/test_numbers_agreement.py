@@ -10,7 +10,7 @@ import pytest
 from tempa.alignment.completions import Completion
 from tempa.alignment.prompts import PromptRow
 from tempa.alignment.rewards import AnswerReward, RewardSet, ScoreItem, ScoringEnv
-from tempa.merge.answers import answer_matches
+from tempa.merge.answers import answer_matches, extract_final_number
 
 
 def reward(language: str | None, reference: object, reply: str) -> float | None:
@@ -76,3 +76,83 @@ def test_a_reference_that_is_not_a_number_with_a_unit_stays_text(reference):
     # no unit-like word turns text into a number: the reply must give the text
     assert answer_matches(f"The answer is {reference}.", reference)
     assert not answer_matches("The answer is 12.", reference)
+
+
+# (language, reply, the value it commits to, a value a misreading gives): Han numerals as Japanese and Chinese replies
+# write them. Both readers must give the value and refuse the misreading.
+HAN_NUMERALS = [
+    ("ja", "答えは四十二です", 42, 2),  # read as no number at all
+    ("ja", "答えは1万2千円", 12000, 1),  # read as 1
+    ("ja", "答えは１万２千円です。", 12000, 2),
+    ("ja", "合計は3億5000万円です。", 350_000_000, 5000),
+    ("ja", "答えは12万3456人です。", 123456, 3456),
+    ("ja", "全部で三百五個です。", 305, 350),  # Japanese: 三百五 is 305
+    ("ja", "答えは二千二十六です。", 2026, 26),
+    ("ja", "答えは二〇二六です。", 2026, 6),  # positional, as years are written
+    ("ja", "答えは〇です。", 0, 1),
+    ("ja", "答えは3分の1です。", "1/3", 1),
+    ("ja", "答えはマイナス五です。", -5, 5),
+    ("ja", "四十二個です。", 42, 2),  # no lead-in: the last number
+    ("ja", "一郎は5個のりんごを持っています。", 5, 1),  # a name is no number where the reply writes digits ...
+    ("ja", "九州から来た三菱の社員は7人です。", 7, 3),
+    ("ja", "千葉に住む一郎さんは三個持っています。", 3, 1000),  # ... nor where it writes none: 千葉, 一郎 are words
+    ("ja", "第一に、答えは五です。", 5, 1),  # an ordinal
+    ("ja", "十分に考えた結果、七個です。", 7, 10),  # 十分: enough
+    ("ja", "答えは四十二です。検算：40+2=42", 42, 40),  # the committed sentence writes no digits: its numeral
+    ("zh", "答案是四十二。", 42, 2),
+    ("zh", "所以答案是两千三百。", 2300, 2),
+    ("zh", "一共三百五个。", 350, 305),  # spoken Chinese: 三百五 is 350 (三百零五 is 305)
+    ("zh", "答案是三百零五。", 305, 350),
+    ("zh", "答案是1.5万元。", 15000, 1.5),
+    ("zh", "答案是三分之一。", "1/3", 3),
+    ("zh", "答案是兩個。", 2, 1),
+    ("zh", "答案是负五。", -5, 5),
+    ("zh", "这一点十分重要，所以答案是五。", 5, 10),  # 十分: very
+    ("zh", "所以答案是一万二。", 12000, 10002),
+    (None, "答えは四十二です", 42, 2),  # a row without a language: the reply's script says how to read it
+    (None, "答案是三百五", 350, 305),
+]
+
+
+@pytest.mark.parametrize(("language", "reply", "value", "misread"), HAN_NUMERALS)
+def test_han_numerals_read_the_same_in_the_reward_and_the_accuracy_suite(language, reply, value, misread):
+    assert_both(language, reply, value, True)
+    assert_both(language, reply, misread, False)
+
+
+@pytest.mark.parametrize("language", ["en", "th", "vi"])
+def test_han_numerals_are_read_only_in_japanese_and_chinese(language):
+    # A row in another language reads no Han character as a number: its reply would be in the wrong language.
+    assert_both(language, "答えは四十二です", 42, False)
+
+
+@pytest.mark.parametrize(("digits", "han"), [
+    ("2026年12月2日", "二〇二六年十二月二日"),  # a date commits to its last number, however written
+    ("午後3時15分", "午後三時十五分"),
+    ("答えは5です。", "答えは五です。"),
+])
+def test_a_han_numeral_reads_as_its_digits_do(digits, han):
+    assert extract_final_number(han, "ja") == extract_final_number(digits, "ja") is not None
+
+
+@pytest.mark.parametrize("reply", [
+    "2026年12月2日", "午後3時15分", "第3章を読んでください", "バージョンはv1.2.3です", "電話は03-1234-5678です",
+    "答えは四十二個、つまり42個です。", "一郎は5個、次郎は7個持っています。",
+])
+def test_a_reply_that_writes_digits_commits_to_the_same_number_as_before(reply):
+    # Han numerals add nothing where a reply writes digits: read as a language without Han numerals reads it (Thai
+    # writes a decimal point too).
+    assert extract_final_number(reply, "ja") == extract_final_number(reply, "th")
+    assert extract_final_number(reply, "zh") == extract_final_number(reply, "th")
+
+
+@pytest.mark.parametrize(("reference", "reply", "verdict"), [
+    ("四十二", "答えは42です。", True),  # a reference written in Han numerals is its number
+    ("1万2千円", "答えは12000円です。", True),
+    ("四十二個", "答えは42個です。", True),
+    ("九州", "答えは九州です。", True),  # a word with a numeral in it stays text
+    ("九州", "答えは9です。", False),
+    ("十分", "答えは10です。", False),  # 十分 (enough) is no 10 minutes
+])
+def test_a_reference_in_han_numerals(reference, reply, verdict):
+    assert_both("ja", reply, reference, verdict)

@@ -91,7 +91,8 @@ class AccuracySuite(_GenerationSuite):
     """Verifiable answers: rows with a prompt and an `answer`. A numeric answer must equal the number the reply
     commits to (the last `\\boxed{}`, else the first after an "answer is" lead-in (答えは, 答案是, ...) or after the
     last `=` of that sentence, else the last number; full-width forms and LaTeX's `\\frac{3}{4}` and `1{,}234`
-    read as numbers); a text answer must equal, after case and punctuation folding, the boxed text, the sentence
+    read as numbers, and in Japanese and Chinese rows Han numerals too: 四十二, 1万2千); a numeric answer with a unit
+    or currency (`12,000円`, `12 cm`) is compared as its number; a text answer must equal, after case and punctuation folding, the boxed text, the sentence
     after a lead-in (a trailing です/だ dropped), the last line or the whole reply. Only the text after the think
     block is graded: a reply still thinking at `max_new_tokens` is wrong, and counted in `unanswered` (the
     accuracy, ifeval and language suites report that share; the leaderboard shows it where it is not 0). (The preference/rl `answer` reward

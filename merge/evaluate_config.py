@@ -115,7 +115,7 @@ class LanguageSuite(_GenerationSuite, language.LanguageRules):
     type: Literal["language"]
     reports: ClassVar[frozenset[str] | None] = frozenset(
         {"language", "language_share", "accuracy", "normalized_accuracy", "reasoning", "reasoning_language_share",
-         "unanswered"})
+         "unanswered", "rows"})
     language: str | None = Field(
         default=None, description="Target language (ISO 639-1) for rows without a `language` field."
     )
@@ -159,7 +159,7 @@ class ThinkingFormatSuite(_DataSuite):
     """Thinking-format compliance per mode. On: a closed think block, then an answer. Off: no think text."""
 
     type: Literal["thinking"]
-    reports: ClassVar[frozenset[str] | None] = frozenset({"on_compliance", "off_compliance", "compliance"})
+    reports: ClassVar[frozenset[str] | None] = frozenset({"on_compliance", "off_compliance", "compliance", "rows"})
     modes: list[OnOff] = Field(default=["on", "off"], min_length=1, description="Modes to test.")
     max_new_tokens: int | None = Field(
         default=None, ge=1, description="Override of the stage's generation.max_new_tokens."
@@ -170,7 +170,7 @@ class IFEvalSuite(_GenerationSuite):
     """IFEval-style checks: rows with a prompt and `instructions` ([{type: word_count, max: 50}, ...])."""
 
     type: Literal["ifeval"]
-    reports: ClassVar[frozenset[str] | None] = frozenset({"prompt_accuracy", "instruction_accuracy", "unanswered"})
+    reports: ClassVar[frozenset[str] | None] = frozenset({"prompt_accuracy", "instruction_accuracy", "unanswered", "rows"})
 
 
 class WinRateSuite(_GenerationSuite):

@@ -166,7 +166,8 @@ class CandidateScorer:
             (instructions, ifeval.check_all(instructions, reply))
             for (_, instructions), reply in zip(parsed, replies, strict=True)
         ]
-        return {**ifeval.ifeval_scores(results), "unanswered": answers.unanswered(replies)}
+        return {**ifeval.ifeval_scores(results), "unanswered": answers.unanswered(replies),
+                "rows": float(len(parsed))}
 
     def language(self, suite: LanguageSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
         targets = [row.get("language") or suite.language for row in rows]
@@ -181,7 +182,7 @@ class CandidateScorer:
             reasoning.append(reasoning_verdict(split.reasoning, target, suite.reasoning, languages=suite.languages,
                                                min_letters=suite.min_letters, equivalent=suite.equivalent)[0])
         return {**language_scores(detected, targets, correct, suite.equivalent), **reasoning_scores(reasoning),
-                "unanswered": answers.unanswered([self.answer(text) for text in texts])}
+                "unanswered": answers.unanswered([self.answer(text) for text in texts]), "rows": float(len(rows))}
 
     def thinking(self, suite: ThinkingFormatSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
         prompts = [prompt_messages(row) for row in rows]
@@ -193,6 +194,7 @@ class CandidateScorer:
             passed = [check(text, self.open_tag, self.close_tag) for text in texts]
             scores[f"{mode}_compliance"] = sum(passed) / len(passed)
         scores["compliance"] = sum(scores[f"{m}_compliance"] for m in suite.modes) / len(suite.modes)
+        scores["rows"] = float(len(rows))
         return scores
 
     def win_rate(self, suite: WinRateSuite, rows: list[dict[str, Any]]) -> dict[str, float]:

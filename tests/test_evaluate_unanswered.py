@@ -40,6 +40,7 @@ def test_a_reply_still_thinking_at_the_budget_is_wrong_and_counted(tmp_path, sco
                                        "data": str(data), "thinking_mode": "on"})
     scores = scorer.run(suite, ROWS)
     assert scores["unanswered"] == 0.5
+    assert scores["rows"] == len(ROWS)  # every generation suite says how many rows its shares are of
     assert suite.metric_problem("unanswered") is None  # a metric rank_by and select may name
     accuracy = scores.get("accuracy", scores.get("prompt_accuracy"))
     assert accuracy == 0.5  # the cut-off reply is wrong, the other right
@@ -72,3 +73,14 @@ def test_the_stage_warns_once_per_suite_whose_replies_were_cut_off(tmp_path):
     assert "max_new_tokens=64" in lines[0]  # the suite's own budget, not the stage's
     quiet = [r.model_copy(update={"metrics": {"math/unanswered": 0.0}}) for r in rows]
     assert unanswered_warnings(Leaderboard(rows=quiet), config) == []
+
+
+def test_the_thinking_suite_counts_its_rows(tmp_path, scorer):
+    from tempa.merge.evaluate_config import ThinkingFormatSuite
+
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ROWS),
+                                         encoding="utf-8")
+    suite = ThinkingFormatSuite.model_validate({"type": "thinking", "data": str(tmp_path / "rows.jsonl"),
+                                                "modes": ["on", "off"]})
+    scores = scorer.run(suite, ROWS)
+    assert scores["rows"] == len(ROWS) and suite.metric_problem("rows") is None

@@ -110,8 +110,8 @@ def run_incremental(
     keys = [key(item) for item in items]
     stats: dict[str, Any] = {"items": len(items), "resumed": 0, "processed": 0, "seconds": 0.0,
                              "samples": 0, "tokens": 0}
-    if not store.complete or any(k not in done for k in keys):
-        stats["resumed"] = sum(1 for k in keys if k in done)
+    stats["resumed"] = sum(1 for k in keys if k in done)  # all of them when the pass was complete already
+    if not store.complete or stats["resumed"] < len(keys):
         started = time.time()
         bar = tqdm(total=len(items), initial=stats["resumed"], desc=desc, unit="prompt", disable=not show_progress)
         try:

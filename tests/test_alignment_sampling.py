@@ -49,6 +49,7 @@ def test_interrupted_sampling_resumes_with_only_the_rest(tmp_path):
     third = ScriptedBackend()
     again, stats = sample_prompts(rows, third, params, JsonlStore(path, "sig"), show_progress=False)
     assert third.calls == 0 and again == records and stats["processed"] == 0
+    assert stats["resumed"] == len(rows)  # every prompt came from the store ("sampled 10 prompts (10 resumed)")
 
 
 def test_a_torn_last_line_is_dropped_and_redone(tmp_path):

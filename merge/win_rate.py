@@ -31,6 +31,7 @@ from typing import Any
 from tempa.alignment.judge import Judge, fill
 from tempa.chat_templates.thinking import split_reasoning
 from tempa.sft.files import digest, write_json
+from tempa.sft.formats import thinking_mode_of
 from tempa.sft.stage_api import StageError
 
 PAIRWISE_RUBRIC = """Please act as an impartial judge and evaluate the two conversations below between a \
@@ -100,6 +101,7 @@ class PairwiseRow:
     turns: list[str]
     category: str
     system: str | None = None
+    thinking_mode: str | None = None  # the row's own; the suite's `thinking_mode` wins, as in the other suites
 
 
 def pairwise_row(row: dict[str, Any], turns_field: str, category_field: str) -> PairwiseRow:
@@ -117,7 +119,8 @@ def pairwise_row(row: dict[str, Any], turns_field: str, category_field: str) -> 
         raise ValueError(f"expected '{turns_field}' (a list of user messages), 'messages' with user turns, or a "
                          f"'prompt' string; got {str(row)[:120]}")
     category = row.get(category_field)
-    return PairwiseRow(list(turns), str(category) if category not in (None, "") else DEFAULT_CATEGORY, system)
+    return PairwiseRow(list(turns), str(category) if category not in (None, "") else DEFAULT_CATEGORY, system,
+                       thinking_mode_of(row.get("thinking_mode"), "thinking_mode"))
 
 
 def pairwise_rows(rows: Sequence[dict[str, Any]], turns_field: str, category_field: str) -> list[PairwiseRow]:
@@ -127,14 +130,15 @@ def pairwise_rows(rows: Sequence[dict[str, Any]], turns_field: str, category_fie
 
 def answer_conversations(scorer: Any, rows: Sequence[PairwiseRow], mode: str | None,
                          max_new_tokens: int | None) -> list[list[dict[str, Any]]]:
-    """Each row's conversation as ``scorer``'s model holds it: turn by turn, seeing its own answers."""
+    """Each row's conversation as ``scorer``'s model holds it: turn by turn, seeing its own answers, in ``mode``
+    (else the row's own ``thinking_mode``, else the template's default)."""
     conversations: list[list[dict[str, Any]]] = [
         ([{"role": "system", "content": row.system}] if row.system else []) for row in rows
     ]
     for turn in range(max(len(row.turns) for row in rows)):
         active = [i for i, row in enumerate(rows) if turn < len(row.turns)]
         prompts = [conversations[i] + [{"role": "user", "content": rows[i].turns[turn]}] for i in active]
-        texts = scorer.complete(prompts, [mode] * len(prompts), max_new_tokens)
+        texts = scorer.complete(prompts, [mode or rows[i].thinking_mode for i in active], max_new_tokens)
         for i, prompt, text in zip(active, prompts, texts, strict=True):
             conversations[i] = [*prompt, {"role": "assistant", "content": scorer.answer(text)}]
     return conversations

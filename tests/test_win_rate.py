@@ -176,3 +176,29 @@ def test_a_judge_that_gives_too_few_verdicts_stops_the_suite_quoting_a_reply():
     assert str(info.value) == ("suite 'mt': the judge gave no [[A]]/[[B]]/[[C]] verdict in 3 of 10 replies (30% > "
                                "max_unparsable 0.2); e.g. 'I cannot decide.'. Use a judge that follows the rubric, "
                                "or raise max_unparsable")
+
+
+def test_a_win_rate_row_is_answered_in_its_own_thinking_mode_unless_the_suite_sets_one():
+    """The other generation suites take a row's `thinking_mode` (the suite's wins); the win-rate suite ignored it."""
+
+    class Modes:
+        def __init__(self) -> None:
+            self.modes: list = []
+
+        def complete(self, prompts, modes, max_new_tokens):
+            self.modes += list(modes)
+            return ["ok"] * len(prompts)
+
+        def answer(self, text):
+            return text
+
+    rows = [win_rate.pairwise_row({"turns": ["q1", "q2"], "thinking_mode": "off"}, "turns", "category"),
+            win_rate.pairwise_row({"turns": ["q3"]}, "turns", "category")]
+    scorer = Modes()
+    win_rate.answer_conversations(scorer, rows, None, None)
+    assert scorer.modes == ["off", None, "off"]  # turn 1 of both rows, then row 0's second turn
+    scorer = Modes()
+    win_rate.answer_conversations(scorer, rows, "on", None)
+    assert scorer.modes == ["on", "on", "on"]
+    with pytest.raises(ValueError, match="thinking_mode must be 'on' or 'off', got 'maybe'"):
+        win_rate.pairwise_row({"turns": ["q"], "thinking_mode": "maybe"}, "turns", "category")

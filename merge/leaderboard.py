@@ -66,8 +66,11 @@ class Leaderboard(BaseModel):
 
     @property
     def metric_names(self) -> list[str]:
-        """All metrics, in first-seen order (suite order)."""
-        return list(dict.fromkeys(name for row in self.rows for name in row.metrics))
+        """All metrics, suite by suite (the suites in the order first seen, each suite's metrics as first seen): a
+        metric the first candidates lacked (no answer in a detected language, say) stays beside its suite's."""
+        names = list(dict.fromkeys(name for row in self.rows for name in row.metrics))
+        suites = list(dict.fromkeys(name.split("/", 1)[0] for name in names))
+        return sorted(names, key=lambda name: suites.index(name.split("/", 1)[0]))
 
     def ranked(self) -> list[LeaderboardRow]:
         """Rows best first by ``rank_by`` (missing/NaN last), else in scoring order."""

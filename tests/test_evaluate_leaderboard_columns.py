@@ -1,0 +1,18 @@
+"""The leaderboard's columns stay grouped by suite whichever candidate was scored first."""
+
+from __future__ import annotations
+
+from tempa.merge.leaderboard import Leaderboard, LeaderboardRow
+
+
+def test_a_metric_the_first_candidates_lacked_stays_beside_its_suite():
+    # The demo's aligned checkpoints answered in no detected language (no language_share); the SFT ones did, and
+    # were scored after them: the column landed after every other suite's.
+    first = {"heldout/loss": 5.6, "language/accuracy": 0.0, "thinking/compliance": 0.5}
+    later = {"heldout/loss": 5.5, "language/accuracy": 0.0, "language/language_share": 1.0, "thinking/compliance": 0.5}
+    board = Leaderboard(rows=[LeaderboardRow(candidate="align/checkpoint-2", path="/a", metrics=first),
+                              LeaderboardRow(candidate="sft", path="/b", metrics=later)], rank_by="heldout/loss")
+    assert board.metric_names == ["heldout/loss", "language/accuracy", "language/language_share",
+                                  "thinking/compliance"]
+    header = next(line for line in board.to_markdown().splitlines() if line.startswith("| model"))
+    assert header.index("language/language_share") < header.index("thinking/compliance"), header

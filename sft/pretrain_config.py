@@ -53,18 +53,22 @@ class PretrainSource(BaseModel):
     revision: str | None = None
     text_field: str = Field(default="text", description="The column holding a document's text.")
     txt_document: Literal["file", "paragraph", "line"] | None = Field(
-        default=None, description="For .txt files (UTF-8): what one document is: the whole file (unset: this), a "
-        "block of lines between blank lines (CC-100's layout), or one line.",
+        default=None, description="For .txt files (UTF-8): what one document is: the whole file (unset: this; read "
+        "and tokenised at once in one process, so a file above 256 MiB is refused), a block of lines between blank "
+        "lines (CC-100's layout), or one line. By paragraph or line a file of any size (20 GB of one language) is "
+        "read in ranges of about a megabyte, in every worker.",
     )
     tokens: int | None = Field(
-        default=None, ge=1, description="Token budget: documents are taken in order until it is reached "
-        "(the last one cut); unset: every document once. The stage trains the budgets num_train_epochs times; with "
+        default=None, ge=1, description="Token budget: documents are taken in a draw across the whole source by "
+        "content and seed until it is reached (the last one cut): a sample of the source, not its first documents, the "
+        "same for the same seed, and a source that grows keeps them but at the margin; every document is read once "
+        "to draw (its text hashed), only those drawn are tokenised. Unset: every document once. The stage trains the budgets num_train_epochs times; with "
         "train.max_steps set, max_steps decides the tokens trained (the plan and the run say so) and the budgets only "
         "the sources' shares.",
     )
     repeat: bool = Field(
         default=False, description="When the source holds fewer tokens than `tokens`: go over its documents again, "
-        "in order, until the budget is reached (upsampling a small language); off: every document once, and the "
+        "in the budget's draw order (whole passes, then a part of one), until the budget is reached (upsampling a small language); off: every document once, and the "
         "run logs a warning that the source fell short of its budget.",
     )
 

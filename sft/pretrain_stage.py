@@ -3,8 +3,9 @@
 Data work happens here, once, in the runner's process (as for `sft`): each source's documents are
 tokenised as the tokenizer encodes plain text (Llama 3: its bos first) with the end-of-text token after each
 (`<|end_of_text|>`, not the baked eos, which is the chat's end of turn: `chat_templates.thinking.end_of_text_id`), taken
-in order up to the source's token budget (the last document cut; a source with ``repeat`` and fewer
-tokens than its budget is gone over again, in order, until the budget is reached), a share of
+up to the source's token budget in a draw across the whole source by content and seed (:func:`draw_order`; the last
+document cut; a source with ``repeat`` and fewer tokens than its budget is gone over again, in the same order, until
+the budget is reached), a share of
 each source's documents held out whole for eval loss (by content and seed, :func:`split_documents`), the rest
 split into chunks of at most ``max_length`` tokens, and the chunks of all sources are shuffled together with
 the recipe seed. A chunk is one row (``input_ids`` and an all-ones ``assistant_masks``); trl's BFD
@@ -14,6 +15,11 @@ token attends across a document boundary, and every token is in the loss (``assi
 is off). The tokenised data is cached under the shared cache, keyed by the sources' content
 fingerprints, the settings, the tokenizer and the seed; training resumes from the last complete
 checkpoint, as `sft` does.
+
+A source is read twice, in worker processes, never whole in one: first every document's content key, bytes and place
+(a row; a .txt file's bytes, the file read in ranges of about a megabyte cut between documents: :func:`txt_ranges`),
+about 40 bytes of this process's memory a document of the source; then the documents the draw takes, tokenised
+window after window in batches of about a megabyte, until the budget is reached.
 """
 
 from __future__ import annotations
@@ -49,8 +55,9 @@ from tempa.sft.train_plan import train_plan
 COMPLETE = "COMPLETE"
 # Bump when the prepared rows change for the same inputs (2: a document starts with its bos; 3: repeat, and no
 # held-out chunk also trained on; 4: a document ends with the end-of-text token, not the baked eos, a chat's end of
-# turn; 5: held out by document, not by chunk; 6: the stats count each source's held-out and training-row tokens).
-_PREPARE_VERSION = 6
+# turn; 5: held out by document, not by chunk; 6: the stats count each source's held-out and training-row tokens; 7: a
+# budget takes a draw across the source, not its first documents; a paragraph ends at any blank line).
+_PREPARE_VERSION = 7
 TOKENS_METRIC = "tokens:"  # a pretrain stage's metric `tokens:NAME`: the tokens source NAME gave
 TRAINED_METRIC = "trained_tokens:"  # `trained_tokens:NAME`: the tokens of source NAME trained (PretrainSourceMix's)
 
@@ -165,7 +172,7 @@ def documents_tokens(tokenizer: Any, texts: list[str], eos: list[int]) -> list[l
 
 
 class Pieces(NamedTuple):
-    """What :func:`budget_pieces` takes of a source: documents (or the start of one) in order."""
+    """What :func:`budget_pieces` takes of a source: documents (or the start of one) in the order given."""
 
     document: np.ndarray  # per piece, its document (index into the lengths); with repeat, the passes in turn
     tokens_of: np.ndarray  # per piece, its tokens (the last piece's cut at the budget)
@@ -187,8 +194,9 @@ def budget_cut(lengths: np.ndarray, budget: int | None) -> tuple[int, int | None
 
 
 def budget_pieces(lengths: np.ndarray, budget: int | None, *, repeat: bool = False) -> Pieces:
-    """Documents of ``lengths`` tokens in order until ``budget`` tokens, the last one cut; with ``repeat``, a source
-    that ends first is gone over again, in the same order, until the budget is reached."""
+    """Documents of ``lengths`` tokens in the order given (the draw's: :func:`draw_order`) until ``budget`` tokens, the
+    last one cut; with ``repeat``, a source that ends first is gone over again, in the same order, until the budget is
+    reached (whole passes, then a part of one)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     whole_taken, cut = budget_cut(lengths, budget)
     if cut is not None:
@@ -207,6 +215,20 @@ def budget_pieces(lengths: np.ndarray, budget: int | None, *, repeat: bool = Fal
             document = np.concatenate([document, last.document])
             tokens_of = np.concatenate([tokens_of, last.tokens_of])
     return Pieces(document, tokens_of, int(tokens_of.sum()), whole, len(lengths))
+
+
+# draw_ranks' purpose for a budget's documents, apart from SFT's (sft.mixing: 1-4), so the held-out draw is not the same
+_BUDGET_DRAW = 5
+
+
+def draw_order(keys: np.ndarray, seed: int) -> np.ndarray:
+    """Documents (their content ``keys``, in the source's order) in the order a token budget takes them: by a rank of
+    content and seed (SFT's draw, :func:`~tempa.sft.mixing.draw_ranks`), so a budget below its source is a sample of it
+    all, not its first documents (one crawl date, one site), and a source that grows keeps what it took but at the
+    margin; copies of a document side by side."""
+    from tempa.sft.mixing import draw_ranks
+
+    return np.argsort(draw_ranks(keys, seed, _BUDGET_DRAW), kind="stable")
 
 
 def split_documents(keys: np.ndarray, heldout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -310,32 +332,132 @@ def txt_files(source: PretrainSource) -> list[Path] | None:
     return files if kind == "text" else None
 
 
-def txt_file_documents(source: PretrainSource, file: Path) -> list[str]:
-    """The documents of one of ``source``'s .txt files, as ``source.txt_document`` cuts them (a file, a block
-    between blank lines, a line); a BOM dropped, CRLF read as LF; a byte that is not UTF-8 is an error naming it."""
-    mode = source.txt_document or "file"
-    text = _utf8(file.read_bytes(), f"data source '{source.name}', {_name_in(file, Path(source.path))}")
-    text = text.removeprefix("\ufeff").replace("\r\n", "\n")
-    if mode == "file":
-        return [text]
-    if mode == "paragraph":
-        return [block.strip("\n") for block in re.split(r"\n[ \t]*\n", text)]
-    return text.split("\n")
+_TXT_RANGE_BYTES = 1 << 20  # a .txt file is read in ranges of about this much text, cut between documents
+# A `txt_document: file` document is read and tokenised at once in one process (its text, the tokenizer's encoding
+# and the id list all held together, many times the file's bytes): above this, refused rather than a worker killed for
+# memory hours in. A judgement, not a measured bound.
+_MAX_FILE_DOCUMENT = 256 << 20
+_BOM = b"\xef\xbb\xbf"
+_BLANK_LINE = re.compile(rb"\n[ \t]*\r?\n")  # a newline, then a line of spaces and tabs (CRLF read as LF)
+
+
+def check_file_document(source: PretrainSource, file: Path) -> None:
+    """A `txt_document: file` document no bigger than a process can tokenise at once (:data:`_MAX_FILE_DOCUMENT`)."""
+    size = file.stat().st_size
+    if (source.txt_document or "file") == "file" and size > _MAX_FILE_DOCUMENT:
+        raise StageError(f"data source '{source.name}', {_name_in(file, Path(source.path))}: {size / 2**20:.1f} MiB, "
+                         f"above the {_MAX_FILE_DOCUMENT >> 20} MiB a `txt_document: file` document may hold (read and "
+                         "tokenised at once, in one process); set txt_document: paragraph or line")
+
+
+def txt_ranges(source: PretrainSource, files: Sequence[Path]) -> list[tuple[int, int, int]]:
+    """(file, first byte, end byte) ranges that tile ``files`` (a file: its place in them), each about
+    :data:`_TXT_RANGE_BYTES` and cut where no document of ``source.txt_document`` goes on across (after a newline; by
+    paragraph, after a blank line), so each range splits on its own as its file would; by file, a file a range."""
+    ranges = []
+    for number, file in enumerate(files):
+        check_file_document(source, file)
+        size = file.stat().st_size
+        if (source.txt_document or "file") == "file":
+            ranges.append((number, 0, size))
+            continue
+        with open(file, "rb") as handle:
+            first = 0
+            while first < size:
+                end = _boundary_after(handle, first + _TXT_RANGE_BYTES, source.txt_document == "line", size)
+                ranges.append((number, first, end))
+                first = end
+    return ranges
+
+
+def _boundary_after(handle: Any, position: int, by_line: bool, size: int) -> int:
+    """The first place at or after ``position`` (the file's end at most) that is after a newline (``by_line``), else
+    after a blank line: read from there, a block at a time, as far as the next one."""
+    if position >= size:
+        return size
+    handle.seek(position - 1)
+    buffer = bytearray()  # buffer[i] is the file's byte position - 1 + i
+    while block := handle.read(1 << 16):
+        searched = len(buffer)
+        buffer += block
+        if by_line:
+            found = buffer.find(b"\n", searched)
+            if found >= 0:
+                return position + found
+        else:  # a blank line that began in what was searched began at its last newline
+            line = buffer.rfind(b"\n", 0, searched)
+            match = _BLANK_LINE.search(buffer, line if line >= 0 else searched)
+            if match:
+                return position - 1 + match.end()
+    return size
+
+
+def txt_range_documents(source: PretrainSource, files: Sequence[Path], file: int, start: int,
+                        end: int) -> list[tuple[str, int, int]]:
+    """The documents of bytes ``[start, end)`` of ``files[file]`` (a :func:`txt_ranges` range, or one document's own
+    bytes), each with the bytes it spans, as ``source.txt_document`` cuts them: the whole text, the lines between
+    blank lines (CC-100's layout; joined by newlines), or a line; a BOM dropped, CRLF read as LF, blank documents left
+    out; a byte that is not UTF-8 is an error naming its line."""
+    with open(files[file], "rb") as handle:
+        return _range_documents(source, files[file], handle, start, end)
+
+
+def _range_documents(source: PretrainSource, path: Path, handle: Any, start: int,
+                     end: int) -> list[tuple[str, int, int]]:
+    handle.seek(start)
+    data = handle.read(end - start)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _not_utf8(source, path, handle, start, data, error) from None
+    skip = len(_BOM) if start == 0 and data.startswith(_BOM) else 0
+    if (source.txt_document or "file") == "file":
+        text = data[skip:].decode("utf-8").replace("\r\n", "\n")
+        return [(text, start + skip, end)] if text.strip() else []
+    by_line = source.txt_document == "line"
+    documents: list[tuple[str, int, int]] = []
+    lines: list[str] = []  # the paragraph so far
+    first = last = position = start + skip
+
+    def paragraph() -> None:
+        text = "\n".join(lines)
+        if text.strip():
+            documents.append((text, first, last))
+        lines.clear()
+
+    for raw in data[skip:].split(b"\n"):
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        if by_line:
+            text = line.decode("utf-8")
+            if text.strip():
+                documents.append((text, position, position + len(line)))
+        elif line.strip(b" \t"):
+            if not lines:
+                first = position
+            lines.append(line.decode("utf-8"))
+            last = position + len(line)
+        elif lines:
+            paragraph()
+        position += len(raw) + 1
+    if lines:
+        paragraph()
+    return documents
+
+
+def _not_utf8(source: PretrainSource, path: Path, handle: Any, start: int, data: bytes,
+              error: UnicodeDecodeError) -> StageError:
+    """The error naming the line and column of ``data``'s (bytes from ``start`` of ``path``) first byte not UTF-8."""
+    handle.seek(0)
+    before = sum(handle.read(min(1 << 20, start - done)).count(b"\n") for done in range(0, start, 1 << 20))
+    line, line_start = before + data.count(b"\n", 0, error.start) + 1, data.rfind(b"\n", 0, error.start) + 1
+    return StageError(f"data source '{source.name}', {_name_in(path, Path(source.path))}: line {line}: invalid UTF-8 "
+                      f"(byte 0x{data[error.start]:02x} at column {error.start - line_start + 1})")
 
 
 def _name_in(file: Path, folder: Path) -> str:
     from tempa.chat_templates.json_files import name_below
 
     return name_below(file, folder) if folder.is_dir() else file.name
-
-
-def _utf8(data: bytes, where: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line, line_start = data.count(b"\n", 0, error.start) + 1, data.rfind(b"\n", 0, error.start) + 1
-        raise StageError(f"{where}: line {line}: invalid UTF-8 (byte 0x{data[error.start]:02x} at column "
-                         f"{error.start - line_start + 1})") from None
 
 
 def _as_sft_source(source: PretrainSource):
@@ -355,8 +477,11 @@ def check_inputs(config: PretrainStageConfig) -> None:
         files = txt_files(source)
         if files is None:
             check_source(_as_sft_source(source))
-        elif not any(map(has_text, files)):
+            continue
+        if not any(map(has_text, files)):
             raise DataError(f"data source '{source.name}' ({source.path}): has no text (its .txt files are empty or blank)")
+        for file in files:
+            check_file_document(source, file)
 
 
 # Tokens read per window of a budgeted source (see _tokenise_source), over the bytes its rows hold: a first guess
@@ -369,73 +494,115 @@ _TOKENISE_BATCH_BYTES = 1 << 20  # text per tokenised batch: its token lists are
 _CHUNK_BATCH_TOKENS = 1 << 20  # tokens of chunks per written batch (a few arrays of 4-8 B a token; int32 offsets)
 
 
-def _features() -> tuple[Any, Any, Any]:
-    """The Arrow features of the tokenised documents (with their content keys), of the chunk hashes and of the prepared rows (input_ids as
+def _features() -> tuple[Any, Any, Any, Any]:
+    """The Arrow features of a source's index (per document: its content key, its place, its bytes; or why a row is no
+    document), of the tokenised documents, of the chunk hashes and of the prepared rows (input_ids as
     ``Dataset.from_dict`` typed them when this stage built its rows in one list: int32 ids, int64 masks)."""
     import datasets
 
     ids = datasets.List(datasets.Value("int32"))
-    return (datasets.Features({"input_ids": ids, "key": datasets.Value("int64"), "error": datasets.Value("string")}),
+    at = datasets.Value("int64")
+    return (datasets.Features({"key": at, "row": at, "start": at, "end": at, "error": datasets.Value("string")}),
+            datasets.Features({"input_ids": ids}),
             datasets.Features({"hash": datasets.Value("uint64")}),
             datasets.Features({"input_ids": ids, "assistant_masks": datasets.List(datasets.Value("int64"))}))
 
 
 @dataclass(frozen=True)
-class _TxtFiles:
-    """A .txt source's files as rows for :func:`~tempa.sft.forked_workers.forked_map`: each row one file's
-    documents (``documents``), or why it cannot be read (``error``)."""
+class _TxtRanges:
+    """A .txt source's :func:`txt_ranges` as rows for :func:`~tempa.sft.forked_workers.forked_map`, a range a batch."""
 
-    source: PretrainSource
-    files: Sequence[Path]
+    ranges: Sequence[tuple[int, int, int]]
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.ranges)
 
     def costs(self) -> np.ndarray:
-        return np.array([file.stat().st_size for file in self.files], dtype=np.float64)
+        return np.array([end - start for _, start, end in self.ranges], dtype=np.float64)
 
     def batches(self, start: int, end: int, size: int) -> Iterator[dict[str, list[Any]]]:
-        for file in self.files[start:end]:  # a file a batch: its documents are read whole, as one text
-            try:
-                yield {"documents": [txt_file_documents(self.source, file)], "error": [None]}
-            except StageError as error:
-                yield {"documents": [[]], "error": [str(error)]}
+        for k in range(start, end):
+            yield {"range": [self.ranges[k]]}
 
 
-def _tokenised(batch: dict[str, list[Any]], indices: list[int], *, source: PretrainSource, raw: bool | None,
-               names: Any, first: int, tokenizer: Any, eos: list[int]) -> dict[str, list[Any]]:
-    """A batch of a source's rows as its documents' tokens and content keys (the held-out draw's, as SFT's rows'), in
-    order; blank documents left out, and a row that is no document kept as its error (``error``), raised only if the
-    budget reaches it. ``first``: the source row
-    that is the batch's row 0 of ``indices`` counts from (a window's first row)."""
-    items: list[str | StageError] = []
-    if raw is None:  # .txt files
-        for documents, error in zip(batch["documents"], batch["error"], strict=True):
-            items.extend([StageError(error)] if error is not None else documents)
-    else:
-        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
-        for index, row in zip(indices, rows, strict=True):
-            try:
-                text = _row_text(source, row, raw, f"data source '{source.name}', {names.label(first + index)}")
-            except StageError as error:
-                text = error
-            if text is not None:
-                items.append(text)
+def _indexed(batch: dict[str, list[Any]], indices: list[int], *, source: PretrainSource, raw: bool | None,
+             names: Any, files: Sequence[Path] | None) -> dict[str, list[Any]]:
+    """Per document of a batch of a source's rows (or of a .txt range), in order: its content key (the budget's and
+    the held-out draws', as SFT's rows'), its place (its row, or its file; its bytes there) and, from ``start`` to
+    ``end``, its bytes of text; blank documents left out; a row that is no document, or a range not UTF-8, its error."""
     from tempa.sft.mixing import content_key
 
-    texts = [item for item in items if isinstance(item, str) and item.strip()]  # a blank document has nothing to learn
-    encoded = iter(documents_tokens(tokenizer, texts, eos))
-    out: dict[str, list[Any]] = {"input_ids": [], "key": [], "error": []}
-    for item in items:
-        if isinstance(item, StageError):
-            out["input_ids"].append([])
-            out["key"].append(0)
-            out["error"].append(str(item))
-        elif item.strip():
-            out["input_ids"].append(next(encoded))
-            out["key"].append(content_key(item))
-            out["error"].append(None)
+    out: dict[str, list[Any]] = {"key": [], "row": [], "start": [], "end": [], "error": []}
+
+    def add(key: int, row: int, start: int, end: int, error: str | None = None) -> None:
+        for column, value in zip(out, (key, row, start, end, error), strict=True):
+            out[column].append(value)
+
+    if raw is None:  # .txt ranges
+        for file, start, end in batch["range"]:
+            try:
+                for text, first, last in txt_range_documents(source, files or [], file, start, end):
+                    add(content_key(text), file, first, last)
+            except StageError as error:
+                add(0, file, start, end, str(error))
+        return out
+    rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+    for index, row in zip(indices, rows, strict=True):
+        try:
+            text = _row_text(source, row, raw, f"data source '{source.name}', {names.label(index)}")
+        except StageError as error:
+            add(0, index, 0, 0, str(error))
+            continue
+        if text is not None and text.strip():  # a blank document has nothing to learn
+            add(content_key(text), index, 0, len(text.encode("utf-8")))
     return out
+
+
+@dataclass(frozen=True)
+class _Documents:
+    """Documents of a source (as :func:`_indexed` placed them: ``row``, ``start``, ``end``) as rows for
+    :func:`~tempa.sft.forked_workers.forked_map`, their text read again: a dataset's rows (``rows``), or a .txt
+    source's bytes (``files``)."""
+
+    source: PretrainSource
+    rows: Any
+    raw: bool | None
+    files: Sequence[Path] | None
+    row: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def costs(self) -> np.ndarray:
+        return (self.end - self.start).astype(np.float64)
+
+    def batches(self, start: int, end: int, size: int) -> Iterator[dict[str, list[Any]]]:
+        for first in range(start, end, size):
+            batch = slice(first, min(end, first + size))
+            if self.files is None:
+                columns = self.rows[self.row[batch].tolist()]
+                rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+                yield {"text": [_row_text(self.source, row, self.raw, "") for row in rows]}
+                continue
+            texts, handles = [], {}
+            try:
+                for file, a, b in zip(self.row[batch].tolist(), self.start[batch].tolist(), self.end[batch].tolist(),
+                                      strict=True):
+                    if file not in handles:
+                        handles[file] = open(self.files[file], "rb")  # noqa: SIM115 (closed below)
+                    ((text, _, _),) = _range_documents(self.source, self.files[file], handles[file], a, b)
+                    texts.append(text)
+            finally:
+                for handle in handles.values():
+                    handle.close()
+            yield {"text": texts}
+
+
+def _tokenised(batch: dict[str, list[Any]], indices: list[int], *, tokenizer: Any, eos: list[int]) -> dict[str, list[Any]]:
+    """A batch of documents' texts as their tokens."""
+    return {"input_ids": documents_tokens(tokenizer, batch["text"], eos)}
 
 
 @dataclass(frozen=True)
@@ -508,50 +675,70 @@ def _chunk_map(chunks: _Chunks, function: Any, features: Any, work: Path, name: 
                       cache_file=work / f"{name}.arrow", desc=desc, batch_size=size)
 
 
-def _tokenise_source(source: PretrainSource, rows: Any, reader: dict[str, Any], *, tokenizer: Any, eos: list[int],
-                     work: Path, num_proc: int | None) -> tuple[list[str], np.ndarray, Pieces]:
-    """A source's documents tokenised (Arrow files under ``work``: their paths, and the content keys of the documents
-    they hold) and
-    budgeted, window after window of rows, so that a budget far below the source reads little more than it takes;
-    a row that is no document is an error when the budget reaches it, as when documents were read one by one."""
-    import pyarrow.compute as pc
-
+def _index_source(source: PretrainSource, rows: Any, reader: dict[str, Any], *, work: Path,
+                  num_proc: int | None) -> dict[str, np.ndarray]:
+    """Every document of a source (:func:`_indexed`'s columns, as arrays), read in worker processes; a row that is no
+    document is an error naming it (the first in the source's order)."""
     from tempa.sft.data_config import ROWS_PER_PROCESS, worker_count
     from tempa.sft.forked_workers import ArrowRows, forked_map
 
-    txt = isinstance(rows, _TxtFiles)
-    costs = np.cumsum((rows if txt else ArrowRows(rows)).costs())
+    txt = isinstance(rows, _TxtRanges)
+    workers = worker_count(num_proc, len(rows) * (ROWS_PER_PROCESS if txt else 1))  # a range: many documents
+    size = 1 if txt else max(1, int(_TOKENISE_BATCH_BYTES * len(rows) / max(1.0, ArrowRows(rows).costs().sum())))
+    table = forked_map(rows, _indexed, workers=workers, features=_features()[0], batch_size=size, fn_kwargs=reader,
+                       cache_file=work / f"{source.name}-index.arrow", desc=f"Reading {source.name}").data.table
+    errors = table.column("error")
+    if errors.null_count < len(errors):
+        raise StageError(errors.filter(errors.is_valid())[0].as_py())
+    return {column: table.column(column).to_numpy() for column in ("key", "row", "start", "end")}
+
+
+def _tokenise_source(source: PretrainSource, rows: Any, reader: dict[str, Any], *, tokenizer: Any, eos: list[int],
+                     work: Path, num_proc: int | None, seed: int) -> tuple[list[str], np.ndarray, Pieces]:
+    """A source's documents indexed (:func:`_index_source`), then those its budget takes in :func:`draw_order` (all,
+    in the source's order, without one) tokenised into Arrow files under ``work`` (their paths; the content keys of the
+    documents they hold; the pieces, which point into them), window after window of the draw, so that a budget far
+    below the source tokenises little more than it takes."""
+    import pyarrow.compute as pc
+
+    from tempa.sft.data_config import worker_count
+    from tempa.sft.forked_workers import forked_map
+
+    index = _index_source(source, rows, reader, work=work, num_proc=num_proc)
+    order = np.arange(len(index["key"])) if source.tokens is None else draw_order(index["key"], seed)
+    costs = np.cumsum(index["end"][order] - index["start"][order])
     files: list[str] = []
-    lengths: list[np.ndarray] = []
-    keys: list[np.ndarray] = []
-    done, tokens = 0, 0
+    lengths: list[np.ndarray] = []  # per window, the tokens of its documents in the draw's order
+    places: list[np.ndarray] = []  # and their rows in the tokenised files
+    windows: list[np.ndarray] = []  # per window, its documents in the source's order (as tokenised)
+    done, tokens, tokenised = 0, 0, 0
     while done < len(costs):
-        end, read = len(costs), costs[done - 1] if done else 0.0
-        if source.tokens is not None:  # the rows whose bytes should give the tokens still wanted, and a little more
+        end, read = len(costs), costs[done - 1] if done else 0
+        if source.tokens is not None:  # the documents whose bytes should give the tokens still wanted, and a little more
             rate = tokens / read if tokens else _FIRST_TOKENS_PER_BYTE
             more = max((source.tokens - tokens + 1) / rate * _WINDOW_MARGIN, read * _WINDOW_GROWTH)
             end = max(done + 1, min(end, int(np.searchsorted(costs, read + more)) + 1))
-        window = _TxtFiles(source, rows.files[done:end]) if txt else rows.select(range(done, end))
-        # a .txt file holds many documents: it is worth a process of its own
-        workers = worker_count(num_proc, (end - done) * (ROWS_PER_PROCESS if txt else 1))
-        size = 1 if txt else max(1, int(_TOKENISE_BATCH_BYTES * (end - done) / max(1.0, costs[end - 1] - read)))
-        part = forked_map(window, _tokenised, workers=workers, features=_features()[0], batch_size=size,
-                          fn_kwargs={**reader, "first": done, "tokenizer": tokenizer, "eos": eos},
-                          cache_file=work / f"{source.name}-{len(lengths):05d}.arrow", desc=f"Tokenising {source.name}")
+        window = np.sort(order[done:end])  # read in the source's order
+        documents = _Documents(source, rows if reader["raw"] is not None else None, reader["raw"], reader["files"],
+                               *(index[column][window] for column in ("row", "start", "end")))
+        size = max(1, int(_TOKENISE_BATCH_BYTES * len(window) / max(1, costs[end - 1] - read)))
+        part = forked_map(documents, _tokenised, workers=worker_count(num_proc, len(window)), features=_features()[1],
+                          batch_size=size, fn_kwargs={"tokenizer": tokenizer, "eos": eos},
+                          cache_file=work / f"{source.name}-{len(windows):05d}.arrow", desc=f"Tokenising {source.name}")
         files.extend(f["filename"] for f in part.cache_files)
-        table = part.data.table
-        lengths.append(pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64))
-        keys.append(table.column("key").to_numpy())
-        errors = np.flatnonzero(table.column("error").is_valid().to_numpy(zero_copy_only=False))
-        taken, cut = budget_cut(lengths[-1], None if source.tokens is None else source.tokens - tokens)
-        if len(errors) and errors[0] < taken:  # a row the budget reached
-            raise StageError(table.column("error")[int(errors[0])].as_py())
-        tokens += int(lengths[-1].sum())
-        done = end
-        if cut is not None:  # the budget is reached: the rows after are never read
+        got = pc.list_value_length(part.data.table.column("input_ids")).to_numpy(zero_copy_only=False).astype(np.int64)
+        at = np.searchsorted(window, order[done:end])
+        lengths.append(got[at])
+        places.append(tokenised + at)
+        windows.append(window)
+        tokens, tokenised, done = tokens + int(got.sum()), tokenised + len(window), end
+        if source.tokens is not None and tokens > source.tokens:  # the budget is reached: the rest is never tokenised
             break
-    held = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
-    return files, np.concatenate(keys) if keys else held, budget_pieces(held, source.tokens, repeat=source.repeat)
+    nothing = np.zeros(0, dtype=np.int64)
+    pieces = budget_pieces(np.concatenate(lengths) if lengths else nothing, source.tokens, repeat=source.repeat)
+    place = np.concatenate(places) if places else nothing
+    keys = index["key"][np.concatenate(windows)] if windows else nothing
+    return files, keys, pieces._replace(document=place[pieces.document])
 
 
 def _drop_copies(chunks: _Chunks, hashes: np.ndarray, held: np.ndarray, train: np.ndarray) -> np.ndarray:
@@ -627,15 +814,18 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
         raise StageError(f"add_eos: the tokenizer has no end-of-text token ({', '.join(END_OF_TEXT_TOKENS)}) and its "
                          f"eos {tokenizer.eos_token!r} ends a chat turn; set add_eos: false")
     eos = [end] if config.add_eos else []
+    # a .txt file too big to be one document: refused before any work
+    ranges = {s.name: txt_ranges(s, texts[s.name]) for s in config.sources if texts[s.name] is not None}
     for number, source in enumerate(config.sources):
         if texts[source.name] is None:
             rows = loaded[source.name]
             reader = {"source": source, "raw": _check_text_column(source, rows),
-                      "names": row_names(_as_sft_source(source))}
+                      "names": row_names(_as_sft_source(source)), "files": None}
         else:
-            rows, reader = _TxtFiles(source, texts[source.name]), {"source": source, "raw": None, "names": None}
+            rows = _TxtRanges(ranges[source.name])
+            reader = {"source": source, "raw": None, "names": None, "files": texts[source.name]}
         source_files, keys, taken = _tokenise_source(source, rows, reader, tokenizer=tokenizer, eos=eos, work=work,
-                                                     num_proc=num_proc)
+                                                     num_proc=num_proc, seed=seed)
         if taken.tokens == 0:
             raise StageError(f"data source '{source.name}': no text to train on")
         tokens[source.name], documents[source.name] = taken.tokens, taken.distinct
@@ -651,7 +841,7 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
     order = np.random.default_rng(seed).permutation(len(document))
     chunks = _Chunks(ids, document, start, length, order=order)
     train_order, eval_order = order[~is_eval[order]], order[is_eval[order]]
-    _, hash_features, row_features = _features()
+    _, _, hash_features, row_features = _features()
     if len(eval_order):
         # A document held out is never trained on; nor is a chunk equal to a held-out one that another document
         # holds (the same page in two sources, boilerplate): every copy of a held-out chunk leaves the training rows.
@@ -797,7 +987,10 @@ def estimate_pretrain(config: PretrainStageConfig, inputs: EstimateInputs) -> Tr
 def _budget_note(source: PretrainSource) -> str:
     if source.tokens is None:
         return f"source {source.name}: no token budget, not sized"
+    # the prep time below counts the budget's tokens; drawing them reads (hashes, not tokenises) the whole source too
+    drawn = "drawn across the whole source: every document read once, those drawn tokenised"
     if source.repeat:
-        return f"source {source.name}: token budget {source.tokens:,} (repeat: gone over again if it holds fewer)"
-    return (f"source {source.name}: token budget {source.tokens:,} (fewer if it holds fewer; `repeat: true` goes "
-            "over it again up to the budget)")
+        return (f"source {source.name}: token budget {source.tokens:,} ({drawn}; repeat: gone over again if it holds "
+                "fewer)")
+    return (f"source {source.name}: token budget {source.tokens:,} ({drawn}; fewer if it holds fewer; `repeat: true` "
+            "goes over it again up to the budget)")

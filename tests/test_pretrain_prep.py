@@ -28,25 +28,35 @@ def _jsonl(path: Path, texts: list[str]) -> str:
     return str(path)
 
 
-def _by_hand(documents: list[list[int]], budget: int | None,
-             repeat: bool) -> tuple[list[tuple[int, list[int]]], int, int]:
-    """The documents a source gives (each with its index; the last one cut at the budget; with repeat, passes until
-    the budget), the source documents taken and the tokens of the whole source: the stage's rule, written out
-    plainly."""
+def _drawn(texts: list[str], seed: int) -> list[int]:
+    """A budgeted source's documents in the order its budget takes them: SFT's draw by content and seed, with the
+    budget's own purpose (5), lowest first."""
+    from tempa.sft.mixing import content_key, draw_ranks
+
+    ranks = draw_ranks([content_key(t) for t in texts], seed, 5)
+    return sorted(range(len(texts)), key=lambda k: (int(ranks[k]), k))
+
+
+def _by_hand(documents: list[list[int]], budget: int | None, repeat: bool,
+             order: list[int]) -> tuple[list[tuple[int, list[int]]], int, int]:
+    """The documents a source gives (each with its index; in ``order``, the draw's; the last one cut at the budget;
+    with repeat, passes in that order until the budget), the source documents taken and the tokens of the whole
+    source: the stage's rule, written out plainly."""
     whole = sum(map(len, documents))
+    drawn = [(k, documents[k]) for k in order]
     if budget is None or (whole <= budget and not repeat):
-        return list(enumerate(documents)), len(documents), whole
+        return drawn, len(documents), whole
     taken, total, distinct = [], 0, 0
-    stream = documents * (budget // whole + 1) if repeat else documents
-    for k, ids in enumerate(stream):
+    stream = drawn * (budget // whole + 1) if repeat else drawn
+    for n, (k, ids) in enumerate(stream):
         if total + len(ids) > budget:
             if budget > total:
-                taken.append((k % len(documents), ids[: budget - total]))
-                distinct = max(distinct, min(k + 1, len(documents)))
+                taken.append((k, ids[: budget - total]))
+                distinct = max(distinct, min(n + 1, len(documents)))
             break
-        taken.append((k % len(documents), ids))
+        taken.append((k, ids))
         total += len(ids)
-        distinct = max(distinct, min(k + 1, len(documents)))
+        distinct = max(distinct, min(n + 1, len(documents)))
     return taken, distinct, whole
 
 
@@ -99,12 +109,13 @@ def mix(tmp_path: Path, tiny_model_dir: Path):
 def _expected(config: PretrainStageConfig, documents: dict, budgets: dict, texts: dict, seed: int):
     chunks, is_eval, stats = [], [], {"tokens": {}, "documents": {}, "passes": {}}
     for source in config.sources:
-        taken, distinct, whole = _by_hand(documents[source.name], budgets[source.name], source.repeat)
+        names = texts[source.name]
+        order = list(range(len(names))) if budgets[source.name] is None else _drawn(names, seed)
+        taken, distinct, whole = _by_hand(documents[source.name], budgets[source.name], source.repeat, order)
         tokens = sum(len(ids) for _, ids in taken)
         stats["tokens"][source.name], stats["documents"][source.name] = tokens, distinct
         full = budgets[source.name] is None or whole <= budgets[source.name]
         stats["passes"][source.name] = round(tokens / whole, 4) if full else None
-        names = texts[source.name]
         out = _held_out(names, taken, config.heldout, seed)
         trained = [ids for k, ids in taken if names[k] not in out]
         first: dict[str, list[int]] = {}  # a held-out document once, its first time
@@ -134,12 +145,14 @@ def _rows(path: Path | None) -> list[list[int]]:
 def test_the_prepared_rows_are_the_documents_budgeted_chunked_and_shuffled_as_worked_out_by_hand(tmp_path, mix,
                                                                                                   tiny_model_dir):
     """The rows a SEA-LION-size preparation must still give, row for row and in order, whatever does the work:
-    each source's documents (blank ones skipped) taken up to its budget (the last one cut; repeated with
-    `repeat`), a share of each source's documents held out whole (once), cut into chunks of max_length, shuffled
+    each source's documents (blank ones skipped) taken up to its budget in the draw by content and seed (the last
+    one cut; repeated in that order with `repeat`), a share of each source's documents held out whole (once), cut into chunks of max_length, shuffled
     with the seed, and every training copy of a held-out chunk dropped; the stats say the same."""
     config, tokenizer, documents, budgets, texts = mix
     train, held, n_chunks, stats = _expected(config, documents, budgets, texts, seed=5)
     assert len(train) < n_chunks - len(held)  # the premise: copies of held-out chunks were dropped
+    en, _, _ = _by_hand(documents["en"], budgets["en"], False, _drawn(texts["en"], 5))
+    assert 0 < len(en[-1][1]) < len(documents["en"][en[-1][0]])  # and English is cut inside a document
     data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / "cache", seed=5)
     assert _rows(data.train_path) == train
     assert _rows(data.eval_path) == held
@@ -187,10 +200,10 @@ def test_every_process_count_prepares_the_same_rows(tmp_path, mix, tiny_model_di
     assert rows[2] == rows[1] == (train, held)
 
 
-def test_a_budget_reads_no_further_than_it_takes(tmp_path, tiny_model_dir):
-    """A budget far below its source (37.5B tokens of Dolma's trillions) tokenises little more than it takes, and
-    a broken row after the budget's last document is never read, as when documents were read one by one; one
-    before it is the error it always was."""
+def test_a_budget_tokenises_little_more_than_it_takes(tmp_path, tiny_model_dir):
+    """A budget far below its source (37.5B tokens of Dolma's trillions) tokenises little more than it takes. Its
+    documents are drawn across the whole source, so every row is read (not tokenised) first: a broken row is an
+    error naming it wherever it is (a budget that took the first rows in order never read one after its last)."""
     from transformers import AutoTokenizer
 
     from tempa.sft.stage_api import StageError
@@ -198,7 +211,6 @@ def test_a_budget_reads_no_further_than_it_takes(tmp_path, tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     texts = _texts(7, 3000)
     lines = [json.dumps({"text": t}) for t in texts]
-    lines[2500] = '{"text": "river"'
     budget = sum(len(tokenizer(t)["input_ids"]) + 1 for t in texts[:100]) - 3
     path = tmp_path / "web.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -211,11 +223,16 @@ def test_a_budget_reads_no_further_than_it_takes(tmp_path, tiny_model_dir):
                                      tmp_path / cache / "c", seed=0)
 
     data = prepare("lazy")
-    assert data.tokens["web"] == budget and data.documents["web"] == 100
+    total, drawn = 0, 0  # the documents first in the draw until the budget, the last one cut
+    for k in _drawn(texts, 0):
+        total, drawn = total + len(tokenizer(texts[k])["input_ids"]) + 1, drawn + 1
+        if total >= budget:
+            break
+    assert data.tokens["web"] == budget and data.documents["web"] == drawn
     assert 100 <= sum(n for _, n in _calls(tmp_path / "lazy.log")) < 600  # of the 3,000 documents
-    lines[50] = "[1, 2]"
+    lines[2500], lines[2700] = "[1, 2]", '{"text": "river"'
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(StageError, match=r"^data source 'web', line 51: a list; expected a JSON object with a 'text'"):
+    with pytest.raises(StageError, match=r"^data source 'web', line 2501: a list; expected a JSON object with a "):
         prepare("broken")
 
 

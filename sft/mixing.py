@@ -25,7 +25,7 @@ import numpy as np
 from tempa.sft.data_config import SourceConfig
 
 # Separate draws per purpose, so e.g. adding a held-out split does not change the thinking draw.
-_THINKING, _HELDOUT, _SIZE, _SHUFFLE = 1, 2, 3, 4
+_THINKING, _HELDOUT, _SIZE, _SHUFFLE, _BUDGET = 1, 2, 3, 4, 5  # _BUDGET: a pretrain source's budget
 
 
 def rng_for(seed: int, source_name: str, purpose: int) -> np.random.Generator:
@@ -142,6 +142,12 @@ def split_heldout(keys: Sequence[int], setting: float | int, seed: int) -> tuple
     held = sorted(_draw_order(keys, seed, _HELDOUT)[:n_out])
     chosen = set(held)
     return [p for p in range(len(keys)) if p not in chosen], held
+
+
+def budget_order(keys: np.ndarray, seed: int) -> np.ndarray:
+    """Positions of ``keys`` (content keys) in the order a token budget takes them: a draw of its own, so it is not
+    the held-out draw; equal keys side by side."""
+    return np.argsort(draw_ranks(keys, seed, _BUDGET), kind="stable")
 
 
 def heldout_positions(distinct_keys: np.ndarray, n_out: int, seed: int) -> np.ndarray:

@@ -217,18 +217,14 @@ def budget_pieces(lengths: np.ndarray, budget: int | None, *, repeat: bool = Fal
     return Pieces(document, tokens_of, int(tokens_of.sum()), whole, len(lengths))
 
 
-# draw_ranks' purpose for a budget's documents, apart from SFT's (sft.mixing: 1-4), so the held-out draw is not the same
-_BUDGET_DRAW = 5
-
-
 def draw_order(keys: np.ndarray, seed: int) -> np.ndarray:
     """Documents (their content ``keys``, in the source's order) in the order a token budget takes them: by a rank of
     content and seed (SFT's draw, :func:`~tempa.sft.mixing.draw_ranks`), so a budget below its source is a sample of it
     all, not its first documents (one crawl date, one site), and a source that grows keeps what it took but at the
     margin; copies of a document side by side."""
-    from tempa.sft.mixing import draw_ranks
+    from tempa.sft.mixing import budget_order
 
-    return np.argsort(draw_ranks(keys, seed, _BUDGET_DRAW), kind="stable")
+    return budget_order(keys, seed)
 
 
 def split_documents(keys: np.ndarray, heldout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -43,6 +43,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from tempa.alignment.answer_text import committed_answer, numbers_agree, parse_number, reference_number
 from tempa.alignment.backends import SamplingBackend, backend_reads, build_backend
 from tempa.alignment.completions import Completion, split_think, without_tool_calls
 from tempa.alignment.judge import (
@@ -54,7 +55,7 @@ from tempa.alignment.judge import (
     fill,
     render_conversation,
 )
-from tempa.alignment.numbers import math_text, unit_number
+from tempa.alignment.numbers import math_text
 from tempa.alignment.prompts import PromptRow
 from tempa.chat_templates.thinking import ThinkSplit, has_think_tags
 from tempa.sft import language
@@ -73,12 +74,12 @@ def normalize_text(text: str) -> str:
     return _PUNCT.sub("", unicodedata.normalize("NFKC", str(text)).casefold())
 
 
-def _math_equal(gold: str, answer: str, language: str | None, gold_language: str | None) -> bool | None:
-    """math-verify equality, ``answer`` read as ``language`` and ``gold`` as ``gold_language`` write numbers; None
-    when the gold answer is not something math-verify can parse."""
+def _math_equal(gold: str, answer: str, language: str | None) -> bool | None:
+    """math-verify equality, numbers read as ``language`` writes them; None when the gold answer is not something
+    math-verify can parse."""
     from math_verify import parse, verify
 
-    gold, answer = math_text(gold, gold_language), math_text(answer, language)
+    gold, answer = math_text(gold, language), math_text(answer, language)
 
     # math-verify's timeouts use SIGALRM, which only the main thread may set.
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
@@ -99,17 +100,21 @@ def answer_match(
 
     ``gold`` may be a list of accepted answers. ``auto`` uses math-verify when the reference is a
     number or a formula, else ``contains``. ``regex``: ``pattern`` is searched in the answer; its
-    first group (or the whole match) must equal the reference after normalisation. Numbers are read as the
-    prompt's ``language`` writes them (:func:`plain_number`); a reference that is a number with a unit or currency
-    (:func:`unit_number`: "12,000円", "12 cm") is its number.
+    first group (or the whole match) must equal the reference after normalisation.
+
+    ``math`` (and ``auto``) read the answer the reply commits to, as the accuracy suite does
+    (:func:`tempa.alignment.answer_text.committed_answer`: the last box, else the sentence after the last lead-in,
+    else the last number), so a check after the answer ("The answer is 3. Check: 3 + 4 = 7") is not the answer. A
+    numeric reference (:func:`tempa.alignment.answer_text.reference_number`: "12,000円" and "12 cm" are their number)
+    is compared with the committed number by value, numbers read as the prompt's ``language`` writes them
+    (:func:`tempa.alignment.answer_text.numbers_agree`); any other math is math-verify's
+    equivalence with the committed part.
     """
     if gold is None or (isinstance(gold, str) and not gold.strip()):
         return None
+    committed = committed_answer(answer, language) if match in ("auto", "math") and answer.strip() else None
     for item in gold if isinstance(gold, list | tuple) else [gold]:
         g = str(item)
-        # A number in the data is a value, not text in the row's language: 1.125 is no 1125 in Indonesian (as the
-        # accuracy suite compares it, by value).
-        gold_language = None if isinstance(item, int | float) and not isinstance(item, bool) else language
         if match == "regex":
             if pattern is None:
                 raise ValueError("answer match 'regex' needs a pattern")
@@ -118,10 +123,14 @@ def answer_match(
                 return 1.0
             continue
         if match in ("auto", "math"):
-            # A reference with a unit is its number ("12,000円", "₫100.000"), as the accuracy suite compares it:
-            # math-verify read "US$12" as no number, so no reply matched it.
-            number = unit_number(g, gold_language)
-            equal = _math_equal(number or g, answer, language, gold_language) if answer.strip() else False
+            # A number in the data is a value, not text in the row's language: 1.125 is no 1125 in Indonesian.
+            expected = reference_number(item, language)
+            if expected is not None:
+                got = parse_number(committed.number, language) if committed and committed.number else None
+                if got is not None and numbers_agree(expected, got):
+                    return 1.0
+                continue
+            equal = _math_equal(g, committed.text, language) if committed else False
             if equal is not None:
                 if equal:
                     return 1.0
@@ -265,8 +274,11 @@ class AnswerReward(_RewardBase):
     type: Literal["answer"] = "answer"
     match: Literal["auto", "math", "exact", "contains", "regex"] = Field(
         default="auto",
-        description="`math`: math-verify equivalence (numbers, fractions, LaTeX; a reference that is a number with a "
-        "unit or currency, `12 cm` or `12,000円`, is its number); `exact`: equal after case, "
+        description="`math`: the answer the reply commits to, as the evaluate stage's accuracy suite reads it (the "
+        "last `\\boxed{}`, else the sentence after the last lead-in such as `The answer is` or `答えは`, from its "
+        "last `=`, else the last number; a check after it does not count), gives the reference: a numeric reference "
+        "(a unit or currency dropped: `12 cm`, `12,000円`) by value; other math by "
+        "math-verify equivalence (fractions, LaTeX, expressions); `exact`: equal after case, "
         "punctuation and space folding; `contains`: the reference appears in the answer; `regex`: `pattern` "
         "extracts the answer; `auto`: math when the reference parses as math, else contains.",
     )

@@ -10,14 +10,17 @@ import pytest
 from tempa.alignment.completions import Completion
 from tempa.alignment.prompts import PromptRow
 from tempa.alignment.rewards import AnswerReward, RewardSet, ScoreItem, ScoringEnv
-from tempa.merge.answers import answer_matches, extract_final_number
+from tempa.chat_templates.thinking import PREFILL
+from tempa.merge.answers import answer_matches, extract_final_number, final_answer_text
 
 
-def reward(language: str | None, reference: object, reply: str) -> float | None:
-    """The `answer` reward of one reply, through the reward set the preference and rl stages score with."""
+def reward(language: str | None, reference: object, reply: str, *, mode: str = "off",
+           reasoning: str | None = None) -> float | None:
+    """The `answer` reward of one reply, through the reward set the preference and rl stages score with: ``reply`` is
+    what the model wrote after the template's pre-fill (``reasoning``: a server that split the think block off)."""
     row = PromptRow(id="p", messages=[{"role": "user", "content": "?"}], language=language, answer=reference,
-                    thinking_mode="off")
-    item = ScoreItem(row, Completion(text=reply, prefill="<think>\n</think>\n", finish_reason="stop"))
+                    thinking_mode=mode)
+    item = ScoreItem(row, Completion(text=reply, prefill=PREFILL[mode], finish_reason="stop", reasoning=reasoning))
     scores = RewardSet([AnswerReward()], ScoringEnv(policy_dir=Path("."), tokenizer_dir=Path("."))).score([item])
     return scores[0]["scores"]["answer"]
 
@@ -156,3 +159,67 @@ def test_a_reply_that_writes_digits_commits_to_the_same_number_as_before(reply):
 ])
 def test_a_reference_in_han_numerals(reference, reply, verdict):
     assert_both("ja", reply, reference, verdict)
+
+
+# (language, reply, the value it commits to, the value a check after it gives): every lead-in tempa knows, each
+# followed by a check whose last number (or last '=') is another. The reward gave math-verify the whole reply, which
+# took its last number, so a policy was rewarded for a wrong answer followed by a check and punished for the right
+# one; where the lead-in was unknown (Korean, Tamil, đáp số, 答：) the accuracy suite took the last number too.
+COMMITTED = [
+    ("en", "The answer is 3. Check: 3 + 4 = 7", 3, 7),
+    ("en", "The answer is 42 apples, 3 more than Bob's 39.", 42, 39),  # the sentence's first number
+    ("en", "The answer is 12 - 5 = 7. Check: 7 + 5 = 12.", 7, 12),  # a worked line: its last '='
+    ("en", "#### 42\nCheck: 40 + 3 = 43", 42, 43),
+    ("en", r"So \boxed{42}. Check: 40 + 3 = 43", 42, 43),
+    ("id", "Jawabannya adalah 42 apel. Cek: 40 + 3 = 43", 42, 43),
+    ("ms", "Jawapannya ialah 42 biji. Semakan: 40 + 3 = 43", 42, 43),
+    ("vi", "Đáp án là 42 quả. Kiểm tra: 40 + 3 = 43", 42, 43),
+    ("vi", "Đáp số: 42 quả. Thử lại: 40 + 3 = 43", 42, 43),  # Vietnamese sums end with "đáp số" (the result)
+    ("tl", "Ang sagot ay 42. Suriin: 40 + 3 = 43", 42, 43),
+    ("th", "ดังนั้นคำตอบคือ 42 ผล\nตรวจสอบ: 40 + 3 = 43", 42, 43),
+    ("ta", "விடை: 42. சரிபார்ப்பு: 40 + 3 = 43", 42, 43),
+    ("ta", "எனவே பதில் 42 ஆகும். சரிபார்ப்பு: 40 + 3 = 43", 42, 43),
+    ("ko", "정답은 42입니다. 검산: 40 + 3 = 43", 42, 43),
+    ("ko", "답: 42개. 검산: 40 + 3 = 43", 42, 43),
+    ("ja", "答えは四十二です。検算：40+3=43", 42, 43),
+    ("ja", "答：42個。検算：40+3=43", 42, 43),
+    ("zh", "答案是42。验算：40+3=43", 42, 43),
+    ("zh", "答：小明有42个苹果。验算：40+3=43", 42, 43),  # Chinese word problems answer with 答：
+]
+
+
+@pytest.mark.parametrize(("language", "reply", "value", "check"), COMMITTED)
+def test_both_readers_commit_to_the_answer_not_to_the_check_after_it(language, reply, value, check):
+    assert_both(language, reply, value, True)
+    assert_both(language, reply, check, False)
+
+
+def test_math_that_is_not_one_number_is_read_where_the_reply_commits_to_it():
+    # math-verify still judges math a number reader cannot (a radical); it reads the committed sentence, not the check
+    reply = r"The answer is $\frac{\sqrt{2}}{2}$. Check: $(\frac{\sqrt{2}}{2})^2 = \frac{1}{2}$."
+    assert_both("en", reply, r"\frac{\sqrt{2}}{2}", True)
+    assert reward("en", r"\frac{1}{2}", reply) == 0.0
+
+
+# (thinking mode, what the model wrote after the pre-fill): the answer, 42, stands only in the think block.
+IN_THE_THINK_BLOCK_ONLY = [
+    ("on", "6 x 7 = 42, so the answer is 42.\n</think>\n\nI hope this helps."),
+    ("on", "6 x 7 = 42, so the answer is 42.\n</think>\n\n"),  # closed, then nothing
+    ("on", "6 x 7 = 42, so the answer is 42."),  # never closed: cut off, or stopped inside the block
+]
+
+
+@pytest.mark.parametrize(("mode", "reply"), IN_THE_THINK_BLOCK_ONLY)
+def test_an_answer_only_in_the_think_block_is_wrong_in_both_readers(mode, reply):
+    # The reward reads the completion's split (split_think), the accuracy suite the pre-fill and the reply as its
+    # backend returns them (final_answer_text): neither reads the reasoning.
+    assert reward("en", 42, reply, mode=mode) == 0.0
+    assert not answer_matches(final_answer_text(PREFILL[mode] + reply), 42, language="en")
+    # ... a server that split the reasoning off leaves the reward nothing else to read
+    assert reward("en", 42, reply.split("</think>")[-1] if "</think>" in reply else "", mode=mode,
+                  reasoning="6 x 7 = 42, so the answer is 42.") == 0.0
+    # the same reasoning with the answer stated after it is right in both
+    visible = "6 x 7 = 42.\n</think>\n\nThe answer is 42."
+    assert reward("en", 42, visible, mode=mode) == 1.0
+    assert answer_matches(final_answer_text(PREFILL[mode] + visible), 42, language="en")
+

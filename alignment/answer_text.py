@@ -1,0 +1,182 @@
+"""Which answer a reply commits to, and whether its number is the reference's: one rule for the answer reward and
+the accuracy suite.
+
+A reply commits to its last ``\\boxed{}``, else to the sentence after its last "answer is"-style lead-in (what
+that sentence's last ``=`` gives, when it has one), else to its last number. The preference/rl ``answer`` reward
+(:mod:`tempa.alignment.rewards`) and the evaluate stage's accuracy suite (:mod:`tempa.merge.answers`) both read a
+reply by :func:`committed_answer`, so "The answer is 3. Check: 3 + 4 = 7" is 3 in training and in evaluation (the
+reward gave math-verify the whole reply, which took its last number, 7).
+
+A numeric reference is compared with the committed number by value (:func:`numbers_agree`), in both.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from tempa.alignment.numbers import (
+    FULL_WIDTH,
+    cjk_reading,
+    han_numbers,
+    number_body,
+    plain_cjk_number,
+    plain_number,
+    plain_unit_numerals,
+    unit_number,
+)
+
+_FRAC = r"\\[dt]?frac\{\d+\}\{\d+\}"  # LaTeX's \frac{3}{4}, \dfrac and \tfrac: one number, not two
+
+
+@functools.cache
+def number_re(language: str | None) -> re.Pattern[str]:
+    """A number as written in ``language`` (see :func:`tempa.alignment.numbers.number_body`), signed, with a currency
+    sign, as a fraction or a percentage: -3/4, $12, 45%, \\frac{3}{4}."""
+    return re.compile(rf"[-+−]?\$?(?:{_FRAC}|(?:{number_body(language)})(?:\s?/\s?\d+(?:\.\d+)?)?%?)")
+
+
+# LaTeX's digit-group marks: 1{,}234 (its comma; 2{,}5 a decimal comma where the language writes one) and a thin
+# space before three digits (1\,000).
+_LATEX_COMMA = re.compile(r"(?<=\d)\{,\}(?=\d)")
+_LATEX_THIN_SPACE = re.compile(r"(?<=\d)\\[,:;!](?=\d{3}(?!\d))")
+
+
+def plain_marks(text: str, reading: str | None) -> str:
+    """``text`` with full-width forms as ASCII (a CJK input method's －５ is -5, ３／４ is 3/4, １．５ is 1.5),
+    LaTeX's digit-group marks as the plain ones number_body reads, and numerals of digits and Han units (1万2千)
+    as digits."""
+    return plain_unit_numerals(_LATEX_THIN_SPACE.sub("", _LATEX_COMMA.sub(",", text.translate(FULL_WIDTH))), reading)
+
+
+_BOXED_RE = re.compile(r"\\boxed\s*\{")
+# "The answer is 42", "Answer: 42", "#### 42", and the same lead-ins in the languages tempa knows: Indonesian,
+# Malay, Vietnamese (đáp án, đáp số: the answer of a sum), Filipino, Thai, Tamil (விடை, பதில்), Korean (답은, 정답은),
+# Japanese (答えは, 答え：, 答：) and Chinese (答案是, 答：).
+LEAD_IN_RE = re.compile(
+    r"(?:answer\s*(?:is|:)|####|jawaban(?:nya)?\s*(?:adalah|:)|jawapan(?:nya)?\s*(?:ialah|adalah|:)"
+    r"|đáp (?:án|số)\s*(?:là|:)|câu trả lời\s*(?:là|:)|sagot\s*(?:ay|:)|คำตอบ\s*(?:คือ|:)?"
+    r"|(?:விடை|பதில்)(?![\u0b80-\u0bff])\s*:?|(?:정답|답)\s*(?:은|는|:)"
+    r"|(?:答え|正解|解答)\s*(?:は|[:：])|答案\s*(?:是|为|為|[:：])|答\s*[:：])",
+    re.IGNORECASE,
+)
+
+
+def boxed_spans(text: str) -> list[tuple[int, int, int]]:
+    """(start, content start, end) of every ``\\boxed{...}``, with nested braces balanced."""
+    found = []
+    for match in _BOXED_RE.finditer(text):
+        depth, start = 1, match.end()
+        for index in range(start, len(text)):
+            if text[index] == "{":
+                depth += 1
+            elif text[index] == "}":
+                depth -= 1
+                if depth == 0:
+                    found.append((match.start(), start, index))
+                    break
+    return found
+
+
+def boxed_contents(text: str) -> list[str]:
+    """Contents of every ``\\boxed{...}``, with nested braces balanced."""
+    return [text[start:end] for _, start, end in boxed_spans(text)]
+
+
+# A sentence ends at 。！？ (no space follows them) or at . ! ? before a space or the line's end (a decimal point has
+# a digit after it).
+_SENTENCE_END = re.compile(r"[。！？]|[.!?](?=\s|$)")
+
+
+def committed_sentence(tail: str) -> str:
+    """The sentence right after an answer lead-in: what the reply commits to. "The answer is 3. Check: 3 + 4 = 7"
+    and "答えは3です。検算：3+4=7" commit to 3 (the line ran on into the check, whose '=' gave 7)."""
+    line = tail.strip().split("\n", 1)[0]
+    end = _SENTENCE_END.search(line)
+    return line[: end.start()] if end else line
+
+
+@dataclass(frozen=True)
+class Commitment:
+    """What a reply commits to: ``text``, the part that holds its answer (the last ``\\boxed{...}`` with a number in
+    it, else the last such box, as written; the sentence after the last lead-in; else the whole reply), and
+    ``number``, the number token it commits to in that part (the box's last, the lead-in sentence's first after its
+    last '=', the reply's last), None when there is none. Both are read after :func:`plain_marks`."""
+
+    text: str
+    number: str | None
+
+
+def committed_answer(answer: str, language: str | None = None) -> Commitment:
+    """The answer ``answer`` (the text after the think block) commits to, numbers read as ``language`` writes them.
+
+    In Japanese and Chinese (or a row without a language whose reply is), Han numerals are numbers too: 1万2千
+    wherever it stands, and 四十二 or 两千 where that part of the reply (the box, the committed sentence, the rest
+    after the lead-in, the whole reply) writes no digits, so a name (一郎, 九州) never outweighs a digit answer."""
+    found = number_re(language)
+    reading = cjk_reading(answer, language)
+    answer = plain_marks(answer, reading)
+
+    def numbers_in(part: str) -> list[str]:
+        return found.findall(part) or han_numbers(part, reading)
+
+    boxes = boxed_spans(answer)
+    for start, content, end in reversed(boxes):
+        numbers = numbers_in(answer[content:end])
+        if numbers:
+            return Commitment(answer[start : end + 1], numbers[-1])
+    if boxes:
+        start, _, end = boxes[-1]
+        return Commitment(answer[start : end + 1], None)
+    lead_ins = list(LEAD_IN_RE.finditer(answer))
+    if lead_ins:
+        tail = answer[lead_ins[-1].end() :]
+        # "The answer is 12 - 5 = 7": a worked line commits to what its last '=' gives
+        line = committed_sentence(tail)
+        numbers = numbers_in(line.rsplit("=", 1)[1]) if "=" in line else []
+        numbers = numbers or numbers_in(line) or numbers_in(tail)  # "The answer is:\n42"
+        return Commitment(line if line.strip(" :：") else tail.strip(), numbers[0] if numbers else None)
+    numbers = numbers_in(answer)
+    return Commitment(answer, numbers[-1] if numbers else None)
+
+
+def parse_number(text: str, language: str | None = None) -> float | None:
+    """Parse ``'1,234.5'``, ``'$12'``, ``'-3/4'``, ``'\\frac{3}{4}'``, ``'45%'``, ``'−2'``, ``'2,5'``, ``'四十二'``
+    into a float; None when ``text`` is no number.
+
+    Numbers read as ``language`` writes them (:func:`tempa.alignment.numbers.plain_number`): ``1,500`` is 1500 and
+    ``1.500.000`` a million everywhere, ``2,5`` and ``0,125`` have a decimal comma; ``1.500`` is 1500 in a language
+    with a decimal comma (Indonesian, Vietnamese, ...) and 1.5 in others (and without a language).
+    """
+    cleaned = unicodedata.normalize("NFKC", text).strip()
+    cleaned = plain_cjk_number(cleaned, cjk_reading(cleaned, language)) or cleaned  # 四十二, 1万2千, 三分之一
+    cleaned = cleaned.replace("−", "-").replace("$", "").rstrip(".")
+    cleaned = re.sub(r"^\\(?=\d)", "", cleaned.removesuffix("%").removesuffix("\\"))  # \$12, 45\%
+    sign, cleaned = (-1.0 if cleaned[:1] == "-" else 1.0), cleaned.lstrip("+-").strip()
+    frac_tex = re.fullmatch(r"\\[dt]?frac\{(\d+)\}\{(\d+)\}", cleaned)
+    parts = frac_tex.groups() if frac_tex else cleaned.split("/") if cleaned.count("/") == 1 else (cleaned,)
+    plain = [plain_number(part, language) for part in parts]
+    if None in plain:
+        return None
+    values = [float(p) for p in plain if p is not None]
+    if len(values) == 2:
+        return sign * values[0] / values[1] if values[1] else None
+    return sign * values[0] if math.isfinite(values[0]) else None
+
+
+def reference_number(expected: object, language: str | None = None) -> float | None:
+    """A reference answer as a number: a number in the data is its value; text is read as ``language`` writes it,
+    a unit or currency dropped ("12,000円", "12 cm": :func:`tempa.alignment.numbers.unit_number`). None when the
+    reference is no number (text, or math such as x^2+1)."""
+    if isinstance(expected, int | float) and not isinstance(expected, bool):
+        return float(expected)
+    text = str(expected)
+    return parse_number(unit_number(text, language) or text, language)
+
+
+def numbers_agree(expected: float, got: float, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
+    """Whether ``got`` gives ``expected`` within tolerance."""
+    return math.isclose(got, expected, rel_tol=rel_tol, abs_tol=abs_tol)

@@ -7,7 +7,10 @@ that sentence's last ``=`` gives, when it has one), else to its last number. The
 reply by :func:`committed_answer`, so "The answer is 3. Check: 3 + 4 = 7" is 3 in training and in evaluation (the
 reward gave math-verify the whole reply, which took its last number, 7).
 
-A numeric reference is compared with the committed number by value (:func:`numbers_agree`), in both.
+A numeric reference is compared with the committed number by value (:func:`numbers_agree`), in both. Percentages
+follow one rule: a percentage is its number as written (45% is 45, as a percent question's reference writes it)
+and, against a number written without %, also its hundredth (45% is 0.45 or 9/20, as a probability's reference
+writes it); 45% is not 0.45%.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from tempa.alignment.numbers import (
     FULL_WIDTH,
@@ -30,13 +34,14 @@ from tempa.alignment.numbers import (
 )
 
 _FRAC = r"\\[dt]?frac\{\d+\}\{\d+\}"  # LaTeX's \frac{3}{4}, \dfrac and \tfrac: one number, not two
+_PERCENT = r"\s?\\?%"  # 45%, 45 % (as French, Vietnamese and Indonesian space it), 45\% (LaTeX)
 
 
 @functools.cache
 def number_re(language: str | None) -> re.Pattern[str]:
     """A number as written in ``language`` (see :func:`tempa.alignment.numbers.number_body`), signed, with a currency
     sign, as a fraction or a percentage: -3/4, $12, 45%, \\frac{3}{4}."""
-    return re.compile(rf"[-+−]?\$?(?:{_FRAC}|(?:{number_body(language)})(?:\s?/\s?\d+(?:\.\d+)?)?%?)")
+    return re.compile(rf"[-+−]?\$?(?:{_FRAC}|(?:{number_body(language)})(?:\s?/\s?\d+(?:\.\d+)?)?(?:{_PERCENT})?)")
 
 
 # LaTeX's digit-group marks: 1{,}234 (its comma; 2{,}5 a decimal comma where the language writes one) and a thin
@@ -143,9 +148,19 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
     return Commitment(answer, numbers[-1] if numbers else None)
 
 
-def parse_number(text: str, language: str | None = None) -> float | None:
-    """Parse ``'1,234.5'``, ``'$12'``, ``'-3/4'``, ``'\\frac{3}{4}'``, ``'45%'``, ``'−2'``, ``'2,5'``, ``'四十二'``
-    into a float; None when ``text`` is no number.
+class Number(NamedTuple):
+    """A number as written: its value (a percent sign dropped: 45% is 45) and whether it carried one."""
+
+    value: float
+    percent: bool
+
+
+_PERCENT_END = re.compile(rf"(?:{_PERCENT})$")
+
+
+def read_number(text: str, language: str | None = None) -> Number | None:
+    """Read ``'1,234.5'``, ``'$12'``, ``'-3/4'``, ``'\\frac{3}{4}'``, ``'45%'``, ``'−2'``, ``'2,5'``, ``'四十二'``;
+    None when ``text`` is no number.
 
     Numbers read as ``language`` writes them (:func:`tempa.alignment.numbers.plain_number`): ``1,500`` is 1500 and
     ``1.500.000`` a million everywhere, ``2,5`` and ``0,125`` have a decimal comma; ``1.500`` is 1500 in a language
@@ -154,7 +169,8 @@ def parse_number(text: str, language: str | None = None) -> float | None:
     cleaned = unicodedata.normalize("NFKC", text).strip()
     cleaned = plain_cjk_number(cleaned, cjk_reading(cleaned, language)) or cleaned  # 四十二, 1万2千, 三分之一
     cleaned = cleaned.replace("−", "-").replace("$", "").rstrip(".")
-    cleaned = re.sub(r"^\\(?=\d)", "", cleaned.removesuffix("%").removesuffix("\\"))  # \$12, 45\%
+    percent = bool(_PERCENT_END.search(cleaned))
+    cleaned = re.sub(r"^\\(?=\d)", "", _PERCENT_END.sub("", cleaned).removesuffix("\\"))  # \$12
     sign, cleaned = (-1.0 if cleaned[:1] == "-" else 1.0), cleaned.lstrip("+-").strip()
     frac_tex = re.fullmatch(r"\\[dt]?frac\{(\d+)\}\{(\d+)\}", cleaned)
     parts = frac_tex.groups() if frac_tex else cleaned.split("/") if cleaned.count("/") == 1 else (cleaned,)
@@ -163,20 +179,29 @@ def parse_number(text: str, language: str | None = None) -> float | None:
         return None
     values = [float(p) for p in plain if p is not None]
     if len(values) == 2:
-        return sign * values[0] / values[1] if values[1] else None
-    return sign * values[0] if math.isfinite(values[0]) else None
+        return Number(sign * values[0] / values[1], percent) if values[1] else None
+    return Number(sign * values[0], percent) if math.isfinite(values[0]) else None
 
 
-def reference_number(expected: object, language: str | None = None) -> float | None:
+def reference_number(expected: object, language: str | None = None) -> Number | None:
     """A reference answer as a number: a number in the data is its value; text is read as ``language`` writes it,
     a unit or currency dropped ("12,000円", "12 cm": :func:`tempa.alignment.numbers.unit_number`). None when the
     reference is no number (text, or math such as x^2+1)."""
     if isinstance(expected, int | float) and not isinstance(expected, bool):
-        return float(expected)
+        return Number(float(expected), False)
     text = str(expected)
-    return parse_number(unit_number(text, language) or text, language)
+    return read_number(unit_number(text, language) or text, language)
 
 
-def numbers_agree(expected: float, got: float, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
-    """Whether ``got`` gives ``expected`` within tolerance."""
-    return math.isclose(got, expected, rel_tol=rel_tol, abs_tol=abs_tol)
+def numbers_agree(expected: Number, got: Number, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
+    """Whether ``got`` gives ``expected`` within tolerance. A percentage is its number as written and, against a
+    number without %, also its hundredth: 45% gives 45 and 0.45 (and a reference of 45% is given by 45 and 0.45);
+    45% does not give 0.45%."""
+    def close(a: float, b: float) -> bool:
+        return math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol)
+
+    if close(got.value, expected.value):
+        return True
+    if got.percent != expected.percent:
+        return close(got.value / 100, expected.value) if got.percent else close(got.value, expected.value / 100)
+    return False

@@ -253,8 +253,8 @@ def plain_cjk_number(token: str, reading: str | None) -> str | None:
 
 
 # Units a reference answer may carry: currencies (before or after the number), SI units, and the units and counters
-# Japanese, Chinese, Thai and Vietnamese write after a number. Percent is not one: both readers read "45%" already
-# (the accuracy suite as 45, math-verify as 45 or 0.45).
+# Japanese, Chinese, Thai and Vietnamese write after a number. Percent is not one: "45%" is a number with its own
+# rule (tempa.alignment.answer_text.numbers_agree: 45% gives 45 and 0.45).
 _CURRENCY_BEFORE = ("US$", "S$", "HK$", "NT$", "A$", "$", "¥", "￥", "€", "£", "₫", "₹", "₱", "₩", "฿", "Rp", "RM")
 _UNITS_AFTER = (
     # currencies

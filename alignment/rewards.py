@@ -43,7 +43,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from tempa.alignment.answer_text import committed_answer, numbers_agree, parse_number, reference_number
+from tempa.alignment.answer_text import committed_answer, numbers_agree, read_number, reference_number
 from tempa.alignment.backends import SamplingBackend, backend_reads, build_backend
 from tempa.alignment.completions import Completion, split_think, without_tool_calls
 from tempa.alignment.judge import (
@@ -107,7 +107,7 @@ def answer_match(
     else the last number), so a check after the answer ("The answer is 3. Check: 3 + 4 = 7") is not the answer. A
     numeric reference (:func:`tempa.alignment.answer_text.reference_number`: "12,000円" and "12 cm" are their number)
     is compared with the committed number by value, numbers read as the prompt's ``language`` writes them
-    (:func:`tempa.alignment.answer_text.numbers_agree`); any other math is math-verify's
+    (:func:`tempa.alignment.answer_text.numbers_agree`: 45% gives 45 and 0.45); any other math is math-verify's
     equivalence with the committed part.
     """
     if gold is None or (isinstance(gold, str) and not gold.strip()):
@@ -126,7 +126,7 @@ def answer_match(
             # A number in the data is a value, not text in the row's language: 1.125 is no 1125 in Indonesian.
             expected = reference_number(item, language)
             if expected is not None:
-                got = parse_number(committed.number, language) if committed and committed.number else None
+                got = read_number(committed.number, language) if committed and committed.number else None
                 if got is not None and numbers_agree(expected, got):
                     return 1.0
                 continue
@@ -277,7 +277,7 @@ class AnswerReward(_RewardBase):
         description="`math`: the answer the reply commits to, as the evaluate stage's accuracy suite reads it (the "
         "last `\\boxed{}`, else the sentence after the last lead-in such as `The answer is` or `答えは`, from its "
         "last `=`, else the last number; a check after it does not count), gives the reference: a numeric reference "
-        "(a unit or currency dropped: `12 cm`, `12,000円`) by value; other math by "
+        "(a unit or currency dropped: `12 cm`, `12,000円`) by value, `45%` giving 45 and 0.45; other math by "
         "math-verify equivalence (fractions, LaTeX, expressions); `exact`: equal after case, "
         "punctuation and space folding; `contains`: the reference appears in the answer; `regex`: `pattern` "
         "extracts the answer; `auto`: math when the reference parses as math, else contains.",

@@ -19,7 +19,7 @@ from tempa.alignment.answer_text import (
     committed_answer,
     committed_sentence,
     numbers_agree,
-    parse_number,
+    read_number,
     reference_number,
 )
 from tempa.chat_templates.thinking import THINK_CLOSE, THINK_OPEN, has_think_tags, split_reasoning
@@ -60,6 +60,13 @@ def unanswered(answers: Sequence[str]) -> float:
 # --- final answers -----------------------------------------------------------------------------
 
 
+def parse_number(text: str, language: str | None = None) -> float | None:
+    """Parse ``'1,234.5'``, ``'$12'``, ``'-3/4'``, ``'45%'`` (45), ``'−2'``, ``'2,5'`` into a float; None otherwise
+    (:func:`tempa.alignment.answer_text.read_number`, which the answer reward reads by too)."""
+    number = read_number(text, language)
+    return number.value if number else None
+
+
 def extract_final_number(answer: str, language: str | None = None) -> float | None:
     """The number an answer commits to (:func:`tempa.alignment.answer_text.committed_answer`, the answer reward's
     rule too): the last ``\\boxed{}``, else the number after the last "answer is"-style lead-in (what that
@@ -87,14 +94,14 @@ def answer_matches(
 
     A numeric expectation (:func:`tempa.alignment.answer_text.reference_number`: a number with a unit or currency,
     "12,000円" or "12 cm", is its number) is compared with the number the answer commits to, within tolerance, as
-    the answer reward compares it (:func:`tempa.alignment.answer_text.numbers_agree`).
+    the answer reward compares it (:func:`tempa.alignment.answer_text.numbers_agree`: 45% gives 45 and 0.45).
     Other expectations compare the normalised boxed content, the line after an "answer is" lead-in, the last line,
     or the whole answer.
     """
     expected_number = reference_number(expected, language)
     if expected_number is not None:
         token = committed_answer(answer, language).number
-        got = parse_number(token, language) if token else None
+        got = read_number(token, language) if token else None
         return got is not None and numbers_agree(expected_number, got, rel_tol=rel_tol, abs_tol=abs_tol)
     target = _normalise_text(str(expected))
     if not target:

@@ -194,6 +194,33 @@ def test_both_readers_commit_to_the_answer_not_to_the_check_after_it(language, r
     assert_both(language, reply, check, False)
 
 
+# (language, reply, reference, verdict): one percent rule in both readers. A percentage is its number as written
+# (a percent question's reference is 45) and, against a number written without %, its hundredth (a probability's
+# reference is 0.45 or 9/20). math-verify alone gave 45% = 0.45 but 45% != 45.0; the accuracy suite 45% != 0.45.
+PERCENT = [
+    ("en", "The answer is 45%.", "45", True),
+    ("en", "The answer is 45%.", 0.45, True),
+    ("en", "The answer is 45%.", "9/20", True),
+    ("en", "The answer is 45%.", r"\frac{9}{20}", True),
+    ("en", "The answer is 45%.", "45%", True),
+    ("en", "The answer is 45%.", "0.45%", False),  # two percentages: as written
+    ("en", "The answer is 45%.", 4.5, False),
+    ("en", "The answer is 0.45.", "45%", True),
+    ("en", "The answer is 45.0.", "45%", True),
+    ("en", "The answer is 4.5.", "45%", False),
+    ("en", r"\boxed{45\%}", 0.45, True),
+    ("vi", "Đáp án là 45 %.", 0.45, True),  # a space before %, as Vietnamese (and French, Indonesian) write it
+    ("ja", "答えは４５％です。", 0.45, True),
+    ("zh", "答案是百分之四十五。", 0.45, True),
+    ("zh", "答案是百分之四十五。", 45, True),
+]
+
+
+@pytest.mark.parametrize(("language", "reply", "reference", "verdict"), PERCENT)
+def test_one_percent_rule_in_both_readers(language, reply, reference, verdict):
+    assert_both(language, reply, reference, verdict)
+
+
 def test_math_that_is_not_one_number_is_read_where_the_reply_commits_to_it():
     # math-verify still judges math a number reader cannot (a radical); it reads the committed sentence, not the check
     reply = r"The answer is $\frac{\sqrt{2}}{2}$. Check: $(\frac{\sqrt{2}}{2})^2 = \frac{1}{2}$."

@@ -33,7 +33,9 @@ from tempa.alignment.numbers import (
     unit_number,
 )
 
-_FRAC = r"\\[dt]?frac\{\d+\}\{\d+\}"  # LaTeX's \frac{3}{4}, \dfrac and \tfrac: one number, not two
+# LaTeX's \frac{3}{4}, \dfrac and \tfrac (\frac{-3}{4}, \frac{1.5}{2} too): one number, not two
+_FRAC = r"\\[dt]?frac\{[-−]?\d+(?:\.\d+)?\}\{\d+(?:\.\d+)?\}"
+_FRAC_PARTS = r"\\[dt]?frac\{(\d+(?:\.\d+)?)\}\{(\d+(?:\.\d+)?)\}"
 _PERCENT = r"\s?\\?%"  # 45%, 45 % (as French, Vietnamese and Indonesian space it), 45\% (LaTeX)
 
 
@@ -172,7 +174,9 @@ def read_number(text: str, language: str | None = None) -> Number | None:
     percent = bool(_PERCENT_END.search(cleaned))
     cleaned = re.sub(r"^\\(?=\d)", "", _PERCENT_END.sub("", cleaned).removesuffix("\\"))  # \$12
     sign, cleaned = (-1.0 if cleaned[:1] == "-" else 1.0), cleaned.lstrip("+-").strip()
-    frac_tex = re.fullmatch(r"\\[dt]?frac\{(\d+)\}\{(\d+)\}", cleaned)
+    if re.match(r"\\[dt]?frac\{-", cleaned):  # \frac{-3}{4}
+        sign, cleaned = -sign, cleaned.replace("{-", "{", 1)
+    frac_tex = re.fullmatch(_FRAC_PARTS, cleaned)
     parts = frac_tex.groups() if frac_tex else cleaned.split("/") if cleaned.count("/") == 1 else (cleaned,)
     plain = [plain_number(part, language) for part in parts]
     if None in plain:

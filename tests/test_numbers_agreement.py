@@ -250,3 +250,12 @@ def test_an_answer_only_in_the_think_block_is_wrong_in_both_readers(mode, reply)
     assert reward("en", 42, visible, mode=mode) == 1.0
     assert answer_matches(final_answer_text(PREFILL[mode] + visible), 42, language="en")
 
+
+@pytest.mark.parametrize(("reply", "value", "misread"), [
+    (r"\boxed{\frac{-3}{4}}", -0.75, 4),  # the sign inside the numerator: read as the two numbers -3 and 4
+    (r"The answer is $\dfrac{1.5}{2}$.", 0.75, 2),
+])
+def test_a_latex_fraction_is_one_number_with_its_sign_and_decimals(reply, value, misread):
+    # math-verify read these from the whole reply; the committed number must be the whole fraction too
+    assert_both("en", reply, value, True)
+    assert_both("en", reply, misread, False)

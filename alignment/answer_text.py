@@ -197,6 +197,47 @@ def reference_number(expected: object, language: str | None = None) -> Number | 
     return read_number(unit_number(text, language) or text, language)
 
 
+def math_verify_timeout() -> int | None:
+    """math-verify's timeout in seconds: its timeouts use SIGALRM, which only the main thread may set."""
+    import threading
+
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
+
+_BOX = re.compile(r"\\boxed\s*\{(.*)\}", re.DOTALL)
+
+
+def expression_value(latex: str) -> float | None:
+    """The value of a LaTeX expression that is one number (``2^{10}``, ``3.5\\times10^4``, ``\\sqrt{16}``), as
+    math-verify evaluates it; None when it is no closed number (``x+1``, text)."""
+    from math_verify import parse
+
+    try:
+        parsed = parse(f"${latex}$", parsing_timeout=math_verify_timeout())
+    except Exception:  # math-verify's parser raises what sympy raises; an unreadable box is no number
+        return None
+    for item in parsed:
+        try:
+            value = float(item)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value):
+            return value
+    return None
+
+
+def committed_number(answer: str, language: str | None = None) -> Number | None:
+    """The number ``answer`` commits to (:func:`committed_answer`). A box holding an expression rather than one
+    number (``\\boxed{2^{10}}``, ``\\boxed{3.5\\times10^4}``) is the expression's value, not its last number."""
+    commitment = committed_answer(answer, language)
+    box = _BOX.fullmatch(commitment.text)
+    if box is not None and read_number(box.group(1), language) is None:
+        value = expression_value(box.group(1))
+        if value is not None:
+            return Number(value, False)
+    return read_number(commitment.number, language) if commitment.number else None
+
+
 def numbers_agree(expected: Number, got: Number, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
     """Whether ``got`` gives ``expected`` within tolerance. A percentage is its number as written and, against a
     number without %, also its hundredth: 45% gives 45 and 0.45 (and a reference of 45% is given by 45 and 0.45);

@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import threading
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from tempa.alignment.answer_text import committed_answer, numbers_agree, read_number, reference_number
+from tempa.alignment.answer_text import (
+    committed_answer,
+    committed_number,
+    math_verify_timeout,
+    numbers_agree,
+    reference_number,
+)
 from tempa.alignment.backends import SamplingBackend, backend_reads, build_backend
 from tempa.alignment.completions import Completion, split_think, without_tool_calls
 from tempa.alignment.judge import (
@@ -81,8 +86,7 @@ def _math_equal(gold: str, answer: str, language: str | None) -> bool | None:
 
     gold, answer = math_text(gold, language), math_text(answer, language)
 
-    # math-verify's timeouts use SIGALRM, which only the main thread may set.
-    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    timeout = math_verify_timeout()
     parsed_gold = parse(str(gold), parsing_timeout=timeout)
     if not parsed_gold:
         return None
@@ -126,7 +130,7 @@ def answer_match(
             # A number in the data is a value, not text in the row's language: 1.125 is no 1125 in Indonesian.
             expected = reference_number(item, language)
             if expected is not None:
-                got = read_number(committed.number, language) if committed and committed.number else None
+                got = committed_number(answer, language) if committed else None
                 if got is not None and numbers_agree(expected, got):
                     return 1.0
                 continue

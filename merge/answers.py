@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from tempa.alignment.answer_text import (
     LEAD_IN_RE,
     boxed_contents,
-    committed_answer,
+    committed_number,
     committed_sentence,
     numbers_agree,
     read_number,
@@ -72,8 +72,8 @@ def extract_final_number(answer: str, language: str | None = None) -> float | No
     rule too): the last ``\\boxed{}``, else the number after the last "answer is"-style lead-in (what that
     sentence's last '=' gives), else the last number in the text; numbers read as ``language`` writes them, and in
     Japanese and Chinese Han numerals too (四十二, 1万2千)."""
-    token = committed_answer(answer, language).number
-    return parse_number(token, language) if token else None
+    number = committed_number(answer, language)
+    return number.value if number else None
 
 
 # What Japanese and Thai put after a stated answer: "答えはBです。", "คำตอบคือ B ครับ".
@@ -100,8 +100,7 @@ def answer_matches(
     """
     expected_number = reference_number(expected, language)
     if expected_number is not None:
-        token = committed_answer(answer, language).number
-        got = read_number(token, language) if token else None
+        got = committed_number(answer, language)
         return got is not None and numbers_agree(expected_number, got, rel_tol=rel_tol, abs_tol=abs_tol)
     target = _normalise_text(str(expected))
     if not target:

@@ -259,3 +259,14 @@ def test_a_latex_fraction_is_one_number_with_its_sign_and_decimals(reply, value,
     # math-verify read these from the whole reply; the committed number must be the whole fraction too
     assert_both("en", reply, value, True)
     assert_both("en", reply, misread, False)
+
+
+@pytest.mark.parametrize(("reply", "value", "misread"), [
+    (r"So \boxed{2^{10}}.", 1024, 10),
+    (r"The distance is \boxed{3.5\times10^4} km.", 35000, 4),
+    (r"\boxed{\sqrt{16}}", 4, 16),
+])
+def test_a_box_holding_an_expression_is_its_value_in_both_readers(reply, value, misread):
+    # math-verify read these from the whole reply; the committed box's last number (10, 4, 16) is not the answer
+    assert_both("en", reply, value, True)
+    assert_both("en", reply, misread, False)

@@ -49,6 +49,7 @@ from tempa.alignment.sampling import (
 )
 from tempa.alignment.selection import UNSCORED, select_samples
 from tempa.alignment.synthesize_config import OUTPUT_FILE, SynthesizeStageConfig
+from tempa.alignment.teacher_text import stored_text
 from tempa.sft.files import write_json, write_jsonl
 from tempa.sft.stage_api import StageContext, StageError, StageResult, fingerprinted
 
@@ -178,7 +179,14 @@ class Kept:
         return f"{self.prompt.id}-s{self.index}"
 
     def messages(self) -> list[dict[str, Any]]:
-        return [*self.prompt.messages, assistant_message(self.completion)]
+        return [*self.prompt.messages, teacher_message(self.completion)]
+
+
+def teacher_message(completion: Completion) -> dict[str, Any]:
+    """The teacher's turn as the dataset stores it (:func:`stored_text`: answer and reasoning NFC)."""
+    message = assistant_message(completion)
+    return {**message, "content": stored_text(message["content"]),
+            "reasoning_content": message["reasoning_content"] and stored_text(message["reasoning_content"])}
 
 
 def select_first_turns(
@@ -235,8 +243,8 @@ def sft_row(kept: Kept, provenance: dict[str, Any], second: dict[str, Any] | Non
     prov = {**provenance, "prompt_id": kept.prompt.id, "sample_index": kept.index,
             "finish_reason": kept.completion.finish_reason}
     if second is not None:
-        messages = [*messages, {"role": "user", "content": second["followup"]},
-                    assistant_message(second["completion"])]
+        messages = [*messages, {"role": "user", "content": stored_text(second["followup"])},
+                    teacher_message(second["completion"])]
         scores["turn2"] = second["scores"]
         prov["turn2_sample_index"] = second["index"]
     return {"messages": messages, "language": kept.prompt.language, "thinking_mode": kept.prompt.thinking_mode,

@@ -16,6 +16,7 @@ settings of how requests travel (concurrency, timeouts, retries) keep the journa
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from tempa.alignment.generation import GenerationParams
 from tempa.alignment.judge import Judge, JudgeSettings, fill, parse_judge_score
 from tempa.alignment.sampling import JsonlStore, run_incremental
 from tempa.sft import language as lang
+from tempa.sft.curation import normalize_instruction
 from tempa.sft.files import write_json, write_jsonl
 from tempa.sft.stage_api import Read, StageContext, StageError, fingerprinted
 
@@ -72,7 +74,7 @@ class TextFilters(BaseModel):
                            "(text with too few letters to tell is kept).")
     min_letters: int = Field(default=lang.MIN_LETTERS, ge=1, description="Letters needed to judge a language.")
     dedup: bool = Field(default=True, description="Drop a text (translate: a whole conversation) equal to an earlier "
-                        "one (case and spaces aside).")
+                        "one (Unicode form, case and spaces aside, as an sft stage's `dedup` compares).")
     keep_incomplete: bool = Field(default=False, description="Keep text cut off at max_new_tokens (off: dropped).")
 
 
@@ -88,6 +90,13 @@ def teacher_reads(teacher: TeacherSettings, judge: JudgeGate | None) -> list[Rea
     if judge is not None:
         reads += backend_reads(judge.backend, ("judge", "backend"))
     return reads
+
+
+def stored_text(text: str) -> str:
+    """Teacher text as a dataset stores it: NFC. A server may send it decomposed (NFD: Vietnamese 'ạ' as 'a' +
+    U+0323), which renders alike but is other bytes: it tokenises longer (a Vietnamese sentence 113 tokens instead
+    of 67 with the tiny tokenizer), teaches the model to write that form, and escapes every exact comparison."""
+    return unicodedata.normalize("NFC", text)
 
 
 TEACHER_JOURNAL = "teacher.jsonl"
@@ -134,7 +143,7 @@ def ask_teacher(
     out = []
     for record in _journaled(store, requests, params.batch_size, desc, ask, measure):
         completion = Completion.from_dict(record["completion"])
-        out.append((split_reasoning(completion.full_text).answer.strip(), completion.finish_reason))
+        out.append((stored_text(split_reasoning(completion.full_text).answer.strip()), completion.finish_reason))
     return out
 
 
@@ -143,10 +152,6 @@ def teacher_store(ctx: StageContext, teacher: TeacherSettings, params: Generatio
     signature = {"model": str(ctx.start_model), "backend": fingerprinted(teacher.backend),
                  "params": params.model_dump(mode="json")}
     return JsonlStore(ctx.stage_dir / "data" / TEACHER_JOURNAL, signature)
-
-
-def _normalised(text: str) -> str:
-    return " ".join(text.lower().split())
 
 
 @dataclass
@@ -176,8 +181,9 @@ class Gate:
         return None
 
     def duplicate(self, text: str) -> bool:
-        """Whether ``text`` equals one seen before (case and spaces aside); remembers it."""
-        key = _normalised(text)
+        """Whether ``text`` equals one seen before as an sft stage's dedup compares text (NFKC, case and spaces
+        aside); remembers it."""
+        key = normalize_instruction(text)
         if key in self.seen:
             return True
         self.seen.add(key)

@@ -1,0 +1,105 @@
+"""A Vietnamese team's teacher stages over HTTP: what the teacher writes is stored as text is typed (NFC).
+
+A teacher (or the server's detokeniser) may send Vietnamese decomposed (NFD: 'ạ' as 'a' + U+0323), which renders
+the same but is other bytes: the tiny tokenizer spends 113 tokens on a sentence whose NFC form takes 67, a model
+trained on it learns to write the decomposed form, and a prompt in both forms was kept twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from pathlib import Path
+
+from test_alignment_fakes import FakeOpenAI, chat_response, last_user
+
+from stage_helpers import make_context
+from tempa.alignment.generate_prompts_stage import GeneratePromptsStageConfig, run_generate_prompts
+from tempa.alignment.synthesize_config import SynthesizeStageConfig
+from tempa.alignment.synthesize_stage import run_synthesize
+from tempa.alignment.translate_stage import TranslateStageConfig, run_translate
+
+PHO = "Làm thế nào để nấu phở bò ngon như ngoài hàng ở Hà Nội?"
+SKY = "Ánh sáng mặt trời bị tán xạ bởi các phân tử không khí."
+
+
+def nfd(text: str) -> str:
+    return unicodedata.normalize("NFD", text)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def texts(rows: list[dict]) -> list[str]:
+    return [m["content"] for r in rows for m in r["messages"] if isinstance(m.get("content"), str)]
+
+
+def http(server: FakeOpenAI) -> dict:
+    return {"type": "http", "base_url": server.base_url, "model": "teacher", "backoff_s": 0.01, "timeout_s": 10}
+
+
+def test_translations_are_stored_nfc_and_an_nfd_twin_is_a_duplicate(tmp_path, tiny_model_dir):
+    translations = {"How do I cook pho?": nfd(PHO), "Tell me how to make pho.": PHO, "Why is the sky blue?": nfd(SKY)}
+
+    def reply(body):
+        original = re.search(r"\[Text\]\n(.*)\n\[End of text\]", last_user(body), re.S).group(1)
+        return chat_response([translations[original]])
+
+    source = tmp_path / "en.jsonl"
+    source.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in translations), encoding="utf-8")
+    ctx = make_context(tmp_path / "run", "tr", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    with FakeOpenAI(reply) as server:
+        config = TranslateStageConfig.model_validate({
+            "name": "tr", "target_language": "vi", "source": {"path": str(source)},
+            "teacher": {"backend": http(server)}})
+        result = run_translate(config, ctx)
+    rows = read_jsonl(result.dataset)
+    assert texts(rows) == [PHO, SKY]  # NFC, and the NFC twin of the first translation is no second row
+    assert [r["reason"] for r in read_jsonl(ctx.stage_dir / "data" / "rejects.jsonl")] == ["duplicate"]
+
+
+def test_generated_prompts_are_stored_nfc_and_an_nfd_twin_is_a_duplicate(tmp_path, tiny_model_dir):
+    written = {"1": PHO, "2": nfd(PHO), "3": nfd("Vì sao nhà Nguyễn chọn Huế làm kinh đô?")}
+
+    def reply(body):
+        return chat_response([written[re.search(r"\(variation (\d+)\)", last_user(body)).group(1)]])
+
+    ctx = make_context(tmp_path / "run", "gp", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    with FakeOpenAI(reply) as server:
+        config = GeneratePromptsStageConfig.model_validate({
+            "name": "gp", "topics": ["Ẩm thực Việt Nam"], "per_topic": 3, "language": "vi",
+            "teacher": {"backend": http(server), "temperature": 1.0}})
+        result = run_generate_prompts(config, ctx)
+    assert texts(read_jsonl(result.dataset)) == [PHO, "Vì sao nhà Nguyễn chọn Huế làm kinh đô?"]
+    assert json.loads((ctx.stage_dir / "data" / "stats.json").read_text())["rejected"] == {"duplicate": 1}
+
+
+def test_synthesized_answers_and_follow_ups_are_stored_nfc(tmp_path, tiny_model_dir, tokenizer_dir):
+    followup = "Bạn có thể giải thích chi tiết hơn không?"
+
+    def reply(body):
+        asked = last_user(body)
+        if "Write the user's next message" in asked:
+            return chat_response([nfd(followup)])
+        return chat_response([nfd(SKY)], reasoning=[nfd("Người dùng hỏi về bầu trời.")])
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Tại sao bầu trời có màu xanh?", "language": "vi"},
+                                  ensure_ascii=False) + "\n", encoding="utf-8")
+    ctx = make_context(tmp_path / "run", "synth", start_model=tiny_model_dir, tokenizer_dir=tokenizer_dir,
+                       chat_template="")
+    with FakeOpenAI(reply) as server:
+        config = SynthesizeStageConfig.model_validate({
+            "name": "synth", "prompts": {"path": str(prompts)}, "teacher": http(server),
+            "sampling": {"n": 1, "max_new_tokens": 64, "thinking": {"mode": "on"}},
+            "rewards": [{"type": "language"}],
+            "second_turn": {"select": {"min_score": 1}}})
+        result = run_synthesize(config, ctx)
+    [row] = read_jsonl(result.dataset)
+    first, second = row["messages"][1], row["messages"][3]
+    assert (first["content"], first["reasoning_content"]) == (SKY, "Người dùng hỏi về bầu trời.")
+    assert (row["messages"][2]["content"], second["content"]) == (followup, SKY)

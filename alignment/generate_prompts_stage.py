@@ -34,6 +34,7 @@ from tempa.alignment.teacher_text import (
     TextFilters,
     ask_teacher,
     gate_scores,
+    gate_stats,
     output_files,
     teacher_backend,
     teacher_reads,
@@ -150,9 +151,11 @@ def run_generate_prompts(config: GeneratePromptsStageConfig, ctx: StageContext) 
         text = text.strip().strip('"“”「」').strip()
         reason = gate.reason(text, finish_reason, config.language)
         (dropped if reason else kept).append({"topic": topic, "index": i, "text": text, "reason": reason})
+    judged: dict[str, float | int] = {}
     if config.judge is not None and kept:
         scores = gate_scores(config.judge, PROMPT_RUBRIC,
                              [{"question": k["text"], "language": config.language} for k in kept], ctx)
+        judged = gate_stats(scores)
         passed = []
         for item, score in zip(kept, scores, strict=True):
             item["judge"] = score
@@ -167,7 +170,7 @@ def run_generate_prompts(config: GeneratePromptsStageConfig, ctx: StageContext) 
              "provenance": {"stage": ctx.stage_name, "teacher": teacher.describe, "seed": ctx.seed, "index": k["index"]}}
             for k in kept]
     stats = {"requested": len(jobs), "kept": len(rows), "rejected": dict(Counter(d["reason"] for d in dropped)),
-             "teacher": teacher.describe}
+             "teacher": teacher.describe, **({"judge": judged} if judged else {})}
     output = write_outputs(ctx, OUTPUT_FILE, rows, dropped, stats, "prompts")
     return GeneratePromptsResult(dataset=output, rows=len(rows), files=output_files(ctx),
                                  metrics={"rows": len(rows), "kept_fraction": round(len(rows) / len(jobs), 6)})

@@ -37,6 +37,7 @@ from tempa.alignment.backends_http import CONTENT_FILTER
 from tempa.alignment.completions import Completion
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.judge import Judge, JudgeSettings, fill, parse_judge_score
+from tempa.alignment.rewards import JudgeFailures
 from tempa.alignment.sampling import JsonlStore, run_incremental
 from tempa.sft import language as lang
 from tempa.sft.curation import normalize_instruction
@@ -83,6 +84,11 @@ class JudgeGate(JudgeSettings):
 
     min_score: float = Field(default=8, ge=1, le=10, description="Keep texts rated at least this (Swallow's "
                              "gemma-magpie rejects <= 7, i.e. keeps >= 8).")
+    max_unparsable: float = Field(
+        default=0.1, ge=0, le=1, description="Largest share of the judge's replies that may lack a rating (each such "
+        "text is dropped as `judge_unrated`); above it the stage fails, quoting one reply (a judge that cannot follow "
+        "the rubric decides nothing). Raising it re-reads the journaled replies without asking again.",
+    )
 
 
 def teacher_reads(teacher: TeacherSettings, judge: JudgeGate | None) -> list[Read]:
@@ -203,8 +209,9 @@ def gate_scores(gate: JudgeGate, rubric: str, items: Sequence[dict[str, Any]], c
     """The judge's 1-10 ratings of ``items`` (rubric placeholder values), journaled; its backend closed after."""
     judge = Judge(teacher_backend(gate.backend, ctx, "judge"), gate, seed=ctx.seed)
     prompts = [fill(gate.rubric or rubric, **item) for item in items]
-    signature = {"model": str(ctx.start_model), "backend": fingerprinted(gate.backend),
-                 "settings": gate.model_dump(mode="json", exclude={"backend", "min_score"}), "seed": ctx.seed}
+    # What reads the replies (the threshold, the unparsable limit) is not part of what the judge was asked.
+    signature = {"model": str(ctx.start_model), "backend": fingerprinted(gate.backend), "seed": ctx.seed,
+                 "settings": gate.model_dump(mode="json", exclude={"backend", "min_score", "max_unparsable"})}
     store = JsonlStore(ctx.stage_dir / "data" / JUDGE_JOURNAL, signature)
 
     def ask(chunk: list[str], index: int) -> list[dict[str, Any]]:
@@ -215,7 +222,23 @@ def gate_scores(gate: JudgeGate, rubric: str, items: Sequence[dict[str, Any]], c
     finally:
         judge.backend.close()
     # Parsed on reading, not stored: a fixed parser rescores a journaled reply without asking again.
-    return [parse_judge_score(record["reply"]) for record in records]
+    scores = [parse_judge_score(record["reply"]) for record in records]
+    failures = JudgeFailures(replies=len(scores), unparsable=scores.count(None),
+                             example=next((r["reply"] for r, s in zip(records, scores, strict=True) if s is None), None))
+    if failures.fraction > gate.max_unparsable:
+        reply = " ".join((failures.example or "").split())[:160]
+        raise StageError(f"stage '{ctx.stage_name}': judge gave no [[rating]] in {failures.unparsable} of "
+                         f"{failures.replies} replies ({failures.fraction:.0%} > max_unparsable "
+                         f"{gate.max_unparsable:g}); e.g. {reply!r}. Use a judge that follows the rubric, or raise "
+                         f"judge.max_unparsable (its replies are journaled in {store.path})")
+    return scores
+
+
+def gate_stats(scores: Sequence[float | None]) -> dict[str, float | int]:
+    """The judge's replies and those without a rating, for ``stats.json``."""
+    unparsable = sum(score is None for score in scores)
+    return {"replies": len(scores), "unparsable": unparsable,
+            "unparsable_fraction": round(unparsable / len(scores), 6) if scores else 0.0}
 
 
 def write_outputs(ctx: StageContext, output_file: str, rows: list[dict[str, Any]], rejects: list[dict[str, Any]],

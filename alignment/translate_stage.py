@@ -35,6 +35,7 @@ from tempa.alignment.teacher_text import (
     TextFilters,
     ask_teacher,
     gate_scores,
+    gate_stats,
     output_files,
     teacher_backend,
     teacher_reads,
@@ -200,10 +201,12 @@ def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateR
                 dropped[c] = "duplicate"
         kept = [c for c in kept if c not in dropped]
     scores: dict[int, float | None] = {}
+    judged: dict[str, float | int] = {}
     if config.judge is not None and kept:
         rated = gate_scores(config.judge, TRANSLATION_RUBRIC, [
             {"question": _plain(conversations[c]), "answer": _plain(translated[c]),
              "language": config.target_language} for c in kept], ctx)
+        judged = gate_stats(rated)
         for c, score in zip(kept, rated, strict=True):
             scores[c] = score
             if score is None or score < config.judge.min_score:
@@ -217,7 +220,8 @@ def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateR
                  "provenance": {**provenance, "row": order[c]}} for c in kept]
     rejects = [{"row": order[c], "reason": reason, "messages": translated[c]} for c, reason in sorted(dropped.items())]
     stats = {"rows": len(conversations), "kept": len(out_rows), "texts": len(requests),
-             "rejected": dict(Counter(dropped.values())), "teacher": teacher.describe}
+             "rejected": dict(Counter(dropped.values())), "teacher": teacher.describe,
+             **({"judge": judged} if judged else {})}
     output = write_outputs(ctx, OUTPUT_FILE, out_rows, rejects, stats, "translations")
     return TranslateResult(dataset=output, rows=len(out_rows), files=output_files(ctx),
                            metrics={"rows": len(out_rows), "kept_fraction": round(len(out_rows) / len(conversations), 6)})

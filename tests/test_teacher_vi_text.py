@@ -12,6 +12,7 @@ import re
 import unicodedata
 from pathlib import Path
 
+import pytest
 from test_alignment_fakes import FakeOpenAI, chat_response, last_user
 
 from stage_helpers import make_context
@@ -19,6 +20,7 @@ from tempa.alignment.generate_prompts_stage import GeneratePromptsStageConfig, r
 from tempa.alignment.synthesize_config import SynthesizeStageConfig
 from tempa.alignment.synthesize_stage import run_synthesize
 from tempa.alignment.translate_stage import TranslateStageConfig, run_translate
+from tempa.sft.stage_api import StageError
 
 PHO = "Làm thế nào để nấu phở bò ngon như ngoài hàng ở Hà Nội?"
 SKY = "Ánh sáng mặt trời bị tán xạ bởi các phân tử không khí."
@@ -103,3 +105,38 @@ def test_synthesized_answers_and_follow_ups_are_stored_nfc(tmp_path, tiny_model_
     first, second = row["messages"][1], row["messages"][3]
     assert (first["content"], first["reasoning_content"]) == (SKY, "Người dùng hỏi về bầu trời.")
     assert (row["messages"][2]["content"], second["content"]) == (followup, SKY)
+
+
+def test_a_gate_judge_without_ratings_stops_the_stage_and_a_raised_limit_reuses_its_replies(tmp_path, tiny_model_dir):
+    """As a synthesize judge does: 2 of 5 replies without a [[rating]] (40% > max_unparsable 0.1) is a judge that
+    cannot follow its rubric, not 2 bad prompts to drop quietly."""
+    written = ["Làm thế nào để nấu phở bò ngon như ngoài hàng?", "Cách làm bánh xèo giòn là gì vậy bạn?",
+               "Vì sao nhà Nguyễn chọn Huế làm kinh đô?", "Trận Bạch Đằng năm 938 có ý nghĩa gì?",
+               "Nên đi du lịch Đà Lạt vào mùa nào?"]
+
+    def reply(body):
+        asked = last_user(body)
+        if "[Prompt]" in asked:
+            return chat_response(["Tôi thấy câu hỏi này ổn, 8/10." if "bánh xèo" in asked or "Đà Lạt" in asked
+                                  else "Rõ ràng. [[9]]"])
+        return chat_response([written[int(re.search(r"\(variation (\d+)\)", asked).group(1)) - 1]])
+
+    ctx = make_context(tmp_path / "run", "gp", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+
+    def config(server: FakeOpenAI, **judge) -> GeneratePromptsStageConfig:
+        return GeneratePromptsStageConfig.model_validate({
+            "name": "gp", "topics": ["Việt Nam"], "per_topic": 5, "language": "vi",
+            "teacher": {"backend": http(server), "temperature": 1.0},
+            "judge": {"backend": http(server), "min_score": 8, **judge}})
+
+    with FakeOpenAI(reply) as server:
+        with pytest.raises(StageError, match=r"judge gave no \[\[rating\]\] in 2 of 5 replies \(40% > "
+                           r"max_unparsable 0\.1\); e\.g\. 'Tôi thấy câu hỏi này ổn, 8/10\.'"):
+            run_generate_prompts(config(server), ctx)
+        asked = len(server.requests)
+        result = run_generate_prompts(config(server, max_unparsable=0.5), ctx)
+        assert len(server.requests) == asked  # the journaled replies were scored again, not bought again
+    stats = json.loads((ctx.stage_dir / "data" / "stats.json").read_text())
+    assert stats["rejected"] == {"judge_unrated": 2} and result.rows == 3
+    assert stats["judge"] == {"replies": 5, "unparsable": 2, "unparsable_fraction": 0.4}

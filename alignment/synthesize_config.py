@@ -127,6 +127,25 @@ class SynthesizeStageConfig(StageConfigBase):
         default=None, description="Add a judged second turn to every kept conversation (Swallow v0.3)."
     )
 
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_shape(cls, value: Any) -> Any:
+        # translate and generate_prompts nest the backend under `teacher.backend`, with sampling settings beside it;
+        # the Swallow recipe uses both shapes, so a recipe written from one of them meets the other here.
+        if not isinstance(value, dict):
+            return value
+        misplaced = [key for key in SamplingSettings.model_fields if key in value]
+        if "backend" in value and "type" not in value:
+            backend = value["backend"]
+            moved = f"; {', '.join(f'`{k}`' for k in misplaced)} goes under `sampling:`" if misplaced else ""
+            raise ValueError("a synthesize stage's teacher is the backend block itself: teacher: {type: "
+                             f"{backend.get('type', 'http') if isinstance(backend, dict) else 'http'}, ...}}{moved} (translate and "
+                             "generate_prompts nest it under `teacher.backend`)")
+        if misplaced:
+            raise ValueError(f"{', '.join(f'`{k}`' for k in misplaced)} goes under `sampling:` (the teacher block "
+                             "is the backend only)")
+        return value
+
     @field_validator("rewards")
     @classmethod
     def _rewards(cls, value: list[Any]) -> list[Any]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tempa.alignment.backends import (
     BackendConfig,
@@ -58,6 +58,16 @@ class TeacherSettings(BaseModel):
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_new_tokens: int = Field(default=1024, ge=1, description="Most tokens per text; longer ones are dropped.")
     batch_size: int = Field(default=16, ge=1, description="Requests per backend call.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_a_backend(cls, data: Any) -> Any:
+        # A synthesize stage's `teacher` is the backend block itself; here it is one key of the settings.
+        if isinstance(data, dict) and "type" in data and "backend" not in data:
+            raise ValueError("is a backend block; here the backend goes under `backend:`: teacher: {backend: {type: "
+                             f"{data['type']}, ...}}, max_new_tokens: ...}} (a synthesize stage's teacher is the "
+                             "backend block itself)")
+        return data
 
     def params(self, seed: int) -> GenerationParams:
         return GenerationParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,

@@ -140,3 +140,45 @@ def test_a_gate_judge_without_ratings_stops_the_stage_and_a_raised_limit_reuses_
     stats = json.loads((ctx.stage_dir / "data" / "stats.json").read_text())
     assert stats["rejected"] == {"judge_unrated": 2} and result.rows == 3
     assert stats["judge"] == {"replies": 5, "unparsable": 2, "unparsable_fraction": 0.4}
+
+
+RECIPE = """name: vi
+base_model: "tempa:tiny"
+stages:
+  - name: tr
+    kind: translate
+    source: {path: ./en.jsonl}
+    target_language: vi
+    teacher: %s
+  - name: synth
+    kind: synthesize
+    prompts: {path: "stage:tr"}
+    teacher: %s
+    rewards: [{type: length, unit: chars}]
+"""
+BACKEND = "{type: http, base_url: 'http://127.0.0.1:8000/v1', model: teacher}"
+
+
+@pytest.mark.parametrize(("translate_teacher", "synth_teacher", "expected"), [
+    # synthesize's shape in translate: three 'unknown field (check the spelling)' errors before
+    (BACKEND, BACKEND, r"vi\.yaml:8: stages\[0\]\.teacher \(stage 'tr'\): .*a backend block; here the backend goes "
+     r"under `backend:`: teacher: \{backend: \{type: http, \.\.\.\}, max_new_tokens: \.\.\.\}"),
+    # translate's shape in synthesize: "Unable to extract tag using discriminator 'type'" before
+    (f"{{backend: {BACKEND}}}", f"{{backend: {BACKEND}, max_new_tokens: 512}}",
+     r"vi\.yaml:12: stages\[1\]\.teacher \(stage 'synth'\): .*is the backend block itself: teacher: \{type: http, "
+     r"\.\.\.\}; `max_new_tokens` goes under `sampling:`"),
+    # a sampling setting beside synthesize's backend: 'unknown field (check the spelling)' before
+    (f"{{backend: {BACKEND}}}", "{type: http, base_url: 'http://x/v1', model: t, temperature: 0.7}",
+     r"stages\[1\]\.teacher \(stage 'synth'\): .*`temperature` goes under `sampling:`"),
+])
+def test_a_teacher_block_in_the_other_stage_kind_s_shape_is_named(tmp_path, translate_teacher, synth_teacher,
+                                                                  expected):
+    """The three teacher stages spell `teacher` two ways; the Swallow recipe uses both, a new recipe mixes them up."""
+    from tempa.recipes.errors import RecipeError
+    from tempa.recipes.loader import load_recipe
+
+    (tmp_path / "en.jsonl").write_text(json.dumps({"prompt": "Hi there, how are you?"}) + "\n")
+    recipe = tmp_path / "vi.yaml"
+    recipe.write_text(RECIPE % (translate_teacher, synth_teacher))
+    with pytest.raises(RecipeError, match=expected):
+        load_recipe(recipe)

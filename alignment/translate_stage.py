@@ -20,6 +20,7 @@ stage reads with ``path: stage:<name>``; ``rejects.jsonl`` holds what was droppe
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -215,16 +216,35 @@ def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateR
 
     provenance = {"stage": ctx.stage_name, "teacher": teacher.describe, "source": config.source.path,
                   "turns": config.turns, "seed": ctx.seed}
+    places = [row_place(names[i], i) for i in order]
     out_rows = [{"messages": translated[c], "language": config.target_language,
                  **({"judge": scores[c]} if c in scores else {}),
-                 "provenance": {**provenance, "row": order[c]}} for c in kept]
-    rejects = [{"row": order[c], "reason": reason, "messages": translated[c]} for c, reason in sorted(dropped.items())]
+                 "provenance": {**provenance, **places[c]}} for c in kept]
+    rejects = [{**places[c], "reason": reason, "original": conversations[c], "messages": translated[c]}
+               for c, reason in sorted(dropped.items())]
     stats = {"rows": len(conversations), "kept": len(out_rows), "texts": len(requests),
              "rejected": dict(Counter(dropped.values())), "teacher": teacher.describe,
              **({"judge": judged} if judged else {})}
     output = write_outputs(ctx, OUTPUT_FILE, out_rows, rejects, stats, "translations")
     return TranslateResult(dataset=output, rows=len(out_rows), files=output_files(ctx),
                            metrics={"rows": len(out_rows), "kept_fraction": round(len(out_rows) / len(conversations), 6)})
+
+
+_PLACE = re.compile(r"(?:(?P<file>.+) )?(?P<unit>line|row) (?P<number>\d+)")
+
+
+def row_place(name: str, index: int) -> dict[str, Any]:
+    """A row's place as an sft source's ``rejects.jsonl`` gives it, from its name (``line 8``, ``part-1.jsonl line
+    3``, ``row 5``): in a JSON Lines file its 1-based ``line`` and ``row`` = line - 1 (blank and unreadable lines
+    counted, as an editor counts them); in a folder the ``file`` and its ``line`` (or ``file_row``), with ``row``
+    the row's place among the rows read; else the 0-based ``row``."""
+    match = _PLACE.fullmatch(name)
+    if match is None:
+        return {"row": index}
+    number = int(match["number"])
+    if match["file"] is not None:
+        return {"row": index, "file": match["file"], ("line" if match["unit"] == "line" else "file_row"): number}
+    return {"row": number - 1, "line": number} if match["unit"] == "line" else {"row": number}
 
 
 def translated_size(config: TranslateStageConfig, result: StageResult | None) -> SourceSize:

@@ -182,3 +182,31 @@ def test_a_teacher_block_in_the_other_stage_kind_s_shape_is_named(tmp_path, tran
     recipe.write_text(RECIPE % (translate_teacher, synth_teacher))
     with pytest.raises(RecipeError, match=expected):
         load_recipe(recipe)
+
+
+def test_translate_rejects_name_the_line_and_keep_the_original(tmp_path, tiny_model_dir):
+    """A reviewer reads rejects.jsonl beside the source: the line an editor shows (blank and unreadable lines
+    counted) and the English the teacher was given, not only what it wrote."""
+    translations = {"What is the capital of France?": "Thủ đô của Pháp là gì vậy bạn ơi?",
+                    "Tell me a joke about cats.": "Sure! Here is a joke about cats: why did the cat sit there?"}
+
+    def reply(body):
+        original = re.search(r"\[Text\]\n(.*)\n\[End of text\]", last_user(body), re.S).group(1)
+        return chat_response([translations[original]])
+
+    source = tmp_path / "en.jsonl"
+    source.write_text(json.dumps({"prompt": "What is the capital of France?"}) + "\n\nnot json\n"
+                      + json.dumps({"prompt": "Tell me a joke about cats."}) + "\n", encoding="utf-8")
+    ctx = make_context(tmp_path / "run", "tr", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    with FakeOpenAI(reply) as server:
+        config = TranslateStageConfig.model_validate({
+            "name": "tr", "target_language": "vi", "source": {"path": str(source)},
+            "teacher": {"backend": http(server)}})
+        result = run_translate(config, ctx)
+    [kept] = read_jsonl(result.dataset)
+    assert (kept["provenance"]["row"], kept["provenance"]["line"]) == (0, 1)
+    [reject] = read_jsonl(ctx.stage_dir / "data" / "rejects.jsonl")
+    assert (reject["row"], reject["line"], reject["reason"]) == (3, 4, "language_en")
+    assert reject["original"] == [{"role": "user", "content": "Tell me a joke about cats."}]
+    assert reject["messages"] == [{"role": "user", "content": translations["Tell me a joke about cats."]}]

@@ -35,6 +35,7 @@ from tempa.alignment.teacher_text import (
     ask_teacher,
     gate_scores,
     gate_stats,
+    language_detail,
     output_files,
     teacher_backend,
     teacher_reads,
@@ -150,7 +151,9 @@ def run_generate_prompts(config: GeneratePromptsStageConfig, ctx: StageContext) 
     for (topic, i), (text, finish_reason) in zip(jobs, answers, strict=True):
         text = text.strip().strip('"“”「」').strip()
         reason = gate.reason(text, finish_reason, config.language)
-        (dropped if reason else kept).append({"topic": topic, "index": i, "text": text, "reason": reason})
+        detail = ({"detail": language_detail(text, config.language, config.filters.min_letters)}
+                  if reason and reason.startswith("language_") else {})
+        (dropped if reason else kept).append({"topic": topic, "index": i, "text": text, "reason": reason, **detail})
     judged: dict[str, float | int] = {}
     if config.judge is not None and kept:
         scores = gate_scores(config.judge, PROMPT_RUBRIC,

@@ -206,6 +206,14 @@ class Gate:
         return False
 
 
+def language_detail(text: str, target: str, min_letters: int) -> str:
+    """What the detector made of a text dropped for its language, and its odds for the target: Vietnamese written
+    without its diacritics comes out as 'fuv' at 0.23, which says more than the reason's code alone."""
+    detected = lang.detect(text, min_letters=min_letters)
+    return (f"detected {detected.language!r} with probability {detected.probability:.2f}; {target!r}: "
+            f"{detected.probability_of(lang.accepted([target])):.2f}")
+
+
 def teacher_backend(block: Any, ctx: StageContext, who: str) -> LazyBackend:
     """The backend a recipe block names, built on first use (a stage with nothing to ask loads nothing)."""
     name = describe_backend(block, ctx.start_model)

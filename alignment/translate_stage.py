@@ -37,6 +37,7 @@ from tempa.alignment.teacher_text import (
     ask_teacher,
     gate_scores,
     gate_stats,
+    language_detail,
     output_files,
     teacher_backend,
     teacher_reads,
@@ -182,7 +183,7 @@ def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateR
 
     # Texts are filtered one by one but deduplicated as whole conversations: a short turn two conversations share
     # ('Thanks!') is no duplicate of either.
-    gate, dropped = Gate(config.filters.model_copy(update={"dedup": False})), {}
+    gate, dropped, details = Gate(config.filters.model_copy(update={"dedup": False})), {}, {}
     translated = [[dict(m) for m in conv] for conv in conversations]
     for (c, m), (text, finish_reason) in zip(requests, answers, strict=True):
         original = conversations[c][m]["content"]
@@ -192,6 +193,8 @@ def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateR
             reason = "length_ratio"
         if reason is not None and c not in dropped:
             dropped[c] = reason
+            if reason.startswith("language_"):
+                details[c] = language_detail(text, config.target_language, config.filters.min_letters)
         translated[c][m]["content"] = text
 
     kept = [c for c in range(len(conversations)) if c not in dropped]
@@ -220,8 +223,8 @@ def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateR
     out_rows = [{"messages": translated[c], "language": config.target_language,
                  **({"judge": scores[c]} if c in scores else {}),
                  "provenance": {**provenance, **places[c]}} for c in kept]
-    rejects = [{**places[c], "reason": reason, "original": conversations[c], "messages": translated[c]}
-               for c, reason in sorted(dropped.items())]
+    rejects = [{**places[c], "reason": reason, **({"detail": details[c]} if c in details else {}),
+                "original": conversations[c], "messages": translated[c]} for c, reason in sorted(dropped.items())]
     stats = {"rows": len(conversations), "kept": len(out_rows), "texts": len(requests),
              "rejected": dict(Counter(dropped.values())), "teacher": teacher.describe,
              **({"judge": judged} if judged else {})}

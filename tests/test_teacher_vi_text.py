@@ -210,3 +210,24 @@ def test_translate_rejects_name_the_line_and_keep_the_original(tmp_path, tiny_mo
     assert (reject["row"], reject["line"], reject["reason"]) == (3, 4, "language_en")
     assert reject["original"] == [{"role": "user", "content": "Tell me a joke about cats."}]
     assert reject["messages"] == [{"role": "user", "content": translations["Tell me a joke about cats."]}]
+
+
+def test_a_language_reject_says_what_the_detector_saw(tmp_path, tiny_model_dir):
+    """Vietnamese without its diacritics is filed under some other language ('language_fuv' in the trial): the
+    reject says how sure the detector was ('bcl' at 0.27 here) and how little it gave Vietnamese."""
+    written = {"1": "Lam the nao de nau pho bo ngon nhu ngoai hang o Ha Noi?", "2": "Vì sao nhà Nguyễn chọn Huế làm kinh đô?"}
+
+    def reply(body):
+        return chat_response([written[re.search(r"\(variation (\d+)\)", last_user(body)).group(1)]])
+
+    ctx = make_context(tmp_path / "run", "gp", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    with FakeOpenAI(reply) as server:
+        config = GeneratePromptsStageConfig.model_validate({
+            "name": "gp", "topics": ["Ẩm thực"], "per_topic": 2, "language": "vi",
+            "teacher": {"backend": http(server), "temperature": 1.0}})
+        run_generate_prompts(config, ctx)
+    [reject] = read_jsonl(ctx.stage_dir / "data" / "rejects.jsonl")
+    detected = reject["reason"].removeprefix("language_")
+    assert detected not in ("vi", reject["reason"])
+    assert re.fullmatch(rf"detected '{detected}' with probability 0\.\d\d; 'vi': 0\.\d\d", reject["detail"])

@@ -124,10 +124,17 @@ class TranslateResult(StageResult):
     rows: int
 
 
-def _conversations(config: TranslateStageConfig, rows: Sequence[Any], names: Sequence[str]) -> list[list[dict[str, Any]]]:
-    """Each row's messages to translate (the first user message only, or all of them); a row that has none is a
-    StageError naming it as ``names`` do (its line in JSON Lines, as every prompt reader names rows)."""
-    source, out = config.source, []
+NO_USER_MESSAGE = "no_user_message"
+
+
+def _conversations(config: TranslateStageConfig, rows: Sequence[Any],
+                   names: Sequence[str]) -> tuple[list[list[dict[str, Any]]], list[int]]:
+    """Each row's messages to translate (the first user message only, or all of them), and the rows that have no
+    user message to translate (with ``first_user``: a system-only or assistant-only row, as hub exports hold: left
+    for the rejects, their messages as read). A row of another shape (no messages, not an object) is a StageError
+    naming it as ``names`` do (its line in JSON Lines, as every prompt reader names rows): the source's field names
+    are wrong, not one row."""
+    source, out, unusable = config.source, [], []
     for row, name in zip(rows, names, strict=True):
         where = f"{source.path}: {name}"
         if not isinstance(row, dict):
@@ -147,11 +154,13 @@ def _conversations(config: TranslateStageConfig, rows: Sequence[Any], names: Seq
             raise StageError(f"{where}: '{source.messages_field}' must be a list of {{role, content}} objects")
         messages = [{"role": m.get("role"), "content": m.get("content")} for m in messages]
         if config.turns == "first_user":
-            messages = [m for m in messages if m["role"] == "user"][:1]
-            if not messages or not isinstance(messages[0]["content"], str):
-                raise StageError(f"{where}: no user message to translate")
+            users = [m for m in messages if m["role"] == "user"][:1]
+            if not users or not isinstance(users[0]["content"], str) or not users[0]["content"].strip():
+                unusable.append(len(out))
+            else:
+                messages = users
         out.append(messages)
-    return out
+    return out, unusable
 
 
 def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateResult:
@@ -163,13 +172,20 @@ def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateR
     if source.shuffle:
         random.Random(ctx.seed).shuffle(order)
     order = order[: source.limit] if source.limit else order
-    conversations = _conversations(config, [rows[i] for i in order], [names[i] for i in order])
+    conversations, unusable = _conversations(config, [rows[i] for i in order], [names[i] for i in order])
     if not conversations:
         raise StageError(f"stage '{ctx.stage_name}': {source.path} has no rows")
+    if len(unusable) == len(conversations):
+        raise StageError(f"stage '{ctx.stage_name}': {source.path}: no row has a user message to translate (the first: "
+                         f"{names[order[0]]}); check source.messages_field and the rows' roles")
+    if unusable:
+        ctx.log.warning("%s: %d of %d row(s) have no user message to translate (rejects.jsonl: %s, the first %s)",
+                        ctx.stage_name, len(unusable), len(conversations), NO_USER_MESSAGE, names[order[unusable[0]]])
     target = language_name(config.target_language) or config.target_language
     teacher = teacher_backend(config.teacher.backend, ctx, "teacher")
     # Every message with text is one request; system prompts and empty turns pass through unchanged.
-    requests = [(c, m) for c, conv in enumerate(conversations) for m, msg in enumerate(conv)
+    skipped = set(unusable)
+    requests = [(c, m) for c, conv in enumerate(conversations) if c not in skipped for m, msg in enumerate(conv)
                 if isinstance(msg["content"], str) and msg["content"].strip() and msg["role"] != "system"]
     ctx.log.info("%s: translating %d text(s) of %d row(s) into %s with %s", ctx.stage_name, len(requests),
                  len(conversations), target, teacher.describe)
@@ -183,7 +199,8 @@ def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateR
 
     # Texts are filtered one by one but deduplicated as whole conversations: a short turn two conversations share
     # ('Thanks!') is no duplicate of either.
-    gate, dropped, details = Gate(config.filters.model_copy(update={"dedup": False})), {}, {}
+    gate, details = Gate(config.filters.model_copy(update={"dedup": False})), {}
+    dropped: dict[int, str] = dict.fromkeys(unusable, NO_USER_MESSAGE)
     translated = [[dict(m) for m in conv] for conv in conversations]
     for (c, m), (text, finish_reason) in zip(requests, answers, strict=True):
         original = conversations[c][m]["content"]

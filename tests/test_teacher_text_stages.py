@@ -380,3 +380,31 @@ def test_a_kanji_only_translation_is_no_wrong_language_for_a_japanese_target(tmp
     assert rows[0]["messages"][1]["content"] == "富士山"
     stats = json.loads((result.dataset.parent / "stats.json").read_text())
     assert stats["rejected"] == {"language_zh": 1}  # Chinese prose is still Chinese
+
+
+def test_a_row_without_a_user_message_is_a_reject_not_the_end_of_the_stage(tmp_path, tiny_model_dir, backends):
+    """Hub exports hold system-only and assistant-only rows: one of them stopped the whole stage (after every earlier
+    stage had run), where an sft source rejects the row and goes on. A source with no usable row at all still stops:
+    its fields are wrong, not one row."""
+    rows = [{"messages": [{"role": "user", "content": "What is the capital of France?"}]},
+            {"messages": [{"role": "system", "content": "You are helpful."}]},
+            {"messages": [{"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "  "}]},
+            {"messages": [{"role": "user", "content": "How do I bake bread?"}]}]
+    path = _rows(tmp_path / "mixed.jsonl", rows)
+    config = TranslateStageConfig.model_validate({
+        "name": "t", "target_language": "ja", "source": {"path": path}, "filters": {"min_letters": 1},
+        "teacher": {"backend": {**HTTP, "model": "translator"}}})
+    ctx = make_context(tmp_path / "run", "t", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    result = run_translate(config, ctx)
+    kept = [json.loads(line) for line in Path(result.dataset).read_text(encoding="utf-8").splitlines()]
+    assert [r["messages"][0]["content"] for r in kept] == ["フランスの首都はどこですか？", "パンの焼き方を教えてください。"]
+    rejects = [json.loads(line) for line in (Path(result.dataset).parent / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"]) for r in rejects] == [(2, "no_user_message"), (3, "no_user_message")]
+    assert backends["translator"].requests and len(backends["translator"].requests) == 2  # nothing asked for them
+
+    empty = _rows(tmp_path / "none.jsonl", rows[1:3])
+    config = config.model_copy(update={"source": config.source.model_copy(update={"path": empty})})
+    with pytest.raises(StageError, match=r"none\.jsonl: no row has a user message to translate \(the first: line 1\)"):
+        run_translate(config, make_context(tmp_path / "run2", "t", start_model=tiny_model_dir,
+                                           tokenizer_dir=tiny_model_dir, chat_template=""))

@@ -31,12 +31,14 @@ from tempa.alignment.teacher_text import (
     Gate,
     JudgeGate,
     TeacherSettings,
+    TeacherTextResult,
     TextFilters,
     ask_teacher,
     gate_scores,
     gate_stats,
     language_detail,
     output_files,
+    result_judges,
     teacher_backend,
     teacher_reads,
     teacher_store,
@@ -119,10 +121,8 @@ class GeneratePromptsStageConfig(StageConfigBase):
         return teacher_reads(self.teacher, self.judge)
 
 
-class GeneratePromptsResult(StageResult):
-    """The prompts dataset (``dataset``) and how many prompts it holds."""
-
-    rows: int
+class GeneratePromptsResult(TeacherTextResult):
+    """The prompts dataset (``dataset``), how many prompts it holds, and what was rejected."""
 
 
 def _fill(template: str, **values: str) -> str:
@@ -175,7 +175,8 @@ def run_generate_prompts(config: GeneratePromptsStageConfig, ctx: StageContext) 
     stats = {"requested": len(jobs), "kept": len(rows), "rejected": dict(Counter(d["reason"] for d in dropped)),
              "teacher": teacher.describe, **({"judge": judged} if judged else {})}
     output = write_outputs(ctx, OUTPUT_FILE, rows, dropped, stats, "prompts")
-    return GeneratePromptsResult(dataset=output, rows=len(rows), files=output_files(ctx),
+    return GeneratePromptsResult(dataset=output, rows=len(rows), files=output_files(ctx), requested=len(jobs),
+                                 rejected=stats["rejected"], judges=result_judges(judged),
                                  metrics={"rows": len(rows), "kept_fraction": round(len(rows) / len(jobs), 6)})
 
 

@@ -42,7 +42,7 @@ from tempa.alignment.sampling import JsonlStore, run_incremental
 from tempa.sft import language as lang
 from tempa.sft.curation import normalize_instruction
 from tempa.sft.files import write_json, write_jsonl
-from tempa.sft.stage_api import Read, StageContext, StageError, fingerprinted
+from tempa.sft.stage_api import Read, StageContext, StageError, StageResult, fingerprinted
 
 
 class TeacherSettings(BaseModel):
@@ -250,6 +250,23 @@ def gate_scores(gate: JudgeGate, rubric: str, items: Sequence[dict[str, Any]], c
                          f"{gate.max_unparsable:g}); e.g. {reply!r}. Use a judge that follows the rubric, or raise "
                          f"judge.max_unparsable (its replies are journaled in {store.path})")
     return scores
+
+
+class TeacherTextResult(StageResult):
+    """A translate or generate_prompts stage's dataset (``dataset``), how many rows it holds, and what was asked
+    for, rejected by reason, and left unrated by its judge (the report shows them, as it does a synthesize stage's)."""
+
+    rows: int
+    requested: int = Field(default=0, description="Source rows read (translate) or prompts asked for "
+                           "(generate_prompts).")
+    rejected: dict[str, int] = Field(default_factory=dict, description="Rejected rows by reason (rejects.jsonl).")
+    judges: dict[str, float | int] = Field(default_factory=dict, description="The judge gate's replies and unrated "
+                                           "ones (judge_replies, judge_unparsable), as a synthesize stage's judges.")
+
+
+def result_judges(judged: dict[str, float | int]) -> dict[str, float | int]:
+    """:func:`gate_stats` as a result's ``judges`` (named as a synthesize stage names its judges' counts)."""
+    return {f"judge_{key}": value for key, value in judged.items()}
 
 
 def gate_stats(scores: Sequence[float | None]) -> dict[str, float | int]:

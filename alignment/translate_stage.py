@@ -33,12 +33,14 @@ from tempa.alignment.teacher_text import (
     Gate,
     JudgeGate,
     TeacherSettings,
+    TeacherTextResult,
     TextFilters,
     ask_teacher,
     gate_scores,
     gate_stats,
     language_detail,
     output_files,
+    result_judges,
     teacher_backend,
     teacher_reads,
     teacher_store,
@@ -118,10 +120,8 @@ class TranslateStageConfig(StageConfigBase):
         return self.source.reads(("source",)) + teacher_reads(self.teacher, self.judge)
 
 
-class TranslateResult(StageResult):
-    """The translated dataset (``dataset``) and how many rows it holds."""
-
-    rows: int
+class TranslateResult(TeacherTextResult):
+    """The translated dataset (``dataset``), how many rows it holds, and what was rejected."""
 
 
 NO_USER_MESSAGE = "no_user_message"
@@ -246,7 +246,8 @@ def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateR
              "rejected": dict(Counter(dropped.values())), "teacher": teacher.describe,
              **({"judge": judged} if judged else {})}
     output = write_outputs(ctx, OUTPUT_FILE, out_rows, rejects, stats, "translations")
-    return TranslateResult(dataset=output, rows=len(out_rows), files=output_files(ctx),
+    return TranslateResult(dataset=output, rows=len(out_rows), files=output_files(ctx), requested=len(conversations),
+                           rejected=stats["rejected"], judges=result_judges(judged),
                            metrics={"rows": len(out_rows), "kept_fraction": round(len(out_rows) / len(conversations), 6)})
 
 

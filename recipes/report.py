@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tempa.alignment.preference_stage import PreferenceResult, RoundSummary
 from tempa.alignment.synthesize_stage import SynthesizeResult
+from tempa.alignment.teacher_text import TeacherTextResult
+from tempa.alignment.translate_stage import TranslateResult
 from tempa.merge.leaderboard import EvaluateResult, is_headline
 from tempa.merge.merge_result import MergeResult
 from tempa.merge.model_card import USAGE_ANSWERS, USAGE_QUESTIONS, ModelCardConfig, example_language
@@ -364,7 +366,8 @@ def _incomplete(r: RoundSummary) -> str:
 
 
 def _preference_data_section(done: list[tuple[Manifest, StageResult]]) -> list[str]:
-    """Pair and judge statistics: per preference round and per synthesize stage, from their typed results."""
+    """Pair and judge statistics: per preference round and per synthesize, translate and generate_prompts stage,
+    from their typed results."""
     parts: list[str] = []
     for m, result in done:
         if isinstance(result, PreferenceResult):
@@ -389,6 +392,16 @@ def _preference_data_section(done: list[tuple[Manifest, StageResult]]) -> list[s
                 f"<th>truncated samples</th><th>judge unparsable</th><th>rejected, by reason</th></tr>"
                 f"<tr><td>{result.rows}</td><td>{result.kept_prompts} / {result.prompts}</td>"
                 f"<td>{result.truncated} / {result.samples}</td>"
+                f"<td>{html.escape(_judge_failures(result.judges)) or '-'}</td>"
+                f"<td>{html.escape(_counts(result.rejected))}</td></tr></table>"
+            )
+        elif isinstance(result, TeacherTextResult):  # translate, generate_prompts
+            kind = "translate" if isinstance(result, TranslateResult) else "generate_prompts"
+            asked = "rows read" if kind == "translate" else "prompts asked for"
+            parts.append(
+                f"<h3>{html.escape(m.name)} ({kind})</h3><table><tr><th>kept rows / {asked}</th>"
+                f"<th>judge unparsable</th><th>rejected, by reason</th></tr>"
+                f"<tr><td>{result.rows} / {result.requested}</td>"
                 f"<td>{html.escape(_judge_failures(result.judges)) or '-'}</td>"
                 f"<td>{html.escape(_counts(result.rejected))}</td></tr></table>"
             )

@@ -115,6 +115,17 @@ def test_translate_first_turns_filters_and_judges(tmp_path, tiny_model_dir, back
     rejects = {r["row"]: r["reason"] for r in map(json.loads, (result.dataset.parent / "rejects.jsonl").read_text(
         encoding="utf-8").splitlines())}
     assert rejects == {1: "language_en", 2: "length_ratio", 3: "judge_score", 4: "cut_off", 5: "duplicate"}
+    # the typed result carries them, and the report shows them as it does a synthesize stage's
+    assert (result.requested, result.rejected) == (6, dict.fromkeys(
+        ["language_en", "length_ratio", "judge_score", "cut_off", "duplicate"], 1))
+    assert result.judges == {"judge_replies": 2, "judge_unparsable": 0, "judge_unparsable_fraction": 0.0}
+    from tempa.recipes.report import _preference_data_section
+    from tempa.recipes.rundir import Manifest
+
+    manifest = Manifest(name="translate", kind="translate", fingerprint="f", status="done", started_at=0.0)
+    page = "".join(_preference_data_section([(manifest, type(result).model_validate_json(result.model_dump_json()))]))
+    assert "<h3>translate (translate)</h3>" in page and "<td>1 / 6</td><td>judge: 0/2</td>" in page, page
+    assert "cut_off: 1" in page and "language_en: 1" in page, page
 
 
 def test_translate_whole_conversations_into_an_sft_dataset(tmp_path, tiny_model_dir, backends):
@@ -152,6 +163,7 @@ def test_generate_prompts_filters_and_judge_threshold(tmp_path, tiny_model_dir, 
     stats = json.loads((result.dataset.parent / "stats.json").read_text())
     # a judge score of 7 is rejected (Swallow's gemma-magpie: scores <= 7 rejected)
     assert stats["rejected"] == {"duplicate": 1, "language_en": 1, "too_short": 1, "judge_score": 1}
+    assert result.rejected == stats["rejected"] and result.requested == stats["requested"]
 
 
 def test_a_stage_reads_prompts_from_an_earlier_stage(tmp_path):

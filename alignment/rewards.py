@@ -591,6 +591,14 @@ class JudgeFailures:
     def fraction(self) -> float:
         return round(self.unparsable / self.replies, 6) if self.replies else 0.0
 
+    def refusal(self, limit: float, judge: str, setting: str = "max_unparsable") -> str | None:
+        """Why the replies cannot be scored (more of them without a rating than ``limit``), quoting one; else None."""
+        if not self.replies or self.fraction <= limit:
+            return None
+        reply = " ".join((self.example or "").split())[:160]
+        return (f"{judge} gave no [[rating]] in {self.unparsable} of {self.replies} replies ({self.fraction:.0%} > "
+                f"max_unparsable {limit:g}); e.g. {reply!r}. Use a judge that follows the rubric, or raise {setting}")
+
 
 def judge_failures(rewards: Sequence[Any], scores: Sequence[dict[str, Any]]) -> dict[str, JudgeFailures]:
     """Per judge reward: replies, unparsable replies and one example, read from the score records."""
@@ -620,13 +628,8 @@ def check_judges(rewards: Sequence[Any], scores: Sequence[dict[str, Any]], where
     """Raise StageError (one line, quoting a reply) when a judge's unparsable share exceeds its ``max_unparsable``."""
     limits = {r.key: r.max_unparsable for r in rewards if isinstance(r, JudgeReward)}
     for key, failures in judge_failures(rewards, scores).items():
-        if failures.replies and failures.fraction > limits[key]:
-            reply = " ".join((failures.example or "").split())[:160]
-            raise StageError(
-                f"{where}: judge {key!r} gave no [[rating]] in {failures.unparsable} of {failures.replies} replies "
-                f"({failures.fraction:.0%} > max_unparsable {limits[key]:g}); e.g. {reply!r}. Use a judge that "
-                "follows the rubric, or raise max_unparsable"
-            )
+        if (refusal := failures.refusal(limits[key], f"judge {key!r}")) is not None:
+            raise StageError(f"{where}: {refusal}")
 
 
 def reward_summary(rewards: list[Any], scores: list[dict[str, Any]]) -> dict[str, Any]:

@@ -243,12 +243,8 @@ def gate_scores(gate: JudgeGate, rubric: str, items: Sequence[dict[str, Any]], c
     scores = [parse_judge_score(record["reply"]) for record in records]
     failures = JudgeFailures(replies=len(scores), unparsable=scores.count(None),
                              example=next((r["reply"] for r, s in zip(records, scores, strict=True) if s is None), None))
-    if failures.fraction > gate.max_unparsable:
-        reply = " ".join((failures.example or "").split())[:160]
-        raise StageError(f"stage '{ctx.stage_name}': judge gave no [[rating]] in {failures.unparsable} of "
-                         f"{failures.replies} replies ({failures.fraction:.0%} > max_unparsable "
-                         f"{gate.max_unparsable:g}); e.g. {reply!r}. Use a judge that follows the rubric, or raise "
-                         f"judge.max_unparsable (its replies are journaled in {store.path})")
+    if (refusal := failures.refusal(gate.max_unparsable, "judge", "judge.max_unparsable")) is not None:
+        raise StageError(f"stage '{ctx.stage_name}': {refusal} (its replies are journaled in {store.path})")
     return scores
 
 

@@ -73,6 +73,8 @@ class _StageHeading(BaseModel):
 
     kind: str = ""
     model_card: ModelCardConfig | None = None
+    target_language: str | None = None  # a translate stage's
+    language: str | None = None  # a generate_prompts stage's
 
 
 class RecipeHeading(BaseModel):
@@ -89,9 +91,13 @@ class RecipeHeading(BaseModel):
 
     @property
     def languages(self) -> list[str]:
-        """The recipe's languages: its model card's (the last bake stage's that names any)."""
+        """The recipe's languages: its model card's (the last bake stage's that names any), else those its translate
+        and generate_prompts stages write in (a Vietnamese team's report samples in Vietnamese)."""
         cards = [s.model_card for s in self.stages if s.kind == "bake" and s.model_card and s.model_card.languages]
-        return list(cards[-1].languages) if cards else []
+        if cards:
+            return list(cards[-1].languages)
+        return list(dict.fromkeys(code for s in self.stages if s.kind in ("translate", "generate_prompts")
+                                  for code in (s.target_language, s.language) if isinstance(code, str) and code))
 
 
 def recipe_heading(run_dir: Path) -> RecipeHeading:

@@ -402,6 +402,21 @@ def test_sample_prompts_ask_in_each_language_tempa_has_a_question_for(languages,
     assert conversation == EXAMPLE if expected is None else conversation[0]["content"] == prompts[0]
 
 
+def test_a_recipe_without_card_languages_samples_in_the_languages_its_teacher_stages_write():
+    """A Vietnamese team's recipe (translate into vi, prompts generated in vi) without `model_card.languages`: the
+    report sampled the fixed Indonesian, Thai and English prompts. Its card's languages still win when it has any."""
+    from tempa.recipes.report import RecipeHeading, sample_prompts
+
+    stages = [{"kind": "translate", "target_language": "vi"}, {"kind": "generate_prompts", "language": "vi"},
+              {"kind": "sft"}, {"kind": "bake"}]
+    heading = RecipeHeading.model_validate({"name": "vi", "stages": stages})
+    assert heading.languages == ["vi"]
+    assert sample_prompts(heading.languages) == ["Thủ đô của Việt Nam là gì?"]
+    carded = RecipeHeading.model_validate({"stages": [*stages[:3], {"kind": "bake", "model_card": {"languages": ["en"]}}]})
+    assert carded.languages == ["en"]
+    assert RecipeHeading.model_validate({"stages": [{"kind": "sft"}, {"kind": "bake"}]}).languages == []
+
+
 def test_the_reports_data_mix_counts_the_tool_rows_of_each_source():
     """An agentic team's report never said how many rows taught tool use: a column beside `thinking on`."""
     from test_card_tools import sft_stages

@@ -94,14 +94,15 @@ def run_incremental(
     store: JsonlStore,
     chunk_size: int,
     desc: str,
-    measure: Callable[[dict[str, Any]], tuple[int, int]] | None = None,
+    measure: Callable[[dict[str, Any]], tuple[int, int | None]] | None = None,
     show_progress: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Apply ``work(chunk, chunk_index)`` to every chunk of ``items`` not yet in ``store``.
 
     ``work`` returns one record (with ``"id" == key(item)``) per item. ``chunk_index`` counts
     chunks of the whole item list, so a chunk gets the same index (and seed) on a resumed run.
-    ``measure(record)`` gives ``(samples, tokens)`` for the throughput display. Returns the
+    ``measure(record)`` gives ``(samples, tokens)`` for the throughput display (tokens None where the backend
+    counted none: the pass's ``tokens`` is then None, not a 0 that reads as nothing generated). Returns the
     records in item order and the pass statistics.
     """
     from tqdm.auto import tqdm
@@ -111,6 +112,7 @@ def run_incremental(
     stats: dict[str, Any] = {"items": len(items), "resumed": 0, "processed": 0, "seconds": 0.0,
                              "samples": 0, "tokens": 0}
     stats["resumed"] = sum(1 for k in keys if k in done)  # all of them when the pass was complete already
+    uncounted = measure is None
     if not store.complete or stats["resumed"] < len(keys):
         started = time.time()
         bar = tqdm(total=len(items), initial=stats["resumed"], desc=desc, unit="prompt", disable=not show_progress)
@@ -130,11 +132,14 @@ def run_incremental(
                     if measure is not None:
                         samples, tokens = measure(record)
                         stats["samples"] += samples
-                        stats["tokens"] += tokens
+                        if tokens is None:
+                            uncounted = True
+                        else:
+                            stats["tokens"] += tokens
                 stats["processed"] += len(records)
                 elapsed = max(time.time() - started, 1e-9)
                 rate = f"{stats['samples'] / elapsed:.1f} samples/s"
-                if stats["tokens"]:
+                if stats["tokens"] and not uncounted:
                     rate += f", {stats['tokens'] / elapsed:.0f} tok/s"
                 bar.set_postfix_str(rate)
                 bar.update(len(records))
@@ -142,6 +147,8 @@ def run_incremental(
             bar.close()
         stats["seconds"] = round(time.time() - started, 3)
         store.mark_complete()
+    if uncounted:
+        stats["tokens"] = None
     if stats["seconds"]:
         stats["samples_per_s"] = round(stats["samples"] / stats["seconds"], 3)
         if stats["tokens"]:
@@ -157,9 +164,12 @@ def completions_of(record: dict[str, Any]) -> list[Completion]:
     return [Completion.from_dict(c) for c in record["completions"]]
 
 
-def measure_samples(record: dict[str, Any]) -> tuple[int, int]:
+def measure_samples(record: dict[str, Any]) -> tuple[int, int | None]:
+    """A record's samples and their tokens; None when a sample's were not counted (an OpenAI-compatible server with
+    n > 1 counts every choice's together in `usage`)."""
     completions = record["completions"]
-    return len(completions), sum(c.get("completion_tokens") or 0 for c in completions)
+    counts = [c.get("completion_tokens") for c in completions]
+    return len(completions), None if None in counts else sum(counts)
 
 
 def sample_prompts(
@@ -223,8 +233,8 @@ def score_pass(
             grouped[owner].append(result)
         return [{"id": pid, "results": grouped[pid]} for pid in grouped]
 
-    def measure(record: dict[str, Any]) -> tuple[int, int]:
-        return len(record["results"]), 0
+    def measure(record: dict[str, Any]) -> tuple[int, int | None]:
+        return len(record["results"]), None  # scoring generates no tokens of its own
 
     return run_incremental(list(prompts), key=lambda p: p.id, work=work, store=store, chunk_size=chunk_size,
                            desc=desc, measure=measure, show_progress=show_progress)

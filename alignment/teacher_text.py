@@ -151,8 +151,8 @@ def ask_teacher(
         groups = backend.sample([[{"role": "user", "content": r}] for r in chunk], chunk_params)
         return [{"completion": group[0].to_dict()} for group in groups]
 
-    def measure(record: dict[str, Any]) -> tuple[int, int]:
-        return 1, record["completion"].get("completion_tokens") or 0
+    def measure(record: dict[str, Any]) -> tuple[int, int | None]:
+        return 1, record["completion"].get("completion_tokens")
 
     from tempa.chat_templates.thinking import split_reasoning
 

@@ -246,3 +246,26 @@ def test_prompt_files_skip_unreadable_lines_strip_a_bom_and_refuse_an_empty_file
     path.write_bytes(b"\xef\xbb\xbf\n")
     with pytest.raises(StageError, match=f"^{path}: empty file"):
         load_prompts(PromptSource(path=str(path)), seed=0)
+
+
+def test_tokens_a_server_did_not_count_are_unknown_not_zero(tmp_path):
+    """An OpenAI-compatible server with n > 1 counts every choice's tokens together (`usage`), so no sample has its
+    own count: the pass said `tokens: 0` (as if nothing was generated) where it knew none."""
+    from tempa.alignment.backends import SamplingBackend
+    from tempa.alignment.completions import Completion
+
+    class Counted(SamplingBackend):
+        def __init__(self, count: int | None) -> None:
+            self.count = count
+
+        def sample(self, prompts, params, *, thinking_modes=None, tools=None):
+            return [[Completion(text="a", completion_tokens=self.count) for _ in range(params.n)] for _ in prompts]
+
+        def close(self) -> None:
+            pass
+
+    rows, params = prompts(4), GenerationParams(n=2, batch_size=2)
+    _, counted = sample_prompts(rows, Counted(3), params, JsonlStore(tmp_path / "a.jsonl", "s"), show_progress=False)
+    assert (counted["samples"], counted["tokens"]) == (8, 24)
+    _, unknown = sample_prompts(rows, Counted(None), params, JsonlStore(tmp_path / "b.jsonl", "s"), show_progress=False)
+    assert (unknown["samples"], unknown["tokens"]) == (8, None) and "tokens_per_s" not in unknown

@@ -130,7 +130,7 @@ def answer_match(
             # A number in the data is a value, not text in the row's language: 1.125 is no 1125 in Indonesian.
             expected = reference_number(item, language)
             if expected is not None:
-                got = committed_number(answer, language) if committed else None
+                got = committed_number(answer, language, committed) if committed else None
                 if got is not None and numbers_agree(expected, got):
                     return 1.0
                 continue

@@ -270,3 +270,28 @@ def test_a_box_holding_an_expression_is_its_value_in_both_readers(reply, value, 
     # math-verify read these from the whole reply; the committed box's last number (10, 4, 16) is not the answer
     assert_both("en", reply, value, True)
     assert_both("en", reply, misread, False)
+
+
+@pytest.mark.parametrize(("reply", "value", "misread"), [
+    (r"The answer is $2^{10}$.", 1024, 10),
+    (r"The answer is $\sqrt{16}$.", 4, 16),
+    (r"Multiplying out, the total is $2^{10}$.", 1024, 10),  # no lead-in: the reply ends with the expression
+])
+def test_an_expression_a_reply_commits_to_outside_a_box_is_its_value(reply, value, misread):
+    assert_both("en", reply, value, True)
+    assert_both("en", reply, misread, False)
+
+
+@pytest.mark.timeout(120)  # the hang this guards against: sympy evaluating the tower, for good
+def test_a_power_tower_is_no_value():
+    """`\\boxed{9^{9^{9^{9}}}}` held the reward (and the accuracy suite) in sympy for good: no timeout covered the
+    evaluation. Such a box is no closed value: the reply is read as a number reader reads it."""
+    assert reward("en", 5, r"\boxed{9^{9^{9^{9}}}}") == 0.0
+    assert not answer_matches(r"\boxed{9^{9^{9^{9}}}}", 5, language="en")
+
+
+def test_unclosed_boxes_leave_the_closed_ones_read():
+    from tempa.alignment.answer_text import boxed_spans
+
+    end = 7 * 2857  # where the first "}" closes the last of the unclosed boxes
+    assert boxed_spans("\\boxed{" * 2857 + "} \\boxed{4}") == [(end - 7, end, end), (end + 2, end + 9, end + 10)]

@@ -88,23 +88,28 @@ def _weights_signature(path: Path) -> list[tuple[str, int, int]]:
     return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
 
 
-# The code a candidate's scores come from. Cached scores from before an upgrade that changed how answers are read,
-# or which metrics a suite reports, were reused as current: the fix did not apply to them, and the metrics new to the
-# code were missing from them but present on a candidate scored since (a merge's re-scoring).
-SCORING_MODULES = (
-    "tempa.merge.suites", "tempa.merge.answers", "tempa.merge.ifeval", "tempa.merge.language",
-    "tempa.merge.win_rate", "tempa.merge.eval_data", "tempa.alignment.numbers", "tempa.alignment.judge",
-    "tempa.sft.language", "tempa.chat_templates.thinking",
-)
+# The code a candidate's scores come from: every module of the packages the evaluate stage may import (tempa's
+# floors from merge down; recipes is above them), so no module that comes to read answers can be missed (a hand-kept
+# list missed the one that did). Cached scores from before an upgrade that changed how answers are read, or which
+# metrics a suite reports, were reused as current: the fix did not apply to them, and the metrics new to the code were
+# missing from them but present on a candidate scored since (a merge's re-scoring). Any change to that code scores
+# the candidates again: a cost a re-run after an upgrade pays once.
+SCORING_PACKAGES = ("tempa.merge", "tempa.alignment", "tempa.sft", "tempa.chat_templates")
+
+
+def scoring_files() -> list[Path]:
+    """The source files of :data:`SCORING_PACKAGES`, as they are now."""
+    files = []
+    for package in SCORING_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        for folder in spec.submodule_search_locations or [] if spec is not None else []:
+            files += sorted(Path(folder).glob("*.py"))
+    return files
 
 
 def scoring_code() -> str:
-    """A digest of the source of :data:`SCORING_MODULES`."""
-    sources = {}
-    for name in SCORING_MODULES:
-        origin = importlib.util.find_spec(name).origin  # the file as it is now, not as it was imported
-        sources[name] = Path(origin).read_text(encoding="utf-8") if origin else ""
-    return digest(sources)
+    """A digest of :func:`scoring_files`, by package and file name."""
+    return digest({f"{path.parent.name}/{path.name}": path.read_text(encoding="utf-8") for path in scoring_files()})
 
 
 def cache_key(

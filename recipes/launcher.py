@@ -412,6 +412,10 @@ _KILL_HINTS = {
 }
 
 
+# Signals that stop a process from outside (the OOM killer, a scheduler, a user), after which a resume carries on.
+_STOPPED_BY = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
 def killed_by(code: int, tail: deque[str]) -> int | None:
     """The signal that ended a training process (a worker, or the launcher itself: ``code`` < 0), else None."""
     if code < 0:
@@ -423,6 +427,19 @@ def killed_by(code: int, tail: deque[str]) -> int | None:
     return None
 
 
+_ELASTIC_LOG = re.compile(r"[EWI]\d{4} \d\d:\d\d:\d\d")  # torch elastic's own log lines (glog's prefix)
+
+
+def _last_words(tail: deque[str]) -> str:
+    """The worker's last line before its launcher's own report of the failure (torch elastic's box of '=', accelerate's
+    traceback of a CalledProcessError), which says only that it failed."""
+    lines = list(tail)
+    end = next((i for i, line in enumerate(lines) if re.fullmatch(r"={11,}", line.strip())
+                or line.startswith("Traceback (most recent call last)")), len(lines))
+    return next((line.strip() for line in reversed(lines[:end])
+                 if line.strip() and not _ELASTIC_LOG.match(line)), "no output")
+
+
 def _failure(code: int, tail: deque[str]) -> str:
     """One line for a launch that failed: the worker's exception, else the signal that killed it, else its last line."""
     sig = None if _exception(tail) else killed_by(code, tail)
@@ -432,6 +449,8 @@ def _failure(code: int, tail: deque[str]) -> str:
         name = signal.Signals(sig).name
     except ValueError:
         name = f"signal {sig}"
+    if sig not in _STOPPED_BY:  # SIGSEGV, SIGABRT (a C++ or NCCL abort): a crash, which a resume would meet again
+        return f"a training process crashed with {name}: {_last_words(tail)}"
     return (f"a training process was killed by {name}{_KILL_HINTS.get(sig, '')}; the same command again resumes "
             "from its last complete checkpoint (`tempa plan` names it)")
 

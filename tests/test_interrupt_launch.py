@@ -69,3 +69,19 @@ def test_a_worker_killed_by_the_oom_killer_is_named_as_such(tmp_path: Path, monk
     assert message.startswith("a training process was killed by SIGKILL (the kernel's out-of-memory killer")
     assert "resumes from its last complete checkpoint" in message
     assert "CalledProcessError" not in message and "\n" not in message
+
+
+def test_a_worker_that_crashes_on_a_signal_is_not_told_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segfault or a C++/NCCL abort (SIGSEGV, SIGABRT) is a crash the same command meets again: it was reported as
+    "killed ... the same command again resumes", and the worker's last words were dropped."""
+    (tmp_path / "crash_worker.py").write_text(
+        "import os, signal, sys\nprint('cuda kernel failed: illegal memory access', flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGSEGV)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    with pytest.raises(StageError) as caught:
+        run_launch(LaunchConfig(launcher="torchrun", use_cpu=True), "crash_worker", [],
+                   tmp_path / "logs" / "train.log", log=logging.getLogger("t"))
+    message = str(caught.value)
+    assert message.startswith("a training process crashed with SIGSEGV: cuda kernel failed: illegal memory access"), \
+        message
+    assert "resumes" not in message and "\n" not in message

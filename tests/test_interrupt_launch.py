@@ -22,12 +22,14 @@ from tempa.sft.stage_api import StageError
 def test_a_second_ctrl_c_while_the_training_group_stops_still_leaves_no_process_behind(tmp_path: Path) -> None:
     """The user presses Ctrl-C again while the group is shutting down (a worker finishing a save ignores SIGTERM
     for a while): the runner used to leave the wait and exit, the group still running with its memory and port."""
-    started = tmp_path / "started"
+    started, stopping = tmp_path / "started", tmp_path / "stopping"
     runner = textwrap.dedent(f"""
         import logging, os, sys
         from pathlib import Path
         from tempa.recipes.launcher import _stream
-        worker = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        # the worker notes the SIGTERM and goes on (as one finishing a save does)
+        worker = ("import signal, time; "
+                  "signal.signal(signal.SIGTERM, lambda *_: open({str(stopping)!r}, 'w').close()); "
                   "open({str(started)!r}, 'w').close(); time.sleep(120)")
         try:
             _stream([sys.executable, "-c", worker], dict(os.environ), Path({str(tmp_path / "train.log")!r}),
@@ -42,7 +44,9 @@ def test_a_second_ctrl_c_while_the_training_group_stops_still_leaves_no_process_
     assert started.exists(), "the training process never started"
     pgid = int((tmp_path / "launch.pid").read_text())
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)  # inside the 10 s grace the group gets to stop on SIGTERM
+    while not stopping.exists() and time.monotonic() < deadline:  # the runner is inside the group's grace period
+        time.sleep(0.05)
+    assert stopping.exists(), "the first Ctrl-C never reached the training group"
     proc.send_signal(signal.SIGINT)
     try:
         assert proc.wait(timeout=8) == 130, "the second Ctrl-C should cut the grace short"

@@ -114,6 +114,15 @@ class DataMix(BaseModel):
     def read(cls, path: Path) -> DataMix:
         return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
 
+    def traceless_sources(self) -> list[str]:
+        """One line per source asked to think (`on` or `mixed`) none of whose kept rows has a reasoning trace: it trains
+        as thinking off, which a reasoning-distillation set never means (its trace field spelt otherwise, say)."""
+        return [f"source '{s.name}' has thinking_mode {s.thinking_mode}, but none of its {s.rows_kept} kept rows has a "
+                "reasoning trace, so it trains with thinking off: tempa reads a turn's reasoning_content, reasoning "
+                "or thinking, or a <think> block in its answer (columns.reasoning names another field)"
+                for s in self.sources if s.thinking_mode in ("on", "mixed") and s.rows_kept
+                and not s.thinking_on_rows_kept]
+
     def table(self) -> str:
         """The mix as a plain-text table (rows and tokens per source, in and kept).
 

@@ -738,3 +738,22 @@ def test_a_size_setting_that_selects_nothing_is_named_and_the_error_gives_the_re
         prepare(tmp_path, cfg, tokenizer)
     assert str(tmp_path / "out" / "rejects.jsonl") in str(info.value)
     assert any("its size setting (tokens: 3) selects no rows" in r.getMessage() for r in caplog.records)
+
+
+def test_a_source_asked_to_think_whose_rows_have_no_trace_is_named(tmp_path: Path, tokenizer: Any) -> None:
+    """A new user's reasoning set spelt its trace field `reasoning_contents`: with thinking_mode on it trained as
+    thinking off (the mix said `thinking on 0/10`), with no warning anywhere."""
+    misspelt = [{"messages": [{"role": "user", "content": f"soalan {i}"},
+                              {"role": "assistant", "content": f"jawapan {i}", "reasoning_contents": "fikir"}]}
+                for i in range(10)]
+    traced = [chat(f"q {i}", f"a {i}", reasoning="think") for i in range(6)]
+    cfg = config(tmp_path, [{"name": "fikir", "path": str(write_jsonl(tmp_path / "fikir.jsonl", misspelt)),
+                             "thinking_mode": "on"},
+                            {"name": "traced", "path": str(write_jsonl(tmp_path / "traced.jsonl", traced)),
+                             "thinking_mode": "mixed", "thinking_ratio": 0.5},
+                            {"name": "plain", "path": str(write_jsonl(tmp_path / "plain.jsonl", traced)),
+                             "thinking_mode": "off"}])
+    mix = prepare(tmp_path, cfg, tokenizer).mix
+    lines = mix.traceless_sources()
+    assert len(lines) == 1 and lines[0].startswith("source 'fikir' has thinking_mode on, but none of its 10 kept rows"), \
+        lines

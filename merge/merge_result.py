@@ -57,3 +57,6 @@ class MergeResult(StageResult):
 
     summary: MergeSummary
     leaderboard: Leaderboard | None = None
+
+    def model_origin(self) -> str | None:
+        return f"a {self.summary.method} merge of {', '.join(m.name for m in self.summary.models)}"

@@ -148,7 +148,8 @@ def _cmd_run(args) -> int:
         print(f"  stale: {', '.join(summary.stale)} (built on a stage --only re-ran; the final model is out of date "
               "until a plain `tempa run` re-runs them)")
     if summary.final_model is not None:
-        print(f"  final model: {summary.final_model}")
+        origin = f" ({summary.final_origin})" if summary.final_origin else ""
+        print(f"  final model: {summary.final_model}{origin}")
     for note in summary.notes:
         print(f"  note: {note}")
     return 0

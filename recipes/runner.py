@@ -89,6 +89,7 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)  # skipped by --only although an input re-ran: out of date
     final_model: Path | None = None
+    final_origin: str | None = None  # which stage's model it is, and what that is made of (model_origin)
     notes: list[str] = field(default_factory=list)  # the stages' own notes (StageResult.notes), in order
 
 
@@ -538,7 +539,20 @@ def run_recipe(
         if last_model is not None:
             _point_final(run_dir, last_model)
             summary.final_model = run_dir / FINAL_LINK
+            summary.final_origin = model_origin(decisions, done)
     return summary
+
+
+def model_origin(decisions: list[StageDecision], done: dict[str, Upstream]) -> str | None:
+    """Which stage's model the final one is (the bake copies the model it starts from), and what that is made of: the
+    demo's final model is a merge of two SFT stages, its preference stage ranked out, which its name alone hides."""
+    last = decisions[-1]
+    name = last.upstream if last.kind == "bake" and last.upstream else last.name
+    upstream = done.get(name)
+    if upstream is None or upstream.result.model is None:
+        return None
+    made_of = upstream.result.model_origin()
+    return f"the model of stage '{name}'" + (f": {made_of}" if made_of else "")
 
 
 def _visible(decision: StageDecision, done: dict[str, Upstream]) -> dict[str, Upstream]:

@@ -220,6 +220,10 @@ class StageResult(BaseModel):
     notes: list[str] = Field(default_factory=list,
                              description="What the user should know at the end of the run (its closing summary).")
 
+    def model_origin(self) -> str | None:
+        """What ``model`` is made of, in a few words, when a kind can say more than its stage's name (a merge)."""
+        return None
+
 
 ResultT = TypeVar("ResultT", bound=StageResult)
 

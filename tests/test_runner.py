@@ -610,3 +610,23 @@ def test_a_stage_is_flushed_to_the_disk_before_its_done_marker(recipe, tmp_path,
     run_recipe(load_recipe(recipe), run_dir)
     assert (True, False) in flushed  # b's output written, its DONE not yet
     assert (run_dir / "b" / DONE).exists()
+
+
+def test_the_closing_summary_says_which_stage_the_final_model_is_and_what_a_merge_holds(recipe, tmp_path):
+    """The demo's final model is a merge of two SFT stages (its preference stage ranked out): the summary named only
+    `runs/demo/final`, and a new user took it for the aligned model."""
+    from types import SimpleNamespace
+
+    from tempa.merge.merge_result import MergedModel, MergeResult, MergeSummary
+    from tempa.recipes.runner import model_origin
+    from tempa.sft.stage_api import Upstream
+
+    summary = run_recipe(load_recipe(recipe), tmp_path / "run")
+    assert summary.final_origin == "the model of stage 'c'"
+
+    merged = MergeResult(model=tmp_path, summary=MergeSummary(method="linear", models=[
+        MergedModel(name="sft-reasoning", path=tmp_path), MergedModel(name="sft-distill", path=tmp_path)]))
+    done = {"merge": Upstream("merge", "merge", None, merged)}
+    decisions = [SimpleNamespace(name="merge", kind="merge", upstream="align"),
+                 SimpleNamespace(name="bake", kind="bake", upstream="merge")]
+    assert model_origin(decisions, done) == "the model of stage 'merge': a linear merge of sft-reasoning, sft-distill"

@@ -118,7 +118,7 @@ class LanguageSuite(_GenerationSuite, language.LanguageRules):
     type: Literal["language"]
     reports: ClassVar[frozenset[str] | None] = frozenset(
         {"language", "language_share", "accuracy", "normalized_accuracy", "reasoning", "reasoning_language_share",
-         "unanswered", "rows"})
+         "unanswered", "rows", "undetermined"})
     language: str | None = Field(
         default=None, description="Target language (ISO 639-1) for rows without a `language` field."
     )

@@ -26,8 +26,8 @@ def language_scores(
     ``equivalent`` groups codes that count as one language. ``correct[i]``
     is None for rows with nothing verifiable; they count toward the language share only.
     Metrics: ``language_share`` (over the answers whose language could be determined; absent
-    when none could), per-language ``language_share:<code>``, ``language:undetermined`` (share of
-    answers too short to tell), and for the verifiable rows ``accuracy`` (ignoring language) and
+    when none could), per-language ``language_share:<code>``, ``undetermined`` (share of
+    answers too short to tell; also as ``language:undetermined``), and for the verifiable rows ``accuracy`` (ignoring language) and
     ``normalized_accuracy`` (correct and not in a wrong language), plus ``normalized_accuracy:<code>``.
     """
     if not (len(detected) == len(targets) == len(correct)):
@@ -37,7 +37,10 @@ def language_scores(
     # one spelling per language, so that rows saying 'ind' and 'id' share one breakdown
     targets = [language.canonical(t) for t in targets]
     verdicts = [d.is_in(language.accepted([t], equivalent)) for d, t in zip(detected, targets, strict=True)]
-    scores: dict[str, float] = {"language:undetermined": sum(v is None for v in verdicts) / len(verdicts)}
+    undetermined = sum(v is None for v in verdicts) / len(verdicts)
+    # `undetermined` beside the share it qualifies (a headline: 1.0 of 1 answer read is not 1.0 of 16); the
+    # breakdown-style `language:undetermined` stays for the readers of older leaderboards
+    scores: dict[str, float] = {"undetermined": undetermined, "language:undetermined": undetermined}
     scores.update(_share("language_share", verdicts))
     verifiable = [(ok, v, t) for ok, v, t in zip(correct, verdicts, targets, strict=True) if ok is not None]
     if verifiable:

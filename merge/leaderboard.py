@@ -15,12 +15,13 @@ from tempa.sft.stage_api import RunPath, StageResult
 LEADERBOARD_JSON = "leaderboard.json"
 LEADERBOARD_MD = "leaderboard.md"
 # lm-eval's wikitext reports word_perplexity, byte_perplexity and bits_per_byte; unparsable counts judge failures.
-_LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error", "stderr", "bits_per_byte", "unparsable", "unanswered")
+_LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error", "stderr", "bits_per_byte", "unparsable", "unanswered",
+                    "undetermined")
 
 
 _COUNTS = ("rows", "tokens")
 # Shown only where some candidate has a non-zero value: replies cut off while thinking (merge.answers.unanswered).
-_WHEN_NONZERO = ("unanswered",)
+_WHEN_NONZERO = ("unanswered", "undetermined")  # and answers whose language could not be told (merge.language)
 
 
 def is_headline(metric: str) -> bool:

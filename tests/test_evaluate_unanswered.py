@@ -41,6 +41,9 @@ def test_a_reply_still_thinking_at_the_budget_is_wrong_and_counted(tmp_path, sco
     scores = scorer.run(suite, ROWS)
     assert scores["unanswered"] == 0.5
     assert scores["rows"] == len(ROWS)  # every generation suite says how many rows its shares are of
+    if suite_type is LanguageSuite:  # the share of answers whose language could not be told, beside language_share
+        assert scores["undetermined"] == scores["language:undetermined"] > 0
+        assert suite.metric_problem("undetermined") is None
     assert suite.metric_problem("unanswered") is None  # a metric rank_by and select may name
     accuracy = scores.get("accuracy", scores.get("prompt_accuracy"))
     assert accuracy == 0.5  # the cut-off reply is wrong, the other right
@@ -84,3 +87,14 @@ def test_the_thinking_suite_counts_its_rows(tmp_path, scorer):
                                                 "modes": ["on", "off"]})
     scores = scorer.run(suite, ROWS)
     assert scores["rows"] == len(ROWS) and suite.metric_problem("rows") is None
+
+
+def test_language_share_is_shown_with_the_share_of_answers_it_could_not_judge():
+    """A new user read language_share 1.0 as perfect language fidelity where 15 of 16 answers could not be judged
+    (language:undetermined 0.94 stayed in the JSON)."""
+    rows = [LeaderboardRow(candidate="sft", path="/a", metrics={"language/language_share": 1.0,
+                                                                "language/undetermined": 0.9375})]
+    board = Leaderboard(rows=rows)
+    assert board.lower_is_better("language/undetermined")
+    header = next(line for line in board.to_markdown().splitlines() if line.startswith("| model"))
+    assert "language/language_share ↑" in header and "language/undetermined ↓" in header

@@ -79,12 +79,23 @@ def normalize_text(text: str) -> str:
     return _PUNCT.sub("", unicodedata.normalize("NFKC", str(text)).casefold())
 
 
+def _delimited(text: str) -> str:
+    """``text`` in ``$...$`` when it is one bare LaTeX expression (a backslash, no delimiter, no space)."""
+    bare = text.strip().rstrip(".。")
+    if "\\" in bare and not re.search(r"\s|\$|\\[(\[]", bare):
+        return f"${bare}$"
+    return text
+
+
 def _math_equal(gold: str, answer: str, language: str | None) -> bool | None:
     """math-verify equality, numbers read as ``language`` writes them; None when the gold answer is not something
     math-verify can parse."""
     from math_verify import parse, verify
 
     gold, answer = math_text(gold, language), math_text(answer, language)
+    # Bare LaTeX (2\sqrt{3}, as data files hold a reference; "The answer is 2\sqrt{3}." as a reply commits to it)
+    # was read as its first number: 2\sqrt{5} gave 2\sqrt{3}. Delimited, it is read whole.
+    gold, answer = _delimited(gold), _delimited(answer)
 
     timeout = math_verify_timeout()
     parsed_gold = parse(str(gold), parsing_timeout=timeout)

@@ -295,3 +295,12 @@ def test_unclosed_boxes_leave_the_closed_ones_read():
 
     end = 7 * 2857  # where the first "}" closes the last of the unclosed boxes
     assert boxed_spans("\\boxed{" * 2857 + "} \\boxed{4}") == [(end - 7, end, end), (end + 2, end + 9, end + 10)]
+
+
+@pytest.mark.parametrize(("reply", "verdict"), [
+    (r"The answer is 2\sqrt{3}.", True),
+    (r"The answer is 2\sqrt{5}.", False),  # the reward read both sides as their first number, 2, and gave 1.0
+    (r"\boxed{2\sqrt{3}}", True),  # the reward gave 0.0 (the reference read as 2)
+])
+def test_a_reference_written_as_bare_latex_is_read_whole_in_both_readers(reply, verdict):
+    assert_both("en", reply, r"2\sqrt{3}", verdict)

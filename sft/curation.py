@@ -226,11 +226,17 @@ def _json_part(part: str) -> Any:
         return None
 
 
+# jwt.io's example token (HS256, "John Doe", signed with the key "your-256-bit-secret"): in every JWT tutorial, as
+# AWS's EXAMPLE keys are in theirs; no credential.
+_JWT_IO_EXAMPLE_SIGNATURE = "SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+
+
 def _signed_jwt(match: re.Match[str]) -> bool:
     header, claims = _json_part(match.group(1)), _json_part(match.group(2))
     return (
         isinstance(header, dict) and isinstance(claims, dict)
         and str(header.get("alg", "none")).lower() != "none"
+        and not match.group(0).endswith(_JWT_IO_EXAMPLE_SIGNATURE)
     )
 
 

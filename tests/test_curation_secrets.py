@@ -114,6 +114,8 @@ def test_real_looking_credentials_are_found(text: str, kind: str) -> None:
         "data:application/json;base64,eyJuYW1lIjogInRlbXBhIn0=",  # one base64 JSON blob, no token
         f"unsigned: {_jwt({'sub': 'demo'}, alg='none', signature='')}",  # alg none: no signature, no secret
         "eyJhbGciOiJIUzI1NiJ9.bm90IGpzb24gY2xhaW1z.c2lnbmF0dXJlLWJ5dGVz",  # the claims part is not JSON
+        # jwt.io's example, in every JWT tutorial (as AWS's EXAMPLE keys)
+        f"Paste {_jwt({'sub': '1234567890', 'name': 'John Doe'}, signature='SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c')}",
         "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",  # AWS's documented example
         "aws_secret_access_key = YOUR_SECRET_ACCESS_KEY",
         'export AWS_SECRET_ACCESS_KEY="$AWS_SECRET"',

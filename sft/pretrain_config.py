@@ -62,9 +62,10 @@ class PretrainSource(BaseModel):
         default=None, ge=1, description="Token budget: documents are taken in a draw across the whole source by "
         "content and seed until it is reached (the last one cut): a sample of the source, not its first documents, the "
         "same for the same seed, and a source that grows keeps them but at the margin; every document is read once "
-        "to draw (its text hashed), only those drawn are tokenised. Unset: every document once. The stage trains the budgets num_train_epochs times; with "
-        "train.max_steps set, max_steps decides the tokens trained (the plan and the run say so) and the budgets only "
-        "the sources' shares.",
+        "to draw (its text hashed), only those drawn are tokenised, so a row that is no document anywhere in the "
+        "source is an error naming it. Unset: every document once. The stage trains the budgets num_train_epochs "
+        "times; with train.max_steps set, max_steps decides the tokens trained (the plan and the run say so) and the "
+        "budgets only the sources' shares.",
     )
     repeat: bool = Field(
         default=False, description="When the source holds fewer tokens than `tokens`: go over its documents again, "

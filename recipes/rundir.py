@@ -24,6 +24,7 @@ from tempa.sft.files import (
     cache_root,
     ensure_inside,
     flock_held,
+    flush_filesystems,
     json_or_none,
     pid_alive,
     remove_tree,
@@ -107,7 +108,7 @@ def mark_done(stage_dir: Path, fingerprint: str) -> None:
     """Call the stage complete. What it wrote (its folder, and the caches it filled) is flushed to the disks first:
     the page cache writes back in its own order, so a node's hard reset could keep DONE and lose the weights or data
     it vouches for. Once per stage: the wait is for writes the disk had to make anyway."""
-    os.sync()
+    flush_filesystems([stage_dir, cache_root()])
     write_json(stage_dir / DONE, {"fingerprint": fingerprint, "finished_at": time.time()})
 
 

@@ -57,6 +57,28 @@ def cache_root() -> Path:
     return Path(os.environ.get("TEMPA_CACHE") or Path.home() / ".cache" / "tempa")
 
 
+def flush_filesystems(paths: Iterable[Path]) -> None:
+    """Write the file systems holding ``paths`` to their disks (Linux's syncfs: those file systems alone, not every
+    one on a node shared with others; elsewhere, sync)."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    syncfs = getattr(libc, "syncfs", None)
+    if syncfs is None:
+        os.sync()
+        return
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # not there (a cache never made): nothing of it to flush
+            continue
+        try:
+            syncfs(fd)
+        finally:
+            os.close(fd)
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write a text file via a temporary sibling and a rename."""
     path = Path(path)

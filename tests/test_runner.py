@@ -595,20 +595,21 @@ def test_the_run_tokenizer_is_baked_again_when_any_tokenizer_file_of_the_base_ch
 def test_a_stage_is_flushed_to_the_disk_before_its_done_marker(recipe, tmp_path, monkeypatch):
     """DONE vouches for what the stage wrote; the page cache writes back in its own order, so without a flush a
     node's hard reset could keep DONE and lose the files (the flush itself cannot be undone here: its order is)."""
-    import os
+    from tempa.recipes import rundir
 
     run_dir = tmp_path / "run"
-    flushed: list[tuple[bool, bool]] = []
-    real_sync = os.sync
+    flushed: list[tuple[bool, bool, list]] = []
+    real_flush = rundir.flush_filesystems
 
-    def sync() -> None:
+    def flush(paths) -> None:
         stage = run_dir / "b"
-        flushed.append(((stage / "out.txt").exists(), (stage / DONE).exists()))
-        real_sync()
+        flushed.append(((stage / "out.txt").exists(), (stage / DONE).exists(), list(paths)))
+        real_flush(paths)
 
-    monkeypatch.setattr(os, "sync", sync)
+    monkeypatch.setattr(rundir, "flush_filesystems", flush)
     run_recipe(load_recipe(recipe), run_dir)
-    assert (True, False) in flushed  # b's output written, its DONE not yet
+    # b's output written, its DONE not yet; its folder's file system flushed, and the cache's
+    assert any(out and not done and run_dir / "b" in paths for out, done, paths in flushed), flushed
     assert (run_dir / "b" / DONE).exists()
 
 

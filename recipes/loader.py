@@ -98,6 +98,17 @@ def _nearby_recipe(ref: Path, relative_to: Path | None) -> str:
     return f"; did you mean '{ref.with_name(hint)}'?" if hint else ""
 
 
+# What users of trl, axolotl, LLaMA-Factory and open-instruct call a stage, and tempa's kind for it.
+_OTHER_TOOLS_KINDS = {
+    **dict.fromkeys(("dpo", "apo", "ipo", "orpo", "simpo", "kto"), "'preference' (DPO/APO: train.loss_type)"),
+    **dict.fromkeys(("grpo", "ppo", "rlvr", "rloo"), "'rl' (trainer: grpo)"),
+    **dict.fromkeys(("cpt", "pt", "pretraining", "continued_pretraining"), "'pretrain'"),
+    **dict.fromkeys(("eval", "evaluation", "benchmark"), "'evaluate'"),
+    **dict.fromkeys(("distill", "distillation", "rejection_sampling"), "'synthesize'"),
+    **dict.fromkeys(("export", "final"), "'bake' (tempa adds one last)"),
+}
+
+
 def load_recipe(ref: str | Path, overrides: Sequence[str] = (), *, profile: str | None = None) -> LoadedRecipe:
     """Load, merge (`extends`, then the named `profiles:` entry, then `--set`) and validate."""
     path = find_recipe(ref)
@@ -369,9 +380,11 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
                 f"one of: {', '.join(kinds)}"
             )
         if kind not in kinds:
+            other = _OTHER_TOOLS_KINDS.get(str(kind).lower())
+            hint = f"; did you mean {other}?" if other else did_you_mean(kind, kinds)
             raise RecipeError(
                 f"{where((*loc, 'kind'), lines, path)}: stages[{i}].kind (stage '{name}'): unknown stage kind "
-                f"{kind!r}; known kinds: {', '.join(kinds)}{did_you_mean(kind, kinds)}"
+                f"{kind!r}; known kinds: {', '.join(kinds)}{hint}"
             )
         context = {**_path_context(stage_raw, loc, lines, origins.get(name, path).parent, path_warnings),
                    DEFER_TRAIN_CHECKS: True, EARLIER_STAGES: names[:i], THINKING_DEFAULT_CONTEXT: recipe.thinking_default}

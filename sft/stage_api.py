@@ -471,6 +471,9 @@ def stage_ref(value: object) -> str | None:
     return None
 
 
-def format_metric(value: Scalar) -> str:
-    """A metric as people read it in logs, tables and cards: floats to 4 significant digits."""
+def format_metric(value: Scalar | None) -> str:
+    """A metric as people read it in logs, tables and cards: floats to 4 significant digits; none (a mean over no
+    pair) as '–', not Python's None."""
+    if value is None:
+        return "–"
     return f"{value:.4g}" if isinstance(value, float) else str(value)

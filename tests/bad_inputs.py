@@ -215,6 +215,9 @@ RECIPE_CASES = [
     Case("duplicate-stage-other-case", "recipe", _stage_named("SFT"),
          "duplicate stage name 'SFT' (also stages[0], named 'sft': stage folders may not differ only in case)"),
     Case("unknown-kind", "recipe", lambda ws: plan(recipe(ws, stage="- {name: x, kind: sfft}\n")), "did you mean 'sft'"),
+    # another tool's name for a stage: tempa's kind for it
+    Case("other-tools-kind", "recipe", lambda ws: plan(recipe(ws, stage="- {name: x, kind: dpo}\n")),
+         "did you mean 'preference' (DPO/APO: train.loss_type)?"),
     Case("missing-kind", "recipe", lambda ws: plan(recipe(ws, stage="- {name: x}\n")), "kind (stage 'x'): field required"),
     Case("stages-not-list", "recipe", lambda ws: plan(_text(ws, "name: x\nbase_model: a/b\nstages: {a: 1}\n")),
          "stages: expected a list"),

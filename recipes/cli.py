@@ -152,6 +152,7 @@ def _cmd_run(args) -> int:
         print(f"  final model: {summary.final_model}{origin}")
     for note in summary.notes:
         print(f"  note: {note}")
+    print(f"  next: tempa status {summary.run_dir} (each stage), tempa report {summary.run_dir} (one page)")
     return 0
 
 

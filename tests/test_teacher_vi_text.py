@@ -63,9 +63,8 @@ def test_translations_are_stored_nfc_and_an_nfd_twin_is_a_duplicate(tmp_path, ti
     assert [r["reason"] for r in read_jsonl(ctx.stage_dir / "data" / "rejects.jsonl")] == ["duplicate"]
 
 
-def test_generated_prompts_are_stored_nfc_and_an_nfd_twin_is_a_duplicate(tmp_path, tiny_model_dir):
-    written = {"1": PHO, "2": nfd(PHO), "3": nfd("Vì sao nhà Nguyễn chọn Huế làm kinh đô?")}
-
+def generate(tmp_path, tiny_model_dir, written: dict[str, str], topic: str):
+    """A generate_prompts stage whose teacher (a local OpenAI-compatible server) writes ``written[variation]``."""
     def reply(body):
         return chat_response([written[re.search(r"\(variation (\d+)\)", last_user(body)).group(1)]])
 
@@ -73,9 +72,15 @@ def test_generated_prompts_are_stored_nfc_and_an_nfd_twin_is_a_duplicate(tmp_pat
                        chat_template="")
     with FakeOpenAI(reply) as server:
         config = GeneratePromptsStageConfig.model_validate({
-            "name": "gp", "topics": ["Ẩm thực Việt Nam"], "per_topic": 3, "language": "vi",
+            "name": "gp", "topics": [topic], "per_topic": len(written), "language": "vi",
             "teacher": {"backend": http(server), "temperature": 1.0}})
-        result = run_generate_prompts(config, ctx)
+        return ctx, run_generate_prompts(config, ctx)
+
+
+def test_generated_prompts_are_stored_nfc_and_an_nfd_twin_is_a_duplicate(tmp_path, tiny_model_dir):
+    written = {"1": PHO, "2": nfd(PHO), "3": nfd("Vì sao nhà Nguyễn chọn Huế làm kinh đô?")}
+
+    ctx, result = generate(tmp_path, tiny_model_dir, written, "Ẩm thực Việt Nam")
     assert texts(read_jsonl(result.dataset)) == [PHO, "Vì sao nhà Nguyễn chọn Huế làm kinh đô?"]
     assert json.loads((ctx.stage_dir / "data" / "stats.json").read_text())["rejected"] == {"duplicate": 1}
 
@@ -217,16 +222,7 @@ def test_a_language_reject_says_what_the_detector_saw(tmp_path, tiny_model_dir):
     reject says how sure the detector was ('bcl' at 0.27 here) and how little it gave Vietnamese."""
     written = {"1": "Lam the nao de nau pho bo ngon nhu ngoai hang o Ha Noi?", "2": "Vì sao nhà Nguyễn chọn Huế làm kinh đô?"}
 
-    def reply(body):
-        return chat_response([written[re.search(r"\(variation (\d+)\)", last_user(body)).group(1)]])
-
-    ctx = make_context(tmp_path / "run", "gp", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
-                       chat_template="")
-    with FakeOpenAI(reply) as server:
-        config = GeneratePromptsStageConfig.model_validate({
-            "name": "gp", "topics": ["Ẩm thực"], "per_topic": 2, "language": "vi",
-            "teacher": {"backend": http(server), "temperature": 1.0}})
-        run_generate_prompts(config, ctx)
+    ctx, _ = generate(tmp_path, tiny_model_dir, written, "Ẩm thực")
     [reject] = read_jsonl(ctx.stage_dir / "data" / "rejects.jsonl")
     detected = reject["reason"].removeprefix("language_")
     assert detected not in ("vi", reject["reason"])

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tempa.chat_templates.thinking import THINK_OPEN
+
 # A reject reason ending in this marks one turn dropped from a row that was kept, not a rejected row.
 TURN_SUFFIX = "_turn"
 
@@ -119,7 +121,7 @@ class DataMix(BaseModel):
         as thinking off, which a reasoning-distillation set never means (its trace field spelt otherwise, say)."""
         return [f"source '{s.name}' has thinking_mode {s.thinking_mode}, but none of its {s.rows_kept} kept rows has a "
                 "reasoning trace, so it trains with thinking off: tempa reads a turn's reasoning_content, reasoning "
-                "or thinking, or a <think> block in its answer (columns.reasoning names another field)"
+                f"or thinking, or a {THINK_OPEN} block in its answer (columns.reasoning names another field)"
                 for s in self.sources if s.thinking_mode in ("on", "mixed") and s.rows_kept
                 and not s.thinking_on_rows_kept]
 

@@ -252,32 +252,20 @@ def test_an_answer_only_in_the_think_block_is_wrong_in_both_readers(mode, reply)
 
 
 @pytest.mark.parametrize(("reply", "value", "misread"), [
-    (r"\boxed{\frac{-3}{4}}", -0.75, 4),  # the sign inside the numerator: read as the two numbers -3 and 4
+    # a LaTeX fraction is one number, its sign and decimals inside: read as the two numbers -3 and 4, say
+    (r"\boxed{\frac{-3}{4}}", -0.75, 4),
     (r"The answer is $\dfrac{1.5}{2}$.", 0.75, 2),
-])
-def test_a_latex_fraction_is_one_number_with_its_sign_and_decimals(reply, value, misread):
-    # math-verify read these from the whole reply; the committed number must be the whole fraction too
-    assert_both("en", reply, value, True)
-    assert_both("en", reply, misread, False)
-
-
-@pytest.mark.parametrize(("reply", "value", "misread"), [
+    # a box holding an expression is its value, not the box's last number (10, 4, 16)
     (r"So \boxed{2^{10}}.", 1024, 10),
     (r"The distance is \boxed{3.5\times10^4} km.", 35000, 4),
     (r"\boxed{\sqrt{16}}", 4, 16),
-])
-def test_a_box_holding_an_expression_is_its_value_in_both_readers(reply, value, misread):
-    # math-verify read these from the whole reply; the committed box's last number (10, 4, 16) is not the answer
-    assert_both("en", reply, value, True)
-    assert_both("en", reply, misread, False)
-
-
-@pytest.mark.parametrize(("reply", "value", "misread"), [
+    # ... and so is an expression a reply commits to outside a box
     (r"The answer is $2^{10}$.", 1024, 10),
     (r"The answer is $\sqrt{16}$.", 4, 16),
     (r"Multiplying out, the total is $2^{10}$.", 1024, 10),  # no lead-in: the reply ends with the expression
 ])
-def test_an_expression_a_reply_commits_to_outside_a_box_is_its_value(reply, value, misread):
+def test_a_latex_number_or_expression_is_its_value_in_both_readers(reply, value, misread):
+    # math-verify read these from the whole reply; the committed number must be the whole fraction or expression
     assert_both("en", reply, value, True)
     assert_both("en", reply, misread, False)
 

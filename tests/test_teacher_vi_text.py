@@ -42,15 +42,13 @@ def http(server: FakeOpenAI) -> dict:
     return {"type": "http", "base_url": server.base_url, "model": "teacher", "backoff_s": 0.01, "timeout_s": 10}
 
 
-def test_translations_are_stored_nfc_and_an_nfd_twin_is_a_duplicate(tmp_path, tiny_model_dir):
-    translations = {"How do I cook pho?": nfd(PHO), "Tell me how to make pho.": PHO, "Why is the sky blue?": nfd(SKY)}
-
+def translate(tmp_path, tiny_model_dir, translations: dict[str, str], source):
+    """A translate stage into Vietnamese of ``source``, whose teacher (a local OpenAI-compatible server) answers
+    ``translations[original]``."""
     def reply(body):
         original = re.search(r"\[Text\]\n(.*)\n\[End of text\]", last_user(body), re.S).group(1)
         return chat_response([translations[original]])
 
-    source = tmp_path / "en.jsonl"
-    source.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in translations), encoding="utf-8")
     ctx = make_context(tmp_path / "run", "tr", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
                        chat_template="")
     with FakeOpenAI(reply) as server:
@@ -58,6 +56,15 @@ def test_translations_are_stored_nfc_and_an_nfd_twin_is_a_duplicate(tmp_path, ti
             "name": "tr", "target_language": "vi", "source": {"path": str(source)},
             "teacher": {"backend": http(server)}})
         result = run_translate(config, ctx)
+    return ctx, result
+
+
+def test_translations_are_stored_nfc_and_an_nfd_twin_is_a_duplicate(tmp_path, tiny_model_dir):
+    translations = {"How do I cook pho?": nfd(PHO), "Tell me how to make pho.": PHO, "Why is the sky blue?": nfd(SKY)}
+
+    source = tmp_path / "en.jsonl"
+    source.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in translations), encoding="utf-8")
+    ctx, result = translate(tmp_path, tiny_model_dir, translations, source)
     rows = read_jsonl(result.dataset)
     assert texts(rows) == [PHO, SKY]  # NFC, and the NFC twin of the first translation is no second row
     assert [r["reason"] for r in read_jsonl(ctx.stage_dir / "data" / "rejects.jsonl")] == ["duplicate"]
@@ -195,20 +202,10 @@ def test_translate_rejects_name_the_line_and_keep_the_original(tmp_path, tiny_mo
     translations = {"What is the capital of France?": "Thủ đô của Pháp là gì vậy bạn ơi?",
                     "Tell me a joke about cats.": "Sure! Here is a joke about cats: why did the cat sit there?"}
 
-    def reply(body):
-        original = re.search(r"\[Text\]\n(.*)\n\[End of text\]", last_user(body), re.S).group(1)
-        return chat_response([translations[original]])
-
     source = tmp_path / "en.jsonl"
     source.write_text(json.dumps({"prompt": "What is the capital of France?"}) + "\n\nnot json\n"
                       + json.dumps({"prompt": "Tell me a joke about cats."}) + "\n", encoding="utf-8")
-    ctx = make_context(tmp_path / "run", "tr", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
-                       chat_template="")
-    with FakeOpenAI(reply) as server:
-        config = TranslateStageConfig.model_validate({
-            "name": "tr", "target_language": "vi", "source": {"path": str(source)},
-            "teacher": {"backend": http(server)}})
-        result = run_translate(config, ctx)
+    ctx, result = translate(tmp_path, tiny_model_dir, translations, source)
     [kept] = read_jsonl(result.dataset)
     assert (kept["provenance"]["row"], kept["provenance"]["line"]) == (0, 1)
     [reject] = read_jsonl(ctx.stage_dir / "data" / "rejects.jsonl")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -100,35 +99,3 @@ def remove_incomplete_checkpoints(output_dir: Path, inside: Iterable[Path]) -> l
             removed.append(path)
     return removed
 
-
-def sync_tree(folder: Path) -> None:
-    """Flush every file under ``folder``, and the folders, to the disk before a marker vouches for them.
-
-    The page cache writes back in its own order and time (ext4: up to ~30 s; a new file's data after the rename
-    that names the marker), so a node's hard reset or power loss could leave a checkpoint with its COMPLETE
-    marker and empty weight files, which every resume then fails to load. The files are already written, so
-    this waits only for what the disk would have to write anyway.
-    """
-    for root, _, files in os.walk(folder):
-        for name in files:
-            _fsync(os.path.join(root, name))
-        _fsync(root)
-
-
-def write_marker(path: Path, text: str) -> None:
-    """Write a completion marker durably: its content, then its name in the folder."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync(path.parent)
-
-
-def _fsync(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -57,6 +57,39 @@ def cache_root() -> Path:
     return Path(os.environ.get("TEMPA_CACHE") or Path.home() / ".cache" / "tempa")
 
 
+def sync_tree(folder: Path) -> None:
+    """Flush every file under ``folder``, and the folders, to the disk before a marker vouches for them.
+
+    The page cache writes back in its own order and time (ext4: up to ~30 s; a new file's data after the rename
+    that names the marker), so a node's hard reset or power loss could leave a checkpoint with its COMPLETE
+    marker and empty weight files, which every resume then fails to load. The files are already written, so
+    this waits only for what the disk would have to write anyway.
+    """
+    for root, _, files in os.walk(folder):
+        for name in files:
+            _fsync(os.path.join(root, name))
+        _fsync(root)
+
+
+def write_marker(path: Path, text: str) -> None:
+    """Write a completion marker durably: its content, then its name in the folder."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def flush_filesystems(paths: Iterable[Path]) -> None:
     """Write the file systems holding ``paths`` to their disks (Linux's syncfs: those file systems alone, not every
     one on a node shared with others; elsewhere, sync)."""

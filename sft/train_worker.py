@@ -22,14 +22,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tempa.sft.checkpoints import (
-    COMPLETE_MARKER,
-    last_complete_checkpoint,
-    rotate_checkpoints,
-    sync_tree,
-    write_marker,
-)
-from tempa.sft.files import remove_tree
+from tempa.sft.checkpoints import COMPLETE_MARKER, last_complete_checkpoint, rotate_checkpoints
+from tempa.sft.files import remove_tree, sync_tree, write_marker
 from tempa.sft.kernels import (
     KernelChoice,
     KernelEnv,

@@ -94,14 +94,28 @@ def boxed_contents(text: str) -> list[str]:
 # A sentence ends at 。！？ (no space follows them) or at . ! ? before a space or the line's end (a decimal point has
 # a digit after it).
 _SENTENCE_END = re.compile(r"[。！？]|[.!?](?=\s|$)")
+# A check or a reason after the answer, in the languages of LEAD_IN_RE: it ends what the reply commits to even where
+# no sentence end comes first (Thai writes none: "คำตอบคือ 12 ตรวจสอบ: 12+3=15"; "The answer is 3, since 3 + 4 = 7").
+# Its '=' is the check's result, not the answer.
+_LATIN_WORDS = (r"check(?:ing|ed)?|verif(?:y|ying|ied|ication)|because|since|cek|periksa|semak(?:an)?|karena|kerana"
+                r"|sebab|kiểm tra|thử lại|vì|suriin|dahil")
+CHECK_RE = re.compile(
+    rf"(?<![^\W\d_])(?:{_LATIN_WORDS})(?![^\W\d_])|ตรวจสอบ|ตรวจ|เช็[คก]|เพราะ(?!ฉะนั้น)|சரிபார்|ஏனெனில்|ஏனென்றால்"
+    r"|검산|검증|확인|왜냐하면|検算|検証|確認|なぜなら|验算|驗算|检验|檢驗|验证|驗證|检查|檢查|因为|因為",
+    re.IGNORECASE,
+)
 
 
 def committed_sentence(tail: str) -> str:
-    """The sentence right after an answer lead-in: what the reply commits to. "The answer is 3. Check: 3 + 4 = 7"
-    and "答えは3です。検算：3+4=7" commit to 3 (the line ran on into the check, whose '=' gave 7)."""
+    """The sentence right after an answer lead-in: what the reply commits to. "The answer is 3. Check: 3 + 4 = 7",
+    "答えは3です。検算：3+4=7" and "คำตอบคือ 3 เพราะ 3 + 4 = 7" commit to 3 (the line ran on into the check, whose '='
+    gave 7): the sentence ends at a sentence end, the line's end, or a check or reason (:data:`CHECK_RE`) after
+    it."""
     line = tail.strip().split("\n", 1)[0]
     end = _SENTENCE_END.search(line)
-    return line[: end.start()] if end else line
+    line = line[: end.start()] if end else line
+    check = next((found for found in CHECK_RE.finditer(line) if line[: found.start()].strip(" :：")), None)
+    return line[: check.start()] if check else line
 
 
 @dataclass(frozen=True)

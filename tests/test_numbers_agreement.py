@@ -185,6 +185,21 @@ COMMITTED = [
     ("ja", "答：42個。検算：40+3=43", 42, 43),
     ("zh", "答案是42。验算：40+3=43", 42, 43),
     ("zh", "答：小明有42个苹果。验算：40+3=43", 42, 43),  # Chinese word problems answer with 答：
+    # a check or a reason on the answer's own line: Thai writes no sentence end, and a clause after a comma is no
+    # sentence of its own; the committed sentence ran on into it and its '=' gave the check's number
+    ("th", "คำตอบคือ 12 ตรวจสอบ: 12+3=15", 12, 15),
+    ("th", "ดังนั้นคำตอบคือ 3 ผล เพราะ 3 + 4 = 7", 3, 7),
+    ("en", "The answer is 12 (check: 12 + 3 = 15)", 12, 15),
+    ("en", "The answer is 3, since 3 + 4 = 7.", 3, 7),
+    ("en", "The answer is 3 because 3 + 4 = 7.", 3, 7),
+    ("id", "Jawabannya adalah 3 karena 3 + 4 = 7.", 3, 7),
+    ("ms", "Jawapannya ialah 3 kerana 3 + 4 = 7.", 3, 7),
+    ("vi", "Đáp án là 3 vì 3 + 4 = 7.", 3, 7),
+    ("tl", "Ang sagot ay 3 dahil 3 + 4 = 7.", 3, 7),
+    ("ta", "விடை 3, ஏனெனில் 3 + 4 = 7.", 3, 7),
+    ("ko", "정답은 3이고, 검산하면 3 + 4 = 7입니다.", 3, 7),
+    ("ja", "答えは3で、検算すると3+4=7です。", 3, 7),
+    ("zh", "答案是3，因为3+4=7。", 3, 7),
 ]
 
 

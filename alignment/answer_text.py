@@ -1,8 +1,9 @@
 """Which answer a reply commits to, and whether its number is the reference's: one rule for the answer reward and
 the accuracy suite.
 
-A reply commits to its last ``\\boxed{}``, else to the sentence after its last "answer is"-style lead-in (what
-that sentence's last ``=`` gives, when it has one), else to its last number. The preference/rl ``answer`` reward
+A reply commits to its last ``\\boxed{}``, else to the sentence after its last "answer is"-style lead-in that states
+rather than asks or supposes (what that sentence's last ``=`` gives, when it has one; "check whether the answer is 4"
+commits to nothing), else to its last number. The preference/rl ``answer`` reward
 (:mod:`tempa.alignment.rewards`) and the evaluate stage's accuracy suite (:mod:`tempa.merge.answers`) both read a
 reply by :func:`committed_answer`, so "The answer is 3. Check: 3 + 4 = 7" is 3 in training and in evaluation (the
 reward gave math-verify the whole reply, which took its last number, 7).
@@ -118,10 +119,52 @@ def committed_sentence(tail: str) -> str:
     return line[: check.start()] if check else line
 
 
+# A lead-in that asks or supposes instead of stating ("Let's check whether the answer is 4: 4 * 2 = 8, not 10"): a word
+# right before it that opens a condition, a supposition or a check (English, Indonesian, Malay, Vietnamese, Filipino,
+# Thai, Chinese, Japanese; a few words such as "the" or "bahwa" may stand between) ...
+_HEDGE_BEFORE = re.compile(
+    r"(?:(?<![^\W\d_])(?:whether|if|suppose|supposing|assume|assuming|maybe|perhaps|check|verify|test|try|apakah|jika"
+    r"|kalau|bila|andaikan|misalkan|seandainya|sama ada|katakan|liệu|nếu|giả sử|xem|kung|ipagpalagay na)"
+    r"(?:\s+(?:that|the|our|my|this|final|correct|right|bahwa|rằng|ang))*"
+    r"|ถ้า|หาก|สมมติ(?:ว่า)?|สมมุติ(?:ว่า)?|(?:ตรวจสอบ|ตรวจ|เช็[คก]|ดู|ทดสอบ)ว่า|如果|假如|假设|假設|若|要是|倘若|もし|仮に)\s*$",
+    re.IGNORECASE,
+)
+# ... or, in the clause after it, a question or a condition where the language puts it after the answer: 答案是否为4
+# (zh), 答えは4かどうか / 4なら / 4だとすると (ja), 정답은 4인지 / 6일까 (ko), விடை 4 என்றால் (ta), คำตอบคือ 4 หรือไม่ (th).
+_HEDGE_AFTER = re.compile(
+    r"^(?:否|不是)|吗|嗎|かどうか|か(?:確|検|調)|なら|だとすると|とすると|と仮定|でしょうか|だろうか|ですか"
+    r"|인지|라면|일까|일지|라고\s*가정|என்றால்|எனில்|இருந்தால்|ஆ\s+என|หรือไม่|หรือเปล่า|ไหม|มั้ย"
+)
+
+_CLAUSE_END = re.compile(r"[,，、:：;；]")
+
+
+def _hedged(text: str, lead_in: re.Match[str]) -> bool:
+    """Whether ``lead_in`` asks or supposes (:data:`_HEDGE_BEFORE`, :data:`_HEDGE_AFTER`, a sentence that ends in a
+    question mark) rather than commits."""
+    if _HEDGE_BEFORE.search(text[max(0, lead_in.start() - 60) : lead_in.start()]):
+        return True
+    line = text[lead_in.end() :].strip().split("\n", 1)[0]
+    sentence = committed_sentence(line)
+    clause = _CLAUSE_END.split(sentence, maxsplit=1)[0].strip()
+    return line[len(sentence) :].startswith(("?", "？")) or bool(_HEDGE_AFTER.search(clause))
+
+
+def committing_lead_in(text: str) -> re.Match[str] | None:
+    """The last answer lead-in (:data:`LEAD_IN_RE`) in ``text`` that commits to an answer; None when there is none. A
+    lead-in partway through the reasoning that tries a candidate ("whether the answer is 4", "if the answer is 6", "so
+    the answer is 4?") is passed over, so the reply commits to what it states after it (or, with no committing
+    lead-in, to its last number), not to the rejected candidate or its check."""
+    for lead_in in reversed(list(LEAD_IN_RE.finditer(text))):
+        if not _hedged(text, lead_in):
+            return lead_in
+    return None
+
+
 @dataclass(frozen=True)
 class Commitment:
     """What a reply commits to: ``text``, the part that holds its answer (the last ``\\boxed{...}`` with a number in
-    it, else the last such box, as written; the sentence after the last lead-in; else the whole reply), and
+    it, else the last such box, as written; the sentence after the last committing lead-in; else the whole reply), and
     ``number``, the number token it commits to in that part (the box's last, the lead-in sentence's first after its
     last '=', the reply's last), None when there is none. Both are read after :func:`plain_marks`."""
 
@@ -150,9 +193,9 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
     if boxes:
         start, _, end = boxes[-1]
         return Commitment(answer[start : end + 1], None)
-    lead_ins = list(LEAD_IN_RE.finditer(answer))
-    if lead_ins:
-        tail = answer[lead_ins[-1].end() :]
+    lead_in = committing_lead_in(answer)
+    if lead_in:
+        tail = answer[lead_in.end() :]
         # "The answer is 12 - 5 = 7": a worked line commits to what its last '=' gives
         line = committed_sentence(tail)
         numbers = numbers_in(line.rsplit("=", 1)[1]) if "=" in line else []

@@ -14,10 +14,10 @@ import unicodedata
 from collections.abc import Sequence
 
 from tempa.alignment.answer_text import (
-    LEAD_IN_RE,
     boxed_contents,
     committed_number,
     committed_sentence,
+    committing_lead_in,
     numbers_agree,
     read_number,
     reference_number,
@@ -106,9 +106,9 @@ def answer_matches(
     if not target:
         return False
     candidates = list(boxed_contents(answer))
-    lead_ins = list(LEAD_IN_RE.finditer(answer))
-    if lead_ins:
-        tail = answer[lead_ins[-1].end() :].strip()
+    lead_in = committing_lead_in(answer)
+    if lead_in:
+        tail = answer[lead_in.end() :].strip()
         if tail:
             sentence = committed_sentence(tail)
             candidates += [tail.splitlines()[0], sentence, _COPULA.sub("", sentence)]

@@ -49,6 +49,7 @@ def test_the_committed_line_ends_at_its_sentence_end(reply, value):
     ("答えは東京です。", "東京", True),
     ("答えは東京都です。", "東京", False),  # a longer word is another answer
     ("答えはCです。Bではありません。", "B", False),
+    ("Let's check whether the answer is Osaka. No: it is Tokyo.", "Osaka", False),  # a hedged lead-in commits to nothing
 ])
 def test_a_text_answer_is_the_sentence_after_the_lead_in(reply, expected, verdict):
     assert answer_matches(reply, expected, language="ja") is verdict

@@ -209,6 +209,43 @@ def test_both_readers_commit_to_the_answer_not_to_the_check_after_it(language, r
     assert_both(language, reply, check, False)
 
 
+# (language, reply, the value it commits to, what its hedged lead-in gives): a lead-in that asks or supposes ("check
+# whether the answer is 4", "if the answer is 6", a question) is no commitment; the reply commits to what it states
+# after it. The last lead-in won, so both readers took the rejected candidate's check (8, 12) or the candidate.
+HEDGED = [
+    ("en", "Let's check whether the answer is 4: 4 * 2 = 8, not 10. Try 5: 5 * 2 = 10. So x = 5.", 5, 8),
+    ("en", "Suppose the answer is 6. Then 6 + 6 = 12, too many. With 4: 4 + 4 = 8. So there are 4 apples.", 4, 6),
+    ("en", "What if the final answer is 7? Then 7 * 3 = 21 > 20. But 6 * 3 = 18, so x = 6.", 6, 7),
+    ("en", "So the answer is 4? No: 4 * 2 = 8, not 10.\nTry 5: 5 * 2 = 10, so x = 5", 5, 4),
+    ("en", "The answer is 3. Let's verify that the answer is 3: 3 + 4 = 7. Correct.", 3, 7),  # the first commits
+    ("id", "Mari kita cek apakah jawabannya adalah 4: 4 × 2 = 8, bukan 10. Coba 5: 5 × 2 = 10. Jadi x = 5.", 5, 8),
+    ("id", "Misalkan jawabannya adalah 6, maka 6 + 6 = 12, terlalu banyak. Jadi ada 4 apel.", 4, 12),
+    ("ms", "Semak sama ada jawapannya ialah 4: 4 × 2 = 8, bukan 10. Cuba 5: 5 × 2 = 10. Jadi x = 5.", 5, 8),
+    ("vi", "Thử xem đáp án là 4 không: 4 × 2 = 8, không phải 10. Thử 5: 5 × 2 = 10. Vậy x = 5.", 5, 8),
+    ("vi", "Giả sử đáp án là 6 thì 6 + 6 = 12, quá nhiều. Vậy có 4 quả táo.", 4, 12),
+    ("tl", "Kung ang sagot ay 6, 6 + 6 = 12, sobra. Kaya may 4 na mansanas.", 4, 12),
+    ("th", "ลองตรวจสอบว่าคำตอบคือ 4 หรือไม่: 4 × 2 = 8 ไม่ใช่ 10\nลอง 5: 5 × 2 = 10\nดังนั้น x = 5", 5, 8),
+    ("th", "ถ้าคำตอบคือ 6 จะได้ 6 + 6 = 12 ซึ่งมากเกินไป\nดังนั้นมีแอปเปิล 4 ผล", 4, 12),
+    ("ta", "விடை 4 என்றால், 4 × 2 = 8, 10 அல்ல. 5 எனில் 5 × 2 = 10. எனவே x = 5.", 5, 8),
+    ("ko", "정답은 4인지 확인해 봅시다: 4 × 2 = 8, 10이 아닙니다. 5를 넣으면 5 × 2 = 10. 따라서 x = 5.", 5, 8),
+    ("ko", "정답은 6일까? 6 + 6 = 12로 너무 많습니다. 따라서 사과는 4개입니다.", 4, 12),
+    ("ja", "答えは4かどうか確かめます：4×2=8で、10ではありません。5なら5×2=10です。よって x=5。", 5, 8),
+    ("ja", "答えは6だとすると、6+6=12で多すぎます。よって、りんごは4個です。", 4, 12),
+    ("zh", "检查答案是否为4：4×2=8，不是10。试5：5×2=10。所以x=5。", 5, 8),
+    ("zh", "如果答案是6，那么6+6=12，太多了。所以有4个苹果。", 4, 12),
+    # ... and a condition that is not about the answer leaves a lead-in committing
+    ("en", "If Tom gives away 2, the answer is 5. Check: 5 + 2 = 7.", 5, 7),
+    ("ja", "答えは5です。5なら5×2=10で合っています。", 5, 10),
+    ("vi", "Nếu cộng lại thì đáp án là 5. Kiểm tra: 5 + 2 = 7.", 5, 7),
+]
+
+
+@pytest.mark.parametrize(("language", "reply", "value", "misread"), HEDGED)
+def test_a_hedged_lead_in_is_no_commitment_in_both_readers(language, reply, value, misread):
+    assert_both(language, reply, value, True)
+    assert_both(language, reply, misread, False)
+
+
 # (language, reply, reference, verdict): one percent rule in both readers. A percentage is its number as written
 # (a percent question's reference is 45) and, against a number written without %, its hundredth (a probability's
 # reference is 0.45 or 9/20). math-verify alone gave 45% = 0.45 but 45% != 45.0; the accuracy suite 45% != 0.45.

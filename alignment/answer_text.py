@@ -37,7 +37,11 @@ from tempa.alignment.numbers import (
 # LaTeX's \frac{3}{4}, \dfrac and \tfrac (\frac{-3}{4}, \frac{1.5}{2} too): one number, not two
 _FRAC = r"\\[dt]?frac\{[-−]?\d+(?:\.\d+)?\}\{\d+(?:\.\d+)?\}"
 _FRAC_PARTS = r"\\[dt]?frac\{(\d+(?:\.\d+)?)\}\{(\d+(?:\.\d+)?)\}"
-_PERCENT = r"\s?\\?%"  # 45%, 45 % (as French, Vietnamese and Indonesian space it), 45\% (LaTeX)
+# 45%, 45 % (as French, Vietnamese and Indonesian space it), 45\% (LaTeX), and the percent word after the digits in the
+# languages tempa knows: 45 percent, phần trăm (vi), persen (id), peratus (ms), porsiyento (tl), เปอร์เซ็นต์ (th),
+# パーセント (ja), 퍼센트 (ko), சதவீதம் (ta)
+_PERCENT = (r"\s?(?:\\?%|(?i:per\s?cent|phần trăm|persen|peratus|porsiyento)(?![^\W\d_])|เปอร์เซ็นต์|パーセント|퍼센트"
+            r"|சதவீதம்)")
 
 
 @functools.cache

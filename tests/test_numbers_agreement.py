@@ -265,6 +265,18 @@ PERCENT = [
     ("ja", "答えは４５％です。", 0.45, True),
     ("zh", "答案是百分之四十五。", 0.45, True),
     ("zh", "答案是百分之四十五。", 45, True),
+    # a percent word after the digits is a percent sign: read as 45, which no probability's 0.45 gave
+    ("en", "The answer is 45 percent.", 0.45, True),
+    ("vi", "Đáp án là 45 phần trăm.", 0.45, True),
+    ("id", "Jawabannya adalah 45 persen.", 0.45, True),
+    ("ms", "Jawapannya ialah 45 peratus.", 0.45, True),
+    ("th", "คำตอบคือ 45 เปอร์เซ็นต์", 0.45, True),
+    ("ja", "答えは45パーセントです。", 0.45, True),
+    ("ko", "정답은 45퍼센트입니다.", 0.45, True),
+    ("ta", "விடை 45 சதவீதம்.", 0.45, True),
+    ("vi", "Đáp án là 45 phần trăm.", "45%", True),
+    ("vi", "Đáp án là 45 phần trăm.", "0.45%", False),
+    ("en", "The answer is 45 percentage points.", 0.45, False),  # a word that is not the percent word
 ]
 
 

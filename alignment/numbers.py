@@ -5,8 +5,21 @@
 (:mod:`tempa.alignment.rewards`) and the evaluate stage's accuracy suite (:mod:`tempa.merge.answers`) read numbers
 by the functions here, so a reply scores the same in training and in evaluation.
 
-Japanese and Chinese also write numbers with Han numerals (四十二, 三百五, 1万2千, 二〇二六, 两千), and a reference
-answer may carry its unit (12,000円, 12 cm, 1,250 บาท, 100.000 đồng): both readers take them from here too.
+Japanese and Chinese also write numbers with Han numerals (四十二, 三百五, 1万2千, 二〇二六, 两千, and in Chinese
+三点五 = 3.5), and a reference answer may carry its unit (12,000円, 12 cm, 1,250 บาท, 100.000 đồng): both readers
+take them from here too.
+
+What is not read as a number, and why (a number read where the reply wrote none is a wrong reward, and a policy
+learns it):
+
+- Number words (forty-two, bốn mươi hai, empat puluh dua, สี่สิบสอง): the same words are articles and pronouns in
+  prose (Vietnamese một is "a", English "one of them", Indonesian se-/satu in "satu-satunya", "the only"), so a reader
+  of them finds numbers in every sentence, and a reply that gives its answer in words for a numeric reference is rare
+  enough to be left wrong. A digit followed by its percent word (45 percent, 45 phần trăm) is read as 45%.
+- Japanese 割 and Chinese 成 (3割 = 30%, 二成 = 20%): 割 is also the verb divide (6割る2は3), 八成 also means "most
+  likely" and 一成不变 "unchanging", and a 割 question's reference writes 3 where a percent one writes 30: a 割 is
+  read as the number written before it (3割 is 3), as before.
+- Japanese 三・五 for 3.5: ・ also lists (一・二年生, first- and second-year students).
 """
 
 from __future__ import annotations
@@ -91,10 +104,19 @@ _ARABIC = r"\d+(?:[.,]\d+)*"
 _NUMERAL = rf"(?:{_ARABIC})?[{_HAN}](?:[{_HAN}]|{_ARABIC})*"
 _PIECE = re.compile(rf"{_ARABIC}|[{''.join(_HAN_DIGITS)}]+|[{''.join(_HAN_TENS)}{''.join(_HAN_MYRIADS)}]")
 _MINUS_WORD = r"[-−]|负|負|マイナス"
-# A numeral, signed, or a fraction: 三分之一 (zh), 3分の1 (ja), 百分之五十 (zh: 50%).
-_HAN_NUMBER = re.compile(
-    rf"(?<![\d.,])(?P<sign>{_MINUS_WORD})?(?P<numeral>{_NUMERAL}|{_ARABIC})"
-    rf"(?:分[之の](?P<numerator>{_NUMERAL}|{_ARABIC}))?(?![\d])")
+# Chinese decimals: 三点五 (3.5), 零点二五; a digit after 点 read one by one. Not before a unit numeral or a unit of
+# time: 三点五分 and 三点十五 are 3:05 and 3:15, 三点半 half past three. Japanese writes no decimal 点 (三点: three
+# points), and 三・五 is no decimal either: ・ also lists (一・二年生, first and second years).
+_HAN_DECIMALS = rf"(?:[点點](?P<decimals>[〇零一二三四五六七八九]+)(?![{''.join(_HAN_TENS)}{''.join(_HAN_MYRIADS)}分钟鐘刻半秒]))?"
+
+
+@functools.cache
+def _han_number(reading: str) -> re.Pattern[str]:
+    """A numeral, signed, with decimals in Chinese, or a fraction: 三分之一 (zh), 3分の1 (ja), 百分之五十 (zh: 50%)."""
+    decimals = _HAN_DECIMALS if reading == "zh" else ""
+    return re.compile(
+        rf"(?<![\d.,])(?P<sign>{_MINUS_WORD})?(?P<numeral>{_NUMERAL}|{_ARABIC}){decimals}"
+        rf"(?:分[之の](?P<numerator>{_NUMERAL}|{_ARABIC}))?(?![\d])")
 # What a numeral made of Han characters only may stand before when it is a quantity: a counter or unit (個, 人, 円,
 # 年, 度, ...), an operator (加, 等, ...) or anything not Han (kana, punctuation, the end). Elsewhere it is part of a
 # word or a name: 一郎, 九州, 三菱, 千葉, 一緒, 一般, 一定, 五十嵐.
@@ -180,6 +202,10 @@ def _han_value(match: re.Match[str], reading: str) -> str | None:
     sign = "-" if match.group("sign") else ""
     if value is None:
         return None
+    if match.groupdict().get("decimals"):
+        if re.search(r"\d", match.group("numeral")):
+            return None  # 3点5, 1万点五: no decimal as Chinese writes one
+        value += Decimal("0." + "".join(str(_HAN_DIGITS[char]) for char in match.group("decimals")))
     if match.group("numerator") is None:
         return sign + _plain(value)
     numerator = _numeral_value(match.group("numerator"), reading)
@@ -215,7 +241,7 @@ def plain_unit_numerals(text: str, reading: str | None) -> str:
             return match.group(0)
         return _han_value(match, reading) or match.group(0)
 
-    return _HAN_NUMBER.sub(plain, text)
+    return _han_number(reading).sub(plain, text)
 
 
 def han_numbers(text: str, reading: str | None) -> list[str]:
@@ -225,7 +251,7 @@ def han_numbers(text: str, reading: str | None) -> list[str]:
     if reading is None:
         return []
     found = []
-    for match in _HAN_NUMBER.finditer(text):
+    for match in _han_number(reading).finditer(text):
         if _han_only(match) and _is_quantity(text, match):
             value = _han_value(match, reading)
             if value is not None:
@@ -243,12 +269,12 @@ def plain_han_numerals(text: str, reading: str | None) -> str:
             return match.group(0)
         return _han_value(match, reading) or match.group(0)
 
-    return _HAN_NUMBER.sub(plain, text)
+    return _han_number(reading).sub(plain, text)
 
 
 def plain_cjk_number(token: str, reading: str | None) -> str | None:
     """One whole numeral (四十二, 1万2千, 三分之一, 负五) as plain ASCII; None when ``token`` is not one."""
-    found = _HAN_NUMBER.fullmatch(token.strip()) if reading else None
+    found = _han_number(reading).fullmatch(token.strip()) if reading else None
     return _han_value(found, reading) if found and reading and re.search(rf"[{_HAN}]", token) else None
 
 
@@ -297,8 +323,8 @@ def unit_number(text: str, language: str | None = None) -> str | None:
     number = (found.group("after") or found.group("before")) if found else None
     if number and re.search(f"[{_HAN}]", number):
         # 四十二個 is a number with a counter only where Han numerals are read (ja, zh), and 十分 (enough) none
-        han = _HAN_NUMBER.match(found.group(0))
         reading = cjk_reading(text, language)
+        han = _han_number(reading).match(found.group(0)) if reading else None
         if not (reading and han and plain_cjk_number(number, reading) is not None
                 and (not _han_only(han) or _is_quantity(found.group(0), han))):
             return None

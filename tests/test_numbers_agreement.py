@@ -112,6 +112,12 @@ HAN_NUMERALS = [
     ("zh", "答案是负五。", -5, 5),
     ("zh", "这一点十分重要，所以答案是五。", 5, 10),  # 十分: very
     ("zh", "所以答案是一万二。", 12000, 10002),
+    ("zh", "答案是三点五。", 3.5, 5),  # a Chinese decimal point: read as 5
+    ("zh", "答案是零点二五。", 0.25, 25),
+    ("zh", "答案是十二点五米。", 12.5, 5),
+    ("zh", "答案是负三点一四。", -3.14, 14),
+    ("zh", "他下午三点五分到，一共带了七个。", 7, 3.5),  # 三点五分 is 3:05, no decimal
+    ("zh", "三点半出发，答案是五个。", 5, 3.5),
     (None, "答えは四十二です", 42, 2),  # a row without a language: the reply's script says how to read it
     (None, "答案是三百五", 350, 305),
 ]
@@ -121,6 +127,16 @@ HAN_NUMERALS = [
 def test_han_numerals_read_the_same_in_the_reward_and_the_accuracy_suite(language, reply, value, misread):
     assert_both(language, reply, value, True)
     assert_both(language, reply, misread, False)
+
+
+@pytest.mark.parametrize(("reply", "reference"), [
+    ("答えは三・五です。", 3.5),  # ・ also lists (一・二年生: first and second years): no decimal point
+    ("打率は3割です。", "30%"),  # 割 also divides (6割る2), and a 割 question's reference writes 3
+    ("答案是八成。", 0.8),  # 八成 is also "most likely"
+    ("答えは三点五です。", 3.5),  # Japanese writes no decimal 点 (三点: three points)
+])
+def test_han_decimals_and_tenths_that_could_be_words_are_not_read(reply, reference):
+    assert_both(None, reply, reference, False)
 
 
 @pytest.mark.parametrize("language", ["en", "th", "vi"])

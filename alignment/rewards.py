@@ -47,6 +47,7 @@ from tempa.alignment.answer_text import (
     committed_number,
     math_verify_timeout,
     numbers_agree,
+    outside_think,
     reference_number,
 )
 from tempa.alignment.backends import SamplingBackend, backend_reads, build_backend
@@ -514,8 +515,8 @@ class RewardSet:
 
     def _apply(self, config: Any, items: list[ScoreItem]) -> tuple[list[float | None], list[dict[str, Any]]]:
         if isinstance(config, AnswerReward):
-            return [answer_match(split_think(it.completion).answer, it.prompt.answer, config.match, config.pattern,
-                                 it.prompt.language)
+            return [answer_match(outside_think(split_think(it.completion).answer), it.prompt.answer, config.match,
+                                 config.pattern, it.prompt.language)
                     for it in items], [{} for _ in items]
         if isinstance(config, LanguageReward):
             verdicts = [language_fidelity(it.completion, it.prompt.language, config, tools=it.prompt.uses_tools)

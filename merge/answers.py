@@ -19,6 +19,7 @@ from tempa.alignment.answer_text import (
     committed_sentence,
     committing_lead_in,
     numbers_agree,
+    outside_think,
     read_number,
     reference_number,
 )
@@ -26,8 +27,9 @@ from tempa.chat_templates.thinking import THINK_CLOSE, THINK_OPEN, has_think_tag
 
 
 def final_answer_text(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> str:
-    """The user-visible answer: the text after any think block."""
-    return split_reasoning(text, open_tag, close_tag).answer
+    """The user-visible answer: the text after the think block, without any block the model opened after it
+    (:func:`tempa.alignment.answer_text.outside_think`)."""
+    return outside_think(split_reasoning(text, open_tag, close_tag).answer, open_tag, close_tag)
 
 
 def thinking_on_compliant(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> bool:

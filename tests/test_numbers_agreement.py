@@ -11,7 +11,7 @@ from tempa.alignment.completions import Completion
 from tempa.alignment.prompts import PromptRow
 from tempa.alignment.rewards import AnswerReward, RewardSet, ScoreItem, ScoringEnv
 from tempa.chat_templates.thinking import PREFILL
-from tempa.merge.answers import answer_matches, extract_final_number, final_answer_text
+from tempa.merge.answers import answer_matches, extract_final_number, final_answer_text, unanswered
 
 
 def reward(language: str | None, reference: object, reply: str, *, mode: str = "off",
@@ -313,6 +313,10 @@ IN_THE_THINK_BLOCK_ONLY = [
     ("on", "6 x 7 = 42, so the answer is 42.\n</think>\n\nI hope this helps."),
     ("on", "6 x 7 = 42, so the answer is 42.\n</think>\n\n"),  # closed, then nothing
     ("on", "6 x 7 = 42, so the answer is 42."),  # never closed: cut off, or stopped inside the block
+    # a block the model opened itself after the template's: its text is reasoning too, closed or not
+    ("off", "<think>\n6 x 7 = 42, so the answer is 42."),
+    ("on", "6 x 7.\n</think>\n\n<think>\n6 x 7 = 42, so the answer is 42."),
+    ("on", "6 x 7.\n</think>\n\n<think>\n6 x 7 = 42, so the answer is 42.\n</think>\n\nI hope this helps."),
 ]
 
 
@@ -329,6 +333,17 @@ def test_an_answer_only_in_the_think_block_is_wrong_in_both_readers(mode, reply)
     visible = "6 x 7 = 42.\n</think>\n\nThe answer is 42."
     assert reward("en", 42, visible, mode=mode) == 1.0
     assert answer_matches(final_answer_text(PREFILL[mode] + visible), 42, language="en")
+
+
+@pytest.mark.parametrize(("mode", "reply"), [
+    ("on", "6 x 7 = 42, so the answer"),
+    ("off", "<think>\n6 x 7 = 42, so the answer"),
+    ("on", "6 x 7.\n</think>\n\n<think>\n6 x 7 = 42, so the answer"),
+])
+def test_a_reply_cut_off_inside_a_think_block_is_unanswered(mode, reply):
+    # the suite counted a reply cut off in a block the model opened after the template's as answered (and graded
+    # the reasoning in it)
+    assert unanswered([final_answer_text(PREFILL[mode] + reply)]) == 1.0
 
 
 @pytest.mark.parametrize(("reply", "value", "misread"), [

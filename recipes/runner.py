@@ -767,7 +767,7 @@ class StageStatus:
     duration_s: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-    note: str | None = None  # why a stage is stale
+    note: str | None = None  # why a stage is stale; where a running or interrupted one stands
 
 
 def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, str] | None = None) -> list[StageStatus]:
@@ -809,6 +809,24 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
             state = "failed"
         elif manifest.status == "running":
             state = "running" if active else "interrupted"
+            note = _where_it_stands(manifest.kind, run_dir / name, running=active)
         rows.append(StageStatus(name, manifest.kind, state, manifest.duration_s,
                                 manifest.metrics if state in ("done", "stale") else {}, manifest.error, note))
     return rows
+
+
+def _where_it_stands(kind_name: str, stage_dir: Path, *, running: bool) -> str | None:
+    """What a running or interrupted stage has completed, as its kind's ``resume_point`` names it (a checkpoint; a
+    kind with rounds names the round), so status says where a long stage is, not only that it is running."""
+    try:
+        hook = stage_kind(kind_name).resume_point
+    except KeyError:  # a kind this tempa no longer has: the manifest still tells the state
+        return None
+    if hook is None:
+        return None
+    point = hook(stage_dir)
+    if running:
+        return f"so far: {point}" if point is not None else None
+    if point is None:
+        return "nothing complete to continue from: a re-run starts it over from step 0"
+    return f"the same recipe run again continues from {point}"

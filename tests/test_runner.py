@@ -480,6 +480,37 @@ def test_status_tells_running_from_interrupted(recipe, tmp_path):
                                      running_elsewhere=run_in_progress(run_dir))[1].reason
 
 
+def test_status_names_where_a_running_or_interrupted_stage_stands(recipe, tmp_path, monkeypatch):
+    """`tempa status` said only `interrupted` (or `running`) for a stage hours into training, or a preference stage in
+    its second round: it names what the stage has completed, as its kind's resume hook reports it (the checkpoint
+    of a training stage; the round, for a kind with rounds), and what a re-run does with it."""
+    def rounds_done(stage_dir: Path) -> str | None:  # a kind with rounds, reporting the way the hook is meant to
+        last = resume_point(stage_dir / "round-2")
+        return f"round 2, {last}" if last is not None else resume_point(stage_dir)
+
+    trains = dataclasses.replace(TOUCH, resumable=True, resume_point=rounds_done)
+    monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS[:-1], trains))
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    manifest = json_or_none(run_dir / "b" / MANIFEST)
+    manifest["status"] = "running"
+    (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
+    (run_dir / "b" / DONE).unlink()
+    names = load_recipe(recipe).names
+
+    row = stage_status(names, run_dir)[1]
+    assert (row.state, row.note) == ("interrupted", "nothing complete to continue from: a re-run starts it over from "
+                                                    "step 0")
+    checkpoint = run_dir / "b" / "round-2" / CHECKPOINTS_DIR / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / COMPLETE).write_text("")
+    row = stage_status(names, run_dir)[1]
+    assert (row.state, row.note) == ("interrupted", "the same recipe run again continues from round 2, checkpoint-2")
+    with RunLock(run_dir):
+        row = stage_status(names, run_dir)[1]
+        assert (row.state, row.note) == ("running", "so far: round 2, checkpoint-2")
+
+
 def test_a_rerun_that_removes_a_gguf_export_says_so_first(recipe, tmp_path, caplog):
     """`tempa export gguf RUN/final` writes into the last stage's final folder; a re-run of that stage clears
     the folder, so the plan and the run's log name the export files it removes (they were made from the

@@ -21,7 +21,7 @@ import html
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,8 @@ SAMPLE_PROMPTS = [
     "A shop sells pens at 3 for $2. How much do 12 pens cost?",
 ]
 SAMPLE_MAX_NEW_TOKENS = 64
+# Below this, a model's answers are fragments whatever the training did; the report says so beside its samples.
+SMALL_MODEL_PARAMETERS = 100_000_000
 SAMPLE_MAX_BYTES = 1024**3  # larger models are not sampled at report time (minutes per answer on a CPU)
 _SAMPLES_VERSION = 1  # bump when the cached samples' layout or decoding changes
 
@@ -466,6 +468,31 @@ def _weight_bytes(model: Path) -> int:
     return sum(p.stat().st_size for p in model.glob("*.safetensors"))
 
 
+def _parameters(model: Path) -> int | None:
+    """The model's parameter count from its config.json (None when transformers cannot build a model from it)."""
+    from transformers import AutoConfig
+
+    from tempa.recipes.estimate import count_parameters
+
+    try:
+        return count_parameters(AutoConfig.from_pretrained(model))[0]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def small_model_note(parameters: Mapping[str, int | None]) -> str:
+    """Why the samples of toy-sized models (the tiny default's 0.2M parameters) are a letter or two: a first-time
+    user, seeing single letters from every stage of the demo, took them for a broken run."""
+    small = {name: n for name, n in parameters.items() if n is not None and n < SMALL_MODEL_PARAMETERS}
+    if not small:
+        return ""
+    sizes = ", ".join(f"{html.escape(name)} {n / 1e6:.1f}M" for name, n in small.items())
+    return (f"<p class='note small-model'>parameters: {sizes}. A model this small (the size of tempa's tiny default, "
+            "made to try the pipeline on a CPU in minutes) writes a letter or a few words, however the run went: "
+            "these answers show that each stage's model loads and generates, not what a real base model would "
+            "write.</p>")
+
+
 def sample_generations(manifest: Manifest, model: Path,
                        prompts: Sequence[str] = SAMPLE_PROMPTS) -> dict[str, list[str]]:
     """The model's greedy answers to ``prompts`` in both thinking modes, cached by stage run and prompts."""
@@ -497,12 +524,14 @@ def samples_section(done: list[tuple[Manifest, StageResult]], languages: Sequenc
     if not models:
         return ""
     answers: dict[str, dict[str, list[str]]] = {}
+    parameters: dict[str, int | None] = {}
     skipped = []
     for m, model in models:
         if _weight_bytes(model) > SAMPLE_MAX_BYTES:
             skipped.append(m.name)
         else:
             answers[m.name] = sample_generations(m, model, prompts)
+            parameters[m.name] = _parameters(model)
     parts = []
     for i, prompt in enumerate(prompts):
         rows = "".join(
@@ -519,7 +548,7 @@ def samples_section(done: list[tuple[Manifest, StageResult]], languages: Sequenc
     asked = (f"tempa's example question in each of the recipe's languages ({', '.join(_example_languages(languages))})"
              if prompts is not SAMPLE_PROMPTS else f"tempa's {len(prompts)} fixed prompts (the same for every run)")
     return (f"<section id='samples'><h2>Sample generations</h2><p class='note'>greedy, at most "
-            f"{SAMPLE_MAX_NEW_TOKENS} new tokens, each stage's model, on {asked}</p>{note}"
+            f"{SAMPLE_MAX_NEW_TOKENS} new tokens, each stage's model, on {asked}</p>{note}{small_model_note(parameters)}"
             f"{''.join(parts)}</section>")
 
 

@@ -431,3 +431,29 @@ def test_the_reports_data_mix_counts_the_tool_rows_of_each_source():
     assert "<td>s0</td>" in page and "<td>0/10</td><td>3/10</td><td>none</td>" in page
     assert "<td>s1</td>" in page and "<td>0/10</td><td>0/10</td><td>none</td>" in page
     assert "<td>0/20</td><td>3/20</td><td>0</td></tr>" in page  # the total
+
+
+def test_the_samples_of_a_toy_sized_model_say_why_they_are_a_letter_or_two(tmp_path, tiny_model_dir, monkeypatch):
+    """The demo's samples (the tiny default, every stage) were single letters with nothing beside them, and a
+    first-time user took the run for broken: the page names each toy-sized model's parameter count and says what
+    such a model writes. A model of a real size gets no such note."""
+    from transformers import LlamaConfig
+
+    from tempa.recipes import report
+    from tempa.recipes.rundir import Manifest
+    from tempa.sft.stage_api import StageResult
+
+    real = tmp_path / "real"
+    LlamaConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=16, num_attention_heads=16,
+                vocab_size=32000).save_pretrained(real)  # ~270M parameters, counted from the config alone
+    monkeypatch.setattr(report, "sample_generations", lambda manifest, folder, prompts: {
+        "on": ["S"] * len(prompts), "off": ["S"] * len(prompts)})
+
+    def section(**models):
+        return report.samples_section([(Manifest(name=name, kind="sft", fingerprint="f", status="done",
+                                                 started_at=0.0), StageResult(model=folder))
+                                       for name, folder in models.items()])
+
+    page = " ".join(section(sft=tiny_model_dir, big=real).split())
+    assert "parameters: sft 0.2M. A model this small (the size of tempa's tiny default" in page
+    assert "small-model" not in section(big=real)

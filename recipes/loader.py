@@ -40,11 +40,13 @@ class LoadedRecipe:
     profiles: list[str] = field(default_factory=list)  # every profile the recipe offers
     path_warnings: list[str] = field(default_factory=list)  # references read as hub ids that look misspelt
 
-    def stage(self, name: str) -> StageConfigBase:
+    def stage(self, name: str, *, who: str | None = None) -> StageConfigBase:
+        """The stage called ``name``; ``who`` (a command-line flag) starts the error that names the stages."""
         for stage in self.stages:
             if stage.name == name:
                 return stage
-        raise RecipeError(f"{self.path}: no stage named '{name}' (stages: {', '.join(self.names)})")
+        raise RecipeError(f"{who + ': ' if who else ''}{self.path}: no stage named '{name}' (stages: "
+                          f"{', '.join(self.names)}){did_you_mean(name, self.names)}")
 
     def resolved(self, *, compact: bool = False) -> dict[str, Any]:
         """The recipe as it will run: every default filled in, local paths absolute, bake added.
@@ -336,7 +338,8 @@ def _stage_by_name(stages: list, name: str, override: str) -> dict:
     if name.isdigit() and int(name) < len(stages):
         return stages[int(name)]
     names = [s.get("name") for s in stages if isinstance(s, dict)]
-    raise RecipeError(f"--set {override}: no stage named '{name}' (stages: {', '.join(map(str, names))})")
+    raise RecipeError(f"--set {override}: no stage named '{name}' (stages: {', '.join(map(str, names))})"
+                      f"{did_you_mean(name, [str(n) for n in names])}")
 
 
 # --------------------------------------------------------------------------- validation

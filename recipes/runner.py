@@ -221,9 +221,9 @@ def plan_run(
     ``running_elsewhere``: another runner holds the run directory now (``tempa plan`` during a run), so an
     unfinished stage is running, not interrupted.
     """
-    for forced in (from_stage, only):
+    for flag, forced in (("--from", from_stage), ("--only", only)):
         if forced is not None:
-            loaded.stage(forced)  # unknown name -> RecipeError listing the stages
+            loaded.stage(forced, who=f"{flag} {forced}")  # unknown name -> RecipeError listing the stages
     base_fp = base_model_fingerprint(loaded)
     template_fp = digest(template_text(loaded))
     decisions: list[StageDecision] = []

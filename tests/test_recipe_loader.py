@@ -234,6 +234,8 @@ def test_set_with_unknown_stage_or_bad_syntax(tmp_path, data_file):
     path = write(tmp_path / "r.yaml", recipe_text())
     with pytest.raises(RecipeError, match=r"no stage named 'nope' \(stages: first\)"):
         load_recipe(path, ["stages.nope.train.learning_rate=1"])
+    with pytest.raises(RecipeError, match=r"no stage named 'frist' \(stages: first\); did you mean 'first'\?$"):
+        load_recipe(path, ["stages.frist.train.learning_rate=1"])
     with pytest.raises(RecipeError, match=r"expected KEY\.PATH=VALUE"):
         load_recipe(path, ["seed"])
 

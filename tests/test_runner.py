@@ -353,6 +353,9 @@ def test_unknown_stage_for_from(recipe, tmp_path):
 
     with pytest.raises(RecipeError, match="no stage named 'zz'"):
         plan_run(load_recipe(recipe), tmp_path / "run", from_stage="zz")
+    # a mistyped name is named with the flag and the stage it is a letter from
+    with pytest.raises(RecipeError, match=r"^--only bb: .*: no stage named 'bb' \(stages: a, b, c\); did you mean 'b'\?$"):
+        plan_run(load_recipe(recipe), tmp_path / "run", only="bb")
 
 
 def test_failed_stage_is_recorded_and_the_next_run_continues_there(recipe, tmp_path):

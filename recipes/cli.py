@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tempa {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run_dir_help = "the folder `tempa run` wrote (runs/<recipe name> under the folder it ran in, unless --run-dir)"
 
     def recipe_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("recipe", help="recipe YAML path, or the name of a shipped recipe (e.g. demo)")
@@ -73,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=_cmd_plan)
 
     status = sub.add_parser("status", help="each stage's state, time and key metrics")
-    status.add_argument("run_dir", type=Path)
+    status.add_argument("run_dir", type=Path, help=run_dir_help)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_cmd_status)
 
@@ -91,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=_cmd_schema)
 
     report = sub.add_parser("report", help="write RUN_DIR/report/index.html: curves, leaderboard, merge, template")
-    report.add_argument("run_dir", type=Path)
+    report.add_argument("run_dir", type=Path, help=run_dir_help)
     report.add_argument("--no-samples", action="store_true",
                         help="leave out the sample generations (each stage's model answering tempa's example "
                              "question in each of the recipe's languages, its model card's `languages`; for a recipe "
@@ -99,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     report.set_defaults(func=_cmd_report)
 
     push = sub.add_parser("push", help="upload a finished run's final model to the Hugging Face Hub")
-    push.add_argument("run_dir", type=Path)
+    push.add_argument("run_dir", type=Path, help=run_dir_help)
     push.add_argument("--repo", required=True, metavar="ORG/NAME", help="the model repo (created if missing)")
     push.add_argument("--gguf", action="store_true", help="also upload the GGUF files and Ollama Modelfile")
     push.add_argument("--private", action="store_true", help="create the repo private")

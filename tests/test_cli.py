@@ -33,6 +33,11 @@ def test_version_and_help(capsys):
         main(["plan", "--help"])
     plan_help = " ".join(capsys.readouterr().out.split())
     assert all(spec.name in plan_help for spec in GPUS.values()), plan_help
+    # the commands that read a run say which folder that is (a bare `run_dir` left a new user guessing)
+    for command in ("status", "report", "push"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "the folder `tempa run` wrote (runs/<recipe name>" in " ".join(capsys.readouterr().out.split())
 
 
 def test_bad_recipe_exits_nonzero_with_one_line_reason(tmp_path, capsys):

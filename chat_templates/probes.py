@@ -247,7 +247,6 @@ INVALID_INPUTS: tuple[InvalidInput, ...] = (
         "image part where text is required",
         [{"role": "user", "content": [{"type": "image", "url": "x.png"}]}],
     ),
-    InvalidInput("user without content", [{"role": "user"}]),
     InvalidInput(
         "non-string reasoning",
         [

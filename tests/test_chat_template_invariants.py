@@ -373,7 +373,6 @@ EXPECTED_ERRORS = {
     "non-string user content": "messages[0].content must be a string (or a list of text parts), got 42",
     "dict user content": "messages[0].content must be a string",
     "image part where text is required": "messages[0].content: list content must hold",
-    "user without content": "messages[0].content is missing",
     "non-string reasoning": "messages[1].reasoning_content must be a string",
     "unterminated think block": "messages[1].content starts with <think> but has no closing </think>",
     "thinking_mode not on/off": 'thinking_mode must be "on" or "off", got "maybe"',

@@ -11,7 +11,8 @@ messages joined), ``.Messages`` (role, content, thinking, tool calls), ``.Tools`
   so there the baked default is reached only by older versions: see :func:`ollama_default_note`;
 * the system prompt renders once, in the system block (system messages are not rendered again as turns);
 * assistant turns after the last user message carry their ``thinking`` (an agent's tool loop) with thinking
-  on; earlier ones render their answer only; tool calls and results as the Jinja template writes them;
+  on; earlier ones render their answer only; tool calls and results as the Jinja template writes them (a
+  Llama 3.1 message with two calls is refused, as there);
 * the reasoning sits in ``<think>{{ .Thinking }}</think>`` inside ``range .Messages``, which is how Ollama
   infers a template's thinking tags, so it offers the model as thinking-capable and parses the reasoning
   out of replies when ``think`` is on.
@@ -46,6 +47,12 @@ _LOOP_PREFIX = (
 _ARGUMENTS = (
     '{{ "{" }}{{ $first := true }}{{ range $k, $v := .Function.Arguments }}{{ if not $first }}, {{ end }}'
     '{{ json $k }}: {{ json $v }}{{ $first = false }}{{ end }}{{ "}" }}'
+)
+# Llama 3.1 writes one call per assistant message and the Jinja template refuses more; Go templates cannot raise,
+# but a failing builtin stops the render and Ollama returns its error, which quotes the call, sentence included.
+_ONE_CALL = (
+    '{{ if gt (len .ToolCalls) 1 }}{{ index "the Llama 3.1 format allows one tool call per assistant message" '
+    "1000 }}{{ end }}"
 )
 _GENERATION_PROMPT = "{{ if $think }}" + PREFILL["on"] + "{{ else }}" + PREFILL["off"] + "{{ end }}"
 
@@ -84,6 +91,7 @@ def _llama3(defaults: TemplateDefaults) -> str:
         "{{ .Content }}<|eot_id|>",
         '{{ else if eq .Role "assistant" }}<|start_header_id|>assistant<|end_header_id|>\n\n',
         _LOOP_PREFIX,
+        _ONE_CALL,
         "{{ $content := .Content }}{{ .Content }}",
         '{{ range .ToolCalls }}{{ if $content }}\n{{ end }}{"name": "{{ .Function.Name }}", "parameters": '
         + _ARGUMENTS + "}{{ end }}",

@@ -214,3 +214,19 @@ def test_tool_call_arguments_differ_only_as_go_json_writes_them(
     assert json.loads(written) == arguments
     assert "\\u0026" in written and "\\u003c" in written and "&" not in written
     assert go.replace(go_call, jinja_call) == expected
+
+
+def test_llama3_twin_refuses_parallel_calls_as_the_jinja_template_does(go_renderer: Path) -> None:
+    """Llama 3.1's format has one call per assistant message: the Jinja template refuses two (a template error in
+    transformers, vLLM and llama.cpp), so Ollama must not render them glued together as JSON the model never saw."""
+    import jinja2
+
+    messages, tools = PARALLEL
+    jinja = load_template("llama3_thinking")
+    with pytest.raises(jinja2.TemplateError, match="allows one tool call per assistant message"):
+        render_text(jinja, _as_jinja(messages), tools=tools, add_generation_prompt=True)
+    payload = {"template": ollama_template(jinja), "messages": messages, "tools": tools, "think": True,
+               "before_0_12_4": False}
+    result = subprocess.run([str(go_renderer)], input=json.dumps(payload), capture_output=True, text=True, check=False)
+    assert result.returncode == 1, result.stdout
+    assert "the Llama 3.1 format allows one tool call per assistant message" in result.stderr

@@ -16,7 +16,14 @@ from typing import Any
 from tempa.chat_templates.probes import INVALID_INPUTS, PROBES, Probe
 from tempa.chat_templates.rendering import mask_spans, render_with_tokenizer, token_ids, tokenize_chat
 from tempa.chat_templates.templates import template_defaults
-from tempa.chat_templates.thinking import MODES, THINK_CLOSE, THINK_OPEN, end_of_turn_token, mode_kwargs
+from tempa.chat_templates.thinking import (
+    MODES,
+    THINK_CLOSE,
+    THINK_OPEN,
+    TRIMMED,
+    end_of_turn_token,
+    mode_kwargs,
+)
 
 
 @dataclass(frozen=True)
@@ -191,7 +198,7 @@ def check_reasoning_by_mode(ctx: _Context) -> tuple[bool, str]:
         block = _last_think_block(text)
         if block is None:
             return False, f"{where}: the final turn has no think block"
-        if mode == "on" and block.strip() != probe.final_reasoning:
+        if mode == "on" and block.strip(TRIMMED) != probe.final_reasoning:
             return False, f"{where}: last think block holds {block!r}, expected {probe.final_reasoning!r}"
         if mode == "off":
             if block.strip():

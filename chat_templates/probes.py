@@ -62,6 +62,16 @@ def _probes() -> list[Probe]:
             answer="12",
         ),
         Probe(
+            # A Japanese paragraph indent (U+3000) is text, not whitespace the templates trim: every engine keeps it.
+            name="single turn, Japanese text with a paragraph indent",
+            messages=[
+                {"role": "user", "content": "\u3000東京の天気は？"},
+                {"role": "assistant", "content": "\u3000晴れです。", "reasoning_content": "\u3000天気を答える。"},
+            ],
+            final_reasoning="\u3000天気を答える。",
+            answer="\u3000晴れです。",
+        ),
+        Probe(
             name="single turn, no reasoning",
             messages=[
                 {"role": "user", "content": "Say hello."},

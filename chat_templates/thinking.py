@@ -8,8 +8,8 @@ inside transformers, vLLM and llama.cpp), and ``tests/test_chat_template_golden.
 
 The split rule (the one every reader of assistant text uses, and the templates too):
 
-1. Text that starts (after whitespace) with ``<think>`` opens a block; the first ``</think>`` after it
-   closes it. Inside is the reasoning, after it the answer. No ``</think>``: the block is unterminated.
+1. Text that starts (after ASCII whitespace, :data:`TRIMMED`) with ``<think>`` opens a block; the first
+   ``</think>`` after it closes it. Inside is the reasoning, after it the answer. No ``</think>``: the block is unterminated.
 2. Otherwise a ``</think>`` closes a block whose opening tag is missing (DeepSeek-R1's template prefills
    ``<think>\\n``, so raw R1 text starts inside the reasoning) only when it is the first ``</think>`` of
    the text and stands on a line of its own: nothing but spaces or tabs between it and the line breaks
@@ -48,6 +48,13 @@ STOP_TOKENS = (*END_OF_TURN_TOKENS, "<|eom_id|>")
 # End-of-document markers of pre-training (Llama 3, Qwen/GPT-2, Llama 2/Mistral, Gemma): what raw text ends with,
 # where the bake has made the tokenizer's eos the end-of-turn token.
 END_OF_TEXT_TOKENS = ("<|end_of_text|>", "<|endoftext|>", "</s>", "<eos>")
+
+
+# The whitespace the split rule and the templates trim from text: ASCII's only. Python's str.strip() also strips
+# Unicode's (U+3000, the ideographic space a Japanese paragraph starts with; U+00A0), but llama.cpp's C++ Jinja engine
+# strips only C isspace and minja only these four, so trimming more in the templates would make the GGUF render other
+# text than transformers. The templates spell the same four characters.
+TRIMMED = " \t\n\r"
 
 
 def generation_prefill(mode: ThinkingMode) -> str:
@@ -105,16 +112,16 @@ class ThinkSplit:
 
 def split_reasoning(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> ThinkSplit:
     """Split ``text`` into reasoning and answer (rule in the module docstring); other tags stay in the text."""
-    stripped = text.strip()
+    stripped = text.strip(TRIMMED)
     if stripped.startswith(open_tag):
         rest = stripped[len(open_tag) :]
         end = rest.find(close_tag)
         if end == -1:
-            return ThinkSplit(rest.strip(), "", opened=True, closed=False)
-        return ThinkSplit(rest[:end].strip(), rest[end + len(close_tag) :].strip(), opened=True, closed=True)
+            return ThinkSplit(rest.strip(TRIMMED), "", opened=True, closed=False)
+        return ThinkSplit(rest[:end].strip(TRIMMED), rest[end + len(close_tag) :].strip(TRIMMED), opened=True, closed=True)
     end = stripped.find(close_tag)
     if end != -1 and _on_own_line(stripped[:end], stripped[end + len(close_tag) :]):
-        return ThinkSplit(stripped[:end].strip(), stripped[end + len(close_tag) :].strip(), opened=False, closed=True)
+        return ThinkSplit(stripped[:end].strip(TRIMMED), stripped[end + len(close_tag) :].strip(TRIMMED), opened=False, closed=True)
     return ThinkSplit(None, stripped, opened=False, closed=False)
 
 

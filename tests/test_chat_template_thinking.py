@@ -82,6 +82,12 @@ SPLITS = [
     ("a\n</think> b", ThinkSplit(None, "a\n</think> b", opened=False, closed=False)),
     ("x <think>a</think> y", ThinkSplit(None, "x <think>a</think> y", opened=False, closed=False)),
     ("plain answer", ThinkSplit(None, "plain answer", opened=False, closed=False)),
+    # only ASCII whitespace is trimmed (C++ Jinja engines strip no other): a Japanese paragraph indent (U+3000)
+    # and a no-break space stay, and a tag after one is not leading
+    ("\u3000今日は晴れです。\u3000\n", ThinkSplit(None, "\u3000今日は晴れです。\u3000", opened=False, closed=False)),
+    ("<think>\n\u00a0plan\n</think>\n\n\u3000答え", ThinkSplit("\u00a0plan", "\u3000答え", opened=True, closed=True)),
+    ("\u3000<think>plan</think>answer",
+     ThinkSplit(None, "\u3000<think>plan</think>answer", opened=False, closed=False)),
 ]
 
 
@@ -205,3 +211,51 @@ def test_stock_preamble_renders_exactly_as_the_stock_llama31_template(case: str,
 def test_stock_preamble_must_be_a_boolean() -> None:
     with pytest.raises(jinja2.TemplateError, match="stock_preamble must be true or false"):
         render_text(load_template("llama3_thinking"), [{"role": "user", "content": "Hi"}], stock_preamble="yes")
+
+
+def _render_as_a_cpp_engine(template: str, messages: list[dict], strip_chars: str, **kwargs: object) -> str:
+    """Render the GGUF's template with the ``trim`` filter of a C++ Jinja engine: llama.cpp's own (since b7756,
+    ``common/jinja``) strips C ``isspace`` (" \\t\\n\\v\\f\\r"), minja (before it) " \\t\\n\\r"; Python's
+    ``str.strip()`` strips Unicode whitespace too. Everything else as transformers' environment has it."""
+    from tempa.chat_templates.rendering import compile_template
+    from tempa.merge.gguf_export import serving_template
+
+    environment = compile_template(template).environment.overlay()
+    environment.filters = {**environment.filters, "trim": lambda value, chars=None: value.strip(chars or strip_chars)}
+    return environment.from_string(serving_template(template)).render(messages=messages, **kwargs)
+
+
+# Japanese text starting a paragraph with an ideographic space (U+3000), and a no-break space, at every trimmed end.
+UNICODE_SPACED = [
+    {"role": "system", "content": "\u3000丁寧に答えてください。\u3000"},
+    {"role": "user", "content": "\u3000東京の天気は？\u00a0"},
+    {"role": "assistant", "content": "", "reasoning_content": "\u3000道具を呼ぶ。",
+     "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "東京"}}}]},
+    {"role": "tool", "content": "\u3000晴れ\u3000"},
+    {"role": "assistant", "content": "<think>\n\u3000晴れだ。\u3000\n</think>\n\n\u3000晴れです。\u3000"},
+    {"role": "user", "content": "\u3000大阪は？"},
+    {"role": "assistant", "content": "\u3000雨です。\u3000", "reasoning_content": "\u3000雨。"},
+]
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+@pytest.mark.parametrize("template_name", TEMPLATES)
+def test_unicode_whitespace_renders_the_same_in_python_and_cpp_jinja_engines(template_name: str, mode: str) -> None:
+    """llama-server renders the GGUF's template with a C++ engine whose trim strips ASCII whitespace only: a reply
+    beginning with U+3000 must render as transformers (training, vLLM) renders it, or a prompt differs from the
+    text the model was trained on."""
+    template = load_template(template_name)
+    for messages, kwargs in ((UNICODE_SPACED, {}), (UNICODE_SPACED[:-1], {"add_generation_prompt": True})):
+        kwargs = {**kwargs, "tools": [WEATHER_TOOL], **mode_kwargs(mode)}
+        expected = render_text(template, messages, **kwargs)
+        assert "\u3000晴れです。\u3000" in expected
+        for engine, chars in (("llama.cpp", " \t\n\v\f\r"), ("minja", " \t\n\r")):
+            assert _render_as_a_cpp_engine(template, messages, chars, **kwargs) == expected, engine
+    # and no strip without its characters, which the override above cannot reach (str.strip() itself)
+    from tempa.merge.gguf_export import serving_template
+
+    tree = jinja2.Environment().parse(serving_template(template))
+    strips = [node for node in tree.find_all(jinja2.nodes.Call)
+              if isinstance(node.node, jinja2.nodes.Getattr) and node.node.attr in ("strip", "lstrip", "rstrip")]
+    assert strips and all(len(node.args) == 1 for node in strips)
+    assert not [node for node in tree.find_all(jinja2.nodes.Filter) if node.name == "trim"]

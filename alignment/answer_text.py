@@ -33,7 +33,6 @@ from tempa.alignment.numbers import (
     plain_unit_numerals,
     unit_number,
 )
-from tempa.chat_templates.thinking import THINK_CLOSE, THINK_OPEN
 
 # LaTeX's \frac{3}{4}, \dfrac and \tfrac (\frac{-3}{4}, \frac{1.5}{2} too): one number, not two
 _FRAC = r"\\[dt]?frac\{[-−]?\d+(?:\.\d+)?\}\{\d+(?:\.\d+)?\}"
@@ -43,19 +42,6 @@ _FRAC_PARTS = r"\\[dt]?frac\{(\d+(?:\.\d+)?)\}\{(\d+(?:\.\d+)?)\}"
 # パーセント (ja), 퍼센트 (ko), சதவீதம் (ta)
 _PERCENT = (r"\s?(?:\\?%|(?i:per\s?cent|phần trăm|persen|peratus|porsiyento)(?![^\W\d_])|เปอร์เซ็นต์|パーセント|퍼센트"
             r"|சதவீதம்)")
-
-
-@functools.cache
-def _think_block_re(open_tag: str, close_tag: str) -> re.Pattern[str]:
-    return re.compile(rf"{re.escape(open_tag)}.*?(?:{re.escape(close_tag)}|\Z)", re.DOTALL)
-
-
-def outside_think(answer: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> str:
-    """``answer`` (the text after the template's think block) without any think block the model opened in it: its
-    text is reasoning, not an answer, and a block never closed runs to the end (a reply cut off while thinking gives
-    no answer). Both readers read the answer through this, so "<think>... the answer is 42" after a thinking-off
-    pre-fill is unanswered in the suite and wrong in the reward, as an answer in the template's block is."""
-    return _think_block_re(open_tag, close_tag).sub("", answer).strip()
 
 
 @functools.cache

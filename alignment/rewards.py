@@ -47,7 +47,6 @@ from tempa.alignment.answer_text import (
     committed_number,
     math_verify_timeout,
     numbers_agree,
-    outside_think,
     reference_number,
 )
 from tempa.alignment.backends import SamplingBackend, backend_reads, build_backend
@@ -63,7 +62,7 @@ from tempa.alignment.judge import (
 )
 from tempa.alignment.numbers import math_text
 from tempa.alignment.prompts import PromptRow
-from tempa.chat_templates.thinking import ThinkSplit, has_think_tags
+from tempa.chat_templates.thinking import ThinkSplit, has_think_tags, outside_think
 from tempa.sft import language
 from tempa.sft.stage_api import Read, StageError, resolve_path
 

@@ -20,6 +20,8 @@ The split rule (the one every reader of assistant text uses, and the templates t
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -130,6 +132,19 @@ def _on_own_line(before: str, after: str) -> bool:
     # is "" or starts with "\n".
     before, after = before.rstrip(" \t"), after.lstrip(" \t")
     return (not before or before.endswith("\n")) and (not after or after.startswith("\n"))
+
+
+@functools.cache
+def _think_block_re(open_tag: str, close_tag: str) -> re.Pattern[str]:
+    return re.compile(rf"{re.escape(open_tag)}.*?(?:{re.escape(close_tag)}|\Z)", re.DOTALL)
+
+
+def outside_think(answer: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> str:
+    """``answer`` (the text after the template's think block) without any think block the model opened in it: its
+    text is reasoning, not an answer, and a block never closed runs to the end (a reply cut off while thinking gives
+    no answer). Both readers read the answer through this, so "<think>... the answer is 42" after a thinking-off
+    pre-fill is unanswered in the suite and wrong in the reward, as an answer in the template's block is."""
+    return _think_block_re(open_tag, close_tag).sub("", answer).strip()
 
 
 def has_think_tags(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> bool:

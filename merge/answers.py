@@ -19,16 +19,21 @@ from tempa.alignment.answer_text import (
     committed_sentence,
     committing_lead_in,
     numbers_agree,
-    outside_think,
     read_number,
     reference_number,
 )
-from tempa.chat_templates.thinking import THINK_CLOSE, THINK_OPEN, has_think_tags, split_reasoning
+from tempa.chat_templates.thinking import (
+    THINK_CLOSE,
+    THINK_OPEN,
+    has_think_tags,
+    outside_think,
+    split_reasoning,
+)
 
 
 def final_answer_text(text: str, open_tag: str = THINK_OPEN, close_tag: str = THINK_CLOSE) -> str:
     """The user-visible answer: the text after the think block, without any block the model opened after it
-    (:func:`tempa.alignment.answer_text.outside_think`)."""
+    (:func:`tempa.chat_templates.thinking.outside_think`)."""
     return outside_think(split_reasoning(text, open_tag, close_tag).answer, open_tag, close_tag)
 
 

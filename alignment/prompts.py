@@ -19,7 +19,6 @@ import itertools
 import json
 import logging
 import math
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +39,7 @@ from tempa.chat_templates.one_line import first_line
 from tempa.chat_templates.thinking import THINKING_DEFAULT_CONTEXT
 from tempa.sft.curation import check_tool_results
 from tempa.sft.formats import FormatSpec, RowError, normalize_row, thinking_mode_of, tools_of, uses_tools
-from tempa.sft.mixing import thinking_on_count
+from tempa.sft.mixing import content_key, draw_ranks, thinking_on_count, thinking_picks
 from tempa.sft.stage_api import (
     Artifact,
     OnOffMixed,
@@ -79,7 +78,8 @@ class PromptSource(BaseModel):
     system_prompt: str | None = Field(default=None, description="System message prepended to every prompt "
                                       "that has none.")
     limit: int | None = Field(default=None, ge=1, description="Use at most this many prompts (after shuffling).")
-    shuffle: bool = Field(default=False, description="Shuffle (with the recipe seed) before applying `limit`.")
+    shuffle: bool = Field(default=False, description="Shuffle (with the recipe seed) before applying `limit`: a draw "
+                          "by each row's content, so a reordered file keeps the same prompts.")
     languages: list[str] | None = Field(
         default=None, description="Keep only prompts whose text the language detector places in one of these "
         "(ISO 639-1; applied before `limit`); a prompt without a `language` gets the detected one.",
@@ -115,7 +115,8 @@ class ThinkingSettings(BaseModel):
 
     mode: OnOffMixed = Field(
         default="on", description="`on`, `off`, or `mixed`: a seeded `ratio` share of the prompts on, the rest off "
-        "(exactly: ratio * prompts rounded half up, at least 1 and at most all but 1 when 0 < ratio < 1). Unset: "
+        "(exactly: ratio * prompts rounded half up, at least 1 and at most all but 1 when 0 < ratio < 1; drawn by each "
+        "prompt's content, as SFT's mixed sources are, so a reordered file keeps its modes). Unset: "
         "the recipe's `thinking_default`, the mode the model ships in.",
         json_schema_extra={"default_shown": "the recipe's `thinking_default`"},  # `on` only outside a recipe
     )
@@ -376,6 +377,20 @@ def _in_languages(prompts: Any, languages: list[str], limit: int | None) -> list
     return kept
 
 
+# The shuffle's own draw (tempa.sft.mixing numbers its draws 1-5): a prompt's place in it is not its place in the
+# thinking draw.
+_SHUFFLE_DRAW = 6
+
+
+def _shuffled(rows: list[Any], seed: int) -> list[int]:
+    """Row positions in a seeded order that goes by each row's content (bottom-k, :func:`tempa.sft.mixing.draw_ranks`):
+    `limit` then keeps the same prompts when the file is reordered, and those it kept but at the margin when it
+    grows (a permutation of positions drew other prompts for either)."""
+    keys = [content_key(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)) for row in rows]
+    ranks = draw_ranks(keys, seed, _SHUFFLE_DRAW)
+    return sorted(range(len(rows)), key=lambda i: (int(ranks[i]), i))
+
+
 def load_prompts(source: PromptSource, *, seed: int, thinking: ThinkingSettings | None = None,
                  with_tools: bool = False) -> list[PromptRow]:
     """The prompts in a stable order, each with its thinking mode decided (seeded for `mixed`); ``with_tools``: see
@@ -383,7 +398,7 @@ def load_prompts(source: PromptSource, *, seed: int, thinking: ThinkingSettings 
     rows, names = read_named_rows(source)
     order = list(range(len(rows)))
     if source.shuffle:
-        random.Random(seed).shuffle(order)
+        order = _shuffled(rows, seed)
     prompts_of = (to_prompt(rows[i], i, source, names[i], with_tools=with_tools) for i in order)
     if source.languages:
         prompts = _in_languages(prompts_of, source.languages, source.limit)
@@ -396,9 +411,11 @@ def load_prompts(source: PromptSource, *, seed: int, thinking: ThinkingSettings 
         unset = [prompt for prompt in prompts if prompt.thinking_mode is None]  # a row's own mode wins
         on: set[int] = set(range(len(unset))) if thinking.mode == "on" else set()
         if thinking.mode == "mixed":
-            # Exactly the documented share, not a coin flip per prompt (which can turn 0.5 of 6 into 6 of 6).
+            # Exactly the documented share, not a coin flip per prompt (which can turn 0.5 of 6 into 6 of 6), drawn
+            # as SFT's mixed sources are: by each prompt's content, so a reordered or grown file keeps its modes.
             count = thinking_on_count(thinking.ratio or 0.0, len(unset))
-            on = set(random.Random(seed + 1).sample(range(len(unset)), count))
+            keys = [content_key(json.dumps([p.messages, p.tools], sort_keys=True, ensure_ascii=False)) for p in unset]
+            on = set(thinking_picks(range(len(unset)), keys, seed, count, dict.fromkeys(range(len(unset)), True))[0])
         for index, prompt in enumerate(unset):
             prompt.thinking_mode = "on" if index in on else "off"
     return prompts

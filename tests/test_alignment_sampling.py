@@ -106,6 +106,30 @@ def test_resumed_transformers_samples_equal_an_uninterrupted_run(tmp_path, tiny_
     assert {r["thinking_mode"] for r in whole} <= {"on", "off"}
 
 
+def test_a_prompt_keeps_its_draw_when_its_file_is_reordered_or_grows(tmp_path):
+    # A team concatenates per-language files (id, th, vi, ta) in whatever order, and adds prompts later: the
+    # shuffled `limit` and the `mixed` thinking draw go by each prompt's content, not its line.
+    rows = [{"prompt": f"Pertanyaan {i}: berapa {i} tambah {i}?"} for i in range(40)]
+    thinking = ThinkingSettings(mode="mixed", ratio=0.5)
+
+    def drawn(name, file_rows, **source):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in file_rows))
+        return {p.question: p.thinking_mode
+                for p in load_prompts(PromptSource(path=str(path), **source), seed=42, thinking=thinking)}
+
+    whole = drawn("a.jsonl", rows)
+    assert sum(mode == "on" for mode in whole.values()) == 20
+    assert drawn("reversed.jsonl", rows[::-1]) == whole
+    grown = drawn("grown.jsonl", rows + [{"prompt": f"Soalan tambahan {i}?"} for i in range(10)])
+    old_on = {q for q, mode in whole.items() if mode == "on"}
+    grown_on = {q for q, mode in grown.items() if mode == "on" and q in whole}
+    assert grown_on <= old_on or old_on <= grown_on  # nested: the added rows move only the margin
+    limited = drawn("a.jsonl", rows, shuffle=True, limit=10)
+    assert drawn("reversed.jsonl", rows[::-1], shuffle=True, limit=10).keys() == limited.keys()
+    assert limited.keys() != set(list(whole)[:10])  # still a draw, not the file's head
+
+
 def test_prompt_loading_takes_reference_answers_and_thinking_modes(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in [

@@ -237,6 +237,10 @@ def run_round(
     label = f"round {round_index}"
     signature = {"policy": str(policy), "seed": seed, "prompts": [p.id for p in prompts],
                  "sampling": config.sampling.model_dump(mode="json"), "backend": fingerprinted(config.backend)}
+    if config.sampling.thinking.mode == "mixed":
+        # The draw, not the recipe, gives each prompt its mode: samples journaled under another draw (tempa's went by
+        # position before it went by content) would be paired and trained in a mode they were not sampled in.
+        signature["thinking_modes"] = [p.thinking_mode for p in prompts]
 
     # 1. sample k responses per prompt from the current policy
     policy_backend = LazyBackend(lambda: build_backend(

@@ -52,3 +52,41 @@ def test_a_failed_training_launch_resumes_without_resampling(tmp_path, tiny_mode
     assert (ctx.stage_dir / "round-1" / "samples.jsonl").read_text() == samples
     assert (ctx.stage_dir / "round-1" / "pairs.jsonl").read_text() == pairs
     assert result.metrics["round1_pairs"] == len(pairs.splitlines()) > 0
+
+
+def test_samples_journaled_under_another_thinking_draw_are_sampled_again(tmp_path, tiny_model_dir, monkeypatch):
+    # A kill after sampling, then a resume whose mixed draw gives the prompts other modes (the draw changed with
+    # tempa: it went by position, now by content): samples with a think block would be trained with thinking off.
+    from tempa.chat_templates import bake_tokenizer
+
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tok")
+
+    def launch(module: str, args: list[str], log_file: Path) -> None:
+        raise StageError("training process exited with code -9")
+
+    ctx = make_context(tmp_path / "run", "align", start_model=tiny_model_dir, tokenizer_dir=tmp_path / "tok",
+                       chat_template="", launch=launch)
+    config = PreferenceStageConfig.model_validate({
+        "name": "align", "prompts": {"path": PROMPTS, "limit": 4},
+        "sampling": {"n": 2, "max_new_tokens": 4, "batch_size": 4, "thinking": {"mode": "mixed", "ratio": 0.5}},
+        "rewards": [{"type": "length", "unit": "chars", "per_token": 0.01}],
+    })
+    with pytest.raises(StageError):  # no pair (the tiny model never ends a turn) or the killed launch
+        run_preference(config, ctx)
+    first = {r["id"]: r["thinking_mode"] for r in map(json.loads, (ctx.stage_dir / "round-1" / "samples.jsonl")
+                                                       .read_text().splitlines())}
+    assert sorted(first.values()) == ["off", "off", "on", "on"]
+    loaded = stage_module.load_prompts
+
+    def other_draw(*args, **kwargs):
+        prompts = loaded(*args, **kwargs)
+        for prompt in prompts:
+            prompt.thinking_mode = "off" if prompt.thinking_mode == "on" else "on"
+        return prompts
+
+    monkeypatch.setattr(stage_module, "load_prompts", other_draw)
+    with pytest.raises(StageError):
+        run_preference(config, ctx)
+    again = {r["id"]: r["thinking_mode"] for r in map(json.loads, (ctx.stage_dir / "round-1" / "samples.jsonl")
+                                                       .read_text().splitlines())}
+    assert again == {key: "off" if mode == "on" else "on" for key, mode in first.items()}

@@ -27,7 +27,16 @@ import re
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from tempa.alignment.backends import (
     BackendConfig,
@@ -192,6 +201,10 @@ class PairSettings(BaseModel):
         return self
 
 
+# The settings only on-policy rounds use (an offline round trains `offline`, `train` and `lora`).
+ON_POLICY_FIELDS = ("prompts", "sampling", "backend", "rewards", "pairs", "reference")
+
+
 class PreferenceStageConfig(StageConfigBase):
     """Preference alignment with trl's DPOTrainer: optionally first a round on an existing chosen/rejected
     dataset (`offline`), then on-policy rounds: sample k responses per prompt from the current policy,
@@ -250,6 +263,17 @@ class PreferenceStageConfig(StageConfigBase):
                              "set n: 2 or more (with temperature > 0), or pairs.strategy: revise")
         return self
 
+    @model_serializer(mode="wrap")
+    def _offline_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The dump is what the stage is fingerprinted by (and what its manifest shows): with no on-policy round
+        # the on-policy settings play no part, and a change to them (a profile keeping the full recipe's sampling)
+        # must not re-train the offline round.
+        dump = handler(self)
+        if self.rounds == 0:
+            for name in ON_POLICY_FIELDS:
+                dump.pop(name, None)
+        return dump
+
     @field_validator("backend")
     @classmethod
     def _policy(cls, value: Any) -> Any:
@@ -276,7 +300,10 @@ class PreferenceStageConfig(StageConfigBase):
         return args
 
     def reads(self, earlier: Sequence[str]) -> list[Read]:
-        """Earlier stages whose models a judge or the reviser names as `stage:NAME`."""
+        """Earlier stages whose models a judge or the reviser names as `stage:NAME` (none without on-policy rounds:
+        nothing reads them)."""
+        if self.rounds == 0:
+            return []
         reviser = self.pairs.revise.backend if self.pairs.revise else None
         return (judge_reads(self.rewards, ("rewards",)) + backend_reads(reviser, ("pairs", "revise", "backend"))
                 + (self.prompts.reads(("prompts",)) if self.prompts is not None else []))

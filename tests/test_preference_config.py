@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import re
 import textwrap
 from pathlib import Path
@@ -161,3 +162,42 @@ def test_recipe_with_both_stages_loads_and_plans(tmp_path, tiny_model_dir):
     recipe.write_text(recipe.read_text().replace("loss_type: ipo", "loss_tpye: ipo"))
     with pytest.raises(RecipeError, match="loss_tpye"):
         load_recipe(recipe)
+
+
+def test_an_offline_only_stage_is_fingerprinted_by_what_it_trains_on(tmp_path, tiny_model_dir):
+    # rounds: 0 trains the offline pairs alone (the shipped sea-lion-v3-70b-it tiny profile keeps the full recipe's
+    # prompts, sampling and rewards): changing what it never uses must not re-train it; what it uses still does.
+    from tempa.recipes.loader import load_recipe
+    from tempa.recipes.runner import plan_run
+
+    (tmp_path / "prompts.jsonl").write_text(Path(PROMPTS).read_text())
+    (tmp_path / "prefs.jsonl").write_text(json.dumps({"prompt": "2+2?", "chosen": "4", "rejected": "5"}) + "\n")
+    (tmp_path / "align.jsonl").write_text((tmp_path / "prompts.jsonl").read_text())
+    recipe = tmp_path / "r.yaml"
+
+    def fingerprint(stage: str) -> str:
+        recipe.write_text(textwrap.dedent(f"""
+            name: t
+            base_model: {tiny_model_dir}
+            stages:
+              - name: align
+                kind: sft
+                data: {{sources: [{{name: a, path: align.jsonl}}]}}
+              - name: dpo
+                kind: preference
+                offline: {{path: prefs.jsonl}}
+                {stage}
+        """))
+        return plan_run(load_recipe(recipe), tmp_path / "run")[1].fingerprint
+
+    unused = ("rounds: 0\n                prompts: {path: prompts.jsonl}\n                "
+              "sampling: {n: 4, temperature: 1.0}\n                rewards: [{type: format}]")
+    base = fingerprint(unused)
+    for changed in (unused.replace("temperature: 1.0", "temperature: 0.7"),
+                    unused.replace("[{type: format}]", "[{type: judge, backend: {type: transformers, "
+                                                       "model: 'stage:align'}}]"),
+                    unused.replace("prompts.jsonl", "align.jsonl"),
+                    "rounds: 0"):
+        assert fingerprint(changed) == base, changed
+    assert fingerprint(unused + "\n                train: {beta: 0.2}") != base
+    assert fingerprint(unused.replace("rounds: 0", "rounds: 1")) != base

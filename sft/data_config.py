@@ -121,8 +121,9 @@ class ColumnMapping(_Strict):
     thinking_mode: str | None = Field(
         default=None,
         description=(
-            "Column with the row's own thinking mode, `on` or `off` (null or empty: none), which wins over the "
-            "source's `thinking_mode`, as in prompt files; any other value rejects the row. Default: `thinking_mode`."
+            "Column with the row's own thinking mode, `on` or `off` (or true / false; null or empty: none), which wins "
+            "over the source's `thinking_mode`, as in prompt files; any other value rejects the row. Default: "
+            "`thinking_mode`."
         ),
     )
     role_names: dict[str, str] = Field(

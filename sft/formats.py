@@ -9,7 +9,7 @@ string, the legacy ``function_call``, and ``tool`` / ``function`` results); Shar
 ``completion``, also trl's conversational prompt/completion lists); ``instruction`` + ``input`` +
 ``output``. A row's ``tools`` (a list of definitions, or that list as a JSON string) come along, and so
 does its ``system`` column, as the first turn, in every format (LLaMA-Factory's ShareGPT keeps it there), and its
-own ``thinking_mode`` (``on`` / ``off``, :func:`thinking_mode_of`), which wins over its source's. A
+own ``thinking_mode`` (``on`` / ``off``, or true / false, :func:`thinking_mode_of`), which wins over its source's. A
 reasoning trace is read from a field (``reasoning_content``, ``reasoning``, ``thinking``) or from a think
 block in the answer, split by :func:`tempa.chat_templates.thinking.split_reasoning`.
 
@@ -33,6 +33,7 @@ from typing import Any, Literal
 from tempa.chat_templates.roles import TOOL_ROLES
 from tempa.chat_templates.thinking import split_reasoning
 from tempa.sft.data_config import ColumnMapping, DataError, SourceConfig
+from tempa.sft.stage_api import on_off_of_bool
 
 # Speaker names seen in the wild, mapped to the roles chat templates know.
 DEFAULT_ROLE_NAMES: dict[str, str] = {
@@ -202,10 +203,11 @@ def _optional_text(value: Any, what: str) -> str | None:
 
 
 def thinking_mode_of(value: Any, what: str) -> Literal["on", "off"] | None:
-    """A row's own thinking mode: ``on``, ``off``, or None when it gives none (missing, null, an empty cell); raises
-    :class:`RowError` naming ``what`` for anything else."""
+    """A row's own thinking mode: ``on``, ``off`` (or true / false, as other tools write it), or None when it gives
+    none (missing, null, an empty cell); raises :class:`RowError` naming ``what`` for anything else."""
     if _is_missing(value) or _is_blank_text(value):
         return None
+    value = on_off_of_bool(value)
     if value in ("on", "off"):
         return value
     raise RowError(f"{what} must be 'on' or 'off', got {value!r:.60}")

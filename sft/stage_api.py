@@ -43,14 +43,18 @@ Launch = Callable[[str, list[str], Path], None]
 Scalar = float | int | str | bool | None
 
 
-def _yaml_on_off(value: Any) -> Any:
-    # YAML 1.1 reads a bare `off` / `on` as a boolean: in an on/off field it means the mode.
+def on_off_of_bool(value: Any) -> Any:
+    """A boolean as the mode it stands for (true: "on", false: "off"); any other value as it is.
+
+    YAML 1.1 reads a bare `off` / `on` as a boolean, and data files written by other tools carry a row's
+    thinking mode as true/false: in an on/off field either means the mode.
+    """
     return ("on" if value else "off") if isinstance(value, bool) else value
 
 
 # Every on/off field of a recipe (thinking modes): `off`, "off" and false all read as "off".
-OnOff = Annotated[Literal["on", "off"], BeforeValidator(_yaml_on_off)]
-OnOffMixed = Annotated[Literal["on", "off", "mixed"], BeforeValidator(_yaml_on_off)]
+OnOff = Annotated[Literal["on", "off"], BeforeValidator(on_off_of_bool)]
+OnOffMixed = Annotated[Literal["on", "off", "mixed"], BeforeValidator(on_off_of_bool)]
 
 
 # The pydantic error type of a validator whose input may hold a secret (a URL with a password): the

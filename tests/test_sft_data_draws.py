@@ -179,8 +179,8 @@ def test_the_thinking_mode_column_can_be_named(tmp_path: Path) -> None:
         normalize_row({**row, "mode": "off", "thinking_mode": "on"}, spec_for(source)).thinking_mode == "off"
     )
     assert normalize_row({**row, "thinking_mode": "on"}, spec_for(source)).thinking_mode is None
-    with pytest.raises(RowError, match=r"^'mode' must be 'on' or 'off', got True$"):
-        normalize_row({**row, "mode": True}, spec_for(source))
+    with pytest.raises(RowError, match=r"^'mode' must be 'on' or 'off', got 1$"):
+        normalize_row({**row, "mode": 1}, spec_for(source))
 
 
 def test_a_row_whose_tools_hold_a_value_json_has_no_form_for_still_gets_its_draw_key():

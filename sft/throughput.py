@@ -277,7 +277,28 @@ def _no_peak(args: Any) -> str:
 
 
 class ProgressLine(TrainerCallback):
-    """One ``[tempa]`` line per training log (the runner shows these; tqdm bars stay in the log file)."""
+    """One ``[tempa]`` line per training log (the runner shows these; tqdm bars stay in the log file).
+
+    transformers logs every ``logging_steps`` only, so a stage shorter than that (tempa's default is 10), or what a
+    resume leaves of one, showed no step line until it ended and kept no loss of its own; its last steps were in no
+    log either. So the first step of a run that reaches no logging step is logged, and the last step always.
+    """
+
+    def __init__(self) -> None:
+        self._start = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start = state.global_step  # non-zero after a resume
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # every process decides alike: the Trainer's log gathers the loss from all of them
+        every = state.logging_steps
+        if getattr(args.logging_strategy, "value", args.logging_strategy) != "steps" or not every:
+            return
+        first_logged = (self._start // every + 1) * every
+        if state.global_step >= state.max_steps or (
+                state.global_step == self._start + 1 and first_logged > state.max_steps):
+            control.should_log = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or ("loss" not in logs and "eval_loss" not in logs):

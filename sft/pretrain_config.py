@@ -11,7 +11,7 @@ Continued pre-training (SEA-LION v3 on ~200B tokens, Swallow on ~200B from Llama
       train:
         learning_rate: 1.0e-5
         lr_scheduler_type: warmup_stable_decay
-        lr_scheduler_kwargs: {num_decay_steps: 2000}
+        lr_scheduler_kwargs: {num_decay_steps: 0.1}   # a tenth of the steps, whatever the budgets make them
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ class PretrainStageConfig(StageConfigBase):
     train: dict[str, Any] = Field(
         default_factory=dict,
         description="Any trl SFTConfig field. Defaults: loss on all tokens, BFD packing, warmup_stable_decay "
-        "(give lr_scheduler_kwargs.num_decay_steps), max_length 4096.",
+        "(give lr_scheduler_kwargs.num_decay_steps: steps, or below 1 a fraction of the steps trained, which follows "
+        "the token budgets), max_length 4096.",
     )
 
     @field_validator("train")

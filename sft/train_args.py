@@ -284,6 +284,7 @@ def check_scheduler(spec: TrainArgSpec, name: Any, kwargs: Mapping[str, Any]) ->
     if missing:
         example = ", ".join(f"{m}: ..." for m in missing)
         raise ValueError(f"'lr_scheduler_type': {name} needs lr_scheduler_kwargs: {{{example}}}")
+    _check_step_kwargs(kwargs)
     takes = spec.scheduler_kwargs.get(key)
     unknown = [arg for arg in kwargs if takes is not None and arg not in takes]
     if unknown:  # (the list is short: it says what was meant better than a guess)
@@ -301,6 +302,34 @@ def _enum_choices(tp: Any) -> tuple[str, ...]:
     return tuple(str(member.value) for member in enums[0])
 
 
+# lr_scheduler_kwargs that count optimizer steps (WSD's): like warmup_steps, a value below 1 is a fraction of the
+# steps the stage trains, so a recipe whose token budget or epochs change keeps its schedule's shape.
+STEP_KWARGS = ("num_decay_steps", "num_stable_steps")
+
+
+def steps_of(value: float, total: int) -> int:
+    """A count of optimizer steps as transformers reads ``warmup_steps``: below 1, that fraction of ``total`` rounded
+    up; otherwise the steps themselves."""
+    return math.ceil(value * total) if 0 < value < 1 else int(value)
+
+
+def scheduler_kwargs_in_steps(kwargs: Mapping[str, Any], total: int) -> dict[str, Any]:
+    """``lr_scheduler_kwargs`` with its step counts (:data:`STEP_KWARGS`) in steps of a run of ``total`` steps."""
+    return {key: steps_of(value, total) if key in STEP_KWARGS and isinstance(value, int | float) else value
+            for key, value in kwargs.items()}
+
+
+def _check_step_kwargs(kwargs: Mapping[str, Any]) -> None:
+    for key in STEP_KWARGS:
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or (
+                value >= 1 and value != int(value)):
+            raise ValueError(f"'lr_scheduler_kwargs': {key} must be a number of steps, or a fraction below 1 of the "
+                             f"steps the stage trains, got {value!r}")
+
+
 def schedule_problem(train_args: Mapping[str, Any], steps: int) -> str | None:
     """Why the learning-rate schedule does not fit ``steps`` optimizer steps (one line), or None.
 
@@ -310,7 +339,7 @@ def schedule_problem(train_args: Mapping[str, Any], steps: int) -> str | None:
     if steps <= 0:
         return None
     warmup = float(train_args.get("warmup_steps") or 0)
-    warmup_steps = math.ceil(warmup * steps) if 0 < warmup < 1 else int(warmup)
+    warmup_steps = steps_of(warmup, steps)
     scheduler = train_args.get("lr_scheduler_type")
     # every step is a warmup step, which starts at 0: a 1-step stage learns nothing (these two take no warmup)
     if warmup_steps >= steps and scheduler not in ("constant", "reduce_lr_on_plateau"):
@@ -319,9 +348,9 @@ def schedule_problem(train_args: Mapping[str, Any], steps: int) -> str | None:
                 "train more steps")
     if scheduler != "warmup_stable_decay":
         return None
-    decay = int((train_args.get("lr_scheduler_kwargs") or {}).get("num_decay_steps") or 0)
+    decay = steps_of(float((train_args.get("lr_scheduler_kwargs") or {}).get("num_decay_steps") or 0), steps)
     if warmup_steps + decay <= steps:
         return None
     return (f"warmup_stable_decay warms up over {warmup_steps} and decays over {decay} steps (num_decay_steps), "
             f"more than the {steps:,} steps it trains: the learning rate never holds its peak; set "
-            f"lr_scheduler_kwargs.num_decay_steps to about {max(1, steps // 5):,} (a fifth of the steps)")
+            "lr_scheduler_kwargs.num_decay_steps to a fraction, e.g. 0.2 (a fifth of the steps, however many they are)")

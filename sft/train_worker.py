@@ -11,6 +11,7 @@ either whole or absent.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import signal
@@ -37,7 +38,7 @@ from tempa.sft.packed_attention import DOC_SDPA, supports_document_attention
 from tempa.sft.packed_attention import register as register_document_attention
 from tempa.sft.throughput import ThroughputMeter, add_throughput_callbacks
 from tempa.sft.trackers import CONFIG_TRACKERS, named_trackers, recipe_callback
-from tempa.sft.train_args import schedule_problem
+from tempa.sft.train_args import schedule_problem, scheduler_kwargs_in_steps
 from tempa.sft.train_plan import OUTCOME_FILE, ParameterShards, TrainOutcome, TrainPlan
 
 
@@ -292,6 +293,26 @@ class ScheduleCheck(TrainerCallback):
             print(f"[tempa] warning: {problem}", flush=True)
 
 
+class StepFractions:
+    """A trainer mixin: ``lr_scheduler_kwargs`` step counts given as a fraction (``num_decay_steps: 0.2``) become steps
+    of this run, as transformers does for ``warmup_steps``.
+
+    Only the Trainer knows the run's steps, and ``create_scheduler`` is where it hands them to the schedule (the
+    DeepSpeed integration calls it too, on a copy of the trainer, hence a method and not a wrapped attribute).
+    """
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None):
+        self.args.lr_scheduler_kwargs = scheduler_kwargs_in_steps(self.args.lr_scheduler_kwargs or {},
+                                                                  num_training_steps)
+        return super().create_scheduler(num_training_steps=num_training_steps, optimizer=optimizer)
+
+
+@functools.cache
+def with_step_fractions(trainer_class: type) -> type:
+    """``trainer_class`` with :class:`StepFractions` (same name: logs and model cards stay trl's)."""
+    return type(trainer_class.__name__, (StepFractions, trainer_class), {"__module__": __name__})
+
+
 def no_step_message(args, rows: int | str) -> str:
     """Why a trainer took no step, in the terms of its batch: an RL trainer's batches count completions, and it
     samples whole generation batches of prompts (dropping the rest)."""
@@ -405,7 +426,7 @@ def sft_trainer(plan: TrainPlan, tokenizer, kernels: KernelChoice):
     if eval_dataset is not None and config.eval_strategy == "no":
         config.eval_strategy = "steps" if config.save_strategy == "steps" else "epoch"
         config.eval_steps = config.eval_steps or config.save_steps
-    trainer = SFTTrainer(
+    trainer = with_step_fractions(SFTTrainer)(
         model=str(plan.start_model),
         args=config,
         train_dataset=train_dataset,
@@ -425,7 +446,7 @@ def dpo_trainer(plan: TrainPlan, tokenizer, kernels: KernelChoice):
 
     config = DPOConfig(**trl_config_kwargs(plan, kernels))
     config.model_init_kwargs = _quantised_init(plan, config.model_init_kwargs)
-    trainer = DPOTrainer(
+    trainer = with_step_fractions(DPOTrainer)(
         model=str(plan.start_model),
         ref_model=_reference_model(plan, config),
         args=config,
@@ -504,7 +525,7 @@ def rl_trainer(plan: TrainPlan, tokenizer, kernels: KernelChoice):
         kwargs["vllm_mode"] = generation.vllm_mode
     config = config_class(**kwargs)
     config.model_init_kwargs = _quantised_init(plan, config.model_init_kwargs)
-    trainer = trainer_class(
+    trainer = with_step_fractions(trainer_class)(
         model=str(plan.start_model),
         reward_funcs=load_rewards(plan, tokenizer),
         args=config,

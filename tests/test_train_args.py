@@ -151,8 +151,8 @@ def test_a_warmup_stable_decay_longer_than_the_run_is_named_with_its_steps(capsy
            "warmup_steps": 0.02}
     assert schedule_problem(wsd, 9) == (
         "warmup_stable_decay warms up over 1 and decays over 200 steps (num_decay_steps), more than the 9 steps it "
-        "trains: the learning rate never holds its peak; set lr_scheduler_kwargs.num_decay_steps to about 1 (a "
-        "fifth of the steps)")  # warmup: 0.02 of 9 steps, rounded up as transformers does
+        "trains: the learning rate never holds its peak; set lr_scheduler_kwargs.num_decay_steps to a fraction, e.g. "
+        "0.2 (a fifth of the steps, however many they are)")  # warmup: 0.02 of 9 steps, rounded up as transformers does
     assert schedule_problem(wsd, 205) is None and schedule_problem(wsd, 204) is not None  # ceil(4.08) + 200 > 204
     assert schedule_problem({**wsd, "warmup_steps": 5, "lr_scheduler_kwargs": {"num_decay_steps": 10}}, 14)
     assert schedule_problem({**wsd, "lr_scheduler_type": "cosine"}, 9) is None  # other schedules scale with the run

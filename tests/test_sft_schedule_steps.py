@@ -48,6 +48,13 @@ def test_a_decay_below_one_is_a_fraction_of_the_steps(tiny_model_dir, data, tmp_
     assert rates[80] == 1.0 and rates[81] < 1.0 and rates[-1] < 0.01
 
 
+def test_a_warmup_starts_at_zero_so_its_first_step_trains_nothing(tiny_model_dir, data, tmp_path):
+    """What README says of warmup_steps: transformers' warmup gives the first step a rate of 0 and reaches the peak at
+    step warmup_steps + 1, so a warmup costs a step; tempa keeps transformers' schedule as it is."""
+    rates = learning_rates(tiny_model_dir, data, tmp_path / "w", 10, lr_scheduler_type="linear", warmup_steps=2)
+    assert rates[:3] == [0.0, 0.5, 1.0]
+
+
 @pytest.mark.parametrize("value", [1.5, 0, -0.2, "0.2", True])
 def test_a_decay_that_is_neither_steps_nor_a_fraction_fails_at_load(value):
     from tempa.sft.train_args import check_train_args

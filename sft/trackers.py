@@ -11,11 +11,15 @@ an integration that is not installed fails at load, in one line, instead of an h
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tempa.sft.files import write_atomic
 from tempa.sft.suggest import did_you_mean
 
 # integration -> the modules transformers' is_<name>_available() looks for (all must be importable)
@@ -116,3 +120,74 @@ def tracker_log(report_to: Any, *, output_dir: Path, run_name: str) -> Iterator[
     finally:
         for callback in callbacks:
             callback.on_train_end(args, state, control)
+
+
+# In a training's checkpoints folder: its wandb run id and the last step its trackers were given.
+TRACKER_RECORD = "trackers.json"
+
+
+def tracker_record(checkpoints_dir: Path, *, resumed: bool) -> dict[str, Any]:
+    """What this training's trackers were given so far: the record of the run it resumes, or a new one (a new wandb
+    run id, no step logged) when it starts over or the run it resumes kept none."""
+    path = Path(checkpoints_dir) / TRACKER_RECORD
+    if resumed:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(record.get("wandb_run_id"), str) and isinstance(record.get("logged_step"), int):
+                return record
+        except (OSError, ValueError, AttributeError):
+            pass
+    record = {"wandb_run_id": uuid.uuid4().hex[:16], "logged_step": 0}
+    write_atomic(path, json.dumps(record) + "\n")
+    return record
+
+
+def wandb_run_env(record: Mapping[str, Any]) -> dict[str, str]:
+    """The environment that has transformers' WandbCallback (``wandb.init``, which reads it) continue the record's run:
+    without an id every launch, a resume too, opened a new run of the same name. {} when the user set WANDB_RUN_ID."""
+    if os.environ.get("WANDB_RUN_ID"):
+        return {}
+    return {"WANDB_RUN_ID": str(record["wandb_run_id"]), "WANDB_RESUME": "allow"}
+
+
+def continue_trackers(trainer: Any, checkpoints_dir: Path, *, resumed: bool) -> None:
+    """Have a resumed training continue its trackers' curves instead of logging its first steps twice.
+
+    A stage killed at step 30 resumes from its checkpoint at step 25: the steps 26-30 it trains again were already
+    logged, and a tracker drew them a second time (wandb in a second run, TensorBoard in a second event folder). So
+    the trackers (transformers' integration callbacks) skip the steps the record says they were given, and the record
+    follows each log; wandb continues the same run (:func:`wandb_run_env`). The progress line and the Trainer's own
+    log history keep every step. Call before ``train()``.
+    """
+    names = named_trackers(trainer.args.report_to)
+    if not names or not trainer.is_world_process_zero():  # the trackers write from process zero only
+        return
+    from transformers import TrainerCallback
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    record = tracker_record(checkpoints_dir, resumed=resumed)
+    if "wandb" in names:
+        os.environ.update(wandb_run_env(record))
+    done = record["logged_step"]
+    integrations = tuple(get_reporting_integration_callbacks(names))
+    for callback in trainer.callback_handler.callbacks:
+        if done and isinstance(callback, integrations):
+            callback.on_log = _from_step(done + 1, callback.on_log)
+    path = Path(checkpoints_dir) / TRACKER_RECORD
+
+    class RecordLogged(TrainerCallback):  # after the trackers: what they were given is on record
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.global_step > record["logged_step"]:
+                record["logged_step"] = state.global_step
+                write_atomic(path, json.dumps(record) + "\n")
+
+    trainer.add_callback(RecordLogged())
+
+
+def _from_step(first: int, on_log: Callable[..., Any]) -> Callable[..., Any]:
+    def logged_from(args, state, control, **kwargs):
+        if state.global_step >= first:
+            return on_log(args, state, control, **kwargs)
+        return None
+
+    return logged_from

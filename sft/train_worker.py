@@ -37,7 +37,7 @@ from tempa.sft.kernels import (
 from tempa.sft.packed_attention import DOC_SDPA, supports_document_attention
 from tempa.sft.packed_attention import register as register_document_attention
 from tempa.sft.throughput import ThroughputMeter, add_throughput_callbacks
-from tempa.sft.trackers import CONFIG_TRACKERS, named_trackers, recipe_callback
+from tempa.sft.trackers import CONFIG_TRACKERS, continue_trackers, named_trackers, recipe_callback
 from tempa.sft.train_args import schedule_problem, scheduler_kwargs_in_steps
 from tempa.sft.train_plan import OUTCOME_FILE, ParameterShards, TrainOutcome, TrainPlan
 
@@ -343,6 +343,7 @@ def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *
     resume = last_complete_checkpoint(plan.checkpoints_dir)
     if resume is not None and trainer.is_world_process_zero():
         print(f"[tempa] resuming from {resume}", flush=True)
+    continue_trackers(trainer, plan.checkpoints_dir, resumed=resume is not None)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.state.global_step <= 0:
         # Trainer "succeeds" without a single step (e.g. fewer rows than one batch per process):

@@ -271,7 +271,8 @@ class MergeStageConfig(StageConfigBase):
         "slerp's `t` is 0.5 (the midpoint); every other parameter keeps mergekit's default.",
     )
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
-        default=None, description="Dtype of the arithmetic (default: mergekit's choice from the inputs)."
+        default=None, description="Dtype of the arithmetic (default: float32, rounded once to `out_dtype` when saved; "
+        "mergekit's own choice, the inputs' dtype, rounded bf16 task vectors and their weights at every step)."
     )
     out_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         default=None, description="Dtype of the saved weights (default: `dtype` if set, else the dtype the merged "

@@ -5,7 +5,7 @@ folder, checked to exist and to hold safetensors weights: mergekit would unpickl
 only ``pytorch_model.bin`` (even while merely indexing it), so such a folder is refused before
 mergekit sees it. Merges run tensor by tensor (safetensors read with pread, see
 ``tensor_reader``), writing shards as they go, so a merge needs little more RAM than the largest
-tensor times the number of inputs, plus one output shard.
+tensor in float32 (the arithmetic's default dtype) times the number of inputs, plus one output shard.
 """
 
 from __future__ import annotations
@@ -143,6 +143,17 @@ def output_dtype(config: MergeStageConfig, models: list[MergeInput]) -> str | No
     return found.pop() if len(found) == 1 else "float32"
 
 
+def arithmetic_dtype(config: MergeStageConfig, inputs: list[MergeInput]) -> str | None:
+    """The dtype the merge computes in: ``dtype``, else float32 when every input is saved in float32, bfloat16 or
+    float16. Left to mergekit, the task-vector methods (ties, dare, della, task_arithmetic, ...) compute in the
+    base's dtype: bf16 checkpoints got bf16 task vectors, their weights rounded to bf16 (0.3 became 0.30078) and bf16
+    sums, so about half the merged values were off by a bit or more. In float32 each value is rounded once, when it is
+    saved (:func:`output_dtype`); the cost is twice the memory per tensor while it is merged."""
+    if config.dtype:
+        return config.dtype
+    return "float32" if all(saved_dtype(model.path) is not None for model in inputs) else None
+
+
 def _per_model(value: float | list[float] | None, index: int) -> float | None:
     if isinstance(value, list):
         return value[index]
@@ -184,7 +195,7 @@ def build_mergekit_config(config: MergeStageConfig, models: list[MergeInput], ba
         models=entries,
         base_model=None if base is None else _reference(base.path),
         parameters=dict(config.parameters) or None,
-        dtype=config.dtype,
+        dtype=arithmetic_dtype(config, models + ([base] if base is not None else [])),
         out_dtype=output_dtype(config, models),
     )
 

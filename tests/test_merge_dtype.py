@@ -89,3 +89,21 @@ def test_an_index_naming_no_shard_tells_no_dtype(tmp_path):
 
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {}}))
     assert saved_dtype(tmp_path) is None
+
+
+def test_bf16_checkpoints_are_merged_in_float32_and_rounded_once(tmp_path, tiny_model_dir, bf16_checkpoints):
+    # Left to mergekit, task-vector methods compute in the inputs' dtype: bf16 differences, the weights rounded to bf16
+    # (0.3 -> 0.30078), bf16 sums. The merge is the formula in float32, rounded once to the bf16 it is saved in.
+    base = checkpoint_in(tiny_model_dir, tmp_path / "base", torch.bfloat16, seed=9)
+    out = merged(tmp_path, base, method="task_arithmetic", models=[str(p) for p in bf16_checkpoints],
+                 weights=[0.3, 0.7])
+    b, x, y = (load_file(folder / "model.safetensors") for folder in (base, *bf16_checkpoints))
+    result = load_file(out / "model.safetensors")
+    wrong = total = 0
+    for key, value in result.items():
+        expected = b[key].float() + 0.3 * (x[key].float() - b[key].float()) + 0.7 * (y[key].float() - b[key].float())
+        assert value.dtype == torch.bfloat16
+        wrong += int((value != expected.to(torch.bfloat16)).sum())
+        total += value.numel()
+    # (float32 arithmetic may still round a last bit differently where the order of the sums differs: a few in 10^3)
+    assert wrong / total < 0.005, f"{wrong} of {total} merged values are not the float32 merge rounded to bf16"

@@ -333,7 +333,17 @@ class MergeStageConfig(StageConfigBase):
             # the merge refused it after every stage before it had trained
             raise ValueError(f"base_model: {self.base_model!r} is not one of `models` {self.models}; {self.method} "
                              f"takes its base from the models it merges: name it as it is written in `models`")
-        check_input_count(spec, count, role)
+        if role == "first_input" and self.base_model is not None and self.select is not None:
+            # Whether the base is among the models select picks is known only once the leaderboard ranks them; when it
+            # is not, the method gets one input more than it takes, and the merge failed after all training.
+            raise ValueError(f"base_model: {self.method} takes its base from the {count} models it merges, and `select` "
+                             f"picks them by rank once {self.evaluate_stage} has scored them, so {self.base_model!r} "
+                             f"may not be among them; drop base_model (the best-ranked model is the base) or list the "
+                             f"`models:` to merge")
+        try:
+            check_input_count(spec, count, role)
+        except ValueError as error:
+            raise ValueError(f"{'select.top_k' if self.select is not None else 'models'}: {error}") from None
         for name, value in PARAMETER_DEFAULTS.get(self.method, {}).items():
             self.parameters.setdefault(name, value)
         check_method_parameters(spec, self.parameters)
@@ -382,7 +392,7 @@ class MergeStageConfig(StageConfigBase):
 def selection_notes(stages: Sequence[StageConfigBase]) -> list[str]:
     """For `tempa plan`: what a merge's `select` needs that only the run can tell, one line each: enough
     candidates for `top_k` where the recipe does not fix their count (the loader refuses a `top_k` above the
-    most there can be), and a two-model method's `base_model` among the models selected."""
+    most there can be)."""
     by_name = {stage.name: stage for stage in stages}
     notes = []
     for stage in stages:
@@ -399,8 +409,4 @@ def selection_notes(stages: Sequence[StageConfigBase]) -> list[str]:
                 notes.append(f"stage '{stage.name}': select.top_k {top_k}: whether {evaluate.name} scores that many "
                              f"candidates is known only once it runs: {count.low} at least, {most} ({count.how}); "
                              f"fewer than {top_k} fails the merge")
-        if stage.base_model is not None and stage.base_role(top_k) == "first_input":
-            notes.append(f"stage '{stage.name}': base_model {stage.base_model!r} must be among the {top_k} models "
-                         f"select picks from {evaluate.name}'s leaderboard, known only once it is ranked; the merge "
-                         "fails otherwise")
     return notes

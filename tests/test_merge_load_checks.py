@@ -109,16 +109,25 @@ def test_a_slerp_base_model_not_among_its_models_is_refused_at_load(tmp_path):
     assert load_recipe(recipe).stage("merge").base_model == "sft"
 
 
-def test_a_slerp_base_model_with_select_is_said_by_plan(tmp_path, capsys):
-    recipe = two_stage_recipe(
-        tmp_path, dpo_train="{max_steps: 4}", top_k=2, merge="method: slerp\n            base_model: sft"
-    )
-    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
-    out = " ".join(capsys.readouterr().out.split())
-    assert (
-        "stage 'merge': base_model 'sft' must be among the 2 models select picks from evaluate's leaderboard"
-        in out
-    )
+def test_a_slerp_base_model_or_top_k_select_cannot_honour_is_refused_at_load(tmp_path):
+    # slerp merges exactly two models, its base among them: with `select`, whether `base_model` is among the two best
+    # is known only once they are ranked, and a third model fails the merge; both failed after all training.
+    train = "{max_steps: 4, save_steps: 1}"  # dpo keeps 2 checkpoints, plus sft: 3 candidates
+    recipe = two_stage_recipe(tmp_path, dpo_train=train, top_k=2, merge="method: slerp\n            base_model: sft")
+    with pytest.raises(RecipeError) as error:
+        load_recipe(recipe)
+    assert str(error.value).startswith(
+        f"{recipe}:20: stages[3].base_model (stage 'merge'): slerp takes its base from the 2 models it merges, and "
+        "`select` picks them by rank once evaluate has scored them, so 'sft' may not be among them"
+    ), str(error.value)
+    recipe = two_stage_recipe(tmp_path, dpo_train=train, top_k=3, merge="method: slerp")
+    with pytest.raises(RecipeError) as error:
+        load_recipe(recipe)
+    assert str(error.value).startswith(
+        f"{recipe}:21: stages[3].select.top_k (stage 'merge'): method slerp: requires exactly 2 inputs; got 3"
+    ), str(error.value)
+    # The two best, the best as the base: loads.
+    assert load_recipe(two_stage_recipe(tmp_path, dpo_train=train, top_k=2, merge="method: slerp"))
 
 
 @pytest.mark.parametrize("kind", ["rl", "pretrain"])

@@ -26,6 +26,8 @@ from tempa.merge.leaderboard import (
     Leaderboard,
     LeaderboardRow,
     is_headline,
+    metrics_from_json,
+    metrics_json,
     write_leaderboard,
 )
 from tempa.merge.suites import CandidateScorer, import_lm_eval, loss_rows_problem, suite_row_problem
@@ -274,13 +276,13 @@ def _score_each(config, ctx, candidates, backend_factory, rows, pairwise, track)
         key = cache_key(config, candidate.path, ctx, rows)
         cached_path = cache_dir / f"{key}.json"
         if cached_path.exists():
-            metrics = json.loads(cached_path.read_text(encoding="utf-8"))["metrics"]
+            metrics = metrics_from_json(json.loads(cached_path.read_text(encoding="utf-8"))["metrics"])
             ctx.log.info("%s: reusing scores of %s (%s)", ctx.stage_name, candidate.name, cached_path)
         else:
             ctx.log.info("%s: scoring %s (%s)", ctx.stage_name, candidate.name, candidate.path)
             metrics = score_model(candidate.path, config, ctx, rows, backend_factory, pairwise)
-            write_json(cached_path, {"path": str(candidate.path), "metrics": metrics})
-        record = {"candidate": candidate.name, "path": str(candidate.path), "metrics": metrics}
+            write_json(cached_path, {"path": str(candidate.path), "metrics": metrics_json(metrics)})
+        record = {"candidate": candidate.name, "path": str(candidate.path), "metrics": metrics_json(metrics)}
         write_json(scores_dir / f"{_slug(candidate.name)}.json", record)
         track(*tracked_scores(ctx, candidate, metrics))
         board_rows.append(

@@ -40,6 +40,17 @@ def lower_is_better(metric: str) -> bool:
     return any(word in name for word in _LOWER_IS_BETTER)
 
 
+def metrics_json(metrics: dict[str, float]) -> dict[str, float | None]:
+    """``metrics`` as JSON can hold them: a value that is no finite number (NaN: nothing was scored) as null. Python
+    writes NaN and Infinity bare, which jq, JavaScript and most JSON readers refuse."""
+    return {name: value if math.isfinite(value) else None for name, value in metrics.items()}
+
+
+def metrics_from_json(metrics: dict[str, float | None]) -> dict[str, float]:
+    """:func:`metrics_json` read back: null is NaN again (no value; ranked last)."""
+    return {name: math.nan if value is None else float(value) for name, value in metrics.items()}
+
+
 class LeaderboardRow(BaseModel):
     """One scored model."""
 
@@ -100,13 +111,14 @@ class Leaderboard(BaseModel):
         return {
             "rank_by": self.rank_by,
             "metrics": {name: ("min" if self.lower_is_better(name) else "max") for name in self.metric_names},
-            "rows": [row.model_dump(mode="json") for row in self.ranked()],
+            "rows": [{**row.model_dump(mode="json"), "metrics": metrics_json(row.metrics)} for row in self.ranked()],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Leaderboard:
         said = {name: direction == "min" for name, direction in (data.get("metrics") or {}).items()}
-        return cls(rows=[LeaderboardRow.model_validate(row) for row in data.get("rows", [])],
+        return cls(rows=[LeaderboardRow.model_validate({**row, "metrics": metrics_from_json(row.get("metrics") or {})})
+                         for row in data.get("rows", [])],
                    rank_by=data.get("rank_by"),
                    lower={name: low for name, low in said.items() if low != lower_is_better(name)})
 

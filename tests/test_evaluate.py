@@ -242,6 +242,26 @@ def test_leaderboard_ranks_by_direction_and_writes_table(tmp_path):
     assert json.loads((tmp_path / "leaderboard.json").read_text())["metrics"]["heldout/loss"] == "min"
 
 
+def test_a_metric_that_is_no_number_is_written_as_valid_json_and_read_back(tmp_path):
+    # NaN (a win rate with no parsed verdict) and Infinity were written bare: not JSON for jq or JavaScript.
+    from tempa.merge.leaderboard import write_leaderboard
+
+    def no_constants(name):
+        raise ValueError(f"{name} is not JSON")
+
+    board = Leaderboard(rows=[
+        LeaderboardRow(candidate="a", path="/a", metrics={"judge/win_rate": math.nan, "heldout/perplexity": math.inf}),
+        LeaderboardRow(candidate="b", path="/b", metrics={"judge/win_rate": 0.5, "heldout/perplexity": 3.0}),
+    ], rank_by="judge/win_rate")
+    write_leaderboard(board, tmp_path)
+    written = json.loads((tmp_path / "leaderboard.json").read_text(), parse_constant=no_constants)
+    assert [row["metrics"] for row in written["rows"]] == [
+        {"judge/win_rate": 0.5, "heldout/perplexity": 3.0}, {"judge/win_rate": None, "heldout/perplexity": None}]
+    loaded = read_leaderboard(tmp_path)
+    assert math.isnan(loaded.rows[1].metrics["judge/win_rate"])  # no value, as before, ranked last
+    assert [row.candidate for row in loaded.ranked()] == ["b", "a"]
+
+
 # --- with a model -----------------------------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ from tempa.merge.leaderboard import (
     metrics_json,
     write_leaderboard,
 )
-from tempa.merge.suites import CandidateScorer, import_lm_eval, loss_rows_problem, suite_row_problem
+from tempa.merge.suites import CandidateScorer, import_lm_eval, rows_problem, suite_row_problem
 from tempa.merge.win_rate import PairwiseJudging
 from tempa.sft.files import digest, write_json
 from tempa.sft.stage_api import Scalar, StageContext, StageError
@@ -80,7 +80,7 @@ def load_suite_rows(config: EvaluateStageConfig) -> dict[str, list[dict[str, Any
             for row, name in zip(rows[suite.key], names, strict=True):
                 if (problem := suite_row_problem(suite, row)) is not None:
                     raise StageError(f"suite '{suite.key}': {name}: {problem}")
-            if (problem := loss_rows_problem(suite, rows[suite.key])) is not None:
+            if (problem := rows_problem(suite, rows[suite.key])) is not None:
                 raise StageError(f"suite '{suite.key}': {data}: {problem}")
     return rows
 

@@ -44,6 +44,7 @@ from tempa.sft.curation import check_tool_results
 from tempa.sft.language import detect as detect_language
 from tempa.sft.language import reasoning_verdict
 from tempa.sft.stage_api import StageError
+from tempa.sft.suggest import did_you_mean
 
 Messages = list[dict[str, Any]]
 
@@ -344,14 +345,26 @@ def assistant_mask(tokenizer, messages: Messages, thinking_mode: str | None,
     return ids, mask
 
 
-def loss_rows_problem(suite: Suite, rows: Sequence[dict[str, Any]]) -> str | None:
-    """Why a loss suite's rows give nothing to score (one line), or None: a row without an assistant turn or a text
-    is left out (a file shared with generation suites holds prompts), but a suite of nothing but such rows would
-    fail only when the stage runs, after training."""
-    if not isinstance(suite, LossSuite) or any(chat_messages(row) or raw_text(row) for row in rows):
+# The column a suite scores by: its rows without it are left out (a file shared with other suites), none with it is
+# nothing to score.
+SCORED_BY = {AccuracySuite: "answer", IFEvalSuite: "instructions"}
+
+
+def rows_problem(suite: Suite, rows: Sequence[dict[str, Any]]) -> str | None:
+    """Why a suite's rows give nothing to score (one line), or None. A row without what the suite scores (an answer,
+    instructions, an assistant turn or a text) is left out (a file shared with other suites holds such rows), but a
+    suite of nothing but such rows, or whose column is misspelt, would fail only when the stage runs, after training."""
+    if isinstance(suite, LossSuite) and not any(chat_messages(row) or raw_text(row) for row in rows):
+        return ("no row has 'messages' with an assistant turn (its assistant tokens are scored) or a 'text' string "
+                "(raw text: every token scored)")
+    column = SCORED_BY.get(type(suite))
+    if column is None or any(row.get(column) not in (None, "", []) for row in rows):
         return None
-    return ("no row has 'messages' with an assistant turn (its assistant tokens are scored) or a 'text' string "
-            "(raw text: every token scored)")
+    if any(column in row for row in rows):
+        return f"every row's {column!r} is empty"
+    columns = sorted({name for row in rows for name in row})
+    return (f"no row has an {column!r} column (the rows have: {', '.join(columns)}"
+            f"{did_you_mean(column, columns)})")
 
 
 def raw_text(row: dict[str, Any]) -> str | None:

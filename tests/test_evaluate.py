@@ -361,6 +361,27 @@ def test_a_loss_suite_with_nothing_to_score_is_refused_when_its_rows_are_read(tm
         load_suite_rows(config)
 
 
+@pytest.mark.parametrize(("suite", "column", "rows", "expected"), [
+    ("accuracy", "answer", [{"prompt": "2+2?", "answr": "4"}, {"prompt": "3+3?", "answr": "6", "id": 2}],
+     "no row has an 'answer' column (the rows have: answr, id, prompt; did you mean 'answr'?)"),
+    ("accuracy", "answer", [{"prompt": "2+2?", "answer": ""}, {"prompt": "3+3?", "answer": None}],
+     "every row's 'answer' is empty"),
+    ("ifeval", "instructions", [{"prompt": "Write.", "instruction": [{"type": "lowercase"}]}],
+     "no row has an 'instructions' column (the rows have: instruction, prompt; did you mean 'instruction'?)"),
+])
+def test_a_missing_or_misspelt_column_a_suite_scores_by_is_named_when_its_rows_are_read(tmp_path, suite, column,
+                                                                                      rows, expected):
+    # a misspelt `answer` passed the input check, and the stage failed after training with "no row has an 'answer'"
+    from tempa.merge.evaluate_stage import check_inputs
+
+    data = _write_rows(tmp_path / "r.jsonl", rows)
+    config = EvaluateStageConfig.model_validate({"name": "e", "kind": "evaluate", "models": ["m"],
+                                                 "suites": [{"type": suite, "name": "s", "data": data}]})
+    with pytest.raises(StageError) as error:
+        check_inputs(config)
+    assert str(error.value) == f"suite 's': {data}: {expected}"
+
+
 def test_a_loss_suite_of_raw_text_scores_every_token_as_continued_pretraining_reads_it(tmp_path, tiny_model_dir,
                                                                                        tokenizer_dir):
     """A continued pre-training run's held-out documents (rows with `text`): the suite failed at the run with "no
@@ -898,8 +919,10 @@ def test_a_row_a_suite_cannot_score_is_named_by_its_line_before_any_model_loads(
     with pytest.raises(StageError) as info:
         load_suite_rows(config)
     assert str(info.value).startswith(f"suite 's': {path}:4: {problem}") and "\n" not in str(info.value)
-    path.write_text(json.dumps({"prompt": "a", "answer": 1, "thinking_mode": "on"}) + "\n")
-    assert load_suite_rows(config) == {"s": [{"prompt": "a", "answer": 1, "thinking_mode": "on"}]}
+    good = {"prompt": "a", "answer": 1, "thinking_mode": "on", "instructions": [{"type": "all_lowercase"}],
+            "language": "en"}
+    path.write_text(json.dumps(good) + "\n")
+    assert load_suite_rows(config) == {"s": [good]}
 
 
 def test_evaluation_rows_take_every_role_the_training_data_may_hold():

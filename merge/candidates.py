@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tempa.sft.checkpoints import checkpoint_saves
+from tempa.sft.run_layout import CHECKPOINTS_DIR
 from tempa.sft.stage_api import Artifact, StageContext, StageError
 from tempa.sft.train_plan import TrainOutcome
 
@@ -87,6 +88,16 @@ def is_model_dir(path: Path) -> bool:
     )
 
 
+def checkpoint_name(stage: str, checkpoint: Path, stage_dir: Path) -> str:
+    """A checkpoint's leaderboard name: ``<stage>/checkpoint-N``, with the folder it trained in when that is not the
+    stage's own (a preference round: ``dpo/round-2/checkpoint-4``; each round counts its steps from 0)."""
+    try:
+        place = [part for part in checkpoint.relative_to(stage_dir).parts if part != CHECKPOINTS_DIR]
+    except ValueError:  # not in the run's layout (a folder given by path): its step says enough
+        place = [checkpoint.name]
+    return "/".join([stage, *place])
+
+
 def collect_candidates(
     ctx: StageContext,
     *,
@@ -101,15 +112,15 @@ def collect_candidates(
     for stage in checkpoints_of:
         checkpoints = ctx.upstream_result(stage, Artifact.MODEL, who=who).checkpoints
         for checkpoint in checkpoints:
-            candidates.append(Candidate(f"{stage}/checkpoint-{checkpoint.step}", checkpoint.path, stage,
-                                        checkpoint.step))
+            candidates.append(Candidate(checkpoint_name(stage, checkpoint.path, ctx.stage_dir.parent / stage),
+                                        checkpoint.path, stage, checkpoint.step))
         if include_final:
             final = ctx.model_of(stage, who=who)
             last = checkpoints[-1] if checkpoints else None
             if last is not None and trained_step(final) == last.step:
                 # the last checkpoint's weights again: scored twice, a top-k merge would merge them with themselves
-                ctx.log.info("%s: %s's final model is the weights of %s/checkpoint-%d (its last step): scored once, "
-                             "as the checkpoint", who, stage, stage, last.step)
+                ctx.log.info("%s: %s's final model is the weights of %s (its last step): scored once, as the "
+                             "checkpoint", who, stage, candidates[-1].name)
             else:
                 candidates.append(Candidate(stage, final, stage))
         elif not checkpoints:

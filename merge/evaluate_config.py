@@ -252,7 +252,8 @@ class EvaluateStageConfig(StageConfigBase):
     kind: Literal["evaluate"]
     checkpoints_of: list[str] = Field(
         default_factory=list,
-        description="Training stages whose checkpoints (those with a COMPLETE marker) are candidates.",
+        description="Training stages whose checkpoints (those with a COMPLETE marker) are candidates, named "
+        "`<stage>/checkpoint-N` (a preference stage's, of its last round: `<stage>/round-K/checkpoint-N`).",
     )
     include_final: bool = Field(
         default=True, description="With checkpoints_of: also score each stage's final model (unless it is the "

@@ -983,6 +983,29 @@ def test_a_final_model_that_is_the_last_checkpoint_is_scored_once(tmp_path, tiny
                      25: ["sft/checkpoint-10", "sft/checkpoint-20", "sft"]}
 
 
+def test_a_checkpoint_of_a_preference_round_is_named_with_its_round(tmp_path, tiny_model_dir, tokenizer_dir):
+    """Each round of a preference stage trains from step 0 into its own round-K/checkpoints: `dpo/checkpoint-4` did
+    not say which round's checkpoint-4 a leaderboard row (or a merge, or the model card) meant."""
+    from tempa.merge.candidates import collect_candidates
+    from tempa.sft.checkpoints import complete_checkpoints
+    from tempa.sft.stage_api import StageResult
+
+    run_dir = tmp_path / "run"
+    for round_dir in (run_dir / "dpo" / "round-1", run_dir / "dpo" / "round-2"):
+        for step in (2, 4):
+            shutil.copytree(tiny_model_dir, round_dir / "checkpoints" / f"checkpoint-{step}")
+            (round_dir / "checkpoints" / f"checkpoint-{step}" / "COMPLETE").write_text("")
+        shutil.copytree(tiny_model_dir, round_dir / "final")
+    last = run_dir / "dpo" / "round-2"  # what a preference stage hands on: its last round's model and checkpoints
+    result = StageResult(model=last / "final", checkpoints=complete_checkpoints(last / "checkpoints"))
+    ctx = make_ctx(run_dir, "eval", tokenizer_dir=tokenizer_dir, model_dir=tiny_model_dir,
+                   upstream=[done("dpo", result, kind="preference")])
+    candidates = collect_candidates(ctx, checkpoints_of=["dpo"], stages=[], models=[])
+    assert [c.name for c in candidates] == ["dpo/round-2/checkpoint-2", "dpo/round-2/checkpoint-4", "dpo"]
+    assert [c.path for c in candidates] == [last / "checkpoints" / "checkpoint-2", last / "checkpoints" / "checkpoint-4",
+                                            last / "final"]
+
+
 def test_a_language_row_without_a_target_is_named_by_its_line_when_the_suite_has_no_language(tmp_path):
     """With neither the row's `language` nor the suite's, the suite cannot score the row: it was found after the
     suite's rows were read and checked (before the first stage), when the evaluate stage scored them."""

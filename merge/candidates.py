@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,22 @@ def checkpoint_name(stage: str, checkpoint: Path, stage_dir: Path) -> str:
     except ValueError:  # not in the run's layout (a folder given by path): its step says enough
         place = [checkpoint.name]
     return "/".join([stage, *place])
+
+
+def check_tokenizer_fits(models: Sequence[tuple[str, Path]], tokenizer_dir: Path, *, who: str) -> None:
+    """The run's tokenizer must hold no id beyond any model's embedding rows (a pad token the bake added past the
+    base's vocabulary, a folder trained with a smaller one): such an id stops torch mid-run ('index out of range in
+    self', a device-side assert on a GPU) naming no model. ``models``: (name, folder) pairs."""
+    from transformers import AutoTokenizer
+
+    from tempa.chat_templates.baking import _model_vocab_size  # the bake's reading (a nested text_config too)
+
+    size = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    for name, path in models:
+        vocab_size = _model_vocab_size(path)
+        if vocab_size is not None and size > vocab_size:
+            raise StageError(f"{who}: cannot use tokenizer {tokenizer_dir} with {name} ({path}): it has {size} tokens, "
+                             f"but the model's embeddings hold {vocab_size} (vocab_size)")
 
 
 def collect_candidates(

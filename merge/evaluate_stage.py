@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tempa.alignment.generation import GenerationBackend, TransformersBackend
-from tempa.merge.candidates import Candidate, collect_candidates, trained_step
+from tempa.merge.candidates import Candidate, check_tokenizer_fits, collect_candidates, trained_step
 from tempa.merge.eval_data import load_named_rows
 from tempa.merge.evaluate_config import EvaluateStageConfig, LmEvalSuite, WinRateSuite
 from tempa.merge.leaderboard import (
@@ -331,6 +331,8 @@ def run_evaluate(
     ctx.log.info(
         "%s: %d candidate(s): %s", ctx.stage_name, len(candidates), ", ".join(c.name for c in candidates)
     )
+    check_tokenizer_fits([(c.name, c.path) for c in candidates], Path(ctx.tokenizer_dir),
+                         who=f"evaluate stage '{ctx.stage_name}'")
     board = evaluate_candidates(config, ctx, candidates, backend_factory)
     for line in unanswered_warnings(board, config):
         ctx.log.warning("%s: %s", ctx.stage_name, line)

@@ -8,12 +8,11 @@ re-scored, ``leaderboard.json`` / ``leaderboard.md``: the evaluate stage's board
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from tempa.merge.candidates import is_model_dir
+from tempa.merge.candidates import check_tokenizer_fits, is_model_dir
 from tempa.merge.evaluate_config import EvaluateStageConfig
 from tempa.merge.evaluate_stage import (
     BackendFactory,
@@ -148,19 +147,6 @@ def resolve_inputs(
     return models, base, chosen
 
 
-def check_tokenizer_fits(models: list[MergeInput], tokenizer_dir: Path) -> None:
-    """The recipe's tokenizer must not hold ids beyond the merged embedding matrix."""
-    from transformers import AutoTokenizer
-
-    size = len(AutoTokenizer.from_pretrained(tokenizer_dir))
-    vocab_size = json.loads((models[0].path / "config.json").read_text(encoding="utf-8")).get("vocab_size")
-    if vocab_size is not None and size > vocab_size:
-        raise StageError(
-            f"cannot use tokenizer {tokenizer_dir} with {models[0].name} ({models[0].path}): "
-            f"vocabularies differ: {size} tokens vs vocab_size {vocab_size}"
-        )
-
-
 def finish_model_dir(out_dir: Path, ctx: StageContext, donor: Path) -> None:
     """Put the recipe's tokenizer (baked template) and a generation config beside merged weights."""
     from transformers import AutoTokenizer
@@ -199,7 +185,7 @@ def run_merge(
     models, base, chosen = resolve_inputs(config, ctx, board)
     everything = models + ([base] if base is not None and base not in models else [])
     check_compatible(everything)
-    check_tokenizer_fits(models, Path(ctx.tokenizer_dir))
+    check_tokenizer_fits([(m.name, m.path) for m in everything], Path(ctx.tokenizer_dir), who=_who(ctx))
     merge_config = build_mergekit_config(config, models, base)
     options = mergekit_options(config, seed=ctx.seed, trust_remote_code=ctx.trust_remote_code)
     ctx.log.info(

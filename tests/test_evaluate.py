@@ -1006,6 +1006,29 @@ def test_a_checkpoint_of_a_preference_round_is_named_with_its_round(tmp_path, ti
                                             last / "final"]
 
 
+def test_a_candidate_whose_embeddings_the_runs_tokenizer_overflows_is_named_before_any_is_scored(
+        tmp_path, tiny_model_dir, tokenizer_dir):
+    """A folder given by path, trained with a smaller vocabulary than the run's tokenizer (a pad token the bake added
+    past the base's rows): the loss suite stopped on torch's 'index out of range in self', naming no model."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|new|>"]})
+    run_tokenizer = tmp_path / "tokenizer"
+    tokenizer.save_pretrained(run_tokenizer)
+    rows = _write_rows(tmp_path / "r.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                             {"role": "assistant", "content": "<|new|> hello"}]}])
+    config = EvaluateStageConfig.model_validate({"name": "e", "kind": "evaluate", "models": [str(tiny_model_dir)],
+                                                 "suites": [{"type": "loss", "data": rows}]})
+    ctx = make_ctx(tmp_path / "run", "e", tokenizer_dir=run_tokenizer, model_dir=tiny_model_dir)
+    with pytest.raises(StageError) as error:
+        run_evaluate(config, ctx)
+    assert str(error.value) == (
+        f"evaluate stage 'e': cannot use tokenizer {run_tokenizer} with {tiny_model_dir.name} ({tiny_model_dir}): "
+        f"it has {len(tokenizer)} tokens, but the model's embeddings hold {len(tokenizer) - 1} (vocab_size)")
+    assert not (tmp_path / "run" / "e" / "scores").exists()  # refused before any candidate was scored
+
+
 def test_a_language_row_without_a_target_is_named_by_its_line_when_the_suite_has_no_language(tmp_path):
     """With neither the row's `language` nor the suite's, the suite cannot score the row: it was found after the
     suite's rows were read and checked (before the first stage), when the evaluate stage scored them."""

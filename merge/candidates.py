@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tempa.merge.model_files import tokenizer_vocab, vocab_conflicts
 from tempa.sft.checkpoints import checkpoint_saves
 from tempa.sft.run_layout import CHECKPOINTS_DIR
 from tempa.sft.stage_api import Artifact, StageContext, StageError
@@ -101,17 +102,26 @@ def checkpoint_name(stage: str, checkpoint: Path, stage_dir: Path) -> str:
 def check_tokenizer_fits(models: Sequence[tuple[str, Path]], tokenizer_dir: Path, *, who: str) -> None:
     """The run's tokenizer must hold no id beyond any model's embedding rows (a pad token the bake added past the
     base's vocabulary, a folder trained with a smaller one): such an id stops torch mid-run ('index out of range in
-    self', a device-side assert on a GPU) naming no model. ``models``: (name, folder) pairs."""
+    self', a device-side assert on a GPU) naming no model. Nor may it give an id another token than the model's own
+    tokenizer.json does. ``models``: (name, folder) pairs."""
     from transformers import AutoTokenizer
 
     from tempa.chat_templates.baking import _model_vocab_size  # the bake's reading (a nested text_config too)
 
     size = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    vocab = tokenizer_vocab(tokenizer_dir)
     for name, path in models:
         vocab_size = _model_vocab_size(path)
         if vocab_size is not None and size > vocab_size:
             raise StageError(f"{who}: cannot use tokenizer {tokenizer_dir} with {name} ({path}): it has {size} tokens, "
                              f"but the model's embeddings hold {vocab_size} (vocab_size)")
+        # A model trained with another tokenizer of the same size: its rows would be read as other tokens.
+        own = tokenizer_vocab(path)
+        if vocab is not None and own is not None and (conflicts := vocab_conflicts(vocab, own)):
+            what, mine, theirs = conflicts[0]
+            raise StageError(f"{who}: cannot use tokenizer {tokenizer_dir} with {name} ({path}): their vocabularies "
+                             f"disagree ({what}: {mine} in the tokenizer, {theirs} in the model's; {len(conflicts)} in "
+                             "all); use the tokenizer the model was trained with")
 
 
 def collect_candidates(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tempa.merge.merge_config import OPTION_DEFAULTS, MergeStageConfig, method_spec
-from tempa.merge.model_files import weights_problem
+from tempa.merge.model_files import tokenizer_vocab, weights_problem
 from tempa.sft.stage_api import StageError
 
 # config.json fields that must agree for two checkpoints to be mergeable.
@@ -55,21 +55,6 @@ def _read_config(model: MergeInput) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _tokenizer_vocab(path: Path) -> dict[str, int] | None:
-    """Token -> id of a folder's tokenizer.json (added tokens included); None without one."""
-    file = path / "tokenizer.json"
-    if not file.is_file():
-        return None
-    data = json.loads(file.read_text(encoding="utf-8"))
-    vocab = data.get("model", {}).get("vocab")
-    if isinstance(vocab, list):  # unigram: [[piece, score], ...]
-        vocab = {piece[0]: index for index, piece in enumerate(vocab)}
-    vocab = dict(vocab or {})
-    for token in data.get("added_tokens", []):
-        vocab[token["content"]] = token["id"]
-    return vocab
-
-
 def _describe_vocab_difference(a: dict[str, int], b: dict[str, int]) -> str:
     only_a = sorted(set(a) - set(b))
     only_b = sorted(set(b) - set(a))
@@ -87,7 +72,7 @@ def _describe_vocab_difference(a: dict[str, int], b: dict[str, int]) -> str:
 def check_compatible(models: list[MergeInput]) -> None:
     """Refuse, in one line naming both models, to merge checkpoints that differ in architecture or vocabulary."""
     first, first_config = models[0], _read_config(models[0])
-    first_vocab = _tokenizer_vocab(first.path)
+    first_vocab = tokenizer_vocab(first.path)
     for other in models[1:]:
         config = _read_config(other)
         for field in ARCHITECTURE_FIELDS + VOCAB_FIELDS:
@@ -99,7 +84,7 @@ def check_compatible(models: list[MergeInput]) -> None:
                         f"cannot merge {first.name} ({first.path}) with {other.name} ({other.path}): "
                         f"{what}: {field} {mine!r} vs {theirs!r}"
                     )
-        vocab = _tokenizer_vocab(other.path)
+        vocab = tokenizer_vocab(other.path)
         if first_vocab is not None and vocab is not None and vocab != first_vocab:
             raise StageError(
                 f"cannot merge {first.name} ({first.path}) with {other.name} ({other.path}): "

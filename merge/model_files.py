@@ -21,6 +21,34 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 LICENSE_FILE_PATTERNS = ("LICENSE*", "LICENCE*", "USE_POLICY*", "NOTICE*")
 
 
+def tokenizer_vocab(path: Path) -> dict[str, int] | None:
+    """Token -> id of a folder's tokenizer.json (added tokens included); None without one."""
+    file = Path(path) / "tokenizer.json"
+    if not file.is_file():
+        return None
+    data = json.loads(file.read_text(encoding="utf-8"))
+    vocab = data.get("model", {}).get("vocab")
+    if isinstance(vocab, list):  # unigram: [[piece, score], ...]
+        vocab = {piece[0]: index for index, piece in enumerate(vocab)}
+    vocab = dict(vocab or {})
+    for token in data.get("added_tokens", []):
+        vocab[token["content"]] = token["id"]
+    return vocab
+
+
+def vocab_conflicts(a: dict[str, int], b: dict[str, int]) -> list[tuple[str, str, str]]:
+    """Where two vocabularies disagree, as (what, in ``a``, in ``b``): an id both have that names different tokens, or
+    a token both have at different ids. A token only one has, at an id the other leaves free (a pad token added past
+    the base's vocabulary), is no conflict: text encodes to the rows the weights learnt either way."""
+    tokens_a = {index: token for token, index in a.items()}
+    tokens_b = {index: token for token, index in b.items()}
+    ids = [(f"id {i}", repr(tokens_a[i]), repr(tokens_b[i]))
+           for i in sorted(tokens_a.keys() & tokens_b.keys()) if tokens_a[i] != tokens_b[i]]
+    moved = [(repr(token), f"id {a[token]}", f"id {b[token]}") for token in sorted(a.keys() & b.keys())
+             if a[token] != b[token]]
+    return ids + moved
+
+
 def license_files(folder: Path) -> list[Path]:
     """The licence, use-policy and notice files directly in ``folder``."""
     return sorted({p for pattern in LICENSE_FILE_PATTERNS for p in Path(folder).glob(pattern) if p.is_file()})

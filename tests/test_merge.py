@@ -311,6 +311,33 @@ def test_same_size_but_different_tokens_is_refused(tmp_path, checkpoints):
         check_compatible([MergeInput("a", checkpoints["a"]), MergeInput("shuffled", shuffled)])
 
 
+def test_inputs_whose_tokenizer_the_recipes_gives_other_ids_are_refused(tmp_path, tokenizer_dir, checkpoints,
+                                                                        tiny_model_dir):
+    # Two folders with the same tokenizer agreed with each other, and the merge went through with the recipe's
+    # tokenizer attached, whose ids name other tokens than the ones the weights were trained on.
+    def swapped(name: str) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(checkpoints[name], folder)
+        data = json.loads((folder / "tokenizer.json").read_text())
+        vocab = data["model"]["vocab"]
+        first, second = sorted(vocab, key=vocab.get)[300:302]
+        vocab[first], vocab[second] = vocab[second], vocab[first]
+        (folder / "tokenizer.json").write_text(json.dumps(data))
+        return folder
+
+    a, b = swapped("a"), swapped("b")
+    config = MergeStageConfig.model_validate({"name": "merge", "kind": "merge", "method": "linear",
+                                              "models": [str(a), str(b)], "reevaluate": False})
+    with pytest.raises(StageError) as error:
+        run_merge(config, make_ctx(tmp_path, "merge", tokenizer_dir=tokenizer_dir, base=tiny_model_dir))
+    message = str(error.value)
+    assert message.startswith(f"merge stage 'merge': cannot use tokenizer {tokenizer_dir} with a ({a}): their "
+                              "vocabularies disagree (id 300: "), message
+    assert message.endswith("4 in all); use the tokenizer the model was trained with")  # 2 ids, 2 tokens
+    assert "\n" not in message
+    assert not (tmp_path / "merge" / "final").exists()
+
+
 def test_architecture_mismatch_is_refused(tmp_path, checkpoints, tiny_model_dir):
     deeper = _variant(tiny_model_dir, tmp_path / "deeper", num_hidden_layers=3)
     with pytest.raises(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tempa.merge.merge_config import OPTION_DEFAULTS, MergeStageConfig, method_spec
-from tempa.merge.model_files import tokenizer_vocab, weights_problem
+from tempa.merge.model_files import tokenizer_vocab, vocab_conflicts, weights_problem
 from tempa.sft.stage_api import StageError
 
 # config.json fields that must agree for two checkpoints to be mergeable.
@@ -85,7 +85,7 @@ def check_compatible(models: list[MergeInput]) -> None:
                         f"{what}: {field} {mine!r} vs {theirs!r}"
                     )
         vocab = tokenizer_vocab(other.path)
-        if first_vocab is not None and vocab is not None and vocab != first_vocab:
+        if first_vocab is not None and vocab is not None and vocab_conflicts(first_vocab, vocab):
             raise StageError(
                 f"cannot merge {first.name} ({first.path}) with {other.name} ({other.path}): "
                 f"vocabularies differ: {_describe_vocab_difference(first_vocab, vocab)}"

@@ -338,6 +338,28 @@ def test_inputs_whose_tokenizer_the_recipes_gives_other_ids_are_refused(tmp_path
     assert not (tmp_path / "merge" / "final").exists()
 
 
+def test_a_token_added_past_the_base_vocabulary_does_not_make_inputs_incompatible(tmp_path, checkpoints):
+    # A pad token the bake adds (the base had none to reuse) goes to an id past the base's tokens, into a spare
+    # embedding row: the checkpoints carry it, the recipe's base does not. Every token both have keeps its id, so
+    # the merge onto that base is sound; it was refused as "vocabularies differ".
+    from transformers import AutoTokenizer
+
+    padded = tmp_path / "padded"
+    shutil.copytree(checkpoints["a"], padded)
+    tokenizer = AutoTokenizer.from_pretrained(padded)
+    tokenizer.add_special_tokens({"pad_token": "<|added_pad|>"})
+    tokenizer.save_pretrained(padded)
+    check_compatible([MergeInput("padded", padded), MergeInput("b", checkpoints["b"])])
+    # The same token at an id the other gives another token is refused.
+    data = json.loads((padded / "tokenizer.json").read_text())
+    vocab = data["model"]["vocab"]
+    vocab["<|added_pad|>"] = vocab.pop(next(iter(sorted(vocab, key=vocab.get)[300:301])))
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != "<|added_pad|>"]
+    (padded / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(StageError, match=r"vocabularies differ: .*only in the first \(e\.g\. '<\|added_pad\|>'\)"):
+        check_compatible([MergeInput("padded", padded), MergeInput("b", checkpoints["b"])])
+
+
 def test_architecture_mismatch_is_refused(tmp_path, checkpoints, tiny_model_dir):
     deeper = _variant(tiny_model_dir, tmp_path / "deeper", num_hidden_layers=3)
     with pytest.raises(

@@ -31,7 +31,7 @@ from tempa.alignment.input_checks import check_api_keys, check_inputs
 from tempa.alignment.judge import Judge, JudgeSettings, parse_judge_score
 from tempa.alignment.pairs import Pair, PairStats, Scored, best_worst, revision_pair
 from tempa.alignment.preference_config import PreferenceStageConfig
-from tempa.alignment.preference_stage import PreferenceResult, run_preference
+from tempa.alignment.preference_stage import PreferenceResult, preference_resume_point, run_preference
 from tempa.alignment.prompts import PromptRow, PromptSource, load_prompts
 from tempa.alignment.rewards import RewardConfig, RewardSet, ScoreItem, ScoringEnv
 from tempa.alignment.rl_config import RLStageConfig
@@ -72,6 +72,7 @@ PREFERENCE = StageKind(
     result=PreferenceResult,
     trains=True,
     resumable=True,
+    resume_point=preference_resume_point,
     estimate=estimate_preference,
     check_inputs=check_inputs,
     check_environment=check_api_keys,

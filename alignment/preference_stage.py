@@ -65,7 +65,7 @@ from tempa.alignment.sampling import (
     score_pass,
 )
 from tempa.chat_templates.thinking import mode_kwargs
-from tempa.sft.checkpoints import complete_checkpoints, remove_incomplete_checkpoints
+from tempa.sft.checkpoints import complete_checkpoints, remove_incomplete_checkpoints, resume_point
 from tempa.sft.data_config import DataError
 from tempa.sft.files import json_or_none, point_link, staging_dir, write_json, write_jsonl
 from tempa.sft.kernels import KERNEL_KEYS
@@ -176,6 +176,30 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> Preferen
                             metrics=metrics, files=files, rounds=rounds)
 
 
+SAMPLES_FILE = "samples.jsonl"
+
+
+def preference_resume_point(stage_dir: Path) -> str | None:
+    """Where a re-run of an unfinished preference stage continues (`tempa status`, `tempa plan`): the first round not
+    yet trained, with its last complete checkpoint or the samples it has journaled; None when nothing is kept."""
+    rounds = sorted((int(path.name.removeprefix("round-")), path) for path in Path(stage_dir).glob("round-*")
+                    if path.name.removeprefix("round-").isdigit())
+    if not rounds:
+        return None
+    index, round_dir = next(((i, d) for i, d in rounds if _finished_round(d) is None), rounds[-1])
+    if _finished_round(round_dir) is not None:
+        return f"round {index}'s model (every round it started is trained)"
+    before = " (the rounds before it are trained)" if index > 1 else ""
+    checkpoint = resume_point(round_dir)
+    if checkpoint is not None:
+        return f"round {index}, {checkpoint}{before}"
+    samples = round_dir / SAMPLES_FILE  # one line per prompt sampled (a torn last line is not counted)
+    sampled = sum(line.endswith(b"\n") for line in samples.open("rb")) if samples.is_file() else 0
+    if sampled:
+        return f"round {index}, {sampled:,} prompt{'s' if sampled != 1 else ''} sampled{before}"
+    return f"round {index}{before}" if index > 1 else None
+
+
 def _finished_round(round_dir: Path) -> dict[str, Any] | None:
     stats_file = round_dir / "stats.json"
     if not (round_dir / FINAL_DIR / OUTCOME_FILE).is_file() or not stats_file.is_file():
@@ -248,7 +272,7 @@ def run_round(
         trust_remote_code=ctx.trust_remote_code, who=f"{ctx.stage_name} backend"))
     try:
         samples, sample_stats = sample_prompts(
-            prompts, policy_backend, config.sampling.params(seed), JsonlStore(round_dir / "samples.jsonl", signature),
+            prompts, policy_backend, config.sampling.params(seed), JsonlStore(round_dir / SAMPLES_FILE, signature),
             desc=f"{label}: sample",
         )
     finally:

@@ -11,6 +11,8 @@ from preference_helpers import ending_model
 import tempa.alignment.preference_stage as stage_module
 from stage_helpers import make_context
 from tempa.alignment import PreferenceStageConfig, run_preference
+from tempa.alignment.preference_stage import preference_resume_point
+from tempa.sft.run_layout import CHECKPOINTS_DIR, COMPLETE
 from tempa.sft.stage_api import StageError
 
 PROMPTS = str(Path(__file__).resolve().parents[1] / "recipes" / "data" / "sample_prompts.jsonl")
@@ -38,8 +40,11 @@ def test_a_failed_training_launch_resumes_without_resampling(tmp_path, tiny_mode
         "sampling": {"n": 4, "max_new_tokens": 12, "batch_size": 2, "thinking": {"mode": "off"}},
         "rewards": [{"type": "length", "unit": "chars", "per_token": 0.01}],
     })
+    assert preference_resume_point(ctx.stage_dir) is None  # nothing kept: `tempa status` says it starts over
     with pytest.raises(StageError, match="code -9"):
         run_preference(config, ctx)
+    # What `tempa status` and `tempa plan` say a re-run continues from (they said "starts over from step 0").
+    assert preference_resume_point(ctx.stage_dir) == "round 1, 4 prompts sampled"
     samples = (ctx.stage_dir / "round-1" / "samples.jsonl").read_text()
     pairs = (ctx.stage_dir / "round-1" / "pairs.jsonl").read_text()
 
@@ -52,6 +57,12 @@ def test_a_failed_training_launch_resumes_without_resampling(tmp_path, tiny_mode
     assert (ctx.stage_dir / "round-1" / "samples.jsonl").read_text() == samples
     assert (ctx.stage_dir / "round-1" / "pairs.jsonl").read_text() == pairs
     assert result.metrics["round1_pairs"] == len(pairs.splitlines()) > 0
+    assert preference_resume_point(ctx.stage_dir) == "round 1's model (every round it started is trained)"
+    checkpoint = ctx.stage_dir / "round-2" / CHECKPOINTS_DIR / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    assert preference_resume_point(ctx.stage_dir) == "round 2 (the rounds before it are trained)"
+    (checkpoint / COMPLETE).write_text("")
+    assert preference_resume_point(ctx.stage_dir) == "round 2, checkpoint-3 (the rounds before it are trained)"
 
 
 def test_samples_journaled_under_another_thinking_draw_are_sampled_again(tmp_path, tiny_model_dir, monkeypatch):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import ValidationInfo
 
-from tempa.sft.suggest import closest
+from tempa.sft.suggest import one_slip_from
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".yaml", ".yml", ".jinja", ".txt", ".arrow")
@@ -82,7 +82,8 @@ def _misspelt_sibling(candidate: Path, base_dir: Path) -> str | None:
     parts = candidate.relative_to(base_dir).parts
     if len(parts) < 2 or not (base_dir / parts[0]).is_dir() or not candidate.parent.is_dir():
         return None
-    return closest(candidate.name, [entry.name for entry in candidate.parent.iterdir()])
+    return next((entry.name for entry in sorted(candidate.parent.iterdir()) if one_slip_from(candidate.name, entry.name)),
+                None)
 
 
 def stage_or_folder(value: str, info: ValidationInfo | None) -> str:

@@ -58,3 +58,24 @@ def test_the_right_folders_and_an_organisations_hub_id_load_without_a_warning(la
     (layout / "meta-llama" / "Llama-3.2-1B").mkdir(parents=True)  # one model of the organisation downloaded
     loaded = load_recipe(write_recipe(layout, "meta-llama/Llama-3.1-70B-Instruct", "data/ja_reasoning"))
     assert loaded.recipe.base_model == "meta-llama/Llama-3.1-70B-Instruct" and loaded.path_warnings == []
+
+
+@pytest.mark.parametrize(("downloaded", "hub_id"), [
+    ("meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-8B-Instruct"),
+    ("meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-70B"),
+    ("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-72B-Instruct"),
+    ("google-bert/bert-base-cased", "google-bert/bert-base-uncased"),
+])
+def test_a_hub_id_near_a_downloaded_sibling_is_not_called_a_misspelt_folder(layout, downloaded, hub_id):
+    """A closeness ratio warned on these real hub ids ("write './meta-llama/Llama-3.1-8B' if you meant that
+    folder"), and no spelling of the id could silence it: sizes and versions differ by digits, variants by more
+    than one slip."""
+    (layout / downloaded).mkdir(parents=True)
+    loaded = load_recipe(write_recipe(layout, hub_id, "data/ja_reasoning"))
+    assert loaded.recipe.base_model == hub_id and loaded.path_warnings == []
+
+
+@pytest.mark.parametrize("typed", ["models/tiyn", "models/tny", "models/tinu", "models/Tiny"])
+def test_one_slip_from_a_folder_is_named(layout, typed):
+    warnings = load_recipe(write_recipe(layout, typed, "data/ja_reasoning")).path_warnings
+    assert len(warnings) == 1 and "write './models/tiny' if you meant that folder" in warnings[0]

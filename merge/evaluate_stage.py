@@ -33,6 +33,7 @@ from tempa.merge.leaderboard import (
 from tempa.merge.suites import CandidateScorer, import_lm_eval, rows_problem, suite_row_problem
 from tempa.merge.win_rate import PairwiseJudging
 from tempa.sft.files import digest, write_json
+from tempa.sft.formats import thinking_mode_of
 from tempa.sft.stage_api import Scalar, StageContext, StageError
 from tempa.sft.trackers import named_trackers, tracker_log
 
@@ -80,6 +81,8 @@ def load_suite_rows(config: EvaluateStageConfig) -> dict[str, list[dict[str, Any
             for row, name in zip(rows[suite.key], names, strict=True):
                 if (problem := suite_row_problem(suite, row)) is not None:
                     raise StageError(f"suite '{suite.key}': {name}: {problem}")
+                if "thinking_mode" in row:  # as the suites read it: 'on', 'off' or None (true is 'on')
+                    row["thinking_mode"] = thinking_mode_of(row["thinking_mode"], "thinking_mode")
             if (problem := rows_problem(suite, rows[suite.key])) is not None:
                 raise StageError(f"suite '{suite.key}': {data}: {problem}")
     return rows

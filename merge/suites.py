@@ -41,6 +41,7 @@ from tempa.merge.win_rate import (
     win_rates,
 )
 from tempa.sft.curation import check_tool_results
+from tempa.sft.formats import RowError, thinking_mode_of
 from tempa.sft.language import detect as detect_language
 from tempa.sft.language import reasoning_verdict
 from tempa.sft.stage_api import StageError
@@ -256,9 +257,10 @@ class CandidateScorer:
 def suite_row_problem(suite: Suite, row: dict[str, Any]) -> str | None:
     """Why ``suite`` cannot score ``row`` (one line), or None. Checked for every row when the stage reads its
     data, before any model loads, so that a bad row is named by its line, not found mid-evaluation."""
-    mode = row.get("thinking_mode")
-    if mode not in (None, "on", "off"):
-        return f"thinking_mode must be 'on' or 'off', got {mode!r}"
+    try:  # the rule SFT rows follow: true/false are on/off, as other tools write them
+        thinking_mode_of(row.get("thinking_mode"), "thinking_mode")
+    except RowError as error:
+        return str(error)
     if isinstance(suite, LanguageSuite):
         if row.get("language") in (None, ""):
             if suite.language is None:  # what `language` scores with: the row's, else the suite's

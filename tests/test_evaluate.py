@@ -883,8 +883,8 @@ def test_an_evaluate_stage_with_a_bad_row_fails_before_any_model_work(tmp_path, 
 @pytest.mark.parametrize(
     ("suite", "row", "problem"),
     [
-        ({"type": "accuracy"}, {"messages": [{"role": "user", "content": "q"}], "thinking_mode": True},
-         "thinking_mode must be 'on' or 'off', got True"),
+        ({"type": "accuracy"}, {"messages": [{"role": "user", "content": "q"}], "thinking_mode": 1},
+         "thinking_mode must be 'on' or 'off', got 1"),
         ({"type": "ifeval"}, {"prompt": "q", "instructions": [{"id": "no:such_check"}]}, "bad instructions ("),
         ({"type": "language", "language": "en"}, {"prompt": "q", "instructions": [{"id": "no:such_check"}]},
          "bad instructions ("),
@@ -923,6 +923,9 @@ def test_a_row_a_suite_cannot_score_is_named_by_its_line_before_any_model_loads(
             "language": "en"}
     path.write_text(json.dumps(good) + "\n")
     assert load_suite_rows(config) == {"s": [good]}
+    # true/false as SFT rows take them (other tools write booleans; this refused them), read as the suites read modes
+    path.write_text(json.dumps({**good, "thinking_mode": True}) + "\n" + json.dumps({**good, "thinking_mode": False}))
+    assert [row["thinking_mode"] for row in load_suite_rows(config)["s"]] == ["on", "off"]
 
 
 def test_evaluation_rows_take_every_role_the_training_data_may_hold():

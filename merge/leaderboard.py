@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tempa.sft.files import write_atomic, write_json
+from tempa.sft.files import finite_json, write_atomic, write_json
 from tempa.sft.stage_api import RunPath, StageResult
 
 LEADERBOARD_JSON = "leaderboard.json"
@@ -43,7 +43,7 @@ def lower_is_better(metric: str) -> bool:
 def metrics_json(metrics: dict[str, float]) -> dict[str, float | None]:
     """``metrics`` as JSON can hold them: a value that is no finite number (NaN: nothing was scored) as null. Python
     writes NaN and Infinity bare, which jq, JavaScript and most JSON readers refuse."""
-    return {name: value if math.isfinite(value) else None for name, value in metrics.items()}
+    return finite_json(metrics)
 
 
 def metrics_from_json(metrics: dict[str, float | None]) -> dict[str, float]:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tempa.sft.files import (
     cache_root,
     ensure_inside,
+    finite_json,
     flock_held,
     flush_filesystems,
     json_or_none,
@@ -96,7 +97,8 @@ def read_manifest(stage_dir: Path) -> Manifest | None:
 
 
 def write_metrics(stage_dir: Path, metrics: dict[str, Any]) -> None:
-    write_json(stage_dir / METRICS, metrics)
+    """metrics.json, for the user's tools: a metric that is no number (a win rate over no pair) is null there."""
+    write_json(stage_dir / METRICS, finite_json(metrics))
 
 
 def done_fingerprint(stage_dir: Path) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -137,6 +138,18 @@ def write_atomic(path: Path, text: str) -> None:
 def write_json(path: Path, data: Any) -> None:
     """Write a JSON file atomically (UTF-8, indented, keys in the order given)."""
     write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def finite_json(data: Any) -> Any:
+    """``data`` with every float that is no finite number (NaN, Infinity) as None, for JSON that readers other than
+    Python take: Python writes NaN and Infinity bare, which jq, JavaScript and most JSON readers refuse."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite_json(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite_json(value) for value in data]
+    return data
 
 
 def write_jsonl(path: Path, rows: Sequence[Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import textwrap
 from pathlib import Path
 from typing import Literal
@@ -665,3 +666,22 @@ def test_the_closing_summary_says_which_stage_the_final_model_is_and_what_a_merg
     decisions = [SimpleNamespace(name="merge", kind="merge", upstream="align"),
                  SimpleNamespace(name="bake", kind="bake", upstream="merge")]
     assert model_origin(decisions, done) == "the model of stage 'merge': a linear merge of sft-reasoning, sft-distill"
+
+
+def test_a_metric_that_is_no_number_is_null_in_metrics_json(recipe, tmp_path, monkeypatch):
+    """metrics.json is for the user's tools (jq, a dashboard): Python wrote a win rate over no pair as a bare NaN,
+    which they refuse to read. It is null there; the run still reads its own manifest back."""
+    def no_pairs(config: TouchConfig, ctx: StageContext) -> StageResult:
+        return StageResult(metrics={"win_rate": math.nan, "gain": math.inf, "value": config.value})
+
+    kind = dataclasses.replace(TOUCH, run=no_pairs, produces=frozenset())
+    monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS[:-1], kind))
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"metrics.json holds {constant}, which is not JSON")
+
+    metrics = json.loads((run_dir / "a" / "metrics.json").read_text(), parse_constant=refuse)
+    assert metrics == {"win_rate": None, "gain": None, "value": 1}
+    assert {row.state for row in stage_status(load_recipe(recipe).names, run_dir)} == {"done"}

@@ -217,7 +217,8 @@ class SelectConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metric: str = Field(description="Leaderboard metric, '<suite>/<metric>' (e.g. accuracy/accuracy).")
-    top_k: int = Field(default=2, ge=1, description="How many of the best candidates to merge.")
+    top_k: int = Field(default=2, ge=1, description="How many of the best candidates to merge (a task-vector method "
+                       "picks them besides its base model, when that is scored too).")
     higher_is_better: bool | None = Field(
         default=None, description="Direction of the metric (default: losses/perplexities lower, else higher)."
     )

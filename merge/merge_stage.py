@@ -98,7 +98,12 @@ def resolve_inputs(
     chosen: list[LeaderboardRow] = []
     if config.select is not None:
         assert board is not None  # the config validator requires evaluate_stage with select
-        chosen = select_top_k(board, config.select.metric, config.select.top_k)
+        # A task-vector merge's base is no pick: "merge the best three" onto it means three models besides it.
+        leave_out = None
+        if config.base_role(config.select.top_k) == "separate":
+            leave_out = (resolve_reference(config.base_model, ctx, board).path if config.base_model is not None
+                         else ctx.base_model.resolve())
+        chosen = select_top_k(board, config.select.metric, config.select.top_k, leave_out=leave_out)
         for row in chosen:
             # The board outlives its folders: checkpoints deleted to free disk, or rotated, after it was scored.
             if not is_model_dir(Path(row.path)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, format_value
 from tempa.sft.stage_api import StageError
@@ -18,8 +19,12 @@ def select_top_k(
     *,
     higher_is_better: bool | None = None,
     include_merged: bool = False,
+    leave_out: Path | None = None,
 ) -> list[LeaderboardRow]:
     """The ``k`` best rows by ``metric``, best first; ties keep leaderboard order.
+
+    ``leave_out``: a model that cannot be one of the ``k`` (a task-vector merge's base, scored beside the
+    candidates to compare with: its task vector is zero, so picking it merged one model fewer than asked).
 
     The direction defaults to the board's for the metric (a recipe's, else the name's: losses and perplexities
     lower, the rest higher).
@@ -38,11 +43,13 @@ def select_top_k(
         row
         for row in board.rows
         if (include_merged or not row.merged)
+        and (leave_out is None or Path(row.path).resolve() != leave_out)
         and row.metrics.get(metric) is not None
         and not math.isnan(row.metrics[metric])
     ]
     if len(eligible) < k:
-        raise StageError(f"top_k={k} but only {len(eligible)} candidate(s) have '{metric}'")
+        besides = " besides the base model" if leave_out is not None else ""
+        raise StageError(f"top_k={k} but only {len(eligible)} candidate(s){besides} have '{metric}'")
     ranked = sorted(eligible, key=lambda row: -row.metrics[metric] if higher else row.metrics[metric])
     if len(ranked) > k and ranked[k - 1].metrics[metric] == ranked[k].metrics[metric]:
         # (every candidate at 0 when all were cut off while thinking, say): the metric did not choose

@@ -224,14 +224,31 @@ def _top_k_problem(stages: list[Any]) -> tuple[tuple[str | int, ...], int, str] 
                     {p["name"]: {**kinds[p["kind"]].config.train_defaults, **(p.get("train") or {})} for p in producers},
                     include_final=evaluate.get("include_final", True) is not False,
                     stages=len(listed["stages"]), models=len(listed["models"]))
-                if count.high is not None and top_k > count.high:
+                high, how = count.high, count.how
+                if high is not None and _base_is_a_candidate(stage, top_k, listed):  # picked besides it (selection.py)
+                    high, how = high - 1, f"{how}, less its base_model '{stage['base_model']}'"
+                if high is not None and top_k > high:
                     return ((i, "select", "top_k"), top_k,
-                            f"{top_k}, but evaluate stage '{evaluate['name']}' scores at most {count.high} candidate(s) "
-                            f"({count.how}), so the merge would fail after all training; lower top_k, or give "
+                            f"{top_k}, but evaluate stage '{evaluate['name']}' scores at most {high} candidate(s) "
+                            f"({how}), so the merge would fail after all training; lower top_k, or give "
                             f"'{evaluate['name']}' more candidates (a higher save_total_limit, `stages`, `models`)")
         if isinstance(stage.get("name"), str):
             earlier[stage["name"]] = stage
     return None
+
+
+def _base_is_a_candidate(merge: dict[str, Any], top_k: int, listed: dict[str, list[Any]]) -> bool:
+    """Whether a task-vector merge's `base_model` is one of the models its evaluate stage scores (`stages` or
+    `models`): the top_k are then picked besides it."""
+    from tempa.merge.merge_config import base_role, method_spec
+
+    base = merge.get("base_model")
+    if not isinstance(base, str) or base not in [*listed["stages"], *listed["models"]]:
+        return False
+    try:
+        return base_role(method_spec(str(merge.get("method", "linear"))), top_k, True) == "separate"
+    except (KeyError, ValueError):  # an unknown method: the stage's own validation names it
+        return False
 
 
 class Recipe(BaseModel):

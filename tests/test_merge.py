@@ -640,6 +640,33 @@ def test_the_merge_is_judged_in_the_direction_its_inputs_were_selected_by(tmp_pa
     assert "math/accuracy ↓" in board.to_markdown()
 
 
+def test_a_task_vector_merges_base_scored_beside_its_candidates_is_not_one_of_the_top_k(
+        tmp_path, tokenizer_dir, checkpoints, tiny_model_dir):
+    """The SEA-LION 70B recipe scores its base (merge-sft) beside the aligned checkpoints and merges "the best three"
+    onto it with ties: when the base ranked among the three, it left the merge (its task vector is zero) and two
+    models were merged. The top_k are picked from the candidates besides the base."""
+    from tempa.merge import EvaluateStageConfig
+    from tempa.merge.evaluate_stage import run_evaluate
+
+    data = tmp_path / "math.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"2+2? ({i})", "answer": 4}) + "\n" for i in range(2)))
+    evaluate = EvaluateStageConfig.model_validate(
+        {"name": "eval", "kind": "evaluate", "models": [str(p) for p in checkpoints.values()],
+         "suites": [{"type": "accuracy", "name": "math", "data": str(data)}]})
+    scored = run_evaluate(evaluate, make_ctx(tmp_path, "eval", tokenizer_dir=tokenizer_dir, base=tiny_model_dir),
+                          backend_factory=lambda path, _cfg, _ctx: ScriptedBackend(path, {"a", "c"}))
+    config = MergeStageConfig.model_validate(
+        {"name": "merge", "kind": "merge", "method": "task_arithmetic", "evaluate_stage": "eval", "reevaluate": False,
+         "base_model": str(checkpoints["c"]), "select": {"metric": "math/accuracy", "top_k": 2}})
+    ctx = make_ctx(tmp_path, "merge", tokenizer_dir=tokenizer_dir, base=tiny_model_dir,
+                   upstream=[done("eval", scored, kind="evaluate", config=evaluate)])
+    result = run_merge(config, ctx)  # a = 1.0, c = 1.0 (the base), b = 0.0
+    assert [m.name for m in result.summary.models] == ["a", "b"]
+    document = yaml.safe_load((tmp_path / "merge" / "mergekit.yaml").read_text())
+    assert document["base_model"] == str(checkpoints["c"])
+    assert sorted(m["model"] for m in document["models"]) == sorted([str(checkpoints["a"]), str(checkpoints["b"])])
+
+
 def test_a_chosen_checkpoint_deleted_since_it_was_scored_is_named(tmp_path, tokenizer_dir, checkpoints,
                                                                    tiny_model_dir):
     """A checkpoint removed after the evaluate stage scored it (disk cleaned up, rotated) fails naming it and what to do."""

@@ -74,6 +74,20 @@ def test_a_top_k_above_the_candidates_the_evaluate_stage_can_score_is_refused_at
     )
 
 
+def test_a_task_vector_merges_base_among_the_candidates_is_not_counted_for_top_k(tmp_path):
+    """The merge picks its top_k besides its base (a task-vector merge of its base adds nothing), so a base that is
+    one of the scored candidates leaves one fewer to pick: refused at load, not after all training."""
+    ties = "method: ties\n            base_model: sft"
+    recipe = two_stage_recipe(tmp_path, dpo_train="{max_steps: 100, save_steps: 10}", top_k=3, merge=ties)
+    with pytest.raises(RecipeError) as error:
+        load_recipe(recipe)
+    assert "3, but evaluate stage 'evaluate' scores at most 2 candidate(s) (dpo 2 (save_strategy steps, " in str(
+        error.value) and "1 of `stages`, less its base_model 'sft')" in str(error.value), str(error.value)
+    assert load_recipe(two_stage_recipe(tmp_path, dpo_train="{max_steps: 100, save_steps: 10}", top_k=2, merge=ties))
+    # linear takes no base: the three candidates are the three it can merge
+    assert load_recipe(two_stage_recipe(tmp_path, dpo_train="{max_steps: 100, save_steps: 10}", top_k=3))
+
+
 def test_a_top_k_the_recipe_cannot_settle_is_said_by_plan(tmp_path, capsys):
     # Without max_steps, how many checkpoints DPO keeps (1 or 2) depends on its data: the run tells.
     recipe = two_stage_recipe(tmp_path, dpo_train="{save_total_limit: 2}", top_k=3)

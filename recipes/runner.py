@@ -258,7 +258,7 @@ def plan_run(
         forced = forcing or name == only
         action, reason = _decide(stage_dir, manifest, fp, components, dump, forced, kind.resumable, from_stage or only,
                                  kind.resume_point, running_elsewhere,
-                                 starts_from="base model" if upstream is None else f"model of '{upstream}'",
+                                 starts_from=_starts_from(loaded, upstream),
                                  unfingerprinted=frozenset(_flatten(dump)) - frozenset(_flatten(kept)))
         stale: list[str] = []
         reran: list[str] = []  # stale inputs that ran again (or run now)
@@ -336,6 +336,16 @@ def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dic
         return "rerun", f"{ended} and changed since: " + _what_changed(old, components, old_config, config,
                                                                        starts_from, unfingerprinted)
     return "run", "not run yet"
+
+
+def _starts_from(loaded: LoadedRecipe, upstream: str | None) -> str:
+    """What a stage's `upstream` fingerprint stands for, as the plan names a change in it: a stage that makes no model
+    (evaluate, synthesize) hands on the one it started from, and a change in it is its own (a leaderboard, a
+    dataset), not a model's."""
+    if upstream is None:
+        return "base model"
+    kind = stage_kind(loaded.stages[loaded.names.index(upstream)].kind)
+    return f"model of '{upstream}'" if Artifact.MODEL in kind.produces else f"'{upstream}' (or what it started from)"
 
 
 def _what_changed(old: dict, new: dict, old_config: dict | None, config: dict | None, starts_from: str,

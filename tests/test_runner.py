@@ -685,3 +685,14 @@ def test_a_metric_that_is_no_number_is_null_in_metrics_json(recipe, tmp_path, mo
     metrics = json.loads((run_dir / "a" / "metrics.json").read_text(), parse_constant=refuse)
     assert metrics == {"win_rate": None, "gain": None, "value": 1}
     assert {row.state for row in stage_status(load_recipe(recipe).names, run_dir)} == {"done"}
+
+
+def test_a_change_handed_on_by_a_stage_that_makes_no_model_is_not_called_its_model(recipe, tmp_path, monkeypatch):
+    """A merge after an evaluate stage was re-run with "changed since it ran: model of 'evaluate'", a model evaluate
+    does not make: the change is evaluate's own (its leaderboard) or the model it handed on."""
+    scores = dataclasses.replace(TOUCH, produces=frozenset())  # as evaluate: its leaderboard, no model
+    monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS[:-1], scores))
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    plans = plan_run(load_recipe(recipe, ["stages.a.value=9"]), run_dir)
+    assert plans[1].reason == "changed since it ran: 'a' (or what it started from)"

@@ -820,7 +820,9 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
         elif manifest.status == "running":
             state = "running" if active else "interrupted"
             note = _where_it_stands(manifest.kind, run_dir / name, running=active)
-        rows.append(StageStatus(name, manifest.kind, state, manifest.duration_s,
+        # A running stage has no duration yet: its time so far is what a user watching a long stage wants.
+        seconds = time.time() - manifest.started_at if state == "running" else manifest.duration_s
+        rows.append(StageStatus(name, manifest.kind, state, seconds,
                                 manifest.metrics if state in ("done", "stale") else {}, manifest.error, note))
     return rows
 

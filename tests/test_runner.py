@@ -393,7 +393,7 @@ def test_interrupted_stage_is_never_taken_as_complete(recipe, tmp_path):
     # What a kill mid-stage leaves: outputs and a running manifest, but no DONE.
     (run_dir / "b" / DONE).unlink()
     manifest = json_or_none(run_dir / "b" / MANIFEST)
-    manifest["status"] = "running"
+    manifest["status"], manifest["duration_s"] = "running", None
     (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
     (run_dir / "b" / "half-written.bin").write_text("x")
     plans = plan_run(load_recipe(recipe), run_dir)
@@ -450,7 +450,7 @@ def test_a_training_stage_cut_off_before_its_first_checkpoint_is_planned_as_star
     run_recipe(load_recipe(recipe), run_dir)
     (run_dir / "b" / DONE).unlink()  # what a Ctrl-C before the first checkpoint leaves
     manifest = json_or_none(run_dir / "b" / MANIFEST)
-    manifest["status"] = "running"
+    manifest["status"], manifest["duration_s"] = "running", None
     (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
     checkpoints = run_dir / "b" / CHECKPOINTS_DIR
     (checkpoints / "checkpoint-5").mkdir(parents=True)  # half-saved: no COMPLETE marker
@@ -470,7 +470,7 @@ def test_status_tells_running_from_interrupted(recipe, tmp_path):
     run_dir = tmp_path / "run"
     run_recipe(load_recipe(recipe), run_dir)
     manifest = json_or_none(run_dir / "b" / MANIFEST)
-    manifest["status"] = "running"
+    manifest["status"], manifest["duration_s"] = "running", None
     (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
     (run_dir / "b" / DONE).unlink()
     with RunLock(run_dir):
@@ -497,7 +497,7 @@ def test_status_names_where_a_running_or_interrupted_stage_stands(recipe, tmp_pa
     run_dir = tmp_path / "run"
     run_recipe(load_recipe(recipe), run_dir)
     manifest = json_or_none(run_dir / "b" / MANIFEST)
-    manifest["status"] = "running"
+    manifest["status"], manifest["duration_s"] = "running", None
     (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
     (run_dir / "b" / DONE).unlink()
     names = load_recipe(recipe).names
@@ -513,6 +513,7 @@ def test_status_names_where_a_running_or_interrupted_stage_stands(recipe, tmp_pa
     with RunLock(run_dir):
         row = stage_status(names, run_dir)[1]
         assert (row.state, row.note) == ("running", "so far: round 2, checkpoint-2")
+        assert row.duration_s is not None and row.duration_s > 0  # its time so far (status showed '-')
 
 
 def test_a_rerun_that_removes_a_gguf_export_says_so_first(recipe, tmp_path, caplog):

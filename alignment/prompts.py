@@ -39,7 +39,7 @@ from tempa.chat_templates.one_line import first_line
 from tempa.chat_templates.thinking import THINKING_DEFAULT_CONTEXT
 from tempa.sft.curation import check_tool_results
 from tempa.sft.formats import FormatSpec, RowError, normalize_row, thinking_mode_of, tools_of, uses_tools
-from tempa.sft.mixing import content_key, draw_ranks, thinking_on_count, thinking_picks
+from tempa.sft.mixing import PROMPT_SHUFFLE, content_key, draw_ranks, thinking_on_count, thinking_picks
 from tempa.sft.stage_api import (
     Artifact,
     OnOffMixed,
@@ -377,17 +377,12 @@ def _in_languages(prompts: Any, languages: list[str], limit: int | None) -> list
     return kept
 
 
-# The shuffle's own draw (tempa.sft.mixing numbers its draws 1-5): a prompt's place in it is not its place in the
-# thinking draw.
-_SHUFFLE_DRAW = 6
-
-
 def _shuffled(rows: list[Any], seed: int) -> list[int]:
     """Row positions in a seeded order that goes by each row's content (bottom-k, :func:`tempa.sft.mixing.draw_ranks`):
     `limit` then keeps the same prompts when the file is reordered, and those it kept but at the margin when it
     grows (a permutation of positions drew other prompts for either)."""
     keys = [content_key(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)) for row in rows]
-    ranks = draw_ranks(keys, seed, _SHUFFLE_DRAW)
+    ranks = draw_ranks(keys, seed, PROMPT_SHUFFLE)
     return sorted(range(len(rows)), key=lambda i: (int(ranks[i]), i))
 
 

@@ -26,6 +26,7 @@ from tempa.sft.data_config import SourceConfig
 
 # Separate draws per purpose, so e.g. adding a held-out split does not change the thinking draw.
 _THINKING, _HELDOUT, _SIZE, _SHUFFLE, _BUDGET = 1, 2, 3, 4, 5  # _BUDGET: a pretrain source's budget
+PROMPT_SHUFFLE = 6  # a prompt source's `shuffle` before its `limit` (tempa.alignment.prompts)
 
 
 def rng_for(seed: int, source_name: str, purpose: int) -> np.random.Generator:

@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -377,10 +378,11 @@ def _in_languages(prompts: Any, languages: list[str], limit: int | None) -> list
     return kept
 
 
-def _shuffled(rows: list[Any], seed: int) -> list[int]:
-    """Row positions in a seeded order that goes by each row's content (bottom-k, :func:`tempa.sft.mixing.draw_ranks`):
-    `limit` then keeps the same prompts when the file is reordered, and those it kept but at the margin when it
-    grows (a permutation of positions drew other prompts for either)."""
+def shuffled_positions(rows: Sequence[Any], seed: int) -> list[int]:
+    """A source's `shuffle`: row positions in a seeded order that goes by each row's content (bottom-k,
+    :func:`tempa.sft.mixing.draw_ranks`), for every stage that reads a :class:`PromptSource`. `limit` then keeps the
+    same rows when the file is reordered, and those it kept but at the margin when it grows (a permutation of
+    positions drew other rows for either)."""
     keys = [content_key(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)) for row in rows]
     ranks = draw_ranks(keys, seed, PROMPT_SHUFFLE)
     return sorted(range(len(rows)), key=lambda i: (int(ranks[i]), i))
@@ -391,9 +393,7 @@ def load_prompts(source: PromptSource, *, seed: int, thinking: ThinkingSettings 
     """The prompts in a stable order, each with its thinking mode decided (seeded for `mixed`); ``with_tools``: see
     :func:`to_prompt`."""
     rows, names = read_named_rows(source)
-    order = list(range(len(rows)))
-    if source.shuffle:
-        order = _shuffled(rows, seed)
+    order = shuffled_positions(rows, seed) if source.shuffle else list(range(len(rows)))
     prompts_of = (to_prompt(rows[i], i, source, names[i], with_tools=with_tools) for i in order)
     if source.languages:
         prompts = _in_languages(prompts_of, source.languages, source.limit)
@@ -414,3 +414,4 @@ def load_prompts(source: PromptSource, *, seed: int, thinking: ThinkingSettings 
         for index, prompt in enumerate(unset):
             prompt.thinking_mode = "on" if index in on else "off"
     return prompts
+

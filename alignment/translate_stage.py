@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from tempa.alignment.judge import language_name, text_or_file
-from tempa.alignment.prompts import PromptSource, read_named_rows
+from tempa.alignment.prompts import PromptSource, read_named_rows, shuffled_positions
 from tempa.alignment.teacher_text import (
     Gate,
     JudgeGate,
@@ -164,13 +164,9 @@ def _conversations(config: TranslateStageConfig, rows: Sequence[Any],
 
 
 def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateResult:
-    import random
-
     source = config.source.resolved(ctx, who=f"stage '{ctx.stage_name}'")
     rows, names = read_named_rows(source)
-    order = list(range(len(rows)))
-    if source.shuffle:
-        random.Random(ctx.seed).shuffle(order)
+    order = shuffled_positions(rows, ctx.seed) if source.shuffle else list(range(len(rows)))
     order = order[: source.limit] if source.limit else order
     conversations, unusable = _conversations(config, [rows[i] for i in order], [names[i] for i in order])
     if not conversations:

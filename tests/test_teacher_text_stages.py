@@ -420,3 +420,40 @@ def test_a_row_without_a_user_message_is_a_reject_not_the_end_of_the_stage(tmp_p
     with pytest.raises(StageError, match=r"none\.jsonl: no row has a user message to translate \(the first: line 1\)"):
         run_translate(config, make_context(tmp_path / "run2", "t", start_model=tiny_model_dir,
                                            tokenizer_dir=tiny_model_dir, chat_template=""))
+
+
+def test_a_shuffled_limit_translates_the_same_rows_when_the_source_is_reordered_or_grows(tmp_path, tiny_model_dir,
+                                                                                         monkeypatch):
+    """`shuffle` with `limit` shuffled positions: a source exported again in another order (per-language dumps
+    concatenated otherwise) sent other rows to the paid teacher, and a run resumed on it paid for rows the first run
+    never needed. It is the draw by each row's content that a preference stage's prompts get."""
+    rows = [{"prompt": f"Please explain question number {i} in detail."} for i in range(30)]
+    source = tmp_path / "prompts.jsonl"
+    _rows(source, rows)
+    config = TranslateStageConfig.model_validate({
+        "name": "t", "target_language": "ja", "source": {"path": str(source), "shuffle": True, "limit": 8},
+        "teacher": {"backend": {**HTTP, "model": "translator"}, "batch_size": 2}})
+
+    def context(run: str):
+        return make_context(tmp_path / run, "t", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                            chat_template="")
+
+    whole = Counting(japanese)
+    _run_with(monkeypatch, {"translator": whole}, config, context("whole"))
+    assert len(set(whole.requests)) == 8
+
+    ctx = context("resumed")
+    crashing = Counting(japanese, crash_after=4)
+    with pytest.raises(Interrupted):
+        _run_with(monkeypatch, {"translator": crashing}, config, ctx)
+    _rows(source, rows[::-1])  # exported again, in the other order, before the run is resumed
+    resumed = Counting(japanese)
+    result = _run_with(monkeypatch, {"translator": resumed}, config, ctx)
+    assert len(resumed.requests) == 4 and set(crashing.requests + resumed.requests) == set(whole.requests)
+    assert result.rows == 8
+
+    _rows(source, rows + [{"prompt": f"Please explain extra question {i} in detail."} for i in range(10)])
+    grown = Counting(japanese)
+    _run_with(monkeypatch, {"translator": grown}, config, context("grown"))
+    kept_old = {r for r in grown.requests if "number" in r}
+    assert kept_old and kept_old <= set(whole.requests)  # the added rows move only the margin

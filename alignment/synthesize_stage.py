@@ -38,7 +38,7 @@ from tempa.alignment.completions import Completion, assistant_message, split_thi
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.input_checks import check_reward_inputs
 from tempa.alignment.judge import fill, render_conversation
-from tempa.alignment.prompts import PromptRow, load_prompts
+from tempa.alignment.prompts import PromptRow, load_prompts, modes_signature
 from tempa.alignment.rewards import RewardSet, ScoringEnv, check_judges, judge_stats, reward_summary
 from tempa.alignment.sampling import (
     JsonlStore,
@@ -97,7 +97,8 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
                      trust_remote_code=ctx.trust_remote_code, seed=ctx.seed, tokenizer=tokenizer)
     # The teacher as far as it shapes the samples: a run resumed with more concurrency keeps what it has paid for.
     signature = {"model": str(ctx.start_model), "teacher": fingerprinted(config.teacher), "seed": ctx.seed,
-                 "sampling": config.sampling.model_dump(mode="json"), "prompts": [p.id for p in prompts]}
+                 "sampling": config.sampling.model_dump(mode="json"), "prompts": [p.id for p in prompts],
+                 **modes_signature(prompts, config.sampling.thinking)}
     rewards = RewardSet(config.rewards, env)
     stats: dict[str, Any] = {"prompts": len(prompts), "teacher": teacher_name}
     try:

@@ -289,3 +289,76 @@ def test_a_run_resumed_with_other_transport_settings_keeps_its_samples(tmp_path,
         assert len(server.requests) == sent
         run_synthesize(synth_config(server, prompts, teacher={**teacher, "model": "teacher-2"}), ctx)
         assert len(server.requests) == 2 * sent  # another model: sampled again
+
+
+def thinking_reply(body):
+    """The teacher thinks only when the request asks it to (a trace with thinking on, none with it off)."""
+    question = last_user(body)
+    on = body["chat_template_kwargs"]["thinking_mode"] == "on"
+    return chat_response(MATH[question][2], reasoning=[f"checking {question}" if on else None] * 3)
+
+
+def test_samples_journaled_in_another_thinking_mode_are_sampled_again(tmp_path, tiny_model_dir, tokenizer_dir,
+                                                                     monkeypatch):
+    """Killed mid-sampling, then resumed after a row's own thinking_mode was edited (off to the recipe's on): its
+    samples, taken without thinking, were kept as if taken with it, and its row was written `thinking_mode: on`
+    with no trace. Neither that mode nor a mixed draw's (which changed with tempa) is part of a prompt's id."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    path = write_prompts(tmp_path / "prompts.jsonl")
+    rows = read_jsonl(path)
+    path.write_text("".join(json.dumps({**r, **({"thinking_mode": "off"} if i == 0 else {})}, ensure_ascii=False)
+                            + "\n" for i, r in enumerate(rows)))
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    killed = {"at": "Hitung 7 × 3."}  # the second batch (of two prompts) fails: the first is journaled
+
+    def reply(body):
+        if last_user(body) == killed["at"]:
+            return 401, {"error": {"message": "key revoked"}}, {}
+        return thinking_reply(body)
+
+    with FakeOpenAI(reply) as server:
+        config = synth_config(server, path, select={"strategy": "best", "min_score": 2.0})
+        with pytest.raises(Exception, match="401"):
+            run_synthesize(config, ctx)
+        journaled = [r["thinking_mode"] for r in read_jsonl(ctx.stage_dir / "data" / "samples.jsonl")]
+        assert sorted(journaled) == ["off", "on"]
+        write_prompts(path)  # the row's own mode is gone: the recipe's `on` applies
+        killed["at"] = None
+        run_synthesize(config, ctx)
+        asked = {(last_user(b), b["chat_template_kwargs"]["thinking_mode"]) for b in server.requests}
+    assert ("Berapa 2 + 3?", "on") in asked
+    assert {r["thinking_mode"] for r in read_jsonl(ctx.stage_dir / "data" / "samples.jsonl")} == {"on"}
+    first = read_jsonl(ctx.stage_dir / "data" / "synthesized.jsonl")[0]
+    assert first["messages"][0]["content"] == "Berapa 2 + 3?" and first["thinking_mode"] == "on"
+    assert first["messages"][1]["reasoning_content"] == "checking Berapa 2 + 3?"
+
+
+def test_samples_journaled_under_another_mixed_draw_are_sampled_again(tmp_path, tiny_model_dir, tokenizer_dir,
+                                                                     monkeypatch):
+    """A `mixed` draw gives each prompt its mode and changed with tempa (by position, then by content): a run killed
+    under one draw and resumed under the other kept samples in the mode they were not sampled in."""
+    import tempa.alignment.synthesize_stage as stage_module
+
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    path = write_prompts(tmp_path / "prompts.jsonl")
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    with FakeOpenAI(thinking_reply) as server:
+        config = synth_config(server, path, sampling={"n": 3, "temperature": 0.7, "max_new_tokens": 64,
+                                                      "batch_size": 2, "thinking": {"mode": "mixed", "ratio": 0.5}})
+        run_synthesize(config, ctx)
+        first = {r["id"]: r["thinking_mode"] for r in read_jsonl(ctx.stage_dir / "data" / "samples.jsonl")}
+        assert sorted(first.values()) == ["off", "off", "on", "on"]
+        loaded = stage_module.load_prompts
+
+        def other_draw(*args, **kwargs):
+            prompts = loaded(*args, **kwargs)
+            for prompt in prompts:
+                prompt.thinking_mode = "off" if prompt.thinking_mode == "on" else "on"
+            return prompts
+
+        monkeypatch.setattr(stage_module, "load_prompts", other_draw)
+        sent = len(server.requests)
+        run_synthesize(config, ctx)
+        assert len(server.requests) == 2 * sent
+    again = {r["id"]: r["thinking_mode"] for r in read_jsonl(ctx.stage_dir / "data" / "samples.jsonl")}
+    assert again == {key: "off" if mode == "on" else "on" for key, mode in first.items()}

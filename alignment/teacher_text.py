@@ -42,7 +42,7 @@ from tempa.alignment.sampling import JsonlStore, run_incremental
 from tempa.sft import language as lang
 from tempa.sft.curation import normalize_instruction
 from tempa.sft.files import write_json, write_jsonl
-from tempa.sft.stage_api import Read, StageContext, StageError, StageResult, fingerprinted
+from tempa.sft.stage_api import NOT_FINGERPRINTED, Read, StageContext, StageError, StageResult, fingerprinted
 
 
 class TeacherSettings(BaseModel):
@@ -94,8 +94,10 @@ class JudgeGate(JudgeSettings):
 
     min_score: float = Field(default=8, ge=1, le=10, description="Keep texts rated at least this (Swallow's "
                              "gemma-magpie rejects <= 7, i.e. keeps >= 8).")
+    # Decides only whether the stage stops, never what it keeps (unrated texts are dropped either way): raised after a
+    # failure, `tempa run` resumes the stage and its journals instead of clearing them.
     max_unparsable: float = Field(
-        default=0.1, ge=0, le=1, description="Largest share of the judge's replies that may lack a rating (each such "
+        default=0.1, ge=0, le=1, json_schema_extra=NOT_FINGERPRINTED, description="Largest share of the judge's replies that may lack a rating (each such "
         "text is dropped as `judge_unrated`); above it the stage fails, quoting one reply (a judge that cannot follow "
         "the rubric decides nothing). Raising it re-reads the journaled replies without asking again.",
     )

@@ -119,20 +119,23 @@ def test_synthesized_answers_and_follow_ups_are_stored_nfc(tmp_path, tiny_model_
     assert (row["messages"][2]["content"], second["content"]) == (followup, SKY)
 
 
+WRITTEN = ["Làm thế nào để nấu phở bò ngon như ngoài hàng?", "Cách làm bánh xèo giòn là gì vậy bạn?",
+           "Vì sao nhà Nguyễn chọn Huế làm kinh đô?", "Trận Bạch Đằng năm 938 có ý nghĩa gì?",
+           "Nên đi du lịch Đà Lạt vào mùa nào?"]
+
+
+def writer_and_loose_judge(body):
+    """A teacher writing WRITTEN's prompts, and a judge that gives 2 of them no [[rating]]."""
+    asked = last_user(body)
+    if "[Prompt]" in asked:
+        return chat_response(["Tôi thấy câu hỏi này ổn, 8/10." if "bánh xèo" in asked or "Đà Lạt" in asked
+                              else "Rõ ràng. [[9]]"])
+    return chat_response([WRITTEN[int(re.search(r"\(variation (\d+)\)", asked).group(1)) - 1]])
+
+
 def test_a_gate_judge_without_ratings_stops_the_stage_and_a_raised_limit_reuses_its_replies(tmp_path, tiny_model_dir):
     """As a synthesize judge does: 2 of 5 replies without a [[rating]] (40% > max_unparsable 0.1) is a judge that
     cannot follow its rubric, not 2 bad prompts to drop quietly."""
-    written = ["Làm thế nào để nấu phở bò ngon như ngoài hàng?", "Cách làm bánh xèo giòn là gì vậy bạn?",
-               "Vì sao nhà Nguyễn chọn Huế làm kinh đô?", "Trận Bạch Đằng năm 938 có ý nghĩa gì?",
-               "Nên đi du lịch Đà Lạt vào mùa nào?"]
-
-    def reply(body):
-        asked = last_user(body)
-        if "[Prompt]" in asked:
-            return chat_response(["Tôi thấy câu hỏi này ổn, 8/10." if "bánh xèo" in asked or "Đà Lạt" in asked
-                                  else "Rõ ràng. [[9]]"])
-        return chat_response([written[int(re.search(r"\(variation (\d+)\)", asked).group(1)) - 1]])
-
     ctx = make_context(tmp_path / "run", "gp", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
                        chat_template="")
 
@@ -142,7 +145,7 @@ def test_a_gate_judge_without_ratings_stops_the_stage_and_a_raised_limit_reuses_
             "teacher": {"backend": http(server), "temperature": 1.0},
             "judge": {"backend": http(server), "min_score": 8, **judge}})
 
-    with FakeOpenAI(reply) as server:
+    with FakeOpenAI(writer_and_loose_judge) as server:
         with pytest.raises(StageError, match=r"judge gave no \[\[rating\]\] in 2 of 5 replies \(40% > "
                            r"max_unparsable 0\.1\); e\.g\. 'Tôi thấy câu hỏi này ổn, 8/10\.'"):
             run_generate_prompts(config(server), ctx)
@@ -152,6 +155,38 @@ def test_a_gate_judge_without_ratings_stops_the_stage_and_a_raised_limit_reuses_
     stats = json.loads((ctx.stage_dir / "data" / "stats.json").read_text())
     assert stats["rejected"] == {"judge_unrated": 2} and result.rows == 3
     assert stats["judge"] == {"replies": 5, "unparsable": 2, "unparsable_fraction": 0.4}
+
+
+def test_a_raised_gate_limit_resumes_the_failed_stage_under_tempa_run(tmp_path):
+    """The stage failed on its judge's unrated replies; raising judge.max_unparsable in the recipe changed the stage's
+    fingerprint, so `tempa run` cleared the stage and paid for every prompt and every judge reply again (10 of 10
+    requests), where the limit only decides whether the stage stops, never what it keeps."""
+    from tempa.recipes.loader import load_recipe
+    from tempa.recipes.runner import run_recipe
+
+    with FakeOpenAI(writer_and_loose_judge) as server:
+        def recipe(limit: float):
+            backend = json.dumps(http(server))
+            (tmp_path / "vi.yaml").write_text(f"""name: vi
+base_model: "tempa:tiny"
+stages:
+  - name: gp
+    kind: generate_prompts
+    topics: ["Việt Nam"]
+    per_topic: 5
+    language: vi
+    teacher: {{backend: {backend}, temperature: 1.0}}
+    judge: {{backend: {backend}, min_score: 8, max_unparsable: {limit}}}
+""", encoding="utf-8")
+            return load_recipe(tmp_path / "vi.yaml")
+
+        with pytest.raises(StageError, match=r"raise judge\.max_unparsable"):
+            run_recipe(recipe(0.1), tmp_path / "run")
+        asked = len(server.requests)
+        run_recipe(recipe(0.5), tmp_path / "run")
+        assert len(server.requests) == asked
+    rows = read_jsonl(tmp_path / "run" / "gp" / "data" / "prompts.jsonl")
+    assert [r["messages"][0]["content"] for r in rows] == [WRITTEN[0], WRITTEN[2], WRITTEN[3]]
 
 
 RECIPE = """name: vi

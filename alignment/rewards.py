@@ -64,7 +64,7 @@ from tempa.alignment.numbers import math_text
 from tempa.alignment.prompts import PromptRow
 from tempa.chat_templates.thinking import ThinkSplit, has_think_tags, outside_think
 from tempa.sft import language
-from tempa.sft.stage_api import Read, StageError, resolve_path
+from tempa.sft.stage_api import NOT_FINGERPRINTED, Read, StageError, resolve_path
 
 log = logging.getLogger("tempa")
 
@@ -385,9 +385,12 @@ class JudgeReward(_RewardBase, JudgeSettings):
     """An LLM judge's 1-10 rating (MT-Bench `[[N]]`); an unparsable reply fails the sample's scoring."""
 
     type: Literal["judge"] = "judge"
+    # Decides only whether the stage stops, never a score (a sample without a rating is unscored either way): raised
+    # after a failure, `tempa run` resumes the stage and its score journal instead of asking the judge again.
     max_unparsable: float = Field(
-        default=0.1, ge=0, le=1, description="Largest share of this judge's replies that may lack a rating; "
-        "above it the stage fails, quoting one reply (a judge that cannot follow the rubric decides nothing).",
+        default=0.1, ge=0, le=1, json_schema_extra=NOT_FINGERPRINTED, description="Largest share of this judge's "
+        "replies that may lack a rating; above it the stage fails, quoting one reply (a judge that cannot follow the "
+        "rubric decides nothing). Raising it re-reads the journaled scores without asking again.",
     )
     scale: Literal["raw", "unit"] = Field(
         default="raw", description="`raw`: the 1-10 rating; `unit`: (rating - 1) / 9, in 0..1."

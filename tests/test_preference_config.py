@@ -201,3 +201,35 @@ def test_an_offline_only_stage_is_fingerprinted_by_what_it_trains_on(tmp_path, t
         assert fingerprint(changed) == base, changed
     assert fingerprint(unused + "\n                train: {beta: 0.2}") != base
     assert fingerprint(unused.replace("rounds: 0", "rounds: 1")) != base
+
+
+def test_a_raised_judge_limit_keeps_the_stage_and_its_scores(tmp_path, tiny_model_dir):
+    """A preference stage that stopped on a judge's unparsable replies is re-run with a higher max_unparsable: the
+    limit decides only whether the stage stops (a sample without a rating is unscored either way), so the stage keeps
+    its fingerprint and `tempa run` resumes it, where it cleared the stage and paid the judge again."""
+    from tempa.alignment.rewards import JudgeReward
+    from tempa.recipes.loader import load_recipe
+    from tempa.recipes.runner import plan_run
+    from tempa.sft.stage_api import fingerprinted
+
+    (tmp_path / "prompts.jsonl").write_text(Path(PROMPTS).read_text())
+    recipe = tmp_path / "r.yaml"
+
+    def fingerprint(judge: str) -> str:
+        recipe.write_text(textwrap.dedent(f"""
+            name: t
+            base_model: {tiny_model_dir}
+            stages:
+              - name: dpo
+                kind: preference
+                prompts: {{path: prompts.jsonl}}
+                rewards: [{{type: judge, backend: {{type: http, base_url: "http://judge.invalid/v1", model: j}}
+                            {judge}}}]
+        """))
+        return plan_run(load_recipe(recipe), tmp_path / "run")[0].fingerprint
+
+    assert fingerprint(", max_unparsable: 0.5") == fingerprint("")
+    assert fingerprint(", scale: unit") != fingerprint("")  # what changes a score still re-runs it
+    backend = {"type": "http", "base_url": "http://judge.invalid/v1", "model": "j"}
+    # the score journal's signature (the stage's own resume) reads the same dump
+    assert fingerprinted(JudgeReward(backend=backend, max_unparsable=0.5)) == fingerprinted(JudgeReward(backend=backend))

@@ -72,6 +72,11 @@ and naturalness in {language}. First explain briefly, then give a rating from 1 
 [End of translation]"""
 
 
+# The source fields translate reads; the others shape prompts for sampling stages.
+_READ = ("messages_field", "prompt_field", "limit", "shuffle", "languages")
+_NOT_READ = frozenset(PromptSource.model_fields) - {"path", "split", *_READ}
+
+
 class TranslateStageConfig(StageConfigBase):
     """Translate prompts (first user turns) or whole conversations with a teacher; filter and judge them."""
 
@@ -106,6 +111,18 @@ class TranslateStageConfig(StageConfigBase):
     @classmethod
     def _code(cls, value: str) -> str:
         return language.check_codes([value])[0]
+
+    @field_validator("source")
+    @classmethod
+    def _read_fields(cls, value: PromptSource) -> PromptSource:
+        # A prompt source's other fields shape prompts for sampling; translate copies rows as they are, so one set here
+        # would be ignored in silence (a system_prompt never sent, an answer column not carried).
+        ignored = sorted(_NOT_READ & value.model_fields_set)
+        if ignored:
+            them = "it" if len(ignored) == 1 else "them"
+            raise ValueError(f"{', '.join(ignored)}: translate does not read {them} (it reads path, split, "
+                             f"{', '.join(_READ)}); remove {them}")
+        return value
 
     @field_validator("instruction")
     @classmethod
@@ -163,10 +180,30 @@ def _conversations(config: TranslateStageConfig, rows: Sequence[Any],
     return out, unusable
 
 
+def _in_languages(config: TranslateStageConfig, rows: Sequence[Any], names: Sequence[str],
+                  order: Sequence[int]) -> list[int]:
+    """The positions in ``order`` whose first user message the language detector places in ``source.languages``,
+    up to ``source.limit`` (the filter comes before the limit, as for a sampling stage's prompts)."""
+    accepted, kept, limit = language.accepted(config.source.languages or []), [], config.source.limit
+    for i in order:
+        (messages,), _ = _conversations(config, [rows[i]], [names[i]])
+        first = next((m["content"] for m in messages if m["role"] == "user" and isinstance(m["content"], str)), "")
+        if first.strip() and language.detect(first).language in accepted:
+            kept.append(i)
+            if limit is not None and len(kept) >= limit:
+                break
+    return kept
+
+
 def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateResult:
     source = config.source.resolved(ctx, who=f"stage '{ctx.stage_name}'")
     rows, names = read_named_rows(source)
     order = shuffled_positions(rows, ctx.seed) if source.shuffle else list(range(len(rows)))
+    if source.languages:
+        order = _in_languages(config, rows, names, order)
+        if not order:
+            raise StageError(f"stage '{ctx.stage_name}': {source.path}: no row's first user message is in "
+                             f"{', '.join(source.languages)} (source.languages)")
     order = order[: source.limit] if source.limit else order
     conversations, unusable = _conversations(config, [rows[i] for i in order], [names[i] for i in order])
     if not conversations:

@@ -457,3 +457,28 @@ def test_a_shuffled_limit_translates_the_same_rows_when_the_source_is_reordered_
     _run_with(monkeypatch, {"translator": grown}, config, context("grown"))
     kept_old = {r for r in grown.requests if "number" in r}
     assert kept_old and kept_old <= set(whole.requests)  # the added rows move only the margin
+
+
+def test_a_sources_languages_pick_the_rows_to_translate_and_fields_it_would_ignore_are_refused(tmp_path,
+                                                                                               tiny_model_dir,
+                                                                                               monkeypatch):
+    """A multilingual dump (LMSYS) with `languages: [en]` was translated whole: translate ignored the filter. It keeps
+    the rows whose first user message is in those languages, before `limit`. A prompt source's sampling fields
+    (system_prompt, answer_field...) that translate never reads are refused at load, not ignored."""
+    english = [{"prompt": f"Please explain question number {i} in detail, step by step."} for i in range(6)]
+    others = [{"prompt": f"Tolong jelaskan pertanyaan nomor {i} secara rinci, langkah demi langkah."} for i in range(6)]
+    source = _rows(tmp_path / "dump.jsonl", [row for pair in zip(others, english, strict=True) for row in pair])
+    config = TranslateStageConfig.model_validate({
+        "name": "t", "target_language": "ja", "source": {"path": source, "languages": ["en"], "limit": 4},
+        "teacher": {"backend": {**HTTP, "model": "translator"}, "batch_size": 2}})
+    teacher = Counting(japanese)
+    ctx = make_context(tmp_path / "run", "t", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    result = _run_with(monkeypatch, {"translator": teacher}, config, ctx)
+    assert result.rows == 4 and all("question number" in request for request in teacher.requests)
+    assert len(teacher.requests) == 4
+
+    for field in ({"system_prompt": "Be brief."}, {"answer_field": "gold"}):
+        with pytest.raises(ValueError, match=rf"source\n.*{next(iter(field))}: translate does not read it"):
+            TranslateStageConfig.model_validate({"name": "t", "target_language": "ja",
+                                                 "source": {"path": source, **field}})

@@ -274,6 +274,23 @@ class HTTPBackendConfig(_Strict):
         return value.rstrip("/")
 
 
+def read_api_key(variable: str) -> str:
+    """The API key held in environment variable ``variable``, without the whitespace around it: a key exported from a
+    secret file (a Kubernetes secret, ``export KEY="$(<file)"`` of a file saved by an editor) ends with a line break,
+    which an HTTP header cannot carry (http.client refused it with a ValueError quoting the whole header, key and
+    all). StageError, naming the variable and never its value, when it is unset or empty, or when the key holds a
+    space, control or non-ASCII character, which no API key has and no header may carry."""
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        raise StageError(f"environment variable {variable} is not set")
+    bad = next((i for i, char in enumerate(value) if not " " < char <= "~"), None)
+    if bad is not None:
+        raise StageError(f"environment variable {variable} holds a space, line break, control or non-ASCII character "
+                         f"inside the key (character {bad + 1} of {len(value)}; the value is not shown), which an HTTP "
+                         "header cannot carry")
+    return value
+
+
 BackendConfig = Annotated[
     TransformersBackendConfig | VLLMBackendConfig | HTTPBackendConfig, Field(discriminator="type")
 ]

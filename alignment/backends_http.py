@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from email.message import Message
 from typing import Any
 
-from tempa.alignment.backends import HTTPBackendConfig, SamplingBackend
+from tempa.alignment.backends import HTTPBackendConfig, SamplingBackend, read_api_key
 from tempa.alignment.completions import Completion, written_turn
 from tempa.alignment.generation import (
     GenerationParams,
@@ -211,9 +211,10 @@ class HTTPBackend(SamplingBackend):
                     tokenizer_dir: str | os.PathLike | None = None, trust_remote_code: bool = False) -> HTTPBackend:
         api_key = None
         if config.api_key_env:
-            api_key = os.environ.get(config.api_key_env)
-            if not api_key:
-                raise StageError(f"http backend: environment variable {config.api_key_env} (api_key_env) is not set")
+            try:
+                api_key = read_api_key(config.api_key_env)
+            except StageError as exc:
+                raise StageError(f"http backend: api_key_env: {exc}") from None
         return cls(
             config.base_url, config.model, api_key=api_key, timeout_s=config.timeout_s,
             max_retries=config.max_retries, backoff_s=config.backoff_s, concurrency=config.concurrency,

@@ -11,14 +11,13 @@ downloaded); the stage checks those itself when it loads them (:func:`check_rewa
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from tempa.alignment.backends import HTTPBackendConfig
+from tempa.alignment.backends import HTTPBackendConfig, read_api_key
 from tempa.alignment.prompts import PromptRow, PromptSource, load_prompts
 from tempa.alignment.rewards import AnswerReward, JudgeReward, LanguageReward
 from tempa.sft.stage_api import StageError, stage_ref
@@ -37,11 +36,16 @@ def http_backends(node: Any, field: str = "") -> Iterator[tuple[str, HTTPBackend
 
 
 def check_api_keys(config: BaseModel) -> None:
-    """Each HTTP backend's ``api_key_env`` names a variable set in this environment (its value is never shown)."""
+    """Each HTTP backend's ``api_key_env`` names a variable set in this environment to a key an HTTP header can carry
+    (its value is never shown)."""
     for field, backend in http_backends(config):
-        if backend.api_key_env and not os.environ.get(backend.api_key_env):
-            raise StageError(f"{field}.api_key_env: environment variable {backend.api_key_env} is not set "
-                             f"(the API key for {backend.base_url}); export it before the run")
+        if not backend.api_key_env:
+            continue
+        try:
+            read_api_key(backend.api_key_env)
+        except StageError as exc:
+            raise StageError(f"{field}.api_key_env: {exc} (the API key for {backend.base_url}); export it before "
+                             "the run") from None
 
 
 def check_reward_inputs(rewards: Sequence[Any], prompts: Sequence[PromptRow], source: PromptSource) -> None:

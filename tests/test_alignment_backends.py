@@ -155,6 +155,31 @@ def test_missing_api_key_variable_is_a_clear_error(monkeypatch):
         build_backend(config, policy_dir=None, tokenizer_dir=None)  # type: ignore[arg-type]
 
 
+def test_an_api_key_exported_with_a_line_break_is_sent_without_it_and_never_shown(monkeypatch):
+    """A key exported from a secret file (a Kubernetes secret, `$(<file)` of a file an editor saved) ends with a line
+    break: http.client refused the header with a ValueError quoting it, key and all, into the terminal and the
+    stage's traceback.txt. The key is sent without the whitespace around it; one with a break or space inside is
+    refused by the run's check and by the backend, naming the variable, never the value."""
+    from tempa.alignment.input_checks import check_api_keys
+
+    monkeypatch.setenv("TEACHER_KEY", f"  {SECRET}\n")
+    with FakeOpenAI(lambda body: chat_response(["ok"])) as server:
+        config = HTTPBackendConfig(base_url=server.base_url, model="m", api_key_env="TEACHER_KEY", max_retries=0,
+                                   timeout_s=5)
+        check_api_keys(config)
+        backend = build_backend(config, policy_dir=None, tokenizer_dir=None)  # type: ignore[arg-type]
+        out = backend.sample([[{"role": "user", "content": "q"}]], GenerationParams())
+    assert out[0][0].text == "ok" and server.headers[0]["Authorization"] == f"Bearer {SECRET}"
+    for inner in ("\n", "\r\n", " ", "\u00a0"):
+        monkeypatch.setenv("TEACHER_KEY", f"{SECRET[:12]}{inner}{SECRET[12:]}")
+        for check in (lambda: check_api_keys(config), lambda: build_backend(config, policy_dir=None,
+                                                                            tokenizer_dir=None)):
+            with pytest.raises(StageError, match="TEACHER_KEY holds a space, line break") as err:
+                check()
+            message = str(err.value)
+            assert SECRET[:12] not in message and SECRET[12:] not in message and "\n" not in message
+
+
 class RawServer:
     """A loopback server that answers each POST with scripted raw bytes: what FakeOpenAI cannot send (a body
     cut short, an HTML page, bytes that are not UTF-8)."""

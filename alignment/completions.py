@@ -19,7 +19,14 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from tempa.chat_templates.thinking import ThinkSplit, end_of_turn_token, rendered_prefill, split_reasoning
+from tempa.chat_templates.thinking import (
+    THINK_CLOSE,
+    THINK_OPEN,
+    ThinkSplit,
+    end_of_turn_token,
+    rendered_prefill,
+    split_reasoning,
+)
 
 FinishReason = Literal["stop", "length"]
 
@@ -40,6 +47,15 @@ class Completion:
     def full_text(self) -> str:
         """The assistant text as the model wrote it, pre-filled part included."""
         return self.prefill + self.text
+
+    @property
+    def written_text(self) -> str:
+        """The whole reply as the model wrote it: :attr:`full_text`, with reasoning a server split off put back in its
+        think block (closed when the model closed it), so that a reader of raw replies (a judge's) sees it too."""
+        if self.reasoning is None:
+            return self.full_text
+        close = f"{THINK_CLOSE}\n\n" if split_think(self).closed else ""
+        return f"{THINK_OPEN}\n{self.reasoning}\n{close}{self.text}"
 
     @property
     def truncated(self) -> bool:

@@ -247,7 +247,8 @@ class Judge:
         self.seconds = 0.0
 
     def ask(self, prompts: list[str]) -> list[str]:
-        """Raw judge replies (answer text, think block kept) for user-turn prompts."""
+        """Raw judge replies (answer text, think block kept: also one a server's reasoning parser split off) for
+        user-turn prompts."""
         params = GenerationParams(
             max_new_tokens=self.settings.max_new_tokens, temperature=self.settings.temperature, n=1,
             seed=self.seed, thinking_mode=self.settings.thinking_mode, batch_size=self.settings.batch_size,
@@ -256,7 +257,7 @@ class Judge:
         out = self.backend.sample([[{"role": "user", "content": p}] for p in prompts], params)
         self.seconds += time.time() - started
         self.calls += len(prompts)
-        return [group[0].full_text for group in out]
+        return [group[0].written_text for group in out]
 
     def rate(self, prompts: list[str]) -> list[Verdict]:
         verdicts = []

@@ -110,3 +110,28 @@ def test_render_conversation_names_each_tool_result_by_its_call_and_leaves_plain
         "[Tools]\n- rate: Exchange rate\n- weather\n\n[User]\nKurs dan cuaca?\n\n"
         '[Assistant]\nSaya cek dulu.\nTool call: rate({"pair": "USD/IDR"})\nTool call: weather({"city": "Medan"})\n\n'
         '[Tool result: weather]\n28C\n\n[Tool result: rate]\n{"rate": 16000}')
+
+
+def test_a_judge_reply_whose_reasoning_a_server_split_off_keeps_it_in_the_raw_reply():
+    """A judge served with a reasoning parser (`vllm serve ... --reasoning-parser deepseek_r1`) gets its reasoning back
+    beside the content. The raw reply dropped it: a judge cut off while reasoning (no content) was quoted as '' in the
+    stage's 'gave no [[rating]]' error and its score details, with nothing to say why. It is kept in its think block,
+    which the rating is never read from."""
+    from test_alignment_fakes import FakeOpenAI, chat_response, last_user
+
+    from tempa.alignment.backends_http import HTTPBackend
+
+    def reply(body):
+        if "cut" in last_user(body):  # ran out of max_tokens while reasoning: no content at all
+            response = chat_response([""], finish="length", reasoning=["The answer is close to [[4]] but"])
+            response["choices"][0]["message"]["content"] = None
+            return response
+        return chat_response(["Clear and correct. Rating: [[8]]"], reasoning=["It might deserve [[3]]; no."])
+
+    with FakeOpenAI(reply) as server:
+        judge = Judge(HTTPBackend(server.base_url, "judge", timeout_s=5, max_retries=0), JudgeSettings())
+        done, cut = judge.rate(["judge this", "judge this cut"])
+    assert done.score == 8.0 and cut.score is None  # a rating in the reasoning never counts
+    assert "It might deserve [[3]]; no." in done.raw and done.raw.endswith("Clear and correct. Rating: [[8]]")
+    assert "The answer is close to [[4]] but" in cut.raw
+    assert judge.stats()["judge_unparsable"] == 1

@@ -54,6 +54,7 @@ log = logging.getLogger("tempa.alignment.http")
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 60.0
+REACH_TIMEOUT_S = 30.0
 # Kept apart from "stop" and "length": a filtered answer may be cut anywhere, so it is never a finished one.
 CONTENT_FILTER = "content_filter"
 FINISH_REASONS = ("stop", "length", CONTENT_FILTER)
@@ -272,12 +273,37 @@ class HTTPBackend(SamplingBackend):
                 retry_after = _retry_after(reply_headers.get("Retry-After") if reply_headers else None)
             if attempt >= self.max_retries:
                 raise HTTPBackendError(f"{self._where}: failed after {attempt} retries: {reason}")
-            delay = retry_after if retry_after is not None else min(MAX_BACKOFF_S, self.backoff_s * 2**attempt)
-            delay *= 1.0 if retry_after is not None else random.uniform(0.8, 1.2)
-            log.warning("%s: %s; retry %d/%d in %.1fs", self._where, reason, attempt + 1, self.max_retries, delay)
             with self._count_lock:
                 self.retries += 1
-            time.sleep(delay)
+            self._wait(attempt, reason, retry_after)
+            attempt += 1
+
+    def _wait(self, attempt: int, reason: str, retry_after: float | None = None) -> None:
+        """Sleep before retry ``attempt + 1``: what the server asked for, else exponential backoff with jitter."""
+        delay = retry_after if retry_after is not None else min(MAX_BACKOFF_S, self.backoff_s * 2**attempt)
+        delay *= 1.0 if retry_after is not None else random.uniform(0.8, 1.2)
+        log.warning("%s: %s; retry %d/%d in %.1fs", self._where, reason, attempt + 1, self.max_retries, delay)
+        time.sleep(delay)
+
+    def check_reachable(self) -> None:
+        """Raise HTTPBackendError (one line) when the server cannot be reached at all: refused, no such host, no answer
+        within ``timeout_s``, retried as a request is. Any HTTP answer to ``GET {base_url}/models``, an error status
+        included (a server without that route), counts as reachable; no key is sent. Each try waits at most
+        ``REACH_TIMEOUT_S``."""
+        url = self.url.removesuffix("/chat/completions") + "/models"
+        attempt = 0
+        while True:
+            try:
+                # A server that is up answers this at once, however busy its generation is; a dropped connection
+                # would otherwise hold each try for the whole timeout_s (300 s by default).
+                _exchange(urllib.request.Request(url, method="GET"), min(self.timeout_s, REACH_TIMEOUT_S))
+                return
+            except (OSError, http.client.HTTPException) as exc:
+                reason = self._scrub(str(getattr(exc, "reason", exc))) or type(exc).__name__
+            if attempt >= self.max_retries:
+                raise HTTPBackendError(f"GET {url} (model {self.model}): the server cannot be reached after {attempt} "
+                                       f"retries: {reason}")
+            self._wait(attempt, reason)
             attempt += 1
 
     def _parsed(self, raw: bytes) -> dict[str, Any]:

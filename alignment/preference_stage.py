@@ -31,7 +31,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tempa.alignment.backends import LazyBackend, SamplingBackend, build_backend
+from tempa.alignment.backends import HTTPBackendConfig, LazyBackend, SamplingBackend, build_backend
+from tempa.alignment.backends_http import HTTPBackend
 from tempa.alignment.completions import Completion, assistant_message, split_think
 from tempa.alignment.input_checks import check_reward_inputs, check_tool_prompts
 from tempa.alignment.judge import fill
@@ -50,6 +51,7 @@ from tempa.alignment.pairs import (
 from tempa.alignment.preference_config import PreferenceStageConfig
 from tempa.alignment.prompts import PromptRow, load_prompts
 from tempa.alignment.rewards import (
+    JudgeReward,
     RewardSet,
     ScoreItem,
     ScoringEnv,
@@ -177,6 +179,19 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> Preferen
 
 
 SAMPLES_FILE = "samples.jsonl"
+SCORES_FILE = "scores.jsonl"
+
+
+def check_judge_servers(config: PreferenceStageConfig, where: str) -> None:
+    """Every judge behind an HTTP server can be reached, before the round samples: a judge server that is down (not
+    started, a wrong port) was found only when scoring began, after the policy had sampled every prompt."""
+    for index, reward in enumerate(config.rewards):
+        if isinstance(reward, JudgeReward) and isinstance(reward.backend, HTTPBackendConfig):
+            try:
+                HTTPBackend.from_config(reward.backend, show_progress=False).check_reachable()
+            except StageError as exc:
+                raise StageError(f"{where}: judge '{reward.key}' (rewards[{index}].backend), checked before sampling: "
+                                 f"{exc}; start its server or fix base_url") from None
 
 
 def preference_resume_point(stage_dir: Path) -> str | None:
@@ -266,6 +281,9 @@ def run_round(
         # position before it went by content) would be paired and trained in a mode they were not sampled in.
         signature["thinking_modes"] = [p.thinking_mode for p in prompts]
 
+    if not JsonlStore.completed(round_dir / SCORES_FILE):
+        check_judge_servers(config, f"{ctx.stage_name} {label}")
+
     # 1. sample k responses per prompt from the current policy
     policy_backend = LazyBackend(lambda: build_backend(
         config.backend, policy_dir=policy, tokenizer_dir=ctx.tokenizer_dir, stage_models=ctx.stage_models,
@@ -287,7 +305,7 @@ def run_round(
     score_signature = {**signature, "rewards": [fingerprinted(r) for r in config.rewards]}
     try:
         scores, score_stats = score_pass(
-            prompts, samples, rewards, JsonlStore(round_dir / "scores.jsonl", score_signature),
+            prompts, samples, rewards, JsonlStore(round_dir / SCORES_FILE, score_signature),
             chunk_size=config.sampling.batch_size, desc=f"{label}: score",
         )
         revisions = None

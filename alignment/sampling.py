@@ -54,6 +54,13 @@ class JsonlStore:
     def complete(self) -> bool:
         return self.marker.is_file() and self.path.is_file()
 
+    @staticmethod
+    def completed(path: Path) -> bool:
+        """Whether the pass writing ``path`` was marked complete, read without opening the store (which starts a
+        pass with another signature over)."""
+        path = Path(path)
+        return path.is_file() and path.with_name(path.name + ".complete").is_file()
+
     def load(self) -> dict[str, dict[str, Any]]:
         """Records written so far, by id (a torn last line is cut off the file)."""
         records: dict[str, dict[str, Any]] = {}

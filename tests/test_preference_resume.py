@@ -101,3 +101,47 @@ def test_samples_journaled_under_another_thinking_draw_are_sampled_again(tmp_pat
     again = {r["id"]: r["thinking_mode"] for r in map(json.loads, (ctx.stage_dir / "round-1" / "samples.jsonl")
                                                        .read_text().splitlines())}
     assert again == {key: "off" if mode == "on" else "on" for key, mode in first.items()}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # bound, then closed: nothing listens there, so a connection is refused
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_judge_server_that_is_down_stops_the_round_before_it_samples(tmp_path, tiny_model_dir, tokenizer_dir,
+                                                                        monkeypatch):
+    """The judge's server not started (or a wrong port) was found when scoring began, after the policy had sampled
+    every prompt of the round; it is refused at once, naming the judge and what came back. A server that answers at
+    all (here with 501: it has no GET route) passes, and a round whose scoring is finished asks no server."""
+    from test_alignment_fakes import FakeOpenAI, chat_response
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the round sampled before finding its judge unreachable")
+
+    monkeypatch.setattr(stage_module, "build_backend", no_sampling)
+    ctx = make_context(tmp_path / "run", "align", start_model=tiny_model_dir, tokenizer_dir=tokenizer_dir)
+
+    def config(base_url: str) -> PreferenceStageConfig:
+        return PreferenceStageConfig.model_validate({
+            "name": "align", "prompts": {"path": PROMPTS, "limit": 2}, "sampling": {"n": 2, "max_new_tokens": 8},
+            "rewards": [{"type": "format"}, {"type": "judge", "backend": {
+                "type": "http", "base_url": base_url, "model": "judge-model", "max_retries": 1, "backoff_s": 0.01}}]})
+
+    down = f"http://127.0.0.1:{_free_port()}/v1"
+    with pytest.raises(StageError) as err:
+        run_preference(config(down), ctx)
+    message = str(err.value)
+    assert message.startswith("align round 1: judge 'judge' (rewards[1].backend), checked before sampling: GET "
+                              f"{down}/models (model judge-model): the server cannot be reached after 1 retries: ")
+    assert "refused" in message and "\n" not in message
+    assert not (ctx.stage_dir / "round-1" / "samples.jsonl").exists()
+
+    with FakeOpenAI(lambda body: chat_response(["[[5]]"])) as server, pytest.raises(AssertionError, match="sampled"):
+        run_preference(config(server.base_url), ctx)
+    (ctx.stage_dir / "round-1" / "scores.jsonl").write_text("")
+    (ctx.stage_dir / "round-1" / "scores.jsonl.complete").write_text("complete\n")
+    with pytest.raises(AssertionError, match="sampled"):  # scored already: the judge is not needed, nor asked
+        run_preference(config(down), ctx)

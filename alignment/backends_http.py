@@ -20,10 +20,13 @@ The API key is read from the environment variable the recipe names, sent only in
 from __future__ import annotations
 
 import contextlib
+import datetime
+import email.utils
 import functools
 import http.client
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -542,9 +545,18 @@ def _content_filtered(status: int, text: str) -> bool:
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (capped at ``MAX_BACKOFF_S``): a number of seconds, or the HTTP
+    date RFC 9110 also allows (a gateway's 503 may send one); None for anything else."""
     if not value:
         return None
     try:
-        return min(MAX_BACKOFF_S, max(0.0, float(value)))
+        seconds = float(value)
     except ValueError:
-        return None
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # RFC 9110's dates are GMT; a date without a zone is read so
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+    return min(MAX_BACKOFF_S, max(0.0, seconds)) if math.isfinite(seconds) else None

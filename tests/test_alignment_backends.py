@@ -392,3 +392,17 @@ def test_http_backend_reports_requests_retries_and_the_servers_token_counts_when
         with caplog.at_level(logging.INFO, logger="tempa.alignment.http"):
             backend.close()  # a second close reports what was sent since the first
         assert caplog.messages == [f"{backend.describe}: 1 request; the server sent no token counts (`usage`)"]
+
+
+def test_retry_after_as_seconds_or_as_an_http_date():
+    """RFC 9110 lets Retry-After be an HTTP date (some gateways send one with a 503); it was ignored, and the
+    client retried on its own backoff, sooner than the server asked."""
+    import email.utils
+    import time
+
+    from tempa.alignment.backends_http import MAX_BACKOFF_S, _retry_after
+
+    assert _retry_after("7") == 7.0 and _retry_after("0") == 0.0 and _retry_after("9999") == MAX_BACKOFF_S
+    assert 18 < _retry_after(email.utils.formatdate(time.time() + 20, usegmt=True)) <= 20
+    assert _retry_after(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0.0  # already past: at once
+    assert _retry_after("soon") is None and _retry_after("nan") is None and _retry_after(None) is None

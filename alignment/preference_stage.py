@@ -56,6 +56,7 @@ from tempa.alignment.rewards import (
     ScoreItem,
     ScoringEnv,
     check_judges,
+    judge_failures,
     judge_stats,
     reward_summary,
 )
@@ -316,7 +317,8 @@ def run_round(
     finally:
         rewards.close()
     check_judges(config.rewards, scores, f"{ctx.stage_name} {label}")
-    ctx.log.info("%s: scored %d samples %s", label, sum(len(s["results"]) for s in scores), _throughput(score_stats))
+    ctx.log.info("%s: scored %d samples %s%s", label, sum(len(s["results"]) for s in scores), _throughput(score_stats),
+                 _unrated(config.rewards, scores))
 
     # 3. build pairs
     rows, pair_stats = build_round_pairs(config, prompts, samples, scores, revisions, tokenizer)
@@ -563,6 +565,14 @@ def _save_pairs_dataset(rows: list[dict[str, Any]], path: Path, stage_dir: Path)
     with staging_dir(path, inside=[stage_dir]) as tmp:
         dataset.save_to_disk(str(tmp))
     return path
+
+
+def _unrated(rewards: list[Any], scores: list[dict[str, Any]]) -> str:
+    """Per judge, its replies without a rating (those samples are never paired), for the round's log line; a share
+    under max_unparsable was in stats.json and the report only."""
+    counts = [f"judge '{key}' gave no rating in {f.unparsable} of {f.replies} replies (never paired)"
+              for key, f in judge_failures(rewards, scores).items() if f.unparsable]
+    return "; " + "; ".join(counts) if counts else ""
 
 
 def _throughput(stats: dict[str, Any]) -> str:

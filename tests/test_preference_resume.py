@@ -145,3 +145,37 @@ def test_a_judge_server_that_is_down_stops_the_round_before_it_samples(tmp_path,
     (ctx.stage_dir / "round-1" / "scores.jsonl.complete").write_text("complete\n")
     with pytest.raises(AssertionError, match="sampled"):  # scored already: the judge is not needed, nor asked
         run_preference(config(down), ctx)
+
+
+def test_a_rounds_log_counts_the_judge_replies_without_a_rating(tmp_path, tiny_model_dir, tokenizer_dir, monkeypatch,
+                                                                caplog):
+    """A judge that gave no rating in a share of replies under max_unparsable left those samples out of every pair,
+    and the stage log said nothing of it (stats.json and the report did)."""
+    import logging
+
+    from test_alignment_fakes import ScriptedBackend
+
+    import tempa.alignment.rewards as rewards_module
+
+    monkeypatch.setattr(stage_module, "build_backend", lambda *a, **k: ScriptedBackend(
+        lambda prompt, j: f"answer {j} " * (j + 1)))
+    replies = iter(["no rating here"] + ["Good. [[7]]"] * 50)
+    monkeypatch.setattr(rewards_module, "build_backend", lambda *a, **k: ScriptedBackend(lambda p, j: next(replies)))
+
+    def launch(module: str, args: list[str], log_file: Path) -> None:
+        final = Path(json.loads(Path(args[1]).read_text())["final_dir"])
+        final.mkdir(parents=True)
+        (final / "tempa_train_metrics.json").write_text(json.dumps({"global_step": 1}))
+
+    ctx = make_context(tmp_path / "run", "align", start_model=tiny_model_dir, tokenizer_dir=tokenizer_dir,
+                       launch=launch)
+    config = PreferenceStageConfig.model_validate({
+        "name": "align", "prompts": {"path": PROMPTS, "limit": 3},
+        "sampling": {"n": 4, "max_new_tokens": 8, "thinking": {"mode": "off"}},
+        "rewards": [{"type": "judge", "max_unparsable": 0.5}, {"type": "length", "unit": "chars", "per_token": 0.01}],
+    })
+    with caplog.at_level(logging.INFO, logger="tempa"):
+        result = run_preference(config, ctx)
+    assert result.rounds[0].judges["judge_unparsable"] == 1
+    scored = next(r.getMessage() for r in caplog.records if ": scored " in r.getMessage())
+    assert scored.endswith("; judge 'judge' gave no rating in 1 of 12 replies (never paired)"), scored

@@ -49,7 +49,7 @@ from tempa.alignment.pairs import (
     worst,
 )
 from tempa.alignment.preference_config import PreferenceStageConfig
-from tempa.alignment.prompts import PromptRow, load_prompts
+from tempa.alignment.prompts import PromptRow, load_prompts, modes_signature
 from tempa.alignment.rewards import (
     JudgeReward,
     RewardSet,
@@ -277,10 +277,7 @@ def run_round(
     label = f"round {round_index}"
     signature = {"policy": str(policy), "seed": seed, "prompts": [p.id for p in prompts],
                  "sampling": config.sampling.model_dump(mode="json"), "backend": fingerprinted(config.backend)}
-    if config.sampling.thinking.mode == "mixed":
-        # The draw, not the recipe, gives each prompt its mode: samples journaled under another draw (tempa's went by
-        # position before it went by content) would be paired and trained in a mode they were not sampled in.
-        signature["thinking_modes"] = [p.thinking_mode for p in prompts]
+    signature.update(modes_signature(prompts, config.sampling.thinking))
 
     if not JsonlStore.completed(round_dir / SCORES_FILE):
         check_judge_servers(config, f"{ctx.stage_name} {label}")

@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from tempa.alignment.backends import BackendConfig, SamplingBackend, TransformersBackendConfig
+from tempa.alignment.completions import Completion
 from tempa.alignment.generation import GenerationParams
 from tempa.chat_templates.thinking import split_reasoning
 from tempa.sft.stage_api import OnOff, resolve_path
@@ -233,6 +234,7 @@ class JudgeSettings(BaseModel):
 class Verdict:
     score: float | None  # None: unparsable
     raw: str
+    cut_off: bool = False  # the reply ended at the judge's max_new_tokens (a reasoning judge that ran out of room)
 
 
 class Judge:
@@ -249,6 +251,9 @@ class Judge:
     def ask(self, prompts: list[str]) -> list[str]:
         """Raw judge replies (answer text, think block kept: also one a server's reasoning parser split off) for
         user-turn prompts."""
+        return [reply.written_text for reply in self._replies(prompts)]
+
+    def _replies(self, prompts: list[str]) -> list[Completion]:
         params = GenerationParams(
             max_new_tokens=self.settings.max_new_tokens, temperature=self.settings.temperature, n=1,
             seed=self.seed, thinking_mode=self.settings.thinking_mode, batch_size=self.settings.batch_size,
@@ -257,15 +262,16 @@ class Judge:
         out = self.backend.sample([[{"role": "user", "content": p}] for p in prompts], params)
         self.seconds += time.time() - started
         self.calls += len(prompts)
-        return [group[0].written_text for group in out]
+        return [group[0] for group in out]
 
     def rate(self, prompts: list[str]) -> list[Verdict]:
         verdicts = []
-        for raw in self.ask(prompts):
+        for reply in self._replies(prompts):
+            raw = reply.written_text
             score = parse_judge_score(raw)
             if score is None:
                 self.unparsable += 1
-            verdicts.append(Verdict(score, raw))
+            verdicts.append(Verdict(score, raw, cut_off=reply.finish_reason == "length"))
         return verdicts
 
     def stats(self) -> dict[str, float | int]:

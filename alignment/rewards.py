@@ -572,7 +572,8 @@ class RewardSet:
             if score is not None and config.scale == "unit":
                 score = (score - 1) / 9
             values.append(score)
-            infos.append({"rating": None, "unparsable": True, "raw": verdict.raw[-2000:]} if verdict.score is None
+            infos.append({"rating": None, "unparsable": True, "raw": verdict.raw[-2000:],
+                          **({"cut_off": True} if verdict.cut_off else {})} if verdict.score is None
                          else {"rating": verdict.score})
         return values, infos
 
@@ -599,6 +600,7 @@ class JudgeFailures:
 
     replies: int = 0
     unparsable: int = 0
+    cut_off: int = 0  # of the unparsable: replies that ended at the judge's max_new_tokens
     example: str | None = None  # one raw reply without a rating
 
     @property
@@ -610,8 +612,13 @@ class JudgeFailures:
         if not self.replies or self.fraction <= limit:
             return None
         reply = " ".join((self.example or "").split())[:160]
+        if self.cut_off:  # a reasoning judge out of room before its rating: no rubric problem, a length one
+            advice = (f"; {self.cut_off} of them ran out of the judge's max_new_tokens before a rating: raise it. "
+                      f"Else use a judge that follows the rubric, or raise {setting}")
+        else:
+            advice = f". Use a judge that follows the rubric, or raise {setting}"
         return (f"{judge} gave no [[rating]] in {self.unparsable} of {self.replies} replies ({self.fraction:.0%} > "
-                f"max_unparsable {limit:g}); e.g. {reply!r}. Use a judge that follows the rubric, or raise {setting}")
+                f"max_unparsable {limit:g}); e.g. {reply!r}{advice}")
 
 
 def judge_failures(rewards: Sequence[Any], scores: Sequence[dict[str, Any]]) -> dict[str, JudgeFailures]:
@@ -625,6 +632,7 @@ def judge_failures(rewards: Sequence[Any], scores: Sequence[dict[str, Any]]) -> 
             detail = record.get("details", {}).get(key, {})
             if detail.get("unparsable"):
                 failures.unparsable += 1
+                failures.cut_off += bool(detail.get("cut_off"))
                 failures.example = failures.example or detail.get("raw", "")
     return out
 

@@ -135,3 +135,25 @@ def test_a_judge_reply_whose_reasoning_a_server_split_off_keeps_it_in_the_raw_re
     assert "It might deserve [[3]]; no." in done.raw and done.raw.endswith("Clear and correct. Rating: [[8]]")
     assert "The answer is close to [[4]] but" in cut.raw
     assert judge.stats()["judge_unparsable"] == 1
+    assert (done.cut_off, cut.cut_off) == (False, True)
+
+
+def test_a_stage_stopped_by_a_judge_out_of_tokens_says_to_raise_its_max_new_tokens():
+    """A reasoning judge (Qwen3, R1) that runs out of max_new_tokens before its [[rating]] was reported like one that
+    ignores the rubric ("use a judge that follows the rubric"); the replies cut off are counted and the fix named."""
+    from tempa.alignment.rewards import JudgeReward, judge_failures
+
+    reward = JudgeReward(backend={"type": "http", "base_url": "http://j.invalid/v1", "model": "j"})
+
+    def record(detail):
+        return {"scores": {"judge": detail.get("rating")}, "details": {"judge": detail}}
+
+    cut = {"rating": None, "unparsable": True, "raw": "<think>Let me weigh", "cut_off": True}
+    rubric = {"rating": None, "unparsable": True, "raw": "Looks fine to me."}
+    scores = [{"results": [record(cut), record(cut), record(rubric), record({"rating": 7.0})]}]
+    (failures,) = judge_failures([reward], scores).values()
+    assert (failures.replies, failures.unparsable, failures.cut_off) == (4, 3, 2)
+    message = failures.refusal(0.1, "judge 'judge'")
+    assert "; 2 of them ran out of the judge's max_new_tokens before a rating: raise it." in message
+    scores = [{"results": [record(rubric), record({"rating": 7.0})]}]
+    assert "max_new_tokens" not in judge_failures([reward], scores)["judge"].refusal(0.1, "judge 'judge'")

@@ -44,6 +44,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from tempa.alignment.prompts import PromptSource, ThinkingSettings
 from tempa.alignment.rewards import RewardConfig, check_reward_names, judge_reads
 from tempa.sft.stage_api import Read, StageConfigBase
+from tempa.sft.suggest import did_you_mean
 from tempa.sft.train_args import check_train_args, train_arg_spec, train_checks_deferred
 from tempa.sft.train_plan import RESERVED_TRAIN_KEYS, LoraSettings
 
@@ -75,6 +76,33 @@ DEFAULT_RL_ARGS: dict[str, Any] = {
     "save_total_limit": 2,
     "report_to": "none",
 }
+
+
+# Fields trl types as a bare `str` and reads only once training runs: the loss at the first step, scale_rewards and
+# multi_objective_aggregation when the first batch is scored, vllm_mode when vLLM starts. A misspelt one passed the
+# type check and failed after every stage before. The names trl 1.16's trainers dispatch on; a name the installed
+# trl's help for the field quotes passes too (a newer trl's).
+TRL_CHOICES: dict[str, tuple[str, ...]] = {
+    "loss_type": ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo"),
+    "scale_rewards": ("group", "batch", "none"),
+    "multi_objective_aggregation": ("sum_then_normalize", "normalize_then_sum"),
+    "importance_sampling_level": ("token", "sequence"),
+    "vllm_mode": ("colocate", "server"),
+    "vllm_importance_sampling_mode": ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
+}
+# trl's GRPOConfig reads scale_rewards true / false as "group" / "none", but types the field `str`.
+SCALE_REWARDS_BOOLS = {True: "group", False: "none"}
+
+
+def check_choices(train: Mapping[str, Any], config_ref: str) -> None:
+    """Refuse a value of a :data:`TRL_CHOICES` field that the trainer does not know, naming the field."""
+    helps = train_arg_spec(config_ref).helps
+    for key, names in TRL_CHOICES.items():
+        value = train.get(key)
+        if not isinstance(value, str) or key not in helps:
+            continue
+        if value not in names and f"'{value}'" not in helps[key]:
+            raise ValueError(f"'{key}': {value!r} is not one of trl's: {', '.join(names)}{did_you_mean(value, names)}")
 
 
 @dataclass(frozen=True)
@@ -148,8 +176,11 @@ class RLStageConfig(StageConfigBase):
     def _train(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         if train_checks_deferred(info):
             return value
-        checked = check_train_args(value, RL_CONFIGS[info.data.get("trainer", "grpo")], reserved=RL_RESERVED_KEYS,
-                                   defaults=DEFAULT_RL_ARGS)
+        config_ref = RL_CONFIGS[info.data.get("trainer", "grpo")]
+        if isinstance(value.get("scale_rewards"), bool):
+            value = {**value, "scale_rewards": SCALE_REWARDS_BOOLS[value["scale_rewards"]]}
+        checked = check_train_args(value, config_ref, reserved=RL_RESERVED_KEYS, defaults=DEFAULT_RL_ARGS)
+        check_choices(checked, config_ref)
         generations = checked.get("num_generations")
         if isinstance(generations, int) and generations < 2:
             raise ValueError("'num_generations': needs at least 2 samples per prompt (advantages compare them)")

@@ -3,6 +3,7 @@ GRPO training and run again; its plan at full scale; the worker's pieces on thei
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -599,3 +600,62 @@ def test_an_rl_run_without_a_step_says_it_in_prompts_and_generation_batches():
     per_batch = args.generation_batch_size // args.num_generations
     assert f"6 prompts are fewer than one generation batch of {per_batch} prompts" in message
     assert "per_device_train_batch_size 16" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("train", "field", "hint"),
+    [
+        ("loss_type: dapoo", "loss_type", "did you mean 'dapo'"),  # failed at the first loss, after the SFT stages
+        ("scale_rewards: grup", "scale_rewards", "did you mean 'group'"),  # failed once the first batch was scored
+        ("vllm_mode: colocated", "vllm_mode", "did you mean 'colocate'"),  # failed when vLLM started (GPU only)
+        ("importance_sampling_level: seq", "importance_sampling_level", "token, sequence"),
+        ("multi_objective_aggregation: sum", "multi_objective_aggregation", "sum_then_normalize"),
+    ],
+)
+def test_a_trl_choice_it_reads_only_while_training_is_refused_at_load_by_the_recipes_field(tmp_path, train, field,
+                                                                                          hint):
+    """trl types these fields `str` and reads them once training runs, so a misspelt value loaded and failed after
+    every stage before the rl stage."""
+    from tempa.recipes.errors import RecipeError
+
+    path = rl_recipe(tmp_path, train)
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith(f"{field}:"))
+    with pytest.raises(RecipeError, match=re.escape(hint)) as caught:
+        load_recipe(path)
+    assert str(caught.value).startswith(f"{path}:{line}: stages[0].train.{field} (stage 'rlvr'): ")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("trainer", ["grpo", "rloo"])
+def test_the_choices_tempa_accepts_are_the_ones_trl_dispatches_on(trainer):
+    """Every name tempa accepts for a choice field is one the installed trl's trainer compares the field with (a trl
+    release that drops one fails here, not in a user's run)."""
+    import inspect
+
+    import trl
+    import trl.generation.vllm_generation as vllm_generation
+
+    from tempa.alignment.rl_config import TRL_CHOICES
+
+    config = trl.GRPOConfig if trainer == "grpo" else trl.RLOOConfig
+    source = inspect.getsource(trl.GRPOTrainer if trainer == "grpo" else trl.RLOOTrainer) + inspect.getsource(
+        vllm_generation)
+    fields = {f.name for f in dataclasses.fields(config)}
+    for field, names in TRL_CHOICES.items():
+        if field not in fields:
+            continue
+        for name in names:
+            assert f'"{name}"' in source or f"'{name}'" in source, (field, name)
+
+
+@pytest.mark.parametrize(("written", "read"), [(True, "group"), (False, "none"), ("batch", "batch")])
+def test_scale_rewards_true_or_false_is_read_as_trl_reads_it(written, read):
+    """trl documents `scale_rewards: false` (Dr. GRPO's no scaling), but types the field `str`: tempa refused it with
+    'Input should be a valid string'."""
+    import trl
+
+    base = {"name": "rl", "kind": "rl", "prompts": {"path": PROMPTS}, "rewards": [{"type": "format"}]}
+    train = RLStageConfig.model_validate({**base, "train": {"scale_rewards": written}}).train_args()
+    assert train["scale_rewards"] == read
+    assert trl.GRPOConfig(output_dir="unused", use_cpu=True, report_to="none", scale_rewards=written).scale_rewards \
+        == read

@@ -32,9 +32,14 @@ from tempa.sft.run_layout import DATA_DIR, LOGS_DIR, TRAIN_PLAN
 from tempa.sft.stage_api import Scalar, StageContext, StageError, StageResult
 from tempa.sft.train_plan import WORKER, RewardHook, TrainOutcome, train_plan
 
-# What trl logs per step that the stage reports as run averages (besides rewards/<name>/mean).
+# What trl logs per step that the stage reports as run averages (besides rewards/<name>/mean and /std):
+# "completions/clipped_ratio" is the share of samples cut off at max_completion_length, "clip_ratio/region_mean"
+# the share of tokens whose policy ratio PPO's clip bounded (0 while every batch is trained on once, on-policy).
 LOGGED = ("reward", "reward_std", "frac_reward_zero_std", "kl", "entropy", "completions/mean_length",
-          "completions/clipped_ratio")
+          "completions/mean_terminated_length", "completions/clipped_ratio", "clip_ratio/region_mean")
+# First in metrics.json, and so in `tempa status` (its first five): whether RL is working at a glance. GRPO's loss,
+# which the trainer headline leads with, is about 0 by construction (advantages are centred) and says nothing.
+AT_A_GLANCE = ("reward", "first_logged_reward", "last_logged_reward", "kl", "completions_clipped_ratio")
 
 
 class RLResult(StageResult):
@@ -74,15 +79,28 @@ def run_rl(config: RLStageConfig, ctx: StageContext) -> RLResult:
     outcome = TrainOutcome.read(plan.final_dir)
     names = [reward.key for reward in config.rewards]
     rewards = {name: run_mean(outcome.log_history, f"rewards/{name}/mean") for name in names}
-    metrics: dict[str, Scalar] = {**outcome.headline(), "prompts": len(prompts)}
-    metrics.update({f"reward_{name}": value for name, value in rewards.items()})
-    for key in (*LOGGED, *logged_shares(outcome.log_history)):
-        metrics[key.replace("/", "_")] = run_mean(outcome.log_history, key)
-    logged = [entry for entry in outcome.log_history if "loss" in entry]
-    if logged and "kl" in logged[-1]:
+    return RLResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir),
+                    metrics=rl_metrics(outcome, names, len(prompts)), files={"prompts": dataset, "rewards": spec_path},
+                    prompts=len(prompts), rewards=rewards)
+
+
+def rl_metrics(outcome: TrainOutcome, names: list[str], prompts: int) -> dict[str, Scalar]:
+    """The stage's metrics: run means of trl's logged rewards and health figures (`reward_<name>` and
+    `reward_<name>_std` per reward), the first and last logged total reward and KL, then the trainer headline."""
+    history = outcome.log_history
+    logged = [entry for entry in history if "loss" in entry]
+    totals = [entry["reward"] for entry in logged if isinstance(entry.get("reward"), int | float)]
+    metrics: dict[str, Scalar] = {key.replace("/", "_"): run_mean(history, key) for key in LOGGED}
+    metrics["first_logged_reward"] = totals[0] if totals else None
+    metrics["last_logged_reward"] = totals[-1] if totals else None
+    for name in names:
+        metrics[f"reward_{name}"] = run_mean(history, f"rewards/{name}/mean")
+        metrics[f"reward_{name}_std"] = run_mean(history, f"rewards/{name}/std")
+    metrics.update({key.replace("/", "_"): run_mean(history, key) for key in logged_shares(history)})
+    if logged and isinstance(logged[-1].get("kl"), int | float):
         metrics["last_kl"] = logged[-1]["kl"]
-    return RLResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir), metrics=metrics,
-                    files={"prompts": dataset, "rewards": spec_path}, prompts=len(prompts), rewards=rewards)
+    ordered = {key: metrics.pop(key) for key in AT_A_GLANCE if key in metrics}
+    return {**ordered, **metrics, "prompts": prompts, **outcome.headline()}
 
 
 def run_mean(log_history: list[dict[str, Any]], key: str) -> float | None:

@@ -659,3 +659,48 @@ def test_scale_rewards_true_or_false_is_read_as_trl_reads_it(written, read):
     assert train["scale_rewards"] == read
     assert trl.GRPOConfig(output_dir="unused", use_cpu=True, report_to="none", scale_rewards=written).scale_rewards \
         == read
+
+
+def test_the_stage_reports_rewards_first_with_each_rewards_spread_and_the_policy_clip(tmp_path, tiny_model_dir):
+    """`tempa status` shows a stage's first five metrics: for an rl stage they were the step count, GRPO's loss
+    (about 0 by construction) and the attention kernel, and nothing about rewards. Each reward's spread (a reward
+    whose std stays 0 teaches nothing) and the share of tokens PPO's clip bounded were in no metric."""
+    from stage_helpers import make_context
+    from tempa.alignment.rl_stage import run_rl
+    from tempa.chat_templates import bake_tokenizer
+    from tempa.sft.train_plan import OUTCOME_FILE, TrainOutcome
+
+    # two logged steps as trl 1.16 logs them; the second batch drew only prompts without an `answer` (trl logs None)
+    steps = [
+        {"loss": 1e-7, "step": 1, "reward": 0.5, "reward_std": 0.4, "kl": 0.0, "completions/clipped_ratio": 0.25,
+         "completions/mean_length": 100.0, "clip_ratio/region_mean": 0.0, "frac_reward_zero_std": 0.5,
+         "rewards/answer/mean": 0.25, "rewards/answer/std": 0.5, "rewards/format/mean": 1.0, "rewards/format/std": 0.0},
+        {"loss": 2e-7, "step": 2, "reward": 0.75, "reward_std": 0.2, "kl": 0.002, "completions/clipped_ratio": 0.0,
+         "completions/mean_length": 80.0, "clip_ratio/region_mean": 0.1, "frac_reward_zero_std": 0.0,
+         "rewards/answer/mean": None, "rewards/answer/std": None, "rewards/format/mean": 0.5,
+         "rewards/format/std": 0.25},
+        {"train_loss": 1.5e-7, "step": 2},
+    ]
+
+    def launch(_module, _args, _log):
+        final = tmp_path / "run" / "rlvr" / "final"
+        final.mkdir(parents=True)
+        outcome = TrainOutcome(global_step=2, train={"train_loss": 1.5e-7}, log_history=steps)
+        (final / OUTCOME_FILE).write_text(outcome.model_dump_json())
+
+    config = RLStageConfig.model_validate({
+        "name": "rlvr", "kind": "rl", "prompts": {"path": PROMPTS, "limit": 4},
+        "rewards": [{"type": "answer"}, {"type": "format"}], "train": {"num_generations": 2}})
+    bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tok")
+    ctx = make_context(tmp_path / "run", "rlvr", start_model=tiny_model_dir, tokenizer_dir=tmp_path / "tok",
+                       launch=launch)
+    metrics = run_rl(config, ctx).metrics
+    assert list(metrics)[:5] == ["reward", "first_logged_reward", "last_logged_reward", "kl",
+                                 "completions_clipped_ratio"]
+    assert (metrics["first_logged_reward"], metrics["last_logged_reward"]) == (0.5, 0.75)
+    assert metrics["reward"] == pytest.approx(0.625) and metrics["last_kl"] == 0.002
+    # a reward's mean and spread over the steps where it applied
+    assert (metrics["reward_answer"], metrics["reward_answer_std"]) == (0.25, 0.5)
+    assert metrics["reward_format"] == pytest.approx(0.75) and metrics["reward_format_std"] == pytest.approx(0.125)
+    assert metrics["clip_ratio_region_mean"] == pytest.approx(0.05)
+    assert metrics["global_step"] == 2 and metrics["prompts"] == 4

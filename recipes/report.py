@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tempa.alignment.preference_stage import PreferenceResult, RoundSummary
+from tempa.alignment.rl_stage import RLResult
 from tempa.alignment.synthesize_stage import SynthesizeResult
 from tempa.alignment.teacher_text import TeacherTextResult
 from tempa.alignment.translate_stage import TranslateResult
@@ -223,6 +224,39 @@ def _img(uri: str, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="{uri}">'
 
 
+def training_panels(result: StageResult, history: list[dict[str, Any]]) -> list[Panel]:
+    """The curves of one training run (a panel with no points is left out when drawn): every trainer's loss, learning
+    rate, grad norm and throughput; DPO's margins and accuracy; and for RL what shows it is working, the rewards
+    (their total and each one's mean), KL, completion lengths, the cut-off share and the groups that taught nothing."""
+    panels: list[Panel] = [
+        ("loss", [("train", _points(history, "loss"), ".-"), ("eval", _points(history, "eval_loss"), "o--")], "step"),
+        ("learning rate", [("learning rate", _points(history, "learning_rate"), ".-")], "step"),
+        ("grad norm", [("grad norm", _points(history, "grad_norm"), ".-")], "step"),
+        ("tokens/s per device", [("tokens/s", _points(history, "tokens_per_s"), ".-")], "step"),
+        ("MFU %", [("MFU", _points(history, "mfu", 100.0), ".-")], "step"),
+        ("padding %", [("padding", _points(history, "padding_fraction", 100.0), ".-")], "step"),
+    ]
+    if isinstance(result, PreferenceResult):
+        panels += [("DPO reward margin", [("margin", _points(history, "rewards/margins"), ".-")], "step"),
+                   ("DPO accuracy", [("accuracy", _points(history, "rewards/accuracies"), ".-")], "step")]
+    if isinstance(result, RLResult):
+        # trl logs each reward as rewards/<name>/mean (and /std) beside the weighted total `reward`
+        names = sorted({key.split("/")[1] for entry in history for key in entry
+                        if key.startswith("rewards/") and key.endswith("/mean")})
+        panels += [
+            ("reward", [("total", _points(history, "reward"), ".-"),
+                        *((name, _points(history, f"rewards/{name}/mean"), ".--") for name in names)], "step"),
+            ("KL", [("kl", _points(history, "kl"), ".-")], "step"),
+            ("completion tokens", [("mean", _points(history, "completions/mean_length"), ".-"),
+                                   ("ended on its own", _points(history, "completions/mean_terminated_length"),
+                                    ".--")], "step"),
+            ("cut off %", [("cut off", _points(history, "completions/clipped_ratio", 100.0), ".-")], "step"),
+            ("groups with one reward %", [("zero std", _points(history, "frac_reward_zero_std", 100.0), ".-")],
+             "step"),
+        ]
+    return panels
+
+
 def training_section(done: list[tuple[Manifest, StageResult]]) -> str:
     """Loss, learning rate, grad norm and throughput of every trained model; a preference round is its own
     training run, so each round gets its own step axes (with its DPO margins and accuracies)."""
@@ -230,19 +264,7 @@ def training_section(done: list[tuple[Manifest, StageResult]]) -> str:
     for m, result in done:
         for label, history in _loss_history(result):
             title = m.name + (f" {label}" if label else "")
-            panels: list[Panel] = [
-                ("loss", [("train", _points(history, "loss"), ".-"), ("eval", _points(history, "eval_loss"), "o--")],
-                 "step"),
-                ("learning rate", [("learning rate", _points(history, "learning_rate"), ".-")], "step"),
-                ("grad norm", [("grad norm", _points(history, "grad_norm"), ".-")], "step"),
-                ("tokens/s per device", [("tokens/s", _points(history, "tokens_per_s"), ".-")], "step"),
-                ("MFU %", [("MFU", _points(history, "mfu", 100.0), ".-")], "step"),
-                ("padding %", [("padding", _points(history, "padding_fraction", 100.0), ".-")], "step"),
-            ]
-            if isinstance(result, PreferenceResult):
-                panels += [("DPO reward margin", [("margin", _points(history, "rewards/margins"), ".-")], "step"),
-                           ("DPO accuracy", [("accuracy", _points(history, "rewards/accuracies"), ".-")], "step")]
-            uri = _figure(title, panels)
+            uri = _figure(title, training_panels(result, history))
             if uri:
                 parts.append(f"<h3>{html.escape(title)}</h3>{_img(uri, f'{title} training curves')}"
                              f"{_run_averages(throughput_headline(history))}")

@@ -457,3 +457,27 @@ def test_the_samples_of_a_toy_sized_model_say_why_they_are_a_letter_or_two(tmp_p
     page = " ".join(section(sft=tiny_model_dir, big=real).split())
     assert "parameters: sft 0.2M. A model this small (the size of tempa's tiny default" in page
     assert "small-model" not in section(big=real)
+
+
+def test_an_rl_stage_is_drawn_with_its_rewards_kl_and_completion_lengths():
+    """An rl stage's page showed only loss (GRPO's is ~0 by construction), learning rate, grad norm and throughput:
+    nothing that says whether RL works. Its curves are the rewards (the total and each reward's mean, as trl logs
+    them), KL, completion lengths, the cut-off share and the share of groups whose samples all scored alike."""
+    from tempa.alignment.preference_stage import PreferenceResult
+    from tempa.alignment.rl_stage import RLResult
+    from tempa.recipes.report import training_panels
+
+    history = [{"step": step, "loss": 0.0, "reward": 0.2 * step, "rewards/answer/mean": 0.1 * step,
+                "rewards/answer/std": 0.3, "rewards/format/mean": 0.5, "kl": 0.01 * step,
+                "completions/mean_length": 90.0, "completions/mean_terminated_length": 80.0,
+                "completions/clipped_ratio": 0.25, "frac_reward_zero_std": 0.5} for step in (1, 2, 3)]
+    drawn = {label: {name: points for name, points, _ in series}
+             for label, series, _ in training_panels(RLResult(prompts=6), history)}
+    steps = (1, 2, 3)
+    assert drawn["reward"] == {"total": [(s, 0.2 * s) for s in steps], "answer": [(s, 0.1 * s) for s in steps],
+                               "format": [(s, 0.5) for s in steps]}
+    assert drawn["KL"]["kl"][-1] == (3, 0.03) and drawn["cut off %"]["cut off"][0] == (1, 25.0)
+    assert drawn["completion tokens"]["ended on its own"][0] == (1, 80.0)
+    assert drawn["groups with one reward %"]["zero std"][0] == (1, 50.0)
+    # the other trainers keep their own curves, without RL's
+    assert "reward" not in {label for label, _, _ in training_panels(PreferenceResult(rounds=[]), history)}

@@ -119,7 +119,7 @@ def committed_sentence(tail: str) -> str:
     line = tail.strip().split("\n", 1)[0]
     end = _SENTENCE_END.search(line)
     line = line[: end.start()] if end else line
-    check = next((found for found in CHECK_RE.finditer(line) if line[: found.start()].strip(" :：")), None)
+    check = next((found for found in CHECK_RE.finditer(line) if line[: found.start()].strip(" :：,，、")), None)
     return line[: check.start()] if check else line
 
 
@@ -127,30 +127,35 @@ def committed_sentence(tail: str) -> str:
 # right before it that opens a condition, a supposition or a check (English, Indonesian, Malay, Vietnamese, Filipino,
 # Thai, Chinese, Japanese; a few words such as "the" or "bahwa" may stand between) ...
 _HEDGE_BEFORE = re.compile(
-    r"(?:(?<![^\W\d_])(?:whether|if|suppose|supposing|assume|assuming|maybe|perhaps|check|verify|test|try|apakah|jika"
-    r"|kalau|bila|andaikan|misalkan|seandainya|sama ada|katakan|liệu|nếu|giả sử|xem|kung|ipagpalagay na)"
+    r"(?:(?<![^\W\d_])(?:whether|if|suppose|supposing|assume|assuming|maybe|perhaps|check|verify|apakah|jika"
+    r"|kalau|bila|andaikan|misalkan|seandainya|sama ada|katakan|liệu|nếu|giả sử|thử xem|xem thử|kung|ipagpalagay na)"
     r"(?:\s+(?:that|the|our|my|this|final|correct|right|bahwa|rằng|ang))*"
     r"|ถ้า|หาก|สมมติ(?:ว่า)?|สมมุติ(?:ว่า)?|(?:ตรวจสอบ|ตรวจ|เช็[คก]|ดู|ทดสอบ)ว่า|如果|假如|假设|假設|若|要是|倘若|もし|仮に)\s*$",
     re.IGNORECASE,
 )
 # ... or, in the clause after it, a question or a condition where the language puts it after the answer: 答案是否为4
-# (zh), 答えは4かどうか / 4なら / 4だとすると (ja), 정답은 4인지 / 6일까 (ko), விடை 4 என்றால் (ta), คำตอบคือ 4 หรือไม่ (th).
+# and 答案是不是4 (zh; not 答案是否定的, "the answer is no", nor 答案：不是, "the answer: no"), 答えは4かどうか / 4なら /
+# 4だとすると (ja), 정답은 4인지 / 6일까 (ko), விடை 4 என்றால் (ta), คำตอบคือ 4 หรือไม่ (th).
+_ASKED_AFTER_SHI = re.compile(r"^(?:否(?!定)|不是)")  # only after 答案是: 是否 / 是不是 ask
 _HEDGE_AFTER = re.compile(
-    r"^(?:否|不是)|吗|嗎|かどうか|か(?:確|検|調)|なら|だとすると|とすると|と仮定|でしょうか|だろうか|ですか"
+    r"吗|嗎|かどうか|か(?:確|検|調)|なら|だとすると|とすると|と仮定|でしょうか|だろうか|ですか"
     r"|인지|라면|일까|일지|라고\s*가정|என்றால்|எனில்|இருந்தால்|ஆ\s+என|หรือไม่|หรือเปล่า|ไหม|มั้ย"
 )
 
 _CLAUSE_END = re.compile(r"[,，、:：;；]")
 
 
-def _hedged(text: str, lead_in: re.Match[str]) -> bool:
+def _hedged(text: str, lead_in: re.Match[str], stop: int) -> bool:
     """Whether ``lead_in`` asks or supposes (:data:`_HEDGE_BEFORE`, :data:`_HEDGE_AFTER`, a sentence that ends in a
-    question mark) rather than commits."""
+    question mark) rather than commits; its sentence is read up to ``stop`` (the next lead-in) at most, so a reply of
+    many lead-ins on one line is read once, not once per lead-in (20k characters of 答案是否为1 took 10 s)."""
     if _HEDGE_BEFORE.search(text[max(0, lead_in.start() - 60) : lead_in.start()]):
         return True
-    line = text[lead_in.end() :].strip().split("\n", 1)[0]
+    line = text[lead_in.end() : stop].strip().split("\n", 1)[0]
     sentence = committed_sentence(line)
     clause = _CLAUSE_END.split(sentence, maxsplit=1)[0].strip()
+    if lead_in.group(0).rstrip().endswith("是") and _ASKED_AFTER_SHI.match(clause):
+        return True
     return line[len(sentence) :].startswith(("?", "？")) or bool(_HEDGE_AFTER.search(clause))
 
 
@@ -159,8 +164,10 @@ def committing_lead_in(text: str) -> re.Match[str] | None:
     lead-in partway through the reasoning that tries a candidate ("whether the answer is 4", "if the answer is 6", "so
     the answer is 4?") is passed over, so the reply commits to what it states after it (or, with no committing
     lead-in, to its last number), not to the rejected candidate or its check."""
-    for lead_in in reversed(list(LEAD_IN_RE.finditer(text))):
-        if not _hedged(text, lead_in):
+    lead_ins = list(LEAD_IN_RE.finditer(text))
+    stops = [following.start() for following in lead_ins[1:]] + [len(text)] * bool(lead_ins)
+    for lead_in, stop in zip(reversed(lead_ins), reversed(stops), strict=True):
+        if not _hedged(text, lead_in, stop):
             return lead_in
     return None
 

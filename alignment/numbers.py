@@ -107,7 +107,9 @@ _MINUS_WORD = r"[-−]|负|負|マイナス"
 # Chinese decimals: 三点五 (3.5), 零点二五; a digit after 点 read one by one. Not before a unit numeral or a unit of
 # time: 三点五分 and 三点十五 are 3:05 and 3:15, 三点半 half past three. Japanese writes no decimal 点 (三点: three
 # points), and 三・五 is no decimal either: ・ also lists (一・二年生, first and second years).
-_HAN_DECIMALS = rf"(?:[点點](?P<decimals>[〇零一二三四五六七八九]+)(?![{''.join(_HAN_TENS)}{''.join(_HAN_MYRIADS)}分钟鐘刻半秒]))?"
+# (The lookahead names the digits too: without them 三点零五分 backtracked to 三点零, skipped it, and read 五分 as 5.)
+_HAN_DECIMALS = (rf"(?:[点點](?P<decimals>[〇零一二三四五六七八九]+)"
+                 rf"(?![〇零一二三四五六七八九{''.join(_HAN_TENS)}{''.join(_HAN_MYRIADS)}分钟鐘刻半秒]))?")
 
 
 @functools.cache

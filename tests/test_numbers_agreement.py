@@ -253,7 +253,34 @@ HEDGED = [
     ("en", "If Tom gives away 2, the answer is 5. Check: 5 + 2 = 7.", 5, 7),
     ("ja", "答えは5です。5なら5×2=10で合っています。", 5, 10),
     ("vi", "Nếu cộng lại thì đáp án là 5. Kiểm tra: 5 + 2 = 7.", 5, 7),
+    # ... and words that were taken for hedges where they state (a test, "we see", 否定 and 不是 as the answer "no")
+    ("en", "The test answer is 5. Check: 5 + 2 = 7", 5, 7),
+    ("vi", "Vậy ta xem đáp án là 5. Kiểm tra: 5 + 2 = 7", 5, 7),
+    ("en", "The answer is, since 2 + 2 = 4, 4", 4, 2),  # a reason right after the lead-in is no check yet
 ]
+
+
+@pytest.mark.parametrize(("reply", "reference"), [
+    ("9是质数吗？9 = 3 × 3，所以答案：不是", "不是"),
+    ("9能被3整除，所以9是质数吗？答案是否定的", "否定的"),
+])
+def test_a_chinese_no_is_an_answer_not_a_question(reply, reference):
+    """是否 and 是不是 after 答案 ask; 答案是否定的 ("the answer is no") and 答案：不是 ("the answer: no") state."""
+    assert answer_matches(reply, reference, language="zh")
+
+
+@pytest.mark.parametrize("reply", ["答案是下午三点零五分。", "答案是十二点零五分。", "答案是三点一五分。"])
+def test_a_chinese_time_with_a_zero_is_no_number(reply):
+    """三点零五分 is 3:05: the decimal could not be read (a time), and the reader fell back to 五分 alone, as 5."""
+    for reference in (5, 3.05, 12.05, 3.15):
+        assert_both("zh", reply, reference, False)
+
+
+@pytest.mark.timeout(3)  # the hang this guards against: a reading per lead-in, each to the line end (10 s; 0.25 s now)
+@pytest.mark.parametrize(("language", "reply"), [("zh", "答案是否为1" * 3400), ("ja", "答えは1かどうか考える、" * 2000),
+                                                 ("ko", "정답은 1인지 " * 2500)])
+def test_a_reply_of_many_hedged_lead_ins_is_read_in_one_pass(language, reply):
+    assert_both(language, reply, 5, False)
 
 
 @pytest.mark.parametrize(("language", "reply", "value", "misread"), HEDGED)

@@ -210,7 +210,10 @@ def preference_resume_point(stage_dir: Path) -> str | None:
     if checkpoint is not None:
         return f"round {index}, {checkpoint}{before}"
     samples = round_dir / SAMPLES_FILE  # one line per prompt sampled (a torn last line is not counted)
-    sampled = sum(line.endswith(b"\n") for line in samples.open("rb")) if samples.is_file() else 0
+    sampled = 0
+    if samples.is_file():
+        with samples.open("rb") as lines:
+            sampled = sum(line.endswith(b"\n") for line in lines)
     if sampled:
         return f"round {index}, {sampled:,} prompt{'s' if sampled != 1 else ''} sampled{before}"
     return f"round {index}{before}" if index > 1 else None

@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -143,8 +144,8 @@ def write_json(path: Path, data: Any) -> None:
 def finite_json(data: Any) -> Any:
     """``data`` with every float that is no finite number (NaN, Infinity) as None, for JSON that readers other than
     Python take: Python writes NaN and Infinity bare, which jq, JavaScript and most JSON readers refuse."""
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
+    if isinstance(data, numbers.Real) and not isinstance(data, int):  # a float, numpy's included
+        return float(data) if math.isfinite(data) else None
     if isinstance(data, dict):
         return {key: finite_json(value) for key, value in data.items()}
     if isinstance(data, list | tuple):

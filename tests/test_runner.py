@@ -673,7 +673,10 @@ def test_a_metric_that_is_no_number_is_null_in_metrics_json(recipe, tmp_path, mo
     """metrics.json is for the user's tools (jq, a dashboard): Python wrote a win rate over no pair as a bare NaN,
     which they refuse to read. It is null there; the run still reads its own manifest back."""
     def no_pairs(config: TouchConfig, ctx: StageContext) -> StageResult:
-        return StageResult(metrics={"win_rate": math.nan, "gain": math.inf, "value": config.value})
+        import numpy as np  # a metric taken from a tensor or an array, as trainers' logs hold them
+
+        return StageResult(metrics={"win_rate": math.nan, "gain": math.inf, "value": config.value,
+                                    "share": np.float32(0.5), "spread": np.float32("nan")})
 
     kind = dataclasses.replace(TOUCH, run=no_pairs, produces=frozenset())
     monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS[:-1], kind))
@@ -684,7 +687,7 @@ def test_a_metric_that_is_no_number_is_null_in_metrics_json(recipe, tmp_path, mo
         raise AssertionError(f"metrics.json holds {constant}, which is not JSON")
 
     metrics = json.loads((run_dir / "a" / "metrics.json").read_text(), parse_constant=refuse)
-    assert metrics == {"win_rate": None, "gain": None, "value": 1}
+    assert metrics == {"win_rate": None, "gain": None, "value": 1, "share": 0.5, "spread": None}
     assert {row.state for row in stage_status(load_recipe(recipe).names, run_dir)} == {"done"}
 
 

@@ -31,10 +31,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
@@ -263,16 +261,11 @@ class PreferenceStageConfig(StageConfigBase):
                              "set n: 2 or more (with temperature > 0), or pairs.strategy: revise")
         return self
 
-    @model_serializer(mode="wrap")
-    def _offline_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # The dump is what the stage is fingerprinted by (and what its manifest shows): with no on-policy round
-        # the on-policy settings play no part, and a change to them (a profile keeping the full recipe's sampling)
-        # must not re-train the offline round.
-        dump = handler(self)
-        if self.rounds == 0:
-            for name in ON_POLICY_FIELDS:
-                dump.pop(name, None)
-        return dump
+    def unfingerprinted(self) -> frozenset[str]:
+        """With no on-policy round the on-policy settings play no part: a change to them (a profile keeping the full
+        recipe's sampling) must not re-train the offline round. They stay in the dump (the manifest, the resolved
+        recipe), which loads back."""
+        return frozenset(ON_POLICY_FIELDS) if self.rounds == 0 else frozenset()
 
     @field_validator("backend")
     @classmethod

@@ -243,7 +243,7 @@ def plan_run(
         components = {
             "tempa_version": __version__,
             "config": digest(kept),  # less what changes how it runs, not what it makes
-            "files": digest(referenced_files(dump)),
+            "files": digest(referenced_files(kept)),  # files a setting that plays no part names are no input
             "upstream": fps[upstream] if upstream else base_fp,
             "depends_on": {dep: fps.get(dep) for dep in reads},
             "template": template_fp,

@@ -87,11 +87,14 @@ def fingerprinted(model: BaseModel) -> dict[str, Any]:
 def _without_unfingerprinted(value: Any, dump: Any) -> Any:
     if isinstance(value, BaseModel) and isinstance(dump, dict):
         out, seen = {}, set()
+        # A config may leave out fields that play no part in what it makes as it is set (a preference stage with
+        # no on-policy round samples nothing): ``unfingerprinted()``, beside the fields marked for every value.
+        idle = value.unfingerprinted() if callable(getattr(value, "unfingerprinted", None)) else frozenset()
         for name, info in type(value).model_fields.items():
             key = info.serialization_alias or info.alias or name
             seen.add(key)
-            if key in dump and not (isinstance(info.json_schema_extra, dict)
-                                    and info.json_schema_extra.get("fingerprinted") is False):
+            if key in dump and name not in idle and not (isinstance(info.json_schema_extra, dict)
+                                                         and info.json_schema_extra.get("fingerprinted") is False):
                 out[key] = _without_unfingerprinted(getattr(value, name), dump[key])
         return {**out, **{key: item for key, item in dump.items() if key not in seen}}  # computed fields stay
     if isinstance(value, list | tuple) and isinstance(dump, list) and len(value) == len(dump):

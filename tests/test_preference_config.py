@@ -201,6 +201,10 @@ def test_an_offline_only_stage_is_fingerprinted_by_what_it_trains_on(tmp_path, t
         assert fingerprint(changed) == base, changed
     assert fingerprint(unused + "\n                train: {beta: 0.2}") != base
     assert fingerprint(unused.replace("rounds: 0", "rounds: 1")) != base
+    # what the stage was given stays in its dump (the manifest, the resolved recipe, which loads back with a round)
+    fingerprint(unused)
+    dump = load_recipe(recipe).stages[1].model_dump(mode="json", by_alias=True)
+    assert dump["prompts"]["path"].endswith("prompts.jsonl") and dump["sampling"]["temperature"] == 1.0
 
 
 def test_a_raised_judge_limit_keeps_the_stage_and_its_scores(tmp_path, tiny_model_dir):

@@ -82,6 +82,13 @@ def resolve_reference(reference: str, ctx: StageContext, board: Leaderboard | No
         for row in board.rows:
             if row.candidate == reference:
                 return MergeInput(reference, Path(row.path).resolve())
+        # A preference round's checkpoint as it was named before candidates named their round (dpo/checkpoint-4 for
+        # dpo/round-2/checkpoint-4): one round's checkpoints are scored, so the old name is no guess.
+        stage, _, checkpoint = reference.partition("/")
+        rounds = [row for row in board.rows if row.candidate.startswith(f"{stage}/round-")
+                  and row.candidate.endswith(f"/{checkpoint}") and row.candidate.count("/") == 2] if checkpoint else []
+        if len(rounds) == 1:
+            return MergeInput(rounds[0].candidate, Path(rounds[0].path).resolve())
     path = Path(reference).expanduser()
     if path.is_absolute() and is_model_dir(path):
         return MergeInput(path.name, path.resolve())

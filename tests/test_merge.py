@@ -825,3 +825,20 @@ def test_a_name_that_is_both_an_earlier_stage_and_a_folder_is_refused_at_load(tm
         with pytest.raises(RecipeError, match=r"r\.yaml:12: stages\[2\]\.models \(stage .m.\): 'sft' names both the earlier stage "
                                               r"'sft' and the folder .*/sft: write './sft' for the folder"):
             load_recipe(recipe)
+
+
+def test_a_preference_checkpoint_named_without_its_round_still_resolves(tmp_path, tokenizer_dir, tiny_model_dir):
+    """Candidates of a preference stage are now named with their round (dpo/round-2/checkpoint-4); a recipe whose
+    merge names one as before (`models: [dpo/checkpoint-4]`) loaded and then failed at the merge, after all training.
+    One round's checkpoints are scored, so the old name means exactly one of them; two rounds' would not."""
+    from tempa.merge.merge_stage import resolve_reference
+
+    ctx = make_ctx(tmp_path, "merge", tokenizer_dir=tokenizer_dir, base=tiny_model_dir)
+    board = Leaderboard(rank_by="loss/loss", rows=[
+        LeaderboardRow(candidate="dpo/round-2/checkpoint-4", path=tiny_model_dir, metrics={"loss/loss": 1.0}),
+        LeaderboardRow(candidate="dpo", path=tiny_model_dir, metrics={"loss/loss": 1.0})])
+    assert resolve_reference("dpo/checkpoint-4", ctx, board) == MergeInput("dpo/round-2/checkpoint-4",
+                                                                           tiny_model_dir.resolve())
+    board.rows.append(LeaderboardRow(candidate="dpo/round-3/checkpoint-4", path=tmp_path, metrics={"loss/loss": 2.0}))
+    with pytest.raises(StageError, match="'dpo/checkpoint-4' is neither"):
+        resolve_reference("dpo/checkpoint-4", ctx, board)

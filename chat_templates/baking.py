@@ -142,7 +142,7 @@ def plan_pad(
     generation_config = _base_generation_config(model_dir, tokenizer_dir)
     stops = stop_token_ids(generation_config.get("eos_token_id"), tokenizer.eos_token_id, eot_ids[0])
     choice = choose_pad_token(tokenizer, end_of_turn, requested=pad_token, stop_ids=stops)
-    model_vocab = _model_vocab_size(model_dir)
+    model_vocab = model_vocab_size(model_dir)
     new_id = len(tokenizer)  # the id add_special_tokens gives a new token
     if choice.added and model_vocab is not None and new_id >= model_vocab:
         raise ValueError(
@@ -270,7 +270,9 @@ def _base_generation_config(
     return {}
 
 
-def _model_vocab_size(model_dir: str | os.PathLike | None) -> int | None:
+def model_vocab_size(model_dir: str | os.PathLike | None) -> int | None:
+    """The embedding rows ``model_dir``'s config.json declares (``vocab_size``, or its ``text_config``'s for a
+    multimodal config); None without a folder, a config.json or a vocab_size."""
     if model_dir is None or not (Path(model_dir) / "config.json").is_file():
         return None
     config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))

@@ -106,12 +106,12 @@ def check_tokenizer_fits(models: Sequence[tuple[str, Path]], tokenizer_dir: Path
     tokenizer.json does. ``models``: (name, folder) pairs."""
     from transformers import AutoTokenizer
 
-    from tempa.chat_templates.baking import _model_vocab_size  # the bake's reading (a nested text_config too)
+    from tempa.chat_templates.baking import model_vocab_size  # the bake's reading (a nested text_config too)
 
     size = len(AutoTokenizer.from_pretrained(tokenizer_dir))
     vocab = tokenizer_vocab(tokenizer_dir)
     for name, path in models:
-        vocab_size = _model_vocab_size(path)
+        vocab_size = model_vocab_size(path)
         if vocab_size is not None and size > vocab_size:
             raise StageError(f"{who}: cannot use tokenizer {tokenizer_dir} with {name} ({path}): it has {size} tokens, "
                              f"but the model's embeddings hold {vocab_size} (vocab_size)")

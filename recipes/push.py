@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tempa.chat_templates.one_line import first_line
 from tempa.merge.model_card import USAGE_PLACEHOLDER
 from tempa.merge.publish import publish_problems
 from tempa.sft.run_layout import FINAL_LINK
@@ -92,11 +93,23 @@ def commit_operations(folder: Path, files: list[PushFile], repo: str) -> list:
             for f in files]
 
 
+def check_repo_id(repo: str) -> None:
+    """``repo`` must be ORG/NAME as the Hub accepts it (huggingface_hub's own rules), checked before anything else:
+    a dry run that lists the files for a name the Hub refuses promises an upload that cannot happen."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise StageError(f"--repo {repo!r}: expected ORG/NAME")
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as error:
+        raise StageError(f"--repo {repo!r} is not a Hugging Face repo id: {first_line(error)}") from None
+
+
 def push(run_dir: Path, repo: str, *, include_gguf: bool = False, private: bool = False,
          dry_run: bool = False, message: str | None = None) -> tuple[list[PushFile], str | None]:
     """Upload (or with ``dry_run`` only list) the final model; returns the files and the commit URL."""
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise StageError(f"--repo {repo!r}: expected ORG/NAME")
+    check_repo_id(repo)
     folder = final_folder(run_dir)
     files = push_files(folder, include_gguf=include_gguf)
     loads = _card_loads(folder)

@@ -288,3 +288,18 @@ def test_a_card_written_for_another_repo_is_refused_before_anything_goes_up(run_
         assert ("model card's usage example loads org/model-v1 (model_card.model_id), not org/model-v2"
                 in proc.stderr), proc.stderr
     assert tempa("push", str(run_dir), "--repo", "org/model-v1", endpoint=hub).returncode == 0
+
+
+@pytest.mark.parametrize("repo", ["org/my model", "org/-model", "org/model..v2", "org/model.git", "org/" + "m" * 97,
+                                  "org/modèle"])
+def test_a_repo_id_the_hub_refuses_is_refused_before_anything_even_in_a_dry_run(run_dir, repo):
+    """`--repo "org/my model" --dry-run` listed the files that "would go to org/my model"; the real push then failed
+    in huggingface_hub's create_repo. The name is checked by huggingface_hub's own rules first, in one line."""
+    from tempa.recipes.push import push
+    from tempa.sft.stage_api import StageError
+
+    with pytest.raises(StageError) as error:
+        push(run_dir, repo, dry_run=True)
+    message = str(error.value)
+    assert message.startswith(f"--repo {repo!r} is not a Hugging Face repo id: ") and "\n" not in message
+    assert push(run_dir, "my-org/model.v2_final", dry_run=True)[1] is None  # a valid id with every allowed character

@@ -1,13 +1,15 @@
 """A final model folder must be publishable as it is: this module makes it so and checks it.
 
 ``publish_problems(folder)`` lists what would stop someone from uploading the folder as it is
-(the bake stage runs it on every final model; a future ``tempa push`` can run it again):
+(the bake stage runs it on every final model, and ``tempa push`` again before an upload):
 
 - every file has mode 0644 and every folder 0755 (``save_pretrained`` writes weights 0600);
 - no pickled weights;
 - no ``auto_map`` entry in config.json / tokenizer_config.json that names code the folder lacks
   (a base model with custom code, loaded without ``trust_remote_code``, leaves one behind);
-- no absolute local path (``/home/me/data/x.jsonl``) and no token-shaped secret in the text files.
+- no absolute local path (``/home/me/data/x.jsonl``) and no token-shaped secret in the text files;
+- nothing a user needs is missing: config, every weight shard whole, tokenizer, chat template, generation config
+  and model card (a folder damaged after its bake would otherwise go up as it is).
 """
 
 from __future__ import annotations
@@ -17,12 +19,20 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tempa.chat_templates.one_line import first_line
 from tempa.merge.model_card import TOKEN_PATTERNS, local_paths
 from tempa.merge.model_files import pickle_files
 
 FILE_MODE, DIR_MODE = 0o644, 0o755
 AUTO_MAP_FILES = ("config.json", "tokenizer_config.json")
 _TEXT_SUFFIXES = (".json", ".md", ".jinja", ".txt", ".yaml", ".yml", ".py")
+# What loading with the Auto classes, chatting in either thinking mode and stopping at the end of a turn need, beside
+# the weights; the tokenizer's vocabulary is in one of TOKENIZER_VOCAB_FILES.
+REQUIRED_FILES = ("config.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json", "README.md")
+TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model")
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
 def _auto_map_refs(entry: Any) -> list[str]:
     values = entry if isinstance(entry, list) else [entry]
     return [value for value in values if isinstance(value, str)]
@@ -97,12 +107,57 @@ def symlinks(folder: Path) -> list[str]:
     return sorted(out)
 
 
+def _chat_template_inline(folder: Path) -> bool:
+    # Older writers keep the template in tokenizer_config.json rather than chat_template.jinja.
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and bool(config.get("chat_template"))
+
+
+def weight_problems(folder: Path) -> list[str]:
+    """Weights that would not load: none at all, a shard the index names but the folder lacks, a safetensors file
+    that is not whole (cut short by a full disk or an interrupted copy: its header says more than the file has)."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    problems = []
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        problems.append("no *.safetensors weights")
+    index = folder / WEIGHTS_INDEX
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            problems.append(f"{WEIGHTS_INDEX}: no readable weight_map ({type(error).__name__})")
+            shards = []
+        problems += [f"{shard}: named by {WEIGHTS_INDEX} but missing" for shard in shards
+                     if not (folder / shard).is_file()]
+    for path in files:
+        try:
+            with safe_open(str(path), framework="numpy"):
+                pass
+        except (SafetensorError, OSError) as error:
+            problems.append(f"{path.name}: not a whole safetensors file ({first_line(error)})")
+    return problems
+
+
+def missing_parts(folder: Path) -> list[str]:
+    """What a user needs that ``folder`` lacks (:data:`REQUIRED_FILES`, a tokenizer vocabulary, whole weights)."""
+    folder = Path(folder)
+    problems = [f"{name}: missing" for name in REQUIRED_FILES
+                if not (folder / name).is_file() and not (name == "chat_template.jinja" and _chat_template_inline(folder))]
+    if not any((folder / name).is_file() for name in TOKENIZER_VOCAB_FILES):
+        problems.append(f"{' or '.join(TOKENIZER_VOCAB_FILES)}: missing")
+    return problems + weight_problems(folder)
+
+
 def publish_problems(folder: Path) -> list[str]:
     """Everything that stops ``folder`` from being uploaded as it is; empty when it is clean."""
     folder = Path(folder)
-    problems = []
-    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
-        problems.append("no config.json + *.safetensors weights")
+    problems = missing_parts(folder)
     # A link would upload whatever it points to (a key, a folder of the user's), and every check below
     # would judge the target; the folder tempa writes holds regular files only.
     links = symlinks(folder)

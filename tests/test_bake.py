@@ -337,13 +337,18 @@ def test_final_folder_is_publishable_as_it_is(tmp_path, tiny_model_dir, recipe_t
 
 
 def test_publish_check_finds_what_would_stop_an_upload(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
     from tempa.merge.publish import make_publishable, publish_problems
 
     folder = tmp_path / "final"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "modeling_x.X"}}))
     (folder / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["tok_x.T", None]}}))
-    (folder / "model.safetensors").write_bytes(b"\0")
+    for name in ("tokenizer.json", "chat_template.jinja", "generation_config.json"):  # all else a user needs
+        (folder / name).write_text("{}")
+    save_file({"x": torch.zeros(1)}, folder / "model.safetensors")
     (folder / "model.safetensors").chmod(0o600)
     (folder / "pytorch_model.bin").write_bytes(b"\0")
     (folder / "README.md").write_text(f"trained on {tmp_path}/data.jsonl with {HUB_TOKEN}\n")

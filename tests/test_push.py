@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import pytest
 
+from stage_helpers import baked_final
 from tempa.merge.publish import make_publishable
 
 CARD = """---
@@ -92,11 +93,17 @@ def hub():
     server.shutdown()
 
 
+@pytest.fixture(scope="module")
+def baked(tiny_model_dir, tmp_path_factory):
+    """The tiny model with the thinking template baked in (once: each test copies it)."""
+    return baked_final(tiny_model_dir, tmp_path_factory.mktemp("push") / "final")
+
+
 @pytest.fixture()
-def run_dir(tmp_path, tiny_model_dir):
+def run_dir(tmp_path, baked):
     run = tmp_path / "run"
     final = run / "bake" / "final"
-    shutil.copytree(tiny_model_dir, final)
+    shutil.copytree(baked, final)
     (final / "README.md").write_text(CARD)
     (final / "t-q8_0.gguf").write_bytes(b"GGUF")
     (final / "Modelfile").write_text("FROM ./t-q8_0.gguf\n")
@@ -126,10 +133,10 @@ def test_push_commits_the_final_folder_only(run_dir, tiny_model_dir, hub):
     assert proc.returncode == 0, proc.stderr
     assert len(FakeHub.commits) == 1 and FakeHub.commits[0]["path"] == "/api/models/org/model/commit/main"
     files = FakeHub.commits[0]["files"]
-    expected = {p.name for p in tiny_model_dir.iterdir() if p.is_file()} | {"README.md"}
+    expected = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                "generation_config.json", "README.md"}
     assert set(files) == expected  # no GGUF without --gguf, no hidden partial file, no checkpoint
-    weights = next(name for name in files if name.endswith(".safetensors"))
-    assert files[weights] == (tiny_model_dir / weights).read_bytes()
+    assert files["model.safetensors"] == (tiny_model_dir / "model.safetensors").read_bytes()
     card = files["README.md"].decode()
     assert 'model_id = "org/model"' in card and card.startswith("---\nlicense: apache-2.0")
     assert FakeHub.repos[0]["name"] == "model" and FakeHub.repos[0]["organization"] == "org"
@@ -303,3 +310,52 @@ def test_a_repo_id_the_hub_refuses_is_refused_before_anything_even_in_a_dry_run(
     message = str(error.value)
     assert message.startswith(f"--repo {repo!r} is not a Hugging Face repo id: ") and "\n" not in message
     assert push(run_dir, "my-org/model.v2_final", dry_run=True)[1] is None  # a valid id with every allowed character
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.unlink()  # the weights may be a hard link to another stage's: never cut that file
+    path.write_bytes(data[: len(data) // 2])
+    path.chmod(0o644)
+
+
+def _shard(final):
+    (final / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {"model.norm.weight": "model.safetensors",
+                                        "lm_head.weight": "model-00002-of-00002.safetensors"}}))
+    (final / "model.safetensors.index.json").chmod(0o644)
+
+
+@pytest.mark.parametrize(("damage", "problem"), [
+    (lambda final: (final / "tokenizer.json").unlink(), "tokenizer.json or tokenizer.model: missing"),
+    (lambda final: (final / "chat_template.jinja").unlink(), "chat_template.jinja: missing"),
+    (lambda final: (final / "generation_config.json").unlink(), "generation_config.json: missing"),
+    (lambda final: (final / "README.md").unlink(), "README.md: missing"),
+    (lambda final: _truncate(final / "model.safetensors"),
+     "model.safetensors: not a whole safetensors file (Error while deserializing header: incomplete metadata"),
+    (_shard, "model-00002-of-00002.safetensors: named by model.safetensors.index.json but missing"),
+])
+def test_a_final_folder_missing_what_a_user_needs_is_refused(run_dir, damage, problem):
+    """A final folder without its tokenizer or chat template, or with weights cut short (a full disk, a copy
+    interrupted) or a shard missing, went up as it was: the repo's model would not load, or would chat without the
+    thinking template. Each is named, in one line, before anything goes up (a dry run is refused too)."""
+    from tempa.recipes.push import push
+    from tempa.sft.stage_api import StageError
+
+    damage(run_dir / "final")
+    with pytest.raises(StageError) as error:
+        push(run_dir, "org/model", dry_run=True)
+    message = str(error.value)
+    assert "not publishable as it is: " in message and problem in message and "\n" not in message, message
+
+
+def test_a_template_kept_in_tokenizer_config_counts_as_the_chat_template(run_dir):
+    """Older writers keep the template inside tokenizer_config.json: that folder loads and chats the same."""
+    from tempa.merge.publish import missing_parts
+
+    final = run_dir / "final"
+    config = json.loads((final / "tokenizer_config.json").read_text())
+    (final / "tokenizer_config.json").write_text(json.dumps(
+        {**config, "chat_template": (final / "chat_template.jinja").read_text()}))
+    (final / "chat_template.jinja").unlink()
+    assert missing_parts(final) == []

@@ -156,7 +156,10 @@ def _pre_tokenizer_name(tokenizer_json: dict) -> str:
     return "gpt-2"
 
 
-def _vocab(model_dir: Path, data: dict, tokenizer) -> tuple[list[str], list[int], list[str]]:
+def _vocab(model_dir: Path, data: dict, tokenizer, rows: int) -> tuple[list[str], list[int], list[str]]:
+    """The token list, types and merges; ``rows``: the embedding's (config.json's ``vocab_size``). llama.cpp sizes
+    token_embd and output by the token count, so ids past the tokenizer's are listed as unused ``[PAD{id}]``
+    tokens, as llama.cpp's convert_hf_to_gguf.py lists them."""
     import gguf
 
     if data.get("model", {}).get("type") != "BPE":
@@ -164,6 +167,10 @@ def _vocab(model_dir: Path, data: dict, tokenizer) -> tuple[list[str], list[int]
     merges = [" ".join(m) if isinstance(m, list) else m for m in data["model"].get("merges", [])]
     vocab = tokenizer.get_vocab()
     size = max(len(tokenizer), max(vocab.values()) + 1)
+    if size > rows:
+        raise StageError(f"{model_dir}: the tokenizer has ids up to {size - 1}, but the model's embeddings hold "
+                         f"{rows} rows (config.json vocab_size); export the final model the bake wrote")
+    size = rows
     by_id = {i: t for t, i in vocab.items()}
     special = {t.content if hasattr(t, "content") else str(t) for t in tokenizer.added_tokens_decoder.values()
                if getattr(t, "special", False)}
@@ -278,7 +285,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
         writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if file_type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
 
         tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
-        tokens, types, merges = _vocab(model_dir, tokenizer_json, tokenizer)
+        tokens, types, merges = _vocab(model_dir, tokenizer_json, tokenizer, config.vocab_size)
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(_pre_tokenizer_name(tokenizer_json))
         writer.add_token_list(tokens)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +223,48 @@ def test_a_conversion_that_fails_while_writing_leaves_no_partial_file(baked_mode
     assert main(["export", "gguf", str(baked_model), "--out", str(out)]) == 1
     assert "No space left on device" in capsys.readouterr().err
     assert sorted(p.name for p in out.parent.iterdir()) == []
+
+
+def test_a_model_with_more_embedding_rows_than_tokens_lists_every_row(tiny_model_dir, tmp_path):
+    """Embeddings padded past the tokenizer (Qwen's are; a model resized to a multiple of 64 after a pad token was
+    added) were written with the tokenizer's token count: llama.cpp sizes token_embd by the token list and refuses
+    the file ("wrong shape"). The list is padded with unused tokens up to the rows, as convert_hf_to_gguf.py does."""
+    from gguf import GGUFReader, TokenType
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokens_before = len(AutoTokenizer.from_pretrained(tiny_model_dir))
+    model.resize_token_embeddings(tokens_before + 8)
+    padded = tmp_path / "padded"
+    model.save_pretrained(padded)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(tiny_model_dir / name, padded / name)
+    final = baked_final(padded, tmp_path / "final")
+    out = tmp_path / "padded.gguf"
+    assert main(["export", "gguf", str(final), "--out", str(out)]) == 0
+    reader = GGUFReader(str(out))
+    tensors = {t.name: t for t in reader.tensors}
+    listed = reader.fields["tokenizer.ggml.tokens"]
+    assert len(listed.data) == tensors["token_embd.weight"].data.shape[0] == tensors["output.weight"].data.shape[0]
+    assert len(listed.data) == tokens_before + 8
+    types = reader.fields["tokenizer.ggml.token_type"]
+    last = tokens_before + 7
+    assert bytes(listed.parts[listed.data[last]]).decode() == f"[PAD{last}]"
+    assert int(types.parts[types.data[last]][0]) == TokenType.UNUSED
+
+
+def test_a_tokenizer_with_more_tokens_than_embedding_rows_is_refused(baked_model, tmp_path, capsys):
+    """The other way round the file cannot load either (an id with no row): one line, and no file written."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "final"
+    shutil.copytree(baked_model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    size = len(AutoTokenizer.from_pretrained(folder))
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": size - 1}))
+    assert main(["export", "gguf", str(folder), "--out", str(tmp_path / "x.gguf")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"the tokenizer has ids up to {size - 1}, but the model's embeddings hold {size - 1} rows" in err
+    assert len(err.splitlines()) == 1 and not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*partial"))

@@ -1,7 +1,7 @@
 """The ``bake`` stage: the final model folder a user downloads.
 
 ``<stage>/final/`` holds the weights and config of the model the stage starts from (hard links,
-no copy), the recipe's tokenizer with the thinking template baked in, a generation config whose
+no copy; the config's ``use_cache`` the base model's, not training's), the recipe's tokenizer with the thinking template baked in, a generation config whose
 eos ids include the end-of-turn token (and the recipe's ``generation`` sampling defaults), and a
 model card. The stage then checks the template on
 the saved tokenizer and (by default) loads the folder with the Auto classes and generates in
@@ -93,6 +93,23 @@ def copy_model_files(source: Path, out_dir: Path, *, trust_remote_code: bool = F
                     shutil.copy2(path, out_dir / path.name)
                 copied.append(path.name)
     return copied
+
+
+def restore_use_cache(out_dir: Path, base_model: Path) -> bool | None:
+    """Give the final ``config.json`` the base model's ``use_cache`` (transformers' default, True, where the base
+    sets none): transformers' Trainer saves every model it trained with its own ``use_cache`` (False by default),
+    a training setting that would ship as the model's (a forward pass without ``past_key_values``). Returns the
+    value written, None when nothing changed."""
+    path = out_dir / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    base_config = Path(base_model) / "config.json"
+    base = json.loads(base_config.read_text(encoding="utf-8")) if base_config.is_file() else {}
+    wanted = base.get("use_cache", True)
+    if "use_cache" not in config or config["use_cache"] == wanted:
+        return None
+    config["use_cache"] = wanted
+    write_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return wanted
 
 
 def copy_license_files(folders: Sequence[Path], out_dir: Path) -> list[str]:
@@ -238,6 +255,7 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
     with staging_dir(final, inside=[stage_dir]) as tmp, \
             tempfile.TemporaryDirectory(prefix=".bake-", dir=stage_dir) as scratch:
         copied = copy_model_files(source, tmp, trust_remote_code=ctx.trust_remote_code)
+        restore_use_cache(tmp, ctx.base_model)
         licenses = copy_license_files([source, ctx.base_model], tmp)
         if licenses:
             ctx.log.info("%s: carried %s into the final model", ctx.stage_name, ", ".join(licenses))

@@ -482,3 +482,27 @@ def test_the_base_models_licence_and_use_policy_ship_with_the_final_model(tmp_pa
     assert (final / "USE_POLICY.md").read_text().startswith("# Llama 3.1 Acceptable Use Policy")
     assert "base model's own card" not in (final / "README.md").read_text()
     assert publish_problems(final) == []
+
+
+def test_the_final_config_uses_the_cache_as_the_base_model_does(tmp_path, tiny_model_dir, recipe_tokenizer):
+    """transformers' Trainer saves every model it trains with ``use_cache: false`` (its TrainingArguments default):
+    the demo's final config.json shipped that training setting, so a forward pass returned no past_key_values."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tempa.chat_templates import load_template
+
+    run_dir = tmp_path / "run"
+    stages, source = _earlier_stages(run_dir, tiny_model_dir)
+    config = json.loads((source / "config.json").read_text())
+    assert json.loads((tiny_model_dir / "config.json").read_text())["use_cache"] is True
+    (source / "config.json").write_text(json.dumps({**config, "use_cache": False}))  # as the Trainer saves it
+    bake = BakeStageConfig.model_validate({"name": "bake", "kind": "bake", "smoke_test": False})
+    ctx = make_context(run_dir, "bake", start_model=source, tokenizer_dir=recipe_tokenizer, base_model=tiny_model_dir,
+                       chat_template=load_template("llama3_thinking"), upstream=stages, recipe=RECIPE)
+    final = run_bake(bake, ctx).model
+    assert json.loads((final / "config.json").read_text())["use_cache"] is True
+    assert json.loads((source / "config.json").read_text())["use_cache"] is False  # the stage's own folder is as it was
+    model = AutoModelForCausalLM.from_pretrained(final)
+    with torch.no_grad():
+        assert model(torch.tensor([[1, 2, 3]])).past_key_values is not None

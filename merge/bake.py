@@ -29,6 +29,7 @@ from pydantic import Field
 from tempa.chat_templates.baking import GenerationDefaults
 from tempa.chat_templates.one_line import first_line
 from tempa.merge.candidates import is_model_dir
+from tempa.merge.gguf_export import writes_gguf
 from tempa.merge.model_card import (
     ModelCardConfig,
     render_model_card,
@@ -281,7 +282,8 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
         tool_call = _card_tool_call(tmp, ctx) if tool_rows_trained(ctx.upstream) else None
         card = render_model_card(config.model_card, recipe=recipe, stages=ctx.upstream, template_checks=checks,
                                  thinking_default=thinking_default,
-                                 weights_from=shipped_stage(source, ctx.upstream), tool_call=tool_call)
+                                 weights_from=shipped_stage(source, ctx.upstream), tool_call=tool_call,
+                                 gguf=writes_gguf(tmp))
         write_atomic(tmp / "README.md", card)
         if config.smoke_test:
             ctx.log.info("%s: smoke test: load and generate in both thinking modes", ctx.stage_name)

@@ -75,6 +75,13 @@ class GGUFExport:
     tensor_types: dict[str, int] | None = None
 
 
+def writes_gguf(model_dir: Path) -> bool:
+    """Whether this module's writer takes ``model_dir``'s model (config.json's ``architectures``)."""
+    path = Path(model_dir) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return bool(set(config.get("architectures") or ()) & set(SUPPORTED_ARCHITECTURES))
+
+
 def _llama_cpp(file_type: str):
     """llama-cpp-python, or a one-line error saying how to install it (tempa is installed from its checkout)."""
     try:
@@ -254,7 +261,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
         raise StageError(f"{model_dir}: not a model folder (no config.json)")
     config = AutoConfig.from_pretrained(model_dir)
     archs = tuple(getattr(config, "architectures", None) or ())
-    if not set(archs) & set(SUPPORTED_ARCHITECTURES):
+    if not writes_gguf(model_dir):
         raise StageError(f"{model_dir}: tempa's GGUF writer supports {', '.join(SUPPORTED_ARCHITECTURES)}, got "
                          f"{', '.join(archs) or '?'}; convert it with convert_hf_to_gguf.py from a llama.cpp checkout, "
                          "then quantise that file with `tempa export gguf MODEL-f16.gguf --type TYPE`")

@@ -310,9 +310,10 @@ def usage_question(languages: Sequence[str]) -> str:
 
 
 def usage_snippet(model_id: str, thinking_default: str = "on", saved_with: str | None = None,
-                  languages: Sequence[str] = ()) -> list[str]:
+                  languages: Sequence[str] = (), gguf: bool = True) -> list[str]:
     """The card's usage section; ``saved_with``: the transformers version that wrote the folder's files;
-    ``languages``: the card's, the first of which the example question is in (see :func:`usage_question`)."""
+    ``languages``: the card's, the first of which the example question is in (see :func:`usage_question`);
+    ``gguf``: whether ``tempa export gguf`` writes this model (its GGUF writer takes Llama models only)."""
     other = "off" if thinking_default == "on" else "on"
     # transformers 5 writes tokenizer_config.json and config.json in its own format: 4.x cannot load the tokenizer
     # (TokenizersBackend) and reads the RoPE settings (rope_parameters) as absent, silently
@@ -347,8 +348,9 @@ def usage_snippet(model_id: str, thinking_default: str = "on", saved_with: str |
         "```",
         "",
         "Generation stops at the end-of-turn token: it is the tokenizer's eos, and `generation_config.json`",
-        "lists it among the eos ids. `tempa export gguf` writes a GGUF (llama.cpp) and an Ollama Modelfile",
-        "whose template honours Ollama's `think` switch. " + ollama_default_note(thinking_default),
+        "lists it among the eos ids." + (" `tempa export gguf` writes a GGUF (llama.cpp) and an Ollama Modelfile"
+                                         if gguf else ""),
+        *(["whose template honours Ollama's `think` switch. " + ollama_default_note(thinking_default)] if gguf else []),
         "",
     ]
 
@@ -479,13 +481,15 @@ def render_model_card(
     thinking_default: str = "on",
     weights_from: str | None = "",
     tool_call: str | None = None,
+    gguf: bool = True,
 ) -> str:
     """The card's markdown, scrubbed of secrets.
 
     ``weights_from`` names the stage whose model the folder holds (``None``: the base model's weights; see
     :func:`shipped_stage`); the card then says so in one sentence. When the SFT stages trained tool rows the
     usage section says how to call the model with tools; ``tool_call``: the example's call as the baked template
-    writes it (:func:`written_tool_call`).
+    writes it (:func:`written_tool_call`). ``gguf``: whether ``tempa export gguf`` writes the model (the usage
+    section names the GGUF and Ollama export only then).
     """
     resolved = redact(dict(recipe.resolved))
     title = card.title or recipe.name
@@ -516,7 +520,7 @@ def render_model_card(
     if weights_from != "":  # "" (the default): the caller does not know; None: the base model's weights
         lines += _weights_line(stages, weights_from)
     lines += usage_snippet(card.model_id or USAGE_PLACEHOLDER, thinking_default,
-                           saved_with=importlib.metadata.version("transformers"), languages=card.languages)
+                           saved_with=importlib.metadata.version("transformers"), languages=card.languages, gguf=gguf)
     tool_rows = tool_rows_trained(stages)
     if tool_rows:
         lines += tool_calling_snippet(tool_rows, recipe.chat_template, tool_call)

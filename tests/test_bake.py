@@ -506,3 +506,28 @@ def test_the_final_config_uses_the_cache_as_the_base_model_does(tmp_path, tiny_m
     model = AutoModelForCausalLM.from_pretrained(final)
     with torch.no_grad():
         assert model(torch.tensor([[1, 2, 3]])).past_key_values is not None
+
+
+def test_the_card_offers_the_gguf_export_only_for_a_model_it_writes(tmp_path, tiny_model_dir, recipe_tokenizer,
+                                                                     capsys):
+    """The card told every model's users that `tempa export gguf` writes a GGUF and an Ollama Modelfile; its writer
+    takes Llama models only and refuses the Qwen2 models the README's "Bring your own" recipe trains."""
+    from tempa.chat_templates import load_template
+    from tempa.recipes.cli import main
+
+    run_dir = tmp_path / "run"
+    stages, source = _earlier_stages(run_dir, tiny_model_dir)
+    config = BakeStageConfig.model_validate({"name": "bake", "kind": "bake", "smoke_test": False})
+    final = run_bake(config, _ctx(run_dir, stages, source, recipe_tokenizer, load_template("llama3_thinking"))).model
+    assert "`tempa export gguf` writes a GGUF (llama.cpp) and an Ollama Modelfile" in (final / "README.md").read_text()
+
+    qwen = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps({**qwen, "architectures": ["Qwen2ForCausalLM"],
+                                                    "model_type": "qwen2"}))
+    final = run_bake(config, _ctx(tmp_path / "run2", stages, source, recipe_tokenizer,
+                                  load_template("llama3_thinking"))).model
+    card = (final / "README.md").read_text()
+    assert "export gguf" not in card and "Ollama" not in card
+    assert "lists it among the eos ids.\n" in card
+    assert main(["export", "gguf", str(final), "--out", str(tmp_path / "q.gguf")]) == 1  # what the card no longer says
+    assert "supports LlamaForCausalLM, got Qwen2ForCausalLM" in capsys.readouterr().err

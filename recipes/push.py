@@ -7,7 +7,8 @@ generation config, model card) in one commit, made with huggingface_hub's own
 folder that :func:`tempa.merge.publish.publish_problems` finds clean (no pickles, no local path or
 secret in its text) and whose stages are all complete and current. The card's usage snippet
 names the repo. The token is huggingface_hub's own (``HF_TOKEN`` or ``hf auth login``); tempa
-only asks whether there is one (a push without one stops before any call) and never logs it. Without
+only asks whether there is one (a push without one stops before any call) and never logs it; a token the Hub
+refuses (401/403) is named as the cause, in one line. Without
 ``--private`` the repo gets the Hub's default visibility (public, or an organisation's private default);
 with it, a repo that already exists and is public is refused (the Hub would not make it private).
 """
@@ -123,9 +124,20 @@ def push(run_dir: Path, repo: str, *, include_gguf: bool = False, private: bool 
     if get_token() is None:  # else the Hub's 401 comes after the calls, as an HTTP error
         raise StageError(f"no Hugging Face token to push {repo} with: set HF_TOKEN or run `hf auth login` "
                          "(--dry-run needs none)")
+    from huggingface_hub.errors import HfHubHTTPError
+
     api = HfApi()
-    # None, not False, without --private: the Hub's default then applies (an organisation's may be private)
-    api.create_repo(repo, private=True if private else None, exist_ok=True)
+    try:
+        # None, not False, without --private: the Hub's default then applies (an organisation's may be private)
+        api.create_repo(repo, private=True if private else None, exist_ok=True)
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if status not in (401, 403):
+            raise
+        message = (error.server_message or "").strip()
+        said = f": {message.splitlines()[0]}" if message else ""
+        raise StageError(f"the Hub refused to create or open {repo} with your token (HTTP {status}{said}): check "
+                         f"HF_TOKEN or `hf auth login`, and that the token may write to {repo.split('/')[0]}") from None
     if private and not api.model_info(repo).private:  # create_repo leaves an existing repo's visibility as it is
         raise StageError(f"--private: {repo} already exists and is public, so this upload would be public; make "
                          f"the repo private on the Hub first (its settings page), or push without --private")

@@ -38,6 +38,7 @@ class FakeHub(BaseHTTPRequestHandler):
     repos: ClassVar[list[dict]] = []
     tokens: ClassVar[set[str]] = set()
     existing: ClassVar[dict[str, bool]] = {}  # repos already on the Hub: id -> private
+    refuse: ClassVar[int | None] = None  # an HTTP status every call gets (a token the Hub does not accept)
 
     def log_message(self, *args):
         pass
@@ -53,6 +54,8 @@ class FakeHub(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         FakeHub.tokens.add(self.headers.get("Authorization", ""))
+        if FakeHub.refuse is not None:
+            return self._reply({"error": "Invalid credentials in Authorization header"}, FakeHub.refuse)
         endpoint = f"http://127.0.0.1:{self.server.server_port}"
         if self.path == "/api/repos/create":
             request = json.loads(body)
@@ -85,7 +88,7 @@ class FakeHub(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def hub():
-    FakeHub.commits, FakeHub.repos, FakeHub.tokens, FakeHub.existing = [], [], set(), {}
+    FakeHub.commits, FakeHub.repos, FakeHub.tokens, FakeHub.existing, FakeHub.refuse = [], [], set(), {}, None
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -359,3 +362,17 @@ def test_a_template_kept_in_tokenizer_config_counts_as_the_chat_template(run_dir
         {**config, "chat_template": (final / "chat_template.jinja").read_text()}))
     (final / "chat_template.jinja").unlink()
     assert missing_parts(final) == []
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_token_the_hub_refuses_is_named_as_the_cause_and_never_printed(run_dir, hub, status):
+    """A wrong or read-only token stopped the push with "HfHubHTTPError: Client error '401 Unauthorized' for url
+    .../api/repos/create": the cause in one line, with what to check, and the token nowhere in the output."""
+    FakeHub.refuse = status
+    token = "hf_" + "S3cret" * 6
+    proc = tempa("push", str(run_dir), "--repo", "org/model", endpoint=hub, token=token)
+    err = [line for line in proc.stderr.splitlines() if "tempa: error" in line]
+    assert proc.returncode == 1 and len(err) == 1, proc.stderr
+    assert f"refused to create or open org/model with your token (HTTP {status}: Invalid credentials" in err[0]
+    assert "HF_TOKEN" in err[0] and "hf auth login" in err[0]
+    assert token not in proc.stdout + proc.stderr and FakeHub.commits == []

@@ -44,6 +44,7 @@ from tempa.chat_templates.templates import template_defaults
 from tempa.chat_templates.thinking import end_of_turn_token
 from tempa.merge.model_files import license_files
 from tempa.merge.ollama_template import ollama_default_note, ollama_template
+from tempa.merge.publish import FILE_MODE
 from tempa.sft.run_layout import RESOLVED_RECIPE
 from tempa.sft.stage_api import StageError
 
@@ -73,6 +74,14 @@ class GGUFExport:
     file_type: GGUFType
     # llama.cpp quantisation: tensors by their GGML type (e.g. {"Q4_K": 10, "Q6_K": 2, "F32": 5})
     tensor_types: dict[str, int] | None = None
+
+
+def _published_with(model_dir: str | os.PathLike, *paths: Path | None) -> None:
+    """Files written into the model folder itself (the default: the final folder) get its publishable mode, 0644,
+    whatever the umask: under a cluster's umask 077 they were 0600, and `tempa push` refused the whole folder."""
+    for path in paths:
+        if path is not None and path.parent.resolve() == Path(model_dir).resolve():
+            os.chmod(path, FILE_MODE)
 
 
 def writes_gguf(model_dir: Path) -> bool:
@@ -247,10 +256,12 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
             f16 = export_gguf(model_dir, Path(scratch) / "model-f16.gguf", file_type="f16")
             types = quantize_gguf(f16.gguf_path, target, file_type)
             if f16.modelfile_path is None:  # a template without a Go twin (logged)
+                _published_with(model_dir, target)
                 return GGUFExport(target, None, f16.tensor_count, file_type, types)
             modelfile = f16.modelfile_path.read_text(encoding="utf-8").replace(
                 f"./{f16.gguf_path.name}", f"./{target.name}")
         target.with_name("Modelfile").write_text(modelfile, encoding="utf-8")
+        _published_with(model_dir, target, target.with_name("Modelfile"))
         return GGUFExport(target, target.with_name("Modelfile"), f16.tensor_count, file_type, types)
     import gguf
     from transformers import AutoConfig, AutoTokenizer
@@ -339,9 +350,11 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
     tensor_types = gguf_tensor_types(gguf_path)
 
     if modelfile_text is None:
+        _published_with(model_dir, gguf_path)
         return GGUFExport(gguf_path, None, count, file_type, tensor_types)
     modelfile = gguf_path.with_name("Modelfile")
     modelfile.write_text(modelfile_text, encoding="utf-8")
+    _published_with(model_dir, gguf_path, modelfile)
     return GGUFExport(gguf_path, modelfile, count, file_type, tensor_types)
 
 

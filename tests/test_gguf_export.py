@@ -268,3 +268,25 @@ def test_a_tokenizer_with_more_tokens_than_embedding_rows_is_refused(baked_model
     err = capsys.readouterr().err.strip()
     assert f"the tokenizer has ids up to {size - 1}, but the model's embeddings hold {size - 1} rows" in err
     assert len(err.splitlines()) == 1 and not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*partial"))
+
+
+def test_an_export_into_the_final_folder_leaves_it_publishable_under_a_private_umask(baked_model, tmp_path):
+    """Under a cluster's umask 077 the GGUF and Modelfile written into final/ were 0600: `tempa push` then refused
+    the whole folder ("mode 0600, not 0644"), with or without --gguf."""
+    import os
+
+    from tempa.merge.publish import make_publishable, publish_problems
+
+    folder = tmp_path / "final"
+    shutil.copytree(baked_model, folder)
+    (folder / "README.md").write_text("# card\n")
+    make_publishable(folder)
+    assert publish_problems(folder) == []
+    old = os.umask(0o077)
+    try:
+        assert main(["export", "gguf", str(folder), "--type", "q8_0"]) == 0
+    finally:
+        os.umask(old)
+    written = [*sorted(folder.glob("*.gguf")), folder / "Modelfile"]
+    assert len(written) == 2 and {path.stat().st_mode & 0o777 for path in written} == {0o644}
+    assert publish_problems(folder) == []

@@ -419,32 +419,33 @@ def _stop_ids(generation: dict[str, Any]) -> list[int]:
     return [eos] if isinstance(eos, int) else list(eos or [])
 
 
-def card_license(model_dir: Path) -> str | None:
-    """The ``license`` of the folder's model card (README.md front matter: the recipe's model_card.license)."""
+def card_license(model_dir: Path) -> list[str]:
+    """The ``license`` ids of the folder's model card (README.md front matter: the recipe's model_card.license, one
+    id or a list of them, as the Hub takes it)."""
     import yaml
 
     path = Path(model_dir) / "README.md"
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
     if not text.startswith("---\n") or "\n---" not in text[4:]:
-        return None
+        return []
     try:
         front = yaml.safe_load(text[4:].split("\n---", 1)[0])
     except yaml.YAMLError:
-        return None  # a hand-edited card: the Modelfile goes without a LICENSE rather than fail the export
+        return []  # a hand-edited card: the Modelfile goes without a LICENSE rather than fail the export
     value = front.get("license") if isinstance(front, dict) else None
-    return str(value) if value else None
+    values = value if isinstance(value, list) else [value]
+    return [str(item) for item in values if item]
 
 
 def model_licenses(model_dir: Path) -> list[str]:
     """What the Modelfile's LICENSE lines hold: the texts of the folder's licence and use-policy files (the base
-    model's, which the bake ships), else the model card's licence id."""
+    model's, which the bake ships), else the model card's licence ids."""
     texts = [path.read_text(encoding="utf-8", errors="replace").strip() for path in license_files(model_dir)
              if not path.name.upper().startswith("NOTICE")]
     texts = [text for text in texts if text]
     if texts:
         return texts
-    license_id = card_license(model_dir)
-    return [license_id] if license_id else []
+    return card_license(model_dir)
 
 
 def ollama_modelfile(gguf_name: str, tokenizer, generation: dict[str, Any], licenses: Sequence[str] = ()) -> str:

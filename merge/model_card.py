@@ -73,7 +73,9 @@ class ModelCardConfig(BaseModel):
     model_id: str | None = Field(
         default=None, description="Hub id used in the usage snippet (default: a local path placeholder)."
     )
-    license: str | None = Field(default=None, description="License id for the card's metadata.")
+    license: str | list[str] | None = Field(
+        default=None, description="License id for the card's metadata (hf.co/docs/hub/repositories-licenses), or a "
+        "list of them where several apply (Swallow's: llama3.1 for the base, gemma for its synthetic data).")
     languages: list[str] = Field(default_factory=list, description="Language codes for the card's metadata; the "
                                  "first picks the usage example's language (English where tempa has none for it).")
     tags: list[str] = Field(default_factory=list, description="Extra tags for the card's metadata.")

@@ -290,3 +290,20 @@ def test_an_export_into_the_final_folder_leaves_it_publishable_under_a_private_u
     written = [*sorted(folder.glob("*.gguf")), folder / "Modelfile"]
     assert len(written) == 2 and {path.stat().st_mode & 0o777 for path in written} == {0o644}
     assert publish_problems(folder) == []
+
+
+def test_a_card_with_several_licences_names_each_in_the_modelfile(tmp_path, tiny_model_dir, baked_model):
+    """Swallow's card lists two licences (llama3.1 for the base, gemma for its synthetic data): the recipe could not
+    say so (model_card.license took one id), and such a card's Modelfile read LICENSE \"\"\"['llama3.1', 'gemma']\"\"\"."""
+    from tempa.merge.gguf_export import export_gguf
+    from tempa.merge.model_card import ModelCardConfig, render_model_card
+    from tempa.sft.stage_api import RecipeInfo
+
+    card = render_model_card(ModelCardConfig.model_validate({"license": ["llama3.1", "gemma"]}), stages={},
+                             recipe=RecipeInfo("t", "meta-llama/Llama-3.1-8B", "llama3_thinking"))
+    assert "\nlicense:\n- llama3.1\n- gemma\n" in card.split("\n---\n")[0]
+    final = tmp_path / "final"
+    shutil.copytree(baked_model, final)
+    (final / "README.md").write_text(card)
+    modelfile = export_gguf(final, tmp_path / "out" / "m.gguf").modelfile_path.read_text()
+    assert '\nLICENSE """llama3.1"""\nLICENSE """gemma"""\n' in modelfile and "['" not in modelfile

@@ -43,9 +43,14 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step ``checkpoint-N`` was saved at."""
+    return int(Path(path).name.split("-")[-1])
+
+
 def complete_checkpoints(output_dir: Path) -> list[Checkpoint]:
     """The checkpoints whose COMPLETE marker is written, in step order."""
-    return [Checkpoint(step=int(p.name.split("-")[-1]), path=p) for p in checkpoint_dirs(output_dir)
+    return [Checkpoint(step=checkpoint_step(p), path=p) for p in checkpoint_dirs(output_dir)
             if (p / COMPLETE_MARKER).is_file()]
 
 

@@ -23,7 +23,12 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tempa.sft.checkpoints import COMPLETE_MARKER, last_complete_checkpoint, rotate_checkpoints
+from tempa.sft.checkpoints import (
+    COMPLETE_MARKER,
+    checkpoint_step,
+    last_complete_checkpoint,
+    rotate_checkpoints,
+)
 from tempa.sft.files import remove_tree, sync_tree, write_marker
 from tempa.sft.kernels import (
     KernelChoice,
@@ -330,6 +335,30 @@ def no_step_message(args, rows: int | str) -> str:
             f"gradient_accumulation_steps={args.gradient_accumulation_steps}, processes={args.world_size})")
 
 
+def whole_run_metrics(metrics: dict[str, Any], log_history: list[dict[str, Any]],
+                      resumed_from: Path | None) -> dict[str, Any]:
+    """``trainer.train()``'s metrics, with ``train_loss`` over the whole run's steps when it resumed.
+
+    transformers averages the loss over the steps of its own ``train()`` call: after a resume, over the steps since the
+    checkpoint (none at all for a checkpoint of the last step), which metrics.json and `tempa status` gave as the
+    stage's. The logged losses (restored with the checkpoint) cover the run: each is the mean of its steps since the
+    one logged before it, or since the resumed checkpoint (steps a kill cut off between a log and a save were never
+    logged, and are left out).
+    """
+    if resumed_from is None:
+        return metrics
+    start = checkpoint_step(resumed_from)
+    total = steps = 0.0
+    previous = 0
+    for entry in log_history:
+        if "loss" not in entry or "step" not in entry:
+            continue
+        step = int(entry["step"])
+        first = start if previous < start < step else previous
+        total, steps, previous = total + float(entry["loss"]) * (step - first), steps + (step - first), step
+    return {**metrics, "train_loss": total / steps} if steps else metrics
+
+
 def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *, evaluate: bool = False,
                    merge_adapters: bool = False) -> None:
     """Train (resuming from the last complete checkpoint), then publish ``final/`` atomically.
@@ -378,7 +407,7 @@ def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *
         tokenizer.save_pretrained(tmp)
         outcome = TrainOutcome(
             global_step=trainer.state.global_step,
-            train=result.metrics,
+            train=whole_run_metrics(result.metrics, trainer.state.log_history, resume),
             eval=eval_metrics,
             log_history=trainer.state.log_history,
             resumed_from=str(resume) if resume else None,

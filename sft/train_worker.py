@@ -312,10 +312,28 @@ class StepFractions:
         return super().create_scheduler(num_training_steps=num_training_steps, optimizer=optimizer)
 
 
+class FinishedResume:
+    """A trainer mixin: a resume from a checkpoint of the last step trains nothing more.
+
+    A stage killed after its last step's checkpoint and before ``final/`` resumes from that checkpoint. transformers
+    then skips the batches of the steps done in the current epoch and trains the next one before it looks at
+    ``max_steps``: one step past the end, on a learning rate past the schedule's end (a ``max_steps`` that is no
+    whole number of epochs). Reporting every epoch as trained makes its loop take no step.
+    """
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, *args, **kwargs):
+        trained = super()._init_training_state(max_steps, num_update_steps_per_epoch, num_train_epochs, *args,
+                                               **kwargs)
+        if self.state.global_step >= max_steps > 0:
+            return num_train_epochs, 0
+        return trained
+
+
 @functools.cache
 def with_step_fractions(trainer_class: type) -> type:
-    """``trainer_class`` with :class:`StepFractions` (same name: logs and model cards stay trl's)."""
-    return type(trainer_class.__name__, (StepFractions, trainer_class), {"__module__": __name__})
+    """``trainer_class`` with :class:`StepFractions` and :class:`FinishedResume` (same name: logs and model cards stay
+    trl's)."""
+    return type(trainer_class.__name__, (StepFractions, FinishedResume, trainer_class), {"__module__": __name__})
 
 
 def no_step_message(args, rows: int | str) -> str:

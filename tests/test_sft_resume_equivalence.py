@@ -80,7 +80,8 @@ def steps(outcome: TrainOutcome) -> list[tuple[int, float, float]]:
 
 @pytest.mark.parametrize(("kill", "resumes_from"), [
     (KillAt(5), 3),  # between two checkpoints: step 4 is trained again, on the same batch
-], ids=["between-checkpoints"])
+    (KillAt(6, after_save=True), 6),  # after the last step's checkpoint, before final/
+], ids=["between-checkpoints", "after-the-last-checkpoint"])
 def test_a_killed_and_resumed_run_ends_as_the_uninterrupted_one(kill, resumes_from, tmp_path, tiny_model_dir, data,
                                                                  uninterrupted):
     reference, reference_final = uninterrupted

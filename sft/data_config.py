@@ -166,7 +166,8 @@ class SourceConfig(_Strict):
             "Row format. `messages`: OpenAI-style list of {role, content} (assistant `tool_calls`, `tool` "
             "results with `tool_call_id`/`name`); `sharegpt`: `conversations` list of {from, value} "
             "(`function_call` and `observation` turns for tools); `prompt_response`: prompt + response (or "
-            "completion); `alpaca`: instruction + optional input + output. A row's `tools` column (a list of "
+            "completion); `alpaca`: instruction + optional input + output. A `messages` or `conversations` list may be "
+            "written as its JSON text (a CSV or Parquet column of strings). A row's `tools` column (a list of "
             "definitions, or its JSON) is rendered with it. `auto` tells them apart by the columns present."
         ),
     )

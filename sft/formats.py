@@ -327,8 +327,13 @@ def _tool_content(value: Any, what: str) -> str:
 
 def _read_turns(turns: Any, spec: FormatSpec, field_name: str) -> list[dict[str, Any]]:
     shape = f"a list of {{{spec.role[0]}, {spec.content[0]}}}"  # ShareGPT's {from, value}, OpenAI's {role, content}
+    if isinstance(turns, str) and turns.lstrip().startswith("["):
+        # CSV has no lists, and Parquet files are often written with the turns as JSON text (as tools are read)
+        turns = _json_value(turns, repr(field_name))
     if not isinstance(turns, (list, tuple)) or not turns:
-        raise RowError(f"expected {field_name!r} to be {shape}")
+        got = ("an empty list" if isinstance(turns, (list, tuple)) else "nothing" if _is_missing(turns)
+               else type(turns).__name__)
+        raise RowError(f"expected {field_name!r} to be {shape}, got {got}")
     out: list[dict[str, Any]] = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, Mapping):

@@ -141,7 +141,10 @@ def test_column_mapping_and_role_names_are_configurable(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("row", "fragment"),
     [
-        ({"messages": "hello"}, "expected 'messages' to be a list of {role, content}"),
+        ({"messages": "hello"}, "expected 'messages' to be a list of {role, content}, got str"),
+        ({"messages": 7}, "expected 'messages' to be a list of {role, content}, got int"),
+        ({"messages": []}, "expected 'messages' to be a list of {role, content}, got an empty list"),
+        ({"messages": "[{'role': 'user'}]"}, "expected 'messages' to be JSON; Expecting property name"),
         ({"messages": [{"role": "narrator", "content": "x"}]}, "unknown role 'narrator'"),
         ({"messages": [{"role": "user", "content": None}]}, "expected turn 0 'content' to be a string, got nothing"),
         ({"messages": [{"role": "user"}]}, "turn 0 has keys ['role']"),
@@ -154,6 +157,15 @@ def test_unreadable_rows_raise_one_line_reasons(tmp_path: Path, row: dict, fragm
         normalize_row(row, spec_for(_src(tmp_path)))
     assert fragment in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_turns_written_as_json_text_read_as_the_list(tmp_path: Path) -> None:
+    """CSV has no lists, and Parquet files are often written with each row's turns as JSON text: every row of such a
+    source was rejected ('expected 'messages' to be a list of {role, content}', not saying what the rows held)."""
+    turns = [{"role": "user", "content": "日本の首都は？"}, {"role": "assistant", "content": "東京です。"}]
+    spec = spec_for(_src(tmp_path))
+    as_text = normalize_row({"messages": json.dumps(turns, ensure_ascii=False)}, spec).messages
+    assert as_text == normalize_row({"messages": turns}, spec).messages == [_user("日本の首都は？"), _asst("東京です。")]
 
 
 def test_an_unknown_role_in_a_prompts_file_is_told_what_roles_there_are(tmp_path: Path) -> None:

@@ -122,9 +122,10 @@ class Leaderboard(BaseModel):
                    rank_by=data.get("rank_by"),
                    lower={name: low for name, low in said.items() if low != lower_is_better(name)})
 
-    def to_markdown(self, title: str | None = None) -> str:
+    def to_markdown(self, title: str | None = None, *, rest_in: str | None = "leaderboard.json") -> str:
         """A readable table of the headline metrics; the best value of each is in bold, arrows show
-        the direction. Breakdowns (``metric:language``, ``metric:type``) and counts stay in the JSON."""
+        the direction. Breakdowns (``metric:language``, ``metric:type``) and counts stay in the JSON, which
+        ``rest_in`` names (None where the reader has no such file: a model card on the hub)."""
         names = [name for name in self.metric_names if is_headline(name) and (
             name.rsplit("/", 1)[-1] not in _WHEN_NONZERO or any(row.metrics.get(name) for row in self.rows))]
         hidden = len(self.metric_names) - len(names)
@@ -153,10 +154,10 @@ class Leaderboard(BaseModel):
                 text = format_value(value)
                 cells.append(f"**{text}**" if best.get(name) == value else text)
             lines.append("| " + " | ".join(cells) + " |")
-        if hidden:
+        if hidden and rest_in:
             lines += [
                 "",
-                f"{hidden} more metrics (per-language and per-type breakdowns, counts) in leaderboard.json.",
+                f"{hidden} more metrics (per-language and per-type breakdowns, counts) in {rest_in}.",
             ]
         return "\n".join(lines) + "\n"
 

@@ -206,7 +206,9 @@ def _eval_section(stages: Mapping[str, Upstream]) -> list[str]:
     for name, up in reversed(list(stages.items())):
         board = getattr(up.result, "leaderboard", None) if isinstance(up.result, EvaluateResult | MergeResult) else None
         if board is not None:
-            return ["## Evaluation", "", f"From stage `{name}`.", "", board.to_markdown().strip(), ""]
+            # the run's leaderboard.json is not uploaded with the model: the card names where the rest stays
+            rest = f"the run's `{name}/leaderboard.json`"
+            return ["## Evaluation", "", f"From stage `{name}`.", "", board.to_markdown(rest_in=rest).strip(), ""]
     return []
 
 

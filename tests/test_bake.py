@@ -531,3 +531,15 @@ def test_the_card_offers_the_gguf_export_only_for_a_model_it_writes(tmp_path, ti
     assert "lists it among the eos ids.\n" in card
     assert main(["export", "gguf", str(final), "--out", str(tmp_path / "q.gguf")]) == 1  # what the card no longer says
     assert "supports LlamaForCausalLM, got Qwen2ForCausalLM" in capsys.readouterr().err
+
+
+def test_the_cards_evaluation_says_where_the_metrics_it_leaves_out_are(tmp_path):
+    """The card said "N more metrics ... in leaderboard.json", a file never uploaded with the model: it names the
+    run's file, by its stage, and the run's own leaderboard.md keeps its short form."""
+    from tempa.merge.model_card import _eval_section
+
+    metrics = {"math/accuracy": 0.9, "math/accuracy:id": 0.8, "math/accuracy:th": 0.7}
+    board = Leaderboard(rows=[LeaderboardRow(candidate="sft", path=tmp_path, metrics=metrics)], rank_by="math/accuracy")
+    card = "\n".join(_eval_section({"eval": done("eval", EvaluateResult(leaderboard=board), kind="evaluate")}))
+    assert "2 more metrics (per-language and per-type breakdowns, counts) in the run's `eval/leaderboard.json`." in card
+    assert board.to_markdown().rstrip().endswith("in leaderboard.json.")

@@ -324,7 +324,7 @@ def _check_step_kwargs(kwargs: Mapping[str, Any]) -> None:
         value = kwargs.get(key)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or (
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (
                 value >= 1 and value != int(value)):
             raise ValueError(f"'lr_scheduler_kwargs': {key} must be a number of steps, or a fraction below 1 of the "
                              f"steps the stage trains, got {value!r}")

@@ -55,7 +55,7 @@ def test_a_warmup_starts_at_zero_so_its_first_step_trains_nothing(tiny_model_dir
     assert rates[:3] == [0.0, 0.5, 1.0]
 
 
-@pytest.mark.parametrize("value", [1.5, 0, -0.2, "0.2", True])
+@pytest.mark.parametrize("value", [1.5, -1, -0.2, "0.2", True])
 def test_a_decay_that_is_neither_steps_nor_a_fraction_fails_at_load(value):
     from tempa.sft.train_args import check_train_args
 
@@ -63,6 +63,16 @@ def test_a_decay_that_is_neither_steps_nor_a_fraction_fails_at_load(value):
                                          r"fraction below 1 of the steps the stage trains, got "):
         check_train_args({"lr_scheduler_type": "warmup_stable_decay",
                           "lr_scheduler_kwargs": {"num_decay_steps": value}}, "trl:SFTConfig")
+
+
+@pytest.mark.parametrize("key", ["num_decay_steps", "num_stable_steps"])
+def test_zero_steps_of_a_wsd_phase_load_as_transformers_takes_them(key):
+    """num_stable_steps: 0 (warm up, then decay) and num_decay_steps: 0 (hold the peak) are schedules transformers
+    runs; recipes that loaded with them were refused when fractions came in."""
+    from tempa.sft.train_args import check_train_args
+
+    check_train_args({"lr_scheduler_type": "warmup_stable_decay",
+                      "lr_scheduler_kwargs": {"num_decay_steps": 2, key: 0}}, "trl:SFTConfig")
 
 
 def test_the_plan_reads_a_decay_fraction_of_its_steps():

@@ -104,6 +104,7 @@ from tempa.sft.formats import (
     uses_tools,
 )
 from tempa.sft.mixing import (
+    MIX_SHUFFLE,
     assign_thinking,
     content_key,
     renders_on,
@@ -534,7 +535,7 @@ def _build(
     _count_heldout_trained_elsewhere(states)
     # 7: one shuffled training set, one eval set, both with exactly the trainer's columns.
     everything = datasets.concatenate_datasets(parts).select_columns(TRAIN_COLUMNS, new_fingerprint=_unhashed())
-    order = rng_for(seed, "__mix__", 4).permutation(len(train_index))
+    order = rng_for(seed, "__mix__", MIX_SHUFFLE).permutation(len(train_index))
     train = everything.select([train_index[i] for i in order], new_fingerprint=_unhashed())
     if len(train) == 0:
         # Every source kept rows (else it failed above) and held some back for training: sizing took none.

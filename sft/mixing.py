@@ -25,7 +25,8 @@ import numpy as np
 from tempa.sft.data_config import SourceConfig
 
 # Separate draws per purpose, so e.g. adding a held-out split does not change the thinking draw.
-_THINKING, _HELDOUT, _SIZE, _SHUFFLE, _BUDGET = 1, 2, 3, 4, 5  # _BUDGET: a pretrain source's budget
+_THINKING, _HELDOUT, _SIZE, _BUDGET = 1, 2, 3, 5  # _BUDGET: a pretrain source's budget
+MIX_SHUFFLE = 4  # the prepared training set's order (tempa.sft.data)
 PROMPT_SHUFFLE = 6  # a prompt source's `shuffle` before its `limit` (tempa.alignment.prompts)
 
 

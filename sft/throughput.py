@@ -304,8 +304,10 @@ class ProgressLine(TrainerCallback):
         if not state.is_world_process_zero or not logs or ("loss" not in logs and "eval_loss" not in logs):
             return
         parts = [f"step {state.global_step}/{state.max_steps}"]
-        for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
-            if key in logs:
+        # reward and kl: what an RL run's line should show (GRPO's loss is ~0 by construction); trl logs None for a
+        # window with no value
+        for key in ("loss", "eval_loss", "reward", "kl", "learning_rate", "grad_norm"):
+            if isinstance(logs.get(key), int | float):
                 parts.append(f"{key} {float(logs[key]):.4g}")
         if "tokens_per_s" in logs:
             # per device, as the meter logs it: a bare "tok/s" reads as the launch's total

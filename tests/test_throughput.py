@@ -286,6 +286,18 @@ def test_the_progress_line_says_what_its_tokens_per_second_are_per(capsys):
         assert capsys.readouterr().out.strip().endswith(f"| 1,234 {unit}")
 
 
+def test_an_rl_steps_line_shows_its_reward_and_kl(capsys):
+    """GRPO's loss is ~0 by construction: the line showed it and nothing that says whether RL works."""
+    from types import SimpleNamespace
+
+    from tempa.sft.throughput import ProgressLine
+
+    state = SimpleNamespace(is_world_process_zero=True, global_step=3, max_steps=8)
+    args = SimpleNamespace(device=torch.device("cpu"), world_size=1)
+    ProgressLine().on_log(args, state, None, logs={"loss": 0.0, "reward": 0.625, "kl": 0.0012, "grad_norm": None})
+    assert capsys.readouterr().out.strip() == "[tempa] step 3/8 | loss 0 | reward 0.625 | kl 0.0012"
+
+
 def test_device_peaks_and_eta_format():
     assert peak_flops("NVIDIA H100 80GB HBM3") == pytest.approx(989.4e12)
     assert peak_flops("NVIDIA H100 PCIe") == pytest.approx(756e12)

@@ -329,11 +329,27 @@ class FinishedResume:
         return trained
 
 
+class ResumedGeneration:
+    """An RL trainer mixin: a resume continues trl's count of micro-steps (``_step``) where the checkpoint left it.
+
+    trl's GRPO/RLOO sample a generation batch every ``steps_per_generation * num_iterations`` micro-steps and train
+    slice ``_step % steps_per_generation`` of it; the count started again at 0 in a resumed process, so with
+    ``steps_per_generation`` above the accumulation steps (or ``num_iterations > 1``) a resumed run sampled and
+    trained at other steps than the run it continues, one batch trained short and another long.
+    """
+
+    def _init_training_state(self, *args, **kwargs):
+        trained = super()._init_training_state(*args, **kwargs)
+        self._step = self.state.global_step * self.args.gradient_accumulation_steps
+        return trained
+
+
 @functools.cache
-def with_step_fractions(trainer_class: type) -> type:
-    """``trainer_class`` with :class:`StepFractions` and :class:`FinishedResume` (same name: logs and model cards stay
-    trl's)."""
-    return type(trainer_class.__name__, (StepFractions, FinishedResume, trainer_class), {"__module__": __name__})
+def with_step_fractions(trainer_class: type, *mixins: type) -> type:
+    """``trainer_class`` with :class:`StepFractions`, :class:`FinishedResume` and ``mixins`` (same name: logs and model
+    cards stay trl's)."""
+    return type(trainer_class.__name__, (StepFractions, FinishedResume, *mixins, trainer_class),
+                {"__module__": __name__})
 
 
 def no_step_message(args, rows: int | str) -> str:
@@ -573,7 +589,7 @@ def rl_trainer(plan: TrainPlan, tokenizer, kernels: KernelChoice):
         kwargs["vllm_mode"] = generation.vllm_mode
     config = config_class(**kwargs)
     config.model_init_kwargs = _quantised_init(plan, config.model_init_kwargs)
-    trainer = with_step_fractions(trainer_class)(
+    trainer = with_step_fractions(trainer_class, ResumedGeneration)(
         model=str(plan.start_model),
         reward_funcs=load_rewards(plan, tokenizer),
         args=config,

@@ -817,7 +817,7 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
                 state, note = "stale", f"{'; '.join(why)}; the next `tempa run` re-runs it"
         elif manifest.status == "failed":
             state = "failed"
-        elif manifest.status == "running":
+        elif manifest.status in ("running", "done"):  # done without its DONE marker: killed before it was written
             state = "running" if active else "interrupted"
             note = _where_it_stands(manifest.kind, run_dir / name, running=active)
         # A running stage has no duration yet: its time so far is what a user watching a long stage wants.

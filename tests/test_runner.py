@@ -514,6 +514,11 @@ def test_status_names_where_a_running_or_interrupted_stage_stands(recipe, tmp_pa
         row = stage_status(names, run_dir)[1]
         assert (row.state, row.note) == ("running", "so far: round 2, checkpoint-2")
         assert row.duration_s is not None and row.duration_s > 0  # its time so far (status showed '-')
+    # killed after its manifest said done and before its DONE marker (what a re-run resumes): it was 'pending'
+    manifest["status"] = "done"
+    (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
+    row = stage_status(names, run_dir)[1]
+    assert (row.state, row.note) == ("interrupted", "the same recipe run again continues from round 2, checkpoint-2")
 
 
 def test_a_rerun_that_removes_a_gguf_export_says_so_first(recipe, tmp_path, caplog):

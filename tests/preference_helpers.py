@@ -33,3 +33,15 @@ def ending_model(model_dir: Path, tokenizer_dir: Path, out: Path, *, per_token: 
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def flipped_thinking(load_prompts):
+    """``load_prompts`` with every prompt's thinking mode turned over: another draw than the one a journal was
+    written under (monkeypatched over a stage module's ``load_prompts``)."""
+    def other_draw(*args, **kwargs):
+        prompts = load_prompts(*args, **kwargs)
+        for prompt in prompts:
+            prompt.thinking_mode = "off" if prompt.thinking_mode == "on" else "on"
+        return prompts
+
+    return other_draw

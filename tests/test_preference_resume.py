@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from preference_helpers import ending_model
+from preference_helpers import ending_model, flipped_thinking
 
 import tempa.alignment.preference_stage as stage_module
 from stage_helpers import make_context
@@ -87,15 +87,7 @@ def test_samples_journaled_under_another_thinking_draw_are_sampled_again(tmp_pat
     first = {r["id"]: r["thinking_mode"] for r in map(json.loads, (ctx.stage_dir / "round-1" / "samples.jsonl")
                                                        .read_text().splitlines())}
     assert sorted(first.values()) == ["off", "off", "on", "on"]
-    loaded = stage_module.load_prompts
-
-    def other_draw(*args, **kwargs):
-        prompts = loaded(*args, **kwargs)
-        for prompt in prompts:
-            prompt.thinking_mode = "off" if prompt.thinking_mode == "on" else "on"
-        return prompts
-
-    monkeypatch.setattr(stage_module, "load_prompts", other_draw)
+    monkeypatch.setattr(stage_module, "load_prompts", flipped_thinking(stage_module.load_prompts))
     with pytest.raises(StageError):
         run_preference(config, ctx)
     again = {r["id"]: r["thinking_mode"] for r in map(json.loads, (ctx.stage_dir / "round-1" / "samples.jsonl")

@@ -466,13 +466,19 @@ def test_a_training_stage_cut_off_before_its_first_checkpoint_is_planned_as_star
     assert all(stage_kind(k).resume_point is resume_point for k in ("sft", "pretrain", "rl"))
 
 
+def killed_while_running(stage_dir: Path) -> dict:
+    """A finished stage's folder as a kill mid-stage leaves it: its manifest says running, no DONE marker."""
+    manifest = json_or_none(stage_dir / MANIFEST)
+    manifest["status"], manifest["duration_s"] = "running", None
+    (stage_dir / MANIFEST).write_text(json.dumps(manifest))
+    (stage_dir / DONE).unlink()
+    return manifest
+
+
 def test_status_tells_running_from_interrupted(recipe, tmp_path):
     run_dir = tmp_path / "run"
     run_recipe(load_recipe(recipe), run_dir)
-    manifest = json_or_none(run_dir / "b" / MANIFEST)
-    manifest["status"], manifest["duration_s"] = "running", None
-    (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
-    (run_dir / "b" / DONE).unlink()
+    killed_while_running(run_dir / "b")
     with RunLock(run_dir):
         assert stage_status(load_recipe(recipe).names, run_dir)[1].state == "running"
         # `tempa plan` during the run says the same as status, not "interrupted"
@@ -496,10 +502,7 @@ def test_status_names_where_a_running_or_interrupted_stage_stands(recipe, tmp_pa
     monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS[:-1], trains))
     run_dir = tmp_path / "run"
     run_recipe(load_recipe(recipe), run_dir)
-    manifest = json_or_none(run_dir / "b" / MANIFEST)
-    manifest["status"], manifest["duration_s"] = "running", None
-    (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
-    (run_dir / "b" / DONE).unlink()
+    manifest = killed_while_running(run_dir / "b")
     names = load_recipe(recipe).names
 
     row = stage_status(names, run_dir)[1]

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from preference_helpers import flipped_thinking
 from test_alignment_fakes import FakeOpenAI, chat_response, last_user
 
 from stage_helpers import make_context
@@ -348,15 +349,7 @@ def test_samples_journaled_under_another_mixed_draw_are_sampled_again(tmp_path, 
         run_synthesize(config, ctx)
         first = {r["id"]: r["thinking_mode"] for r in read_jsonl(ctx.stage_dir / "data" / "samples.jsonl")}
         assert sorted(first.values()) == ["off", "off", "on", "on"]
-        loaded = stage_module.load_prompts
-
-        def other_draw(*args, **kwargs):
-            prompts = loaded(*args, **kwargs)
-            for prompt in prompts:
-                prompt.thinking_mode = "off" if prompt.thinking_mode == "on" else "on"
-            return prompts
-
-        monkeypatch.setattr(stage_module, "load_prompts", other_draw)
+        monkeypatch.setattr(stage_module, "load_prompts", flipped_thinking(stage_module.load_prompts))
         sent = len(server.requests)
         run_synthesize(config, ctx)
         assert len(server.requests) == 2 * sent

@@ -16,6 +16,7 @@ writes it); 45% is not 0.45%.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import re
@@ -128,7 +129,8 @@ def committed_sentence(tail: str) -> str:
 # Thai, Chinese, Japanese; a few words such as "the" or "bahwa" may stand between) ...
 _HEDGE_BEFORE = re.compile(
     r"(?:(?<![^\W\d_])(?:whether|if|suppose|supposing|assume|assuming|maybe|perhaps|check|verify|apakah|jika"
-    r"|kalau|bila|andaikan|misalkan|seandainya|sama ada|katakan|liệu|nếu|giả sử|thử xem|xem thử|kung|ipagpalagay na)"
+    r"|kalau|bila|andaikan|misalkan|seandainya|sama ada|katakan|liệu|nếu|giả sử|thử xem|xem thử|kiểm tra xem|hãy xem"
+    r"|để xem|let me try|let's try|kung|ipagpalagay na)"
     r"(?:\s+(?:that|the|our|my|this|final|correct|right|bahwa|rằng|ang))*"
     r"|ถ้า|หาก|สมมติ(?:ว่า)?|สมมุติ(?:ว่า)?|(?:ตรวจสอบ|ตรวจ|เช็[คก]|ดู|ทดสอบ)ว่า|如果|假如|假设|假設|若|要是|倘若|もし|仮に)\s*$",
     re.IGNORECASE,
@@ -145,18 +147,50 @@ _HEDGE_AFTER = re.compile(
 _CLAUSE_END = re.compile(r"[,，、:：;；]")
 
 
-def _hedged(text: str, lead_in: re.Match[str], stop: int) -> bool:
+_SAID = re.compile(r"[^\s]")
+_SAID_BEFORE_CHECK = re.compile(r"[^\s:：,，、]")
+
+
+class _SentenceEnds:
+    """Where the sentences of ``text`` end, as :func:`committed_sentence` ends them (a sentence end, a line's end, a
+    check word after some text), found once for the whole reply: a reply of many lead-ins on one line was read to the
+    line's end once per lead-in (20k characters of 答案是否为1 took 10 s, on every RL sample)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        stops = [(m.start(), False) for m in _SENTENCE_END.finditer(text)]
+        stops += [(m.start(), False) for m in re.finditer("\n", text)]
+        stops += [(m.start(), True) for m in CHECK_RE.finditer(text)]
+        stops.sort()
+        self.positions = [position for position, _ in stops]
+        self.is_check = [check for _, check in stops]
+
+    def asks(self, start: int) -> bool:
+        """Whether the sentence that starts at ``start`` ends in a question mark."""
+        said = _SAID.search(self.text, start)  # its first word: a stop before it ends nothing yet
+        if said is None:
+            return False
+        for i in range(bisect.bisect_left(self.positions, start), len(self.positions)):
+            position = self.positions[i]
+            if position < said.start() or (not self.is_check[i] and position == said.start()
+                                           and self.text[position] == "\n"):
+                continue
+            if self.is_check[i] and not _SAID_BEFORE_CHECK.search(self.text, start, position):
+                continue  # a check word right after the lead-in ("The answer is: check ...") ends nothing yet
+            return not self.is_check[i] and self.text[position] in "?？"
+        return False
+
+
+def _hedged(text: str, lead_in: re.Match[str], stop: int, ends: _SentenceEnds) -> bool:
     """Whether ``lead_in`` asks or supposes (:data:`_HEDGE_BEFORE`, :data:`_HEDGE_AFTER`, a sentence that ends in a
-    question mark) rather than commits; its sentence is read up to ``stop`` (the next lead-in) at most, so a reply of
-    many lead-ins on one line is read once, not once per lead-in (20k characters of 答案是否为1 took 10 s)."""
+    question mark) rather than commits; its clause is read up to ``stop`` (the next lead-in) at most."""
     if _HEDGE_BEFORE.search(text[max(0, lead_in.start() - 60) : lead_in.start()]):
         return True
     line = text[lead_in.end() : stop].strip().split("\n", 1)[0]
-    sentence = committed_sentence(line)
-    clause = _CLAUSE_END.split(sentence, maxsplit=1)[0].strip()
+    clause = _CLAUSE_END.split(committed_sentence(line), maxsplit=1)[0].strip()
     if lead_in.group(0).rstrip().endswith("是") and _ASKED_AFTER_SHI.match(clause):
         return True
-    return line[len(sentence) :].startswith(("?", "？")) or bool(_HEDGE_AFTER.search(clause))
+    return bool(_HEDGE_AFTER.search(clause)) or ends.asks(lead_in.end())
 
 
 def committing_lead_in(text: str) -> re.Match[str] | None:
@@ -165,9 +199,12 @@ def committing_lead_in(text: str) -> re.Match[str] | None:
     the answer is 4?") is passed over, so the reply commits to what it states after it (or, with no committing
     lead-in, to its last number), not to the rejected candidate or its check."""
     lead_ins = list(LEAD_IN_RE.finditer(text))
-    stops = [following.start() for following in lead_ins[1:]] + [len(text)] * bool(lead_ins)
+    if not lead_ins:
+        return None
+    ends = _SentenceEnds(text)
+    stops = [following.start() for following in lead_ins[1:]] + [len(text)]
     for lead_in, stop in zip(reversed(lead_ins), reversed(stops), strict=True):
-        if not _hedged(text, lead_in, stop):
+        if not _hedged(text, lead_in, stop, ends):
             return lead_in
     return None
 

@@ -257,6 +257,14 @@ HEDGED = [
     ("en", "The test answer is 5. Check: 5 + 2 = 7", 5, 7),
     ("vi", "Vậy ta xem đáp án là 5. Kiểm tra: 5 + 2 = 7", 5, 7),
     ("en", "The answer is, since 2 + 2 = 4, 4", 4, 2),  # a reason right after the lead-in is no check yet
+    # ... while "check whether / let me try" in Vietnamese and English still try a candidate after a stated answer
+    ("vi", "Vậy đáp án là 6. Kiểm tra xem đáp án là 5 có đúng không: 5*2=10, sai.", 6, 10),
+    ("vi", "Đáp án là 6. Hãy xem đáp án là 5 thì sao: 5*2=10, sai.", 6, 10),
+    ("vi", "Đáp án là 6. Để xem đáp án là 5 có hợp lý: 5*2 = 10, không khớp.", 6, 10),
+    ("en", "So the answer is 6. Let me try the answer is 5: 5*2=10, wrong.", 6, 10),
+    # a question that holds two lead-ins is a question for the first of them too
+    ("en", "Hmm, the answer is 4 or the answer is 6? Recheck: 2*3 = 6.", 6, 4),
+    ("en", "The answer is 4 if the answer is even? No: 2*3 = 6.", 6, 4),
 ]
 
 

@@ -144,7 +144,13 @@ def write_json(path: Path, data: Any) -> None:
 def finite_json(data: Any) -> Any:
     """``data`` with every float that is no finite number (NaN, Infinity) as None, for JSON that readers other than
     Python take: Python writes NaN and Infinity bare, which jq, JavaScript and most JSON readers refuse."""
-    if isinstance(data, numbers.Real) and not isinstance(data, int):  # a float, numpy's included
+    if isinstance(data, bool | int | str) or data is None:
+        return data
+    if getattr(getattr(data, "dtype", None), "kind", None) == "b":  # numpy's bool: no bool to json
+        return bool(data)
+    if isinstance(data, numbers.Integral):  # numpy's integers
+        return int(data)
+    if isinstance(data, numbers.Real):  # a float, numpy's included
         return float(data) if math.isfinite(data) else None
     if isinstance(data, dict):
         return {key: finite_json(value) for key, value in data.items()}

@@ -684,7 +684,8 @@ def test_a_metric_that_is_no_number_is_null_in_metrics_json(recipe, tmp_path, mo
         import numpy as np  # a metric taken from a tensor or an array, as trainers' logs hold them
 
         return StageResult(metrics={"win_rate": math.nan, "gain": math.inf, "value": config.value,
-                                    "share": np.float32(0.5), "spread": np.float32("nan")})
+                                    "share": np.float32(0.5), "spread": np.float32("nan"), "rows": np.int64(7),
+                                    "helped": np.bool_(True)})
 
     kind = dataclasses.replace(TOUCH, run=no_pairs, produces=frozenset())
     monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS[:-1], kind))
@@ -695,7 +696,8 @@ def test_a_metric_that_is_no_number_is_null_in_metrics_json(recipe, tmp_path, mo
         raise AssertionError(f"metrics.json holds {constant}, which is not JSON")
 
     metrics = json.loads((run_dir / "a" / "metrics.json").read_text(), parse_constant=refuse)
-    assert metrics == {"win_rate": None, "gain": None, "value": 1, "share": 0.5, "spread": None}
+    assert metrics == {"win_rate": None, "gain": None, "value": 1, "share": 0.5, "spread": None, "rows": 7,
+                       "helped": True}
     assert {row.state for row in stage_status(load_recipe(recipe).names, run_dir)} == {"done"}
 
 

@@ -130,17 +130,18 @@ def push(run_dir: Path, repo: str, *, include_gguf: bool = False, private: bool 
     try:
         # None, not False, without --private: the Hub's default then applies (an organisation's may be private)
         api.create_repo(repo, private=True if private else None, exist_ok=True)
+        if private and not api.model_info(repo).private:  # create_repo leaves an existing repo's visibility as it is
+            raise StageError(f"--private: {repo} already exists and is public, so this upload would be public; make "
+                             f"the repo private on the Hub first (its settings page), or push without --private")
+        # (a read-only token passes create_repo on a repo it can read: the refusal comes with the commit)
+        info = api.create_commit(repo, operations=commit_operations(folder, files, repo),
+                                 commit_message=message or f"Upload {repo} (tempa)")
     except HfHubHTTPError as error:
         status = getattr(error.response, "status_code", None)
         if status not in (401, 403):
             raise
-        message = (error.server_message or "").strip()
-        said = f": {message.splitlines()[0]}" if message else ""
-        raise StageError(f"the Hub refused to create or open {repo} with your token (HTTP {status}{said}): check "
+        said = (error.server_message or "").strip()
+        said = f": {said.splitlines()[0]}" if said else ""
+        raise StageError(f"the Hub refused to create or write {repo} with your token (HTTP {status}{said}): check "
                          f"HF_TOKEN or `hf auth login`, and that the token may write to {repo.split('/')[0]}") from None
-    if private and not api.model_info(repo).private:  # create_repo leaves an existing repo's visibility as it is
-        raise StageError(f"--private: {repo} already exists and is public, so this upload would be public; make "
-                         f"the repo private on the Hub first (its settings page), or push without --private")
-    info = api.create_commit(repo, operations=commit_operations(folder, files, repo),
-                             commit_message=message or f"Upload {repo} (tempa)")
     return files, info.commit_url

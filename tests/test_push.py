@@ -364,15 +364,19 @@ def test_a_template_kept_in_tokenizer_config_counts_as_the_chat_template(run_dir
     assert missing_parts(final) == []
 
 
+@pytest.mark.parametrize("exists", [False, True])
 @pytest.mark.parametrize("status", [401, 403])
-def test_a_token_the_hub_refuses_is_named_as_the_cause_and_never_printed(run_dir, hub, status):
+def test_a_token_the_hub_refuses_is_named_as_the_cause_and_never_printed(run_dir, hub, status, exists):
     """A wrong or read-only token stopped the push with "HfHubHTTPError: Client error '401 Unauthorized' for url
-    .../api/repos/create": the cause in one line, with what to check, and the token nowhere in the output."""
+    .../api/repos/create": the cause in one line, with what to check, and the token nowhere in the output. On a repo
+    that exists (a second push), huggingface_hub's create_repo reads it and passes; the refusal comes at the commit."""
     FakeHub.refuse = status
+    if exists:
+        FakeHub.existing["org/model"] = False
     token = "hf_" + "S3cret" * 6
     proc = tempa("push", str(run_dir), "--repo", "org/model", endpoint=hub, token=token)
     err = [line for line in proc.stderr.splitlines() if "tempa: error" in line]
     assert proc.returncode == 1 and len(err) == 1, proc.stderr
-    assert f"refused to create or open org/model with your token (HTTP {status}: Invalid credentials" in err[0]
+    assert f"refused to create or write org/model with your token (HTTP {status}: Invalid credentials" in err[0]
     assert "HF_TOKEN" in err[0] and "hf auth login" in err[0]
     assert token not in proc.stdout + proc.stderr and FakeHub.commits == []

@@ -380,7 +380,10 @@ def config_diff(old: Any, new: Any, *, limit: int = 4, ignore: frozenset[str] = 
     changes = [f"{key} {_shown(before.get(key))} → {_shown(after.get(key))}"
                for key in dict.fromkeys([*before, *after]) if before.get(key) != after.get(key) and key not in ignore]
     shown = ", ".join(changes[:limit])
-    return shown + (f" (+{len(changes) - limit} more)" if len(changes) > limit else "") or "no visible key"
+    # no key differs: the settings are the same and what tempa counts of them changed (a field that now plays no
+    # part in what the stage makes, after an upgrade)
+    return shown + (f" (+{len(changes) - limit} more)" if len(changes) > limit else "") or (
+        "no setting; this tempa fingerprints the same settings another way (an upgrade)")
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -342,6 +342,9 @@ def test_plan_names_the_keys_that_changed(tmp_path):
     # A block that was null (as dumped configs write an unset one) reads as unset too, never "unset → unset".
     assert config_diff({"lora": None, "seed": 1}, {"lora": {"r": 16, "lora_alpha": 32}, "seed": 1}) == (
         "lora.r unset → 16, lora.lora_alpha unset → 32")
+    # The same settings under a fingerprint that counts them another way (an upgrade left a field out): said so, where
+    # it said "stage config changed: no visible key".
+    assert config_diff(old, old) == "no setting; this tempa fingerprints the same settings another way (an upgrade)"
 
 
 def test_only_refuses_a_stage_whose_input_is_incomplete(recipe, tmp_path):

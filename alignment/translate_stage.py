@@ -81,7 +81,9 @@ class TranslateStageConfig(StageConfigBase):
     """Translate prompts (first user turns) or whole conversations with a teacher; filter and judge them."""
 
     kind: Literal["translate"] = "translate"
-    source: PromptSource = Field(description="What to translate: rows with `messages` (or a `prompt` string).")
+    source: PromptSource = Field(description="What to translate: rows with `messages` (or a `prompt` string). It "
+                                 "reads path, split, messages_field, prompt_field, shuffle, limit and languages (the "
+                                 "language of each row's first user message); the other fields are refused.")
     target_language: str = Field(description="ISO 639-1 code of the language to translate into (ja, id, th...).")
     turns: Literal["first_user", "all"] = Field(
         default="first_user",

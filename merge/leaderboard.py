@@ -19,6 +19,7 @@ _LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error", "stderr", "bits_per_by
                     "undetermined")
 
 
+_UNREAD_SHARES = ("undetermined", "unparsable", "unanswered")  # as a breakdown's qualifier: the share goes down
 _COUNTS = ("rows", "tokens")
 # Shown only where some candidate has a non-zero value: replies cut off while thinking (merge.answers.unanswered).
 _WHEN_NONZERO = ("unanswered", "undetermined")  # and answers whose language could not be told (merge.language)
@@ -34,10 +35,11 @@ def lower_is_better(metric: str) -> bool:
     """Direction of a metric, from its last name component: losses and perplexities go down.
 
     A breakdown's qualifier (after ``:``) is data, a win-rate category, a language or an instruction type, and
-    says nothing of the direction: ``win_rate:error_analysis`` is a win rate.
+    says nothing of the direction (``win_rate:error_analysis`` is a win rate), except a share of replies that could
+    not be read: ``language:undetermined`` goes down like ``undetermined``.
     """
-    name = metric.rsplit("/", 1)[-1].split(":", 1)[0].lower()
-    return any(word in name for word in _LOWER_IS_BETTER)
+    name, _, qualifier = metric.rsplit("/", 1)[-1].lower().partition(":")
+    return any(word in name for word in _LOWER_IS_BETTER) or qualifier in _UNREAD_SHARES
 
 
 def metrics_json(metrics: dict[str, float]) -> dict[str, float | None]:

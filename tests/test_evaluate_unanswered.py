@@ -96,5 +96,9 @@ def test_language_share_is_shown_with_the_share_of_answers_it_could_not_judge():
                                                                 "language/undetermined": 0.9375})]
     board = Leaderboard(rows=rows)
     assert board.lower_is_better("language/undetermined")
+    # ... and the breakdown spellings of the same shares, whose qualifier is the direction (they ranked as "max")
+    assert board.lower_is_better("language/language:undetermined")
+    assert board.lower_is_better("language/reasoning:undetermined")
+    assert not board.lower_is_better("mt/win_rate:error_analysis")
     header = next(line for line in board.to_markdown().splitlines() if line.startswith("| model"))
     assert "language/language_share ↑" in header and "language/undetermined ↓" in header

@@ -71,7 +71,7 @@ _BOXED_RE = re.compile(r"\\boxed\s*\{")
 # Japanese (答えは, 答え：, 答：) and Chinese (答案是, 答：).
 LEAD_IN_RE = re.compile(
     r"(?:answer\s*(?:is|:)|####|jawaban(?:nya)?\s*(?:adalah|:)|jawapan(?:nya)?\s*(?:ialah|adalah|:)"
-    r"|đáp (?:án|số)\s*(?:là|:)|câu trả lời\s*(?:là|:)|sagot\s*(?:ay|:)|คำตอบ\s*(?:คือ|:)?"
+    r"|đáp (?:án|số)\s*(?:là|:)|câu trả lời\s*(?:là|:)|sagot\s*(?:ay|:)|คำตอบ\s*(?:คือ|:)?|(?<!คำ)ตอบ\s*:"
     r"|(?:விடை|பதில்)(?![\u0b80-\u0bff])\s*:?|(?:정답|답)\s*(?:은|는|:)"
     r"|(?:答え|正解|解答)\s*(?:は|[:：])|答案\s*(?:是|为|為|[:：])|答\s*[:：])",
     re.IGNORECASE,

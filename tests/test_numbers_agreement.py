@@ -204,6 +204,7 @@ COMMITTED = [
     # a check or a reason on the answer's own line: Thai writes no sentence end, and a clause after a comma is no
     # sentence of its own; the committed sentence ran on into it and its '=' gave the check's number
     ("th", "คำตอบคือ 12 ตรวจสอบ: 12+3=15", 12, 15),
+    ("th", "ตอบ: 42 ผล ตรวจสอบ 42 - 30 = 12", 42, 12),  # ตอบ: (answer:) as Thai worksheets write it
     ("th", "ดังนั้นคำตอบคือ 3 ผล เพราะ 3 + 4 = 7", 3, 7),
     ("en", "The answer is 12 (check: 12 + 3 = 15)", 12, 15),
     ("en", "The answer is 3, since 3 + 4 = 7.", 3, 7),

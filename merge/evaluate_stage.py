@@ -309,12 +309,16 @@ def unanswered_warnings(board: Leaderboard, config: EvaluateStageConfig) -> list
         cut = {row.candidate: row.metrics[name] for row in board.rows if row.metrics.get(name)}
         if cut:
             limit = getattr(suite, "max_new_tokens", None) or config.generation.max_new_tokens
-            worst = max(cut.values())
-            lines.append(
-                f"suite '{suite.key}': up to {worst:.0%} of a candidate's replies ({len(cut)} of {len(board.rows)} "
-                f"candidates) were still thinking at max_new_tokens={limit} and are graded wrong; raise the "
-                "suite's max_new_tokens or set its thinking_mode to 'off'"
-            )
+            share = f"up to {max(cut.values()):.0%} of a candidate's replies ({len(cut)} of {len(board.rows)} candidates)"
+            if getattr(suite, "thinking_mode", None) == "off":
+                # nothing was cut off while thinking: the model ended its turn at once (or opened a block of its own)
+                lines.append(f"suite '{suite.key}': {share} gave no answer with thinking off and are graded wrong: "
+                             "the candidate ended its turn at once or wrote only a think block of its own; see its "
+                             "samples in the report")
+            else:
+                lines.append(f"suite '{suite.key}': {share} gave no answer, most likely still thinking at "
+                             f"max_new_tokens={limit}, and are graded wrong; raise the suite's max_new_tokens or set "
+                             "its thinking_mode to 'off'")
     return lines
 
 

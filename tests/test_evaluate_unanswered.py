@@ -74,8 +74,14 @@ def test_the_stage_warns_once_per_suite_whose_replies_were_cut_off(tmp_path):
     lines = unanswered_warnings(Leaderboard(rows=rows), config)
     assert len(lines) == 1 and lines[0].startswith("suite 'math': up to 100% of a candidate's replies (2 of 2")
     assert "max_new_tokens=64" in lines[0]  # the suite's own budget, not the stage's
+    assert "still thinking at max_new_tokens=64" in lines[0] and "thinking_mode to 'off'" in lines[0]
     quiet = [r.model_copy(update={"metrics": {"math/unanswered": 0.0}}) for r in rows]
     assert unanswered_warnings(Leaderboard(rows=quiet), config) == []
+    # With thinking off (the demo's answer suites) nothing was cut off while thinking: an empty answer is a turn ended
+    # at once. The warning said "still thinking ... set its thinking_mode to 'off'" to a suite already off.
+    off = config.model_copy(update={"suites": [config.suites[0].model_copy(update={"thinking_mode": "off"})]})
+    (line,) = unanswered_warnings(Leaderboard(rows=rows), off)
+    assert "gave no answer with thinking off" in line and "still thinking" not in line and "'off'" not in line
 
 
 def test_the_thinking_suite_counts_its_rows(tmp_path, scorer):

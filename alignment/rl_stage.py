@@ -79,9 +79,28 @@ def run_rl(config: RLStageConfig, ctx: StageContext) -> RLResult:
     outcome = TrainOutcome.read(plan.final_dir)
     names = [reward.key for reward in config.rewards]
     rewards = {name: run_mean(outcome.log_history, f"rewards/{name}/mean") for name in names}
+    notes = [note] if (note := no_signal(outcome.log_history, names, ctx.stage_name)) else []
+    for line in notes:
+        ctx.log.warning("%s", line)
     return RLResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir),
                     metrics=rl_metrics(outcome, names, len(prompts)), files={"prompts": dataset, "rewards": spec_path},
-                    prompts=len(prompts), rewards=rewards)
+                    prompts=len(prompts), rewards=rewards, notes=notes)
+
+
+def no_signal(log_history: list[dict[str, Any]], names: list[str], stage: str) -> str | None:
+    """Why the stage learned nothing, or None: on every logged step every group's samples scored alike
+    (trl's frac_reward_zero_std 1), so no sample had an advantage and the policy did not move, while the run ended
+    as done. Names the rewards whose spread stayed 0 (a reward that never applies: prompts without an answer)."""
+    shares = [entry["frac_reward_zero_std"] for entry in log_history
+              if "loss" in entry and isinstance(entry.get("frac_reward_zero_std"), int | float)]
+    if not shares or min(shares) < 1.0:
+        return None
+    flat = [name for name in names if not run_mean(log_history, f"rewards/{name}/std")]
+    which = f"; rewards with no spread: {', '.join(flat)}" if flat else ""
+    return (f"{stage}: every group of samples scored alike on all {len(shares)} logged steps (frac_reward_zero_std "
+            f"1.0), so GRPO had nothing to learn from and the model did not change{which}. Check that the rewards "
+            "apply to these prompts and tell samples apart (an answer column, a judge that rates), or sample more "
+            "varied completions (num_generations, temperature)")
 
 
 def rl_metrics(outcome: TrainOutcome, names: list[str], prompts: int) -> dict[str, Scalar]:

@@ -694,7 +694,9 @@ def test_the_stage_reports_rewards_first_with_each_rewards_spread_and_the_policy
     bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tok")
     ctx = make_context(tmp_path / "run", "rlvr", start_model=tiny_model_dir, tokenizer_dir=tmp_path / "tok",
                        launch=launch)
-    metrics = run_rl(config, ctx).metrics
+    result = run_rl(config, ctx)
+    metrics = result.metrics
+    assert result.notes == []  # one step's groups told samples apart
     assert list(metrics)[:5] == ["reward", "first_logged_reward", "last_logged_reward", "kl",
                                  "completions_clipped_ratio"]
     assert (metrics["first_logged_reward"], metrics["last_logged_reward"]) == (0.5, 0.75)
@@ -704,3 +706,19 @@ def test_the_stage_reports_rewards_first_with_each_rewards_spread_and_the_policy
     assert metrics["reward_format"] == pytest.approx(0.75) and metrics["reward_format_std"] == pytest.approx(0.125)
     assert metrics["clip_ratio_region_mean"] == pytest.approx(0.05)
     assert metrics["global_step"] == 2 and metrics["prompts"] == 4
+
+
+def test_a_stage_whose_samples_all_scored_alike_says_it_learned_nothing():
+    """A new user's rl stage logged reward 0, kl 0, grad_norm 0 on every step (no prompt had an `answer` that
+    matched, every sample scored 0) and ended `done`, its weights bit-identical to its start: no run note said so."""
+    from tempa.alignment.rl_stage import no_signal
+
+    flat = [{"loss": 0.0, "step": step, "frac_reward_zero_std": 1.0, "rewards/answer/std": 0.0,
+             "rewards/length/std": 0.0 if step == 1 else 0.3} for step in (1, 2)]
+    note = no_signal(flat, ["answer", "length"], "rl")
+    assert note.startswith("rl: every group of samples scored alike on all 2 logged steps (frac_reward_zero_std 1.0)")
+    assert "; rewards with no spread: answer." in note
+    flat[1]["frac_reward_zero_std"] = 0.5  # one step's groups told samples apart: it learned there
+    assert no_signal(flat, ["answer", "length"], "rl") is None
+    assert no_signal([{"loss": 0.0, "step": 1}], ["answer"], "rl") is None  # a trainer that logs no such share
+

@@ -90,6 +90,8 @@ class FormatSpec:
     history: tuple[str, ...] = ("history",)
     thinking_mode: tuple[str, ...] = ("thinking_mode",)
     role_names: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ROLE_NAMES))
+    # what an unknown role's error adds: how the reader can map other names (an SFT source's columns.role_names)
+    role_hint: str = ""
 
 
 def spec_for(source: SourceConfig) -> FormatSpec:
@@ -113,6 +115,7 @@ def spec_for(source: SourceConfig) -> FormatSpec:
                                           "instruction", "input", "output", "system", "tools",
                                           "thinking_mode")},
         role_names={**DEFAULT_ROLE_NAMES, **{k.lower(): v for k, v in cols.role_names.items()}},
+        role_hint=" (map others with the source's columns.role_names)",
     )
 
 
@@ -358,9 +361,8 @@ def _read_turns(turns: Any, spec: FormatSpec, field_name: str) -> list[dict[str,
             continue
         role = spec.role_names.get(name) if name is not None else None
         if role is None:
-            # Prompts files read rows here too and have no columns.role_names: the hint says whose field it is.
-            raise RowError(f"turn {i}: unknown role {raw_role!r}; expected one of {', '.join(sorted(spec.role_names))} "
-                           "(an SFT source maps others with columns.role_names)")
+            raise RowError(f"turn {i}: unknown role {raw_role!r}; expected one of {', '.join(sorted(spec.role_names))}"
+                           f"{spec.role_hint}")
         if role == "assistant":
             calls = tool_calls_of(turn.get("tool_calls"), f"turn {i} 'tool_calls'") or tool_calls_of(
                 turn.get("function_call"), f"turn {i} 'function_call'"

@@ -169,15 +169,18 @@ def test_turns_written_as_json_text_read_as_the_list(tmp_path: Path) -> None:
 
 
 def test_an_unknown_role_in_a_prompts_file_is_told_what_roles_there_are(tmp_path: Path) -> None:
-    # A prompts file has no columns.role_names: the error named that field as the way out, and no more.
+    # A prompts file has no columns.role_names: its error named that SFT field as the way out (a new user's trial);
+    # an SFT source's names it as its own.
     from tempa.alignment.prompts import PromptSource, load_prompts
     from tempa.sft.stage_api import StageError
 
     path = tmp_path / "prompts.jsonl"
     path.write_text(json.dumps({"messages": [{"role": "customer", "content": "Halo"}]}) + "\n")
     with pytest.raises(StageError, match=r"prompts\.jsonl: line 1: turn 0: unknown role 'customer'; expected one "
-                                         r"of .*\bassistant\b.*\buser\b.* \(an SFT source maps others"):
+                                         r"of .*\bassistant\b.*\buser\b[^(]*$"):
         load_prompts(PromptSource(path=str(path)), seed=0)
+    with pytest.raises(RowError, match=r"unknown role 'customer'; .* \(map others with the source's columns\.role_names\)"):
+        normalize_row({"messages": [{"role": "customer", "content": "Halo"}]}, spec_for(_src(tmp_path)))
 
 
 def test_a_sources_tools_column_can_be_named(tmp_path: Path) -> None:

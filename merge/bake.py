@@ -255,7 +255,7 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
     write_atomic(template_file, ctx.chat_template)
     with staging_dir(final, inside=[stage_dir]) as tmp, \
             tempfile.TemporaryDirectory(prefix=".bake-", dir=stage_dir) as scratch:
-        copied = copy_model_files(source, tmp, trust_remote_code=ctx.trust_remote_code)
+        copy_model_files(source, tmp, trust_remote_code=ctx.trust_remote_code)
         restore_use_cache(tmp, ctx.base_model)
         licenses = copy_license_files([source, ctx.base_model], tmp)
         if licenses:
@@ -296,7 +296,8 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
             )
 
     metrics: dict[str, Scalar] = {
-        "files": len(copied),
+        # what the final folder holds (a count of the weight files copied read as files missing)
+        "final_files": sum(path.is_file() for path in final.iterdir()),
         "template_checks_passed": len(checks),
         "end_of_turn": generation["end_of_turn"],
         "thinking_default": thinking_default,

@@ -111,6 +111,8 @@ def test_bake_writes_a_checked_loadable_final_model(tmp_path, tiny_model_dir, re
     final = run_dir / "bake" / "final"
     assert result.model == final
     names = {p.name for p in final.iterdir()}
+    # `tempa status` shows what the folder holds (it showed files=2, the weight files copied, read as files missing)
+    assert result.metrics["final_files"] == len(names) and "files" not in result.metrics
     assert {
         "config.json",
         "model.safetensors",

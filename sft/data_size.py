@@ -639,34 +639,58 @@ def estimate_sft(config: SFTStageConfig, inputs: EstimateInputs) -> TrainingWork
 FORMAT_PROBE_ROWS = 16  # rows `tempa plan` reads of each local JSON Lines source to tell a format that fits none
 
 
-def format_problem(source: SourceConfig, rows: int = FORMAT_PROBE_ROWS) -> str | None:
-    """Why none of the first ``rows`` rows of a local JSON Lines source is one its ``format`` reads (the run would
-    reject them all, and most likely every row after them), or None. Reads those lines only: `tempa plan` warns
-    with it, where before the stage ahead trained and this one failed on "all N rows were rejected"."""
+def _first_rows(source: SourceConfig, rows: int) -> list[tuple[int, Any]]:
+    """(line number, the row as a Conversation, or why it is none) of the first ``rows`` rows of a local JSON Lines
+    source; [] for any other source. What `tempa plan` reads of a source's data: those lines only."""
     from tempa.chat_templates.json_files import parse_line, read_lines
     from tempa.sft.formats import RowError, normalize_row, spec_for
 
     path = Path(source.path)
     if source.stage_ref is not None or not path.is_file() or not is_json_lines(path):
-        return None
-    spec, seen, first = spec_for(source), 0, None
+        return []
+    spec, out = spec_for(source), []
     for line in read_lines(path):
         if line.blank:
             continue
-        seen += 1
         parsed = parse_line(line)
-        error = parsed.error
-        if error is None:
+        read: Any = parsed.error
+        if read is None:
             try:
-                normalize_row(parsed.value, spec)
-                return None
+                read = normalize_row(parsed.value, spec)
             except RowError as exc:
-                error = str(exc)
-        first = first or f"line {line.number}: {error}"
-        if seen >= rows:
+                read = str(exc)
+        out.append((line.number, read))
+        if len(out) >= rows:
             break
-    if not seen:
+    return out
+
+
+def format_problem(source: SourceConfig, rows: int = FORMAT_PROBE_ROWS) -> str | None:
+    """Why none of the first ``rows`` rows of a local JSON Lines source is one its ``format`` reads (the run would
+    reject them all, and most likely every row after them), or None: `tempa plan` warns with it, where before the
+    stage ahead trained and this one failed on "all N rows were rejected"."""
+    read = _first_rows(source, rows)
+    if not read or any(not isinstance(row, str) for _, row in read):
         return None
-    rows_read = "its first row is not" if seen == 1 else f"none of its first {seen:,} rows is"
-    return f"data source '{source.name}': {rows_read} a row of format {source.format} ({first}); the run rejects such rows"
+    number, error = read[0]
+    rows_read = "its first row is not" if len(read) == 1 else f"none of its first {len(read):,} rows is"
+    return (f"data source '{source.name}': {rows_read} a row of format {source.format} (line {number}: {error}); "
+            "the run rejects such rows")
+
+
+def trace_problem(source: SourceConfig, rows: int = FORMAT_PROBE_ROWS) -> str | None:
+    """Why a source set to think (``thinking_mode: on``) will teach no thinking, or None: none of its first ``rows``
+    readable rows has a reasoning trace in an assistant turn, and a row without one trains with thinking off. The
+    run said so only at its end, in the bake's note on the default mode (a new user's trial)."""
+    if source.thinking_mode != "on":
+        return None
+    conversations = [row for _, row in _first_rows(source, rows) if not isinstance(row, str)]
+    own = [c for c in conversations if c.thinking_mode is None]  # a row's own mode wins over the source's
+    if not own or any(turn.get("reasoning_content") for c in own for turn in c.messages
+                      if turn.get("role") == "assistant"):
+        return None
+    rows_read = "its first row has no" if len(own) == 1 else f"none of its first {len(own):,} rows has a"
+    return (f"data source '{source.name}': thinking_mode is on, but {rows_read} reasoning "
+            "trace (reasoning_content, reasoning, thinking, or a think block in the answer); a row without one "
+            "trains with thinking off; give the rows their traces, or set the source's thinking_mode to off")
 

@@ -111,3 +111,34 @@ def test_the_plan_warns_when_a_sources_first_rows_fit_no_row_of_its_format(tmp_p
     assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
     assert "warning: stage 'sft2': data source 'pc': its first row is not a row of format sharegpt" in \
         " ".join(capsys.readouterr().out.split())
+
+
+def test_the_plan_warns_when_a_thinking_source_has_no_traces(tmp_path, capsys):
+    """`thinking_mode: on` on plain Q&A rows: each row without a trace trains with thinking off, so the source taught
+    no thinking, and the run said so only at its end (a new user's trial). The plan reads the first rows and says so;
+    one row with a trace, or a row of its own mode, stops it."""
+    from tempa.recipes.cli import main
+    from tempa.sft.data_size import trace_problem
+
+    plain = tmp_path / "th.jsonl"
+    plain.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"ถาม {i}"},
+                                                      {"role": "assistant", "content": "ตอบ"}]}) + "\n"
+                             for i in range(3)))
+    thinking = SourceConfig(name="th", path=str(plain), thinking_mode="on")
+    assert trace_problem(thinking) == (
+        "data source 'th': thinking_mode is on, but none of its first 3 rows has a reasoning trace (reasoning_content, "
+        "reasoning, thinking, or a think block in the answer); a row without one trains with thinking off; give the "
+        "rows their traces, or set the source's thinking_mode to off")
+    assert trace_problem(SourceConfig(name="th", path=str(plain), thinking_mode="off")) is None
+    with plain.open("a") as more:
+        more.write(json.dumps({"messages": [{"role": "user", "content": "ถาม"},
+                                            {"role": "assistant", "content": "ตอบ", "reasoning_content": "คิด"}]}) + "\n")
+    assert trace_problem(thinking) is None
+
+    (tmp_path / "plain.jsonl").write_text(json.dumps(ROW) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nbase_model: tempa:tiny\nstages:\n"
+                      "  - {name: sft, kind: sft, data: {sources: [{name: t, path: plain.jsonl, thinking_mode: 'on'}]}}\n")
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+    assert ("warning: stage 'sft': data source 't': thinking_mode is on, but its first row has no reasoning trace"
+            in " ".join(capsys.readouterr().out.split()))

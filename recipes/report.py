@@ -538,6 +538,13 @@ def sample_generations(manifest: Manifest, model: Path,
     return answers
 
 
+def _sample_cell(text: str) -> str:
+    """A sampled reply as the page shows it; an empty one is said to be empty (a blank cell read as a page fault)."""
+    if not text.strip():
+        return "<p class='empty'>(empty reply: the model ended its turn at once)</p>"
+    return f"<pre>{html.escape(text)}</pre>"
+
+
 def samples_section(done: list[tuple[Manifest, StageResult]], languages: Sequence[str] = ()) -> str:
     """:func:`sample_prompts` for the recipe's ``languages`` answered by each stage's model, thinking on and off side
     by side."""
@@ -558,7 +565,7 @@ def samples_section(done: list[tuple[Manifest, StageResult]], languages: Sequenc
     for i, prompt in enumerate(prompts):
         rows = "".join(
             f"<tr><td class='model'>{html.escape(name)}</td>"
-            + "".join(f"<td class='answer' data-mode='{mode}'><pre>{html.escape(out[mode][i])}</pre></td>"
+            + "".join(f"<td class='answer' data-mode='{mode}'>{_sample_cell(out[mode][i])}</td>"
                       for mode in ("on", "off")) + "</tr>"
             for name, out in answers.items())
         parts.append(f"<h3 class='prompt'>{html.escape(prompt)}</h3><table class='samples'><tr><th class='model'>"

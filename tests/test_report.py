@@ -457,6 +457,11 @@ def test_the_samples_of_a_toy_sized_model_say_why_they_are_a_letter_or_two(tmp_p
     page = " ".join(section(sft=tiny_model_dir, big=real).split())
     assert "parameters: sft 0.2M. A model this small (the size of tempa's tiny default" in page
     assert "small-model" not in section(big=real)
+    # a reply that is empty says so (it was a blank cell, an empty <pre>)
+    monkeypatch.setattr(report, "sample_generations", lambda manifest, folder, prompts: {
+        "on": [""] * len(prompts), "off": ["S"] * len(prompts)})
+    page = section(sft=tiny_model_dir)
+    assert "<pre></pre>" not in page and "(empty reply: the model ended its turn at once)" in page
 
 
 def test_an_rl_stage_is_drawn_with_its_rewards_kl_and_completion_lengths():

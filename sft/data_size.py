@@ -682,7 +682,9 @@ def trace_problem(source: SourceConfig, rows: int = FORMAT_PROBE_ROWS) -> str | 
     """Why a source set to think (``thinking_mode: on``) will teach no thinking, or None: none of its first ``rows``
     readable rows has a reasoning trace in an assistant turn, and a row without one trains with thinking off. The
     run said so only at its end, in the bake's note on the default mode (a new user's trial)."""
-    if source.thinking_mode != "on":
+    # ``on`` is the default, which renders each row in the mode its text fits: only a source the recipe sets to
+    # think says it expects traces
+    if source.thinking_mode != "on" or "thinking_mode" not in source.model_fields_set:
         return None
     conversations = [row for _, row in _first_rows(source, rows) if not isinstance(row, str)]
     own = [c for c in conversations if c.thinking_mode is None]  # a row's own mode wins over the source's

@@ -130,6 +130,7 @@ def test_the_plan_warns_when_a_thinking_source_has_no_traces(tmp_path, capsys):
         "reasoning, thinking, or a think block in the answer); a row without one trains with thinking off; give the "
         "rows their traces, or set the source's thinking_mode to off")
     assert trace_problem(SourceConfig(name="th", path=str(plain), thinking_mode="off")) is None
+    assert trace_problem(SourceConfig(name="th", path=str(plain))) is None  # the default renders each row as it fits
     with plain.open("a") as more:
         more.write(json.dumps({"messages": [{"role": "user", "content": "ถาม"},
                                             {"role": "assistant", "content": "ตอบ", "reasoning_content": "คิด"}]}) + "\n")

@@ -19,10 +19,10 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -53,6 +53,8 @@ from tempa.sft.stage_api import (
 )
 
 log = logging.getLogger("tempa")
+
+T = TypeVar("T")
 
 
 class PromptSource(BaseModel):
@@ -362,20 +364,29 @@ def to_prompt(row: dict[str, Any], index: int, source: PromptSource, name: str |
     )
 
 
-def _in_languages(prompts: Any, languages: list[str], limit: int | None) -> list[PromptRow]:
-    """The first ``limit`` prompts whose text is detected as one of ``languages``."""
+def first_in_languages(items: Iterable[T], text_of: Callable[[T], str], languages: Sequence[str],
+                       limit: int | None) -> list[tuple[T, str]]:
+    """The first ``limit`` of ``items`` whose text the language detector places in one of ``languages``, each with
+    the language detected: a source's ``languages`` filter, before its ``limit``, for every stage that reads one."""
     from tempa.sft import language
 
-    accepted, kept = language.accepted(languages), []
-    for prompt in prompts:
-        detected = language.detect(prompt.question).language
+    accepted, kept = language.accepted(list(languages)), []
+    for item in items:
+        detected = language.detect(text_of(item)).language
         if detected is None or detected not in accepted:
             continue
-        prompt.language = prompt.language or detected
-        kept.append(prompt)
+        kept.append((item, detected))
         if limit is not None and len(kept) >= limit:
             break
     return kept
+
+
+def _in_languages(prompts: Iterable[PromptRow], languages: list[str], limit: int | None) -> list[PromptRow]:
+    """The first ``limit`` prompts in ``languages``; a prompt without a ``language`` gets the detected one."""
+    kept = first_in_languages(prompts, lambda prompt: prompt.question, languages, limit)
+    for prompt, detected in kept:
+        prompt.language = prompt.language or detected
+    return [prompt for prompt, _ in kept]
 
 
 def shuffled_positions(rows: Sequence[Any], seed: int) -> list[int]:

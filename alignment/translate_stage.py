@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from tempa.alignment.judge import language_name, text_or_file
-from tempa.alignment.prompts import PromptSource, read_named_rows, shuffled_positions
+from tempa.alignment.prompts import PromptSource, first_in_languages, read_named_rows, shuffled_positions
 from tempa.alignment.teacher_text import (
     Gate,
     JudgeGate,
@@ -186,15 +186,12 @@ def _in_languages(config: TranslateStageConfig, rows: Sequence[Any], names: Sequ
                   order: Sequence[int]) -> list[int]:
     """The positions in ``order`` whose first user message the language detector places in ``source.languages``,
     up to ``source.limit`` (the filter comes before the limit, as for a sampling stage's prompts)."""
-    accepted, kept, limit = language.accepted(config.source.languages or []), [], config.source.limit
-    for i in order:
+    def first_user_text(i: int) -> str:
         (messages,), _ = _conversations(config, [rows[i]], [names[i]])
-        first = next((m["content"] for m in messages if m["role"] == "user" and isinstance(m["content"], str)), "")
-        if first.strip() and language.detect(first).language in accepted:
-            kept.append(i)
-            if limit is not None and len(kept) >= limit:
-                break
-    return kept
+        return next((m["content"] for m in messages if m["role"] == "user" and isinstance(m["content"], str)), "")
+
+    kept = first_in_languages(order, first_user_text, config.source.languages or [], config.source.limit)
+    return [i for i, _ in kept]
 
 
 def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateResult:

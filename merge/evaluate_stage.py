@@ -27,12 +27,11 @@ from tempa.merge.leaderboard import (
     LeaderboardRow,
     is_headline,
     metrics_from_json,
-    metrics_json,
     write_leaderboard,
 )
 from tempa.merge.suites import CandidateScorer, import_lm_eval, rows_problem, suite_row_problem
 from tempa.merge.win_rate import PairwiseJudging
-from tempa.sft.files import digest, write_json
+from tempa.sft.files import digest, finite_json, write_json
 from tempa.sft.formats import thinking_mode_of
 from tempa.sft.stage_api import Scalar, StageContext, StageError
 from tempa.sft.trackers import named_trackers, tracker_log
@@ -284,8 +283,8 @@ def _score_each(config, ctx, candidates, backend_factory, rows, pairwise, track)
         else:
             ctx.log.info("%s: scoring %s (%s)", ctx.stage_name, candidate.name, candidate.path)
             metrics = score_model(candidate.path, config, ctx, rows, backend_factory, pairwise)
-            write_json(cached_path, {"path": str(candidate.path), "metrics": metrics_json(metrics)})
-        record = {"candidate": candidate.name, "path": str(candidate.path), "metrics": metrics_json(metrics)}
+            write_json(cached_path, {"path": str(candidate.path), "metrics": finite_json(metrics)})
+        record = {"candidate": candidate.name, "path": str(candidate.path), "metrics": finite_json(metrics)}
         write_json(scores_dir / f"{_slug(candidate.name)}.json", record)
         track(*tracked_scores(ctx, candidate, metrics))
         board_rows.append(

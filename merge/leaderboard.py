@@ -42,14 +42,9 @@ def lower_is_better(metric: str) -> bool:
     return any(word in name for word in _LOWER_IS_BETTER) or qualifier in _UNREAD_SHARES
 
 
-def metrics_json(metrics: dict[str, float]) -> dict[str, float | None]:
-    """``metrics`` as JSON can hold them: a value that is no finite number (NaN: nothing was scored) as null. Python
-    writes NaN and Infinity bare, which jq, JavaScript and most JSON readers refuse."""
-    return finite_json(metrics)
-
-
 def metrics_from_json(metrics: dict[str, float | None]) -> dict[str, float]:
-    """:func:`metrics_json` read back: null is NaN again (no value; ranked last)."""
+    """Metrics as written (:func:`tempa.sft.files.finite_json`: a value that is no finite number as null) read back:
+    null is NaN again (no value; ranked last)."""
     return {name: math.nan if value is None else float(value) for name, value in metrics.items()}
 
 
@@ -113,7 +108,7 @@ class Leaderboard(BaseModel):
         return {
             "rank_by": self.rank_by,
             "metrics": {name: ("min" if self.lower_is_better(name) else "max") for name in self.metric_names},
-            "rows": [{**row.model_dump(mode="json"), "metrics": metrics_json(row.metrics)} for row in self.ranked()],
+            "rows": [{**row.model_dump(mode="json"), "metrics": finite_json(row.metrics)} for row in self.ranked()],
         }
 
     @classmethod

@@ -207,14 +207,15 @@ def language_fidelity(completion: Completion, target: str | None, config: Langua
     ``tools`` (the prompt offers tools or holds a tool loop) the tool calls the answer wrote are left out: a call is
     code, in no language (py3langid read a JSON call as Nigerian Pidgin, failing every call)."""
     split = split_think(completion)
+    reply = outside_think(split.answer)  # as the answer reward reads it: a block the model opened is reasoning
     languages = tuple(config.languages) if config.languages else None
     equivalent = tuple(tuple(g) for g in config.equivalent)
-    answer, detected = language_match(without_tool_calls(split.answer) if tools else split.answer, target,
+    answer, detected = language_match(without_tool_calls(reply) if tools else reply, target,
                                       min_letters=config.min_letters, languages=languages, equivalent=equivalent)
     # Text too short to detect a language in (a bare number, "Kết quả là 8.", a tool call) passes: nothing in it is
     # in another language. Left without a score, it lost the whole weight to any longer sample of the same prompt
     # (a total adds the scores that apply), and preference pairs and GRPO learned length.
-    if answer is None and target and split.answer.strip():
+    if answer is None and target and reply:
         answer = 1.0
     if config.reasoning is None:
         return LanguageVerdict(answer, answer, detected)

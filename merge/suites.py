@@ -176,15 +176,17 @@ class CandidateScorer:
         if any(t is None for t in targets):
             raise StageError(f"suite '{suite.key}': rows need a 'language' (or set the suite's `language`)")
         texts = self._generate_rows(suite, rows)
-        detected, correct, reasoning = [], [], []
+        detected, correct, reasoning, replies = [], [], [], []
         for row, text, target in zip(rows, texts, targets, strict=True):
             split = split_reasoning(text, self.open_tag, self.close_tag)
-            detected.append(detect_language(split.answer, suite.languages, min_letters=suite.min_letters))
-            correct.append(row_correct(row, split.answer, target))
+            reply = self.answer(text)  # a think block opened after the template's is reasoning, in no answer
+            replies.append(reply)
+            detected.append(detect_language(reply, suite.languages, min_letters=suite.min_letters))
+            correct.append(row_correct(row, reply, target))
             reasoning.append(reasoning_verdict(split.reasoning, target, suite.reasoning, languages=suite.languages,
                                                min_letters=suite.min_letters, equivalent=suite.equivalent)[0])
         return {**language_scores(detected, targets, correct, suite.equivalent), **reasoning_scores(reasoning),
-                "unanswered": answers.unanswered([self.answer(text) for text in texts]), "rows": float(len(rows))}
+                "unanswered": answers.unanswered(replies), "rows": float(len(rows))}
 
     def thinking(self, suite: ThinkingFormatSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
         prompts = [prompt_messages(row) for row in rows]

@@ -243,14 +243,15 @@ def plan_run(
         components = {
             "tempa_version": __version__,
             "config": digest(kept),  # less what changes how it runs, not what it makes
-            "files": digest(referenced_files(kept)),  # files a setting that plays no part names are no input
+            # each file's digest, so that the plan can name the one that changed; the fingerprint holds their digest
+            "files": referenced_files(kept),  # files a setting that plays no part names are no input
             "upstream": fps[upstream] if upstream else base_fp,
             "depends_on": {dep: fps.get(dep) for dep in reads},
             "template": template_fp,
             "seed": loaded.recipe.seed,
             "trust_remote_code": loaded.recipe.trust_remote_code,
         }
-        fp = digest(components)
+        fp = digest(_fingerprinted(components))
         fps[name] = fp
         stage_dir = run_dir / name
         manifest = read_manifest(stage_dir)
@@ -292,6 +293,23 @@ def plan_run(
     if only is not None:
         _check_only_inputs(decisions, only)
     return decisions
+
+
+def _fingerprinted(components: Mapping[str, Any]) -> dict[str, Any]:
+    """What a stage's fingerprint digests: its components with the input files as one digest (as manifests before
+    the per-file digests held them: a run directory made then still skips what is complete)."""
+    files = components.get("files")
+    return {**components, "files": digest(files)} if isinstance(files, dict) else dict(components)
+
+
+def _changed_files(old: Any, new: Mapping[str, str]) -> str:
+    """Which input files differ from the ones a stage ran with (``old``: the manifest's per-file digests, or their
+    one digest in a manifest of an older tempa, which cannot tell them apart)."""
+    if not isinstance(old, dict):
+        return "input files, one or more of: " + ", ".join(new) if new else "input files"
+    changed = [f"{path} ({'changed' if path in old else 'new'})" for path in new if old.get(path) != new[path]]
+    changed += [f"{path} (no longer read)" for path in old if path not in new]
+    return "input files: " + ", ".join(changed)
 
 
 def _names(names: list[str]) -> str:
@@ -352,7 +370,6 @@ def _what_changed(old: dict, new: dict, old_config: dict | None, config: dict | 
                   ignore: frozenset[str] = frozenset()) -> str:
     labels = {
         "config": "stage config",
-        "files": "input files",
         "upstream": starts_from,  # the base model, or the model of the stage it starts from
         "depends_on": "stages it reads",
         "template": "chat template",
@@ -361,12 +378,15 @@ def _what_changed(old: dict, new: dict, old_config: dict | None, config: dict | 
         "trust_remote_code": "trust_remote_code",
     }
     changed = []
+    before, after = _fingerprinted(old), _fingerprinted(new)
     for key in new:
-        if old.get(key) == new.get(key):
+        if before.get(key) == after.get(key):
             continue
         label = labels.get(key, key)
         if key == "config" and old_config is not None and config is not None:
             label += " changed: " + config_diff(old_config, config, ignore=ignore)
+        if key == "files":
+            label = _changed_files(old.get(key), new[key])
         changed.append(label)
     return ", ".join(changed) or "fingerprint"
 

@@ -672,15 +672,18 @@ def _normalize_batch(
 def normalize_sample(
     batch: Mapping[str, list[Any]], source: SourceConfig, cur: CurationConfig,
     accepted: frozenset[str] | None = None, specials: Sequence[str] = (),
-) -> list[Conversation | None]:
+) -> list[Conversation | str]:
     """The conversation the pipeline makes of each row of ``batch`` (columns as :func:`load_source` gives
-    them), None for a row normalising or a row-local filter rejects: what ``tempa plan`` measures a source on."""
+    them), or for a row normalising or a row-local filter rejects, why (``malformed_row: not JSON ...``): what
+    ``tempa plan`` measures a source on, and says of its rows."""
     rows = len(next(iter(batch.values()), []))
-    settings = _normalize_settings(source, cur, accepted, specials, RowNames(), {})  # (a plan names no row)
+    settings = _normalize_settings(source, cur, accepted, specials, RowNames(), {})  # (the plan names its rows)
     curated = _normalize_batch(dict(batch), list(range(rows)), **settings)
-    return [Conversation(messages, json.loads(tools) if tools else None, mode) if reason is None else None
-            for messages, tools, mode, reason in zip(curated["messages"], curated["tools"], curated["thinking_mode"],
-                                                     curated["reject"], strict=True)]
+    return [Conversation(messages, json.loads(tools) if tools else None, mode) if reason is None else
+            f"{reason}: {detail.removeprefix(f'row {row}: ')}"
+            for messages, tools, mode, reason, detail, row in zip(
+                curated["messages"], curated["tools"], curated["thinking_mode"], curated["reject"], curated["detail"],
+                curated["row"], strict=True)]
 
 
 def sample_lengths(

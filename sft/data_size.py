@@ -77,22 +77,27 @@ class LocalRows:
     long_lines: tuple[int, ...] = ()  # sampled JSON Lines lines over LONG_LINE_BYTES, by size (not parsed)
     error: str | None = None  # why the pipeline will not read the source at all
     lines: bool = False  # the rows are the lines of JSON Lines files
+    places: tuple[str, ...] = ()  # where each sampled row is ("ja.jsonl:8", file:line), in sample order
 
     @property
     def sampled(self) -> int:
         return len(next(iter(self.sample.values()), [])) + len(self.long_lines)
 
 
-def jsonl_sample(rows: int, lines: Sequence[tuple[int, bytes | int]]) -> LocalRows:
+def jsonl_sample(rows: int, lines: Sequence[tuple[int, bytes | int]], files: Sequence[str] = ()) -> LocalRows:
     """:class:`LocalRows` of sampled JSON Lines ``lines`` ((line number, its bytes, or its size when over
     LONG_LINE_BYTES)), decoded as the pipeline's reader decodes them: line 1's UTF-8 BOM dropped, invalid UTF-8
-    a read error."""
+    a read error. ``files``: the file each line is in, where there are several."""
     from tempa.sft.sources import RAW, READ_ERROR
 
     decoded = [decode_line((line.removeprefix(codecs.BOM_UTF8) if number == 1 else line).rstrip(b"\r\n"))
                for number, line in lines if isinstance(line, bytes)]
     batch = {RAW: [text for text, _ in decoded], READ_ERROR: [error for _, error in decoded]} if decoded else {}
-    return LocalRows(rows, batch, tuple(line for _, line in lines if isinstance(line, int)), lines=True)
+    named = files or ["line "] * len(lines)
+    places = tuple(f"{name}{':' if files else ''}{number}" if number else name
+                   for name, (number, line) in zip(named, lines, strict=True) if isinstance(line, bytes))
+    return LocalRows(rows, batch, tuple(line for _, line in lines if isinstance(line, int)), lines=True,
+                     places=places)
 
 
 def _reservoir(items: Any, sample: int, take: Callable[[Any], Any] = lambda item: item) -> tuple[int, list[Any]]:
@@ -168,20 +173,22 @@ def _json_file_rows(files: Sequence[Path], sample: int) -> LocalRows:
     JSON Lines, a JSON document's rows (as JSON text)."""
     from tempa.sft.sources import json_rows
 
-    def lines() -> Iterator[tuple[int, bytes]]:
-        for file in files:
+    def lines() -> Iterator[tuple[int, bytes, int]]:
+        for k, file in enumerate(files):
             if not is_json_lines(file):
-                yield from ((0, text.encode("utf-8")) for text in json_rows(file))  # line 0: no BOM to drop
+                yield from ((0, text.encode("utf-8"), k) for text in json_rows(file))  # line 0: no BOM to drop
                 continue
             with open(file, "rb") as handle:
                 for number, line in enumerate(handle, start=1):
                     # a blank line is no row, as the run skips it (a line of U+00A0 too: not bytes.strip())
                     if not is_blank(line.removeprefix(codecs.BOM_UTF8) if number == 1 else line):
-                        yield number, line
+                        yield number, line, k
 
     rows, kept = _reservoir(lines(), sample, lambda item: (item[0], item[1] if len(item[1]) <= LONG_LINE_BYTES
-                                                           else len(item[1])))
-    return replace(jsonl_sample(rows, kept), lines=all(map(is_json_lines, files)))
+                                                           else len(item[1]), item[2]))
+    names = [files[k].name for _, _, k in kept]
+    return replace(jsonl_sample(rows, [(number, line) for number, line, _ in kept], names),
+                   lines=all(map(is_json_lines, files)))
 
 
 def _draw(rows: int, sample: int) -> list[int]:
@@ -345,6 +352,8 @@ class SampledLength:
     rows: int  # sampled rows the pipeline keeps (the others become rejects)
     lines: int  # rows (JSON Lines: lines) sampled
     outside_limits: float = 0.0  # share of the samples longer or shorter than the token limits (dropped)
+    # (where, why) of the sampled rows the pipeline rejects, in sample order; a row over LONG_LINE_BYTES is not named
+    rejects: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
 
 _ROW_REJECTS = frozenset({curation.TEMPLATE_ERROR, curation.NO_TRAINABLE_TOKENS})
@@ -367,11 +376,17 @@ def sampled_tokens_per_row(source: SourceConfig, sample: LocalRows, counter: Sam
     from tempa.sft.data import normalize_sample
 
     batch, long_rows = _without_long_rows(sample.sample)
-    conversations = [c for c in normalize_sample(batch, source, cur or CurationConfig(), accepted,
-                                                  counter.specials) if c is not None] if batch else []
+    normalized = normalize_sample(batch, source, cur or CurationConfig(), accepted, counter.specials) if batch else []
+    places = sample.places if len(sample.places) == len(normalized) else tuple(f"sampled row {i + 1}" for i in
+                                                                               range(len(normalized)))
+    rejects = [(place, row) for place, row in zip(places, normalized, strict=True) if isinstance(row, str)]
+    conversations = [row for row in normalized if not isinstance(row, str)]
+    read = [place for place, row in zip(places, normalized, strict=True) if not isinstance(row, str)]
     traced = [any(turn.get("reasoning_content") for turn in c.messages) for c in conversations]
     fixed = [renders_on(t, c.thinking_mode, source.thinking_mode) for t, c in zip(traced, conversations, strict=True)]
     as_fixed = counter.lengths(conversations, fixed, limits) if conversations else []
+    rejects += [(place, next(reason for _, reason in row if reason)) for place, row in zip(read, as_fixed, strict=True)
+                if source.thinking_mode != "mixed" and row and not _fits(row)]  # (mixed: rendered either way)
     measured: list[tuple[float, list[tuple[int, str | None]]]] = [(1.0, row) for row in as_fixed]
     if source.thinking_mode == "mixed" and conversations:
         # The run draws its ratio of the traced rows it keeps among those that fit with thinking on (tempa.sft.mixing
@@ -396,9 +411,17 @@ def sampled_tokens_per_row(source: SourceConfig, sample: LocalRows, counter: Sam
         if any(reason is None for _, reason in row):  # else every sample is outside the limits: a reject
             rows += share
             kept += share * sum(tokens for tokens, reason in row if reason is None)
+    order = {place: k for k, place in enumerate(sorted(places, key=_place_order))}
+    rejects.sort(key=lambda reject: order[reject[0]])
     if rows <= 0:
-        return SampledLength(0, 0, sample.sampled, outside / samples if samples else 0.0)
-    return SampledLength(round(kept / rows), max(1, round(rows)), sample.sampled, outside / samples)
+        return SampledLength(0, 0, sample.sampled, outside / samples if samples else 0.0, tuple(rejects))
+    return SampledLength(round(kept / rows), max(1, round(rows)), sample.sampled, outside / samples, tuple(rejects))
+
+
+def _place_order(place: str) -> tuple[str, int]:
+    """A sampled row's place ("ja.jsonl:8") in file order: by file, then line number."""
+    name, _, number = place.rpartition(":")
+    return (name, int(number)) if number.isdigit() else (place, 0)
 
 
 def _fits(samples: Sequence[tuple[int, str | None]]) -> bool:
@@ -497,15 +520,15 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int, dataset_si
             why = "not JSON, not the source's format" if unit == "line" else "not the source's format"
             measured += (f"; none of its {_many(sampled.lines, 'sampled ' + unit)} is a row tempa can train on ({why}, "
                          "filtered out, no assistant turn, or outside the token limits): the run will fail on this "
-                         "source")
+                         f"source{_rejects_text(sampled.rejects)}")
         else:
             avg = sampled.tokens_per_row
             measured = (f"~{sampled.tokens_per_row:,} tokens/row measured on {_many(sampled.rows, 'sampled row')} "
                         f"with {counter.how} ({source.thinking_mode})")
             if sampled.rows < sampled.lines:
                 bad = sampled.lines - sampled.rows
-                measured += (f"; {bad:,} of {_many(sampled.lines, 'sampled ' + unit)} will be rejected (not a row it can "
-                             "train on, or every sample outside the token limits)")
+                measured += (f"; {bad:,} of {_many(sampled.lines, 'sampled ' + unit)} will be rejected"
+                             f"{_rejects_text(sampled.rejects)}")
             if sampled.outside_limits:
                 measured += (f"; {sampled.outside_limits:.0%} of their samples fall outside the token limits "
                              f"({_limits_text(limits)}) and will be rejected")
@@ -525,7 +548,7 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int, dataset_si
     elif local is not None:
         rows = round(local.rows * usable)
         how = f"{_many(local.rows, 'row')} in {where}" if rows == local.rows else \
-            f"{_many(local.rows, unit)} in {where}, ~{rows:,} of them kept"
+            f"{_many(local.rows, unit)} in {where}, ~{rows:,} of them kept (~{local.rows - rows:,} rejected)"
         size = SourceSize(rows, avg, how)
     elif Path(source.path).is_file():
         size = SourceSize(None, avg, f"a local {Path(source.path).suffix or 'file'} file, not counted before preparing")
@@ -540,6 +563,24 @@ def source_size(source: SourceConfig, heldout: float | int, avg: int, dataset_si
     weight = source.weight if source.weight is not None else 1.0
     held = f" less {heldout:g} held out" if heldout else ""
     return replace(size, rows=round(kept * weight), how=f"{size.how}{held} x weight {weight:g}, {measured}")
+
+
+REJECTS_SHOWN = 3  # sampled rejects the plan names, with their place and reason
+
+
+def _rejects_text(rejects: Sequence[tuple[str, str]]) -> str:
+    """The reasons of a sample's rejects, counted, and the first few with where they are: what to fix before the run
+    (which writes every reject to its rejects file, but only once it prepares the data)."""
+    if not rejects:
+        return " (not a row it can train on, or every sample outside the token limits)"
+    counts: dict[str, int] = {}
+    firsts: dict[str, str] = {}  # each reason's first reject, in file order
+    for place, why in rejects:
+        reason = why.split(":")[0]
+        counts[reason] = counts.get(reason, 0) + 1
+        firsts.setdefault(reason, f"{place}: {why}")
+    shown = "; ".join(list(firsts.values())[:REJECTS_SHOWN])
+    return f" ({', '.join(f'{n:,} {reason}' for reason, n in counts.items())}; e.g. {shown})"
 
 
 def _repeats(planned: int, counted: int | None, usable: float, heldout: float | int) -> str:

@@ -117,7 +117,38 @@ ROW_TOKENS = 3 + 2 * TOKENS_PER_TURN + TOKENS_PER_ANSWER + TOKENS_PER_RENDERING
 def test_lines_that_will_be_rejected_are_not_planned_as_rows(tmp_path: Path):
     size, note = _plan_note(tmp_path, [ROW, "{broken"] * 50)
     assert (size.rows, size.tokens_per_row) == (50, ROW_TOKENS)
-    assert "100 lines in the file, ~50 of them kept" in note and "50 of 100 sampled lines will be rejected (not a row" in note
+    assert "100 lines in the file, ~50 of them kept (~50 rejected)" in note
+    assert "50 of 100 sampled lines will be rejected (50 malformed_row; e.g. rows.jsonl:2: malformed_row: not valid JSON" \
+        in note
+
+
+def test_the_plan_says_why_rows_will_be_rejected_and_where_the_first_of_each_reason_is(tmp_path: Path):
+    """A new team's data with a few malformed rows: the plan said how many sampled lines would be rejected, not why
+    nor where, so the run was the first to tell (after the stages before it trained)."""
+    unanswered = json.dumps({"messages": [{"role": "user", "content": "no answer"}]})
+    text_only = json.dumps({"text": "a b"})
+    long = json.dumps({"messages": [{"role": "user", "content": "a " * 40}, {"role": "assistant", "content": "b"}]})
+    lines = [ROW, "{broken", ROW, unanswered, text_only, long, ROW, "{broken", unanswered, ROW]
+    (tmp_path / "rows.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    config = SourceConfig.model_validate({"name": "s", "path": "rows.jsonl", "thinking_mode": "off"},
+                                         context={"base_dir": str(tmp_path)})
+    note = " ".join(source_size(config, 0, 800, {}, _words, limits=(None, ROW_TOKENS + 10)).how.split())
+    assert "10 lines in the file, ~4 of them kept (~6 rejected)" in note
+    assert ("6 of 10 sampled lines will be rejected (3 malformed_row, 2 role_order, 1 too_long; e.g. "
+            "rows.jsonl:2: malformed_row: not valid JSON") in note
+    assert "rows.jsonl:4: role_order: does not end with an assistant turn; rows.jsonl:6: too_long)" in note
+    assert "rows.jsonl:8" not in note  # a reason's first reject only
+
+
+def test_a_folder_of_json_lines_files_names_the_file_of_a_reject(tmp_path: Path):
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(ROW + "\n" + ROW + "\n", encoding="utf-8")
+    (folder / "b.jsonl").write_text(ROW + "\n{broken\n", encoding="utf-8")
+    config = SourceConfig.model_validate({"name": "s", "path": "chats", "thinking_mode": "off"},
+                                         context={"base_dir": str(tmp_path)})
+    note = " ".join(source_size(config, 0, 800, {}, _words).how.split())
+    assert "(1 malformed_row; e.g. b.jsonl:2: malformed_row: not valid JSON" in note
 
 
 def test_a_source_the_run_will_fail_on_says_so(tmp_path: Path):

@@ -544,6 +544,13 @@ PREP_TOKENS_PER_CORE_SECOND = 250_000
 # 0.64, 0.65 and 0.90 s (four runs) outside the workers' map: 27.7M-41.6M tokens/s. Rounded down. (2026-11-30,
 # when the parent still read the file into Arrow before the workers started: 2.39 and 2.41 s, 10.2M tokens/s.)
 PREP_SERIAL_TOKENS_PER_SECOND = 25_000_000
+# CPU-seconds per row on one core besides its tokens: rendering the chat template (Jinja) and each row's own
+# steps, which dominate short chats. Measured 2026-12-02 on the 2-vCPU VM (one process, tiny tokenizer,
+# llama3_thinking, medians of 3 with prepare_sft_data): 0.66 ms a row at 55 and at 105 tokens a row (84k and 159k
+# tokens per CPU-second, where tokens alone promised 250k: 3x too fast for 55), 0.74 ms at 305, 1.1 ms at 805;
+# rows in Japanese letters 0.99 ms at 194 tokens. The tokens' rate above stays as it is (it was measured on
+# 820-token rows and kept low for text that is not ASCII), so this term makes long rows no faster.
+PREP_ROW_SECONDS = 0.0007
 
 
 def available_cores() -> int:
@@ -591,6 +598,7 @@ def worker_count(num_proc: int | None, rows: int, rows_per_process: int | None =
 
 
 def prep_seconds(tokens: int, rows: int, num_proc: int | None = None, cores: int | None = None) -> float:
-    """Estimated seconds to prepare ``rows`` rows of ``tokens`` tokens: the one-process steps, then tokenising
-    (CPU-bound) spread over the workers."""
-    return tokens / PREP_SERIAL_TOKENS_PER_SECOND + tokens / (PREP_TOKENS_PER_CORE_SECOND * workers_for(rows, num_proc, cores))
+    """Estimated seconds to prepare ``rows`` rows of ``tokens`` tokens: the one-process steps, then rendering and
+    tokenising (CPU-bound, a cost per row and one per token) spread over the workers."""
+    parallel = tokens / PREP_TOKENS_PER_CORE_SECOND + rows * PREP_ROW_SECONDS
+    return tokens / PREP_SERIAL_TOKENS_PER_SECOND + parallel / workers_for(rows, num_proc, cores)

@@ -29,6 +29,7 @@ from tempa.chat_templates.thinking import last_user_index
 from tempa.sft import curation
 from tempa.sft.config import SFTStageConfig
 from tempa.sft.data_config import (
+    PREP_ROW_SECONDS,
     PREP_SERIAL_TOKENS_PER_SECOND,
     PREP_TOKENS_PER_CORE_SECOND,
     CurationConfig,
@@ -658,8 +659,9 @@ def prep_note(tokens: int, rows: int, num_proc: int | None, bound: str = "", cor
     node = format_eta(prep_seconds(tokens, rows, num_proc, 128))
     return (f"data prep before the first step: {bound or '~'}{format_eta(prep_seconds(tokens, rows, num_proc, here))} "
             f"(h:mm:ss) in {workers} process{'es' if workers > 1 else ''} on this machine's {here} cores, "
-            f"{bound or '~'}{node} on a node's 128 cores ({PREP_TOKENS_PER_CORE_SECOND:,} tokens/s per process, reading and "
-            f"saving {PREP_SERIAL_TOKENS_PER_SECOND:,} tokens/s in one); cached after")
+            f"{bound or '~'}{node} on a node's 128 cores ({PREP_TOKENS_PER_CORE_SECOND:,} tokens/s and "
+            f"{PREP_ROW_SECONDS * 1000:g} ms a row per process, reading and saving {PREP_SERIAL_TOKENS_PER_SECOND:,} "
+            "tokens/s in one); cached after")
 
 
 def tokens_from_mix(mix: DataMix) -> TokenCount:

@@ -540,12 +540,14 @@ def test_plan_says_how_long_data_prep_takes(tmp_path: Path, monkeypatch):
     loaded = load_recipe(write_recipe(tmp_path, HUB_70B, stages))
     [stage] = estimate_recipe(loaded, "8xH100")
     [line] = [note for note in stage.notes if note.startswith("data prep")]
-    # 8,000 rows x 800 tokens: read and saved in one process, tokenised over min(4 cores, 8,000 rows / rows per
-    # process) = 4 processes here, and over min(128, 8,000 / rows per process) on a big node.
+    # 8,000 rows x 800 tokens: read and saved in one process, rendered and tokenised (a cost per token and one per
+    # row) over min(4 cores, 8,000 rows / rows per process) = 4 processes here, and over min(128, 8,000 / rows per
+    # process) on a big node.
     tokens = 8000 * 800
     serial = tokens / data_config.PREP_SERIAL_TOKENS_PER_SECOND
-    here = serial + tokens / (data_config.PREP_TOKENS_PER_CORE_SECOND * 4)
-    node = serial + tokens / (data_config.PREP_TOKENS_PER_CORE_SECOND * min(128, 8000 // data_config.ROWS_PER_PROCESS))
+    parallel = tokens / data_config.PREP_TOKENS_PER_CORE_SECOND + 8000 * data_config.PREP_ROW_SECONDS
+    here = serial + parallel / 4
+    node = serial + parallel / min(128, 8000 // data_config.ROWS_PER_PROCESS)
     assert f"~0:00:{round(here):02d} (h:mm:ss) in 4 processes on this machine's 4 cores" in line
     assert f"~0:00:{round(node):02d} on a node's 128 cores" in line
     assert "data prep before the first step" in render_estimate(loaded, "8xH100")

@@ -675,9 +675,11 @@ def long_warmup(train: dict[str, Any], steps: int) -> str | None:
     warming = steps_of(warmup, steps)
     if 2 * warming < steps or train.get("lr_scheduler_type") in ("constant", "reduce_lr_on_plateau"):
         return None
+    # a small share rounds up to a whole step: then the run is what is short, not the share
+    advice = "train more steps" if warmup < 0.5 else \
+        "lower warmup_steps (a share below 1, e.g. 0.05, scales with the steps) or train more steps"
     return (f"warmup_steps {warmup:g} is {warming} of the ~{steps:,} steps it trains: half the run or more warms up, "
-            "below learning_rate; lower warmup_steps (a share below 1, e.g. 0.05, scales with the steps) or train "
-            "more steps")
+            f"below learning_rate; {advice}")
 
 
 def _global_batch_note(estimate: StageEstimate, train: dict[str, Any], hardware: Hardware,

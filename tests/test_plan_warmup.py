@@ -13,7 +13,7 @@ from tempa.recipes.estimate import estimate_recipe
 from tempa.recipes.loader import load_recipe
 
 
-def _stage(tmp_path: Path, train: str):
+def _stage(tmp_path: Path, train: str, steps: int = 10):
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"messages": [
         {"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}) + "\n" for i in range(40)))
     recipe = tmp_path / "recipe.yaml"
@@ -23,10 +23,10 @@ def _stage(tmp_path: Path, train: str):
           data:
             sources:
               - {{name: rows, path: ./rows.jsonl, thinking_mode: "off"}}
-          train: {{max_steps: 10, {train}}}
+          train: {{max_steps: {steps}, {train}}}
         """), "  "))
     [stage] = estimate_recipe(load_recipe(recipe), "8xH100")
-    assert stage.steps == 10  # max_steps decides the steps
+    assert stage.steps == steps  # max_steps decides the steps
     return [w for w in stage.warnings if "warmup" in w]
 
 
@@ -46,3 +46,9 @@ def test_a_shorter_warmup_or_a_schedule_without_one_is_not(tmp_path: Path, train
 def test_a_warmup_longer_than_the_run_gets_one_warning(tmp_path: Path):
     [warning] = _stage(tmp_path, "warmup_steps: 20")
     assert "never reaches learning_rate" in warning
+
+
+def test_a_small_share_on_a_two_step_run_says_the_run_is_short_not_the_share(tmp_path: Path):
+    [warning] = _stage(tmp_path, "warmup_steps: 0.03", steps=2)  # 0.03 of 2 steps rounds up to 1
+    assert warning.endswith("is 1 of the ~2 steps it trains: half the run or more warms up, below learning_rate; "
+                            "train more steps")

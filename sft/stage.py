@@ -101,6 +101,8 @@ def decontamination_summary(data: DataConfig, prompts: EvalPrompts) -> str:
     unchecked = f"; not checked: {', '.join(prompts.unchecked)}" if prompts.unchecked else ""
     # distinct as the check compares them: suites that share a file, or repeat a prompt, count it once
     distinct = len(contamination_index(data, prompts))
+    if not distinct:
+        return f"no evaluation prompts to check the training rows against{unchecked}"
     return f"training rows checked against {distinct} distinct evaluation prompts{unchecked}"
 
 

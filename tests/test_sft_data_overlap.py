@@ -188,3 +188,17 @@ def test_a_held_out_instruction_that_trains_in_another_source_is_counted(
     a, b = prepare(tmp_path, cfg, tokenizer).mix.sources
     assert (a.heldout_rows, a.heldout_rows_trained_elsewhere) == (3, 3)
     assert b.heldout_rows_trained_elsewhere == 0
+
+
+def test_a_recipe_without_evaluation_prompts_is_not_said_to_check_against_zero(tmp_path: Path) -> None:
+    """'checked against 0 distinct evaluation prompts' read like a failed check to a user whose recipe evaluates
+    nothing; the line says there is nothing to check against."""
+    from tempa.sft.stage import decontamination_summary
+
+    write_jsonl(tmp_path / "train.jsonl", [chat("Berapa 2 + 2?", "4")])
+    cfg = config(tmp_path, [{"name": "t", "path": "train.jsonl"}])
+    summary = decontamination_summary(cfg, EvalPrompts())
+    assert "0 distinct" not in summary and "no evaluation prompts" in summary
+    unread = EvalPrompts(unchecked=("suite 'hub' of stage 'evaluate' (org/set: a hub dataset)",))
+    assert decontamination_summary(cfg, unread).endswith("not checked: suite 'hub' of stage 'evaluate' (org/set: a "
+                                                         "hub dataset)")

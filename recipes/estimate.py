@@ -69,7 +69,7 @@ from tempa.sft.stage_api import (
     TrainingWorkload,
 )
 from tempa.sft.throughput_summary import peak_flops
-from tempa.sft.train_args import schedule_problem, steps_of
+from tempa.sft.train_args import schedule_problem
 
 GIB = 2**30
 
@@ -661,25 +661,10 @@ def estimate_stage(name: str, kind: str, workload: TrainingWorkload, shape: Mode
     if problem:
         estimate.warnings.append(f"stage {name}: {problem}")
     # steps are an upper bound or an estimate here, never a lower bound: a schedule too long for them is too long
-    if steps and count.bound != ">=" and (schedule := schedule_problem(train, steps) or long_warmup(train, steps)):
+    if steps and count.bound != ">=" and (schedule := schedule_problem(train, steps)) is not None:
         estimate.warnings.append(f"stage {name}: {schedule}")
     _global_batch_note(estimate, train, hardware, launch)
     return estimate
-
-
-def long_warmup(train: dict[str, Any], steps: int) -> str | None:
-    """Why a warmup of half the ``steps`` or more wastes the run (a classic of small data: a warmup set for a large
-    run, or a large share), or None. The rate spends that half below its peak, and a decaying schedule has the rest
-    to come down in."""
-    warmup = float(train.get("warmup_steps") or 0)
-    warming = steps_of(warmup, steps)
-    if 2 * warming < steps or train.get("lr_scheduler_type") in ("constant", "reduce_lr_on_plateau"):
-        return None
-    # a small share rounds up to a whole step: then the run is what is short, not the share
-    advice = "train more steps" if warmup < 0.5 else \
-        "lower warmup_steps (a share below 1, e.g. 0.05, scales with the steps) or train more steps"
-    return (f"warmup_steps {warmup:g} is {warming} of the ~{steps:,} steps it trains: half the run or more warms up, "
-            f"below learning_rate; {advice}")
 
 
 def _global_batch_note(estimate: StageEstimate, train: dict[str, Any], hardware: Hardware,

@@ -347,10 +347,25 @@ def schedule_problem(train_args: Mapping[str, Any], steps: int) -> str | None:
                 "the learning rate never reaches learning_rate (its first step is at 0); lower warmup_steps or "
                 "train more steps")
     if scheduler != "warmup_stable_decay":
-        return None
+        return long_warmup(train_args, steps)
     decay = steps_of(float((train_args.get("lr_scheduler_kwargs") or {}).get("num_decay_steps") or 0), steps)
     if warmup_steps + decay <= steps:
-        return None
+        return long_warmup(train_args, steps)
     return (f"warmup_stable_decay warms up over {warmup_steps} and decays over {decay} steps (num_decay_steps), "
             f"more than the {steps:,} steps it trains: the learning rate never holds its peak; set "
             "lr_scheduler_kwargs.num_decay_steps to a fraction, e.g. 0.2 (a fifth of the steps, however many they are)")
+
+
+def long_warmup(train: Mapping[str, Any], steps: int) -> str | None:
+    """Why a warmup of half the ``steps`` or more wastes the run (a classic of small data: a warmup set for a large
+    run, or a large share), or None. The rate spends that half below its peak, and a decaying schedule has the rest
+    to come down in."""
+    warmup = float(train.get("warmup_steps") or 0)
+    warming = steps_of(warmup, steps)
+    if 2 * warming < steps or train.get("lr_scheduler_type") in ("constant", "reduce_lr_on_plateau"):
+        return None
+    # a small share rounds up to a whole step: then the run is what is short, not the share
+    advice = "train more steps" if warmup < 0.5 else \
+        "lower warmup_steps (a share below 1, e.g. 0.05, scales with the steps) or train more steps"
+    return (f"warmup_steps {warmup:g} is {warming} of the {steps:,} steps it trains: half the run or more warms up, "
+            f"below learning_rate; {advice}")

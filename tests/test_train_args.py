@@ -161,7 +161,9 @@ def test_a_warmup_stable_decay_longer_than_the_run_is_named_with_its_steps(capsy
         "warmup_steps 0.1 is 1 of the 1 step it trains: the learning rate never reaches learning_rate (its first "
         "step is at 0); lower warmup_steps or train more steps")
     assert schedule_problem({"lr_scheduler_type": "linear", "warmup_steps": 10}, 8) is not None
-    assert schedule_problem({"lr_scheduler_type": "cosine", "warmup_steps": 0.1}, 2) is None
+    assert schedule_problem({"lr_scheduler_type": "cosine", "warmup_steps": 0.1}, 3) is None
+    # half the run warming up is said at train time too, as the plan says it (1 of 2 steps: the first is at 0)
+    assert "half the run or more warms up" in schedule_problem({"lr_scheduler_type": "cosine", "warmup_steps": 0.1}, 2)
     assert schedule_problem({"lr_scheduler_type": "constant", "warmup_steps": 0.1}, 1) is None  # takes no warmup
 
     # the worker says it in its log, from the trainer's own arguments (an enum) and the steps it counted

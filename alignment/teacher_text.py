@@ -7,16 +7,18 @@ is left on 1-10 and drops anything under ``min_score``. Every dropped item is ke
 
 Both passes are journaled under ``<stage>/data/`` (``teacher.jsonl``, ``judge.jsonl``: appended and
 fsynced per batch, see :mod:`tempa.alignment.sampling`), so a run stopped at row 150,000 of 300,000
-resumes there instead of paying for the first 150,000 again. A record is keyed by its request's
-position and a hash of its text, and a journal's signature holds the teacher (or judge) and its
-sampling settings: a changed instruction, source row, model or temperature is asked again, while
-settings of how requests travel (concurrency, timeouts, retries) keep the journal.
+resumes there instead of paying for the first 150,000 again. A record is keyed by a hash of its
+request's text (:func:`content_keys`), not its place, so a row inserted or removed in the source asks
+only for what is new; a journal's signature holds the teacher (or judge) and its sampling settings:
+a changed instruction, source row, model or temperature is asked again, while settings of how
+requests travel (concurrency, timeouts, retries) keep the journal.
 """
 
 from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,22 +123,30 @@ TEACHER_JOURNAL = "teacher.jsonl"
 JUDGE_JOURNAL = "judge.jsonl"
 
 
-def request_key(index: int, request: str) -> str:
-    """A journal key: the request's place and a hash of its text (an edited instruction or row is asked anew)."""
-    return f"{index}-{hashlib.sha1(request.encode('utf-8')).hexdigest()[:16]}"
+def content_keys(texts: Sequence[str]) -> list[str]:
+    """Each text's journal key: a hash of the text, and from its second occurrence on its count (``<hash>-2``), so
+    equal requests (a topic's variations without ``{index}``, two equal source rows) are each asked, as they were.
+    No place in it: a row inserted above moves no other row's key, and the journal keeps every answer paid for."""
+    seen: Counter[str] = Counter()
+    keys = []
+    for text in texts:
+        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+        seen[digest] += 1
+        keys.append(digest if seen[digest] == 1 else f"{digest}-{seen[digest]}")
+    return keys
 
 
 def _journaled(
     store: JsonlStore, requests: Sequence[str], chunk_size: int, desc: str, ask: Any, measure: Any = None
 ) -> list[dict[str, Any]]:
     """``ask(chunk_of_requests, chunk_index)`` -> one record per request, run only for requests not journaled."""
-    items = list(enumerate(requests))
+    items = list(zip(content_keys(requests), requests, strict=True))
 
-    def work(chunk: list[tuple[int, str]], index: int) -> list[dict[str, Any]]:
+    def work(chunk: list[tuple[str, str]], index: int) -> list[dict[str, Any]]:
         records = ask([request for _, request in chunk], index)
-        return [{"id": request_key(*item), **record} for item, record in zip(chunk, records, strict=True)]
+        return [{"id": key, **record} for (key, _), record in zip(chunk, records, strict=True)]
 
-    records, _ = run_incremental(items, key=lambda item: request_key(*item), work=work, store=store,
+    records, _ = run_incremental(items, key=lambda item: item[0], work=work, store=store,
                                  chunk_size=chunk_size, desc=desc, measure=measure)
     return records
 

@@ -482,3 +482,56 @@ def test_a_sources_languages_pick_the_rows_to_translate_and_fields_it_would_igno
         with pytest.raises(ValueError, match=rf"source\n.*{next(iter(field))}: translate does not read it"):
             TranslateStageConfig.model_validate({"name": "t", "target_language": "ja",
                                                  "source": {"path": source, **field}})
+
+
+def test_a_row_inserted_at_the_top_of_the_source_asks_only_for_it(tmp_path, tiny_model_dir, monkeypatch):
+    """The teacher's journal was keyed by each request's place: a row added at the top of a 300k-row file moved every
+    row one place down, and every translation was asked, and paid for, again. It goes by the request's text; a text
+    asked twice (two equal rows) is still asked twice."""
+    texts = [f"Please explain question number {i} in detail." for i in range(6)] + [
+        "Please explain question number 3 in detail."]
+    path = tmp_path / "prompts.jsonl"
+    _rows(path, [{"prompt": t} for t in texts])
+    config = TranslateStageConfig.model_validate({
+        "name": "t", "target_language": "ja", "source": {"path": str(path)}, "filters": {"dedup": False},
+        "teacher": {"backend": {**HTTP, "model": "translator"}, "batch_size": 4}})
+    ctx = make_context(tmp_path / "run", "t", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    first = {"translator": Counting(japanese)}
+    _run_with(monkeypatch, first, config, ctx)
+    assert len(first["translator"].requests) == 7
+
+    _rows(path, [{"prompt": "Please explain question number 99 in detail."}] + [{"prompt": t} for t in texts])
+    again = {"translator": Counting(japanese)}
+    result = _run_with(monkeypatch, again, config, ctx)
+    assert [re.search(r"number (\d+)", r).group(1) for r in again["translator"].requests] == ["99"]
+    rows = [json.loads(line) for line in result.dataset.read_text(encoding="utf-8").splitlines()]
+    # each translation is still its own row's
+    assert [r["messages"][0]["content"] for r in rows] == [japanese(f"[Text] {n}") for n in (99, 0, 1, 2, 3, 4, 5, 3)]
+
+
+def test_a_topic_added_at_the_top_asks_only_for_its_prompts(tmp_path, tiny_model_dir, monkeypatch):
+    """generate_prompts' journal went by each request's place too: a topic added first re-asked every topic."""
+    import tempa.alignment.teacher_text as teacher_text
+
+    def writer(request: str) -> str:
+        topic = re.search(r"Topic: (.*)\n", request).group(1)
+        variation = re.search(r"variation (\d+)", request).group(1)
+        return f"{topic}について、質問番号{variation}を詳しく教えてください。"
+
+    block = {"name": "magpie", "topics": ["料理", "歴史"], "per_topic": 2, "language": "ja",
+             "teacher": {"backend": {**HTTP, "model": "writer"}}}
+    ctx = make_context(tmp_path / "run", "magpie", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    first = Counting(writer)
+    monkeypatch.setattr(teacher_text, "build_backend", lambda block, **kwargs: first)
+    run_generate_prompts(GeneratePromptsStageConfig.model_validate(block), ctx)
+    assert len(first.requests) == 4
+    again = Counting(writer)
+    monkeypatch.setattr(teacher_text, "build_backend", lambda block, **kwargs: again)
+    result = run_generate_prompts(GeneratePromptsStageConfig.model_validate({**block, "topics": ["音楽", "料理", "歴史"]}),
+                                  ctx)
+    assert [re.search(r"Topic: (.*)\n", r).group(1) for r in again.requests] == ["音楽", "音楽"]
+    rows = [json.loads(line) for line in result.dataset.read_text(encoding="utf-8").splitlines()]
+    assert [(r["topic"], r["messages"][0]["content"].split("について")[0]) for r in rows] == [
+        (t, t) for t in ("音楽", "音楽", "料理", "料理", "歴史", "歴史")]

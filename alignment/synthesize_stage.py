@@ -18,7 +18,7 @@ A row of ``synthesized.jsonl``::
                   ...second turn...],
      "language": "id", "thinking_mode": "on",
      "scores": {"turn1": {<reward>: ..., "total": ...}, "turn2": {...}},
-     "provenance": {"stage", "teacher", "prompt_id", "sample_index", "n", "seed", "source", ...}}
+     "provenance": {"stage", "teacher", "prompt_id", "row", "sample_index", "n", "seed", "source", ...}}
 
 It is a `messages`-format source for a later `sft` stage (reasoning in `reasoning_content`, as the
 sft data pipeline reads it); the stage returns its path as ``outputs["dataset"]``.
@@ -26,6 +26,8 @@ sft data pipeline reads it); the stage returns its path as ``outputs["dataset"]`
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from tempa.alignment.completions import Completion, assistant_message, split_thi
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.input_checks import check_reward_inputs
 from tempa.alignment.judge import fill, render_conversation
-from tempa.alignment.prompts import PromptRow, load_prompts, modes_signature
+from tempa.alignment.prompts import PromptRow, load_prompts
 from tempa.alignment.rewards import RewardSet, ScoringEnv, check_judges, judge_stats, reward_summary
 from tempa.alignment.sampling import (
     JsonlStore,
@@ -49,7 +51,7 @@ from tempa.alignment.sampling import (
 )
 from tempa.alignment.selection import UNSCORED, select_samples
 from tempa.alignment.synthesize_config import OUTPUT_FILE, SynthesizeStageConfig
-from tempa.alignment.teacher_text import stored_text
+from tempa.alignment.teacher_text import content_keys, stored_text
 from tempa.sft.files import write_json, write_jsonl
 from tempa.sft.stage_api import StageContext, StageError, StageResult, fingerprinted
 
@@ -82,7 +84,7 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
     data_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
     source = config.prompts.resolved(ctx, who=f"stage '{ctx.stage_name}'")
-    prompts = load_prompts(source, seed=ctx.seed, thinking=config.sampling.thinking)
+    prompts = keyed_by_content(load_prompts(source, seed=ctx.seed, thinking=config.sampling.thinking))
     check_reward_inputs(config.rewards, prompts, source)
     teacher_name = describe_backend(config.teacher, ctx.start_model)
     ctx.log.info("synthesize: %d prompts, %d samples each, teacher %s", len(prompts), config.sampling.n,
@@ -95,10 +97,10 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
     teacher = LazyBackend(make_teacher, describe=teacher_name)
     env = ScoringEnv(policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir, stage_models=ctx.stage_models,
                      trust_remote_code=ctx.trust_remote_code, seed=ctx.seed, tokenizer=tokenizer)
-    # The teacher as far as it shapes the samples: a run resumed with more concurrency keeps what it has paid for.
+    # The teacher as far as it shapes the samples: a run resumed with more concurrency keeps what it has paid for. The
+    # prompts are not in it: their ids go by content (keyed_by_content), so an edited file re-asks only what changed.
     signature = {"model": str(ctx.start_model), "teacher": fingerprinted(config.teacher), "seed": ctx.seed,
-                 "sampling": config.sampling.model_dump(mode="json"), "prompts": [p.id for p in prompts],
-                 **modes_signature(prompts, config.sampling.thinking)}
+                 "sampling": config.sampling.model_dump(mode="json")}
     rewards = RewardSet(config.rewards, env)
     stats: dict[str, Any] = {"prompts": len(prompts), "teacher": teacher_name}
     try:
@@ -163,6 +165,17 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
                             files={"rejects": data_dir / "rejects.jsonl", "stats": data_dir / "stats.json"})
 
 
+def keyed_by_content(prompts: list[PromptRow]) -> list[PromptRow]:
+    """The prompts, each with an id that is a hash of what the teacher is asked and the rewards score by (messages,
+    tools, thinking mode, language, reference answer): the journals' key. A prompt's own id holds its place in the
+    file, so a row inserted at the top gave every prompt a new id and the journals, signed with the list of ids,
+    were started over, 150,000 paid answers with them; the mode is in the key, so a prompt whose mode changed (its
+    row's, a `mixed` draw's) is sampled again and no other. Its place stays in ``meta['row']``."""
+    contents = [json.dumps({**p.to_dict(), "id": None}, sort_keys=True, ensure_ascii=False, default=str)
+                for p in prompts]
+    return [dataclasses.replace(p, id=key) for p, key in zip(prompts, content_keys(contents), strict=True)]
+
+
 # --------------------------------------------------------------------------- selection
 
 
@@ -205,7 +218,8 @@ def select_first_turns(
         for i in indices:
             kept.append(Kept(prompt, i, completions[i], score["results"][i]["scores"]))
         if not indices:
-            rejects.append({"prompt_id": prompt.id, "turn": 1, "reason": reason, "scores": values,
+            rejects.append({"prompt_id": prompt.id, "row": prompt.meta.get("row"), "turn": 1, "reason": reason,
+                            "scores": values,
                             "messages": prompt.messages})
     return kept, rejects
 
@@ -241,7 +255,7 @@ def sft_row(kept: Kept, provenance: dict[str, Any], second: dict[str, Any] | Non
     """One SFT row: the conversation (reasoning in reasoning_content) plus scores and provenance."""
     messages = kept.messages()
     scores = {"turn1": kept.scores}
-    prov = {**provenance, "prompt_id": kept.prompt.id, "sample_index": kept.index,
+    prov = {**provenance, "prompt_id": kept.prompt.id, "row": kept.prompt.meta.get("row"), "sample_index": kept.index,
             "finish_reason": kept.completion.finish_reason}
     if second is not None:
         messages = [*messages, {"role": "user", "content": stored_text(second["followup"])},
@@ -267,7 +281,8 @@ def add_second_turns(
         writer = LazyBackend(lambda: build_backend(
             settings.followup_backend, policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir,
             stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code, who="second_turn.followup_backend"))
-    signature = {**signature, "second_turn": fingerprinted(settings), "kept": [k.key for k in kept]}
+    # Not the kept conversations: their keys go by content, and a prompt added to the file adds one, re-asking none.
+    signature = {**signature, "second_turn": fingerprinted(settings)}
 
     def write_followups(chunk: list[Kept], index: int) -> list[dict[str, Any]]:
         params = GenerationParams(max_new_tokens=settings.followup_max_new_tokens,
@@ -293,7 +308,8 @@ def add_second_turns(
     by_key: dict[str, Kept] = {}
     for k, record in zip(kept, followups, strict=True):
         if not record["followup"].strip():
-            rejects.append({"prompt_id": k.prompt.id, "turn": 2, "reason": EMPTY_FOLLOWUP, "messages": k.messages()})
+            rejects.append({"prompt_id": k.prompt.id, "row": k.prompt.meta.get("row"), "turn": 2,
+                            "reason": EMPTY_FOLLOWUP, "messages": k.messages()})
             continue
         by_key[k.key] = k
         second_prompts.append(PromptRow(
@@ -333,8 +349,9 @@ def add_second_turns(
             seconds[prompt.id] = {"followup": followup_of[prompt.id], "completion": completions_of(sample)[i],
                                   "scores": score["results"][i]["scores"], "index": i}
         else:
-            rejects.append({"prompt_id": by_key[prompt.id].prompt.id, "turn": 2, "reason": reason, "scores": values,
-                            "messages": prompt.messages})
+            first = by_key[prompt.id].prompt
+            rejects.append({"prompt_id": first.id, "row": first.meta.get("row"), "turn": 2, "reason": reason,
+                            "scores": values, "messages": prompt.messages})
 
     rows = []
     dropped_turns = dropped_conversations = 0

@@ -250,6 +250,41 @@ def test_second_turns_are_judged_and_kept_at_nine_or_above(tmp_path, tiny_model_
     assert second["messages"][1]["content"] == "GOOD: plants turn light into sugar."
 
 
+def test_a_prompt_inserted_at_the_top_is_the_only_one_sampled_again(tmp_path, tiny_model_dir, tokenizer_dir):
+    """Killed at prompt 150,000 of 300,000, the prompts file gets a row added at its top: the journals' signature held
+    every prompt's id, which held its place, so every journal (samples, scores, follow-ups, second turns) was started
+    over and the teacher and judge paid again for all of it. Only the new prompt is asked; every other prompt keeps
+    its own answers (none moved to its neighbour)."""
+    new = "Name a primary colour."
+    answers = {**CONVERSATIONS, new: ["GOOD: red.", "MEH: a colour."]}
+
+    def reply(body):
+        prompt = last_user(body)
+        return chat_response(answers[prompt][: body["n"]]) if prompt in answers else conversation_reply(body)
+
+    questions = ["Explain photosynthesis briefly.", "Describe the water cycle."]
+    prompts = tmp_path / "conv.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": q, "language": "en"}) + "\n" for q in questions))
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    with FakeOpenAI(reply) as server:
+        backend = {"type": "http", "base_url": server.base_url, "model": "gemma", "backoff_s": 0.01}
+        config = SynthesizeStageConfig.model_validate({
+            "name": "distill", "prompts": {"path": str(prompts)}, "teacher": backend,
+            "sampling": {"n": 2, "temperature": 0.7, "thinking": {"mode": "off"}},
+            "rewards": [{"type": "judge", "backend": backend, "max_unparsable": 0.5}],
+            "select": {"strategy": "best", "by": "judge"}, "second_turn": {"select": {"by": "judge", "min_score": 9}}})
+        run_synthesize(config, ctx)
+        before = read_jsonl(ctx.stage_dir / "data" / "synthesized.jsonl")
+        sent = len(server.requests)
+        prompts.write_text("".join(json.dumps({"prompt": q, "language": "en"}) + "\n" for q in [new, *questions]))
+        run_synthesize(config, ctx)
+        asked = server.requests[sent:]
+    assert asked and all(new in json.dumps(body, ensure_ascii=False) for body in asked)
+    rows = read_jsonl(ctx.stage_dir / "data" / "synthesized.jsonl")
+    assert [r["messages"][1]["content"] for r in rows] == ["GOOD: red.", *(r["messages"][1]["content"] for r in before)]
+    assert [r["messages"] for r in rows[1:]] == [r["messages"] for r in before]
+
+
 def test_a_content_filtered_answer_is_never_kept(tmp_path, tiny_model_dir, tokenizer_dir, monkeypatch):
     """A provider's filter stops an answer where it strikes (finish_reason content_filter): the text before the
     cut scored like a finished answer and was kept."""
@@ -328,7 +363,8 @@ def test_samples_journaled_in_another_thinking_mode_are_sampled_again(tmp_path, 
         run_synthesize(config, ctx)
         asked = {(last_user(b), b["chat_template_kwargs"]["thinking_mode"]) for b in server.requests}
     assert ("Berapa 2 + 3?", "on") in asked
-    assert {r["thinking_mode"] for r in read_jsonl(ctx.stage_dir / "data" / "samples.jsonl")} == {"on"}
+    # the samples taken with thinking off stay in the journal but are no row's
+    assert {r["thinking_mode"] for r in read_jsonl(ctx.stage_dir / "data" / "synthesized.jsonl")} == {"on"}
     first = read_jsonl(ctx.stage_dir / "data" / "synthesized.jsonl")[0]
     assert first["messages"][0]["content"] == "Berapa 2 + 3?" and first["thinking_mode"] == "on"
     assert first["messages"][1]["reasoning_content"] == "checking Berapa 2 + 3?"
@@ -347,11 +383,14 @@ def test_samples_journaled_under_another_mixed_draw_are_sampled_again(tmp_path, 
         config = synth_config(server, path, sampling={"n": 3, "temperature": 0.7, "max_new_tokens": 64,
                                                       "batch_size": 2, "thinking": {"mode": "mixed", "ratio": 0.5}})
         run_synthesize(config, ctx)
-        first = {r["id"]: r["thinking_mode"] for r in read_jsonl(ctx.stage_dir / "data" / "samples.jsonl")}
+        first = {r["messages"][0]["content"]: r["thinking_mode"]
+                 for r in read_jsonl(ctx.stage_dir / "data" / "synthesized.jsonl")}
         assert sorted(first.values()) == ["off", "off", "on", "on"]
         monkeypatch.setattr(stage_module, "load_prompts", flipped_thinking(stage_module.load_prompts))
         sent = len(server.requests)
         run_synthesize(config, ctx)
         assert len(server.requests) == 2 * sent
-    again = {r["id"]: r["thinking_mode"] for r in read_jsonl(ctx.stage_dir / "data" / "samples.jsonl")}
-    assert again == {key: "off" if mode == "on" else "on" for key, mode in first.items()}
+        asked = {last_user(b): b["chat_template_kwargs"]["thinking_mode"] for b in server.requests[sent:]}
+    again = {r["messages"][0]["content"]: r["thinking_mode"]
+             for r in read_jsonl(ctx.stage_dir / "data" / "synthesized.jsonl")}
+    assert again == asked == {question: "off" if mode == "on" else "on" for question, mode in first.items()}

@@ -40,7 +40,8 @@ from tempa.alignment.rl_stage import RLResult, run_rl
 from tempa.alignment.selection import select_samples
 from tempa.alignment.sizing import estimate_preference, synthesized_size
 from tempa.alignment.synthesize_config import SynthesizeStageConfig
-from tempa.alignment.synthesize_stage import SynthesizeResult, run_synthesize
+from tempa.alignment.synthesize_stage import SynthesizeResult, run_synthesize, synthesize_resume_point
+from tempa.alignment.teacher_text import teacher_text_resume_point
 from tempa.alignment.translate_stage import (
     TranslateResult,
     TranslateStageConfig,
@@ -59,6 +60,7 @@ SYNTHESIZE = StageKind(
     produces=frozenset({Artifact.DATASET}),
     result=SynthesizeResult,
     resumable=True,
+    resume_point=synthesize_resume_point,
     dataset_size=synthesized_size,
     check_inputs=check_inputs,
     check_environment=check_api_keys,
@@ -85,6 +87,7 @@ TRANSLATE = StageKind(
     produces=frozenset({Artifact.DATASET}),
     result=TranslateResult,
     resumable=True,
+    resume_point=teacher_text_resume_point,
     dataset_size=translated_size,
     check_environment=check_api_keys,
 )
@@ -96,6 +99,7 @@ GENERATE_PROMPTS = StageKind(
     produces=frozenset({Artifact.DATASET}),
     result=GeneratePromptsResult,
     resumable=True,
+    resume_point=teacher_text_resume_point,
     dataset_size=generated_size,
     check_environment=check_api_keys,
 )

@@ -51,11 +51,11 @@ from tempa.alignment.sampling import (
 )
 from tempa.alignment.selection import UNSCORED, select_samples
 from tempa.alignment.synthesize_config import OUTPUT_FILE, SynthesizeStageConfig
-from tempa.alignment.teacher_text import content_keys, stored_text
+from tempa.alignment.teacher_text import content_keys, journals_resume_point, stored_text
 from tempa.sft.files import write_json, write_jsonl
 from tempa.sft.stage_api import StageContext, StageError, StageResult, fingerprinted
 
-__all__ = ["SynthesizeResult", "SynthesizeStageConfig", "run_synthesize"]
+__all__ = ["SynthesizeResult", "SynthesizeStageConfig", "run_synthesize", "synthesize_resume_point"]
 
 
 class SynthesizeResult(StageResult):
@@ -72,6 +72,8 @@ class SynthesizeResult(StageResult):
     judges: dict[str, float | int] = Field(default_factory=dict, description="Per judge: replies, unparsable, "
                                            "unparsable_fraction (first turns).")
 
+SAMPLES, SCORES, FOLLOWUPS = "samples.jsonl", "scores.jsonl", "followups.jsonl"
+SECOND_SAMPLES, SECOND_SCORES = "second_samples.jsonl", "second_scores.jsonl"
 EMPTY_FOLLOWUP = "empty_followup"
 INCOMPLETE = "incomplete"  # every response was cut off or had no answer
 JUDGE_UNPARSABLE = "judge_unparsable"  # no response got a judge rating
@@ -105,13 +107,13 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
     stats: dict[str, Any] = {"prompts": len(prompts), "teacher": teacher_name}
     try:
         samples, stats["sampling"] = sample_prompts(
-            prompts, teacher, config.sampling.params(ctx.seed), JsonlStore(data_dir / "samples.jsonl", signature),
+            prompts, teacher, config.sampling.params(ctx.seed), JsonlStore(data_dir / SAMPLES, signature),
             desc="synthesize: sample",
         )
         teacher.close()  # free it while judges run; rebuilt if second turns need it
         score_signature = {**signature, "rewards": [fingerprinted(r) for r in config.rewards]}
         scores, stats["scoring"] = score_pass(
-            prompts, samples, rewards, JsonlStore(data_dir / "scores.jsonl", score_signature),
+            prompts, samples, rewards, JsonlStore(data_dir / SCORES, score_signature),
             chunk_size=config.sampling.batch_size, desc="synthesize: score",
         )
         stats["scoring"].update(rewards.stats())
@@ -174,6 +176,17 @@ def keyed_by_content(prompts: list[PromptRow]) -> list[PromptRow]:
     contents = [json.dumps({**p.to_dict(), "id": None}, sort_keys=True, ensure_ascii=False, default=str)
                 for p in prompts]
     return [dataclasses.replace(p, id=key) for p, key in zip(prompts, content_keys(contents), strict=True)]
+
+
+# Each pass's journal under data/, in the order the stage runs them, and what one record of it is.
+PASSES = ((SAMPLES, "prompt{s} sampled"), (SCORES, "prompt{s} scored"), (FOLLOWUPS, "follow-up{s} written"),
+          (SECOND_SAMPLES, "second turn{s} sampled"), (SECOND_SCORES, "second turn{s} scored"))
+
+
+def synthesize_resume_point(stage_dir: Path) -> str | None:
+    """Where a re-run of an unfinished synthesize stage continues (`tempa status`, `tempa plan`): what each pass
+    has journaled (``1,200 prompts sampled, 800 prompts scored``); None when nothing is."""
+    return journals_resume_point(stage_dir, PASSES)
 
 
 # --------------------------------------------------------------------------- selection
@@ -297,7 +310,7 @@ def add_second_turns(
     try:
         followups, followup_stats = run_incremental(
             kept, key=lambda k: k.key, work=write_followups,
-            store=JsonlStore(data_dir / "followups.jsonl", signature), chunk_size=config.sampling.batch_size,
+            store=JsonlStore(data_dir / FOLLOWUPS, signature), chunk_size=config.sampling.batch_size,
             desc="synthesize: follow-ups",
         )
     finally:
@@ -324,13 +337,13 @@ def add_second_turns(
     params = config.sampling.params(ctx.seed + 1).model_copy(update={"n": settings.n})
     try:
         samples, sample_stats = sample_prompts(
-            second_prompts, teacher, params, JsonlStore(data_dir / "second_samples.jsonl", signature),
+            second_prompts, teacher, params, JsonlStore(data_dir / SECOND_SAMPLES, signature),
             desc="synthesize: second turns",
         ) if second_prompts else ([], {})
         teacher.close()
         score_signature = {**signature, "second_rewards": [fingerprinted(r) for r in second_rewards]}
         scores, score_stats = score_pass(
-            second_prompts, samples, rewards, JsonlStore(data_dir / "second_scores.jsonl", score_signature),
+            second_prompts, samples, rewards, JsonlStore(data_dir / SECOND_SCORES, score_signature),
             chunk_size=config.sampling.batch_size, desc="synthesize: score second turns",
         ) if second_prompts else ([], {})
         score_stats = {**score_stats, **rewards.stats()}

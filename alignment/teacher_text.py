@@ -182,6 +182,29 @@ def teacher_store(ctx: StageContext, teacher: TeacherSettings, params: Generatio
     return JsonlStore(ctx.stage_dir / "data" / TEACHER_JOURNAL, signature)
 
 
+def journaled(path: Path) -> int:
+    """Records a journal holds (whole lines: a torn last one is not counted), read without opening its store."""
+    if not path.is_file():
+        return 0
+    with path.open("rb") as lines:
+        return sum(line.endswith(b"\n") for line in lines)
+
+
+def journals_resume_point(stage_dir: Path, passes: Sequence[tuple[str, str]]) -> str | None:
+    """What an unfinished stage's journals hold, pass by pass (``passes``: file under ``data/``, what its records are,
+    with ``{s}`` where a plural takes its s), as `tempa status` and `tempa plan` say where a re-run continues; None
+    when none holds a record, the only case in which the runner may clear the stage's folder."""
+    held = [(journaled(Path(stage_dir) / "data" / name), what) for name, what in passes]
+    return ", ".join(f"{count:,} {what.format(s='s' if count != 1 else '')}" for count, what in held if count) or None
+
+
+def teacher_text_resume_point(stage_dir: Path) -> str | None:
+    """Where a re-run of an unfinished translate or generate_prompts stage continues: its teacher's answers and its
+    judge's ratings journaled so far."""
+    return journals_resume_point(stage_dir, ((TEACHER_JOURNAL, "teacher answer{s} journaled"),
+                                                (JUDGE_JOURNAL, "judge rating{s} journaled")))
+
+
 @dataclass
 class Gate:
     """Applies :class:`TextFilters` in order, remembering what it has kept (for dedup)."""

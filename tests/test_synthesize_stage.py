@@ -394,3 +394,27 @@ def test_samples_journaled_under_another_mixed_draw_are_sampled_again(tmp_path, 
     again = {r["messages"][0]["content"]: r["thinking_mode"]
              for r in read_jsonl(ctx.stage_dir / "data" / "synthesized.jsonl")}
     assert again == asked == {question: "off" if mode == "on" else "on" for question, mode in first.items()}
+
+
+def test_status_says_how_far_an_interrupted_synthesize_stage_got(tmp_path, tiny_model_dir, tokenizer_dir,
+                                                                 monkeypatch):
+    """`tempa status` said only `interrupted` for a distillation killed at prompt 150,000: the kind had no resume hook.
+    It names what each pass has journaled, and nothing (so a re-run may start over) only when nothing is."""
+    from tempa.recipes.runner import stage_kind
+
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    hook = stage_kind("synthesize").resume_point
+    assert hook is not None
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    assert hook(ctx.stage_dir) is None
+
+    def reply(body):  # the second batch (of two prompts) fails: the first is journaled
+        return (401, {"error": {"message": "key revoked"}}, {}) if last_user(body) == "Hitung 7 × 3." else \
+            math_reply(body)
+
+    with FakeOpenAI(reply) as server, pytest.raises(Exception, match="401"):
+        run_synthesize(synth_config(server, write_prompts(tmp_path / "p.jsonl")), ctx)
+    assert hook(ctx.stage_dir) == "2 prompts sampled"
+    scores = ctx.stage_dir / "data" / "scores.jsonl"
+    scores.write_text('{"id": "a", "results": []}\n')  # killed while scoring (the teacher pass complete)
+    assert hook(ctx.stage_dir) == "2 prompts sampled, 1 prompt scored"

@@ -535,3 +535,34 @@ def test_a_topic_added_at_the_top_asks_only_for_its_prompts(tmp_path, tiny_model
     rows = [json.loads(line) for line in result.dataset.read_text(encoding="utf-8").splitlines()]
     assert [(r["topic"], r["messages"][0]["content"].split("について")[0]) for r in rows] == [
         (t, t) for t in ("音楽", "音楽", "料理", "料理", "歴史", "歴史")]
+
+
+def test_status_says_how_far_an_interrupted_translate_or_generate_prompts_stage_got(tmp_path, tiny_model_dir,
+                                                                                   monkeypatch):
+    """`tempa status` said only `interrupted` for a teacher stage killed hours into 300k rows, and `tempa plan` only
+    that it continues 'from what it completed': the kinds had no resume hook. They name what their journals hold."""
+    from tempa.recipes.runner import stage_kind
+
+    hooks = {stage_kind(kind).resume_point for kind in ("translate", "generate_prompts")}
+    assert len(hooks) == 1 and None not in hooks
+    (hook,) = hooks
+    source = _rows(tmp_path / "prompts.jsonl", [{"prompt": f"Please explain question number {i} in detail."}
+                                                for i in range(12)])
+    config = TranslateStageConfig.model_validate({
+        "name": "t", "target_language": "ja", "source": {"path": source},
+        "teacher": {"backend": {**HTTP, "model": "translator"}, "batch_size": 4},
+        "judge": {"backend": {**HTTP, "model": "judge"}, "min_score": 8, "batch_size": 4}})
+    ctx = make_context(tmp_path / "run", "t", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    assert hook(ctx.stage_dir) is None  # nothing paid for: a re-run may start it over
+    with pytest.raises(Interrupted):
+        _run_with(monkeypatch, {"translator": Counting(japanese, crash_after=8), "judge": Counting(japanese)},
+                  config, ctx)
+    assert hook(ctx.stage_dir) == "8 teacher answers journaled"
+    with (ctx.stage_dir / "data" / "teacher.jsonl").open("a") as journal:
+        journal.write('{"id": "torn')  # a kill in the middle of a write: not a record
+    assert hook(ctx.stage_dir) == "8 teacher answers journaled"
+    with pytest.raises(Interrupted):
+        _run_with(monkeypatch, {"translator": Counting(japanese), "judge": Counting(japanese, crash_after=4)},
+                  config, ctx)
+    assert hook(ctx.stage_dir) == "12 teacher answers journaled, 4 judge ratings journaled"

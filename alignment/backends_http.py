@@ -560,3 +560,15 @@ def _retry_after(value: str | None) -> float | None:
             when = when.replace(tzinfo=datetime.timezone.utc)
         seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
     return min(MAX_BACKOFF_S, max(0.0, seconds)) if math.isfinite(seconds) else None
+
+
+def check_endpoint(backend: Any, who: str, field: str, where: str) -> None:
+    """Refuse a backend whose server cannot be reached (:meth:`HTTPBackend.check_reachable`), in one line naming the
+    recipe field and the URL, before a stage sends it work; any other backend (a local model, a test's) passes."""
+    if not isinstance(backend, HTTPBackend):
+        return
+    try:
+        backend.check_reachable()
+    except StageError as exc:
+        raise StageError(f"{where}: {who} ({field}), checked before its first request: {exc}; start its server or "
+                         "fix base_url") from None

@@ -28,12 +28,15 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from tempa.alignment.judge import language_name, text_or_file
 from tempa.alignment.teacher_text import (
+    JUDGE_JOURNAL,
+    TEACHER_JOURNAL,
     Gate,
     JudgeGate,
     TeacherSettings,
     TeacherTextResult,
     TextFilters,
     ask_teacher,
+    check_servers,
     gate_scores,
     gate_stats,
     language_detail,
@@ -132,6 +135,8 @@ def _fill(template: str, **values: str) -> str:
 
 
 def run_generate_prompts(config: GeneratePromptsStageConfig, ctx: StageContext) -> GeneratePromptsResult:
+    check_servers(ctx, [("teacher", "teacher.backend", config.teacher.backend, [TEACHER_JOURNAL])]
+                  + ([("judge", "judge.backend", config.judge.backend, [JUDGE_JOURNAL])] if config.judge else []))
     target = language_name(config.language) or config.language
     system = f"{config.system_prompt.strip()}\n\n" if config.system_prompt else ""
     jobs = [(topic, i) for topic in config.topics for i in range(config.per_topic)]

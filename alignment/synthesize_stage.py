@@ -41,7 +41,14 @@ from tempa.alignment.generation import GenerationParams
 from tempa.alignment.input_checks import check_reward_inputs
 from tempa.alignment.judge import fill, render_conversation
 from tempa.alignment.prompts import PromptRow, load_prompts
-from tempa.alignment.rewards import RewardSet, ScoringEnv, check_judges, judge_stats, reward_summary
+from tempa.alignment.rewards import (
+    JudgeReward,
+    RewardSet,
+    ScoringEnv,
+    check_judges,
+    judge_stats,
+    reward_summary,
+)
 from tempa.alignment.sampling import (
     JsonlStore,
     completions_of,
@@ -51,7 +58,7 @@ from tempa.alignment.sampling import (
 )
 from tempa.alignment.selection import UNSCORED, select_samples
 from tempa.alignment.synthesize_config import OUTPUT_FILE, SynthesizeStageConfig
-from tempa.alignment.teacher_text import content_keys, journals_resume_point, stored_text
+from tempa.alignment.teacher_text import check_servers, content_keys, journals_resume_point, stored_text
 from tempa.sft.files import write_json, write_jsonl
 from tempa.sft.stage_api import StageContext, StageError, StageResult, fingerprinted
 
@@ -88,6 +95,7 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
     source = config.prompts.resolved(ctx, who=f"stage '{ctx.stage_name}'")
     prompts = keyed_by_content(load_prompts(source, seed=ctx.seed, thinking=config.sampling.thinking))
     check_reward_inputs(config.rewards, prompts, source)
+    check_servers(ctx, servers(config))
     teacher_name = describe_backend(config.teacher, ctx.start_model)
     ctx.log.info("synthesize: %d prompts, %d samples each, teacher %s", len(prompts), config.sampling.n,
                  teacher_name)
@@ -181,6 +189,24 @@ def keyed_by_content(prompts: list[PromptRow]) -> list[PromptRow]:
 # Each pass's journal under data/, in the order the stage runs them, and what one record of it is.
 PASSES = ((SAMPLES, "prompt{s} sampled"), (SCORES, "prompt{s} scored"), (FOLLOWUPS, "follow-up{s} written"),
           (SECOND_SAMPLES, "second turn{s} sampled"), (SECOND_SCORES, "second turn{s} scored"))
+
+
+def servers(config: SynthesizeStageConfig) -> list[tuple[str, str, Any, list[str]]]:
+    """Who the stage asks, as :func:`check_servers` reaches them: each with its recipe field and the journals of its
+    passes."""
+    second = config.second_turn
+    teacher_journals = [SAMPLES]
+    if second is not None:  # the teacher answers the follow-ups, and writes them unless another backend does
+        teacher_journals += [SECOND_SAMPLES] + ([FOLLOWUPS] if second.followup_backend is None else [])
+    out: list[tuple[str, str, Any, list[str]]] = [("teacher", "teacher", config.teacher, teacher_journals)]
+    judged = [SCORES, SECOND_SCORES] if second is not None and second.rewards is None else [SCORES]
+    out += [(f"judge '{r.key}'", f"rewards[{i}].backend", r.backend, judged)
+            for i, r in enumerate(config.rewards) if isinstance(r, JudgeReward)]
+    if second is not None:
+        out += [("follow-up writer", "second_turn.followup_backend", second.followup_backend, [FOLLOWUPS])]
+        out += [(f"judge '{r.key}'", f"second_turn.rewards[{i}].backend", r.backend, [SECOND_SCORES])
+                for i, r in enumerate(second.rewards or []) if isinstance(r, JudgeReward)]
+    return out
 
 
 def synthesize_resume_point(stage_dir: Path) -> str | None:

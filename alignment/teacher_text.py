@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tempa.alignment.backends import (
     BackendConfig,
+    HTTPBackendConfig,
     LazyBackend,
     SamplingBackend,
     TransformersBackendConfig,
@@ -35,7 +36,7 @@ from tempa.alignment.backends import (
     build_backend,
     describe_backend,
 )
-from tempa.alignment.backends_http import CONTENT_FILTER
+from tempa.alignment.backends_http import CONTENT_FILTER, check_endpoint
 from tempa.alignment.completions import Completion
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.judge import Judge, JudgeSettings, fill, parse_judge_score
@@ -255,6 +256,22 @@ def teacher_backend(block: Any, ctx: StageContext, who: str) -> LazyBackend:
     return LazyBackend(lambda: build_backend(block, policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir,
                                              stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code,
                                              who=who), name)
+
+
+def check_servers(ctx: StageContext, endpoints: Sequence[tuple[str, str, Any, Sequence[str]]]) -> None:
+    """Reach each HTTP server a stage still needs before it asks anything (``endpoints``: who, its recipe field, its
+    backend block, the journals under ``data/`` its passes write): a judge whose server is down was found after the
+    teacher's whole pass, a teacher's after the first batch's retries. A server whose passes are journaled complete is
+    not needed, and not asked (a resumed run judges with the teacher's server gone)."""
+    for who, where, block, journals in endpoints:
+        if not isinstance(block, HTTPBackendConfig) or all(
+                JsonlStore.completed(ctx.stage_dir / "data" / journal) for journal in journals):
+            continue
+        backend = teacher_backend(block, ctx, who)
+        try:
+            check_endpoint(backend.backend, who, where, f"stage '{ctx.stage_name}'")
+        finally:
+            backend.close()
 
 
 def gate_scores(gate: JudgeGate, rubric: str, items: Sequence[dict[str, Any]], ctx: StageContext

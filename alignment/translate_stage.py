@@ -30,12 +30,15 @@ from pydantic import Field, ValidationInfo, field_validator
 from tempa.alignment.judge import language_name, text_or_file
 from tempa.alignment.prompts import PromptSource, first_in_languages, read_named_rows, shuffled_positions
 from tempa.alignment.teacher_text import (
+    JUDGE_JOURNAL,
+    TEACHER_JOURNAL,
     Gate,
     JudgeGate,
     TeacherSettings,
     TeacherTextResult,
     TextFilters,
     ask_teacher,
+    check_servers,
     gate_scores,
     gate_stats,
     language_detail,
@@ -195,6 +198,8 @@ def _in_languages(config: TranslateStageConfig, rows: Sequence[Any], names: Sequ
 
 
 def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateResult:
+    check_servers(ctx, [("teacher", "teacher.backend", config.teacher.backend, [TEACHER_JOURNAL])]
+                  + ([("judge", "judge.backend", config.judge.backend, [JUDGE_JOURNAL])] if config.judge else []))
     source = config.source.resolved(ctx, who=f"stage '{ctx.stage_name}'")
     rows, names = read_named_rows(source)
     order = shuffled_positions(rows, ctx.seed) if source.shuffle else list(range(len(rows)))

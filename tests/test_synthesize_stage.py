@@ -418,3 +418,23 @@ def test_status_says_how_far_an_interrupted_synthesize_stage_got(tmp_path, tiny_
     scores = ctx.stage_dir / "data" / "scores.jsonl"
     scores.write_text('{"id": "a", "results": []}\n')  # killed while scoring (the teacher pass complete)
     assert hook(ctx.stage_dir) == "2 prompts sampled, 1 prompt scored"
+
+
+def test_a_judge_server_that_is_down_is_refused_before_the_teacher_samples(tmp_path, tiny_model_dir, tokenizer_dir,
+                                                                            monkeypatch):
+    """The judge's server not started (or a wrong port) was found when scoring began, after the teacher had sampled,
+    and been paid for, every prompt. It is refused at once, naming the recipe field and the URL."""
+    import socket
+
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with socket.socket() as sock:  # bound, then closed: nothing listens there, so a connection is refused
+        sock.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    with FakeOpenAI(math_reply) as server, pytest.raises(Exception) as err:
+        run_synthesize(synth_config(server, write_prompts(tmp_path / "p.jsonl"), rewards=[
+            {"type": "answer"}, {"type": "judge", "backend": {"type": "http", "base_url": down, "model": "judge",
+                                                            "max_retries": 1, "backoff_s": 0.01}}]), ctx)
+    assert str(err.value).startswith("stage 'distill': judge 'judge' (rewards[1].backend), checked before its first "
+                                     f"request: GET {down}/models (model judge): the server cannot be reached")
+    assert server.requests == []

@@ -566,3 +566,49 @@ def test_status_says_how_far_an_interrupted_translate_or_generate_prompts_stage_
         _run_with(monkeypatch, {"translator": Counting(japanese), "judge": Counting(japanese, crash_after=4)},
                   config, ctx)
     assert hook(ctx.stage_dir) == "12 teacher answers journaled, 4 judge ratings journaled"
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # bound, then closed: nothing listens there, so a connection is refused
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_teacher_or_judge_server_that_is_down_is_refused_before_anything_is_asked(tmp_path, tiny_model_dir):
+    """A translate stage whose judge server was not started found it only after the teacher had translated every row
+    (and whose teacher was down, after the first batch's retries, with no word of the recipe field). Each server is
+    reached first, naming the field and the URL; a server whose pass is journaled complete is not needed, nor asked."""
+    from test_alignment_fakes import FakeOpenAI, chat_response, last_user
+
+    source = _rows(tmp_path / "prompts.jsonl", [{"prompt": f"Please explain question number {i} in detail."}
+                                                for i in range(3)])
+    down = f"http://127.0.0.1:{_closed_port()}/v1"
+
+    def config(teacher_url: str, judge_url: str) -> TranslateStageConfig:
+        fast = {"type": "http", "max_retries": 1, "backoff_s": 0.01}
+        return TranslateStageConfig.model_validate({
+            "name": "t", "target_language": "ja", "source": {"path": source},
+            "teacher": {"backend": {**fast, "base_url": teacher_url, "model": "translator"}},
+            "judge": {"backend": {**fast, "base_url": judge_url, "model": "judge"}, "min_score": 8}})
+
+    ctx = make_context(tmp_path / "run", "t", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    with FakeOpenAI(lambda body: chat_response([japanese(last_user(body))])) as server:
+        with pytest.raises(StageError) as err:
+            run_translate(config(server.base_url, down), ctx)
+        message = str(err.value)
+        assert message.startswith("stage 't': judge (judge.backend), checked before its first request: GET "
+                                  f"{down}/models (model judge): the server cannot be reached after 1 retries: ")
+        assert "refused" in message and "\n" not in message
+        assert server.requests == []  # not one translation paid for first
+        with pytest.raises(StageError, match=r"^stage 't': teacher \(teacher.backend\), checked before"):
+            run_translate(config(down, server.base_url), ctx)
+        teacher_url = server.base_url
+        run_translate(config(teacher_url, server.base_url), ctx)
+        judge_journal = ctx.stage_dir / "data" / "judge.jsonl.complete"
+        judge_journal.unlink()  # killed while judging, with every translation journaled
+    # the teacher's server is down now, and no longer needed: the judge's pass runs
+    with FakeOpenAI(lambda body: chat_response(["とても良い翻訳です。 [[9]]"])) as judge:
+        assert run_translate(config(teacher_url, judge.base_url), ctx).rows == 3

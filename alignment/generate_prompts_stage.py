@@ -29,6 +29,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from tempa.alignment.judge import language_name, text_or_file
 from tempa.alignment.teacher_text import (
     JUDGE_JOURNAL,
+    PREAMBLE,
     TEACHER_JOURNAL,
     Gate,
     JudgeGate,
@@ -182,7 +183,8 @@ def run_generate_prompts(config: GeneratePromptsStageConfig, ctx: StageContext) 
     output = write_outputs(ctx, OUTPUT_FILE, rows, dropped, stats, "prompts")
     return GeneratePromptsResult(dataset=output, rows=len(rows), files=output_files(ctx), requested=len(jobs),
                                  rejected=stats["rejected"], judges=result_judges(judged),
-                                 metrics={"rows": len(rows), "kept_fraction": round(len(rows) / len(jobs), 6)})
+                                 metrics={"rows": len(rows), "kept_fraction": round(len(rows) / len(jobs), 6),
+                                          "rejected_preamble": stats["rejected"].get(PREAMBLE, 0)})
 
 
 def generated_size(config: GeneratePromptsStageConfig, result: StageResult | None) -> SourceSize:

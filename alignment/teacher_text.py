@@ -2,8 +2,9 @@
 
 Shared by the `translate` and `generate_prompts` stages. A teacher is asked with one user message
 per item; its answer (think block removed) is the text. Heuristic filters then drop text that is
-empty, cut off, too short or long, in the wrong language or a repeat; an optional judge rates what
-is left on 1-10 and drops anything under ``min_score``. Every dropped item is kept with its reason.
+empty, cut off, led in by the teacher ("Here is the translation:"), too short or long, in the wrong
+language or a repeat; an optional judge rates what is left on 1-10 and drops anything under
+``min_score``. Every dropped item is kept with its reason.
 
 Both passes are journaled under ``<stage>/data/`` (``teacher.jsonl``, ``judge.jsonl``: appended and
 fsynced per batch, see :mod:`tempa.alignment.sampling`), so a run stopped at row 150,000 of 300,000
@@ -17,6 +18,7 @@ requests travel (concurrency, timeouts, retries) keep the journal.
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
@@ -206,6 +208,27 @@ def teacher_text_resume_point(stage_dir: Path) -> str | None:
                                                 (JUDGE_JOURNAL, "judge rating{s} journaled")))
 
 
+PREAMBLE = "preamble"
+# A teacher's own first line before the text it was asked for ("Sure! Here is the translation:", "Here's a realistic
+# user message."): English, as teachers write it whatever the target; a user's own lead-in ("Here is my essay:") names
+# none of these things.
+_LEAD_IN = re.compile(
+    r"(?:(?:sure|certainly|of course|okay|ok|absolutely)\b[!,.]*\s*)?"
+    r"(?:here(?:'s|’s|\s+is|\s+are)\s+(?:a|an|the|one|your)\b[^\n]{0,80}?"
+    r"\b(?:message|prompt|question|request|query|translation|translated|version)s?\b[^\n]{0,40}?"
+    r"|(?:the\s+)?translation\b[^\n]{0,40}?)\s*[:.!]?", re.IGNORECASE)
+
+
+def opens_with_lead_in(text: str, original: str | None = None) -> bool:
+    """Whether ``text``'s first line is the teacher's lead-in to it rather than part of it: a line such as 'Sure!
+    Here is the translation:' with the text below it, and (a translation) one line more than ``original`` has, so a
+    source that opens with a lead-in of its own keeps its translated one."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) < 2 or _LEAD_IN.fullmatch(lines[0]) is None:
+        return False
+    return original is None or len(lines) > sum(1 for line in original.splitlines() if line.strip())
+
+
 @dataclass
 class Gate:
     """Applies :class:`TextFilters` in order, remembering what it has kept (for dedup)."""
@@ -213,12 +236,16 @@ class Gate:
     filters: TextFilters
     seen: set[str] = field(default_factory=set)
 
-    def reason(self, text: str, finish_reason: str | None, target: str | None) -> str | None:
-        """Why ``text`` is dropped, or None when it passes."""
+    def reason(self, text: str, finish_reason: str | None, target: str | None,
+               original: str | None = None) -> str | None:
+        """Why ``text`` is dropped, or None when it passes (``original``: the text it translates)."""
         if finish_reason == CONTENT_FILTER:  # refused, or cut where the filter struck: never a whole text
             return CONTENT_FILTER
         if finish_reason == "length" and not self.filters.keep_incomplete:
             return "cut_off"
+        # Dropped, not cut off: where a lead-in ends is a guess, and a text cut at a wrong guess would train as whole.
+        if opens_with_lead_in(text, original):
+            return PREAMBLE
         if len(text) < self.filters.min_chars:
             return "too_short"
         if self.filters.max_chars is not None and len(text) > self.filters.max_chars:

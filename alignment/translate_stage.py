@@ -31,6 +31,7 @@ from tempa.alignment.judge import language_name, text_or_file
 from tempa.alignment.prompts import PromptSource, first_in_languages, read_named_rows, shuffled_positions
 from tempa.alignment.teacher_text import (
     JUDGE_JOURNAL,
+    PREAMBLE,
     TEACHER_JOURNAL,
     Gate,
     JudgeGate,
@@ -241,7 +242,7 @@ def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateR
     translated = [[dict(m) for m in conv] for conv in conversations]
     for (c, m), (text, finish_reason) in zip(requests, answers, strict=True):
         original = conversations[c][m]["content"]
-        reason = gate.reason(text, finish_reason, config.target_language) if c not in dropped else None
+        reason = gate.reason(text, finish_reason, config.target_language, original) if c not in dropped else None
         ratio = (len(text) + 1) / (len(original) + 1)
         if reason is None and not 1 / config.max_length_ratio <= ratio <= config.max_length_ratio:
             reason = "length_ratio"
@@ -285,7 +286,8 @@ def run_translate(config: TranslateStageConfig, ctx: StageContext) -> TranslateR
     output = write_outputs(ctx, OUTPUT_FILE, out_rows, rejects, stats, "translations")
     return TranslateResult(dataset=output, rows=len(out_rows), files=output_files(ctx), requested=len(conversations),
                            rejected=stats["rejected"], judges=result_judges(judged),
-                           metrics={"rows": len(out_rows), "kept_fraction": round(len(out_rows) / len(conversations), 6)})
+                           metrics={"rows": len(out_rows), "kept_fraction": round(len(out_rows) / len(conversations), 6),
+                                    "rejected_preamble": stats["rejected"].get(PREAMBLE, 0)})
 
 
 _PLACE = re.compile(r"(?:(?P<file>.+) )?(?P<unit>line|row) (?P<number>\d+)")

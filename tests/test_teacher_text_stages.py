@@ -612,3 +612,63 @@ def test_a_teacher_or_judge_server_that_is_down_is_refused_before_anything_is_as
     # the teacher's server is down now, and no longer needed: the judge's pass runs
     with FakeOpenAI(lambda body: chat_response(["とても良い翻訳です。 [[9]]"])) as judge:
         assert run_translate(config(teacher_url, judge.base_url), ctx).rows == 3
+
+
+LEAD_INS = {
+    "number 0": "Sure! Here is the translation:\n\n質問番号0について詳しく教えてください。",
+    "number 1": "Here's the Japanese translation of the text.\n質問番号1について詳しく教えてください。",
+    "number 2": "Translation:\n質問番号2について詳しく教えてください。",
+    "number 3": "質問番号3について詳しく教えてください。",
+}
+
+
+def test_a_translation_that_opens_with_the_teachers_lead_in_is_rejected_and_counted(tmp_path, tiny_model_dir,
+                                                                                    monkeypatch):
+    """A teacher that answered 'Sure! Here is the translation:' before the text passed every filter (the Japanese
+    outweighs the English for the language detector), and the next stage trained a model to say it. Such a text is
+    dropped as `preamble`, counted in the metrics; a source text that opens with a lead-in of its own keeps its
+    translated one."""
+    rows = [{"prompt": f"Please explain question number {i} in detail."} for i in range(4)] + [
+        {"prompt": "Here is my question:\nwhat is question number 4?"}]
+    source = _rows(tmp_path / "prompts.jsonl", rows)
+    config = TranslateStageConfig.model_validate({
+        "name": "t", "target_language": "ja", "source": {"path": source},
+        "teacher": {"backend": {**HTTP, "model": "translator"}}})
+    ctx = make_context(tmp_path / "run", "t", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+
+    def reply(request: str) -> str:
+        if "Here is my question" in request:
+            return "Here is the question, translated:\n質問番号4とは何ですか？"  # the original's own lead-in
+        return next(text for key, text in LEAD_INS.items() if key in request)
+
+    result = _run_with(monkeypatch, {"translator": Counting(reply)}, config, ctx)
+    kept = [json.loads(line)["messages"][0]["content"] for line in result.dataset.read_text().splitlines()]
+    assert kept == [LEAD_INS["number 3"], "Here is the question, translated:\n質問番号4とは何ですか？"]
+    assert result.rejected == {"preamble": 3} and result.metrics["rejected_preamble"] == 3
+    rejects = [json.loads(line) for line in (ctx.stage_dir / "data" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["row"] for r in rejects] == [0, 1, 2] and {r["reason"] for r in rejects} == {"preamble"}
+
+
+def test_a_written_prompt_that_opens_with_the_teachers_lead_in_is_rejected_and_counted(tmp_path, tiny_model_dir,
+                                                                                      monkeypatch):
+    """generate_prompts asks for the user's message only; 'Here is a realistic user message:' before it became the
+    prompt's first line. A prompt that is the user's own lead-in ('Here is my essay:') is a prompt."""
+    import tempa.alignment.teacher_text as teacher_text
+
+    replies = iter([
+        "Here is a realistic message a user might send:\n\n江戸時代の庶民の暮らしについて詳しく教えてください。",
+        "Certainly! Here's one user question.\n鎌倉幕府が成立した理由を説明してください。",
+        "Here is my essay:\n\n江戸時代の町人文化について書きました。直すべき点を教えてください。",
+    ])
+    writer = Counting(lambda request: next(replies))
+    monkeypatch.setattr(teacher_text, "build_backend", lambda block, **kwargs: writer)
+    config = GeneratePromptsStageConfig.model_validate({
+        "name": "magpie", "topics": ["歴史"], "per_topic": 3, "language": "ja",
+        "teacher": {"backend": {**HTTP, "model": "writer"}}})
+    ctx = make_context(tmp_path / "run", "magpie", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    result = run_generate_prompts(config, ctx)
+    kept = [json.loads(line)["messages"][0]["content"] for line in result.dataset.read_text().splitlines()]
+    assert kept == ["Here is my essay:\n\n江戸時代の町人文化について書きました。直すべき点を教えてください。"]
+    assert result.rejected == {"preamble": 2} and result.metrics["rejected_preamble"] == 2

@@ -89,6 +89,33 @@ def decode_line(raw: bytes) -> tuple[str, str | None]:
         return raw.decode("utf-8", "replace"), f"invalid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
 
 
+_HEAD_BYTES = 1 << 16
+
+
+def encoding_problem(path: Path, head: int = _HEAD_BYTES) -> str | None:
+    """Why ``path`` is no UTF-8 text, judged on its first ``head`` bytes (a file saved as Shift-JIS, cp1252 or
+    UTF-16), or None. Most of its lines with non-ASCII bytes must fail to decode: a UTF-8 file with a few broken
+    lines is rows the reader rejects one by one, while a file in another encoding fails every such row, which the
+    run found only when the stage that reads it started, after the stages before it had trained."""
+    with open(path, "rb") as handle:
+        data = handle.read(head)
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "UTF-16 text (it starts with UTF-16's byte-order mark); save it as UTF-8"
+    lines = data.split(b"\n")
+    foreign, first = 0, None
+    non_ascii = [(number, line) for number, line in enumerate(lines, 1) if not line.isascii()]
+    for number, line in non_ascii:
+        try:  # the head's last line may end mid-character: only a byte no UTF-8 continues is an error
+            codecs.getincrementaldecoder("utf-8")().decode(line, final=number < len(lines) or len(data) < head)
+        except UnicodeDecodeError as exc:
+            foreign += 1
+            first = first or f"line {number}: not UTF-8 text (byte 0x{line[exc.start]:02x} at column {exc.start + 1})"
+    if not foreign or 2 * foreign <= len(non_ascii):
+        return None
+    return (f"{first}; {foreign} of the {len(non_ascii)} lines with non-ASCII bytes in its first {head >> 10} KiB are "
+            "not: it is saved in another encoding (Shift-JIS, say); save it as UTF-8")
+
+
 def check_not_empty(path: Path, what: str = "one JSON object per line") -> None:
     """``JsonFileError`` when ``path`` holds nothing but whitespace (and maybe a BOM)."""
     if not has_text(path):

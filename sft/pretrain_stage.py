@@ -465,7 +465,7 @@ def _as_sft_source(source: PretrainSource):
 
 def check_inputs(config: PretrainStageConfig) -> None:
     """Before the run's first stage: every local source has rows to read (:func:`~tempa.sft.sources.check_source`)."""
-    from tempa.chat_templates.json_files import has_text
+    from tempa.chat_templates.json_files import encoding_problem, has_text
     from tempa.sft.data_config import DataError
     from tempa.sft.sources import check_source
 
@@ -478,6 +478,8 @@ def check_inputs(config: PretrainStageConfig) -> None:
             raise DataError(f"data source '{source.name}' ({source.path}): has no text (its .txt files are empty or blank)")
         for file in files:
             check_file_document(source, file)
+            if (problem := encoding_problem(file)) is not None:
+                raise DataError(f"data source '{source.name}', {_name_in(file, Path(source.path))}: {problem}")
 
 
 # Tokens read per window of a budgeted source (see _tokenise_source), over the bytes its rows hold: a first guess

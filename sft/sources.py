@@ -39,6 +39,7 @@ from tempa.chat_templates.json_files import (
     RowPlace,
     check_not_empty,
     document_rows,
+    encoding_problem,
     file_identity,
     has_text,
     is_json_lines,
@@ -176,11 +177,13 @@ def check_source(source: SourceConfig) -> None:
     path = Path(source.path)
     if path.is_dir() and not is_saved_dataset(path):
         try:
-            _json_folder_files(source)  # the split's files, found by name; all its JSON shards empty: no rows
+            files = _json_folder_files(source)  # the split's files, found by name; all its JSON shards empty: no rows
         except DataError:
             raise
         except Exception as exc:  # no such split, say
             raise DataError(f"{describe(source)}: could not be loaded: {first_line(exc)}") from None
+        for file in files or ():
+            _check_encoding(source, file)
         return
     if path.is_dir():
         rows = len(load_source(source))  # memory-mapped Arrow: its row count costs no reading
@@ -194,9 +197,16 @@ def check_source(source: SourceConfig) -> None:
     else:
         if not has_text(path) or path.suffix.lower() not in (".jsonl", ".json", *_FILE_BUILDERS):
             load_source(source)  # nothing to read, or a type no reader takes: the loader's own one-line error
+        _check_encoding(source, path)
         return
     if rows == 0:
         raise DataError(f"{describe(source)}: has no rows")
+
+
+def _check_encoding(source: SourceConfig, file: Path) -> None:
+    if (problem := encoding_problem(file)) is not None:
+        where = f"{name_below(file, Path(source.path))}: " if file != Path(source.path) else ""
+        raise DataError(f"{describe(source)}: {where}{problem}")
 
 
 @dataclass(frozen=True)

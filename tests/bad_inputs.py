@@ -340,7 +340,7 @@ ROW_CASES = [
          "stage 'sft2' would fail: data source 'rows': "),
     Case("rows-all-invalid-utf8", "rows",
          _rows_file("latin1.jsonl", b'{"prompt": "caf\xe9", "response": "ok"}\n' * 4),
-         "line 1: invalid UTF-8 (byte 0xe9", fast=False),
+         "latin1.jsonl): line 1: not UTF-8 text (byte 0xe9"),  # refused before the first stage
     Case("rows-all-invalid-json", "rows", _rows_file("broken.jsonl", b'{"messages": [\n' * 3),
          "line 1: not valid JSON", fast=False),
     Case("rows-json-file-invalid", "rows", _rows_file("rows.json", b"[{"), "rows.json:1: not valid JSON", fast=False),

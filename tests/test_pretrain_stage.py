@@ -376,6 +376,10 @@ def test_plain_text_files_are_documents_as_the_source_says(tmp_path, tiny_model_
     with pytest.raises(StageError, match=r"^data source 'web', c\.txt: line 2: invalid UTF-8 \(byte 0xe9 at column "
                                          r"4\)$"):
         prepare(shards)
+    # ... and a file saved in another encoding is refused by the run's first check, before any stage trains
+    with pytest.raises(DataError, match=r"^data source 'web', c\.txt: line 2: not UTF-8 text \(byte 0xe9 at column "
+                                        r"4\); 1 of the 1 lines .* save it as UTF-8$"):
+        check_inputs(config_of(shards))
     with pytest.raises(ValueError, match="txt_document"):
         PretrainStageConfig.model_validate({
             "name": "cpt", "sources": [{"name": "web", "path": "org/corpus", "txt_document": "line"}],

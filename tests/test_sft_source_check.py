@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tempa.sft.data_config import DataError, SourceConfig
-from tempa.sft.sources import check_source, describe, load_source
+from tempa.sft.sources import READ_ERROR, check_source, describe, load_source
 
 ROW = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
 
@@ -143,3 +143,41 @@ def test_the_plan_warns_when_a_thinking_source_has_no_traces(tmp_path, capsys):
     assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
     assert ("warning: stage 'sft': data source 't': thinking_mode is on, but its first row has no reasoning trace"
             in " ".join(capsys.readouterr().out.split()))
+
+
+JAPANESE = [{"messages": [{"role": "user", "content": "日本の首都はどこですか？"},
+                          {"role": "assistant", "content": "東京です。"}]}] * 3
+
+
+def _jsonl_bytes(rows: list[dict], encoding: str) -> bytes:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode(encoding)
+
+
+@pytest.mark.parametrize(("encoding", "said"), [("shift_jis", "line 1: not UTF-8 text (byte 0x93 at column 44)"),
+                                                ("cp932", "line 1: not UTF-8 text"), ("utf-16", "UTF-16 text")])
+def test_a_file_saved_in_another_encoding_is_refused_before_the_first_stage(tmp_path, encoding, said):
+    """A Shift-JIS file of chats was found when its stage started, after the stage before it had trained: every
+    row a reject, then 'all 3 rows were rejected'."""
+    path = tmp_path / "ja.jsonl"
+    path.write_bytes(_jsonl_bytes(JAPANESE, encoding))
+    with pytest.raises(DataError, match="save it as UTF-8") as caught:
+        check_source(SourceConfig(name="ja", path=str(path)))
+    assert str(caught.value).startswith(f"data source 'ja' ({path}): {said}")
+    assert len(str(caught.value).splitlines()) == 1
+
+
+def test_a_utf8_file_with_a_broken_line_is_read_and_the_line_rejected(tmp_path):
+    path = tmp_path / "ja.jsonl"
+    path.write_bytes(_jsonl_bytes(JAPANESE[:1], "shift_jis") + _jsonl_bytes(JAPANESE * 2, "utf-8"))
+    check_source(SourceConfig(name="ja", path=str(path)))  # two of three rows are UTF-8: the run rejects line 1
+    errors = load_source(SourceConfig(name="ja", path=str(path)))[READ_ERROR]
+    assert [error is not None for error in errors] == [True] + [False] * 6  # line 1 is the stage's reject
+
+
+def test_a_shard_in_another_encoding_is_named_in_its_folder(tmp_path):
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    (folder / "a.jsonl").write_bytes(_jsonl_bytes(JAPANESE, "utf-8"))
+    (folder / "b.jsonl").write_bytes(_jsonl_bytes(JAPANESE, "shift_jis"))
+    with pytest.raises(DataError, match=r"^data source 'ja' \(.*chats\): b\.jsonl: line 1: not UTF-8 text"):
+        check_source(SourceConfig(name="ja", path=str(folder)))

@@ -172,14 +172,43 @@ def _pre_tokenizer_name(tokenizer_json: dict) -> str:
     return "gpt-2"
 
 
+def _kinds(component: Any) -> list[str]:
+    """The ``type`` of a tokenizer.json component and of every part of a ``Sequence`` of them."""
+    if not isinstance(component, dict):
+        return []
+    parts = component.get("pretokenizers") or component.get("decoders") or []
+    return [str(component.get("type")), *(kind for part in parts for kind in _kinds(part))]
+
+
+def byte_level_problem(tokenizer_json: dict) -> str | None:
+    """Why ``tokenizer_json`` is not a byte-level BPE tokenizer (GPT-2's, Llama 3's, Qwen's), or None when it is.
+
+    A SentencePiece vocabulary (Llama 2, Mistral, Gemma) converted by transformers is BPE too, but its pieces spell
+    a space as ``▁`` (Metaspace) and unknown characters as byte tokens: written as GGUF's ``gpt2`` vocabulary,
+    llama.cpp maps text to bytes its own way and tokenizes it differently from the model (its word-start pieces
+    are lost), silently."""
+    model = tokenizer_json.get("model") or {}
+    if model.get("type") != "BPE":
+        return f"a {model.get('type') or 'unknown'} model, not byte-level BPE"
+    pre = _kinds(tokenizer_json.get("pre_tokenizer"))
+    if "ByteLevel" not in pre:
+        return f"a BPE whose pre-tokenizer is {'+'.join(pre) or 'none'}, not byte-level (ByteLevel)"
+    if model.get("byte_fallback"):
+        return "a BPE with byte fallback (SentencePiece's), not byte-level"
+    return None
+
+
 def _vocab(model_dir: Path, data: dict, tokenizer, rows: int) -> tuple[list[str], list[int], list[str]]:
     """The token list, types and merges; ``rows``: the embedding's (config.json's ``vocab_size``). llama.cpp sizes
     token_embd and output by the token count, so ids past the tokenizer's are listed as unused ``[PAD{id}]``
     tokens, as llama.cpp's convert_hf_to_gguf.py lists them."""
     import gguf
 
-    if data.get("model", {}).get("type") != "BPE":
-        raise StageError(f"{model_dir}/tokenizer.json: only byte-level BPE tokenizers export to GGUF here")
+    problem = byte_level_problem(data)
+    if problem:
+        raise StageError(f"{model_dir}/tokenizer.json: {problem}; tempa writes GGUF's byte-level BPE (gpt2) "
+                         "vocabulary only: convert this model with convert_hf_to_gguf.py from a llama.cpp checkout, "
+                         "then quantise that file with `tempa export gguf MODEL-f16.gguf --type TYPE`")
     merges = [" ".join(m) if isinstance(m, list) else m for m in data["model"].get("merges", [])]
     vocab = tokenizer.get_vocab()
     size = max(len(tokenizer), max(vocab.values()) + 1)

@@ -307,3 +307,43 @@ def test_a_card_with_several_licences_names_each_in_the_modelfile(tmp_path, tiny
     (final / "README.md").write_text(card)
     modelfile = export_gguf(final, tmp_path / "out" / "m.gguf").modelfile_path.read_text()
     assert '\nLICENSE """llama3.1"""\nLICENSE """gemma"""\n' in modelfile and "['" not in modelfile
+
+
+def sentencepiece_final(model_dir: Path, folder: Path) -> Path:
+    """A final folder whose tokenizer transformers converted from a SentencePiece ``tokenizer.model`` (Llama 2,
+    Mistral, Gemma style: ``▁`` for spaces, byte fallback), trained here on a few lines, baked with chatml."""
+    import io
+    import json
+
+    import sentencepiece
+
+    from tempa.chat_templates import bake_tokenizer
+
+    lines = ["Hello world, the quick brown fox jumps over the lazy dog.", "Apa ibu kota Indonesia? Jakarta.",
+             "Seven plus five makes twelve; 12345 and 678."] * 20
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=400, model_type="bpe", byte_fallback=True,
+        user_defined_symbols=["<|im_start|>", "<|im_end|>"], pad_id=-1, minloglevel=2)
+    base = folder.parent / "spm-base"
+    base.mkdir()
+    (base / "tokenizer.model").write_bytes(model.getvalue())
+    special = {"special": True, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False}
+    (base / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": False, "added_tokens_decoder": {"3": {"content": "<|im_start|>", **special},
+                                                         "4": {"content": "<|im_end|>", **special}}}))
+    bake_tokenizer(base, "chatml_thinking", folder, model_dir=model_dir)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy2(model_dir / name, folder / name)
+    return folder
+
+
+def test_a_sentencepiece_tokenizer_is_refused_rather_than_written_as_byte_level_bpe(tiny_model_dir, tmp_path, capsys):
+    """GGUF's "gpt2" tokenizer is byte-level BPE: a SentencePiece vocabulary (BPE too, in tokenizer.json) written
+    under it tokenizes differently in llama.cpp (its word-start pieces are lost), so the export must stop."""
+    folder = sentencepiece_final(tiny_model_dir, tmp_path / "final")
+    assert main(["export", "gguf", str(folder), "--out", str(tmp_path / "x.gguf")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "tokenizer.json" in err and "byte-level" in err and "Metaspace" in err and "convert_hf_to_gguf.py" in err
+    assert len(err.splitlines()) == 1 and not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*partial"))

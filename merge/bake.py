@@ -38,7 +38,7 @@ from tempa.merge.model_card import (
     written_tool_call,
 )
 from tempa.merge.model_files import license_files
-from tempa.merge.publish import make_publishable, publish_problems
+from tempa.merge.publish import make_publishable, publish_problems, write_final_record
 from tempa.sft.files import link_or_copy, staging_dir, write_atomic, write_json
 from tempa.sft.run_layout import FINAL_DIR
 from tempa.sft.stage import SFTResult
@@ -288,6 +288,7 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
         if config.smoke_test:
             ctx.log.info("%s: smoke test: load and generate in both thinking modes", ctx.stage_name)
             write_json(stage_dir / "smoke_test.json", smoke_test(tmp, device, config.smoke_max_new_tokens))
+        write_final_record(tmp)  # last: what a whole final/ holds, for push and export to check a copy against
         make_publishable(tmp)  # the files written since (README.md) get the same modes
         problems = publish_problems(tmp)
         if problems:

@@ -44,7 +44,7 @@ from tempa.chat_templates.templates import template_defaults
 from tempa.chat_templates.thinking import end_of_turn_token
 from tempa.merge.model_files import license_files
 from tempa.merge.ollama_template import ollama_default_note, ollama_template
-from tempa.merge.publish import FILE_MODE
+from tempa.merge.publish import FILE_MODE, whole_model_problems
 from tempa.sft.run_layout import RESOLVED_RECIPE
 from tempa.sft.stage_api import StageError
 
@@ -305,6 +305,10 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
         raise StageError(f"{model_dir}: tempa's GGUF writer supports {', '.join(SUPPORTED_ARCHITECTURES)}, got "
                          f"{', '.join(archs) or '?'}; convert it with convert_hf_to_gguf.py from a llama.cpp checkout, "
                          "then quantise that file with `tempa export gguf MODEL-f16.gguf --type TYPE`")
+    problems = whole_model_problems(model_dir)
+    if problems:  # else the GGUF holds the tensors of the shards there are, and llama.cpp fails at load
+        raise StageError(f"{model_dir}: not a whole model folder: {'; '.join(problems[:4])}"
+                         + (f"; and {len(problems) - 4} more" if len(problems) > 4 else ""))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     template = tokenizer.chat_template
     if not template:

@@ -9,7 +9,8 @@
   (a base model with custom code, loaded without ``trust_remote_code``, leaves one behind);
 - no absolute local path (``/home/me/data/x.jsonl``) and no token-shaped secret in the text files;
 - nothing a user needs is missing: config, every weight shard whole, tokenizer, chat template, generation config
-  and model card (a folder damaged after its bake would otherwise go up as it is).
+  and model card (a folder damaged after its bake would otherwise go up as it is), and every file the bake
+  wrote (:data:`FINAL_RECORD`, its list of them: a copy or sync of final/ cut short lacks some).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from tempa.chat_templates.one_line import first_line
 from tempa.merge.model_card import TOKEN_PATTERNS, local_paths
 from tempa.merge.model_files import pickle_files
+from tempa.sft.files import write_atomic
 
 FILE_MODE, DIR_MODE = 0o644, 0o755
 AUTO_MAP_FILES = ("config.json", "tokenizer_config.json")
@@ -31,6 +33,10 @@ _TEXT_SUFFIXES = (".json", ".md", ".jinja", ".txt", ".yaml", ".yml", ".py")
 REQUIRED_FILES = ("config.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json", "README.md")
 TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model")
 WEIGHTS_INDEX = "model.safetensors.index.json"
+# The bake's list of the files it wrote (name -> size), written last into the folder it renames to final/: a copy or
+# sync of final/ cut short, or one left by a killed rewrite, lacks a file it lists. Hidden, so it stays with the run
+# (push skips hidden files).
+FINAL_RECORD = ".tempa-final.json"
 
 
 def _auto_map_refs(entry: Any) -> list[str]:
@@ -144,14 +150,54 @@ def weight_problems(folder: Path) -> list[str]:
     return problems
 
 
+def write_final_record(folder: Path) -> None:
+    """Write :data:`FINAL_RECORD`: every file of ``folder`` by name, with its size. The bake's last write."""
+    folder = Path(folder)
+    files = {path.name: path.stat().st_size for path in sorted(folder.iterdir())
+             if path.is_file() and path.name != FINAL_RECORD}
+    write_atomic(folder / FINAL_RECORD, json.dumps({"files": files}, indent=2) + "\n")
+
+
+def record_problems(folder: Path) -> list[str]:
+    """The files :data:`FINAL_RECORD` lists that ``folder`` lacks, and its weight files of another size; empty
+    without a record (a folder tempa did not bake, or an older bake's). Other files are checked by name only: a
+    model card or generation config edited by hand after the bake is still the user's to publish."""
+    path = Path(folder) / FINAL_RECORD
+    if not path.is_file():
+        return []
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        sizes = {str(name): int(size) for name, size in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        return [f"{FINAL_RECORD}: not the bake's record of its files ({type(error).__name__}); run the bake again"]
+    problems = []
+    for name, size in sizes.items():
+        file = Path(folder) / name
+        if not file.is_file():
+            problems.append(f"{name}: missing (the bake wrote it; a copy cut short?)")
+        elif name.endswith(".safetensors") and file.stat().st_size != size:
+            problems.append(f"{name}: {file.stat().st_size} bytes, the bake wrote {size}")
+    return problems
+
+
+def whole_model_problems(folder: Path) -> list[str]:
+    """Weights that would not load (:func:`weight_problems`) and what the bake's record says is gone (one line a
+    file)."""
+    problems = weight_problems(folder)
+    named = {problem.split(":", 1)[0] for problem in problems}
+    return problems + [problem for problem in record_problems(folder) if problem.split(":", 1)[0] not in named]
+
+
 def missing_parts(folder: Path) -> list[str]:
-    """What a user needs that ``folder`` lacks (:data:`REQUIRED_FILES`, a tokenizer vocabulary, whole weights)."""
+    """What a user needs that ``folder`` lacks (:data:`REQUIRED_FILES`, a tokenizer vocabulary, whole weights, every
+    file the bake wrote)."""
     folder = Path(folder)
     problems = [f"{name}: missing" for name in REQUIRED_FILES
                 if not (folder / name).is_file() and not (name == "chat_template.jinja" and _chat_template_inline(folder))]
     if not any((folder / name).is_file() for name in TOKENIZER_VOCAB_FILES):
         problems.append(f"{' or '.join(TOKENIZER_VOCAB_FILES)}: missing")
-    return problems + weight_problems(folder)
+    named = {problem.split(":", 1)[0] for problem in problems}
+    return problems + [problem for problem in whole_model_problems(folder) if problem.split(":", 1)[0] not in named]
 
 
 def publish_problems(folder: Path) -> list[str]:

@@ -545,3 +545,41 @@ def test_the_cards_evaluation_says_where_the_metrics_it_leaves_out_are(tmp_path)
     card = "\n".join(_eval_section({"eval": done("eval", EvaluateResult(leaderboard=board), kind="evaluate")}))
     assert "2 more metrics (per-language and per-type breakdowns, counts) in the run's `eval/leaderboard.json`." in card
     assert board.to_markdown().rstrip().endswith("in leaderboard.json.")
+
+
+def test_a_partial_copy_of_the_final_folder_is_not_taken_for_complete(tmp_path, tiny_model_dir, recipe_tokenizer,
+                                                                       capsys):
+    """A final/ copied or synced part way (or left by a killed rewrite) lacking a shard and the index that names it
+    still held every file push and export looked for, and its remaining shard was whole: push would upload it and
+    export gguf would write a GGUF without that shard's tensors. The bake's record of its files says what is gone."""
+    from transformers import AutoModelForCausalLM
+
+    from tempa.chat_templates import load_template
+    from tempa.merge.publish import FINAL_RECORD, publish_problems
+    from tempa.recipes.cli import main
+    from tempa.recipes.push import push_files
+
+    source = tmp_path / "merged"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(source, max_shard_size="300KB")
+    shutil.copy2(tiny_model_dir / "generation_config.json", source / "generation_config.json")
+    run_dir = tmp_path / "run"
+    config = BakeStageConfig.model_validate({"name": "bake", "kind": "bake", "smoke_test": False})
+    ctx = make_context(run_dir, "bake", start_model=source, tokenizer_dir=recipe_tokenizer, base_model=tiny_model_dir,
+                       chat_template=load_template("llama3_thinking"))
+    run_bake(config, ctx)
+    final = run_dir / "bake" / "final"
+    shards = sorted(path.name for path in final.glob("model-*.safetensors"))
+    assert len(shards) >= 2 and publish_problems(final) == []
+    assert FINAL_RECORD not in [f.path_in_repo for f in push_files(final)]  # the run's record, not the model's
+
+    partial = tmp_path / "copied" / "final"
+    shutil.copytree(final, partial)
+    for name in (shards[-1], "model.safetensors.index.json"):
+        (partial / name).unlink()
+    problems = publish_problems(partial)
+    assert any(shards[-1] in problem and "missing" in problem for problem in problems), problems
+    assert any("model.safetensors.index.json" in problem for problem in problems), problems
+    capsys.readouterr()  # the progress bars of the model's loading above
+    assert main(["export", "gguf", str(partial), "--out", str(tmp_path / "x.gguf")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert shards[-1] in err and len(err.splitlines()) == 1 and not list(tmp_path.glob("*.gguf"))

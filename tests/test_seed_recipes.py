@@ -76,3 +76,29 @@ def test_seed_recipe_runs_end_to_end_at_tiny_scale(name, tmp_path):
     # the recipe's serving defaults (Swallow's card: temperature 0.6, top-p 0.9) reach the final model
     wanted = full.recipe.generation.model_dump(exclude_none=True)
     assert {key: getattr(generation, key) for key in wanted} == wanted
+
+
+# The licences the seed models ship under, as their cards (recipes/cards/) state them, by the Hub's licence ids:
+# Swallow's front matter lists llama3.1 and gemma ("META LLAMA 3.1 COMMUNITY LICENSE and Gemma Terms of Use"),
+# SEA-LION v3's "License: Llama3.1 Community License". (sea-lion-v3.5-8b-r sets none: the rlvr recipe extends it,
+# and a stage an extension adds would follow an explicit bake stage.)
+CARD_LICENSES = {"sea-lion-v3-70b-it": "llama3.1", "swallow-70b-instruct-v0.3": ["llama3.1", "gemma"],
+                 "swallow-8b-instruct-v0.3": ["llama3.1", "gemma"]}
+
+
+@pytest.mark.parametrize("name", sorted(CARD_LICENSES))
+def test_the_final_model_card_carries_the_licences_the_seed_models_ship_under(name):
+    import yaml
+
+    from tempa.merge.model_card import render_model_card
+    from tempa.sft.stage_api import RecipeInfo
+
+    loaded = load_recipe(name)
+    bake = loaded.stages[-1]
+    assert bake.kind == "bake"
+    recipe = RecipeInfo(name=name, base_model=loaded.recipe.base_model, chat_template=loaded.recipe.chat_template)
+    card = render_model_card(bake.model_card, recipe=recipe, stages={})
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["license"] == CARD_LICENSES[name]
+    if name.startswith("swallow"):  # the card's languages, Japanese first: the usage example asks in Japanese
+        assert front["language"] == ["ja", "en"] and "日本の首都はどこですか" in card

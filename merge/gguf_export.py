@@ -42,6 +42,7 @@ import numpy as np
 
 from tempa.chat_templates.templates import template_defaults
 from tempa.chat_templates.thinking import end_of_turn_token
+from tempa.merge.model_card import card_front_matter
 from tempa.merge.model_files import license_files
 from tempa.merge.ollama_template import ollama_default_note, ollama_template
 from tempa.merge.publish import FILE_MODE, whole_model_problems
@@ -455,17 +456,12 @@ def _stop_ids(generation: dict[str, Any]) -> list[int]:
 def card_license(model_dir: Path) -> list[str]:
     """The ``license`` ids of the folder's model card (README.md front matter: the recipe's model_card.license, one
     id or a list of them, as the Hub takes it)."""
-    import yaml
-
     path = Path(model_dir) / "README.md"
-    text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    if not text.startswith("---\n") or "\n---" not in text[4:]:
-        return []
     try:
-        front = yaml.safe_load(text[4:].split("\n---", 1)[0])
-    except yaml.YAMLError:
+        front = card_front_matter(path.read_text(encoding="utf-8") if path.is_file() else "")
+    except ValueError:
         return []  # a hand-edited card: the Modelfile goes without a LICENSE rather than fail the export
-    value = front.get("license") if isinstance(front, dict) else None
+    value = front.get("license")
     values = value if isinstance(value, list) else [value]
     return [str(item) for item in values if item]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tempa.chat_templates.thinking import THINK_CLOSE
 from tempa.merge.leaderboard import EvaluateResult
@@ -27,6 +27,7 @@ from tempa.sft import language
 from tempa.sft.pretrain_stage import PretrainResult
 from tempa.sft.stage import SFTResult
 from tempa.sft.stage_api import SECRET_KEY_RE, RecipeInfo, Upstream, format_metric, is_secret_key, looks_local
+from tempa.sft.suggest import did_you_mean
 
 REDACTED = "<redacted>"
 TOKEN_PATTERNS = [
@@ -64,6 +65,71 @@ def strip_local_paths(text: str) -> str:
     return _ABSOLUTE.sub(name, text)
 
 
+# The licence ids the Hub accepts in a card's `license` (hf.co/docs/hub/repositories-licenses, August 2026). The Hub
+# refuses a commit whose README.md says another ("Invalid metadata in README.md. - "license" must be one of [...]"),
+# after `tempa push` has created the repo; a licence it does not list is `other`, named by `license_name`.
+HUB_LICENSES = frozenset({
+    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",
+    "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause",
+    "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0",
+    "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-3.0",
+    "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0", "cdla-sharing-1.0",
+    "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0", "etalab-2.0", "eupl-1.1",
+    "eupl-1.2", "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1", "lgpl-3.0", "isc", "h-research",
+    "intel-research", "lppl-1.3c", "ms-pl", "apple-ascl", "apple-amlr", "mpl-2.0", "odc-by", "odbl", "openmdw-1.0",
+    "openmdw-1.1", "openrail++", "osl-3.0", "postgresql", "ofl-1.1", "ncsa", "unlicense", "zlib", "pddl", "lgpl-lr",
+    "deepfloyd-if-license", "fair-noncommercial-research-license", "llama2", "llama3", "llama3.1", "llama3.2",
+    "llama3.3", "llama4", "grok2-community", "gemma", "unknown", "other",
+})
+# A language in the card's metadata: an ISO 639-1 or 639-3 code (the primary subtag of th-TH, jpn_Jpan).
+_HUB_LANGUAGE = re.compile(r"[a-z]{2,3}")
+
+
+def hub_language(code: str) -> str:
+    """``code`` as the card's metadata lists it: ISO 639-1/639-3, its region or script dropped (``th-TH`` -> ``th``,
+    ``jpn_Jpan`` -> ``jpn``); ValueError for anything else (a language's name, ``Thai``)."""
+    primary = str(code).strip().replace("_", "-").split("-", 1)[0].lower()
+    if not _HUB_LANGUAGE.fullmatch(primary):
+        raise ValueError(f"language {code!r}: expected an ISO 639-1 or 639-3 code (th, ja, fil), as the Hub's card "
+                         "metadata takes it")
+    return primary
+
+
+def hub_metadata_problems(license: Any, license_name: Any = None, languages: Any = ()) -> list[str]:
+    """What the Hub would refuse in a card's metadata: a ``license`` (one id or a list) it does not list, ``other``
+    without a ``license_name``, a ``language`` that is no ISO 639 code. Empty when it would take it."""
+    problems = []
+    for value in license if isinstance(license, list) else [] if license is None else [license]:
+        if str(value) not in HUB_LICENSES:
+            problems.append(f"license {value!r} is not a licence id the Hub accepts (hf.co/docs/hub/repositories-licenses:"
+                            " one it does not list is 'other', with license_name and license_link)"
+                            + did_you_mean(str(value).lower(), HUB_LICENSES))
+    if "other" in (license if isinstance(license, list) else [license]) and not license_name:
+        problems.append("license 'other' needs license_name (a short id for the licence; and license_link: its text)")
+    for code in languages if isinstance(languages, list) else [languages] if languages else []:
+        try:
+            hub_language(code)
+        except ValueError as error:
+            problems.append(str(error))
+    return problems
+
+
+def card_front_matter(text: str) -> dict[str, Any]:
+    """The metadata of a model card's text (its ``---`` YAML block; ``{}`` without one). ValueError when the block
+    is not a YAML mapping: the Hub refuses such a card too."""
+    if not text.startswith("---\n") or "\n---" not in text[4:]:
+        return {}
+    try:
+        front = yaml.safe_load(text[4:].split("\n---", 1)[0])
+    except yaml.YAMLError as error:
+        raise ValueError(f"its metadata is not YAML ({str(error).splitlines()[0]})") from None
+    if front is None:
+        return {}
+    if not isinstance(front, dict):
+        raise ValueError("its metadata is not a YAML mapping")
+    return front
+
+
 class ModelCardConfig(BaseModel):
     """What the model card says beyond what the run directory records."""
 
@@ -74,13 +140,27 @@ class ModelCardConfig(BaseModel):
         default=None, description="Hub id used in the usage snippet (default: a local path placeholder)."
     )
     license: str | list[str] | None = Field(
-        default=None, description="License id for the card's metadata (hf.co/docs/hub/repositories-licenses), or a "
-        "list of them where several apply (Swallow's: llama3.1 for the base, gemma for its synthetic data).")
-    languages: list[str] = Field(default_factory=list, description="Language codes for the card's metadata; the "
-                                 "first picks the usage example's language (English where tempa has none for it).")
+        default=None, description="License id for the card's metadata, one the Hub lists (hf.co/docs/hub/"
+        "repositories-licenses; checked when the recipe loads), or a list of them where several apply (Swallow's: "
+        "llama3.1 for the base, gemma for its synthetic data); `other` with license_name for one it does not list.")
+    license_name: str | None = Field(default=None, description="With license: other, the licence's short id (the Hub "
+                                     "shows it; required there).")
+    license_link: str | None = Field(default=None, description="With license: other, where its text is (a URL, or "
+                                     "LICENSE for the file the final folder carries).")
+    languages: list[str] = Field(default_factory=list, description="ISO 639-1/639-3 language codes for the card's "
+                                 "metadata (a region or script is dropped there: th-TH is th); the first picks the usage "
+                                 "example's language (English where tempa has none for it).")
     tags: list[str] = Field(default_factory=list, description="Extra tags for the card's metadata.")
     description: str | None = Field(default=None, description="A paragraph about the model.")
     extra: str | None = Field(default=None, description="Markdown appended at the end of the card.")
+
+    @model_validator(mode="after")
+    def _hub_accepts(self) -> ModelCardConfig:
+        # Checked when the recipe loads: the Hub's refusal otherwise comes at `tempa push`, after the whole run.
+        problems = hub_metadata_problems(self.license, self.license_name, self.languages)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 def redact(value: Any) -> Any:
@@ -501,8 +581,10 @@ def render_model_card(
                              "tags": ["tempa", *card.tags]}
     if card.license:
         front["license"] = card.license
+    front.update({key: value for key, value in (("license_name", card.license_name),
+                                                ("license_link", card.license_link)) if value})
     if card.languages:
-        front["language"] = card.languages
+        front["language"] = list(dict.fromkeys(hub_language(code) for code in card.languages))
     if not recipe.base_model.startswith(("/", "tempa:")):
         front["base_model"] = recipe.base_model
     datasets = hub_datasets(stages)

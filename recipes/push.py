@@ -5,7 +5,8 @@ generation config, model card) in one commit, made with huggingface_hub's own
 ``CommitOperationAdd`` / ``create_commit``; the GGUF and its Ollama Modelfile only with
 ``--gguf``. Never intermediate checkpoints or stage folders, never hidden files, and only a
 folder that :func:`tempa.merge.publish.publish_problems` finds clean (no pickles, no local path or
-secret in its text) and whose stages are all complete and current. The card's usage snippet
+secret in its text, every file the bake wrote) and whose stages are all complete and current, with a
+card whose metadata the Hub accepts (licence ids, ISO 639 languages). The card's usage snippet
 names the repo. The token is huggingface_hub's own (``HF_TOKEN`` or ``hf auth login``); tempa
 only asks whether there is one (a push without one stops before any call) and never logs it; a token the Hub
 refuses (401/403) is named as the cause, in one line. Without
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tempa.chat_templates.one_line import first_line
-from tempa.merge.model_card import USAGE_PLACEHOLDER
+from tempa.merge.model_card import USAGE_PLACEHOLDER, card_front_matter, hub_metadata_problems
 from tempa.merge.publish import publish_problems
 from tempa.sft.run_layout import FINAL_LINK
 from tempa.sft.stage_api import StageError
@@ -107,6 +108,21 @@ def check_repo_id(repo: str) -> None:
         raise StageError(f"--repo {repo!r} is not a Hugging Face repo id: {first_line(error)}") from None
 
 
+def check_card_metadata(folder: Path) -> None:
+    """The card's metadata must be what the Hub accepts (:func:`~tempa.merge.model_card.hub_metadata_problems`): the
+    Hub refuses the commit otherwise, after the repo is made. The recipe's was checked when it loaded; a card edited
+    since, or baked by an older tempa, is checked here."""
+    card = folder / CARD
+    try:
+        front = card_front_matter(card.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise StageError(f"{card}: the Hub would refuse this model card: {error}") from None
+    problems = hub_metadata_problems(front.get("license"), front.get("license_name"), front.get("language"))
+    if problems:
+        raise StageError(f"{card}: the Hub would refuse this model card's metadata: {'; '.join(problems)}; set "
+                         "model_card in the recipe and run the bake again (tempa run), or edit the card")
+
+
 def push(run_dir: Path, repo: str, *, include_gguf: bool = False, private: bool = False,
          dry_run: bool = False, message: str | None = None) -> tuple[list[PushFile], str | None]:
     """Upload (or with ``dry_run`` only list) the final model; returns the files and the commit URL."""
@@ -117,6 +133,7 @@ def push(run_dir: Path, repo: str, *, include_gguf: bool = False, private: bool 
     if loads not in (None, USAGE_PLACEHOLDER, repo):
         raise StageError(f"the model card's usage example loads {loads} (model_card.model_id), not {repo}: push to "
                          f"{loads}, or set model_card.model_id: {repo} (or remove it) and run the bake again")
+    check_card_metadata(folder)
     if dry_run:
         return files, None
     from huggingface_hub import HfApi, get_token

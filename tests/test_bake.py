@@ -583,3 +583,43 @@ def test_a_partial_copy_of_the_final_folder_is_not_taken_for_complete(tmp_path, 
     assert main(["export", "gguf", str(partial), "--out", str(tmp_path / "x.gguf")]) == 1
     err = capsys.readouterr().err.strip()
     assert shards[-1] in err and len(err.splitlines()) == 1 and not list(tmp_path.glob("*.gguf"))
+
+
+@pytest.mark.parametrize("card, expected", [
+    ("{license: llama-3.1}", "license 'llama-3.1' is not a licence id the Hub accepts"),
+    ("{license: [llama3.1, Gemma]}", "did you mean 'gemma'?"),
+    ("{license: other}", "license 'other' needs license_name"),
+    ("{license: apache-2.0, languages: [id, Thai]}", "language 'Thai': expected an ISO 639-1 or 639-3 code"),
+])
+def test_card_metadata_the_hub_would_refuse_stops_the_recipe_before_any_work(tmp_path, capsys, card, expected):
+    """The Hub refuses a commit whose card says a licence it does not list ("Invalid metadata in README.md"), and it
+    said so at `tempa push`, after the whole run and after the repo was made; the recipe now fails as it loads."""
+    from tempa.recipes.cli import main
+
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "q"},
+                                                                  {"role": "assistant", "content": "a"}]}) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nbase_model: tempa:tiny\nstages:\n"
+                      "  - {name: s, kind: sft, data: {sources: [{name: r, path: rows.jsonl}]}}\n"
+                      f"  - {{name: bake, kind: bake, model_card: {card}}}\n")
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert expected in err and "model_card" in err and "r.yaml" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_cards_metadata_is_what_the_hub_takes():
+    """License ids the Hub lists, `other` with its name and link, and languages as ISO 639 codes (a region or script
+    dropped: the usage example still picks its language from the code as written)."""
+    import yaml
+
+    from tempa.merge.model_card import ModelCardConfig, render_model_card
+
+    card = ModelCardConfig(license="other", license_name="acme-open-weights", license_link="LICENSE",
+                           languages=["th-TH", "jpn_Jpan", "fil", "th"])
+    text = render_model_card(card, recipe=RECIPE, stages={})
+    front = yaml.safe_load(text.split("---\n")[1])
+    assert front["license"] == "other" and front["license_name"] == "acme-open-weights"
+    assert front["license_link"] == "LICENSE" and front["language"] == ["th", "jpn", "fil"]
+    assert "เมืองหลวงของประเทศไทยคืออะไร" in text
+    assert ModelCardConfig(license=["llama3.1", "gemma"]).license == ["llama3.1", "gemma"]

@@ -380,3 +380,31 @@ def test_a_token_the_hub_refuses_is_named_as_the_cause_and_never_printed(run_dir
     assert f"refused to create or write org/model with your token (HTTP {status}: Invalid credentials" in err[0]
     assert "HF_TOKEN" in err[0] and "hf auth login" in err[0]
     assert token not in proc.stdout + proc.stderr and FakeHub.commits == []
+
+
+@pytest.mark.parametrize("front, expected", [
+    ("license: Llama 3.1 Community License", "license 'Llama 3.1 Community License' is not a licence id the Hub"),
+    ("license: other", "license 'other' needs license_name"),
+    ("license: [llama3.1, gemma]\nlanguage: [Japanese]", "language 'Japanese': expected an ISO 639-1 or 639-3 code"),
+    ("license: [llama3.1\nlanguage: en", "its metadata is not YAML"),
+])
+def test_a_card_whose_metadata_the_hub_would_refuse_is_refused_before_anything_goes_up(run_dir, front, expected):
+    """A card edited after its bake (or baked before the recipe's card was checked) whose metadata the Hub refuses
+    went as far as the commit: the repo was made, and the Hub's "Invalid metadata in README.md" came back raw."""
+    from tempa.recipes.push import push
+    from tempa.sft.stage_api import StageError
+
+    card = run_dir / "final" / "README.md"
+    card.write_text(card.read_text().replace("license: apache-2.0\nlanguage: [id, en]", front, 1))
+    with pytest.raises(StageError) as error:
+        push(run_dir, "org/model", dry_run=True)
+    message = str(error.value)
+    assert expected in message and "README.md" in message and "\n" not in message
+
+
+def test_a_refused_card_creates_no_repo(run_dir, hub):
+    card = run_dir / "final" / "README.md"
+    card.write_text(card.read_text().replace("license: apache-2.0", "license: apache2", 1))
+    proc = tempa("push", str(run_dir), "--repo", "org/model", endpoint=hub)
+    assert proc.returncode == 1 and "did you mean 'apache-2.0'?" in proc.stderr
+    assert FakeHub.commits == [] and FakeHub.repos == [] and len(proc.stderr.strip().splitlines()) == 1

@@ -28,7 +28,7 @@ from pydantic import Field
 
 from tempa.chat_templates.baking import GenerationDefaults
 from tempa.chat_templates.one_line import first_line
-from tempa.merge.candidates import is_model_dir
+from tempa.merge.candidates import check_tokenizer_fits, is_model_dir
 from tempa.merge.gguf_export import writes_gguf
 from tempa.merge.model_card import (
     ModelCardConfig,
@@ -240,6 +240,9 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
         raise StageError(
             f"bake stage '{ctx.stage_name}': {source} is not a model folder (config.json + safetensors)"
         )
+    # as merge and evaluate check it: an id past the embeddings would ship, and stop torch at its first use
+    check_tokenizer_fits([(shipped_stage(source, ctx.upstream) or "the base model", source)],
+                         Path(ctx.tokenizer_dir), who=f"bake stage '{ctx.stage_name}'")
     stage_dir = ctx.stage_dir
     stage_dir.mkdir(parents=True, exist_ok=True)
     final = stage_dir / FINAL_DIR

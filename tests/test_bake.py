@@ -623,3 +623,26 @@ def test_the_cards_metadata_is_what_the_hub_takes():
     assert front["license_link"] == "LICENSE" and front["language"] == ["th", "jpn", "fil"]
     assert "เมืองหลวงของประเทศไทยคืออะไร" in text
     assert ModelCardConfig(license=["llama3.1", "gemma"]).license == ["llama3.1", "gemma"]
+
+
+def test_bake_refuses_a_tokenizer_with_more_tokens_than_the_model_has_rows(tmp_path, tiny_model_dir,
+                                                                            recipe_tokenizer):
+    """Merge and evaluate refused such a tokenizer; the bake shipped it, and the shipped model's first use of a token
+    past its embeddings stopped torch ('index out of range in self')."""
+    from transformers import AutoTokenizer
+
+    from tempa.chat_templates import load_template
+    from tempa.chat_templates.baking import model_vocab_size
+
+    run_dir = tmp_path / "run"
+    stages, source = _earlier_stages(run_dir, tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(recipe_tokenizer)
+    rows = model_vocab_size(source)
+    tokenizer.add_tokens([f"<extra_{i}>" for i in range(rows - len(tokenizer) + 3)])
+    grown = tmp_path / "grown-tokenizer"
+    tokenizer.save_pretrained(grown)
+    config = BakeStageConfig.model_validate({"name": "bake", "kind": "bake", "smoke_test": False})
+    with pytest.raises(StageError, match=rf"^bake stage 'bake': cannot use tokenizer .* it has {rows + 3} tokens, but "
+                                         rf"the model's embeddings hold {rows} \(vocab_size\)$"):
+        run_bake(config, _ctx(run_dir, stages, source, grown, load_template("llama3_thinking")))
+    assert not (run_dir / "bake" / "final").exists()

@@ -47,6 +47,7 @@ from tempa.alignment.judge import REVISE_PROMPT, text_or_file
 from tempa.alignment.offline_pairs import OfflinePairs
 from tempa.alignment.prompts import PromptSource, ThinkingSettings
 from tempa.alignment.rewards import RewardConfig, check_reward_names, judge_reads
+from tempa.sft.config import run_only_train_args
 from tempa.sft.stage_api import OnOff, Read, StageConfigBase
 from tempa.sft.train_args import check_train_args, train_arg_spec, train_checks_deferred
 from tempa.sft.train_plan import RESERVED_TRAIN_KEYS, LoraSettings
@@ -264,8 +265,9 @@ class PreferenceStageConfig(StageConfigBase):
     def unfingerprinted(self) -> frozenset[str]:
         """With no on-policy round the on-policy settings play no part: a change to them (a profile keeping the full
         recipe's sampling) must not re-train the offline round. They stay in the dump (the manifest, the resolved
-        recipe), which loads back."""
-        return frozenset(ON_POLICY_FIELDS) if self.rounds == 0 else frozenset()
+        recipe), which loads back. Nor do the trainer arguments that change how it runs, not what it trains."""
+        return (frozenset(ON_POLICY_FIELDS) if self.rounds == 0 else frozenset()) | run_only_train_args(
+            self.train_args())
 
     @field_validator("backend")
     @classmethod

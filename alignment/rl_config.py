@@ -43,6 +43,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from tempa.alignment.prompts import PromptSource, ThinkingSettings
 from tempa.alignment.rewards import RewardConfig, check_reward_names, judge_reads
+from tempa.sft.config import run_only_train_args
 from tempa.sft.stage_api import Read, StageConfigBase
 from tempa.sft.suggest import did_you_mean
 from tempa.sft.train_args import check_train_args, train_arg_spec, train_checks_deferred
@@ -200,6 +201,10 @@ class RLStageConfig(StageConfigBase):
             args["activation_checkpointing"] = True
         args["reward_weights"] = [reward.weight for reward in self.rewards]
         return args
+
+    def unfingerprinted(self) -> frozenset[str]:
+        """The trainer arguments that change how it runs, not what it trains."""
+        return run_only_train_args(self.train_args())
 
     def reads(self, earlier: Sequence[str]) -> list[Read]:
         """Earlier stages whose models a judge names as `stage:NAME`, and the stage whose dataset

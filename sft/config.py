@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -32,6 +32,27 @@ DEFAULT_TRAIN_ARGS: dict[str, Any] = {
     "report_to": "none",
 }
 
+# Trainer arguments that change how a run logs, reports, checkpoints and waits, never the weights it trains: a training
+# stage's fingerprint leaves them out, so raising `save_steps` or adding a tracker to a run days in resumes it instead
+# of clearing its checkpoints. Evaluation settings stay in (GRPO's evaluation samples, drawing on the training's
+# random state), and so does `save_strategy` (`no` leaves nothing to resume from or to evaluate).
+RUN_ONLY_TRAIN_ARGS = frozenset({
+    "logging_strategy", "logging_steps", "logging_first_step", "logging_nan_inf_filter",
+    "include_num_input_tokens_seen", "log_level", "log_level_replica", "log_on_each_node", "disable_tqdm",
+    "skip_memory_metrics", "report_to", "run_name", "project", "trackio_space_id", "trackio_bucket_id",
+    "trackio_static_space_id", "ddp_timeout",
+})
+# Where and how often checkpoints are saved and kept: the trained weights are the same, unless the saves are what
+# `load_best_model_at_end` picks the final model from.
+SAVE_CADENCE_TRAIN_ARGS = frozenset({"save_steps", "save_total_limit", "save_on_each_node"})
+
+
+def run_only_train_args(train_args: Mapping[str, Any]) -> frozenset[str]:
+    """The keys of a training stage's `train:` block that play no part in what it trains, as its ``unfingerprinted()``
+    names them (``train.save_steps``); ``train_args``: its trainer arguments with the kind's defaults."""
+    keys = RUN_ONLY_TRAIN_ARGS | (frozenset() if train_args.get("load_best_model_at_end") else SAVE_CADENCE_TRAIN_ARGS)
+    return frozenset(f"train.{key}" for key in keys)
+
 
 class SFTStageConfig(StageConfigBase):
     """Full-parameter (default) or LoRA supervised fine-tuning with trl's SFTTrainer."""
@@ -52,6 +73,10 @@ class SFTStageConfig(StageConfigBase):
         if train_checks_deferred(info):
             return value
         return check_train_args(value, "trl:SFTConfig", reserved=RESERVED_TRAIN_KEYS, defaults=cls.train_defaults)
+
+    def unfingerprinted(self) -> frozenset[str]:
+        """The trainer arguments that change how it runs, not what it trains (:data:`RUN_ONLY_TRAIN_ARGS`)."""
+        return run_only_train_args(self.train_args())
 
     def reads(self, earlier: Sequence[str]) -> list[Read]:
         """The datasets of earlier stages that `path: stage:NAME` sources name."""

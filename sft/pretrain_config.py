@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from tempa.sft.config import DEFAULT_TRAIN_ARGS
+from tempa.sft.config import DEFAULT_TRAIN_ARGS, run_only_train_args
 from tempa.sft.run_layout import safe_name
 from tempa.sft.stage_api import Read, StageConfigBase, resolve_path
 from tempa.sft.train_args import check_train_args, train_checks_deferred
@@ -131,6 +131,10 @@ class PretrainStageConfig(StageConfigBase):
             raise ValueError("train.lr_scheduler_kwargs.num_decay_steps: the warmup_stable_decay schedule needs the "
                              "number of decay steps")
         return self
+
+    def unfingerprinted(self) -> frozenset[str]:
+        """The trainer arguments that change how it runs, not what it trains."""
+        return run_only_train_args(self.train_args())
 
     def reads(self, earlier: Sequence[str]) -> list[Read]:
         return []

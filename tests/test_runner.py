@@ -713,3 +713,47 @@ def test_a_change_handed_on_by_a_stage_that_makes_no_model_is_not_called_its_mod
     run_recipe(load_recipe(recipe), run_dir)
     plans = plan_run(load_recipe(recipe, ["stages.a.value=9"]), run_dir)
     assert plans[1].reason == "changed since it ran: 'a' (or what it started from)"
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_training_stages_logging_and_saving_settings_are_not_part_of_its_fingerprint(tmp_path):
+    """Raising `save_steps` or `logging_steps`, or adding a tracker, in a training stage days into its run changed its
+    fingerprint: the next run cleared its folder, checkpoints included, and trained it again from step 0. Trainer
+    arguments that change how a run logs, saves and waits, never its weights, are no part of it, for every training
+    kind; what does change the weights still is, and so is the saving where it picks the final model."""
+    (tmp_path / "docs.jsonl").write_text('{"text": "Selamat pagi semua."}\n')
+    pretrain = tmp_path / "cpt.yaml"
+    pretrain.write_text(textwrap.dedent(f"""\
+        name: cpt
+        base_model: "tempa:tiny"
+        stages:
+          - {{name: cpt, kind: pretrain, sources: [{{name: docs, path: "{tmp_path / 'docs.jsonl'}"}}],
+             train: {{max_steps: 4, lr_scheduler_kwargs: {{num_decay_steps: 1}}}}}}
+        """))
+    from tempa.recipes.fingerprint import stage_settings
+
+    demo, rlvr = load_recipe(REPO / "recipes" / "demo.yaml"), load_recipe(REPO / "recipes" / "sea-lion-v3.5-8b-r-rlvr.yaml",
+                                                                           profile="tiny")
+    configs = [demo.stage("sft-general"), demo.stage("align"), rlvr.stage("rlvr"), load_recipe(pretrain).stage("cpt")]
+    for config in configs:
+        def settings(config=config, **train) -> dict:
+            return stage_settings(config.model_copy(update={"train": {**config.train, **train}}))
+
+        assert settings() == stage_settings(config)
+        for setting in ({"save_steps": 7}, {"save_total_limit": 9}, {"logging_steps": 3}, {"logging_first_step": True},
+                        {"run_name": "second-try"}, {"disable_tqdm": True}, {"ddp_timeout": 7200},
+                        {"report_to": ["tensorboard"]}):
+            assert settings(**setting) == settings(), (config.name, setting)
+        for setting in ({"learning_rate": 0.123}, {"save_strategy": "epoch"}, {"seed": 11}):
+            assert settings(**setting) != settings(), (config.name, setting)
+    # With load_best_model_at_end the saves are what the final model is picked from.
+    best = demo.stage("sft-general").model_copy(update={"train": {"load_best_model_at_end": True}})
+    assert "train.save_steps" not in best.unfingerprinted() and "train.logging_steps" in best.unfingerprinted()
+    # and the stage's fingerprint, as the run decides by it
+    fingerprints = {next(d.fingerprint for d in plan_run(load_recipe(pretrain, [f"stages.cpt.train.{o}"]),
+                                                          tmp_path / "run"))
+                    for o in ("save_steps=3", "save_steps=30", "logging_steps=1")}
+    assert len(fingerprints) == 1
+

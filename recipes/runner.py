@@ -79,6 +79,9 @@ class StageDecision:
     config: dict[str, Any] = field(default_factory=dict)  # the resolved config (stored in the manifest)
     inputs: list[str] = field(default_factory=list)  # the earlier stages it is handed (its from and reads)
     stale: list[str] = field(default_factory=list)  # inputs that ran (or will run) again since it ran
+    # The checkpoint an interrupted run of it reached, which this re-run would delete (its config or inputs changed
+    # since): the run refuses unless --from/--only names it (check_stage_inputs).
+    discards: str | None = None
 
 
 @dataclass
@@ -256,10 +259,10 @@ def plan_run(
         manifest = read_manifest(stage_dir)
         forcing = forcing or name == from_stage
         forced = forcing or name == only
-        action, reason = _decide(stage_dir, manifest, fp, components, dump, forced, kind.resumable, from_stage or only,
-                                 kind.resume_point, running_elsewhere,
-                                 starts_from=_starts_from(loaded, upstream),
-                                 unfingerprinted=frozenset(_flatten(dump)) - frozenset(_flatten(kept)))
+        action, reason, discards = _decide(stage_dir, manifest, fp, components, dump, forced, kind.resumable,
+                                           from_stage or only, kind.resume_point, running_elsewhere,
+                                           starts_from=_starts_from(loaded, upstream),
+                                           unfingerprinted=frozenset(_flatten(dump)) - frozenset(_flatten(kept)))
         stale: list[str] = []
         reran: list[str] = []  # stale inputs that ran again (or run now)
         behind: list[str] = []  # stale inputs that are stale themselves
@@ -274,7 +277,7 @@ def plan_run(
                 out_of_date.add(name)
         finished = manifest is not None and manifest.status == "done"
         if only is not None and name != only and action != "skip":
-            action, reason = "skip", "not selected by --only"
+            action, reason, discards = "skip", "not selected by --only", None
             if not finished:
                 reason += "; not run yet" if manifest is None else "; its last run did not finish"
             if stale:
@@ -288,7 +291,7 @@ def plan_run(
         run_ids[name] = manifest.run_id if manifest is not None else ""
         complete = done_fingerprint(stage_dir) == fp
         decisions.append(StageDecision(i, name, config.kind, upstream, reads, fp, components, action, reason,
-                                       kind.resumable, complete, finished, dump, inputs, stale))
+                                       kind.resumable, complete, finished, dump, inputs, stale, discards))
     if only is not None:
         _check_only_inputs(decisions, only)
     return decisions
@@ -325,34 +328,49 @@ def _stale_why(reran: list[str], behind: list[str]) -> str:
 
 def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dict, config: dict, forced: bool,
             resumable: bool, flag: str | None, resume_point: Callable[[Path], str | None] | None = None,
-            running_elsewhere: bool = False, *, starts_from: str, unfingerprinted: frozenset[str] = frozenset()):
+            running_elsewhere: bool = False, *, starts_from: str,
+            unfingerprinted: frozenset[str] = frozenset()) -> tuple[str, str, str | None]:
+    """(action, reason, the checkpoint of an interrupted run a re-run would delete although nothing forced it)."""
     done = done_fingerprint(stage_dir)
+    # What an interrupted run of a training stage reached (a finished one's checkpoints are its results, not this).
+    point = resume_point(stage_dir) if resume_point is not None and done is None and manifest is not None else None
     if forced and (manifest is not None or done is not None):
-        return "rerun", f"forced by --from/--only {flag}"
+        return "rerun", f"forced by --from/--only {flag}" + (f"; deletes {point} of its interrupted run" if point
+                                                              else ""), None
     if done == fp and manifest is not None and manifest.status == "done":
-        return "skip", "complete; fingerprint matches"
+        return "skip", "complete; fingerprint matches", None
     old = manifest.components if manifest is not None else {}
     old_config = manifest.config if manifest is not None else None
     if done is not None:
         return "rerun", "changed since it ran: " + _what_changed(old, components, old_config, config, starts_from,
-                                                                 unfingerprinted)
+                                                                 unfingerprinted), None
     # A stage whose manifest says failed stopped on an error; any other unfinished one was stopped.
     ended = "failed" if manifest is not None and manifest.status == "failed" else "interrupted"
     if running_elsewhere and manifest is not None and manifest.status == "running":
-        return "running", "another `tempa run` is running it now (`tempa status` follows it)"
-    if manifest is not None and manifest.fingerprint == fp:
+        return "running", "another `tempa run` is running it now (`tempa status` follows it)", None
+    if manifest is not None and (manifest.fingerprint == fp
+                                 or _counted_differently(old, components, old_config, config, unfingerprinted)):
         if resumable and resume_point is not None:
-            point = resume_point(stage_dir)
             if point is None:
-                return "rerun", f"{ended} before its first complete checkpoint; starts over from step 0"
-            return "resume", f"{ended}; continues from {point}"
+                return "rerun", f"{ended} before its first complete checkpoint; starts over from step 0", None
+            return "resume", f"{ended}; continues from {point}", None
         if resumable:
-            return "resume", f"{ended}; continues from what it completed (checkpoints, samples)"
-        return "rerun", f"{ended}; starts over (not a resumable stage)"
+            return "resume", f"{ended}; continues from what it completed (checkpoints, samples)", None
+        return "rerun", f"{ended}; starts over (not a resumable stage)", None
     if manifest is not None:
-        return "rerun", f"{ended} and changed since: " + _what_changed(old, components, old_config, config,
-                                                                       starts_from, unfingerprinted)
-    return "run", "not run yet"
+        changed = _what_changed(old, components, old_config, config, starts_from, unfingerprinted)
+        if point is not None:
+            return "rerun", f"{ended} at {point} and changed since: {changed}", point
+        return "rerun", f"{ended} and changed since: {changed}", None
+    return "run", "not run yet", None
+
+
+def _counted_differently(old: dict, new: dict, old_config: dict | None, config: dict,
+                         unfingerprinted: frozenset[str]) -> bool:
+    """Whether an unfinished stage's settings and inputs are the same as when it ran, and only the way this tempa
+    counts them changed (a setting it no longer fingerprints, such as `train.save_steps`): it resumes."""
+    return (old_config is not None and all(old.get(key) == value for key, value in new.items() if key != "config")
+            and not _changed_settings(old_config, config, unfingerprinted))
 
 
 def _starts_from(loaded: LoadedRecipe, upstream: str | None) -> str:
@@ -393,16 +411,21 @@ def _what_changed(old: dict, new: dict, old_config: dict | None, config: dict | 
 def config_diff(old: Any, new: Any, *, limit: int = 4, ignore: frozenset[str] = frozenset()) -> str:
     """What differs between two config dumps: `train.learning_rate 2e-05 → 1e-05, data.heldout 0.05 → unset`;
     keys in ``ignore`` (settings no part of the fingerprint) are left out."""
-    before, after = _flatten(old), _flatten(new)
-    # A key set to None and a key that is absent are both "unset" (a block such as `lora: null` becoming
-    # `lora: {r: 16}` flattens to `lora` on one side and `lora.r` on the other).
-    changes = [f"{key} {_shown(before.get(key))} → {_shown(after.get(key))}"
-               for key in dict.fromkeys([*before, *after]) if before.get(key) != after.get(key) and key not in ignore]
+    changes = _changed_settings(old, new, ignore)
     shown = ", ".join(changes[:limit])
     # no key differs: the settings are the same and what tempa counts of them changed (a field that now plays no
     # part in what the stage makes, after an upgrade)
     return shown + (f" (+{len(changes) - limit} more)" if len(changes) > limit else "") or (
         "no setting; this tempa fingerprints the same settings another way (an upgrade)")
+
+
+def _changed_settings(old: Any, new: Any, ignore: frozenset[str] = frozenset()) -> list[str]:
+    """`key old → new` for each setting that differs between two config dumps, less the keys in ``ignore``."""
+    before, after = _flatten(old), _flatten(new)
+    # A key set to None and a key that is absent are both "unset" (a block such as `lora: null` becoming
+    # `lora: {r: 16}` flattens to `lora` on one side and `lora.r` on the other).
+    return [f"{key} {_shown(before.get(key))} → {_shown(after.get(key))}"
+            for key in dict.fromkeys([*before, *after]) if before.get(key) != after.get(key) and key not in ignore]
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -448,8 +471,21 @@ def check_stage_inputs(loaded: LoadedRecipe, decisions: list[StageDecision]) -> 
     """Each stage that will run checks what it can of its own inputs now, before the first stage starts; and the
     launch is checked against the model a training stage will launch with."""
     check_sequence_parallel(loaded, [decision for decision in decisions if decision.action != "skip"])
+    check_discards(decisions)
     for problem in _refusals(loaded, decisions, lambda kind: kind.check_inputs):
         raise StageError(problem)
+
+
+def check_discards(decisions: list[StageDecision]) -> None:
+    """Refuse to delete the checkpoints of an interrupted training stage whose config or inputs changed since (days of
+    training, cleared by an edit the user may have thought harmless): the user says so with --from, or undoes it."""
+    for d in decisions:
+        if d.discards is not None:
+            raise StageError(
+                f"stage '{d.name}': {d.reason}; a re-run would delete its checkpoints and start over from step 0, so "
+                f"nothing was run: undo the change to continue from {d.discards}, or run again with --from {d.name} to "
+                "start it over"
+            )
 
 
 def check_sequence_parallel(loaded: LoadedRecipe, running: list[StageDecision]) -> None:

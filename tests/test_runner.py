@@ -757,3 +757,67 @@ def test_a_training_stages_logging_and_saving_settings_are_not_part_of_its_finge
                     for o in ("save_steps=3", "save_steps=30", "logging_steps=1")}
     assert len(fingerprints) == 1
 
+
+def interrupted_at_a_checkpoint(recipe: Path, run_dir: Path, monkeypatch) -> Path:
+    """Stage b of ``recipe``, a training-like stage, as a kill days into its run leaves it: a complete checkpoint."""
+    trains = dataclasses.replace(TOUCH, resumable=True, resume_point=resume_point)
+    monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS[:-1], trains))
+    run_recipe(load_recipe(recipe), run_dir)
+    killed_while_running(run_dir / "b")
+    (run_dir / "b" / "model").rmdir()  # killed before its final model
+    checkpoint = run_dir / "b" / CHECKPOINTS_DIR / "checkpoint-5"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / COMPLETE).write_text("")
+    reset_calls(run_dir)
+    return checkpoint
+
+
+def test_an_interrupted_training_stage_whose_config_changed_keeps_its_checkpoints_until_told(
+    recipe, tmp_path, monkeypatch
+):
+    """A real change to a training stage cut off at a checkpoint cleared its folder, the hours of checkpoints with it,
+    with one info line among the run's logs. The run (and the plan) now refuses before any work, naming the setting and
+    the checkpoint and both ways on; --from says to start it over."""
+    run_dir = tmp_path / "run"
+    checkpoint = interrupted_at_a_checkpoint(recipe, run_dir, monkeypatch)
+    changed = load_recipe(recipe, ["stages.b.value=5"])
+    with pytest.raises(StageError) as refused:
+        run_recipe(changed, run_dir)
+    assert str(refused.value) == (
+        "stage 'b': interrupted at checkpoint-5 and changed since: stage config changed: value 2 → 5; a re-run would "
+        "delete its checkpoints and start over from step 0, so nothing was run: undo the change to continue from "
+        "checkpoint-5, or run again with --from b to start it over")
+    assert checkpoint.is_dir() and calls(run_dir) == []
+    from tempa.recipes.runner import check_stage_inputs
+
+    with pytest.raises(StageError, match="stage 'b': interrupted at checkpoint-5"):  # `tempa plan` says it too
+        check_stage_inputs(changed, plan_run(changed, run_dir))
+    # A setting that is no part of the fingerprint resumes it, checkpoint kept.
+    run_recipe(load_recipe(recipe, ["stages.b.transport=3"]), run_dir)
+    assert calls(run_dir) == ["b"] and checkpoint.is_dir()
+
+    killed_while_running(run_dir / "b")
+    (run_dir / "b" / "model").rmdir()
+    reset_calls(run_dir)
+    summary = run_recipe(changed, run_dir, from_stage="b")
+    assert summary.ran == ["b", "c"] and not checkpoint.exists()
+    assert (run_dir / "b" / "out.txt").read_text().startswith("5")
+
+
+def test_an_interrupted_stage_fingerprinted_another_way_after_an_upgrade_resumes(recipe, tmp_path, monkeypatch):
+    """A tempa that leaves a setting out of the fingerprint (as `train.save_steps` now is) gives an interrupted stage a
+    new fingerprint for the same settings and inputs: it resumes, where a changed input still does not."""
+    run_dir = tmp_path / "run"
+    checkpoint = interrupted_at_a_checkpoint(recipe, run_dir, monkeypatch)
+    manifest = json_or_none(run_dir / "b" / MANIFEST)
+    manifest["fingerprint"], manifest["components"]["config"] = "counted-the-old-way", "digest-of-more-settings"
+    (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
+
+    decision = plan_run(load_recipe(recipe), run_dir)[1]
+    assert (decision.action, decision.reason) == ("resume", "interrupted; continues from checkpoint-5")
+    assert decision.discards is None
+    manifest["components"]["seed"] = 7
+    (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
+    decision = plan_run(load_recipe(recipe), run_dir)[1]
+    assert (decision.action, decision.discards) == ("rerun", "checkpoint-5") and "recipe seed" in decision.reason
+    assert checkpoint.is_dir()

@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM held back while a child process group starts, until the code that stops it is in place.
+"""Ctrl-C, SIGTERM and SIGHUP held back while a child process group starts, until the code that stops it is in place;
+and SIGHUP turned into a stop the runner cleans up after (:func:`hangup_stops`).
 
 A signal that lands between ``Popen`` forking the child and the ``try`` that stops its group raises
 where nothing cleans up: the runner says "interrupted" and exits while the training group goes on
@@ -25,11 +26,40 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_HELD = (signal.SIGINT, signal.SIGTERM)
+_HELD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class HungUp(KeyboardInterrupt):
+    """SIGHUP: the terminal the run was started from closed (an ssh connection dropped, outside tmux or screen)."""
+
+    def __str__(self) -> str:
+        return "SIGHUP: the terminal it was started from closed; run tempa in tmux or screen, or under nohup, to outlive it"
+
+
+@contextmanager
+def hangup_stops() -> Iterator[None]:
+    """For the block, SIGHUP raises :class:`HungUp`, which stops the run as Ctrl-C does: the training group gets
+    SIGTERM and its grace, the stage log says why it stopped, the lock is let go. SIGHUP's default action ended the
+    runner at once, its group SIGKILLed by the watchdog (or, in the moment it starts, left running) and no line saying
+    why anywhere the user could read after reconnecting. A SIGHUP that is ignored (nohup) or handled already is left
+    so; so is one outside the main thread, where no handler can be installed."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGHUP) != signal.SIG_DFL:
+        yield
+        return
+
+    def _hangup(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the kernel may send it again: it must not cut the cleanup short
+        raise HungUp()
+
+    previous = signal.signal(signal.SIGHUP, _hangup)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 class HeldSignals:
-    """Records Ctrl-C and SIGTERM instead of acting on them, until :meth:`release`."""
+    """Records Ctrl-C, SIGTERM and SIGHUP instead of acting on them, until :meth:`release`."""
 
     def __init__(self) -> None:
         self._caught: list[int] = []
@@ -57,7 +87,7 @@ class HeldSignals:
 
 @contextmanager
 def held_signals() -> Iterator[HeldSignals]:
-    """Hold Ctrl-C and SIGTERM for the block, or until ``release()`` is called inside it."""
+    """Hold Ctrl-C, SIGTERM and SIGHUP for the block, or until ``release()`` is called inside it."""
     held = HeldSignals()
     try:
         yield held

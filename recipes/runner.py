@@ -25,6 +25,7 @@ from tempa.chat_templates.one_line import first_line, typed_line
 from tempa.merge.eval_data import evaluation_prompts
 from tempa.recipes import __version__
 from tempa.recipes.fingerprint import referenced_files, stage_settings
+from tempa.recipes.held_signals import hangup_stops
 from tempa.recipes.launcher import deepspeed_config_path, reap_stale_launch, run_launch
 from tempa.recipes.loader import LoadedRecipe, stage_reads
 from tempa.recipes.registry import stage_kind
@@ -550,7 +551,7 @@ def run_recipe(
     check_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = RunSummary(run_dir)
-    with RunLock(run_dir):
+    with hangup_stops(), RunLock(run_dir):
         sweep_trash(run_dir)
         resolved = loaded.resolved()
         write_atomic(run_dir / RESOLVED_RECIPE, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
@@ -748,6 +749,14 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
             pass
         _fail_if_writable(manifest, stage_dir, run_dir, message, handler)
         raise StageError(f"stage '{decision.name}' failed: {message}") from None
+    except KeyboardInterrupt as exc:
+        # The terminal says it (the CLI's last line), but it may be gone (SIGHUP): the stage's log is where a user
+        # finds why a run stopped. Its manifest stays `running`, which status and plan read as interrupted.
+        why = str(exc) or ("Ctrl-C" if type(exc) is KeyboardInterrupt else type(exc).__name__)
+        with contextlib.suppress(OSError):
+            handler.emit(log.makeRecord(log.name, logging.WARNING, __file__, 0, "stage %s interrupted (%s); run the "
+                                        "same command again to resume", (decision.name, why), None))
+        raise
     finally:
         log.removeHandler(handler)
         with contextlib.suppress(OSError):  # its last lines may not fit on a full disk; the error above matters more

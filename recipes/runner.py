@@ -276,6 +276,16 @@ def plan_run(
             if stale:
                 action, reason = "rerun", f"stale: {_stale_why(reran, behind)}"
                 out_of_date.add(name)
+        if action == "resume" and manifest is not None:
+            # Cut off while built on an earlier stage that has run again since (--only), or runs again now: what it
+            # completed started from that stage's previous model, and resuming would finish it on the old one.
+            stale = [dep for dep in inputs if dep in will_run or dep in stale_inputs(manifest, run_ids)]
+            if stale:
+                discards = kind.resume_point(stage_dir) if kind.resume_point is not None else None
+                ended = "failed" if manifest.status == "failed" else "interrupted"
+                action, reason = "rerun", (f"{ended}{f' at {discards}' if discards else ''} and stale: "
+                                           f"{_stale_why(stale, [])}")
+                out_of_date.add(name)
         finished = manifest is not None and manifest.status == "done"
         if only is not None and name != only and action != "skip":
             action, reason, discards = "skip", "not selected by --only", None
@@ -484,8 +494,8 @@ def check_discards(decisions: list[StageDecision]) -> None:
         if d.discards is not None:
             raise StageError(
                 f"stage '{d.name}': {d.reason}; a re-run would delete its checkpoints and start over from step 0, so "
-                f"nothing was run: undo the change to continue from {d.discards}, or run again with --from {d.name} to "
-                "start it over"
+                f"nothing was run: run again with --from {d.name} to start it over"
+                + ("" if d.stale else f", or undo the change to continue from {d.discards}")
             )
 
 

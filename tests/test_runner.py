@@ -785,8 +785,8 @@ def test_an_interrupted_training_stage_whose_config_changed_keeps_its_checkpoint
         run_recipe(changed, run_dir)
     assert str(refused.value) == (
         "stage 'b': interrupted at checkpoint-5 and changed since: stage config changed: value 2 → 5; a re-run would "
-        "delete its checkpoints and start over from step 0, so nothing was run: undo the change to continue from "
-        "checkpoint-5, or run again with --from b to start it over")
+        "delete its checkpoints and start over from step 0, so nothing was run: run again with --from b to start it "
+        "over, or undo the change to continue from checkpoint-5")
     assert checkpoint.is_dir() and calls(run_dir) == []
     from tempa.recipes.runner import check_stage_inputs
 
@@ -821,3 +821,25 @@ def test_an_interrupted_stage_fingerprinted_another_way_after_an_upgrade_resumes
     decision = plan_run(load_recipe(recipe), run_dir)[1]
     assert (decision.action, decision.discards) == ("rerun", "checkpoint-5") and "recipe seed" in decision.reason
     assert checkpoint.is_dir()
+
+
+def test_an_interrupted_stage_whose_input_stage_ran_again_since_is_not_resumed_on_the_old_model(
+    recipe, tmp_path, monkeypatch
+):
+    """b was cut off at a checkpoint; a re-ran alone (--only a) since. The next run resumed b from its checkpoint, trained
+    from a's previous model, and recorded a's new run as its input: a finished stage in that place is called stale and
+    re-run, an unfinished one was not. It is refused as a change is (nothing deleted), and --from b starts it over."""
+    run_dir = tmp_path / "run"
+    checkpoint = interrupted_at_a_checkpoint(recipe, run_dir, monkeypatch)
+    run_recipe(load_recipe(recipe), run_dir, only="a")
+    decision = plan_run(load_recipe(recipe), run_dir)[1]
+    assert (decision.action, decision.reason) == ("rerun", "interrupted at checkpoint-5 and stale: 'a' ran again since "
+                                                           "it ran")
+    reset_calls(run_dir)
+    with pytest.raises(StageError) as refused:
+        run_recipe(load_recipe(recipe), run_dir)
+    assert str(refused.value) == (
+        "stage 'b': interrupted at checkpoint-5 and stale: 'a' ran again since it ran; a re-run would delete its "
+        "checkpoints and start over from step 0, so nothing was run: run again with --from b to start it over")
+    assert checkpoint.is_dir() and calls(run_dir) == []
+    assert run_recipe(load_recipe(recipe), run_dir, from_stage="b").ran == ["b", "c"]

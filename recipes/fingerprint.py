@@ -7,26 +7,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from tempa.sft.files import path_digest
-from tempa.sft.stage_api import fingerprinted
-
-
-def stage_settings(config: BaseModel) -> dict[str, Any]:
-    """What of a stage's config its fingerprint holds: the dump (by alias) less the fields marked NOT_FINGERPRINTED and
-    those its ``unfingerprinted()`` names, where ``field.key`` names one key of a mapping field (a trainer argument:
-    ``train.save_steps``, which changes when a run saves, not what it trains)."""
-    kept = fingerprinted(config)
-    idle = config.unfingerprinted() if callable(getattr(config, "unfingerprinted", None)) else frozenset()
-    fields = type(config).model_fields
-    for name in idle:
-        field, dot, key = name.partition(".")
-        info = fields.get(field)
-        alias = (info.serialization_alias or info.alias or field) if info is not None else field
-        if dot and isinstance(kept.get(alias), dict):
-            kept[alias] = {k: v for k, v in kept[alias].items() if k != key}
-    return kept
 
 
 def _strings(node: Any) -> Iterator[str]:

@@ -24,7 +24,7 @@ import yaml
 from tempa.chat_templates.one_line import first_line, typed_line
 from tempa.merge.eval_data import evaluation_prompts
 from tempa.recipes import __version__
-from tempa.recipes.fingerprint import referenced_files, stage_settings
+from tempa.recipes.fingerprint import referenced_files
 from tempa.recipes.held_signals import hangup_stops
 from tempa.recipes.launcher import deepspeed_config_path, reap_stale_launch, run_launch
 from tempa.recipes.loader import LoadedRecipe, stage_reads
@@ -55,6 +55,7 @@ from tempa.sft.stage_api import (
     StageKind,
     TrainingEnv,
     Upstream,
+    fingerprinted,
     format_metric,
 )
 
@@ -240,7 +241,7 @@ def plan_run(
         kind = stage_kind(config.kind)
         upstream = loaded.upstream(i)
         dump = config.model_dump(mode="json", by_alias=True)
-        kept = stage_settings(config)
+        kept = fingerprinted(config)
         reads = [dep for dep in stage_reads(loaded, i) if dep != upstream]
         inputs = loaded.names[:i] if kind.sees_all_earlier else [dep for dep in (upstream, *reads) if dep]
         components = {

@@ -89,6 +89,8 @@ def _without_unfingerprinted(value: Any, dump: Any) -> Any:
         out, seen = {}, set()
         # A config may leave out fields that play no part in what it makes as it is set (a preference stage with
         # no on-policy round samples nothing): ``unfingerprinted()``, beside the fields marked for every value.
+        # ``field.key`` names one key of a mapping field (a trainer argument: ``train.save_steps`` changes when a run
+        # saves, not what it trains).
         idle = value.unfingerprinted() if callable(getattr(value, "unfingerprinted", None)) else frozenset()
         for name, info in type(value).model_fields.items():
             key = info.serialization_alias or info.alias or name
@@ -96,12 +98,18 @@ def _without_unfingerprinted(value: Any, dump: Any) -> Any:
             if key in dump and name not in idle and not (isinstance(info.json_schema_extra, dict)
                                                          and info.json_schema_extra.get("fingerprinted") is False):
                 out[key] = _without_unfingerprinted(getattr(value, name), dump[key])
+                if isinstance(out[key], dict) and (keys := {k for n, _, k in map(_split_key, idle) if n == name}):
+                    out[key] = {k: item for k, item in out[key].items() if k not in keys}
         return {**out, **{key: item for key, item in dump.items() if key not in seen}}  # computed fields stay
     if isinstance(value, list | tuple) and isinstance(dump, list) and len(value) == len(dump):
         return [_without_unfingerprinted(v, d) for v, d in zip(value, dump, strict=True)]
     if isinstance(value, Mapping) and isinstance(dump, dict) and len(value) == len(dump):
         return {key: _without_unfingerprinted(v, d) for v, (key, d) in zip(value.values(), dump.items(), strict=True)}
     return dump
+
+
+def _split_key(name: str) -> tuple[str, str, str]:
+    return name.partition(".")
 
 
 def is_secret_key(key: str) -> bool:

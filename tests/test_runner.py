@@ -732,16 +732,16 @@ def test_a_training_stages_logging_and_saving_settings_are_not_part_of_its_finge
           - {{name: cpt, kind: pretrain, sources: [{{name: docs, path: "{tmp_path / 'docs.jsonl'}"}}],
              train: {{max_steps: 4, lr_scheduler_kwargs: {{num_decay_steps: 1}}}}}}
         """))
-    from tempa.recipes.fingerprint import stage_settings
+    from tempa.sft.stage_api import fingerprinted
 
     demo, rlvr = load_recipe(REPO / "recipes" / "demo.yaml"), load_recipe(REPO / "recipes" / "sea-lion-v3.5-8b-r-rlvr.yaml",
                                                                            profile="tiny")
     configs = [demo.stage("sft-general"), demo.stage("align"), rlvr.stage("rlvr"), load_recipe(pretrain).stage("cpt")]
     for config in configs:
         def settings(config=config, **train) -> dict:
-            return stage_settings(config.model_copy(update={"train": {**config.train, **train}}))
+            return fingerprinted(config.model_copy(update={"train": {**config.train, **train}}))
 
-        assert settings() == stage_settings(config)
+        assert settings() == fingerprinted(config)
         for setting in ({"save_steps": 7}, {"save_total_limit": 9}, {"logging_steps": 3}, {"logging_first_step": True},
                         {"run_name": "second-try"}, {"disable_tqdm": True}, {"ddp_timeout": 7200},
                         {"report_to": ["tensorboard"]}):

@@ -283,6 +283,7 @@ def _stream(cmd: list[str], env: dict[str, str], log_file: Path, log) -> tuple[i
                 assert proc.stdout is not None
                 for line in proc.stdout:
                     out.write(line)
+                    out.flush()  # `tail -f train.log` follows the worker, not the runner's 8 KB buffer
                     tail.append(line.rstrip())
                     if "[tempa] " in line:  # may follow a tqdm bar on the same line
                         log.info("%s", line.rstrip().split("[tempa] ", 1)[1])

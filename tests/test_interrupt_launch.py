@@ -89,3 +89,27 @@ def test_a_worker_that_crashes_on_a_signal_is_not_told_to_resume(tmp_path: Path,
     assert message.startswith("a training process crashed with SIGSEGV: cuda kernel failed: illegal memory access"), \
         message
     assert "resumes" not in message and "\n" not in message
+
+
+@pytest.mark.timeout(60)
+def test_the_training_log_holds_each_line_as_the_worker_writes_it(tmp_path: Path) -> None:
+    """`tail -f logs/train.log` showed nothing for minutes: the runner kept the worker's lines in its file buffer
+    until 8 KB had gathered. The worker here writes a line, then waits for the test to see it in the log."""
+    import threading
+
+    log_file, seen = tmp_path / "train.log", tmp_path / "seen"
+    worker = (f"import pathlib, time\nprint('step', 6 * 7, flush=True)\n"  # the line is not in the command line
+              f"while not pathlib.Path({str(seen)!r}).exists():\n    time.sleep(0.05)\n")
+    from tempa.recipes.launcher import _stream
+
+    done: list[int] = []
+    thread = threading.Thread(target=lambda: done.append(
+        _stream([sys.executable, "-c", worker], dict(os.environ), log_file, logging.getLogger("test"))[0]))
+    thread.start()
+    try:
+        while "step 42" not in (log_file.read_text(encoding="utf-8") if log_file.exists() else ""):
+            time.sleep(0.05)  # the hang guard above fails the test when the line never comes
+    finally:
+        seen.touch()
+        thread.join()
+    assert done == [0]

@@ -14,11 +14,13 @@ earlier stage wrote (a `translate` or `generate_prompts` stage's prompts, a synt
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +172,31 @@ class PromptRow:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "messages": self.messages, "language": self.language, "answer": self.answer,
                 "reference": self.reference, "thinking_mode": self.thinking_mode, "tools": self.tools}
+
+
+def content_keys(texts: Sequence[str]) -> list[str]:
+    """Each text's journal key: a hash of the text, and from its second occurrence on its count (``<hash>-2``), so
+    equal requests (a topic's variations without ``{index}``, two equal source rows) are each asked, as they were.
+    No place in it: a row inserted above moves no other row's key, and the journal keeps every answer paid for."""
+    seen: Counter[str] = Counter()
+    keys = []
+    for text in texts:
+        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+        seen[digest] += 1
+        keys.append(digest if seen[digest] == 1 else f"{digest}-{seen[digest]}")
+    return keys
+
+
+def keyed_by_content(prompts: list[PromptRow]) -> list[PromptRow]:
+    """The prompts, each with an id that is a hash of what is sampled and scored (messages, tools, thinking mode,
+    language, reference answer): the key of the sampling, scoring and later journals of the stages that keep them.
+    A prompt's own id holds its place in the file, so a row inserted at the top gave every prompt a new id and the
+    journals, signed with the list of ids, were started over, 150,000 paid answers with them; the mode is in the
+    key, so a prompt whose mode changed (its row's, a `mixed` draw's) is sampled again and no other. Its place stays
+    in ``meta['row']``."""
+    contents = [json.dumps({**p.to_dict(), "id": None}, sort_keys=True, ensure_ascii=False, default=str)
+                for p in prompts]
+    return [dataclasses.replace(p, id=key) for p, key in zip(prompts, content_keys(contents), strict=True)]
 
 
 def prompt_id(index: int, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:

@@ -26,8 +26,6 @@ sft data pipeline reads it); the stage returns its path as ``outputs["dataset"]`
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,7 @@ from tempa.alignment.completions import Completion, assistant_message, split_thi
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.input_checks import check_reward_inputs
 from tempa.alignment.judge import fill, render_conversation
-from tempa.alignment.prompts import PromptRow, load_prompts
+from tempa.alignment.prompts import PromptRow, keyed_by_content, load_prompts
 from tempa.alignment.rewards import (
     JudgeReward,
     RewardSet,
@@ -58,7 +56,7 @@ from tempa.alignment.sampling import (
 )
 from tempa.alignment.selection import UNSCORED, select_samples
 from tempa.alignment.synthesize_config import OUTPUT_FILE, SynthesizeStageConfig
-from tempa.alignment.teacher_text import check_servers, content_keys, journals_resume_point, stored_text
+from tempa.alignment.teacher_text import check_servers, journals_resume_point, stored_text
 from tempa.sft.files import write_json, write_jsonl
 from tempa.sft.stage_api import StageContext, StageError, StageResult, fingerprinted
 
@@ -173,17 +171,6 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
                             kept_prompts=kept_prompts, rejected=stats["rejected"], truncated=finish.get("length", 0),
                             samples=sum(finish.values()), judges=stats["judges"],
                             files={"rejects": data_dir / "rejects.jsonl", "stats": data_dir / "stats.json"})
-
-
-def keyed_by_content(prompts: list[PromptRow]) -> list[PromptRow]:
-    """The prompts, each with an id that is a hash of what the teacher is asked and the rewards score by (messages,
-    tools, thinking mode, language, reference answer): the journals' key. A prompt's own id holds its place in the
-    file, so a row inserted at the top gave every prompt a new id and the journals, signed with the list of ids,
-    were started over, 150,000 paid answers with them; the mode is in the key, so a prompt whose mode changed (its
-    row's, a `mixed` draw's) is sampled again and no other. Its place stays in ``meta['row']``."""
-    contents = [json.dumps({**p.to_dict(), "id": None}, sort_keys=True, ensure_ascii=False, default=str)
-                for p in prompts]
-    return [dataclasses.replace(p, id=key) for p, key in zip(prompts, content_keys(contents), strict=True)]
 
 
 # Each pass's journal under data/, in the order the stage runs them, and what one record of it is.

@@ -9,7 +9,7 @@ language or a repeat; an optional judge rates what is left on 1-10 and drops any
 Both passes are journaled under ``<stage>/data/`` (``teacher.jsonl``, ``judge.jsonl``: appended and
 fsynced per batch, see :mod:`tempa.alignment.sampling`), so a run stopped at row 150,000 of 300,000
 resumes there instead of paying for the first 150,000 again. A record is keyed by a hash of its
-request's text (:func:`content_keys`), not its place, so a row inserted or removed in the source asks
+request's text (:func:`tempa.alignment.prompts.content_keys`), not its place, so a row inserted or removed in the source asks
 only for what is new; a journal's signature holds the teacher (or judge) and its sampling settings:
 a changed instruction, source row, model or temperature is asked again, while settings of how
 requests travel (concurrency, timeouts, retries) keep the journal.
@@ -17,10 +17,8 @@ requests travel (concurrency, timeouts, retries) keep the journal.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +40,7 @@ from tempa.alignment.backends_http import CONTENT_FILTER, check_endpoint
 from tempa.alignment.completions import Completion
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.judge import Judge, JudgeSettings, fill, parse_judge_score
+from tempa.alignment.prompts import content_keys
 from tempa.alignment.rewards import JudgeFailures
 from tempa.alignment.sampling import JsonlStore, run_incremental
 from tempa.sft import language as lang
@@ -124,19 +123,6 @@ def stored_text(text: str) -> str:
 
 TEACHER_JOURNAL = "teacher.jsonl"
 JUDGE_JOURNAL = "judge.jsonl"
-
-
-def content_keys(texts: Sequence[str]) -> list[str]:
-    """Each text's journal key: a hash of the text, and from its second occurrence on its count (``<hash>-2``), so
-    equal requests (a topic's variations without ``{index}``, two equal source rows) are each asked, as they were.
-    No place in it: a row inserted above moves no other row's key, and the journal keeps every answer paid for."""
-    seen: Counter[str] = Counter()
-    keys = []
-    for text in texts:
-        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
-        seen[digest] += 1
-        keys.append(digest if seen[digest] == 1 else f"{digest}-{seen[digest]}")
-    return keys
 
 
 def _journaled(

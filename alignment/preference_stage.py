@@ -4,8 +4,9 @@ With ``offline:``, round 1 trains on an existing chosen/rejected dataset (``roun
 ``rejects.jsonl``, ``stats.json``, see :mod:`tempa.alignment.offline_pairs`); the on-policy rounds
 follow it. On-policy round K lives in ``<stage>/round-K/``::
 
-    samples.jsonl       k samples per prompt from the round's policy (appended per batch; resumable)
-    scores.jsonl        every sample's reward scores and total (appended per batch; resumable)
+    samples.jsonl       k samples per prompt from the round's policy (appended per batch; resumable; keyed by
+                        each prompt's content and mode, so an edited prompts file samples only what is new)
+    scores.jsonl        every sample's reward scores and total (appended per batch; resumable, keyed alike)
     revisions.jsonl     (strategy revise) the rewrite of each prompt's worst sample, scored
     pairs.jsonl         chosen/rejected pairs with their scores, finish reasons and rendered check (readable)
     data/pairs/         the same pairs as trl's conversational DPO dataset (save_to_disk)
@@ -49,7 +50,7 @@ from tempa.alignment.pairs import (
     worst,
 )
 from tempa.alignment.preference_config import PreferenceStageConfig
-from tempa.alignment.prompts import PromptRow, load_prompts, modes_signature
+from tempa.alignment.prompts import PromptRow, keyed_by_content, load_prompts
 from tempa.alignment.rewards import (
     JudgeReward,
     RewardSet,
@@ -134,7 +135,8 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> Preferen
     if config.rounds:
         assert config.prompts is not None  # the config requires prompts for on-policy rounds
         source = config.prompts.resolved(ctx, who=f"stage '{ctx.stage_name}'")
-        prompts = load_prompts(source, seed=ctx.seed, thinking=config.sampling.thinking, with_tools=True)
+        prompts = keyed_by_content(load_prompts(source, seed=ctx.seed, thinking=config.sampling.thinking,
+                                                with_tools=True))
         check_reward_inputs(config.rewards, prompts, source)
         check_tool_prompts(config, prompts, source)
         ctx.log.info("preference: %d prompts, %d samples each, %d on-policy round(s)", len(prompts),
@@ -278,11 +280,14 @@ def run_round(
     round_dir.mkdir(parents=True, exist_ok=True)
     seed = ctx.seed + 7919 * (round_index - 1)
     label = f"round {round_index}"
-    signature = {"policy": str(policy), "seed": seed, "prompts": [p.id for p in prompts],
-                 "sampling": config.sampling.model_dump(mode="json"), "backend": fingerprinted(config.backend)}
-    signature.update(modes_signature(prompts, config.sampling.thinking))
+    # Not the prompts: their ids go by content and mode (keyed_by_content), so a prompt added to or removed from the
+    # file is sampled, or left unused in the journals, and no other prompt's samples or scores are asked again.
+    signature = {"policy": str(policy), "seed": seed, "sampling": config.sampling.model_dump(mode="json"),
+                 "backend": fingerprinted(config.backend)}
+    score_signature = {**signature, "rewards": [fingerprinted(r) for r in config.rewards]}
 
-    if not JsonlStore.completed(round_dir / SCORES_FILE):
+    # A scores journal marked complete may still lack prompts added to the file since: their judging is still ahead.
+    if not JsonlStore.holds(round_dir / SCORES_FILE, score_signature, [p.id for p in prompts]):
         check_judge_servers(config, f"{ctx.stage_name} {label}")
 
     # 1. sample k responses per prompt from the current policy
@@ -303,7 +308,6 @@ def run_round(
     rewards = RewardSet(config.rewards, ScoringEnv(
         policy_dir=policy, tokenizer_dir=ctx.tokenizer_dir, stage_models=ctx.stage_models,
         trust_remote_code=ctx.trust_remote_code, seed=seed, tokenizer=tokenizer))
-    score_signature = {**signature, "rewards": [fingerprinted(r) for r in config.rewards]}
     try:
         scores, score_stats = score_pass(
             prompts, samples, rewards, JsonlStore(round_dir / SCORES_FILE, score_signature),
@@ -422,6 +426,7 @@ def pair_row(prompt: PromptRow, pair: Pair, chosen: Completion, rejected: Comple
     mode = prompt.thinking_mode or "on"
     return {
         "prompt_id": prompt.id,
+        "row": prompt.meta.get("row"),  # the id goes by content; where the prompt is in the file
         "prompt": prompt.messages,
         "tools": prompt.tools,
         "chosen": [assistant_message(chosen)],

@@ -453,12 +453,3 @@ def load_prompts(source: PromptSource, *, seed: int, thinking: ThinkingSettings 
             prompt.thinking_mode = "on" if index in on else "off"
     return prompts
 
-
-def modes_signature(prompts: Sequence[PromptRow], thinking: ThinkingSettings) -> dict[str, list[str | None]]:
-    """What a sampling journal's signature holds of its prompts' thinking modes: each prompt's, wherever the recipe's
-    mode does not give them all (a `mixed` draw, a row's own `thinking_mode`); else nothing, so a journal signed
-    before keeps its samples. A prompt's id holds neither: samples journaled under another draw (tempa's went by
-    position, then by content) or before a row's mode was edited would be kept, and trained, in a mode they were not
-    sampled in."""
-    modes = [prompt.thinking_mode for prompt in prompts]
-    return {"thinking_modes": modes} if any(mode != thinking.mode for mode in modes) else {}

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +30,11 @@ T = TypeVar("T")
 log = logging.getLogger("tempa.alignment.sampling")
 
 
+def _signed(signature: Any) -> str:
+    """A signature as a journal's ``.meta.json`` holds it."""
+    return json.dumps(signature, sort_keys=True, default=str)
+
+
 class JsonlStore:
     """Append-only JSON Lines records keyed by ``"id"``, with a completion marker and a signature."""
 
@@ -38,7 +43,7 @@ class JsonlStore:
         self.marker = self.path.with_name(self.path.name + ".complete")
         self.meta = self.path.with_name(self.path.name + ".meta.json")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        wanted = json.dumps(signature, sort_keys=True, default=str)
+        wanted = _signed(signature)
         found = self.meta.read_text(encoding="utf-8") if self.meta.is_file() else None
         if found != wanted:
             if self.path.exists() and found is not None:
@@ -60,6 +65,27 @@ class JsonlStore:
         pass with another signature over)."""
         path = Path(path)
         return path.is_file() and path.with_name(path.name + ".complete").is_file()
+
+    @staticmethod
+    def holds(path: Path, signature: Any, keys: Iterable[str]) -> bool:
+        """Whether the journal at ``path``, read without opening its store (which starts one with another signature
+        over), was written with ``signature`` and has a record for every key: a pass over ``keys`` would ask nothing.
+        A journal marked complete may not: its records go by content, and prompts added to the file since are not
+        in it."""
+        path = Path(path)
+        meta = path.with_name(path.name + ".meta.json")
+        if not path.is_file() or not meta.is_file() or meta.read_text(encoding="utf-8") != _signed(signature):
+            return False
+        journaled = set()
+        with open(path, "rb") as lines:
+            for line in lines:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    journaled.add(json.loads(line)["id"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    break
+        return journaled.issuperset(keys)
 
     def load(self) -> dict[str, dict[str, Any]]:
         """Records written so far, by id (a torn last line is cut off the file)."""

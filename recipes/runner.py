@@ -363,8 +363,8 @@ def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dic
     if manifest is not None and (manifest.fingerprint == fp
                                  or _counted_differently(old, components, old_config, config, unfingerprinted)):
         if resumable and resume_point is not None:
-            if point is None:
-                return "rerun", f"{ended} before its first complete checkpoint; starts over from step 0", None
+            if point is None:  # no checkpoint, no journaled sample or teacher answer: whatever the kind keeps
+                return "rerun", f"{ended} with nothing complete to continue from; starts over", None
             return "resume", f"{ended}; continues from {point}", None
         if resumable:
             return "resume", f"{ended}; continues from what it completed (checkpoints, samples)", None

@@ -459,14 +459,36 @@ def test_a_training_stage_cut_off_before_its_first_checkpoint_is_planned_as_star
     (checkpoints / "checkpoint-5").mkdir(parents=True)  # half-saved: no COMPLETE marker
 
     decision = plan_run(load_recipe(recipe), run_dir)[1]
-    assert (decision.action, decision.reason) == (
-        "rerun", "interrupted before its first complete checkpoint; starts over from step 0")
+    assert (decision.action, decision.reason) == ("rerun", "interrupted with nothing complete to continue from; "
+                                                           "starts over")
     (checkpoints / "checkpoint-5" / COMPLETE).write_text("")
     (checkpoints / "checkpoint-10").mkdir()
     decision = plan_run(load_recipe(recipe), run_dir)[1]
     assert (decision.action, decision.reason) == ("resume", "interrupted; continues from checkpoint-5")
     # The real training kinds carry the hook.
     assert all(stage_kind(k).resume_point is resume_point for k in ("sft", "pretrain", "rl"))
+
+
+def test_a_journaling_stage_cut_off_before_its_first_record_is_planned_without_checkpoints(recipe, tmp_path,
+                                                                                           monkeypatch):
+    """A teacher or preference stage resumes from its journals, not from checkpoints: killed before its first record,
+    the plan said it was cut off 'before its first complete checkpoint' and 'starts over from step 0', neither of
+    which it has."""
+    from tempa.alignment.teacher_text import teacher_text_resume_point
+
+    journals = dataclasses.replace(TOUCH, resumable=True, resume_point=teacher_text_resume_point)
+    monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS[:-1], journals))
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    killed_while_running(run_dir / "b")
+    decision = plan_run(load_recipe(recipe), run_dir)[1]
+    assert decision.action == "rerun"
+    assert "checkpoint" not in decision.reason and "step" not in decision.reason
+    assert decision.reason == "interrupted with nothing complete to continue from; starts over"
+    (run_dir / "b" / "data").mkdir()
+    (run_dir / "b" / "data" / "teacher.jsonl").write_text('{"id": "a"}\n')
+    decision = plan_run(load_recipe(recipe), run_dir)[1]
+    assert (decision.action, decision.reason) == ("resume", "interrupted; continues from 1 teacher answer journaled")
 
 
 def killed_while_running(stage_dir: Path) -> dict:

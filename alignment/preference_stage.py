@@ -33,7 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tempa.alignment.backends import HTTPBackendConfig, LazyBackend, SamplingBackend, build_backend
-from tempa.alignment.backends_http import HTTPBackend
+from tempa.alignment.backends_http import HTTPBackend, check_endpoint
 from tempa.alignment.completions import Completion, assistant_message, split_think
 from tempa.alignment.input_checks import check_reward_inputs, check_tool_prompts
 from tempa.alignment.judge import fill
@@ -186,15 +186,13 @@ SCORES_FILE = "scores.jsonl"
 
 
 def check_judge_servers(config: PreferenceStageConfig, where: str) -> None:
-    """Every judge behind an HTTP server can be reached, before the round samples: a judge server that is down (not
-    started, a wrong port) was found only when scoring began, after the policy had sampled every prompt."""
+    """Every judge behind an HTTP server can be reached (:func:`check_endpoint`, as the teacher stages reach theirs),
+    before the round samples: a judge server that is down (not started, a wrong port) was found only when scoring
+    began, after the policy had sampled every prompt."""
     for index, reward in enumerate(config.rewards):
         if isinstance(reward, JudgeReward) and isinstance(reward.backend, HTTPBackendConfig):
-            try:
-                HTTPBackend.from_config(reward.backend, show_progress=False).check_reachable()
-            except StageError as exc:
-                raise StageError(f"{where}: judge '{reward.key}' (rewards[{index}].backend), checked before sampling: "
-                                 f"{exc}; start its server or fix base_url") from None
+            check_endpoint(HTTPBackend.from_config(reward.backend, show_progress=False), f"judge '{reward.key}'",
+                           f"rewards[{index}].backend", where)
 
 
 def preference_resume_point(stage_dir: Path) -> str | None:

@@ -129,7 +129,7 @@ def test_a_judge_server_that_is_down_stops_the_round_before_it_samples(tmp_path,
     with pytest.raises(StageError) as err:
         run_preference(config(down), ctx)
     message = str(err.value)
-    assert message.startswith("align round 1: judge 'judge' (rewards[1].backend), checked before sampling: GET "
+    assert message.startswith("align round 1: judge 'judge' (rewards[1].backend), checked before its first request: GET "
                               f"{down}/models (model judge-model): the server cannot be reached after 1 retries: ")
     assert "refused" in message and "\n" not in message
     assert not (ctx.stage_dir / "round-1" / "samples.jsonl").exists()

@@ -918,5 +918,5 @@ def _where_it_stands(kind_name: str, stage_dir: Path, *, running: bool) -> str |
     if running:
         return f"so far: {point}" if point is not None else None
     if point is None:
-        return "nothing complete to continue from: a re-run starts it over from step 0"
+        return "nothing complete to continue from: a re-run starts it over"
     return f"the same recipe run again continues from {point}"

@@ -531,8 +531,7 @@ def test_status_names_where_a_running_or_interrupted_stage_stands(recipe, tmp_pa
     names = load_recipe(recipe).names
 
     row = stage_status(names, run_dir)[1]
-    assert (row.state, row.note) == ("interrupted", "nothing complete to continue from: a re-run starts it over from "
-                                                    "step 0")
+    assert (row.state, row.note) == ("interrupted", "nothing complete to continue from: a re-run starts it over")
     checkpoint = run_dir / "b" / "round-2" / CHECKPOINTS_DIR / "checkpoint-2"
     checkpoint.mkdir(parents=True)
     (checkpoint / COMPLETE).write_text("")

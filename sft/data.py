@@ -91,7 +91,7 @@ from tempa.sft.data_config import (
 )
 from tempa.sft.data_report import TURN_SUFFIX, DataMix, MixTotals, SourceMix
 from tempa.sft.expand import Sample, TurnView, assemble, turn_views
-from tempa.sft.files import digest, flock_held, pid_alive, remove_tree
+from tempa.sft.files import digest, flock_held, pid_alive, remove_tree, sync_tree, write_marker
 from tempa.sft.forked_workers import Rows, forked_map, frozen_heap
 from tempa.sft.formats import (
     Conversation,
@@ -270,7 +270,10 @@ def prepare_sft_data(
                     out_dir.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(build_dir / REJECTS_FILE, out_dir / REJECTS_FILE)
                 raise
-            (build_dir / COMPLETE).write_text(key + "\n")
+            # On the disk before the marker that vouches for it: a hard reset could otherwise keep COMPLETE beside
+            # arrow files the page cache never wrote, and every later run would train on (or fail to read) them.
+            sync_tree(build_dir)
+            write_marker(build_dir / COMPLETE, key + "\n")
             try:
                 os.replace(build_dir, entry)
             except OSError:

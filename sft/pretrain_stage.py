@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tempa.chat_templates.thinking import END_OF_TEXT_TOKENS, end_of_text_id
 from tempa.sft.checkpoints import complete_checkpoints
-from tempa.sft.files import digest, tree_digest, write_json
+from tempa.sft.files import digest, sync_tree, tree_digest, write_json, write_marker
 from tempa.sft.paths import display_path
 from tempa.sft.pretrain_config import PretrainSource, PretrainStageConfig
 from tempa.sft.stage import launch_training
@@ -860,7 +860,8 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
     stats = {"tokens": tokens, "documents": documents, "chunks": len(train_order), "passes": passes,
              "heldout": per_source(eval_order), "trained": per_source(train_order)}
     write_json(entry / "stats.json", stats)
-    (entry / COMPLETE).write_text("")  # last: a folder without it is never reused
+    sync_tree(entry)  # on the disk before the marker: a hard reset must not keep COMPLETE and lose the rows
+    write_marker(entry / COMPLETE, "")  # last: a folder without it is never reused
     return PretrainData(entry / "train", entry / "eval" if len(eval_order) else None, tokens, documents,
                         stats["chunks"], passes, stats["heldout"], stats["trained"])
 

@@ -1,0 +1,84 @@
+"""The data caches' COMPLETE markers vouch only for files already on the disk.
+
+The page cache writes back in its own order (a new file's data can land after the rename that names its marker),
+so a node's hard reset could keep an SFT or pretrain cache entry's COMPLETE beside arrow files never written, and
+every later run would reuse the entry. Every file of the entry must be flushed (fsync) before the marker exists,
+and the marker itself written durably (its content, then its name). The real fsync runs; the tests only record
+which files it flushed, and whether the marker existed then.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tempa.sft.data import COMPLETE, prepare_sft_data
+from tempa.sft.data_config import DataConfig
+from tempa.sft.pretrain_config import PretrainStageConfig
+from tempa.sft.pretrain_stage import COMPLETE as PRETRAIN_COMPLETE
+from tempa.sft.pretrain_stage import prepare_pretrain_data
+
+
+def _record_fsyncs(monkeypatch: pytest.MonkeyPatch, marker: str) -> list[tuple[Path, bool]]:
+    """(path flushed, whether a COMPLETE marker was then in its folder or any folder above it) per fsync."""
+    flushed: list[tuple[Path, bool]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        marked = any((folder / marker).exists() for folder in [path, *path.parents])
+        flushed.append((path, marked))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return flushed
+
+
+def _assert_flushed_before_marker(entry: Path, flushed: list[tuple[Path, bool]], marker: str,
+                                  built_in: Path) -> None:
+    """Every file of ``entry`` (built in folders directly below ``built_in``, then renamed into place: matched by its
+    path below its build folder) was flushed while no marker vouched for it; the marker's content was flushed too."""
+    def below_build(path: Path) -> str | None:
+        try:
+            parts = path.relative_to(built_in).parts
+        except ValueError:
+            return None
+        return "/".join(parts[1:]) if len(parts) > 1 else None
+
+    before = {below_build(path) for path, marked in flushed if not marked}
+    files = sorted(p.relative_to(entry).as_posix() for p in entry.rglob("*") if p.is_file() and p.name != marker)
+    assert any(name.endswith(".arrow") for name in files), files  # the premise: the entry holds the data
+    unflushed = [name for name in files if name not in before]
+    assert unflushed == [], f"not flushed before {marker}: {unflushed}"
+    assert f"{marker}.tmp" in before  # the marker's content before its name
+
+
+def test_an_sft_cache_entry_is_on_the_disk_before_its_complete_marker(tmp_path, tokenizer, monkeypatch):
+    rows = [{"messages": [{"role": "user", "content": f"soal {i}"}, {"role": "assistant", "content": f"jawab {i}"}]}
+            for i in range(12)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = DataConfig.model_validate({"sources": [{"name": "r", "path": "rows.jsonl"}], "heldout": 0.25},
+                                       context={"base_dir": str(tmp_path)})
+    flushed = _record_fsyncs(monkeypatch, COMPLETE)
+    prepared = prepare_sft_data(config, tokenizer, out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", seed=0)
+    assert not prepared.cache_hit and (prepared.cache_path / COMPLETE).is_file()
+    _assert_flushed_before_marker(prepared.cache_path, flushed, COMPLETE, tmp_path / "cache")
+
+
+def test_a_pretrain_cache_entry_is_on_the_disk_before_its_complete_marker(tmp_path, tiny_model_dir, monkeypatch):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    (tmp_path / "th.txt").write_text("\n".join(f"ข้าว แม่น้ำ ตลาด {i}" for i in range(40)) + "\n", encoding="utf-8")
+    config = PretrainStageConfig.model_validate({
+        "name": "cpt", "heldout": 0.1,
+        "sources": [{"name": "th", "path": str(tmp_path / "th.txt"), "txt_document": "line"}],
+        "train": {"max_length": 16, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+    flushed = _record_fsyncs(monkeypatch, PRETRAIN_COMPLETE)
+    data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / "cache", 0, num_proc=1)
+    entry = data.train_path.parent
+    assert (entry / PRETRAIN_COMPLETE).is_file() and data.eval_path is not None
+    _assert_flushed_before_marker(entry, flushed, PRETRAIN_COMPLETE, entry.parent)

@@ -369,15 +369,38 @@ def no_step_message(args, rows: int | str) -> str:
             f"gradient_accumulation_steps={args.gradient_accumulation_steps}, processes={args.world_size})")
 
 
+LOSS_STEPS = "loss_steps"  # in a logged loss's log_history entry: the steps its mean covers
+
+
+class LossSteps(TrainerCallback):
+    """Records, in each logged loss's ``log_history`` entry (kept in every checkpoint's trainer state; not sent to the
+    trackers), how many steps that mean covers: transformers averages since its own process's last log, or since the
+    checkpoint it resumed, which a later process cannot tell from the steps alone (:func:`whole_run_metrics`)."""
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = state.global_step  # the resumed checkpoint's step: the Trainer's loss counts from there
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1][LOSS_STEPS] = state.global_step - self._last
+        self._last = state.global_step
+
+
 def whole_run_metrics(metrics: dict[str, Any], log_history: list[dict[str, Any]],
                       resumed_from: Path | None) -> dict[str, Any]:
     """``trainer.train()``'s metrics, with ``train_loss`` over the whole run's steps when it resumed.
 
     transformers averages the loss over the steps of its own ``train()`` call: after a resume, over the steps since the
     checkpoint (none at all for a checkpoint of the last step), which metrics.json and `tempa status` gave as the
-    stage's. The logged losses (restored with the checkpoint) cover the run: each is the mean of its steps since the
-    one logged before it, or since the resumed checkpoint (steps a kill cut off between a log and a save were never
-    logged, and are left out).
+    stage's. The logged losses (restored with the checkpoint) cover the run, each weighted by the steps its mean covers
+    (:class:`LossSteps`; steps a kill cut off between a log and a save were never logged, and are left out). An entry of
+    a checkpoint an older tempa wrote has no count: it covers the steps since the one logged before it, or since the
+    resumed checkpoint (which, after a resume of a resume, misses the earlier resumes).
     """
     if resumed_from is None:
         return metrics
@@ -388,8 +411,8 @@ def whole_run_metrics(metrics: dict[str, Any], log_history: list[dict[str, Any]]
         if "loss" not in entry or "step" not in entry:
             continue
         step = int(entry["step"])
-        first = start if previous < start < step else previous
-        total, steps, previous = total + float(entry["loss"]) * (step - first), steps + (step - first), step
+        covered = entry.get(LOSS_STEPS, step - (start if previous < start < step else previous))
+        total, steps, previous = total + float(entry["loss"]) * covered, steps + covered, step
     return {**metrics, "train_loss": total / steps} if steps else metrics
 
 
@@ -403,6 +426,7 @@ def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *
     if plan.recipe is not None and set(named_trackers(trainer.args.report_to)) & set(CONFIG_TRACKERS):
         trainer.add_callback(recipe_callback(plan.recipe))  # after the trackers' own callbacks
     trainer.add_callback(ScheduleCheck())
+    trainer.add_callback(LossSteps())
     resume = last_complete_checkpoint(plan.checkpoints_dir)
     if resume is not None and trainer.is_world_process_zero():
         print(f"[tempa] resuming from {resume}", flush=True)

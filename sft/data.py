@@ -56,13 +56,10 @@ last and is moved into place atomically, so a partial build is never reused.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
-import os
 import re
 import shutil
-import socket
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -91,7 +88,7 @@ from tempa.sft.data_config import (
 )
 from tempa.sft.data_report import TURN_SUFFIX, DataMix, MixTotals, SourceMix
 from tempa.sft.expand import Sample, TurnView, assemble, turn_views
-from tempa.sft.files import digest, flock_held, pid_alive, remove_tree, sync_tree, write_marker
+from tempa.sft.files import cache_build, digest, publish_build, remove_tree, sweep_dead_builds
 from tempa.sft.forked_workers import Rows, forked_map, frozen_heap
 from tempa.sft.formats import (
     Conversation,
@@ -255,10 +252,7 @@ def prepare_sft_data(
             remove_tree(entry, [cache_dir])
         for path in sweep_dead_builds(cache_dir):
             logger.warning("SFT data: removed %s, a build its killed process left in the cache", path)
-        build_dir = cache_dir / f".tmp-{key[:16]}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        build_dir.mkdir(parents=True)
-        held = _hold(build_dir)
-        try:
+        with cache_build(cache_dir, key) as build_dir:
             try:
                 with frozen_heap():
                     _build(config, tokenizer, build_dir, seed=seed, max_length=max_length, languages=languages,
@@ -270,60 +264,8 @@ def prepare_sft_data(
                     out_dir.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(build_dir / REJECTS_FILE, out_dir / REJECTS_FILE)
                 raise
-            # On the disk before the marker that vouches for it: a hard reset could otherwise keep COMPLETE beside
-            # arrow files the page cache never wrote, and every later run would train on (or fail to read) them.
-            sync_tree(build_dir)
-            write_marker(build_dir / COMPLETE, key + "\n")
-            try:
-                os.replace(build_dir, entry)
-            except OSError:
-                # Another process finished the same build first; its entry is as good as ours.
-                if not (entry / COMPLETE).exists():
-                    raise
-        finally:
-            remove_tree(build_dir, [cache_dir])
-            if held is not None:
-                os.close(held)
+            publish_build(build_dir, entry, COMPLETE, key + "\n")
     return _open_entry(entry, out_dir, hit, config.sources)
-
-
-_BUILD = re.compile(r"^\.tmp-[0-9a-f]{16}-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
-
-
-_BUILD_LOCK = ".building"  # in a build folder: flock'ed by the process building it, for as long as it builds
-
-
-def _hold(build_dir: Path) -> int | None:
-    """An open descriptor holding ``build_dir``'s flock (the kernel drops it when the process dies, however it dies);
-    None where the file system has no flock."""
-    fd = os.open(build_dir / _BUILD_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def sweep_dead_builds(cache_dir: Path) -> list[Path]:
-    """Remove the builds in ``cache_dir`` whose process (on this host) is gone, and return them.
-
-    A SIGKILL (OOM killer, preemption) during data prep skips the ``finally`` that removes a build, and the
-    tokenised rows of a large mix are many GB: each kill left one more in the shared cache. A build names its
-    host and pid, and holds a flock while it builds: another host's, or a held one (a run building now, in this
-    container or another one on the host whose pids this one cannot see), is left alone.
-    """
-    removed = []
-    for path in Path(cache_dir).glob(".tmp-*"):
-        match = _BUILD.match(path.name)
-        if match is None or match["host"] != socket.gethostname():
-            continue
-        held = flock_held(path / _BUILD_LOCK)  # None: a build of an older tempa, or a moment before it took it
-        if held or (held is None and pid_alive(int(match["pid"]))):
-            continue
-        remove_tree(path, [cache_dir])
-        removed.append(path)
-    return removed
 
 
 def _open_entry(entry: Path, out_dir: Path, hit: bool, sources: Sequence[SourceConfig]) -> PreparedData:

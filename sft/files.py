@@ -1,5 +1,5 @@
-"""File helpers shared by the stages and the runner: atomic writes, staged folders, cheap copies,
-relative links, content digests and guarded deletes.
+"""File helpers shared by the stages and the runner: atomic writes, staged folders, cache builds, cheap
+copies, relative links, content digests and guarded deletes.
 
 Every folder tempa deletes or replaces goes through :func:`remove_tree` or :func:`staging_dir`,
 which first check that the target lies inside the roots tempa owns (the run directory, the
@@ -14,8 +14,11 @@ import json
 import math
 import numbers
 import os
+import re
 import shutil
+import socket
 import tempfile
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -267,6 +270,76 @@ def staging_dir(final: Path, *, inside: Iterable[Path]) -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_BUILD = re.compile(r"^\.tmp-[0-9a-f]{16}-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+_BUILD_LOCK = ".building"  # in a build folder: flock'ed by the process building it, for as long as it builds
+
+
+@contextmanager
+def cache_build(cache_dir: Path, key: str) -> Iterator[Path]:
+    """A new folder in ``cache_dir`` to build the cache entry ``key`` (a hex digest) in, removed on the way out,
+    published (:func:`publish_build`) or not.
+
+    Each build is its own folder, so two runs building the same entry never write into one; it names its host and
+    pid and holds a flock while it builds, so :func:`sweep_dead_builds` tells one a SIGKILL left from one in progress.
+    """
+    build_dir = Path(cache_dir) / f".tmp-{key[:16]}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    build_dir.mkdir(parents=True)
+    held = _hold(build_dir)
+    try:
+        yield build_dir
+    finally:
+        remove_tree(build_dir, [cache_dir])
+        if held is not None:
+            os.close(held)
+
+
+def publish_build(build_dir: Path, entry: Path, marker: str, text: str) -> None:
+    """Make ``build_dir`` the cache entry ``entry``: its files on the disk first, then its ``marker`` (durably), then
+    the rename. Without the flush a node's hard reset could keep the marker beside files the page cache never wrote,
+    and every later run would reuse them."""
+    sync_tree(build_dir)
+    write_marker(build_dir / marker, text)
+    try:
+        os.replace(build_dir, entry)
+    except OSError:
+        # Another process finished the same build first; its entry is as good as ours.
+        if not (entry / marker).exists():
+            raise
+
+
+def _hold(build_dir: Path) -> int | None:
+    """An open descriptor holding ``build_dir``'s flock (the kernel drops it when the process dies, however it dies);
+    None where the file system has no flock."""
+    fd = os.open(build_dir / _BUILD_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def sweep_dead_builds(cache_dir: Path) -> list[Path]:
+    """Remove the builds (:func:`cache_build`) in ``cache_dir`` whose process (on this host) is gone, and return them.
+
+    A SIGKILL (OOM killer, preemption, a node's hard reset) during data prep skips the ``finally`` that removes a
+    build, and the tokenised rows of a large mix are many GB: each kill left one more in the shared cache. A build
+    names its host and pid, and holds a flock while it builds: another host's, or a held one (a run building now, in
+    this container or another one on the host whose pids this one cannot see), is left alone.
+    """
+    removed = []
+    for path in Path(cache_dir).glob(".tmp-*"):
+        match = _BUILD.match(path.name)
+        if match is None or match["host"] != socket.gethostname():
+            continue
+        held = flock_held(path / _BUILD_LOCK)  # None: a build of an older tempa, or a moment before it took it
+        if held or (held is None and pid_alive(int(match["pid"]))):
+            continue
+        remove_tree(path, [cache_dir])
+        removed.append(path)
+    return removed
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

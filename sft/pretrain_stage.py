@@ -38,7 +38,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tempa.chat_templates.thinking import END_OF_TEXT_TOKENS, end_of_text_id
 from tempa.sft.checkpoints import complete_checkpoints
-from tempa.sft.files import digest, sync_tree, tree_digest, write_json, write_marker
+from tempa.sft.files import (
+    cache_build,
+    digest,
+    publish_build,
+    remove_tree,
+    sweep_dead_builds,
+    tree_digest,
+    write_json,
+)
 from tempa.sft.paths import display_path
 from tempa.sft.pretrain_config import PretrainSource, PretrainStageConfig
 from tempa.sft.stage import launch_training
@@ -51,6 +59,8 @@ from tempa.sft.stage_api import (
     TrainingWorkload,
 )
 from tempa.sft.train_plan import train_plan
+
+logger = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
 # Bump when the prepared rows change for the same inputs (2: a document starts with its bos; 3: repeat, and no
@@ -776,8 +786,7 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
     most one per 500 rows, as SFT data prepares), and this process holds a few numbers per document and per chunk.
     Every process count prepares the same rows."""
     from tempa.sft.data_config import DataError
-    from tempa.sft.forked_workers import dataset_of_files
-    from tempa.sft.sources import load_source, row_names, source_fingerprint
+    from tempa.sft.sources import load_source, source_fingerprint
 
     max_length = int(config.train_args()["max_length"])
     texts = {s.name: txt_files(s) for s in config.sources}
@@ -793,14 +802,28 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
                   "seed": seed,
                   "tokenizer": tree_digest(Path(tokenizer_dir))})
     entry = cache_dir / key[:16]
-    if (entry / COMPLETE).is_file():
-        stats = json.loads((entry / "stats.json").read_text(encoding="utf-8"))
-        return PretrainData(entry / "train", entry / "eval" if (entry / "eval").is_dir() else None,
-                            stats["tokens"], stats["documents"], stats["chunks"], stats["passes"], stats["heldout"],
-                            stats["trained"])
+    if not (entry / COMPLETE).is_file():
+        if entry.exists():  # an incomplete entry of an older tempa, which built in place
+            remove_tree(entry, [cache_dir])
+        for path in sweep_dead_builds(cache_dir):
+            logger.warning("pretrain data: removed %s, a build its killed process left in the cache", path)
+        with cache_build(cache_dir, key) as build:
+            _build(config, tokenizer, build, texts=texts, loaded=loaded, max_length=max_length, seed=seed,
+                   num_proc=num_proc)
+            publish_build(build, entry, COMPLETE, "")
+    stats = json.loads((entry / "stats.json").read_text(encoding="utf-8"))
+    return PretrainData(entry / "train", entry / "eval" if (entry / "eval").is_dir() else None,
+                        stats["tokens"], stats["documents"], stats["chunks"], stats["passes"], stats["heldout"],
+                        stats["trained"])
 
-    shutil.rmtree(entry, ignore_errors=True)  # an incomplete earlier attempt
-    work = entry / "work"  # the tokenised documents, until the rows are written
+
+def _build(config: PretrainStageConfig, tokenizer: Any, build: Path, *, texts: dict[str, list[Path] | None],
+           loaded: dict[str, Any], max_length: int, seed: int, num_proc: int | None) -> None:
+    """The prepared rows (``train``, ``eval`` when a document is held out) and ``stats.json``, written in ``build``."""
+    from tempa.sft.forked_workers import dataset_of_files
+    from tempa.sft.sources import row_names
+
+    work = build / "work"  # the tokenised documents, until the rows are written
     work.mkdir(parents=True)
     files: list[str] = []
     held = 0  # documents tokenised so far, all sources: the first row of the next source's
@@ -847,10 +870,10 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
                             "Finding copies of held-out chunks", num_proc)
         train_order = _drop_copies(chunks, hashes.data.table.column("hash").to_numpy(), eval_order, train_order)
     _chunk_map(replace(chunks, order=train_order), _rows_of, row_features, work, "train", "Writing training rows",
-               num_proc).save_to_disk(str(entry / "train"))
+               num_proc).save_to_disk(str(build / "train"))
     if len(eval_order):
         _chunk_map(replace(chunks, order=eval_order), _rows_of, row_features, work, "eval",
-                   "Writing held-out rows", num_proc).save_to_disk(str(entry / "eval"))
+                   "Writing held-out rows", num_proc).save_to_disk(str(build / "eval"))
     shutil.rmtree(work)
 
     def per_source(chunk_order: np.ndarray) -> dict[str, int]:  # the tokens of these rows, by source
@@ -859,11 +882,7 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
 
     stats = {"tokens": tokens, "documents": documents, "chunks": len(train_order), "passes": passes,
              "heldout": per_source(eval_order), "trained": per_source(train_order)}
-    write_json(entry / "stats.json", stats)
-    sync_tree(entry)  # on the disk before the marker: a hard reset must not keep COMPLETE and lose the rows
-    write_marker(entry / COMPLETE, "")  # last: a folder without it is never reused
-    return PretrainData(entry / "train", entry / "eval" if len(eval_order) else None, tokens, documents,
-                        stats["chunks"], passes, stats["heldout"], stats["trained"])
+    write_json(build / "stats.json", stats)
 
 
 def budget_lines(config: PretrainStageConfig, data: PretrainData) -> list[tuple[int, str]]:

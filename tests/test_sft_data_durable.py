@@ -82,3 +82,53 @@ def test_a_pretrain_cache_entry_is_on_the_disk_before_its_complete_marker(tmp_pa
     entry = data.train_path.parent
     assert (entry / PRETRAIN_COMPLETE).is_file() and data.eval_path is not None
     _assert_flushed_before_marker(entry, flushed, PRETRAIN_COMPLETE, entry.parent)
+
+
+KILLED_PRETRAIN_PREP = """
+import os, signal, sys
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+import tempa.sft.pretrain_stage as stage
+from tempa.sft.pretrain_config import PretrainStageConfig
+
+
+def killed(*args, **kwargs):  # the rows are written into the cache ... and the OOM killer strikes before the marker
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+stage.write_json = killed
+model, text = Path(sys.argv[1]), sys.argv[2]
+config = PretrainStageConfig.model_validate({"name": "cpt", "sources": [{"name": "th", "path": text,
+    "txt_document": "line"}], "train": {"max_length": 16, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+stage.prepare_pretrain_data(config, AutoTokenizer.from_pretrained(model), model, Path(sys.argv[3]), 0, num_proc=1)
+"""
+
+
+def test_a_pretrain_build_left_by_a_killed_prep_is_removed_by_the_next(tmp_path, tiny_model_dir):
+    """A SIGKILL (the OOM killer, a node's hard reset) during a pretrain stage's data prep left its half-built entry,
+    tokenised documents and all (many GB for a web crawl), in the shared cache; a next run with other settings (here
+    another seed: another entry) never removed it, so each kill left one more, until the disk was full."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    text = tmp_path / "th.txt"
+    text.write_text("\n".join(f"ข้าว แม่น้ำ ตลาด {i}" for i in range(40)) + "\n", encoding="utf-8")
+    cache = tmp_path / "cache"
+    killed = subprocess.run([sys.executable, "-c", KILLED_PRETRAIN_PREP, str(tiny_model_dir), str(text), str(cache)],
+                            capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    left = [p for p in cache.iterdir()]
+    assert len(left) == 1 and any(left[0].rglob("*.arrow"))  # the killed build, rows and all
+
+    config = PretrainStageConfig.model_validate({
+        "name": "cpt", "sources": [{"name": "th", "path": str(text), "txt_document": "line"}],
+        "train": {"max_length": 16, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, cache, 1, num_proc=1)
+    entry = data.train_path.parent
+    assert (entry / PRETRAIN_COMPLETE).is_file()
+    assert list(cache.iterdir()) == [entry]  # the killed build is gone

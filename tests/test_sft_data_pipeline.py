@@ -283,7 +283,7 @@ def test_a_build_another_container_is_making_is_left_alone_by_the_sweep(tmp_path
     import os
     import socket
 
-    from tempa.sft.data import sweep_dead_builds
+    from tempa.sft.files import sweep_dead_builds
 
     unseen = 4_194_305  # above any pid_max: no process of this namespace has it
     building = tmp_path / f".tmp-{'a' * 16}-{socket.gethostname()}-{unseen}-{'b' * 8}"

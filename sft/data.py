@@ -112,6 +112,7 @@ from tempa.sft.mixing import (
     thinking_picks,
 )
 from tempa.sft.paths import display_path
+from tempa.sft.run_layout import COMPLETE
 from tempa.sft.sources import (
     RAW,
     READ_ERROR,
@@ -139,7 +140,6 @@ logger = logging.getLogger(__name__)
 # 10, 11: a reject's row holding personal data or a key is not copied into rejects.jsonl; 12: signed JSON Web Tokens
 # and AWS secret access keys are credentials; 13: a row's boolean thinking_mode, and turns written as JSON text, are read.
 PIPELINE_VERSION = "13"
-COMPLETE = "COMPLETE"
 MIX_FILE, REJECTS_FILE = "mix.json", "rejects.jsonl"
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects
 

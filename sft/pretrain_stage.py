@@ -53,6 +53,7 @@ from tempa.sft.files import (
 )
 from tempa.sft.paths import display_path
 from tempa.sft.pretrain_config import PretrainSource, PretrainStageConfig
+from tempa.sft.run_layout import COMPLETE
 from tempa.sft.stage import launch_training
 from tempa.sft.stage_api import (
     EstimateInputs,
@@ -66,7 +67,6 @@ from tempa.sft.train_plan import train_plan
 
 logger = logging.getLogger(__name__)
 
-COMPLETE = "COMPLETE"
 # Bump when the prepared rows change for the same inputs (2: a document starts with its bos; 3: repeat, and no
 # held-out chunk also trained on; 4: a document ends with the end-of-text token, not the baked eos, a chat's end of
 # turn; 5: held out by document, not by chunk; 6: the stats count each source's held-out and training-row tokens; 7: a

@@ -35,7 +35,7 @@ CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"
 DATA_DIR = "data"
 TRAIN_PLAN = "train_plan.json"
-COMPLETE = "COMPLETE"  # in a checkpoint folder: the checkpoint is whole
+COMPLETE = "COMPLETE"  # written last in a checkpoint folder or a data cache entry: it is whole
 
 LOGS_AT_TOP = "logs"  # kept free for run-level logs
 

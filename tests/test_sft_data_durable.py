@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tempa.sft.data import COMPLETE, prepare_sft_data
+from tempa.sft.data import prepare_sft_data
 from tempa.sft.data_config import DataConfig
 from tempa.sft.pretrain_config import PretrainStageConfig
-from tempa.sft.pretrain_stage import COMPLETE as PRETRAIN_COMPLETE
 from tempa.sft.pretrain_stage import prepare_pretrain_data
+from tempa.sft.run_layout import COMPLETE
 
 
 def _record_fsyncs(monkeypatch: pytest.MonkeyPatch, marker: str) -> list[tuple[Path, bool]]:
@@ -77,11 +77,11 @@ def test_a_pretrain_cache_entry_is_on_the_disk_before_its_complete_marker(tmp_pa
         "name": "cpt", "heldout": 0.1,
         "sources": [{"name": "th", "path": str(tmp_path / "th.txt"), "txt_document": "line"}],
         "train": {"max_length": 16, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
-    flushed = _record_fsyncs(monkeypatch, PRETRAIN_COMPLETE)
+    flushed = _record_fsyncs(monkeypatch, COMPLETE)
     data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / "cache", 0, num_proc=1)
     entry = data.train_path.parent
-    assert (entry / PRETRAIN_COMPLETE).is_file() and data.eval_path is not None
-    _assert_flushed_before_marker(entry, flushed, PRETRAIN_COMPLETE, entry.parent)
+    assert (entry / COMPLETE).is_file() and data.eval_path is not None
+    _assert_flushed_before_marker(entry, flushed, COMPLETE, entry.parent)
 
 
 KILLED_PRETRAIN_PREP = """
@@ -130,5 +130,5 @@ def test_a_pretrain_build_left_by_a_killed_prep_is_removed_by_the_next(tmp_path,
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, cache, 1, num_proc=1)
     entry = data.train_path.parent
-    assert (entry / PRETRAIN_COMPLETE).is_file()
+    assert (entry / COMPLETE).is_file()
     assert list(cache.iterdir()) == [entry]  # the killed build is gone

@@ -15,9 +15,10 @@ import datasets
 import pytest
 
 from sft_helpers import ISSUE_ROW, REASONED_ROW, SHAREGPT_ROW, WEATHER, expected_tool_samples, trained_spans
-from tempa.sft.data import COMPLETE, PreparedData, prepare_sft_data
+from tempa.sft.data import PreparedData, prepare_sft_data
 from tempa.sft.data_config import DataConfig, DataError
 from tempa.sft.data_report import DataMix
+from tempa.sft.run_layout import COMPLETE
 
 EOT = "<|eot_id|>"
 ON_PREFILL = "<|start_header_id|>assistant<|end_header_id|>\n\n<think>\n"

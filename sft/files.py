@@ -261,13 +261,18 @@ def staging_dir(final: Path, *, inside: Iterable[Path]) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp's private 0700 would stick to the published folder
+    old: Path | None = None
     try:
         yield tmp
         if final.is_symlink() or final.is_file():
             final.unlink()
         elif final.exists():
-            shutil.rmtree(final)
+            # renamed away whole before the new one goes in: a kill mid-delete leaves a .partial folder, not a final
+            # folder holding some of the old files
+            os.replace(final, old := tmp.with_name(tmp.name + "-old"))
         os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

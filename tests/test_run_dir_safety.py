@@ -83,3 +83,32 @@ def test_template_bake_overwrite_replaces_only_an_earlier_bake(tmp_path: Path, t
     assert (mistyped / "train.py").read_text() == "print('years of work')"
     out = bake_tokenizer(tiny_tokenizer_dir, "llama3_thinking", tmp_path / "baked")
     assert bake_tokenizer(tiny_tokenizer_dir, "llama3_thinking", out, overwrite=True) == out  # an earlier bake: fine
+
+
+def test_a_kill_while_the_old_final_folder_is_deleted_leaves_a_whole_final_folder(tmp_path, monkeypatch) -> None:
+    """staging_dir deleted the old folder in place before renaming the new one in: a kill mid-delete left a final/
+    with some of the old files, which push and export read as the model."""
+    import shutil
+
+    import tempa.sft.files as files
+
+    final = tmp_path / "bake" / "final"
+    final.mkdir(parents=True)
+    old = {f"model-{i}.safetensors": f"old {i}" for i in range(4)}
+    for name, text in old.items():
+        (final / name).write_text(text)
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):
+        entries = sorted(Path(path).iterdir()) if Path(path).is_dir() else []
+        if entries and entries[0].read_text() == "old 0":  # the old model's folder: one file gone, then the kill
+            entries[0].unlink()
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(files.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt), staging_dir(final, inside=[tmp_path]) as tmp:
+        for i in range(4):
+            (tmp / f"model-{i}.safetensors").write_text(f"new {i}")
+    held = {p.name: p.read_text() for p in final.iterdir()}
+    assert held in (old, {name: text.replace("old", "new") for name, text in old.items()})

@@ -733,7 +733,7 @@ class _RewardModel:
             except TemplateError as exc:
                 what = " (it offers tools or holds a tool loop)" if it.prompt.uses_tools else ""
                 raise StageError(f"reward {self.config.key!r}: the chat template of {self.config.model} cannot render "
-                                 f"prompt {it.prompt.id}{what}: {exc}") from None
+                                 f"prompt {it.prompt.meta.get('row', it.prompt.id)}{what}: {exc}") from None
         return out
 
     def score(self, items: list[ScoreItem]) -> list[float | None]:

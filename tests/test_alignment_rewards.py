@@ -385,6 +385,13 @@ def test_a_reward_model_reads_a_tool_loop_with_its_tools(reward_model_dir, baked
     with pytest.raises(StageError, match=rf"reward 'reward_model': the chat template of {ignoring} cannot render prompt "
                                          r"loop \(it offers tools or holds a tool loop\): Conversation roles must alternate"):
         RewardSet([RewardModelReward(model=str(ignoring))], env(tmp_path, baked_tokenizer)).score(items)
+    # a stage's prompt is keyed by a hash of its content: the error names its place in the file
+    import dataclasses
+
+    keyed = [ScoreItem(dataclasses.replace(item.prompt, id="5d41402abc4b2a76", meta={"row": "prompts.jsonl:4"}),
+                       item.completion) for item in items]
+    with pytest.raises(StageError, match=r"cannot render prompt prompts\.jsonl:4 \(it offers tools"):
+        RewardSet([RewardModelReward(model=str(ignoring))], env(tmp_path, baked_tokenizer)).score(keyed)
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,8 @@ def from_validation_error(
         elif "input" in err and err["type"] not in ("union_tag_invalid", SECRET_INPUT_ERROR):
             got = err["input"]
             if not isinstance(got, Mapping | list) and repr(got) not in msg and f"'{got}'" not in msg:
-                msg = f"{msg}, got {got!r}"
+                head, sep, hint = msg.partition("; did you mean ")  # the guess stays last, where a reader looks
+                msg = f"{head}, got {got!r}{sep}{hint}"
         # Validators of free-form mappings (e.g. `train:`) name the offending key first: 'key': ...
         if msg.startswith("'") and (*path, msg.split("'")[1]) in lines:
             key = msg.split("'")[1]

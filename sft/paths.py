@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import ValidationInfo
 
-from tempa.sft.suggest import one_slip_from
+from tempa.sft.suggest import closest, meant, one_slip_from
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 _LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".yaml", ".yml", ".jinja", ".txt", ".arrow")
@@ -51,11 +51,17 @@ def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = 
         # Relative to the recipe's folder, never to wherever tempa happens to be started from.
         candidate = Path(base_dir) / candidate
         if not (candidate.exists() or candidate.is_symlink() or looks_local(value)):
+            file = _file_of_that_name(candidate, Path(base_dir))
+            if file is not None and must_exist:
+                # `data/ja_chats` beside data/ja_chats.jsonl: an extension forgotten, not a hub id (which would fail
+                # at run time, after every stage before it, as a hub that cannot be reached)
+                raise ValueError(f"local path does not exist: {candidate}{meant(_as_written(file, value, base_dir))}")
             close = _misspelt_sibling(candidate, Path(base_dir))
             warnings = info.context.get(PATH_WARNINGS) if info is not None and info.context else None
             if close is not None and warnings is not None:
+                what = "folder" if (candidate.parent / close).is_dir() else "file"
                 warning = (f"'{value}' is read as a hub id, but {candidate.parent} beside the recipe holds '{close}': "
-                           f"write './{Path(value).parent / close}' if you meant that folder")
+                           f"write './{Path(value).parent / close}' if you meant that {what}")
                 if warning not in warnings:
                     warnings.append(warning)
             return value
@@ -69,21 +75,75 @@ def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = 
             if resolved.is_symlink():  # not a hub id: a link whose target is gone
                 raise ValueError(f"local path is a link to a path that does not exist: {resolved} -> "
                                  f"{os.readlink(resolved)}")
-            raise ValueError(f"local path does not exist: {resolved}")
+            near = _nearest_existing(resolved)
+            raise ValueError(f"local path does not exist: {resolved}"
+                             f"{meant(_as_written(near, value, base_dir) if near is not None else None)}")
         return str(resolved)
     return value
 
 
 def _misspelt_sibling(candidate: Path, base_dir: Path) -> str | None:
     """The name beside ``candidate`` (which is not there) that it is a few letters from, under a first folder beside
-    the recipe (`models/tinyy` where `models/tiny` is), or None. Such a value still reads as a hub id (`Qwen/` beside
-    the recipe may hold Qwen2.5-7B while the recipe names Qwen2.5-72B on the hub), so `tempa plan` warns: a
-    misspelt folder would otherwise fail at run time as a hub that cannot be reached."""
-    parts = candidate.relative_to(base_dir).parts
-    if len(parts) < 2 or not (base_dir / parts[0]).is_dir() or not candidate.parent.is_dir():
+    the recipe (`models/tinyy` where `models/tiny` is; `data/ja_chat` where `data/ja_chats.jsonl` is), or None. Such a
+    value still reads as a hub id (`Qwen/` beside the recipe may hold Qwen2.5-7B while the recipe names Qwen2.5-72B on
+    the hub), so `tempa plan` warns: a misspelt folder would otherwise fail at run time as a hub that cannot be
+    reached."""
+    if not _under_a_folder_beside(candidate, base_dir):
         return None
-    return next((entry.name for entry in sorted(candidate.parent.iterdir()) if one_slip_from(candidate.name, entry.name)),
+    return next((entry.name for entry in sorted(candidate.parent.iterdir())
+                 if one_slip_from(candidate.name, entry.name) or one_slip_from(candidate.name, _without_suffix(entry.name))),
                 None)
+
+
+def _file_of_that_name(candidate: Path, base_dir: Path) -> Path | None:
+    """The file beside ``candidate`` (which is not there) whose name is ``candidate``'s and a file suffix
+    (`data/ja_chats.jsonl` for `data/ja_chats`), under a first folder beside the recipe, or None. No hub id sits
+    beside a file of its name: that is the extension forgotten. A bare name (`gsm8k` beside gsm8k.jsonl) is left to be
+    the hub id or stage it also spells."""
+    if not _under_a_folder_beside(candidate, base_dir):
+        return None
+    return next((entry for entry in sorted(candidate.parent.iterdir())
+                 if entry.name != candidate.name and _without_suffix(entry.name) == candidate.name), None)
+
+
+def _under_a_folder_beside(candidate: Path, base_dir: Path) -> bool:
+    parts = candidate.relative_to(base_dir).parts
+    return len(parts) >= 2 and (base_dir / parts[0]).is_dir() and candidate.parent.is_dir()
+
+
+def _without_suffix(name: str) -> str:
+    """``name`` less a suffix that makes a reference local (``ja_chats.jsonl`` -> ``ja_chats``)."""
+    lower = name.lower()
+    return next((name[: -len(suffix)] for suffix in _LOCAL_SUFFIXES if lower.endswith(suffix)), name)
+
+
+def _nearest_existing(missing: Path) -> Path | None:
+    """The existing path ``missing`` likely meant: from its deepest existing folder, each name that is not there
+    replaced by the closest one that is (`data/ja_chat.jsonl` -> `data/ja_chats.jsonl`, `dta/x.jsonl` ->
+    `data/x.jsonl`), or None when some name has no close one."""
+    found = Path(missing.anchor)
+    for part in missing.parts[1:]:
+        if (found / part).exists():
+            found = found / part
+            continue
+        try:
+            names = [entry.name for entry in found.iterdir()]
+        except OSError:  # a file, or a folder that cannot be read
+            return None
+        hint = closest(part, names)
+        if hint is None:
+            return None
+        found = found / hint
+    return found if found != missing and found.exists() else None
+
+
+def _as_written(path: Path, value: str, base_dir: str | os.PathLike | None) -> str:
+    """``path`` as the recipe would write it: relative to the recipe's folder (``./data/x.jsonl``) where ``value``
+    was relative, else absolute."""
+    if base_dir is None or os.path.isabs(os.path.expanduser(value)):
+        return str(path)
+    relative = Path(os.path.relpath(Path(os.path.realpath(path.parent)) / path.name, os.path.realpath(base_dir)))
+    return str(relative) if relative.parts[0] == ".." else f"./{relative}"
 
 
 def stage_or_folder(value: str, info: ValidationInfo | None) -> str:

@@ -14,7 +14,11 @@ def closest(value: object, choices: Iterable[str]) -> str | None:
 
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` for a likely typo of one of ``choices``, else ``""``."""
-    hint = closest(value, choices)
+    return meant(closest(value, choices))
+
+
+def meant(hint: str | None) -> str:
+    """``"; did you mean 'x'?"`` for a ``hint`` found some other way (a path beside the one written), else ``""``."""
     return f"; did you mean '{hint}'?" if hint else ""
 
 

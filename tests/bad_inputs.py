@@ -93,6 +93,13 @@ def _bytes(ws: Path, data: bytes, name: str) -> Path:
     return path
 
 
+def _beside(ws: Path, name: str) -> Path:
+    """``ws`` with rows written at ``name`` inside it (folders made)."""
+    (ws / name).parent.mkdir(parents=True, exist_ok=True)
+    write_rows(ws / name)
+    return ws
+
+
 def _model_folder(ws: Path, *, config: bool = True, weights: str | None = "model.safetensors",
                   tokenizer: bool = True) -> Path:
     folder = ws / "base"
@@ -232,6 +239,12 @@ RECIPE_CASES = [
          "duplicate source name"),
     Case("source-missing-file", "recipe", lambda ws: plan(recipe(ws, source="{name: r, path: nope.jsonl}")),
          "local path does not exist"),
+    Case("source-extension-forgotten", "recipe",
+         lambda ws: plan(recipe(_beside(ws, "data/ja_chats.jsonl"), source="{name: r, path: data/ja_chats}")),
+         "did you mean './data/ja_chats.jsonl'?"),
+    Case("source-one-letter-off", "recipe",
+         lambda ws: plan(recipe(_beside(ws, "data/ja_chats.jsonl"), source="{name: r, path: ./data/ja_chat.jsonl}")),
+         "did you mean './data/ja_chats.jsonl'?"),
     Case("mixed-without-ratio", "recipe",
          lambda ws: plan(recipe(ws, source="{name: r, path: rows.jsonl, thinking_mode: mixed}")), "needs thinking_ratio"),
     Case("two-sizes", "recipe", lambda ws: plan(recipe(ws, source="{name: r, path: rows.jsonl, weight: 1, rows: 3}")),

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from tempa.recipes.yaml_loader import full_width_note
 from tempa.sft.stage_api import SECRET_INPUT_ERROR
 from tempa.sft.suggest import did_you_mean
 
@@ -59,10 +60,16 @@ def from_validation_error(
     ``model`` is the class ``raw`` was validated as: an unknown key then gets the closest allowed one
     (``top_keys``: further keys allowed at the top, which the loader reads before validation)."""
     messages = []
+    explained = 0  # messages of full-width keys, at the front
     for err in exc.errors(include_url=False):
         path = (*prefix, *_yaml_path(err["loc"], raw))
+        note = None
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and (note := full_width_note(str(err["loc"][-1]))) is not None:
+            # an input method's full-width space or mark inside the key (`　　train`): invisible, or nearly
+            line = locate(path, lines, file)[1]
+            msg = f"unknown field; {f'line {line}' if line else 'the key'} {note}"
+        elif err["type"] == "extra_forbidden":
             allowed = _keys_at(model, err["loc"][:-1]) + (list(top_keys) if len(err["loc"]) == 1 else [])
             msg = f"unknown field (not allowed here; check the spelling){did_you_mean(err['loc'][-1], allowed)}"
         elif err["type"] == "missing":
@@ -75,6 +82,8 @@ def from_validation_error(
             if not isinstance(got, Mapping | list) and repr(got) not in msg and f"'{got}'" not in msg:
                 head, sep, hint = msg.partition("; did you mean ")  # the guess stays last, where a reader looks
                 msg = f"{head}, got {got!r}{sep}{hint}"
+            if err["type"] in _PARSED and isinstance(got, str) and (note := full_width_note(got)) is not None:
+                msg += f"; the value {note}"
         # Validators of free-form mappings (e.g. `train:`) name the offending key first: 'key': ...
         if msg.startswith("'") and (*path, msg.split("'")[1]) in lines:
             key = msg.split("'")[1]
@@ -85,10 +94,20 @@ def from_validation_error(
         elif (named := _NAMED_FIELD.match(msg)) and (*path, *named[1].split(".")) in lines:
             path = (*path, *named[1].split("."))
             msg = msg[named.end():]
-        messages.append(f"{where(path, lines, file)}: {_human_path(path, stage_names)}: {msg}")
+        message = f"{where(path, lines, file)}: {_human_path(path, stage_names)}: {msg}"
+        if err["type"] == "extra_forbidden" and note is not None:
+            # a full-width key explains the errors it causes (its field then missing): it goes first
+            messages.insert(explained, message)
+            explained += 1
+        else:
+            messages.append(message)
     return RecipeError("; ".join(messages) if messages else f"{file}: invalid recipe")
 
 
+# Errors of a value that has to be read as a number, a truth value, one of some words, a mapping or a list: a full-width
+# mark in it is why (`seed: ４２`; `learning_rate:　1e-5` under `train:`, one string for YAML).
+_PARSED = ("int_parsing", "float_parsing", "bool_parsing", "literal_error", "enum", "dict_type", "list_type",
+           "model_type", "model_attributes_type")
 _NAMED_FIELD = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*): ")
 
 

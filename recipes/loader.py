@@ -20,7 +20,14 @@ from tempa.chat_templates.thinking import THINKING_DEFAULT_CONTEXT
 from tempa.recipes.errors import FieldPath, RecipeError, dotted, from_validation_error, locate, where
 from tempa.recipes.registry import stage_kinds
 from tempa.recipes.schema import Recipe
-from tempa.recipes.yaml_loader import RecipeTextError, compose_and_construct, parse_yaml, read_text
+from tempa.recipes.yaml_loader import (
+    RecipeTextError,
+    compose_and_construct,
+    full_width_note,
+    full_width_slip,
+    parse_yaml,
+    read_text,
+)
 from tempa.sft.paths import EARLIER_STAGES, PATH_WARNINGS, WRITTEN_IN
 from tempa.sft.stage_api import Read, StageConfigBase
 from tempa.sft.suggest import closest, did_you_mean
@@ -166,18 +173,26 @@ def _yaml_hint(problem: str) -> str:
 
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[FieldPath, tuple[Path, int]]]:
     try:
-        data, node = compose_and_construct(read_text(path))
+        text = read_text(path)
+    except RecipeTextError as exc:
+        raise RecipeError(str(exc)) from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    try:
+        data, node = compose_and_construct(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        slip = full_width_slip(text, mark.line + 1 if mark is not None else None)
+        if slip is not None:
+            # YAML reads `seed： 42` as text and stops a line or more later, naming neither the line nor the mark
+            at, note = slip
+            raise RecipeError(f"{path}:{at}: invalid YAML: line {at} {note} (YAML stopped"
+                              f"{' at line ' + line[1:] if line else ''}: {problem})") from None
         raise RecipeError(f"{path}{line}: invalid YAML: {problem}{_yaml_hint(problem)}") from None
-    except RecipeTextError as exc:
-        raise RecipeError(str(exc)) from None
     except RecursionError:
         raise RecipeError(f"{path}: invalid YAML: nested too deeply") from None
-    except OSError as exc:
-        raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: expected a mapping of recipe fields at the top level")
     lines: dict[FieldPath, tuple[Path, int]] = {}
@@ -201,7 +216,8 @@ def _walk_positions(node: Any, prefix: FieldPath, path: Path, out: dict) -> None
 def _stage_list(raw: Mapping[str, Any], path: Path) -> list[dict[str, Any]]:
     stages = raw.get("stages", [])
     if not isinstance(stages, list):
-        raise RecipeError(f"{path}: stages: expected a list of stages")
+        note = full_width_note(stages) if isinstance(stages, str) else None  # `stages: ［］`
+        raise RecipeError(f"{path}: stages: expected a list of stages{'; the value ' + note if note else ''}")
     for i, stage in enumerate(stages):
         if not isinstance(stage, dict) or not isinstance(stage.get("name"), str):
             raise RecipeError(f"{path}: stages[{i}]: expected a mapping with a string 'name' and a 'kind'")

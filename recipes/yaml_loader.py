@@ -7,11 +7,14 @@
   recipe fails in milliseconds instead of exhausting memory (nodes are counted, never built).
 
 Every error is a ``yaml.MarkedYAMLError`` (or ``RecipeTextError``) whose mark gives the line.
+A Japanese, Chinese or Korean input method in full-width mode types look-alikes of YAML's ASCII marks
+(``：`` for ``:``, U+3000 for a space); :func:`full_width_slip` finds the one that broke a recipe.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +123,46 @@ def read_text(path: Path) -> str:
         raise RecipeTextError(
             f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the recipe as UTF-8"
         ) from None
+
+
+# What an input method in full-width mode types for ASCII: U+3000 for a space, U+FF01-U+FF5E for the rest.
+_FULL_WIDTH = re.compile(r"[\u3000\uff01-\uff5e]")
+# Where YAML needs an ASCII mark, its look-alike breaks the structure; elsewhere (a Japanese prompt's `：`, an
+# ideographic space between words) it is text. Structure: the indentation; a full-width space after `:` or `-`; a
+# colon before the line's first ASCII one (`seed： 42`); a dash or `#` opening the line; any bracket or brace.
+_STRUCTURAL = re.compile(r"^[ \t]*\u3000|[:\-]\u3000|^[^:]*\uff1a|^\s*[\uff0d\uff03]|\s\uff03|[\uff5b\uff5d\uff3b\uff3d]")
+
+
+def full_width_note(text: str) -> str | None:
+    """What a full-width look-alike in ``text`` (a key, a value) is, and the fix, for "line 5 ..." or "the key ...":
+    ``is indented with U+3000 IDEOGRAPHIC SPACE; indent with ASCII spaces``,
+    ``holds U+FF1A FULLWIDTH COLON ('：'); write the ASCII ':'``; None when it holds none."""
+    found = _FULL_WIDTH.search(text)
+    if found is None:
+        return None
+    indent = text[: len(text) - len(text.lstrip())]
+    return _note(found.group(), indented="\u3000" in indent)
+
+
+def full_width_slip(text: str, upto: int | None = None) -> tuple[int, str] | None:
+    """The line of ``text`` (1-based, at most ``upto``: a YAML error is found at or after its cause) whose full-width
+    look-alike most likely broke the YAML, and the note for it (:func:`full_width_note`'s words); None if no line
+    holds one where YAML needs ASCII. The nearest to ``upto`` wins: one that parsed and read on is text."""
+    lines = text.splitlines()[:upto]
+    for number in range(len(lines), 0, -1):
+        line = lines[number - 1]
+        code = "" if line.lstrip().startswith("#") else line.split(" #", 1)[0]
+        found = _STRUCTURAL.search(code)
+        if found is not None:
+            mark = _FULL_WIDTH.search(found.group())
+            return number, _note(mark.group(), indented=not found.group().strip())  # only spaces matched
+    return None
+
+
+def _note(mark: str, *, indented: bool) -> str:
+    name = f"U+{ord(mark):04X} {unicodedata.name(mark)}"
+    if indented:
+        return f"is indented with {name}; indent with ASCII spaces"
+    if mark.isspace():
+        return f"holds {name}; write an ASCII space"
+    return f"holds {name} ('{mark}'); write the ASCII {unicodedata.normalize('NFKC', mark)!r}"

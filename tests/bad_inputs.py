@@ -242,6 +242,8 @@ RECIPE_CASES = [
     Case("source-extension-forgotten", "recipe",
          lambda ws: plan(recipe(_beside(ws, "data/ja_chats.jsonl"), source="{name: r, path: data/ja_chats}")),
          "did you mean './data/ja_chats.jsonl'?"),
+    Case("full-width-colon", "recipe", lambda ws: plan(_text(ws, "name: x\nbase_model: a/b\nseed： 42\nstages: []\n")),
+         "recipe.yaml:3: invalid YAML: line 3 holds U+FF1A FULLWIDTH COLON ('：'); write the ASCII ':'"),
     Case("source-one-letter-off", "recipe",
          lambda ws: plan(recipe(_beside(ws, "data/ja_chats.jsonl"), source="{name: r, path: ./data/ja_chat.jsonl}")),
          "did you mean './data/ja_chats.jsonl'?"),

@@ -92,3 +92,61 @@ def test_hub_ids_beside_files_of_other_names_and_a_bare_name_still_load(tmp_path
     for hub_id in ("HuggingFaceH4/ultrachat_200k", "gsm8k"):
         loaded = load_recipe(_recipe(folder, source=hub_id))
         assert loaded.stages[0].data.sources[0].path == hub_id and loaded.path_warnings == []
+
+
+# --- full-width characters from an input method ---------------------------------------------------------------------
+
+SWALLOW = """\
+name: swallow-ja
+base_model: tempa:tiny
+description: "日本語：Swallow の継続学習　テスト"
+launch: {use_cpu: true}
+seed: 42
+stages:
+  - name: sft
+    kind: sft
+    data: {sources: [{name: chats, path: ./data/ja_chats.jsonl}]}
+    # 学習率：小さめ（日本語のコメント、全角コロン）
+    train:
+      learning_rate: 1.0e-5
+"""
+
+
+def _swallow(tmp_path: Path, line: int, written: str) -> Path:
+    lines = SWALLOW.splitlines()
+    lines[line - 1] = written
+    path = _layout(tmp_path) / "m.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_the_recipe_loads_with_full_width_text_in_comments_and_values(tmp_path):
+    """The slips below differ from this recipe by one line; its Japanese comment and description are text."""
+    loaded = load_recipe(_swallow(tmp_path, 5, "seed: 42"))
+    assert loaded.recipe.seed == 42 and loaded.stages[0].train == {"learning_rate": 1e-5}
+
+
+@pytest.mark.parametrize(("line", "written", "expect"), [
+    (5, "seed： 42", r"m\.yaml:5: invalid YAML: line 5 holds U\+FF1A FULLWIDTH COLON \('：'\); write the ASCII ':' "
+                     r"\(YAML stopped at line 6: could not find expected ':'\)$"),
+    (6, "stages：", r"m\.yaml:6: invalid YAML: line 6 holds U\+FF1A FULLWIDTH COLON \('：'\); write the ASCII ':' "),
+    (7, "  － name: sft", r"m\.yaml:7: invalid YAML: line 7 holds U\+FF0D FULLWIDTH HYPHEN-MINUS \('－'\); "
+                         r"write the ASCII '-' \(YAML stopped at line 8: "),
+    (9, "    data: ｛sources: [{name: chats, path: ./data/ja_chats.jsonl}]}",
+     r"m\.yaml:9: invalid YAML: line 9 holds U\+FF5B FULLWIDTH LEFT CURLY BRACKET \('｛'\); write the ASCII '\{' "),
+    (8, "　　　　kind: sft", r"m\.yaml:8: invalid YAML: line 8 is indented with U\+3000 IDEOGRAPHIC SPACE; indent with "
+                            r"ASCII spaces \(YAML stopped at line 9: "),
+    (11, "　　train:", r"m\.yaml:11: 　　train: unknown field; line 11 is indented with U\+3000 IDEOGRAPHIC SPACE; "
+                      r"indent with ASCII spaces$"),
+    (12, "    　　learning_rate: 1.0e-5", r"m\.yaml:12: stages\[0\]\.　　learning_rate \(stage 'sft'\): unknown field; "
+                                       r"line 12 is indented with U\+3000 IDEOGRAPHIC SPACE; indent with ASCII spaces"),
+    (12, "      learning_rate:　1.0e-5", r"m\.yaml:11: stages\[0\]\.train \(stage 'sft'\): Input should be a valid "
+                                       r"dictionary, got .*; the value holds U\+3000 IDEOGRAPHIC SPACE; write an ASCII "
+                                       r"space$"),
+    (5, "seed: ４２", r"m\.yaml:5: seed: .*got '４２'; the value holds U\+FF14 FULLWIDTH DIGIT FOUR \('４'\); "
+                    r"write the ASCII '4'$"),
+], ids=["colon-after-a-key", "colon-after-stages", "dash", "brace", "indent-in-a-stage", "indent-read-as-a-key",
+        "indent-in-a-key-of-the-stage", "space-after-a-colon", "digits"])
+def test_a_full_width_slip_is_named_on_its_line_with_the_fix(tmp_path, line, written, expect):
+    with pytest.raises(RecipeError, match=expect):
+        load_recipe(_swallow(tmp_path, line, written))

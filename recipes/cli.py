@@ -14,7 +14,7 @@ from pathlib import Path
 from tempa.chat_templates.one_line import typed_line
 from tempa.recipes import __version__
 from tempa.recipes.errors import RecipeError
-from tempa.sft.run_layout import RESOLVED_RECIPE
+from tempa.sft.run_layout import FINAL_LINK, RESOLVED_RECIPE
 from tempa.sft.stage_api import format_metric
 
 EPILOG = """examples:
@@ -22,7 +22,7 @@ EPILOG = """examples:
   tempa plan recipes/demo.yaml                          show stages, what will be skipped or re-run, and why
   tempa run demo --set stages.sft-general.train.learning_rate=2e-5
   tempa run demo --from sft-reasoning                   re-run one stage and everything after it
-  tempa status runs/demo                                each stage's state, time and key metrics
+  tempa status runs/demo                                each stage's state, time and key metrics (or: tempa status demo)
   tempa tiny-model /tmp/tiny [--tokenizer llama3]      build the embedded tiny model + tokenizer
   tempa template check --tokenizer runs/demo/final      verify the chat template invariants
   tempa export gguf runs/demo/final --type q8_0         GGUF + Ollama Modelfile
@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tempa {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run_dir_help = "the folder `tempa run` wrote (runs/<recipe name> under the folder it ran in, unless --run-dir)"
+    run_dir_help = ("the folder `tempa run` wrote (runs/<recipe name> under the folder it ran in, unless --run-dir), "
+                    "or the recipe as `tempa run` took it (a path or a shipped recipe's name) for that default folder")
 
     def recipe_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("recipe", help="recipe YAML path, or the name of a shipped recipe (e.g. demo)")
@@ -113,8 +114,9 @@ def _parser() -> argparse.ArgumentParser:
 
     export_sub = export.add_subparsers(dest="format", metavar="FORMAT", required=True)
     gguf = export_sub.add_parser("gguf", help="GGUF (llama.cpp, Ollama) with the chat template + an Ollama Modelfile")
-    gguf.add_argument("model_dir", type=Path, help="a final model folder, e.g. runs/demo/final (or a .gguf file "
-                      "to quantise, e.g. from llama.cpp's convert_hf_to_gguf.py)")
+    gguf.add_argument("model_dir", type=Path, help="a final model folder, e.g. runs/demo/final, a run folder or a "
+                      "recipe (its run's final model), or a .gguf file to quantise, e.g. from llama.cpp's "
+                      "convert_hf_to_gguf.py")
     gguf.add_argument("--type", dest="file_type", default="f16", metavar="TYPE", choices=GGUF_TYPES,
                       help=f"{' | '.join(WRITTEN_TYPES)} (written by tempa) | {' '.join(LLAMA_CPP_QUANTS)} "
                       "(llama.cpp's own quantiser; needs the serving extra)")
@@ -131,7 +133,45 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_dir(args, loaded) -> Path:
-    return args.run_dir if args.run_dir is not None else Path("runs") / loaded.recipe.name
+    return args.run_dir if args.run_dir is not None else default_run_dir(loaded.recipe.name)
+
+
+def default_run_dir(recipe_name: str) -> Path:
+    """Where `tempa run` puts a recipe's run without --run-dir: runs/<name> under the folder it is started in."""
+    return Path("runs") / recipe_name
+
+
+def given_run_dir(given: Path) -> Path:
+    """The run a command that reads one (status, report, push, export) is given, in the forms `tempa run` takes: the
+    run's folder, or the recipe (a path or a shipped recipe's name) for its default folder, runs/<recipe name>."""
+    from tempa.recipes.loader import recipe_name
+    from tempa.recipes.rundir import NotARunDirError
+
+    if given.is_dir():
+        return given
+    recipe = _recipe_at(given)
+    if recipe is None:
+        if given.exists():
+            return given  # a file: the command says it is no run directory
+        raise NotARunDirError(f"{given}: no such run directory, and no recipe of that name; give the folder `tempa run` "
+                              "wrote (runs/<recipe name> unless --run-dir) or the recipe it ran")
+    run_dir = default_run_dir(recipe_name(recipe))
+    if not run_dir.is_dir():
+        raise NotARunDirError(f"{given}: the recipe's default run directory {run_dir} does not exist under "
+                              f"{Path.cwd()}; give the --run-dir it ran with, or run it first (tempa run {given})")
+    return run_dir
+
+
+def _recipe_at(given: Path) -> Path | None:
+    """The recipe ``given`` names (a .yaml path, or a shipped recipe's name), or None."""
+    from tempa.recipes.loader import find_recipe
+
+    if given.exists() and given.suffix not in (".yaml", ".yml"):
+        return None
+    try:
+        return find_recipe(given)
+    except RecipeError:
+        return None
 
 
 def _cmd_run(args) -> int:
@@ -286,7 +326,7 @@ def _cmd_status(args) -> int:
     from tempa.recipes.rundir import require_run_dir
     from tempa.recipes.runner import stage_status
 
-    run_dir: Path = args.run_dir
+    run_dir = given_run_dir(args.run_dir)
     require_run_dir(run_dir)
     resolved = run_dir / RESOLVED_RECIPE
     recorded = _recorded_stages(resolved)
@@ -348,15 +388,15 @@ def _cmd_schema(args) -> int:
 def _cmd_report(args) -> int:
     from tempa.recipes.report import write_report
 
-    print(f"wrote {write_report(args.run_dir, samples=not args.no_samples)}")
+    print(f"wrote {write_report(given_run_dir(args.run_dir), samples=not args.no_samples)}")
     return 0
 
 
 def _cmd_push(args) -> int:
     from tempa.recipes.push import push
 
-    files, url = push(args.run_dir, args.repo, include_gguf=args.gguf, private=args.private, dry_run=args.dry_run,
-                      message=args.message)
+    files, url = push(given_run_dir(args.run_dir), args.repo, include_gguf=args.gguf, private=args.private,
+                      dry_run=args.dry_run, message=args.message)
     for f in files:
         print(f"  {f.path_in_repo}  ({f.size:,} bytes)")
     total = sum(f.size for f in files)
@@ -370,13 +410,20 @@ def _cmd_push(args) -> int:
 def _cmd_export_gguf(args) -> int:
     from tempa.merge.gguf_export import export_gguf
 
-    result = export_gguf(args.model_dir, args.out, file_type=args.file_type)
+    result = export_gguf(_given_model(args.model_dir), args.out, file_type=args.file_type)
     types = f"; by type: {', '.join(f'{k} {v}' for k, v in sorted(result.tensor_types.items()))}" \
         if result.tensor_types else ""
     print(f"wrote {result.gguf_path} ({result.tensor_count} tensors, {result.file_type}{types})")
     if result.modelfile_path is not None:
         print(f"wrote {result.modelfile_path} (ollama create NAME -f {result.modelfile_path})")
     return 0
+
+
+def _given_model(given: Path) -> Path:
+    """A model folder or .gguf file as given; a run (its folder, or the recipe) for the run's final model."""
+    if (given / RESOLVED_RECIPE).is_file() or _recipe_at(given) is not None:
+        return given_run_dir(given) / FINAL_LINK
+    return given  # the export says what is wrong with it
 
 
 def _cmd_tiny(args) -> int:

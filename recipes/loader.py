@@ -96,6 +96,16 @@ def find_recipe(ref: str | Path, relative_to: Path | None = None) -> Path:
                       f"(shipped recipes: {', '.join(shipped)})")
 
 
+def recipe_name(ref: str | Path) -> str:
+    """The ``name:`` of a recipe (a path or a shipped recipe's name, through ``extends:``), read without validating the
+    rest: the commands that read a run find its default folder, runs/<name>, even where the recipe's data has moved."""
+    path = find_recipe(ref)
+    name = _load_chain(path, seen=())[0].get("name")
+    if not isinstance(name, str):
+        raise RecipeError(f"{path}: name: expected the recipe's name (its run directory is runs/<name>)")
+    return name
+
+
 def _nearby_recipe(ref: Path, relative_to: Path | None) -> str:
     """``; did you mean 'mine.yaml'?`` for a recipe file beside ``ref`` spelled almost like it."""
     folder = (relative_to or Path()) / ref.parent

@@ -323,6 +323,8 @@ CLI_CASES = [
     Case("report-not-a-run-dir", "cli", lambda ws: ["report", str(ws)], "not a tempa run directory"),
     Case("status-no-such-dir", "cli", lambda ws: ["status", str(ws / "runs" / "nope")], "nope: no such run directory"),
     Case("report-no-such-dir", "cli", lambda ws: ["report", str(ws / "runs" / "nope")], "nope: no such run directory"),
+    Case("status-recipe-not-run", "cli", lambda ws: ["status", str(recipe(ws))],
+         "the recipe's default run directory runs/bad does not exist"),
     Case("recipe-not-found", "cli", lambda ws: ["plan", str(ws / "nope.yaml")], "recipe file not found"),
     Case("recipe-yml-for-yaml", "cli", lambda ws: ["plan", "mine.yml"] if recipe(ws, file="mine.yaml") else [],
          "mine.yml: recipe file not found; did you mean 'mine.yaml'?"),

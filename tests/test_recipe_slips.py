@@ -150,3 +150,55 @@ def test_the_recipe_loads_with_full_width_text_in_comments_and_values(tmp_path):
 def test_a_full_width_slip_is_named_on_its_line_with_the_fix(tmp_path, line, written, expect):
     with pytest.raises(RecipeError, match=expect):
         load_recipe(_swallow(tmp_path, line, written))
+
+
+# --- a recipe given to the commands that read a run -----------------------------------------------------------------
+
+def _ran(folder: Path, name: str) -> Path:
+    """A run of recipe ``name`` in its default folder under ``folder``: its sft stage failed."""
+    run_dir = folder / "runs" / name
+    (run_dir / "sft").mkdir(parents=True)
+    (run_dir / "recipe.resolved.yaml").write_text(f"name: {name}\nbase_model: tempa:tiny\n"
+                                                  "stages: [{name: sft, kind: sft}]\n", encoding="utf-8")
+    (run_dir / "sft" / "manifest.json").write_text('{"name": "sft", "kind": "sft", "status": "failed", "error": '
+                                                   '"boom", "fingerprint": "f", "started_at": 0}', encoding="utf-8")
+    return run_dir
+
+
+@pytest.mark.parametrize("given", ["m.yaml", "{folder}/m.yaml", "demo"])
+def test_status_takes_the_recipe_as_run_does(tmp_path, monkeypatch, capsys, given):
+    folder = _layout(tmp_path)
+    _recipe(folder)
+    monkeypatch.chdir(folder)
+    name = "demo" if given == "demo" else "swallow-ja"  # the shipped demo recipe's name
+    _ran(folder, name)
+    assert main(["status", given.format(folder=folder), "--json"]) == 0
+    assert [(row["name"], row["state"], row["error"]) for row in json.loads(capsys.readouterr().out)] == [
+        ("sft", "failed", "boom")]
+
+
+def test_push_and_export_take_the_recipe_as_run_does(tmp_path, monkeypatch, capsys):
+    folder = _layout(tmp_path)
+    _recipe(folder)
+    monkeypatch.chdir(folder)
+    run_dir = _ran(folder, "swallow-ja")
+    for argv in (["push", "m.yaml", "--repo", "swallow/ja", "--dry-run"], ["export", "gguf", "m.yaml"],
+                 ["export", "gguf", str(run_dir)]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "runs/swallow-ja/final" in err, (argv, err)  # the run's final model, not yet made
+
+
+@pytest.mark.parametrize("command", [["status"], ["report"], ["push", "--repo", "swallow/ja"]])
+def test_a_run_that_is_not_there_says_what_to_give(tmp_path, monkeypatch, capsys, command):
+    folder = _layout(tmp_path)
+    _recipe(folder)
+    monkeypatch.chdir(folder)
+    assert main([command[0], "m.yaml", *command[1:]]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"tempa: error: m.yaml: the recipe's default run directory runs/swallow-ja does not exist under {folder}; "
+        "give the --run-dir it ran with, or run it first (tempa run m.yaml)")
+    assert main([command[0], "runs/ja", *command[1:]]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "tempa: error: runs/ja: no such run directory, and no recipe of that name; give the folder `tempa run` wrote "
+        "(runs/<recipe name> unless --run-dir) or the recipe it ran")

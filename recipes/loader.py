@@ -277,18 +277,26 @@ def _load_chain(path: Path, seen: tuple[Path, ...]):
 
 
 def _merge_recipes(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``child`` over ``parent``; stages merge by name, new stages are appended."""
+    """Deep-merge ``child`` over ``parent``; stages merge by name, new stages are appended, before the parent's bake
+    stage when it ends with one (the bake ships the model of the stage before it: an `rl` stage a recipe adds to one
+    that bakes trains after it, or the bake would ship the model without it)."""
     out = copy.deepcopy(parent)
     for key, value in child.items():
         if key == "stages":
             merged = copy.deepcopy(parent.get("stages", []))
             index = {stage["name"]: i for i, stage in enumerate(merged)}
+            bake = merged.pop() if merged and merged[-1].get("kind") == "bake" else None
+            bake_at = len(merged)
             for stage in value:
                 if stage["name"] in index:
-                    merged[index[stage["name"]]] = _deep_merge(merged[index[stage["name"]]], stage)
+                    at = index[stage["name"]]
+                    if bake is not None and at == bake_at:
+                        bake = _deep_merge(bake, stage)
+                    else:
+                        merged[at] = _deep_merge(merged[at], stage)
                 else:
                     merged.append(copy.deepcopy(stage))
-            out["stages"] = merged
+            out["stages"] = [*merged, bake] if bake is not None else merged
         elif value is None:  # back to the default, as inside a stage (_deep_merge)
             out.pop(key, None)
         else:

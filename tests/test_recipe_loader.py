@@ -178,6 +178,29 @@ def test_extends_inherits_and_overrides(tmp_path, data_file):
     assert loaded.files == [tmp_path / "base.yaml", child]
 
 
+def test_a_stage_an_extending_recipe_adds_trains_before_the_parents_bake(tmp_path, data_file):
+    """New stages were appended after the parent's bake stage, so the bake shipped the model without them (the
+    SEA-LION v3.5 R recipe could not name its card's licence in a bake stage: the rlvr recipe that extends it adds
+    an rl stage)."""
+    write(tmp_path / "base.yaml", recipe_text(extra_stage="""  - name: bake
+        kind: bake
+        model_card: {license: llama3.1}"""))
+    child = write(tmp_path / "child.yaml", """
+        extends: base.yaml
+        name: child
+        stages:
+          - name: second
+            kind: sft
+            data: {sources: [{name: rows, path: rows.jsonl}]}
+          - name: bake
+            model_card: {languages: [id]}
+        """)
+    loaded = load_recipe(child)
+    assert loaded.names == ["first", "second", "bake"]
+    assert loaded.upstream(2) == "second"  # the bake ships the added stage's model
+    assert loaded.stages[2].model_card.license == "llama3.1" and loaded.stages[2].model_card.languages == ["id"]
+
+
 def test_extends_clears_any_inherited_key_with_null(tmp_path, data_file):
     """`select: null` cleared an inherited block, `parameters: null` was refused ('a valid dictionary'): null now
     takes any key back to its default."""

@@ -32,25 +32,30 @@ DEFAULT_TRAIN_ARGS: dict[str, Any] = {
     "report_to": "none",
 }
 
-# Trainer arguments that change how a run logs, reports, checkpoints and waits, never the weights it trains: a training
-# stage's fingerprint leaves them out, so raising `save_steps` or adding a tracker to a run days in resumes it instead
-# of clearing its checkpoints. Evaluation settings stay in (GRPO's evaluation samples, drawing on the training's
-# random state), and so does `save_strategy` (`no` leaves nothing to resume from or to evaluate).
+# Trainer arguments that change how a run logs, reports and waits, never the weights it trains nor which checkpoints
+# it leaves: a training stage's fingerprint leaves them out, so adding a tracker or logging more often in a run days in
+# resumes it instead of refusing (or clearing) it. The saving settings stay in (`save_steps` and `save_total_limit`
+# decide which checkpoints evaluate scores and merge picks from, `save_strategy: no` leaves none), and so do the
+# evaluation settings (GRPO's evaluation samples draw on the training's random state; `load_best_model_at_end`
+# picks the final model by them).
 RUN_ONLY_TRAIN_ARGS = frozenset({
     "logging_strategy", "logging_steps", "logging_first_step", "logging_nan_inf_filter",
     "include_num_input_tokens_seen", "log_level", "log_level_replica", "log_on_each_node", "disable_tqdm",
     "skip_memory_metrics", "report_to", "run_name", "project", "trackio_space_id", "trackio_bucket_id",
     "trackio_static_space_id", "ddp_timeout",
 })
-# Where and how often checkpoints are saved and kept: the trained weights are the same, unless the saves are what
-# `load_best_model_at_end` picks the final model from.
-SAVE_CADENCE_TRAIN_ARGS = frozenset({"save_steps", "save_total_limit", "save_on_each_node"})
+# transformers evaluates every `logging_steps` when `eval_strategy: steps` gives no `eval_steps`: then they are the
+# evaluation's cadence.
+_EVAL_CADENCE_FALLBACK = frozenset({"logging_strategy", "logging_steps"})
 
 
 def run_only_train_args(train_args: Mapping[str, Any]) -> frozenset[str]:
     """The keys of a training stage's `train:` block that play no part in what it trains, as its ``unfingerprinted()``
-    names them (``train.save_steps``); ``train_args``: its trainer arguments with the kind's defaults."""
-    keys = RUN_ONLY_TRAIN_ARGS | (frozenset() if train_args.get("load_best_model_at_end") else SAVE_CADENCE_TRAIN_ARGS)
+    names them (``train.logging_steps``); ``train_args``: its trainer arguments with the kind's defaults."""
+    strategy = train_args.get("eval_strategy", "no")
+    evaluates_by_logging = (getattr(strategy, "value", strategy) == "steps"
+                            and train_args.get("eval_steps") in (None, 0))
+    keys = RUN_ONLY_TRAIN_ARGS - _EVAL_CADENCE_FALLBACK if evaluates_by_logging else RUN_ONLY_TRAIN_ARGS
     return frozenset(f"train.{key}" for key in keys)
 
 

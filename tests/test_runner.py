@@ -739,11 +739,13 @@ def test_a_change_handed_on_by_a_stage_that_makes_no_model_is_not_called_its_mod
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_a_training_stages_logging_and_saving_settings_are_not_part_of_its_fingerprint(tmp_path):
-    """Raising `save_steps` or `logging_steps`, or adding a tracker, in a training stage days into its run changed its
-    fingerprint: the next run cleared its folder, checkpoints included, and trained it again from step 0. Trainer
-    arguments that change how a run logs, saves and waits, never its weights, are no part of it, for every training
-    kind; what does change the weights still is, and so is the saving where it picks the final model."""
+def test_a_training_stages_logging_settings_are_not_part_of_its_fingerprint(tmp_path):
+    """Raising `logging_steps`, or adding a tracker, in a training stage days into its run changed its fingerprint: the
+    next run cleared its folder, checkpoints included, and trained it again from step 0. Trainer arguments that change
+    how a run logs and waits, never its weights, are no part of it, for every training kind; what does change the
+    weights still is, and so is the saving, which decides the checkpoints evaluate and merge read (a review found
+    evaluate skipped over a checkpoint set the recipe no longer described), and the logging where it is the
+    evaluation's cadence."""
     (tmp_path / "docs.jsonl").write_text('{"text": "Selamat pagi semua."}\n')
     pretrain = tmp_path / "cpt.yaml"
     pretrain.write_text(textwrap.dedent(f"""\
@@ -763,19 +765,21 @@ def test_a_training_stages_logging_and_saving_settings_are_not_part_of_its_finge
             return fingerprinted(config.model_copy(update={"train": {**config.train, **train}}))
 
         assert settings() == fingerprinted(config)
-        for setting in ({"save_steps": 7}, {"save_total_limit": 9}, {"logging_steps": 3}, {"logging_first_step": True},
-                        {"run_name": "second-try"}, {"disable_tqdm": True}, {"ddp_timeout": 7200},
-                        {"report_to": ["tensorboard"]}):
+        for setting in ({"logging_steps": 3}, {"logging_first_step": True}, {"run_name": "second-try"},
+                        {"disable_tqdm": True}, {"ddp_timeout": 7200}, {"report_to": ["tensorboard"]}):
             assert settings(**setting) == settings(), (config.name, setting)
-        for setting in ({"learning_rate": 0.123}, {"save_strategy": "epoch"}, {"seed": 11}):
+        for setting in ({"learning_rate": 0.123}, {"save_strategy": "epoch"}, {"seed": 11}, {"save_steps": 7},
+                        {"save_total_limit": 9}):
             assert settings(**setting) != settings(), (config.name, setting)
-    # With load_best_model_at_end the saves are what the final model is picked from.
-    best = demo.stage("sft-general").model_copy(update={"train": {"load_best_model_at_end": True}})
-    assert "train.save_steps" not in best.unfingerprinted() and "train.logging_steps" in best.unfingerprinted()
+        # evaluating by steps without eval_steps, transformers evaluates every logging_steps
+        by_logging = {"eval_strategy": "steps"}
+        assert settings(**by_logging, logging_steps=3) != settings(**by_logging, logging_steps=5), config.name
+        assert settings(**by_logging, eval_steps=2, logging_steps=3) == settings(**by_logging, eval_steps=2,
+                                                                                 logging_steps=5), config.name
     # and the stage's fingerprint, as the run decides by it
     fingerprints = {next(d.fingerprint for d in plan_run(load_recipe(pretrain, [f"stages.cpt.train.{o}"]),
                                                           tmp_path / "run"))
-                    for o in ("save_steps=3", "save_steps=30", "logging_steps=1")}
+                    for o in ("logging_steps=1", "logging_steps=30", "report_to=tensorboard")}
     assert len(fingerprints) == 1
 
 

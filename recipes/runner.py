@@ -256,15 +256,23 @@ def plan_run(
             "trust_remote_code": loaded.recipe.trust_remote_code,
         }
         fp = digest(_fingerprinted(components))
-        fps[name] = fp
         stage_dir = run_dir / name
         manifest = read_manifest(stage_dir)
+        unfingerprinted = frozenset(_flatten(dump)) - frozenset(_flatten(kept))
+        done = done_fingerprint(stage_dir)
+        if (done not in (None, fp) and manifest is not None and manifest.status == "done"
+                and manifest.fingerprint == done
+                and _counted_differently(manifest.components, components, manifest.config, dump, unfingerprinted)):
+            # Its settings and inputs are as it ran them; only this tempa's way of counting them changed (an
+            # upgrade): its results stand, and its fingerprint stays the one the stages built on it recorded.
+            fp = done
+        fps[name] = fp
         forcing = forcing or name == from_stage
         forced = forcing or name == only
         action, reason, discards = _decide(stage_dir, manifest, fp, components, dump, forced, kind.resumable,
                                            from_stage or only, kind.resume_point, running_elsewhere,
                                            starts_from=_starts_from(loaded, upstream),
-                                           unfingerprinted=frozenset(_flatten(dump)) - frozenset(_flatten(kept)))
+                                           unfingerprinted=unfingerprinted)
         stale: list[str] = []
         reran: list[str] = []  # stale inputs that ran again (or run now)
         behind: list[str] = []  # stale inputs that are stale themselves
@@ -360,8 +368,8 @@ def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dic
     ended = "failed" if manifest is not None and manifest.status == "failed" else "interrupted"
     if running_elsewhere and manifest is not None and manifest.status == "running":
         return "running", "another `tempa run` is running it now (`tempa status` follows it)", None
-    if manifest is not None and (manifest.fingerprint == fp
-                                 or _counted_differently(old, components, old_config, config, unfingerprinted)):
+    if manifest is not None and (manifest.fingerprint == fp or _counted_differently(
+            old, components, old_config, config, unfingerprinted, across_versions=True)):
         if resumable and resume_point is not None:
             if point is None:  # no checkpoint, no journaled sample or teacher answer: whatever the kind keeps
                 return "rerun", f"{ended} with nothing complete to continue from; starts over", None
@@ -378,10 +386,17 @@ def _decide(stage_dir: Path, manifest: Manifest | None, fp: str, components: dic
 
 
 def _counted_differently(old: dict, new: dict, old_config: dict | None, config: dict,
-                         unfingerprinted: frozenset[str]) -> bool:
-    """Whether an unfinished stage's settings and inputs are the same as when it ran, and only the way this tempa
-    counts them changed (a setting it no longer fingerprints, such as `train.save_steps`): it resumes."""
-    return (old_config is not None and all(old.get(key) == value for key, value in new.items() if key != "config")
+                         unfingerprinted: frozenset[str], *, across_versions: bool = False) -> bool:
+    """Whether a stage's settings and inputs are the same as when it ran, and only the way this tempa counts them
+    changed (a setting it no longer fingerprints, such as `train.logging_steps`; its input files as one digest in the
+    manifest of an earlier tempa): a finished stage stands, an unfinished one resumes. ``across_versions``: another
+    tempa version ran it (an unfinished stage resumes across an upgrade; a finished one re-runs, as the version is
+    part of its fingerprint)."""
+    if old_config is None:
+        return False
+    before, after = _fingerprinted(old), _fingerprinted(new)
+    ignored = {"config", "tempa_version"} if across_versions else {"config"}
+    return (all(before.get(key) == value for key, value in after.items() if key not in ignored)
             and not _changed_settings(old_config, config, unfingerprinted))
 
 

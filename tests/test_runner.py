@@ -868,3 +868,54 @@ def test_an_interrupted_stage_whose_input_stage_ran_again_since_is_not_resumed_o
         "checkpoints and start over from step 0, so nothing was run: run again with --from b to start it over")
     assert checkpoint.is_dir() and calls(run_dir) == []
     assert run_recipe(load_recipe(recipe), run_dir, from_stage="b").ran == ["b", "c"]
+
+
+def as_an_earlier_tempa_wrote_it(run_dir: Path, names: list[str], *, finished: bool = True) -> None:
+    """The stages' manifests (and DONE markers) as the previous tempa wrote them: its input files as one digest, its
+    config digested with more settings (it fingerprinted `train.logging_steps`), so every fingerprint differs."""
+    from tempa.sft.files import digest
+
+    renamed: dict[str, str] = {}
+    for name in names:
+        manifest = json_or_none(run_dir / name / MANIFEST)
+        components = manifest["components"]
+        components["files"] = digest(components["files"]) if isinstance(components["files"], dict) else components["files"]
+        components["config"] = f"{name}: a digest of more settings"
+        components["upstream"] = renamed.get(components["upstream"], components["upstream"])
+        renamed[manifest["fingerprint"]] = manifest["fingerprint"] = f"{name} as an earlier tempa counted it"
+        (run_dir / name / MANIFEST).write_text(json.dumps(manifest))
+        if finished:
+            (run_dir / name / DONE).write_text(json.dumps({"fingerprint": manifest["fingerprint"], "finished_at": 0}))
+
+
+def test_a_finished_run_stands_after_an_upgrade_that_only_counts_its_settings_another_way(recipe, tmp_path):
+    """A review found that the upgrade which left `logging_steps` out of fingerprints gave every training stage of
+    every shipped recipe a new fingerprint: a finished run would have trained each again, days of GPU time, over a
+    setting the upgrade meant to stop mattering. A stage whose settings and inputs are as it ran them stands, with the
+    fingerprint the stages built on it recorded; a real change still re-runs it."""
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    as_an_earlier_tempa_wrote_it(run_dir, ["a", "b", "c"])
+    reset_calls(run_dir)
+    decisions = plan_run(load_recipe(recipe), run_dir)
+    assert [(d.action, d.complete) for d in decisions] == [("skip", True)] * 3, [d.reason for d in decisions]
+    run_recipe(load_recipe(recipe), run_dir)
+    assert calls(run_dir) == []
+    changed = plan_run(load_recipe(recipe, ["stages.a.value=9"]), run_dir)
+    assert [d.action for d in changed] == ["rerun", "rerun", "rerun"]  # a changed; b and c are built on it
+    assert changed[0].reason.startswith("changed since it ran: stage config changed: value")
+
+
+@pytest.mark.parametrize("version", [None, "0.0.1"])
+def test_an_interrupted_stage_resumes_after_an_upgrade(recipe, tmp_path, monkeypatch, version):
+    """... and an interrupted stage resumes from its checkpoint, where it was refused ('undo the change to continue')
+    for a change the user never made: a manifest's input files in the old one-digest form, or another tempa version."""
+    run_dir = tmp_path / "run"
+    interrupted_at_a_checkpoint(recipe, run_dir, monkeypatch)
+    as_an_earlier_tempa_wrote_it(run_dir, ["b"], finished=False)
+    if version is not None:
+        manifest = json_or_none(run_dir / "b" / MANIFEST)
+        manifest["components"]["tempa_version"] = version
+        (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
+    decision = plan_run(load_recipe(recipe), run_dir)[1]
+    assert (decision.action, decision.discards) == ("resume", None), decision.reason

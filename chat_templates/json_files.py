@@ -90,12 +90,13 @@ def decode_line(raw: bytes) -> tuple[str, str | None]:
 
 
 _HEAD_BYTES = 1 << 16
+_FOREIGN_LINES = 3  # fewer lines not UTF-8 are broken rows (one cp1252 line among English ones), rejected one by one
 
 
 def encoding_problem(path: Path, head: int = _HEAD_BYTES) -> str | None:
     """Why ``path`` is no UTF-8 text, judged on its first ``head`` bytes (a file saved as Shift-JIS, cp1252 or
-    UTF-16), or None. Most of its lines with non-ASCII bytes must fail to decode: a UTF-8 file with a few broken
-    lines is rows the reader rejects one by one, while a file in another encoding fails every such row, which the
+    UTF-16), or None. Most of its lines with non-ASCII bytes, and at least three, must fail to decode: a UTF-8 file
+    with a few broken lines is rows the reader rejects one by one, while a file in another encoding fails every such row, which the
     run found only when the stage that reads it started, after the stages before it had trained."""
     with open(path, "rb") as handle:
         data = handle.read(head)
@@ -110,7 +111,7 @@ def encoding_problem(path: Path, head: int = _HEAD_BYTES) -> str | None:
         except UnicodeDecodeError as exc:
             foreign += 1
             first = first or f"line {number}: not UTF-8 text (byte 0x{line[exc.start]:02x} at column {exc.start + 1})"
-    if not foreign or 2 * foreign <= len(non_ascii):
+    if foreign < _FOREIGN_LINES or 2 * foreign <= len(non_ascii):
         return None
     return (f"{first}; {foreign} of the {len(non_ascii)} lines with non-ASCII bytes in its first {head >> 10} KiB are "
             "not: it is saved in another encoding (Shift-JIS, say); save it as UTF-8")

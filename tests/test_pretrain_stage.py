@@ -377,8 +377,9 @@ def test_plain_text_files_are_documents_as_the_source_says(tmp_path, tiny_model_
                                          r"4\)$"):
         prepare(shards)
     # ... and a file saved in another encoding is refused by the run's first check, before any stage trains
+    (shards / "c.txt").write_bytes(b"river\ncaf\xe9 rice\nna\xefve\nse\xf1or\n")
     with pytest.raises(DataError, match=r"^data source 'web', c\.txt: line 2: not UTF-8 text \(byte 0xe9 at column "
-                                        r"4\); 1 of the 1 lines .* save it as UTF-8$"):
+                                        r"4\); 3 of the 3 lines .* save it as UTF-8$"):
         check_inputs(config_of(shards))
     with pytest.raises(ValueError, match="txt_document"):
         PretrainStageConfig.model_validate({

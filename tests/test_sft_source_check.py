@@ -184,10 +184,10 @@ def test_a_shard_in_another_encoding_is_named_in_its_folder(tmp_path):
 
 
 def test_one_broken_line_among_english_rows_is_a_reject_not_a_foreign_file(tmp_path):
-    """A review found a UTF-8 file refused whole for one cp1252 line among 900 English rows (1 of the 1 lines with
+    """A review found a UTF-8 file refused whole for one cp1252 line among English rows (1 of the 1 lines with
     non-ASCII bytes in its head); the run rejects that one row."""
     path = tmp_path / "mixed.jsonl"
     english = {"messages": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]}
-    path.write_bytes(_jsonl_bytes([english] * 900, "utf-8") + '{"prompt": "Brand™", "response": "ok"}\n'.encode("cp1252")
+    path.write_bytes(_jsonl_bytes([english] * 300, "utf-8") + '{"prompt": "Brand™", "response": "ok"}\n'.encode("cp1252")
                      + _jsonl_bytes(JAPANESE * 100, "utf-8"))
     check_source(SourceConfig(name="mixed", path=str(path)))

@@ -189,5 +189,5 @@ def test_one_broken_line_among_english_rows_is_a_reject_not_a_foreign_file(tmp_p
     path = tmp_path / "mixed.jsonl"
     english = {"messages": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]}
     path.write_bytes(_jsonl_bytes([english] * 300, "utf-8") + '{"prompt": "Brand™", "response": "ok"}\n'.encode("cp1252")
-                     + _jsonl_bytes(JAPANESE * 100, "utf-8"))
+                     + _jsonl_bytes([english] * 2000 + JAPANESE * 100, "utf-8"))  # its head's only non-ASCII line
     check_source(SourceConfig(name="mixed", path=str(path)))

@@ -81,13 +81,18 @@ HUB_LICENSES = frozenset({
     "deepfloyd-if-license", "fair-noncommercial-research-license", "llama2", "llama3", "llama3.1", "llama3.2",
     "llama3.3", "llama4", "grok2-community", "gemma", "unknown", "other",
 })
-# A language in the card's metadata: an ISO 639-1 or 639-3 code (the primary subtag of th-TH, jpn_Jpan).
+# A language in the card's metadata: an ISO 639-1 or 639-3 code (the primary subtag of th-TH, jpn_Jpan), or one of
+# the special values huggingface_hub's ModelCardData names.
 _HUB_LANGUAGE = re.compile(r"[a-z]{2,3}")
+_HUB_SPECIAL_LANGUAGES = frozenset({"code", "multilingual"})
 
 
 def hub_language(code: str) -> str:
     """``code`` as the card's metadata lists it: ISO 639-1/639-3, its region or script dropped (``th-TH`` -> ``th``,
-    ``jpn_Jpan`` -> ``jpn``); ValueError for anything else (a language's name, ``Thai``)."""
+    ``jpn_Jpan`` -> ``jpn``), or ``code`` / ``multilingual``; ValueError for anything else (a language's name,
+    ``Thai``)."""
+    if str(code).strip().lower() in _HUB_SPECIAL_LANGUAGES:
+        return str(code).strip().lower()
     primary = str(code).strip().replace("_", "-").split("-", 1)[0].lower()
     if not _HUB_LANGUAGE.fullmatch(primary):
         raise ValueError(f"language {code!r}: expected an ISO 639-1 or 639-3 code (th, ja, fil), as the Hub's card "

@@ -623,6 +623,10 @@ def test_the_cards_metadata_is_what_the_hub_takes():
     assert front["license_link"] == "LICENSE" and front["language"] == ["th", "jpn", "fil"]
     assert "เมืองหลวงของประเทศไทยคืออะไร" in text
     assert ModelCardConfig(license=["llama3.1", "gemma"]).license == ["llama3.1", "gemma"]
+    # the special values huggingface_hub's ModelCardData names (a review found them refused)
+    special = render_model_card(ModelCardConfig(license="apache-2.0", languages=["multilingual", "code", "en"]),
+                                recipe=RECIPE, stages={})
+    assert yaml.safe_load(special.split("---\n")[1])["language"] == ["multilingual", "code", "en"]
 
 
 def test_bake_refuses_a_tokenizer_with_more_tokens_than_the_model_has_rows(tmp_path, tiny_model_dir,

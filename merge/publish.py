@@ -177,6 +177,8 @@ def record_problems(folder: Path) -> list[str]:
             problems.append(f"{name}: missing (the bake wrote it; a copy cut short?)")
         elif name.endswith(".safetensors") and file.stat().st_size != size:
             problems.append(f"{name}: {file.stat().st_size} bytes, the bake wrote {size}")
+    if problems:  # weights saved again on purpose (another dtype, other shards) are the user's to publish
+        problems[-1] += f" (if you saved the weights again on purpose, delete {FINAL_RECORD})"
     return problems
 
 

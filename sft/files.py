@@ -270,9 +270,14 @@ def staging_dir(final: Path, *, inside: Iterable[Path]) -> Iterator[Path]:
             # renamed away whole before the new one goes in: a kill mid-delete leaves a .partial folder, not a final
             # folder holding some of the old files
             os.replace(final, old := tmp.with_name(tmp.name + "-old"))
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if old is not None:
+                os.replace(old, final)  # the old folder back where it was
+            raise
+        if old is not None:  # the new folder is in place: what is left of the old one is no reason to fail
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -579,6 +579,7 @@ def test_a_partial_copy_of_the_final_folder_is_not_taken_for_complete(tmp_path, 
     problems = publish_problems(partial)
     assert any(shards[-1] in problem and "missing" in problem for problem in problems), problems
     assert any("model.safetensors.index.json" in problem for problem in problems), problems
+    assert f"if you saved the weights again on purpose, delete {FINAL_RECORD}" in problems[-1]  # and how to go on
     capsys.readouterr()  # the progress bars of the model's loading above
     assert main(["export", "gguf", str(partial), "--out", str(tmp_path / "x.gguf")]) == 1
     err = capsys.readouterr().err.strip()

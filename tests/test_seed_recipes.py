@@ -80,9 +80,10 @@ def test_seed_recipe_runs_end_to_end_at_tiny_scale(name, tmp_path):
 
 # The licences the seed models ship under, as their cards (recipes/cards/) state them, by the Hub's licence ids:
 # Swallow's front matter lists llama3.1 and gemma ("META LLAMA 3.1 COMMUNITY LICENSE and Gemma Terms of Use"),
-# SEA-LION v3's "License: Llama3.1 Community License". (sea-lion-v3.5-8b-r sets none: the rlvr recipe extends it,
-# and a stage an extension adds would follow an explicit bake stage.)
-CARD_LICENSES = {"sea-lion-v3-70b-it": "llama3.1", "swallow-70b-instruct-v0.3": ["llama3.1", "gemma"],
+# SEA-LION v3's and v3.5-8B-R's "License: Llama3.1 Community License" (the rlvr recipe extends v3.5-8B-R: its rl
+# stage trains before the bake it inherits).
+CARD_LICENSES = {"sea-lion-v3-70b-it": "llama3.1", "sea-lion-v3.5-8b-r": "llama3.1",
+                 "sea-lion-v3.5-8b-r-rlvr": "llama3.1", "swallow-70b-instruct-v0.3": ["llama3.1", "gemma"],
                  "swallow-8b-instruct-v0.3": ["llama3.1", "gemma"]}
 
 
@@ -95,7 +96,9 @@ def test_the_final_model_card_carries_the_licences_the_seed_models_ship_under(na
 
     loaded = load_recipe(name)
     bake = loaded.stages[-1]
-    assert bake.kind == "bake"
+    assert bake.kind == "bake" and loaded.upstream(len(loaded.stages) - 1) == loaded.names[-2]
+    if name.endswith("-rlvr"):
+        assert loaded.names[-2:] == ["rlvr", "bake"]  # the final model is the RL stage's
     recipe = RecipeInfo(name=name, base_model=loaded.recipe.base_model, chat_template=loaded.recipe.chat_template)
     card = render_model_card(bake.model_card, recipe=recipe, stages={})
     front = yaml.safe_load(card.split("---\n")[1])

@@ -31,7 +31,12 @@ from tempa.alignment.input_checks import check_api_keys, check_inputs
 from tempa.alignment.judge import Judge, JudgeSettings, parse_judge_score
 from tempa.alignment.pairs import Pair, PairStats, Scored, best_worst, revision_pair
 from tempa.alignment.preference_config import PreferenceStageConfig
-from tempa.alignment.preference_stage import PreferenceResult, preference_resume_point, run_preference
+from tempa.alignment.preference_stage import (
+    PreferenceResult,
+    preference_journals,
+    preference_resume_point,
+    run_preference,
+)
 from tempa.alignment.prompts import PromptRow, PromptSource, load_prompts
 from tempa.alignment.rewards import RewardConfig, RewardSet, ScoreItem, ScoringEnv
 from tempa.alignment.rl_config import RLStageConfig
@@ -40,8 +45,13 @@ from tempa.alignment.rl_stage import RLResult, run_rl
 from tempa.alignment.selection import select_samples
 from tempa.alignment.sizing import estimate_preference, synthesized_size
 from tempa.alignment.synthesize_config import SynthesizeStageConfig
-from tempa.alignment.synthesize_stage import SynthesizeResult, run_synthesize, synthesize_resume_point
-from tempa.alignment.teacher_text import teacher_text_resume_point
+from tempa.alignment.synthesize_stage import (
+    SynthesizeResult,
+    run_synthesize,
+    synthesize_journals,
+    synthesize_resume_point,
+)
+from tempa.alignment.teacher_text import teacher_text_journals, teacher_text_resume_point
 from tempa.alignment.translate_stage import (
     TranslateResult,
     TranslateStageConfig,
@@ -61,6 +71,7 @@ SYNTHESIZE = StageKind(
     result=SynthesizeResult,
     resumable=True,
     resume_point=synthesize_resume_point,
+    journals=synthesize_journals,
     dataset_size=synthesized_size,
     check_inputs=check_inputs,
     check_environment=check_api_keys,
@@ -75,6 +86,7 @@ PREFERENCE = StageKind(
     trains=True,
     resumable=True,
     resume_point=preference_resume_point,
+    journals=preference_journals,
     estimate=estimate_preference,
     check_inputs=check_inputs,
     check_environment=check_api_keys,
@@ -88,6 +100,7 @@ TRANSLATE = StageKind(
     result=TranslateResult,
     resumable=True,
     resume_point=teacher_text_resume_point,
+    journals=teacher_text_journals,
     dataset_size=translated_size,
     check_environment=check_api_keys,
 )
@@ -100,6 +113,7 @@ GENERATE_PROMPTS = StageKind(
     result=GeneratePromptsResult,
     resumable=True,
     resume_point=teacher_text_resume_point,
+    journals=teacher_text_journals,
     dataset_size=generated_size,
     check_environment=check_api_keys,
 )

@@ -183,6 +183,7 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> Preferen
 
 SAMPLES_FILE = "samples.jsonl"
 SCORES_FILE = "scores.jsonl"
+REVISIONS_FILE = "revisions.jsonl"
 
 
 def check_judge_servers(config: PreferenceStageConfig, where: str) -> None:
@@ -217,6 +218,15 @@ def preference_resume_point(stage_dir: Path) -> str | None:
     if sampled:
         return f"round {index}, {sampled:,} prompt{'s' if sampled != 1 else ''} sampled{before}"
     return f"round {index}{before}" if index > 1 else None
+
+
+def preference_journals(stage_dir: Path) -> list[Path]:
+    """The journals a changed preference stage keeps: the first round's samples, scores and revisions, drawn from the
+    stage's start model (their signatures name it by the run that made it, and hold every setting they depend on).
+    A later round samples a policy the stage trained itself, with the settings that changed: its folder goes whole, as
+    do the pairs, the trained models and the checkpoints of every round."""
+    first = Path(stage_dir) / "round-1"
+    return [file for name in (SAMPLES_FILE, SCORES_FILE, REVISIONS_FILE) for file in JsonlStore.files(first / name)]
 
 
 def _finished_round(round_dir: Path) -> dict[str, Any] | None:
@@ -280,8 +290,9 @@ def run_round(
     label = f"round {round_index}"
     # Not the prompts: their ids go by content and mode (keyed_by_content), so a prompt added to or removed from the
     # file is sampled, or left unused in the journals, and no other prompt's samples or scores are asked again.
-    signature = {"policy": str(policy), "seed": seed, "sampling": config.sampling.model_dump(mode="json"),
-                 "backend": fingerprinted(config.backend)}
+    # The policy by the run that made it (the stage's start model keeps its folder when its stage trains again).
+    signature = {"policy": ctx.model_run(policy), "models": ctx.model_runs_of(), "seed": seed,
+                 "sampling": config.sampling.model_dump(mode="json"), "backend": fingerprinted(config.backend)}
     score_signature = {**signature, "rewards": [fingerprinted(r) for r in config.rewards]}
 
     # A scores journal marked complete may still lack prompts added to the file since: their judging is still ahead.
@@ -488,7 +499,7 @@ def _revise(config: PreferenceStageConfig, ctx: StageContext, policy: Path, prom
     try:
         records, _ = run_incremental(
             targets, key=lambda t: t[0].id, work=work,
-            store=JsonlStore(round_dir / "revisions.jsonl", {**signature, "revise": fingerprinted(settings)}),
+            store=JsonlStore(round_dir / REVISIONS_FILE, {**signature, "revise": fingerprinted(settings)}),
             chunk_size=settings.batch_size, desc="revise",
         )
     finally:

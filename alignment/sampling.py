@@ -51,6 +51,13 @@ class JsonlStore:
             self.reset()
             write_atomic(self.meta, wanted)  # a torn signature would discard the samples after it
 
+    @staticmethod
+    def files(path: Path) -> list[Path]:
+        """The files of the journal at ``path`` that exist: its records, its complete marker and its signature."""
+        path = Path(path)
+        named = (path, path.with_name(path.name + ".complete"), path.with_name(path.name + ".meta.json"))
+        return [file for file in named if file.is_file()]
+
     def reset(self) -> None:
         for path in (self.path, self.marker, self.meta):
             path.unlink(missing_ok=True)

@@ -107,7 +107,9 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
                      trust_remote_code=ctx.trust_remote_code, seed=ctx.seed, tokenizer=tokenizer)
     # The teacher as far as it shapes the samples: a run resumed with more concurrency keeps what it has paid for. The
     # prompts are not in it: their ids go by content (keyed_by_content), so an edited file re-asks only what changed.
-    signature = {"model": str(ctx.start_model), "teacher": fingerprinted(config.teacher), "seed": ctx.seed,
+    # The models by the run that made them (a teacher, or judge, that is the policy or `stage:NAME`): their folders
+    # stay when their stages train again.
+    signature = {"models": ctx.model_runs_of(), "teacher": fingerprinted(config.teacher), "seed": ctx.seed,
                  "sampling": config.sampling.model_dump(mode="json")}
     rewards = RewardSet(config.rewards, env)
     stats: dict[str, Any] = {"prompts": len(prompts), "teacher": teacher_name}
@@ -200,6 +202,12 @@ def synthesize_resume_point(stage_dir: Path) -> str | None:
     """Where a re-run of an unfinished synthesize stage continues (`tempa status`, `tempa plan`): what each pass
     has journaled (``1,200 prompts sampled, 800 prompts scored``); None when nothing is."""
     return journals_resume_point(stage_dir, PASSES)
+
+
+def synthesize_journals(stage_dir: Path) -> list[Path]:
+    """The journals a changed synthesize stage keeps: every pass's (their signatures and content keys decide which
+    records are still valid); the dataset, rejects and stats are written anew."""
+    return [file for name, _ in PASSES for file in JsonlStore.files(Path(stage_dir) / "data" / name)]
 
 
 # --------------------------------------------------------------------------- selection

@@ -166,7 +166,7 @@ def ask_teacher(
 
 def teacher_store(ctx: StageContext, teacher: TeacherSettings, params: GenerationParams) -> JsonlStore:
     """The teacher pass's journal; its signature is what changes the answers (not how requests travel)."""
-    signature = {"model": str(ctx.start_model), "backend": fingerprinted(teacher.backend),
+    signature = {"models": ctx.model_runs_of(), "backend": fingerprinted(teacher.backend),
                  "params": params.model_dump(mode="json")}
     return JsonlStore(ctx.stage_dir / "data" / TEACHER_JOURNAL, signature)
 
@@ -192,6 +192,13 @@ def teacher_text_resume_point(stage_dir: Path) -> str | None:
     judge's ratings journaled so far."""
     return journals_resume_point(stage_dir, ((TEACHER_JOURNAL, "teacher answer{s} journaled"),
                                                 (JUDGE_JOURNAL, "judge rating{s} journaled")))
+
+
+def teacher_text_journals(stage_dir: Path) -> list[Path]:
+    """The journals a changed translate or generate_prompts stage keeps: its teacher's answers and its judge's replies
+    (their signatures and content keys decide which are still asked for); its dataset is written anew."""
+    data = Path(stage_dir) / "data"
+    return [file for name in (TEACHER_JOURNAL, JUDGE_JOURNAL) for file in JsonlStore.files(data / name)]
 
 
 PREAMBLE = "preamble"
@@ -293,7 +300,7 @@ def gate_scores(gate: JudgeGate, rubric: str, items: Sequence[dict[str, Any]], c
     judge = Judge(teacher_backend(gate.backend, ctx, "judge"), gate, seed=ctx.seed)
     prompts = [fill(gate.rubric or rubric, **item) for item in items]
     # What reads the replies (the threshold, the unparsable limit) is not part of what the judge was asked.
-    signature = {"model": str(ctx.start_model), "backend": fingerprinted(gate.backend), "seed": ctx.seed,
+    signature = {"models": ctx.model_runs_of(), "backend": fingerprinted(gate.backend), "seed": ctx.seed,
                  "settings": gate.model_dump(mode="json", exclude={"backend", "min_score", "max_unparsable"})}
     store = JsonlStore(ctx.stage_dir / "data" / JUDGE_JOURNAL, signature)
 

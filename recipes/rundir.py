@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -122,6 +123,42 @@ def clear_stage(stage_dir: Path, run_dir: Path) -> None:
     trash = stage_dir.with_name(f".trash-{stage_dir.name}-{os.getpid()}-{time.time_ns()}")
     os.replace(stage_dir, trash)
     remove_tree(trash, [run_dir])
+
+
+def clear_stage_but(stage_dir: Path, run_dir: Path, keep: Iterable[Path]) -> None:
+    """Clear a stage's folder but for the files in ``keep`` (journals a re-run reuses what it can of). DONE goes first,
+    so a kill part-way leaves a folder that reads as unfinished, never as complete; every other entry is renamed into
+    one trash folder (swept at the next run's start if the kill comes first); the kept files never move."""
+    stage_dir = ensure_inside(stage_dir, [run_dir])
+    kept = {_unresolved_leaf(path) for path in keep}
+    if not kept:
+        clear_stage(stage_dir, run_dir)
+        return
+    if not stage_dir.is_dir() or stage_dir.is_symlink():
+        return
+    (stage_dir / DONE).unlink(missing_ok=True)
+    trash = stage_dir.with_name(f".trash-{stage_dir.name}-{os.getpid()}-{time.time_ns()}")
+    _trash_all_but(stage_dir, stage_dir, trash, kept)
+    if trash.exists():
+        remove_tree(trash, [run_dir])
+
+
+def _unresolved_leaf(path: Path) -> Path:
+    """``path`` with its folder resolved and its last part as it is (a link is judged as the link)."""
+    return Path(os.path.realpath(Path(path).parent)) / Path(path).name
+
+
+def _trash_all_but(folder: Path, stage_dir: Path, trash: Path, kept: set[Path]) -> None:
+    for entry in sorted(folder.iterdir()):
+        entry = _unresolved_leaf(entry)
+        if entry in kept:
+            continue
+        if entry.is_dir() and not entry.is_symlink() and any(path.is_relative_to(entry) for path in kept):
+            _trash_all_but(entry, stage_dir, trash, kept)
+            continue
+        target = trash / entry.relative_to(stage_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(entry, target)
 
 
 def sweep_trash(run_dir: Path) -> None:

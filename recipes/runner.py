@@ -34,6 +34,7 @@ from tempa.recipes.rundir import (
     RunLock,
     check_run_dir,
     clear_stage,
+    clear_stage_but,
     done_fingerprint,
     mark_done,
     read_manifest,
@@ -84,6 +85,9 @@ class StageDecision:
     # The checkpoint an interrupted run of it reached, which this re-run would delete (its config or inputs changed
     # since): the run refuses unless --from/--only names it (check_stage_inputs).
     discards: str | None = None
+    # A re-run that keeps the stage's journals (its kind's `journals`), clearing the rest of its folder: their own
+    # signatures decide which teacher answers, judge replies and samples are still valid.
+    keeps_journals: bool = False
 
 
 @dataclass
@@ -304,6 +308,12 @@ def plan_run(
                 why = [f"stale once {_names(reran)} re-ran"] if reran else []
                 why += [f"stale: {_stale_why([], behind)}"] if behind else []
                 reason += f"; {'; '.join(why)} (the next plain `tempa run` re-runs it)"
+        keeps = (action == "rerun" and not forced and kind.journals is not None and manifest is not None
+                 and _journals_signed(manifest.components, components))
+        if keeps:
+            reason += f"; {JOURNALS_KEPT}"
+            if not kind.trains:
+                discards = None  # what it has paid for stays; nothing of it is lost
         if action in ("run", "rerun") and exports_in(stage_dir):
             reason += f"; {_removes_exports(exports_in(stage_dir))}"
         if action != "skip":
@@ -311,10 +321,30 @@ def plan_run(
         run_ids[name] = manifest.run_id if manifest is not None else ""
         complete = done_fingerprint(stage_dir) == fp
         decisions.append(StageDecision(i, name, config.kind, upstream, reads, fp, components, action, reason,
-                                       kind.resumable, complete, finished, dump, inputs, stale, discards))
+                                       kind.resumable, complete, finished, dump, inputs, stale, discards, keeps))
     if only is not None:
         _check_only_inputs(decisions, only)
     return decisions
+
+
+JOURNALS_KEPT = "its journals are kept: answers whose request is unchanged are reused"
+# What a journal's signature does not hold: the chat template a local sampler renders requests with, the tempa that
+# asked (how it asks), whether a model's own code ran.
+_UNSIGNED = ("template", "tempa_version", "trust_remote_code")
+
+
+def _journals_signed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether a re-run may keep a journaling stage's journals and leave them to their signatures, given what changed
+    since it ran (``old``: its manifest's components): its settings, its input files, its seed, the models it starts
+    from or reads (named there by the run that made them) are in them or in their records' keys; a changed template,
+    tempa or trust_remote_code is not, nor a model folder named in the config and changed in place (a signature holds
+    its path)."""
+    if any(old.get(key) != new.get(key) for key in _UNSIGNED):
+        return False
+    before, after = old.get("files"), new.get("files") or {}
+    if not isinstance(before, dict):  # an older manifest holds one digest of them all: which one changed is unknown
+        return before == _fingerprinted(new).get("files")
+    return not any(Path(path).is_dir() for path, value in after.items() if before.get(path) != value)
 
 
 def _fingerprinted(components: Mapping[str, Any]) -> dict[str, Any]:
@@ -599,9 +629,13 @@ def run_recipe(
         run_ids: dict[str, str] = {}  # each stage's run, as later stages record it (manifest `inputs`)
         # The model each stage hands on: its own, or (evaluate, synthesize) the one it started from.
         hands_on: dict[str, Path | None] = {}
+        # And the run that made that model (the base model: its fingerprint), as journal signatures name a model: its
+        # folder stays when its stage trains again.
+        made_by: dict[str, str | None] = {}
         for decision in decisions:
             config = loaded.stages[decision.index]
             stage_dir = run_dir / decision.name
+            start_run = made_by.get(decision.upstream) if decision.upstream else decision.components["upstream"]
             if decision.action == "skip":
                 log.info("stage %s (%s): skip: %s", decision.name, decision.kind, decision.reason)
                 summary.skipped.append(decision.name)
@@ -621,15 +655,24 @@ def run_recipe(
                     exports = exports_in(stage_dir)
                     if exports:
                         log.warning("stage %s: %s", decision.name, _removes_exports(exports).replace("removes", "removing", 1))
-                    clear_stage(stage_dir, run_dir)
+                    if decision.keeps_journals:
+                        clear_stage_but(stage_dir, run_dir, stage_kind(decision.kind).journals(stage_dir))
+                    else:
+                        clear_stage(stage_dir, run_dir)
+                visible = _visible(decision, done)
+                model_runs = {path: run for name, up in visible.items()
+                              if (path := up.result.model) is not None and (run := made_by.get(name)) is not None}
+                if start_run is not None:
+                    model_runs[start_model] = start_run
                 ctx = _context(loaded, decision, run_dir, start_model, base_dir, tokenizer_dir, template, recipe,
-                               _visible(decision, done))
+                               visible, model_runs)
                 run_ids[decision.name] = uuid.uuid4().hex
                 upstream = _run_stage(config, decision, ctx, run_dir, run_ids)
                 summary.ran.append(decision.name)
             done[decision.name] = upstream
             summary.notes += upstream.result.notes
             hands_on[decision.name] = upstream.result.model or start_model
+            made_by[decision.name] = run_ids[decision.name] if upstream.result.model is not None else start_run
         last_model = hands_on.get(decisions[-1].name) if decisions else None
         if last_model is not None:
             _point_final(run_dir, last_model)
@@ -700,7 +743,8 @@ def prepare_tokenizer(base_dir: Path, template_ref: str, template: str, run_dir:
 
 
 def _context(loaded: LoadedRecipe, decision: StageDecision, run_dir: Path, start_model: Path, base_dir: Path,
-             tokenizer_dir: Path, template: str, recipe: RecipeInfo, upstream: dict[str, Upstream]) -> StageContext:
+             tokenizer_dir: Path, template: str, recipe: RecipeInfo, upstream: dict[str, Upstream],
+             model_runs: dict[Path, str] | None = None) -> StageContext:
     launch = loaded.recipe.launch
     stage_dir = run_dir / decision.name
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -726,6 +770,7 @@ def _context(loaded: LoadedRecipe, decision: StageDecision, run_dir: Path, start
         cache_dir=cache_root(),
         recipe=recipe,
         eval_prompts=evaluation_prompts(loaded.stages) if decision.kind in DECONTAMINATED_KINDS else EvalPrompts(),
+        model_runs=model_runs or {},
     )
 
 

@@ -323,6 +323,9 @@ class StageContext:
     recipe: RecipeInfo | None = None
     # What the recipe's evaluate stages ask, for stages that write training data to keep it out of.
     eval_prompts: EvalPrompts = field(default_factory=EvalPrompts)
+    # The run that made each model this stage may load (its start model, the models of the stages it reads), by
+    # folder: a folder stays when its stage trains again, so a journal names a model by this (:meth:`model_runs_of`).
+    model_runs: Mapping[Path, str] = field(default_factory=dict)
 
     @property
     def trust_remote_code(self) -> bool:
@@ -354,6 +357,18 @@ class StageContext:
     def stage_models(self) -> dict[str, Path]:
         """Models of the stages this one reads, by name (for `stage:NAME` model references)."""
         return {name: up.result.model for name, up in self.upstream.items() if up.result.model is not None}
+
+    def model_run(self, model: Path) -> str:
+        """What a journal's signature names ``model`` by: the run that made it, or its folder where the runner handed
+        none (a model of the stage's own, a round's policy)."""
+        return self.model_runs.get(Path(model), str(model))
+
+    def model_runs_of(self) -> dict[str, str]:
+        """The models this stage may sample from or be judged by, each by the run that made it (:meth:`model_run`):
+        the start model and those of the stages it reads. In a journal's signature, a model trained again since (in
+        the same folder) starts the journal over, rather than handing on answers the model no longer gives."""
+        return {"start": self.model_run(self.start_model),
+                **{name: self.model_run(path) for name, path in self.stage_models.items()}}
 
 
 # --------------------------------------------------------------------------- kinds
@@ -394,6 +409,11 @@ class StageKind(Generic[ConfigT, ResultT]):
     # What the stage needs of the shell the run starts in (an API key's environment variable): `tempa run` refuses
     # before its first stage, `tempa plan` only warns (a recipe is often planned where it will not run).
     check_environment: Callable[[ConfigT], None] | None = None
+    # For a kind whose paid work is journaled (teacher answers, judge replies, policy samples): the journal files in
+    # its folder (given the folder) that a change to its config or inputs keeps, each journal's own signature deciding
+    # which of its records are still valid. The runner clears the rest (datasets, pairs, models, DONE) and the stage
+    # writes it anew.
+    journals: Callable[[Path], list[Path]] | None = None
     # What the stage can tell of its own inputs that is likely, not certainly, wrong (a data file whose first rows
     # fit no row of its format): one line each, which `tempa plan` and the run's start print as warnings.
     input_warnings: Callable[[ConfigT], list[str]] | None = None

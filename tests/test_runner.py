@@ -919,3 +919,52 @@ def test_an_interrupted_stage_resumes_after_an_upgrade(recipe, tmp_path, monkeyp
         (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
     decision = plan_run(load_recipe(recipe), run_dir)[1]
     assert (decision.action, decision.discards) == ("resume", None), decision.reason
+
+
+def test_a_changed_journaling_stage_keeps_its_journals_and_clears_the_rest(recipe, tmp_path, monkeypatch):
+    """A teacher stage cut off hours into its requests, then edited, was refused as a training stage is ('a re-run
+    would delete its checkpoints'), and a finished one cleared its folder, journals with it. Its kind's journals are
+    kept (and left to their own signatures), everything else it wrote goes, DONE first; --from, a changed chat
+    template or a changed tempa still clear the whole folder."""
+    from tempa.alignment.teacher_text import teacher_text_journals, teacher_text_resume_point
+    from tempa.recipes.runner import JOURNALS_KEPT
+
+    journaled = dataclasses.replace(TOUCH, resumable=True, resume_point=teacher_text_resume_point,
+                                    journals=teacher_text_journals)
+    monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS[:-1], journaled))
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    killed_while_running(run_dir / "b")
+    data = run_dir / "b" / "data"
+    data.mkdir()
+    journal = [data / name for name in ("teacher.jsonl", "teacher.jsonl.meta.json", "judge.jsonl",
+                                        "judge.jsonl.complete")]
+    for path in journal:
+        path.write_text('{"id": "a"}\n')
+    (data / "translated.jsonl").write_text("an output of the last run\n")
+    (run_dir / "b" / "model").rmdir()
+
+    changed = load_recipe(recipe, ["stages.b.value=5"])
+    decision = plan_run(changed, run_dir)[1]
+    assert (decision.action, decision.discards, decision.keeps_journals) == ("rerun", None, True)
+    assert decision.reason == ("interrupted at 1 teacher answer journaled, 1 judge rating journaled and changed since: "
+                               f"stage config changed: value 2 → 5; {JOURNALS_KEPT}")
+    reset_calls(run_dir)
+    assert run_recipe(changed, run_dir).ran == ["b"]  # c starts from a
+    assert all(path.read_text() == '{"id": "a"}\n' for path in journal)
+    assert not (data / "translated.jsonl").exists()  # outputs are the new run's
+    assert (run_dir / "b" / "out.txt").read_text().startswith("5")
+    assert not list(run_dir.glob(".trash-*"))
+
+    # finished and changed: kept again; forced by --from: cleared whole
+    decision = plan_run(load_recipe(recipe, ["stages.b.value=6"]), run_dir)[1]
+    assert decision.keeps_journals and decision.reason.endswith(JOURNALS_KEPT)
+    assert not plan_run(load_recipe(recipe, ["stages.b.value=6"]), run_dir, from_stage="b")[1].keeps_journals
+    manifest = json_or_none(run_dir / "b" / MANIFEST)
+    manifest["components"]["template"] = "another template"  # requests a local sampler renders with it differ
+    (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
+    (run_dir / "b" / DONE).write_text(json.dumps({"fingerprint": "made with another template"}))
+    decision = plan_run(changed, run_dir)[1]
+    assert decision.action == "rerun" and not decision.keeps_journals and JOURNALS_KEPT not in decision.reason
+    run_recipe(changed, run_dir)
+    assert not any(path.exists() for path in journal)

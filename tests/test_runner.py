@@ -70,6 +70,9 @@ def run_touch(config: TouchConfig, ctx: StageContext) -> StageResult:
 TOUCH = StageKind("touch", TouchConfig, run_touch, "test stage", produces=frozenset({Artifact.MODEL}))
 
 
+MERGE_KINDS = tempa.merge.STAGE_KINDS  # with bake, for the tests that load the seed recipes
+
+
 @pytest.fixture(autouse=True)
 def touch_kind(monkeypatch):
     monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS, TOUCH))
@@ -739,7 +742,7 @@ def test_a_change_handed_on_by_a_stage_that_makes_no_model_is_not_called_its_mod
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_a_training_stages_logging_settings_are_not_part_of_its_fingerprint(tmp_path):
+def test_a_training_stages_logging_settings_are_not_part_of_its_fingerprint(tmp_path, monkeypatch):
     """Raising `logging_steps`, or adding a tracker, in a training stage days into its run changed its fingerprint: the
     next run cleared its folder, checkpoints included, and trained it again from step 0. Trainer arguments that change
     how a run logs and waits, never its weights, are no part of it, for every training kind; what does change the
@@ -757,6 +760,7 @@ def test_a_training_stages_logging_settings_are_not_part_of_its_fingerprint(tmp_
         """))
     from tempa.sft.stage_api import fingerprinted
 
+    monkeypatch.setattr(tempa.merge, "STAGE_KINDS", MERGE_KINDS)  # the rlvr recipe names its bake stage
     demo, rlvr = load_recipe(REPO / "recipes" / "demo.yaml"), load_recipe(REPO / "recipes" / "sea-lion-v3.5-8b-r-rlvr.yaml",
                                                                            profile="tiny")
     configs = [demo.stage("sft-general"), demo.stage("align"), rlvr.stage("rlvr"), load_recipe(pretrain).stage("cpt")]

@@ -230,6 +230,7 @@ def _cmd_plan(args) -> int:
 
     from tempa.recipes.loader import load_recipe
     from tempa.recipes.runner import (
+        check_discards,
         check_stage_inputs,
         decontamination_lines,
         environment_problems,
@@ -284,6 +285,7 @@ def _cmd_plan(args) -> int:
 
         mfu = 0.4 if args.mfu is None else args.mfu
         console.print(render_estimate(loaded, args.hardware, mfu, run_dir=run_dir), markup=False)
+    check_discards(decisions)  # what the run refuses before any work, once the table shows what changed where
     return 0
 
 

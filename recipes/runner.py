@@ -528,7 +528,6 @@ def check_stage_inputs(loaded: LoadedRecipe, decisions: list[StageDecision]) -> 
     """Each stage that will run checks what it can of its own inputs now, before the first stage starts; and the
     launch is checked against the model a training stage will launch with."""
     check_sequence_parallel(loaded, [decision for decision in decisions if decision.action != "skip"])
-    check_discards(decisions)
     for problem in _refusals(loaded, decisions, lambda kind: kind.check_inputs):
         raise StageError(problem)
 
@@ -539,8 +538,8 @@ def check_discards(decisions: list[StageDecision]) -> None:
     for d in decisions:
         if d.discards is not None:
             raise StageError(
-                f"stage '{d.name}': {d.reason}; a re-run would delete its checkpoints and start over from step 0, so "
-                f"nothing was run: run again with --from {d.name} to start it over"
+                f"stage '{d.name}': {d.reason}; `tempa run` will not delete its checkpoints and start it over from "
+                f"step 0 unless told: run with --from {d.name} to start it over"
                 + ("" if d.stale else f", or undo the change to continue from {d.discards}")
             )
 
@@ -613,6 +612,7 @@ def run_recipe(
         write_atomic(run_dir / RESOLVED_RECIPE, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
         decisions = plan_run(loaded, run_dir, from_stage=from_stage, only=only)
         check_stage_inputs(loaded, decisions)
+        check_discards(decisions)
         problems = environment_problems(loaded, decisions)
         if problems:
             raise StageError(problems[0])

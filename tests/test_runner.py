@@ -802,7 +802,7 @@ def interrupted_at_a_checkpoint(recipe: Path, run_dir: Path, monkeypatch) -> Pat
 
 
 def test_an_interrupted_training_stage_whose_config_changed_keeps_its_checkpoints_until_told(
-    recipe, tmp_path, monkeypatch
+    recipe, tmp_path, monkeypatch, capsys
 ):
     """A real change to a training stage cut off at a checkpoint cleared its folder, the hours of checkpoints with it,
     with one info line among the run's logs. The run (and the plan) now refuses before any work, naming the setting and
@@ -813,14 +813,17 @@ def test_an_interrupted_training_stage_whose_config_changed_keeps_its_checkpoint
     with pytest.raises(StageError) as refused:
         run_recipe(changed, run_dir)
     assert str(refused.value) == (
-        "stage 'b': interrupted at checkpoint-5 and changed since: stage config changed: value 2 → 5; a re-run would "
-        "delete its checkpoints and start over from step 0, so nothing was run: run again with --from b to start it "
-        "over, or undo the change to continue from checkpoint-5")
+        "stage 'b': interrupted at checkpoint-5 and changed since: stage config changed: value 2 → 5; `tempa run` will "
+        "not delete its checkpoints and start it over from step 0 unless told: run with --from b to start it over, or "
+        "undo the change to continue from checkpoint-5")
     assert checkpoint.is_dir() and calls(run_dir) == []
-    from tempa.recipes.runner import check_stage_inputs
+    from tempa.recipes.cli import main
 
-    with pytest.raises(StageError, match="stage 'b': interrupted at checkpoint-5"):  # `tempa plan` says it too
-        check_stage_inputs(changed, plan_run(changed, run_dir))
+    # `tempa plan` says it too, after the table that shows what changed where (it printed nothing else)
+    assert main(["plan", str(recipe), "--set", "stages.b.value=5", "--run-dir", str(run_dir)]) == 1
+    out, err = capsys.readouterr()
+    assert "stages, in run order" in out and "value 2 → 5" in out
+    assert err.strip().endswith("undo the change to continue from checkpoint-5") and len(err.strip().splitlines()) == 1
     # A setting that is no part of the fingerprint resumes it, checkpoint kept.
     run_recipe(load_recipe(recipe, ["stages.b.transport=3"]), run_dir)
     assert calls(run_dir) == ["b"] and checkpoint.is_dir()
@@ -868,8 +871,8 @@ def test_an_interrupted_stage_whose_input_stage_ran_again_since_is_not_resumed_o
     with pytest.raises(StageError) as refused:
         run_recipe(load_recipe(recipe), run_dir)
     assert str(refused.value) == (
-        "stage 'b': interrupted at checkpoint-5 and stale: 'a' ran again since it ran; a re-run would delete its "
-        "checkpoints and start over from step 0, so nothing was run: run again with --from b to start it over")
+        "stage 'b': interrupted at checkpoint-5 and stale: 'a' ran again since it ran; `tempa run` will not delete its "
+        "checkpoints and start it over from step 0 unless told: run with --from b to start it over")
     assert checkpoint.is_dir() and calls(run_dir) == []
     assert run_recipe(load_recipe(recipe), run_dir, from_stage="b").ran == ["b", "c"]
 

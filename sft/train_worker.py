@@ -286,6 +286,15 @@ def final_evaluation(trainer) -> dict[str, Any]:
     return trainer.evaluate()
 
 
+class RecipeCadence(TrainerCallback):
+    """The recipe's logging, evaluation and saving cadence on a resumed run too: transformers restores them from the
+    checkpoint's trainer_state.json, so a `logging_steps` raised between attempts (the stage resumes: it is no part of
+    its fingerprint) was ignored, with a warning only in the training log."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.compute_steps(args, state.max_steps)
+
+
 class ScheduleCheck(TrainerCallback):
     """Says in the training log, once the trainer knows its steps, when the learning-rate schedule cannot fit them
     (`tempa plan` warns from its estimate of the steps; this is the real count)."""
@@ -425,6 +434,7 @@ def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *
     """
     if plan.recipe is not None and set(named_trackers(trainer.args.report_to)) & set(CONFIG_TRACKERS):
         trainer.add_callback(recipe_callback(plan.recipe))  # after the trackers' own callbacks
+    trainer.add_callback(RecipeCadence())
     trainer.add_callback(ScheduleCheck())
     trainer.add_callback(LossSteps())
     resume = last_complete_checkpoint(plan.checkpoints_dir)

@@ -86,3 +86,14 @@ def test_a_run_resumed_twice_reports_the_loss_and_steps_of_the_whole_run(tmp_pat
     kept = [step for step in range(1, 9) if step != 3]  # step 3 ran only in the first process, and no log kept it
     expected = sum(step_loss[step] for step in kept) / len(kept)
     assert resumed.headline()["train_loss"] == pytest.approx(expected, abs=2e-4)
+
+
+def test_a_logging_cadence_changed_between_attempts_takes_effect_on_resume(tmp_path, tiny_model_dir, data):
+    """`logging_steps` is no part of a stage's fingerprint, so raising or lowering it between attempts resumes the
+    stage; transformers restored the checkpoint's cadence, and the new value was ignored (a warning in train.log)."""
+    out = tmp_path / "run"
+    with pytest.raises(Killed):
+        train(tiny_model_dir, data, out, KillAt(5))  # logs every 2 steps; checkpoint 3
+    resumed = train(tiny_model_dir, data, out, logging_steps=1)
+    logged = [entry["step"] for entry in resumed.log_history if "loss" in entry]
+    assert logged == [2, 4, 5, 6, 7, 8]  # step 2 from the first attempt, then every step

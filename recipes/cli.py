@@ -231,6 +231,7 @@ def _cmd_plan(args) -> int:
     from tempa.recipes.loader import load_recipe
     from tempa.recipes.runner import (
         check_discards,
+        check_profile,
         check_stage_inputs,
         decontamination_lines,
         environment_problems,
@@ -285,7 +286,8 @@ def _cmd_plan(args) -> int:
 
         mfu = 0.4 if args.mfu is None else args.mfu
         console.print(render_estimate(loaded, args.hardware, mfu, run_dir=run_dir), markup=False)
-    check_discards(decisions)  # what the run refuses before any work, once the table shows what changed where
+    check_profile(loaded, run_dir)  # what the run refuses before any work, once the table shows what changed where
+    check_discards(decisions)
     return 0
 
 

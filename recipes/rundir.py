@@ -64,6 +64,9 @@ class Manifest(BaseModel):
     config: dict[str, Any] | None = Field(
         default=None, description="The stage's resolved config as it ran (`tempa plan` shows what changed since)."
     )
+    profile: str | None = Field(
+        default=None, description="The recipe profile it ran with (--profile; '' for none, None: an older tempa's "
+        "manifest, which did not say).")
     result: dict[str, Any] | None = Field(default=None, description="The stage's typed result, as JSON.")
 
     @property

@@ -532,6 +532,20 @@ def check_stage_inputs(loaded: LoadedRecipe, decisions: list[StageDecision]) -> 
         raise StageError(problem)
 
 
+def check_profile(loaded: LoadedRecipe, run_dir: Path) -> None:
+    """Refuse a run (and a plan) whose --profile is not the one the run directory's stages ran with: a forgotten
+    `--profile tiny` read every stage as changed, and a full-scale run's finished stages would have been cleared for a
+    toy run of the same recipe (they share its default run directory)."""
+    ran = {manifest.profile for name in loaded.names
+           if (manifest := read_manifest(run_dir / name)) is not None and manifest.profile is not None}
+    given = loaded.profile or ""
+    if ran and given not in ran:
+        said = ", ".join(f"--profile {p}" if p else "no --profile" for p in sorted(ran))
+        raise StageError(f"{run_dir}: its stages ran with {said}, and this run has "
+                         f"{f'--profile {given}' if given else 'none'}; give the same --profile to go on with that run, "
+                         "or another --run-dir for this one")
+
+
 def check_discards(decisions: list[StageDecision]) -> None:
     """Refuse to delete the checkpoints of an interrupted training stage whose config or inputs changed since (days of
     training, cleared by an edit the user may have thought harmless): the user says so with --from, or undoes it."""
@@ -608,6 +622,7 @@ def run_recipe(
     summary = RunSummary(run_dir)
     with hangup_stops(), RunLock(run_dir):
         sweep_trash(run_dir)
+        check_profile(loaded, run_dir)
         resolved = loaded.resolved()
         write_atomic(run_dir / RESOLVED_RECIPE, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
         decisions = plan_run(loaded, run_dir, from_stage=from_stage, only=only)
@@ -667,7 +682,7 @@ def run_recipe(
                 ctx = _context(loaded, decision, run_dir, start_model, base_dir, tokenizer_dir, template, recipe,
                                visible, model_runs)
                 run_ids[decision.name] = uuid.uuid4().hex
-                upstream = _run_stage(config, decision, ctx, run_dir, run_ids)
+                upstream = _run_stage(config, decision, ctx, run_dir, run_ids, loaded.profile)
                 summary.ran.append(decision.name)
             done[decision.name] = upstream
             summary.notes += upstream.result.notes
@@ -788,7 +803,7 @@ def decontamination_lines(loaded: LoadedRecipe) -> list[str]:
 
 
 def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageContext, run_dir: Path,
-               run_ids: dict[str, str]) -> Upstream:
+               run_ids: dict[str, str], profile: str | None) -> Upstream:
     """Run one stage; the runner alone writes its manifest, metrics and (last) DONE."""
     kind = stage_kind(decision.kind)
     stage_dir = ctx.stage_dir
@@ -801,7 +816,7 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
                         components=decision.components, status="running", action=decision.action,
                         started_at=time.time(), tempa_version=__version__, start_model=ctx.start_model,
                         run_id=run_ids[decision.name], inputs={dep: run_ids.get(dep, "") for dep in decision.inputs},
-                        config=decision.config)
+                        config=decision.config, profile=profile or "")
     manifest.write(stage_dir, run_dir)
     try:
         result = kind.run(config, ctx)

@@ -975,3 +975,23 @@ def test_a_changed_journaling_stage_keeps_its_journals_and_clears_the_rest(recip
     assert decision.action == "rerun" and not decision.keeps_journals and JOURNALS_KEPT not in decision.reason
     run_recipe(changed, run_dir)
     assert not any(path.exists() for path in journal)
+
+
+def test_a_run_directory_is_gone_on_with_the_profile_its_stages_ran_with(recipe, tmp_path, capsys):
+    """A forgotten `--profile tiny` read every stage as changed (the plan listed a dozen setting diffs, nothing said a
+    profile), and a run made with it would clear what the other profile's run had finished: a toy run and a
+    full-scale one share the recipe's default run directory."""
+    from tempa.recipes.cli import main
+
+    recipe.write_text(recipe.read_text() + "profiles:\n  tiny:\n    stages:\n      - {name: a, value: 7}\n")
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe, profile="tiny"), run_dir)
+    reset_calls(run_dir)
+    with pytest.raises(StageError, match=r"its stages ran with --profile tiny, and this run has none; give the same "
+                                         r"--profile to go on with that run, or another --run-dir for this one$"):
+        run_recipe(load_recipe(recipe), run_dir)
+    assert calls(run_dir) == [] and (run_dir / "a" / DONE).is_file()
+    assert main(["plan", str(recipe), "--run-dir", str(run_dir)]) == 1
+    out, err = capsys.readouterr()
+    assert "stages, in run order" in out and "ran with --profile tiny" in err
+    assert run_recipe(load_recipe(recipe, profile="tiny"), run_dir).ran == []

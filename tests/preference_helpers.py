@@ -45,3 +45,24 @@ def flipped_thinking(load_prompts):
         return prompts
 
     return other_draw
+
+
+def record_sampling(monkeypatch, stage_module) -> list[str]:
+    """The last user message of every prompt ``stage_module``'s backends sample from (its ``build_backend``
+    wrapped), in order: what a test asserts was sampled again, or not."""
+    sampled: list[str] = []
+    real_build = stage_module.build_backend
+
+    def recording_backend(*args, **kwargs):
+        backend = real_build(*args, **kwargs)
+        sample = backend.sample
+
+        def recorded(prompts, *a, **k):
+            sampled.extend(messages[-1]["content"] for messages in prompts)
+            return sample(prompts, *a, **k)
+
+        backend.sample = recorded
+        return backend
+
+    monkeypatch.setattr(stage_module, "build_backend", recording_backend)
+    return sampled

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from preference_helpers import ending_model
+from preference_helpers import ending_model, record_sampling
 from test_alignment_fakes import ScriptedBackend
 
 import tempa.alignment.preference_stage as preference_module
@@ -183,21 +183,7 @@ def test_a_preference_stage_whose_beta_changed_reuses_its_samples_and_scores_and
 
     bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tok")
     start = ending_model(tiny_model_dir, tmp_path / "tok", tmp_path / "start")
-    sampled: list[str] = []
-    real_build = preference_module.build_backend
-
-    def recording_backend(*args, **kwargs):
-        backend = real_build(*args, **kwargs)
-        sample = backend.sample
-
-        def recorded(prompts, *a, **k):
-            sampled.extend(messages[-1]["content"] for messages in prompts)
-            return sample(prompts, *a, **k)
-
-        backend.sample = recorded
-        return backend
-
-    monkeypatch.setattr(preference_module, "build_backend", recording_backend)
+    sampled = record_sampling(monkeypatch, preference_module)
     judge = ScriptedBackend(lambda prompt, j: "Good. [[7]]")
     monkeypatch.setattr(rewards_module, "build_backend", lambda *a, **k: judge)
     trained: list[dict] = []

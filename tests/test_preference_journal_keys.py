@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from preference_helpers import ending_model
+from preference_helpers import ending_model, record_sampling
 from test_alignment_fakes import ScriptedBackend
 
 import tempa.alignment.preference_stage as stage_module
@@ -40,21 +40,7 @@ def round_setup(tmp_path, tiny_model_dir, monkeypatch):
 
     bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tok")
     start = ending_model(tiny_model_dir, tmp_path / "tok", tmp_path / "start")
-    sampled: list[str] = []
-    real_build = stage_module.build_backend
-
-    def recording_backend(*args, **kwargs):
-        backend = real_build(*args, **kwargs)
-        sample = backend.sample
-
-        def recorded(prompts, *a, **k):
-            sampled.extend(messages[-1]["content"] for messages in prompts)
-            return sample(prompts, *a, **k)
-
-        backend.sample = recorded
-        return backend
-
-    monkeypatch.setattr(stage_module, "build_backend", recording_backend)
+    sampled = record_sampling(monkeypatch, stage_module)
     judge = ScriptedBackend(lambda prompt, j: "Good. [[7]]")
     monkeypatch.setattr(rewards_module, "build_backend", lambda *a, **k: judge)
     launches: list[str] = []

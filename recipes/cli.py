@@ -250,6 +250,7 @@ def _cmd_plan(args) -> int:
     loaded = load_recipe(args.recipe, args.overrides, profile=args.profile)
     run_dir = _run_dir(args, loaded)
     check_run_dir(run_dir)  # what `tempa run` would refuse, plan refuses too
+    check_profile(loaded, run_dir)  # first, as the run: every stage reads as changed under another profile
     decisions = plan_run(loaded, run_dir, from_stage=args.from_stage, only=args.only,
                          running_elsewhere=run_in_progress(run_dir))
     check_stage_inputs(loaded, decisions)  # what the run would refuse before its first stage
@@ -286,8 +287,7 @@ def _cmd_plan(args) -> int:
 
         mfu = 0.4 if args.mfu is None else args.mfu
         console.print(render_estimate(loaded, args.hardware, mfu, run_dir=run_dir), markup=False)
-    check_profile(loaded, run_dir)  # what the run refuses before any work, once the table shows what changed where
-    check_discards(decisions)
+    check_discards(decisions)  # what the run refuses before any work, once the table shows what changed where
     return 0
 
 

@@ -308,7 +308,8 @@ def plan_run(
                 why = [f"stale once {_names(reran)} re-ran"] if reran else []
                 why += [f"stale: {_stale_why([], behind)}"] if behind else []
                 reason += f"; {'; '.join(why)} (the next plain `tempa run` re-runs it)"
-        keeps = (action == "rerun" and not forced and kind.journals is not None and manifest is not None
+        # the stage --from/--only names starts over whole; the later ones --from re-runs leave it to the signatures
+        keeps = (action == "rerun" and name not in (from_stage, only) and kind.journals is not None and manifest is not None
                  and _journals_signed(manifest.components, components))
         if keeps:
             reason += f"; {JOURNALS_KEPT}"
@@ -328,9 +329,10 @@ def plan_run(
 
 
 JOURNALS_KEPT = "its journals are kept: answers whose request is unchanged are reused"
-# What a journal's signature does not hold: the chat template a local sampler renders requests with, the tempa that
-# asked (how it asks), whether a model's own code ran.
-_UNSIGNED = ("template", "tempa_version", "trust_remote_code")
+# What a journal's signature does not hold: the chat template a local sampler renders requests with, whether a model's
+# own code ran. (Another tempa asks as its requests' text and its signatures say: a record it cannot use is not
+# reused, so journals go on across an upgrade as an interrupted stage resumes across one.)
+_UNSIGNED = ("template", "trust_remote_code")
 
 
 def _journals_signed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
@@ -552,8 +554,8 @@ def check_discards(decisions: list[StageDecision]) -> None:
     for d in decisions:
         if d.discards is not None:
             raise StageError(
-                f"stage '{d.name}': {d.reason}; `tempa run` will not delete its checkpoints and start it over from "
-                f"step 0 unless told: run with --from {d.name} to start it over"
+                f"stage '{d.name}': {d.reason}; `tempa run` will not delete what it completed and start it over "
+                f"unless told: run with --from {d.name} to start it over"
                 + ("" if d.stale else f", or undo the change to continue from {d.discards}")
             )
 

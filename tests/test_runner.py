@@ -814,8 +814,8 @@ def test_an_interrupted_training_stage_whose_config_changed_keeps_its_checkpoint
         run_recipe(changed, run_dir)
     assert str(refused.value) == (
         "stage 'b': interrupted at checkpoint-5 and changed since: stage config changed: value 2 → 5; `tempa run` will "
-        "not delete its checkpoints and start it over from step 0 unless told: run with --from b to start it over, or "
-        "undo the change to continue from checkpoint-5")
+        "not delete what it completed and start it over unless told: run with --from b to start it over, or undo the "
+        "change to continue from checkpoint-5")
     assert checkpoint.is_dir() and calls(run_dir) == []
     from tempa.recipes.cli import main
 
@@ -871,8 +871,8 @@ def test_an_interrupted_stage_whose_input_stage_ran_again_since_is_not_resumed_o
     with pytest.raises(StageError) as refused:
         run_recipe(load_recipe(recipe), run_dir)
     assert str(refused.value) == (
-        "stage 'b': interrupted at checkpoint-5 and stale: 'a' ran again since it ran; `tempa run` will not delete its "
-        "checkpoints and start it over from step 0 unless told: run with --from b to start it over")
+        "stage 'b': interrupted at checkpoint-5 and stale: 'a' ran again since it ran; `tempa run` will not delete what "
+        "it completed and start it over unless told: run with --from b to start it over")
     assert checkpoint.is_dir() and calls(run_dir) == []
     assert run_recipe(load_recipe(recipe), run_dir, from_stage="b").ran == ["b", "c"]
 
@@ -991,7 +991,52 @@ def test_a_run_directory_is_gone_on_with_the_profile_its_stages_ran_with(recipe,
                                          r"--profile to go on with that run, or another --run-dir for this one$"):
         run_recipe(load_recipe(recipe), run_dir)
     assert calls(run_dir) == [] and (run_dir / "a" / DONE).is_file()
-    assert main(["plan", str(recipe), "--run-dir", str(run_dir)]) == 1
-    out, err = capsys.readouterr()
-    assert "stages, in run order" in out and "ran with --profile tiny" in err
+    assert main(["plan", str(recipe), "--run-dir", str(run_dir)]) == 1  # first, as the run (so with --only too)
+    assert "ran with --profile tiny" in capsys.readouterr().err
+    assert main(["plan", str(recipe), "--only", "c", "--run-dir", str(run_dir)]) == 1
+    assert "ran with --profile tiny" in capsys.readouterr().err
     assert run_recipe(load_recipe(recipe, profile="tiny"), run_dir).ran == []
+
+
+def _journaling_touch(monkeypatch) -> None:
+    from tempa.alignment.teacher_text import teacher_text_journals, teacher_text_resume_point
+
+    kind = dataclasses.replace(TOUCH, resumable=True, resume_point=teacher_text_resume_point,
+                               journals=teacher_text_journals)
+    monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS[:-1], kind))
+
+
+def test_from_starts_over_the_stage_it_names_and_leaves_later_journals_to_their_signatures(recipe, tmp_path,
+                                                                                          monkeypatch):
+    """A review found `--from translate-lmsys` (to translate it again) cleared the journals of every journaling stage
+    after it, tens of thousands of paid answers of stages that never read it, where a plain run after an edit kept
+    them for their signatures to judge."""
+    _journaling_touch(monkeypatch)
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    journals = {name: run_dir / name / "data" / "teacher.jsonl" for name in ("b", "c")}
+    for journal in journals.values():
+        journal.parent.mkdir()
+        journal.write_text('{"id": "paid"}\n')
+    decisions = plan_run(load_recipe(recipe), run_dir, from_stage="b")
+    assert [(d.name, d.keeps_journals) for d in decisions[1:]] == [("b", False), ("c", True)]
+    run_recipe(load_recipe(recipe), run_dir, from_stage="b")
+    assert not journals["b"].exists() and journals["c"].is_file()
+
+
+def test_a_changed_journaling_stage_keeps_its_journals_across_an_upgrade_as_an_interrupted_one_resumes(
+        recipe, tmp_path, monkeypatch):
+    """The journals of an older tempa were resumed from when nothing else changed, and dropped (the stage refused,
+    in checkpoint words) when a setting changed too: the signatures decide in both cases."""
+    _journaling_touch(monkeypatch)
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    killed_while_running(run_dir / "b")
+    (run_dir / "b" / "data").mkdir()
+    (run_dir / "b" / "data" / "teacher.jsonl").write_text('{"id": "a"}\n')
+    manifest = json_or_none(run_dir / "b" / MANIFEST)
+    manifest["components"]["tempa_version"] = "0.0.1"
+    (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
+    assert plan_run(load_recipe(recipe), run_dir)[1].action == "resume"
+    changed = plan_run(load_recipe(recipe, ["stages.b.value=5"]), run_dir)[1]
+    assert (changed.action, changed.keeps_journals, changed.discards) == ("rerun", True, None)

@@ -83,7 +83,7 @@ class StageDecision:
     inputs: list[str] = field(default_factory=list)  # the earlier stages it is handed (its from and reads)
     stale: list[str] = field(default_factory=list)  # inputs that ran (or will run) again since it ran
     # The checkpoint an interrupted run of it reached, which this re-run would delete (its config or inputs changed
-    # since): the run refuses unless --from/--only names it (check_stage_inputs).
+    # since): the run refuses unless --from/--only names it (check_discards).
     discards: str | None = None
     # A re-run that keeps the stage's journals (its kind's `journals`), clearing the rest of its folder: their own
     # signatures decide which teacher answers, judge replies and samples are still valid.
@@ -338,9 +338,9 @@ _UNSIGNED = ("template", "trust_remote_code")
 def _journals_signed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Whether a re-run may keep a journaling stage's journals and leave them to their signatures, given what changed
     since it ran (``old``: its manifest's components): its settings, its input files, its seed, the models it starts
-    from or reads (named there by the run that made them) are in them or in their records' keys; a changed template,
-    tempa or trust_remote_code is not, nor a model folder named in the config and changed in place (a signature holds
-    its path)."""
+    from or reads (named there by the run that made them) are in them or in their records' keys; a changed template
+    or trust_remote_code is not, nor a model folder named in the config and changed in place (a signature holds its
+    path)."""
     if any(old.get(key) != new.get(key) for key in _UNSIGNED):
         return False
     before, after = old.get("files"), new.get("files") or {}

@@ -63,3 +63,24 @@ def group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def assert_ships(name: str, run_dir: Path) -> None:
+    """The seed recipe ``name``'s tiny run in ``run_dir`` ran its full-scale pipeline (same stages, kinds, order)
+    and ended in a final model a user can ship: it loads, its tokenizer passes every chat-template check, and the
+    recipe's serving defaults (Swallow's card: temperature 0.6, top-p 0.9) reach its generation config."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from tempa.chat_templates import check_tokenizer
+    from tempa.recipes.loader import load_recipe
+
+    full, tiny = load_recipe(name), load_recipe(name, profile="tiny")
+    assert [(s.name, s.kind) for s in tiny.stages] == [(s.name, s.kind) for s in full.stages]
+    final = run_dir / "final"
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    AutoModelForCausalLM.from_pretrained(final)
+    generation = GenerationConfig.from_pretrained(final)
+    results = check_tokenizer(tokenizer, generation_config=generation)
+    assert all(result.passed for result in results), [r for r in results if not r.passed]
+    wanted = full.recipe.generation.model_dump(exclude_none=True)
+    assert {key: getattr(generation, key) for key in wanted} == wanted

@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from stage_helpers import assert_ships
 from tempa.alignment.rl_config import RLStageConfig
 from tempa.recipes.loader import load_recipe
 from tempa.recipes.runner import run_recipe
@@ -90,6 +91,14 @@ def test_the_rl_stage_resumes_after_a_kill(rlvr):
     resumed = int(Path(metrics["resumed_from"]).name.split("-")[1])
     assert max(killed["checkpoints"]) <= resumed < 3
     assert (stage / DONE).is_file() and (run_dir / "final" / "config.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_seed_recipe_ships_a_final_model_after_the_kill(rlvr):
+    # the rlvr recipe extends sea-lion-v3.5-8b-r, whose own tiny run test_seed_recipes leaves to this one
+    run_dir, _ = rlvr
+    assert_ships(RECIPE, run_dir)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 from tempa.chat_templates.one_line import typed_line
 from tempa.recipes import __version__
 from tempa.recipes.errors import RecipeError
-from tempa.sft.run_layout import FINAL_LINK, RESOLVED_RECIPE
+from tempa.sft.run_layout import FINAL_LINK, RESOLVED_RECIPE, default_run_dir
 from tempa.sft.stage_api import format_metric
 
 EPILOG = """examples:
@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a recipe key, e.g. stages.sft.train.learning_rate=2e-5 (repeatable)")
         p.add_argument("--profile", default=None,
                        help="apply the recipe's `profiles: NAME` overlay (e.g. tiny: the same pipeline at toy scale)")
-        p.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/<recipe name> under the current folder)")
+        p.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/<recipe name> under the current folder, "
+                       "runs/<recipe name>-<profile> with --profile)")
         group = p.add_mutually_exclusive_group()
         group.add_argument("--from", dest="from_stage", metavar="STAGE",
                            help="force STAGE and every later stage to run again")
@@ -133,18 +134,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_dir(args, loaded) -> Path:
-    return args.run_dir if args.run_dir is not None else default_run_dir(loaded.recipe.name)
-
-
-def default_run_dir(recipe_name: str) -> Path:
-    """Where `tempa run` puts a recipe's run without --run-dir: runs/<name> under the folder it is started in."""
-    return Path("runs") / recipe_name
+    if args.run_dir is not None:
+        return args.run_dir
+    try:
+        return default_run_dir(loaded.recipe.name, loaded.profile)
+    except ValueError as exc:
+        raise RecipeError(f"{exc}; give --run-dir") from None
 
 
 def given_run_dir(given: Path) -> Path:
     """The run a command that reads one (status, report, push, export) is given, in the forms `tempa run` takes: the
-    run's folder, or the recipe (a path or a shipped recipe's name) for its default folder, runs/<recipe name>."""
-    from tempa.recipes.loader import recipe_name
+    run's folder, or the recipe (a path or a shipped recipe's name) for its default folder: runs/<recipe name>, or
+    runs/<recipe name>-<profile> where only the run of that profile is there."""
+    from tempa.recipes.loader import recipe_name, recipe_profiles
     from tempa.recipes.rundir import NotARunDirError
 
     if given.is_dir():
@@ -155,11 +157,22 @@ def given_run_dir(given: Path) -> Path:
             return given  # a file: the command says it is no run directory
         raise NotARunDirError(f"{given}: no such run directory, and no recipe of that name; give the folder `tempa run` "
                               "wrote (runs/<recipe name> unless --run-dir) or the recipe it ran")
-    run_dir = default_run_dir(recipe_name(recipe))
-    if not run_dir.is_dir():
-        raise NotARunDirError(f"{given}: the recipe's default run directory {run_dir} does not exist under "
-                              f"{Path.cwd()}; give the --run-dir it ran with, or run it first (tempa run {given})")
-    return run_dir
+    name = recipe_name(recipe)
+    folders = [default_run_dir(name)]
+    for profile in recipe_profiles(recipe):
+        try:
+            folders.append(default_run_dir(name, profile))
+        except ValueError:
+            continue  # a profile whose runs need a --run-dir of their own
+    there = [folder for folder in folders if folder.is_dir()]
+    if len(there) == 1:
+        return there[0]
+    if there:
+        raise NotARunDirError(f"{given}: the recipe has runs in {', '.join(map(str, there))} (with and without "
+                              "--profile); give the folder of the one you mean")
+    others = f", nor do its --profile ones ({', '.join(map(str, folders[1:]))})" if folders[1:] else ""
+    raise NotARunDirError(f"{given}: the recipe's default run directory {folders[0]} does not exist under "
+                          f"{Path.cwd()}{others}; give the --run-dir it ran with, or run it first (tempa run {given})")
 
 
 def _recipe_at(given: Path) -> Path | None:

@@ -102,8 +102,15 @@ def recipe_name(ref: str | Path) -> str:
     path = find_recipe(ref)
     name = _load_chain(path, seen=())[0].get("name")
     if not isinstance(name, str):
-        raise RecipeError(f"{path}: name: expected the recipe's name (its run directory is runs/<name>)")
+        raise RecipeError(f"{path}: name: expected the recipe's name (its run directory is runs/<name>, "
+                          "runs/<name>-<profile> with --profile)")
     return name
+
+
+def recipe_profiles(ref: str | Path) -> list[str]:
+    """The ``profiles:`` a recipe offers (through ``extends:``), read without validating the rest."""
+    profiles = _load_chain(find_recipe(ref), seen=())[0].get("profiles")
+    return [name for name in profiles if isinstance(name, str)] if isinstance(profiles, dict) else []
 
 
 def _nearby_recipe(ref: Path, relative_to: Path | None) -> str:

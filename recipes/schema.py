@@ -258,7 +258,7 @@ class Recipe(BaseModel):
 
     name: str = Field(
         description="Recipe name (a safe name: letters, digits, '.', '_', '-'); the model card's title and "
-        "the default run directory runs/<name>."
+        "the default run directory runs/<name> (runs/<name>-<profile> with --profile)."
     )
     description: str = ""
     base_model: str = Field(

@@ -20,6 +20,7 @@ Layout::
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 LOCK = ".lock"
 RESOLVED_RECIPE = "recipe.resolved.yaml"
@@ -57,6 +58,14 @@ def safe_name(value: str, what: str) -> str:
             "letter or digit (at most 128 characters)"
         )
     return value
+
+
+def default_run_dir(recipe_name: str, profile: str | None = None) -> Path:
+    """Where `tempa run` puts a recipe's run without --run-dir, under the folder it is started in: runs/<name>, and
+    runs/<name>-<profile> for a run with --profile, so that a toy run and the full-scale one never share a folder."""
+    if profile is None:
+        return Path("runs") / recipe_name
+    return Path("runs") / safe_name(f"{recipe_name}-{profile}", f"--profile {profile}: the default run directory")
 
 
 def reserved_name(name: str) -> str | None:

@@ -202,3 +202,48 @@ def test_a_run_that_is_not_there_says_what_to_give(tmp_path, monkeypatch, capsys
     assert capsys.readouterr().err.strip() == (
         "tempa: error: runs/ja: no such run directory, and no recipe of that name; give the folder `tempa run` wrote "
         "(runs/<recipe name> unless --run-dir) or the recipe it ran")
+
+
+# --- a toy run and the full-scale one of the same recipe ------------------------------------------------------------
+
+def _with_profiles(folder: Path, *profiles: str) -> Path:
+    recipe = _recipe(folder)
+    overlays = "".join(f"  {name}: {{seed: 7}}\n" for name in profiles)
+    recipe.write_text(recipe.read_text(encoding="utf-8") + f"profiles:\n{overlays}", encoding="utf-8")
+    return recipe
+
+
+def test_a_run_with_a_profile_has_a_default_run_directory_of_its_own(tmp_path, monkeypatch):
+    import argparse
+
+    from tempa.recipes.cli import _run_dir
+
+    folder = _layout(tmp_path)
+    recipe = _with_profiles(folder, "tiny", "big one")
+    monkeypatch.chdir(folder)
+    none = argparse.Namespace(run_dir=None)
+    assert _run_dir(none, load_recipe(recipe)) == Path("runs/swallow-ja")
+    assert _run_dir(none, load_recipe(recipe, profile="tiny")) == Path("runs/swallow-ja-tiny")
+    assert _run_dir(argparse.Namespace(run_dir=Path("x")), load_recipe(recipe, profile="tiny")) == Path("x")
+    with pytest.raises(RecipeError, match=r"^--profile big one: the default run directory 'swallow-ja-big one' is not "
+                                          r"a safe name: .*; give --run-dir$"):
+        _run_dir(none, load_recipe(recipe, profile="big one"))
+
+
+def test_the_commands_that_read_a_run_find_the_profiles_run_and_ask_when_both_are_there(tmp_path, monkeypatch, capsys):
+    folder = _layout(tmp_path)
+    _with_profiles(folder, "tiny")
+    monkeypatch.chdir(folder)
+    assert main(["status", "m.yaml"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"tempa: error: m.yaml: the recipe's default run directory runs/swallow-ja does not exist under {folder}, "
+        "nor do its --profile ones (runs/swallow-ja-tiny); give the --run-dir it ran with, or run it first "
+        "(tempa run m.yaml)")
+    _ran(folder, "swallow-ja-tiny")
+    assert main(["status", "m.yaml", "--json"]) == 0
+    assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["sft"]
+    _ran(folder, "swallow-ja")
+    assert main(["status", "m.yaml", "--json"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "tempa: error: m.yaml: the recipe has runs in runs/swallow-ja, runs/swallow-ja-tiny (with and without "
+        "--profile); give the folder of the one you mean")

@@ -59,6 +59,7 @@ from tempa.sft.stage_api import (
     fingerprinted,
     format_metric,
 )
+from tempa.sft.throughput_summary import latest_progress
 
 log = logging.getLogger("tempa")
 
@@ -993,7 +994,9 @@ def _where_it_stands(kind_name: str, stage_dir: Path, *, running: bool) -> str |
         return None
     point = hook(stage_dir)
     if running:
-        return f"so far: {point}" if point is not None else None
+        progress = latest_progress(stage_dir)
+        said = [f"so far: {point}" if point is not None else None, progress.note() if progress else None]
+        return "; ".join(part for part in said if part) or None
     if point is None:
         return "nothing complete to continue from: a re-run starts it over"
     return f"the same recipe run again continues from {point}"

@@ -33,6 +33,7 @@ METRICS = "metrics.json"
 DONE = "DONE"
 FINAL_DIR = "final"
 CHECKPOINTS_DIR = "checkpoints"
+TRAIN_PROGRESS = "progress.json"  # in a training launch's checkpoints folder: its last progress line (TrainProgress)
 LOGS_DIR = "logs"
 DATA_DIR = "data"
 TRAIN_PLAN = "train_plan.json"

@@ -26,12 +26,15 @@ stage, a resumed one included (each checkpoint keeps the totals as of its step's
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from tempa.sft.throughput_summary import PEAK_FLOPS, format_eta, peak_flops
+from tempa.sft.files import write_atomic
+from tempa.sft.run_layout import TRAIN_PROGRESS
+from tempa.sft.throughput_summary import PEAK_FLOPS, TrainProgress, format_eta, peak_flops
 
 
 def matmul_parameters(model: Any) -> int:
@@ -289,6 +292,8 @@ class ProgressLine(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._start = state.global_step  # non-zero after a resume
+        if state.is_world_process_zero:  # an earlier attempt's record is not where this one stands
+            (Path(args.output_dir) / TRAIN_PROGRESS).unlink(missing_ok=True)
 
     def on_step_end(self, args, state, control, **kwargs):
         # every process decides alike: the Trainer's log gathers the loss from all of them
@@ -317,9 +322,13 @@ class ProgressLine(TrainerCallback):
             parts.append(f"MFU {100 * logs['mfu']:.1f}%")
         if "padding_fraction" in logs:
             parts.append(f"padding {100 * logs['padding_fraction']:.1f}%")
-        if "eta_s" in logs and state.global_step < state.max_steps:
-            parts.append(f"eta {format_eta(logs['eta_s'])}")
+        eta = logs.get("eta_s") if state.global_step < state.max_steps else None
+        if eta is not None:
+            parts.append(f"eta {format_eta(eta)}")
         print("[tempa] " + " | ".join(parts), flush=True)
+        progress = TrainProgress(step=state.global_step, max_steps=state.max_steps, eta_s=eta,
+                                 tokens_per_s=logs.get("tokens_per_s"), at=time.time())
+        write_atomic(Path(args.output_dir) / TRAIN_PROGRESS, progress.model_dump_json())
 
 
 def add_throughput_callbacks(trainer: Any, meter: ThroughputMeter | None = None) -> ThroughputMeter:

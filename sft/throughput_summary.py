@@ -6,7 +6,13 @@ Kept apart so that `tempa plan` and the stages read them without importing trans
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tempa.sft.run_layout import CHECKPOINTS_DIR, TRAIN_PROGRESS
 
 # Peak dense (no sparsity) bf16/fp16 tensor FLOP/s by device-name fragment; the first match wins.
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
@@ -37,6 +43,41 @@ def format_eta(seconds: float) -> str:
     """``h:mm:ss`` (hours keep growing past 24)."""
     seconds = max(0, round(seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class TrainProgress(BaseModel):
+    """A training launch's last progress line, kept where `tempa status` (another process) reads it for a running
+    stage: how far it is and when it will end, without reading its logs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: int
+    max_steps: int
+    eta_s: float | None = None  # at ``at``; None once the last step is done
+    tokens_per_s: float | None = None  # per device
+    at: float  # time.time() of the line
+
+    def note(self, now: float | None = None) -> str:
+        """``step 52/600, eta 1:02:03, 1,234 tok/s/device (12 s ago)``, the ETA counted down to ``now``."""
+        now = time.time() if now is None else now
+        ago = max(0.0, now - self.at)
+        parts = [f"step {self.step}/{self.max_steps}"]
+        if self.eta_s is not None:
+            parts.append(f"eta {format_eta(max(0.0, self.eta_s - ago))}")
+        if self.tokens_per_s is not None:
+            parts.append(f"{self.tokens_per_s:,.0f} tok/s/device")
+        return ", ".join(parts) + f" ({f'{ago:.0f} s' if ago < 120 else format_eta(ago)} ago)"
+
+
+def latest_progress(stage_dir: Path) -> TrainProgress | None:
+    """The newest progress record of a stage's training launches (a kind with rounds launches one per round)."""
+    found = []
+    for folder in (stage_dir / CHECKPOINTS_DIR, *stage_dir.glob(f"*/{CHECKPOINTS_DIR}")):
+        try:
+            found.append(TrainProgress.model_validate_json((folder / TRAIN_PROGRESS).read_text(encoding="utf-8")))
+        except (OSError, ValidationError):
+            continue  # none yet, or one a newer tempa wrote: status still shows the rest
+    return max(found, key=lambda progress: progress.at, default=None)
 
 
 def throughput_headline(log_history: list[dict[str, Any]]) -> dict[str, float]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import textwrap
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +28,7 @@ from tempa.recipes.rundir import RunLock, RunLockedError, run_in_progress
 from tempa.recipes.runner import plan_run, run_recipe, stage_status
 from tempa.sft.checkpoints import resume_point
 from tempa.sft.files import json_or_none
-from tempa.sft.run_layout import CHECKPOINTS_DIR, COMPLETE, DONE, MANIFEST
+from tempa.sft.run_layout import CHECKPOINTS_DIR, COMPLETE, DONE, MANIFEST, TRAIN_PROGRESS
 from tempa.sft.stage_api import (
     NOT_FINGERPRINTED,
     Artifact,
@@ -37,6 +39,7 @@ from tempa.sft.stage_api import (
     StageResult,
     resolve_path,
 )
+from tempa.sft.throughput_summary import TrainProgress
 
 
 class TouchConfig(StageConfigBase):
@@ -544,6 +547,13 @@ def test_status_names_where_a_running_or_interrupted_stage_stands(recipe, tmp_pa
         row = stage_status(names, run_dir)[1]
         assert (row.state, row.note) == ("running", "so far: round 2, checkpoint-2")
         assert row.duration_s is not None and row.duration_s > 0  # its time so far (status showed '-')
+        # and how far the launch training now is, from its last progress line (the record it leaves)
+        progress = TrainProgress(step=3, max_steps=8, eta_s=100.0, at=time.time())
+        (checkpoint.parent / TRAIN_PROGRESS).write_text(progress.model_dump_json())
+        note = stage_status(names, run_dir)[1].note
+        assert re.fullmatch(r"so far: round 2, checkpoint-2; step 3/8, eta 0:01:[34]\d \(\d+ s ago\)", note), note
+    row = stage_status(names, run_dir)[1]  # interrupted: what a re-run continues from, not a step it will redo
+    assert (row.state, row.note) == ("interrupted", "the same recipe run again continues from round 2, checkpoint-2")
     # killed after its manifest said done and before its DONE marker (what a re-run resumes): it was 'pending'
     manifest["status"] = "done"
     (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))

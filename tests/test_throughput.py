@@ -20,8 +20,9 @@ import torch
 from transformers import TrainerCallback
 
 from sft_helpers import prepared_rows
+from tempa.sft.run_layout import TRAIN_PROGRESS
 from tempa.sft.throughput import ThroughputMeter, add_throughput_callbacks
-from tempa.sft.throughput_summary import format_eta, peak_flops
+from tempa.sft.throughput_summary import TrainProgress, format_eta, peak_flops
 
 PEAK = 1e12  # a nominal peak, so the CPU run reports an MFU to check
 
@@ -153,6 +154,10 @@ def test_logged_throughput_matches_the_tokens_trained_and_the_time_taken(tmp_pat
         assert f"padding {100 * window['padding_fraction']:.1f}%" in line
     for line, window in zip(printed[:-1], windows[:-1], strict=True):
         assert re.search(r"eta \d+:\d\d:\d\d", line) and f"eta {format_eta(window['eta_s'])}" in line
+    # `tempa status` reads the last line's numbers from the launch's checkpoints folder
+    progress = TrainProgress.model_validate_json((tmp_path / TRAIN_PROGRESS).read_text())
+    assert (progress.step, progress.max_steps, progress.eta_s) == (4, 4, None)
+    assert progress.tokens_per_s == windows[-1]["tokens_per_s"]
     tracked = [logs for _, _, logs in clock.logs if "loss" in logs]
     assert [t["tokens_per_s"] for t in tracked] == [w["tokens_per_s"] for w in windows]
     tensorboard_scalars(tmp_path, "train/tokens_per_s", expect=len(windows))
@@ -272,7 +277,7 @@ def test_rounds_combine_into_one_headline():
     assert combined_headline([{}, {"train_loss": 1.0}]) == {}
 
 
-def test_the_progress_line_says_what_its_tokens_per_second_are_per(capsys):
+def test_the_progress_line_says_what_its_tokens_per_second_are_per(capsys, tmp_path):
     """Two CPU processes printed their per-process rate as plain 'tok/s', which reads as the launch's total."""
     from types import SimpleNamespace
 
@@ -281,19 +286,19 @@ def test_the_progress_line_says_what_its_tokens_per_second_are_per(capsys):
     state = SimpleNamespace(is_world_process_zero=True, global_step=2, max_steps=4)
     for device, world, unit in (("cuda", 8, "tok/s/GPU"), ("cuda", 1, "tok/s/GPU"), ("cpu", 2, "tok/s/process"),
                                 ("cpu", 1, "tok/s")):
-        args = SimpleNamespace(device=torch.device(device), world_size=world)
+        args = SimpleNamespace(device=torch.device(device), world_size=world, output_dir=str(tmp_path))
         ProgressLine().on_log(args, state, None, logs={"loss": 1.0, "tokens_per_s": 1234.4})
         assert capsys.readouterr().out.strip().endswith(f"| 1,234 {unit}")
 
 
-def test_an_rl_steps_line_shows_its_reward_and_kl(capsys):
+def test_an_rl_steps_line_shows_its_reward_and_kl(capsys, tmp_path):
     """GRPO's loss is ~0 by construction: the line showed it and nothing that says whether RL works."""
     from types import SimpleNamespace
 
     from tempa.sft.throughput import ProgressLine
 
     state = SimpleNamespace(is_world_process_zero=True, global_step=3, max_steps=8)
-    args = SimpleNamespace(device=torch.device("cpu"), world_size=1)
+    args = SimpleNamespace(device=torch.device("cpu"), world_size=1, output_dir=str(tmp_path))
     ProgressLine().on_log(args, state, None, logs={"loss": 0.0, "reward": 0.625, "kl": 0.0012, "grad_norm": None})
     assert capsys.readouterr().out.strip() == "[tempa] step 3/8 | loss 0 | reward 0.625 | kl 0.0012"
 
@@ -304,3 +309,28 @@ def test_device_peaks_and_eta_format():
     assert peak_flops("NVIDIA A100-SXM4-80GB") == pytest.approx(312e12)
     assert peak_flops("Some future accelerator") is None
     assert [format_eta(s) for s in (0, 59.6, 3599, 3600 * 27 + 61)] == ["0:00:00", "0:01:00", "0:59:59", "27:01:01"]
+
+
+def test_status_reads_where_a_launch_stands_and_counts_its_eta_down(tmp_path):
+    """`tempa status` said "running" and the last checkpoint; how far the stage was and when it would end were only
+    in its log. The progress line leaves a record; an earlier attempt's is gone once a new one starts training."""
+    from types import SimpleNamespace
+
+    from tempa.sft.throughput import ProgressLine
+    from tempa.sft.throughput_summary import latest_progress
+
+    args = SimpleNamespace(device=torch.device("cpu"), world_size=1, output_dir=str(tmp_path / "checkpoints"))
+    line = ProgressLine()
+    line.on_log(args, SimpleNamespace(is_world_process_zero=True, global_step=40, max_steps=600), None,
+                logs={"loss": 1.0, "tokens_per_s": 1234.4, "eta_s": 3723.0})
+    progress = latest_progress(tmp_path)
+    assert (progress.step, progress.max_steps, progress.eta_s, progress.tokens_per_s) == (40, 600, 3723.0, 1234.4)
+    assert progress.note(now=progress.at + 23) == "step 40/600, eta 1:01:40, 1,234 tok/s/device (23 s ago)"
+    assert progress.note(now=progress.at + 4000) == "step 40/600, eta 0:00:00, 1,234 tok/s/device (1:06:40 ago)"
+    # a round's launch (preference, rl) under the stage folder: the newest record wins
+    later = ProgressLine()
+    later.on_log(SimpleNamespace(**{**vars(args), "output_dir": str(tmp_path / "round-2" / "checkpoints")}),
+                 SimpleNamespace(is_world_process_zero=True, global_step=8, max_steps=8), None, logs={"loss": 0.5})
+    assert latest_progress(tmp_path).note(now=latest_progress(tmp_path).at) == "step 8/8 (0 s ago)"
+    line.on_train_begin(args, SimpleNamespace(is_world_process_zero=True, global_step=40), None)
+    assert not (tmp_path / "checkpoints" / TRAIN_PROGRESS).exists()

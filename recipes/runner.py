@@ -45,7 +45,15 @@ from tempa.recipes.rundir import (
 )
 from tempa.recipes.schema import TINY_DEFAULT
 from tempa.sft.files import cache_root, digest, file_digest, path_digest, point_link, write_atomic
-from tempa.sft.run_layout import DONE, FINAL_DIR, FINAL_LINK, LOGS_DIR, RESOLVED_RECIPE, TOKENIZER_DIR
+from tempa.sft.run_layout import (
+    CHECKPOINTS_DIR,
+    DONE,
+    FINAL_DIR,
+    FINAL_LINK,
+    LOGS_DIR,
+    RESOLVED_RECIPE,
+    TOKENIZER_DIR,
+)
 from tempa.sft.stage_api import (
     Artifact,
     EvalPrompts,
@@ -314,7 +322,7 @@ def plan_run(
                  and _journals_signed(manifest.components, components))
         if keeps:
             reason += f"; {JOURNALS_KEPT}"
-            if not kind.trains:
+            if not kind.trains or not _has_trained(stage_dir):
                 discards = None  # what it has paid for stays; nothing of it is lost
         if action in ("run", "rerun") and exports_in(stage_dir):
             reason += f"; {_removes_exports(exports_in(stage_dir))}"
@@ -547,6 +555,15 @@ def check_profile(loaded: LoadedRecipe, run_dir: Path) -> None:
         raise StageError(f"{run_dir}: its stages ran with {said}, and this run has "
                          f"{f'--profile {given}' if given else 'none'}; give the same --profile to go on with that run, "
                          "or another --run-dir for this one")
+
+
+def _has_trained(stage_dir: Path) -> bool:
+    """Whether an unfinished stage holds training that starting it over clears: a complete checkpoint or a trained
+    model, of the stage or of one of its rounds (its journals, samples and scores, are kept)."""
+    from tempa.sft.checkpoints import complete_checkpoints
+
+    folders = [stage_dir, *(path for path in stage_dir.iterdir() if path.is_dir())] if stage_dir.is_dir() else []
+    return any((folder / FINAL_DIR).is_dir() or complete_checkpoints(folder / CHECKPOINTS_DIR) for folder in folders)
 
 
 def check_discards(decisions: list[StageDecision]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import textwrap
 from pathlib import Path
 from typing import Literal
@@ -27,8 +28,8 @@ from tempa.alignment.backends import SamplingBackend
 from tempa.alignment.completions import Completion
 from tempa.recipes.loader import load_recipe
 from tempa.recipes.runner import plan_run, run_recipe
-from tempa.sft.run_layout import DONE
-from tempa.sft.stage_api import Artifact, StageConfigBase, StageContext, StageKind, StageResult
+from tempa.sft.run_layout import CHECKPOINTS_DIR, COMPLETE, DONE
+from tempa.sft.stage_api import Artifact, StageConfigBase, StageContext, StageError, StageKind, StageResult
 
 HTTP = {"type": "http", "base_url": "http://teacher.invalid/v1"}
 
@@ -173,12 +174,9 @@ def test_a_forced_run_starts_the_journals_over(tmp_path, tiny_model_dir, scripte
     assert len(scripted["translator"].requests) == 20
 
 
-def test_a_preference_stage_whose_beta_changed_reuses_its_samples_and_scores_and_trains_again(
-    tmp_path, tiny_model_dir, monkeypatch
-):
-    """A DPO beta changed cleared the stage's folder: every prompt was sampled from the policy again and every sample
-    judged again, though neither depends on how the round trains. The first round's journals are kept (its policy is
-    the stage's start model, unchanged) and the round is trained anew on pairs written anew."""
+def beta_recipe(tmp_path: Path, tiny_model_dir: Path, monkeypatch, *, failing: int = 0):
+    """A one-round preference stage on 4 prompts, its judge scripted and its training launch recorded (the first
+    ``failing`` launches fail as a killed training process does): (recipe at a beta, sampled, judge, trained)."""
     from tempa.chat_templates import bake_tokenizer
 
     bake_tokenizer(tiny_model_dir, "llama3_thinking", tmp_path / "tok")
@@ -191,6 +189,8 @@ def test_a_preference_stage_whose_beta_changed_reuses_its_samples_and_scores_and
     def launch(launch_config, module, args, log_file, **kwargs):
         plan = json.loads(Path(args[1]).read_text())
         trained.append(plan)
+        if len(trained) <= failing:
+            raise StageError("training process exited with code -9")
         final = Path(plan["final_dir"])
         final.mkdir(parents=True)
         (final / "tempa_train_metrics.json").write_text(json.dumps({"global_step": 1}))
@@ -215,6 +215,16 @@ def test_a_preference_stage_whose_beta_changed_reuses_its_samples_and_scores_and
             """))
         return load_recipe(recipe)
 
+    return with_beta, sampled, judge, trained
+
+
+def test_a_preference_stage_whose_beta_changed_reuses_its_samples_and_scores_and_trains_again(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """A DPO beta changed cleared the stage's folder: every prompt was sampled from the policy again and every sample
+    judged again, though neither depends on how the round trains. The first round's journals are kept (its policy is
+    the stage's start model, unchanged) and the round is trained anew on pairs written anew."""
+    with_beta, sampled, judge, trained = beta_recipe(tmp_path, tiny_model_dir, monkeypatch)
     run_dir = tmp_path / "run"
     run_recipe(with_beta(0.1), run_dir)
     assert len(sampled) == 4 and len(judge.prompts_seen) == 16 and len(trained) == 1
@@ -230,3 +240,33 @@ def test_a_preference_stage_whose_beta_changed_reuses_its_samples_and_scores_and
     assert len(trained) == 2  # trained again, with the new beta
     assert trained[1]["train_args"]["beta"] == 0.2
     assert (run_dir / "align" / "round-1" / "pairs.jsonl").read_text(encoding="utf-8") == pairs
+
+
+def test_an_interrupted_preference_stage_with_only_samples_takes_a_change_without_asking(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """Killed in round 1's training, before its first checkpoint, with hours of samples journaled: a changed beta was
+    refused ("will not delete what it completed ... run with --from align"), and --from starts the named stage over
+    whole, samples and all. The journals keep everything it paid for, so the change goes ahead; once the round has a
+    checkpoint, the change would clear it, and the run refuses as for any training stage."""
+    with_beta, sampled, judge, trained = beta_recipe(tmp_path, tiny_model_dir, monkeypatch, failing=1)
+    run_dir = tmp_path / "run"
+    with pytest.raises(StageError, match="code -9"):
+        run_recipe(with_beta(0.1), run_dir)
+    assert len(sampled) == 4 and len(trained) == 1
+    sampled.clear()
+    judge.prompts_seen.clear()
+
+    checkpoint = run_dir / "align" / "round-1" / CHECKPOINTS_DIR / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / COMPLETE).write_text("")
+    with pytest.raises(StageError, match=r"stage 'align': .*train\.beta 0\.1 → 0\.2.* or undo the change to continue "
+                                         r"from round 1, checkpoint-2$"):
+        run_recipe(with_beta(0.2), run_dir)
+    shutil.rmtree(checkpoint.parent)
+
+    decision = plan_run(with_beta(0.2), run_dir)[0]
+    assert decision.discards is None and decision.keeps_journals
+    assert run_recipe(with_beta(0.2), run_dir).ran == ["align"]
+    assert sampled == [] and judge.prompts_seen == []  # nothing sampled or judged again
+    assert [plan["train_args"]["beta"] for plan in trained] == [0.1, 0.2]

@@ -18,12 +18,12 @@ import json
 import math
 import os
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from tempa.chat_templates.json_files import JsonFileError, decode_line, is_blank, is_json_lines
+from tempa.chat_templates.json_files import JsonFileError, RowPlace, decode_line, is_blank, is_json_lines
 from tempa.chat_templates.one_line import first_line
 from tempa.chat_templates.thinking import last_user_index
 from tempa.sft import curation
@@ -78,7 +78,8 @@ class LocalRows:
     long_lines: tuple[int, ...] = ()  # sampled JSON Lines lines over LONG_LINE_BYTES, by size (not parsed)
     error: str | None = None  # why the pipeline will not read the source at all
     lines: bool = False  # the rows are the lines of JSON Lines files
-    places: tuple[str, ...] = ()  # where each sampled row is ("ja.jsonl:8", file:line), in sample order
+    # where each sampled row is, as the run names it ("ja.jsonl:8" in a folder, "line 8", "row 20" in a typed source)
+    places: tuple[str, ...] = ()
 
     @property
     def sampled(self) -> int:
@@ -212,7 +213,8 @@ def _parquet_rows(files: Sequence[Path], sample: int) -> LocalRows:
         if inside:
             tables.append(parquet.read_row_group(group).take(inside))
         start += size
-    return LocalRows(rows, pa.concat_tables(tables, promote_options="default").to_pydict() if tables else {})
+    return LocalRows(rows, pa.concat_tables(tables, promote_options="default").to_pydict() if tables else {},
+                     places=_row_places(picked))
 
 
 def _csv_rows(files: Sequence[Path], sample: int) -> LocalRows:
@@ -224,9 +226,14 @@ def _csv_rows(files: Sequence[Path], sample: int) -> LocalRows:
 
     frames = (frame for file in files for frame in pd.read_csv(file, iterator=True, **CsvConfig().pd_read_csv_kwargs))
     tables = (pa.Table.from_pandas(frame, preserve_index=False) for frame in frames)
-    rows, kept = _reservoir(((table, i) for table in tables for i in range(len(table))), sample,
-                            lambda item: item[0].slice(item[1], 1).to_pylist()[0])
-    return LocalRows(rows, _columns(kept))
+    items = enumerate((table, i) for table in tables for i in range(len(table)))
+    rows, kept = _reservoir(items, sample, lambda item: (item[0], item[1][0].slice(item[1][1], 1).to_pylist()[0]))
+    return LocalRows(rows, _columns([row for _, row in kept]), places=_row_places(n for n, _ in kept))
+
+
+def _row_places(indices: Iterable[int]) -> tuple[str, ...]:
+    """How the run names a typed source's rows (their 0-based row in the source, a folder's files as one table)."""
+    return tuple(str(RowPlace(None, "row", i)) for i in indices)
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
@@ -267,7 +274,8 @@ def _saved_dataset_rows(folder: Path, sample: int, split: str) -> LocalRows | No
         if split not in loaded:
             return LocalRows(0, error=f"has no split {split!r}; splits: {', '.join(loaded)}")
         loaded = loaded[split]
-    return LocalRows(len(loaded), loaded.select(_draw(len(loaded), sample))[:] if sample else {})
+    picked = _draw(len(loaded), sample) if sample else []
+    return LocalRows(len(loaded), loaded.select(picked)[:] if sample else {}, places=_row_places(picked))
 
 
 def count_local_rows(path: str) -> int | None:
@@ -376,10 +384,14 @@ def sampled_tokens_per_row(source: SourceConfig, sample: LocalRows, counter: Sam
     """
     from tempa.sft.data import normalize_sample
 
-    batch, long_rows = _without_long_rows(sample.sample)
+    batch, long_rows, kept = _without_long_rows(sample.sample)
     normalized = normalize_sample(batch, source, cur or CurationConfig(), accepted, counter.specials) if batch else []
-    places = sample.places if len(sample.places) == len(normalized) else tuple(f"sampled row {i + 1}" for i in
-                                                                               range(len(normalized)))
+    if len(sample.places) == len(normalized):  # JSON Lines: its long lines were never in the batch
+        places = sample.places
+    elif len(sample.places) == sample.sampled - len(sample.long_lines):
+        places = tuple(sample.places[i] for i in kept)
+    else:
+        places = tuple(f"sampled row {i + 1}" for i in range(len(normalized)))
     rejects = [(place, row) for place, row in zip(places, normalized, strict=True) if isinstance(row, str)]
     conversations = [row for row in normalized if not isinstance(row, str)]
     read = [place for place, row in zip(places, normalized, strict=True) if not isinstance(row, str)]
@@ -420,8 +432,8 @@ def sampled_tokens_per_row(source: SourceConfig, sample: LocalRows, counter: Sam
 
 
 def _place_order(place: str) -> tuple[str, int]:
-    """A sampled row's place ("ja.jsonl:8") in file order: by file, then line number."""
-    name, _, number = place.rpartition(":")
+    """A sampled row's place ("ja.jsonl:8", "line 8", "row 20") in file order: by file, then line or row number."""
+    name, _, number = place.replace(" ", ":").rpartition(":")
     return (name, int(number)) if number.isdigit() else (place, 0)
 
 
@@ -430,13 +442,14 @@ def _fits(samples: Sequence[tuple[int, str | None]]) -> bool:
     return any(reason is None for _, reason in samples)
 
 
-def _without_long_rows(batch: Mapping[str, list[Any]]) -> tuple[dict[str, list[Any]], list[int]]:
-    """``batch`` without its rows of more than :data:`LONG_LINE_BYTES` of text, and those rows' sizes."""
+def _without_long_rows(batch: Mapping[str, list[Any]]) -> tuple[dict[str, list[Any]], list[int], list[int]]:
+    """``batch`` without its rows of more than :data:`LONG_LINE_BYTES` of text, those rows' sizes, and the positions
+    of the rows kept."""
     count = len(next(iter(batch.values()), []))
     sizes = [sum(_text_bytes(column[i]) for column in batch.values()) for i in range(count)]
     keep = [i for i, size in enumerate(sizes) if size <= LONG_LINE_BYTES]
     return {name: [column[i] for i in keep] for name, column in batch.items()}, \
-        [size for size in sizes if size > LONG_LINE_BYTES]
+        [size for size in sizes if size > LONG_LINE_BYTES], keep
 
 
 def _text_bytes(value: Any) -> int:

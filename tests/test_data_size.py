@@ -7,6 +7,7 @@ import csv
 import gzip
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -523,3 +524,34 @@ def test_a_budget_beyond_the_source_says_its_rows_repeat(tmp_path: Path):
     assert size.rows == 100 and "more than its 40 rows: each row ~2.5 times (up-sampled)" in note
     for fits in ({"rows": 40}, {"tokens": 40 * ROW_TOKENS}, {"rows": 10}):
         assert "up-sampled" not in _plan_note(tmp_path, lines, **fits)[1]
+
+
+@pytest.mark.parametrize("kind", ["parquet", "csv", "saved"])
+def test_a_typed_sources_rejects_are_named_by_the_row_the_run_names(tmp_path: Path, kind: str):
+    """The plan named a Parquet source's rejects by their place in its sample, 1-based ("sampled row 21"), where the run's
+    rejects.jsonl and log name the same row "row 20" (0-based, as pandas and datasets count): a user opening row 21 saw
+    the wrong row. A reason's first reject is the first in the source, by number ("row 3" before "row 10")."""
+    import datasets
+
+    from tempa.sft.sources import row_names
+
+    unanswered = [{"role": "user", "content": "no answer"}]
+    chats = [[{"role": "user", "content": f"a {i}"}, {"role": "assistant", "content": "b c"}] for i in range(12)]
+    for bad in (10, 3):
+        chats[bad] = unanswered
+    table = datasets.Dataset.from_dict({"messages": chats})
+    path = {"parquet": "rows.parquet", "csv": "rows.csv", "saved": "rows"}[kind]
+    if kind == "parquet":
+        table.to_parquet(str(tmp_path / path))
+    elif kind == "csv":
+        with open(tmp_path / path, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows([["messages"], *([json.dumps(chat)] for chat in chats)])
+    else:
+        table.save_to_disk(str(tmp_path / path))
+    config = SourceConfig.model_validate({"name": "s", "path": path, "thinking_mode": "off"},
+                                         context={"base_dir": str(tmp_path)})
+    note = " ".join(source_size(config, 0, 800, {}, _words).how.split())
+    named = row_names(config).label(3)
+    assert named == "row 3"  # the run's name for the row at index 3 (rejects.jsonl: "row": 3)
+    assert f"e.g. {named}: role_order: does not end with an assistant turn" in note, note
+    assert not re.search(r"sampled row \d|row 4\b", note)

@@ -7,7 +7,7 @@ the field path and what was expected, before any work starts.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -147,6 +147,9 @@ def load_recipe(ref: str | Path, overrides: Sequence[str] = (), *, profile: str 
         overlay = profiles[profile]
         if not isinstance(overlay, dict):
             raise RecipeError(f"{path}: profiles.{profile}: expected a mapping of recipe fields")
+        if isinstance(overlay.get("stages"), list):
+            _check_changed_stages(overlay["stages"], raw, lambda i: where(("profiles", profile, "stages", i, "name"),
+                                                                           lines, path) + f": profiles.{profile}.")
         raw = _merge_recipes(raw, overlay)
         lines = {**lines, **_profile_lines(lines, profile, overlay)}
     for override in overrides:
@@ -275,12 +278,26 @@ def _load_chain(path: Path, seen: tuple[Path, ...]):
         except RecipeError as exc:
             raise RecipeError(f"{where(('extends',), lines, path)}: extends: {exc}") from None
         parent_raw, parent_named, parent_origins, parent_files = _load_chain(parent_path, (*seen, path))
+        _check_changed_stages(stages, parent_raw, lambda i: where(("stages", i, "name"), lines, path) + ": ")
         raw = _merge_recipes(parent_raw, raw)
         named_lines = {**parent_named, **named_lines}
         origins = {**origins, **parent_origins} | ({"<top>": path} if "<top>" in origins else {})
         files = parent_files + files
     origins.setdefault("<top>", path)
     return raw, named_lines, origins, files
+
+
+def _check_changed_stages(stages: list[Any], parent: Mapping[str, Any], at: Callable[[int], str]) -> None:
+    """A stage of an overlay (a profile, a recipe that extends another) with no ``kind`` changes the parent's stage of
+    its name; with a name the parent lacks it is a slip, not a new stage, and is named as one (it was refused as a
+    stage missing its kind). ``at(i)``: where stage ``i`` is, with the field path's start."""
+    names = [stage.get("name") for stage in parent.get("stages") or [] if isinstance(stage, dict)]
+    for i, stage in enumerate(stages):
+        name = stage.get("name") if isinstance(stage, dict) else None
+        if isinstance(name, str) and name not in names and "kind" not in stage:
+            raise RecipeError(f"{at(i)}stages[{i}].name: no stage named '{name}' to change (stages: "
+                              f"{', '.join(map(str, names))}; a new stage needs a kind)"
+                              f"{did_you_mean(name, [str(n) for n in names])}")
 
 
 def _merge_recipes(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ to the commands that read a run."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -247,3 +248,25 @@ def test_the_commands_that_read_a_run_find_the_profiles_run_and_ask_when_both_ar
     assert capsys.readouterr().err.strip() == (
         "tempa: error: m.yaml: the recipe has runs in runs/swallow-ja, runs/swallow-ja-tiny (with and without "
         "--profile); give the folder of the one you mean")
+
+
+@pytest.mark.parametrize("where", ["profile", "extends"])
+def test_a_misspelt_stage_name_in_an_overlay_is_named_with_the_stage_it_meant(tmp_path, where):
+    """A profile (or a recipe extending another) changes a stage by its name; a slip in the name made a new stage,
+    refused as "stages[1].kind: field required" on a line that has no kind to fix."""
+    folder = _layout(tmp_path)
+    recipe = _recipe(folder)
+    if where == "profile":
+        recipe.write_text(recipe.read_text(encoding="utf-8") + "profiles:\n  tiny:\n    stages:\n"
+                          "      - name: sft\n        train: {max_steps: 2}\n"
+                          "      - name: evalaute\n        suites: []\n", encoding="utf-8")
+        line, field = 15, "profiles.tiny.stages[1].name"
+    else:
+        recipe = folder / "child.yaml"
+        recipe.write_text("extends: m.yaml\nname: child\nstages:\n  - name: sft\n    train: {max_steps: 2}\n"
+                          "  - name: evalaute\n    suites: []\n", encoding="utf-8")
+        line, field = 6, "stages[1].name"
+    with pytest.raises(RecipeError, match=rf"^{recipe}:{line}: {re.escape(field)}: no stage named 'evalaute' to change "
+                                          r"\(stages: sft, evaluate; a new stage needs a kind\); did you mean "
+                                          r"'evaluate'\?$"):
+        load_recipe(recipe, profile="tiny" if where == "profile" else None)

@@ -217,6 +217,23 @@ def one_process(launch: LaunchConfig) -> bool:
     return launch.num_machines == 1 and (launch.num_processes or launch.engine().num_processes or 1) == 1
 
 
+def hardware_problem(launch: LaunchConfig) -> str | None:
+    """Why this machine cannot start the recipe's training launches, or None: several processes, one per GPU, on a
+    machine with no CUDA GPU (accelerate started them all on the CPU, each printed its set-up, and the run failed
+    minutes later on transformers' "Your setup doesn't support bf16/gpu"), unless launch.use_cpu asks for CPU ones."""
+    if launch.use_cpu or one_process(launch):
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    engine = launch.engine()
+    processes = launch.num_processes or engine.num_processes or launch.num_machines
+    return (f"launch: {processes} training processes ({engine.label}, one per GPU), and this machine has no CUDA GPU; "
+            "set launch.use_cpu: true to train in CPU processes (a --profile for this machine), or run it on the GPU "
+            "node")
+
+
 def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Path, *, log,
                run_dir: Path | None = None) -> None:
     """Run the command, streaming output to ``log_file``; a failure raises a one-line StageError.

@@ -26,7 +26,7 @@ from tempa.merge.eval_data import evaluation_prompts
 from tempa.recipes import __version__
 from tempa.recipes.fingerprint import referenced_files
 from tempa.recipes.held_signals import hangup_stops
-from tempa.recipes.launcher import deepspeed_config_path, reap_stale_launch, run_launch
+from tempa.recipes.launcher import deepspeed_config_path, hardware_problem, reap_stale_launch, run_launch
 from tempa.recipes.loader import LoadedRecipe, stage_reads
 from tempa.recipes.registry import stage_kind
 from tempa.recipes.rundir import (
@@ -604,10 +604,13 @@ def check_sequence_parallel(loaded: LoadedRecipe, running: list[StageDecision]) 
 
 
 def environment_problems(loaded: LoadedRecipe, decisions: list[StageDecision]) -> list[str]:
-    """What this shell lacks for the stages that will run (an API key's variable), one line each: the run refuses
-    the first before its first stage (a judge's key was missed after the stages before it trained and the stage
-    sampled every prompt); `tempa plan` warns."""
-    return list(_refusals(loaded, decisions, lambda kind: kind.check_environment))
+    """What this shell or machine lacks for the stages that will run (an API key's variable, the GPUs a launch starts
+    a process on each of), one line each: the run refuses the first before its first stage (a judge's key was missed
+    after the stages before it trained and the stage sampled every prompt); `tempa plan` warns."""
+    trains = next((d.name for d in decisions if d.action != "skip" and stage_kind(d.kind).trains), None)
+    launch = hardware_problem(loaded.recipe.launch) if trains is not None else None
+    return [*([f"stage '{trains}' would fail: {launch}"] if launch else []),
+            *_refusals(loaded, decisions, lambda kind: kind.check_environment)]
 
 
 def input_warnings(loaded: LoadedRecipe, decisions: list[StageDecision]) -> list[str]:

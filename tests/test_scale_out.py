@@ -470,3 +470,29 @@ def test_the_shipped_zero3_configs_become_the_deepspeed_config_the_trainer_runs(
     assert zero["offload_optimizer"]["device"] == offload and zero["offload_param"]["device"] == "none"
     assert ds["bf16"] == {"enabled": True} and ds["gradient_clipping"] == 0.7
     assert ds["train_micro_batch_size_per_gpu"] == 2
+
+
+@pytest.mark.parametrize("launch", ["{accelerate_config: zero3}", "{launcher: torchrun, num_processes: 4, "
+                                    "deepspeed_config: zero3-cpu}"])
+def test_a_launch_for_gpus_on_a_machine_without_one_is_refused_before_the_first_stage(tmp_path, tiny_model_dir, launch,
+                                                                                    capsys):
+    """A recipe written for the 8-GPU node, run on a CPU box, started 8 training processes on its CPU, each printing its
+    set-up, and failed after its data preparation on transformers' "Your setup doesn't support bf16/gpu"; the plan
+    said nothing. Now the run refuses before any stage, and `tempa plan` warns, naming launch.use_cpu."""
+    import torch
+
+    from sft_helpers import sft_recipe
+    from tempa.recipes.cli import main
+    from tempa.recipes.runner import run_recipe
+    from tempa.sft.stage_api import StageError
+
+    assert not torch.cuda.is_available()  # the tests run on CPU
+    recipe = sft_recipe(tmp_path, tiny_model_dir, launch=f"launch: {launch}")
+    processes = "8" if "zero3}" in launch else "4"
+    refusal = (rf"stage 'sft' would fail: launch: {processes} training processes \(DeepSpeed ZeRO-3[^)]*, one per GPU\), "
+               r"and this machine has no CUDA GPU; set launch.use_cpu: true to train in CPU processes")
+    with pytest.raises(StageError, match=refusal):
+        run_recipe(load_recipe(recipe), tmp_path / "run")
+    assert not (tmp_path / "run" / "sft").exists() and not (tmp_path / "run" / "tokenizer").exists()
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+    assert re.search(refusal, " ".join(capsys.readouterr().out.split()))

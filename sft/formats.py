@@ -34,6 +34,7 @@ from tempa.chat_templates.roles import TOOL_ROLES
 from tempa.chat_templates.thinking import split_reasoning
 from tempa.sft.data_config import ColumnMapping, DataError, SourceConfig
 from tempa.sft.stage_api import on_off_of_bool
+from tempa.sft.suggest import did_you_mean
 
 # Speaker names seen in the wild, mapped to the roles chat templates know.
 DEFAULT_ROLE_NAMES: dict[str, str] = {
@@ -362,7 +363,7 @@ def _read_turns(turns: Any, spec: FormatSpec, field_name: str) -> list[dict[str,
         role = spec.role_names.get(name) if name is not None else None
         if role is None:
             raise RowError(f"turn {i}: unknown role {raw_role!r}; expected one of {', '.join(sorted(spec.role_names))}"
-                           f"{spec.role_hint}")
+                           f"{did_you_mean(name, spec.role_names)}{spec.role_hint}")
         if role == "assistant":
             calls = tool_calls_of(turn.get("tool_calls"), f"turn {i} 'tool_calls'") or tool_calls_of(
                 turn.get("function_call"), f"turn {i} 'function_call'"

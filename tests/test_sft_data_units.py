@@ -146,6 +146,8 @@ def test_column_mapping_and_role_names_are_configurable(tmp_path: Path) -> None:
         ({"messages": []}, "expected 'messages' to be a list of {role, content}, got an empty list"),
         ({"messages": "[{'role': 'user'}]"}, "expected 'messages' to be JSON; Expecting property name"),
         ({"messages": [{"role": "narrator", "content": "x"}]}, "unknown role 'narrator'"),
+        ({"messages": [{"role": "user", "content": "x"}, {"role": "asistant", "content": "y"}]},
+         "; did you mean 'assistant'? (map others with the source's columns.role_names)"),
         ({"messages": [{"role": "user", "content": None}]}, "expected turn 0 'content' to be a string, got nothing"),
         ({"messages": [{"role": "user"}]}, "turn 0 has keys ['role']"),
         ({"text": "just text"}, "expected 'messages', 'conversations', 'prompt'+'response'"),

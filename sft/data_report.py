@@ -31,7 +31,8 @@ class SourceMix(BaseModel):
     rows_curated: int = Field(description="Rows left after the row filters.")
     rows_tokenized: int = Field(description="Rows left after the length limits.")
     samples: int = Field(description="Trainable samples of those rows (a multi-turn row can give several).")
-    tokens_in: int
+    tokens_in: int = Field(description="Tokens of the rows left after the length limits, before holding out and "
+                           "sizing (a rejected row is never tokenised).")
     heldout_rows: int
     heldout_samples: int
     heldout_tokens: int

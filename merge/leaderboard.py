@@ -132,17 +132,19 @@ class Leaderboard(BaseModel):
             values = [r.metrics[name] for r in rows if name in r.metrics and not math.isnan(r.metrics[name])]
             if values and min(values) != max(values):
                 best[name] = min(values) if self.lower_is_better(name) else max(values)
-        header = ["model", "step", *[f"{n} {'↓' if self.lower_is_better(n) else '↑'}" for n in names]]
+        steps = any(row.step is not None for row in rows)  # final models alone (a merge's, a card's): no column
+        header = ["model", *(["step"] if steps else []), *[f"{n} {'↓' if self.lower_is_better(n) else '↑'}"
+                                                            for n in names]]
         lines = []
         if title:
             lines += [f"## {title}", ""]
         if self.rank_by:
             lines += [f"Ranked by `{self.rank_by}`.", ""]
         lines.append("| " + " | ".join(header) + " |")
-        lines.append("| " + " | ".join(["---", "---:"] + ["---:"] * len(names)) + " |")
+        lines.append("| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |")
         for row in rows:
             label = f"{row.candidate} (merged)" if row.merged else row.candidate
-            cells = [label, "" if row.step is None else str(row.step)]
+            cells = [label, *(["" if row.step is None else str(row.step)] if steps else [])]
             for name in names:
                 value = row.metrics.get(name)
                 if value is None:

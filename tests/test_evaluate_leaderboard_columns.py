@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tempa.merge.leaderboard import Leaderboard, LeaderboardRow
+from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, format_value
 
 
 def test_a_metric_the_first_candidates_lacked_stays_beside_its_suite():
@@ -16,3 +16,18 @@ def test_a_metric_the_first_candidates_lacked_stays_beside_its_suite():
                                   "thinking/compliance"]
     header = next(line for line in board.to_markdown().splitlines() if line.startswith("| model"))
     assert header.index("language/language_share") < header.index("thinking/compliance"), header
+
+
+def test_a_step_column_is_shown_only_where_a_model_has_a_step():
+    # A model card's table of final models (a merge, the baked model) had an empty `step` column.
+    def table(*steps: int | None) -> list[list[str]]:
+        rows = [LeaderboardRow(candidate=f"m{i}", path=f"/{i}", step=step, metrics={"heldout/loss": 5.0 + i})
+                for i, step in enumerate(steps)]
+        lines = [line for line in Leaderboard(rows=rows, rank_by="heldout/loss").to_markdown().splitlines()
+                 if line.startswith("|")]
+        return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+    five, six = format_value(5.0), format_value(6.0)
+    assert table(None, None) == [["model", "heldout/loss ↓"], ["---", "---:"], ["m0", f"**{five}**"], ["m1", six]]
+    assert table(4, None) == [["model", "step", "heldout/loss ↓"], ["---", "---:", "---:"], ["m0", "4", f"**{five}**"],
+                              ["m1", "", six]]

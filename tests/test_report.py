@@ -15,34 +15,50 @@ from tempa.recipes.cli import main
 from tempa.recipes.loader import load_recipe
 from tempa.recipes.runner import run_recipe
 
-STAGES = """
+JA_DOCS = ["東京は日本の首都です。", "富士山は日本で一番高い山です。", "京都には古い寺がたくさんあります。",
+           "大阪はたこ焼きで有名です。", "日本の春には桜が咲きます。"]
+BUDGET = 100_000  # above the source's tokens: every document is taken whole
+JA_DESCRIPTION = "Continued pre-training on <Japanese> web text & SFT.\nSecond line: \"quoted\"."
+
+# One run serves every test of a real run's page (each pipeline costs a launched process per training stage): a
+# continued-pretraining stage (one Japanese web source), SFT, offline DPO, an evaluation of the SFT checkpoints, their
+# merge and the bake, whose card says `languages: [ja, en]`.
+STAGES = f"""
+  - name: cpt
+    kind: pretrain
+    sources: [{{name: ja-web, path: ja-web.jsonl, tokens: {BUDGET}}}]
+    train: {{max_steps: 2, max_length: 128, per_device_train_batch_size: 4, learning_rate: 1.0e-3,
+            lr_scheduler_kwargs: {{num_decay_steps: 1}}, save_steps: 2, logging_steps: 1}}
   - name: sft
     kind: sft
     data:
       heldout: 4
-      sources: [{name: rows, path: rows.jsonl, thinking_mode: mixed, thinking_ratio: 0.5}]
-    train: {max_steps: 6, learning_rate: 3.0e-3, per_device_train_batch_size: 4, max_length: 256,
-            logging_steps: 1, save_steps: 2, save_total_limit: 3, eval_strategy: steps, eval_steps: 3}
+      sources: [{{name: rows, path: rows.jsonl, thinking_mode: mixed, thinking_ratio: 0.5}}]
+    train: {{max_steps: 6, learning_rate: 3.0e-3, per_device_train_batch_size: 4, max_length: 256,
+            logging_steps: 1, save_steps: 2, save_total_limit: 3, eval_strategy: steps, eval_steps: 3}}
   # Offline pairs: six SFT steps do not teach the tiny model to end its turns, and on-policy rounds pair
   # only samples that ended on their own (tests/test_preference_offline.py runs those end to end).
   - name: align
     kind: preference
-    offline: {path: prefs.jsonl}
+    offline: {{path: prefs.jsonl}}
     rounds: 0
-    train: {max_steps: 1, per_device_train_batch_size: 4, save_steps: 1, logging_steps: 1, max_length: 256,
-            activation_checkpointing: false}
+    train: {{max_steps: 1, per_device_train_batch_size: 4, save_steps: 1, logging_steps: 1, max_length: 256,
+            activation_checkpointing: false}}
   - name: evaluate
     kind: evaluate
     checkpoints_of: [sft]
     include_final: false
     rank_by: heldout/loss
-    suites: [{type: loss, name: heldout, data: rows.jsonl, max_rows: 8, max_length: 256}]
+    suites: [{{type: loss, name: heldout, data: rows.jsonl, max_rows: 8, max_length: 256}}]
   - name: merge
     kind: merge
     method: linear
     evaluate_stage: evaluate
-    select: {metric: heldout/loss, top_k: 2}
+    select: {{metric: heldout/loss, top_k: 2}}
     dtype: float32
+  - name: bake
+    kind: bake
+    model_card: {{languages: [ja, en]}}
 """
 
 
@@ -55,12 +71,19 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def reported_run(tmp_path_factory, tiny_model_dir):
+    """A real run of ``STAGES`` on the tiny model, reported with samples (short answers: the tiny models are sampled
+    on a busy CPU)."""
     folder = tmp_path_factory.mktemp("report")
     (folder / "prefs.jsonl").write_text("".join(json.dumps(
         {"prompt": f"Ulangi: satu dua #{i}", "chosen": f"satu dua #{i}", "rejected": "tiga"}) + "\n" for i in range(6)))
+    (folder / "ja-web.jsonl").write_text("".join(json.dumps({"text": JA_DOCS[i % len(JA_DOCS)] * (1 + i % 3)},
+                                                            ensure_ascii=False) + "\n" for i in range(24)),
+                                         encoding="utf-8")
     recipe = sft_recipe(folder, tiny_model_dir, stages=STAGES)
+    text = recipe.read_text().replace("name: sft-test\n", f"name: ja-cpt\ndescription: {json.dumps(JA_DESCRIPTION)}\n")
+    recipe.write_text(text)
     run_recipe(load_recipe(recipe), folder / "run")
-    with pytest.MonkeyPatch.context() as patch:  # short answers: the tiny models are sampled on a busy CPU
+    with pytest.MonkeyPatch.context() as patch:
         patch.setattr("tempa.recipes.report.SAMPLE_MAX_NEW_TOKENS", 12)
         assert main(["report", str(folder / "run")]) == 0
     return folder / "run"
@@ -108,7 +131,9 @@ window.addEventListener('load', () => {
     sections: [...document.querySelectorAll('h2')].map(text),
     training: [...document.querySelectorAll('#training h3')].map(text),
     images: [...document.images].map(i => [i.getAttribute('alt'), i.naturalWidth, i.naturalHeight]),
-    mixRows: [...document.querySelectorAll('table.mix tr')].map(r => [...r.cells].map(text)),
+    // the sft stage's table (the one under its <h3>)
+    mixRows: [...document.querySelectorAll('#data-mix h3')].filter(h => text(h) === 'sft')
+      .flatMap(h => [...h.nextElementSibling.rows]).map(r => [...r.cells].map(text)),
     rounds: [...document.querySelectorAll('table.rounds tr')].filter(r => r.cells[0].tagName === 'TD')
       .map(r => [...r.cells].map(text)),
     board: board && {width: board.getBoundingClientRect().width, page: document.documentElement.clientWidth,
@@ -149,8 +174,8 @@ def test_report_renders_in_headless_chromium(reported_run, tmp_path):
     assert "Sample generations" in info["sections"]
     # every image decoded (inline PNGs), big enough to read
     assert info["images"] and all(w > 300 and h > 150 for _, w, h in info["images"]), info["images"]
-    # training curves: the sft stage, and the preference round (offline pairs) on its own axes
-    assert info["training"][:2] == ["sft", "align round-1"]
+    # training curves: the pretrain and sft stages, and the preference round (offline pairs) on its own axes
+    assert info["training"][:3] == ["cpt", "sft", "align round-1"]
     # the data mix: the source, its rows and tokens, the rejects by reason
     header, source, total = info["mixRows"][0], info["mixRows"][1], info["mixRows"][-1]
     assert header[:3] == ["source", "rows in", "rows kept"] and "rejects by reason" in header
@@ -162,8 +187,8 @@ def test_report_renders_in_headless_chromium(reported_run, tmp_path):
     board = info["board"]
     assert board["width"] <= board["page"] and board["scroll"] <= board["page"], board
     assert board["directions"] and set(board["directions"]) <= {"↑", "↓"} and "↓" in board["directions"]
-    # samples: each prompt answered by each stage's model, thinking on and off side by side
-    assert len(info["prompts"]) == 3
+    # samples: each prompt (the card's two languages) answered by each stage's model, thinking on and off side by side
+    assert len(info["prompts"]) == 2
     models = sorted(set(info["sampleRows"]))
     assert {"sft", "align", "merge", "bake"} <= set(models), models
     assert len(info["answers"]) == 2 * len(info["sampleRows"])
@@ -240,46 +265,7 @@ def test_the_reports_leaderboard_marks_the_direction_the_board_carries():
     assert "<td class='model'>a</td><td><b>0.2000</b></td>" in page  # a first and in bold: the lower value
 
 
-# --------------------------------------------------------------------------- a continued-pretraining run (ja)
-
-JA_DOCS = ["東京は日本の首都です。", "富士山は日本で一番高い山です。", "京都には古い寺がたくさんあります。",
-           "大阪はたこ焼きで有名です。", "日本の春には桜が咲きます。"]
-BUDGET = 100_000  # above the source's tokens: every document is taken whole
-JA_DESCRIPTION = "Continued pre-training on <Japanese> web text & SFT.\nSecond line: \"quoted\"."
-
-
-@pytest.fixture(scope="module")
-def pretrain_run(tmp_path_factory, tiny_model_dir):
-    """A real run on the tiny model: a pretrain stage (one Japanese web source), an SFT stage and the bake, whose
-    card says `languages: [ja, en]`; reported with samples (two new tokens each: the tiny models on a busy CPU)."""
-    folder = tmp_path_factory.mktemp("report-cpt")
-    (folder / "ja-web.jsonl").write_text("".join(json.dumps({"text": JA_DOCS[i % len(JA_DOCS)] * (1 + i % 3)},
-                                                            ensure_ascii=False) + "\n" for i in range(24)),
-                                         encoding="utf-8")
-    stages = f"""
-      - name: cpt
-        kind: pretrain
-        sources: [{{name: ja-web, path: ja-web.jsonl, tokens: {BUDGET}}}]
-        train: {{max_steps: 2, max_length: 128, per_device_train_batch_size: 4, learning_rate: 1.0e-3,
-                lr_scheduler_kwargs: {{num_decay_steps: 1}}, save_steps: 2, logging_steps: 1}}
-      - name: sft
-        kind: sft
-        data:
-          sources: [{{name: rows, path: rows.jsonl, thinking_mode: mixed, thinking_ratio: 0.5}}]
-        train: {{max_steps: 2, per_device_train_batch_size: 4, max_length: 256, logging_steps: 1, save_steps: 2}}
-      - name: bake
-        kind: bake
-        smoke_test: false
-        model_card: {{languages: [ja, en]}}
-    """
-    recipe = sft_recipe(folder, tiny_model_dir, stages=stages)
-    text = recipe.read_text().replace("name: sft-test\n", f"name: ja-cpt\ndescription: {json.dumps(JA_DESCRIPTION)}\n")
-    recipe.write_text(text)
-    run_recipe(load_recipe(recipe), folder / "run")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tempa.recipes.report.SAMPLE_MAX_NEW_TOKENS", 2)
-        assert main(["report", str(folder / "run")]) == 0
-    return folder / "run"
+# --------------------------------------------------------------------------- the continued-pretraining stage (ja)
 
 
 def _cpt_docs(run_dir) -> tuple[int, int]:
@@ -292,18 +278,18 @@ def _cpt_docs(run_dir) -> tuple[int, int]:
     return len(lengths), sum(lengths)
 
 
-def test_the_pretraining_sources_are_in_the_data_mix_of_the_report_and_the_card(pretrain_run):
+def test_the_pretraining_sources_are_in_the_data_mix_of_the_report_and_the_card(reported_run):
     """A Japanese user's continued-pretraining source (ja-web) was missing from "Data mix" in the report and the
     model card: only SFT stages' results carried their data. The pretrain stage's typed result now does."""
-    documents, tokens = _cpt_docs(pretrain_run)  # the budget is above them: every document, whole
-    page = (pretrain_run / "report" / "index.html").read_text()
+    documents, tokens = _cpt_docs(reported_run)  # the budget is above them: every document, whole
+    page = (reported_run / "report" / "index.html").read_text()
     mix = page[page.index("<section id='data-mix'>"):] if "<section id='data-mix'>" in page else ""
     mix = mix[:mix.index("</section>")] if mix else ""
     assert "<h3>cpt (pretrain)</h3>" in mix and "<h3>sft</h3>" in mix, mix
     from tempa.recipes.report import finished_stages
     from tempa.sft.pretrain_stage import PretrainResult
 
-    results = {m.name: r for m, r in finished_stages(pretrain_run)}
+    results = {m.name: r for m, r in finished_stages(reported_run)}
     assert isinstance(results["cpt"], PretrainResult)
     epochs = results["cpt"].data.epochs
     assert 0 < epochs < 1  # max_steps stopped it inside the first pass
@@ -312,7 +298,7 @@ def test_the_pretraining_sources_are_in_the_data_mix_of_the_report_and_the_card(
     assert (f"<td>ja-web</td><td>{BUDGET:,}</td><td>{documents}</td><td>{tokens:,}</td><td>1</td><td>100.0%</td>"
             f"<td>0</td><td>{trained:,}</td>") in mix, mix
 
-    card = (pretrain_run / "bake" / "final" / "README.md").read_text()
+    card = (reported_run / "bake" / "final" / "README.md").read_text()
     section = card[card.index("## Data mix"):]
     section = section[:section.index("\n## ", 1)]
     assert "### cpt (pretrain)" in section and "### sft" in section, section
@@ -321,7 +307,7 @@ def test_the_pretraining_sources_are_in_the_data_mix_of_the_report_and_the_card(
     assert results["cpt"].data.tokens == tokens
 
 
-def test_a_run_whose_pretrain_result_was_written_untyped_still_reports(pretrain_run, tmp_path):
+def test_a_run_whose_pretrain_result_was_written_untyped_still_reports(reported_run, tmp_path):
     """A run of the previous version recorded the pretrain stage's result without its data mix (metrics only, with
     `tokens:NAME` per source): the report, `tempa status` and later stages still read it, and its mix is rebuilt
     from those metrics (documents, chunks and epochs unknown)."""
@@ -329,7 +315,7 @@ def test_a_run_whose_pretrain_result_was_written_untyped_still_reports(pretrain_
 
     old = tmp_path / "old-run"
     old.mkdir()
-    for entry in pretrain_run.iterdir():  # the records only: no models, no data
+    for entry in reported_run.iterdir():  # the records only: no models, no data
         if entry.is_file():
             shutil.copy(entry, old / entry.name)
         elif (entry / "manifest.json").is_file():
@@ -363,23 +349,23 @@ window.addEventListener('load', () => {
 </script></body>"""
 
 
-def test_the_page_header_names_the_recipe_its_description_and_languages(pretrain_run, tmp_path):
+def test_the_page_header_names_the_recipe_its_description_and_languages(reported_run, tmp_path):
     """The header said only 'tempa run report' and the folder: no recipe name, description or languages (the model
     card's `languages`). It shows them, escaped, the description's lines kept (as a browser lays them out)."""
-    info = rendered(pretrain_run / "report" / "index.html", HEADER_PROBE, tmp_path)
+    info = rendered(reported_run / "report" / "index.html", HEADER_PROBE, tmp_path)
     assert "ja-cpt" in info["heading"] and "ja-cpt" in info["title"]
     assert info["description"] == JA_DESCRIPTION  # its text, tags and quotes as written, both lines
     assert info["languages"] == "languages: ja, en"
     assert info["scripts"] == 1  # the probe's own: nothing in the description became markup
 
 
-def test_the_sample_prompts_and_the_template_example_follow_the_recipes_languages(pretrain_run):
+def test_the_sample_prompts_and_the_template_example_follow_the_recipes_languages(reported_run):
     """A Japanese recipe's page sampled every model on Indonesian, Thai and English prompts and showed an Indonesian
     conversation in the template section. Both now ask tempa's example question (the model card's) in each of the
     recipe's languages (its card's `languages`) tempa has one for; the fixed prompts remain for any other recipe."""
     from tempa.merge.model_card import usage_question
 
-    page = (pretrain_run / "report" / "index.html").read_text()
+    page = (reported_run / "report" / "index.html").read_text()
     asked = [usage_question(["ja"]), usage_question(["en"])]
     samples = page[page.index("<section id='samples'>"):]
     assert [part.split("</h3>")[0] for part in samples.split("<h3 class='prompt'>")[1:]] == asked

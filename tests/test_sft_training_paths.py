@@ -77,12 +77,25 @@ def test_packed_and_unpacked_give_the_same_per_token_loss(tokenized_rows, tiny_m
         assert not torch.allclose(per_token_loss(leaked, batch["labels"]), expected, atol=1e-3)
 
 
-def test_lora_adapters_are_merged_into_the_saved_model(tmp_path, tiny_model_dir):
-    recipe = sft_recipe(tmp_path, tiny_model_dir, max_steps=4, save_steps=4)
+SECRET = "hf_abcdefghijklmnopqrstuvwxyz123456"
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """One real run serves the tests below (each `tempa run` launches a training process): LoRA, reporting to
+    tensorboard, with a token in the environment."""
+    folder = tmp_path_factory.mktemp("sft-paths")
+    recipe = sft_recipe(folder, tiny_model_dir, max_steps=4, save_steps=4)
     loaded = load_recipe(recipe, ["stages.sft.lora={r: 4, lora_alpha: 8, lora_dropout: 0.0}",
-                                  "stages.sft.train.learning_rate=5e-2"])
-    run_recipe(loaded, tmp_path / "run")
-    final = tmp_path / "run" / "sft" / "final"
+                                  "stages.sft.train.learning_rate=5e-2", "stages.sft.train.report_to=[tensorboard]"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_TOKEN", SECRET)
+        run_recipe(loaded, folder / "run")
+    return folder / "run"
+
+
+def test_lora_adapters_are_merged_into_the_saved_model(lora_run, tiny_model_dir):
+    final = lora_run / "sft" / "final"
     assert not list(final.glob("adapter_*")), "adapters must be merged, not saved beside the model"
     start, merged = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(final / "model.safetensors"))
     assert merged.keys() == start.keys()  # plain Llama names, no lora_A/lora_B/base_layer
@@ -91,24 +104,19 @@ def test_lora_adapters_are_merged_into_the_saved_model(tmp_path, tiny_model_dir)
     assert torch.equal(start["model.embed_tokens.weight"], merged["model.embed_tokens.weight"])
 
 
-def test_report_to_tensorboard_writes_event_files(tmp_path, tiny_model_dir):
-    recipe = sft_recipe(tmp_path, tiny_model_dir, max_steps=4, save_steps=4)
-    run_recipe(load_recipe(recipe, ["stages.sft.train.report_to=[tensorboard]"]), tmp_path / "run")
-    events = list((tmp_path / "run" / "sft").rglob("events.out.tfevents.*"))
+def test_report_to_tensorboard_writes_event_files(lora_run):
+    events = list((lora_run / "sft").rglob("events.out.tfevents.*"))
     assert events and all(path.stat().st_size > 0 for path in events)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(events[0].parent))
     acc.Reload()
     assert any("loss" in tag for tag in acc.Tags()["scalars"])
-    plan = json.loads((tmp_path / "run" / "sft" / "train_plan.json").read_text())
+    plan = json.loads((lora_run / "sft" / "train_plan.json").read_text())
     assert plan["train_args"]["report_to"] == ["tensorboard"]
 
 
-def test_resolved_recipe_records_no_secret_from_the_environment(tmp_path, tiny_model_dir, monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnopqrstuvwxyz123456")
-    recipe = sft_recipe(tmp_path, tiny_model_dir, max_steps=2, save_steps=2)
-    run_recipe(load_recipe(recipe), tmp_path / "run")
-    for path in Path(tmp_path / "run").rglob("*"):
+def test_resolved_recipe_records_no_secret_from_the_environment(lora_run):
+    for path in Path(lora_run).rglob("*"):
         if path.is_file() and path.suffix in {".json", ".yaml", ".md", ".log", ".txt", ".sh", ".jsonl"}:
-            assert "hf_abcdefghijklmnopqrstuvwxyz123456" not in path.read_text(errors="replace"), path
+            assert SECRET not in path.read_text(errors="replace"), path

@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tempa {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run_dir_help = ("the folder `tempa run` wrote (runs/<recipe name> under the folder it ran in, unless --run-dir), "
+    run_dir_help = ("the folder `tempa run` wrote (runs/<recipe name> under the folder it ran in, "
+                    "runs/<recipe name>-<profile> with --profile, unless --run-dir), "
                     "or the recipe as `tempa run` took it (a path or a shipped recipe's name) for that default folder")
 
     def recipe_args(p: argparse.ArgumentParser) -> None:
@@ -134,12 +135,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_dir(args, loaded) -> Path:
+    from tempa.recipes.runner import profiles_ran
+
     if args.run_dir is not None:
         return args.run_dir
     try:
-        return default_run_dir(loaded.recipe.name, loaded.profile)
+        folder = default_run_dir(loaded.recipe.name, loaded.profile)
     except ValueError as exc:
         raise RecipeError(f"{exc}; give --run-dir") from None
+    plain = default_run_dir(loaded.recipe.name)
+    if loaded.profile is not None and not folder.exists() and loaded.profile in profiles_ran(plain):
+        # started before a run with a profile had a default folder of its own: its stages are not run again
+        print(f"tempa: {plain} holds this recipe's --profile {loaded.profile} run (started before such runs went to "
+              f"{folder}): going on with it there", file=sys.stderr)
+        return plain
+    return folder
 
 
 def given_run_dir(given: Path) -> Path:
@@ -156,7 +166,8 @@ def given_run_dir(given: Path) -> Path:
         if given.exists():
             return given  # a file: the command says it is no run directory
         raise NotARunDirError(f"{given}: no such run directory, and no recipe of that name; give the folder `tempa run` "
-                              "wrote (runs/<recipe name> unless --run-dir) or the recipe it ran")
+                              "wrote (runs/<recipe name>, or runs/<recipe name>-<profile>, unless --run-dir) or "
+                              "the recipe it ran")
     name = recipe_name(recipe)
     folders = [default_run_dir(name)]
     for profile in recipe_profiles(recipe):
@@ -168,8 +179,8 @@ def given_run_dir(given: Path) -> Path:
     if len(there) == 1:
         return there[0]
     if there:
-        raise NotARunDirError(f"{given}: the recipe has runs in {', '.join(map(str, there))} (with and without "
-                              "--profile); give the folder of the one you mean")
+        raise NotARunDirError(f"{given}: the recipe has runs in {', '.join(map(str, there))} (one per --profile "
+                              "it ran with); give the folder of the one you mean")
     others = f", nor do its --profile ones ({', '.join(map(str, folders[1:]))})" if folders[1:] else ""
     raise NotARunDirError(f"{given}: the recipe's default run directory {folders[0]} does not exist under "
                           f"{Path.cwd()}{others}; give the --run-dir it ran with, or run it first (tempa run {given})")
@@ -286,7 +297,7 @@ def _cmd_plan(args) -> int:
         console.print(f"[bold]evaluation prompts[/bold] {line}", highlight=False)
     from tempa.merge.bake import planned_thinking_default_warning
 
-    warnings = environment_problems(loaded, decisions)  # `tempa run` in this shell refuses these
+    warnings = environment_problems(loaded, decisions, here=not args.hardware)  # `tempa run` in this shell refuses these
     warnings += filter(None, [planned_thinking_default_warning(loaded.recipe.thinking_default, loaded.stages)])
     warnings += input_warnings(loaded, decisions)
     warnings += loaded.path_warnings

@@ -543,12 +543,20 @@ def check_stage_inputs(loaded: LoadedRecipe, decisions: list[StageDecision]) -> 
         raise StageError(problem)
 
 
+def profiles_ran(run_dir: Path, names: list[str] | None = None) -> set[str]:
+    """The --profile each stage of the run directory (``names``' stages, else every one) ran with ("" for none); a
+    stage of a tempa that did not record it is not counted."""
+    folders = [run_dir / name for name in names] if names is not None else sorted(run_dir.glob("*/"))
+    return {manifest.profile for folder in folders
+            if (manifest := read_manifest(folder)) is not None and manifest.profile is not None}
+
+
 def check_profile(loaded: LoadedRecipe, run_dir: Path) -> None:
     """Refuse a run (and a plan) whose --profile is not the one the run directory's stages ran with: a forgotten
     `--profile tiny` read every stage as changed, and a full-scale run's finished stages would have been cleared for a
-    toy run of the same recipe (they share its default run directory)."""
-    ran = {manifest.profile for name in loaded.names
-           if (manifest := read_manifest(run_dir / name)) is not None and manifest.profile is not None}
+    toy run of the same recipe (given the same --run-dir, or one started before runs with a profile had a default
+    folder of their own)."""
+    ran = profiles_ran(run_dir, loaded.names)
     given = loaded.profile or ""
     if ran and given not in ran:
         said = ", ".join(f"--profile {p}" if p else "no --profile" for p in sorted(ran))
@@ -603,11 +611,12 @@ def check_sequence_parallel(loaded: LoadedRecipe, running: list[StageDecision]) 
                          "`tempa plan --hardware` lists the sizes that fit")
 
 
-def environment_problems(loaded: LoadedRecipe, decisions: list[StageDecision]) -> list[str]:
+def environment_problems(loaded: LoadedRecipe, decisions: list[StageDecision], *, here: bool = True) -> list[str]:
     """What this shell or machine lacks for the stages that will run (an API key's variable, the GPUs a launch starts
     a process on each of), one line each: the run refuses the first before its first stage (a judge's key was missed
-    after the stages before it trained and the stage sampled every prompt); `tempa plan` warns."""
-    trains = next((d.name for d in decisions if d.action != "skip" and stage_kind(d.kind).trains), None)
+    after the stages before it trained and the stage sampled every prompt); `tempa plan` warns. ``here`` False: a
+    plan for other hardware (`--hardware`), which this machine's GPUs say nothing of."""
+    trains = next((d.name for d in decisions if here and d.action != "skip" and stage_kind(d.kind).trains), None)
     launch = hardware_problem(loaded.recipe.launch) if trains is not None else None
     return [*([f"stage '{trains}' would fail: {launch}"] if launch else []),
             *_refusals(loaded, decisions, lambda kind: kind.check_environment)]
@@ -995,7 +1004,7 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
             state = "failed"
         elif manifest.status in ("running", "done"):  # done without its DONE marker: killed before it was written
             state = "running" if active else "interrupted"
-            note = _where_it_stands(manifest.kind, run_dir / name, running=active)
+            note = _where_it_stands(manifest.kind, run_dir / name, running=active, since=manifest.started_at)
         # A running stage has no duration yet: its time so far is what a user watching a long stage wants.
         seconds = time.time() - manifest.started_at if state == "running" else manifest.duration_s
         rows.append(StageStatus(name, manifest.kind, state, seconds,
@@ -1003,7 +1012,7 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
     return rows
 
 
-def _where_it_stands(kind_name: str, stage_dir: Path, *, running: bool) -> str | None:
+def _where_it_stands(kind_name: str, stage_dir: Path, *, running: bool, since: float = 0.0) -> str | None:
     """What a running or interrupted stage has completed, as its kind's ``resume_point`` names it (a checkpoint; a
     kind with rounds names the round), so status says where a long stage is, not only that it is running."""
     try:
@@ -1014,7 +1023,7 @@ def _where_it_stands(kind_name: str, stage_dir: Path, *, running: bool) -> str |
         return None
     point = hook(stage_dir)
     if running:
-        progress = latest_progress(stage_dir)
+        progress = latest_progress(stage_dir, since)
         said = [f"so far: {point}" if point is not None else None, progress.note() if progress else None]
         return "; ".join(part for part in said if part) or None
     if point is None:

@@ -161,8 +161,8 @@ def _scan(path: str, changes: tuple[tuple[str, int, int], ...], sample: int, spl
             texts = json_rows(file)
         except (DataError, JsonFileError) as exc:
             return LocalRows(0, error=str(exc))
-        rows, kept = _reservoir(texts, sample)
-        return LocalRows(rows, {RAW: kept} if kept else {})
+        rows, kept = _reservoir(enumerate(texts), sample)
+        return LocalRows(rows, {RAW: [text for _, text in kept]} if kept else {}, places=_row_places(i for i, _ in kept))
     if suffix == ".parquet":
         return _parquet_rows([file], sample)
     if suffix == ".csv":
@@ -175,22 +175,25 @@ def _json_file_rows(files: Sequence[Path], sample: int) -> LocalRows:
     JSON Lines, a JSON document's rows (as JSON text)."""
     from tempa.sft.sources import json_rows
 
-    def lines() -> Iterator[tuple[int, bytes, int]]:
+    def lines() -> Iterator[tuple[int, bytes, int, str]]:
         for k, file in enumerate(files):
             if not is_json_lines(file):
-                yield from ((0, text.encode("utf-8"), k) for text in json_rows(file))  # line 0: no BOM to drop
+                # a document's rows: line 0 (no BOM to drop), named by their 0-based row as the run names them
+                yield from ((0, text.encode("utf-8"), k, str(RowPlace(file.name if len(files) > 1 else None, "row", i)))
+                            for i, text in enumerate(json_rows(file)))
                 continue
             with open(file, "rb") as handle:
                 for number, line in enumerate(handle, start=1):
                     # a blank line is no row, as the run skips it (a line of U+00A0 too: not bytes.strip())
                     if not is_blank(line.removeprefix(codecs.BOM_UTF8) if number == 1 else line):
-                        yield number, line, k
+                        yield number, line, k, f"{file.name}:{number}"
 
     rows, kept = _reservoir(lines(), sample, lambda item: (item[0], item[1] if len(item[1]) <= LONG_LINE_BYTES
-                                                           else len(item[1]), item[2]))
-    names = [files[k].name for _, _, k in kept]
-    return replace(jsonl_sample(rows, [(number, line) for number, line, _ in kept], names),
-                   lines=all(map(is_json_lines, files)))
+                                                           else len(item[1]), item[2], item[3]))
+    names = [files[k].name for _, _, k, _ in kept]
+    sampled = jsonl_sample(rows, [(number, line) for number, line, _, _ in kept], names)
+    return replace(sampled, lines=all(map(is_json_lines, files)),
+                   places=tuple(place for _, line, _, place in kept if isinstance(line, bytes)))
 
 
 def _draw(rows: int, sample: int) -> list[int]:

@@ -326,9 +326,14 @@ class ProgressLine(TrainerCallback):
         if eta is not None:
             parts.append(f"eta {format_eta(eta)}")
         print("[tempa] " + " | ".join(parts), flush=True)
+        if "loss" not in logs:
+            return  # an evaluation's line: the record keeps the training line's rate and ETA
         progress = TrainProgress(step=state.global_step, max_steps=state.max_steps, eta_s=eta,
                                  tokens_per_s=logs.get("tokens_per_s"), at=time.time())
-        write_atomic(Path(args.output_dir) / TRAIN_PROGRESS, progress.model_dump_json())
+        try:
+            write_atomic(Path(args.output_dir) / TRAIN_PROGRESS, progress.model_dump_json())
+        except OSError as exc:  # `tempa status`'s view, not worth a training run
+            print(f"[tempa] warning: could not write the progress record for `tempa status`: {exc}", flush=True)
 
 
 def add_throughput_callbacks(trainer: Any, meter: ThroughputMeter | None = None) -> ThroughputMeter:

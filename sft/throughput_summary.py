@@ -69,15 +69,17 @@ class TrainProgress(BaseModel):
         return ", ".join(parts) + f" ({f'{ago:.0f} s' if ago < 120 else format_eta(ago)} ago)"
 
 
-def latest_progress(stage_dir: Path) -> TrainProgress | None:
-    """The newest progress record of a stage's training launches (a kind with rounds launches one per round)."""
+def latest_progress(stage_dir: Path, since: float = 0.0) -> TrainProgress | None:
+    """The newest progress record of a stage's training launches (a kind with rounds launches one per round) written
+    at ``since`` or later (a killed attempt's record is not where the running one stands)."""
     found = []
     for folder in (stage_dir / CHECKPOINTS_DIR, *stage_dir.glob(f"*/{CHECKPOINTS_DIR}")):
         try:
             found.append(TrainProgress.model_validate_json((folder / TRAIN_PROGRESS).read_text(encoding="utf-8")))
         except (OSError, ValidationError):
             continue  # none yet, or one a newer tempa wrote: status still shows the rest
-    return max(found, key=lambda progress: progress.at, default=None)
+    return max((progress for progress in found if progress.at >= since), key=lambda progress: progress.at,
+               default=None)
 
 
 def throughput_headline(log_history: list[dict[str, Any]]) -> dict[str, float]:

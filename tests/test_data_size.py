@@ -555,3 +555,25 @@ def test_a_typed_sources_rejects_are_named_by_the_row_the_run_names(tmp_path: Pa
     assert named == "row 3"  # the run's name for the row at index 3 (rejects.jsonl: "row": 3)
     assert f"e.g. {named}: role_order: does not end with an assistant turn" in note, note
     assert not re.search(r"sampled row \d|row 4\b", note)
+
+
+@pytest.mark.parametrize("folder", [False, True], ids=["file", "folder"])
+def test_a_json_documents_rejects_are_named_by_the_row_the_run_names(tmp_path: Path, folder: bool):
+    # A .json file holding a list of rows: the plan said "sampled row 4" (a folder's: "a.json:", no row) where the
+    # run says "row 3" ("a.json row 3") (a review of the fix for typed sources).
+    from tempa.sft.sources import row_names
+
+    chats = [{"messages": [{"role": "user", "content": f"a {i}"}, {"role": "assistant", "content": "b c"}]}
+             for i in range(6)]
+    chats[3] = {"messages": [{"role": "user", "content": "no answer"}]}
+    where = tmp_path / "docs" if folder else tmp_path
+    where.mkdir(exist_ok=True)
+    (where / "a.json").write_text(json.dumps(chats), encoding="utf-8")
+    if folder:
+        (where / "b.json").write_text(json.dumps(chats[:2]), encoding="utf-8")
+    config = SourceConfig.model_validate({"name": "s", "path": "docs" if folder else "a.json", "thinking_mode": "off"},
+                                         context={"base_dir": str(tmp_path)})
+    note = " ".join(source_size(config, 0, 800, {}, _words).how.split())
+    named = row_names(config).label(3)
+    assert named == ("a.json row 3" if folder else "row 3")
+    assert f"e.g. {named}: role_order: does not end with an assistant turn" in note, note

@@ -202,7 +202,7 @@ def test_a_run_that_is_not_there_says_what_to_give(tmp_path, monkeypatch, capsys
     assert main([command[0], "runs/ja", *command[1:]]) == 1
     assert capsys.readouterr().err.strip() == (
         "tempa: error: runs/ja: no such run directory, and no recipe of that name; give the folder `tempa run` wrote "
-        "(runs/<recipe name> unless --run-dir) or the recipe it ran")
+        "(runs/<recipe name>, or runs/<recipe name>-<profile>, unless --run-dir) or the recipe it ran")
 
 
 # --- a toy run and the full-scale one of the same recipe ------------------------------------------------------------
@@ -231,6 +231,27 @@ def test_a_run_with_a_profile_has_a_default_run_directory_of_its_own(tmp_path, m
         _run_dir(none, load_recipe(recipe, profile="big one"))
 
 
+@pytest.mark.parametrize("ran_with", ["tiny", ""])
+def test_a_profiles_run_started_in_the_plain_folder_goes_on_there(tmp_path, monkeypatch, capsys, ran_with):
+    """A run with --profile started before such runs had a folder of their own lives in runs/<name>: the same
+    command went to a new, empty runs/<name>-<profile> and trained every stage again (a review of the change)."""
+    import argparse
+
+    from tempa.recipes.cli import _run_dir
+
+    folder = _layout(tmp_path)
+    recipe = _with_profiles(folder, "tiny")
+    monkeypatch.chdir(folder)
+    manifest = _ran(folder, "swallow-ja") / "sft" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "profile": ran_with}))
+    got = _run_dir(argparse.Namespace(run_dir=None), load_recipe(recipe, profile="tiny"))
+    if ran_with == "tiny":
+        assert got == Path("runs/swallow-ja")
+        assert "runs/swallow-ja holds this recipe's --profile tiny run" in capsys.readouterr().err
+    else:  # the plain folder is the full-scale run's
+        assert got == Path("runs/swallow-ja-tiny")
+
+
 def test_the_commands_that_read_a_run_find_the_profiles_run_and_ask_when_both_are_there(tmp_path, monkeypatch, capsys):
     folder = _layout(tmp_path)
     _with_profiles(folder, "tiny")
@@ -246,8 +267,8 @@ def test_the_commands_that_read_a_run_find_the_profiles_run_and_ask_when_both_ar
     _ran(folder, "swallow-ja")
     assert main(["status", "m.yaml", "--json"]) == 1
     assert capsys.readouterr().err.strip() == (
-        "tempa: error: m.yaml: the recipe has runs in runs/swallow-ja, runs/swallow-ja-tiny (with and without "
-        "--profile); give the folder of the one you mean")
+        "tempa: error: m.yaml: the recipe has runs in runs/swallow-ja, runs/swallow-ja-tiny (one per --profile it ran "
+        "with); give the folder of the one you mean")
 
 
 @pytest.mark.parametrize("where", ["profile", "extends"])

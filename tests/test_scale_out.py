@@ -475,7 +475,7 @@ def test_the_shipped_zero3_configs_become_the_deepspeed_config_the_trainer_runs(
 @pytest.mark.parametrize("launch", ["{accelerate_config: zero3}", "{launcher: torchrun, num_processes: 4, "
                                     "deepspeed_config: zero3-cpu}"])
 def test_a_launch_for_gpus_on_a_machine_without_one_is_refused_before_the_first_stage(tmp_path, tiny_model_dir, launch,
-                                                                                    capsys):
+                                                                                    capsys, monkeypatch):
     """A recipe written for the 8-GPU node, run on a CPU box, started 8 training processes on its CPU, each printing its
     set-up, and failed after its data preparation on transformers' "Your setup doesn't support bf16/gpu"; the plan
     said nothing. Now the run refuses before any stage, and `tempa plan` warns, naming launch.use_cpu."""
@@ -486,7 +486,7 @@ def test_a_launch_for_gpus_on_a_machine_without_one_is_refused_before_the_first_
     from tempa.recipes.runner import run_recipe
     from tempa.sft.stage_api import StageError
 
-    assert not torch.cuda.is_available()  # the tests run on CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU box, wherever the tests run
     recipe = sft_recipe(tmp_path, tiny_model_dir, launch=f"launch: {launch}")
     processes = "8" if "zero3}" in launch else "4"
     refusal = (rf"stage 'sft' would fail: launch: {processes} training processes \(DeepSpeed ZeRO-3[^)]*, one per GPU\), "
@@ -496,3 +496,6 @@ def test_a_launch_for_gpus_on_a_machine_without_one_is_refused_before_the_first_
     assert not (tmp_path / "run" / "sft").exists() and not (tmp_path / "run" / "tokenizer").exists()
     assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
     assert re.search(refusal, " ".join(capsys.readouterr().out.split()))
+    # a plan for the GPU node it is written for (--hardware) is no run here: no such warning
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run"), "--hardware", "8xH100"]) == 0
+    assert "this machine has no CUDA GPU" not in capsys.readouterr().out

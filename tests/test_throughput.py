@@ -327,6 +327,12 @@ def test_status_reads_where_a_launch_stands_and_counts_its_eta_down(tmp_path):
     assert (progress.step, progress.max_steps, progress.eta_s, progress.tokens_per_s) == (40, 600, 3723.0, 1234.4)
     assert progress.note(now=progress.at + 23) == "step 40/600, eta 1:01:40, 1,234 tok/s/device (23 s ago)"
     assert progress.note(now=progress.at + 4000) == "step 40/600, eta 0:00:00, 1,234 tok/s/device (1:06:40 ago)"
+    # an evaluation's line (no rate, no ETA) leaves the training line's record; a killed attempt's record is not
+    # the running one's (it was written before the attempt started)
+    line.on_log(args, SimpleNamespace(is_world_process_zero=True, global_step=40, max_steps=600), None,
+                logs={"eval_loss": 2.0})
+    assert latest_progress(tmp_path) == progress
+    assert latest_progress(tmp_path, since=progress.at + 1) is None
     # a round's launch (preference, rl) under the stage folder: the newest record wins
     later = ProgressLine()
     later.on_log(SimpleNamespace(**{**vars(args), "output_dir": str(tmp_path / "round-2" / "checkpoints")}),

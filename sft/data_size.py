@@ -86,20 +86,19 @@ class LocalRows:
         return len(next(iter(self.sample.values()), [])) + len(self.long_lines)
 
 
-def jsonl_sample(rows: int, lines: Sequence[tuple[int, bytes | int]], files: Sequence[str] = ()) -> LocalRows:
+def jsonl_sample(rows: int, lines: Sequence[tuple[int, bytes | int]], places: Sequence[str] | None = None) -> LocalRows:
     """:class:`LocalRows` of sampled JSON Lines ``lines`` ((line number, its bytes, or its size when over
     LONG_LINE_BYTES)), decoded as the pipeline's reader decodes them: line 1's UTF-8 BOM dropped, invalid UTF-8
-    a read error. ``files``: the file each line is in, where there are several."""
+    a read error. ``places``: where each line given as bytes is, as the run names it (by default ``line N``)."""
     from tempa.sft.sources import RAW, READ_ERROR
 
     decoded = [decode_line((line.removeprefix(codecs.BOM_UTF8) if number == 1 else line).rstrip(b"\r\n"))
                for number, line in lines if isinstance(line, bytes)]
     batch = {RAW: [text for text, _ in decoded], READ_ERROR: [error for _, error in decoded]} if decoded else {}
-    named = files or ["line "] * len(lines)
-    places = tuple(f"{name}{':' if files else ''}{number}" if number else name
-                   for name, (number, line) in zip(named, lines, strict=True) if isinstance(line, bytes))
+    if places is None:
+        places = [f"line {number}" for number, line in lines if isinstance(line, bytes)]
     return LocalRows(rows, batch, tuple(line for _, line in lines if isinstance(line, int)), lines=True,
-                     places=places)
+                     places=tuple(places))
 
 
 def _reservoir(items: Any, sample: int, take: Callable[[Any], Any] = lambda item: item) -> tuple[int, list[Any]]:
@@ -175,25 +174,24 @@ def _json_file_rows(files: Sequence[Path], sample: int) -> LocalRows:
     JSON Lines, a JSON document's rows (as JSON text)."""
     from tempa.sft.sources import json_rows
 
-    def lines() -> Iterator[tuple[int, bytes, int, str]]:
-        for k, file in enumerate(files):
+    def lines() -> Iterator[tuple[int, bytes, str]]:
+        for file in files:
             if not is_json_lines(file):
                 # a document's rows: line 0 (no BOM to drop), named by their 0-based row as the run names them
-                yield from ((0, text.encode("utf-8"), k, str(RowPlace(file.name if len(files) > 1 else None, "row", i)))
+                yield from ((0, text.encode("utf-8"), str(RowPlace(file.name if len(files) > 1 else None, "row", i)))
                             for i, text in enumerate(json_rows(file)))
                 continue
             with open(file, "rb") as handle:
                 for number, line in enumerate(handle, start=1):
                     # a blank line is no row, as the run skips it (a line of U+00A0 too: not bytes.strip())
                     if not is_blank(line.removeprefix(codecs.BOM_UTF8) if number == 1 else line):
-                        yield number, line, k, f"{file.name}:{number}"
+                        yield number, line, f"{file.name}:{number}"
 
     rows, kept = _reservoir(lines(), sample, lambda item: (item[0], item[1] if len(item[1]) <= LONG_LINE_BYTES
-                                                           else len(item[1]), item[2], item[3]))
-    names = [files[k].name for _, _, k, _ in kept]
-    sampled = jsonl_sample(rows, [(number, line) for number, line, _, _ in kept], names)
-    return replace(sampled, lines=all(map(is_json_lines, files)),
-                   places=tuple(place for _, line, _, place in kept if isinstance(line, bytes)))
+                                                           else len(item[1]), item[2]))
+    sampled = jsonl_sample(rows, [(number, line) for number, line, _ in kept],
+                           [place for _, line, place in kept if isinstance(line, bytes)])
+    return replace(sampled, lines=all(map(is_json_lines, files)))
 
 
 def _draw(rows: int, sample: int) -> list[int]:

@@ -135,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_dir(args, loaded) -> Path:
+    from tempa.recipes.rundir import recipe_ran
     from tempa.recipes.runner import profiles_ran
 
     if args.run_dir is not None:
@@ -148,7 +149,13 @@ def _run_dir(args, loaded) -> Path:
         # started before a run with a profile had a default folder of its own: its stages are not run again
         print(f"tempa: {plain} holds this recipe's --profile {loaded.profile} run (started before such runs went to "
               f"{folder}): going on with it there", file=sys.stderr)
-        return plain
+        folder = plain
+    other = recipe_ran(folder)
+    if other is not None and other != loaded.recipe.name:
+        # recipe "a" with --profile "b" and recipe "a-b" share a default folder; one would re-run the other's stages
+        raise RecipeError(f"{folder}: the default run directory holds a run of recipe '{other}', not of "
+                          f"'{loaded.recipe.name}'; give --run-dir (a new folder, or that one to run this recipe "
+                          "there on purpose)")
     return folder
 
 
@@ -157,7 +164,7 @@ def given_run_dir(given: Path) -> Path:
     run's folder, or the recipe (a path or a shipped recipe's name) for its default folder: runs/<recipe name>, or
     runs/<recipe name>-<profile> where only the run of that profile is there."""
     from tempa.recipes.loader import recipe_name, recipe_profiles
-    from tempa.recipes.rundir import NotARunDirError
+    from tempa.recipes.rundir import NotARunDirError, recipe_ran
 
     if given.is_dir():
         return given
@@ -176,6 +183,11 @@ def given_run_dir(given: Path) -> Path:
         except ValueError:
             continue  # a profile whose runs need a --run-dir of their own
     there = [folder for folder in folders if folder.is_dir()]
+    others = {folder: other for folder in there if (other := recipe_ran(folder)) not in (None, name)}
+    if others and len(others) == len(there):
+        held = ", ".join(f"{folder} holds a run of recipe '{other}'" for folder, other in others.items())
+        raise NotARunDirError(f"{given}: {held}, not of '{name}'; give the --run-dir this recipe ran with")
+    there = [folder for folder in there if folder not in others]
     if len(there) == 1:
         return there[0]
     if there:

@@ -192,6 +192,20 @@ def check_run_dir(run_dir: Path) -> None:
         )
 
 
+def recipe_ran(run_dir: Path) -> str | None:
+    """The name of the recipe the run directory's last run ran (its recipe.resolved.yaml, read without validating
+    it), or None where there is none or it cannot be read."""
+    import yaml
+
+    from tempa.recipes.yaml_loader import RecipeTextError, parse_yaml, read_text
+
+    try:
+        name = parse_yaml(read_text(run_dir / RESOLVED_RECIPE)).get("name")
+    except (OSError, yaml.YAMLError, RecipeTextError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
 def require_run_dir(run_dir: Path) -> None:
     """A folder a run made, for the commands that read one (status, report)."""
     if not run_dir.exists():

@@ -483,6 +483,9 @@ class Terminated(KeyboardInterrupt):
     partial outputs) stops the same way on SIGTERM.
     """
 
+    def __str__(self) -> str:
+        return "SIGTERM, from kill or a scheduler ending the job"
+
 
 def _on_sigterm(signum: int, frame: object) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated SIGTERM must not cut the cleanup short

@@ -68,6 +68,9 @@ class Manifest(BaseModel):
         default=None, description="The recipe profile it ran with (--profile; '' for none, None: an older tempa's "
         "manifest, which did not say).")
     result: dict[str, Any] | None = Field(default=None, description="The stage's typed result, as JSON.")
+    interrupted: str | None = Field(
+        default=None, description="What stopped the run during this stage (Ctrl-C, SIGTERM, SIGHUP), as the runner "
+        "caught it; None for a runner that could not say (SIGKILL, the out-of-memory killer, a crash of the machine).")
 
     @property
     def metrics(self) -> dict[str, Any]:

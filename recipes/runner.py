@@ -871,6 +871,9 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
         # The terminal says it (the CLI's last line), but it may be gone (SIGHUP): the stage's log is where a user
         # finds why a run stopped. Its manifest stays `running`, which status and plan read as interrupted.
         why = str(exc) or ("Ctrl-C" if type(exc) is KeyboardInterrupt else type(exc).__name__)
+        manifest.interrupted = why
+        with contextlib.suppress(OSError):
+            manifest.write(stage_dir, run_dir)  # for `tempa status`, after the terminal is gone
         with contextlib.suppress(OSError):
             handler.emit(log.makeRecord(log.name, logging.WARNING, __file__, 0, "stage %s interrupted (%s); run the "
                                         "same command again to resume", (decision.name, why), None))
@@ -1005,11 +1008,19 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
         elif manifest.status in ("running", "done"):  # done without its DONE marker: killed before it was written
             state = "running" if active else "interrupted"
             note = _where_it_stands(manifest.kind, run_dir / name, running=active, since=manifest.started_at)
+            if not active:
+                note = "; ".join(filter(None, [_why_it_stopped(manifest), note]))
         # A running stage has no duration yet: its time so far is what a user watching a long stage wants.
         seconds = time.time() - manifest.started_at if state == "running" else manifest.duration_s
         rows.append(StageStatus(name, manifest.kind, state, seconds,
                                 manifest.metrics if state in ("done", "stale") else {}, manifest.error, note))
     return rows
+
+
+def _why_it_stopped(manifest: Manifest) -> str:
+    if manifest.interrupted:
+        return f"stopped by {manifest.interrupted}"
+    return "the runner stopped without saying why: SIGKILL, the out-of-memory killer or a machine that went down"
 
 
 def _where_it_stands(kind_name: str, stage_dir: Path, *, running: bool, since: float = 0.0) -> str | None:

@@ -225,6 +225,12 @@ def test_sigterm_stops_the_training_group_and_says_how_to_resume(tmp_path, tiny_
     assert err.strip().splitlines()[-1] == "tempa: interrupted; run the same command again to resume"
     with pytest.raises(ProcessLookupError):  # the training group is gone with the runner
         os.killpg(group, 0)
+    # and the run says why it stopped after the terminal is gone (status showed only "interrupted")
+    status = subprocess.run([sys.executable, "-m", "tempa.recipes.cli", "status", str(tmp_path / "run"), "--json"],
+                            capture_output=True, text=True, check=True)
+    row = next(row for row in json.loads(status.stdout) if row["name"] == "sft")
+    assert row["state"] == "interrupted"
+    assert row["note"].startswith("stopped by SIGTERM, from kill or a scheduler ending the job; "), row["note"]
 
 
 def test_status_and_a_bad_recipe_answer_without_importing_torch(tmp_path):

@@ -82,7 +82,10 @@ def test_a_dropped_ssh_connection_stops_the_run_cleanly_and_says_why_in_the_stag
     assert not alive and stopped.is_file() and stopped.read_text() == "SIGTERM"  # stopped with its grace, not SIGKILLed
     assert not (run_dir / LOCK_OWNER).exists()
     assert json_or_none(run_dir / "train" / MANIFEST)["status"] == "running"
-    assert stage_status(["train"], run_dir)[0].state == "interrupted"
+    row = stage_status(["train"], run_dir)[0]
+    assert row.state == "interrupted"
+    assert row.note.startswith("stopped by SIGHUP: the terminal it was started from closed; run tempa in tmux or "
+                               "screen, or under nohup, to outlive it"), row.note
     last = (run_dir / "train" / "logs" / "stage.log").read_text().splitlines()[-1]
     assert last.endswith("stage train interrupted (SIGHUP: the terminal it was started from closed; run tempa in tmux "
                          "or screen, or under nohup, to outlive it); run the same command again to resume")

@@ -89,8 +89,11 @@ def test_sigkill_during_training_then_resume(tmp_path, tiny_model_dir):
     assert killed_at < 24
 
     status = subprocess.run(tempa("status", str(run_dir), "--json"), capture_output=True, text=True, check=True)
-    states = {row["name"]: row["state"] for row in json.loads(status.stdout)}
-    assert states["warmup"] == "done" and states["main"] == "interrupted"
+    rows = {row["name"]: row for row in json.loads(status.stdout)}
+    assert rows["warmup"]["state"] == "done" and rows["main"]["state"] == "interrupted"
+    assert rows["main"]["note"] == ("the runner stopped without saying why: SIGKILL, the out-of-memory killer or a "
+                                    f"machine that went down; the same recipe run again continues from "
+                                    f"checkpoint-{killed_at}")
 
     plan = subprocess.run(tempa("plan", str(recipe), "--run-dir", str(run_dir)), capture_output=True, text=True)
     assert plan.returncode == 0, plan.stderr

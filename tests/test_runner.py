@@ -284,7 +284,7 @@ def test_report_states_each_stage_as_status_does(recipe, tmp_path):
         [html.unescape(re.sub(r"<[^>]+>", "", cell)) for cell in re.findall(r"<td>(.*?)</td>", row)]
         for row in re.findall(r"<tr>(.*?)</tr>", stages)) if cells}
     assert rows["a"] == "done"
-    assert rows["b"] == "interrupted"
+    assert rows["b"] == f"interrupted ({STOPPED.removesuffix('; ')})"  # why it stopped, where the status says it
     assert rows["c"].startswith("stale") and "'a' ran again since" in rows["c"]
 
 
@@ -497,6 +497,10 @@ def test_a_journaling_stage_cut_off_before_its_first_record_is_planned_without_c
     assert (decision.action, decision.reason) == ("resume", "interrupted; continues from 1 teacher answer journaled")
 
 
+# what status says of a stage whose runner was killed without a chance to record why
+STOPPED = "the runner stopped without saying why: SIGKILL, the out-of-memory killer or a machine that went down; "
+
+
 def killed_while_running(stage_dir: Path) -> dict:
     """A finished stage's folder as a kill mid-stage leaves it: its manifest says running, no DONE marker."""
     manifest = json_or_none(stage_dir / MANIFEST)
@@ -537,12 +541,12 @@ def test_status_names_where_a_running_or_interrupted_stage_stands(recipe, tmp_pa
     names = load_recipe(recipe).names
 
     row = stage_status(names, run_dir)[1]
-    assert (row.state, row.note) == ("interrupted", "nothing complete to continue from: a re-run starts it over")
+    assert (row.state, row.note) == ("interrupted", STOPPED + "nothing complete to continue from: a re-run starts it over")
     checkpoint = run_dir / "b" / "round-2" / CHECKPOINTS_DIR / "checkpoint-2"
     checkpoint.mkdir(parents=True)
     (checkpoint / COMPLETE).write_text("")
     row = stage_status(names, run_dir)[1]
-    assert (row.state, row.note) == ("interrupted", "the same recipe run again continues from round 2, checkpoint-2")
+    assert (row.state, row.note) == ("interrupted", STOPPED + "the same recipe run again continues from round 2, checkpoint-2")
     with RunLock(run_dir):
         row = stage_status(names, run_dir)[1]
         assert (row.state, row.note) == ("running", "so far: round 2, checkpoint-2")
@@ -553,12 +557,12 @@ def test_status_names_where_a_running_or_interrupted_stage_stands(recipe, tmp_pa
         note = stage_status(names, run_dir)[1].note
         assert re.fullmatch(r"so far: round 2, checkpoint-2; step 3/8, eta 0:01:[0-4]\d \(\d+ s ago\)", note), note
     row = stage_status(names, run_dir)[1]  # interrupted: what a re-run continues from, not a step it will redo
-    assert (row.state, row.note) == ("interrupted", "the same recipe run again continues from round 2, checkpoint-2")
+    assert (row.state, row.note) == ("interrupted", STOPPED + "the same recipe run again continues from round 2, checkpoint-2")
     # killed after its manifest said done and before its DONE marker (what a re-run resumes): it was 'pending'
     manifest["status"] = "done"
     (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
     row = stage_status(names, run_dir)[1]
-    assert (row.state, row.note) == ("interrupted", "the same recipe run again continues from round 2, checkpoint-2")
+    assert (row.state, row.note) == ("interrupted", STOPPED + "the same recipe run again continues from round 2, checkpoint-2")
 
 
 def test_a_rerun_that_removes_a_gguf_export_says_so_first(recipe, tmp_path, caplog):

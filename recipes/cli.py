@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="show the resolved recipe and what a run would do; does no work")
     recipe_args(plan)
     plan.add_argument("--hardware", default=None, metavar="NxGPU",
-                      help="also estimate tokens, steps, per-GPU memory (ZeRO-3) and hours, e.g. 8xH100; GPU: H100, "
+                      help="also estimate tokens, steps, per-GPU memory (under the launch's engine) and hours, e.g. 8xH100; GPU: H100, "
                            "H200, A100, A100-40GB or L40S; 2x8xH100 for nodes x GPUs, @1TiB for the host RAM per node")
     plan.add_argument("--mfu", type=float, default=None,
                       help="model FLOPs utilisation assumed by --hardware (default 0.4)")

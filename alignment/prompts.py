@@ -41,7 +41,15 @@ from tempa.chat_templates.json_files import (
 from tempa.chat_templates.one_line import first_line
 from tempa.chat_templates.thinking import THINKING_DEFAULT_CONTEXT
 from tempa.sft.curation import check_tool_results
-from tempa.sft.formats import FormatSpec, RowError, normalize_row, thinking_mode_of, tools_of, uses_tools
+from tempa.sft.formats import (
+    FormatSpec,
+    RowError,
+    composed,
+    normalize_row,
+    thinking_mode_of,
+    tools_of,
+    uses_tools,
+)
 from tempa.sft.mixing import PROMPT_SHUFFLE, content_key, draw_ranks, thinking_on_count, thinking_picks
 from tempa.sft.stage_api import (
     Artifact,
@@ -293,7 +301,7 @@ def _turns_and_tools(row: dict[str, Any], source: PromptSource) -> tuple[list[di
                                       source.tools_field: row.get(source.tools_field)}, spec)
         return conversation.messages, conversation.tools
     if isinstance(row.get(source.prompt_field), str):
-        return [{"role": "user", "content": row[source.prompt_field]}], tools_of(
+        return [{"role": "user", "content": composed(row[source.prompt_field])}], tools_of(
             row.get(source.tools_field), repr(source.tools_field))
     raise RowError(f"has neither a '{source.messages_field}' list nor a '{source.prompt_field}' string")
 

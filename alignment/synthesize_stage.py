@@ -56,8 +56,9 @@ from tempa.alignment.sampling import (
 )
 from tempa.alignment.selection import UNSCORED, select_samples
 from tempa.alignment.synthesize_config import OUTPUT_FILE, SynthesizeStageConfig
-from tempa.alignment.teacher_text import check_servers, journals_resume_point, stored_text
+from tempa.alignment.teacher_text import check_servers, journals_resume_point
 from tempa.sft.files import write_json, write_jsonl
+from tempa.sft.formats import composed
 from tempa.sft.stage_api import StageContext, StageError, StageResult, fingerprinted
 
 __all__ = ["SynthesizeResult", "SynthesizeStageConfig", "run_synthesize", "synthesize_resume_point"]
@@ -231,10 +232,10 @@ class Kept:
 
 
 def teacher_message(completion: Completion) -> dict[str, Any]:
-    """The teacher's turn as the dataset stores it (:func:`stored_text`: answer and reasoning NFC)."""
+    """The teacher's turn as the dataset stores it (:func:`~tempa.sft.formats.composed`: answer and reasoning NFC)."""
     message = assistant_message(completion)
-    return {**message, "content": stored_text(message["content"]),
-            "reasoning_content": message["reasoning_content"] and stored_text(message["reasoning_content"])}
+    return {**message, "content": composed(message["content"]),
+            "reasoning_content": message["reasoning_content"] and composed(message["reasoning_content"])}
 
 
 def select_first_turns(
@@ -292,7 +293,7 @@ def sft_row(kept: Kept, provenance: dict[str, Any], second: dict[str, Any] | Non
     prov = {**provenance, "prompt_id": kept.prompt.id, "row": kept.prompt.meta.get("row"), "sample_index": kept.index,
             "finish_reason": kept.completion.finish_reason}
     if second is not None:
-        messages = [*messages, {"role": "user", "content": stored_text(second["followup"])},
+        messages = [*messages, {"role": "user", "content": composed(second["followup"])},
                     teacher_message(second["completion"])]
         scores["turn2"] = second["scores"]
         prov["turn2_sample_index"] = second["index"]

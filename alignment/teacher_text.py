@@ -18,7 +18,6 @@ requests travel (concurrency, timeouts, retries) keep the journal.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,7 @@ from tempa.alignment.sampling import JsonlStore, run_incremental
 from tempa.sft import language as lang
 from tempa.sft.curation import normalize_instruction
 from tempa.sft.files import write_json, write_jsonl
+from tempa.sft.formats import composed
 from tempa.sft.stage_api import NOT_FINGERPRINTED, Read, StageContext, StageError, StageResult, fingerprinted
 
 
@@ -114,13 +114,6 @@ def teacher_reads(teacher: TeacherSettings, judge: JudgeGate | None) -> list[Rea
     return reads
 
 
-def stored_text(text: str) -> str:
-    """Teacher text as a dataset stores it: NFC. A server may send it decomposed (NFD: Vietnamese 'ạ' as 'a' +
-    U+0323), which renders alike but is other bytes: it tokenises longer (a Vietnamese sentence 113 tokens instead
-    of 67 with the tiny tokenizer), teaches the model to write that form, and escapes every exact comparison."""
-    return unicodedata.normalize("NFC", text)
-
-
 TEACHER_JOURNAL = "teacher.jsonl"
 JUDGE_JOURNAL = "judge.jsonl"
 
@@ -160,7 +153,7 @@ def ask_teacher(
     out = []
     for record in _journaled(store, requests, params.batch_size, desc, ask, measure):
         completion = Completion.from_dict(record["completion"])
-        out.append((stored_text(split_reasoning(completion.full_text).answer.strip()), completion.finish_reason))
+        out.append((composed(split_reasoning(completion.full_text).answer.strip()), completion.finish_reason))
     return out
 
 

@@ -51,6 +51,7 @@ from tempa.sft.files import (
     tree_digest,
     write_json,
 )
+from tempa.sft.formats import composed
 from tempa.sft.paths import display_path
 from tempa.sft.pretrain_config import PretrainSource, PretrainStageConfig
 from tempa.sft.run_layout import COMPLETE
@@ -71,7 +72,7 @@ logger = logging.getLogger(__name__)
 # held-out chunk also trained on; 4: a document ends with the end-of-text token, not the baked eos, a chat's end of
 # turn; 5: held out by document, not by chunk; 6: the stats count each source's held-out and training-row tokens; 7: a
 # budget takes a draw across the source, not its first documents; a paragraph ends at any blank line).
-_PREPARE_VERSION = 7
+_PREPARE_VERSION = 8
 TOKENS_METRIC = "tokens:"  # a pretrain stage's metric `tokens:NAME`: the tokens source NAME gave
 TRAINED_METRIC = "trained_tokens:"  # `trained_tokens:NAME`: the tokens of source NAME trained (PretrainSourceMix's)
 
@@ -178,10 +179,10 @@ def document_tokens(tokenizer: Any, text: str, eos: list[int]) -> list[int]:
 
 def documents_tokens(tokenizer: Any, texts: list[str], eos: list[int]) -> list[list[int]]:
     """:func:`document_tokens` of each of ``texts``, in one call of the tokenizer (a fast tokenizer encodes a batch
-    as it encodes each text alone)."""
+    as it encodes each text alone), each in its composed form (NFC), as SFT rows are read."""
     if not texts:
         return []
-    encoded = tokenizer(texts)["input_ids"]
+    encoded = tokenizer([composed(text) for text in texts])["input_ids"]
     return [ids if eos and ids[-len(eos):] == eos else ids + eos for ids in encoded]
 
 

@@ -1,0 +1,111 @@
+"""Text is trained in its composed form (NFC), whatever form the user's file holds.
+
+Files written on macOS (and some exports) hold Vietnamese decomposed (NFD: 'ạ' as 'a' + U+0323). It renders the
+same, but the tokenizer sees other bytes: the row trained on more, other tokens than its NFC twin, and the model
+learnt to write that form. Teacher text was already stored NFC; the user's own SFT rows, prompts, offline pairs and
+pretraining documents were read as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from tempa.sft.formats import FormatSpec, normalize_row
+
+PHO = "Làm thế nào để nấu phở bò ngon như ngoài hàng ở Hà Nội?"
+ANSWER = "Ninh xương bò thật lâu, thêm quế, hồi và gừng nướng."
+THOUGHT = "Người dùng hỏi về phở; trả lời bằng tiếng Việt."
+SYSTEM = "Bạn là trợ lý hữu ích."
+
+
+def nfd(text: str) -> str:
+    return unicodedata.normalize("NFD", text)
+
+
+def _all_text(conversation) -> list[str]:
+    return [t for turn in conversation.messages for t in (turn["content"], turn["reasoning_content"]) if t]
+
+
+@pytest.mark.parametrize("row", [
+    {"messages": [{"role": "system", "content": nfd(SYSTEM)}, {"role": "user", "content": nfd(PHO)},
+                  {"role": "assistant", "content": nfd(ANSWER), "reasoning_content": nfd(THOUGHT)}]},
+    {"conversations": [{"from": "human", "value": nfd(PHO)},
+                       {"from": "gpt", "value": f"<think>{nfd(THOUGHT)}</think>{nfd(ANSWER)}"}],
+     "system": nfd(SYSTEM)},
+    {"prompt": nfd(PHO), "response": nfd(ANSWER), "reasoning": nfd(THOUGHT), "system": nfd(SYSTEM)},
+    {"instruction": nfd(PHO), "output": nfd(ANSWER), "reasoning_content": nfd(THOUGHT), "system": nfd(SYSTEM)},
+    {"messages": [{"role": "system", "content": [{"type": "text", "text": nfd(SYSTEM)}]},
+                  {"role": "user", "content": [{"type": "text", "text": nfd(PHO[:10])},
+                                               {"type": "text", "text": nfd(PHO[10:])}]},
+                  {"role": "assistant", "content": nfd(ANSWER), "reasoning_content": nfd(THOUGHT)}]},
+], ids=["messages", "sharegpt", "prompt-response", "instruction-output", "content-parts"])
+def test_every_format_reads_decomposed_text_composed(row):
+    texts = _all_text(normalize_row(row, FormatSpec("auto")))
+    assert texts and sorted(texts) == sorted([SYSTEM, PHO, THOUGHT, ANSWER])
+    assert all(unicodedata.is_normalized("NFC", text) for text in texts)
+
+
+def _sft_ids(folder: Path, rows: list[dict], tokenizer) -> list[list[int]]:
+    from datasets import load_from_disk
+
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_config import DataConfig
+
+    folder.mkdir()
+    (folder / "rows.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    data = DataConfig.model_validate({"sources": [{"name": "vi", "path": "rows.jsonl", "thinking_mode": "on"}]},
+                                     context={"base_dir": str(folder)})
+    prepared = prepare_sft_data(data, tokenizer, out_dir=folder / "out", cache_dir=folder / "cache", seed=0,
+                                max_length=512)
+    return [list(ids) for ids in load_from_disk(str(prepared.train_path))["input_ids"]]
+
+
+def test_an_sft_source_in_nfd_trains_on_the_tokens_of_its_nfc_twin(tmp_path, tiny_tokenizer):
+    from tempa.chat_templates import load_template
+
+    tiny_tokenizer.chat_template = load_template("llama3_thinking")
+    def rows(form):
+        return [{"messages": [{"role": "user", "content": form(f"{PHO} ({k})")},
+                              {"role": "assistant", "content": form(ANSWER), "reasoning_content": form(THOUGHT)}]}
+                for k in range(6)]
+
+    composed_ids = _sft_ids(tmp_path / "nfc", rows(str), tiny_tokenizer)
+    decomposed_ids = _sft_ids(tmp_path / "nfd", rows(nfd), tiny_tokenizer)
+    assert composed_ids and decomposed_ids == composed_ids
+
+
+def test_a_pretraining_document_in_nfd_trains_on_the_tokens_of_its_nfc_twin(tmp_path, tiny_model_dir):
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    from tempa.sft.pretrain_config import PretrainStageConfig
+    from tempa.sft.pretrain_stage import prepare_pretrain_data
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    texts = [f"{PHO} {ANSWER} ({k})" for k in range(8)]
+
+    def ids(form, name):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"text": form(t)}, ensure_ascii=False) + "\n" for t in texts), "utf-8")
+        config = PretrainStageConfig.model_validate({
+            "name": "cpt", "sources": [{"name": "web", "path": str(path)}],
+            "train": {"max_length": 4096, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+        data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / f"cache-{name}", seed=0)
+        return sorted(map(list, load_from_disk(str(data.train_path))["input_ids"]))
+
+    composed_ids = ids(str, "nfc")
+    assert composed_ids and ids(nfd, "nfd") == composed_ids
+
+
+@pytest.mark.parametrize("row", [{"prompt": nfd(PHO)}, {"messages": [{"role": "user", "content": nfd(PHO)}]}],
+                         ids=["prompt", "messages"])
+def test_a_prompt_in_nfd_is_sampled_and_keyed_as_its_nfc_twin(row, tmp_path):
+    from tempa.alignment.prompts import PromptSource, to_prompt
+
+    (tmp_path / "prompts.jsonl").write_text("{}\n", encoding="utf-8")
+    source = PromptSource(path=str(tmp_path / "prompts.jsonl"))
+    assert to_prompt(row, 0, source) == to_prompt({"prompt": PHO}, 0, source)

@@ -29,7 +29,7 @@ from tempa.chat_templates.json_files import (
 )
 from tempa.chat_templates.one_line import first_line
 from tempa.chat_templates.roles import ROLES
-from tempa.sft.formats import RowError, tools_of
+from tempa.sft.formats import RowError, composed_values, tools_of
 from tempa.sft.stage_api import EvalPrompt, EvalPrompts, StageError, looks_local
 
 
@@ -42,7 +42,13 @@ def load_rows(source: str, *, split: str = "train", max_rows: int | None = None)
 def load_named_rows(source: str, *, split: str = "train",
                     max_rows: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """:func:`load_rows`, and how a message names each row: its file and line (JSON Lines) or row
-    (:class:`RowPlace`), as every reader of users' rows names them."""
+    (:class:`RowPlace`), as every reader of users' rows names them. Text is read composed (NFC), as training reads
+    it: a suite saved decomposed scores the model on the text it trained on."""
+    rows, names = _named_rows(source, split=split, max_rows=max_rows)
+    return [composed_values(row) for row in rows], names
+
+
+def _named_rows(source: str, *, split: str, max_rows: int | None) -> tuple[list[dict[str, Any]], list[str]]:
     path = Path(source)
     if path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
         rows, names = _read_json_rows(path)

@@ -259,8 +259,8 @@ Alpaca's `instruction` + `input` + `output` are single turns. A row's `tools` (a
 list as JSON text) is rendered with it. A reasoning trace is read from `reasoning_content`, `reasoning` or
 `thinking`, or from a think block at the start of the answer; the source's `thinking_mode` decides whether it is
 trained, and a row's own `thinking_mode` (`on` or `off`, as in prompt files) wins over it. Text is read in
-Unicode's composed form (NFC), as are prompts, preference pairs and `pretrain` documents: a file saved decomposed
-(NFD, as macOS tools write Vietnamese diacritics) trains on the same tokens as its NFC twin.
+Unicode's composed form (NFC), as are prompts, preference pairs, evaluation rows and `pretrain` documents: a file
+saved decomposed (NFD, as macOS tools write Vietnamese diacritics) trains on the same tokens as its NFC twin.
 
 ## Prompt files
 

@@ -190,6 +190,17 @@ def composed(text: str) -> str:
     return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
+def composed_values(value: Any) -> Any:
+    """``value`` (a row read from JSON: mappings, lists, scalars) with every string in it :func:`composed`."""
+    if isinstance(value, str):
+        return composed(value)
+    if isinstance(value, Mapping):
+        return {key: composed_values(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [composed_values(item) for item in value]
+    return value
+
+
 def _text(value: Any, what: str) -> str:
     if isinstance(value, str):
         return composed(value)

@@ -109,3 +109,15 @@ def test_a_prompt_in_nfd_is_sampled_and_keyed_as_its_nfc_twin(row, tmp_path):
     (tmp_path / "prompts.jsonl").write_text("{}\n", encoding="utf-8")
     source = PromptSource(path=str(tmp_path / "prompts.jsonl"))
     assert to_prompt(row, 0, source) == to_prompt({"prompt": PHO}, 0, source)
+
+
+def test_an_evaluation_suite_in_nfd_is_scored_on_its_nfc_twin(tmp_path):
+    from tempa.merge.eval_data import load_named_rows
+
+    row = {"messages": [{"role": "user", "content": PHO}, {"role": "assistant", "content": ANSWER}], "answer": "phở"}
+    path = tmp_path / "suite.jsonl"
+    path.write_text(json.dumps(json.loads(nfd(json.dumps(row, ensure_ascii=False))), ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    assert nfd(PHO) in path.read_text(encoding="utf-8")
+    rows, _ = load_named_rows(str(path))
+    assert rows == [row]

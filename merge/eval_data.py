@@ -29,7 +29,7 @@ from tempa.chat_templates.json_files import (
 )
 from tempa.chat_templates.one_line import first_line
 from tempa.chat_templates.roles import ROLES
-from tempa.sft.formats import RowError, composed_values, tools_of
+from tempa.sft.formats import FormatSpec, RowError, composed_values, normalize_row, tools_of
 from tempa.sft.stage_api import EvalPrompt, EvalPrompts, StageError, looks_local
 
 
@@ -166,11 +166,15 @@ def row_tools(row: dict[str, Any]) -> list[dict[str, Any]] | None:
 
 
 def chat_messages(row: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The full chat of a row (for held-out loss); None when it has no assistant turn."""
+    """The full chat of a row (for held-out loss), its turns read as an SFT source's are (a think block in the answer
+    as its reasoning, tool-call arguments as JSON text); None when it has no assistant turn."""
     messages = row.get("messages")
-    if not messages or not any(m.get("role") == "assistant" for m in messages):
+    if not messages or not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         return None
-    return [dict(m) for m in messages]
+    try:
+        return normalize_row({"messages": messages}, FormatSpec("messages")).messages
+    except RowError as error:
+        raise StageError(str(error)) from None
 
 
 def evaluation_prompts(stages: Sequence[Any]) -> EvalPrompts:

@@ -77,8 +77,9 @@ class _GenerationSuite(_DataSuite):
 
 
 class LossSuite(_DataSuite):
-    """Held-out loss and perplexity: on chats (rows with `messages`, rendered with their `tools`), assistant tokens
-    only; on raw text (rows with a `text` string, as continued pre-training reads documents), every token. One suite
+    """Held-out loss and perplexity: on chats (rows with `messages`, rendered with their `tools`), the assistant
+    tokens SFT would train: each turn in the rendering inference gives it, with its reasoning where it has a trace
+    and the row's `thinking_mode` is not off, else with thinking off (no empty think block is scored); on raw text (rows with a `text` string, as continued pre-training reads documents), every token. One suite
     per language of a continued pre-training mix gives each language its own held-out loss."""
 
     type: Literal["loss"]

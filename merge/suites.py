@@ -41,6 +41,7 @@ from tempa.merge.win_rate import (
     win_rates,
 )
 from tempa.sft.curation import check_tool_results
+from tempa.sft.expand import expand
 from tempa.sft.formats import RowError, thinking_mode_of
 from tempa.sft.language import detect as detect_language
 from tempa.sft.language import reasoning_verdict
@@ -274,6 +275,11 @@ def suite_row_problem(suite: Suite, row: dict[str, Any]) -> str | None:
             ifeval.parse_instructions(row["instructions"])
         except ValueError as error:
             return f"bad instructions ({'; '.join(str(error).splitlines()[:3])})"
+    if isinstance(suite, LossSuite):
+        try:
+            chat_messages(row)
+        except StageError as error:
+            return str(error)
     if isinstance(suite, WinRateSuite):
         try:
             pairwise_row(row, suite.turns_field, suite.category_field)
@@ -379,11 +385,19 @@ def raw_text(row: dict[str, Any]) -> str | None:
 
 def encode_chats(tokenizer, chats: Sequence[tuple[Messages, str | None, list[dict[str, Any]] | None]],
                  max_length: int) -> list[tuple[list[int], list[int]]]:
-    """(token ids, assistant mask) of each chat (messages, thinking mode, tools), cut at ``max_length``."""
+    """(token ids, mask of the scored tokens) of the samples SFT trains each chat (messages, thinking mode, tools) as,
+    each cut at ``max_length``: every assistant turn in the rendering inference gives it (:mod:`tempa.sft.expand`),
+    a turn without a reasoning trace with thinking off, as a source's default `on` trains it, and every turn off
+    in a row whose `thinking_mode` is off. The whole chat rendered in the template's default mode scored an empty
+    think block the model is never taught, and history turns as no sample trains them."""
+
+    def render(messages: Messages, thinking: bool, tools: list[dict[str, Any]] | None) -> tuple[list[int], list[int]]:
+        return assistant_mask(tokenizer, messages, "on" if thinking else "off", tools)
+
     encoded = []
     for messages, mode, tools in chats:
-        ids, mask = assistant_mask(tokenizer, messages, mode, tools)
-        encoded.append((ids[:max_length], mask[:max_length]))
+        for sample in expand(messages, mode != "off", render, tools):
+            encoded.append((sample.input_ids[:max_length], sample.assistant_masks[:max_length]))
     return encoded
 
 

@@ -413,6 +413,7 @@ def test_held_out_loss_of_a_tool_row_is_scored_with_its_tools(tmp_path, tiny_mod
     definitions, one the model was never trained or served with."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tempa.merge.eval_data import chat_messages
     from tempa.merge.suites import assistant_mask, held_out_nll
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -426,8 +427,9 @@ def test_held_out_loss_of_a_tool_row_is_scored_with_its_tools(tmp_path, tiny_mod
     ids, _ = assistant_mask(tokenizer, chat, "off", tools)
     assert ids == tokenizer.apply_chat_template(chat, tools=tools, tokenize=True, return_dict=True,
                                                 thinking_mode="off")["input_ids"]
-    with_tools = held_out_nll(model, tokenizer, [(chat, "off", tools)], max_length=4096, batch_size=1)
-    without = held_out_nll(model, tokenizer, [(chat, "off", None)], max_length=4096, batch_size=1)
+    turns = chat_messages({"messages": chat})  # as the suite reads a row: normalised turns
+    with_tools = held_out_nll(model, tokenizer, [(turns, "off", tools)], max_length=4096, batch_size=1)
+    without = held_out_nll(model, tokenizer, [(turns, "off", None)], max_length=4096, batch_size=1)
     assert with_tools[1] == without[1] and with_tools[0] != pytest.approx(without[0], rel=1e-6)
     # the suite reads a row's tools, as JSON text too
     from tempa.merge.evaluate_config import EvalGeneration, LossSuite
@@ -1159,3 +1161,77 @@ def test_the_accuracy_and_language_suites_read_numbers_as_the_rows_language_writ
     assert scorer.accuracy(accuracy, rows)["accuracy"] == 1.0
     language = LanguageSuite.model_validate({"type": "language", "data": str(tmp_path / "a.jsonl")})
     assert scorer.language(language, rows)["accuracy"] == 1.0
+
+
+def test_held_out_loss_scores_the_tokens_sft_trains_on_the_same_rows(tmp_path, tiny_model_dir, tokenizer_dir):
+    """A loss suite rendered each chat whole in the template's default mode (thinking on): a turn without a trace was
+    scored with an empty `</think>` block SFT never trains (Swallow new-user trial: 81 tokens scored where SFT trains
+    78), and a history turn was scored with its reasoning cut, as no sample trains it. The suite now scores the
+    samples SFT makes of the same rows: same tokens, and by hand from the model's logits, the same loss."""
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tempa.merge.eval_data import load_rows
+    from tempa.merge.evaluate_config import EvalGeneration, LossSuite
+    from tempa.merge.suites import CandidateScorer
+    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data_config import DataConfig
+
+    tool = {"type": "function", "function": {"name": "kurs", "description": "Kurs rupiah",
+                                             "parameters": {"type": "object", "properties": {"mata": {"type": "string"}}}}}
+    rows = [
+        {"messages": [{"role": "user", "content": "Sungai terpanjang di Jepang?"},
+                      {"role": "assistant", "content": "Shinano."}]},  # no trace
+        {"messages": [{"role": "user", "content": "Berapa 2+2?"},
+                      {"role": "assistant", "content": "<think>dua tambah dua</think>4"}]},  # a think block
+        {"messages": [{"role": "user", "content": "Hai"},
+                      {"role": "assistant", "content": "Halo!", "reasoning_content": "sapa balik"},
+                      {"role": "user", "content": "Apa kabar?"},
+                      {"role": "assistant", "content": "Baik.", "reasoning_content": "jawab singkat"}]},  # history
+        {"messages": [{"role": "user", "content": "Kurs dolar?"},
+                      {"role": "assistant", "reasoning_content": "pakai alat", "tool_calls": [
+                          {"type": "function", "function": {"name": "kurs", "arguments": {"mata": "USD"}}}]},
+                      {"role": "tool", "content": "16000"},
+                      {"role": "assistant", "content": "Rp16.000.", "reasoning_content": "baca hasil"}],
+         "tools": [tool]},  # a tool loop: its reasoning renders
+        {"messages": [{"role": "user", "content": "Ibu kota Thailand?"},
+                      {"role": "assistant", "content": "Bangkok.", "reasoning_content": "ingat"}],
+         "thinking_mode": "off"},
+    ]
+    data = _write_rows(tmp_path / "held_out.jsonl", rows)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    source = DataConfig.model_validate({"sources": [{"name": "held", "path": data}]},
+                                       context={"base_dir": str(tmp_path)})
+    sft = prepare_sft_data(source, tokenizer, out_dir=tmp_path / "sft", cache_dir=tmp_path / "cache", seed=0,
+                           max_length=4096)
+    assert (sft.mix.total.rows_kept, sft.mix.total.rejects) == (len(rows), 0)
+    total, count = 0.0, 0
+    for sample in load_from_disk(str(sft.train_path)):
+        ids, mask = sample["input_ids"], sample["assistant_masks"]
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+        positions = [p for p in range(1, len(ids)) if mask[p]]
+        total -= sum(float(log_probs[p - 1, ids[p]]) for p in positions)
+        count += len(positions)
+
+    suite = LossSuite.model_validate({"type": "loss", "data": data, "max_length": 4096})
+    scores = CandidateScorer(None, tokenizer, EvalGeneration(), model=model).loss(suite, load_rows(data))
+    assert scores["tokens"] == count
+    assert scores["loss"] == pytest.approx(total / count, rel=1e-4)
+
+
+def test_a_loss_suite_row_sft_could_not_read_is_named_when_the_rows_are_read(tmp_path):
+    # its turns are read as an SFT source's now: a row that reader refuses is named before any model loads
+    from tempa.merge.evaluate_stage import load_suite_rows
+
+    rows = _write_rows(tmp_path / "r.jsonl", [
+        {"messages": [{"role": "user", "content": "Hai"}, {"role": "assistant", "content": "Halo"}]},
+        {"messages": [{"role": "user", "content": "Kurs?"}, {"role": "assistant", "tool_calls": [
+            {"type": "function", "function": {"name": "kurs", "arguments": "{mata: USD"}}]},
+            {"role": "tool", "content": "16000"}, {"role": "assistant", "content": "Rp16.000"}]},
+    ])
+    config = EvaluateStageConfig.model_validate({"name": "e", "kind": "evaluate", "models": ["m"],
+                                                 "suites": [{"type": "loss", "name": "s", "data": rows}]})
+    with pytest.raises(StageError, match=rf"^suite 's': {rows}:2: .*arguments"):
+        load_suite_rows(config)

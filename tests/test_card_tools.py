@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from stage_helpers import done
+from tempa.chat_templates.thinking import THINK_CLOSE
 from tempa.merge.model_card import (
+    TOOL_EXAMPLE_RESULT,
     TOOL_EXAMPLE_TOOLS,
     ModelCardConfig,
     render_model_card,
@@ -113,6 +115,18 @@ def test_the_card_says_how_to_call_the_model_with_tools_and_its_example_runs(bak
     assert [m["role"] for m in ran["messages"]] == ["user", "assistant", "tool"]
     assert ran["tools"] == TOOL_EXAMPLE_TOOLS
     assert isinstance(ran["reply"], str)
+    # A reply that thinks before its call (thinking is on by default): the example sent the call back without the
+    # reasoning, and the next prompt showed an empty think block where the model had planned (Swallow trial).
+    lines = block(card, "python").splitlines()
+    parse_and_append = [line for line in lines if line.startswith(("reasoning, _, call", "messages.append({\"role\": "
+                                                                                     "\"assistant\""))]
+    assert len(parse_and_append) == 2
+    reader = {"reply": f"Cek cuaca Jakarta dulu.\n{THINK_CLOSE}\n\n{shown}", "messages": list(ran["messages"][:1])}
+    exec("\n".join(parse_and_append), reader)
+    assert reader["call"].strip() == shown
+    loop = tokenizer.apply_chat_template([*reader["messages"], TOOL_EXAMPLE_RESULT], tools=ran["tools"], tokenize=False,
+                                         add_generation_prompt=True)
+    assert "Cek cuaca Jakarta dulu." in loop and shown in loop
     # The data mix shows the count per source.
     mix = card[card.index("## Data mix"):]
     header = next(line for line in mix.splitlines() if line.startswith("| source"))

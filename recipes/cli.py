@@ -460,10 +460,24 @@ def _cmd_export_gguf(args) -> int:
 
 
 def _given_model(given: Path) -> Path:
-    """A model folder or .gguf file as given; a run (its folder, or the recipe) for the run's final model."""
+    """A model folder or .gguf file as given; a run (its folder, or the recipe) for the run's final model, with a
+    warning on stderr when the run's stages are not all complete and current (`tempa push` refuses such a run)."""
+    from tempa.recipes.runner import stage_status
+
     if (given / RESOLVED_RECIPE).is_file() or _recipe_at(given) is not None:
-        return given_run_dir(given) / FINAL_LINK
-    return given  # the export says what is wrong with it
+        run_dir = given_run_dir(given)
+    elif given.name == FINAL_LINK and (given.parent / RESOLVED_RECIPE).is_file():
+        run_dir = given.parent
+    else:
+        return given  # the export says what is wrong with it
+    recorded = _recorded_stages(run_dir / RESOLVED_RECIPE)
+    rows = stage_status(list(recorded) if recorded is not None else None, run_dir, kinds=recorded)
+    unfinished = [f"{row.name} ({row.state})" for row in rows if row.state != "done"]
+    if unfinished:
+        print(f"tempa: warning: {run_dir}: not every stage is complete and current: {', '.join(unfinished)}; this "
+              "exports the final model an earlier run left, not what the recipe now makes (run `tempa run` first)",
+              file=sys.stderr)
+    return run_dir / FINAL_LINK
 
 
 def _cmd_tiny(args) -> int:

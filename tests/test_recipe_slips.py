@@ -190,6 +190,28 @@ def test_push_and_export_take_the_recipe_as_run_does(tmp_path, monkeypatch, caps
         assert "runs/swallow-ja/final" in err, (argv, err)  # the run's final model, not yet made
 
 
+@pytest.mark.parametrize("given", ["m.yaml", "runs/swallow-ja", "runs/swallow-ja/final"])
+def test_export_of_a_run_whose_stages_are_not_all_current_warns_first(tmp_path, monkeypatch, capsys, given):
+    """`tempa export gguf` of a run with stale stages exported the old final model without a word (Swallow trial:
+    after `--only eval`, merge and bake stale); `tempa push` refuses such a run."""
+    folder = _layout(tmp_path)
+    _recipe(folder)
+    monkeypatch.chdir(folder)
+    run_dir = _ran(folder, "swallow-ja")
+    (run_dir / "final").mkdir()
+    assert main(["export", "gguf", given]) == 1  # the final folder holds no model here: the export's own error
+    warning, error = capsys.readouterr().err.strip().splitlines()
+    assert warning == ("tempa: warning: runs/swallow-ja: not every stage is complete and current: sft (failed); this "
+                       "exports the final model an earlier run left, not what the recipe now makes (run `tempa run` "
+                       "first)")
+    assert error.startswith("tempa: error: ")
+    manifest = json.loads((run_dir / "sft" / "manifest.json").read_text())
+    (run_dir / "sft" / "manifest.json").write_text(json.dumps({**manifest, "status": "done"}))
+    (run_dir / "sft" / "DONE").write_text(json.dumps({"fingerprint": manifest["fingerprint"]}))
+    assert main(["export", "gguf", given]) == 1
+    assert "warning" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", [["status"], ["report"], ["push", "--repo", "swallow/ja"]])
 def test_a_run_that_is_not_there_says_what_to_give(tmp_path, monkeypatch, capsys, command):
     folder = _layout(tmp_path)

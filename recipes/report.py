@@ -509,10 +509,10 @@ def small_model_note(parameters: Mapping[str, int | None]) -> str:
     if not small:
         return ""
     sizes = ", ".join(f"{html.escape(name)} {n / 1e6:.1f}M" for name, n in small.items())
-    return (f"<p class='note small-model'>parameters: {sizes}. A model this small (the size of tempa's tiny default, "
-            "made to try the pipeline on a CPU in minutes) writes a letter or a few words, however the run went: "
-            "these answers show that each stage's model loads and generates, not what a real base model would "
-            "write.</p>")
+    return (f"<p class='note small-model'>parameters: {sizes}. A toy-sized model (below "
+            f"{SMALL_MODEL_PARAMETERS // 1_000_000}M parameters; tempa's tiny default, 0.2M, is made to try the "
+            "pipeline on a CPU in minutes) writes a letter, a few words or noise, however the run went: these answers "
+            "show that each stage's model loads and generates, not what a real base model would write.</p>")
 
 
 def sample_generations(manifest: Manifest, model: Path,

@@ -443,7 +443,8 @@ def test_the_samples_of_a_toy_sized_model_say_why_they_are_a_letter_or_two(tmp_p
                                        for name, folder in models.items()])
 
     page = " ".join(section(sft=tiny_model_dir, big=real).split())
-    assert "parameters: sft 0.2M. A model this small (the size of tempa's tiny default" in page
+    assert ("parameters: sft 0.2M. A toy-sized model (below 100M parameters; tempa's tiny default, 0.2M, is made to "
+            "try the pipeline on a CPU in minutes) writes a letter, a few words or noise") in page
     assert "small-model" not in section(big=real)
     # a reply that is empty says so (it was a blank cell, an empty <pre>)
     monkeypatch.setattr(report, "sample_generations", lambda manifest, folder, prompts: {

@@ -445,7 +445,8 @@ def usage_snippet(model_id: str, thinking_default: str = "on", saved_with: str |
 
 
 def tool_rows_trained(stages: Mapping[str, Upstream]) -> int:
-    """The SFT rows of the run that offer tools or hold a tool loop (``tool_rows_kept`` of every sft stage)."""
+    """The SFT rows of the run that offer tools or hold a tool loop (``tool_rows_kept`` of every sft stage: a row two
+    stages train counts twice, as the stages keep no row identities in common)."""
     return sum(up.result.data.total.tool_rows_kept for up in stages.values() if isinstance(up.result, SFTResult))
 
 
@@ -515,7 +516,8 @@ def tool_calling_snippet(rows: int, chat_template: str, call: str | None) -> lis
     return [
         "### Tool calling",
         "",
-        f"{rows} of the SFT rows this model trained on offer tools or hold a tool loop (see the data mix).",
+        f"The SFT stages trained {rows} rows that offer tools or hold a tool loop (counted in each stage that trained",
+        "them: see the data mix).",
         "Pass OpenAI-style tool definitions as `tools=[...]` to `apply_chat_template`; the chat template writes them",
         "into the prompt. " + _CALL_FORMATS.get(chat_template, "The model writes a call as its chat template renders "
                                                  "an assistant message's `tool_calls`."),

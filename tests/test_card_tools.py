@@ -95,7 +95,7 @@ def test_the_card_says_how_to_call_the_model_with_tools_and_its_example_runs(bak
     call = written_tool_call(tokenizer)
     card = card_for(template, sft_stages((3, 0)), call)
 
-    assert "3 of the SFT rows this model trained on offer tools" in card
+    assert "The SFT stages trained 3 rows that offer tools or hold a tool loop (counted in each stage" in card
     assert "`tools=[...]` to `apply_chat_template`" in card and '`"role": "tool"` message' in card
     shown = block(card, "text")
     if template == "llama3_thinking":  # Llama 3.1: the JSON call is the whole turn, arguments as `parameters`

@@ -80,7 +80,7 @@ def test_tool_rows_train_through_tempa_run_and_thinking_default_off_reaches_ever
     # with tools: the shipped example's code runs on the shipped folder.
     mix = json.loads((run / "sft" / "data" / "mix.json").read_text())
     assert [s["tool_rows_kept"] for s in mix["sources"]] == [s["rows_kept"] for s in mix["sources"]]
-    assert f"{mix['total']['tool_rows_kept']} of the SFT rows this model trained on offer tools" in card
+    assert f"The SFT stages trained {mix['total']['tool_rows_kept']} rows that offer tools" in card
     part = card[card.index("### Tool calling"):]
     shown = part[part.index("```text\n") + 8:part.index("\n```", part.index("```text\n"))]
     assert json.loads(shown) == {"name": "get_weather", "parameters": {"city": "Jakarta"}}

@@ -51,7 +51,9 @@ def register(subparsers: Any) -> None:
         "--tokenizer", type=Path, help="tokenizer folder (render through it; needed for --tokens)"
     )
     render.add_argument(
-        "--tokens", action="store_true", help="print token pieces and mark the trained tokens"
+        "--tokens", action="store_true", help="print the token pieces of each sample tempa's SFT trains the "
+        "conversation as (a turn before a later user message trains in its own), trained tokens marked; with "
+        "--generation-prompt, the one rendering with its assistant tokens marked"
     )
     render.set_defaults(func=_guarded("render", _render))
 
@@ -141,16 +143,26 @@ def _render(args: argparse.Namespace) -> int:
     kwargs = {"tools": tools, "add_generation_prompt": args.generation_prompt, **mode_kwargs(args.thinking)}
     try:
         if args.tokens:
-            chat = tokenize_chat(tokenizer, messages, template=template, **kwargs)
             color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-            print(
-                format_token_view(token_pieces(tokenizer, chat.input_ids), chat.assistant_mask, color=color)
-            )
             marking = "green" if color else "between [[ ]]"
-            print(
-                f"-- trained ({marking}): {sum(chat.assistant_mask)} of {len(chat.input_ids)} tokens; "
-                f"thinking_mode={args.thinking or 'default'}"
-            )
+            if args.generation_prompt:  # a prompt to answer: the template's own mask of this one rendering
+                chat = tokenize_chat(tokenizer, messages, template=template, **kwargs)
+                print(format_token_view(token_pieces(tokenizer, chat.input_ids), chat.assistant_mask, color=color))
+                print(f"-- assistant tokens ({marking}): {sum(chat.assistant_mask)} of {len(chat.input_ids)}; "
+                      f"thinking_mode={args.thinking or 'default'}")
+                return 0
+            samples = training_samples(tokenizer, template, messages, tools, thinking=args.thinking != "off")
+            for number, sample in enumerate(samples, 1):
+                turns = ", ".join(map(str, sorted(sample.turns)))
+                print(f"-- sample {number} of {len(samples)}: trains turn{'s' if len(sample.turns) > 1 else ''} "
+                      f"{turns} (thinking {'on' if sample.thinking else 'off'})")
+                print(format_token_view(token_pieces(tokenizer, sample.input_ids), sample.assistant_masks,
+                                        color=color))
+            trained = sum(sample.n_trained for sample in samples)
+            total = sum(len(sample.input_ids) for sample in samples)
+            print(f"-- trained ({marking}): {trained} of {total} tokens in {len(samples)} "
+                  f"sample{'s' if len(samples) != 1 else ''}, as tempa's SFT trains this conversation; "
+                  f"thinking_mode={'off' if args.thinking == 'off' else 'on'}")
         elif tokenizer is not None:
             print(render_with_tokenizer(tokenizer, messages, template=template, **kwargs))
         else:
@@ -158,6 +170,24 @@ def _render(args: argparse.Namespace) -> int:
     except jinja2.TemplateError as error:
         raise CliError(f"{args.messages}: the template rejects this conversation: {error}") from None
     return 0
+
+
+def training_samples(tokenizer: Any, template: str | None, messages: list[dict[str, Any]],
+                     tools: list[dict[str, Any]] | None, *, thinking: bool) -> list[Any]:
+    """The samples tempa's SFT trains ``messages`` as (:func:`tempa.chat_templates.expand.expand`), first turn first:
+    each assistant turn in the rendering inference gives it, so a history turn trains in a sample of its own with
+    its reasoning, where the whole conversation's mask would mark it stripped."""
+    from tempa.chat_templates.expand import expand
+    from tempa.chat_templates.rendering import tokenize_chat
+    from tempa.chat_templates.thinking import mode_kwargs
+
+    def render(view: list[dict[str, Any]], on: bool, tools: list[dict[str, Any]] | None) -> tuple[list[int], list[int]]:
+        chat = tokenize_chat(tokenizer, view, template=template, tools=tools, **mode_kwargs("on" if on else "off"))
+        return chat.input_ids, chat.assistant_mask
+
+    # the row reader's form: a turn that only calls tools has empty content
+    turns = [{**message, "content": message.get("content") or ""} for message in messages]
+    return list(reversed(expand(turns, thinking, render, tools)))
 
 
 def _read_messages(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:

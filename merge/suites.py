@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tempa.alignment.generation import GenerationBackend, GenerationParams, Tools
+from tempa.chat_templates.expand import expand
 from tempa.chat_templates.thinking import THINK_TAGS, mode_kwargs, rendered_prefill, split_reasoning
 from tempa.merge import answers, ifeval
 from tempa.merge.eval_data import chat_messages, prompt_messages, row_tools
@@ -41,7 +42,6 @@ from tempa.merge.win_rate import (
     win_rates,
 )
 from tempa.sft.curation import check_tool_results
-from tempa.sft.expand import expand
 from tempa.sft.formats import RowError, thinking_mode_of
 from tempa.sft.language import detect as detect_language
 from tempa.sft.language import reasoning_verdict
@@ -386,7 +386,7 @@ def raw_text(row: dict[str, Any]) -> str | None:
 def encode_chats(tokenizer, chats: Sequence[tuple[Messages, str | None, list[dict[str, Any]] | None]],
                  max_length: int) -> list[tuple[list[int], list[int]]]:
     """(token ids, mask of the scored tokens) of the samples SFT trains each chat (messages, thinking mode, tools) as,
-    each cut at ``max_length``: every assistant turn in the rendering inference gives it (:mod:`tempa.sft.expand`),
+    each cut at ``max_length``: every assistant turn in the rendering inference gives it (:mod:`tempa.chat_templates.expand`),
     a turn without a reasoning trace with thinking off, as a source's default `on` trains it, and every turn off
     in a row whose `thinking_mode` is off. The whole chat rendered in the template's default mode scored an empty
     think block the model is never taught, and history turns as no sample trains them."""

@@ -12,7 +12,7 @@ Order of work, per source unless noted:
    PII, language, evaluation prompts) in one ``datasets.map``;
 3. thinking mode per conversation (a row's own ``thinking_mode``, else its source's ``on``/``off``/``mixed``: a
    share of the rows the row filters keep, drawn by content, :mod:`tempa.sft.mixing`);
-4. expand multi-turn conversations (:mod:`tempa.sft.expand`), tokenise with the tokenizer's own
+4. expand multi-turn conversations (:mod:`tempa.chat_templates.expand`), tokenise with the tokenizer's own
    template, drop samples outside the token limits; a row a ``mixed`` source drew on that the limits drop whole
    is tokenised again with thinking off;
 5. exact/near duplicates (in recipe order across sources), then template instructions, among the
@@ -73,6 +73,7 @@ import numpy as np
 from datasets import Features, List, Value
 from tqdm.auto import tqdm
 
+from tempa.chat_templates.expand import Sample, TurnView, assemble, turn_views
 from tempa.chat_templates.json_files import Line, parse_line
 from tempa.chat_templates.one_line import first_line
 from tempa.sft import curation, language
@@ -87,7 +88,6 @@ from tempa.sft.data_config import (
     worker_count,
 )
 from tempa.sft.data_report import TURN_SUFFIX, DataMix, MixTotals, SourceMix
-from tempa.sft.expand import Sample, TurnView, assemble, turn_views
 from tempa.sft.files import cache_build, digest, publish_build, remove_tree, sweep_dead_builds
 from tempa.sft.forked_workers import Rows, forked_map, frozen_heap
 from tempa.sft.formats import (

@@ -148,7 +148,7 @@ class SourceConfig(_Strict):
 
     Size is given by at most one of ``weight``, ``rows`` or ``tokens``; with none, every kept
     row is used once. Sizes count conversations (source rows); a multi-turn conversation may
-    become several training samples (see ``tempa.sft.expand``) that stay together.
+    become several training samples (see ``tempa.chat_templates.expand``) that stay together.
     """
 
     name: str = Field(description="Unique safe name (letters, digits, '.', '_', '-'); used in stats, rejects and messages.")

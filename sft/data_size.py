@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from tempa.chat_templates.expand import turn_views
 from tempa.chat_templates.json_files import JsonFileError, RowPlace, decode_line, is_blank, is_json_lines
 from tempa.chat_templates.one_line import first_line
 from tempa.chat_templates.thinking import last_user_index
@@ -41,7 +42,6 @@ from tempa.sft.data_config import (
     workers_for,
 )
 from tempa.sft.data_report import DataMix
-from tempa.sft.expand import turn_views
 from tempa.sft.formats import Conversation
 from tempa.sft.mixing import heldout_count, renders_on
 from tempa.sft.stage_api import EstimateInputs, SourceSize, TokenCount, TrainingWorkload

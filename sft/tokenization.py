@@ -3,7 +3,7 @@
 The runner bakes the recipe's template into the tokenizer before the stage, so rendering here
 is exactly what inference will use. Masks come from the template's ``{% generation %}`` blocks
 (what ``return_assistant_tokens_mask`` returns, built in one pass: :func:`make_render`);
-:mod:`tempa.sft.expand` decides which of them train.
+:mod:`tempa.chat_templates.expand` decides which of them train.
 """
 
 from __future__ import annotations

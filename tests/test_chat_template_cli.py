@@ -319,3 +319,35 @@ def test_format_token_view_plain_and_colour() -> None:
     assert format_token_view(pieces, mask, color=False) == "<h>·↵\n[[A·B·<e>]]↵\n"
     coloured = format_token_view(pieces, mask, color=True)
     assert "[[" not in coloured and "\x1b[30;42mA" in coloured and coloured.count("\x1b[0m") == 1
+
+
+def test_render_tokens_shows_the_samples_sft_trains_not_one_rendering(baked: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`--tokens` marked the whole conversation's assistant mask: a history turn showed as trained with its reasoning
+    stripped, which tempa's SFT never trains (Swallow trial). It shows the samples SFT makes: the history turn in one
+    of its own, with its reasoning; the last turn in the conversation, history reasoning dropped."""
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps([
+        {"role": "user", "content": "Halo"},
+        {"role": "assistant", "content": "Hai juga", "reasoning_content": "sapa balik"},
+        {"role": "user", "content": "Berapa 2+2?"},
+        {"role": "assistant", "content": "Empat", "reasoning_content": "dua tambah dua"},
+    ]), encoding="utf-8")
+    assert main(["template", "render", "--tokenizer", str(baked), "--messages", str(path), "--thinking", "on",
+                 "--tokens"]) == 0
+    lines = capsys.readouterr().out.rstrip("\n").split("\n")
+    headers = [i for i, line in enumerate(lines) if line.startswith("-- sample ")]
+    assert [lines[i] for i in headers] == ["-- sample 1 of 2: trains turn 1 (thinking on)",
+                                           "-- sample 2 of 2: trains turn 3 (thinking on)"]
+
+    def text(view: str) -> tuple[str, str]:  # (the whole sample, its trained tokens), as text
+        plain = view.replace("·", "").replace("↵", "\n")
+        return plain.replace("[[", "").replace("]]", ""), "".join(part.split("]]")[0] for part in plain.split("[[")[1:])
+
+    first, first_trained = text("\n".join(lines[headers[0] + 1:headers[1]]))
+    second, second_trained = text("\n".join(lines[headers[1] + 1:-1]))
+    assert "sapa balik" in first_trained and "Hai juga" in first_trained and "Berapa" not in first
+    assert "dua tambah dua" in second_trained and "Empat" in second_trained
+    assert "Hai juga" in second and "Hai juga" not in second_trained and "sapa balik" not in second
+    assert lines[-1].startswith("-- trained (between [[ ]]): ") and " tokens in 2 samples, as tempa's SFT trains" \
+        in lines[-1] and lines[-1].endswith("thinking_mode=on")

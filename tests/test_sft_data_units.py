@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from tempa.chat_templates.expand import Sample, expand
 from tempa.sft import curation, language
 from tempa.sft.data_config import (
     CurationConfig,
@@ -25,7 +26,6 @@ from tempa.sft.data_config import (
     SourceConfig,
     TemplateFilterConfig,
 )
-from tempa.sft.expand import Sample, expand
 from tempa.sft.formats import FormatSpec, RowError, normalize_row, spec_for
 from tempa.sft.mixing import assign_thinking, select_rows, split_heldout
 

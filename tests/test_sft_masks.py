@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from tempa.chat_templates import load_template
+from tempa.chat_templates.expand import turn_views
 from tempa.chat_templates.rendering import mask_spans, runs_to_mask, token_runs
 from tempa.chat_templates.thinking import mode_kwargs
-from tempa.sft.expand import turn_views
 from tempa.sft.tokenization import ChatEncoder
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "conversations.json").read_text(encoding="utf-8"))

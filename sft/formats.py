@@ -358,6 +358,7 @@ def _read_turns(turns: Any, spec: FormatSpec, field_name: str) -> list[dict[str,
         turns = _json_value(turns, repr(field_name))
     if not isinstance(turns, (list, tuple)) or not turns:
         got = ("an empty list" if isinstance(turns, (list, tuple)) else "nothing" if _is_missing(turns)
+               else f"text that is no JSON list ({turns.strip()[:40]!r})" if isinstance(turns, str)
                else type(turns).__name__)
         raise RowError(f"expected {field_name!r} to be {shape}, got {got}")
     out: list[dict[str, Any]] = []

@@ -141,7 +141,7 @@ def test_column_mapping_and_role_names_are_configurable(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("row", "fragment"),
     [
-        ({"messages": "hello"}, "expected 'messages' to be a list of {role, content}, got str"),
+        ({"messages": "hello"}, "expected 'messages' to be a list of {role, content}, got text that is no JSON list ('hello')"),
         ({"messages": 7}, "expected 'messages' to be a list of {role, content}, got int"),
         ({"messages": []}, "expected 'messages' to be a list of {role, content}, got an empty list"),
         ({"messages": "[{'role': 'user'}]"}, "expected 'messages' to be JSON; Expecting property name"),

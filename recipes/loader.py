@@ -100,7 +100,7 @@ def recipe_name(ref: str | Path) -> str:
     """The ``name:`` of a recipe (a path or a shipped recipe's name, through ``extends:``), read without validating the
     rest: the commands that read a run find its default folder, runs/<name>, even where the recipe's data has moved."""
     path = find_recipe(ref)
-    name = _load_chain(path, seen=())[0].get("name")
+    name = next((raw["name"] for raw in _chain_files(path) if "name" in raw), None)
     if not isinstance(name, str):
         raise RecipeError(f"{path}: name: expected the recipe's name (its run directory is runs/<name>, "
                           "runs/<name>-<profile> with --profile)")
@@ -109,8 +109,31 @@ def recipe_name(ref: str | Path) -> str:
 
 def recipe_profiles(ref: str | Path) -> list[str]:
     """The ``profiles:`` a recipe offers (through ``extends:``), read without validating the rest."""
-    profiles = _load_chain(find_recipe(ref), seen=())[0].get("profiles")
-    return [name for name in profiles if isinstance(name, str)] if isinstance(profiles, dict) else []
+    names: dict[str, None] = {}
+    for raw in reversed(_chain_files(find_recipe(ref))):
+        profiles = raw.get("profiles")
+        names.update(dict.fromkeys(name for name in profiles if isinstance(name, str)) if isinstance(profiles, dict)
+                     else {})
+    return list(names)
+
+
+def _chain_files(path: Path) -> list[dict[str, Any]]:
+    """The raw mappings of a recipe and the recipes it extends, child first, read without checking how the child
+    changes its parent's stages (a parent that renamed one must not hide a run of the child from `tempa status`)."""
+    chain: list[dict[str, Any]] = []
+    seen: list[Path] = []
+    while path not in seen:
+        seen.append(path)
+        raw, lines = _read_yaml(path)
+        chain.append(raw)
+        parent = raw.get("extends")
+        if not isinstance(parent, str):
+            break
+        try:
+            path = find_recipe(parent, relative_to=path.parent)
+        except RecipeError as exc:
+            raise RecipeError(f"{where(('extends',), lines, path)}: extends: {exc}") from None
+    return chain
 
 
 def _nearby_recipe(ref: Path, relative_to: Path | None) -> str:

@@ -345,3 +345,24 @@ def test_a_misspelt_stage_name_in_an_overlay_is_named_with_the_stage_it_meant(tm
                                           r"\(stages: sft, evaluate; a new stage needs a kind\); did you mean "
                                           r"'evaluate'\?$"):
         load_recipe(recipe, profile="tiny" if where == "profile" else None)
+
+
+def test_status_finds_a_childs_run_after_its_parent_renamed_the_stage_the_child_changes(tmp_path, monkeypatch, capsys):
+    """`tempa status child.yaml` loaded the whole chain to learn the run's folder, and refused it for the overlay
+    slip (the child changes a stage its parent no longer has): the run that exists could not be looked at."""
+    folder = _layout(tmp_path)
+    parent = _recipe(folder)
+    child = folder / "child.yaml"
+    child.write_text("extends: m.yaml\nname: child\nprofiles: {tiny: {seed: 3}}\nstages:\n  - name: sft\n"
+                     "    train: {max_steps: 2}\n", encoding="utf-8")
+    monkeypatch.chdir(folder)
+    _ran(folder, "child")
+    parent.write_text(parent.read_text(encoding="utf-8").replace("  - name: sft\n", "  - name: sft-ja\n"),
+                      encoding="utf-8")
+    with pytest.raises(RecipeError, match="no stage named 'sft' to change"):
+        load_recipe(child)  # the recipe itself is refused, as it should be
+    assert main(["status", "child.yaml", "--json"]) == 0
+    assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["sft"]
+    _ran(folder, "child-tiny", recipe="child")  # and its profile, from the child's own `profiles:`
+    assert main(["status", "child.yaml"]) == 1
+    assert "runs/child, runs/child-tiny" in capsys.readouterr().err

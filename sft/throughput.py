@@ -133,16 +133,20 @@ class ThroughputMeter(TrainerCallback, ExportableState):
         self._wall_start = 0.0
         self._first_step = 0
         self.totals = {"tokens": 0.0, "positions": 0.0, "flops": 0.0, "seconds": 0.0}
+        # The window's counts taken (over all processes) for a save between logs: in the checkpoint, and in the log.
+        self._saved_window = dict.fromkeys(self.totals, 0.0)
 
     # ------------------------------------------------------------------ checkpoints
 
     def state(self) -> dict[str, Any]:
-        """What a checkpoint keeps (the Trainer asks at every save): the totals as of the last training log.
+        """What a checkpoint keeps (the Trainer asks at every save): the totals through the step it saves at.
 
-        The window since then is left out: its counts are still per process, and only the saving process asks.
+        The window since the last log is taken over all processes at the end of a step that saves
+        (:class:`_WindowAtSave`, on every process; only the saving process asks for this).
         """
+        totals = {key: value + self._saved_window[key] for key, value in self.totals.items()}
         return {"args": {"peak": self.peak, "reference_forward": self.reference_forward},
-                "attributes": {"totals": dict(self.totals)}}
+                "attributes": {"totals": totals}}
 
     def _restore(self, state: Any) -> None:
         """A resumed run starts from the totals of the checkpoint it resumes (the stage's averages cover all of it)."""
@@ -234,13 +238,25 @@ class ThroughputMeter(TrainerCallback, ExportableState):
         rates = self._rates(t["tokens"], t["positions"], t["flops"], t["seconds"])
         return {"train_tokens": t["tokens"], **{f"train_{key}": value for key, value in rates.items()}}
 
-    def _close_window(self) -> tuple[float, float, float, float]:
-        """(real tokens, positions, FLOPs, seconds) since the last log, over all processes; added to the totals."""
+    def keep_window_for_save(self) -> None:
+        """Take the window's counts so far (over all processes; every process calls this) for the checkpoint about to
+        be saved; the next log still reports them."""
+        for key, value in zip(self._saved_window, self._take_window(), strict=True):
+            self._saved_window[key] += value
+
+    def _take_window(self) -> tuple[float, float, float, float]:
+        """(real tokens, positions, FLOPs, seconds) counted since they were last taken, over all processes."""
         real, positions, squares = self._counts.take()
         seconds, self._window_seconds = self._window_seconds, 0.0
-        flops = self._per_token * real + self._per_square * (squares + real)
-        for key, value in (("tokens", real), ("positions", positions), ("flops", flops), ("seconds", seconds)):
+        return real, positions, self._per_token * real + self._per_square * (squares + real), seconds
+
+    def _close_window(self) -> tuple[float, float, float, float]:
+        """(real tokens, positions, FLOPs, seconds) since the last log, over all processes; added to the totals."""
+        window = [taken + saved for taken, saved in zip(self._take_window(), self._saved_window.values(), strict=True)]
+        self._saved_window = dict.fromkeys(self.totals, 0.0)
+        for key, value in zip(self.totals, window, strict=True):
             self.totals[key] += value
+        real, positions, flops, seconds = window
         return real, positions, flops, seconds
 
     def _rates(self, real: float, positions: float, flops: float, seconds: float) -> dict[str, float]:
@@ -336,9 +352,23 @@ class ProgressLine(TrainerCallback):
             print(f"[tempa] warning: could not write the progress record for `tempa status`: {exc}", flush=True)
 
 
+class _WindowAtSave(TrainerCallback):
+    """At the end of a step that saves between training logs, has the meter take its window for the checkpoint
+    (:meth:`ThroughputMeter.state`): a resume from it lost the steps since the last log from the stage's tokens and
+    rate. After the Trainer's flow callback, which decides the save; a log at the same step closes the window first."""
+
+    def __init__(self, meter: ThroughputMeter) -> None:
+        self.meter = meter
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save and not control.should_log:
+            self.meter.keep_window_for_save()
+
+
 def add_throughput_callbacks(trainer: Any, meter: ThroughputMeter | None = None) -> ThroughputMeter:
     """Put a meter first among the trainer's callbacks (before the trackers) and the progress line last."""
     meter = meter or ThroughputMeter()
     trainer.callback_handler.callbacks.insert(0, meter)
+    trainer.add_callback(_WindowAtSave(meter))
     trainer.add_callback(ProgressLine())
     return meter

@@ -196,6 +196,24 @@ def test_a_resumed_run_reports_the_whole_stages_tokens_and_rate(tmp_path, tiny_m
         "train_tokens"] == tokens[1]
 
 
+def test_a_checkpoint_between_logs_keeps_the_tokens_since_the_last_log(tmp_path, tiny_model_dir, rows):
+    """A checkpoint kept the totals as of the last training log: with `save_steps` 2 and `logging_steps` 4, a run
+    resumed from checkpoint-2 counted steps 3-4 alone as the stage's `train_tokens`, and its rate over them."""
+    train = {"packing": True, "per_device_train_batch_size": 4, "max_steps": 4, "save_steps": 2, "logging_steps": 4}
+    whole, *_ = sft_run(tiny_model_dir, rows, tmp_path / "whole", **train)
+    resumed, *_ = sft_run(tiny_model_dir, rows, tmp_path / "resumed", resume=tmp_path / "whole" / "checkpoint-2",
+                          **train)
+    summary = {name: next(e for e in trainer.state.log_history if "train_runtime" in e)
+               for name, trainer in (("whole", whole), ("resumed", resumed))}
+    saved = json.loads((tmp_path / "whole" / "checkpoint-2" / "trainer_state.json").read_text())
+    kept = saved["stateful_callbacks"]["ThroughputMeter"]["attributes"]["totals"]
+    assert 0 < kept["tokens"] < summary["whole"]["train_tokens"] and kept["seconds"] > 0
+    assert summary["resumed"]["train_tokens"] == summary["whole"]["train_tokens"]
+    # the one log (step 4) still covers its whole window, the steps before the save included
+    [logged] = [e for e in whole.state.log_history if "loss" in e]
+    assert logged["tokens_per_s"] * kept["seconds"] < summary["whole"]["train_tokens"]
+
+
 def test_a_run_without_a_known_peak_says_why_mfu_is_not_shown(tmp_path, tiny_model_dir, rows, capsys, monkeypatch):
     """MFU was left out of the progress line without a word on a CPU, in fp32 or on a GPU of unknown peak."""
     from types import SimpleNamespace

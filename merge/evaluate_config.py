@@ -77,15 +77,23 @@ class _GenerationSuite(_DataSuite):
 
 
 class LossSuite(_DataSuite):
-    """Held-out loss and perplexity: on chats (rows with `messages`, rendered with their `tools`), the assistant
-    tokens SFT would train: each turn in the rendering inference gives it, with its reasoning where it has a trace
-    and the row's `thinking_mode` is not off, else with thinking off (no empty think block is scored); on raw text (rows with a `text` string, as continued pre-training reads documents), every token. One suite
-    per language of a continued pre-training mix gives each language its own held-out loss."""
+    """Held-out loss and perplexity. On chats (rows with `messages`, rendered with their `tools`): the assistant
+    tokens of the samples SFT trains the row as (`tempa.chat_templates.expand`), each turn in the rendering inference
+    gives it, with its reasoning where it has a trace, else with thinking off (no empty think block is scored); a row
+    whose `thinking_mode` (or the suite's) is off scores every turn with thinking off. On raw text (rows with a `text`
+    string, as continued pre-training reads documents): every token. One suite per language of a continued
+    pre-training mix gives each language its own held-out loss."""
 
     type: Literal["loss"]
     reports: ClassVar[frozenset[str] | None] = frozenset({"loss", "perplexity", "tokens"})
-    max_length: int = Field(default=2048, ge=8, description="Truncate rendered chats and texts to this many tokens.")
-    batch_size: int = Field(default=4, ge=1, description="Chats per forward pass.")
+    thinking_mode: OnOff | None = Field(
+        default=None,
+        description="Score every chat as an SFT source of this `thinking_mode` trains it (off: no reasoning); default: "
+        "the row's `thinking_mode`, else on (a turn without a trace with thinking off), as a source's default.",
+    )
+    max_length: int = Field(default=2048, ge=8, description="Truncate each sample (a chat's, a text's) to this many "
+                            "tokens.")
+    batch_size: int = Field(default=4, ge=1, description="Samples per forward pass.")
 
 
 class AccuracySuite(_GenerationSuite):

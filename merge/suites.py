@@ -223,7 +223,8 @@ class CandidateScorer:
 
     def loss(self, suite: LossSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
         try:  # a row's tools render as training and serving render them (its definitions, or their JSON text)
-            chats = [(chat, row.get("thinking_mode"), row_tools(row)) for row in rows if (chat := chat_messages(row))]
+            chats = [(chat, suite.thinking_mode or thinking_mode_of(row.get("thinking_mode"), "thinking_mode"),
+                      row_tools(row)) for row in rows if (chat := chat_messages(row))]
         except StageError as error:
             raise StageError(f"suite '{suite.key}': {error}") from None
         texts = [text for row in rows if not chat_messages(row) and (text := raw_text(row))]

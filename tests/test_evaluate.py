@@ -1163,7 +1163,8 @@ def test_the_accuracy_and_language_suites_read_numbers_as_the_rows_language_writ
     assert scorer.language(language, rows)["accuracy"] == 1.0
 
 
-def test_held_out_loss_scores_the_tokens_sft_trains_on_the_same_rows(tmp_path, tiny_model_dir, tokenizer_dir):
+@pytest.mark.parametrize("mode", [None, "off"], ids=["rows-own-modes", "suite-off"])
+def test_held_out_loss_scores_the_tokens_sft_trains_on_the_same_rows(tmp_path, tiny_model_dir, tokenizer_dir, mode):
     """A loss suite rendered each chat whole in the template's default mode (thinking on): a turn without a trace was
     scored with an empty `</think>` block SFT never trains (Swallow new-user trial: 81 tokens scored where SFT trains
     78), and a history turn was scored with its reasoning cut, as no sample trains it. The suite now scores the
@@ -1197,11 +1198,14 @@ def test_held_out_loss_scores_the_tokens_sft_trains_on_the_same_rows(tmp_path, t
         {"messages": [{"role": "user", "content": "Ibu kota Thailand?"},
                       {"role": "assistant", "content": "Bangkok.", "reasoning_content": "ingat"}],
          "thinking_mode": "off"},
+        {"messages": [{"role": "user", "content": "Ibu kota Laos?"},
+                      {"role": "assistant", "content": "Vientiane.", "reasoning_content": "ingat juga"}],
+         "thinking_mode": False},  # a JSON boolean reads as off, as the SFT reader reads it
     ]
     data = _write_rows(tmp_path / "held_out.jsonl", rows)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    source = DataConfig.model_validate({"sources": [{"name": "held", "path": data}]},
+    source = DataConfig.model_validate({"sources": [{"name": "held", "path": data, "thinking_mode": mode or "on"}]},
                                        context={"base_dir": str(tmp_path)})
     sft = prepare_sft_data(source, tokenizer, out_dir=tmp_path / "sft", cache_dir=tmp_path / "cache", seed=0,
                            max_length=4096)
@@ -1215,7 +1219,7 @@ def test_held_out_loss_scores_the_tokens_sft_trains_on_the_same_rows(tmp_path, t
         total -= sum(float(log_probs[p - 1, ids[p]]) for p in positions)
         count += len(positions)
 
-    suite = LossSuite.model_validate({"type": "loss", "data": data, "max_length": 4096})
+    suite = LossSuite.model_validate({"type": "loss", "data": data, "max_length": 4096, "thinking_mode": mode})
     scores = CandidateScorer(None, tokenizer, EvalGeneration(), model=model).loss(suite, load_rows(data))
     assert scores["tokens"] == count
     assert scores["loss"] == pytest.approx(total / count, rel=1e-4)

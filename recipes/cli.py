@@ -135,7 +135,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_dir(args, loaded) -> Path:
-    from tempa.recipes.rundir import recipe_ran
     from tempa.recipes.runner import profiles_ran
 
     if args.run_dir is not None:
@@ -150,13 +149,32 @@ def _run_dir(args, loaded) -> Path:
         print(f"tempa: {plain} holds this recipe's --profile {loaded.profile} run (started before such runs went to "
               f"{folder}): going on with it there", file=sys.stderr)
         folder = plain
-    other = recipe_ran(folder)
-    if other is not None and other != loaded.recipe.name:
+    other = _default_folder_of_another(folder, loaded.recipe.name)
+    if other is not None:
         # recipe "a" with --profile "b" and recipe "a-b" share a default folder; one would re-run the other's stages
-        raise RecipeError(f"{folder}: the default run directory holds a run of recipe '{other}', not of "
+        raise RecipeError(f"{folder}: the default run directory holds the run of recipe {other}, not of "
                           f"'{loaded.recipe.name}'; give --run-dir (a new folder, or that one to run this recipe "
                           "there on purpose)")
     return folder
+
+
+def _default_folder_of_another(folder: Path, name: str) -> str | None:
+    """The recipe (and --profile) whose own default run directory ``folder`` is, when that is another recipe than
+    ``name``: its runs/<name>-<profile> is ``name``'s runs/<name> too. A folder that another recipe only ran in on
+    purpose (`--run-dir`: a child recipe going on in its parent's folder) stays its owner's."""
+    from tempa.recipes.rundir import recipe_ran
+    from tempa.recipes.runner import profiles_ran
+
+    other = recipe_ran(folder)
+    if other is None or other == name:
+        return None
+    for profile in sorted(profiles_ran(folder)):
+        try:
+            if default_run_dir(other, profile or None) == folder:
+                return f"'{other}'" + (f" --profile {profile}" if profile else "")
+        except ValueError:
+            continue
+    return None
 
 
 def given_run_dir(given: Path) -> Path:
@@ -164,7 +182,7 @@ def given_run_dir(given: Path) -> Path:
     run's folder, or the recipe (a path or a shipped recipe's name) for its default folder: runs/<recipe name>, or
     runs/<recipe name>-<profile> where only the run of that profile is there."""
     from tempa.recipes.loader import recipe_name, recipe_profiles
-    from tempa.recipes.rundir import NotARunDirError, recipe_ran
+    from tempa.recipes.rundir import NotARunDirError
 
     if given.is_dir():
         return given
@@ -183,9 +201,9 @@ def given_run_dir(given: Path) -> Path:
         except ValueError:
             continue  # a profile whose runs need a --run-dir of their own
     there = [folder for folder in folders if folder.is_dir()]
-    others = {folder: other for folder in there if (other := recipe_ran(folder)) not in (None, name)}
+    others = {folder: other for folder in there if (other := _default_folder_of_another(folder, name)) is not None}
     if others and len(others) == len(there):
-        held = ", ".join(f"{folder} holds a run of recipe '{other}'" for folder, other in others.items())
+        held = ", ".join(f"{folder} holds the run of recipe {other}" for folder, other in others.items())
         raise NotARunDirError(f"{given}: {held}, not of '{name}'; give the --run-dir this recipe ran with")
     there = [folder for folder in there if folder not in others]
     if len(there) == 1:

@@ -155,14 +155,16 @@ def test_a_full_width_slip_is_named_on_its_line_with_the_fix(tmp_path, line, wri
 
 # --- a recipe given to the commands that read a run -----------------------------------------------------------------
 
-def _ran(folder: Path, name: str, recipe: str | None = None) -> Path:
-    """A run of recipe ``recipe`` (default: ``name``) in runs/``name`` under ``folder``: its sft stage failed."""
+def _ran(folder: Path, name: str, recipe: str | None = None, profile: str = "") -> Path:
+    """A run of recipe ``recipe`` (default: ``name``) with --profile ``profile`` in runs/``name`` under ``folder``: its
+    sft stage failed."""
     run_dir = folder / "runs" / name
     (run_dir / "sft").mkdir(parents=True)
     (run_dir / "recipe.resolved.yaml").write_text(f"name: {recipe or name}\nbase_model: tempa:tiny\n"
                                                   "stages: [{name: sft, kind: sft}]\n", encoding="utf-8")
-    (run_dir / "sft" / "manifest.json").write_text('{"name": "sft", "kind": "sft", "status": "failed", "error": '
-                                                   '"boom", "fingerprint": "f", "started_at": 0}', encoding="utf-8")
+    (run_dir / "sft" / "manifest.json").write_text(json.dumps({
+        "name": "sft", "kind": "sft", "status": "failed", "error": "boom", "fingerprint": "f", "started_at": 0,
+        "profile": profile}), encoding="utf-8")
     return run_dir
 
 
@@ -283,7 +285,7 @@ def test_the_commands_that_read_a_run_find_the_profiles_run_and_ask_when_both_ar
         f"tempa: error: m.yaml: the recipe's default run directory runs/swallow-ja does not exist under {folder}, "
         "nor do its --profile ones (runs/swallow-ja-tiny); give the --run-dir it ran with, or run it first "
         "(tempa run m.yaml)")
-    _ran(folder, "swallow-ja-tiny", recipe="swallow-ja")
+    _ran(folder, "swallow-ja-tiny", recipe="swallow-ja", profile="tiny")
     assert main(["status", "m.yaml", "--json"]) == 0
     assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["sft"]
     _ran(folder, "swallow-ja")
@@ -308,21 +310,27 @@ def test_a_recipe_whose_default_folder_holds_another_recipes_run_is_not_run_or_r
                      encoding="utf-8")
     _with_profiles(folder, "tiny")
     monkeypatch.chdir(folder)
-    _ran(folder, "swallow-ja-tiny", recipe="swallow-ja")
+    run_dir = _ran(folder, "swallow-ja-tiny", recipe="swallow-ja", profile="tiny")
     assert _run_dir(argparse.Namespace(run_dir=None), load_recipe("m.yaml", profile="tiny")) == Path("runs/swallow-ja-tiny")
-    with pytest.raises(RecipeError, match=r"^runs/swallow-ja-tiny: the default run directory holds a run of recipe "
-                                          r"'swallow-ja', not of 'swallow-ja-tiny'; give --run-dir \(a new folder, or "
-                                          r"that one to run this recipe there on purpose\)$"):
+    with pytest.raises(RecipeError, match=r"^runs/swallow-ja-tiny: the default run directory holds the run of recipe "
+                                          r"'swallow-ja' --profile tiny, not of 'swallow-ja-tiny'; give --run-dir \(a "
+                                          r"new folder, or that one to run this recipe there on purpose\)$"):
         _run_dir(argparse.Namespace(run_dir=None), load_recipe(other))
     # on purpose: a child recipe may go on in its parent's folder, whose finished stages it shares
     assert _run_dir(argparse.Namespace(run_dir=Path("runs/swallow-ja-tiny")), load_recipe(other)) == Path(
         "runs/swallow-ja-tiny")
     assert main(["status", "other.yaml", "--json"]) == 1
     assert capsys.readouterr().err.strip() == (
-        "tempa: error: other.yaml: runs/swallow-ja-tiny holds a run of recipe 'swallow-ja', not of 'swallow-ja-tiny'; "
-        "give the --run-dir this recipe ran with")
+        "tempa: error: other.yaml: runs/swallow-ja-tiny holds the run of recipe 'swallow-ja' --profile tiny, not of "
+        "'swallow-ja-tiny'; give the --run-dir this recipe ran with")
     assert main(["status", "m.yaml", "--json"]) == 0
     assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["sft"]
+    # and the other way round: once recipe 'swallow-ja-tiny' ran there on purpose (the last to run writes the
+    # folder's recipe.resolved.yaml), the folder is still 'swallow-ja' --profile tiny's own default one
+    (run_dir / "recipe.resolved.yaml").write_text("name: swallow-ja-tiny\nbase_model: tempa:tiny\nstages: []\n",
+                                                  encoding="utf-8")
+    assert _run_dir(argparse.Namespace(run_dir=None), load_recipe("m.yaml", profile="tiny")) == Path("runs/swallow-ja-tiny")
+    assert main(["status", "m.yaml", "--json"]) == 0
 
 
 @pytest.mark.parametrize("where", ["profile", "extends"])

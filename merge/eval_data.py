@@ -29,7 +29,7 @@ from tempa.chat_templates.json_files import (
 )
 from tempa.chat_templates.one_line import first_line
 from tempa.chat_templates.roles import ROLES
-from tempa.sft.formats import FormatSpec, RowError, composed_values, normalize_row, tools_of
+from tempa.sft.formats import FormatSpec, RowError, composed, normalize_row, tools_of
 from tempa.sft.stage_api import EvalPrompt, EvalPrompts, StageError, looks_local
 
 
@@ -42,13 +42,7 @@ def load_rows(source: str, *, split: str = "train", max_rows: int | None = None)
 def load_named_rows(source: str, *, split: str = "train",
                     max_rows: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """:func:`load_rows`, and how a message names each row: its file and line (JSON Lines) or row
-    (:class:`RowPlace`), as every reader of users' rows names them. Text is read composed (NFC), as training reads
-    it: a suite saved decomposed scores the model on the text it trained on."""
-    rows, names = _named_rows(source, split=split, max_rows=max_rows)
-    return [composed_values(row) for row in rows], names
-
-
-def _named_rows(source: str, *, split: str, max_rows: int | None) -> tuple[list[dict[str, Any]], list[str]]:
+    (:class:`RowPlace`), as every reader of users' rows names them."""
     path = Path(source)
     if path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
         rows, names = _read_json_rows(path)
@@ -140,7 +134,8 @@ def _read_json_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 def prompt_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
     """The chat a model should answer: the row's messages without their closing assistant turns. A tool loop keeps
-    its calls and results, so an agent is asked where its answer is due, from the results it was given."""
+    its calls and results, so an agent is asked where its answer is due, from the results it was given. Its text is
+    composed as training reads text (:func:`~tempa.sft.formats.composed`)."""
     messages = row.get("messages")
     if messages:
         if not any(m.get("role") == "user" for m in messages):
@@ -148,12 +143,13 @@ def prompt_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
         end = len(messages)
         while messages[end - 1].get("role") == "assistant":
             end -= 1
-        return [dict(m) for m in messages[:end]]
+        return [{**m, "content": composed(m["content"])} if isinstance(m.get("content"), str) else dict(m)
+                for m in messages[:end]]
     prompt = row.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise StageError(f"evaluation row has neither 'messages' nor a 'prompt' string: {str(row)[:120]}")
-    chat = [{"role": "system", "content": row["system"]}] if row.get("system") else []
-    chat.append({"role": "user", "content": prompt})
+    chat = [{"role": "system", "content": composed(row["system"])}] if row.get("system") else []
+    chat.append({"role": "user", "content": composed(prompt)})
     return chat
 
 

@@ -42,7 +42,7 @@ from tempa.merge.win_rate import (
     win_rates,
 )
 from tempa.sft.curation import check_tool_results
-from tempa.sft.formats import RowError, thinking_mode_of
+from tempa.sft.formats import RowError, composed, thinking_mode_of
 from tempa.sft.language import detect as detect_language
 from tempa.sft.language import reasoning_verdict
 from tempa.sft.stage_api import StageError
@@ -381,7 +381,7 @@ def rows_problem(suite: Suite, rows: Sequence[dict[str, Any]]) -> str | None:
 def raw_text(row: dict[str, Any]) -> str | None:
     """A loss row's raw text (continued pre-training's held-out documents: every token scored), or None."""
     text = row.get("text")
-    return text if isinstance(text, str) and text.strip() else None
+    return composed(text) if isinstance(text, str) and text.strip() else None  # as the pretrain stage reads it
 
 
 def encode_chats(tokenizer, chats: Sequence[tuple[Messages, str | None, list[dict[str, Any]] | None]],

@@ -111,13 +111,33 @@ def test_a_prompt_in_nfd_is_sampled_and_keyed_as_its_nfc_twin(row, tmp_path):
     assert to_prompt(row, 0, source) == to_prompt({"prompt": PHO}, 0, source)
 
 
-def test_an_evaluation_suite_in_nfd_is_scored_on_its_nfc_twin(tmp_path):
-    from tempa.merge.eval_data import load_named_rows
+def test_an_evaluation_suite_in_nfd_prompts_and_scores_its_nfc_twin(tmp_path):
+    from tempa.merge.eval_data import chat_messages, load_rows, prompt_messages
+    from tempa.merge.suites import raw_text
 
-    row = {"messages": [{"role": "user", "content": PHO}, {"role": "assistant", "content": ANSWER}], "answer": "phở"}
+    rows = [{"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PHO},
+                          {"role": "assistant", "content": ANSWER}], "answer": "phở"},
+            {"prompt": PHO, "system": SYSTEM},
+            {"text": f"{PHO} {ANSWER}"}]
     path = tmp_path / "suite.jsonl"
-    path.write_text(json.dumps(json.loads(nfd(json.dumps(row, ensure_ascii=False))), ensure_ascii=False) + "\n",
-                    encoding="utf-8")
+    path.write_text("".join(json.dumps(json.loads(nfd(json.dumps(row, ensure_ascii=False))), ensure_ascii=False) + "\n"
+                            for row in rows), encoding="utf-8")
     assert nfd(PHO) in path.read_text(encoding="utf-8")
-    rows, _ = load_named_rows(str(path))
-    assert rows == [row]
+    read = load_rows(str(path))
+    assert prompt_messages(read[0]) == prompt_messages(rows[0]) == rows[0]["messages"][:2]
+    assert prompt_messages(read[1]) == prompt_messages(rows[1])
+    assert chat_messages(read[0]) == chat_messages(rows[0])
+    assert raw_text(read[2]) == rows[2]["text"]
+
+
+def test_a_character_nfc_would_replace_by_another_stays_as_written():
+    """NFC also maps singletons: CJK compatibility ideographs (塚 U+FA10, written in Japanese names) to the unified
+    ideograph, Å U+212B to U+00C5, the Greek question mark to ';'. That changes the character, not its form; the
+    combining sequences around them are still composed."""
+    from tempa.sft.formats import composed
+
+    kept = "\ufa10田 \uf929 \u212b \u037e"
+    text = f"{kept} {nfd('Hà Nội')} {nfd('がぎぐ')} {nfd('한국어')}"
+    assert unicodedata.normalize("NFC", text) != f"{kept} Hà Nội がぎぐ 한국어"  # NFC would replace them
+    assert composed(text) == f"{kept} Hà Nội がぎぐ 한국어"
+    assert composed(kept) == kept

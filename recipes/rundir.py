@@ -70,7 +70,8 @@ class Manifest(BaseModel):
     result: dict[str, Any] | None = Field(default=None, description="The stage's typed result, as JSON.")
     interrupted: str | None = Field(
         default=None, description="What stopped the run during this stage (Ctrl-C, SIGTERM, SIGHUP), as the runner "
-        "caught it; None for a runner that could not say (SIGKILL, the out-of-memory killer, a crash of the machine).")
+        "caught it; '' while nothing did, or where the runner could not say (SIGKILL, the out-of-memory killer, a "
+        "crash of the machine); None: an older tempa's manifest, which did not record it.")
 
     @property
     def metrics(self) -> dict[str, Any]:

@@ -848,7 +848,7 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
                         components=decision.components, status="running", action=decision.action,
                         started_at=time.time(), tempa_version=__version__, start_model=ctx.start_model,
                         run_id=run_ids[decision.name], inputs={dep: run_ids.get(dep, "") for dep in decision.inputs},
-                        config=decision.config, profile=profile or "")
+                        config=decision.config, profile=profile or "", interrupted="")
     manifest.write(stage_dir, run_dir)
     try:
         result = kind.run(config, ctx)
@@ -1018,6 +1018,8 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
 
 
 def _why_it_stopped(manifest: Manifest) -> str:
+    if manifest.interrupted is None:
+        return "why it stopped is not recorded (an older tempa ran it)"
     if manifest.interrupted:
         return f"stopped by {manifest.interrupted}"
     return "the runner stopped without saying why: SIGKILL, the out-of-memory killer or a machine that went down"

@@ -523,6 +523,12 @@ def test_status_tells_running_from_interrupted(recipe, tmp_path):
     assert stage_status(load_recipe(recipe).names, run_dir)[1].state == "interrupted"
     assert "interrupted" in plan_run(load_recipe(recipe), run_dir,
                                      running_elsewhere=run_in_progress(run_dir))[1].reason
+    # a manifest of a tempa that did not record why a run stopped is not taken for a SIGKILL (a review's finding)
+    manifest = json_or_none(run_dir / "b" / MANIFEST)
+    assert manifest.pop("interrupted") == ""
+    (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
+    assert stage_status(load_recipe(recipe).names, run_dir)[1].note == ("why it stopped is not recorded (an older "
+                                                                        "tempa ran it)")
 
 
 def test_status_names_where_a_running_or_interrupted_stage_stands(recipe, tmp_path, monkeypatch):

@@ -26,8 +26,16 @@ class CliError(Exception):
     """A user-facing error: printed as one line, never as a traceback."""
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``template`` command (``render``, ``check``, ``bake``) to an argparse subparsers object."""
+# A conversation file's messages and tools, read as a training row is read (a think block in an answer as its
+# reasoning, tool-call arguments as JSON text); raises ValueError naming what is wrong.
+RowReader = Callable[[list[dict[str, Any]], "list[dict[str, Any]] | None"],
+                     "tuple[list[dict[str, Any]], list[dict[str, Any]] | None]"]
+
+
+def register(subparsers: Any, *, read_row: RowReader | None = None) -> None:
+    """Add the ``template`` command (``render``, ``check``, ``bake``) to an argparse subparsers object. ``read_row``:
+    how `render --tokens` reads the conversation before it shows the samples SFT trains (tempa's CLI passes the SFT
+    row reader, which lives on a floor above this package); without it, the messages as the file gives them."""
     parser = subparsers.add_parser("template", help="render, check and bake chat templates")
     parser.set_defaults(func=lambda args: _usage(parser))
     commands = parser.add_subparsers(title="template commands", metavar="{render,check,bake}")
@@ -55,7 +63,7 @@ def register(subparsers: Any) -> None:
         "conversation as (a turn before a later user message trains in its own), trained tokens marked; with "
         "--generation-prompt, the one rendering with its assistant tokens marked"
     )
-    render.set_defaults(func=_guarded("render", _render))
+    render.set_defaults(func=_guarded("render", _render), read_row=read_row)
 
     check = commands.add_parser("check", help="check every template invariant against a tokenizer")
     check.add_argument(
@@ -151,7 +159,15 @@ def _render(args: argparse.Namespace) -> int:
                 print(f"-- assistant tokens ({marking}): {sum(chat.assistant_mask)} of {len(chat.input_ids)}; "
                       f"thinking_mode={args.thinking or 'default'}")
                 return 0
+            if args.read_row is not None:
+                try:
+                    messages, tools = args.read_row(messages, tools)
+                except ValueError as error:
+                    raise CliError(f"{args.messages}: {error}") from None
             samples = training_samples(tokenizer, template, messages, tools, thinking=args.thinking != "off")
+            if not samples:
+                raise CliError(f"{args.messages}: no assistant turn, so nothing trains; --generation-prompt shows the "
+                               "prompt's tokens")
             for number, sample in enumerate(samples, 1):
                 turns = ", ".join(map(str, sorted(sample.turns)))
                 print(f"-- sample {number} of {len(samples)}: trains turn{'s' if len(sample.turns) > 1 else ''} "

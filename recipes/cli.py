@@ -130,8 +130,16 @@ def _parser() -> argparse.ArgumentParser:
     except ImportError:  # template tools not installed in this build
         pass
     else:
-        register(sub)
+        register(sub, read_row=_as_training_row)
     return parser
+
+
+def _as_training_row(messages: list[dict], tools: list[dict] | None) -> tuple[list[dict], list[dict] | None]:
+    """A conversation file as the SFT reader reads a row (`template render --tokens`); ValueError names the problem."""
+    from tempa.sft.formats import FormatSpec, normalize_row
+
+    conversation = normalize_row({"messages": messages, "tools": tools}, FormatSpec("messages"))
+    return conversation.messages, conversation.tools
 
 
 def _run_dir(args, loaded) -> Path:

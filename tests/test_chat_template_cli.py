@@ -351,3 +351,24 @@ def test_render_tokens_shows_the_samples_sft_trains_not_one_rendering(baked: Pat
     assert "Hai juga" in second and "Hai juga" not in second_trained and "sapa balik" not in second
     assert lines[-1].startswith("-- trained (between [[ ]]): ") and " tokens in 2 samples, as tempa's SFT trains" \
         in lines[-1] and lines[-1].endswith("thinking_mode=on")
+
+
+def test_tempa_render_tokens_reads_the_conversation_as_sft_reads_a_row(baked: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`tempa template render --tokens` showed the messages as the file gave them: a think block inside the answer
+    stayed content, shown trained as text, where SFT reads it as the turn's reasoning (a review's finding)."""
+    from tempa.recipes.cli import main as tempa
+
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps([{"role": "user", "content": "Berapa 2+2?"},
+                                {"role": "assistant", "content": "<think>dua tambah dua</think>4"}]), encoding="utf-8")
+    argv = ["template", "render", "--tokenizer", str(baked), "--messages", str(path), "--thinking", "on", "--tokens"]
+    assert tempa(argv) == 0
+    out = capsys.readouterr().out
+    view = out.split("\n", 1)[1].rsplit("\n-- trained", 1)[0].replace("·", "").replace("↵", "\n")
+    trained = view[view.index("[[") + 2:view.index("]]")]
+    assert trained.startswith("dua tambah dua") and "<think>" not in trained  # the reasoning, after the prefill
+    assert trained.endswith("4<|eot_id|>")
+    path.write_text(json.dumps([{"role": "user", "content": "Halo"}]), encoding="utf-8")
+    assert tempa(argv) == 2
+    assert "no assistant turn, so nothing trains" in capsys.readouterr().err

@@ -69,7 +69,7 @@ def number_body(language: str | None) -> str:
 def plain_number(token: str, language: str | None = None) -> str | None:
     """One number as :func:`number_body` finds it, as plain ASCII digits with a decimal point ("1.250" in
     Indonesian: "1250"; "2,5": "2.5"); None when ``token`` is not a number."""
-    text = re.sub(rf"[\s{_GROUP_SPACES}]", "", unicodedata.normalize("NFKC", token))
+    text = re.sub(rf"[\s{_GROUP_SPACES}]", "", unicodedata.normalize("NFKC", token).translate(DIGITS))
     if re.fullmatch(r"\d{1,2}(?:,\d{2})+,\d{3}(?:\.\d+)?", text):
         text = text.replace(",", "")
     elif re.fullmatch(r"\d{1,3}(?:\.\d{3})+,\d+|\d{1,3}(?:\.\d{3}){2,}", text) or (
@@ -321,7 +321,7 @@ def unit_number(text: str, language: str | None = None) -> str | None:
     """The number of a reference answer that is a number with a unit or currency ("12,000円", "12 cm", "₫100.000",
     "1,250 บาท"), as written; None when ``text`` is not one. Both answer readers compare such a reference as its
     number, so "答えは12000円" and "\\boxed{12}" give "12,000円" and "12 cm" in training and in evaluation alike."""
-    found = _unit_number_re(language).fullmatch(unicodedata.normalize("NFC", text.translate(FULL_WIDTH)).strip())
+    found = _unit_number_re(language).fullmatch(unicodedata.normalize("NFC", text.translate(FULL_WIDTH | DIGITS)).strip())
     number = (found.group("after") or found.group("before")) if found else None
     if number and re.search(f"[{_HAN}]", number):
         # 四十二個 is a number with a counter only where Han numerals are read (ja, zh), and 十分 (enough) none
@@ -339,6 +339,10 @@ FULL_WIDTH = {code: unicodedata.normalize("NFKC", chr(code)) for code in range(0
     0xFF1A: ": ", 0x3000: " "}
 # The minus sign (U+2212) that typeset and LaTeX-rendered text writes: math-verify reads no number in "−5".
 _MINUS = {0x2212: "-"}
+# The decimal digits of other scripts as ASCII (Thai ๑,๒๕๐ is 1,250; Devanagari, Arabic-Indic, Lao, Khmer, Myanmar, ...):
+# `\d` matches them, but the patterns that place a thousands comma start with [1-9], and math-verify reads none.
+DIGITS = {code: str(unicodedata.decimal(chr(code))) for code in range(0x80, 0x10000)
+          if unicodedata.category(chr(code)) == "Nd"}
 # A digit run touching a wide (Han, kana, Hangul) character, or one of a script written without spaces between words
 # (Thai, Lao, Myanmar, Khmer): "答えは42です", "คำตอบคือ1250บาท".
 _UNSPACED = r"[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u1100-\u11ff\u2e80-\ua4cf\uac00-\ud7af\uf900-\ufaff]"
@@ -355,7 +359,7 @@ def math_text(answer: str, language: str | None = None) -> str:
     (1万2千, and 四十二 where the reply writes no digits) as digits. math-verify finds a number only at a word boundary, and
     Han, kana, Hangul and Thai are word characters, so it found none in "答えは42です" or "คือ1250บาท" (and none in
     "４２" or "Rp1250" at all)."""
-    text = answer.translate(FULL_WIDTH | _MINUS)
+    text = answer.translate(FULL_WIDTH | _MINUS | DIGITS)
     reading = cjk_reading(text, language)
     text = plain_unit_numerals(text, reading)
     if not _number_re(language).search(text):  # a reply that writes digits commits to them (see han_numbers)

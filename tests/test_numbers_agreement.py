@@ -423,3 +423,17 @@ def test_unclosed_boxes_leave_the_closed_ones_read():
 ])
 def test_a_reference_written_as_bare_latex_is_read_whole_in_both_readers(reply, verdict):
     assert_both("en", reply, r"2\sqrt{3}", verdict)
+
+
+@pytest.mark.parametrize(("language", "reply", "expected", "verdict"), [
+    ("th", "คำตอบคือ 1,000", "๑,๐๐๐", True),  # a Thai reference with a thousands comma read as 1 (Thai trial)
+    ("th", "คำตอบคือ 1", "๑,๐๐๐", False),  # ... so that "1" matched it
+    ("th", "คำตอบคือ ๘,๗๔๑", "8741", True),  # a Thai reply with a thousands comma read as 8.741
+    ("th", "คำตอบคือ ๑,๒๕๐,๐๐๐ บาท", 1250000, True),
+    ("th", "คำตอบคือ ๘๗๔๑", 8741, True),  # without a comma it read right already
+    ("th", "คำตอบคือ ๓.๕", "3.5", True),
+    ("hi", "उत्तर है १,२३४", 1234, True),  # Devanagari digits, and every other script's, the same way
+    ("en", "The answer is ١,٢٣٤", 1234, True),  # Arabic-Indic digits
+])
+def test_digits_of_other_scripts_are_read_as_their_numbers(language, reply, expected, verdict):
+    assert_both(language, reply, expected, verdict)

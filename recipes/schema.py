@@ -137,6 +137,14 @@ class LaunchConfig(BaseModel):
             # torch's CPUOffloadPolicy pins the host copies for transfers to a GPU, which needs CUDA
             raise ValueError(f"launch.use_cpu: {Path(engine.source).name} offloads parameters to the CPU for a "
                              "GPU, which needs CUDA; on CPU they are in host RAM already: use accelerate_config: fsdp2")
+        processes = self.num_processes or engine.num_processes or 1
+        if self.use_cpu and self.launcher == "accelerate" and engine.name != "fsdp2" and processes > 1:
+            # accelerate's --cpu starts its simple launcher, ONE process, for any config but FSDP2's (tempa runs
+            # those ranks on CPU itself); its own multi-process CPU launch needs MPI. It trained silently alone.
+            raise ValueError(f"launch.use_cpu: accelerate starts one CPU process for {Path(engine.source).name}, not "
+                             f"{processes} (several need MPI); for {processes} CPU processes use launcher: torchrun "
+                             "(with deepspeed_config: zero3-cpu for ZeRO-3) or accelerate_config: fsdp2, or set "
+                             "num_processes: 1")
         if self.sequence_parallel > 1:
             if not (engine.name == "fsdp2" or (engine.name == "deepspeed" and engine.zero_stage == 3)) \
                     or self.launcher != "accelerate":

@@ -255,6 +255,10 @@ def test_long_context_activation_table_and_sequence_parallel(tmp_path):
     ("{accelerate_config: zero3, num_processes: 6, sequence_parallel: 4}", "must divide the 6 processes"),
     ("{accelerate_config: fsdp2, sequence_parallel: 2, use_cpu: true}", "sequence/context parallelism needs GPUs"),
     ("{launcher: torchrun, deepspeed_config: zero3, sequence_parallel: 2}", "needs accelerate"),
+    # accelerate's --cpu runs one process for these: the run trained alone, silently (Thai trial)
+    ("{accelerate_config: ddp, num_processes: 2, use_cpu: true}", "launch.use_cpu: accelerate starts one CPU process "
+     "for ddp.yaml, not 2 (several need MPI); for 2 CPU processes use launcher: torchrun"),
+    ("{accelerate_config: zero3, use_cpu: true}", "accelerate starts one CPU process for zero3.yaml, not 8"),
 ])
 def test_launch_settings_that_cannot_work_are_refused_up_front(tmp_path, launch, message):
     path = tmp_path / "r.yaml"

@@ -9,8 +9,9 @@ so importing the package is cheap.
 from tempa.sft.checkpoints import resume_point
 from tempa.sft.data_size import estimate_sft
 from tempa.sft.pretrain_config import PretrainStageConfig
-from tempa.sft.pretrain_stage import PretrainResult, estimate_pretrain, max_steps_line, run_pretrain
+from tempa.sft.pretrain_stage import PretrainResult, estimate_pretrain, run_pretrain
 from tempa.sft.pretrain_stage import check_inputs as check_pretrain_inputs
+from tempa.sft.pretrain_stage import input_warnings as pretrain_warnings
 from tempa.sft.stage import SFTResult, SFTStageConfig, check_inputs, input_warnings, run_sft
 from tempa.sft.stage_api import Artifact, StageKind
 
@@ -41,7 +42,7 @@ PRETRAIN = StageKind(
     resume_point=resume_point,
     estimate=estimate_pretrain,
     check_inputs=check_pretrain_inputs,
-    input_warnings=lambda config: [line] if (line := max_steps_line(config)) else [],
+    input_warnings=pretrain_warnings,
 )
 
 STAGE_KINDS = (SFT, PRETRAIN)

@@ -497,6 +497,22 @@ def check_inputs(config: PretrainStageConfig) -> None:
                 raise DataError(f"data source '{source.name}', {_name_in(file, Path(source.path))}: {problem}")
 
 
+def input_warnings(config: PretrainStageConfig) -> list[str]:
+    """What is likely, not certainly, wrong: max_steps deciding the tokens (:func:`max_steps_line`), and .txt files
+    of a source's folder that hold no text (skipped; a source of only such files is refused)."""
+    from tempa.chat_templates.json_files import has_text
+
+    lines = [line] if (line := max_steps_line(config)) else []
+    for source in config.sources:
+        files = txt_files(source) or []
+        blank = [file for file in files if not has_text(file)]
+        if blank and len(blank) < len(files):
+            shown = ", ".join(_name_in(file, Path(source.path)) for file in blank[:3])
+            lines.append(f"data source '{source.name}': {len(blank)} of its {len(files)} .txt files hold no text "
+                         f"and give no document ({shown}{', ...' if len(blank) > 3 else ''})")
+    return lines
+
+
 # Tokens read per window of a budgeted source (see _tokenise_source), over the bytes its rows hold: a first guess
 # above what text gives (English about 0.22 tokens a byte with Llama 3's tokenizer, JSON-escaped Thai less), so that
 # the first window stops short of the budget rather than far past it; later windows go by the rate measured so far.

@@ -385,3 +385,22 @@ def test_plain_text_files_are_documents_as_the_source_says(tmp_path, tiny_model_
         PretrainStageConfig.model_validate({
             "name": "cpt", "sources": [{"name": "web", "path": "org/corpus", "txt_document": "line"}],
             "train": {"lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+
+
+def test_blank_txt_files_in_a_source_folder_are_named_in_a_warning(tmp_path):
+    """A folder of .txt files, one of them empty: the empty one gave no document and nothing said so (Thai trial);
+    a folder of nothing but blank files is refused, as before."""
+    from tempa.sft.pretrain_stage import input_warnings
+
+    folder = tmp_path / "th"
+    folder.mkdir()
+    (folder / "a.txt").write_text("ข้าวมันไก่อร่อยมาก\n", encoding="utf-8")
+    (folder / "empty.txt").write_text("", encoding="utf-8")
+    (folder / "spaces.txt").write_text(" \n\t\n", encoding="utf-8")
+    config = PretrainStageConfig.model_validate({"name": "cpt", "sources": [{"name": "th", "path": str(folder)}],
+                                                 "train": {"lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+    assert input_warnings(config) == ["data source 'th': 2 of its 3 .txt files hold no text and give no document "
+                                      "(empty.txt, spaces.txt)"]
+    (folder / "empty.txt").write_text("ต้มยำกุ้ง\n", encoding="utf-8")
+    (folder / "spaces.txt").write_text("ส้มตำ\n", encoding="utf-8")
+    assert input_warnings(config) == []

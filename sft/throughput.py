@@ -19,8 +19,7 @@ The meter writes them into the log dict itself, so the progress line, the tracke
 (``report_to``) and the Trainer's ``log_history`` (metrics.json, the report) all get the same
 numbers; it must run before the trackers' callbacks (:func:`add_throughput_callbacks`). The
 Trainer's last log (``train_runtime``) gets the run's averages under ``train_*`` keys: over the whole
-stage, a resumed one included (each checkpoint keeps the totals as of its step's training log, in
-``trainer_state.json``).
+stage, a resumed one included (each checkpoint keeps the totals through its step, in ``trainer_state.json``).
 """
 
 from __future__ import annotations
@@ -353,15 +352,26 @@ class ProgressLine(TrainerCallback):
 
 
 class _WindowAtSave(TrainerCallback):
-    """At the end of a step that saves between training logs, has the meter take its window for the checkpoint
-    (:meth:`ThroughputMeter.state`): a resume from it lost the steps since the last log from the stage's tokens and
-    rate. After the Trainer's flow callback, which decides the save; a log at the same step closes the window first."""
+    """Before a checkpoint is saved, has the meter take its window for it (:meth:`ThroughputMeter.state`): a resume
+    from a checkpoint saved between training logs lost the steps since the last log from the stage's tokens and
+    rate. After the Trainer's flow callback, which decides a save at a step's or an epoch's end; `save_strategy:
+    best` decides it after an evaluation, so there the window is taken at every evaluation. Every process runs these with
+    the same decisions, so the counts' all-reduce matches across ranks; taking the window early costs the log
+    nothing (it reports the counts taken)."""
 
     def __init__(self, meter: ThroughputMeter) -> None:
         self.meter = meter
 
     def on_step_end(self, args, state, control, **kwargs):
-        if control.should_save and not control.should_log:
+        if control.should_save:
+            self.meter.keep_window_for_save()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            self.meter.keep_window_for_save()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if args.save_strategy == "best":
             self.meter.keep_window_for_save()
 
 

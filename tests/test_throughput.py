@@ -196,10 +196,15 @@ def test_a_resumed_run_reports_the_whole_stages_tokens_and_rate(tmp_path, tiny_m
         "train_tokens"] == tokens[1]
 
 
-def test_a_checkpoint_between_logs_keeps_the_tokens_since_the_last_log(tmp_path, tiny_model_dir, rows):
+@pytest.mark.parametrize("save", ["steps", "epoch"])
+def test_a_checkpoint_between_logs_keeps_the_tokens_since_the_last_log(tmp_path, tiny_model_dir, rows, save):
     """A checkpoint kept the totals as of the last training log: with `save_steps` 2 and `logging_steps` 4, a run
-    resumed from checkpoint-2 counted steps 3-4 alone as the stage's `train_tokens`, and its rate over them."""
+    resumed from checkpoint-2 counted steps 3-4 alone as the stage's `train_tokens`, and its rate over them; and so
+    with `save_strategy: epoch`, two steps an epoch (a review's finding: epoch saves are decided at the epoch's end)."""
     train = {"packing": True, "per_device_train_batch_size": 4, "max_steps": 4, "save_steps": 2, "logging_steps": 4}
+    if save == "epoch":
+        train = {**train, "packing": False, "max_steps": -1, "num_train_epochs": 2, "save_strategy": "epoch",
+                 "per_device_train_batch_size": len(rows[0]) // 2}  # two steps an epoch: checkpoint-2 at the first
     whole, *_ = sft_run(tiny_model_dir, rows, tmp_path / "whole", **train)
     resumed, *_ = sft_run(tiny_model_dir, rows, tmp_path / "resumed", resume=tmp_path / "whole" / "checkpoint-2",
                           **train)

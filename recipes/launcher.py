@@ -230,8 +230,8 @@ def hardware_problem(launch: LaunchConfig) -> str | None:
     engine = launch.engine()
     processes = launch.num_processes or engine.num_processes or launch.num_machines
     return (f"launch: {processes} training processes ({engine.label}, one per GPU), and this machine has no CUDA GPU; "
-            "set launch.use_cpu: true to train in CPU processes (a --profile for this machine), or run it on the GPU "
-            "node")
+            "run it on the GPU node, or train on this CPU (a --profile for this machine): launch.use_cpu: true with "
+            "accelerate_config: single, or with several processes launcher: torchrun or accelerate_config: fsdp2")
 
 
 def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Path, *, log,

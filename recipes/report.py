@@ -275,7 +275,7 @@ def _run_averages(headline: dict[str, float]) -> str:
     """The run's throughput in one line, as the stage's metrics.json has it."""
     if "train_tokens" not in headline:
         return ""
-    parts = [f"{headline['train_tokens']:,} tokens through the model (prompts included)"]
+    parts = [f"{headline['train_tokens']:,} non-padding tokens through the model"]
     if "train_tokens_per_s" in headline:
         parts.append(f"{headline['train_tokens_per_s']:,.0f} tokens/s per device")
     if "train_mfu" in headline:

@@ -104,8 +104,8 @@ def test_report_page_has_every_section(reported_run):
     assert "&lt;think&gt;\n&lt;/think&gt;" in page
     # each trained model's run averages, as its stage's metrics.json has them (the sft stage's here)
     metrics = json.loads((reported_run / "sft" / "metrics.json").read_text())
-    assert (f"<p class='run-averages'>run averages: {metrics['train_tokens']:,} tokens through the model (prompts "
-            f"included), {metrics['train_tokens_per_s']:,.0f} tokens/s per device, padding "
+    assert (f"<p class='run-averages'>run averages: {metrics['train_tokens']:,} non-padding tokens through the "
+            f"model, {metrics['train_tokens_per_s']:,.0f} tokens/s per device, padding "
             f"{100 * metrics['train_padding_fraction']:.1f}%</p>") in page
 
 

@@ -421,7 +421,7 @@ def test_fsdp2_on_cpu_launches_fsdp_processes_in_fp32():
     assert args.use_fsdp and args.num_processes == 2 and not args.cpu and args.mixed_precision == "no"
     bf16 = launch_command(LaunchConfig(accelerate_config="fsdp2", use_cpu=True, mixed_precision="bf16"), "m", [])
     assert bf16.count("--mixed_precision") == 1 and bf16[bf16.index("--mixed_precision") + 1] == "bf16"
-    assert "--cpu" in launch_command(LaunchConfig(accelerate_config="zero3", use_cpu=True), "m", [])
+    assert "--cpu" in launch_command(LaunchConfig(accelerate_config="zero3", num_processes=1, use_cpu=True), "m", [])
 
 
 def test_one_training_process_sees_one_gpu_unless_the_user_names_them(monkeypatch):
@@ -494,7 +494,9 @@ def test_a_launch_for_gpus_on_a_machine_without_one_is_refused_before_the_first_
     recipe = sft_recipe(tmp_path, tiny_model_dir, launch=f"launch: {launch}")
     processes = "8" if "zero3}" in launch else "4"
     refusal = (rf"stage 'sft' would fail: launch: {processes} training processes \(DeepSpeed ZeRO-3[^)]*, one per GPU\), "
-               r"and this machine has no CUDA GPU; set launch.use_cpu: true to train in CPU processes")
+               r"and this machine has no CUDA GPU; run it on the GPU node, or train on this CPU \(a --profile for "
+               r"this machine\): launch.use_cpu: true with accelerate_config: single, or with several processes "
+               r"launcher: torchrun or accelerate_config: fsdp2")
     with pytest.raises(StageError, match=refusal):
         run_recipe(load_recipe(recipe), tmp_path / "run")
     assert not (tmp_path / "run" / "sft").exists() and not (tmp_path / "run" / "tokenizer").exists()

@@ -259,11 +259,10 @@ Alpaca's `instruction` + `input` + `output` are single turns. A row's `tools` (a
 list as JSON text) is rendered with it. A reasoning trace is read from `reasoning_content`, `reasoning` or
 `thinking`, or from a think block at the start of the answer; the source's `thinking_mode` decides whether it is
 trained, and a row's own `thinking_mode` (`on` or `off`, as in prompt files) wins over it. Text (turns,
-reasoning, system prompts) is read with its combining sequences composed, as Unicode's NFC composes them, and so are
-prompts, preference pairs, evaluation prompts and texts, and `pretrain` documents: a file saved decomposed (NFD, as
-macOS tools write Vietnamese diacritics or Japanese kana with dakuten) trains on the same tokens as its NFC twin.
-Characters NFC would replace by another (CJK compatibility ideographs such as 塚 U+FA10, Å U+212B) stay as
-written, and so do tool definitions and tool-call arguments.
+reasoning, system prompts) is read in Unicode's NFC, and so are prompts, preference pairs, evaluation prompts and
+texts, and `pretrain` documents: a file saved decomposed (NFD, as macOS tools write Vietnamese diacritics or Japanese
+kana with dakuten) trains on the same tokens as its NFC twin. CJK compatibility ideographs (塚 U+FA10, which NFC
+replaces by U+585A) and the Ω, K and Å signs stay as written, and so do tool definitions and tool-call arguments.
 
 ## Prompt files
 

@@ -17,8 +17,7 @@ Tool-call arguments are stored as canonical JSON text (``json.dumps(..., ensure_
 exactly what the templates' ``tojson`` writes for an object, so a row renders the same whichever way it
 spelled them.
 
-Text is read with its combining sequences composed, as NFC composes them (:func:`composed`), whatever form the file
-holds.
+Text is read in NFC (:func:`composed`), whatever form the file holds.
 
 Everything here is a pure function of the row and a :class:`FormatSpec`. A row that cannot be
 read raises :class:`RowError` with a one-line reason; the caller turns that into a reject.
@@ -27,8 +26,6 @@ read raises :class:`RowError` with a one-line reason; the caller turns that into
 from __future__ import annotations
 
 import ast
-import functools
-import itertools
 import json
 import math
 import re
@@ -186,29 +183,21 @@ def check_columns(columns: Sequence[str], spec: FormatSpec, where: str) -> None:
             raise DataError(f"{where}: format '{fmt}' expects a column {wanted}; found columns: {found}")
 
 
+# Characters NFC replaces by another one that is a change of character, not of form: the CJK compatibility
+# ideographs (塚 U+FA10 → U+585A, as Japanese names are written in some sources) and the letterlike Ω, K and Å signs.
+_KEPT_AS_WRITTEN = re.compile("([\uf900-\ufaff\U0002f800-\U0002fa1f\u2126\u212a\u212b])")
+
+
 def composed(text: str) -> str:
-    """``text`` as tempa trains on it and stores it: its combining sequences composed, as NFC composes them. Files
-    written on macOS, and some servers, hold text decomposed (NFD: Vietnamese 'ạ' as 'a' + U+0323, Japanese 'が' as
-    'か' + U+3099), which renders alike but is other bytes: it tokenises longer (a Vietnamese sentence 113 tokens
-    instead of 67 with the tiny tokenizer; Llama 3's tokenizer does not normalise), teaches the model to write that
-    form, and escapes every exact comparison (dedup, answers, language checks). The characters NFC would replace by
-    another one (:func:`_singletons`: CJK compatibility ideographs such as 塚 U+FA10 in Japanese names, Å U+212B)
-    stay as written: that is a change of character, not of form."""
+    """``text`` as tempa trains on it and stores it: NFC. Files written on macOS, and some servers, hold text
+    decomposed (NFD: Vietnamese 'ạ' as 'a' + U+0323, Japanese 'が' as 'か' + U+3099), which renders alike but is
+    other bytes: it tokenises longer (a Vietnamese sentence 113 tokens instead of 67 with the tiny tokenizer; Llama
+    3's tokenizer does not normalise), teaches the model to write that form, and escapes every exact comparison
+    (dedup, answers, language checks). :data:`_KEPT_AS_WRITTEN` characters stay as they are."""
     if text.isascii() or unicodedata.is_normalized("NFC", text):
         return text
-    parts = _singletons().split(text)  # its odd parts are the singletons
+    parts = _KEPT_AS_WRITTEN.split(text)  # its odd parts are the characters kept
     return "".join(part if i % 2 else unicodedata.normalize("NFC", part) for i, part in enumerate(parts))
-
-
-@functools.cache
-def _singletons() -> re.Pattern[str]:
-    """The characters whose canonical decomposition is one other character, which NFC replaces by it."""
-    found = []
-    for point in itertools.chain(range(0x80, 0x10000), range(0x2F800, 0x2FA20)):
-        mapping = unicodedata.decomposition(chr(point))
-        if mapping and not mapping.startswith("<") and " " not in mapping:
-            found.append(re.escape(chr(point)))
-    return re.compile(f"([{''.join(found)}])")
 
 
 def _text(value: Any, what: str) -> str:

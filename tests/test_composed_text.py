@@ -130,14 +130,15 @@ def test_an_evaluation_suite_in_nfd_prompts_and_scores_its_nfc_twin(tmp_path):
     assert raw_text(read[2]) == rows[2]["text"]
 
 
-def test_a_character_nfc_would_replace_by_another_stays_as_written():
-    """NFC also maps singletons: CJK compatibility ideographs (塚 U+FA10, written in Japanese names) to the unified
-    ideograph, Å U+212B to U+00C5, the Greek question mark to ';'. That changes the character, not its form; the
+def test_cjk_compatibility_ideographs_and_letterlike_signs_stay_as_written():
+    """NFC also replaces CJK compatibility ideographs (塚 U+FA10, written in Japanese names in some sources) by the
+    unified ideograph, and the Ω, K and Å signs by the letters: a change of character, not of form. Those stay; the
     combining sequences around them are still composed."""
     from tempa.sft.formats import composed
 
-    kept = "\ufa10田 \uf929 \u212b \u037e"
+    kept = "\ufa10田 \uf929 \U0002f800 \u212b \u2126 \u212a"
     text = f"{kept} {nfd('Hà Nội')} {nfd('がぎぐ')} {nfd('한국어')}"
-    assert unicodedata.normalize("NFC", text) != f"{kept} Hà Nội がぎぐ 한국어"  # NFC would replace them
+    assert unicodedata.normalize("NFC", kept) != kept  # NFC would replace them
     assert composed(text) == f"{kept} Hà Nội がぎぐ 한국어"
     assert composed(kept) == kept
+    assert composed("e\u0341 \u1f71") == unicodedata.normalize("NFC", "e\u0341 \u1f71")  # other singletons: NFC

@@ -153,17 +153,18 @@ def _render(args: argparse.Namespace) -> int:
         if args.tokens:
             color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
             marking = "green" if color else "between [[ ]]"
+            if args.read_row is not None:
+                try:
+                    messages, tools = args.read_row(messages, tools)
+                except ValueError as error:
+                    raise CliError(f"{args.messages}: {error}") from None
+                kwargs["tools"] = tools
             if args.generation_prompt:  # a prompt to answer: the template's own mask of this one rendering
                 chat = tokenize_chat(tokenizer, messages, template=template, **kwargs)
                 print(format_token_view(token_pieces(tokenizer, chat.input_ids), chat.assistant_mask, color=color))
                 print(f"-- assistant tokens ({marking}): {sum(chat.assistant_mask)} of {len(chat.input_ids)}; "
                       f"thinking_mode={args.thinking or 'default'}")
                 return 0
-            if args.read_row is not None:
-                try:
-                    messages, tools = args.read_row(messages, tools)
-                except ValueError as error:
-                    raise CliError(f"{args.messages}: {error}") from None
             samples = training_samples(tokenizer, template, messages, tools, thinking=args.thinking != "off")
             if not samples:
                 raise CliError(f"{args.messages}: no assistant turn, so nothing trains; --generation-prompt shows the "

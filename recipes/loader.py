@@ -110,30 +110,37 @@ def recipe_name(ref: str | Path) -> str:
 def recipe_profiles(ref: str | Path) -> list[str]:
     """The ``profiles:`` a recipe offers (through ``extends:``), read without validating the rest."""
     names: dict[str, None] = {}
-    for raw in reversed(_chain_files(find_recipe(ref))):
+    for raw in reversed(_chain_files(find_recipe(ref))):  # a child's `tiny: null` drops its parent's, as merged
         profiles = raw.get("profiles")
-        names.update(dict.fromkeys(name for name in profiles if isinstance(name, str)) if isinstance(profiles, dict)
-                     else {})
+        for name, overlay in profiles.items() if isinstance(profiles, dict) else ():
+            if overlay is None:
+                names.pop(name, None)
+            elif isinstance(name, str):
+                names[name] = None
     return list(names)
 
 
 def _chain_files(path: Path) -> list[dict[str, Any]]:
     """The raw mappings of a recipe and the recipes it extends, child first, read without checking how the child
-    changes its parent's stages (a parent that renamed one must not hide a run of the child from `tempa status`)."""
+    changes its parent's stages (a parent that renamed one must not hide a run of the child from `tempa status`);
+    ``extends:`` is checked as :func:`_load_chain` checks it."""
     chain: list[dict[str, Any]] = []
     seen: list[Path] = []
-    while path not in seen:
+    while True:
+        if path in seen:
+            raise RecipeError(f"{path}: extends: cycle ({' -> '.join(str(p) for p in (*seen, path))})")
         seen.append(path)
         raw, lines = _read_yaml(path)
         chain.append(raw)
         parent = raw.get("extends")
+        if parent is None:
+            return chain
         if not isinstance(parent, str):
-            break
+            raise RecipeError(f"{where(('extends',), lines, path)}: extends: expected a recipe path or name")
         try:
             path = find_recipe(parent, relative_to=path.parent)
         except RecipeError as exc:
             raise RecipeError(f"{where(('extends',), lines, path)}: extends: {exc}") from None
-    return chain
 
 
 def _nearby_recipe(ref: Path, relative_to: Path | None) -> str:

@@ -372,3 +372,4 @@ def test_tempa_render_tokens_reads_the_conversation_as_sft_reads_a_row(baked: Pa
     path.write_text(json.dumps([{"role": "user", "content": "Halo"}]), encoding="utf-8")
     assert tempa(argv) == 2
     assert "no assistant turn, so nothing trains" in capsys.readouterr().err
+

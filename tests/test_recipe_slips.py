@@ -374,3 +374,27 @@ def test_status_finds_a_childs_run_after_its_parent_renamed_the_stage_the_child_
     _ran(folder, "child-tiny", recipe="child")  # and its profile, from the child's own `profiles:`
     assert main(["status", "child.yaml"]) == 1
     assert "runs/child, runs/child-tiny" in capsys.readouterr().err
+
+
+def test_the_light_read_of_a_recipe_chain_checks_extends_as_the_loader_does(tmp_path):
+    """What status/report/push/export read of a recipe to find its run (its name and profiles) accepted an `extends:`
+    cycle and a profile the child sets to null, which the full loader refuses and drops (a review's finding)."""
+    from tempa.recipes.loader import recipe_name, recipe_profiles
+
+    folder = _layout(tmp_path)
+    _with_profiles(folder, "tiny", "big")
+    child = folder / "child.yaml"
+    child.write_text("extends: m.yaml\nname: child\nprofiles: {big: null, small: {seed: 1}}\n", encoding="utf-8")
+    assert recipe_name(child) == "child"
+    assert recipe_profiles(child) == ["tiny", "small"]
+    load_recipe(child, profile="small")
+    with pytest.raises(RecipeError, match="big"):  # the full loader has dropped it too
+        load_recipe(child, profile="big")
+    (folder / "a.yaml").write_text("extends: b.yaml\nname: a\n", encoding="utf-8")
+    (folder / "b.yaml").write_text("extends: a.yaml\nname: b\n", encoding="utf-8")
+    for read in (recipe_name, load_recipe):
+        with pytest.raises(RecipeError, match=r"extends: cycle"):
+            read(folder / "a.yaml")
+    (folder / "c.yaml").write_text("extends: [m.yaml]\nname: c\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"c\.yaml:1: extends: expected a recipe path or name$"):
+        recipe_name(folder / "c.yaml")

@@ -70,8 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="show the resolved recipe and what a run would do; does no work")
     recipe_args(plan)
     plan.add_argument("--hardware", default=None, metavar="NxGPU",
-                      help="also estimate tokens, steps, per-GPU memory (under the launch's engine) and hours, e.g. 8xH100; GPU: H100, "
-                           "H200, A100, A100-40GB or L40S; 2x8xH100 for nodes x GPUs, @1TiB for the host RAM per node")
+                      help="also estimate tokens, steps, per-GPU memory (under the launch's engine) and hours, e.g. "
+                           "8xH100; GPU: H100, H200, A100, A100-40GB or L40S; 2x8xH100 for nodes x GPUs, @1TiB for the "
+                           "host RAM per node")
     plan.add_argument("--mfu", type=float, default=None,
                       help="model FLOPs utilisation assumed by --hardware (default 0.4)")
     plan.set_defaults(func=_cmd_plan)
@@ -501,7 +502,7 @@ def _given_model(given: Path) -> Path:
     unfinished = [f"{row.name} ({row.state})" for row in rows if row.state != "done"]
     if unfinished:
         print(f"tempa: warning: {run_dir}: not every stage is complete and current: {', '.join(unfinished)}; this "
-              "exports the final model an earlier run left, not what the recipe now makes (run `tempa run` first)",
+              "exports the final model an earlier run left (run `tempa run` first to bring it up to date)",
               file=sys.stderr)
     return run_dir / FINAL_LINK
 

@@ -204,8 +204,7 @@ def test_export_of_a_run_whose_stages_are_not_all_current_warns_first(tmp_path, 
     assert main(["export", "gguf", given]) == 1  # the final folder holds no model here: the export's own error
     warning, error = capsys.readouterr().err.strip().splitlines()
     assert warning == ("tempa: warning: runs/swallow-ja: not every stage is complete and current: sft (failed); this "
-                       "exports the final model an earlier run left, not what the recipe now makes (run `tempa run` "
-                       "first)")
+                       "exports the final model an earlier run left (run `tempa run` first to bring it up to date)")
     assert error.startswith("tempa: error: ")
     manifest = json.loads((run_dir / "sft" / "manifest.json").read_text())
     (run_dir / "sft" / "manifest.json").write_text(json.dumps({**manifest, "status": "done"}))

@@ -1005,21 +1005,98 @@ def mix_of(tokens: dict[str, int], documents: dict[str, int], *, chunks: int | N
 _PLAN_TOKENS_PER_DOCUMENT = 1_000
 
 
-def estimate_pretrain(config: PretrainStageConfig, inputs: EstimateInputs) -> TrainingWorkload:
-    """Tokens per epoch: the sum of the sources' token budgets (unbudgeted sources are not sized); how long
-    preparing them takes, as the SFT plan says it (:func:`~tempa.sft.data_size.prep_note`); and that ``max_steps``,
-    where set, decides the tokens trained instead (:func:`max_steps_line`)."""
+_SAMPLED_TXT_FILES = 16  # .txt files of a source the plan reads the start of, spread over its files
+_SAMPLED_TXT_BYTES = 64 << 10  # read from each
+_MEASURED_ROWS_BYTES = 2 << 30  # a source of rows (JSON Lines, Parquet, ...) above this is not measured by the plan
+
+
+def held_tokens(source: PretrainSource, tokenizer: Any = None) -> tuple[int, str] | None:
+    """About how many tokens a local source holds, for the plan, and how that was measured: its .txt files' bytes
+    at the tokens per byte of their starts, or its rows at the tokens per row of 256 drawn rows' `text_field` (the
+    base model's tokenizer where it is here, else ~4 bytes a token). None where the plan cannot tell (a hub dataset,
+    a source the run will refuse, rows above 2 GiB, which counting would read whole)."""
+    from tempa.sft.data_size import BYTES_PER_TOKEN, SAMPLED_ROWS, scan_local_rows
+
+    def count(texts: list[str]) -> int:
+        if tokenizer is not None:
+            return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+        return round(sum(len(text.encode("utf-8")) for text in texts) / BYTES_PER_TOKEN)
+
+    how = "with the base model's tokenizer" if tokenizer is not None else f"at ~{BYTES_PER_TOKEN:g} bytes a token"
+    files = txt_files(source)
+    if files is not None:
+        picks = files[::max(1, len(files) // _SAMPLED_TXT_FILES)][:_SAMPLED_TXT_FILES]
+        starts = []
+        for file in picks:
+            with open(file, "rb") as handle:
+                starts.append(handle.read(_SAMPLED_TXT_BYTES).decode("utf-8", errors="ignore"))
+        sampled = sum(len(text.encode("utf-8")) for text in starts)
+        if not sampled:
+            return None
+        total = sum(file.stat().st_size for file in files)
+        return round(total * count(starts) / sampled), f"its .txt files' bytes, {how} on their starts"
+    path = Path(source.path)
+    if not path.exists():
+        return None  # a hub dataset
+    size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    if size > _MEASURED_ROWS_BYTES:
+        return None  # counting its rows reads it whole: too long for a plan
+    found = scan_local_rows(source.path, SAMPLED_ROWS, source.split)
+    if found is None or found.error is not None:
+        return None
+    texts = [text for text in _sampled_texts(found, source.text_field) if isinstance(text, str)]
+    if not texts:
+        return None
+    return round(found.rows * count(texts) / len(texts)), f"{len(texts)} drawn rows {how}"
+
+
+def _sampled_texts(found: Any, field: str) -> list[Any]:
+    from tempa.sft.sources import RAW
+
+    if not found.lines:
+        return list(found.sample.get(field, []))
+    texts = []
+    for line in found.sample.get(RAW, []):
+        try:
+            row = json.loads(line) if line is not None else None
+        except ValueError:
+            continue
+        texts.append(row.get(field) if isinstance(row, dict) else None)
+    return texts
+
+
+def estimate_pretrain(config: PretrainStageConfig, inputs: EstimateInputs | None) -> TrainingWorkload:
+    """Tokens per epoch: each source's token budget, or what a local source holds where that is less (without
+    `repeat`) or it has no budget (:func:`held_tokens`; other unbudgeted sources are not sized); how long preparing
+    them takes, as the SFT plan says it (:func:`~tempa.sft.data_size.prep_note`); and that ``max_steps``, where set,
+    decides the tokens trained instead (:func:`max_steps_line`)."""
     from tempa.sft.data_size import prep_note
 
-    budgets = [s.tokens for s in config.sources]
-    known = sum(b for b in budgets if b is not None)
-    unsized = [s.name for s in config.sources if s.tokens is None]
-    notes = [_budget_note(s) for s in config.sources]
+    tokenizer = inputs.tokenizer if inputs is not None else None
+    planned: list[int | None] = []
+    notes = []
+    for source in config.sources:
+        held = held_tokens(source, tokenizer) if source.tokens is None or not source.repeat else None
+        if held is not None and source.tokens is None:
+            planned.append(held[0])
+            notes.append(f"source {source.name}: no token budget: every document, ~{held[0]:,} tokens ({held[1]})")
+        elif held is not None and held[0] < source.tokens:
+            planned.append(held[0])
+            notes.append(f"source {source.name}: holds ~{held[0]:,} tokens ({held[1]}), "
+                         f"{100 * held[0] / source.tokens:.2g}% of its token budget {source.tokens:,}: it trains "
+                         "those; `repeat: true` goes over it again up to the budget")
+        else:
+            planned.append(source.tokens)
+            notes.append(_budget_note(source))
+    known = sum(tokens for tokens in planned if tokens is not None)
+    unsized = [source.name for source, tokens in zip(config.sources, planned, strict=True) if tokens is None]
     if (steps_line := max_steps_line(config)) is not None:
         notes.append(f"{steps_line}: `trained` below, not tokens/epoch")
     if known:
         notes.append(prep_note(known, max(1, known // _PLAN_TOKENS_PER_DOCUMENT), None, ">=" if unsized else ""))
-    tokens = TokenCount(known or None, None, "token budgets", notes, bound=">=" if unsized and known else "")
+    measured = any(tokens != source.tokens for source, tokens in zip(config.sources, planned, strict=True))
+    tokens = TokenCount(known or None, None, "token budgets" + (", sources measured" if measured else ""), notes,
+                        bound=">=" if unsized and known else "")
     return TrainingWorkload(tokens=tokens, train_args=config.train_args())
 
 

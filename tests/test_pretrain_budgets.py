@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from tempa.sft.pretrain_config import PretrainStageConfig
 
 
@@ -35,3 +37,39 @@ def test_plain_tempa_plan_and_the_run_start_warn_of_max_steps_with_budgets():
     (line,) = PRETRAIN.input_warnings(_config([web], max_steps=5000))
     assert line.startswith("train.max_steps 5000, not the token budgets of web")
     assert PRETRAIN.input_warnings(_config([web])) == []
+
+
+def test_the_plan_sizes_a_local_source_that_holds_less_than_its_budget(tmp_path, tiny_model_dir):
+    """The plan counted a source's token budget as its tokens: 20M tokens and 1.3k steps where the run found 67k
+    (Thai trial). A local source is measured: its .txt bytes at the tokens per byte of their starts, or its rows at
+    the tokens per row of drawn rows; it trains what it holds unless `repeat` fills the budget."""
+    from transformers import AutoTokenizer
+
+    from tempa.sft.pretrain_config import PretrainStageConfig
+    from tempa.sft.pretrain_stage import estimate_pretrain
+    from tempa.sft.stage_api import EstimateInputs
+
+    texts = [f"ข้าวมันไก่ {k} อร่อยมาก river rice mango temple harbour" for k in range(300)]
+    (tmp_path / "th.txt").write_text("\n\n".join(texts), encoding="utf-8")
+    (tmp_path / "web.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    per_text = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def plan(**source):
+        config = PretrainStageConfig.model_validate({"name": "cpt", "sources": [{"name": "s", **source}],
+                                                     "train": {"lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+        return estimate_pretrain(config, EstimateInputs(0, 0, tokenizer=tokenizer)).tokens
+
+    rows = plan(path=str(tmp_path / "web.jsonl"), tokens=10_000_000)
+    # 256 of the 300 rows drawn: their mean tokens a row, times 300
+    assert abs(rows.tokens - sum(per_text)) <= 0.05 * sum(per_text)
+    assert rows.notes[0].startswith(f"source s: holds ~{rows.tokens:,} tokens (256 drawn rows with the base model's "
+                                    "tokenizer), ")
+    txt = plan(path=str(tmp_path / "th.txt"), tokens=10_000_000, txt_document="paragraph")
+    assert abs(txt.tokens - sum(per_text)) <= 0.1 * sum(per_text)  # the blank lines between documents counted too
+    assert "of its token budget 10,000,000: it trains those; `repeat: true`" in txt.notes[0]
+    assert plan(path=str(tmp_path / "th.txt"), tokens=10_000_000, repeat=True, txt_document="paragraph").tokens == \
+        10_000_000  # repeat fills the budget
+    assert plan(path=str(tmp_path / "th.txt"), tokens=100, txt_document="paragraph").tokens == 100  # budget < held
+    unbudgeted = plan(path=str(tmp_path / "web.jsonl"))
+    assert unbudgeted.notes[0].startswith("source s: no token budget: every document, ~")

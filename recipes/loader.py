@@ -125,22 +125,33 @@ def _chain_files(path: Path) -> list[dict[str, Any]]:
     changes its parent's stages (a parent that renamed one must not hide a run of the child from `tempa status`);
     ``extends:`` is checked as :func:`_load_chain` checks it."""
     chain: list[dict[str, Any]] = []
-    seen: list[Path] = []
+    seen: tuple[Path, ...] = ()
     while True:
-        if path in seen:
-            raise RecipeError(f"{path}: extends: cycle ({' -> '.join(str(p) for p in (*seen, path))})")
-        seen.append(path)
+        _check_cycle(path, seen)
+        seen = (*seen, path)
         raw, lines = _read_yaml(path)
         chain.append(raw)
-        parent = raw.get("extends")
+        parent = _parent_recipe(raw.get("extends"), lines, path)
         if parent is None:
             return chain
-        if not isinstance(parent, str):
-            raise RecipeError(f"{where(('extends',), lines, path)}: extends: expected a recipe path or name")
-        try:
-            path = find_recipe(parent, relative_to=path.parent)
-        except RecipeError as exc:
-            raise RecipeError(f"{where(('extends',), lines, path)}: extends: {exc}") from None
+        path = parent
+
+
+def _check_cycle(path: Path, seen: tuple[Path, ...]) -> None:
+    if path in seen:
+        raise RecipeError(f"{path}: extends: cycle ({' -> '.join(str(p) for p in (*seen, path))})")
+
+
+def _parent_recipe(ref: Any, lines: Mapping[FieldPath, tuple[Path, int]], path: Path) -> Path | None:
+    """The recipe a recipe's ``extends:`` names (None: it extends none); a RecipeError names its line."""
+    if ref is None:
+        return None
+    if not isinstance(ref, str):
+        raise RecipeError(f"{where(('extends',), lines, path)}: extends: expected a recipe path or name")
+    try:
+        return find_recipe(ref, relative_to=path.parent)
+    except RecipeError as exc:
+        raise RecipeError(f"{where(('extends',), lines, path)}: extends: {exc}") from None
 
 
 def _nearby_recipe(ref: Path, relative_to: Path | None) -> str:
@@ -287,9 +298,7 @@ def _by_name(lines: Mapping[FieldPath, tuple[Path, int]], stages: list[dict]) ->
 
 def _load_chain(path: Path, seen: tuple[Path, ...]):
     """Returns (merged raw, positions by merged index, stage name -> defining file, files)."""
-    if path in seen:
-        chain = " -> ".join(str(p) for p in (*seen, path))
-        raise RecipeError(f"{path}: extends: cycle ({chain})")
+    _check_cycle(path, seen)
     raw, lines = _read_yaml(path)
     stages = _stage_list(raw, path)
     named_lines = _by_name(lines, stages)
@@ -299,14 +308,8 @@ def _load_chain(path: Path, seen: tuple[Path, ...]):
     if "base_model" in raw:
         origins["<top>"] = path
     files = [path]
-    parent_ref = raw.pop("extends", None)
-    if parent_ref is not None:
-        if not isinstance(parent_ref, str):
-            raise RecipeError(f"{where(('extends',), lines, path)}: extends: expected a recipe path or name")
-        try:
-            parent_path = find_recipe(parent_ref, relative_to=path.parent)
-        except RecipeError as exc:
-            raise RecipeError(f"{where(('extends',), lines, path)}: extends: {exc}") from None
+    parent_path = _parent_recipe(raw.pop("extends", None), lines, path)
+    if parent_path is not None:
         parent_raw, parent_named, parent_origins, parent_files = _load_chain(parent_path, (*seen, path))
         _check_changed_stages(stages, parent_raw, lambda i: where(("stages", i, "name"), lines, path) + ": ")
         raw = _merge_recipes(parent_raw, raw)

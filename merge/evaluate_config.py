@@ -102,8 +102,7 @@ class AccuracySuite(_GenerationSuite):
     "answer is"-style lead-in (答えは, 答案是, đáp án là, 정답은, ...; what its last `=` gives, else its first
     number), else the last number. Full-width forms, other scripts' digits (Thai ๑,๒๕๐), LaTeX's `\\frac{3}{4}` and
     `1{,}234`, and in Japanese and Chinese rows Han numerals (四十二, 1万2千) read as numbers; a numeric answer with
-    a unit or currency (`12,000円`,
-    `12 cm`) is compared as its number; a percentage is its number and, against one written without %, its
+    a unit or currency (`12,000円`, `12 cm`) is compared as its number; a percentage is its number and, against one written without %, its
     hundredth (45% gives 45 and 0.45). A text answer must equal, after case and punctuation folding, the boxed text,
     the sentence after a lead-in (a trailing です/だ dropped), the last line or the whole reply. Only the text after
     the think block is graded: a reply still thinking at `max_new_tokens` is wrong, and counted in `unanswered` (the

@@ -222,12 +222,16 @@ class CandidateScorer:
         return scores
 
     def loss(self, suite: LossSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
+        chats, texts = [], []
         try:  # a row's tools render as training and serving render them (its definitions, or their JSON text)
-            chats = [(chat, suite.thinking_mode or thinking_mode_of(row.get("thinking_mode"), "thinking_mode"),
-                      row_tools(row)) for row in rows if (chat := chat_messages(row))]
+            for row in rows:
+                if chat := chat_messages(row):
+                    mode = suite.thinking_mode or thinking_mode_of(row.get("thinking_mode"), "thinking_mode")
+                    chats.append((chat, mode, row_tools(row)))
+                elif text := raw_text(row):
+                    texts.append(text)
         except StageError as error:
             raise StageError(f"suite '{suite.key}': {error}") from None
-        texts = [text for row in rows if not chat_messages(row) and (text := raw_text(row))]
         if not chats and not texts:
             raise StageError(f"suite '{suite.key}': no row has 'messages' with an assistant turn or a 'text'")
         if self.model is None:
@@ -387,9 +391,9 @@ def raw_text(row: dict[str, Any]) -> str | None:
 def encode_chats(tokenizer, chats: Sequence[tuple[Messages, str | None, list[dict[str, Any]] | None]],
                  max_length: int) -> list[tuple[list[int], list[int]]]:
     """(token ids, mask of the scored tokens) of the samples SFT trains each chat (messages, thinking mode, tools) as,
-    each cut at ``max_length``: every assistant turn in the rendering inference gives it (:mod:`tempa.chat_templates.expand`),
-    a turn without a reasoning trace with thinking off, as a source's default `on` trains it, and every turn off
-    in a row whose `thinking_mode` is off. The whole chat rendered in the template's default mode scored an empty
+    each cut at ``max_length``: every assistant turn in the rendering inference gives it
+    (:mod:`tempa.chat_templates.expand`), a turn without a reasoning trace with thinking off, as a source's default
+    `on` trains it, and every turn off in a row whose `thinking_mode` is off. The whole chat rendered in the template's default mode scored an empty
     think block the model is never taught, and history turns as no sample trains them."""
 
     def render(messages: Messages, thinking: bool, tools: list[dict[str, Any]] | None) -> tuple[list[int], list[int]]:

@@ -391,13 +391,10 @@ def _cmd_status(args) -> int:
     from rich.table import Table
 
     from tempa.recipes.rundir import require_run_dir
-    from tempa.recipes.runner import stage_status
 
     run_dir = given_run_dir(args.run_dir)
     require_run_dir(run_dir)
-    resolved = run_dir / RESOLVED_RECIPE
-    recorded = _recorded_stages(resolved)
-    rows = stage_status(list(recorded) if recorded is not None else None, run_dir, kinds=recorded)
+    rows = _run_status(run_dir)
     if args.json:
         print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2, default=str))
         return 0
@@ -416,20 +413,23 @@ def _cmd_status(args) -> int:
     return 0
 
 
-def _recorded_stages(resolved: Path) -> dict[str, str] | None:
-    """The stages recorded in recipe.resolved.yaml, in order, with their kinds, read without validating the recipe.
+def _run_status(run_dir: Path) -> list:
+    """Each stage's state (`tempa status`), in the order of the recipe the run ran, read without validating it."""
+    from tempa.recipes.runner import stage_status
 
-    Status needs only these: validation would import trl and fail on files that moved since.
-    """
-    import yaml
+    recorded = _recorded_stages(run_dir)
+    return stage_status(list(recorded) if recorded is not None else None, run_dir, kinds=recorded)
 
-    from tempa.recipes.yaml_loader import RecipeTextError, parse_yaml, read_text
+
+def _recorded_stages(run_dir: Path) -> dict[str, str] | None:
+    """The stages the run's recipe.resolved.yaml records, in order, with their kinds; None when it cannot be read
+    (the manifests still tell the story)."""
+    from tempa.recipes.rundir import resolved_recipe
 
     try:
-        stages = parse_yaml(read_text(resolved)).get("stages")
-        recorded = {stage["name"]: stage.get("kind") for stage in stages}
-    except (OSError, yaml.YAMLError, RecipeTextError, AttributeError, KeyError, TypeError):
-        return None  # unreadable: the manifests still tell the story
+        recorded = {stage["name"]: stage.get("kind") for stage in (resolved_recipe(run_dir) or {})["stages"]}
+    except (AttributeError, KeyError, TypeError):
+        return None
     if not all(isinstance(name, str) and isinstance(kind, str) for name, kind in recorded.items()):
         return None
     return recorded
@@ -489,17 +489,13 @@ def _cmd_export_gguf(args) -> int:
 def _given_model(given: Path) -> Path:
     """A model folder or .gguf file as given; a run (its folder, or the recipe) for the run's final model, with a
     warning on stderr when the run's stages are not all complete and current (`tempa push` refuses such a run)."""
-    from tempa.recipes.runner import stage_status
-
     if (given / RESOLVED_RECIPE).is_file() or _recipe_at(given) is not None:
         run_dir = given_run_dir(given)
     elif given.name == FINAL_LINK and (given.parent / RESOLVED_RECIPE).is_file():
         run_dir = given.parent
     else:
         return given  # the export says what is wrong with it
-    recorded = _recorded_stages(run_dir / RESOLVED_RECIPE)
-    rows = stage_status(list(recorded) if recorded is not None else None, run_dir, kinds=recorded)
-    unfinished = [f"{row.name} ({row.state})" for row in rows if row.state != "done"]
+    unfinished = [f"{row.name} ({row.state})" for row in _run_status(run_dir) if row.state != "done"]
     if unfinished:
         print(f"tempa: warning: {run_dir}: not every stage is complete and current: {', '.join(unfinished)}; this "
               "exports the final model an earlier run left (run `tempa run` first to bring it up to date)",

@@ -196,17 +196,24 @@ def check_run_dir(run_dir: Path) -> None:
         )
 
 
-def recipe_ran(run_dir: Path) -> str | None:
-    """The name of the recipe the run directory's last run ran (its recipe.resolved.yaml, read without validating
-    it), or None where there is none or it cannot be read."""
+def resolved_recipe(run_dir: Path) -> dict[str, Any] | None:
+    """The run directory's recipe.resolved.yaml (the recipe its last run ran), read without validating it, or None
+    where there is none or it cannot be read: the commands that read a run need its names and stages only, and
+    validating would import trl and fail on files that moved since."""
     import yaml
 
     from tempa.recipes.yaml_loader import RecipeTextError, parse_yaml, read_text
 
     try:
-        name = parse_yaml(read_text(run_dir / RESOLVED_RECIPE)).get("name")
-    except (OSError, yaml.YAMLError, RecipeTextError, AttributeError):
+        document = parse_yaml(read_text(run_dir / RESOLVED_RECIPE))
+    except (OSError, yaml.YAMLError, RecipeTextError):
         return None
+    return document if isinstance(document, dict) else None
+
+
+def recipe_ran(run_dir: Path) -> str | None:
+    """The name of the recipe the run directory's last run ran, or None where it cannot be read."""
+    name = (resolved_recipe(run_dir) or {}).get("name")
     return name if isinstance(name, str) else None
 
 

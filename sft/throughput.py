@@ -140,8 +140,8 @@ class ThroughputMeter(TrainerCallback, ExportableState):
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps (the Trainer asks at every save): the totals through the step it saves at.
 
-        The window since the last log is taken over all processes at the end of a step that saves
-        (:class:`_WindowAtSave`, on every process; only the saving process asks for this).
+        The window since the last log is taken over all processes before a save (:class:`_WindowAtSave`, on every
+        process; only the saving process asks for this).
         """
         totals = {key: value + self._saved_window[key] for key, value in self.totals.items()}
         return {"args": {"peak": self.peak, "reference_forward": self.reference_forward},
@@ -355,9 +355,9 @@ class _WindowAtSave(TrainerCallback):
     """Before a checkpoint is saved, has the meter take its window for it (:meth:`ThroughputMeter.state`): a resume
     from a checkpoint saved between training logs lost the steps since the last log from the stage's tokens and
     rate. After the Trainer's flow callback, which decides a save at a step's or an epoch's end; `save_strategy:
-    best` decides it after an evaluation, so there the window is taken at every evaluation. Every process runs these with
-    the same decisions, so the counts' all-reduce matches across ranks; taking the window early costs the log
-    nothing (it reports the counts taken)."""
+    best` decides it after an evaluation, so there the window is taken at every evaluation. Every process runs
+    these with the same decisions, so the counts' all-reduce matches across ranks; taking the window early costs
+    the log nothing (it reports the counts taken)."""
 
     def __init__(self, meter: ThroughputMeter) -> None:
         self.meter = meter

@@ -299,7 +299,9 @@ def find_config(base_model: str) -> tuple[Any, str]:
 def plan_tokenizer(loaded: LoadedRecipe) -> tuple[Any, str]:
     """The base model's tokenizer with the recipe's chat template, as the stages render with it, when it is on
     this machine (a local folder, the Hugging Face cache, the tiny default); else None, with what the run will
-    stop on when the tokenizer is here but cannot be loaded or does not fit the template. Never downloads."""
+    stop on when the tokenizer is here but cannot be loaded. A tokenizer the template does not fit comes without
+    the template (``chat_template`` None; a pretrain stage still counts with it), with what an sft stage will stop
+    on. Never downloads."""
     base_model = loaded.recipe.base_model
     if base_model != TINY_DEFAULT and not Path(base_model).is_dir() and not _cached_tokenizer(base_model):
         return None, ""
@@ -323,7 +325,8 @@ def plan_tokenizer(loaded: LoadedRecipe) -> tuple[Any, str]:
     try:
         check_fits(tokenizer, text, f"base_model {base_model}")
     except ValueError as exc:
-        return None, f"chat_template {loaded.recipe.chat_template} does not fit the base tokenizer: {exc}"
+        tokenizer.chat_template = None
+        return tokenizer, f"chat_template {loaded.recipe.chat_template} does not fit the base tokenizer: {exc}"
     tokenizer.chat_template = text
     return tokenizer, ""
 
@@ -816,7 +819,8 @@ def estimate_recipe(
     machine = parse_hardware(hardware)
     shape, source = resolved or resolve_shape(loaded.recipe.base_model)
     launch = launch_plan(loaded)
-    tokenizer, looked = None, False  # loaded for the first sft stage that samples its data
+    tokenizer, problem, looked = None, "", False  # loaded for the first sft or pretrain stage that samples its data
+    warned = False
     sizes: dict[str, SourceSize] = {}
     estimates = []
     for stage in loaded.stages:
@@ -825,15 +829,18 @@ def estimate_recipe(
         if kind.dataset_size is not None:
             sizes[stage.name] = kind.dataset_size(stage, result)
         if kind.trains and kind.estimate is not None:
-            problem = ""
-            if not looked and stage.kind == "sft" and result is None:
+            reads = stage.kind in ("sft", "pretrain") and result is None
+            if reads and not looked:
                 (tokenizer, problem), looked = plan_tokenizer(loaded), True
-            inputs = EstimateInputs(avg_tokens_thinking_on, avg_tokens_thinking_off, dict(sizes), result, tokenizer,
+            # pretrain tokenises without the template, so one that does not fit stops only the sft stages
+            usable = tokenizer if stage.kind == "pretrain" or not problem else None
+            inputs = EstimateInputs(avg_tokens_thinking_on, avg_tokens_thinking_off, dict(sizes), result, usable,
                                     data_parallel=max(1, machine.gpus // launch.sequence_parallel),
                                     global_batch_size=launch.global_batch_size)
             estimates.append(estimate_stage(stage.name, stage.kind, kind.estimate(stage, inputs), shape, machine,
                                             mfu, launch=launch, unknown_size=source))
-            if problem:  # once, on the first stage that would have used it
+            if reads and problem and usable is None and not warned:  # once, on the first stage it stops
+                warned = True
                 estimates[-1].warnings.append(f"{problem}; the run will stop there (this plan counts its sampled "
                                               "rows at ~4 bytes of text a token)")
     return estimates

@@ -278,6 +278,29 @@ def test_a_local_base_model_counts_sampled_rows_with_its_own_tokenizer_and_the_r
             "template (off)") in " ".join(render_estimate(loaded, "8xH100").split())
 
 
+def test_a_pretrain_stage_is_measured_with_the_base_models_tokenizer(tmp_path: Path, tiny_model_dir: Path):
+    """The plan loaded the base tokenizer for sft stages only: a Thai `pretrain` source was counted at ~4 bytes a
+    token (Thai is 3 bytes a character), far from what the run tokenises."""
+    from transformers import AutoTokenizer
+
+    texts = [f"ข้าวมันไก่ {k} อร่อยมาก ริมแม่น้ำเจ้าพระยา" for k in range(120)]
+    (tmp_path / "th.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts),
+                                       encoding="utf-8")
+    stages = """
+    - name: cpt
+      kind: pretrain
+      sources:
+        - {name: th, path: th.jsonl, tokens: 10000000}
+      train: {lr_scheduler_kwargs: {num_decay_steps: 1}}
+    """
+    loaded = load_recipe(write_recipe(tmp_path, str(tiny_model_dir), stages))
+    (estimate,) = estimate_recipe(loaded, "8xH100")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    held = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    assert abs(estimate.tokens_per_epoch - held) <= 0.05 * held
+    assert "drawn rows with the base model's tokenizer" in " ".join(render_estimate(loaded, "8xH100").split())
+
+
 @pytest.mark.parametrize("problem", ["broken", "missing", "template"])
 def test_a_tokenizer_the_run_will_stop_on_is_one_warning_and_the_plan_counts_bytes(
         tmp_path: Path, tiny_model_dir: Path, llama3_model_dir: Path, problem: str):

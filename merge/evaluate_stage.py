@@ -25,6 +25,7 @@ from tempa.merge.leaderboard import (
     EvaluateResult,
     Leaderboard,
     LeaderboardRow,
+    format_value,
     is_headline,
     metrics_from_json,
     write_leaderboard,
@@ -348,6 +349,10 @@ def run_evaluate(
     if best is not None:
         metrics["best"] = best.candidate
         metrics.update({f"best/{name}": value for name, value in best.metrics.items() if is_headline(name)})
+        if tied := board.tied_with_best():
+            ctx.log.warning("%s: %s ties at the top (%s): %s named best over %s by scoring order, not by the metric",
+                            ctx.stage_name, config.rank_by, format_value(best.metrics[config.rank_by]),
+                            best.candidate, ", ".join(row.candidate for row in tied))
     elif config.rank_by:
         ctx.log.warning("%s: no candidate has a value of %s: no best model", ctx.stage_name, config.rank_by)
     return EvaluateResult(

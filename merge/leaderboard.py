@@ -104,6 +104,15 @@ class Leaderboard(BaseModel):
         value = first.metrics.get(self.rank_by)
         return None if value is None or math.isnan(value) else first
 
+    def tied_with_best(self) -> list[LeaderboardRow]:
+        """The rows other than :meth:`best` with its very value of ``rank_by``: the metric did not choose between
+        them (every checkpoint at accuracy 1.0 on a small suite, say), scoring order did."""
+        best = self.best()
+        if best is None:
+            return []
+        value = best.metrics[self.rank_by]
+        return [row for row in self.rows if row is not best and row.metrics.get(self.rank_by) == value]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "rank_by": self.rank_by,

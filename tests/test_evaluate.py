@@ -464,7 +464,7 @@ class ScriptedBackend:
         pass
 
 
-def test_evaluate_stage_scores_checkpoints_into_a_leaderboard(tmp_path, tiny_model_dir, tokenizer_dir):
+def test_evaluate_stage_scores_checkpoints_into_a_leaderboard(tmp_path, tiny_model_dir, tokenizer_dir, caplog):
     run_dir = tmp_path / "run"
     sft_dir = run_dir / "sft"
     for step, complete in ((10, True), (20, True), (30, False)):
@@ -585,6 +585,16 @@ def test_evaluate_stage_scores_checkpoints_into_a_leaderboard(tmp_path, tiny_mod
     # Suites sharing rows and mode generate once: math and language reuse the same answers.
     assert all(b.calls == 4 for b in backends)  # default-mode rows, on, off, instructions
     assert result.metrics["best"] == "sft/checkpoint-20"
+    assert "ties at the top" not in caplog.text
+    # Ranked by math/accuracy, both checkpoints score 1.0: scoring order names the best, and the log says so.
+    tied = EvaluateStageConfig.model_validate({**config.model_dump(exclude_unset=True), "name": "eval-tied",
+                                               "rank_by": "math/accuracy"})
+    tied_result = run_evaluate(tied, make_ctx(run_dir, "eval-tied", tokenizer_dir=tokenizer_dir,
+                                              model_dir=sft_dir / "final", upstream=[done("sft", trained(sft_dir))],
+                                              cache_dir=tmp_path / "cache"), backend_factory=factory)
+    assert tied_result.metrics["best"] == "sft/checkpoint-10"  # scored first of the two
+    assert ("eval-tied: math/accuracy ties at the top (1.0000): sft/checkpoint-10 named best over "
+            "sft/checkpoint-20 by scoring order, not by the metric") in caplog.text
     table = (run_dir / "eval" / "leaderboard.md").read_text()
     assert "language/normalized_accuracy ↑" in table and "sft/checkpoint-20" in table
 

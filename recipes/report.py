@@ -21,7 +21,7 @@ import html
 import io
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -545,9 +545,10 @@ def _sample_cell(text: str) -> str:
     return f"<pre>{html.escape(text)}</pre>"
 
 
-def samples_section(done: list[tuple[Manifest, StageResult]], languages: Sequence[str] = ()) -> str:
+def samples_section(done: list[tuple[Manifest, StageResult]], languages: Sequence[str] = (),
+                    stale: Collection[str] = ()) -> str:
     """:func:`sample_prompts` for the recipe's ``languages`` answered by each stage's model, thinking on and off side
-    by side."""
+    by side; a ``stale`` stage's model (one the next `tempa run` trains again) is marked so."""
     prompts = sample_prompts(languages)
     models = _stage_models(done)
     if not models:
@@ -564,7 +565,7 @@ def samples_section(done: list[tuple[Manifest, StageResult]], languages: Sequenc
     parts = []
     for i, prompt in enumerate(prompts):
         rows = "".join(
-            f"<tr><td class='model'>{html.escape(name)}</td>"
+            f"<tr><td class='model'>{html.escape(name)}{' (stale)' if name in stale else ''}</td>"
             + "".join(f"<td class='answer' data-mode='{mode}'>{_sample_cell(out[mode][i])}</td>"
                       for mode in ("on", "off")) + "</tr>"
             for name, out in answers.items())
@@ -573,6 +574,9 @@ def samples_section(done: list[tuple[Manifest, StageResult]], languages: Sequenc
                      f"{rows}</table>")
     note = (f"<p class='note'>not sampled (over {SAMPLE_MAX_BYTES / 1024**3:.0f} GB of weights): "
             f"{html.escape(', '.join(skipped))}</p>") if skipped else ""
+    if shown := [name for name in answers if name in stale]:
+        note += (f"<p class='note'>stale: {html.escape(', '.join(shown))}: the models made before the recipe or "
+                 "an input changed (Stages says what); the next `tempa run` makes them again</p>")
     # the codes are USAGE_QUESTIONS' own keys: nothing to escape
     asked = (f"tempa's example question in each of the recipe's languages ({', '.join(_example_languages(languages))})"
              if prompts is not SAMPLE_PROMPTS else f"tempa's {len(prompts)} fixed prompts (the same for every run)")
@@ -664,7 +668,8 @@ def write_report(run_dir: str | Path, *, samples: bool = True) -> Path:
         "".join(_preference_data_section(done)),
         leaderboard_section(done),
         merge_section(done),
-        samples_section(done, recipe.languages) if samples else "",
+        samples_section(done, recipe.languages, stale={name for name, state in states.items()
+                                                       if state.startswith("stale")}) if samples else "",
         f"<section id='template'><h2>Chat template, both thinking modes</h2>{_examples(run_dir, recipe.languages)}"
         "</section>",
     ]

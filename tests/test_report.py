@@ -475,3 +475,24 @@ def test_an_rl_stage_is_drawn_with_its_rewards_kl_and_completion_lengths():
     assert drawn["groups with one reward %"]["zero std"][0] == (1, 50.0)
     # the other trainers keep their own curves, without RL's
     assert "reward" not in {label for label, _, _ in training_panels(PreferenceResult(rounds=[]), history)}
+
+
+def test_the_samples_of_a_stale_stage_are_marked_stale(reported_run, tmp_path, monkeypatch):
+    """A stage whose input ran again since (`tempa run --only cpt`) keeps its old model until the next run: its
+    samples were shown beside the fresh ones unmarked, and read as what the current recipe trains."""
+    from tempa.recipes import report
+    from tempa.recipes.rundir import MANIFEST
+
+    run = tmp_path / "run"
+    shutil.copytree(reported_run, run)
+    manifest = json.loads((run / "cpt" / MANIFEST).read_text())
+    (run / "cpt" / MANIFEST).write_text(json.dumps({**manifest, "run_id": "cpt-ran-again"}))
+    monkeypatch.setattr(report, "sample_generations", lambda manifest, folder, prompts: {
+        "on": ["S"] * len(prompts), "off": ["S"] * len(prompts)})
+    page = " ".join(report.write_report(run).read_text().split())
+    assert "<td class='model'>cpt</td>" in page and "<td class='model'>sft (stale)</td>" in page
+    assert "<td class='model'>align (stale)</td>" in page  # built on the stale sft
+    assert ("stale: sft, align, merge, bake: the models made before the recipe or an input changed (Stages says "
+            "what); the next `tempa run` makes them again") in page
+    fresh = " ".join(report.write_report(reported_run).read_text().split())
+    assert "(stale)" not in fresh

@@ -20,7 +20,8 @@ architectures run the converter from a llama.cpp checkout and quantise its outpu
 ``tempa export gguf FILE.gguf --type q4_k_m`` (the same llama.cpp quantiser).
 
 The embedded chat template is the baked one without its ``{% generation %}`` markers (a
-transformers extension for training masks that other Jinja engines reject); its eos is the
+transformers extension for training masks that other Jinja engines reject), and with a request's
+``thinking_mode`` winning over llama-server's ever-present ``enable_thinking`` (:func:`serving_template`); its eos is the
 end-of-turn token, so llama.cpp stops at the end of a turn. The Modelfile's TEMPLATE is the
 template's Go twin (:mod:`tempa.merge.ollama_template`).
 """
@@ -238,11 +239,38 @@ def _vocab(model_dir: Path, data: dict, tokenizer, rows: int) -> tuple[list[str]
     return tokens, [int(t) for t in types], merges
 
 
+# tempa's templates refuse a thinking_mode that contradicts enable_thinking. llama-server passes enable_thinking to
+# every render (true unless started with --reasoning off) and merges a request's chat_template_kwargs over it, so in
+# the GGUF's template a request's thinking_mode wins instead: the alias applies only where thinking_mode is unset.
+_ALIAS_REFUSED = """\
+    {%- set alias_mode = "on" if enable_thinking else "off" %}
+    {%- if thinking_mode is defined and thinking_mode is not none and thinking_mode != alias_mode %}
+        {{- raise_exception("thinking_mode=" ~ (thinking_mode | tojson) ~ " contradicts enable_thinking=" ~ (enable_thinking | tojson)) }}
+    {%- endif %}
+    {%- set mode.value = alias_mode %}
+"""
+_ALIAS_YIELDS = """\
+    {%- if thinking_mode is not defined or thinking_mode is none %}
+        {%- set mode.value = "on" if enable_thinking else "off" %}
+    {%- endif %}
+"""
+
+
+# What llama-server does with the thinking modes, for the export's output and the model card (read from llama.cpp's
+# server-common.cpp and common/chat.cpp; no llama-server runs here).
+LLAMA_SERVER_NOTE = (
+    "llama-server (`--jinja`) passes enable_thinking=true to the template, whatever its default, unless started with "
+    "`--reasoning off` (`--reasoning-budget 0` in builds before that flag); a request switches with "
+    '`chat_template_kwargs: {"thinking_mode": "off"}` (or "on").'
+)
+
+
 def serving_template(template: str) -> str:
     """The chat template for inference engines: the ``{% generation %}`` / ``{% endgeneration %}`` markers
-    (training-only, transformers' extension) removed. Their whitespace control goes too, which changes
-    nothing: tempa's templates write every character through ``{{- ... }}`` expressions."""
-    return _GENERATION_TAG.sub("", template)
+    (training-only, transformers' extension) removed, and a ``thinking_mode`` that differs from ``enable_thinking``
+    wins over it instead of raising (llama-server always passes ``enable_thinking``). The markers' whitespace control
+    goes too, which changes nothing: tempa's templates write every character through ``{{- ... }}`` expressions."""
+    return _GENERATION_TAG.sub("", template).replace(_ALIAS_REFUSED, _ALIAS_YIELDS)
 
 
 def export_name(model_dir: Path) -> str:

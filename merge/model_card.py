@@ -403,6 +403,8 @@ def usage_snippet(model_id: str, thinking_default: str = "on", saved_with: str |
     """The card's usage section; ``saved_with``: the transformers version that wrote the folder's files;
     ``languages``: the card's, the first of which the example question is in (see :func:`usage_question`);
     ``gguf``: whether ``tempa export gguf`` writes this model (its GGUF writer takes Llama models only)."""
+    from tempa.merge.gguf_export import LLAMA_SERVER_NOTE  # it imports this module
+
     other = "off" if thinking_default == "on" else "on"
     # transformers 5 writes tokenizer_config.json and config.json in its own format: 4.x cannot load the tokenizer
     # (TokenizersBackend) and reads the RoPE settings (rope_parameters) as absent, silently
@@ -439,7 +441,8 @@ def usage_snippet(model_id: str, thinking_default: str = "on", saved_with: str |
         "Generation stops at the end-of-turn token: it is the tokenizer's eos, and `generation_config.json`",
         "lists it among the eos ids." + (" `tempa export gguf` writes a GGUF (llama.cpp) and an Ollama Modelfile"
                                          if gguf else ""),
-        *(["whose template honours Ollama's `think` switch. " + ollama_default_note(thinking_default)] if gguf else []),
+        *(["whose template honours Ollama's `think` switch. " + ollama_default_note(thinking_default),
+           "", LLAMA_SERVER_NOTE] if gguf else []),
         "",
     ]
 

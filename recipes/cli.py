@@ -475,12 +475,13 @@ def _cmd_push(args) -> int:
 
 
 def _cmd_export_gguf(args) -> int:
-    from tempa.merge.gguf_export import export_gguf
+    from tempa.merge.gguf_export import LLAMA_SERVER_NOTE, export_gguf
 
     result = export_gguf(_given_model(args.model_dir), args.out, file_type=args.file_type)
     types = f"; by type: {', '.join(f'{k} {v}' for k, v in sorted(result.tensor_types.items()))}" \
         if result.tensor_types else ""
     print(f"wrote {result.gguf_path} ({result.tensor_count} tensors, {result.file_type}{types})")
+    print(LLAMA_SERVER_NOTE)
     if result.modelfile_path is not None:
         print(f"wrote {result.modelfile_path} (ollama create NAME -f {result.modelfile_path})")
     return 0

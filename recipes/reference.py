@@ -256,8 +256,8 @@ Each row is one conversation in one of these layouts (`format: auto` tells them 
 `messages` is OpenAI's layout (assistant `tool_calls`, `tool` results with `tool_call_id`/`name`); `conversations`
 is ShareGPT (`function_call` and `observation` turns for tools); `prompt` + `response` (or `completion`) and
 Alpaca's `instruction` + `input` + `output` are single turns. A row's `tools` (a list of definitions, or that
-list as JSON text) is rendered with it. A reasoning trace is read from `reasoning_content`, `reasoning` or
-`thinking`, or from a think block at the start of the answer; the source's `thinking_mode` decides whether it is
+list as JSON text) is rendered with it. A reasoning trace is read from `reasoning_content`, `thinking` or
+`reasoning`, or from a think block at the start of the answer; the source's `thinking_mode` decides whether it is
 trained, and a row's own `thinking_mode` (`on` or `off`, as in prompt files) wins over it. Text (turns,
 reasoning, system prompts) is read in Unicode's NFC, and so are prompts, preference pairs, evaluation prompts and
 texts, and `pretrain` documents: a file saved decomposed (NFD, as macOS tools write Vietnamese diacritics or Japanese

@@ -138,8 +138,9 @@ logger = logging.getLogger(__name__)
 # Bump when a change to this pipeline changes its output, so old cache entries are not reused.
 # 7: held-out and thinking draws by content; 8: a row's own thinking_mode; 9: a mixed share counted on the rows kept;
 # 10, 11: a reject's row holding personal data or a key is not copied into rejects.jsonl; 12: signed JSON Web Tokens
-# and AWS secret access keys are credentials; 13: a row's boolean thinking_mode, and turns written as JSON text, are read.
-PIPELINE_VERSION = "14"
+# and AWS secret access keys are credentials; 13: a row's boolean thinking_mode, and turns written as JSON text, are read;
+# 14: text read as NFC; 15: a turn's `thinking` key before its `reasoning` key (transformers' order).
+PIPELINE_VERSION = "15"
 MIX_FILE, REJECTS_FILE = "mix.json", "rejects.jsonl"
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects
 

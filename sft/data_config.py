@@ -92,7 +92,7 @@ class ColumnMapping(_Strict):
         description=(
             "Key of the reasoning trace: inside an assistant turn for turn lists, or a column for "
             "prompt/response and instruction/output rows (then it belongs to the answer). Default: "
-            "`reasoning_content`, else `reasoning`, else `thinking`. Traces written as a think block in "
+            "`reasoning_content`, else `thinking`, else `reasoning`. Traces written as a think block in "
             "the answer (tempa.chat_templates.thinking: leading, or R1-style without the opening tag) "
             "are always recognised."
         ),

@@ -750,6 +750,6 @@ def trace_problem(source: SourceConfig, rows: int = FORMAT_PROBE_ROWS) -> str | 
         return None
     rows_read = "its first row has no" if len(own) == 1 else f"none of its first {len(own):,} rows has a"
     return (f"data source '{source.name}': thinking_mode is on, but {rows_read} reasoning "
-            "trace (reasoning_content, reasoning, thinking, or a think block in the answer); a row without one "
+            "trace (reasoning_content, thinking, reasoning, or a think block in the answer); a row without one "
             "trains with thinking off; give the rows their traces, or set the source's thinking_mode to off")
 

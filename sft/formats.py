@@ -10,7 +10,7 @@ string, the legacy ``function_call``, and ``tool`` / ``function`` results); Shar
 ``output``. A row's ``tools`` (a list of definitions, or that list as a JSON string) come along, and so
 does its ``system`` column, as the first turn, in every format (LLaMA-Factory's ShareGPT keeps it there), and its
 own ``thinking_mode`` (``on`` / ``off``, or true / false, :func:`thinking_mode_of`), which wins over its source's. A
-reasoning trace is read from a field (``reasoning_content``, ``reasoning``, ``thinking``) or from a think
+reasoning trace is read from a field (``reasoning_content``, ``thinking``, ``reasoning``: the first that holds text, in transformers' order) or from a think
 block in the answer, split by :func:`tempa.chat_templates.thinking.split_reasoning`.
 
 Tool-call arguments are stored as canonical JSON text (``json.dumps(..., ensure_ascii=False)``), which is
@@ -59,7 +59,7 @@ DEFAULT_ROLE_NAMES: dict[str, str] = {
 # ShareGPT speakers whose value is a tool call (JSON: {"name", "arguments"} or a list of them).
 CALL_ROLES = frozenset({"function_call", "tool_call", "tool_calls"})
 
-_REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+_REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")  # transformers' alias order (apply_chat_template)
 
 
 class RowError(ValueError):

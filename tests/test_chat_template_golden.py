@@ -138,6 +138,32 @@ def test_reasoning_sources_are_equivalent(template_name: str) -> None:
 
 
 @pytest.mark.parametrize("template_name", TEMPLATES)
+def test_a_turn_with_several_reasoning_keys_trains_what_transformers_renders(
+        template_name: str, tiny_tokenizer_dir: Path, tmp_path: Path) -> None:
+    """transformers' apply_chat_template copies the first of reasoning_content / thinking / reasoning that is set into
+    reasoning_content before the template reads it; the SFT reader and the template took reasoning before thinking,
+    so a turn with both trained on one trace and was prompted, in a tool loop, with the other."""
+    from transformers import AutoTokenizer
+
+    from tempa.chat_templates import bake_tokenizer
+    from tempa.sft.formats import FormatSpec, normalize_row
+
+    tokenizer = AutoTokenizer.from_pretrained(bake_tokenizer(tiny_tokenizer_dir, template_name, tmp_path / "baked"))
+    user = {"role": "user", "content": "Q"}
+    for keys in ({"reasoning": "R.", "thinking": "T."}, {"reasoning": "R.", "thinking": "T.", "reasoning_content": ""},
+                 {"reasoning": "R.", "thinking": ""}):
+        turn = {"role": "assistant", "content": "A", **keys}
+        (trained,) = [m["reasoning_content"] for m in normalize_row({"messages": [user, turn]},
+                                                                     FormatSpec(format="auto")).messages[1:]]
+        rendered = tokenizer.apply_chat_template([user, turn], tokenize=False, thinking_mode="on")
+        assert f"<think>\n{trained}\n</think>\n\nA" in rendered, keys
+        # vLLM and llama.cpp hand the template the message as it is: the same trace
+        assert render_text(load_template(template_name), [user, turn], thinking_mode="on") == \
+            render_text(load_template(template_name), [user, {**turn, "reasoning_content": trained}],
+                        thinking_mode="on"), keys
+
+
+@pytest.mark.parametrize("template_name", TEMPLATES)
 def test_explicit_reasoning_wins_and_inline_block_is_always_removed(template_name: str) -> None:
     messages = [
         {"role": "user", "content": "Q"},

@@ -46,7 +46,7 @@ def _conversations() -> list[tuple[str, list[dict[str, Any]], list[dict[str, Any
 
 
 CONVERSATIONS = _conversations()
-REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 
 
 @pytest.fixture(scope="module")

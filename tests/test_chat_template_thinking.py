@@ -259,3 +259,24 @@ def test_unicode_whitespace_renders_the_same_in_python_and_cpp_jinja_engines(tem
               if isinstance(node.node, jinja2.nodes.Getattr) and node.node.attr in ("strip", "lstrip", "rstrip")]
     assert strips and all(len(node.args) == 1 for node in strips)
     assert not [node for node in tree.find_all(jinja2.nodes.Filter) if node.name == "trim"]
+
+
+@pytest.mark.parametrize("name", ["llama3_thinking", "chatml_thinking"])
+def test_the_gguf_template_lets_a_requests_thinking_mode_win_over_llama_servers_enable_thinking(name: str):
+    """llama-server passes `enable_thinking` to every render (true unless started with `--reasoning off`) and merges a
+    request's chat_template_kwargs over it: a request's `thinking_mode` that differed raised "contradicts
+    enable_thinking" from the GGUF's template, so the documented switch failed on llama.cpp's server."""
+    from tempa.merge.gguf_export import serving_template
+
+    template = load_template(name)
+    served = serving_template(template)
+    user = [{"role": "user", "content": "Hi"}]
+    for server, request in ((True, "off"), (False, "on"), (True, "on"), (False, "off")):
+        text = render_text(served, user, add_generation_prompt=True, enable_thinking=server, thinking_mode=request)
+        assert text.endswith(PREFILL[request]), (server, request)
+    for server in (True, False):  # a request without thinking_mode: the server's enable_thinking decides
+        assert render_text(served, user, add_generation_prompt=True, enable_thinking=server).endswith(
+            PREFILL["on" if server else "off"])
+    # transformers and vLLM render the tokenizer's own template: a caller contradicting itself is still told
+    with pytest.raises(jinja2.TemplateError, match="contradicts enable_thinking"):
+        render_text(template, user, add_generation_prompt=True, enable_thinking=True, thinking_mode="off")

@@ -296,3 +296,20 @@ def test_empty_null_and_absent_content_render_alike_in_every_engine(template_nam
     assert _render_as_given(template, nulled, **kwargs) == expected  # llama.cpp and llama-cpp-python, given null
     assert render_text(template, nulled, **kwargs) == expected  # transformers, given null (dropped)
     assert _render_as_given(template, absent, **kwargs) == expected
+
+
+def test_tools_in_user_message_none_counts_as_unset_and_a_non_boolean_is_refused():
+    """A `datasets` column of per-row chat_template_kwargs fills a row's missing keys with None: None moved the tool
+    definitions into the system message (the `false` layout), and the string "false" counted as true."""
+    import jinja2
+
+    template = load_template("llama3_thinking")
+    messages = [{"role": "user", "content": "Weather in Jakarta?"}]
+    tools = [WEATHER]
+    unset = render_text(template, messages, tools=tools, add_generation_prompt=True)
+    assert render_text(template, messages, tools=tools, add_generation_prompt=True, tools_in_user_message=None) == unset
+    assert render_text(template, messages, tools=tools, add_generation_prompt=True, tools_in_user_message=True) == unset
+    in_system = render_text(template, messages, tools=tools, add_generation_prompt=True, tools_in_user_message=False)
+    assert in_system != unset and in_system.index("get_weather") < in_system.index("Weather in Jakarta?")
+    with pytest.raises(jinja2.TemplateError, match='tools_in_user_message must be true or false, got "false"'):
+        render_text(template, messages, tools=tools, add_generation_prompt=True, tools_in_user_message="false")

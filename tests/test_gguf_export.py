@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from stage_helpers import baked_final
-from tempa.merge.gguf_export import permute_rotary, serving_template
+from tempa.merge.gguf_export import _ALIAS_REFUSED, _ALIAS_YIELDS, permute_rotary, serving_template
 from tempa.merge.ollama_template import ollama_template
 from tempa.recipes.cli import main
 
@@ -43,12 +43,14 @@ def test_gguf_reads_back_with_tensors_template_and_special_tokens(baked_model, t
     tokenizer = AutoTokenizer.from_pretrained(baked_model)
 
     assert field_text(reader, "general.architecture") == "llama"
-    # The baked template, without the training-only generation markers, and otherwise unchanged.
+    # The baked template, without the training-only generation markers, a request's thinking_mode winning over
+    # llama-server's enable_thinking, and otherwise unchanged.
     embedded = field_text(reader, "tokenizer.chat_template")
     assert embedded == serving_template(tokenizer.chat_template) != tokenizer.chat_template
-    assert "generation %}" not in embedded
-    assert embedded.replace("\n", "") == tokenizer.chat_template.replace("{%- generation %}", "").replace(
-        "{%- endgeneration %}", "").replace("\n", "")
+    assert "generation %}" not in embedded and "contradicts" not in embedded
+    assert embedded.replace("\n", "") == tokenizer.chat_template.replace(_ALIAS_REFUSED, _ALIAS_YIELDS).replace(
+        "{%- generation %}", "").replace("{%- endgeneration %}", "").replace("\n", "")
+    assert "unless started with `--reasoning off`" in capsys.readouterr().out  # what the export says of llama-server
     assert field_int(reader, "tokenizer.ggml.bos_token_id") == tokenizer.convert_tokens_to_ids("<|begin_of_text|>")
     assert field_int(reader, "tokenizer.ggml.eos_token_id") == tokenizer.convert_tokens_to_ids("<|eot_id|>")
     assert field_int(reader, "tokenizer.ggml.eot_token_id") == tokenizer.convert_tokens_to_ids("<|eot_id|>")

@@ -249,6 +249,8 @@ def test_the_card_tells_ollama_users_of_an_off_default_to_send_think_false():
                              thinking_default="off")
     ollama = " ".join(line for line in card.splitlines() if "Ollama" in line)
     assert "falls back to the same default" not in ollama and "think: false" in ollama, ollama
+    # llama-server thinks unless started with --reasoning off, whatever the template's default (llama.cpp's source)
+    assert "unless started with `--reasoning off`" in card
 
 
 def test_a_push_without_a_token_is_refused_before_anything_goes_up(run_dir, hub, tmp_path):

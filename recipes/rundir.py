@@ -32,7 +32,7 @@ from tempa.sft.files import (
     remove_tree,
     write_json,
 )
-from tempa.sft.run_layout import DONE, LOCK, MANIFEST, METRICS, RESOLVED_RECIPE
+from tempa.sft.run_layout import DONE, FORCED_RUN, LOCK, MANIFEST, METRICS, RESOLVED_RECIPE
 from tempa.sft.stage_api import RunPath, StageResult, Upstream
 
 __all__ = ["LockOwner", "Manifest", "RunLock", "RunLockedError", "cache_root", "lock_owner", "read_manifest"]
@@ -107,6 +107,46 @@ def read_manifest(stage_dir: Path) -> Manifest | None:
 def write_metrics(stage_dir: Path, metrics: dict[str, Any]) -> None:
     """metrics.json, for the user's tools: a metric that is no number (a win rate over no pair) is null there."""
     write_json(stage_dir / METRICS, finite_json(metrics))
+
+
+class ForcedRun(BaseModel):
+    """A `--from`/`--only` run that has not completed (``forced-run.json`` in the run folder, removed when a run
+    completes). "Run the same command again to resume" holds for it: the same flags again force only what it has not
+    (re)started yet, where they would otherwise re-run the stages it finished, and start its interrupted one over."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flag: Literal["--from", "--only"]
+    stage: str
+    started_at: float
+
+    @property
+    def command(self) -> str:
+        return f"{self.flag} {self.stage}"
+
+
+def forced_run(run_dir: Path, from_stage: str | None, only: str | None) -> ForcedRun | None:
+    """The unfinished run that ``from_stage``/``only`` (a command's flags) would continue: the recorded one, when it
+    forced the same stage with the same flag; else None."""
+    if from_stage is None and only is None:
+        return None
+    data = json_or_none(run_dir / FORCED_RUN)
+    try:
+        recorded = ForcedRun.model_validate(data) if isinstance(data, dict) else None
+    except ValidationError:
+        return None  # unreadable: the run forces what its flags say, as if none were recorded
+    flag, stage = ("--from", from_stage) if from_stage is not None else ("--only", only)
+    return recorded if recorded is not None and (recorded.flag, recorded.stage) == (flag, stage) else None
+
+
+def record_forced_run(run_dir: Path, from_stage: str | None, only: str | None) -> None:
+    """Before a run's first stage: record what its flags force (kept when it continues an unfinished one), or that
+    it forces nothing."""
+    if from_stage is None and only is None:
+        (run_dir / FORCED_RUN).unlink(missing_ok=True)
+    elif forced_run(run_dir, from_stage, only) is None:
+        flag, stage = ("--from", from_stage) if from_stage is not None else ("--only", only)
+        write_json(run_dir / FORCED_RUN, ForcedRun(flag=flag, stage=stage, started_at=time.time()).model_dump())
 
 
 def done_fingerprint(stage_dir: Path) -> str | None:

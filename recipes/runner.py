@@ -36,8 +36,10 @@ from tempa.recipes.rundir import (
     clear_stage,
     clear_stage_but,
     done_fingerprint,
+    forced_run,
     mark_done,
     read_manifest,
+    record_forced_run,
     run_in_progress,
     stale_inputs,
     sweep_trash,
@@ -50,6 +52,7 @@ from tempa.sft.run_layout import (
     DONE,
     FINAL_DIR,
     FINAL_LINK,
+    FORCED_RUN,
     LOGS_DIR,
     RESOLVED_RECIPE,
     TOKENIZER_DIR,
@@ -249,6 +252,7 @@ def plan_run(
     will_run: set[str] = set()
     out_of_date: set[str] = set()  # stale stages: what is built on them is stale too, even where --only skips them
     forcing = False
+    continued = forced_run(run_dir, from_stage, only)  # the unfinished run these flags started, if any
     for i, config in enumerate(loaded.stages):
         name = config.name
         kind = stage_kind(config.kind)
@@ -282,10 +286,16 @@ def plan_run(
         fps[name] = fp
         forcing = forcing or name == from_stage
         forced = forcing or name == only
+        # what the unfinished run these flags started has (re)started already: it stands, or resumes, as in a plain run
+        forced_before = forced and continued is not None and manifest is not None and \
+            manifest.started_at >= continued.started_at
+        forced = forced and not forced_before
         action, reason, discards = _decide(stage_dir, manifest, fp, components, dump, forced, kind.resumable,
                                            from_stage or only, kind.resume_point, running_elsewhere,
                                            starts_from=_starts_from(loaded, upstream),
                                            unfingerprinted=unfingerprinted)
+        if forced_before:
+            reason += f"; the unfinished `{continued.command}` run re-ran it, and this one continues that run"
         stale: list[str] = []
         reran: list[str] = []  # stale inputs that ran again (or run now)
         behind: list[str] = []  # stale inputs that are stale themselves
@@ -665,6 +675,7 @@ def run_recipe(
             raise StageError(problems[0])
         for warning in [*input_warnings(loaded, decisions), *loaded.path_warnings]:
             log.warning("%s", warning)
+        record_forced_run(run_dir, from_stage, only)
         base_dir = resolve_base_model(loaded)
         template = template_text(loaded)
         tokenizer_dir = prepare_tokenizer(base_dir, loaded.recipe.chat_template, template, run_dir, log,
@@ -725,6 +736,7 @@ def run_recipe(
             _point_final(run_dir, last_model)
             summary.final_model = run_dir / FINAL_LINK
             summary.final_origin = model_origin(decisions, done)
+        (run_dir / FORCED_RUN).unlink(missing_ok=True)  # complete: the same flags again force their stages anew
     return summary
 
 

@@ -40,11 +40,12 @@ TRAIN_PLAN = "train_plan.json"
 COMPLETE = "COMPLETE"  # written last in a checkpoint folder or a data cache entry: it is whole
 
 LOGS_AT_TOP = "logs"  # kept free for run-level logs
+FORCED_RUN = "forced-run.json"  # a --from/--only run that has not completed: what it forced, and when it started
 
 # The run directory's own entries: a stage (whose folder is run_dir/<name>) may not take one of
 # these names, or running it would replace the run's tokenizer, final model, report, ...
 # Compared case-insensitively, for case-insensitive filesystems.
-RESERVED_NAMES = frozenset({LOCK, RESOLVED_RECIPE, TOKENIZER_DIR, REPORT_DIR, FINAL_LINK, LOGS_AT_TOP})
+RESERVED_NAMES = frozenset({LOCK, RESOLVED_RECIPE, TOKENIZER_DIR, REPORT_DIR, FINAL_LINK, LOGS_AT_TOP, FORCED_RUN})
 
 # A name that becomes a file or folder name (stage folders, source names, ...): one path
 # component, never "..", never hidden, portable across filesystems. README.md documents it.

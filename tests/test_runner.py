@@ -62,6 +62,8 @@ def run_touch(config: TouchConfig, ctx: StageContext) -> StageResult:
         f.write(f"{config.name}\n")
     if config.fail:
         raise StageError("asked to fail")
+    if (ctx.stage_dir.parent / f"interrupt-{config.name}").exists():  # a Ctrl-C while the stage runs
+        raise KeyboardInterrupt
     (ctx.stage_dir / "out.txt").write_text(f"{config.value} from {ctx.start_model}")
     if config.no_model:
         return StageResult(metrics={"value": config.value})
@@ -213,6 +215,42 @@ def test_from_and_only_force_stages(recipe, tmp_path):
     reset_calls(run_dir)
     run_recipe(load_recipe(recipe), run_dir, only="a")
     assert calls(run_dir) == ["a"]
+
+
+@pytest.mark.parametrize("flags", [{"from_stage": "a"}, {"only": "b"}])
+def test_the_same_forced_command_again_continues_its_interrupted_run(recipe, tmp_path, flags):
+    """`tempa run --from a` stopped in a later stage says "run the same command again to resume"; the same command
+    forced `a` (and what followed it) again, re-running every stage the stopped run had finished: hours of a 70B."""
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    stopped = "c" if "from_stage" in flags else "b"
+    (run_dir / f"interrupt-{stopped}").touch()
+    reset_calls(run_dir)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(load_recipe(recipe), run_dir, **flags)
+    first = calls(run_dir)
+    assert first == (["a", "b", "c"] if "from_stage" in flags else ["b"])
+    (run_dir / f"interrupt-{stopped}").unlink()
+    plans = {p.name: p for p in plan_run(load_recipe(recipe), run_dir, **flags)}
+    command = "--from a" if "from_stage" in flags else "--only b"
+    for name in first[:-1]:  # finished by the stopped run: they stand
+        assert plans[name].action == "skip", plans[name]
+        assert plans[name].reason.endswith(f"the unfinished `{command}` run re-ran it, and this one continues that run")
+    assert plans[stopped].action == "rerun" and "not a resumable stage" in plans[stopped].reason
+    reset_calls(run_dir)
+    run_recipe(load_recipe(recipe), run_dir, **flags)
+    assert calls(run_dir) == [stopped]
+    # Complete now: the same command once more forces its stages anew, and so does another forced command.
+    reset_calls(run_dir)
+    run_recipe(load_recipe(recipe), run_dir, **flags)
+    assert calls(run_dir) == first
+    (run_dir / "interrupt-c").touch()
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(load_recipe(recipe), run_dir, from_stage="b")
+    (run_dir / "interrupt-c").unlink()
+    reset_calls(run_dir)
+    run_recipe(load_recipe(recipe), run_dir, **flags)  # other flags than the unfinished run's: forced anew
+    assert calls(run_dir) == first
 
 
 def test_only_leaves_later_stages_stale_until_a_plain_run(recipe, tmp_path):

@@ -11,6 +11,7 @@ downloaded); the stage checks those itself when it loads them (:func:`check_rewa
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from tempa.alignment.backends import HTTPBackendConfig, read_api_key
+from tempa.alignment.offline_pairs import OfflinePairs, PairRejected, curated_pair
 from tempa.alignment.prompts import PromptRow, PromptSource, load_prompts
 from tempa.alignment.rewards import AnswerReward, JudgeReward, LanguageReward
+from tempa.sft.formats import spec_for
 from tempa.sft.stage_api import StageError, stage_ref
 
 
@@ -85,8 +88,43 @@ def check_tool_prompts(config: Any, prompts: Sequence[PromptRow], source: Prompt
                                  "with {conversation}, or leave rubric unset for the built-in one")
 
 
+def check_offline_pairs(offline: OfflinePairs) -> None:
+    """A local offline pairs file of which no drawn row is a pair (a column named `reject`, say) is refused: the stage
+    would find it only once the stages before it have trained. Up to 256 rows drawn across the file are read by the
+    stage's own row rules (columns, turns, role order, reasoning); the stage still judges every row."""
+    from tempa.sft.data_size import SAMPLED_ROWS, scan_local_rows
+
+    found = scan_local_rows(offline.path, SAMPLED_ROWS, offline.split)
+    if found is None:
+        return  # a hub dataset: the stage reads it
+    if found.error is not None:
+        raise StageError(f"offline.path {offline.path}: {found.error}")
+    rows = [dict(zip(found.sample, values, strict=True)) for values in zip(*found.sample.values(), strict=True)]
+    if not rows:
+        raise StageError(f"offline.path {offline.path}: holds no row (expected rows of {offline.prompt!r}, "
+                         f"{offline.chosen!r} and {offline.rejected!r})")
+    spec = spec_for(offline.source())
+    reasons: Counter[str] = Counter()
+    first = ""
+    for place, raw in zip(found.places, rows, strict=True):
+        try:
+            curated_pair(raw, offline, spec)
+            return  # one pair: the stage judges the rest
+        except PairRejected as exc:
+            reasons[exc.reason] += 1
+            first = first or f"{place}: {exc.detail}"
+    drawn = f"of {len(rows)} rows drawn across its {found.rows:,}" if len(rows) < found.rows else \
+        f"of its {len(rows)} rows"
+    said = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common())
+    raise StageError(f"offline.path {offline.path}: none {drawn} is a usable pair ({said}); first: {first}")
+
+
 def check_inputs(config: Any) -> None:
-    """The stage's local prompts file: every row the stage would read, and the columns its rewards need."""
+    """The stage's local prompts file: every row the stage would read, and the columns its rewards need; a preference
+    stage's local offline pairs (:func:`check_offline_pairs`)."""
+    offline: OfflinePairs | None = getattr(config, "offline", None)
+    if offline is not None:
+        check_offline_pairs(offline)
     source: PromptSource | None = getattr(config, "prompts", None)
     if source is None or stage_ref(source.path) is not None or not Path(source.path).exists():
         return

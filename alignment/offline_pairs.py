@@ -96,16 +96,9 @@ def load_offline_pairs(config: OfflinePairs, tokenizer: Any, *, cache_dir: Path 
             continue  # a blank line of a JSON Lines file
         out.read += 1
         try:
-            row = _row(raw)
-            prompt, chosen, rejected = pair_turns(row, config, spec)
-            tools = tools_of(row.get(config.tools), repr(config.tools))
-        except RowError as exc:
-            out.rejects.append({"row": label, "reason": curation.MALFORMED_ROW, "detail": str(exc)})
-            continue
-        reason = next((r for side in (chosen, rejected) for r in (
-            curation.check_role_order([*prompt, *side]), curation.check_reasoning([*prompt, *side])) if r), None)
-        if reason is not None:
-            out.rejects.append({"row": label, "reason": reason[0], "detail": reason[1]})
+            prompt, chosen, rejected, tools = curated_pair(raw, config, spec)
+        except PairRejected as exc:
+            out.rejects.append({"row": label, "reason": exc.reason, "detail": exc.detail})
             continue
         has_trace = any(turn.get("reasoning_content") for turn in [*chosen, *rejected])
         if config.thinking_mode == "off" or not has_trace:
@@ -131,7 +124,33 @@ def load_offline_pairs(config: OfflinePairs, tokenizer: Any, *, cache_dir: Path 
     return out
 
 
-def _row(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+class PairRejected(ValueError):
+    """A row that is no pair: the curation reason (``malformed_row``, a role-order or reasoning rule) and its detail."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def curated_pair(raw: Mapping[str, Any], config: OfflinePairs, spec: Any) -> tuple[
+        list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """A row's (prompt, chosen, rejected, tools) by the sft row rules (columns, turns, role order, reasoning);
+    :class:`PairRejected` names the rule it breaks. Rendering is the stage's (it needs the tokenizer)."""
+    try:
+        row = offline_row(raw)
+        prompt, chosen, rejected = pair_turns(row, config, spec)
+        tools = tools_of(row.get(config.tools), repr(config.tools))
+    except RowError as exc:
+        raise PairRejected(curation.MALFORMED_ROW, str(exc)) from None
+    broken = next((r for side in (chosen, rejected) for r in (
+        curation.check_role_order([*prompt, *side]), curation.check_reasoning([*prompt, *side])) if r), None)
+    if broken is not None:
+        raise PairRejected(*broken)
+    return prompt, chosen, rejected, tools
+
+
+def offline_row(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """One row as read (a JSON Lines line's text, or a typed row) as a mapping; RowError says why it is none."""
     from tempa.sft.sources import RAW, READ_ERROR
 
     if RAW not in raw:

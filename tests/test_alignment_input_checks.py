@@ -177,3 +177,30 @@ def test_plan_accepts_numbers_and_lists_of_accepted_answers(tmp_path, tiny_model
           rewards: [{type: answer}, {type: format}]
     """)
     assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+
+
+def test_plan_refuses_offline_pairs_of_which_no_row_is_a_pair(tmp_path, tiny_model_dir, capsys):
+    """A Vietnamese team's pairs file named its column `reject`: `tempa plan` said nothing, and `tempa run` trained
+    SFT before the preference stage found no usable pair. A file with some usable pairs still runs (the stage sets
+    the others aside)."""
+    rows = [{"prompt": f"Câu hỏi {i}?", "chosen": "Đúng.", "reject": "Sai."} for i in range(18)]
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                          encoding="utf-8")
+    path = recipe(tmp_path, tiny_model_dir, """
+        - name: align
+          kind: preference
+          offline: {path: prefs.jsonl}
+          rounds: 0
+    """)
+    assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert (f"stage 'align' would fail: offline.path {tmp_path / 'prefs.jsonl'}: none of its 18 rows is a usable pair "
+            "(malformed_row 18); first: prefs.jsonl:1: missing column 'rejected'; found keys ['chosen', 'prompt', "
+            "'reject']") in err
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 1
+    assert not (tmp_path / "run" / "sft").exists()  # refused before the first stage
+    capsys.readouterr()
+    rows[3] = {"prompt": "Câu hỏi?", "chosen": "Đúng.", "rejected": "Sai."}
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                          encoding="utf-8")
+    assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 0

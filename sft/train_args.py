@@ -249,11 +249,15 @@ _POSITIVE = (
     "max_prompt_length",
     "max_completion_length",
 )
+# And those for which zero means "none" but a negative number is a typo: transformers refuses a negative warmup only
+# inside the launched process, after the model loaded, and takes a negative max_grad_norm or weight decay silently.
+_NON_NEGATIVE = ("warmup_steps", "weight_decay", "max_grad_norm", "label_smoothing_factor", "dataloader_num_workers")
 _UNSET_MAX_STEPS = -1  # transformers' default: train for num_train_epochs instead
 
 
 def check_counts(values: Mapping[str, Any]) -> None:
-    """Refuse non-positive learning rates, epochs, steps and batch sizes; ``max_steps: -1`` is transformers' "unset"."""
+    """Refuse non-positive learning rates, epochs, steps and batch sizes, and negative warmup, weight decay and the
+    like; ``max_steps: -1`` is transformers' "unset"."""
     max_steps = values.get("max_steps")
     if isinstance(max_steps, int) and max_steps != _UNSET_MAX_STEPS and max_steps <= 0:
         raise ValueError(f"'max_steps': must be a positive number of optimizer steps (or -1: unset), got {max_steps!r}")
@@ -266,6 +270,10 @@ def check_counts(values: Mapping[str, Any]) -> None:
             continue  # max_steps decides the length; epochs are ignored
         extra = " (or set max_steps)" if key == "num_train_epochs" else ""
         raise ValueError(f"'{key}': must be positive{extra}, got {value!r}")
+    for key in _NON_NEGATIVE:
+        value = values.get(key)
+        if not isinstance(value, bool) and isinstance(value, int | float) and value < 0:
+            raise ValueError(f"'{key}': must be 0 or more, got {value!r}")
 
 
 # What the Trainer passes every scheduler itself; anything else a schedule requires must come

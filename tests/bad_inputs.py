@@ -263,6 +263,9 @@ RECIPE_CASES = [
     _train("negative-grad-accum", "max_steps: 2, gradient_accumulation_steps: -2", "train.gradient_accumulation_steps (stage 'sft'): must be positive"),
     _train("zero-max-length", "max_steps: 2, max_length: 0", "train.max_length (stage 'sft'): must be positive"),
     _train("zero-logging-steps", "max_steps: 2, logging_steps: 0", "train.logging_steps (stage 'sft'): must be positive"),
+    # a negative warmup failed in the launched process, after the model loaded, naming no field
+    _train("negative-warmup", "max_steps: 2, warmup_steps: -0.5", "train.warmup_steps (stage 'sft'): must be 0 or more"),
+    _train("negative-max-grad-norm", "max_steps: 2, max_grad_norm: -1", "train.max_grad_norm (stage 'sft'): must be 0 or more"),
     _train("lr-not-a-number", "learning_rate: fast", "learning_rate"),
     _train("negative-lr", "max_steps: 2, learning_rate: -3.0e-3", "train.learning_rate (stage 'sft'): must be positive"),
     _train("zero-lr", "max_steps: 2, learning_rate: 0", "train.learning_rate (stage 'sft'): must be positive"),

@@ -365,7 +365,7 @@ class _SourceState:
     curated: datasets.Dataset | None = None  # normalised ahead of tokenising (rows compared with each other)
     rows_in: int = 0
     rejects: Counter[str] = field(default_factory=Counter)
-    first_reject: str | None = None
+    first_rejects: dict[str, str] = field(default_factory=dict)  # each reason's first reject's detail
     stats: dict[str, Any] = field(default_factory=dict)
     thinking: list[bool] = field(default_factory=list)  # per curated row: rendered with thinking on (first draw)
     renderings: _Renderings | None = None  # a ``mixed`` source's rows as rendered on and off (:class:`_Renderings`)
@@ -385,8 +385,7 @@ class _RejectWriter:
 
     def write(self, state: _SourceState, row: int, reason: str, detail: str, data: Any) -> None:
         state.rejects[reason] += 1
-        if state.first_reject is None:
-            state.first_reject = detail
+        state.first_rejects.setdefault(reason, detail)
         record: dict[str, Any] = {"source": state.source.name, "row": row}
         place = state.names.place(row)
         if place.file is not None:  # in a folder: the file, and the line or row in it
@@ -792,9 +791,11 @@ def _reject_data(text: str | None) -> Any:
 
 def _all_rejected(state: _SourceState, shown: Path) -> DataError:
     counts = ", ".join(f"{reason} {n}" for reason, n in state.rejects.most_common())
+    # the example is of the commonest reason: 255 rows too long and 5 evaluation prompts is a max_length problem
+    common = state.rejects.most_common(1)[0][0]
     return DataError(
-        f"{describe(state.source)}: all {state.rows_in} rows were rejected ({counts}); first: "
-        f"{state.first_reject} (see {shown})"
+        f"{describe(state.source)}: all {state.rows_in} rows were rejected ({counts}); first {common}: "
+        f"{state.first_rejects[common]} (see {shown})"
     )
 
 

@@ -13,6 +13,7 @@ Hub datasets get an assumed length that depends on their thinking mode.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
 import json
 import math
@@ -735,20 +736,51 @@ def format_problem(source: SourceConfig, rows: int = FORMAT_PROBE_ROWS) -> str |
             "the run rejects such rows")
 
 
-def trace_problem(source: SourceConfig, rows: int = FORMAT_PROBE_ROWS) -> str | None:
-    """Why a source set to think (``thinking_mode: on``) will teach no thinking, or None: none of its first ``rows``
-    readable rows has a reasoning trace in an assistant turn, and a row without one trains with thinking off. The
-    run said so only at its end, in the bake's note on the default mode (a new user's trial)."""
+def _drawn_conversations(source: SourceConfig) -> tuple[list[Any], int]:
+    """The rows of :data:`SAMPLED_ROWS` drawn evenly across a local source that its format reads (Conversations), and
+    how many rows it holds; ([], 0) for a source the plan cannot read (a hub dataset, an earlier stage's data)."""
+    from tempa.sft.formats import RowError, normalize_row, spec_for
+    from tempa.sft.sources import RAW
+
+    if source.stage_ref is not None:
+        return [], 0
+    found = scan_local_rows(source.path, SAMPLED_ROWS, source.split)
+    if found is None or found.error is not None:
+        return [], 0
+    rows: list[Any] = [dict(zip(found.sample, values, strict=True)) for values in zip(*found.sample.values(),
+                                                                                       strict=True)]
+    if found.lines:
+        texts, rows = [row.get(RAW) for row in rows], []
+        for text in texts:
+            with contextlib.suppress(TypeError, ValueError):
+                rows.append(json.loads(text))
+    spec, conversations = spec_for(source), []
+    for row in rows:
+        with contextlib.suppress(RowError, TypeError, AttributeError):
+            conversations.append(normalize_row(row, spec))
+    return conversations, found.rows
+
+
+def trace_problem(source: SourceConfig) -> str | None:
+    """Why a source set to think (``thinking_mode: on``) will teach no thinking, or None: none of up to 256 readable
+    rows drawn across it has a reasoning trace in an assistant turn, and a row without one trains with thinking off.
+    The run said so only at its end, in the bake's note on the default mode (a new user's trial). The rows are drawn
+    across the file: a file of plain rows followed by traced ones (two files joined) was warned of on its first rows."""
     # ``on`` is the default, which renders each row in the mode its text fits: only a source the recipe sets to
     # think says it expects traces
     if source.thinking_mode != "on" or "thinking_mode" not in source.model_fields_set:
         return None
-    conversations = [row for _, row in _first_rows(source, rows) if not isinstance(row, str)]
+    conversations, total = _drawn_conversations(source)
     own = [c for c in conversations if c.thinking_mode is None]  # a row's own mode wins over the source's
     if not own or any(turn.get("reasoning_content") for c in own for turn in c.messages
                       if turn.get("role") == "assistant"):
         return None
-    rows_read = "its first row has no" if len(own) == 1 else f"none of its first {len(own):,} rows has a"
+    if total == 1:
+        rows_read = "its one row has no"
+    elif len(own) == total:
+        rows_read = f"none of its {total:,} rows has a"
+    else:
+        rows_read = f"none of {len(own):,} rows drawn across its {total:,} has a"
     return (f"data source '{source.name}': thinking_mode is on, but {rows_read} reasoning "
             "trace (reasoning_content, thinking, reasoning, or a think block in the answer); a row without one "
             "trains with thinking off; give the rows their traces, or set the source's thinking_mode to off")

@@ -39,7 +39,7 @@ def check_inputs(config: SFTStageConfig) -> None:
 
 def input_warnings(config: SFTStageConfig) -> list[str]:
     """Each local source whose first rows fit no row of its format (:func:`~tempa.sft.data_size.format_problem`), or
-    that is set to think and whose first rows have no trace (:func:`~tempa.sft.data_size.trace_problem`)."""
+    that is set to think and of whose rows drawn across it none has a trace (:func:`~tempa.sft.data_size.trace_problem`)."""
     from tempa.sft.data_size import format_problem, trace_problem
 
     return [problem for source in config.data.sources for check in (format_problem, trace_problem)

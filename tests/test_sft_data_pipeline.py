@@ -426,6 +426,18 @@ def test_a_source_that_is_all_rejects_is_one_clear_error(tmp_path: Path, tokeniz
     assert [r["row"] for r in rejects(tmp_path) if r["source"] == "sea_instruct"] == [0, 1]
 
 
+def test_an_all_rejects_error_shows_an_example_of_its_commonest_reason(tmp_path: Path, tokenizer: Any) -> None:
+    """max_length 8 rejected 255 rows as too long and 5 as evaluation prompts, and the error's example was the first
+    reject, one of the 5: the user looked for contamination, not at max_length."""
+    write_jsonl(tmp_path / "rows.jsonl", [{"messages": "hello"}] + [chat(f"Ulangi {i}", "halo " * 40) for i in range(3)])
+    with pytest.raises(DataError) as info:
+        prepare(tmp_path, config(tmp_path, [{"name": "r", "path": "rows.jsonl", "thinking_mode": "off"}]), tokenizer,
+                max_length=40)
+    message = str(info.value)
+    assert "all 4 rows were rejected (too_long 3, malformed_row 1); first too_long: " in message, message
+    assert "expected 'messages'" not in message
+
+
 def test_a_line_that_is_not_utf8_is_a_reject_and_a_bom_is_no_broken_row(tmp_path: Path, tokenizer: Any) -> None:
     good = [json.dumps(chat(f"Ulangi {i}", f"{i}")).encode() for i in range(6)]
     lines = [b"\xef\xbb\xbf" + good[0], good[1], good[2][:30] + b"\xff" + good[2][30:], good[3], b"{not json", good[4],

@@ -126,8 +126,8 @@ def test_the_plan_warns_when_a_thinking_source_has_no_traces(tmp_path, capsys):
                              for i in range(3)))
     thinking = SourceConfig(name="th", path=str(plain), thinking_mode="on")
     assert trace_problem(thinking) == (
-        "data source 'th': thinking_mode is on, but none of its first 3 rows has a reasoning trace (reasoning_content, "
-        "reasoning, thinking, or a think block in the answer); a row without one trains with thinking off; give the "
+        "data source 'th': thinking_mode is on, but none of its 3 rows has a reasoning trace (reasoning_content, "
+        "thinking, reasoning, or a think block in the answer); a row without one trains with thinking off; give the "
         "rows their traces, or set the source's thinking_mode to off")
     assert trace_problem(SourceConfig(name="th", path=str(plain), thinking_mode="off")) is None
     assert trace_problem(SourceConfig(name="th", path=str(plain))) is None  # the default renders each row as it fits
@@ -141,8 +141,27 @@ def test_the_plan_warns_when_a_thinking_source_has_no_traces(tmp_path, capsys):
     recipe.write_text("name: r\nbase_model: tempa:tiny\nstages:\n"
                       "  - {name: sft, kind: sft, data: {sources: [{name: t, path: plain.jsonl, thinking_mode: 'on'}]}}\n")
     assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
-    assert ("warning: stage 'sft': data source 't': thinking_mode is on, but its first row has no reasoning trace"
+    assert ("warning: stage 'sft': data source 't': thinking_mode is on, but its one row has no reasoning trace"
             in " ".join(capsys.readouterr().out.split()))
+
+
+def test_the_trace_warning_reads_rows_drawn_across_the_file_not_its_first_rows(tmp_path):
+    """A Vietnamese file of plain chats followed by traced ones (two files joined; 19 of 42 traced) was warned of on
+    its first 16 rows, on every plan and run: "none of its first 16 rows has a reasoning trace ... set the source's
+    thinking_mode to off", advice that would have dropped the 19 traces."""
+    from tempa.sft.data_size import trace_problem
+
+    plain = [{"messages": [{"role": "user", "content": f"Hỏi {i}"}, {"role": "assistant", "content": "Đáp."}]}
+             for i in range(23)]
+    traced = [{"messages": [{"role": "user", "content": f"Tính {i}"},
+                            {"role": "assistant", "content": "Đáp.", "reasoning_content": "Nghĩ."}]} for i in range(19)]
+    path = tmp_path / "vi.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in plain + traced), encoding="utf-8")
+    assert trace_problem(SourceConfig(name="vi", path=str(path), thinking_mode="on")) is None
+    many = tmp_path / "many.jsonl"  # more rows than are drawn: the warning says they were drawn
+    many.write_text("".join(json.dumps(plain[0]) + "\n" for _ in range(600)))
+    assert "none of 256 rows drawn across its 600 has a reasoning trace" in \
+        trace_problem(SourceConfig(name="m", path=str(many), thinking_mode="on"))
 
 
 JAPANESE = [{"messages": [{"role": "user", "content": "日本の首都はどこですか？"},

@@ -83,6 +83,10 @@ class SourceMix(BaseModel):
         return text
 
 
+# A source that rejects this share of its rows or more is said in the stage's warnings and the run's closing notes.
+REJECTS_NOTED_SHARE = 0.05
+
+
 class MixTotals(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -117,12 +121,19 @@ class DataMix(BaseModel):
     def read(cls, path: Path) -> DataMix:
         return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
 
+    def rejecting_sources(self, share: float = REJECTS_NOTED_SHARE) -> list[str]:
+        """One line per source that rejected at least ``share`` of its rows: a broken export trains a fraction of a
+        source without failing, and the count alone was a line of the log among hundreds."""
+        return [f"source '{s.name}': {s.rejects_summary()}, {100 * sum(s.rejected_rows.values()) / s.rows_in:.0f}% of "
+                "its rows; rejects.jsonl in the stage folder has each one and why"
+                for s in self.sources if s.rows_in and sum(s.rejected_rows.values()) >= share * s.rows_in]
+
     def traceless_sources(self) -> list[str]:
         """One line per source asked to think (`on` or `mixed`) none of whose kept rows has a reasoning trace: it trains
         as thinking off, which a reasoning-distillation set never means (its trace field spelt otherwise, say)."""
         return [f"source '{s.name}' has thinking_mode {s.thinking_mode}, but none of its {s.rows_kept} kept rows has a "
-                "reasoning trace, so it trains with thinking off: tempa reads a turn's reasoning_content, reasoning "
-                f"or thinking, or a {THINK_OPEN} block in its answer (columns.reasoning names another field)"
+                "reasoning trace, so it trains with thinking off: tempa reads a turn's reasoning_content, thinking "
+                f"or reasoning, or a {THINK_OPEN} block in its answer (columns.reasoning names another field)"
                 for s in self.sources if s.thinking_mode in ("on", "mixed") and s.rows_kept
                 and not s.thinking_on_rows_kept]
 

@@ -72,7 +72,7 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
     plan = train_plan(ctx, trainer="sft", start_model=ctx.start_model, train_data=prepared.train_path,
                       eval_data=eval_path, out_dir=ctx.stage_dir, train_args=train_args, seed=ctx.seed,
                       lora=config.lora)
-    for line in prepared.mix.traceless_sources():
+    for line in [*prepared.mix.rejecting_sources(), *prepared.mix.traceless_sources()]:
         ctx.log.warning("%s: %s", ctx.stage_name, line)
     outcome = launch_training(plan, ctx)
     mix = prepared.mix
@@ -82,7 +82,8 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
                "data_tokens": mix.total.tokens_kept, "thinking_on_rows": mix.total.thinking_on_rows_kept}
     return SFTResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir),
                      metrics=metrics, data=mix,
-                     notes=[*decontamination_notes(config.data, ctx.eval_prompts), *mix.traceless_sources()])
+                     notes=[*decontamination_notes(config.data, ctx.eval_prompts), *mix.rejecting_sources(),
+                            *mix.traceless_sources()])
 
 
 def decontamination_notes(data: DataConfig, prompts: EvalPrompts) -> list[str]:

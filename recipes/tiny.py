@@ -186,14 +186,18 @@ def write_tiny_default(out_dir: str | os.PathLike, seed: int = 0, tokenizer: str
     out = Path(out_dir).resolve()
     if (out / "config.json").exists() and (out / "tokenizer.json").exists():
         raise FileExistsError(f"{out} already holds a model; choose an empty folder")
+    if out.is_dir() and any(out.iterdir()):  # checked before the build, which the final rename would then waste
+        raise FileExistsError(f"{out} is not empty; choose an empty or new folder for the model")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp's private 0700 would stick to the published folder
     try:
         built = build_tokenizer(tokenizer)
         model = build_tiny_model(built, seed=seed)
         model.save_pretrained(tmp, safe_serialization=True)
         built.save_pretrained(tmp)
+        from tempa.merge.publish import normalize_modes
+
+        normalize_modes(tmp)  # save_pretrained writes the weights 0600: a shared or published folder would lack them
         if out.exists():
             out.rmdir()  # only an empty folder reaches here
         os.replace(tmp, out)

@@ -107,11 +107,22 @@ def test_tiny_model_command_builds_a_loadable_llama(tmp_path, capsys):
     for text in ("Apa sentimen dari kalimat ini?", "ภาษาไทย", "தமிழ்", "日本語の文", "Tiếng Việt"):
         assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+    # readable by others, as the folder is: save_pretrained wrote the weights 0600
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}["model.safetensors"] == 0o644
     # building into a folder that already holds a model is refused, nothing is overwritten
     before = (out / "model.safetensors").read_bytes()
     assert main(["tiny-model", str(out)]) == 1
     assert "already holds a model" in capsys.readouterr().err
     assert (out / "model.safetensors").read_bytes() == before
+    # a folder holding anything else: refused in one line before the build, its file kept (a raw OSError "Directory
+    # not empty", after the whole build, before)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    assert main(["tiny-model", str(notes)]) == 1
+    assert f"tempa: error: {notes} is not empty; choose an empty or new folder" in capsys.readouterr().err
+    assert [p.name for p in notes.iterdir()] == ["notes.txt"]
 
 
 def test_tiny_model_is_deterministic(tmp_path):

@@ -99,7 +99,7 @@ def check_offline_pairs(offline: OfflinePairs) -> None:
         return  # a hub dataset: the stage reads it
     if found.error is not None:
         raise StageError(f"offline.path {offline.path}: {found.error}")
-    rows = [dict(zip(found.sample, values, strict=True)) for values in zip(*found.sample.values(), strict=True)]
+    rows = found.sampled_rows()
     if not rows:
         raise StageError(f"offline.path {offline.path}: holds no row (expected rows of {offline.prompt!r}, "
                          f"{offline.chosen!r} and {offline.rejected!r})")

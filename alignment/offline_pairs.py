@@ -100,10 +100,7 @@ def load_offline_pairs(config: OfflinePairs, tokenizer: Any, *, cache_dir: Path 
         except PairRejected as exc:
             out.rejects.append({"row": label, "reason": exc.reason, "detail": exc.detail})
             continue
-        has_trace = any(turn.get("reasoning_content") for turn in [*chosen, *rejected])
-        if config.thinking_mode == "off" or not has_trace:
-            chosen, rejected = _without_traces(chosen), _without_traces(rejected)
-        kwargs = mode_kwargs("on" if config.thinking_mode == "on" and has_trace else "off")
+        chosen, rejected, kwargs = pair_mode(config, chosen, rejected)
         chosen_ids = completion_ids(tokenizer, prompt, chosen, kwargs, tools=tools)
         rejected_ids = completion_ids(tokenizer, prompt, rejected, kwargs, tools=tools)
         if chosen_ids is None or rejected_ids is None:
@@ -203,6 +200,16 @@ def pair_turns(row: Mapping[str, Any], config: OfflinePairs, spec: Any
         if not side or any(turn["role"] != "assistant" for turn in side):
             raise RowError(f"expected {name!r} to hold the assistant's reply only")
     return prompt, chosen, rejected
+
+
+def pair_mode(config: OfflinePairs, chosen: list[dict[str, Any]], rejected: list[dict[str, Any]]) -> tuple[
+        list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """The two sides as the pair renders, and its template kwargs: thinking on for a pair with a trace (under
+    ``thinking_mode: on``), else off, with the traces dropped."""
+    has_trace = any(turn.get("reasoning_content") for turn in [*chosen, *rejected])
+    if config.thinking_mode == "off" or not has_trace:
+        chosen, rejected = _without_traces(chosen), _without_traces(rejected)
+    return chosen, rejected, mode_kwargs("on" if config.thinking_mode == "on" and has_trace else "off")
 
 
 def _without_traces(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -819,7 +819,7 @@ def estimate_recipe(
     machine = parse_hardware(hardware)
     shape, source = resolved or resolve_shape(loaded.recipe.base_model)
     launch = launch_plan(loaded)
-    tokenizer, problem, looked = None, "", False  # loaded for the first sft or pretrain stage that samples its data
+    tokenizer, problem, looked = None, "", False  # loaded for the first stage that measures its local data
     warned = False
     sizes: dict[str, SourceSize] = {}
     estimates = []
@@ -829,7 +829,7 @@ def estimate_recipe(
         if kind.dataset_size is not None:
             sizes[stage.name] = kind.dataset_size(stage, result)
         if kind.trains and kind.estimate is not None:
-            reads = stage.kind in ("sft", "pretrain") and result is None
+            reads = stage.kind in ("sft", "pretrain", "preference") and result is None
             if reads and not looked:
                 (tokenizer, problem), looked = plan_tokenizer(loaded), True
             # pretrain tokenises without the template, so one that does not fit stops only the sft stages

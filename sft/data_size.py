@@ -86,6 +86,10 @@ class LocalRows:
     def sampled(self) -> int:
         return len(next(iter(self.sample.values()), [])) + len(self.long_lines)
 
+    def sampled_rows(self) -> list[dict[str, Any]]:
+        """The sampled rows one by one (JSON Lines: ``{RAW: line text, READ_ERROR: ...}``, as the pipeline reads them)."""
+        return [dict(zip(self.sample, values, strict=True)) for values in zip(*self.sample.values(), strict=True)]
+
 
 def jsonl_sample(rows: int, lines: Sequence[tuple[int, bytes | int]], places: Sequence[str] | None = None) -> LocalRows:
     """:class:`LocalRows` of sampled JSON Lines ``lines`` ((line number, its bytes, or its size when over
@@ -747,8 +751,7 @@ def _drawn_conversations(source: SourceConfig) -> tuple[list[Any], int]:
     found = scan_local_rows(source.path, SAMPLED_ROWS, source.split)
     if found is None or found.error is not None:
         return [], 0
-    rows: list[Any] = [dict(zip(found.sample, values, strict=True)) for values in zip(*found.sample.values(),
-                                                                                       strict=True)]
+    rows: list[Any] = found.sampled_rows()
     if found.lines:
         texts, rows = [row.get(RAW) for row in rows], []
         for text in texts:

@@ -417,6 +417,39 @@ PREFERENCE_STAGE = """
 """
 
 
+def test_an_offline_round_is_measured_on_its_local_pairs(tmp_path: Path, tiny_model_dir: Path):
+    """The plan sized offline pairs as 200 prompt tokens plus half of sampling.max_new_tokens (which offline pairs
+    never use): 18.4k tokens for a Vietnamese file the run trained 1.3k of. A local file's pairs are now rendered
+    with the base tokenizer and the recipe's template; a row that is no pair is not counted."""
+    from transformers import AutoTokenizer
+
+    from tempa.chat_templates.thinking import mode_kwargs
+    from tempa.recipes.runner import template_text
+
+    pairs = [{"prompt": f"Thủ đô của Việt Nam là gì? ({i})", "chosen": "Hà Nội.", "rejected": "Tôi không biết."}
+             for i in range(18)]
+    rows = [*pairs, {"prompt": "Câu hỏi?", "chosen": "Có."}]  # no rejected side: no pair
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                          encoding="utf-8")
+    stages = """
+    - name: dpo
+      kind: preference
+      offline: {path: prefs.jsonl}
+      rounds: 0
+      train: {max_length: 512}
+    """
+    loaded = load_recipe(write_recipe(tmp_path, str(tiny_model_dir), stages))
+    (estimate,) = estimate_recipe(loaded, "1xH100")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = template_text(loaded)
+    by_hand = sum(len(tokenizer.apply_chat_template(
+        [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p[side]}], tokenize=True,
+        return_dict=True, **mode_kwargs("off"))["input_ids"]) for p in pairs for side in ("chosen", "rejected"))
+    assert estimate.tokens_per_epoch == by_hand
+    notes = " ".join(render_estimate(loaded, "1xH100").split())
+    assert "offline round: ~18 pairs" in notes and "19 drawn rows, with the base model's tokenizer" in notes
+
+
 def test_preference_stage_pairs_rounds_and_reference_model(tmp_path: Path):
     with_reference = estimate_recipe(load_recipe(write_recipe(
         tmp_path, HUB_8B, PREFERENCE_STAGE.format(extra=""))), "8xH100")[0]

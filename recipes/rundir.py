@@ -104,6 +104,26 @@ def read_manifest(stage_dir: Path) -> Manifest | None:
         return None
 
 
+def lost_record(stage_dir: Path) -> str | None:
+    """What is wrong with the record of a stage that ran, where it cannot be read: its manifest.json is there but no
+    manifest (cut short by a full disk or a copy, edited by hand), or DONE is there without it. None where the record
+    reads, or the stage never started. The runner must not take such a stage for one that never ran: it would clear a
+    finished stage's model, or an interrupted one's checkpoints."""
+    path = stage_dir / MANIFEST
+    if not path.exists() and not path.is_symlink():
+        return f"{stage_dir / DONE} is there but {path} is missing" if (stage_dir / DONE).exists() else None
+    data = json_or_none(path)
+    if not isinstance(data, dict):
+        return f"{path} cannot be read (truncated?)"
+    try:
+        Manifest.model_validate(data, context={"run_dir": stage_dir.parent})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "(top)"
+        return f"{path} is not a stage manifest ({where}: {error['msg']})"
+    return None
+
+
 def write_metrics(stage_dir: Path, metrics: dict[str, Any]) -> None:
     """metrics.json, for the user's tools: a metric that is no number (a win rate over no pair) is null there."""
     write_json(stage_dir / METRICS, finite_json(metrics))

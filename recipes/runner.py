@@ -37,6 +37,7 @@ from tempa.recipes.rundir import (
     clear_stage_but,
     done_fingerprint,
     forced_run,
+    lost_record,
     mark_done,
     read_manifest,
     record_forced_run,
@@ -54,6 +55,7 @@ from tempa.sft.run_layout import (
     FINAL_LINK,
     FORCED_RUN,
     LOGS_DIR,
+    RESERVED_NAMES,
     RESOLVED_RECIPE,
     TOKENIZER_DIR,
 )
@@ -100,6 +102,9 @@ class StageDecision:
     # A re-run that keeps the stage's journals (its kind's `journals`), clearing the rest of its folder: their own
     # signatures decide which teacher answers, judge replies and samples are still valid.
     keeps_journals: bool = False
+    # Its record (manifest.json) is there but cannot be read, or DONE is there without it: what it ran with and what
+    # it made are unknown, so only --from/--only re-runs it (lost_record says what is wrong).
+    lost: str | None = None
 
 
 @dataclass
@@ -296,6 +301,14 @@ def plan_run(
                                            unfingerprinted=unfingerprinted)
         if forced_before:
             reason += f"; the unfinished `{continued.command}` run re-ran it, and this one continues that run"
+        lost = lost_record(stage_dir) if manifest is None else None
+        if lost is not None:
+            # Read as "changed since it ran" (every component) or "not run yet", a finished stage was cleared and
+            # trained again, unasked.
+            if forced:
+                action, reason, discards = "rerun", f"forced by --from/--only {from_stage or only}; {lost}", None
+            elif only is None:
+                raise StageError(lost_refusal(name, lost))
         stale: list[str] = []
         reran: list[str] = []  # stale inputs that ran again (or run now)
         behind: list[str] = []  # stale inputs that are stale themselves
@@ -321,7 +334,9 @@ def plan_run(
         finished = manifest is not None and manifest.status == "done"
         if only is not None and name != only and action != "skip":
             action, reason, discards = "skip", "not selected by --only", None
-            if not finished:
+            if lost is not None:
+                reason += f"; {lost}"
+            elif not finished:
                 reason += "; not run yet" if manifest is None else "; its last run did not finish"
             if stale:
                 why = [f"stale once {_names(reran)} re-ran"] if reran else []
@@ -341,10 +356,18 @@ def plan_run(
         run_ids[name] = manifest.run_id if manifest is not None else ""
         complete = done_fingerprint(stage_dir) == fp
         decisions.append(StageDecision(i, name, config.kind, upstream, reads, fp, components, action, reason,
-                                       kind.resumable, complete, finished, dump, inputs, stale, discards, keeps))
+                                       kind.resumable, complete, finished, dump, inputs, stale, discards, keeps,
+                                       lost))
     if only is not None:
         _check_only_inputs(decisions, only)
     return decisions
+
+
+def lost_refusal(name: str, lost: str) -> str:
+    """Why a run (and a plan) stops at a stage whose record cannot be read (``lost``: what :func:`lost_record` says),
+    and the way out."""
+    return (f"stage '{name}': {lost}: the stage's record is lost; restore it, or force the stage to run again with "
+            f"--from {name} / --only {name}")
 
 
 JOURNALS_KEPT = "its journals are kept: answers whose request is unchanged are reused"
@@ -539,6 +562,8 @@ def _check_only_inputs(decisions: list[StageDecision], only: str) -> None:
             break
         name = by_name[name].upstream
     for d in decisions:
+        if d.name in needed and d.lost is not None:
+            raise StageError(f"--only {only}: its input {lost_refusal(d.name, d.lost)}")
         if d.name in needed and not (d.complete and d.finished):
             raise StageError(
                 f"--only {only}: its input stage '{d.name}' is not complete; run it first (or use --from {d.name})"
@@ -973,7 +998,7 @@ class StageStatus:
 
     name: str
     kind: str
-    state: str  # done | stale | failed | running | interrupted | pending
+    state: str  # done | stale | failed | running | interrupted | pending | unreadable (its manifest.json)
     duration_s: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -986,6 +1011,9 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
     manifests = {m.name: m for p in sorted(run_dir.glob("*/")) if (m := read_manifest(p)) is not None}
     if names is None:
         names = [m.name for m in sorted(manifests.values(), key=lambda m: m.started_at)]
+        names += [p.name for p in sorted(run_dir.glob("*/"))
+                  if p.name not in manifests and p.name.lower() not in RESERVED_NAMES and not p.name.startswith(".")
+                  and lost_record(p)]
     active = run_in_progress(run_dir)
     run_ids = {name: m.run_id for name, m in manifests.items()}
     done = {name for name, m in manifests.items() if done_fingerprint(run_dir / name) == m.fingerprint}
@@ -1005,6 +1033,11 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
     for name in names:
         manifest = manifests.get(name)
         if manifest is None:
+            lost = lost_record(run_dir / name)
+            if lost is not None:  # it ran (it may be complete): "pending" would hide what `tempa run` refuses
+                rows.append(StageStatus(name, (kinds or {}).get(name, ""), "unreadable",
+                                        note=f"{lost}; restore it, or run the stage again with --from {name}"))
+                continue
             rows.append(StageStatus(name, (kinds or {}).get(name, ""), "pending"))
             continue
         state, note = "pending", None

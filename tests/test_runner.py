@@ -459,6 +459,51 @@ def test_corrupt_done_marker_means_not_done(recipe, tmp_path):
     assert plan_run(load_recipe(recipe), run_dir)[2].action != "skip"
 
 
+def test_a_stage_whose_manifest_cannot_be_read_is_refused_not_trained_again(recipe, tmp_path, capsys):
+    """A truncated manifest.json (a full disk, a copy cut short) read as no manifest at all: the next run called the
+    finished stage "changed since it ran: tempa version, stage config, input files, ..." and deleted its model to
+    train it again; `tempa status` called it pending."""
+    from tempa.recipes.cli import main
+
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    manifest = run_dir / "b" / MANIFEST
+    text = manifest.read_text()
+    manifest.write_text(text[: len(text) // 2])
+    reset_calls(run_dir)
+    refusal = (rf"^stage 'b': {re.escape(str(manifest))} cannot be read \(truncated\?\): the stage's record is lost; "
+               r"restore it, or force the stage to run again with --from b / --only b$")
+    with pytest.raises(StageError, match=refusal):
+        plan_run(load_recipe(recipe), run_dir)
+    with pytest.raises(StageError, match=refusal):
+        run_recipe(load_recipe(recipe), run_dir)
+    assert calls(run_dir) == [] and (run_dir / "b" / "model").is_dir() and (run_dir / "b" / DONE).is_file()
+    assert main(["plan", str(recipe), "--run-dir", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tempa: error: stage 'b': ") and err.count("\n") == 1
+    rows = {row.name: row for row in stage_status(load_recipe(recipe).names, run_dir)}
+    assert {name: row.state for name, row in rows.items()} == {"a": "done", "b": "unreadable", "c": "done"}
+    assert rows["b"].note.endswith("restore it, or run the stage again with --from b")
+    assert [row.state for row in stage_status(None, run_dir) if row.name == "b"] == ["unreadable"]  # `tempa push`
+
+    run_recipe(load_recipe(recipe), run_dir, only="c")  # c starts from a: b is left as it is
+    assert calls(run_dir) == ["c"] and manifest.read_text() == text[: len(text) // 2]
+    manifest.unlink()  # DONE without the manifest beside it: as lost
+    with pytest.raises(StageError, match=rf"^stage 'b': {re.escape(str(run_dir / 'b' / DONE))} is there but "
+                                         rf"{re.escape(str(manifest))} is missing: the stage's record is lost"):
+        plan_run(load_recipe(recipe), run_dir)
+    (run_dir / "a" / MANIFEST).write_text("[]")
+    with pytest.raises(StageError, match=r"^--only c: its input stage 'a': .* cannot be read \(truncated\?\)"):
+        plan_run(load_recipe(recipe), run_dir, only="c")
+
+    reset_calls(run_dir)
+    plans = plan_run(load_recipe(recipe), run_dir, from_stage="a")  # forced, from it or a stage before it: re-run
+    assert [p.action for p in plans] == ["rerun", "rerun", "rerun"] and "cannot be read" in plans[0].reason
+    run_recipe(load_recipe(recipe), run_dir, from_stage="a")
+    assert calls(run_dir) == ["a", "b", "c"]
+    assert [p.action for p in plan_run(load_recipe(recipe), run_dir)] == ["skip", "skip", "skip"]
+
+
 def test_lock_stops_a_second_run(recipe, tmp_path):
     run_dir = tmp_path / "run"
     with RunLock(run_dir), pytest.raises(RunLockedError, match="run directory is in use by pid"):

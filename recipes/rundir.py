@@ -256,6 +256,21 @@ def check_run_dir(run_dir: Path) -> None:
         )
 
 
+def remove_unused_run_dir(made: list[Path]) -> None:
+    """Remove the run directory a run made and stopped in before it wrote anything (``made``: that folder and the
+    parents made with it, deepest first), where only its lock file is left: a refused run leaves no folder behind.
+    A folder another runner has begun to use holds more and stays."""
+    run_dir = made[0]
+    try:
+        if set(os.listdir(run_dir)) - {LOCK}:
+            return
+        (run_dir / LOCK).unlink(missing_ok=True)
+        for folder in made:
+            folder.rmdir()
+    except OSError:  # not empty (another runner's), or gone: what is there stays
+        return
+
+
 def resolved_recipe(run_dir: Path) -> dict[str, Any] | None:
     """The run directory's recipe.resolved.yaml (the recipe its last run ran), read without validating it, or None
     where there is none or it cannot be read: the commands that read a run need its names and stages only, and

@@ -41,6 +41,7 @@ from tempa.recipes.rundir import (
     mark_done,
     read_manifest,
     record_forced_run,
+    remove_unused_run_dir,
     run_in_progress,
     stale_inputs,
     sweep_trash,
@@ -685,13 +686,22 @@ def run_recipe(
 ) -> RunSummary:
     run_dir = run_dir.resolve()
     check_run_dir(run_dir)
+    made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_checked(loaded, run_dir, from_stage, only)
+    except BaseException:
+        if made and not (run_dir / RESOLVED_RECIPE).exists():
+            remove_unused_run_dir(made)  # refused (or stopped) before its first stage: no folder that looks like a run
+        raise
+
+
+def _run_checked(loaded: LoadedRecipe, run_dir: Path, from_stage: str | None, only: str | None) -> RunSummary:
     summary = RunSummary(run_dir)
     with hangup_stops(), RunLock(run_dir):
         sweep_trash(run_dir)
         check_profile(loaded, run_dir)
         resolved = loaded.resolved()
-        write_atomic(run_dir / RESOLVED_RECIPE, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
         decisions = plan_run(loaded, run_dir, from_stage=from_stage, only=only)
         check_stage_inputs(loaded, decisions)
         check_discards(decisions)
@@ -700,8 +710,11 @@ def run_recipe(
             raise StageError(problems[0])
         for warning in [*input_warnings(loaded, decisions), *loaded.path_warnings]:
             log.warning("%s", warning)
-        record_forced_run(run_dir, from_stage, only)
         base_dir = resolve_base_model(loaded)
+        # Only now, the checks passed: `tempa status`, `push` and the default-folder guard read the recipe the folder's
+        # stages ran, which a refused run of another recipe replaced.
+        write_atomic(run_dir / RESOLVED_RECIPE, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+        record_forced_run(run_dir, from_stage, only)
         template = template_text(loaded)
         tokenizer_dir = prepare_tokenizer(base_dir, loaded.recipe.chat_template, template, run_dir, log,
                                           defaults=template_defaults(loaded))

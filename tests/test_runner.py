@@ -504,6 +504,40 @@ def test_a_stage_whose_manifest_cannot_be_read_is_refused_not_trained_again(reci
     assert [p.action for p in plan_run(load_recipe(recipe), run_dir)] == ["skip", "skip", "skip"]
 
 
+def test_a_refused_run_leaves_the_run_directory_as_it_was(recipe, tmp_path, capsys):
+    """A run refused before its first stage wrote its recipe.resolved.yaml first: refused into another recipe's folder,
+    `tempa status` (and push) read the refused recipe's stages there afterwards; refused into a new folder, it left a
+    folder holding only that file, which read as a run."""
+    from tempa.recipes.cli import main
+
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    resolved = (run_dir / "recipe.resolved.yaml").read_text()
+    other = tmp_path / "other.yaml"
+    other.write_text(recipe.read_text().replace("name: t", "name: other").replace("value: 2}", "value: 2, from: x}")
+                     .replace("stages:", "stages:\n  - {name: x, kind: touch, value: 4}"))
+    reset_calls(run_dir)
+    with pytest.raises(StageError, match=r"^--only b: its input stage 'x' is not complete"):
+        run_recipe(load_recipe(other), run_dir, only="b")
+    assert (run_dir / "recipe.resolved.yaml").read_text() == resolved and calls(run_dir) == []
+    assert main(["status", str(run_dir), "--json"]) == 0
+    assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["a", "b", "c"]
+
+    new = tmp_path / "new" / "run"
+    with pytest.raises(StageError, match="its input stage 'x' is not complete"):
+        run_recipe(load_recipe(other), new, only="b")
+    assert not (tmp_path / "new").exists()  # nor the parent the run made for it
+    assert main(["run", str(other), "--run-dir", str(new), "--only", "b"]) == 1
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()  # a folder the user made stays, and reads as no run
+    with pytest.raises(StageError):
+        run_recipe(load_recipe(other), tmp_path / "empty", only="b")
+    assert main(["status", str(tmp_path / "empty")]) == 1 and "not a tempa run directory" in capsys.readouterr().err
+
+    assert run_recipe(load_recipe(other), new).ran == ["x", "a", "b", "c"]  # a run that passes writes it, as before
+    assert load_recipe(new / "recipe.resolved.yaml").recipe.name == "other"
+
+
 def test_lock_stops_a_second_run(recipe, tmp_path):
     run_dir = tmp_path / "run"
     with RunLock(run_dir), pytest.raises(RunLockedError, match="run directory is in use by pid"):

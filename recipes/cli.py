@@ -299,6 +299,7 @@ def _cmd_plan(args) -> int:
         decontamination_lines,
         environment_problems,
         input_warnings,
+        other_recipe_warning,
         plan_run,
     )
 
@@ -340,6 +341,7 @@ def _cmd_plan(args) -> int:
     warnings += filter(None, [planned_thinking_default_warning(loaded.recipe.thinking_default, loaded.stages)])
     warnings += input_warnings(loaded, decisions)
     warnings += loaded.path_warnings
+    warnings += filter(None, [other_recipe_warning(loaded, run_dir)])
     from tempa.merge.merge_config import selection_notes
 
     warnings += selection_notes(loaded.stages)  # what the merge's selection needs that only the run can tell

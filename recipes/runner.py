@@ -24,6 +24,7 @@ import yaml
 from tempa.chat_templates.one_line import first_line, typed_line
 from tempa.merge.eval_data import evaluation_prompts
 from tempa.recipes import __version__
+from tempa.recipes.errors import RecipeError
 from tempa.recipes.fingerprint import referenced_files
 from tempa.recipes.held_signals import hangup_stops
 from tempa.recipes.launcher import deepspeed_config_path, hardware_problem, reap_stale_launch, run_launch
@@ -42,6 +43,7 @@ from tempa.recipes.rundir import (
     read_manifest,
     record_forced_run,
     remove_unused_run_dir,
+    resolved_recipe,
     run_in_progress,
     stale_inputs,
     sweep_trash,
@@ -601,6 +603,33 @@ def check_profile(loaded: LoadedRecipe, run_dir: Path) -> None:
                          "or another --run-dir for this one")
 
 
+def other_recipe_warning(loaded: LoadedRecipe, run_dir: Path) -> str | None:
+    """A run of ``loaded`` in a folder that holds a run of an unrelated recipe (another name, none of its stage names,
+    not in its `extends:` chain): what the run replaces there, one line for `tempa plan` and the run's start. A
+    warning, not a refusal: a child recipe goes on in its parent's folder on purpose."""
+    from tempa.recipes.loader import recipe_name
+
+    ran = resolved_recipe(run_dir) or {}
+    other = ran.get("name")
+    if not isinstance(other, str) or other == loaded.recipe.name:
+        return None
+    stages = [stage["name"] for stage in ran.get("stages") or [] if isinstance(stage, dict)
+              and isinstance(stage.get("name"), str)] if isinstance(ran.get("stages"), list) else []
+    if set(stages) & set(loaded.names):
+        return None
+    lineage = set()
+    for file in loaded.files:
+        with contextlib.suppress(RecipeError, OSError):
+            lineage.add(recipe_name(file))
+    if other in lineage:
+        return None
+    final = " and its final model link" if (run_dir / FINAL_LINK).is_symlink() else ""
+    shown = f" (stages {', '.join(stages)})" if stages else ""
+    return (f"{run_dir}: holds the run of recipe '{other}'{shown}, which shares no stage with '{loaded.recipe.name}': "
+            f"this run replaces its {RESOLVED_RECIPE}{final}, and `tempa status` will show only this recipe's stages; "
+            "give another --run-dir to keep both")
+
+
 def _has_trained(stage_dir: Path) -> bool:
     """Whether an unfinished stage holds training that starting it over clears: a complete checkpoint or a trained
     model, of the stage or of one of its rounds (its journals, samples and scores, are kept)."""
@@ -711,6 +740,8 @@ def _run_checked(loaded: LoadedRecipe, run_dir: Path, from_stage: str | None, on
         for warning in [*input_warnings(loaded, decisions), *loaded.path_warnings]:
             log.warning("%s", warning)
         base_dir = resolve_base_model(loaded)
+        if (replaces := other_recipe_warning(loaded, run_dir)) is not None:
+            log.warning("%s", replaces)
         # Only now, the checks passed: `tempa status`, `push` and the default-folder guard read the recipe the folder's
         # stages ran, which a refused run of another recipe replaced.
         write_atomic(run_dir / RESOLVED_RECIPE, yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))

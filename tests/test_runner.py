@@ -538,6 +538,43 @@ def test_a_refused_run_leaves_the_run_directory_as_it_was(recipe, tmp_path, caps
     assert load_recipe(new / "recipe.resolved.yaml").recipe.name == "other"
 
 
+def test_a_run_into_the_folder_of_an_unrelated_recipe_says_what_it_replaces(recipe, tmp_path, caplog, capsys):
+    """`tempa run other.yaml --run-dir r/other` where r/other holds a run of another recipe went on silently: it
+    replaced recipe.resolved.yaml and the `final` link, and `tempa status` hid the other recipe's stages. A warning, not
+    a refusal: a child recipe goes on in its parent's folder on purpose."""
+    from tempa.recipes.cli import main
+
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    other = tmp_path / "other.yaml"
+    other.write_text(f"name: other\nbase_model: {load_recipe(recipe).recipe.base_model}\nstages:\n"
+                     "  - {name: p, kind: touch, value: 1}\n")
+    warning = (f"{run_dir}: holds the run of recipe 't' (stages a, b, c), which shares no stage with 'other': this run "
+               "replaces its recipe.resolved.yaml and its final model link, and `tempa status` will show only this "
+               "recipe's stages; give another --run-dir to keep both")
+    assert main(["plan", str(other), "--run-dir", str(run_dir)]) == 0
+    assert f"warning: {warning}\n" in capsys.readouterr().out
+    with caplog.at_level("WARNING", logger="tempa"):
+        assert run_recipe(load_recipe(other), run_dir).ran == ["p"]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [warning]
+
+    # Not for a recipe that extends the one that ran there (its stages may differ), nor one that shares a stage name
+    caplog.clear()
+    (tmp_path / "parent.yaml").write_text(other.read_text().replace("name: p", "name: x"))
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: parent.yaml\nname: child\nstages:\n  - {name: q, kind: touch, value: 2}\n")
+    assert load_recipe(child).names == ["x", "q"]
+    shares = tmp_path / "shares.yaml"
+    shares.write_text(other.read_text().replace("name: other", "name: shares").replace("name: p", "name: q"))
+    for path, folder in ((child, run_dir), (shares, run_dir), (other, tmp_path / "new")):
+        assert main(["plan", str(path), "--run-dir", str(folder)]) == 0
+        assert "shares no stage" not in capsys.readouterr().out
+        with caplog.at_level("WARNING", logger="tempa"):
+            run_recipe(load_recipe(path), folder)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert load_recipe(run_dir / "recipe.resolved.yaml").recipe.name == "shares"
+
+
 def test_lock_stops_a_second_run(recipe, tmp_path):
     run_dir = tmp_path / "run"
     with RunLock(run_dir), pytest.raises(RunLockedError, match="run directory is in use by pid"):

@@ -19,6 +19,10 @@ llama-cpp-python installs it. So this writer stays for Llama (what tempa's recip
 architectures run the converter from a llama.cpp checkout and quantise its output with
 ``tempa export gguf FILE.gguf --type q4_k_m`` (the same llama.cpp quantiser).
 
+Each GGUF gets its own Modelfile beside it, named after it (``demo-q8_0.gguf``: ``demo-q8_0.Modelfile``), so
+exports of several types into one folder keep theirs; a file of that name that is not the Modelfile tempa wrote for
+that GGUF is refused before anything is written.
+
 The embedded chat template is the baked one without its ``{% generation %}`` markers (a
 transformers extension for training masks that other Jinja engines reject), and with a request's
 ``thinking_mode`` winning over llama-server's ever-present ``enable_thinking`` (:func:`serving_template`); its eos is the
@@ -76,6 +80,32 @@ class GGUFExport:
     file_type: GGUFType
     # llama.cpp quantisation: tensors by their GGML type (e.g. {"Q4_K": 10, "Q6_K": 2, "F32": 5})
     tensor_types: dict[str, int] | None = None
+
+
+MODELFILE_HEADER = "# tempa: "  # the first line of every Modelfile tempa writes
+
+
+def modelfile_for(gguf_path: Path) -> Path:
+    """The Ollama Modelfile of ``gguf_path``: beside it, named after it (``x-q8_0.gguf``: ``x-q8_0.Modelfile``).
+
+    One shared ``Modelfile`` per folder was overwritten by every export into that folder (a run's q8_0 and f16 left
+    one Modelfile for two GGUFs, and ``--out /tmp/x.gguf`` replaced a user's own ``/tmp/Modelfile``)."""
+    stem = gguf_path.stem if gguf_path.suffix == ".gguf" else gguf_path.name
+    return gguf_path.with_name(f"{stem}.Modelfile")
+
+
+def _check_modelfile_free(gguf_path: Path) -> None:
+    """Refuse, before any work, a Modelfile path that holds something other than tempa's Modelfile for this GGUF
+    (a user's own, or another tool's): the export would replace it."""
+    modelfile = modelfile_for(gguf_path)
+    if not modelfile.exists() and not modelfile.is_symlink():
+        return
+    if modelfile.is_file() and not modelfile.is_symlink():
+        lines = modelfile.read_text(encoding="utf-8", errors="replace").splitlines()
+        if len(lines) > 1 and lines[0].startswith(MODELFILE_HEADER) and lines[1] == f"FROM ./{gguf_path.name}":
+            return  # an earlier export of this GGUF: replaced with the GGUF
+    raise StageError(f"{modelfile} exists and is not the Modelfile tempa wrote for {gguf_path.name}, and the export "
+                     "would replace it; move it away or give another --out")
 
 
 def _published_with(model_dir: str | os.PathLike, *paths: Path | None) -> None:
@@ -292,7 +322,8 @@ def export_name(model_dir: Path) -> str:
 
 def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
                 file_type: GGUFType = "f16") -> GGUFExport:
-    """Write ``model_dir`` as GGUF (``out`` default: ``<model_dir>/<name>-<type>.gguf``) + a Modelfile.
+    """Write ``model_dir`` as GGUF (``out`` default: ``<model_dir>/<name>-<type>.gguf``) + its Modelfile
+    (:func:`modelfile_for`).
 
     ``model_dir`` may also be a ``.gguf`` file (e.g. from llama.cpp's converter): it is quantised to
     ``file_type`` with llama.cpp's quantiser, without a Modelfile.
@@ -309,6 +340,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
     if file_type in LLAMA_CPP_QUANTS:  # llama.cpp quantises the f16 file this module writes
         _llama_cpp(file_type)  # missing: say so before writing the f16 intermediate
         target = Path(out) if out else Path(model_dir).resolve() / f"{export_name(Path(model_dir))}-{file_type}.gguf"
+        _check_modelfile_free(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".tempa-gguf-", dir=target.parent) as scratch:
             f16 = export_gguf(model_dir, Path(scratch) / "model-f16.gguf", file_type="f16")
@@ -318,9 +350,10 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
                 return GGUFExport(target, None, f16.tensor_count, file_type, types)
             modelfile = f16.modelfile_path.read_text(encoding="utf-8").replace(
                 f"./{f16.gguf_path.name}", f"./{target.name}")
-        target.with_name("Modelfile").write_text(modelfile, encoding="utf-8")
-        _published_with(model_dir, target, target.with_name("Modelfile"))
-        return GGUFExport(target, target.with_name("Modelfile"), f16.tensor_count, file_type, types)
+        modelfile_path = modelfile_for(target)
+        modelfile_path.write_text(modelfile, encoding="utf-8")
+        _published_with(model_dir, target, modelfile_path)
+        return GGUFExport(target, modelfile_path, f16.tensor_count, file_type, types)
     import gguf
     from transformers import AutoConfig, AutoTokenizer
 
@@ -343,6 +376,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
     if not template:
         raise StageError(f"{model_dir}: the tokenizer has no chat template; export the baked final model")
     gguf_path = Path(out) if out else model_dir / f"{name}-{file_type}.gguf"
+    _check_modelfile_free(gguf_path)
     gguf_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = gguf_path.with_name(f".{gguf_path.name}.partial")
 
@@ -414,7 +448,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
     if modelfile_text is None:
         _published_with(model_dir, gguf_path)
         return GGUFExport(gguf_path, None, count, file_type, tensor_types)
-    modelfile = gguf_path.with_name("Modelfile")
+    modelfile = modelfile_for(gguf_path)
     modelfile.write_text(modelfile_text, encoding="utf-8")
     _published_with(model_dir, gguf_path, modelfile)
     return GGUFExport(gguf_path, modelfile, count, file_type, tensor_types)
@@ -524,7 +558,7 @@ def ollama_modelfile(gguf_name: str, tokenizer, generation: dict[str, Any], lice
         raise StageError(f"Modelfile for {gguf_name}: the template contains a triple quote")
     stops = [tokenizer.convert_ids_to_tokens(i) for i in _stop_ids(generation)] or [tokenizer.eos_token]
     lines = [
-        f"# tempa: default thinking mode '{default}' (thinking_default). {ollama_default_note(default)}",
+        f"{MODELFILE_HEADER}default thinking mode '{default}' (thinking_default). {ollama_default_note(default)}",
         f"FROM ./{gguf_name}",
         f'TEMPLATE """{body}"""',
     ]

@@ -441,7 +441,8 @@ def usage_snippet(model_id: str, thinking_default: str = "on", saved_with: str |
         "Generation stops at the end-of-turn token: it is the tokenizer's eos, and `generation_config.json`",
         "lists it among the eos ids." + (" `tempa export gguf` writes a GGUF (llama.cpp) and an Ollama Modelfile"
                                          if gguf else ""),
-        *(["whose template honours Ollama's `think` switch. " + ollama_default_note(thinking_default),
+        *(["named after it (`NAME-q8_0.gguf`: `NAME-q8_0.Modelfile`, for `ollama create NAME -f NAME-q8_0.Modelfile`)",
+           "whose template honours Ollama's `think` switch. " + ollama_default_note(thinking_default),
            "", LLAMA_SERVER_NOTE] if gguf else []),
         "",
     ]

@@ -2,8 +2,8 @@
 
 What goes up is the final folder (``RUN_DIR/final``: weights, tokenizer with the baked template,
 generation config, model card) in one commit, made with huggingface_hub's own
-``CommitOperationAdd`` / ``create_commit``; the GGUF and its Ollama Modelfile only with
-``--gguf``. Never intermediate checkpoints or stage folders, never hidden files, and only a
+``CommitOperationAdd`` / ``create_commit``; the GGUFs and their Ollama Modelfiles (``NAME-TYPE.Modelfile``
+beside ``NAME-TYPE.gguf``) only with ``--gguf``. Never intermediate checkpoints or stage folders, never hidden files, and only a
 folder that :func:`tempa.merge.publish.publish_problems` finds clean (no pickles, no local path or
 secret in its text, every file the bake wrote) and whose stages are all complete and current, with a
 card whose metadata the Hub accepts (licence ids, ISO 639 languages). The card's usage snippet
@@ -27,7 +27,8 @@ from tempa.sft.run_layout import FINAL_LINK
 from tempa.sft.stage_api import StageError
 
 CARD = "README.md"
-GGUF_FILES = ("*.gguf", "Modelfile")
+# each GGUF's own <stem>.Modelfile; "Modelfile": the one shared name exports used before
+GGUF_FILES = ("*.gguf", "*.Modelfile", "Modelfile")
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def test_gguf_reads_back_with_tensors_template_and_special_tokens(baked_model, t
     assert tensors["blk.0.attn_q.weight"].tensor_type.name == expected_type
     assert tensors["output_norm.weight"].tensor_type.name == "F32"
 
-    modelfile = (tmp_path / "Modelfile").read_text()
+    modelfile = (tmp_path / f"model-{file_type}.Modelfile").read_text()
     assert f"\nFROM ./{out.name}\n" in modelfile and "default thinking mode 'on'" in modelfile
     assert f'TEMPLATE """{ollama_template(tokenizer.chat_template)}"""' in modelfile
     assert 'PARAMETER stop "<|eot_id|>"' in modelfile
@@ -179,7 +179,7 @@ def test_an_edited_template_gets_no_modelfile_of_another_template(tiny_model_dir
     out = tmp_path / "out" / "own.gguf"
     with caplog.at_level("WARNING"):
         result = export_gguf(final, out)
-    assert result.modelfile_path is None and not (out.parent / "Modelfile").exists()
+    assert result.modelfile_path is None and not list(out.parent.glob("*Modelfile"))
     assert "sandbox" in field_text(GGUFReader(str(out)), "tokenizer.chat_template")
     assert "without an Ollama Modelfile" in caplog.text and "llama3_thinking" in caplog.text
 
@@ -289,7 +289,7 @@ def test_an_export_into_the_final_folder_leaves_it_publishable_under_a_private_u
         assert main(["export", "gguf", str(folder), "--type", "q8_0"]) == 0
     finally:
         os.umask(old)
-    written = [*sorted(folder.glob("*.gguf")), folder / "Modelfile"]
+    written = [*sorted(folder.glob("*.gguf")), *folder.glob("*.Modelfile")]
     assert len(written) == 2 and {path.stat().st_mode & 0o777 for path in written} == {0o644}
     assert publish_problems(folder) == []
 
@@ -349,3 +349,41 @@ def test_a_sentencepiece_tokenizer_is_refused_rather_than_written_as_byte_level_
     err = capsys.readouterr().err.strip()
     assert "tokenizer.json" in err and "byte-level" in err and "Metaspace" in err and "convert_hf_to_gguf.py" in err
     assert len(err.splitlines()) == 1 and not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*partial"))
+
+
+def test_each_export_keeps_its_own_modelfile_and_a_users_modelfile_is_never_replaced(baked_model, tmp_path, capsys):
+    """Every export wrote one shared `Modelfile` beside its GGUF: `--out gg/a.gguf` then `--out gg/b.gguf` left
+    gg/Modelfile saying `FROM ./b.gguf`, a run's q8_0 and f16 exports left one Modelfile for two GGUFs (and `tempa push
+    --gguf` uploaded both with it), and `--out /tmp/x.gguf` replaced a user's own /tmp/Modelfile."""
+    from tempa.recipes.push import push_files
+
+    gg = tmp_path / "gg"
+    assert main(["export", "gguf", str(baked_model), "--out", str(gg / "a.gguf")]) == 0
+    assert main(["export", "gguf", str(baked_model), "--out", str(gg / "b.gguf"), "--type", "q8_0"]) == 0
+    assert f"ollama create NAME -f {gg / 'b.Modelfile'}" in capsys.readouterr().out
+    assert sorted(path.name for path in gg.iterdir()) == ["a.Modelfile", "a.gguf", "b.Modelfile", "b.gguf"]
+    assert "\nFROM ./a.gguf\n" in (gg / "a.Modelfile").read_text()
+    assert "\nFROM ./b.gguf\n" in (gg / "b.Modelfile").read_text()
+    assert main(["export", "gguf", str(baked_model), "--out", str(gg / "a.gguf")]) == 0  # its own: replaced
+
+    # a user's own Modelfiles: the shared name is left alone, the GGUF's own name is refused before any work
+    (gg / "Modelfile").write_text("FROM llama3.1\nPARAMETER temperature 0.1\n")
+    (gg / "c.Modelfile").write_text("FROM ./c.gguf\nPARAMETER temperature 0.1\n")
+    assert main(["export", "gguf", str(baked_model), "--out", str(gg / "c.gguf")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{gg / 'c.Modelfile'} exists and is not the Modelfile tempa wrote" in err
+    assert not (gg / "c.gguf").exists() and not list(gg.glob(".*"))
+    assert (gg / "c.Modelfile").read_text() == "FROM ./c.gguf\nPARAMETER temperature 0.1\n"
+    assert main(["export", "gguf", str(baked_model), "--out", str(gg / "d.gguf")]) == 0
+    assert (gg / "Modelfile").read_text() == "FROM llama3.1\nPARAMETER temperature 0.1\n"
+
+    # two types into a final folder: two Modelfiles, both uploaded with --gguf, neither without
+    folder = tmp_path / "mymodel"
+    shutil.copytree(baked_model, folder)
+    for file_type in ("q8_0", "f16"):
+        assert main(["export", "gguf", str(folder), "--type", file_type]) == 0
+    exported = {"mymodel-q8_0.gguf", "mymodel-q8_0.Modelfile", "mymodel-f16.gguf", "mymodel-f16.Modelfile"}
+    assert exported <= {path.name for path in folder.iterdir()}
+    assert "\nFROM ./mymodel-f16.gguf\n" in (folder / "mymodel-f16.Modelfile").read_text()
+    assert exported <= {f.path_in_repo for f in push_files(folder, include_gguf=True)}
+    assert not exported & {f.path_in_repo for f in push_files(folder)}

@@ -45,7 +45,7 @@ def test_q4_k_m_through_llama_cpp_loads_and_generates(wide_final, tmp_path, caps
     types = gguf_tensor_types(out)
     assert types.get("Q4_K", 0) >= 4, types  # the K-quant itself, chosen by llama.cpp per tensor
     assert f"Q4_K {types['Q4_K']}" in printed
-    modelfile = (tmp_path / "Modelfile").read_text()
+    modelfile = (tmp_path / "wide-q4_k_m.Modelfile").read_text()
     assert "FROM ./wide-q4_k_m.gguf" in modelfile and not list(tmp_path.glob(".*"))  # no partial or scratch left
     f16 = export_gguf(wide_final, tmp_path / "f16" / "wide-f16.gguf")
     assert out.stat().st_size < 0.6 * f16.gguf_path.stat().st_size

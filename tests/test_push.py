@@ -109,7 +109,7 @@ def run_dir(tmp_path, baked):
     shutil.copytree(baked, final)
     (final / "README.md").write_text(CARD)
     (final / "t-q8_0.gguf").write_bytes(b"GGUF")
-    (final / "Modelfile").write_text("FROM ./t-q8_0.gguf\n")
+    (final / "t-q8_0.Modelfile").write_text("FROM ./t-q8_0.gguf\n")
     (final / ".t-f16.gguf.partial").write_bytes(b"half")
     (run / "sft" / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     (run / "sft" / "checkpoints" / "checkpoint-2" / "model.safetensors").write_bytes(b"x")
@@ -151,7 +151,7 @@ def test_dry_run_lists_files_and_uploads_nothing(run_dir, hub):
     proc = tempa("push", str(run_dir), "--repo", "org/model", "--gguf", "--dry-run", endpoint=hub)
     assert proc.returncode == 0, proc.stderr
     listed = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")]
-    assert "t-q8_0.gguf" in listed and "Modelfile" in listed and "README.md" in listed
+    assert "t-q8_0.gguf" in listed and "t-q8_0.Modelfile" in listed and "README.md" in listed
     assert not any(name.startswith(".") or "checkpoint" in name for name in listed)
     assert "dry run:" in proc.stdout and FakeHub.commits == [] and FakeHub.repos == []
 

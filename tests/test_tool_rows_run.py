@@ -92,7 +92,7 @@ def test_tool_rows_train_through_tempa_run_and_thinking_default_off_reaches_ever
     assert metrics["thinking_default"] == "off" and "warning" not in metrics
     # ... and the Ollama Modelfile (and the GGUF's template, markers removed).
     assert main(["export", "gguf", str(run / "final"), "--out", str(tmp_path / "gguf" / "tools.gguf")]) == 0
-    modelfile = (tmp_path / "gguf" / "Modelfile").read_text(encoding="utf-8")
+    modelfile = (tmp_path / "gguf" / "tools.Modelfile").read_text(encoding="utf-8")
     assert "{{- $think := false }}" in modelfile and "default thinking mode 'off'" in modelfile
 
 

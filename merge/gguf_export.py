@@ -17,7 +17,8 @@ llama.cpp's own HF-to-GGUF converter (``convert_hf_to_gguf.py``, which covers Qw
 most other architectures) ships in llama.cpp's source tree only: neither the ``gguf`` package nor
 llama-cpp-python installs it. So this writer stays for Llama (what tempa's recipes train); for other
 architectures run the converter from a llama.cpp checkout and quantise its output with
-``tempa export gguf FILE.gguf --type q4_k_m`` (the same llama.cpp quantiser).
+``tempa export gguf FILE.gguf --type q4_k_m`` (the same llama.cpp quantiser, which also makes q8_0 from a
+.gguf input; a .gguf input has no default type).
 
 Each GGUF gets its own Modelfile beside it, named after it (``demo-q8_0.gguf``: ``demo-q8_0.Modelfile``), so
 exports of several types into one folder keep theirs; a file of that name that is not the Modelfile tempa wrote for
@@ -63,6 +64,8 @@ LLAMA_CPP_QUANTS = {"q2_k": "Q2_K", "q3_k_s": "Q3_K_S", "q3_k_m": "Q3_K_M", "q3_
                     "q4_k_s": "Q4_K_S", "q4_k_m": "Q4_K_M", "q5_0": "Q5_0", "q5_k_s": "Q5_K_S", "q5_k_m": "Q5_K_M",
                     "q6_k": "Q6_K"}
 GGUF_TYPES = (*WRITTEN_TYPES, *LLAMA_CPP_QUANTS)
+# what llama.cpp's quantiser makes of a .gguf input: q8_0 too (tempa writes its own q8_0 from a model folder only)
+GGUF_INPUT_QUANTS = {"q8_0": "Q8_0", **LLAMA_CPP_QUANTS}
 K_QUANT_ROW = 256  # a K-quant block: a weight row must be a multiple of it
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 
@@ -123,15 +126,17 @@ def writes_gguf(model_dir: Path) -> bool:
     return bool(set(config.get("architectures") or ()) & set(SUPPORTED_ARCHITECTURES))
 
 
-def _llama_cpp(file_type: str):
-    """llama-cpp-python, or a one-line error saying how to install it (tempa is installed from its checkout)."""
+def _llama_cpp(file_type: str, *, gguf_input: bool = False):
+    """llama-cpp-python, or a one-line error saying how to install it (tempa is installed from its checkout);
+    ``gguf_input``: the source is a .gguf file, which only llama.cpp quantises (no q8_0 or f16 to fall back to)."""
     try:
         import llama_cpp
     except ImportError:
+        fallback = "" if gguf_input else "; or use --type q8_0 or f16"
         raise StageError(f"--type {file_type} uses llama.cpp's quantiser, which needs llama-cpp-python (the serving "
                          "extra): from tempa's checkout, pip install \"scikit-build-core>=0.9.2\" ninja && "
                          "CMAKE_ARGS=\"-DLLAVA_BUILD=OFF\" pip install --no-build-isolation -e \".[serving]\" "
-                         "(it builds llama.cpp from source); or use --type q8_0 or f16") from None
+                         f"(it builds llama.cpp from source){fallback}") from None
     return llama_cpp
 
 
@@ -143,19 +148,19 @@ def quantize_gguf(source: Path, out: Path, file_type: str) -> dict[str, int]:
     """
     import ctypes
 
-    if file_type not in LLAMA_CPP_QUANTS:
-        raise StageError(f"--type {file_type}: not a llama.cpp quantisation type ({', '.join(LLAMA_CPP_QUANTS)})")
-    llama_cpp = _llama_cpp(file_type)
+    if file_type not in GGUF_INPUT_QUANTS:
+        raise StageError(f"--type {file_type}: not a llama.cpp quantisation type ({', '.join(GGUF_INPUT_QUANTS)})")
+    llama_cpp = _llama_cpp(file_type, gguf_input=True)
     tmp = out.with_name(f".{out.name}.partial")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{LLAMA_CPP_QUANTS[file_type]}")
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{GGUF_INPUT_QUANTS[file_type]}")
     params.nthread = os.cpu_count() or 1
     code = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
     if code != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
         raise StageError(f"llama.cpp could not quantise {source} to {file_type} (llama_model_quantize returned {code})")
     types = gguf_tensor_types(tmp)
-    wanted = LLAMA_CPP_QUANTS[file_type]
+    wanted = GGUF_INPUT_QUANTS[file_type]
     if "_K" in wanted and not any(name.endswith("_K") for name in types):
         tmp.unlink()
         raise StageError(
@@ -321,22 +326,35 @@ def export_name(model_dir: Path) -> str:
 
 
 def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
-                file_type: GGUFType = "f16") -> GGUFExport:
+                file_type: GGUFType | None = None) -> GGUFExport:
     """Write ``model_dir`` as GGUF (``out`` default: ``<model_dir>/<name>-<type>.gguf``) + its Modelfile
     (:func:`modelfile_for`).
 
-    ``model_dir`` may also be a ``.gguf`` file (e.g. from llama.cpp's converter): it is quantised to
-    ``file_type`` with llama.cpp's quantiser, without a Modelfile.
+    ``file_type`` None: f16 for a model folder. ``model_dir`` may also be a ``.gguf`` file (e.g. from llama.cpp's
+    converter): it is quantised to ``file_type`` (one of :data:`GGUF_INPUT_QUANTS`, required) with llama.cpp's
+    quantiser, without a Modelfile.
     """
-    if file_type not in GGUF_TYPES:
+    if file_type is not None and file_type not in GGUF_TYPES:
         raise StageError(f"--type {file_type}: expected one of {', '.join(GGUF_TYPES)}")
+    if out is not None and Path(out).is_dir():  # else the whole GGUF is written before the rename onto it fails
+        raise StageError(f"--out {out} is a folder; give a .gguf file path")
+    if not Path(model_dir).exists():
+        raise StageError(f"{model_dir}: no such file or folder")
     if Path(model_dir).suffix == ".gguf":
         source = Path(model_dir).resolve()
         if not source.is_file():
-            raise StageError(f"{source}: no such GGUF file")
+            raise StageError(f"{source}: not a file (a .gguf input is a GGUF file to quantise)")
+        quants = ", ".join(GGUF_INPUT_QUANTS)
+        if file_type is None:
+            raise StageError(f"{source}: a .gguf input is quantised with llama.cpp's quantiser and needs --type, one "
+                             f"of {quants}")
+        if file_type not in GGUF_INPUT_QUANTS:
+            raise StageError(f"--type {file_type}: a .gguf input is quantised with llama.cpp's quantiser, which takes "
+                             f"{quants}; tempa writes {file_type} from a model folder only")
         target = Path(out) if out else source.with_name(f"{source.stem}-{file_type}.gguf")
         types = quantize_gguf(source, target, file_type)
         return GGUFExport(target, None, sum(types.values()), file_type, types)
+    file_type = file_type or "f16"
     if file_type in LLAMA_CPP_QUANTS:  # llama.cpp quantises the f16 file this module writes
         _llama_cpp(file_type)  # missing: say so before writing the f16 intermediate
         target = Path(out) if out else Path(model_dir).resolve() / f"{export_name(Path(model_dir))}-{file_type}.gguf"

@@ -120,9 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     gguf.add_argument("model_dir", type=Path, help="a final model folder, e.g. runs/demo/final, a run folder or a "
                       "recipe (its run's final model), or a .gguf file to quantise, e.g. from llama.cpp's "
                       "convert_hf_to_gguf.py")
-    gguf.add_argument("--type", dest="file_type", default="f16", metavar="TYPE", choices=GGUF_TYPES,
+    gguf.add_argument("--type", dest="file_type", default=None, metavar="TYPE", choices=GGUF_TYPES,
                       help=f"{' | '.join(WRITTEN_TYPES)} (written by tempa) | {' '.join(LLAMA_CPP_QUANTS)} "
-                      "(llama.cpp's own quantiser; needs the serving extra)")
+                      "(llama.cpp's own quantiser; needs the serving extra); default: f16 for a model folder; a "
+                      ".gguf input needs one of the quantiser's types, q8_0 included")
     gguf.add_argument("--out", type=Path, default=None, help="output .gguf path (default: inside MODEL_DIR)")
     gguf.set_defaults(func=_cmd_export_gguf)
 

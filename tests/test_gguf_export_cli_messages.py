@@ -58,3 +58,35 @@ def test_an_architecture_the_writer_lacks_is_pointed_to_llama_cpps_converter(tmp
     err = capsys.readouterr().err
     assert "Qwen2ForCausalLM" in err and "convert_hf_to_gguf.py" in err and "--type" in err
     assert "('" not in err and not list((tmp_path / "qwen").glob("*.gguf"))
+
+
+def test_what_the_export_cannot_do_is_refused_up_front_in_one_line(final, tmp_path, capsys):
+    """`--out` an existing folder wrote the whole GGUF, then failed with IsADirectoryError; a path that does not exist
+    was "not a model folder (no config.json)"; a .gguf input without --type was told "--type f16: not a llama.cpp
+    quantisation type" (the user typed no --type), and `--type q8_0` on it that q8_0 is not one, which llama.cpp has."""
+    def refused(*argv: str) -> str:
+        assert main(["export", "gguf", *argv]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("tempa: error: ") and "Traceback" not in err, err
+        return err
+
+    data = tmp_path / "data"
+    data.mkdir()
+    assert f"--out {data} is a folder; give a .gguf file path" in refused(str(final), "--out", str(data))
+    assert not list(data.iterdir()) and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    assert f"{tmp_path / 'nope'}: no such file or folder" in refused(str(tmp_path / "nope"))
+
+    f16 = tmp_path / "m-f16.gguf"
+    assert main(["export", "gguf", str(final), "--out", str(f16)]) == 0  # stands for llama.cpp's converter output
+    capsys.readouterr()
+    err = refused(str(f16))
+    assert "a .gguf input is quantised with llama.cpp's quantiser and needs --type" in err and "--type f16" not in err
+    assert "q8_0" in err and "q4_k_m" in err
+    assert "tempa writes f16 from a model folder only" in refused(str(f16), "--type", "f16")
+    assert sorted(p.name for p in tmp_path.glob("*.gguf")) == ["m-f16.gguf"]
+
+    assert main(["export", "gguf", str(f16), "--type", "q8_0"]) == 0  # through llama.cpp's quantiser
+    assert gguf_tensor_types(tmp_path / "m-f16-q8_0.gguf").get("Q8_0", 0) >= 4
+    with pytest.raises(SystemExit):
+        main(["export", "gguf", "--help"])
+    assert "default: f16 for a model folder" in " ".join(capsys.readouterr().out.split())

@@ -267,6 +267,8 @@ def _bake(args: argparse.Namespace) -> int:
     from tempa.chat_templates.templates import TemplateDefaults
 
     _require_tokenizer_folder(args.tokenizer)
+    if args.model is not None:
+        _require_model_folder(args.model)
     defaults = None
     if args.thinking_default is not None or args.stock_preamble:
         defaults = TemplateDefaults(thinking_mode=args.thinking_default or "on", stock_preamble=args.stock_preamble)
@@ -291,6 +293,18 @@ def _require_tokenizer_folder(folder: Path) -> None:
         raise CliError(f"{folder}: no such folder (--tokenizer expects a tokenizer folder)")
     if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
         raise CliError(f"{folder}: not a tokenizer folder (no tokenizer.json or tokenizer_config.json)")
+
+
+def _require_model_folder(folder: Path) -> None:
+    # The bake reads --model's config.json for the embedding size an added pad token needs; without it that check
+    # is skipped, silently, so a mistyped --model is refused instead.
+    expected = "--model expects a model folder with config.json"
+    if not folder.exists():
+        raise CliError(f"{folder}: no such folder ({expected})")
+    if not folder.is_dir():
+        raise CliError(f"{folder}: a file, not a folder ({expected})")
+    if not (folder / "config.json").is_file():
+        raise CliError(f"{folder}: not a model folder: no config.json ({expected})")
 
 
 def _load_tokenizer(folder: Path) -> Any:

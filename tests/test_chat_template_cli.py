@@ -272,6 +272,26 @@ def test_bake_with_a_thinking_default_and_the_stock_preamble(tiny_tokenizer_dir:
     assert main(["template", "check", "--tokenizer", str(out)]) == 0
 
 
+@pytest.mark.parametrize(("model", "expected"), [("missing", "no such folder"), ("file", "a file, not a folder"),
+                                               ("empty", "not a model folder: no config.json")])
+def test_bake_refuses_a_model_that_is_not_a_model_folder(
+    model: str, expected: str, tiny_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped --model was ignored: the bake then skipped the check that the model's embeddings hold a row for an
+    added pad token, and wrote a tokenizer the model cannot embed."""
+    folder = tmp_path / model
+    if model == "file":
+        folder.write_text("{}")
+    elif model == "empty":
+        folder.mkdir()
+    out = tmp_path / "baked"
+    assert main(["template", "bake", "--tokenizer", str(tiny_tokenizer_dir), "--template", "llama3_thinking",
+                 "--out", str(out), "--model", str(folder)]) != 0
+    line = _one_line_error(capsys)
+    assert f"{folder}: {expected} (--model expects a model folder with config.json)" in line
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ([model] if model != "missing" else [])
+
+
 # ---------------------------------------------------------------- wiring
 
 

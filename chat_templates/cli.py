@@ -2,7 +2,7 @@
 
 ``register(subparsers)`` adds the ``template`` command to tempa's CLI; ``main(argv)`` runs it standalone
 (``python -m tempa.chat_templates.cli template render ...``). Errors print one line on stderr naming the file or
-option and what was expected, and exit non-zero.
+option and what was expected, and exit 1, as every tempa command does (2 is argparse's, for a usage error).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from tempa.chat_templates.templates import available_templates, load_template
 
 EXIT_FAILED_CHECKS = 1
-EXIT_USAGE = 2
+EXIT_ERROR = 1
 
 
 class CliError(Exception):
@@ -37,8 +37,9 @@ def register(subparsers: Any, *, read_row: RowReader | None = None) -> None:
     how `render --tokens` reads the conversation before it shows the samples SFT trains (tempa's CLI passes the SFT
     row reader, which lives on a floor above this package); without it, the messages as the file gives them."""
     parser = subparsers.add_parser("template", help="render, check and bake chat templates")
-    parser.set_defaults(func=lambda args: _usage(parser))
-    commands = parser.add_subparsers(title="template commands", metavar="{render,check,bake}")
+    # required: a bare `tempa template` gets argparse's error line (exit 2), as a bare `tempa export` does
+    commands = parser.add_subparsers(title="template commands", metavar="{render,check,bake}", dest="template_command",
+                                     required=True)
     known = ", ".join(available_templates())
 
     render = commands.add_parser("render", help="print a conversation as the template renders it")
@@ -102,18 +103,10 @@ def register(subparsers: Any, *, read_row: RowReader | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry point: ``python -m tempa.chat_templates.cli template ...``."""
     parser = argparse.ArgumentParser(prog="tempa", description="tempa chat-template tools")
-    subparsers = parser.add_subparsers(title="commands", metavar="{template}")
+    subparsers = parser.add_subparsers(title="commands", metavar="{template}", dest="command", required=True)
     register(subparsers)
     args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        parser.print_usage(sys.stderr)
-        return EXIT_USAGE
     return args.func(args)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_usage(sys.stderr)
-    return EXIT_USAGE
 
 
 def _guarded(
@@ -128,7 +121,7 @@ def _guarded(
         except (CliError, ValueError, OSError, jinja2.TemplateError) as error:
             message = " ".join(str(error).split())  # one line, whatever the source
             print(f"tempa template {command}: error: {message}", file=sys.stderr)
-            return EXIT_USAGE
+            return EXIT_ERROR
 
     return run
 

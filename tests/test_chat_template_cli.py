@@ -145,7 +145,7 @@ def test_render_tokens_needs_a_tokenizer(case_file, capsys: pytest.CaptureFixtur
     path = case_file("id_sentiment")
     assert (
         main(["template", "render", "--template", "llama3_thinking", "--messages", str(path), "--tokens"])
-        == 2
+        == 1
     )
     assert "--tokens needs --tokenizer" in _one_line_error(capsys)
 
@@ -169,7 +169,7 @@ def test_render_errors_are_one_line_naming_the_file(
 ) -> None:
     path = tmp_path / "bad.json"
     path.write_text(content, encoding="utf-8")
-    assert main(["template", "render", "--template", "llama3_thinking", "--messages", str(path)]) == 2
+    assert main(["template", "render", "--template", "llama3_thinking", "--messages", str(path)]) == 1
     line = _one_line_error(capsys)
     assert str(path) in line and expected in line
 
@@ -183,7 +183,7 @@ def test_render_input_that_is_empty_or_not_utf8_is_one_line(
 ) -> None:
     path = tmp_path / "bad.json"
     path.write_bytes(content)
-    assert main(["template", "render", "--template", "llama3_thinking", "--messages", str(path)]) == 2
+    assert main(["template", "render", "--template", "llama3_thinking", "--messages", str(path)]) == 1
     line = _one_line_error(capsys)
     assert str(path) in line and expected in line
 
@@ -197,7 +197,7 @@ def test_render_input_may_start_with_a_bom(tmp_path: Path, capsys: pytest.Captur
 
 def test_render_unknown_template_names_the_known_ones(case_file, capsys: pytest.CaptureFixture[str]) -> None:
     path = case_file("id_sentiment")
-    assert main(["template", "render", "--template", "llama4", "--messages", str(path)]) == 2
+    assert main(["template", "render", "--template", "llama4", "--messages", str(path)]) == 1
     assert "'llama4'" in (line := _one_line_error(capsys)) and "chatml_thinking, llama3_thinking" in line
 
 
@@ -229,9 +229,9 @@ def test_check_fails_on_the_unbaked_tokenizer(
 def test_check_without_a_template_or_folder_is_a_one_line_error(
     tiny_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["template", "check", "--tokenizer", str(tiny_tokenizer_dir)]) == 2
+    assert main(["template", "check", "--tokenizer", str(tiny_tokenizer_dir)]) == 1
     assert "--template is required" in _one_line_error(capsys)
-    assert main(["template", "check", "--tokenizer", str(tmp_path / "missing")]) == 2
+    assert main(["template", "check", "--tokenizer", str(tmp_path / "missing")]) == 1
     assert "no such folder" in _one_line_error(capsys)
 
 
@@ -256,7 +256,7 @@ def test_bake_then_check(
     assert "all template checks passed" in capsys.readouterr().out
     assert main(["template", "check", "--tokenizer", str(out)]) == 0
     capsys.readouterr()
-    assert main(argv) == 2  # never overwrites silently
+    assert main(argv) == 1  # never overwrites silently
     assert "not empty" in _one_line_error(capsys)
 
 
@@ -286,7 +286,7 @@ def test_bake_refuses_a_model_that_is_not_a_model_folder(
         folder.mkdir()
     out = tmp_path / "baked"
     assert main(["template", "bake", "--tokenizer", str(tiny_tokenizer_dir), "--template", "llama3_thinking",
-                 "--out", str(out), "--model", str(folder)]) != 0
+                 "--out", str(out), "--model", str(folder)]) == 1
     line = _one_line_error(capsys)
     assert f"{folder}: {expected} (--model expects a model folder with config.json)" in line
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ([model] if model != "missing" else [])
@@ -300,7 +300,37 @@ def test_register_adds_the_template_command() -> None:
     register(parser.add_subparsers())
     args = parser.parse_args(["template", "check", "--tokenizer", "somewhere"])
     assert callable(args.func) and args.tokenizer == Path("somewhere")
-    assert parser.parse_args(["template"]).func(parser.parse_args(["template"])) == 2
+
+
+def test_template_errors_exit_1_as_every_tempa_command_does_and_a_bare_template_is_a_usage_error(
+    tiny_tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tempa template` exited 2 (argparse's usage code) for runtime errors, a non-empty --out, a bad --pad-token or
+    a missing file, where every other tempa command exits 1; and a bare `tempa template` printed only the usage, where
+    `tempa export` says what is missing."""
+    from tempa.recipes.cli import main as tempa
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    bake = ["template", "bake", "--tokenizer", str(tiny_tokenizer_dir), "--template", "llama3_thinking"]
+    assert tempa([*bake, "--out", str(out)]) == 1
+    assert "not empty" in _one_line_error(capsys)
+    assert tempa([*bake, "--out", str(tmp_path / "baked"), "--pad-token", "<|eot_id|>"]) == 1
+    assert "padding must differ" in _one_line_error(capsys)
+    assert tempa(["template", "render", "--template", "llama3_thinking", "--messages", str(tmp_path / "no.json")]) == 1
+    assert "no such file" in _one_line_error(capsys)
+    assert (out / "notes.txt").read_text() == "mine\n" and not (tmp_path / "baked").exists()
+
+    for argv, command in ((["template"], "tempa template"), (["export"], "tempa export")):
+        with pytest.raises(SystemExit) as exit_info:
+            tempa(argv)
+        assert exit_info.value.code == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith(f"{command}: error: the following arguments are required: "), last
+    with pytest.raises(SystemExit) as exit_info:
+        main([])  # standalone
+    assert exit_info.value.code == 2 and "error: the following arguments are required" in capsys.readouterr().err
 
 
 def test_module_runs_standalone(case_file) -> None:
@@ -390,6 +420,6 @@ def test_tempa_render_tokens_reads_the_conversation_as_sft_reads_a_row(baked: Pa
     assert trained.startswith("dua tambah dua") and "<think>" not in trained  # the reasoning, after the prefill
     assert trained.endswith("4<|eot_id|>")
     path.write_text(json.dumps([{"role": "user", "content": "Halo"}]), encoding="utf-8")
-    assert tempa(argv) == 2
+    assert tempa(argv) == 1
     assert "no assistant turn, so nothing trains" in capsys.readouterr().err
 

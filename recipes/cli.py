@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     push = sub.add_parser("push", help="upload a finished run's final model to the Hugging Face Hub")
     push.add_argument("run_dir", type=Path, help=run_dir_help)
     push.add_argument("--repo", required=True, metavar="ORG/NAME", help="the model repo (created if missing)")
-    push.add_argument("--gguf", action="store_true", help="also upload the GGUF files and Ollama Modelfile")
+    push.add_argument("--gguf", action="store_true", help="also upload the GGUF files and their Ollama Modelfiles (NAME-TYPE.Modelfile)")
     push.add_argument("--private", action="store_true", help="create the repo private")
     push.add_argument("--message", default=None, help="commit message")
     push.add_argument("--dry-run", action="store_true", help="list the files that would go up; upload nothing")
@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"{' | '.join(WRITTEN_TYPES)} (written by tempa) | {' '.join(LLAMA_CPP_QUANTS)} "
                       "(llama.cpp's own quantiser; needs the serving extra); default: f16 for a model folder; a "
                       ".gguf input needs one of the quantiser's types, q8_0 included")
-    gguf.add_argument("--out", type=Path, default=None, help="output .gguf path (default: inside MODEL_DIR)")
+    gguf.add_argument("--out", type=Path, default=None, help="output .gguf path (default: inside MODEL_DIR); its Modelfile goes beside it, named after it")
     gguf.set_defaults(func=_cmd_export_gguf)
 
     try:

@@ -133,7 +133,19 @@ def _parser() -> argparse.ArgumentParser:
         pass
     else:
         register(sub, read_row=_as_training_row)
+    _verbose_everywhere(parser)
     return parser
+
+
+def _verbose_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`-v` after the command too (`tempa plan demo -v`), as errors ask for it ("run with -v"): every subcommand takes
+    it, leaving the top-level value alone when not given (SUPPRESS)."""
+    for action in parser._actions:  # argparse keeps subcommands there only
+        if isinstance(action, argparse._SubParsersAction):
+            for command in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                     help="debug logging, and an unexpected error's traceback")
+                _verbose_everywhere(command)
 
 
 def _as_training_row(messages: list[dict], tools: list[dict] | None) -> tuple[list[dict], list[dict] | None]:
@@ -307,9 +319,11 @@ def _cmd_plan(args) -> int:
     if args.mfu is not None and not args.hardware:
         raise RecipeError(f"--mfu {args.mfu:g} needs --hardware (e.g. --hardware 8xH100): it sets the estimate's MFU")
     if args.hardware:  # a bad value is refused before the plan prints, not after
-        from tempa.recipes.estimate import parse_hardware
+        from tempa.recipes.estimate import check_mfu, parse_hardware
 
         parse_hardware(args.hardware)
+        if args.mfu is not None:
+            check_mfu(args.mfu)
     from tempa.recipes.rundir import check_run_dir, run_in_progress
 
     loaded = load_recipe(args.recipe, args.overrides, profile=args.profile)

@@ -797,6 +797,12 @@ def _will_not_fit(estimate: StageEstimate, shape: ModelShape, hardware: Hardware
     return message + ("; options: " + "; ".join(options) if options else "")
 
 
+def check_mfu(mfu: float) -> None:
+    """The model FLOPs utilisation an estimate assumes: a fraction in (0, 1]."""
+    if not 0 < mfu <= 1:
+        raise EstimateError(f"--mfu {mfu:g}: expected a fraction in (0, 1], e.g. 0.4")
+
+
 def estimate_recipe(
     loaded: LoadedRecipe,
     hardware: str = "8xH100",
@@ -814,8 +820,7 @@ def estimate_recipe(
     stages it reads. ``resolved``: :func:`resolve_shape`'s answer when the caller has it (building the
     model on the meta device takes seconds for a 70B).
     """
-    if not 0 < mfu <= 1:
-        raise EstimateError(f"mfu {mfu}: expected a fraction in (0, 1], e.g. 0.4")
+    check_mfu(mfu)
     machine = parse_hardware(hardware)
     shape, source = resolved or resolve_shape(loaded.recipe.base_model)
     launch = launch_plan(loaded)

@@ -278,3 +278,19 @@ def test_status_names_the_kind_of_a_stage_that_has_not_started(tmp_path, capsys)
     assert main(["status", str(run_dir), "--json"]) == 0
     rows = {row["name"]: (row["kind"], row["state"]) for row in json.loads(capsys.readouterr().out)}
     assert rows == {"sft": ("sft", "failed"), "align": ("preference", "pending")}
+
+
+def test_verbose_is_taken_after_the_command_and_a_bad_mfu_before_the_plan_prints(capsys):
+    """Errors end "(run with -v for the traceback)", but `tempa plan demo -v` was "unrecognized arguments: -v"; and
+    `--mfu 1.5` was refused after 211 lines of plan."""
+    from tempa.recipes.cli import _parser
+
+    parser = _parser()
+    assert parser.parse_args(["plan", "demo", "-v"]).verbose is True
+    assert parser.parse_args(["-v", "plan", "demo"]).verbose is True
+    assert parser.parse_args(["plan", "demo"]).verbose is False
+    assert parser.parse_args(["template", "render", "--messages", "m.json", "--verbose"]).verbose is True
+    assert parser.parse_args(["export", "gguf", "final", "-v"]).verbose is True
+    assert main(["plan", "demo", "--hardware", "8xH100", "--mfu", "1.5"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == "tempa: error: --mfu 1.5: expected a fraction in (0, 1], e.g. 0.4"

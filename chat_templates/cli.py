@@ -53,7 +53,8 @@ def register(subparsers: Any, *, read_row: RowReader | None = None) -> None:
         help='JSON file: a list of messages, or {"messages": [...], "tools": [...]}',
     )
     render.add_argument(
-        "--thinking", choices=("on", "off"), help="thinking_mode (default: the template's baked default)"
+        "--thinking", choices=("on", "off"), help="thinking_mode (default: the template's baked default; with "
+        "--tokens, an SFT source's thinking_mode, on unless given, as SFT trains a source that sets none)"
     )
     render.add_argument("--generation-prompt", action="store_true", help="append the generation prompt")
     render.add_argument(

@@ -7,6 +7,9 @@ user re-run the training part by hand from `logs/launch.sh`.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from tempa.sft.checkpoints import (
     complete_checkpoints,
     last_complete_checkpoint,
@@ -116,8 +119,33 @@ def launch_training(plan: TrainPlan, ctx: StageContext) -> TrainOutcome:
     if resume is not None:
         ctx.log.info("will resume from %s", resume)
     plan_path = plan.write(ctx.stage_dir / TRAIN_PLAN)
-    ctx.launch(WORKER, ["--plan", str(plan_path)], ctx.stage_dir / LOGS_DIR / "train.log")
+    try:
+        ctx.launch(WORKER, ["--plan", str(plan_path)], ctx.stage_dir / LOGS_DIR / "train.log")
+    except StageError as exc:
+        hint = damaged_file_hint(str(exc), resume, plan.train_data)
+        if hint is None:
+            raise
+        raise StageError(f"{exc}{hint}") from None
     return TrainOutcome.read(plan.final_dir)
+
+
+# What safetensors, torch and Arrow say of a file cut short or damaged after it was written (a disk, a copy): the
+# worker's last line names no file, and every run meets it again.
+_DAMAGED_FILE = re.compile(r"SafetensorError|incomplete metadata|deserializ|PytorchStreamReader|unexpected EOF|"
+                           r"Expected to be able to read \d+ bytes|not a valid Arrow|ArrowInvalid", re.IGNORECASE)
+
+
+def damaged_file_hint(error: str, resume: Path | None, train_data: Path) -> str | None:
+    """What to move aside when a launch failed reading a damaged file: the checkpoint it resumed from (its files
+    were whole when COMPLETE was written, so something damaged them since), else the prepared data's cache entry.
+    None for any other failure."""
+    if not _DAMAGED_FILE.search(error):
+        return None
+    if resume is not None:
+        return (f"; it was resuming from {resume}, whose files may have been damaged since they were saved: move that "
+                "folder aside and run again to resume from the checkpoint before it (or from the start)")
+    return (f"; a file it read may be damaged: the prepared data ({train_data.parent}, in the cache) or the model it "
+            "starts from; delete that cache folder and run again to prepare the data anew")
 
 
 def resolve_stage_sources(data: DataConfig, ctx: StageContext) -> DataConfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,3 +109,38 @@ def test_sigkill_during_training_then_resume(tmp_path, tiny_model_dir):
     resumed_step = int(Path(metrics["resumed_from"]).name.split("-")[1])
     assert resumed_step >= killed_at
     assert (main / DONE).is_file() and (run_dir / "final" / "config.json").is_file()
+
+
+def test_a_checkpoint_damaged_after_it_was_saved_is_named_with_the_way_out(tmp_path, tiny_model_dir):
+    """A checkpoint cut short after its COMPLETE was written (a disk, a copy) failed every resume with safetensors'
+    "incomplete metadata, file not fully covered", naming no file: the error now names the checkpoint and what to
+    move aside."""
+    from tempa.recipes.loader import load_recipe
+    from tempa.recipes.runner import run_recipe
+    from tempa.sft.stage_api import StageError
+
+    stages = """
+  - name: main
+    kind: sft
+    data:
+      sources: [{name: rows, path: rows.jsonl, thinking_mode: "off"}]
+    train: {max_steps: 2, learning_rate: 1.0e-3, per_device_train_batch_size: 4, max_length: 256, save_steps: 1}
+"""
+    recipe = sft_recipe(tmp_path, tiny_model_dir, stages=stages)
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    main = run_dir / "main"
+    # as a kill after checkpoint-2 leaves it: no DONE, no final model, the manifest still running
+    (main / DONE).unlink()
+    manifest = json_or_none(main / "manifest.json")
+    (main / "manifest.json").write_text(json.dumps({**manifest, "status": "running", "result": None}))
+    shutil.rmtree(main / "final")
+    weights = main / "checkpoints" / "checkpoint-2" / "model.safetensors"
+    assert (weights.parent / "COMPLETE").exists()
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(StageError) as info:
+        run_recipe(load_recipe(recipe), run_dir)
+    message = str(info.value)
+    assert f"it was resuming from {main / 'checkpoints' / 'checkpoint-2'}, whose files may have been damaged" in message
+    assert "move that folder aside and run again to resume from the checkpoint before it" in message
+    assert "\n" not in message

@@ -27,8 +27,10 @@ from tempa.sft.run_layout import FINAL_LINK
 from tempa.sft.stage_api import StageError
 
 CARD = "README.md"
-# each GGUF's own <stem>.Modelfile; "Modelfile": the one shared name exports used before
-GGUF_FILES = ("*.gguf", "*.Modelfile", "Modelfile")
+# The one Modelfile every export into a folder shared before each GGUF got its own <stem>.Modelfile: still an export
+# file (a bake re-run clears it, a push without --gguf leaves it out), but it may describe another GGUF or template.
+SHARED_MODELFILE = "Modelfile"
+GGUF_FILES = ("*.gguf", "*.Modelfile", SHARED_MODELFILE)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,10 @@ def final_folder(run_dir: Path) -> Path:
 
 def push_files(folder: Path, *, include_gguf: bool = False) -> list[PushFile]:
     """The files of ``folder`` that go up, by their path in the repo."""
+    if include_gguf and (folder / SHARED_MODELFILE).is_file():
+        raise StageError(f"{folder / SHARED_MODELFILE}: the one Modelfile an earlier tempa's exports shared, of one of "
+                         "the GGUFs (each now has its own NAME-TYPE.Modelfile beside it); delete it before --gguf "
+                         "uploads it beside them, and export again if a GGUF lacks its own")
     files = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)

@@ -154,6 +154,11 @@ def test_dry_run_lists_files_and_uploads_nothing(run_dir, hub):
     assert "t-q8_0.gguf" in listed and "t-q8_0.Modelfile" in listed and "README.md" in listed
     assert not any(name.startswith(".") or "checkpoint" in name for name in listed)
     assert "dry run:" in proc.stdout and FakeHub.commits == [] and FakeHub.repos == []
+    # the one shared Modelfile an earlier tempa's exports left beside the GGUFs would go up beside their own: refused
+    (run_dir / "final" / "Modelfile").write_text("FROM ./t-f16.gguf\n")
+    proc = tempa("push", str(run_dir), "--repo", "org/model", "--gguf", "--dry-run", endpoint=hub)
+    assert proc.returncode == 1 and "Modelfile: the one Modelfile an earlier tempa's exports shared" in proc.stderr
+    assert tempa("push", str(run_dir), "--repo", "org/model", "--dry-run", endpoint=hub).returncode == 0  # no --gguf
 
 
 def test_a_folder_that_is_not_publishable_is_refused(run_dir, hub):

@@ -356,7 +356,8 @@ def plan_run(
             reason += f"; {_removes_exports(exports_in(stage_dir))}"
         if action != "skip":
             will_run.add(name)
-        run_ids[name] = manifest.run_id if manifest is not None else ""
+        if manifest is not None or lost is None:  # an unreadable record's run is unknown: nothing built on it is stale
+            run_ids[name] = manifest.run_id if manifest is not None else ""
         complete = done_fingerprint(stage_dir) == fp
         decisions.append(StageDecision(i, name, config.kind, upstream, reads, fp, components, action, reason,
                                        kind.resumable, complete, finished, dump, inputs, stale, discards, keeps,

@@ -486,6 +486,16 @@ def test_a_stage_whose_manifest_cannot_be_read_is_refused_not_trained_again(reci
     assert rows["b"].note.endswith("restore it, or run the stage again with --from b")
     assert [row.state for row in stage_status(None, run_dir) if row.name == "b"] == ["unreadable"]  # `tempa push`
 
+    chain = tmp_path / "chain.yaml"  # a stage built on the unreadable one: b did not re-run, whatever its run id
+    chain.write_text(recipe.read_text().replace("- {name: c, kind: touch, value: 3, from: a}",
+                                                "- {name: c, kind: touch, value: 3, from: b}"))
+    chain_run = tmp_path / "chain-run"
+    run_recipe(load_recipe(chain), chain_run)
+    (chain_run / "b" / MANIFEST).write_text("{")
+    only_a = {p.name: p for p in plan_run(load_recipe(chain), chain_run, only="a")}
+    assert only_a["b"].action == only_a["c"].action == "skip"
+    assert "'b' re-ran" not in only_a["c"].reason, only_a["c"].reason
+
     run_recipe(load_recipe(recipe), run_dir, only="c")  # c starts from a: b is left as it is
     assert calls(run_dir) == ["c"] and manifest.read_text() == text[: len(text) // 2]
     manifest.unlink()  # DONE without the manifest beside it: as lost

@@ -441,6 +441,10 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
             writer.add_pad_token_id(tokenizer.pad_token_id)
         writer.add_add_bos_token(False)  # the chat template writes <|begin_of_text|> itself
         writer.add_chat_template(serving_template(template))
+        if _ALIAS_REFUSED not in template and "enable_thinking" in template:
+            log.warning("%s: its chat template is not tempa's as shipped (an edited copy, or another): a thinking_mode "
+                        "that differs from enable_thinking may still be refused in it, and llama-server passes "
+                        "enable_thinking to every render; switch modes there with enable_thinking", model_dir)
 
         name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
         count = 0

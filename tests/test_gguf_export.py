@@ -387,3 +387,24 @@ def test_each_export_keeps_its_own_modelfile_and_a_users_modelfile_is_never_repl
     assert "\nFROM ./mymodel-f16.gguf\n" in (folder / "mymodel-f16.Modelfile").read_text()
     assert exported <= {f.path_in_repo for f in push_files(folder, include_gguf=True)}
     assert not exported & {f.path_in_repo for f in push_files(folder)}
+
+
+def test_an_edited_template_keeps_its_thinking_check_and_the_export_says_so(baked_model, tmp_path, caplog):
+    """The GGUF's template lets a request's thinking_mode win over llama-server's enable_thinking by replacing
+    tempa's own check, word for word: an edited copy kept the refusal, silently, while the export advised sending
+    thinking_mode (a review found it)."""
+    import logging
+
+    edited = tmp_path / "edited"
+    shutil.copytree(baked_model, edited)
+    template = (edited / "chat_template.jinja").read_text()
+    assert "contradicts enable_thinking" in template
+    (edited / "chat_template.jinja").write_text(template.replace("contradicts enable_thinking", "conflicts with "
+                                                                 "enable_thinking"))
+    with caplog.at_level(logging.WARNING):
+        assert main(["export", "gguf", str(edited), "--out", str(tmp_path / "e.gguf")]) == 0
+    assert "its chat template is not tempa's as shipped" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["export", "gguf", str(baked_model), "--out", str(tmp_path / "b.gguf")]) == 0
+    assert "not tempa's as shipped" not in caplog.text

@@ -9,7 +9,7 @@ from typing import Any
 
 from tempa.merge.model_files import tokenizer_vocab, vocab_conflicts
 from tempa.sft.checkpoints import checkpoint_saves
-from tempa.sft.run_layout import CHECKPOINTS_DIR
+from tempa.sft.run_layout import CHECKPOINTS_DIR, FINAL_DIR
 from tempa.sft.stage_api import Artifact, StageContext, StageError
 from tempa.sft.train_plan import TrainOutcome
 
@@ -175,6 +175,19 @@ def collect_candidates(
         seen[candidate.name] = candidate
     return candidates
 
+
+
+def model_identity(model: Path) -> Path:
+    """What decides whether two references name one model: the folder, or for a stage's final model that holds its
+    last checkpoint's weights (an evaluate stage scores it as that checkpoint), that checkpoint's folder. A merge's
+    base named by its stage (``sft-a``: its final/) is then the board's ``sft-a/checkpoint-4`` too."""
+    model = Path(model).resolve()
+    step = trained_step(model)
+    if step is not None and model.name == FINAL_DIR:
+        checkpoint = model.parent / CHECKPOINTS_DIR / f"checkpoint-{step}"
+        if checkpoint.is_dir():
+            return checkpoint.resolve()
+    return model
 
 
 def trained_step(model: Path) -> int | None:

@@ -12,7 +12,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from tempa.merge.candidates import check_tokenizer_fits, is_model_dir
+from tempa.merge.candidates import check_tokenizer_fits, is_model_dir, model_identity
 from tempa.merge.evaluate_config import EvaluateStageConfig
 from tempa.merge.evaluate_stage import (
     BackendFactory,
@@ -124,7 +124,7 @@ def resolve_inputs(
     else:
         models = [replace(resolve_reference(reference, ctx, board), slot=slot)
                   for slot, reference in enumerate(config.models or [])]
-    if len({m.path for m in models}) != len(models):
+    if len({model_identity(m.path) for m in models}) != len(models):
         raise StageError(f"{_who(ctx)}: the same model is listed twice: {[m.name for m in models]}")
 
     role = config.base_role(len(models))
@@ -144,10 +144,11 @@ def resolve_inputs(
             base = MergeInput(RECIPE_BASE, ctx.base_model.resolve())
         else:
             raise StageError(f"{_who(ctx)}: method {config.method} needs a base model; set base_model")
-        if any(m.path == base.path for m in models):
+        base_identity = model_identity(base.path)
+        if any(model_identity(m.path) == base_identity for m in models):
             ctx.log.info("%s: %s is the base model, so it is merged as the base, not as one of the models",
                          ctx.stage_name, base.name)
-        models = [m for m in models if m.path != base.path]
+        models = [m for m in models if model_identity(m.path) != base_identity]
     try:
         check_input_count(method_spec(config.method), len(models), role)
         if config.weights is not None:  # the entries of the models merged: a base among them took its own along
@@ -250,10 +251,11 @@ def run_merge(
         )
         focus = config.select.metric if config.select else rank_by
         if focus and focus in merged_metrics:
-            inputs = {m.name for m in models}
-            values = [
-                row.metrics[focus] for row in board.rows if row.candidate in inputs and focus in row.metrics
-            ]
+            # by the model, not the name: an input named by its stage (`sft-b`) is scored as `sft-b/checkpoint-4`
+            inputs = {model_identity(m.path) for m in models}
+            scored = [row for row in board.rows if not row.merged and model_identity(Path(row.path)) in inputs
+                      and focus in row.metrics]
+            values = [row.metrics[focus] for row in scored]
             if values:
                 lower = board.lower_is_better(focus)
                 best = min(values) if lower else max(values)
@@ -263,8 +265,7 @@ def run_merge(
                 summary.reevaluation = Reevaluation(metric=focus, merged=merged_metrics[focus], best_input=best,
                                                     helped=gain > 0)
                 if gain <= 0:
-                    best_name = next(row.candidate for row in board.rows
-                                     if row.candidate in inputs and row.metrics.get(focus) == best)
+                    best_name = next(row.candidate for row in scored if row.metrics[focus] == best)
                     notes.append(f"{ctx.stage_name}: the merged model did not improve on its best input "
                                  f"({focus} {format_metric(merged_metrics[focus])} merged, "
                                  f"{format_metric(best)} for {best_name}); see {ctx.stage_name}/{LEADERBOARD_MD}")

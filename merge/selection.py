@@ -6,6 +6,7 @@ import logging
 import math
 from pathlib import Path
 
+from tempa.merge.candidates import model_identity
 from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, format_value
 from tempa.sft.stage_api import StageError
 
@@ -39,11 +40,11 @@ def select_top_k(
             f"metric '{metric}' is not on the leaderboard (it has: {', '.join(known) or 'none'})"
         )
     higher = (not board.lower_is_better(metric)) if higher_is_better is None else higher_is_better
-    eligible = [
+    eligible = [  # in the board's displayed order: a tie at the cut keeps the rows the user sees first
         row
-        for row in board.rows
+        for row in board.ranked()
         if (include_merged or not row.merged)
-        and (leave_out is None or Path(row.path).resolve() != leave_out)
+        and (leave_out is None or model_identity(Path(row.path)) != model_identity(leave_out))
         and row.metrics.get(metric) is not None
         and not math.isnan(row.metrics[metric])
     ]

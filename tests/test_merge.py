@@ -240,6 +240,17 @@ def test_selection_picks_top_k_in_the_metric_direction():
         select_top_k(board, "acc/f1", 1)
 
 
+def test_a_tie_at_the_top_k_cut_keeps_the_order_the_leaderboard_shows():
+    """Every candidate at math/accuracy 0 (all cut off while thinking): the tie was broken by scoring order, which
+    picked the two worst by the board's rank_by, listed last in leaderboard.md, while the warning said "by
+    leaderboard order"."""
+    rows = [LeaderboardRow(candidate=name, path=f"/m/{name}", metrics={"math/accuracy": 0.0, "heldout/loss": loss})
+            for name, loss in (("a/checkpoint-2", 3.0), ("a/checkpoint-4", 2.5), ("b", 1.0), ("c", 2.0))]
+    board = Leaderboard(rows=rows, rank_by="heldout/loss")
+    assert [r.candidate for r in board.ranked()] == ["b", "c", "a/checkpoint-4", "a/checkpoint-2"]
+    assert [r.candidate for r in select_top_k(board, "math/accuracy", 2)] == ["b", "c"]
+
+
 def test_a_metrics_direction_comes_from_its_name_not_its_qualifier():
     board = Leaderboard(rows=[
         LeaderboardRow(candidate="x", path="/m/x", metrics={"mt/win_rate:error_analysis": 0.2,
@@ -842,3 +853,67 @@ def test_a_preference_checkpoint_named_without_its_round_still_resolves(tmp_path
     board.rows.append(LeaderboardRow(candidate="dpo/round-3/checkpoint-4", path=tmp_path, metrics={"loss/loss": 2.0}))
     with pytest.raises(StageError, match="'dpo/checkpoint-4' is neither"):
         resolve_reference("dpo/checkpoint-4", ctx, board)
+
+
+def _trained_stage(root: Path, name: str, checkpoints: dict[int, Path], final: Path, final_step: int) -> Path:
+    """A training stage's folder as the runner leaves it: complete checkpoints and final/ with its outcome."""
+    from tempa.sft.train_plan import OUTCOME_FILE
+
+    stage = root / name
+    for step, source in checkpoints.items():
+        shutil.copytree(source, stage / "checkpoints" / f"checkpoint-{step}")
+        (stage / "checkpoints" / f"checkpoint-{step}" / "COMPLETE").write_text("")
+    shutil.copytree(final, stage / "final")
+    (stage / "final" / OUTCOME_FILE).write_text(json.dumps({"global_step": final_step}))
+    return stage
+
+
+def _scored_stages(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir, right: set[str]):
+    """Stage tuned (checkpoint-2: a; checkpoint-4 and final/: b, its last step) and stage side (final/: c), scored by
+    an evaluate stage that scores tuned's final as its checkpoint-4, as include_final does."""
+    from stage_helpers import trained
+    from tempa.merge import EvaluateStageConfig
+    from tempa.merge.evaluate_stage import run_evaluate
+
+    run = tmp_path / "run"
+    tuned = _trained_stage(run, "tuned", {2: checkpoints["a"], 4: checkpoints["b"]}, checkpoints["b"], 4)
+    side = _trained_stage(run, "side", {}, checkpoints["c"], 3)
+    data = tmp_path / "math.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"2+2? ({i})", "answer": 4}) + "\n" for i in range(2)))
+    evaluate = EvaluateStageConfig.model_validate(
+        {"name": "eval", "kind": "evaluate", "checkpoints_of": ["tuned"], "stages": ["side"], "rank_by": "math/accuracy",
+         "suites": [{"type": "accuracy", "name": "math", "data": str(data)}]})
+    upstream = [done("tuned", trained(tuned)), done("side", trained(side))]
+    factory = lambda path, _cfg, _ctx: ScriptedBackend(path, right)  # noqa: E731
+    scored = run_evaluate(evaluate, make_ctx(run, "eval", tokenizer_dir=tokenizer_dir, base=tiny_model_dir,
+                                             upstream=upstream), backend_factory=factory)
+    assert [row.candidate for row in scored.leaderboard.rows] == ["tuned/checkpoint-2", "tuned/checkpoint-4", "side"]
+    return run, [*upstream, done("eval", scored, kind="evaluate", config=evaluate)], factory
+
+
+def test_a_task_vector_base_named_by_its_stage_is_not_picked_as_its_last_checkpoint(tmp_path, tokenizer_dir,
+                                                                                   checkpoints, tiny_model_dir):
+    """base_model: tuned (its final/) and a board that scores that final as tuned/checkpoint-4: the selection
+    compared folders, picked tuned/checkpoint-4, and merged a zero task vector (a + (b - a) with b the base)."""
+    run, upstream, _ = _scored_stages(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir, {"checkpoint-4", "final"})
+    config = MergeStageConfig.model_validate(
+        {"name": "merge", "kind": "merge", "method": "task_arithmetic", "evaluate_stage": "eval", "reevaluate": False,
+         "base_model": "tuned", "select": {"metric": "math/accuracy", "top_k": 2}})
+    result = run_merge(config, make_ctx(run, "merge", tokenizer_dir=tokenizer_dir, base=tiny_model_dir,
+                                        upstream=upstream))
+    assert [m.name for m in result.summary.models] == ["side", "tuned/checkpoint-2"]  # tuned/checkpoint-4 is the base
+
+
+def test_inputs_named_by_their_stage_are_judged_against_their_scores(tmp_path, tokenizer_dir, checkpoints,
+                                                                     tiny_model_dir):
+    """models: [tuned, side]: the board names tuned's final tuned/checkpoint-4, and the merge compared itself with
+    the inputs whose board name equals theirs, so only with `side`: a merge worse than tuned was called no worse than its
+    best input."""
+    run, upstream, factory = _scored_stages(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir, {"checkpoint-4"})
+    config = MergeStageConfig.model_validate(
+        {"name": "merge", "kind": "merge", "method": "linear", "evaluate_stage": "eval", "models": ["tuned", "side"]})
+    result = run_merge(config, make_ctx(run, "merge", tokenizer_dir=tokenizer_dir, base=tiny_model_dir,
+                                        upstream=upstream), backend_factory=factory)
+    assert result.metrics["merged/math/accuracy"] == 0.0 and result.metrics["best_input"] == 1.0
+    (note,) = result.notes
+    assert "(math/accuracy 0 merged, 1 for tuned/checkpoint-4)" in note

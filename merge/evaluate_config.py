@@ -250,6 +250,14 @@ class EvalGeneration(BaseModel):
     batch_size: int = Field(default=8, ge=1, description="Prompts per generate call.")
 
 
+def _whole_model_checkpoints(config: Any) -> str | None:
+    """Why a stage's checkpoints cannot be scored: a LoRA stage saves adapters (its final/ is the merged model)."""
+    if getattr(config, "lora", None) is not None:
+        return (f"stage '{config.name}' trains LoRA adapters, so its checkpoints are adapters, not models; score its "
+                f"merged final model with `stages: [{config.name}]`")
+    return None
+
+
 class EvaluateStageConfig(StageConfigBase):
     """Score candidate models with the configured suites and write a leaderboard.
 
@@ -309,8 +317,9 @@ class EvaluateStageConfig(StageConfigBase):
 
     def reads(self, earlier: Sequence[str]) -> list[Read]:
         """The stages whose checkpoints and models are candidates, and those a win-rate suite's models name."""
-        reads = [Read(name, Artifact.MODEL, (field, i)) for field in ("checkpoints_of", "stages")
-                 for i, name in enumerate(getattr(self, field))]
+        reads = [Read(name, Artifact.MODEL, ("stages", i)) for i, name in enumerate(self.stages)]
+        reads += [Read(name, Artifact.MODEL, ("checkpoints_of", i), needs=_whole_model_checkpoints,
+                       needs_at=("checkpoints_of", i)) for i, name in enumerate(self.checkpoints_of)]
         for i, suite in enumerate(self.suites):
             if isinstance(suite, WinRateSuite):
                 reads += backend_reads(suite.baseline, ("suites", i, "baseline"))

@@ -1249,3 +1249,33 @@ def test_a_loss_suite_row_sft_could_not_read_is_named_when_the_rows_are_read(tmp
                                                  "suites": [{"type": "loss", "name": "s", "data": rows}]})
     with pytest.raises(StageError, match=rf"^suite 's': {rows}:2: .*arguments"):
         load_suite_rows(config)
+
+
+def test_checkpoints_of_a_lora_stage_are_refused_when_the_recipe_loads(tmp_path, tiny_model_dir):
+    """A LoRA stage saves adapter checkpoints: an evaluate stage with `checkpoints_of` it trained every stage, then
+    failed on "lora-a/checkpoint-2 ... is not a model folder"; its merged final model can be scored (`stages:`)."""
+    from tempa.recipes.errors import RecipeError
+    from tempa.recipes.loader import load_recipe
+
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "Hai"},
+                                                                  {"role": "assistant", "content": "Halo"}]}) + "\n")
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "Hai"},
+                                                                  {"role": "assistant", "content": "Halo"}]}) + "\n")
+    recipe = tmp_path / "r.yaml"
+    stage = """
+  - name: lora-a
+    kind: sft
+    data: {sources: [{name: rows, path: rows.jsonl}]}
+    lora: {r: 4, lora_alpha: 8}
+  - name: eval
+    kind: evaluate
+    FIELD: [lora-a]
+    suites: [{type: loss, name: heldout, data: eval.jsonl}]
+"""
+    recipe.write_text(f"name: t\nbase_model: {tiny_model_dir}\nstages:" + stage.replace("FIELD", "checkpoints_of"))
+    with pytest.raises(RecipeError, match=r"r\.yaml:10: stages\[1\]\.checkpoints_of\[0\].*stage 'lora-a' trains "
+                       r"LoRA adapters, so its checkpoints are adapters, not models; score its merged final model with `stages: "
+                       r"\[lora-a\]`"):
+        load_recipe(recipe)
+    recipe.write_text(f"name: t\nbase_model: {tiny_model_dir}\nstages:" + stage.replace("FIELD", "stages"))
+    assert load_recipe(recipe).stages[1].stages == ["lora-a"]

@@ -74,6 +74,10 @@ class _ContentFiltered(Exception):
     """The provider's content filter refused the prompt (one row's refusal, not an error of the run)."""
 
 
+class _MalformedReply(Exception):
+    """A 200 reply that is no chat completion (cut off, an HTML page, an error object): retried, then an error."""
+
+
 def chat_request_body(
     model: str,
     messages: Messages,
@@ -264,16 +268,20 @@ class HTTPBackend(SamplingBackend):
                 reason = self._scrub(str(getattr(exc, "reason", exc))) or type(exc).__name__
             else:
                 if status < 300:
-                    return self._parsed(raw)
-                # Scrubbed before it is cut: a key across the cut would keep its first characters.
-                text = self._scrub(raw.decode("utf-8", "replace"))
-                if _content_filtered(status, text):
-                    raise _ContentFiltered from None
-                detail = _snippet(text)
-                if status not in RETRY_STATUS:
-                    raise HTTPBackendError(f"{self._where}: HTTP {status}: {detail}") from None
-                reason = f"HTTP {status}: {detail}"
-                retry_after = _retry_after(reply_headers.get("Retry-After") if reply_headers else None)
+                    try:
+                        return self._parsed(raw)
+                    except _MalformedReply as exc:  # a proxy's cut-off body, an error object under 200: retried
+                        reason = str(exc)
+                else:
+                    # Scrubbed before it is cut: a key across the cut would keep its first characters.
+                    text = self._scrub(raw.decode("utf-8", "replace"))
+                    if _content_filtered(status, text):
+                        raise _ContentFiltered from None
+                    detail = _snippet(text)
+                    if status not in RETRY_STATUS:
+                        raise HTTPBackendError(f"{self._where}: HTTP {status}: {detail}") from None
+                    reason = f"HTTP {status}: {detail}"
+                    retry_after = _retry_after(reply_headers.get("Retry-After") if reply_headers else None)
             if attempt >= self.max_retries:
                 raise HTTPBackendError(f"{self._where}: failed after {attempt} retries: {reason}")
             with self._count_lock:
@@ -310,20 +318,23 @@ class HTTPBackend(SamplingBackend):
             attempt += 1
 
     def _parsed(self, raw: bytes) -> dict[str, Any]:
-        """A 200 reply as a JSON object, or a one-line error quoting what came back (a proxy's HTML page ...)."""
+        """A 200 reply as a JSON object with choices, or :class:`_MalformedReply` quoting what came back (a proxy's
+        HTML page, a body cut off, an error object), which the request retries as it does a 5xx."""
         try:
             # A server that echoes the Authorization header must not plant the key in the samples
             # (and from there in datasets, scores and error messages quoting a reply).
             text = self._scrub(raw.decode("utf-8"))
         except UnicodeDecodeError:
             text = self._scrub(raw.decode("utf-8", "replace"))
-            raise HTTPBackendError(f"{self._where}: response is not UTF-8: {_snippet(text)}") from None
+            raise _MalformedReply(f"response is not UTF-8: {_snippet(text)}") from None
         try:
             response = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise HTTPBackendError(f"{self._where}: response is not JSON ({exc.msg}): {_snippet(text)}") from None
+            raise _MalformedReply(f"response is not JSON ({exc.msg}): {_snippet(text)}") from None
         if not isinstance(response, dict):
-            raise HTTPBackendError(f"{self._where}: expected a JSON object with `choices`, got {_snippet(text)}")
+            raise _MalformedReply(f"expected a JSON object with `choices`, got {_snippet(text)}")
+        if not response.get("choices"):
+            raise _MalformedReply(f"the response has no choices: {_snippet(text)}")
         self._count_usage(response.get("usage"))
         return response
 

@@ -248,6 +248,17 @@ def test_http_backend_odd_replies_are_one_line_errors_naming_url_and_model(data,
     assert shows in message and "\n" not in message
     assert server.base_url in message and "teacher-model" in message
     assert "supports_n" not in message  # an empty reply is not a server ignoring `n`
+    assert "failed after 3 retries" in message and server.served == 4  # retried first, as a 5xx is
+
+
+@pytest.mark.parametrize("odd", [b'{"id": "x", "choices": [{"message": {"content": "trunc', b'{"error": "overloaded"}'])
+def test_http_backend_retries_a_malformed_ok_reply(odd):
+    """One truncated JSON body under HTTP 200 (30% of a flaky proxy's replies), or a 200 carrying only an error
+    object, stopped an overnight synthesis at once, its batch's other paid answers lost: it is retried."""
+    with RawServer([(200, odd, None), (200, _ok("fine"), None)]) as server:
+        backend = http(server)
+        out = backend.sample([[{"role": "user", "content": "q"}]], GenerationParams())
+    assert out[0][0].text == "fine" and server.served == 2 and backend.retries == 1
 
 
 def test_http_backend_content_filter_refusals_are_rows_not_errors():

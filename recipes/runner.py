@@ -352,6 +352,9 @@ def plan_run(
             reason += f"; {JOURNALS_KEPT}"
             if not kind.trains or not _has_trained(stage_dir):
                 discards = None  # what it has paid for stays; nothing of it is lost
+        elif action == "rerun" and name in (from_stage, only) and kind.journals is not None and \
+                kind.journals(stage_dir):
+            reason += f"; {JOURNALS_DELETED}"
         if action in ("run", "rerun") and exports_in(stage_dir):
             reason += f"; {_removes_exports(exports_in(stage_dir))}"
         if action != "skip":
@@ -375,6 +378,10 @@ def lost_refusal(name: str, lost: str) -> str:
 
 
 JOURNALS_KEPT = "its journals are kept: answers whose request is unchanged are reused"
+# A stage --from/--only names starts over whole, its paid answers with it: said, as a user reaching for --only to
+# redo a selection would not expect it.
+JOURNALS_DELETED = ("deletes its journals: every teacher answer, judge reply and sample it holds is asked for again "
+                    "(a plain `tempa run` after a config change reuses those whose request is unchanged)")
 # What a journal's signature does not hold: the chat template a local sampler renders requests with, whether a model's
 # own code ran. (Another tempa asks as its requests' text and its signatures say: a record it cannot use is not
 # reused, so journals go on across an upgrade as an interrupted stage resumes across one.)

@@ -1118,7 +1118,7 @@ def test_a_changed_journaling_stage_keeps_its_journals_and_clears_the_rest(recip
     kept (and left to their own signatures), everything else it wrote goes, DONE first; --from, a changed chat
     template or a changed tempa still clear the whole folder."""
     from tempa.alignment.teacher_text import teacher_text_journals, teacher_text_resume_point
-    from tempa.recipes.runner import JOURNALS_KEPT
+    from tempa.recipes.runner import JOURNALS_DELETED, JOURNALS_KEPT
 
     journaled = dataclasses.replace(TOUCH, resumable=True, resume_point=teacher_text_resume_point,
                                     journals=teacher_text_journals)
@@ -1150,7 +1150,10 @@ def test_a_changed_journaling_stage_keeps_its_journals_and_clears_the_rest(recip
     # finished and changed: kept again; forced by --from: cleared whole
     decision = plan_run(load_recipe(recipe, ["stages.b.value=6"]), run_dir)[1]
     assert decision.keeps_journals and decision.reason.endswith(JOURNALS_KEPT)
-    assert not plan_run(load_recipe(recipe, ["stages.b.value=6"]), run_dir, from_stage="b")[1].keeps_journals
+    forced = plan_run(load_recipe(recipe, ["stages.b.value=6"]), run_dir, from_stage="b")[1]
+    assert not forced.keeps_journals
+    # said in the plan: a user re-running a teacher stage with --only to redo its selection pays for it all again
+    assert forced.reason.endswith(f"; {JOURNALS_DELETED}") and "asked for again" in JOURNALS_DELETED
     manifest = json_or_none(run_dir / "b" / MANIFEST)
     manifest["components"]["template"] = "another template"  # requests a local sampler renders with it differ
     (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))

@@ -289,11 +289,13 @@ class HTTPBackend(SamplingBackend):
             self._wait(attempt, reason, retry_after)
             attempt += 1
 
-    def _wait(self, attempt: int, reason: str, retry_after: float | None = None) -> None:
-        """Sleep before retry ``attempt + 1``: what the server asked for, else exponential backoff with jitter."""
+    def _wait(self, attempt: int, reason: str, retry_after: float | None = None, where: str | None = None) -> None:
+        """Sleep before retry ``attempt + 1``: what the server asked for, else exponential backoff with jitter.
+        ``where``: the request retried (default: the chat completions POST)."""
         delay = retry_after if retry_after is not None else min(MAX_BACKOFF_S, self.backoff_s * 2**attempt)
         delay *= 1.0 if retry_after is not None else random.uniform(0.8, 1.2)
-        log.warning("%s: %s; retry %d/%d in %.1fs", self._where, reason, attempt + 1, self.max_retries, delay)
+        log.warning("%s: %s; retry %d/%d in %.1fs", where or self._where, reason, attempt + 1, self.max_retries,
+                    delay)
         time.sleep(delay)
 
     def check_reachable(self) -> None:
@@ -314,7 +316,7 @@ class HTTPBackend(SamplingBackend):
             if attempt >= self.max_retries:
                 raise HTTPBackendError(f"GET {url} (model {self.model}): the server cannot be reached after {attempt} "
                                        f"retries: {reason}")
-            self._wait(attempt, reason)
+            self._wait(attempt, reason, where=f"GET {url} (model {self.model})")
             attempt += 1
 
     def _parsed(self, raw: bytes) -> dict[str, Any]:
@@ -573,13 +575,14 @@ def _retry_after(value: str | None) -> float | None:
     return min(MAX_BACKOFF_S, max(0.0, seconds)) if math.isfinite(seconds) else None
 
 
-def check_endpoint(backend: Any, who: str, field: str, where: str) -> None:
+def check_endpoint(backend: Any, who: str, field: str, where: str = "") -> None:
     """Refuse a backend whose server cannot be reached (:meth:`HTTPBackend.check_reachable`), in one line naming the
-    recipe field and the URL, before a stage sends it work; any other backend (a local model, a test's) passes."""
+    recipe field and the URL, before a stage sends it work; any other backend (a local model, a test's) passes.
+    ``where``: what of the stage asks (a preference round), empty where the runner's "stage 'X' failed" says it."""
     if not isinstance(backend, HTTPBackend):
         return
     try:
         backend.check_reachable()
     except StageError as exc:
-        raise StageError(f"{where}: {who} ({field}), checked before its first request: {exc}; start its server or "
-                         "fix base_url") from None
+        raise StageError(f"{f'{where}: ' if where else ''}{who} ({field}), checked before its first request: {exc}; "
+                         "start its server or fix base_url") from None

@@ -282,7 +282,7 @@ def check_servers(ctx: StageContext, endpoints: Sequence[tuple[str, str, Any, Se
             continue
         backend = teacher_backend(block, ctx, who)
         try:
-            check_endpoint(backend.backend, who, where, f"stage '{ctx.stage_name}'")
+            check_endpoint(backend.backend, who, where)  # the runner's error says which stage
         finally:
             backend.close()
 

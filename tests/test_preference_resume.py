@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,7 @@ def _free_port() -> int:
 
 
 def test_a_judge_server_that_is_down_stops_the_round_before_it_samples(tmp_path, tiny_model_dir, tokenizer_dir,
-                                                                        monkeypatch):
+                                                                        monkeypatch, caplog):
     """The judge's server not started (or a wrong port) was found when scoring began, after the policy had sampled
     every prompt of the round; it is refused at once, naming the judge and what came back. A server that answers at
     all (here with 501: it has no GET route) passes. (A round whose scoring is finished asks no server:
@@ -126,8 +127,10 @@ def test_a_judge_server_that_is_down_stops_the_round_before_it_samples(tmp_path,
                 "type": "http", "base_url": base_url, "model": "judge-model", "max_retries": 1, "backoff_s": 0.01}}]})
 
     down = f"http://127.0.0.1:{_free_port()}/v1"
-    with pytest.raises(StageError) as err:
+    with pytest.raises(StageError) as err, caplog.at_level(logging.WARNING):
         run_preference(config(down), ctx)
+    # the retry said it was a POST to chat/completions, where the check is a GET of /models (teacher trial)
+    assert f"GET {down}/models (model judge-model): " in caplog.text and "POST" not in caplog.text
     message = str(err.value)
     assert message.startswith("align round 1: judge 'judge' (rewards[1].backend), checked before its first request: GET "
                               f"{down}/models (model judge-model): the server cannot be reached after 1 retries: ")

@@ -435,6 +435,6 @@ def test_a_judge_server_that_is_down_is_refused_before_the_teacher_samples(tmp_p
         run_synthesize(synth_config(server, write_prompts(tmp_path / "p.jsonl"), rewards=[
             {"type": "answer"}, {"type": "judge", "backend": {"type": "http", "base_url": down, "model": "judge",
                                                             "max_retries": 1, "backoff_s": 0.01}}]), ctx)
-    assert str(err.value).startswith("stage 'distill': judge 'judge' (rewards[1].backend), checked before its first "
+    assert str(err.value).startswith("judge 'judge' (rewards[1].backend), checked before its first "
                                      f"request: GET {down}/models (model judge): the server cannot be reached")
     assert server.requests == []

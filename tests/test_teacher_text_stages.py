@@ -599,11 +599,12 @@ def test_a_teacher_or_judge_server_that_is_down_is_refused_before_anything_is_as
         with pytest.raises(StageError) as err:
             run_translate(config(server.base_url, down), ctx)
         message = str(err.value)
-        assert message.startswith("stage 't': judge (judge.backend), checked before its first request: GET "
+        # the runner prefixes "stage 't' failed: ", which this line repeated ("stage 't' failed: stage 't': judge")
+        assert message.startswith("judge (judge.backend), checked before its first request: GET "
                                   f"{down}/models (model judge): the server cannot be reached after 1 retries: ")
         assert "refused" in message and "\n" not in message
         assert server.requests == []  # not one translation paid for first
-        with pytest.raises(StageError, match=r"^stage 't': teacher \(teacher.backend\), checked before"):
+        with pytest.raises(StageError, match=r"^teacher \(teacher.backend\), checked before"):
             run_translate(config(down, server.base_url), ctx)
         teacher_url = server.base_url
         run_translate(config(teacher_url, server.base_url), ctx)

@@ -9,12 +9,15 @@ last ``[[N]]`` in the judge's answer (its think block, if any, is ignored), else
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -237,14 +240,54 @@ class Verdict:
     cut_off: bool = False  # the reply ended at the judge's max_new_tokens (a reasoning judge that ran out of room)
 
 
-class Judge:
-    """Runs rubric prompts through a backend and parses ratings; counts unparsable replies."""
+JUDGE_REPLIES = "judge_replies.jsonl"  # a stage's (or round's) judge replies by request: :class:`ReplyJournal`
 
-    def __init__(self, backend: SamplingBackend, settings: JudgeSettings, *, seed: int = 0) -> None:
+
+class ReplyJournal:
+    """A judge's replies by request (JSON Lines, appended as each batch returns), so that no request is paid for
+    twice: the score journal starts over whenever any reward's settings change (a verifier added, a weight), and
+    its rescoring then reads the judges' replies from here. ``identity``: what besides the request decides a reply
+    (the judge's backend, the runs of the models a local judge loads); it is part of every key, with the rubric
+    prompt and the reply's sampling settings."""
+
+    def __init__(self, path: Path, identity: Any) -> None:
+        self.path = Path(path)
+        self.identity = json.dumps(identity, sort_keys=True, default=str)
+        self.replies: dict[str, Completion] = {}
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:  # a line cut off by a kill mid-write is a reply not kept, asked again
+                    entry = json.loads(line)
+                    self.replies[entry["key"]] = Completion.from_dict(entry["reply"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    def key(self, prompt: str, params: GenerationParams) -> str:
+        asked = params.model_dump(mode="json", exclude={"batch_size"})  # transport: not what is asked
+        return hashlib.sha256(json.dumps([self.identity, prompt, asked], sort_keys=True).encode()).hexdigest()
+
+    def add(self, replies: Sequence[tuple[str, Completion]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            for key, reply in replies:
+                handle.write(json.dumps({"key": key, "reply": reply.to_dict()}, ensure_ascii=False) + "\n")
+                self.replies[key] = reply
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+class Judge:
+    """Runs rubric prompts through a backend and parses ratings; counts unparsable replies. With ``replies``, a
+    request answered before is read from that journal, not asked again (``calls`` counts the requests sent)."""
+
+    def __init__(self, backend: SamplingBackend, settings: JudgeSettings, *, seed: int = 0,
+                 replies: ReplyJournal | None = None) -> None:
         self.backend = backend
         self.settings = settings
         self.seed = seed
+        self.replies = replies
         self.calls = 0
+        self.reused = 0
         self.unparsable = 0
         self.seconds = 0.0
 
@@ -258,11 +301,19 @@ class Judge:
             max_new_tokens=self.settings.max_new_tokens, temperature=self.settings.temperature, n=1,
             seed=self.seed, thinking_mode=self.settings.thinking_mode, batch_size=self.settings.batch_size,
         )
+        keys = [self.replies.key(p, params) for p in prompts] if self.replies is not None else None
+        known = self.replies.replies if self.replies is not None else {}
+        asked = [i for i in range(len(prompts)) if keys is None or keys[i] not in known]
         started = time.time()
-        out = self.backend.sample([[{"role": "user", "content": p}] for p in prompts], params)
+        out = self.backend.sample([[{"role": "user", "content": prompts[i]}] for i in asked], params) if asked else []
         self.seconds += time.time() - started
-        self.calls += len(prompts)
-        return [group[0] for group in out]
+        self.calls += len(asked)
+        self.reused += len(prompts) - len(asked)
+        fresh = {i: group[0] for i, group in zip(asked, out, strict=True)}
+        if self.replies is not None and keys is not None:
+            self.replies.add([(keys[i], reply) for i, reply in fresh.items()])
+            return [fresh[i] if i in fresh else known[keys[i]] for i in range(len(prompts))]
+        return [fresh[i] for i in range(len(prompts))]
 
     def rate(self, prompts: list[str]) -> list[Verdict]:
         verdicts = []
@@ -275,5 +326,5 @@ class Judge:
         return verdicts
 
     def stats(self) -> dict[str, float | int]:
-        return {"judge_calls": self.calls, "judge_unparsable": self.unparsable,
+        return {"judge_calls": self.calls, "judge_replies_reused": self.reused, "judge_unparsable": self.unparsable,
                 "judge_seconds": round(self.seconds, 2)}

@@ -36,7 +36,7 @@ from tempa.alignment.backends import HTTPBackendConfig, LazyBackend, SamplingBac
 from tempa.alignment.backends_http import HTTPBackend, check_endpoint
 from tempa.alignment.completions import Completion, assistant_message, split_think
 from tempa.alignment.input_checks import check_reward_inputs, check_tool_prompts
-from tempa.alignment.judge import fill
+from tempa.alignment.judge import JUDGE_REPLIES, fill
 from tempa.alignment.offline_pairs import IDENTICAL_PAIR, load_offline_pairs
 from tempa.alignment.pair_rendering import completion_ids, rendered_check
 from tempa.alignment.pairs import (
@@ -226,7 +226,8 @@ def preference_journals(stage_dir: Path) -> list[Path]:
     A later round samples a policy the stage trained itself, with the settings that changed: its folder goes whole, as
     do the pairs, the trained models and the checkpoints of every round."""
     first = Path(stage_dir) / "round-1"
-    return [file for name in (SAMPLES_FILE, SCORES_FILE, REVISIONS_FILE) for file in JsonlStore.files(first / name)]
+    return [file for name in (SAMPLES_FILE, SCORES_FILE, REVISIONS_FILE) for file in JsonlStore.files(first / name)] + \
+        [file for file in (first / JUDGE_REPLIES,) if file.is_file()]
 
 
 def _finished_round(round_dir: Path) -> dict[str, Any] | None:
@@ -316,7 +317,8 @@ def run_round(
     # 2. score every sample
     rewards = RewardSet(config.rewards, ScoringEnv(
         policy_dir=policy, tokenizer_dir=ctx.tokenizer_dir, stage_models=ctx.stage_models,
-        trust_remote_code=ctx.trust_remote_code, seed=seed, tokenizer=tokenizer))
+        trust_remote_code=ctx.trust_remote_code, seed=seed, tokenizer=tokenizer, replies_dir=round_dir,
+        replies_identity={"policy": ctx.model_run(policy), "models": ctx.model_runs_of()}))
     try:
         scores, score_stats = score_pass(
             prompts, samples, rewards, JsonlStore(round_dir / SCORES_FILE, score_signature),

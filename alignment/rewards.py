@@ -52,11 +52,13 @@ from tempa.alignment.answer_text import (
 from tempa.alignment.backends import SamplingBackend, backend_reads, build_backend
 from tempa.alignment.completions import Completion, split_think, without_tool_calls
 from tempa.alignment.judge import (
+    JUDGE_REPLIES,
     MULTI_TURN_RUBRIC,
     SINGLE_TURN_RUBRIC,
     TOOL_RUBRIC,
     Judge,
     JudgeSettings,
+    ReplyJournal,
     fill,
     render_conversation,
 )
@@ -64,7 +66,7 @@ from tempa.alignment.numbers import math_text
 from tempa.alignment.prompts import PromptRow
 from tempa.chat_templates.thinking import ThinkSplit, has_think_tags, outside_think
 from tempa.sft import language
-from tempa.sft.stage_api import NOT_FINGERPRINTED, Read, StageError, resolve_path
+from tempa.sft.stage_api import NOT_FINGERPRINTED, Read, StageError, fingerprinted, resolve_path
 
 log = logging.getLogger("tempa")
 
@@ -445,6 +447,10 @@ class ScoringEnv:
     seed: int = 0
     tokenizer: Any = None  # counts tokens when a backend did not report them
     show_progress: bool = True
+    # Where the judges' replies are journaled by request (:class:`~tempa.alignment.judge.ReplyJournal`), and what
+    # besides the request decides one (the runs of the models a stage samples and judges with); None: not journaled.
+    replies_dir: Path | None = None
+    replies_identity: Any = None
 
 
 def count_tokens(completion: Completion, tokenizer: Any = None) -> int:
@@ -559,7 +565,11 @@ class RewardSet:
                 who=f"reward {key}", show_progress=self.env.show_progress,
             )
             self._backends.append(backend)
-            judge = self._judges[key] = Judge(backend, config, seed=self.env.seed)
+            replies = None
+            if self.env.replies_dir is not None:
+                replies = ReplyJournal(self.env.replies_dir / JUDGE_REPLIES,
+                                       {"backend": fingerprinted(config.backend), "models": self.env.replies_identity})
+            judge = self._judges[key] = Judge(backend, config, seed=self.env.seed, replies=replies)
         return judge
 
     def _judge(self, config: JudgeReward, items: list[ScoreItem]) -> tuple[list[float | None], list[dict[str, Any]]]:

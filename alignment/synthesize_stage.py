@@ -37,7 +37,7 @@ from tempa.alignment.backends_http import CONTENT_FILTER
 from tempa.alignment.completions import Completion, assistant_message, split_think
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.input_checks import check_reward_inputs
-from tempa.alignment.judge import fill, render_conversation
+from tempa.alignment.judge import JUDGE_REPLIES, fill, render_conversation
 from tempa.alignment.prompts import PromptRow, keyed_by_content, load_prompts
 from tempa.alignment.rewards import (
     JudgeReward,
@@ -105,7 +105,8 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
 
     teacher = LazyBackend(make_teacher, describe=teacher_name)
     env = ScoringEnv(policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir, stage_models=ctx.stage_models,
-                     trust_remote_code=ctx.trust_remote_code, seed=ctx.seed, tokenizer=tokenizer)
+                     trust_remote_code=ctx.trust_remote_code, seed=ctx.seed, tokenizer=tokenizer,
+                     replies_dir=data_dir, replies_identity=ctx.model_runs_of())
     # The teacher as far as it shapes the samples: a run resumed with more concurrency keeps what it has paid for. The
     # prompts are not in it: their ids go by content (keyed_by_content), so an edited file re-asks only what changed.
     # The models by the run that made them (a teacher, or judge, that is the policy or `stage:NAME`): their folders
@@ -208,7 +209,9 @@ def synthesize_resume_point(stage_dir: Path) -> str | None:
 def synthesize_journals(stage_dir: Path) -> list[Path]:
     """The journals a changed synthesize stage keeps: every pass's (their signatures and content keys decide which
     records are still valid); the dataset, rejects and stats are written anew."""
-    return [file for name, _ in PASSES for file in JsonlStore.files(Path(stage_dir) / "data" / name)]
+    data = Path(stage_dir) / "data"
+    return [file for name, _ in PASSES for file in JsonlStore.files(data / name)] + \
+        [file for file in (data / JUDGE_REPLIES,) if file.is_file()]
 
 
 # --------------------------------------------------------------------------- selection

@@ -76,7 +76,7 @@ def test_judge_reward_scales_and_an_unparsable_reply_fails_the_sample(monkeypatc
     assert records[1]["scores"]["total"] is None  # ... and a failed score, not "the other rewards decide"
     assert records[1]["scores"]["length"] == 0.0
     assert records[1]["details"]["judge"] == {"rating": None, "unparsable": True, "raw": "hmm"}
-    assert reward_set.stats() == {"judge_calls": 2, "judge_unparsable": 1, "judge_seconds": pytest.approx(0, abs=5)}
+    assert reward_set.stats() == {"judge_calls": 2, "judge_replies_reused": 0, "judge_unparsable": 1, "judge_seconds": pytest.approx(0, abs=5)}
 
 
 def test_judge_prompt_uses_the_multi_turn_rubric_for_second_turns():

@@ -141,6 +141,7 @@ def test_journals_of_an_older_tempa_are_sampled_again_once(scripted_round, monke
         meta.write_text(json.dumps({**json.loads(meta.read_text()), "prompts": old_ids}, sort_keys=True))
         records = read_jsonl(round_dir / name)
         write_rows(round_dir / name, [{**r, "id": i} for r, i in zip(records, old_ids, strict=True)])
+    (round_dir / "judge_replies.jsonl").unlink()  # an older tempa journaled no judge reply by its request
     policy.prompts_seen.clear()
     judge.prompts_seen.clear()
     with pytest.raises(StageError, match="code -9"):

@@ -438,3 +438,33 @@ def test_a_judge_server_that_is_down_is_refused_before_the_teacher_samples(tmp_p
     assert str(err.value).startswith("judge 'judge' (rewards[1].backend), checked before its first "
                                      f"request: GET {down}/models (model judge): the server cannot be reached")
     assert server.requests == []
+
+
+def test_a_changed_reward_rescoring_asks_the_judge_nothing_it_answered_before(tmp_path, tiny_model_dir,
+                                                                              tokenizer_dir, monkeypatch):
+    """Any change to the rewards (a weight, a verifier added before the judge) started the score journal over, and
+    every judge request was paid for again (a teacher trial counted 52 new judge requests for a weight change of
+    another reward), while the plan said "answers whose request is unchanged are reused". The judges' replies are
+    journaled by request: the rescoring reads them."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    with FakeOpenAI(math_reply) as teacher, FakeOpenAI(lambda body: chat_response(["Good. [[8]]"])) as judge:
+        def config(weight: float, *extra: dict) -> SynthesizeStageConfig:
+            rewards = [*extra, {"type": "answer", "weight": weight},
+                       {"type": "judge", "backend": {"type": "http", "base_url": judge.base_url, "model": "judge",
+                                                     "backoff_s": 0.01}}]
+            return synth_config(teacher, prompts, rewards=rewards)
+
+        first = run_synthesize(config(1.0), ctx)
+        asked = len(judge.requests)
+        assert asked == 3 * len(MATH)  # n=3 samples of every prompt
+        run_synthesize(config(0.5), ctx)  # another weight of another reward
+        run_synthesize(config(0.5, {"type": "language"}), ctx)  # a verifier added before the judge
+        assert len(judge.requests) == asked
+        assert (ctx.stage_dir / "data" / "judge_replies.jsonl").is_file()
+        assert first.rows == run_synthesize(config(1.0), ctx).rows
+        run_synthesize(synth_config(teacher, prompts, rewards=[  # another judge model: asked anew
+            {"type": "answer"}, {"type": "judge", "backend": {"type": "http", "base_url": judge.base_url,
+                                                              "model": "judge-2", "backoff_s": 0.01}}]), ctx)
+        assert len(judge.requests) == 2 * asked

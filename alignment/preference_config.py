@@ -154,6 +154,13 @@ class SamplingSettings(BaseModel):
         return GenerationParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
                                 n=self.n, seed=seed, batch_size=self.batch_size)
 
+    def journaled(self) -> dict[str, Any]:
+        """What of these settings a sample journal is signed with: what shapes each sample. Not ``batch_size``, which
+        only groups requests (raising it with a server's concurrency re-asked every paid answer), nor ``thinking``,
+        which only picks each prompt's mode: the mode is in the prompt's key (``keyed_by_content``), so a prompt
+        whose mode changes is sampled again and no other."""
+        return self.model_dump(mode="json", exclude={"batch_size", "thinking"})
+
 
 class ReviseSettings(BaseModel):
     """The `revise` strategy: a teacher or judge rewrites the worst sample; the rewrite is chosen."""

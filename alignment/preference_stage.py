@@ -63,6 +63,7 @@ from tempa.alignment.rewards import (
 )
 from tempa.alignment.sampling import (
     JsonlStore,
+    Signed,
     completions_of,
     run_incremental,
     sample_prompts,
@@ -292,9 +293,11 @@ def run_round(
     # Not the prompts: their ids go by content and mode (keyed_by_content), so a prompt added to or removed from the
     # file is sampled, or left unused in the journals, and no other prompt's samples or scores are asked again.
     # The policy by the run that made it (the stage's start model keeps its folder when its stage trains again).
-    signature = {"policy": ctx.model_run(policy), "models": ctx.model_runs_of(), "seed": seed,
-                 "sampling": config.sampling.model_dump(mode="json"), "backend": fingerprinted(config.backend)}
-    score_signature = {**signature, "rewards": [fingerprinted(r) for r in config.rewards]}
+    base = {"policy": ctx.model_run(policy), "models": ctx.model_runs_of(), "seed": seed,
+            "backend": fingerprinted(config.backend)}
+    signature = Signed({**base, "sampling": config.sampling.journaled()},
+                       {**base, "sampling": config.sampling.model_dump(mode="json")})  # as an earlier tempa signed it
+    score_signature = signature.plus(rewards=[fingerprinted(r) for r in config.rewards])
 
     # A scores journal marked complete may still lack prompts added to the file since: their judging is still ahead.
     if not JsonlStore.holds(round_dir / SCORES_FILE, score_signature, [p.id for p in prompts]):
@@ -462,7 +465,7 @@ def pair_row(prompt: PromptRow, pair: Pair, chosen: Completion, rejected: Comple
 
 def _revise(config: PreferenceStageConfig, ctx: StageContext, policy: Path, prompts: list[PromptRow],
             samples: list[dict[str, Any]], scores: list[dict[str, Any]], rewards: RewardSet, round_dir: Path,
-            signature: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+            signature: Signed, seed: int) -> list[dict[str, Any]]:
     """Rewrite each prompt's worst sample with the reviser and score the rewrite (resumable)."""
     settings = config.pairs.revise
     assert settings is not None
@@ -501,7 +504,7 @@ def _revise(config: PreferenceStageConfig, ctx: StageContext, policy: Path, prom
     try:
         records, _ = run_incremental(
             targets, key=lambda t: t[0].id, work=work,
-            store=JsonlStore(round_dir / REVISIONS_FILE, {**signature, "revise": fingerprinted(settings)}),
+            store=JsonlStore(round_dir / REVISIONS_FILE, signature.plus(revise=fingerprinted(settings))),
             chunk_size=settings.batch_size, desc="revise",
         )
     finally:

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +36,18 @@ def _signed(signature: Any) -> str:
     return json.dumps(signature, sort_keys=True, default=str)
 
 
+@dataclass(frozen=True)
+class Signed:
+    """A journal's signature, and the one an earlier tempa signed the same settings with (``before``): a journal
+    signed so is kept and signed anew, where starting it over would ask every paid answer again."""
+
+    now: Any
+    before: Any = None
+
+    def plus(self, **more: Any) -> Signed:
+        return Signed({**self.now, **more}, None if self.before is None else {**self.before, **more})
+
+
 class JsonlStore:
     """Append-only JSON Lines records keyed by ``"id"``, with a completion marker and a signature."""
 
@@ -43,9 +56,12 @@ class JsonlStore:
         self.marker = self.path.with_name(self.path.name + ".complete")
         self.meta = self.path.with_name(self.path.name + ".meta.json")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        wanted = _signed(signature)
+        earlier = _signed(signature.before) if isinstance(signature, Signed) and signature.before is not None else None
+        wanted = _signed(signature.now if isinstance(signature, Signed) else signature)
         found = self.meta.read_text(encoding="utf-8") if self.meta.is_file() else None
-        if found != wanted:
+        if found is not None and found == earlier:
+            write_atomic(self.meta, wanted)  # the same settings, as an earlier tempa signed them
+        elif found != wanted:
             if self.path.exists() and found is not None:
                 log.warning("%s was written with other settings; starting it over", self.path)
             self.reset()
@@ -81,7 +97,8 @@ class JsonlStore:
         in it."""
         path = Path(path)
         meta = path.with_name(path.name + ".meta.json")
-        if not path.is_file() or not meta.is_file() or meta.read_text(encoding="utf-8") != _signed(signature):
+        wanted = _signed(signature.now if isinstance(signature, Signed) else signature)
+        if not path.is_file() or not meta.is_file() or meta.read_text(encoding="utf-8") != wanted:
             return False
         journaled = set()
         with open(path, "rb") as lines:

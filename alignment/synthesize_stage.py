@@ -49,6 +49,7 @@ from tempa.alignment.rewards import (
 )
 from tempa.alignment.sampling import (
     JsonlStore,
+    Signed,
     completions_of,
     run_incremental,
     sample_prompts,
@@ -111,8 +112,9 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
     # prompts are not in it: their ids go by content (keyed_by_content), so an edited file re-asks only what changed.
     # The models by the run that made them (a teacher, or judge, that is the policy or `stage:NAME`): their folders
     # stay when their stages train again.
-    signature = {"models": ctx.model_runs_of(), "teacher": fingerprinted(config.teacher), "seed": ctx.seed,
-                 "sampling": config.sampling.model_dump(mode="json")}
+    base = {"models": ctx.model_runs_of(), "teacher": fingerprinted(config.teacher), "seed": ctx.seed}
+    signature = Signed({**base, "sampling": config.sampling.journaled()},
+                       {**base, "sampling": config.sampling.model_dump(mode="json")})  # as an earlier tempa signed it
     rewards = RewardSet(config.rewards, env)
     stats: dict[str, Any] = {"prompts": len(prompts), "teacher": teacher_name}
     try:
@@ -121,7 +123,7 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
             desc="synthesize: sample",
         )
         teacher.close()  # free it while judges run; rebuilt if second turns need it
-        score_signature = {**signature, "rewards": [fingerprinted(r) for r in config.rewards]}
+        score_signature = signature.plus(rewards=[fingerprinted(r) for r in config.rewards])
         scores, stats["scoring"] = score_pass(
             prompts, samples, rewards, JsonlStore(data_dir / SCORES, score_signature),
             chunk_size=config.sampling.batch_size, desc="synthesize: score",
@@ -135,8 +137,10 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
         provenance = {"stage": ctx.stage_name, "teacher": teacher_name, "n": config.sampling.n, "seed": ctx.seed,
                       "source": config.prompts.path, "select": config.select.model_dump(mode="json")}
         if config.second_turn is not None:
+            # the samples' signature, not the scores': a second turn is keyed by its conversation, so another reward
+            # weight re-asks no follow-up (an earlier tempa signed them with the scores')
             rows, second_rejects, stats["second_turn"] = add_second_turns(
-                config, ctx, kept, teacher, env, score_signature, data_dir, provenance)
+                config, ctx, kept, teacher, env, Signed(signature.now, score_signature.before), data_dir, provenance)
             rejects.extend(second_rejects)
         else:
             rows = [sft_row(k, provenance) for k in kept]
@@ -309,7 +313,7 @@ def sft_row(kept: Kept, provenance: dict[str, Any], second: dict[str, Any] | Non
 
 def add_second_turns(
     config: SynthesizeStageConfig, ctx: StageContext, kept: list[Kept], teacher: LazyBackend, env: ScoringEnv,
-    signature: dict[str, Any], data_dir: Path, provenance: dict[str, Any],
+    signature: Signed, data_dir: Path, provenance: dict[str, Any],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Follow-up user turn by the teacher, judged answers to it, selection; the final rows."""
     settings = config.second_turn
@@ -320,7 +324,7 @@ def add_second_turns(
             settings.followup_backend, policy_dir=ctx.start_model, tokenizer_dir=ctx.tokenizer_dir,
             stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code, who="second_turn.followup_backend"))
     # Not the kept conversations: their keys go by content, and a prompt added to the file adds one, re-asking none.
-    signature = {**signature, "second_turn": fingerprinted(settings)}
+    signature = signature.plus(second_turn=fingerprinted(settings))
 
     def write_followups(chunk: list[Kept], index: int) -> list[dict[str, Any]]:
         params = GenerationParams(max_new_tokens=settings.followup_max_new_tokens,
@@ -366,7 +370,7 @@ def add_second_turns(
             desc="synthesize: second turns",
         ) if second_prompts else ([], {})
         teacher.close()
-        score_signature = {**signature, "second_rewards": [fingerprinted(r) for r in second_rewards]}
+        score_signature = signature.plus(second_rewards=[fingerprinted(r) for r in second_rewards])
         scores, score_stats = score_pass(
             second_prompts, samples, rewards, JsonlStore(data_dir / SECOND_SCORES, score_signature),
             chunk_size=config.sampling.batch_size, desc="synthesize: score second turns",

@@ -327,6 +327,29 @@ def test_a_run_resumed_with_other_transport_settings_keeps_its_samples(tmp_path,
         assert len(server.requests) == 2 * sent  # another model: sampled again
 
 
+def test_another_batch_size_or_an_earlier_tempas_signature_asks_the_teacher_nothing(tmp_path, tiny_model_dir,
+                                                                                   tokenizer_dir, monkeypatch):
+    """sampling.batch_size (raised with a server's concurrency, as the backend reference advises) was part of the
+    journal's signature: every prompt was asked again (a teacher trial: 24 requests for 20 prompts). It only groups
+    requests. A journal an earlier tempa signed with it is kept, and signed anew."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    with FakeOpenAI(math_reply) as server:
+        config = synth_config(server, prompts)
+        first = run_synthesize(config, ctx)
+        sent = len(server.requests)
+        bigger = synth_config(server, prompts, sampling={**config.sampling.model_dump(), "batch_size": 8})
+        assert run_synthesize(bigger, ctx).rows == first.rows and len(server.requests) == sent
+        for name in ("samples.jsonl", "scores.jsonl"):  # as an earlier tempa signed them: the whole sampling block
+            meta = ctx.stage_dir / "data" / f"{name}.meta.json"
+            signed = json.loads(meta.read_text())
+            meta.write_text(json.dumps({**signed, "sampling": config.sampling.model_dump(mode="json")}, sort_keys=True))
+        assert run_synthesize(config, ctx).rows == first.rows and len(server.requests) == sent
+        assert "batch_size" not in json.loads((ctx.stage_dir / "data" / "samples.jsonl.meta.json").read_text())[
+            "sampling"]
+
+
 def thinking_reply(body):
     """The teacher thinks only when the request asks it to (a trace with thinking on, none with it off)."""
     question = last_user(body)

@@ -58,6 +58,7 @@ from tempa.alignment.sampling import (
 from tempa.alignment.selection import UNSCORED, select_samples
 from tempa.alignment.synthesize_config import OUTPUT_FILE, SynthesizeStageConfig
 from tempa.alignment.teacher_text import check_servers, journals_resume_point
+from tempa.sft.curation import check_reasoning
 from tempa.sft.files import write_json, write_jsonl
 from tempa.sft.formats import composed
 from tempa.sft.stage_api import StageContext, StageError, StageResult, fingerprinted
@@ -278,9 +279,12 @@ def judge_reason(results: list[dict[str, Any]], reason: str | None) -> str | Non
 
 
 def complete(completion: Completion) -> bool:
-    """Ended on its own (not cut off, not stopped by a provider's content filter) with a non-empty answer."""
+    """Ended on its own (not cut off, not stopped by a provider's content filter) with a non-empty answer that the
+    sft stage trains: a reply with its reasoning both in the server's reasoning field and as a think block in its
+    text (or a second block) was kept here and rejected there, its tokens paid for twice over."""
     return (not completion.truncated and completion.finish_reason != CONTENT_FILTER
-            and bool(split_think(completion).answer.strip()))
+            and bool(split_think(completion).answer.strip())
+            and check_reasoning([teacher_message(completion)]) is None)
 
 
 def select_complete(values: list[float | None], completions: list[Completion], strategy: str,

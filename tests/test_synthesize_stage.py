@@ -491,3 +491,27 @@ def test_a_changed_reward_rescoring_asks_the_judge_nothing_it_answered_before(tm
             {"type": "answer"}, {"type": "judge", "backend": {"type": "http", "base_url": judge.base_url,
                                                               "model": "judge-2", "backoff_s": 0.01}}]), ctx)
         assert len(judge.requests) == 2 * asked
+
+
+def test_a_reply_with_its_reasoning_twice_is_not_kept(tmp_path, tiny_model_dir, tokenizer_dir, monkeypatch):
+    """A teacher that sends its reasoning both as reasoning_content and as a think block in the text: selection by
+    judge or total kept such replies, and the sft stage then rejected them (malformed_reasoning), paid for twice."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"messages": [{"role": "user", "content": "What is 9 + 9?"}], "language": "en",
+                                   "answer": "18"}) + "\n")
+
+    def twice(body):
+        return chat_response(["<think>nine plus nine</think>The answer is 18.", "The answer is 18, nine and nine."],
+                             reasoning=["nine plus nine", "nine plus nine"])
+
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    with FakeOpenAI(twice) as server:
+        config = synth_config(server, prompts, sampling={"n": 2, "temperature": 0.7, "max_new_tokens": 64},
+                              rewards=[{"type": "answer"}])
+        result = run_synthesize(config, ctx)
+    (row,) = read_jsonl(Path(result.dataset))
+    assert row["messages"][-1]["content"] == "The answer is 18, nine and nine."
+    from tempa.sft.curation import check_reasoning
+
+    assert check_reasoning(row["messages"]) is None  # what the sft stage checks

@@ -153,7 +153,18 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
     output = ctx.stage_dir / OUTPUT_FILE
     write_jsonl(output, rows)
     kept_prompts = len({row["provenance"]["prompt_id"] for row in rows})
+    # A teacher that ignores the request's thinking mode (a hosted model without a reasoning template) answers a
+    # thinking-on prompt without reasoning: the row trains with thinking off, and the on/off mix drifts unsaid.
+    unreasoned = sum(1 for row in rows if row["thinking_mode"] == "on"
+                     and not any(turn.get("reasoning_content") for turn in row["messages"][-1:]))
+    notes = []
+    if unreasoned:
+        notes.append(f"{ctx.stage_name}: {unreasoned} of the {len(rows)} rows sampled with thinking on came back "
+                     "without reasoning (does the teacher honour chat_template_kwargs?); the sft stage trains them "
+                     "with thinking off")
+        ctx.log.warning("%s", notes[-1])
     stats.update({
+        "thinking_on_without_reasoning": unreasoned,
         "rows": len(rows),
         "kept_prompts": kept_prompts,
         "kept_fraction": round(kept_prompts / len(prompts), 6),
@@ -178,7 +189,7 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
     finish = stats["finish_reasons"]
     return SynthesizeResult(dataset=output, rows=len(rows), metrics=metrics, prompts=len(prompts),
                             kept_prompts=kept_prompts, rejected=stats["rejected"], truncated=finish.get("length", 0),
-                            samples=sum(finish.values()), judges=stats["judges"],
+                            samples=sum(finish.values()), judges=stats["judges"], notes=notes,
                             files={"rejects": data_dir / "rejects.jsonl", "stats": data_dir / "stats.json"})
 
 

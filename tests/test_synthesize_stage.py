@@ -515,3 +515,24 @@ def test_a_reply_with_its_reasoning_twice_is_not_kept(tmp_path, tiny_model_dir, 
     from tempa.sft.curation import check_reasoning
 
     assert check_reasoning(row["messages"]) is None  # what the sft stage checks
+
+
+def test_thinking_on_rows_that_came_back_without_reasoning_are_counted_and_said(tmp_path, tiny_model_dir,
+                                                                              tokenizer_dir, monkeypatch):
+    """A hosted teacher that ignores chat_template_kwargs never reasons: rows sampled with thinking on were kept with
+    no trace, labelled on, and trained as thinking off, with no count and no warning."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    import re
+
+    def plain(body):  # no reasoning anywhere: no field, no think block
+        return chat_response([re.sub(r"<think>.*?</think>", "", text) for text in MATH[last_user(body)][2]])
+
+    with FakeOpenAI(plain) as server:
+        result = run_synthesize(synth_config(server, prompts), ctx)
+    stats = json.loads((ctx.stage_dir / "data" / "stats.json").read_text())
+    assert stats["thinking_on_without_reasoning"] == result.rows > 0
+    assert result.notes == [f"distill: {result.rows} of the {result.rows} rows sampled with thinking on came back "
+                            "without reasoning (does the teacher honour chat_template_kwargs?); the sft stage trains "
+                            "them with thinking off"]

@@ -172,8 +172,11 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
         "finish_reasons": dict(Counter(c.get("finish_reason") or "unknown" for s in samples for c in s["completions"])),
     })
     write_json(data_dir / "stats.json", stats)
+    by_turn = {turn: dict(Counter(r["reason"] for r in rejects if r.get("turn") == turn)) for turn in (1, 2)}
+    said = (f"first turns {by_turn[1] or 'none'}, second turns {by_turn[2] or 'none'}" if config.second_turn
+            else stats["rejected"] or "none")  # a two-turn row is rejected at either turn: counts of both read as one
     ctx.log.info("synthesize: kept %d rows from %d prompts (%.0f%%); rejected %s", len(rows), len(prompts),
-                 100 * stats["kept_fraction"], stats["rejected"] or "none")
+                 100 * stats["kept_fraction"], said)
     if not rows:
         raise StageError(f"no response passed the selection ({stats['rejected']}); see {data_dir / 'stats.json'}")
     metrics = {

@@ -207,7 +207,8 @@ def conversation_reply(body):
 
 
 @pytest.mark.parametrize("on_reject", ["drop_turn", "drop_conversation"])
-def test_second_turns_are_judged_and_kept_at_nine_or_above(tmp_path, tiny_model_dir, tokenizer_dir, on_reject):
+def test_second_turns_are_judged_and_kept_at_nine_or_above(tmp_path, tiny_model_dir, tokenizer_dir, on_reject,
+                                                           caplog):
     prompts = tmp_path / "conv.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": q, "language": "en"}) + "\n"
                                for q in ("Explain photosynthesis briefly.", "Describe the water cycle.")))
@@ -222,7 +223,10 @@ def test_second_turns_are_judged_and_kept_at_nine_or_above(tmp_path, tiny_model_
             "select": {"strategy": "best", "by": "judge"},
             "second_turn": {"select": {"by": "judge", "min_score": 9}, "on_reject": on_reject},
         })
-        result = run_synthesize(config, ctx)
+        with caplog.at_level(logging.INFO):
+            result = run_synthesize(config, ctx)
+    # the closing line counts each turn's rejects apart (they were added up: 1 + 10 read as 11 of the prompts)
+    assert "rejected first turns none, second turns {'below_threshold': 1}" in caplog.text
     rows = read_jsonl(ctx.stage_dir / "data" / "synthesized.jsonl")
     photo = rows[0]
     assert [m["content"] for m in photo["messages"]] == [

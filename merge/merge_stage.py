@@ -46,7 +46,7 @@ from tempa.merge.mergekit_run import (
 )
 from tempa.merge.selection import select_top_k
 from tempa.sft.files import staging_dir, write_atomic
-from tempa.sft.run_layout import FINAL_DIR
+from tempa.sft.run_layout import CHECKPOINTS_DIR, FINAL_DIR
 from tempa.sft.stage_api import Artifact, Scalar, StageContext, StageError, format_metric
 
 MERGEKIT_CONFIG = "mergekit.yaml"
@@ -91,11 +91,22 @@ def resolve_reference(reference: str, ctx: StageContext, board: Leaderboard | No
             return MergeInput(rounds[0].candidate, Path(rounds[0].path).resolve())
     path = Path(reference).expanduser()
     if path.is_absolute() and is_model_dir(path):
-        return MergeInput(path.name, path.resolve())
+        return MergeInput(folder_label(path), path.resolve())
     raise StageError(
         f"{_who(ctx)}: '{reference}' is neither an earlier stage's model, a leaderboard candidate, "
         "nor a model folder (config.json + safetensors)"
     )
+
+
+def folder_label(path: Path) -> str:
+    """A model folder as the log, the summary and the card name it: ``sft-b/final`` and ``sft-b/checkpoint-4`` (a
+    run's folders, named by their stage) where the last name alone (``final``, ``final``) told two inputs apart by
+    nothing."""
+    if path.name == FINAL_DIR:
+        return f"{path.parent.name}/{path.name}"
+    if path.name.startswith("checkpoint-") and path.parent.name == CHECKPOINTS_DIR:
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name
 
 
 def resolve_inputs(

@@ -312,6 +312,8 @@ def _merge_section(stages: Mapping[str, Upstream], base_model: str) -> list[str]
             name = summary.base_model.name
             lines.append(f"- base: `{base_model}` (the recipe's base model)" if name == RECIPE_BASE
                          else f"- base: `{name}`")
+        if summary.parameters:  # slerp's t, normalize: false, lambda: without them the weights read otherwise
+            lines.append("- parameters: " + ", ".join(f"{k}={_cell(v)}" for k, v in summary.parameters.items()))
         if summary.selection is not None:
             selection = summary.selection
             lines += [

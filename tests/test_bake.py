@@ -437,6 +437,11 @@ def test_the_card_merge_section_names_the_base_model(tmp_path, recipe_base, show
     card = render_model_card(ModelCardConfig(), recipe=RecipeInfo("t", recipe_base, "llama3_thinking"),
                              stages={"merge": done("merge", MergeResult(summary=summary), kind="merge")})
     assert "- base: `sft`\n" in card
+    # the method's parameters: a slerp's t, a linear merge's normalize: false (the weights read otherwise)
+    summary.parameters = {"t": 0.3, "normalize": False}
+    card = render_model_card(ModelCardConfig(), recipe=RecipeInfo("t", recipe_base, "llama3_thinking"),
+                             stages={"merge": done("merge", MergeResult(summary=summary), kind="merge")})
+    assert "- parameters: t=0.3, normalize=False\n" in card
 
 
 def test_the_plan_warns_before_training_when_every_sft_source_trains_thinking_off(tmp_path, capsys):

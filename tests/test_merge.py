@@ -917,3 +917,16 @@ def test_inputs_named_by_their_stage_are_judged_against_their_scores(tmp_path, t
     assert result.metrics["merged/math/accuracy"] == 0.0 and result.metrics["best_input"] == 1.0
     (note,) = result.notes
     assert "(math/accuracy 0 merged, 1 for tuned/checkpoint-4)" in note
+
+
+def test_folders_of_two_runs_are_named_by_their_stage_not_final_final(tmp_path, tokenizer_dir, checkpoints,
+                                                                     tiny_model_dir):
+    """models: [/runs/x/sft-b/final, /runs/x/sft-c/final] was "a linear merge of `final`, `final`" in the log, the
+    summary and the published card (which strips paths): the folders are named by their stage."""
+    b = tmp_path / "runs" / "sft-b" / "final"
+    c = tmp_path / "runs" / "sft-c" / "checkpoints" / "checkpoint-4"
+    shutil.copytree(checkpoints["a"], b)
+    shutil.copytree(checkpoints["b"], c)
+    result, _ = _merge(tmp_path, tokenizer_dir, tiny_model_dir, method="linear", models=[str(b), str(c)],
+                       dtype="float32")
+    assert [m.name for m in result.summary.models] == ["sft-b/final", "sft-c/checkpoint-4"]

@@ -286,10 +286,22 @@ def _mix_section(stages: Mapping[str, Upstream]) -> list[str]:
     return ["## Data mix", "", *lines] if lines else []
 
 
-def _eval_section(stages: Mapping[str, Upstream]) -> list[str]:
-    """The latest leaderboard (a merge stage's includes the merged model)."""
-    for name, up in reversed(list(stages.items())):
-        board = getattr(up.result, "leaderboard", None) if isinstance(up.result, EvaluateResult | MergeResult) else None
+def _eval_section(stages: Mapping[str, Upstream], shipped: str | None = None) -> list[str]:
+    """The leaderboard of the shipped model: its merge's (which includes the merged model), else the one that merge
+    chose its inputs from; else the latest (a run with several merges showed the last one's board, which had no row
+    for the merge that shipped)."""
+
+    def board_of(name: str | None) -> Any:
+        up = stages.get(name) if name else None
+        return getattr(up.result, "leaderboard", None) if up is not None and isinstance(
+            up.result, EvaluateResult | MergeResult) else None
+
+    up = stages.get(shipped) if shipped else None
+    chosen_from = up.result.summary.selection.evaluate_stage if up is not None and isinstance(
+        up.result, MergeResult) and up.result.summary.selection is not None else None
+    order = [shipped, chosen_from, *reversed(list(stages))]
+    for name in order:
+        board = board_of(name)
         if board is not None:
             # the run's leaderboard.json is not uploaded with the model: the card names where the rest stays
             rest = f"the run's `{name}/leaderboard.json`"
@@ -297,14 +309,17 @@ def _eval_section(stages: Mapping[str, Upstream]) -> list[str]:
     return []
 
 
-def _merge_section(stages: Mapping[str, Upstream], base_model: str) -> list[str]:
-    """``base_model``: the recipe's, as it names it (a hub id, a folder, ``tempa:tiny``), named where a merge used it."""
+def _merge_section(stages: Mapping[str, Upstream], base_model: str, shipped: str | None = None) -> list[str]:
+    """``base_model``: the recipe's, as it names it (a hub id, a folder, ``tempa:tiny``), named where a merge used it;
+    ``shipped``: the stage whose model the folder holds, whose merge is marked (a run may try several)."""
+    merges = [name for name, up in stages.items() if isinstance(up.result, MergeResult)]
     lines: list[str] = []
     for name, up in stages.items():
         if not isinstance(up.result, MergeResult):
             continue
         summary = up.result.summary
-        lines += [f"Stage `{name}`: **{summary.method}** merge of:", ""]
+        mark = " (the model in this folder)" if name == shipped and len(merges) > 1 else ""
+        lines += [f"Stage `{name}`{mark}: **{summary.method}** merge of:", ""]
         for model in summary.models:
             knobs = ", ".join(f"{k}={_cell(v)}" for k, v in model.parameters.items())
             lines.append(f"- `{model.name}`" + (f" ({knobs})" if knobs else ""))
@@ -629,8 +644,9 @@ def render_model_card(
         lines += tool_calling_snippet(tool_rows, recipe.chat_template, tool_call)
     lines += _stages_section(stages)
     lines += _mix_section(stages)
-    lines += _eval_section(stages)
-    lines += _merge_section(stages, recipe.base_model)
+    shipped = weights_from or None  # "" (unknown) and None (the base model) alike: no stage
+    lines += _eval_section(stages, shipped)
+    lines += _merge_section(stages, recipe.base_model, shipped)
     if template_checks:
         passed = sum(1 for check in template_checks if check.get("passed"))
         lines += ["## Chat template checks", "", f"{passed}/{len(template_checks)} checks passed.", ""]

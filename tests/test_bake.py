@@ -444,6 +444,28 @@ def test_the_card_merge_section_names_the_base_model(tmp_path, recipe_base, show
     assert "- parameters: t=0.3, normalize=False\n" in card
 
 
+def test_a_card_of_a_run_with_several_merges_shows_the_shipped_ones_board_and_marks_it(tmp_path):
+    """A run that tried six merges and shipped merge-ta: the card's evaluation showed the last merge's board (no row
+    for merge-ta) and its merge section listed the six alike."""
+    from tempa.merge.model_card import ModelCardConfig, render_model_card
+
+    def merge(name: str, loss: float) -> Upstream:
+        summary = MergeSummary(method="linear", models=[MergedModel(name="a", path=tmp_path / "a"),
+                                                        MergedModel(name="b", path=tmp_path / "b")])
+        board = Leaderboard(rows=[LeaderboardRow(candidate=name, path=str(tmp_path / name), merged=True,
+                                                 metrics={"heldout/loss": loss})], rank_by="heldout/loss")
+        return done(name, MergeResult(model=tmp_path / name, summary=summary, leaderboard=board), kind="merge")
+
+    stages = {"merge-ta": merge("merge-ta", 1.5), "merge-stock": merge("merge-stock", 2.5)}
+    card = render_model_card(ModelCardConfig(), recipe=RecipeInfo("t", "tempa:tiny", "llama3_thinking"),
+                             stages=stages, weights_from="merge-ta")
+    evaluation = card.split("## Evaluation", 1)[1].split("## Merge", 1)[0]
+    assert "From stage `merge-ta`." in evaluation and "merge-ta (merged)" in evaluation
+    assert "merge-stock" not in evaluation
+    assert "Stage `merge-ta` (the model in this folder): **linear** merge of:" in card
+    assert "Stage `merge-stock`: **linear** merge of:" in card
+
+
 def test_the_plan_warns_before_training_when_every_sft_source_trains_thinking_off(tmp_path, capsys):
     """The bake warned after all training that the template's default mode is one no row was trained in."""
     from tempa.recipes.cli import main

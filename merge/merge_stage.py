@@ -92,9 +92,15 @@ def resolve_reference(reference: str, ctx: StageContext, board: Leaderboard | No
     path = Path(reference).expanduser()
     if path.is_absolute() and is_model_dir(path):
         return MergeInput(folder_label(path), path.resolve())
+    if board is None:
+        hint = ("; a checkpoint is named so on an evaluate stage's leaderboard: set evaluate_stage, or give its "
+                "folder's path") if "/" in reference and not path.is_absolute() else ""
+    else:
+        names = [row.candidate for row in board.rows]
+        hint = f"; the leaderboard's candidates: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
     raise StageError(
         f"{_who(ctx)}: '{reference}' is neither an earlier stage's model, a leaderboard candidate, "
-        "nor a model folder (config.json + safetensors)"
+        f"nor a model folder (config.json + safetensors){hint}"
     )
 
 

@@ -930,3 +930,20 @@ def test_folders_of_two_runs_are_named_by_their_stage_not_final_final(tmp_path, 
     result, _ = _merge(tmp_path, tokenizer_dir, tiny_model_dir, method="linear", models=[str(b), str(c)],
                        dtype="float32")
     assert [m.name for m in result.summary.models] == ["sft-b/final", "sft-c/checkpoint-4"]
+
+
+def test_a_reference_to_no_model_says_what_there_is(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir):
+    """`sft-b/checkpoint-3` (a checkpoint never saved) and a checkpoint named without evaluate_stage failed after all
+    training with "is neither an earlier stage's model, a leaderboard candidate, nor a model folder", naming no
+    candidate and no way out."""
+    run, upstream, _ = _scored_stages(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir, {"checkpoint-4"})
+    config = MergeStageConfig.model_validate(
+        {"name": "merge", "kind": "merge", "method": "linear", "evaluate_stage": "eval", "reevaluate": False,
+         "models": ["tuned/checkpoint-3", "side"]})
+    with pytest.raises(StageError, match=r"the leaderboard's candidates: tuned/checkpoint-2, tuned/checkpoint-4, side$"):
+        run_merge(config, make_ctx(run, "merge", tokenizer_dir=tokenizer_dir, base=tiny_model_dir, upstream=upstream))
+    bare = MergeStageConfig.model_validate({"name": "merge", "kind": "merge", "method": "linear",
+                                            "models": ["tuned/checkpoint-4", "side"]})
+    with pytest.raises(StageError, match=r"a checkpoint is named so on an evaluate stage's leaderboard: set "
+                                         r"evaluate_stage, or give its folder's path$"):
+        run_merge(bare, make_ctx(run, "merge", tokenizer_dir=tokenizer_dir, base=tiny_model_dir, upstream=upstream))

@@ -317,9 +317,9 @@ class EvaluateStageConfig(StageConfigBase):
 
     def reads(self, earlier: Sequence[str]) -> list[Read]:
         """The stages whose checkpoints and models are candidates, and those a win-rate suite's models name."""
-        reads = [Read(name, Artifact.MODEL, ("stages", i)) for i, name in enumerate(self.stages)]
-        reads += [Read(name, Artifact.MODEL, ("checkpoints_of", i), needs=_whole_model_checkpoints,
-                       needs_at=("checkpoints_of", i)) for i, name in enumerate(self.checkpoints_of)]
+        reads = [Read(name, Artifact.MODEL, ("checkpoints_of", i), needs=_whole_model_checkpoints,
+                      needs_at=("checkpoints_of", i)) for i, name in enumerate(self.checkpoints_of)]
+        reads += [Read(name, Artifact.MODEL, ("stages", i)) for i, name in enumerate(self.stages)]
         for i, suite in enumerate(self.suites):
             if isinstance(suite, WinRateSuite):
                 reads += backend_reads(suite.baseline, ("suites", i, "baseline"))

@@ -188,10 +188,12 @@ class HTTPBackend(SamplingBackend):
         show_progress: bool = True,
         tokenizer_dir: str | os.PathLike | None = None,
         trust_remote_code: bool = False,
+        api_key_env: str | None = None,
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self._api_key = api_key
+        self.api_key_env = api_key_env  # where the key came from: a refused key's error names it
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.backoff_s = backoff_s
@@ -228,7 +230,7 @@ class HTTPBackend(SamplingBackend):
             max_retries=config.max_retries, backoff_s=config.backoff_s, concurrency=config.concurrency,
             supports_n=config.supports_n, send_chat_template_kwargs=config.send_chat_template_kwargs,
             extra_body=config.extra_body, show_progress=show_progress, tokenizer_dir=tokenizer_dir,
-            trust_remote_code=trust_remote_code,
+            trust_remote_code=trust_remote_code, api_key_env=config.api_key_env,
         )
 
     def __repr__(self) -> str:  # never shows the key
@@ -279,7 +281,8 @@ class HTTPBackend(SamplingBackend):
                         raise _ContentFiltered from None
                     detail = _snippet(text)
                     if status not in RETRY_STATUS:
-                        raise HTTPBackendError(f"{self._where}: HTTP {status}: {detail}") from None
+                        raise HTTPBackendError(f"{self._where}: HTTP {status}: {detail}{self._key_hint(status)}") \
+                            from None
                     reason = f"HTTP {status}: {detail}"
                     retry_after = _retry_after(reply_headers.get("Retry-After") if reply_headers else None)
             if attempt >= self.max_retries:
@@ -288,6 +291,14 @@ class HTTPBackend(SamplingBackend):
                 self.retries += 1
             self._wait(attempt, reason, retry_after)
             attempt += 1
+
+    def _key_hint(self, status: int) -> str:
+        """For a refused key (401, 403): which key was sent, by its variable (never its value), or that none was."""
+        if status not in (401, 403):
+            return ""
+        if self._api_key is None:
+            return "; no API key was sent: name the variable that holds it in the backend's api_key_env"
+        return f"; the key sent is ${self.api_key_env}'s (api_key_env)" if self.api_key_env else ""
 
     def _wait(self, attempt: int, reason: str, retry_after: float | None = None, where: str | None = None) -> None:
         """Sleep before retry ``attempt + 1``: what the server asked for, else exponential backoff with jitter.

@@ -417,3 +417,18 @@ def test_retry_after_as_seconds_or_as_an_http_date():
     assert 18 < _retry_after(email.utils.formatdate(time.time() + 20, usegmt=True)) <= 20
     assert _retry_after(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0.0  # already past: at once
     assert _retry_after("soon") is None and _retry_after("nan") is None and _retry_after(None) is None
+
+
+def test_a_refused_key_names_the_variable_it_came_from(monkeypatch):
+    """HTTP 401 said only "HTTP 401: ...": which of a recipe's teachers and judges, and which key? The error names
+    the variable the key came from (never the key), or says that none was sent."""
+    monkeypatch.setenv("JUDGE_KEY", "sk-" + "z" * 30)
+    with RawServer([(401, b'{"error": "invalid api key"}', None)]) as server:
+        config = HTTPBackendConfig(type="http", base_url=server.base_url, model="m", api_key_env="JUDGE_KEY",
+                                   max_retries=0)
+        with pytest.raises(HTTPBackendError) as err:
+            HTTPBackend.from_config(config, show_progress=False).sample([[{"role": "user", "content": "q"}]],
+                                                                        GenerationParams())
+        assert str(err.value).endswith("; the key sent is $JUDGE_KEY's (api_key_env)") and "zzzz" not in str(err.value)
+        with pytest.raises(HTTPBackendError, match="no API key was sent: name the variable that holds it"):
+            http(server).sample([[{"role": "user", "content": "q"}]], GenerationParams())

@@ -90,6 +90,20 @@ class LocalRows:
         """The sampled rows one by one (JSON Lines: ``{RAW: line text, READ_ERROR: ...}``, as the pipeline reads them)."""
         return [dict(zip(self.sample, values, strict=True)) for values in zip(*self.sample.values(), strict=True)]
 
+    def row_objects(self) -> list[Any]:
+        """The sampled rows as values: a JSON Lines line parsed (a line that is no JSON, or unreadable, left out), a
+        typed row as it is. What the plan measures; the stages read every row with their own errors."""
+        from tempa.sft.sources import RAW
+
+        rows = self.sampled_rows()
+        if not self.lines:
+            return rows
+        out = []
+        for row in rows:
+            with contextlib.suppress(TypeError, ValueError):
+                out.append(json.loads(row.get(RAW)))
+        return out
+
 
 def jsonl_sample(rows: int, lines: Sequence[tuple[int, bytes | int]], places: Sequence[str] | None = None) -> LocalRows:
     """:class:`LocalRows` of sampled JSON Lines ``lines`` ((line number, its bytes, or its size when over
@@ -744,21 +758,14 @@ def _drawn_conversations(source: SourceConfig) -> tuple[list[Any], int]:
     """The rows of :data:`SAMPLED_ROWS` drawn evenly across a local source that its format reads (Conversations), and
     how many rows it holds; ([], 0) for a source the plan cannot read (a hub dataset, an earlier stage's data)."""
     from tempa.sft.formats import RowError, normalize_row, spec_for
-    from tempa.sft.sources import RAW
 
     if source.stage_ref is not None:
         return [], 0
     found = scan_local_rows(source.path, SAMPLED_ROWS, source.split)
     if found is None or found.error is not None:
         return [], 0
-    rows: list[Any] = found.sampled_rows()
-    if found.lines:
-        texts, rows = [row.get(RAW) for row in rows], []
-        for text in texts:
-            with contextlib.suppress(TypeError, ValueError):
-                rows.append(json.loads(text))
     spec, conversations = spec_for(source), []
-    for row in rows:
+    for row in found.row_objects():
         with contextlib.suppress(RowError, TypeError, AttributeError):
             conversations.append(normalize_row(row, spec))
     return conversations, found.rows

@@ -1044,25 +1044,11 @@ def held_tokens(source: PretrainSource, tokenizer: Any = None) -> tuple[int, str
     found = scan_local_rows(source.path, SAMPLED_ROWS, source.split)
     if found is None or found.error is not None:
         return None
-    texts = [text for text in _sampled_texts(found, source.text_field) if isinstance(text, str)]
+    texts = [text for row in found.row_objects() if isinstance(row, dict)
+             and isinstance(text := row.get(source.text_field), str)]
     if not texts:
         return None
     return round(found.rows * count(texts) / len(texts)), f"{len(texts)} drawn rows {how}"
-
-
-def _sampled_texts(found: Any, field: str) -> list[Any]:
-    from tempa.sft.sources import RAW
-
-    if not found.lines:
-        return list(found.sample.get(field, []))
-    texts = []
-    for line in found.sample.get(RAW, []):
-        try:
-            row = json.loads(line) if line is not None else None
-        except ValueError:
-            continue
-        texts.append(row.get(field) if isinstance(row, dict) else None)
-    return texts
 
 
 def estimate_pretrain(config: PretrainStageConfig, inputs: EstimateInputs | None) -> TrainingWorkload:

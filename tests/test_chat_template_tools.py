@@ -313,3 +313,20 @@ def test_tools_in_user_message_none_counts_as_unset_and_a_non_boolean_is_refused
     assert in_system != unset and in_system.index("get_weather") < in_system.index("Weather in Jakarta?")
     with pytest.raises(jinja2.TemplateError, match='tools_in_user_message must be true or false, got "false"'):
         render_text(template, messages, tools=tools, add_generation_prompt=True, tools_in_user_message="false")
+
+
+@pytest.mark.parametrize("template_name", TEMPLATES)
+@pytest.mark.parametrize("name", ["get_weather", 'say "hi"', "path\\to", "天気"])
+def test_a_rendered_tool_call_is_json_that_gives_back_its_name_and_arguments(template_name: str, name: str) -> None:
+    """The model learns to write calls as the template renders them, and a client parses what it writes: a name
+    the template pasted between quotes unescaped (one with a quote or a backslash) trained calls no parser reads."""
+    arguments = {"city": 'Đà "Nẵng"'}
+    call = {"type": "function", "function": {"name": name, "arguments": arguments}}
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    text = render_text(load_template(template_name), messages, tools=[WEATHER], **mode_kwargs("off"))
+    if template_name == "chatml_thinking":
+        written = text.rsplit("<tool_call>\n", 1)[1].split("\n</tool_call>")[0]
+        assert json.loads(written) == {"name": name, "arguments": arguments}
+    else:
+        written = text.rsplit("<|end_header_id|>\n\n", 1)[1].split("<|eot_id|>")[0].split("</think>\n")[-1]
+        assert json.loads(written) == {"name": name, "parameters": arguments}

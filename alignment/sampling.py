@@ -26,6 +26,8 @@ from tempa.alignment.generation import GenerationParams
 from tempa.alignment.prompts import PromptRow
 from tempa.alignment.rewards import RewardSet, ScoreItem
 from tempa.sft.files import write_atomic
+from tempa.sft.run_layout import PASS_PROGRESS
+from tempa.sft.throughput_summary import PassProgress
 
 T = TypeVar("T")
 log = logging.getLogger("tempa.alignment.sampling")
@@ -55,6 +57,7 @@ class JsonlStore:
         self.path = Path(path)
         self.marker = self.path.with_name(self.path.name + ".complete")
         self.meta = self.path.with_name(self.path.name + ".meta.json")
+        self.progress = self.path.with_name(self.path.name + PASS_PROGRESS)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         earlier = _signed(signature.before) if isinstance(signature, Signed) and signature.before is not None else None
         wanted = _signed(signature.now if isinstance(signature, Signed) else signature)
@@ -69,13 +72,15 @@ class JsonlStore:
 
     @staticmethod
     def files(path: Path) -> list[Path]:
-        """The files of the journal at ``path`` that exist: its records, its complete marker and its signature."""
+        """The files of the journal at ``path`` that exist: its records, its complete marker, its signature and its
+        pass's progress."""
         path = Path(path)
-        named = (path, path.with_name(path.name + ".complete"), path.with_name(path.name + ".meta.json"))
+        named = (path, path.with_name(path.name + ".complete"), path.with_name(path.name + ".meta.json"),
+                 path.with_name(path.name + PASS_PROGRESS))
         return [file for file in named if file.is_file()]
 
     def reset(self) -> None:
-        for path in (self.path, self.marker, self.meta):
+        for path in (self.path, self.marker, self.meta, self.progress):
             path.unlink(missing_ok=True)
 
     @property
@@ -142,6 +147,17 @@ class JsonlStore:
     def mark_complete(self) -> None:
         write_atomic(self.marker, "complete\n")
 
+    def record_progress(self, progress: PassProgress) -> None:
+        """Where the pass stands, for `tempa status` (another process); a failed write costs only that line."""
+        try:
+            write_atomic(self.progress, progress.model_dump_json())
+        except OSError as e:
+            log.debug("could not record %s: %s", self.progress, e)
+
+
+def _one_sample(record: dict[str, Any]) -> tuple[int, None]:
+    return 1, None
+
 
 def run_incremental(
     items: Sequence[T],
@@ -159,20 +175,22 @@ def run_incremental(
     ``work`` returns one record (with ``"id" == key(item)``) per item. ``chunk_index`` counts
     chunks of the whole item list, so a chunk gets the same index (and seed) on a resumed run.
     ``measure(record)`` gives ``(samples, tokens)`` for the throughput display (tokens None where the backend
-    counted none: the pass's ``tokens`` is then None, not a 0 that reads as nothing generated). Returns the
-    records in item order and the pass statistics.
+    counted none: the pass's ``tokens`` is then None, not a 0 that reads as nothing generated); without it a
+    record is one sample of uncounted tokens. Returns the records in item order and the pass statistics.
     """
     from tqdm.auto import tqdm
 
+    uncounted = measure is None
+    measure = measure or _one_sample
     done = store.load()
     keys = [key(item) for item in items]
     stats: dict[str, Any] = {"items": len(items), "resumed": 0, "processed": 0, "seconds": 0.0,
                              "samples": 0, "tokens": 0}
     stats["resumed"] = sum(1 for k in keys if k in done)  # all of them when the pass was complete already
-    uncounted = measure is None
     if not store.complete or stats["resumed"] < len(keys):
         started = time.time()
         bar = tqdm(total=len(items), initial=stats["resumed"], desc=desc, unit="prompt", disable=not show_progress)
+        store.record_progress(PassProgress(desc=desc, done=stats["resumed"], items=len(items), at=time.time()))
         try:
             for index, start in enumerate(range(0, len(items), chunk_size)):
                 chunk = [item for item, k in zip(items[start:start + chunk_size], keys[start:start + chunk_size],
@@ -186,13 +204,12 @@ def run_incremental(
                 store.append(records)
                 for record in records:
                     done[record["id"]] = record
-                    if measure is not None:
-                        samples, tokens = measure(record)
-                        stats["samples"] += samples
-                        if tokens is None:
-                            uncounted = True
-                        else:
-                            stats["tokens"] += tokens
+                    samples, tokens = measure(record)
+                    stats["samples"] += samples
+                    if tokens is None:
+                        uncounted = True
+                    else:
+                        stats["tokens"] += tokens
                 stats["processed"] += len(records)
                 elapsed = max(time.time() - started, 1e-9)
                 rate = f"{stats['samples'] / elapsed:.1f} samples/s"
@@ -200,6 +217,11 @@ def run_incremental(
                     rate += f", {stats['tokens'] / elapsed:.0f} tok/s"
                 bar.set_postfix_str(rate)
                 bar.update(len(records))
+                done_now = stats["resumed"] + stats["processed"]
+                store.record_progress(PassProgress(
+                    desc=desc, done=done_now, items=len(items), at=time.time(),
+                    eta_s=(len(items) - done_now) * elapsed / stats["processed"],
+                    samples_per_s=round(stats["samples"] / elapsed, 3)))
         finally:
             bar.close()
         stats["seconds"] = round(time.time() - started, 3)

@@ -34,6 +34,7 @@ DONE = "DONE"
 FINAL_DIR = "final"
 CHECKPOINTS_DIR = "checkpoints"
 TRAIN_PROGRESS = "progress.json"  # in a training launch's checkpoints folder: its last progress line (TrainProgress)
+PASS_PROGRESS = ".progress.json"  # after a journal's name (samples.jsonl.progress.json): its pass's (PassProgress)
 LOGS_DIR = "logs"
 DATA_DIR = "data"
 TRAIN_PLAN = "train_plan.json"

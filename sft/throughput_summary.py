@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tempa.sft.run_layout import CHECKPOINTS_DIR, TRAIN_PROGRESS
+from tempa.sft.run_layout import CHECKPOINTS_DIR, PASS_PROGRESS, TRAIN_PROGRESS
 
 # Peak dense (no sparsity) bf16/fp16 tensor FLOP/s by device-name fragment; the first match wins.
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
@@ -69,13 +69,43 @@ class TrainProgress(BaseModel):
         return ", ".join(parts) + f" ({f'{ago:.0f} s' if ago < 120 else format_eta(ago)} ago)"
 
 
-def latest_progress(stage_dir: Path, since: float = 0.0) -> TrainProgress | None:
-    """The newest progress record of a stage's training launches (a kind with rounds launches one per round) written
-    at ``since`` or later (a killed attempt's record is not where the running one stands)."""
-    found = []
-    for folder in (stage_dir / CHECKPOINTS_DIR, *stage_dir.glob(f"*/{CHECKPOINTS_DIR}")):
+class PassProgress(BaseModel):
+    """A journaled pass's last progress (sampling, scoring, judging, a teacher's answers), beside its journal: how
+    far a long synthesis or a preference round's sampling is, for `tempa status`, as a training launch's
+    :class:`TrainProgress` is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    desc: str  # the pass's progress-bar label ("synthesize: sample")
+    done: int
+    items: int
+    eta_s: float | None = None  # at ``at``; None before a chunk of this session has finished
+    samples_per_s: float | None = None
+    at: float
+
+    def note(self, now: float | None = None) -> str:
+        """``synthesize: sample 120/400, eta 0:12:03, 2.1 samples/s (5 s ago)``."""
+        now = time.time() if now is None else now
+        ago = max(0.0, now - self.at)
+        parts = [f"{self.desc} {self.done:,}/{self.items:,}"]
+        if self.eta_s is not None and self.done < self.items:
+            parts.append(f"eta {format_eta(max(0.0, self.eta_s - ago))}")
+        if self.samples_per_s is not None:
+            parts.append(f"{self.samples_per_s:,.1f} samples/s")
+        return ", ".join(parts) + f" ({f'{ago:.0f} s' if ago < 120 else format_eta(ago)} ago)"
+
+
+def latest_progress(stage_dir: Path, since: float = 0.0) -> TrainProgress | PassProgress | None:
+    """The newest progress record of a stage's training launches (a kind with rounds launches one per round) and its
+    journaled passes (in ``data/`` or a round's folder), written at ``since`` or later (a killed attempt's record is
+    not where the running one stands)."""
+    found: list[TrainProgress | PassProgress] = []
+    records = [(TrainProgress, folder / TRAIN_PROGRESS)
+               for folder in (stage_dir / CHECKPOINTS_DIR, *stage_dir.glob(f"*/{CHECKPOINTS_DIR}"))]
+    records += [(PassProgress, path) for path in stage_dir.glob(f"*/*{PASS_PROGRESS}")]
+    for model, path in records:
         try:
-            found.append(TrainProgress.model_validate_json((folder / TRAIN_PROGRESS).read_text(encoding="utf-8")))
+            found.append(model.model_validate_json(path.read_text(encoding="utf-8")))
         except (OSError, ValidationError):
             continue  # none yet, or one a newer tempa wrote: status still shows the rest
     return max((progress for progress in found if progress.at >= since), key=lambda progress: progress.at,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from test_alignment_fakes import ScriptedBackend
 
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.prompts import PromptRow, PromptSource, ThinkingSettings, load_prompts
-from tempa.alignment.sampling import JsonlStore, sample_prompts
+from tempa.alignment.sampling import JsonlStore, run_incremental, sample_prompts
 
 SAMPLE_PROMPTS = Path(__file__).resolve().parents[1] / "recipes" / "data" / "sample_prompts.jsonl"
 
@@ -50,6 +52,21 @@ def test_interrupted_sampling_resumes_with_only_the_rest(tmp_path):
     again, stats = sample_prompts(rows, third, params, JsonlStore(path, "sig"), show_progress=False)
     assert third.calls == 0 and again == records and stats["processed"] == 0
     assert stats["resumed"] == len(rows)  # every prompt came from the store ("sampled 10 prompts (10 resumed)")
+
+
+def test_a_pass_without_a_measure_counts_a_record_as_one_sample(tmp_path):
+    """Follow-up writing, revisions and teacher text give no measure: their bar read "0.0 samples/s" all along."""
+    def work(chunk: list[int], index: int) -> list[dict]:
+        time.sleep(0.01)  # a pass under a millisecond rounds to 0 s and reports no rate at all
+        return [{"id": str(i)} for i in chunk]
+
+    records, stats = run_incremental(
+        list(range(7)), key=str, work=work,
+        store=JsonlStore(tmp_path / "followups.jsonl", "sig"), chunk_size=3, desc="follow-ups", show_progress=False,
+    )
+    assert [r["id"] for r in records] == [str(i) for i in range(7)]
+    assert stats["samples"] == 7 and stats["samples_per_s"] > 0
+    assert stats["tokens"] is None  # nothing counted them: unknown, not 0
 
 
 def test_a_torn_last_line_is_dropped_and_redone(tmp_path):
@@ -293,3 +310,47 @@ def test_tokens_a_server_did_not_count_are_unknown_not_zero(tmp_path):
     assert (counted["samples"], counted["tokens"]) == (8, 24)
     _, unknown = sample_prompts(rows, Counted(None), params, JsonlStore(tmp_path / "b.jsonl", "s"), show_progress=False)
     assert (unknown["samples"], unknown["tokens"]) == (8, None) and "tokens_per_s" not in unknown
+
+
+def test_status_reads_how_far_a_journaled_pass_is_and_when_it_ends(tmp_path):
+    """Mid-synthesis, `tempa status` said only "so far: 120 prompts sampled": not of how many, nor when it would end
+    (an overnight teacher run). A pass leaves its progress beside its journal; the newest record, a training
+    launch's or a pass's, is where the stage stands."""
+    from tempa.sft.throughput_summary import TrainProgress, latest_progress
+
+    stage = tmp_path / "synth"
+    store = JsonlStore(stage / "data" / "samples.jsonl", "sig")
+    seen: list = []
+    fail_at = [2]
+
+    def work(chunk: list[int], index: int) -> list[dict]:
+        seen.append(latest_progress(stage))  # what status reads while this chunk is asked
+        time.sleep(0.01)
+        if index in fail_at:
+            fail_at.clear()
+            raise RuntimeError("server went away")
+        return [{"id": str(i)} for i in chunk]
+
+    with pytest.raises(RuntimeError):
+        run_incremental(list(range(10)), key=str, work=work, store=store, chunk_size=3, desc="synthesize: sample",
+                        show_progress=False)
+    first, second, third = seen
+    assert (first.desc, first.done, first.items, first.eta_s) == ("synthesize: sample", 0, 10, None)
+    assert (second.done, third.done) == (3, 6)
+    assert third.eta_s > 0 and third.samples_per_s > 0
+    # 4 of 10 left after 6 in the elapsed time: the ETA is two thirds of it
+    assert third.eta_s == pytest.approx(4 / 6 * 6 / third.samples_per_s, rel=1e-3)
+    assert re.fullmatch(r"synthesize: sample 6/10, eta 0:00:00, [\d.]+ samples/s \(0 s ago\)", third.note(third.at))
+
+    # resumed: it starts from what the journal holds; a newer training record is where the stage stands then
+    seen.clear()
+    run_incremental(list(range(10)), key=str, work=work, store=JsonlStore(stage / "data" / "samples.jsonl", "sig"),
+                    chunk_size=3, desc="synthesize: sample", show_progress=False)
+    assert seen[0].done == 6 and latest_progress(stage).done == 10
+    checkpoints = stage / "checkpoints"
+    checkpoints.mkdir()
+    trained = TrainProgress(step=1, max_steps=4, at=time.time() + 1)
+    (checkpoints / "progress.json").write_text(trained.model_dump_json())
+    assert latest_progress(stage) == trained
+    # a --from run deletes the journal's files, its progress with them
+    assert (stage / "data" / "samples.jsonl.progress.json") in JsonlStore.files(stage / "data" / "samples.jsonl")

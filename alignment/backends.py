@@ -17,6 +17,7 @@ A recipe picks a backend with a ``type``-tagged block::
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
@@ -45,6 +46,7 @@ from tempa.sft.stage_api import (
     Read,
     StageError,
     resolve_path,
+    secret_path,
     stage_ref,
 )
 
@@ -149,6 +151,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# vLLM load formats that read pickled checkpoints ("auto" falls back to them when a folder has no safetensors).
+PICKLE_LOAD_FORMATS = ("pt", "npcache", "auto")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _no_secret(value: dict[str, Any], field: str) -> dict[str, Any]:
+    """A free-form mapping without a key or token in it: a recipe's values are copied into recipe.resolved.yaml, the
+    manifests, the journals' signatures, `tempa plan` and the trackers' config."""
+    found = secret_path(value, field)
+    if found is not None:
+        raise PydanticCustomError(
+            SECRET_INPUT_ERROR,
+            "{path} cannot be set in a recipe: a secret written there is copied into recipe.resolved.yaml, the "
+            "manifests and `tempa plan` (the value is not shown); name the environment variable that holds an API "
+            "key in api_key_env",
+            {"path": found},
+        )
+    return value
+
+
 def _model_ref(value: str | None, info: ValidationInfo) -> str | None:
     if value is None or stage_ref(value) is not None:
         return value
@@ -208,7 +230,10 @@ class VLLMBackendConfig(_Strict):
         if "trust_remote_code" in value:
             raise ValueError("engine_args: trust_remote_code cannot be set here: set `trust_remote_code: true` at the "
                              "top level of the recipe (off by default), which every loader of the run reads")
-        return value
+        if value.get("load_format") in PICKLE_LOAD_FORMATS:
+            raise ValueError(f"engine_args.load_format {value['load_format']!r} would unpickle a checkpoint (tempa "
+                             "loads safetensors only): convert the model to safetensors, or leave load_format unset")
+        return _no_secret(value, "engine_args")
 
 
 class HTTPBackendConfig(_Strict):
@@ -251,8 +276,26 @@ class HTTPBackendConfig(_Strict):
         "apply them to the chat template). Turn off for hosted APIs that reject unknown fields.",
     )
     extra_body: dict[str, Any] = Field(
-        default_factory=dict, description="Further JSON fields merged into every request body (e.g. `top_k`)."
+        default_factory=dict, description="Further JSON fields merged into every request body (e.g. `top_k`); "
+        "never a key or token (api_key_env names the variable that holds the key)."
     )
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not ENV_NAME.fullmatch(value):
+            # Not echoed: a key pasted here instead of its variable's name is the likely mistake.
+            raise PydanticCustomError(
+                SECRET_INPUT_ERROR,
+                "api_key_env must be the name of an environment variable (letters, digits and _, such as "
+                "TEACHER_API_KEY), not the key itself (the value is not shown); export the key in that variable",
+            )
+        return value
+
+    @field_validator("extra_body")
+    @classmethod
+    def _no_secret_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _no_secret(value, "extra_body")
 
     @field_validator("base_url")
     @classmethod

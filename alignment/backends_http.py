@@ -280,6 +280,8 @@ class HTTPBackend(SamplingBackend):
                     if _content_filtered(status, text):
                         raise _ContentFiltered from None
                     detail = _snippet(text)
+                    if 300 <= status < 400:
+                        raise HTTPBackendError(_redirected(self._where, status, reply_headers)) from None
                     if status not in RETRY_STATUS:
                         raise HTTPBackendError(f"{self._where}: HTTP {status}: {detail}{self._key_hint(status)}") \
                             from None
@@ -485,8 +487,17 @@ class _Deadline:
                 _shut(sock)
 
     def opener(self) -> urllib.request.OpenerDirector:
-        """urllib's default opener (proxies, redirects, HTTPS) whose connections this deadline watches."""
-        return urllib.request.build_opener(_WatchedHTTPHandler(self), _WatchedHTTPSHandler(self))
+        """urllib's default opener (proxies, HTTPS) whose connections this deadline watches, without following
+        redirects: urllib copies the Authorization header onto the redirected request, so a redirect (an open one, a
+        proxy's, a load balancer's) would hand the key to whichever host it names."""
+        return urllib.request.build_opener(_WatchedHTTPHandler(self), _WatchedHTTPSHandler(self), _NoRedirect())
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx comes back as the reply it is (an HTTPError with its Location), for the request to refuse."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def _shut(sock: socket.socket) -> None:
@@ -549,6 +560,12 @@ def _exchange(request: urllib.request.Request, timeout_s: float) -> tuple[int, M
         if deadline.expired:
             raise TimeoutError(f"no complete response within timeout_s={timeout_s:g}s")
     return reply
+
+
+def _redirected(where: str, status: int, headers: Message | None) -> str:
+    location = (headers.get("Location") if headers else None) or "(no Location)"
+    return (f"{where}: HTTP {status}: the server redirects to {_snippet(location)}; tempa follows no redirect (the "
+            "request and its API key would go to the address it names): set base_url to the address that answers")
 
 
 def _snippet(text: str) -> str:

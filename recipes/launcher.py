@@ -197,6 +197,9 @@ def _launch_env(launch: LaunchConfig) -> dict[str, str]:
     # The local process that watches over the training group: its processes stop when it dies.
     env["TEMPA_RUNNER_PID"] = str(os.getpid())
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # trl's trainers report their use to huggingface.co from every process they start; a recipe that never names
+    # the hub contacts it for nothing (a user who sets the variable, to 0 or 1, decides).
+    env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     if launch.use_cpu:
         env.setdefault("DS_ACCELERATOR", "cpu")
     elif one_process(launch) and "CUDA_VISIBLE_DEVICES" not in env:
@@ -411,12 +414,16 @@ def _reason(tail: deque[str]) -> str:
     return _exception(tail) or next((line.strip() for line in reversed(tail) if line.strip()), "no output")
 
 
+# A process that lost a peer: the consequence of another process's failure, which the log may show first.
+_KNOCK_ON = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing", "DistBackendError",
+             "NCCL communicator was aborted", "Broken pipe", "ProcessGroupNCCL", "ProcessGroupGloo")
+
+
 def _exception(tail: deque[str]) -> str | None:
-    for line in reversed(tail):
-        match = _EXCEPTION_LINE.match(line.strip())
-        if match and not any(name in line for name in _LAUNCHER_ERRORS):
-            return f"{match.group(1)}: {match.group(2)}".strip()
-    return None
+    """The last exception line of a worker; of several processes' failures, one that is not a lost peer."""
+    found = [f"{match.group(1)}: {match.group(2)}".strip() for line in reversed(tail)
+             if (match := _EXCEPTION_LINE.match(line.strip())) and not any(name in line for name in _LAUNCHER_ERRORS)]
+    return next((line for line in found if not any(sign in line for sign in _KNOCK_ON)), found[0] if found else None)
 
 
 # How the launchers report a process that a signal ended: accelerate's single-process launcher
@@ -471,6 +478,20 @@ def _failure(code: int, tail: deque[str]) -> str:
         return f"a training process crashed with {name}: {_last_words(tail)}"
     return (f"a training process was killed by {name}{_KILL_HINTS.get(sig, '')}; the same command again resumes "
             "from its last complete checkpoint (`tempa plan` names it)")
+
+
+def foreign_launch(request: LaunchRequest, run_dir: Path) -> str | None:
+    """Why a launch request is not one a tempa run writes, or None: a node runs what the request names, so anyone who
+    can write the shared run directory could otherwise have every node run a command of their choosing."""
+    from tempa.sft.train_plan import WORKER
+
+    args = request.args
+    if request.module == WORKER and len(args) == 2 and args[0] == "--plan":
+        plan = Path(args[1]).resolve()
+        if plan.is_relative_to(Path(run_dir).resolve()) and plan.suffix == ".json":
+            return None
+    return (f"asks to launch `{request.module} {' '.join(args)[:200]}`, which a tempa run never does (it launches "
+            f"{WORKER} --plan <a plan in the run directory>): refused")
 
 
 def unseen_input(args: list[str]) -> str | None:
@@ -532,6 +553,9 @@ def join_run(launch: LaunchConfig, run_dir: Path, machine_rank: int, log_dir: Pa
             time.sleep(poll_s)
             continue
         last_seq = request.seq
+        refused = foreign_launch(request, run_dir)
+        if refused is not None:
+            raise StageError(f"node {machine_rank}: {run_dir / LAUNCH_REQUEST} {refused}")
         missing = unseen_input(request.args)
         if missing is not None:
             # Checked before joining: the training process would fail only after the rendezvous, and node 0

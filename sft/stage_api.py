@@ -68,7 +68,7 @@ SECRET_KEY_RE = re.compile(
 )
 # Keys that contain a secret-looking word but hold harmless numbers/settings.
 _HARMLESS_KEYS = re.compile(
-    r"(max_new_tokens|max_tokens|num_tokens|tokenizer.*|.*_token_id|.*token_ids|tokens_per_.*|.*_tokens|author.*|"
+    r"(max_new_tokens|max_tokens|num_tokens|tokenizer.*|.*_token_id|.*token_ids|tokens_per_.*|.*_tokens|authors?(_.*)?|"
     r"(pad|eos|bos|unk|sep|cls|mask|stop|eot|im_start|im_end)_token)",  # special tokens: their text, no secret
     re.IGNORECASE,
 )
@@ -115,6 +115,21 @@ def _split_key(name: str) -> tuple[str, str, str]:
 def is_secret_key(key: str) -> bool:
     """Whether a text under ``key`` is a secret (``token``, ``api_key``), not a count (``max_tokens``)."""
     return bool(SECRET_KEY_RE.search(key)) and not _HARMLESS_KEYS.fullmatch(key)
+
+
+def secret_path(value: Any, path: str) -> str | None:
+    """The dotted path to the first secret in a free-form mapping or list (``model_init_kwargs: {token: hf_...}``,
+    ``extra_body: {headers: {Authorization: ...}}``), never its value; None when it holds none."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if is_secret_key(str(key)) and isinstance(item, str) and item:
+                return f"{path}.{key}"
+            found = secret_path(item, f"{path}.{key}")
+            if found:
+                return found
+    if isinstance(value, list | tuple):
+        return next((found for i, item in enumerate(value) if (found := secret_path(item, f"{path}[{i}]"))), None)
+    return None
 
 
 class StageError(RuntimeError):

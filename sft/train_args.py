@@ -28,7 +28,7 @@ from typing import Any, Literal, Union
 from pydantic import TypeAdapter, ValidationError, ValidationInfo
 
 from tempa.sft.files import cache_root, write_atomic
-from tempa.sft.stage_api import is_secret_key
+from tempa.sft.stage_api import secret_path
 from tempa.sft.suggest import closest, did_you_mean
 from tempa.sft.trackers import check_report_to
 
@@ -62,25 +62,11 @@ def _refused(values: Mapping[str, Any]) -> None:
             raise ValueError(f"'{key}' cannot be set in train: {REFUSED_TRAIN_KEYS[key]}")
         if key.endswith("model_init_kwargs") and isinstance(value, Mapping) and "trust_remote_code" in value:
             raise ValueError(f"'{key}': trust_remote_code cannot be set here: {_SET_AT_TOP}")
-        secret = _secret_path(value, key)
+        secret = secret_path(value, key)
         if secret:
             raise ValueError(f"'{secret}' cannot be set in train: a secret written in a recipe is copied into "
                              "recipe.resolved.yaml, train_plan.json, the manifests, `tempa plan` and the trackers' "
                              "config; huggingface_hub reads HF_TOKEN (or `hf auth login`) by itself")
-
-
-def _secret_path(value: Any, path: str) -> str | None:
-    # A token inside a kwargs mapping (model_init_kwargs: {token: hf_...}): the dotted path to it, never its value.
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if is_secret_key(str(key)) and isinstance(item, str) and item:
-                return f"{path}.{key}"
-            found = _secret_path(item, f"{path}.{key}")
-            if found:
-                return found
-    if isinstance(value, list | tuple):
-        return next((found for i, item in enumerate(value) if (found := _secret_path(item, f"{path}[{i}]"))), None)
-    return None
 
 
 def train_checks_deferred(info: ValidationInfo) -> bool:

@@ -432,3 +432,114 @@ def test_a_refused_key_names_the_variable_it_came_from(monkeypatch):
         assert str(err.value).endswith("; the key sent is $JUDGE_KEY's (api_key_env)") and "zzzz" not in str(err.value)
         with pytest.raises(HTTPBackendError, match="no API key was sent: name the variable that holds it"):
             http(server).sample([[{"role": "user", "content": "q"}]], GenerationParams())
+
+
+class _Recorder:
+    """A loopback server that records who came (method, path, Authorization) and answers 404."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.visits: list[tuple[str, str, str | None]] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            timeout = 10
+
+            def _record(self) -> None:
+                recorder.visits.append((self.command, self.path, self.headers.get("Authorization")))
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = _record
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/elsewhere/v1/chat/completions"
+
+    def __enter__(self) -> _Recorder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_refused_and_the_key_goes_nowhere_else(monkeypatch, status):
+    """urllib followed a 301/302/303 and copied the Authorization header onto the redirected request: an endpoint
+    behind a redirect (an open one, a proxy's, a load balancer's) handed the teacher's key to the host it named,
+    and the error then named the first URL only."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    with _Recorder() as elsewhere, FakeOpenAI(lambda body: (status, {}, {"Location": elsewhere.url})) as server:
+        config = HTTPBackendConfig(base_url=server.base_url, model="m", api_key_env="TEACHER_KEY", max_retries=2,
+                                   backoff_s=0.01, timeout_s=5)
+        backend = HTTPBackend.from_config(config, show_progress=False)
+        with pytest.raises(HTTPBackendError) as err:
+            backend.sample([[{"role": "user", "content": "q"}]], GenerationParams())
+        backend.check_reachable()  # an answer, a redirect included, says the server is up; it sends no key
+    assert elsewhere.visits == []
+    message = str(err.value)
+    assert f"HTTP {status}: the server redirects to {elsewhere.url}" in message and "set base_url" in message
+    assert len(server.requests) == 1  # not retried: asking again gets the same redirect
+    assert SECRET not in message
+
+
+_SYNTHESIZE = """name: t
+base_model: "tempa:tiny"
+stages:
+  - name: distill
+    kind: synthesize
+    prompts: {path: prompts.jsonl}
+    teacher: %s
+    rewards: [{type: format}]
+"""
+
+
+def _refusal(tmp_path, teacher: str) -> str:
+    """The one-line error loading a recipe whose synthesize stage has this teacher."""
+    from tempa.recipes.errors import RecipeError
+    from tempa.recipes.loader import load_recipe
+
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "hi"}\n')
+    (tmp_path / "r.yaml").write_text(_SYNTHESIZE % teacher)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(tmp_path / "r.yaml")
+    message = str(err.value)
+    assert f"{tmp_path / 'r.yaml'}:7: stages[0].teacher." in message and "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(("written", "path"), [
+    ("extra_body: {api_key: sk-LITERAL-1}", "extra_body.api_key"),
+    ('extra_body: {headers: {Authorization: "Bearer sk-LITERAL-2"}}', "extra_body.headers.Authorization"),
+    ('extra_body: {metadata: [{x-api-key: sk-LITERAL-3}]}', "extra_body.metadata[0].x-api-key"),
+    ("api_key_env: sk-LITERAL-5abcdefghijklmnop", None),
+])
+def test_a_key_written_into_an_http_backend_is_refused_without_showing_it(tmp_path, written, path):
+    """extra_body took {api_key: sk-...} and the recipe's copies (recipe.resolved.yaml, the manifests, the journals'
+    signatures, `tempa plan`) all held it; a key pasted into api_key_env was echoed as a variable that is not set."""
+    message = _refusal(tmp_path, f"{{type: http, base_url: 'https://api.example.com/v1', model: m, {written}}}")
+    assert "sk-LITERAL" not in message
+    assert (f"{path} cannot be set in a recipe" in message) if path else "not the key itself" in message
+    # what these fields are for still works
+    config = HTTPBackendConfig(base_url="https://api.example.com/v1", model="m", api_key_env="TEACHER_API_KEY",
+                               extra_body={"top_k": 20, "max_tokens": 5, "metadata": {"author": "tim"}})
+    assert config.extra_body["top_k"] == 20
+
+
+def test_vllm_engine_args_take_no_pickle_load_format_and_no_token(tmp_path):
+    from tempa.alignment.backends import VLLMBackendConfig
+
+    for load_format in ("pt", "npcache", "auto"):
+        message = _refusal(tmp_path, f"{{type: vllm, engine_args: {{load_format: {load_format}}}}}")
+        assert f"engine_args.load_format '{load_format}' would unpickle a checkpoint" in message
+    message = _refusal(tmp_path, "{type: vllm, engine_args: {hf_token: hf_LITERAL}}")
+    assert "engine_args.hf_token cannot be set" in message and "hf_LITERAL" not in message
+    assert VLLMBackendConfig(engine_args={"load_format": "safetensors", "max_num_seqs": 64}).engine_args

@@ -440,6 +440,18 @@ def test_one_training_process_sees_one_gpu_unless_the_user_names_them(monkeypatc
     assert _launch_env(LaunchConfig())["CUDA_VISIBLE_DEVICES"] == "3,5"
 
 
+def test_training_processes_send_no_telemetry_unless_the_user_says(monkeypatch):
+    """trl's trainers looked up huggingface.co from every training process (its telemetry), for a recipe that never
+    names the hub: a regulated site saw traffic it had not asked for."""
+    from tempa.recipes.launcher import _launch_env
+    from tempa.recipes.schema import LaunchConfig
+
+    monkeypatch.delenv("HF_HUB_DISABLE_TELEMETRY", raising=False)
+    assert _launch_env(LaunchConfig())["HF_HUB_DISABLE_TELEMETRY"] == "1"
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "0")
+    assert _launch_env(LaunchConfig())["HF_HUB_DISABLE_TELEMETRY"] == "0"
+
+
 @pytest.mark.parametrize(("config", "offload"), [("zero3", "none"), ("zero3-offload", "cpu")])
 def test_the_shipped_zero3_configs_become_the_deepspeed_config_the_trainer_runs(config, offload, monkeypatch):
     """accelerate's launcher reads tempa's command and config into its DeepSpeed plugin, and transformers fills the

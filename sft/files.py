@@ -76,6 +76,17 @@ def sync_tree(folder: Path) -> None:
         _fsync(root)
 
 
+def umask_modes(folder: Path) -> None:
+    """The files under ``folder`` readable as the user's umask says (0644 under the usual 022): safetensors' saver
+    creates 0600 files, so a teammate on a shared node could not read a stage's model or resume its checkpoints."""
+    mode = 0o666 & ~_umask()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, mode)
+
+
 def write_marker(path: Path, text: str) -> None:
     """Write a completion marker durably: its content, then its name in the folder."""
     tmp = path.with_name(path.name + ".tmp")

@@ -133,13 +133,15 @@ def launch_training(plan: TrainPlan, ctx: StageContext) -> TrainOutcome:
 # worker's last line names no file, and every run meets it again.
 _DAMAGED_FILE = re.compile(r"SafetensorError|incomplete metadata|deserializ|PytorchStreamReader|unexpected EOF|"
                            r"Expected to be able to read \d+ bytes|not a valid Arrow|ArrowInvalid", re.IGNORECASE)
+# ...but a save that failed (a full disk) damaged nothing it read: the disk-full advice is the runner's.
+_FAILED_WRITE = re.compile(r"while serializing|No space left|os error 28|Errno 28|quota exceeded", re.IGNORECASE)
 
 
 def damaged_file_hint(error: str, resume: Path | None, train_data: Path) -> str | None:
     """What to move aside when a launch failed reading a damaged file: the checkpoint it resumed from (its files
     were whole when COMPLETE was written, so something damaged them since), else the prepared data's cache entry.
     None for any other failure."""
-    if not _DAMAGED_FILE.search(error):
+    if not _DAMAGED_FILE.search(error) or _FAILED_WRITE.search(error):
         return None
     if resume is not None:
         return (f"; it was resuming from {resume}, whose files may have been damaged since they were saved: move that "

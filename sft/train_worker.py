@@ -29,7 +29,7 @@ from tempa.sft.checkpoints import (
     last_complete_checkpoint,
     rotate_checkpoints,
 )
-from tempa.sft.files import remove_tree, sync_tree, write_marker
+from tempa.sft.files import remove_tree, sync_tree, umask_modes, write_marker
 from tempa.sft.kernels import (
     KernelChoice,
     KernelEnv,
@@ -72,6 +72,7 @@ class CheckpointCompleteCallback(TrainerCallback):
             dist.barrier()  # all shards (ZeRO-3 writes one per rank) are written
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_local_process_zero and path.is_dir():
+            umask_modes(path)
             sync_tree(path)  # each node flushes what its ranks wrote (shared storage: its own client's pages)
         if distributed:
             dist.barrier()  # ... and on every node's disk before the marker
@@ -462,7 +463,20 @@ def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *
     if trainer.is_world_process_zero():
         remove_tree(tmp, inside)
     trainer.accelerator.wait_for_everyone()
-    if merge_adapters:
+    if merge_adapters and any(held < shards.parameters for held in shards.per_rank):
+        # Under ZeRO-3 or FSDP each process holds a shard of every weight: merging in place added the adapter's
+        # delta to an empty shard (a size mismatch) and saved rank 0's storage alone. The adapter is saved whole
+        # (the save gathers it), then merged into the start model on rank 0's CPU.
+        adapter = final.with_name(final.name + ".adapter")
+        if trainer.is_world_process_zero():
+            remove_tree(adapter, inside)
+        trainer.accelerator.wait_for_everyone()
+        trainer.save_model(str(adapter))
+        if trainer.is_world_process_zero():
+            dtype = next(trainer.accelerator.unwrap_model(trainer.model).parameters()).dtype
+            merged_into_start(plan, adapter, dtype).save_pretrained(tmp, safe_serialization=True)
+            remove_tree(adapter, inside)
+    elif merge_adapters:
         merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         if trainer.is_world_process_zero():
             merged.save_pretrained(tmp, safe_serialization=True)
@@ -483,10 +497,29 @@ def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *
             shards=shards,
         )
         (tmp / OUTCOME_FILE).write_text(outcome.model_dump_json(indent=2))
+        umask_modes(tmp)
         sync_tree(tmp)  # final/ with its outcome is what the runner marks DONE: on the disk first (sync_tree)
         remove_tree(final, inside)
         os.replace(tmp, final)
     trainer.accelerator.wait_for_everyone()
+
+
+def merged_into_start(plan: TrainPlan, adapter: Path, dtype):
+    """The start model with the LoRA adapter saved in ``adapter`` merged in, loaded whole on the CPU."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    # While the ZeRO-3 trainer lives, from_pretrained partitions what it loads over every process (zero.Init, a
+    # collective the other processes, waiting at a barrier, never join): this load is rank 0's own.
+    zero3 = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        base = AutoModelForCausalLM.from_pretrained(plan.start_model, dtype=dtype, use_safetensors=True,
+                                                    trust_remote_code=plan.env.trust_remote_code)
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = zero3
+    return PeftModel.from_pretrained(base, adapter).merge_and_unload()
 
 
 def _lora_config(plan: TrainPlan):

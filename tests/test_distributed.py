@@ -182,6 +182,82 @@ def test_a_node_that_cannot_see_node_0s_cache_says_so_before_it_joins(tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("launch", [ZERO3, FSDP2], ids=["zero3", "fsdp2"])
+def test_a_lora_stage_under_sharded_training_publishes_its_adapter_merged_into_the_start_model(
+        launch, tmp_path, tiny_model_dir):
+    """Under ZeRO-3 and FSDP2 every process holds a shard of each weight: merging the adapter in place failed after the
+    last step ("size of tensor a (0) must match ...", "invalid python storage"), on every re-run too, so a LoRA stage
+    never finished on the launch configs the large seed recipes use."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    stage = """
+      - name: sft
+        kind: sft
+        data:
+          sources:
+            - {name: rows, path: rows.jsonl, thinking_mode: "off"}
+        lora: {r: 4, lora_alpha: 8, lora_dropout: 0.0, target_modules: [q_proj, v_proj]}
+        train: {max_steps: 2, learning_rate: 5.0e-2, per_device_train_batch_size: 4, max_length: 256, save_steps: 2}
+    """
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(sft_recipe(tmp_path, tiny_model_dir, stages=stage, launch=f"launch: {{{launch}}}")), run_dir)
+    stage_dir = run_dir / "sft"
+    assert (stage_dir / DONE).is_file() and not (stage_dir / "final.adapter").exists()
+    # the final model is the start model with the last checkpoint's adapter merged in, by peft on one process
+    by_hand = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                                        stage_dir / "checkpoints" / "checkpoint-2").merge_and_unload().state_dict()
+    final, start = weights(stage_dir / "final"), weights(tiny_model_dir)
+    assert final.keys() == start.keys()
+    assert_same_weights(final, {key: by_hand[key] for key in final}, atol=0)
+    assert sorted(key for key in final if not torch.equal(final[key], start[key])) == sorted(
+        f"model.layers.{i}.self_attn.{name}.weight" for i in range(2) for name in ("q_proj", "v_proj"))
+
+
+def test_a_node_runs_only_the_training_worker_on_a_plan_in_the_run_directory(tmp_path, tiny_model_dir, monkeypatch):
+    """A node ran whatever module and arguments `.launch.json` named (`-m timeit "__import__('os').system(...)"`):
+    anyone who could write the shared run directory had every node run a command of their choosing."""
+    import logging
+    import time
+
+    from tempa.recipes import launcher
+    from tempa.recipes.launcher import LaunchRequest, foreign_launch
+    from tempa.sft.stage_api import StageError
+
+    run_dir = tmp_path / "run"
+
+    def request(module: str, args: list[str]) -> LaunchRequest:
+        return LaunchRequest(seq=1, module=module, args=args, main_process_ip="127.0.0.1", main_process_port=29500,
+                             host="node0", created_at=time.time())
+
+    worker = "tempa.sft.train_worker"
+    assert foreign_launch(request(worker, ["--plan", str(run_dir / "sft" / "train_plan.json")]), run_dir) is None
+    for module, args in [("timeit", ["-n1", "__import__('os').system('id')"]),
+                         (worker, ["--plan", str(tmp_path / "elsewhere" / "train_plan.json")]),
+                         (worker, ["--plan", str(run_dir / "sft" / ".." / ".." / "x.json")]),
+                         (worker, ["--plan", str(run_dir / "sft" / "train_plan.json"), "--extra"])]:
+        assert "which a tempa run never does" in foreign_launch(request(module, args), run_dir), (module, args)
+
+    two = load_recipe(sft_recipe(tmp_path, tiny_model_dir, launch=f"launch: {{{TWO_NODES}}}")).recipe.launch
+    launched = []
+    monkeypatch.setattr(launcher, "_stream", lambda cmd, *a: launched.append(cmd) or (1, []))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path; from tempa.recipes.rundir import RunLock\n"
+         f"with RunLock(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        launcher.publish_request(two, "timeit", ["-n1", "pass"], run_dir)
+        with pytest.raises(StageError) as err:
+            launcher.join_run(two, run_dir, 1, tmp_path / "logs", log=logging.getLogger("tempa"), start_timeout_s=30,
+                              poll_s=0.05)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "asks to launch `timeit -n1 pass`" in str(err.value) and launched == []
+
+
+@pytest.mark.slow
 def test_fsdp2_on_two_cpu_processes_shards_and_saves_the_zero3_weights(fsdp2_run, zero3_run, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 

@@ -113,3 +113,24 @@ def test_the_training_log_holds_each_line_as_the_worker_writes_it(tmp_path: Path
         seen.touch()
         thread.join()
     assert done == [0]
+
+
+def test_of_several_processes_failures_the_error_names_the_cause_not_a_lost_peer() -> None:
+    """LoRA under FSDP2 failed on rank 0; rank 1 then lost its peer, and the one-line error quoted rank 1's gloo
+    "Connection closed by peer ... remote worker crashing", the cause only in train.log."""
+    from collections import deque
+
+    from tempa.recipes.launcher import _reason
+
+    tail = deque([
+        "[rank0]: Traceback (most recent call last):",
+        "[rank0]: RuntimeError: Attempted to access the data pointer on an invalid python storage.",
+        "[rank1]: Traceback (most recent call last):",
+        "[rank1]: RuntimeError: [/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by "
+        "peer [127.0.0.1]:48341. This is typically caused by a remote worker crashing.",
+        "    raise ChildFailedError(",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+    ])
+    assert _reason(tail) == "RuntimeError: Attempted to access the data pointer on an invalid python storage."
+    # a lost peer alone (the other process was killed, say) is still what the log says
+    assert _reason(deque(list(tail)[2:])).startswith("RuntimeError: [/__w/pytorch/third_party/gloo")

@@ -130,6 +130,11 @@ def test_a_checkpoint_damaged_after_it_was_saved_is_named_with_the_way_out(tmp_p
     run_dir = tmp_path / "run"
     run_recipe(load_recipe(recipe), run_dir)
     main = run_dir / "main"
+    # safetensors creates its files 0600: a teammate on a shared node could read neither the model nor a checkpoint
+    umask = os.umask(0)
+    os.umask(umask)
+    for saved in (main / "final" / "model.safetensors", main / "checkpoints" / "checkpoint-2" / "model.safetensors"):
+        assert saved.stat().st_mode & 0o777 == 0o666 & ~umask, saved
     # as a kill after checkpoint-2 leaves it: no DONE, no final model, the manifest still running
     (main / DONE).unlink()
     manifest = json_or_none(main / "manifest.json")
@@ -144,3 +149,15 @@ def test_a_checkpoint_damaged_after_it_was_saved_is_named_with_the_way_out(tmp_p
     assert f"it was resuming from {main / 'checkpoints' / 'checkpoint-2'}, whose files may have been damaged" in message
     assert "move that folder aside and run again to resume from the checkpoint before it" in message
     assert "\n" not in message
+
+
+def test_a_save_that_failed_on_a_full_disk_is_not_called_a_damaged_file():
+    """A checkpoint save on a full disk failed with safetensors' "Error while serializing: ... No space left on
+    device", and the error told the user to delete the (good) prepared data's cache entry."""
+    from tempa.sft.stage import damaged_file_hint
+
+    full = ("training process exited with code 1: safetensors._safetensors_rust.SafetensorError: Error while "
+            "serializing: I/O error: No space left on device (os error 28)")
+    assert damaged_file_hint(full, None, Path("/cache/sft-data/abc/train")) is None
+    torn = "training process exited with code 1: SafetensorError: Error while deserializing header: incomplete metadata"
+    assert "delete that cache folder" in damaged_file_hint(torn, None, Path("/cache/sft-data/abc/train"))

@@ -259,7 +259,13 @@ def _whole_model_checkpoints(config: Any) -> str | None:
 
 
 class EvaluateStageConfig(StageConfigBase):
-    """Score candidate models with the configured suites and write a leaderboard.
+    """Score candidate models with the configured suites and write a leaderboard. Besides `leaderboard.json` /
+    `leaderboard.md` and `scores/<candidate>.json`, the stage folder keeps every candidate's answers, to audit a score
+    row by row: `answers/<candidate>/<suite>.jsonl` (a `/` in the candidate's name is `__`:
+    `answers/sft__checkpoint-2/math.jsonl`), one line per scored row with its `index` in the suite's rows (and its
+    `id`, if it has one), the `prompt` (messages), the `answer`, the `reasoning`, the `finish_reason` (`stop`,
+    `length`: cut at max_new_tokens, or null where the backend cannot tell) and the row's verdicts as the suite
+    computes them. A candidate whose scores come from the cache gets its answers from it too.
 
     Candidates: every complete checkpoint (and the final model) of `checkpoints_of`, the final
     models of `stages`, and the folders in `models`. With none of them, the stage scores the

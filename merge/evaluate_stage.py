@@ -1,7 +1,9 @@
 """The ``evaluate`` stage: score candidate checkpoints with the recipe's suites, write a leaderboard.
 
-Outputs in the stage folder: ``leaderboard.json`` / ``leaderboard.md`` and
-``scores/<candidate>.json`` (per-candidate results). The stage's result carries the leaderboard
+Outputs in the stage folder: ``leaderboard.json`` / ``leaderboard.md``,
+``scores/<candidate>.json`` (per-candidate results) and ``answers/<candidate>/<suite>.jsonl`` (one line per scored
+row: the prompt, the answer, its reasoning, how generation ended and the row's verdicts, so every score can be
+audited; a candidate named ``sft/checkpoint-2`` is the folder ``sft__checkpoint-2``). The stage's result carries the leaderboard
 (a merge stage selects from it, and re-scores its merge with this stage's suites, which it reads
 from this stage's config). Scores are also cached under the shared cache folder, keyed by suites,
 rows, weights files, tokenizer, template, seed and the scoring code, so a re-run (or another run) skips candidates
@@ -17,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tempa.alignment.generation import GenerationBackend, TransformersBackend
+from tempa.alignment.generation import GenerationBackend
 from tempa.merge.candidates import Candidate, check_tokenizer_fits, collect_candidates, trained_step
 from tempa.merge.eval_data import load_named_rows
 from tempa.merge.evaluate_config import EvaluateStageConfig, LmEvalSuite, WinRateSuite
@@ -32,7 +34,7 @@ from tempa.merge.leaderboard import (
 )
 from tempa.merge.suites import CandidateScorer, import_lm_eval, rows_problem, suite_row_problem
 from tempa.merge.win_rate import PairwiseJudging
-from tempa.sft.files import digest, finite_json, write_json
+from tempa.sft.files import digest, finite_json, write_json, write_jsonl
 from tempa.sft.formats import thinking_mode_of
 from tempa.sft.stage_api import Scalar, StageContext, StageError
 from tempa.sft.trackers import named_trackers, tracker_log
@@ -43,9 +45,12 @@ BackendFactory = Callable[[Path, EvaluateStageConfig, StageContext], GenerationB
 def transformers_backend(
     model_dir: Path, config: EvaluateStageConfig, ctx: StageContext
 ) -> GenerationBackend:
-    """Default backend: the candidate's weights with the recipe's tokenizer, via transformers."""
+    """Default backend: the candidate's weights with the recipe's tokenizer, via transformers (the sampler, which
+    says whether max_new_tokens cut a reply)."""
+    from tempa.alignment.backends import TransformersSampler
+
     device = "cpu" if config.device == "auto" and ctx.training.use_cpu else config.device
-    return TransformersBackend(
+    return TransformersSampler(
         model_dir,
         ctx.tokenizer_dir,
         device=device,
@@ -146,6 +151,19 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "__", name)
 
 
+def answers_dir(stage_dir: Path, candidate: str) -> Path:
+    """Where a candidate's answers files go: ``<stage>/answers/<candidate as a file name>``."""
+    return Path(stage_dir) / "answers" / _slug(candidate)
+
+
+def write_answers(stage_dir: Path, candidate: str, answers: dict[str, list[dict[str, Any]]]) -> None:
+    """One JSON Lines file per suite of the candidate's answers (suites without answers, a loss, have none)."""
+    folder = answers_dir(stage_dir, candidate)
+    for suite, records in answers.items():
+        if records:
+            write_jsonl(folder / f"{_slug(suite)}.jsonl", finite_json(records))
+
+
 def score_model(
     model_dir: Path,
     config: EvaluateStageConfig,
@@ -159,6 +177,18 @@ def score_model(
     Win-rate suites use ``pairwise`` (shared by the candidates of one stage), else judges and baseline
     answers of their own (a merge stage re-scoring its merge; the baseline's answers come from the cache).
     """
+    return score_model_answers(model_dir, config, ctx, rows, backend_factory, pairwise)[0]
+
+
+def score_model_answers(
+    model_dir: Path,
+    config: EvaluateStageConfig,
+    ctx: StageContext,
+    rows: dict[str, list[dict[str, Any]]],
+    backend_factory: BackendFactory = transformers_backend,
+    pairwise: PairwiseJudging | None = None,
+) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]]]:
+    """:func:`score_model`'s metrics, and per suite the rows' records (prompt, answer, finish reason, verdicts)."""
     from transformers import AutoTokenizer
 
     own_pairwise = pairwise is None
@@ -174,7 +204,7 @@ def score_model(
         for suite in config.suites:
             scores = scorer.run(suite, rows.get(suite.key, []))
             metrics.update({f"{suite.key}/{name}": float(value) for name, value in scores.items()})
-        return metrics
+        return metrics, scorer.records
     finally:
         backend.close()
         if own_pairwise and pairwise is not None:
@@ -279,12 +309,16 @@ def _score_each(config, ctx, candidates, backend_factory, rows, pairwise, track)
         key = cache_key(config, candidate.path, ctx, rows)
         cached_path = cache_dir / f"{key}.json"
         if cached_path.exists():
-            metrics = metrics_from_json(json.loads(cached_path.read_text(encoding="utf-8"))["metrics"])
+            entry = json.loads(cached_path.read_text(encoding="utf-8"))
+            metrics, answers = metrics_from_json(entry["metrics"]), entry.get("answers") or {}
             ctx.log.info("%s: reusing scores of %s (%s)", ctx.stage_name, candidate.name, cached_path)
         else:
             ctx.log.info("%s: scoring %s (%s)", ctx.stage_name, candidate.name, candidate.path)
-            metrics = score_model(candidate.path, config, ctx, rows, backend_factory, pairwise)
-            write_json(cached_path, {"path": str(candidate.path), "metrics": finite_json(metrics)})
+            metrics, answers = score_model_answers(candidate.path, config, ctx, rows, backend_factory, pairwise)
+            # the answers beside the scores, in one atomic write: a reused score is as auditable as a fresh one
+            write_json(cached_path, {"path": str(candidate.path), "metrics": finite_json(metrics),
+                                     "answers": finite_json(answers)})
+        write_answers(ctx.stage_dir, candidate.name, answers)
         record = {"candidate": candidate.name, "path": str(candidate.path), "metrics": finite_json(metrics)}
         write_json(scores_dir / f"{_slug(candidate.name)}.json", record)
         track(*tracked_scores(ctx, candidate, metrics))
@@ -300,7 +334,7 @@ def _score_each(config, ctx, candidates, backend_factory, rows, pairwise, track)
     return board_rows
 
 
-def unanswered_warnings(board: Leaderboard, config: EvaluateStageConfig) -> list[str]:
+def unanswered_warnings(board: Leaderboard, config: EvaluateStageConfig, stage_dir: Path | None = None) -> list[str]:
     """One line per suite whose replies were cut off while still thinking (graded wrong): the leaderboard's column
     alone is easy to miss, and the suite then ranks how briefly candidates think."""
     lines = []
@@ -312,9 +346,11 @@ def unanswered_warnings(board: Leaderboard, config: EvaluateStageConfig) -> list
             share = f"up to {max(cut.values()):.0%} of a candidate's replies ({len(cut)} of {len(board.rows)} candidates)"
             if getattr(suite, "thinking_mode", None) == "off":
                 # nothing was cut off while thinking: the model ended its turn at once (or opened a block of its own)
+                worst = max(cut, key=lambda name: cut[name])
+                where = answers_dir(stage_dir or Path("<stage>"), worst) / f"{_slug(suite.key)}.jsonl"
                 lines.append(f"suite '{suite.key}': {share} gave no answer with thinking off and are graded wrong: "
                              "the candidate ended its turn at once or wrote only a think block of its own; see its "
-                             "samples in the report")
+                             f"answers in {where}")
             else:
                 lines.append(f"suite '{suite.key}': {share} gave no answer, most likely still thinking at "
                              f"max_new_tokens={limit}, and are graded wrong; raise the suite's max_new_tokens or set "
@@ -341,7 +377,7 @@ def run_evaluate(
     check_tokenizer_fits([(c.name, c.path) for c in candidates], Path(ctx.tokenizer_dir),
                          who=f"evaluate stage '{ctx.stage_name}'")
     board = evaluate_candidates(config, ctx, candidates, backend_factory)
-    for line in unanswered_warnings(board, config):
+    for line in unanswered_warnings(board, config, ctx.stage_dir):
         ctx.log.warning("%s: %s", ctx.stage_name, line)
     json_path, md_path = write_leaderboard(board, ctx.stage_dir, title=f"Leaderboard: {ctx.stage_name}")
     metrics: dict[str, Scalar] = {"candidates": len(candidates)}

@@ -73,8 +73,28 @@ class CandidateScorer:
         self.open_tag, self.close_tag = think_tags
         self.model = model if model is not None else getattr(backend, "model", None)
         self._cache: dict[tuple[str, str | None, int], str] = {}
+        # how each generation ended ("stop", "length"; None where the backend cannot tell), by the keys of _cache
+        self._finish: dict[tuple[str, str | None, int], str | None] = {}
         self._prefill: dict[tuple[str, str | None], str] = {}
         self.pairwise = pairwise
+        # per suite, one record per scored row (prompt, answer, reasoning, finish reason, verdicts): what the
+        # evaluate stage writes as the suite's answers file, so every number can be audited row by row
+        self.records: dict[str, list[dict[str, Any]]] = {}
+
+    def _keys(self, prompts: Sequence[Messages], modes: Sequence[str | None], limit: int,
+              offered: Sequence[Tools | None]) -> list[tuple[str, str | None, int]]:
+        return [(json.dumps([p, t], sort_keys=True, ensure_ascii=False), m, limit)
+                for p, m, t in zip(prompts, modes, offered, strict=True)]
+
+    def finish_reasons(
+        self, prompts: Sequence[Messages], modes: Sequence[str | None], max_new_tokens: int | None = None,
+        tools: Sequence[Tools | None] | None = None,
+    ) -> list[str | None]:
+        """How the generation :meth:`complete` gave for each prompt ended: ``"stop"``, ``"length"`` (cut at
+        max_new_tokens), or None where the backend does not say."""
+        limit = max_new_tokens or self.generation.max_new_tokens
+        offered = list(tools) if tools is not None else [None] * len(prompts)
+        return [self._finish.get(k) for k in self._keys(prompts, modes, limit, offered)]
 
     def complete(
         self, prompts: Sequence[Messages], modes: Sequence[str | None], max_new_tokens: int | None = None,
@@ -84,10 +104,7 @@ class CandidateScorer:
         completion."""
         limit = max_new_tokens or self.generation.max_new_tokens
         offered = list(tools) if tools is not None else [None] * len(prompts)
-        keys = [
-            (json.dumps([p, t], sort_keys=True, ensure_ascii=False), m, limit)
-            for p, m, t in zip(prompts, modes, offered, strict=True)
-        ]
+        keys = self._keys(prompts, modes, limit, offered)
         # The chats themselves, not the keys read back: sorted keys would reorder a tool's JSON in the prompt.
         chat_of = {k: (p, t) for k, p, t in zip(keys, prompts, offered, strict=True)}
         todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
@@ -103,14 +120,18 @@ class CandidateScorer:
             chats = [chat_of[k] for k in todo]
             # Passed on only when a prompt offers tools: a backend written before tools need not take them.
             with_tools = {"tools": [t for _, t in chats]} if any(t for _, t in chats) else {}
-            outputs = self.backend.generate(
+            # a sampling backend says how each generation ended (cut at max_new_tokens or not); a plain one does not
+            sample = getattr(self.backend, "sample", None)
+            outputs = (sample if callable(sample) else self.backend.generate)(
                 [messages for messages, _ in chats],
                 params,
                 thinking_modes=[k[1] for k in todo],  # type: ignore[misc]
                 **with_tools,
             )
             for key, (messages, offered_tools), samples in zip(todo, chats, outputs, strict=True):
-                self._cache[key] = self.prefill(messages, key[1], offered_tools) + samples[0]
+                text = getattr(samples[0], "text", samples[0])
+                self._cache[key] = self.prefill(messages, key[1], offered_tools) + text
+                self._finish[key] = getattr(samples[0], "finish_reason", None)
         return [self._cache[k] for k in keys]
 
     def prefill(self, messages: Messages, mode: str | None, tools: Tools | None = None) -> str:
@@ -126,7 +147,8 @@ class CandidateScorer:
     # --- suites ----------------------------------------------------------------------------
 
     def run(self, suite: Suite, rows: list[dict[str, Any]]) -> dict[str, float]:
-        """Scores of one suite, without the suite prefix."""
+        """Scores of one suite, without the suite prefix; its rows' records in ``self.records[suite.key]``."""
+        self.records[suite.key] = []
         if isinstance(suite, LossSuite):
             return self.loss(suite, rows)
         if isinstance(suite, AccuracySuite):
@@ -144,31 +166,56 @@ class CandidateScorer:
         raise TypeError(f"unknown suite {type(suite).__name__}")
 
     def _generate_rows(self, suite, rows: list[dict[str, Any]]) -> list[str]:
+        return [text for text, _ in self._generated_rows(suite, rows)]
+
+    def _generated_rows(self, suite, rows: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+        """Each row's assistant text and how its generation ended."""
         prompts = [prompt_messages(row) for row in rows]
         modes = [suite.thinking_mode or row.get("thinking_mode") for row in rows]
-        return self.complete(prompts, modes, suite.max_new_tokens, [row_tools(row) for row in rows])
+        tools = [row_tools(row) for row in rows]
+        texts = self.complete(prompts, modes, suite.max_new_tokens, tools)
+        return list(zip(texts, self.finish_reasons(prompts, modes, suite.max_new_tokens, tools), strict=True))
+
+    def _record(self, suite: Suite, index: int, row: dict[str, Any], text: str, finish: str | None,
+                scores: dict[str, Any], prompt: Any = None) -> None:
+        """One row's line of the suite's answers file: what was asked, the answer, the reasoning, how it ended."""
+        split = split_reasoning(text, self.open_tag, self.close_tag)
+        self.records.setdefault(suite.key, []).append({
+            "index": index, **({"id": row["id"]} if "id" in row else {}),
+            "prompt": prompt if prompt is not None else prompt_messages(row),
+            "answer": self.answer(text), "reasoning": split.reasoning, "finish_reason": finish, **scores})
 
     def accuracy(self, suite: AccuracySuite, rows: list[dict[str, Any]]) -> dict[str, float]:
-        rows = [row for row in rows if row.get("answer") not in (None, "")]
+        indexed = [(i, row) for i, row in enumerate(rows) if row.get("answer") not in (None, "")]
+        rows = [row for _, row in indexed]
         if not rows:
             raise StageError(f"suite '{suite.key}': no row has an 'answer'")
-        replies = [self.answer(text) for text in self._generate_rows(suite, rows)]
+        generated = self._generated_rows(suite, rows)
+        replies = [self.answer(text) for text, _ in generated]
         correct = [
             answers.answer_matches(reply, row["answer"], rel_tol=suite.rel_tol, language=row.get("language"))
             for reply, row in zip(replies, rows, strict=True)
         ]
+        for (index, row), (text, finish), ok in zip(indexed, generated, correct, strict=True):
+            self._record(suite, index, row, text, finish, {"expected": row["answer"], "correct": ok})
         return {"accuracy": sum(correct) / len(correct), "rows": float(len(rows)),
                 "unanswered": answers.unanswered(replies)}
 
     def ifeval(self, suite: IFEvalSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
+        indexes = [i for i, row in enumerate(rows) if row.get("instructions")]
         parsed = _rows_with_instructions(rows)
         if not parsed:
             raise StageError(f"suite '{suite.key}': no row has 'instructions'")
-        replies = [self.answer(text) for text in self._generate_rows(suite, [row for row, _ in parsed])]
+        generated = self._generated_rows(suite, [row for row, _ in parsed])
+        replies = [self.answer(text) for text, _ in generated]
         results = [
             (instructions, ifeval.check_all(instructions, reply))
             for (_, instructions), reply in zip(parsed, replies, strict=True)
         ]
+        for index, (row, _), (text, finish), (_, followed) in zip(indexes, parsed, generated, results, strict=True):
+            self._record(suite, index, row, text, finish, {"instructions": [
+                {"instruction": spec, "followed": ok} for spec, ok in zip(row["instructions"], followed, strict=True)],
+                "followed_all": all(followed)})
         return {**ifeval.ifeval_scores(results), "unanswered": answers.unanswered(replies),
                 "rows": float(len(parsed))}
 
@@ -176,9 +223,9 @@ class CandidateScorer:
         targets = [row.get("language") or suite.language for row in rows]
         if any(t is None for t in targets):
             raise StageError(f"suite '{suite.key}': rows need a 'language' (or set the suite's `language`)")
-        texts = self._generate_rows(suite, rows)
+        generated = self._generated_rows(suite, rows)
         detected, correct, reasoning, replies = [], [], [], []
-        for row, text, target in zip(rows, texts, targets, strict=True):
+        for index, (row, (text, finish), target) in enumerate(zip(rows, generated, targets, strict=True)):
             split = split_reasoning(text, self.open_tag, self.close_tag)
             reply = self.answer(text)  # a think block opened after the template's is reasoning, in no answer
             replies.append(reply)
@@ -186,6 +233,9 @@ class CandidateScorer:
             correct.append(row_correct(row, reply, target))
             reasoning.append(reasoning_verdict(split.reasoning, target, suite.reasoning, languages=suite.languages,
                                                min_letters=suite.min_letters, equivalent=suite.equivalent)[0])
+            self._record(suite, index, row, text, finish, {
+                "target": target, "detected": detected[-1].language,  # None: too short to tell (undetermined)
+                "correct": correct[-1], "reasoning_in_language": reasoning[-1]})
         return {**language_scores(detected, targets, correct, suite.equivalent), **reasoning_scores(reasoning),
                 "unanswered": answers.unanswered(replies), "rows": float(len(rows))}
 
@@ -195,8 +245,12 @@ class CandidateScorer:
         scores: dict[str, float] = {}
         for mode in suite.modes:
             texts = self.complete(prompts, [mode] * len(prompts), suite.max_new_tokens, tools)
+            finishes = self.finish_reasons(prompts, [mode] * len(prompts), suite.max_new_tokens, tools)
             check = answers.thinking_on_compliant if mode == "on" else answers.thinking_off_compliant
             passed = [check(text, self.open_tag, self.close_tag) for text in texts]
+            for index, (row, text, finish, ok) in enumerate(zip(rows, texts, finishes, passed, strict=True)):
+                self._record(suite, index, row, text, finish, {"thinking_mode": mode, "compliant": ok,
+                                                              "text": text})
             scores[f"{mode}_compliance"] = sum(passed) / len(passed)
         scores["compliance"] = sum(scores[f"{m}_compliance"] for m in suite.modes) / len(suite.modes)
         scores["rows"] = float(len(rows))
@@ -213,8 +267,18 @@ class CandidateScorer:
         before = judge.unparsable
         first, second = judge_pairs(judge, suite.judge.rubric or PAIRWISE_RUBRIC, candidate, baseline,
                                     suite.language, suite.max_unparsable, where=f"suite '{suite.key}'")
-        scores = win_rates([row.category for row in parsed], [row_score(a, b) for a, b in zip(first, second,
-                                                                                              strict=True)])
+        row_scores = [row_score(a, b) for a, b in zip(first, second, strict=True)]
+        scores = win_rates([row.category for row in parsed], row_scores)
+        for index, (row, conversation, theirs) in enumerate(zip(parsed, candidate, baseline, strict=True)):
+            last = conversation[:-1]  # the last turn's prompt: how that answer's generation ended
+            mode = suite.thinking_mode or row.thinking_mode
+            finish = self.finish_reasons([last], [mode], suite.max_new_tokens)[0]
+            self.records[suite.key].append({
+                "index": index, **({"id": rows[index]["id"]} if "id" in rows[index] else {}),
+                "prompt": last, "answer": conversation[-1]["content"], "reasoning": None, "finish_reason": finish,
+                "category": row.category, "baseline_answer": theirs[-1]["content"],
+                "verdict_candidate_first": first[index], "verdict_candidate_second": second[index],
+                "score": row_scores[index]})
         agreed = consistency(first, second)
         if agreed == agreed:  # not NaN: some row had two parsed verdicts
             scores["consistency"] = agreed

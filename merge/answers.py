@@ -64,6 +64,13 @@ def unanswered(answers: Sequence[str]) -> float:
     return sum(not answer.strip() for answer in answers) / len(answers) if answers else 0.0
 
 
+def truncated(finish_reasons: Sequence[str | None]) -> float:
+    """Share of replies cut off at ``max_new_tokens`` (finish reason ``length``). Such a reply is graded wrong by
+    every verifiable check: cut mid-sentence it would still pass "at most N words", or commit to a half-written
+    number. A backend that cannot tell how a reply ended (None) is taken at its word."""
+    return sum(reason == "length" for reason in finish_reasons) / len(finish_reasons) if finish_reasons else 0.0
+
+
 # --- final answers -----------------------------------------------------------------------------
 
 

@@ -106,12 +106,15 @@ class AccuracySuite(_GenerationSuite):
     hundredth (45% gives 45 and 0.45). A text answer must equal, after case and punctuation folding, the boxed text,
     the sentence after a lead-in (a trailing です/だ dropped), the last line or the whole reply. Only the text after
     the think block is graded: a reply still thinking at `max_new_tokens` is wrong, and counted in `unanswered` (the
-    accuracy, ifeval and language suites report that share; the leaderboard shows it where it is not 0). The
+    accuracy, ifeval and language suites report that share; the leaderboard shows it where it is not 0). A reply cut
+    off at `max_new_tokens` (finish reason `length`) is wrong too, whatever it says, thinking on or off (a cut answer
+    would pass "at most N words"): every generating suite reports the share of such replies as `truncated`, and the
+    accuracy, ifeval and language suites grade them wrong (accuracy, every instruction, normalized accuracy). The
     preference/rl `answer` reward commits to the same answer and compares numbers by the same rules
     (`tempa.alignment.answer_text`)."""
 
     type: Literal["accuracy"]
-    reports: ClassVar[frozenset[str] | None] = frozenset({"accuracy", "rows", "unanswered"})
+    reports: ClassVar[frozenset[str] | None] = frozenset({"accuracy", "rows", "unanswered", "truncated"})
     rel_tol: float = Field(default=1e-6, ge=0, description="Relative tolerance of the numeric match.")
 
 
@@ -127,7 +130,7 @@ class LanguageSuite(_GenerationSuite, language.LanguageRules):
     type: Literal["language"]
     reports: ClassVar[frozenset[str] | None] = frozenset(
         {"language", "language_share", "accuracy", "normalized_accuracy", "reasoning", "reasoning_language_share",
-         "unanswered", "rows", "undetermined"})
+         "unanswered", "truncated", "rows", "undetermined"})
     language: str | None = Field(
         default=None, description="Target language (ISO 639-1) for rows without a `language` field."
     )
@@ -171,7 +174,8 @@ class ThinkingFormatSuite(_DataSuite):
     """Thinking-format compliance per mode. On: a closed think block, then an answer. Off: no think text."""
 
     type: Literal["thinking"]
-    reports: ClassVar[frozenset[str] | None] = frozenset({"on_compliance", "off_compliance", "compliance", "rows"})
+    reports: ClassVar[frozenset[str] | None] = frozenset({"on_compliance", "off_compliance", "compliance", "rows",
+                                                                     "truncated"})
     modes: list[OnOff] = Field(default=["on", "off"], min_length=1, description="Modes to test.")
     max_new_tokens: int | None = Field(
         default=None, ge=1, description="Override of the stage's generation.max_new_tokens."
@@ -182,7 +186,8 @@ class IFEvalSuite(_GenerationSuite):
     """IFEval-style checks: rows with a prompt and `instructions` ([{type: word_count, max: 50}, ...])."""
 
     type: Literal["ifeval"]
-    reports: ClassVar[frozenset[str] | None] = frozenset({"prompt_accuracy", "instruction_accuracy", "unanswered", "rows"})
+    reports: ClassVar[frozenset[str] | None] = frozenset({"prompt_accuracy", "instruction_accuracy", "unanswered",
+                                                                     "truncated", "rows"})
 
 
 class WinRateSuite(_GenerationSuite):
@@ -193,7 +198,8 @@ class WinRateSuite(_GenerationSuite):
     """
 
     type: Literal["win_rate"]
-    reports: ClassVar[frozenset[str] | None] = frozenset({"win_rate", "micro_win_rate", "rows", "consistency", "unparsable"})
+    reports: ClassVar[frozenset[str] | None] = frozenset({"win_rate", "micro_win_rate", "rows", "consistency", "unparsable",
+                                                                     "truncated"})
     baseline: BackendConfig = Field(
         description="The model compared against: `{type: transformers|vllm|http, ...}` (transformers without "
         "`model`: the model this evaluate stage starts from). Its answers are generated once and cached."

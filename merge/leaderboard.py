@@ -16,13 +16,14 @@ LEADERBOARD_JSON = "leaderboard.json"
 LEADERBOARD_MD = "leaderboard.md"
 # lm-eval's wikitext reports word_perplexity, byte_perplexity and bits_per_byte; unparsable counts judge failures.
 _LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error", "stderr", "bits_per_byte", "unparsable", "unanswered",
-                    "undetermined")
+                    "undetermined", "truncated")
 
 
 _UNREAD_SHARES = ("undetermined", "unparsable", "unanswered")  # as a breakdown's qualifier: the share goes down
 _COUNTS = ("rows", "tokens")
 # Shown only where some candidate has a non-zero value: replies cut off while thinking (merge.answers.unanswered).
-_WHEN_NONZERO = ("unanswered", "undetermined")  # and answers whose language could not be told (merge.language)
+# and answers whose language could not be told (merge.language), and replies cut off at max_new_tokens
+_WHEN_NONZERO = ("unanswered", "undetermined", "truncated")
 
 
 def is_headline(metric: str) -> bool:

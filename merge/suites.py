@@ -192,14 +192,16 @@ class CandidateScorer:
             raise StageError(f"suite '{suite.key}': no row has an 'answer'")
         generated = self._generated_rows(suite, rows)
         replies = [self.answer(text) for text, _ in generated]
-        correct = [
-            answers.answer_matches(reply, row["answer"], rel_tol=suite.rel_tol, language=row.get("language"))
-            for reply, row in zip(replies, rows, strict=True)
+        finishes = [finish for _, finish in generated]
+        correct = [  # a reply cut at max_new_tokens is wrong, as one still thinking is
+            finish != "length"
+            and answers.answer_matches(reply, row["answer"], rel_tol=suite.rel_tol, language=row.get("language"))
+            for reply, row, finish in zip(replies, rows, finishes, strict=True)
         ]
         for (index, row), (text, finish), ok in zip(indexed, generated, correct, strict=True):
             self._record(suite, index, row, text, finish, {"expected": row["answer"], "correct": ok})
         return {"accuracy": sum(correct) / len(correct), "rows": float(len(rows)),
-                "unanswered": answers.unanswered(replies)}
+                "unanswered": answers.unanswered(replies), "truncated": answers.truncated(finishes)}
 
     def ifeval(self, suite: IFEvalSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
         indexes = [i for i, row in enumerate(rows) if row.get("instructions")]
@@ -208,16 +210,17 @@ class CandidateScorer:
             raise StageError(f"suite '{suite.key}': no row has 'instructions'")
         generated = self._generated_rows(suite, [row for row, _ in parsed])
         replies = [self.answer(text) for text, _ in generated]
-        results = [
-            (instructions, ifeval.check_all(instructions, reply))
-            for (_, instructions), reply in zip(parsed, replies, strict=True)
+        finishes = [finish for _, finish in generated]
+        results = [  # a reply cut at max_new_tokens follows no instruction ("at most N words" included)
+            (instructions, [False] * len(instructions) if finish == "length" else ifeval.check_all(instructions, reply))
+            for (_, instructions), reply, finish in zip(parsed, replies, finishes, strict=True)
         ]
         for index, (row, _), (text, finish), (_, followed) in zip(indexes, parsed, generated, results, strict=True):
             self._record(suite, index, row, text, finish, {"instructions": [
                 {"instruction": spec, "followed": ok} for spec, ok in zip(row["instructions"], followed, strict=True)],
                 "followed_all": all(followed)})
         return {**ifeval.ifeval_scores(results), "unanswered": answers.unanswered(replies),
-                "rows": float(len(parsed))}
+                "truncated": answers.truncated(finishes), "rows": float(len(parsed))}
 
     def language(self, suite: LanguageSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
         targets = [row.get("language") or suite.language for row in rows]
@@ -230,22 +233,27 @@ class CandidateScorer:
             reply = self.answer(text)  # a think block opened after the template's is reasoning, in no answer
             replies.append(reply)
             detected.append(detect_language(reply, suite.languages, min_letters=suite.min_letters))
-            correct.append(row_correct(row, reply, target))
+            verdict = row_correct(row, reply, target)
+            # a reply cut at max_new_tokens is wrong where the row can verify anything, as in the other suites
+            correct.append(verdict and finish != "length" if verdict is not None else None)
             reasoning.append(reasoning_verdict(split.reasoning, target, suite.reasoning, languages=suite.languages,
                                                min_letters=suite.min_letters, equivalent=suite.equivalent)[0])
             self._record(suite, index, row, text, finish, {
                 "target": target, "detected": detected[-1].language,  # None: too short to tell (undetermined)
                 "correct": correct[-1], "reasoning_in_language": reasoning[-1]})
         return {**language_scores(detected, targets, correct, suite.equivalent), **reasoning_scores(reasoning),
-                "unanswered": answers.unanswered(replies), "rows": float(len(rows))}
+                "unanswered": answers.unanswered(replies), "truncated": answers.truncated([f for _, f in generated]),
+                "rows": float(len(rows))}
 
     def thinking(self, suite: ThinkingFormatSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
         prompts = [prompt_messages(row) for row in rows]
         tools = [row_tools(row) for row in rows]
         scores: dict[str, float] = {}
+        ended: list[str | None] = []
         for mode in suite.modes:
             texts = self.complete(prompts, [mode] * len(prompts), suite.max_new_tokens, tools)
             finishes = self.finish_reasons(prompts, [mode] * len(prompts), suite.max_new_tokens, tools)
+            ended += finishes
             check = answers.thinking_on_compliant if mode == "on" else answers.thinking_off_compliant
             passed = [check(text, self.open_tag, self.close_tag) for text in texts]
             for index, (row, text, finish, ok) in enumerate(zip(rows, texts, finishes, passed, strict=True)):
@@ -254,6 +262,7 @@ class CandidateScorer:
             scores[f"{mode}_compliance"] = sum(passed) / len(passed)
         scores["compliance"] = sum(scores[f"{m}_compliance"] for m in suite.modes) / len(suite.modes)
         scores["rows"] = float(len(rows))
+        scores["truncated"] = answers.truncated(ended)
         return scores
 
     def win_rate(self, suite: WinRateSuite, rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -283,6 +292,7 @@ class CandidateScorer:
         if agreed == agreed:  # not NaN: some row had two parsed verdicts
             scores["consistency"] = agreed
         scores["unparsable:judge"] = float(judge.unparsable - before)
+        scores["truncated"] = answers.truncated([record["finish_reason"] for record in self.records[suite.key]])
         return scores
 
     def loss(self, suite: LossSuite, rows: list[dict[str, Any]]) -> dict[str, float]:

@@ -673,7 +673,8 @@ def test_a_metric_no_suite_reports_is_refused_when_the_recipe_loads(tmp_path):
     with pytest.raises(RecipeError) as info:
         load_recipe(recipe)
     assert str(info.value) == (f"{recipe}:9: stages[1].rank_by (stage 'eval'): suite 'accuracy' (accuracy) reports "
-                               "no 'acc'; it reports accuracy/accuracy, accuracy/rows, accuracy/unanswered, got 'accuracy/acc'")
+                               "no 'acc'; it reports accuracy/accuracy, accuracy/rows, "
+                               "accuracy/truncated, accuracy/unanswered, got 'accuracy/acc'")
     recipe_with("accuracy/accuracy", "language/languageshare")
     with pytest.raises(RecipeError) as info:
         load_recipe(recipe)

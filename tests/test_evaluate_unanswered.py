@@ -108,3 +108,46 @@ def test_language_share_is_shown_with_the_share_of_answers_it_could_not_judge():
     assert not board.lower_is_better("mt/win_rate:error_analysis")
     header = next(line for line in board.to_markdown().splitlines() if line.startswith("| model"))
     assert "language/language_share ↑" in header and "language/undetermined ↓" in header
+
+
+class CutReplies(GenerationBackend):
+    """Both replies answer right with thinking off, but the second was cut at max_new_tokens (finish reason
+    `length`): a sampling backend says so."""
+
+    def sample(self, prompts, params, *, thinking_modes=None, tools=None):
+        from tempa.alignment.completions import Completion
+
+        return [[Completion(text="答えは4です。", finish_reason="stop") if "2+2" in p[-1]["content"]
+                 else Completion(text="答えは9です。", finish_reason="length")] for p in prompts]
+
+    def generate(self, prompts, params, *, thinking_modes=None):
+        return [[c.text for c in group] for group in self.sample(prompts, params)]
+
+
+@pytest.mark.parametrize("suite_type", [AccuracySuite, IFEvalSuite, LanguageSuite])
+def test_a_reply_cut_at_the_budget_with_thinking_off_is_wrong_and_counted(tmp_path, tokenizer_dir, suite_type):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ROWS), encoding="utf-8")
+    suite = suite_type.model_validate({"type": suite_type.model_fields["type"].annotation.__args__[0],
+                                       "data": str(data), "thinking_mode": "off"})
+    scorer = CandidateScorer(CutReplies(), AutoTokenizer.from_pretrained(tokenizer_dir), EvalGeneration())
+    scores = scorer.run(suite, ROWS)
+    # 1 of 2 replies cut; it has an answer (not unanswered) and would pass "at most 50 words" and the answer check
+    assert scores["truncated"] == 0.5 and scores["unanswered"] == 0.0
+    assert suite.metric_problem("truncated") is None
+    if suite_type is IFEvalSuite:
+        assert (scores["prompt_accuracy"], scores["instruction_accuracy"]) == (0.5, 0.5)
+    elif suite_type is LanguageSuite:
+        assert (scores["accuracy"], scores["normalized_accuracy"]) == (0.5, 0.5)
+    else:
+        assert scores["accuracy"] == 0.5
+    assert [record["finish_reason"] for record in scorer.records[suite.key]] == ["stop", "length"]
+
+
+def test_the_leaderboard_shows_truncated_replies_only_when_there_are_some():
+    rows = [LeaderboardRow(candidate="a", path="/a", metrics={"math/accuracy": 0.6, "math/truncated": 0.0}),
+            LeaderboardRow(candidate="b", path="/b", metrics={"math/accuracy": 0.2, "math/truncated": 0.5})]
+    board = Leaderboard(rows=rows, rank_by="math/accuracy")
+    assert "math/truncated ↓" in board.to_markdown()
+    quiet = Leaderboard(rows=[r.model_copy(update={"metrics": {**r.metrics, "math/truncated": 0.0}}) for r in rows])
+    assert "truncated" not in quiet.to_markdown()

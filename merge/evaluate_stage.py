@@ -386,6 +386,7 @@ def run_evaluate(
         metrics["best"] = best.candidate
         metrics.update({f"best/{name}": value for name, value in best.metrics.items() if is_headline(name)})
         if tied := board.tied_with_best():
+            metrics["tied_with_best"] = ", ".join(row.candidate for row in tied)
             ctx.log.warning("%s: %s ties at the top (%s): %s named best over %s by scoring order, not by the metric",
                             ctx.stage_name, config.rank_by, format_value(best.metrics[config.rank_by]),
                             best.candidate, ", ".join(row.candidate for row in tied))

@@ -114,6 +114,16 @@ class Leaderboard(BaseModel):
         value = best.metrics[self.rank_by]
         return [row for row in self.rows if row is not best and row.metrics.get(self.rank_by) == value]
 
+    def tie_note(self) -> str | None:
+        """One line naming the candidates tied with the best on ``rank_by`` (None without a tie): the table's first
+        row alone reads as the metric's choice."""
+        best, tied = self.best(), self.tied_with_best()
+        if best is None or not tied:
+            return None
+        return (f"Tied at the top on `{self.rank_by}` ({format_value(best.metrics[self.rank_by])}): "
+                f"{', '.join([best.candidate, *(row.candidate for row in tied)])}; {best.candidate} is first by "
+                "scoring order, not by the metric.")
+
     def to_json(self) -> dict[str, Any]:
         return {
             "rank_by": self.rank_by,
@@ -150,6 +160,8 @@ class Leaderboard(BaseModel):
             lines += [f"## {title}", ""]
         if self.rank_by:
             lines += [f"Ranked by `{self.rank_by}`.", ""]
+        if note := self.tie_note():
+            lines += [note, ""]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |")
         for row in rows:

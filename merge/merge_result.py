@@ -28,6 +28,9 @@ class Selection(BaseModel):
     metric: str
     top_k: int
     values: dict[str, float] = Field(description="The chosen candidates' values of the metric.")
+    tied: dict[str, float] = Field(default_factory=dict, description=(
+        "Candidates left out with the last chosen one's very value (a tie at the top_k cut: leaderboard order "
+        "chose, not the metric), and that value."))
 
 
 class Reevaluation(BaseModel):

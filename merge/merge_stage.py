@@ -44,7 +44,7 @@ from tempa.merge.mergekit_run import (
     mergekit_options,
     run_mergekit,
 )
-from tempa.merge.selection import select_top_k
+from tempa.merge.selection import select_top_k_with_ties
 from tempa.sft.files import staging_dir, write_atomic
 from tempa.sft.run_layout import CHECKPOINTS_DIR, FINAL_DIR
 from tempa.sft.stage_api import Artifact, Scalar, StageContext, StageError, format_metric
@@ -117,9 +117,11 @@ def folder_label(path: Path) -> str:
 
 def resolve_inputs(
     config: MergeStageConfig, ctx: StageContext, board: Leaderboard | None
-) -> tuple[list[MergeInput], MergeInput | None, list[LeaderboardRow]]:
-    """The models to merge (best first), the base model, and the leaderboard rows chosen."""
+) -> tuple[list[MergeInput], MergeInput | None, list[LeaderboardRow], list[LeaderboardRow]]:
+    """The models to merge (best first), the base model, the leaderboard rows chosen, and those left out that tie
+    with the last chosen."""
     chosen: list[LeaderboardRow] = []
+    tied: list[LeaderboardRow] = []
     if config.select is not None:
         assert board is not None  # the config validator requires evaluate_stage with select
         # A task-vector merge's base is no pick: "merge the best three" onto it means three models besides it.
@@ -127,7 +129,7 @@ def resolve_inputs(
         if config.base_role(config.select.top_k) == "separate":
             leave_out = (resolve_reference(config.base_model, ctx, board).path if config.base_model is not None
                          else ctx.base_model.resolve())
-        chosen = select_top_k(board, config.select.metric, config.select.top_k, leave_out=leave_out)
+        chosen, tied = select_top_k_with_ties(board, config.select.metric, config.select.top_k, leave_out=leave_out)
         for row in chosen:
             # The board outlives its folders: checkpoints deleted to free disk, or rotated, after it was scored.
             if not is_model_dir(Path(row.path)):
@@ -174,7 +176,7 @@ def resolve_inputs(
     except ValueError as error:
         where = f"; base {base.path}" if role == "separate" and base is not None else ""
         raise StageError(f"{_who(ctx)}: {error}{where}") from None
-    return models, base, chosen
+    return models, base, chosen, tied
 
 
 def finish_model_dir(out_dir: Path, ctx: StageContext, donor: Path) -> None:
@@ -212,7 +214,7 @@ def run_merge(
     evaluation = _evaluation(config, ctx)
     board = evaluation[0] if evaluation else None
 
-    models, base, chosen = resolve_inputs(config, ctx, board)
+    models, base, chosen, tied = resolve_inputs(config, ctx, board)
     everything = models + ([base] if base is not None and base not in models else [])
     check_compatible(everything)
     check_tokenizer_fits([(m.name, m.path) for m in everything], Path(ctx.tokenizer_dir), who=_who(ctx))
@@ -239,7 +241,8 @@ def run_merge(
         parameters=merge_config.parameters or {},
         selection=None if config.select is None or config.evaluate_stage is None else Selection(
             evaluate_stage=config.evaluate_stage, metric=config.select.metric, top_k=config.select.top_k,
-            values={row.candidate: row.metrics[config.select.metric] for row in chosen}),
+            values={row.candidate: row.metrics[config.select.metric] for row in chosen},
+            tied={row.candidate: row.metrics[config.select.metric] for row in tied}),
     )
     metrics: dict[str, Scalar] = {"models_merged": len(models)}
     updated: Leaderboard | None = None

@@ -334,7 +334,10 @@ def _merge_section(stages: Mapping[str, Upstream], base_model: str, shipped: str
             lines += [
                 "",
                 f"Chosen as the top {selection.top_k} of `{selection.evaluate_stage}` by `{selection.metric}`: "
-                + ", ".join(f"{k} = {_cell(v)}" for k, v in selection.values.items()),
+                + ", ".join(f"{k} = {_cell(v)}" for k, v in selection.values.items())
+                # a tie at the cut: the metric did not choose between these and the last chosen, leaderboard order did
+                + ("; tied at the cut and left out by leaderboard order, not by the metric: "
+                   + ", ".join(f"{k} = {_cell(v)}" for k, v in selection.tied.items()) if selection.tied else ""),
             ]
         if summary.reevaluation is not None:
             re_eval = summary.reevaluation

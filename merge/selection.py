@@ -22,6 +22,20 @@ def select_top_k(
     include_merged: bool = False,
     leave_out: Path | None = None,
 ) -> list[LeaderboardRow]:
+    """The ``k`` best rows by ``metric`` (:func:`select_top_k_with_ties`, without the rows tied at the cut)."""
+    return select_top_k_with_ties(board, metric, k, higher_is_better=higher_is_better, include_merged=include_merged,
+                                  leave_out=leave_out)[0]
+
+
+def select_top_k_with_ties(
+    board: Leaderboard,
+    metric: str,
+    k: int,
+    *,
+    higher_is_better: bool | None = None,
+    include_merged: bool = False,
+    leave_out: Path | None = None,
+) -> tuple[list[LeaderboardRow], list[LeaderboardRow]]:
     """The ``k`` best rows by ``metric``, best first; ties keep leaderboard order.
 
     ``leave_out``: a model that cannot be one of the ``k`` (a task-vector merge's base, scored beside the
@@ -30,7 +44,8 @@ def select_top_k(
     The direction defaults to the board's for the metric (a recipe's, else the name's: losses and perplexities
     lower, the rest higher).
     Rows without the metric (or with NaN) are not eligible; fewer than ``k`` eligible rows is an
-    error rather than a smaller merge.
+    error rather than a smaller merge. Second: the eligible rows left out with the very value of the ``k``-th (the
+    metric did not choose between them and the last chosen, leaderboard order did).
     """
     if k < 1:
         raise ValueError("k must be at least 1")
@@ -52,9 +67,10 @@ def select_top_k(
         besides = " besides the base model" if leave_out is not None else ""
         raise StageError(f"top_k={k} but only {len(eligible)} candidate(s){besides} have '{metric}'")
     ranked = sorted(eligible, key=lambda row: -row.metrics[metric] if higher else row.metrics[metric])
-    if len(ranked) > k and ranked[k - 1].metrics[metric] == ranked[k].metrics[metric]:
+    tied = [row for row in ranked[k:] if row.metrics[metric] == ranked[k - 1].metrics[metric]]
+    if tied:
         # (every candidate at 0 when all were cut off while thinking, say): the metric did not choose
         log.warning("select: %s ties at the top_k=%d cut (%s): %s chosen over %s by leaderboard order, not by the "
-                    "metric", metric, k, format_value(ranked[k].metrics[metric]), ranked[k - 1].candidate,
-                    ", ".join(row.candidate for row in ranked[k:] if row.metrics[metric] == ranked[k].metrics[metric]))
-    return ranked[:k]
+                    "metric", metric, k, format_value(tied[0].metrics[metric]), ranked[k - 1].candidate,
+                    ", ".join(row.candidate for row in tied))
+    return ranked[:k], tied

@@ -469,7 +469,8 @@ def leaderboard_section(done: list[tuple[Manifest, StageResult]]) -> str:
     return (f"<section id='leaderboard'><h2>Leaderboard ({html.escape(name)})</h2>"
             f"<p class='note'>ranked by {html.escape(board.rank_by or headline[0] if headline else '')}; "
             "↑ higher is better, ↓ lower is better; best in bold</p>"
-            f"<table class='board'><tr><th class='model'>model</th>{head}</tr>{''.join(rows)}</table></section>")
+            + (f"<p class='note'><b>{html.escape(note)}</b></p>" if (note := board.tie_note()) else "")
+            + f"<table class='board'><tr><th class='model'>model</th>{head}</tr>{''.join(rows)}</table></section>")
 
 
 # --------------------------------------------------------------------------- sample generations

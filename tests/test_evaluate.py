@@ -593,6 +593,8 @@ def test_evaluate_stage_scores_checkpoints_into_a_leaderboard(tmp_path, tiny_mod
                                               model_dir=sft_dir / "final", upstream=[done("sft", trained(sft_dir))],
                                               cache_dir=tmp_path / "cache"), backend_factory=factory)
     assert tied_result.metrics["best"] == "sft/checkpoint-10"  # scored first of the two
+    assert tied_result.metrics["tied_with_best"] == "sft/checkpoint-20"  # in metrics.json, not the log alone
+    assert "tied_with_best" not in result.metrics
     assert ("eval-tied: math/accuracy ties at the top (1.0000): sft/checkpoint-10 named best over "
             "sft/checkpoint-20 by scoring order, not by the metric") in caplog.text
     table = (run_dir / "eval" / "leaderboard.md").read_text()

@@ -119,7 +119,11 @@ class AccuracySuite(_GenerationSuite):
 
 
 class LanguageSuite(_GenerationSuite, language.LanguageRules):
-    """Share of answers in the target language, and SEA-IFEval's language-normalised accuracy.
+    """Share of answers in the target language, and SEA-IFEval's language-normalised accuracy. By that definition
+    an answer too short to tell its language (`undetermined`) keeps its score, so where `rank_by` (or a merge's
+    `select.metric`) is a normalised accuracy and the best candidate's answers in the suite are at least half
+    undetermined, the log, the stage's `metrics.json` (`warning`) and the leaderboard's note say so: a checkpoint that
+    collapsed into very short replies can rank first.
 
     Correctness comes from the row's `answer` (numeric/text match) and/or `instructions`
     (all IFEval checks pass); rows with neither count toward the language share only. The

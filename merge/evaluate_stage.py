@@ -30,6 +30,7 @@ from tempa.merge.leaderboard import (
     format_value,
     is_headline,
     metrics_from_json,
+    undetermined_warning,
     write_leaderboard,
 )
 from tempa.merge.suites import CandidateScorer, import_lm_eval, rows_problem, suite_row_problem
@@ -379,8 +380,12 @@ def run_evaluate(
     board = evaluate_candidates(config, ctx, candidates, backend_factory)
     for line in unanswered_warnings(board, config, ctx.stage_dir):
         ctx.log.warning("%s: %s", ctx.stage_name, line)
-    json_path, md_path = write_leaderboard(board, ctx.stage_dir, title=f"Leaderboard: {ctx.stage_name}")
     metrics: dict[str, Scalar] = {"candidates": len(candidates)}
+    if (warning := undetermined_warning(board, config.rank_by, board.best())) is not None:
+        ctx.log.warning("%s: %s", ctx.stage_name, warning)
+        board = board.model_copy(update={"notes": [*board.notes, warning]})
+        metrics["warning"] = warning
+    json_path, md_path = write_leaderboard(board, ctx.stage_dir, title=f"Leaderboard: {ctx.stage_name}")
     best = board.best()
     if best is not None:
         metrics["best"] = best.candidate

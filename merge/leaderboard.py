@@ -70,6 +70,8 @@ class Leaderboard(BaseModel):
     # Where the recipe says a metric's direction (a merge's select.higher_is_better): metric -> lower is better.
     # Every other metric's comes from its name (:func:`lower_is_better`).
     lower: dict[str, bool] = Field(default_factory=dict)
+    # Lines a reader of the table must see (a ranking on mostly undetermined answers), above the table.
+    notes: list[str] = Field(default_factory=list)
 
     def lower_is_better(self, metric: str) -> bool:
         return self.lower.get(metric, lower_is_better(metric))
@@ -127,6 +129,7 @@ class Leaderboard(BaseModel):
     def to_json(self) -> dict[str, Any]:
         return {
             "rank_by": self.rank_by,
+            **({"notes": self.notes} if self.notes else {}),
             "metrics": {name: ("min" if self.lower_is_better(name) else "max") for name in self.metric_names},
             "rows": [{**row.model_dump(mode="json"), "metrics": finite_json(row.metrics)} for row in self.ranked()],
         }
@@ -136,7 +139,7 @@ class Leaderboard(BaseModel):
         said = {name: direction == "min" for name, direction in (data.get("metrics") or {}).items()}
         return cls(rows=[LeaderboardRow.model_validate({**row, "metrics": metrics_from_json(row.get("metrics") or {})})
                          for row in data.get("rows", [])],
-                   rank_by=data.get("rank_by"),
+                   rank_by=data.get("rank_by"), notes=data.get("notes") or [],
                    lower={name: low for name, low in said.items() if low != lower_is_better(name)})
 
     def to_markdown(self, title: str | None = None, *, rest_in: str | None = "leaderboard.json") -> str:
@@ -162,6 +165,7 @@ class Leaderboard(BaseModel):
             lines += [f"Ranked by `{self.rank_by}`.", ""]
         if note := self.tie_note():
             lines += [note, ""]
+        lines += [line for note in self.notes for line in (f"Note: {note}.", "")]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |")
         for row in rows:
@@ -181,6 +185,25 @@ class Leaderboard(BaseModel):
                 f"{hidden} more metrics (per-language and per-type breakdowns, counts) in {rest_in}.",
             ]
         return "\n".join(lines) + "\n"
+
+
+# SEA-IFEval's normalised accuracy keeps the score of an answer too short to tell its language: a candidate that
+# collapsed into bare numbers or one-word replies loses nothing to it, and can rank first on it.
+MOSTLY_UNDETERMINED = 0.5
+
+
+def undetermined_warning(board: Leaderboard, metric: str | None, row: LeaderboardRow | None) -> str | None:
+    """One line when ``metric`` is a language suite's normalised accuracy and ``row`` (the best, or a merge's first
+    pick) has at least :data:`MOSTLY_UNDETERMINED` of that suite's answers undetermined; else None."""
+    if not metric or row is None or "/" not in metric:
+        return None
+    suite, name = metric.rsplit("/", 1)
+    share = row.metrics.get(f"{suite}/undetermined")
+    if name.partition(":")[0] != "normalized_accuracy" or share is None or not share >= MOSTLY_UNDETERMINED:
+        return None
+    return (f"{row.candidate} ranks first on {metric}, but {share:.0%} of its answers in suite '{suite}' are too "
+            "short to tell their language (undetermined), and normalized accuracy keeps their score: a checkpoint "
+            "that collapsed into very short replies ranks first; check its answers, or rank by another metric")
 
 
 class EvaluateResult(StageResult):

@@ -26,6 +26,7 @@ from tempa.merge.leaderboard import (
     Leaderboard,
     LeaderboardRow,
     is_headline,
+    undetermined_warning,
     write_leaderboard,
 )
 from tempa.merge.merge_config import MergeStageConfig, check_input_count, check_weight_sum, method_spec
@@ -130,6 +131,8 @@ def resolve_inputs(
             leave_out = (resolve_reference(config.base_model, ctx, board).path if config.base_model is not None
                          else ctx.base_model.resolve())
         chosen, tied = select_top_k_with_ties(board, config.select.metric, config.select.top_k, leave_out=leave_out)
+        if (warning := undetermined_warning(board, config.select.metric, chosen[0])) is not None:
+            ctx.log.warning("%s: %s", ctx.stage_name, warning)
         for row in chosen:
             # The board outlives its folders: checkpoints deleted to free disk, or rotated, after it was scored.
             if not is_model_dir(Path(row.path)):

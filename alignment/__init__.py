@@ -27,7 +27,7 @@ from tempa.alignment.generate_prompts_stage import (
     generated_size,
     run_generate_prompts,
 )
-from tempa.alignment.input_checks import check_api_keys, check_inputs
+from tempa.alignment.input_checks import check_api_keys, check_inputs, check_training_environment
 from tempa.alignment.judge import Judge, JudgeSettings, parse_judge_score
 from tempa.alignment.pairs import Pair, PairStats, Scored, best_worst, revision_pair
 from tempa.alignment.preference_config import PreferenceStageConfig
@@ -89,7 +89,7 @@ PREFERENCE = StageKind(
     journals=preference_journals,
     estimate=estimate_preference,
     check_inputs=check_inputs,
-    check_environment=check_api_keys,
+    check_environment=check_training_environment,
 )
 TRANSLATE = StageKind(
     kind="translate",
@@ -129,7 +129,7 @@ RL = StageKind(
     resume_point=resume_point,
     estimate=estimate_rl,
     check_inputs=check_inputs,
-    check_environment=check_api_keys,
+    check_environment=check_training_environment,
 )
 STAGE_KINDS = (SYNTHESIZE, PREFERENCE, RL, TRANSLATE, GENERATE_PROMPTS)
 

@@ -24,6 +24,7 @@ from tempa.alignment.prompts import PromptRow, PromptSource, load_prompts
 from tempa.alignment.rewards import AnswerReward, JudgeReward, LanguageReward
 from tempa.sft.formats import spec_for
 from tempa.sft.stage_api import StageError, stage_ref
+from tempa.sft.train_plan import check_lora_environment
 
 
 def http_backends(node: Any, field: str = "") -> Iterator[tuple[str, HTTPBackendConfig]]:
@@ -49,6 +50,12 @@ def check_api_keys(config: BaseModel) -> None:
         except StageError as exc:
             raise StageError(f"{field}.api_key_env: {exc} (the API key for {backend.base_url}); export it before "
                              "the run") from None
+
+
+def check_training_environment(config: BaseModel) -> None:
+    """A training sampling stage's (preference, rl) API keys, and its QLoRA's bitsandbytes."""
+    check_api_keys(config)
+    check_lora_environment(config)
 
 
 def check_reward_inputs(rewards: Sequence[Any], prompts: Sequence[PromptRow], source: PromptSource) -> None:

@@ -14,6 +14,7 @@ from tempa.sft.pretrain_stage import check_inputs as check_pretrain_inputs
 from tempa.sft.pretrain_stage import input_warnings as pretrain_warnings
 from tempa.sft.stage import SFTResult, SFTStageConfig, check_inputs, input_warnings, run_sft
 from tempa.sft.stage_api import Artifact, StageKind
+from tempa.sft.train_plan import check_lora_environment
 
 SFT = StageKind(
     kind="sft",
@@ -28,6 +29,7 @@ SFT = StageKind(
     estimate=estimate_sft,
     check_inputs=check_inputs,
     input_warnings=input_warnings,
+    check_environment=check_lora_environment,
 )
 
 PRETRAIN = StageKind(

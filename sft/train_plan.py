@@ -8,6 +8,7 @@ Both ends use these models, so a field is never read by a string key.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,15 @@ class LoraSettings(BaseModel):
     lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     load_in_4bit: bool = Field(default=False, description="QLoRA: load the base in 4 bit (needs bitsandbytes + GPU).")
+
+
+def check_lora_environment(config: Any) -> None:
+    """A training stage's ``lora.load_in_4bit`` needs bitsandbytes installed: without it the launch failed with an
+    ImportError only once the stage started, after the stages before it had trained."""
+    lora: LoraSettings | None = config.lora
+    if lora is not None and lora.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
+        raise StageError("lora.load_in_4bit (QLoRA) needs bitsandbytes, which this environment lacks: "
+                         "`pip install bitsandbytes` on a CUDA machine, or set load_in_4bit: false")
 
 
 Trainer = Literal["sft", "dpo", "grpo", "rloo"]

@@ -204,3 +204,35 @@ def test_plan_refuses_offline_pairs_of_which_no_row_is_a_pair(tmp_path, tiny_mod
     (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                           encoding="utf-8")
     assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 0
+
+
+@pytest.mark.parametrize("kind", ["sft", "preference"])
+def test_qlora_without_bitsandbytes_is_refused_before_the_first_stage(tmp_path, tiny_model_dir, capsys, monkeypatch,
+                                                                       kind):
+    """`lora.load_in_4bit` without bitsandbytes planned without a word and failed with an ImportError once the stage
+    launched, after the stages before it had trained."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "bitsandbytes" else real(name, *a, **k))
+    stage = ("""
+        - name: qlora
+          kind: sft
+          data: {sources: [{name: rows, path: rows.jsonl}]}
+          lora: {r: 4, load_in_4bit: true}
+    """ if kind == "sft" else f"""
+        - name: qlora
+          kind: preference
+          prompts: {{path: {PROMPTS}, limit: 4}}
+          rewards: [{{type: format}}]
+          lora: {{r: 4, load_in_4bit: true}}
+    """)
+    path = recipe(tmp_path, tiny_model_dir, stage)
+    problem = ("stage 'qlora' would fail: lora.load_in_4bit (QLoRA) needs bitsandbytes, which this environment lacks: "
+               "`pip install bitsandbytes` on a CUDA machine, or set load_in_4bit: false")
+    assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 0
+    assert f"warning: {problem}" in " ".join(capsys.readouterr().out.split())
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"tempa: error: {problem}"]
+    assert not (tmp_path / "run" / "sft").exists()

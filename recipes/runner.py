@@ -874,6 +874,12 @@ def prepare_tokenizer(base_dir: Path, template_ref: str, template: str, run_dir:
         bake_tokenizer(base_dir, template_ref, out, model_dir=base_dir, defaults=defaults)
     except ValueError as exc:
         raise StageError(f"chat template check failed on the base tokenizer: {exc}") from None
+    except Exception as exc:
+        # tokenizers' Rust saver reports a full disk as a bare Exception ("No space left on device (os error 28)"),
+        # which named neither the folder nor the way on
+        if not isinstance(exc, OSError) and "os error" not in str(exc):
+            raise
+        raise StageError(f"writing the run's tokenizer to {out} failed: {exc}{disk_full_hint([out])}") from None
     mark_done(out, fp)
     return out
 

@@ -93,3 +93,30 @@ def test_a_write_that_fails_on_a_full_disk_names_the_file(tmp_path: Path) -> Non
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == f"[Errno 27] File too large: '{target}'", done.stdout + done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_baking_the_runs_tokenizer_names_the_folder(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The run's tokenizer is written before the first stage, outside any stage: a full disk there ended the run with
+    `tempa: error: Exception: No space left on device (os error 28)` (tokenizers' Rust saver), naming no folder.
+    RLIMIT_FSIZE makes the real savers fail as a full disk does."""
+    code = textwrap.dedent(f"""
+        import logging, resource, signal, sys
+        from pathlib import Path
+        from tempa.chat_templates.templates import load_template
+        from tempa.recipes.runner import prepare_tokenizer
+        from tempa.sft.stage_api import StageError
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
+        try:
+            prepare_tokenizer(Path({str(tiny_model_dir)!r}), "llama3_thinking", load_template("llama3_thinking"),
+                              Path({str(tmp_path)!r}), logging.getLogger("t"))
+        except StageError as exc:
+            print(exc)
+            sys.exit(3)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr[-2000:]
+    message = done.stdout.strip()
+    assert message.startswith(f"writing the run's tokenizer to {tmp_path / 'tokenizer'} failed: "), message
+    assert "File too large" in message and "\n" not in message

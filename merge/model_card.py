@@ -9,9 +9,11 @@ and of token-shaped strings (hub/OpenAI/W&B keys, bearer tokens).
 from __future__ import annotations
 
 import importlib.metadata
+import ipaddress
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,10 @@ from tempa.sft.stage_api import SECRET_KEY_RE, RecipeInfo, Upstream, format_metr
 from tempa.sft.suggest import did_you_mean
 
 REDACTED = "<redacted>"
+PRIVATE_ENDPOINT = "<private endpoint>"
+# Names only a private network resolves (Kubernetes services, mDNS, the common internal domains).
+_PRIVATE_SUFFIXES = (".internal", ".local", ".lan", ".corp", ".home", ".intranet", ".localdomain", ".svc",
+                     ".cluster.local", ".private")
 TOKEN_PATTERNS = [
     re.compile(r"\bhf_[A-Za-z0-9]{20,}\b"),
     re.compile(r"\bsk-[A-Za-z0-9_-]{16,}\b"),
@@ -169,20 +175,34 @@ class ModelCardConfig(BaseModel):
 
 
 def redact(value: Any) -> Any:
-    """A copy of ``value`` with every text value under a secret-looking key replaced by ``<redacted>``.
+    """A copy of ``value`` with every text value under a secret-looking key replaced by ``<redacted>``, and every
+    ``base_url`` of a private network's server (:func:`private_host`) by ``<private endpoint>``.
 
     Numbers are never secrets (``tokens_in``, ``rows_tokenized`` are counts), so only strings go.
     """
     if isinstance(value, Mapping):
         return {
             key: (
-                REDACTED if is_secret_key(str(key)) and isinstance(item, str) and item else redact(item)
+                REDACTED if is_secret_key(str(key)) and isinstance(item, str) and item
+                else PRIVATE_ENDPOINT if key == "base_url" and isinstance(item, str) and private_host(item)
+                else redact(item)
             )
             for key, item in value.items()
         }
     if isinstance(value, (list, tuple)):
         return [redact(item) for item in value]
     return value
+
+
+def private_host(url: str) -> bool:
+    """Whether ``url`` names a server of a private network (loopback, a private or link-local address, a name with no
+    dot or an internal domain): a published card would map a team's network for nothing, as no reader can reach it."""
+    host = (urllib.parse.urlsplit(url).hostname or "").rstrip(".").lower()
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return "." not in host or host.endswith(_PRIVATE_SUFFIXES)
+    return not address.is_global
 
 
 # Environment names say "key" on their own too (TEACHER_KEY, OPENAI_KEY): a word of the name, not any "key".

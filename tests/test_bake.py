@@ -229,6 +229,24 @@ def test_the_card_scrub_takes_keys_named_key_and_every_variable_a_recipe_names_a
     assert judge not in card and "served with <redacted>" in card
 
 
+def test_the_card_names_no_server_of_a_private_network():
+    """The card embeds the resolved recipe: its judges' and teachers' base_urls published a team's internal
+    hostnames and addresses (http://judge.internal:8000/v1, the shipped 70B recipe's), which no reader can reach."""
+    from tempa.merge.model_card import ModelCardConfig, render_model_card
+    from tempa.sft.stage_api import RecipeInfo
+
+    private = ["http://127.0.0.1:8000/v1", "http://judge.internal:8000/v1", "http://10.1.2.3:8000/v1", "http://vllm/v1",
+               "http://teacher.team.svc.cluster.local:8000/v1", "http://[fd00::5]:8000/v1"]
+    public = "https://api.openai.com/v1"
+    resolved = {"stages": [{"name": f"s{i}", "teacher": {"type": "http", "base_url": url, "model": "m"}}
+                           for i, url in enumerate([*private, public])]}
+    card = render_model_card(ModelCardConfig(), stages={}, environ={},
+                             recipe=RecipeInfo("t", "tempa:tiny", "llama3_thinking", resolved=resolved))
+    hosts = ["127.0.0.1", "judge.internal", "10.1.2.3", "vllm/v1", "svc.cluster", "fd00::5"]
+    assert not [host for host in hosts if host in card]
+    assert card.count("<private endpoint>") == len(private) and public in card
+
+
 def test_evaluate_merge_bake_pipeline(tmp_path, tiny_model_dir, recipe_tokenizer):
     """The three stages chained as a runner would, on real (tiny) models and the default backend."""
     import torch

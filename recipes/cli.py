@@ -514,6 +514,12 @@ def _given_model(given: Path) -> Path:
     else:
         return given  # the export says what is wrong with it
     unfinished = [f"{row.name} ({row.state})" for row in _run_status(run_dir) if row.state != "done"]
+    final = run_dir / FINAL_LINK
+    if final.is_symlink() and not final.exists():
+        # a re-run of the last stage cleared its folder and was stopped before it wrote a new one
+        raise RecipeError(f"{run_dir}: the run has no final model now: {final} points at {os.readlink(final)}, "
+                          f"which a stopped re-run removed ({', '.join(unfinished) or 'no stage pending'}); run "
+                          "`tempa run` to finish it")
     if unfinished:
         print(f"tempa: warning: {run_dir}: not every stage is complete and current: {', '.join(unfinished)}; this "
               "exports the final model an earlier run left (run `tempa run` first to bring it up to date)",

@@ -397,3 +397,18 @@ def test_the_light_read_of_a_recipe_chain_checks_extends_as_the_loader_does(tmp_
     (folder / "c.yaml").write_text("extends: [m.yaml]\nname: c\n", encoding="utf-8")
     with pytest.raises(RecipeError, match=r"c\.yaml:1: extends: expected a recipe path or name$"):
         recipe_name(folder / "c.yaml")
+
+
+@pytest.mark.parametrize("given", ["runs/swallow-ja", "runs/swallow-ja/final"])
+def test_export_of_a_run_whose_final_link_dangles_says_why(tmp_path, monkeypatch, capsys, given):
+    """A `--from merge` re-run killed in bake left `final -> bake/final` pointing at nothing: export warned that it
+    "exports the final model an earlier run left", then failed with "final: no such file or folder"."""
+    folder = _layout(tmp_path)
+    _recipe(folder)
+    monkeypatch.chdir(folder)
+    run_dir = _ran(folder, "swallow-ja")
+    (run_dir / "final").symlink_to(Path("bake") / "final")
+    assert main(["export", "gguf", given]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == ("tempa: error: runs/swallow-ja: the run has no final model now: runs/swallow-ja/final points at "
+                    "bake/final, which a stopped re-run removed (sft (failed)); run `tempa run` to finish it")

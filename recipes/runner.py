@@ -1014,10 +1014,8 @@ def _fail_if_writable(manifest: Manifest, stage_dir: Path, run_dir: Path, messag
 LOW_DISK_BYTES = 64 << 20
 
 
-def disk_full_hint(folders: list[Path | None]) -> str:
-    """'; the disk of FOLDER is full (4 KiB free)' for the first of ``folders`` on a (nearly) full file system, else ''.
-
-    Libraries report a full disk in their own words (torch.save: `unexpected pos 1387456 vs 1387344`)."""
+def full_disk(folders: list[Path | None]) -> tuple[Path, int] | None:
+    """The first of ``folders`` on a (nearly) full file system, and the bytes free there; None when none is."""
     for folder in folders:
         if folder is None:
             continue
@@ -1026,9 +1024,19 @@ def disk_full_hint(folders: list[Path | None]) -> str:
         except OSError:
             continue
         if free < LOW_DISK_BYTES:
-            return (f"; the disk of {folder} is full ({free // 1024:,} KiB free): free space, then run the same "
-                    "command again to resume")
-    return ""
+            return folder, free
+    return None
+
+
+def disk_full_hint(folders: list[Path | None]) -> str:
+    """'; the disk of FOLDER is full (4 KiB free)' for the first of ``folders`` on a (nearly) full file system, else ''.
+
+    Libraries report a full disk in their own words (torch.save: `unexpected pos 1387456 vs 1387344`)."""
+    full = full_disk(folders)
+    if full is None:
+        return ""
+    return (f"; the disk of {full[0]} is full ({full[1] // 1024:,} KiB free): free space, then run the same command "
+            "again to resume")
 
 
 def _fail(manifest: Manifest, stage_dir: Path, run_dir: Path, message: str, stage_log: logging.Handler) -> None:
@@ -1112,7 +1120,7 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
             state = "running" if active else "interrupted"
             note = _where_it_stands(manifest.kind, run_dir / name, running=active, since=manifest.started_at)
             if not active:
-                note = "; ".join(filter(None, [_why_it_stopped(manifest), note]))
+                note = "; ".join(filter(None, [_why_it_stopped(manifest, run_dir / name), note]))
         # A running stage has no duration yet: its time so far is what a user watching a long stage wants.
         seconds = time.time() - manifest.started_at if state == "running" else manifest.duration_s
         rows.append(StageStatus(name, manifest.kind, state, seconds,
@@ -1120,11 +1128,15 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
     return rows
 
 
-def _why_it_stopped(manifest: Manifest) -> str:
+def _why_it_stopped(manifest: Manifest, stage_dir: Path) -> str:
     if manifest.interrupted is None:
         return "why it stopped is not recorded (an older tempa ran it)"
     if manifest.interrupted:
         return f"stopped by {manifest.interrupted}"
+    if (full := full_disk([stage_dir])) is not None:
+        # a failure the disk left no room to record reads as a kill
+        return (f"the runner stopped without saying why, and the disk of {stage_dir} is full now ({full[1] // 1024:,} "
+                "KiB free): most likely a write failed; free space, then run the same command again to resume")
     return "the runner stopped without saying why: SIGKILL, the out-of-memory killer or a machine that went down"
 
 

@@ -39,8 +39,8 @@ RUNNER = textwrap.dedent("""
 """)
 
 
-def test_a_stage_failing_on_a_full_disk_reports_its_own_error_not_the_failed_record(tmp_path: Path,
-                                                                                      tiny_model_dir: Path) -> None:
+def test_a_stage_failing_on_a_full_disk_reports_its_own_error_not_the_failed_record(
+        tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Seen on a 6 MB tmpfs: a checkpoint save hit ENOSPC, then writing the manifest as failed hit it too, and the
     run ended with `tempa: error: OSError: [Errno 28] No space left on device`, naming neither stage nor cause."""
     recipe = tmp_path / "r.yaml"
@@ -58,6 +58,14 @@ def test_a_stage_failing_on_a_full_disk_reports_its_own_error_not_the_failed_rec
 
     assert [(row.name, row.state) for row in stage_status(["big"], run_dir)] == [("big", "interrupted")]
     assert not (run_dir / "big" / "DONE").exists()
+    # and `tempa status` the next morning blamed SIGKILL, the OOM killer or a machine that went down: with the disk
+    # still full it says so (the file system's answer is replaced: RLIMIT_FSIZE left this disk room)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=8192)
+                        if Path(path) == run_dir / "big" else real(path))
+    (row,) = stage_status(["big"], run_dir)
+    assert row.note.startswith(f"the runner stopped without saying why, and the disk of {run_dir / 'big'} is full now "
+                               "(8 KiB free): most likely a write failed; free space"), row.note
 
 
 def test_a_full_disk_is_named_in_the_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

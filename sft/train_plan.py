@@ -36,6 +36,11 @@ class LoraSettings(BaseModel):
     lora_alpha: int = 32
     lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    modules_to_save: list[str] | None = Field(
+        default=None, description="Modules trained whole beside the adapters (peft's `modules_to_save`), merged into "
+        "the final model too: `[embed_tokens, lm_head]` lets a new language's tokens learn their embeddings.")
+    use_rslora: bool = Field(default=False, description="Rank-stabilised LoRA: scale by lora_alpha / sqrt(r), not / r.")
+    use_dora: bool = Field(default=False, description="DoRA: weight-decomposed adapters (slower per step).")
     load_in_4bit: bool = Field(default=False, description="QLoRA: load the base in 4 bit (needs bitsandbytes + GPU).")
 
 

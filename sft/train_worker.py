@@ -527,8 +527,10 @@ def _lora_config(plan: TrainPlan):
         return None
     from peft import LoraConfig
 
-    return LoraConfig(r=plan.lora.r, lora_alpha=plan.lora.lora_alpha, lora_dropout=plan.lora.lora_dropout,
-                      target_modules=plan.lora.target_modules, task_type="CAUSAL_LM")
+    lora = plan.lora
+    return LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                      target_modules=lora.target_modules, modules_to_save=lora.modules_to_save,
+                      use_rslora=lora.use_rslora, use_dora=lora.use_dora, task_type="CAUSAL_LM")
 
 
 def _quantised_init(plan: TrainPlan, init: dict[str, Any] | None) -> dict[str, Any] | None:

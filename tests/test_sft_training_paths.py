@@ -120,3 +120,21 @@ def test_resolved_recipe_records_no_secret_from_the_environment(lora_run):
     for path in Path(lora_run).rglob("*"):
         if path.is_file() and path.suffix in {".json", ".yaml", ".md", ".log", ".txt", ".sh", ".jsonl"}:
             assert SECRET not in path.read_text(errors="replace"), path
+
+
+def test_lora_trains_the_modules_to_save_whole_and_merges_them(tmp_path, tiny_model_dir):
+    """A new language's tokens need their embeddings trained: `modules_to_save` (and rsLoRA's scaling) were refused
+    as unknown fields of `lora:`."""
+    recipe = sft_recipe(tmp_path, tiny_model_dir, max_steps=2, save_steps=2)
+    loaded = load_recipe(recipe, ["stages.sft.lora={r: 4, lora_alpha: 8, lora_dropout: 0.0, use_rslora: true, "
+                                  "target_modules: [q_proj, v_proj], modules_to_save: [embed_tokens]}",
+                                  "stages.sft.train.learning_rate=5e-2"])
+    run_recipe(loaded, tmp_path / "run")
+    stage = tmp_path / "run" / "sft"
+    adapter = json.loads((stage / "checkpoints" / "checkpoint-2" / "adapter_config.json").read_text())
+    assert adapter["modules_to_save"] == ["embed_tokens"] and adapter["use_rslora"] is True
+    start, merged = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(stage / "final" / "model.safetensors"))
+    assert merged.keys() == start.keys()
+    changed = sorted(k for k in start if not torch.equal(start[k], merged[k]))
+    assert "model.embed_tokens.weight" in changed
+    assert all(k == "model.embed_tokens.weight" or k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)

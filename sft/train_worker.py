@@ -267,6 +267,16 @@ def held_parameters(model) -> tuple[int, int]:
     return held, whole
 
 
+def trained_parameters(model) -> tuple[int, int]:
+    """(elements that train, elements of the whole model), each parameter counted whole, sharded or not."""
+    trainable = whole = 0
+    for param in model.parameters():
+        size = param.ds_numel if hasattr(param, "ds_tensor") else param.numel()  # a DTensor's numel is the whole
+        whole += size
+        trainable += size if param.requires_grad else 0
+    return trainable, whole
+
+
 def parameter_shards(trainer) -> ParameterShards:
     """What every process held of the trained model (a collective: all ranks call it)."""
     from accelerate.utils import gather_object
@@ -439,6 +449,10 @@ def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *
     trainer.add_callback(ScheduleCheck())
     trainer.add_callback(LossSteps())
     resume = last_complete_checkpoint(plan.checkpoints_dir)
+    if merge_adapters and trainer.is_world_process_zero():
+        trainable, whole = trained_parameters(trainer.model)
+        print(f"[tempa] LoRA trains {trainable:,} of the model's {whole:,} parameters ({trainable / whole:.3%})",
+              flush=True)
     if resume is not None and trainer.is_world_process_zero():
         print(f"[tempa] resuming from {resume}", flush=True)
     continue_trackers(trainer, plan.checkpoints_dir, resumed=resume is not None)

@@ -138,3 +138,11 @@ def test_lora_trains_the_modules_to_save_whole_and_merges_them(tmp_path, tiny_mo
     changed = sorted(k for k in start if not torch.equal(start[k], merged[k]))
     assert "model.embed_tokens.weight" in changed
     assert all(k == "model.embed_tokens.weight" or k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
+    # the log says how much trains: the adapters, r x (in + out) per module, and the whole embedding (hand math)
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    hidden, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
+    kv = config["num_key_value_heads"] * config.get("head_dim", hidden // config["num_attention_heads"])
+    adapters = layers * 4 * ((hidden + hidden) + (hidden + kv))
+    whole_model = sum(t.numel() for t in start.values()) + adapters + vocab * hidden  # + peft's trained copy
+    line = f"LoRA trains {adapters + vocab * hidden:,} of the model's {whole_model:,} parameters"
+    assert line in (stage / "logs" / "train.log").read_text()

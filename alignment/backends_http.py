@@ -51,7 +51,7 @@ from tempa.alignment.generation import (
 )
 from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.formats import RowError, tool_calls_of
-from tempa.sft.stage_api import StageError
+from tempa.sft.stage_api import API_USAGE, StageError
 
 log = logging.getLogger("tempa.alignment.http")
 
@@ -376,6 +376,9 @@ class HTTPBackend(SamplingBackend):
         with self._count_lock:
             if self.requests_sent:
                 log.info("%s: %s", self.describe, self.usage_line())
+                if (usage := API_USAGE.get()) is not None:
+                    usage.add(self.requests_sent, self.retries,
+                              (self.prompt_tokens, self.completion_tokens) if self._counted_usage else None)
             self.requests_sent = self.retries = self.prompt_tokens = self.completion_tokens = 0
             self._counted_usage = False
 

@@ -63,6 +63,8 @@ from tempa.sft.run_layout import (
     TOKENIZER_DIR,
 )
 from tempa.sft.stage_api import (
+    API_USAGE,
+    ApiUsage,
     Artifact,
     EvalPrompts,
     RecipeInfo,
@@ -945,10 +947,14 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
                         run_id=run_ids[decision.name], inputs={dep: run_ids.get(dep, "") for dep in decision.inputs},
                         config=decision.config, profile=profile or "", interrupted="")
     manifest.write(stage_dir, run_dir)
+    usage = ApiUsage()  # what its HTTP backends send: their requests and the tokens their servers bill
+    counting = API_USAGE.set(usage)
     try:
         result = kind.run(config, ctx)
         if not isinstance(result, kind.result):
             raise TypeError(f"{decision.kind} stage returned {type(result).__name__}, not {kind.result.__name__}")
+        if usage.requests:
+            result = result.model_copy(update={"metrics": {**result.metrics, **usage.metrics()}})
     except StageError as exc:
         message = str(exc) + disk_full_hint([run_dir, ctx.cache_dir])
         _fail_if_writable(manifest, stage_dir, run_dir, message, handler)
@@ -974,6 +980,7 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
                                         "same command again to resume", (decision.name, why), None))
         raise
     finally:
+        API_USAGE.reset(counting)
         log.removeHandler(handler)
         with contextlib.suppress(OSError):  # its last lines may not fit on a full disk; the error above matters more
             handler.close()

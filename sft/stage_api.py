@@ -14,9 +14,11 @@ it from here and no stage package imports `tempa.recipes`.
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import logging
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,6 +386,47 @@ class StageContext:
         the same folder) starts the journal over, rather than handing on answers the model no longer gives."""
         return {"start": self.model_run(self.start_model),
                 **{name: self.model_run(path) for name, path in self.stage_models.items()}}
+
+
+# --------------------------------------------------------------------------- paid requests
+
+
+@dataclass
+class ApiUsage:
+    """What the HTTP backends of one stage run sent, and what their servers counted in `usage` (what an API bills
+    by). The runner sets one for each stage it runs (:data:`API_USAGE`), every HTTP backend adds to it when it
+    closes, and the stage's metrics.json carries it: the log line of each backend was the only record."""
+
+    requests: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    uncounted: int = 0  # requests to servers that sent no `usage`: the token counts leave them out
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, requests: int, retries: int, tokens: tuple[int, int] | None) -> None:
+        with self._lock:
+            self.requests += requests
+            self.retries += retries
+            if tokens is None:
+                self.uncounted += requests
+            else:
+                self.prompt_tokens += tokens[0]
+                self.completion_tokens += tokens[1]
+
+    def metrics(self) -> dict[str, int]:
+        """``api_requests`` (and retries), and the tokens where some server counted them; nothing without a request."""
+        if not self.requests:
+            return {}
+        out = {"api_requests": self.requests, "api_retries": self.retries}
+        if self.uncounted < self.requests:
+            out.update(api_prompt_tokens=self.prompt_tokens, api_completion_tokens=self.completion_tokens)
+        if self.uncounted:
+            out["api_requests_without_usage"] = self.uncounted
+        return out
+
+
+API_USAGE: contextvars.ContextVar[ApiUsage | None] = contextvars.ContextVar("tempa_api_usage", default=None)
 
 
 # --------------------------------------------------------------------------- kinds

@@ -189,6 +189,34 @@ stages:
     assert [r["messages"][0]["content"] for r in rows] == [WRITTEN[0], WRITTEN[2], WRITTEN[3]]
 
 
+def test_a_stages_paid_requests_and_their_tokens_are_in_its_metrics(tmp_path):
+    """What a teacher and a judge were sent, and the tokens their servers billed, was in a log line per backend
+    only: metrics.json (and so `tempa status`, the report) now carries it."""
+    from tempa.recipes.loader import load_recipe
+    from tempa.recipes.runner import run_recipe
+
+    with FakeOpenAI(writer_and_loose_judge) as server:
+        backend = json.dumps(http(server))
+        (tmp_path / "vi.yaml").write_text(f"""name: vi
+base_model: "tempa:tiny"
+stages:
+  - name: gp
+    kind: generate_prompts
+    topics: ["Việt Nam"]
+    per_topic: 5
+    language: vi
+    teacher: {{backend: {backend}, temperature: 1.0}}
+    judge: {{backend: {backend}, min_score: 8, max_unparsable: 0.5}}
+""", encoding="utf-8")
+        run_recipe(load_recipe(tmp_path / "vi.yaml"), tmp_path / "run")
+        sent = len(server.requests)
+    metrics = json.loads((tmp_path / "run" / "gp" / "metrics.json").read_text())
+    # each fake reply bills 5 prompt tokens and 7 per choice (one choice each): 5 prompts written, 5 judged
+    assert sent == 10
+    assert {k: v for k, v in metrics.items() if k.startswith("api_")} == {
+        "api_requests": 10, "api_retries": 0, "api_prompt_tokens": 5 * 10, "api_completion_tokens": 7 * 10}
+
+
 RECIPE = """name: vi
 base_model: "tempa:tiny"
 stages:

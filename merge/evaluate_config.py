@@ -275,7 +275,9 @@ class EvaluateStageConfig(StageConfigBase):
     `answers/sft__checkpoint-2/math.jsonl`), one line per scored row with its `index` in the suite's rows (and its
     `id`, if it has one), the `prompt` (messages), the `answer`, the `reasoning`, the `finish_reason` (`stop`,
     `length`: cut at max_new_tokens, or null where the backend cannot tell) and the row's verdicts as the suite
-    computes them. A candidate whose scores come from the cache gets its answers from it too.
+    computes them. Scores are cached per candidate and suite (by the suite, its rows, the weights, and a win rate's
+    judge and baseline), so editing one suite's file re-scores, and re-judges, that suite alone; a suite whose scores
+    come from the cache gets its answers from it too.
 
     Candidates: every complete checkpoint (and the final model) of `checkpoints_of`, the final
     models of `stages`, and the folders in `models`. With none of them, the stage scores the

@@ -5,9 +5,11 @@ Outputs in the stage folder: ``leaderboard.json`` / ``leaderboard.md``,
 row: the prompt, the answer, its reasoning, how generation ended and the row's verdicts, so every score can be
 audited; a candidate named ``sft/checkpoint-2`` is the folder ``sft__checkpoint-2``). The stage's result carries the leaderboard
 (a merge stage selects from it, and re-scores its merge with this stage's suites, which it reads
-from this stage's config). Scores are also cached under the shared cache folder, keyed by suites,
-rows, weights files, tokenizer, template, seed and the scoring code, so a re-run (or another run) skips candidates
-it has already scored.
+from this stage's config). Scores are also cached under the shared cache folder, one entry per candidate and suite
+(with that suite's answers), keyed by the suite, its rows, the weights files, tokenizer, template, seed, the scoring
+code and a win rate's judge and baseline, so a re-run (or another run) skips what it has already scored, and a
+changed suite file re-scores that suite alone. The merge stage's re-scoring of its merge uses the same cache, keyed
+by the merged weights' content.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from tempa.merge.leaderboard import (
 )
 from tempa.merge.suites import CandidateScorer, import_lm_eval, rows_problem, suite_row_problem
 from tempa.merge.win_rate import PairwiseJudging
-from tempa.sft.files import digest, finite_json, write_json, write_jsonl
+from tempa.sft.files import digest, file_digest, finite_json, write_json, write_jsonl
 from tempa.sft.formats import thinking_mode_of
 from tempa.sft.stage_api import Scalar, StageContext, StageError
 from tempa.sft.trackers import named_trackers, tracker_log
@@ -123,23 +125,47 @@ def scoring_code() -> str:
     return digest({f"{path.parent.name}/{path.name}": path.read_text(encoding="utf-8") for path in scoring_files()})
 
 
-def cache_key(
+def weights_identity(path: Path) -> dict[str, Any]:
+    """What a candidate folder's weights are taken to be: its path and its files' names, sizes and times (cheap; a
+    checkpoint retrained in place gets new times)."""
+    return {"path": str(path), "weights": _weights_signature(path)}
+
+
+def weights_digest(path: Path) -> dict[str, Any]:
+    """A model folder's weights by content: a merge re-run rewrites identical files with new times, and its
+    re-scoring would otherwise ask the judge again."""
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
+    return {"weights": {p.name: file_digest(p) for p in files}}
+
+
+def suite_cache_key(
     config: EvaluateStageConfig,
-    candidate_path: Path,
+    suite: Any,
+    suite_rows: list[dict[str, Any]],
+    model: Any,
     ctx: StageContext,
-    rows: dict[str, list[dict[str, Any]]],
+    pairwise: PairwiseJudging | None = None,
+    code: str | None = None,
 ) -> str:
-    """What a candidate's scores depend on: suites, their rows, the weights' files, template, seed, scoring code."""
-    material = {
-        "suites": config.suites_fingerprint(),
-        "rows": digest(rows),
-        "path": str(candidate_path),
-        "weights": _weights_signature(candidate_path),
+    """What one suite's scores of one model depend on: that suite and its rows, the generation settings, the model
+    (``model``: :func:`weights_identity` or :func:`weights_digest`), tokenizer, template, seed, scoring code, and for
+    a win rate its judge and baseline as they answer (a local model retrained in place is another model). Keyed per
+    suite so that changing one suite's file re-scores (and re-judges) that suite alone."""
+    material: dict[str, Any] = {
+        "suite": suite.model_dump(mode="json"),
+        "settings": config.model_dump(mode="json", include={"generation", "dtype", "think_tags"}),
+        "rows": digest(suite_rows),
+        "model": model,
         "tokenizer": _weights_signature(Path(ctx.tokenizer_dir)),
         "template": digest(ctx.chat_template),
         "seed": ctx.seed,
-        "code": scoring_code(),
+        "code": code if code is not None else scoring_code(),
     }
+    if isinstance(suite, WinRateSuite) and pairwise is not None:
+        # as they answer, not as they are reached: a new API key or concurrency asks the same models the same things
+        material["suite"] = suite.model_dump(mode="json", exclude={"baseline": True, "judge": {"backend"}})
+        material["judge"] = pairwise.identity(suite.judge.backend)
+        material["baseline"] = pairwise.identity(suite.baseline)
     return digest(material)
 
 
@@ -190,6 +216,20 @@ def score_model_answers(
     pairwise: PairwiseJudging | None = None,
 ) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]]]:
     """:func:`score_model`'s metrics, and per suite the rows' records (prompt, answer, finish reason, verdicts)."""
+    scored = score_suites(model_dir, config, ctx, rows, backend_factory, pairwise)
+    metrics = {name: value for suite_metrics, _ in scored.values() for name, value in suite_metrics.items()}
+    return metrics, {key: records for key, (_, records) in scored.items()}
+
+
+def score_suites(
+    model_dir: Path,
+    config: EvaluateStageConfig,
+    ctx: StageContext,
+    rows: dict[str, list[dict[str, Any]]],
+    backend_factory: BackendFactory = transformers_backend,
+    pairwise: PairwiseJudging | None = None,
+) -> dict[str, tuple[dict[str, float], list[dict[str, Any]]]]:
+    """Per suite key: its ``{"<suite>/<metric>": value}`` and its rows' records."""
     from transformers import AutoTokenizer
 
     own_pairwise = pairwise is None
@@ -201,15 +241,65 @@ def score_model_answers(
             backend, tokenizer, config.generation, seed=ctx.seed, think_tags=tuple(config.think_tags),
             pairwise=pairwise,
         )
-        metrics: dict[str, float] = {}
+        scored = {}
         for suite in config.suites:
             scores = scorer.run(suite, rows.get(suite.key, []))
-            metrics.update({f"{suite.key}/{name}": float(value) for name, value in scores.items()})
-        return metrics, scorer.records
+            scored[suite.key] = ({f"{suite.key}/{name}": float(value) for name, value in scores.items()},
+                                 scorer.records.get(suite.key) or [])
+        return scored
     finally:
         backend.close()
         if own_pairwise and pairwise is not None:
             pairwise.close()
+
+
+def cached_scores(
+    model_dir: Path,
+    model: Any,
+    config: EvaluateStageConfig,
+    ctx: StageContext,
+    rows: dict[str, list[dict[str, Any]]],
+    backend_factory: BackendFactory = transformers_backend,
+    pairwise: PairwiseJudging | None = None,
+    *,
+    who: str | None = None,
+    code: str | None = None,
+) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]]]:
+    """:func:`score_model_answers`, reusing each suite's cached scores and answers for ``model`` (its identity, see
+    :func:`suite_cache_key`) and scoring only the suites with none; each freshly scored suite is cached on its own."""
+    who = who or str(model_dir)
+    own_pairwise = pairwise is None
+    pairwise = pairwise or pairwise_judging(config, ctx)
+    code = code if code is not None else scoring_code()
+    cache = _cache_dir(ctx)
+    try:
+        paths = {suite.key: cache / f"{suite_cache_key(config, suite, rows.get(suite.key, []), model, ctx, pairwise, code)}.json"
+                 for suite in config.suites}
+        scored: dict[str, tuple[dict[str, float], list[dict[str, Any]]]] = {}
+        for suite in config.suites:
+            if paths[suite.key].exists():
+                entry = json.loads(paths[suite.key].read_text(encoding="utf-8"))
+                scored[suite.key] = (metrics_from_json(entry["metrics"]), entry.get("answers") or [])
+        todo = [suite for suite in config.suites if suite.key not in scored]
+        if not todo:
+            ctx.log.info("%s: reusing scores of %s (%s)", ctx.stage_name, who, cache)
+        else:
+            reused = f" (reusing {', '.join(scored)})" if scored else ""
+            ctx.log.info("%s: scoring %s (%s): %s%s", ctx.stage_name, who, model_dir,
+                         ", ".join(suite.key for suite in todo), reused)
+            fresh = score_suites(model_dir, config.model_copy(update={"suites": todo}), ctx, rows, backend_factory,
+                                 pairwise)
+            for key, (metrics, records) in fresh.items():
+                # the answers beside the scores, in one atomic write: a reused score is as auditable as a fresh one
+                write_json(paths[key], {"path": str(model_dir), "suite": key, "metrics": finite_json(metrics),
+                                        "answers": finite_json(records)})
+            scored.update(fresh)
+    finally:
+        if own_pairwise and pairwise is not None:
+            pairwise.close()
+    # in the suites' order, however many came from the cache
+    metrics = {name: value for suite in config.suites for name, value in scored[suite.key][0].items()}
+    return metrics, {suite.key: scored[suite.key][1] for suite in config.suites}
 
 
 def pairwise_judging(config: EvaluateStageConfig, ctx: StageContext) -> PairwiseJudging | None:
@@ -304,21 +394,11 @@ def _score_each(config, ctx, candidates, backend_factory, rows, pairwise, track)
     from tqdm.auto import tqdm
 
     scores_dir = Path(ctx.stage_dir) / "scores"
-    cache_dir = _cache_dir(ctx)
+    code = scoring_code()
     board_rows = []
     for candidate in tqdm(candidates, desc=f"{ctx.stage_name}: candidates", disable=len(candidates) < 2):
-        key = cache_key(config, candidate.path, ctx, rows)
-        cached_path = cache_dir / f"{key}.json"
-        if cached_path.exists():
-            entry = json.loads(cached_path.read_text(encoding="utf-8"))
-            metrics, answers = metrics_from_json(entry["metrics"]), entry.get("answers") or {}
-            ctx.log.info("%s: reusing scores of %s (%s)", ctx.stage_name, candidate.name, cached_path)
-        else:
-            ctx.log.info("%s: scoring %s (%s)", ctx.stage_name, candidate.name, candidate.path)
-            metrics, answers = score_model_answers(candidate.path, config, ctx, rows, backend_factory, pairwise)
-            # the answers beside the scores, in one atomic write: a reused score is as auditable as a fresh one
-            write_json(cached_path, {"path": str(candidate.path), "metrics": finite_json(metrics),
-                                     "answers": finite_json(answers)})
+        metrics, answers = cached_scores(candidate.path, weights_identity(candidate.path), config, ctx, rows,
+                                         backend_factory, pairwise, who=candidate.name, code=code)
         write_answers(ctx.stage_dir, candidate.name, answers)
         record = {"candidate": candidate.name, "path": str(candidate.path), "metrics": finite_json(metrics)}
         write_json(scores_dir / f"{_slug(candidate.name)}.json", record)

@@ -287,7 +287,8 @@ class MergeStageConfig(StageConfigBase):
     )
     reevaluate: bool = Field(
         default=True,
-        description="Re-score the merged model with `evaluate_stage`'s suites and add it to the board.",
+        description="Re-score the merged model with `evaluate_stage`'s suites and add it to the board (its scores "
+        "are cached by the merged weights' content: a re-run that merges the same model asks no judge again).",
     )
 
     @field_validator("models")

@@ -17,9 +17,10 @@ from tempa.merge.evaluate_config import EvaluateStageConfig
 from tempa.merge.evaluate_stage import (
     BackendFactory,
     EvaluateResult,
+    cached_scores,
     load_suite_rows,
-    score_model,
     transformers_backend,
+    weights_digest,
 )
 from tempa.merge.leaderboard import (
     LEADERBOARD_MD,
@@ -258,7 +259,10 @@ def run_merge(
             "%s: re-scoring the merged model with %s's suites", ctx.stage_name, config.evaluate_stage
         )
         rows = load_suite_rows(evaluate_config)
-        merged_metrics = score_model(final, evaluate_config, ctx, rows, backend_factory)
+        # cached as the evaluate stage caches a candidate's, by the merged weights' content: a re-run that merges
+        # the same model again asks no judge again
+        merged_metrics, _ = cached_scores(final, weights_digest(final), evaluate_config, ctx, rows, backend_factory,
+                                          who=ctx.stage_name)
         rank_by = board.rank_by or (config.select.metric if config.select else None)
         updated = Leaderboard(
             rows=[row for row in board.rows if row.candidate != ctx.stage_name]

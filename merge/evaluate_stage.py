@@ -439,6 +439,16 @@ def unanswered_warnings(board: Leaderboard, config: EvaluateStageConfig, stage_d
     return lines
 
 
+def uneven_rows_warnings(board: Leaderboard, config: EvaluateStageConfig) -> list[str]:
+    """One line per win-rate suite whose candidates were scored over different rows (a row whose verdict was
+    unparsable is dropped): their win rates are not over the same questions."""
+    win_rates = {f"{suite.key}/rows": suite for suite in config.suites if isinstance(suite, WinRateSuite)}
+    return [f"suite '{win_rates[name].key}': the candidates' win rates are over different rows (a row whose judge "
+            f"verdict could not be read is dropped, up to max_unparsable {win_rates[name].max_unparsable:g}): "
+            + ", ".join(f"{candidate} {count:g}" for candidate, count in counts.items())
+            for name, counts in board.uneven_rows().items() if name in win_rates]
+
+
 def run_evaluate(
     config: EvaluateStageConfig, ctx: StageContext, *, backend_factory: BackendFactory = transformers_backend
 ) -> EvaluateResult:
@@ -458,7 +468,7 @@ def run_evaluate(
     check_tokenizer_fits([(c.name, c.path) for c in candidates], Path(ctx.tokenizer_dir),
                          who=f"evaluate stage '{ctx.stage_name}'")
     board = evaluate_candidates(config, ctx, candidates, backend_factory)
-    for line in unanswered_warnings(board, config, ctx.stage_dir):
+    for line in [*unanswered_warnings(board, config, ctx.stage_dir), *uneven_rows_warnings(board, config)]:
         ctx.log.warning("%s: %s", ctx.stage_name, line)
     metrics: dict[str, Scalar] = {"candidates": len(candidates)}
     if (warning := undetermined_warning(board, config.rank_by, board.best())) is not None:

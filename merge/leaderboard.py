@@ -142,22 +142,35 @@ class Leaderboard(BaseModel):
                    rank_by=data.get("rank_by"), notes=data.get("notes") or [],
                    lower={name: low for name, low in said.items() if low != lower_is_better(name)})
 
+    def uneven_rows(self) -> dict[str, dict[str, float]]:
+        """Per ``<suite>/rows`` metric whose value differs between candidates, each candidate's: their scores are
+        over different rows (a win rate drops a row whose verdict could not be read), so the table shows the count
+        beside them."""
+        uneven = {}
+        for name in self.metric_names:
+            if name.rsplit("/", 1)[-1] == "rows":
+                counts = {row.candidate: row.metrics[name] for row in self.rows if name in row.metrics}
+                if len(set(counts.values())) > 1:
+                    uneven[name] = counts
+        return uneven
+
     def to_markdown(self, title: str | None = None, *, rest_in: str | None = "leaderboard.json") -> str:
         """A readable table of the headline metrics; the best value of each is in bold, arrows show
         the direction. Breakdowns (``metric:language``, ``metric:type``) and counts stay in the JSON, which
         ``rest_in`` names (None where the reader has no such file: a model card on the hub)."""
-        names = [name for name in self.metric_names if is_headline(name) and (
-            name.rsplit("/", 1)[-1] not in _WHEN_NONZERO or any(row.metrics.get(name) for row in self.rows))]
+        uneven = set(self.uneven_rows())
+        names = [name for name in self.metric_names if name in uneven or (is_headline(name) and (
+            name.rsplit("/", 1)[-1] not in _WHEN_NONZERO or any(row.metrics.get(name) for row in self.rows)))]
         hidden = len(self.metric_names) - len(names)
         rows = self.ranked()
         best: dict[str, float] = {}
         for name in names:
             values = [r.metrics[name] for r in rows if name in r.metrics and not math.isnan(r.metrics[name])]
-            if values and min(values) != max(values):
+            if values and min(values) != max(values) and name not in uneven:  # a count is no better for being larger
                 best[name] = min(values) if self.lower_is_better(name) else max(values)
         steps = any(row.step is not None for row in rows)  # final models alone (a merge's, a card's): no column
-        header = ["model", *(["step"] if steps else []), *[f"{n} {'↓' if self.lower_is_better(n) else '↑'}"
-                                                            for n in names]]
+        header = ["model", *(["step"] if steps else []), *[
+            n if n in uneven else f"{n} {'↓' if self.lower_is_better(n) else '↑'}" for n in names]]
         lines = []
         if title:
             lines += [f"## {title}", ""]
@@ -176,7 +189,7 @@ class Leaderboard(BaseModel):
                 if value is None:
                     cells.append("–")
                     continue
-                text = format_value(value)
+                text = f"{value:g}" if name in uneven else format_value(value)
                 cells.append(f"**{text}**" if best.get(name) == value else text)
             lines.append("| " + " | ".join(cells) + " |")
         if hidden and rest_in:

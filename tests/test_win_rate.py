@@ -202,3 +202,56 @@ def test_a_win_rate_row_is_answered_in_its_own_thinking_mode_unless_the_suite_se
     assert scorer.modes == ["on", "on", "on"]
     with pytest.raises(ValueError, match="thinking_mode must be 'on' or 'off', got 'maybe'"):
         win_rate.pairwise_row({"turns": ["q"], "thinking_mode": "maybe"}, "turns", "category")
+
+
+def test_candidates_whose_win_rates_are_over_different_rows_are_warned_and_their_rows_shown(
+        tmp_path, tiny_model_dir, tokenizer_dir, caplog):
+    # A row whose verdict could not be read is dropped (up to max_unparsable): two candidates' win rates over 3 and 2
+    # rows were ranked side by side, and leaderboard.md kept the counts out.
+    from test_alignment_fakes import FakeOpenAI, chat_response, last_user
+
+    from tempa.merge.evaluate_stage import run_evaluate
+
+    def reply(body):
+        text = last_user(body)
+        if body["model"] == "base":
+            return chat_response([f"BASE answer to {text}"])
+        if "TWO answer to [q0]" in text:  # the judge rambles without a verdict on one of two's rows, in both orders
+            return chat_response(["hard to say"])
+        candidate_is = "A" if "BASE answer" in text.split("[Conversation with assistant B]")[0] else "B"
+        return chat_response([f"[[{'B' if candidate_is == 'A' else 'A'}]]"])  # the candidate wins every verdict
+
+    class Answers:
+        def __init__(self, who):
+            self.who = who
+
+        def generate(self, prompts, params, *, thinking_modes=None):
+            return [[f"{self.who} answer to {p[-1]['content']}"] for p in prompts]
+
+        def close(self):
+            pass
+
+    data = tmp_path / "mt.jsonl"
+    data.write_text("".join(json.dumps({"turns": [f"[q{i}]"], "category": "c"}) + "\n" for i in range(3)))
+    for name in ("one", "two"):
+        shutil.copytree(tiny_model_dir, tmp_path / name)
+    with FakeOpenAI(reply) as server:
+        config = EvaluateStageConfig.model_validate({
+            "name": "eval", "kind": "evaluate", "models": [str(tmp_path / "one"), str(tmp_path / "two")],
+            "rank_by": "mt/win_rate",
+            "suites": [{"type": "win_rate", "name": "mt", "data": str(data), "thinking_mode": "off",
+                        "max_unparsable": 0.5,  # two's 2 unreadable verdicts of 6 are allowed
+                        "baseline": {"type": "http", "base_url": server.base_url, "model": "base"},
+                        "judge": {"backend": {"type": "http", "base_url": server.base_url, "model": "judge"}}}]})
+        ctx = make_context(tmp_path / "run", "eval", start_model=tiny_model_dir, tokenizer_dir=tokenizer_dir)
+        with caplog.at_level("WARNING", logger="tempa"):
+            result = run_evaluate(config, ctx, backend_factory=lambda path, *_: Answers(path.name.upper()))
+    rows = {row.candidate: row.metrics["mt/rows"] for row in result.leaderboard.rows}
+    assert rows == {"one": 3.0, "two": 2.0}
+    warned = [r.getMessage() for r in caplog.records if "different rows" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].endswith("one 3, two 2")
+    table = [[cell.strip() for cell in line.strip("|").split("|")]
+             for line in (ctx.stage_dir / "leaderboard.md").read_text().splitlines() if line.startswith("| ")]
+    header, _, *cells = table
+    assert "mt/rows" in header  # a count, with no direction arrow
+    assert {row[0]: row[header.index("mt/rows")] for row in cells} == {"one": "3", "two": "2"}

@@ -146,7 +146,9 @@ def prompt_messages(row: dict[str, Any]) -> list[dict[str, Any]]:
         return [{**m, "content": composed(m["content"])} if isinstance(m.get("content"), str) else dict(m)
                 for m in messages[:end]]
     prompt = row.get("prompt")
-    if not isinstance(prompt, str) or not prompt:
+    if prompt == "":
+        raise StageError(f"evaluation row's 'prompt' is empty (and it has no 'messages'): {str(row)[:120]}")
+    if not isinstance(prompt, str):
         raise StageError(f"evaluation row has neither 'messages' nor a 'prompt' string: {str(row)[:120]}")
     chat = [{"role": "system", "content": composed(row["system"])}] if row.get("system") else []
     chat.append({"role": "user", "content": composed(prompt)})

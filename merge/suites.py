@@ -46,7 +46,7 @@ from tempa.sft.formats import RowError, composed, thinking_mode_of
 from tempa.sft.language import detect as detect_language
 from tempa.sft.language import reasoning_verdict
 from tempa.sft.stage_api import StageError
-from tempa.sft.suggest import did_you_mean
+from tempa.sft.suggest import closest
 
 Messages = list[dict[str, Any]]
 
@@ -452,8 +452,11 @@ def rows_problem(suite: Suite, rows: Sequence[dict[str, Any]]) -> str | None:
     if any(column in row for row in rows):
         return f"every row's {column!r} is empty"
     columns = sorted({name for row in rows for name in row})
-    return (f"no row has an {column!r} column (the rows have: {', '.join(columns)}"
-            f"{did_you_mean(column, columns)})")
+    # the hint names the column tempa reads: the user fixes their column, and "did you mean 'answr'" read as if
+    # tempa wanted the misspelling
+    near = closest(column, columns)
+    hint = f"; column {near!r} is not one tempa reads: did you mean {column!r}?" if near else ""
+    return f"no row has an {column!r} column (the rows have: {', '.join(columns)}){hint}"
 
 
 def raw_text(row: dict[str, Any]) -> str | None:

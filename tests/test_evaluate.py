@@ -363,11 +363,13 @@ def test_a_loss_suite_with_nothing_to_score_is_refused_when_its_rows_are_read(tm
 
 @pytest.mark.parametrize(("suite", "column", "rows", "expected"), [
     ("accuracy", "answer", [{"prompt": "2+2?", "answr": "4"}, {"prompt": "3+3?", "answr": "6", "id": 2}],
-     "no row has an 'answer' column (the rows have: answr, id, prompt; did you mean 'answr'?)"),
+     "no row has an 'answer' column (the rows have: answr, id, prompt); column 'answr' is not one tempa reads: "
+     "did you mean 'answer'?"),
     ("accuracy", "answer", [{"prompt": "2+2?", "answer": ""}, {"prompt": "3+3?", "answer": None}],
      "every row's 'answer' is empty"),
     ("ifeval", "instructions", [{"prompt": "Write.", "instruction": [{"type": "lowercase"}]}],
-     "no row has an 'instructions' column (the rows have: instruction, prompt; did you mean 'instruction'?)"),
+     "no row has an 'instructions' column (the rows have: instruction, prompt); column 'instruction' is not one "
+     "tempa reads: did you mean 'instructions'?"),
 ])
 def test_a_missing_or_misspelt_column_a_suite_scores_by_is_named_when_its_rows_are_read(tmp_path, suite, column,
                                                                                       rows, expected):
@@ -910,6 +912,8 @@ def test_an_evaluate_stage_with_a_bad_row_fails_before_any_model_work(tmp_path, 
         ({"type": "language", "language": "en", "languages": ["en", "id"]}, {"prompt": "q", "language": "th"},
          "language 'th' is not among the suite's `languages` ['en', 'id'], so no answer could be in it"),
         ({"type": "accuracy"}, {"answer": 4}, "evaluation row has neither 'messages' nor a 'prompt' string"),
+        # an empty prompt was reported as no prompt at all
+        ({"type": "accuracy"}, {"prompt": "", "answer": 4}, "evaluation row's 'prompt' is empty"),
         ({"type": "thinking"}, {"messages": [{"role": "system", "content": "s"}]},
          "evaluation row has no user message"),
         # a generation suite renders the row's tools and tool loop: what the template cannot render is named

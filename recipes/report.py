@@ -470,6 +470,7 @@ def leaderboard_section(done: list[tuple[Manifest, StageResult]]) -> str:
             f"<p class='note'>ranked by {html.escape(board.rank_by or headline[0] if headline else '')}; "
             "↑ higher is better, ↓ lower is better; best in bold</p>"
             + (f"<p class='note'><b>{html.escape(note)}</b></p>" if (note := board.tie_note()) else "")
+            + "".join(f"<p class='note'><b>Note: {html.escape(note)}.</b></p>" for note in board.notes)
             + f"<table class='board'><tr><th class='model'>model</th>{head}</tr>{''.join(rows)}</table></section>")
 
 

@@ -267,6 +267,25 @@ def test_the_reports_leaderboard_marks_the_direction_the_board_carries():
     assert "<td class='model'>a</td><td><b>0.2000</b></td>" in page  # a first and in bold: the lower value
 
 
+def test_the_reports_leaderboard_shows_the_boards_notes():
+    """The undetermined-ranking warning is a note of the board (metrics.json, leaderboard.md); the page showed the tie
+    note alone, so a collapsed checkpoint ranked first with nothing said."""
+    from tempa.merge.leaderboard import EvaluateResult, Leaderboard, LeaderboardRow, undetermined_warning
+    from tempa.recipes.report import leaderboard_section
+    from tempa.recipes.rundir import Manifest
+
+    metric = "lang/normalized_accuracy"
+    rows = [LeaderboardRow(candidate=c, path=f"/m/{c}", metrics={metric: v, "lang/undetermined": u})
+            for c, v, u in (("short", 0.9, 0.8), ("long", 0.5, 0.0))]
+    board = Leaderboard(rows=rows, rank_by=metric)
+    warning = undetermined_warning(board, metric, board.best())
+    assert warning is not None and "80% of its answers" in warning
+    board = board.model_copy(update={"notes": [warning]})
+    manifest = Manifest(name="evaluate", kind="evaluate", fingerprint="f", status="done", started_at=0.0)
+    page = leaderboard_section([(manifest, EvaluateResult(leaderboard=board))])
+    assert "short ranks first on lang/normalized_accuracy, but 80% of its answers in suite &#x27;lang&#x27;" in page
+
+
 # --------------------------------------------------------------------------- the continued-pretraining stage (ja)
 
 

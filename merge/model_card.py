@@ -28,7 +28,15 @@ from tempa.merge.ollama_template import ollama_default_note
 from tempa.sft import language
 from tempa.sft.pretrain_stage import PretrainResult
 from tempa.sft.stage import SFTResult
-from tempa.sft.stage_api import SECRET_KEY_RE, RecipeInfo, Upstream, format_metric, is_secret_key, looks_local
+from tempa.sft.stage_api import (
+    SECRET_KEY_RE,
+    RecipeInfo,
+    Upstream,
+    format_metric,
+    is_secret_key,
+    looks_local,
+    secret_env_names,
+)
 from tempa.sft.suggest import did_you_mean
 
 REDACTED = "<redacted>"
@@ -207,18 +215,6 @@ def private_host(url: str) -> bool:
 
 # Environment names say "key" on their own too (TEACHER_KEY, OPENAI_KEY): a word of the name, not any "key".
 _SECRET_ENV_RE = re.compile(rf"{SECRET_KEY_RE.pattern}|(?:^|[_-])key(?:$|[_-])", re.IGNORECASE)
-
-
-def secret_env_names(resolved: Any) -> set[str]:
-    """The environment variables a recipe names as holding secrets (every ``api_key_env``), at any depth."""
-    if isinstance(resolved, Mapping):
-        names = {item for key, item in resolved.items() if key == "api_key_env" and isinstance(item, str)}
-        for item in resolved.values():
-            names |= secret_env_names(item)
-        return names
-    if isinstance(resolved, (list, tuple)):
-        return set().union(*(secret_env_names(item) for item in resolved))
-    return set()
 
 
 def scrub(text: str, environ: Mapping[str, str] | None = None, secret_names: Iterable[str] = ()) -> str:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
@@ -192,8 +193,11 @@ def publish_request(launch: LaunchConfig, module: str, args: list[str], run_dir:
     return request
 
 
-def _launch_env(launch: LaunchConfig) -> dict[str, str]:
-    env = dict(os.environ)
+def _launch_env(launch: LaunchConfig, withhold: Iterable[str] = ()) -> dict[str, str]:
+    """The training processes' environment: this one's, without ``withhold`` (the API keys of other stages' servers,
+    which a training process never sends: its /proc/PID/environ, its crash dumps and its children need not hold
+    them)."""
+    env = {name: value for name, value in os.environ.items() if name not in set(withhold)}
     # The local process that watches over the training group: its processes stop when it dies.
     env["TEMPA_RUNNER_PID"] = str(os.getpid())
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -238,7 +242,7 @@ def hardware_problem(launch: LaunchConfig) -> str | None:
 
 
 def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Path, *, log,
-               run_dir: Path | None = None) -> None:
+               run_dir: Path | None = None, withhold: Iterable[str] = ()) -> None:
     """Run the command, streaming output to ``log_file``; a failure raises a one-line StageError.
 
     With ``launch.num_machines > 1``, ``run_dir`` is where the other nodes find the launch to join.
@@ -264,7 +268,7 @@ def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Pat
                              main_process_ip=request.main_process_ip)
     else:
         cmd = launch_command(launch, module, args, port=_free_port())
-    env = _launch_env(launch)
+    env = _launch_env(launch, withhold)
     if env.get("CUDA_VISIBLE_DEVICES") != os.environ.get("CUDA_VISIBLE_DEVICES") and _gpus() > 1:
         log.info("one training process: it trains on GPU 0 of %d (CUDA_VISIBLE_DEVICES=0); launch.accelerate_config "
                  "zero3 or fsdp2 trains on all of them", _gpus())

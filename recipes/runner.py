@@ -76,6 +76,7 @@ from tempa.sft.stage_api import (
     Upstream,
     fingerprinted,
     format_metric,
+    secret_env_names,
 )
 from tempa.sft.throughput_summary import latest_progress
 
@@ -893,8 +894,11 @@ def _context(loaded: LoadedRecipe, decision: StageDecision, run_dir: Path, start
     stage_dir = run_dir / decision.name
     stage_dir.mkdir(parents=True, exist_ok=True)
 
+    # The API keys the recipe names for other stages' servers: this stage's training processes never send them.
+    withheld = secret_env_names(recipe.resolved) - secret_env_names(decision.config)
+
     def _launch(module: str, args: list[str], log_file: Path) -> None:
-        run_launch(launch, module, args, log_file, log=log, run_dir=run_dir)
+        run_launch(launch, module, args, log_file, log=log, run_dir=run_dir, withhold=withheld)
 
     ds = deepspeed_config_path(launch.deepspeed_config) if launch.launcher == "torchrun" else None
     return StageContext(

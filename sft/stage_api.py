@@ -119,6 +119,18 @@ def is_secret_key(key: str) -> bool:
     return bool(SECRET_KEY_RE.search(key)) and not _HARMLESS_KEYS.fullmatch(key)
 
 
+def secret_env_names(resolved: Any) -> set[str]:
+    """The environment variables a recipe names as holding secrets (every ``api_key_env``), at any depth."""
+    if isinstance(resolved, Mapping):
+        names = {item for key, item in resolved.items() if key == "api_key_env" and isinstance(item, str)}
+        for item in resolved.values():
+            names |= secret_env_names(item)
+        return names
+    if isinstance(resolved, (list, tuple)):
+        return set().union(*(secret_env_names(item) for item in resolved))
+    return set()
+
+
 def secret_path(value: Any, path: str) -> str | None:
     """The dotted path to the first secret in a free-form mapping or list (``model_init_kwargs: {token: hf_...}``,
     ``extra_body: {headers: {Authorization: ...}}``), never its value; None when it holds none."""

@@ -517,3 +517,43 @@ def test_a_launch_for_gpus_on_a_machine_without_one_is_refused_before_the_first_
     # a plan for the GPU node it is written for (--hardware) is no run here: no such warning
     assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run"), "--hardware", "8xH100"]) == 0
     assert "this machine has no CUDA GPU" not in capsys.readouterr().out
+
+
+def test_a_training_launch_gets_no_api_key_of_another_stages_server(tmp_path, tiny_model_dir, monkeypatch):
+    """Every training process got the whole environment: the teacher's and judges' API keys (and so its
+    /proc/PID/environ and anything it starts) though an sft stage never sends them."""
+    import json
+
+    from tempa.recipes import launcher
+    from tempa.recipes.loader import load_recipe
+    from tempa.recipes.runner import run_recipe
+    from tempa.sft.stage_api import StageError
+
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                                                  {"role": "assistant", "content": "yo"}]}) + "\n")
+    (tmp_path / "mt.jsonl").write_text(json.dumps({"turns": ["Halo?"], "category": "chat"}) + "\n")
+    (tmp_path / "r.yaml").write_text(f"""name: t
+base_model: {tiny_model_dir}
+stages:
+  - name: sft
+    kind: sft
+    data: {{sources: [{{name: rows, path: rows.jsonl}}]}}
+  - name: eval
+    kind: evaluate
+    suites:
+      - type: win_rate
+        name: mt
+        data: mt.jsonl
+        baseline: {{type: http, base_url: "http://127.0.0.1:9/v1", model: b, api_key_env: TEMPA_TEST_BASELINE_KEY}}
+        judge: {{backend: {{type: http, base_url: "http://127.0.0.1:9/v1", model: j, api_key_env: TEMPA_TEST_JUDGE_KEY}}}}
+""")
+    monkeypatch.setenv("TEMPA_TEST_BASELINE_KEY", "sk-baseline-1234567890")
+    monkeypatch.setenv("TEMPA_TEST_JUDGE_KEY", "sk-judge-1234567890")
+    monkeypatch.setenv("TEMPA_TEST_UNRELATED", "kept")
+    seen = []
+    monkeypatch.setattr(launcher, "_stream", lambda cmd, env, *a: seen.append(env) or (1, []))
+    with pytest.raises(StageError):
+        run_recipe(load_recipe(tmp_path / "r.yaml"), tmp_path / "run")
+    (env,) = seen
+    assert "TEMPA_TEST_BASELINE_KEY" not in env and "TEMPA_TEST_JUDGE_KEY" not in env
+    assert env["TEMPA_TEST_UNRELATED"] == "kept"

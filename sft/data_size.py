@@ -13,8 +13,10 @@ Hub datasets get an assumed length that depends on their thinking mode.
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
 import functools
+import itertools
 import json
 import math
 import os
@@ -648,7 +650,7 @@ def tokens_from_recipe(config: SFTStageConfig, inputs: EstimateInputs) -> TokenC
     sizes = dict(inputs.dataset_sizes)
     counter = sample_counter(inputs.tokenizer)
     limits = token_limits(data.curation, config.train_args().get("max_length"))
-    languages = _accepted_languages(config)
+    languages = accepted_languages(config)
     for source in data.sources:
         avg = avg_tokens_per_row(source, inputs.avg_tokens_thinking_on, inputs.avg_tokens_thinking_off)
         size = source_size(source, data.heldout_for(source), avg, sizes, counter, limits, data.curation,
@@ -672,7 +674,9 @@ def tokens_from_recipe(config: SFTStageConfig, inputs: EstimateInputs) -> TokenC
     return TokenCount(total_tokens, total_rows, where, notes, bound=bound)
 
 
-def _accepted_languages(config: SFTStageConfig) -> Mapping[str, frozenset[str]]:
+def accepted_languages(config: SFTStageConfig) -> Mapping[str, frozenset[str]]:
+    """Each source's accepted languages (``languages:`` under ``curation.language``), by source name; {} where the
+    recipe names a language the detector does not know (the recipe's own check refuses it)."""
     from tempa.sft.data import check_languages
 
     try:
@@ -752,6 +756,66 @@ def format_problem(source: SourceConfig, rows: int = FORMAT_PROBE_ROWS) -> str |
     rows_read = "its first row is not" if len(read) == 1 else f"none of its first {len(read):,} rows is"
     return (f"data source '{source.name}': {rows_read} a row of format {source.format} (line {number}: {error}); "
             "the run rejects such rows")
+
+
+def _head_batch(source: SourceConfig, rows: int) -> tuple[dict[str, list[Any]], list[str]]:
+    """The first ``rows`` rows of a local file source, columns as :func:`tempa.sft.sources.load_source` gives them,
+    and where each is ("line 3", "row 0"); empty for other sources. Only those rows are read (a JSON document:
+    parsed whole, as the run parses it)."""
+    from tempa.chat_templates.json_files import read_lines
+    from tempa.sft.sources import RAW, READ_ERROR, json_rows
+
+    path = Path(source.path)
+    if source.stage_ref is not None or not path.is_file():
+        return {}, []
+    suffix = path.suffix.lower()
+    if is_json_lines(path):
+        lines = list(itertools.islice((line for line in read_lines(path) if not line.blank), rows))
+        return ({RAW: [line.text for line in lines], READ_ERROR: [line.error for line in lines]},
+                [f"line {line.number}" for line in lines])
+    if suffix == ".json":
+        texts = json_rows(path)[:rows]
+        return {RAW: texts}, [str(RowPlace(None, "row", i)) for i in range(len(texts))]
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        batch = next(pq.ParquetFile(path).iter_batches(batch_size=rows), None)
+        table = batch.to_pydict() if batch is not None else {}
+    elif suffix == ".csv":
+        import pandas as pd
+        import pyarrow as pa
+        from datasets.packaged_modules.csv.csv import CsvConfig
+
+        kwargs = {**CsvConfig().pd_read_csv_kwargs, "nrows": rows, "chunksize": None}
+        table = pa.Table.from_pandas(pd.read_csv(path, **kwargs), preserve_index=False).to_pydict()
+    else:
+        return {}, []
+    count = len(next(iter(table.values()), []))
+    return table, [str(RowPlace(None, "row", i)) for i in range(count)]
+
+
+def rejects_problem(source: SourceConfig, cur: CurationConfig, accepted: frozenset[str] | None,
+                    rows: int = FORMAT_PROBE_ROWS) -> str | None:
+    """Why the stage's filters (``cur``, the ``accepted`` languages) would reject every one of the first ``rows`` rows
+    of a local file source, with the commonest reason and the first row it rejects, or None: `tempa plan` and the
+    run's start warn with it, where before a later stage failed on "all N rows were rejected" after the stages
+    ahead of it trained. A warning, not a refusal: the rows after the first may be kept."""
+    from tempa.sft.data import normalize_sample
+
+    try:
+        batch, places = _head_batch(source, rows)
+        normalized = normalize_sample(batch, source, cur, accepted) if places else []
+    except Exception:  # a file the run cannot read: check_inputs refuses it, in the run's words
+        return None
+    if not normalized or any(not isinstance(row, str) for row in normalized):
+        return None
+    reasons = collections.Counter(row.split(":")[0] for row in normalized)
+    commonest, count = reasons.most_common(1)[0]
+    place, why = next((place, row) for place, row in zip(places, normalized, strict=True)
+                      if row.split(":")[0] == commonest)
+    rows_read = "its one row" if len(normalized) == 1 else f"all of its first {len(normalized):,} rows"
+    return (f"data source '{source.name}': the stage's filters reject {rows_read} ({count:,} {commonest}; "
+            f"e.g. {place}: {why}); the run fails on a source with no rows left")
 
 
 def _drawn_conversations(source: SourceConfig) -> tuple[list[Any], int]:

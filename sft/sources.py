@@ -203,6 +203,46 @@ def check_source(source: SourceConfig) -> None:
         raise DataError(f"{describe(source)}: has no rows")
 
 
+HEAD_ROWS = 16  # rows of a CSV file the checks before the first stage parse: a bad header shows in them
+
+
+def check_source_rows(source: SourceConfig) -> None:
+    """What the sft pipeline refuses of a local file source as a whole once it reads it, found before the run's
+    first stage: a JSON document that does not parse (parsed whole, as the run parses it), a CSV or Parquet file
+    whose columns name no row format, or a CSV whose header or first rows do not parse. Raises :class:`DataError`
+    in the words the run uses. Only the header and first rows of a CSV or Parquet file are read, so a 30 GB file
+    costs no more than a small one; JSON Lines lines are rows of their own (a bad one is a reject, not a refusal).
+    """
+    from tempa.sft.formats import check_columns, spec_for
+
+    path = Path(source.path)
+    if not is_local(source) or not path.is_file():
+        return
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json" and not is_json_lines(path):
+            json_rows(path)
+            return
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            columns = list(pq.ParquetFile(path).schema_arrow.names)
+        elif suffix == ".csv":
+            import pandas as pd
+            from datasets.packaged_modules.csv.csv import CsvConfig
+
+            # as datasets' CSV builder reads it (a BOM dropped, its own quoting), first rows only
+            kwargs = {**CsvConfig().pd_read_csv_kwargs, "nrows": HEAD_ROWS, "chunksize": None}
+            columns = [str(name) for name in pd.read_csv(path, **kwargs).columns]
+        else:
+            return
+    except JsonFileError as exc:  # its message starts with the file (and line)
+        raise DataError(f"data source {source.name!r}: {exc}") from None
+    except Exception as exc:
+        raise DataError(f"{describe(source)}: could not be loaded: {first_line(exc)}") from None
+    check_columns(columns, spec_for(source), describe(source))
+
+
 def _check_encoding(source: SourceConfig, file: Path) -> None:
     if (problem := encoding_problem(file)) is not None:
         where = f"{name_below(file, Path(source.path))}: " if file != Path(source.path) else ""

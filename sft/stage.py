@@ -32,21 +32,30 @@ class SFTResult(StageResult):
 
 
 def check_inputs(config: SFTStageConfig) -> None:
-    """Before the run's first stage: every local source has rows to read (:func:`~tempa.sft.sources.check_source`),
-    so an empty file of a later stage is not found after the stages before it have trained."""
-    from tempa.sft.sources import check_source
+    """Before the run's first stage: every local source has rows to read (:func:`~tempa.sft.sources.check_source`)
+    in a file the run can parse and a format it can tell (:func:`~tempa.sft.sources.check_source_rows`), so an
+    empty file, a truncated JSON document or a CSV of unknown columns in a later stage is not found after the stages
+    before it have trained."""
+    from tempa.sft.sources import check_source, check_source_rows
 
     for source in config.data.sources:
         check_source(source)
+        check_source_rows(source)
 
 
 def input_warnings(config: SFTStageConfig) -> list[str]:
-    """Each local source whose first rows fit no row of its format (:func:`~tempa.sft.data_size.format_problem`), or
-    that is set to think and of whose rows drawn across it none has a trace (:func:`~tempa.sft.data_size.trace_problem`)."""
-    from tempa.sft.data_size import format_problem, trace_problem
+    """Each local source whose first rows fit no row of its format (:func:`~tempa.sft.data_size.format_problem`) or
+    pass none of the stage's filters (:func:`~tempa.sft.data_size.rejects_problem`), or that is set to think and of
+    whose rows drawn across it none has a trace (:func:`~tempa.sft.data_size.trace_problem`)."""
+    from tempa.sft.data_size import accepted_languages, format_problem, rejects_problem, trace_problem
 
-    return [problem for source in config.data.sources for check in (format_problem, trace_problem)
-            if (problem := check(source)) is not None]
+    accepted = accepted_languages(config)
+    problems = []
+    for source in config.data.sources:
+        # a format none of the first rows fits is the likelier mistake: the filters' reasons would only repeat it
+        first = format_problem(source) or rejects_problem(source, config.data.curation, accepted.get(source.name))
+        problems += [problem for problem in (first, trace_problem(source)) if problem is not None]
+    return problems
 
 
 def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:

@@ -210,3 +210,57 @@ def test_one_broken_line_among_english_rows_is_a_reject_not_a_foreign_file(tmp_p
     path.write_bytes(_jsonl_bytes([english] * 300, "utf-8") + '{"prompt": "Brand™", "response": "ok"}\n'.encode("cp1252")
                      + _jsonl_bytes([english] * 2000 + JAPANESE * 100, "utf-8"))  # its head's only non-ASCII line
     check_source(SourceConfig(name="mixed", path=str(path)))
+
+
+BROKEN_WHOLE = {
+    # a JSON document cut off mid-row: the run parses it whole when the stage prepares it
+    "cut.json": (lambda p: p.write_text('[\n {"prompt": "q", "response": "a"},\n {"prompt": "q2", "resp'),
+                 lambda p: f"data source 'bad': {p}:3: not valid JSON"),
+    "qa.csv": (lambda p: p.write_text("question,answer\nq,a\n"),
+               lambda p: f"data source 'bad' ({p}): cannot tell the row format from the columns (question, answer)"),
+    "qa.parquet": (lambda p: __import__("pyarrow.parquet").parquet.write_table(
+                       __import__("pyarrow").table({"question": ["q"], "answer": ["a"]}), p),
+                   lambda p: f"data source 'bad' ({p}): cannot tell the row format from the columns (question, answer)"),
+}
+
+
+@pytest.mark.parametrize("name", list(BROKEN_WHOLE))
+def test_a_later_stages_unreadable_file_is_refused_by_plan_and_run_before_the_first_stage(tmp_path, capsys, name):
+    """A truncated JSON document, or a CSV/Parquet file whose columns name no row format, in stage 2: the plan exited
+    0 and the run failed on it only after stage 1 had trained. Both refuse it now, in one line naming the file."""
+    from tempa.recipes.cli import main
+
+    write, said = BROKEN_WHOLE[name]
+    write(tmp_path / name)
+    (tmp_path / "rows.jsonl").write_text(json.dumps(ROW) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nbase_model: tempa:tiny\nstages:\n"
+                      "  - {name: s1, kind: sft, data: {sources: [{name: ok, path: rows.jsonl}]}}\n"
+                      f"  - {{name: s2, kind: sft, data: {{sources: [{{name: bad, path: {name}}}]}}}}\n")
+    for command in ("plan", "run"):
+        assert main([command, str(recipe), "--run-dir", str(tmp_path / "run")]) != 0
+        err = capsys.readouterr().err
+        assert f"stage 's2' would fail: {said(tmp_path / name)}" in err, err
+        assert "Traceback" not in err
+    assert not (tmp_path / "run" / "s1").exists()  # stage 1 never started
+
+
+def test_the_plan_warns_when_the_stages_filters_reject_every_first_row(tmp_path, capsys):
+    """English rows in a source that keeps only Japanese: the stage ahead trained, then this one failed on 'all rows
+    were rejected'. The plan reads the first rows through the stage's filters and names the commonest reason."""
+    from tempa.recipes.cli import main
+
+    (tmp_path / "rows.jsonl").write_text(json.dumps(ROW) + "\n")
+    (tmp_path / "en.jsonl").write_text("".join(
+        json.dumps({"prompt": f"How many apples does Alice have after buying {i} more at the market today?",
+                    "response": f"Alice has {i + 4} apples now, counting the ones she bought."}) + "\n"
+        for i in range(3)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nbase_model: tempa:tiny\nstages:\n"
+                      "  - {name: s1, kind: sft, data: {sources: [{name: ok, path: rows.jsonl}]}}\n"
+                      "  - {name: s2, kind: sft, data: {sources: [{name: en, path: en.jsonl, languages: [ja]}],"
+                      " curation: {language: true}}}\n")
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("warning: stage 's2': data source 'en': the stage's filters reject all of its first 3 rows (3 language; "
+            "e.g. line 1: language: detected 'en'") in out, out

@@ -36,8 +36,8 @@ Reports (in ``out_dir``; rows are conversations, tokens count every token of the
 - ``mix.json`` (:class:`tempa.sft.data_report.DataMix`): per source its size setting and thinking
   mode, ``rows_in`` (rows read), ``rows_curated`` (after the row filters), ``rows_tokenized`` /
   ``tokens_in`` (after the length limits), ``heldout_rows`` / ``heldout_tokens`` (copies of an
-  instruction held out together) and ``heldout_rows_trained_elsewhere`` (their instruction trains in
-  another source), ``rows_kept`` (with repeats when up-sampled), ``samples_kept``, ``tokens_kept``,
+  instruction held out together), ``heldout_rows_trained_elsewhere`` (their instruction trains in
+  another source) and ``heldout_rows_trained_earlier`` (an earlier stage trained the start model on it), ``rows_kept`` (with repeats when up-sampled), ``samples_kept``, ``tokens_kept``,
   ``trained_tokens_kept``, ``thinking_on_rows_kept``, ``tool_rows_kept``, ``share_of_tokens`` and rejects by reason, plus totals; the same
   table is logged.
 - ``rejects.jsonl``: ``{source, row, reason, detail, data}`` per rejected row, plus ``line`` (1-based)
@@ -142,6 +142,7 @@ logger = logging.getLogger(__name__)
 # 14: text read as NFC; 15: a turn's `thinking` key before its `reasoning` key (transformers' order).
 PIPELINE_VERSION = "15"
 MIX_FILE, REJECTS_FILE = "mix.json", "rejects.jsonl"
+INSTRUCTIONS_FILE = "instructions.npz"  # a cache entry's StageInstructions
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects
 
 _TOOL_CALL = {
@@ -191,6 +192,31 @@ _TOKENIZED = Features(
 TRAIN_COLUMNS = ["input_ids", "assistant_masks"]
 
 
+@dataclass(frozen=True)
+class StageInstructions:
+    """The instructions (:func:`_instruction_group` keys, as dedup normalises them) a prepared stage trains on, and
+    each source's held-out rows' instructions (one per row, in recipe order of the sources): what a later stage that
+    builds on this one's model checks its held-out rows against."""
+
+    trained: frozenset[int]
+    held: tuple[tuple[int, ...], ...] = ()
+
+    def write(self, path: Path) -> None:
+        arrays = {f"held_{i}": np.array(held, dtype=np.int64) for i, held in enumerate(self.held)}
+        with open(path, "wb") as out:  # (np.savez adds .npz to a name without it)
+            np.savez(out, trained=np.array(sorted(self.trained), dtype=np.int64), **arrays)
+
+    @classmethod
+    def read(cls, path: Path) -> StageInstructions | None:
+        """None for no file: a cache entry or stage of a tempa that did not record them."""
+        if not Path(path).is_file():
+            return None
+        with np.load(path) as data:
+            held = tuple(tuple(int(k) for k in data[f"held_{i}"])
+                         for i in range(sum(name.startswith("held_") for name in data.files)))
+            return cls(frozenset(int(k) for k in data["trained"]), held)
+
+
 @dataclass
 class PreparedData:
     """What ``prepare_sft_data`` hands the training stage.
@@ -207,6 +233,7 @@ class PreparedData:
     cache_path: Path
     train_path: Path
     eval_path: Path | None = None
+    instructions: StageInstructions | None = None  # None: a cache entry of a tempa that did not record them
 
 
 def prepare_sft_data(
@@ -218,6 +245,7 @@ def prepare_sft_data(
     seed: int,
     max_length: int | None = None,
     eval_prompts: EvalPrompts | None = None,
+    trained_before: frozenset[int] = frozenset(),
 ) -> PreparedData:
     """Build (or reuse from ``cache_dir``) the tokenised SFT data described by ``config``.
 
@@ -231,6 +259,9 @@ def prepare_sft_data(
             instead of being truncated, which would cut off the answer and its end-of-turn token.
         eval_prompts: the recipe's evaluation prompts; with ``curation.decontaminate`` a row whose
             instruction is one is rejected (``contaminated``).
+        trained_before: the instructions the stages before this one trained its start model on
+            (:class:`StageInstructions`); held-out rows with one of them are counted in mix.json
+            (``heldout_rows_trained_earlier``) and warned about: their eval loss is not on unseen prompts.
 
     Raises:
         DataError: one line naming the source, the row and what was expected, for a source that
@@ -266,14 +297,19 @@ def prepare_sft_data(
                     shutil.copyfile(build_dir / REJECTS_FILE, out_dir / REJECTS_FILE)
                 raise
             publish_build(build_dir, entry, COMPLETE, key + "\n")
-    return _open_entry(entry, out_dir, hit, config.sources)
+    return _open_entry(entry, out_dir, hit, config.sources, trained_before)
 
 
-def _open_entry(entry: Path, out_dir: Path, hit: bool, sources: Sequence[SourceConfig]) -> PreparedData:
+def _open_entry(entry: Path, out_dir: Path, hit: bool, sources: Sequence[SourceConfig],
+                trained_before: frozenset[int] = frozenset()) -> PreparedData:
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (MIX_FILE, REJECTS_FILE):
-        shutil.copyfile(entry / name, out_dir / name)
+    shutil.copyfile(entry / REJECTS_FILE, out_dir / REJECTS_FILE)
     mix = DataMix.read(entry / MIX_FILE)
+    instructions = StageInstructions.read(entry / INSTRUCTIONS_FILE)
+    if instructions is not None and trained_before:
+        # Counted after the cache: the same prepared rows serve a stage whatever trained before it.
+        mix = _count_heldout_trained_earlier(mix, instructions, sources, trained_before)
+    mix.write(out_dir / MIX_FILE)
     logger.info("SFT data mix (seed %s%s):\n%s", mix.seed, ", cached" if hit else "", mix.table())
     for source, stats in zip(sources, mix.sources, strict=True):
         if stats.rejects:
@@ -287,7 +323,23 @@ def _open_entry(entry: Path, out_dir: Path, hit: bool, sources: Sequence[SourceC
         cache_path=entry,
         train_path=entry / "train",
         eval_path=eval_path if eval_path.exists() else None,
+        instructions=instructions,
     )
+
+
+def _count_heldout_trained_earlier(mix: DataMix, instructions: StageInstructions, sources: Sequence[SourceConfig],
+                                   trained_before: frozenset[int]) -> DataMix:
+    """``mix`` with each source's held-out rows whose instruction an earlier stage trained the start model on
+    counted (``heldout_rows_trained_earlier``), one warning per source that has any."""
+    counted = []
+    for source, stats, held in zip(sources, mix.sources, instructions.held, strict=True):
+        n = sum(1 for group in held if group in trained_before)
+        if n:
+            logger.warning("%s: %d of its %d held-out rows have an instruction an earlier stage trained this stage's "
+                           "start model on; their eval loss is not on unseen prompts (hold out rows no earlier stage "
+                           "trains on, or the same heldout in the earlier stage)", describe(source), n, len(held))
+        counted.append(stats.model_copy(update={"heldout_rows_trained_earlier": n}))
+    return mix.model_copy(update={"sources": counted})
 
 
 # --- cache key ------------------------------------------------------------------------------------
@@ -490,6 +542,8 @@ def _build(
     if eval_index:
         everything.select(eval_index, new_fingerprint=_unhashed()).save_to_disk(str(build_dir / "eval"))
     _report(states, seed=seed, key=key, n_train=len(train), n_eval=len(eval_index)).write(build_dir / MIX_FILE)
+    StageInstructions(frozenset().union(*(state.trained_groups for state in states)),
+                      tuple(tuple(state.held_groups) for state in states)).write(build_dir / INSTRUCTIONS_FILE)
     del parts, everything, train
     remove_tree(work, [build_dir])
 

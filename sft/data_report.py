@@ -39,6 +39,9 @@ class SourceMix(BaseModel):
     heldout_rows_trained_elsewhere: int = Field(
         default=0, description="Held-out rows whose instruction another source trains on (their eval loss is not "
         "on unseen prompts); copies within the source are held out together.")
+    heldout_rows_trained_earlier: int = Field(
+        default=0, description="Held-out rows whose instruction an earlier stage trained this stage's start model on "
+        "(the same source in both stages, held out only in this one): their eval loss is not on unseen prompts.")
     rows_kept: int = Field(description="Rows in the training mix (repeats counted when up-sampled).")
     unique_rows_kept: int
     samples_kept: int

@@ -19,7 +19,7 @@ from tempa.sft.config import SFTStageConfig
 from tempa.sft.data_config import DataConfig
 from tempa.sft.data_report import DataMix
 from tempa.sft.run_layout import DATA_DIR, LOGS_DIR, TRAIN_PLAN
-from tempa.sft.stage_api import EvalPrompts, StageContext, StageError, StageResult
+from tempa.sft.stage_api import EvalPrompts, RunPath, StageContext, StageError, StageResult
 from tempa.sft.train_plan import WORKER, TrainOutcome, TrainPlan, train_plan
 
 __all__ = ["SFTResult", "SFTStageConfig", "run_sft"]
@@ -29,6 +29,24 @@ class SFTResult(StageResult):
     """An sft stage's result: its model and checkpoints, plus the data mix it trained on."""
 
     data: DataMix
+    # What this stage and the sft stages its start model came from trained on (data/instructions.npz,
+    # :class:`~tempa.sft.data.StageInstructions`): a later stage that builds on its model checks its held-out rows
+    # against it. None in a result of a tempa that did not record it.
+    instructions: RunPath | None = None
+
+
+def trained_before(ctx: StageContext) -> frozenset[int]:
+    """The instructions the sft stages behind this stage's start model trained on (their ``instructions``), read
+    from the upstream stage whose model this one starts from; empty for the base model or a stage that did not record
+    them."""
+    from tempa.sft.data import StageInstructions
+
+    for stage in ctx.upstream.values():
+        result = stage.result
+        if isinstance(result, SFTResult) and result.model == ctx.start_model and result.instructions is not None:
+            read = StageInstructions.read(result.instructions)
+            return read.trained if read is not None else frozenset()
+    return frozenset()
 
 
 def check_inputs(config: SFTStageConfig) -> None:
@@ -61,12 +79,13 @@ def input_warnings(config: SFTStageConfig) -> list[str]:
 def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
     from transformers import AutoTokenizer
 
-    from tempa.sft.data import prepare_sft_data
+    from tempa.sft.data import INSTRUCTIONS_FILE, StageInstructions, prepare_sft_data
 
     data_dir = ctx.stage_dir / DATA_DIR
     train_args = config.train_args()
     tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
     ctx.log.info("%s: %s", ctx.stage_name, decontamination_summary(config.data, ctx.eval_prompts))
+    earlier = trained_before(ctx)
     prepared = prepare_sft_data(
         resolve_stage_sources(config.data, ctx),
         tokenizer,
@@ -75,7 +94,13 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
         seed=ctx.seed,
         max_length=train_args.get("max_length"),
         eval_prompts=ctx.eval_prompts,
+        trained_before=earlier,
     )
+    instructions = None
+    if prepared.instructions is not None:
+        # the start model's whole lineage, so a third stage checks against the first one's rows too
+        instructions = data_dir / INSTRUCTIONS_FILE
+        StageInstructions(prepared.instructions.trained | earlier).write(instructions)
     if len(prepared.train) == 0:
         raise StageError(f"no training rows left after curation (see {data_dir / 'mix.json'})")
     # The launched processes memory-map the tokenised splits straight from the cache.
@@ -93,7 +118,7 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
     metrics = {**outcome.headline(), "train_samples": mix.total.train_samples, "eval_samples": mix.total.eval_samples,
                "data_tokens": mix.total.tokens_kept, "thinking_on_rows": mix.total.thinking_on_rows_kept}
     return SFTResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir),
-                     metrics=metrics, data=mix,
+                     metrics=metrics, data=mix, instructions=instructions,
                      notes=[*decontamination_notes(config.data, ctx.eval_prompts), *mix.rejecting_sources(),
                             *mix.traceless_sources()])
 

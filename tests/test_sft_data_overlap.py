@@ -202,3 +202,24 @@ def test_a_recipe_without_evaluation_prompts_is_not_said_to_check_against_zero(t
     unread = EvalPrompts(unchecked=("suite 'hub' of stage 'evaluate' (org/set: a hub dataset)",))
     assert decontamination_summary(cfg, unread).endswith("not checked: suite 'hub' of stage 'evaluate' (org/set: a "
                                                          "hub dataset)")
+
+
+def test_held_out_rows_an_earlier_stage_trained_on_are_counted_and_warned(
+    tmp_path: Path, tokenizer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same source in two stages, held out only in the second: its eval loss was on prompts the first stage had
+    trained the start model on, and mix.json said heldout_rows_trained_elsewhere: 0."""
+    write_jsonl(tmp_path / "a.jsonl", [chat(f"Ulangi kata nomor {i}", f"kata {i}") for i in range(10)])
+    first = prepare(tmp_path, config(tmp_path, [{"name": "a", "path": "a.jsonl", "heldout": 0}]), tokenizer,
+                    out="s1")
+    assert first.instructions is not None and len(first.instructions.trained) == 10  # all ten trained
+    second_cfg = config(tmp_path, [{"name": "a", "path": "a.jsonl", "heldout": 3}])
+    for _ in ("built", "cached"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tempa"):
+            (stats,) = prepare(tmp_path, second_cfg, tokenizer, trained_before=first.instructions.trained).mix.sources
+        assert (stats.heldout_rows, stats.heldout_rows_trained_earlier) == (3, 3)
+        assert DataMix.read(tmp_path / "out" / "mix.json").sources[0].heldout_rows_trained_earlier == 3
+        assert "3 of its 3 held-out rows have an instruction an earlier stage trained" in caplog.text
+    (alone,) = prepare(tmp_path, second_cfg, tokenizer).mix.sources  # the first stage of a recipe: none
+    assert alone.heldout_rows_trained_earlier == 0

@@ -44,8 +44,8 @@ def config(folder: Path, sources: list[dict], **extra: Any) -> DataConfig:
 
 
 def prepare(folder: Path, cfg: DataConfig, tokenizer: Any, *, seed: int = 0, cache: str = "cache",
-            max_length: int | None = None, **extra: Any) -> PreparedData:
-    return prepare_sft_data(cfg, tokenizer, out_dir=folder / "out", cache_dir=folder / cache, seed=seed,
+            max_length: int | None = None, out: str = "out", **extra: Any) -> PreparedData:
+    return prepare_sft_data(cfg, tokenizer, out_dir=folder / out, cache_dir=folder / cache, seed=seed,
                             max_length=max_length, **extra)
 
 

@@ -7,6 +7,7 @@ Rows are conversations; tokens count every token of the rendered samples.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -131,14 +132,15 @@ class DataMix(BaseModel):
                 "its rows; rejects.jsonl in the stage folder has each one and why"
                 for s in self.sources if s.rows_in and sum(s.rejected_rows.values()) >= share * s.rows_in]
 
-    def traceless_sources(self) -> list[str]:
-        """One line per source asked to think (`on` or `mixed`) none of whose kept rows has a reasoning trace: it trains
-        as thinking off, which a reasoning-distillation set never means (its trace field spelt otherwise, say)."""
+    def traceless_sources(self, asked: Collection[str] | None = None) -> list[str]:
+        """One line per source asked to think (`on` or `mixed`; of ``asked`` only, when given: the sources whose recipe
+        set the mode) none of whose kept rows has a reasoning trace: it trains as thinking off, which a
+        reasoning-distillation set never means (its trace field spelt otherwise, say)."""
         return [f"source '{s.name}' has thinking_mode {s.thinking_mode}, but none of its {s.rows_kept} kept rows has a "
                 "reasoning trace, so it trains with thinking off: tempa reads a turn's reasoning_content, thinking "
                 f"or reasoning, or a {THINK_OPEN} block in its answer (columns.reasoning names another field)"
                 for s in self.sources if s.thinking_mode in ("on", "mixed") and s.rows_kept
-                and not s.thinking_on_rows_kept]
+                and not s.thinking_on_rows_kept and (asked is None or s.name in asked)]
 
     def table(self) -> str:
         """The mix as a plain-text table (rows and tokens per source, in and kept).

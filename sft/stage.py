@@ -73,6 +73,13 @@ def input_warnings(config: SFTStageConfig) -> list[str]:
         # a format none of the first rows fits is the likelier mistake: the filters' reasons would only repeat it
         first = format_problem(source) or rejects_problem(source, config.data.curation, accepted.get(source.name))
         problems += [problem for problem in (first, trace_problem(source)) if problem is not None]
+    if config.data.curation.language is None:
+        # `languages` names the targets of the language filter alone: without the filter it keeps every row
+        unfiltered = [source.name for source in config.data.sources if source.languages]
+        if unfiltered:
+            problems.append(f"data source{'s' if len(unfiltered) > 1 else ''} {', '.join(map(repr, unfiltered))} "
+                            "set `languages`, but the stage's language filter is off, so no row is checked against "
+                            "them: set `curation: {language: true}` (or its settings) to filter")
     return problems
 
 
@@ -109,7 +116,11 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
     plan = train_plan(ctx, trainer="sft", start_model=ctx.start_model, train_data=prepared.train_path,
                       eval_data=eval_path, out_dir=ctx.stage_dir, train_args=train_args, seed=ctx.seed,
                       lora=config.lora)
-    for line in [*prepared.mix.rejecting_sources(), *prepared.mix.traceless_sources()]:
+    # `on` is the default, which renders each row in the mode its text fits: only a source the recipe set to think
+    # (or to mix) says it expects traces
+    asked = {source.name for source in config.data.sources if "thinking_mode" in source.model_fields_set}
+    data_notes = [*prepared.mix.rejecting_sources(), *prepared.mix.traceless_sources(asked)]
+    for line in data_notes:
         ctx.log.warning("%s: %s", ctx.stage_name, line)
     outcome = launch_training(plan, ctx)
     mix = prepared.mix
@@ -119,8 +130,9 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
                "data_tokens": mix.total.tokens_kept, "thinking_on_rows": mix.total.thinking_on_rows_kept}
     return SFTResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir),
                      metrics=metrics, data=mix, instructions=instructions,
-                     notes=[*decontamination_notes(config.data, ctx.eval_prompts), *mix.rejecting_sources(),
-                            *mix.traceless_sources()])
+                     # named by stage: two stages reading one source gave the run's closing notes one line twice
+                     notes=[f"{ctx.stage_name}: {line}" for line in
+                            [*decontamination_notes(config.data, ctx.eval_prompts), *data_notes]])
 
 
 def decontamination_notes(data: DataConfig, prompts: EvalPrompts) -> list[str]:

@@ -782,3 +782,30 @@ def test_a_source_asked_to_think_whose_rows_have_no_trace_is_named(tmp_path: Pat
     lines = mix.traceless_sources()
     assert len(lines) == 1 and lines[0].startswith("source 'fikir' has thinking_mode on, but none of its 10 kept rows"), \
         lines
+    # `on` is also the default, which renders each row in the mode its text fits: only a source whose recipe set the
+    # mode is warned of (a plain source left at the default was warned of as a broken trace field)
+    assert mix.traceless_sources(asked={"traced", "plain"}) == []
+    assert mix.traceless_sources(asked={"fikir"}) == lines
+
+
+def test_a_runs_closing_notes_name_the_stage_and_leave_a_default_mode_source_alone(tmp_path, tiny_model_dir):
+    """The closing notes repeated "source 'ja': 11 of 35 rows rejected..." once per stage that read the source, naming
+    neither; and a plain source left at the default thinking_mode (`on`) was warned of as a broken trace field."""
+    from sft_helpers import sft_recipe
+    from tempa.recipes.loader import load_recipe
+    from tempa.recipes.runner import run_recipe
+
+    plain = [{"messages": [{"role": "user", "content": f"Ulangi nombor {i}, tolong."},
+                           {"role": "assistant", "content": f"Nombor {i}."}]} for i in range(12)]
+    broken = [{"messages": [{"role": "assistant", "content": "no question"}]} for _ in range(6)]
+    write_jsonl(tmp_path / "half.jsonl", plain + broken)
+    train = "train: {max_steps: 1, per_device_train_batch_size: 4, max_length: 128, save_steps: 1}"
+    stages = "".join(f"""
+      - name: {name}
+        kind: sft
+        data: {{sources: [{{name: half, path: half.jsonl}}]}}
+        {train}
+    """ for name in ("s1", "s2"))
+    summary = run_recipe(load_recipe(sft_recipe(tmp_path, tiny_model_dir, stages=stages)), tmp_path / "run")
+    assert [note.split(": source 'half'")[0] for note in summary.notes if "source 'half'" in note] == ["s1", "s2"]
+    assert not any("reasoning trace" in note for note in summary.notes), summary.notes

@@ -264,3 +264,22 @@ def test_the_plan_warns_when_the_stages_filters_reject_every_first_row(tmp_path,
     out = " ".join(capsys.readouterr().out.split())
     assert ("warning: stage 's2': data source 'en': the stage's filters reject all of its first 3 rows (3 language; "
             "e.g. line 1: language: detected 'en'") in out, out
+
+
+def test_the_plan_warns_that_a_sources_languages_filter_nothing_without_the_language_filter(tmp_path, capsys):
+    """`languages: [ja]` on a source, no `curation.language`: English rows trained without a word (the filter is off
+    unless set, and `languages` only names its targets)."""
+    from tempa.recipes.cli import main
+
+    (tmp_path / "rows.jsonl").write_text(json.dumps(ROW) + "\n")
+    recipe = tmp_path / "r.yaml"
+    stage = "  - {name: s1, kind: sft, data: {sources: [{name: ja, path: rows.jsonl, languages: [ja]}, " \
+            "{name: all, path: rows.jsonl}]%s}}\n"
+    recipe.write_text("name: r\nbase_model: tempa:tiny\nstages:\n" + stage % "")
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("warning: stage 's1': data source 'ja' set `languages`, but the stage's language filter is off, so no row "
+            "is checked against them: set `curation: {language: true}`") in out, out
+    recipe.write_text("name: r\nbase_model: tempa:tiny\nstages:\n" + stage % ", curation: {language: true}")
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
+    assert "language filter is off" not in capsys.readouterr().out

@@ -182,7 +182,9 @@ class SourceConfig(_Strict):
         gt=0,
         description=(
             "Fraction of the source's kept rows to train on; above 1 up-samples (2.0 = every row twice, "
-            "2.5 = twice plus a random half)."
+            "2.5 = twice plus a random half). The count is rounded to the nearest row, a half to the even count "
+            "(11 rows x 1.5 = 16.5 -> 16; 13 x 1.5 = 19.5 -> 20), unlike `thinking_ratio`, which rounds a half up: "
+            "changing it would change the rows every existing recipe trains on."
         ),
     )
     rows: int | None = Field(

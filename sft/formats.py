@@ -442,9 +442,14 @@ def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> Conversation:
         raise RowError(f"expected a JSON object per row, got {type(row).__name__}")
     fmt = detect_format(row, spec)
     if fmt is None:
+        # a column that is there but null (an empty CSV cell, "response": null) counts as absent: say which
+        read = {*spec.messages, *spec.prompt, *spec.response, *spec.instruction, *spec.output}
+        empty = [key for key in sorted(row) if key in read and _is_missing(row[key])]
         raise RowError(
             f"expected 'messages', 'conversations', 'prompt'+'response' or 'instruction'+'output'; "
             f"found keys {sorted(row)}"
+            + (f", but {' and '.join(map(repr, empty))} {'is' if len(empty) == 1 else 'are'} null (empty)"
+               if empty else "")
         )
     tools_key = _first_present(row, spec.tools)
     tools = tools_of(row[tools_key], repr(tools_key)) if tools_key else None

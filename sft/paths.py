@@ -117,6 +117,9 @@ def _without_suffix(name: str) -> str:
     return next((name[: -len(suffix)] for suffix in _LOCAL_SUFFIXES if lower.endswith(suffix)), name)
 
 
+_RECIPE_SUFFIXES = (".yaml", ".yml")
+
+
 def _nearest_existing(missing: Path) -> Path | None:
     """The existing path ``missing`` likely meant: from its deepest existing folder, each name that is not there
     replaced by the closest one that is (`data/ja_chat.jsonl` -> `data/ja_chats.jsonl`, `dta/x.jsonl` ->
@@ -130,6 +133,9 @@ def _nearest_existing(missing: Path) -> Path | None:
             names = [entry.name for entry in found.iterdir()]
         except OSError:  # a file, or a folder that cannot be read
             return None
+        if part == missing.name and not part.lower().endswith(_RECIPE_SUFFIXES):
+            # a recipe beside the data (r_nope.jsonl.yaml for nope.jsonl) is never the data file meant
+            names = [name for name in names if not name.lower().endswith(_RECIPE_SUFFIXES)]
         hint = closest(part, names)
         if hint is None:
             return None

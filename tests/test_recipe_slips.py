@@ -412,3 +412,16 @@ def test_export_of_a_run_whose_final_link_dangles_says_why(tmp_path, monkeypatch
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == ("tempa: error: runs/swallow-ja: the run has no final model now: runs/swallow-ja/final points at "
                     "bake/final, which a stopped re-run removed (sft (failed)); run `tempa run` to finish it")
+
+
+def test_a_missing_data_file_is_never_offered_a_recipe_as_the_file_it_meant(tmp_path, capsys):
+    """`path: ./nope.jsonl` beside the recipe r_nope.jsonl.yaml: "did you mean './r_nope.jsonl.yaml'?"."""
+    (tmp_path / "r_nope.jsonl.yaml").write_text(textwrap.dedent("""
+        name: t
+        base_model: tempa:tiny
+        stages:
+          - {name: s, kind: sft, data: {sources: [{name: x, path: ./nope.jsonl}]}}
+        """), encoding="utf-8")
+    assert main(["plan", str(tmp_path / "r_nope.jsonl.yaml"), "--run-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"local path does not exist: {tmp_path / 'nope.jsonl'}, got './nope.jsonl'"), err

@@ -185,6 +185,19 @@ def test_an_unknown_role_in_a_prompts_file_is_told_what_roles_there_are(tmp_path
         normalize_row({"messages": [{"role": "customer", "content": "Halo"}]}, spec_for(_src(tmp_path)))
 
 
+def test_a_row_whose_answer_is_null_is_named_by_its_null_column(tmp_path: Path) -> None:
+    """`{"prompt": ..., "response": null}` said "expected ... 'prompt'+'response' ...; found keys ['prompt',
+    'response']": both named keys were there, and the message never said which one was null."""
+    spec = spec_for(_src(tmp_path))
+    with pytest.raises(RowError) as err:
+        normalize_row({"prompt": "What is three plus three?", "response": None}, spec)
+    assert str(err.value).endswith("found keys ['prompt', 'response'], but 'response' is null (empty)")
+    with pytest.raises(RowError) as err:
+        normalize_row({"instruction": None, "output": None, "id": 3}, spec)
+    assert str(err.value).endswith("found keys ['id', 'instruction', 'output'], but 'instruction' and 'output' are "
+                                   "null (empty)")
+
+
 def test_a_sources_tools_column_can_be_named(tmp_path: Path) -> None:
     """`columns: {tools: functions}` was refused as an unknown field, and rows whose definitions sit in another
     column trained without them; prompts (`tools_field`) and offline pairs could name theirs."""
@@ -446,6 +459,8 @@ def test_sizes_by_weight_rows_and_tokens(tmp_path: Path) -> None:
     spent = sum(tokens[candidates.index(c)] for c in budget)
     assert 1000 - max(tokens) < spent <= 1000 and len(budget) > 40  # cycled past one epoch
     assert select_rows(candidates, tokens, _src(tmp_path), 1) == candidates
+    # a half row rounds to the even count, as the docs of `weight` say: 11 x 1.5 = 16.5 -> 16, 13 x 1.5 = 19.5 -> 20
+    assert [len(select_rows(list(range(n)), [10] * n, _src(tmp_path, weight=1.5), 1)) for n in (11, 13)] == [16, 20]
     # Deterministic under the seed, different across seeds.
     assert half == select_rows(candidates, tokens, _src(tmp_path, weight=0.5), 1)
     assert half != select_rows(candidates, tokens, _src(tmp_path, weight=0.5), 2)

@@ -79,7 +79,7 @@ def engine_kwargs(
         "enforce_eager": enforce_eager,
         "trust_remote_code": trust_remote_code,
         "seed": seed,
-        "load_format": "safetensors",  # never unpickle a checkpoint (engine_args may say otherwise, explicitly)
+        "load_format": "safetensors",  # never unpickle a checkpoint (the config refuses engine_args that would)
     }
     if max_model_len is not None:
         kwargs["max_model_len"] = max_model_len

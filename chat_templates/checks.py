@@ -113,7 +113,10 @@ def check_assistant_mask(ctx: _Context) -> tuple[bool, str]:
     """b. Every assistant turn is trained through its end-of-turn token, nothing else is; the last turn's span
     is exactly the tokens generated after the prompt."""
     eot_id = ctx.tokenizer.convert_tokens_to_ids(end_of_turn_token(ctx.template))
-    special = set(ctx.tokenizer.all_special_ids) | set(ctx.tokenizer.get_added_vocab().values())
+    # Special tokens, the headers among them (Llama 3's are added tokens marked special, and not all named as such);
+    # not the added tokens a model writes as text, marked not special: Qwen2.5's <tool_call>, Qwen3's <think>
+    special = set(ctx.tokenizer.all_special_ids) | {
+        token_id for token_id, token in ctx.tokenizer.added_tokens_decoder.items() if token.special}
     for probe, mode in _cases():
         where = f"{probe.name} [{mode}]"
         prompt_only = tokenize_chat(
@@ -158,8 +161,10 @@ def _turn_spans_problem(ctx: _Context, messages: list[dict[str, Any]], chat: Any
         span = chat.input_ids[start:end]
         if span[-1] != eot_id:
             return f"a trained span does not end on the end-of-turn token: {ctx.decode(span)!r}"
-        if any(token in special for token in span[:-1]):
-            return f"a trained span holds a header or other special token: {ctx.decode(span)!r}"
+        inside = next((token for token in span[:-1] if token in special), None)
+        if inside is not None:
+            return (f"a trained span holds the special token {ctx.decode([inside])!r} (a header or other special "
+                    f"token): {ctx.decode(span)!r}")
     return None
 
 

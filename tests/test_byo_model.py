@@ -63,6 +63,28 @@ def test_a_qwen_instruct_base_bakes_into_a_final_folder_the_bake_stage_accepts(
     check_generation_config(out)  # the final bake stage's own check: raises on a pad that is a stop id
 
 
+def test_a_tokenizer_with_qwens_text_tokens_bakes_and_trains_them(tmp_path: Path) -> None:
+    """Qwen2.5 ships <tool_call> and </tool_call>, Qwen3 also <think> and </think>, as added tokens marked not
+    special: the model writes them. The mask check counted every added token as a header, so no real Qwen tokenizer
+    could be baked ("a trained span holds a header or other special token"), and `tempa run` stopped at once."""
+    from tokenizers import AddedToken
+
+    folder = tmp_path / "qwen3-like"
+    tokenizer = qwen_tokenizer(folder, eos="<|im_end|>")
+    tokenizer.add_tokens([AddedToken(text, special=False, normalized=False)
+                          for text in ("<tool_call>", "</tool_call>", "<think>", "</think>")])
+    tokenizer.save_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen2", "vocab_size": len(tokenizer) + 64}))
+    out = bake_tokenizer(folder, "chatml_thinking", tmp_path / "final", model_dir=folder)
+    baked = AutoTokenizer.from_pretrained(out)
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert all(result.passed for result in check_tokenizer(baked, generation_config=generation))
+    # and they are one token each in what trains: the template's text encodes to them
+    think, call = baked.convert_tokens_to_ids(["<think>", "<tool_call>"])
+    assert baked.encode("<think>\n", add_special_tokens=False)[0] == think
+    assert baked.encode("<tool_call>\n", add_special_tokens=False)[0] == call
+
+
 def _alpaca_spec():
     from tempa.sft.formats import FormatSpec
 

@@ -544,7 +544,10 @@ def _lora_config(plan: TrainPlan):
     lora = plan.lora
     return LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
                       target_modules=lora.target_modules, modules_to_save=lora.modules_to_save,
-                      use_rslora=lora.use_rslora, use_dora=lora.use_dora, task_type="CAUSAL_LM")
+                      use_rslora=lora.use_rslora, use_dora=lora.use_dora, task_type="CAUSAL_LM",
+                      # a tied base (Qwen's small models, Llama 3.2) stays tied: else modules_to_save: [embed_tokens]
+                      # untied it on merging and left the output head untrained, [embed_tokens, lm_head] two copies
+                      ensure_weight_tying=True)
 
 
 def _quantised_init(plan: TrainPlan, init: dict[str, Any] | None) -> dict[str, Any] | None:

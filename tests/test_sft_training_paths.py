@@ -146,3 +146,31 @@ def test_lora_trains_the_modules_to_save_whole_and_merges_them(tmp_path, tiny_mo
     whole_model = sum(t.numel() for t in start.values()) + adapters + vocab * hidden  # + peft's trained copy
     line = f"LoRA trains {adapters + vocab * hidden:,} of the model's {whole_model:,} parameters"
     assert line in (stage / "logs" / "train.log").read_text()
+
+
+def test_lora_modules_to_save_keep_a_tied_base_tied(tmp_path, tiny_model_dir):
+    """On a base with tied embeddings (small Qwen models, Llama 3.2), `modules_to_save: [embed_tokens]` untied it on
+    merging: the final model grew an lm_head that was the old embedding, so a new language's tokens were learnt as
+    inputs and never as outputs."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    tied = tmp_path / "tied"
+    shutil.copytree(tiny_model_dir, tied)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    model.save_pretrained(tied)
+    recipe = sft_recipe(tmp_path, tied, max_steps=2, save_steps=2)
+    loaded = load_recipe(recipe, ["stages.sft.lora={r: 4, lora_alpha: 8, lora_dropout: 0.0, "
+                                  "target_modules: [q_proj], modules_to_save: [embed_tokens]}",
+                                  "stages.sft.train.learning_rate=5e-2"])
+    run_recipe(loaded, tmp_path / "run")
+    final = tmp_path / "run" / "sft" / "final"
+    assert json.loads((final / "config.json").read_text())["tie_word_embeddings"] is True
+    merged, start = load_file(str(final / "model.safetensors")), load_file(str(tied / "model.safetensors"))
+    assert "lm_head.weight" not in merged  # one matrix, read back as both ends
+    assert not torch.equal(merged["model.embed_tokens.weight"], start["model.embed_tokens.weight"])
+    reloaded = AutoModelForCausalLM.from_pretrained(final)
+    assert torch.equal(reloaded.lm_head.weight, reloaded.model.embed_tokens.weight)

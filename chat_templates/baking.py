@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tempa.chat_templates.checks import check_tokenizer
-from tempa.chat_templates.templates import TemplateDefaults, load_template, with_defaults
+from tempa.chat_templates.templates import TemplateDefaults, available_templates, load_template, with_defaults
 from tempa.chat_templates.thinking import end_of_turn_token
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class PadChoice:
 
 
 def choose_pad_token(
-    tokenizer: Any, end_of_turn: str, requested: str | None = None, stop_ids: Collection[int] = ()
+    tokenizer: Any, end_of_turn: str, requested: str | None = None, stop_ids: Collection[int] = (), template: str = ""
 ) -> PadChoice:
     """Pick a pad token that is neither eos, the end-of-turn token nor any other stop id (``stop_ids``: those the
     baked generation config will list), preferring ones already in the vocabulary.
@@ -80,11 +80,14 @@ def choose_pad_token(
     """
     vocab = tokenizer.get_vocab()
     forbidden = {tokenizer.eos_token, end_of_turn, *tokenizer.convert_ids_to_tokens(list(stop_ids))}
+    # a token the template writes (ChatML's <|im_start|> in every turn): collators that mask padding by id would
+    # mask it too, and the model would never learn to write it
+    forbidden |= {token for token in tokenizer.get_added_vocab() if token and token in template}
     if requested is not None:
         if requested in forbidden:
             raise ValueError(
-                f"pad token {requested!r} is the eos, the end-of-turn token or a stop id of the generation config; "
-                "padding must differ from all of them"
+                f"pad token {requested!r} is the eos, the end-of-turn token, a stop id of the generation config or a "
+                "token the chat template writes; padding must differ from all of them (an unused token)"
             )
         if requested in vocab:
             return PadChoice(requested, added=False, reason=f"pad token {requested!r} as requested")
@@ -122,8 +125,19 @@ def check_fits(tokenizer: Any, template: str, where: str | os.PathLike) -> str:
     if len(tokenizer.encode(end_of_turn, add_special_tokens=False)) != 1:
         raise ValueError(
             f"{where}: the template's end-of-turn token {end_of_turn} is not a single token of this tokenizer"
+            + _fitting_template(tokenizer)
         )
     return end_of_turn
+
+
+def _fitting_template(tokenizer: Any) -> str:
+    """'; ... set chat_template: chatml_thinking' when a shipped template's end-of-turn token is one token of
+    ``tokenizer`` (a ChatML base under the default llama3_thinking), else ''."""
+    for name in available_templates():
+        token = end_of_turn_token(load_template(name))
+        if len(tokenizer.encode(token, add_special_tokens=False)) == 1:
+            return f"; {name} fits it ({token} is one token): set `chat_template: {name}`"
+    return ""
 
 
 def plan_pad(
@@ -141,7 +155,7 @@ def plan_pad(
     eot_ids = tokenizer.encode(end_of_turn, add_special_tokens=False)
     generation_config = _base_generation_config(model_dir, tokenizer_dir)
     stops = stop_token_ids(generation_config.get("eos_token_id"), tokenizer.eos_token_id, eot_ids[0])
-    choice = choose_pad_token(tokenizer, end_of_turn, requested=pad_token, stop_ids=stops)
+    choice = choose_pad_token(tokenizer, end_of_turn, requested=pad_token, stop_ids=stops, template=template)
     model_vocab = model_vocab_size(model_dir)
     new_id = len(tokenizer)  # the id add_special_tokens gives a new token
     if choice.added and model_vocab is not None and new_id >= model_vocab:

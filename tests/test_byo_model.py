@@ -85,6 +85,18 @@ def test_a_tokenizer_with_qwens_text_tokens_bakes_and_trains_them(tmp_path: Path
     assert baked.encode("<tool_call>\n", add_special_tokens=False)[0] == call
 
 
+def test_a_chatml_base_under_the_default_llama3_template_is_told_which_template_fits(tmp_path: Path) -> None:
+    """A recipe without `chat_template` (llama3_thinking) on a ChatML base failed with "<|eot_id|> is not a single
+    token of this tokenizer", naming no way out."""
+    folder = tmp_path / "qwen"
+    qwen_tokenizer(folder, eos="<|im_end|>")
+    with pytest.raises(ValueError) as err:
+        bake_tokenizer(folder, "llama3_thinking", tmp_path / "final")
+    assert str(err.value).endswith("the template's end-of-turn token <|eot_id|> is not a single token of this "
+                                   "tokenizer; chatml_thinking fits it (<|im_end|> is one token): set "
+                                   "`chat_template: chatml_thinking`"), str(err.value)
+
+
 def _alpaca_spec():
     from tempa.sft.formats import FormatSpec
 

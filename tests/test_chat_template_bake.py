@@ -190,3 +190,22 @@ def test_overwrite_never_replaces_a_model_folder(tiny_model_dir: Path, tmp_path:
         bake_tokenizer(model, "llama3_thinking", model, overwrite=True)
     assert sorted(p.name for p in model.iterdir()) == before
     assert _leftovers(tmp_path) == []
+
+
+def test_a_pad_token_the_template_writes_is_refused(tmp_path: Path) -> None:
+    """`--pad-token "<|im_start|>"` was accepted on a ChatML base ("pad token '<|im_start|>' as requested", every
+    check passed), though the template writes it in every turn: masking padding by id hides it from the loss."""
+    from transformers import PreTrainedTokenizerFast
+
+    from tempa.recipes import tiny
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tiny.byte_level_bpe(["user assistant system Xin chào"] * 20, specials, 300),
+        eos_token="<|im_end|>", additional_special_tokens=specials[1:])
+    template = load_template("chatml_thinking")
+    with pytest.raises(ValueError, match="a token the chat template writes"):
+        choose_pad_token(tokenizer, "<|im_end|>", requested="<|im_start|>", template=template)
+    assert choose_pad_token(tokenizer, "<|im_end|>", requested="<|endoftext|>", template=template).token == \
+        "<|endoftext|>"
+    assert choose_pad_token(tokenizer, "<|im_end|>", template=template).token not in template

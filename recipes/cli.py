@@ -302,7 +302,9 @@ def _starts_from(decision, decisions) -> str:
 
 def _cmd_plan(args) -> int:
     import yaml
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from tempa.recipes.loader import load_recipe
     from tempa.recipes.runner import (
@@ -335,21 +337,21 @@ def _cmd_plan(args) -> int:
     check_stage_inputs(loaded, decisions)  # what the run would refuse before its first stage
     _check_base_tokenizer(loaded)
     console = _console()
-    console.print(f"[bold]recipe[/bold] {loaded.path}" + (
-        f" (extends {', '.join(str(f) for f in loaded.files[:-1])})" if len(loaded.files) > 1 else ""))
-    console.print(f"[bold]run dir[/bold] {run_dir.resolve()}")
+    console.print(f"[bold]recipe[/bold] {escape(str(loaded.path))}" + (
+        f" (extends {escape(', '.join(str(f) for f in loaded.files[:-1]))})" if len(loaded.files) > 1 else ""))
+    console.print(f"[bold]run dir[/bold] {escape(str(run_dir.resolve()))}")
     console.print("[bold]resolved recipe[/bold]")
     console.print(yaml.safe_dump(loaded.resolved(compact=True), sort_keys=False, allow_unicode=True), markup=False)
     table = Table(title="stages, in run order")
     for column in ("#", "stage", "kind", "starts from", "action", "why", "fingerprint"):
         table.add_column(column)
     for d in decisions:
-        table.add_row(str(d.index + 1), d.name, d.kind, _starts_from(d, decisions), d.action, d.reason,
-                      d.fingerprint[:12])
+        table.add_row(*map(Text, (str(d.index + 1), d.name, d.kind, _starts_from(d, decisions), d.action, d.reason,
+                                  d.fingerprint[:12])))
     console.print(table)
     _print_train_args(console, loaded)
     for line in decontamination_lines(loaded):
-        console.print(f"[bold]evaluation prompts[/bold] {line}", highlight=False)
+        console.print(f"[bold]evaluation prompts[/bold] {escape(line)}", highlight=False)
     from tempa.merge.bake import planned_thinking_default_warning
 
     warnings = environment_problems(loaded, decisions, here=not args.hardware)  # `tempa run` in this shell refuses these
@@ -361,7 +363,7 @@ def _cmd_plan(args) -> int:
 
     warnings += selection_notes(loaded.stages)  # what the merge's selection needs that only the run can tell
     for problem in warnings:
-        console.print(f"[yellow]warning:[/yellow] {problem}", markup=True, highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {escape(problem)}", markup=True, highlight=False)
     if args.hardware:
         from tempa.recipes.estimate import render_estimate
 
@@ -393,6 +395,8 @@ def _check_base_tokenizer(loaded) -> None:
 
 def _print_train_args(console, loaded) -> None:
     """Each training stage's effective trainer arguments: the recipe's `train:` over tempa's defaults."""
+    from rich.markup import escape
+
     from tempa.recipes.registry import stage_kind
 
     for config in loaded.stages:
@@ -401,11 +405,12 @@ def _print_train_args(console, loaded) -> None:
         own = getattr(config, "train", {})
         args = ", ".join(f"{key}={json.dumps(value, default=str)}" + ("" if key in own else "*")
                          for key, value in config.train_args().items())
-        console.print(f"[bold]training arguments of {config.name}[/bold] (* tempa's default): {args}")
+        console.print(f"[bold]training arguments of {config.name}[/bold] (* tempa's default): {escape(args)}")
 
 
 def _cmd_status(args) -> int:
     from rich.table import Table
+    from rich.text import Text
 
     from tempa.recipes.rundir import require_run_dir
 
@@ -425,7 +430,8 @@ def _cmd_status(args) -> int:
             metrics = f"error: {row.error}"
         if row.note:
             metrics = f"{row.note}; {metrics}" if metrics else row.note
-        table.add_row(row.name, row.kind, row.state, f"{seconds:.1f}s" if seconds else "-", metrics)
+        # Text, not markup: an error quotes "[enforce fail at ...]" or "[/__w/pytorch/...]" (a MarkupError)
+        table.add_row(*map(Text, (row.name, row.kind, row.state, f"{seconds:.1f}s" if seconds else "-", metrics)))
     _console().print(table)
     return 0
 

@@ -280,6 +280,23 @@ def test_status_names_the_kind_of_a_stage_that_has_not_started(tmp_path, capsys)
     assert rows == {"sft": ("sft", "failed"), "align": ("preference", "pending")}
 
 
+def test_status_shows_an_error_with_brackets_as_it_is(tmp_path, capsys):
+    """A stage failed on gloo's "[/__w/pytorch/.../pair.cc:553] Connection closed by peer": `tempa status` died with
+    rich's MarkupError (the moment an on-call engineer runs it), and torch.save's "[enforce fail at ...]" and a
+    "[rank0]:" prefix vanished from the table (read as style tags)."""
+    run_dir = tmp_path / "run"
+    (run_dir / "sft").mkdir(parents=True)
+    (run_dir / "recipe.resolved.yaml").write_text("name: x\nbase_model: tempa:tiny\nstages: [{name: sft, kind: sft}]\n")
+    error = ("training process exited with code 1: RuntimeError: [/__w/pytorch/third_party/gloo/pair.cc:553] "
+             "Connection closed by peer; [rank0]: RuntimeError: [enforce fail at inline_container.cc:659] .")
+    (run_dir / "sft" / "manifest.json").write_text(json.dumps(
+        {"name": "sft", "kind": "sft", "status": "failed", "error": error, "fingerprint": "f", "started_at": 0}))
+    assert main(["status", str(run_dir)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for part in ("[/__w/pytorch/third_party/gloo/pair.cc:553]", "[rank0]:", "[enforce fail at inline_container.cc:659]"):
+        assert part in out, out
+
+
 def test_verbose_is_taken_after_the_command_and_a_bad_mfu_before_the_plan_prints(capsys):
     """Errors end "(run with -v for the traceback)", but `tempa plan demo -v` was "unrecognized arguments: -v"; and
     `--mfu 1.5` was refused after 211 lines of plan."""

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -169,6 +170,28 @@ class LaunchRequest(BaseModel):
     main_process_port: int
     host: str  # node rank 0's hostname, for messages
     created_at: float
+    # node rank 0's launch settings (launch_shape): a node whose own differ would join with another process count,
+    # and torchrun trains the sum (None: a request of a tempa that did not say)
+    launch: dict[str, Any] | None = None
+
+
+# Where a node's rank 0 listens, which the other nodes read from the request: no part of the launch's shape.
+_NODE_LOCAL = frozenset({"main_process_ip", "main_process_port"})
+
+
+def launch_shape(launch: LaunchConfig) -> dict[str, Any]:
+    """The launch settings every node of a run must share (processes, machines, launcher, configs, precision)."""
+    return launch.model_dump(mode="json", exclude=set(_NODE_LOCAL))
+
+
+def shape_mismatch(request: LaunchRequest, launch: LaunchConfig) -> str | None:
+    """How this node's launch differs from node rank 0's, field by field, or None."""
+    if request.launch is None:
+        return None
+    mine = launch_shape(launch)
+    differ = [f"{key} {request.launch.get(key)!r} there, {mine.get(key)!r} here"
+              for key in sorted(set(mine) | set(request.launch)) if mine.get(key) != request.launch.get(key)]
+    return "; ".join(differ) or None
 
 
 def read_request(run_dir: Path) -> LaunchRequest | None:
@@ -188,7 +211,7 @@ def publish_request(launch: LaunchConfig, module: str, args: list[str], run_dir:
         seq=(previous.seq + 1) if previous else 1, module=module, args=list(args),
         main_process_ip=launch.main_process_ip or socket.gethostname(),
         main_process_port=launch.main_process_port or _free_port(), host=socket.gethostname(),
-        created_at=time.time())
+        created_at=time.time(), launch=launch_shape(launch))
     write_json(run_dir / LAUNCH_REQUEST, request.model_dump())
     return request
 
@@ -560,6 +583,11 @@ def join_run(launch: LaunchConfig, run_dir: Path, machine_rank: int, log_dir: Pa
         refused = foreign_launch(request, run_dir)
         if refused is not None:
             raise StageError(f"node {machine_rank}: {run_dir / LAUNCH_REQUEST} {refused}")
+        differ = shape_mismatch(request, launch)
+        if differ is not None:
+            # torchrun would take both counts and train the sum: another global batch, schedule and ZeRO sharding
+            raise StageError(f"node {machine_rank}: its launch settings differ from node rank 0's ({owner.host}): "
+                             f"{differ}; give every node the same recipe and command line (README: Several nodes)")
         missing = unseen_input(request.args)
         if missing is not None:
             # Checked before joining: the training process would fail only after the rendezvous, and node 0

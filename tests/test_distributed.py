@@ -257,6 +257,41 @@ def test_a_node_runs_only_the_training_worker_on_a_plan_in_the_run_directory(tmp
     assert "asks to launch `timeit -n1 pass`" in str(err.value) and launched == []
 
 
+def test_a_node_whose_launch_differs_from_node_0s_is_refused(tmp_path, tiny_model_dir, monkeypatch):
+    """Node 1 ran with `--set launch.num_processes=4`: torchrun took 1 process on node 0 and 2 on node 1 and trained
+    on 3 ranks, a global batch, schedule and ZeRO sharding nobody planned, and both nodes said `run complete`."""
+    import logging
+
+    from tempa.recipes import launcher
+    from tempa.sft.stage_api import StageError
+
+    recipe = sft_recipe(tmp_path, tiny_model_dir, launch=f"launch: {{{TWO_NODES}}}")
+    node0, node1 = load_recipe(recipe).recipe.launch, load_recipe(recipe, ["launch.num_processes=4"]).recipe.launch
+    run_dir = tmp_path / "run"
+    plan = run_dir / "sft" / "train_plan.json"
+    launched = []
+    monkeypatch.setattr(launcher, "_stream", lambda cmd, *a: launched.append(cmd) or (1, []))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path; from tempa.recipes.rundir import RunLock\n"
+         f"with RunLock(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        launcher.publish_request(node0, "tempa.sft.train_worker", ["--plan", str(plan)], run_dir)
+        with pytest.raises(StageError) as err:
+            launcher.join_run(node1, run_dir, 1, tmp_path / "logs", log=logging.getLogger("tempa"),
+                              start_timeout_s=30, poll_s=0.05)
+    finally:
+        holder.kill()
+        holder.wait()
+    message = str(err.value)
+    assert "its launch settings differ from node rank 0's" in message and launched == []
+    assert "num_processes 2 there, 4 here" in message and "\n" not in message
+    # the address node 0 listens on is its own: no difference
+    node1_same = load_recipe(recipe, ["launch.main_process_port=29999"]).recipe.launch
+    assert launcher.shape_mismatch(launcher.read_request(run_dir), node1_same) is None
+
+
 @pytest.mark.slow
 def test_fsdp2_on_two_cpu_processes_shards_and_saves_the_zero3_weights(fsdp2_run, zero3_run, tiny_model_dir):
     from transformers import AutoModelForCausalLM

@@ -276,10 +276,9 @@ def _cmd_run(args) -> int:
 def _join(args, loaded, run_dir: Path) -> int:
     import logging
 
-    from tempa.recipes.launcher import join_run
-    from tempa.sft.files import cache_root
+    from tempa.recipes.launcher import join_log_dir, join_run
 
-    log_dir = cache_root() / "join-logs" / f"{loaded.recipe.name}-rank{args.machine_rank}"
+    log_dir = join_log_dir(run_dir, loaded.recipe.name, args.machine_rank)
     joined = join_run(loaded.recipe.launch, run_dir.resolve(), args.machine_rank, log_dir,
                       log=logging.getLogger("tempa"))
     print(f"node {args.machine_rank}: joined {joined} training launch(es) of {run_dir}; logs: {log_dir}")

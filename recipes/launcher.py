@@ -507,6 +507,12 @@ def _failure(code: int, tail: deque[str]) -> str:
             "from its last complete checkpoint (`tempa plan` names it)")
 
 
+def join_log_dir(run_dir: Path, recipe_name: str, machine_rank: int) -> Path:
+    """Where a joining node keeps its launch logs: in its TEMPA_CACHE (it writes nothing in the run directory), one
+    folder per run and rank: keyed by the recipe alone, two runs of one recipe wrote launch-1.log into one file."""
+    return cache_root() / "join-logs" / f"{recipe_name}-{digest(str(Path(run_dir).resolve()))[:8]}-rank{machine_rank}"
+
+
 def foreign_launch(request: LaunchRequest, run_dir: Path) -> str | None:
     """Why a launch request is not one a tempa run writes, or None: a node runs what the request names, so anyone who
     can write the shared run directory could otherwise have every node run a command of their choosing."""

@@ -332,3 +332,15 @@ def test_fsdp2_resumes_from_its_checkpoint_to_the_same_weights(fsdp2_run, tmp_pa
     assert outcome.resumed_from is not None and Path(outcome.resumed_from).name == "checkpoint-1"
     assert outcome.global_step == 2 and outcome.shards is not None and outcome.shards.distributed_type == "FSDP"
     assert_same_weights(weights(sft / "final"), weights(fsdp2_run / "sft" / "final"), atol=1e-6)
+
+
+def test_joining_nodes_keep_each_runs_logs_apart(tmp_path, monkeypatch):
+    """Two run folders of one recipe appended to one $TEMPA_CACHE/join-logs/<recipe>-rank1/launch-1.log."""
+    from tempa.recipes.launcher import join_log_dir
+
+    monkeypatch.setenv("TEMPA_CACHE", str(tmp_path / "cache"))
+    one, two = join_log_dir(tmp_path / "runs" / "a", "sft-test", 1), join_log_dir(tmp_path / "runs" / "b", "sft-test", 1)
+    assert one != two and one.parent == two.parent == tmp_path / "cache" / "join-logs"
+    assert one.name.startswith("sft-test-") and one.name.endswith("-rank1")
+    assert join_log_dir(tmp_path / "runs" / "a" / ".." / "a", "sft-test", 1) == one  # the same run, however written
+    assert join_log_dir(tmp_path / "runs" / "a", "sft-test", 2) != one

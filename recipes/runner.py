@@ -1080,6 +1080,9 @@ class StageStatus:
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     note: str | None = None  # why a stage is stale; where a running or interrupted one stands
+    # A running stage's last progress record, for scripts (`--json`): a training launch's step, max_steps, eta_s
+    # and tokens_per_s (per device), or a journaled pass's desc, done, items, eta_s and samples_per_s; `at` is when
+    progress: dict[str, Any] | None = None
 
 
 def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, str] | None = None) -> list[StageStatus]:
@@ -1134,8 +1137,10 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
                 note = "; ".join(filter(None, [_why_it_stopped(manifest, run_dir / name), note]))
         # A running stage has no duration yet: its time so far is what a user watching a long stage wants.
         seconds = time.time() - manifest.started_at if state == "running" else manifest.duration_s
+        progress = latest_progress(run_dir / name, manifest.started_at) if state == "running" else None
         rows.append(StageStatus(name, manifest.kind, state, seconds,
-                                manifest.metrics if state in ("done", "stale") else {}, manifest.error, note))
+                                manifest.metrics if state in ("done", "stale") else {}, manifest.error, note,
+                                progress.model_dump() if progress is not None else None))
     return rows
 
 

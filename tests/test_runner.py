@@ -724,10 +724,14 @@ def test_status_names_where_a_running_or_interrupted_stage_stands(recipe, tmp_pa
         # and how far the launch training now is, from its last progress line (the record it leaves)
         progress = TrainProgress(step=3, max_steps=8, eta_s=100.0, at=time.time())
         (checkpoint.parent / TRAIN_PROGRESS).write_text(progress.model_dump_json())
-        note = stage_status(names, run_dir)[1].note
-        assert re.fullmatch(r"so far: round 2, checkpoint-2; step 3/8, eta 0:01:[0-4]\d \(\d+ s ago\)", note), note
+        row = stage_status(names, run_dir)[1]
+        assert re.fullmatch(r"so far: round 2, checkpoint-2; step 3/8, eta 0:01:[0-4]\d \(\d+ s ago\)", row.note), \
+            row.note
+        # ... and for scripts as numbers (`status --json`), not only in the English note
+        assert row.progress == progress.model_dump()
     row = stage_status(names, run_dir)[1]  # interrupted: what a re-run continues from, not a step it will redo
     assert (row.state, row.note) == ("interrupted", STOPPED + "the same recipe run again continues from round 2, checkpoint-2")
+    assert row.progress is None  # a step it will redo is not where it stands
     # killed after its manifest said done and before its DONE marker (what a re-run resumes): it was 'pending'
     manifest["status"] = "done"
     (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))

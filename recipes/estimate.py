@@ -911,6 +911,15 @@ def render_estimate(loaded: LoadedRecipe, hardware: str = "8xH100", mfu: float =
     ]
     if not estimates:
         return "\n".join([*lines, "no training stages to estimate"])
+    recipe_launch = loaded.recipe.launch
+    if machine.nodes != recipe_launch.num_machines or machine.gpus != launch.processes:
+        # The estimate counts this hardware; the run starts what the recipe's launch says, whatever was planned.
+        lines.append(
+            f"note: the recipe's launch starts {launch.processes} process{'es' if launch.processes != 1 else ''} on "
+            f"{recipe_launch.num_machines} machine{'s' if recipe_launch.num_machines != 1 else ''}; to train on "
+            f"{machine.label} set launch.num_processes: {machine.gpus}"
+            + (f" and launch.num_machines: {machine.nodes} (README: Several nodes)"
+               if machine.nodes != recipe_launch.num_machines else ""))
     rows = [("stage", "tokens/epoch", "epochs", "trained", "steps", "batch", "tokens/step", "params", "grads",
              "optim", "gathered", "activ.", "total/GPU", "host/node", "fits", "hours")]
     for e in estimates:

@@ -165,6 +165,19 @@ def test_2x8xh100_plan_prints_nodes_host_ram_global_batch_and_hours_for_each_see
             assert any("changes the global batch" in w for w in b.warnings)
 
 
+def test_a_plan_for_more_nodes_than_the_recipe_launches_says_what_to_set():
+    """`plan --hardware 2x8xH100` of a one-node recipe counted 16 GPUs, and its only advice was the global batch:
+    the run, as written, never trains on the second node (`--machine-rank 1` is refused)."""
+    loaded = load_recipe("sea-lion-v3-70b-it")
+    note = "note: the recipe's launch starts 8 processes on 1 machine; to train on 2x8xH100 set launch.num_processes: " \
+           "16 and launch.num_machines: 2"
+    assert note in render_estimate(loaded, "2x8xH100")
+    assert "note: the recipe's launch" not in render_estimate(loaded, "8xH100")
+    two = load_recipe("sea-lion-v3-70b-it", ["launch.num_machines=2", "launch.num_processes=16",
+                                             "launch.accelerate_config=zero3-multinode"])
+    assert "note: the recipe's launch" not in render_estimate(two, "2x8xH100")
+
+
 def test_global_batch_size_keeps_the_batch_on_any_hardware(tmp_path):
     loaded = load_recipe("sea-lion-v3-70b-it", ["launch.global_batch_size=128"])
     for hardware, accumulation in (("8xH100", 16), ("2x8xH100", 8), ("4x8xH100", 4)):

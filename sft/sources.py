@@ -487,9 +487,16 @@ def _write_jsonl_arrow(path: Path, out: Path, span: tuple[int, int], report: Cal
 
 
 def json_rows(path: Path) -> list[str]:
-    """The rows of a JSON document file (:func:`document_rows`), each as JSON text (``RAW``)."""
+    """The rows of a JSON document file (:func:`document_rows`), each as JSON text (``RAW``); the caller must not
+    change the list (the last document parsed is kept: the checks before the first stage, the plan's sample and the
+    data preparation each read it, and a multi-GB ShareGPT export took a parse each)."""
+    return _parsed_document(file_identity(path), path)
+
+
+@functools.lru_cache(maxsize=1)
+def _parsed_document(identity: tuple[str, int, int, int], path: Path) -> list[str]:
     rows = [json.dumps(row, ensure_ascii=False) for row in document_rows(path, read_json(path, "a JSON list of rows"))]
-    _DOCUMENT_SIZES[file_identity(path)] = len(rows)
+    _DOCUMENT_SIZES[identity] = len(rows)
     return rows
 
 

@@ -314,8 +314,9 @@ lora: {r: 16, lora_alpha: 32, lora_dropout: 0.05, target_modules: all-linear}
 lora: {r: 64, lora_alpha: 64, use_rslora: true, modules_to_save: [embed_tokens, lm_head]}  # a new language's tokens
 ```
 
-A base whose embeddings are tied (`tie_word_embeddings`: small Qwen models, Llama 3.2) stays tied: the one matrix
-trains as input and output embedding.
+A base whose embeddings are tied (`tie_word_embeddings`: small Qwen models, Llama 3.2, Gemma) stays tied: the one
+matrix trains as input and output embedding (naming `lm_head` too trains it once). FSDP cannot shard a tied copy
+that trains: there the stage refuses before its first step; ZeRO-3 and one process train it.
 
 Under ZeRO-3 and FSDP2 (every process holding a shard of each weight) the adapter is saved whole and merged into
 the stage's start model on the first process's CPU, which needs the memory of one copy of the model there.

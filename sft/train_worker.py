@@ -543,11 +543,35 @@ def _lora_config(plan: TrainPlan):
 
     lora = plan.lora
     return LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-                      target_modules=lora.target_modules, modules_to_save=lora.modules_to_save,
+                      target_modules=lora.target_modules, modules_to_save=_modules_to_save(plan),
                       use_rslora=lora.use_rslora, use_dora=lora.use_dora, task_type="CAUSAL_LM",
                       # a tied base (Qwen's small models, Llama 3.2) stays tied: else modules_to_save: [embed_tokens]
                       # untied it on merging and left the output head untrained, [embed_tokens, lm_head] two copies
                       ensure_weight_tying=True)
+
+
+def _modules_to_save(plan: TrainPlan) -> list[str] | None:
+    """The recipe's ``modules_to_save``, without ``lm_head`` on a base whose embeddings are tied: the one matrix
+    trains as ``embed_tokens`` (peft keeps them tied), and naming both crashed FSDP2's preparation ("attribute
+    'weight' already exists")."""
+    wanted = plan.lora.modules_to_save if plan.lora is not None else None
+    if not wanted or not {"lm_head", "embed_tokens"} & set(wanted):
+        return wanted
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(plan.start_model, trust_remote_code=plan.env.trust_remote_code)
+    if not getattr(config.get_text_config(), "tie_word_embeddings", False):
+        return wanted
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        # FSDP's preparation ties the weights again over peft's trainable copy ("attribute 'weight' already exists")
+        raise RuntimeError("lora.modules_to_save trains the embeddings, which this base ties to its output head: "
+                           "FSDP cannot shard a tied copy that trains; use launch.accelerate_config zero3 (or leave "
+                           "embed_tokens and lm_head out of modules_to_save)")
+    if "lm_head" not in wanted or "embed_tokens" not in wanted:
+        return wanted
+    print("[tempa] LoRA: lm_head and embed_tokens are one tied matrix in this model: it trains once, as "
+          "embed_tokens", flush=True)
+    return [name for name in wanted if name != "lm_head"]
 
 
 def _quantised_init(plan: TrainPlan, init: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -214,6 +214,43 @@ def test_a_lora_stage_under_sharded_training_publishes_its_adapter_merged_into_t
         f"model.layers.{i}.self_attn.{name}.weight" for i in range(2) for name in ("q_proj", "v_proj"))
 
 
+@pytest.mark.slow
+def test_lora_embeddings_on_a_tied_base_train_under_zero3_and_are_refused_in_one_line_by_fsdp2(tmp_path, tiny_model_dir):
+    """The docs' `modules_to_save: [embed_tokens, lm_head]` on a tied base (Gemma-2, Llama 3.2, small Qwen) crashed
+    FSDP2's preparation with "KeyError: attribute 'weight' already exists"."""
+    from transformers import AutoModelForCausalLM
+
+    tied = tmp_path / "tied"
+    shutil.copytree(tiny_model_dir, tied)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    model.save_pretrained(tied)
+    stage = """
+      - name: sft
+        kind: sft
+        data:
+          sources:
+            - {name: rows, path: rows.jsonl, thinking_mode: "off"}
+        lora: {r: 4, lora_alpha: 8, target_modules: [q_proj, v_proj], modules_to_save: [embed_tokens, lm_head]}
+        train: {max_steps: 2, learning_rate: 5.0e-2, per_device_train_batch_size: 4, max_length: 256, save_steps: 2}
+    """
+    from tempa.sft.stage_api import StageError
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(StageError) as err:  # FSDP: said in one line, before a step
+        run_recipe(load_recipe(sft_recipe(tmp_path, tied, stages=stage, launch=f"launch: {{{FSDP2}}}")), run_dir)
+    assert "FSDP cannot shard a tied copy that trains; use launch.accelerate_config zero3" in str(err.value)
+    # ZeRO-3 trains it, as one matrix named both ways
+    run_dir = tmp_path / "run-zero3"
+    run_recipe(load_recipe(sft_recipe(tmp_path, tied, stages=stage, launch=f"launch: {{{ZERO3}}}")), run_dir)
+    final = run_dir / "sft" / "final"
+    merged, start = weights(final), weights(tied)
+    assert "lm_head.weight" not in merged and merged.keys() == start.keys()
+    assert not torch.equal(merged["model.embed_tokens.weight"], start["model.embed_tokens.weight"])
+    assert "trains once, as embed_tokens" in (run_dir / "sft" / "logs" / "train.log").read_text()
+
+
 def test_a_node_runs_only_the_training_worker_on_a_plan_in_the_run_directory(tmp_path, tiny_model_dir, monkeypatch):
     """A node ran whatever module and arguments `.launch.json` named (`-m timeit "__import__('os').system(...)"`):
     anyone who could write the shared run directory had every node run a command of their choosing."""

@@ -21,6 +21,7 @@ from tempa.merge.evaluate_stage import (
     load_suite_rows,
     transformers_backend,
     weights_digest,
+    write_answers,
 )
 from tempa.merge.leaderboard import (
     LEADERBOARD_MD,
@@ -261,15 +262,19 @@ def run_merge(
         rows = load_suite_rows(evaluate_config)
         # cached as the evaluate stage caches a candidate's, by the merged weights' content: a re-run that merges
         # the same model again asks no judge again
-        merged_metrics, _ = cached_scores(final, weights_digest(final), evaluate_config, ctx, rows, backend_factory,
-                                          who=ctx.stage_name)
+        merged_metrics, answers = cached_scores(final, weights_digest(final), evaluate_config, ctx, rows,
+                                                backend_factory, who=ctx.stage_name)
+        write_answers(stage_dir, ctx.stage_name, answers)  # as auditable as an evaluate stage's candidates
         rank_by = board.rank_by or (config.select.metric if config.select else None)
+        # the evaluate board's notes, and this merge's own: the report shows the last board, which is this one
+        picked = undetermined_warning(board, config.select.metric, chosen[0]) if config.select and chosen else None
         updated = Leaderboard(
             rows=[row for row in board.rows if row.candidate != ctx.stage_name]
             + [LeaderboardRow(candidate=ctx.stage_name, path=final, stage=ctx.stage_name, merged=True,
                               metrics=merged_metrics)],
             rank_by=rank_by,
             lower=board.lower,
+            notes=list(dict.fromkeys([*board.notes, *([picked] if picked else [])])),
         )
         json_path, _ = write_leaderboard(updated, stage_dir, title=f"Leaderboard after merge: {ctx.stage_name}")
         files["leaderboard"] = json_path

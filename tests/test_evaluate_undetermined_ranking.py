@@ -76,3 +76,40 @@ def test_no_warning_below_half_undetermined_or_for_another_metric():
     half = row.model_copy(update={"metrics": {**row.metrics, "lang/undetermined": 0.5}})
     assert "50% of its answers in suite 'lang'" in undetermined_warning(board, "lang/normalized_accuracy:id", half)
     assert undetermined_warning(board, "lang/accuracy", half) is None  # not language-normalised
+
+
+def test_a_merge_after_it_carries_the_note_to_its_board_and_keeps_its_answers(tmp_path, tiny_model_dir,
+                                                                             tokenizer_dir):
+    """The report shows the last leaderboard, the merge's: its re-scored board was built without the evaluate
+    board's notes (the warning never reached report.html), and the merged model's answers were not kept."""
+    from stage_helpers import done
+    from tempa.merge import MergeStageConfig, run_merge
+
+    run_dir = tmp_path / "run"
+    sft = run_dir / "sft"
+    ckpt = sft / "checkpoints" / "checkpoint-2"
+    shutil.copytree(tiny_model_dir, ckpt)
+    (ckpt / "COMPLETE").write_text("")
+    shutil.copytree(tiny_model_dir, sft / "final")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": q, "answer": a, "language": "id"}) + "\n"
+                            for q, a in (("2+2?", 4), ("3*3?", 9), ("5-1?", 4), ("6/2?", 3))), encoding="utf-8")
+    evaluate = EvaluateStageConfig.model_validate({
+        "name": "eval", "kind": "evaluate", "checkpoints_of": ["sft"], "rank_by": "lang/normalized_accuracy",
+        "suites": [{"type": "language", "name": "lang", "data": str(data), "thinking_mode": "off",
+                    "languages": ["id", "en"]}]})
+    factory = lambda path, _c, _x: Replies(path)  # noqa: E731
+    scored = run_evaluate(evaluate, make_context(run_dir, "eval", start_model=sft / "final", tokenizer_dir=tokenizer_dir,
+                                                 upstream=[done("sft", trained(sft))]), backend_factory=factory)
+    merge = MergeStageConfig.model_validate({"name": "merge", "kind": "merge", "method": "linear",
+                                             "evaluate_stage": "eval",
+                                             "select": {"metric": "lang/normalized_accuracy", "top_k": 2}})
+    ctx = make_context(run_dir, "merge", start_model=sft / "final", tokenizer_dir=tokenizer_dir,
+                       upstream=[done("sft", trained(sft)), done("eval", scored, kind="evaluate", config=evaluate)])
+    result = run_merge(merge, ctx, backend_factory=factory)
+    board = read_leaderboard(run_dir / "merge")
+    assert any(note.startswith("sft/checkpoint-2 ranks first on lang/normalized_accuracy") for note in board.notes)
+    assert result.leaderboard is not None and result.leaderboard.notes == board.notes
+    answers = [json.loads(line) for line in
+               (run_dir / "merge" / "answers" / "merge" / "lang.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [row["answer"] for row in answers] == [Replies.SENTENCE.format(a) for a in (4, 9, 4, 7)]

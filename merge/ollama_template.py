@@ -93,7 +93,7 @@ def _llama3(defaults: TemplateDefaults) -> str:
         _LOOP_PREFIX,
         _ONE_CALL,
         "{{ $content := .Content }}{{ .Content }}",
-        '{{ range .ToolCalls }}{{ if $content }}\n{{ end }}{"name": "{{ .Function.Name }}", "parameters": '
+        '{{ range .ToolCalls }}{{ if $content }}\n{{ end }}{"name": {{ json .Function.Name }}, "parameters": '
         + _ARGUMENTS + "}{{ end }}",
         "{{ if not $last }}<|eot_id|>{{ end }}",
         '{{ else if eq .Role "tool" }}<|start_header_id|>ipython<|end_header_id|>\n\n{{ .Content }}<|eot_id|>',
@@ -115,7 +115,7 @@ def _chatml(defaults: TemplateDefaults) -> str:
         _LOOP_PREFIX,
         "{{ $content := .Content }}{{ .Content }}",
         "{{ range $j, $_ := .ToolCalls }}{{ if or $j $content }}\n{{ end }}"
-        '<tool_call>\n{"name": "{{ .Function.Name }}", "arguments": ' + _ARGUMENTS + "}\n</tool_call>{{ end }}",
+        '<tool_call>\n{"name": {{ json .Function.Name }}, "arguments": ' + _ARGUMENTS + "}\n</tool_call>{{ end }}",
         "{{ if not $last }}<|im_end|>\n{{ end }}",
         '{{ else if eq .Role "tool" }}{{ if ne $prev "tool" }}<|im_start|>user{{ end }}'
         "\n<tool_response>\n{{ .Content }}\n</tool_response>"

@@ -216,6 +216,23 @@ def test_tool_call_arguments_differ_only_as_go_json_writes_them(
     assert go.replace(go_call, jinja_call) == expected
 
 
+@pytest.mark.parametrize("template_name", TEMPLATES)
+@pytest.mark.parametrize("name", ['say "hi"', "path\\to", "天気"])
+def test_a_tool_calls_name_renders_as_the_jinja_template_writes_it(
+    go_renderer: Path, template_name: str, name: str
+) -> None:
+    """The Jinja templates write a call's name as JSON (tojson); the Go twin pasted it between quotes, so Ollama
+    rendered `{"name": "say "hi""` where the template the model was trained on wrote `"say \\"hi\\""`."""
+    messages = [
+        {"role": "user", "content": "Go."},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": name, "arguments": {"x": 1}}}]},
+        {"role": "tool", "content": "ok"},
+    ]
+    jinja = load_template(template_name)
+    go = _ollama(go_renderer, ollama_template(jinja), messages, None, True)["prompt"]
+    assert go == render_text(jinja, _as_jinja(messages), add_generation_prompt=True, thinking_mode="on")
+
+
 def test_llama3_twin_refuses_parallel_calls_as_the_jinja_template_does(go_renderer: Path) -> None:
     """Llama 3.1's format has one call per assistant message: the Jinja template refuses two (a template error in
     transformers, vLLM and llama.cpp), so Ollama must not render them glued together as JSON the model never saw."""

@@ -887,6 +887,9 @@ def prepare_tokenizer(base_dir: Path, template_ref: str, template: str, run_dir:
     return out
 
 
+HUB_TOKEN_VARIABLES = frozenset({"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"})
+
+
 def _context(loaded: LoadedRecipe, decision: StageDecision, run_dir: Path, start_model: Path, base_dir: Path,
              tokenizer_dir: Path, template: str, recipe: RecipeInfo, upstream: dict[str, Upstream],
              model_runs: dict[Path, str] | None = None) -> StageContext:
@@ -895,7 +898,8 @@ def _context(loaded: LoadedRecipe, decision: StageDecision, run_dir: Path, start
     stage_dir.mkdir(parents=True, exist_ok=True)
 
     # The API keys the recipe names for other stages' servers: this stage's training processes never send them.
-    withheld = secret_env_names(recipe.resolved) - secret_env_names(decision.config)
+    # The hub's token stays whoever else sends it (an HF router endpoint): downloads and trackers read it.
+    withheld = secret_env_names(recipe.resolved) - secret_env_names(decision.config) - HUB_TOKEN_VARIABLES
 
     def _launch(module: str, args: list[str], log_file: Path) -> None:
         run_launch(launch, module, args, log_file, log=log, run_dir=run_dir, withhold=withheld)

@@ -559,14 +559,20 @@ stages:
         data: mt.jsonl
         baseline: {{type: http, base_url: "http://127.0.0.1:9/v1", model: b, api_key_env: TEMPA_TEST_BASELINE_KEY}}
         judge: {{backend: {{type: http, base_url: "http://127.0.0.1:9/v1", model: j, api_key_env: TEMPA_TEST_JUDGE_KEY}}}}
+      - type: win_rate
+        name: router
+        data: mt.jsonl
+        baseline: {{type: http, base_url: "https://router.huggingface.co/v1", model: b, api_key_env: HF_TOKEN}}
+        judge: {{backend: {{type: http, base_url: "https://router.huggingface.co/v1", model: j, api_key_env: HF_TOKEN}}}}
 """)
     monkeypatch.setenv("TEMPA_TEST_BASELINE_KEY", "sk-baseline-1234567890")
     monkeypatch.setenv("TEMPA_TEST_JUDGE_KEY", "sk-judge-1234567890")
     monkeypatch.setenv("TEMPA_TEST_UNRELATED", "kept")
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 30)  # the hub's token, which training reads (downloads, trackers)
     seen = []
     monkeypatch.setattr(launcher, "_stream", lambda cmd, env, *a: seen.append(env) or (1, []))
     with pytest.raises(StageError):
         run_recipe(load_recipe(tmp_path / "r.yaml"), tmp_path / "run")
     (env,) = seen
     assert "TEMPA_TEST_BASELINE_KEY" not in env and "TEMPA_TEST_JUDGE_KEY" not in env
-    assert env["TEMPA_TEST_UNRELATED"] == "kept"
+    assert env["TEMPA_TEST_UNRELATED"] == "kept" and env["HF_TOKEN"] == "hf_" + "x" * 30

@@ -514,8 +514,9 @@ def join_log_dir(run_dir: Path, recipe_name: str, machine_rank: int) -> Path:
 
 
 def foreign_launch(request: LaunchRequest, run_dir: Path) -> str | None:
-    """Why a launch request is not one a tempa run writes, or None: a node runs what the request names, so anyone who
-    can write the shared run directory could otherwise have every node run a command of their choosing."""
+    """Why a launch request is not one a tempa run writes, or None: a node runs what the request names, which would
+    otherwise be any command. Defence in depth only: the plan it names is trusted as the run directory is (whoever
+    can write the directory can write a plan, and a plan names the reward functions and models the worker loads)."""
     from tempa.sft.train_plan import WORKER
 
     args = request.args

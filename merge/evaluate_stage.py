@@ -39,7 +39,7 @@ from tempa.merge.suites import CandidateScorer, import_lm_eval, rows_problem, su
 from tempa.merge.win_rate import PairwiseJudging
 from tempa.sft.files import digest, file_digest, finite_json, write_json, write_jsonl
 from tempa.sft.formats import thinking_mode_of
-from tempa.sft.stage_api import Scalar, StageContext, StageError
+from tempa.sft.stage_api import Scalar, StageContext, StageError, fingerprinted
 from tempa.sft.trackers import named_trackers, tracker_log
 
 BackendFactory = Callable[[Path, EvaluateStageConfig, StageContext], GenerationBackend]
@@ -326,7 +326,8 @@ def pairwise_judging(config: EvaluateStageConfig, ctx: StageContext) -> Pairwise
 
     def identity(block) -> Any:
         """What the baseline's answers depend on: its block, and the weights of a local model it loads."""
-        described = block.model_dump(mode="json", exclude={"api_key_env", "concurrency"})
+        # without its transport settings (key, timeouts, retries, concurrency): they change no answer
+        described = fingerprinted(block)
         if getattr(block, "type", None) == "http":
             return described
         model = resolve_model(block.model, ctx.start_model, ctx.stage_models, "baseline")

@@ -169,3 +169,29 @@ def test_a_rerun_of_a_merge_asks_the_judge_nothing_again(tmp_path, tiny_model_di
         assert again.metrics["merged/mt/win_rate"] == 1.0
         (merged,) = [row for row in again.leaderboard.rows if row.merged]
         assert merged.metrics["mt/rows"] == 3.0
+
+
+def test_a_judges_or_baselines_transport_settings_reuse_their_answers(tmp_path, tiny_model_dir, tokenizer_dir):
+    """Raising a judge's timeout_s, max_retries or backoff_s (what a flaky API asks for) re-judged every row: only
+    its key variable and concurrency were left out of what the cache is keyed by."""
+    from test_alignment_fakes import FakeOpenAI
+
+    from tempa.merge.candidates import Candidate
+    from tempa.merge.evaluate_stage import evaluate_candidates
+
+    write_rows(tmp_path / "a.jsonl", "a", 2)
+    models = [Candidate(name="one", path=tiny_model_dir, stage=None, step=None)]
+    with FakeOpenAI(judge_and_baseline) as server:
+        def run(stage: str, **transport) -> None:
+            suite = win_rate_suite("mt", tmp_path / "a.jsonl", server.base_url)
+            suite["baseline"].update(transport)
+            suite["judge"]["backend"].update(transport)
+            config = EvaluateStageConfig.model_validate({"name": "eval", "kind": "evaluate", "suites": [suite]})
+            ctx = make_context(tmp_path / "run", stage, start_model=tiny_model_dir, tokenizer_dir=tokenizer_dir,
+                               cache_dir=tmp_path / "cache")
+            evaluate_candidates(config, ctx, models, backend_factory=lambda *_: Answers("CAND", []))
+
+        run("eval")
+        sent = len(server.requests)
+        run("eval-again", timeout_s=900.0, max_retries=9, backoff_s=5.0, concurrency=2)
+        assert len(server.requests) == sent

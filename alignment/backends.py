@@ -230,7 +230,7 @@ class VLLMBackendConfig(_Strict):
         if "trust_remote_code" in value:
             raise ValueError("engine_args: trust_remote_code cannot be set here: set `trust_remote_code: true` at the "
                              "top level of the recipe (off by default), which every loader of the run reads")
-        if value.get("load_format") in PICKLE_LOAD_FORMATS:
+        if str(value.get("load_format", "")).lower() in PICKLE_LOAD_FORMATS:
             raise ValueError(f"engine_args.load_format {value['load_format']!r} would unpickle a checkpoint (tempa "
                              "loads safetensors only): convert the model to safetensors, or leave load_format unset")
         return _no_secret(value, "engine_args")

@@ -43,7 +43,7 @@ REDACTED = "<redacted>"
 PRIVATE_ENDPOINT = "<private endpoint>"
 # Names only a private network resolves (Kubernetes services, mDNS, the common internal domains).
 _PRIVATE_SUFFIXES = (".internal", ".local", ".lan", ".corp", ".home", ".intranet", ".localdomain", ".svc",
-                     ".cluster.local", ".private")
+                     ".cluster.local", ".private", ".home.arpa", ".ts.net")
 TOKEN_PATTERNS = [
     re.compile(r"\bhf_[A-Za-z0-9]{20,}\b"),
     re.compile(r"\bsk-[A-Za-z0-9_-]{16,}\b"),

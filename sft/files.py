@@ -8,6 +8,7 @@ cache): a name or path that slipped past validation can never make tempa delete 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -84,7 +85,8 @@ def umask_modes(folder: Path) -> None:
         for name in files:
             path = os.path.join(root, name)
             if not os.path.islink(path):
-                os.chmod(path, mode)
+                with contextlib.suppress(OSError):  # a file system that keeps its own modes: the files are written
+                    os.chmod(path, mode)
 
 
 def write_marker(path: Path, text: str) -> None:
@@ -372,6 +374,12 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _umask() -> int:
+    # Linux says it without setting it: os.umask(0) and back left a window in which another thread (a trainer's
+    # data loader, a save) created files 0666
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -477,7 +477,8 @@ def test_a_redirect_is_refused_and_the_key_goes_nowhere_else(monkeypatch, status
     behind a redirect (an open one, a proxy's, a load balancer's) handed the teacher's key to the host it named,
     and the error then named the first URL only."""
     monkeypatch.setenv("TEACHER_KEY", SECRET)
-    with _Recorder() as elsewhere, FakeOpenAI(lambda body: (status, {}, {"Location": elsewhere.url})) as server:
+    signed = "?sig=SIGNED-TOKEN-1234"  # a signed redirect's token, which the error must not show
+    with _Recorder() as elsewhere, FakeOpenAI(lambda body: (status, {}, {"Location": elsewhere.url + signed})) as server:
         config = HTTPBackendConfig(base_url=server.base_url, model="m", api_key_env="TEACHER_KEY", max_retries=2,
                                    backoff_s=0.01, timeout_s=5)
         backend = HTTPBackend.from_config(config, show_progress=False)
@@ -488,7 +489,7 @@ def test_a_redirect_is_refused_and_the_key_goes_nowhere_else(monkeypatch, status
     message = str(err.value)
     assert f"HTTP {status}: the server redirects to {elsewhere.url}" in message and "set base_url" in message
     assert len(server.requests) == 1  # not retried: asking again gets the same redirect
-    assert SECRET not in message
+    assert SECRET not in message and "SIGNED-TOKEN" not in message
 
 
 _SYNTHESIZE = """name: t
@@ -520,6 +521,10 @@ def _refusal(tmp_path, teacher: str) -> str:
     ("extra_body: {api_key: sk-LITERAL-1}", "extra_body.api_key"),
     ('extra_body: {headers: {Authorization: "Bearer sk-LITERAL-2"}}', "extra_body.headers.Authorization"),
     ('extra_body: {metadata: [{x-api-key: sk-LITERAL-3}]}', "extra_body.metadata[0].x-api-key"),
+    # Azure OpenAI "On Your Data": data_sources[].parameters.authentication.key; API Management's header name
+    ("extra_body: {data_sources: [{parameters: {authentication: {type: api_key, key: sk-LITERAL-4}}}]}",
+     "extra_body.data_sources[0].parameters.authentication.key"),
+    ("extra_body: {Ocp-Apim-Subscription-Key: sk-LITERAL-6}", "extra_body.Ocp-Apim-Subscription-Key"),
     ("api_key_env: sk-LITERAL-5abcdefghijklmnop", None),
 ])
 def test_a_key_written_into_an_http_backend_is_refused_without_showing_it(tmp_path, written, path):
@@ -537,7 +542,7 @@ def test_a_key_written_into_an_http_backend_is_refused_without_showing_it(tmp_pa
 def test_vllm_engine_args_take_no_pickle_load_format_and_no_token(tmp_path):
     from tempa.alignment.backends import VLLMBackendConfig
 
-    for load_format in ("pt", "npcache", "auto"):
+    for load_format in ("pt", "npcache", "auto", "PT"):
         message = _refusal(tmp_path, f"{{type: vllm, engine_args: {{load_format: {load_format}}}}}")
         assert f"engine_args.load_format '{load_format}' would unpickle a checkpoint" in message
     message = _refusal(tmp_path, "{type: vllm, engine_args: {hf_token: hf_LITERAL}}")

@@ -236,13 +236,14 @@ def test_the_card_names_no_server_of_a_private_network():
     from tempa.sft.stage_api import RecipeInfo
 
     private = ["http://127.0.0.1:8000/v1", "http://judge.internal:8000/v1", "http://10.1.2.3:8000/v1", "http://vllm/v1",
-               "http://teacher.team.svc.cluster.local:8000/v1", "http://[fd00::5]:8000/v1"]
+               "http://teacher.team.svc.cluster.local:8000/v1", "http://[fd00::5]:8000/v1",
+               "http://gpu-box.home.arpa/v1", "https://judge.tail1234.ts.net/v1"]
     public = "https://api.openai.com/v1"
     resolved = {"stages": [{"name": f"s{i}", "teacher": {"type": "http", "base_url": url, "model": "m"}}
                            for i, url in enumerate([*private, public])]}
     card = render_model_card(ModelCardConfig(), stages={}, environ={},
                              recipe=RecipeInfo("t", "tempa:tiny", "llama3_thinking", resolved=resolved))
-    hosts = ["127.0.0.1", "judge.internal", "10.1.2.3", "vllm/v1", "svc.cluster", "fd00::5"]
+    hosts = ["127.0.0.1", "judge.internal", "10.1.2.3", "vllm/v1", "svc.cluster", "fd00::5", "home.arpa", "ts.net"]
     assert not [host for host in hosts if host in card]
     assert card.count("<private endpoint>") == len(private) and public in card
 

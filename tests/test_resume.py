@@ -161,3 +161,19 @@ def test_a_save_that_failed_on_a_full_disk_is_not_called_a_damaged_file():
     assert damaged_file_hint(full, None, Path("/cache/sft-data/abc/train")) is None
     torn = "training process exited with code 1: SafetensorError: Error while deserializing header: incomplete metadata"
     assert "delete that cache folder" in damaged_file_hint(torn, None, Path("/cache/sft-data/abc/train"))
+
+
+def test_the_files_a_stage_writes_follow_the_umask_it_reads_without_setting_it(tmp_path):
+    """The umask was read by setting it to 0 and back, while a trainer's threads create files: one created in that
+    window was 0666. It is read from /proc on Linux, and the modes follow it (0640 under 027)."""
+    from tempa.sft.files import umask_modes
+
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "model.safetensors").chmod(0o600)  # as safetensors writes it
+    old = os.umask(0o027)
+    try:
+        umask_modes(tmp_path)
+        assert os.umask(0o027) == 0o027  # never changed under the threads, however briefly
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o640

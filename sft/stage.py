@@ -20,7 +20,7 @@ from tempa.sft.data_config import DataConfig
 from tempa.sft.data_report import DataMix
 from tempa.sft.run_layout import DATA_DIR, LOGS_DIR, TRAIN_PLAN
 from tempa.sft.stage_api import EvalPrompts, RunPath, StageContext, StageError, StageResult
-from tempa.sft.train_plan import WORKER, TrainOutcome, TrainPlan, train_plan
+from tempa.sft.train_plan import OUTCOME_FILE, WORKER, TrainOutcome, TrainPlan, train_plan
 
 __all__ = ["SFTResult", "SFTStageConfig", "run_sft"]
 
@@ -165,14 +165,30 @@ def launch_training(plan: TrainPlan, ctx: StageContext) -> TrainOutcome:
     if resume is not None:
         ctx.log.info("will resume from %s", resume)
     plan_path = plan.write(ctx.stage_dir / TRAIN_PLAN)
+    before = _published(plan.final_dir)
     try:
         ctx.launch(WORKER, ["--plan", str(plan_path)], ctx.stage_dir / LOGS_DIR / "train.log")
     except StageError as exc:
+        if (after := _published(plan.final_dir)) is not None and after != before:
+            # The final model is whole: rank 0 publishes it after every process took part in its save, and only a
+            # barrier is left. A process that crashed while exiting (torch's "terminate called without an active
+            # exception") failed the stage at its very end, and a re-run only read the model back.
+            ctx.log.warning("%s: the training processes ended with an error after the final model was published "
+                            "(%s): keeping it", ctx.stage_name, exc)
+            return TrainOutcome.read(plan.final_dir)
         hint = damaged_file_hint(str(exc), resume, plan.train_data)
         if hint is None:
             raise
         raise StageError(f"{exc}{hint}") from None
     return TrainOutcome.read(plan.final_dir)
+
+
+def _published(final_dir: Path) -> int | None:
+    """When the worker published ``final_dir`` (its outcome record's mtime, ns), or None when it has not."""
+    try:
+        return (final_dir / OUTCOME_FILE).stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 # What safetensors, torch and Arrow say of a file cut short or damaged after it was written (a disk, a copy): the

@@ -177,3 +177,36 @@ def test_the_files_a_stage_writes_follow_the_umask_it_reads_without_setting_it(t
     finally:
         os.umask(old)
     assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_launch_that_fails_after_publishing_its_final_model_keeps_it(tmp_path, tiny_model_dir, caplog):
+    """A 2-process ZeRO-3 run finished its steps and its save, then one process died exiting ("terminate called
+    without an active exception", SIGABRT): the stage failed at its very end, and a re-run read the model back."""
+    import logging
+
+    from stage_helpers import make_context
+    from tempa.sft.stage import launch_training
+    from tempa.sft.stage_api import StageError
+    from tempa.sft.train_plan import OUTCOME_FILE, TrainOutcome, TrainPlan
+
+    crash = StageError("a training process crashed with SIGABRT: terminate called without an active exception")
+
+    def run(publish: bool):
+        def launch(module, args, log_file):
+            if publish:
+                final = tmp_path / "sft" / "final"
+                final.mkdir(parents=True, exist_ok=True)
+                (final / OUTCOME_FILE).write_text(TrainOutcome(global_step=36).model_dump_json())
+            raise crash
+
+        ctx = make_context(tmp_path, "sft", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                           chat_template="", launch=launch)
+        return launch_training(TrainPlan.standalone(tiny_model_dir, tmp_path / "sft", {}), ctx)
+
+    with pytest.raises(StageError, match="SIGABRT"):  # nothing published: the failure stands
+        run(publish=False)
+    with caplog.at_level(logging.WARNING):
+        assert run(publish=True).global_step == 36
+    assert "ended with an error after the final model was published" in caplog.text
+    with pytest.raises(StageError, match="SIGABRT"):  # a final model an earlier launch left is no proof
+        run(publish=False)

@@ -18,7 +18,8 @@ most other architectures) ships in llama.cpp's source tree only: neither the ``g
 llama-cpp-python installs it. So this writer stays for Llama (what tempa's recipes train); for other
 architectures run the converter from a llama.cpp checkout and quantise its output with
 ``tempa export gguf FILE.gguf --type q4_k_m`` (the same llama.cpp quantiser, which also makes q8_0 from a
-.gguf input; a .gguf input has no default type).
+.gguf input; a .gguf input has no default type). The converter embeds the baked template as it is: a tempa template
+in it is replaced by its :func:`serving_template` in the quantised file.
 
 Each GGUF gets its own Modelfile beside it, named after it (``demo-q8_0.gguf``: ``demo-q8_0.Modelfile``), so
 exports of several types into one folder keep theirs; a file of that name that is not the Modelfile tempa wrote for
@@ -181,6 +182,53 @@ def gguf_tensor_types(path: Path) -> dict[str, int]:
     return counts
 
 
+def gguf_chat_template(path: Path) -> str | None:
+    """The chat template a GGUF file embeds (``tokenizer.chat_template``), or None."""
+    import gguf
+
+    field = gguf.GGUFReader(str(path)).get_field(gguf.Keys.Tokenizer.CHAT_TEMPLATE)
+    return field.contents() if field is not None else None
+
+
+def with_chat_template(source: Path, out: Path, template: str) -> None:
+    """Copy the GGUF ``source`` to ``out`` with ``template`` as its chat template: every other key, in its order,
+    and every tensor's bytes as they are (what llama.cpp's gguf_new_metadata.py does). Written to a temporary name
+    and renamed."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(source))
+    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE)
+    if arch is None:
+        raise StageError(f"{source}: not a model GGUF (no {gguf.Keys.General.ARCHITECTURE})")
+    tmp = out.with_name(f".{out.name}.partial")
+    with removed_on_failure(tmp):
+        writer = gguf.GGUFWriter(str(tmp), arch.contents(), endianess=reader.endianess)
+        written = False
+        for field in reader.fields.values():
+            # the writer adds general.architecture itself; GGUF.* are the reader's view of the header
+            if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+                continue
+            if field.name == gguf.Keys.Tokenizer.CHAT_TEMPLATE:
+                writer.add_chat_template(template)
+                written = True
+                continue
+            kind = field.types[0]
+            sub_type = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(field.name, field.contents(), kind, sub_type=sub_type)
+        if not written:
+            writer.add_chat_template(template)
+        for tensor in reader.tensors:
+            writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
+                                   tensor.tensor_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for tensor in reader.tensors:
+            writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
+        writer.close()
+        os.replace(tmp, out)
+
+
 def permute_rotary(weights: np.ndarray, n_head: int) -> np.ndarray:
     """HF stores q/k rows as [all first halves, all second halves] per head; GGML interleaves them."""
     return (
@@ -332,7 +380,7 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
 
     ``file_type`` None: f16 for a model folder. ``model_dir`` may also be a ``.gguf`` file (e.g. from llama.cpp's
     converter): it is quantised to ``file_type`` (one of :data:`GGUF_INPUT_QUANTS`, required) with llama.cpp's
-    quantiser, without a Modelfile.
+    quantiser, and an embedded tempa template is replaced by its :func:`serving_template`.
     """
     if file_type is not None and file_type not in GGUF_TYPES:
         raise StageError(f"--type {file_type}: expected one of {', '.join(GGUF_TYPES)}")
@@ -352,7 +400,19 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
             raise StageError(f"--type {file_type}: a .gguf input is quantised with llama.cpp's quantiser, which takes "
                              f"{quants}; tempa writes {file_type} from a model folder only")
         target = Path(out) if out else source.with_name(f"{source.stem}-{file_type}.gguf")
-        types = quantize_gguf(source, target, file_type)
+        embedded = gguf_chat_template(source)
+        served = serving_template(embedded) if embedded else embedded
+        if served == embedded:  # no template, or none with training markers or the refusing alias
+            types = quantize_gguf(source, target, file_type)
+        else:
+            # llama.cpp's converter embeds the baked template verbatim: its {% generation %} markers fail in
+            # llama.cpp's Jinja, and its alias raises when llama-server passes enable_thinking. The quantised copy
+            # is rewritten (smaller than the source), and only the rewritten file ever carries the target's name.
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=".tempa-gguf-", dir=target.parent) as scratch:
+                quantised = Path(scratch) / target.name
+                types = quantize_gguf(source, quantised, file_type)
+                with_chat_template(quantised, target, served)
         return GGUFExport(target, None, sum(types.values()), file_type, types)
     file_type = file_type or "f16"
     if file_type in LLAMA_CPP_QUANTS:  # llama.cpp quantises the f16 file this module writes

@@ -19,7 +19,7 @@ llama-cpp-python installs it. So this writer stays for Llama (what tempa's recip
 architectures run the converter from a llama.cpp checkout and quantise its output with
 ``tempa export gguf FILE.gguf --type q4_k_m`` (the same llama.cpp quantiser, which also makes q8_0 from a
 .gguf input; a .gguf input has no default type). The converter embeds the baked template as it is: a tempa template
-in it is replaced by its :func:`serving_template` in the quantised file.
+in it is replaced by its :func:`serving_template` in the quantised file, which gets its Modelfile too.
 
 Each GGUF gets its own Modelfile beside it, named after it (``demo-q8_0.gguf``: ``demo-q8_0.Modelfile``), so
 exports of several types into one folder keep theirs; a file of that name that is not the Modelfile tempa wrote for
@@ -47,11 +47,16 @@ from typing import Any
 
 import numpy as np
 
-from tempa.chat_templates.templates import template_defaults
+from tempa.chat_templates.templates import (
+    available_templates,
+    load_template,
+    template_defaults,
+    with_defaults,
+)
 from tempa.chat_templates.thinking import end_of_turn_token
 from tempa.merge.model_card import card_front_matter
 from tempa.merge.model_files import license_files
-from tempa.merge.ollama_template import ollama_default_note, ollama_template
+from tempa.merge.ollama_template import ollama_default_note, ollama_template, twin_name
 from tempa.merge.publish import FILE_MODE, whole_model_problems
 from tempa.sft.run_layout import RESOLVED_RECIPE
 from tempa.sft.stage_api import StageError
@@ -84,6 +89,8 @@ class GGUFExport:
     file_type: GGUFType
     # llama.cpp quantisation: tensors by their GGML type (e.g. {"Q4_K": 10, "Q6_K": 2, "F32": 5})
     tensor_types: dict[str, int] | None = None
+    # the embedded template is tempa's: a request's thinking_mode switches it in llama-server (LLAMA_SERVER_NOTE)
+    tempa_template: bool = True
 
 
 MODELFILE_HEADER = "# tempa: "  # the first line of every Modelfile tempa writes
@@ -348,6 +355,28 @@ LLAMA_SERVER_NOTE = (
 )
 
 
+def is_tempa_template(template: str | None) -> bool:
+    """Whether ``template`` (baked, or already served) is one of tempa's thinking templates, whose served form lets
+    a request's ``thinking_mode`` win over llama-server's ``enable_thinking`` (what :data:`LLAMA_SERVER_NOTE` says)."""
+    return bool(template) and _ALIAS_YIELDS in serving_template(template)
+
+
+def baked_template(embedded: str) -> str | None:
+    """The shipped tempa template, with its baked defaults, that ``embedded`` (a GGUF's: as baked, from llama.cpp's
+    converter, or served, from tempa's writer) is; None for any other or an edited one."""
+    if twin_name(embedded) is not None:
+        return embedded
+    defaults = template_defaults(embedded)
+    for name in available_templates():
+        try:
+            candidate = with_defaults(load_template(name), defaults)
+        except ValueError:  # a default this template cannot take
+            continue
+        if serving_template(candidate) == embedded:
+            return candidate
+    return None
+
+
 def serving_template(template: str) -> str:
     """The chat template for inference engines: the ``{% generation %}`` / ``{% endgeneration %}`` markers
     (training-only, transformers' extension) removed, and a ``thinking_mode`` that differs from ``enable_thinking``
@@ -380,7 +409,8 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
 
     ``file_type`` None: f16 for a model folder. ``model_dir`` may also be a ``.gguf`` file (e.g. from llama.cpp's
     converter): it is quantised to ``file_type`` (one of :data:`GGUF_INPUT_QUANTS`, required) with llama.cpp's
-    quantiser, and an embedded tempa template is replaced by its :func:`serving_template`.
+    quantiser, and an embedded tempa template is replaced by its :func:`serving_template`; the Modelfile is written
+    when the template has a Go twin (:func:`baked_template`), from what the GGUF records (:func:`gguf_modelfile`).
     """
     if file_type is not None and file_type not in GGUF_TYPES:
         raise StageError(f"--type {file_type}: expected one of {', '.join(GGUF_TYPES)}")
@@ -401,6 +431,9 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
                              f"{quants}; tempa writes {file_type} from a model folder only")
         target = Path(out) if out else source.with_name(f"{source.stem}-{file_type}.gguf")
         embedded = gguf_chat_template(source)
+        baked = baked_template(embedded) if embedded else None
+        if baked is not None:
+            _check_modelfile_free(target)
         served = serving_template(embedded) if embedded else embedded
         if served == embedded:  # no template, or none with training markers or the refusing alias
             types = quantize_gguf(source, target, file_type)
@@ -413,7 +446,12 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
                 quantised = Path(scratch) / target.name
                 types = quantize_gguf(source, quantised, file_type)
                 with_chat_template(quantised, target, served)
-        return GGUFExport(target, None, sum(types.values()), file_type, types)
+        tempa = is_tempa_template(embedded)
+        if baked is None:
+            return GGUFExport(target, None, sum(types.values()), file_type, types, tempa_template=tempa)
+        modelfile_path = modelfile_for(target)
+        modelfile_path.write_text(gguf_modelfile(target, baked), encoding="utf-8")
+        return GGUFExport(target, modelfile_path, sum(types.values()), file_type, types, tempa_template=tempa)
     file_type = file_type or "f16"
     if file_type in LLAMA_CPP_QUANTS:  # llama.cpp quantises the f16 file this module writes
         _llama_cpp(file_type)  # missing: say so before writing the f16 intermediate
@@ -425,13 +463,13 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
             types = quantize_gguf(f16.gguf_path, target, file_type)
             if f16.modelfile_path is None:  # a template without a Go twin (logged)
                 _published_with(model_dir, target)
-                return GGUFExport(target, None, f16.tensor_count, file_type, types)
+                return GGUFExport(target, None, f16.tensor_count, file_type, types, tempa_template=f16.tempa_template)
             modelfile = f16.modelfile_path.read_text(encoding="utf-8").replace(
                 f"./{f16.gguf_path.name}", f"./{target.name}")
         modelfile_path = modelfile_for(target)
         modelfile_path.write_text(modelfile, encoding="utf-8")
         _published_with(model_dir, target, modelfile_path)
-        return GGUFExport(target, modelfile_path, f16.tensor_count, file_type, types)
+        return GGUFExport(target, modelfile_path, f16.tensor_count, file_type, types, tempa_template=f16.tempa_template)
     import gguf
     from transformers import AutoConfig, AutoTokenizer
 
@@ -529,11 +567,11 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
 
     if modelfile_text is None:
         _published_with(model_dir, gguf_path)
-        return GGUFExport(gguf_path, None, count, file_type, tensor_types)
+        return GGUFExport(gguf_path, None, count, file_type, tensor_types, tempa_template=is_tempa_template(template))
     modelfile = modelfile_for(gguf_path)
     modelfile.write_text(modelfile_text, encoding="utf-8")
     _published_with(model_dir, gguf_path, modelfile)
-    return GGUFExport(gguf_path, modelfile, count, file_type, tensor_types)
+    return GGUFExport(gguf_path, modelfile, count, file_type, tensor_types, tempa_template=is_tempa_template(template))
 
 
 def _add_tensor(writer, name: str, data: np.ndarray, file_type: GGUFType) -> None:
@@ -630,7 +668,12 @@ def ollama_modelfile(gguf_name: str, tokenizer, generation: dict[str, Any], lice
     ``thinking_default``) when a request leaves it unset, which only Ollama before 0.12.4 does: the header says
     so (:func:`~tempa.merge.ollama_template.ollama_default_note`).
     """
-    template = tokenizer.chat_template or ""
+    stops = [tokenizer.convert_ids_to_tokens(i) for i in _stop_ids(generation)] or [tokenizer.eos_token]
+    return _modelfile(gguf_name, tokenizer.chat_template or "", stops, ollama_parameters(generation), licenses)
+
+
+def _modelfile(gguf_name: str, template: str, stops: Sequence[str], parameters: dict[str, int | float],
+               licenses: Sequence[str]) -> str:
     default = template_defaults(template).thinking_mode
     try:
         body = ollama_template(template)
@@ -638,13 +681,39 @@ def ollama_modelfile(gguf_name: str, tokenizer, generation: dict[str, Any], lice
         raise StageError(f"Modelfile for {gguf_name}: {error}") from None
     if '"""' in body:
         raise StageError(f"Modelfile for {gguf_name}: the template contains a triple quote")
-    stops = [tokenizer.convert_ids_to_tokens(i) for i in _stop_ids(generation)] or [tokenizer.eos_token]
     lines = [
         f"{MODELFILE_HEADER}default thinking mode '{default}' (thinking_default). {ollama_default_note(default)}",
         f"FROM ./{gguf_name}",
         f'TEMPLATE """{body}"""',
     ]
     lines += [f'PARAMETER stop "{stop}"' for stop in dict.fromkeys(stops)]
-    lines += [f"PARAMETER {name} {value}" for name, value in ollama_parameters(generation).items()]
+    lines += [f"PARAMETER {name} {value}" for name, value in parameters.items()]
     lines += [f'LICENSE """{text}"""' for text in licenses if '"""' not in text]
     return "\n".join(lines) + "\n"
+
+
+# a GGUF's general.sampling.* keys (the converter's copy of generation_config.json) -> Ollama's PARAMETER names
+_GGUF_SAMPLING = {"general.sampling.temp": "temperature", "general.sampling.top_k": "top_k",
+                  "general.sampling.top_p": "top_p", "general.sampling.min_p": "min_p",
+                  "general.sampling.penalty_repeat": "repeat_penalty"}
+
+
+def gguf_modelfile(gguf_path: Path, template: str) -> str:
+    """The Ollama Modelfile of a GGUF that has no model folder beside it (a converted one, quantised): the Go twin
+    of ``template`` (its baked tempa template, :func:`baked_template`), its eos and end-of-turn tokens as stops,
+    the sampling defaults and licence ids the file records."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(gguf_path))
+
+    def value(key: str) -> Any:
+        field = reader.get_field(key)
+        return field.contents() if field is not None else None
+
+    tokens = value(gguf.Keys.Tokenizer.LIST) or []
+    stop_ids = [value(gguf.Keys.Tokenizer.EOS_ID), value(gguf.Keys.Tokenizer.EOT_ID)]
+    stops = [tokens[i] for i in stop_ids if i is not None and i < len(tokens)]
+    stops.append(end_of_turn_token(template))  # the end of a turn whatever the converter took for eos
+    parameters = {name: value(key) for key, name in _GGUF_SAMPLING.items() if value(key) is not None}
+    license_ids = value(gguf.Keys.General.LICENSE)
+    return _modelfile(gguf_path.name, template, stops, parameters, [license_ids] if license_ids else [])

@@ -503,7 +503,8 @@ def _cmd_export_gguf(args) -> int:
     types = f"; by type: {', '.join(f'{k} {v}' for k, v in sorted(result.tensor_types.items()))}" \
         if result.tensor_types else ""
     print(f"wrote {result.gguf_path} ({result.tensor_count} tensors, {result.file_type}{types})")
-    print(LLAMA_SERVER_NOTE)
+    if result.tempa_template:  # the note is about tempa's thinking_mode switch; another template has none
+        print(LLAMA_SERVER_NOTE)
     if result.modelfile_path is not None:
         print(f"wrote {result.modelfile_path} (ollama create NAME -f {result.modelfile_path})")
     return 0

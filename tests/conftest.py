@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,19 @@ def tiny_tokenizer(tiny_tokenizer_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def go_renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/ollama/render.go built: renders a Modelfile TEMPLATE as Ollama drives it (see test_ollama_modelfile)."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.fail("the Ollama template test needs Go (Debian: apt-get install golang-go; the README's test "
+                    "command installs it)")
+    folder = tmp_path_factory.mktemp("ollama")
+    out, source = folder / "render", Path(__file__).parent / "ollama" / "render.go"
+    env = {**os.environ, "GO111MODULE": "auto", "GOFLAGS": ""}
+    if not (env.get("HOME") or env.get("XDG_CACHE_HOME") or env.get("GOCACHE")):
+        env["GOCACHE"] = str(folder / "go-cache")  # go needs a build cache; CI may have no home
+    subprocess.run([go, "build", "-o", str(out), str(source)], check=True, cwd=source.parent, env=env)
+    return out

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_ollama_modelfile import _ollama
 
 from tempa.merge.gguf_export import export_gguf, serving_template
 from tempa.recipes import tiny
@@ -117,7 +118,7 @@ def test_a_converted_gguf_is_quantised_with_the_serving_template(qwen_final: Pat
     result = export_gguf(converted, file_type="q8_0")
     assert result.gguf_path == converted.with_name("ko-qwen-f16-q8_0.gguf")
     assert _template(result.gguf_path) == serving_template(raw)
-    assert {p.name for p in converted.parent.iterdir()} == {converted.name, result.gguf_path.name}  # no partial
+    assert not list(converted.parent.glob(".*"))  # no partial file or scratch folder left
 
     # every other key and every tensor as llama.cpp's quantiser wrote them
     source, out = gguf.GGUFReader(str(converted)), gguf.GGUFReader(str(result.gguf_path))
@@ -142,3 +143,44 @@ def test_a_converted_gguf_is_quantised_with_the_serving_template(qwen_final: Pat
     reference.eval(ids)
     got, expected = np.asarray(llm.scores[: len(ids)]), np.asarray(reference.scores[: len(ids)])
     assert (got.argmax(-1) == expected.argmax(-1)).mean() > 0.9
+
+
+def test_the_quantised_gguf_gets_its_ollama_modelfile(qwen_final: Path, converted: Path, go_renderer: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Before, a .gguf input got no Modelfile, although chatml_thinking has a Go twin: Ollama users of a Qwen model
+    had to write one by hand, and Ollama's fallback template knows no thinking mode."""
+    from tempa.chat_templates import render_text
+    from tempa.merge.gguf_export import LLAMA_SERVER_NOTE
+    from tempa.recipes.cli import main
+
+    assert main(["export", "gguf", str(converted), "--type", "q8_0"]) == 0
+    printed = capsys.readouterr().out
+    modelfile = converted.with_name("ko-qwen-f16-q8_0.Modelfile")
+    assert f"wrote {modelfile}" in printed and LLAMA_SERVER_NOTE in printed
+    text = modelfile.read_text(encoding="utf-8")
+    assert text.splitlines()[1] == "FROM ./ko-qwen-f16-q8_0.gguf"
+    assert 'PARAMETER stop "<|im_end|>"' in text.splitlines()
+    template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    raw = (qwen_final / "chat_template.jinja").read_text(encoding="utf-8")
+    for think, mode in ((True, "on"), (False, "off")):
+        prompt = _ollama(go_renderer, template, CHAT, None, think)["prompt"]
+        assert prompt == render_text(raw, CHAT, add_generation_prompt=True, thinking_mode=mode), mode
+
+
+def test_a_gguf_with_another_template_gets_neither_modelfile_nor_tempa_note(
+        qwen_final: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before, the CLI printed tempa's thinking_mode advice for llama-server whatever template the GGUF held."""
+    from tempa.merge.gguf_export import LLAMA_SERVER_NOTE
+    from tempa.recipes.cli import main
+
+    folder = tmp_path / "plain"
+    shutil.copytree(qwen_final, folder)
+    plain = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    (folder / "chat_template.jinja").write_text(plain, encoding="utf-8")
+    source = _convert_like_llama_cpp(folder, tmp_path / "plain-f16.gguf")
+    assert main(["export", "gguf", str(source), "--type", "q8_0"]) == 0
+    printed = capsys.readouterr().out
+    out = tmp_path / "plain-f16-q8_0.gguf"
+    assert f"wrote {out}" in printed and LLAMA_SERVER_NOTE not in printed and "Modelfile" not in printed
+    assert _template(out) == plain and not list(tmp_path.glob("*.Modelfile"))

@@ -72,5 +72,9 @@ def test_a_model_without_256_wide_rows_is_refused_for_k_quants(tiny_model_dir, t
 def test_an_existing_gguf_is_quantised_in_place_of_a_model_folder(wide_final, tmp_path):
     f16 = export_gguf(wide_final, tmp_path / "conv-f16.gguf")  # stands for llama.cpp's converter output
     result = export_gguf(f16.gguf_path, None, file_type="q6_k")
-    assert result.gguf_path == tmp_path / "conv-f16-q6_k.gguf" and result.modelfile_path is None
+    assert result.gguf_path == tmp_path / "conv-f16-q6_k.gguf"
     assert "Q6_K" in gguf_tensor_types(result.gguf_path)
+    # its template is tempa's (served): the Modelfile names the quantised file, with the f16's Go template
+    ours, f16s = (path.read_text().split('TEMPLATE """') for path in (result.modelfile_path, f16.modelfile_path))
+    assert ours[0].splitlines()[1] == "FROM ./conv-f16-q6_k.gguf"
+    assert ours[1].split('"""')[0] == f16s[1].split('"""')[0]

@@ -9,8 +9,6 @@ golang-go, which the README's test command installs.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -67,21 +65,6 @@ PARALLEL = ([
     {"role": "tool", "content": "30C"},
     {"role": "tool", "content": "31C"},
 ], [WEATHER_TOOL])
-
-
-@pytest.fixture(scope="session")
-def go_renderer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    go = shutil.which("go")
-    if go is None:
-        pytest.fail("the Ollama template test needs Go (Debian: apt-get install golang-go; the README's test "
-                    "command installs it)")
-    folder = tmp_path_factory.mktemp("ollama")
-    out, source = folder / "render", Path(__file__).parent / "ollama" / "render.go"
-    env = {**os.environ, "GO111MODULE": "auto", "GOFLAGS": ""}
-    if not (env.get("HOME") or env.get("XDG_CACHE_HOME") or env.get("GOCACHE")):
-        env["GOCACHE"] = str(folder / "go-cache")  # go needs a build cache; CI may have no home
-    subprocess.run([go, "build", "-o", str(out), str(source)], check=True, cwd=source.parent, env=env)
-    return out
 
 
 def _ollama(renderer: Path, template: str, messages: list[dict], tools: list[dict] | None, think: bool | None,

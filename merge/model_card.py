@@ -438,10 +438,12 @@ def usage_snippet(model_id: str, thinking_default: str = "on", saved_with: str |
                   languages: Sequence[str] = (), gguf: bool = True) -> list[str]:
     """The card's usage section; ``saved_with``: the transformers version that wrote the folder's files;
     ``languages``: the card's, the first of which the example question is in (see :func:`usage_question`);
-    ``gguf``: whether ``tempa export gguf`` writes this model (its GGUF writer takes Llama models only)."""
+    ``gguf``: whether ``tempa export gguf`` writes this model (its GGUF writer takes Llama models only; others get
+    the route through llama.cpp's converter, whose output it quantises)."""
     from tempa.merge.gguf_export import LLAMA_SERVER_NOTE  # it imports this module
 
     other = "off" if thinking_default == "on" else "on"
+    gguf_name = "NAME-q8_0" if gguf else "MODEL-f16-q8_0"
     # transformers 5 writes tokenizer_config.json and config.json in its own format: 4.x cannot load the tokenizer
     # (TokenizersBackend) and reads the RoPE settings (rope_parameters) as absent, silently
     needs = ([f"Saved with transformers {saved_with}: load it with transformers 5 or later (4.x cannot load the",
@@ -477,9 +479,15 @@ def usage_snippet(model_id: str, thinking_default: str = "on", saved_with: str |
         "Generation stops at the end-of-turn token: it is the tokenizer's eos, and `generation_config.json`",
         "lists it among the eos ids." + (" `tempa export gguf` writes a GGUF (llama.cpp) and an Ollama Modelfile"
                                          if gguf else ""),
-        *(["named after it (`NAME-q8_0.gguf`: `NAME-q8_0.Modelfile`, for `ollama create NAME -f NAME-q8_0.Modelfile`)",
-           "whose template honours Ollama's `think` switch. " + ollama_default_note(thinking_default),
-           "", LLAMA_SERVER_NOTE] if gguf else []),
+        # tempa's writer takes Llama only; the converter's output, quantised by tempa, gets the same serving files
+        *([] if gguf else ["For llama.cpp and Ollama, convert it with `convert_hf_to_gguf.py` from a llama.cpp "
+                           "checkout (`--outtype f16 --outfile MODEL-f16.gguf`), then run",
+                           "`tempa export gguf MODEL-f16.gguf --type q8_0`: it writes the quantised GGUF with the "
+                           "chat template llama.cpp runs and an Ollama Modelfile"]),
+        f"named after it (`{gguf_name}.gguf`: `{gguf_name}.Modelfile`, for `ollama create NAME -f {gguf_name}.Modelfile`)",
+        "whose template honours Ollama's `think` switch. " + ollama_default_note(thinking_default),
+        "",
+        LLAMA_SERVER_NOTE,
         "",
     ]
 
@@ -623,8 +631,8 @@ def render_model_card(
     ``weights_from`` names the stage whose model the folder holds (``None``: the base model's weights; see
     :func:`shipped_stage`); the card then says so in one sentence. When the SFT stages trained tool rows the
     usage section says how to call the model with tools; ``tool_call``: the example's call as the baked template
-    writes it (:func:`written_tool_call`). ``gguf``: whether ``tempa export gguf`` writes the model (the usage
-    section names the GGUF and Ollama export only then).
+    writes it (:func:`written_tool_call`). ``gguf``: whether ``tempa export gguf`` writes the model (else the usage
+    section gives the route through llama.cpp's converter).
     """
     resolved = redact(dict(recipe.resolved))
     title = card.title or recipe.name

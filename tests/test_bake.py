@@ -556,11 +556,13 @@ def test_the_final_config_uses_the_cache_as_the_base_model_does(tmp_path, tiny_m
         assert model(torch.tensor([[1, 2, 3]])).past_key_values is not None
 
 
-def test_the_card_offers_the_gguf_export_only_for_a_model_it_writes(tmp_path, tiny_model_dir, recipe_tokenizer,
+def test_the_card_gives_each_model_the_gguf_route_that_works_for_it(tmp_path, tiny_model_dir, recipe_tokenizer,
                                                                      capsys):
-    """The card told every model's users that `tempa export gguf` writes a GGUF and an Ollama Modelfile; its writer
-    takes Llama models only and refuses the Qwen2 models the README's "Bring your own" recipe trains."""
+    """`tempa export gguf` writes Llama models only and refuses the Qwen2 models the README's "Bring your own" recipe
+    trains: their card dropped the llama-server and Ollama notes entirely. It gives the convert route instead, whose
+    quantised output tempa serves as it serves its own."""
     from tempa.chat_templates import load_template
+    from tempa.merge.gguf_export import LLAMA_SERVER_NOTE
     from tempa.recipes.cli import main
 
     run_dir = tmp_path / "run"
@@ -575,8 +577,11 @@ def test_the_card_offers_the_gguf_export_only_for_a_model_it_writes(tmp_path, ti
     final = run_bake(config, _ctx(tmp_path / "run2", stages, source, recipe_tokenizer,
                                   load_template("llama3_thinking"))).model
     card = (final / "README.md").read_text()
-    assert "export gguf" not in card and "Ollama" not in card
-    assert "lists it among the eos ids.\n" in card
+    assert "`tempa export gguf` writes" not in card and "lists it among the eos ids.\n" in card
+    assert "convert it with `convert_hf_to_gguf.py`" in card
+    assert "`tempa export gguf MODEL-f16.gguf --type q8_0`: it writes the quantised GGUF" in card
+    assert "`MODEL-f16-q8_0.Modelfile`" in card and "Ollama's `think` switch" in card
+    assert LLAMA_SERVER_NOTE in card.replace("\n", " ")
     assert main(["export", "gguf", str(final), "--out", str(tmp_path / "q.gguf")]) == 1  # what the card no longer says
     assert "supports LlamaForCausalLM, got Qwen2ForCausalLM" in capsys.readouterr().err
 

@@ -193,36 +193,6 @@ def write_answers(stage_dir: Path, candidate: str, answers: dict[str, list[dict[
             write_jsonl(folder / f"{_slug(suite)}.jsonl", finite_json(records))
 
 
-def score_model(
-    model_dir: Path,
-    config: EvaluateStageConfig,
-    ctx: StageContext,
-    rows: dict[str, list[dict[str, Any]]],
-    backend_factory: BackendFactory = transformers_backend,
-    pairwise: PairwiseJudging | None = None,
-) -> dict[str, float]:
-    """Every suite's metrics for one model, as ``{"<suite>/<metric>": value}``.
-
-    Win-rate suites use ``pairwise`` (shared by the candidates of one stage), else judges and baseline
-    answers of their own (a merge stage re-scoring its merge; the baseline's answers come from the cache).
-    """
-    return score_model_answers(model_dir, config, ctx, rows, backend_factory, pairwise)[0]
-
-
-def score_model_answers(
-    model_dir: Path,
-    config: EvaluateStageConfig,
-    ctx: StageContext,
-    rows: dict[str, list[dict[str, Any]]],
-    backend_factory: BackendFactory = transformers_backend,
-    pairwise: PairwiseJudging | None = None,
-) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]]]:
-    """:func:`score_model`'s metrics, and per suite the rows' records (prompt, answer, finish reason, verdicts)."""
-    scored = score_suites(model_dir, config, ctx, rows, backend_factory, pairwise)
-    metrics = {name: value for suite_metrics, _ in scored.values() for name, value in suite_metrics.items()}
-    return metrics, {key: records for key, (_, records) in scored.items()}
-
-
 def score_suites(
     model_dir: Path,
     config: EvaluateStageConfig,
@@ -231,7 +201,9 @@ def score_suites(
     backend_factory: BackendFactory = transformers_backend,
     pairwise: PairwiseJudging | None = None,
 ) -> dict[str, tuple[dict[str, float], list[dict[str, Any]]]]:
-    """Per suite key: its ``{"<suite>/<metric>": value}`` and its rows' records."""
+    """Per suite key: its ``{"<suite>/<metric>": value}`` and its rows' records (prompt, answer, finish reason,
+    verdicts). Win-rate suites use ``pairwise`` (shared by the candidates of one stage), else judges and baseline
+    answers of their own (a merge stage re-scoring its merge; the baseline's answers come from the cache)."""
     from transformers import AutoTokenizer
 
     own_pairwise = pairwise is None
@@ -267,8 +239,9 @@ def cached_scores(
     who: str | None = None,
     code: str | None = None,
 ) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]]]:
-    """:func:`score_model_answers`, reusing each suite's cached scores and answers for ``model`` (its identity, see
-    :func:`suite_cache_key`) and scoring only the suites with none; each freshly scored suite is cached on its own."""
+    """Every suite's metrics (``{"<suite>/<metric>": value}``) and records, per :func:`score_suites`, reusing each
+    suite's cached scores and answers for ``model`` (its identity, see :func:`suite_cache_key`) and scoring only the
+    suites with none; each freshly scored suite is cached on its own."""
     who = who or str(model_dir)
     own_pairwise = pairwise is None
     pairwise = pairwise or pairwise_judging(config, ctx)

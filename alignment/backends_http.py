@@ -568,11 +568,9 @@ def _exchange(request: urllib.request.Request, timeout_s: float) -> tuple[int, M
 
 def _redirected(where: str, status: int, headers: Message | None) -> str:
     location = (headers.get("Location") if headers else None) or "(no Location)"
-    # its address without a query or user: a signed redirect carries its token there
+    # its address without a query, fragment or user, relative or not: a signed redirect carries its token there
     parts = urllib.parse.urlsplit(location)
-    if parts.scheme and parts.hostname:
-        location = urllib.parse.urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""),
-                                            parts.path, "", ""))
+    location = urllib.parse.urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
     return (f"{where}: HTTP {status}: the server redirects to {_snippet(location)}; tempa follows no redirect (the "
             "request and its API key would go to the address it names): set base_url to the address that answers")
 

@@ -38,6 +38,7 @@ from tempa.merge.model_card import (
     written_tool_call,
 )
 from tempa.merge.model_files import license_files
+from tempa.merge.ollama_template import twin_name
 from tempa.merge.publish import make_publishable, publish_problems, write_final_record
 from tempa.sft.files import link_or_copy, staging_dir, write_atomic, write_json
 from tempa.sft.run_layout import FINAL_DIR
@@ -286,7 +287,7 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
         card = render_model_card(config.model_card, recipe=recipe, stages=ctx.upstream, template_checks=checks,
                                  thinking_default=thinking_default,
                                  weights_from=shipped_stage(source, ctx.upstream), tool_call=tool_call,
-                                 gguf=writes_gguf(tmp))
+                                 gguf=writes_gguf(tmp), serving=twin_name(ctx.chat_template) is not None)
         write_atomic(tmp / "README.md", card)
         if config.smoke_test:
             ctx.log.info("%s: smoke test: load and generate in both thinking modes", ctx.stage_name)

@@ -37,7 +37,7 @@ from tempa.merge.leaderboard import (
 )
 from tempa.merge.suites import CandidateScorer, import_lm_eval, rows_problem, suite_row_problem
 from tempa.merge.win_rate import PairwiseJudging
-from tempa.sft.files import digest, file_digest, finite_json, sampled_digest, write_json, write_jsonl
+from tempa.sft.files import digest, file_digest, finite_json, write_json, write_jsonl
 from tempa.sft.formats import thinking_mode_of
 from tempa.sft.stage_api import Scalar, StageContext, StageError, fingerprinted
 from tempa.sft.trackers import named_trackers, tracker_log
@@ -135,9 +135,8 @@ def weights_digest(path: Path) -> dict[str, Any]:
     """A model folder's weights by content: a merge re-run rewrites identical files with new times, and its
     re-scoring would otherwise ask the judge again."""
     files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
-    # a weights file by 64 sampled blocks (a merge of other inputs changes nearly every byte): hashing a 70B merge
-    # whole read 140 GB on every re-run
-    return {"weights": {p.name: sampled_digest(p) if p.suffix == ".safetensors" else file_digest(p) for p in files}}
+    # whole files: a merge that changes some tensors only (per-layer weights) kept 19 of 24 sampled digests
+    return {"weights": {p.name: file_digest(p) for p in files}}
 
 
 def suite_cache_key(

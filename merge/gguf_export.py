@@ -219,6 +219,9 @@ def with_chat_template(source: Path, out: Path, template: str) -> None:
                 writer.add_chat_template(template)
                 written = True
                 continue
+            if field.name == gguf.Keys.General.ALIGNMENT:  # the writer must pad its tensors to it, not only say it
+                writer.add_custom_alignment(int(field.contents()))
+                continue
             kind = field.types[0]
             sub_type = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
             writer.add_key_value(field.name, field.contents(), kind, sub_type=sub_type)

@@ -435,15 +435,13 @@ def usage_question(languages: Sequence[str]) -> str:
 
 
 def usage_snippet(model_id: str, thinking_default: str = "on", saved_with: str | None = None,
-                  languages: Sequence[str] = (), gguf: bool = True) -> list[str]:
+                  languages: Sequence[str] = (), gguf: bool = True, serving: bool = True) -> list[str]:
     """The card's usage section; ``saved_with``: the transformers version that wrote the folder's files;
     ``languages``: the card's, the first of which the example question is in (see :func:`usage_question`);
     ``gguf``: whether ``tempa export gguf`` writes this model (its GGUF writer takes Llama models only; others get
-    the route through llama.cpp's converter, whose output it quantises)."""
-    from tempa.merge.gguf_export import LLAMA_SERVER_NOTE  # it imports this module
-
+    the route through llama.cpp's converter, whose output it quantises); ``serving``: whether the template is one of
+    tempa's, which the export serves (a Modelfile, llama-server's thinking switch); a recipe's own gets neither."""
     other = "off" if thinking_default == "on" else "on"
-    gguf_name = "NAME-q8_0" if gguf else "MODEL-f16-q8_0"
     # transformers 5 writes tokenizer_config.json and config.json in its own format: 4.x cannot load the tokenizer
     # (TokenizersBackend) and reads the RoPE settings (rope_parameters) as absent, silently
     needs = ([f"Saved with transformers {saved_with}: load it with transformers 5 or later (4.x cannot load the",
@@ -478,7 +476,20 @@ def usage_snippet(model_id: str, thinking_default: str = "on", saved_with: str |
         "",
         "Generation stops at the end-of-turn token: it is the tokenizer's eos, and `generation_config.json`",
         "lists it among the eos ids." + (" `tempa export gguf` writes a GGUF (llama.cpp) and an Ollama Modelfile"
-                                         if gguf else ""),
+                                         if gguf and serving else ""),
+    ] + (_serving_lines(thinking_default, gguf) if serving else [
+        "The chat template is the recipe's own: `tempa export gguf` writes no Ollama Modelfile for it (Ollama's",
+        "Go template is written for tempa's templates only), and llama-server renders it as it is.",
+        "",
+    ])
+
+
+def _serving_lines(thinking_default: str, gguf: bool) -> list[str]:
+    """The GGUF, Ollama and llama-server part of the usage section, for a template of tempa's."""
+    from tempa.merge.gguf_export import LLAMA_SERVER_NOTE  # it imports this module
+
+    gguf_name = "NAME-q8_0" if gguf else "MODEL-f16-q8_0"
+    return [
         # tempa's writer takes Llama only; the converter's output, quantised by tempa, gets the same serving files
         *([] if gguf else ["For llama.cpp and Ollama, convert it with `convert_hf_to_gguf.py` from a llama.cpp "
                            "checkout (`--outtype f16 --outfile MODEL-f16.gguf`), then run",
@@ -625,6 +636,7 @@ def render_model_card(
     weights_from: str | None = "",
     tool_call: str | None = None,
     gguf: bool = True,
+    serving: bool = True,
 ) -> str:
     """The card's markdown, scrubbed of secrets.
 
@@ -665,7 +677,8 @@ def render_model_card(
     if weights_from != "":  # "" (the default): the caller does not know; None: the base model's weights
         lines += _weights_line(stages, weights_from)
     lines += usage_snippet(card.model_id or USAGE_PLACEHOLDER, thinking_default,
-                           saved_with=importlib.metadata.version("transformers"), languages=card.languages, gguf=gguf)
+                           saved_with=importlib.metadata.version("transformers"), languages=card.languages, gguf=gguf,
+                           serving=serving)
     tool_rows = tool_rows_trained(stages)
     if tool_rows:
         lines += tool_calling_snippet(tool_rows, recipe.chat_template, tool_call)

@@ -919,7 +919,10 @@ def render_estimate(loaded: LoadedRecipe, hardware: str = "8xH100", mfu: float =
             f"{recipe_launch.num_machines} machine{'s' if recipe_launch.num_machines != 1 else ''}; to train on "
             f"{machine.label} set launch.num_processes: {machine.gpus}"
             + (f" and launch.num_machines: {machine.nodes} (README: Several nodes)"
-               if machine.nodes != recipe_launch.num_machines else ""))
+               if machine.nodes != recipe_launch.num_machines else "")
+            # the `single` config starts one process whatever num_processes says
+            + ("; launch.accelerate_config single starts one process: set zero3 (or ddp, fsdp2)"
+               if launch.engine.name == "single" and machine.gpus > 1 else ""))
     rows = [("stage", "tokens/epoch", "epochs", "trained", "steps", "batch", "tokens/step", "params", "grads",
              "optim", "gathered", "activ.", "total/GPU", "host/node", "fits", "hours")]
     for e in estimates:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tempa.recipes.held_signals import held_signals
 from tempa.recipes.schema import SHIPPED_ACCELERATE, SHIPPED_DEEPSPEED, LaunchConfig
-from tempa.sft.files import cache_root, digest, json_or_none, write_atomic, write_json
+from tempa.sft.files import cache_root, digest, file_digest, json_or_none, write_atomic, write_json
 from tempa.sft.stage_api import StageError
 
 LAUNCH_REQUEST = ".launch.json"  # in the run directory: the training launch the other nodes join
@@ -180,8 +180,14 @@ _NODE_LOCAL = frozenset({"main_process_ip", "main_process_port"})
 
 
 def launch_shape(launch: LaunchConfig) -> dict[str, Any]:
-    """The launch settings every node of a run must share (processes, machines, launcher, configs, precision)."""
-    return launch.model_dump(mode="json", exclude=set(_NODE_LOCAL))
+    """The launch settings every node of a run must share (processes, machines, launcher, precision), the accelerate
+    and DeepSpeed configs by what they say: a node may keep its own copy of the recipe at another path, and a file of
+    the same path may say another process count."""
+    shape = launch.model_dump(mode="json", exclude=set(_NODE_LOCAL))
+    for field, path in (("accelerate_config", launch.accelerate_path()), ("deepspeed_config", launch.deepspeed_path())):
+        if path is not None and Path(path).is_file():
+            shape[field] = f"a file with content sha256:{file_digest(Path(path))[:12]}"
+    return shape
 
 
 def shape_mismatch(request: LaunchRequest, launch: LaunchConfig) -> str | None:

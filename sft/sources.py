@@ -493,6 +493,12 @@ def json_rows(path: Path) -> list[str]:
     return _parsed_document(file_identity(path), path)
 
 
+def forget_parsed_documents() -> None:
+    """Let the last JSON document parsed go (the runner calls it before stages train: a multi-GB export's rows held
+    through training compete with ZeRO offload for host memory)."""
+    _parsed_document.cache_clear()
+
+
 @functools.lru_cache(maxsize=1)
 def _parsed_document(identity: tuple[str, int, int, int], path: Path) -> list[str]:
     rows = [json.dumps(row, ensure_ascii=False) for row in document_rows(path, read_json(path, "a JSON list of rows"))]

@@ -87,6 +87,7 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
     from transformers import AutoTokenizer
 
     from tempa.sft.data import INSTRUCTIONS_FILE, StageInstructions, prepare_sft_data
+    from tempa.sft.sources import forget_parsed_documents
 
     data_dir = ctx.stage_dir / DATA_DIR
     train_args = config.train_args()
@@ -103,6 +104,7 @@ def run_sft(config: SFTStageConfig, ctx: StageContext) -> SFTResult:
         eval_prompts=ctx.eval_prompts,
         trained_before=earlier,
     )
+    forget_parsed_documents()
     instructions = None
     if prepared.instructions is not None:
         # the start model's whole lineage, so a third stage checks against the first one's rows too

@@ -66,13 +66,12 @@ SECRET_INPUT_ERROR = "secret_input"
 # Keys whose text values are secrets wherever they appear (a recipe, a result, a card).
 SECRET_KEY_RE = re.compile(
     r"(api[_-]?key|apikey|token|secret|password|passwd|credential|auth|private[_-]?key|access[_-]?key|cookie|"
-    r"(?:^|[_-])key$)",  # a bare `key`, `subscription-key` (Azure's authentication.key, Ocp-Apim-Subscription-Key)
+    r"^key$|subscription[_-]?key$)",  # Azure's authentication.key, Ocp-Apim-Subscription-Key (not prompt_cache_key)
     re.IGNORECASE,
 )
 # Keys that contain a secret-looking word but hold harmless numbers/settings.
 _HARMLESS_KEYS = re.compile(
     r"(max_new_tokens|max_tokens|num_tokens|tokenizer.*|.*_token_id|.*token_ids|tokens_per_.*|.*_tokens|authors?(_.*)?|"
-    r"cache_key|sort_key|"
     r"(pad|eos|bos|unk|sep|cls|mask|stop|eot|im_start|im_end)_token)",  # special tokens: their text, no secret
     re.IGNORECASE,
 )

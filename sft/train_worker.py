@@ -554,9 +554,11 @@ def _modules_to_save(plan: TrainPlan) -> list[str] | None:
     """The recipe's ``modules_to_save``, without ``lm_head`` on a base whose embeddings are tied: the one matrix
     trains as ``embed_tokens`` (peft keeps them tied), and naming both crashed FSDP2's preparation ("attribute
     'weight' already exists")."""
-    wanted = plan.lora.modules_to_save if plan.lora is not None else None
-    if not wanted or not {"lm_head", "embed_tokens"} & set(wanted):
-        return wanted
+    wanted = list(plan.lora.modules_to_save or []) if plan.lora is not None else []
+    # peft matches by suffix: `model.embed_tokens` names the embeddings too
+    embeds = [name for name in wanted if name.split(".")[-1] in ("embed_tokens", "lm_head")]
+    if not embeds:
+        return wanted or None
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(plan.start_model, trust_remote_code=plan.env.trust_remote_code)
@@ -567,11 +569,11 @@ def _modules_to_save(plan: TrainPlan) -> list[str] | None:
         raise RuntimeError("lora.modules_to_save trains the embeddings, which this base ties to its output head: "
                            "FSDP cannot shard a tied copy that trains; use launch.accelerate_config zero3 (or leave "
                            "embed_tokens and lm_head out of modules_to_save)")
-    if "lm_head" not in wanted or "embed_tokens" not in wanted:
+    if {name.split(".")[-1] for name in embeds} != {"embed_tokens", "lm_head"}:
         return wanted
     print("[tempa] LoRA: lm_head and embed_tokens are one tied matrix in this model: it trains once, as "
           "embed_tokens", flush=True)
-    return [name for name in wanted if name != "lm_head"]
+    return [name for name in wanted if name.split(".")[-1] != "lm_head"]
 
 
 def _quantised_init(plan: TrainPlan, init: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -535,7 +535,8 @@ def test_a_key_written_into_an_http_backend_is_refused_without_showing_it(tmp_pa
     assert (f"{path} cannot be set in a recipe" in message) if path else "not the key itself" in message
     # what these fields are for still works
     config = HTTPBackendConfig(base_url="https://api.example.com/v1", model="m", api_key_env="TEACHER_API_KEY",
-                               extra_body={"top_k": 20, "max_tokens": 5, "metadata": {"author": "tim"}})
+                               extra_body={"top_k": 20, "max_tokens": 5, "metadata": {"author": "tim"},
+                                           "prompt_cache_key": "tempa-synth-v1", "idempotency_key": "x"})
     assert config.extra_body["top_k"] == 20
 
 
@@ -548,3 +549,21 @@ def test_vllm_engine_args_take_no_pickle_load_format_and_no_token(tmp_path):
     message = _refusal(tmp_path, "{type: vllm, engine_args: {hf_token: hf_LITERAL}}")
     assert "engine_args.hf_token cannot be set" in message and "hf_LITERAL" not in message
     assert VLLMBackendConfig(engine_args={"load_format": "safetensors", "max_num_seqs": 64}).engine_args
+
+
+def test_a_redirects_location_is_shown_without_its_query_however_written():
+    """A relative or scheme-relative Location kept its signed query in the error; an IPv6 host lost its brackets."""
+    from email.message import Message
+
+    from tempa.alignment.backends_http import _redirected
+
+    def shown(location: str) -> str:
+        headers = Message()
+        headers["Location"] = location
+        return _redirected("POST x (model m)", 302, headers)
+
+    assert "redirects to /v1/chat/completions;" in shown("/v1/chat/completions?token=SECRET2")
+    assert "redirects to //cdn.example.com/x;" in shown("//cdn.example.com/x?sig=SECRET3")
+    assert "redirects to http://[fd00::5]:8080/x;" in shown("http://user:pw@[fd00::5]:8080/x?sig=SECRET4#frag")
+    assert not any(secret in shown(location) for secret, location in
+                   (("SECRET2", "/a?token=SECRET2"), ("pw", "https://u:pw@h/x"), ("SECRET4", "h/x#SECRET4")))

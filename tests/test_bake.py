@@ -584,6 +584,12 @@ def test_the_card_gives_each_model_the_gguf_route_that_works_for_it(tmp_path, ti
     assert LLAMA_SERVER_NOTE in card.replace("\n", " ")
     assert main(["export", "gguf", str(final), "--out", str(tmp_path / "q.gguf")]) == 1  # what the card no longer says
     assert "supports LlamaForCausalLM, got Qwen2ForCausalLM" in capsys.readouterr().err
+    # a recipe's own template has no Ollama twin and no thinking switch for llama-server: the card promised both
+    own = load_template("llama3_thinking").replace("{#-", "{#- own template.", 1)
+    final = run_bake(config, _ctx(tmp_path / "run3", stages, source, recipe_tokenizer, own)).model
+    card = (final / "README.md").read_text()
+    assert "Modelfile named after it" not in card and LLAMA_SERVER_NOTE not in card.replace("\n", " ")
+    assert "The chat template is the recipe's own: `tempa export gguf` writes no Ollama Modelfile for it" in card
 
 
 def test_the_cards_evaluation_says_where_the_metrics_it_leaves_out_are(tmp_path):

@@ -9,6 +9,7 @@ FSDP2's: the same steps on the same data and seed.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -326,7 +327,19 @@ def test_a_node_whose_launch_differs_from_node_0s_is_refused(tmp_path, tiny_mode
     assert "num_processes 2 there, 4 here" in message and "\n" not in message
     # the address node 0 listens on is its own: no difference
     node1_same = load_recipe(recipe, ["launch.main_process_port=29999"]).recipe.launch
-    assert launcher.shape_mismatch(launcher.read_request(run_dir), node1_same) is None
+    request = launcher.read_request(run_dir)
+    assert launcher.shape_mismatch(request, node1_same) is None
+    # a config file is compared by what it says: a copy at another path is the same launch, and the same path
+    # saying another process count is not
+    ds = json.loads((Path(launcher.__file__).parent / "deepspeed" / "zero3-cpu.json").read_text())
+    for name, config in (("a", ds), ("b", ds), ("c", {**ds, "train_micro_batch_size_per_gpu": 7})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ds.json").write_text(json.dumps(config))
+    shaped = {name: load_recipe(recipe, [f"launch.deepspeed_config={tmp_path / name / 'ds.json'}"]).recipe.launch
+              for name in "abc"}
+    ours = launcher.LaunchRequest(**{**request.model_dump(), "launch": launcher.launch_shape(shaped["a"])})
+    assert launcher.shape_mismatch(ours, shaped["b"]) is None
+    assert "deepspeed_config 'a file with content sha256:" in launcher.shape_mismatch(ours, shaped["c"])
 
 
 @pytest.mark.slow

@@ -184,3 +184,30 @@ def test_a_gguf_with_another_template_gets_neither_modelfile_nor_tempa_note(
     out = tmp_path / "plain-f16-q8_0.gguf"
     assert f"wrote {out}" in printed and LLAMA_SERVER_NOTE not in printed and "Modelfile" not in printed
     assert _template(out) == plain and not list(tmp_path.glob("*.Modelfile"))
+
+
+def test_a_rewritten_gguf_keeps_its_tensors_on_its_own_alignment(tmp_path: Path) -> None:
+    """A GGUF aligned to 64 was rewritten saying general.alignment=64 with its tensors at 32-byte offsets, which
+    llama.cpp refuses to load."""
+    import gguf
+    import numpy as np
+
+    from tempa.merge.gguf_export import with_chat_template
+
+    source = tmp_path / "in.gguf"
+    writer = gguf.GGUFWriter(str(source), "llama")
+    writer.add_custom_alignment(64)
+    writer.add_chat_template("{{ messages }}")
+    for i, size in enumerate((8, 24, 40)):  # sizes that leave 32-byte but not 64-byte boundaries
+        writer.add_tensor(f"t{i}", np.arange(size, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    out = tmp_path / "out.gguf"
+    with_chat_template(source, out, "{{ rewritten }}")
+    reader = gguf.GGUFReader(str(out))
+    assert reader.get_field(gguf.Keys.General.ALIGNMENT).contents() == 64
+    assert reader.get_field(gguf.Keys.Tokenizer.CHAT_TEMPLATE).contents() == "{{ rewritten }}"
+    assert all(tensor.data_offset % 64 == 0 for tensor in reader.tensors), [t.data_offset for t in reader.tensors]
+    assert [list(t.data) for t in reader.tensors] == [list(np.arange(n, dtype=np.float32)) for n in (8, 24, 40)]

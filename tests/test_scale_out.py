@@ -176,6 +176,10 @@ def test_a_plan_for_more_nodes_than_the_recipe_launches_says_what_to_set():
     two = load_recipe("sea-lion-v3-70b-it", ["launch.num_machines=2", "launch.num_processes=16",
                                              "launch.accelerate_config=zero3-multinode"])
     assert "note: the recipe's launch" not in render_estimate(two, "2x8xH100")
+    # the demo's `single` config starts one process however many num_processes says: that is said too
+    demo = render_estimate(load_recipe("demo"), "8xH100")
+    assert ("to train on 8xH100 set launch.num_processes: 8; launch.accelerate_config single starts one process: set "
+            "zero3 (or ddp, fsdp2)") in demo
 
 
 def test_global_batch_size_keeps_the_batch_on_any_hardware(tmp_path):

@@ -308,3 +308,8 @@ def test_the_plan_parses_a_json_document_source_once(tmp_path, capsys, monkeypat
     (tmp_path / "share.json").write_text(json.dumps([*rows[:5], {"messages": "broken"}]), encoding="utf-8")
     assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) == 0
     assert [p.name for p in parsed] == ["share.json", "share.json"]
+    # the sft stage lets it go once its data is prepared: held through training, a multi-GB export's rows competed
+    # with ZeRO offload for the runner's host memory
+    sources.forget_parsed_documents()
+    sources.json_rows(tmp_path / "share.json")
+    assert len(parsed) == 3

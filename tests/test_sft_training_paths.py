@@ -174,3 +174,31 @@ def test_lora_modules_to_save_keep_a_tied_base_tied(tmp_path, tiny_model_dir):
     assert not torch.equal(merged["model.embed_tokens.weight"], start["model.embed_tokens.weight"])
     reloaded = AutoModelForCausalLM.from_pretrained(final)
     assert torch.equal(reloaded.lm_head.weight, reloaded.model.embed_tokens.weight)
+
+
+def test_the_embeddings_of_a_tied_base_are_found_by_any_name_peft_takes(tmp_path, tiny_model_dir, monkeypatch):
+    """peft matches modules_to_save by suffix: `model.embed_tokens` trains the tied embeddings too, and slipped past
+    the FSDP refusal and the lm_head de-duplication that looked for the bare names."""
+    import shutil
+
+    from transformers import AutoConfig
+
+    from tempa.sft.train_plan import LoraSettings, TrainPlan
+    from tempa.sft.train_worker import _modules_to_save
+
+    tied = tmp_path / "tied"
+    shutil.copytree(tiny_model_dir, tied)
+    config = AutoConfig.from_pretrained(tied)
+    config.tie_word_embeddings = True
+    config.save_pretrained(tied)
+
+    def plan(names: list[str]) -> TrainPlan:
+        return TrainPlan.standalone(tied, tmp_path / "out", {}).model_copy(
+            update={"lora": LoraSettings(modules_to_save=names)})
+
+    assert _modules_to_save(plan(["model.embed_tokens", "lm_head"])) == ["model.embed_tokens"]
+    assert _modules_to_save(plan(["q_norm"])) == ["q_norm"]
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(RuntimeError, match="FSDP cannot shard a tied copy"):
+        _modules_to_save(plan(["model.embed_tokens"]))
+    assert _modules_to_save(plan(["q_norm"])) == ["q_norm"]

@@ -717,6 +717,8 @@ def gguf_modelfile(gguf_path: Path, template: str) -> str:
     stop_ids = [value(gguf.Keys.Tokenizer.EOS_ID), value(gguf.Keys.Tokenizer.EOT_ID)]
     stops = [tokens[i] for i in stop_ids if i is not None and i < len(tokens)]
     stops.append(end_of_turn_token(template))  # the end of a turn whatever the converter took for eos
-    parameters = {name: value(key) for key, name in _GGUF_SAMPLING.items() if value(key) is not None}
+    # float32 in the file: 0.7 reads back 0.699999988079071, which the recipe never wrote (7 significant digits)
+    parameters = {name: float(f"{found:.7g}") if isinstance(found, float) else found
+                  for key, name in _GGUF_SAMPLING.items() if (found := value(key)) is not None}
     license_ids = value(gguf.Keys.General.LICENSE)
     return _modelfile(gguf_path.name, template, stops, parameters, [license_ids] if license_ids else [])

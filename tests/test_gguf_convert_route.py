@@ -211,3 +211,28 @@ def test_a_rewritten_gguf_keeps_its_tensors_on_its_own_alignment(tmp_path: Path)
     assert reader.get_field(gguf.Keys.Tokenizer.CHAT_TEMPLATE).contents() == "{{ rewritten }}"
     assert all(tensor.data_offset % 64 == 0 for tensor in reader.tensors), [t.data_offset for t in reader.tensors]
     assert [list(t.data) for t in reader.tensors] == [list(np.arange(n, dtype=np.float32)) for n in (8, 24, 40)]
+
+
+def test_a_modelfile_from_gguf_keys_writes_the_sampling_defaults_as_given(tmp_path: Path) -> None:
+    """The converter stores generation_config.json's defaults as float32: the Modelfile said
+    `PARAMETER temperature 0.699999988079071` for a recipe's 0.7."""
+    import gguf
+
+    from tempa.chat_templates import load_template
+    from tempa.merge.gguf_export import gguf_modelfile
+
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(str(path), "qwen2")
+    writer.add_token_list(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    writer.add_eos_token_id(2)
+    for key, number in (("general.sampling.temp", 0.7), ("general.sampling.top_p", 0.8),
+                        ("general.sampling.penalty_repeat", 1.05)):
+        writer.add_float32(key, number)
+    writer.add_uint32("general.sampling.top_k", 20)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    lines = gguf_modelfile(path, load_template("chatml_thinking")).splitlines()
+    assert {"PARAMETER temperature 0.7", "PARAMETER top_p 0.8", "PARAMETER repeat_penalty 1.05",
+            "PARAMETER top_k 20"} <= set(lines), [line for line in lines if line.startswith("PARAMETER")]

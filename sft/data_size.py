@@ -763,7 +763,7 @@ def _head_batch(source: SourceConfig, rows: int) -> tuple[dict[str, list[Any]], 
     and where each is ("line 3", "row 0"); empty for other sources. Only those rows are read (a JSON document:
     parsed whole, as the run parses it)."""
     from tempa.chat_templates.json_files import read_lines
-    from tempa.sft.sources import RAW, READ_ERROR, json_rows
+    from tempa.sft.sources import RAW, READ_ERROR, csv_head, json_rows
 
     path = Path(source.path)
     if source.stage_ref is not None or not path.is_file():
@@ -782,12 +782,9 @@ def _head_batch(source: SourceConfig, rows: int) -> tuple[dict[str, list[Any]], 
         batch = next(pq.ParquetFile(path).iter_batches(batch_size=rows), None)
         table = batch.to_pydict() if batch is not None else {}
     elif suffix == ".csv":
-        import pandas as pd
         import pyarrow as pa
-        from datasets.packaged_modules.csv.csv import CsvConfig
 
-        kwargs = {**CsvConfig().pd_read_csv_kwargs, "nrows": rows, "chunksize": None}
-        table = pa.Table.from_pandas(pd.read_csv(path, **kwargs), preserve_index=False).to_pydict()
+        table = pa.Table.from_pandas(csv_head(path, rows), preserve_index=False).to_pydict()
     else:
         return {}, []
     count = len(next(iter(table.values()), []))

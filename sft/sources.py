@@ -206,6 +206,15 @@ def check_source(source: SourceConfig) -> None:
 HEAD_ROWS = 16  # rows of a CSV file the checks before the first stage parse: a bad header shows in them
 
 
+def csv_head(path: Path, rows: int) -> Any:
+    """The first ``rows`` rows of a CSV file as datasets' CSV builder reads it (a BOM dropped, its own quoting), as a
+    pandas DataFrame: what the checks before the first stage and the plan's look at a source read of it."""
+    import pandas as pd
+    from datasets.packaged_modules.csv.csv import CsvConfig
+
+    return pd.read_csv(path, **{**CsvConfig().pd_read_csv_kwargs, "nrows": rows, "chunksize": None})
+
+
 def check_source_rows(source: SourceConfig) -> None:
     """What the sft pipeline refuses of a local file source as a whole once it reads it, found before the run's
     first stage: a JSON document that does not parse (parsed whole, as the run parses it), a CSV or Parquet file
@@ -228,12 +237,7 @@ def check_source_rows(source: SourceConfig) -> None:
 
             columns = list(pq.ParquetFile(path).schema_arrow.names)
         elif suffix == ".csv":
-            import pandas as pd
-            from datasets.packaged_modules.csv.csv import CsvConfig
-
-            # as datasets' CSV builder reads it (a BOM dropped, its own quoting), first rows only
-            kwargs = {**CsvConfig().pd_read_csv_kwargs, "nrows": HEAD_ROWS, "chunksize": None}
-            columns = [str(name) for name in pd.read_csv(path, **kwargs).columns]
+            columns = [str(name) for name in csv_head(path, HEAD_ROWS).columns]
         else:
             return
     except JsonFileError as exc:  # its message starts with the file (and line)

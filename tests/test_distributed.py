@@ -9,11 +9,13 @@ FSDP2's: the same steps on the same data and seed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,22 @@ def two_steps(folder: Path, base_model: Path, launch: str, save_steps: int) -> P
     recipe = sft_recipe(folder, base_model, max_steps=2, save_steps=save_steps, launch=f"launch: {{{launch}}}")
     run_recipe(load_recipe(recipe), folder / "run")
     return folder / "run"
+
+
+@contextlib.contextmanager
+def another_run_holds(run_dir: Path) -> Iterator[None]:
+    """A `tempa run` of another process holding ``run_dir`` (its RunLock) while the block runs: what a joining node
+    waits for."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path; from tempa.recipes.rundir import RunLock\n"
+         f"with RunLock(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.fixture(scope="module")
@@ -164,19 +182,11 @@ def test_a_node_that_cannot_see_node_0s_cache_says_so_before_it_joins(tmp_path, 
         run_dir / "sft" / "train_plan.json")
     launched = []
     monkeypatch.setattr(launcher, "_stream", lambda cmd, *a: launched.append(cmd) or (1, []))
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from pathlib import Path; from tempa.recipes.rundir import RunLock\n"
-         f"with RunLock(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with another_run_holds(run_dir):
         launcher.publish_request(two, "tempa.sft.train_worker", ["--plan", str(plan)], run_dir)
         with pytest.raises(StageError) as err:
             launcher.join_run(two, run_dir, 1, tmp_path / "logs", log=logging.getLogger("tempa"), start_timeout_s=30,
                               poll_s=0.05)
-    finally:
-        holder.kill()
-        holder.wait()
     message = str(err.value)
     assert "\n" not in message and f"{hidden} (the plan's train_data)" in message
     assert "TEMPA_CACHE" in message and launched == []
@@ -279,19 +289,11 @@ def test_a_node_runs_only_the_training_worker_on_a_plan_in_the_run_directory(tmp
     two = load_recipe(sft_recipe(tmp_path, tiny_model_dir, launch=f"launch: {{{TWO_NODES}}}")).recipe.launch
     launched = []
     monkeypatch.setattr(launcher, "_stream", lambda cmd, *a: launched.append(cmd) or (1, []))
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from pathlib import Path; from tempa.recipes.rundir import RunLock\n"
-         f"with RunLock(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with another_run_holds(run_dir):
         launcher.publish_request(two, "timeit", ["-n1", "pass"], run_dir)
         with pytest.raises(StageError) as err:
             launcher.join_run(two, run_dir, 1, tmp_path / "logs", log=logging.getLogger("tempa"), start_timeout_s=30,
                               poll_s=0.05)
-    finally:
-        holder.kill()
-        holder.wait()
     assert "asks to launch `timeit -n1 pass`" in str(err.value) and launched == []
 
 
@@ -309,19 +311,11 @@ def test_a_node_whose_launch_differs_from_node_0s_is_refused(tmp_path, tiny_mode
     plan = run_dir / "sft" / "train_plan.json"
     launched = []
     monkeypatch.setattr(launcher, "_stream", lambda cmd, *a: launched.append(cmd) or (1, []))
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from pathlib import Path; from tempa.recipes.rundir import RunLock\n"
-         f"with RunLock(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with another_run_holds(run_dir):
         launcher.publish_request(node0, "tempa.sft.train_worker", ["--plan", str(plan)], run_dir)
         with pytest.raises(StageError) as err:
             launcher.join_run(node1, run_dir, 1, tmp_path / "logs", log=logging.getLogger("tempa"),
                               start_timeout_s=30, poll_s=0.05)
-    finally:
-        holder.kill()
-        holder.wait()
     message = str(err.value)
     assert "its launch settings differ from node rank 0's" in message and launched == []
     assert "num_processes 2 there, 4 here" in message and "\n" not in message

@@ -38,6 +38,7 @@ from tempa.alignment.generation import (
     resolve_modes,
     resolve_tools,
 )
+from tempa.alignment.model_files import weights_problem
 from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.stage_api import (
     NOT_FINGERPRINTED,
@@ -174,7 +175,17 @@ def _no_secret(value: dict[str, Any], field: str) -> dict[str, Any]:
 def _model_ref(value: str | None, info: ValidationInfo) -> str | None:
     if value is None or stage_ref(value) is not None:
         return value
-    return resolve_path(value, info)
+    resolved = resolve_path(value, info)
+    if info.field_name == "model":
+        local_model_check(resolved)
+    return resolved
+
+
+def local_model_check(ref: str, model_class: str = "AutoModelForCausalLM") -> None:
+    """Refuse a local model folder a backend could not load (pickled weights, no config) while the recipe loads,
+    not when its stage starts, after the stages before it have trained."""
+    if Path(ref).is_dir() and (problem := weights_problem(Path(ref), model_class=model_class)) is not None:
+        raise ValueError(problem)
 
 
 class TransformersBackendConfig(_Strict):

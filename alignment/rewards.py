@@ -49,7 +49,7 @@ from tempa.alignment.answer_text import (
     numbers_agree,
     reference_number,
 )
-from tempa.alignment.backends import SamplingBackend, backend_reads, build_backend
+from tempa.alignment.backends import SamplingBackend, backend_reads, build_backend, local_model_check
 from tempa.alignment.completions import Completion, split_think, without_tool_calls
 from tempa.alignment.judge import (
     JUDGE_REPLIES,
@@ -381,7 +381,9 @@ class RewardModelReward(_RewardBase):
     @field_validator("model")
     @classmethod
     def _model(cls, value: str, info: ValidationInfo) -> str:
-        return resolve_path(value, info)
+        resolved = resolve_path(value, info)
+        local_model_check(resolved, "AutoModelForSequenceClassification")
+        return resolved
 
 
 class JudgeReward(_RewardBase, JudgeSettings):

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from tempa.alignment.model_files import license_files
 from tempa.chat_templates.baking import GenerationDefaults
 from tempa.chat_templates.one_line import first_line
 from tempa.merge.candidates import check_tokenizer_fits, is_model_dir
@@ -37,7 +38,6 @@ from tempa.merge.model_card import (
     tool_rows_trained,
     written_tool_call,
 )
-from tempa.merge.model_files import license_files
 from tempa.merge.ollama_template import twin_name
 from tempa.merge.publish import make_publishable, publish_problems, write_final_record
 from tempa.sft.files import link_or_copy, staging_dir, write_atomic, write_json

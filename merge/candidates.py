@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tempa.merge.model_files import tokenizer_vocab, vocab_conflicts
+from tempa.alignment.model_files import tokenizer_vocab, vocab_conflicts
 from tempa.sft.checkpoints import checkpoint_saves
 from tempa.sft.run_layout import CHECKPOINTS_DIR, FINAL_DIR
 from tempa.sft.stage_api import Artifact, StageContext, StageError

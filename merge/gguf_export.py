@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from tempa.alignment.model_files import license_files
 from tempa.chat_templates.templates import (
     available_templates,
     load_template,
@@ -55,7 +56,6 @@ from tempa.chat_templates.templates import (
 )
 from tempa.chat_templates.thinking import end_of_turn_token
 from tempa.merge.model_card import card_front_matter
-from tempa.merge.model_files import license_files
 from tempa.merge.ollama_template import ollama_default_note, ollama_template, twin_name
 from tempa.merge.publish import FILE_MODE, whole_model_problems
 from tempa.sft.run_layout import RESOLVED_RECIPE

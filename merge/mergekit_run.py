@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tempa.alignment.model_files import tokenizer_vocab, vocab_conflicts, weights_problem
 from tempa.merge.merge_config import OPTION_DEFAULTS, MergeStageConfig, method_spec
-from tempa.merge.model_files import tokenizer_vocab, vocab_conflicts, weights_problem
 from tempa.sft.stage_api import StageError
 
 # config.json fields that must agree for two checkpoints to be mergeable.

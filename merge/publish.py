@@ -20,9 +20,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tempa.alignment.model_files import pickle_files
 from tempa.chat_templates.one_line import first_line
 from tempa.merge.model_card import TOKEN_PATTERNS, local_paths
-from tempa.merge.model_files import pickle_files
 from tempa.sft.files import write_atomic
 
 FILE_MODE, DIR_MODE = 0o644, 0o755

@@ -133,7 +133,7 @@ def resolve_base_model(loaded: LoadedRecipe) -> Path:
     A pickled base model is refused, or with ``allow_pickle_weights`` converted once into the
     cache, so that no later stage (or mergekit) ever unpickles anything.
     """
-    from tempa.merge.model_files import base_model_problem, pickle_files
+    from tempa.alignment.model_files import base_model_problem, pickle_files
 
     ref = loaded.recipe.base_model
     if ref == TINY_DEFAULT:
@@ -155,7 +155,7 @@ def _download_model(ref: str, *, allow_pickle: bool) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     # safetensors only: pickled weights are never downloaded (unless the recipe opts in), so never loaded.
-    from tempa.merge.model_files import LICENSE_FILE_PATTERNS
+    from tempa.alignment.model_files import LICENSE_FILE_PATTERNS
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "*.py", *LICENSE_FILE_PATTERNS]
     try:
@@ -182,7 +182,7 @@ def _download_model(ref: str, *, allow_pickle: bool) -> Path:
 
 def _as_safetensors(folder: Path, loaded: LoadedRecipe) -> Path:
     """The opted-in pickled base model, converted once into the cache (keyed by its contents)."""
-    from tempa.merge.model_files import convert_to_safetensors
+    from tempa.alignment.model_files import convert_to_safetensors
     from tempa.sft.files import staging_dir
 
     root = cache_root()

@@ -353,7 +353,7 @@ class Recipe(BaseModel):
     @model_validator(mode="after")
     def _base_model_folder(self) -> Recipe:
         if self.base_model != TINY_DEFAULT and Path(self.base_model).is_absolute():
-            from tempa.merge.model_files import base_model_problem
+            from tempa.alignment.model_files import base_model_problem
 
             problem = base_model_problem(Path(self.base_model), allow_pickle=self.allow_pickle_weights)
             if problem is not None:

@@ -299,6 +299,15 @@ MODEL_CASES = [
          "holds its weights only as pickles (pytorch_model.bin)"),
     Case("base-pt-only", "model", lambda ws: plan(recipe(ws, base_model=str(_model_folder(ws, weights="model.pt")))),
          "save_pretrained"),
+    # A teacher or reward model folder was checked only when its stage loaded it, after the stages before it trained
+    Case("teacher-pickle-only", "model",
+         lambda ws: plan(recipe(ws, stage=f"- {{name: d, kind: synthesize, prompts: {{path: rows.jsonl}}, rewards: [{{type: length}}], "
+                                           f"teacher: {{type: transformers, model: {_model_folder(ws, weights='pytorch_model.bin')}}}}}\n")),
+         "/base holds its weights only as pickles (pytorch_model.bin)"),
+    Case("reward-model-no-config", "model",
+         lambda ws: plan(recipe(ws, stage=f"- {{name: d, kind: synthesize, prompts: {{path: rows.jsonl}}, rewards: "
+                                           f"[{{type: reward_model, model: {_model_folder(ws, config=False)}}}]}}\n")),
+         "has no config.json: not a model folder"),
     Case("base-no-config", "model", lambda ws: plan(recipe(ws, base_model=str(_model_folder(ws, config=False)))),
          "has no config.json"),
     Case("base-no-weights", "model", lambda ws: plan(recipe(ws, base_model=str(_model_folder(ws, weights=None)))),

@@ -529,6 +529,45 @@ def test_pickled_base_model_is_refused_unless_the_recipe_opts_in(tmp_path, data_
     assert (folder / "tokenizer.json").is_file() and resolve_base_model(loaded) == folder  # reused
 
 
+@pytest.mark.parametrize(("block", "field", "model_class"), [
+    ("teacher: {{type: transformers, model: {folder}}}\n        rewards: [{{type: length}}]", "teacher.model",
+     "AutoModelForCausalLM"),
+    ("teacher: {{type: transformers}}\n        rewards: [{{type: reward_model, model: {folder}}}]", "rewards[0].model",
+     "AutoModelForSequenceClassification"),
+], ids=["teacher", "reward_model"])
+def test_pickled_teacher_or_reward_model_is_refused_at_load(tmp_path, data_file, tiny_model_dir, block, field,
+                                                             model_class, monkeypatch):
+    """A teacher or reward model folder with pickles only failed when its stage loaded it, after the stages before
+    it trained. Refused at load, with a conversion line for its model class that works, and no offer of
+    allow_pickle_weights (which converts the base model only)."""
+    import shlex
+    import sys
+
+    folder = _pickled_model(tiny_model_dir, tmp_path / "pickled")
+    stage = f"""  - name: distil
+        kind: synthesize
+        prompts: {{path: rows.jsonl}}
+        {block.format(folder=folder)}"""
+    path = write(tmp_path / "r.yaml", recipe_text(extra_stage=stage))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if str(folder) in text)
+    assert message.startswith(f"{path}:{line}: stages[1].{field} (stage 'distil'): {folder} holds its weights only "
+                              "as pickles (pytorch_model.bin)"), message
+    assert "allow_pickle_weights" not in message and "\n" not in message
+
+    # The conversion line as the user would paste it (run in this process: a subprocess would import torch again).
+    python, flag, code, argument = shlex.split(message.split("convert it once with: ", 1)[1].split(", got ", 1)[0])
+    assert (python, flag, argument) == ("python", "-c", str(folder)) and f"import {model_class} as M" in code
+    monkeypatch.setattr(sys, "argv", ["-c", argument])
+    exec(code, {})
+    converted = Path(f"{folder}-safetensors")
+    assert (converted / "model.safetensors").is_file()
+    loaded = load_recipe(write(tmp_path / "r.yaml", recipe_text(extra_stage=stage.replace(str(folder), str(converted)))))
+    assert loaded.names[1] == "distil"
+
+
 def test_extends_resolves_each_path_against_the_file_that_wrote_it(tmp_path, data_file):
     """The child's paths against the child's folder, inherited ones against the parent's."""
     parent_dir, child_dir = tmp_path / "recipes", tmp_path / "my"

@@ -59,17 +59,19 @@ def pickle_files(folder: Path) -> list[str]:
     return sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
 
 
-def convert_hint(folder: Path | str) -> str:
+def convert_hint(folder: Path | str, model_class: str = "AutoModelForCausalLM") -> str:
     """One line a user can run to turn a pickled model folder into a safetensors one."""
     return (
-        "convert it once with: python -c \"import sys; from transformers import AutoModelForCausalLM as M, "
+        f"convert it once with: python -c \"import sys; from transformers import {model_class} as M, "
         f"AutoTokenizer as T; p = sys.argv[1]; M.from_pretrained(p, use_safetensors=False).save_pretrained(p + "
         f"'-safetensors'); T.from_pretrained(p).save_pretrained(p + '-safetensors')\" {folder}"
     )
 
 
-def weights_problem(folder: Path, *, allow_pickle: bool = False) -> str | None:
+def weights_problem(folder: Path, *, allow_pickle: bool = False, model_class: str = "AutoModelForCausalLM") -> str | None:
     """Why ``folder`` is not a model tempa may load (config + safetensors weights), or None.
+
+    ``model_class`` is the transformers class the conversion hint loads the pickles with.
 
     It follows what transformers and mergekit read: ``model.safetensors.index.json`` (every shard
     it lists must be safetensors), else ``model.safetensors``, else the pickles. Another
@@ -99,10 +101,8 @@ def weights_problem(folder: Path, *, allow_pickle: bool = False) -> str | None:
     if pickled and allow_pickle:
         return None
     if pickled:
-        return (
-            f"{folder} holds its weights only as pickles ({', '.join(pickled[:3])}); {_REFUSAL}: "
-            f"{convert_hint(folder)} (or set allow_pickle_weights: true in the recipe if you trust the file)"
-        )
+        return f"{folder} holds its weights only as pickles ({', '.join(pickled[:3])}); {_REFUSAL}: " + convert_hint(
+            folder, model_class)
     if any(name.endswith(".safetensors") for name in names):
         return None  # sharded without an index: the loaders report what they miss
     return f"{folder} has no *.safetensors weights"
@@ -113,6 +113,9 @@ def base_model_problem(folder: Path, *, allow_pickle: bool = False) -> str | Non
     problem = weights_problem(folder, allow_pickle=allow_pickle)
     if problem is None and not any((Path(folder) / name).is_file() for name in TOKENIZER_FILES):
         return f"{folder} has no tokenizer ({', '.join(TOKENIZER_FILES)})"
+    if problem is not None and _REFUSAL in problem:
+        # Only the base model is converted on request: every later model the run reads is one it wrote.
+        problem += " (or set allow_pickle_weights: true in the recipe if you trust the file)"
     return problem
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 import types
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from test_alignment_fakes import FakeOpenAI, chat_response, last_user
@@ -567,3 +571,49 @@ def test_a_redirects_location_is_shown_without_its_query_however_written():
     assert "redirects to http://[fd00::5]:8080/x;" in shown("http://user:pw@[fd00::5]:8080/x?sig=SECRET4#frag")
     assert not any(secret in shown(location) for secret, location in
                    (("SECRET2", "/a?token=SECRET2"), ("pw", "https://u:pw@h/x"), ("SECRET4", "h/x#SECRET4")))
+
+
+def _slow_batch(stop: Callable[[], Any]) -> tuple[FakeOpenAI, Callable[[], Any]]:
+    """Eight prompts over two connections to a server whose first request calls ``stop`` (a slow reply otherwise)."""
+    def reply(body):
+        if last_user(body) == "q0":
+            return stop()
+        time.sleep(0.3)
+        return chat_response(["ok"])
+
+    server = FakeOpenAI(reply)
+    prompts = [[{"role": "user", "content": f"q{i}"}] for i in range(8)]
+    return server, lambda: http(server, concurrency=2, max_retries=0).sample(prompts, GenerationParams())
+
+
+def test_a_failed_request_stops_the_batch_without_sending_the_rest():
+    """Requests not yet sent when one fails are never sent (each would be paid for, then thrown away with the batch):
+    the two connections' requests in flight finish and nothing more goes out."""
+    server, sample = _slow_batch(lambda: (400, {"error": {"message": "bad request"}}, {}))
+    with server, pytest.raises(HTTPBackendError, match="HTTP 400"):
+        sample()
+    assert len(server.requests) <= 3, [last_user(body) for body in server.requests]
+
+
+def test_sigterm_mid_batch_sends_no_further_request():
+    """SIGTERM (tempa's CLI raises it as an interrupt where the runner waits) while a batch is in flight."""
+    import signal
+
+    from tempa.recipes.cli import Terminated
+
+    def terminate(*_: Any) -> None:
+        raise Terminated()
+
+    def stop():
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.3)
+        return chat_response(["ok"])
+
+    previous = signal.signal(signal.SIGUSR1, terminate)
+    try:
+        server, sample = _slow_batch(stop)
+        with server, pytest.raises(Terminated):
+            sample()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert len(server.requests) <= 3, [last_user(body) for body in server.requests]

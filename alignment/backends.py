@@ -250,12 +250,17 @@ class VLLMBackendConfig(_Strict):
 class HTTPBackendConfig(_Strict):
     """An OpenAI-compatible `/v1/chat/completions` endpoint: a vLLM or llama.cpp server, or a hosted API.
 
-    Its transport settings (`api_key_env`, `timeout_s`, `max_retries`, `backoff_s`, `concurrency`) are no part of
-    a stage's fingerprint: changing them resumes a stage (or keeps a finished one), never re-runs it.
+    Its transport settings (`base_url`, `api_key_env`, `timeout_s`, `max_retries`, `backoff_s`, `concurrency`) are
+    no part of a stage's fingerprint: changing them resumes a stage (or keeps a finished one), never re-runs it.
     """
 
     type: Literal["http"] = "http"
-    base_url: str = Field(description="API root including the version, e.g. `http://127.0.0.1:8000/v1`.")
+    base_url: str = Field(
+        json_schema_extra=NOT_FINGERPRINTED,
+        description="API root including the version, e.g. `http://127.0.0.1:8000/v1`. Where the server is, not who "
+        "answers: a teacher served again on another node (a new SLURM allocation) keeps the answers already paid "
+        "for. The model is known by `model`: serve another model under another name.",
+    )
     model: str = Field(description="The served model name sent as `model` in each request.")
     api_key_env: str | None = Field(
         default=None,

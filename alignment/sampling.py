@@ -38,6 +38,21 @@ def _signed(signature: Any) -> str:
     return json.dumps(signature, sort_keys=True, default=str)
 
 
+def _retired(found: str) -> str | None:
+    """A signature an earlier tempa wrote, less what this one no longer signs (an HTTP backend's ``base_url``: the
+    server's address, not who answers), so that its journal is kept; None where it is no signature."""
+    def without(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: without(item) for key, item in value.items()
+                    if not (key == "base_url" and value.get("type") == "http")}
+        return [without(item) for item in value] if isinstance(value, list) else value
+
+    try:
+        return _signed(without(json.loads(found)))
+    except ValueError:  # a torn signature
+        return None
+
+
 @dataclass(frozen=True)
 class Signed:
     """A journal's signature, and the one an earlier tempa signed the same settings with (``before``): a journal
@@ -62,7 +77,7 @@ class JsonlStore:
         earlier = _signed(signature.before) if isinstance(signature, Signed) and signature.before is not None else None
         wanted = _signed(signature.now if isinstance(signature, Signed) else signature)
         found = self.meta.read_text(encoding="utf-8") if self.meta.is_file() else None
-        if found is not None and found == earlier:
+        if found is not None and found != wanted and (found == earlier or _retired(found) in {wanted, earlier} - {None}):
             write_atomic(self.meta, wanted)  # the same settings, as an earlier tempa signed them
         elif found != wanted:
             if self.path.exists() and found is not None:
@@ -103,7 +118,10 @@ class JsonlStore:
         path = Path(path)
         meta = path.with_name(path.name + ".meta.json")
         wanted = _signed(signature.now if isinstance(signature, Signed) else signature)
-        if not path.is_file() or not meta.is_file() or meta.read_text(encoding="utf-8") != wanted:
+        if not path.is_file() or not meta.is_file():
+            return False
+        found = meta.read_text(encoding="utf-8")
+        if found != wanted and _retired(found) != wanted:
             return False
         journaled = set()
         with open(path, "rb") as lines:

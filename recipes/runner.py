@@ -380,7 +380,7 @@ def lost_refusal(name: str, lost: str) -> str:
             f"--from {name} / --only {name}")
 
 
-JOURNALS_KEPT = "its journals are kept: answers whose request is unchanged are reused"
+JOURNALS_KEPT = "its journals are kept: answers whose request is unchanged since its last run are reused"
 # A stage --from/--only names starts over whole, its paid answers with it: said, as a user reaching for --only to
 # redo a selection would not expect it.
 JOURNALS_DELETED = ("deletes its journals: every teacher answer, judge reply and sample it holds is asked for again "

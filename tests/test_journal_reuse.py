@@ -107,7 +107,7 @@ def test_a_raised_judge_threshold_reuses_the_teacher_and_judge_a_new_teacher_is_
     decision = plan_run(raised, run_dir)[0]
     assert decision.action == "rerun"
     assert decision.reason == ("changed since it ran: stage config changed: judge.min_score 8 → 9; its journals are "
-                               "kept: answers whose request is unchanged are reused")
+                               "kept: answers whose request is unchanged since its last run are reused")
     summary = run_recipe(raised, run_dir)
     assert summary.ran == ["tr"]
     assert scripted == {}  # neither the teacher nor the judge was asked anything
@@ -233,7 +233,7 @@ def test_a_preference_stage_whose_beta_changed_reuses_its_samples_and_scores_and
     judge.prompts_seen.clear()
 
     decision = plan_run(with_beta(0.2), run_dir)[0]
-    assert decision.reason.endswith("; its journals are kept: answers whose request is unchanged are reused")
+    assert decision.reason.endswith("; its journals are kept: answers whose request is unchanged since its last run are reused")
     assert "train.beta 0.1 → 0.2" in decision.reason
     assert run_recipe(with_beta(0.2), run_dir).ran == ["align"]
     assert sampled == [] and judge.prompts_seen == []

@@ -331,6 +331,34 @@ def test_a_run_resumed_with_other_transport_settings_keeps_its_samples(tmp_path,
         assert len(server.requests) == 2 * sent  # another model: sampled again
 
 
+def test_a_teacher_served_at_another_address_keeps_what_was_paid_for(tmp_path, tiny_model_dir, tokenizer_dir,
+                                                                     monkeypatch):
+    """A teacher's base_url was signed with its answers: a vLLM teacher served again on a new node (another SLURM
+    allocation, another hostname) had every answer asked, and paid for, again (a trial: 40 of 40). The address is
+    where the server is, not who answers; a journal an earlier tempa signed with it is kept too."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    with FakeOpenAI(math_reply) as first_node, FakeOpenAI(math_reply) as second_node:
+        config = synth_config(first_node, prompts)
+        first = run_synthesize(config, ctx)
+        assert first_node.requests
+        moved = synth_config(first_node, prompts, teacher={**config.teacher.model_dump(),
+                                                           "base_url": second_node.base_url})
+        assert run_synthesize(moved, ctx).rows == first.rows and second_node.requests == []
+        for name in ("samples.jsonl", "scores.jsonl"):  # as an earlier tempa signed them: with the address
+            meta = ctx.stage_dir / "data" / f"{name}.meta.json"
+            signed = json.loads(meta.read_text())
+            signed["teacher"]["base_url"] = first_node.base_url
+            meta.write_text(json.dumps(signed, sort_keys=True))
+        assert run_synthesize(moved, ctx).rows == first.rows and second_node.requests == []
+        assert "base_url" not in json.loads((ctx.stage_dir / "data" / "samples.jsonl.meta.json").read_text())["teacher"]
+        renamed = synth_config(first_node, prompts, teacher={**moved.teacher.model_dump(), "model": "teacher-2"})
+        run_synthesize(renamed, ctx)
+        asked = {body["messages"][-1]["content"] for body in second_node.requests}  # another model is asked again
+        assert asked == {row["messages"][0]["content"] for row in read_jsonl(prompts)}
+
+
 def test_another_batch_size_or_an_earlier_tempas_signature_asks_the_teacher_nothing(tmp_path, tiny_model_dir,
                                                                                    tokenizer_dir, monkeypatch):
     """sampling.batch_size (raised with a server's concurrency, as the backend reference advises) was part of the

@@ -284,8 +284,8 @@ class HTTPBackend(SamplingBackend):
                     if 300 <= status < 400:
                         raise HTTPBackendError(_redirected(self._where, status, reply_headers)) from None
                     if status not in RETRY_STATUS:
-                        raise HTTPBackendError(f"{self._where}: HTTP {status}: {detail}{self._key_hint(status)}") \
-                            from None
+                        raise HTTPBackendError(f"{self._where}: HTTP {status}: {detail}{self._key_hint(status)}"
+                                               f"{self._field_hint(status, text)}") from None
                     reason = f"HTTP {status}: {detail}"
                     retry_after = _retry_after(reply_headers.get("Retry-After") if reply_headers else None)
             if attempt >= self.max_retries:
@@ -302,6 +302,14 @@ class HTTPBackend(SamplingBackend):
         if self._api_key is None:
             return "; no API key was sent: name the variable that holds it in the backend's api_key_env"
         return f"; the key sent is ${self.api_key_env}'s (api_key_env)" if self.api_key_env else ""
+
+    def _field_hint(self, status: int, text: str) -> str:
+        """For a request refused over the thinking switch tempa sends (hosted APIs take no `chat_template_kwargs`):
+        the setting that leaves it out."""
+        if status in (400, 422) and self.send_chat_template_kwargs and "chat_template_kwargs" in text:
+            return ("; this server takes no chat_template_kwargs (the thinking switch): set send_chat_template_kwargs: "
+                    "false in the backend")
+        return ""
 
     def _wait(self, attempt: int, reason: str, retry_after: float | None = None, where: str | None = None) -> None:
         """Sleep before retry ``attempt + 1``: what the server asked for, else exponential backoff with jitter.

@@ -152,6 +152,26 @@ def test_http_backend_client_errors_are_not_retried():
     assert len(server.requests) == 1
 
 
+def test_a_server_refusing_the_thinking_switch_names_the_setting_that_leaves_it_out():
+    """A hosted OpenAI-style API answers 400 to the `chat_template_kwargs` tempa sends by default; the error did not
+    say which setting leaves it out."""
+    def reply(body):
+        if "chat_template_kwargs" in body:
+            return 400, {"error": {"message": "Unrecognized request argument supplied: chat_template_kwargs"}}, {}
+        return chat_response(["ok"])
+
+    thinking = GenerationParams(thinking_mode="on")
+    with FakeOpenAI(reply) as server:
+        with pytest.raises(HTTPBackendError) as err:
+            http(server).sample([[{"role": "user", "content": "q"}]], thinking)
+        assert str(err.value).endswith("set send_chat_template_kwargs: false in the backend")
+        assert http(server, send_chat_template_kwargs=False).sample([[{"role": "user", "content": "q"}]],
+                                                                   thinking)[0][0].text == "ok"
+    with FakeOpenAI(lambda body: (400, {"error": "bad model"}, {})) as server, pytest.raises(HTTPBackendError) as err:
+        http(server).sample([[{"role": "user", "content": "q"}]], thinking)
+    assert "send_chat_template_kwargs" not in str(err.value)  # another refusal: no such hint
+
+
 def test_missing_api_key_variable_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     config = HTTPBackendConfig(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="NO_SUCH_KEY_VAR")

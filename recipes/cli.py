@@ -424,7 +424,10 @@ def _cmd_status(args) -> int:
         table.add_column(column)
     for row in rows:
         seconds = row.duration_s
-        metrics = ", ".join(f"{k}={format_metric(v)}" for k, v in list(row.metrics.items())[:5] if v is not None)
+        shown = dict(list(row.metrics.items())[:5])
+        # What a stage paid for is a key figure wherever its metrics put it (a synthesize stage's come last).
+        shown |= {key: row.metrics[key] for key in ("api_requests",) if key in row.metrics}
+        metrics = ", ".join(f"{k}={format_metric(v)}" for k, v in shown.items() if v is not None)
         if row.error:
             metrics = f"error: {row.error}"
         if row.note:

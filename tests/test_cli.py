@@ -280,6 +280,24 @@ def test_status_names_the_kind_of_a_stage_that_has_not_started(tmp_path, capsys)
     assert rows == {"sft": ("sft", "failed"), "align": ("preference", "pending")}
 
 
+def test_status_shows_the_paid_requests_of_a_stage_with_many_metrics(tmp_path, capsys):
+    """A synthesize stage's api_requests come after its own metrics, past the five the table shows (a trial: status
+    showed them for translate, not for synthesize)."""
+    run_dir = tmp_path / "run"
+    (run_dir / "distill").mkdir(parents=True)
+    (run_dir / "recipe.resolved.yaml").write_text(
+        "name: x\nbase_model: tempa:tiny\nstages: [{name: distill, kind: synthesize}]\n")
+    metrics = {"rows": 40, "prompts": 40, "kept_prompts": 38, "samples": 80, "truncated": 2, "judged": 80,
+               "api_requests": 120, "api_retries": 3}
+    (run_dir / "distill" / "manifest.json").write_text(json.dumps(
+        {"name": "distill", "kind": "synthesize", "status": "done", "fingerprint": "f", "started_at": 0,
+         "result": {"metrics": metrics}}))
+    (run_dir / "distill" / "DONE").write_text(json.dumps({"fingerprint": "f"}))
+    assert main(["status", str(run_dir)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "api_requests=120" in out and "judged=" not in out, out
+
+
 def test_status_shows_an_error_with_brackets_as_it_is(tmp_path, capsys):
     """A stage failed on gloo's "[/__w/pytorch/.../pair.cc:553] Connection closed by peer": `tempa status` died with
     rich's MarkupError (the moment an on-call engineer runs it), and torch.save's "[enforce fail at ...]" and a

@@ -64,6 +64,7 @@ from tempa.alignment.rewards import (
 from tempa.alignment.sampling import (
     JsonlStore,
     Signed,
+    batch_seed,
     completions_of,
     run_incremental,
     sample_prompts,
@@ -482,9 +483,9 @@ def _revise(config: PreferenceStageConfig, ctx: StageContext, policy: Path, prom
         stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code, who="pairs.revise"))
     from tempa.alignment.generation import GenerationParams
 
-    def work(chunk: list[tuple[PromptRow, int]], index: int) -> list[dict[str, Any]]:
+    def work(chunk: list[tuple[PromptRow, int]], index: int, offset: int) -> list[dict[str, Any]]:
         params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, n=1,
-                                  seed=seed + 1000 * index, thinking_mode=settings.thinking_mode,
+                                  seed=batch_seed(seed, index, offset, 1), thinking_mode=settings.thinking_mode,
                                   batch_size=settings.batch_size)
         requests = [[{"role": "user", "content": fill(settings.prompt, question=p.question,
                                                       answer=split_think(by_id[p.id][0][i]).answer,

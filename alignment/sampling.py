@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -177,11 +177,35 @@ def _one_sample(record: dict[str, Any]) -> tuple[int, None]:
     return 1, None
 
 
+def batch_seed(seed: int, index: int, offset: int, n: int) -> int:
+    """The seed of a backend call asking the prompts from place ``offset`` of batch ``index`` on, ``n`` samples each:
+    a backend seeds the i-th prompt of a call with the call's seed + i * n, so a prompt asked alone (its batch's other
+    prompts journaled) gets the samples it gets when its batch is asked whole."""
+    return seed + 1000 * index + offset * n
+
+
+def _missing_runs(items: Sequence[T], keys: Sequence[str], done: Mapping[str, Any],
+                  chunk_size: int) -> Iterator[tuple[int, int, list[T]]]:
+    """(chunk index, offset in the chunk, items) for each run of consecutive items not in ``done``, chunk by chunk."""
+    for index, start in enumerate(range(0, len(items), chunk_size)):
+        run: list[T] = []
+        for place, (item, k) in enumerate(zip(items[start:start + chunk_size], keys[start:start + chunk_size],
+                                              strict=True)):
+            if k not in done:
+                run.append(item)
+                continue
+            if run:
+                yield index, place - len(run), run
+                run = []
+        if run:
+            yield index, min(chunk_size, len(items) - start) - len(run), run
+
+
 def run_incremental(
     items: Sequence[T],
     *,
     key: Callable[[T], str],
-    work: Callable[[list[T], int], list[dict[str, Any]]],
+    work: Callable[[list[T], int, int], list[dict[str, Any]]],
     store: JsonlStore,
     chunk_size: int,
     desc: str,
@@ -191,7 +215,10 @@ def run_incremental(
     """Apply ``work(chunk, chunk_index)`` to every chunk of ``items`` not yet in ``store``.
 
     ``work`` returns one record (with ``"id" == key(item)``) per item. ``chunk_index`` counts
-    chunks of the whole item list, so a chunk gets the same index (and seed) on a resumed run.
+    chunks of the whole item list, so a chunk gets the same index (and seed) on a resumed run. A chunk part of which
+    is journaled (an edited prompt) is worked in runs of consecutive items, ``work(run, chunk_index, offset)`` with
+    ``offset`` the run's place in its chunk (:func:`batch_seed`), so each item is asked with the seed it has when
+    its chunk is asked whole.
     ``measure(record)`` gives ``(samples, tokens)`` for the throughput display (tokens None where the backend
     counted none: the pass's ``tokens`` is then None, not a 0 that reads as nothing generated); without it a
     record is one sample of uncounted tokens. Returns the records in item order and the pass statistics.
@@ -210,12 +237,8 @@ def run_incremental(
         bar = tqdm(total=len(items), initial=stats["resumed"], desc=desc, unit="prompt", disable=not show_progress)
         store.record_progress(PassProgress(desc=desc, done=stats["resumed"], items=len(items), at=time.time()))
         try:
-            for index, start in enumerate(range(0, len(items), chunk_size)):
-                chunk = [item for item, k in zip(items[start:start + chunk_size], keys[start:start + chunk_size],
-                                                 strict=True) if k not in done]
-                if not chunk:
-                    continue
-                records = work(chunk, index)
+            for index, offset, chunk in _missing_runs(items, keys, done, chunk_size):
+                records = work(chunk, index, offset)
                 expected = {key(item) for item in chunk}
                 if {r["id"] for r in records} != expected or len(records) != len(chunk):
                     raise RuntimeError(f"{desc}: a chunk returned records for other items than it was given")
@@ -281,12 +304,12 @@ def sample_prompts(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``params.n`` samples per prompt, each prompt with its own thinking mode (and tools); resumable.
 
-    Chunk ``i`` is sampled with seed ``params.seed + 1000 * i``: the same samples whether the
-    pass ran in one go or was resumed.
+    Chunk ``i`` is sampled with seed ``params.seed + 1000 * i`` (:func:`batch_seed`): the same samples whether the
+    pass ran in one go, was resumed, or asks only an edited prompt of its chunk.
     """
 
-    def work(chunk: list[PromptRow], index: int) -> list[dict[str, Any]]:
-        chunk_params = params.model_copy(update={"seed": params.seed + 1000 * index})
+    def work(chunk: list[PromptRow], index: int, offset: int) -> list[dict[str, Any]]:
+        chunk_params = params.model_copy(update={"seed": batch_seed(params.seed, index, offset, params.n)})
         # Passed only when a prompt offers tools, so a backend written before tools (a test's scripted one) still
         # samples every other prompt.
         offered = [p.tools for p in chunk]
@@ -318,7 +341,7 @@ def score_pass(
     """
     by_id = {record["id"]: record for record in samples}
 
-    def work(chunk: list[PromptRow], index: int) -> list[dict[str, Any]]:
+    def work(chunk: list[PromptRow], index: int, offset: int) -> list[dict[str, Any]]:
         items, owners = [], []
         for prompt in chunk:
             for completion in completions_of(by_id[prompt.id]):

@@ -50,6 +50,7 @@ from tempa.alignment.rewards import (
 from tempa.alignment.sampling import (
     JsonlStore,
     Signed,
+    batch_seed,
     completions_of,
     run_incremental,
     sample_prompts,
@@ -344,9 +345,10 @@ def add_second_turns(
     # Not the kept conversations: their keys go by content, and a prompt added to the file adds one, re-asking none.
     signature = signature.plus(second_turn=fingerprinted(settings))
 
-    def write_followups(chunk: list[Kept], index: int) -> list[dict[str, Any]]:
+    def write_followups(chunk: list[Kept], index: int, offset: int) -> list[dict[str, Any]]:
         params = GenerationParams(max_new_tokens=settings.followup_max_new_tokens,
-                                  temperature=settings.followup_temperature, n=1, seed=ctx.seed + 1000 * index,
+                                  temperature=settings.followup_temperature, n=1,
+                                  seed=batch_seed(ctx.seed, index, offset, 1),
                                   thinking_mode="off", batch_size=config.sampling.batch_size)
         requests = [[{"role": "user", "content": fill(
             settings.followup_prompt, conversation=render_conversation(k.messages()), language=k.prompt.language,

@@ -41,7 +41,7 @@ from tempa.alignment.generation import GenerationParams
 from tempa.alignment.judge import Judge, JudgeSettings, fill, parse_judge_score
 from tempa.alignment.prompts import content_keys
 from tempa.alignment.rewards import JudgeFailures
-from tempa.alignment.sampling import JsonlStore, run_incremental
+from tempa.alignment.sampling import JsonlStore, batch_seed, run_incremental
 from tempa.sft import language as lang
 from tempa.sft.curation import normalize_instruction
 from tempa.sft.files import write_json, write_jsonl
@@ -121,11 +121,12 @@ JUDGE_JOURNAL = "judge.jsonl"
 def _journaled(
     store: JsonlStore, requests: Sequence[str], chunk_size: int, desc: str, ask: Any, measure: Any = None
 ) -> list[dict[str, Any]]:
-    """``ask(chunk_of_requests, chunk_index)`` -> one record per request, run only for requests not journaled."""
+    """``ask(requests, chunk_index, offset)`` -> one record per request, run only for requests not journaled (see
+    :func:`tempa.alignment.sampling.run_incremental`)."""
     items = list(zip(content_keys(requests), requests, strict=True))
 
-    def work(chunk: list[tuple[str, str]], index: int) -> list[dict[str, Any]]:
-        records = ask([request for _, request in chunk], index)
+    def work(chunk: list[tuple[str, str]], index: int, offset: int) -> list[dict[str, Any]]:
+        records = ask([request for _, request in chunk], index, offset)
         return [{"id": key, **record} for (key, _), record in zip(chunk, records, strict=True)]
 
     records, _ = run_incremental(items, key=lambda item: item[0], work=work, store=store,
@@ -139,9 +140,9 @@ def ask_teacher(
     """The teacher's answer to each request (one user message) and how it ended (``finish_reason``), asked in
     batches of ``params.batch_size`` and journaled in ``store`` (a resumed run asks only what is missing)."""
 
-    def ask(chunk: list[str], index: int) -> list[dict[str, Any]]:
+    def ask(chunk: list[str], index: int, offset: int) -> list[dict[str, Any]]:
         # Seeded per batch, as the synthesize pass is: a resumed run asks a batch with the seed it had.
-        chunk_params = params.model_copy(update={"seed": params.seed + 1000 * index})
+        chunk_params = params.model_copy(update={"seed": batch_seed(params.seed, index, offset, params.n)})
         groups = backend.sample([[{"role": "user", "content": r}] for r in chunk], chunk_params)
         return [{"completion": group[0].to_dict()} for group in groups]
 
@@ -297,7 +298,7 @@ def gate_scores(gate: JudgeGate, rubric: str, items: Sequence[dict[str, Any]], c
                  "settings": gate.model_dump(mode="json", exclude={"backend", "min_score", "max_unparsable"})}
     store = JsonlStore(ctx.stage_dir / "data" / JUDGE_JOURNAL, signature)
 
-    def ask(chunk: list[str], index: int) -> list[dict[str, Any]]:
+    def ask(chunk: list[str], index: int, offset: int) -> list[dict[str, Any]]:
         return [{"reply": reply} for reply in judge.ask(chunk)]
 
     try:

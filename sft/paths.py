@@ -58,12 +58,19 @@ def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = 
                 raise ValueError(f"local path does not exist: {candidate}{meant(_as_written(file, value, base_dir))}")
             close = _misspelt_sibling(candidate, Path(base_dir))
             warnings = info.context.get(PATH_WARNINGS) if info is not None and info.context else None
-            if close is not None and warnings is not None:
+            warning = None
+            if close is not None:
                 what = "folder" if (candidate.parent / close).is_dir() else "file"
                 warning = (f"'{value}' is read as a hub id, but {candidate.parent} beside the recipe holds '{close}': "
                            f"write './{Path(value).parent / close}' if you meant that {what}")
-                if warning not in warnings:
-                    warnings.append(warning)
+            elif info.field_name == "path" and _data_folder_beside(candidate, Path(base_dir)):
+                # `data/chats` where data/ beside the recipe holds the data files: a local folder not made yet, or
+                # misnamed, not a hub dataset (it failed when its stage loaded it, after the stages before trained)
+                warning = (f"'{value}' is read as a hub dataset id, but {Path(base_dir) / Path(value).parts[0]} beside "
+                           f"the recipe is a folder of data files with no '{Path(value).relative_to(Path(value).parts[0])}'"
+                           f" in it: write './{value}' if you meant a local path")
+            if warning is not None and warnings is not None and warning not in warnings:
+                warnings.append(warning)
             return value
     if candidate.is_absolute() or looks_local(value) or candidate.exists():
         # The folders resolved (a `..` after a linked folder goes where the OS goes), the last name kept: a file in
@@ -104,6 +111,20 @@ def _file_of_that_name(candidate: Path, base_dir: Path) -> Path | None:
         return None
     return next((entry for entry in sorted(candidate.parent.iterdir())
                  if entry.name != candidate.name and _without_suffix(entry.name) == candidate.name), None)
+
+
+def _data_folder_beside(candidate: Path, base_dir: Path) -> bool:
+    """Whether ``candidate`` (which is not there) lies under a folder beside the recipe that holds data files (an
+    organisation's model folder, `meta-llama/`, does not: a hub id of that organisation is no slip)."""
+    parts = candidate.relative_to(base_dir).parts
+    folder = base_dir / parts[0]
+    if len(parts) < 2 or not folder.is_dir():
+        return False
+    data = tuple(suffix for suffix in _LOCAL_SUFFIXES if suffix not in (".yaml", ".yml", ".jinja", ".txt"))
+    try:
+        return any(entry.name.lower().endswith(data) for entry in folder.iterdir() if entry.is_file())
+    except OSError:
+        return False
 
 
 def _under_a_folder_beside(candidate: Path, base_dir: Path) -> bool:

@@ -79,3 +79,18 @@ def test_a_hub_id_near_a_downloaded_sibling_is_not_called_a_misspelt_folder(layo
 def test_one_slip_from_a_folder_is_named(layout, typed):
     warnings = load_recipe(write_recipe(layout, typed, "data/ja_reasoning")).path_warnings
     assert len(warnings) == 1 and "write './models/tiny' if you meant that folder" in warnings[0]
+
+
+def test_a_missing_folder_among_the_data_files_beside_the_recipe_is_warned(layout, capsys):
+    """`path: data/chats` (the README's own example name), with data/ beside the recipe holding the data: `tempa plan`
+    said nothing and the run failed when that stage loaded it as a hub dataset ("Couldn't reach 'data/chats' on the
+    Hub"), after the stages before it trained. A hub id under an organisation's model folder stays silent."""
+    (layout / "data" / "ja_chats.jsonl").write_text((layout / "data" / "ja_reasoning" / "part-0.jsonl").read_text())
+    recipe = write_recipe(layout, "models/tiny", "data/chats")
+    assert load_recipe(recipe).path_warnings == [
+        f"'data/chats' is read as a hub dataset id, but {layout / 'data'} beside the recipe is a folder of data files "
+        "with no 'chats' in it: write './data/chats' if you meant a local path"]
+    main(["plan", str(recipe), "--run-dir", str(layout / "run")])
+    assert "write './data/chats' if you meant a local path" in " ".join(capsys.readouterr().out.split())
+    (layout / "HuggingFaceH4").mkdir()  # an organisation's folder, without data files in it: no slip
+    assert load_recipe(write_recipe(layout, "models/tiny", "HuggingFaceH4/ultrachat_200k")).path_warnings == []

@@ -32,3 +32,16 @@ def referenced_files(config_dump: Mapping[str, Any]) -> dict[str, str]:
                 target = os.path.realpath(path)
                 found[value] = path_digest(path) + (f" -> {target}" if target != value else "")
     return found
+
+
+def located(node: Any, files: Mapping[str, str]) -> Any:
+    """``node`` (a config dump) with each path of ``files`` (:func:`referenced_files`) written as what lies there: its
+    name and content digest. A fingerprint of it names the same inputs wherever the recipe's folder is: moved, or
+    checked out on another machine under another home (every path in a recipe resolves to an absolute one)."""
+    if isinstance(node, str):
+        return f"{Path(node).name}@{files[node].split(' -> ')[0]}" if node in files else node
+    if isinstance(node, Mapping):
+        return {key: located(value, files) for key, value in node.items()}
+    if isinstance(node, list | tuple):
+        return [located(value, files) for value in node]
+    return node

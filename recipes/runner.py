@@ -25,7 +25,7 @@ from tempa.chat_templates.one_line import first_line, typed_line
 from tempa.merge.eval_data import evaluation_prompts
 from tempa.recipes import __version__
 from tempa.recipes.errors import RecipeError
-from tempa.recipes.fingerprint import referenced_files
+from tempa.recipes.fingerprint import located, referenced_files
 from tempa.recipes.held_signals import hangup_stops
 from tempa.recipes.launcher import deepspeed_config_path, hardware_problem, reap_stale_launch, run_launch
 from tempa.recipes.loader import LoadedRecipe, stage_reads
@@ -272,11 +272,13 @@ def plan_run(
         kept = fingerprinted(config)
         reads = [dep for dep in stage_reads(loaded, i) if dep != upstream]
         inputs = loaded.names[:i] if kind.sees_all_earlier else [dep for dep in (upstream, *reads) if dep]
+        files = referenced_files(kept)  # files a setting that plays no part names are no input
         components = {
             "tempa_version": __version__,
-            "config": digest(kept),  # less what changes how it runs, not what it makes
+            # less what changes how it runs, not what it makes; its paths as what lies there, not where
+            "config": digest(located(kept, files)),
             # each file's digest, so that the plan can name the one that changed; the fingerprint holds their digest
-            "files": referenced_files(kept),  # files a setting that plays no part names are no input
+            "files": files,
             "upstream": fps[upstream] if upstream else base_fp,
             "depends_on": {dep: fps.get(dep) for dep in reads},
             "template": template_fp,
@@ -401,15 +403,16 @@ def _journals_signed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
         return False
     before, after = old.get("files"), new.get("files") or {}
     if not isinstance(before, dict):  # an older manifest holds one digest of them all: which one changed is unknown
-        return before == _fingerprinted(new).get("files")
+        return before == digest(after)
     return not any(Path(path).is_dir() for path, value in after.items() if before.get(path) != value)
 
 
 def _fingerprinted(components: Mapping[str, Any]) -> dict[str, Any]:
-    """What a stage's fingerprint digests: its components with the input files as one digest (as manifests before
-    the per-file digests held them: a run directory made then still skips what is complete)."""
+    """What a stage's fingerprint digests: its components with the input files as one digest of what they hold,
+    wherever they are (manifests before the per-file digests held one digest of them all)."""
     files = components.get("files")
-    return {**components, "files": digest(files)} if isinstance(files, dict) else dict(components)
+    return {**components, "files": digest(sorted(located(list(files), files)))} if isinstance(files, dict) \
+        else dict(components)
 
 
 def _changed_files(old: Any, new: Mapping[str, str]) -> str:
@@ -483,7 +486,12 @@ def _counted_differently(old: dict, new: dict, old_config: dict | None, config: 
     if old_config is None:
         return False
     before, after = _fingerprinted(old), _fingerprinted(new)
+    if isinstance(new.get("files"), dict) and not isinstance(old.get("files"), dict):
+        after["files"] = digest(new["files"])  # the one digest of the manifests before per-file digests: by path
     ignored = {"config", "tempa_version"} if across_versions else {"config"}
+    if isinstance(old.get("files"), dict) and isinstance(new.get("files"), dict):
+        # its paths as what lies there: a recipe folder moved since an earlier tempa, whose config digest held them
+        old_config, config = located(old_config, old["files"]), located(config, new["files"])
     return (all(before.get(key) == value for key, value in after.items() if key not in ignored)
             and not _changed_settings(old_config, config, unfingerprinted))
 

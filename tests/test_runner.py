@@ -160,6 +160,42 @@ def test_changed_input_file_reruns_the_stage_that_reads_it(recipe, tmp_path):
     assert plans[0].action == "rerun" and "input files" in plans[0].reason
 
 
+def test_a_recipe_folder_moved_or_checked_out_elsewhere_skips_what_is_complete(tmp_path):
+    """Every recipe path resolves to an absolute one, and the config digest held it: the same recipe and data copied
+    byte for byte to another folder (another machine's checkout, another home) re-ran all 8 stages of the demo (a
+    trial). What a path holds is the input, not where it lies; a run made by an earlier tempa moves too."""
+    import shutil
+
+    project = tmp_path / "alice" / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "input.txt").write_text("one")
+    (project / "r.yaml").write_text("name: t\nbase_model: tempa:tiny\nstages:\n"
+                                    "  - {name: a, kind: touch, value: 1, input: data/input.txt}\n"
+                                    "  - {name: b, kind: touch, value: 2}\n")
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(project / "r.yaml"), run_dir)
+    moved = tmp_path / "bob" / "checkout"
+    moved.parent.mkdir()
+    shutil.move(project, moved)
+    plans = plan_run(load_recipe(moved / "r.yaml"), run_dir)
+    assert [p.action for p in plans] == ["skip", "skip"], [p.reason for p in plans]
+
+    # As an earlier tempa recorded it (its config digest held the old paths): its settings compare by what is there.
+    for name in "ab":
+        manifest = json.loads((run_dir / name / MANIFEST).read_text())
+        old = f"earlier-{name}"
+        manifest["components"]["config"], manifest["fingerprint"] = f"a digest of paths {name}", old
+        if name == "b":
+            manifest["components"]["upstream"] = "earlier-a"  # the fingerprint of the model it started from
+        (run_dir / name / MANIFEST).write_text(json.dumps(manifest))
+        (run_dir / name / DONE).write_text(json.dumps({"fingerprint": old}))
+    assert [p.action for p in plan_run(load_recipe(moved / "r.yaml"), run_dir)] == ["skip", "skip"]
+
+    (moved / "data" / "input.txt").write_text("two")  # what it holds changed: that is an input changed
+    plans = plan_run(load_recipe(moved / "r.yaml"), run_dir)
+    assert [p.action for p in plans] == ["rerun", "rerun"] and "input files" in plans[0].reason
+
+
 def test_an_input_linked_to_another_folder_reruns_the_stage(tmp_path):
     """A recipe path keeps its last name when it is a link (a model folder `best -> checkpoint-1000`); pointing the
     link at another checkpoint with files of the same sizes is another input."""

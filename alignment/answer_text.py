@@ -11,7 +11,9 @@ reward gave math-verify the whole reply, which took its last number, 7).
 A numeric reference is compared with the committed number by value (:func:`numbers_agree`), in both. Percentages
 follow one rule: a percentage is its number as written (45% is 45, as a percent question's reference writes it)
 and, against a number written without %, also its hundredth (45% is 0.45 or 9/20, as a probability's reference
-writes it); 45% is not 0.45%.
+writes it); 45% is not 0.45%. A text reference (a label, a name, a choice letter) must equal what the reply commits
+to (:func:`text_answer_matches`), in both: the reward's ``auto`` fell back to "appears anywhere", so gold B passed
+``\boxed{A}``.
 """
 
 from __future__ import annotations
@@ -388,4 +390,46 @@ def numbers_agree(expected: Number, got: Number, rel_tol: float = 1e-6, abs_tol:
         return True
     if got.percent != expected.percent:
         return close(got.value / 100, expected.value) if got.percent else close(got.value, expected.value / 100)
+    return False
+
+
+# What Japanese and Thai put after a stated answer: "答えはBです。", "คำตอบคือ B ครับ".
+_COPULA = re.compile(r"\s*(?:です|でした|である|だ|となります|になります|ครับ|ค่ะ)$")
+# The word a multiple-choice reply names its pick with ("option C", "ข้อ ข", "ตัวเลือก ค", "pilihan B", "選択肢B"),
+# after normalisation. A Latin word must stand apart (no "optional"); a Thai or CJK one joins its label unspaced.
+_OPTION_WORD = re.compile(r"^(?:(?:option|choice|pilihan|opsi|lựa chọn|phương án|pagpipilian)\s+|(?:ข้อ|ตัวเลือก|選択肢|选项|選項)\s*)")
+
+
+def normalise_text(text: str) -> str:
+    """Casefolded, NFKC, punctuation and symbols turned to spaces (combining marks kept, for Thai and Tamil)."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in text)
+    return " ".join(text.split())
+
+
+def text_answer_matches(answer: str, expected: object) -> bool:
+    """Whether ``answer`` (the text after the think block) commits to the text reference ``expected``: the content of
+    a ``\\boxed{}``, the line or sentence after the committing lead-in (a copula after it dropped), the last line, or
+    the whole answer, normalised (:func:`normalise_text`), equals the normalised reference; each also without an
+    option word before it ("option C", "ข้อ ข"), so a multiple-choice pick is its letter. The reference appearing
+    somewhere is not enough: gold ``B`` is not in ``\\boxed{A}``'s "boxed", gold ``ข`` not in "ข้อ ก", gold
+    ``Jakarta`` not in "Bukan Jakarta, tetapi Bandung", gold ``Negative`` not in "Negative / Positive"."""
+    target = normalise_text(str(expected))
+    if not target:
+        return False
+    candidates = list(boxed_contents(answer))
+    lead_in = committing_lead_in(answer)
+    if lead_in:
+        tail = answer[lead_in.end() :].strip()
+        if tail:
+            sentence = committed_sentence(tail)
+            candidates += [tail.splitlines()[0], sentence, _COPULA.sub("", sentence)]
+    lines = [line for line in answer.splitlines() if line.strip()]
+    if lines:
+        candidates.append(lines[-1])
+    candidates.append(answer)
+    for candidate in candidates:
+        normalised = normalise_text(candidate)
+        if target in (normalised, _OPTION_WORD.sub("", normalised)):
+            return True
     return False

@@ -48,6 +48,7 @@ from tempa.alignment.answer_text import (
     math_verify_timeout,
     numbers_agree,
     reference_number,
+    text_answer_matches,
 )
 from tempa.alignment.backends import SamplingBackend, backend_reads, build_backend, local_model_check
 from tempa.alignment.completions import Completion, split_think, without_tool_calls
@@ -116,7 +117,10 @@ def answer_match(
     """1.0 when ``answer`` gives the reference answer ``gold``, 0.0 when not, None without a reference.
 
     ``gold`` may be a list of accepted answers. ``auto`` uses math-verify when the reference is a
-    number or a formula, else ``contains``. ``regex``: ``pattern`` is searched in the answer; its
+    number or a formula, else the accuracy suite's rule for text
+    (:func:`tempa.alignment.answer_text.text_answer_matches`: the box, the committed sentence, the last line or the
+    whole answer equals the reference; "option C" and "ข้อ ข" give C and ข). ``contains`` (only when asked for)
+    passes any answer the reference appears in. ``regex``: ``pattern`` is searched in the answer; its
     first group (or the whole match) must equal the reference after normalisation.
 
     ``math`` (and ``auto``) read the answer the reply commits to, as the accuracy suite does
@@ -154,9 +158,14 @@ def answer_match(
                 continue
             if match == "math":
                 continue
+            # Text (a label, a name, a choice letter): the accuracy suite's equality, never `contains`, under which
+            # gold B passed \boxed{A} (the b of "boxed") and gold Jakarta passed "Bukan Jakarta, tetapi Bandung".
+            if text_answer_matches(answer, g):
+                return 1.0
+            continue
         if match == "exact" and normalize_text(answer) == normalize_text(g):
             return 1.0
-        if match in ("contains", "auto") and normalize_text(g) and normalize_text(g) in normalize_text(answer):
+        if match == "contains" and normalize_text(g) and normalize_text(g) in normalize_text(answer):
             return 1.0
     return 0.0
 
@@ -298,7 +307,10 @@ class AnswerReward(_RewardBase):
         "(a unit or currency dropped: `12 cm`, `12,000円`) by value, `45%` giving 45 and 0.45; other math by "
         "math-verify equivalence (fractions, LaTeX, expressions); `exact`: equal after case, "
         "punctuation and space folding; `contains`: the reference appears in the answer; `regex`: `pattern` "
-        "extracts the answer; `auto`: math when the reference parses as math, else contains.",
+        "extracts the answer; `auto`: math when the reference parses as math, else the accuracy suite's rule for text: "
+        "the box, the sentence after the lead-in, the last line or the whole answer equals the reference after "
+        "folding (`option C`, `ข้อ ข` give `C`, `ข`); `contains` is never chosen by `auto` (gold `B` is in "
+        "`\\boxed{A}`).",
     )
     pattern: str | None = Field(default=None, description="With `match: regex`: the pattern; group 1 is the answer.")
 

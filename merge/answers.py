@@ -9,18 +9,14 @@ name others (``think_tags``).
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Sequence
 
 from tempa.alignment.answer_text import (
-    boxed_contents,
     committed_number,
-    committed_sentence,
-    committing_lead_in,
     numbers_agree,
     read_number,
     reference_number,
+    text_answer_matches,
 )
 from tempa.chat_templates.thinking import (
     THINK_CLOSE,
@@ -90,17 +86,6 @@ def extract_final_number(answer: str, language: str | None = None) -> float | No
     return number.value if number else None
 
 
-# What Japanese and Thai put after a stated answer: "答えはBです。", "คำตอบคือ B ครับ".
-_COPULA = re.compile(r"\s*(?:です|でした|である|だ|となります|になります|ครับ|ค่ะ)$")
-
-
-def _normalise_text(text: str) -> str:
-    """Casefolded, punctuation and symbols turned to spaces (combining marks kept, for Thai/Tamil)."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in text)
-    return " ".join(text.split())
-
-
 def answer_matches(
     answer: str, expected: object, rel_tol: float = 1e-6, abs_tol: float = 1e-9, language: str | None = None
 ) -> bool:
@@ -109,25 +94,12 @@ def answer_matches(
     A numeric expectation (:func:`tempa.alignment.answer_text.reference_number`: a number with a unit or currency,
     "12,000円" or "12 cm", is its number) is compared with the number the answer commits to, within tolerance, as
     the answer reward compares it (:func:`tempa.alignment.answer_text.numbers_agree`: 45% gives 45 and 0.45).
-    Other expectations compare the normalised boxed content, the line after an "answer is" lead-in, the last line,
-    or the whole answer.
+    Other expectations must equal the normalised boxed content, the line after an "answer is" lead-in, the last line,
+    or the whole answer (:func:`tempa.alignment.answer_text.text_answer_matches`, the answer reward's ``auto`` rule for
+    text too).
     """
     expected_number = reference_number(expected, language)
     if expected_number is not None:
         got = committed_number(answer, language)
         return got is not None and numbers_agree(expected_number, got, rel_tol=rel_tol, abs_tol=abs_tol)
-    target = _normalise_text(str(expected))
-    if not target:
-        return False
-    candidates = list(boxed_contents(answer))
-    lead_in = committing_lead_in(answer)
-    if lead_in:
-        tail = answer[lead_in.end() :].strip()
-        if tail:
-            sentence = committed_sentence(tail)
-            candidates += [tail.splitlines()[0], sentence, _COPULA.sub("", sentence)]
-    lines = [line for line in answer.splitlines() if line.strip()]
-    if lines:
-        candidates.append(lines[-1])
-    candidates.append(answer)
-    return any(_normalise_text(candidate) == target for candidate in candidates)
+    return text_answer_matches(answer, expected)

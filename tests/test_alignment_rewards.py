@@ -69,7 +69,8 @@ def test_split_handles_prefilled_inline_and_server_separated_reasoning():
         ("The answer is 36.", "63", "auto", 0.0),
         (r"So the result is \boxed{\frac{1}{2}}", "0.5", "math", 1.0),
         ("There are 12 books left", "12", "math", 1.0),
-        ("Sentimennya: Positif!", "positif", "auto", 1.0),  # not math: falls back to contains
+        ("Sentimennya: Positif!", "positif", "contains", 1.0),
+        ("Positif!", "positif", "auto", 1.0),  # not math: the accuracy suite's equality
         ("Negatif", "positif", "auto", 0.0),
         ("  POSITIVE. ", "positive", "exact", 1.0),
         ("It is positive", "positive", "exact", 0.0),

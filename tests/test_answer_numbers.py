@@ -69,7 +69,9 @@ def test_real_math_stays_with_math_verify():
     assert _reward("vi", "3/4", "Vậy đáp án là 0,75.") == 1.0
     assert _reward("id", "0.75", r"Jadi hasilnya $\frac{3}{4}$.") == 1.0
     assert _reward("id", r"\frac{1}{2}", "Jadi peluangnya 0,5.") == 1.0
-    assert _reward("id", "x^2+1", "Jadi f(x) = x^2 + 1") == 1.0
+    # A formula math-verify cannot read undelimited is text: the answer must state it ("x21" is in "x^2 + 10")
+    assert _reward("id", "x^2+1", "Jawabannya: x^2 + 1") == 1.0
+    assert _reward("id", "x^2+1", "Jadi f(x) = x^2 + 10") == 0.0
     assert _reward("id", "0.125", "Jadi peluangnya 0,125.") == 1.0  # a lone 0: a decimal comma, not 125
 
 

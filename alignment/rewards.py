@@ -10,7 +10,7 @@ paired, and a stage whose judge fails on more than ``max_unparsable`` of its rep
 type                      score                                                       range
 ========================  ==========================================================  ============
 ``answer``                the answer matches the reference (math-verify, exact,       0 or 1
-                          contains or regex)
+                          contains or regex); 0 when cut off at the token limit
 ``language``              the answer is in the prompt's target language (py3langid);  0..1
                           with ``reasoning``, the think block too (in the prompt's
                           language, or any the policy allows, e.g. English)
@@ -114,7 +114,8 @@ def answer_match(
     pattern: str | None = None,
     language: str | None = None,
 ) -> float | None:
-    """1.0 when ``answer`` gives the reference answer ``gold``, 0.0 when not, None without a reference.
+    """1.0 when ``answer`` gives the reference answer ``gold``, 0.0 when not, None without a reference. (The reply's
+    text only: :class:`RewardSet` scores a reply cut off at the token limit 0.)
 
     ``gold`` may be a list of accepted answers. ``auto`` uses math-verify when the reference is a
     number or a formula, else the accuracy suite's rule for text
@@ -310,7 +311,8 @@ class AnswerReward(_RewardBase):
         "extracts the answer; `auto`: math when the reference parses as math, else the accuracy suite's rule for text: "
         "the box, the sentence after the lead-in, the last line or the whole answer equals the reference after "
         "folding (`option C`, `ข้อ ข` give `C`, `ข`); `contains` is never chosen by `auto` (gold `B` is in "
-        "`\\boxed{A}`).",
+        "`\\boxed{A}`). A reply cut off at max tokens (finish reason `length`) scores 0 under every match, as "
+        "the accuracy suite grades it.",
     )
     pattern: str | None = Field(default=None, description="With `match: regex`: the pattern; group 1 is the answer.")
 
@@ -538,9 +540,13 @@ class RewardSet:
 
     def _apply(self, config: Any, items: list[ScoreItem]) -> tuple[list[float | None], list[dict[str, Any]]]:
         if isinstance(config, AnswerReward):
-            return [answer_match(outside_think(split_think(it.completion).answer), it.prompt.answer, config.match,
-                                 config.pattern, it.prompt.language)
-                    for it in items], [{} for _ in items]
+            values = [answer_match(outside_think(split_think(it.completion).answer), it.prompt.answer, config.match,
+                                   config.pattern, it.prompt.language) for it in items]
+            # A reply cut off at the token limit is wrong, as the accuracy suite grades it: "The answer is 12" may be
+            # the start of 120, and rewarding it teaches the policy that running out of tokens costs nothing.
+            cut = [bool(value) and it.completion.truncated for value, it in zip(values, items, strict=True)]
+            return ([0.0 if c else v for c, v in zip(cut, values, strict=True)],
+                    [{"cut_off": True} if c else {} for c in cut])
         if isinstance(config, LanguageReward):
             verdicts = [language_fidelity(it.completion, it.prompt.language, config, tools=it.prompt.uses_tools)
                         for it in items]

@@ -121,7 +121,8 @@ class SynthesizeStageConfig(StageConfigBase):
     keep_incomplete: bool = Field(
         default=False,
         description="Also select responses cut off at max_new_tokens or with an empty answer (an unclosed think "
-        "block has none). Off: such responses are never kept, whatever their score.",
+        "block has none). Off: such responses are never kept, whatever their score. A cut-off response scores 0 on "
+        "an `answer` reward either way.",
     )
     second_turn: SecondTurnSettings | None = Field(
         default=None, description="Add a judged second turn to every kept conversation (Swallow v0.3)."

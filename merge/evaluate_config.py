@@ -111,8 +111,8 @@ class AccuracySuite(_GenerationSuite):
     off at `max_new_tokens` (finish reason `length`) is wrong too, whatever it says, thinking on or off (a cut answer
     would pass "at most N words"): every generating suite reports the share of such replies as `truncated`, and the
     accuracy, ifeval and language suites grade them wrong (accuracy, every instruction, normalized accuracy). The
-    preference/rl `answer` reward commits to the same answer and compares numbers by the same rules
-    (`tempa.alignment.answer_text`)."""
+    preference/rl `answer` reward commits to the same answer, compares numbers and text by the same rules
+    (`tempa.alignment.answer_text`) and scores a cut-off reply 0 too."""
 
     type: Literal["accuracy"]
     reports: ClassVar[frozenset[str] | None] = frozenset({"accuracy", "rows", "unanswered", "truncated"})

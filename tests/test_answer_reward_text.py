@@ -72,3 +72,17 @@ def test_no_label_row_of_the_sample_prompts_passes_a_reply_that_names_both_label
 def test_contains_is_still_there_when_a_recipe_asks_for_it():
     assert answer_match("Bukan Jakarta, tetapi Bandung", "Jakarta", "contains") == 1.0
     assert answer_match("Bukan Jakarta, tetapi Bandung", "Jakarta", "auto") == 0.0
+
+
+@pytest.mark.parametrize("finish", ["length", "stop", None])
+def test_a_reply_cut_off_at_the_token_limit_earns_no_answer_reward(finish):
+    # "The answer is 12" cut off may be the start of 120: the accuracy suite grades it wrong, and so does the reward
+    row = PromptRow(id="p", messages=[{"role": "user", "content": "q"}], language="en", answer="12",
+                    thinking_mode="on")
+    completion = Completion(text="7 + 5\n</think>\n\nThe answer is 12", prefill="<think>\n", finish_reason=finish)
+    rewards = RewardSet([AnswerReward(), AnswerReward(name="label", match="contains")],
+                        ScoringEnv(policy_dir=Path("."), tokenizer_dir=Path(".")))
+    record = rewards.score([ScoreItem(row, completion)])[0]
+    expected = 0.0 if finish == "length" else 1.0  # a backend that cannot tell how it ended is taken at its word
+    assert record["scores"]["answer"] == record["scores"]["label"] == expected
+    assert record["details"].get("answer", {}).get("cut_off", False) is (finish == "length")

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from tempa.alignment.answer_text import (
     committed_answer,
@@ -314,14 +314,25 @@ class AnswerReward(_RewardBase):
         "`\\boxed{A}`). A reply cut off at max tokens (finish reason `length`) scores 0 under every match, as "
         "the accuracy suite grades it.",
     )
-    pattern: str | None = Field(default=None, description="With `match: regex`: the pattern; group 1 is the answer.")
+    pattern: str | None = Field(default=None, description="With `match: regex` (required there): the pattern, a "
+                                "Python regular expression checked when the recipe loads; group 1 is the answer.")
 
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            re.compile(value)
+            try:
+                re.compile(value)
+            except re.error as exc:  # not a ValueError: raised as is, it left pydantic as a traceback
+                raise ValueError(f"pattern {value!r} is no regular expression: {exc}") from None
         return value
+
+    @model_validator(mode="after")
+    def _regex_has_pattern(self) -> AnswerReward:
+        # Checked here, not when scoring: a missing pattern passed `tempa plan` and failed inside training.
+        if self.match == "regex" and self.pattern is None:
+            raise ValueError("`match: regex` needs a `pattern` (a regular expression whose group 1 is the answer)")
+        return self
 
 
 class LanguageReward(_RewardBase, language.LanguageRules):

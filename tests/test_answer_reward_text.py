@@ -86,3 +86,23 @@ def test_a_reply_cut_off_at_the_token_limit_earns_no_answer_reward(finish):
     expected = 0.0 if finish == "length" else 1.0  # a backend that cannot tell how it ended is taken at its word
     assert record["scores"]["answer"] == record["scores"]["label"] == expected
     assert record["details"].get("answer", {}).get("cut_off", False) is (finish == "length")
+
+
+@pytest.mark.parametrize(("reward", "said"), [
+    ("{type: answer, match: regex}", "`match: regex` needs a `pattern`"),
+    ("{type: answer, match: regex, pattern: '([A-D]'}", "pattern '([A-D]' is no regular expression"),
+])
+def test_a_regex_answer_reward_without_a_working_pattern_is_refused_when_the_recipe_loads(tmp_path, tiny_model_dir,
+                                                                                         reward, said):
+    from tempa.recipes.errors import RecipeError
+    from tempa.recipes.loader import load_recipe
+
+    (tmp_path / "prompts.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "q"}],
+                                                        "answer": "B"}) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\nbase_model: {tiny_model_dir}\nstages:\n  - name: align\n    kind: preference\n"
+                      f"    prompts: {{path: prompts.jsonl}}\n    rewards: [{reward}]\n")
+    with pytest.raises(RecipeError) as raised:
+        load_recipe(recipe)
+    message = str(raised.value)
+    assert said in message and "rewards" in message and "\n" not in message.strip(), message

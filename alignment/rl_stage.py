@@ -110,6 +110,7 @@ def rl_metrics(outcome: TrainOutcome, names: list[str], prompts: int) -> dict[st
     logged = [entry for entry in history if "loss" in entry]
     totals = [entry["reward"] for entry in logged if isinstance(entry.get("reward"), int | float)]
     metrics: dict[str, Scalar] = {key.replace("/", "_"): run_mean(history, key) for key in LOGGED}
+    metrics[TERMINATED.replace("/", "_")] = terminated_mean(history)
     metrics["first_logged_reward"] = totals[0] if totals else None
     metrics["last_logged_reward"] = totals[-1] if totals else None
     for name in names:
@@ -126,6 +127,27 @@ def run_mean(log_history: list[dict[str, Any]], key: str) -> float | None:
     """Mean of ``key`` over the training logs that have it (None when none does)."""
     values = [entry[key] for entry in log_history if "loss" in entry and isinstance(entry.get(key), int | float)]
     return sum(values) / len(values) if values else None
+
+
+TERMINATED = "completions/mean_terminated_length"
+_CLIPPED = "completions/clipped_ratio"
+
+
+def terminated_share(entry: dict[str, Any]) -> float:
+    """The share of a logged step's completions that ended on their own (1 - trl's clipped_ratio; 1 when not logged).
+    trl logs a mean terminated length of 0 for a step where every completion was cut off: no length, a 0 weight."""
+    clipped = entry.get(_CLIPPED)
+    return 1.0 - float(clipped) if isinstance(clipped, int | float) else 1.0
+
+
+def terminated_mean(log_history: list[dict[str, Any]]) -> float | None:
+    """The mean length of the completions that ended on their own, over the run: each step's mean weighted by its
+    completions that did (a step's batch is one size), so a step where all were cut off counts for nothing instead of
+    a 0. None when none ended on its own."""
+    pairs = [(float(entry[TERMINATED]), terminated_share(entry)) for entry in log_history
+             if "loss" in entry and isinstance(entry.get(TERMINATED), int | float)]
+    weight = sum(share for _, share in pairs)
+    return sum(length * share for length, share in pairs) / weight if weight > 0 else None
 
 
 def logged_shares(log_history: list[dict[str, Any]]) -> list[str]:

@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tempa.alignment.preference_stage import PreferenceResult, RoundSummary
-from tempa.alignment.rl_stage import RLResult
+from tempa.alignment.rl_stage import TERMINATED, RLResult, terminated_share
 from tempa.alignment.synthesize_stage import SynthesizeResult
 from tempa.alignment.teacher_text import TeacherTextResult
 from tempa.alignment.translate_stage import TranslateResult
@@ -248,8 +248,8 @@ def training_panels(result: StageResult, history: list[dict[str, Any]]) -> list[
                         *((name, _points(history, f"rewards/{name}/mean"), ".--") for name in names)], "step"),
             ("KL", [("kl", _points(history, "kl"), ".-")], "step"),
             ("completion tokens", [("mean", _points(history, "completions/mean_length"), ".-"),
-                                   ("ended on its own", _points(history, "completions/mean_terminated_length"),
-                                    ".--")], "step"),
+                                   ("ended on its own", _points([e for e in history if terminated_share(e) > 0],
+                                                                TERMINATED), ".--")], "step"),
             ("cut off %", [("cut off", _points(history, "completions/clipped_ratio", 100.0), ".-")], "step"),
             ("groups with one reward %", [("zero std", _points(history, "frac_reward_zero_std", 100.0), ".-")],
              "step"),

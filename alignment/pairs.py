@@ -61,10 +61,11 @@ def same_rendering(a: Scored, b: Scored) -> bool:
 
 def best_worst(samples: Sequence[Scored], *, min_margin: float = 0.0) -> tuple[Pair | None, str | None]:
     """(pair, None) or (None, reason) for one prompt's samples."""
-    scored = [s for s in samples if s.total is not None]
-    if len(scored) < 2:
+    # An incomplete sample is not judged (a judge call is paid for), so it may have no total: it counts as scored here,
+    # and what stands in the way of a pair is then that it is incomplete.
+    if len([s for s in samples if s.total is not None or s.incomplete]) < 2:
         return None, NO_SCORES
-    complete = [s for s in scored if not s.incomplete]
+    complete = [s for s in samples if s.total is not None and not s.incomplete]
     if len(complete) < 2:
         return None, INCOMPLETE
     if len({s.total for s in complete}) == 1:

@@ -299,9 +299,12 @@ def run_round(
     signature = Signed({**base, "sampling": config.sampling.journaled()},
                        {**base, "sampling": config.sampling.model_dump(mode="json")})  # as an earlier tempa signed it
     score_signature = signature.plus(rewards=[fingerprinted(r) for r in config.rewards])
+    # Samples that cannot take part in a pair (cut off, or a think block the template would close) are not judged:
+    # each judge call is paid for. A journal that judged them all, as an earlier tempa did, is kept.
+    judged = score_signature.newly(judged="renders_as_written")
 
     # A scores journal marked complete may still lack prompts added to the file since: their judging is still ahead.
-    if not JsonlStore.holds(round_dir / SCORES_FILE, score_signature, [p.id for p in prompts]):
+    if not JsonlStore.holds(round_dir / SCORES_FILE, judged, [p.id for p in prompts]):
         check_judge_servers(config, f"{ctx.stage_name} {label}")
 
     # 1. sample k responses per prompt from the current policy
@@ -325,8 +328,9 @@ def run_round(
         replies_identity={"policy": ctx.model_run(policy), "models": ctx.model_runs_of()}))
     try:
         scores, score_stats = score_pass(
-            prompts, samples, rewards, JsonlStore(round_dir / SCORES_FILE, score_signature),
+            prompts, samples, rewards, JsonlStore(round_dir / SCORES_FILE, judged),
             chunk_size=config.sampling.batch_size, desc=f"{label}: score",
+            unused=lambda completion: not completion.renders_as_written,
         )
         revisions = None
         if config.pairs.strategy == "revise":

@@ -511,14 +511,21 @@ class RewardSet:
     def names(self) -> list[str]:
         return [c.key for c in self.configs]
 
-    def score(self, items: list[ScoreItem]) -> list[dict[str, Any]]:
-        """``{"scores": {name: value, "total": value}, "details": {...}}`` per item."""
+    def score(self, items: list[ScoreItem], *, unjudged: Sequence[bool] | None = None) -> list[dict[str, Any]]:
+        """``{"scores": {name: value, "total": value}, "details": {...}}`` per item. ``unjudged``: the items no judge
+        is asked about (samples the stage can never take: a judge's call is paid for); they have no judge score and
+        no total, and ``not_judged`` in their judges' details."""
         scores: list[dict[str, float | None]] = [{} for _ in items]
         details: list[dict[str, Any]] = [{} for _ in items]
         for config in self.configs:
-            values, infos = self._apply(config, items)
+            asked = list(range(len(items)))
+            if unjudged is not None and isinstance(config, JudgeReward):
+                asked = [i for i in asked if not unjudged[i]]
+                for i in set(range(len(items))) - set(asked):
+                    details[i][config.key] = {"not_judged": True}
+            values, infos = self._apply(config, [items[i] for i in asked]) if asked else ([], [])
             broken = 0
-            for i, (value, info) in enumerate(zip(values, infos, strict=True)):
+            for i, value, info in zip(asked, values, infos, strict=True):
                 if value is not None and not math.isfinite(value):
                     # A NaN or infinite score (a reward model's overflowing or diverged head) is a failed score,
                     # as an unparsable judge reply is: NaN compares false both ways, so left in the total it was
@@ -543,8 +550,8 @@ class RewardSet:
                     if item_scores[name]:
                         item_details.setdefault(name, {})["gated_by_language"] = True
                         item_scores[name] = 0.0
-            failed = any(item_details.get(key, {}).get("unparsable") for key in judges) or any(
-                "non_finite" in info for info in item_details.values())
+            failed = any(item_details.get(key, {}).get("unparsable") or item_details.get(key, {}).get("not_judged")
+                         for key in judges) or any("non_finite" in info for info in item_details.values())
             total = None if failed else combine(item_scores, self.weights)
             records.append({"scores": {**item_scores, "total": total}, "details": item_details})
         return records

@@ -55,14 +55,28 @@ def _retired(found: str) -> str | None:
 
 @dataclass(frozen=True)
 class Signed:
-    """A journal's signature, and the one an earlier tempa signed the same settings with (``before``): a journal
-    signed so is kept and signed anew, where starting it over would ask every paid answer again."""
+    """A journal's signature, and the ones earlier tempas signed the same settings with (``before``, ``older``): a
+    journal signed so is kept and signed anew, where starting it over would ask every paid answer again."""
 
     now: Any
     before: Any = None
+    older: tuple[Any, ...] = ()
 
     def plus(self, **more: Any) -> Signed:
-        return Signed({**self.now, **more}, None if self.before is None else {**self.before, **more})
+        return Signed({**self.now, **more}, None if self.before is None else {**self.before, **more},
+                      tuple({**form, **more} for form in self.older))
+
+    def newly(self, **more: Any) -> Signed:
+        """``more`` signed from now on, where a journal an earlier tempa signed without it (with every form this one
+        accepts) holds what ``more`` asks for too."""
+        return Signed({**self.now, **more}, self.now, tuple(self.earlier()))
+
+    def earlier(self) -> list[Any]:
+        return [form for form in (self.before, *self.older) if form is not None]
+
+
+def _earlier(signature: Any) -> set[str]:
+    return {_signed(form) for form in signature.earlier()} if isinstance(signature, Signed) else set()
 
 
 class JsonlStore:
@@ -74,10 +88,10 @@ class JsonlStore:
         self.meta = self.path.with_name(self.path.name + ".meta.json")
         self.progress = self.path.with_name(self.path.name + PASS_PROGRESS)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        earlier = _signed(signature.before) if isinstance(signature, Signed) and signature.before is not None else None
+        earlier = _earlier(signature)
         wanted = _signed(signature.now if isinstance(signature, Signed) else signature)
         found = self.meta.read_text(encoding="utf-8") if self.meta.is_file() else None
-        if found is not None and found != wanted and (found == earlier or _retired(found) in {wanted, earlier} - {None}):
+        if found is not None and found != wanted and (found in earlier or _retired(found) in {wanted, *earlier}):
             write_atomic(self.meta, wanted)  # the same settings, as an earlier tempa signed them
         elif found != wanted:
             if self.path.exists() and found is not None:
@@ -121,7 +135,7 @@ class JsonlStore:
         if not path.is_file() or not meta.is_file():
             return False
         found = meta.read_text(encoding="utf-8")
-        if found != wanted and _retired(found) != wanted:
+        if found != wanted and found not in _earlier(signature) and _retired(found) not in {wanted, *_earlier(signature)}:
             return False
         journaled = set()
         with open(path, "rb") as lines:
@@ -333,11 +347,14 @@ def score_pass(
     chunk_size: int,
     desc: str = "score",
     show_progress: bool = True,
+    unused: Callable[[Completion], bool] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score every sample of every prompt with the reward set; resumable like sampling.
 
     Records: ``{"id", "results": [{"scores": {...,"total"}, "details": {...}}, ...]}``, one
-    result per sample in sample order.
+    result per sample in sample order. ``unused``: the samples the stage can never take (cut off, where only
+    complete ones are kept or paired), which the judges are not paid to rate (:meth:`RewardSet.score`); the store's
+    signature must say so (:meth:`Signed.newly`).
     """
     by_id = {record["id"]: record for record in samples}
 
@@ -347,7 +364,7 @@ def score_pass(
             for completion in completions_of(by_id[prompt.id]):
                 items.append(ScoreItem(prompt, completion))
                 owners.append(prompt.id)
-        results = rewards.score(items)
+        results = rewards.score(items, unjudged=None if unused is None else [unused(it.completion) for it in items])
         grouped: dict[str, list[dict[str, Any]]] = {p.id: [] for p in chunk}
         for owner, result in zip(owners, results, strict=True):
             grouped[owner].append(result)

@@ -27,6 +27,7 @@ sft data pipeline reads it); the stage returns its path as ``outputs["dataset"]`
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +128,8 @@ def run_synthesize(config: SynthesizeStageConfig, ctx: StageContext) -> Synthesi
         teacher.close()  # free it while judges run; rebuilt if second turns need it
         score_signature = signature.plus(rewards=[fingerprinted(r) for r in config.rewards])
         scores, stats["scoring"] = score_pass(
-            prompts, samples, rewards, JsonlStore(data_dir / SCORES, score_signature),
-            chunk_size=config.sampling.batch_size, desc="synthesize: score",
+            prompts, samples, rewards, JsonlStore(data_dir / SCORES, judged_as(score_signature, config)),
+            chunk_size=config.sampling.batch_size, desc="synthesize: score", unused=unused(config),
         )
         stats["scoring"].update(rewards.stats())
         rewards.close()
@@ -293,6 +294,17 @@ def judge_reason(results: list[dict[str, Any]], reason: str | None) -> str | Non
     return JUDGE_UNPARSABLE if reason == UNSCORED and failed else reason
 
 
+def unused(config: SynthesizeStageConfig) -> Callable[[Completion], bool] | None:
+    """The samples the stage never keeps (incomplete ones, unless `keep_incomplete`): no judge is paid to rate them."""
+    return None if config.keep_incomplete else (lambda completion: not complete(completion))
+
+
+def judged_as(signature: Signed, config: SynthesizeStageConfig) -> Signed:
+    """A score journal's signature: whether incomplete samples were judged (a journal that judged them all, as an
+    earlier tempa did, holds what either asks for)."""
+    return signature.newly(judged="all" if config.keep_incomplete else "complete")
+
+
 def complete(completion: Completion) -> bool:
     """Ended on its own (not cut off, not stopped by a provider's content filter) with a non-empty answer that the
     sft stage trains: a reply with its reasoning both in the server's reasoning field and as a think block in its
@@ -392,8 +404,8 @@ def add_second_turns(
         teacher.close()
         score_signature = signature.plus(second_rewards=[fingerprinted(r) for r in second_rewards])
         scores, score_stats = score_pass(
-            second_prompts, samples, rewards, JsonlStore(data_dir / SECOND_SCORES, score_signature),
-            chunk_size=config.sampling.batch_size, desc="synthesize: score second turns",
+            second_prompts, samples, rewards, JsonlStore(data_dir / SECOND_SCORES, judged_as(score_signature, config)),
+            chunk_size=config.sampling.batch_size, desc="synthesize: score second turns", unused=unused(config),
         ) if second_prompts else ([], {})
         score_stats = {**score_stats, **rewards.stats()}
     finally:

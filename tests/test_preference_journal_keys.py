@@ -151,6 +151,31 @@ def test_journals_of_an_older_tempa_are_sampled_again_once(scripted_round, monke
     assert {r["id"] for r in read_jsonl(round_dir / "samples.jsonl")}.isdisjoint(old_ids)
 
 
+def test_a_sample_that_cannot_take_part_in_a_pair_is_not_judged(scripted_round, monkeypatch):
+    """A round judged every sample, cut-off ones too, which pair building then left out (a trial: 55 of 80 judged
+    samples were incomplete). A judge call is paid for: only samples that can be paired are rated."""
+    from test_alignment_fakes import ScriptedBackend
+
+    from tempa.alignment.completions import Completion
+
+    ctx, config, _, rows, policy = scripted_round
+
+    def half_cut(prompts, params, *, thinking_modes=None):
+        groups = ScriptedBackend.sample(policy, prompts, params, thinking_modes=thinking_modes)
+        return [[Completion(text=c.text, finish_reason="length" if j % 2 else "stop", completion_tokens=3)
+                 for j, c in enumerate(group)] for group in groups]
+
+    monkeypatch.setattr(policy, "sample", half_cut)
+    judge = ScriptedBackend(lambda prompt, j: "Good. [[7]]")
+    monkeypatch.setattr(rewards_module, "build_backend", lambda *a, **k: judge)
+    with pytest.raises(StageError, match=r"no usable preference pair .*'fewer_than_two_complete': 4"):
+        run_preference(config({}), ctx)
+    assert len(judge.prompts_seen) == 4  # of 4 prompts x 2 samples, the one that ended on its own
+    scores = read_jsonl(ctx.stage_dir / "round-1" / "scores.jsonl")
+    assert all(r["results"][1]["details"]["judge"] == {"not_judged": True} and r["results"][1]["scores"]["total"] is None
+               for r in scores)
+
+
 def test_a_judge_server_down_is_found_before_prompts_added_since_scoring_are_sampled(scripted_round):
     """Scoring was journaled complete, then a prompt was added to the file: its judging is still ahead, so a judge
     server that is down now is refused before the policy samples it (the complete marker alone let the round

@@ -525,6 +525,46 @@ def test_a_changed_reward_rescoring_asks_the_judge_nothing_it_answered_before(tm
         assert len(judge.requests) == 2 * asked
 
 
+def test_no_judge_is_paid_to_rate_a_sample_the_stage_never_keeps(tmp_path, tiny_model_dir, tokenizer_dir,
+                                                                 monkeypatch):
+    """Every sample was judged, the cut-off and empty ones too, which `keep_incomplete: false` then rejected (a trial:
+    4 of 16 judge requests bought nothing). They are not judged unless kept; a journal that judged them all (an
+    earlier tempa's) is kept as it is."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    cut = "What is 10 - 4?"
+
+    def reply(body):
+        response = math_reply(body)
+        if last_user(body) == cut:
+            response = chat_response(MATH[cut][2], finish="length")
+        return response
+
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+    with FakeOpenAI(reply) as teacher, FakeOpenAI(lambda body: chat_response(["Good. [[8]]"])) as judge:
+        def config(**extra) -> SynthesizeStageConfig:
+            return synth_config(teacher, prompts, rewards=[{"type": "answer"}, {
+                "type": "judge", "backend": {"type": "http", "base_url": judge.base_url, "model": "judge",
+                                             "backoff_s": 0.01}}], **extra)
+
+        run_synthesize(config(), ctx)
+        judged = {body["messages"][-1]["content"] for body in judge.requests}
+        assert len(judge.requests) == 3 * (len(MATH) - 1) and not any(cut in text for text in judged)
+        reasons = {r["messages"][0]["content"]: r["reason"] for r in read_jsonl(ctx.stage_dir / "data" / "rejects.jsonl")}
+        assert reasons[cut] == "incomplete"
+
+        run_synthesize(config(keep_incomplete=True), ctx)  # now they may be kept: judged, and only they
+        assert len(judge.requests) == 3 * len(MATH)
+        assert sum(cut in body["messages"][-1]["content"] for body in judge.requests) == 3
+
+        meta = ctx.stage_dir / "data" / "scores.jsonl.meta.json"
+        signed = json.loads(meta.read_text())
+        assert signed.pop("judged") == "all"
+        meta.write_text(json.dumps(signed, sort_keys=True))  # as an earlier tempa signed it: every sample judged
+        run_synthesize(config(), ctx)
+        assert len(judge.requests) == 3 * len(MATH) and json.loads(meta.read_text())["judged"] == "complete"
+
+
 def test_a_reply_with_its_reasoning_twice_is_not_kept(tmp_path, tiny_model_dir, tokenizer_dir, monkeypatch):
     """A teacher that sends its reasoning both as reasoning_content and as a think block in the text: selection by
     judge or total kept such replies, and the sft stage then rejected them (malformed_reasoning), paid for twice."""

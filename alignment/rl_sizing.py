@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 from tempa.alignment.rl_config import RLStageConfig, generation_batch
-from tempa.alignment.sizing import AVG_PROMPT_TOKENS, COMPLETION_FILL
+from tempa.alignment.sizing import COMPLETION_FILL, prompt_tokens
 from tempa.sft.data_size import count_local_rows
 from tempa.sft.global_batch import accumulation_for
 from tempa.sft.stage_api import EstimateInputs, GenerationWork, TokenCount, TrainingWorkload
@@ -29,6 +29,7 @@ def estimate_rl(config: RLStageConfig, inputs: EstimateInputs) -> TrainingWorklo
     generations = int(train.get("num_generations") or 8)
     completion = int(train.get("max_completion_length") or 1024)
     sampled = int(COMPLETION_FILL * completion)
+    prompt, measured = prompt_tokens(config.prompts, inputs.tokenizer)
     beta = float(train.get("beta", 0.0) or 0.0)
     iterations = int(train.get("num_iterations", 1) or 1)
     # trl recomputes the sampling policy's log-probs with a forward pass when sampling is off-policy:
@@ -37,29 +38,29 @@ def estimate_rl(config: RLStageConfig, inputs: EstimateInputs) -> TrainingWorklo
     # On the GPUs it plans for, the worker samples with vLLM unless the recipe says use_vllm: false.
     colocated = train.get("use_vllm") is not False and train.get("vllm_mode", "colocate") == "colocate"
     memory = float(train.get("vllm_gpu_memory_utilization", 0.3)) if colocated else 0.0
-    where = "prompts x num_generations x assumed prompt + completion length"
+    where = "prompts x num_generations x (measured or assumed) prompt + assumed completion length"
     shown = ("unknown (set prompts.limit)" if written is None else f"{written}" if prompts == written
              else f"{prompts or 0} trained of {written}")
     note = (f"prompts: {shown}; {generations} samples "
-            f"per prompt, each ~{AVG_PROMPT_TOKENS} prompt + {sampled:,} completion tokens "
+            f"per prompt, each a prompt of {measured} tokens + ~{sampled:,} completion tokens "
             f"({100 * COMPLETION_FILL:.0f}% of max_completion_length {completion:,})"
             + (f", each trained on {iterations} times (num_iterations)" if iterations > 1 else ""))
     notes = [note] + ([dropped] if dropped else [])
     rows = None if prompts is None else prompts * generations
     # trl steps through every sampled batch num_iterations times: that many more steps and trained tokens.
     trained = None if rows is None else rows * iterations
-    tokens = TokenCount(None if trained is None else trained * (AVG_PROMPT_TOKENS + sampled), trained, where,
+    tokens = TokenCount(None if trained is None else trained * (prompt + sampled), trained, where,
                         notes)
     engine = "transformers" if train.get("use_vllm") is False else f"vLLM {train.get('vllm_mode', 'colocate')}"
     generation = GenerationWork(
         sampled_tokens=None if rows is None else rows * sampled,
-        prompt_tokens=None if rows is None else rows * AVG_PROMPT_TOKENS,
+        prompt_tokens=None if rows is None else rows * prompt,
         gpu_memory_fraction=memory,
         how=f"{engine}, {'?' if rows is None else f'{rows * sampled:,}'} sampled tokens per epoch")
     # trl computes the KL reference of a peft model with its adapters disabled: no copy of the model then
     return TrainingWorkload(tokens=tokens, train_args=train, reference_model=beta > 0 and config.lora is None,
                             lora=config.lora,
-                            sequence_tokens=AVG_PROMPT_TOKENS + completion,
+                            sequence_tokens=prompt + completion,
                             # reference and old-policy passes: once per sampled batch, not per iteration
                             extra_forwards=math.ceil((int(beta > 0) + int(old_policy)) / iterations),
                             generation=generation)

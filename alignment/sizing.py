@@ -47,6 +47,32 @@ def synthesized_size(config: SynthesizeStageConfig, result: StageResult | None) 
     return SourceSize(prompts * per_prompt, per_row, how, at_most=True)
 
 
+def prompt_tokens(source: Any, tokenizer: Any) -> tuple[int, str]:
+    """The mean tokens of a prompt as it is sampled from (rendered with the generation prompt) over up to 256 rows
+    drawn across a local prompts file, with ``tokenizer`` (the base model's with the recipe's template), and how it
+    was found; :data:`AVG_PROMPT_TOKENS` (assumed) for a hub dataset, a stage's output, no tokenizer, or a file of
+    which no drawn row is a prompt."""
+    from tempa.alignment.prompts import to_prompt
+    from tempa.sft.data_size import SAMPLED_ROWS, scan_local_rows
+    from tempa.sft.stage_api import StageError
+
+    assumed = AVG_PROMPT_TOKENS, f"~{AVG_PROMPT_TOKENS} assumed"
+    found = scan_local_rows(source.path, SAMPLED_ROWS) if tokenizer is not None else None
+    if found is None or found.error is not None:
+        return assumed
+    sizes = []
+    for index, row in enumerate(found.row_objects()):
+        with contextlib.suppress(StageError, ValueError, TypeError):  # a bad row: the stage names it
+            prompt = to_prompt(row, index, source, with_tools=True)
+            kwargs = {} if prompt.thinking_mode is None else {"thinking_mode": prompt.thinking_mode}
+            sizes.append(len(tokenizer.apply_chat_template(prompt.messages, tools=prompt.tools or None, tokenize=True,
+                                                           add_generation_prompt=True, return_dict=True,
+                                                           **kwargs)["input_ids"]))
+    if not sizes:
+        return assumed
+    return round(sum(sizes) / len(sizes)), f"~{round(sum(sizes) / len(sizes)):,} measured on {len(sizes)} drawn rows"
+
+
 def offline_pairs_size(offline: OfflinePairs, tokenizer: Any, max_length: int) -> tuple[int, int, str] | None:
     """(pairs, tokens of one pass over them: both sides, prompt included, each cut at ``max_length``, and how that was
     measured) of a local offline file, from up to 256 rows drawn across it read by the stage's row rules and rendered
@@ -92,8 +118,10 @@ def estimate_preference(config: PreferenceStageConfig, inputs: EstimateInputs) -
     train = config.train_args()
     max_length = int(train.get("max_length") or 1024)
     sampling = config.sampling
-    per_sequence = min(max_length, AVG_PROMPT_TOKENS + int(COMPLETION_FILL * sampling.max_new_tokens))
-    assumed = (f"2 x ~{per_sequence:,} tokens per pair ({AVG_PROMPT_TOKENS} prompt + {100 * COMPLETION_FILL:.0f}% of "
+    prompt, how = prompt_tokens(config.prompts, inputs.tokenizer) if config.prompts is not None else \
+        (AVG_PROMPT_TOKENS, f"~{AVG_PROMPT_TOKENS} assumed")
+    per_sequence = min(max_length, prompt + int(COMPLETION_FILL * sampling.max_new_tokens))
+    assumed = (f"2 x ~{per_sequence:,} tokens per pair (prompt {how} + {100 * COMPLETION_FILL:.0f}% of "
                f"max_new_tokens {sampling.max_new_tokens})")
     rounds: list[tuple[int | None, int | None]] = []  # (tokens, pairs) of each round
     notes = []

@@ -834,7 +834,7 @@ def estimate_recipe(
         if kind.dataset_size is not None:
             sizes[stage.name] = kind.dataset_size(stage, result)
         if kind.trains and kind.estimate is not None:
-            reads = stage.kind in ("sft", "pretrain", "preference") and result is None
+            reads = stage.kind in ("sft", "pretrain", "preference", "rl") and result is None
             if reads and not looked:
                 (tokenizer, problem), looked = plan_tokenizer(loaded), True
             # pretrain tokenises without the template, so one that does not fit stops only the sft stages

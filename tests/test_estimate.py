@@ -278,6 +278,43 @@ def test_a_local_base_model_counts_sampled_rows_with_its_own_tokenizer_and_the_r
             "template (off)") in " ".join(render_estimate(loaded, "8xH100").split())
 
 
+def test_rl_and_preference_prompts_are_measured_with_the_base_models_tokenizer(tmp_path: Path, tiny_model_dir: Path):
+    """The rl and preference estimates took every prompt as ~200 tokens: a trial's ~27-token prompts were planned
+    at 6.7k trained tokens where the run trained 1,806. Their prompts are rendered as they are sampled from."""
+    from transformers import AutoTokenizer
+
+    from tempa.recipes.runner import template_text
+
+    questions = [f"Berapa {k} + {k + 1}? Jawab singkat." for k in range(32)]
+    (tmp_path / "prompts.jsonl").write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": q}], "answer": str(2 * k + 1)}) + "\n"
+        for k, q in enumerate(questions)))
+    stages = """
+    - name: rlvr
+      kind: rl
+      prompts: {path: prompts.jsonl}
+      rewards: [{type: answer}]
+      train: {num_generations: 4, max_completion_length: 64, per_device_train_batch_size: 4, use_vllm: false}
+    - name: align
+      kind: preference
+      prompts: {path: prompts.jsonl}
+      sampling: {n: 2, max_new_tokens: 64}
+      rewards: [{type: answer}]
+    """
+    loaded = load_recipe(write_recipe(tmp_path, str(tiny_model_dir), stages))
+    rl, preference = estimate_recipe(loaded, "1xH100")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = template_text(loaded)
+    prompt = round(sum(len(tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                                         tokenize=True, return_dict=True)["input_ids"])
+                       for q in questions) / len(questions))
+    assert prompt < 100  # far from the 200 assumed
+    assert rl.tokens_per_epoch == 32 * 4 * (prompt + 32)  # every prompt, 4 samples, half the completion length
+    assert preference.tokens_per_epoch == 2 * 32 * (prompt + 32)  # one pair per prompt, two sides
+    shown = " ".join(render_estimate(loaded, "1xH100").split())
+    assert f"a prompt of ~{prompt} measured on 32 drawn rows tokens" in shown and f"(prompt ~{prompt} measured" in shown
+
+
 def test_a_pretrain_stage_is_measured_with_the_base_models_tokenizer(tmp_path: Path, tiny_model_dir: Path):
     """The plan loaded the base tokenizer for sft stages only: a Thai `pretrain` source was counted at ~4 bytes a
     token (Thai is 3 bytes a character), far from what the run tokenises."""

@@ -158,7 +158,7 @@ def test_a_sample_that_cannot_take_part_in_a_pair_is_not_judged(scripted_round, 
 
     from tempa.alignment.completions import Completion
 
-    ctx, config, _, rows, policy = scripted_round
+    ctx, config, _, _, policy = scripted_round
 
     def half_cut(prompts, params, *, thinking_modes=None):
         groups = ScriptedBackend.sample(policy, prompts, params, thinking_modes=thinking_modes)

@@ -225,7 +225,10 @@ class JudgeSettings(BaseModel):
     thinking_mode: OnOff | None = Field(
         default="off", description="Thinking mode of the judge's own chat template (None: its default)."
     )
-    batch_size: int = Field(default=8, ge=1, description="Judge prompts per backend call.")
+    batch_size: int = Field(default=8, ge=1, description="Judge prompts per backend call. Where replies are journaled "
+                            "(judge rewards and gates), each call's are kept as it returns: a kill or a failed request "
+                            "loses at most one call's. With an HTTP judge, keep it at least the backend's "
+                            "`concurrency` (a call sends its prompts at once and waits for the slowest).")
 
     @field_validator("rubric")
     @classmethod
@@ -301,19 +304,27 @@ class Judge:
             max_new_tokens=self.settings.max_new_tokens, temperature=self.settings.temperature, n=1,
             seed=self.seed, thinking_mode=self.settings.thinking_mode, batch_size=self.settings.batch_size,
         )
-        keys = [self.replies.key(p, params) for p in prompts] if self.replies is not None else None
+        keys: list[Any] = ([self.replies.key(p, params) for p in prompts] if self.replies is not None
+                           else list(range(len(prompts))))
         known = self.replies.replies if self.replies is not None else {}
-        asked = [i for i in range(len(prompts)) if keys is None or keys[i] not in known]
-        started = time.time()
-        out = self.backend.sample([[{"role": "user", "content": prompts[i]}] for i in asked], params) if asked else []
-        self.seconds += time.time() - started
-        self.calls += len(asked)
+        asked = [(key, prompt) for key, prompt in zip(keys, prompts, strict=True) if key not in known]
+        fresh: dict[Any, Completion] = {}
+        # Calls of batch_size, each journaled as it returns: a kill or a failed request loses at most one call's
+        # replies (the HTTP backend sends a call's requests at once, paid for whether or not the call completes).
+        for start in range(0, len(asked), self.settings.batch_size):
+            part = asked[start:start + self.settings.batch_size]
+            started = time.time()
+            try:
+                out = self.backend.sample([[{"role": "user", "content": prompt}] for _, prompt in part], params)
+            finally:
+                self.seconds += time.time() - started
+            self.calls += len(part)
+            replies = [(key, group[0]) for (key, _), group in zip(part, out, strict=True)]
+            if self.replies is not None:
+                self.replies.add(replies)
+            fresh.update(replies)
         self.reused += len(prompts) - len(asked)
-        fresh = {i: group[0] for i, group in zip(asked, out, strict=True)}
-        if self.replies is not None and keys is not None:
-            self.replies.add([(keys[i], reply) for i, reply in fresh.items()])
-            return [fresh[i] if i in fresh else known[keys[i]] for i in range(len(prompts))]
-        return [fresh[i] for i in range(len(prompts))]
+        return [fresh[key] if key in fresh else known[key] for key in keys]
 
     def rate(self, prompts: list[str]) -> list[Verdict]:
         verdicts = []

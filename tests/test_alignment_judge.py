@@ -157,3 +157,39 @@ def test_a_stage_stopped_by_a_judge_out_of_tokens_says_to_raise_its_max_new_toke
     assert "; 2 of them ran out of the judge's max_new_tokens before a rating: raise it." in message
     scores = [{"results": [record(rubric), record({"rating": 7.0})]}]
     assert "max_new_tokens" not in judge_failures([reward], scores)["judge"].refusal(0.1, "judge 'judge'")
+
+
+def test_judge_replies_are_journaled_per_call_of_batch_size_so_a_failed_request_costs_only_its_call(tmp_path):
+    """A judge sent every prompt of a scoring chunk in one backend call and journaled the replies only when all came
+    back: one request failing (HTTP 500 after retries) lost the call's other replies, and the rerun paid for them
+    again. Calls of the judge's batch_size, each journaled as it returns, keep the earlier calls' replies."""
+    from test_alignment_fakes import FakeOpenAI, chat_response, last_user
+
+    from tempa.alignment.backends_http import HTTPBackend
+    from tempa.alignment.judge import ReplyJournal
+
+    failing = {"on": True}
+
+    def reply(body):
+        if failing["on"] and last_user(body) == "judge p5":
+            return 500, {"error": {"message": "judge overloaded"}}, {}
+        return chat_response([f"{last_user(body)}: [[7]]"])
+
+    prompts = [f"judge p{i}" for i in range(12)]
+    settings = JudgeSettings(batch_size=4)
+    with FakeOpenAI(reply) as server:
+        def judge() -> Judge:  # one request at a time: which requests a failing call sent is then fixed
+            backend = HTTPBackend(server.base_url, "judge", timeout_s=5, max_retries=0, concurrency=1)
+            return Judge(backend, settings, replies=ReplyJournal(tmp_path / "judge_replies.jsonl", "j"))
+
+        with pytest.raises(Exception, match="500"):
+            judge().rate(prompts)
+        # Call 1 (p0-p3) came back and is journaled; call 2 sent p4, then p5 failed.
+        assert [last_user(body) for body in server.requests] == prompts[:6]
+        assert len(ReplyJournal(tmp_path / "judge_replies.jsonl", "j").replies) == 4
+        failing["on"] = False
+        rerun = judge()
+        verdicts = rerun.rate(prompts)
+    assert [last_user(body) for body in server.requests[6:]] == prompts[4:]  # p0-p3 are not paid for again
+    assert [v.score for v in verdicts] == [7.0] * 12 and verdicts[0].raw == "judge p0: [[7]]"
+    assert rerun.stats()["judge_calls"] == 8 and rerun.stats()["judge_replies_reused"] == 4

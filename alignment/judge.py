@@ -304,11 +304,14 @@ class Judge:
             max_new_tokens=self.settings.max_new_tokens, temperature=self.settings.temperature, n=1,
             seed=self.seed, thinking_mode=self.settings.thinking_mode, batch_size=self.settings.batch_size,
         )
-        keys: list[Any] = ([self.replies.key(p, params) for p in prompts] if self.replies is not None
-                           else list(range(len(prompts))))
+        # Every prompt shares these params, so without a journal the text alone tells requests apart.
+        keys = [self.replies.key(p, params) for p in prompts] if self.replies is not None else list(prompts)
         known = self.replies.replies if self.replies is not None else {}
-        asked = [(key, prompt) for key, prompt in zip(keys, prompts, strict=True) if key not in known]
-        fresh: dict[Any, Completion] = {}
+        # A repeated request (several identical samples of one prompt) is asked once, at any temperature: the backend
+        # seeds a request by its place in the call, but the journal keys a reply by the request alone, so a rerun
+        # gave every repeat one reply anyway; and identical answers should get the same rating.
+        asked = list({key: prompt for key, prompt in zip(keys, prompts, strict=True) if key not in known}.items())
+        fresh: dict[str, Completion] = {}
         # Calls of batch_size, each journaled as it returns: a kill or a failed request loses at most one call's
         # replies (the HTTP backend sends a call's requests at once, paid for whether or not the call completes).
         for start in range(0, len(asked), self.settings.batch_size):

@@ -193,3 +193,30 @@ def test_judge_replies_are_journaled_per_call_of_batch_size_so_a_failed_request_
     assert [last_user(body) for body in server.requests[6:]] == prompts[4:]  # p0-p3 are not paid for again
     assert [v.score for v in verdicts] == [7.0] * 12 and verdicts[0].raw == "judge p0: [[7]]"
     assert rerun.stats()["judge_calls"] == 8 and rerun.stats()["judge_replies_reused"] == 4
+
+
+@pytest.mark.parametrize("journaled", [True, False])
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_a_judge_request_repeated_in_one_call_is_asked_once_and_every_repeat_gets_its_reply(
+        tmp_path, journaled, temperature):
+    """Identical samples of one prompt give identical judge prompts: each was sent and paid for (a trial: 42 of 80
+    requests repeated an earlier one). Each distinct request is asked once, also above temperature 0, where the
+    backend's seed differs by place in the call: the journal keys a reply by the request alone, so a rerun gave the
+    repeats one reply anyway, and identical answers get one rating."""
+    from test_alignment_fakes import FakeOpenAI, chat_response, last_user
+
+    from tempa.alignment.backends_http import HTTPBackend
+    from tempa.alignment.judge import ReplyJournal
+
+    def reply(body):  # the n-th request rates [[n]]: repeats with one reply show one rating
+        return chat_response([f"{last_user(body)} [[{len(server.requests)}]]"])
+
+    prompts = ["rate a", "rate b", "rate a", "rate c", "rate b", "rate a"]
+    with FakeOpenAI(reply) as server:
+        backend = HTTPBackend(server.base_url, "judge", timeout_s=5, max_retries=0, concurrency=1)
+        journal = ReplyJournal(tmp_path / "judge_replies.jsonl", "j") if journaled else None
+        judge = Judge(backend, JudgeSettings(batch_size=2, temperature=temperature), replies=journal)
+        verdicts = judge.rate(prompts)
+    assert [last_user(body) for body in server.requests] == ["rate a", "rate b", "rate c"]  # calls: [a, b], [c]
+    assert [v.score for v in verdicts] == [1.0, 2.0, 1.0, 3.0, 2.0, 1.0]
+    assert judge.stats()["judge_calls"] == 3 and judge.stats()["judge_replies_reused"] == 3

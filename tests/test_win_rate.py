@@ -167,12 +167,14 @@ def test_a_judge_that_gives_too_few_verdicts_stops_the_suite_quoting_a_reply():
     from tempa.sft.stage_api import StageError
 
     chats = [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}] for i in range(5)]
+    # Answers that differ: with the same ones both orders are one request, which the judge is asked once.
+    others = [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "b"}] for i in range(5)]
     allowed = Judge(Replies(["[[A]]"] * 8 + ["I cannot decide."] * 2), JudgeSettings())  # 2 of 10 replies: 20%
-    first, second = win_rate.judge_pairs(allowed, win_rate.PAIRWISE_RUBRIC, chats, chats, max_unparsable=0.2)
+    first, second = win_rate.judge_pairs(allowed, win_rate.PAIRWISE_RUBRIC, chats, others, max_unparsable=0.2)
     assert first == ["A"] * 5 and second == ["A", "A", "A", None, None] and allowed.unparsable == 2
     too_many = Judge(Replies(["[[A]]"] * 7 + ["I cannot\n decide."] * 3), JudgeSettings())  # 3 of 10: 30%
     with pytest.raises(StageError) as info:
-        win_rate.judge_pairs(too_many, win_rate.PAIRWISE_RUBRIC, chats, chats, max_unparsable=0.2, where="suite 'mt'")
+        win_rate.judge_pairs(too_many, win_rate.PAIRWISE_RUBRIC, chats, others, max_unparsable=0.2, where="suite 'mt'")
     assert str(info.value) == ("suite 'mt': the judge gave no [[A]]/[[B]]/[[C]] verdict in 3 of 10 replies (30% > "
                                "max_unparsable 0.2); e.g. 'I cannot decide.'. Use a judge that follows the rubric, "
                                "or raise max_unparsable")

@@ -26,6 +26,7 @@ from tempa.alignment.completions import Completion
 from tempa.alignment.generation import GenerationParams
 from tempa.chat_templates.thinking import split_reasoning
 from tempa.sft.stage_api import OnOff, resolve_path
+from tempa.sft.suggest import closest
 
 LANGUAGE_NAMES = {
     "en": "English", "id": "Indonesian", "ms": "Malay", "th": "Thai", "vi": "Vietnamese", "tl": "Filipino",
@@ -94,8 +95,15 @@ FOLLOWUP_PROMPT = """Here is a conversation between a user and an AI assistant.
 Write the user's next message: a natural follow-up question or request that builds on the \
 assistant's answer{language_clause_short}. Output only the user's message, nothing else."""
 
-_PLACEHOLDER = re.compile(r"\{(question|answer|reference|conversation|language|language_clause|"
-                          r"language_clause_short|language_clause_reply|reference_clause|reference_block)\}")
+# What `fill` replaces: the values, then the clauses built from them (the built-in rubrics use both).
+PLACEHOLDERS = ("question", "answer", "reference", "conversation", "language", "language_clause",
+                "language_clause_short", "language_clause_reply", "reference_clause", "reference_block")
+# A reviser is given the question, the answer it rewrites and the language: a {reference} would always be empty.
+REVISE_PLACEHOLDERS = ("question", "answer", "language", "language_clause", "language_clause_short")
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
+_NAMED = re.compile(r"\{([A-Za-z_]\w*)\}")  # `{"score": 5}` in a JSON example is no placeholder
+# A one-line value spelled like a file name (no spaces, no braces, a suffix) is a path, never a prompt.
+_FILE_NAME = re.compile(r"[^\s{}]+\.[A-Za-z0-9]{1,10}")
 _DOUBLE = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _SINGLE = re.compile(r"\[\s*(\d+(?:\.\d+)?)\s*\]")
 
@@ -112,10 +120,34 @@ def parse_judge_score(text: str, low: float = 1, high: float = 10) -> float | No
 
 
 def text_or_file(value: str, info: ValidationInfo | None) -> str:
-    """A prompt given inline, or read from a one-line ``.txt`` path (relative to the recipe)."""
-    if value.endswith(".txt") and "\n" not in value:
-        return Path(resolve_path(value, info)).read_text(encoding="utf-8")
-    return value
+    """A prompt given inline, or read from the file a one-line value names (relative to the recipe): a ``.txt``, or
+    any other text file (``rubric.md``). A one-line value spelled like a file name that names no file is refused: sent
+    as the prompt, it would ask for nothing."""
+    if "\n" in value or not (value.endswith(".txt") or _FILE_NAME.fullmatch(value)):
+        return value
+    path = Path(resolve_path(value, info))  # a missing .txt is refused here, naming the path it looked for
+    if not path.is_file():
+        raise ValueError(f"'{value}' names no file (a relative path is read from the recipe's folder); give the text "
+                         "itself or the path of a text file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text; give the text itself or the path of a text file") from None
+
+
+def check_placeholders(text: str, known: Sequence[str], required: Sequence[str] = (), why: str = "") -> str:
+    """``text`` when its ``{placeholders}`` are all ``known`` and it holds the ``required`` ones; else ValueError
+    (``why``: what a missing one costs). An unknown one would be sent as written, a typo unnoticed."""
+    listed = ", ".join(f"{{{name}}}" for name in known)
+    for name in dict.fromkeys(_NAMED.findall(text)):
+        if name not in known:
+            hint = closest(name, known)
+            raise ValueError(f"unknown placeholder {{{name}}}{f' (did you mean {{{hint}}}?)' if hint else ''}; known: "
+                             f"{listed} (a literal name in braces: write it with spaces, `{{ {name} }}`)")
+    for name in required:
+        if f"{{{name}}}" not in text:
+            raise ValueError(f"has no {{{name}}} placeholder{f': {why}' if why else ''}")
+    return text
 
 
 def language_name(code: str | None) -> str | None:
@@ -215,9 +247,10 @@ class JudgeSettings(BaseModel):
     )
     rubric: str | None = Field(
         default=None,
-        description="Rubric text or a path to a .txt file, with {question}, {answer}, {reference}, "
+        description="Rubric text or the path of a text file (.txt, .md, ...), with {question}, {answer}, {reference}, "
         "{conversation}, {language} placeholders ({conversation}: the prompt's turns, with a tool prompt's tools, "
-        "tool calls and tool results). Default: a built-in single-turn (or, for second turns, multi-turn; for "
+        "tool calls and tool results); an unknown placeholder is refused, and so is a preference stage's judge "
+        "rubric without {answer}. Default: a built-in single-turn (or, for second turns, multi-turn; for "
         "prompts with tools, tool-loop) rubric asking for `[[rating]]` on 1-10.",
     )
     max_new_tokens: int = Field(default=512, ge=1, description="Judge reply budget (explanation + rating).")
@@ -233,7 +266,7 @@ class JudgeSettings(BaseModel):
     @field_validator("rubric")
     @classmethod
     def _rubric(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else text_or_file(value, info)
+        return None if value is None else check_placeholders(text_or_file(value, info), PLACEHOLDERS)
 
 
 @dataclass

@@ -43,10 +43,16 @@ from tempa.alignment.backends import (
     backend_reads,
 )
 from tempa.alignment.generation import GenerationParams
-from tempa.alignment.judge import REVISE_PROMPT, text_or_file
+from tempa.alignment.judge import (
+    PLACEHOLDERS,
+    REVISE_PLACEHOLDERS,
+    REVISE_PROMPT,
+    check_placeholders,
+    text_or_file,
+)
 from tempa.alignment.offline_pairs import OfflinePairs
 from tempa.alignment.prompts import PromptSource, ThinkingSettings
-from tempa.alignment.rewards import RewardConfig, check_reward_names, judge_reads
+from tempa.alignment.rewards import JudgeReward, RewardConfig, check_reward_names, judge_reads
 from tempa.sft.config import run_only_train_args
 from tempa.sft.stage_api import OnOff, Read, StageConfigBase
 from tempa.sft.train_args import check_train_args, train_arg_spec, train_checks_deferred
@@ -170,8 +176,9 @@ class ReviseSettings(BaseModel):
     backend: BackendConfig = Field(description="Where the reviser runs (`{type: http|vllm|transformers, ...}`).")
     prompt: str = Field(
         default=REVISE_PROMPT,
-        description="Rewrite instruction (text or a .txt path) with {question}, {answer} (the rejected sample's "
-        "answer) and {language} placeholders; the reviser's answer becomes the chosen response.",
+        description="Rewrite instruction (text or the path of a text file: .txt, .md, ...) with {question}, {answer} "
+        "(the rejected sample's answer, required) and {language} placeholders (an unknown one is refused); the "
+        "reviser's answer becomes the chosen response.",
     )
     max_new_tokens: int = Field(default=1024, ge=1, description="Budget of one rewrite.")
     temperature: float = Field(default=0.0, ge=0, description="Reviser sampling temperature.")
@@ -181,7 +188,8 @@ class ReviseSettings(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, value: str, info: ValidationInfo) -> str:
-        return text_or_file(value, info)
+        return check_placeholders(text_or_file(value, info), REVISE_PLACEHOLDERS, ("answer",),
+                                  "the reviser would write a new answer, not rewrite the rejected one")
 
 
 class PairSettings(BaseModel):
@@ -254,6 +262,13 @@ class PreferenceStageConfig(StageConfigBase):
     @field_validator("rewards")
     @classmethod
     def _rewards(cls, value: list[Any]) -> list[Any]:
+        for i, reward in enumerate(value):
+            if isinstance(reward, JudgeReward) and reward.rubric is not None:
+                try:
+                    check_placeholders(reward.rubric, PLACEHOLDERS, ("answer",), "the judge would never see the "
+                                       "sample it rates, and every sample of a prompt would get the same rating")
+                except ValueError as exc:
+                    raise ValueError(f"rewards[{i}].rubric (judge {reward.key!r}): {exc}") from None
         return check_reward_names(value)
 
     @model_validator(mode="after")

@@ -220,3 +220,60 @@ def test_a_judge_request_repeated_in_one_call_is_asked_once_and_every_repeat_get
     assert [last_user(body) for body in server.requests] == ["rate a", "rate b", "rate c"]  # calls: [a, b], [c]
     assert [v.score for v in verdicts] == [1.0, 2.0, 1.0, 3.0, 2.0, 1.0]
     assert judge.stats()["judge_calls"] == 3 and judge.stats()["judge_replies_reused"] == 3
+
+
+def _preference_recipe(tmp_path: Path, model: Path, extra: str) -> Path:
+    import shutil
+    import textwrap
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "recipes" / "data" / "sample_prompts.jsonl",
+                tmp_path / "prompts.jsonl")
+    path = tmp_path / "r.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        name: t
+        base_model: {model}
+        stages:
+          - name: align
+            kind: preference
+            prompts: {{path: prompts.jsonl}}
+        """) + textwrap.indent(textwrap.dedent(extra), "    "))
+    return path
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ("rewards: [{type: judge, rubric: 'Rate {answr} to {question}: [[N]]'}]",
+     "r.yaml:7: stages[0].rewards[0].rubric (stage 'align'): unknown placeholder {answr} (did you mean {answer}?); "
+     "known: {question}, {answer}, {reference}, {conversation}, {language}, {language_clause}"),
+    ("rewards: [{type: judge, rubric: 'Rate the reply to {question}: [[N]]'}]",
+     "r.yaml:7: stages[0].rewards (stage 'align'): rewards[0].rubric (judge 'judge'): has no {answer} placeholder: "
+     "the judge would never see the sample it rates, and every sample of a prompt would get the same rating"),
+    ("rewards: [{type: judge, rubric: rubrik.md}]",
+     "r.yaml:7: stages[0].rewards[0].rubric (stage 'align'): 'rubrik.md' names no file (a relative path is read "
+     "from the recipe's folder)"),
+    ("rewards: [{type: format}]\npairs: {strategy: revise, revise: {backend: {type: transformers}, "
+     "prompt: 'Improve: {answer} ({reference})'}}",
+     "r.yaml:8: stages[0].pairs.revise.prompt (stage 'align'): unknown placeholder {reference}; known: {question}, "
+     "{answer}, {language}, {language_clause}, {language_clause_short}"),
+    ("rewards: [{type: format}]\npairs: {strategy: revise, revise: {backend: {type: transformers}, "
+     "prompt: 'Answer {question} well.'}}",
+     "r.yaml:8: stages[0].pairs.revise.prompt (stage 'align'): has no {answer} placeholder: the reviser would write a "
+     "new answer, not rewrite the rejected one"),
+])
+def test_a_rubric_or_revise_prompt_is_checked_at_load_naming_the_field(tmp_path, tiny_model_dir, extra, expected):
+    """`tempa plan` accepted a rubric without {answer} (every sample of a prompt rated the same), a typo
+    placeholder (sent as written) and `rubric: rubric.md` (sent as the text 'rubric.md')."""
+    from tempa.recipes.errors import RecipeError
+    from tempa.recipes.loader import load_recipe
+
+    with pytest.raises(RecipeError) as info:
+        load_recipe(_preference_recipe(tmp_path, tiny_model_dir, extra))
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_rubric_in_a_markdown_file_is_read_and_json_braces_stay(tmp_path, tiny_model_dir):
+    from tempa.recipes.loader import load_recipe
+
+    rubric = 'Rate {answer} to {question}{language_clause}. Reply as JSON {"rating": 7} and [[N]].'
+    (tmp_path / "rubric.md").write_text(rubric, encoding="utf-8")
+    loaded = load_recipe(_preference_recipe(tmp_path, tiny_model_dir, "rewards: [{type: judge, rubric: rubric.md}]"))
+    assert loaded.stage("align").rewards[0].rubric == rubric

@@ -253,7 +253,7 @@ class PreferenceStageConfig(StageConfigBase):
     pairs: PairSettings = Field(default_factory=PairSettings, description="Pair building.")
     train: dict[str, Any] = Field(
         default_factory=dict,
-        description="Any trl DPOConfig field (loss_type: sigmoid | apo_zero | ipo | sigmoid_norm | ..., beta, "
+        description="Any trl DPOConfig field (loss_type: sigmoid | apo_zero | ipo | sigmoid_norm | ..., beta (> 0), "
         "learning_rate, precompute_ref_log_probs, max_steps, ...). tempa sets output_dir and deepspeed. Defaults: "
         + ", ".join(f"{key} {value}" for key, value in DEFAULT_DPO_ARGS.items())
         + ", activation_checkpointing true (trl's, under transformers 5's name).",
@@ -306,7 +306,16 @@ class PreferenceStageConfig(StageConfigBase):
         value = dict(value)
         if "loss_type" in value:
             value["loss_type"] = normalize_loss_type(value["loss_type"])
-        return check_train_args(value, DPO_CONFIG, reserved=RESERVED_TRAIN_KEYS, defaults=cls.train_defaults)
+        value = check_train_args(value, DPO_CONFIG, reserved=RESERVED_TRAIN_KEYS, defaults=cls.train_defaults)
+        beta = value.get("beta")
+        losses = value.get("loss_type", cls.train_defaults["loss_type"])
+        # trl accepts any beta, but every loss except `sft` scales the preference by it (ipo divides by it): below
+        # 0 it trains toward the rejected side, at 0 it gives no gradient (ipo: a division by zero).
+        if beta is not None and beta <= 0 and any(loss != "sft" for loss in losses):
+            used = ", ".join(loss for loss in losses if loss != "sft")
+            raise ValueError(f"'beta': must be > 0 for loss_type {used}, got {beta:g} (below 0 it trains toward the "
+                             "rejected answers, at 0 it gives no gradient)")
+        return value
 
     def train_args(self) -> dict[str, Any]:
         """tempa defaults overlaid with the recipe's values."""

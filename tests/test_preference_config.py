@@ -237,3 +237,30 @@ def test_a_raised_judge_limit_keeps_the_stage_and_its_scores(tmp_path, tiny_mode
     backend = {"type": "http", "base_url": "http://judge.invalid/v1", "model": "j"}
     # the score journal's signature (the stage's own resume) reads the same dump
     assert fingerprinted(JudgeReward(backend=backend, max_unparsable=0.5)) == fingerprinted(JudgeReward(backend=backend))
+
+
+@pytest.mark.parametrize(("train", "shown"), [({"beta": -0.1}, "sigmoid, got -0.1"), ({"beta": 0}, "sigmoid, got 0"),
+                                              ({"beta": 0.0, "loss_type": ["apo", "sft"]}, "apo_zero, got 0")])
+def test_a_beta_of_zero_or_below_is_refused_naming_the_train_key(tmp_path, tiny_model_dir, train, shown):
+    """trl's DPOConfig takes any beta: a negative one trained toward the rejected side, 0 gave no gradient."""
+    from tempa.recipes.errors import RecipeError
+    from tempa.recipes.loader import load_recipe
+
+    (tmp_path / "prompts.jsonl").write_text(Path(PROMPTS).read_text())
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(textwrap.dedent(f"""\
+        name: t
+        base_model: {tiny_model_dir}
+        stages:
+          - name: align
+            kind: preference
+            prompts: {{path: prompts.jsonl}}
+            rewards: [{{type: format}}]
+            train: {json.dumps(train)}
+        """))
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe)
+    assert str(info.value) == (f"{recipe}:8: stages[0].train.beta (stage 'align'): must be > 0 for loss_type {shown} "
+                               "(below 0 it trains toward the rejected answers, at 0 it gives no gradient)")
+    assert config(train={"beta": 0.0, "loss_type": "sft"}).train_args()["beta"] == 0.0  # sft alone never reads it
+    assert config(train={"beta": 0.05, "loss_type": "apo_zero"}).train_args()["beta"] == 0.05

@@ -300,10 +300,18 @@ def _turns_and_tools(row: dict[str, Any], source: PromptSource) -> tuple[list[di
         conversation = normalize_row({source.messages_field: list(listed),
                                       source.tools_field: row.get(source.tools_field)}, spec)
         return conversation.messages, conversation.tools
-    if isinstance(row.get(source.prompt_field), str):
-        return [{"role": "user", "content": composed(row[source.prompt_field])}], tools_of(
+    prompt = row.get(source.prompt_field)
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": composed(prompt)}], tools_of(
             row.get(source.tools_field), repr(source.tools_field))
-    raise RowError(f"has neither a '{source.messages_field}' list nor a '{source.prompt_field}' string")
+    if prompt is not None:
+        raise RowError(f"'{source.prompt_field}' must be a string (the question to sample answers to), got "
+                       f"{type(prompt).__name__} {prompt!r:.60}")
+    # The row's own columns, to show which one holds the prompt when the file names it otherwise (`question`).
+    columns = ", ".join(f"'{key}'" for key in list(row)[:8]) + (", ..." if len(row) > 8 else "")
+    raise RowError(f"has neither a '{source.messages_field}' list nor a '{source.prompt_field}' string (its fields: "
+                   f"{columns or 'none'}); set prompts.messages_field or prompts.prompt_field to the column that "
+                   "holds the chat or the prompt")
 
 
 def answer_problem(value: Any) -> str | None:

@@ -236,3 +236,22 @@ def test_qlora_without_bitsandbytes_is_refused_before_the_first_stage(tmp_path, 
     assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [f"tempa: error: {problem}"]
     assert not (tmp_path / "run" / "sft").exists()
+
+
+def test_a_prompt_row_without_the_prompt_column_names_the_setting_and_a_non_string_prompt_is_named(tmp_path):
+    """A prompts file with a `question` column failed with "has neither a 'messages' list nor a 'prompt' string",
+    naming no setting; `{"prompt": 42}` failed the same way, not saying the prompt must be a string."""
+    from tempa.alignment.prompts import PromptSource, load_prompts
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"question": "Berapa 2+2?", "answer": "4"}) + "\n")
+    with pytest.raises(StageError) as info:
+        load_prompts(PromptSource(path=str(path)), seed=0)
+    assert str(info.value) == (f"{path}: line 1: has neither a 'messages' list nor a 'prompt' string (its fields: "
+                               "'question', 'answer'); set prompts.messages_field or prompts.prompt_field to the "
+                               "column that holds the chat or the prompt")
+    assert load_prompts(PromptSource(path=str(path), prompt_field="question"), seed=0)[0].question == "Berapa 2+2?"
+    path.write_text(json.dumps({"prompt": 42}) + "\n")
+    with pytest.raises(StageError) as info:
+        load_prompts(PromptSource(path=str(path)), seed=0)
+    assert str(info.value) == f"{path}: line 1: 'prompt' must be a string (the question to sample answers to), got int 42"

@@ -108,15 +108,28 @@ _DOUBLE = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _SINGLE = re.compile(r"\[\s*(\d+(?:\.\d+)?)\s*\]")
 
 
-def parse_judge_score(text: str, low: float = 1, high: float = 10) -> float | None:
-    """The rating in a judge's reply, or None when there is none in ``[low, high]``."""
+def _last_rating(text: str) -> float | None:
     answer = split_reasoning(text).answer
     for pattern in (_DOUBLE, _SINGLE):
         found = pattern.findall(answer)
         if found:
-            value = float(found[-1])
-            return value if low <= value <= high else None
+            return float(found[-1])
     return None
+
+
+def parse_judge_score(text: str, low: float = 1, high: float = 10) -> float | None:
+    """The rating in a judge's reply, or None when there is none in ``[low, high]``."""
+    value = _last_rating(text)
+    return value if value is not None and low <= value <= high else None
+
+
+def rating_problem(text: str, low: float = 1, high: float = 10) -> str | None:
+    """Why a judge's reply gives no rating: ``out of range (1-10)`` (``[[11]]``: a judge on another scale) or ``no
+    [[rating]]``; None when it gives one."""
+    value = _last_rating(text)
+    if value is None:
+        return "no [[rating]]"
+    return None if low <= value <= high else f"out of range ({low:g}-{high:g})"
 
 
 def text_or_file(value: str, info: ValidationInfo | None) -> str:
@@ -274,6 +287,7 @@ class Verdict:
     score: float | None  # None: unparsable
     raw: str
     cut_off: bool = False  # the reply ended at the judge's max_new_tokens (a reasoning judge that ran out of room)
+    problem: str | None = None  # why there is no score (rating_problem): a rating out of range is no missing one
 
 
 JUDGE_REPLIES = "judge_replies.jsonl"  # a stage's (or round's) judge replies by request: :class:`ReplyJournal`
@@ -369,7 +383,8 @@ class Judge:
             score = parse_judge_score(raw)
             if score is None:
                 self.unparsable += 1
-            verdicts.append(Verdict(score, raw, cut_off=reply.finish_reason == "length"))
+            verdicts.append(Verdict(score, raw, cut_off=reply.finish_reason == "length",
+                                    problem=None if score is not None else rating_problem(raw)))
         return verdicts
 
     def stats(self) -> dict[str, float | int]:

@@ -277,3 +277,15 @@ def test_a_rubric_in_a_markdown_file_is_read_and_json_braces_stay(tmp_path, tiny
     (tmp_path / "rubric.md").write_text(rubric, encoding="utf-8")
     loaded = load_recipe(_preference_recipe(tmp_path, tiny_model_dir, "rewards: [{type: judge, rubric: rubric.md}]"))
     assert loaded.stage("align").rewards[0].rubric == rubric
+
+
+def test_a_rating_out_of_the_rubrics_range_is_told_apart_from_a_reply_without_one():
+    """A reply `[[11]]` was reported as one that gave no [[rating]] (`unparsable`), hiding a judge on another scale."""
+    from tempa.alignment.judge import rating_problem
+
+    replies = iter(["Superb. [[11]]", "no idea what to say", "Rating: [0]", "ok [[7]]"])
+    judge = Judge(ScriptedBackend(lambda prompt, j: next(replies)), JudgeSettings())
+    verdicts = judge.rate(["p1", "p2", "p3", "p4"])
+    assert [v.problem for v in verdicts] == ["out of range (1-10)", "no [[rating]]", "out of range (1-10)", None]
+    assert [v.score for v in verdicts] == [None, None, None, 7.0] and judge.unparsable == 3
+    assert rating_problem("<think>[[5]]</think> [[10.5]]") == "out of range (1-10)"

@@ -44,7 +44,6 @@ from tempa.alignment.backends import (
 )
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.judge import (
-    PLACEHOLDERS,
     REVISE_PLACEHOLDERS,
     REVISE_PROMPT,
     check_placeholders,
@@ -52,7 +51,7 @@ from tempa.alignment.judge import (
 )
 from tempa.alignment.offline_pairs import OfflinePairs
 from tempa.alignment.prompts import PromptSource, ThinkingSettings
-from tempa.alignment.rewards import JudgeReward, RewardConfig, check_reward_names, judge_reads
+from tempa.alignment.rewards import RewardConfig, check_reward_names, judge_reads
 from tempa.sft.config import run_only_train_args
 from tempa.sft.stage_api import OnOff, Read, StageConfigBase
 from tempa.sft.train_args import check_train_args, train_arg_spec, train_checks_deferred
@@ -262,13 +261,6 @@ class PreferenceStageConfig(StageConfigBase):
     @field_validator("rewards")
     @classmethod
     def _rewards(cls, value: list[Any]) -> list[Any]:
-        for i, reward in enumerate(value):
-            if isinstance(reward, JudgeReward) and reward.rubric is not None:
-                try:
-                    check_placeholders(reward.rubric, PLACEHOLDERS, ("answer",), "the judge would never see the "
-                                       "sample it rates, and every sample of a prompt would get the same rating")
-                except ValueError as exc:
-                    raise ValueError(f"rewards[{i}].rubric (judge {reward.key!r}): {exc}") from None
         return check_reward_names(value)
 
     @model_validator(mode="after")

@@ -55,11 +55,13 @@ from tempa.alignment.completions import Completion, split_think, without_tool_ca
 from tempa.alignment.judge import (
     JUDGE_REPLIES,
     MULTI_TURN_RUBRIC,
+    PLACEHOLDERS,
     SINGLE_TURN_RUBRIC,
     TOOL_RUBRIC,
     Judge,
     JudgeSettings,
     ReplyJournal,
+    check_placeholders,
     fill,
     render_conversation,
 )
@@ -428,6 +430,15 @@ class JudgeReward(_RewardBase, JudgeSettings):
     use_reference: bool = Field(
         default=True, description="Show the judge the prompt's reference (answer column or reference reply)."
     )
+
+    @field_validator("rubric")
+    @classmethod
+    def _rates_the_answer(cls, value: str | None) -> str | None:
+        # A reward rates a sample: a rubric that never shows it gives every sample of a prompt one rating.
+        if value is not None:
+            check_placeholders(value, PLACEHOLDERS, ("answer",), "the judge would never see the sample it rates, "
+                               "and every sample of a prompt would get the same rating")
+        return value
 
 
 RewardConfig = Annotated[

@@ -245,7 +245,7 @@ def _preference_recipe(tmp_path: Path, model: Path, extra: str) -> Path:
      "r.yaml:7: stages[0].rewards[0].rubric (stage 'align'): unknown placeholder {answr} (did you mean {answer}?); "
      "known: {question}, {answer}, {reference}, {conversation}, {language}, {language_clause}"),
     ("rewards: [{type: judge, rubric: 'Rate the reply to {question}: [[N]]'}]",
-     "r.yaml:7: stages[0].rewards (stage 'align'): rewards[0].rubric (judge 'judge'): has no {answer} placeholder: "
+     "r.yaml:7: stages[0].rewards[0].rubric (stage 'align'): has no {answer} placeholder: "
      "the judge would never see the sample it rates, and every sample of a prompt would get the same rating"),
     ("rewards: [{type: judge, rubric: rubrik.md}]",
      "r.yaml:7: stages[0].rewards[0].rubric (stage 'align'): 'rubrik.md' names no file (a relative path is read "

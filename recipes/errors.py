@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from tempa.recipes.yaml_loader import full_width_note
 from tempa.sft.stage_api import SECRET_INPUT_ERROR
-from tempa.sft.suggest import did_you_mean
+from tempa.sft.suggest import did_you_mean, meant
 
 
 class RecipeError(ValueError):
@@ -71,7 +71,7 @@ def from_validation_error(
             msg = f"unknown field; {f'line {line}' if line else 'the key'} {note}"
         elif err["type"] == "extra_forbidden":
             allowed = _keys_at(model, err["loc"][:-1]) + (list(top_keys) if len(err["loc"]) == 1 else [])
-            msg = f"unknown field (not allowed here; check the spelling){did_you_mean(err['loc'][-1], allowed)}"
+            msg = f"unknown field (not allowed here; check the spelling){_unknown_key_hint(err['loc'][-1], allowed)}"
         elif err["type"] == "missing":
             msg = "field required"
         elif err["type"] == "union_tag_invalid":  # a `type:` / `kind:` no member has: its closest, as for keys
@@ -102,6 +102,15 @@ def from_validation_error(
         else:
             messages.append(message)
     return RecipeError("; ".join(messages) if messages else f"{file}: invalid recipe")
+
+
+# Keys other tools use for a field tempa names otherwise: too far from its spelling for a closest-key guess.
+_OTHER_TOOLS_KEYS = {"algorithm": "trainer"}
+
+
+def _unknown_key_hint(key: object, allowed: Sequence[str]) -> str:
+    other = _OTHER_TOOLS_KEYS.get(str(key))
+    return meant(other) if other in allowed else did_you_mean(key, allowed)
 
 
 # Errors of a value that has to be read as a number, a truth value, one of some words, a mapping or a list: a full-width

@@ -292,7 +292,7 @@ stage starts.
 ## Training arguments (`train:`)
 
 A training stage's `train:` takes any field of trl's `SFTConfig` (`sft`, `pretrain`), `DPOConfig`
-(`preference`) or `GRPOConfig` / `RLOOConfig` (`rl`, by its `algorithm`),
+(`preference`) or `GRPOConfig` / `RLOOConfig` (`rl`, by its `trainer`),
 checked against trl's own dataclass when the recipe loads (unknown keys, wrong types, unknown choices, a
 scheduler's required `lr_scheduler_kwargs`, non-positive counts and learning rates). tempa's defaults for each kind are listed
 with it above; `tempa plan` prints the effective arguments of every training stage (defaults included).

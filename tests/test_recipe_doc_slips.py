@@ -1,0 +1,45 @@
+"""Slips of a new user who ran every snippet of the docs as written: each is refused with a one-line error that says
+what was meant, and the docs say what the code does."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tempa.recipes.errors import RecipeError
+from tempa.recipes.loader import load_recipe
+
+
+def _write(folder: Path, text: str, name: str = "r.yaml") -> Path:
+    (folder / "chats.jsonl").write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n", encoding="utf-8")
+    (folder / "prompts.jsonl").write_text(json.dumps({"prompt": "1+1?", "answer": "2"}) + "\n", encoding="utf-8")
+    path = folder / name
+    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+    return path
+
+
+def _error(path: Path) -> str:
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_algorithm_on_an_rl_stage_is_named_as_trainer(tmp_path):
+    # trl's and other tools' docs say "algorithm"; tempa's field is `trainer`, too far in spelling for a guess
+    path = _write(tmp_path, """
+        name: r
+        base_model: "tempa:tiny"
+        stages:
+          - name: rl
+            kind: rl
+            algorithm: rloo
+            prompts: {path: prompts.jsonl}
+            rewards: [{type: answer}]
+        """)
+    assert _error(path) == (f"{path}:6: stages[0].algorithm (stage 'rl'): unknown field (not allowed here; check the "
+                            "spelling); did you mean 'trainer'?")

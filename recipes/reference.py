@@ -52,7 +52,23 @@ def recipe_model() -> type[BaseModel]:
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a recipe file (for YAML editors: `# yaml-language-server: $schema=...`)."""
     schema = recipe_model().model_json_schema(by_alias=True, mode="validation")
+    # A recipe that `extends:` another inherits its required fields, and its stages without a `kind` change the
+    # parent's stage of their name (loader._merge_recipes): only a recipe that extends none must have them all.
+    required = schema.pop("required")
+    stages = schema["properties"]["stages"]
+    stages["items"] = {"anyOf": [stages["items"], _CHANGED_STAGE]}
+    schema["if"] = {"required": ["extends"], "properties": {"extends": {"type": "string"}}}
+    schema["else"] = {"required": required, "properties": {"stages": {"items": {"required": ["kind"]}}}}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": "tempa recipe"}
+
+
+_CHANGED_STAGE: dict[str, Any] = {
+    "type": "object",
+    "description": "In a recipe that extends another: changes the parent's stage of this name (any of its keys).",
+    "properties": {"name": {"type": "string"}},
+    "required": ["name"],
+    "not": {"required": ["kind"]},  # a stage with a kind is a whole stage, checked as one
+}
 
 
 # --------------------------------------------------------------------------- Markdown

@@ -41,9 +41,27 @@ def _shipped_recipe(name: str) -> dict:
     return parse_yaml(read_text(shipped_recipe_dir() / name))
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "sea-lion-v3-70b-it.yaml", "swallow-8b-instruct-v0.3.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in shipped_recipe_dir().glob("*.yaml")))
 def test_shipped_recipes_validate_against_the_json_schema(name):
+    # every one, those that `extends:` another included (they leave out base_model, and their stages' kinds)
     jsonschema.validate(_shipped_recipe(name), reference.json_schema())
+
+
+def test_json_schema_requires_the_top_level_fields_of_a_recipe_that_extends_none():
+    schema = reference.json_schema()
+    recipe = _shipped_recipe("demo.yaml")
+    del recipe["base_model"]
+    with pytest.raises(jsonschema.ValidationError, match="'base_model' is a required property"):
+        jsonschema.validate(recipe, schema)
+    recipe = _shipped_recipe("demo.yaml")
+    del recipe["stages"][0]["kind"]  # the loader's "field required": only a child recipe may change a stage so
+    with pytest.raises(jsonschema.ValidationError, match="'kind' is a required property"):
+        jsonschema.validate(recipe, schema)
+    child = {"extends": "demo.yaml", "name": "mine", "stages": [{"name": "sft-general", "train": {"max_steps": 2}}]}
+    jsonschema.validate(child, schema)
+    child["stages"][0]["kind"] = "stf"  # a stage with a kind is checked whole, in a child too
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(child, schema)
 
 
 def test_json_schema_rejects_what_the_loader_rejects():

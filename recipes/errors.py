@@ -84,6 +84,10 @@ def from_validation_error(
                 msg = f"{head}, got {got!r}{sep}{hint}"
             if err["type"] in _PARSED and isinstance(got, str) and (note := full_width_note(got)) is not None:
                 msg += f"; the value {note}"
+            if err["type"] in _WORDS and (isinstance(got, bool) or got is None):
+                # `languages: [en, no]` (Norwegian), `name: off`: YAML 1.1 read the word as a boolean (or nothing)
+                msg += ("; YAML reads an empty value, a bare null or ~ as no value: quote a word meant as text" if got is None else
+                        "; YAML reads a bare no/off/yes/on as a boolean: quote it ('no')")
         # Validators of free-form mappings (e.g. `train:`) name the offending key first: 'key': ...
         if msg.startswith("'") and (*path, msg.split("'")[1]) in lines:
             key = msg.split("'")[1]
@@ -117,6 +121,8 @@ def _unknown_key_hint(key: object, allowed: Sequence[str]) -> str:
 # mark in it is why (`seed: ４２`; `learning_rate:　1e-5` under `train:`, one string for YAML).
 _PARSED = ("int_parsing", "float_parsing", "bool_parsing", "literal_error", "enum", "dict_type", "list_type",
            "model_type", "model_attributes_type")
+# Errors of a value that has to be a string (or one of some words).
+_WORDS = ("string_type", "literal_error", "enum")
 _NAMED_FIELD = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*): ")
 
 

@@ -43,3 +43,36 @@ def test_algorithm_on_an_rl_stage_is_named_as_trainer(tmp_path):
         """)
     assert _error(path) == (f"{path}:6: stages[0].algorithm (stage 'rl'): unknown field (not allowed here; check the "
                             "spelling); did you mean 'trainer'?")
+
+
+@pytest.mark.parametrize(("top", "languages", "where", "got", "hint"), [
+    # Norwegian's code read as false
+    ("name: r", "[en, no]", "6: stages[0].data.sources[0].languages[1] (stage 'sft')", "False",
+     "YAML reads a bare no/off/yes/on as a boolean: quote it ('no')"),
+    ("name: off", "[en]", "1: name", "False", "YAML reads a bare no/off/yes/on as a boolean: quote it ('no')"),
+    ("name: r", "[en, ~]", "6: stages[0].data.sources[0].languages[1] (stage 'sft')", "None",
+     "YAML reads an empty value, a bare null or ~ as no value: quote a word meant as text"),
+])
+def test_a_yaml_boolean_where_a_string_was_expected_says_to_quote_it(tmp_path, top, languages, where, got, hint):
+    path = _write(tmp_path, f"""
+        {top}
+        base_model: "tempa:tiny"
+        stages:
+          - name: sft
+            kind: sft
+            data: {{sources: [{{name: c, path: chats.jsonl, languages: {languages}}}]}}
+        """)
+    assert _error(path) == f"{path}:{where}: Input should be a valid string, got {got}; {hint}"
+
+
+def test_a_boolean_where_no_string_was_expected_gets_no_quoting_hint(tmp_path):
+    path = _write(tmp_path, """
+        name: r
+        base_model: "tempa:tiny"
+        stages:
+          - name: sft
+            kind: sft
+            data: {sources: [{name: c, path: chats.jsonl, languages: no}]}
+        """)
+    assert _error(path) == (f"{path}:6: stages[0].data.sources[0].languages (stage 'sft'): Input should be a valid "
+                            "list, got False")

@@ -71,7 +71,8 @@ def from_validation_error(
             msg = f"unknown field; {f'line {line}' if line else 'the key'} {note}"
         elif err["type"] == "extra_forbidden":
             allowed = _keys_at(model, err["loc"][:-1]) + (list(top_keys) if len(err["loc"]) == 1 else [])
-            msg = f"unknown field (not allowed here; check the spelling){_unknown_key_hint(err['loc'][-1], allowed)}"
+            hint = _misplaced(err["loc"][-1], model, err["loc"][:-1]) or _unknown_key_hint(err["loc"][-1], allowed)
+            msg = f"unknown field (not allowed here; check the spelling){hint}"
         elif err["type"] == "missing":
             msg = "field required"
         elif err["type"] == "union_tag_invalid":  # a `type:` / `kind:` no member has: its closest, as for keys
@@ -115,6 +116,39 @@ _OTHER_TOOLS_KEYS = {"algorithm": "trainer"}
 def _unknown_key_hint(key: object, allowed: Sequence[str]) -> str:
     other = _OTHER_TOOLS_KEYS.get(str(key))
     return meant(other) if other in allowed else did_you_mean(key, allowed)
+
+
+def _misplaced(key: object, model: type[BaseModel] | None, loc: Sequence[str | int]) -> str:
+    """``"; it belongs under `train:`"`` for a key written a level too high: a stage's `train:` or `data:` key on the
+    stage itself, a stage's key (or its `train:` key) at the top of the recipe; else ``""``."""
+    if model is None or loc or not isinstance(key, str):
+        return ""
+    if "kind" in model.model_fields:  # a stage kind's config
+        if _train_takes(model, key):
+            return "; it belongs under `train:`"
+        return "; it belongs under `data:`" if "data" in model.model_fields and key in _keys_at(model, ("data",)) \
+            else ""
+    from tempa.recipes.registry import stage_kinds  # the stage packages import this module
+
+    configs = [kind.config for kind in stage_kinds().values()]
+    if any(key in _keys_at(config, ()) for config in configs):
+        return "; it belongs inside a stage (an entry of `stages:`)"
+    if any(_train_takes(config, key) for config in configs):
+        return "; it belongs under a stage's `train:`"
+    return ""
+
+
+def _train_takes(model: type[BaseModel], key: str) -> bool:
+    """Whether the `train:` block of a stage kind's config takes ``key``: asked of its own validator, which checks
+    the keys against trl's dataclass (sft/train_args.py), so the answer follows trl's version."""
+    if "train" not in model.model_fields or "kind" not in model.model_fields:
+        return False
+    try:
+        # None: any field's value passes, so only the key is judged; the stage's other fields are missing, as errors
+        model.model_validate({"kind": model.model_fields["kind"].default, "train": {key: None}})
+    except ValidationError as exc:
+        return not any(error["loc"][:1] == ("train",) for error in exc.errors())
+    return True
 
 
 # Errors of a value that has to be read as a number, a truth value, one of some words, a mapping or a list: a full-width

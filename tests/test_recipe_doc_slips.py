@@ -76,3 +76,24 @@ def test_a_boolean_where_no_string_was_expected_gets_no_quoting_hint(tmp_path):
         """)
     assert _error(path) == (f"{path}:6: stages[0].data.sources[0].languages (stage 'sft'): Input should be a valid "
                             "list, got False")
+
+
+@pytest.mark.parametrize(("top", "stage", "where", "hint"), [
+    ("", "learning_rate: 1.0e-5", "6: stages[0].learning_rate (stage 'sft')", "it belongs under `train:`"),
+    ("", "heldout: 0.05", "6: stages[0].heldout (stage 'sft')", "it belongs under `data:`"),
+    ("train: {learning_rate: 1.0e-5}", "", "3: train", "it belongs inside a stage (an entry of `stages:`)"),
+    ("kind: sft", "", "3: kind", "it belongs inside a stage (an entry of `stages:`)"),
+    ("learning_rate: 1.0e-5", "", "3: learning_rate", "it belongs under a stage's `train:`"),
+])
+def test_a_key_at_the_wrong_level_names_the_level_it_belongs_at(tmp_path, top, stage, where, hint):
+    path = _write(tmp_path, f"""
+        name: r
+        base_model: "tempa:tiny"
+        {top or 'seed: 1'}
+        stages:
+          - name: sft
+            {stage}
+            kind: sft
+            data: {{sources: [{{name: c, path: chats.jsonl}}]}}
+        """)
+    assert _error(path) == f"{path}:{where}: unknown field (not allowed here; check the spelling); {hint}"

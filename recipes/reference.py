@@ -106,8 +106,9 @@ def markdown() -> str:
         "",
     ]
     for name, kind in kinds.items():
+        # `kind` has its own value as default only to tell the configs apart: the loader requires it
         out += [f"## Stage kind: `{name}`", "", f"*{kind.summary}.*", "", _doc(kind.config), "",
-                _fields_table(kind.config, queue), ""]
+                _fields_table(kind.config, queue, required={"kind"}), ""]
         defaults = kind.config.train_defaults
         if defaults:
             out += [f"tempa's `train:` defaults for `{name}` (on top of trl's; a key you set wins):", "",
@@ -162,7 +163,8 @@ def _doc(model: type[BaseModel]) -> str:
     return re.sub(r"\s*\n\s*", " ", doc.split("\n\n")[0]) if doc else ""
 
 
-def _fields_table(model: type[BaseModel], queue: list[type[BaseModel]], skip: set[str] = frozenset()) -> str:
+def _fields_table(model: type[BaseModel], queue: list[type[BaseModel]], skip: set[str] = frozenset(),
+                 required: set[str] = frozenset()) -> str:
     rows = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
     for name, info in model.model_fields.items():
         if name in skip:
@@ -171,7 +173,8 @@ def _fields_table(model: type[BaseModel], queue: list[type[BaseModel]], skip: se
         # What a recipe may write: a before-validator's declared input type, else the field's type.
         inputs = [m.json_schema_input_type for m in info.metadata if isinstance(m, BeforeValidator)
                   and m.json_schema_input_type is not PydanticUndefined]
-        rows.append(f"| `{key}` | {_cell(_type(inputs[0] if inputs else info.annotation, queue) + _limits(info))} | {_cell(_default(info))} "
+        default = "required" if name in required else _default(info)
+        rows.append(f"| `{key}` | {_cell(_type(inputs[0] if inputs else info.annotation, queue) + _limits(info))} | {_cell(default)} "
                     f"| {_cell(info.description or '')} |")
     return "\n".join(rows)
 

@@ -37,6 +37,14 @@ def test_reference_lists_every_key_of_every_kind():
         assert heading in text
 
 
+def test_every_stage_kind_shows_its_kind_as_required():
+    # a stage without `kind` fails "field required" when the recipe loads
+    text = reference.markdown()
+    for name in stage_kinds():
+        section = text.split(f"## Stage kind: `{name}`", 1)[1].split("\n## ", 1)[0]
+        assert f"| `kind` | `{name}` | required |" in section, name
+
+
 def _shipped_recipe(name: str) -> dict:
     return parse_yaml(read_text(shipped_recipe_dir() / name))
 

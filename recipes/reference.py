@@ -109,7 +109,7 @@ def markdown() -> str:
         # `kind` has its own value as default only to tell the configs apart: the loader requires it
         out += [f"## Stage kind: `{name}`", "", f"*{kind.summary}.*", "", _doc(kind.config), "",
                 _fields_table(kind.config, queue, required={"kind"}), ""]
-        defaults = kind.config.train_defaults
+        defaults = _train_defaults(kind.config)
         if defaults:
             out += [f"tempa's `train:` defaults for `{name}` (on top of trl's; a key you set wins):", "",
                     _mapping_table(defaults), ""]
@@ -117,6 +117,17 @@ def markdown() -> str:
     out += [_STATIC_SECTIONS.strip(), ""]
     out += _ifeval_section()
     return "\n".join(out)
+
+
+def _train_defaults(config: type[BaseModel]) -> dict[str, Any]:
+    """The `train:` arguments a stage of this kind that sets none trains with, from its own ``train_args()`` (what
+    `tempa plan` prints): a default set there, not in ``train_defaults`` (activation_checkpointing), is listed too."""
+    if not getattr(config, "train_defaults", None):
+        return {}
+    fields: dict[str, Any] = {"train": {}} | ({"rewards": []} if "rewards" in config.model_fields else {})
+    args = config.model_construct(**fields).train_args()
+    args.pop("reward_weights", None)  # the weights of the stage's own rewards: set by tempa, no default
+    return args
 
 
 def _ifeval_section() -> list[str]:

@@ -45,6 +45,14 @@ def test_every_stage_kind_shows_its_kind_as_required():
         assert f"| `kind` | `{name}` | required |" in section, name
 
 
+@pytest.mark.parametrize("name", ["preference", "rl"])
+def test_the_train_defaults_tables_list_what_tempa_plan_prints(name):
+    # `tempa plan` prints activation_checkpointing=true* for these kinds: set by their train_args, not train_defaults
+    section = reference.markdown().split(f"tempa's `train:` defaults for `{name}`", 1)[1].split("\n## ", 1)[0]
+    assert "| `activation_checkpointing` | `true` |" in section
+    assert "reward_weights" not in section
+
+
 def _shipped_recipe(name: str) -> dict:
     return parse_yaml(read_text(shipped_recipe_dir() / name))
 

@@ -274,14 +274,18 @@ def _walk_positions(node: Any, prefix: FieldPath, path: Path, out: dict) -> None
             _walk_positions(item, key, path, out)
 
 
-def _stage_list(raw: Mapping[str, Any], path: Path) -> list[dict[str, Any]]:
+def _stage_list(raw: Mapping[str, Any], path: Path, lines: Mapping[FieldPath, tuple[Path, int]] | None = None
+                ) -> list[dict[str, Any]]:
     stages = raw.get("stages", [])
     if not isinstance(stages, list):
         note = full_width_note(stages) if isinstance(stages, str) else None  # `stages: ［］`
-        raise RecipeError(f"{path}: stages: expected a list of stages{'; the value ' + note if note else ''}")
+        raise RecipeError(f"{where(('stages',), lines or {}, path)}: stages: expected a list of stages"
+                          f"{' (each starting with `- name:`)' if isinstance(stages, dict) else ''}"
+                          f"{'; the value ' + note if note else ''}")
     for i, stage in enumerate(stages):
         if not isinstance(stage, dict) or not isinstance(stage.get("name"), str):
-            raise RecipeError(f"{path}: stages[{i}]: expected a mapping with a string 'name' and a 'kind'")
+            raise RecipeError(f"{where(('stages', i), lines or {}, path)}: stages[{i}]: expected a mapping with a "
+                              "string 'name' and a 'kind'")
     return stages
 
 
@@ -300,7 +304,7 @@ def _load_chain(path: Path, seen: tuple[Path, ...]):
     """Returns (merged raw, positions by merged index, stage name -> defining file, files)."""
     _check_cycle(path, seen)
     raw, lines = _read_yaml(path)
-    stages = _stage_list(raw, path)
+    stages = _stage_list(raw, path, lines)
     named_lines = _by_name(lines, stages)
     # Relative paths resolve against the file that wrote them (`_path_context`). A value with no
     # file (--set) falls back to: a stage's first-defining file; for top-level fields the file that set base_model.

@@ -97,3 +97,12 @@ def test_a_key_at_the_wrong_level_names_the_level_it_belongs_at(tmp_path, top, s
             data: {{sources: [{{name: c, path: chats.jsonl}}]}}
         """)
     assert _error(path) == f"{path}:{where}: unknown field (not allowed here; check the spelling); {hint}"
+
+
+@pytest.mark.parametrize(("stages", "where", "expected"), [
+    ("  sft: {kind: sft}", "3: stages", "expected a list of stages (each starting with `- name:`)"),
+    ("  - sft", "4: stages[0]", "expected a mapping with a string 'name' and a 'kind'"),
+])
+def test_stages_not_written_as_a_list_of_stages_names_the_line(tmp_path, stages, where, expected):
+    path = _write(tmp_path, 'name: r\nbase_model: "tempa:tiny"\nstages:\n' + stages + "\n")
+    assert _error(path) == f"{path}:{where}: {expected}"

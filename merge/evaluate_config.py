@@ -298,9 +298,9 @@ class EvaluateStageConfig(StageConfigBase):
     stages: list[str] = Field(default_factory=list, description="Stages whose final model is a candidate.")
     models: list[str] = Field(default_factory=list, description="Further model folders (recipe-relative).")
     suites: list[Suite] = Field(min_length=1, description=(
-        "What to measure; see the suite types. A suite that generates prompts with a row's `prompt` (after its "
-        "`system`), or with its `messages` without the closing assistant turns (a tool loop keeps its calls and "
-        "results, so an agent answers from them), offering the row's `tools`."))
+        "What to measure; see the suite types. A suite that generates answers gives the model a row's `prompt` "
+        "(after its `system`), or its `messages` without the closing assistant turns (a tool loop keeps its calls "
+        "and results, so an agent answers from them), and offers it the row's `tools`."))
     generation: EvalGeneration = Field(default_factory=EvalGeneration, description="Generation settings.")
     rank_by: str | None = Field(
         default=None, description="Leaderboard sort metric, e.g. accuracy/accuracy (direction inferred)."

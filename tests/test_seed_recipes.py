@@ -32,6 +32,28 @@ def test_seed_recipe_plans_at_full_scale(name, tmp_path, capsys):
         assert estimate.fits and not estimate.warnings, (estimate.name, estimate.warnings)
 
 
+def _shipped_plans() -> list[tuple[str, str | None]]:
+    from tempa.recipes.loader import recipe_profiles, shipped_recipe_dir
+
+    names = sorted(path.stem for path in shipped_recipe_dir().glob("*.yaml"))
+    return [(name, profile) for name in names for profile in (None, *recipe_profiles(name))]
+
+
+@pytest.mark.parametrize(("name", "profile"), _shipped_plans())
+def test_every_shipped_recipe_plans_without_warnings_about_itself(name, profile, tmp_path):
+    """What `tempa plan` warns of a recipe's own settings (its inputs, paths, thinking default): none for a shipped one
+    (sea-lion-v3.5-8b-r set `languages` on sources of a stage whose language filter was off). Left out: what this
+    machine or shell lacks (GPUs, API keys) and what only the run can tell (a merge's candidate count)."""
+    from tempa.merge.bake import planned_thinking_default_warning
+    from tempa.recipes.runner import input_warnings
+
+    loaded = load_recipe(name, profile=profile)
+    decisions = plan_run(loaded, tmp_path / "run")
+    warnings = [*input_warnings(loaded, decisions), *loaded.path_warnings,
+                *filter(None, [planned_thinking_default_warning(loaded.recipe.thinking_default, loaded.stages)])]
+    assert warnings == []
+
+
 def test_70b_it_plan_at_the_cards_data_size_is_near_the_cards_gpu_hours(tmp_path):
     """The card: "approximately 3200 GPU hours, on a single node of 8x H100-80GB GPUs" for 12.3M + 4.5M pairs."""
     from pathlib import Path

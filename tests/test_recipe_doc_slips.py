@@ -106,3 +106,25 @@ def test_a_key_at_the_wrong_level_names_the_level_it_belongs_at(tmp_path, top, s
 def test_stages_not_written_as_a_list_of_stages_names_the_line(tmp_path, stages, where, expected):
     path = _write(tmp_path, 'name: r\nbase_model: "tempa:tiny"\nstages:\n' + stages + "\n")
     assert _error(path) == f"{path}:{where}: {expected}"
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_lists_every_name_the_run_directory_reserves():
+    from tempa.sft.run_layout import RESERVED_NAMES
+
+    readme = README.read_text(encoding="utf-8")
+    listed = readme.split("A stage name may not be one of the run directory's own entries", 1)[1].split(")", 1)[0]
+    assert sorted(name for name in RESERVED_NAMES if f"`{name}`" not in listed) == []
+
+
+def test_readmes_example_error_is_the_one_tempa_gives(tmp_path):
+    from tempa.recipes.loader import shipped_recipe_dir
+
+    readme = README.read_text(encoding="utf-8")
+    example = readme.split("valid. For example:\n  `/…/recipes/demo.yaml", 1)[1].split("`", 1)[0]
+    demo = (shipped_recipe_dir() / "demo.yaml").read_text(encoding="utf-8")
+    (tmp_path / "demo.yaml").write_text(demo.replace("learning_rate:", "lerning_rate:", 1), encoding="utf-8")
+    (tmp_path / "data").symlink_to(shipped_recipe_dir() / "data")
+    assert _error(tmp_path / "demo.yaml") == f"{tmp_path / 'demo.yaml'}{example}"

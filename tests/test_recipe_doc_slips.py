@@ -128,3 +128,16 @@ def test_readmes_example_error_is_the_one_tempa_gives(tmp_path):
     (tmp_path / "demo.yaml").write_text(demo.replace("learning_rate:", "lerning_rate:", 1), encoding="utf-8")
     (tmp_path / "data").symlink_to(shipped_recipe_dir() / "data")
     assert _error(tmp_path / "demo.yaml") == f"{tmp_path / 'demo.yaml'}{example}"
+
+
+def test_readmes_showcase_recipe_plans_a_schedule_that_fits_its_steps(tmp_path):
+    # it decayed over 10 steps of the 4 its sft-reasoning stage trains: the run warned that the rate never held its peak
+    from tempa.recipes.estimate import estimate_recipe
+    from tempa.recipes.loader import shipped_recipe_dir
+
+    recipe = README.read_text(encoding="utf-8").split("## A recipe, top to bottom", 1)[1]
+    (tmp_path / "demo.yaml").write_text(recipe.split("```yaml\n", 1)[1].split("```", 1)[0], encoding="utf-8")
+    (tmp_path / "data").symlink_to(shipped_recipe_dir() / "data")
+    estimates = estimate_recipe(load_recipe(tmp_path / "demo.yaml"), "1xH100")  # the recipe's launch: one process
+    assert [e.name for e in estimates if e.steps] == ["sft-general", "sft-reasoning"]
+    assert [w for e in estimates for w in e.warnings] == []

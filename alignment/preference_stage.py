@@ -594,7 +594,8 @@ def _save_pairs_dataset(rows: list[dict[str, Any]], path: Path, stage_dir: Path)
 def _unrated(rewards: list[Any], scores: list[dict[str, Any]]) -> str:
     """Per judge, its replies without a rating (those samples are never paired), for the round's log line; a share
     under max_unparsable was in stats.json and the report only."""
-    counts = [f"judge '{key}' gave no rating in {f.unparsable} of {f.replies} replies (never paired)"
+    counts = [f"judge '{key}' gave no rating in {f.unparsable} of {f.replies} replies (never paired"
+              + (f"; {f.out_of_range} out of range 1-10)" if f.out_of_range else ")")
               for key, f in judge_failures(rewards, scores).items() if f.unparsable]
     return "; " + "; ".join(counts) if counts else ""
 

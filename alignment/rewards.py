@@ -63,6 +63,7 @@ from tempa.alignment.judge import (
     ReplyJournal,
     check_placeholders,
     fill,
+    rating_problem,
     render_conversation,
 )
 from tempa.alignment.numbers import math_text
@@ -632,7 +633,7 @@ class RewardSet:
             if score is not None and config.scale == "unit":
                 score = (score - 1) / 9
             values.append(score)
-            infos.append({"rating": None, "unparsable": True, "raw": verdict.raw[-2000:],
+            infos.append({"rating": None, "unparsable": True, "problem": verdict.problem, "raw": verdict.raw[-2000:],
                           **({"cut_off": True} if verdict.cut_off else {})} if verdict.score is None
                          else {"rating": verdict.score})
         return values, infos
@@ -661,7 +662,15 @@ class JudgeFailures:
     replies: int = 0
     unparsable: int = 0
     cut_off: int = 0  # of the unparsable: replies that ended at the judge's max_new_tokens
+    out_of_range: int = 0  # of the unparsable: replies whose rating is off the rubric's 1-10 (a judge on another scale)
     example: str | None = None  # one raw reply without a rating
+
+    def count(self, raw: str, cut_off: bool = False) -> None:
+        """One reply without a rating (read from its text: a journal an earlier tempa wrote says why too)."""
+        self.unparsable += 1
+        self.cut_off += cut_off
+        self.out_of_range += (rating_problem(raw) or "").startswith("out of range")
+        self.example = self.example or raw
 
     @property
     def fraction(self) -> float:
@@ -672,11 +681,13 @@ class JudgeFailures:
         if not self.replies or self.fraction <= limit:
             return None
         reply = " ".join((self.example or "").split())[:160]
+        advice = ""
         if self.cut_off:  # a reasoning judge out of room before its rating: no rubric problem, a length one
-            advice = (f"; {self.cut_off} of them ran out of the judge's max_new_tokens before a rating: raise it. "
-                      f"Else use a judge that follows the rubric, or raise {setting}")
-        else:
-            advice = f". Use a judge that follows the rubric, or raise {setting}"
+            advice += f"; {self.cut_off} of them ran out of the judge's max_new_tokens before a rating: raise it"
+        if self.out_of_range:  # [[11]], [[0]]: a judge rating on another scale than the rubric's
+            advice += (f"; {self.out_of_range} of them gave a rating out of range (1-10): a rubric of your own must ask "
+                       "for [[1]] to [[10]]")
+        advice = (f"{advice}. Else use" if advice else ". Use") + f" a judge that follows the rubric, or raise {setting}"
         return (f"{judge} gave no [[rating]] in {self.unparsable} of {self.replies} replies ({self.fraction:.0%} > "
                 f"max_unparsable {limit:g}); e.g. {reply!r}{advice}")
 
@@ -691,9 +702,7 @@ def judge_failures(rewards: Sequence[Any], scores: Sequence[dict[str, Any]]) -> 
             failures.replies += 1
             detail = record.get("details", {}).get(key, {})
             if detail.get("unparsable"):
-                failures.unparsable += 1
-                failures.cut_off += bool(detail.get("cut_off"))
-                failures.example = failures.example or detail.get("raw", "")
+                failures.count(detail.get("raw", ""), bool(detail.get("cut_off")))
     return out
 
 
@@ -703,6 +712,8 @@ def judge_stats(rewards: Sequence[Any], scores: Sequence[dict[str, Any]]) -> dic
     for key, failures in judge_failures(rewards, scores).items():
         out.update({f"{key}_replies": failures.replies, f"{key}_unparsable": failures.unparsable,
                     f"{key}_unparsable_fraction": failures.fraction})
+        if failures.out_of_range:
+            out[f"{key}_out_of_range"] = failures.out_of_range
     return out
 
 

@@ -307,8 +307,10 @@ def gate_scores(gate: JudgeGate, rubric: str, items: Sequence[dict[str, Any]], c
         judge.backend.close()
     # Parsed on reading, not stored: a fixed parser rescores a journaled reply without asking again.
     scores = [parse_judge_score(record["reply"]) for record in records]
-    failures = JudgeFailures(replies=len(scores), unparsable=scores.count(None),
-                             example=next((r["reply"] for r, s in zip(records, scores, strict=True) if s is None), None))
+    failures = JudgeFailures(replies=len(scores))
+    for record, score in zip(records, scores, strict=True):
+        if score is None:
+            failures.count(record["reply"])
     if (refusal := failures.refusal(gate.max_unparsable, "judge", "judge.max_unparsable")) is not None:
         raise StageError(f"stage '{ctx.stage_name}': {refusal} (its replies are journaled in {store.path})")
     return scores

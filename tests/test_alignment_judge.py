@@ -75,7 +75,7 @@ def test_judge_reward_scales_and_an_unparsable_reply_fails_the_sample(monkeypatc
     assert records[1]["scores"]["judge"] is None  # unparsable: no rating ...
     assert records[1]["scores"]["total"] is None  # ... and a failed score, not "the other rewards decide"
     assert records[1]["scores"]["length"] == 0.0
-    assert records[1]["details"]["judge"] == {"rating": None, "unparsable": True, "raw": "hmm"}
+    assert records[1]["details"]["judge"] == {"rating": None, "unparsable": True, "problem": "no [[rating]]", "raw": "hmm"}
     assert reward_set.stats() == {"judge_calls": 2, "judge_replies_reused": 0, "judge_unparsable": 1, "judge_seconds": pytest.approx(0, abs=5)}
 
 
@@ -289,3 +289,23 @@ def test_a_rating_out_of_the_rubrics_range_is_told_apart_from_a_reply_without_on
     assert [v.problem for v in verdicts] == ["out of range (1-10)", "no [[rating]]", "out of range (1-10)", None]
     assert [v.score for v in verdicts] == [None, None, None, 7.0] and judge.unparsable == 3
     assert rating_problem("<think>[[5]]</think> [[10.5]]") == "out of range (1-10)"
+
+
+def test_a_judge_on_another_scale_is_named_as_such_where_the_stage_stops_and_in_its_stats():
+    """`[[11]]` replies were counted as replies that "gave no [[rating]]", which sends a user looking for a parsing
+    problem; the refusal, the stats and the round's log line now count the ratings out of range. Read from the replies'
+    text, so a journal an earlier tempa wrote (no `problem` in its details) says it too."""
+    from tempa.alignment.rewards import JudgeReward, check_judges, judge_stats
+    from tempa.sft.stage_api import StageError
+
+    judge = JudgeReward(type="judge", max_unparsable=0.25)
+    raws = ["Superb. [[11]]", "Bad. [[0]]", "no rating here", "Fine. [[7]]"]
+    scores = [{"results": [{"scores": {"judge": None if "[[7]]" not in raw else 7.0},
+                            "details": {"judge": {"unparsable": True, "raw": raw} if "[[7]]" not in raw else {}}}]}
+              for raw in raws]
+    assert judge_stats([judge], scores) == {"judge_replies": 4, "judge_unparsable": 3, "judge_unparsable_fraction": 0.75,
+                                            "judge_out_of_range": 2}
+    with pytest.raises(StageError) as info:
+        check_judges([judge], scores, "synthesize")
+    assert "2 of them gave a rating out of range (1-10): a rubric of your own must ask for [[1]] to [[10]]" in str(
+        info.value)

@@ -298,11 +298,13 @@ class ReplyJournal:
     twice: the score journal starts over whenever any reward's settings change (a verifier added, a weight), and
     its rescoring then reads the judges' replies from here. ``identity``: what besides the request decides a reply
     (the judge's backend, the runs of the models a local judge loads); it is part of every key, with the rubric
-    prompt and the reply's sampling settings."""
+    prompt and the reply's sampling settings. ``earlier``: the same judge as an earlier tempa named it (an HTTP
+    backend with its ``base_url``), whose replies are read too."""
 
-    def __init__(self, path: Path, identity: Any) -> None:
+    def __init__(self, path: Path, identity: Any, earlier: Sequence[Any] = ()) -> None:
         self.path = Path(path)
         self.identity = json.dumps(identity, sort_keys=True, default=str)
+        self.earlier = [json.dumps(form, sort_keys=True, default=str) for form in earlier]
         self.replies: dict[str, Completion] = {}
         if self.path.is_file():
             for line in self.path.read_text(encoding="utf-8").splitlines():
@@ -312,9 +314,19 @@ class ReplyJournal:
                 except (ValueError, KeyError, TypeError):
                     continue
 
-    def key(self, prompt: str, params: GenerationParams) -> str:
+    def key(self, prompt: str, params: GenerationParams, identity: str | None = None) -> str:
         asked = params.model_dump(mode="json", exclude={"batch_size"})  # transport: not what is asked
-        return hashlib.sha256(json.dumps([self.identity, prompt, asked], sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps([identity or self.identity, prompt, asked], sort_keys=True).encode()).hexdigest()
+
+    def known(self, keys: Sequence[str], prompts: Sequence[str], params: GenerationParams) -> dict[str, Completion]:
+        """The replies journaled for these requests (by ``keys``), under this tempa's key or an earlier one's."""
+        found = {}
+        for key, prompt in zip(keys, prompts, strict=True):
+            reply = self.replies.get(key) or next(
+                (r for form in self.earlier if (r := self.replies.get(self.key(prompt, params, form))) is not None), None)
+            if reply is not None:
+                found[key] = reply
+        return found
 
     def add(self, replies: Sequence[tuple[str, Completion]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -353,7 +365,7 @@ class Judge:
         )
         # Every prompt shares these params, so without a journal the text alone tells requests apart.
         keys = [self.replies.key(p, params) for p in prompts] if self.replies is not None else list(prompts)
-        known = self.replies.replies if self.replies is not None else {}
+        known = self.replies.known(keys, prompts, params) if self.replies is not None else {}
         # A repeated request (several identical samples of one prompt) is asked once, at any temperature: the backend
         # seeds a request by its place in the call, but the journal keys a reply by the request alone, so a rerun
         # gave every repeat one reply anyway; and identical answers should get the same rating.

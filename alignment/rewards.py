@@ -50,7 +50,13 @@ from tempa.alignment.answer_text import (
     reference_number,
     text_answer_matches,
 )
-from tempa.alignment.backends import SamplingBackend, backend_reads, build_backend, local_model_check
+from tempa.alignment.backends import (
+    HTTPBackendConfig,
+    SamplingBackend,
+    backend_reads,
+    build_backend,
+    local_model_check,
+)
 from tempa.alignment.completions import Completion, split_think, without_tool_calls
 from tempa.alignment.judge import (
     JUDGE_REPLIES,
@@ -617,8 +623,11 @@ class RewardSet:
             self._backends.append(backend)
             replies = None
             if self.env.replies_dir is not None:
-                replies = ReplyJournal(self.env.replies_dir / JUDGE_REPLIES,
-                                       {"backend": fingerprinted(config.backend), "models": self.env.replies_identity})
+                identity = {"backend": fingerprinted(config.backend), "models": self.env.replies_identity}
+                # An earlier tempa named an HTTP judge with its address too (no longer: it is where, not who).
+                earlier = [{**identity, "backend": {**identity["backend"], "base_url": config.backend.base_url}}] \
+                    if isinstance(config.backend, HTTPBackendConfig) else []
+                replies = ReplyJournal(self.env.replies_dir / JUDGE_REPLIES, identity, earlier)
             judge = self._judges[key] = Judge(backend, config, seed=self.env.seed, replies=replies)
         return judge
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from test_alignment_fakes import ScriptedBackend
 
 from tempa.alignment.completions import Completion
+from tempa.alignment.generation import GenerationParams
 from tempa.alignment.judge import Judge, JudgeSettings, fill, parse_judge_score
 from tempa.alignment.prompts import PromptRow
 from tempa.alignment.rewards import JudgeReward, RewardSet, ScoreItem, ScoringEnv, judge_prompt
@@ -309,3 +311,34 @@ def test_a_judge_on_another_scale_is_named_as_such_where_the_stage_stops_and_in_
         check_judges([judge], scores, "synthesize")
     assert "2 of them gave a rating out of range (1-10): a rubric of your own must ask for [[1]] to [[10]]" in str(
         info.value)
+
+
+def test_judge_replies_an_earlier_tempa_journaled_under_the_judges_address_are_read(tmp_path):
+    """An HTTP judge's base_url left its identity (it is where the server is, not who answers): the replies an earlier
+    tempa journaled under a key with the address would have been asked, and paid for, again at the next rescoring."""
+    from test_alignment_fakes import FakeOpenAI, chat_response
+
+    from tempa.alignment.judge import ReplyJournal
+    from tempa.alignment.rewards import JUDGE_REPLIES
+
+    row = PromptRow(id="p", messages=[{"role": "user", "content": "Berapa 2 + 3?"}], answer="5")
+    items = [ScoreItem(row, Completion(text=text, finish_reason="stop")) for text in ("5", "Jawabannya 5.")]
+    with FakeOpenAI(lambda body: chat_response(["Good. [[8]]"])) as server:
+        reward = JudgeReward(type="judge", backend={"type": "http", "base_url": server.base_url, "model": "judge"})
+        env = ScoringEnv(policy_dir=tmp_path, tokenizer_dir=tmp_path, replies_dir=tmp_path, replies_identity={})
+        first = RewardSet([reward], env).score(items)
+        assert len(server.requests) == 2
+        # The journal as an earlier tempa keyed it: the identity held the backend's address.
+        path = tmp_path / JUDGE_REPLIES
+        now = ReplyJournal(path, {"backend": reward.backend.model_dump(mode="json", exclude={
+            "api_key_env", "timeout_s", "max_retries", "backoff_s", "concurrency", "base_url"}), "models": {}})
+        earlier = {"backend": {**json.loads(now.identity)["backend"], "base_url": server.base_url}, "models": {}}
+        params = GenerationParams(max_new_tokens=reward.max_new_tokens, temperature=reward.temperature, n=1, seed=0,
+                                  thinking_mode=reward.thinking_mode, batch_size=reward.batch_size)
+        prompts = [judge_prompt(reward.rubric, it, use_reference=reward.use_reference) for it in items]
+        assert set(now.replies) == {now.key(p, params) for p in prompts}  # the test builds the key as the code does
+        old = ReplyJournal(tmp_path / "old.jsonl", earlier)
+        path.write_text("".join(json.dumps({"key": old.key(p, params), "reply": now.replies[now.key(p, params)].to_dict()})
+                                + "\n" for p in prompts))
+        again = RewardSet([reward], env).score(items)
+    assert len(server.requests) == 2 and again == first

@@ -322,16 +322,22 @@ class HTTPBackend(SamplingBackend):
 
     def check_reachable(self) -> None:
         """Raise HTTPBackendError (one line) when the server cannot be reached at all: refused, no such host, no answer
-        within ``timeout_s``, retried as a request is. Any HTTP answer to ``GET {base_url}/models``, an error status
-        included (a server without that route), counts as reachable; no key is sent. Each try waits at most
+        within ``timeout_s``, retried as a request is; or when it refuses the key (HTTP 401 to ``GET {base_url}/models``
+        with the key the requests send: a judge's wrong key was found after the teacher's whole pass). Any other HTTP
+        answer, an error status included (a server without that route), counts as reachable. Each try waits at most
         ``REACH_TIMEOUT_S``."""
         url = self.url.removesuffix("/chat/completions") + "/models"
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         attempt = 0
         while True:
             try:
                 # A server that is up answers this at once, however busy its generation is; a dropped connection
                 # would otherwise hold each try for the whole timeout_s (300 s by default).
-                _exchange(urllib.request.Request(url, method="GET"), min(self.timeout_s, REACH_TIMEOUT_S))
+                status, _, raw = _exchange(urllib.request.Request(url, headers=headers, method="GET"),
+                                           min(self.timeout_s, REACH_TIMEOUT_S))
+                if status == 401:  # 403 may be a key without the right to list models, which can still generate
+                    raise HTTPBackendError(f"GET {url} (model {self.model}): HTTP 401: "
+                                           f"{_snippet(self._scrub(raw.decode('utf-8', 'replace')))}{self._key_hint(401)}")
                 return
             except (OSError, http.client.HTTPException) as exc:
                 reason = self._scrub(str(getattr(exc, "reason", exc))) or type(exc).__name__

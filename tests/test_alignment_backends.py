@@ -508,7 +508,7 @@ def test_a_redirect_is_refused_and_the_key_goes_nowhere_else(monkeypatch, status
         backend = HTTPBackend.from_config(config, show_progress=False)
         with pytest.raises(HTTPBackendError) as err:
             backend.sample([[{"role": "user", "content": "q"}]], GenerationParams())
-        backend.check_reachable()  # an answer, a redirect included, says the server is up; it sends no key
+        backend.check_reachable()  # an answer, a redirect included, says the server is up (and is not followed)
     assert elsewhere.visits == []
     message = str(err.value)
     assert f"HTTP {status}: the server redirects to {elsewhere.url}" in message and "set base_url" in message

@@ -37,8 +37,10 @@ Reply = Callable[[dict[str, Any]], Any]
 class FakeOpenAI:
     """`with FakeOpenAI(reply) as server:` ... ``server.base_url`` is `http://127.0.0.1:PORT/v1`."""
 
-    def __init__(self, reply: Reply) -> None:
+    def __init__(self, reply: Reply, models: Callable[[dict[str, str]], Any] | None = None) -> None:
         self.reply = reply
+        self.models = models  # headers -> `GET /v1/models` reply, as `reply` gives one; None: no such route
+        self.gets: list[dict[str, str]] = []
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
@@ -57,6 +59,16 @@ class FakeOpenAI:
                     self._send(404, {"error": {"message": f"no route {self.path}"}}, {})
                     return
                 result = fake.reply(body)
+                status, payload, headers = result if isinstance(result, tuple) else (200, result, {})
+                self._send(status, payload, headers)
+
+            def do_GET(self) -> None:
+                with fake._lock:
+                    fake.gets.append(dict(self.headers))
+                if self.path != "/v1/models" or fake.models is None:
+                    self._send(404, {"error": {"message": f"no route {self.path}"}}, {})
+                    return
+                result = fake.models(dict(self.headers))
                 status, payload, headers = result if isinstance(result, tuple) else (200, result, {})
                 self._send(status, payload, headers)
 

@@ -13,7 +13,7 @@ from test_alignment_fakes import FakeOpenAI, chat_response, last_user
 
 from stage_helpers import make_context
 from tempa.alignment import SynthesizeStageConfig, run_synthesize
-from tempa.sft.stage_api import StageContext
+from tempa.sft.stage_api import StageContext, StageError
 
 SECRET = "sk-teacher-secret-9876"
 
@@ -563,6 +563,34 @@ def test_no_judge_is_paid_to_rate_a_sample_the_stage_never_keeps(tmp_path, tiny_
         meta.write_text(json.dumps(signed, sort_keys=True))  # as an earlier tempa signed it: every sample judged
         run_synthesize(config(), ctx)
         assert len(judge.requests) == 3 * len(MATH) and json.loads(meta.read_text())["judged"] == "complete"
+
+
+def test_a_judges_refused_key_is_found_before_the_teacher_is_paid(tmp_path, tiny_model_dir, tokenizer_dir, monkeypatch):
+    """The servers were checked for being up, without a key: a judge's wrong key was found after the teacher's whole
+    pass (a trial: 40 teacher requests, then 8 x 401). The check sends the key each request would send."""
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    monkeypatch.setenv("JUDGE_KEY", "sk-revoked")
+    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
+
+    def models(headers):
+        if headers.get("Authorization") != "Bearer sk-right":
+            return 401, {"error": {"message": "Incorrect API key provided"}}, {}
+        return {"data": [{"id": "judge"}]}
+
+    with FakeOpenAI(math_reply) as teacher, FakeOpenAI(lambda body: chat_response(["[[8]]"]), models) as judge:
+        config = synth_config(teacher, prompts, rewards=[{"type": "judge", "backend": {
+            "type": "http", "base_url": judge.base_url, "model": "judge", "api_key_env": "JUDGE_KEY", "backoff_s": 0.01}}])
+        with pytest.raises(StageError) as info:
+            run_synthesize(config, ctx)
+        assert teacher.requests == [] and judge.requests == []
+        message = str(info.value)
+        assert "HTTP 401: " in message and "the key sent is $JUDGE_KEY's (api_key_env)" in message, message
+        assert "sk-revoked" not in message
+        monkeypatch.setenv("JUDGE_KEY", "sk-right")
+        run_synthesize(config, ctx)
+        assert teacher.requests and judge.requests
+        assert judge.gets[-1]["Authorization"] == "Bearer sk-right"
 
 
 def test_a_reply_with_its_reasoning_twice_is_not_kept(tmp_path, tiny_model_dir, tokenizer_dir, monkeypatch):

@@ -196,6 +196,7 @@ def teacher_text_journals(stage_dir: Path) -> list[Path]:
 
 
 PREAMBLE = "preamble"
+EMPTY = "empty"  # the teacher answered nothing (empty content): a reply to look into, not a short text
 # A teacher's own first line before the text it was asked for ("Sure! Here is the translation:", "Here's a realistic
 # user message."): English, as teachers write it whatever the target; a user's own lead-in ("Here is my essay:") names
 # none of these things.
@@ -231,6 +232,8 @@ class Gate:
         if finish_reason == "length" and not self.filters.keep_incomplete:
             return "cut_off"
         # Dropped, not cut off: where a lead-in ends is a guess, and a text cut at a wrong guess would train as whole.
+        if not text.strip():  # a teacher that answered nothing: no short text, a reply to look into
+            return EMPTY
         if opens_with_lead_in(text, original):
             return PREAMBLE
         if len(text) < self.filters.min_chars:

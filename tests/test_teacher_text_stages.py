@@ -335,6 +335,26 @@ def test_a_content_filtered_translation_is_dropped_with_its_reason(tmp_path, tin
     assert stats["rejected"] == {"content_filter": 1} and stats["rows"] == stats["kept"] + 1
 
 
+def test_an_empty_translation_is_dropped_as_empty_not_as_too_short(tmp_path, tiny_model_dir, monkeypatch):
+    """A teacher that answered nothing (empty content) was counted as `too_short`, which points at min_chars rather
+    than at the server."""
+
+    class Silent(Counting):
+        def sample(self, prompts, params, *, thinking_modes=None):
+            return [[Completion(text="" if "number 1 " in p[-1]["content"] else japanese(p[-1]["content"]),
+                                finish_reason="stop")] for p in prompts]
+
+    source = _rows(tmp_path / "prompts.jsonl", [{"prompt": f"Please explain question number {i} in detail."}
+                                                for i in range(3)])
+    config = TranslateStageConfig.model_validate({"name": "t", "target_language": "ja", "source": {"path": source},
+                                                  "teacher": {"backend": {**HTTP, "model": "translator"}}})
+    ctx = make_context(tmp_path / "run", "t", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
+                       chat_template="")
+    result = _run_with(monkeypatch, {"translator": Silent(japanese)}, config, ctx)
+    stats = json.loads((result.dataset.parent / "stats.json").read_text())
+    assert stats["rejected"] == {"empty": 1} and stats["rows"] == stats["kept"] + 1
+
+
 def test_whole_conversations_are_deduplicated_whole_not_turn_by_turn(tmp_path, tiny_model_dir, monkeypatch):
     """With `turns: all`, a short turn that two conversations share ('Thanks!' -> 'ありがとう') dropped the second
     whole conversation as a duplicate; only a conversation translated the same as an earlier one is one."""

@@ -166,11 +166,13 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> Preferen
     if last_checkpoints.is_dir():
         point_link(ctx.stage_dir / CHECKPOINTS_DIR, last_checkpoints)
     last = rounds[-1]
+    # The reward means and pair share are the last round's (the policy the stage ends with); pairs, like the trained
+    # tokens, add up every round (an APO stage that trained on 3 + 1 pairs said `pairs: 1`).
     metrics: dict[str, Scalar] = {
         "chosen_reward_mean": last.chosen_reward_mean,
         "rejected_reward_mean": last.rejected_reward_mean,
         "pair_fraction": last.pair_fraction,
-        "pairs": last.pairs,
+        "pairs": sum(summary.pairs for summary in rounds),
         "train_loss": last.train.get("train_loss"),
         "rounds": len(rounds),
         **{key: last.train[key] for key in KERNEL_KEYS if key in last.train},

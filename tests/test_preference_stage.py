@@ -139,6 +139,7 @@ def test_each_round_reports_reward_statistics(aligned):
         assert metrics[f"round{k}_train_tokens_per_s"] > 0 and 0 < metrics[f"round{k}_train_padding_fraction"] < 1
     # and the stage's, over both rounds (it had only each round's): tokens add up, the rate is over the total time
     assert metrics["train_tokens"] == metrics["round1_train_tokens"] + metrics["round2_train_tokens"]
+    assert metrics["pairs"] == metrics["round1_pairs"] + metrics["round2_pairs"]  # what the stage trained on
     seconds = sum(metrics[f"round{k}_train_tokens"] / metrics[f"round{k}_train_tokens_per_s"] for k in (1, 2))
     assert metrics["train_tokens_per_s"] == pytest.approx(metrics["train_tokens"] / seconds)
     assert min(metrics["round1_train_padding_fraction"], metrics["round2_train_padding_fraction"]) <= metrics[

@@ -11,6 +11,12 @@ Stage kinds (``STAGE_KINDS``, collected by the recipe runner):
 Heavy imports (torch, transformers, trl) happen inside functions, so importing the package is cheap.
 """
 
+from tempa.alignment.api_requests import (
+    generate_prompts_requests,
+    preference_requests,
+    synthesize_requests,
+    translate_requests,
+)
 from tempa.alignment.backends import (
     BackendConfig,
     HTTPBackendConfig,
@@ -75,6 +81,7 @@ SYNTHESIZE = StageKind(
     dataset_size=synthesized_size,
     check_inputs=check_inputs,
     check_environment=check_api_keys,
+    api_requests=synthesize_requests,
 )
 PREFERENCE = StageKind(
     kind="preference",
@@ -90,6 +97,7 @@ PREFERENCE = StageKind(
     estimate=estimate_preference,
     check_inputs=check_inputs,
     check_environment=check_training_environment,
+    api_requests=preference_requests,
 )
 TRANSLATE = StageKind(
     kind="translate",
@@ -103,6 +111,7 @@ TRANSLATE = StageKind(
     journals=teacher_text_journals,
     dataset_size=translated_size,
     check_environment=check_api_keys,
+    api_requests=translate_requests,
 )
 GENERATE_PROMPTS = StageKind(
     kind="generate_prompts",
@@ -116,6 +125,7 @@ GENERATE_PROMPTS = StageKind(
     journals=teacher_text_journals,
     dataset_size=generated_size,
     check_environment=check_api_keys,
+    api_requests=generate_prompts_requests,
 )
 RL = StageKind(
     kind="rl",

@@ -351,6 +351,8 @@ def _cmd_plan(args) -> int:
     _print_train_args(console, loaded)
     for line in decontamination_lines(loaded):
         console.print(f"[bold]evaluation prompts[/bold] {escape(line)}", highlight=False)
+    for line in _api_request_lines(loaded, decisions):
+        console.print(f"[bold]API requests[/bold] {escape(line)}", highlight=False)
     from tempa.merge.bake import planned_thinking_default_warning
 
     warnings = environment_problems(loaded, decisions, here=not args.hardware)  # `tempa run` in this shell refuses these
@@ -370,6 +372,18 @@ def _cmd_plan(args) -> int:
         console.print(render_estimate(loaded, args.hardware, mfu, run_dir=run_dir), markup=False)
     check_discards(decisions)  # what the run refuses before any work, once the table shows what changed where
     return 0
+
+
+def _api_request_lines(loaded, decisions) -> list[str]:
+    """What each stage the run will work on asks of its HTTP servers (a paid API bills them), per its kind."""
+    from tempa.recipes.registry import stage_kind
+
+    lines = []
+    for d in decisions:
+        requests = stage_kind(d.kind).api_requests
+        if d.action != "skip" and requests is not None:
+            lines += [f"stage '{d.name}': {line}" for line in requests(loaded.stage(d.name))]
+    return lines
 
 
 def _check_base_tokenizer(loaded) -> None:

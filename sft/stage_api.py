@@ -488,6 +488,9 @@ class StageKind(Generic[ConfigT, ResultT]):
     # What the stage can tell of its own inputs that is likely, not certainly, wrong (a data file whose first rows
     # fit no row of its format): one line each, which `tempa plan` and the run's start print as warnings.
     input_warnings: Callable[[ConfigT], list[str]] | None = None
+    # What the stage will ask of HTTP servers (paid APIs): one line per server, the most requests a full run sends,
+    # which `tempa plan` prints.
+    api_requests: Callable[[ConfigT], list[str]] | None = None
 
     def __post_init__(self) -> None:
         missing = [a.value for a in self.produces if a.value not in self.result.model_fields]

@@ -329,3 +329,45 @@ def test_verbose_is_taken_after_the_command_and_a_bad_mfu_before_the_plan_prints
     assert main(["plan", "demo", "--hardware", "8xH100", "--mfu", "1.5"]) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.strip() == "tempa: error: --mfu 1.5: expected a fraction in (0, 1], e.g. 0.4"
+
+
+def test_plan_says_how_many_requests_each_http_server_will_get(tmp_path, capsys):
+    """The plan said nothing of what a stage asks of a paid API ("not in the hours: gen-tl (generate_prompts)"),
+    though the counts follow from the recipe: a user had no number to check a bill against."""
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"Soal {i}?"}) + "\n" for i in range(7)))
+    server = "{type: http, base_url: 'http://127.0.0.1:9/v1', model: %s%s}"
+    (tmp_path / "r.yaml").write_text(textwrap.dedent(f"""\
+        name: api
+        base_model: "tempa:tiny"
+        stages:
+          - name: gen
+            kind: generate_prompts
+            topics: [makanan, sejarah]
+            per_topic: 5
+            language: id
+            teacher: {{backend: {server % ("writer", "")}}}
+          - name: synth
+            kind: synthesize
+            prompts: {{path: prompts.jsonl}}
+            teacher: {server % ("teacher", ", supports_n: false")}
+            sampling: {{n: 3}}
+            rewards: [{{type: judge, backend: {server % ("judge", "")}}}, {{type: length}}]
+          - name: synth-n
+            kind: synthesize
+            prompts: {{path: prompts.jsonl, limit: 4}}
+            teacher: {server % ("teacher", "")}
+            sampling: {{n: 3}}
+            rewards: [{{type: length}}]
+        """))
+    assert main(["plan", str(tmp_path / "r.yaml"), "--run-dir", str(tmp_path / "run")]) == 0
+    lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines() if line.startswith("API requests")]
+    assert lines == [
+        "API requests stage 'gen': writer (teacher.backend), model writer: up to 10 requests, one per prompt "
+        "(2 topics x per_topic 5)",
+        "API requests stage 'synth': teacher, model teacher: up to 21 requests, one per sample (3 a prompt: "
+        "supports_n is false), for 7 prompts",
+        "API requests stage 'synth': judge 'judge' (rewards[0].backend), model judge: up to 21 requests, one per "
+        "sample (fewer: samples cut off or empty are not judged)",
+        "API requests stage 'synth-n': teacher, model teacher: up to 4 requests, one per prompt (3 samples each, as "
+        "`n`), for 4 prompts",
+    ]

@@ -227,7 +227,8 @@ def test_a_preference_stage_whose_beta_changed_reuses_its_samples_and_scores_and
     with_beta, sampled, judge, trained = beta_recipe(tmp_path, tiny_model_dir, monkeypatch)
     run_dir = tmp_path / "run"
     run_recipe(with_beta(0.1), run_dir)
-    assert len(sampled) == 4 and len(judge.prompts_seen) == 16 and len(trained) == 1
+    # at most one judge request per sample (4 x 4): fewer, as one that cannot be paired is not judged
+    assert len(sampled) == 4 and 0 < len(judge.prompts_seen) <= 16 and len(trained) == 1
     pairs = (run_dir / "align" / "round-1" / "pairs.jsonl").read_text(encoding="utf-8")
     sampled.clear()
     judge.prompts_seen.clear()

@@ -263,7 +263,7 @@ def child(args: argparse.Namespace) -> None:
             result = baseline_prepare(config, tokenizer, out, seed=0)
             train, held, tokens = result["train"], result["eval"], sum(result["tokens"].values())
         else:
-            data = prepare_pretrain_data(config, tokenizer, Path(args.tokenizer_dir), out, seed=0,
+            data = prepare_pretrain_data(config, tokenizer, out, seed=0,
                                          num_proc=args.num_proc)
             train, held, tokens = data.train_path, data.eval_path, sum(data.tokens.values())
     seconds = time.perf_counter() - start

@@ -49,7 +49,6 @@ from tempa.sft.files import (
     publish_build,
     remove_tree,
     sweep_dead_builds,
-    tree_digest,
     write_json,
 )
 from tempa.sft.formats import composed
@@ -65,6 +64,7 @@ from tempa.sft.stage_api import (
     TokenCount,
     TrainingWorkload,
 )
+from tempa.sft.tokenization import tokenizer_fingerprint
 from tempa.sft.train_plan import train_plan
 
 logger = logging.getLogger(__name__)
@@ -813,13 +813,15 @@ def _drop_copies(chunks: _Chunks, hashes: np.ndarray, held: np.ndarray, train: n
     return train[~np.isin(train, copies)]
 
 
-def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer_dir: Path, cache_dir: Path,
+def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, cache_dir: Path,
                           seed: int, *, num_proc: int | None = None) -> PretrainData:
     """Tokenise, budget, chunk and mix the sources (cached: a second call with the same inputs reads the cache).
 
     The tokens stay on disk, memory-mapped: the work runs in ``num_proc`` forked processes (unset: one per core, at
     most one per 500 rows, as SFT data prepares), and this process holds a few numbers per document and per chunk.
-    Every process count prepares the same rows."""
+    Every process count prepares the same rows. The cache is keyed by ``tokenizer``'s content
+    (:func:`~tempa.sft.tokenization.tokenizer_fingerprint`), not by its folder's files, so runs whose tokenizer
+    folders differ only in run markers share an entry."""
     from tempa.sft.data_config import DataError
     from tempa.sft.sources import load_source, source_fingerprint
 
@@ -835,7 +837,9 @@ def prepare_pretrain_data(config: PretrainStageConfig, tokenizer: Any, tokenizer
     key = digest({"version": _PREPARE_VERSION, "sources": [s.model_dump(exclude={"path"}) for s in config.sources],
                   "data": fingerprints, "heldout": config.heldout, "add_eos": config.add_eos, "max_length": max_length,
                   "seed": seed,
-                  "tokenizer": tree_digest(Path(tokenizer_dir))})
+                  # what the tokenizer encodes, as SFT's cache keys it: the run's baked tokenizer folder also holds
+                  # its run markers (DONE's finished_at), which made every run directory prepare the data again
+                  "tokenizer": tokenizer_fingerprint(tokenizer)})
     entry = cache_dir / key[:16]
     if not (entry / COMPLETE).is_file():
         if entry.exists():  # an incomplete entry of an older tempa, which built in place
@@ -943,8 +947,7 @@ def run_pretrain(config: PretrainStageConfig, ctx: StageContext) -> PretrainResu
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(ctx.tokenizer_dir)
-    data = prepare_pretrain_data(config, tokenizer, ctx.tokenizer_dir,
-                                 (ctx.cache_dir or ctx.stage_dir / "cache") / "pretrain-data", ctx.seed)
+    data = prepare_pretrain_data(config, tokenizer, (ctx.cache_dir or ctx.stage_dir / "cache") / "pretrain-data", ctx.seed)
     ctx.log.info("%s: %s tokens in %d chunks (%s)", ctx.stage_name, f"{sum(data.tokens.values()):,}", data.chunks,
                  ", ".join(f"{name} {count:,}" for name, count in data.tokens.items()))
     for level, line in budget_lines(config, data):

@@ -94,7 +94,7 @@ def test_a_pretraining_document_in_nfd_trains_on_the_tokens_of_its_nfc_twin(tmp_
         config = PretrainStageConfig.model_validate({
             "name": "cpt", "sources": [{"name": "web", "path": str(path)}],
             "train": {"max_length": 4096, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
-        data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / f"cache-{name}", seed=0)
+        data = prepare_pretrain_data(config, tokenizer, tmp_path / f"cache-{name}", seed=0)
         return sorted(map(list, load_from_disk(str(data.train_path))["input_ids"]))
 
     composed_ids = ids(str, "nfc")

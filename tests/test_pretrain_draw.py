@@ -52,7 +52,7 @@ def test_a_budget_takes_a_seeded_draw_across_the_whole_source_not_its_first_docu
     budget = sum(map(len, documents[:30]))  # the first 30 documents exactly
 
     def taken(seed: int, cache: str) -> set[int]:
-        data = prepare_pretrain_data(_config(path, tokens=budget), tokenizer, tiny_model_dir, tmp_path / cache,
+        data = prepare_pretrain_data(_config(path, tokens=budget), tokenizer, tmp_path / cache,
                                      seed=seed)
         whole, cut = _taken(data, documents)
         assert data.tokens["web"] == budget and cut <= 1  # the budget exactly: the last document cut
@@ -89,7 +89,7 @@ def test_a_big_txt_file_is_tokenised_in_bounded_batches_across_workers(tmp_path,
     for mode in ("line", "paragraph"):
         log = tmp_path / f"{mode}.log"
         config = _config(path, txt_document=mode, tokens=150_000)
-        data = prepare_pretrain_data(config, _Logging(tokenizer, log), tiny_model_dir, tmp_path / mode, seed=0,
+        data = prepare_pretrain_data(config, _Logging(tokenizer, log), tmp_path / mode, seed=0,
                                      num_proc=2)
         assert data.tokens["web"] == 150_000
         calls = [tuple(map(int, line.split())) for line in log.read_text(encoding="utf-8").splitlines()]
@@ -143,4 +143,4 @@ def test_a_txt_file_too_big_to_be_one_document_is_refused_naming_it(tmp_path, ti
     with pytest.raises(StageError, match=message):
         check_inputs(config)
     with pytest.raises(StageError, match=message):
-        prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / "cache", seed=0)
+        prepare_pretrain_data(config, tokenizer, tmp_path / "cache", seed=0)

@@ -153,13 +153,13 @@ def test_the_prepared_rows_are_the_documents_budgeted_chunked_and_shuffled_as_wo
     assert len(train) < n_chunks - len(held)  # the premise: copies of held-out chunks were dropped
     en, _, _ = _by_hand(documents["en"], budgets["en"], False, _drawn(texts["en"], 5))
     assert 0 < len(en[-1][1]) < len(documents["en"][en[-1][0]])  # and English is cut inside a document
-    data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / "cache", seed=5)
+    data = prepare_pretrain_data(config, tokenizer, tmp_path / "cache", seed=5)
     assert _rows(data.train_path) == train
     assert _rows(data.eval_path) == held
     assert (data.tokens, data.documents, data.passes, data.chunks) == (
         stats["tokens"], stats["documents"], stats["passes"], len(train))
     assert stats["passes"]["th"] == pytest.approx(2.5, abs=0.01) and stats["passes"]["en"] is None
-    again = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / "cache", seed=5)  # from the cache
+    again = prepare_pretrain_data(config, tokenizer, tmp_path / "cache", seed=5)  # from the cache
     assert _rows(again.train_path) == train and again.tokens == data.tokens
 
 
@@ -191,7 +191,7 @@ def test_every_process_count_prepares_the_same_rows(tmp_path, mix, tiny_model_di
     rows = {}
     for procs in (1, 2):
         log = tmp_path / f"calls{procs}"
-        data = prepare_pretrain_data(config, _Counting(tokenizer, log), tiny_model_dir, tmp_path / f"cache{procs}",
+        data = prepare_pretrain_data(config, _Counting(tokenizer, log), tmp_path / f"cache{procs}",
                                      seed=5, num_proc=procs)
         rows[procs] = (_rows(data.train_path), _rows(data.eval_path))
         pids = {pid for pid, _ in _calls(log)}
@@ -219,7 +219,7 @@ def test_a_budget_tokenises_little_more_than_it_takes(tmp_path, tiny_model_dir):
         config = PretrainStageConfig.model_validate({
             "name": "cpt", "sources": [{"name": "web", "path": str(path), "tokens": budget}],
             "train": {"max_length": MAX_LENGTH, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
-        return prepare_pretrain_data(config, _Counting(tokenizer, tmp_path / f"{cache}.log"), tiny_model_dir,
+        return prepare_pretrain_data(config, _Counting(tokenizer, tmp_path / f"{cache}.log"),
                                      tmp_path / cache / "c", seed=0)
 
     data = prepare("lazy")

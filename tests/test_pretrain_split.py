@@ -34,7 +34,7 @@ def _prepare(tmp_path: Path, tokenizer, model_dir: Path, texts: list[str], seed:
     config = PretrainStageConfig.model_validate({
         "name": "cpt", "heldout": 0.25, "sources": [{"name": "web", "path": str(path), **source}],
         "train": {"max_length": MAX_LENGTH, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
-    return prepare_pretrain_data(config, tokenizer, model_dir, tmp_path / cache, seed=seed)
+    return prepare_pretrain_data(config, tokenizer, tmp_path / cache, seed=seed)
 
 
 def _sides(data, documents: dict[tuple[int, ...], str]) -> tuple[dict[str, list[list[int]]], dict[str, list[list[int]]]]:
@@ -103,7 +103,7 @@ def test_the_tokens_trained_per_source_are_the_training_rows_not_the_tokens_take
         "sources": [{"name": "th", "path": str(tmp_path / "th.jsonl"), "tokens": th_whole * 2, "repeat": True},
                     {"name": "en", "path": str(tmp_path / "en.jsonl"), "tokens": th_whole * 2}],
         "train": {"max_length": 512, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
-    data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / "cache", seed=0)
+    data = prepare_pretrain_data(config, tokenizer, tmp_path / "cache", seed=0)
 
     def tokens_by_source(path) -> dict[str, int]:  # every document fits one row: a row is (the start of) one
         out = {"th": 0, "en": 0}

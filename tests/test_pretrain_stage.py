@@ -63,7 +63,7 @@ def test_a_blank_line_is_skipped_and_a_broken_one_named_in_a_folder_of_jsonl_or_
         config = PretrainStageConfig.model_validate({
             "name": "cpt", "sources": [{"name": "web", "path": str(path)}],
             "train": {"max_length": 64, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
-        return prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / cache, seed=0)
+        return prepare_pretrain_data(config, tokenizer, tmp_path / cache, seed=0)
 
     assert prepare(one, "c1").documents["web"] == 2
     assert prepare(tmp_path / "shards", "c2").documents["web"] == 6
@@ -89,14 +89,14 @@ def test_packed_documents_never_see_each_other(tmp_path, tiny_model_dir):
         "name": "cpt", "sources": [{"name": "web", "path": _docs(tmp_path / "web.jsonl", 30, 1), "tokens": 1500},
                                    {"name": "news", "path": _docs(tmp_path / "news.jsonl", 30, 2)}],
         "train": {"max_length": 64, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
-    data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / "cache", seed=3)
+    data = prepare_pretrain_data(config, tokenizer, tmp_path / "cache", seed=3)
     assert data.tokens["web"] == 1500  # the budget, exactly (the last document cut)
     rows = load_from_disk(str(data.train_path))
     chunks = [list(r) for r in rows["input_ids"]]
     assert sum(map(len, chunks)) == sum(data.tokens.values()) and max(map(len, chunks)) <= 64
     assert all(m == [1] * len(r) for r, m in zip(rows["input_ids"], rows["assistant_masks"], strict=True))
     # a cached second preparation reads the same chunks back
-    again = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / "cache", seed=3)
+    again = prepare_pretrain_data(config, tokenizer, tmp_path / "cache", seed=3)
     assert load_from_disk(str(again.train_path))["input_ids"] == rows["input_ids"]
 
     # trl's BFD packing and padding-free collator, as the worker trains (several chunks per sequence)
@@ -198,7 +198,7 @@ def test_every_document_starts_as_the_base_model_encodes_it_bos_included(tmp_pat
     config = PretrainStageConfig.model_validate({
         "name": "cpt", "sources": [{"name": "sea", "path": str(path)}],
         "train": {"max_length": 64, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
-    data = prepare_pretrain_data(config, tokenizer, llama3_model_dir, tmp_path / "cache", seed=0)
+    data = prepare_pretrain_data(config, tokenizer, tmp_path / "cache", seed=0)
     chunks = [list(row) for row in load_from_disk(str(data.train_path))["input_ids"]]
     expected = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
     assert all(ids[0] == tokenizer.bos_token_id for ids in expected)  # the test's premise: Llama 3 adds a bos
@@ -224,7 +224,7 @@ def test_documents_end_with_the_end_of_text_token_not_the_baked_end_of_turn(tmp_
     config = PretrainStageConfig.model_validate({
         "name": "cpt", "sources": [{"name": "sea", "path": str(path)}],
         "train": {"max_length": 64, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
-    data = prepare_pretrain_data(config, baked, tmp_path / "tok", tmp_path / "cache", seed=0)
+    data = prepare_pretrain_data(config, baked, tmp_path / "cache", seed=0)
     chunks = [list(row) for row in load_from_disk(str(data.train_path))["input_ids"]]
     assert sorted(chunks) == sorted(baked(t)["input_ids"] + [end] for t in ["Selamat pagi.", "สวัสดี"])
     assert not any(baked.eos_token_id in chunk for chunk in chunks)
@@ -260,7 +260,7 @@ def test_a_budget_above_its_source_is_reached_by_repeating_it_or_said_to_fall_sh
             "sources": [{"name": "th", "path": thai, "tokens": th_budget, "repeat": repeat},
                         {"name": "en", "path": english, "tokens": en_budget}],
             "train": {"max_length": 512, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
-        data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / f"cache{heldout}", seed=0)
+        data = prepare_pretrain_data(config, tokenizer, tmp_path / f"cache{heldout}", seed=0)
         train = [tuple(r) for r in load_from_disk(str(data.train_path))["input_ids"]]
         held = [tuple(r) for r in load_from_disk(str(data.eval_path))["input_ids"]] if data.eval_path else []
         return config, data, train, held
@@ -307,7 +307,7 @@ def test_blank_documents_are_skipped_and_a_row_without_its_text_is_named(tmp_pat
         config = PretrainStageConfig.model_validate({
             "name": "cpt", "sources": [{"name": name, "path": str(path)}],
             "train": {"max_length": 64, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
-        return prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / name, seed=0)
+        return prepare_pretrain_data(config, tokenizer, tmp_path / name, seed=0)
 
     data = prepare("web", [{"text": ""}, {"text": "  \n\t"}, {"text": "river rice"}])
     assert [list(r) for r in load_from_disk(str(data.train_path))["input_ids"]] == [
@@ -346,7 +346,7 @@ def test_plain_text_files_are_documents_as_the_source_says(tmp_path, tiny_model_
         config = PretrainStageConfig.model_validate({
             "name": "cpt", "sources": [{"name": "web", "path": str(path), **source}],
             "train": {"max_length": 64, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
-        data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / f"c{len(list(tmp_path.iterdir()))}",
+        data = prepare_pretrain_data(config, tokenizer, tmp_path / f"c{len(list(tmp_path.iterdir()))}",
                                      seed=0)
         return sorted(list(r) for r in load_from_disk(str(data.train_path))["input_ids"])
 
@@ -404,3 +404,32 @@ def test_blank_txt_files_in_a_source_folder_are_named_in_a_warning(tmp_path):
     (folder / "empty.txt").write_text("ต้มยำกุ้ง\n", encoding="utf-8")
     (folder / "spaces.txt").write_text("ส้มตำ\n", encoding="utf-8")
     assert input_warnings(config) == []
+
+
+def test_the_prepared_data_is_reused_by_a_run_whose_tokenizer_folder_differs_only_in_its_markers(tmp_path,
+                                                                                                   tiny_model_dir):
+    """The same recipe run twice with only `name` changed prepared its data twice: the cache was keyed by the baked
+    tokenizer folder's files, DONE's finished_at among them. Now by what the tokenizer encodes (SFT's key), so the
+    second run reads the first's entry; a tokenizer that encodes differently still gets its own."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    runs = []
+    for run, finished in (("run-a", 1.0), ("run-b", 2.0)):
+        folder = tmp_path / run / "tokenizer"
+        shutil.copytree(tiny_model_dir, folder)
+        (folder / "DONE").write_text(json.dumps({"fingerprint": "f", "finished_at": finished}), encoding="utf-8")
+        runs.append(folder)
+    config = PretrainStageConfig.model_validate({
+        "name": "cpt", "sources": [{"name": "web", "path": _docs(tmp_path / "web.jsonl", 6, 1)}],
+        "train": {"max_length": 64, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+    cache = tmp_path / "cache"
+    first, second = (prepare_pretrain_data(config, AutoTokenizer.from_pretrained(folder), cache, seed=0)
+                     for folder in runs)
+    assert first.train_path == second.train_path
+    assert [p.name for p in cache.iterdir() if (p / "train").is_dir()] == [first.train_path.parent.name]
+
+    other = AutoTokenizer.from_pretrained(runs[0])
+    other.add_tokens(["monsoon"])  # a token of the data: its ids change
+    assert prepare_pretrain_data(config, other, cache, seed=0).train_path != first.train_path

@@ -78,7 +78,7 @@ def test_a_pretrain_cache_entry_is_on_the_disk_before_its_complete_marker(tmp_pa
         "sources": [{"name": "th", "path": str(tmp_path / "th.txt"), "txt_document": "line"}],
         "train": {"max_length": 16, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
     flushed = _record_fsyncs(monkeypatch, COMPLETE)
-    data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, tmp_path / "cache", 0, num_proc=1)
+    data = prepare_pretrain_data(config, tokenizer, tmp_path / "cache", 0, num_proc=1)
     entry = data.train_path.parent
     assert (entry / COMPLETE).is_file() and data.eval_path is not None
     _assert_flushed_before_marker(entry, flushed, COMPLETE, entry.parent)
@@ -102,7 +102,7 @@ stage.write_json = killed
 model, text = Path(sys.argv[1]), sys.argv[2]
 config = PretrainStageConfig.model_validate({"name": "cpt", "sources": [{"name": "th", "path": text,
     "txt_document": "line"}], "train": {"max_length": 16, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
-stage.prepare_pretrain_data(config, AutoTokenizer.from_pretrained(model), model, Path(sys.argv[3]), 0, num_proc=1)
+stage.prepare_pretrain_data(config, AutoTokenizer.from_pretrained(model), Path(sys.argv[3]), 0, num_proc=1)
 """
 
 
@@ -128,7 +128,7 @@ def test_a_pretrain_build_left_by_a_killed_prep_is_removed_by_the_next(tmp_path,
         "name": "cpt", "sources": [{"name": "th", "path": str(text), "txt_document": "line"}],
         "train": {"max_length": 16, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    data = prepare_pretrain_data(config, tokenizer, tiny_model_dir, cache, 1, num_proc=1)
+    data = prepare_pretrain_data(config, tokenizer, cache, 1, num_proc=1)
     entry = data.train_path.parent
     assert (entry / COMPLETE).is_file()
     assert list(cache.iterdir()) == [entry]  # the killed build is gone

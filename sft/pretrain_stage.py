@@ -8,7 +8,7 @@ document cut; a source with ``repeat`` and fewer tokens than its budget is gone 
 the budget is reached), a share of
 each source's documents held out whole for eval loss (by content and seed, :func:`split_documents`), the rest
 split into chunks of at most ``max_length`` tokens, and the chunks of all sources are shuffled together with
-the recipe seed. A chunk is one row (``input_ids`` and an all-ones ``assistant_masks``); trl's BFD
+the recipe seed. A chunk is one row (``input_ids`` only: every token is in the loss); trl's BFD
 packing then fills each training sequence with several rows and restarts ``position_ids`` at every
 row, which the per-document attention (``sft.packed_attention``) turns into a block-diagonal mask: no
 token attends across a document boundary, and every token is in the loss (``assistant_only_loss``
@@ -72,8 +72,9 @@ logger = logging.getLogger(__name__)
 # Bump when the prepared rows change for the same inputs (2: a document starts with its bos; 3: repeat, and no
 # held-out chunk also trained on; 4: a document ends with the end-of-text token, not the baked eos, a chat's end of
 # turn; 5: held out by document, not by chunk; 6: the stats count each source's held-out and training-row tokens; 7: a
-# budget takes a draw across the source, not its first documents; a paragraph ends at any blank line).
-_PREPARE_VERSION = 8
+# budget takes a draw across the source, not its first documents; a paragraph ends at any blank line; 9: no all-ones
+# assistant_masks column, 8 bytes a token the worker dropped unread).
+_PREPARE_VERSION = 9
 TOKENS_METRIC = "tokens:"  # a pretrain stage's metric `tokens:NAME`: the tokens source NAME gave
 TRAINED_METRIC = "trained_tokens:"  # `trained_tokens:NAME`: the tokens of source NAME trained (PretrainSourceMix's)
 
@@ -527,7 +528,7 @@ _CHUNK_BATCH_TOKENS = 1 << 20  # tokens of chunks per written batch (a few array
 def _features() -> tuple[Any, Any, Any, Any]:
     """The Arrow features of a source's index (per document: its content key, its place, its bytes; or why a row is no
     document), of the tokenised documents, of the chunk hashes and of the prepared rows (input_ids as
-    ``Dataset.from_dict`` typed them when this stage built its rows in one list: int32 ids, int64 masks)."""
+    ``Dataset.from_dict`` typed them when this stage built its rows in one list: int32 ids)."""
     import datasets
 
     ids = datasets.List(datasets.Value("int32"))
@@ -535,7 +536,7 @@ def _features() -> tuple[Any, Any, Any, Any]:
     return (datasets.Features({"key": at, "row": at, "start": at, "end": at, "error": datasets.Value("string")}),
             datasets.Features({"input_ids": ids}),
             datasets.Features({"hash": datasets.Value("uint64")}),
-            datasets.Features({"input_ids": ids, "assistant_masks": datasets.List(datasets.Value("int64"))}))
+            datasets.Features({"input_ids": ids}))
 
 
 @dataclass(frozen=True)
@@ -682,12 +683,9 @@ class _Chunks:
 
 
 def _rows_of(batch: dict[str, Any], indices: list[int]) -> dict[str, Any]:
-    """Prepared rows: a chunk's tokens and its all-ones assistant mask (every token is in the loss)."""
-    import pyarrow as pa
-
-    ids = batch["input_ids"]
-    masks = pa.ListArray.from_arrays(ids.offsets, pa.array(np.ones(len(ids.values), dtype=np.int64)))
-    return {"input_ids": ids, "assistant_masks": masks}
+    """Prepared rows: a chunk's tokens. No assistant mask: every token is in the loss, which trl's labels give
+    without one (an all-ones int64 mask was 8 bytes a token on disk, dropped unread by the worker)."""
+    return {"input_ids": batch["input_ids"]}
 
 
 def _hashes_of(batch: dict[str, Any], indices: list[int]) -> dict[str, Any]:

@@ -584,8 +584,13 @@ def _quantised_init(plan: TrainPlan, init: dict[str, Any] | None) -> dict[str, A
     return {**(init or {}), "quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")}
 
 
+def _without_masks(dataset: Any) -> Any:
+    """``dataset`` without its ``assistant_masks`` column, where it has one."""
+    return dataset.remove_columns("assistant_masks") if "assistant_masks" in dataset.column_names else dataset
+
+
 def sft_trainer(plan: TrainPlan, tokenizer, kernels: KernelChoice):
-    """trl's SFTTrainer over the pre-tokenised rows (``input_ids`` + ``assistant_masks``)."""
+    """trl's SFTTrainer over the pre-tokenised rows (``input_ids``, and ``assistant_masks`` but in pretrain rows)."""
     from datasets import load_from_disk
     from trl import SFTConfig, SFTTrainer
 
@@ -596,9 +601,9 @@ def sft_trainer(plan: TrainPlan, tokenizer, kernels: KernelChoice):
     train_dataset = load_from_disk(str(plan.train_data))
     eval_dataset = load_from_disk(str(plan.eval_data)) if plan.eval_data else None
     if not plan.train_args.get("assistant_only_loss", True):
-        train_dataset = train_dataset.remove_columns("assistant_masks")
-        if eval_dataset is not None:
-            eval_dataset = eval_dataset.remove_columns("assistant_masks")
+        # pretrain rows written before tempa stopped storing their all-ones mask still hold it; newer ones do not
+        train_dataset = _without_masks(train_dataset)
+        eval_dataset = _without_masks(eval_dataset) if eval_dataset is not None else None
     if eval_dataset is not None and config.eval_strategy == "no":
         config.eval_strategy = "steps" if config.save_strategy == "steps" else "epoch"
         config.eval_steps = config.eval_steps or config.save_steps

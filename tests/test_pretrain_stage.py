@@ -94,13 +94,13 @@ def test_packed_documents_never_see_each_other(tmp_path, tiny_model_dir):
     rows = load_from_disk(str(data.train_path))
     chunks = [list(r) for r in rows["input_ids"]]
     assert sum(map(len, chunks)) == sum(data.tokens.values()) and max(map(len, chunks)) <= 64
-    assert all(m == [1] * len(r) for r, m in zip(rows["input_ids"], rows["assistant_masks"], strict=True))
+    assert rows.column_names == ["input_ids"]  # every token is in the loss: no mask
     # a cached second preparation reads the same chunks back
     again = prepare_pretrain_data(config, tokenizer, tmp_path / "cache", seed=3)
     assert load_from_disk(str(again.train_path))["input_ids"] == rows["input_ids"]
 
     # trl's BFD packing and padding-free collator, as the worker trains (several chunks per sequence)
-    packed = pack_dataset(rows.remove_columns("assistant_masks"), seq_length=64, strategy="bfd")
+    packed = pack_dataset(rows, seq_length=64, strategy="bfd")
     collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id or 0, padding_free=True)
     seen = []
     multi = 0
@@ -433,3 +433,34 @@ def test_the_prepared_data_is_reused_by_a_run_whose_tokenizer_folder_differs_onl
     other = AutoTokenizer.from_pretrained(runs[0])
     other.add_tokens(["monsoon"])  # a token of the data: its ids change
     assert prepare_pretrain_data(config, other, cache, seed=0).train_path != first.train_path
+
+
+def test_pretrain_rows_hold_no_mask_and_the_worker_trains_rows_written_with_or_without_one(tmp_path, tiny_model_dir):
+    """The prepared rows stored an all-ones int64 `assistant_masks` (8 of their ~12 bytes a token) that the worker
+    dropped unread. Now they hold `input_ids` only, and the worker's trainer labels every token of rows written
+    either way (a cache entry of an earlier tempa keeps its column)."""
+    from datasets import Sequence, Value, load_from_disk
+    from transformers import AutoTokenizer
+
+    from tempa.sft.kernels import KernelChoice
+    from tempa.sft.train_plan import TrainPlan
+    from tempa.sft.train_worker import sft_trainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = PretrainStageConfig.model_validate({
+        "name": "cpt", "sources": [{"name": "web", "path": _docs(tmp_path / "web.jsonl", 8, 4)}],
+        "train": {"max_length": 64, "lr_scheduler_kwargs": {"num_decay_steps": 1}, "report_to": "none"}})
+    data = prepare_pretrain_data(config, tokenizer, tmp_path / "cache", seed=0)
+    rows = load_from_disk(str(data.train_path))
+    assert rows.column_names == ["input_ids"]
+    older = rows.add_column("assistant_masks", [[1] * len(ids) for ids in rows["input_ids"]],
+                            feature=Sequence(Value("int64")))
+    older.save_to_disk(str(tmp_path / "older"))
+
+    trained = []
+    for name, path in (("new", data.train_path), ("older", tmp_path / "older")):
+        plan = TrainPlan.standalone(tiny_model_dir, tmp_path / f"out-{name}", config.train_args(), train_data=path)
+        packed = sft_trainer(plan, tokenizer, KernelChoice(None, False)).train_dataset
+        assert packed["labels"] == packed["input_ids"]  # every token is in the loss
+        trained.append(sorted(map(tuple, packed["input_ids"])))
+    assert trained[0] == trained[1]

@@ -481,7 +481,8 @@ def _as_sft_source(source: PretrainSource):
 
 
 def check_inputs(config: PretrainStageConfig) -> None:
-    """Before the run's first stage: every local source has rows to read (:func:`~tempa.sft.sources.check_source`)."""
+    """Before the run's first stage: every local source has rows to read (:func:`~tempa.sft.sources.check_source`), and
+    a local file of rows holds its `text_field` in its first rows (:func:`_check_first_rows`)."""
     from tempa.chat_templates.json_files import encoding_problem, has_text
     from tempa.sft.data_config import DataError
     from tempa.sft.sources import check_source
@@ -490,6 +491,7 @@ def check_inputs(config: PretrainStageConfig) -> None:
         files = txt_files(source)
         if files is None:
             check_source(_as_sft_source(source))
+            _check_first_rows(source)
             continue
         if not any(map(has_text, files)):
             raise DataError(f"data source '{source.name}' ({source.path}): has no text (its .txt files are empty or blank)")
@@ -497,6 +499,30 @@ def check_inputs(config: PretrainStageConfig) -> None:
             check_file_document(source, file)
             if (problem := encoding_problem(file)) is not None:
                 raise DataError(f"data source '{source.name}', {_name_in(file, Path(source.path))}: {problem}")
+
+
+def _check_first_rows(source: PretrainSource) -> None:
+    """The first rows of a local file of rows (JSON Lines, JSON, Parquet, CSV) each hold a `text_field` string, as
+    the stage reads them: a misspelt text_field is refused before the run, not after the stage read the whole file."""
+    from tempa.sft.data_config import DataError
+    from tempa.sft.data_size import _head_batch
+
+    batch, places = _head_batch(_as_sft_source(source), _HEAD_ROWS)
+    if not places:
+        return
+    try:
+        raw = _check_text_column(source, _Columns(list(batch)))
+        for values, place in zip(zip(*batch.values(), strict=True), places, strict=True):
+            _row_text(source, dict(zip(batch, values, strict=True)), raw,
+                      f"data source '{source.name}', {place}")
+    except StageError as error:
+        raise DataError(str(error)) from None
+
+
+class _Columns(NamedTuple):
+    """What :func:`_check_text_column` reads of a dataset: its column names."""
+
+    column_names: list[str]
 
 
 def input_warnings(config: PretrainStageConfig) -> list[str]:
@@ -716,6 +742,15 @@ def _chunk_map(chunks: _Chunks, function: Any, features: Any, work: Path, name: 
                       cache_file=work / f"{name}.arrow", desc=desc, batch_size=size)
 
 
+_HEAD_ROWS = 16  # rows of a source of rows checked before any work, and by `tempa plan` (check_inputs)
+
+
+def _first_error(errors: list[str | None]) -> None:
+    """Raise the first of ``errors`` (per row, :func:`_indexed`'s) that is one."""
+    if (error := next((error for error in errors if error is not None), None)) is not None:
+        raise StageError(error)
+
+
 def _index_source(source: PretrainSource, rows: Any, reader: dict[str, Any], *, work: Path,
                   num_proc: int | None) -> dict[str, np.ndarray]:
     """Every document of a source (:func:`_indexed`'s columns, as arrays), read in worker processes; a row that is no
@@ -724,6 +759,9 @@ def _index_source(source: PretrainSource, rows: Any, reader: dict[str, Any], *, 
     from tempa.sft.forked_workers import ArrowRows, forked_map
 
     txt = isinstance(rows, _TxtRanges)
+    if not txt:  # a wrong text_field fails every row: said on the first rows, not after the whole source is read
+        head = rows[:_HEAD_ROWS]
+        _first_error(_indexed(head, list(range(len(next(iter(head.values()), [])))), **reader)["error"])
     workers = worker_count(num_proc, len(rows) * (ROWS_PER_PROCESS if txt else 1))  # a range: many documents
     size = 1 if txt else max(1, int(_TOKENISE_BATCH_BYTES * len(rows) / max(1.0, ArrowRows(rows).costs().sum())))
     table = forked_map(rows, _indexed, workers=workers, features=_features()[0], batch_size=size, fn_kwargs=reader,

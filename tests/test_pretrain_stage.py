@@ -464,3 +464,44 @@ def test_pretrain_rows_hold_no_mask_and_the_worker_trains_rows_written_with_or_w
         assert packed["labels"] == packed["input_ids"]  # every token is in the loss
         trained.append(sorted(map(tuple, packed["input_ids"])))
     assert trained[0] == trained[1]
+
+
+def test_a_wrong_text_field_is_refused_before_the_run_and_on_the_first_rows_of_the_stage(tmp_path, tiny_model_dir,
+                                                                                        monkeypatch):
+    """`text_field: txt` (a typo) on a JSON Lines source passed `tempa plan`, and the stage read the whole source
+    before it said "line 1: no 'txt' field". Now the check before the run (plan and run start) reads the first rows
+    of a local file (JSON Lines or Parquet), and the stage checks its first rows before it reads every one."""
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from tempa.sft import pretrain_stage
+    from tempa.sft.data_config import DataError
+    from tempa.sft.pretrain_stage import check_inputs
+    from tempa.sft.stage_api import StageError
+
+    def config(path: str, text_field: str) -> PretrainStageConfig:
+        return PretrainStageConfig.model_validate({
+            "name": "cpt", "sources": [{"name": "ja", "path": path, "text_field": text_field}],
+            "train": {"max_length": 64, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+
+    lines = _docs(tmp_path / "ja.jsonl", 200, 1)
+    check_inputs(config(lines, "text"))
+    with pytest.raises(DataError, match=r"^data source 'ja', line 1: no 'txt' field \(fields: text, id\); "
+                                        r"set text_field$"):
+        check_inputs(config(lines, "txt"))
+    parquet = tmp_path / "ja.parquet"
+    pd.read_json(lines, lines=True).to_parquet(parquet)
+    with pytest.raises(DataError, match=r"^data source 'ja': no 'txt' column \(columns: text, id\); set text_field$"):
+        check_inputs(config(str(parquet), "txt"))
+    (tmp_path / "num.jsonl").write_text('{"text": "rice"}\n{"text": 7}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"^data source 'ja', line 2: 'text' is a number \(int\); expected a string$"):
+        check_inputs(config(str(tmp_path / "num.jsonl"), "text"))
+
+    read = []  # rows the stage's workers read, after the first rows were checked
+    indexed = pretrain_stage._indexed
+    monkeypatch.setattr(pretrain_stage, "_indexed",
+                        lambda batch, indices, **kwargs: read.append(len(indices)) or indexed(batch, indices, **kwargs))
+    with pytest.raises(StageError, match=r"^data source 'ja', line 1: no 'txt' field"):
+        prepare_pretrain_data(config(lines, "txt"), AutoTokenizer.from_pretrained(tiny_model_dir), tmp_path / "c",
+                              seed=0, num_proc=1)
+    assert read == [16]  # the first rows only, not the 200

@@ -330,6 +330,10 @@ def publish_build(build_dir: Path, entry: Path, marker: str, text: str) -> None:
         # Another process finished the same build first; its entry is as good as ours.
         if not (entry / marker).exists():
             raise
+        return
+    # The lock marks a build in progress, which an entry is not; dropped only once the folder is no longer a .tmp-*
+    # build a sweep could find without it (its flock stays on the descriptor cache_build closes).
+    (entry / _BUILD_LOCK).unlink(missing_ok=True)
 
 
 def _hold(build_dir: Path) -> int | None:

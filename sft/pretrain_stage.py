@@ -184,7 +184,9 @@ def documents_tokens(tokenizer: Any, texts: list[str], eos: list[int]) -> list[l
     as it encodes each text alone), each in its composed form (NFC), as SFT rows are read."""
     if not texts:
         return []
-    encoded = tokenizer([composed(text) for text in texts])["input_ids"]
+    # a document longer than the model's context is meant (it is chunked after): no "Token indices sequence length
+    # is longer than the specified maximum" warning
+    encoded = tokenizer([composed(text) for text in texts], verbose=False)["input_ids"]
     return [ids if eos and ids[-len(eos):] == eos else ids + eos for ids in encoded]
 
 
@@ -1072,7 +1074,7 @@ def held_tokens(source: PretrainSource, tokenizer: Any = None) -> tuple[int, str
 
     def count(texts: list[str]) -> int:
         if tokenizer is not None:
-            return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+            return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"])
         return round(sum(len(text.encode("utf-8")) for text in texts) / BYTES_PER_TOKEN)
 
     how = "with the base model's tokenizer" if tokenizer is not None else f"at ~{BYTES_PER_TOKEN:g} bytes a token"

@@ -505,3 +505,43 @@ def test_a_wrong_text_field_is_refused_before_the_run_and_on_the_first_rows_of_t
         prepare_pretrain_data(config(lines, "txt"), AutoTokenizer.from_pretrained(tiny_model_dir), tmp_path / "c",
                               seed=0, num_proc=1)
     assert read == [16]  # the first rows only, not the 200
+
+
+def test_a_document_longer_than_the_model_is_chunked_without_a_warning_and_the_entry_holds_no_build_lock(
+        tmp_path, tiny_model_dir):
+    """transformers warned "Token indices sequence length is longer than the specified maximum sequence length" in
+    `tempa plan --hardware` and the run for a long document the stage chunks on purpose; and a completed cache entry
+    still held its build's `.building` lock file. Neither now."""
+    from transformers import AutoTokenizer
+
+    from tempa.sft.pretrain_stage import held_tokens
+    from tempa.sft.run_layout import COMPLETE
+
+    class Records(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    path = tmp_path / "long.txt"
+    path.write_text(" ".join(WORDS * 40), encoding="utf-8")
+    config = PretrainStageConfig.model_validate({
+        "name": "cpt", "sources": [{"name": "web", "path": str(path)}],
+        "train": {"max_length": 16, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+    records = Records()
+    logging.getLogger("transformers").addHandler(records)
+    try:
+        for step in ("plan", "run"):  # a fresh tokenizer each: transformers warns once per tokenizer
+            tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+            tokenizer.model_max_length = 64
+            if step == "plan":
+                assert held_tokens(config.sources[0], tokenizer)[0] > 64
+            else:
+                data = prepare_pretrain_data(config, tokenizer, tmp_path / "cache", seed=0, num_proc=1)
+    finally:
+        logging.getLogger("transformers").removeHandler(records)
+    assert not [m for m in records.messages if "Token indices sequence length" in m]
+    assert data.chunks > 64 // 16  # the document was longer than the model and is chunked
+    assert sorted(p.name for p in data.train_path.parent.iterdir()) == [COMPLETE, "stats.json", "train"]

@@ -64,6 +64,7 @@ _JSONL_FEATURES = datasets.Features({RAW: datasets.Value("string"), READ_ERROR: 
 _BATCH_CHARS = 64 << 20  # characters of JSON Lines text per Arrow record batch
 _PROGRESS_DELAY_S = 3.0  # a read shows its bar once it has taken this long
 _FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv"}
+_COMPRESSED = (".gz", ".zst", ".bz2", ".xz")  # read by datasets in a folder's data files, not as a file of their own
 _SEARCH_BYTES = 1 << 20  # bytes of JSON Lines searched for line breaks at a time
 
 
@@ -161,7 +162,12 @@ def load_source(source: SourceConfig, *, cache_dir: Path | None = None) -> datas
     except Exception as exc:
         # Any loader failure becomes one actionable line.
         raise DataError(f"{where}: could not be loaded: {first_line(exc)}") from exc
-    raise DataError(f"{where}: unsupported file type {path.suffix!r}; expected .jsonl, .json, .parquet or .csv")
+    if suffix in _COMPRESSED:
+        raise DataError(f"{where}: a single compressed file ({path.name}) is not read; put it in a folder of its own "
+                        "and give the folder as the path (a folder's .jsonl.gz, .json.gz or .csv.gz files are read), "
+                        "or decompress it")
+    raise DataError(f"{where}: unsupported file type {path.suffix!r}; expected .jsonl, .json, .parquet or .csv "
+                    "(a pretrain source: also .txt)")
 
 
 def check_source(source: SourceConfig) -> None:

@@ -545,3 +545,32 @@ def test_a_document_longer_than_the_model_is_chunked_without_a_warning_and_the_e
     assert not [m for m in records.messages if "Token indices sequence length" in m]
     assert data.chunks > 64 // 16  # the document was longer than the model and is chunked
     assert sorted(p.name for p in data.train_path.parent.iterdir()) == [COMPLETE, "stats.json", "train"]
+
+
+def test_a_single_compressed_file_is_refused_with_the_folder_that_reads_it(tmp_path, tiny_model_dir):
+    """A single .jsonl.gz was refused as "unsupported file type '.gz'; expected .jsonl, .json, .parquet or .csv",
+    which left out .txt and that a folder holding the same file is read. Now the message says both; the folder
+    route it names prepares the rows."""
+    import gzip
+
+    from transformers import AutoTokenizer
+
+    from tempa.sft.data_config import DataError
+    from tempa.sft.pretrain_stage import check_inputs
+
+    (tmp_path / "ja").mkdir()
+    packed = tmp_path / "ja" / "ja.jsonl.gz"
+    packed.write_bytes(gzip.compress(Path(_docs(tmp_path / "ja.jsonl", 5, 2)).read_bytes()))
+
+    def config(path: Path) -> PretrainStageConfig:
+        return PretrainStageConfig.model_validate({
+            "name": "cpt", "sources": [{"name": "ja", "path": str(path)}],
+            "train": {"max_length": 64, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+
+    with pytest.raises(DataError, match=r"a single compressed file \(ja.jsonl.gz\) is not read; put it in a folder "
+                                        r"of its own and give the folder as the path"):
+        check_inputs(config(packed))
+    check_inputs(config(tmp_path / "ja"))
+    data = prepare_pretrain_data(config(tmp_path / "ja"), AutoTokenizer.from_pretrained(tiny_model_dir),
+                                 tmp_path / "cache", seed=0, num_proc=1)
+    assert data.documents["ja"] == 5

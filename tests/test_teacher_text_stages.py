@@ -312,15 +312,23 @@ def test_translate_resumes_from_its_journal_and_asks_again_only_what_changed(tmp
     assert all(r.startswith("Into") for r in reasked["translator-2"].requests)
 
 
-def test_a_content_filtered_translation_is_dropped_with_its_reason(tmp_path, tiny_model_dir, monkeypatch):
-    """A provider's content filter cuts an answer where it strikes (finish_reason content_filter): the part
-    before the cut was kept as a finished translation."""
-
-    class Filtering(Counting):
+@pytest.mark.parametrize(("reply", "reason"), [
+    # A provider's content filter cuts an answer where it strikes: the part before the cut was kept as a finished
+    # translation.
+    (lambda text: (japanese(text), "content_filter"), "content_filter"),
+    # A teacher that answered nothing was counted as `too_short`, which points at min_chars rather than at the server.
+    (lambda text: ("", "stop"), "empty"),
+], ids=["content_filter", "empty"])
+def test_a_translation_the_teacher_did_not_finish_is_dropped_with_its_reason(tmp_path, tiny_model_dir, monkeypatch,
+                                                                              reply, reason):
+    class Odd(Counting):
         def sample(self, prompts, params, *, thinking_modes=None):
-            return [[Completion(text=japanese(p[-1]["content"]),
-                                finish_reason="content_filter" if "number 1 " in p[-1]["content"] else "stop")]
-                    for p in prompts]
+            out = []
+            for prompt in prompts:
+                question = prompt[-1]["content"]
+                text, finish = reply(question) if "number 1 " in question else (japanese(question), "stop")
+                out.append([Completion(text=text, finish_reason=finish)])
+            return out
 
     source = _rows(tmp_path / "prompts.jsonl", [{"prompt": f"Please explain question number {i} in detail."}
                                                 for i in range(3)])
@@ -328,31 +336,11 @@ def test_a_content_filtered_translation_is_dropped_with_its_reason(tmp_path, tin
                                                   "teacher": {"backend": {**HTTP, "model": "translator"}}})
     ctx = make_context(tmp_path / "run", "t", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
                        chat_template="")
-    result = _run_with(monkeypatch, {"translator": Filtering(japanese)}, config, ctx)
+    result = _run_with(monkeypatch, {"translator": Odd(japanese)}, config, ctx)
     rows = [json.loads(line) for line in result.dataset.read_text(encoding="utf-8").splitlines()]
     assert [r["provenance"]["row"] for r in rows] == [0, 2]
     stats = json.loads((result.dataset.parent / "stats.json").read_text())
-    assert stats["rejected"] == {"content_filter": 1} and stats["rows"] == stats["kept"] + 1
-
-
-def test_an_empty_translation_is_dropped_as_empty_not_as_too_short(tmp_path, tiny_model_dir, monkeypatch):
-    """A teacher that answered nothing (empty content) was counted as `too_short`, which points at min_chars rather
-    than at the server."""
-
-    class Silent(Counting):
-        def sample(self, prompts, params, *, thinking_modes=None):
-            return [[Completion(text="" if "number 1 " in p[-1]["content"] else japanese(p[-1]["content"]),
-                                finish_reason="stop")] for p in prompts]
-
-    source = _rows(tmp_path / "prompts.jsonl", [{"prompt": f"Please explain question number {i} in detail."}
-                                                for i in range(3)])
-    config = TranslateStageConfig.model_validate({"name": "t", "target_language": "ja", "source": {"path": source},
-                                                  "teacher": {"backend": {**HTTP, "model": "translator"}}})
-    ctx = make_context(tmp_path / "run", "t", start_model=tiny_model_dir, tokenizer_dir=tiny_model_dir,
-                       chat_template="")
-    result = _run_with(monkeypatch, {"translator": Silent(japanese)}, config, ctx)
-    stats = json.loads((result.dataset.parent / "stats.json").read_text())
-    assert stats["rejected"] == {"empty": 1} and stats["rows"] == stats["kept"] + 1
+    assert stats["rejected"] == {reason: 1} and stats["rows"] == stats["kept"] + 1
 
 
 def test_whole_conversations_are_deduplicated_whole_not_turn_by_turn(tmp_path, tiny_model_dir, monkeypatch):

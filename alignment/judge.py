@@ -273,8 +273,8 @@ class JudgeSettings(BaseModel):
     )
     batch_size: int = Field(default=8, ge=1, description="Judge prompts per backend call. Where replies are journaled "
                             "(judge rewards and gates), each call's are kept as it returns: a kill or a failed request "
-                            "loses at most one call's. With an HTTP judge, keep it at least the backend's "
-                            "`concurrency` (a call sends its prompts at once and waits for the slowest).")
+                            "loses at most one call's. An HTTP judge's calls are at least its backend's `concurrency` "
+                            "(a call sends its prompts at once and waits for the slowest).")
 
     @field_validator("rubric")
     @classmethod
@@ -372,9 +372,11 @@ class Judge:
         asked = list({key: prompt for key, prompt in zip(keys, prompts, strict=True) if key not in known}.items())
         fresh: dict[str, Completion] = {}
         # Calls of batch_size, each journaled as it returns: a kill or a failed request loses at most one call's
-        # replies (the HTTP backend sends a call's requests at once, paid for whether or not the call completes).
-        for start in range(0, len(asked), self.settings.batch_size):
-            part = asked[start:start + self.settings.batch_size]
+        # replies (the HTTP backend sends a call's requests at once, paid for whether or not the call completes). A
+        # call is never smaller than the backend's concurrency, which it would otherwise cap (64 in flight became 8).
+        size = max(self.settings.batch_size, getattr(self.backend, "concurrency", 1))
+        for start in range(0, len(asked), size):
+            part = asked[start:start + size]
             started = time.time()
             try:
                 out = self.backend.sample([[{"role": "user", "content": prompt}] for _, prompt in part], params)

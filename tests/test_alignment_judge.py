@@ -197,6 +197,33 @@ def test_judge_replies_are_journaled_per_call_of_batch_size_so_a_failed_request_
     assert rerun.stats()["judge_calls"] == 8 and rerun.stats()["judge_replies_reused"] == 4
 
 
+def test_an_http_judges_calls_are_never_smaller_than_its_concurrency(tmp_path):
+    """Calls of the judge's batch_size (8 by default) capped an HTTP judge at 8 requests in flight, whatever its
+    backend's concurrency (the shipped Swallow recipe's judge: 64)."""
+    import threading
+    import time
+
+    from test_alignment_fakes import FakeOpenAI, chat_response
+
+    from tempa.alignment.backends_http import HTTPBackend
+
+    in_flight, most, lock = [0], [0], threading.Lock()
+
+    def reply(body):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.2)  # long enough that a call's requests overlap; what is counted is how many, not how long
+        with lock:
+            in_flight[0] -= 1
+        return chat_response(["[[7]]"])
+
+    with FakeOpenAI(reply) as server:
+        backend = HTTPBackend(server.base_url, "judge", timeout_s=10, concurrency=16)
+        Judge(backend, JudgeSettings(batch_size=4)).rate([f"judge p{i}" for i in range(16)])
+    assert most[0] > 4
+
+
 @pytest.mark.parametrize("journaled", [True, False])
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
 def test_a_judge_request_repeated_in_one_call_is_asked_once_and_every_repeat_gets_its_reply(

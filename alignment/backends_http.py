@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -335,9 +336,12 @@ class HTTPBackend(SamplingBackend):
                 # would otherwise hold each try for the whole timeout_s (300 s by default).
                 status, _, raw = _exchange(urllib.request.Request(url, headers=headers, method="GET"),
                                            min(self.timeout_s, REACH_TIMEOUT_S))
-                if status == 401:  # 403 may be a key without the right to list models, which can still generate
-                    raise HTTPBackendError(f"GET {url} (model {self.model}): HTTP 401: "
-                                           f"{_snippet(self._scrub(raw.decode('utf-8', 'replace')))}{self._key_hint(401)}")
+                text = self._scrub(raw.decode("utf-8", "replace"))
+                # Not a 403, nor a 401 over a missing scope or permission: OpenAI's restricted project keys may list
+                # no models ("Missing scopes: api.model.read") and still generate.
+                if status == 401 and not re.search(r"scope|permission", text, re.IGNORECASE):
+                    raise HTTPBackendError(f"GET {url} (model {self.model}): HTTP 401: {_snippet(text)}"
+                                           f"{self._key_hint(401)}")
                 return
             except (OSError, http.client.HTTPException) as exc:
                 reason = self._scrub(str(getattr(exc, "reason", exc))) or type(exc).__name__

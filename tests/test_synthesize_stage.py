@@ -592,6 +592,18 @@ def test_a_judges_refused_key_is_found_before_the_teacher_is_paid(tmp_path, tiny
         assert teacher.requests and judge.requests
         assert judge.gets[-1]["Authorization"] == "Bearer sk-right"
 
+    # OpenAI's restricted project keys may list no models and still generate: a 401 over a missing scope is no refusal
+    scoped = (401, {"error": {"message": "You have insufficient permissions for this operation. Missing scopes: "
+                                         "api.model.read."}}, {})
+    with FakeOpenAI(math_reply) as teacher, FakeOpenAI(lambda body: chat_response(["[[8]]"]),
+                                                       lambda headers: scoped) as judge:
+        monkeypatch.setenv("JUDGE_KEY", "sk-restricted")
+        run_synthesize(synth_config(teacher, prompts, rewards=[{"type": "judge", "backend": {
+            "type": "http", "base_url": judge.base_url, "model": "judge", "api_key_env": "JUDGE_KEY",
+            "backoff_s": 0.01}}]), make_context(tmp_path / "scoped", "distill", start_model=tiny_model_dir,
+                                                tokenizer_dir=tokenizer_dir, chat_template="", seed=1))
+        assert judge.gets and judge.requests
+
 
 def test_a_reply_with_its_reasoning_twice_is_not_kept(tmp_path, tiny_model_dir, tokenizer_dir, monkeypatch):
     """A teacher that sends its reasoning both as reasoning_content and as a think block in the text: selection by

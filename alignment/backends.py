@@ -38,7 +38,7 @@ from tempa.alignment.generation import (
     resolve_modes,
     resolve_tools,
 )
-from tempa.alignment.model_files import weights_problem
+from tempa.alignment.model_files import pickle_files, weights_problem
 from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.stage_api import (
     NOT_FINGERPRINTED,
@@ -184,7 +184,17 @@ def _model_ref(value: str | None, info: ValidationInfo) -> str | None:
 def local_model_check(ref: str, model_class: str = "AutoModelForCausalLM") -> None:
     """Refuse a local model folder a backend could not load (pickled weights, no config) while the recipe loads,
     not when its stage starts, after the stages before it have trained."""
-    if Path(ref).is_dir() and (problem := weights_problem(Path(ref), model_class=model_class)) is not None:
+    folder = Path(ref)
+    if not folder.is_dir():
+        return
+    if (folder / "params.json").is_file() and not (folder / "config.json").exists():
+        # vLLM's Mistral format (params.json, consolidated.safetensors; `config_format: mistral`): no config.json, and
+        # still no pickles
+        if pickle_files(folder) and not any(folder.glob("*.safetensors")):
+            raise ValueError(f"{folder} holds its weights only as pickles ({', '.join(pickle_files(folder)[:3])}): "
+                             "tempa reads safetensors only, since pickles can run code when loaded")
+        return
+    if (problem := weights_problem(folder, model_class=model_class)) is not None:
         raise ValueError(problem)
 
 

@@ -568,6 +568,24 @@ def test_pickled_teacher_or_reward_model_is_refused_at_load(tmp_path, data_file,
     assert loaded.names[1] == "distil"
 
 
+def test_a_vllm_teacher_in_mistrals_own_format_is_no_folder_without_a_config(tmp_path, data_file):
+    """A local vLLM teacher in Mistral's format (params.json, consolidated.safetensors, config_format: mistral) was
+    refused at load for having no config.json, though vLLM loads it (found by review)."""
+    folder = tmp_path / "mistral"
+    folder.mkdir()
+    (folder / "params.json").write_text('{"dim": 4096}')
+    (folder / "consolidated.safetensors").write_bytes(b"\0" * 16)
+    stage = f"""  - name: distil
+        kind: synthesize
+        prompts: {{path: rows.jsonl}}
+        teacher: {{type: vllm, model: {folder}, engine_args: {{config_format: mistral, load_format: mistral}}}}
+        rewards: [{{type: length}}]"""
+    assert load_recipe(write(tmp_path / "r.yaml", recipe_text(extra_stage=stage))).names[1] == "distil"
+    (folder / "consolidated.safetensors").rename(folder / "consolidated.pt")  # pickles only: still refused
+    with pytest.raises(RecipeError, match="holds its weights only as pickles"):
+        load_recipe(write(tmp_path / "r.yaml", recipe_text(extra_stage=stage)))
+
+
 def test_extends_resolves_each_path_against_the_file_that_wrote_it(tmp_path, data_file):
     """The child's paths against the child's folder, inherited ones against the parent's."""
     parent_dir, child_dir = tmp_path / "recipes", tmp_path / "my"

@@ -51,21 +51,15 @@ def number_body(language: str | None) -> str:
 
     Unambiguous forms read the same in every language: 1,234.5 and 1,234 (a comma before three digits groups
     thousands, as English-written references do), 1,25,000 (Indian lakh grouping), 1.234.567 and 1.234,5 (dot
-    groups), 2,5 and 0,125 (a decimal comma) and 1 000 (space groups). Only a lone dot before three digits
-    ("1.250") depends on ``language``; :func:`plain_number` reads it. A run like 1,2,3 or 1 2 3 (a list) or
-    12.05.2023 (a date) is no number.
-
-    A space, plain or no-break, groups thousands in every language where 1-3 digits are followed by groups of exactly
-    three ("in 2 000 years" is 2000, "1 250 000" a million and a quarter): English and Thai replies write them too
-    (SI style), and "1 000" read as 1 failed a reply that said 1000. A plain-space run right after a digit and a
-    space is a list, not a number ("1 2 345" is 1, 2 and 345); a list of three-digit numbers separated by spaces alone
-    ("100 200 300") reads as one number."""
+    groups), 2,5 and 0,125 (a decimal comma) and 1 000 with a no-break space. Only a lone dot before three digits
+    ("1.250") and plain-space groups ("1 000") depend on ``language``; :func:`plain_number` reads them. A run like
+    1,2,3 (a list) or 12.05.2023 (a date) is no number."""
+    spaces = _GROUP_SPACES + (" " if decimal_comma(language) else "")
     return (
         r"(?<!\d)(?<!\d[.,，])(?:"
         r"\d{1,2}(?:[,，]\d{2})+[,，]\d{3}(?:\.\d+)?"  # 1,25,000
         r"|\d{1,3}(?:\.\d{3})+,\d+|\d{1,3}(?:\.\d{3}){2,}"  # 1.234,5 | 1.234.567
-        rf"|\d{{1,3}}(?:[{_GROUP_SPACES}]\d{{3}})+(?:[.,]\d+)?"  # 1 000 | 1 000,5 (no-break spaces)
-        r"|(?<!\d )\d{1,3}(?: \d{3})+(?:[.,]\d+)?"  # 1 000 | 1 000,5 (plain spaces)
+        rf"|\d{{1,3}}(?:[{spaces}]\d{{3}})+(?:[.,]\d+)?"  # 1 000 | 1 000,5
         r"|\d{1,3}(?:[,，]\d{3})+(?:\.\d+)?"  # 1,234 | 1,234.5
         r"|\d+[,，]\d+|\d+(?:\.\d+)?"  # 2,5 | 0,125 | 42 | 1.250
         r")(?!\d)(?![.,，]\d)"

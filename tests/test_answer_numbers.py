@@ -89,3 +89,15 @@ def test_a_numeric_reference_is_its_value_in_every_language(language):
             assert answer_matches(answer, reference, language=language) == (
                 _reward(language, reference, answer) == 1.0
             )
+
+
+@pytest.mark.parametrize(("reply", "gold", "language", "expected"), [
+    ("The answer is 3 100 m sprints", "3", "en", 1.0),  # a count before a three-digit quantity (review)
+    ("The answer is 2 400-page books", "2", "en", 1.0),
+    ("Jawabannya 1 000 buku", "1000", "id", 1.0),  # a decimal-comma language groups thousands with a space
+    ("The answer is 1\u00a0000", "1000", "en", 1.0),  # a no-break space is typed only between digit groups
+])
+def test_a_plain_space_groups_thousands_only_where_the_language_writes_them_so(reply, gold, language, expected):
+    from tempa.alignment.rewards import answer_match
+
+    assert answer_match(reply, gold, language=language) == expected

@@ -393,6 +393,9 @@ def numbers_agree(expected: Number, got: Number, rel_tol: float = 1e-6, abs_tol:
     return False
 
 
+# The word that states what something is, before an answer at the end of a line: "The capital of France is Paris.",
+# "Ibu kota Indonesia adalah Jakarta.", "Thủ đô là Hà Nội.", "เมืองหลวงคือ กรุงเทพ".
+_COPULAS = "is|are|was|were|adalah|ialah|merupakan|là|คือ|ay"
 # What Japanese and Thai put after a stated answer: "答えはBです。", "คำตอบคือ B ครับ".
 _COPULA = re.compile(r"\s*(?:です|でした|である|だ|となります|になります|ครับ|ค่ะ)$")
 # The word a multiple-choice reply names its pick with ("option C", "ข้อ ข", "ตัวเลือก ค", "pilihan B", "選択肢B"),
@@ -417,19 +420,33 @@ def text_answer_matches(answer: str, expected: object) -> bool:
     target = normalise_text(str(expected))
     if not target:
         return False
-    candidates = list(boxed_contents(answer))
+    committed = list(boxed_contents(answer))
     lead_in = committing_lead_in(answer)
     if lead_in:
         tail = answer[lead_in.end() :].strip()
         if tail:
             sentence = committed_sentence(tail)
-            candidates += [tail.splitlines()[0], sentence, _COPULA.sub("", sentence)]
+            committed += [tail.splitlines()[0], sentence, _COPULA.sub("", sentence)]
+    # What the reply commits to may go on after its answer: "The answer is (C) Paris", "\boxed{C: 42}".
+    for candidate in committed:
+        stripped = _OPTION_WORD.sub("", normalise_text(candidate))
+        if stripped == target or stripped.startswith(f"{target} "):
+            return True
     lines = [line for line in answer.splitlines() if line.strip()]
-    if lines:
-        candidates.append(lines[-1])
-    candidates.append(answer)
+    candidates = [lines[-1], answer] if lines else [answer]
     for candidate in candidates:
         normalised = normalise_text(candidate)
         if target in (normalised, _OPTION_WORD.sub("", normalised)):
             return True
-    return False
+    if not lines:
+        return False
+    last = lines[-1]
+    # The last line names its answer: before its own punctuation ("C) Paris", "Yes, it is."), after a colon
+    # ("Sentiment: Positive"), or after a copula at its end ("The capital of France is Paris.").
+    opening = unicodedata.normalize("NFKC", last).casefold().lstrip(" \t([*")
+    reference = unicodedata.normalize("NFKC", str(expected)).casefold().strip()
+    if opening.startswith(reference) and opening[len(reference):len(reference) + 1] in tuple(",.;:)]"):
+        return True
+    if ":" in last and normalise_text(last.rsplit(":", 1)[1]) == target:
+        return True
+    return re.search(rf"(?:^| )(?:{_COPULAS}) {re.escape(target)}$", normalise_text(last)) is not None

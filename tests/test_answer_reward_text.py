@@ -53,6 +53,20 @@ def reward_and_accuracy(reply: str, gold: object, language: str | None) -> tuple
         # labels and names stated as the answer
         ("The answer is: Jakarta.", "Jakarta", "id", True),
         ("ประโยคนี้แสดงความรู้สึก\nเชิงลบ", "เชิงลบ", "th", True),
+        # what a reply commits to going on after its answer, or a last line naming it (a review: each scored 0)
+        ("The answer is (C) Paris.", "C", "en", True),
+        ("The answer is (C) Paris.", "A", "en", False),
+        ("C) Paris", "C", "en", True),
+        ("The correct option is C.", "C", "en", True),
+        ("The answer is C: 42", "C", "en", True),
+        ("Sentiment: Positive", "Positive", "en", True),
+        ("Sentiment: Positive", "Negative", "en", False),
+        ("Ibu kota Indonesia adalah Jakarta.", "Jakarta", "id", True),
+        ("The capital of France is Paris.", "Paris", "en", True),
+        ("Yes, it is.", "yes", "en", True),
+        ("B is wrong, A is right", "B", "en", False),
+        ("The capital is not Jakarta, it is Bandung", "Jakarta", "id", False),
+        ("It is not Paris", "Paris", "en", False),
     ],
 )
 def test_the_reward_and_the_accuracy_suite_agree_on_text_answers(reply, gold, language, right):

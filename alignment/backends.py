@@ -434,6 +434,16 @@ def build_backend(
     )
 
 
+def sample_at(backend: Any, prompts: list[Any], params: GenerationParams, places: Sequence[int] | None,
+              **kwargs: Any) -> list[list[Completion]]:
+    """``backend.sample``, each prompt seeded by its place in its batch (``places``) where the backend seeds per
+    prompt (HTTP, vLLM: a prompt asked alone then gets the samples it gets in its whole batch); a backend that seeds
+    per batch (transformers, a test's) is asked as it always was."""
+    if places is not None and (isinstance(backend, LazyBackend) or getattr(backend, "seeds_by_place", False)):
+        kwargs["places"] = places
+    return backend.sample(prompts, params, **kwargs)
+
+
 class LazyBackend(SamplingBackend):
     """Builds its backend on first use, so a resumed pass with nothing left to do loads no model."""
 
@@ -453,10 +463,10 @@ class LazyBackend(SamplingBackend):
     def loaded(self) -> bool:
         return self._backend is not None
 
-    def sample(self, prompts, params, *, thinking_modes=None, tools=None):
+    def sample(self, prompts, params, *, thinking_modes=None, tools=None, places=None):
         # Passed on only when given: the backend may be a judge's or reviser's, which never get tools.
         extra = {} if tools is None else {"tools": tools}
-        return self.backend.sample(prompts, params, thinking_modes=thinking_modes, **extra)
+        return sample_at(self.backend, prompts, params, places, thinking_modes=thinking_modes, **extra)
 
     def close(self) -> None:
         if self._backend is not None:

@@ -174,6 +174,8 @@ def sampled_tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:
 class HTTPBackend(SamplingBackend):
     """Samples from an OpenAI-compatible server, ``concurrency`` requests at a time."""
 
+    seeds_by_place = True  # each request carries its own seed (:func:`tempa.alignment.backends.sample_at`)
+
     def __init__(
         self,
         base_url: str,
@@ -464,12 +466,15 @@ class HTTPBackend(SamplingBackend):
         *,
         thinking_modes: Sequence[ThinkingMode | None] | None = None,
         tools: Sequence[Tools | None] | None = None,
+        places: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         modes = resolve_modes(len(prompts), params, thinking_modes)
         offered = resolve_tools(len(prompts), tools)
-        # Seeds step by n so that prompts never share one, whether or not the server honours `n`.
-        jobs = [(messages, params, params.seed + i * params.n, mode, t)
-                for i, (messages, mode, t) in enumerate(zip(prompts, modes, offered, strict=True))]
+        # Seeds step by n so that prompts never share one, whether or not the server honours `n`; a prompt's place in
+        # its batch (``places``) where the call asks only some of it.
+        at = list(places) if places is not None else list(range(len(prompts)))
+        jobs = [(messages, params, params.seed + place * params.n, mode, t)
+                for place, messages, mode, t in zip(at, prompts, modes, offered, strict=True)]
         if self.concurrency == 1 or len(jobs) == 1:
             return [self._one_prompt(*job) for job in jobs]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs))) as pool:

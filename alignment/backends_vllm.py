@@ -90,6 +90,8 @@ def engine_kwargs(
 class VLLMBackend(SamplingBackend):
     """``vllm.LLM`` over one model; every GPU it was given (tensor parallel) serves it."""
 
+    seeds_by_place = True  # each request carries its own seed (:func:`tempa.alignment.backends.sample_at`)
+
     def __init__(
         self,
         model: str | os.PathLike,
@@ -126,11 +128,13 @@ class VLLMBackend(SamplingBackend):
         *,
         thinking_modes: Sequence[ThinkingMode | None] | None = None,
         tools: Sequence[Tools | None] | None = None,
+        places: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         modes = resolve_modes(len(prompts), params, thinking_modes)
         offered = resolve_tools(len(prompts), tools)
         requests, prefills, sampling = [], [], []
-        for i, (messages, mode, t) in enumerate(zip(prompts, modes, offered, strict=True)):
+        at = list(places) if places is not None else list(range(len(prompts)))  # as the HTTP backend seeds
+        for i, messages, mode, t in zip(at, prompts, modes, offered, strict=True):
             kwargs = {**mode_kwargs(mode), "tools": t}
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
             # Token ids, so vLLM does not add a second BOS to the rendered template.

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tempa.alignment.backends import HTTPBackendConfig, LazyBackend, SamplingBackend, build_backend
+from tempa.alignment.backends import HTTPBackendConfig, LazyBackend, SamplingBackend, build_backend, sample_at
 from tempa.alignment.backends_http import HTTPBackend, check_endpoint
 from tempa.alignment.completions import Completion, assistant_message, split_think
 from tempa.alignment.input_checks import check_reward_inputs, check_tool_prompts
@@ -489,14 +489,14 @@ def _revise(config: PreferenceStageConfig, ctx: StageContext, policy: Path, prom
         stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code, who="pairs.revise"))
     from tempa.alignment.generation import GenerationParams
 
-    def work(chunk: list[tuple[PromptRow, int]], index: int, offset: int) -> list[dict[str, Any]]:
+    def work(chunk: list[tuple[PromptRow, int]], index: int, places: list[int]) -> list[dict[str, Any]]:
         params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, n=1,
-                                  seed=batch_seed(seed, index, offset, 1), thinking_mode=settings.thinking_mode,
+                                  seed=batch_seed(seed, index), thinking_mode=settings.thinking_mode,
                                   batch_size=settings.batch_size)
         requests = [[{"role": "user", "content": fill(settings.prompt, question=p.question,
                                                       answer=split_think(by_id[p.id][0][i]).answer,
                                                       language=p.language)}] for p, i in chunk]
-        outputs = reviser.sample(requests, params)
+        outputs = sample_at(reviser, requests, params, places)
         revisions = []
         for (prompt, _), group in zip(chunk, outputs, strict=True):
             split = split_think(group[0])

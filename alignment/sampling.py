@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tempa.alignment.backends import SamplingBackend
+from tempa.alignment.backends import SamplingBackend, sample_at
 from tempa.alignment.completions import Completion
 from tempa.alignment.generation import GenerationParams
 from tempa.alignment.prompts import PromptRow
@@ -191,35 +191,27 @@ def _one_sample(record: dict[str, Any]) -> tuple[int, None]:
     return 1, None
 
 
-def batch_seed(seed: int, index: int, offset: int, n: int) -> int:
-    """The seed of a backend call asking the prompts from place ``offset`` of batch ``index`` on, ``n`` samples each:
-    a backend seeds the i-th prompt of a call with the call's seed + i * n, so a prompt asked alone (its batch's other
+def batch_seed(seed: int, index: int) -> int:
+    """The seed of batch ``index``'s backend call: a backend that seeds per prompt gives the prompt at place i of the
+    batch this seed + i * n (:func:`tempa.alignment.backends.sample_at`), so a prompt asked alone (the batch's other
     prompts journaled) gets the samples it gets when its batch is asked whole."""
-    return seed + 1000 * index + offset * n
+    return seed + 1000 * index
 
 
-def _missing_runs(items: Sequence[T], keys: Sequence[str], done: Mapping[str, Any],
-                  chunk_size: int) -> Iterator[tuple[int, int, list[T]]]:
-    """(chunk index, offset in the chunk, items) for each run of consecutive items not in ``done``, chunk by chunk."""
+def _missing(items: Sequence[T], keys: Sequence[str], done: Mapping[str, Any],
+             chunk_size: int) -> Iterator[tuple[int, list[int], list[T]]]:
+    """(chunk index, the items' places in their chunk, the items) of each chunk's items not in ``done``."""
     for index, start in enumerate(range(0, len(items), chunk_size)):
-        run: list[T] = []
-        for place, (item, k) in enumerate(zip(items[start:start + chunk_size], keys[start:start + chunk_size],
-                                              strict=True)):
-            if k not in done:
-                run.append(item)
-                continue
-            if run:
-                yield index, place - len(run), run
-                run = []
-        if run:
-            yield index, min(chunk_size, len(items) - start) - len(run), run
+        places = [place for place, k in enumerate(keys[start:start + chunk_size]) if k not in done]
+        if places:
+            yield index, places, [items[start + place] for place in places]
 
 
 def run_incremental(
     items: Sequence[T],
     *,
     key: Callable[[T], str],
-    work: Callable[[list[T], int, int], list[dict[str, Any]]],
+    work: Callable[[list[T], int, list[int]], list[dict[str, Any]]],
     store: JsonlStore,
     chunk_size: int,
     desc: str,
@@ -229,10 +221,9 @@ def run_incremental(
     """Apply ``work(chunk, chunk_index)`` to every chunk of ``items`` not yet in ``store``.
 
     ``work`` returns one record (with ``"id" == key(item)``) per item. ``chunk_index`` counts
-    chunks of the whole item list, so a chunk gets the same index (and seed) on a resumed run. A chunk part of which
-    is journaled (an edited prompt) is worked in runs of consecutive items, ``work(run, chunk_index, offset)`` with
-    ``offset`` the run's place in its chunk (:func:`batch_seed`), so each item is asked with the seed it has when
-    its chunk is asked whole.
+    chunks of the whole item list, so a chunk gets the same index (and seed) on a resumed run. ``work(items,
+    chunk_index, places)`` is given the chunk's items not journaled and their places in the chunk (an edited prompt
+    among journaled ones: :func:`batch_seed`).
     ``measure(record)`` gives ``(samples, tokens)`` for the throughput display (tokens None where the backend
     counted none: the pass's ``tokens`` is then None, not a 0 that reads as nothing generated); without it a
     record is one sample of uncounted tokens. Returns the records in item order and the pass statistics.
@@ -251,8 +242,8 @@ def run_incremental(
         bar = tqdm(total=len(items), initial=stats["resumed"], desc=desc, unit="prompt", disable=not show_progress)
         store.record_progress(PassProgress(desc=desc, done=stats["resumed"], items=len(items), at=time.time()))
         try:
-            for index, offset, chunk in _missing_runs(items, keys, done, chunk_size):
-                records = work(chunk, index, offset)
+            for index, places, chunk in _missing(items, keys, done, chunk_size):
+                records = work(chunk, index, places)
                 expected = {key(item) for item in chunk}
                 if {r["id"] for r in records} != expected or len(records) != len(chunk):
                     raise RuntimeError(f"{desc}: a chunk returned records for other items than it was given")
@@ -322,14 +313,14 @@ def sample_prompts(
     pass ran in one go, was resumed, or asks only an edited prompt of its chunk.
     """
 
-    def work(chunk: list[PromptRow], index: int, offset: int) -> list[dict[str, Any]]:
-        chunk_params = params.model_copy(update={"seed": batch_seed(params.seed, index, offset, params.n)})
+    def work(chunk: list[PromptRow], index: int, places: list[int]) -> list[dict[str, Any]]:
+        chunk_params = params.model_copy(update={"seed": batch_seed(params.seed, index)})
         # Passed only when a prompt offers tools, so a backend written before tools (a test's scripted one) still
         # samples every other prompt.
         offered = [p.tools for p in chunk]
-        groups = backend.sample([p.messages for p in chunk], chunk_params,
-                                thinking_modes=[p.thinking_mode for p in chunk],
-                                **({"tools": offered} if any(offered) else {}))
+        groups = sample_at(backend, [p.messages for p in chunk], chunk_params, places,
+                           thinking_modes=[p.thinking_mode for p in chunk],
+                           **({"tools": offered} if any(offered) else {}))
         return [sample_record(p, group) for p, group in zip(chunk, groups, strict=True)]
 
     return run_incremental(
@@ -358,7 +349,7 @@ def score_pass(
     """
     by_id = {record["id"]: record for record in samples}
 
-    def work(chunk: list[PromptRow], index: int, offset: int) -> list[dict[str, Any]]:
+    def work(chunk: list[PromptRow], index: int, places: list[int]) -> list[dict[str, Any]]:
         items, owners = [], []
         for prompt in chunk:
             for completion in completions_of(by_id[prompt.id]):

@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import Field
 
-from tempa.alignment.backends import LazyBackend, build_backend, describe_backend
+from tempa.alignment.backends import LazyBackend, build_backend, describe_backend, sample_at
 from tempa.alignment.backends_http import CONTENT_FILTER
 from tempa.alignment.completions import Completion, assistant_message, split_think
 from tempa.alignment.generation import GenerationParams
@@ -357,15 +357,14 @@ def add_second_turns(
     # Not the kept conversations: their keys go by content, and a prompt added to the file adds one, re-asking none.
     signature = signature.plus(second_turn=fingerprinted(settings))
 
-    def write_followups(chunk: list[Kept], index: int, offset: int) -> list[dict[str, Any]]:
+    def write_followups(chunk: list[Kept], index: int, places: list[int]) -> list[dict[str, Any]]:
         params = GenerationParams(max_new_tokens=settings.followup_max_new_tokens,
-                                  temperature=settings.followup_temperature, n=1,
-                                  seed=batch_seed(ctx.seed, index, offset, 1),
+                                  temperature=settings.followup_temperature, n=1, seed=batch_seed(ctx.seed, index),
                                   thinking_mode="off", batch_size=config.sampling.batch_size)
         requests = [[{"role": "user", "content": fill(
             settings.followup_prompt, conversation=render_conversation(k.messages()), language=k.prompt.language,
         )}] for k in chunk]
-        outputs = writer.sample(requests, params)
+        outputs = sample_at(writer, requests, params, places)
         return [{"id": k.key, "followup": split_think(group[0]).answer} for k, group in zip(chunk, outputs, strict=True)]
 
     try:

@@ -34,6 +34,7 @@ from tempa.alignment.backends import (
     backend_reads,
     build_backend,
     describe_backend,
+    sample_at,
 )
 from tempa.alignment.backends_http import CONTENT_FILTER, check_endpoint
 from tempa.alignment.completions import Completion
@@ -121,12 +122,12 @@ JUDGE_JOURNAL = "judge.jsonl"
 def _journaled(
     store: JsonlStore, requests: Sequence[str], chunk_size: int, desc: str, ask: Any, measure: Any = None
 ) -> list[dict[str, Any]]:
-    """``ask(requests, chunk_index, offset)`` -> one record per request, run only for requests not journaled (see
+    """``ask(requests, chunk_index, places)`` -> one record per request, run only for requests not journaled (see
     :func:`tempa.alignment.sampling.run_incremental`)."""
     items = list(zip(content_keys(requests), requests, strict=True))
 
-    def work(chunk: list[tuple[str, str]], index: int, offset: int) -> list[dict[str, Any]]:
-        records = ask([request for _, request in chunk], index, offset)
+    def work(chunk: list[tuple[str, str]], index: int, places: list[int]) -> list[dict[str, Any]]:
+        records = ask([request for _, request in chunk], index, places)
         return [{"id": key, **record} for (key, _), record in zip(chunk, records, strict=True)]
 
     records, _ = run_incremental(items, key=lambda item: item[0], work=work, store=store,
@@ -140,10 +141,10 @@ def ask_teacher(
     """The teacher's answer to each request (one user message) and how it ended (``finish_reason``), asked in
     batches of ``params.batch_size`` and journaled in ``store`` (a resumed run asks only what is missing)."""
 
-    def ask(chunk: list[str], index: int, offset: int) -> list[dict[str, Any]]:
+    def ask(chunk: list[str], index: int, places: list[int]) -> list[dict[str, Any]]:
         # Seeded per batch, as the synthesize pass is: a resumed run asks a batch with the seed it had.
-        chunk_params = params.model_copy(update={"seed": batch_seed(params.seed, index, offset, params.n)})
-        groups = backend.sample([[{"role": "user", "content": r}] for r in chunk], chunk_params)
+        chunk_params = params.model_copy(update={"seed": batch_seed(params.seed, index)})
+        groups = sample_at(backend, [[{"role": "user", "content": r}] for r in chunk], chunk_params, places)
         return [{"completion": group[0].to_dict()} for group in groups]
 
     def measure(record: dict[str, Any]) -> tuple[int, int | None]:
@@ -301,7 +302,7 @@ def gate_scores(gate: JudgeGate, rubric: str, items: Sequence[dict[str, Any]], c
                  "settings": gate.model_dump(mode="json", exclude={"backend", "min_score", "max_unparsable"})}
     store = JsonlStore(ctx.stage_dir / "data" / JUDGE_JOURNAL, signature)
 
-    def ask(chunk: list[str], index: int, offset: int) -> list[dict[str, Any]]:
+    def ask(chunk: list[str], index: int, places: list[int]) -> list[dict[str, Any]]:
         return [{"reply": reply} for reply in judge.ask(chunk)]
 
     try:

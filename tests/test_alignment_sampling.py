@@ -57,10 +57,18 @@ def test_interrupted_sampling_resumes_with_only_the_rest(tmp_path):
 def test_an_edited_prompt_is_asked_with_the_seed_a_fresh_run_gives_it(tmp_path):
     """A prompt edited in a file whose other prompts are journaled was asked alone, so it got its batch's first seed,
     not its own: the data grown by edits differed from a fresh run on the same file (a trial: seed 1007 vs 1011). The
-    real HTTP backend's requests carry the seeds."""
+    real HTTP backend's requests carry the seeds; a batch's edited prompts are still asked in one call (asked in runs
+    of consecutive prompts, scattered edits made calls of one prompt each, with none of the backend's concurrency)."""
     from test_alignment_fakes import FakeOpenAI, chat_response, last_user
 
     from tempa.alignment.backends_http import HTTPBackend
+
+    class Calls(HTTPBackend):
+        calls = 0
+
+        def sample(self, *args, **kwargs):
+            Calls.calls += 1
+            return super().sample(*args, **kwargs)
 
     def row(text: str) -> PromptRow:
         return PromptRow(id=text, messages=[{"role": "user", "content": text}], thinking_mode="off")
@@ -70,20 +78,21 @@ def test_an_edited_prompt_is_asked_with_the_seed_a_fresh_run_gives_it(tmp_path):
     edited = [row(t) for t in ("a", "b2", "c", "d2", "e2")]  # two holes in the first batch, the second batch whole
 
     def seeds(prompts: list[PromptRow], store: JsonlStore) -> dict[str, int]:
+        Calls.calls = 0
         with FakeOpenAI(lambda body: chat_response([f"s{body['seed']}"] * body["n"])) as server:
-            sample_prompts(prompts, HTTPBackend(server.base_url, "m", backoff_s=0.01), params, store,
-                           show_progress=False)
+            sample_prompts(prompts, Calls(server.base_url, "m", backoff_s=0.01), params, store, show_progress=False)
         return {last_user(body): body["seed"] for body in server.requests}
 
     assert seeds(before, JsonlStore(tmp_path / "grown.jsonl", "sig")) == {"a": 7, "b": 9, "c": 11, "d": 13, "e": 1007}
     fresh = seeds(edited, JsonlStore(tmp_path / "fresh.jsonl", "sig"))
     assert seeds(edited, JsonlStore(tmp_path / "grown.jsonl", "sig")) == {k: fresh[k] for k in ("b2", "d2", "e2")}
+    assert Calls.calls == 2  # b2 and d2 in one call, e2 in its batch's
     assert fresh == {"a": 7, "b2": 9, "c": 11, "d2": 13, "e2": 1007}
 
 
 def test_a_pass_without_a_measure_counts_a_record_as_one_sample(tmp_path):
     """Follow-up writing, revisions and teacher text give no measure: their bar read "0.0 samples/s" all along."""
-    def work(chunk: list[int], index: int, offset: int) -> list[dict]:
+    def work(chunk: list[int], index: int, places: list[int]) -> list[dict]:
         time.sleep(0.01)  # a pass under a millisecond rounds to 0 s and reports no rate at all
         return [{"id": str(i)} for i in chunk]
 
@@ -350,7 +359,7 @@ def test_status_reads_how_far_a_journaled_pass_is_and_when_it_ends(tmp_path):
     seen: list = []
     fail_at = [2]
 
-    def work(chunk: list[int], index: int, offset: int) -> list[dict]:
+    def work(chunk: list[int], index: int, places: list[int]) -> list[dict]:
         seen.append(latest_progress(stage))  # what status reads while this chunk is asked
         time.sleep(0.01)
         if index in fail_at:

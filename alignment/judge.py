@@ -102,8 +102,9 @@ PLACEHOLDERS = ("question", "answer", "reference", "conversation", "language", "
 REVISE_PLACEHOLDERS = ("question", "answer", "language", "language_clause", "language_clause_short")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 _NAMED = re.compile(r"\{([A-Za-z_]\w*)\}")  # `{"score": 5}` in a JSON example is no placeholder
-# A one-line value spelled like a file name (no spaces, no braces, a suffix) is a path, never a prompt.
-_FILE_NAME = re.compile(r"[^\s{}]+\.[A-Za-z0-9]{1,10}")
+# A one-line value spelled like a file name (no spaces, no braces, a suffix; spaces only in a path with a folder) is
+# a path, never a prompt.
+_FILE_NAME = re.compile(r"[^\s{}]+\.[A-Za-z0-9]{1,10}|[^{}\n]*/[^{}\n]*\.[A-Za-z0-9]{1,10}")
 _DOUBLE = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _SINGLE = re.compile(r"\[\s*(\d+(?:\.\d+)?)\s*\]")
 

@@ -404,7 +404,10 @@ def _journals_signed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     before, after = old.get("files"), new.get("files") or {}
     if not isinstance(before, dict):  # an older manifest holds one digest of them all: which one changed is unknown
         return before == digest(after)
-    return not any(Path(path).is_dir() for path, value in after.items() if before.get(path) != value)
+    # a folder moved with its recipe (the same name and content elsewhere) is no folder changed in place
+    moved = set(located(list(before), before))
+    return not any(Path(path).is_dir() for path, value in after.items()
+                   if before.get(path) != value and located(path, after) not in moved)
 
 
 def _fingerprinted(components: Mapping[str, Any]) -> dict[str, Any]:

@@ -369,3 +369,14 @@ def test_judge_replies_an_earlier_tempa_journaled_under_the_judges_address_are_r
                                 + "\n" for p in prompts))
         again = RewardSet([reward], env).score(items)
     assert len(server.requests) == 2 and again == first
+
+
+def test_a_rubric_path_with_a_space_in_its_folder_is_read_as_a_file(tmp_path, tiny_model_dir):
+    """`rubric: my rubrics/judge.md` was taken as inline text and refused for having no {answer} placeholder."""
+    from tempa.recipes.loader import load_recipe
+
+    (tmp_path / "my rubrics").mkdir()
+    (tmp_path / "my rubrics" / "judge.md").write_text("Rate {answer} to {question}: [[N]]", encoding="utf-8")
+    loaded = load_recipe(_preference_recipe(tmp_path, tiny_model_dir,
+                                            "rewards: [{type: judge, rubric: 'my rubrics/judge.md'}]"))
+    assert loaded.stage("align").rewards[0].rubric == "Rate {answer} to {question}: [[N]]"

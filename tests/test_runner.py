@@ -1267,3 +1267,15 @@ def test_a_changed_journaling_stage_keeps_its_journals_across_an_upgrade_as_an_i
     assert plan_run(load_recipe(recipe), run_dir)[1].action == "resume"
     changed = plan_run(load_recipe(recipe, ["stages.b.value=5"]), run_dir)[1]
     assert (changed.action, changed.keeps_journals, changed.discards) == ("rerun", True, None)
+
+
+def test_a_folder_moved_with_its_recipe_keeps_a_changed_stages_journals(tmp_path):
+    """A prompts folder at another path with the same name and content (the recipe folder moved) counted as a folder
+    changed in place: a stage re-run for another reason (a learning rate) discarded its journals (found by review)."""
+    from tempa.recipes.runner import _journals_signed
+
+    moved = tmp_path / "bob" / "prompts"
+    moved.mkdir(parents=True)
+    old = {"files": {str(tmp_path / "alice" / "prompts"): "d1"}}
+    assert _journals_signed(old, {"files": {str(moved): "d1"}})
+    assert not _journals_signed(old, {"files": {str(moved): "d2"}})  # what it holds changed

@@ -34,14 +34,17 @@ def referenced_files(config_dump: Mapping[str, Any]) -> dict[str, str]:
     return found
 
 
-def located(node: Any, files: Mapping[str, str]) -> Any:
+def located(node: Any, files: Mapping[str, str], *, content: bool = True) -> Any:
     """``node`` (a config dump) with each path of ``files`` (:func:`referenced_files`) written as what lies there: its
-    name and content digest. A fingerprint of it names the same inputs wherever the recipe's folder is: moved, or
-    checked out on another machine under another home (every path in a recipe resolves to an absolute one)."""
+    name and (``content``) content digest. A fingerprint of it names the same inputs wherever the recipe's folder is:
+    moved, or checked out on another machine under another home (every path in a recipe resolves to an absolute
+    one)."""
     if isinstance(node, str):
-        return f"{Path(node).name}@{files[node].split(' -> ')[0]}" if node in files else node
+        if node not in files:
+            return node
+        return f"{Path(node).name}@{files[node].split(' -> ')[0]}" if content else Path(node).name
     if isinstance(node, Mapping):
-        return {key: located(value, files) for key, value in node.items()}
+        return {key: located(value, files, content=content) for key, value in node.items()}
     if isinstance(node, list | tuple):
-        return [located(value, files) for value in node]
+        return [located(value, files, content=content) for value in node]
     return node

@@ -275,8 +275,8 @@ def plan_run(
         files = referenced_files(kept)  # files a setting that plays no part names are no input
         components = {
             "tempa_version": __version__,
-            # less what changes how it runs, not what it makes; its paths as what lies there, not where
-            "config": digest(located(kept, files)),
+            # less what changes how it runs, not what it makes; its paths by name, not where (what they hold: "files")
+            "config": digest(located(kept, files, content=False)),
             # each file's digest, so that the plan can name the one that changed; the fingerprint holds their digest
             "files": files,
             "upstream": fps[upstream] if upstream else base_fp,
@@ -414,7 +414,8 @@ def _fingerprinted(components: Mapping[str, Any]) -> dict[str, Any]:
     """What a stage's fingerprint digests: its components with the input files as one digest of what they hold,
     wherever they are (manifests before the per-file digests held one digest of them all)."""
     files = components.get("files")
-    return {**components, "files": digest(sorted(located(list(files), files)))} if isinstance(files, dict) \
+    # in the config's order: which field holds which content (two sources' files swapped) is an input too
+    return {**components, "files": digest(located(list(files), files))} if isinstance(files, dict) \
         else dict(components)
 
 

@@ -249,13 +249,14 @@ def test_a_judge_that_gives_no_ratings_stops_training_at_its_max_unparsable(tmp_
                                      thinking_mode="on"), prefill=ON).model_dump_json()
         logged: list[tuple[str, float]] = []
 
-        def batch(text: str) -> dict:
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            return {"prompts": ["", ""], "completions": [text, text], "completion_ids": [ids, ids],
+        def batch(*texts: str) -> dict:  # two different answers: a judge request repeated is asked once
+            ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+            return {"prompts": ["", ""], "completions": list(texts), "completion_ids": ids,
                     ROW_COLUMN: [row, row], "log_metric": lambda name, value: logged.append((name, value))}
 
-        scores = functions[1](**batch("2 + 2 = 4\n</think>\n\nEmpat."))  # 1 of 2 rated: at the limit
+        # 1 of 2 rated: at the limit
+        scores = functions[1](**batch("2 + 2 = 4\n</think>\n\nEmpat.", "2 + 2 = 4\n</think>\n\nEmpat!"))
         assert sorted(scores, key=lambda score: score is None) == [7.0, None]
         assert logged == [("judge/unparsable_fraction", 0.5)]
         with pytest.raises(StageError, match=r"judge 'judge' gave no \[\[rating\]\] in 3 of 4 replies"):
-            functions[1](**batch("2 + 2 = 4\n</think>\n\nJawabannya empat."))
+            functions[1](**batch("2 + 2 = 4\n</think>\n\nJawabannya empat.", "2 + 2 = 4\n</think>\n\nEmpat, ya."))

@@ -17,18 +17,18 @@ from tempa.sft.data_size import count_local_rows
 from tempa.sft.stage_api import stage_ref
 
 
-def _prompts(source: Any) -> tuple[int | None, str]:
-    """(how many prompts a source gives, how that is known): its `limit` or its local file's rows."""
+def _prompts(source: Any, noun: str = "prompts") -> tuple[int | None, str]:
+    """(how many prompts, or rows, a source gives, how that is known): its `limit` or its local file's rows."""
     if stage_ref(source.path) is not None:
-        return source.limit, (f"at most its limit of {source.limit:,} prompts" if source.limit
-                              else f"the prompts of stage {stage_ref(source.path)!r} (unknown until it runs)")
+        return source.limit, (f"at most its limit of {source.limit:,} {noun}" if source.limit
+                              else f"the {noun} of stage {stage_ref(source.path)!r} (unknown until it runs)")
     rows = count_local_rows(source.path)
     count = min(rows, source.limit) if rows is not None and source.limit else (rows or source.limit)
-    return count, f"{count:,} prompts" if count is not None else "an unknown number of prompts (set a limit)"
+    return count, f"{count:,} {noun}" if count is not None else f"an unknown number of {noun} (set a limit)"
 
 
 def _line(who: str, backend: HTTPBackendConfig, count: int | None, per: str) -> str:
-    asked = f"up to {count:,} requests" if count is not None else "requests"
+    asked = f"up to {count:,} requests" if count is not None else "an unknown number of requests"
     return f"{who}, model {backend.model}: {asked}, {per}"
 
 
@@ -79,7 +79,7 @@ def preference_requests(config: Any) -> list[str]:
 
 
 def translate_requests(config: Any) -> list[str]:
-    count, known = _prompts(config.source)
+    count, known = _prompts(config.source, "rows")
     per = "one per row" if config.turns == "first_user" else "one per turn translated (a row has several)"
     out = []
     if isinstance(config.teacher.backend, HTTPBackendConfig):

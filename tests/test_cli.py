@@ -358,6 +358,12 @@ def test_plan_says_how_many_requests_each_http_server_will_get(tmp_path, capsys)
             teacher: {server % ("teacher", "")}
             sampling: {{n: 3}}
             rewards: [{{type: length}}]
+          - name: tr
+            kind: translate
+            source: {{path: prompts.jsonl}}
+            target_language: th
+            turns: all
+            teacher: {{backend: {server % ("translator", "")}}}
         """))
     assert main(["plan", str(tmp_path / "r.yaml"), "--run-dir", str(tmp_path / "run")]) == 0
     lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines() if line.startswith("API requests")]
@@ -370,4 +376,6 @@ def test_plan_says_how_many_requests_each_http_server_will_get(tmp_path, capsys)
         "sample (fewer: samples cut off or empty are not judged)",
         "API requests stage 'synth-n': teacher, model teacher: up to 4 requests, one per prompt (3 samples each, as "
         "`n`), for 4 prompts",
+        "API requests stage 'tr': translator (teacher.backend), model translator: an unknown number of requests, one "
+        "per turn translated (a row has several), for 7 rows",
     ]

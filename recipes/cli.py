@@ -363,6 +363,8 @@ def _cmd_plan(args) -> int:
     from tempa.merge.merge_config import selection_notes
 
     warnings += selection_notes(loaded.stages)  # what the merge's selection needs that only the run can tell
+    if not args.hardware:  # the estimate checks the schedule against the steps it counts
+        warnings += _schedule_warnings(loaded)
     for problem in warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(problem)}", markup=True, highlight=False)
     if args.hardware:
@@ -404,6 +406,22 @@ def _check_base_tokenizer(loaded) -> None:
         plan_pad(AutoTokenizer.from_pretrained(base), template_text(loaded), base, model_dir=base)
     except ValueError as exc:
         raise StageError(f"base_model: `tempa run` would stop before its first stage: {first_line(exc)}") from None
+
+
+def _schedule_warnings(loaded) -> list[str]:
+    """A learning-rate schedule that does not fit a stage's ``max_steps`` (the steps it trains, known without an
+    estimate): the run warned of it at its start, a plain `tempa plan` did not."""
+    from tempa.recipes.registry import stage_kind
+    from tempa.sft.train_args import schedule_problem
+
+    out = []
+    for config in loaded.stages:
+        if stage_kind(config.kind).trains:
+            train = config.train_args()
+            steps = int(train.get("max_steps") or -1)
+            if steps > 0 and (problem := schedule_problem(train, steps)) is not None:
+                out.append(f"stage '{config.name}' (max_steps {steps}): {problem}")
+    return out
 
 
 def _print_train_args(console, loaded) -> None:

@@ -379,3 +379,29 @@ def test_plan_says_how_many_requests_each_http_server_will_get(tmp_path, capsys)
         "API requests stage 'tr': translator (teacher.backend), model translator: an unknown number of requests, one "
         "per turn translated (a row has several), for 7 rows",
     ]
+
+
+def test_a_plain_plan_warns_of_a_schedule_longer_than_max_steps(tmp_path, capsys):
+    """warmup_stable_decay decaying over 10 steps of a 4-step stage was said at the run's start and by `plan
+    --hardware`, not by a plain `tempa plan` (the README's own example, a new user's trial)."""
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}) + "\n" for i in range(8)))
+
+    def plan(decay: str) -> str:
+        (tmp_path / "r.yaml").write_text(textwrap.dedent(f"""\
+            name: wsd
+            base_model: "tempa:tiny"
+            stages:
+              - name: sft
+                kind: sft
+                data: {{sources: [{{name: rows, path: rows.jsonl}}]}}
+                train: {{max_steps: 4, lr_scheduler_type: warmup_stable_decay,
+                         lr_scheduler_kwargs: {{num_decay_steps: {decay}}}}}
+            """))
+        assert main(["plan", str(tmp_path / "r.yaml"), "--run-dir", str(tmp_path / "run")]) == 0
+        return " ".join(capsys.readouterr().out.split())
+
+    shown = plan("10")
+    assert "warning: stage 'sft' (max_steps 4): warmup_stable_decay warms up over " in shown
+    assert "decays over 10 steps (num_decay_steps), more than the 4 steps it trains" in shown
+    assert "warmup_stable_decay warms up" not in plan("0.2")

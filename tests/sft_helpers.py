@@ -152,3 +152,17 @@ def prepared_rows(folder: Path, model_dir: Path, *, n: int, seed: int = 0, max_l
     prepared = prepare_sft_data(data, tokenizer, out_dir=folder / "out", cache_dir=folder / "cache", seed=0,
                                 max_length=max_length)
     return load_from_disk(str(prepared.train_path)), tokenizer
+
+
+def tied_copy(model_dir: Path, folder: Path) -> Path:
+    """``model_dir`` saved into ``folder`` with its input and output embeddings tied (Gemma-2, Llama 3.2, small Qwen)."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(model_dir, folder)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    model.save_pretrained(folder)
+    return folder

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,18 @@ def trained(stage_dir: Path) -> StageResult:
     return StageResult(model=stage_dir / "final", checkpoints=complete_checkpoints(stage_dir / "checkpoints"))
 
 
+def sft_with_one_checkpoint(run_dir: Path, model_dir: Path) -> Path:
+    """An sft stage in ``run_dir/sft`` whose ``final/`` and one complete ``checkpoint-2`` are ``model_dir``'s."""
+    import shutil
+
+    sft = run_dir / "sft"
+    ckpt = sft / "checkpoints" / "checkpoint-2"
+    shutil.copytree(model_dir, ckpt)
+    (ckpt / "COMPLETE").write_text("")
+    shutil.copytree(model_dir, sft / "final")
+    return sft
+
+
 def baked_final(model_dir: Path, folder: Path) -> Path:
     """``model_dir``'s weights with the llama3_thinking template baked in: a final/ folder as the bake writes."""
     import shutil
@@ -54,6 +70,22 @@ def baked_final(model_dir: Path, folder: Path) -> Path:
     for name in ("config.json", "model.safetensors"):
         shutil.copy2(model_dir / name, folder / name)
     return folder
+
+
+@contextlib.contextmanager
+def another_run_holds(run_dir: Path, *, for_s: float = 60) -> Iterator[subprocess.Popen]:
+    """A `tempa run` of another process holding ``run_dir`` (its RunLock) for ``for_s`` seconds at most while the
+    block runs: what a joining node waits for, and a second orchestrator is refused by."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path; from tempa.recipes.rundir import RunLock\n"
+         f"with RunLock(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep({for_s})"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def group_alive(pgid: int) -> bool:

@@ -9,20 +9,19 @@ FSDP2's: the same steps on the same data and seed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from sft_helpers import sft_recipe
+from sft_helpers import sft_recipe, tied_copy
+from stage_helpers import another_run_holds
 from tempa.recipes.loader import load_recipe
 from tempa.recipes.runner import run_recipe
 from tempa.sft.run_layout import DONE
@@ -47,22 +46,6 @@ def two_steps(folder: Path, base_model: Path, launch: str, save_steps: int) -> P
     recipe = sft_recipe(folder, base_model, max_steps=2, save_steps=save_steps, launch=f"launch: {{{launch}}}")
     run_recipe(load_recipe(recipe), folder / "run")
     return folder / "run"
-
-
-@contextlib.contextmanager
-def another_run_holds(run_dir: Path) -> Iterator[None]:
-    """A `tempa run` of another process holding ``run_dir`` (its RunLock) while the block runs: what a joining node
-    waits for."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from pathlib import Path; from tempa.recipes.rundir import RunLock\n"
-         f"with RunLock(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        yield
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 @pytest.fixture(scope="module")
@@ -150,19 +133,11 @@ def test_a_node_whose_rank_0_run_ends_without_a_training_launch_exits_cleanly(tm
 
     two = load_recipe(sft_recipe(tmp_path, tiny_model_dir, launch=f"launch: {{{TWO_NODES}}}")).recipe.launch
     run_dir = tmp_path / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from pathlib import Path; from tempa.recipes.rundir import RunLock\n"
-         f"with RunLock(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(1.0)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with another_run_holds(run_dir, for_s=1.0):
         started = time.monotonic()
         joined = join_run(two, run_dir, 1, tmp_path / "logs", log=logging.getLogger("tempa"), start_timeout_s=30,
                           poll_s=0.05)
         waited = time.monotonic() - started
-    finally:
-        holder.kill()
-        holder.wait()
     assert joined == 0 and waited < 15
 
 
@@ -229,14 +204,7 @@ def test_a_lora_stage_under_sharded_training_publishes_its_adapter_merged_into_t
 def test_lora_embeddings_on_a_tied_base_train_under_zero3_and_are_refused_in_one_line_by_fsdp2(tmp_path, tiny_model_dir):
     """The docs' `modules_to_save: [embed_tokens, lm_head]` on a tied base (Gemma-2, Llama 3.2, small Qwen) crashed
     FSDP2's preparation with "KeyError: attribute 'weight' already exists"."""
-    from transformers import AutoModelForCausalLM
-
-    tied = tmp_path / "tied"
-    shutil.copytree(tiny_model_dir, tied)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model.config.tie_word_embeddings = True
-    model.tie_weights()
-    model.save_pretrained(tied)
+    tied = tied_copy(tiny_model_dir, tmp_path / "tied")
     stage = """
       - name: sft
         kind: sft

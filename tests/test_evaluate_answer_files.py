@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from stage_helpers import done, make_context, trained
+from stage_helpers import done, make_context, sft_with_one_checkpoint, trained
 from tempa.alignment.completions import Completion
 from tempa.merge import EvaluateStageConfig, run_evaluate
 
@@ -44,11 +44,7 @@ def _read(path: Path) -> list[dict]:
 def test_each_candidates_answers_are_kept_per_suite_also_when_its_scores_come_from_the_cache(
         tmp_path, tiny_model_dir, tokenizer_dir):
     run_dir = tmp_path / "run"
-    sft = run_dir / "sft"
-    ckpt = sft / "checkpoints" / "checkpoint-2"
-    shutil.copytree(tiny_model_dir, ckpt)
-    (ckpt / "COMPLETE").write_text("")
-    shutil.copytree(tiny_model_dir, sft / "final")
+    sft = sft_with_one_checkpoint(run_dir, tiny_model_dir)
     # a row without an answer is no accuracy row: the indexes name the rows of the file, not of the scored subset
     math = _rows(tmp_path / "math.jsonl", [{"id": "q1", "prompt": "2+2?", "answer": 4}, {"prompt": "say hi"},
                                            {"prompt": "3*3?", "answer": 9}])

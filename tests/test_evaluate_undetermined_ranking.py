@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
-from stage_helpers import done, make_context, trained
+from stage_helpers import done, make_context, sft_with_one_checkpoint, trained
 from tempa.merge import EvaluateStageConfig, run_evaluate
 from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, read_leaderboard
 
@@ -33,21 +32,22 @@ class Replies:
         pass
 
 
-def test_ranking_by_normalized_accuracy_on_mostly_undetermined_answers_is_warned(tmp_path, tiny_model_dir,
-                                                                                  tokenizer_dir, caplog):
-    run_dir = tmp_path / "run"
-    sft = run_dir / "sft"
-    ckpt = sft / "checkpoints" / "checkpoint-2"
-    shutil.copytree(tiny_model_dir, ckpt)
-    (ckpt / "COMPLETE").write_text("")
-    shutil.copytree(tiny_model_dir, sft / "final")
+def ranked_by_language(tmp_path: Path) -> EvaluateStageConfig:
+    """An evaluate stage over sft's checkpoints ranked by an Indonesian language suite of four sums."""
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps({"prompt": q, "answer": a, "language": "id"}) + "\n"
                             for q, a in (("2+2?", 4), ("3*3?", 9), ("5-1?", 4), ("6/2?", 3))), encoding="utf-8")
-    config = EvaluateStageConfig.model_validate({
+    return EvaluateStageConfig.model_validate({
         "name": "eval", "kind": "evaluate", "checkpoints_of": ["sft"], "rank_by": "lang/normalized_accuracy",
         "suites": [{"type": "language", "name": "lang", "data": str(data), "thinking_mode": "off",
                     "languages": ["id", "en"]}]})
+
+
+def test_ranking_by_normalized_accuracy_on_mostly_undetermined_answers_is_warned(tmp_path, tiny_model_dir,
+                                                                                  tokenizer_dir, caplog):
+    run_dir = tmp_path / "run"
+    sft = sft_with_one_checkpoint(run_dir, tiny_model_dir)
+    config = ranked_by_language(tmp_path)
     ctx = make_context(run_dir, "eval", start_model=sft / "final", tokenizer_dir=tokenizer_dir,
                        upstream=[done("sft", trained(sft))])
     with caplog.at_level(logging.WARNING):
@@ -82,22 +82,11 @@ def test_a_merge_after_it_carries_the_note_to_its_board_and_keeps_its_answers(tm
                                                                              tokenizer_dir):
     """The report shows the last leaderboard, the merge's: its re-scored board was built without the evaluate
     board's notes (the warning never reached report.html), and the merged model's answers were not kept."""
-    from stage_helpers import done
     from tempa.merge import MergeStageConfig, run_merge
 
     run_dir = tmp_path / "run"
-    sft = run_dir / "sft"
-    ckpt = sft / "checkpoints" / "checkpoint-2"
-    shutil.copytree(tiny_model_dir, ckpt)
-    (ckpt / "COMPLETE").write_text("")
-    shutil.copytree(tiny_model_dir, sft / "final")
-    data = tmp_path / "rows.jsonl"
-    data.write_text("".join(json.dumps({"prompt": q, "answer": a, "language": "id"}) + "\n"
-                            for q, a in (("2+2?", 4), ("3*3?", 9), ("5-1?", 4), ("6/2?", 3))), encoding="utf-8")
-    evaluate = EvaluateStageConfig.model_validate({
-        "name": "eval", "kind": "evaluate", "checkpoints_of": ["sft"], "rank_by": "lang/normalized_accuracy",
-        "suites": [{"type": "language", "name": "lang", "data": str(data), "thinking_mode": "off",
-                    "languages": ["id", "en"]}]})
+    sft = sft_with_one_checkpoint(run_dir, tiny_model_dir)
+    evaluate = ranked_by_language(tmp_path)
     factory = lambda path, _c, _x: Replies(path)  # noqa: E731
     scored = run_evaluate(evaluate, make_context(run_dir, "eval", start_model=sft / "final", tokenizer_dir=tokenizer_dir,
                                                  upstream=[done("sft", trained(sft))]), backend_factory=factory)

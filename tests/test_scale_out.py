@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from stage_helpers import another_run_holds
 from tempa.recipes.errors import RecipeError
 from tempa.recipes.estimate import GIB, estimate_recipe, parse_hardware, render_estimate, resolve_shape
 from tempa.recipes.loader import load_recipe
@@ -65,17 +66,10 @@ def test_a_dead_holder_on_this_host_is_taken_over_at_once(tmp_path):
 
 def test_a_second_orchestrator_process_is_refused(tmp_path):
     run_dir = tmp_path / "run"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from tempa.recipes.rundir import RunLock\n"
-         f"with RunLock(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(RunLockedError, match=f"in use by pid {holder.pid} on {re.escape(socket.gethostname())}"):
+    with another_run_holds(run_dir) as holder:
+        holder_is_named = f"in use by pid {holder.pid} on {re.escape(socket.gethostname())}"
+        with pytest.raises(RunLockedError, match=holder_is_named):
             RunLock(run_dir).__enter__()
-    finally:
-        holder.kill()
-        holder.wait()
     with RunLock(run_dir):  # its flock died with it, and its record is stale: the next run goes through
         pass
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sft_helpers import sft_recipe, write_rows
+from sft_helpers import sft_recipe, tied_copy, write_rows
 from tempa.recipes.loader import load_recipe
 from tempa.recipes.runner import run_recipe
 
@@ -152,16 +152,9 @@ def test_lora_modules_to_save_keep_a_tied_base_tied(tmp_path, tiny_model_dir):
     """On a base with tied embeddings (small Qwen models, Llama 3.2), `modules_to_save: [embed_tokens]` untied it on
     merging: the final model grew an lm_head that was the old embedding, so a new language's tokens were learnt as
     inputs and never as outputs."""
-    import shutil
-
     from transformers import AutoModelForCausalLM
 
-    tied = tmp_path / "tied"
-    shutil.copytree(tiny_model_dir, tied)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model.config.tie_word_embeddings = True
-    model.tie_weights()
-    model.save_pretrained(tied)
+    tied = tied_copy(tiny_model_dir, tmp_path / "tied")
     recipe = sft_recipe(tmp_path, tied, max_steps=2, save_steps=2)
     loaded = load_recipe(recipe, ["stages.sft.lora={r: 4, lora_alpha: 8, lora_dropout: 0.0, "
                                   "target_modules: [q_proj], modules_to_save: [embed_tokens]}",

@@ -307,6 +307,7 @@ def run_launch(launch: LaunchConfig, module: str, args: list[str], log_file: Pat
         "#!/usr/bin/env bash\n# Re-run this stage's training by hand (same plan, same checkpoints).\n"
         + " ".join(shlex.quote(c) for c in cmd) + "\n"
     )
+    script.chmod(0o755)  # the docs say to re-run it by hand: `./launch.sh`
     log.info("launch: %s", " ".join(shlex.quote(c) for c in cmd))
     log.info("log: %s", log_file)
     code, tail = _stream(cmd, env, log_file, log)

@@ -57,12 +57,16 @@ def resolve_path(value: str, info: ValidationInfo | None, *, must_exist: bool = 
                 # at run time, after every stage before it, as a hub that cannot be reached)
                 raise ValueError(f"local path does not exist: {candidate}{meant(_as_written(file, value, base_dir))}")
             close = _misspelt_sibling(candidate, Path(base_dir))
+            meant_path = _under_a_misspelt_folder(candidate, Path(base_dir))
             warnings = info.context.get(PATH_WARNINGS) if info is not None and info.context else None
             warning = None
             if close is not None:
                 what = "folder" if (candidate.parent / close).is_dir() else "file"
                 warning = (f"'{value}' is read as a hub id, but {candidate.parent} beside the recipe holds '{close}': "
                            f"write './{Path(value).parent / close}' if you meant that {what}")
+            elif meant_path is not None:
+                warning = (f"'{value}' is read as a hub id, but {Path(base_dir) / meant_path} is beside the recipe: "
+                           f"write './{meant_path}' if you meant it")
             elif info.field_name == "path" and _data_folder_beside(candidate, Path(base_dir)):
                 # `data/chats` where data/ beside the recipe holds the data files: a local folder not made yet, or
                 # misnamed, not a hub dataset (it failed when its stage loaded it, after the stages before trained)
@@ -100,6 +104,21 @@ def _misspelt_sibling(candidate: Path, base_dir: Path) -> str | None:
     return next((entry.name for entry in sorted(candidate.parent.iterdir())
                  if one_slip_from(candidate.name, entry.name) or one_slip_from(candidate.name, _without_suffix(entry.name))),
                 None)
+
+
+def _under_a_misspelt_folder(candidate: Path, base_dir: Path) -> Path | None:
+    """The path, relative to the recipe's folder, that ``candidate`` (which is not there) names with its first folder
+    one slip from a folder beside the recipe (`dta/chats` where `data/chats` is), or None. Only a path that then
+    exists: a hub organisation a letter from a local folder's name is no slip."""
+    parts = candidate.relative_to(base_dir).parts
+    if len(parts) < 2 or (base_dir / parts[0]).exists():
+        return None
+    try:
+        folders = sorted(entry.name for entry in base_dir.iterdir() if entry.is_dir())
+    except OSError:
+        return None
+    return next((Path(name, *parts[1:]) for name in folders
+                 if one_slip_from(parts[0], name) and (base_dir / name).joinpath(*parts[1:]).exists()), None)
 
 
 def _file_of_that_name(candidate: Path, base_dir: Path) -> Path | None:

@@ -136,3 +136,16 @@ def test_of_several_processes_failures_the_error_names_the_cause_not_a_lost_peer
     assert _reason(tail) == "RuntimeError: Attempted to access the data pointer on an invalid python storage."
     # a lost peer alone (the other process was killed, say) is still what the log says
     assert _reason(deque(list(tail)[2:])).startswith("RuntimeError: [/__w/pytorch/third_party/gloo")
+
+
+def test_the_written_launch_script_re_runs_the_training_by_hand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The docs say to re-run a stage's training by hand from logs/launch.sh: it was written 0644, so `./launch.sh`
+    failed with "Permission denied"."""
+    runs = tmp_path / "runs.txt"
+    (tmp_path / "count_worker.py").write_text(f"open({str(runs)!r}, 'a').write('ran\\n')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    run_launch(LaunchConfig(launcher="torchrun", use_cpu=True), "count_worker", [], tmp_path / "logs" / "train.log",
+               log=logging.getLogger("t"))
+    by_hand = subprocess.run(["./launch.sh"], cwd=tmp_path / "logs", capture_output=True, text=True)
+    assert by_hand.returncode == 0, by_hand.stderr
+    assert runs.read_text().splitlines() == ["ran", "ran"]

@@ -94,3 +94,19 @@ def test_a_missing_folder_among_the_data_files_beside_the_recipe_is_warned(layou
     assert "write './data/chats' if you meant a local path" in " ".join(capsys.readouterr().out.split())
     (layout / "HuggingFaceH4").mkdir()  # an organisation's folder, without data files in it: no slip
     assert load_recipe(write_recipe(layout, "models/tiny", "HuggingFaceH4/ultrachat_200k")).path_warnings == []
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("dta/ja_reasoning", "data/ja_reasoning"),
+                                              ("modles/tiny", "models/tiny"), ("Data/ja_reasoning", "data/ja_reasoning")])
+def test_a_slip_in_the_first_folder_is_named_with_the_path_it_meant(layout, typed, meant):
+    """`dta/chats` beside data/chats passed `tempa plan` in silence and failed 47 s into the run as a hub dataset
+    that could not be reached: only a slip in the last name was warned of."""
+    warnings = load_recipe(write_recipe(layout, typed, "data/ja_reasoning")).path_warnings
+    assert warnings == [f"'{typed}' is read as a hub id, but {layout / meant} is beside the recipe: "
+                        f"write './{meant}' if you meant it"]
+
+
+def test_a_hub_organisation_a_slip_from_a_folder_beside_the_recipe_is_no_slip(layout):
+    # `dat/...` names nothing under data/: a hub id of an organisation called `dat` loads as one, in silence
+    loaded = load_recipe(write_recipe(layout, "models/tiny", "dat/some-dataset"))
+    assert loaded.path_warnings == []

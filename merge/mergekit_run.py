@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,31 @@ def mergekit_options(config: MergeStageConfig, *, seed: int, trust_remote_code: 
     )
 
 
+def mergekit_yaml(merge_config: Any) -> str:
+    """``merge_config`` as mergekit's YAML, model paths with spaces or quotes included.
+
+    mergekit serialises such a reference as itself (it meant a mapping), and pydantic then stops with "Circular
+    reference detected": every merge of a run under `~/My Drive/` failed after all training. Each reference is
+    dumped as a placeholder and written back as a quoted YAML string.
+    """
+    paths: dict[str, str] = {}
+
+    def placeholder(reference: Any) -> Any:
+        name = f"tempa-merge-input-{len(paths)}"
+        paths[name] = str(reference.model.path)
+        return _reference(name)
+
+    stand_in = merge_config.model_copy(update={
+        "models": None if merge_config.models is None else [
+            entry.model_copy(update={"model": placeholder(entry.model)}) for entry in merge_config.models],
+        "base_model": None if merge_config.base_model is None else placeholder(merge_config.base_model),
+    })
+    text = stand_in.to_yaml()
+    for name, path in paths.items():
+        text = re.sub(rf"(?<=: ){re.escape(name)}$", lambda _m, path=path: json.dumps(path), text, flags=re.MULTILINE)
+    return text
+
+
 def run_mergekit(merge_config: Any, out_dir: Path, options: Any, *, config_path: Path) -> None:
     """Write ``merge_config`` to ``config_path`` (mergekit YAML) and merge into ``out_dir`` (an empty, temporary folder)."""
     from mergekit.merge import run_merge
@@ -219,7 +245,7 @@ def run_mergekit(merge_config: Any, out_dir: Path, options: Any, *, config_path:
             raise StageError(f"merge input {path} is not an existing absolute folder (mergekit would read a hub id)")
         if (problem := weights_problem(Path(path))) is not None:
             raise StageError(f"merge input: {problem}")
-    text = merge_config.to_yaml() + "\n"
+    text = mergekit_yaml(merge_config) + "\n"
     config_path.write_text(text, encoding="utf-8")
     with unmapped_inputs(merge_config):
         # mergekit rewrites the configuration it is given (models -> modules); keep the caller's intact.

@@ -443,10 +443,13 @@ def text_answer_matches(answer: str, expected: object) -> bool:
     last = lines[-1]
     # The last line names its answer: before its own punctuation ("C) Paris", "Yes, it is."), after a colon
     # ("Sentiment: Positive"), or after a copula at its end ("The capital of France is Paris.").
-    opening = unicodedata.normalize("NFKC", last).casefold().lstrip(" \t([*")
+    # Read after NFKC, which makes the full-width forms of CJK input ASCII (：is :, ）is ), ．is .); the ideographic
+    # marks it keeps (。、「」) are listed beside their ASCII counterparts.
+    plain = unicodedata.normalize("NFKC", last)
+    opening = plain.casefold().lstrip(" \t([*「『【〔《〈")
     reference = unicodedata.normalize("NFKC", str(expected)).casefold().strip()
-    if opening.startswith(reference) and opening[len(reference):len(reference) + 1] in tuple(",.;:)]"):
+    if opening.startswith(reference) and opening[len(reference):len(reference) + 1] in tuple(",.;:)]。、」』】〕》〉"):
         return True
-    if ":" in last and normalise_text(last.rsplit(":", 1)[1]) == target:
+    if ":" in plain and normalise_text(plain.rsplit(":", 1)[1]) == target:
         return True
     return re.search(rf"(?:^| )(?:{_COPULAS}) {re.escape(target)}$", normalise_text(last)) is not None

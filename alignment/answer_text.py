@@ -396,8 +396,20 @@ def numbers_agree(expected: Number, got: Number, rel_tol: float = 1e-6, abs_tol:
 # The word that states what something is, before an answer at the end of a line: "The capital of France is Paris.",
 # "Ibu kota Indonesia adalah Jakarta.", "Thủ đô là Hà Nội.", "เมืองหลวงคือ กรุงเทพ".
 _COPULAS = "is|are|was|were|adalah|ialah|merupakan|là|คือ|ay"
-# What Japanese and Thai put after a stated answer: "答えはBです。", "คำตอบคือ B ครับ".
-_COPULA = re.compile(r"\s*(?:です|でした|である|だ|となります|になります|ครับ|ค่ะ)$")
+# What Japanese, Korean and Thai put after a stated answer: "答えはBです。", "정답은 B입니다", "คำตอบคือ B ครับ".
+_COPULA = re.compile(r"\s*(?:です|でした|である|だ|となります|になります|입니다|ครับ|ค่ะ)$")
+# A last sentence that ends in a Japanese or Korean copula states its answer before it ("ネガティブです。", "긍정입니다."),
+# as "Positive." does; a question ("ネガティブですか？") or a denial ("ネガティブではありません。") ends otherwise.
+_FINAL_COPULA = re.compile(r"(?:です|である|だ|입니다)$")
+# What names the thing the answer is about, right before it: the Japanese topic ("この文は"; not the "or" of または,
+# もしくは, あるいは: "ポジティブまたはネガティブです" names two), the Korean topic word ("이 문장은"; not 또는 or 혹은,
+# "or"), or a connective that concludes ("つまり、", "したがって、").
+_TOPIC_BEFORE = re.compile(
+    r"[^\W\d_](?<!また)(?<!もしく)(?<!あるい)(?<!或い)(?<!又)(?<!若しく)は$|(?:^|\s)(?!또는$|혹은$)[^\W\d_]+[은는]$"
+    r"|^(?:つまり|したがって|従って|よって|ゆえに|故に|なので|だから|結論として)$"
+)
+# Where a sentence ends, after NFKC: 。(which NFKC keeps), ! and ?, and . before a space or the end.
+_LINE_SENTENCE = re.compile(r"(?<=[。!?])|(?<=\.)(?=\s|$)")
 # The word a multiple-choice reply names its pick with ("option C", "ข้อ ข", "ตัวเลือก ค", "pilihan B", "選択肢B"),
 # after normalisation. A Latin word must stand apart (no "optional"); a Thai or CJK one joins its label unspaced.
 _OPTION_WORD = re.compile(r"^(?:(?:option|choice|pilihan|opsi|lựa chọn|phương án|pagpipilian)\s+|(?:ข้อ|ตัวเลือก|選択肢|选项|選項)\s*)")
@@ -414,9 +426,12 @@ def text_answer_matches(answer: str, expected: object) -> bool:
     """Whether ``answer`` (the text after the think block) commits to the text reference ``expected``: the content of
     a ``\\boxed{}``, the line or sentence after the committing lead-in (a copula after it dropped), the last line, or
     the whole answer, normalised (:func:`normalise_text`), equals the normalised reference; each also without an
-    option word before it ("option C", "ข้อ ข"), so a multiple-choice pick is its letter. The reference appearing
-    somewhere is not enough: gold ``B`` is not in ``\\boxed{A}``'s "boxed", gold ``ข`` not in "ข้อ ก", gold
-    ``Jakarta`` not in "Bukan Jakarta, tetapi Bandung", gold ``Negative`` not in "Negative / Positive"."""
+    option word before it ("option C", "ข้อ ข"), so a multiple-choice pick is its letter. The last line may also name
+    it after a colon, before its own punctuation, after a copula at its end ("... is Paris.") or, in its last sentence,
+    before a final Japanese or Korean copula ("ポジティブです。", "この文はネガティブです。", "이 문장은 긍정입니다.";
+    :func:`_states_before_copula`). The reference appearing somewhere is not enough: gold ``B`` is not in
+    ``\\boxed{A}``'s "boxed", gold ``ข`` not in "ข้อ ก", gold ``Jakarta`` not in "Bukan Jakarta, tetapi Bandung",
+    gold ``Negative`` not in "Negative / Positive" nor in "ポジティブまたはネガティブです"."""
     target = normalise_text(str(expected))
     if not target:
         return False
@@ -452,4 +467,27 @@ def text_answer_matches(answer: str, expected: object) -> bool:
         return True
     if ":" in plain and normalise_text(plain.rsplit(":", 1)[1]) == target:
         return True
-    return re.search(rf"(?:^| )(?:{_COPULAS}) {re.escape(target)}$", normalise_text(last)) is not None
+    if re.search(rf"(?:^| )(?:{_COPULAS}) {re.escape(target)}$", normalise_text(last)) is not None:
+        return True
+    return _states_before_copula(plain, target)
+
+
+def _states_before_copula(line: str, target: str) -> bool:
+    """Whether the last sentence of ``line`` (NFKC) states ``target`` (normalised) before a final Japanese or Korean
+    copula, as "It is positive." states it before its full stop: the whole sentence ("ポジティブです。", "Ｂです。",
+    "긍정입니다."), or after its topic or a concluding connective ("この文はネガティブです。", "이 문장은 긍정입니다.",
+    "つまり、ネガティブです。"). "ポジティブではありません。" and "ポジティブではないです。" state no ポジティブ."""
+    sentences = [part for part in _LINE_SENTENCE.split(line) if part.strip()]
+    if not sentences or sentences[-1].rstrip()[-1:] in "?":
+        return False
+    sentence = sentences[-1].strip().rstrip("。.!")
+    stated, copulas = _FINAL_COPULA.subn("", sentence)
+    if not copulas:
+        return False
+    said = normalise_text(stated)
+    if target in (said, _OPTION_WORD.sub("", said)):
+        return True
+    head = said.removesuffix(target)
+    # Korean, and a Japanese comma, set the answer apart with a space; Japanese runs it on after its topic's は
+    return head != said and (head.endswith(" ") or head.endswith("は")) and \
+        _TOPIC_BEFORE.search(head.rstrip()) is not None

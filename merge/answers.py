@@ -96,8 +96,12 @@ def answer_matches(
     the answer reward compares it (:func:`tempa.alignment.answer_text.numbers_agree`: 45% gives 45 and 0.45).
     Other expectations must equal the normalised boxed content, the line after an "answer is" lead-in, the last line,
     or the whole answer (:func:`tempa.alignment.answer_text.text_answer_matches`, the answer reward's ``auto`` rule for
-    text too).
+    text too). A list (or tuple) of references is the accepted answers: the answer gives one of them, as the answer
+    reward reads a list.
     """
+    if isinstance(expected, list | tuple):
+        # each by its own kind: ["イ", "りんご"] was one text, "['イ', 'りんご']", that no reply equals
+        return any(answer_matches(answer, item, rel_tol, abs_tol, language) for item in expected)
     expected_number = reference_number(expected, language)
     if expected_number is not None:
         got = committed_number(answer, language)

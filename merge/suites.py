@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tempa.alignment.generation import GenerationBackend, GenerationParams, Tools
+from tempa.alignment.prompts import answer_problem
 from tempa.chat_templates.expand import expand
 from tempa.chat_templates.thinking import THINK_TAGS, mode_kwargs, rendered_prefill, split_reasoning
 from tempa.merge import answers, ifeval
@@ -343,6 +344,10 @@ def suite_row_problem(suite: Suite, row: dict[str, Any]) -> str | None:
         thinking_mode_of(row.get("thinking_mode"), "thinking_mode")
     except RowError as error:
         return str(error)
+    # row_correct grades an answer in both; the answer reward's prompts are read by the same rule
+    if (isinstance(suite, AccuracySuite | LanguageSuite) and row.get("answer") not in (None, "")
+            and (problem := answer_problem(row["answer"])) is not None):
+        return f"answer: {problem}"
     if isinstance(suite, LanguageSuite):
         if row.get("language") in (None, ""):
             if suite.language is None:  # what `language` scores with: the row's, else the suite's

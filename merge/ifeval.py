@@ -126,13 +126,20 @@ class AllLowercase(_Instruction):
         return bool(text.strip()) and text == text.lower()
 
 
+# After NFKC (which makes the full-width ，, the half-width ､ and the small and vertical forms , or 、): the comma,
+# the ideographic comma (Japanese 読点, Chinese 顿号: a comma in what the instruction asks of CJK text), and the
+# commas of the Arabic, Armenian, Ethiopic and Mongolian scripts.
+_COMMAS = re.compile("[,、،՝፣᠂᠈]")
+
+
 class NoCommas(_Instruction):
-    """No commas, including the full-width and ideographic commas of CJK text."""
+    """No commas: the ASCII one, the full-width ，, the ideographic 、 and its half-width ､, the small and vertical
+    forms, and the Arabic ، (and other scripts' commas)."""
 
     type: Literal["no_commas"] = "no_commas"
 
     def check(self, text: str) -> bool:
-        return bool(text.strip()) and not any(comma in text for comma in (",", "，", "、", "،"))
+        return bool(text.strip()) and _COMMAS.search(unicodedata.normalize("NFKC", text)) is None
 
 
 Instruction = Annotated[

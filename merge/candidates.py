@@ -135,11 +135,25 @@ def collect_candidates(
     """Candidates in order: each checkpoint stage's checkpoints then final, stages, then folders."""
     who = f"evaluate stage '{ctx.stage_name}'"
     candidates: list[Candidate] = []
+    scored_as: dict[Path, str] = {}  # model_identity -> the candidate that scores those weights
+
+    def add(candidate: Candidate, what: str) -> None:
+        # One set of weights is one candidate, however the recipe reaches it (`checkpoints_of` and `stages` both
+        # naming a stage, a folder given by path): listed twice, the two rows always tie, and a top-k selection
+        # picked both, so the merge failed after all training on "the same model is listed twice".
+        identity = model_identity(candidate.path)
+        if identity in scored_as:
+            ctx.log.info("%s: %s is the weights of %s: scored once, as %s", who, what, scored_as[identity],
+                         scored_as[identity])
+            return
+        scored_as[identity] = candidate.name
+        candidates.append(candidate)
+
     for stage in checkpoints_of:
         checkpoints = ctx.upstream_result(stage, Artifact.MODEL, who=who).checkpoints
         for checkpoint in checkpoints:
-            candidates.append(Candidate(checkpoint_name(stage, checkpoint.path, ctx.stage_dir.parent / stage),
-                                        checkpoint.path, stage, checkpoint.step))
+            add(Candidate(checkpoint_name(stage, checkpoint.path, ctx.stage_dir.parent / stage), checkpoint.path,
+                          stage, checkpoint.step), f"checkpoint {checkpoint.path}")
         if include_final:
             final = ctx.model_of(stage, who=who)
             last = checkpoints[-1] if checkpoints else None
@@ -148,11 +162,11 @@ def collect_candidates(
                 ctx.log.info("%s: %s's final model is the weights of %s (its last step): scored once, as the "
                              "checkpoint", who, stage, candidates[-1].name)
             else:
-                candidates.append(Candidate(stage, final, stage))
+                add(Candidate(stage, final, stage), f"{stage}'s final model")
         elif not checkpoints:
             raise StageError(f"{who}: stage '{stage}' has no complete checkpoint")
     for stage in stages:
-        candidates.append(Candidate(stage, ctx.model_of(stage, who=who), stage))
+        add(Candidate(stage, ctx.model_of(stage, who=who), stage), f"{stage}'s final model")
     for folder in models:
         path = Path(folder)
         name = path.name
@@ -160,7 +174,7 @@ def collect_candidates(
         suffix = 2
         while name in taken:
             name, suffix = f"{path.name}-{suffix}", suffix + 1
-        candidates.append(Candidate(name, path))
+        add(Candidate(name, path), f"folder {path}")
     if not candidates:
         source = next((name for name, up in ctx.upstream.items() if up.result.model == ctx.start_model), None)
         candidates.append(Candidate(source or ctx.start_model.name, ctx.start_model, source))

@@ -328,6 +328,21 @@ class EvaluateStageConfig(StageConfigBase):
             raise ValueError(f"suite names must be unique; give `name:` to the repeated {duplicates}")
         return self
 
+    @model_validator(mode="after")
+    def _each_candidate_once(self):
+        # Known from the recipe alone: refused here rather than scored as one candidate and counted as two (the
+        # top_k check at load counts `stages` apart from `checkpoints_of`, so a merge could still fail after all
+        # training on too few candidates).
+        for field in ("checkpoints_of", "stages", "models"):
+            listed = getattr(self, field)
+            if (repeated := next((item for i, item in enumerate(listed) if item in listed[:i]), None)) is not None:
+                raise ValueError(f"{field}: {repeated!r} is listed twice; each model is scored once")
+        both = next((stage for stage in self.stages if stage in self.checkpoints_of), None)
+        if both is not None and self.include_final:
+            raise ValueError(f"stages: {both!r} is in checkpoints_of too, which scores its final model already (as its "
+                             f"last checkpoint when it holds that step's weights); drop it from `stages`")
+        return self
+
     @field_validator("rank_by")
     @classmethod
     def _reported(cls, value: str | None, info: ValidationInfo) -> str | None:

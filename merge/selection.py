@@ -55,18 +55,32 @@ def select_top_k_with_ties(
             f"metric '{metric}' is not on the leaderboard (it has: {', '.join(known) or 'none'})"
         )
     higher = (not board.lower_is_better(metric)) if higher_is_better is None else higher_is_better
-    eligible = [  # in the board's displayed order: a tie at the cut keeps the rows the user sees first
-        row
-        for row in board.ranked()
-        if (include_merged or not row.merged)
-        and (leave_out is None or model_identity(Path(row.path)) != model_identity(leave_out))
-        and row.metrics.get(metric) is not None
-        and not math.isnan(row.metrics[metric])
+    left_out = None if leave_out is None else model_identity(leave_out)
+    considered = [  # in the board's displayed order: a tie at the cut keeps the rows the user sees first
+        row for row in board.ranked()
+        if (include_merged or not row.merged) and (left_out is None or model_identity(Path(row.path)) != left_out)
     ]
-    if len(eligible) < k:
+    lacking = [row.candidate for row in considered
+               if row.metrics.get(metric) is None or math.isnan(row.metrics[metric])]
+    eligible = [row for row in considered if row.candidate not in lacking]
+    ranked: list[LeaderboardRow] = []
+    picked_as: dict[Path, str] = {}
+    again: list[str] = []
+    for row in sorted(eligible, key=lambda row: -row.metrics[metric] if higher else row.metrics[metric]):
+        # A board holding one set of weights twice (written before candidates were told apart by their weights, or
+        # a folder given by path that is a stage's model): picking both merged a model with itself.
+        identity = model_identity(Path(row.path))
+        if identity in picked_as:
+            again.append(f"{row.candidate} is the weights of {picked_as[identity]}")
+            log.info("select: %s: not picked twice", again[-1])
+            continue
+        picked_as[identity] = row.candidate
+        ranked.append(row)
+    if len(ranked) < k:
         besides = " besides the base model" if leave_out is not None else ""
-        raise StageError(f"top_k={k} but only {len(eligible)} candidate(s){besides} have '{metric}'")
-    ranked = sorted(eligible, key=lambda row: -row.metrics[metric] if higher else row.metrics[metric])
+        why = [f"none for {', '.join(lacking)}"] * bool(lacking) + again
+        raise StageError(f"top_k={k} but only {len(ranked)} candidate(s){besides} have '{metric}'"
+                         + (f" ({'; '.join(why)})" if why else ""))
     tied = [row for row in ranked[k:] if row.metrics[metric] == ranked[k - 1].metrics[metric]]
     if tied:
         # (every candidate at 0 when all were cut off while thinking, say): the metric did not choose

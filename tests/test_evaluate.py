@@ -728,7 +728,8 @@ def test_evaluate_config_validation(tmp_path):
         context={"base_dir": str(tmp_path)},
     )
     assert config.suites[0].data == rows
-    reads = validate(checkpoints_of=["sft"], stages=["dpo", "sft"], suites=[{"type": "ifeval", "data": rows}])
+    reads = validate(checkpoints_of=["sft"], stages=["dpo", "sft"], include_final=False,
+                     suites=[{"type": "ifeval", "data": rows}])
     assert [(r.stage, r.artifact.value, r.field) for r in reads.reads(["sft", "dpo"])] == [
         ("sft", "model", ("checkpoints_of", 0)), ("dpo", "model", ("stages", 0)), ("sft", "model", ("stages", 1))]
 

@@ -7,7 +7,7 @@ type, so ``accuracy/accuracy``, ``language/normalized_accuracy`` or ``heldout/pe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -28,22 +28,36 @@ class _Suite(BaseModel):
         default=None, description="Metric prefix on the leaderboard (default: the suite type)."
     )
 
-    # The metrics the suite reports (a breakdown's name before its ':qualifier'); None: known only once it ran.
-    # Checked against what the scorers return (tests/test_evaluate.py), so rank_by and select.metric are checked here.
+    # The metrics the suite reports, each by its whole name; None: known only once it ran. Checked against what the
+    # scorers return (tests/test_evaluate.py), so rank_by and select.metric are checked here.
     reports: ClassVar[frozenset[str] | None] = None
+    # Its breakdowns, ``<name>:<qualifier>``: the name -> what the qualifier is (its rows' data: a language, an
+    # instruction type, a category). A qualifier was not checked at all: `accuracy:ja` on a suite that reports no
+    # per-language value, or `language_share:jp` for the suite's `:ja`, failed the merge after all training.
+    breakdowns: ClassVar[dict[str, str]] = {}
 
     @property
     def key(self) -> str:
         return self.name or self.type
 
+    def qualifier_problem(self, name: str, qualifier: str) -> str | None:
+        """Why the breakdown ``name`` never has ``qualifier``, or None (it may, once the rows are read)."""
+        return None if qualifier else f"'{name}:' names no {self.breakdowns[name]}"
+
     def metric_problem(self, metric: str) -> str | None:
         """Why this suite never reports ``metric`` (its name after ``<suite>/``), or None."""
-        if self.reports is None or metric.split(":", 1)[0] in self.reports:
+        if self.reports is None or metric in self.reports:
             return None
+        name, colon, qualifier = metric.partition(":")
+        if colon and name in self.breakdowns:
+            problem = self.qualifier_problem(name, qualifier)
+            return None if problem is None else f"suite '{self.key}' ({self.type}): {self.key}/{metric}: {problem}"
+        offered = sorted(self.reports | {f"{name}:<{what}>" for name, what in self.breakdowns.items()})
         hint = closest(metric, sorted(self.reports))
-        return (f"suite '{self.key}' ({self.type}) reports no {metric!r}"
+        per = f", as {name!r} has no breakdown" if colon and name in self.reports else ""
+        return (f"suite '{self.key}' ({self.type}) reports no {metric!r}{per}"
                 + (f" (did you mean {self.key}/{hint}?)" if hint else "")
-                + f"; it reports {', '.join(f'{self.key}/{name}' for name in sorted(self.reports))}")
+                + f"; it reports {', '.join(f'{self.key}/{name}' for name in offered)}")
 
 
 def metric_problem(metric: str, suites: Sequence[_Suite]) -> str | None:
@@ -136,8 +150,9 @@ class LanguageSuite(_GenerationSuite, language.LanguageRules):
 
     type: Literal["language"]
     reports: ClassVar[frozenset[str] | None] = frozenset(
-        {"language", "language_share", "accuracy", "normalized_accuracy", "reasoning", "reasoning_language_share",
-         "unanswered", "truncated", "rows", "undetermined"})
+        {"language_share", "accuracy", "normalized_accuracy", "reasoning_language_share", "unanswered", "truncated",
+         "rows", "undetermined", "language:undetermined", "reasoning:undetermined"})
+    breakdowns: ClassVar[dict[str, str]] = {"language_share": "language", "normalized_accuracy": "language"}
     language: str | None = Field(
         default=None, description="Target language (ISO 639-1) for rows without a `language` field."
     )
@@ -163,6 +178,14 @@ class LanguageSuite(_GenerationSuite, language.LanguageRules):
                 raise ValueError(problem)
             self.language = language.canonical(self.language)
         return self
+
+    def qualifier_problem(self, name: str, qualifier: str) -> str | None:
+        # the scores spell each row's target as the detector does (canonical): `:jpn` is never reported, `:ja` is
+        if (problem := self.target_problem(qualifier)) is not None:
+            return problem
+        if (spelled := language.canonical(qualifier)) != qualifier:
+            return f"the leaderboard spells language {qualifier!r} as {spelled!r} ({self.key}/{name}:{spelled})"
+        return None
 
     def target_problem(self, code: Any) -> str | None:
         """Why answers cannot be scored as in ``code`` (one line), or None. An unknown code ('vn', 'Indonesian')
@@ -195,6 +218,18 @@ class IFEvalSuite(_GenerationSuite):
     type: Literal["ifeval"]
     reports: ClassVar[frozenset[str] | None] = frozenset({"prompt_accuracy", "instruction_accuracy", "unanswered",
                                                                      "truncated", "rows"})
+    breakdowns: ClassVar[dict[str, str]] = {"instruction_accuracy": "instruction type"}
+
+    def qualifier_problem(self, name: str, qualifier: str) -> str | None:
+        from tempa.merge import ifeval
+
+        # the instruction types ifeval's rows may hold: its `Instruction` union's `type` tags
+        known = sorted(get_args(kind.model_fields["type"].annotation)[0] for kind in get_args(get_args(ifeval.Instruction)[0]))
+        if qualifier in known:
+            return None
+        hint = closest(qualifier, known)
+        return (f"{qualifier!r} is no instruction type" + (f" (did you mean {hint!r}?)" if hint else "")
+                + f"; they are {', '.join(known)}")
 
 
 class WinRateSuite(_GenerationSuite):
@@ -207,6 +242,7 @@ class WinRateSuite(_GenerationSuite):
     type: Literal["win_rate"]
     reports: ClassVar[frozenset[str] | None] = frozenset({"win_rate", "micro_win_rate", "rows", "consistency", "unparsable",
                                                                      "truncated"})
+    breakdowns: ClassVar[dict[str, str]] = {"win_rate": "category"}
     baseline: BackendConfig = Field(
         description="The model compared against: `{type: transformers|vllm|http, ...}` (transformers without "
         "`model`: the model this evaluate stage starts from). Its answers are generated once and cached."

@@ -9,6 +9,7 @@ from pathlib import Path
 from tempa.merge.candidates import model_identity
 from tempa.merge.leaderboard import Leaderboard, LeaderboardRow, format_value
 from tempa.sft.stage_api import StageError
+from tempa.sft.suggest import closest
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,14 @@ def select_top_k_with_ties(
         raise ValueError("k must be at least 1")
     known = board.metric_names
     if metric not in known:
-        raise StageError(
-            f"metric '{metric}' is not on the leaderboard (it has: {', '.join(known) or 'none'})"
-        )
+        # the board has dozens of names (per-language and per-type breakdowns): one likely meant says more
+        suite = metric.partition("/")[0]
+        reported = any(name.startswith(f"{suite}/") for name in known)
+        hint = closest(metric, known)
+        raise StageError(f"metric '{metric}' is not on the leaderboard"
+                         + (f": suite '{suite}' reported it for no candidate" if reported else "")
+                         + (f" (did you mean '{hint}'?)" if hint else f" ({len(known)} metrics are, in its "
+                            "leaderboard.json)"))
     higher = (not board.lower_is_better(metric)) if higher_is_better is None else higher_is_better
     left_out = None if leave_out is None else model_identity(leave_out)
     considered = [  # in the board's displayed order: a tie at the cut keeps the rows the user sees first

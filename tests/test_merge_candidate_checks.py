@@ -1,4 +1,5 @@
-"""An evaluate stage's candidates and a merge's selection: one set of weights is one candidate."""
+"""An evaluate stage's candidates and a merge's selection: one set of weights is one candidate, a metric's
+':qualifier' is checked when the recipe loads."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 
 from stage_helpers import done, make_context, trained
 from tempa.merge.candidates import collect_candidates
-from tempa.merge.evaluate_config import EvaluateStageConfig
+from tempa.merge.evaluate_config import EvaluateStageConfig, metric_problem
 from tempa.merge.leaderboard import Leaderboard, LeaderboardRow
 from tempa.merge.selection import select_top_k_with_ties
 from tempa.sft.stage_api import StageError
@@ -83,3 +84,63 @@ def test_select_never_picks_the_same_weights_twice(tmp_path, tiny_model_dir):
         select_top_k_with_ties(board, "think/on_compliance", 3)
     assert str(info.value) == ("top_k=3 but only 2 candidate(s) have 'think/on_compliance' (none for sft-a; sft-b is "
                                "the weights of sft-b/checkpoint-60)")
+
+
+def test_a_metric_not_on_the_board_is_named_with_a_guess_not_the_whole_board(tmp_path, tiny_model_dir):
+    board = board_of(tmp_path / "run", tiny_model_dir)
+    with pytest.raises(StageError) as info:
+        select_top_k_with_ties(board, "think/on_complance", 1)
+    assert str(info.value) == ("metric 'think/on_complance' is not on the leaderboard: suite 'think' reported it for "
+                               "no candidate (did you mean 'think/on_compliance'?)")
+
+
+def test_a_metrics_qualifier_is_checked_when_the_recipe_loads():
+    """`lang/language_share:jp` and `acc/accuracy:ja` passed the load and `tempa plan`, and failed the merge after all
+    training: only the name before ':' was checked."""
+    config = EvaluateStageConfig.model_validate({"name": "eval", "kind": "evaluate", "suites": [
+        {"type": "accuracy", "name": "acc", "data": "org/rows"},
+        {"type": "language", "name": "lang", "data": "org/rows", "languages": ["ja", "en"]},
+        {"type": "ifeval", "data": "org/rows"}]})
+    problems = {metric: metric_problem(metric, config.suites) for metric in [
+        "lang/language_share:ja", "lang/normalized_accuracy:en", "lang/language:undetermined",
+        "ifeval/instruction_accuracy:word_count", "lang/language_share:jp", "lang/language_share:jpn",
+        "lang/language_share:zh", "acc/accuracy:ja", "ifeval/instruction_accuracy:wordcount"]}
+    assert problems["lang/language_share:ja"] is None
+    assert problems["lang/normalized_accuracy:en"] is None
+    assert problems["lang/language:undetermined"] is None
+    assert problems["ifeval/instruction_accuracy:word_count"] is None
+    assert problems["lang/language_share:jp"] == (
+        "suite 'lang' (language): lang/language_share:jp: language code 'jp' is not one the language detector "
+        "(py3langid) knows (did you mean 'ja'?)")
+    assert problems["lang/language_share:jpn"] == (
+        "suite 'lang' (language): lang/language_share:jpn: the leaderboard spells language 'jpn' as 'ja' "
+        "(lang/language_share:ja)")
+    assert problems["lang/language_share:zh"] == (
+        "suite 'lang' (language): lang/language_share:zh: language 'zh' is not among the suite's `languages` "
+        "['ja', 'en'], so no answer could be in it")
+    assert problems["acc/accuracy:ja"] == (
+        "suite 'acc' (accuracy) reports no 'accuracy:ja', as 'accuracy' has no breakdown (did you mean acc/accuracy?); "
+        "it reports acc/accuracy, acc/rows, acc/truncated, acc/unanswered")
+    assert problems["ifeval/instruction_accuracy:wordcount"].startswith(
+        "suite 'ifeval' (ifeval): ifeval/instruction_accuracy:wordcount: 'wordcount' is no instruction type (did you "
+        "mean 'word_count'?)")
+
+
+def test_a_merges_select_metric_qualifier_is_refused_by_the_loader(tmp_path):
+    from tempa.recipes.errors import RecipeError
+    from tempa.recipes.loader import load_recipe
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "こんにちは", "answer": 1}) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nbase_model: tempa:tiny\nstages:\n"
+                      f"  - {{name: sft, kind: sft, data: {{sources: [{{name: t, path: {rows}}}]}}}}\n"
+                      f"  - {{name: eval, kind: evaluate, checkpoints_of: [sft], suites: [{{type: language, "
+                      f"name: lang, language: ja, data: {rows}}}]}}\n"
+                      "  - {name: merge, kind: merge, evaluate_stage: eval, "
+                      "select: {metric: 'lang/language_share:jp', top_k: 2}}\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe)
+    assert str(info.value) == (
+        f"{recipe}:6: stages[2].select.metric (stage 'merge'): suite 'lang' (language): lang/language_share:jp: "
+        "language code 'jp' is not one the language detector (py3langid) knows (did you mean 'ja'?) (stage 'eval')")

@@ -186,9 +186,25 @@ def collect_candidates(
             raise StageError(
                 f"{who}: {candidate.name} at {candidate.path} is not a model folder (config.json + safetensors)"
             )
+        if (problem := weights_problem(candidate.path)) is not None:
+            raise StageError(f"{who}: candidate {candidate.name}: {problem}; {rewrite_advice(candidate.stage)}")
         seen[candidate.name] = candidate
     return candidates
 
+
+
+def weights_problem(model: Path) -> str | None:
+    """Why ``model``'s safetensors files cannot be read, naming the file, or None (see tensor_reader)."""
+    from tempa.merge.tensor_reader import weights_problem as problem  # torch: not at recipe load
+
+    return problem(model)
+
+
+def rewrite_advice(stage: str | None) -> str:
+    """What to do about an unreadable model folder that ``stage`` wrote (None: a folder given by path)."""
+    if stage is None:
+        return "replace the folder with a whole copy, or drop it from the recipe"
+    return f"re-run stage '{stage}' to write it again (tempa run --from {stage})"
 
 
 def model_identity(model: Path) -> Path:

@@ -12,7 +12,13 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from tempa.merge.candidates import check_tokenizer_fits, is_model_dir, model_identity
+from tempa.merge.candidates import (
+    check_tokenizer_fits,
+    is_model_dir,
+    model_identity,
+    rewrite_advice,
+    weights_problem,
+)
 from tempa.merge.evaluate_config import EvaluateStageConfig
 from tempa.merge.evaluate_stage import (
     BackendFactory,
@@ -221,6 +227,12 @@ def run_merge(
 
     models, base, chosen, tied = resolve_inputs(config, ctx, board)
     everything = models + ([base] if base is not None and base not in models else [])
+    for model in everything:
+        # before mergekit, whose safetensors error names neither the model nor the file
+        if (problem := weights_problem(model.path)) is not None:
+            stage = model.name.split("/", 1)[0]
+            raise StageError(f"{_who(ctx)}: {model.name}: {problem}; "
+                             f"{rewrite_advice(stage if stage in ctx.upstream else None)}")
     check_compatible(everything)
     check_tokenizer_fits([(m.name, m.path) for m in everything], Path(ctx.tokenizer_dir), who=_who(ctx))
     merge_config = build_mergekit_config(config, models, base)

@@ -1,5 +1,5 @@
 """An evaluate stage's candidates and a merge's selection: one set of weights is one candidate, a metric's
-':qualifier' is checked when the recipe loads."""
+':qualifier' is checked when the recipe loads, an unreadable weights file is named with its candidate."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from stage_helpers import done, make_context, trained
+from stage_helpers import done, make_context, sft_with_one_checkpoint, trained
+from tempa.merge import MergeStageConfig, run_merge
 from tempa.merge.candidates import collect_candidates
 from tempa.merge.evaluate_config import EvaluateStageConfig, metric_problem
+from tempa.merge.evaluate_stage import run_evaluate
 from tempa.merge.leaderboard import Leaderboard, LeaderboardRow
 from tempa.merge.selection import select_top_k_with_ties
 from tempa.sft.stage_api import StageError
@@ -144,3 +146,50 @@ def test_a_merges_select_metric_qualifier_is_refused_by_the_loader(tmp_path):
     assert str(info.value) == (
         f"{recipe}:6: stages[2].select.metric (stage 'merge'): suite 'lang' (language): lang/language_share:jp: "
         "language code 'jp' is not one the language detector (py3langid) knows (did you mean 'ja'?) (stage 'eval')")
+
+
+def cut_header(weights: Path) -> None:
+    """A safetensors file whose header length is garbage: a save that a full disk cut off, say."""
+    data = bytearray(weights.read_bytes())
+    data[:8] = (10**12).to_bytes(8, "little")
+    weights.write_bytes(bytes(data))
+
+
+def test_a_candidates_unreadable_weights_file_is_named_with_the_candidate(tmp_path, tiny_model_dir, tokenizer_dir):
+    """It was `stage 'evaluate' failed: SafetensorError: Error while deserializing header: invalid header length`."""
+    run_dir = tmp_path / "run"
+    sft = sft_with_one_checkpoint(run_dir, tiny_model_dir)
+    weights = sft / "checkpoints" / "checkpoint-2" / "model.safetensors"
+    cut_header(weights)
+    size = weights.stat().st_size
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "hi"}) + "\n")
+    config = EvaluateStageConfig.model_validate({"name": "eval", "kind": "evaluate", "checkpoints_of": ["sft"],
+                                                 "suites": [{"type": "thinking", "data": str(rows)}]})
+    ctx = make_context(run_dir, "eval", start_model=tiny_model_dir, tokenizer_dir=tokenizer_dir,
+                       upstream=[done("sft", trained(sft))])
+    with pytest.raises(StageError) as info:
+        run_evaluate(config, ctx)
+    assert str(info.value) == (
+        f"evaluate stage 'eval': candidate sft/checkpoint-2: {weights} is not a whole safetensors file: its header "
+        f"length 1000000000000 does not fit its {size} bytes; re-run stage 'sft' to write it again "
+        "(tempa run --from sft)")
+
+
+def test_a_merge_inputs_unreadable_weights_file_is_named_before_mergekit_runs(tmp_path, tiny_model_dir,
+                                                                               tokenizer_dir):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    shutil.copytree(tiny_model_dir, good)
+    shutil.copytree(tiny_model_dir, bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # a copy that stopped short
+    config = MergeStageConfig.model_validate({"name": "merge", "kind": "merge", "reevaluate": False,
+                                              "models": [str(good), str(bad)]})
+    ctx = make_context(tmp_path / "run", "merge", start_model=tiny_model_dir, tokenizer_dir=tokenizer_dir)
+    with pytest.raises(StageError) as info:
+        run_merge(config, ctx)
+    message = str(info.value)
+    assert message.startswith(f"merge stage 'merge': bad: {weights} is cut short: its tensors end at byte ")
+    assert message.endswith(f", the file at {weights.stat().st_size}; replace the folder with a whole copy, or drop "
+                            "it from the recipe")
+    assert not (tmp_path / "run" / "merge" / "final").exists()

@@ -136,3 +136,42 @@ def convert_to_safetensors(source: Path, out: Path, *, trust_remote_code: bool =
         if path.is_file() and not weights and not (out / path.name).exists():
             shutil.copy2(path, out / path.name)
     return out
+
+
+def damaged_safetensors(folder: Path) -> str | None:
+    """Why ``folder``'s safetensors weights cannot be read, naming the file (one cut short or overwritten: a disk
+    that filled while it was saved, a copy that stopped), or None. Only the headers are read: safetensors' own
+    error ('Error while deserializing header: invalid header length') named neither the model nor the file. Not part
+    of :func:`weights_problem`, which every recipe load runs: this reads each file, for models about to be read."""
+    files = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = {folder / name for name in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{index} is not a safetensors index (a JSON object with a weight_map)"
+        if missing := sorted(shards - set(files)):
+            return f"{missing[0]} is missing ({index.name} lists it)"
+    for path in files:
+        if (problem := _file_problem(path)) is not None:
+            return f"{path} {problem}"
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little")
+        if len(head) < 8 or length > size - 8:
+            return f"is not a whole safetensors file: its header length {length} does not fit its {size} bytes"
+        try:
+            header = json.loads(handle.read(length))
+            end = max((info["data_offsets"][1] for name, info in header.items() if name != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            end = None
+    if type(end) is not int:
+        return "is not a safetensors file: its header is no safetensors JSON header"
+    if 8 + length + end > size:
+        return f"is cut short: its tensors end at byte {8 + length + end}, the file at {size}"
+    return None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tempa.alignment.model_files import tokenizer_vocab, vocab_conflicts
+from tempa.alignment.model_files import damaged_safetensors, tokenizer_vocab, vocab_conflicts
 from tempa.sft.checkpoints import checkpoint_saves
 from tempa.sft.run_layout import CHECKPOINTS_DIR, FINAL_DIR
 from tempa.sft.stage_api import Artifact, StageContext, StageError
@@ -186,18 +186,11 @@ def collect_candidates(
             raise StageError(
                 f"{who}: {candidate.name} at {candidate.path} is not a model folder (config.json + safetensors)"
             )
-        if (problem := weights_problem(candidate.path)) is not None:
+        if (problem := damaged_safetensors(candidate.path)) is not None:
             raise StageError(f"{who}: candidate {candidate.name}: {problem}; {rewrite_advice(candidate.stage)}")
         seen[candidate.name] = candidate
     return candidates
 
-
-
-def weights_problem(model: Path) -> str | None:
-    """Why ``model``'s safetensors files cannot be read, naming the file, or None (see tensor_reader)."""
-    from tempa.merge.tensor_reader import weights_problem as problem  # torch: not at recipe load
-
-    return problem(model)
 
 
 def rewrite_advice(stage: str | None) -> str:

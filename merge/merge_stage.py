@@ -12,12 +12,12 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from tempa.alignment.model_files import damaged_safetensors
 from tempa.merge.candidates import (
     check_tokenizer_fits,
     is_model_dir,
     model_identity,
     rewrite_advice,
-    weights_problem,
 )
 from tempa.merge.evaluate_config import EvaluateStageConfig
 from tempa.merge.evaluate_stage import (
@@ -229,7 +229,7 @@ def run_merge(
     everything = models + ([base] if base is not None and base not in models else [])
     for model in everything:
         # before mergekit, whose safetensors error names neither the model nor the file
-        if (problem := weights_problem(model.path)) is not None:
+        if (problem := damaged_safetensors(model.path)) is not None:
             stage = model.name.split("/", 1)[0]
             raise StageError(f"{_who(ctx)}: {model.name}: {problem}; "
                              f"{rewrite_advice(stage if stage in ctx.upstream else None)}")

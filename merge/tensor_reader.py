@@ -15,7 +15,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -134,40 +133,3 @@ def unmapped_inputs(merge_config: MergeConfiguration) -> Iterator[None]:
         for model in merge_config.referenced_models():
             cache.loaders.pop(model, None)
 
-
-def weights_problem(folder: Path) -> str | None:
-    """Why ``folder``'s safetensors weights cannot be read, naming the file (one cut short or overwritten: a disk
-    that filled while it was saved, a copy that stopped), or None. Only the headers are read: safetensors' own
-    error ('Error while deserializing header: invalid header length') named neither the model nor the file."""
-    files = sorted(folder.glob("*.safetensors"))
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = {folder / name for name in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return f"{index} is not a safetensors index (a JSON object with a weight_map)"
-        if missing := sorted(shards - set(files)):
-            return f"{missing[0]} is missing ({index.name} lists it)"
-    for path in files:
-        if (problem := _file_problem(path)) is not None:
-            return f"{path} {problem}"
-    return None
-
-
-def _file_problem(path: Path) -> str | None:
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        length = int.from_bytes(head, "little")
-        if len(head) < 8 or length > size - 8:
-            return f"is not a whole safetensors file: its header length {length} does not fit its {size} bytes"
-        try:
-            header = json.loads(handle.read(length))
-            end = max((info["data_offsets"][1] for name, info in header.items() if name != "__metadata__"), default=0)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            end = None
-    if type(end) is not int:
-        return "is not a safetensors file: its header is no safetensors JSON header"
-    if 8 + length + end > size:
-        return f"is cut short: its tensors end at byte {8 + length + end}, the file at {size}"
-    return None

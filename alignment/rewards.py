@@ -320,8 +320,9 @@ class AnswerReward(_RewardBase):
         "extracts the answer; `auto`: math when the reference parses as math, else the accuracy suite's rule for text: "
         "the box, the sentence after the lead-in, the last line or the whole answer equals the reference after "
         "folding (`option C`, `ข้อ ข` give `C`, `ข`; the box or that sentence may go on after it, and a last line "
-        "may name it before its punctuation, after a colon or after a closing `is`/`adalah`: `C) Paris`, "
-        "`Sentiment: Positive`); `contains` is never chosen by `auto` (gold `B` is in "
+        "may name it before its punctuation, after a colon (`：` too), after a closing `is`/`adalah` or before a "
+        "final です/だ/입니다: `C) Paris`, `Sentiment: Positive`, `ポジティブです。`); a list reference is the accepted "
+        "answers, any one of them right; `contains` is never chosen by `auto` (gold `B` is in "
         "`\\boxed{A}`). A reply cut off at max tokens (finish reason `length`) scores 0 under every match, as "
         "the accuracy suite grades it.",
     )

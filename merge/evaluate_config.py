@@ -120,8 +120,10 @@ class AccuracySuite(_GenerationSuite):
     hundredth (45% gives 45 and 0.45). A text answer must equal, after case and punctuation folding, the boxed text,
     the sentence after a lead-in (a trailing です/だ dropped), the last line or the whole reply, also without an
     option word before it (`option C`, `ข้อ ข` give `C`, `ข`); the box or that sentence may go on after it, and a last
-    line may name it before its punctuation, after a colon or after a closing `is`/`adalah` (`C) Paris`,
-    `Sentiment: Positive`, `The capital of France is Paris.`); appearing in the reply is not enough. Only the text after
+    line may name it before its punctuation (also 。、」), after a colon (also `：`), after a closing `is`/`adalah` or
+    before a final です/だ/입니다 (`C) Paris`, `Sentiment: Positive`, `The capital of France is Paris.`, `ポジティブです。`,
+    `この文はネガティブです。`); appearing in the reply is not enough. An `answer` that is a list is the accepted
+    answers, any one of them right. Only the text after
     the think block is graded: a reply still thinking at `max_new_tokens` is wrong, and counted in `unanswered` (the
     accuracy, ifeval and language suites report that share; the leaderboard shows it where it is not 0). A reply cut
     off at `max_new_tokens` (finish reason `length`) is wrong too, whatever it says, thinking on or off (a cut answer

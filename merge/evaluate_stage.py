@@ -400,13 +400,20 @@ def unanswered_warnings(board: Leaderboard, config: EvaluateStageConfig, stage_d
         if cut:
             limit = getattr(suite, "max_new_tokens", None) or config.generation.max_new_tokens
             share = f"up to {max(cut.values()):.0%} of a candidate's replies ({len(cut)} of {len(board.rows)} candidates)"
+            worst = max(cut, key=lambda name: cut[name])
+            where = answers_dir(stage_dir or Path("<stage>"), worst) / f"{_slug(suite.key)}.jsonl"
+            # A reply cut off counts in `truncated`: what is unanswered beyond it ended its turn without an answer
+            ended = cut[worst] - next(row.metrics.get(f"{suite.key}/truncated", cut[worst]) for row in board.rows
+                                      if row.candidate == worst)
             if getattr(suite, "thinking_mode", None) == "off":
                 # nothing was cut off while thinking: the model ended its turn at once (or opened a block of its own)
-                worst = max(cut, key=lambda name: cut[name])
-                where = answers_dir(stage_dir or Path("<stage>"), worst) / f"{_slug(suite.key)}.jsonl"
                 lines.append(f"suite '{suite.key}': {share} gave no answer with thinking off and are graded wrong: "
                              "the candidate ended its turn at once or wrote only a think block of its own; see its "
                              f"answers in {where}")
+            elif ended > 0:
+                lines.append(f"suite '{suite.key}': {share} gave no answer and are graded wrong; {worst} ended its turn "
+                             f"without one after (or inside) its think block in at least {ended:.0%} of its replies, "
+                             f"the rest were cut off at max_new_tokens={limit}; see its answers in {where}")
             else:
                 lines.append(f"suite '{suite.key}': {share} gave no answer, most likely still thinking at "
                              f"max_new_tokens={limit}, and are graded wrong; raise the suite's max_new_tokens or set "

@@ -82,6 +82,17 @@ def test_the_stage_warns_once_per_suite_whose_replies_were_cut_off(tmp_path):
     off = config.model_copy(update={"suites": [config.suites[0].model_copy(update={"thinking_mode": "off"})]})
     (line,) = unanswered_warnings(Leaderboard(rows=rows), off)
     assert "gave no answer with thinking off" in line and "still thinking" not in line and "'off'" not in line
+    # Replies that ended their turn (finish reason stop) with nothing after the think block are no cut-off: the
+    # warning said "most likely still thinking at max_new_tokens" of them (Swallow trial: 2 of 3 such replies).
+    stopped = [r.model_copy(update={"metrics": {**r.metrics, "math/truncated": 0.25}}) for r in rows]
+    (line,) = unanswered_warnings(Leaderboard(rows=stopped), config, tmp_path / "evaluate")
+    assert "still thinking" not in line and "b ended its turn without one after (or inside) its think block" in line
+    assert "at least 75% of its replies, the rest were cut off at max_new_tokens=64" in line
+    assert str(tmp_path / "evaluate" / "answers" / "b" / "math.jsonl") in line
+    cut_off = [r.model_copy(update={"metrics": {**r.metrics, "math/truncated": r.metrics["math/unanswered"]}})
+               for r in rows]
+    (line,) = unanswered_warnings(Leaderboard(rows=cut_off), config)
+    assert "most likely still thinking at max_new_tokens=64" in line
 
 
 def test_the_thinking_suite_counts_its_rows(tmp_path, scorer):

@@ -11,8 +11,9 @@ preference stage's ``language`` reward, the evaluate stage's ``language`` suite)
 - **minimum length**: text with fewer than :data:`MIN_LETTERS` letters of prose is
   *undetermined* (``Detection.language is None``), never "the wrong language": a bare number or
   ``OK`` says nothing about the language an answer is in;
-- **kanji terms**: a few Han characters without kana (富士山) are Japanese as much as Chinese;
-  for a Japanese target they are undetermined (:data:`KANJI_TERM`);
+- **Japanese or Chinese**: Han characters alone (no kana) are Chinese where something tells them apart from
+  Japanese (a character or word Japanese does not write, such as 这, 们 or the copula 是, a Chinese comma
+  ``，``, more than :data:`KANJI_TERM` of them) and undetermined for every target where nothing does (富士山, 百八十度);
 - **prose only**: fenced and inline code, LaTeX math and URLs are removed before detection
   (:func:`prose`); an Indonesian explanation around a Python snippet is Indonesian.
 
@@ -121,11 +122,20 @@ MIN_LETTERS = 12
 # character were already identified right (zh ~ yue ~ wuu).
 WIDE_LETTER = 4
 
-# Japanese is told from Chinese by its kana: a kanji-only name or term (富士山, 東京大学医学部附属病院) the detector
-# files under Chinese, though it is Japanese as much. Up to this many Han characters and no kana, such text is
-# undetermined for a Japanese target; Japanese prose longer than that has kana, and Chinese that long is Chinese.
+# Japanese is told from Chinese by its kana, Chinese from Japanese by characters and punctuation Japanese does not
+# write. Han characters with neither (富士山, 東京大学医学部附属病院, 百八十度) read as both: the detector files them
+# under Chinese, so up to this many of them are undetermined, for any target (the answers file's `detected` is then
+# empty too); Japanese prose longer than that has kana, and Han-only text that long is Chinese.
 KANJI_TERM = 12
-HAN_LANGUAGES = frozenset({"ja", "zh", "yue", "wuu"})
+CHINESE = frozenset({"zh", "yue", "wuu"})  # the detector's Han-script Chinese classes
+# Chinese words in characters Japanese's character set holds but modern Japanese does not write (these, plural
+# -們, very, not, what, the measure word 个); any other Chinese-only character is found by its character set
+# (_chinese_only).
+_CHINESE_WORDS = frozenset("這們很沒麼个")
+# Chinese's copula 是 (北京是首都); Japanese writes 是 only in a few words (是非, 是正, 是認, 国是, 社是, 党是, 如是).
+_CHINESE_COPULA = re.compile(r"(?<![国國社党黨如是])是(?![非正認是])")
+# Chinese writes its comma full width; Japanese writes 、 (and its text has kana, which decides first).
+_CHINESE_COMMA = "，"
 
 # py3langid's class for text without linguistic content (numbers, symbols, markup).
 _NO_LANGUAGE = "zxx"
@@ -218,12 +228,12 @@ def accepted(targets: Iterable[str], equivalent: Iterable[Iterable[str]] = EQUIV
 
 @dataclass(frozen=True)
 class Detection:
-    """The detector's verdict on one text. ``language`` None: too little prose to tell."""
+    """The detector's verdict on one text. ``language`` None: too little prose to tell, or Han characters that
+    are Japanese as much as Chinese."""
 
     language: str | None
     probability: float = 0.0  # of ``language``, normalised over the candidate languages
     probabilities: Mapping[str, float] = field(default_factory=dict, repr=False)
-    kanji_term: bool = False  # a few Han characters and no kana: Japanese or Chinese alike (KANJI_TERM)
 
     def probability_of(self, codes: Iterable[str]) -> float:
         """How likely the text is in any of ``codes`` (e.g. a target and its equivalents)."""
@@ -233,11 +243,7 @@ class Detection:
         """Whether the detected language is one of ``codes`` (see :func:`accepted`); None when undetermined."""
         if self.language is None:
             return None
-        if self.language in codes:
-            return True
-        if self.kanji_term and "ja" in codes and self.language in HAN_LANGUAGES:
-            return None
-        return False
+        return self.language in codes
 
 
 UNDETERMINED = Detection(None)
@@ -247,7 +253,8 @@ def detect(text: str, languages: Sequence[str] | None = None, *, min_letters: in
     """The language of ``text``'s prose, optionally among ``languages`` only.
 
     Undetermined when the prose (code, math and URLs removed) has fewer than ``min_letters``
-    letters, or the detector files it under "no linguistic content".
+    letters, the detector files it under "no linguistic content", or it is a few Han characters that
+    are Japanese as much as Chinese (see :data:`KANJI_TERM`).
     """
     text = prose(text)
     if letter_count(text) < min_letters:
@@ -257,16 +264,47 @@ def detect(text: str, languages: Sequence[str] | None = None, *, min_letters: in
     best = max(probabilities, key=probabilities.__getitem__)
     if best == _NO_LANGUAGE:
         return UNDETERMINED
-    return Detection(best, float(probabilities[best]), probabilities, kanji_term=_is_kanji_term(text))
+    found = Detection(best, float(probabilities[best]), probabilities)
+    if best in CHINESE and (key is None or "ja" in key):
+        return _japanese_or_chinese(text, found)
+    return found
 
 
-def _is_kanji_term(text: str) -> bool:
-    han = kana = 0
+def _japanese_or_chinese(text: str, found: Detection) -> Detection:
+    """``found`` (a Chinese class) told apart from Japanese by the script: py3langid reads any kanji-only text as
+    Chinese."""
+    kana = han = 0
+    chinese = False
     for ch in text:
-        name = unicodedata.name(ch, "")
-        han += name.startswith("CJK UNIFIED IDEOGRAPH") or name.startswith("CJK COMPATIBILITY IDEOGRAPH")
-        kana += name.startswith(("HIRAGANA", "KATAKANA", "HALFWIDTH KATAKANA"))
-    return 0 < han <= KANJI_TERM and not kana
+        if _is_han(ch):
+            han += 1
+            chinese = chinese or ch in _CHINESE_WORDS or _chinese_only(ch)
+        elif ("\u3040" <= ch <= "\u30ff" or "\u31f0" <= ch <= "\u31ff") and unicodedata.category(ch).startswith("L"):
+            kana += 1
+    if kana:  # kana-bearing text the detector reads as Chinese: its verdict stands
+        return found
+    if chinese or not han or han > KANJI_TERM or _CHINESE_COMMA in text or _CHINESE_COPULA.search(text):
+        return found
+    return UNDETERMINED
+
+
+def _is_han(ch: str) -> bool:
+    return ("\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf" or "\uf900" <= ch <= "\ufaff"
+            or "\U00020000" <= ch <= "\U0003ffff")
+
+
+@functools.cache
+def _chinese_only(ch: str) -> bool:
+    # A character of a Chinese character set (GB 2312 simplified, Big5 traditional) outside Japanese's (CP932: JIS
+    # X 0208, the set every jōyō kanji but four 2010 variants is in, and Windows' extensions): 这, 们, 说, 你, 吗.
+    def holds(codec: str) -> bool:
+        try:
+            ch.encode(codec)
+        except UnicodeEncodeError:
+            return False
+        return True
+
+    return (holds("gb2312") or holds("big5")) and not holds("cp932")
 
 
 class LanguageRules(BaseModel):

@@ -106,12 +106,11 @@ def test_a_short_cjk_sentence_is_enough() -> None:
 @pytest.mark.parametrize("text", ["富士山", "信濃川", "東京大学医学部附属病院", "北海道札幌市中央区"])
 def test_japanese_without_kana_is_not_called_chinese(text: str) -> None:
     # The detector tells Japanese by its kana; a Japanese name or term in kanji alone it files under Chinese.
-    # It is Japanese as much as Chinese, so a ja target can neither reject it nor count it.
+    # It is Japanese as much as Chinese, so no target can reject it or count it, and no language is reported.
     found = language.detect(text)
-    assert found.language in ("zh", "wuu", "yue")
+    assert found.language is None
     assert found.is_in(language.accepted(["ja"])) is None
-    assert found.is_in(language.accepted(["zh"])) is True  # still Chinese text to a Chinese target
-    assert found.is_in(language.accepted(["th"])) is False
+    assert found.is_in(language.accepted(["zh"])) is None
     # the language reward neither rewards nor punishes it as the answer to a Japanese prompt
     from tempa.alignment.rewards import language_match
 

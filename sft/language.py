@@ -11,7 +11,9 @@ preference stage's ``language`` reward, the evaluate stage's ``language`` suite)
 - **minimum length**: text with fewer than :data:`MIN_LETTERS` letters of prose is
   *undetermined* (``Detection.language is None``), never "the wrong language": a bare number or
   ``OK`` says nothing about the language an answer is in;
-- **Japanese or Chinese**: Han characters alone (no kana) are Chinese where something tells them apart from
+- **Japanese or Chinese**: kana never occur in Chinese, so text with kana that the detector files under
+  Chinese is Japanese (北海道の札幌市), unless it also holds characters Japanese does not write; Han characters
+  alone are Chinese where something tells them apart from
   Japanese (a character or word Japanese does not write, such as 这, 们 or the copula 是, a Chinese comma
   ``，``, more than :data:`KANJI_TERM` of them) and undetermined for every target where nothing does (富士山, 百八十度);
 - **prose only**: fenced and inline code, LaTeX math and URLs are removed before detection
@@ -271,8 +273,8 @@ def detect(text: str, languages: Sequence[str] | None = None, *, min_letters: in
 
 
 def _japanese_or_chinese(text: str, found: Detection) -> Detection:
-    """``found`` (a Chinese class) told apart from Japanese by the script: py3langid reads any kanji-only text as
-    Chinese."""
+    """``found`` (a Chinese class) told apart from Japanese by the script: py3langid reads kana-bearing text with
+    many kanji (北海道の札幌市) and any kanji-only text as Chinese."""
     kana = han = 0
     chinese = False
     for ch in text:
@@ -281,8 +283,13 @@ def _japanese_or_chinese(text: str, found: Detection) -> Detection:
             chinese = chinese or ch in _CHINESE_WORDS or _chinese_only(ch)
         elif ("\u3040" <= ch <= "\u30ff" or "\u31f0" <= ch <= "\u31ff") and unicodedata.category(ch).startswith("L"):
             kana += 1
-    if kana:  # kana-bearing text the detector reads as Chinese: its verdict stands
-        return found
+    if kana:
+        if chinese:  # Chinese quoting Japanese, or Japanese quoting Chinese: the detector weighs the two
+            return found
+        # Kana rule Chinese out: the detector's Chinese share is Japanese's, or a curation threshold would see ~0.
+        share = found.probability_of({"ja", *CHINESE})
+        rest = {code: p for code, p in found.probabilities.items() if code not in CHINESE}
+        return Detection("ja", share, {**rest, "ja": share})
     if chinese or not han or han > KANJI_TERM or _CHINESE_COMMA in text or _CHINESE_COPULA.search(text):
         return found
     return UNDETERMINED

@@ -1,6 +1,6 @@
 """Japanese told from Chinese (tempa.sft.language): what a Japanese (or Chinese) language suite, reward and filter
 count as the wrong language. A Japanese evaluation team's trial: Chinese replies to Japanese prompts escaped the
-penalty as "kanji terms"."""
+penalty as "kanji terms", Japanese with a little kana counted as Chinese."""
 
 from __future__ import annotations
 
@@ -73,4 +73,29 @@ def test_a_language_suites_answers_file_reports_what_it_counts(tmp_path: Path) -
     # undetermined exactly where nothing was detected, and the share over the rest as the detected codes say
     assert scores["undetermined"] == pytest.approx(1 / 3)
     assert scores["language_share"] == 0.5
+
+
+@pytest.mark.parametrize("text", ["北海道の札幌市", "東京都千代田区丸の内", "大阪府大阪市北区梅田の駅前"])
+def test_kanji_heavy_japanese_with_kana_is_japanese(text: str) -> None:
+    # py3langid filed these under Wu; kana never occur in Chinese
+    found = language.detect(text)
+    assert found.language == "ja" and found.probability > 0.5
+    assert found.probability_of(JA) == pytest.approx(found.probability)
+    assert found.is_in(JA) is True
+    assert found.is_in(ZH) is False  # and Japanese is the wrong language for a Chinese target
+    # the SFT language filter keeps it for a Japanese dataset, at its confidence threshold too
+    from tempa.sft.curation import check_language
+    from tempa.sft.data_config import LanguageFilterConfig
+
+    rows = [{"role": "assistant", "content": text}]
+    assert check_language(rows, JA, LanguageFilterConfig(check="assistant", min_confidence=0.5)) is None
+    assert check_language(rows, ZH, LanguageFilterConfig(check="assistant")) is not None
+
+
+@pytest.mark.parametrize("text", ["这个词用日语说是ありがとう，意思是谢谢。", "日语里的ラーメン就是中国的拉面"])
+def test_chinese_quoting_japanese_stays_chinese(text: str) -> None:
+    # kana, but in Chinese with simplified-only characters around them: still a drift into Chinese
+    found = language.detect(text)
+    assert found.language in language.CHINESE
+    assert found.is_in(JA) is False
 

@@ -13,9 +13,10 @@ preference stage's ``language`` reward, the evaluate stage's ``language`` suite)
   ``OK`` says nothing about the language an answer is in;
 - **Japanese or Chinese**: kana never occur in Chinese, so text with kana that the detector files under
   Chinese is Japanese (北海道の札幌市), unless it also holds characters Japanese does not write; Han characters
-  alone are Chinese where something tells them apart from
-  Japanese (a character or word Japanese does not write, such as 这, 们 or the copula 是, a Chinese comma
-  ``，``, more than :data:`KANJI_TERM` of them) and undetermined for every target where nothing does (富士山, 百八十度);
+  alone are Chinese where something tells them apart from Japanese (a character or word Japanese does not
+  write, such as 这, 们 or the copula 是, a Chinese comma ``，``, more than :data:`KANJI_TERM` of them) and
+  undetermined for every target where nothing does (富士山, 百八十度);
+- **width**: half-width katakana (ｶﾀｶﾅ) and full-width Latin letters and digits are read as their usual forms;
 - **prose only**: fenced and inline code, LaTeX math and URLs are removed before detection
   (:func:`prose`); an Indonesian explanation around a Python snippet is Indonesian.
 
@@ -149,6 +150,9 @@ _DISPLAY_MATH = re.compile(r"\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|\\begin\{(\w+\*
 # so "$5 and $10" stays text.
 _INLINE_MATH = re.compile(r"(?<![\\$\w])\$(?=\S)[^$\n]*?(?<=\S)\$(?!\d)")
 _URL = re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+", re.IGNORECASE)
+# Full-width digits and Latin letters, half-width katakana and Hangul: legacy-encoding forms the detector saw
+# little of (ｶﾀｶﾅﾀﾞｹﾉﾃｷｽﾄﾃﾞｽ came out as wuu). Full-width punctuation stays, as CJK text writes it.
+_WIDTH_FORMS = re.compile(r"[\uFF10-\uFF19\uFF21-\uFF3A\uFF41-\uFF5A\uFF61-\uFFDC]+")
 
 
 def prose(text: str) -> str:
@@ -156,6 +160,12 @@ def prose(text: str) -> str:
     for pattern in (_FENCED_CODE, _INLINE_CODE, _DISPLAY_MATH, _INLINE_MATH, _URL):
         text = pattern.sub(" ", text)
     return text
+
+
+def fold_width(text: str) -> str:
+    """``text`` with half-width katakana and Hangul made full width, full-width digits and Latin letters ASCII (NFKC)."""
+    # NFKC over whole runs: a half-width voiced mark (ﾀﾞ) composes with the kana before it (ダ).
+    return _WIDTH_FORMS.sub(lambda run: unicodedata.normalize("NFKC", run.group()), text)
 
 
 def letter_count(text: str) -> int:
@@ -258,7 +268,7 @@ def detect(text: str, languages: Sequence[str] | None = None, *, min_letters: in
     letters, the detector files it under "no linguistic content", or it is a few Han characters that
     are Japanese as much as Chinese (see :data:`KANJI_TERM`).
     """
-    text = prose(text)
+    text = fold_width(prose(text))
     if letter_count(text) < min_letters:
         return UNDETERMINED
     key = tuple(sorted(set(check_codes(languages)))) if languages else None

@@ -1,6 +1,6 @@
 """Japanese told from Chinese (tempa.sft.language): what a Japanese (or Chinese) language suite, reward and filter
 count as the wrong language. A Japanese evaluation team's trial: Chinese replies to Japanese prompts escaped the
-penalty as "kanji terms", Japanese with a little kana counted as Chinese."""
+penalty as "kanji terms", Japanese with a little kana counted as Chinese, half-width katakana as Wu."""
 
 from __future__ import annotations
 
@@ -99,3 +99,13 @@ def test_chinese_quoting_japanese_stays_chinese(text: str) -> None:
     assert found.language in language.CHINESE
     assert found.is_in(JA) is False
 
+
+def test_half_width_katakana_is_read_as_katakana() -> None:
+    found = language.detect("ｶﾀｶﾅﾀﾞｹﾉﾃｷｽﾄﾃﾞｽ")  # py3langid read it as it is: wuu
+    assert found.language == "ja" and found.is_in(JA) is True and found.is_in(ZH) is False
+    assert language.detect("ﾗｰﾒﾝ屋ﾃﾞｽ").is_in(JA) is True
+    # full-width Latin letters are letters, not CJK ones four times over: ＡＢＣ is as short as ABC
+    assert language.detect("ＡＢＣ") == language.UNDETERMINED
+    assert language.fold_width("ｶﾀｶﾅﾀﾞｹﾉﾃｷｽﾄﾃﾞｽ") == "カタカナダケノテキストデス"  # voiced marks composed
+    # full-width punctuation is how Chinese is written, and stays evidence of it
+    assert language.fold_width("东京，人口很多！") == "东京，人口很多！"

@@ -139,7 +139,8 @@ class AccuracySuite(_GenerationSuite):
 
 class LanguageSuite(_GenerationSuite, language.LanguageRules):
     """Share of answers in the target language, and SEA-IFEval's language-normalised accuracy. By that definition
-    an answer too short to tell its language (`undetermined`) keeps its score, so where `rank_by` (or a merge's
+    an answer too short to tell its language, or a few Han characters that are Japanese as much as Chinese
+    (`undetermined`), keeps its score, so where `rank_by` (or a merge's
     `select.metric`) is a normalised accuracy and the best candidate's answers in the suite are at least half
     undetermined, the log, the stage's `metrics.json` (`warning`) and the leaderboard's note say so: a checkpoint that
     collapsed into very short replies can rank first.

@@ -215,7 +215,7 @@ def undetermined_warning(board: Leaderboard, metric: str | None, row: Leaderboar
     if name.partition(":")[0] != "normalized_accuracy" or share is None or not share >= MOSTLY_UNDETERMINED:
         return None
     return (f"{row.candidate} ranks first on {metric}, but {share:.0%} of its answers in suite '{suite}' are too "
-            "short to tell their language (undetermined), and normalized accuracy keeps their score: a checkpoint "
+            "short (or too few Han characters) to tell their language (undetermined), and normalized accuracy keeps their score: a checkpoint "
             "that collapsed into very short replies ranks first; check its answers, or rank by another metric")
 
 

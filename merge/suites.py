@@ -240,7 +240,7 @@ class CandidateScorer:
             reasoning.append(reasoning_verdict(split.reasoning, target, suite.reasoning, languages=suite.languages,
                                                min_letters=suite.min_letters, equivalent=suite.equivalent)[0])
             self._record(suite, index, row, text, finish, {
-                "target": target, "detected": detected[-1].language,  # None: too short to tell (undetermined)
+                "target": target, "detected": detected[-1].language,  # None: undetermined (too short, or a Han-only term)
                 "correct": correct[-1], "reasoning_in_language": reasoning[-1]})
         return {**language_scores(detected, targets, correct, suite.equivalent), **reasoning_scores(reasoning),
                 "unanswered": answers.unanswered(replies), "truncated": answers.truncated([f for _, f in generated]),

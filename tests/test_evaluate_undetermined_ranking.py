@@ -59,7 +59,7 @@ def test_ranking_by_normalized_accuracy_on_mostly_undetermined_answers_is_warned
     assert by_name["sft"]["lang/normalized_accuracy"] == 0.75
     assert by_name["sft/checkpoint-2"]["lang/undetermined"] == 1.0 and result.metrics["best"] == "sft/checkpoint-2"
     expected = ("sft/checkpoint-2 ranks first on lang/normalized_accuracy, but 100% of its answers in suite 'lang' "
-                "are too short to tell their language (undetermined)")
+                "are too short (or too few Han characters) to tell their language (undetermined)")
     assert expected in caplog.text
     assert str(result.metrics["warning"]).startswith(expected)
     assert board.notes and board.notes[0].startswith(expected)

@@ -71,7 +71,8 @@ def from_validation_error(
             msg = f"unknown field; {f'line {line}' if line else 'the key'} {note}"
         elif err["type"] == "extra_forbidden":
             allowed = _keys_at(model, err["loc"][:-1]) + (list(top_keys) if len(err["loc"]) == 1 else [])
-            hint = _misplaced(err["loc"][-1], model, err["loc"][:-1]) or _unknown_key_hint(err["loc"][-1], allowed)
+            hint = _misplaced(err["loc"][-1], model, err["loc"][:-1], raw, prefix) or \
+                _unknown_key_hint(err["loc"][-1], allowed)
             msg = f"unknown field (not allowed here; check the spelling){hint}"
         elif err["type"] == "missing":
             msg = "field required"
@@ -94,6 +95,9 @@ def from_validation_error(
             key = msg.split("'")[1]
             path = (*path, key)
             msg = msg.split("'", 2)[2].lstrip(": ")
+            if _NOT_A_FIELD.match(msg) and (where_to := _misplaced(key, model, err["loc"], raw, prefix)):
+                # an exact key of another block says more than the closest spelling in this one
+                msg = msg.partition("; did you mean ")[0] + where_to
         # A validator of a whole block names the field it refuses first (`parameters.t: not a parameter ...`): point
         # at that field's line, not the block's.
         elif (named := _NAMED_FIELD.match(msg)) and (*path, *named[1].split(".")) in lines:
@@ -118,23 +122,70 @@ def _unknown_key_hint(key: object, allowed: Sequence[str]) -> str:
     return meant(other) if other in allowed else did_you_mean(key, allowed)
 
 
-def _misplaced(key: object, model: type[BaseModel] | None, loc: Sequence[str | int]) -> str:
-    """``"; it belongs under `train:`"`` for a key written a level too high: a stage's `train:` or `data:` key on the
-    stage itself, a stage's key (or its `train:` key) at the top of the recipe; else ``""``."""
-    if model is None or loc or not isinstance(key, str):
+def _misplaced(key: object, model: type[BaseModel] | None, loc: Sequence[str | int], raw: object = None,
+               prefix: FieldPath = ()) -> str:
+    """Where a key unknown at pydantic location ``loc`` (inside ``model``; ``raw`` is the YAML there, at ``prefix``)
+    is a key after all, as ``"; it belongs ..."``; else ``""``. Written a level too deep (`train:` indented under
+    `data:`; `lora:` under `train:`): the mapping one or two levels up takes it. Written a level too high: a block
+    one level down takes it (`accelerate_config:` under `launch:`, `thinking_mode:` on each of `data.sources`), or
+    a stage's `train:`, or, at the top of a recipe, a stage."""
+    if model is None or not isinstance(key, str):
         return ""
-    if "kind" in model.model_fields:  # a stage kind's config
-        if _train_takes(model, key):
-            return "; it belongs under `train:`"
-        return "; it belongs under `data:`" if "data" in model.model_fields and key in _keys_at(model, ("data",)) \
-            else ""
+    ancestors = _mapping_ancestors(loc, raw)
+    if ancestors and key in _keys_at(model, ancestors[0][0]):
+        return _up(ancestors[0], "one level up", prefix, raw)
+    if hint := _one_level_down(key, model, loc, (*prefix, *_yaml_path(loc, raw))):
+        return hint
+    if len(ancestors) > 1 and key in _keys_at(model, ancestors[1][0]):
+        return _up(ancestors[1], "two levels up", prefix, raw)
+    if loc:
+        return ""
     from tempa.recipes.registry import stage_kinds  # the stage packages import this module
 
     configs = [kind.config for kind in stage_kinds().values()]
+    if "kind" in model.model_fields:  # a stage's own key: nothing in a stage is above it
+        return ""
     if any(key in _keys_at(config, ()) for config in configs):
         return "; it belongs inside a stage (an entry of `stages:`)"
     if any(_train_takes(config, key) for config in configs):
         return "; it belongs under a stage's `train:`"
+    return ""
+
+
+def _mapping_ancestors(loc: Sequence[str | int], raw: object) -> list[tuple[tuple[str | int, ...], str]]:
+    """The mappings that hold the one at pydantic location ``loc``, nearest first: each as its own location and the key
+    under which it holds the way down to ``loc`` (a list's index, a union's tag belong to no mapping of their own)."""
+    keys = [i for i in _yaml_indices(loc, raw) if isinstance(loc[i], str)]
+    return [(tuple(loc[:i]), str(loc[i])) for i in reversed(keys)]
+
+
+def _up(ancestor: tuple[tuple[str | int, ...], str], how_far: str, prefix: FieldPath, raw: object) -> str:
+    loc, beside = ancestor
+    at = dotted((*prefix, *_yaml_path(loc, raw))) if prefix or loc else "the top level"
+    return f"; it belongs {how_far}, in {at} beside `{beside}:` (indent it as that key is)"
+
+
+def _one_level_down(key: str, model: type[BaseModel], loc: Sequence[str | int], at: FieldPath) -> str:
+    """``"; it belongs under `launch:`"`` when a block of the mapping at ``loc`` (a field whose value is a mapping, or a
+    list of them, of one kind) takes ``key``; a stage's `train:` asks the stage's own check. ``at``: ``loc``'s YAML
+    path, to name a list's entries by."""
+    tp: Any = model
+    for part in loc:
+        tp = _step(tp, part)
+    holders = [m for m in _members(tp) if isinstance(m, type) and issubclass(m, BaseModel)]
+    if len(holders) != 1:
+        return ""
+    holder = holders[0]
+    if _train_takes(holder, key):
+        return "; it belongs under `train:`"
+    for name, info in holder.model_fields.items():
+        field_key = info.alias or name
+        if key in _keys_at(holder, (name,)):
+            return f"; it belongs under `{field_key}:`"
+        items = [typing.get_args(m)[0] for m in _members(info.annotation)
+                 if typing.get_origin(m) in (list, tuple, Sequence) and typing.get_args(m)]
+        if len(items) == 1 and key in _keys_at(items[0], ()):
+            return f"; it belongs on each entry of `{field_key}:` ({dotted((*at, field_key))}[i])"
     return ""
 
 
@@ -158,6 +209,8 @@ _PARSED = ("int_parsing", "float_parsing", "bool_parsing", "literal_error", "enu
 # Errors of a value that has to be a string (or one of some words).
 _WORDS = ("string_type", "literal_error", "enum")
 _NAMED_FIELD = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*): ")
+# How a check of a free-form mapping (a stage's `train:`) refuses a key: `'lora' is not a SFTConfig field`.
+_NOT_A_FIELD = re.compile(r"is not an? \w+ field\b")
 
 
 def _yaml_path(loc: Sequence[str | int], raw: object) -> FieldPath:
@@ -165,22 +218,27 @@ def _yaml_path(loc: Sequence[str | int], raw: object) -> FieldPath:
 
     pydantic adds union tags and validator names (e.g. 'sft') to locations; users never wrote them.
     """
-    path: list[str | int] = []
+    return tuple(loc[i] for i in _yaml_indices(loc, raw))
+
+
+def _yaml_indices(loc: Sequence[str | int], raw: object) -> list[int]:
+    """The positions in ``loc`` of the parts :func:`_yaml_path` keeps."""
+    kept: list[int] = []
     node = raw
-    for part in loc:
+    for i, part in enumerate(loc):
         if (isinstance(node, Mapping) and part in node) or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
             node = node[part]
-            path.append(part)
+            kept.append(i)
         elif isinstance(node, Mapping | list):
             # A union tag (the node's own `kind`/`type` value) or a validator name is no YAML key;
             # a missing or unknown key is, and it is the message.
             is_tag = isinstance(node, Mapping) and part in (node.get("type"), node.get("kind"))
             if isinstance(part, str) and not is_tag and "[" not in part and "(" not in part:
-                path.append(part)
+                kept.append(i)
                 node = None
         else:
-            path.append(part)
-    return tuple(path)
+            kept.append(i)
+    return kept
 
 
 def _human_path(path: FieldPath, stage_names: Sequence[str]) -> str:

@@ -1,0 +1,77 @@
+"""Hints of recipe errors that a new user's likely slips get: where a misplaced key belongs, which --set wrote a
+field, one message per field of several types, the cause before its consequence, the closest name."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tempa.recipes.errors import RecipeError
+from tempa.recipes.loader import load_recipe
+
+ROWS = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+
+
+def error_of(tmp_path: Path, text: str, overrides: tuple[str, ...] = ()) -> str:
+    (tmp_path / "rows.jsonl").write_text(ROWS)
+    path = tmp_path / "r.yaml"
+    path.write_text("".join(line + "\n" for line in textwrap.dedent(text).splitlines() if line.strip()))
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path, overrides)
+    message = str(caught.value)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+def sft_recipe(data: str = "", train: str = "{max_steps: 2}", top: str = "") -> str:
+    return f"""
+    name: t
+    base_model: "tempa:tiny"
+    {top}
+    stages:
+      - name: sft-general
+        kind: sft
+        data:
+          sources:
+            - {{name: rows, path: rows.jsonl}}
+          {data}
+        train: {train}
+    """
+
+
+# --------------------------------------------------------------------------- 1: a key one level off
+
+
+def test_stage_key_indented_under_data_is_sent_up_not_spelled_as_a_data_key(tmp_path):
+    message = error_of(tmp_path, sft_recipe(data="train: {learning_rate: 1.0e-3}"))
+    assert "r.yaml:9: stages[0].data.train (stage 'sft-general'): unknown field" in message
+    assert "it belongs one level up, in stages[0] beside `data:`" in message
+    assert "did you mean" not in message  # it was 'curation', by spelling
+
+
+def test_stage_key_indented_under_train_is_sent_up(tmp_path):
+    message = error_of(tmp_path, sft_recipe(train="{max_steps: 2, lora: {r: 16}}"))
+    assert "r.yaml:9: stages[0].train.lora (stage 'sft-general'): is not a SFTConfig field" in message
+    assert "it belongs one level up, in stages[0] beside `train:`" in message
+    assert "did you mean" not in message
+
+
+def test_key_of_a_source_on_data_is_sent_to_each_source(tmp_path):
+    message = error_of(tmp_path, sft_recipe(data='thinking_mode: "off"'))
+    assert "stages[0].data.thinking_mode (stage 'sft-general'): unknown field" in message
+    assert "it belongs on each entry of `sources:` (stages[0].data.sources[i])" in message
+
+
+def test_launch_key_at_the_top_is_sent_under_launch(tmp_path):
+    message = error_of(tmp_path, sft_recipe(top="accelerate_config: zero3"))
+    assert message.endswith("r.yaml:3: accelerate_config: unknown field (not allowed here; check the spelling); "
+                            "it belongs under `launch:`")
+
+
+def test_key_two_levels_too_deep_is_sent_up_two_levels(tmp_path):
+    text = sft_recipe().replace("{name: rows, path: rows.jsonl}", "{name: rows, path: rows.jsonl, train: {}}")
+    message = error_of(tmp_path, text)
+    assert "stages[0].data.sources[0].train (stage 'sft-general'): unknown field" in message
+    assert "it belongs two levels up, in stages[0] beside `data:`" in message

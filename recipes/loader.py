@@ -195,9 +195,12 @@ def load_recipe(ref: str | Path, overrides: Sequence[str] = (), *, profile: str 
         lines = {**lines, **_profile_lines(lines, profile, overlay)}
     for override in overrides:
         # Errors in an overridden value point at the command line, not at the line it replaced.
-        key = _apply_override(raw, override)
+        key, created = _apply_override(raw, override)
         lines = {k: v for k, v in lines.items() if k[: len(key)] != key}  # the file's positions under it are gone
-        lines[key] = (f"--set {override}", 0)
+        # Keys the --set made (`stages.x.trian.learning_rate` makes `trian`) are its own: an error on one names it,
+        # not the file's line of the mapping above.
+        for end in range(created, len(key) + 1):
+            lines[key[:end]] = (f"--set {override}", 0)
     loaded = _validate(path, raw, lines, origins, files)
     loaded.profile = profile
     loaded.profiles = list(profiles) if isinstance(profiles, dict) else []
@@ -390,10 +393,11 @@ def _deep_merge(base: Any, override: Any) -> Any:
 # --------------------------------------------------------------------------- --set overrides
 
 
-def _apply_override(raw: dict[str, Any], override: str) -> FieldPath:
+def _apply_override(raw: dict[str, Any], override: str) -> tuple[FieldPath, int]:
     """``stages.<name>.train.learning_rate=2e-5``: stages are addressed by name; values are YAML.
 
-    Returns the overridden field's path, stages named (as the position map keys them)."""
+    Returns the overridden field's path, stages named (as the position map keys them), and the length of its
+    longest prefix that was there before (the keys after it the override made)."""
     key, sep, text = override.partition("=")
     if not sep or not key:
         raise RecipeError(f"--set {override}: expected KEY.PATH=VALUE")
@@ -406,6 +410,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> FieldPath:
         raise RecipeError(f"--set {override}: value is nested too deeply") from None
     parts: list[str | int] = list(key.split("."))
     node: Any = raw
+    created = len(parts)
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
             items, node = node, _stage_by_name(node, str(part), override)
@@ -414,6 +419,8 @@ def _apply_override(raw: dict[str, Any], override: str) -> FieldPath:
             continue
         if not isinstance(node, dict):
             raise RecipeError(f"--set {override}: '{'.'.join(parts[:i])}' is not a mapping")
+        if part not in node:
+            created = min(created, i + 1)
         if part not in node or node[part] is None:
             node[part] = {}
         node = node[part]
@@ -423,7 +430,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> FieldPath:
     if not isinstance(node, dict):
         raise RecipeError(f"--set {override}: '{'.'.join(parts[:-1])}' is not a mapping")
     node[last] = value
-    return tuple(parts)
+    return tuple(parts), created
 
 
 def _stage_by_name(stages: list, name: str, override: str) -> dict:

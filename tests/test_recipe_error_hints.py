@@ -75,3 +75,22 @@ def test_key_two_levels_too_deep_is_sent_up_two_levels(tmp_path):
     message = error_of(tmp_path, text)
     assert "stages[0].data.sources[0].train (stage 'sft-general'): unknown field" in message
     assert "it belongs two levels up, in stages[0] beside `data:`" in message
+
+
+# --------------------------------------------------------------------------- 2: keys a --set made
+
+
+@pytest.mark.parametrize("override", [
+    "stages.sft-general.trian.learning_rate=2e-5",  # a middle key misspelt: the recipe has no `trian`
+    "stages.sft-general.data.curation.dedupe.x=1",  # the --set makes two levels
+])
+def test_error_on_a_key_a_set_made_names_the_set_not_the_file(tmp_path, override):
+    message = error_of(tmp_path, sft_recipe(), (override,))
+    assert message.startswith(f"--set {override}: stages[0]."), message
+    assert "r.yaml" not in message
+
+
+def test_error_under_a_key_the_file_wrote_still_names_the_set(tmp_path):
+    override = "stages.sft-general.train.max_stepz=3"
+    message = error_of(tmp_path, sft_recipe(), (override,))
+    assert message.startswith(f"--set {override}: stages[0].train.max_stepz"), message

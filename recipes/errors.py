@@ -61,11 +61,22 @@ def from_validation_error(
     (``top_keys``: further keys allowed at the top, which the loader reads before validation)."""
     messages = []
     explained = 0  # messages of full-width keys, at the front
-    for err in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    # A value no member of a union type takes fails once per member, each located at the member's name
+    # (`heldout.float`, `heldout.int`): the field gets one message, naming every type it takes.
+    members: dict[FieldPath, list[Any]] = {}
+    for err in errors:
+        if _past_value(err["loc"], raw):
+            members.setdefault((*prefix, *_yaml_path(err["loc"], raw)), []).append(err)
+    for err in errors:
         path = (*prefix, *_yaml_path(err["loc"], raw))
         note = None
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden" and (note := full_width_note(str(err["loc"][-1]))) is not None:
+        if len(alternatives := members.get(path, [])) > 1:
+            if err is not alternatives[0]:
+                continue
+            msg = f"expected {_expected(alternatives)}, got {err.get('input')!r}"
+        elif err["type"] == "extra_forbidden" and (note := full_width_note(str(err["loc"][-1]))) is not None:
             # an input method's full-width space or mark inside the key (`　　train`): invisible, or nearly
             line = locate(path, lines, file)[1]
             msg = f"unknown field; {f'line {line}' if line else 'the key'} {note}"
@@ -223,9 +234,41 @@ def _yaml_path(loc: Sequence[str | int], raw: object) -> FieldPath:
 
 def _yaml_indices(loc: Sequence[str | int], raw: object) -> list[int]:
     """The positions in ``loc`` of the parts :func:`_yaml_path` keeps."""
+    return _walk(loc, raw)[0]
+
+
+def _past_value(loc: Sequence[str | int], raw: object) -> bool:
+    """Whether ``loc`` goes on past a value the YAML wrote (a number, a word, null): into a union's member names."""
+    return _walk(loc, raw)[1]
+
+
+def _expected(alternatives: Sequence[Any]) -> str:
+    """What the members of a union take, from their errors: ``a number or a whole number``."""
+    wanted: list[str] = []
+    for err in alternatives:
+        said = err["msg"].removeprefix("Value error, ")
+        if err["type"].startswith("float_"):
+            said = "a number"
+        elif err["type"].startswith("int_"):
+            said = "a whole number"
+        elif said.startswith("Input should be "):
+            said = said.removeprefix("Input should be ").split(",")[0].replace("a valid ", "a ")
+        if said not in wanted:
+            wanted.append(said)
+    return " or ".join(wanted)
+
+
+_GONE = object()  # below a key the YAML lacks: no node at all (a YAML null is None)
+
+
+def _walk(loc: Sequence[str | int], raw: object) -> tuple[list[int], bool]:
+    """The positions in ``loc`` that are keys or indices of the YAML, and whether it goes past a written value."""
     kept: list[int] = []
-    node = raw
+    node: Any = raw
     for i, part in enumerate(loc):
+        if node is not _GONE and not isinstance(node, Mapping | list):
+            # a value (`heldout: 5%`): the rest names the members of the field's union type, which no one wrote
+            return kept, True
         if (isinstance(node, Mapping) and part in node) or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
             node = node[part]
             kept.append(i)
@@ -235,10 +278,10 @@ def _yaml_indices(loc: Sequence[str | int], raw: object) -> list[int]:
             is_tag = isinstance(node, Mapping) and part in (node.get("type"), node.get("kind"))
             if isinstance(part, str) and not is_tag and "[" not in part and "(" not in part:
                 kept.append(i)
-                node = None
+                node = _GONE
         else:
             kept.append(i)
-    return kept
+    return kept, False
 
 
 def _human_path(path: FieldPath, stage_names: Sequence[str]) -> str:

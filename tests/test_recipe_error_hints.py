@@ -94,3 +94,12 @@ def test_error_under_a_key_the_file_wrote_still_names_the_set(tmp_path):
     override = "stages.sft-general.train.max_stepz=3"
     message = error_of(tmp_path, sft_recipe(), (override,))
     assert message.startswith(f"--set {override}: stages[0].train.max_stepz"), message
+
+
+# --------------------------------------------------------------------------- 3: a field of several types
+
+
+def test_value_no_member_of_a_union_takes_is_one_message_without_member_names(tmp_path):
+    message = error_of(tmp_path, sft_recipe(data="heldout: 5%"))
+    assert message == (f"{tmp_path / 'r.yaml'}:9: stages[0].data.heldout (stage 'sft-general'): "
+                       "expected a number or a whole number, got '5%'")

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from tempa.recipes.yaml_loader import full_width_note
 from tempa.sft.stage_api import SECRET_INPUT_ERROR
-from tempa.sft.suggest import did_you_mean, meant
+from tempa.sft.suggest import closest, did_you_mean, meant
 
 
 class RecipeError(ValueError):
@@ -65,9 +65,14 @@ def from_validation_error(
     # A value no member of a union type takes fails once per member, each located at the member's name
     # (`heldout.float`, `heldout.int`): the field gets one message, naming every type it takes.
     members: dict[FieldPath, list[Any]] = {}
+    # A misspelt key (`base-model:`) leaves the field it meant missing: the key's line says both, so the field's
+    # own "field required" (with no line: nothing was written there) is dropped.
+    meant_fields: set[FieldPath] = set()
     for err in errors:
         if _past_value(err["loc"], raw):
             members.setdefault((*prefix, *_yaml_path(err["loc"], raw)), []).append(err)
+        if err["type"] == "extra_forbidden" and (guess := _spelling_of(err, model, top_keys, raw, prefix)):
+            meant_fields.add((*prefix, *_yaml_path(err["loc"][:-1], raw), guess))
     for err in errors:
         path = (*prefix, *_yaml_path(err["loc"], raw))
         note = None
@@ -81,11 +86,12 @@ def from_validation_error(
             line = locate(path, lines, file)[1]
             msg = f"unknown field; {f'line {line}' if line else 'the key'} {note}"
         elif err["type"] == "extra_forbidden":
-            allowed = _keys_at(model, err["loc"][:-1]) + (list(top_keys) if len(err["loc"]) == 1 else [])
             hint = _misplaced(err["loc"][-1], model, err["loc"][:-1], raw, prefix) or \
-                _unknown_key_hint(err["loc"][-1], allowed)
+                meant(_spelling_of(err, model, top_keys, raw, prefix))
             msg = f"unknown field (not allowed here; check the spelling){hint}"
         elif err["type"] == "missing":
+            if path in meant_fields:
+                continue
             msg = "field required"
         elif err["type"] == "union_tag_invalid":  # a `type:` / `kind:` no member has: its closest, as for keys
             tags = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected_tags", "")))
@@ -128,9 +134,16 @@ def from_validation_error(
 _OTHER_TOOLS_KEYS = {"algorithm": "trainer"}
 
 
-def _unknown_key_hint(key: object, allowed: Sequence[str]) -> str:
+def _spelling_of(err: Any, model: type[BaseModel] | None, top_keys: Sequence[str], raw: object,
+                prefix: FieldPath) -> str | None:
+    """The allowed key an unknown key (an ``extra_forbidden`` error) is a slip of, if any; None as well when the key
+    is an exact key of another block (:func:`_misplaced` names that one instead)."""
+    key, loc = err["loc"][-1], err["loc"][:-1]
+    if _misplaced(key, model, loc, raw, prefix):
+        return None
+    allowed = _keys_at(model, loc) + (list(top_keys) if not loc else [])
     other = _OTHER_TOOLS_KEYS.get(str(key))
-    return meant(other) if other in allowed else did_you_mean(key, allowed)
+    return other if other in allowed else closest(key, allowed)
 
 
 def _misplaced(key: object, model: type[BaseModel] | None, loc: Sequence[str | int], raw: object = None,

@@ -479,6 +479,13 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
         seen[name] = i
         folded[name.lower()] = i
         kind = stage_raw.get("kind")
+        slip = next((key for key in stage_raw if key != "kind" and closest(key, ["kind"])), None)
+        if kind is None and slip is not None:
+            # `kidn: sft`: the misspelt key is the cause, the missing kind only its consequence
+            raise RecipeError(
+                f"{where((*loc, slip), lines, path)}: stages[{i}].{slip} (stage '{name}'): unknown field (not allowed "
+                f"here; check the spelling); did you mean 'kind'?"
+            )
         if kind is None:
             raise RecipeError(
                 f"{where(loc, lines, path)}: stages[{i}].kind (stage '{name}'): field required; "

@@ -103,3 +103,25 @@ def test_value_no_member_of_a_union_takes_is_one_message_without_member_names(tm
     message = error_of(tmp_path, sft_recipe(data="heldout: 5%"))
     assert message == (f"{tmp_path / 'r.yaml'}:9: stages[0].data.heldout (stage 'sft-general'): "
                        "expected a number or a whole number, got '5%'")
+
+
+# --------------------------------------------------------------------------- 4: the cause, not its consequence
+
+
+def test_misspelt_required_top_key_is_one_message_on_its_line(tmp_path):
+    text = sft_recipe().replace("base_model:", "base-model:")
+    message = error_of(tmp_path, text)
+    assert message == (f"{tmp_path / 'r.yaml'}:2: base-model: unknown field (not allowed here; check the spelling); "
+                       "did you mean 'base_model'?")
+
+
+def test_misspelt_kind_names_the_misspelt_key(tmp_path):
+    text = sft_recipe().replace("kind: sft", "kidn: sft")
+    message = error_of(tmp_path, text)
+    assert message == (f"{tmp_path / 'r.yaml'}:5: stages[0].kidn (stage 'sft-general'): unknown field (not allowed "
+                       "here; check the spelling); did you mean 'kind'?")
+
+
+def test_missing_field_with_no_misspelt_key_is_still_required(tmp_path):
+    text = sft_recipe().replace('base_model: "tempa:tiny"', 'description: "x"')
+    assert error_of(tmp_path, text) == f"{tmp_path / 'r.yaml'}: base_model: field required"

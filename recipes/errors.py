@@ -117,9 +117,11 @@ def from_validation_error(
                 msg = msg.partition("; did you mean ")[0] + where_to
         # A validator of a whole block names the field it refuses first (`parameters.t: not a parameter ...`): point
         # at that field's line, not the block's.
-        elif (named := _NAMED_FIELD.match(msg)) and (*path, *named[1].split(".")) in lines:
+        elif (named := _NAMED_FIELD.match(msg) or _NAMED_VALUE.match(msg)) and \
+                (*path, *named[1].split(".")) in lines:
             path = (*path, *named[1].split("."))
             msg = msg[named.end():]
+        msg += _closest_choice(msg)
         message = f"{where(path, lines, file)}: {_human_path(path, stage_names)}: {msg}"
         if err["type"] == "extra_forbidden" and note is not None:
             # a full-width key explains the errors it causes (its field then missing): it goes first
@@ -233,6 +235,21 @@ _PARSED = ("int_parsing", "float_parsing", "bool_parsing", "literal_error", "enu
 # Errors of a value that has to be a string (or one of some words).
 _WORDS = ("string_type", "literal_error", "enum")
 _NAMED_FIELD = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*): ")
+# ... or names it before the value it refuses: `loss_type 'apo-zero' is not a loss ...`.
+_NAMED_VALUE = re.compile(r"([A-Za-z_]\w*) (?=')")
+# A check's list of the values it takes: `expected one of sigmoid, hinge, apo_zero (or alias ...)`.
+_CHOICES = re.compile(r"expected one of ([^;()]+)")
+
+
+def _closest_choice(msg: str) -> str:
+    """``"; did you mean 'apo_zero'?"`` for a message that refuses a quoted value and lists the values it takes (a
+    check of a stage package's, worded by its own module), when one is spelt close to it and none is guessed yet."""
+    refused, choices = re.match(r"'([^']*)'", msg), _CHOICES.search(msg)
+    if refused is None or choices is None or "did you mean" in msg:
+        return ""
+    return did_you_mean(refused[1], [choice.strip() for choice in choices[1].split(",")])
+
+
 # How a check of a free-form mapping (a stage's `train:`) refuses a key: `'lora' is not a SFTConfig field`.
 _NOT_A_FIELD = re.compile(r"is not an? \w+ field\b")
 

@@ -92,8 +92,10 @@ def find_recipe(ref: str | Path, relative_to: Path | None = None) -> Path:
         if candidate.is_file():
             return candidate.resolve()
     shipped = sorted(p.stem for p in shipped_recipe_dir().glob("*.yaml"))
-    raise RecipeError(f"{ref}: recipe file not found{_nearby_recipe(Path(ref), relative_to)} "
-                      f"(shipped recipes: {', '.join(shipped)})")
+    nearby = _nearby_recipe(Path(ref), relative_to)
+    # a file beside the one named is the likelier meaning; a bare name (`tempa run dmeo`) may mean a shipped one
+    hint = "" if nearby or Path(ref).name != name else did_you_mean(Path(name).stem, shipped)
+    raise RecipeError(f"{ref}: recipe file not found{nearby} (shipped recipes: {', '.join(shipped)}){hint}")
 
 
 def recipe_name(ref: str | Path) -> str:
@@ -511,6 +513,7 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
             raise RecipeError(
                 f"{where((*loc, 'from'), lines, path)}: stages[{i}].from (stage '{name}'): "
                 f"'{config.from_}' is not an earlier stage (earlier stages: {', '.join(earlier) or 'none'})"
+                f"{did_you_mean(config.from_, earlier)}"
             )
         for read in config.reads(names[:i]):
             _check_read(read, stages, kinds, loc, name, lines, path)
@@ -595,7 +598,7 @@ def _check_read(read: Read, earlier: list[StageConfigBase], kinds, loc, name: st
         known = ", ".join(stage.name for stage in earlier) or "none"
         raise RecipeError(
             f"{where(field, lines, path)}: {dotted(field)} (stage '{name}'): '{read.stage}' is not an earlier stage "
-            f"(earlier stages: {known})"
+            f"(earlier stages: {known}){did_you_mean(read.stage, [stage.name for stage in earlier])}"
         )
     if read.artifact not in kinds[producer.kind].produces:
         makers = [s.name for s in earlier if read.artifact in kinds[s.kind].produces] or ["none"]

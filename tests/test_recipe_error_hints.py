@@ -125,3 +125,43 @@ def test_misspelt_kind_names_the_misspelt_key(tmp_path):
 def test_missing_field_with_no_misspelt_key_is_still_required(tmp_path):
     text = sft_recipe().replace('base_model: "tempa:tiny"', 'description: "x"')
     assert error_of(tmp_path, text) == f"{tmp_path / 'r.yaml'}: base_model: field required"
+
+
+# --------------------------------------------------------------------------- 5: the closest name
+
+
+def test_from_naming_no_earlier_stage_suggests_the_closest(tmp_path):
+    text = sft_recipe() + """
+      - name: second
+        kind: sft
+        from: sft-genral
+        data:
+          sources:
+            - {name: rows, path: rows.jsonl}
+    """
+    message = error_of(tmp_path, text)
+    assert "stages[1].from (stage 'second'): 'sft-genral' is not an earlier stage (earlier stages: sft-general); " \
+           "did you mean 'sft-general'?" in message
+
+
+def test_unknown_recipe_name_suggests_the_closest_shipped_recipe(tmp_path, monkeypatch):
+    from tempa.recipes.loader import find_recipe
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RecipeError) as caught:
+        find_recipe("dmeo")
+    assert str(caught.value).startswith("dmeo: recipe file not found (shipped recipes: demo, ")
+    assert str(caught.value).endswith("; did you mean 'demo'?")
+
+
+def test_refused_loss_type_names_its_key_and_the_closest_loss(tmp_path):
+    text = sft_recipe() + """
+      - name: align
+        kind: preference
+        prompts: {path: rows.jsonl}
+        rewards: [{type: format}]
+        train: {loss_type: apo-zero}
+    """
+    message = error_of(tmp_path, text)
+    assert f"{tmp_path / 'r.yaml'}:14: stages[1].train.loss_type (stage 'align'): 'apo-zero' is not a loss" in message
+    assert message.endswith("; did you mean 'apo_zero'?")

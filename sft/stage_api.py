@@ -54,9 +54,12 @@ def on_off_of_bool(value: Any) -> Any:
     return ("on" if value else "off") if isinstance(value, bool) else value
 
 
-# Every on/off field of a recipe (thinking modes): `off`, "off" and false all read as "off".
-OnOff = Annotated[Literal["on", "off"], BeforeValidator(on_off_of_bool)]
-OnOffMixed = Annotated[Literal["on", "off", "mixed"], BeforeValidator(on_off_of_bool)]
+# Every on/off field of a recipe (thinking modes): `off`, "off" and false all read as "off". The JSON Schema takes a
+# boolean too, as the loader does: an editor reading YAML 1.1 (a bare `off`, `yes`, `On` is a boolean) flagged them.
+OnOff = Annotated[Literal["on", "off"],
+                  BeforeValidator(on_off_of_bool, json_schema_input_type=Literal["on", "off"] | bool)]
+OnOffMixed = Annotated[Literal["on", "off", "mixed"],
+                       BeforeValidator(on_off_of_bool, json_schema_input_type=Literal["on", "off", "mixed"] | bool)]
 
 
 # The pydantic error type of a validator whose input may hold a secret (a URL with a password): the

@@ -165,3 +165,48 @@ def test_refused_loss_type_names_its_key_and_the_closest_loss(tmp_path):
     message = error_of(tmp_path, text)
     assert f"{tmp_path / 'r.yaml'}:14: stages[1].train.loss_type (stage 'align'): 'apo-zero' is not a loss" in message
     assert message.endswith("; did you mean 'apo_zero'?")
+
+
+# --------------------------------------------------------------------------- 6: the editor's schema and the loader
+
+
+def test_json_schema_takes_the_booleans_the_loader_reads_as_on_off(tmp_path):
+    import jsonschema
+
+    from tempa.recipes import reference
+    from tempa.recipes.loader import shipped_recipe_dir
+    from tempa.recipes.yaml_loader import parse_yaml, read_text
+
+    schema = reference.json_schema()
+    # the demo's quoted modes written bare, as the README allows: YAML 1.1 (PyYAML, many editors) reads booleans
+    text = read_text(shipped_recipe_dir() / "demo.yaml").replace('"off"', "off").replace('"on"', "on")
+    demo = parse_yaml("thinking_default: Off\n" + text)
+    assert demo["thinking_default"] is False and demo["stages"][0]["data"]["sources"][0]["thinking_mode"] is False
+    jsonschema.validate(demo, schema)
+    # ... and the loader reads them as the modes
+    (tmp_path / "rows.jsonl").write_text(ROWS)
+    path = tmp_path / "r.yaml"
+    path.write_text(textwrap.dedent(sft_recipe(top="thinking_default: yes")).replace(
+        "path: rows.jsonl}", "path: rows.jsonl, thinking_mode: Off}"))
+    loaded = load_recipe(path)
+    assert loaded.recipe.thinking_default == "on" and loaded.stages[0].data.sources[0].thinking_mode == "off"
+    jsonschema.validate(parse_yaml(path.read_text()), schema)
+
+
+def test_every_on_off_field_of_the_json_schema_takes_a_boolean():
+    from tempa.recipes import reference
+
+    found: list[bool] = []
+
+    def walk(node: object, alternatives: list) -> None:
+        if isinstance(node, dict):
+            if node.get("enum") in (["on", "off"], ["on", "off", "mixed"]):
+                found.append(any(other.get("type") == "boolean" for other in alternatives))
+            for key, value in node.items():
+                walk(value, value if key == "anyOf" else [])
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, alternatives)
+
+    walk(reference.json_schema(), [])
+    assert found and all(found), found

@@ -49,7 +49,8 @@ from tempa.recipes.rundir import (
     sweep_trash,
     write_metrics,
 )
-from tempa.recipes.schema import TINY_DEFAULT
+from tempa.recipes.schema import TINY_DEFAULT, LaunchConfig
+from tempa.sft.checkpoints import CheckpointLaunch, last_complete_checkpoint, launch_refusal
 from tempa.sft.files import cache_root, digest, file_digest, path_digest, point_link, write_atomic
 from tempa.sft.run_layout import (
     CHECKPOINTS_DIR,
@@ -350,6 +351,8 @@ def plan_run(
                 why = [f"stale once {_names(reran)} re-ran"] if reran else []
                 why += [f"stale: {_stale_why([], behind)}"] if behind else []
                 reason += f"; {'; '.join(why)} (the next plain `tempa run` re-runs it)"
+        if action == "resume" and kind.trains and (refusal := _launch_refusal(loaded, config, stage_dir)):
+            raise StageError(refusal)
         # the stage --from/--only names starts over whole; the later ones --from re-runs leave it to the signatures
         keeps = (action == "rerun" and name not in (from_stage, only) and kind.journals is not None and manifest is not None
                  and _journals_signed(manifest.components, components))
@@ -373,6 +376,35 @@ def plan_run(
     if only is not None:
         _check_only_inputs(decisions, only)
     return decisions
+
+
+def planned_launch(launch: LaunchConfig, train: Mapping[str, Any]) -> CheckpointLaunch:
+    """What of the recipe's ``launch`` (and a stage's trainer arguments ``train``) a resume depends on, as far as the
+    recipe tells: an accelerate config that names no process count leaves it (and the global batch) to accelerate,
+    and the training processes check it themselves."""
+    engine = launch.engine()
+    kind = {"deepspeed": "deepspeed", "fsdp1": "fsdp", "fsdp2": "fsdp"}.get(engine.name, "plain")
+    if launch.launcher == "torchrun":
+        processes: int | None = launch.num_processes or launch.num_machines
+    else:
+        processes = launch.num_processes or engine.num_processes
+    batch = launch.global_batch_size
+    per_device = train.get("per_device_train_batch_size")
+    if batch is None and processes and isinstance(per_device, int):
+        batch = per_device * int(train.get("gradient_accumulation_steps", 1)) * \
+            max(1, processes // launch.sequence_parallel)
+    return CheckpointLaunch(kind, processes, batch, zero_stage=engine.zero_stage,
+                            sequence_parallel=launch.sequence_parallel)
+
+
+def _launch_refusal(loaded: LoadedRecipe, config: StageConfigBase, stage_dir: Path) -> str | None:
+    """Why the interrupted training in ``stage_dir`` cannot resume under the recipe's launch (its last complete
+    checkpoint was saved under another: the launch is not in the fingerprint, so the plan said resume), or None."""
+    checkpoint = last_complete_checkpoint(stage_dir / CHECKPOINTS_DIR)
+    saved = CheckpointLaunch.read(checkpoint) if checkpoint is not None else None
+    if saved is None:
+        return None
+    return launch_refusal(config.name, checkpoint, saved, planned_launch(loaded.recipe.launch, config.train_args()))
 
 
 def lost_refusal(name: str, lost: str) -> str:

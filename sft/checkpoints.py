@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tempa.sft.files import remove_tree
+from tempa.sft.files import remove_tree, write_marker
 from tempa.sft.run_layout import CHECKPOINTS_DIR
 from tempa.sft.run_layout import COMPLETE as COMPLETE_MARKER
 from tempa.sft.stage_api import Checkpoint
@@ -104,3 +106,69 @@ def remove_incomplete_checkpoints(output_dir: Path, inside: Iterable[Path]) -> l
             removed.append(path)
     return removed
 
+
+
+# Beside each checkpoint's COMPLETE marker: how the training that saved it was launched (:class:`CheckpointLaunch`).
+LAUNCH_RECORD = "tempa_launch.json"
+
+
+@dataclass(frozen=True)
+class CheckpointLaunch:
+    """What of a training launch a resume depends on: the form its optimizer state is saved in and the batch its data
+    order and epoch count follow. ``None``: not known (the plan cannot always tell a launch's process count)."""
+
+    engine: str  # "deepspeed", "fsdp", or "plain": DDP or one process, whose one optimizer.pt any process count loads
+    processes: int | None
+    global_batch: int | None  # rows per optimizer step: per-device batch x accumulation x data-parallel processes
+    zero_stage: int = 0
+    sequence_parallel: int = 1
+    precision: str | None = None  # DeepSpeed names its optimizer files by it (bf16_zero_pp_rank_*)
+
+    @property
+    def label(self) -> str:
+        engine = {"deepspeed": f"DeepSpeed ZeRO-{self.zero_stage}", "fsdp": "FSDP"}.get(self.engine, "no sharding")
+        where = f"{self.processes} process{'es' if self.processes != 1 else ''}" if self.processes else "? processes"
+        batch = f", {self.global_batch} rows per step" if self.global_batch else ""
+        return f"{engine} on {where}{batch}"
+
+    def write(self, checkpoint: Path) -> None:
+        write_marker(Path(checkpoint) / LAUNCH_RECORD, json.dumps(asdict(self)) + "\n")
+
+    @classmethod
+    def read(cls, checkpoint: Path) -> CheckpointLaunch | None:
+        """The record in ``checkpoint``; None for one an earlier tempa saved (nothing to compare)."""
+        try:
+            return cls(**json.loads((Path(checkpoint) / LAUNCH_RECORD).read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def launch_change(saved: CheckpointLaunch, now: CheckpointLaunch) -> str | None:
+    """What would break if a launch like ``now`` resumed a checkpoint saved under ``saved``, or None where it resumes
+    as it was cut off (the launcher, torchrun or accelerate, plays no part).
+
+    Another sharding (DeepSpeed, FSDP, none) or ZeRO stage saves the optimizer state in another form: transformers
+    started a fresh AdamW without a word, or failed to find the checkpoint. DeepSpeed and FSDP split it over the
+    processes (DeepSpeed refuses another count). Another global batch changes which rows each step takes and how many
+    steps an epoch has."""
+    if saved.engine != now.engine or saved.zero_stage != now.zero_stage:
+        return "its optimizer state would not load (a fresh optimizer, or no checkpoint found)"
+    sharded = saved.engine != "plain"
+    if sharded and None not in (saved.processes, now.processes) and \
+            (saved.processes, saved.sequence_parallel) != (now.processes, now.sequence_parallel):
+        return "its optimizer state is split over the processes that saved it"
+    if sharded and None not in (saved.precision, now.precision) and saved.precision != now.precision:
+        return f"DeepSpeed saved its optimizer state for {saved.precision}, and the launch trains in {now.precision}"
+    if None not in (saved.global_batch, now.global_batch) and saved.global_batch != now.global_batch:
+        return "the rows each step takes, and the steps of an epoch, would change"
+    return None
+
+
+def launch_refusal(stage: str, checkpoint: Path, saved: CheckpointLaunch, now: CheckpointLaunch) -> str | None:
+    """One line refusing to resume ``checkpoint`` of ``stage`` under a launch like ``now``, or None when it may."""
+    why = launch_change(saved, now)
+    if why is None:
+        return None
+    return (f"stage '{stage}': {Path(checkpoint).name} was saved by {saved.label} and the launch now is {now.label}: "
+            f"resuming it there is not the same training ({why}); put the launch back as it was to resume, or start "
+            f"the stage over with `tempa run --only {stage}` (deletes its checkpoints)")

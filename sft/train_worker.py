@@ -25,8 +25,10 @@ from transformers import TrainerCallback
 
 from tempa.sft.checkpoints import (
     COMPLETE_MARKER,
+    CheckpointLaunch,
     checkpoint_step,
     last_complete_checkpoint,
+    launch_refusal,
     rotate_checkpoints,
 )
 from tempa.sft.files import remove_tree, sync_tree, umask_modes, write_marker
@@ -58,6 +60,7 @@ class CheckpointCompleteCallback(TrainerCallback):
 
     def __init__(self) -> None:
         self.save_total_limit: int | None = None
+        self.launch: CheckpointLaunch | None = None  # set by train_and_save: recorded in each checkpoint
 
     def on_train_begin(self, args, state, control, **kwargs):
         if args.save_total_limit:
@@ -78,6 +81,8 @@ class CheckpointCompleteCallback(TrainerCallback):
             dist.barrier()  # ... and on every node's disk before the marker
         if state.is_world_process_zero:
             if path.is_dir():
+                if self.launch is not None:  # before the marker: a complete checkpoint always says how it was saved
+                    self.launch.write(path)
                 write_marker(path / COMPLETE_MARKER, f"{state.global_step}\n")
             output_dir = Path(args.output_dir)
             rotate_checkpoints(output_dir, self.save_total_limit, [output_dir], keep=state.best_model_checkpoint)
@@ -436,6 +441,26 @@ def whole_run_metrics(metrics: dict[str, Any], log_history: list[dict[str, Any]]
     return {**metrics, "train_loss": total / steps} if steps else metrics
 
 
+def launch_of(trainer, plan: TrainPlan) -> CheckpointLaunch:
+    """How this training is launched, as its checkpoints record it."""
+    from accelerate.utils import DistributedType
+
+    state, args = trainer.accelerator.state, trainer.args
+    kind = state.distributed_type
+    engine = "deepspeed" if kind == DistributedType.DEEPSPEED else "fsdp" if kind == DistributedType.FSDP else "plain"
+    zero = int(state.deepspeed_plugin.zero_stage) if engine == "deepspeed" else 0
+    processes, sequence = trainer.accelerator.num_processes, plan.env.sequence_parallel
+    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, processes // sequence)
+    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    return CheckpointLaunch(engine, processes, batch, zero_stage=zero, sequence_parallel=sequence, precision=precision)
+
+
+def stage_name(plan: TrainPlan) -> str:
+    """The recipe stage this training belongs to (a preference stage trains each round in its own folder)."""
+    out = Path(plan.out_dir)
+    return out.parent.name if out.name.removeprefix("round-").isdigit() else out.name
+
+
 def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *, evaluate: bool = False,
                    merge_adapters: bool = False) -> None:
     """Train (resuming from the last complete checkpoint), then publish ``final/`` atomically.
@@ -449,6 +474,15 @@ def train_and_save(trainer, tokenizer, plan: TrainPlan, kernels: KernelChoice, *
     trainer.add_callback(ScheduleCheck())
     trainer.add_callback(LossSteps())
     resume = last_complete_checkpoint(plan.checkpoints_dir)
+    launch = launch_of(trainer, plan)
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, CheckpointCompleteCallback):
+            callback.launch = launch
+    saved = CheckpointLaunch.read(resume) if resume is not None else None
+    # The plan checks what it can tell of the launch; this one sees the process count and precision it runs with.
+    refusal = launch_refusal(stage_name(plan), resume, saved, launch) if saved is not None else None
+    if refusal is not None:
+        raise ValueError(refusal)
     if merge_adapters and trainer.is_world_process_zero():
         trainable, whole = trained_parameters(trainer.model)
         print(f"[tempa] LoRA trains {trainable:,} of the model's {whole:,} parameters ({trainable / whole:.3%})",

@@ -1263,14 +1263,18 @@ def _count_heldout_trained_elsewhere(states: Sequence[_SourceState]) -> None:
 def _all_held_out(state: _SourceState, heldout: float | int, usable: int, rows: int) -> DataError:
     """``usable``: the distinct instructions the split draws from, of ``rows`` usable rows (the same without copies)."""
     rejected = state.rows_in - rows
-    after = f" ({state.rows_in} read, {rejected} rejected)" if rejected else ""
+    # the main reasons, as curation left a source of 12 rows one (11 near_duplicate): the cause, not the setting
+    reasons = ", ".join(f"{count} {reason}" for reason, count in state.rejects.most_common(3))
+    after = f" ({state.rows_in} read, {rejected} rejected{f': {reasons}' if reasons else ''})" if rejected else ""
     if rows != usable:
         after += f" (its {rows} rows hold {usable} distinct instructions, and copies are held out together)"
     key = "its `heldout`" if state.source.heldout is not None else "`data.heldout` (or `heldout` on this source)"
-    return DataError(
-        f"{describe(state.source)}: heldout {heldout} takes {usable} of its {usable} usable rows{after} and leaves "
-        f"none to train on; set {key} to fewer than {usable} rows or a fraction such as 0.1"
-    )
+    # any positive fraction holds out at least one row: of a single row, only 0 leaves it to train on
+    fix = f"set {key} to at most {usable - 1} rows" if usable > 1 else "set `heldout: 0` on this source to train on it"
+    if rejected:
+        fix += " (or let more rows through curation: the stage's rejects.jsonl says why each was rejected)"
+    return DataError(f"{describe(state.source)}: heldout {heldout} takes {usable} of its {usable} usable rows{after} "
+                     f"and leaves none to train on; {fix}")
 
 
 # --- reports --------------------------------------------------------------------------------------

@@ -156,38 +156,37 @@ def continue_trackers(trainer: Any, checkpoints_dir: Path, *, resumed: bool) -> 
     A stage killed at step 30 resumes from its checkpoint at step 25: the steps 26-30 it trains again were already
     logged, and a tracker drew them a second time (wandb in a second run, TensorBoard in a second event folder). So
     the trackers (transformers' integration callbacks) skip the steps the record says they were given, and the record
-    follows each log; wandb continues the same run (:func:`wandb_run_env`). The progress line and the Trainer's own
+    follows each tracker's write; wandb continues the same run (:func:`wandb_run_env`). The progress line and the Trainer's own
     log history keep every step. Call before ``train()``.
     """
     names = named_trackers(trainer.args.report_to)
     if not names or not trainer.is_world_process_zero():  # the trackers write from process zero only
         return
-    from transformers import TrainerCallback
     from transformers.integrations import get_reporting_integration_callbacks
 
     record = tracker_record(checkpoints_dir, resumed=resumed)
     if "wandb" in names:
         os.environ.update(wandb_run_env(record))
-    done = record["logged_step"]
     integrations = tuple(get_reporting_integration_callbacks(names))
     for callback in trainer.callback_handler.callbacks:
-        if done and isinstance(callback, integrations):
-            callback.on_log = _from_step(done + 1, callback.on_log)
-    path = Path(checkpoints_dir) / TRACKER_RECORD
-
-    class RecordLogged(TrainerCallback):  # after the trackers: what they were given is on record
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.global_step > record["logged_step"]:
-                record["logged_step"] = state.global_step
-                write_atomic(path, json.dumps(record) + "\n")
-
-    trainer.add_callback(RecordLogged())
+        if isinstance(callback, integrations):
+            callback.on_log = _recorded(record, record["logged_step"], Path(checkpoints_dir) / TRACKER_RECORD,
+                                        callback.on_log)
 
 
-def _from_step(first: int, on_log: Callable[..., Any]) -> Callable[..., Any]:
-    def logged_from(args, state, control, **kwargs):
-        if state.global_step >= first:
-            return on_log(args, state, control, **kwargs)
-        return None
+def _recorded(record: dict[str, Any], done: int, path: Path, on_log: Callable[..., Any]) -> Callable[..., Any]:
+    """A tracker's ``on_log`` that skips the steps up to ``done`` (the run it resumes gave them), and records each step
+    as soon as the tracker wrote it: recorded by a callback after all the others, a step was lost from the record when
+    one in between failed (the progress line printing to the dead pipe of a runner killed with -9), and the resume
+    gave it again."""
 
-    return logged_from
+    def logged_once(args, state, control, **kwargs):
+        if state.global_step <= done:
+            return None
+        out = on_log(args, state, control, **kwargs)
+        if state.global_step > record["logged_step"]:
+            record["logged_step"] = state.global_step
+            write_atomic(path, json.dumps(record) + "\n")
+        return out
+
+    return logged_once

@@ -447,7 +447,9 @@ def _cmd_status(args) -> int:
 
     run_dir = given_run_dir(args.run_dir)
     require_run_dir(run_dir)
-    rows = _run_status(run_dir)
+    from tempa.recipes.push import run_status
+
+    rows = run_status(run_dir)
     if args.json:
         print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2, default=str))
         return 0
@@ -468,28 +470,6 @@ def _cmd_status(args) -> int:
         table.add_row(*map(Text, (row.name, row.kind, row.state, f"{seconds:.1f}s" if seconds else "-", metrics)))
     _console().print(table)
     return 0
-
-
-def _run_status(run_dir: Path) -> list:
-    """Each stage's state (`tempa status`), in the order of the recipe the run ran, read without validating it."""
-    from tempa.recipes.runner import stage_status
-
-    recorded = _recorded_stages(run_dir)
-    return stage_status(list(recorded) if recorded is not None else None, run_dir, kinds=recorded)
-
-
-def _recorded_stages(run_dir: Path) -> dict[str, str] | None:
-    """The stages the run's recipe.resolved.yaml records, in order, with their kinds; None when it cannot be read
-    (the manifests still tell the story)."""
-    from tempa.recipes.rundir import resolved_recipe
-
-    try:
-        recorded = {stage["name"]: stage.get("kind") for stage in (resolved_recipe(run_dir) or {})["stages"]}
-    except (AttributeError, KeyError, TypeError):
-        return None
-    if not all(isinstance(name, str) and isinstance(kind, str) for name, kind in recorded.items()):
-        return None
-    return recorded
 
 
 def _console():
@@ -554,7 +534,9 @@ def _given_model(given: Path) -> Path:
         run_dir = given.parent
     else:
         return given  # the export says what is wrong with it
-    unfinished = [f"{row.name} ({row.state})" for row in _run_status(run_dir) if row.state != "done"]
+    from tempa.recipes.push import unfinished_stages
+
+    unfinished = unfinished_stages(run_dir)
     final = run_dir / FINAL_LINK
     if final.is_symlink() and not final.exists():
         # a re-run of the last stage cleared its folder and was stopped before it wrote a new one

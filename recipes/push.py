@@ -40,17 +40,45 @@ class PushFile:
     size: int
 
 
-def final_folder(run_dir: Path) -> Path:
-    """The run's final model folder, refused unless every stage is complete and current, and it is publishable."""
+def run_status(run_dir: Path) -> list:
+    """Each stage's state (`tempa status`), in the order of the recipe the run ran, read without validating it.
+
+    `tempa status`, `tempa export`'s warning and `tempa push`'s refusal all read this one list: from the manifests
+    alone, a stage whose folder was deleted was no stage at all, and push took a run that export warned of."""
     from tempa.recipes.runner import stage_status
 
+    recorded = _recorded_stages(run_dir)
+    return stage_status(list(recorded) if recorded is not None else None, run_dir, kinds=recorded)
+
+
+def _recorded_stages(run_dir: Path) -> dict[str, str] | None:
+    """The stages the run's recipe.resolved.yaml records, in order, with their kinds; None when it cannot be read
+    (the manifests still tell the story)."""
+    from tempa.recipes.rundir import resolved_recipe
+
+    try:
+        recorded = {stage["name"]: stage.get("kind") for stage in (resolved_recipe(run_dir) or {})["stages"]}
+    except (AttributeError, KeyError, TypeError):
+        return None
+    if not all(isinstance(name, str) and isinstance(kind, str) for name, kind in recorded.items()):
+        return None
+    return recorded
+
+
+def unfinished_stages(run_dir: Path) -> list[str]:
+    """``name (state)`` of each stage of the run that is not complete and current (:func:`run_status`)."""
+    return [f"{row.name} ({row.state})" for row in run_status(run_dir) if row.state != "done"]
+
+
+def final_folder(run_dir: Path) -> Path:
+    """The run's final model folder, refused unless every stage is complete and current, and it is publishable."""
     folder = Path(run_dir) / FINAL_LINK
     if not (folder / "config.json").is_file():
         raise StageError(f"{run_dir}: no final model ({folder}); finish the run first (tempa run)")
     if not folder.resolve().is_relative_to(Path(run_dir).resolve()):
         raise StageError(f"{folder} points outside the run folder (to {folder.resolve()}); the run's final model is "
                          "its last stage's final/ folder: run `tempa run` again to restore the link")
-    unfinished = [f"{row.name} ({row.state})" for row in stage_status(None, Path(run_dir)) if row.state != "done"]
+    unfinished = unfinished_stages(Path(run_dir))
     if unfinished:
         raise StageError(f"{run_dir}: not every stage is complete and current: {', '.join(unfinished)}; "
                          "run `tempa run` first so that the final model is what the recipe says")

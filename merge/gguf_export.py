@@ -438,13 +438,14 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
         if baked is not None:
             _check_modelfile_free(target)
         served = serving_template(embedded) if embedded else embedded
+        # llama.cpp's quantiser does not make the folder: it failed with "basic_ios::clear: iostream error"
+        target.parent.mkdir(parents=True, exist_ok=True)
         if served == embedded:  # no template, or none with training markers or the refusing alias
             types = quantize_gguf(source, target, file_type)
         else:
             # llama.cpp's converter embeds the baked template verbatim: its {% generation %} markers fail in
             # llama.cpp's Jinja, and its alias raises when llama-server passes enable_thinking. The quantised copy
             # is rewritten (smaller than the source), and only the rewritten file ever carries the target's name.
-            target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix=".tempa-gguf-", dir=target.parent) as scratch:
                 quantised = Path(scratch) / target.name
                 types = quantize_gguf(source, quantised, file_type)

@@ -67,3 +67,15 @@ def test_push_refuses_a_run_whose_stage_folders_were_deleted_as_export_warns_of_
 
     assert main(["export", "gguf", str(run), "--out", str(tmp_path / "x.gguf")]) == 0
     assert "not every stage is complete and current: sft-a (pending), sft-b (pending)" in capsys.readouterr().err
+
+
+def test_a_gguf_is_requantised_into_a_folder_that_does_not_exist_yet(baked, tmp_path, capsys):
+    from tempa.merge.gguf_export import gguf_tensor_types
+
+    f16 = tmp_path / "final" / "rel-f16.gguf"
+    assert main(["export", "gguf", str(baked), "--out", str(f16)]) == 0
+    out = tmp_path / "rel" / "requant" / "rel-q8.gguf"
+    assert main(["export", "gguf", str(f16), "--type", "q8_0", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert "Q8_0" in gguf_tensor_types(out)
+    assert "\nFROM ./rel-q8.gguf\n" in (out.parent / "rel-q8.Modelfile").read_text()
+    assert sorted(path.name for path in out.parent.iterdir()) == ["rel-q8.Modelfile", "rel-q8.gguf"]

@@ -528,6 +528,13 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
         if tokenizer.bos_token_id is not None:
             writer.add_bos_token_id(tokenizer.bos_token_id)
         generation = generation_defaults(model_dir)
+        # what llama.cpp's converter records: a GGUF quantised again, or served, keeps the recipe's choices
+        for key, value in ollama_parameters(generation).items():
+            if key in _GGUF_SAMPLING_WRITERS:
+                getattr(writer, _GGUF_SAMPLING_WRITERS[key])(int(value) if key == "top_k" else float(value))
+        license_ids = card_license(model_dir)
+        if license_ids:
+            writer.add_license(", ".join(license_ids))
         try:
             modelfile_text: str | None = ollama_modelfile(gguf_path.name, tokenizer, generation,
                                                           licenses=model_licenses(model_dir))
@@ -539,6 +546,8 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
         # is the end-of-turn token already.
         writer.add_eos_token_id(tokenizer.eos_token_id)
         writer.add_eot_token_id(eot_id)
+        if _stop_ids(generation):  # the Modelfile's stops, for a Modelfile made from this GGUF alone (gguf_modelfile)
+            writer.add_array(EOS_TOKEN_IDS, [int(i) for i in _stop_ids(generation)])
         if tokenizer.pad_token_id is not None:
             writer.add_pad_token_id(tokenizer.pad_token_id)
         writer.add_add_bos_token(False)  # the chat template writes <|begin_of_text|> itself
@@ -700,12 +709,21 @@ def _modelfile(gguf_name: str, template: str, stops: Sequence[str], parameters: 
 _GGUF_SAMPLING = {"general.sampling.temp": "temperature", "general.sampling.top_k": "top_k",
                   "general.sampling.top_p": "top_p", "general.sampling.min_p": "min_p",
                   "general.sampling.penalty_repeat": "repeat_penalty"}
+# Ollama's PARAMETER name -> the gguf writer's method for its general.sampling.* key (num_predict has none)
+_GGUF_SAMPLING_WRITERS = {"temperature": "add_sampling_temp", "top_k": "add_sampling_top_k",
+                          "top_p": "add_sampling_top_p", "min_p": "add_sampling_min_p",
+                          "repeat_penalty": "add_sampling_penalty_repeat"}
+# generation_config.json's eos ids, as Ollama's own converter records them and its engines read them (with
+# tokenizer.ggml.eos_token_id): GGUF's single eos/eot ids would lose Llama 3's <|end_of_text|> beside <|eot_id|>
+EOS_TOKEN_IDS = "tokenizer.ggml.eos_token_ids"
 
 
 def gguf_modelfile(gguf_path: Path, template: str) -> str:
-    """The Ollama Modelfile of a GGUF that has no model folder beside it (a converted one, quantised): the Go twin
-    of ``template`` (its baked tempa template, :func:`baked_template`), its eos and end-of-turn tokens as stops,
-    the sampling defaults and licence ids the file records."""
+    """The Ollama Modelfile of a GGUF that has no model folder beside it (a converted one, or tempa's, quantised): the
+    Go twin of ``template`` (its baked tempa template, :func:`baked_template`); as stops, its eos ids
+    (generation_config.json's, :data:`EOS_TOKEN_IDS`) and its eos, end-of-turn and end-of-message tokens; the sampling
+    defaults and licence ids it records (``general.sampling.*``, ``general.license``: tempa's writer writes them as
+    llama.cpp's converter does)."""
     import gguf
 
     reader = gguf.GGUFReader(str(gguf_path))
@@ -715,8 +733,9 @@ def gguf_modelfile(gguf_path: Path, template: str) -> str:
         return field.contents() if field is not None else None
 
     tokens = value(gguf.Keys.Tokenizer.LIST) or []
-    stop_ids = [value(gguf.Keys.Tokenizer.EOS_ID), value(gguf.Keys.Tokenizer.EOT_ID)]
-    stops = [tokens[i] for i in stop_ids if i is not None and i < len(tokens)]
+    stop_ids = [*(value(EOS_TOKEN_IDS) or []), value(gguf.Keys.Tokenizer.EOS_ID), value(gguf.Keys.Tokenizer.EOT_ID),
+                value(gguf.Keys.Tokenizer.EOM_ID)]
+    stops = [tokens[i] for i in stop_ids if i is not None and 0 <= i < len(tokens)]
     stops.append(end_of_turn_token(template))  # the end of a turn whatever the converter took for eos
     # float32 in the file: 0.7 reads back 0.699999988079071, which the recipe never wrote (7 significant digits)
     parameters = {name: float(f"{found:.7g}") if isinstance(found, float) else found

@@ -28,7 +28,7 @@ language: [id, en]
 def baked(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny model baked, with the recipe's sampling defaults and licence (once: each test copies it)."""
     final = baked_final(tiny_model_dir, tmp_path_factory.mktemp("rel") / "final")
-    generation = json.loads((tiny_model_dir / "generation_config.json").read_text())
+    generation = json.loads((final / "generation_config.json").read_text())  # the bake's: eos ids and all
     generation.update(temperature=0.6, top_p=0.9, do_sample=True)
     (final / "generation_config.json").write_text(json.dumps(generation))
     (final / "README.md").write_text(CARD)
@@ -79,3 +79,24 @@ def test_a_gguf_is_requantised_into_a_folder_that_does_not_exist_yet(baked, tmp_
     assert "Q8_0" in gguf_tensor_types(out)
     assert "\nFROM ./rel-q8.gguf\n" in (out.parent / "rel-q8.Modelfile").read_text()
     assert sorted(path.name for path in out.parent.iterdir()) == ["rel-q8.Modelfile", "rel-q8.gguf"]
+
+
+def test_the_gguf_records_the_sampling_defaults_and_licence_and_a_requantised_modelfile_keeps_them(baked, tmp_path):
+    from gguf import GGUFReader
+
+    f16 = tmp_path / "rel-f16.gguf"
+    assert main(["export", "gguf", str(baked), "--out", str(f16)]) == 0
+    fields = {name: field.contents() for name, field in GGUFReader(str(f16)).fields.items()}
+    assert fields["general.sampling.temp"] == pytest.approx(0.6)
+    assert fields["general.sampling.top_p"] == pytest.approx(0.9)
+    assert fields["general.license"] == "apache-2.0"
+
+    assert main(["export", "gguf", str(f16), "--type", "q8_0"]) == 0
+    ours = (tmp_path / "rel-f16.Modelfile").read_text().splitlines()
+    requantised = (tmp_path / "rel-f16-q8_0.Modelfile").read_text().splitlines()
+    assert requantised[1] == "FROM ./rel-f16-q8_0.gguf"
+    # everything but the file it names: the template, the stops (both eos ids of generation_config.json), the
+    # sampling defaults and the licence
+    assert sorted(requantised[:1] + requantised[2:]) == sorted(ours[:1] + ours[2:])
+    assert {'PARAMETER stop "<|end_of_text|>"', 'PARAMETER stop "<|eot_id|>"', "PARAMETER temperature 0.6",
+            "PARAMETER top_p 0.9", 'LICENSE """apache-2.0"""'} <= set(requantised)

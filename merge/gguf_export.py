@@ -4,7 +4,8 @@ Ollama Modelfile.
 The conversion follows llama.cpp's `convert_hf_to_gguf.py` for the Llama architecture: tensor
 names from gguf-py's map, q/k projections permuted from Hugging Face's rotary layout to GGML's,
 norms kept in f32, the byte-level BPE vocabulary with merges, and the special tokens. The file
-is written to a temporary name and renamed, so a partial export never looks complete.
+is written to a temporary name and renamed, after its Modelfile is written, so a partial export never looks complete:
+a GGUF there has its Modelfile (:func:`modelfile_first`).
 
 Quantised types other than q8_0 (q2_k ... q6_k, the K-quants the seed models publish) are made by
 llama.cpp's own quantiser, ``llama_model_quantize`` as llama-cpp-python exposes it (the ``serving``
@@ -119,6 +120,28 @@ def _check_modelfile_free(gguf_path: Path) -> None:
                      "would replace it; move it away or give another --out")
 
 
+@contextmanager
+def modelfile_first(gguf_path: Path, text: str | None) -> Iterator[Path | None]:
+    """Write the Modelfile of ``gguf_path`` (``text``; None: none) before the block that renames the GGUF into place:
+    the GGUF's appearance marks the export complete, so an export killed in between leaves a Modelfile naming a GGUF
+    that is not there (Ollama reads the file only at ``ollama create``), never a GGUF without its Modelfile. A block
+    that fails puts back what was there before."""
+    if text is None:
+        yield None
+        return
+    path = modelfile_for(gguf_path)
+    before = path.read_text(encoding="utf-8") if path.is_file() else None
+    path.write_text(text, encoding="utf-8")
+    try:
+        yield path
+    except BaseException:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(before, encoding="utf-8")
+        raise
+
+
 def _published_with(model_dir: str | os.PathLike, *paths: Path | None) -> None:
     """Files written into the model folder itself (the default: the final folder) get its publishable mode, 0644,
     whatever the umask: under a cluster's umask 077 they were 0600, and `tempa push` refused the whole folder."""
@@ -175,6 +198,21 @@ def quantize_gguf(source: Path, out: Path, file_type: str) -> dict[str, int]:
             f"{file_type}: no weight matrix of this model has rows that are a multiple of {K_QUANT_ROW} values "
             f"(a K-quant block), so llama.cpp would store none of them as {wanted}; use q8_0, q4_0 or f16")
     os.replace(tmp, out)
+    return types
+
+
+def _quantised_with_template(source: Path, out: Path, file_type: str, template: str | None) -> dict[str, int]:
+    """Quantise ``source`` into ``out`` (:func:`quantize_gguf`), with ``template`` embedded in place of its own where
+    given; returns the tensors by type."""
+    if template is None:  # no template, or none with training markers or the refusing alias
+        return quantize_gguf(source, out, file_type)
+    # llama.cpp's converter embeds the baked template verbatim: its {% generation %} markers fail in llama.cpp's
+    # Jinja, and its alias raises when llama-server passes enable_thinking. The quantised copy is rewritten (smaller
+    # than the source), and only the rewritten file ever carries the target's name.
+    with tempfile.TemporaryDirectory(prefix=".tempa-gguf-", dir=out.parent) as scratch:
+        quantised = Path(scratch) / out.name
+        types = quantize_gguf(source, quantised, file_type)
+        with_chat_template(quantised, out, template)
     return types
 
 
@@ -440,21 +478,11 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
         served = serving_template(embedded) if embedded else embedded
         # llama.cpp's quantiser does not make the folder: it failed with "basic_ios::clear: iostream error"
         target.parent.mkdir(parents=True, exist_ok=True)
-        if served == embedded:  # no template, or none with training markers or the refusing alias
-            types = quantize_gguf(source, target, file_type)
-        else:
-            # llama.cpp's converter embeds the baked template verbatim: its {% generation %} markers fail in
-            # llama.cpp's Jinja, and its alias raises when llama-server passes enable_thinking. The quantised copy
-            # is rewritten (smaller than the source), and only the rewritten file ever carries the target's name.
-            with tempfile.TemporaryDirectory(prefix=".tempa-gguf-", dir=target.parent) as scratch:
-                quantised = Path(scratch) / target.name
-                types = quantize_gguf(source, quantised, file_type)
-                with_chat_template(quantised, target, served)
+        # the keys it reads are the source's, which quantising keeps
+        text = gguf_modelfile(source, baked, gguf_name=target.name) if baked is not None else None
+        with modelfile_first(target, text) as modelfile_path:
+            types = _quantised_with_template(source, target, file_type, served if served != embedded else None)
         tempa = is_tempa_template(embedded)
-        if baked is None:
-            return GGUFExport(target, None, sum(types.values()), file_type, types, tempa_template=tempa)
-        modelfile_path = modelfile_for(target)
-        modelfile_path.write_text(gguf_modelfile(target, baked), encoding="utf-8")
         return GGUFExport(target, modelfile_path, sum(types.values()), file_type, types, tempa_template=tempa)
     file_type = file_type or "f16"
     if file_type in LLAMA_CPP_QUANTS:  # llama.cpp quantises the f16 file this module writes
@@ -464,14 +492,10 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".tempa-gguf-", dir=target.parent) as scratch:
             f16 = export_gguf(model_dir, Path(scratch) / "model-f16.gguf", file_type="f16")
-            types = quantize_gguf(f16.gguf_path, target, file_type)
-            if f16.modelfile_path is None:  # a template without a Go twin (logged)
-                _published_with(model_dir, target)
-                return GGUFExport(target, None, f16.tensor_count, file_type, types, tempa_template=f16.tempa_template)
-            modelfile = f16.modelfile_path.read_text(encoding="utf-8").replace(
-                f"./{f16.gguf_path.name}", f"./{target.name}")
-        modelfile_path = modelfile_for(target)
-        modelfile_path.write_text(modelfile, encoding="utf-8")
+            text = None if f16.modelfile_path is None else f16.modelfile_path.read_text(encoding="utf-8").replace(
+                f"./{f16.gguf_path.name}", f"./{target.name}")  # None: a template without a Go twin (logged)
+            with modelfile_first(target, text) as modelfile_path:
+                types = quantize_gguf(f16.gguf_path, target, file_type)
         _published_with(model_dir, target, modelfile_path)
         return GGUFExport(target, modelfile_path, f16.tensor_count, file_type, types, tempa_template=f16.tempa_template)
     import gguf
@@ -575,14 +599,9 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, gguf_path)
+        with modelfile_first(gguf_path, modelfile_text) as modelfile:
+            os.replace(tmp, gguf_path)
     tensor_types = gguf_tensor_types(gguf_path)
-
-    if modelfile_text is None:
-        _published_with(model_dir, gguf_path)
-        return GGUFExport(gguf_path, None, count, file_type, tensor_types, tempa_template=is_tempa_template(template))
-    modelfile = modelfile_for(gguf_path)
-    modelfile.write_text(modelfile_text, encoding="utf-8")
     _published_with(model_dir, gguf_path, modelfile)
     return GGUFExport(gguf_path, modelfile, count, file_type, tensor_types, tempa_template=is_tempa_template(template))
 
@@ -718,12 +737,12 @@ _GGUF_SAMPLING_WRITERS = {"temperature": "add_sampling_temp", "top_k": "add_samp
 EOS_TOKEN_IDS = "tokenizer.ggml.eos_token_ids"
 
 
-def gguf_modelfile(gguf_path: Path, template: str) -> str:
+def gguf_modelfile(gguf_path: Path, template: str, *, gguf_name: str | None = None) -> str:
     """The Ollama Modelfile of a GGUF that has no model folder beside it (a converted one, or tempa's, quantised): the
     Go twin of ``template`` (its baked tempa template, :func:`baked_template`); as stops, its eos ids
     (generation_config.json's, :data:`EOS_TOKEN_IDS`) and its eos, end-of-turn and end-of-message tokens; the sampling
     defaults and licence ids it records (``general.sampling.*``, ``general.license``: tempa's writer writes them as
-    llama.cpp's converter does)."""
+    llama.cpp's converter does). ``gguf_name``: the file FROM names, when ``gguf_path`` is the source it was made from."""
     import gguf
 
     reader = gguf.GGUFReader(str(gguf_path))
@@ -741,4 +760,4 @@ def gguf_modelfile(gguf_path: Path, template: str) -> str:
     parameters = {name: float(f"{found:.7g}") if isinstance(found, float) else found
                   for key, name in _GGUF_SAMPLING.items() if (found := value(key)) is not None}
     license_ids = value(gguf.Keys.General.LICENSE)
-    return _modelfile(gguf_path.name, template, stops, parameters, [license_ids] if license_ids else [])
+    return _modelfile(gguf_name or gguf_path.name, template, stops, parameters, [license_ids] if license_ids else [])

@@ -3,7 +3,7 @@
 What goes up is the final folder (``RUN_DIR/final``: weights, tokenizer with the baked template,
 generation config, model card) in one commit, made with huggingface_hub's own
 ``CommitOperationAdd`` / ``create_commit``; the GGUFs and their Ollama Modelfiles (``NAME-TYPE.Modelfile``
-beside ``NAME-TYPE.gguf``) only with ``--gguf``. Never intermediate checkpoints or stage folders, never hidden files, and only a
+beside ``NAME-TYPE.gguf``) only with ``--gguf``, which refuses one without the other (an export stopped part-way). Never intermediate checkpoints or stage folders, never hidden files, and only a
 folder that :func:`tempa.merge.publish.publish_problems` finds clean (no pickles, no local path or
 secret in its text, every file the bake wrote) and whose stages are all complete and current, with a
 card whose metadata the Hub accepts (licence ids, ISO 639 languages). The card's usage snippet
@@ -89,12 +89,38 @@ def final_folder(run_dir: Path) -> Path:
     return folder.resolve()
 
 
+def unpaired_gguf_files(folder: Path) -> list[str]:
+    """The GGUFs of ``folder`` without the Modelfile an export writes beside them (one whose template has no Go twin
+    gets none, by design), and the Modelfiles whose GGUF is not there: an export stopped part-way, or a file removed
+    since. The export writes the Modelfile first and renames the GGUF into place last."""
+    from tempa.merge.gguf_export import baked_template, gguf_chat_template, modelfile_for
+
+    problems = []
+    for gguf in sorted(folder.glob("*.gguf")):
+        if modelfile_for(gguf).is_file():
+            continue
+        try:
+            embedded = gguf_chat_template(gguf)
+        except Exception as error:  # gguf's reader raises anything (ValueError, IndexError...) on a file cut short
+            problems.append(f"{gguf.name}: not a readable GGUF ({first_line(error)})")
+            continue
+        if embedded and baked_template(embedded) is not None:
+            problems.append(f"{gguf.name}: its Modelfile {modelfile_for(gguf).name} is missing")
+    for modelfile in sorted(folder.glob("*.Modelfile")):
+        if not modelfile.with_name(f"{modelfile.stem}.gguf").is_file():
+            problems.append(f"{modelfile.name}: its GGUF {modelfile.stem}.gguf is missing")
+    return problems
+
+
 def push_files(folder: Path, *, include_gguf: bool = False) -> list[PushFile]:
     """The files of ``folder`` that go up, by their path in the repo."""
     if include_gguf and (folder / SHARED_MODELFILE).is_file():
         raise StageError(f"{folder / SHARED_MODELFILE}: the one Modelfile an earlier tempa's exports shared, of one of "
                          "the GGUFs (each now has its own NAME-TYPE.Modelfile beside it); delete it before --gguf "
                          "uploads it beside them, and export again if a GGUF lacks its own")
+    if include_gguf and (unpaired := unpaired_gguf_files(folder)):
+        raise StageError(f"{folder}: --gguf uploads each GGUF with its Modelfile: {'; '.join(unpaired)} (an export "
+                         "stopped part-way?); run the export again (tempa export gguf), or delete the file")
     files = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)

@@ -100,3 +100,55 @@ def test_the_gguf_records_the_sampling_defaults_and_licence_and_a_requantised_mo
     assert sorted(requantised[:1] + requantised[2:]) == sorted(ours[:1] + ours[2:])
     assert {'PARAMETER stop "<|end_of_text|>"', 'PARAMETER stop "<|eot_id|>"', "PARAMETER temperature 0.6",
             "PARAMETER top_p 0.9", 'LICENSE """apache-2.0"""'} <= set(requantised)
+
+
+@pytest.mark.parametrize("file_type", ["f16", "q8_0", "q4_0", "requantised"])
+def test_the_modelfile_is_written_before_the_gguf_is_renamed_into_place(baked, tmp_path, monkeypatch, file_type):
+    """The GGUF's appearance marks the export complete: a kill -9 at any point leaves no GGUF without its Modelfile."""
+    import os
+
+    from tempa.merge.gguf_export import export_gguf, modelfile_for
+
+    source = None
+    if file_type == "requantised":
+        source = export_gguf(baked, tmp_path / "src" / "rel-f16.gguf").gguf_path
+    real_replace = os.replace
+    seen: dict[str, bool] = {}
+
+    def replace(src, dst):  # observes each rename, then makes it
+        dst = Path(dst)
+        if dst.suffix == ".gguf" and not dst.name.startswith(".") and dst.parent == tmp_path:
+            seen[dst.name] = modelfile_for(dst).is_file()
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    out = tmp_path / "rel-x.gguf"
+    if source is None:
+        export_gguf(baked, out, file_type=file_type)
+    else:
+        export_gguf(source, out, file_type="q8_0")
+    assert seen == {"rel-x.gguf": True}
+    assert "\nFROM ./rel-x.gguf\n" in (tmp_path / "rel-x.Modelfile").read_text()
+
+
+def test_push_gguf_refuses_a_gguf_without_its_modelfile_and_a_modelfile_without_its_gguf(baked, tmp_path, capsys):
+    run = release_run(tmp_path / "runs" / "rel", baked)
+    final = run / "bake" / "final"
+    assert main(["export", "gguf", str(run), "--type", "q8_0"]) == 0
+    gguf, modelfile = final / "rel-q8_0.gguf", final / "rel-q8_0.Modelfile"
+    assert main(["push", str(run), "--repo", "org/x", "--gguf", "--dry-run"]) == 0
+    assert f"  {gguf.name}  (" in capsys.readouterr().out
+
+    kept = modelfile.read_text()
+    modelfile.unlink()  # a kill -9 of an older tempa between the GGUF's rename and its Modelfile
+    assert main(["push", str(run), "--repo", "org/x", "--gguf", "--dry-run"]) == 1
+    said = capsys.readouterr()
+    assert "dry run" not in said.out and len(said.err.strip().splitlines()) == 1
+    assert "rel-q8_0.gguf: its Modelfile rel-q8_0.Modelfile is missing" in said.err
+    assert main(["push", str(run), "--repo", "org/x", "--dry-run"]) == 0  # without --gguf no GGUF goes up
+    capsys.readouterr()
+
+    modelfile.write_text(kept)
+    gguf.unlink()  # a kill -9 between the Modelfile and the GGUF's rename
+    assert main(["push", str(run), "--repo", "org/x", "--gguf", "--dry-run"]) == 1
+    assert "rel-q8_0.Modelfile: its GGUF rel-q8_0.gguf is missing" in capsys.readouterr().err

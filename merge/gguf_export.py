@@ -59,7 +59,7 @@ from tempa.chat_templates.thinking import end_of_turn_token
 from tempa.merge.model_card import card_front_matter
 from tempa.merge.ollama_template import ollama_default_note, ollama_template, twin_name
 from tempa.merge.publish import FILE_MODE, whole_model_problems
-from tempa.sft.run_layout import RESOLVED_RECIPE
+from tempa.sft.run_layout import RESOLVED_RECIPE, SAFE_NAME
 from tempa.sft.stage_api import StageError
 
 log = logging.getLogger(__name__)
@@ -427,20 +427,35 @@ def serving_template(template: str) -> str:
 
 
 def export_name(model_dir: Path) -> str:
-    """The model's name in file names: the run's for a run's final model, else the folder's.
+    """The model's name in file names and ``general.name``: the recipe's ``name`` (its run's recipe.resolved.yaml) for
+    a run's final model, else the folder's.
 
-    Taken from the path as given: ``runs/demo/final`` is a link to ``runs/demo/bake/final``, and the
-    user means "demo". A stage's own ``final/`` is named ``<run>-<stage>``.
+    Not the run folder's: ``--run-dir /scratch/runs/2024-06-12`` named the GGUF ``2024-06-12``, and ``--run-dir
+    "my models/run b"`` put a space in every file name. Taken from the path as given: ``runs/demo/final`` is a link to
+    ``runs/demo/bake/final``, and the user means that run. A stage's own ``final/`` is named ``<recipe>-<stage>``.
     """
     folder = Path(os.path.abspath(model_dir))
     if folder.name != "final":
         return folder.name
     parent = folder.parent
     if (parent / RESOLVED_RECIPE).is_file():
-        return parent.name
+        return _recipe_name(parent) or parent.name
     if (parent.parent / RESOLVED_RECIPE).is_file():
-        return parent.parent.name if parent.name == "bake" else f"{parent.parent.name}-{parent.name}"
+        run = _recipe_name(parent.parent) or parent.parent.name
+        return run if parent.name == "bake" else f"{run}-{parent.name}"
     return parent.name
+
+
+def _recipe_name(run_dir: Path) -> str | None:
+    """The ``name`` recipe.resolved.yaml records (a safe file name, as the recipe's is), or None."""
+    import yaml
+
+    try:
+        recorded = yaml.safe_load((run_dir / RESOLVED_RECIPE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    name = recorded.get("name") if isinstance(recorded, dict) else None
+    return name if isinstance(name, str) and SAFE_NAME.fullmatch(name) else None
 
 
 def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -521,7 +522,7 @@ def _cmd_export_gguf(args) -> int:
     if result.tempa_template:  # the note is about tempa's thinking_mode switch; another template has none
         print(LLAMA_SERVER_NOTE)
     if result.modelfile_path is not None:
-        print(f"wrote {result.modelfile_path} (ollama create NAME -f {result.modelfile_path})")
+        print(f"wrote {result.modelfile_path} (ollama create NAME -f {shlex.quote(str(result.modelfile_path))})")
     return 0
 
 

@@ -5,6 +5,7 @@ export complete, and what the files are called."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -152,3 +153,24 @@ def test_push_gguf_refuses_a_gguf_without_its_modelfile_and_a_modelfile_without_
     gguf.unlink()  # a kill -9 between the Modelfile and the GGUF's rename
     assert main(["push", str(run), "--repo", "org/x", "--gguf", "--dry-run"]) == 1
     assert "rel-q8_0.Modelfile: its GGUF rel-q8_0.gguf is missing" in capsys.readouterr().err
+
+
+def test_the_gguf_is_named_after_the_recipe_not_the_run_folder_and_the_printed_command_is_quoted(
+        baked, tmp_path, capsys):
+    from gguf import GGUFReader
+
+    run = release_run(tmp_path / "my models" / "run b", baked, name="bakeonly")
+    assert main(["export", "gguf", str(run), "--type", "q8_0"]) == 0
+    final = run / "bake" / "final"
+    gguf, modelfile = final / "bakeonly-q8_0.gguf", final / "bakeonly-q8_0.Modelfile"
+    assert gguf.is_file() and not list(final.glob("run b*"))
+    assert GGUFReader(str(gguf)).fields["general.name"].contents() == "bakeonly"
+    assert modelfile.read_text().splitlines()[1] == "FROM ./bakeonly-q8_0.gguf"
+    printed = capsys.readouterr().out
+    command = next(line for line in printed.splitlines() if "ollama create" in line)
+    assert shlex.split(command.split("(", 1)[1].rstrip(")"))[-1] == str(modelfile)  # one shell word, the whole path
+    # a stage's own final model: <recipe>-<stage>
+    from tempa.merge.gguf_export import export_name
+
+    (run / "sft-a" / "final").mkdir()
+    assert export_name(run / "sft-a" / "final") == "bakeonly-sft-a"

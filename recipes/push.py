@@ -19,12 +19,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tempa.chat_templates.one_line import first_line
 from tempa.merge.model_card import USAGE_PLACEHOLDER, card_front_matter, hub_metadata_problems
 from tempa.merge.publish import publish_problems
 from tempa.sft.run_layout import FINAL_LINK
 from tempa.sft.stage_api import StageError
+
+if TYPE_CHECKING:  # the runner imports this module: it is imported where it is used
+    from tempa.recipes.runner import StageStatus
 
 CARD = "README.md"
 # The one Modelfile every export into a folder shared before each GGUF got its own <stem>.Modelfile: still an export
@@ -40,7 +44,7 @@ class PushFile:
     size: int
 
 
-def run_status(run_dir: Path) -> list:
+def run_status(run_dir: Path) -> list[StageStatus]:
     """Each stage's state (`tempa status`), in the order of the recipe the run ran, read without validating it.
 
     `tempa status`, `tempa export`'s warning and `tempa push`'s refusal all read this one list: from the manifests

@@ -1147,7 +1147,8 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
     done = {name for name, m in manifests.items() if done_fingerprint(run_dir / name) == m.fingerprint}
     reran = {name: stale_inputs(manifests[name], run_ids) for name in done}
     # A stage built on a stale one is stale too (its input has not run again, but what that input read has):
-    # spread until nothing changes, as ``names`` need not be in run order (`tempa push` passes none).
+    # spread until nothing changes, as ``names`` need not be in run order (None: a run whose recipe.resolved.yaml
+    # cannot be read).
     behind: dict[str, list[str]] = {name: [] for name in done}
     changed = True
     while changed:

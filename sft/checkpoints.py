@@ -107,7 +107,6 @@ def remove_incomplete_checkpoints(output_dir: Path, inside: Iterable[Path]) -> l
     return removed
 
 
-
 # Beside each checkpoint's COMPLETE marker: how the training that saved it was launched (:class:`CheckpointLaunch`).
 LAUNCH_RECORD = "tempa_launch.json"
 

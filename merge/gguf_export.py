@@ -59,6 +59,7 @@ from tempa.chat_templates.thinking import end_of_turn_token
 from tempa.merge.model_card import card_front_matter
 from tempa.merge.ollama_template import ollama_default_note, ollama_template, twin_name
 from tempa.merge.publish import FILE_MODE, whole_model_problems
+from tempa.sft.files import write_atomic
 from tempa.sft.run_layout import RESOLVED_RECIPE, SAFE_NAME
 from tempa.sft.stage_api import StageError
 
@@ -131,15 +132,24 @@ def modelfile_first(gguf_path: Path, text: str | None) -> Iterator[Path | None]:
         return
     path = modelfile_for(gguf_path)
     before = path.read_text(encoding="utf-8") if path.is_file() else None
-    path.write_text(text, encoding="utf-8")
+    # An earlier export's GGUF is set aside first: killed before the new one is in place, the folder holds a Modelfile
+    # without its GGUF (an export `tempa push --gguf` refuses), never the old GGUF under the new Modelfile.
+    aside = Path(gguf_path).with_name(f".{Path(gguf_path).name}.replaced")
+    aside.unlink(missing_ok=True)  # one a killed export left
+    if before != text and Path(gguf_path).is_file():
+        os.replace(gguf_path, aside)
+    write_atomic(path, text)
     try:
         yield path
     except BaseException:
         if before is None:
             path.unlink(missing_ok=True)
         else:
-            path.write_text(before, encoding="utf-8")
+            write_atomic(path, before)
+        if aside.is_file():
+            os.replace(aside, gguf_path)  # the earlier export whole again
         raise
+    aside.unlink(missing_ok=True)
 
 
 def _published_with(model_dir: str | os.PathLike, *paths: Path | None) -> None:
@@ -486,6 +496,8 @@ def export_gguf(model_dir: str | os.PathLike, out: str | os.PathLike | None = No
             raise StageError(f"--type {file_type}: a .gguf input is quantised with llama.cpp's quantiser, which takes "
                              f"{quants}; tempa writes {file_type} from a model folder only")
         target = Path(out) if out else source.with_name(f"{source.stem}-{file_type}.gguf")
+        if target.resolve() == source:  # the quantiser reads it while the new file is written
+            raise StageError(f"--out {out}: that is the input file; give the quantised GGUF a path of its own")
         embedded = gguf_chat_template(source)
         baked = baked_template(embedded) if embedded else None
         if baked is not None:

@@ -15,6 +15,7 @@ import yaml
 from stage_helpers import baked_final
 from tempa.merge.publish import make_publishable
 from tempa.recipes.cli import main
+from tempa.sft.stage_api import StageError
 
 CARD = """---
 license: apache-2.0
@@ -174,3 +175,32 @@ def test_the_gguf_is_named_after_the_recipe_not_the_run_folder_and_the_printed_c
 
     (run / "sft-a" / "final").mkdir()
     assert export_name(run / "sft-a" / "final") == "bakeonly-sft-a"
+
+
+def test_a_re_export_with_another_modelfile_never_pairs_the_old_gguf_with_the_new_modelfile(tmp_path):
+    """The Modelfile was written in place before the new GGUF existed: a kill in between left the earlier GGUF under
+    the new (or a half-written) Modelfile, an export `tempa push --gguf` took as whole."""
+    from tempa.merge.gguf_export import modelfile_first, modelfile_for
+
+    gguf = tmp_path / "rel-q8_0.gguf"
+    gguf.write_bytes(b"old gguf")
+    modelfile_for(gguf).write_text("FROM ./rel-q8_0.gguf\nPARAMETER temperature 0.6\n")
+    with pytest.raises(RuntimeError), modelfile_first(gguf, "FROM ./rel-q8_0.gguf\nPARAMETER temperature 0.2\n"):
+        # where a kill would land: the new Modelfile, and no GGUF beside it
+        assert not gguf.exists() and "0.2" in modelfile_for(gguf).read_text()
+        raise RuntimeError("the quantiser failed")
+    assert gguf.read_bytes() == b"old gguf" and "0.6" in modelfile_for(gguf).read_text()  # the earlier export whole
+    with modelfile_first(gguf, "FROM ./rel-q8_0.gguf\nPARAMETER temperature 0.2\n"):
+        gguf.write_bytes(b"new gguf")
+    assert gguf.read_bytes() == b"new gguf" and "0.2" in modelfile_for(gguf).read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rel-q8_0.Modelfile", "rel-q8_0.gguf"]
+
+
+def test_a_gguf_is_not_quantised_onto_itself(baked, tmp_path):
+    from tempa.merge.gguf_export import export_gguf
+
+    source = export_gguf(baked, tmp_path / "rel-f16.gguf").gguf_path
+    written = source.read_bytes()
+    with pytest.raises(StageError, match="that is the input file"):
+        export_gguf(source, source, file_type="q8_0")
+    assert source.read_bytes() == written

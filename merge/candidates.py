@@ -143,8 +143,7 @@ def collect_candidates(
         # picked both, so the merge failed after all training on "the same model is listed twice".
         identity = model_identity(candidate.path)
         if identity in scored_as:
-            ctx.log.info("%s: %s is the weights of %s: scored once, as %s", who, what, scored_as[identity],
-                         scored_as[identity])
+            ctx.log.info("%s: %s is the weights of %s: scored once, as that candidate", who, what, scored_as[identity])
             return
         scored_as[identity] = candidate.name
         candidates.append(candidate)

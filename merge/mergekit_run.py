@@ -229,7 +229,7 @@ def mergekit_yaml(merge_config: Any) -> str:
     })
     text = stand_in.to_yaml()
     for name, path in paths.items():
-        text = re.sub(rf"(?<=: ){re.escape(name)}$", lambda _m, path=path: json.dumps(path), text, flags=re.MULTILINE)
+        text = re.sub(rf"(?<=: ){re.escape(name)}$", lambda _m, path=path: json.dumps(path, ensure_ascii=False), text, flags=re.MULTILINE)
     return text
 
 

@@ -156,7 +156,7 @@ def launch_change(saved: CheckpointLaunch, now: CheckpointLaunch) -> str | None:
     if sharded and None not in (saved.processes, now.processes) and \
             (saved.processes, saved.sequence_parallel) != (now.processes, now.sequence_parallel):
         return "its optimizer state is split over the processes that saved it"
-    if sharded and None not in (saved.precision, now.precision) and saved.precision != now.precision:
+    if saved.engine == "deepspeed" and None not in (saved.precision, now.precision) and saved.precision != now.precision:
         return f"DeepSpeed saved its optimizer state for {saved.precision}, and the launch trains in {now.precision}"
     if None not in (saved.global_batch, now.global_batch) and saved.global_batch != now.global_batch:
         return "the rows each step takes, and the steps of an epoch, would change"

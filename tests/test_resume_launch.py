@@ -48,6 +48,8 @@ PLAIN_1 = CheckpointLaunch("plain", 1, 4, precision="fp32")
     (ZERO3_2, CheckpointLaunch("deepspeed", 2, 8, zero_stage=3, precision="fp32"), None),
     (CheckpointLaunch("plain", 2, 8), CheckpointLaunch("plain", 1, 8), None),
     (ZERO3_2, CheckpointLaunch("deepspeed", None, None, zero_stage=3), None),
+    # FSDP's optimizer state does not depend on the precision it trains in: it was refused, naming DeepSpeed
+    (CheckpointLaunch("fsdp", 2, 8, precision="bf16"), CheckpointLaunch("fsdp", 2, 8, precision="fp32"), None),
 ])
 def test_what_a_resume_under_another_launch_would_break(saved, now, breaks):
     change = launch_change(saved, now)

@@ -170,22 +170,27 @@ def continue_trackers(trainer: Any, checkpoints_dir: Path, *, resumed: bool) -> 
     integrations = tuple(get_reporting_integration_callbacks(names))
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, integrations):
-            callback.on_log = _recorded(record, record["logged_step"], Path(checkpoints_dir) / TRACKER_RECORD,
+            callback.on_log = _recorded(record, type(callback).__name__, Path(checkpoints_dir) / TRACKER_RECORD,
                                         callback.on_log)
 
 
-def _recorded(record: dict[str, Any], done: int, path: Path, on_log: Callable[..., Any]) -> Callable[..., Any]:
-    """A tracker's ``on_log`` that skips the steps up to ``done`` (the run it resumes gave them), and records each step
-    as soon as the tracker wrote it: recorded by a callback after all the others, a step was lost from the record when
-    one in between failed (the progress line printing to the dead pipe of a runner killed with -9), and the resume
-    gave it again."""
+def _recorded(record: dict[str, Any], tracker: str, path: Path, on_log: Callable[..., Any]) -> Callable[..., Any]:
+    """A tracker's ``on_log`` that skips the steps the run it resumes gave it, and records each step as soon as the
+    tracker wrote it: recorded by a callback after all the others, a step was lost from the record when one in between
+    failed (the progress line printing to the dead pipe of a runner killed with -9), and the resume gave it again.
+    Each tracker has its own step (``logged``): killed between two trackers' writes of a step, the one that had not
+    written it gets it on resume. ``logged_step`` is the step every tracker has (a record of an earlier tempa has only
+    that)."""
+    logged = record.setdefault("logged", {})
+    done = logged.setdefault(tracker, record["logged_step"])
 
     def logged_once(args, state, control, **kwargs):
         if state.global_step <= done:
             return None
         out = on_log(args, state, control, **kwargs)
-        if state.global_step > record["logged_step"]:
-            record["logged_step"] = state.global_step
+        if state.global_step > logged[tracker]:
+            logged[tracker] = state.global_step
+            record["logged_step"] = min(logged.values())
             write_atomic(path, json.dumps(record) + "\n")
         return out
 

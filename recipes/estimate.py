@@ -571,7 +571,7 @@ class LaunchPlan:
 def launch_plan(loaded: LoadedRecipe) -> LaunchPlan:
     launch = loaded.recipe.launch
     engine = launch.engine()
-    processes = launch.num_processes or engine.num_processes or 1
+    processes = launch.processes(engine) or 1
     return LaunchPlan(engine, processes, launch.global_batch_size, launch.sequence_parallel)
 
 

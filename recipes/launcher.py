@@ -66,7 +66,7 @@ def launch_command(launch: LaunchConfig, module: str, args: list[str], *, port: 
     multinode = launch.num_machines > 1
     if launch.launcher == "torchrun":
         # num_processes counts every machine's processes, as accelerate's does.
-        per_node = max(1, (launch.num_processes or launch.num_machines) // launch.num_machines)
+        per_node = max(1, (launch.processes() or launch.num_machines) // launch.num_machines)
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={per_node}",
                f"--nnodes={launch.num_machines}"]
         if multinode:
@@ -250,7 +250,7 @@ def _gpus() -> int:
 
 def one_process(launch: LaunchConfig) -> bool:
     """Whether the launch starts a single training process (the `single` config, or num_processes 1)."""
-    return launch.num_machines == 1 and (launch.num_processes or launch.engine().num_processes or 1) == 1
+    return launch.num_machines == 1 and (launch.processes() or 1) == 1
 
 
 def hardware_problem(launch: LaunchConfig) -> str | None:
@@ -264,7 +264,7 @@ def hardware_problem(launch: LaunchConfig) -> str | None:
     if torch.cuda.is_available():
         return None
     engine = launch.engine()
-    processes = launch.num_processes or engine.num_processes or launch.num_machines
+    processes = launch.processes(engine) or launch.num_machines
     return (f"launch: {processes} training processes ({engine.label}, one per GPU), and this machine has no CUDA GPU; "
             "run it on the GPU node, or train on this CPU (a --profile for this machine): launch.use_cpu: true with "
             "accelerate_config: single, or with several processes launcher: torchrun or accelerate_config: fsdp2")

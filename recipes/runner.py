@@ -384,10 +384,7 @@ def planned_launch(launch: LaunchConfig, train: Mapping[str, Any]) -> Checkpoint
     and the training processes check it themselves."""
     engine = launch.engine()
     kind = {"deepspeed": "deepspeed", "fsdp1": "fsdp", "fsdp2": "fsdp"}.get(engine.name, "plain")
-    if launch.launcher == "torchrun":
-        processes: int | None = launch.num_processes or launch.num_machines
-    else:
-        processes = launch.num_processes or engine.num_processes
+    processes = launch.processes(engine)
     batch = launch.global_batch_size
     per_device = train.get("per_device_train_batch_size")
     if batch is None and processes and isinstance(per_device, int):

@@ -109,6 +109,13 @@ class LaunchConfig(BaseModel):
         return read_engine(self.launcher, self.accelerate_path() if self.launcher == "accelerate" else None,
                            self.deepspeed_path())
 
+    def processes(self, engine: Engine | None = None) -> int | None:
+        """The training processes over all machines, as far as the recipe tells: ``num_processes``, else the accelerate
+        config's, else torchrun's one a machine; None where accelerate decides (a config that names none: one per
+        GPU). ``engine``: :meth:`engine`'s, when the caller has it."""
+        engine = engine or self.engine()
+        return self.num_processes or engine.num_processes or (self.num_machines if self.launcher == "torchrun" else None)
+
     @model_validator(mode="after")
     def _engine_fits_the_launch(self) -> LaunchConfig:
         try:
@@ -137,7 +144,7 @@ class LaunchConfig(BaseModel):
             # torch's CPUOffloadPolicy pins the host copies for transfers to a GPU, which needs CUDA
             raise ValueError(f"launch.use_cpu: {Path(engine.source).name} offloads parameters to the CPU for a "
                              "GPU, which needs CUDA; on CPU they are in host RAM already: use accelerate_config: fsdp2")
-        processes = self.num_processes or engine.num_processes or 1
+        processes = self.processes(engine) or 1
         if self.use_cpu and self.launcher == "accelerate" and engine.name != "fsdp2" and processes > 1:
             # accelerate's --cpu starts its simple launcher, ONE process, for any config but FSDP2's (tempa runs
             # those ranks on CPU itself); its own multi-process CPU launch needs MPI. It trained silently alone.
@@ -154,7 +161,7 @@ class LaunchConfig(BaseModel):
             if self.use_cpu:
                 raise ValueError("launch.sequence_parallel: sequence/context parallelism needs GPUs "
                                  "(flash-attention 2 or CUDA sdpa); set it to 1 with use_cpu: true")
-            processes = self.num_processes or engine.num_processes
+            processes = self.processes(engine)
             if processes is not None and processes % self.sequence_parallel:
                 raise ValueError(f"launch.sequence_parallel: {self.sequence_parallel} must divide the "
                                  f"{processes} processes of a launch")
@@ -186,7 +193,7 @@ def _rl_fits_the_launch(stage: Any, info: ValidationInfo) -> Any:
     train = {**DEFAULT_RL_ARGS, **written}
     keys = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_generations", "generation_batch_size",
             "steps_per_generation")
-    processes = launch.num_processes or launch.engine().num_processes
+    processes = launch.processes()
     if processes is None or any(type(train.get(key)) not in (int, type(None)) for key in keys):
         return stage  # accelerate counts the GPUs when the launch does not say
     data_parallel = max(1, processes // launch.sequence_parallel)

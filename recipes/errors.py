@@ -289,6 +289,8 @@ def _expected(alternatives: Sequence[Any]) -> str:
 
 
 _GONE = object()  # below a key the YAML lacks: no node at all (a YAML null is None)
+# The names pydantic gives the members of a union of plain types in an error's location: no recipe key is one.
+_TYPE_NAMES = frozenset({"float", "int", "str", "bool", "none"})
 
 
 def _walk(loc: Sequence[str | int], raw: object) -> tuple[list[int], bool]:
@@ -302,6 +304,9 @@ def _walk(loc: Sequence[str | int], raw: object) -> tuple[list[int], bool]:
         if (isinstance(node, Mapping) and part in node) or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
             node = node[part]
             kept.append(i)
+        elif (isinstance(node, list) and isinstance(part, str)) or (isinstance(node, Mapping) and part in _TYPE_NAMES):
+            # a list or mapping where a union of scalars was expected (`heldout: [1]`): the rest names its members
+            return kept, True
         elif isinstance(node, Mapping | list):
             # A union tag (the node's own `kind`/`type` value) or a validator name is no YAML key;
             # a missing or unknown key is, and it is the message.

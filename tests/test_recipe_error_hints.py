@@ -99,10 +99,11 @@ def test_error_under_a_key_the_file_wrote_still_names_the_set(tmp_path):
 # --------------------------------------------------------------------------- 3: a field of several types
 
 
-def test_value_no_member_of_a_union_takes_is_one_message_without_member_names(tmp_path):
-    message = error_of(tmp_path, sft_recipe(data="heldout: 5%"))
+@pytest.mark.parametrize(("written", "got"), [("5%", "'5%'"), ("[1]", "[1]"), ("{a: 1}", "{'a': 1}")])
+def test_value_no_member_of_a_union_takes_is_one_message_without_member_names(tmp_path, written, got):
+    message = error_of(tmp_path, sft_recipe(data=f"heldout: {written}"))
     assert message == (f"{tmp_path / 'r.yaml'}:9: stages[0].data.heldout (stage 'sft-general'): "
-                       "expected a number or a whole number, got '5%'")
+                       f"expected a number or a whole number, got {got}")
 
 
 # --------------------------------------------------------------------------- 4: the cause, not its consequence

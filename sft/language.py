@@ -11,11 +11,13 @@ preference stage's ``language`` reward, the evaluate stage's ``language`` suite)
 - **minimum length**: text with fewer than :data:`MIN_LETTERS` letters of prose is
   *undetermined* (``Detection.language is None``), never "the wrong language": a bare number or
   ``OK`` says nothing about the language an answer is in;
-- **Japanese or Chinese**: kana never occur in Chinese, so text with kana that the detector files under
-  Chinese is Japanese (北海道の札幌市), unless it also holds characters Japanese does not write; Han characters
-  alone are Chinese where something tells them apart from Japanese (a character or word Japanese does not
-  write, such as 这, 们 or the copula 是, a Chinese comma ``，``, more than :data:`KANJI_TERM` of them) and
-  undetermined for every target where nothing does (富士山, 百八十度);
+- **Japanese or Chinese**: the detector files kanji-heavy Japanese (北海道の札幌市) under Chinese and Chinese
+  quoting a katakana label (我觉得是ネガティブ) under Japanese, so the script decides: what Chinese writes and
+  Japanese does not (a character such as 这 or 们, the copula 是, the particle 了, the pronoun 我, the comma
+  ``，``) is counted against the words of kana (Japanese's particles and endings; a label quoted in Chinese is
+  one word): text with kana is Japanese unless the Chinese evidence, a comma not alone, is at least as much as
+  its kana words; Han characters alone are Chinese with any such evidence or more than :data:`KANJI_TERM` of
+  them, and undetermined for every target otherwise (富士山, 百八十度);
 - **width**: half-width katakana (ｶﾀｶﾅ) and full-width Latin letters and digits are read as their usual forms;
 - **prose only**: fenced and inline code, LaTeX math and URLs are removed before detection
   (:func:`prose`); an Indonesian explanation around a Python snippet is Indonesian.
@@ -125,20 +127,32 @@ MIN_LETTERS = 12
 # character were already identified right (zh ~ yue ~ wuu).
 WIDE_LETTER = 4
 
-# Japanese is told from Chinese by its kana, Chinese from Japanese by characters and punctuation Japanese does not
-# write. Han characters with neither (富士山, 東京大学医学部附属病院, 百八十度) read as both: the detector files them
-# under Chinese, so up to this many of them are undetermined, for any target (the answers file's `detected` is then
-# empty too); Japanese prose longer than that has kana, and Han-only text that long is Chinese.
+# Japanese is told from Chinese by its kana, Chinese from Japanese by what Japanese does not write: a character of a
+# Chinese character set outside Japanese's, a Chinese word, the copula 是, the particle 了, the pronoun 我, the comma
+# ，. Han characters with none of it (富士山, 東京都千代田区永田町一丁目七番一号, 日本国憲法第九条戦争放棄条項) read as
+# both: a name, a term. The detector files them under Chinese, so up to this many of them are undetermined, for any
+# target (the answers file's `detected` is then empty too); Han-only text longer than that is Chinese.
 KANJI_TERM = 12
 CHINESE = frozenset({"zh", "yue", "wuu"})  # the detector's Han-script Chinese classes
 # Chinese words in characters Japanese's character set holds but modern Japanese does not write (these, plural
 # -們, very, not, what, the measure word 个); any other Chinese-only character is found by its character set
 # (_chinese_only).
 _CHINESE_WORDS = frozenset("這們很沒麼个")
-# Chinese's copula 是 (北京是首都); Japanese writes 是 only in a few words (是非, 是正, 是認, 国是, 社是, 党是, 如是).
-_CHINESE_COPULA = re.compile(r"(?<![国國社党黨如是])是(?![非正認是])")
-# Chinese writes its comma full width; Japanese writes 、 (and its text has kana, which decides first).
+# Chinese's copula 是 (北京是首都, 答案是ウ); Japanese writes 是 only in a few words (是非, 是正, 是認, 是々非々, 是が非でも,
+# 国是, 社是, 党是, 如是).
+_CHINESE_COPULA = re.compile(r"(?<![国國社党黨如是])是(?![非正認是々が])")
+# Chinese's aspect particle 了 (我買了一本書); Japanese writes 了 only in words (完了, 終了, 修了, 満了, 魅了, 読了, 投了,
+# 未了, 校了, 了解, 了承, 了見, 了簡).
+_CHINESE_PARTICLE = re.compile(r"(?<![完終修満滿魅読讀投未校])了(?![解承見簡])")
+# Chinese's pronoun 我 (我想去日本旅行); Japanese writes 我 only in words (我慢, 我流, 我田引水, 我々, 我が国, 自我, 怪我,
+# 無我, 彼我, ...).
+_CHINESE_PRONOUN = re.compile(r"(?<![自彼怪無忘没大小真物])我(?![慢流田執欲利国國等輩見意々\u3041-\u30ff])")
+# Chinese writes its comma full width; Japanese mostly writes 、, though some of its technical prose writes ，.
 _CHINESE_COMMA = "，"
+# A word of kana: a particle or an ending in Japanese, a quoted option label or term (ウ, ネガティブ) in Chinese.
+_KANA_WORD = re.compile(r"[\u3041-\u3096\u309d-\u309f\u30a1-\u30fa\u30fc-\u30ff\u31f0-\u31ff]+")
+# Jōyō kanji that the 2010 revision gave in forms outside CP932 (剝がす, 頰): Japanese, though Big5 holds them.
+_JAPANESE_FORMS = frozenset("剝頰塡\U00020B9F")
 
 # py3langid's class for text without linguistic content (numbers, symbols, markup).
 _NO_LANGUAGE = "zxx"
@@ -265,8 +279,8 @@ def detect(text: str, languages: Sequence[str] | None = None, *, min_letters: in
     """The language of ``text``'s prose, optionally among ``languages`` only.
 
     Undetermined when the prose (code, math and URLs removed) has fewer than ``min_letters``
-    letters, the detector files it under "no linguistic content", or it is a few Han characters that
-    are Japanese as much as Chinese (see :data:`KANJI_TERM`).
+    letters, the detector files it under "no linguistic content", or it is a few Han characters with nothing that
+    tells Japanese from Chinese (see :data:`KANJI_TERM`).
     """
     text = fold_width(prose(text))
     if letter_count(text) < min_letters:
@@ -277,32 +291,51 @@ def detect(text: str, languages: Sequence[str] | None = None, *, min_letters: in
     if best == _NO_LANGUAGE:
         return UNDETERMINED
     found = Detection(best, float(probabilities[best]), probabilities)
-    if best in CHINESE and (key is None or "ja" in key):
+    # Only where both can be the answer: a caller that rules one out has said which it is.
+    if best in CHINESE | {"ja"} and (key is None or ("ja" in key and CHINESE & set(key))):
         return _japanese_or_chinese(text, found)
     return found
 
 
 def _japanese_or_chinese(text: str, found: Detection) -> Detection:
-    """``found`` (a Chinese class) told apart from Japanese by the script: py3langid reads kana-bearing text with
-    many kanji (北海道の札幌市) and any kanji-only text as Chinese."""
-    kana = han = 0
-    chinese = False
-    for ch in text:
-        if _is_han(ch):
-            han += 1
-            chinese = chinese or ch in _CHINESE_WORDS or _chinese_only(ch)
-        elif ("\u3040" <= ch <= "\u30ff" or "\u31f0" <= ch <= "\u31ff") and unicodedata.category(ch).startswith("L"):
-            kana += 1
-    if kana:
-        if chinese:  # Chinese quoting Japanese, or Japanese quoting Chinese: the detector weighs the two
-            return found
-        # Kana rule Chinese out: the detector's Chinese share is Japanese's, or a curation threshold would see ~0.
-        share = found.probability_of({"ja", *CHINESE})
-        rest = {code: p for code, p in found.probabilities.items() if code not in CHINESE}
-        return Detection("ja", share, {**rest, "ja": share})
-    if chinese or not han or han > KANJI_TERM or _CHINESE_COMMA in text or _CHINESE_COPULA.search(text):
+    """``found`` (Japanese or a Chinese class) decided by the script: py3langid reads kana-bearing text with many kanji
+    (北海道の札幌市) and any kanji-only text as Chinese, and Chinese around a quoted katakana label (我觉得是ネガティブ)
+    as Japanese.
+
+    Japanese grammar is written in kana, a particle or an ending every few kanji; Chinese quoting a Japanese label
+    or term has a word of kana or two. So each word of kana counts for Japanese, and each piece of Chinese evidence
+    (:func:`_chinese_evidence`) for Chinese; a tie is Chinese (答案是ウ). Japanese's technical prose writes ``，``
+    too, so commas alone never outweigh kana.
+    """
+    kana_words = len(_KANA_WORD.findall(text))
+    if not kana_words and not any(map(_is_han, text)):
         return found
-    return UNDETERMINED
+    words, commas = _chinese_evidence(text)
+    if kana_words and not (words and words + commas >= kana_words):
+        return _as(found, "ja")
+    if words or commas:
+        # the detector's likeliest Chinese class; in a fixed order, so a tie always goes the same way
+        return _as(found, max(("zh", "yue", "wuu"), key=lambda code: found.probabilities.get(code, 0.0)))
+    if sum(map(_is_han, text)) > KANJI_TERM:
+        return found
+    return UNDETERMINED  # Han characters that read as both: a name, a term
+
+
+def _chinese_evidence(text: str) -> tuple[int, int]:
+    """(characters and words of ``text`` that Chinese writes and Japanese does not, its Chinese commas)."""
+    words = sum(_is_han(ch) and (ch in _CHINESE_WORDS or _chinese_only(ch)) for ch in text)
+    words += sum(len(pattern.findall(text)) for pattern in (_CHINESE_COPULA, _CHINESE_PARTICLE, _CHINESE_PRONOUN))
+    return words, text.count(_CHINESE_COMMA)
+
+
+def _as(found: Detection, code: str) -> Detection:
+    """``found`` as ``code`` (ja or a Chinese class), with the share the detector gave the other script's classes, or
+    a curation threshold would see that share missing. Chinese's other classes keep theirs (zh~yue~wuu can be
+    told apart by a caller's ``equivalent``)."""
+    moved = {"ja"} if code in CHINESE else set(CHINESE)
+    share = min(1.0, found.probabilities.get(code, 0.0) + found.probability_of(moved))  # sums' rounding: 1.00000000004
+    rest = {other: p for other, p in found.probabilities.items() if other not in moved}
+    return Detection(code, share, {**rest, code: share})
 
 
 def _is_han(ch: str) -> bool:
@@ -321,7 +354,7 @@ def _chinese_only(ch: str) -> bool:
             return False
         return True
 
-    return (holds("gb2312") or holds("big5")) and not holds("cp932")
+    return (holds("gb2312") or holds("big5")) and not holds("cp932") and ch not in _JAPANESE_FORMS
 
 
 class LanguageRules(BaseModel):

@@ -16,8 +16,8 @@ preference stage's ``language`` reward, the evaluate stage's ``language`` suite)
   Japanese does not (a character such as 这 or 们, the copula 是, the particle 了, the pronoun 我, the comma
   ``，``) is counted against the words of kana (Japanese's particles and endings; a label quoted in Chinese is
   one word): text with kana is Japanese unless the Chinese evidence, a comma not alone, is at least as much as
-  its kana words; Han characters alone are Chinese with any such evidence or more than :data:`KANJI_TERM` of
-  them, and undetermined for every target otherwise (富士山, 百八十度);
+  its kana words; Han characters alone are Chinese with any such evidence and undetermined for every target
+  without it, however many (富士山, 東京大学大学院情報理工学系研究科);
 - **width**: half-width katakana (ｶﾀｶﾅ) and full-width Latin letters and digits are read as their usual forms;
 - **prose only**: fenced and inline code, LaTeX math and URLs are removed before detection
   (:func:`prose`); an Indonesian explanation around a Python snippet is Indonesian.
@@ -130,9 +130,9 @@ WIDE_LETTER = 4
 # Japanese is told from Chinese by its kana, Chinese from Japanese by what Japanese does not write: a character of a
 # Chinese character set outside Japanese's, a Chinese word, the copula 是, the particle 了, the pronoun 我, the comma
 # ，. Han characters with none of it (富士山, 東京都千代田区永田町一丁目七番一号, 日本国憲法第九条戦争放棄条項) read as
-# both: a name, a term. The detector files them under Chinese, so up to this many of them are undetermined, for any
-# target (the answers file's `detected` is then empty too); Han-only text longer than that is Chinese.
-KANJI_TERM = 12
+# both, however many: a name, an address, a term. The detector files them under Chinese; they are undetermined for
+# any target (the answers file's `detected` is empty too). Length is no evidence: real Chinese sentences nearly
+# always carry some, Japanese terms and addresses run to 20 kanji and more.
 CHINESE = frozenset({"zh", "yue", "wuu"})  # the detector's Han-script Chinese classes
 # Chinese words in characters Japanese's character set holds but modern Japanese does not write (these, plural
 # -們, very, not, what, the measure word 个); any other Chinese-only character is found by its character set
@@ -279,8 +279,8 @@ def detect(text: str, languages: Sequence[str] | None = None, *, min_letters: in
     """The language of ``text``'s prose, optionally among ``languages`` only.
 
     Undetermined when the prose (code, math and URLs removed) has fewer than ``min_letters``
-    letters, the detector files it under "no linguistic content", or it is a few Han characters with nothing that
-    tells Japanese from Chinese (see :data:`KANJI_TERM`).
+    letters, the detector files it under "no linguistic content", or it is Han characters with nothing that tells
+    Japanese from Chinese (see :func:`_japanese_or_chinese`).
     """
     text = fold_width(prose(text))
     if letter_count(text) < min_letters:
@@ -316,9 +316,7 @@ def _japanese_or_chinese(text: str, found: Detection) -> Detection:
     if words or commas:
         # the detector's likeliest Chinese class; in a fixed order, so a tie always goes the same way
         return _as(found, max(("zh", "yue", "wuu"), key=lambda code: found.probabilities.get(code, 0.0)))
-    if sum(map(_is_han, text)) > KANJI_TERM:
-        return found
-    return UNDETERMINED  # Han characters that read as both: a name, a term
+    return UNDETERMINED  # Han characters that read as both: a name, an address, a term, however long
 
 
 def _chinese_evidence(text: str) -> tuple[int, int]:

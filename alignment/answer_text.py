@@ -30,6 +30,7 @@ from tempa.alignment.numbers import (
     FULL_WIDTH,
     cjk_reading,
     han_numbers,
+    math_text,
     number_body,
     plain_cjk_number,
     plain_number,
@@ -391,6 +392,95 @@ def numbers_agree(expected: Number, got: Number, rel_tol: float = 1e-6, abs_tol:
     if got.percent != expected.percent:
         return close(got.value / 100, expected.value) if got.percent else close(got.value, expected.value / 100)
     return False
+
+
+# Letter runs a formula may hold besides one-letter variables: function names and LaTeX's words once its backslash
+# is gone (\frac is "frac"). Any other run of two letters or more, or any letter of a script other than Latin or
+# Greek (時間, と, 組), is prose.
+_MATH_WORDS = frozenset({
+    "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "log", "ln", "lg",
+    "exp", "lim", "max", "min", "mod", "gcd", "lcm", "det", "sqrt", "frac", "dfrac", "tfrac", "pi", "infty", "cdot",
+    "times", "div", "pm", "mp", "le", "ge", "leq", "geq", "neq", "ne", "approx", "circ", "deg", "left", "right",
+})
+_MATH_SIGN = re.compile(r"[\d\\=+*/^<>≤≥≠√π]")
+_LETTER_RUN = re.compile(r"[^\W\d_]+")
+_LATIN_OR_GREEK = re.compile(r"[A-Za-zα-ωΑ-Ω]+")
+
+
+def is_math_reference(expected: object) -> bool:
+    """Whether a reference that is no number (:func:`reference_number`) is math: an expression, an equation, an
+    interval or a tuple (``x^2+1``, ``\\sqrt{3}``, ``x=2, y=3``, ``(2, 3)``) with a digit, a backslash or an
+    operator in it and no prose word. Prose with numbers in it (``2時間30分``, ``4月1日``, ``2と3``, ``縦4cm横5cm``) is
+    text: math-verify read one of its numbers (the last), so ``30`` gave ``2時間30分``. The answer reward's ``auto``
+    and the accuracy suite both decide by this (:func:`gives_reference`)."""
+    text = unicodedata.normalize("NFKC", str(expected))
+    if not _MATH_SIGN.search(text):
+        return False  # "A", "Yes", "(A)": a label
+    for word in _LETTER_RUN.findall(re.sub(r"\\[A-Za-z]+", " ", text)):
+        if not _LATIN_OR_GREEK.fullmatch(word) or (len(word) > 1 and word.casefold() not in _MATH_WORDS):
+            return False
+    return True
+
+
+def _bare_math(text: str) -> str:
+    """``text`` without a trailing copula or full stop and without ``$`` delimiters: what a math answer is written
+    as, compared by :func:`math_equal` as written before math-verify reads it."""
+    text = _COPULA.sub("", unicodedata.normalize("NFKC", text).strip().rstrip("。.")).strip()
+    return text.strip("$").strip() if text.startswith("$") and text.endswith("$") else text
+
+
+def math_equal(gold: str, answer: str, language: str | None) -> bool | None:
+    """math-verify equality of ``answer`` (what a reply commits to) and the reference ``gold``, numbers read as
+    ``language`` writes them; None when math-verify cannot parse the gold. A gold that is math
+    (:func:`is_math_reference`), and an answer that is (a trailing copula dropped), are read in ``$...$``: bare,
+    math-verify read only the last number of ``x=2, y=3`` and of ``(2, 3)``, so ``x=3`` gave ``x=2, y=3`` and the
+    tuple never matched. Both written alike, spaces aside (``(2,3)`` and ``(2, 3)``), is equal without it."""
+    from math_verify import parse, verify
+
+    bare_gold, bare_answer = _bare_math(gold), _bare_math(answer)
+    if is_math_reference(bare_gold) and "".join(bare_gold.split()) == "".join(bare_answer.split()):
+        return True
+    gold, answer = math_text(gold, language), math_text(answer, language)
+    if is_math_reference(bare_gold):
+        gold = f"${math_text(bare_gold, language)}$" if not re.search(r"\$|\\[(\[]", bare_gold) else gold
+        if is_math_reference(bare_answer) and not re.search(r"\$|\\[(\[]", bare_answer):
+            answer = f"${math_text(bare_answer, language)}$"
+    else:
+        # Bare LaTeX (2\sqrt{3}, as data files hold a reference; "The answer is 2\sqrt{3}." as a reply commits to it)
+        # was read as its first number: 2\sqrt{5} gave 2\sqrt{3}. Delimited, it is read whole.
+        gold, answer = _delimited(gold), _delimited(answer)
+    timeout = math_verify_timeout()
+    parsed_gold = parse(gold, parsing_timeout=timeout)
+    if not parsed_gold:
+        return None
+    return bool(verify(parsed_gold, parse(answer, parsing_timeout=timeout), timeout_seconds=timeout))
+
+
+def _delimited(text: str) -> str:
+    """``text`` in ``$...$`` when it is one bare LaTeX expression (a backslash, no delimiter, no space)."""
+    bare = text.strip().rstrip(".。")
+    if "\\" in bare and not re.search(r"\s|\$|\\[(\[]", bare):
+        return f"${bare}$"
+    return text
+
+
+def gives_reference(answer: str, expected: object, language: str | None = None, *, rel_tol: float = 1e-6,
+                    abs_tol: float = 1e-9, commitment: Commitment | None = None) -> bool:
+    """Whether ``answer`` (the text after the think block) gives the one reference ``expected``: the rule of the
+    answer reward's ``auto`` and of the accuracy suite alike. A number (:func:`reference_number`) is compared with
+    the committed number by value (:func:`numbers_agree`); math (:func:`is_math_reference`) with the committed part by
+    math-verify (:func:`math_equal`); anything else, prose with numbers in it too, is text
+    (:func:`text_answer_matches`)."""
+    expected_number = reference_number(expected, language)
+    if expected_number is not None:
+        got = committed_number(answer, language, commitment)
+        return got is not None and numbers_agree(expected_number, got, rel_tol=rel_tol, abs_tol=abs_tol)
+    if is_math_reference(expected):
+        commitment = commitment or committed_answer(answer, language)
+        equal = math_equal(str(expected), commitment.text, language)
+        if equal is not None:
+            return equal
+    return text_answer_matches(answer, expected)
 
 
 # The word that states what something is, before an answer at the end of a line: "The capital of France is Paris.",

@@ -45,10 +45,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from tempa.alignment.answer_text import (
     committed_answer,
     committed_number,
-    math_verify_timeout,
+    gives_reference,
+    math_equal,
     numbers_agree,
     reference_number,
-    text_answer_matches,
 )
 from tempa.alignment.backends import (
     HTTPBackendConfig,
@@ -72,7 +72,6 @@ from tempa.alignment.judge import (
     rating_problem,
     render_conversation,
 )
-from tempa.alignment.numbers import math_text
 from tempa.alignment.prompts import PromptRow
 from tempa.chat_templates.thinking import ThinkSplit, has_think_tags, outside_think
 from tempa.sft import language
@@ -91,29 +90,10 @@ def normalize_text(text: str) -> str:
     return _PUNCT.sub("", unicodedata.normalize("NFKC", str(text)).casefold())
 
 
-def _delimited(text: str) -> str:
-    """``text`` in ``$...$`` when it is one bare LaTeX expression (a backslash, no delimiter, no space)."""
-    bare = text.strip().rstrip(".。")
-    if "\\" in bare and not re.search(r"\s|\$|\\[(\[]", bare):
-        return f"${bare}$"
-    return text
-
-
 def _math_equal(gold: str, answer: str, language: str | None) -> bool | None:
-    """math-verify equality, numbers read as ``language`` writes them; None when the gold answer is not something
-    math-verify can parse."""
-    from math_verify import parse, verify
-
-    gold, answer = math_text(gold, language), math_text(answer, language)
-    # Bare LaTeX (2\sqrt{3}, as data files hold a reference; "The answer is 2\sqrt{3}." as a reply commits to it)
-    # was read as its first number: 2\sqrt{5} gave 2\sqrt{3}. Delimited, it is read whole.
-    gold, answer = _delimited(gold), _delimited(answer)
-
-    timeout = math_verify_timeout()
-    parsed_gold = parse(str(gold), parsing_timeout=timeout)
-    if not parsed_gold:
-        return None
-    return bool(verify(parsed_gold, parse(answer, parsing_timeout=timeout), timeout_seconds=timeout))
+    """math-verify equality (:func:`tempa.alignment.answer_text.math_equal`); None when the gold answer is not
+    something math-verify can parse."""
+    return math_equal(gold, answer, language)
 
 
 def answer_match(
@@ -126,8 +106,10 @@ def answer_match(
     """1.0 when ``answer`` gives the reference answer ``gold``, 0.0 when not, None without a reference. (The reply's
     text only: :class:`RewardSet` scores a reply cut off at the token limit 0.)
 
-    ``gold`` may be a list of accepted answers. ``auto`` uses math-verify when the reference is a
-    number or a formula, else the accuracy suite's rule for text
+    ``gold`` may be a list of accepted answers. ``auto`` is the accuracy suite's rule
+    (:func:`tempa.alignment.answer_text.gives_reference`): a number by value, math (an expression, an equation, a tuple
+    with no prose word in it) by math-verify, anything else, prose with numbers in it (2時間30分) too, by the rule for
+    text
     (:func:`tempa.alignment.answer_text.text_answer_matches`: the box, the committed sentence, the last line or the
     whole answer equals the reference; "option C" and "ข้อ ข" give C and ข). ``contains`` (only when asked for)
     passes any answer the reference appears in. ``regex``: ``pattern`` is searched in the answer; its
@@ -153,7 +135,14 @@ def answer_match(
             if found and normalize_text(found.group(1) if found.groups() else found.group(0)) == normalize_text(g):
                 return 1.0
             continue
-        if match in ("auto", "math"):
+        if match == "auto":
+            # One decision with the accuracy suite: a number by value, math by math-verify, anything else (prose
+            # with numbers in it too: 2時間30分, where math-verify read one number) as text, never `contains`,
+            # under which gold B passed \boxed{A} and gold Jakarta passed "Bukan Jakarta, tetapi Bandung".
+            if committed is not None and gives_reference(answer, item, language, commitment=committed):
+                return 1.0
+            continue
+        if match == "math":
             # A number in the data is a value, not text in the row's language: 1.125 is no 1125 in Indonesian.
             expected = reference_number(item, language)
             if expected is not None:
@@ -161,16 +150,7 @@ def answer_match(
                 if got is not None and numbers_agree(expected, got):
                     return 1.0
                 continue
-            equal = _math_equal(g, committed.text, language) if committed else False
-            if equal is not None:
-                if equal:
-                    return 1.0
-                continue
-            if match == "math":
-                continue
-            # Text (a label, a name, a choice letter): the accuracy suite's equality, never `contains`, under which
-            # gold B passed \boxed{A} (the b of "boxed") and gold Jakarta passed "Bukan Jakarta, tetapi Bandung".
-            if text_answer_matches(answer, g):
+            if committed and _math_equal(g, committed.text, language):
                 return 1.0
             continue
         if match == "exact" and normalize_text(answer) == normalize_text(g):
@@ -317,7 +297,9 @@ class AnswerReward(_RewardBase):
         "(a unit or currency dropped: `12 cm`, `12,000円`) by value, `45%` giving 45 and 0.45; other math by "
         "math-verify equivalence (fractions, LaTeX, expressions); `exact`: equal after case, "
         "punctuation and space folding; `contains`: the reference appears in the answer; `regex`: `pattern` "
-        "extracts the answer; `auto`: math when the reference parses as math, else the accuracy suite's rule for text: "
+        "extracts the answer; `auto`: the accuracy suite's rule, one decision for both: a number as `math` reads it, math "
+        "(an expression, equation, interval or tuple with no prose word in it: `x=2, y=3`, `(2, 3)`) by math-verify, "
+        "anything else, prose with numbers in it (`2時間30分`, `4月1日`) too, by the rule for text: "
         "the box, the sentence after the lead-in, the last line or the whole answer equals the reference after "
         "folding (`option C`, `ข้อ ข` give `C`, `ข`; the box or that sentence may go on after it, and a last line "
         "may name it before its punctuation, after a colon (`：` too), after a closing `is`/`adalah` or before a "

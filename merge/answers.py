@@ -13,10 +13,8 @@ from collections.abc import Sequence
 
 from tempa.alignment.answer_text import (
     committed_number,
-    numbers_agree,
+    gives_reference,
     read_number,
-    reference_number,
-    text_answer_matches,
 )
 from tempa.chat_templates.thinking import (
     THINK_CLOSE,
@@ -94,16 +92,14 @@ def answer_matches(
     A numeric expectation (:func:`tempa.alignment.answer_text.reference_number`: a number with a unit or currency,
     "12,000円" or "12 cm", is its number) is compared with the number the answer commits to, within tolerance, as
     the answer reward compares it (:func:`tempa.alignment.answer_text.numbers_agree`: 45% gives 45 and 0.45).
-    Other expectations must equal the normalised boxed content, the line after an "answer is" lead-in, the last line,
-    or the whole answer (:func:`tempa.alignment.answer_text.text_answer_matches`, the answer reward's ``auto`` rule for
-    text too). A list (or tuple) of references is the accepted answers: the answer gives one of them, as the answer
+    Math (:func:`tempa.alignment.answer_text.is_math_reference`: an expression, an equation, a tuple, no prose word
+    in it) is compared with what the answer commits to by math-verify; any other expectation, prose with numbers in
+    it (``2時間30分``) too, is text: what the answer commits to must equal it
+    (:func:`tempa.alignment.answer_text.text_answer_matches`). The decision and the rules are the answer reward's
+    ``auto`` too (:func:`tempa.alignment.answer_text.gives_reference`). A list (or tuple) of references is the accepted answers: the answer gives one of them, as the answer
     reward reads a list.
     """
     if isinstance(expected, list | tuple):
         # each by its own kind: ["イ", "りんご"] was one text, "['イ', 'りんご']", that no reply equals
         return any(answer_matches(answer, item, rel_tol, abs_tol, language) for item in expected)
-    expected_number = reference_number(expected, language)
-    if expected_number is not None:
-        got = committed_number(answer, language)
-        return got is not None and numbers_agree(expected_number, got, rel_tol=rel_tol, abs_tol=abs_tol)
-    return text_answer_matches(answer, expected)
+    return gives_reference(answer, expected, language, rel_tol=rel_tol, abs_tol=abs_tol)

@@ -117,7 +117,9 @@ class AccuracySuite(_GenerationSuite):
     number), else the last number. Full-width forms, other scripts' digits (Thai ๑,๒๕๐), LaTeX's `\\frac{3}{4}` and
     `1{,}234`, and in Japanese and Chinese rows Han numerals (四十二, 1万2千) read as numbers; a numeric answer with
     a unit or currency (`12,000円`, `12 cm`) is compared as its number; a percentage is its number and, against one written without %, its
-    hundredth (45% gives 45 and 0.45). A text answer must equal, after case and punctuation folding, the boxed text,
+    hundredth (45% gives 45 and 0.45). Math (an expression, equation, interval or tuple with no prose word in it:
+    `x=2, y=3`, `(2, 3)`) is compared with what the reply commits to by math-verify. Any other answer, prose with
+    numbers in it (`2時間30分`, `4月1日`) too, is text and must equal, after case and punctuation folding, the boxed text,
     the sentence after a lead-in (a trailing です/だ dropped), the last line or the whole reply, also without an
     option word before it (`option C`, `ข้อ ข` give `C`, `ข`); the box or that sentence may go on after it, and a last
     line may name it before its punctuation (also 。、」), after a colon (also `：`), after a closing `is`/`adalah` or

@@ -1,0 +1,57 @@
+"""Replies a policy could learn to game the answer reward with, from a Japanese RL team's trial: each reply is
+checked against every option of its question, by the answer reward's ``auto`` and by the accuracy suite, so a reply
+that scores for two options (or for a wrong one) is caught, and the two graders are held to one verdict."""
+
+from __future__ import annotations
+
+import pytest
+
+from tempa.alignment.rewards import answer_match
+from tempa.merge.answers import answer_matches
+
+TIME = ("2時間30分", "5時間30分", "30分")  # 30分 is a number with a unit: 30 gives it
+DATE = ("4月1日", "5月1日")
+CLASS = ("1年2組", "3年2組")
+HOUR = ("午前3時", "午後3時")
+PAIR = ("x=2, y=3", "x=3, y=2", "x=3")
+AND = ("2と3", "5と3")
+KANA = ("ア", "イ", "ウ", "エ")
+LATIN = ("A", "B", "C", "D")
+SENTIMENT = ("ネガティブ", "ポジティブ", "どちらとも言えない")
+YES_NO = ("Yes", "No")
+COUNT = ("12個", "10個", "13個")
+EN_COUNT = ("12", "13")
+
+# (reply, the question's options, the one option it gives or None, language)
+PROSE_WITH_NUMBERS = [
+    # a text reference with digits in it is text: math-verify read its last number, so 30 gave 2時間30分
+    ("答えは5時間30分です。", TIME, "5時間30分", "ja"),
+    ("答えは30分です。", TIME, "30分", "ja"),
+    ("30", TIME, "30分", "ja"),
+    ("答えは2時間30分です。", TIME, "2時間30分", "ja"),
+    ("答えは5月1日です。", DATE, "5月1日", "ja"),
+    ("答えは4月1日です。", DATE, "4月1日", "ja"),
+    ("答えは3年2組です。", CLASS, "3年2組", "ja"),
+    ("答えは午後3時です。", HOUR, "午後3時", "ja"),
+    ("答えは午前3時です。", HOUR, "午前3時", "ja"),
+    ("答えは5", ("縦4cm横5cm",), None, "ja"),
+    ("答えは5と3です", AND, "5と3", "ja"),
+    # math is read whole: x=3 gives neither pair, a tuple written without its space is the tuple
+    ("答えはx=3です", PAIR, "x=3", "ja"),
+    ("答えはx=2, y=3です", PAIR, "x=2, y=3", "ja"),
+    ("答えは(2,3)です", ("(2, 3)", "(3, 2)"), "(2, 3)", "ja"),
+]
+
+
+def verdicts(reply: str, options: tuple[str, ...], language: str) -> dict[str, tuple[float | None, bool]]:
+    return {gold: (answer_match(reply, gold, "auto", None, language), answer_matches(reply, gold, language=language))
+            for gold in options}
+
+
+def expected(options: tuple[str, ...], right: str | None) -> dict[str, tuple[float, bool]]:
+    return {gold: (float(gold == right), gold == right) for gold in options}
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), PROSE_WITH_NUMBERS)
+def test_prose_with_numbers_is_graded_as_text_and_math_whole(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

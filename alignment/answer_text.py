@@ -496,8 +496,10 @@ _FINAL_COPULA = re.compile(r"(?:です|である|だ|입니다)$")
 # "or"), or a connective that concludes ("つまり、", "したがって、").
 _TOPIC_BEFORE = re.compile(
     r"[^\W\d_](?<!また)(?<!もしく)(?<!あるい)(?<!或い)(?<!又)(?<!若しく)は$|(?:^|\s)(?!또는$|혹은$)[^\W\d_]+[은는]$"
-    r"|^(?:つまり|したがって|従って|よって|ゆえに|故に|なので|だから|結論として)$"
+    r"|^(?:(?:つまり|したがって|従って|よって|ゆえに|故に|なので|だから|結論として|いや|いいえ|いえ|やはり|やっぱり"
+    r"|正しくは|訂正します|실은|아니요|아니)\s?)+$"
 )
+_TOPIC_IN = re.compile(r"^\S*?[^\W\d_](?<!また)(?<!もしく)(?<!あるい)(?<!或い)(?<!又)(?<!若しく)は")
 # Where a sentence ends, after NFKC: 。(which NFKC keeps), ! and ?, and . before a space or the end.
 _LINE_SENTENCE = re.compile(r"(?<=[。!?])|(?<=\.)(?=\s|$)")
 # The word a multiple-choice reply names its pick with ("option C", "ข้อ ข", "ตัวเลือก ค", "pilihan B", "選択肢B"),
@@ -513,71 +515,135 @@ def normalise_text(text: str) -> str:
 
 
 def text_answer_matches(answer: str, expected: object) -> bool:
-    """Whether ``answer`` (the text after the think block) commits to the text reference ``expected``: the content of
-    a ``\\boxed{}``, the line or sentence after the committing lead-in (a copula after it dropped), the last line, or
-    the whole answer, normalised (:func:`normalise_text`), equals the normalised reference; each also without an
-    option word before it ("option C", "ข้อ ข"), so a multiple-choice pick is its letter. The last line may also name
-    it after a colon, before its own punctuation, after a copula at its end ("... is Paris.") or, in its last sentence,
-    before a final Japanese or Korean copula ("ポジティブです。", "この文はネガティブです。", "이 문장은 긍정입니다.";
-    :func:`_states_before_copula`). The reference appearing somewhere is not enough: gold ``B`` is not in
-    ``\\boxed{A}``'s "boxed", gold ``ข`` not in "ข้อ ก", gold ``Jakarta`` not in "Bukan Jakarta, tetapi Bandung",
-    gold ``Negative`` not in "Negative / Positive" nor in "ポジティブまたはネガティブです"."""
+    """Whether ``answer`` (the text after the think block) commits to the text reference ``expected``.
+
+    A reply commits to one thing, found in this order: the last ``\\boxed{}``; else the sentence after its last
+    committing lead-in (:func:`committing_lead_in`; a copula after it dropped; the next line when the lead-in ends
+    its own); else its last line (or the whole answer). A later line or sentence does not change a box's or a lead-in's
+    answer, so "答え：ポジティブ\\nネガティブ" and "\\boxed{ア}\\boxed{イ}" each give one option, never both.
+    The box or the lead-in's sentence, normalised (:func:`normalise_text`), equals the reference, also without an
+    option word before it ("option C", "ข้อ ข"), or opens with it (:func:`_opens_with`: "(C) Paris", "C: 42").
+
+    The last line gives it when the line asks nothing (a line ending in ? gives no answer: "ネガティブ？") and: equals
+    it; or its last sentence states it before a final Japanese or Korean copula (:func:`_stated_before_copula`:
+    "この文はネガティブです。", and after a retraction "イ。いや、ウです。" gives ウ, not イ); else names it after a
+    colon ("Sentiment: Positive"), opens with it (:func:`_opens_with`: "C) Paris", "Yes, it is.", "B. Because ...",
+    not a list "ア、イ、ウ、エ", "Yes, no." nor "A, B, C, or D"), or after a copula at its end ("... is Paris.").
+    The reference appearing somewhere is not enough: gold ``B`` is not in ``\\boxed{A}``'s "boxed", gold ``ข`` not
+    in "ข้อ ก", gold ``Jakarta`` not in "Bukan Jakarta, tetapi Bandung", gold ``Negative`` not in "Negative /
+    Positive" nor in "ポジティブまたはネガティブです"."""
     target = normalise_text(str(expected))
     if not target:
         return False
-    committed = list(boxed_contents(answer))
+    reference = unicodedata.normalize("NFKC", str(expected)).casefold().strip()
+    boxes = boxed_contents(answer)
+    if boxes:
+        return _commits_to(boxes[-1], target, reference)
     lead_in = committing_lead_in(answer)
     if lead_in:
         tail = answer[lead_in.end() :].strip()
-        if tail:
-            sentence = committed_sentence(tail)
-            committed += [tail.splitlines()[0], sentence, _COPULA.sub("", sentence)]
-    # What the reply commits to may go on after its answer: "The answer is (C) Paris", "\boxed{C: 42}".
-    for candidate in committed:
-        stripped = _OPTION_WORD.sub("", normalise_text(candidate))
-        if stripped == target or stripped.startswith(f"{target} "):
-            return True
+        sentence = committed_sentence(tail)
+        if not sentence.strip(" :："):  # "The answer is:\nJakarta": the lead-in ends its line
+            sentence = committed_sentence(tail.lstrip(" :：").strip())
+        return any(_commits_to(candidate, target, reference) for candidate in (sentence, _COPULA.sub("", sentence)))
     lines = [line for line in answer.splitlines() if line.strip()]
-    candidates = [lines[-1], answer] if lines else [answer]
-    for candidate in candidates:
-        normalised = normalise_text(candidate)
-        if target in (normalised, _OPTION_WORD.sub("", normalised)):
-            return True
     if not lines:
         return False
-    last = lines[-1]
-    # The last line names its answer: before its own punctuation ("C) Paris", "Yes, it is."), after a colon
-    # ("Sentiment: Positive"), or after a copula at its end ("The capital of France is Paris.").
-    # Read after NFKC, which makes the full-width forms of CJK input ASCII (：is :, ）is ), ．is .); the ideographic
-    # marks it keeps (。、「」) are listed beside their ASCII counterparts.
-    plain = unicodedata.normalize("NFKC", last)
-    opening = plain.casefold().lstrip(" \t([*「『【〔《〈")
-    reference = unicodedata.normalize("NFKC", str(expected)).casefold().strip()
-    if opening.startswith(reference) and opening[len(reference):len(reference) + 1] in tuple(",.;:)]。、」』】〕》〉"):
+    plain = unicodedata.normalize("NFKC", lines[-1]).strip()
+    if plain.endswith("?"):  # NFKC makes ？ a ?
+        return False
+    normalised = normalise_text(plain)
+    if target in (normalised, _OPTION_WORD.sub("", normalised)):
         return True
-    if ":" in plain and normalise_text(plain.rsplit(":", 1)[1]) == target:
+    stated = _stated_before_copula(plain)
+    if stated is not None:  # the line's last sentence states its answer: that is the one it commits to
+        return target in (stated, _OPTION_WORD.sub("", stated))
+    if ":" in plain:
+        return normalise_text(plain.rsplit(":", 1)[1]) == target
+    if _opens_with(plain, reference):
         return True
-    if re.search(rf"(?:^| )(?:{_COPULAS}) {re.escape(target)}$", normalise_text(last)) is not None:
-        return True
-    return _states_before_copula(plain, target)
+    return re.search(rf"(?:^| )(?:{_COPULAS}) {re.escape(target)}$", normalised) is not None
 
 
-def _states_before_copula(line: str, target: str) -> bool:
-    """Whether the last sentence of ``line`` (NFKC) states ``target`` (normalised) before a final Japanese or Korean
-    copula, as "It is positive." states it before its full stop: the whole sentence ("ポジティブです。", "Ｂです。",
-    "긍정입니다."), or after its topic or a concluding connective ("この文はネガティブです。", "이 문장은 긍정입니다.",
-    "つまり、ネガティブです。"). "ポジティブではありません。" and "ポジティブではないです。" state no ポジティブ."""
+# What sets an answer apart from what follows it: a closing bracket ("C) Paris"), a sentence end ("B. Because ..."),
+# a colon ("C: 42"), a comma ("Yes, it is."); read after NFKC (：is :, ）is ), ．is .), with the ideographic marks it
+# keeps. "…" is "..." after NFKC: "ネガティブ…かな" trails off, it does not state.
+_CLOSING = tuple(")]」』】〕》〉")
+_ENDS = tuple(".。!")
+_COMMAS = tuple(",、;")
+# A conjunction that makes what follows an answer another option: "A or B", "ア または イ", "A, B, C, or D".
+_ALTERNATIVE = re.compile(r"^(?:or|and|nor|atau|hoặc|và|หรือ|o|または|もしくは|あるいは|か|や|と|또는|혹은|或|或者|还是|還是)"
+                          r"(?![^\W\d_])", re.IGNORECASE)
+_KANA_OR_HAN = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
+_HIRAGANA = re.compile(r"[\u3040-\u309f]")
+
+
+def _is_clause(text: str) -> bool:
+    """Whether ``text`` (what follows an answer and its comma) goes on about it ("it is", "理由は…からです") rather
+    than names another option ("no", "イ", "ポジティブ", "or D"): two words or more, or Japanese with a
+    hiragana ending of more than a short word."""
+    words = text.split()
+    if not words or _ALTERNATIVE.match(words[0]):
+        return False
+    if _KANA_OR_HAN.search(text):
+        return len(text) > 4 and _HIRAGANA.search(text) is not None
+    return len(words) > 1
+
+
+def _opens_with(text: str, reference: str, *, spaced: bool = False) -> bool:
+    """Whether ``text`` (one line, the box or the lead-in's sentence) opens with ``reference`` (NFKC, casefolded),
+    set apart from what follows: by a closing bracket, a colon or nothing; by a sentence end ("B. Because ..."); by a
+    comma before a clause, or (``spaced``: a box, a lead-in's sentence, which commit to what they open with) a space, not before another option (:func:`_is_clause`: "Yes, it is." but not "Yes,
+    no.", "ア、イ、ウ、エ", "A or B"). A longer word ("BC", "超ネガティブ") or a denial ("ポジティブではない") is
+    another answer."""
+    plain = unicodedata.normalize("NFKC", text).casefold().strip()
+    opening = _OPTION_WORD.sub("", plain.lstrip(" \t([*「『【〔《〈"))
+    if not reference or not opening.startswith(reference):
+        return False
+    rest = opening[len(reference):]
+    if not rest.strip(" .。!*"):
+        return True
+    if rest.startswith("..."):
+        return False
+    if rest[0] in _CLOSING or rest[0] == ":":
+        return not _ALTERNATIVE.match(rest[1:].strip())
+    if rest[0] in _ENDS:
+        return True
+    if rest[0] in _COMMAS:
+        # only the next item: "ネガティブ、ポジティブ、どちらとも言えない" lists, whatever its last item says
+        return _is_clause(re.split("[,、;]", _SENTENCE_END.split(rest[1:].strip(), maxsplit=1)[0])[0].strip())
+    if rest[0].isspace() and spaced:
+        return not _ALTERNATIVE.match(rest.strip()) and not rest.strip().startswith("/")
+    return False
+
+
+def _commits_to(candidate: str, target: str, reference: str) -> bool:
+    """Whether a box's content or a lead-in's sentence is the reference: equal after normalisation (an option word
+    dropped), or opening with it (:func:`_opens_with`)."""
+    normalised = normalise_text(candidate)
+    if target in (normalised, _OPTION_WORD.sub("", normalised)):
+        return True
+    return _opens_with(candidate, reference, spaced=True)
+
+
+def _stated_before_copula(line: str) -> str | None:
+    """What the last sentence of ``line`` (NFKC) states before a final Japanese or Korean copula (normalised), as "It
+    is positive." states it before its full stop: the whole sentence ("ポジティブです。", "Ｂです。", "긍정입니다."),
+    or what follows its topic or a concluding or retracting connective ("この文はネガティブです。", "이 문장은
+    긍정입니다.", "つまり、ネガティブです。", "いや、ウです。", "いいえ、実はポジティブです。"); None when the sentence
+    ends otherwise (a denial "ポジティブではありません。", a question) or names more than its answer before it
+    ("ポジティブ、ネガティブです。", "긍정 또는 부정입니다."). What it states may still be no option:
+    "ポジティブかネガティブ", "ポジティブではない"."""
     sentences = [part for part in _LINE_SENTENCE.split(line) if part.strip()]
     if not sentences or sentences[-1].rstrip()[-1:] in "?":
-        return False
+        return None
     sentence = sentences[-1].strip().rstrip("。.!")
     stated, copulas = _FINAL_COPULA.subn("", sentence)
     if not copulas:
-        return False
-    said = normalise_text(stated)
-    if target in (said, _OPTION_WORD.sub("", said)):
-        return True
-    head = said.removesuffix(target)
-    # Korean, and a Japanese comma, set the answer apart with a space; Japanese runs it on after its topic's は
-    return head != said and (head.endswith(" ") or head.endswith("は")) and \
-        _TOPIC_BEFORE.search(head.rstrip()) is not None
+        return None
+    head, _, said = normalise_text(stated).rpartition(" ")
+    if head and not _TOPIC_BEFORE.search(head):
+        return None
+    # Japanese runs the answer on after its topic's は: この文はネガティブ, 実はポジティブ
+    topic = _TOPIC_IN.match(said)
+    return said[topic.end():] if topic and topic.end() < len(said) else said

@@ -110,8 +110,8 @@ def answer_match(
     (:func:`tempa.alignment.answer_text.gives_reference`): a number by value, math (an expression, an equation, a tuple
     with no prose word in it) by math-verify, anything else, prose with numbers in it (2時間30分) too, by the rule for
     text
-    (:func:`tempa.alignment.answer_text.text_answer_matches`: the box, the committed sentence, the last line or the
-    whole answer equals the reference; "option C" and "ข้อ ข" give C and ข). ``contains`` (only when asked for)
+    (:func:`tempa.alignment.answer_text.text_answer_matches`: the one answer the reply commits to, the last box, else
+    the committed sentence, else the last line, equals the reference; "option C" and "ข้อ ข" give C and ข). ``contains`` (only when asked for)
     passes any answer the reference appears in. ``regex``: ``pattern`` is searched in the answer; its
     first group (or the whole match) must equal the reference after normalisation.
 
@@ -300,10 +300,13 @@ class AnswerReward(_RewardBase):
         "extracts the answer; `auto`: the accuracy suite's rule, one decision for both: a number as `math` reads it, math "
         "(an expression, equation, interval or tuple with no prose word in it: `x=2, y=3`, `(2, 3)`) by math-verify, "
         "anything else, prose with numbers in it (`2時間30分`, `4月1日`) too, by the rule for text: "
-        "the box, the sentence after the lead-in, the last line or the whole answer equals the reference after "
+        "the reply commits to one answer, the last box, else the sentence after the last lead-in, else the last line (a "
+        "later line does not change it; a line ending in `?` is none), and it equals the reference after "
         "folding (`option C`, `ข้อ ข` give `C`, `ข`; the box or that sentence may go on after it, and a last line "
         "may name it before its punctuation, after a colon (`：` too), after a closing `is`/`adalah` or before a "
-        "final です/だ/입니다: `C) Paris`, `Sentiment: Positive`, `ポジティブです。`); a list reference is the accepted "
+        "final です/だ/입니다: `C) Paris`, `Sentiment: Positive`, `ポジティブです。`, and after a retraction the "
+        "correction: `イ。いや、ウです。` gives ウ; a list of options, `ア、イ、ウ、エ` or `Yes, no.`, gives none); a "
+        "list reference is the accepted "
         "answers, any one of them right; `contains` is never chosen by `auto` (gold `B` is in "
         "`\\boxed{A}`). A reply cut off at max tokens (finish reason `length`) scores 0 under every match, as "
         "the accuracy suite grades it.",

@@ -119,12 +119,14 @@ class AccuracySuite(_GenerationSuite):
     a unit or currency (`12,000円`, `12 cm`) is compared as its number; a percentage is its number and, against one written without %, its
     hundredth (45% gives 45 and 0.45). Math (an expression, equation, interval or tuple with no prose word in it:
     `x=2, y=3`, `(2, 3)`) is compared with what the reply commits to by math-verify. Any other answer, prose with
-    numbers in it (`2時間30分`, `4月1日`) too, is text and must equal, after case and punctuation folding, the boxed text,
-    the sentence after a lead-in (a trailing です/だ dropped), the last line or the whole reply, also without an
+    numbers in it (`2時間30分`, `4月1日`) too, is text and must equal, after case and punctuation folding, the one answer the
+    reply commits to: the last box's text, else the sentence after the last lead-in (a trailing です/だ dropped), else
+    the last line (a line ending in `?` commits to nothing; a later line does not change a box's or a lead-in's answer), also without an
     option word before it (`option C`, `ข้อ ข` give `C`, `ข`); the box or that sentence may go on after it, and a last
     line may name it before its punctuation (also 。、」), after a colon (also `：`), after a closing `is`/`adalah` or
     before a final です/だ/입니다 (`C) Paris`, `Sentiment: Positive`, `The capital of France is Paris.`, `ポジティブです。`,
-    `この文はネガティブです。`); appearing in the reply is not enough. An `answer` that is a list is the accepted
+    `この文はネガティブです。`, after a retraction its correction: `イ。いや、ウです。` gives ウ; a list of options,
+    `ア、イ、ウ、エ`, gives none); appearing in the reply is not enough. An `answer` that is a list is the accepted
     answers, any one of them right. Only the text after
     the think block is graded: a reply still thinking at `max_new_tokens` is wrong, and counted in `unanswered` (the
     accuracy, ifeval and language suites report that share; the leaderboard shows it where it is not 0). A reply cut

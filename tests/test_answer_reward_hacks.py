@@ -55,3 +55,61 @@ def expected(options: tuple[str, ...], right: str | None) -> dict[str, tuple[flo
 @pytest.mark.parametrize(("reply", "options", "right", "language"), PROSE_WITH_NUMBERS)
 def test_prose_with_numbers_is_graded_as_text_and_math_whole(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+ONE_COMMITMENT = [
+    # several boxes, or a lead-in and a different last line: one answer per reply (the last box, else the last
+    # lead-in's sentence, else the last line), never one for every option
+    (r"\boxed{ア}\boxed{イ}\boxed{ウ}\boxed{エ}", KANA, "エ", "ja"),
+    (r"\boxed{A}, or maybe \boxed{B}", LATIN, "B", "en"),
+    (r"\boxed{A, B}", LATIN, None, "en"),
+    ("答え：ポジティブ\nネガティブ", SENTIMENT, "ポジティブ", "ja"),
+    ("答えはア\nイ", KANA, "ア", "ja"),
+    ("答えはイです。いや、間違えました。ウです。", KANA, "イ", "ja"),  # the lead-in's sentence is the commitment
+    ("答えはアかイです。", KANA, None, "ja"),
+    ("The answer is A or B.", LATIN, None, "en"),
+    ("答えはア、イ、ウ、エ", KANA, None, "ja"),
+]
+
+LISTS_AND_RETRACTIONS = [
+    # a list of options names no answer; a first guess taken back is not the answer, the correction is
+    ("ア、イ、ウ、エ", KANA, None, "ja"),
+    ("A, B, C, or D", LATIN, None, "en"),
+    ("A, B", LATIN, None, "en"),
+    ("ネガティブ、ポジティブ、どちらとも言えない", SENTIMENT, None, "ja"),
+    ("イ。いや、ウです。", KANA, "ウ", "ja"),
+    ("ネガティブ。いいえ、実はポジティブです。", SENTIMENT, "ポジティブ", "ja"),
+    ("Yes, no.", YES_NO, None, "en"),
+    ("ア：イ", KANA, "イ", "ja"),
+    # what the opening rule is for keeps passing
+    ("C) Paris", LATIN, "C", "en"),
+    ("(C) Paris", LATIN, "C", "en"),
+    ("Yes, it is.", YES_NO, "Yes", "en"),
+    ("B. Because the second sentence is negative.", LATIN, "B", "en"),
+    ("Ｂ、理由は否定的な語が多いからです。", LATIN, "B", "ja"),
+    ("ウです。", KANA, "ウ", "ja"),
+]
+
+QUESTIONS = [
+    # a question states nothing, with or without a copula
+    ("ネガティブ？", SENTIMENT, None, "ja"),
+    ("感情：ネガティブ？", SENTIMENT, None, "ja"),
+    ("ネガティブ…かな？", SENTIMENT, None, "ja"),
+    ("Yes?", YES_NO, None, "en"),
+    ("感情：ネガティブ", SENTIMENT, "ネガティブ", "ja"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), ONE_COMMITMENT)
+def test_a_reply_commits_to_one_answer(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), LISTS_AND_RETRACTIONS)
+def test_a_list_or_a_retracted_guess_is_not_the_answer(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), QUESTIONS)
+def test_a_question_is_no_answer(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

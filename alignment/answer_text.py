@@ -3,7 +3,8 @@ the accuracy suite.
 
 A reply commits to its last ``\\boxed{}``, else to the sentence after its last "answer is"-style lead-in that states
 rather than asks or supposes (what that sentence's last ``=`` gives, when it has one; "check whether the answer is 4"
-commits to nothing), else to its last number. The preference/rl ``answer`` reward
+commits to nothing; "not 12 but 13" and "12ではなく13" to 13), else to its last number; a number the reply denies, asks
+about or offers as one of a choice ("not 12", "12個ですか？", "12 or 13") is none. The preference/rl ``answer`` reward
 (:mod:`tempa.alignment.rewards`) and the evaluate stage's accuracy suite (:mod:`tempa.merge.answers`) both read a
 reply by :func:`committed_answer`, so "The answer is 3. Check: 3 + 4 = 7" is 3 in training and in evaluation (the
 reward gave math-verify the whole reply, which took its last number, 7).
@@ -212,6 +213,27 @@ def committing_lead_in(text: str) -> re.Match[str] | None:
     return None
 
 
+# "not X but Y" commits to Y: XではなくY, X じゃなくて Y, not X but Y, bukan X tetapi Y, không phải X mà là Y, 不是X而是Y,
+# X가 아니라 Y.
+_INSTEAD = re.compile(r"では(?:なく|なくて)|じゃ(?:なく|なくて)|(?<![^\W\d_])(?:but|tetapi|tapi|melainkan)(?![^\W\d_])"
+                      r"|mà là|而是|(?:이|가)\s*아니라", re.IGNORECASE)
+# A number denied ("not 12", "12個ではありません", "不是12") or offered as one of a choice ("12 or 13", "9個か10個").
+_DENIED_BEFORE = re.compile(r"(?:(?<![^\W\d_])(?:not|isn't|bukan|không phải|không|hindi)|ไม่ใช่|不是|并非|並非)\s*$",
+                            re.IGNORECASE)
+_DENIED_AFTER = re.compile(r"^[^\s\d]{0,3}?\s*(?:では(?:ない|ありません|なかった)|じゃ(?:ない|ありません)|でない|(?:이|가)\s*아니)")
+_CHOICES = r"(?:or|atau|hoặc|หรือ|または|もしくは|あるいは|或者?|还是|還是|또는|혹은)(?![^\W\d_])"
+_CHOICE_AFTER = re.compile(rf"^[^\s\d]{{0,3}}?\s*(?:か(?!ら)|{_CHOICES})", re.IGNORECASE)
+_CHOICE_BEFORE = re.compile(rf"(?:か|(?<![^\W\d_]){_CHOICES})\s*$", re.IGNORECASE)
+_ASKS = re.compile(r"(?:ですか|でしょうか|吗|嗎)\s*$")
+
+
+def _offered(part: str, start: int, end: int) -> bool:
+    """Whether the number at ``part[start:end]`` is denied or offered as one of a choice, not stated."""
+    before, after = part[:start], part[end:]
+    return bool(_DENIED_BEFORE.search(before) or _DENIED_AFTER.match(after) or _CHOICE_AFTER.match(after)
+                or _CHOICE_BEFORE.search(before))
+
+
 @dataclass(frozen=True)
 class Commitment:
     """What a reply commits to: ``text``, the part that holds its answer (the last ``\\boxed{...}`` with a number in
@@ -249,10 +271,30 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
         tail = answer[lead_in.end() :]
         # "The answer is 12 - 5 = 7": a worked line commits to what its last '=' gives
         line = committed_sentence(tail)
-        numbers = numbers_in(line.rsplit("=", 1)[1]) if "=" in line else []
+        instead = list(_INSTEAD.finditer(line))
+        part = line[instead[-1].end() :] if instead else line  # "答えは12個ではなく10個です" commits to 10
+        part = part.rsplit("=", 1)[1] if "=" in part else part
+        numbers = numbers_in(part)
+        if numbers:
+            start = part.find(numbers[0])
+            if _offered(part, start, start + len(numbers[0])):  # "not 12", "12 or 13": no commitment
+                return Commitment("", None)
         numbers = numbers or numbers_in(line) or numbers_in(tail)  # "The answer is:\n42"
         return Commitment(line if line.strip(" :：") else tail.strip(), numbers[0] if numbers else None)
     numbers = numbers_in(answer)
+    if numbers:
+        # the sentence that holds the last number: a question, a denial or a choice commits to nothing
+        end = answer.rfind(numbers[-1]) + len(numbers[-1])
+        start = end - len(numbers[-1])
+        opened = max(0, *(m.end() for m in _SENTENCE_END.finditer(answer, 0, start)), answer.rfind("\n", 0, start) + 1)
+        closing = _SENTENCE_END.search(answer, end)
+        sentence_end = closing.start() if closing else len(answer)
+        sentence = answer[opened:sentence_end]
+        asks = (closing is not None and answer[closing.start()] in "?？") or _ASKS.search(sentence)
+        instead = list(_INSTEAD.finditer(answer, opened, start))
+        part_start = instead[-1].end() if instead else opened
+        if asks or _offered(answer[part_start:sentence_end], start - part_start, end - part_start):
+            return Commitment(answer, None)
     return Commitment(answer, numbers[-1] if numbers else None)
 
 

@@ -293,7 +293,8 @@ class AnswerReward(_RewardBase):
         default="auto",
         description="`math`: the answer the reply commits to, as the evaluate stage's accuracy suite reads it (the "
         "last `\\boxed{}`, else the sentence after the last lead-in such as `The answer is` or `答えは`, from its "
-        "last `=`, else the last number; a check after it does not count), gives the reference: a numeric reference "
+        "last `=`, else the last number; a check after it does not count; `XではなくY` and `not X but Y` give Y, a "
+        "number denied, asked about or offered as one of a choice, `Is it 12?` or `12 or 13`, none), gives the reference: a numeric reference "
         "(a unit or currency dropped: `12 cm`, `12,000円`) by value, `45%` giving 45 and 0.45; other math by "
         "math-verify equivalence (fractions, LaTeX, expressions); `exact`: equal after case, "
         "punctuation and space folding; `contains`: the reference appears in the answer; `regex`: `pattern` "

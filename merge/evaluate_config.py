@@ -114,7 +114,8 @@ class AccuracySuite(_GenerationSuite):
     """Verifiable answers: rows with a prompt and an `answer`. A numeric answer must equal the number the reply
     commits to: the last `\\boxed{}` (an expression in it, `2^{10}`, by its value), else the sentence after the last
     "answer is"-style lead-in (答えは, 答案是, đáp án là, 정답은, ...; what its last `=` gives, else its first
-    number), else the last number. Full-width forms, other scripts' digits (Thai ๑,๒๕๐), LaTeX's `\\frac{3}{4}` and
+    number; `XではなくY`, `not X but Y` give Y), else the last number; a number denied, asked about or offered as one
+    of a choice (`12個ではありません`, `Is it 12?`, `12 or 13`) is none. Full-width forms, other scripts' digits (Thai ๑,๒๕๐), LaTeX's `\\frac{3}{4}` and
     `1{,}234`, and in Japanese and Chinese rows Han numerals (四十二, 1万2千) read as numbers; a numeric answer with
     a unit or currency (`12,000円`, `12 cm`) is compared as its number; a percentage is its number and, against one written without %, its
     hundredth (45% gives 45 and 0.45). Math (an expression, equation, interval or tuple with no prose word in it:

@@ -113,3 +113,30 @@ def test_a_list_or_a_retracted_guess_is_not_the_answer(reply, options, right, la
 @pytest.mark.parametrize(("reply", "options", "right", "language"), QUESTIONS)
 def test_a_question_is_no_answer(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+DENIALS_QUESTIONS_CHOICES = [
+    # a number denied, asked about or offered as one of two is not committed to; "not X but Y" commits to Y
+    ("答えは12個ではありません。", COUNT, None, "ja"),
+    ("12個ではありません。", COUNT, None, "ja"),
+    ("１２個ですか？", COUNT, None, "ja"),
+    ("答えは12個ですか？", COUNT, None, "ja"),
+    ("答えは１２個ではなく１０個です。", COUNT, "10個", "ja"),
+    ("答えは１０個ではなく１２個です。", COUNT, "12個", "ja"),
+    ("答えは五十六ではなく六十五です。", ("56", "65"), "65", "ja"),
+    ("答えは9個か10個です。", ("９", "10"), None, "ja"),
+    ("The answer is not 12.", EN_COUNT, None, "en"),
+    ("Is it 12?", EN_COUNT, None, "en"),
+    ("The answer is 12 or 13.", EN_COUNT, None, "en"),
+    ("It is 12 or 13.", EN_COUNT, None, "en"),
+    ("The answer is not 12 but 13.", EN_COUNT, "13", "en"),
+    # stated numbers keep passing
+    ("答えは12個です。", COUNT, "12個", "ja"),
+    ("The answer is 13, not 12.", EN_COUNT, "13", "en"),
+    ("3 + 9 = 12", EN_COUNT, "12", "en"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), DENIALS_QUESTIONS_CHOICES)
+def test_a_denied_asked_or_offered_number_is_not_the_answer(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

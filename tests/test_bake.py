@@ -644,9 +644,9 @@ def test_a_partial_copy_of_the_final_folder_is_not_taken_for_complete(tmp_path, 
 
 
 @pytest.mark.parametrize("card, expected", [
-    ("{license: llama-3.1}", "license 'llama-3.1' is not a licence id the Hub accepts"),
+    ("{license: llama-3.1}", "model_card.license (stage 'bake'): 'llama-3.1' is not a licence id the Hub accepts"),
     ("{license: [llama3.1, Gemma]}", "did you mean 'gemma'?"),
-    ("{license: other}", "license 'other' needs license_name"),
+    ("{license: other}", "model_card.license (stage 'bake'): 'other' needs license_name"),
     ("{license: apache-2.0, languages: [id, Thai]}", "language 'Thai': expected an ISO 639-1 or 639-3 code"),
 ])
 def test_card_metadata_the_hub_would_refuse_stops_the_recipe_before_any_work(tmp_path, capsys, card, expected):

@@ -197,17 +197,27 @@ def _hedged(text: str, lead_in: re.Match[str], stop: int, ends: _SentenceEnds) -
     return bool(_HEDGE_AFTER.search(clause)) or ends.asks(lead_in.end())
 
 
+# A wrong answer named where the answer would be: "The wrong answer is B", 不正解 ("wrong answer", whose 正解は is a
+# lead-in), 間違った答え, 오답 (whose 답은 is one), 틀린 답, 错误答案. What it names is what the reply rejects.
+_WRONG_ANSWER = (r"(?:(?<![^\W\d_])(?:wrong|incorrect|false)\s+(?:final\s+)?(?:answer|option|choice)|不正解|誤答|誤り"
+                 r"|間違い|(?:間違|誤|違)った答え|오답|틀린\s*답|잘못된\s*답|错误的?答案|錯誤的?答案)")
+_WRONG_LEAD_IN = re.compile(rf"{_WRONG_ANSWER}\s*(?:is|:|：|は|은|는|是|为|為)?\s*$", re.IGNORECASE)
+
+
 def committing_lead_in(text: str) -> re.Match[str] | None:
     """The last answer lead-in (:data:`LEAD_IN_RE`) in ``text`` that commits to an answer; None when there is none. A
     lead-in partway through the reasoning that tries a candidate ("whether the answer is 4", "if the answer is 6", "so
-    the answer is 4?") is passed over, so the reply commits to what it states after it (or, with no committing
-    lead-in, to its last number), not to the rejected candidate or its check."""
+    the answer is 4?"), or that names a wrong answer ("The wrong answer is 4", 不正解は, 오답은), is passed over, so
+    the reply commits to what it states after it (or, with no committing lead-in, to its last number), not to the
+    rejected candidate or its check."""
     lead_ins = list(LEAD_IN_RE.finditer(text))
     if not lead_ins:
         return None
     ends = _SentenceEnds(text)
     stops = [following.start() for following in lead_ins[1:]] + [len(text)]
     for lead_in, stop in zip(reversed(lead_ins), reversed(stops), strict=True):
+        if _WRONG_LEAD_IN.search(text, max(0, lead_in.start() - 20), lead_in.end()):
+            continue
         if not _hedged(text, lead_in, stop, ends):
             return lead_in
     return None
@@ -221,7 +231,7 @@ _INSTEAD = re.compile(r"では(?:なく|なくて)|じゃ(?:なく|なくて)|(?
 _DENIED_BEFORE = re.compile(r"(?:(?<![^\W\d_])(?:not|isn't|bukan|không phải|không|hindi)|ไม่ใช่|不是|并非|並非)\s*$",
                             re.IGNORECASE)
 _DENIED_AFTER = re.compile(r"^[^\s\d]{0,3}?\s*(?:では(?:ない|ありません|なかった)|じゃ(?:ない|ありません)|でない|(?:이|가)\s*아니)")
-_CHOICES = r"(?:or|atau|hoặc|หรือ|または|もしくは|あるいは|或者?|还是|還是|또는|혹은)(?![^\W\d_])"
+_CHOICES = r"(?:or|atau|hoặc|หรือ|または|もしくは|あるいは|或者?|还是|還是|또는|혹은|내지는|내지)(?![^\W\d_])"
 _CHOICE_AFTER = re.compile(rf"^[^\s\d]{{0,3}}?\s*(?:か(?!ら)|{_CHOICES})", re.IGNORECASE)
 _CHOICE_BEFORE = re.compile(rf"(?:か|(?<![^\W\d_]){_CHOICES})\s*$", re.IGNORECASE)
 _ASKS = re.compile(r"(?:ですか|でしょうか|吗|嗎)\s*$")
@@ -528,20 +538,25 @@ def gives_reference(answer: str, expected: object, language: str | None = None, 
 # The word that states what something is, before an answer at the end of a line: "The capital of France is Paris.",
 # "Ibu kota Indonesia adalah Jakarta.", "Thủ đô là Hà Nội.", "เมืองหลวงคือ กรุงเทพ".
 _COPULAS = "is|are|was|were|adalah|ialah|merupakan|là|คือ|ay"
+# A topic, a label or a subject that names a wrong answer ("不正解は", "오답은", "Wrong answer:", "The wrong answer
+# is"): what follows it is what the reply rejects.
+_WRONG_TOPIC = re.compile(rf"{_WRONG_ANSWER}\s*(?:は|은|는|{_COPULAS})?$", re.IGNORECASE)
 # What Japanese, Korean and Thai put after a stated answer: "答えはBです。", "정답은 B입니다", "คำตอบคือ B ครับ".
 _COPULA = re.compile(r"\s*(?:です|でした|である|だ|となります|になります|입니다|ครับ|ค่ะ)$")
 # A last sentence that ends in a Japanese or Korean copula states its answer before it ("ネガティブです。", "긍정입니다."),
 # as "Positive." does; a question ("ネガティブですか？") or a denial ("ネガティブではありません。") ends otherwise.
 _FINAL_COPULA = re.compile(r"(?:です|である|だ|입니다)$")
 # What names the thing the answer is about, right before it: the Japanese topic ("この文は"; not the "or" of または,
-# もしくは, あるいは: "ポジティブまたはネガティブです" names two), the Korean topic word ("이 문장은"; not 또는 or 혹은,
-# "or"), or a connective that concludes ("つまり、", "したがって、").
+# もしくは, あるいは, ないしは: "ポジティブまたはネガティブです" names two), the Korean topic word ("이 문장은"; not 또는,
+# 혹은 or 내지는, "or"), or a connective that concludes ("つまり、", "したがって、").
 _TOPIC_BEFORE = re.compile(
-    r"[^\W\d_](?<!また)(?<!もしく)(?<!あるい)(?<!或い)(?<!又)(?<!若しく)は$|(?:^|\s)(?!또는$|혹은$)[^\W\d_]+[은는]$"
+    r"[^\W\d_](?<!また)(?<!もしく)(?<!あるい)(?<!或い)(?<!又)(?<!若しく)(?<!ないし)(?<!乃至)は$"
+    r"|(?:^|\s)(?!또는$|혹은$|내지는$)[^\W\d_]+[은는]$"
     r"|^(?:(?:つまり|したがって|従って|よって|ゆえに|故に|なので|だから|結論として|いや|いいえ|いえ|やはり|やっぱり"
     r"|正しくは|訂正します|실은|아니요|아니)\s?)+$"
 )
-_TOPIC_IN = re.compile(r"^\S*?[^\W\d_](?<!また)(?<!もしく)(?<!あるい)(?<!或い)(?<!又)(?<!若しく)は")
+_TOPIC_IN = re.compile(r"^\S*?[^\W\d_](?<!また)(?<!もしく)(?<!あるい)(?<!或い)(?<!又)(?<!若しく)(?<!ないし)(?<!乃至)"
+                       r"は")
 # Where a sentence ends, after NFKC: 。(which NFKC keeps), ! and ?, and . before a space or the end.
 _LINE_SENTENCE = re.compile(r"(?<=[。!?])|(?<=\.)(?=\s|$)")
 # The word a multiple-choice reply names its pick with ("option C", "ข้อ ข", "ตัวเลือก ค", "pilihan B", "選択肢B"),
@@ -571,9 +586,13 @@ def text_answer_matches(answer: str, expected: object) -> bool:
     "この文はネガティブです。", and after a retraction "イ。いや、ウです。" gives ウ, not イ); else names it after a
     colon ("Sentiment: Positive"), opens with it (:func:`_opens_with`: "C) Paris", "Yes, it is.", "B. Because ...",
     not a list "ア、イ、ウ、エ", "Yes, no." nor "A, B, C, or D"), or after a copula at its end ("... is Paris.").
+    "Not X but Y" commits to Y, in the box, the lead-in's sentence and the last line alike (:func:`_instead`:
+    "「ネガティブ」ではなく「ポジティブ」です。" gives ポジティブ); an answer denied after it, past its quote too, gives
+    nothing ("「ネガティブ」ではありません。"), and nor does a lead-in, topic, label or subject that names a wrong answer
+    ("不正解はポジティブです。", "오답은 긍정입니다.", "The wrong answer is B.": :data:`_WRONG_TOPIC`).
     The reference appearing somewhere is not enough: gold ``B`` is not in ``\\boxed{A}``'s "boxed", gold ``ข`` not
-    in "ข้อ ก", gold ``Jakarta`` not in "Bukan Jakarta, tetapi Bandung", gold ``Negative`` not in "Negative /
-    Positive" nor in "ポジティブまたはネガティブです"."""
+    in "ข้อ ก", gold ``Jakarta`` not in "Bukan Jakarta, tetapi Bandung" (which gives Bandung), gold ``Negative`` not
+    in "Negative / Positive" nor in "ポジティブまたはネガティブです" or "긍정 내지는 부정입니다"."""
     target = normalise_text(str(expected))
     if not target:
         return False
@@ -594,6 +613,7 @@ def text_answer_matches(answer: str, expected: object) -> bool:
     plain = unicodedata.normalize("NFKC", lines[-1]).strip()
     if plain.endswith("?"):  # NFKC makes ？ a ?
         return False
+    plain = _instead(plain)
     normalised = normalise_text(plain)
     if target in (normalised, _OPTION_WORD.sub("", normalised)):
         return True
@@ -601,10 +621,12 @@ def text_answer_matches(answer: str, expected: object) -> bool:
     if stated is not None:  # the line's last sentence states its answer: that is the one it commits to
         return target in (stated, _OPTION_WORD.sub("", stated))
     if ":" in plain:
-        return normalise_text(plain.rsplit(":", 1)[1]) == target
+        label, named = plain.rsplit(":", 1)
+        return normalise_text(named) == target and not _WRONG_TOPIC.search(normalise_text(label))
     if _opens_with(plain, reference):
         return True
-    return re.search(rf"(?:^| )(?:{_COPULAS}) {re.escape(target)}$", normalised) is not None
+    stated = re.search(rf"(?:^| )(?:{_COPULAS}) {re.escape(target)}$", normalised)
+    return stated is not None and not _WRONG_TOPIC.search(normalised[: stated.start()])
 
 
 # What sets an answer apart from what follows it: a closing bracket ("C) Paris"), a sentence end ("B. Because ..."),
@@ -613,9 +635,41 @@ def text_answer_matches(answer: str, expected: object) -> bool:
 _CLOSING = tuple(")]」』】〕》〉")
 _ENDS = tuple(".。!")
 _COMMAS = tuple(",、;")
-# A conjunction that makes what follows an answer another option: "A or B", "ア または イ", "A, B, C, or D".
-_ALTERNATIVE = re.compile(r"^(?:or|and|nor|atau|hoặc|và|หรือ|o|または|もしくは|あるいは|か|や|と|또는|혹은|或|或者|还是|還是)"
-                          r"(?![^\W\d_])", re.IGNORECASE)
+# A conjunction that makes what follows an answer another option: "A or B", "ア または イ", "A, B, C, or D", "긍정 내지는
+# 부정".
+_ALTERNATIVE = re.compile(r"^(?:or|and|nor|atau|hoặc|và|หรือ|o|または|もしくは|あるいは|か|や|と|또는|혹은|내지는|내지|或|或者"
+                          r"|还是|還是)(?![^\W\d_])", re.IGNORECASE)
+# What denies the answer right after it, past a closing bracket, a colon or a space: "「ネガティブ」ではありません",
+# "「ネガティブ」は間違い", "「긍정」이 아닙니다", "(C) is not correct", "「B」不是", in the languages _DENIED_AFTER and
+# _DENIED_BEFORE know. A bare "not" is left out: "C) Not enough information" is an option's text.
+_DENIAL_AFTER = re.compile(
+    r"^(?:では(?:なく|ない|ありません|なかった)|じゃ(?:なく|ない|ありません)|でない|でもない|でなく|とは(?:言え|いえ|思|限ら)"
+    r"|は(?:間違|誤|不正解|違)|(?:이|가)?\s*아(?:니|닙|닌|님|냐)|[은는]\s*(?:오답|틀|잘못)"
+    r"|(?:is|are|was|were)\s+(?:not|wrong|incorrect)(?![^\W\d_])|(?:is|are|was|were)n['’]t"
+    r"|不是|并非|並非|không phải|ไม่ใช่)",
+    re.IGNORECASE,
+)
+# The Japanese and Korean copula that joins a second clause ("正解はネガティブで、不正解は…", "정답은 부정이고 오답은 …"):
+# the answer is stated, when the clause it joins is about something else (has its own topic), not "アで、イでもある".
+_JOINING_COPULA = re.compile(r"^(?:で[、,]|이고\s|이며\s)")
+_OWN_TOPIC = re.compile(r"[^\W\d_](?:は|[은는](?![^\W\d_]))")
+# "not" that a following "but" takes back: "Not Jakarta, but Bandung", "bukan X tetapi Y", "不是X而是Y"
+_NOT = re.compile(r"(?<![^\W\d_])(?:not|bukan|không phải|hindi)(?![^\W\d_])|不是|并非|並非", re.IGNORECASE)
+_PLAIN_BUT = frozenset({"but", "tetapi", "tapi"})
+
+
+def _instead(text: str) -> str:
+    """What ``text`` commits to when it says "not X but Y" (:data:`_INSTEAD`; "but" only after a "not"): Y, as the
+    numeric rule reads it. "「ネガティブ」ではなく「ポジティブ」です" is ポジティブ, never ネガティブ."""
+    last = None
+    for found in _INSTEAD.finditer(text):
+        if found.group(0).casefold() not in _PLAIN_BUT or _NOT.search(text, 0, found.start()):
+            last = found
+    if last is None or not text[last.end():].strip(" ,，、:：.。!！"):
+        return text
+    return text[last.end():]
+
+
 _KANA_OR_HAN = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
 _HIRAGANA = re.compile(r"[\u3040-\u309f]")
 
@@ -635,9 +689,11 @@ def _is_clause(text: str) -> bool:
 def _opens_with(text: str, reference: str, *, spaced: bool = False) -> bool:
     """Whether ``text`` (one line, the box or the lead-in's sentence) opens with ``reference`` (NFKC, casefolded),
     set apart from what follows: by a closing bracket, a colon or nothing; by a sentence end ("B. Because ..."); by a
-    comma before a clause, or (``spaced``: a box, a lead-in's sentence, which commit to what they open with) a space, not before another option (:func:`_is_clause`: "Yes, it is." but not "Yes,
-    no.", "ア、イ、ウ、エ", "A or B"). A longer word ("BC", "超ネガティブ") or a denial ("ポジティブではない") is
-    another answer."""
+    comma before a clause, or (``spaced``: a box, a lead-in's sentence, which commit to what they open with) a space
+    or a copula joining a clause about something else ("ネガティブで、不正解は…"), not before another option
+    (:func:`_is_clause`: "Yes, it is." but not "Yes, no.", "ア、イ、ウ、エ", "A or B", "긍정 내지는 부정"). A longer
+    word ("BC", "超ネガティブ") or a denial after it, past its bracket too (:data:`_DENIAL_AFTER`:
+    "ポジティブではない", "「ネガティブ」ではありません", "(C) is not correct") is another answer."""
     plain = unicodedata.normalize("NFKC", text).casefold().strip()
     opening = _OPTION_WORD.sub("", plain.lstrip(" \t([*「『【〔《〈"))
     if not reference or not opening.startswith(reference):
@@ -645,6 +701,10 @@ def _opens_with(text: str, reference: str, *, spaced: bool = False) -> bool:
     rest = opening[len(reference):]
     if not rest.strip(" .。!*"):
         return True
+    if _DENIAL_AFTER.match(rest.lstrip(" *" + "".join(_CLOSING) + ":")):
+        return False
+    if spaced and _JOINING_COPULA.match(rest):
+        return _OWN_TOPIC.search(_JOINING_COPULA.sub("", rest)) is not None
     if rest.startswith("..."):
         return False
     if rest[0] in _CLOSING or rest[0] == ":":
@@ -661,7 +721,8 @@ def _opens_with(text: str, reference: str, *, spaced: bool = False) -> bool:
 
 def _commits_to(candidate: str, target: str, reference: str) -> bool:
     """Whether a box's content or a lead-in's sentence is the reference: equal after normalisation (an option word
-    dropped), or opening with it (:func:`_opens_with`)."""
+    dropped), or opening with it (:func:`_opens_with`); after "not X but Y", Y is the candidate (:func:`_instead`)."""
+    candidate = _instead(candidate)
     normalised = normalise_text(candidate)
     if target in (normalised, _OPTION_WORD.sub("", normalised)):
         return True
@@ -688,4 +749,6 @@ def _stated_before_copula(line: str) -> str | None:
         return None
     # Japanese runs the answer on after its topic's は: この文はネガティブ, 実はポジティブ
     topic = _TOPIC_IN.match(said)
+    if _WRONG_TOPIC.search(head) or (topic and _WRONG_TOPIC.search(said[: topic.end()])):
+        return ""  # "不正解はポジティブです。", "오답은 긍정입니다.": it states the wrong answer, not its own
     return said[topic.end():] if topic and topic.end() < len(said) else said

@@ -140,3 +140,53 @@ DENIALS_QUESTIONS_CHOICES = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), DENIALS_QUESTIONS_CHOICES)
 def test_a_denied_asked_or_offered_number_is_not_the_answer(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+KO_SENTIMENT = ("긍정", "부정")
+THREE_WAY = ("ポジティブ", "ネガティブ", "中立")
+
+TEXT_DENIALS_AND_WRONG_ANSWERS = [
+    # a quoted or opening answer followed by its denial is denied; "not X but Y" commits to Y, as the numeric rule
+    ("「ネガティブ」ではなく「ポジティブ」です。", SENTIMENT, "ポジティブ", "ja"),
+    ("「ネガティブ」ではありません。", SENTIMENT, None, "ja"),
+    ("答えは「ネガティブ」ではありません。", SENTIMENT, None, "ja"),
+    ("「ネガティブ」は間違いです。", SENTIMENT, None, "ja"),
+    ("ネガティブではなく、ポジティブです。", SENTIMENT, "ポジティブ", "ja"),
+    ("「긍정」이 아니라 「부정」입니다.", KO_SENTIMENT, "부정", "ja"),
+    ("「긍정」이 아니라 「부정」입니다.", KO_SENTIMENT, "부정", "ko"),
+    ("「긍정」이 아닙니다.", KO_SENTIMENT, None, "ko"),
+    ("(C) is not correct", LATIN, None, "en"),
+    ("Not B, but C.", LATIN, "C", "en"),
+    # a topic, lead-in or label that names a wrong answer (不正解, 오답, wrong answer) does not commit to what it names
+    ("正解はネガティブで、不正解はポジティブです。", SENTIMENT, "ネガティブ", "ja"),
+    ("不正解はポジティブです。", SENTIMENT, None, "ja"),
+    ("정답은 부정이고 오답은 긍정입니다.", KO_SENTIMENT, "부정", "ja"),
+    ("정답은 부정이고 오답은 긍정입니다.", KO_SENTIMENT, "부정", "ko"),
+    ("오답은 긍정입니다.", KO_SENTIMENT, None, "ko"),
+    ("The wrong answer is B.", LATIN, None, "en"),
+    ("Wrong answer: B", LATIN, None, "en"),
+    ("The wrong answer is 12. The answer is 13.", EN_COUNT, "13", "en"),
+    # "or" (내지는, 내지, ないしは) names two, neither the answer
+    ("긍정 내지는 부정입니다.", KO_SENTIMENT, None, "ja"),
+    ("긍정 내지 부정입니다.", KO_SENTIMENT, None, "ko"),
+    ("정답은 긍정 내지는 부정입니다.", KO_SENTIMENT, None, "ko"),
+    ("ポジティブないしはネガティブです。", SENTIMENT, None, "ja"),
+    # a joined clause without a topic of its own names a second answer
+    ("答えはアで、イでもある", KANA, None, "ja"),
+    # right answers keep passing
+    ("ポジティブです。", SENTIMENT, "ポジティブ", "ja"),
+    ("この文はネガティブです。", SENTIMENT, "ネガティブ", "ja"),
+    ("答えは「ポジティブ」です。", SENTIMENT, "ポジティブ", "ja"),
+    ("答えはネガティブで、理由は否定語が多いからです。", SENTIMENT, "ネガティブ", "ja"),
+    ("The answer is (C) Paris", LATIN, "C", "en"),
+    ("C) Paris", LATIN, "C", "en"),
+    ("C) Not enough information", LATIN, "C", "en"),
+    ("Sentiment: Positive", ("Positive", "Negative"), "Positive", "en"),
+    ("The capital of France is Paris.", ("Paris", "London"), "Paris", "en"),
+    ("ポジティブ、ネガティブ、中立の3択で、答えは中立です。", THREE_WAY, "中立", "ja"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), TEXT_DENIALS_AND_WRONG_ANSWERS)
+def test_a_denied_or_wrong_answer_text_is_not_the_answer(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

@@ -622,13 +622,19 @@ def text_answer_matches(answer: str, expected: object) -> bool:
         return target in (stated, _OPTION_WORD.sub("", stated))
     if ":" in plain:
         label, named = plain.rsplit(":", 1)
-        return normalise_text(named) == target and not _WRONG_TOPIC.search(normalise_text(label))
+        label, named = normalise_text(label), normalise_text(named)
+        if named == target:
+            return not _WRONG_TOPIC.search(label)
+        # an option's label before its text ("C: Paris", "ウ：東京"); two labels ("ア：イ") name the second
+        return _OPTION_LABEL.fullmatch(label) is not None and label == target and not _OPTION_LABEL.fullmatch(named)
     if _opens_with(plain, reference):
         return True
     stated = re.search(rf"(?:^| )(?:{_COPULAS}) {re.escape(target)}$", normalised)
     return stated is not None and not _WRONG_TOPIC.search(normalised[: stated.start()])
 
 
+# An option's label, normalised ("c", "ウ", "12"): one before a colon and an option's text is the pick.
+_OPTION_LABEL = re.compile(r"[^\W\d_]|\d{1,2}")
 # What sets an answer apart from what follows it: a closing bracket ("C) Paris"), a sentence end ("B. Because ..."),
 # a colon ("C: 42"), a comma ("Yes, it is."); read after NFKC (：is :, ）is ), ．is .), with the ideographic marks it
 # keeps. "…" is "..." after NFKC: "ネガティブ…かな" trails off, it does not state.

@@ -69,6 +69,11 @@ ONE_COMMITMENT = [
     ("答えはアかイです。", KANA, None, "ja"),
     ("The answer is A or B.", LATIN, None, "en"),
     ("答えはア、イ、ウ、エ", KANA, None, "ja"),
+    # an option's label before its text is the pick (the hardened rule read only what follows the colon, and
+    # "C: Paris" gave no letter); two labels name the second
+    ("C: Paris", LATIN, "C", "en"),
+    ("ウ：東京", KANA, "ウ", "ja"),
+    ("ア：イ", KANA, "イ", "ja"),
 ]
 
 LISTS_AND_RETRACTIONS = [

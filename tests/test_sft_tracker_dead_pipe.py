@@ -4,11 +4,9 @@ trackers wrote that step but before the record of it: the resumed run gave Tenso
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
-from typing import Any
 
 import pytest
-from test_sft_tracker_resume import logged_steps
+from test_sft_tracker_resume import logged_steps, train
 from transformers import TrainerCallback
 
 from sft_helpers import prepared_rows
@@ -32,29 +30,10 @@ class DeadPipe(TrainerCallback):
             raise BrokenPipeError(32, "Broken pipe")
 
 
-def train(model_dir: Path, rows: Any, out: Path, *, resume: Path | None = None, dead_at: int | None = None) -> None:
-    from trl import SFTConfig, SFTTrainer
-
-    from tempa.sft.config import DEFAULT_TRAIN_ARGS
-    from tempa.sft.trackers import continue_trackers
-    from tempa.sft.train_plan import TrainPlan
-    from tempa.sft.train_worker import trl_config_kwargs
-
-    dataset, tokenizer = rows
-    args = {**DEFAULT_TRAIN_ARGS, "max_length": 512, "per_device_train_batch_size": 1, "max_steps": 4,
-            "logging_steps": 1, "save_steps": 2, "dataloader_num_workers": 0, "report_to": ["tensorboard"]}
-    config = SFTConfig(**{**trl_config_kwargs(TrainPlan.standalone(model_dir, out, args)), "assistant_only_loss": False})
-    trainer = SFTTrainer(model=str(model_dir), args=config, train_dataset=dataset, processing_class=tokenizer)
-    if dead_at is not None:  # added with the trainer, as the worker adds its progress line
-        trainer.add_callback(DeadPipe(dead_at))
-    continue_trackers(trainer, out, resumed=resume is not None)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-
-
 def test_a_step_logged_before_the_progress_line_hit_a_dead_pipe_is_not_logged_again(tmp_path, tiny_model_dir, rows):
     out = tmp_path / "checkpoints"
     with pytest.raises(BrokenPipeError):
-        train(tiny_model_dir, rows, out, dead_at=3)
+        train(tiny_model_dir, rows, out, dies=DeadPipe(3))
     assert logged_steps(out, "train/loss") == Counter({1: 1, 2: 1, 3: 1})
     train(tiny_model_dir, rows, out, resume=out / "checkpoint-2")
     assert logged_steps(out, "train/loss") == Counter({1: 1, 2: 1, 3: 1, 4: 1})

@@ -32,7 +32,10 @@ class KillAfterLogging(TrainerCallback):
             raise Killed
 
 
-def train(model_dir: Path, rows: Any, out: Path, *, resume: Path | None = None, kill_at: int | None = None) -> None:
+def train(model_dir: Path, rows: Any, out: Path, *, resume: Path | None = None, kill_at: int | None = None,
+          dies: TrainerCallback | None = None) -> None:
+    """A 4-step run with TensorBoard; ``kill_at``: killed after logging that step; ``dies``: a callback added with the
+    trainer, before tempa's tracker wrapping, as the worker adds its progress line."""
     from trl import SFTConfig, SFTTrainer
 
     from tempa.sft.config import DEFAULT_TRAIN_ARGS
@@ -45,6 +48,8 @@ def train(model_dir: Path, rows: Any, out: Path, *, resume: Path | None = None, 
             "logging_steps": 1, "save_steps": 2, "dataloader_num_workers": 0, "report_to": ["tensorboard"]}
     config = SFTConfig(**{**trl_config_kwargs(TrainPlan.standalone(model_dir, out, args)), "assistant_only_loss": False})
     trainer = SFTTrainer(model=str(model_dir), args=config, train_dataset=dataset, processing_class=tokenizer)
+    if dies is not None:
+        trainer.add_callback(dies)
     continue_trackers(trainer, out, resumed=resume is not None)
     if kill_at is not None:
         trainer.add_callback(KillAfterLogging(kill_at))

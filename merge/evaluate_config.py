@@ -249,7 +249,7 @@ class WinRateSuite(_GenerationSuite):
 
     type: Literal["win_rate"]
     reports: ClassVar[frozenset[str] | None] = frozenset({"win_rate", "micro_win_rate", "rows", "consistency", "unparsable",
-                                                                     "truncated"})
+                                                                     "unparsable:judge", "truncated"})
     breakdowns: ClassVar[dict[str, str]] = {"win_rate": "category"}
     baseline: BackendConfig = Field(
         description="The model compared against: `{type: transformers|vllm|http, ...}` (transformers without "

@@ -59,7 +59,8 @@ from tempa.recipes.registry import stage_kind
 from tempa.recipes.rundir import done_fingerprint, read_manifest
 from tempa.recipes.schema import TINY_DEFAULT
 from tempa.sft.checkpoints import checkpoint_saves
-from tempa.sft.global_batch import accumulation_for
+from tempa.sft.global_batch import accumulation_for, rows_per_step
+from tempa.sft.global_batch import data_parallel as ranks_of
 from tempa.sft.stage_api import (
     EstimateInputs,
     GenerationWork,
@@ -585,7 +586,7 @@ def _batch(train: dict[str, Any], hardware: Hardware, per_sequence: float, seque
     """
     max_length = int(max_length or train.get("max_length") or 1024)
     rows = int(train.get("per_device_train_batch_size", 8))
-    data_parallel = max(1, hardware.gpus // launch.sequence_parallel)
+    data_parallel = ranks_of(hardware.gpus, launch.sequence_parallel)
     accumulation, problem = int(train.get("gradient_accumulation_steps", 1)), None
     if launch.global_batch_size is not None:
         try:
@@ -678,11 +679,11 @@ def _global_batch_note(estimate: StageEstimate, train: dict[str, Any], hardware:
         estimate.notes.append(f"global batch {launch.global_batch_size} (launch.global_batch_size): "
                               f"gradient_accumulation_steps {estimate.accumulation} on {hardware.label}")
         return
-    recipe_dp = max(1, launch.processes // launch.sequence_parallel)
-    intended = rows * int(train.get("gradient_accumulation_steps", 1)) * recipe_dp
+    intended = rows_per_step(rows, int(train.get("gradient_accumulation_steps", 1)), launch.processes,
+                             launch.sequence_parallel)
     if estimate.global_batch == intended:
         return
-    ranks = max(1, hardware.gpus // launch.sequence_parallel)
+    ranks = ranks_of(hardware.gpus, launch.sequence_parallel)
     try:
         here = accumulation_for(intended, rows, ranks)
         keep = (f"to keep {intended} on any hardware set launch.global_batch_size: {intended} "
@@ -840,7 +841,7 @@ def estimate_recipe(
             # pretrain tokenises without the template, so one that does not fit stops only the sft stages
             usable = tokenizer if stage.kind == "pretrain" or not problem else None
             inputs = EstimateInputs(avg_tokens_thinking_on, avg_tokens_thinking_off, dict(sizes), result, usable,
-                                    data_parallel=max(1, machine.gpus // launch.sequence_parallel),
+                                    data_parallel=ranks_of(machine.gpus, launch.sequence_parallel),
                                     global_batch_size=launch.global_batch_size)
             estimates.append(estimate_stage(stage.name, stage.kind, kind.estimate(stage, inputs), shape, machine,
                                             mfu, launch=launch, unknown_size=source))

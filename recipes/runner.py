@@ -52,6 +52,7 @@ from tempa.recipes.rundir import (
 from tempa.recipes.schema import TINY_DEFAULT, LaunchConfig
 from tempa.sft.checkpoints import CheckpointLaunch, last_complete_checkpoint, launch_refusal
 from tempa.sft.files import cache_root, digest, file_digest, path_digest, point_link, write_atomic
+from tempa.sft.global_batch import rows_per_step
 from tempa.sft.run_layout import (
     CHECKPOINTS_DIR,
     DONE,
@@ -388,8 +389,8 @@ def planned_launch(launch: LaunchConfig, train: Mapping[str, Any]) -> Checkpoint
     batch = launch.global_batch_size
     per_device = train.get("per_device_train_batch_size")
     if batch is None and processes and isinstance(per_device, int):
-        batch = per_device * int(train.get("gradient_accumulation_steps", 1)) * \
-            max(1, processes // launch.sequence_parallel)
+        batch = rows_per_step(per_device, int(train.get("gradient_accumulation_steps", 1)), processes,
+                              launch.sequence_parallel)
     return CheckpointLaunch(kind, processes, batch, zero_stage=engine.zero_stage,
                             sequence_parallel=launch.sequence_parallel)
 

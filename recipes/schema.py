@@ -20,7 +20,7 @@ from pydantic import (
 from tempa.alignment.rl_config import DEFAULT_RL_ARGS, generation_batch
 from tempa.chat_templates.baking import GenerationDefaults
 from tempa.recipes.engine import SHIPPED_ACCELERATE, SHIPPED_DEEPSPEED, Engine, read_engine, shipped_path
-from tempa.sft.global_batch import accumulation_for
+from tempa.sft.global_batch import accumulation_for, data_parallel
 from tempa.sft.run_layout import safe_name
 from tempa.sft.stage_api import OnOff, looks_local, resolve_path
 from tempa.sft.suggest import did_you_mean
@@ -196,15 +196,15 @@ def _rl_fits_the_launch(stage: Any, info: ValidationInfo) -> Any:
     processes = launch.processes()
     if processes is None or any(type(train.get(key)) not in (int, type(None)) for key in keys):
         return stage  # accelerate counts the GPUs when the launch does not say
-    data_parallel = max(1, processes // launch.sequence_parallel)
+    ranks = data_parallel(processes, launch.sequence_parallel)
     if launch.global_batch_size is not None:
         try:  # what the worker sets, and trl's default steps_per_generation follows
             train["gradient_accumulation_steps"] = accumulation_for(
-                launch.global_batch_size, train["per_device_train_batch_size"], data_parallel)
+                launch.global_batch_size, train["per_device_train_batch_size"], ranks)
         except ValueError:
             return stage  # `tempa plan` warns of a global batch the launch cannot make
     try:
-        batch = generation_batch(train, data_parallel)
+        batch = generation_batch(train, ranks)
     except ValueError as exc:
         raise ValueError(f"train.{exc}") from None
     prompts = stage.get("prompts")

@@ -32,6 +32,7 @@ from tempa.sft.checkpoints import (
     rotate_checkpoints,
 )
 from tempa.sft.files import remove_tree, sync_tree, umask_modes, write_marker
+from tempa.sft.global_batch import accumulation_for, data_parallel, rows_per_step
 from tempa.sft.kernels import (
     KernelChoice,
     KernelEnv,
@@ -169,12 +170,10 @@ def parallel_kwargs(plan: TrainPlan, world_size: int | None = None) -> dict[str,
     if multiple > 1 and plan.trainer == "sft" and train.get("pad_to_multiple_of") is None:
         out["pad_to_multiple_of"] = multiple  # trl's collator pads each batch (packed rows too) to it
     if env.global_batch_size is not None:
-        from tempa.sft.global_batch import accumulation_for
-
-        per_device = int(train.get("per_device_train_batch_size", 8))
-        steps = accumulation_for(env.global_batch_size, per_device, max(1, world // env.sequence_parallel))
+        per_device, ranks = int(train.get("per_device_train_batch_size", 8)), data_parallel(world, env.sequence_parallel)
+        steps = accumulation_for(env.global_batch_size, per_device, ranks)
         print(f"[tempa] global batch {env.global_batch_size}: gradient_accumulation_steps {steps} "
-              f"({per_device} per device x {world // env.sequence_parallel} data-parallel ranks)", flush=True)
+              f"({per_device} per device x {ranks} data-parallel ranks)", flush=True)
         out["gradient_accumulation_steps"] = steps
     return out
 
@@ -450,7 +449,7 @@ def launch_of(trainer, plan: TrainPlan) -> CheckpointLaunch:
     engine = "deepspeed" if kind == DistributedType.DEEPSPEED else "fsdp" if kind == DistributedType.FSDP else "plain"
     zero = int(state.deepspeed_plugin.zero_stage) if engine == "deepspeed" else 0
     processes, sequence = trainer.accelerator.num_processes, plan.env.sequence_parallel
-    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, processes // sequence)
+    batch = rows_per_step(args.per_device_train_batch_size, args.gradient_accumulation_steps, processes, sequence)
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     return CheckpointLaunch(engine, processes, batch, zero_stage=zero, sequence_parallel=sequence, precision=precision)
 

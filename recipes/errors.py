@@ -169,8 +169,13 @@ def _misplaced(key: object, model: type[BaseModel] | None, loc: Sequence[str | i
     from tempa.recipes.registry import stage_kinds  # the stage packages import this module
 
     configs = [kind.config for kind in stage_kinds().values()]
-    if "kind" in model.model_fields:  # a stage's own key: nothing in a stage is above it
-        return ""
+    if "kind" in model.model_fields:  # a stage's config, validated on its own: the recipe's keys are above it
+        from tempa.recipes.schema import LaunchConfig, Recipe
+
+        if key in Recipe.model_fields:
+            return "; it belongs at the top of the recipe, not inside a stage"
+        return "; it belongs under the recipe's `launch:` (every stage trains with it)" \
+            if key in LaunchConfig.model_fields else ""
     if any(key in _keys_at(config, ()) for config in configs):
         return "; it belongs inside a stage (an entry of `stages:`)"
     if any(_train_takes(config, key) for config in configs):

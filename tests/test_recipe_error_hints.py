@@ -211,3 +211,15 @@ def test_every_on_off_field_of_the_json_schema_takes_a_boolean():
 
     walk(reference.json_schema(), [])
     assert found and all(found), found
+
+
+@pytest.mark.parametrize(("key", "hint"), [
+    ("launch: {accelerate_config: zero3}", "it belongs at the top of the recipe, not inside a stage"),
+    ("num_processes: 2", "it belongs under the recipe's `launch:` (every stage trains with it)"),
+])
+def test_a_recipe_key_inside_a_stage_is_sent_to_the_top(tmp_path, key, hint):
+    """Stages are validated on their own: a recipe's key written in one got no hint (review of the hints above)."""
+    text = sft_recipe().replace("        kind: sft\n", f"        kind: sft\n        {key}\n")
+    message = error_of(tmp_path, text)
+    assert message.startswith(f"{tmp_path / 'r.yaml'}:6: stages[0].{key.split(':')[0]} (stage 'sft-general'): unknown")
+    assert message.endswith(hint)

@@ -544,17 +544,33 @@ _WRONG_TOPIC = re.compile(rf"{_WRONG_ANSWER}\s*(?:は|은|는|{_COPULAS})?$", re
 # What Japanese, Korean and Thai put after a stated answer: "答えはBです。", "정답은 B입니다", "คำตอบคือ B ครับ".
 _COPULA = re.compile(r"\s*(?:です|でした|である|だ|となります|になります|입니다|ครับ|ค่ะ)$")
 # A last sentence that ends in a Japanese or Korean copula states its answer before it ("ネガティブです。", "긍정입니다."),
-# as "Positive." does; a question ("ネガティブですか？") or a denial ("ネガティブではありません。") ends otherwise.
-_FINAL_COPULA = re.compile(r"(?:です|である|だ|입니다)$")
+# as "Positive." does, and so does one that ends in its conjecture or in "I think it is" ("ネガティブでしょう。",
+# "ネガティブだと思います。": a model's usual way of stating); a question ("ネガティブですか？", "ネガティブでしょうか？"),
+# a denial ("ネガティブではありません。") or a thought denied ("ネガティブだとは思いません。") ends otherwise.
+_FINAL_COPULA = re.compile(r"(?:(?:です|である|だ|でしょう|だろう)?と(?:思(?:います|う|われます|われる)"
+                           r"|考え(?:ます|る|られます|られる))|です|である|だ|でしょう|だろう|입니다)$")
 # What names the thing the answer is about, right before it: the Japanese topic ("この文は"; not the "or" of または,
 # もしくは, あるいは, ないしは: "ポジティブまたはネガティブです" names two), the Korean topic word ("이 문장은"; not 또는,
-# 혹은 or 내지는, "or"), or a connective that concludes ("つまり、", "したがって、").
+# 혹은 or 내지는, "or"), or a connective that concludes or that states with a guess ("つまり、", "したがって、",
+# "たぶん、").
+_TOPIC_WORD = (r"[^\W\d_](?<!また)(?<!もしく)(?<!あるい)(?<!或い)(?<!又)(?<!若しく)(?<!ないし)(?<!乃至)は$"
+               r"|(?:^|\s)(?!또는$|혹은$|내지는$)[^\W\d_]+[은는]$")
+_CONNECTIVES = (r"つまり|したがって|従って|よって|ゆえに|故に|なので|だから|結論として|やはり|やっぱり|たぶん|多分|おそらく"
+                r"|恐らく|きっと")
 _TOPIC_BEFORE = re.compile(
-    r"[^\W\d_](?<!また)(?<!もしく)(?<!あるい)(?<!或い)(?<!又)(?<!若しく)(?<!ないし)(?<!乃至)は$"
-    r"|(?:^|\s)(?!또는$|혹은$|내지는$)[^\W\d_]+[은는]$"
-    r"|^(?:(?:つまり|したがって|従って|よって|ゆえに|故に|なので|だから|結論として|いや|いいえ|いえ|やはり|やっぱり"
-    r"|正しくは|訂正します|실은|아니요|아니)\s?)+$"
+    rf"{_TOPIC_WORD}|^(?:(?:{_CONNECTIVES}|いや|いいえ|いえ|正しくは|訂正します|실은|아니요|아니)\s?)+$"
 )
+# A topic a sentence without a copula states its answer after ("この文はネガティブ。"); not the は of では, とは, には,
+# which deny or set a frame ("ネガティブではない。", "ネガティブだとは思いません。").
+_PLAIN_TOPIC = re.compile(rf"(?:{_TOPIC_WORD})(?<![でとに]は)")
+# The same connectives run on into the answer without a comma ("したがってネガティブです。", "たぶんネガティブです。").
+_LEADING_CONNECTIVES = re.compile(rf"^(?:{_CONNECTIVES})+")
+# "But" that ends a conceded clause before the sentence's own topic ("ネガティブな面もあるが、全体としてはポジティブ
+# です。"): what follows is what the sentence states. After a verb or an adjective (hiragana), not a subject's が
+# ("ネガティブが").
+_CONCEDED = re.compile(r"[\u3040-\u309f](?:が|けど|けれど|けれども)$|ものの$")
+# A noun the answer describes ("ネガティブな感情です。": a negative feeling): the answer is the word before it.
+_DESCRIBED_NOUN = re.compile(r"(?<=[^\W\d_])な(?:感情|気持ち|感じ|印象|評価|意見|内容|文|文章|表現|トーン|レビュー|もの|ほう|方)$")
 _TOPIC_IN = re.compile(r"^\S*?[^\W\d_](?<!また)(?<!もしく)(?<!あるい)(?<!或い)(?<!又)(?<!若しく)(?<!ないし)(?<!乃至)"
                        r"は")
 # Where a sentence ends, after NFKC: 。(which NFKC keeps), ! and ?, and . before a space or the end.
@@ -582,8 +598,11 @@ def text_answer_matches(answer: str, expected: object) -> bool:
     option word before it ("option C", "ข้อ ข"), or opens with it (:func:`_opens_with`: "(C) Paris", "C: 42").
 
     The last line gives it when the line asks nothing (a line ending in ? gives no answer: "ネガティブ？") and: equals
-    it; or its last sentence states it before a final Japanese or Korean copula (:func:`_stated_before_copula`:
-    "この文はネガティブです。", and after a retraction "イ。いや、ウです。" gives ウ, not イ); else names it after a
+    it; or its last sentence states it before a final Japanese or Korean copula, conjecture or "I think"
+    (:func:`_stated_before_copula`: "この文はネガティブです。", "ネガティブだと思います。", "たぶんネガティブでしょう。",
+    "したがってネガティブです。", "ネガティブな感情です。", a line of one sentence with a topic "この文はネガティブ。",
+    never "ネガティブだとは思いません。" nor "超ネガティブだと思います。"; after a retraction "イ。いや、ウです。"
+    gives ウ, not イ; after a conceded clause "ネガティブな面もあるが、全体としてはポジティブです。" ポジティブ); else names it after a
     colon ("Sentiment: Positive"), opens with it (:func:`_opens_with`: "C) Paris", "Yes, it is.", "B. Because ...",
     not a list "ア、イ、ウ、エ", "Yes, no." nor "A, B, C, or D"), or after a copula at its end ("... is Paris.").
     "Not X but Y" commits to Y, in the box, the lead-in's sentence and the last line alike (:func:`_instead`:
@@ -619,7 +638,7 @@ def text_answer_matches(answer: str, expected: object) -> bool:
         return True
     stated = _stated_before_copula(plain)
     if stated is not None:  # the line's last sentence states its answer: that is the one it commits to
-        return target in (stated, _OPTION_WORD.sub("", stated))
+        return any(target in (reading, _OPTION_WORD.sub("", reading)) for reading in stated)
     if ":" in plain:
         label, named = plain.rsplit(":", 1)
         label, named = normalise_text(label), normalise_text(named)
@@ -735,26 +754,36 @@ def _commits_to(candidate: str, target: str, reference: str) -> bool:
     return _opens_with(candidate, reference, spaced=True)
 
 
-def _stated_before_copula(line: str) -> str | None:
-    """What the last sentence of ``line`` (NFKC) states before a final Japanese or Korean copula (normalised), as "It
-    is positive." states it before its full stop: the whole sentence ("ポジティブです。", "Ｂです。", "긍정입니다."),
-    or what follows its topic or a concluding or retracting connective ("この文はネガティブです。", "이 문장은
-    긍정입니다.", "つまり、ネガティブです。", "いや、ウです。", "いいえ、実はポジティブです。"); None when the sentence
-    ends otherwise (a denial "ポジティブではありません。", a question) or names more than its answer before it
-    ("ポジティブ、ネガティブです。", "긍정 또는 부정입니다."). What it states may still be no option:
-    "ポジティブかネガティブ", "ポジティブではない"."""
+def _stated_before_copula(line: str) -> tuple[str, ...] | None:
+    """What the last sentence of ``line`` (NFKC) states before a final Japanese or Korean copula (normalised; its
+    readings: as written and without a leading connective or a described noun), as "It is positive." states it before
+    its full stop: the whole sentence ("ポジティブです。", "Ｂです。", "긍정입니다.", "ネガティブでしょう。",
+    "ネガティブだと思います。", "ネガティブな感情です。"), or what follows its topic or a concluding, guessing or
+    retracting connective ("この文はネガティブです。", "이 문장은 긍정입니다.", "つまり、ネガティブです。",
+    "したがってネガティブです。", "たぶんネガティブです。", "いや、ウです。", "いいえ、実はポジティブです。"), or
+    a conceded clause before a topic ("ネガティブな面もあるが、全体としてはポジティブです。"); a line of one sentence
+    with a topic states its answer without a copula too ("この文はネガティブ。"). None when the sentence ends otherwise
+    (a denial "ポジティブではありません。", a question) or names more than its answer before it ("ポジティブ、
+    ネガティブです。", "긍정 또는 부정입니다."); () when its topic names a wrong answer. What it states may still be no
+    option: "ポジティブかネガティブ", "ポジティブではない", "超ネガティブ"."""
     sentences = [part for part in _LINE_SENTENCE.split(line) if part.strip()]
     if not sentences or sentences[-1].rstrip()[-1:] in "?":
         return None
     sentence = sentences[-1].strip().rstrip("。.!")
     stated, copulas = _FINAL_COPULA.subn("", sentence)
-    if not copulas:
-        return None
     head, _, said = normalise_text(stated).rpartition(" ")
-    if head and not _TOPIC_BEFORE.search(head):
-        return None
     # Japanese runs the answer on after its topic's は: この文はネガティブ, 実はポジティブ
     topic = _TOPIC_IN.match(said)
+    if head and not (_TOPIC_BEFORE.search(head) or (topic and _CONCEDED.search(head))):
+        return None
+    if not copulas:
+        # without a copula only a topic says that this is the answer, and only where nothing comes before it: in
+        # "ネガティブ。理由は否定語が多いから。" the answer is the first sentence, not the reason
+        plain_topic = _PLAIN_TOPIC.search(head) or (topic and _PLAIN_TOPIC.search(said[: topic.end()]))
+        if len(sentences) > 1 or not plain_topic:
+            return None
     if _WRONG_TOPIC.search(head) or (topic and _WRONG_TOPIC.search(said[: topic.end()])):
-        return ""  # "不正解はポジティブです。", "오답은 긍정입니다.": it states the wrong answer, not its own
-    return said[topic.end():] if topic and topic.end() < len(said) else said
+        return ()  # "不正解はポジティブです。", "오답은 긍정입니다.": it states the wrong answer, not its own
+    said = said[topic.end():] if topic and topic.end() < len(said) else said
+    plain = _LEADING_CONNECTIVES.sub("", said) or said
+    return tuple({reading for text in (said, plain) for reading in (text, _DESCRIBED_NOUN.sub("", text) or text)})

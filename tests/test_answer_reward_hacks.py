@@ -195,3 +195,51 @@ TEXT_DENIALS_AND_WRONG_ANSWERS = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), TEXT_DENIALS_AND_WRONG_ANSWERS)
 def test_a_denied_or_wrong_answer_text_is_not_the_answer(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+KANA_SENTIMENT = ("ポジティブ", "ネガティブ", "中立", "ア", "イ", "ウ", "エ")
+
+HEDGED_AND_THOUGHT_STATEMENTS = [
+    # how models state a Japanese answer: "I think it is X", a conjecture, a guessing or concluding adverb, a topic
+    # without a copula, a described noun, a conceded clause; each scored 0
+    ("ネガティブだと思います。", KANA_SENTIMENT, "ネガティブ", "ja"),
+    ("ネガティブだと考えます。", KANA_SENTIMENT, "ネガティブ", "ja"),
+    ("ネガティブでしょう。", KANA_SENTIMENT, "ネガティブ", "ja"),
+    ("たぶんネガティブです。", KANA_SENTIMENT, "ネガティブ", "ja"),
+    ("おそらくネガティブだ。", KANA_SENTIMENT, "ネガティブ", "ja"),
+    ("この文はネガティブ。", KANA_SENTIMENT, "ネガティブ", "ja"),
+    ("したがってネガティブです。", KANA_SENTIMENT, "ネガティブ", "ja"),
+    ("ネガティブな感情です。", KANA_SENTIMENT, "ネガティブ", "ja"),
+    ("ネガティブな面もあるが、全体としてはポジティブです。", KANA_SENTIMENT, "ポジティブ", "ja"),
+    ("したがってアです。", KANA_SENTIMENT, "ア", "ja"),
+    ("イだと思います。", KANA_SENTIMENT, "イ", "ja"),
+    # "not X but Y" keeps giving Y
+    ("この文はポジティブではなく、ネガティブです。", KANA_SENTIMENT, "ネガティブ", "ja"),
+    ("アではなくイです。", KANA_SENTIMENT, "イ", "ja"),
+    # a thought denied, a denial thought, two answers, a question, another word: no answer
+    ("ネガティブだとは思いません。", KANA_SENTIMENT, None, "ja"),
+    ("ネガティブではないと思います。", KANA_SENTIMENT, None, "ja"),
+    ("ネガティブかもしれないし、ポジティブかもしれません。", KANA_SENTIMENT, None, "ja"),
+    ("ネガティブでしょうか？", KANA_SENTIMENT, None, "ja"),
+    ("ネガティブでしょうか。", KANA_SENTIMENT, None, "ja"),
+    ("ネガティブとポジティブだと思います。", KANA_SENTIMENT, None, "ja"),
+    ("ネガティブかポジティブだと思います。", KANA_SENTIMENT, None, "ja"),
+    ("たぶんアかイでしょう。", KANA_SENTIMENT, None, "ja"),
+    ("超ネガティブだと思います。", KANA_SENTIMENT, None, "ja"),
+    ("ネガティブではないでしょう。", KANA_SENTIMENT, None, "ja"),
+    ("ネガティブな感情ではないです。", KANA_SENTIMENT, None, "ja"),
+    ("この文はネガティブではない。", KANA_SENTIMENT, None, "ja"),
+    ("この文はネガティブかポジティブ。", KANA_SENTIMENT, None, "ja"),
+    ("不正解はポジティブだと思います。", KANA_SENTIMENT, None, "ja"),
+    ("不正解はたぶんポジティブです。", KANA_SENTIMENT, None, "ja"),
+    ("不正解は、ネガティブ。", KANA_SENTIMENT, None, "ja"),
+    ("ポジティブだが、ネガティブです。", KANA_SENTIMENT, None, "ja"),
+    ("ネガティブだが、不正解はポジティブです。", KANA_SENTIMENT, None, "ja"),
+    # without a copula a topic commits only in a line of one sentence: the answer before a reason stays the answer
+    ("ネガティブ。理由は否定語が多いから。", KANA_SENTIMENT, "ネガティブ", "ja"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), HEDGED_AND_THOUGHT_STATEMENTS)
+def test_a_thought_or_guessed_statement_gives_its_answer(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

@@ -557,9 +557,10 @@ _TOPIC_WORD = (r"[^\W\d_](?<!また)(?<!もしく)(?<!あるい)(?<!或い)(?<!�
                r"|(?:^|\s)(?!또는$|혹은$|내지는$)[^\W\d_]+[은는]$")
 _CONNECTIVES = (r"つまり|したがって|従って|よって|ゆえに|故に|なので|だから|結論として|やはり|やっぱり|たぶん|多分|おそらく"
                 r"|恐らく|きっと")
-_TOPIC_BEFORE = re.compile(
-    rf"{_TOPIC_WORD}|^(?:(?:{_CONNECTIVES}|いや|いいえ|いえ|正しくは|訂正します|실은|아니요|아니)\s?)+$"
-)
+_RETRACTIONS = r"いや|いいえ|いえ|正しくは|訂正します|실은|아니요|아니"
+_TOPIC_BEFORE = re.compile(rf"{_TOPIC_WORD}|^(?:(?:{_CONNECTIVES}|{_RETRACTIONS})\s?)+$")
+# A sentence that takes back the one before it ("イ。いや、ウ。"): its correction is the answer, copula or not.
+_RETRACTED = re.compile(rf"^(?:(?:{_RETRACTIONS})\s?)+$")
 # A topic a sentence without a copula states its answer after ("この文はネガティブ。"); not the は of では, とは, には,
 # which deny or set a frame ("ネガティブではない。", "ネガティブだとは思いません。").
 _PLAIN_TOPIC = re.compile(rf"(?:{_TOPIC_WORD})(?<![でとに]は)")
@@ -602,7 +603,8 @@ def text_answer_matches(answer: str, expected: object) -> bool:
     (:func:`_stated_before_copula`: "この文はネガティブです。", "ネガティブだと思います。", "たぶんネガティブでしょう。",
     "したがってネガティブです。", "ネガティブな感情です。", a line of one sentence with a topic "この文はネガティブ。",
     never "ネガティブだとは思いません。" nor "超ネガティブだと思います。"; after a retraction "イ。いや、ウです。"
-    gives ウ, not イ; after a conceded clause "ネガティブな面もあるが、全体としてはポジティブです。" ポジティブ); else names it after a
+    and "イ。いや、ウ。" give ウ, not イ; after a conceded clause "ネガティブな面もあるが、全体としてはポジティブです。"
+    ポジティブ); else names it after a
     colon ("Sentiment: Positive"), opens with it (:func:`_opens_with`: "C) Paris", "Yes, it is.", "B. Because ...",
     not a list "ア、イ、ウ、エ", "Yes, no." nor "A, B, C, or D"), or after a copula at its end ("... is Paris.").
     "Not X but Y" commits to Y, in the box, the lead-in's sentence and the last line alike (:func:`_instead`:
@@ -762,7 +764,8 @@ def _stated_before_copula(line: str) -> tuple[str, ...] | None:
     retracting connective ("この文はネガティブです。", "이 문장은 긍정입니다.", "つまり、ネガティブです。",
     "したがってネガティブです。", "たぶんネガティブです。", "いや、ウです。", "いいえ、実はポジティブです。"), or
     a conceded clause before a topic ("ネガティブな面もあるが、全体としてはポジティブです。"); a line of one sentence
-    with a topic states its answer without a copula too ("この文はネガティブ。"). None when the sentence ends otherwise
+    with a topic, or a sentence that takes back the one before it, states its answer without a copula too
+    ("この文はネガティブ。", "イ。いや、ウ。"). None when the sentence ends otherwise
     (a denial "ポジティブではありません。", a question) or names more than its answer before it ("ポジティブ、
     ネガティブです。", "긍정 또는 부정입니다."); () when its topic names a wrong answer. What it states may still be no
     option: "ポジティブかネガティブ", "ポジティブではない", "超ネガティブ"."""
@@ -778,9 +781,11 @@ def _stated_before_copula(line: str) -> tuple[str, ...] | None:
         return None
     if not copulas:
         # without a copula only a topic says that this is the answer, and only where nothing comes before it: in
-        # "ネガティブ。理由は否定語が多いから。" the answer is the first sentence, not the reason
+        # "ネガティブ。理由は否定語が多いから。" the answer is the first sentence, not the reason; a retraction after a
+        # guess does, or "イ。いや、ウ。" scored the guess it takes back (a single "いいえ、そうではありません。" is
+        # the answer いいえ)
         plain_topic = _PLAIN_TOPIC.search(head) or (topic and _PLAIN_TOPIC.search(said[: topic.end()]))
-        if len(sentences) > 1 or not plain_topic:
+        if not (len(sentences) == 1 and plain_topic) and not (len(sentences) > 1 and _RETRACTED.search(head)):
             return None
     if _WRONG_TOPIC.search(head) or (topic and _WRONG_TOPIC.search(said[: topic.end()])):
         return ()  # "不正解はポジティブです。", "오답은 긍정입니다.": it states the wrong answer, not its own

@@ -84,6 +84,11 @@ LISTS_AND_RETRACTIONS = [
     ("ネガティブ、ポジティブ、どちらとも言えない", SENTIMENT, None, "ja"),
     ("イ。いや、ウです。", KANA, "ウ", "ja"),
     ("ネガティブ。いいえ、実はポジティブです。", SENTIMENT, "ポジティブ", "ja"),
+    # without a copula too: the guess it takes back scored
+    ("イ。いや、ウ。", KANA, "ウ", "ja"),
+    ("ネガティブ。いいえ、実はポジティブ。", SENTIMENT, "ポジティブ", "ja"),
+    ("イ。いや、違うかも。", KANA, None, "ja"),
+    ("いいえ、そうではありません。", ("はい", "いいえ"), "いいえ", "ja"),
     ("Yes, no.", YES_NO, None, "en"),
     ("ア：イ", KANA, "イ", "ja"),
     # what the opening rule is for keeps passing

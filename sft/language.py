@@ -145,14 +145,40 @@ _CHINESE_COPULA = re.compile(r"(?<![国國社党黨如是])是(?![非正認是�
 # 未了, 校了, 了解, 了承, 了見, 了簡).
 _CHINESE_PARTICLE = re.compile(r"(?<![完終修満滿魅読讀投未校])了(?![解承見簡])")
 # Chinese's pronoun 我 (我想去日本旅行); Japanese writes 我 only in words (我慢, 我流, 我田引水, 我々, 我が国, 自我, 怪我,
-# 無我, 彼我, ...).
-_CHINESE_PRONOUN = re.compile(r"(?<![自彼怪無忘没大小真物])我(?![慢流田執欲利国國等輩見意々\u3041-\u30ff])")
+# 無我, 彼我, 我儘, 唯我独尊, ...) and the city 我孫子 (我孫子市で住宅火災), which Chinese's 我孫子 (my grandson) loses.
+_CHINESE_PRONOUN = re.compile(r"(?<![自彼怪無忘没大小真物唯])我(?![慢流田執欲利国國等輩見意儘々\u3041-\u30ff]|孫子)")
 # Chinese writes its comma full width; Japanese mostly writes 、, though some of its technical prose writes ，.
 _CHINESE_COMMA = "，"
 # A word of kana: a particle or an ending in Japanese, a quoted option label or term (ウ, ネガティブ) in Chinese.
 _KANA_WORD = re.compile(r"[\u3041-\u3096\u309d-\u309f\u30a1-\u30fa\u30fc-\u30ff\u31f0-\u31ff]+")
-# Jōyō kanji that the 2010 revision gave in forms outside CP932 (剝がす, 頰): Japanese, though Big5 holds them.
-_JAPANESE_FORMS = frozenset("剝頰塡\U00020B9F")
+# Jōyō kanji that the 2010 revision gave in forms outside CP932 (剝がす, 頰), and kanji of Japanese names outside it
+# (森鷗外, 𠮷野家): Japanese, though Big5 holds some.
+_JAPANESE_FORMS = frozenset("剝頰塡\U00020B9F鷗\U00020BB7")
+# Old forms (kyūjitai) that Traditional Chinese writes and modern Japanese replaced with a jōyō form (國 -> 国, 學 -> 学,
+# 會 -> 会, 體 -> 体), old -> new: the jōyō table's bracketed old forms and a few more (灣 賴 晉), kept where Big5
+# and CP932 both hold the old form (outside CP932 _chinese_only already finds it) and left out where Japanese surnames
+# still write it (櫻 澤 邊 齋 廣 濱 龍). A curated list: no table of them ships with Python or our dependencies.
+# Japanese writes them only in proper names (國學院大學), so they count only where there is no kana (see
+# _japanese_or_chinese), as does 於, which Chinese writes as a preposition and modern Japanese in kana (において).
+_OLD_FORMS = dict(re.findall(r"(\S)(\S)",
+    "亞亜 惡悪 壓圧 圍囲 醫医 壹壱 隱隠 營営 榮栄 驛駅 圓円 鹽塩 應応 歐欧 毆殴 奧奥 橫横 假仮 "
+    "價価 畫画 會会 壞壊 懷懐 繪絵 擴拡 殼殻 覺覚 學学 樂楽 勸勧 卷巻 歡歓 觀観 關関 陷陥 顏顔 "
+    "氣気 歸帰 戲戯 犧犠 舊旧 據拠 峽峡 狹狭 曉暁 區区 驅駆 勳勲 徑径 莖茎 經経 繼継 輕軽 螢蛍 "
+    "藝芸 儉倹 劍剣 圈圏 檢検 權権 獻献 縣県 險険 顯顕 驗験 嚴厳 效効 恆恒 號号 國国 黑黒 濟済 "
+    "碎砕 劑剤 雜雑 參参 慘惨 棧桟 蠶蚕 贊賛 殘残 絲糸 齒歯 兒児 辭辞 濕湿 實実 寫写 釋釈 壽寿 "
+    "收収 從従 獸獣 縱縦 肅粛 處処 將将 稱称 燒焼 證証 條条 乘乗 淨浄 剩剰 疊畳 讓譲 釀醸 觸触 "
+    "寢寝 盡尽 圖図 粹粋 醉酔 隨随 髓髄 數数 樞枢 聲声 靜静 齊斉 攝摂 竊窃 專専 戰戦 淺浅 潛潜 "
+    "纖繊 踐践 錢銭 禪禅 雙双 壯壮 搜捜 插挿 爭争 總総 聰聡 莊荘 裝装 騷騒 增増 藏蔵 臟臓 屬属 "
+    "續続 墮堕 體体 對対 帶帯 滯滞 臺台 擇択 單単 擔担 膽胆 團団 彈弾 斷断 癡痴 遲遅 晝昼 蟲虫 "
+    "鑄鋳 廳庁 聽聴 遞逓 鐵鉄 轉転 點点 傳伝 黨党 盜盗 燈灯 當当 獨独 讀読 貳弐 惱悩 腦脳 廢廃 "
+    "拜拝 賣売 麥麦 發発 髮髪 拔抜 蠻蛮 拂払 佛仏 變変 辨弁 瓣弁 辯弁 舖舗 穗穂 寶宝 豐豊 萬万 "
+    "滿満 默黙 譯訳 藥薬 與与 豫予 餘余 譽誉 搖揺 樣様 謠謡 來来 亂乱 覽覧 兩両 獵猟 綠緑 壘塁 "
+    "勵励 禮礼 隸隷 靈霊 齡齢 戀恋 爐炉 勞労 樓楼 灣湾 賴頼 瀨瀬 晉晋"
+))
+_KANJI_ONLY_CHINESE = frozenset(_OLD_FORMS) | {"於"}
+# Chinese words Japanese has no word for, in characters it shares (準確: Japanese 正確; 提高: 高める), counted like the
+# old forms: a sentence in shared characters with none of them stays undetermined.
+_KANJI_ONLY_CHINESE_WORDS = re.compile("準確|提高|因為|可以|如果|認為|但是")
 
 # py3langid's class for text without linguistic content (numbers, symbols, markup).
 _NO_LANGUAGE = "zxx"
@@ -305,7 +331,8 @@ def _japanese_or_chinese(text: str, found: Detection) -> Detection:
     Japanese grammar is written in kana, a particle or an ending every few kanji; Chinese quoting a Japanese label
     or term has a word of kana or two. So each word of kana counts for Japanese, and each piece of Chinese evidence
     (:func:`_chinese_evidence`) for Chinese; a tie is Chinese (答案是ウ). Japanese's technical prose writes ``，``
-    too, so commas alone never outweigh kana.
+    too, so commas alone never outweigh kana. Han characters alone are Chinese with any evidence, an old form
+    (國, 學), 於 or a word such as 準確 included; with kana those never count, Japanese names write them (國學院大學の入試).
     """
     kana_words = len(_KANA_WORD.findall(text))
     if not kana_words and not any(map(_is_han, text)):
@@ -313,7 +340,8 @@ def _japanese_or_chinese(text: str, found: Detection) -> Detection:
     words, commas = _chinese_evidence(text)
     if kana_words and not (words and words + commas >= kana_words):
         return _as(found, "ja")
-    if words or commas:
+    if words or commas or (not kana_words and (any(ch in _KANJI_ONLY_CHINESE for ch in text)
+                                                 or _KANJI_ONLY_CHINESE_WORDS.search(text))):
         # the detector's likeliest Chinese class; in a fixed order, so a tie always goes the same way
         return _as(found, max(("zh", "yue", "wuu"), key=lambda code: found.probabilities.get(code, 0.0)))
     return UNDETERMINED  # Han characters that read as both: a name, an address, a term, however long

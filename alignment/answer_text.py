@@ -199,8 +199,12 @@ def _hedged(text: str, lead_in: re.Match[str], stop: int, ends: _SentenceEnds) -
 
 # A wrong answer named where the answer would be: "The wrong answer is B", 不正解 ("wrong answer", whose 正解は is a
 # lead-in), 間違った答え, 오답 (whose 답은 is one), 틀린 답, 错误答案. What it names is what the reply rejects.
-_WRONG_ANSWER = (r"(?:(?<![^\W\d_])(?:wrong|incorrect|false)\s+(?:final\s+)?(?:answer|option|choice)|不正解|誤答|誤り"
-                 r"|間違い|(?:間違|誤|違)った答え|오답|틀린\s*답|잘못된\s*답|错误的?答案|錯誤的?答案)")
+_WRONG_ANSWER = (r"(?:(?<![^\W\d_])(?:wrong|incorrect|false)\s+(?:final\s+)?answer|不正解|誤答"
+                 r"|(?:間違|誤|違)った答え|오답|틀린\s*답|잘못된\s*답|错误的?答案|錯誤的?答案)")
+# The incorrect option named ("The incorrect option is C", 誤りはイ, 間違いはイ): the pick of a "which option is
+# incorrect?" question, so it is the answer when it is all the reply states; after a right answer in the same line
+# ("ネガティブです。誤りはポジティブです。") it is the option the reply rejects, and gives nothing.
+_WRONG_OPTION = r"(?:(?<![^\W\d_])(?:wrong|incorrect|false)\s+(?:option|choice)|誤り|間違い)"
 _WRONG_LEAD_IN = re.compile(rf"{_WRONG_ANSWER}\s*(?:is|:|：|は|은|는|是|为|為)?\s*$", re.IGNORECASE)
 
 
@@ -231,8 +235,12 @@ _INSTEAD = re.compile(r"では(?:なく|なくて)|じゃ(?:なく|なくて)|(?
 _DENIED_BEFORE = re.compile(r"(?:(?<![^\W\d_])(?:not|isn't|bukan|không phải|không|hindi)|ไม่ใช่|不是|并非|並非)\s*$",
                             re.IGNORECASE)
 _DENIED_AFTER = re.compile(r"^[^\s\d]{0,3}?\s*(?:では(?:ない|ありません|なかった)|じゃ(?:ない|ありません)|でない|(?:이|가)\s*아니)")
-_CHOICES = r"(?:or|atau|hoặc|หรือ|または|もしくは|あるいは|或者?|还是|還是|또는|혹은|내지는|내지)(?![^\W\d_])"
-_CHOICE_AFTER = re.compile(rf"^[^\s\d]{{0,3}}?\s*(?:か(?!ら)|{_CHOICES})", re.IGNORECASE)
+# "42 or so" approximates one number; it offers no second.
+_CHOICES = r"(?:or(?!\s+so(?![^\W\d_]))|atau|hoặc|หรือ|または|もしくは|あるいは|或者?|还是|還是|또는|혹은|내지는|내지)(?![^\W\d_])"
+# か before a counter (12か月, 3か所, 5か国: "12 months", not "12 or") counts; the ヶ, ケ, カ and 箇 spellings never
+# read as "or".
+_COUNTER_KA = r"か(?=[月所国國条條年村町寺校店処])"
+_CHOICE_AFTER = re.compile(rf"^[^\s\d]{{0,3}}?\s*(?:(?!{_COUNTER_KA})か(?!ら)|{_CHOICES})", re.IGNORECASE)
 _CHOICE_BEFORE = re.compile(rf"(?:か|(?<![^\W\d_]){_CHOICES})\s*$", re.IGNORECASE)
 _ASKS = re.compile(r"(?:ですか|でしょうか|吗|嗎)\s*$")
 
@@ -478,7 +486,22 @@ def _bare_math(text: str) -> str:
     """``text`` without a trailing copula or full stop and without ``$`` delimiters: what a math answer is written
     as, compared by :func:`math_equal` as written before math-verify reads it."""
     text = _COPULA.sub("", unicodedata.normalize("NFKC", text).strip().rstrip("。.")).strip()
+    box = _BOX.fullmatch(text)  # \boxed{(2,3)} is (2,3): spaces aside it equals (2, 3), as outside a box
+    text = box.group(1).strip() if box else text
     return text.strip("$").strip() if text.startswith("$") and text.endswith("$") else text
+
+
+def _stated_math(text: str) -> str:
+    """What ``text`` (bare, :func:`_bare_math`) commits to as math: itself, or what its last line states after a
+    copula when that is all math (not "(2, 3) or (3, 2)")."""
+    if is_math_reference(text):
+        return text
+    lines = [line for line in text.splitlines() if line.strip()]
+    # a line that states math after a copula ("The point is (2, 3).", "The solution is x = 2, y = 3."); _COPULAS is
+    # defined below, re caches the pattern
+    stated_math = re.compile(rf"(?:^|\s)(?:{_COPULAS})\s+(\S.*)$", re.IGNORECASE)
+    stated = stated_math.search(lines[-1].strip().rstrip("。.")) if lines else None
+    return stated.group(1).strip() if stated and is_math_reference(stated.group(1)) else text
 
 
 def math_equal(gold: str, answer: str, language: str | None) -> bool | None:
@@ -489,7 +512,7 @@ def math_equal(gold: str, answer: str, language: str | None) -> bool | None:
     tuple never matched. Both written alike, spaces aside (``(2,3)`` and ``(2, 3)``), is equal without it."""
     from math_verify import parse, verify
 
-    bare_gold, bare_answer = _bare_math(gold), _bare_math(answer)
+    bare_gold, bare_answer = _bare_math(gold), _stated_math(_bare_math(answer))
     if is_math_reference(bare_gold) and "".join(bare_gold.split()) == "".join(bare_answer.split()):
         return True
     gold, answer = math_text(gold, language), math_text(answer, language)
@@ -541,6 +564,18 @@ _COPULAS = "is|are|was|were|adalah|ialah|merupakan|là|คือ|ay"
 # A topic, a label or a subject that names a wrong answer ("不正解は", "오답은", "Wrong answer:", "The wrong answer
 # is"): what follows it is what the reply rejects.
 _WRONG_TOPIC = re.compile(rf"{_WRONG_ANSWER}\s*(?:は|은|는|{_COPULAS})?$", re.IGNORECASE)
+_WRONG_OPTION_TOPIC = re.compile(rf"{_WRONG_OPTION}\s*(?:は|{_COPULAS})?$", re.IGNORECASE)
+_ONLY_WRONG_OPTION = re.compile(rf"(?:the\s+)?{_WRONG_OPTION}\s*(?:は|{_COPULAS})?", re.IGNORECASE)
+
+
+def _names_wrong(prefix: str, *, alone: bool = True) -> bool:
+    """Whether ``prefix`` (what comes before an answer, normalised) names a wrong answer (:data:`_WRONG_TOPIC`), or
+    the incorrect option after something else or where the reply states more (``alone`` False): what follows it is
+    not the reply's answer."""
+    prefix = prefix.strip()
+    if _WRONG_TOPIC.search(prefix):
+        return True
+    return _WRONG_OPTION_TOPIC.search(prefix) is not None and not (alone and _ONLY_WRONG_OPTION.fullmatch(prefix))
 # What Japanese, Korean and Thai put after a stated answer: "答えはBです。", "정답은 B입니다", "คำตอบคือ B ครับ".
 _COPULA = re.compile(r"\s*(?:です|でした|である|だ|となります|になります|입니다|ครับ|ค่ะ)$")
 # A last sentence that ends in a Japanese or Korean copula states its answer before it ("ネガティブです。", "긍정입니다."),
@@ -572,8 +607,9 @@ _LEADING_CONNECTIVES = re.compile(rf"^(?:{_CONNECTIVES})+")
 _CONCEDED = re.compile(r"[\u3040-\u309f](?:が|けど|けれど|けれども)$|ものの$")
 # A noun the answer describes ("ネガティブな感情です。": a negative feeling): the answer is the word before it.
 _DESCRIBED_NOUN = re.compile(r"(?<=[^\W\d_])な(?:感情|気持ち|感じ|印象|評価|意見|内容|文|文章|表現|トーン|レビュー|もの|ほう|方)$")
+# A は that goes on in hiragana is inside a word (当てはまる, やはり), not the topic's: the topic's comes before the answer.
 _TOPIC_IN = re.compile(r"^\S*?[^\W\d_](?<!また)(?<!もしく)(?<!あるい)(?<!或い)(?<!又)(?<!若しく)(?<!ないし)(?<!乃至)"
-                       r"は")
+                       r"は(?![\u3040-\u309f])")
 # Where a sentence ends, after NFKC: 。(which NFKC keeps), ! and ?, and . before a space or the end.
 _LINE_SENTENCE = re.compile(r"(?<=[。!?])|(?<=\.)(?=\s|$)")
 # The word a multiple-choice reply names its pick with ("option C", "ข้อ ข", "ตัวเลือก ค", "pilihan B", "選択肢B"),
@@ -611,6 +647,13 @@ def text_answer_matches(answer: str, expected: object) -> bool:
     "「ネガティブ」ではなく「ポジティブ」です。" gives ポジティブ); an answer denied after it, past its quote too, gives
     nothing ("「ネガティブ」ではありません。"), and nor does a lead-in, topic, label or subject that names a wrong answer
     ("不正解はポジティブです。", "오답은 긍정입니다.", "The wrong answer is B.": :data:`_WRONG_TOPIC`).
+    Naming the incorrect option ("The incorrect option is C.", "Incorrect option: C", "誤りはイです。",
+    "答え：イ（誤り）") is the pick, as a "which option is incorrect?" question asks for it, when it is all the line
+    states; after a right answer in the same line ("ネガティブです。誤りはポジティブです。") it gives nothing, and a
+    lead-in's right answer ("正解はネガティブで、誤りはポジティブです。", "The wrong choice is B. The answer is C.")
+    is the only one that scores (:func:`_names_wrong`). A line that opens with its answer alone ("ポジティブ。",
+    "B.") keeps it through a reason or remark after it (:func:`_answer_then_remarks`: "B. 東京です。"), not through
+    a retraction ("イ。いや、ウです。" gives ウ).
     The reference appearing somewhere is not enough: gold ``B`` is not in ``\\boxed{A}``'s "boxed", gold ``ข`` not
     in "ข้อ ก", gold ``Jakarta`` not in "Bukan Jakarta, tetapi Bandung" (which gives Bandung), gold ``Negative`` not
     in "Negative / Positive" nor in "ポジティブまたはネガティブです" or "긍정 내지는 부정입니다"."""
@@ -639,19 +682,24 @@ def text_answer_matches(answer: str, expected: object) -> bool:
     if target in (normalised, _OPTION_WORD.sub("", normalised)):
         return True
     stated = _stated_before_copula(plain)
+    if stated is not None and _answer_then_remarks(plain):
+        # "ポジティブ。理由は褒めているからです。", "B. 東京です。": the line opens with its answer alone and goes on
+        # to a reason or a remark, which does not take it back; the opening is the one answer it commits to (never the
+        # last sentence as well, so "イ。ウです。" gives イ only)
+        return _opens_with(plain, reference)
     if stated is not None:  # the line's last sentence states its answer: that is the one it commits to
         return any(target in (reading, _OPTION_WORD.sub("", reading)) for reading in stated)
     if ":" in plain:
         label, named = plain.rsplit(":", 1)
         label, named = normalise_text(label), normalise_text(named)
         if named == target:
-            return not _WRONG_TOPIC.search(label)
+            return not _names_wrong(label)
         # an option's label before its text ("C: Paris", "ウ：東京"); two labels ("ア：イ") name the second
         return _OPTION_LABEL.fullmatch(label) is not None and label == target and not _OPTION_LABEL.fullmatch(named)
     if _opens_with(plain, reference):
         return True
     stated = re.search(rf"(?:^| )(?:{_COPULAS}) {re.escape(target)}$", normalised)
-    return stated is not None and not _WRONG_TOPIC.search(normalised[: stated.start()])
+    return stated is not None and not _names_wrong(normalised[: stated.start()])
 
 
 # An option's label, normalised ("c", "ウ", "12"): one before a colon and an option's text is the pick.
@@ -678,6 +726,8 @@ _DENIAL_AFTER = re.compile(
 )
 # The Japanese and Korean copula that joins a second clause ("正解はネガティブで、不正解は…", "정답은 부정이고 오답은 …"):
 # the answer is stated, when the clause it joins is about something else (has its own topic), not "アで、イでもある".
+# A note after the answer that it is the incorrect option ("イ（誤り）", "C (incorrect)"), ending the text.
+_INCORRECT_NOTE = re.compile(r"\s*\((?:誤り|間違い|incorrect|wrong|false)\)\s*[.。!]?", re.IGNORECASE)
 _JOINING_COPULA = re.compile(r"^(?:で[、,]|이고\s|이며\s)")
 _OWN_TOPIC = re.compile(r"[^\W\d_](?:は|[은는](?![^\W\d_]))")
 # "not" that a following "but" takes back: "Not Jakarta, but Bandung", "bukan X tetapi Y", "不是X而是Y"
@@ -695,6 +745,14 @@ def _instead(text: str) -> str:
     if last is None or not text[last.end():].strip(" ,，、:：.。!！"):
         return text
     return text[last.end():]
+
+
+def _option_text(text: str) -> bool:
+    """Whether ``text`` (what follows an option's label and its comma) reads as the option's text ("Paris"), not as
+    another label ("C", "or D", "ウ") nor Japanese, whose run-on the list rule reads."""
+    words = text.split()
+    return (bool(words) and not _ALTERNATIVE.match(words[0]) and not _OPTION_LABEL.fullmatch(words[0].strip(".)"))
+            and _KANA_OR_HAN.search(text) is None)
 
 
 _KANA_OR_HAN = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
@@ -734,13 +792,18 @@ def _opens_with(text: str, reference: str, *, spaced: bool = False) -> bool:
         return _OWN_TOPIC.search(_JOINING_COPULA.sub("", rest)) is not None
     if rest.startswith("..."):
         return False
+    if _INCORRECT_NOTE.fullmatch(rest):  # "答え：イ（誤り）": イ is the incorrect option the question asks for
+        return True
     if rest[0] in _CLOSING or rest[0] == ":":
         return not _ALTERNATIVE.match(rest[1:].strip())
     if rest[0] in _ENDS:
         return True
     if rest[0] in _COMMAS:
         # only the next item: "ネガティブ、ポジティブ、どちらとも言えない" lists, whatever its last item says
-        return _is_clause(re.split("[,、;]", _SENTENCE_END.split(rest[1:].strip(), maxsplit=1)[0])[0].strip())
+        following = re.split("[,、;]", _SENTENCE_END.split(rest[1:].strip(), maxsplit=1)[0])[0].strip()
+        if _OPTION_LABEL.fullmatch(reference) and _option_text(following):
+            return True  # "B, Paris": an option's letter, then its text
+        return _is_clause(following)
     if rest[0].isspace() and spaced:
         return not _ALTERNATIVE.match(rest.strip()) and not rest.strip().startswith("/")
     return False
@@ -754,6 +817,18 @@ def _commits_to(candidate: str, target: str, reference: str) -> bool:
     if target in (normalised, _OPTION_WORD.sub("", normalised)):
         return True
     return _opens_with(candidate, reference, spaced=True)
+
+
+def _answer_then_remarks(line: str) -> bool:
+    """Whether ``line`` (NFKC) opens with a sentence that is only a word ("ポジティブ。", "B.": no space, no hiragana
+    in it) and no later sentence retracts ("イ。いや、ウです。" takes イ back: its correction is the answer)."""
+    sentences = [normalise_text(part) for part in _LINE_SENTENCE.split(line) if part.strip()]
+    if len(sentences) < 2 or not sentences[0] or " " in sentences[0] or _HIRAGANA.search(sentences[0]):
+        return False
+    return not any(_RETRACTION_OPENS.match(sentence) for sentence in sentences[1:])
+
+
+_RETRACTION_OPENS = re.compile(rf"(?:{_RETRACTIONS})")
 
 
 def _stated_before_copula(line: str) -> tuple[str, ...] | None:
@@ -787,7 +862,8 @@ def _stated_before_copula(line: str) -> tuple[str, ...] | None:
         plain_topic = _PLAIN_TOPIC.search(head) or (topic and _PLAIN_TOPIC.search(said[: topic.end()]))
         if not (len(sentences) == 1 and plain_topic) and not (len(sentences) > 1 and _RETRACTED.search(head)):
             return None
-    if _WRONG_TOPIC.search(head) or (topic and _WRONG_TOPIC.search(said[: topic.end()])):
+    alone = len(sentences) == 1
+    if _names_wrong(head, alone=alone) or (topic and _names_wrong(head + said[: topic.end()], alone=alone)):
         return ()  # "不正解はポジティブです。", "오답은 긍정입니다.": it states the wrong answer, not its own
     said = said[topic.end():] if topic and topic.end() < len(said) else said
     plain = _LEADING_CONNECTIVES.sub("", said) or said

@@ -248,3 +248,76 @@ HEDGED_AND_THOUGHT_STATEMENTS = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), HEDGED_AND_THOUGHT_STATEMENTS)
 def test_a_thought_or_guessed_statement_gives_its_answer(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+SOUTHERN_COUNT = ("3", "4")
+NATIONS = ("5", "6")
+MONTHS = ("12か月", "6か月")
+TUPLES = ("(2, 3)", "(3, 2)")
+INTERVALS = ("(0, 1)", "(1, 2)")
+
+REVIEWED_REGRESSIONS = [
+    # a number before the counter か (12か月, 3か所, 5か国) is a count, not "or"; "42 or so" approximates
+    ("答えは12か月です。", EN_COUNT, "12", "ja"),
+    ("12か月です。", EN_COUNT, "12", "ja"),
+    ("1年は12か月です。", EN_COUNT, "12", "ja"),
+    ("答えは3か所です。", SOUTHERN_COUNT, "3", "ja"),
+    ("5か国です。", NATIONS, "5", "ja"),
+    ("12か月", MONTHS, "12か月", "ja"),
+    ("The total is 42 or so.", ("42", "24"), "42", "en"),
+    # ... while a choice stays a choice
+    ("答えは9個か10個です。", ("9", "10"), None, "ja"),
+    ("答えは12か13です。", EN_COUNT, None, "ja"),
+    ("12か13です。", EN_COUNT, None, "ja"),
+    ("12か月か13か月です。", EN_COUNT, None, "ja"),
+    ("The total is 42 or so, or 43.", ("42", "43"), None, "en"),
+    ("The total is 12 or 13.", EN_COUNT, None, "en"),
+    # an answer and then its reason or a remark: the answer stands; a retraction still gives its correction
+    ("ポジティブ。理由は褒めているからです。", SENTIMENT, "ポジティブ", "ja"),
+    ("イ。東京が日本の首都だからです。", KANA, "イ", "ja"),
+    ("イ。東京は日本の首都です。", KANA, "イ", "ja"),
+    ("B。理由は以下の通りです。", LATIN, "B", "ja"),
+    ("B. 東京です。", LATIN, "B", "ja"),
+    ("イ。いや、ウです。", KANA, "ウ", "ja"),
+    ("イ。いいえ、ウです。", KANA, "ウ", "ja"),
+    ("イ。ウです。", KANA, "イ", "ja"),  # one answer: the opening, never both
+    # "which option is incorrect?": naming the incorrect option, and nothing else, picks it
+    ("The incorrect option is C.", LATIN, "C", "en"),
+    ("The wrong choice is C.", LATIN, "C", "en"),
+    ("Incorrect option: C", LATIN, "C", "en"),
+    ("誤りはイです。", KANA, "イ", "ja"),
+    ("間違いはイです。", KANA, "イ", "ja"),
+    ("答え：イ（誤り）", KANA, "イ", "ja"),
+    # ... and a reply that names a right answer and a wrong one scores only the right one
+    ("正解はネガティブで、誤りはポジティブです。", SENTIMENT, "ネガティブ", "ja"),
+    ("The incorrect option is B. The answer is C.", LATIN, "C", "en"),
+    ("The wrong choice is B. The answer is C.", LATIN, "C", "en"),
+    ("ネガティブです。誤りはポジティブです。", SENTIMENT, None, "ja"),
+    ("Bです。誤りはCです。", LATIN, None, "ja"),
+    ("誤りはイです。理由はウが正しいからです。", KANA, None, "ja"),
+    ("The wrong answer is B. The answer is C.", LATIN, "C", "en"),
+    ("正解はネガティブで、不正解はポジティブです。", SENTIMENT, "ネガティブ", "ja"),
+    ("정답은 부정이고 오답은 긍정입니다.", KO_SENTIMENT, "부정", "ko"),
+    # は inside a word (当てはまる, やはり) is no topic
+    ("当てはまるのはイです。", KANA, "イ", "ja"),
+    ("当てはまらないのはイです。", KANA, "イ", "ja"),
+    ("やはりイです。", KANA, "イ", "ja"),
+    ("やはりポジティブだと思います。", SENTIMENT, "ポジティブ", "ja"),
+    # a tuple, an interval or a system's solution stated in prose, and a tuple in a box, spaces aside
+    ("The point is (2, 3).", TUPLES, "(2, 3)", "en"),
+    ("The interval is (0, 1).", INTERVALS, "(0, 1)", "en"),
+    ("The solution is x = 2, y = 3.", PAIR, "x=2, y=3", "en"),
+    (r"\boxed{(2,3)}", TUPLES, "(2, 3)", "en"),
+    ("The point is (2, 3) or (3, 2).", TUPLES, None, "en"),
+    ("The solution is x = 2, y = 3 or x = 3, y = 2.", PAIR, None, "en"),
+    # an option's letter and then its text
+    ("The answer is B, Paris.", LATIN, "B", "en"),
+    ("The answer is B, C.", LATIN, None, "en"),
+    ("The answer is B, or C.", LATIN, None, "en"),
+    ("B, and C", LATIN, None, "en"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), REVIEWED_REGRESSIONS)
+def test_reviewed_regressions_score_their_answer(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

@@ -236,7 +236,8 @@ _DENIED_BEFORE = re.compile(r"(?:(?<![^\W\d_])(?:not|isn't|bukan|không phải|k
                             re.IGNORECASE)
 _DENIED_AFTER = re.compile(r"^[^\s\d]{0,3}?\s*(?:では(?:ない|ありません|なかった)|じゃ(?:ない|ありません)|でない|(?:이|가)\s*아니)")
 # "42 or so" approximates one number; it offers no second.
-_CHOICES = r"(?:or(?!\s+so(?![^\W\d_]))|atau|hoặc|หรือ|または|もしくは|あるいは|或者?|还是|還是|또는|혹은|내지는|내지)(?![^\W\d_])"
+_OR_WORDS = r"or|atau|hoặc|หรือ|または|もしくは|あるいは|或者?|还是|還是|또는|혹은|내지는|내지"
+_CHOICES = rf"(?!or\s+so(?![^\W\d_]))(?:{_OR_WORDS})(?![^\W\d_])"
 # か before a counter (12か月, 3か所, 5か国: "12 months", not "12 or") counts; the ヶ, ケ, カ and 箇 spellings never
 # read as "or".
 _COUNTER_KA = r"か(?=[月所国國条條年村町寺校店処])"
@@ -497,10 +498,7 @@ def _stated_math(text: str) -> str:
     if is_math_reference(text):
         return text
     lines = [line for line in text.splitlines() if line.strip()]
-    # a line that states math after a copula ("The point is (2, 3).", "The solution is x = 2, y = 3."); _COPULAS is
-    # defined below, re caches the pattern
-    stated_math = re.compile(rf"(?:^|\s)(?:{_COPULAS})\s+(\S.*)$", re.IGNORECASE)
-    stated = stated_math.search(lines[-1].strip().rstrip("。.")) if lines else None
+    stated = _STATED_AFTER_COPULA.search(lines[-1].strip().rstrip("。.")) if lines else None
     return stated.group(1).strip() if stated and is_math_reference(stated.group(1)) else text
 
 
@@ -561,6 +559,8 @@ def gives_reference(answer: str, expected: object, language: str | None = None, 
 # The word that states what something is, before an answer at the end of a line: "The capital of France is Paris.",
 # "Ibu kota Indonesia adalah Jakarta.", "Thủ đô là Hà Nội.", "เมืองหลวงคือ กรุงเทพ".
 _COPULAS = "is|are|was|were|adalah|ialah|merupakan|là|คือ|ay"
+# A line that states something after a copula ("The point is (2, 3).", "The solution is x = 2, y = 3.").
+_STATED_AFTER_COPULA = re.compile(rf"(?:^|\s)(?:{_COPULAS})\s+(\S.*)$", re.IGNORECASE)
 # A topic, a label or a subject that names a wrong answer ("不正解は", "오답은", "Wrong answer:", "The wrong answer
 # is"): what follows it is what the reply rejects.
 _WRONG_TOPIC = re.compile(rf"{_WRONG_ANSWER}\s*(?:は|은|는|{_COPULAS})?$", re.IGNORECASE)
@@ -576,6 +576,8 @@ def _names_wrong(prefix: str, *, alone: bool = True) -> bool:
     if _WRONG_TOPIC.search(prefix):
         return True
     return _WRONG_OPTION_TOPIC.search(prefix) is not None and not (alone and _ONLY_WRONG_OPTION.fullmatch(prefix))
+
+
 # What Japanese, Korean and Thai put after a stated answer: "答えはBです。", "정답은 B입니다", "คำตอบคือ B ครับ".
 _COPULA = re.compile(r"\s*(?:です|でした|である|だ|となります|になります|입니다|ครับ|ค่ะ)$")
 # A last sentence that ends in a Japanese or Korean copula states its answer before it ("ネガティブです。", "긍정입니다."),
@@ -588,7 +590,8 @@ _FINAL_COPULA = re.compile(r"(?:(?:です|である|だ|でしょう|だろう)?
 # もしくは, あるいは, ないしは: "ポジティブまたはネガティブです" names two), the Korean topic word ("이 문장은"; not 또는,
 # 혹은 or 내지는, "or"), or a connective that concludes or that states with a guess ("つまり、", "したがって、",
 # "たぶん、").
-_TOPIC_WORD = (r"[^\W\d_](?<!また)(?<!もしく)(?<!あるい)(?<!或い)(?<!又)(?<!若しく)(?<!ないし)(?<!乃至)は$"
+_NOT_AN_OR = r"(?<!また)(?<!もしく)(?<!あるい)(?<!或い)(?<!又)(?<!若しく)(?<!ないし)(?<!乃至)"
+_TOPIC_WORD = (rf"[^\W\d_]{_NOT_AN_OR}は$"
                r"|(?:^|\s)(?!또는$|혹은$|내지는$)[^\W\d_]+[은는]$")
 _CONNECTIVES = (r"つまり|したがって|従って|よって|ゆえに|故に|なので|だから|結論として|やはり|やっぱり|たぶん|多分|おそらく"
                 r"|恐らく|きっと")
@@ -608,8 +611,7 @@ _CONCEDED = re.compile(r"[\u3040-\u309f](?:が|けど|けれど|けれども)$|�
 # A noun the answer describes ("ネガティブな感情です。": a negative feeling): the answer is the word before it.
 _DESCRIBED_NOUN = re.compile(r"(?<=[^\W\d_])な(?:感情|気持ち|感じ|印象|評価|意見|内容|文|文章|表現|トーン|レビュー|もの|ほう|方)$")
 # A は that goes on in hiragana is inside a word (当てはまる, やはり), not the topic's: the topic's comes before the answer.
-_TOPIC_IN = re.compile(r"^\S*?[^\W\d_](?<!また)(?<!もしく)(?<!あるい)(?<!或い)(?<!又)(?<!若しく)(?<!ないし)(?<!乃至)"
-                       r"は(?![\u3040-\u309f])")
+_TOPIC_IN = re.compile(rf"^\S*?[^\W\d_]{_NOT_AN_OR}は(?![\u3040-\u309f])")
 # Where a sentence ends, after NFKC: 。(which NFKC keeps), ! and ?, and . before a space or the end.
 _LINE_SENTENCE = re.compile(r"(?<=[。!?])|(?<=\.)(?=\s|$)")
 # The word a multiple-choice reply names its pick with ("option C", "ข้อ ข", "ตัวเลือก ค", "pilihan B", "選択肢B"),
@@ -712,8 +714,7 @@ _ENDS = tuple(".。!")
 _COMMAS = tuple(",、;")
 # A conjunction that makes what follows an answer another option: "A or B", "ア または イ", "A, B, C, or D", "긍정 내지는
 # 부정".
-_ALTERNATIVE = re.compile(r"^(?:or|and|nor|atau|hoặc|và|หรือ|o|または|もしくは|あるいは|か|や|と|또는|혹은|내지는|내지|或|或者"
-                          r"|还是|還是)(?![^\W\d_])", re.IGNORECASE)
+_ALTERNATIVE = re.compile(rf"^(?:{_OR_WORDS}|and|nor|và|o|か|や|と)(?![^\W\d_])", re.IGNORECASE)
 # What denies the answer right after it, past a closing bracket, a colon or a space: "「ネガティブ」ではありません",
 # "「ネガティブ」は間違い", "「긍정」이 아닙니다", "(C) is not correct", "「B」不是", in the languages _DENIED_AFTER and
 # _DENIED_BEFORE know. A bare "not" is left out: "C) Not enough information" is an option's text.
@@ -724,10 +725,10 @@ _DENIAL_AFTER = re.compile(
     r"|不是|并非|並非|không phải|ไม่ใช่)",
     re.IGNORECASE,
 )
-# The Japanese and Korean copula that joins a second clause ("正解はネガティブで、不正解は…", "정답은 부정이고 오답은 …"):
-# the answer is stated, when the clause it joins is about something else (has its own topic), not "アで、イでもある".
 # A note after the answer that it is the incorrect option ("イ（誤り）", "C (incorrect)"), ending the text.
 _INCORRECT_NOTE = re.compile(r"\s*\((?:誤り|間違い|incorrect|wrong|false)\)\s*[.。!]?", re.IGNORECASE)
+# The Japanese and Korean copula that joins a second clause ("正解はネガティブで、不正解は…", "정답은 부정이고 오답은 …"):
+# the answer is stated, when the clause it joins is about something else (has its own topic), not "アで、イでもある".
 _JOINING_COPULA = re.compile(r"^(?:で[、,]|이고\s|이며\s)")
 _OWN_TOPIC = re.compile(r"[^\W\d_](?:は|[은는](?![^\W\d_]))")
 # "not" that a following "but" takes back: "Not Jakarta, but Bandung", "bukan X tetapi Y", "不是X而是Y"

@@ -90,12 +90,6 @@ def normalize_text(text: str) -> str:
     return _PUNCT.sub("", unicodedata.normalize("NFKC", str(text)).casefold())
 
 
-def _math_equal(gold: str, answer: str, language: str | None) -> bool | None:
-    """math-verify equality (:func:`tempa.alignment.answer_text.math_equal`); None when the gold answer is not
-    something math-verify can parse."""
-    return math_equal(gold, answer, language)
-
-
 def answer_match(
     answer: str,
     gold: Any,
@@ -150,7 +144,7 @@ def answer_match(
                 if got is not None and numbers_agree(expected, got):
                     return 1.0
                 continue
-            if committed and _math_equal(g, committed.text, language):
+            if committed and math_equal(g, committed.text, language):
                 return 1.0
             continue
         if match == "exact" and normalize_text(answer) == normalize_text(g):

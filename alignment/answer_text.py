@@ -101,6 +101,20 @@ def boxed_contents(text: str) -> list[str]:
     return [text[start:end] for _, start, end in boxed_spans(text)]
 
 
+# LaTeX's text and font commands, which a math-trained model wraps a boxed option or word in: \boxed{\text{B}},
+# \boxed{\textbf{(C)}}, \boxed{\mathrm{Paris}}.
+_LATEX_TEXT = re.compile(r"\\(?:text(?:bf|it|rm|sf|tt|up|normal)?|math(?:rm|bf|it|sf|tt|normal)|mbox|operatorname)\s*"
+                         r"\{([^{}]*)\}")
+
+
+def _latex_text(text: str) -> str:
+    """``text`` without the text and font commands around its words (:data:`_LATEX_TEXT`), nested ones too."""
+    while True:
+        text, count = _LATEX_TEXT.subn(r"\1", text)
+        if not count:
+            return text
+
+
 # A sentence ends at 。！？ (no space follows them) or at . ! ? before a space or the line's end (a decimal point has
 # a digit after it).
 _SENTENCE_END = re.compile(r"[。！？]|[.!?](?=\s|$)")
@@ -665,7 +679,7 @@ def text_answer_matches(answer: str, expected: object) -> bool:
     reference = unicodedata.normalize("NFKC", str(expected)).casefold().strip()
     boxes = boxed_contents(answer)
     if boxes:
-        return _commits_to(boxes[-1], target, reference)
+        return _commits_to(_latex_text(boxes[-1]), target, reference)
     lead_in = committing_lead_in(answer)
     if lead_in:
         tail = answer[lead_in.end() :].strip()

@@ -321,3 +321,22 @@ REVIEWED_REGRESSIONS = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), REVIEWED_REGRESSIONS)
 def test_reviewed_regressions_score_their_answer(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+LATEX_BOXES = [
+    # a math-trained model boxes an option or a word in LaTeX's text and font commands
+    (r"\boxed{\text{B}}", LATIN, "B", "en"),
+    (r"$\boxed{\textbf{(C)}}$", LATIN, "C", "en"),
+    (r"\boxed{\mathrm{B}}", LATIN, "B", "en"),
+    (r"\boxed{\textbf{\text{B}}}", LATIN, "B", "en"),
+    (r"\boxed{\text{ポジティブ}}", SENTIMENT, "ポジティブ", "ja"),
+    # ... and the box still commits to one
+    (r"\boxed{\text{B or C}}", LATIN, None, "en"),
+    (r"\boxed{\text{B}}\boxed{\text{C}}", LATIN, "C", "en"),
+    (r"\boxed{\text{not B}}", LATIN, None, "en"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), LATEX_BOXES)
+def test_an_option_boxed_in_latex_text_is_the_answer(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

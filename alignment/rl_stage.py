@@ -82,9 +82,11 @@ def run_rl(config: RLStageConfig, ctx: StageContext) -> RLResult:
     notes = [note] if (note := no_signal(outcome.log_history, names, ctx.stage_name)) else []
     for line in notes:
         ctx.log.warning("%s", line)
-    return RLResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir),
-                    metrics=rl_metrics(outcome, names, len(prompts)), files={"prompts": dataset, "rewards": spec_path},
-                    prompts=len(prompts), rewards=rewards, notes=notes)
+    metrics = rl_metrics(outcome, names, len(prompts),
+                         mask_truncated=bool(config.train_args().get("mask_truncated_completions")))
+    return RLResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir), metrics=metrics,
+                    files={"prompts": dataset, "rewards": spec_path}, prompts=len(prompts), rewards=rewards,
+                    notes=notes)
 
 
 def no_signal(log_history: list[dict[str, Any]], names: list[str], stage: str) -> str | None:
@@ -103,22 +105,28 @@ def no_signal(log_history: list[dict[str, Any]], names: list[str], stage: str) -
             "varied completions (num_generations, temperature)")
 
 
-def rl_metrics(outcome: TrainOutcome, names: list[str], prompts: int) -> dict[str, Scalar]:
+def rl_metrics(outcome: TrainOutcome, names: list[str], prompts: int, *,
+               mask_truncated: bool = True) -> dict[str, Scalar]:
     """The stage's metrics: run means of trl's logged rewards and health figures (`reward_<name>` and
-    `reward_<name>_std` per reward), the first and last logged total reward and KL, then the trainer headline."""
+    `reward_<name>_std` per reward), the first and last logged total reward and KL, then the trainer headline. With
+    ``mask_truncated`` (trl's mask_truncated_completions) KL, entropy and the clip ratio are means over the
+    completions that ended (:func:`ended_mean`), and the last KL is the last step's where one did."""
     history = outcome.log_history
     logged = [entry for entry in history if "loss" in entry]
     totals = [entry["reward"] for entry in logged if isinstance(entry.get("reward"), int | float)]
-    metrics: dict[str, Scalar] = {key.replace("/", "_"): run_mean(history, key) for key in LOGGED}
-    metrics[TERMINATED.replace("/", "_")] = terminated_mean(history)
+    ended = (TERMINATED, *TOKEN_MASKED) if mask_truncated else (TERMINATED,)
+    metrics: dict[str, Scalar] = {key.replace("/", "_"): (ended_mean if key in ended else run_mean)(history, key)
+                                  for key in LOGGED}
     metrics["first_logged_reward"] = totals[0] if totals else None
     metrics["last_logged_reward"] = totals[-1] if totals else None
     for name in names:
         metrics[f"reward_{name}"] = run_mean(history, f"rewards/{name}/mean")
         metrics[f"reward_{name}_std"] = run_mean(history, f"rewards/{name}/std")
     metrics.update({key.replace("/", "_"): run_mean(history, key) for key in logged_shares(history)})
-    if logged and isinstance(logged[-1].get("kl"), int | float):
-        metrics["last_kl"] = logged[-1]["kl"]
+    kls = [entry["kl"] for entry in logged
+           if isinstance(entry.get("kl"), int | float) and (not mask_truncated or terminated_share(entry) > 0)]
+    if kls:
+        metrics["last_kl"] = kls[-1]
     ordered = {key: metrics.pop(key) for key in AT_A_GLANCE if key in metrics}
     return {**ordered, **metrics, "prompts": prompts, **outcome.headline()}
 
@@ -131,6 +139,8 @@ def run_mean(log_history: list[dict[str, Any]], key: str) -> float | None:
 
 TERMINATED = "completions/mean_terminated_length"
 _CLIPPED = "completions/clipped_ratio"
+# What trl averages over the completion tokens its loss sees: under mask_truncated_completions, not a cut-off one's.
+TOKEN_MASKED = ("kl", "entropy", "clip_ratio/region_mean")
 
 
 def terminated_share(entry: dict[str, Any]) -> float:
@@ -140,14 +150,15 @@ def terminated_share(entry: dict[str, Any]) -> float:
     return 1.0 - float(clipped) if isinstance(clipped, int | float) else 1.0
 
 
-def terminated_mean(log_history: list[dict[str, Any]]) -> float | None:
-    """The mean length of the completions that ended on their own, over the run: each step's mean weighted by its
-    completions that did (a step's batch is one size), so a step where all were cut off counts for nothing instead of
-    a 0. None when none ended on its own."""
-    pairs = [(float(entry[TERMINATED]), terminated_share(entry)) for entry in log_history
-             if "loss" in entry and isinstance(entry.get(TERMINATED), int | float)]
+def ended_mean(log_history: list[dict[str, Any]], key: str) -> float | None:
+    """The run's mean of a figure trl takes over the completions that ended on their own (the mean terminated length;
+    with ``mask_truncated_completions``, KL, entropy and the clip ratio, whose token mask leaves cut-off completions
+    out): each step's value weighted by its share of such completions (a step's batch is one size), so a step where
+    all were cut off, which trl logs as 0, counts for nothing instead of a 0. None when none ended on its own."""
+    pairs = [(float(entry[key]), terminated_share(entry)) for entry in log_history
+             if "loss" in entry and isinstance(entry.get(key), int | float)]
     weight = sum(share for _, share in pairs)
-    return sum(length * share for length, share in pairs) / weight if weight > 0 else None
+    return sum(value * share for value, share in pairs) / weight if weight > 0 else None
 
 
 def logged_shares(log_history: list[dict[str, Any]]) -> list[str]:

@@ -240,16 +240,18 @@ def training_panels(result: StageResult, history: list[dict[str, Any]]) -> list[
         panels += [("DPO reward margin", [("margin", _points(history, "rewards/margins"), ".-")], "step"),
                    ("DPO accuracy", [("accuracy", _points(history, "rewards/accuracies"), ".-")], "step")]
     if isinstance(result, RLResult):
+        ended = [entry for entry in history if terminated_share(entry) > 0]
         # trl logs each reward as rewards/<name>/mean (and /std) beside the weighted total `reward`
         names = sorted({key.split("/")[1] for entry in history for key in entry
                         if key.startswith("rewards/") and key.endswith("/mean")})
         panels += [
             ("reward", [("total", _points(history, "reward"), ".-"),
                         *((name, _points(history, f"rewards/{name}/mean"), ".--") for name in names)], "step"),
-            ("KL", [("kl", _points(history, "kl"), ".-")], "step"),
+            # a step of cut-off samples logs a KL of 0 under mask_truncated_completions (its mask held no token)
+            ("KL", [("kl", _points([e for e in history if terminated_share(e) > 0 or e.get("kl") != 0], "kl"),
+                     ".-")], "step"),
             ("completion tokens", [("mean", _points(history, "completions/mean_length"), ".-"),
-                                   ("ended on its own", _points([e for e in history if terminated_share(e) > 0],
-                                                                TERMINATED), ".--")], "step"),
+                                   ("ended on its own", _points(ended, TERMINATED), ".--")], "step"),
             ("cut off %", [("cut off", _points(history, "completions/clipped_ratio", 100.0), ".-")], "step"),
             ("groups with one reward %", [("zero std", _points(history, "frac_reward_zero_std", 100.0), ".-")],
              "step"),

@@ -713,7 +713,9 @@ def test_the_stage_reports_rewards_first_with_each_rewards_spread_and_the_policy
     # a reward's mean and spread over the steps where it applied
     assert (metrics["reward_answer"], metrics["reward_answer_std"]) == (0.25, 0.5)
     assert metrics["reward_format"] == pytest.approx(0.75) and metrics["reward_format_std"] == pytest.approx(0.125)
-    assert metrics["clip_ratio_region_mean"] == pytest.approx(0.05)
+    # over the samples that ended (mask_truncated_completions): step 1 weighs 0.75, step 2 weighs 1
+    assert metrics["clip_ratio_region_mean"] == pytest.approx((0.75 * 0.0 + 1.0 * 0.1) / 1.75)
+    assert metrics["kl"] == pytest.approx((0.75 * 0.0 + 1.0 * 0.002) / 1.75)
     assert metrics["global_step"] == 2 and metrics["prompts"] == 4
 
 

@@ -7,7 +7,10 @@ by the functions here, so a reply scores the same in training and in evaluation.
 
 Japanese and Chinese also write numbers with Han numerals (四十二, 三百五, 1万2千, 二〇二六, 两千, and in Chinese
 三点五 = 3.5), and a reference answer may carry its unit (12,000円, 12 cm, 1,250 บาท, 100.000 đồng): both readers
-take them from here too.
+take them from here too. So do the other languages' scale words after a number (15 ribu, 1,5 triệu = 1500000 with
+the decimal comma of Vietnamese and Indonesian, 1 หมื่น, 2 ล้าน 5 แสน, 1만 5천, 3 million), sign words before one
+(minus 5, negatif 5, âm 7, ลบ 5), mixed numbers (1 1/2, 2\\frac{1}{3}) and Unicode's vulgar fractions (½, 1½): read
+as its first number, "15 ribu rupiah" was 15, which a reference of 15 scored right.
 
 What is not read as a number, and why (a number read where the reply wrote none is a wrong reward, and a policy
 learns it):
@@ -15,7 +18,10 @@ learns it):
 - Number words (forty-two, bốn mươi hai, empat puluh dua, สี่สิบสอง): the same words are articles and pronouns in
   prose (Vietnamese một is "a", English "one of them", Indonesian se-/satu in "satu-satunya", "the only"), so a reader
   of them finds numbers in every sentence, and a reply that gives its answer in words for a numeric reference is rare
-  enough to be left wrong. A digit followed by its percent word (45 percent, 45 phần trăm) is read as 45%.
+  enough to be left wrong. A digit followed by its percent word (45 percent, 45 phần trăm) is read as 45%, and by
+  its scale word (15 ribu, 2 triệu) as their product; a scale word with no digit before it (ratus, seribu), a
+  capitalised one (a name: Trăm) and one that begins another word (3 triệu chứng, 3 symptoms; 5 พันธุ์) multiply
+  nothing.
 - Japanese 割 and Chinese 成 (3割 = 30%, 二成 = 20%): 割 is also the verb divide (6割る2は3), 八成 also means "most
   likely" and 一成不变 "unchanging", and a 割 question's reference writes 3 where a percent one writes 30: a 割 is
   read as the number written before it (3割 is 3), as before.
@@ -280,6 +286,181 @@ def plain_cjk_number(token: str, reading: str | None) -> str | None:
     return _han_value(found, reading) if found and reading and re.search(rf"[{_HAN}]", token) else None
 
 
+# --- Number-scale and sign words, mixed and vulgar fractions: 15 ribu, 1,5 triệu, 2 ล้าน 5 แสน, âm 7, 1 1/2, ½ -----
+
+# A scale word multiplies the number written right before it, in the languages tempa knows (Japanese and Chinese
+# write Han units: _HAN_MYRIADS). Read as the number alone, "15 ribu" gave 15: 1 against a reference of 15, and a
+# policy learns it. Alone a scale word is no number (Indonesian "ratus" alone, "ribuan", "thousands of").
+_SCALE_WORDS = {
+    # English, Indonesian and Malay (rb and jt as prices are written), Filipino (with its linker: 15 libong piso)
+    "hundred": 100, "thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12,
+    "ratus": 100, "ribu": 10**3, "rb": 10**3, "juta": 10**6, "jt": 10**6, "miliar": 10**9, "milyar": 10**9,
+    "bilion": 10**9, "triliun": 10**12, "trilion": 10**12,
+    "libo": 10**3, "libong": 10**3, "milyon": 10**6, "milyong": 10**6, "bilyon": 10**9, "bilyong": 10**9,
+    # Vietnamese
+    "trăm": 100, "nghìn": 10**3, "ngàn": 10**3, "triệu": 10**6, "tỷ": 10**9, "tỉ": 10**9,
+    # Thai and Korean, which run on into the unit (1 หมื่นบาท, 1만5천원)
+    "ร้อย": 100, "พัน": 10**3, "หมื่น": 10**4, "แสน": 10**5, "ล้าน": 10**6,
+    "백": 100, "천": 10**3, "만": 10**4, "억": 10**8,
+}
+# Where a scale word after a number begins another word: Vietnamese triệu chứng (symptom), triệu phú (millionaire),
+# tỉ lệ and tỷ số (ratio); Thai พันธุ์ (breed), พันเอก and ร้อยโท (ranks), ร้อยละ (percent); Korean 만큼 (as much as).
+_NOT_SCALE_BEFORE = {
+    "triệu": r"\s+(?:chứng|tập|hồi|phú|gọi)", "tỷ": r"\s+(?:lệ|số|trọng)", "tỉ": r"\s+(?:lệ|số|trọng|mỉ)",
+    "พัน": "ธ|เอก|โท|ตรี", "ร้อย": "ละ|เอก|โท|ตรี|เอ็ด", "만": "큼|치",
+}
+
+
+def _scale_alternatives() -> str:
+    """The scale words as one alternation, in lower case only (a capitalised Trăm or Juta is a name), composed or
+    decomposed (Vietnamese is typed both ways); a word of Latin letters ends at a word boundary."""
+    words = []
+    for word in sorted(_SCALE_WORDS, key=len, reverse=True):
+        spellings = "|".join(re.escape(form) for form in dict.fromkeys((word, unicodedata.normalize("NFD", word))))
+        after = r"(?![^\W\d_])" if all("LATIN" in unicodedata.name(char) for char in word) else ""
+        not_after = ""
+        if word in _NOT_SCALE_BEFORE:
+            pattern = _NOT_SCALE_BEFORE[word]
+            not_after = rf"(?!{pattern}|{unicodedata.normalize('NFD', pattern)})"
+        words.append(f"(?:{spellings}){after}{not_after}")
+    return "|".join(words)
+
+
+_SCALE = _scale_alternatives()
+_SCALE_WORD_RE = re.compile(_SCALE)
+_SCALE_GAP = rf"[ \t{_GROUP_SPACES}]*"
+# LaTeX's text command that a math-trained model writes a number's words in: \boxed{15 \text{ ribu rupiah}}.
+_TEXT_OPENING = re.compile(r"\\(?:text(?:rm)?|mathrm|mbox)\s*\{")
+
+
+@functools.cache
+def _scaled_group_re(language: str | None) -> re.Pattern[str]:
+    """One number with its scale words (1,5 triệu, 2 พันล้าน, 15 \\text{ ribu); not the denominator of a fraction or
+    an exponent."""
+    return re.compile(rf"(?<![/^])(?:{number_body(language)})(?:{_SCALE_GAP}{_TEXT_OPENING.pattern})?"
+                      rf"(?:{_SCALE_GAP}(?:{_SCALE}))+")
+
+
+@functools.cache
+def _scaled_run_re(language: str | None) -> re.Pattern[str]:
+    """Numbers with scale words one after another (2 triệu 500 nghìn, 1억 2천만, 2 ล้าน 5 แสน)."""
+    group = _scaled_group_re(language).pattern
+    return re.compile(rf"{group}(?:{_SCALE_GAP}{group})*")
+
+
+def _scaled_value(group: str, language: str | None) -> tuple[Decimal, int] | None:
+    """The value of one number with its scale words and the scale they make; None when the words do not rise
+    (15 ribu ribu)."""
+    number = _number_re(language).match(group)
+    plain = plain_number(number.group(0), language) if number else None
+    if number is None or plain is None:
+        return None
+    value, scale = Decimal(plain), 1
+    for word in _SCALE_WORD_RE.findall(group, number.end()):
+        word_scale = _SCALE_WORDS[unicodedata.normalize("NFC", word)]
+        if word_scale <= scale:
+            return None
+        value, scale = value * word_scale, word_scale * scale
+    return value, scale
+
+
+def _decimal_text(value: Decimal) -> str:
+    """``value`` in ASCII digits and a decimal point, never with three decimals: "1.125" is 1125 where a language
+    groups thousands with a dot, so 1.125 is written 1.1250."""
+    text = _plain(value)
+    return text + "0" if re.fullmatch(r"-?\d{1,3}\.\d{3}", text) else text
+
+
+def _plain_scaled(run: str, language: str | None) -> str:
+    """A run of numbers with scale words as digits: one number while each part is less than the scale before it
+    (2 triệu 500 nghìn is 2500000), else one number for each (500 nghìn 2 triệu)."""
+    numbers: list[str] = []
+    total, scale = Decimal(0), None
+    openings = "".join(f" {opening}" for opening in _TEXT_OPENING.findall(run))  # 15000 \text{ rupiah}: balanced
+    for group in _scaled_group_re(language).finditer(run):
+        read = _scaled_value(group.group(0), language)
+        if read is None:
+            return run
+        if scale is not None and read[0] >= scale:
+            numbers.append(_decimal_text(total))
+            total = Decimal(0)
+        total, scale = total + read[0], read[1]
+    return " ".join([*numbers, _decimal_text(total)]) + openings
+
+
+# Unicode's vulgar fractions (½, ¾, ⅔, ...) as (numerator, denominator), and the fraction slash of 1⁄2: NFKC writes
+# ½ as 1⁄2, which no reader took for a number, and 1½ as 11⁄2.
+_VULGAR = {
+    char: (int(numerator), int(denominator))
+    for char in map(chr, range(0x80, 0x2190)) if unicodedata.decomposition(char).startswith("<fraction>")
+    for numerator, _, denominator in [unicodedata.normalize("NFKC", char).partition("\u2044")]
+    if numerator.isdigit() and denominator.isdigit() and int(numerator)
+}
+_VULGAR_RE = re.compile(rf"(?:(?<![\d.,])(?P<whole>\d+)[ {_GROUP_SPACES}]?)?(?P<fraction>[{''.join(_VULGAR)}])")
+# A mixed number: 1 1/2, 2\frac{1}{3} (a proper fraction after a whole number, as school arithmetic writes one).
+# Read as its first number, "1 1/2 jam" was 1 hour; as one group of digits, 11/2.
+_MIXED_RE = re.compile(
+    rf"(?<![\d.,/^_A-Za-z])(?P<whole>\d+)(?:[ {_GROUP_SPACES}](?P<numerator>\d{{1,2}})\s?/\s?(?P<denominator>\d{{1,3}})"
+    r"|\s*\\[dt]?frac\{(?P<tex_numerator>\d{1,2})\}\{(?P<tex_denominator>\d{1,3})\})(?![\d/]|[.,]\d)")
+
+
+def _fraction_text(whole: int, numerator: int, denominator: int, latex: bool = False) -> str | None:
+    """``whole`` and a proper fraction as one number: a decimal when it ends (1.5, so "1½ juta" is read with its
+    scale word), else an improper fraction (4/3, or \\frac{4}{3} in LaTeX, where 4/3x would divide by x); None when
+    the fraction is not proper."""
+    if not 0 < numerator < denominator:
+        return None
+    rest = denominator
+    for prime in (2, 5):
+        while rest % prime == 0:
+            rest //= prime
+    if rest == 1:
+        return _decimal_text(Decimal(whole * denominator + numerator) / denominator)
+    improper = whole * denominator + numerator
+    return rf"\frac{{{improper}}}{{{denominator}}}" if latex else f"{improper}/{denominator}"
+
+
+def _plain_vulgar(match: re.Match[str]) -> str:
+    numerator, denominator = _VULGAR[match.group("fraction")]
+    text = _fraction_text(int(match.group("whole") or 0), numerator, denominator) or match.group(0)
+    glued = not match.group("whole") and match.start() and match.string[match.start() - 1].isalnum()
+    return f" {text}" if glued else text  # 1.5½ is no number to read as 1.51/2
+
+
+def _plain_mixed(match: re.Match[str]) -> str:
+    numerator = match.group("numerator") or match.group("tex_numerator")
+    denominator = match.group("denominator") or match.group("tex_denominator")
+    latex = match.group("tex_numerator") is not None
+    return _fraction_text(int(match.group("whole")), int(numerator), int(denominator), latex) or match.group(0)
+
+
+# A sign word before a number: minus (en, id, ms, tl), negative, negatif (id, ms), negatibo (tl), âm (vi), ติดลบ and
+# ลบ (th), 마이너스 (ko). ลบ only as a word of its own or after a copula (คือลบ 5), not the end of another (หลบ, dodge).
+_SIGN_WORD = re.compile(
+    r"(?:(?<![^\W\d_])(?i:minus|negative|negatif|negatibo|âm|a\u0302m)|ติดลบ"
+    r"|(?:(?<![\u0e00-\u0e7f])|(?<=คือ)|(?<=เป็น)|(?<=ได้)|(?<=เท่ากับ))ลบ|마이너스)[ \t]*(?=\d)")
+# What a sign word after it subtracts from: a number, a bracket, a one-letter variable (10 minus 5, x minus 5).
+_OPERAND_END = re.compile(r"(?:[\d)\]}]|(?<![^\W\d_])[A-Za-z])$")
+
+
+def _plain_sign(match: re.Match[str]) -> str:
+    before = match.string[max(0, match.start() - 20) : match.start()].rstrip()
+    return match.group(0) if _OPERAND_END.search(before) else "-"
+
+
+def plain_number_words(text: str, language: str | None) -> str:
+    """``text`` with the words and marks that write a number as digits, in any language (numbers read as
+    ``language`` writes them): a number with its scale words (15 ribu, 1,5 triệu in Vietnamese and Indonesian, with
+    their decimal comma, 2 juta, 1 หมื่น, 2 ล้าน 5 แสน, 1만 5천, 3 million), a sign word before a number (minus 5,
+    âm 7, negatif 5, ลบ 5, not "10 minus 5"), a mixed number (1 1/2, 2\\frac{1}{3}) and Unicode's vulgar fractions
+    (½, 1½, ⅔). Japanese and Chinese units are :func:`plain_unit_numerals`'."""
+    text = text.replace("\u2044", "/")
+    text = _MIXED_RE.sub(_plain_mixed, _VULGAR_RE.sub(_plain_vulgar, text))
+    if _SCALE_WORD_RE.search(text):
+        text = _scaled_run_re(language).sub(lambda run: _plain_scaled(run.group(0), language), text)
+    return _SIGN_WORD.sub(_plain_sign, text)
+
+
 # Units a reference answer may carry: currencies (before or after the number), SI units, and the units and counters
 # Japanese, Chinese, Thai and Vietnamese write after a number. Percent is not one: "45%" is a number with its own
 # rule (tempa.alignment.answer_text.numbers_agree: 45% gives 45 and 0.45).
@@ -319,9 +500,11 @@ def _unit_number_re(language: str | None) -> re.Pattern[str]:
 
 def unit_number(text: str, language: str | None = None) -> str | None:
     """The number of a reference answer that is a number with a unit or currency ("12,000円", "12 cm", "₫100.000",
-    "1,250 บาท"), as written; None when ``text`` is not one. Both answer readers compare such a reference as its
+    "1,250 บาท"), as written (with its scale words as digits: "15 ribu rupiah" is "15000", :func:`plain_number_words`);
+    None when ``text`` is not one. Both answer readers compare such a reference as its
     number, so "答えは12000円" and "\\boxed{12}" give "12,000円" and "12 cm" in training and in evaluation alike."""
-    found = _unit_number_re(language).fullmatch(unicodedata.normalize("NFC", text.translate(FULL_WIDTH | DIGITS)).strip())
+    written = plain_number_words(text.translate(FULL_WIDTH | DIGITS), language)  # 15 ribu rupiah
+    found = _unit_number_re(language).fullmatch(unicodedata.normalize("NFC", written).strip())
     number = (found.group("after") or found.group("before")) if found else None
     if number and re.search(f"[{_HAN}]", number):
         # 四十二個 is a number with a counter only where Han numerals are read (ja, zh), and 十分 (enough) none
@@ -356,12 +539,13 @@ def math_text(answer: str, language: str | None = None) -> str:
     """``answer`` as math-verify can read it: full-width forms as ASCII, numbers written plainly as ``language``
     reads them (math-verify reads "1.250" as 1.25 and "1 000" as 1000, whatever the language), and a space between
     a number (with its sign) and the CJK or Thai text or word around it; in Japanese and Chinese, Han numerals
-    (1万2千, and 四十二 where the reply writes no digits) as digits. math-verify finds a number only at a word boundary, and
+    (1万2千, and 四十二 where the reply writes no digits) as digits, and in any language number words, mixed numbers
+    and vulgar fractions (15 ribu, minus 5, 1 1/2, ½: :func:`plain_number_words`) as digits. math-verify finds a number only at a word boundary, and
     Han, kana, Hangul and Thai are word characters, so it found none in "答えは42です" or "คือ1250บาท" (and none in
     "４２" or "Rp1250" at all)."""
     text = answer.translate(FULL_WIDTH | _MINUS | DIGITS)
     reading = cjk_reading(text, language)
-    text = plain_unit_numerals(text, reading)
+    text = plain_number_words(plain_unit_numerals(text, reading), language)
     if not _number_re(language).search(text):  # a reply that writes digits commits to them (see han_numbers)
         text = plain_han_numerals(text, reading)
     text = plain_numbers(text, language)

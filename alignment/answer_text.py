@@ -35,6 +35,7 @@ from tempa.alignment.numbers import (
     number_body,
     plain_cjk_number,
     plain_number,
+    plain_number_words,
     plain_unit_numerals,
     unit_number,
 )
@@ -286,7 +287,7 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
     after the lead-in, the whole reply) writes no digits, so a name (一郎, 九州) never outweighs a digit answer."""
     found = number_re(language)
     reading = cjk_reading(answer, language)
-    answer = plain_marks(answer, reading)
+    answer = plain_number_words(plain_marks(answer, reading), language)  # 15 ribu, minus 5, 1 1/2, ½
 
     def numbers_in(part: str) -> list[str]:
         return found.findall(part) or han_numbers(part, reading)
@@ -342,14 +343,15 @@ _PERCENT_END = re.compile(rf"(?:{_PERCENT})$")
 
 
 def read_number(text: str, language: str | None = None) -> Number | None:
-    """Read ``'1,234.5'``, ``'$12'``, ``'-3/4'``, ``'\\frac{3}{4}'``, ``'45%'``, ``'−2'``, ``'2,5'``, ``'四十二'``;
-    None when ``text`` is no number.
+    """Read ``'1,234.5'``, ``'$12'``, ``'-3/4'``, ``'\\frac{3}{4}'``, ``'45%'``, ``'−2'``, ``'2,5'``, ``'四十二'``,
+    ``'15 ribu'``, ``'minus 5'``, ``'1 1/2'``, ``'½'`` (:func:`tempa.alignment.numbers.plain_number_words`); None when
+    ``text`` is no number.
 
     Numbers read as ``language`` writes them (:func:`tempa.alignment.numbers.plain_number`): ``1,500`` is 1500 and
     ``1.500.000`` a million everywhere, ``2,5`` and ``0,125`` have a decimal comma; ``1.500`` is 1500 in a language
     with a decimal comma (Indonesian, Vietnamese, ...) and 1.5 in others (and without a language).
     """
-    cleaned = unicodedata.normalize("NFKC", text).strip()
+    cleaned = unicodedata.normalize("NFKC", plain_number_words(text, language)).strip()  # before NFKC makes ½ 1⁄2
     cleaned = plain_cjk_number(cleaned, cjk_reading(cleaned, language)) or cleaned  # 四十二, 1万2千, 三分之一
     cleaned = cleaned.replace("−", "-").replace("$", "").rstrip(".")
     percent = bool(_PERCENT_END.search(cleaned))

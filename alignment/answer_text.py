@@ -71,14 +71,31 @@ def plain_marks(text: str, reading: str | None) -> str:
 
 
 _BOXED_RE = re.compile(r"\\boxed\s*\{")
-# "The answer is 42", "Answer: 42", "#### 42", and the same lead-ins in the languages tempa knows: Indonesian,
-# Malay, Vietnamese (đáp án, đáp số: the answer of a sum), Filipino, Thai, Tamil (விடை, பதில்), Korean (답은, 정답은),
-# Japanese (答えは, 答え：, 答：) and Chinese (答案是, 答：).
+# The end of a word: no letter after it, nor a Thai vowel or tone mark (Unicode's non-spacing marks, which \w leaves
+# out: the label ค is not the word ค่ะ).
+_WORD_END = r"(?![^\W\d_]|[\u0e31\u0e34-\u0e3a\u0e47-\u0e4e])"
+# An option's label or a number ahead, after an option word ("B", "(C)", "ข้อ ค", "phương án D", "12"): a lead-in
+# without a copula or colon ("Jawabannya B", "Đáp án B", "Chọn B", "ตอบ ค", "故选B", "I choose B") commits only to one;
+# before a word it is prose ("Đáp án đúng phải thỏa mãn ...", "Jawabannya bisa dicari ...").
+_LABEL_AHEAD = (r"(?=[ \t]*(?:(?:option|choice|pilihan|opsi|phương án|phuong an|lựa chọn|lua chon)[ \t]+"
+                rf"|(?:ข้อ|ตัวเลือก)[ \t]*)?[(\[「\"']?(?:[^\W\d_]|[-+−]?\d+(?:[.,]\d+)*){_WORD_END})")
+# "The answer is 42", "Answer: 42", "#### 42", "I choose B", and the same lead-ins in the languages tempa knows:
+# Indonesian and Malay (jawabannya B, jawaban yang benar adalah), Vietnamese, with or without its diacritics (đáp án,
+# đáp số: the answer of a sum; câu trả lời đúng là; chọn B; dap an la), Filipino, Thai (คำตอบที่ถูกต้องคือ, ตอบ ค),
+# Tamil (விடை, பதில்), Korean (답은, 정답은), Japanese (答え: 答えは, 答え：, 答：) and Chinese (答案是, 答：, 选B).
 LEAD_IN_RE = re.compile(
-    r"(?:answer\s*(?:is|:)|####|jawaban(?:nya)?\s*(?:adalah|:)|jawapan(?:nya)?\s*(?:ialah|adalah|:)"
-    r"|đáp (?:án|số)\s*(?:là|:)|câu trả lời\s*(?:là|:)|sagot\s*(?:ay|:)|คำตอบ\s*(?:คือ|:)?|(?<!คำ)ตอบ\s*:"
+    r"(?:answer\s*(?:is|:)|####"
+    r"|jawa[bp]an(?:nya)?(?:\s+yang\s+(?:benar|tepat|betul))?\s*(?:adalah|ialah|:)"
+    rf"|jawa[bp]annya{_LABEL_AHEAD}"
+    r"|(?:đáp|dap)\s+(?:án|an|số|so)(?:\s+(?:đúng|dung))?\s*(?:(?:là|la)(?![^\W\d_])|:)"
+    r"|(?:câu|cau)\s+(?:trả|tra)\s+(?:lời|loi)(?:\s+(?:đúng|dung))?\s*(?:(?:là|la)(?![^\W\d_])|:)"
+    rf"|(?:đáp|dap)\s+(?:án|an){_LABEL_AHEAD}|(?<![^\W\d_])(?:chọn|chon){_LABEL_AHEAD}"
+    rf"|(?<![^\W\d_])i(?:['’]d|['’]ll|\s+would|\s+will)?\s+(?:go\s+with|choose|pick|select){_LABEL_AHEAD}"
+    r"|sagot\s*(?:ay|:)|คำตอบ(?:ที่ถูกต้อง(?:ที่สุด)?|ที่ถูก|ที่ดีที่สุด)?\s*(?:คือ|:)?|(?<!คำ)ตอบ\s*:"
+    rf"|(?<!คำ)ตอบ{_LABEL_AHEAD}"
     r"|(?:விடை|பதில்)(?![\u0b80-\u0bff])\s*:?|(?:정답|답)\s*(?:은|는|:)"
-    r"|(?:答え|正解|解答)\s*(?:は|[:：])|答案\s*(?:是|为|為|[:：])|答\s*[:：])",
+    r"|(?:答え|正解|解答)\s*(?:は|[:：])|答案\s*(?:是|为|為|[:：])|答\s*[:：]"
+    rf"|(?:答案|故|所以|因此)?\s*(?:选|選)(?:择|擇)?{_LABEL_AHEAD})",
     re.IGNORECASE,
 )
 
@@ -632,7 +649,7 @@ _TOPIC_IN = re.compile(rf"^\S*?[^\W\d_]{_NOT_AN_OR}は(?![\u3040-\u309f])")
 _LINE_SENTENCE = re.compile(r"(?<=[。!?])|(?<=\.)(?=\s|$)")
 # The word a multiple-choice reply names its pick with ("option C", "ข้อ ข", "ตัวเลือก ค", "pilihan B", "選択肢B"),
 # after normalisation. A Latin word must stand apart (no "optional"); a Thai or CJK one joins its label unspaced.
-_OPTION_WORD = re.compile(r"^(?:(?:option|choice|pilihan|opsi|lựa chọn|phương án|pagpipilian)\s+|(?:ข้อ|ตัวเลือก|選択肢|选项|選項)\s*)")
+_OPTION_WORD = re.compile(r"^(?:(?:option|choice|pilihan|opsi|lựa chọn|lua chon|phương án|phuong an|pagpipilian)\s+|(?:ข้อ|ตัวเลือก|選択肢|选项|選項)\s*)")
 
 
 def normalise_text(text: str) -> str:
@@ -697,7 +714,7 @@ def text_answer_matches(answer: str, expected: object) -> bool:
         return False
     plain = _instead(plain)
     normalised = normalise_text(plain)
-    if target in (normalised, _OPTION_WORD.sub("", normalised)):
+    if target in (normalised, _OPTION_WORD.sub("", normalised)) or _called_right(plain, reference):
         return True
     stated = _stated_before_copula(plain)
     if stated is not None and _answer_then_remarks(plain):
@@ -824,6 +841,33 @@ def _opens_with(text: str, reference: str, *, spaced: bool = False) -> bool:
     if rest[0].isspace() and spaced:
         return not _ALTERNATIVE.match(rest.strip()) and not rest.strip().startswith("/")
     return False
+
+
+# What calls the answer before it right, in the languages of LEAD_IN_RE: "B is correct.", "B is the correct answer.",
+# "B là đáp án đúng.", "B adalah jawaban yang benar.", "B ang tamang sagot.", "ค คือคำตอบที่ถูกต้อง", "アが正解です。",
+# "B가 정답입니다.", "B是正确答案。"; read on the sentence after the answer (NFKC, casefolded), to its end.
+_CALLED_RIGHT = re.compile(
+    r"\s*(?:(?:is|was)\s+(?:the\s+)?(?:correct|right)(?:\s+(?:answer|option|choice|one))?"
+    r"|(?:là|la)\s+(?:(?:đáp|dap)\s+(?:án|an)|(?:câu|cau)\s+(?:trả|tra)\s+(?:lời|loi)|(?:phương|phuong)\s+(?:án|an)"
+    r"|(?:lựa|lua)\s+(?:chọn|chon))\s+(?:đúng|dung|chính xác|chinh xac)|(?:là\s+)?(?:đúng|dung)"
+    r"|(?:adalah|ialah|merupakan)\s+(?:jawa[bp]an|pilihan)\s+(?:yang\s+)?(?:benar|tepat|betul)|(?:yang\s+)?(?:benar|betul)"
+    r"|ang\s+(?:tamang\s+sagot|tama)|\s*(?:คือ)?\s*(?:คำตอบ)?(?:ที่)?ถูก(?:ต้อง)?"
+    r"|が(?:正解|正しい)|(?:이|가)\s*(?:정답|맞)|(?:是)?(?:正确|正確)(?:的?答案|的)?|是(?:对|對)的)"
+    r"(?:\s*(?:です|だ|である|입니다|이다|습니다|다|ครับ|ค่ะ))?\s*",
+    re.IGNORECASE,
+)
+
+
+def _called_right(line: str, reference: str) -> bool:
+    """Whether ``line`` (NFKC) opens with ``reference`` (NFKC, casefolded) and its sentence goes on only to call it
+    right (:data:`_CALLED_RIGHT`; a reason after it kept: "B is correct because ..."). Not "B is not correct.", "B is
+    correct or C is." nor "Neither A nor B is correct.", which do not open with the answer alone."""
+    plain = unicodedata.normalize("NFKC", line).casefold().strip()
+    opening = _OPTION_WORD.sub("", plain.lstrip(" \t([*「『【〔《〈"))
+    if not reference or not opening.startswith(reference):
+        return False
+    rest = opening[len(reference):].lstrip(" *" + "".join(_CLOSING))
+    return _CALLED_RIGHT.fullmatch(committed_sentence(rest)) is not None
 
 
 def _commits_to(candidate: str, target: str, reference: str) -> bool:

@@ -340,3 +340,64 @@ LATEX_BOXES = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), LATEX_BOXES)
 def test_an_option_boxed_in_latex_text_is_the_answer(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+# From a Vietnamese/Indonesian/Thai/Malay RL team's trial: 189 replies hand-graded, 56 disagreed with a fair grader.
+THAI = ("ก", "ข", "ค", "ง")
+
+RIGHT_ANSWER_PHRASINGS = [
+    # common phrasings of a right answer scored 0: a lead-in without a copula or colon before a label or a number, a
+    # lead-in with "correct" in it, a choice verb, the answer called right after it
+    ("Jawabannya B.", LATIN, "B", "id"),
+    ("Jadi, jawabannya B", LATIN, "B", "id"),
+    ("Jawapannya C.", LATIN, "C", "ms"),
+    ("Jawaban yang benar adalah C.", LATIN, "C", "id"),
+    ("Jawapan yang betul ialah C.", LATIN, "C", "ms"),
+    ("Jawabannya 12.", EN_COUNT, "12", "id"),
+    ("Chọn B.", LATIN, "B", "vi"),
+    ("Vậy ta chọn phương án C.", LATIN, "C", "vi"),
+    ("Đáp án B", LATIN, "B", "vi"),
+    ("Đáp án đúng là C.", LATIN, "C", "vi"),
+    ("Câu trả lời đúng là phương án D.", LATIN, "D", "vi"),
+    ("Dap an la B", LATIN, "B", "vi"),
+    ("Cau tra loi dung la phuong an D", LATIN, "D", "vi"),
+    ("Chon C", LATIN, "C", "vi"),
+    ("ตอบ ค", THAI, "ค", "th"),
+    ("ตอบข้อ ค ครับ", THAI, "ค", "th"),
+    ("คำตอบที่ถูกต้องคือ ค", THAI, "ค", "th"),
+    ("ดังนั้นคำตอบที่ถูกต้องคือข้อ ค", THAI, "ค", "th"),
+    ("I'd go with B.", LATIN, "B", "en"),
+    ("I choose B.", LATIN, "B", "en"),
+    ("I'll pick option C.", LATIN, "C", "en"),
+    ("B is correct.", LATIN, "B", "en"),
+    ("B is the correct answer.", LATIN, "B", "en"),
+    ("B is correct because the others contradict the text.", LATIN, "B", "en"),
+    ("アが正解です。", KANA, "ア", "ja"),
+    ("ウが正しいです。", KANA, "ウ", "ja"),
+    ("B가 정답입니다.", LATIN, "B", "ko"),
+    ("答案选B。", LATIN, "B", "zh"),
+    ("故选B", LATIN, "B", "zh"),
+    ("选B。", LATIN, "B", "zh"),
+    ("B是正确答案。", LATIN, "B", "zh"),
+    ("B là đáp án đúng.", LATIN, "B", "vi"),
+    ("B adalah jawaban yang benar.", LATIN, "B", "id"),
+    ("B adalah jawapan yang betul.", LATIN, "B", "ms"),
+    ("B ang tamang sagot.", LATIN, "B", "tl"),
+    ("ข้อ ค ถูกต้อง", THAI, "ค", "th"),
+    # ... while a denial, a question, a choice or a named wrong option scores none
+    ("B is not correct.", LATIN, None, "en"),
+    ("Is B correct?", LATIN, None, "en"),
+    ("I think B is correct or C is.", LATIN, None, "en"),
+    ("Neither A nor B is correct.", LATIN, None, "en"),
+    ("B or C is correct.", LATIN, None, "en"),
+    ("Chọn B hoặc C.", LATIN, None, "vi"),
+    ("I choose to compare each option first.", LATIN, None, "en"),
+    # a lead-in without a copula before prose is no commitment: the last line still gives the answer
+    ("Đáp án đúng phải thỏa mãn cả hai điều kiện.\nC", LATIN, "C", "vi"),
+    ("Jawabannya bisa dicari dengan eliminasi.\nC", LATIN, "C", "id"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), RIGHT_ANSWER_PHRASINGS)
+def test_common_phrasings_of_a_right_answer_score(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

@@ -164,7 +164,7 @@ def committed_sentence(tail: str) -> str:
 # right before it that opens a condition, a supposition or a check (English, Indonesian, Malay, Vietnamese, Filipino,
 # Thai, Chinese, Japanese; a few words such as "the" or "bahwa" may stand between) ...
 _HEDGE_BEFORE = re.compile(
-    r"(?:(?<![^\W\d_])(?:whether|if|suppose|supposing|assume|assuming|maybe|perhaps|check|verify|apakah|jika"
+    r"(?:(?<![^\W\d_])(?:whether|if|suppose|supposing|assume|assuming|maybe|perhaps|check|verify|apakah|benarkah|betulkah|bukankah|adakah|jika"
     r"|kalau|bila|andaikan|misalkan|seandainya|sama ada|katakan|liệu|nếu|giả sử|thử xem|xem thử|kiểm tra xem|hãy xem"
     r"|để xem|let me try|let's try|kung|ipagpalagay na)"
     r"(?:\s+(?:that|the|our|my|this|final|correct|right|bahwa|rằng|ang))*"
@@ -226,7 +226,8 @@ def _hedged(text: str, lead_in: re.Match[str], stop: int, ends: _SentenceEnds) -
     clause = _CLAUSE_END.split(committed_sentence(line), maxsplit=1)[0].strip()
     if lead_in.group(0).rstrip().endswith("是") and _ASKED_AFTER_SHI.match(clause):
         return True
-    return bool(_HEDGE_AFTER.search(clause)) or ends.asks(lead_in.end())
+    return (bool(_HEDGE_AFTER.search(clause)) or ends.asks(lead_in.end())
+            or _asks_unmarked(_SENTENCE_END.split(line, maxsplit=1)[0]))
 
 
 # A wrong answer named where the answer would be: "The wrong answer is B", 不正解 ("wrong answer", whose 正解は is a
@@ -264,8 +265,24 @@ def committing_lead_in(text: str) -> re.Match[str] | None:
 _INSTEAD = re.compile(r"では(?:なく|なくて)|じゃ(?:なく|なくて)|(?<![^\W\d_])(?:but|tetapi|tapi|melainkan)(?![^\W\d_])"
                       r"|mà là|而是|(?:이|가)\s*아니라", re.IGNORECASE)
 # A number denied ("not 12", "12個ではありません", "不是12") or offered as one of a choice ("12 or 13", "9個か10個").
-_DENIED_BEFORE = re.compile(r"(?:(?<![^\W\d_])(?:not|isn't|bukan|không phải|không|hindi)|ไม่ใช่|不是|并非|並非)\s*$",
-                            re.IGNORECASE)
+_DENIED_BEFORE = re.compile(r"(?:(?<![^\W\d_])(?:not|isn't|bukan(?:lah)?|không phải|khong phai|không|hindi)"
+                            r"(?:\s+(?:là|la|adalah|ang))?|ไม่ใช่|不是|并非|並非)\s*$", re.IGNORECASE)
+# A question without a question mark, as Thai always writes one and Vietnamese, Indonesian and Malay often do: a
+# particle at the sentence's end (ไหม, มั้ย, หรือเปล่า, ใช่ไหม; phải không, đúng không, chưa, à, hả, nhỉ, and không
+# after the answer, not "là không": the answer "no") or -kah/apakah in it ("12 kah jawabannya", "benarkah 12").
+_ASKED_AT_END = re.compile(
+    r"(?:(?<![^\W\d_])(?:(?:phải|phai|đúng|dung)\s+(?:không|khong)|chưa|hả|à|nhỉ)"
+    r"|(?<!\blà\s)(?<!\bla\s)(?<!bằng\s)(?<!bang\s)(?<![:：]\s)(?<=\S\s)(?:không|khong)"
+    r"|ไหม|มั้ย|หรือเปล่า|หรือไม่|เหรอ|หรอ)\s*[.。!]?\s*$",
+    re.IGNORECASE,
+)
+_ASKED_IN = re.compile(r"(?<![^\W\d_])(?:apa|benar|betul|bukan|ada)?kah(?![^\W\d_])|(?<=\d)-?kah(?![^\W\d_])",
+                       re.IGNORECASE)
+
+
+def _asks_unmarked(sentence: str) -> bool:
+    """Whether ``sentence`` asks without a question mark (:data:`_ASKED_AT_END`, :data:`_ASKED_IN`)."""
+    return bool(_ASKED_AT_END.search(sentence) or _ASKED_IN.search(sentence))
 _DENIED_AFTER = re.compile(r"^[^\s\d]{0,3}?\s*(?:では(?:ない|ありません|なかった)|じゃ(?:ない|ありません)|でない|(?:이|가)\s*아니)")
 # "42 or so" approximates one number; it offers no second.
 _OR_WORDS = r"or|atau|hoặc|หรือ|または|もしくは|あるいは|或者?|还是|還是|또는|혹은|내지는|내지"
@@ -341,7 +358,8 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
         closing = _SENTENCE_END.search(answer, end)
         sentence_end = closing.start() if closing else len(answer)
         sentence = answer[opened:sentence_end]
-        asks = (closing is not None and answer[closing.start()] in "?？") or _ASKS.search(sentence)
+        asks = ((closing is not None and answer[closing.start()] in "?？") or _ASKS.search(sentence)
+                or _asks_unmarked(sentence))
         instead = list(_INSTEAD.finditer(answer, opened, start))
         part_start = instead[-1].end() if instead else opened
         if asks or _offered(answer[part_start:sentence_end], start - part_start, end - part_start):
@@ -710,7 +728,7 @@ def text_answer_matches(answer: str, expected: object) -> bool:
     if not lines:
         return False
     plain = unicodedata.normalize("NFKC", lines[-1]).strip()
-    if plain.endswith("?"):  # NFKC makes ？ a ?
+    if plain.endswith("?") or _asks_unmarked(plain):  # NFKC makes ？ a ?
         return False
     plain = _instead(plain)
     normalised = normalise_text(plain)
@@ -734,7 +752,9 @@ def text_answer_matches(answer: str, expected: object) -> bool:
     if _opens_with(plain, reference):
         return True
     stated = re.search(rf"(?:^| )(?:{_COPULAS}) {re.escape(target)}$", normalised)
-    return stated is not None and not _names_wrong(normalised[: stated.start()])
+    # "Đáp án không phải là B.": the copula after a denial states what the answer is not
+    return (stated is not None and not _names_wrong(normalised[: stated.start()])
+            and not _DENIED_BEFORE.search(normalised[: stated.end() - len(target)]))
 
 
 # An option's label, normalised ("c", "ウ", "12"): one before a colon and an option's text is the pick.

@@ -401,3 +401,41 @@ RIGHT_ANSWER_PHRASINGS = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), RIGHT_ANSWER_PHRASINGS)
 def test_common_phrasings_of_a_right_answer_score(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+VI_YES_NO = ("Có", "Không")
+
+UNMARKED_DENIALS_AND_QUESTIONS = [
+    # a denial after its copula, and a question without a question mark (Thai writes none; Vietnamese, Indonesian and
+    # Malay often leave it out), scored as the stated answer, by the text rule and by the number rule
+    ("Đáp án không phải là B.", LATIN, None, "vi"),
+    ("Dap an khong phai la B.", LATIN, None, "vi"),
+    ("Kết quả không phải là 12.", EN_COUNT, None, "vi"),
+    ("Hasilnya bukanlah 12.", EN_COUNT, None, "id"),
+    ("Hasilnya bukan 12.", EN_COUNT, None, "ms"),
+    ("Jadi 12 kah jawabannya", EN_COUNT, None, "id"),
+    ("Jadi jawabannya 12kah", EN_COUNT, None, "id"),
+    ("Apakah jawabannya 12", EN_COUNT, None, "id"),
+    ("Benarkah jawapannya 12", EN_COUNT, None, "ms"),
+    ("Ý bạn là 12 quả táo phải không", EN_COUNT, None, "vi"),
+    ("Đáp án là 12 à", EN_COUNT, None, "vi"),
+    ("Đáp án là B đúng không", LATIN, None, "vi"),
+    ("Đáp án là 12 không", EN_COUNT, None, "vi"),
+    ("Đáp án là B hả", LATIN, None, "vi"),
+    ("หมายถึง 12 ใช่ไหม", EN_COUNT, None, "th"),
+    ("คำตอบคือ ข ใช่มั้ย", THAI, None, "th"),
+    ("คำตอบคือ 12 หรือเปล่า", EN_COUNT, None, "th"),
+    ("ข้อ ข เหรอ", THAI, None, "th"),
+    # stated answers keep passing: "là không" is the answer "no", langkah ("step") is no -kah
+    ("Câu trả lời là không.", VI_YES_NO, "Không", "vi"),
+    ("Không", VI_YES_NO, "Không", "vi"),
+    ("Đáp án là 12.", EN_COUNT, "12", "vi"),
+    ("Langkah 2: jumlahkan. Hasilnya 12", EN_COUNT, "12", "id"),
+    ("คำตอบคือ 12", EN_COUNT, "12", "th"),
+    ("Đáp án là B.", LATIN, "B", "vi"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), UNMARKED_DENIALS_AND_QUESTIONS)
+def test_a_denial_or_an_unmarked_question_is_not_the_answer(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

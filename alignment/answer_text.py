@@ -285,13 +285,20 @@ def _asks_unmarked(sentence: str) -> bool:
     return bool(_ASKED_AT_END.search(sentence) or _ASKED_IN.search(sentence))
 _DENIED_AFTER = re.compile(r"^[^\s\d]{0,3}?\s*(?:では(?:ない|ありません|なかった)|じゃ(?:ない|ありません)|でない|(?:이|가)\s*아니)")
 # "42 or so" approximates one number; it offers no second.
-_OR_WORDS = r"or|atau|hoặc|หรือ|または|もしくは|あるいは|或者?|还是|還是|또는|혹은|내지는|내지"
+# Vietnamese hay is "or" too, but "good" before an intensifier ("B, hay quá": great).
+_OR_WORDS = (r"or|atau|hoặc|hay(?!\s+(?:quá|lắm|đấy|thật|ghê|nhất|đó|nhỉ))|หรือ|または|もしくは|あるいは|或者?|还是|還是"
+             r"|또는|혹은|내지는|내지")
+# "And" before another option's label or a number names a second answer ("A dan B", "ก และ ข", "12 và 13"); before a
+# word it goes on about the answer ("Jawabannya B dan alasannya ...").
+_AND_WORDS = r"and|dan|và|va|และ|กับ|和|与|與|및"
+_AND_ANOTHER = (rf"(?:{_AND_WORDS})(?![^\W\d_])(?=\s*(?:option\s+|ข้อ\s*)?[(\[]?(?:[^\W\d_]|[-+−]?\$?\d+)"
+                rf"{_WORD_END})")
 _CHOICES = rf"(?!or\s+so(?![^\W\d_]))(?:{_OR_WORDS})(?![^\W\d_])"
 # か before a counter (12か月, 3か所, 5か国: "12 months", not "12 or") counts; the ヶ, ケ, カ and 箇 spellings never
 # read as "or".
 _COUNTER_KA = r"か(?=[月所国國条條年村町寺校店処])"
-_CHOICE_AFTER = re.compile(rf"^[^\s\d]{{0,3}}?\s*(?:(?!{_COUNTER_KA})か(?!ら)|{_CHOICES})", re.IGNORECASE)
-_CHOICE_BEFORE = re.compile(rf"(?:か|(?<![^\W\d_]){_CHOICES})\s*$", re.IGNORECASE)
+_CHOICE_AFTER = re.compile(rf"^[^\s\d]{{0,3}}?\s*(?:(?!{_COUNTER_KA})か(?!ら)|{_CHOICES}|{_AND_ANOTHER})", re.IGNORECASE)
+_CHOICE_BEFORE = re.compile(rf"(?:か|(?<![^\W\d_]){_CHOICES}|\d\s*(?:{_AND_WORDS}))\s*$", re.IGNORECASE)
 _ASKS = re.compile(r"(?:ですか|でしょうか|吗|嗎)\s*$")
 
 
@@ -767,7 +774,7 @@ _ENDS = tuple(".。!")
 _COMMAS = tuple(",、;")
 # A conjunction that makes what follows an answer another option: "A or B", "ア または イ", "A, B, C, or D", "긍정 내지는
 # 부정".
-_ALTERNATIVE = re.compile(rf"^(?:{_OR_WORDS}|and|nor|và|o|か|や|と)(?![^\W\d_])", re.IGNORECASE)
+_ALTERNATIVE = re.compile(rf"^(?:(?:{_OR_WORDS}|nor|o|か|や|と)(?![^\W\d_])|{_AND_ANOTHER})", re.IGNORECASE)
 # What denies the answer right after it, past a closing bracket, a colon or a space: "「ネガティブ」ではありません",
 # "「ネガティブ」は間違い", "「긍정」이 아닙니다", "(C) is not correct", "「B」不是", in the languages _DENIED_AFTER and
 # _DENIED_BEFORE know. A bare "not" is left out: "C) Not enough information" is an option's text.
@@ -805,7 +812,7 @@ def _option_text(text: str) -> bool:
     """Whether ``text`` (what follows an option's label and its comma) reads as the option's text ("Paris"), not as
     another label ("C", "or D", "ウ") nor Japanese, whose run-on the list rule reads."""
     words = text.split()
-    return (bool(words) and not _ALTERNATIVE.match(words[0]) and not _OPTION_LABEL.fullmatch(words[0].strip(".)"))
+    return (bool(words) and not _ALTERNATIVE.match(text.strip()) and not _OPTION_LABEL.fullmatch(words[0].strip(".)"))
             and _KANA_OR_HAN.search(text) is None)
 
 
@@ -818,7 +825,7 @@ def _is_clause(text: str) -> bool:
     than names another option ("no", "イ", "ポジティブ", "or D"): two words or more, or Japanese with a
     hiragana ending of more than a short word."""
     words = text.split()
-    if not words or _ALTERNATIVE.match(words[0]):
+    if not words or _ALTERNATIVE.match(text.strip()):
         return False
     if _KANA_OR_HAN.search(text):
         return len(text) > 4 and _HIRAGANA.search(text) is not None
@@ -859,7 +866,9 @@ def _opens_with(text: str, reference: str, *, spaced: bool = False) -> bool:
             return True  # "B, Paris": an option's letter, then its text
         return _is_clause(following)
     if rest[0].isspace() and spaced:
-        return not _ALTERNATIVE.match(rest.strip()) and not rest.strip().startswith("/")
+        # "ข ค": a second label after a space names two answers
+        labels = all(_OPTION_LABEL.fullmatch(word) for word in normalise_text(rest).split())
+        return not _ALTERNATIVE.match(rest.strip()) and not rest.strip().startswith("/") and not labels
     return False
 
 

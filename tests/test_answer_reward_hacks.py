@@ -439,3 +439,35 @@ UNMARKED_DENIALS_AND_QUESTIONS = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), UNMARKED_DENIALS_AND_QUESTIONS)
 def test_a_denial_or_an_unmarked_question_is_not_the_answer(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+OR_AND_CHOICES = [
+    # "or" and "and" before a second answer name two, neither the answer (hay is Vietnamese "or"; dan, và, และ, กับ,
+    # and, 和 "and"), and so do two labels side by side
+    ("Đáp án là 12 hay 13", EN_COUNT, None, "vi"),
+    ("Đáp án là A hay B.", LATIN, None, "vi"),
+    ("Chọn A hay B", LATIN, None, "vi"),
+    ("Jawaban: A dan B", LATIN, None, "id"),
+    ("Jawabannya 12 dan 13.", EN_COUNT, None, "id"),
+    ("Jawapannya A dan B.", LATIN, None, "ms"),
+    ("Đáp án là A và B.", LATIN, None, "vi"),
+    ("Đáp án là 12 và 13.", EN_COUNT, None, "vi"),
+    ("คำตอบคือ ก และ ข", THAI, None, "th"),
+    ("คำตอบคือ ก กับ ข", THAI, None, "th"),
+    ("คำตอบคือ 12 และ 13", EN_COUNT, None, "th"),
+    ("คำตอบคือ ข ค", THAI, None, "th"),
+    ("The answer is B and C.", LATIN, None, "en"),
+    ("The answer is 12 and 13.", EN_COUNT, None, "en"),
+    ("答案是B和C。", LATIN, None, "zh"),
+    # ... while "and" before a word goes on about the answer, and hay before an intensifier is "good"
+    ("Jawabannya B dan alasannya karena teks menyebutkannya.", LATIN, "B", "id"),
+    ("The answer is B and the reason is the second sentence.", LATIN, "B", "en"),
+    ("Đáp án là B và lý do là câu thứ hai.", LATIN, "B", "vi"),
+    ("Đáp án là B, hay quá.", LATIN, "B", "vi"),
+    ("คำตอบคือ ข ครับ", THAI, "ข", "th"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), OR_AND_CHOICES)
+def test_or_and_and_before_a_second_answer_name_no_answer(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

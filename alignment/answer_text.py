@@ -343,7 +343,7 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
         return Commitment(answer[start : end + 1], None)
     lead_in = committing_lead_in(answer)
     if lead_in:
-        tail = answer[lead_in.end() :]
+        tail = corrected(answer[lead_in.end() :])
         # "The answer is 12 - 5 = 7": a worked line commits to what its last '=' gives
         line = committed_sentence(tail)
         instead = list(_INSTEAD.finditer(line))
@@ -653,7 +653,48 @@ _TOPIC_WORD = (rf"[^\W\d_]{_NOT_AN_OR}は$"
                r"|(?:^|\s)(?!또는$|혹은$|내지는$)[^\W\d_]+[은는]$")
 _CONNECTIVES = (r"つまり|したがって|従って|よって|ゆえに|故に|なので|だから|結論として|やはり|やっぱり|たぶん|多分|おそらく"
                 r"|恐らく|きっと")
-_RETRACTIONS = r"いや|いいえ|いえ|正しくは|訂正します|실은|아니요|아니"
+# Words that take back the answer just given: Japanese, Korean, English, Vietnamese (with and without diacritics),
+# Indonesian and Malay, Thai, Filipino, Chinese.
+_RETRACTIONS = (r"いや|いいえ|いえ|正しくは|訂正します|실은|아니요|아니|no,?\s*wait|wait,?\s*no|oops|scratch that"
+                r"|(?:à|ồ|a|o)\s+(?:không|khong)|nhầm rồi|sửa lại|sua lai|eh|ralat|koreksi|ไม่สิ|ไม่ใช่สิ|เดี๋ยวนะ"
+                r"|teka|mali pala|不对|不對|更正|说错了|說錯了")
+# What may come between a retraction and its correction: an admission ("salah", "I was wrong", 間違えました) and a
+# lead ("yang benar", "seharusnya", "phải là", "it's", "the answer is", 应该是); "actually" and its kin retract only
+# before a lead ("Actually, it's C", not "Actually, this is because ...").
+_ADMISSIONS = (r"salah|keliru|nhầm(?:\s+rồi)?|nham|sai\s+rồi|that['’]?s\s+wrong|i\s+was\s+wrong|my\s+mistake"
+               r"|間違えました|ผิด(?:ครับ|ค่ะ)?")
+_CORRECTION_LEADS = (r"(?:it|that)(?:['’]s|\s+is|\s+should\s+be)|(?:the\s+)?(?:correct\s+|right\s+)?(?:answer|option"
+                     r"|choice)\s+is|i\s+mean|phải là|phai la|đúng ra là|mà là|yang (?:benar|betul|tepat)"
+                     r"(?:\s+(?:adalah|ialah))?|seharusnya(?:\s+adalah)?|sepatutnya|harusnya|ต้องเป็น|ที่ถูก(?:ต้อง)?คือ"
+                     r"|应该是|應該是|ang tama ay")
+_NEWLINE = re.compile("\n")
+_LEAD_END = r"(?:(?<=[\u0e00-\u0e7f\u3400-\u9fff])|(?![^\W\d_]))"  # Thai and Chinese run on into the answer
+_SEP = r"[\s,，、:：.!。]*"
+_RETRACTION = re.compile(
+    rf"(?<![^\W\d_])(?:(?:{_RETRACTIONS}|(?:không|khong)(?=\s*[,.!]))(?![^\W\d_])(?:{_SEP}(?:{_ADMISSIONS})(?![^\W\d_]))*"
+    rf"(?:{_SEP}(?:{_CORRECTION_LEADS}){_LEAD_END})?"
+    rf"|(?:actually|in fact|sebenarnya|thực ra|thuc ra|จริงๆ\s*แล้ว){_SEP}(?:{_CORRECTION_LEADS}){_LEAD_END}){_SEP}",
+    re.IGNORECASE,
+)
+
+
+def corrected(text: str) -> str:
+    """``text`` (from an answer on: a lead-in's tail, a line) as corrected: the correction after a retraction
+    (:data:`_RETRACTION`) that takes back the answer before it, in its sentence or opening the next ("Đáp án là A.
+    À không, phải là C.", "B. No wait, C.", "คำตอบคือ ข ไม่สิ ค", "Jawabannya adalah 12. Eh salah, seharusnya 15."
+    give C, C, ค, 15); ``text`` itself without one. A later sentence without a retraction is a remark."""
+    while True:
+        said = _SAID.search(text)
+        if said is None:
+            return text
+        ends = (_SENTENCE_END.search(text, said.start()), _NEWLINE.search(text, said.start()))
+        first_end = min([m.start() for m in ends if m] or [len(text)])
+        next_start = _SAID.search(text, first_end + 1)
+        limit = next_start.start() if next_start else len(text)
+        found = next((m for m in _RETRACTION.finditer(text, said.start() + 1) if m.start() <= limit), None)
+        if found is None or not text[found.end():].strip():
+            return text
+        text = text[found.end():]
 _TOPIC_BEFORE = re.compile(rf"{_TOPIC_WORD}|^(?:(?:{_CONNECTIVES}|{_RETRACTIONS})\s?)+$")
 # A sentence that takes back the one before it ("イ。いや、ウ。"): its correction is the answer, copula or not.
 _RETRACTED = re.compile(rf"^(?:(?:{_RETRACTIONS})\s?)+$")
@@ -726,7 +767,7 @@ def text_answer_matches(answer: str, expected: object) -> bool:
         return _commits_to(_latex_text(boxes[-1]), target, reference)
     lead_in = committing_lead_in(answer)
     if lead_in:
-        tail = answer[lead_in.end() :].strip()
+        tail = corrected(answer[lead_in.end() :].strip())
         sentence = committed_sentence(tail)
         if not sentence.strip(" :："):  # "The answer is:\nJakarta": the lead-in ends its line
             sentence = committed_sentence(tail.lstrip(" :：").strip())
@@ -737,7 +778,7 @@ def text_answer_matches(answer: str, expected: object) -> bool:
     plain = unicodedata.normalize("NFKC", lines[-1]).strip()
     if plain.endswith("?") or _asks_unmarked(plain):  # NFKC makes ？ a ?
         return False
-    plain = _instead(plain)
+    plain = _instead(corrected(plain))
     normalised = normalise_text(plain)
     if target in (normalised, _OPTION_WORD.sub("", normalised)) or _called_right(plain, reference):
         return True

@@ -65,7 +65,9 @@ ONE_COMMITMENT = [
     (r"\boxed{A, B}", LATIN, None, "en"),
     ("答え：ポジティブ\nネガティブ", SENTIMENT, "ポジティブ", "ja"),
     ("答えはア\nイ", KANA, "ア", "ja"),
-    ("答えはイです。いや、間違えました。ウです。", KANA, "イ", "ja"),  # the lead-in's sentence is the commitment
+    # the lead-in's sentence is the commitment, unless a retraction takes it back: then its correction is
+    ("答えはイです。いや、間違えました。ウです。", KANA, "ウ", "ja"),
+    ("答えはイです。ウも考えましたが違います。", KANA, "イ", "ja"),
     ("答えはアかイです。", KANA, None, "ja"),
     ("The answer is A or B.", LATIN, None, "en"),
     ("答えはア、イ、ウ、エ", KANA, None, "ja"),
@@ -470,4 +472,35 @@ OR_AND_CHOICES = [
 
 @pytest.mark.parametrize(("reply", "options", "right", "language"), OR_AND_CHOICES)
 def test_or_and_and_before_a_second_answer_name_no_answer(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)
+
+
+SELF_CORRECTIONS = [
+    # a retraction takes back the answer before it, in its sentence or opening the next: the correction is the
+    # answer, by the text rule and the number rule
+    ("Đáp án là A. À không, phải là C.", LATIN, "C", "vi"),
+    ("Dap an la A. A khong, phai la C.", LATIN, "C", "vi"),
+    ("Đáp án là 12. À không, phải là 15.", ("12", "15"), "15", "vi"),
+    ("Jawabannya adalah B. Eh, salah, yang benar C.", LATIN, "C", "id"),
+    ("Jawabannya adalah 12. Eh salah, seharusnya 15.", ("12", "15"), "15", "id"),
+    ("Jawapannya ialah B. Eh, yang betul C.", LATIN, "C", "ms"),
+    ("คำตอบคือ ข ไม่สิ ค", THAI, "ค", "th"),
+    ("คำตอบคือ 12 ไม่สิ 15", ("12", "15"), "15", "th"),
+    ("B. No wait, C.", LATIN, "C", "en"),
+    ("The answer is B. Actually, it's C.", LATIN, "C", "en"),
+    ("The answer is 12. No wait, it's 15.", ("12", "15"), "15", "en"),
+    ("The answer is B, no wait, C.", LATIN, "C", "en"),
+    ("答案是B。不对，应该是C。", LATIN, "C", "zh"),
+    ("答えは12個です。いや、15個です。", ("12", "15"), "15", "ja"),
+    ("イ。いや、ウです。", KANA, "ウ", "ja"),
+    # without a retraction word the first commitment stays: a later sentence is a remark
+    ("The answer is B. Actually, this follows from the second sentence.", LATIN, "B", "en"),
+    ("Jawabannya adalah B. Salah satu alasannya adalah C keliru.", LATIN, "B", "id"),
+    ("Đáp án là A. C không đúng vì thiếu dữ kiện.", LATIN, "A", "vi"),
+    ("Jawabannya adalah 12. Lalu 15 adalah sisanya.", ("12", "15"), "12", "id"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), SELF_CORRECTIONS)
+def test_a_self_correction_gives_the_correction(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)

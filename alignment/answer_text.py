@@ -309,6 +309,31 @@ def _offered(part: str, start: int, end: int) -> bool:
                 or _CHOICE_BEFORE.search(before))
 
 
+# The labels a question lists its options by, in order ("A. Hà Nội\nB. Huế", "ก. 10\nข. 12", "ア．東京\nイ．大阪").
+_LABEL_ORDERS = ("abcdefghij", "กขคงจฉ", "アイウエオカ", "가나다라마바", "甲乙丙丁戊己")
+_LISTED_OPTION = re.compile(r"^\s*[(\[]?([^\W\d_])[.)\]:：．、]")
+
+
+def listed_options_start(text: str) -> int | None:
+    """Where the list of labelled options that ends ``text`` starts (two lines or more that open with consecutive
+    option labels: "A. 10\nB. 12\nC. 14"); None when its last lines list none. A reply that only lists the
+    question's options commits to none of them."""
+    start, label = None, None
+    lines = text.splitlines(keepends=True)
+    offset = len(text)
+    count = 0
+    for line in reversed(lines):
+        offset -= len(line)
+        if not line.strip():
+            continue
+        listed = _LISTED_OPTION.match(unicodedata.normalize("NFKC", line).casefold())
+        if listed is None or not (label is None or any(order.find(listed.group(1)) + 1 == order.find(label) > 0
+                                                       for order in _LABEL_ORDERS)):
+            break
+        start, label, count = offset, listed.group(1), count + 1
+    return start if count >= 2 else None
+
+
 @dataclass(frozen=True)
 class Commitment:
     """What a reply commits to: ``text``, the part that holds its answer (the last ``\\boxed{...}`` with a number in
@@ -357,6 +382,9 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
         numbers = numbers or numbers_in(line) or numbers_in(tail)  # "The answer is:\n42"
         return Commitment(line if line.strip(" :：") else tail.strip(), numbers[0] if numbers else None)
     numbers = numbers_in(answer)
+    listed = listed_options_start(answer)
+    if numbers and listed is not None and answer.rfind(numbers[-1]) >= listed:
+        return Commitment(answer, None)  # "A. 10\nB. 12\nC. 14": a list of the options, no answer
     if numbers:
         # the sentence that holds the last number: a question, a denial or a choice commits to nothing
         end = answer.rfind(numbers[-1]) + len(numbers[-1])
@@ -773,7 +801,7 @@ def text_answer_matches(answer: str, expected: object) -> bool:
             sentence = committed_sentence(tail.lstrip(" :：").strip())
         return any(_commits_to(candidate, target, reference) for candidate in (sentence, _COPULA.sub("", sentence)))
     lines = [line for line in answer.splitlines() if line.strip()]
-    if not lines:
+    if not lines or listed_options_start(answer) is not None:  # a list of the options names none of them
         return False
     plain = unicodedata.normalize("NFKC", lines[-1]).strip()
     if plain.endswith("?") or _asks_unmarked(plain):  # NFKC makes ？ a ?

@@ -504,3 +504,28 @@ SELF_CORRECTIONS = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), SELF_CORRECTIONS)
 def test_a_self_correction_gives_the_correction(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+FOUR_CITIES = ("Hà Nội", "Huế", "Đà Nẵng", "Sài Gòn", "A", "B", "C", "D")
+FOUR_NUMBERS = ("10", "12", "14", "16", "A", "B", "C", "D")
+
+OPTION_LISTS = [
+    # a reply whose last lines list the labelled options commits to none of them (it scored for the last option)
+    ("A. Hà Nội\nB. Huế\nC. Đà Nẵng\nD. Sài Gòn", FOUR_CITIES, None, "vi"),
+    ("Pilihan:\nA. 10\nB. 12\nC. 14\nD. 16", FOUR_NUMBERS, None, "id"),
+    ("(A) 10\n(B) 12\n(C) 14\n(D) 16", FOUR_NUMBERS, None, "en"),
+    ("ก. 10\nข. 12\nค. 14\nง. 16", ("10", "12", "14", "16"), None, "th"),
+    ("Kita lihat opsinya.\nC. 14\nD. 16", FOUR_NUMBERS, None, "id"),
+    # ... while a lead-in or a box after the list, or a last line that is no list item, still commits
+    ("A. 10\nB. 12\nJawabannya B", FOUR_NUMBERS, "B", "id"),
+    ("A. 10\nB. 12\nC. 14\nD. 16\n\\boxed{C}", FOUR_NUMBERS, "C", "en"),
+    ("A. 10\nB. 12\nC. 14\nD. 16\nB", LATIN, "B", "en"),
+    ("A. 10\nB. 12\nĐáp án là 12", FOUR_NUMBERS, "12", "vi"),
+    ("B. Because the second sentence is negative.", LATIN, "B", "en"),
+    ("Step 1: 5 + 7 = 12\nStep 2: so 12", EN_COUNT, "12", "en"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), OPTION_LISTS)
+def test_a_list_of_the_options_is_no_answer(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

@@ -758,13 +758,17 @@ def text_answer_matches(answer: str, expected: object) -> bool:
 
     A reply commits to one thing, found in this order: the last ``\\boxed{}``; else the sentence after its last
     committing lead-in (:func:`committing_lead_in`; a copula after it dropped; the next line when the lead-in ends
-    its own); else its last line (or the whole answer). A later line or sentence does not change a box's or a lead-in's
-    answer, so "答え：ポジティブ\\nネガティブ" and "\\boxed{ア}\\boxed{イ}" each give one option, never both.
+    its own); else its last line (or the whole answer), unless the reply ends by listing the labelled options
+    (:func:`listed_options_start`: "A. 10\\nB. 12\\nC. 14" gives none). A later line or sentence does not change a
+    box's or a lead-in's answer, so "答え：ポジティブ\\nネガティブ" and "\\boxed{ア}\\boxed{イ}" each give one option,
+    never both, unless it retracts it: the correction is the answer (:func:`corrected`: "Đáp án là A. À không, phải
+    là C." gives C).
     The box or the lead-in's sentence, normalised (:func:`normalise_text`), equals the reference, also without an
     option word before it ("option C", "ข้อ ข"), or opens with it (:func:`_opens_with`: "(C) Paris", "C: 42").
 
-    The last line gives it when the line asks nothing (a line ending in ? gives no answer: "ネガティブ？") and: equals
-    it; or its last sentence states it before a final Japanese or Korean copula, conjecture or "I think"
+    The last line gives it when the line asks nothing (a line ending in ? gives no answer: "ネガティブ？", nor one
+    ending in a question particle: "หมายถึง ข ใช่ไหม", "Đáp án là B à") and: equals it; or opens with it and only
+    calls it right (:func:`_called_right`: "B is correct.", "アが正解です。"); or its last sentence states it before a final Japanese or Korean copula, conjecture or "I think"
     (:func:`_stated_before_copula`: "この文はネガティブです。", "ネガティブだと思います。", "たぶんネガティブでしょう。",
     "したがってネガティブです。", "ネガティブな感情です。", a line of one sentence with a topic "この文はネガティブ。",
     never "ネガティブだとは思いません。" nor "超ネガティブだと思います。"; after a retraction "イ。いや、ウです。"

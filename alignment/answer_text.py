@@ -855,7 +855,8 @@ _DENIAL_AFTER = re.compile(
     r"^(?:では(?:なく|ない|ありません|なかった)|じゃ(?:なく|ない|ありません)|でない|でもない|でなく|とは(?:言え|いえ|思|限ら)"
     r"|は(?:間違|誤|不正解|違)|(?:이|가)?\s*아(?:니|닙|닌|님|냐)|[은는]\s*(?:오답|틀|잘못)"
     r"|(?:is|are|was|were)\s+(?:not|wrong|incorrect)(?![^\W\d_])|(?:is|are|was|were)n['’]t"
-    r"|不是|并非|並非|không phải|ไม่ใช่)",
+    r"|不是|并非|並非|không phải|khong phai|ไม่ใช่|ผิด|ไม่ถูก"
+    r"|(?:sai|không đúng|khong dung|salah(?!\s+satu)|tidak (?:benar|tepat))(?![^\W\d_]))",
     re.IGNORECASE,
 )
 # A note after the answer that it is the incorrect option ("イ（誤り）", "C (incorrect)"), ending the text.

@@ -394,6 +394,11 @@ RIGHT_ANSWER_PHRASINGS = [
     ("B or C is correct.", LATIN, None, "en"),
     ("Chọn B hoặc C.", LATIN, None, "vi"),
     ("I choose to compare each option first.", LATIN, None, "en"),
+    # "Đáp án A" also names option A: said wrong after the label, it is rejected
+    ("Đáp án A sai.", LATIN, None, "vi"),
+    ("Jawabannya A salah.", LATIN, None, "id"),
+    ("ตอบ ก ผิด", THAI, None, "th"),
+    ("Đáp án A sai, đáp án C đúng.", LATIN, "C", "vi"),
     # a lead-in without a copula before prose is no commitment: the last line still gives the answer
     ("Đáp án đúng phải thỏa mãn cả hai điều kiện.\nC", LATIN, "C", "vi"),
     ("Jawabannya bisa dicari dengan eliminasi.\nC", LATIN, "C", "id"),

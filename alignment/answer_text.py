@@ -283,6 +283,8 @@ _ASKED_IN = re.compile(r"(?<![^\W\d_])(?:apa|benar|betul|bukan|ada)?kah(?![^\W\d
 def _asks_unmarked(sentence: str) -> bool:
     """Whether ``sentence`` asks without a question mark (:data:`_ASKED_AT_END`, :data:`_ASKED_IN`)."""
     return bool(_ASKED_AT_END.search(sentence) or _ASKED_IN.search(sentence))
+
+
 _DENIED_AFTER = re.compile(r"^[^\s\d]{0,3}?\s*(?:では(?:ない|ありません|なかった)|じゃ(?:ない|ありません)|でない|(?:이|가)\s*아니)")
 # "42 or so" approximates one number; it offers no second.
 # Vietnamese hay is "or" too, but "good" before an intensifier ("B, hay quá": great).
@@ -297,8 +299,16 @@ _CHOICES = rf"(?!or\s+so(?![^\W\d_]))(?:{_OR_WORDS})(?![^\W\d_])"
 # か before a counter (12か月, 3か所, 5か国: "12 months", not "12 or") counts; the ヶ, ケ, カ and 箇 spellings never
 # read as "or".
 _COUNTER_KA = r"か(?=[月所国國条條年村町寺校店処])"
-_CHOICE_AFTER = re.compile(rf"^[^\s\d]{{0,3}}?\s*(?:(?!{_COUNTER_KA})か(?!ら)|{_CHOICES}|{_AND_ANOTHER})", re.IGNORECASE)
-_CHOICE_BEFORE = re.compile(rf"(?:か|(?<![^\W\d_]){_CHOICES}|\d\s*(?:{_AND_WORDS}))\s*$", re.IGNORECASE)
+# A range offers every number in it ("12-13 apel", "12～13個", "12–13"); a dash before an equation is arithmetic
+# ("12-3=9"). Words are left out: "from 10 to 12" (10から12に, dari 10 sampai 12, từ 10 đến 12) is as often a change
+# as a range, and its second number the answer.
+_RANGE = r"\s?[-–—~〜～]\s?(?=[-+−]?\d+(?:[.,]\d+)*(?![\d.,]*\s*[=+*/^×÷]))"
+# "12 (atau 13)", "B（または C）": the choice in brackets is a choice all the same.
+_CHOICE_AFTER = re.compile(
+    rf"^(?:[^\s\d]{{0,3}}?\s*[(（\[]?\s*(?:(?!{_COUNTER_KA})か(?!ら)|{_CHOICES}|{_AND_ANOTHER})|{_RANGE})", re.IGNORECASE)
+_CHOICE_BEFORE = re.compile(
+    rf"(?:か|(?<![^\W\d_]){_CHOICES}|\d\s*(?:{_AND_WORDS})|\d\s?[-–—~〜～]\s?)\s*$",
+    re.IGNORECASE)
 _ASKS = re.compile(r"(?:ですか|でしょうか|吗|嗎)\s*$")
 
 
@@ -942,7 +952,8 @@ def _opens_with(text: str, reference: str, *, spaced: bool = False) -> bool:
     if rest[0].isspace() and spaced:
         # "ข ค": a second label after a space names two answers
         labels = all(_OPTION_LABEL.fullmatch(word) for word in normalise_text(rest).split())
-        return not _ALTERNATIVE.match(rest.strip()) and not rest.strip().startswith("/") and not labels
+        # "B (or C)": a choice in brackets is a choice all the same
+        return not _ALTERNATIVE.match(rest.strip().lstrip("([（")) and not rest.strip().startswith("/") and not labels
     return False
 
 

@@ -534,3 +534,26 @@ OPTION_LISTS = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), OPTION_LISTS)
 def test_a_list_of_the_options_is_no_answer(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+APPLES = ("12", "13")
+RANGES_AND_BRACKETED_CHOICES = [
+    # a range offers both of its numbers, and a choice in brackets is a choice (the SEA RL trial: both scored 12)
+    ("Jawabannya 12-13 apel.", APPLES, None, "id"),
+    ("Jawabannya 12 (atau 13).", APPLES, None, "id"),
+    ("答えは12～13個です。", APPLES, None, "ja"),
+    ("The answer is 12–13.", APPLES, None, "en"),
+    ("The answer is B (or C).", LATIN, None, "en"),
+    ("Jawaban: A (atau B)", LATIN, None, "id"),
+    # ... while arithmetic, a change "from 10 to 12" and a remark in brackets keep their answer
+    ("The answer is 15-3=12.", APPLES, "12", "en"),
+    ("The price went from 10 to 12.", APPLES, "12", "en"),
+    ("Jawabannya 12 apel (bukan 13).", APPLES, "12", "id"),
+    ("Jawabannya 12 (dua belas).", APPLES, "12", "id"),
+    ("The answer is B (Paris).", LATIN, "B", "en"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), RANGES_AND_BRACKETED_CHOICES)
+def test_a_range_or_a_bracketed_choice_is_no_answer(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

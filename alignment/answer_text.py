@@ -263,7 +263,7 @@ def committing_lead_in(text: str) -> re.Match[str] | None:
 # "not X but Y" commits to Y: XではなくY, X じゃなくて Y, not X but Y, bukan X tetapi Y, không phải X mà là Y, 不是X而是Y,
 # X가 아니라 Y.
 _INSTEAD = re.compile(r"では(?:なく|なくて)|じゃ(?:なく|なくて)|(?<![^\W\d_])(?:but|tetapi|tapi|melainkan)(?![^\W\d_])"
-                      r"|mà là|而是|(?:이|가)\s*아니라", re.IGNORECASE)
+                      r"|mà là|而是|(?:이|가)\s*아니라|แต่(?:เป็น|คือ)?", re.IGNORECASE)
 # A number denied ("not 12", "12個ではありません", "不是12") or offered as one of a choice ("12 or 13", "9個か10個").
 _DENIED_BEFORE = re.compile(r"(?:(?<![^\W\d_])(?:not|isn't|bukan(?:lah)?|không phải|khong phai|không|hindi)"
                             r"(?:\s+(?:là|la|adalah|ang))?|ไม่ใช่|不是|并非|並非)\s*$", re.IGNORECASE)
@@ -381,8 +381,8 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
         tail = corrected(answer[lead_in.end() :])
         # "The answer is 12 - 5 = 7": a worked line commits to what its last '=' gives
         line = committed_sentence(tail)
-        instead = list(_INSTEAD.finditer(line))
-        part = line[instead[-1].end() :] if instead else line  # "答えは12個ではなく10個です" commits to 10
+        instead = _taken_back(line)
+        part = line[instead.end() :] if instead else line  # "答えは12個ではなく10個です" commits to 10
         part = part.rsplit("=", 1)[1] if "=" in part else part
         numbers = numbers_in(part)
         if numbers:
@@ -405,8 +405,8 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
         sentence = answer[opened:sentence_end]
         asks = ((closing is not None and answer[closing.start()] in "?？") or _ASKS.search(sentence)
                 or _asks_unmarked(sentence))
-        instead = list(_INSTEAD.finditer(answer, opened, start))
-        part_start = instead[-1].end() if instead else opened
+        instead = _taken_back(answer, opened, start)
+        part_start = instead.end() if instead else opened
         if asks or _offered(answer[part_start:sentence_end], start - part_start, end - part_start):
             return Commitment(answer, None)
     return Commitment(answer, numbers[-1] if numbers else None)
@@ -876,17 +876,25 @@ _INCORRECT_NOTE = re.compile(r"\s*\((?:誤り|間違い|incorrect|wrong|false)\)
 _JOINING_COPULA = re.compile(r"^(?:で[、,]|이고\s|이며\s)")
 _OWN_TOPIC = re.compile(r"[^\W\d_](?:は|[은는](?![^\W\d_]))")
 # "not" that a following "but" takes back: "Not Jakarta, but Bandung", "bukan X tetapi Y", "不是X而是Y"
-_NOT = re.compile(r"(?<![^\W\d_])(?:not|bukan|không phải|hindi)(?![^\W\d_])|不是|并非|並非", re.IGNORECASE)
-_PLAIN_BUT = frozenset({"but", "tetapi", "tapi"})
+_NOT = re.compile(r"(?<![^\W\d_])(?:not|bukan|không phải|hindi)(?![^\W\d_])|不是|并非|並非|ไม่ใช่", re.IGNORECASE)
+# Thai แต่ ("but") takes back only after ไม่ใช่ ("ไม่ใช่ ก แต่เป็น ค"), as "but" after "not"
+_PLAIN_BUT = frozenset({"but", "tetapi", "tapi", "แต่", "แต่เป็น", "แต่คือ"})
+
+
+def _taken_back(text: str, start: int = 0, end: int | None = None) -> re.Match[str] | None:
+    """The last "not X but Y" turn in ``text[start:end]`` (:data:`_INSTEAD`): a plain "but" (tetapi, tapi, แต่) only
+    after a "not" there, so "The answer is 12, but I first got 15." still commits to 12."""
+    last = None
+    for found in _INSTEAD.finditer(text, start, len(text) if end is None else end):
+        if found.group(0).casefold() not in _PLAIN_BUT or _NOT.search(text, start, found.start()):
+            last = found
+    return last
 
 
 def _instead(text: str) -> str:
-    """What ``text`` commits to when it says "not X but Y" (:data:`_INSTEAD`; "but" only after a "not"): Y, as the
-    numeric rule reads it. "「ネガティブ」ではなく「ポジティブ」です" is ポジティブ, never ネガティブ."""
-    last = None
-    for found in _INSTEAD.finditer(text):
-        if found.group(0).casefold() not in _PLAIN_BUT or _NOT.search(text, 0, found.start()):
-            last = found
+    """What ``text`` commits to when it says "not X but Y" (:func:`_taken_back`): Y, as the numeric rule reads it.
+    "「ネガティブ」ではなく「ポジティブ」です" is ポジティブ, never ネガティブ."""
+    last = _taken_back(text)
     if last is None or not text[last.end():].strip(" ,，、:：.。!！"):
         return text
     return text[last.end():]

@@ -557,3 +557,25 @@ RANGES_AND_BRACKETED_CHOICES = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), RANGES_AND_BRACKETED_CHOICES)
 def test_a_range_or_a_bracketed_choice_is_no_answer(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+THAI_LABELS = ("ก", "ข", "ค", "ง")
+NUMBERS_12_13_15 = ("12", "13", "15")
+A_PLAIN_BUT = [
+    # "but" turns to another answer only after a "not": a plain "but" after the answer is a remark (all four gave 15)
+    ("The answer is 12, but I first got 15.", NUMBERS_12_13_15, "12", "en"),
+    ("The answer is 12 but 15 is close.", NUMBERS_12_13_15, "12", "en"),
+    ("Jawabannya 12 tapi 15 juga mungkin.", NUMBERS_12_13_15, "12", "id"),
+    ("คำตอบคือ 12 แต่เดิมคิดว่า 15", NUMBERS_12_13_15, "12", "th"),
+    # ... and after one it gives its correction, Thai's แต่ after ไม่ใช่ too (it gave nothing)
+    ("The answer is not 15 but 12.", NUMBERS_12_13_15, "12", "en"),
+    ("Jawabannya bukan 15 tetapi 12.", NUMBERS_12_13_15, "12", "id"),
+    ("ไม่ใช่ 15 แต่เป็น 12", NUMBERS_12_13_15, "12", "th"),
+    ("ไม่ใช่ ก แต่เป็น ค", THAI_LABELS, "ค", "th"),
+    ("คำตอบคือ ค แต่ต้องตรวจสอบอีกครั้ง", THAI_LABELS, "ค", "th"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), A_PLAIN_BUT)
+def test_a_plain_but_is_a_remark_and_not_x_but_y_gives_y(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

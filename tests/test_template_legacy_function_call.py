@@ -225,6 +225,11 @@ def test_the_unknown_role_error_lists_exactly_the_roles_the_template_accepts(tok
 
 ASSISTANT_ERRORS = [
     ({"content": "Hello.", "reasoning_content": 5}, "messages[1].reasoning_content must be a string, got 5"),
+    ({"content": None, "tool_calls": {"type": "function", "function": _call("{}")}},
+     "messages[1].tool_calls must be a list of calls, got one object (a single call goes in a list too)"),
+    ({"content": None, "tool_calls": '[{"function": {"name": "get_weather"}}]'},
+     "messages[1].tool_calls must be a list of calls, got a string (a template cannot parse JSON text: send the "
+     "list itself)"),
     ({"content": None, "function_call": '{"name": "get_weather", "arguments": "{}"}'},
      'messages[1].function_call must be an object {"name": <string>, "arguments": <object or JSON text>}, got a '
      "string (a template cannot parse JSON text: send the object itself)"),

@@ -54,6 +54,46 @@ def turn_texts(turn: Mapping[str, Any]) -> list[str]:
     return texts
 
 
+def json_texts(value: Any) -> list[str]:
+    """Every string of a JSON value, its objects' keys included (a tool definition's names, descriptions, enums)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [text for key, item in value.items() for text in (str(key), *json_texts(item))]
+    if isinstance(value, (list, tuple)):
+        return [text for item in value for text in json_texts(item)]
+    return []
+
+
+def check_tool_calls(messages: Messages, tools: Sequence[Mapping[str, Any]] | None) -> Reason | None:
+    """In a row with ``tools``, each call names a function they define (the model learns to call what its prompt
+    offers); the results after a call turn answer its calls: no more of them than calls, and a result's
+    ``tool_call_id`` one of theirs, when the calls carry ids."""
+    defined = {tool.get("function", tool).get("name") for tool in tools or ()}
+    for i, turn in enumerate(messages):
+        calls = turn.get("tool_calls") or () if turn["role"] == "assistant" else ()
+        for call in calls:
+            name = call["function"]["name"]
+            if tools and name not in defined:
+                return MALFORMED_ROW, (f"turn {i}: calls {name!r}, which the row's 'tools' do not define; expected "
+                                       f"one of {', '.join(map(repr, sorted(defined)))}")
+        if not calls:
+            continue
+        ids = [call["id"] for call in calls if call.get("id")]
+        for results, k in enumerate(range(i + 1, len(messages)), start=1):
+            result = messages[k]
+            if result["role"] not in TOOL_ROLES:
+                break
+            if results > len(calls):
+                return MALFORMED_ROW, (f"turn {k}: result {results} answering turn {i}, which makes {len(calls)} "
+                                       f"tool call{'s' if len(calls) > 1 else ''}; expected one result per call")
+            answered = result.get("tool_call_id")
+            if ids and answered and answered not in ids:
+                return MALFORMED_ROW, (f"turn {k}: tool_call_id {answered!r} names no call of turn {i}; expected one "
+                                       f"of {', '.join(map(repr, ids))}")
+    return None
+
+
 # --- malformed reasoning --------------------------------------------------------------------------
 
 

@@ -91,12 +91,16 @@ from tempa.sft.data_report import TURN_SUFFIX, DataMix, MixTotals, SourceMix
 from tempa.sft.files import cache_build, digest, publish_build, remove_tree, sweep_dead_builds
 from tempa.sft.forked_workers import Rows, forked_map, frozen_heap
 from tempa.sft.formats import (
+    ARROW_NULLS,
+    TRAIN,
+    UNKNOWN_TURN_KEY,
     Conversation,
     FormatSpec,
     RowError,
     check_columns,
     normalize_row,
     spec_for,
+    trains,
     user_instruction,
     uses_tools,
 )
@@ -139,8 +143,9 @@ logger = logging.getLogger(__name__)
 # 7: held-out and thinking draws by content; 8: a row's own thinking_mode; 9: a mixed share counted on the rows kept;
 # 10, 11: a reject's row holding personal data or a key is not copied into rejects.jsonl; 12: signed JSON Web Tokens
 # and AWS secret access keys are credentials; 13: a row's boolean thinking_mode, and turns written as JSON text, are read;
-# 14: text read as NFC; 15: a turn's `thinking` key before its `reasoning` key (transformers' order).
-PIPELINE_VERSION = "15"
+# 14: text read as NFC; 15: a turn's `thinking` key before its `reasoning` key (transformers' order); 16: a turn's
+# weight/train flag, Arrow's unified struct keys dropped, tool definitions screened, calls matched to results and tools.
+PIPELINE_VERSION = "16"
 MIX_FILE, REJECTS_FILE = "mix.json", "rejects.jsonl"
 INSTRUCTIONS_FILE = "instructions.npz"  # a cache entry's StageInstructions
 _BLANK = "__blank__"  # JSONL blank lines: skipped, neither rows nor rejects
@@ -157,6 +162,7 @@ _MESSAGE = {
     "tool_calls": List(_TOOL_CALL),
     "tool_call_id": Value("string"),
     "name": Value("string"),
+    TRAIN: Value("bool"),  # False: context only (``weight: 0`` in the row); None: trained
 }
 _CURATED = Features(
     {
@@ -170,6 +176,7 @@ _CURATED = Features(
         "has_reasoning": Value("bool"),
         "thinking_mode": Value("string"),  # the row's own (on/off), None: its source's
         "key": Value("int64"),  # the conversation's content, hashed: its place in the thinking draw
+        "notes": List(Value("string")),  # :attr:`tempa.sft.formats.Conversation.notes`, for the source's log line
     }
 )
 _TOKENIZED = Features(
@@ -187,6 +194,7 @@ _TOKENIZED = Features(
         "reject": Value("string"),
         "detail": Value("string"),
         "data": Value("string"),  # a reject's row as JSON, for rejects.jsonl (None for a kept sample)
+        "notes": List(Value("string")),  # one pass: its row's notes, on the row's first sample only (else empty)
     }
 )
 TRAIN_COLUMNS = ["input_ids", "assistant_masks"]
@@ -314,6 +322,7 @@ def _open_entry(entry: Path, out_dir: Path, hit: bool, sources: Sequence[SourceC
     for source, stats in zip(sources, mix.sources, strict=True):
         if stats.rejects:
             logger.info("%s: %s; see %s", describe(source), stats.rejects_summary(), out_dir / REJECTS_FILE)
+        _log_notes(source, stats.notes)
     eval_path = entry / "eval"
     return PreparedData(
         train=datasets.load_from_disk(str(entry / "train")),
@@ -417,6 +426,7 @@ class _SourceState:
     curated: datasets.Dataset | None = None  # normalised ahead of tokenising (rows compared with each other)
     rows_in: int = 0
     rejects: Counter[str] = field(default_factory=Counter)
+    notes: Counter[str] = field(default_factory=Counter)  # rows by :attr:`Conversation.notes` entry
     first_rejects: dict[str, str] = field(default_factory=dict)  # each reason's first reject's detail
     stats: dict[str, Any] = field(default_factory=dict)
     thinking: list[bool] = field(default_factory=list)  # per curated row: rendered with thinking on (first draw)
@@ -576,15 +586,22 @@ def row_rejects(
     curation_config: CurationConfig,
     accepted_languages: frozenset[str] | None,
     specials: Sequence[str] = (),
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> Reason | None:
-    """The first row-local filter that rejects ``messages``, in the documented order, or None."""
+    """The first row-local filter that rejects ``messages`` (offering ``tools``), in the documented order, or None."""
     pattern = _specials_pattern(tuple(specials))
-    for i, turn in enumerate(messages):
-        for text in curation.turn_texts(turn):
+    # The tokenizer would read a special token's text as the control token and corrupt the turn structure; the tool
+    # definitions are rendered into the prompt as well.
+    places = [*((f"turn {i}", curation.turn_texts(turn)) for i, turn in enumerate(messages)),
+              *((f"tools[{k}]", curation.json_texts(tool)) for k, tool in enumerate(tools or ()))]
+    for where, texts in places:
+        for text in texts:
             found = pattern.search(text) if pattern is not None else None
             if found is not None:
-                # The tokenizer would read it as a control token and corrupt the turn structure.
-                return curation.MALFORMED_ROW, f"turn {i}: contains the special token {found.group()!r}"
+                return curation.MALFORMED_ROW, f"{where}: contains the special token {found.group()!r}"
+    tool_calls = curation.check_tool_calls(messages, tools)
+    if tool_calls is not None:
+        return tool_calls
     checks: list[Callable[[], Reason | None]] = []
     if curation_config.malformed_reasoning:
         checks.append(lambda: curation.check_reasoning(messages))
@@ -600,8 +617,10 @@ def row_rejects(
         reason = check()
         if reason is not None:
             return reason
-    if not any(t["role"] == "assistant" for t in messages):
-        return curation.MALFORMED_ROW, "no assistant turn to train on"
+    if not any(trains(t) for t in messages):
+        marked = any(t["role"] == "assistant" for t in messages)
+        return curation.MALFORMED_ROW, "no assistant turn to train on" + (
+            " (every one is marked weight 0 / train false)" if marked else "")
     return None
 
 
@@ -634,6 +653,7 @@ def _normalize_batch(
         out["has_reasoning"].append(any(t.get("reasoning_content") for t in messages))
         out["thinking_mode"].append(conversation.thinking_mode)
         out["key"].append(_conversation_key(conversation) if reason is None else 0)
+        out["notes"].append(sorted(conversation.notes))
 
     columns = [name for name in batch if name != READ_ERROR]
     read_errors = batch.get(READ_ERROR)
@@ -651,11 +671,11 @@ def _normalize_batch(
         else:
             row = {name: batch[name][k] for name in columns}
         try:
-            conversation = normalize_row(row, spec)
+            conversation = normalize_row(row, spec, arrow=RAW not in batch)
         except RowError as exc:
             emit(index, Conversation([]), (curation.MALFORMED_ROW, f"{label}: {exc}"), row)
             continue
-        reason = row_rejects(conversation.messages, curation_config, accepted_languages, specials)
+        reason = row_rejects(conversation.messages, curation_config, accepted_languages, specials, conversation.tools)
         if reason is None:
             reason = curation.check_contamination(user_instruction(conversation.messages), contaminants)
         if reason is not None:
@@ -804,6 +824,7 @@ def _split_rejects(state: _SourceState, rejects: _RejectWriter) -> datasets.Data
     ds = state.curated
     assert ds is not None
     kept = [position for position, reason in enumerate(_values(ds, "reject")) if reason is None]
+    _count_notes(state, _values(ds, "notes"))
     _write_normalising_rejects(state, ds, rejects, usable=len(kept))
     return ds.select(kept, new_fingerprint=_unhashed()).select_columns(
         ["messages", "tools", "row", "has_reasoning", "instruction", "thinking_mode", "key"],
@@ -814,8 +835,29 @@ def _split_row_rejects(state: _SourceState, tokenized: datasets.Dataset, rejects
     """One pass: :func:`_split_rejects` for the rows normalising rejected, which come with the samples (``conv``
     -1, in row order)."""
     convs = np.asarray(tokenized["conv"][:])
+    _count_notes(state, _values(tokenized, "notes"))
     dropped = tokenized.select(np.flatnonzero(convs < 0), new_fingerprint=_unhashed())
     _write_normalising_rejects(state, dropped, rejects, usable=len(np.unique(convs[convs >= 0])))
+
+
+def _count_notes(state: _SourceState, notes: Sequence[Sequence[str] | None]) -> None:
+    """Count each note once per row (``notes``: one list per row, or per sample with a row's on its first)."""
+    state.notes.update(note for row_notes in notes for note in row_notes or ())
+
+
+def _log_notes(source: SourceConfig, notes: Mapping[str, int]) -> None:
+    """One line per note a source's rows left (:attr:`tempa.sft.formats.Conversation.notes`), each with its rows."""
+    for note, n in sorted(notes.items()):
+        if note == ARROW_NULLS:
+            logger.warning("%s: %d rows had tool-call arguments or tool definitions stored as Arrow structs, which "
+                           "give every row each key another row has, set to null; those null keys were left out (a "
+                           "key set to null on purpose cannot be told apart there: store the arguments and tools as "
+                           "JSON text to keep one)", describe(source), n)
+        elif note.startswith(UNKNOWN_TURN_KEY):
+            logger.warning("%s: %d rows have turns with a key %r that tempa does not read; it is ignored (a turn's "
+                           "keys read: role, content, reasoning_content, tool_calls, tool_call_id, name, and weight "
+                           "or train: whether an assistant turn trains)", describe(source), n,
+                           note.removeprefix(UNKNOWN_TURN_KEY))
 
 
 def _write_normalising_rejects(state: _SourceState, ds: datasets.Dataset, rejects: _RejectWriter, *,
@@ -899,7 +941,9 @@ def _tokenize_batch(
     for k in range(len(indices)):
         tools = json.loads(batch["tools"][k]) if batch["tools"][k] else None
         try:
-            views = turn_views(batch["messages"][k], batch["thinking"][k])
+            # a turn marked context only (weight 0) renders as history in the others' samples, and trains in none
+            views = [view for view in turn_views(batch["messages"][k], batch["thinking"][k])
+                     if trains(batch["messages"][k][view.turn])]
             planned.append((views, [encoder.text(view.messages, view.thinking, tools) for view in views]))
         except Exception as exc:
             # The template refuses some rows (e.g. roles out of order when that filter is off):
@@ -919,6 +963,7 @@ def _tokenize_batch(
         else:
             samples_out = [(None, plan)]
         data = None
+        notes = list(batch["notes"][k] or ()) if "notes" in batch else []
         group = _instruction_group(batch["messages"][k])
         tool_row = uses_tools(batch["messages"][k], batch["tools"][k])
         for sample, reason in samples_out:
@@ -938,6 +983,8 @@ def _tokenize_batch(
             out["reject"].append(reason[0] if reason else None)
             out["detail"].append(reason[1] if reason else None)
             out["data"].append(data if reason else None)
+            out["notes"].append(notes)
+            notes = []
     return out
 
 
@@ -981,6 +1028,7 @@ def _normalize_and_tokenize_batch(
             "tools": [curated["tools"][k] for k in kept],
             "row": [curated["row"][k] for k in kept],
             "thinking": [renders_on(curated["has_reasoning"][k], curated["thinking_mode"][k], mode) for k in kept],
+            "notes": [curated["notes"][k] for k in kept],
         },
         [curated["row"][k] for k in kept],
         **tokenize,
@@ -992,7 +1040,7 @@ def _normalize_and_tokenize_batch(
                             ("row", curated["row"][k]), ("turn", -1), ("thinking", False), ("tool_row", False),
                             ("n_tokens", 0),
                             ("n_trained", 0), ("group", 0), ("reject", reason), ("detail", curated["detail"][k]),
-                            ("data", curated["data"][k])):
+                            ("data", curated["data"][k]), ("notes", curated["notes"][k])):
             out[name].append(value)
     return out
 
@@ -1299,6 +1347,7 @@ def _report(states: Sequence[_SourceState], *, seed: int, key: str, n_train: int
             **state.stats,
             share_of_tokens=round(state.stats["tokens_kept"] / total_tokens, 4),
             rejects=dict(sorted(state.rejects.items())),
+            notes=dict(sorted(state.notes.items())),
         )
         for state in states
     ]

@@ -54,6 +54,9 @@ class SourceMix(BaseModel):
                                 "definitions, assistant tool calls or tool results; repeats counted).")
     share_of_tokens: float = 0.0
     rejects: dict[str, int] = Field(default_factory=dict, description="Rejected rows by reason.")
+    notes: dict[str, int] = Field(default_factory=dict, description="Rows read with something changed or ignored, by "
+                                  "what: `arrow_nulls` (null keys Arrow's struct unification added, left out), "
+                                  "`unknown_turn_key:<key>` (a turn key tempa does not read); logged once per source.")
 
     @property
     def rejected_rows(self) -> dict[str, int]:

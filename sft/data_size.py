@@ -45,7 +45,7 @@ from tempa.sft.data_config import (
     workers_for,
 )
 from tempa.sft.data_report import DataMix
-from tempa.sft.formats import Conversation
+from tempa.sft.formats import Conversation, trains
 from tempa.sft.mixing import heldout_count, renders_on
 from tempa.sft.stage_api import EstimateInputs, SourceSize, TokenCount, TrainingWorkload
 from tempa.sft.throughput_summary import format_eta
@@ -492,6 +492,8 @@ def _renderings(messages: Sequence[Mapping[str, Any]], thinking: bool) -> list[l
     """
     kept: list[list[dict[str, Any]]] = []
     for view in turn_views(messages, thinking):  # last turn first, as expand() assembles them
+        if not trains(messages[view.turn]):
+            continue  # context only (weight 0): it renders in the other turns' samples
         if not any(view.turn > last_user_index(later) and later[: len(view.messages)] == view.messages
                    for later in kept):
             kept.append(view.messages)

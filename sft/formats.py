@@ -60,6 +60,17 @@ DEFAULT_ROLE_NAMES: dict[str, str] = {
 CALL_ROLES = frozenset({"function_call", "tool_call", "tool_calls"})
 
 _REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")  # transformers' alias order (apply_chat_template)
+# A turn's training flag as other trainers write it: axolotl's ``message_field_training`` (``weight``: 0 or 1), and
+# ``train`` (true or false).
+_TRAIN_FLAGS = ("weight", "train")
+# A normalised assistant turn's flag: False for a turn that is context only (absent: it trains).
+TRAIN = "train"
+# Per-turn keys read besides the spec's role, content and reasoning names.
+_TURN_KEYS = frozenset({"tool_calls", "function_call", "tool_call_id", "name", *_TRAIN_FLAGS})
+# Notes a row leaves for its source's log line (:attr:`Conversation.notes`): keys schema unification added, and
+# per-turn keys tempa does not read (``UNKNOWN_TURN_KEY`` + the key).
+ARROW_NULLS = "arrow_nulls"
+UNKNOWN_TURN_KEY = "unknown_turn_key:"
 
 
 class RowError(ValueError):
@@ -73,6 +84,7 @@ class Conversation:
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
     thinking_mode: Literal["on", "off"] | None = None  # the row's own, which wins over its source's
+    notes: set[str] = field(default_factory=set)  # what its source's log line counts (``ARROW_NULLS``...)
 
 
 @dataclass(frozen=True)
@@ -242,7 +254,11 @@ def _reasoning(holder: Mapping[str, Any], keys: Sequence[str], where: str = "") 
     # The first key with text, as the templates read it: exports often carry every spelling, the unused ones blank.
     for key in keys:
         if key in holder:
-            text = _optional_text(holder[key], f"{where}{key!r}")
+            value = holder[key]
+            if isinstance(value, (bool, int, float)) and not _is_missing(value):
+                # what the templates refuse (a trace is text), whereas a number answer from a CSV column is read
+                raise RowError(f"expected {where}{key!r} to be text, got {type(value).__name__} {value!r:.40}")
+            text = _optional_text(value, f"{where}{key!r}")
             if text is not None:
                 return text
     return None
@@ -254,13 +270,15 @@ def _turn(role: str, content: str, reasoning: str | None = None, **extra: Any) -
     return turn
 
 
-def _assistant(content: str, reasoning: str | None, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _assistant(content: str, reasoning: str | None, tool_calls: list[dict[str, Any]] | None = None,
+               train: bool | None = None) -> dict[str, Any]:
     if reasoning is None:
         split = split_reasoning(content)
         if split.closed:
             # A closed block leaves the answer; an unclosed one stays, for the reasoning filter to name.
             reasoning, content = split.reasoning or None, split.answer
-    return _turn("assistant", content, reasoning, tool_calls=tool_calls)
+    # only the exception is stored: a turn without the flag trains, as every assistant turn did before it
+    return _turn("assistant", content, reasoning, tool_calls=tool_calls, train=False if train is False else None)
 
 
 def _python_literal_hint(text: str) -> str:
@@ -284,20 +302,51 @@ def _json_value(value: Any, what: str) -> Any:
     return value
 
 
-def _canonical_arguments(value: Any, what: str) -> str:
-    arguments = {} if _is_missing(value) else _json_value(value, what)
+def without_arrow_nulls(value: Any) -> Any:
+    """``value`` with every null-valued key of its objects left out, at any depth (list items stay).
+
+    For objects read from Arrow structs (Parquet, hub datasets): ``datasets`` gives every row's struct every key any
+    row has, the missing ones null, so one row's arguments ``{"city": "東京"}`` arrive as ``{"city": "東京", "query":
+    None}``. A key written null on purpose cannot be told apart there; in JSON text it can, and stays."""
+    if isinstance(value, Mapping):
+        return {key: without_arrow_nulls(item) for key, item in value.items() if not _is_missing(item)}
+    if isinstance(value, (list, tuple)):
+        return [without_arrow_nulls(item) for item in value]
+    return value
+
+
+def _unified(value: Any, arrow_notes: set[str] | None) -> Any:
+    # ``arrow_notes`` is given for a row read from Arrow: its structs lose the keys unification added (noted, if any).
+    if arrow_notes is None or isinstance(value, str):
+        return value
+    kept = without_arrow_nulls(value)
+    if kept != value:
+        arrow_notes.add(ARROW_NULLS)
+    return kept
+
+
+def _canonical_arguments(value: Any, what: str, arrow_notes: set[str] | None = None) -> str:
+    arguments = {} if _is_missing(value) else _json_value(_unified(value, arrow_notes), what)
     if not isinstance(arguments, Mapping):
         raise RowError(f"expected {what} to be a JSON object, got {type(arguments).__name__}")
     return json.dumps(arguments, ensure_ascii=False)
 
 
-def tool_calls_of(value: Any, what: str) -> list[dict[str, Any]] | None:
+def tool_calls_of(value: Any, what: str, *, single: bool = True,
+                  arrow_notes: set[str] | None = None) -> list[dict[str, Any]] | None:
     """OpenAI-style tool calls (or ShareGPT / legacy ``{"name", "arguments"}`` ones) in one shape:
-    ``[{"id", "type": "function", "function": {"name", "arguments": <canonical JSON text>}}]``."""
+    ``[{"id", "type": "function", "function": {"name", "arguments": <canonical JSON text>}}]``.
+
+    ``single``: one call object is read as a list of it (ShareGPT's ``function_call`` value, the legacy
+    ``function_call``); else it is a :class:`RowError`, as OpenAI's ``tool_calls`` is a list the templates iterate.
+    ``arrow_notes``: given for a row read from Arrow, :func:`without_arrow_nulls` applies to the arguments (and
+    :data:`ARROW_NULLS` is added when that changes them)."""
     if _is_missing(value) or _is_blank_text(value):
         return None
     calls = _json_value(value, what)
     if isinstance(calls, Mapping):
+        if not single:
+            raise RowError(f"expected {what} to be a list of tool calls, got one call object (write it as [{{...}}])")
         calls = [calls]
     if not isinstance(calls, (list, tuple)):
         raise RowError(f"expected {what} to be a list of tool calls, got {type(calls).__name__}")
@@ -315,18 +364,21 @@ def tool_calls_of(value: Any, what: str) -> list[dict[str, Any]] | None:
             "type": "function",
             "function": {
                 "name": function["name"],
-                "arguments": _canonical_arguments(function.get("arguments"), f"{where} arguments"),
+                "arguments": _canonical_arguments(function.get("arguments"), f"{where} arguments", arrow_notes),
             },
         })
     return out or None
 
 
-def tools_of(value: Any, what: str) -> list[dict[str, Any]] | None:
+def tools_of(value: Any, what: str, *, arrow_notes: set[str] | None = None) -> list[dict[str, Any]] | None:
     """A row's tool definitions as OpenAI ``{"type": "function", "function": {...}}`` objects (bare
-    ``{"name", "description", "parameters"}`` ones, as ShareGPT datasets write them, are wrapped)."""
+    ``{"name", "description", "parameters"}`` ones, as ShareGPT datasets write them, are wrapped).
+
+    ``arrow_notes``: given for a row read from Arrow, the definitions lose their null-valued keys (:func:`without_arrow_nulls`;
+    a JSON Schema keyword or property is never null)."""
     if _is_missing(value) or _is_blank_text(value):
         return None
-    tools = _json_value(value, what)
+    tools = _json_value(_unified(value, arrow_notes), what)
     if not isinstance(tools, (list, tuple)):
         raise RowError(f"expected {what} to be a list of tool definitions, got {type(tools).__name__}")
     out = []
@@ -350,7 +402,33 @@ def _tool_content(value: Any, what: str) -> str:
     return _text(value, what)
 
 
-def _read_turns(turns: Any, spec: FormatSpec, field_name: str) -> list[dict[str, Any]]:
+def _trains(turn: Mapping[str, Any], i: int) -> bool | None:
+    """The turn's training flag (:data:`_TRAIN_FLAGS`), None when it gives none."""
+    flags = {}
+    for key in _TRAIN_FLAGS:
+        value = turn.get(key)
+        if _is_missing(value):
+            continue
+        if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
+            flags[key] = bool(value)
+        else:
+            raise RowError(f"turn {i} {key!r}: expected 0 or 1 (or false / true: whether the turn trains), "
+                           f"got {value!r:.40}")
+    if len(set(flags.values())) > 1:
+        raise RowError(f"turn {i}: 'weight' and 'train' disagree; expected one of them, or the same flag")
+    return next(iter(flags.values()), None)
+
+
+def trains(turn: Mapping[str, Any]) -> bool:
+    """Whether a normalised turn is trained: an assistant turn not marked context only (``weight`` 0, ``train``
+    false in the row)."""
+    return turn["role"] == "assistant" and turn.get(TRAIN) is not False
+
+
+def _read_turns(turns: Any, spec: FormatSpec, field_name: str, notes: set[str] | None = None,
+                arrow: bool = False) -> list[dict[str, Any]]:
+    """``notes`` collects the row's :attr:`Conversation.notes`; ``arrow``: the row was read from Arrow."""
+    arrow_notes = notes if arrow else None
     shape = f"a list of {{{spec.role[0]}, {spec.content[0]}}}"  # ShareGPT's {from, value}, OpenAI's {role, content}
     if isinstance(turns, str) and turns.lstrip().startswith("["):
         # CSV has no lists, and Parquet files are often written with the turns as JSON text (as tools are read)
@@ -364,6 +442,12 @@ def _read_turns(turns: Any, spec: FormatSpec, field_name: str) -> list[dict[str,
     for i, turn in enumerate(turns):
         if not isinstance(turn, Mapping):
             raise RowError(f"expected {field_name!r} to be {shape}; turn {i} is a {type(turn).__name__}")
+        if notes is not None:
+            # (Arrow gives every turn every key of the schema: only keys with a value count)
+            known = _TURN_KEYS.union(spec.role, spec.content, spec.reasoning)
+            notes.update(UNKNOWN_TURN_KEY + str(key) for key, value in turn.items()
+                         if key not in known and not _is_missing(value))
+        flag = _trains(turn, i)
         role_key = _first_present(turn, spec.role)
         content_key = next((k for k in spec.content if k in turn), None)
         if role_key is None:
@@ -373,27 +457,29 @@ def _read_turns(turns: Any, spec: FormatSpec, field_name: str) -> list[dict[str,
         content = turn[content_key] if content_key is not None else None
         if name in CALL_ROLES:
             # ShareGPT: the turn's value is the call; it joins a text-only assistant turn right before it.
-            calls = tool_calls_of(content, f"turn {i} {content_key!r}")
+            calls = tool_calls_of(content, f"turn {i} {content_key!r}", arrow_notes=arrow_notes)
             if calls is None:
                 raise RowError(f"turn {i}: a {raw_role!r} turn without a tool call")
             previous = out[-1] if out else None
             if previous is not None and previous["role"] == "assistant" and "tool_calls" not in previous:
                 previous["tool_calls"] = calls
+                if flag is False:
+                    previous[TRAIN] = False
             else:
-                out.append(_turn("assistant", "", None, tool_calls=calls))
+                out.append(_turn("assistant", "", None, tool_calls=calls, train=False if flag is False else None))
             continue
         role = spec.role_names.get(name) if name is not None else None
         if role is None:
             raise RowError(f"turn {i}: unknown role {raw_role!r}; expected one of {', '.join(sorted(spec.role_names))}"
                            f"{did_you_mean(name, spec.role_names)}{spec.role_hint}")
         if role == "assistant":
-            calls = tool_calls_of(turn.get("tool_calls"), f"turn {i} 'tool_calls'") or tool_calls_of(
-                turn.get("function_call"), f"turn {i} 'function_call'"
-            )
+            calls = tool_calls_of(turn.get("tool_calls"), f"turn {i} 'tool_calls'", single=False,
+                                  arrow_notes=arrow_notes) or tool_calls_of(turn.get("function_call"), f"turn {i} 'function_call'",
+                                                                arrow_notes=arrow_notes)
             if content_key is None and calls is None:
                 raise RowError(f"expected {field_name!r} to be {shape}; turn {i} has keys {sorted(turn)}")
             text = "" if calls is not None and _is_missing(content) else _text(content, f"turn {i} {content_key!r}")
-            out.append(_assistant(text, _reasoning(turn, spec.reasoning, f"turn {i} "), calls))
+            out.append(_assistant(text, _reasoning(turn, spec.reasoning, f"turn {i} "), calls, flag))
         elif content_key is None:
             raise RowError(f"expected {field_name!r} to be {shape}; turn {i} has keys {sorted(turn)}")
         elif role == "tool":
@@ -436,8 +522,13 @@ def _with_system(turns: list[dict[str, Any]], system: str | None, column: str | 
     return turns
 
 
-def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> Conversation:
-    """The row as a :class:`Conversation`; raises :class:`RowError`."""
+def normalize_row(row: Mapping[str, Any], spec: FormatSpec, *, arrow: bool = False) -> Conversation:
+    """The row as a :class:`Conversation`; raises :class:`RowError`.
+
+    ``arrow``: the row was read from Arrow (Parquet, a hub or saved dataset), whose struct-typed tool arguments and
+    tool definitions lose the null-valued keys schema unification added (:func:`without_arrow_nulls`)."""
+    notes: set[str] = set()
+    arrow_notes = notes if arrow else None
     if not isinstance(row, Mapping):
         raise RowError(f"expected a JSON object per row, got {type(row).__name__}")
     fmt = detect_format(row, spec)
@@ -452,14 +543,15 @@ def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> Conversation:
                if empty else "")
         )
     tools_key = _first_present(row, spec.tools)
-    tools = tools_of(row[tools_key], repr(tools_key)) if tools_key else None
+    tools = tools_of(row[tools_key], repr(tools_key), arrow_notes=arrow_notes) if tools_key else None
     system_key = _first_present(row, spec.system)
     system = _optional_text(row[system_key], repr(system_key)) if system_key else None
     mode_key = _first_present(row, spec.thinking_mode)
     mode = thinking_mode_of(row[mode_key], repr(mode_key)) if mode_key else None
     if fmt in ("messages", "sharegpt"):
         key = _first_present(row, spec.messages) or spec.messages[0]
-        return Conversation(_with_system(_read_turns(row.get(key), spec, key), system, system_key), tools, mode)
+        turns = _read_turns(row.get(key), spec, key, notes, arrow)
+        return Conversation(_with_system(turns, system, system_key), tools, mode, notes)
 
     reasoning = _reasoning(row, spec.reasoning)
     history_key = _first_present(row, spec.history)
@@ -472,10 +564,11 @@ def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> Conversation:
         prompt, response = row.get(prompt_key), row.get(response_key)
         if isinstance(prompt, (list, tuple)) and isinstance(response, (list, tuple)):
             # trl's conversational prompt/completion: two turn lists to join.
-            turns = _read_turns(list(prompt), spec, prompt_key) + _read_turns(list(response), spec, response_key)
+            turns = (_read_turns(list(prompt), spec, prompt_key, notes, arrow)
+                     + _read_turns(list(response), spec, response_key, notes, arrow))
             if reasoning is not None and turns[-1]["role"] == "assistant" and turns[-1]["reasoning_content"] is None:
                 turns[-1]["reasoning_content"] = reasoning
-            return Conversation(head + turns, tools, mode)
+            return Conversation(head + turns, tools, mode, notes)
         user = _text(prompt, repr(prompt_key))
         answer = _text(response, repr(response_key))
     else:
@@ -487,7 +580,7 @@ def normalize_row(row: Mapping[str, Any], spec: FormatSpec) -> Conversation:
         if extra:
             user = f"{user}\n\n{extra}"
         answer = _text(row.get(output_key), repr(output_key))
-    return Conversation([*head, _turn("user", user), _assistant(answer, reasoning)], tools, mode)
+    return Conversation([*head, _turn("user", user), _assistant(answer, reasoning)], tools, mode, notes)
 
 
 def user_instruction(messages: Sequence[Mapping[str, Any]]) -> str:

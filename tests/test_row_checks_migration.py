@@ -232,3 +232,12 @@ def test_tool_calls_given_as_one_object_are_a_reject_and_a_function_call_object_
                            {"role": "assistant", "content": None, "function_call": call["function"]}]}
     (read,) = normalize_row(legacy, FormatSpec("auto")).messages[1]["tool_calls"]
     assert read["function"] == {"name": "get_weather", "arguments": '{"city": "A"}'}
+
+
+def test_tempa_plan_counts_no_sample_for_a_context_only_turn() -> None:
+    from tempa.sft.data_size import _renderings
+
+    row = {"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1", "weight": 0},
+                        {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]}
+    messages = normalize_row(row, FormatSpec("auto")).messages
+    assert [[turn["content"] for turn in view] for view in _renderings(messages, False)] == [["q1", "a1", "q2", "a2"]]

@@ -31,6 +31,10 @@ class Selection(BaseModel):
     tied: dict[str, float] = Field(default_factory=dict, description=(
         "Candidates left out with the last chosen one's very value (a tie at the top_k cut: leaderboard order "
         "chose, not the metric), and that value."))
+    base: str | None = Field(default=None, description=(
+        "The candidate of the board that is the merge's base, left out of the top_k as the base (a task-vector "
+        "merge's base is no pick); None where the board did not score the base."))
+    base_value: float | None = Field(default=None, description="The base's value of the metric (None: it has none).")
 
 
 class Reevaluation(BaseModel):
@@ -40,6 +44,12 @@ class Reevaluation(BaseModel):
     merged: float
     best_input: float
     helped: bool = Field(description="Whether the merge scored better than its best input.")
+    best_input_name: str | None = None
+    base: str | None = Field(default=None, description=(
+        "The candidate of the board that is the merge's base (merged onto, not one of the inputs), where the board "
+        "scored it on the metric; None otherwise."))
+    base_value: float | None = None
+    beat_base: bool | None = Field(default=None, description="Whether the merge scored better than its base.")
 
 
 class MergeSummary(BaseModel):

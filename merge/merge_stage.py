@@ -8,6 +8,7 @@ re-scored, ``leaderboard.json`` / ``leaderboard.md``: the evaluate stage's board
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -211,6 +212,20 @@ def finish_model_dir(out_dir: Path, ctx: StageContext, donor: Path) -> None:
             break
 
 
+def base_row(board: Leaderboard | None, models: list[MergeInput], base: MergeInput | None) -> LeaderboardRow | None:
+    """The board's row of a base merged onto the inputs (not one of them), or None: the card and the note name it, as
+    the selection left it out and the merge is worth comparing with it."""
+    if board is None or base is None or base in models:
+        return None
+    identity = model_identity(base.path)
+    return next((row for row in board.rows if not row.merged and model_identity(Path(row.path)) == identity), None)
+
+
+def _number(value: float | None) -> float | None:
+    """A board's value as the summary keeps it: None for none (NaN on the board)."""
+    return None if value is None or math.isnan(value) else value
+
+
 def _direction_adjusted(lower: bool, merged: float, best: float) -> float:
     """How much better the merge is than the best input (positive = better), in metric units."""
     return best - merged if lower else merged - best
@@ -226,6 +241,7 @@ def run_merge(
     board = evaluation[0] if evaluation else None
 
     models, base, chosen, tied = resolve_inputs(config, ctx, board)
+    scored_base = base_row(board, models, base)
     everything = models + ([base] if base is not None and base not in models else [])
     for model in everything:
         # before mergekit, whose safetensors error names neither the model nor the file
@@ -259,7 +275,9 @@ def run_merge(
         selection=None if config.select is None or config.evaluate_stage is None else Selection(
             evaluate_stage=config.evaluate_stage, metric=config.select.metric, top_k=config.select.top_k,
             values={row.candidate: row.metrics[config.select.metric] for row in chosen},
-            tied={row.candidate: row.metrics[config.select.metric] for row in tied}),
+            tied={row.candidate: row.metrics[config.select.metric] for row in tied},
+            base=None if scored_base is None else scored_base.candidate,
+            base_value=None if scored_base is None else _number(scored_base.metrics.get(config.select.metric))),
     )
     metrics: dict[str, Scalar] = {"models_merged": len(models)}
     updated: Leaderboard | None = None
@@ -303,16 +321,27 @@ def run_merge(
             if values:
                 lower = board.lower_is_better(focus)
                 best = min(values) if lower else max(values)
-                gain = _direction_adjusted(lower, merged_metrics[focus], best)
+                merged = merged_metrics[focus]
+                gain = _direction_adjusted(lower, merged, best)
                 metrics.update({"metric": focus, "best_input": best, "gain_over_best_input": gain,
                                 "merge_helped": gain > 0})
-                summary.reevaluation = Reevaluation(metric=focus, merged=merged_metrics[focus], best_input=best,
-                                                    helped=gain > 0)
-                if gain <= 0:
-                    best_name = next(row.candidate for row in scored if row.metrics[focus] == best)
-                    notes.append(f"{ctx.stage_name}: the merged model did not improve on its best input "
-                                 f"({focus} {format_metric(merged_metrics[focus])} merged, "
-                                 f"{format_metric(best)} for {best_name}); see {ctx.stage_name}/{LEADERBOARD_MD}")
+                best_name = next(row.candidate for row in scored if row.metrics[focus] == best)
+                # A base ranked above the inputs (the top_k leaves it out as the base) can beat a merge that beats
+                # every input: then the merge made the model worse, which its inputs alone do not show.
+                base_value = None if scored_base is None else _number(scored_base.metrics.get(focus))
+                beat_base = None if base_value is None else _direction_adjusted(lower, merged, base_value) > 0
+                summary.reevaluation = Reevaluation(
+                    metric=focus, merged=merged, best_input=best, helped=gain > 0, best_input_name=best_name,
+                    base=None if base_value is None else scored_base.candidate, base_value=base_value,
+                    beat_base=beat_base)
+                if gain <= 0 or beat_base is False:
+                    verdict = "improved on" if gain > 0 else "did not improve on"
+                    against_base = "" if beat_base is None else (
+                        f", {'but improved on' if beat_base else 'but not on' if gain > 0 else 'nor on'} its base "
+                        f"({format_metric(base_value)} for {scored_base.candidate})")
+                    notes.append(f"{ctx.stage_name}: the merged model {verdict} its best input "
+                                 f"({focus} {format_metric(merged)} merged, {format_metric(best)} for {best_name})"
+                                 f"{against_base}; see {ctx.stage_name}/{LEADERBOARD_MD}")
                     ctx.log.warning("%s", notes[-1])
     elif config.reevaluate:
         ctx.log.info("%s: no evaluate_stage, so the merged model is not re-scored", ctx.stage_name)

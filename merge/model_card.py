@@ -347,9 +347,14 @@ def _merge_section(stages: Mapping[str, Upstream], base_model: str, shipped: str
             lines.append("- parameters: " + ", ".join(f"{k}={_cell(v)}" for k, v in summary.parameters.items()))
         if summary.selection is not None:
             selection = summary.selection
+            # The base ranked among the candidates is left out as the base: without saying so, "the top 2" read as
+            # the board's first two when the base was first.
+            besides = "" if selection.base is None else (
+                f" besides the base (`{selection.base}` = {_cell(selection.base_value)}, merged onto as the base, "
+                "not as one of the models)")
             lines += [
                 "",
-                f"Chosen as the top {selection.top_k} of `{selection.evaluate_stage}` by `{selection.metric}`: "
+                f"Chosen as the top {selection.top_k} of `{selection.evaluate_stage}` by `{selection.metric}`{besides}: "
                 + ", ".join(f"{k} = {_cell(v)}" for k, v in selection.values.items())
                 # a tie at the cut: the metric did not choose between these and the last chosen, leaderboard order did
                 + ("; tied at the cut and left out by leaderboard order, not by the metric: "
@@ -358,10 +363,14 @@ def _merge_section(stages: Mapping[str, Upstream], base_model: str, shipped: str
         if summary.reevaluation is not None:
             re_eval = summary.reevaluation
             verdict = "improved on" if re_eval.helped else "did not improve on"
+            best = f"`{re_eval.best_input_name}`, " if re_eval.best_input_name else ""
+            against_base = "" if re_eval.beat_base is None else (
+                f"; it {'improved' if re_eval.beat_base else 'did not improve'} on its base "
+                f"(`{re_eval.base}`, {_cell(re_eval.base_value)})")
             lines += [
                 "",
                 f"The merge scored {_cell(re_eval.merged)} on `{re_eval.metric}` and {verdict} "
-                f"its best input ({_cell(re_eval.best_input)}).",
+                f"its best input ({best}{_cell(re_eval.best_input)}){against_base}.",
             ]
         lines.append("")
     return ["## Merge", "", *lines] if lines else []

@@ -947,3 +947,76 @@ def test_a_reference_to_no_model_says_what_there_is(tmp_path, tokenizer_dir, che
     with pytest.raises(StageError, match=r"a checkpoint is named so on an evaluate stage's leaderboard: set "
                                          r"evaluate_stage, or give its folder's path$"):
         run_merge(bare, make_ctx(run, "merge", tokenizer_dir=tokenizer_dir, base=tiny_model_dir, upstream=upstream))
+
+
+# A task-vector merge whose base the evaluate stage scored: the card's selection line says the base was left out as
+# the base, and the re-scored merge is compared with its base as well as with its best input (the SEA-LION 70B tiny
+# run: evaluate ranked merge-sft, the base, first; the card said "the top 2 of `evaluate`" of two lower candidates and
+# the note said only that the merge did not improve on its best input, though it was worse than its base too).
+
+
+def _merge_onto_scored_base(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir, right: set[str],
+                            merged_right: bool):
+    """a, b, c scored by an evaluate stage (a model answers right when its folder is in ``right``); c is the base of
+    a task-arithmetic merge of the top 2; the merged model answers right when ``merged_right``."""
+    from tempa.merge import EvaluateStageConfig
+    from tempa.merge.evaluate_stage import run_evaluate
+
+    data = tmp_path / "math.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"2+2? ({i})", "answer": 4}) + "\n" for i in range(2)))
+    evaluate = EvaluateStageConfig.model_validate(
+        {"name": "eval", "kind": "evaluate", "models": [str(p) for p in checkpoints.values()],
+         "suites": [{"type": "accuracy", "name": "math", "data": str(data)}]})
+    scored = run_evaluate(evaluate, make_ctx(tmp_path, "eval", tokenizer_dir=tokenizer_dir, base=tiny_model_dir),
+                          backend_factory=lambda path, _cfg, _ctx: ScriptedBackend(path, right))
+    config = MergeStageConfig.model_validate(
+        {"name": "merge", "kind": "merge", "method": "task_arithmetic", "evaluate_stage": "eval",
+         "base_model": str(checkpoints["c"]), "select": {"metric": "math/accuracy", "top_k": 2}})
+    ctx = make_ctx(tmp_path, "merge", tokenizer_dir=tokenizer_dir, base=tiny_model_dir,
+                   upstream=[done("eval", scored, kind="evaluate", config=evaluate)])
+    rescored = right | ({"final"} if merged_right else set())  # "final": the merged model's folder
+    return run_merge(config, ctx, backend_factory=lambda path, _cfg, _ctx: ScriptedBackend(path, rescored))
+
+
+def test_a_merge_worse_than_its_scored_base_says_so_and_names_the_base_it_left_out(tmp_path, tokenizer_dir,
+                                                                                    checkpoints, tiny_model_dir):
+    # a = 1, b = 0, c (the base) = 1; the merge answers wrong: 0
+    result = _merge_onto_scored_base(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir, {"a", "c"}, False)
+    selection, re_eval = result.summary.selection, result.summary.reevaluation
+    assert selection is not None and (selection.base, selection.base_value) == ("c", 1.0)
+    assert re_eval is not None and (re_eval.base, re_eval.base_value, re_eval.beat_base) == ("c", 1.0, False)
+    (note,) = result.notes
+    assert "did not improve on its best input (math/accuracy 0 merged, 1 for a), nor on its base (1 for c)" in note
+
+
+def test_a_merge_better_than_its_inputs_but_not_its_base_is_noted(tmp_path, tokenizer_dir, checkpoints,
+                                                                  tiny_model_dir):
+    # a = b = 0, c (the base) = 1; the merge answers right: 1, above its inputs, level with its base
+    result = _merge_onto_scored_base(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir, {"c"}, True)
+    assert result.metrics["merge_helped"] is True
+    (note,) = result.notes
+    assert "the merged model improved on its best input (math/accuracy 1 merged, 0 for a), but not on its base " \
+           "(1 for c)" in note
+
+
+def test_the_card_names_the_base_left_out_of_the_top_k_and_compares_the_merge_with_it(tmp_path):
+    from tempa.merge.merge_result import MergedModel, MergeResult, MergeSummary, Reevaluation, Selection
+    from tempa.merge.model_card import ModelCardConfig, render_model_card
+    from tempa.sft.stage_api import RecipeInfo
+
+    summary = MergeSummary(
+        method="ties", models=[MergedModel(name="align/checkpoint-1", path=tmp_path / "a"),
+                               MergedModel(name="align/checkpoint-2", path=tmp_path / "b")],
+        base_model=MergedModel(name="merge-sft", path=tmp_path / "base"),
+        selection=Selection(evaluate_stage="evaluate", metric="heldout/loss", top_k=2,
+                            values={"align/checkpoint-1": 6.593, "align/checkpoint-2": 6.594},
+                            base="merge-sft", base_value=6.585),
+        reevaluation=Reevaluation(metric="heldout/loss", merged=6.5928, best_input=6.5927, helped=False,
+                                  best_input_name="align/checkpoint-1", base="merge-sft", base_value=6.585,
+                                  beat_base=False))
+    card = render_model_card(ModelCardConfig(), recipe=RecipeInfo("t", "tempa:tiny", "llama3_thinking"),
+                             stages={"merge-best": done("merge-best", MergeResult(summary=summary), kind="merge")})
+    assert ("Chosen as the top 2 of `evaluate` by `heldout/loss` besides the base (`merge-sft` = 6.585, merged onto "
+            "as the base, not as one of the models): align/checkpoint-1 = 6.593, align/checkpoint-2 = 6.594") in card
+    assert ("did not improve on its best input (`align/checkpoint-1`, 6.593); it did not improve on its base "
+            "(`merge-sft`, 6.585).") in card

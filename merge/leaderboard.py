@@ -225,9 +225,14 @@ class EvaluateResult(StageResult):
     leaderboard: Leaderboard
 
 
+# A metric with no value (a win rate without a parsed verdict), as leaderboard.json holds it: one word everywhere.
+NO_VALUE = "null"
+
+
 def format_value(value: float) -> str:
+    """A metric in leaderboard.md and the card: ``null`` for no value (NaN), the word leaderboard.json writes."""
     if math.isnan(value):
-        return "nan"
+        return NO_VALUE
     if abs(value) >= 1000:
         return f"{value:.1f}"
     return f"{value:.4f}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import ipaddress
 import json
+import math
 import os
 import re
 import urllib.parse
@@ -22,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tempa.chat_templates.thinking import THINK_CLOSE
-from tempa.merge.leaderboard import EvaluateResult
+from tempa.merge.leaderboard import NO_VALUE, EvaluateResult
 from tempa.merge.merge_result import RECIPE_BASE, MergeResult
 from tempa.merge.ollama_template import ollama_default_note
 from tempa.sft import language
@@ -236,6 +237,8 @@ def scrub(text: str, environ: Mapping[str, str] | None = None, secret_names: Ite
 def _cell(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)[:80]
+    if isinstance(value, float) and math.isnan(value):
+        return NO_VALUE  # metrics.json and leaderboard.json hold it as null
     return format_metric(value).replace("|", "\\|").replace("\n", " ")
 
 

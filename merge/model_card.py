@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tempa.alignment.preference_stage import PreferenceResult
 from tempa.chat_templates.thinking import THINK_CLOSE
 from tempa.merge.leaderboard import NO_VALUE, EvaluateResult
 from tempa.merge.merge_result import RECIPE_BASE, MergeResult
@@ -256,9 +257,25 @@ def _headline_metrics(metrics: Mapping[str, Any], limit: int = 6) -> str:
     return text + (f" (+{len(shown) - limit} more)" if len(shown) > limit else "")
 
 
+def _preference_headline(result: PreferenceResult) -> str:
+    """A preference stage of several rounds: its metrics mix totals (``pairs``) with the last round's values
+    (``pair_fraction``, the reward means, ``train_loss``), so ``pairs=15, pair_fraction=0.2917`` read as 15 pairs from
+    15/0.29 prompts. The card gives the totals over every round and labels the last round's values."""
+    rounds = result.rounds
+    prompts, pairs = sum(r.prompts for r in rounds), sum(r.pairs for r in rounds)
+    read = "prompts and offline rows" if any(r.source == "offline" for r in rounds) else "prompts"
+    last = rounds[-1]
+    values = {"pair_fraction": last.pair_fraction, "chosen_reward_mean": last.chosen_reward_mean,
+              "rejected_reward_mean": last.rejected_reward_mean, "train_loss": last.train.get("train_loss")}
+    return (f"rounds={len(rounds)}, over all rounds: pairs={pairs} of {prompts} {read} "
+            f"(pair_fraction={_cell(pairs / prompts if prompts else 0.0)}); last round (round-{last.round}): "
+            + ", ".join(f"{key}={_cell(value)}" for key, value in values.items()))
+
+
 def _stages_section(stages: Mapping[str, Upstream]) -> list[str]:
     rows = [[name, up.kind, "" if up.duration_s is None else f"{up.duration_s:.0f}s",
-             _headline_metrics(up.result.metrics)] for name, up in stages.items()]
+             _preference_headline(up.result) if isinstance(up.result, PreferenceResult) and len(up.result.rounds) > 1
+             else _headline_metrics(up.result.metrics)] for name, up in stages.items()]
     if not rows:
         return []
     return ["## Stages", "", *_table(["stage", "kind", "duration", "metrics"], rows), ""]

@@ -1,4 +1,4 @@
-"""The final model card (README.md): recipe, stages, data mix, evaluation, merge, usage.
+"""The final model card (README.md): recipe, stages, data mix, evaluation, merge, training arguments, usage.
 
 Everything it shows comes from the typed results of the stages that ran (the bake stage sees
 every earlier stage) and the recipe. Nothing secret may reach it: values under secret-looking
@@ -343,6 +343,24 @@ def _eval_section(stages: Mapping[str, Upstream], shipped: str | None = None) ->
             rest = f"the run's `{name}/leaderboard.json`"
             return ["## Evaluation", "", f"From stage `{name}`.", "", board.to_markdown(rest_in=rest).strip(), ""]
     return []
+
+
+def _training_arguments_section(stages: Mapping[str, Upstream]) -> list[str]:
+    """Each training stage's effective trainer arguments: the recipe's ``train:`` over tempa's defaults, which the
+    card's recipe does not show (it holds what the recipe set); ``*`` marks a default, as `tempa plan` does."""
+    from tempa.recipes.registry import stage_kind  # the registry imports every kind, the bake's among them
+
+    lines = []
+    for name, up in stages.items():
+        args = redact(up.config.train_args()) if stage_kind(up.kind).trains else {}
+        if args:
+            own = getattr(up.config, "train", {})
+            lines.append(f"- `{name}`: " + ", ".join(f"{key}={json.dumps(value, ensure_ascii=False, default=str)}"
+                                                     + ("" if key in own else "*") for key, value in args.items()))
+    if not lines:
+        return []
+    return ["## Training arguments", "", "<details><summary>Each training stage's trainer arguments (* tempa's "
+            "default, not set in the recipe)</summary>", "", *lines, "", "</details>", ""]
 
 
 def _merge_section(stages: Mapping[str, Upstream], base_model: str, shipped: str | None = None) -> list[str]:
@@ -724,6 +742,7 @@ def render_model_card(
             [[c.get("name"), "yes" if c.get("passed") else "NO"] for c in template_checks],
         )
         lines.append("")
+    lines += _training_arguments_section(stages)
     if resolved:
         lines += [
             "## Recipe",

@@ -261,7 +261,8 @@ def _cmd_run(args) -> int:
         return _join(args, loaded, run_dir)
     summary = run_recipe(loaded, run_dir, from_stage=args.from_stage, only=args.only)
     print(f"run complete: {summary.run_dir}")
-    print(f"  ran: {', '.join(summary.ran) or '-'}; skipped: {', '.join(summary.skipped) or '-'}")
+    print(f"  ran: {', '.join(summary.ran) or '-'}; skipped: {', '.join(summary.skipped) or '-'}"
+          + (f"; not run (--only {args.only}): {', '.join(summary.not_run)}" if summary.not_run else ""))
     if summary.stale:
         print(f"  stale: {', '.join(summary.stale)} (built on a stage --only re-ran; the final model is out of date "
               "until a plain `tempa run` re-runs them)")

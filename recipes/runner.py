@@ -119,7 +119,8 @@ class StageDecision:
 class RunSummary:
     run_dir: Path
     ran: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # complete: their results stand
+    not_run: list[str] = field(default_factory=list)  # passed over by --only with no finished run: nothing stands
     stale: list[str] = field(default_factory=list)  # skipped by --only although an input re-ran: out of date
     final_model: Path | None = None
     final_origin: str | None = None  # which stage's model it is, and what that is made of (model_origin)
@@ -818,9 +819,10 @@ def _run_checked(loaded: LoadedRecipe, run_dir: Path, from_stage: str | None, on
             start_run = made_by.get(decision.upstream) if decision.upstream else decision.components["upstream"]
             if decision.action == "skip":
                 log.info("stage %s (%s): skip: %s", decision.name, decision.kind, decision.reason)
-                summary.skipped.append(decision.name)
                 if not decision.finished:
+                    summary.not_run.append(decision.name)
                     continue  # not selected by --only and never finished: nothing to hand on, none needed
+                summary.skipped.append(decision.name)
                 upstream, run_ids[decision.name] = _skipped(decision, config, run_dir)
                 if decision.stale:
                     summary.stale.append(decision.name)

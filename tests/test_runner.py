@@ -366,7 +366,7 @@ def test_only_on_a_fresh_run_dir_runs_that_stage_alone(recipe, tmp_path):
     # The stages it does not select have never run: they stay unrun, which is no error.
     run_dir = tmp_path / "run"
     summary = run_recipe(load_recipe(recipe), run_dir, only="a")
-    assert calls(run_dir) == ["a"] and summary.ran == ["a"] and summary.skipped == ["b", "c"]
+    assert calls(run_dir) == ["a"] and summary.ran == ["a"] and summary.skipped == [] and summary.not_run == ["b", "c"]
     assert summary.stale == [] and summary.final_model is None
     assert [row.state for row in stage_status(["a", "b", "c"], run_dir)] == ["done", "pending", "pending"]
     reset_calls(run_dir)

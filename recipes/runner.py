@@ -455,9 +455,25 @@ def _changed_files(old: Any, new: Mapping[str, str]) -> str:
     one digest in a manifest of an older tempa, which cannot tell them apart)."""
     if not isinstance(old, dict):
         return "input files, one or more of: " + ", ".join(new) if new else "input files"
-    changed = [f"{path} ({'changed' if path in old else 'new'})" for path in new if old.get(path) != new[path]]
-    changed += [f"{path} (no longer read)" for path in old if path not in new]
+    # As the fingerprint counts a file, by its name and what it holds, not where it lies: a recipe folder moved pairs
+    # each file with the one of its name it ran with (the same place first), and one that holds the same is no change.
+    unpaired = {path: _content(value) for path, value in old.items() if path not in new}
+    changed = []
+    for path, value in new.items():
+        if path in old:
+            ran = _content(old[path])
+        else:
+            ran = next((unpaired.pop(before) for before in list(unpaired) if Path(before).name == Path(path).name),
+                       None)
+        if ran != _content(value):
+            changed.append(f"{path} ({'new' if ran is None else 'changed'})")
+    changed += [f"{path} (no longer read)" for path in unpaired]
     return "input files: " + ", ".join(changed)
+
+
+def _content(value: str) -> str:
+    """What a file's entry in a stage's components holds of its content: its digest, less the path a link leads to."""
+    return value.split(" -> ")[0]
 
 
 def _names(names: list[str]) -> str:

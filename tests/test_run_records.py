@@ -20,7 +20,7 @@ import tempa.merge
 import tempa.sft
 from tempa.recipes.cli import main
 from tempa.recipes.loader import load_recipe
-from tempa.recipes.runner import run_recipe
+from tempa.recipes.runner import plan_run, run_recipe
 from tempa.sft.stage_api import Artifact, StageConfigBase, StageContext, StageKind, StageResult, resolve_path
 
 
@@ -77,3 +77,28 @@ def test_an_only_run_does_not_call_the_stages_it_never_ran_skipped(tmp_path, cap
     assert main(["run", str(recipe), "--run-dir", str(run_dir), "--only", "c"]) == 0
     closing = capsys.readouterr().out
     assert "ran: c; skipped: a; not run (--only c): b\n" in closing
+
+
+def test_a_moved_recipe_folder_names_the_file_whose_content_changed(tmp_path):
+    """A recipe folder moved and one data file edited: the plan listed both files as (new), each with a (no longer
+    read) twin, never saying which one changed. The fingerprint counts a file by its name and content, so the plan
+    pairs them by name: the edited one is (changed), the one moved as it was is no change."""
+    import shutil
+
+    project = tmp_path / "alice"
+    (project / "data").mkdir(parents=True)
+    for name in ("instruct", "edited"):
+        (project / "data" / f"{name}.jsonl").write_text(f"{name}\n")
+    (project / "old.jsonl").write_text("gone\n")
+    stages = "- {name: a, kind: note, inputs: [data/instruct.jsonl, data/edited.jsonl, %s]}\n"
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(_recipe(project, stages % "old.jsonl")), run_dir)
+    moved = tmp_path / "bob"
+    shutil.move(project, moved)
+    (moved / "data" / "edited.jsonl").write_text("edited again\n")
+    (moved / "new.jsonl").write_text("new\n")
+    [decision] = plan_run(load_recipe(_recipe(moved, stages % "new.jsonl")), run_dir)
+    assert decision.action == "rerun"
+    files = decision.reason.split("input files: ")[1]
+    assert files == (f"{moved / 'data' / 'edited.jsonl'} (changed), {moved / 'new.jsonl'} (new), "
+                     f"{project / 'old.jsonl'} (no longer read)")

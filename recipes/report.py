@@ -623,8 +623,15 @@ def stages_section(stages: list[tuple[Manifest, StageResult | None]], states: di
         f"<td>{html.escape(states.get(m.name, m.status))}</td><td>{_fmt(m.duration_s)}</td>"
         f"<td>{', '.join(f'{html.escape(k)}={_fmt(v)}' for k, v in list(m.metrics.items())[:6])}</td></tr>"
         for m, _ in stages)
+    # one line per software the stages ran under: stages run days apart, or by another checkout, can differ
+    ran_under: dict[str, list[str]] = {}
+    for m, _ in stages:
+        if m.software is not None:
+            ran_under.setdefault(m.software.line(), []).append(m.name)
+    software = "".join(f"<p class='note'>software{'' if len(ran_under) == 1 else ' of ' + html.escape(', '.join(names))}: "
+                       f"{html.escape(line)}</p>" for line, names in ran_under.items())
     return (f"<section id='stages'><h2>Stages</h2><table><tr><th>stage</th><th>kind</th><th>status</th>"
-            f"<th>seconds</th><th>key metrics</th></tr>{rows}</table></section>")
+            f"<th>seconds</th><th>key metrics</th></tr>{rows}</table>{software}</section>")
 
 
 def merge_section(done: list[tuple[Manifest, StageResult]]) -> str:

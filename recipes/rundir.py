@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tempa.recipes.software import Software
 from tempa.sft.files import (
     cache_root,
     ensure_inside,
@@ -53,6 +54,9 @@ class Manifest(BaseModel):
     finished_at: float | None = None
     duration_s: float | None = None
     tempa_version: str = ""
+    software: Software | None = Field(
+        default=None, description="The software it ran under: tempa (and its git commit), torch, transformers, trl, "
+        "... (no part of its fingerprint); None: an older tempa's manifest, which did not record it.")
     error: str | None = None
     start_model: RunPath | None = Field(default=None, description="The model the stage started from.")
     run_id: str = Field(default="", description="This run of the stage; a later stage records it in `inputs`.")

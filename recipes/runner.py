@@ -50,6 +50,7 @@ from tempa.recipes.rundir import (
     write_metrics,
 )
 from tempa.recipes.schema import TINY_DEFAULT, LaunchConfig
+from tempa.recipes.software import software
 from tempa.sft.checkpoints import CheckpointLaunch, last_complete_checkpoint, launch_refusal
 from tempa.sft.files import cache_root, digest, file_digest, path_digest, point_link, write_atomic
 from tempa.sft.global_batch import rows_per_step
@@ -1011,7 +1012,8 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
     log.addHandler(handler)
     manifest = Manifest(name=decision.name, kind=decision.kind, fingerprint=decision.fingerprint,
                         components=decision.components, status="running", action=decision.action,
-                        started_at=time.time(), tempa_version=__version__, start_model=ctx.start_model,
+                        started_at=time.time(), tempa_version=__version__, software=software(),
+                        start_model=ctx.start_model,
                         run_id=run_ids[decision.name], inputs={dep: run_ids.get(dep, "") for dep in decision.inputs},
                         config=decision.config, profile=profile or "", interrupted="")
     manifest.write(stage_dir, run_dir)
@@ -1147,6 +1149,9 @@ class StageStatus:
     # A running stage's last progress record, for scripts (`--json`): a training launch's step, max_steps, eta_s
     # and tokens_per_s (per device), or a journaled pass's desc, done, items, eta_s and samples_per_s; `at` is when
     progress: dict[str, Any] | None = None
+    # The software it ran under (tempa and its git commit, torch, transformers, ...), as its manifest records it; None:
+    # not started, or an older tempa's manifest
+    software: dict[str, Any] | None = None
 
 
 def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, str] | None = None) -> list[StageStatus]:
@@ -1205,7 +1210,8 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
         progress = latest_progress(run_dir / name, manifest.started_at) if state == "running" else None
         rows.append(StageStatus(name, manifest.kind, state, seconds,
                                 manifest.metrics if state in ("done", "stale") else {}, manifest.error, note,
-                                progress.model_dump() if progress is not None else None))
+                                progress.model_dump() if progress is not None else None,
+                                manifest.software.model_dump() if manifest.software is not None else None))
     return rows
 
 

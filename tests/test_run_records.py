@@ -9,6 +9,8 @@ the recipe's `train:` block. Nothing here trains.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import textwrap
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -17,6 +19,7 @@ import pytest
 from pydantic import Field, field_validator
 
 import tempa.merge
+import tempa.recipes
 import tempa.sft
 from tempa.recipes.cli import main
 from tempa.recipes.loader import load_recipe
@@ -102,3 +105,76 @@ def test_a_moved_recipe_folder_names_the_file_whose_content_changed(tmp_path):
     files = decision.reason.split("input files: ")[1]
     assert files == (f"{moved / 'data' / 'edited.jsonl'} (changed), {moved / 'new.jsonl'} (new), "
                      f"{project / 'old.jsonl'} (no longer read)")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_stages_manifest_records_the_software_it_ran_under_and_status_shows_it(tmp_path, capsys):
+    """Manifests recorded only tempa's version string, the same from one commit of a checkout to the next: the
+    libraries that decide what a stage computes, and the commit tempa ran from, are recorded (no part of the
+    fingerprint), and `tempa status --json` shows them."""
+    import accelerate
+    import torch
+    import transformers
+    import trl
+
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(_recipe(tmp_path, THREE)), run_dir)
+    software = json.loads((run_dir / "a" / "manifest.json").read_text())["software"]
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert software["tempa"] == tempa.recipes.__version__
+    assert software["tempa_commit"].split("+")[0] == head  # the tests run from the checkout
+    for module in (torch, transformers, trl, accelerate):
+        assert software["packages"][module.__name__] == module.__version__
+    assert "notapackage" not in software["packages"]
+
+    assert main(["status", str(run_dir), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["software"] for row in rows] == [software] * 3
+
+
+def _git(folder: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                   capture_output=True, check=True)
+
+
+def test_the_commit_is_that_of_tempas_own_checkout_and_says_when_it_was_modified(tmp_path, monkeypatch):
+    from tempa.recipes.software import checkout_commit
+
+    checkout = tmp_path / "tempa"
+    (checkout / "recipes").mkdir(parents=True)
+    (checkout / "recipes" / "runner.py").write_text("one\n")
+    _git(checkout, "init", "-q")
+    _git(checkout, "add", "-A")
+    _git(checkout, "commit", "-q", "-m", "one")
+    commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert checkout_commit(checkout) == commit
+    (checkout / "recipes" / "new.py").write_text("untracked: no change of what ran\n")
+    assert checkout_commit(checkout) == commit
+    (checkout / "recipes" / "runner.py").write_text("two\n")
+    assert checkout_commit(checkout) == f"{commit}+modified"
+    # an installed tempa inside another project's checkout (its virtual environment) is not that project's commit
+    assert checkout_commit(checkout / "recipes") is None
+    assert checkout_commit(tmp_path / "elsewhere") is None
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))
+    assert checkout_commit(checkout) is None
+
+
+def test_the_report_names_the_software_the_stages_ran_under():
+    from tempa.recipes.report import stages_section
+    from tempa.recipes.rundir import Manifest
+    from tempa.recipes.software import Software
+
+    def ran(name: str, software: Software | None) -> tuple[Manifest, None]:
+        return Manifest(name=name, kind="sft", fingerprint="f", status="done", started_at=0.0, software=software), None
+
+    one = Software(tempa="0.1.0", tempa_commit="0123456789abcdef0123+modified", packages={"torch": "2.9.1"})
+    other = Software(tempa="0.1.0", packages={"torch": "2.10.0"})
+    assert "<p class='note'>software: tempa 0.1.0 (git 0123456789ab+modified), torch 2.9.1</p>" in stages_section(
+        [ran("a", one), ran("b", one), ran("c", None)])
+    section = stages_section([ran("a", one), ran("b", other), ran("c", one)])
+    assert "software of a, c: tempa 0.1.0 (git 0123456789ab+modified), torch 2.9.1" in section
+    assert "software of b: tempa 0.1.0, torch 2.10.0" in section

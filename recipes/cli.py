@@ -317,6 +317,7 @@ def _cmd_plan(args) -> int:
         input_warnings,
         other_recipe_warning,
         plan_run,
+        train_args_shown,
     )
 
     if args.mfu is not None and not args.hardware:
@@ -350,7 +351,7 @@ def _cmd_plan(args) -> int:
         table.add_row(*map(Text, (str(d.index + 1), d.name, d.kind, _starts_from(d, decisions), d.action, d.reason,
                                   d.fingerprint[:12])))
     console.print(table)
-    _print_train_args(console, loaded)
+    _print_train_args(console, train_args_shown(loaded, decisions, run_dir))
     for line in decontamination_lines(loaded):
         console.print(f"[bold]evaluation prompts[/bold] {escape(line)}", highlight=False)
     for line in _api_request_lines(loaded, decisions):
@@ -366,7 +367,7 @@ def _cmd_plan(args) -> int:
 
     warnings += selection_notes(loaded.stages)  # what the merge's selection needs that only the run can tell
     if not args.hardware:  # the estimate checks the schedule against the steps it counts
-        warnings += _schedule_warnings(loaded)
+        warnings += _schedule_warnings(loaded, decisions)
     for problem in warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(problem)}", markup=True, highlight=False)
     if args.hardware:
@@ -410,15 +411,17 @@ def _check_base_tokenizer(loaded) -> None:
         raise StageError(f"base_model: `tempa run` would stop before its first stage: {first_line(exc)}") from None
 
 
-def _schedule_warnings(loaded) -> list[str]:
+def _schedule_warnings(loaded, decisions) -> list[str]:
     """A learning-rate schedule that does not fit a stage's ``max_steps`` (the steps it trains, known without an
-    estimate): the run warned of it at its start, a plain `tempa plan` did not."""
+    estimate): the run warned of it at its start, a plain `tempa plan` did not. A stage the run skips trains nothing:
+    its arguments now (this tempa's defaults, say) are not the ones it trained with."""
     from tempa.recipes.registry import stage_kind
     from tempa.sft.train_args import schedule_problem
 
     out = []
-    for config in loaded.stages:
-        if stage_kind(config.kind).trains:
+    for d in decisions:
+        config = loaded.stages[d.index]
+        if d.action != "skip" and stage_kind(config.kind).trains:
             train = config.train_args()
             steps = int(train.get("max_steps") or -1)
             if steps > 0 and (problem := schedule_problem(train, steps)) is not None:
@@ -426,19 +429,28 @@ def _schedule_warnings(loaded) -> list[str]:
     return out
 
 
-def _print_train_args(console, loaded) -> None:
-    """Each training stage's effective trainer arguments: the recipe's `train:` over tempa's defaults."""
+def _print_train_args(console, shown) -> None:
+    """Each training stage's trainer arguments (:func:`train_args_shown`): the recipe's `train:` over tempa's
+    defaults, or the ones a complete stage trained with."""
     from rich.markup import escape
 
-    from tempa.recipes.registry import stage_kind
+    for stage in shown:
+        args = ", ".join(f"{key}={json.dumps(value, default=str)}" + ("" if key in stage.own else "*")
+                         for key, value in stage.args.items())
+        said = {"now": "* tempa's default", "ran": "as it trained; * tempa's default then",
+                "unrecorded": "as this tempa gives them: the tempa that trained it did not record its own; * tempa's "
+                "default"}[stage.source]
+        console.print(f"[bold]training arguments of {stage.stage}[/bold] ({said}): {escape(args)}")
+        if stage.new_defaults:
+            changed = ", ".join(f"{key} {_arg(ran)} → {_arg(now)}" for key, (ran, now) in stage.new_defaults.items())
+            console.print(f"[bold]note:[/bold] this tempa's defaults for {escape(stage.stage)} differ from the ones it "
+                          f"trained with: {escape(changed)}; defaults are no part of a fingerprint, so it stays "
+                          f"complete: `tempa run --from {escape(stage.stage)}` trains it (and the stages after it) "
+                          "with these", highlight=False)
 
-    for config in loaded.stages:
-        if not stage_kind(config.kind).trains:
-            continue
-        own = getattr(config, "train", {})
-        args = ", ".join(f"{key}={json.dumps(value, default=str)}" + ("" if key in own else "*")
-                         for key, value in config.train_args().items())
-        console.print(f"[bold]training arguments of {config.name}[/bold] (* tempa's default): {escape(args)}")
+
+def _arg(value) -> str:
+    return "unset" if value is None else json.dumps(value, default=str)
 
 
 def _cmd_status(args) -> int:

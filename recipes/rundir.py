@@ -68,6 +68,10 @@ class Manifest(BaseModel):
     config: dict[str, Any] | None = Field(
         default=None, description="The stage's resolved config as it ran (`tempa plan` shows what changed since)."
     )
+    train_args: dict[str, Any] | None = Field(
+        default=None, description="A training stage's trainer arguments as it ran, tempa's defaults included (no part "
+        "of its fingerprint: `tempa plan` shows them for a complete stage, and any that this tempa's defaults now set "
+        "otherwise); None: a stage that trains nothing, or an older tempa's manifest.")
     profile: str | None = Field(
         default=None, description="The recipe profile it ran with (--profile; '' for none, None: an older tempa's "
         "manifest, which did not say).")

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -701,6 +701,47 @@ def other_recipe_warning(loaded: LoadedRecipe, run_dir: Path) -> str | None:
             "give another --run-dir to keep both")
 
 
+@dataclass(frozen=True)
+class TrainArgs:
+    """A training stage's trainer arguments, as `tempa plan` shows them."""
+
+    stage: str
+    args: dict[str, Any]
+    own: frozenset[str]  # the keys the recipe sets; the rest are tempa's defaults
+    # now: what it will train with; ran: what a finished stage the run skips trained with (its manifest's); unrecorded:
+    # such a stage whose tempa did not record them (``args`` are then this tempa's)
+    source: Literal["now", "ran", "unrecorded"]
+    # key: (what it trained with, what this tempa's default gives now), for a complete stage (no part of its
+    # fingerprint: it stays complete)
+    new_defaults: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+
+def train_args_shown(loaded: LoadedRecipe, decisions: list[StageDecision], run_dir: Path) -> list[TrainArgs]:
+    """Each training stage's trainer arguments: what it will train with, or, for a finished stage the run skips, what
+    it trained with. A change of tempa's defaults is no part of a fingerprint (an upgrade re-runs nothing finished),
+    so the plan showed a skipped stage the defaults of this tempa, not the arguments it trained with."""
+    shown = []
+    for d in decisions:
+        config = loaded.stages[d.index]
+        if not stage_kind(d.kind).trains:
+            continue
+        now, own = config.train_args(), frozenset(getattr(config, "train", {}))
+        manifest = read_manifest(run_dir / d.name) if d.action == "skip" and d.finished else None
+        if manifest is None:
+            shown.append(TrainArgs(d.name, now, own, "now"))
+        elif manifest.train_args is None:
+            shown.append(TrainArgs(d.name, now, own, "unrecorded"))
+        else:
+            ran = manifest.train_args
+            ran_own = frozenset((manifest.config or {}).get("train") or {})
+            # a key the recipe set, then or now, is a change of the recipe (a run-only one: a complete stage's is
+            # its own concern), not of tempa's defaults
+            changed = {key: (ran.get(key), now.get(key)) for key in dict.fromkeys([*now, *ran])
+                       if key not in own | ran_own and ran.get(key) != now.get(key)} if d.complete else {}
+            shown.append(TrainArgs(d.name, ran, ran_own, "ran", changed))
+    return shown
+
+
 def _has_trained(stage_dir: Path) -> bool:
     """Whether an unfinished stage holds training that starting it over clears: a complete checkpoint or a trained
     model, of the stage or of one of its rounds (its journals, samples and scores, are kept)."""
@@ -1015,7 +1056,8 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
                         started_at=time.time(), tempa_version=__version__, software=software(),
                         start_model=ctx.start_model,
                         run_id=run_ids[decision.name], inputs={dep: run_ids.get(dep, "") for dep in decision.inputs},
-                        config=decision.config, profile=profile or "", interrupted="")
+                        config=decision.config, train_args=config.train_args() if kind.trains else None,
+                        profile=profile or "", interrupted="")
     manifest.write(stage_dir, run_dir)
     usage = ApiUsage()  # what its HTTP backends send: their requests and the tokens their servers bill
     counting = API_USAGE.set(usage)

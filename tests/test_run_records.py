@@ -9,6 +9,7 @@ the recipe's `train:` block. Nothing here trains.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import textwrap
@@ -178,3 +179,47 @@ def test_the_report_names_the_software_the_stages_ran_under():
     section = stages_section([ran("a", one), ran("b", other), ran("c", one)])
     assert "software of a, c: tempa 0.1.0 (git 0123456789ab+modified), torch 2.9.1" in section
     assert "software of b: tempa 0.1.0, torch 2.10.0" in section
+
+
+TRAINING = dataclasses.replace(NOTE, trains=True)
+
+
+def test_the_plan_shows_a_complete_stage_the_arguments_it_trained_with_and_says_what_new_defaults_would_change(
+        tmp_path, capsys, monkeypatch):
+    """tempa's own defaults changed (warmup_steps 0.03 -> 0.5), which no fingerprint counts: `tempa plan` said the
+    stage was complete and skipped, listed `warmup_steps=0.5*` as its argument and warned that 0.5 is 2 of its 4
+    steps, a setting it never trained with. It shows what the stage trained with, says in one line which defaults
+    would now differ, and warns only of the stages that will train."""
+    monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS[:-1], TRAINING))
+    recipe = _recipe(tmp_path, "- {name: a, kind: note, train: {max_steps: 4, learning_rate: 1.0e-5}}\n")
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    ran = json.loads((run_dir / "a" / "manifest.json").read_text())["train_args"]
+    assert ran == {"warmup_steps": 0.03, "learning_rate": 1e-5, "max_steps": 4}
+
+    monkeypatch.setattr(NoteConfig, "train_defaults", {"warmup_steps": 0.5, "learning_rate": 2e-5, "seed": 3})
+
+    def plan(*flags: str) -> str:
+        assert main(["plan", str(recipe), "--run-dir", str(run_dir), *flags]) == 0
+        return " ".join(capsys.readouterr().out.split())
+
+    shown = plan()
+    assert "complete; fingerprint matches" in shown
+    assert ("training arguments of a (as it trained; * tempa's default then): warmup_steps=0.03*, "
+            "learning_rate=1e-05, max_steps=4") in shown
+    assert ("note: this tempa's defaults for a differ from the ones it trained with: warmup_steps 0.03 → 0.5, "
+            "seed unset → 3; defaults are no part of a fingerprint, so it stays complete: `tempa run --from a` "
+            "trains it (and the stages after it) with these") in shown
+    assert "warmup_steps=0.5" not in shown and "warning" not in shown
+
+    forced = plan("--from", "a")  # what it will train with now
+    assert "training arguments of a (* tempa's default): warmup_steps=0.5*, learning_rate=1e-05, seed=3*" in forced
+    assert "note: this tempa's defaults" not in forced
+    assert "warning: stage 'a' (max_steps 4): warmup_steps 0.5 is 2 of the 4 steps" in forced
+
+    # a manifest of a tempa that did not record them: the plan says whose arguments it shows
+    manifest = json.loads((run_dir / "a" / "manifest.json").read_text())
+    del manifest["train_args"]
+    (run_dir / "a" / "manifest.json").write_text(json.dumps(manifest))
+    assert ("training arguments of a (as this tempa gives them: the tempa that trained it did not record its own; "
+            "* tempa's default): warmup_steps=0.5*") in plan()

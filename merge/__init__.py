@@ -12,7 +12,7 @@ functions that use them, so validating a recipe never loads them.
 """
 
 from tempa.alignment.input_checks import check_api_keys
-from tempa.merge.bake import BakeStageConfig, run_bake
+from tempa.merge.bake import BakeStageConfig, card_recipe, run_bake
 from tempa.merge.evaluate_config import EvaluateStageConfig
 from tempa.merge.evaluate_stage import EvaluateResult, run_evaluate
 from tempa.merge.evaluate_stage import check_inputs as check_evaluate_inputs
@@ -45,6 +45,7 @@ BAKE = StageKind(
     summary="final model: baked thinking template, generation config, model card",
     produces=frozenset({Artifact.MODEL}),
     sees_all_earlier=True,  # its model card describes every stage
+    shows_recipe=card_recipe,
 )
 STAGE_KINDS = (EVALUATE, MERGE, BAKE)
 

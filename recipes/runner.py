@@ -261,6 +261,7 @@ def plan_run(
             loaded.stage(forced, who=f"{flag} {forced}")  # unknown name -> RecipeError listing the stages
     base_fp = base_model_fingerprint(loaded)
     template_fp = digest(template_text(loaded))
+    resolved = loaded.resolved()
     decisions: list[StageDecision] = []
     fps: dict[str, str] = {}
     run_ids: dict[str, str] = {}  # each earlier stage's last run, from its manifest
@@ -289,6 +290,8 @@ def plan_run(
             "seed": loaded.recipe.seed,
             "trust_remote_code": loaded.recipe.trust_remote_code,
         }
+        if kind.shows_recipe is not None:
+            components["recipe"] = kind.shows_recipe(resolved)
         fp = digest(_fingerprinted(components))
         stage_dir = run_dir / name
         manifest = read_manifest(stage_dir)
@@ -579,6 +582,9 @@ def _what_changed(old: dict, new: dict, old_config: dict | None, config: dict | 
             label += " changed: " + config_diff(old_config, config, ignore=ignore)
         if key == "files":
             label = _changed_files(old.get(key), new[key])
+        if key == "recipe":
+            label = "the recipe it shows " + (f"changed: {config_diff(old[key], new[key])}" if key in old
+                                              else "(the tempa that ran it did not record it)")
         changed.append(label)
     return ", ".join(changed) or "fingerprint"
 

@@ -494,6 +494,10 @@ class StageKind(Generic[ConfigT, ResultT]):
     # What the stage will ask of HTTP servers (paid APIs): one line per server, the most requests a full run sends,
     # which `tempa plan` prints.
     api_requests: Callable[[ConfigT], list[str]] | None = None
+    # For a kind whose outputs show the recipe (the bake's model card prints its description and the whole resolved
+    # recipe): what they show of it, given the resolved recipe. It is part of the stage's fingerprint, so a changed
+    # description, or a setting no other stage's fingerprint holds (`logging_steps`), makes them again.
+    shows_recipe: Callable[[Mapping[str, Any]], Any] | None = None
 
     def __post_init__(self) -> None:
         missing = [a.value for a in self.produces if a.value not in self.result.model_fields]

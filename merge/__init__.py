@@ -12,12 +12,13 @@ functions that use them, so validating a recipe never loads them.
 """
 
 from tempa.alignment.input_checks import check_api_keys
-from tempa.merge.bake import BakeStageConfig, card_recipe, run_bake
+from tempa.merge.bake import BakeStageConfig, run_bake
 from tempa.merge.evaluate_config import EvaluateStageConfig
 from tempa.merge.evaluate_stage import EvaluateResult, run_evaluate
 from tempa.merge.evaluate_stage import check_inputs as check_evaluate_inputs
 from tempa.merge.merge_config import MergeStageConfig
 from tempa.merge.merge_stage import MergeResult, run_merge
+from tempa.merge.model_card import card_recipe
 from tempa.sft.stage_api import Artifact, StageKind
 
 EVALUATE = StageKind(

@@ -33,10 +33,8 @@ from tempa.merge.candidates import check_tokenizer_fits, is_model_dir
 from tempa.merge.gguf_export import writes_gguf
 from tempa.merge.model_card import (
     ModelCardConfig,
-    redact,
     render_model_card,
     shipped_stage,
-    strip_local_paths,
     tool_rows_trained,
     written_tool_call,
 )
@@ -80,23 +78,6 @@ class BakeStageConfig(StageConfigBase):
         description="Sampling defaults for generation_config.json; the recipe's top-level `generation` fills them "
         "(set one of the two).",
     )
-
-
-def card_recipe(resolved: Mapping[str, Any]) -> Any:
-    """What the model card shows of the resolved recipe (its name, description, base model, template and every
-    stage's settings), as it shows it: secrets redacted, local paths by name, so a recipe folder moved bakes nothing
-    again. The bake's fingerprint holds it."""
-    return _by_name(redact(dict(resolved)))
-
-
-def _by_name(value: Any) -> Any:
-    if isinstance(value, str):
-        return strip_local_paths(value)
-    if isinstance(value, Mapping):
-        return {key: _by_name(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_by_name(item) for item in value]
-    return value
 
 
 def copy_model_files(source: Path, out_dir: Path, *, trust_remote_code: bool = False) -> list[str]:

@@ -672,6 +672,24 @@ def _weights_line(stages: Mapping[str, Upstream], weights_from: str | None) -> l
     return [f"The weights in this folder are the model of stage `{weights_from}` ({what}).", ""]
 
 
+def card_recipe(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """What the model card shows of the resolved recipe, as it shows it: its name, description, base model, template
+    and every stage's settings, secrets redacted, local paths by name (a recipe folder moved bakes nothing again). Not
+    `launch`: the hardware a run used may change between the runs of its stages without redoing any, so the card
+    would name the last run's, not the one that trained. The bake's fingerprint holds it."""
+    return _by_name(redact({key: value for key, value in resolved.items() if key != "launch"}))
+
+
+def _by_name(value: Any) -> Any:
+    if isinstance(value, str):
+        return strip_local_paths(value)
+    if isinstance(value, Mapping):
+        return {key: _by_name(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_by_name(item) for item in value]
+    return value
+
+
 def render_model_card(
     card: ModelCardConfig,
     *,
@@ -693,7 +711,7 @@ def render_model_card(
     writes it (:func:`written_tool_call`). ``gguf``: whether ``tempa export gguf`` writes the model (else the usage
     section gives the route through llama.cpp's converter).
     """
-    resolved = redact(dict(recipe.resolved))
+    resolved = card_recipe(recipe.resolved)
     title = card.title or recipe.name
     front: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation",
                              "tags": ["tempa", *card.tags]}

@@ -24,11 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tempa.recipes.software import Software
 from tempa.sft.files import (
     cache_root,
+    close_parent_only,
     ensure_inside,
     finite_json,
     flock_held,
     flush_filesystems,
     json_or_none,
+    parent_only,
     pid_alive,
     remove_tree,
     write_json,
@@ -402,7 +404,7 @@ class RunLock:
         except BlockingIOError:
             os.close(fd)
             owner = _read_owner(self.owner_path)
-            raise RunLockedError(self._in_use(owner)) from None
+            raise RunLockedError(self._in_use(owner, flocked=True)) from None
         except OSError:  # no flock here (e.g. Lustre without -o flock): the owner record alone decides
             flocked = False
         try:
@@ -412,7 +414,7 @@ class RunLock:
             raise
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
+        self._fd = parent_only(fd)
         self._beat = threading.Thread(target=self._heartbeat, name="tempa-run-lock", daemon=True)
         self._beat.start()
         return self
@@ -457,7 +459,15 @@ class RunLock:
             with contextlib.suppress(OSError):
                 os.utime(self.owner_path)  # no times: the file server stamps its own clock
 
-    def _in_use(self, owner: LockOwner | None) -> str:
+    def _in_use(self, owner: LockOwner | None, *, flocked: bool = False) -> str:
+        if flocked and owner is not None and owner.host == socket.gethostname() and not pid_alive(owner.pid):
+            # the flock outlived the runner: a process it started still has the lock file open
+            holders = lock_holders(self.path)
+            held_by = (f"pid {', '.join(map(str, holders))} still hold{'s' if len(holders) == 1 else ''} {self.path}; "
+                       f"end {'it' if len(holders) == 1 else 'them'} (kill {' '.join(map(str, holders))})"
+                       if holders else f"another process still holds {self.path}; end it (fuser -v {self.path})")
+            return (f"{self.path.parent}: run directory is locked, but the run that took it (pid {owner.pid} on "
+                    f"{owner.host}) is gone: {held_by}, then run again")
         who = f"pid {owner.pid} on {owner.host}" if owner is not None else "another process"
         return f"{self.path.parent}: run directory is in use by {who}; wait for it or pick another --run-dir"
 
@@ -471,8 +481,19 @@ class RunLock:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+            close_parent_only(self._fd)
             self._fd = None
+
+
+def lock_holders(path: Path) -> list[int]:
+    """The processes of this host (those this user may see) with ``path`` open, from /proc; [] elsewhere."""
+    target = os.path.realpath(path)
+    holders = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == target for fd in fd_dir.iterdir()):
+                holders.append(int(fd_dir.parent.name))
+    return sorted(holders)
 
 
 def run_in_progress(run_dir: Path) -> bool:

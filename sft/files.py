@@ -315,7 +315,7 @@ def cache_build(cache_dir: Path, key: str) -> Iterator[Path]:
     finally:
         remove_tree(build_dir, [cache_dir])
         if held is not None:
-            os.close(held)
+            close_parent_only(held)
 
 
 def publish_build(build_dir: Path, entry: Path, marker: str, text: str) -> None:
@@ -336,6 +336,34 @@ def publish_build(build_dir: Path, entry: Path, marker: str, text: str) -> None:
     (entry / _BUILD_LOCK).unlink(missing_ok=True)
 
 
+_PARENT_ONLY: set[int] = set()
+
+
+def parent_only(fd: int) -> int:
+    """``fd`` (a descriptor holding a flock) closed in every process this one forks: a flock belongs to the open
+    file, which a fork shares, so a forked worker kept the run directory locked, or a cache build marked as in
+    progress, after the runner was killed, for as long as the worker lived. Close it with :func:`close_parent_only`."""
+    _PARENT_ONLY.add(fd)
+    return fd
+
+
+def close_parent_only(fd: int) -> None:
+    """Close a descriptor :func:`parent_only` registered (forgotten first: a later descriptor may get its number)."""
+    _PARENT_ONLY.discard(fd)
+    os.close(fd)
+
+
+def _close_parent_only_in_child() -> None:
+    for fd in list(_PARENT_ONLY):
+        with contextlib.suppress(OSError):
+            os.close(fd)  # the parent's lock stays: only this process's reference to the open file goes
+    _PARENT_ONLY.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_parent_only_in_child)
+
+
 def _hold(build_dir: Path) -> int | None:
     """An open descriptor holding ``build_dir``'s flock (the kernel drops it when the process dies, however it dies);
     None where the file system has no flock."""
@@ -345,7 +373,7 @@ def _hold(build_dir: Path) -> int | None:
     except OSError:
         os.close(fd)
         return None
-    return fd
+    return parent_only(fd)
 
 
 def sweep_dead_builds(cache_dir: Path) -> list[Path]:

@@ -147,10 +147,14 @@ def run_forked(task: Task, count: int, workers: int, bar: tqdm, hint: str = "") 
 
 def _end_with_parent(parent: int) -> None:
     """In a worker: ended by the kernel when the parent ends, however it ends (a plain ``kill`` of the parent
-    alone would otherwise leave the workers blocked on their queue for good). Linux only (``prctl``)."""
+    alone would otherwise leave the workers blocked on their queue for good). Linux only (``prctl``).
+
+    SIGKILL, not SIGTERM: a worker inherits the runner's handlers, which turn the first SIGTERM into an exception
+    (passed back as its task's error to a parent that is gone) and ignore the next, so after a ``kill -9`` of the
+    runner the workers waited on their queue for good."""
     if not sys.platform.startswith("linux"):
         return
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent ended before the line above
         os._exit(1)
 
@@ -160,11 +164,13 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 def _stop(pool: ProcessPoolExecutor) -> None:
     """Drop the tasks not started and end the workers now, instead of ``shutdown``'s wait for every queued
-    task (a worker hit by Ctrl-C passes it back as its task's error and takes the next one)."""
+    task (a worker hit by Ctrl-C passes it back as its task's error and takes the next one). SIGKILL: a worker
+    holds nothing to clean up, and the runner's SIGTERM handler it inherited would make SIGTERM an exception it
+    passes back, then ignore the next."""
     workers = list((getattr(pool, "_processes", None) or {}).values())  # (Python 3.14 adds terminate_workers())
     pool.shutdown(wait=False, cancel_futures=True)
     for worker in workers:
-        worker.terminate()
+        worker.kill()
     for worker in workers:
         worker.join(timeout=5)
 

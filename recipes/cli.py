@@ -547,8 +547,15 @@ def _given_model(given: Path) -> Path:
     elif given.name == FINAL_LINK and (given.parent / RESOLVED_RECIPE).is_file():
         run_dir = given.parent
     else:
+        from tempa.recipes.rundir import enclosing_run_dir, refuse_while_running
+
+        if (inside := enclosing_run_dir(given)) is not None:
+            refuse_while_running(inside, "export")
         return given  # the export says what is wrong with it
     from tempa.recipes.push import unfinished_stages
+    from tempa.recipes.rundir import refuse_while_running
+
+    refuse_while_running(run_dir, "export")  # first: a running stage is no "stopped re-run"
 
     unfinished = unfinished_stages(run_dir)
     final = run_dir / FINAL_LINK

@@ -76,6 +76,9 @@ def unfinished_stages(run_dir: Path) -> list[str]:
 
 def final_folder(run_dir: Path) -> Path:
     """The run's final model folder, refused unless every stage is complete and current, and it is publishable."""
+    from tempa.recipes.rundir import refuse_while_running
+
+    refuse_while_running(Path(run_dir), "push")
     folder = Path(run_dir) / FINAL_LINK
     if not (folder / "config.json").is_file():
         raise StageError(f"{run_dir}: no final model ({folder}); finish the run first (tempa run)")

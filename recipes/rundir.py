@@ -499,3 +499,22 @@ def lock_holders(path: Path) -> list[int]:
 def run_in_progress(run_dir: Path) -> bool:
     """True while some runner (on any host) holds the run directory."""
     return bool(_flock_busy(run_dir)) or lock_owner(run_dir) is not None
+
+
+def refuse_while_running(run_dir: Path, command: str) -> None:
+    """Refuse ``command`` (export, push) on ``run_dir`` while a `tempa run` holds it, by the lock the runner takes:
+    the run may clear or replace the final model under it (an export said "wrote" a GGUF the run then deleted)."""
+    if not run_in_progress(run_dir):
+        return
+    owner = _read_owner(run_dir / LOCK_OWNER)
+    who = f"pid {owner.pid} on {owner.host}" if owner is not None else "another process"
+    raise RunLockedError(f"{run_dir}: a `tempa run` ({who}) is using this run directory and may replace its final "
+                         f"model; wait for it, then {command} again")
+
+
+def enclosing_run_dir(path: Path) -> Path | None:
+    """The run directory ``path`` lies in (a stage's final/ folder, a GGUF in it), or None."""
+    for folder in Path(os.path.realpath(path)).parents:
+        if (folder / RESOLVED_RECIPE).is_file():
+            return folder
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import typing
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from tempa.recipes.yaml_loader import full_width_note
-from tempa.sft.stage_api import SECRET_INPUT_ERROR
+from tempa.sft.stage_api import SECRET_INPUT_ERROR, is_secret_key, secret_path
 from tempa.sft.suggest import closest, did_you_mean, meant
 
 
@@ -21,6 +22,29 @@ class RecipeError(ValueError):
 
 FieldPath = tuple[str | int, ...]
 LineMap = Mapping[FieldPath, tuple[Path | str, int]]  # (file, line), or ("--set ...", 0)
+
+
+def shown_override(override: str) -> str:
+    """A ``--set KEY=VALUE`` argument as an error quotes it: the value left out where it may be a secret (a key or
+    token under a secret-looking name, in a mapping, or a URL's user:password), as an error in a recipe file names
+    the file and line and never the value."""
+    key, sep, text = override.partition("=")
+    if sep and _may_be_secret(key, text):
+        return f"{key}=<value not shown>"
+    return override
+
+
+def _may_be_secret(key: str, text: str) -> bool:
+    if any(is_secret_key(part) for part in re.split(r"[.\[\]]+", key) if part):
+        return True
+    if "@" in urllib.parse.urlsplit(text.strip()).netloc:
+        return True
+    import yaml
+
+    try:
+        return secret_path(yaml.safe_load(text), key) is not None
+    except (yaml.YAMLError, RecursionError):
+        return False
 
 
 def dotted(path: Sequence[str | int]) -> str:

@@ -7,6 +7,7 @@ the field path and what was expected, before any work starts.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -17,7 +18,15 @@ import yaml
 from pydantic import ValidationError
 
 from tempa.chat_templates.thinking import THINKING_DEFAULT_CONTEXT
-from tempa.recipes.errors import FieldPath, RecipeError, dotted, from_validation_error, locate, where
+from tempa.recipes.errors import (
+    FieldPath,
+    RecipeError,
+    dotted,
+    from_validation_error,
+    locate,
+    shown_override,
+    where,
+)
 from tempa.recipes.registry import stage_kinds
 from tempa.recipes.schema import Recipe
 from tempa.recipes.yaml_loader import (
@@ -202,7 +211,7 @@ def load_recipe(ref: str | Path, overrides: Sequence[str] = (), *, profile: str 
         # Keys the --set made (`stages.x.trian.learning_rate` makes `trian`) are its own: an error on one names it,
         # not the file's line of the mapping above.
         for end in range(created, len(key) + 1):
-            lines[key[:end]] = (f"--set {override}", 0)
+            lines[key[:end]] = (f"--set {shown_override(override)}", 0)
     loaded = _validate(path, raw, lines, origins, files)
     loaded.profile = profile
     loaded.profiles = list(profiles) if isinstance(profiles, dict) else []
@@ -396,31 +405,36 @@ def _deep_merge(base: Any, override: Any) -> Any:
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> tuple[FieldPath, int]:
-    """``stages.<name>.train.learning_rate=2e-5``: stages are addressed by name; values are YAML.
+    """``stages.<name>.train.learning_rate=2e-5``: stages are addressed by name (or position); an item of any other
+    list by its name or position, ``rewards.1`` or ``rewards[1]``; values are YAML.
 
     Returns the overridden field's path, stages named (as the position map keys them), and the length of its
     longest prefix that was there before (the keys after it the override made)."""
+    shown = f"--set {shown_override(override)}"
     key, sep, text = override.partition("=")
     if not sep or not key:
-        raise RecipeError(f"--set {override}: expected KEY.PATH=VALUE")
+        raise RecipeError(f"{shown}: expected KEY.PATH=VALUE")
     try:
         value = parse_yaml(text)
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise RecipeError(f"--set {override}: value is not valid YAML: {problem}") from None
+        raise RecipeError(f"{shown}: value is not valid YAML: {problem}") from None
     except RecursionError:
-        raise RecipeError(f"--set {override}: value is nested too deeply") from None
-    parts: list[str | int] = list(key.split("."))
+        raise RecipeError(f"{shown}: value is nested too deeply") from None
+    parts: list[str | int] = [part for part in _INDEX.sub(r".\1", key).split(".")]
     node: Any = raw
     created = len(parts)
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
-            items, node = node, _stage_by_name(node, str(part), override)
-            # positions key the stages by name and every other list by index
-            parts[i] = node.get("name", part) if parts[:i] == ["stages"] else items.index(node)
+            if parts[:i] == ["stages"]:
+                node = _stage_by_name(node, str(part), shown)
+                parts[i] = node.get("name", part)  # positions key the stages by name
+            else:
+                parts[i] = _list_index(node, str(part), parts[:i], shown)  # and every other list by index
+                node = node[parts[i]]
             continue
         if not isinstance(node, dict):
-            raise RecipeError(f"--set {override}: '{'.'.join(parts[:i])}' is not a mapping")
+            raise RecipeError(f"{shown}: '{'.'.join(map(str, parts[:i]))}' is not a mapping")
         if part not in node:
             created = min(created, i + 1)
         if part not in node or node[part] is None:
@@ -428,21 +442,39 @@ def _apply_override(raw: dict[str, Any], override: str) -> tuple[FieldPath, int]
         node = node[part]
     last = parts[-1]
     if isinstance(node, list):
-        raise RecipeError(f"--set {override}: name a field inside the stage, e.g. stages.{last}.train.x=1")
+        raise RecipeError(f"{shown}: name a field inside the stage, e.g. stages.{last}.train.x=1")
     if not isinstance(node, dict):
-        raise RecipeError(f"--set {override}: '{'.'.join(parts[:-1])}' is not a mapping")
+        raise RecipeError(f"{shown}: '{'.'.join(map(str, parts[:-1]))}' is not a mapping")
     node[last] = value
     return tuple(parts), created
 
 
-def _stage_by_name(stages: list, name: str, override: str) -> dict:
+_INDEX = re.compile(r"\[(\d+)\]")  # rewards[1] reads as rewards.1
+
+
+def _list_index(items: list, part: str, above: list, shown: str) -> int:
+    """The position of the item ``part`` names in a list other than the stages: its ``name``, or its position."""
+    named = [i for i, item in enumerate(items) if isinstance(item, dict) and item.get("name") == part]
+    if named:
+        return named[0]
+    if part.isdigit() and int(part) < len(items):
+        return int(part)
+    name = ".".join(map(str, above))
+    count = f"{len(items)} item{'' if len(items) == 1 else 's'}"
+    if part.isdigit():
+        raise RecipeError(f"{shown}: {name} has {count}, so there is no {name}[{part}] (positions count from 0)")
+    raise RecipeError(f"{shown}: {name} has no item named '{part}' ({count}): name one by its name or its position, "
+                      f"{name}.0 or {name}[0]")
+
+
+def _stage_by_name(stages: list, name: str, shown: str) -> dict:
     for stage in stages:
         if isinstance(stage, dict) and stage.get("name") == name:
             return stage
     if name.isdigit() and int(name) < len(stages):
         return stages[int(name)]
     names = [s.get("name") for s in stages if isinstance(s, dict)]
-    raise RecipeError(f"--set {override}: no stage named '{name}' (stages: {', '.join(map(str, names))})"
+    raise RecipeError(f"{shown}: no stage named '{name}' (stages: {', '.join(map(str, names))})"
                       f"{did_you_mean(name, [str(n) for n in names])}")
 
 

@@ -252,7 +252,15 @@ class NotARunDirError(RuntimeError):
 
 
 def check_run_dir(run_dir: Path) -> None:
-    """A run goes into a new or empty folder, or one that an earlier run of tempa made."""
+    """A run goes into a new or empty folder, or one that an earlier run of tempa made, where it can write."""
+    existing = next(folder for folder in (run_dir, *run_dir.parents) if folder.exists())
+    if existing.is_dir():
+        try:  # a file made and removed: access() says yes to root on any mount that is not read-only
+            os.close(os.open(probe := existing / f".tempa-probe-{os.getpid()}", os.O_CREAT | os.O_WRONLY, 0o600))
+            os.unlink(probe)
+        except OSError as exc:
+            raise NotARunDirError(f"{run_dir}: the run directory cannot be written in {existing} ({exc.strerror}); "
+                                  "pick a writable --run-dir") from None
     if not run_dir.exists():
         return
     if not run_dir.is_dir():

@@ -59,8 +59,20 @@ def remove_tree(path: Path, roots: Iterable[Path]) -> None:
 
 
 def cache_root() -> Path:
-    """Machine-wide cache (tiny default, tokenised data, train-argument specs): $TEMPA_CACHE or ~/.cache/tempa."""
-    return Path(os.environ.get("TEMPA_CACHE") or Path.home() / ".cache" / "tempa")
+    """Machine-wide cache (tiny default, tokenised data, train-argument specs): $TEMPA_CACHE or ~/.cache/tempa, made
+    if missing; a :class:`StageError` naming it where it cannot be written (every caller writes there)."""
+    root = Path(os.environ.get("TEMPA_CACHE") or Path.home() / ".cache" / "tempa")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        writable = os.access(root, os.W_OK)
+    except OSError as exc:
+        writable, why = False, exc.strerror
+    else:
+        why = "read-only to this user or on a read-only file system"
+    if not writable:
+        named = "TEMPA_CACHE" if os.environ.get("TEMPA_CACHE") else "tempa's cache (TEMPA_CACHE unset)"
+        raise StageError(f"{named} {root}: cannot be written ({why}); point TEMPA_CACHE at a writable folder")
+    return root
 
 
 def sync_tree(folder: Path) -> None:

@@ -19,6 +19,7 @@ from tempa.merge.evaluate_stage import check_inputs as check_evaluate_inputs
 from tempa.merge.merge_config import MergeStageConfig
 from tempa.merge.merge_stage import MergeResult, run_merge
 from tempa.merge.model_card import card_recipe
+from tempa.sft.run_layout import FINAL_DIR
 from tempa.sft.stage_api import Artifact, StageKind
 
 EVALUATE = StageKind(
@@ -47,6 +48,7 @@ BAKE = StageKind(
     produces=frozenset({Artifact.MODEL}),
     sees_all_earlier=True,  # its model card describes every stage
     shows_recipe=card_recipe,
+    kept_until_replaced=(FINAL_DIR,),  # the last good final model stays until the new one replaces it
 )
 STAGE_KINDS = (EVALUATE, MERGE, BAKE)
 

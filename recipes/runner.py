@@ -901,10 +901,11 @@ def _run_checked(loaded: LoadedRecipe, run_dir: Path, from_stage: str | None, on
                     exports = exports_in(stage_dir)
                     if exports:
                         log.warning("stage %s: %s", decision.name, _removes_exports(exports).replace("removes", "removing", 1))
+                    kind = stage_kind(decision.kind)
+                    keep = [stage_dir / name for name in kind.kept_until_replaced]
                     if decision.keeps_journals:
-                        clear_stage_but(stage_dir, run_dir, stage_kind(decision.kind).journals(stage_dir))
-                    else:
-                        clear_stage(stage_dir, run_dir)
+                        keep += kind.journals(stage_dir)
+                    clear_stage_but(stage_dir, run_dir, keep)
                 visible = _visible(decision, done)
                 model_runs = {path: run for name, up in visible.items()
                               if (path := up.result.model) is not None and (run := made_by.get(name)) is not None}

@@ -488,6 +488,10 @@ class StageKind(Generic[ConfigT, ResultT]):
     # which of its records are still valid. The runner clears the rest (datasets, pairs, models, DONE) and the stage
     # writes it anew.
     journals: Callable[[Path], list[Path]] | None = None
+    # Entries of its folder (names) that a re-run keeps in place until the stage writes their replacements: the bake's
+    # final/, the last good model, which a re-run that fails (a full disk) must not have removed first. DONE still
+    # goes first, so the folder reads as unfinished meanwhile.
+    kept_until_replaced: tuple[str, ...] = ()
     # What the stage can tell of its own inputs that is likely, not certainly, wrong (a data file whose first rows
     # fit no row of its format): one line each, which `tempa plan` and the run's start print as warnings.
     input_warnings: Callable[[ConfigT], list[str]] | None = None

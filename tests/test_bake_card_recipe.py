@@ -50,3 +50,31 @@ def test_a_changed_description_bakes_the_card_again(tmp_path, tiny_model_dir):
     launch = "launch: {num_processes: 3}\n"
     assert [d.action for d in plan_run(load_recipe(_recipe(tmp_path / "b", "Second words.", tiny_model_dir, launch)),
                                        run_dir)] == ["skip"]
+
+
+def test_a_bake_re_run_that_fails_keeps_the_last_good_final_model(tmp_path, tiny_model_dir, monkeypatch):
+    """A full disk during a bake re-run removed bake/final before the new one was written (the operator trial: the
+    run's final link pointed at nothing); the last good final stays until its replacement is in place."""
+    import errno
+
+    import tempa.merge.bake as bake
+
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(_recipe(tmp_path / "a", "First words.", tiny_model_dir)), run_dir)
+    final = run_dir / "bake" / "final"
+    before = {path.name: path.read_bytes() for path in final.iterdir() if path.is_file()}
+
+    def disk_full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bake, "copy_model_files", disk_full)
+    with pytest.raises(Exception, match="No space left"):
+        run_recipe(load_recipe(_recipe(tmp_path / "a", "Second words.", tiny_model_dir)), run_dir)
+    assert {path.name: path.read_bytes() for path in final.iterdir() if path.is_file()} == before
+    assert (run_dir / "final" / "README.md").is_file()  # the run's final link still leads to a model
+    assert not (run_dir / "bake" / "DONE").exists()  # ... of a bake that reads as unfinished
+    assert not [path for path in (run_dir / "bake").iterdir() if path.name.startswith(".final.partial")]
+
+    monkeypatch.undo()
+    assert run_recipe(load_recipe(_recipe(tmp_path / "a", "Second words.", tiny_model_dir)), run_dir).ran == ["bake"]
+    assert "Second words." in (final / "README.md").read_text()

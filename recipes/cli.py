@@ -268,7 +268,9 @@ def _cmd_run(args) -> int:
               "until a plain `tempa run` re-runs them)")
     if summary.final_model is not None:
         origin = f" ({summary.final_origin})" if summary.final_origin else ""
-        print(f"  final model: {summary.final_model}{origin}")
+        # after --only, the final model may be built on the stage's earlier run: say so where it is named
+        dated = " (out of date: stale, see above)" if summary.stale else ""
+        print(f"  final model{dated}: {summary.final_model}{origin}")
     for note in summary.notes:
         print(f"  note: {note}")
     print(f"  next: tempa status {summary.run_dir} (each stage), tempa report {summary.run_dir} (one page)")

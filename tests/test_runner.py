@@ -312,6 +312,20 @@ def test_only_leaves_later_stages_stale_until_a_plain_run(recipe, tmp_path):
     assert [p.action for p in plan_run(load_recipe(recipe), run_dir)] == ["skip", "skip", "skip"]
 
 
+def test_the_run_summary_after_only_calls_the_final_model_out_of_date(recipe, tmp_path, capsys):
+    """The operator trial read only the closing lines after `--only`: they named the final model without saying it
+    was built before the re-run stage."""
+    from tempa.recipes.cli import main
+
+    run_dir = tmp_path / "run"
+    assert main(["run", str(recipe), "--run-dir", str(run_dir)]) == 0
+    assert "out of date" not in capsys.readouterr().out
+    assert main(["run", str(recipe), "--run-dir", str(run_dir), "--only", "a"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("  stale: b, c") for line in lines)
+    assert any(line.startswith("  final model (out of date: stale, see above): ") for line in lines)
+
+
 def test_a_stage_built_on_a_stale_stage_is_stale_too(tmp_path, tiny_model_dir):
     """a -> b -> c, where c reads only b: after `--only a`, b is stale because a ran again, and c, built on b's
     out-of-date model, is stale as well. Status called c done (it compared c's inputs' run ids only, and b has not

@@ -656,22 +656,8 @@ def test_a_task_vector_merges_base_scored_beside_its_candidates_is_not_one_of_th
     """The SEA-LION 70B recipe scores its base (merge-sft) beside the aligned checkpoints and merges "the best three"
     onto it with ties: when the base ranked among the three, it left the merge (its task vector is zero) and two
     models were merged. The top_k are picked from the candidates besides the base."""
-    from tempa.merge import EvaluateStageConfig
-    from tempa.merge.evaluate_stage import run_evaluate
-
-    data = tmp_path / "math.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"2+2? ({i})", "answer": 4}) + "\n" for i in range(2)))
-    evaluate = EvaluateStageConfig.model_validate(
-        {"name": "eval", "kind": "evaluate", "models": [str(p) for p in checkpoints.values()],
-         "suites": [{"type": "accuracy", "name": "math", "data": str(data)}]})
-    scored = run_evaluate(evaluate, make_ctx(tmp_path, "eval", tokenizer_dir=tokenizer_dir, base=tiny_model_dir),
-                          backend_factory=lambda path, _cfg, _ctx: ScriptedBackend(path, {"a", "c"}))
-    config = MergeStageConfig.model_validate(
-        {"name": "merge", "kind": "merge", "method": "task_arithmetic", "evaluate_stage": "eval", "reevaluate": False,
-         "base_model": str(checkpoints["c"]), "select": {"metric": "math/accuracy", "top_k": 2}})
-    ctx = make_ctx(tmp_path, "merge", tokenizer_dir=tokenizer_dir, base=tiny_model_dir,
-                   upstream=[done("eval", scored, kind="evaluate", config=evaluate)])
-    result = run_merge(config, ctx)  # a = 1.0, c = 1.0 (the base), b = 0.0
+    # a = 1.0, c = 1.0 (the base), b = 0.0
+    result = _merge_onto_scored_base(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir, {"a", "c"}, None)
     assert [m.name for m in result.summary.models] == ["a", "b"]
     document = yaml.safe_load((tmp_path / "merge" / "mergekit.yaml").read_text())
     assert document["base_model"] == str(checkpoints["c"])
@@ -956,9 +942,9 @@ def test_a_reference_to_no_model_says_what_there_is(tmp_path, tokenizer_dir, che
 
 
 def _merge_onto_scored_base(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir, right: set[str],
-                            merged_right: bool):
+                            merged_right: bool | None):
     """a, b, c scored by an evaluate stage (a model answers right when its folder is in ``right``); c is the base of
-    a task-arithmetic merge of the top 2; the merged model answers right when ``merged_right``."""
+    a task-arithmetic merge of the top 2; the merged model answers right when ``merged_right`` (None: not re-scored)."""
     from tempa.merge import EvaluateStageConfig
     from tempa.merge.evaluate_stage import run_evaluate
 
@@ -971,7 +957,8 @@ def _merge_onto_scored_base(tmp_path, tokenizer_dir, checkpoints, tiny_model_dir
                           backend_factory=lambda path, _cfg, _ctx: ScriptedBackend(path, right))
     config = MergeStageConfig.model_validate(
         {"name": "merge", "kind": "merge", "method": "task_arithmetic", "evaluate_stage": "eval",
-         "base_model": str(checkpoints["c"]), "select": {"metric": "math/accuracy", "top_k": 2}})
+         "reevaluate": merged_right is not None, "base_model": str(checkpoints["c"]),
+         "select": {"metric": "math/accuracy", "top_k": 2}})
     ctx = make_ctx(tmp_path, "merge", tokenizer_dir=tokenizer_dir, base=tiny_model_dir,
                    upstream=[done("eval", scored, kind="evaluate", config=evaluate)])
     rescored = right | ({"final"} if merged_right else set())  # "final": the merged model's folder

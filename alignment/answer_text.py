@@ -75,10 +75,17 @@ _BOXED_RE = re.compile(r"\\boxed\s*\{")
 # out: the label ค is not the word ค่ะ).
 _WORD_END = r"(?![^\W\d_]|[\u0e31\u0e34-\u0e3a\u0e47-\u0e4e])"
 # An option's label or a number ahead, after an option word ("B", "(C)", "ข้อ ค", "phương án D", "12"): a lead-in
-# without a copula or colon ("Jawabannya B", "Đáp án B", "Chọn B", "ตอบ ค", "故选B", "I choose B") commits only to one;
+# without a copula or colon ("Jawabannya B", "Đáp án B", "ตอบ ค") commits only to one;
 # before a word it is prose ("Đáp án đúng phải thỏa mãn ...", "Jawabannya bisa dicari ...").
 _LABEL_AHEAD = (r"(?=[ \t]*(?:(?:option|choice|pilihan|opsi|phương án|phuong an|lựa chọn|lua chon)[ \t]+"
                 rf"|(?:ข้อ|ตัวเลือก)[ \t]*)?[(\[「\"']?(?:[^\W\d_]|[-+−]?\d+(?:[.,]\d+)*){_WORD_END})")
+# A choosing verb without a copula ("Chọn B", "I choose B", "故选B") is also how working picks a count or a variable
+# ("Chọn 2 học sinh từ 5", "I choose a = 2", "从5人中选2人", "I pick a simple case"): it commits only to an option's
+# label that ends its clause, followed by nothing but the sentence's end, a bracketed option text or a reason ("I
+# choose B.", "Chọn C (Paris)", "故选B，因为 ..."); a Han character is no label but 甲乙丙丁 (选法 is "ways to choose").
+_LABEL_ENDS_CLAUSE = (r"(?=[ \t]*(?:(?:option|choice|pilihan|opsi|phương án|phuong an|lựa chọn|lua chon)[ \t]+)?"
+                      rf"[(\[「\"']?(?:[^\W\d_\u3400-\u9fff]|[甲乙丙丁戊己]){_WORD_END}[)\]」\"']?[ \t]*(?:$|\n|[.。!！]|[(（]"
+                      r"|[,，:：]?[ \t]*(?:(?:because|since|vì|karena|kerana|sebab|dahil)(?![^\W\d_])|因为|因為)))")
 # "The answer is 42", "Answer: 42", "#### 42", "I choose B", and the same lead-ins in the languages tempa knows:
 # Indonesian and Malay (jawabannya B, jawaban yang benar adalah), Vietnamese, with or without its diacritics (đáp án,
 # đáp số: the answer of a sum; câu trả lời đúng là; chọn B; dap an la), Filipino, Thai (คำตอบที่ถูกต้องคือ, ตอบ ค),
@@ -89,13 +96,13 @@ LEAD_IN_RE = re.compile(
     rf"|jawa[bp]annya{_LABEL_AHEAD}"
     r"|(?:đáp|dap)\s+(?:án|an|số|so)(?:\s+(?:đúng|dung))?\s*(?:(?:là|la)(?![^\W\d_])|:)"
     r"|(?:câu|cau)\s+(?:trả|tra)\s+(?:lời|loi)(?:\s+(?:đúng|dung))?\s*(?:(?:là|la)(?![^\W\d_])|:)"
-    rf"|(?:đáp|dap)\s+(?:án|an){_LABEL_AHEAD}|(?<![^\W\d_])(?:chọn|chon){_LABEL_AHEAD}"
-    rf"|(?<![^\W\d_])i(?:['’]d|['’]ll|\s+would|\s+will)?\s+(?:go\s+with|choose|pick|select){_LABEL_AHEAD}"
+    rf"|(?:đáp|dap)\s+(?:án|an){_LABEL_AHEAD}|(?<![^\W\d_])(?:chọn|chon){_LABEL_ENDS_CLAUSE}"
+    rf"|(?<![^\W\d_])i(?:['’]d|['’]ll|\s+would|\s+will)?\s+(?:go\s+with|choose|pick|select){_LABEL_ENDS_CLAUSE}"
     r"|sagot\s*(?:ay|:)|คำตอบ(?:ที่ถูกต้อง(?:ที่สุด)?|ที่ถูก|ที่ดีที่สุด)?\s*(?:คือ|:)?|(?<!คำ)ตอบ\s*:"
     rf"|(?<!คำ)ตอบ{_LABEL_AHEAD}"
     r"|(?:விடை|பதில்)(?![\u0b80-\u0bff])\s*:?|(?:정답|답)\s*(?:은|는|:)"
     r"|(?:答え|正解|解答)\s*(?:は|[:：])|答案\s*(?:是|为|為|[:：])|答\s*[:：]"
-    rf"|(?:答案|故|所以|因此)?\s*(?:选|選)(?:择|擇)?{_LABEL_AHEAD})",
+    rf"|(?:答案|故|所以|因此)?\s*(?:选|選)(?:择|擇)?{_LABEL_ENDS_CLAUSE})",
     re.IGNORECASE,
 )
 

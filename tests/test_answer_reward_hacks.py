@@ -579,3 +579,27 @@ A_PLAIN_BUT = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), A_PLAIN_BUT)
 def test_a_plain_but_is_a_remark_and_not_x_but_y_gives_y(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+COUNTS = ("2", "3", "5", "7", "10", "35")
+CHOOSING_IN_WORKING = [
+    # a choosing verb in working picks a count or a variable, not the answer (each gave its first number or "a")
+    ("Chọn 2 học sinh từ 5 học sinh có 10 cách.", COUNTS, "10", "vi"),
+    ("Ta chọn 3 quả từ 7 quả táo. Số cách chọn là 35.", COUNTS, "35", "vi"),
+    ("I choose 2 of the 5 books; there are 10 ways.", COUNTS, "10", "en"),
+    ("从5人中选2人，共有10种选法。", COUNTS, "10", "zh"),
+    ("To test, I choose a = 2; then only option C works.\nC is correct.", LATIN, "C", "en"),
+    ("Chọn a = 1 ta được giá trị 3. Vậy đáp án là C.", LATIN, "C", "vi"),
+    # ... while a label that ends its clause is the pick
+    ("Chọn B.", LATIN, "B", "vi"),
+    ("I choose B.", LATIN, "B", "en"),
+    ("I'll pick C (Paris).", LATIN, "C", "en"),
+    ("故选B", LATIN, "B", "zh"),
+    ("故选B，因为只有B满足条件。", LATIN, "B", "zh"),
+    ("Chọn C vì 3 × 4 = 12.", LATIN, "C", "vi"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), CHOOSING_IN_WORKING)
+def test_a_choosing_verb_commits_only_to_a_label_that_ends_its_clause(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

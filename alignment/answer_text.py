@@ -701,7 +701,7 @@ _CONNECTIVES = (r"つまり|したがって|従って|よって|ゆえに|故に
 # Words that take back the answer just given: Japanese, Korean, English, Vietnamese (with and without diacritics),
 # Indonesian and Malay, Thai, Filipino, Chinese.
 _RETRACTIONS = (r"いや|いいえ|いえ|正しくは|訂正します|실은|아니요|아니|no,?\s*wait|wait,?\s*no|oops|scratch that"
-                r"|(?:à|ồ|a|o)\s+(?:không|khong)|nhầm rồi|sửa lại|sua lai|eh|ralat|koreksi|ไม่สิ|ไม่ใช่สิ|เดี๋ยวนะ"
+                r"|(?:à|ồ|a|o)\s+(?:không|khong)|nhầm rồi|sửa lại|sua lai|ralat|koreksi|ไม่สิ|ไม่ใช่สิ|เดี๋ยวนะ"
                 r"|teka|mali pala|不对|不對|更正|说错了|說錯了")
 # What may come between a retraction and its correction: an admission ("salah", "I was wrong", 間違えました) and a
 # lead ("yang benar", "seharusnya", "phải là", "it's", "the answer is", 应该是); "actually" and its kin retract only
@@ -711,23 +711,45 @@ _ADMISSIONS = (r"salah|keliru|nhầm(?:\s+rồi)?|nham|sai\s+rồi|that['’]?s\
 _CORRECTION_LEADS = (r"(?:it|that)(?:['’]s|\s+is|\s+should\s+be)|(?:the\s+)?(?:correct\s+|right\s+)?(?:answer|option"
                      r"|choice)\s+is|i\s+mean|phải là|phai la|đúng ra là|mà là|yang (?:benar|betul|tepat)"
                      r"(?:\s+(?:adalah|ialah))?|seharusnya(?:\s+adalah)?|sepatutnya|harusnya|ต้องเป็น|ที่ถูก(?:ต้อง)?คือ"
-                     r"|应该是|應該是|ang tama ay")
+                     r"|maksud(?:nya|ku|\s+saya)|应该是|應該是|ang tama ay")
 _NEWLINE = re.compile("\n")
 _LEAD_END = r"(?:(?<=[\u0e00-\u0e7f\u3400-\u9fff])|(?![^\W\d_]))"  # Thai and Chinese run on into the answer
 _SEP = r"[\s,，、:：.!。]*"
+# "Eh" is a filler (Indonesian, Malay, Filipino, English: "Eh, C juga masuk akal", "Eh, C rin siguro"): it retracts
+# only before an admission or a lead ("Eh, salah, ...", "Eh, yang betul C", "Eh, maksud saya C").
+_EH = rf"eh(?={_SEP}(?:{_ADMISSIONS}|{_CORRECTION_LEADS}){_LEAD_END})"
 _RETRACTION = re.compile(
-    rf"(?<![^\W\d_])(?:(?:{_RETRACTIONS}|(?:không|khong)(?=\s*[,.!]))(?![^\W\d_])(?:{_SEP}(?:{_ADMISSIONS})(?![^\W\d_]))*"
-    rf"(?:{_SEP}(?:{_CORRECTION_LEADS}){_LEAD_END})?"
-    rf"|(?:actually|in fact|sebenarnya|thực ra|thuc ra|จริงๆ\s*แล้ว){_SEP}(?:{_CORRECTION_LEADS}){_LEAD_END}){_SEP}",
+    rf"(?<![^\W\d_])(?:(?:{_RETRACTIONS}|{_EH}|(?:không|khong)(?=\s*[,.!]))(?![^\W\d_])"
+    rf"(?:{_SEP}(?:{_ADMISSIONS})(?![^\W\d_]))*(?:{_SEP}(?P<lead>{_CORRECTION_LEADS}){_LEAD_END})?"
+    rf"|(?P<actually>actually|in fact|sebenarnya|thực ra|thuc ra|จริงๆ\s*แล้ว){_SEP}(?:{_CORRECTION_LEADS}){_LEAD_END})"
+    rf"{_SEP}",
     re.IGNORECASE,
 )
+
+
+# An answer standing alone as its sentence ("C", "(C)", "option C", "15", "15個", "15 apples", "ウです", "Huế"): one
+# word (no hiragana: "違うかも" is a remark) or a label or number with one unit word, a copula or a polite particle
+# after it, brackets around it.
+_ALONE = re.compile(r"(?:option|choice|pilihan|opsi|phương án|ข้อ|ตัวเลือก)?\s*[(\[「『\"'*]*"
+                    r"(?:[-+−]?\$?\d[\d.,]*(?:/\d+)?%?(?:\s?[^\W\d_]+)?|[^\s\d=+×*/\u3040-\u309f]{1,15})"
+                    r"[)\]」』\"'*]*\s*(?:です|でした|だ|입니다|ครับ|ค่ะ|ạ|nhé|nha)?\s*", re.IGNORECASE)
+
+
+def _answer_alone(text: str, start: int) -> bool:
+    """Whether the sentence of ``text`` from ``start`` (after a retraction) is an answer standing alone
+    (:data:`_ALONE`): a correction, not a remark about another option ("C is too large") or a check."""
+    ends = [m.start() for m in (_SENTENCE_END.search(text, start), _NEWLINE.search(text, start)) if m]
+    return _ALONE.fullmatch(text, start, min(ends or [len(text)])) is not None
 
 
 def corrected(text: str) -> str:
     """``text`` (from an answer on: a lead-in's tail, a line) as corrected: the correction after a retraction
     (:data:`_RETRACTION`) that takes back the answer before it, in its sentence or opening the next ("Đáp án là A.
     À không, phải là C.", "B. No wait, C.", "คำตอบคือ ข ไม่สิ ค", "Jawabannya adalah 12. Eh salah, seharusnya 15."
-    give C, C, ค, 15); ``text`` itself without one. A later sentence without a retraction is a remark."""
+    give C, C, ค, 15); ``text`` itself without one. A retraction corrects only with a lead (its ``lead`` or
+    ``actually`` group) or an answer standing alone as its sentence (:func:`_answer_alone`): "The answer is B. Oops, C
+    is too large." and "答えは12個です。いや、念のため確認すると15-3=12…" keep B and 12. A later sentence without a
+    retraction is a remark."""
     while True:
         said = _SAID.search(text)
         if said is None:
@@ -739,6 +761,8 @@ def corrected(text: str) -> str:
         found = next((m for m in _RETRACTION.finditer(text, said.start() + 1) if m.start() <= limit), None)
         if found is None or not text[found.end():].strip():
             return text
+        if not (found.group("lead") or found.group("actually") or _answer_alone(text, found.end())):
+            return text  # "No wait, C is too large", "いや、念のため確認すると…": a remark or a check, no correction
         text = text[found.end():]
 _TOPIC_BEFORE = re.compile(rf"{_TOPIC_WORD}|^(?:(?:{_CONNECTIVES}|{_RETRACTIONS})\s?)+$")
 # A sentence that takes back the one before it ("イ。いや、ウ。"): its correction is the answer, copula or not.

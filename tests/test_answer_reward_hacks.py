@@ -603,3 +603,30 @@ CHOOSING_IN_WORKING = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), CHOOSING_IN_WORKING)
 def test_a_choosing_verb_commits_only_to_a_label_that_ends_its_clause(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+RETRACTIONS_WITHOUT_A_CORRECTION = [
+    # a retraction word before a remark or a check corrects nothing: the earlier answer stands (each gave the next
+    # sentence's first answer, or nothing); "eh" is a filler unless an admission or a lead follows it
+    ("The answer is B. Oops, C is too large.", LATIN, "B", "en"),
+    ("The answer is B. No wait, C is too large, so it stays B.", LATIN, "B", "en"),
+    ("The answer is B. Eh, C is close too.", LATIN, "B", "en"),
+    ("Jawabannya B. Eh, C juga masuk akal.", LATIN, "B", "id"),
+    ("Ang sagot ay B. Eh, C rin siguro.", LATIN, "B", "tl"),
+    ("The answer is 12. No wait, let me recheck: 3 × 5 = 15 minus 3 gives 12. Yes, 12.", ("12", "15", "3"), "12",
+     "en"),
+    ("答えは12個です。いや、念のため確認すると15-3=12なので12個です。", ("12", "15", "3"), "12", "ja"),
+    ("The answer is B. No wait, let me double-check option C: it is too large. So B stands.", LATIN, "B", "en"),
+    ("The answer is B. Eh, close enough.", LATIN, "B", "en"),
+    ("答えはイです。いや、念のためウも確認すると大きすぎます。よってイです。", KANA, "イ", "ja"),
+    # ... while a lead or an answer standing alone as the retraction's sentence corrects
+    ("Jawabannya B. Eh, maksud saya C.", LATIN, "C", "id"),
+    ("The answer is B. Oops, C.", LATIN, "C", "en"),
+    ("The answer is 12. No wait, 15 apples.", ("12", "15"), "15", "en"),
+    ("答えはイです。いや、(ウ)。", KANA, "ウ", "ja"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), RETRACTIONS_WITHOUT_A_CORRECTION)
+def test_a_retraction_before_a_remark_leaves_the_answer(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

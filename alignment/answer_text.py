@@ -300,7 +300,12 @@ _OR_WORDS = (r"or|atau|hoặc|hay(?!\s+(?:quá|lắm|đấy|thật|ghê|nhất|�
 # "And" before another option's label or a number names a second answer ("A dan B", "ก และ ข", "12 và 13"); before a
 # word it goes on about the answer ("Jawabannya B dan alasannya ...").
 _AND_WORDS = r"and|dan|và|va|และ|กับ|和|与|與|및"
-_AND_ANOTHER = (rf"(?:{_AND_WORDS})(?![^\W\d_])(?=\s*(?:option\s+|ข้อ\s*)?[(\[]?(?:[^\W\d_]|[-+−]?\$?\d+)"
+# English "I" before a contraction or a verb is the pronoun that starts a clause ("12 and I am sure", "C and I'm
+# confident"), not a label; read casefolded too, as the text rule reads it.
+_I_CLAUSE = (r"i(?:['’]|\s+(?:am|think|believe|guess|was|have|had|would|will|can|could|checked|found|got|get|chose"
+             r"|choose|picked|pick|double-checked|verified|feel|hope|know|see)(?![^\W\d_]))")
+_AND_ANOTHER = (rf"(?:{_AND_WORDS})(?![^\W\d_])(?=\s*(?:option\s+|ข้อ\s*)?[(\[]?"
+                rf"(?:(?!{_I_CLAUSE})[^\W\d_]|[-+−]?\$?\d+)"
                 rf"{_WORD_END})")
 _CHOICES = rf"(?!or\s+so(?![^\W\d_]))(?:{_OR_WORDS})(?![^\W\d_])"
 # か before a counter (12か月, 3か所, 5か国: "12 months", not "12 or") counts; the ヶ, ケ, カ and 箇 spellings never
@@ -955,6 +960,11 @@ def _is_clause(text: str) -> bool:
     return len(words) > 1
 
 
+# Particles that close a sentence politely or softly, after its answer (normalised): Vietnamese ạ, nhé, nha, nhe,
+# Thai ครับ, ค่ะ, คะ, นะ, จ้ะ, Japanese です.
+_FINAL_PARTICLES = frozenset({"ạ", "nhé", "nha", "nhe", "ครับ", "ค่ะ", "คะ", "นะ", "จ้ะ", "です"})
+
+
 def _opens_with(text: str, reference: str, *, spaced: bool = False) -> bool:
     """Whether ``text`` (one line, the box or the lead-in's sentence) opens with ``reference`` (NFKC, casefolded),
     set apart from what follows: by a closing bracket, a colon or nothing; by a sentence end ("B. Because ..."); by a
@@ -990,7 +1000,9 @@ def _opens_with(text: str, reference: str, *, spaced: bool = False) -> bool:
         return _is_clause(following)
     if rest[0].isspace() and spaced:
         # "ข ค": a second label after a space names two answers
-        labels = all(_OPTION_LABEL.fullmatch(word) for word in normalise_text(rest).split())
+        # a sentence-final particle is no label: "Đáp án là B ạ", "คำตอบคือ ข ครับ"
+        words = [word for word in normalise_text(rest).split() if word not in _FINAL_PARTICLES]
+        labels = bool(words) and all(_OPTION_LABEL.fullmatch(word) for word in words)
         # "B (or C)": a choice in brackets is a choice all the same
         return not _ALTERNATIVE.match(rest.strip().lstrip("([（")) and not rest.strip().startswith("/") and not labels
     return False

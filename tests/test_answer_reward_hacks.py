@@ -630,3 +630,26 @@ RETRACTIONS_WITHOUT_A_CORRECTION = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), RETRACTIONS_WITHOUT_A_CORRECTION)
 def test_a_retraction_before_a_remark_leaves_the_answer(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+PARTICLES_AND_CLAUSES_AFTER_THE_ANSWER = [
+    # a sentence-final particle is no second label, and "and I ..." starts a clause (each gave nothing)
+    ("Đáp án là B ạ.", LATIN, "B", "vi"),
+    ("Đáp án: B ạ", LATIN, "B", "vi"),
+    ("Đáp án là B ạ, vì 3 × 4 = 12.", LATIN, "B", "vi"),
+    ("Đáp án là B nhé.", LATIN, "B", "vi"),
+    ("คำตอบคือ ข นะ", THAI, "ข", "th"),
+    ("Đáp án là B. À không, C ạ.", LATIN, "C", "vi"),
+    ("The answer is 12 and I am sure.", EN_COUNT, "12", "en"),
+    ("The answer is C and I am confident.", LATIN, "C", "en"),
+    ("The answer is C and I'm confident.", LATIN, "C", "en"),
+    # ... while a second label after "and", or beside the first, still names two
+    ("The answer is B and C.", LATIN, None, "en"),
+    ("The answer is 12 and 13.", EN_COUNT, None, "en"),
+    ("คำตอบคือ ข ค", THAI, None, "th"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), PARTICLES_AND_CLAUSES_AFTER_THE_ANSWER)
+def test_a_particle_or_a_clause_after_the_answer_is_no_second_label(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

@@ -277,10 +277,15 @@ _DENIED_BEFORE = re.compile(r"(?:(?<![^\W\d_])(?:not|isn't|bukan(?:lah)?|không 
 # A question without a question mark, as Thai always writes one and Vietnamese, Indonesian and Malay often do: a
 # particle at the sentence's end (ไหม, มั้ย, หรือเปล่า, ใช่ไหม; phải không, đúng không, chưa, à, hả, nhỉ, and không
 # after the answer, not "là không": the answer "no") or -kah/apakah in it ("12 kah jawabannya", "benarkah 12").
+# Not không after thì, đều, cũng, vẫn (with or without diacritics), where it denies ("còn Minh thì không": "Minh
+# doesn't"; "A, C, D đều không"); not à after a word that addresses the reader ("B đó bạn à"); not ไหม ending a noun
+# (ผ้าไหม, เส้นไหม: silk).
+_NEGATING = r"".join(rf"(?<!\b{word}\s)" for word in ("thì", "thi", "đều", "deu", "cũng", "cung", "vẫn", "van"))
+_ADDRESSED = r"".join(rf"(?<!\b{word}\s)" for word in ("bạn", "ban", "anh", "chị", "chi", "em", "cậu", "cau"))
 _ASKED_AT_END = re.compile(
-    r"(?:(?<![^\W\d_])(?:(?:phải|phai|đúng|dung)\s+(?:không|khong)|chưa|hả|à|nhỉ)"
-    r"|(?<!\blà\s)(?<!\bla\s)(?<!bằng\s)(?<!bang\s)(?<![:：]\s)(?<=\S\s)(?:không|khong)"
-    r"|ไหม|มั้ย|หรือเปล่า|หรือไม่|เหรอ|หรอ)\s*[.。!]?\s*$",
+    rf"(?:(?<![^\W\d_])(?:(?:phải|phai|đúng|dung)\s+(?:không|khong)|chưa|hả|{_ADDRESSED}à|nhỉ)"
+    rf"|(?<!\blà\s)(?<!\bla\s)(?<!bằng\s)(?<!bang\s)(?<![:：]\s){_NEGATING}(?<=\S\s)(?:không|khong)"
+    r"|(?<!ผ้า)(?<!เส้น)(?<!ใย)(?<!หนอน)ไหม|มั้ย|หรือเปล่า|หรือไม่|เหรอ|หรอ)\s*[.。!]?\s*$",
     re.IGNORECASE,
 )
 _ASKED_IN = re.compile(r"(?<![^\W\d_])(?:apa|benar|betul|bukan|ada)?kah(?![^\W\d_])|(?<=\d)-?kah(?![^\W\d_])",

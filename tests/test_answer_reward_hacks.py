@@ -653,3 +653,25 @@ PARTICLES_AND_CLAUSES_AFTER_THE_ANSWER = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), PARTICLES_AND_CLAUSES_AFTER_THE_ANSWER)
 def test_a_particle_or_a_clause_after_the_answer_is_no_second_label(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+STATEMENTS_THAT_END_LIKE_A_QUESTION = [
+    # không after thì, đều, cũng denies; à after "bạn" addresses the reader; ผ้าไหม is silk: statements, not
+    # questions (each gave nothing)
+    ("Vậy Lan có 12 quả táo, còn Minh thì không.", EN_COUNT, "12", "vi"),
+    ("Vay Lan co 12 qua, con Minh thi khong.", EN_COUNT, "12", "vi"),
+    ("Đáp án là B, vì A, C, D đều không.", LATIN, "B", "vi"),
+    ("Đáp án là B, các phương án khác cũng không.", LATIN, "B", "vi"),
+    ("Đáp án là B đó bạn à.", LATIN, "B", "vi"),
+    ("เธอซื้อผ้า 12 ผืน ทั้งหมดเป็นผ้าไหม", EN_COUNT, "12", "th"),
+    # ... while the particle right after the answer still asks
+    ("Đáp án là 12 không", EN_COUNT, None, "vi"),
+    ("Đáp án là 12 à", EN_COUNT, None, "vi"),
+    ("คำตอบคือ 12 ไหม", EN_COUNT, None, "th"),
+    ("คำตอบคือ ข ถูกไหม", THAI, None, "th"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), STATEMENTS_THAT_END_LIKE_A_QUESTION)
+def test_a_statement_ending_in_a_negation_or_a_noun_is_no_question(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

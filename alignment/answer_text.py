@@ -339,12 +339,17 @@ def _offered(part: str, start: int, end: int) -> bool:
 # The labels a question lists its options by, in order ("A. Hà Nội\nB. Huế", "ก. 10\nข. 12", "ア．東京\nイ．大阪").
 _LABEL_ORDERS = ("abcdefghij", "กขคงจฉ", "アイウエオカ", "가나다라마바", "甲乙丙丁戊己")
 _LISTED_OPTION = re.compile(r"^\s*[(\[]?([^\W\d_])[.)\]:：．、]")
+# A lettered line with working is a step, not an option's text ("a) First find the cost: 3 × 4 = 12."): arithmetic
+# worked to an '=', or more words than an option's text runs to. A list of steps gives its last number.
+_WORKING = re.compile(r"\d\s*[-+×*/÷·]\s*\d[^=\n]*=")
+_OPTION_TEXT_WORDS = 8
 
 
 def listed_options_start(text: str) -> int | None:
     """Where the list of labelled options that ends ``text`` starts (two lines or more that open with consecutive
     option labels: "A. 10\nB. 12\nC. 14"); None when its last lines list none. A reply that only lists the
-    question's options commits to none of them."""
+    question's options commits to none of them; lettered lines of working (:data:`_WORKING`, or more than
+    :data:`_OPTION_TEXT_WORDS` words) are steps, no option list."""
     start, label = None, None
     lines = text.splitlines(keepends=True)
     offset = len(text)
@@ -354,6 +359,9 @@ def listed_options_start(text: str) -> int | None:
         if not line.strip():
             continue
         listed = _LISTED_OPTION.match(unicodedata.normalize("NFKC", line).casefold())
+        if listed is not None and (_WORKING.search(line, listed.end())
+                                   or len(line[listed.end():].split()) > _OPTION_TEXT_WORDS):
+            break  # a step
         if listed is None or not (label is None or any(order.find(listed.group(1)) + 1 == order.find(label) > 0
                                                        for order in _LABEL_ORDERS)):
             break

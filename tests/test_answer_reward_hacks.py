@@ -675,3 +675,21 @@ STATEMENTS_THAT_END_LIKE_A_QUESTION = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), STATEMENTS_THAT_END_LIKE_A_QUESTION)
 def test_a_statement_ending_in_a_negation_or_a_noun_is_no_question(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+STEP_LISTS = [
+    # lettered lines of working are steps, not the options: the last step gives its number (each gave nothing)
+    ("a) First find the cost: 3 × 4 = 12.\nb) Then add tax: 12 + 3 = 15.", ("12", "15", "3"), "15", "en"),
+    ("A. The cost is 3 × 4 = 12.\nB. With tax it is 12 + 3 = 15.", ("12", "15", "3"), "15", "en"),
+    ("a) Lan starts with the twelve apples that her mother gave her, 12\nb) and after buying three more she has 15",
+     ("12", "15", "3"), "15", "en"),
+    # ... while the options listed, and an option list after a step, are still no answer
+    ("a) 3 × 4 = 12\nA. 10\nB. 12\nC. 14\nD. 16", FOUR_NUMBERS, None, "en"),
+    ("(A) 10\n(B) 12\n(C) 14\n(D) 16", FOUR_NUMBERS, None, "en"),
+    ("A. Hà Nội\nB. Huế\nC. Đà Nẵng\nD. Sài Gòn", FOUR_CITIES, None, "vi"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), STEP_LISTS)
+def test_a_lettered_list_of_steps_gives_its_last_number(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

@@ -4,7 +4,7 @@ the accuracy suite.
 A reply commits to its last ``\\boxed{}``, else to the sentence after its last "answer is"-style lead-in that states
 rather than asks or supposes (what that sentence's last ``=`` gives, when it has one; "check whether the answer is 4"
 commits to nothing; "not 12 but 13" and "12ではなく13" to 13), else to its last number; a number the reply denies, asks
-about or offers as one of a choice ("not 12", "12個ですか？", "12 or 13") is none. The preference/rl ``answer`` reward
+about or offers as one of a choice ("not 12", "12個ですか？", "12 or 13", "12, but 15 is also possible") is none. The preference/rl ``answer`` reward
 (:mod:`tempa.alignment.rewards`) and the evaluate stage's accuracy suite (:mod:`tempa.merge.answers`) both read a
 reply by :func:`committed_answer`, so "The answer is 3. Check: 3 + 4 = 7" is 3 in training and in evaluation (the
 reward gave math-verify the whole reply, which took its last number, 7).
@@ -336,6 +336,29 @@ def _offered(part: str, start: int, end: int) -> bool:
                 or _CHOICE_BEFORE.search(before))
 
 
+# Another answer offered as right too ("B is correct. C is also correct.", "Jawabannya B, tapi C juga mungkin.", "The
+# answer is 12, but 15 is also possible.", "C rin siguro", "ウも正しい"): a label or a number, then "also"/"too" (juga,
+# cũng, rin, 也, も) with a word that calls it right or possible, no negation between. The reply commits to neither.
+_ALSO_WORDS = r"also|too|juga|pun|cũng|cung|rin|din"
+_RIGHT_TOO = (r"correct|right|possible|valid|works?|true|plausible|acceptable|benar|betul|tepat|mungkin|masuk\s+akal"
+              r"|bisa|boleh|đúng|dung|được|duoc|hợp\s+lý|hop\s+ly|tama|siguro|pwede|puwede")
+_NEGATION_WORD = r"not|never|tidak|bukan|không|khong|chẳng|hindi"
+_ALSO_RIGHT = re.compile(
+    rf"(?<![^\W\d_])(?!I\s)(?:(?:option|choice|pilihan|opsi|phương án)\s+)?([^\W\d_]|[-+−]?\d+(?:[.,]\d+)*)(?![^\W_])"
+    rf"[)\]]?\s+(?:(?:is|are|was|could\s+be|may\s+be|might\s+be|would\s+be)\s+)?"
+    rf"(?:(?:{_ALSO_WORDS})(?:\s+(?!(?:{_NEGATION_WORD})(?![^\W\d_]))\S+){{0,2}}?\s+(?:{_RIGHT_TOO})"
+    rf"|(?:{_RIGHT_TOO})\s+(?:{_ALSO_WORDS}))(?![^\W\d_])"
+    r"|([A-Za-zア-オ]|\d+)(?:も|也)(?:正しい|正解|正确|正確|对|對|可以|可能)",
+    re.IGNORECASE,
+)
+
+
+def _also_right(text: str, committed: str) -> bool:
+    """Whether ``text`` (from the answer on) offers an answer other than ``committed`` (normalised) as right or
+    possible too (:data:`_ALSO_RIGHT`)."""
+    return any(normalise_text(found.group(1) or found.group(2)) != committed for found in _ALSO_RIGHT.finditer(text))
+
+
 # The labels a question lists its options by, in order ("A. Hà Nội\nB. Huế", "ก. 10\nข. 12", "ア．東京\nイ．大阪").
 _LABEL_ORDERS = ("abcdefghij", "กขคงจฉ", "アイウエオカ", "가나다라마바", "甲乙丙丁戊己")
 _LISTED_OPTION = re.compile(r"^\s*[(\[]?([^\W\d_])[.)\]:：．、]")
@@ -415,6 +438,8 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
             if _offered(part, start, start + len(numbers[0])):  # "not 12", "12 or 13": no commitment
                 return Commitment("", None)
         numbers = numbers or numbers_in(line) or numbers_in(tail)  # "The answer is:\n42"
+        if numbers and _also_right(tail, normalise_text(numbers[0])):  # "12, but 15 is also possible"
+            return Commitment("", None)
         return Commitment(line if line.strip(" :：") else tail.strip(), numbers[0] if numbers else None)
     numbers = numbers_in(answer)
     listed = listed_options_start(answer)
@@ -433,6 +458,8 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
         instead = _taken_back(answer, opened, start)
         part_start = instead.end() if instead else opened
         if asks or _offered(answer[part_start:sentence_end], start - part_start, end - part_start):
+            return Commitment(answer, None)
+        if _ALSO_RIGHT.search(sentence):  # "12 apples. 15 is also possible.": offered as one more, not stated
             return Commitment(answer, None)
     return Commitment(answer, numbers[-1] if numbers else None)
 
@@ -848,7 +875,9 @@ def text_answer_matches(answer: str, expected: object) -> bool:
     a retraction ("イ。いや、ウです。" gives ウ).
     The reference appearing somewhere is not enough: gold ``B`` is not in ``\\boxed{A}``'s "boxed", gold ``ข`` not
     in "ข้อ ก", gold ``Jakarta`` not in "Bukan Jakarta, tetapi Bandung" (which gives Bandung), gold ``Negative`` not
-    in "Negative / Positive" nor in "ポジティブまたはネガティブです" or "긍정 내지는 부정입니다"."""
+    in "Negative / Positive" nor in "ポジティブまたはネガティブです" or "긍정 내지는 부정입니다", nor in a reply that offers
+    another answer as right too (:func:`_also_right`: "Jawabannya B, tapi C juga mungkin.", "B is correct. C is also
+    correct.")."""
     target = normalise_text(str(expected))
     if not target:
         return False
@@ -862,11 +891,15 @@ def text_answer_matches(answer: str, expected: object) -> bool:
         sentence = committed_sentence(tail)
         if not sentence.strip(" :："):  # "The answer is:\nJakarta": the lead-in ends its line
             sentence = committed_sentence(tail.lstrip(" :：").strip())
+        if _also_right(tail, target):  # "Jawabannya B, tapi C juga mungkin."
+            return False
         return any(_commits_to(candidate, target, reference) for candidate in (sentence, _COPULA.sub("", sentence)))
     lines = [line for line in answer.splitlines() if line.strip()]
     if not lines or listed_options_start(answer) is not None:  # a list of the options names none of them
         return False
     plain = unicodedata.normalize("NFKC", lines[-1]).strip()
+    if _also_right(plain, target):  # "B is correct. C is also correct."
+        return False
     if plain.endswith("?") or _asks_unmarked(plain):  # NFKC makes ？ a ?
         return False
     plain = _instead(corrected(plain))

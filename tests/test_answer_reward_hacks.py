@@ -565,7 +565,7 @@ A_PLAIN_BUT = [
     # "but" turns to another answer only after a "not": a plain "but" after the answer is a remark (all four gave 15)
     ("The answer is 12, but I first got 15.", NUMBERS_12_13_15, "12", "en"),
     ("The answer is 12 but 15 is close.", NUMBERS_12_13_15, "12", "en"),
-    ("Jawabannya 12 tapi 15 juga mungkin.", NUMBERS_12_13_15, "12", "id"),
+    ("Jawabannya 12 tapi 15 lebih kecil.", NUMBERS_12_13_15, "12", "id"),
     ("คำตอบคือ 12 แต่เดิมคิดว่า 15", NUMBERS_12_13_15, "12", "th"),
     # ... and after one it gives its correction, Thai's แต่ after ไม่ใช่ too (it gave nothing)
     ("The answer is not 15 but 12.", NUMBERS_12_13_15, "12", "en"),
@@ -611,8 +611,8 @@ RETRACTIONS_WITHOUT_A_CORRECTION = [
     ("The answer is B. Oops, C is too large.", LATIN, "B", "en"),
     ("The answer is B. No wait, C is too large, so it stays B.", LATIN, "B", "en"),
     ("The answer is B. Eh, C is close too.", LATIN, "B", "en"),
-    ("Jawabannya B. Eh, C juga masuk akal.", LATIN, "B", "id"),
-    ("Ang sagot ay B. Eh, C rin siguro.", LATIN, "B", "tl"),
+    ("Jawabannya B. Eh, C terlalu besar.", LATIN, "B", "id"),
+    ("Ang sagot ay B. Eh, masyadong malaki ang C.", LATIN, "B", "tl"),
     ("The answer is 12. No wait, let me recheck: 3 × 5 = 15 minus 3 gives 12. Yes, 12.", ("12", "15", "3"), "12",
      "en"),
     ("答えは12個です。いや、念のため確認すると15-3=12なので12個です。", ("12", "15", "3"), "12", "ja"),
@@ -692,4 +692,29 @@ STEP_LISTS = [
 
 @pytest.mark.parametrize(("reply", "options", "right", "language"), STEP_LISTS)
 def test_a_lettered_list_of_steps_gives_its_last_number(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)
+
+
+ANOTHER_ANSWER_RIGHT_TOO = [
+    # a later clause that offers another answer as right or possible too commits the reply to neither (each gave the
+    # first; "Jawabannya 12 tapi 15 juga mungkin." was held to 12, which was the defect)
+    ("B is correct. C is also correct.", LATIN, None, "en"),
+    ("Jawabannya B, tapi C juga mungkin.", LATIN, None, "id"),
+    ("The answer is 12, but 15 is also possible.", NUMBERS_12_13_15, None, "en"),
+    ("Jawabannya 12 tapi 15 juga mungkin.", NUMBERS_12_13_15, None, "id"),
+    ("Jawabannya B. Eh, C juga masuk akal.", LATIN, None, "id"),
+    ("Ang sagot ay B. Eh, C rin siguro.", LATIN, None, "tl"),
+    ("Đáp án là B, nhưng C cũng đúng.", LATIN, None, "vi"),
+    ("The answer is B, though C is correct too.", LATIN, None, "en"),
+    ("12 apples. 15 is also possible.", NUMBERS_12_13_15, None, "en"),
+    # ... while another answer called wrong, close or not right too keeps the answer
+    ("The answer is B. C is also wrong.", LATIN, "B", "en"),
+    ("The answer is B. C is also not correct.", LATIN, "B", "en"),
+    ("The answer is 12 but 15 is close.", NUMBERS_12_13_15, "12", "en"),
+    ("The answer is B. B is also the only option that fits.", LATIN, "B", "en"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), ANOTHER_ANSWER_RIGHT_TOO)
+def test_another_answer_offered_as_right_too_commits_to_neither(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)

@@ -317,7 +317,9 @@ def _scale_alternatives() -> str:
     words = []
     for word in sorted(_SCALE_WORDS, key=len, reverse=True):
         spellings = "|".join(re.escape(form) for form in dict.fromkeys((word, unicodedata.normalize("NFD", word))))
-        after = r"(?![^\W\d_])" if all("LATIN" in unicodedata.name(char) for char in word) else ""
+        # a Latin word ends at a word boundary; joined by a hyphen to a noun it is an adjective, no multiplier ("2
+        # hundred-dollar bills" are 2 bills)
+        after = r"(?![^\W\d_]|-[^\W\d_])" if all("LATIN" in unicodedata.name(char) for char in word) else ""
         not_after = ""
         if word in _NOT_SCALE_BEFORE:
             pattern = _NOT_SCALE_BEFORE[word]
@@ -439,8 +441,17 @@ def _plain_mixed(match: re.Match[str]) -> str:
 _SIGN_WORD = re.compile(
     r"(?:(?<![^\W\d_])(?i:minus|negative|negatif|negatibo|âm|a\u0302m)|ติดลบ"
     r"|(?:(?<![\u0e00-\u0e7f])|(?<=คือ)|(?<=เป็น)|(?<=ได้)|(?<=เท่ากับ))ลบ|마이너스)[ \t]*(?=\d)")
-# What a sign word after it subtracts from: a number, a bracket, a one-letter variable (10 minus 5, x minus 5).
-_OPERAND_END = re.compile(r"(?:[\d)\]}]|(?<![^\W\d_])[A-Za-z])$")
+# What a sign word after it subtracts from: a number, a bracket, a one-letter variable (10 minus 5, x minus 5), or a
+# number written as a word in the Latin-script languages tempa knows ("ten minus 5", "sepuluh minus 5", "sampu
+# minus 5"): zero to twenty, the tens and the scale words in English, Indonesian and Malay, Vietnamese and Filipino.
+_NUMBER_WORDS = (
+    r"zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen"
+    r"|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|thousand|million"
+    r"|nol|satu|dua|tiga|empat|lima|enam|tujuh|delapan|lapan|sembilan|sepuluh|sebelas|belas|puluh|ratus|ribu"
+    r"|một|bốn|sáu|bảy|tám|chín|mười|mươi|trăm|nghìn"
+    r"|isa|dalawa|tatlo|apat|anim|pito|walo|siyam|sampu"
+)
+_OPERAND_END = re.compile(rf"(?:[\d)\]}}]|(?<![^\W\d_])[A-Za-z]|(?<![^\W\d_])(?i:{_NUMBER_WORDS}))$")
 
 
 def _plain_sign(match: re.Match[str]) -> str:
@@ -452,7 +463,7 @@ def plain_number_words(text: str, language: str | None) -> str:
     """``text`` with the words and marks that write a number as digits, in any language (numbers read as
     ``language`` writes them): a number with its scale words (15 ribu, 1,5 triệu in Vietnamese and Indonesian, with
     their decimal comma, 2 juta, 1 หมื่น, 2 ล้าน 5 แสน, 1만 5천, 3 million), a sign word before a number (minus 5,
-    âm 7, negatif 5, ลบ 5, not "10 minus 5"), a mixed number (1 1/2, 2\\frac{1}{3}) and Unicode's vulgar fractions
+    âm 7, negatif 5, ลบ 5, not "10 minus 5" nor "ten minus 5"; not "2 hundred-dollar bills": 2), a mixed number (1 1/2, 2\\frac{1}{3}) and Unicode's vulgar fractions
     (½, 1½, ⅔). Japanese and Chinese units are :func:`plain_unit_numerals`'."""
     text = text.replace("\u2044", "/")
     text = _MIXED_RE.sub(_plain_mixed, _VULGAR_RE.sub(_plain_vulgar, text))

@@ -718,3 +718,24 @@ ANOTHER_ANSWER_RIGHT_TOO = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), ANOTHER_ANSWER_RIGHT_TOO)
 def test_another_answer_offered_as_right_too_commits_to_neither(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+SCALE_AND_SIGN_WORDS = [
+    # a scale word joined by a hyphen to a noun is an adjective, and a number word before a sign word is its operand
+    # (they gave 200 and -5)
+    ("The answer is 2 hundred-dollar bills.", ("2", "200"), "2", "en"),
+    ("The answer is 3 thousand-seat halls.", ("3", "3000"), "3", "en"),
+    ("ten minus 5", ("5", "-5"), "5", "en"),
+    ("sepuluh minus 5", ("5", "-5"), "5", "id"),
+    ("The result is twelve minus 5", ("5", "-5"), "5", "en"),
+    # ... while a scale word and a sign word that write one number still do
+    ("I have 2 hundred-dollar bills, so the answer is 200.", ("2", "200"), "200", "en"),
+    ("The answer is 2 hundred.", ("2", "200"), "200", "en"),
+    ("The answer is minus 5.", ("5", "-5"), "-5", "en"),
+    ("Suhu hari ini minus 5", ("5", "-5"), "-5", "id"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), SCALE_AND_SIGN_WORDS)
+def test_an_adjective_scale_word_or_an_operand_sign_word_is_no_part_of_the_number(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

@@ -780,6 +780,11 @@ _ALONE = re.compile(r"(?:option|choice|pilihan|opsi|phương án|ข้อ|ต�
                     r"[)\]」』\"'*]*\s*(?:です|でした|だ|입니다|ครับ|ค่ะ|ạ|nhé|nha)?\s*", re.IGNORECASE)
 
 
+# A connective that opens a conclusion ("So C.", "よってイです。", "Vậy C.", "所以C。").
+_CONCLUSION = re.compile(rf"(?:(?<![^\W\d_])(?:so|thus|therefore|hence|vậy|vay|jadi|maka|kaya|kung\s+gayon)(?![^\W\d_])"
+                         rf"|よって|したがって|つまり|所以|因此){_SEP}", re.IGNORECASE)
+
+
 def _answer_alone(text: str, start: int) -> bool:
     """Whether the sentence of ``text`` from ``start`` (after a retraction) is an answer standing alone
     (:data:`_ALONE`): a correction, not a remark about another option ("C is too large") or a check."""
@@ -794,7 +799,8 @@ def corrected(text: str) -> str:
     give C, C, ค, 15); ``text`` itself without one. A retraction corrects only with a lead (its ``lead`` or
     ``actually`` group) or an answer standing alone as its sentence (:func:`_answer_alone`): "The answer is B. Oops, C
     is too large." and "答えは12個です。いや、念のため確認すると15-3=12…" keep B and 12. A later sentence without a
-    retraction is a remark."""
+    retraction is a remark. After a retraction that corrects nothing, a later conclusion whose answer stands alone
+    ("No wait, let me check C: 2 + 3 = 5. So C.", "…よってイです。") is what the text ends on."""
     while True:
         said = _SAID.search(text)
         if said is None:
@@ -807,7 +813,10 @@ def corrected(text: str) -> str:
         if found is None or not text[found.end():].strip():
             return text
         if not (found.group("lead") or found.group("actually") or _answer_alone(text, found.end())):
-            return text  # "No wait, C is too large", "いや、念のため確認すると…": a remark or a check, no correction
+            # "No wait, C is too large", "いや、念のため確認すると…": a remark or a check, no correction; the reply
+            # ends on a conclusion after it ("No wait, let me check C: ... So C."), else on the answer it had
+            concluded = [m for m in _CONCLUSION.finditer(text, found.end()) if _answer_alone(text, m.end())]
+            return text[concluded[-1].end():] if concluded else text
         text = text[found.end():]
 _TOPIC_BEFORE = re.compile(rf"{_TOPIC_WORD}|^(?:(?:{_CONNECTIVES}|{_RETRACTIONS})\s?)+$")
 # A sentence that takes back the one before it ("イ。いや、ウ。"): its correction is the answer, copula or not.

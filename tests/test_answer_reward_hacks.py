@@ -624,6 +624,10 @@ RETRACTIONS_WITHOUT_A_CORRECTION = [
     ("The answer is B. Oops, C.", LATIN, "C", "en"),
     ("The answer is 12. No wait, 15 apples.", ("12", "15"), "15", "en"),
     ("答えはイです。いや、(ウ)。", KANA, "ウ", "ja"),
+    # ... and after a check, a conclusion whose answer stands alone is what the reply ends on
+    ("The answer is B. No wait, let me check C: 2 + 3 = 5. So C.", LATIN, "C", "en"),
+    ("The answer is 12. No wait, let me recheck: 3 × 5 = 15. So 15.", ("12", "15", "3", "5"), "15", "en"),
+    ("答えはイです。いや、念のためウも確認すると2+3=5になります。よってウです。", KANA, "ウ", "ja"),
 ]
 
 

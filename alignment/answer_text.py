@@ -773,11 +773,11 @@ _RETRACTION = re.compile(
 
 
 # An answer standing alone as its sentence ("C", "(C)", "option C", "15", "15個", "15 apples", "ウです", "Huế"): one
-# word (no hiragana: "違うかも" is a remark) or a label or number with one unit word, a copula or a polite particle
-# after it, brackets around it.
+# word (no hiragana: "違うかも" is a remark) or a label or number with one unit word, a copula or a particle after it
+# (polite ạ, です; Filipino pala, "after all": "Teka, C pala."), brackets around it.
 _ALONE = re.compile(r"(?:option|choice|pilihan|opsi|phương án|ข้อ|ตัวเลือก)?\s*[(\[「『\"'*]*"
                     r"(?:[-+−]?\$?\d[\d.,]*(?:/\d+)?%?(?:\s?[^\W\d_]+)?|[^\s\d=+×*/\u3040-\u309f]{1,15})"
-                    r"[)\]」』\"'*]*\s*(?:です|でした|だ|입니다|ครับ|ค่ะ|ạ|nhé|nha)?\s*", re.IGNORECASE)
+                    r"[)\]」』\"'*]*\s*(?:です|でした|だ|입니다|ครับ|ค่ะ|ạ|nhé|nha|pala|nga)?\s*", re.IGNORECASE)
 
 
 # A connective that opens a conclusion ("So C.", "よってイです。", "Vậy C.", "所以C。").

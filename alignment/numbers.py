@@ -311,15 +311,19 @@ _NOT_SCALE_BEFORE = {
 }
 
 
+_ENGLISH_SCALE_WORDS = frozenset({"hundred", "thousand", "million", "billion", "trillion"})
+
+
 def _scale_alternatives() -> str:
     """The scale words as one alternation, in lower case only (a capitalised Trăm or Juta is a name), composed or
     decomposed (Vietnamese is typed both ways); a word of Latin letters ends at a word boundary."""
     words = []
     for word in sorted(_SCALE_WORDS, key=len, reverse=True):
         spellings = "|".join(re.escape(form) for form in dict.fromkeys((word, unicodedata.normalize("NFD", word))))
-        # a Latin word ends at a word boundary; joined by a hyphen to a noun it is an adjective, no multiplier ("2
-        # hundred-dollar bills" are 2 bills)
-        after = r"(?![^\W\d_]|-[^\W\d_])" if all("LATIN" in unicodedata.name(char) for char in word) else ""
+        # a Latin word ends at a word boundary; an English one joined by a hyphen to a noun is an adjective, no
+        # multiplier ("2 hundred-dollar bills" are 2 bills; Indonesian "3 juta-an" is about 3 million)
+        after = r"(?![^\W\d_])" if all("LATIN" in unicodedata.name(char) for char in word) else ""
+        after += r"(?!-[^\W\d_])" if word in _ENGLISH_SCALE_WORDS else ""
         not_after = ""
         if word in _NOT_SCALE_BEFORE:
             pattern = _NOT_SCALE_BEFORE[word]

@@ -624,6 +624,7 @@ RETRACTIONS_WITHOUT_A_CORRECTION = [
     ("The answer is B. Oops, C.", LATIN, "C", "en"),
     ("The answer is 12. No wait, 15 apples.", ("12", "15"), "15", "en"),
     ("答えはイです。いや、(ウ)。", KANA, "ウ", "ja"),
+    ("Ang sagot ay B. Teka, C pala.", LATIN, "C", "tl"),
     # ... and after a check, a conclusion whose answer stands alone is what the reply ends on
     ("The answer is B. No wait, let me check C: 2 + 3 = 5. So C.", LATIN, "C", "en"),
     ("The answer is 12. No wait, let me recheck: 3 × 5 = 15. So 15.", ("12", "15", "3", "5"), "15", "en"),
@@ -729,6 +730,7 @@ SCALE_AND_SIGN_WORDS = [
     # (they gave 200 and -5)
     ("The answer is 2 hundred-dollar bills.", ("2", "200"), "2", "en"),
     ("The answer is 3 thousand-seat halls.", ("3", "3000"), "3", "en"),
+    ("Jawabannya 3 juta-an.", ("3", "3000000"), "3000000", "id"),
     ("ten minus 5", ("5", "-5"), "5", "en"),
     ("sepuluh minus 5", ("5", "-5"), "5", "id"),
     ("The result is twelve minus 5", ("5", "-5"), "5", "en"),

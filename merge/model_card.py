@@ -348,11 +348,9 @@ def _eval_section(stages: Mapping[str, Upstream], shipped: str | None = None) ->
 def _training_arguments_section(stages: Mapping[str, Upstream]) -> list[str]:
     """Each training stage's effective trainer arguments: the recipe's ``train:`` over tempa's defaults, which the
     card's recipe does not show (it holds what the recipe set); ``*`` marks a default, as `tempa plan` does."""
-    from tempa.recipes.registry import stage_kind  # the registry imports every kind, the bake's among them
-
     lines = []
     for name, up in stages.items():
-        args = redact(up.config.train_args()) if stage_kind(up.kind).trains else {}
+        args = redact(up.config.train_args())  # {} for a kind that trains nothing (no defaults, no `train:`)
         if args:
             own = getattr(up.config, "train", {})
             lines.append(f"- `{name}`: " + ", ".join(f"{key}={json.dumps(value, ensure_ascii=False, default=str)}"

@@ -807,10 +807,23 @@ def environment_problems(loaded: LoadedRecipe, decisions: list[StageDecision], *
 
 def input_warnings(loaded: LoadedRecipe, decisions: list[StageDecision]) -> list[str]:
     """What the stages that will run can tell of their inputs that is likely wrong, one line each: `tempa plan` and
-    the run's start print them (the stage itself fails on it, later)."""
+    the run's start print them (the stage itself fails on it, later); and :func:`unread_datasets`."""
     return [f"stage '{d.name}': {warning}" for d in decisions
             if d.action != "skip" and (warn := stage_kind(d.kind).input_warnings) is not None
-            for warning in warn(loaded.stages[d.index])]
+            for warning in warn(loaded.stages[d.index])] + unread_datasets(loaded, decisions)
+
+
+def unread_datasets(loaded: LoadedRecipe, decisions: list[StageDecision]) -> list[str]:
+    """Stages that will run to make only a dataset (synthesize, translate, generate_prompts) that no later stage reads,
+    in a recipe that trains after them: most likely a data source left out (a seed recipe's tiny profile ran and paid
+    its teacher for rows no stage trained on). A recipe that trains nothing after them makes data on purpose."""
+    read = {name for index in range(len(loaded.stages)) for name in stage_reads(loaded, index)}
+    return [f"stage '{d.name}': no later stage reads the dataset it makes (a data source `path: stage:{d.name}`), "
+            "though later stages train: it runs, and asks its teacher, for its files alone"
+            for d in decisions
+            if d.action != "skip" and d.name not in read
+            and stage_kind(d.kind).produces == frozenset({Artifact.DATASET})
+            and any(stage_kind(later.kind).trains for later in decisions[d.index + 1:])]
 
 
 def _refusals(loaded: LoadedRecipe, decisions: list[StageDecision],

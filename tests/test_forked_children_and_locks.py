@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tempa.recipes.rundir import RunLock, RunLockedError
@@ -34,6 +35,23 @@ def _kill_all(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def _runner_killed_after_forking(script: str, tmp_path: Path, *args: str) -> Iterator[tuple[int, int]]:
+    """Runs ``script`` (which forks a child and writes its pid to ``tmp_path/child``), kills it with SIGKILL once
+    the child is there, and yields (the dead runner's pid, the child's pid); the child is killed on the way out."""
+    parent = subprocess.Popen([sys.executable, "-c", script, *args])
+    child = 0
+    try:
+        _wait_for(tmp_path / "child", parent)
+        child = int((tmp_path / "child").read_text())
+        parent.kill()
+        parent.wait(timeout=60)
+        yield parent.pid, child
+    finally:
+        parent.kill()
+        _kill_all([child] if child else [])
 
 
 _WORKERS_UNDER_THE_RUNNERS_HANDLERS = """
@@ -91,20 +109,11 @@ with RunLock(run_dir), cache_build(cache, "0" * 16):
 
 def test_a_forked_child_neither_keeps_the_run_lock_nor_a_cache_build_after_the_runner_dies(tmp_path: Path) -> None:
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
-    parent = subprocess.Popen([sys.executable, "-c", _FORKS_WHILE_HOLDING, str(run_dir), str(cache)])
-    child = 0
-    try:
-        _wait_for(tmp_path / "child", parent)
-        child = int((tmp_path / "child").read_text())
-        parent.kill()
-        parent.wait(timeout=60)
+    with _runner_killed_after_forking(_FORKS_WHILE_HOLDING, tmp_path, str(run_dir), str(cache)) as (_, child):
         assert _alive(child)  # still there: what follows is not owed to its death
         with RunLock(run_dir):  # before: "in use by pid <the dead runner>" for as long as the child lived
             pass
         assert len(sweep_dead_builds(cache)) == 1  # before: the child's copy of the build's flock kept it
-    finally:
-        parent.kill()
-        _kill_all([child] if child else [])
 
 
 def test_a_lock_held_after_its_runner_died_is_said_so_naming_the_holders(tmp_path: Path) -> None:
@@ -125,20 +134,11 @@ if child == 0:
 (run_dir.parent / "child").write_text(str(child))
 time.sleep(600)
 """
-    parent = subprocess.Popen([sys.executable, "-c", script, str(run_dir)])
-    child = 0
-    try:
-        _wait_for(tmp_path / "child", parent)
-        child = int((tmp_path / "child").read_text())
-        parent.kill()
-        parent.wait(timeout=60)
+    with _runner_killed_after_forking(script, tmp_path, str(run_dir)) as (runner, child):
         try:
             with RunLock(run_dir):
                 raise AssertionError("the lock should still be held by the child")
         except RunLockedError as exc:
             message = str(exc)
-        assert f"the run that took it (pid {parent.pid} on " in message and "is gone" in message, message
+        assert f"the run that took it (pid {runner} on " in message and "is gone" in message, message
         assert f"pid {child} still holds {run_dir / '.lock'}; end it (kill {child}), then run again" in message, message
-    finally:
-        parent.kill()
-        _kill_all([child] if child else [])

@@ -37,6 +37,7 @@ from tempa.sft.stage_api import (
     format_metric,
     is_secret_key,
     looks_local,
+    marked_train_args,
     secret_env_names,
 )
 from tempa.sft.suggest import did_you_mean
@@ -352,9 +353,7 @@ def _training_arguments_section(stages: Mapping[str, Upstream]) -> list[str]:
     for name, up in stages.items():
         args = redact(up.config.train_args())  # {} for a kind that trains nothing (no defaults, no `train:`)
         if args:
-            own = getattr(up.config, "train", {})
-            lines.append(f"- `{name}`: " + ", ".join(f"{key}={json.dumps(value, ensure_ascii=False, default=str)}"
-                                                     + ("" if key in own else "*") for key, value in args.items()))
+            lines.append(f"- `{name}`: {marked_train_args(args, getattr(up.config, 'train', {}))}")
     if not lines:
         return []
     return ["## Training arguments", "", "<details><summary>Each training stage's trainer arguments (* tempa's "

@@ -436,9 +436,10 @@ def _print_train_args(console, shown) -> None:
     defaults, or the ones a complete stage trained with."""
     from rich.markup import escape
 
+    from tempa.sft.stage_api import marked_train_args
+
     for stage in shown:
-        args = ", ".join(f"{key}={json.dumps(value, default=str)}" + ("" if key in stage.own else "*")
-                         for key, value in stage.args.items())
+        args = marked_train_args(stage.args, stage.own)
         said = {"now": "* tempa's default", "ran": "as it trained; * tempa's default then",
                 "unrecorded": "as this tempa gives them: the tempa that trained it did not record its own; * tempa's "
                 "default"}[stage.source]

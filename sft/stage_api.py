@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import contextvars
 import enum
+import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
@@ -215,6 +216,14 @@ class StageConfigBase(BaseModel):
     def train_args(self) -> dict[str, Any]:
         """The trainer arguments a training kind trains with (its defaults overlaid with the recipe's)."""
         return {**self.train_defaults, **getattr(self, "train", {})}
+
+
+def marked_train_args(args: Mapping[str, Any], own: Iterable[str]) -> str:
+    """``key=value`` for each trainer argument, ``*`` after the ones the recipe does not set (tempa's defaults): as
+    `tempa plan` and the model card show them."""
+    own = set(own)
+    return ", ".join(f"{key}={json.dumps(value, ensure_ascii=False, default=str)}" + ("" if key in own else "*")
+                     for key, value in args.items())
 
 
 ConfigT = TypeVar("ConfigT", bound=StageConfigBase)

@@ -479,9 +479,9 @@ def _cmd_status(args) -> int:
         # What a stage paid for is a key figure wherever its metrics put it (a synthesize stage's come last).
         shown |= {key: row.metrics[key] for key in ("api_requests",) if key in row.metrics}
         metrics = ", ".join(f"{k}={format_metric(v)}" for k, v in shown.items() if v is not None)
-        if row.error:
-            metrics = f"error: {row.error}"
-        if row.note:
+        if row.error:  # what failed first, then what a re-run keeps of it
+            metrics = "; ".join(filter(None, [f"error: {row.error}", row.note]))
+        elif row.note:
             metrics = f"{row.note}; {metrics}" if metrics else row.note
         # Text, not markup: an error quotes "[enforce fail at ...]" or "[/__w/pytorch/...]" (a MarkupError)
         table.add_row(*map(Text, (row.name, row.kind, row.state, f"{seconds:.1f}s" if seconds else "-", metrics)))

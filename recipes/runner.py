@@ -1261,7 +1261,9 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
             if why:
                 state, note = "stale", f"{'; '.join(why)}; the next `tempa run` re-runs it"
         elif manifest.status == "failed":
-            state = "failed"
+            # a failed training stage resumes from its last checkpoint: hours of work a user fixing the error should
+            # know they keep (the note is what `tempa plan` says a re-run does)
+            state, note = "failed", _where_it_stands(manifest.kind, run_dir / name, running=False)
         elif manifest.status in ("running", "done"):  # done without its DONE marker: killed before it was written
             state = "running" if active else "interrupted"
             note = _where_it_stands(manifest.kind, run_dir / name, running=active, since=manifest.started_at)

@@ -789,6 +789,32 @@ def test_status_names_where_a_running_or_interrupted_stage_stands(recipe, tmp_pa
     assert (row.state, row.note) == ("interrupted", STOPPED + "the same recipe run again continues from round 2, checkpoint-2")
 
 
+def test_status_names_what_a_failed_stage_keeps(recipe, tmp_path, monkeypatch, capsys):
+    """A stage that failed hours into training said only its error: whether a re-run after the fix continues from a
+    checkpoint or starts over is what the user deciding what to do next needs, and what `tempa plan` says."""
+    trains = dataclasses.replace(TOUCH, resumable=True, resume_point=resume_point)
+    monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS[:-1], trains))
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    manifest = killed_while_running(run_dir / "b")
+    manifest["status"], manifest["error"] = "failed", "CUDA out of memory"
+    (run_dir / "b" / MANIFEST).write_text(json.dumps(manifest))
+    names = load_recipe(recipe).names
+    row = stage_status(names, run_dir)[1]
+    assert (row.state, row.error, row.note) == ("failed", "CUDA out of memory",
+                                                "nothing complete to continue from: a re-run starts it over")
+    checkpoint = run_dir / "b" / CHECKPOINTS_DIR / "checkpoint-40"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / COMPLETE).write_text("")
+    row = stage_status(names, run_dir)[1]
+    assert (row.state, row.note) == ("failed", "the same recipe run again continues from checkpoint-40")
+    assert plan_run(load_recipe(recipe), run_dir)[1].reason == "failed; continues from checkpoint-40"
+    from tempa.recipes.cli import main
+
+    assert main(["status", str(run_dir)]) == 0  # the table: what failed, then what a re-run keeps
+    assert "error: CUDA out of memory; the same recipe run again continues from checkpoint-40" in capsys.readouterr().out
+
+
 def test_a_rerun_that_removes_a_gguf_export_says_so_first(recipe, tmp_path, caplog):
     """`tempa export gguf RUN/final` writes into the last stage's final folder; a re-run of that stage clears
     the folder, so the plan and the run's log name the export files it removes (they were made from the

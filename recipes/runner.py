@@ -690,9 +690,11 @@ def other_recipe_warning(loaded: LoadedRecipe, run_dir: Path) -> str | None:
     other = ran.get("name")
     if not isinstance(other, str) or other == loaded.recipe.name:
         return None
+    # The bake stage tempa adds to every recipe is `bake` in both: sharing it says nothing of how they relate.
     stages = [stage["name"] for stage in ran.get("stages") or [] if isinstance(stage, dict)
-              and isinstance(stage.get("name"), str)] if isinstance(ran.get("stages"), list) else []
-    if set(stages) & set(loaded.names):
+              and isinstance(stage.get("name"), str) and stage.get("kind") != "bake"] \
+        if isinstance(ran.get("stages"), list) else []
+    if set(stages) & {stage.name for stage in loaded.stages if stage.kind != "bake"}:
         return None
     lineage = set()
     for file in loaded.files:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+import yaml
 from pydantic import Field, field_validator
 
 import tempa.merge
@@ -25,7 +26,7 @@ import tempa.sft
 from tempa.recipes.loader import load_recipe
 from tempa.recipes.registry import stage_kind
 from tempa.recipes.rundir import RunLock, RunLockedError, run_in_progress
-from tempa.recipes.runner import plan_run, run_recipe, stage_status
+from tempa.recipes.runner import other_recipe_warning, plan_run, run_recipe, stage_status
 from tempa.sft.checkpoints import resume_point
 from tempa.sft.files import json_or_none
 from tempa.sft.run_layout import CHECKPOINTS_DIR, COMPLETE, DONE, MANIFEST, TRAIN_PROGRESS
@@ -722,6 +723,26 @@ def killed_while_running(stage_dir: Path) -> dict:
     (stage_dir / MANIFEST).write_text(json.dumps(manifest))
     (stage_dir / DONE).unlink()
     return manifest
+
+
+def test_the_bake_every_recipe_gets_does_not_make_two_recipes_related(recipe, tmp_path, monkeypatch):
+    """The warning above never showed for real recipes: tempa adds a stage named `bake` to each, so any two shared
+    a stage name (a docs trial planned an unrelated recipe into the demo's folder: no warning)."""
+    monkeypatch.setattr(tempa.merge, "STAGE_KINDS", MERGE_KINDS)  # the bake tempa adds, as in a real run
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    base = load_recipe(recipe).recipe.base_model
+    ran = tmp_path / "ran.yaml"
+    ran.write_text(f"name: demo\nbase_model: {base}\nstages:\n  - {{name: a, kind: touch, value: 1}}\n")
+    (run_dir / "recipe.resolved.yaml").write_text(yaml.safe_dump(load_recipe(ran).resolved()))
+    other = tmp_path / "other.yaml"
+    other.write_text(f"name: other\nbase_model: {base}\nstages:\n  - {{name: p, kind: touch, value: 1}}\n")
+    assert load_recipe(other).names == ["p", "bake"]
+    warning = other_recipe_warning(load_recipe(other), run_dir)
+    assert warning is not None and warning.startswith(f"{run_dir}: holds the run of recipe 'demo' (stages a), ")
+    # a stage of its own in common still relates them
+    other.write_text(other.read_text().replace("name: p", "name: a"))
+    assert other_recipe_warning(load_recipe(other), run_dir) is None
 
 
 def test_status_tells_running_from_interrupted(recipe, tmp_path):

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -531,15 +532,32 @@ def _cmd_push(args) -> int:
 def _cmd_export_gguf(args) -> int:
     from tempa.merge.gguf_export import LLAMA_SERVER_NOTE, export_gguf
 
-    result = export_gguf(_given_model(args.model_dir), args.out, file_type=args.file_type)
+    model = _given_model(args.model_dir)
+    result = export_gguf(model, args.out, file_type=args.file_type)
     types = f"; by type: {', '.join(f'{k} {v}' for k, v in sorted(result.tensor_types.items()))}" \
         if result.tensor_types else ""
     print(f"wrote {result.gguf_path} ({result.tensor_count} tensors, {result.file_type}{types})")
     if result.tempa_template:  # the note is about tempa's thinking_mode switch; another template has none
         print(LLAMA_SERVER_NOTE)
     if result.modelfile_path is not None:
-        print(f"wrote {result.modelfile_path} (ollama create NAME -f {shlex.quote(str(result.modelfile_path))})")
+        print(f"wrote {result.modelfile_path} (ollama create {ollama_name(model)} -f "
+              f"{shlex.quote(str(result.modelfile_path))})")
     return 0
+
+
+def ollama_name(model: Path) -> str:
+    """A name for ``ollama create`` that the printed command can be pasted with: the model's own (the GGUF's
+    ``general.name``; a .gguf input's file name), in the letters Ollama's model names take."""
+    from tempa.merge.gguf_export import export_name
+
+    if model.suffix == ".gguf":
+        import gguf
+
+        field = gguf.GGUFReader(str(model)).get_field(gguf.Keys.General.NAME)
+        name = field.contents() if field is not None else model.stem
+    else:
+        name = export_name(model)
+    return re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-.") or "NAME"
 
 
 def _given_model(given: Path) -> Path:

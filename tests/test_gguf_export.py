@@ -10,9 +10,15 @@ import pytest
 from safetensors.torch import load_file
 
 from stage_helpers import baked_final
-from tempa.merge.gguf_export import _ALIAS_REFUSED, _ALIAS_YIELDS, permute_rotary, serving_template
+from tempa.merge.gguf_export import (
+    _ALIAS_REFUSED,
+    _ALIAS_YIELDS,
+    export_name,
+    permute_rotary,
+    serving_template,
+)
 from tempa.merge.ollama_template import ollama_template
-from tempa.recipes.cli import main
+from tempa.recipes.cli import main, ollama_name
 
 
 @pytest.fixture(scope="module")
@@ -360,7 +366,10 @@ def test_each_export_keeps_its_own_modelfile_and_a_users_modelfile_is_never_repl
     gg = tmp_path / "gg"
     assert main(["export", "gguf", str(baked_model), "--out", str(gg / "a.gguf")]) == 0
     assert main(["export", "gguf", str(baked_model), "--out", str(gg / "b.gguf"), "--type", "q8_0"]) == 0
-    assert f"ollama create NAME -f {gg / 'b.Modelfile'}" in capsys.readouterr().out
+    # a command that pastes as printed: the model's name, not a placeholder (the README shows `ollama create demo`)
+    assert f"ollama create {export_name(baked_model).lower()} -f {gg / 'b.Modelfile'}" in capsys.readouterr().out
+    # a .gguf input (quantised again) is named from what the file records, not from its file name
+    assert ollama_name(gg / "a.gguf") == export_name(baked_model).lower() != "a"
     assert sorted(path.name for path in gg.iterdir()) == ["a.Modelfile", "a.gguf", "b.Modelfile", "b.gguf"]
     assert "\nFROM ./a.gguf\n" in (gg / "a.Modelfile").read_text()
     assert "\nFROM ./b.gguf\n" in (gg / "b.Modelfile").read_text()

@@ -170,6 +170,7 @@ def test_the_gguf_is_named_after_the_recipe_not_the_run_folder_and_the_printed_c
     printed = capsys.readouterr().out
     command = next(line for line in printed.splitlines() if "ollama create" in line)
     assert shlex.split(command.split("(", 1)[1].rstrip(")"))[-1] == str(modelfile)  # one shell word, the whole path
+    assert shlex.split(command.split("(", 1)[1])[:3] == ["ollama", "create", "bakeonly"]  # the GGUF's general.name
     # a stage's own final model: <recipe>-<stage>
     from tempa.merge.gguf_export import export_name
 

@@ -18,6 +18,11 @@ preference stage's ``language`` reward, the evaluate stage's ``language`` suite)
   one word): text with kana is Japanese unless the Chinese evidence, a comma not alone, is at least as much as
   its kana words; Han characters alone are Chinese with any such evidence and undetermined for every target
   without it, however many (富士山, 東京大学大学院情報理工学系研究科);
+- **Korean or Chinese/Japanese**: the detector files Korean written with hanja (大韓民國은 民主共和國이다) under Chinese
+  and Chinese quoting a Korean word (他说사랑해요) under Korean; Korean grammar is written in Hangul, a particle or an
+  ending after nearly every hanja word, so text mixing Hangul with Han or kana is Korean when its words of Hangul
+  outnumber the other languages' evidence (words of kana, Chinese evidence against Korean's character set), and
+  is otherwise judged as Japanese or Chinese;
 - **width**: half-width katakana (ｶﾀｶﾅ) and full-width Latin letters and digits are read as their usual forms;
 - **prose only**: fenced and inline code, LaTeX math and URLs are removed before detection
   (:func:`prose`); an Indonesian explanation around a Python snippet is Indonesian.
@@ -180,6 +185,12 @@ _KANJI_ONLY_CHINESE = frozenset(_OLD_FORMS) | {"於"}
 # old forms: a sentence in shared characters with none of them stays undetermined.
 _KANJI_ONLY_CHINESE_WORDS = re.compile("準確|提高|因為|可以|如果|認為|但是")
 
+# The detector's classes of text written in Han characters (with kana or Hangul or without), which it confuses.
+_HAN_SCRIPT = CHINESE | {"ja", "ko"}
+# A word of Hangul (syllables and jamo): a particle or an ending in Korean written with hanja (民主共和國이다), a quoted
+# word in Chinese or Japanese (他说사랑해요).
+_HANGUL_WORD = re.compile(r"[\u1100-\u11ff\u3131-\u318e\ua960-\ua97f\uac00-\ud7a3\ud7b0-\ud7ff]+")
+
 # py3langid's class for text without linguistic content (numbers, symbols, markup).
 _NO_LANGUAGE = "zxx"
 
@@ -317,16 +328,45 @@ def detect(text: str, languages: Sequence[str] | None = None, *, min_letters: in
     if best == _NO_LANGUAGE:
         return UNDETERMINED
     found = Detection(best, float(probabilities[best]), probabilities)
-    # Only where both can be the answer: a caller that rules one out has said which it is.
-    if best in CHINESE | {"ja"} and (key is None or ("ja" in key and CHINESE & set(key))):
+    if best in _HAN_SCRIPT:
+        return _by_script(text, found, _HAN_SCRIPT if key is None else _HAN_SCRIPT & set(key))
+    return found
+
+
+def _by_script(text: str, found: Detection, possible: frozenset[str]) -> Detection:
+    """``found`` (Korean, Japanese or a Chinese class) decided by the script among the ``possible`` ones; only where
+    two can be the answer, as a caller that rules one out has said which it is.
+
+    Korean first: py3langid reads Korean written with hanja (大韓民國 憲法 第一條에 따르면, 서울特別市 鍾路區) as Chinese,
+    and Chinese quoting a Korean word (他说사랑해요, “안녕하세요 반갑습니다”是韩语的问候) as Korean. Korean grammar is
+    written in Hangul, a particle or an ending after nearly every hanja word (大韓民國은 民主共和國이다: two words of
+    Hangul, no Chinese evidence), while Chinese or Japanese quoting Korean has a word or two of it against grammar of
+    its own. So text mixing Hangul with Han or kana is Korean when its words of Hangul outnumber its words of kana
+    and its Chinese evidence against Korean's character set (:func:`_chinese_evidence`; the old forms 國 學 count
+    for nothing, Korean writes them), a tie going to the quoting language. By share of characters it could not be
+    told: hanja carry most of Korean's characters, a quoted Korean word can be most of a short Chinese sentence's.
+    """
+    if ("ko" in possible and len(possible) > 1 and _HANGUL_WORD.search(text)
+            and (any(map(_is_han, text)) or _KANA_WORD.search(text))):
+        kana_words = len(_KANA_WORD.findall(text))
+        words, commas = _chinese_evidence(text, against="cp949")
+        if len(_HANGUL_WORD.findall(text)) > kana_words + words + (commas if words else 0):
+            return _as(found, "ko")
+        possible -= {"ko"}
+        if found.language == "ko" and not ("ja" in possible and CHINESE & possible):
+            # one language left to tell it from Korean by: it, where its own evidence outweighed the Hangul
+            rivals = [*(sorted(CHINESE & possible) if words else ()), *(["ja"] if kana_words and "ja" in possible else ())]
+            # in a fixed order, so a tie between Chinese classes always goes the same way
+            return _as(found, max(rivals, key=lambda code: found.probabilities.get(code, 0.0))) if rivals else found
+    if "ja" in possible and CHINESE & possible:
         return _japanese_or_chinese(text, found)
     return found
 
 
 def _japanese_or_chinese(text: str, found: Detection) -> Detection:
-    """``found`` (Japanese or a Chinese class) decided by the script: py3langid reads kana-bearing text with many kanji
-    (北海道の札幌市) and any kanji-only text as Chinese, and Chinese around a quoted katakana label (我觉得是ネガティブ)
-    as Japanese.
+    """``found`` (Japanese, a Chinese class, or Korean that their evidence outweighed) decided by the script: py3langid
+    reads kana-bearing text with many kanji (北海道の札幌市) and any kanji-only text as Chinese, and Chinese around a
+    quoted katakana label (我觉得是ネガティブ) as Japanese.
 
     Japanese grammar is written in kana, a particle or an ending every few kanji; Chinese quoting a Japanese label
     or term has a word of kana or two. So each word of kana counts for Japanese, and each piece of Chinese evidence
@@ -347,18 +387,20 @@ def _japanese_or_chinese(text: str, found: Detection) -> Detection:
     return UNDETERMINED  # Han characters that read as both: a name, an address, a term, however long
 
 
-def _chinese_evidence(text: str) -> tuple[int, int]:
-    """(characters and words of ``text`` that Chinese writes and Japanese does not, its Chinese commas)."""
-    words = sum(_is_han(ch) and (ch in _CHINESE_WORDS or _chinese_only(ch)) for ch in text)
+def _chinese_evidence(text: str, against: str = "cp932") -> tuple[int, int]:
+    """(characters and words of ``text`` that Chinese writes and Japanese does not, its Chinese commas); with
+    ``against="cp949"``, what Chinese writes and Korean does not: characters outside Korean's hanja set (KS X 1001),
+    e.g. 说 这 们 but not 說 鍾, which Japanese's lacks and Korean's holds."""
+    words = sum(_is_han(ch) and (ch in _CHINESE_WORDS or _chinese_only(ch, against)) for ch in text)
     words += sum(len(pattern.findall(text)) for pattern in (_CHINESE_COPULA, _CHINESE_PARTICLE, _CHINESE_PRONOUN))
     return words, text.count(_CHINESE_COMMA)
 
 
 def _as(found: Detection, code: str) -> Detection:
-    """``found`` as ``code`` (ja or a Chinese class), with the share the detector gave the other script's classes, or
-    a curation threshold would see that share missing. Chinese's other classes keep theirs (zh~yue~wuu can be
+    """``found`` as ``code`` (ko, ja or a Chinese class), with the share the detector gave the other Han-script classes,
+    or a curation threshold would see that share missing. Chinese's other classes keep theirs (zh~yue~wuu can be
     told apart by a caller's ``equivalent``)."""
-    moved = {"ja"} if code in CHINESE else set(CHINESE)
+    moved = _HAN_SCRIPT - (CHINESE if code in CHINESE else {code})
     share = min(1.0, found.probabilities.get(code, 0.0) + found.probability_of(moved))  # sums' rounding: 1.00000000004
     rest = {other: p for other, p in found.probabilities.items() if other not in moved}
     return Detection(code, share, {**rest, code: share})
@@ -370,9 +412,10 @@ def _is_han(ch: str) -> bool:
 
 
 @functools.cache
-def _chinese_only(ch: str) -> bool:
+def _chinese_only(ch: str, against: str = "cp932") -> bool:
     # A character of a Chinese character set (GB 2312 simplified, Big5 traditional) outside Japanese's (CP932: JIS
-    # X 0208, the set every jōyō kanji but four 2010 variants is in, and Windows' extensions): 这, 们, 说, 你, 吗.
+    # X 0208, the set every jōyō kanji but four 2010 variants is in, and Windows' extensions): 这, 们, 说, 你, 吗; or
+    # outside Korean's (CP949: KS X 1001's 4,888 hanja, all traditional forms).
     def holds(codec: str) -> bool:
         try:
             ch.encode(codec)
@@ -380,7 +423,7 @@ def _chinese_only(ch: str) -> bool:
             return False
         return True
 
-    return (holds("gb2312") or holds("big5")) and not holds("cp932") and ch not in _JAPANESE_FORMS
+    return (holds("gb2312") or holds("big5")) and not holds(against) and ch not in _JAPANESE_FORMS
 
 
 class LanguageRules(BaseModel):

@@ -79,11 +79,12 @@ def run_rl(config: RLStageConfig, ctx: StageContext) -> RLResult:
     outcome = TrainOutcome.read(plan.final_dir)
     names = [reward.key for reward in config.rewards]
     rewards = {name: run_mean(outcome.log_history, f"rewards/{name}/mean") for name in names}
-    notes = [note] if (note := no_signal(outcome.log_history, names, ctx.stage_name)) else []
+    train = config.train_args()
+    notes = [note for note in (no_signal(outcome.log_history, names, ctx.stage_name),
+                               all_cut_off(outcome.log_history, train, ctx.stage_name)) if note]
     for line in notes:
         ctx.log.warning("%s", line)
-    metrics = rl_metrics(outcome, names, len(prompts),
-                         mask_truncated=bool(config.train_args().get("mask_truncated_completions")))
+    metrics = rl_metrics(outcome, names, len(prompts), mask_truncated=bool(train.get("mask_truncated_completions")))
     return RLResult(model=plan.final_dir, checkpoints=complete_checkpoints(plan.checkpoints_dir), metrics=metrics,
                     files={"prompts": dataset, "rewards": spec_path}, prompts=len(prompts), rewards=rewards,
                     notes=notes)
@@ -105,12 +106,45 @@ def no_signal(log_history: list[dict[str, Any]], names: list[str], stage: str) -
             "varied completions (num_generations, temperature)")
 
 
+def all_cut_off(log_history: list[dict[str, Any]], train: dict[str, Any], stage: str) -> str | None:
+    """Why some steps trained on nothing, or None: under ``mask_truncated_completions`` every completion of those
+    steps was cut off at ``max_completion_length``, so the loss saw no token (loss, KL, entropy and the gradient all
+    0). It cannot be told before the run: it is the policy's lengths against the limit."""
+    if not train.get("mask_truncated_completions"):
+        return None  # a cut-off completion is trained on like any other
+    without, logged = steps_without_tokens(log_history)
+    if not without:
+        return None
+    which = "every step" if without == logged else f"{without} of the {logged} steps logged"
+    return (f"{stage}: on {which} every completion was cut off at max_completion_length "
+            f"{train.get('max_completion_length')} (completions/clipped_ratio 1.0) and mask_truncated_completions "
+            "left them out of the loss, so those steps trained on no tokens. Raise max_completion_length, or set "
+            "mask_truncated_completions: false to train on cut-off completions")
+
+
+def steps_without_tokens(log_history: list[dict[str, Any]]) -> tuple[int, int]:
+    """(optimizer steps on which every completion was cut off, steps whose completions trl logged a clipped ratio
+    for). trl averages a logging window's figures, so a window's clipped ratio of 1 makes each of its steps such a
+    step; a window below 1 counts as none of them (exact with ``logging_steps: 1``)."""
+    without = logged = previous = 0
+    for entry in log_history:
+        if "loss" not in entry or not isinstance(entry.get("step"), int):
+            continue
+        window, previous = entry["step"] - previous, entry["step"]
+        if isinstance(entry.get(_CLIPPED), int | float):
+            logged += window
+            without += window if entry[_CLIPPED] >= 1.0 else 0
+    return without, logged
+
+
 def rl_metrics(outcome: TrainOutcome, names: list[str], prompts: int, *,
                mask_truncated: bool = True) -> dict[str, Scalar]:
     """The stage's metrics: run means of trl's logged rewards and health figures (`reward_<name>` and
     `reward_<name>_std` per reward), the first and last logged total reward and KL, then the trainer headline. With
     ``mask_truncated`` (trl's mask_truncated_completions) KL, entropy and the clip ratio are means over the
-    completions that ended (:func:`ended_mean`), and the last KL is the last step's where one did."""
+    completions that ended (:func:`ended_mean`), the last KL is the last step's where one did, and
+    `steps_without_tokens` counts the steps whose completions were all cut off, which trained on nothing
+    (:func:`steps_without_tokens`; 0 without ``mask_truncated``)."""
     history = outcome.log_history
     logged = [entry for entry in history if "loss" in entry]
     totals = [entry["reward"] for entry in logged if isinstance(entry.get("reward"), int | float)]
@@ -119,6 +153,7 @@ def rl_metrics(outcome: TrainOutcome, names: list[str], prompts: int, *,
                                   for key in LOGGED}
     metrics["first_logged_reward"] = totals[0] if totals else None
     metrics["last_logged_reward"] = totals[-1] if totals else None
+    metrics["steps_without_tokens"] = steps_without_tokens(history)[0] if mask_truncated else 0
     for name in names:
         metrics[f"reward_{name}"] = run_mean(history, f"rewards/{name}/mean")
         metrics[f"reward_{name}_std"] = run_mean(history, f"rewards/{name}/std")

@@ -4,7 +4,9 @@ the accuracy suite.
 A reply commits to its last ``\\boxed{}``, else to the sentence after its last "answer is"-style lead-in that states
 rather than asks or supposes (what that sentence's last ``=`` gives, when it has one; "check whether the answer is 4"
 commits to nothing; "not 12 but 13" and "12ではなく13" to 13), else to its last number; a number the reply denies, asks
-about or offers as one of a choice ("not 12", "12個ですか？", "12 or 13", "12, but 15 is also possible") is none. The preference/rl ``answer`` reward
+about or offers as one of a choice ("not 12", "12個ですか？", "12 or 13", "12, but 15 is also possible") is none, and
+so is a reply that states one answer after another ("The answer is A. The answer is B."). A circled option label
+is its number (③ is 3). The preference/rl ``answer`` reward
 (:mod:`tempa.alignment.rewards`) and the evaluate stage's accuracy suite (:mod:`tempa.merge.answers`) both read a
 reply by :func:`committed_answer`, so "The answer is 3. Check: 3 + 4 = 7" is 3 in training and in evaluation (the
 reward gave math-verify the whole reply, which took its last number, 7).
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from tempa.alignment.numbers import (
+    CIRCLED_DIGITS,
     FULL_WIDTH,
     cjk_reading,
     han_numbers,
@@ -53,8 +56,10 @@ _PERCENT = (r"\s?(?:\\?%|(?i:per\s?cent|phần trăm|persen|peratus|porsiyento)(
 @functools.cache
 def number_re(language: str | None) -> re.Pattern[str]:
     """A number as written in ``language`` (see :func:`tempa.alignment.numbers.number_body`), signed, with a currency
-    sign, as a fraction or a percentage: -3/4, $12, 45%, \\frac{3}{4}."""
-    return re.compile(rf"[-+−]?\$?(?:{_FRAC}|(?:{number_body(language)})(?:\s?/\s?\d+(?:\.\d+)?)?(?:{_PERCENT})?)")
+    sign, as a fraction or a percentage: -3/4, $12, 45%, \\frac{3}{4}; or a circled digit, an option's label that is
+    its number (③: :data:`tempa.alignment.numbers.CIRCLED_DIGITS`)."""
+    return re.compile(rf"[-+−]?\$?(?:{_FRAC}|(?:{number_body(language)})(?:\s?/\s?\d+(?:\.\d+)?)?(?:{_PERCENT})?)"
+                      rf"|[{CIRCLED_DIGITS}]")
 
 
 # LaTeX's digit-group marks: 1{,}234 (its comma; 2{,}5 a decimal comma where the language writes one) and a thin
@@ -267,6 +272,31 @@ def committing_lead_in(text: str) -> re.Match[str] | None:
     return None
 
 
+# Words that may open a sentence before its lead-in without changing what it says ("The answer is", "So the answer
+# is"); any other ("Wait, the answer is", "No, the answer is") turns from the sentence before.
+_RESTATING = frozenset({"the", "so", "thus", "hence", "therefore", "and", "my", "final", "correct"})
+
+
+def answer_before(text: str, lead_in: re.Match[str]) -> str | None:
+    """The sentence of another committing lead-in right before ``lead_in`` (the committing one), when nothing but
+    "the" or "so the" comes between: "The answer is A. The answer is B." gives "A". A reply that states another answer
+    so ("정답은 ①입니다. 정답은 ②입니다.", every option one after another) commits to neither: its last is no more its
+    answer than its first. None when a retraction, a check or other words come between ("The answer is A. No wait, the
+    answer is B." corrects to B) or the lead-in before asks or names a wrong answer."""
+    before = [found for found in LEAD_IN_RE.finditer(text) if found.end() <= lead_in.start()]
+    if not before or _WRONG_LEAD_IN.search(text, max(0, before[-1].start() - 20), before[-1].end()):
+        return None
+    previous = before[-1]
+    gap = text[previous.end() : lead_in.start()].strip()
+    sentence = committed_sentence(gap).strip()
+    ended = gap[len(sentence) :]
+    opening = _SENTENCE_END.split(ended.strip(" \t.。!！"))
+    if (not sentence or not ended[:1] or ended[0] not in ".。!！\n" or len(opening) > 1 or not set(opening[0].casefold().split()) <= _RESTATING
+            or _hedged(text, previous, lead_in.start(), _SentenceEnds(text))):
+        return None
+    return sentence
+
+
 # "not X but Y" commits to Y: XではなくY, X じゃなくて Y, not X but Y, bukan X tetapi Y, không phải X mà là Y, 不是X而是Y,
 # X가 아니라 Y.
 _INSTEAD = re.compile(r"では(?:なく|なくて)|じゃ(?:なく|なくて)|(?<![^\W\d_])(?:but|tetapi|tapi|melainkan)(?![^\W\d_])"
@@ -321,10 +351,14 @@ _COUNTER_KA = r"か(?=[月所国國条條年村町寺校店処])"
 # as a range, and its second number the answer.
 _RANGE = r"\s?[-–—~〜～]\s?(?=[-+−]?\d+(?:[.,]\d+)*(?![\d.,]*\s*[=+*/^×÷]))"
 # "12 (atau 13)", "B（または C）": the choice in brackets is a choice all the same.
+# Circled labels side by side ("①②③④", "③, ④") list options; none of them is the pick.
+_CIRCLED_LIST_AFTER = rf"\s*[,、，]?\s*[{CIRCLED_DIGITS}]"
+_CIRCLED_LIST_BEFORE = rf"[{CIRCLED_DIGITS}]\s*[,、，]?\s*"
 _CHOICE_AFTER = re.compile(
-    rf"^(?:[^\s\d]{{0,3}}?\s*[(（\[]?\s*(?:(?!{_COUNTER_KA})か(?!ら)|{_CHOICES}|{_AND_ANOTHER})|{_RANGE})", re.IGNORECASE)
+    rf"^(?:[^\s\d]{{0,3}}?\s*[(（\[]?\s*(?:(?!{_COUNTER_KA})か(?!ら)|{_CHOICES}|{_AND_ANOTHER})|{_RANGE}"
+    rf"|{_CIRCLED_LIST_AFTER})", re.IGNORECASE)
 _CHOICE_BEFORE = re.compile(
-    rf"(?:か|(?<![^\W\d_]){_CHOICES}|\d\s*(?:{_AND_WORDS})|\d\s?[-–—~〜～]\s?)\s*$",
+    rf"(?:か|(?<![^\W\d_]){_CHOICES}|\d\s*(?:{_AND_WORDS})|\d\s?[-–—~〜～]\s?|{_CIRCLED_LIST_BEFORE})\s*$",
     re.IGNORECASE)
 _ASKS = re.compile(r"(?:ですか|でしょうか|吗|嗎)\s*$")
 
@@ -360,8 +394,10 @@ def _also_right(text: str, committed: str) -> bool:
 
 
 # The labels a question lists its options by, in order ("A. Hà Nội\nB. Huế", "ก. 10\nข. 12", "ア．東京\nイ．大阪").
-_LABEL_ORDERS = ("abcdefghij", "กขคงจฉ", "アイウエオカ", "가나다라마바", "甲乙丙丁戊己")
+_LABEL_ORDERS = ("abcdefghij", "กขคงจฉ", "アイウエオカ", "가나다라마바", "甲乙丙丁戊己", "①②③④⑤⑥⑦⑧⑨⑩")
 _LISTED_OPTION = re.compile(r"^\s*[(\[]?([^\W\d_])[.)\]:：．、]")
+# A circled label needs no mark after it ("① 서울\n② 부산"); read before NFKC, which makes it a digit.
+_LISTED_CIRCLED = re.compile(rf"^\s*([{CIRCLED_DIGITS}])")
 # A lettered line with working is a step, not an option's text ("a) First find the cost: 3 × 4 = 12."): arithmetic
 # worked to an '=', or more words than an option's text runs to. A list of steps gives its last number.
 _WORKING = re.compile(r"\d\s*[-+×*/÷·]\s*\d[^=\n]*=")
@@ -370,7 +406,7 @@ _OPTION_TEXT_WORDS = 8
 
 def listed_options_start(text: str) -> int | None:
     """Where the list of labelled options that ends ``text`` starts (two lines or more that open with consecutive
-    option labels: "A. 10\nB. 12\nC. 14"); None when its last lines list none. A reply that only lists the
+    option labels: "A. 10\nB. 12\nC. 14", "① 서울\n② 부산"); None when its last lines list none. A reply that only lists the
     question's options commits to none of them; lettered lines of working (:data:`_WORKING`, or more than
     :data:`_OPTION_TEXT_WORDS` words) are steps, no option list."""
     start, label = None, None
@@ -381,7 +417,7 @@ def listed_options_start(text: str) -> int | None:
         offset -= len(line)
         if not line.strip():
             continue
-        listed = _LISTED_OPTION.match(unicodedata.normalize("NFKC", line).casefold())
+        listed = _LISTED_OPTION.match(unicodedata.normalize("NFKC", line).casefold()) or _LISTED_CIRCLED.match(line)
         if listed is not None and (_WORKING.search(line, listed.end())
                                    or len(line[listed.end():].split()) > _OPTION_TEXT_WORDS):
             break  # a step
@@ -440,6 +476,9 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
         numbers = numbers or numbers_in(line) or numbers_in(tail)  # "The answer is:\n42"
         if numbers and _also_right(tail, normalise_text(numbers[0])):  # "12, but 15 is also possible"
             return Commitment("", None)
+        before = answer_before(answer, lead_in)
+        if numbers and before is not None and numbers_in(before)[:1] != numbers[:1]:  # "答えは1。答えは2。"
+            return Commitment("", None)
         return Commitment(line if line.strip(" :：") else tail.strip(), numbers[0] if numbers else None)
     numbers = numbers_in(answer)
     listed = listed_options_start(answer)
@@ -457,6 +496,8 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
                 or _asks_unmarked(sentence))
         instead = _taken_back(answer, opened, start)
         part_start = instead.end() if instead else opened
+        if _WRONG_LEAD_IN.search(answer, part_start, start):  # "오답은 3입니다.", "The wrong answer is 12."
+            return Commitment(answer, None)
         if asks or _offered(answer[part_start:sentence_end], start - part_start, end - part_start):
             return Commitment(answer, None)
         if _ALSO_RIGHT.search(sentence):  # "12 apples. 15 is also possible.": offered as one more, not stated
@@ -901,6 +942,9 @@ def text_answer_matches(answer: str, expected: object) -> bool:
         if not sentence.strip(" :："):  # "The answer is:\nJakarta": the lead-in ends its line
             sentence = committed_sentence(tail.lstrip(" :：").strip())
         if _also_right(tail, target):  # "Jawabannya B, tapi C juga mungkin."
+            return False
+        before = answer_before(answer, lead_in)
+        if before is not None and not _commits_to(before, target, reference):  # "The answer is A. The answer is B."
             return False
         return any(_commits_to(candidate, target, reference) for candidate in (sentence, _COPULA.sub("", sentence)))
     lines = [line for line in answer.splitlines() if line.strip()]

@@ -531,6 +531,13 @@ def unit_number(text: str, language: str | None = None) -> str | None:
     return number
 
 
+# Digits in a circle (①, ②, ⑳, ㉑, ⓪): how a Korean or Japanese multiple-choice question labels its options, CSAT-style,
+# and a reply names its pick. A circled digit is the number it circles (NFKC writes ③ as 3), so "정답은 ③입니다", "3번"
+# and "3" give the reference ③ alike, and ③ gives the reference 3.
+CIRCLED_DIGITS = "".join(
+    char for char in map(chr, range(0x80, 0x10000))
+    if unicodedata.decomposition(char).startswith("<circle>") and unicodedata.normalize("NFKC", char).isdigit())
+
 # Full-width ASCII forms (U+FF01..U+FF5E: ４２, ＝, ，) and the ideographic space, as CJK input methods type them;
 # a full-width colon carries its own spacing, and math-verify reads no number right after a bare ':'.
 FULL_WIDTH = {code: unicodedata.normalize("NFKC", chr(code)) for code in range(0xFF01, 0xFF5F)} | {

@@ -1,0 +1,59 @@
+"""Replies from a Korean, Japanese, Chinese, Tagalog, Tamil and Burmese evaluation team's trial of the answer reward
+(``match: auto``) and the accuracy suite: each reply is checked against every option of its question by both graders,
+so a reply that scores for two options (or for a wrong one) is caught, and the two are held to one verdict."""
+
+from __future__ import annotations
+
+import pytest
+
+from tempa.alignment.rewards import answer_match
+from tempa.merge.answers import answer_matches
+
+
+def verdicts(reply: str, options: tuple[str, ...], language: str) -> dict[str, tuple[float | None, bool]]:
+    return {gold: (answer_match(reply, gold, "auto", None, language), answer_matches(reply, gold, language=language))
+            for gold in options}
+
+
+def expected(options: tuple[str, ...], right: str | None) -> dict[str, tuple[float, bool]]:
+    return {gold: (float(gold == right), gold == right) for gold in options}
+
+
+CIRCLED = ("①", "②", "③", "④")
+LATIN = ("A", "B", "C", "D")
+
+# (reply, the question's options, the one option it gives or None, language)
+CIRCLED_LABELS = [
+    # a circled label is the number it circles: ③ scored nothing, even as the reply's whole answer
+    ("③", CIRCLED, "③", "ko"),
+    ("정답은 ③입니다.", CIRCLED, "③", "ko"),
+    ("정답: ③", CIRCLED, "③", "ko"),
+    ("\\boxed{③}", CIRCLED, "③", "ko"),
+    ("③이 정답입니다.", CIRCLED, "③", "ko"),
+    ("③번이 정답입니다.", CIRCLED, "③", "ko"),
+    ("정답은 ③번입니다.", CIRCLED, "③", "ko"),
+    ("正解は①です。", CIRCLED, "①", "ja"),
+    ("정답은 ②가 아니라 ④입니다.", CIRCLED, "④", "ko"),
+    ("오답은 ③입니다. 정답은 ②입니다.", CIRCLED, "②", "ko"),
+    # ... and the option's number gives it, as ③ gives the option's number
+    ("정답은 3번입니다.", CIRCLED, "③", "ko"),
+    ("정답은 ③입니다.", ("1", "2", "3", "4"), "3", "ko"),
+    # a list of the labels, a choice, a wrong answer named, or every option stated in turn is none
+    ("① 서울\n② 부산\n③ 대구\n④ 인천", CIRCLED, None, "ko"),
+    ("정답: ①②③④", CIRCLED, None, "ko"),
+    ("①, ②, ③, ④", CIRCLED, None, "ko"),
+    ("정답은 ③ 또는 ④입니다.", CIRCLED, None, "ko"),
+    ("오답은 ③입니다.", CIRCLED, None, "ko"),
+    ("정답은 ①입니다. 정답은 ②입니다. 정답은 ③입니다. 정답은 ④입니다.", CIRCLED, None, "ko"),
+    ("The answer is A. The answer is B. The answer is C. The answer is D.", LATIN, None, "en"),
+    ("The answer is 12. The answer is 13.", ("12", "13"), None, "en"),
+    ("The wrong answer is 12.", ("12", "13"), None, "en"),
+    # ... while a correction, or the same answer stated again, keeps its answer
+    ("The answer is A. Wait, the answer is B.", LATIN, "B", "en"),
+    ("The answer is 12. So the answer is 12 apples.", ("12", "13"), "12", "en"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), CIRCLED_LABELS)
+def test_a_circled_label_is_its_number(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

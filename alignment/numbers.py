@@ -9,7 +9,7 @@ Japanese and Chinese also write numbers with Han numerals (四十二, 三百五,
 三点五 = 3.5), and a reference answer may carry its unit (12,000円, 12 cm, 1,250 บาท, 100.000 đồng): both readers
 take them from here too. So do the other languages' scale words after a number (15 ribu, 1,5 triệu = 1500000 with
 the decimal comma of Vietnamese and Indonesian, 1 หมื่น, 2 ล้าน 5 แสน, 1만 5천, 3 million), sign words before one
-(minus 5, negatif 5, âm 7, ลบ 5), mixed numbers (1 1/2, 2\\frac{1}{3}) and Unicode's vulgar fractions (½, 1½): read
+(minus 5, negatif 5, âm 7, ลบ 5, マイナス5, 负5), mixed numbers (1 1/2, 2\\frac{1}{3}) and Unicode's vulgar fractions (½, 1½): read
 as its first number, "15 ribu rupiah" was 15, which a reference of 15 scored right.
 
 What is not read as a number, and why (a number read where the reply wrote none is a wrong reward, and a policy
@@ -109,7 +109,7 @@ _ARABIC = r"\d+(?:[.,]\d+)*"
 # One numeral: at least one Han numeral character, Arabic digits allowed around the units (1万2千, 3.5万).
 _NUMERAL = rf"(?:{_ARABIC})?[{_HAN}](?:[{_HAN}]|{_ARABIC})*"
 _PIECE = re.compile(rf"{_ARABIC}|[{''.join(_HAN_DIGITS)}]+|[{''.join(_HAN_TENS)}{''.join(_HAN_MYRIADS)}]")
-_MINUS_WORD = r"[-−]|负|負|マイナス"
+_MINUS_WORD = r"[-−]|负|負|マイナス|零下"
 # Chinese decimals: 三点五 (3.5), 零点二五; a digit after 点 read one by one. Not before a unit numeral or a unit of
 # time: 三点五分 and 三点十五 are 3:05 and 3:15, 三点半 half past three. Japanese writes no decimal 点 (三点: three
 # points), and 三・五 is no decimal either: ・ also lists (一・二年生, first and second years).
@@ -440,11 +440,13 @@ def _plain_mixed(match: re.Match[str]) -> str:
     return _fraction_text(int(match.group("whole")), int(numerator), int(denominator), latex) or match.group(0)
 
 
-# A sign word before a number: minus (en, id, ms, tl), negative, negatif (id, ms), negatibo (tl), âm (vi), ติดลบ and
-# ลบ (th), 마이너스 (ko). ลบ only as a word of its own or after a copula (คือลบ 5), not the end of another (หลบ, dodge).
+# A sign word before a number: minus (en, id, ms, tl), negative, negatif (id, ms), negatibo and negatibong (tl), âm
+# (vi), ติดลบ and ลบ (th), 마이너스 and 영하 ("below zero", ko), マイナス (ja), 负/負 and 零下 ("below zero", zh), மைனஸ்
+# (ta). ลบ only as a word of its own or after a copula (คือลบ 5), not the end of another (หลบ, dodge).
 _SIGN_WORD = re.compile(
-    r"(?:(?<![^\W\d_])(?i:minus|negative|negatif|negatibo|âm|a\u0302m)|ติดลบ"
-    r"|(?:(?<![\u0e00-\u0e7f])|(?<=คือ)|(?<=เป็น)|(?<=ได้)|(?<=เท่ากับ))ลบ|마이너스)[ \t]*(?=\d)")
+    r"(?:(?<![^\W\d_])(?i:minus|negative|negatif|negatibo(?:ng)?|âm|a\u0302m)|ติดลบ"
+    r"|(?:(?<![\u0e00-\u0e7f])|(?<=คือ)|(?<=เป็น)|(?<=ได้)|(?<=เท่ากับ))ลบ|마이너스|영하|マイナス|负|負|零下|மைனஸ்)"
+    r"[ \t]*(?=\d)")
 # What a sign word after it subtracts from: a number, a bracket, a one-letter variable (10 minus 5, x minus 5), or a
 # number written as a word in the Latin-script languages tempa knows ("ten minus 5", "sepuluh minus 5", "sampu
 # minus 5"): zero to twenty, the tens and the scale words in English, Indonesian and Malay, Vietnamese and Filipino.
@@ -467,7 +469,7 @@ def plain_number_words(text: str, language: str | None) -> str:
     """``text`` with the words and marks that write a number as digits, in any language (numbers read as
     ``language`` writes them): a number with its scale words (15 ribu, 1,5 triệu in Vietnamese and Indonesian, with
     their decimal comma, 2 juta, 1 หมื่น, 2 ล้าน 5 แสน, 1만 5천, 3 million), a sign word before a number (minus 5,
-    âm 7, negatif 5, ลบ 5, not "10 minus 5" nor "ten minus 5"; not "2 hundred-dollar bills": 2), a mixed number (1 1/2, 2\\frac{1}{3}) and Unicode's vulgar fractions
+    âm 7, negatif 5, ลบ 5, マイナス5, 负5, 零下5, not "10 minus 5", "10マイナス5" nor "ten minus 5"; not "2 hundred-dollar bills": 2), a mixed number (1 1/2, 2\\frac{1}{3}) and Unicode's vulgar fractions
     (½, 1½, ⅔). Japanese and Chinese units are :func:`plain_unit_numerals`'."""
     text = text.replace("\u2044", "/")
     text = _MIXED_RE.sub(_plain_mixed, _VULGAR_RE.sub(_plain_vulgar, text))

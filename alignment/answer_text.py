@@ -327,7 +327,18 @@ def _asks_unmarked(sentence: str) -> bool:
     return bool(_ASKED_AT_END.search(sentence) or _ASKED_IN.search(sentence))
 
 
-_DENIED_AFTER = re.compile(r"^[^\s\d]{0,3}?\s*(?:では(?:ない|ありません|なかった)|じゃ(?:ない|ありません)|でない|(?:이|가)\s*아니)")
+# What denies an answer right after it, one rule for a label and a number: "「ネガティブ」ではありません",
+# "「ネガティブ」は間違い", "「긍정」이 아닙니다", "(C) is not correct", "「B」不是", "12個ではありません", "12개가 아닙니다",
+# "12는 아닙니다" (a number past its counter, quote or particle: _DENIED_AFTER; a label past its bracket, colon or
+# space: _DENIAL_AFTER). A bare "not" is left out: "C) Not enough information" is an option's text.
+_DENIAL_WORDS_AFTER = (
+    r"では(?:なく|ない|ありません|なかった)|じゃ(?:なく|ない|ありません)|でない|でもない|でなく|とは(?:言え|いえ|思|限ら)"
+    r"|は(?:間違|誤|不正解|違)|(?:이|가)?\s*아(?:니|닙|닌|님|냐)|[은는]\s*(?:오답|틀|잘못)"
+    r"|(?:is|are|was|were)\s+(?:not|wrong|incorrect)(?![^\W\d_])|(?:is|are|was|were)n['’]t"
+    r"|不是|并非|並非|không phải|khong phai|ไม่ใช่|ผิด|ไม่ถูก"
+    r"|(?:sai|không đúng|khong dung|salah(?!\s+satu)|tidak (?:benar|tepat))(?![^\W\d_])"
+)
+_DENIED_AFTER = re.compile(rf"^[^\s\d]{{0,3}}?\s*(?:{_DENIAL_WORDS_AFTER})", re.IGNORECASE)
 # "42 or so" approximates one number; it offers no second.
 # Vietnamese hay is "or" too, but "good" before an intensifier ("B, hay quá": great).
 _OR_WORDS = (r"or|atau|hoặc|hay(?!\s+(?:quá|lắm|đấy|thật|ghê|nhất|đó|nhỉ))|หรือ|または|もしくは|あるいは|或者?|还是|還是"
@@ -993,17 +1004,7 @@ _COMMAS = tuple(",、;")
 # A conjunction that makes what follows an answer another option: "A or B", "ア または イ", "A, B, C, or D", "긍정 내지는
 # 부정".
 _ALTERNATIVE = re.compile(rf"^(?:(?:{_OR_WORDS}|nor|o|か|や|と)(?![^\W\d_])|{_AND_ANOTHER})", re.IGNORECASE)
-# What denies the answer right after it, past a closing bracket, a colon or a space: "「ネガティブ」ではありません",
-# "「ネガティブ」は間違い", "「긍정」이 아닙니다", "(C) is not correct", "「B」不是", in the languages _DENIED_AFTER and
-# _DENIED_BEFORE know. A bare "not" is left out: "C) Not enough information" is an option's text.
-_DENIAL_AFTER = re.compile(
-    r"^(?:では(?:なく|ない|ありません|なかった)|じゃ(?:なく|ない|ありません)|でない|でもない|でなく|とは(?:言え|いえ|思|限ら)"
-    r"|は(?:間違|誤|不正解|違)|(?:이|가)?\s*아(?:니|닙|닌|님|냐)|[은는]\s*(?:오답|틀|잘못)"
-    r"|(?:is|are|was|were)\s+(?:not|wrong|incorrect)(?![^\W\d_])|(?:is|are|was|were)n['’]t"
-    r"|不是|并非|並非|không phải|khong phai|ไม่ใช่|ผิด|ไม่ถูก"
-    r"|(?:sai|không đúng|khong dung|salah(?!\s+satu)|tidak (?:benar|tepat))(?![^\W\d_]))",
-    re.IGNORECASE,
-)
+_DENIAL_AFTER = re.compile(rf"^(?:{_DENIAL_WORDS_AFTER})", re.IGNORECASE)
 # A note after the answer that it is the incorrect option ("イ（誤り）", "C (incorrect)"), ending the text.
 _INCORRECT_NOTE = re.compile(r"\s*\((?:誤り|間違い|incorrect|wrong|false)\)\s*[.。!]?", re.IGNORECASE)
 # The Japanese and Korean copula that joins a second clause ("正解はネガティブで、不正解は…", "정답은 부정이고 오답은 …"):

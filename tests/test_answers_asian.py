@@ -57,3 +57,29 @@ CIRCLED_LABELS = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), CIRCLED_LABELS)
 def test_a_circled_label_is_its_number(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+COUNT = ("12", "13")
+
+NUMBER_DENIALS = [
+    # a number is denied by the words that deny a label (정답은 B가 아닙니다 gave none; 정답은 12개가 아닙니다 gave 12)
+    ("정답은 12개가 아닙니다.", COUNT, None, "ko"),
+    ("12개는 아닙니다.", COUNT, None, "ko"),
+    ("정답이 12는 아닙니다.", COUNT, None, "ko"),
+    ("「12」가 아닙니다.", COUNT, None, "ko"),
+    ("정답은 12가 아닌 것 같습니다.", COUNT, None, "ko"),
+    ("答えは12は間違いです。", COUNT, None, "ja"),
+    ("答えは「12」じゃない。", COUNT, None, "ja"),
+    ("The answer: 12 is not correct.", COUNT, None, "en"),
+    ("答案：12不是。", COUNT, None, "zh"),
+    ("정답은 B가 아닙니다.", LATIN, None, "ko"),
+    # ... while a stated number, and "not X but Y", keep theirs
+    ("정답은 12개입니다.", COUNT, "12", "ko"),
+    ("정답은 12가 아니라 13입니다.", COUNT, "13", "ko"),
+    ("정답은 13개, 12개가 아닙니다.", COUNT, "13", "ko"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), NUMBER_DENIALS)
+def test_a_number_is_denied_as_a_label_is(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

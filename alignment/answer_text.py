@@ -362,14 +362,20 @@ _COUNTER_KA = r"か(?=[月所国國条條年村町寺校店処])"
 # as a range, and its second number the answer.
 _RANGE = r"\s?[-–—~〜～]\s?(?=[-+−]?\d+(?:[.,]\d+)*(?![\d.,]*\s*[=+*/^×÷]))"
 # "12 (atau 13)", "B（または C）": the choice in brackets is a choice all the same.
-# Circled labels side by side ("①②③④", "③, ④") list options; none of them is the pick.
-_CIRCLED_LIST_AFTER = rf"\s*[,、，]?\s*[{CIRCLED_DIGITS}]"
-_CIRCLED_LIST_BEFORE = rf"[{CIRCLED_DIGITS}]\s*[,、，]?\s*"
+# Numbers listed ("12, 13, 14 중 하나", "12、13、14のどれか", "2, 3번") and circled labels side by side ("①②③④",
+# "③, ④") offer candidates; none of them is the pick. A counter may come between (one character: "12개, 13개"), not
+# a clause that goes on ("13個で、12個ではない", "13개이고, 12개는 아니다"); the same number again is no second one
+# ("= 4, 4").
+_LISTED = rf"[-+−]?\$?\d+(?:[.,]\d+)*|[{CIRCLED_DIGITS}]"
+_LISTED_NEXT = re.compile(rf"^(?:[^\s\d\u3040-\u309f]?\s*[,、，]\s*|\s*(?=[{CIRCLED_DIGITS}]))(?P<listed>{_LISTED})")
+_LISTED_BEFORE = re.compile(rf"(?P<listed>{_LISTED})(?:[^\s\d\u3040-\u309f]?\s*[,、，]\s*|(?<=[{CIRCLED_DIGITS}])\s*)$")
+# Korean 나/이나 between two numbers is "or" ("12나 13", "12개나 13개"); before a word it is "as many as" (12개나 먹었다)
+_KO_OR_AFTER = r"[^\s\d]{0,3}?나\s*(?=[-+−]?\$?\d)"
 _CHOICE_AFTER = re.compile(
     rf"^(?:[^\s\d]{{0,3}}?\s*[(（\[]?\s*(?:(?!{_COUNTER_KA})か(?!ら)|{_CHOICES}|{_AND_ANOTHER})|{_RANGE}"
-    rf"|{_CIRCLED_LIST_AFTER})", re.IGNORECASE)
+    rf"|{_KO_OR_AFTER})", re.IGNORECASE)
 _CHOICE_BEFORE = re.compile(
-    rf"(?:か|(?<![^\W\d_]){_CHOICES}|\d\s*(?:{_AND_WORDS})|\d\s?[-–—~〜～]\s?|{_CIRCLED_LIST_BEFORE})\s*$",
+    rf"(?:か|(?<![^\W\d_]){_CHOICES}|\d\s*(?:{_AND_WORDS})|\d\s?[-–—~〜～]\s?|\d[^\s\d]{{0,3}}?나)\s*$",
     re.IGNORECASE)
 _ASKS = re.compile(r"(?:ですか|でしょうか|吗|嗎)\s*$")
 
@@ -377,14 +383,16 @@ _ASKS = re.compile(r"(?:ですか|でしょうか|吗|嗎)\s*$")
 def _offered(part: str, start: int, end: int) -> bool:
     """Whether the number at ``part[start:end]`` is denied or offered as one of a choice, not stated."""
     before, after = part[:start], part[end:]
+    listed = [found.group("listed") for found in (_LISTED_NEXT.match(after), _LISTED_BEFORE.search(before)) if found]
     return bool(_DENIED_BEFORE.search(before) or _DENIED_AFTER.match(after) or _CHOICE_AFTER.match(after)
-                or _CHOICE_BEFORE.search(before))
+                or _CHOICE_BEFORE.search(before) or any(number != part[start:end] for number in listed))
 
 
 # Another answer offered as right too ("B is correct. C is also correct.", "Jawabannya B, tapi C juga mungkin.", "The
 # answer is 12, but 15 is also possible.", "C rin siguro", "ウも正しい"): a label or a number, then "also"/"too" (juga,
 # cũng, rin, 也, も) with a word that calls it right or possible, no negation between. The reply commits to neither.
 _ALSO_WORDS = r"also|too|juga|pun|cũng|cung|rin|din"
+_HANGUL_LABELS = "가나다라마바"
 _RIGHT_TOO = (r"correct|right|possible|valid|works?|true|plausible|acceptable|benar|betul|tepat|mungkin|masuk\s+akal"
               r"|bisa|boleh|đúng|dung|được|duoc|hợp\s+lý|hop\s+ly|tama|siguro|pwede|puwede")
 _NEGATION_WORD = r"not|never|tidak|bukan|không|khong|chẳng|hindi"
@@ -393,7 +401,8 @@ _ALSO_RIGHT = re.compile(
     rf"[)\]]?\s+(?:(?:is|are|was|could\s+be|may\s+be|might\s+be|would\s+be)\s+)?"
     rf"(?:(?:{_ALSO_WORDS})(?:\s+(?!(?:{_NEGATION_WORD})(?![^\W\d_]))\S+){{0,2}}?\s+(?:{_RIGHT_TOO})"
     rf"|(?:{_RIGHT_TOO})\s+(?:{_ALSO_WORDS}))(?![^\W\d_])"
-    r"|([A-Za-zア-オ]|\d+)(?:も|也)(?:正しい|正解|正确|正確|对|對|可以|可能)",
+    rf"|([A-Za-zア-オ{_HANGUL_LABELS}{CIRCLED_DIGITS}]|\d+)[)」]?(?:も|也|도)\s*(?:是)?\s*"
+    r"(?:正しい|正解|正确|正確|对|對|可以|可能|정답|맞)",
     re.IGNORECASE,
 )
 
@@ -1039,9 +1048,13 @@ def _instead(text: str) -> str:
 def _option_text(text: str) -> bool:
     """Whether ``text`` (what follows an option's label and its comma) reads as the option's text ("Paris"), not as
     another label ("C", "or D", "ウ") nor Japanese, whose run-on the list rule reads."""
-    words = text.split()
+    words = _LABEL_COPULA.sub("", text).split()
     return (bool(words) and not _ALTERNATIVE.match(text.strip()) and not _OPTION_LABEL.fullmatch(words[0].strip(".)"))
             and _KANA_OR_HAN.search(text) is None)
+
+
+# A Korean copula or 번 ("number") after a second label: "B, C입니다", "나, 다입니다" name two labels.
+_LABEL_COPULA = re.compile(r"(?<=[^\W\d_])(?:번)?(?:입니다|이다|예요|이에요)?[.。!]?$")
 
 
 _KANA_OR_HAN = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")

@@ -76,10 +76,44 @@ NUMBER_DENIALS = [
     # ... while a stated number, and "not X but Y", keep theirs
     ("정답은 12개입니다.", COUNT, "12", "ko"),
     ("정답은 12가 아니라 13입니다.", COUNT, "13", "ko"),
-    ("정답은 13개, 12개가 아닙니다.", COUNT, "13", "ko"),
+    ("정답은 13개이고, 12개가 아닙니다.", COUNT, "13", "ko"),
+    ("答えは13個で、12個ではありません。", COUNT, "13", "ja"),
 ]
 
 
 @pytest.mark.parametrize(("reply", "options", "right", "language"), NUMBER_DENIALS)
 def test_a_number_is_denied_as_a_label_is(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)
+
+
+NUMBERS = ("12", "13", "14")
+HANGUL = ("가", "나", "다", "라")
+
+LISTED_CANDIDATES = [
+    # a list of candidates, "or" between two numbers, two labels, another answer "also correct": none (each gave its
+    # first)
+    ("정답은 12, 13, 14 중 하나입니다.", NUMBERS, None, "ko"),
+    ("答えは12、13、14のどれかです。", NUMBERS, None, "ja"),
+    ("答案是12、13、14中的一个。", NUMBERS, None, "zh"),
+    ("The answer is one of 12, 13, 14.", NUMBERS, None, "en"),
+    ("정답은 12나 13입니다.", NUMBERS, None, "ko"),
+    ("정답은 12개나 13개입니다.", NUMBERS, None, "ko"),
+    ("정답은 B, C입니다.", LATIN, None, "ko"),
+    ("정답은 나, 다입니다.", HANGUL, None, "ko"),
+    ("정답은 2, 3번입니다.", ("1", "2", "3", "4"), None, "ko"),
+    ("B가 정답입니다. C도 정답입니다.", LATIN, None, "ko"),
+    ("B가 정답입니다. C도 맞습니다.", LATIN, None, "ko"),
+    ("B是正确答案。C也是正确答案。", LATIN, None, "zh"),
+    ("答えはBです。Cも正解です。", LATIN, None, "ja"),
+    # ... while 나 as a label or "as many as", one number with its thousands comma, and an option's text keep theirs
+    ("정답은 나입니다.", HANGUL, "나", "ko"),
+    ("사과를 12개나 먹었습니다. 정답은 13입니다.", NUMBERS, "13", "ko"),
+    ("The answer is 1,234.", ("1234", "234", "1"), "1234", "en"),
+    ("정답은 B, 파리입니다.", LATIN, "B", "ko"),
+    ("B가 정답입니다. B도 맞습니다.", LATIN, "B", "ko"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), LISTED_CANDIDATES)
+def test_listed_candidates_commit_to_none(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)

@@ -94,7 +94,7 @@ _LABEL_ENDS_CLAUSE = (r"(?=[ \t]*(?:(?:option|choice|pilihan|opsi|phương án|p
 # "The answer is 42", "Answer: 42", "#### 42", "I choose B", and the same lead-ins in the languages tempa knows:
 # Indonesian and Malay (jawabannya B, jawaban yang benar adalah), Vietnamese, with or without its diacritics (đáp án,
 # đáp số: the answer of a sum; câu trả lời đúng là; chọn B; dap an la), Filipino, Thai (คำตอบที่ถูกต้องคือ, ตอบ ค),
-# Tamil (விடை, பதில்), Korean (답은, 정답은), Japanese (答え: 答えは, 答え：, 答：) and Chinese (答案是, 答：, 选B).
+# Tamil (விடை, பதில்), Burmese (အဖြေမှာ), Korean (답은, 정답은), Japanese (答え: 答えは, 答え：, 答：) and Chinese (答案是, 答：, 选B).
 LEAD_IN_RE = re.compile(
     r"(?:answer\s*(?:is|:)|####"
     r"|jawa[bp]an(?:nya)?(?:\s+yang\s+(?:benar|tepat|betul))?\s*(?:adalah|ialah|:)"
@@ -105,7 +105,7 @@ LEAD_IN_RE = re.compile(
     rf"|(?<![^\W\d_])i(?:['’]d|['’]ll|\s+would|\s+will)?\s+(?:go\s+with|choose|pick|select){_LABEL_ENDS_CLAUSE}"
     r"|sagot\s*(?:ay|:)|คำตอบ(?:ที่ถูกต้อง(?:ที่สุด)?|ที่ถูก|ที่ดีที่สุด)?\s*(?:คือ|:)?|(?<!คำ)ตอบ\s*:"
     rf"|(?<!คำ)ตอบ{_LABEL_AHEAD}"
-    r"|(?:விடை|பதில்)(?![\u0b80-\u0bff])\s*:?|(?:정답|답)\s*(?:은|는|:)"
+    r"|(?:விடை|பதில்)(?![\u0b80-\u0bff])\s*:?|(?:정답|답)\s*(?:은|는|:)|အဖြေ(?:မှာ|က|သည်|\s*[:：])"
     r"|(?:答え|正解|解答)\s*(?:は|[:：])|答案\s*(?:是|为|為|[:：])|答\s*[:：]"
     rf"|(?:答案|故|所以|因此)?\s*(?:选|選)(?:择|擇)?{_LABEL_ENDS_CLAUSE})",
     re.IGNORECASE,
@@ -145,9 +145,9 @@ def _latex_text(text: str) -> str:
             return text
 
 
-# A sentence ends at 。！？ (no space follows them) or at . ! ? before a space or the line's end (a decimal point has
+# A sentence ends at 。！？ and Burmese ။ (no space follows them) or at . ! ? before a space or the line's end (a decimal point has
 # a digit after it).
-_SENTENCE_END = re.compile(r"[。！？]|[.!?](?=\s|$)")
+_SENTENCE_END = re.compile(r"[。！？။]|[.!?](?=\s|$)")
 # A check or a reason after the answer, in the languages of LEAD_IN_RE: it ends what the reply commits to even where
 # no sentence end comes first (Thai writes none: "คำตอบคือ 12 ตรวจสอบ: 12+3=15"; "The answer is 3, since 3 + 4 = 7").
 # Its '=' is the check's result, not the answer.
@@ -298,15 +298,16 @@ def answer_before(text: str, lead_in: re.Match[str]) -> str | None:
 
 
 # "not X but Y" commits to Y: XではなくY, X じゃなくて Y, not X but Y, bukan X tetapi Y, không phải X mà là Y, 不是X而是Y,
-# X가 아니라 Y.
-_INSTEAD = re.compile(r"では(?:なく|なくて)|じゃ(?:なく|なくて)|(?<![^\W\d_])(?:but|tetapi|tapi|melainkan)(?![^\W\d_])"
-                      r"|mà là|而是|(?:이|가)\s*아니라|แต่(?:เป็น|คือ)?", re.IGNORECASE)
+# X가 아니라 Y, hindi X kundi Y, X அல்ல, Y.
+_INSTEAD = re.compile(r"では(?:なく|なくて)|じゃ(?:なく|なくて)|(?<![^\W\d_])(?:but|tetapi|tapi|melainkan|kundi)(?![^\W\d_])"
+                      r"|mà là|而是|(?:이|가)\s*아니라|แต่(?:เป็น|คือ)?|அல்ல(?![\u0b80-\u0bff])", re.IGNORECASE)
 # A number denied ("not 12", "12個ではありません", "不是12") or offered as one of a choice ("12 or 13", "9個か10個").
 _DENIED_BEFORE = re.compile(r"(?:(?<![^\W\d_])(?:not|isn't|bukan(?:lah)?|không phải|khong phai|không|hindi)"
                             r"(?:\s+(?:là|la|adalah|ang))?|ไม่ใช่|不是|并非|並非)\s*$", re.IGNORECASE)
 # A question without a question mark, as Thai always writes one and Vietnamese, Indonesian and Malay often do: a
 # particle at the sentence's end (ไหม, มั้ย, หรือเปล่า, ใช่ไหม; phải không, đúng không, chưa, à, hả, nhỉ, and không
-# after the answer, not "là không": the answer "no") or -kah/apakah in it ("12 kah jawabannya", "benarkah 12").
+# after the answer, not "là không": the answer "no"; Burmese လား) or -kah/apakah or Filipino ba in it ("12 kah
+# jawabannya", "benarkah 12", "12 ba ang sagot").
 # Not không after thì, đều, cũng, vẫn (with or without diacritics), where it denies ("còn Minh thì không": "Minh
 # doesn't"; "A, C, D đều không"); not à after a word that addresses the reader ("B đó bạn à"); not ไหม ending a noun
 # (ผ้าไหม, เส้นไหม: silk).
@@ -315,10 +316,13 @@ _ADDRESSED = r"".join(rf"(?<!\b{word}\s)" for word in ("bạn", "ban", "anh", "c
 _ASKED_AT_END = re.compile(
     rf"(?:(?<![^\W\d_])(?:(?:phải|phai|đúng|dung)\s+(?:không|khong)|chưa|hả|{_ADDRESSED}à|nhỉ)"
     rf"|(?<!\blà\s)(?<!\bla\s)(?<!bằng\s)(?<!bang\s)(?<![:：]\s){_NEGATING}(?<=\S\s)(?:không|khong)"
-    r"|(?<!ผ้า)(?<!เส้น)(?<!ใย)(?<!หนอน)ไหม|มั้ย|หรือเปล่า|หรือไม่|เหรอ|หรอ)\s*[.。!]?\s*$",
+    r"|(?<!ผ้า)(?<!เส้น)(?<!ใย)(?<!หนอน)ไหม|มั้ย|หรือเปล่า|หรือไม่|เหรอ|หรอ|လား)\s*[.。!။]?\s*$",
     re.IGNORECASE,
 )
-_ASKED_IN = re.compile(r"(?<![^\W\d_])(?:apa|benar|betul|bukan|ada)?kah(?![^\W\d_])|(?<=\d)-?kah(?![^\W\d_])",
+# Filipino ba asks right after the number or after sagot ("12 ba ang sagot", "Ang sagot ay 12 ba", "Ang sagot ba ay
+# 12"); elsewhere ba is another word (Vietnamese ba: three; ba lô).
+_ASKED_IN = re.compile(r"(?<![^\W\d_])(?:apa|benar|betul|bukan|ada)?kah(?![^\W\d_])|(?<=\d)-?kah(?![^\W\d_])"
+                       r"|(?<=\d)\s+ba(?=\s*(?:$|[.,!]|\s+ang(?![^\W\d_])))|(?<![^\W\d_])sagot\s+ba(?![^\W\d_])",
                        re.IGNORECASE)
 
 
@@ -329,7 +333,7 @@ def _asks_unmarked(sentence: str) -> bool:
 
 # What denies an answer right after it, one rule for a label and a number: "「ネガティブ」ではありません",
 # "「ネガティブ」は間違い", "「긍정」이 아닙니다", "(C) is not correct", "「B」不是", "12個ではありません", "12개가 아닙니다",
-# "12는 아닙니다" (a number past its counter, quote or particle: _DENIED_AFTER; a label past its bracket, colon or
+# "12는 아닙니다", "விடை 12 அல்ல", "အဖြေမှာ ၁၂ မဟုတ်ပါ" (a number past its counter, quote or particle: _DENIED_AFTER; a label past its bracket, colon or
 # space: _DENIAL_AFTER). A bare "not" is left out: "C) Not enough information" is an option's text.
 _DENIAL_WORDS_AFTER = (
     r"では(?:なく|ない|ありません|なかった)|じゃ(?:なく|ない|ありません)|でない|でもない|でなく|とは(?:言え|いえ|思|限ら)"
@@ -337,15 +341,16 @@ _DENIAL_WORDS_AFTER = (
     r"|(?:is|are|was|were)\s+(?:not|wrong|incorrect)(?![^\W\d_])|(?:is|are|was|were)n['’]t"
     r"|不是|并非|並非|không phải|khong phai|ไม่ใช่|ผิด|ไม่ถูก"
     r"|(?:sai|không đúng|khong dung|salah(?!\s+satu)|tidak (?:benar|tepat))(?![^\W\d_])"
+    r"|(?:அல்ல|இல்லை)(?![\u0b80-\u0bff])|မဟုတ်"
 )
 _DENIED_AFTER = re.compile(rf"^[^\s\d]{{0,3}}?\s*(?:{_DENIAL_WORDS_AFTER})", re.IGNORECASE)
 # "42 or so" approximates one number; it offers no second.
 # Vietnamese hay is "or" too, but "good" before an intensifier ("B, hay quá": great).
 _OR_WORDS = (r"or|atau|hoặc|hay(?!\s+(?:quá|lắm|đấy|thật|ghê|nhất|đó|nhỉ))|หรือ|または|もしくは|あるいは|或者?|还是|還是"
-             r"|또는|혹은|내지는|내지")
+             r"|또는|혹은|내지는|내지|அல்லது")
 # "And" before another option's label or a number names a second answer ("A dan B", "ก และ ข", "12 và 13"); before a
 # word it goes on about the answer ("Jawabannya B dan alasannya ...").
-_AND_WORDS = r"and|dan|và|va|และ|กับ|和|与|與|및"
+_AND_WORDS = r"and|dan|và|va|และ|กับ|和|与|與|및|மற்றும்"
 # English "I" before a contraction or a verb is the pronoun that starts a clause ("12 and I am sure", "C and I'm
 # confident"), not a label; read casefolded too, as the text rule reads it.
 _I_CLAUSE = (r"i(?:['’]|\s+(?:am|think|believe|guess|was|have|had|would|will|can|could|checked|found|got|get|chose"
@@ -371,11 +376,16 @@ _LISTED_NEXT = re.compile(rf"^(?:[^\s\d\u3040-\u309f]?\s*[,、，]\s*|\s*(?=[{CI
 _LISTED_BEFORE = re.compile(rf"(?P<listed>{_LISTED})(?:[^\s\d\u3040-\u309f]?\s*[,、，]\s*|(?<=[{CIRCLED_DIGITS}])\s*)$")
 # Korean 나/이나 between two numbers is "or" ("12나 13", "12개나 13개"); before a word it is "as many as" (12개나 먹었다)
 _KO_OR_AFTER = r"[^\s\d]{0,3}?나\s*(?=[-+−]?\$?\d)"
+# Filipino o ("or") and at ("and") are short words that other languages' prose holds ("12 at 5% interest"): o names
+# a second answer only before a number ("12 o 13"), at only before a label or number that ends the sentence ("B at
+# C", "12 at 13").
+_TL_OR_AFTER = r"\s+o(?=\s+[-+−]?\$?\d)"
+_TL_AND = r"at(?=\s+(?:[^\W\d_]|[-+−]?\$?\d+(?:[.,]\d+)*)\s*[.。!]?\s*$)"
 _CHOICE_AFTER = re.compile(
     rf"^(?:[^\s\d]{{0,3}}?\s*[(（\[]?\s*(?:(?!{_COUNTER_KA})か(?!ら)|{_CHOICES}|{_AND_ANOTHER})|{_RANGE}"
-    rf"|{_KO_OR_AFTER})", re.IGNORECASE)
+    rf"|{_KO_OR_AFTER}|{_TL_OR_AFTER}|\s+{_TL_AND})", re.IGNORECASE)
 _CHOICE_BEFORE = re.compile(
-    rf"(?:か|(?<![^\W\d_]){_CHOICES}|\d\s*(?:{_AND_WORDS})|\d\s?[-–—~〜～]\s?|\d[^\s\d]{{0,3}}?나)\s*$",
+    rf"(?:か|(?<![^\W\d_]){_CHOICES}|\d\s*(?:{_AND_WORDS})|\d\s?[-–—~〜～]\s?|\d[^\s\d]{{0,3}}?나|\d\s+(?:o|at))\s*$",
     re.IGNORECASE)
 _ASKS = re.compile(r"(?:ですか|でしょうか|吗|嗎)\s*$")
 
@@ -487,6 +497,8 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
         line = committed_sentence(tail)
         instead = _taken_back(line)
         part = line[instead.end() :] if instead else line  # "答えは12個ではなく10個です" commits to 10
+        if instead and not numbers_in(part):  # "விடை 12 அல்ல.": nothing after the turn, so it denies
+            part = line
         part = part.rsplit("=", 1)[1] if "=" in part else part
         numbers = numbers_in(part)
         if numbers:
@@ -787,8 +799,9 @@ def _names_wrong(prefix: str, *, alone: bool = True) -> bool:
     return _WRONG_OPTION_TOPIC.search(prefix) is not None and not (alone and _ONLY_WRONG_OPTION.fullmatch(prefix))
 
 
-# What Japanese, Korean and Thai put after a stated answer: "答えはBです。", "정답은 B입니다", "คำตอบคือ B ครับ".
-_COPULA = re.compile(r"\s*(?:です|でした|である|だ|となります|になります|입니다|ครับ|ค่ะ)$")
+# What Japanese, Korean, Thai and Burmese put after a stated answer: "答えはBです。", "정답은 B입니다", "คำตอบคือ B ครับ",
+# "အဖြေမှာ B ဖြစ်သည်".
+_COPULA = re.compile(r"\s*(?:です|でした|である|だ|となります|になります|입니다|ครับ|ค่ะ|ဖြစ်(?:ပါ)?သည်)$")
 # A last sentence that ends in a Japanese or Korean copula states its answer before it ("ネガティブです。", "긍정입니다."),
 # as "Positive." does, and so does one that ends in its conjecture or in "I think it is" ("ネガティブでしょう。",
 # "ネガティブだと思います。": a model's usual way of stating); a question ("ネガティブですか？", "ネガティブでしょうか？"),
@@ -808,7 +821,7 @@ _CONNECTIVES = (r"つまり|したがって|従って|よって|ゆえに|故に
 # Indonesian and Malay, Thai, Filipino, Chinese.
 _RETRACTIONS = (r"いや|いいえ|いえ|正しくは|訂正します|실은|아니요|아니|no,?\s*wait|wait,?\s*no|oops|scratch that"
                 r"|(?:à|ồ|a|o)\s+(?:không|khong)|nhầm rồi|sửa lại|sua lai|ralat|koreksi|ไม่สิ|ไม่ใช่สิ|เดี๋ยวนะ"
-                r"|teka|mali pala|不对|不對|更正|说错了|說錯了")
+                r"|teka|mali pala|ay,?\s+mali|mali|不对|不對|更正|说错了|說錯了")
 # What may come between a retraction and its correction: an admission ("salah", "I was wrong", 間違えました) and a
 # lead ("yang benar", "seharusnya", "phải là", "it's", "the answer is", 应该是); "actually" and its kin retract only
 # before a lead ("Actually, it's C", not "Actually, this is because ...").
@@ -896,7 +909,7 @@ _DESCRIBED_NOUN = re.compile(r"(?<=[^\W\d_])な(?:感情|気持ち|感じ|印象
 # A は that goes on in hiragana is inside a word (当てはまる, やはり), not the topic's: the topic's comes before the answer.
 _TOPIC_IN = re.compile(rf"^\S*?[^\W\d_]{_NOT_AN_OR}は(?![\u3040-\u309f])")
 # Where a sentence ends, after NFKC: 。(which NFKC keeps), ! and ?, and . before a space or the end.
-_LINE_SENTENCE = re.compile(r"(?<=[。!?])|(?<=\.)(?=\s|$)")
+_LINE_SENTENCE = re.compile(r"(?<=[。!?။])|(?<=\.)(?=\s|$)")
 # The word a multiple-choice reply names its pick with ("option C", "ข้อ ข", "ตัวเลือก ค", "pilihan B", "選択肢B"),
 # after normalisation. A Latin word must stand apart (no "optional"); a Thai or CJK one joins its label unspaced.
 _OPTION_WORD = re.compile(r"^(?:(?:option|choice|pilihan|opsi|lựa chọn|lua chon|phương án|phuong an|pagpipilian)\s+|(?:ข้อ|ตัวเลือก|選択肢|选项|選項)\s*)")
@@ -1012,7 +1025,7 @@ _ENDS = tuple(".。!")
 _COMMAS = tuple(",、;")
 # A conjunction that makes what follows an answer another option: "A or B", "ア または イ", "A, B, C, or D", "긍정 내지는
 # 부정".
-_ALTERNATIVE = re.compile(rf"^(?:(?:{_OR_WORDS}|nor|o|か|や|と)(?![^\W\d_])|{_AND_ANOTHER})", re.IGNORECASE)
+_ALTERNATIVE = re.compile(rf"^(?:(?:{_OR_WORDS}|nor|o|か|や|と)(?![^\W\d_])|{_AND_ANOTHER}|{_TL_AND})", re.IGNORECASE)
 _DENIAL_AFTER = re.compile(rf"^(?:{_DENIAL_WORDS_AFTER})", re.IGNORECASE)
 # A note after the answer that it is the incorrect option ("イ（誤り）", "C (incorrect)"), ending the text.
 _INCORRECT_NOTE = re.compile(r"\s*\((?:誤り|間違い|incorrect|wrong|false)\)\s*[.。!]?", re.IGNORECASE)
@@ -1022,8 +1035,8 @@ _JOINING_COPULA = re.compile(r"^(?:で[、,]|이고\s|이며\s)")
 _OWN_TOPIC = re.compile(r"[^\W\d_](?:は|[은는](?![^\W\d_]))")
 # "not" that a following "but" takes back: "Not Jakarta, but Bandung", "bukan X tetapi Y", "不是X而是Y"
 _NOT = re.compile(r"(?<![^\W\d_])(?:not|bukan|không phải|hindi)(?![^\W\d_])|不是|并非|並非|ไม่ใช่", re.IGNORECASE)
-# Thai แต่ ("but") takes back only after ไม่ใช่ ("ไม่ใช่ ก แต่เป็น ค"), as "but" after "not"
-_PLAIN_BUT = frozenset({"but", "tetapi", "tapi", "แต่", "แต่เป็น", "แต่คือ"})
+# Thai แต่ ("but") and Filipino kundi take back only after ไม่ใช่ and hindi ("ไม่ใช่ ก แต่เป็น ค"), as "but" after "not"
+_PLAIN_BUT = frozenset({"but", "tetapi", "tapi", "kundi", "แต่", "แต่เป็น", "แต่คือ"})
 
 
 def _taken_back(text: str, start: int = 0, end: int | None = None) -> re.Match[str] | None:

@@ -117,3 +117,47 @@ LISTED_CANDIDATES = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), LISTED_CANDIDATES)
 def test_listed_candidates_commit_to_none(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+BURMESE = ("က", "ခ", "ဂ", "ဃ")
+
+TAGALOG_TAMIL_BURMESE = [
+    # denials, "or"/"and", questions and corrections in Tamil, Filipino and Burmese (each gave the denied, first or
+    # asked answer, or not the corrected one)
+    ("விடை B அல்ல, C.", LATIN, "C", "ta"),
+    ("விடை B அல்ல.", LATIN, None, "ta"),
+    ("விடை 12 அல்லது 13.", COUNT, None, "ta"),
+    ("விடை B அல்லது C.", LATIN, None, "ta"),
+    ("விடை B மற்றும் C.", LATIN, None, "ta"),
+    ("விடை 12 அல்ல.", COUNT, None, "ta"),
+    ("விடை 12 இல்லை.", COUNT, None, "ta"),
+    ("விடை 12 அல்ல, 13.", COUNT, "13", "ta"),
+    ("Ang sagot ay B at C.", LATIN, None, "tl"),
+    ("Ang sagot ay 12 o 13.", COUNT, None, "tl"),
+    ("Ang sagot ay 12 at 13.", COUNT, None, "tl"),
+    ("12 o 13", COUNT, None, "tl"),
+    ("12 ba ang sagot", COUNT, None, "tl"),
+    ("Ang sagot ba ay 12", COUNT, None, "tl"),
+    ("Ang sagot ay 12 ba", COUNT, None, "tl"),
+    ("Ang sagot ay 12. Ay mali, 15 pala.", ("12", "15"), "15", "tl"),
+    ("Ang sagot ay B. Mali, C pala.", LATIN, "C", "tl"),
+    ("Hindi B, kundi C", LATIN, "C", "tl"),
+    ("Hindi 12, kundi 13.", COUNT, "13", "tl"),
+    ("အဖြေမှာ ၁၂ မဟုတ်ပါ။", COUNT, None, "my"),
+    ("အဖြေမှာ ၁၂ လား။", COUNT, None, "my"),
+    ("အဖြေမှာ (ခ) ဖြစ်သည်။", BURMESE, "ခ", "my"),
+    ("အဖြေမှာ B ဖြစ်သည်။", LATIN, "B", "my"),
+    ("အဖြေမှာ ၁၂ ဖြစ်သည်။", COUNT, "12", "my"),
+    # ... while the short words elsewhere are no choice, question or correction
+    ("The answer is 12 at 5% interest.", COUNT, "12", "en"),
+    ("The answer is 12 at most.", COUNT, "12", "en"),
+    ("Đáp án là 12 ba lô.", COUNT, "12", "vi"),
+    ("Ang sagot ay 12. Mali ang 13.", COUNT, "12", "tl"),
+    ("Ang sagot ay C. Mali ang B.", LATIN, "C", "tl"),
+    ("விடை 13.", COUNT, "13", "ta"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), TAGALOG_TAMIL_BURMESE)
+def test_tagalog_tamil_and_burmese_denials_choices_questions_and_corrections(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

@@ -94,7 +94,8 @@ _LABEL_ENDS_CLAUSE = (r"(?=[ \t]*(?:(?:option|choice|pilihan|opsi|phương án|p
 # "The answer is 42", "Answer: 42", "#### 42", "I choose B", and the same lead-ins in the languages tempa knows:
 # Indonesian and Malay (jawabannya B, jawaban yang benar adalah), Vietnamese, with or without its diacritics (đáp án,
 # đáp số: the answer of a sum; câu trả lời đúng là; chọn B; dap an la), Filipino, Thai (คำตอบที่ถูกต้องคือ, ตอบ ค),
-# Tamil (விடை, பதில்), Burmese (အဖြေမှာ), Korean (답은, 정답은), Japanese (答え: 答えは, 答え：, 答：) and Chinese (答案是, 答：, 选B).
+# Tamil (விடை, பதில்), Burmese (အဖြေမှာ), Korean (답은, 정답은), Japanese (答え: 答えは, 答え：, 答：) and Chinese (答案是,
+# 答案应该是, 答：, 选B).
 LEAD_IN_RE = re.compile(
     r"(?:answer\s*(?:is|:)|####"
     r"|jawa[bp]an(?:nya)?(?:\s+yang\s+(?:benar|tepat|betul))?\s*(?:adalah|ialah|:)"
@@ -106,7 +107,7 @@ LEAD_IN_RE = re.compile(
     r"|sagot\s*(?:ay|:)|คำตอบ(?:ที่ถูกต้อง(?:ที่สุด)?|ที่ถูก|ที่ดีที่สุด)?\s*(?:คือ|:)?|(?<!คำ)ตอบ\s*:"
     rf"|(?<!คำ)ตอบ{_LABEL_AHEAD}"
     r"|(?:விடை|பதில்)(?![\u0b80-\u0bff])\s*:?|(?:정답|답)\s*(?:은|는|:)|အဖြေ(?:မှာ|က|သည်|\s*[:：])"
-    r"|(?:答え|正解|解答)\s*(?:は|[:：])|答案\s*(?:是|为|為|[:：])|答\s*[:：]"
+    r"|(?:答え|正解|解答)\s*(?:は|[:：])|答案\s*(?:(?:应该|應該|应当|應當)?(?:是|为|為)|[:：])|答\s*[:：]"
     rf"|(?:答案|故|所以|因此)?\s*(?:选|選)(?:择|擇)?{_LABEL_ENDS_CLAUSE})",
     re.IGNORECASE,
 )
@@ -298,9 +299,10 @@ def answer_before(text: str, lead_in: re.Match[str]) -> str | None:
 
 
 # "not X but Y" commits to Y: XではなくY, X じゃなくて Y, not X but Y, bukan X tetapi Y, không phải X mà là Y, 不是X而是Y,
-# X가 아니라 Y, hindi X kundi Y, X அல்ல, Y.
+# 不是X，是Y, X가 아니라 Y, hindi X kundi Y, X அல்ல, Y.
 _INSTEAD = re.compile(r"では(?:なく|なくて)|じゃ(?:なく|なくて)|(?<![^\W\d_])(?:but|tetapi|tapi|melainkan|kundi)(?![^\W\d_])"
-                      r"|mà là|而是|(?:이|가)\s*아니라|แต่(?:เป็น|คือ)?|அல்ல(?![\u0b80-\u0bff])", re.IGNORECASE)
+                      r"|mà là|而是|(?<=[,，])\s*是|(?:이|가)\s*아니라|แต่(?:เป็น|คือ)?|அல்ல(?![\u0b80-\u0bff])",
+                      re.IGNORECASE)
 # A number denied ("not 12", "12個ではありません", "不是12") or offered as one of a choice ("12 or 13", "9個か10個").
 _DENIED_BEFORE = re.compile(r"(?:(?<![^\W\d_])(?:not|isn't|bukan(?:lah)?|không phải|khong phai|không|hindi)"
                             r"(?:\s+(?:là|la|adalah|ang))?|ไม่ใช่|不是|并非|並非)\s*$", re.IGNORECASE)
@@ -821,7 +823,7 @@ _CONNECTIVES = (r"つまり|したがって|従って|よって|ゆえに|故に
 # Indonesian and Malay, Thai, Filipino, Chinese.
 _RETRACTIONS = (r"いや|いいえ|いえ|正しくは|訂正します|실은|아니요|아니|no,?\s*wait|wait,?\s*no|oops|scratch that"
                 r"|(?:à|ồ|a|o)\s+(?:không|khong)|nhầm rồi|sửa lại|sua lai|ralat|koreksi|ไม่สิ|ไม่ใช่สิ|เดี๋ยวนะ"
-                r"|teka|mali pala|ay,?\s+mali|mali|不对|不對|更正|说错了|說錯了")
+                r"|teka|mali pala|ay,?\s+mali|mali|不对|不對|更正|说错了|說錯了|错了|錯了|哦不|噢不")
 # What may come between a retraction and its correction: an admission ("salah", "I was wrong", 間違えました) and a
 # lead ("yang benar", "seharusnya", "phải là", "it's", "the answer is", 应该是); "actually" and its kin retract only
 # before a lead ("Actually, it's C", not "Actually, this is because ...").
@@ -830,7 +832,7 @@ _ADMISSIONS = (r"salah|keliru|nhầm(?:\s+rồi)?|nham|sai\s+rồi|that['’]?s\
 _CORRECTION_LEADS = (r"(?:it|that)(?:['’]s|\s+is|\s+should\s+be)|(?:the\s+)?(?:correct\s+|right\s+)?(?:answer|option"
                      r"|choice)\s+is|i\s+mean|phải là|phai la|đúng ra là|mà là|yang (?:benar|betul|tepat)"
                      r"(?:\s+(?:adalah|ialah))?|seharusnya(?:\s+adalah)?|sepatutnya|harusnya|ต้องเป็น|ที่ถูก(?:ต้อง)?คือ"
-                     r"|maksud(?:nya|ku|\s+saya)|应该是|應該是|ang tama ay")
+                     r"|maksud(?:nya|ku|\s+saya)|应该是|應該是|是|ang tama ay")
 _NEWLINE = re.compile("\n")
 _LEAD_END = r"(?:(?<=[\u0e00-\u0e7f\u3400-\u9fff])|(?![^\W\d_]))"  # Thai and Chinese run on into the answer
 _SEP = r"[\s,，、:：.!。]*"
@@ -1035,8 +1037,8 @@ _JOINING_COPULA = re.compile(r"^(?:で[、,]|이고\s|이며\s)")
 _OWN_TOPIC = re.compile(r"[^\W\d_](?:は|[은는](?![^\W\d_]))")
 # "not" that a following "but" takes back: "Not Jakarta, but Bandung", "bukan X tetapi Y", "不是X而是Y"
 _NOT = re.compile(r"(?<![^\W\d_])(?:not|bukan|không phải|hindi)(?![^\W\d_])|不是|并非|並非|ไม่ใช่", re.IGNORECASE)
-# Thai แต่ ("but") and Filipino kundi take back only after ไม่ใช่ and hindi ("ไม่ใช่ ก แต่เป็น ค"), as "but" after "not"
-_PLAIN_BUT = frozenset({"but", "tetapi", "tapi", "kundi", "แต่", "แต่เป็น", "แต่คือ"})
+# Thai แต่ ("but"), Filipino kundi and Chinese ，是 take back only after ไม่ใช่, hindi and 不是 ("ไม่ใช่ ก แต่เป็น ค"), as "but" after "not"
+_PLAIN_BUT = frozenset({"but", "tetapi", "tapi", "kundi", "แต่", "แต่เป็น", "แต่คือ", "是"})
 
 
 def _taken_back(text: str, start: int = 0, end: int | None = None) -> re.Match[str] | None:
@@ -1044,7 +1046,7 @@ def _taken_back(text: str, start: int = 0, end: int | None = None) -> re.Match[s
     after a "not" there, so "The answer is 12, but I first got 15." still commits to 12."""
     last = None
     for found in _INSTEAD.finditer(text, start, len(text) if end is None else end):
-        if found.group(0).casefold() not in _PLAIN_BUT or _NOT.search(text, start, found.start()):
+        if found.group(0).casefold().strip() not in _PLAIN_BUT or _NOT.search(text, start, found.start()):
             last = found
     return last
 
@@ -1121,6 +1123,8 @@ def _opens_with(text: str, reference: str, *, spaced: bool = False) -> bool:
     if rest[0] in _COMMAS:
         # only the next item: "ネガティブ、ポジティブ、どちらとも言えない" lists, whatever its last item says
         following = re.split("[,、;]", _SENTENCE_END.split(rest[1:].strip(), maxsplit=1)[0])[0].strip()
+        if _NOT.match(following):
+            return True  # "B，不是C", "B, not C": the answer, then the one it is not
         if _OPTION_LABEL.fullmatch(reference) and _option_text(following):
             return True  # "B, Paris": an option's letter, then its text
         return _is_clause(following)

@@ -161,3 +161,24 @@ TAGALOG_TAMIL_BURMESE = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), TAGALOG_TAMIL_BURMESE)
 def test_tagalog_tamil_and_burmese_denials_choices_questions_and_corrections(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+CHINESE_TURNS = [
+    # "not B, (it) is C", corrections after the answer, and the lead-in 答案应该是 (each gave none or the first)
+    ("不是B，是C", LATIN, "C", "zh"),
+    ("答案不是B，是C。", LATIN, "C", "zh"),
+    ("不是12，是13。", ("12", "13", "15"), "13", "zh"),
+    ("答案是12。哦不，是15。", ("12", "13", "15"), "15", "zh"),
+    ("答案是12。错了，应该是15。", ("12", "13", "15"), "15", "zh"),
+    ("答案是B。错了，应该是C。", LATIN, "C", "zh"),
+    ("正确答案应该是C。", LATIN, "C", "zh"),
+    ("答案应该是15。", ("12", "13", "15"), "15", "zh"),
+    # ... while ，是 before the 不是, or another option called wrong after the answer, keeps it
+    ("答案是B，不是C。", LATIN, "B", "zh"),
+    ("答案是C。A错了。", LATIN, "C", "zh"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), CHINESE_TURNS)
+def test_chinese_turns_corrections_and_lead_ins(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

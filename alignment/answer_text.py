@@ -801,9 +801,10 @@ def _names_wrong(prefix: str, *, alone: bool = True) -> bool:
     return _WRONG_OPTION_TOPIC.search(prefix) is not None and not (alone and _ONLY_WRONG_OPTION.fullmatch(prefix))
 
 
-# What Japanese, Korean, Thai and Burmese put after a stated answer: "答えはBです。", "정답은 B입니다", "คำตอบคือ B ครับ",
-# "အဖြေမှာ B ဖြစ်သည်".
-_COPULA = re.compile(r"\s*(?:です|でした|である|だ|となります|になります|입니다|ครับ|ค่ะ|ဖြစ်(?:ပါ)?သည်)$")
+# What Japanese, Korean, Thai and Burmese put after a stated answer: "答えはBです。", "정답은 B입니다", "정답은 나다",
+# "คำตอบคือ B ครับ", "အဖြေမှာ B ဖြစ်သည်".
+# Korean writes its plain copula 다 right after a label ("정답은 나다."), only after one of 가-마 alone: 바다 is "sea".
+_COPULA = re.compile(r"\s*(?:です|でした|である|だ|となります|になります|입니다|ครับ|ค่ะ|ဖြစ်(?:ပါ)?သည်|(?<=^[가나다라마])다)$")
 # A last sentence that ends in a Japanese or Korean copula states its answer before it ("ネガティブです。", "긍정입니다."),
 # as "Positive." does, and so does one that ends in its conjecture or in "I think it is" ("ネガティブでしょう。",
 # "ネガティブだと思います。": a model's usual way of stating); a question ("ネガティブですか？", "ネガティブでしょうか？"),

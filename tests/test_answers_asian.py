@@ -182,3 +182,20 @@ CHINESE_TURNS = [
 @pytest.mark.parametrize(("reply", "options", "right", "language"), CHINESE_TURNS)
 def test_chinese_turns_corrections_and_lead_ins(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
+
+
+HANGUL_WITH_SEA = ("가", "나", "다", "라", "마", "바", "바다")
+
+KOREAN_PLAIN_COPULA = [
+    # the plain copula 다 after a Hangul label (정답은 나다 gave nothing)
+    ("정답은 나다.", HANGUL_WITH_SEA, "나", "ko"),
+    ("정답은 가다.", HANGUL_WITH_SEA, "가", "ko"),
+    # ... while the label 다 alone is 다, and a word ending in 다 is the word
+    ("정답은 다.", HANGUL_WITH_SEA, "다", "ko"),
+    ("정답은 바다.", HANGUL_WITH_SEA, "바다", "ko"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), KOREAN_PLAIN_COPULA)
+def test_a_korean_plain_copula_after_a_label(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)

@@ -7,7 +7,8 @@ model card. The stage then checks the template on
 the saved tokenizer and (by default) loads the folder with the Auto classes and generates in
 both thinking modes; only a folder that passes replaces ``final/``, and only when it is
 publishable as it is (``tempa.merge.publish``: file modes, no pickles, no dangling ``auto_map``,
-no local paths or secrets).
+no local paths or secrets). GGUF exports in the folder it replaces are carried over when what they were made from
+is unchanged (:func:`carry_exports`), and removed, with what changed, when not.
 
 The template's default thinking mode is the recipe's ``thinking_default`` (already baked into the
 recipe's template text); the card states it, and the stage warns when no SFT row of the run was
@@ -30,7 +31,7 @@ from tempa.alignment.model_files import license_files
 from tempa.chat_templates.baking import GenerationDefaults
 from tempa.chat_templates.one_line import first_line
 from tempa.merge.candidates import check_tokenizer_fits, is_model_dir
-from tempa.merge.gguf_export import writes_gguf
+from tempa.merge.gguf_export import export_changes, exports_in_folder, writes_gguf
 from tempa.merge.model_card import (
     ModelCardConfig,
     render_model_card,
@@ -232,6 +233,29 @@ def _card_tool_call(out_dir: Path, ctx: StageContext) -> str | None:
         return None
 
 
+def carry_exports(final: Path, replacement: Path, ctx: StageContext) -> list[str]:
+    """Bring the GGUF exports in ``final`` into ``replacement`` (the bake's new final folder) when what they were made
+    from is byte for byte what ``replacement`` holds (:func:`export_changes`): a bake that re-runs for its model card
+    alone (a side experiment added to the run) leaves them right. Otherwise they go, and the log says what changed.
+    Returns the names kept."""
+    if not final.is_dir() or final.is_symlink():
+        return []
+    exports = exports_in_folder(final)
+    if not exports:
+        return []
+    names = ", ".join(path.name for path in exports)
+    changes = export_changes(final, replacement)
+    if changes:
+        ctx.log.warning("%s: removing %s that `tempa export gguf` wrote into its final folder: what they were made "
+                        "from changed (%s): export again", ctx.stage_name, names, "; ".join(changes))
+        return []
+    for path in exports:
+        link_or_copy(path, replacement / path.name)
+    ctx.log.info("%s: kept %s: the weights, tokenizer, chat template, generation config and licence they were made "
+                 "from are unchanged", ctx.stage_name, names)
+    return [path.name for path in exports]
+
+
 def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
     """Assemble, check and publish ``<stage>/final``."""
     from tempa.chat_templates import bake_tokenizer, template_defaults
@@ -293,6 +317,7 @@ def run_bake(config: BakeStageConfig, ctx: StageContext) -> StageResult:
             ctx.log.info("%s: smoke test: load and generate in both thinking modes", ctx.stage_name)
             write_json(stage_dir / "smoke_test.json", smoke_test(tmp, device, config.smoke_max_new_tokens))
         write_final_record(tmp)  # last: what a whole final/ holds, for push and export to check a copy against
+        carry_exports(final, tmp, ctx)  # not in the record: exports are not the bake's, and a user may delete them
         make_publishable(tmp)  # the files written since (README.md) get the same modes
         problems = publish_problems(tmp)
         if problems:

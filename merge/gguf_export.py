@@ -160,6 +160,64 @@ def _published_with(model_dir: str | os.PathLike, *paths: Path | None) -> None:
             os.chmod(path, FILE_MODE)
 
 
+# What `tempa export gguf` writes into a model folder: GGUFs and their Modelfiles (`Modelfile`: an older tempa's one
+# per folder).
+EXPORT_FILES = ("*.gguf", "*.Modelfile", "Modelfile")
+
+
+def exports_in_folder(folder: Path) -> list[Path]:
+    """The GGUF exports (and their Modelfiles) in ``folder``, by name."""
+    return sorted(path for path in Path(folder).iterdir()
+                  if path.is_file() and any(path.match(pattern) for pattern in EXPORT_FILES))
+
+
+def _export_input_files(folder: Path) -> dict[str, Path]:
+    # Every file but the card (of which only its licence is read), the exports, and hidden records (the bake's list
+    # of its files holds the card's size): more than the writer reads is compared, never less.
+    exports = set(exports_in_folder(folder))
+    return {path.name: path for path in Path(folder).iterdir()
+            if path.is_file() and not path.name.startswith(".") and path.name != "README.md" and path not in exports}
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    import filecmp
+
+    # the bake hard-links the weights it starts from: a link to the same file needs no reading
+    return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
+
+
+def _gguf_name(path: Path) -> str | None:
+    import gguf
+
+    try:
+        field = gguf.GGUFReader(str(path)).get_field(gguf.Keys.General.NAME)
+    except (OSError, ValueError):
+        return None
+    return field.contents() if field is not None else None
+
+
+def export_changes(final: Path, replacement: Path) -> list[str]:
+    """What the GGUF exports in ``final`` were made from that ``replacement`` (the folder about to replace it) holds
+    otherwise, one phrase each; empty when every export is still right for ``replacement``.
+
+    The export reads the folder's files (weights, config, tokenizer, chat template, generation config, licence
+    files), the model card's licence ids, and names the model after the run's recipe (``general.name``,
+    :func:`export_name`, already the new run's when the bake runs): all three are compared. A file edited by hand in
+    ``final`` after the export is compared as edited, so a change is seen where there is none, never the other way.
+    """
+    old, new = _export_input_files(final), _export_input_files(replacement)
+    changes = [name for name in sorted(old.keys() | new.keys())
+               if name not in old or name not in new or not _same_bytes(old[name], new[name])]
+    if card_license(final) != card_license(replacement):
+        changes.append("the model card's licence")
+    name = export_name(final)
+    renamed = sorted(path.name for path in exports_in_folder(final)
+                     if path.suffix == ".gguf" and _gguf_name(path) != name)
+    if renamed:
+        changes.append(f"the model's name ({name}, not the one {', '.join(renamed)} carries)")
+    return changes
+
+
 def writes_gguf(model_dir: Path) -> bool:
     """Whether this module's writer takes ``model_dir``'s model (config.json's ``architectures``)."""
     path = Path(model_dir) / "config.json"

@@ -242,7 +242,12 @@ def exports_in(stage_dir: Path) -> list[str]:
     return sorted(path.name for path in final.iterdir() if any(path.match(pattern) for pattern in GGUF_FILES))
 
 
-def _removes_exports(names: list[str]) -> str:
+def _removes_exports(names: list[str], kind: StageKind) -> str:
+    if FINAL_DIR in kind.kept_until_replaced:
+        # the stage writes its new final folder itself (the bake), and keeps the exports if they are still right
+        return (f"keeps {', '.join(names)} that `tempa export gguf` wrote into its final folder if the weights, "
+                "tokenizer, chat template, generation config and licence they were made from come out unchanged, "
+                "else removes them")
     return (f"removes {', '.join(names)} that `tempa export gguf` wrote into its final folder (made from the "
             "previous model: export again)")
 
@@ -370,7 +375,7 @@ def plan_run(
                 kind.journals(stage_dir):
             reason += f"; {JOURNALS_DELETED}"
         if action in ("run", "rerun") and exports_in(stage_dir):
-            reason += f"; {_removes_exports(exports_in(stage_dir))}"
+            reason += f"; {_removes_exports(exports_in(stage_dir), kind)}"
         if action != "skip":
             will_run.add(name)
         if manifest is not None or lost is None:  # an unreadable record's run is unknown: nothing built on it is stale
@@ -914,9 +919,10 @@ def _run_checked(loaded: LoadedRecipe, run_dir: Path, from_stage: str | None, on
                 reap_stale_launch(stage_dir, log=log)
                 if decision.action in ("rerun", "run"):
                     exports = exports_in(stage_dir)
-                    if exports:
-                        log.warning("stage %s: %s", decision.name, _removes_exports(exports).replace("removes", "removing", 1))
                     kind = stage_kind(decision.kind)
+                    if exports and FINAL_DIR not in kind.kept_until_replaced:  # else the stage says what it did
+                        log.warning("stage %s: %s", decision.name,
+                                    _removes_exports(exports, kind).replace("removes", "removing", 1))
                     keep = [stage_dir / name for name in kind.kept_until_replaced]
                     if decision.keeps_journals:
                         keep += kind.journals(stage_dir)

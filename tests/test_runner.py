@@ -858,6 +858,27 @@ def test_a_rerun_that_removes_a_gguf_export_says_so_first(recipe, tmp_path, capl
     assert not final.exists()
 
 
+def test_a_rerun_of_a_stage_that_replaces_its_final_folder_itself_leaves_the_exports_to_it(recipe, tmp_path,
+                                                                                          monkeypatch, caplog):
+    """The bake keeps its final folder until the new one replaces it, and keeps the GGUF exports when what they were
+    made from is unchanged: the plan said it removes them ('made from the previous model') and the run warned so
+    before the bake, when the model was unchanged and the exports stayed right."""
+    keeps = dataclasses.replace(TOUCH, kept_until_replaced=("final",))
+    monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS[:-1], keeps))
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    final = run_dir / "c" / "final"
+    final.mkdir()
+    (final / "t-q8_0.gguf").write_bytes(b"GGUF")
+    decision = plan_run(load_recipe(recipe), run_dir, from_stage="c")[2]
+    assert decision.reason.endswith("; keeps t-q8_0.gguf that `tempa export gguf` wrote into its final folder if the "
+                                    "weights, tokenizer, chat template, generation config and licence they were made "
+                                    "from come out unchanged, else removes them")
+    with caplog.at_level("WARNING", logger="tempa"):
+        run_recipe(load_recipe(recipe), run_dir, from_stage="c")
+    assert "t-q8_0.gguf" not in caplog.text  # the stage, not the runner, says what becomes of them
+
+
 def test_a_stage_whose_records_cannot_be_written_is_failed_not_interrupted(recipe, tmp_path, monkeypatch):
     """A full disk as the stage ends: its work is there, but without DONE it is not complete. The run said
     'OSError' and left the manifest 'running', which `tempa status` read as interrupted."""

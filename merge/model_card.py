@@ -273,13 +273,31 @@ def _preference_headline(result: PreferenceResult) -> str:
             + ", ".join(f"{key}={_cell(value)}" for key, value in values.items()))
 
 
-def _stages_section(stages: Mapping[str, Upstream]) -> list[str]:
-    rows = [[name, up.kind, "" if up.duration_s is None else f"{up.duration_s:.0f}s",
-             _preference_headline(up.result) if isinstance(up.result, PreferenceResult) and len(up.result.rounds) > 1
-             else _headline_metrics(up.result.metrics)] for name, up in stages.items()]
-    if not rows:
+def _stages_section(stages: Mapping[str, Upstream], in_model: set[str] | None = None) -> list[str]:
+    """The stages, in a table; ``in_model`` (:func:`lineage`; None: not known): the stages the folder's model
+    descends from, whose table comes first, the run's others (side experiments) after it, marked as not in it."""
+
+    def row(name: str, up: Upstream) -> list[Any]:
+        return [name, up.kind, "" if up.duration_s is None else f"{up.duration_s:.0f}s",
+                _preference_headline(up.result) if isinstance(up.result, PreferenceResult) and len(up.result.rounds) > 1
+                else _headline_metrics(up.result.metrics)]
+
+    def table(names: list[str]) -> list[str]:
+        return _table(["stage", "kind", "duration", "metrics"], [row(name, stages[name]) for name in names])
+
+    if not stages:
         return []
-    return ["## Stages", "", *_table(["stage", "kind", "duration", "metrics"], rows), ""]
+    if in_model is None:
+        return ["## Stages", "", *table(list(stages)), ""]
+    ours = [name for name in stages if name in in_model]
+    others = [name for name in stages if name not in in_model]
+    lines = ["## Stages", ""]
+    if ours:
+        lines += ["The stages the model in this folder descends from:", "", *table(ours), ""]
+    if others:
+        lines += [f"{'Other stages' if ours else 'Stages'} of the run, not in this model (side experiments, or "
+                  "candidates left out):", "", *table(others), ""]
+    return lines
 
 
 _MIX_COLUMNS = ("path", "thinking_mode", "rows_in", "rows_kept", "heldout_rows", "tokens_kept",
@@ -294,7 +312,11 @@ _PRETRAIN_COLUMNS = ("path", "token_budget", "documents", "tokens", "passes", "s
                      "trained_tokens")
 
 
-def _mix_section(stages: Mapping[str, Upstream]) -> list[str]:
+def _not_in(name: str, in_model: set[str] | None) -> str:
+    return " (not in this model)" if in_model is not None and name not in in_model else ""
+
+
+def _mix_section(stages: Mapping[str, Upstream], in_model: set[str] | None = None) -> list[str]:
     """Each SFT stage's sources, and each pretrain stage's (continued pre-training is data the model saw too)."""
     lines: list[str] = []
     columns = _MIX_COLUMNS
@@ -304,14 +326,14 @@ def _mix_section(stages: Mapping[str, Upstream]) -> list[str]:
     for name, up in stages.items():
         if isinstance(up.result, SFTResult):
             sources = up.result.data.sources
-            lines += [f"### {name}", ""]
+            lines += [f"### {name}{_not_in(name, in_model)}", ""]
             lines += _table(["source", *columns, "rejects"],
                             [[s.name, *(getattr(s, c) for c in columns), sum(s.rejects.values())]
                              for s in sources])
             lines.append("")
         elif isinstance(up.result, PretrainResult) and up.result.data is not None:
             mix = up.result.data
-            lines += [f"### {name} (pretrain)", ""]
+            lines += [f"### {name} (pretrain){_not_in(name, in_model)}", ""]
             lines += _table(["source", *_PRETRAIN_COLUMNS],
                             [[s.name, *("–" if getattr(s, c) is None else getattr(s, c) for c in _PRETRAIN_COLUMNS)]
                              for s in mix.sources])
@@ -346,30 +368,35 @@ def _eval_section(stages: Mapping[str, Upstream], shipped: str | None = None) ->
     return []
 
 
-def _training_arguments_section(stages: Mapping[str, Upstream]) -> list[str]:
+def _training_arguments_section(stages: Mapping[str, Upstream], in_model: set[str] | None = None) -> list[str]:
     """Each training stage's effective trainer arguments: the recipe's ``train:`` over tempa's defaults, which the
     card's recipe does not show (it holds what the recipe set); ``*`` marks a default, as `tempa plan` does."""
     lines = []
     for name, up in stages.items():
         args = redact(up.config.train_args())  # {} for a kind that trains nothing (no defaults, no `train:`)
         if args:
-            lines.append(f"- `{name}`: {marked_train_args(args, getattr(up.config, 'train', {}))}")
+            lines.append(f"- `{name}`{_not_in(name, in_model)}: {marked_train_args(args, getattr(up.config, 'train', {}))}")
     if not lines:
         return []
     return ["## Training arguments", "", "<details><summary>Each training stage's trainer arguments (* tempa's "
             "default, not set in the recipe)</summary>", "", *lines, "", "</details>", ""]
 
 
-def _merge_section(stages: Mapping[str, Upstream], base_model: str, shipped: str | None = None) -> list[str]:
+def _merge_section(stages: Mapping[str, Upstream], base_model: str, shipped: str | None = None,
+                   in_model: set[str] | None = None) -> list[str]:
     """``base_model``: the recipe's, as it names it (a hub id, a folder, ``tempa:tiny``), named where a merge used it;
-    ``shipped``: the stage whose model the folder holds, whose merge is marked (a run may try several)."""
-    merges = [name for name, up in stages.items() if isinstance(up.result, MergeResult)]
+    ``shipped``: the stage whose model the folder holds, whose merge is marked (a run may try several); ``in_model``
+    (:func:`lineage`; None: not known): the stages that model descends from. The merges it does not descend from are
+    named only: described like the others, they read as part of the model."""
+    merges = [name for name, up in stages.items() if isinstance(up.result, MergeResult)
+              and (in_model is None or name in in_model)]
+    others = [name for name, up in stages.items() if isinstance(up.result, MergeResult) and name not in merges]
     lines: list[str] = []
     for name, up in stages.items():
-        if not isinstance(up.result, MergeResult):
+        if name not in merges:
             continue
         summary = up.result.summary
-        mark = " (the model in this folder)" if name == shipped and len(merges) > 1 else ""
+        mark = " (the model in this folder)" if name == shipped and len(merges) + len(others) > 1 else ""
         lines += [f"Stage `{name}`{mark}: **{summary.method}** merge of:", ""]
         for model in summary.models:
             knobs = ", ".join(f"{k}={_cell(v)}" for k, v in model.parameters.items())
@@ -408,6 +435,9 @@ def _merge_section(stages: Mapping[str, Upstream], base_model: str, shipped: str
                 f"its best input ({best}{_cell(re_eval.best_input)}){against_base}.",
             ]
         lines.append("")
+    if others:
+        lines += [("Other merges of the run" if merges else "Merges of the run") + ", not in this model: "
+                  + ", ".join(f"`{name}` ({stages[name].result.summary.method})" for name in others), ""]
     return ["## Merge", "", *lines] if lines else []
 
 
@@ -657,6 +687,48 @@ def shipped_stage(start_model: Path | str, stages: Mapping[str, Upstream]) -> st
     return None
 
 
+def _made_by(path: Path, stages: Mapping[str, Upstream]) -> str | None:
+    """The stage whose model, or one of whose checkpoints, ``path`` is; None: none of them (the base model, a folder
+    from elsewhere)."""
+    target = Path(path).resolve()
+    for name, up in stages.items():
+        paths = [up.result.model, *(checkpoint.path for checkpoint in up.result.checkpoints)]
+        if any(found is not None and Path(found).resolve() == target for found in paths):
+            return name
+    return None
+
+
+def lineage(stages: Mapping[str, Upstream], shipped: str | None) -> set[str]:
+    """The stages the model of stage ``shipped`` descends from, itself included (None: the base model's, no stage),
+    by what the stages' typed results and configs record: the stage each started from (its ``from``, else the one
+    before it), the stages it reads (its data's), and for a merge the stages whose models or checkpoints it merged
+    (its summary's paths) and the evaluation that chose them. An evaluation counts where a model passed through it or
+    where it chose a merge's inputs; the candidates it scored besides are not in the model."""
+    names = list(stages)
+    found: set[str] = set()
+    todo: list[tuple[str | None, bool]] = [(shipped, True)]  # (stage, whether what it started from is in the model)
+    while todo:
+        name, follow = todo.pop()
+        if name is None or name not in stages or name in found:
+            continue
+        found.add(name)
+        up = stages[name]
+        if isinstance(up.result, MergeResult):
+            summary = up.result.summary
+            models = [*summary.models, *([summary.base_model] if summary.base_model is not None else [])]
+            todo += [(_made_by(model.path, stages), True) for model in models]
+            if summary.selection is not None:
+                todo.append((summary.selection.evaluate_stage, False))
+            continue
+        if not follow:
+            continue
+        index = names.index(name)
+        todo.append((up.config.from_ if up.config.from_ is not None else (names[index - 1] if index else None), True))
+        if not isinstance(up.result, EvaluateResult):  # an evaluation reads the candidates it scores, chosen or not
+            todo += [(read.stage, True) for read in up.config.reads(names[:index])]
+    return found
+
+
 def _weights_line(stages: Mapping[str, Upstream], weights_from: str | None) -> list[str]:
     """One sentence naming what the folder's weights are (every stage is listed below, only one ships)."""
     up = stages.get(weights_from) if weights_from else None
@@ -744,11 +816,12 @@ def render_model_card(
     tool_rows = tool_rows_trained(stages)
     if tool_rows:
         lines += tool_calling_snippet(tool_rows, recipe.chat_template, tool_call)
-    lines += _stages_section(stages)
-    lines += _mix_section(stages)
     shipped = weights_from or None  # "" (unknown) and None (the base model) alike: no stage
+    in_model = None if weights_from == "" else lineage(stages, shipped)
+    lines += _stages_section(stages, in_model)
+    lines += _mix_section(stages, in_model)
     lines += _eval_section(stages, shipped)
-    lines += _merge_section(stages, recipe.base_model, shipped)
+    lines += _merge_section(stages, recipe.base_model, shipped, in_model)
     if template_checks:
         passed = sum(1 for check in template_checks if check.get("passed"))
         lines += ["## Chat template checks", "", f"{passed}/{len(template_checks)} checks passed.", ""]
@@ -757,7 +830,7 @@ def render_model_card(
             [[c.get("name"), "yes" if c.get("passed") else "NO"] for c in template_checks],
         )
         lines.append("")
-    lines += _training_arguments_section(stages)
+    lines += _training_arguments_section(stages, in_model)
     if resolved:
         lines += [
             "## Recipe",

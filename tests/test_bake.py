@@ -482,7 +482,8 @@ def test_a_card_of_a_run_with_several_merges_shows_the_shipped_ones_board_and_ma
     assert "From stage `merge-ta`." in evaluation and "merge-ta (merged)" in evaluation
     assert "merge-stock" not in evaluation
     assert "Stage `merge-ta` (the model in this folder): **linear** merge of:" in card
-    assert "Stage `merge-stock`: **linear** merge of:" in card
+    # merge-stock is not in the shipped model: named, not described as if it were
+    assert "Stage `merge-stock`" not in card and "Other merges of the run, not in this model: `merge-stock` (linear)" in card
 
 
 def test_the_plan_warns_before_training_when_every_sft_source_trains_thinking_off(tmp_path, capsys):

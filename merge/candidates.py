@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,49 @@ def checkpoint_name(stage: str, checkpoint: Path, stage_dir: Path) -> str:
     return "/".join([stage, *place])
 
 
+_CHECKPOINT = re.compile(r"checkpoint-\d+")
+_ROUND = re.compile(r"round-\d+")  # a preference stage's round folder, which holds its own checkpoints/
+
+
+def folder_label(path: Path, more: int = 0) -> str:
+    """A model folder given by path, as the leaderboard, the log, the summary and the card name it: as a run's
+    candidates are named where it lies in a run (``merge-slerp/final``, ``sft/checkpoint-4``,
+    ``dpo/round-2/checkpoint-4``), else by its own name; ``more``: that many more of the folders above it, to tell two
+    apart. The last name alone (``final``, ``final``) told two inputs apart by nothing."""
+    parts = Path(os.path.abspath(path)).parts[1:]  # as written (a run's `final` link names its run), not resolved
+    keep = 1
+    if parts and parts[-1] == FINAL_DIR:
+        keep = 2
+    elif len(parts) > 2 and _CHECKPOINT.fullmatch(parts[-1]) and parts[-2] == CHECKPOINTS_DIR:
+        keep = 4 if len(parts) > 3 and _ROUND.fullmatch(parts[-3]) else 3
+    tail = parts[-min(len(parts), keep + more):] if parts else (str(path),)
+    return "/".join(part for part in tail if part != CHECKPOINTS_DIR)
+
+
+def folder_labels(paths: Sequence[Path], taken: Collection[str] = ()) -> list[str]:
+    """Distinct names for ``paths`` (:func:`folder_label`), none of them in ``taken``: where names clash, each folder
+    of the clash is named by one more folder above it, until they differ; paths that differ in no folder (the same
+    one given twice) get ``-2``, ``-3``. A folder's name depends only on the paths beside it, never on their order."""
+    more = [0] * len(paths)
+    where = [os.path.abspath(path) for path in paths]
+    while True:
+        labels = [folder_label(path, extra) for path, extra in zip(paths, more, strict=True)]
+        clashing = [i for i, label in enumerate(labels) if label in taken
+                    or any(other == label and where[j] != where[i] for j, other in enumerate(labels))]
+        longer = [i for i in clashing if folder_label(paths[i], more[i] + 1) != labels[i]]
+        if not longer:
+            break
+        for i in longer:
+            more[i] += 1
+    named: list[str] = []
+    for label in labels:
+        name, suffix = label, 2
+        while name in taken or name in named:
+            name, suffix = f"{label}-{suffix}", suffix + 1
+        named.append(name)
+    return named
+
+
 def check_tokenizer_fits(models: Sequence[tuple[str, Path]], tokenizer_dir: Path, *, who: str) -> None:
     """The run's tokenizer must hold no id beyond any model's embedding rows (a pad token the bake added past the
     base's vocabulary, a folder trained with a smaller one): such an id stops torch mid-run ('index out of range in
@@ -166,13 +211,8 @@ def collect_candidates(
             raise StageError(f"{who}: stage '{stage}' has no complete checkpoint")
     for stage in stages:
         add(Candidate(stage, ctx.model_of(stage, who=who), stage), f"{stage}'s final model")
-    for folder in models:
-        path = Path(folder)
-        name = path.name
-        taken = {c.name for c in candidates}
-        suffix = 2
-        while name in taken:
-            name, suffix = f"{path.name}-{suffix}", suffix + 1
+    paths = [Path(folder) for folder in models]
+    for path, name in zip(paths, folder_labels(paths, {c.name for c in candidates}), strict=True):
         add(Candidate(name, path), f"folder {path}")
     if not candidates:
         source = next((name for name, up in ctx.upstream.items() if up.result.model == ctx.start_model), None)

@@ -16,6 +16,7 @@ from pathlib import Path
 from tempa.alignment.model_files import damaged_safetensors
 from tempa.merge.candidates import (
     check_tokenizer_fits,
+    folder_label,
     is_model_dir,
     model_identity,
     rewrite_advice,
@@ -56,7 +57,7 @@ from tempa.merge.mergekit_run import (
 )
 from tempa.merge.selection import select_top_k_with_ties
 from tempa.sft.files import staging_dir, write_atomic
-from tempa.sft.run_layout import CHECKPOINTS_DIR, FINAL_DIR
+from tempa.sft.run_layout import FINAL_DIR
 from tempa.sft.stage_api import Artifact, Scalar, StageContext, StageError, format_metric
 
 MERGEKIT_CONFIG = "mergekit.yaml"
@@ -112,17 +113,6 @@ def resolve_reference(reference: str, ctx: StageContext, board: Leaderboard | No
         f"{_who(ctx)}: '{reference}' is neither an earlier stage's model, a leaderboard candidate, "
         f"nor a model folder (config.json + safetensors){hint}"
     )
-
-
-def folder_label(path: Path) -> str:
-    """A model folder as the log, the summary and the card name it: ``sft-b/final`` and ``sft-b/checkpoint-4`` (a
-    run's folders, named by their stage) where the last name alone (``final``, ``final``) told two inputs apart by
-    nothing."""
-    if path.name == FINAL_DIR:
-        return f"{path.parent.name}/{path.name}"
-    if path.name.startswith("checkpoint-") and path.parent.name == CHECKPOINTS_DIR:
-        return f"{path.parent.parent.name}/{path.name}"
-    return path.name
 
 
 def resolve_inputs(

@@ -160,9 +160,11 @@ def _published_with(model_dir: str | os.PathLike, *paths: Path | None) -> None:
             os.chmod(path, FILE_MODE)
 
 
-# What `tempa export gguf` writes into a model folder: GGUFs and their Modelfiles (`Modelfile`: an older tempa's one
-# per folder).
-EXPORT_FILES = ("*.gguf", "*.Modelfile", "Modelfile")
+# The one Modelfile every export into a folder shared before each GGUF got its own <stem>.Modelfile: still an export
+# file (a bake re-run clears it, a push without --gguf leaves it out), but it may describe another GGUF or template.
+SHARED_MODELFILE = "Modelfile"
+# What `tempa export gguf` writes into a model folder: GGUFs and their Modelfiles.
+EXPORT_FILES = ("*.gguf", "*.Modelfile", SHARED_MODELFILE)
 
 
 def exports_in_folder(folder: Path) -> list[Path]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tempa.chat_templates.one_line import first_line
+from tempa.merge.gguf_export import EXPORT_FILES, SHARED_MODELFILE
 from tempa.merge.model_card import USAGE_PLACEHOLDER, card_front_matter, hub_metadata_problems
 from tempa.merge.publish import publish_problems
 from tempa.sft.run_layout import FINAL_LINK
@@ -31,10 +32,6 @@ if TYPE_CHECKING:  # the runner imports this module: it is imported where it is 
     from tempa.recipes.runner import StageStatus
 
 CARD = "README.md"
-# The one Modelfile every export into a folder shared before each GGUF got its own <stem>.Modelfile: still an export
-# file (a bake re-run clears it, a push without --gguf leaves it out), but it may describe another GGUF or template.
-SHARED_MODELFILE = "Modelfile"
-GGUF_FILES = ("*.gguf", "*.Modelfile", SHARED_MODELFILE)
 
 
 @dataclass(frozen=True)
@@ -136,7 +133,7 @@ def push_files(folder: Path, *, include_gguf: bool = False) -> list[PushFile]:
             continue  # never a file from outside the folder (publish_problems refuses a folder with links)
         if not path.is_file() or any(part.startswith(".") for part in rel.parts):
             continue  # hidden files: partial writes, editor and OS leftovers
-        if not include_gguf and any(rel.match(pattern) for pattern in GGUF_FILES):
+        if not include_gguf and any(rel.match(pattern) for pattern in EXPORT_FILES):
             continue
         files.append(PushFile(rel.as_posix(), path, path.stat().st_size))
     return files

@@ -234,12 +234,12 @@ def template_text(loaded: LoadedRecipe) -> str:
 
 def exports_in(stage_dir: Path) -> list[str]:
     """Files ``tempa export gguf`` wrote into a stage's final folder (its default place): a GGUF, its Modelfile."""
-    from tempa.recipes.push import GGUF_FILES
+    from tempa.merge.gguf_export import exports_in_folder
 
     final = stage_dir / FINAL_DIR
     if not final.is_dir() or final.is_symlink():
         return []
-    return sorted(path.name for path in final.iterdir() if any(path.match(pattern) for pattern in GGUF_FILES))
+    return [path.name for path in exports_in_folder(final)]
 
 
 def _removes_exports(names: list[str], kind: StageKind) -> str:

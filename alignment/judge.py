@@ -2,9 +2,11 @@
 
 The judge is any sampling backend. Its prompt is a rubric template with placeholders
 ``{question}``, ``{answer}``, ``{reference}``, ``{conversation}`` and ``{language}``; only those
-names are replaced, so a rubric may contain other braces (JSON examples). The rating is the
-last ``[[N]]`` in the judge's answer (its think block, if any, is ignored), else the last
-``[N]``; a reply without a rating in range is *unparsable*: counted, never a crash.
+names are replaced, so a rubric may contain other braces (JSON examples). The rating is the judge's
+answer's ``[[N]]`` (its think block, if any, is ignored): every ``[[N]]`` in it agreeing, or, where they differ,
+the one on a final line that is a rating alone (``Rating: [[8]]``); without any ``[[N]]``, a final line that is a
+single-bracket rating alone (``Rating: [8]``). Any other reply (``Step [2] is wrong. Rating: 8/10``) gives no
+rating in range and is *unparsable*: counted, never a crash.
 """
 
 from __future__ import annotations
@@ -106,30 +108,45 @@ _NAMED = re.compile(r"\{([A-Za-z_]\w*)\}")  # `{"score": 5}` in a JSON example i
 # a path, never a prompt.
 _FILE_NAME = re.compile(r"[^\s{}]+\.[A-Za-z0-9]{1,10}|[^{}\n]*/[^{}\n]*\.[A-Za-z0-9]{1,10}")
 _DOUBLE = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
-_SINGLE = re.compile(r"\[\s*(\d+(?:\.\d+)?)\s*\]")
+# A line that is nothing but a rating, after an optional short label: `Rating: [[8]]`, `**Score:** [8]/10`, `[[8]]`. A
+# label holds no digit, bracket or sentence punctuation, so prose that mentions a number ("asked for [5]", "a perfect
+# answer would be [[10]].)") is never one.
+_RATING_LINE = re.compile(r"[\s*_#>-]*(?:[^\[\]\d\n:：,.;!?()]{1,40}[:：][\s*_]*)?"
+                          r"(?:\[\[\s*(\d+(?:\.\d+)?)\s*\]\]|\[\s*(\d+(?:\.\d+)?)\s*\])(?:\s*/\s*\d+)?[\s*_.。!]*")
+NO_RATING = "no [[rating]]"
+SEVERAL_RATINGS = "several different [[ratings]]"
 
 
-def _last_rating(text: str) -> float | None:
+def _rating(text: str) -> tuple[float | None, str | None]:
+    """(the reply's rating, why it has none). Only an unambiguous rating counts, since a wrong one taken is a silent
+    wrong preference while an unparsable reply is counted and bounded by ``max_unparsable``: every ``[[N]]`` of the
+    answer (its think block ignored) when they agree; else the final line's, when that line is a rating alone
+    (``Rating: [[8]]``, the MT-Bench verdict ending a reply that weighed other ratings first); without any ``[[N]]``,
+    a final line that is a single-bracket rating alone (``Rating: [8]``, MT-Bench's fallback). A ``[N]`` inside prose
+    is a step, a citation or a count ("Step [2] is wrong. Rating: 8/10"), never the rating."""
     answer = split_reasoning(text).answer
-    for pattern in (_DOUBLE, _SINGLE):
-        found = pattern.findall(answer)
-        if found:
-            return float(found[-1])
-    return None
+    lines = [line for line in answer.splitlines() if line.strip()]
+    last = _RATING_LINE.fullmatch(lines[-1]) if lines else None
+    ratings = {float(value) for value in _DOUBLE.findall(answer)}
+    if len(ratings) == 1:
+        return ratings.pop(), None
+    if last is not None and (last.group(1) is not None or not ratings):
+        return float(last.group(1) or last.group(2)), None
+    return None, SEVERAL_RATINGS if ratings else NO_RATING
 
 
 def parse_judge_score(text: str, low: float = 1, high: float = 10) -> float | None:
-    """The rating in a judge's reply, or None when there is none in ``[low, high]``."""
-    value = _last_rating(text)
+    """The rating in a judge's reply (see :func:`_rating`), or None when there is none in ``[low, high]``."""
+    value, _ = _rating(text)
     return value if value is not None and low <= value <= high else None
 
 
 def rating_problem(text: str, low: float = 1, high: float = 10) -> str | None:
-    """Why a judge's reply gives no rating: ``out of range (1-10)`` (``[[11]]``: a judge on another scale) or ``no
-    [[rating]]``; None when it gives one."""
-    value = _last_rating(text)
+    """Why a judge's reply gives no rating: ``out of range (1-10)`` (``[[11]]``: a judge on another scale), ``no
+    [[rating]]`` or ``several different [[ratings]]``; None when it gives one."""
+    value, problem = _rating(text)
     if value is None:
-        return "no [[rating]]"
+        return problem
     return None if low <= value <= high else f"out of range ({low:g}-{high:g})"
 
 

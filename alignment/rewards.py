@@ -404,7 +404,12 @@ class RewardModelReward(_RewardBase):
 
 
 class JudgeReward(_RewardBase, JudgeSettings):
-    """An LLM judge's 1-10 rating (MT-Bench `[[N]]`); an unparsable reply fails the sample's scoring."""
+    """An LLM judge's 1-10 rating (MT-Bench `[[N]]`); an unparsable reply fails the sample's scoring.
+
+    The rating is the reply's `[[N]]` (a think block ignored): all of them when they agree; where they differ, the
+    one on a last line that is a rating alone (`Rating: [[8]]`). Without any `[[N]]`, only a last line that is a
+    rating alone in single brackets (`Rating: [8]`) counts. Anything else is unparsable: `Step [2] is wrong. Rating:
+    8/10`, `Rating: [[8]] (a perfect answer would be [[10]])`."""
 
     type: Literal["judge"] = "judge"
     # Decides only whether the stage stops, never a score (a sample without a rating is unscored either way): raised

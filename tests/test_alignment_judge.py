@@ -20,8 +20,12 @@ from tempa.alignment.rewards import JudgeReward, RewardSet, ScoreItem, ScoringEn
     [
         ("The answer is correct and clear. Rating: [[8]]", 8.0),
         ("Rating: [[ 7.5 ]]", 7.5),
-        ("First I thought [[3]], but on reflection: [[9]]", 9.0),  # the last verdict counts
-        ("Rating: [6]", 6.0),  # MT-Bench's single-bracket fallback
+        ("First I thought [[3]], but on reflection: [[9]]", None),  # two ratings in one sentence: ambiguous
+        ("Weighing it: [[3]] for style, [[9]] for content.\n\nRating: [[7]]", 7.0),  # the verdict ends the reply
+        ("Rating: [[8]]\n\nFinal rating: [[8]].", 8.0),  # the same rating twice
+        ("Rating: [6]", 6.0),  # MT-Bench's single-bracket fallback, a rating alone on the last line
+        ("Some explanation.\n**Rating:** [7]/10", 7.0),
+        ("Some explanation.\n[4]", 4.0),
         ("<think>maybe [[2]]?</think>\nFinal: [[10]]", 10.0),  # the think block is ignored
         ("<think>I would say [[4]] but I never finish", None),
         ("Rating: [[11]]", None),  # out of range
@@ -33,6 +37,28 @@ from tempa.alignment.rewards import JudgeReward, RewardSet, ScoreItem, ScoringEn
 )
 def test_parse_judge_score(reply, expected):
     assert parse_judge_score(reply) == expected
+
+
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        # a trial's judge: every reply scored 2 from the step it cited, none counted unparsable
+        ("Step [2] is wrong. Rating: 8/10", "no [[rating]]"),
+        ("Step [2] is wrong, the total is off. Rating: 8/10", "no [[rating]]"),
+        ("The answer lists [3] items but the question asked for [5]. Overall: 9 out of 10.", "no [[rating]]"),
+        ("Rating: [8]\nSee reference [2] for details.", "no [[rating]]"),  # the single bracket is not the last line
+        ("Rating: [[8]] (a perfect answer would be [[10]])", "several different [[ratings]]"),
+        ("Rating: [[8]]\n\n(For reference, a perfect answer would be [[10]].)", "several different [[ratings]]"),
+        ("Rating: [[8]]\n\nFor reference, a perfect answer would be: [[10]]", "several different [[ratings]]"),
+    ],
+)
+def test_a_rating_is_taken_only_when_the_reply_is_unambiguous(reply, problem):
+    """A `[N]` in prose (a step, a count) or one of several differing `[[N]]` was taken as the rating: wrong ratings,
+    never counted unparsable, so max_unparsable never fired."""
+    from tempa.alignment.judge import rating_problem
+
+    assert parse_judge_score(reply) is None
+    assert rating_problem(reply) == problem
 
 
 def test_fill_replaces_known_placeholders_only():

@@ -37,7 +37,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from email.message import Message
 from typing import Any
 
@@ -74,6 +74,10 @@ class HTTPBackendError(StageError):
 
 class _ContentFiltered(Exception):
     """The provider's content filter refused the prompt (one row's refusal, not an error of the run)."""
+
+
+class _Stopped(Exception):
+    """Another request of the call failed for good: this one sends nothing more (no retry after a final failure)."""
 
 
 class _MalformedReply(Exception):
@@ -175,6 +179,7 @@ class HTTPBackend(SamplingBackend):
     """Samples from an OpenAI-compatible server, ``concurrency`` requests at a time."""
 
     seeds_by_place = True  # each request carries its own seed (:func:`tempa.alignment.backends.sample_at`)
+    reports_each_reply = True  # sample's on_result: each reply as it arrives
 
     def __init__(
         self,
@@ -255,13 +260,15 @@ class HTTPBackend(SamplingBackend):
             text = text.replace(form, "***")
         return text
 
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, body: dict[str, Any], stop: threading.Event | None = None) -> dict[str, Any]:
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         attempt = 0
         while True:
+            if stop is not None and stop.is_set():
+                raise _Stopped
             request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
             retry_after: float | None = None
             try:
@@ -295,7 +302,7 @@ class HTTPBackend(SamplingBackend):
                 raise HTTPBackendError(f"{self._where}: failed after {attempt} retries: {reason}")
             with self._count_lock:
                 self.retries += 1
-            self._wait(attempt, reason, retry_after)
+            self._wait(attempt, reason, retry_after, stop=stop)
             attempt += 1
 
     def _key_hint(self, status: int) -> str:
@@ -314,14 +321,18 @@ class HTTPBackend(SamplingBackend):
                     "false in the backend")
         return ""
 
-    def _wait(self, attempt: int, reason: str, retry_after: float | None = None, where: str | None = None) -> None:
+    def _wait(self, attempt: int, reason: str, retry_after: float | None = None, where: str | None = None,
+              stop: threading.Event | None = None) -> None:
         """Sleep before retry ``attempt + 1``: what the server asked for, else exponential backoff with jitter.
-        ``where``: the request retried (default: the chat completions POST)."""
+        ``where``: the request retried (default: the chat completions POST); ``stop``: cuts the sleep short."""
         delay = retry_after if retry_after is not None else min(MAX_BACKOFF_S, self.backoff_s * 2**attempt)
         delay *= 1.0 if retry_after is not None else random.uniform(0.8, 1.2)
         log.warning("%s: %s; retry %d/%d in %.1fs", where or self._where, reason, attempt + 1, self.max_retries,
                     delay)
-        time.sleep(delay)
+        if stop is not None:
+            stop.wait(delay)
+        else:
+            time.sleep(delay)
 
     def check_reachable(self) -> None:
         """Raise HTTPBackendError (one line) when the server cannot be reached at all: refused, no such host, no answer
@@ -404,7 +415,8 @@ class HTTPBackend(SamplingBackend):
             self._counted_usage = False
 
     def _one_prompt(self, messages: Messages, params: GenerationParams, seed: int,
-                    mode: ThinkingMode | None, tools: Tools | None = None) -> list[Completion]:
+                    mode: ThinkingMode | None, tools: Tools | None = None,
+                    stop: threading.Event | None = None) -> list[Completion]:
         def body(n: int, s: int) -> dict[str, Any]:
             return chat_request_body(self.model, messages, params, n=n, seed=s, thinking_mode=mode,
                                      send_chat_template_kwargs=self.send_chat_template_kwargs,
@@ -414,9 +426,10 @@ class HTTPBackend(SamplingBackend):
             return self._write_calls(messages, turn, {**mode_kwargs(mode), "tools": tools}, where)
 
         if self.supports_n:
-            completions = self._completions(body(params.n, seed), params.n, write_calls)
+            completions = self._completions(body(params.n, seed), params.n, write_calls, stop)
         else:
-            completions = [c for j in range(params.n) for c in self._completions(body(1, seed + j), 1, write_calls)]
+            completions = [c for j in range(params.n)
+                           for c in self._completions(body(1, seed + j), 1, write_calls, stop)]
         return completions
 
     def _write_calls(self, messages: Messages, turn: dict[str, Any], template_kwargs: dict[str, Any],
@@ -440,9 +453,10 @@ class HTTPBackend(SamplingBackend):
             raise HTTPBackendError(f"{self._where}: {where}: the tool calls {names} cannot be written with the "
                                    f"chat template of {self.tokenizer_dir}: {exc}{hint}") from None
 
-    def _completions(self, body: dict[str, Any], n: int, write_calls: CallWriter | None = None) -> list[Completion]:
+    def _completions(self, body: dict[str, Any], n: int, write_calls: CallWriter | None = None,
+                     stop: threading.Event | None = None) -> list[Completion]:
         try:
-            response = self._post(body)
+            response = self._post(body, stop)
         except _ContentFiltered:
             return [Completion(text="", finish_reason=CONTENT_FILTER) for _ in range(n)]
         try:
@@ -467,7 +481,12 @@ class HTTPBackend(SamplingBackend):
         thinking_modes: Sequence[ThinkingMode | None] | None = None,
         tools: Sequence[Tools | None] | None = None,
         places: Sequence[int] | None = None,
+        on_result: Callable[[int, list[Completion]], None] | None = None,
     ) -> list[list[Completion]]:
+        """``params.n`` completions per prompt. ``on_result(i, completions)`` is called, in this thread, as prompt
+        ``i``'s arrive, so that a caller can keep each paid reply at once: a failure or a Ctrl-C later in the call
+        loses none. Once a request fails for good (or the call is interrupted) no request is sent any more, not even
+        a retry: the ones in flight are waited for, their replies handed to ``on_result``, and the error raised."""
         modes = resolve_modes(len(prompts), params, thinking_modes)
         offered = resolve_tools(len(prompts), tools)
         # Seeds step by n so that prompts never share one, whether or not the server honours `n`; a prompt's place in
@@ -475,10 +494,46 @@ class HTTPBackend(SamplingBackend):
         at = list(places) if places is not None else list(range(len(prompts)))
         jobs = [(messages, params, params.seed + place * params.n, mode, t)
                 for place, messages, mode, t in zip(at, prompts, modes, offered, strict=True)]
+        results: list[list[Completion] | None] = [None] * len(jobs)
+
+        def arrived(i: int, completions: list[Completion]) -> None:
+            results[i] = completions
+            if on_result is not None:
+                on_result(i, completions)
+
         if self.concurrency == 1 or len(jobs) == 1:
-            return [self._one_prompt(*job) for job in jobs]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs))) as pool:
-            return list(pool.map(lambda job: self._one_prompt(*job), jobs))
+            for i, job in enumerate(jobs):
+                arrived(i, self._one_prompt(*job))
+            return results  # type: ignore[return-value]  # all filled
+        stop = threading.Event()
+
+        def one(job: tuple[Any, ...]) -> list[Completion]:
+            try:
+                return self._one_prompt(*job, stop=stop)
+            except BaseException:
+                stop.set()  # here, before this worker takes the next queued request
+                raise
+
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs)))
+        futures = {pool.submit(one, job): i for i, job in enumerate(jobs)}
+        try:
+            for future in as_completed(futures):
+                arrived(futures[future], future.result())
+        except BaseException as exc:
+            # The queued requests are never sent and those retrying stop; the ones already sent are paid for, so
+            # their replies are waited for and handed over before the error goes up.
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            for future, i in futures.items():
+                if results[i] is None and not future.cancelled() and future.exception() is None:
+                    arrived(i, future.result())
+            if isinstance(exc, _Stopped):  # a request that stopped came back before the failure that stopped it
+                raise next(e for f in futures if not f.cancelled() and (e := f.exception()) is not None
+                           and not isinstance(e, _Stopped)) from None
+            raise
+        finally:
+            pool.shutdown(wait=True)
+        return results  # type: ignore[return-value]  # all filled
 
 
 class _Deadline:

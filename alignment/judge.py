@@ -290,9 +290,10 @@ class JudgeSettings(BaseModel):
         default="off", description="Thinking mode of the judge's own chat template (None: its default)."
     )
     batch_size: int = Field(default=8, ge=1, description="Judge prompts per backend call. Where replies are journaled "
-                            "(judge rewards and gates), each call's are kept as it returns: a kill or a failed request "
-                            "loses at most one call's. An HTTP judge's calls are at least its backend's `concurrency` "
-                            "(a call sends its prompts at once and waits for the slowest).")
+                            "(judge rewards and gates), each call's are kept as it returns, an HTTP judge's each as it arrives: "
+                            "a kill loses at most one local call's, and an HTTP judge's failed request or Ctrl-C none "
+                            "(no request is sent after one fails for good). An HTTP judge's calls are at least its "
+                            "backend's `concurrency` (a call sends its prompts at once and waits for the slowest).")
 
     @field_validator("rubric")
     @classmethod
@@ -389,22 +390,33 @@ class Judge:
         # gave every repeat one reply anyway; and identical answers should get the same rating.
         asked = list({key: prompt for key, prompt in zip(keys, prompts, strict=True) if key not in known}.items())
         fresh: dict[str, Completion] = {}
-        # Calls of batch_size, each journaled as it returns: a kill or a failed request loses at most one call's
-        # replies (the HTTP backend sends a call's requests at once, paid for whether or not the call completes). A
-        # call is never smaller than the backend's concurrency, which it would otherwise cap (64 in flight became 8).
+        # Calls of batch_size, each journaled as it returns, or reply by reply where the backend hands each over as it
+        # arrives (HTTP, whose requests are paid for whether or not the call completes): a failed request or a kill
+        # then loses no reply. A call is never smaller than the backend's concurrency, which it would otherwise cap
+        # (64 in flight became 8).
         size = max(self.settings.batch_size, getattr(self.backend, "concurrency", 1))
+        each = getattr(self.backend, "reports_each_reply", False)
         for start in range(0, len(asked), size):
             part = asked[start:start + size]
+
+            def keep(place: int, group: list[Completion], part: list[tuple[str, str]] = part) -> None:
+                reply = (part[place][0], group[0])
+                if self.replies is not None:
+                    self.replies.add([reply])
+                fresh[reply[0]] = reply[1]
+
             started = time.time()
             try:
-                out = self.backend.sample([[{"role": "user", "content": prompt}] for _, prompt in part], params)
+                out = self.backend.sample([[{"role": "user", "content": prompt}] for _, prompt in part], params,
+                                          **({"on_result": keep} if each else {}))
             finally:
                 self.seconds += time.time() - started
             self.calls += len(part)
-            replies = [(key, group[0]) for (key, _), group in zip(part, out, strict=True)]
-            if self.replies is not None:
-                self.replies.add(replies)
-            fresh.update(replies)
+            if not each:
+                replies = [(key, group[0]) for (key, _), group in zip(part, out, strict=True)]
+                if self.replies is not None:
+                    self.replies.add(replies)
+                fresh.update(replies)
         self.reused += len(prompts) - len(asked)
         return [fresh[key] if key in fresh else known[key] for key in keys]
 

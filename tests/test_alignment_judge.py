@@ -212,15 +212,80 @@ def test_judge_replies_are_journaled_per_call_of_batch_size_so_a_failed_request_
 
         with pytest.raises(Exception, match="500"):
             judge().rate(prompts)
-        # Call 1 (p0-p3) came back and is journaled; call 2 sent p4, then p5 failed.
+        # Call 1 (p0-p3) came back and is journaled; call 2 sent p4, kept as it arrived, then p5 failed.
         assert [last_user(body) for body in server.requests] == prompts[:6]
-        assert len(ReplyJournal(tmp_path / "judge_replies.jsonl", "j").replies) == 4
+        assert len(ReplyJournal(tmp_path / "judge_replies.jsonl", "j").replies) == 5
         failing["on"] = False
         rerun = judge()
         verdicts = rerun.rate(prompts)
-    assert [last_user(body) for body in server.requests[6:]] == prompts[4:]  # p0-p3 are not paid for again
+    assert [last_user(body) for body in server.requests[6:]] == prompts[5:]  # p0-p4 are not paid for again
     assert [v.score for v in verdicts] == [7.0] * 12 and verdicts[0].raw == "judge p0: [[7]]"
-    assert rerun.stats()["judge_calls"] == 8 and rerun.stats()["judge_replies_reused"] == 4
+    assert rerun.stats()["judge_calls"] == 7 and rerun.stats()["judge_replies_reused"] == 5
+
+
+def test_after_a_judge_request_fails_for_good_no_request_is_sent_and_every_paid_reply_is_kept(tmp_path):
+    """A trial: one prompt's request failed for good (HTTP 500 after its retries) and tempa went on sending the rest
+    of the call's requests, then threw away every reply of the call, paid for or not (0 of 8 kept). Now the queued
+    requests are never sent, and the replies of those in flight are journaled before the error goes up."""
+    import threading
+    import time
+
+    from test_alignment_fakes import FakeOpenAI, chat_response, last_user
+
+    from tempa.alignment.backends_http import HTTPBackend
+    from tempa.alignment.judge import ReplyJournal
+
+    arrived, failed = threading.Barrier(4, timeout=10), threading.Event()
+
+    def reply(body):
+        prompt = last_user(body)
+        if prompt in ("judge p0", "judge p1", "judge p2", "judge p3"):
+            arrived.wait()  # the first four requests are all in flight before any is answered
+        if prompt == "judge p1":
+            failed.set()
+            return 500, {"error": {"message": "poisoned"}}, {}
+        if failed.wait(10):  # answered after p1's failure, which the client needs a moment to see
+            time.sleep(0.3)
+        return chat_response([f"{prompt}: [[7]]"])
+
+    prompts = [f"judge p{i}" for i in range(8)]
+    journal = tmp_path / "judge_replies.jsonl"
+    with FakeOpenAI(reply) as server:
+        backend = HTTPBackend(server.base_url, "judge", timeout_s=20, max_retries=0, concurrency=4)
+        with pytest.raises(Exception, match=r"500.*poisoned"):
+            Judge(backend, JudgeSettings(batch_size=8), replies=ReplyJournal(journal, "j")).rate(prompts)
+    assert sorted(last_user(body) for body in server.requests) == prompts[:4]  # p4-p7 were never sent
+    kept = [entry["reply"]["text"] for entry in map(json.loads, journal.read_text(encoding="utf-8").splitlines())]
+    assert sorted(kept) == ["judge p0: [[7]]", "judge p2: [[7]]", "judge p3: [[7]]"]
+
+
+def test_a_request_retrying_stops_once_another_of_its_call_failed_for_good():
+    """Each retry is a request paid for: after one request of a call failed for good, another one kept retrying its
+    503 up to max_retries, for replies the failed call throws away."""
+    import threading
+    import time
+
+    from test_alignment_fakes import FakeOpenAI, last_user
+
+    from tempa.alignment.backends_http import HTTPBackend
+    from tempa.alignment.generation import GenerationParams
+
+    arrived = threading.Barrier(2, timeout=10)
+
+    def reply(body):
+        if len([b for b in server.requests if last_user(b) == last_user(body)]) == 1:
+            arrived.wait()
+        if last_user(body) == "bad":
+            return 400, {"error": {"message": "no such model"}}, {}
+        time.sleep(0.3)  # busy, answered after the other request's refusal
+        return 503, {"error": {"message": "overloaded"}}, {}
+
+    with FakeOpenAI(reply) as server:
+        backend = HTTPBackend(server.base_url, "judge", timeout_s=20, max_retries=5, backoff_s=0.01, concurrency=2)
+        with pytest.raises(Exception, match=r"400.*no such model"):
+            backend.sample([[{"role": "user", "content": "busy"}], [{"role": "user", "content": "bad"}]],
+                           GenerationParams())
+    assert [last_user(body) for body in server.requests].count("busy") == 1
 
 
 def test_an_http_judges_calls_are_never_smaller_than_its_concurrency(tmp_path):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 import re
 import time
 from collections.abc import Sequence
@@ -29,6 +29,8 @@ from tempa.alignment.generation import GenerationParams
 from tempa.chat_templates.thinking import split_reasoning
 from tempa.sft.stage_api import OnOff, resolve_path
 from tempa.sft.suggest import closest
+
+log = logging.getLogger("tempa.alignment.judge")
 
 LANGUAGE_NAMES = {
     "en": "English", "id": "Indonesian", "ms": "Malay", "th": "Thai", "vi": "Vietnamese", "tl": "Filipino",
@@ -326,12 +328,23 @@ class ReplyJournal:
         self.earlier = [json.dumps(form, sort_keys=True, default=str) for form in earlier]
         self.replies: dict[str, Completion] = {}
         if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:  # a line cut off by a kill mid-write is a reply not kept, asked again
+            text = self.path.read_bytes().decode("utf-8", "replace")
+            lines = text.split("\n")
+            # A last line without its newline was cut off mid-write (a kill, a full disk): a reply not kept, asked
+            # again; the next add cuts it off the file.
+            if lines[-1]:
+                log.warning("%s: its last line was cut off mid-write (a kill or a full disk); that reply is asked "
+                            "again", self.path)
+            unreadable = 0
+            for line in lines[:-1]:
+                try:
                     entry = json.loads(line)
                     self.replies[entry["key"]] = Completion.from_dict(entry["reply"])
-                except (ValueError, KeyError, TypeError):
-                    continue
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    unreadable += 1
+            if unreadable:
+                log.warning("%s: %d unreadable line%s skipped; those replies are asked again", self.path, unreadable,
+                            "s" if unreadable != 1 else "")
 
     def key(self, prompt: str, params: GenerationParams, identity: str | None = None) -> str:
         asked = params.model_dump(mode="json", exclude={"batch_size"})  # transport: not what is asked
@@ -348,13 +361,12 @@ class ReplyJournal:
         return found
 
     def add(self, replies: Sequence[tuple[str, Completion]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            for key, reply in replies:
-                handle.write(json.dumps({"key": key, "reply": reply.to_dict()}, ensure_ascii=False) + "\n")
-                self.replies[key] = reply
-            handle.flush()
-            os.fsync(handle.fileno())
+        # Imported here: sampling imports rewards, which imports this module.
+        from tempa.alignment.sampling import append_lines
+
+        append_lines(self.path, [json.dumps({"key": key, "reply": reply.to_dict()}, ensure_ascii=False)
+                                 for key, reply in replies])
+        self.replies.update(replies)
 
 
 class Judge:

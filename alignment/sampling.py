@@ -79,6 +79,39 @@ def _earlier(signature: Any) -> set[str]:
     return {_signed(form) for form in signature.earlier()} if isinstance(signature, Signed) else set()
 
 
+def _torn_tail(handle: Any, size: int) -> int:
+    """Where the whole lines of an open binary file of ``size`` bytes end (after its last newline; 0 for none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - 65536)
+        handle.seek(start)
+        block = handle.read(end - start)
+        if (newline := block.rfind(b"\n")) >= 0:
+            return start + newline + 1
+        end = start
+    return 0
+
+
+def append_lines(path: Path, lines: Iterable[str]) -> None:
+    """Append whole lines to a journal and fsync them: every journal (samples, scores, teacher answers, judge replies)
+    is written here. A torn last line, what a kill or a full disk leaves mid-write, is cut off first: a record
+    appended onto it would be unreadable too, and what it holds asked (and paid for) again."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size:
+            handle.seek(size - 1)
+            if handle.read(1) != b"\n":
+                whole = _torn_tail(handle, size)
+                log.warning("%s: its last line was cut off mid-write (%d bytes, a kill or a full disk); dropped, so "
+                            "that record is asked again", path, size - whole)
+                handle.truncate(whole)
+        handle.write("".join(line + "\n" for line in lines).encode("utf-8"))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 class JsonlStore:
     """Append-only JSON Lines records keyed by ``"id"``, with a completion marker and a signature."""
 
@@ -164,17 +197,15 @@ class JsonlStore:
                     break
                 records[record["id"]] = record
                 good += len(line)
-        if good != self.path.stat().st_size:
+        if good != (size := self.path.stat().st_size):
+            log.warning("%s: %d bytes after its last whole record dropped (a line cut off mid-write: a kill or a full "
+                        "disk); those records are asked again", self.path, size - good)
             with open(self.path, "r+b") as f:
                 f.truncate(good)
         return records
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_lines(self.path, (json.dumps(record, ensure_ascii=False, default=str) for record in records))
 
     def mark_complete(self) -> None:
         write_atomic(self.marker, "complete\n")

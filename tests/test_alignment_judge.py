@@ -471,3 +471,29 @@ def test_a_rubric_path_with_a_space_in_its_folder_is_read_as_a_file(tmp_path, ti
     loaded = load_recipe(_preference_recipe(tmp_path, tiny_model_dir,
                                             "rewards: [{type: judge, rubric: 'my rubrics/judge.md'}]"))
     assert loaded.stage("align").rewards[0].rubric == "Rate {answer} to {question}: [[N]]"
+
+
+def test_a_judge_reply_journaled_after_a_torn_last_line_is_read_back_and_never_bought_again(tmp_path, caplog):
+    """A trial: a kill left judge_replies.jsonl's last line half written; the resumed run appended its first new reply
+    onto the fragment, that reply was unreadable afterwards, and a rescoring bought it again (the docs promise
+    rescoring "pays for no reply twice")."""
+    from tempa.alignment.judge import ReplyJournal
+
+    path = tmp_path / "judge_replies.jsonl"
+    backend = ScriptedBackend(lambda prompt, j: f"{prompt}: Rating: [[6]]")
+
+    def judge() -> Judge:
+        return Judge(backend, JudgeSettings(batch_size=2), replies=ReplyJournal(path, "j"))
+
+    judge().rate(["p0", "p1"])
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('{"key": "deadbeef", "reply": {"text": "Rating: [[')
+    with caplog.at_level("WARNING"):
+        resumed = judge()
+        assert [v.score for v in resumed.rate(["p0", "p1", "p2", "p3"])] == [6.0] * 4
+    assert resumed.stats()["judge_calls"] == 2 and "cut off" in caplog.text
+    rescoring = judge()
+    verdicts = rescoring.rate(["p0", "p1", "p2", "p3"])
+    assert rescoring.stats()["judge_calls"] == 0 and rescoring.stats()["judge_replies_reused"] == 4
+    assert [v.raw for v in verdicts] == [f"p{i}: Rating: [[6]]" for i in range(4)]
+    assert all(json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())

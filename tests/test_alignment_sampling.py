@@ -390,3 +390,20 @@ def test_status_reads_how_far_a_journaled_pass_is_and_when_it_ends(tmp_path):
     assert latest_progress(stage) == trained
     # a --from run deletes the journal's files, its progress with them
     assert (stage / "data" / "samples.jsonl.progress.json") in JsonlStore.files(stage / "data" / "samples.jsonl")
+
+
+@pytest.mark.parametrize("torn", [b'{"id": "p09", "compl', b'{"id": "p09"}', b"\xc3"])  # the last: half a character
+def test_a_record_appended_after_a_torn_last_line_starts_a_line_of_its_own(tmp_path, caplog, torn):
+    """A kill or a full disk leaves a journal's last line half written; the next record was appended onto it, and both
+    were lost (the sample asked, and paid for, again). The torn line is cut off before anything is appended, whoever
+    appends: samples, scores and teacher answers (JsonlStore), judge replies (ReplyJournal)."""
+    path = tmp_path / "teacher.jsonl"
+    store = JsonlStore(path, "sig")
+    store.append([{"id": "p00", "text": "kept"}])
+    with open(path, "ab") as f:
+        f.write(torn)
+    with caplog.at_level("WARNING"):
+        JsonlStore(path, "sig").append([{"id": "p01", "text": "appended after the tear"}])
+    assert [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines()] == ["p00", "p01"]
+    assert set(JsonlStore(path, "sig").load()) == {"p00", "p01"}
+    assert "cut off" in caplog.text

@@ -337,9 +337,10 @@ class HTTPBackend(SamplingBackend):
     def check_reachable(self) -> None:
         """Raise HTTPBackendError (one line) when the server cannot be reached at all: refused, no such host, no answer
         within ``timeout_s``, retried as a request is; or when it refuses the key (HTTP 401 to ``GET {base_url}/models``
-        with the key the requests send: a judge's wrong key was found after the teacher's whole pass). Any other HTTP
-        answer, an error status included (a server without that route), counts as reachable. Each try waits at most
-        ``REACH_TIMEOUT_S``."""
+        with the key the requests send: a judge's wrong key was found after the teacher's whole pass), or when it
+        redirects (3xx): tempa follows no redirect, so every request would be refused the same way, after the
+        samples were paid for. Any other HTTP answer, an error status included (a server without that route), counts
+        as reachable. Each try waits at most ``REACH_TIMEOUT_S``."""
         url = self.url.removesuffix("/chat/completions") + "/models"
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         attempt = 0
@@ -347,8 +348,10 @@ class HTTPBackend(SamplingBackend):
             try:
                 # A server that is up answers this at once, however busy its generation is; a dropped connection
                 # would otherwise hold each try for the whole timeout_s (300 s by default).
-                status, _, raw = _exchange(urllib.request.Request(url, headers=headers, method="GET"),
-                                           min(self.timeout_s, REACH_TIMEOUT_S))
+                status, reply_headers, raw = _exchange(urllib.request.Request(url, headers=headers, method="GET"),
+                                                       min(self.timeout_s, REACH_TIMEOUT_S))
+                if 300 <= status < 400:
+                    raise HTTPBackendError(_redirected(f"GET {url} (model {self.model})", status, reply_headers))
                 text = self._scrub(raw.decode("utf-8", "replace"))
                 # Not a 403, nor a 401 over a missing scope or permission: OpenAI's restricted project keys may list
                 # no models ("Missing scopes: api.model.read") and still generate.
@@ -360,7 +363,7 @@ class HTTPBackend(SamplingBackend):
                 reason = self._scrub(str(getattr(exc, "reason", exc))) or type(exc).__name__
             if attempt >= self.max_retries:
                 raise HTTPBackendError(f"GET {url} (model {self.model}): the server cannot be reached after {attempt} "
-                                       f"retries: {reason}")
+                                       f"retries: {reason}; start its server or fix base_url")
             self._wait(attempt, reason, where=f"GET {url} (model {self.model})")
             attempt += 1
 
@@ -697,5 +700,5 @@ def check_endpoint(backend: Any, who: str, field: str, where: str = "") -> None:
     try:
         backend.check_reachable()
     except StageError as exc:
-        raise StageError(f"{f'{where}: ' if where else ''}{who} ({field}), checked before its first request: {exc}; "
-                         "start its server or fix base_url") from None
+        raise StageError(f"{f'{where}: ' if where else ''}{who} ({field}), checked before its first request: {exc}") \
+            from None

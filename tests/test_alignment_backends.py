@@ -508,11 +508,33 @@ def test_a_redirect_is_refused_and_the_key_goes_nowhere_else(monkeypatch, status
         backend = HTTPBackend.from_config(config, show_progress=False)
         with pytest.raises(HTTPBackendError) as err:
             backend.sample([[{"role": "user", "content": "q"}]], GenerationParams())
-        backend.check_reachable()  # an answer, a redirect included, says the server is up (and is not followed)
     assert elsewhere.visits == []
     message = str(err.value)
     assert f"HTTP {status}: the server redirects to {elsewhere.url}" in message and "set base_url" in message
     assert len(server.requests) == 1  # not retried: asking again gets the same redirect
+    assert SECRET not in message and "SIGNED-TOKEN" not in message
+
+
+@pytest.mark.parametrize("status", [301, 307, 308])
+def test_the_check_before_the_first_request_refuses_a_redirect_as_the_request_would(monkeypatch, status):
+    """A trial: `GET /v1/models` answering 307 passed the check, all 12 prompts were sampled, then the first POST
+    failed on the redirect, which tempa never follows: the check exists to stop before anything is paid for."""
+    from tempa.alignment.backends_http import check_endpoint
+
+    monkeypatch.setenv("TEACHER_KEY", SECRET)
+    signed = "?sig=SIGNED-TOKEN-1234"
+    with _Recorder() as elsewhere, FakeOpenAI(lambda body: chat_response(["[[7]]"]),
+                                              lambda headers: (status, {}, {"Location": elsewhere.url + signed})) as server:
+        config = HTTPBackendConfig(base_url=server.base_url, model="m", api_key_env="TEACHER_KEY", max_retries=2,
+                                   backoff_s=0.01, timeout_s=5)
+        with pytest.raises(StageError) as err:
+            check_endpoint(HTTPBackend.from_config(config, show_progress=False), "judge 'judge'", "rewards[0].backend")
+    assert elsewhere.visits == [] and server.requests == [] and len(server.gets) == 1  # not retried either
+    message = str(err.value)
+    assert message.startswith(f"judge 'judge' (rewards[0].backend), checked before its first request: GET "
+                              f"{server.base_url}/models (model m): HTTP {status}: the server redirects to "
+                              f"{elsewhere.url}; tempa follows no redirect")
+    assert message.endswith("set base_url to the address that answers")  # not "start its server"
     assert SECRET not in message and "SIGNED-TOKEN" not in message
 
 

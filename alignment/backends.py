@@ -356,7 +356,7 @@ def read_api_key(variable: str) -> str:
     if bad is not None:
         raise StageError(f"environment variable {variable} holds a space, line break, control or non-ASCII character "
                          f"inside the key (character {bad + 1} of {len(value)}; the value is not shown), which an HTTP "
-                         "header cannot carry")
+                         "header cannot carry: set it to the key alone")
     return value
 
 

@@ -311,7 +311,13 @@ class HTTPBackend(SamplingBackend):
             return ""
         if self._api_key is None:
             return "; no API key was sent: name the variable that holds it in the backend's api_key_env"
-        return f"; the key sent is ${self.api_key_env}'s (api_key_env)" if self.api_key_env else ""
+        if not self.api_key_env:
+            return ""
+        if status == 401:
+            return (f"; the server does not accept the key in ${self.api_key_env} (api_key_env): set that variable to "
+                    "a valid key for this server")
+        return (f"; the key in ${self.api_key_env} (api_key_env) is not allowed this request: check that key's access "
+                "to this model")
 
     def _field_hint(self, status: int, text: str) -> str:
         """For a request refused over the thinking switch tempa sends (hosted APIs take no `chat_template_kwargs`):

@@ -11,6 +11,7 @@ downloaded); the stage checks those itself when it loads them (:func:`check_rewa
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -48,8 +49,10 @@ def check_api_keys(config: BaseModel) -> None:
         try:
             read_api_key(backend.api_key_env)
         except StageError as exc:
-            raise StageError(f"{field}.api_key_env: {exc} (the API key for {backend.base_url}); export it before "
-                             "the run") from None
+            # Only a variable that is not set is fixed by exporting it; one that holds a bad key, by fixing the value.
+            unset = not os.environ.get(backend.api_key_env, "").strip()
+            raise StageError(f"{field}.api_key_env: {exc} (the API key for {backend.base_url})"
+                             f"{'; export it before the run' if unset else ''}") from None
 
 
 def check_training_environment(config: BaseModel) -> None:

@@ -453,7 +453,8 @@ def test_a_refused_key_names_the_variable_it_came_from(monkeypatch):
         with pytest.raises(HTTPBackendError) as err:
             HTTPBackend.from_config(config, show_progress=False).sample([[{"role": "user", "content": "q"}]],
                                                                         GenerationParams())
-        assert str(err.value).endswith("; the key sent is $JUDGE_KEY's (api_key_env)") and "zzzz" not in str(err.value)
+        assert str(err.value).endswith("; the server does not accept the key in $JUDGE_KEY (api_key_env): set that "
+                                       "variable to a valid key for this server") and "zzzz" not in str(err.value)
         with pytest.raises(HTTPBackendError, match="no API key was sent: name the variable that holds it"):
             http(server).sample([[{"role": "user", "content": "q"}]], GenerationParams())
 
@@ -659,3 +660,22 @@ def test_sigterm_mid_batch_sends_no_further_request():
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert len(server.requests) <= 3, [last_user(body) for body in server.requests]
+
+
+def test_a_key_refused_at_the_check_before_the_first_request_is_called_refused_not_a_server_to_start(monkeypatch):
+    """A trial: a 401 to the pre-flight `GET /models` ended "...the key sent is $JUDGE_API_KEY's (api_key_env); start
+    its server or fix base_url": the server is up, the key is what is wrong."""
+    from tempa.alignment.backends_http import check_endpoint
+
+    monkeypatch.setenv("JUDGE_KEY", SECRET)
+    with FakeOpenAI(lambda body: chat_response(["[[7]]"]),
+                    lambda headers: (401, {"error": {"message": f"bad key, you sent: {headers['Authorization']}"}},
+                                     {})) as server:
+        config = HTTPBackendConfig(base_url=server.base_url, model="m", api_key_env="JUDGE_KEY", max_retries=0)
+        with pytest.raises(StageError) as err:
+            check_endpoint(HTTPBackend.from_config(config, show_progress=False), "judge 'judge'", "rewards[0].backend")
+    message = str(err.value)
+    assert "HTTP 401" in message and message.endswith(
+        "the server does not accept the key in $JUDGE_KEY (api_key_env): set that variable to a valid key for this "
+        "server")
+    assert "start its server" not in message and SECRET not in message and server.requests == []

@@ -255,3 +255,25 @@ def test_a_prompt_row_without_the_prompt_column_names_the_setting_and_a_non_stri
     with pytest.raises(StageError) as info:
         load_prompts(PromptSource(path=str(path)), seed=0)
     assert str(info.value) == f"{path}: line 1: 'prompt' must be a string (the question to sample answers to), got int 42"
+
+
+def test_a_key_with_a_space_inside_is_refused_as_such_not_as_a_key_to_export(monkeypatch):
+    """A trial: a key with a space inside was refused, rightly without showing it, but the fix suggested was "export it
+    before the run": it was exported; its value is what needs fixing."""
+    from pydantic import BaseModel
+
+    from tempa.alignment.backends import HTTPBackendConfig
+    from tempa.alignment.input_checks import check_api_keys
+    from tempa.sft.stage_api import StageError
+
+    class Stage(BaseModel):
+        judge: HTTPBackendConfig
+
+    stage = Stage(judge=HTTPBackendConfig(base_url="http://127.0.0.1:9/v1", model="m", api_key_env="TEMPA_TEST_KEY"))
+    monkeypatch.setenv("TEMPA_TEST_KEY", "sk-abc def-123")
+    with pytest.raises(StageError) as err:
+        check_api_keys(stage)
+    message = str(err.value)
+    assert message.startswith("judge.api_key_env: environment variable TEMPA_TEST_KEY holds a space")
+    assert "inside the key" in message and "set it to the key alone" in message
+    assert "export it" not in message and "abc" not in message

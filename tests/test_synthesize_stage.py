@@ -585,7 +585,7 @@ def test_a_judges_refused_key_is_found_before_the_teacher_is_paid(tmp_path, tiny
             run_synthesize(config, ctx)
         assert teacher.requests == [] and judge.requests == []
         message = str(info.value)
-        assert "HTTP 401: " in message and "the key sent is $JUDGE_KEY's (api_key_env)" in message, message
+        assert "HTTP 401: " in message and "does not accept the key in $JUDGE_KEY (api_key_env)" in message, message
         assert "sk-revoked" not in message
         monkeypatch.setenv("JUDGE_KEY", "sk-right")
         run_synthesize(config, ctx)

@@ -301,6 +301,10 @@ def run_round(
     signature = Signed({**base, "sampling": config.sampling.journaled()},
                        {**base, "sampling": config.sampling.model_dump(mode="json")})  # as an earlier tempa signed it
     score_signature = signature.plus(rewards=[fingerprinted(r) for r in config.rewards])
+    if any(isinstance(reward, JudgeReward) for reward in config.rewards):
+        # Ratings read by the unambiguous-[[N]] rule: a journal of ratings an earlier tempa read off any "[2]" in a
+        # reply is scored again from the judge's replies, none of them bought again (its ReplyJournal is its own).
+        score_signature = score_signature.plus(judge_rating="unambiguous")
     # Samples that cannot take part in a pair (cut off, or a think block the template would close) are not judged:
     # each judge call is paid for. A journal that judged them all, as an earlier tempa did, is kept.
     judged = score_signature.newly(judged="renders_as_written")

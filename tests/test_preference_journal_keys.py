@@ -151,6 +151,32 @@ def test_journals_of_an_older_tempa_are_sampled_again_once(scripted_round, monke
     assert {r["id"] for r in read_jsonl(round_dir / "samples.jsonl")}.isdisjoint(old_ids)
 
 
+def test_ratings_an_earlier_tempa_read_are_read_again_from_the_judges_replies(scripted_round, monkeypatch):
+    """An earlier tempa read a rating off any "[2]" in a reply ("Step [2] is wrong"): a round it scored, resumed by
+    this tempa, kept those wrong ratings in its score journal. The scores are read again from the journaled replies,
+    and no reply is bought again."""
+    ctx, config, _, _, _ = scripted_round
+    judge = ScriptedBackend(lambda prompt, j: "Good. [[7]]")
+    monkeypatch.setattr(rewards_module, "build_backend", lambda *a, **k: judge)
+    with pytest.raises(StageError, match="code -9"):
+        run_preference(config({}), ctx)
+    round_dir = ctx.stage_dir / "round-1"
+    # the journal as the earlier tempa signed and wrote it: without the rule in its signature, a rating of 2
+    meta = round_dir / "scores.jsonl.meta.json"
+    signed = json.loads(meta.read_text())
+    signed.pop("judge_rating", None)
+    meta.write_text(json.dumps(signed, sort_keys=True))
+    text = (round_dir / "scores.jsonl").read_text(encoding="utf-8")
+    assert '"judge": 7.0' in text
+    (round_dir / "scores.jsonl").write_text(text.replace('"judge": 7.0', '"judge": 2.0'), encoding="utf-8")
+    judge.prompts_seen.clear()
+    with pytest.raises(StageError, match="code -9"):
+        run_preference(config({}), ctx)
+    assert judge.prompts_seen == []
+    rescored = (round_dir / "scores.jsonl").read_text(encoding="utf-8")
+    assert '"judge": 7.0' in rescored and '"judge": 2.0' not in rescored
+
+
 def test_a_sample_that_cannot_take_part_in_a_pair_is_not_judged(scripted_round, monkeypatch):
     """A round judged every sample, cut-off ones too, which pair building then left out (a trial: 55 of 80 judged
     samples were incomplete). A judge call is paid for: only samples that can be paired are rated."""

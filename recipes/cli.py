@@ -12,6 +12,7 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from tempa.chat_templates.one_line import typed_line
 from tempa.recipes import __version__
@@ -354,7 +355,7 @@ def _cmd_plan(args) -> int:
         table.add_row(*map(Text, (str(d.index + 1), d.name, d.kind, _starts_from(d, decisions), d.action, d.reason,
                                   d.fingerprint[:12])))
     console.print(table)
-    _print_train_args(console, train_args_shown(loaded, decisions, run_dir))
+    _print_train_args(console, train_args_shown(loaded, decisions, run_dir), loaded.recipe.launch)
     for line in decontamination_lines(loaded):
         console.print(f"[bold]evaluation prompts[/bold] {escape(line)}", highlight=False)
     for line in _api_request_lines(loaded, decisions):
@@ -432,25 +433,54 @@ def _schedule_warnings(loaded, decisions) -> list[str]:
     return out
 
 
-def _print_train_args(console, shown) -> None:
+def _print_train_args(console, shown, launch) -> None:
     """Each training stage's trainer arguments (:func:`train_args_shown`): the recipe's `train:` over tempa's
-    defaults, or the ones a complete stage trained with."""
+    defaults, as the recipe's ``launch`` trains with them (its global batch sets the gradient accumulation), or the
+    ones a complete stage trained with."""
     from rich.markup import escape
 
     from tempa.sft.stage_api import marked_train_args
 
     for stage in shown:
-        args = marked_train_args(stage.args, stage.own)
+        given, own, batch = stage.args, stage.own, None
+        if stage.source != "ran":
+            given, batch = _launched_train_args(given, launch)
+            own = own | {"gradient_accumulation_steps"} if launch.global_batch_size is not None else own
+        args = marked_train_args(given, own)
         said = {"now": "* tempa's default", "ran": "as it trained; * tempa's default then",
                 "unrecorded": "as this tempa gives them: the tempa that trained it did not record its own; * tempa's "
                 "default"}[stage.source]
         console.print(f"[bold]training arguments of {stage.stage}[/bold] ({said}): {escape(args)}")
+        if batch:
+            console.print(f"[bold]global batch[/bold] {escape(stage.stage)}: {escape(batch)}", highlight=False)
         if stage.new_defaults:
             changed = ", ".join(f"{key} {_arg(ran)} → {_arg(now)}" for key, (ran, now) in stage.new_defaults.items())
             console.print(f"[bold]note:[/bold] this tempa's defaults for {escape(stage.stage)} differ from the ones it "
                           f"trained with: {escape(changed)}; defaults are no part of a fingerprint, so it stays "
                           f"complete: `tempa run --from {escape(stage.stage)}` trains it (and the stages after it) "
                           "with these", highlight=False)
+
+
+def _launched_train_args(train: dict[str, Any], launch) -> tuple[dict[str, Any], str | None]:
+    """``train`` as ``launch`` trains with it, and how its global batch sets the gradient accumulation (None without
+    one). The recipe's load refused a global batch the launch's processes cannot make; where accelerate decides
+    their count, only the training processes know it, and check it as they start."""
+    from tempa.sft.global_batch import data_parallel, launch_train_args, per_device_batch
+
+    batch, processes = launch.global_batch_size, launch.processes()
+    if batch is None:
+        return train, None
+    per_device = per_device_batch(train)
+    if processes is None:  # no value to show: the train block's would read as the one it trains with
+        unknown = {key: value for key, value in train.items() if key != "gradient_accumulation_steps"}
+        return unknown, (f"gradient_accumulation_steps is set as training starts, to launch.global_batch_size {batch} / "
+                       f"({per_device} per device x the data-parallel processes accelerate starts); the training "
+                       "processes stop at once if those do not divide it")
+    ranks = data_parallel(processes, launch.sequence_parallel)
+    launched = launch_train_args(train, batch, processes, launch.sequence_parallel)
+    return launched, (f"gradient_accumulation_steps {launched['gradient_accumulation_steps']} = "
+                      f"launch.global_batch_size {batch} / ({per_device} per device x {ranks} data-parallel "
+                      f"process{'es' if ranks != 1 else ''})")
 
 
 def _arg(value) -> str:

@@ -28,7 +28,7 @@ from tempa.recipes.errors import (
     where,
 )
 from tempa.recipes.registry import stage_kinds
-from tempa.recipes.schema import Recipe
+from tempa.recipes.schema import LaunchConfig, Recipe
 from tempa.recipes.yaml_loader import (
     RecipeTextError,
     compose_and_construct,
@@ -37,6 +37,7 @@ from tempa.recipes.yaml_loader import (
     parse_yaml,
     read_text,
 )
+from tempa.sft.global_batch import launch_train_args
 from tempa.sft.paths import EARLIER_STAGES, PATH_WARNINGS, WRITTEN_IN
 from tempa.sft.stage_api import Read, StageConfigBase
 from tempa.sft.suggest import closest, did_you_mean
@@ -579,6 +580,7 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
                 exc, file=path, lines=lines, raw=stage_raw, prefix=("stages", i), stage_names=names, model=type(config)
             ) from None
 
+    _check_global_batch(recipe, stages, kinds, lines, path)
     defaults = recipe.generation.model_dump(exclude_none=True)
     for i, (stage_raw, config) in enumerate(zip(stages_raw, stages, strict=True)):
         # The recipe's top-level `generation` is for the bake, whoever writes the bake stage: a bake of the recipe's
@@ -596,6 +598,38 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
         stages.append(bake)
     return LoadedRecipe(path=path, recipe=recipe, stages=stages, raw=raw, files=files,
                         path_warnings=path_warnings)
+
+
+def _check_global_batch(recipe: Recipe, stages: list[StageConfigBase], kinds, lines, path: Path) -> None:
+    """Refuse a ``launch.global_batch_size`` that a training stage cannot make on the launch's processes: the worker
+    refused it only once its launch was up, after the stages before it and the stage's own data preparation. A launch
+    whose process count accelerate decides is checked by the worker alone (`tempa plan` says so)."""
+    launch = recipe.launch
+    processes = launch.processes()
+    if launch.global_batch_size is None or processes is None:
+        return
+    for config in stages:
+        if not kinds[config.kind].trains:
+            continue
+        try:
+            launch_train_args(config.train_args(), launch.global_batch_size, processes, launch.sequence_parallel)
+        except ValueError as exc:
+            problem = str(exc).removeprefix(f"launch.global_batch_size {launch.global_batch_size} ")
+            raise RecipeError(
+                f"{where(('launch', 'global_batch_size'), lines, path)}: launch.global_batch_size: "
+                f"{launch.global_batch_size} {problem}, as stage '{config.name}' trains on the {processes} "
+                f"process{'es' if processes != 1 else ''} of {launch_processes_source(launch)}; set one of those, or "
+                "another per_device_train_batch_size"
+            ) from None
+
+
+def launch_processes_source(launch: LaunchConfig) -> str:
+    """What sets the training processes of ``launch``, as a recipe's author finds it."""
+    if launch.num_processes is not None:
+        return "launch.num_processes"
+    if launch.launcher == "torchrun":
+        return f"launch.num_machines {launch.num_machines} ({launch.launcher}: one process a machine)"
+    return f"launch.accelerate_config {launch.accelerate_config}"
 
 
 def _path_context(raw: Any, prefix: FieldPath, lines, base_dir: Path, warnings: list[str]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from tempa.sft.checkpoints import (
     rotate_checkpoints,
 )
 from tempa.sft.files import remove_tree, sync_tree, umask_modes, write_marker
-from tempa.sft.global_batch import accumulation_for, data_parallel, rows_per_step
+from tempa.sft.global_batch import data_parallel, launch_train_args, per_device_batch, rows_per_step
 from tempa.sft.kernels import (
     KernelChoice,
     KernelEnv,
@@ -169,11 +169,12 @@ def parallel_kwargs(plan: TrainPlan, world_size: int | None = None) -> dict[str,
     multiple = sequence_multiple()
     if multiple > 1 and plan.trainer == "sft" and train.get("pad_to_multiple_of") is None:
         out["pad_to_multiple_of"] = multiple  # trl's collator pads each batch (packed rows too) to it
+    # The recipe's load refused a global batch its launch cannot make; this checks the processes that did start.
     if env.global_batch_size is not None:
-        per_device, ranks = int(train.get("per_device_train_batch_size", 8)), data_parallel(world, env.sequence_parallel)
-        steps = accumulation_for(env.global_batch_size, per_device, ranks)
+        steps = launch_train_args(train, env.global_batch_size, world, env.sequence_parallel)["gradient_accumulation_steps"]
         print(f"[tempa] global batch {env.global_batch_size}: gradient_accumulation_steps {steps} "
-              f"({per_device} per device x {ranks} data-parallel ranks)", flush=True)
+              f"({per_device_batch(train)} per device x {data_parallel(world, env.sequence_parallel)} data-parallel "
+              "ranks)", flush=True)
         out["gradient_accumulation_steps"] = steps
     return out
 

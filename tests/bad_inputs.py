@@ -289,6 +289,10 @@ RECIPE_CASES = [
          "neither a shipped config"),
     Case("zero-processes", "recipe", lambda ws: plan(recipe(ws, launch="{num_processes: 0}")),
          "launch.num_processes"),
+    # the training process refused it, after the data was prepared and the model loaded
+    Case("global-batch-not-dividing", "recipe",
+         lambda ws: plan(recipe(ws, launch="{accelerate_config: single, global_batch_size: 7}")),
+         "recipe.yaml:3: launch.global_batch_size: 7 is not a multiple of per_device_train_batch_size 4 x 1"),
 ]
 
 MODEL_CASES = [

@@ -182,8 +182,9 @@ def test_global_batch_size_keeps_the_batch_on_any_hardware(tmp_path):
         for e in estimate_recipe(loaded, hardware):
             assert (e.global_batch, e.accumulation) == (128, accumulation)
             assert not any("changes the global batch" in w for w in e.warnings)
-    odd = estimate_recipe(load_recipe("sea-lion-v3-70b-it", ["launch.global_batch_size=100"]), "8xH100")[0]
-    assert "launch.global_batch_size 100 is not a multiple of per_device_train_batch_size 1 x 8" in odd.warnings[0]
+    # one its launch's 8 processes make, and 16 GPUs cannot (a batch the launch cannot make is refused at load)
+    odd = estimate_recipe(load_recipe("sea-lion-v3-70b-it", ["launch.global_batch_size=24"]), "2x8xH100")[0]
+    assert "launch.global_batch_size 24 is not a multiple of per_device_train_batch_size 1 x 16" in odd.warnings[0]
 
 
 def test_the_worker_sets_gradient_accumulation_from_the_global_batch(tmp_path):

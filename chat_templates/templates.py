@@ -30,6 +30,14 @@ def load_template(name_or_path: str | Path) -> str:
     ``llama3_thinking`` means the same thing everywhere. Raises :class:`TemplateNotFoundError` naming the path
     and the known names, and ``ValueError`` naming the file and line for a template that does not compile.
     """
+    text, origin = read_template(name_or_path)
+    _check_compiles(text, origin)
+    return text
+
+
+def read_template(name_or_path: str | Path) -> tuple[str, str]:
+    """(text, what an error calls it) of a template, as :func:`load_template` finds it, not compiled: a recipe's
+    load reads its ``default_*`` lines before transformers is imported."""
     key = str(name_or_path)
     known = available_templates()
     if key in known:
@@ -46,8 +54,7 @@ def load_template(name_or_path: str | Path) -> str:
             )
         text = path.read_text(encoding="utf-8")
         origin = str(path)
-    _check_compiles(text, origin)
-    return text
+    return text, origin
 
 
 @dataclass(frozen=True)
@@ -68,23 +75,41 @@ def template_defaults(template: str) -> TemplateDefaults:
     )
 
 
-def with_defaults(template: str, defaults: TemplateDefaults, origin: str = "the chat template") -> str:
-    """``template`` with its ``default_*`` lines set to ``defaults``.
+# The recipe field that sets each `default_*` line of a template, and the value of it that needs the line.
+RECIPE_DEFAULTS = {"thinking_mode": ("thinking_default", "off"), "stock_preamble": ("stock_preamble", "true")}
+_NOTHING_TO_SET = {"thinking_mode": "has no default thinking mode to set",
+                   "stock_preamble": "has no stock preamble to switch on"}
 
-    A template without such a line can only keep the built-in default (on, no preamble); asking for another
-    raises ``ValueError`` naming ``origin`` and the line it lacks, instead of baking a default nobody renders.
-    """
-    if defaults.thinking_mode not in MODES:
-        raise ValueError(f"thinking default must be 'on' or 'off', got {defaults.thinking_mode!r}")
+
+def defaults_problem(template: str, defaults: TemplateDefaults, origin: str) -> tuple[str, str] | None:
+    """(the recipe field, why) when ``defaults`` asks ``template`` for a default it has no ``default_*`` line for:
+    such a template can only keep the built-in default (on, no preamble). None when it can take ``defaults``."""
     wanted = {"thinking_mode": f'"{defaults.thinking_mode}"', "stock_preamble": "true" if defaults.stock_preamble else "false"}
     builtin = {"thinking_mode": '"on"', "stock_preamble": "false"}
     present = {name for name, _ in _DEFAULT_LINE.findall(template)}
     for name, value in wanted.items():
         if name not in present and value != builtin[name]:
-            what = "thinking_default: off" if name == "thinking_mode" else "stock_preamble: true"
-            raise ValueError(
-                f"{origin} has no '{{%- set default_{name} = ... %}}' line, so {what} cannot be baked into it"
-            )
+            field, set_to = RECIPE_DEFAULTS[name]
+            having = [shipped for shipped in available_templates()
+                      if name in {n for n, _ in _DEFAULT_LINE.findall(read_template(shipped)[0])}]
+            return field, (f"{origin} {_NOTHING_TO_SET[name]} (no '{{%- set default_{name} = ... %}}' line), so "
+                           f"{field}: {set_to} cannot be baked into it: remove {field}, or use a chat template with "
+                           f"that line ({', '.join(having)})")
+    return None
+
+
+def with_defaults(template: str, defaults: TemplateDefaults, origin: str = "the chat template") -> str:
+    """``template`` with its ``default_*`` lines set to ``defaults``.
+
+    A template without such a line can only keep the built-in default (on, no preamble); asking for another
+    raises ``ValueError`` (:func:`defaults_problem`'s why) instead of baking a default nobody renders.
+    """
+    if defaults.thinking_mode not in MODES:
+        raise ValueError(f"thinking default must be 'on' or 'off', got {defaults.thinking_mode!r}")
+    problem = defaults_problem(template, defaults, origin)
+    if problem is not None:
+        raise ValueError(problem[1])
+    wanted = {"thinking_mode": f'"{defaults.thinking_mode}"', "stock_preamble": "true" if defaults.stock_preamble else "false"}
     return _DEFAULT_LINE.sub(lambda m: f"{{%- set default_{m.group(1)} = {wanted[m.group(1)]} %}}", template)
 
 

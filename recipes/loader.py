@@ -17,6 +17,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from tempa.chat_templates.templates import (
+    TemplateDefaults,
+    TemplateNotFoundError,
+    defaults_problem,
+    read_template,
+)
 from tempa.chat_templates.thinking import THINKING_DEFAULT_CONTEXT
 from tempa.recipes.errors import (
     FieldPath,
@@ -112,17 +118,17 @@ def recipe_name(ref: str | Path) -> str:
     """The ``name:`` of a recipe (a path or a shipped recipe's name, through ``extends:``), read without validating the
     rest: the commands that read a run find its default folder, runs/<name>, even where the recipe's data has moved."""
     path = find_recipe(ref)
-    name = next((raw["name"] for raw in _chain_files(path) if "name" in raw), None)
-    if not isinstance(name, str):
-        raise RecipeError(f"{path}: name: expected the recipe's name (its run directory is runs/<name>, "
-                          "runs/<name>-<profile> with --profile)")
-    return name
+    raw, lines = next(((raw, lines) for raw, lines in _chain_files(path) if "name" in raw), ({}, {}))
+    if not isinstance(raw.get("name"), str):
+        raise RecipeError(f"{where(('name',), lines, path)}: name: expected the recipe's name (its run directory is "
+                          "runs/<name>, runs/<name>-<profile> with --profile)")
+    return raw["name"]
 
 
 def recipe_profiles(ref: str | Path) -> list[str]:
     """The ``profiles:`` a recipe offers (through ``extends:``), read without validating the rest."""
     names: dict[str, None] = {}
-    for raw in reversed(_chain_files(find_recipe(ref))):  # a child's `tiny: null` drops its parent's, as merged
+    for raw, _ in reversed(_chain_files(find_recipe(ref))):  # a child's `tiny: null` drops its parent's, as merged
         profiles = raw.get("profiles")
         for name, overlay in profiles.items() if isinstance(profiles, dict) else ():
             if overlay is None:
@@ -132,38 +138,38 @@ def recipe_profiles(ref: str | Path) -> list[str]:
     return list(names)
 
 
-def _chain_files(path: Path) -> list[dict[str, Any]]:
-    """The raw mappings of a recipe and the recipes it extends, child first, read without checking how the child
-    changes its parent's stages (a parent that renamed one must not hide a run of the child from `tempa status`);
-    ``extends:`` is checked as :func:`_load_chain` checks it."""
-    chain: list[dict[str, Any]] = []
+def _chain_files(path: Path) -> list[tuple[dict[str, Any], dict[FieldPath, tuple[Path, int]]]]:
+    """The raw mappings of a recipe and the recipes it extends, with their positions, child first, read without
+    checking how the child changes its parent's stages (a parent that renamed one must not hide a run of the child
+    from `tempa status`); ``extends:`` is checked as :func:`_load_chain` checks it."""
+    chain = []
     seen: tuple[Path, ...] = ()
     while True:
-        _check_cycle(path, seen)
         seen = (*seen, path)
         raw, lines = _read_yaml(path)
-        chain.append(raw)
-        parent = _parent_recipe(raw.get("extends"), lines, path)
+        chain.append((raw, lines))
+        parent = _parent_recipe(raw.get("extends"), lines, seen)
         if parent is None:
             return chain
         path = parent
 
 
-def _check_cycle(path: Path, seen: tuple[Path, ...]) -> None:
-    if path in seen:
-        raise RecipeError(f"{path}: extends: cycle ({' -> '.join(str(p) for p in (*seen, path))})")
-
-
-def _parent_recipe(ref: Any, lines: Mapping[FieldPath, tuple[Path, int]], path: Path) -> Path | None:
-    """The recipe a recipe's ``extends:`` names (None: it extends none); a RecipeError names its line."""
+def _parent_recipe(ref: Any, lines: Mapping[FieldPath, tuple[Path, int]], seen: tuple[Path, ...]) -> Path | None:
+    """The recipe that the ``extends:`` of ``seen[-1]`` names (None: it extends none); ``seen``: the chain read so
+    far, child first. A RecipeError names its line."""
+    path = seen[-1]
     if ref is None:
         return None
     if not isinstance(ref, str):
         raise RecipeError(f"{where(('extends',), lines, path)}: extends: expected a recipe path or name")
     try:
-        return find_recipe(ref, relative_to=path.parent)
+        parent = find_recipe(ref, relative_to=path.parent)
     except RecipeError as exc:
         raise RecipeError(f"{where(('extends',), lines, path)}: extends: {exc}") from None
+    if parent in seen:
+        raise RecipeError(f"{where(('extends',), lines, path)}: extends: cycle "
+                          f"({' -> '.join(str(p) for p in (*seen, parent))})")
+    return parent
 
 
 def _nearby_recipe(ref: Path, relative_to: Path | None) -> str:
@@ -199,7 +205,8 @@ def load_recipe(ref: str | Path, overrides: Sequence[str] = (), *, profile: str 
             raise RecipeError(f"{path}: --profile {profile}: no such profile (profiles: {known})")
         overlay = profiles[profile]
         if not isinstance(overlay, dict):
-            raise RecipeError(f"{path}: profiles.{profile}: expected a mapping of recipe fields")
+            raise RecipeError(f"{where(('profiles', profile), lines, path)}: profiles.{profile}: expected a mapping of "
+                              "recipe fields")
         if isinstance(overlay.get("stages"), list):
             _check_changed_stages(overlay["stages"], raw, lambda i: where(("profiles", profile, "stages", i, "name"),
                                                                            lines, path) + f": profiles.{profile}.")
@@ -317,7 +324,6 @@ def _by_name(lines: Mapping[FieldPath, tuple[Path, int]], stages: list[dict]) ->
 
 def _load_chain(path: Path, seen: tuple[Path, ...]):
     """Returns (merged raw, positions by merged index, stage name -> defining file, files)."""
-    _check_cycle(path, seen)
     raw, lines = _read_yaml(path)
     stages = _stage_list(raw, path, lines)
     named_lines = _by_name(lines, stages)
@@ -327,7 +333,7 @@ def _load_chain(path: Path, seen: tuple[Path, ...]):
     if "base_model" in raw:
         origins["<top>"] = path
     files = [path]
-    parent_path = _parent_recipe(raw.pop("extends", None), lines, path)
+    parent_path = _parent_recipe(raw.pop("extends", None), lines, (*seen, path))
     if parent_path is not None:
         parent_raw, parent_named, parent_origins, parent_files = _load_chain(parent_path, (*seen, path))
         _check_changed_stages(stages, parent_raw, lambda i: where(("stages", i, "name"), lines, path) + ": ")
@@ -495,6 +501,7 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
         raise from_validation_error(exc, file=path, lines=lines, raw=raw, stage_names=names, model=Recipe,
                                     top_keys=("extends", "profiles")) from None
 
+    _check_template_defaults(recipe, lines, path)
     kinds = stage_kinds()
     seen: dict[str, int] = {}
     # Stage names are folder names: 'sft' and 'SFT' are one folder on macOS's and Windows' file systems.
@@ -598,6 +605,23 @@ def _validate(path: Path, raw: dict[str, Any], named_lines, origins, files) -> L
         stages.append(bake)
     return LoadedRecipe(path=path, recipe=recipe, stages=stages, raw=raw, files=files,
                         path_warnings=path_warnings)
+
+
+def _check_template_defaults(recipe: Recipe, lines, path: Path) -> None:
+    """Refuse a ``thinking_default`` / ``stock_preamble`` the chat template has no ``default_*`` line for, at that
+    field: the run refused it only as it baked the template, naming no line. A template that cannot be read is
+    the bake's to name."""
+    defaults = TemplateDefaults(thinking_mode=recipe.thinking_default, stock_preamble=recipe.stock_preamble)
+    if defaults == TemplateDefaults():
+        return  # every template renders the built-in defaults
+    try:
+        text, _ = read_template(recipe.chat_template)
+    except (OSError, UnicodeDecodeError, TemplateNotFoundError):
+        return
+    problem = defaults_problem(text, defaults, f"chat template {recipe.chat_template}")
+    if problem is not None:
+        field, why = problem
+        raise RecipeError(f"{where((field,), lines, path)}: {field}: {why}")
 
 
 def _check_global_batch(recipe: Recipe, stages: list[StageConfigBase], kinds, lines, path: Path) -> None:

@@ -283,6 +283,10 @@ RECIPE_CASES = [
     Case("extends-cycle", "recipe", lambda ws: plan(_text(ws, "extends: recipe.yaml\nname: x\n")), "extends: cycle"),
     Case("extends-missing", "recipe", lambda ws: plan(_text(ws, "extends: nope.yaml\nname: x\n")), "recipe file not found"),
     Case("unknown-template", "recipe", lambda ws: plan(recipe(ws, top="chat_template: llama4")), "not a shipped template"),
+    # it named the file and the field but no line, and spoke of a Jinja line rather than of the preamble
+    Case("stock-preamble-without-one", "recipe",
+         lambda ws: plan(recipe(ws, top="chat_template: chatml_thinking\nstock_preamble: true")),
+         "recipe.yaml:5: stock_preamble: chat template chatml_thinking has no stock preamble to switch on"),
     Case("missing-template-file", "recipe", lambda ws: plan(recipe(ws, top="chat_template: mine.jinja")),
          "local path does not exist"),
     Case("unknown-accelerate-config", "recipe", lambda ws: plan(recipe(ws, launch="{accelerate_config: zero9}")),

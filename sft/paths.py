@@ -188,7 +188,11 @@ def _as_written(path: Path, value: str, base_dir: str | os.PathLike | None) -> s
     was relative, else absolute."""
     if base_dir is None or os.path.isabs(os.path.expanduser(value)):
         return str(path)
-    relative = Path(os.path.relpath(Path(os.path.realpath(path.parent)) / path.name, os.path.realpath(base_dir)))
+    # As the folders read, links and all (`data` a link to a shared folder: './data/x.jsonl', not the shared folder's
+    # path from here); by their real places only where that does not reach the file (/tmp and /private/tmp)
+    relative = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(base_dir)))
+    if relative.parts[0] == "..":
+        relative = Path(os.path.relpath(Path(os.path.realpath(path.parent)) / path.name, os.path.realpath(base_dir)))
     return str(relative) if relative.parts[0] == ".." else f"./{relative}"
 
 

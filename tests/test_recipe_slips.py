@@ -57,6 +57,19 @@ def test_a_data_path_slip_is_refused_at_plan_time_with_the_file_it_meant(tmp_pat
     assert not (folder / "run").exists()
 
 
+def test_a_slip_under_a_linked_data_folder_is_named_as_the_recipe_writes_it(tmp_path, capsys):
+    """`data` a link to a shared folder: the suggestion was the shared folder's real path from the recipe's
+    ('../../shared/data/ja_chats.jsonl'), not the './data/ja_chats.jsonl' the user writes."""
+    (tmp_path / "shared").mkdir()
+    _layout(tmp_path / "shared")
+    folder = tmp_path / "project" / "recipes"
+    folder.mkdir(parents=True)
+    (folder / "data").symlink_to(tmp_path / "shared" / "data")
+    recipe = _recipe(folder, source="data/ja_chats")
+    assert main(["plan", str(recipe), "--run-dir", str(folder / "run")]) == 1
+    assert capsys.readouterr().err.strip().endswith("did you mean './data/ja_chats.jsonl'?")
+
+
 def test_a_misspelt_base_model_folder_names_the_folder_it_meant(tmp_path):
     (tmp_path / "models" / "swallow-8b").mkdir(parents=True)
     with pytest.raises(RecipeError, match=r"m\.yaml:2: base_model: local path does not exist: .*swallow-8c, got '\./models/swallow-8c'; "

@@ -369,13 +369,18 @@ def _eval_section(stages: Mapping[str, Upstream], shipped: str | None = None) ->
 
 
 def _training_arguments_section(stages: Mapping[str, Upstream], in_model: set[str] | None = None) -> list[str]:
-    """Each training stage's effective trainer arguments: the recipe's ``train:`` over tempa's defaults, which the
-    card's recipe does not show (it holds what the recipe set); ``*`` marks a default, as `tempa plan` does."""
+    """Each training stage's trainer arguments as it trained with them (its manifest's record): the recipe's
+    ``train:`` over tempa's defaults, which the card's recipe does not show (it holds what the recipe set), and the
+    gradient accumulation its launch's global batch set; ``*`` marks a default, as `tempa plan` does."""
     lines = []
     for name, up in stages.items():
-        args = redact(up.config.train_args())  # {} for a kind that trains nothing (no defaults, no `train:`)
-        if args:
-            lines.append(f"- `{name}`{_not_in(name, in_model)}: {marked_train_args(args, getattr(up.config, 'train', {}))}")
+        # what it trained with (the launch's global batch sets the accumulation); {} for a kind that trains nothing
+        defaults = up.config.train_args()
+        trained = dict(up.train_args) if up.train_args is not None else defaults
+        # a value the recipe or its launch set is no default of tempa's
+        own = set(getattr(up.config, "train", {})) | {key for key, value in trained.items() if defaults.get(key) != value}
+        if trained:
+            lines.append(f"- `{name}`{_not_in(name, in_model)}: {marked_train_args(redact(trained), own)}")
     if not lines:
         return []
     return ["## Training arguments", "", "<details><summary>Each training stage's trainer arguments (* tempa's "

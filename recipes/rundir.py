@@ -95,7 +95,7 @@ class Manifest(BaseModel):
     def upstream(self, result_type: type[StageResult], config: Any, run_dir: Path) -> Upstream:
         """This stage as a later stage sees it (its result re-anchored in ``run_dir``)."""
         result = result_type.model_validate(self.result or {}, context={"run_dir": run_dir})
-        return Upstream(self.name, self.kind, config, result, self.duration_s)
+        return Upstream(self.name, self.kind, config, result, self.duration_s, self.train_args)
 
 
 def stale_inputs(manifest: Manifest, current: dict[str, str]) -> list[str]:

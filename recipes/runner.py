@@ -1047,7 +1047,8 @@ def _context(loaded: LoadedRecipe, decision: StageDecision, run_dir: Path, start
         launch=_launch,
         training=TrainingEnv(use_cpu=launch.use_cpu, mixed_precision=launch.mixed_precision, deepspeed_config=ds,
                              trust_remote_code=loaded.recipe.trust_remote_code,
-                             global_batch_size=launch.global_batch_size, sequence_parallel=launch.sequence_parallel),
+                             global_batch_size=launch.global_batch_size, sequence_parallel=launch.sequence_parallel,
+                             processes=launch.processes()),
         log=log,
         cache_dir=cache_root(),
         recipe=recipe,
@@ -1084,7 +1085,7 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
                         started_at=time.time(), tempa_version=__version__, software=software(),
                         start_model=ctx.start_model,
                         run_id=run_ids[decision.name], inputs={dep: run_ids.get(dep, "") for dep in decision.inputs},
-                        config=decision.config, train_args=config.train_args() if kind.trains else None,
+                        config=decision.config, train_args=ctx.training.as_launched(config.train_args()) if kind.trains else None,
                         profile=profile or "", interrupted="")
     manifest.write(stage_dir, run_dir)
     usage = ApiUsage()  # what its HTTP backends send: their requests and the tokens their servers bill
@@ -1137,7 +1138,7 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
         _fail_if_writable(manifest, stage_dir, run_dir, message, logging.NullHandler())
         raise StageError(f"stage '{decision.name}' failed: {message}") from None
     log.info("stage %s: done in %.1fs", decision.name, finished - manifest.started_at)
-    return Upstream(decision.name, decision.kind, config, result, manifest.duration_s)
+    return Upstream(decision.name, decision.kind, config, result, manifest.duration_s, manifest.train_args)
 
 
 class _StageLog(logging.FileHandler):

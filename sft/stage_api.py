@@ -294,6 +294,9 @@ class Upstream:
     config: StageConfigBase
     result: StageResult
     duration_s: float | None = None
+    # a training stage's trainer arguments as it trained with them (its manifest's); None: trains nothing, or an older
+    # tempa's manifest, which did not record them
+    train_args: Mapping[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- context
@@ -309,6 +312,17 @@ class TrainingEnv:
     trust_remote_code: bool = False
     global_batch_size: int | None = None  # rows per optimizer step on any hardware (sets gradient accumulation)
     sequence_parallel: int = 1  # GPUs one sequence is split over (they form one data-parallel rank)
+    processes: int | None = None  # the training processes the launch starts; None: accelerate's config decides
+
+    def as_launched(self, train: Mapping[str, Any]) -> dict[str, Any]:
+        """The trainer arguments ``train`` as this launch trains with them: a global batch sets the gradient
+        accumulation, where the processes are known before the launch (else the training processes set it as they
+        start), so the train plan, the manifest and the model card say what trained."""
+        from tempa.sft.global_batch import launch_train_args
+
+        if self.global_batch_size is None or self.processes is None:
+            return dict(train)
+        return launch_train_args(train, self.global_batch_size, self.processes, self.sequence_parallel)
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,7 @@ def train_plan(
     rewards: RewardHook | None = None,
 ) -> TrainPlan:
     """The plan for training into ``out_dir`` (``checkpoints/`` and ``final/`` go there)."""
-    train_args = dict(train_args)
+    train_args = ctx.training.as_launched(train_args)
     if ctx.recipe is not None:  # what the trackers call the run: recipe/stage (/round-N for a preference round)
         name = f"{ctx.recipe.name}/{ctx.stage_name}" + (f"/{out_dir.name}" if out_dir != ctx.stage_dir else "")
         train_args.setdefault("run_name", name)

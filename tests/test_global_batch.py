@@ -114,3 +114,18 @@ def test_the_worker_refuses_what_the_processes_that_started_cannot_make(tmp_path
     with pytest.raises(ValueError, match=r"24 is not a multiple of per_device_train_batch_size 8 x 5 data-parallel "
                                          r"processes = 40 \(the nearest that are: 40\)"):
         parallel_kwargs(plan, world_size=5)
+
+
+def test_the_train_plan_records_the_accumulation_the_launch_trains_with(tmp_path):
+    """train_plan.json said gradient_accumulation_steps 1 where the training processes set 2 from the global batch."""
+    import dataclasses
+
+    from stage_helpers import make_context
+    from tempa.sft.stage_api import TrainingEnv
+    from tempa.sft.train_plan import train_plan
+
+    ctx = make_context(tmp_path / "run", "sft", start_model=tmp_path, tokenizer_dir=tmp_path, chat_template="")
+    ctx = dataclasses.replace(ctx, training=TrainingEnv(global_batch_size=8, processes=1))
+    plan = train_plan(ctx, trainer="sft", start_model=tmp_path, train_data=tmp_path / "d", out_dir=ctx.stage_dir,
+                      train_args={"per_device_train_batch_size": 4}, seed=0)
+    assert plan.train_args["gradient_accumulation_steps"] == 8 // 4

@@ -223,3 +223,16 @@ def test_the_plan_shows_a_complete_stage_the_arguments_it_trained_with_and_says_
     (run_dir / "a" / "manifest.json").write_text(json.dumps(manifest))
     assert ("training arguments of a (as this tempa gives them: the tempa that trained it did not record its own; "
             "* tempa's default): warmup_steps=0.5*") in plan()
+
+
+def test_the_manifest_records_the_gradient_accumulation_the_launchs_global_batch_sets(tmp_path, monkeypatch):
+    """The training processes set gradient_accumulation_steps from launch.global_batch_size as they start: the
+    manifest (what `tempa plan` shows a complete stage trained with, and the model card lists) said the 1 of the
+    recipe's defaults where 2 trained."""
+    monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS[:-1], TRAINING))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: t\nbase_model: tempa:tiny\nlaunch: {accelerate_config: single, global_batch_size: 8}\n"
+                      "stages:\n  - {name: a, kind: note, train: {per_device_train_batch_size: 4}}\n")
+    run_recipe(load_recipe(recipe), tmp_path / "run")
+    ran = json.loads((tmp_path / "run" / "a" / "manifest.json").read_text())["train_args"]
+    assert ran["gradient_accumulation_steps"] == 8 // 4

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import (
@@ -391,10 +391,11 @@ class MergeStageConfig(StageConfigBase):
         return reads
 
 
-def selection_notes(stages: Sequence[StageConfigBase]) -> list[str]:
+def selection_notes(stages: Sequence[StageConfigBase], scored: Mapping[str, int] | None = None) -> list[str]:
     """For `tempa plan`: what a merge's `select` needs that only the run can tell, one line each: enough
     candidates for `top_k` where the recipe does not fix their count (the loader refuses a `top_k` above the
-    most there can be)."""
+    most there can be). ``scored``: the candidates each evaluate stage the run keeps as complete has scored, which
+    it tells for certain."""
     by_name = {stage.name: stage for stage in stages}
     notes = []
     for stage in stages:
@@ -402,7 +403,12 @@ def selection_notes(stages: Sequence[StageConfigBase]) -> list[str]:
             continue
         evaluate = by_name[stage.evaluate_stage]
         top_k = stage.select.top_k
-        if hasattr(evaluate, "checkpoints_of"):
+        if scored is not None and evaluate.name in scored:
+            if scored[evaluate.name] < top_k:
+                notes.append(f"stage '{stage.name}': select.top_k {top_k}: {evaluate.name} scored "
+                             f"{scored[evaluate.name]} candidate{'s' if scored[evaluate.name] != 1 else ''}, so the "
+                             f"merge fails; lower top_k, or give {evaluate.name} more candidates")
+        elif hasattr(evaluate, "checkpoints_of"):
             count = count_candidates({name: by_name[name].train_args() for name in evaluate.checkpoints_of
                                       if name in by_name}, include_final=evaluate.include_final,
                                      stages=len(evaluate.stages), models=len(evaluate.models))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -369,7 +370,8 @@ def _cmd_plan(args) -> int:
     warnings += filter(None, [other_recipe_warning(loaded, run_dir)])
     from tempa.merge.merge_config import selection_notes
 
-    warnings += selection_notes(loaded.stages)  # what the merge's selection needs that only the run can tell
+    # what the merge's selection needs that only the run can tell (a complete evaluate stage has told it)
+    warnings += selection_notes(loaded.stages, scored_candidates(decisions, run_dir))
     if not args.hardware:  # the estimate checks the schedule against the steps it counts
         warnings += _schedule_warnings(loaded, decisions)
     for problem in warnings:
@@ -431,6 +433,25 @@ def _schedule_warnings(loaded, decisions) -> list[str]:
             if steps > 0 and (problem := schedule_problem(train, steps)) is not None:
                 out.append(f"stage '{config.name}' (max_steps {steps}): {problem}")
     return out
+
+
+def scored_candidates(decisions, run_dir: Path) -> dict[str, int]:
+    """How many candidates each evaluate stage the run keeps as complete scored, from its typed result."""
+    from pydantic import ValidationError
+
+    from tempa.merge.leaderboard import EvaluateResult
+    from tempa.recipes.rundir import read_manifest
+
+    scored = {}
+    for decision in decisions:
+        if decision.action != "skip" or decision.kind != "evaluate":
+            continue
+        manifest = read_manifest(run_dir / decision.name)
+        if manifest is not None and manifest.result is not None:
+            with contextlib.suppress(ValidationError):  # an unreadable record: the plan says what only the run can tell
+                result = EvaluateResult.model_validate(manifest.result, context={"run_dir": run_dir})
+                scored[decision.name] = len(result.leaderboard.rows)
+    return scored
 
 
 def _print_train_args(console, shown, launch) -> None:

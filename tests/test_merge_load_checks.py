@@ -185,3 +185,31 @@ def test_the_load_check_counts_with_the_defaults_the_producing_stage_trains_with
     with pytest.raises(RecipeError, match=rf"top_k \(stage 'merge'\): {limit + 1}, but evaluate stage 'evaluate' "
                                           rf"scores at most {limit} candidate"):
         load_recipe(recipe)
+
+
+def test_a_top_k_a_complete_evaluate_stage_has_settled_is_said_as_it_stands(tmp_path, capsys):
+    """With the evaluate stage complete (the plan skips it), the plan still said whether it scores enough candidates
+    'is known only once it runs': it has run. Enough is no warning; too few is said with the count."""
+    import types
+
+    from tempa.merge.leaderboard import EvaluateResult, Leaderboard, LeaderboardRow
+    from tempa.merge.merge_config import selection_notes
+    from tempa.recipes.cli import scored_candidates
+    from tempa.recipes.rundir import Manifest
+
+    loaded = load_recipe(two_stage_recipe(tmp_path, dpo_train="{save_total_limit: 2}", top_k=3))
+    assert selection_notes(loaded.stages, {"evaluate": 3}) == []
+    assert selection_notes(loaded.stages, {"evaluate": 2}) == [
+        "stage 'merge': select.top_k 3: evaluate scored 2 candidates, so the merge fails; lower top_k, or give "
+        "evaluate more candidates"]
+
+    run_dir = tmp_path / "run"
+    (run_dir / "evaluate").mkdir(parents=True)
+    rows = [LeaderboardRow(candidate=f"dpo/checkpoint-{i}", path=run_dir / "dpo" / f"c{i}") for i in (1, 2)]
+    result = EvaluateResult(leaderboard=Leaderboard(rows=rows))
+    Manifest(name="evaluate", kind="evaluate", fingerprint="f", status="done", started_at=0.0,
+             result=result.model_dump(mode="json", context={"run_dir": run_dir})).write(run_dir / "evaluate", run_dir)
+    skipped = types.SimpleNamespace(name="evaluate", kind="evaluate", action="skip")
+    assert scored_candidates([skipped], run_dir) == {"evaluate": 2}
+    # one that runs again has not settled it
+    assert scored_candidates([types.SimpleNamespace(name="evaluate", kind="evaluate", action="rerun")], run_dir) == {}

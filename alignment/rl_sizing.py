@@ -17,7 +17,7 @@ from typing import Any
 from tempa.alignment.rl_config import RLStageConfig, generation_batch
 from tempa.alignment.sizing import COMPLETION_FILL, prompt_tokens
 from tempa.sft.data_size import count_local_rows
-from tempa.sft.global_batch import accumulation_for
+from tempa.sft.global_batch import accumulation_for, per_device_batch
 from tempa.sft.stage_api import EstimateInputs, GenerationWork, TokenCount, TrainingWorkload
 
 
@@ -73,7 +73,7 @@ def trained_prompts(train: dict[str, Any], prompts: int | None, inputs: Estimate
     if inputs.global_batch_size is not None:
         with contextlib.suppress(ValueError):  # the plan warns of a global batch the hardware cannot make
             train["gradient_accumulation_steps"] = accumulation_for(
-                inputs.global_batch_size, int(train.get("per_device_train_batch_size", 8)), inputs.data_parallel)
+                inputs.global_batch_size, per_device_batch(train), inputs.data_parallel)
     try:
         batch = generation_batch(train, inputs.data_parallel)
     except ValueError as exc:

@@ -202,7 +202,7 @@ def _rl_fits_the_launch(stage: Any, info: ValidationInfo) -> Any:
             train["gradient_accumulation_steps"] = accumulation_for(
                 launch.global_batch_size, train["per_device_train_batch_size"], ranks)
         except ValueError:
-            return stage  # `tempa plan` warns of a global batch the launch cannot make
+            return stage  # the recipe's load refuses a global batch the launch cannot make (its line named)
     try:
         batch = generation_batch(train, ranks)
     except ValueError as exc:

@@ -327,24 +327,17 @@ class ReplyJournal:
         self.identity = json.dumps(identity, sort_keys=True, default=str)
         self.earlier = [json.dumps(form, sort_keys=True, default=str) for form in earlier]
         self.replies: dict[str, Completion] = {}
-        if self.path.is_file():
-            text = self.path.read_bytes().decode("utf-8", "replace")
-            lines = text.split("\n")
-            # A last line without its newline was cut off mid-write (a kill, a full disk): a reply not kept, asked
-            # again; the next add cuts it off the file.
-            if lines[-1]:
-                log.warning("%s: its last line was cut off mid-write (a kill or a full disk); that reply is asked "
-                            "again", self.path)
-            unreadable = 0
-            for line in lines[:-1]:
-                try:
-                    entry = json.loads(line)
-                    self.replies[entry["key"]] = Completion.from_dict(entry["reply"])
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    unreadable += 1
-            if unreadable:
-                log.warning("%s: %d unreadable line%s skipped; those replies are asked again", self.path, unreadable,
-                            "s" if unreadable != 1 else "")
+        # Imported here: sampling imports rewards, which imports this module.
+        from tempa.alignment.sampling import read_journal
+
+        read = read_journal(self.path, lambda entry: (entry["key"], Completion.from_dict(entry["reply"])))
+        self.replies.update(read.entries)
+        read.warn()
+        # A last line without its newline was cut off mid-write (a kill, a full disk): a reply not kept, asked again;
+        # the next add cuts it off the file.
+        if read.whole != read.size:
+            log.warning("%s: its last line was cut off mid-write (a kill or a full disk); that reply is asked "
+                        "again", self.path)
 
     def key(self, prompt: str, params: GenerationParams, identity: str | None = None) -> str:
         asked = params.model_dump(mode="json", exclude={"batch_size"})  # transport: not what is asked

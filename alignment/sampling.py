@@ -2,8 +2,8 @@
 
 Each pass writes one JSON line per prompt to a ``.jsonl`` file, appended (and flushed) after
 every chunk, and a ``.complete`` marker when it is done. Run again after an interruption, it
-reads what is there (a torn last line is dropped), skips the prompts already written and works
-only on the rest; a finished pass is not repeated at all. A ``.meta.json`` signature beside
+reads what is there (a torn last line is dropped, an unreadable line inside the file skipped), skips the prompts
+already written and works only on the rest; a finished pass is not repeated at all. A ``.meta.json`` signature beside
 the file (model, parameters) makes a pass start over when what it would produce changed.
 
 Progress shows prompts done plus throughput (samples/s, tokens/s) in a tqdm bar.
@@ -112,6 +112,58 @@ def append_lines(path: Path, lines: Iterable[str]) -> None:
         os.fsync(handle.fileno())
 
 
+@dataclass
+class JournalRead:
+    """What :func:`read_journal` read: each readable whole line's entry, in file order, the numbers of the lines it
+    could not read, and where the whole lines end (``whole`` < ``size``: a torn last line follows)."""
+
+    path: Path
+    entries: list[Any]
+    unreadable: list[int]
+    whole: int
+    size: int
+
+    def warn(self) -> None:
+        """One warning naming the unreadable lines, by the reader that goes on to ask what they held."""
+        if self.unreadable:
+            shown = ", ".join(map(str, self.unreadable[:10])) + (", ..." if len(self.unreadable) > 10 else "")
+            log.warning("%s: %d unreadable line(s) skipped (line %s: half a record, or two glued together); the "
+                        "records after them are kept, what they held is asked again", self.path, len(self.unreadable),
+                        shown)
+
+
+def read_journal(path: Path, entry: Callable[[Any], T]) -> JournalRead:
+    """The whole lines of the journal at ``path`` (none when it is missing), each read by ``entry`` from its JSON
+    (KeyError, TypeError, ValueError or AttributeError: not a record of this journal). Every journal is read here:
+    samples, scores, teacher answers, judge replies. A line that cannot be read inside the file (one an earlier tempa
+    glued onto a torn line) is skipped, and the records after it are kept: stopping there asked, and paid for, every
+    one of them again. A last line without its newline (a kill or a full disk mid-write) is not read; the caller
+    decides whether to cut it off."""
+    path = Path(path)
+    if not path.is_file():
+        return JournalRead(path, [], [], 0, 0)
+    entries: list[Any] = []
+    unreadable: list[int] = []
+    whole = 0
+    with open(path, "rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.endswith(b"\n"):
+                break
+            whole += len(line)
+            try:
+                entries.append(entry(json.loads(line)))
+            except (ValueError, KeyError, TypeError, AttributeError):  # a UnicodeDecodeError is a ValueError
+                unreadable.append(number)
+    return JournalRead(path, entries, unreadable, whole, path.stat().st_size)
+
+
+def _keyed(record: Any) -> tuple[str, dict[str, Any]]:
+    """A JsonlStore record by its id."""
+    if not isinstance(record, dict) or not isinstance(record["id"], str):
+        raise TypeError("not a record")
+    return record["id"], record
+
+
 class JsonlStore:
     """Append-only JSON Lines records keyed by ``"id"``, with a completion marker and a signature."""
 
@@ -170,39 +222,19 @@ class JsonlStore:
         found = meta.read_text(encoding="utf-8")
         if found != wanted and found not in _earlier(signature) and _retired(found) not in {wanted, *_earlier(signature)}:
             return False
-        journaled = set()
-        with open(path, "rb") as lines:
-            for line in lines:
-                if not line.endswith(b"\n"):
-                    break
-                try:
-                    journaled.add(json.loads(line)["id"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    break
+        journaled = {key for key, _ in read_journal(path, _keyed).entries}
         return journaled.issuperset(keys)
 
     def load(self) -> dict[str, dict[str, Any]]:
         """Records written so far, by id (a torn last line is cut off the file)."""
-        records: dict[str, dict[str, Any]] = {}
-        if not self.path.is_file():
-            return records
-        good = 0
-        with open(self.path, "rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    break
-                records[record["id"]] = record
-                good += len(line)
-        if good != (size := self.path.stat().st_size):
+        read = read_journal(self.path, _keyed)
+        read.warn()
+        if read.whole != read.size:
             log.warning("%s: %d bytes after its last whole record dropped (a line cut off mid-write: a kill or a full "
-                        "disk); those records are asked again", self.path, size - good)
+                        "disk); those records are asked again", self.path, read.size - read.whole)
             with open(self.path, "r+b") as f:
-                f.truncate(good)
-        return records
+                f.truncate(read.whole)
+        return dict(read.entries)
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
         append_lines(self.path, (json.dumps(record, ensure_ascii=False, default=str) for record in records))

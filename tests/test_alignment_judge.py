@@ -497,3 +497,20 @@ def test_a_judge_reply_journaled_after_a_torn_last_line_is_read_back_and_never_b
     assert rescoring.stats()["judge_calls"] == 0 and rescoring.stats()["judge_replies_reused"] == 4
     assert [v.raw for v in verdicts] == [f"p{i}: Rating: [[6]]" for i in range(4)]
     assert all(json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
+
+
+def test_a_judge_reply_journal_skips_an_unreadable_line_inside_it_naming_it(tmp_path, caplog):
+    """Judge replies are read as every journal is (one reader): a glued line inside the file is named by its number
+    and skipped, and the replies after it are reused, not bought again."""
+    from tempa.alignment.judge import ReplyJournal
+
+    path = tmp_path / "judge_replies.jsonl"
+    backend = ScriptedBackend(lambda prompt, j: f"{prompt}: Rating: [[6]]")
+    Judge(backend, JudgeSettings(batch_size=4), replies=ReplyJournal(path, "j")).rate(["p0", "p1", "p2"])
+    first, second, third = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(first + second[:20] + third + third)  # p1's line torn, p2's appended onto it, then whole again
+    with caplog.at_level("WARNING"):
+        judge = Judge(backend, JudgeSettings(batch_size=4), replies=ReplyJournal(path, "j"))
+    assert [v.score for v in judge.rate(["p0", "p1", "p2"])] == [6.0] * 3
+    assert judge.stats()["judge_calls"] == 1 and judge.stats()["judge_replies_reused"] == 2
+    assert f"{path}: 1 unreadable line(s) skipped (line 2:" in caplog.text

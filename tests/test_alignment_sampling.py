@@ -407,3 +407,31 @@ def test_a_record_appended_after_a_torn_last_line_starts_a_line_of_its_own(tmp_p
     assert [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines()] == ["p00", "p01"]
     assert set(JsonlStore(path, "sig").load()) == {"p00", "p01"}
     assert "cut off" in caplog.text
+
+
+@pytest.mark.parametrize("bad", [b'{"id": "p01", "compl{"id": "p02", "completions": []}', b'\xc3\x28', b'[1, 2]',
+                                 b'{"no_id": 1}'])
+def test_an_unreadable_line_inside_a_journal_is_skipped_and_every_record_after_it_kept(tmp_path, caplog, bad):
+    """A trial: an earlier tempa appended a record onto a torn line, and the glued line inside samples.jsonl stopped
+    the reading there: every good record after it was sampled (and paid for) again. The line is skipped, named in one
+    warning, and only what it held is asked again; a torn last line is still cut off."""
+    rows = prompts(6)
+    params = GenerationParams(n=1, batch_size=2)
+    path = tmp_path / "samples.jsonl"
+    sample_prompts(rows, ScriptedBackend(), params, JsonlStore(path, "sig"), show_progress=False)
+    whole = path.read_bytes().splitlines(keepends=True)
+    # p01's line glued or garbled, p04's line unreadable too, and a last line cut off mid-write
+    path.write_bytes(whole[0] + bad + b"\n" + b"".join(whole[2:4]) + b"not json\n" + whole[5] + b'{"id": "p0')
+    JsonlStore(path, "sig").marker.unlink()
+    assert not JsonlStore.holds(path, "sig", [r.id for r in rows])
+    assert JsonlStore.holds(path, "sig", ["p00", "p02", "p03", "p05"])
+    backend = ScriptedBackend()
+    with caplog.at_level("WARNING"):
+        records, _ = sample_prompts(rows, backend, params, JsonlStore(path, "sig"), show_progress=False)
+    assert backend.prompts_seen == ["question 1", "question 4"]
+    assert [r["id"] for r in records] == [f"p0{i}" for i in range(6)]
+    warnings = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{path}: 2 unreadable line(s)")
+    assert "line 2, 5" in warnings[0]
+    assert "cut off" in caplog.text or "dropped" in caplog.text
+    assert set(JsonlStore(path, "sig").load()) == {f"p0{i}" for i in range(6)}

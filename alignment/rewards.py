@@ -35,6 +35,7 @@ import logging
 import math
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ from tempa.alignment.completions import Completion, split_think, without_tool_ca
 from tempa.alignment.judge import (
     JUDGE_REPLIES,
     MULTI_TURN_RUBRIC,
+    NO_RATING,
     PLACEHOLDERS,
     SINGLE_TURN_RUBRIC,
     TOOL_RUBRIC,
@@ -661,12 +663,16 @@ class JudgeFailures:
     cut_off: int = 0  # of the unparsable: replies that ended at the judge's max_new_tokens
     out_of_range: int = 0  # of the unparsable: replies whose rating is off the rubric's 1-10 (a judge on another scale)
     example: str | None = None  # one raw reply without a rating
+    problems: Counter[str] = field(default_factory=Counter)  # of the unparsable: why, by rating_problem
 
-    def count(self, raw: str, cut_off: bool = False) -> None:
-        """One reply without a rating (read from its text: a journal an earlier tempa wrote says why too)."""
+    def count(self, raw: str, cut_off: bool = False, problem: str | None = None) -> None:
+        """One reply without a rating, and why (``problem``; else read from its text: a journal an earlier tempa
+        wrote says why too)."""
+        problem = problem or rating_problem(raw) or NO_RATING
         self.unparsable += 1
         self.cut_off += cut_off
-        self.out_of_range += (rating_problem(raw) or "").startswith("out of range")
+        self.out_of_range += problem.startswith("out of range")
+        self.problems[problem] += 1
         self.example = self.example or raw
 
     @property
@@ -685,8 +691,17 @@ class JudgeFailures:
             advice += (f"; {self.out_of_range} of them gave a rating out of range (1-10): a rubric of your own must ask "
                        "for [[1]] to [[10]]")
         advice = (f"{advice}. Else use" if advice else ". Use") + f" a judge that follows the rubric, or raise {setting}"
-        return (f"{judge} gave no [[rating]] in {self.unparsable} of {self.replies} replies ({self.fraction:.0%} > "
-                f"max_unparsable {limit:g}); e.g. {reply!r}{advice}")
+        # The problems seen, each with its count: "gave no [[rating]]" said of every one sent a user whose judge wrote
+        # several different ratings looking for a missing one.
+        said = {problem: f"gave {'a rating ' if problem.startswith('out of range') else ''}{problem}"
+                for problem in self.problems}
+        if len(said) == 1:
+            what, counts = next(iter(said.values())), ""
+        else:
+            what = "gave no usable rating"
+            counts = ": " + ", ".join(f"{count} {said[problem]}" for problem, count in self.problems.most_common())
+        return (f"{judge} {what} in {self.unparsable} of {self.replies} replies ({self.fraction:.0%} > "
+                f"max_unparsable {limit:g}{counts}); e.g. {reply!r}{advice}")
 
 
 def judge_failures(rewards: Sequence[Any], scores: Sequence[dict[str, Any]]) -> dict[str, JudgeFailures]:
@@ -699,7 +714,7 @@ def judge_failures(rewards: Sequence[Any], scores: Sequence[dict[str, Any]]) -> 
             failures.replies += 1
             detail = record.get("details", {}).get(key, {})
             if detail.get("unparsable"):
-                failures.count(detail.get("raw", ""), bool(detail.get("cut_off")))
+                failures.count(detail.get("raw", ""), bool(detail.get("cut_off")), detail.get("problem"))
     return out
 
 

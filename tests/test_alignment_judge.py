@@ -514,3 +514,28 @@ def test_a_judge_reply_journal_skips_an_unreadable_line_inside_it_naming_it(tmp_
     assert [v.score for v in judge.rate(["p0", "p1", "p2"])] == [6.0] * 3
     assert judge.stats()["judge_calls"] == 1 and judge.stats()["judge_replies_reused"] == 2
     assert f"{path}: 1 unreadable line(s) skipped (line 2:" in caplog.text
+
+
+def test_a_judge_stopped_for_unparsable_replies_is_told_each_problem_with_its_count():
+    """A trial: the stage said "gave no [[rating]]" of replies that held several different ratings, sending the user
+    looking for a missing one. Each problem is named with its count, read from the details a reply was scored with,
+    or from its text where an earlier tempa stored no problem."""
+    from tempa.alignment.rewards import JudgeReward, check_judges
+    from tempa.sft.stage_api import StageError
+
+    judge = JudgeReward(type="judge", max_unparsable=0.1)
+    raws = (["Could be [[3]] or [[8]]."] * 2 + ["Good answer."] * 3 + ["Superb. [[11]]"] + ["Fine. [[7]]"] * 4)
+    details = [{"unparsable": True, "raw": raw, **({"problem": "several different [[ratings]]"} if i == 0 else {})}
+               for i, raw in enumerate(raws)]
+    scores = [{"results": [{"scores": {"judge": 7.0 if "[[7]]" in raw else None},
+                            "details": {"judge": {} if "[[7]]" in raw else detail}}]}
+              for raw, detail in zip(raws, details, strict=True)]
+    with pytest.raises(StageError) as info:
+        check_judges([judge], scores, "align round 1")
+    message = str(info.value)
+    assert "judge 'judge' gave no usable rating in 6 of 10 replies (60% > max_unparsable 0.1: 3 gave no [[rating]], " \
+        "2 gave several different [[ratings]], 1 gave a rating out of range (1-10)); e.g." in message
+    only_several = [{"results": [{"scores": {"judge": None}, "details": {"judge": {"unparsable": True, "raw": raws[0]}}}]}]
+    with pytest.raises(StageError, match=r"judge 'judge' gave several different \[\[ratings\]\] in 1 of 1 replies "
+                       r"\(100% > max_unparsable 0\.1\); e\.g\."):
+        check_judges([judge], only_several, "align round 1")

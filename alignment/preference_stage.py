@@ -74,6 +74,7 @@ from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.checkpoints import complete_checkpoints, remove_incomplete_checkpoints, resume_point
 from tempa.sft.data_config import DataError
 from tempa.sft.files import json_or_none, point_link, staging_dir, write_json, write_jsonl
+from tempa.sft.global_batch import rows_per_step
 from tempa.sft.kernels import KERNEL_KEYS
 from tempa.sft.run_layout import CHECKPOINTS_DIR, FINAL_DIR, LOGS_DIR, TRAIN_PLAN
 from tempa.sft.stage_api import (
@@ -86,7 +87,7 @@ from tempa.sft.stage_api import (
     format_metric,
 )
 from tempa.sft.throughput_summary import SUMMARY_KEYS, combined_headline
-from tempa.sft.train_plan import OUTCOME_FILE, WORKER, TrainOutcome, train_plan
+from tempa.sft.train_plan import OUTCOME_FILE, WORKER, TrainOutcome, TrainPlan, train_plan
 
 __all__ = ["PreferenceResult", "PreferenceStageConfig", "RoundSummary", "run_preference"]
 
@@ -121,6 +122,19 @@ class RoundSummary(BaseModel):
     judges: dict[str, float | int] = Field(default_factory=dict, description="Per judge: replies, unparsable, "
                                            "unparsable_fraction.")
     train: dict[str, Scalar] = Field(description="The DPO training headline (losses, DPO rewards, accuracies).")
+    pairs_trained: int | None = Field(default=None, description="Pairs DPO took: all of them, or fewer where "
+                                      "max_steps ended training first; None where the launch did not say (rounds "
+                                      "of runs older than the count).")
+
+    def cut_short(self) -> str | None:
+        """What max_steps left untrained, for the stage log and the run's closing notes; None when DPO took every
+        pair (`pairs` said 12 where max_steps 3 x batch 2 had trained 6, and nothing said so)."""
+        if self.pairs_trained is None or self.pairs_trained >= self.pairs:
+            return None
+        steps = self.train.get("global_step")
+        return (f"round {self.round}: DPO trained on {self.pairs_trained} of its {self.pairs} pairs: max_steps "
+                f"{steps} ended training before one pass over them; raise train.max_steps (or leave it out) to "
+                "train on every pair")
 
 
 class PreferenceResult(StageResult):
@@ -160,6 +174,8 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> Preferen
             stats = run_round(config, ctx, round_index, policy, prompts, tokenizer, reference)
         policy = round_dir / FINAL_DIR
         rounds.append(_summary(stats, policy))
+        if (note := rounds[-1].cut_short()) is not None:
+            ctx.log.warning("%s", note)
     # The stage's own final/ and checkpoints/ are the last round's, as for an sft stage.
     point_link(ctx.stage_dir / FINAL_DIR, policy)
     last_checkpoints = policy.parent / CHECKPOINTS_DIR
@@ -181,8 +197,9 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> Preferen
     for summary in rounds:  # flat keys, so trackers and `tempa status` show them as numbers
         metrics.update({f"round{summary.round}_{key}": value for key, value in _round_headline(summary).items()})
     files = {f"pairs_round_{r.round}": ctx.stage_dir / f"round-{r.round}" / "pairs.jsonl" for r in rounds}
+    notes = [note for summary in rounds if (note := summary.cut_short()) is not None]
     return PreferenceResult(model=policy, checkpoints=complete_checkpoints(policy.parent / CHECKPOINTS_DIR),
-                            metrics=metrics, files=files, rounds=rounds)
+                            metrics=metrics, files=files, rounds=rounds, notes=notes)
 
 
 SAMPLES_FILE = "samples.jsonl"
@@ -274,7 +291,8 @@ def run_offline_round(config: PreferenceStageConfig, ctx: StageContext, round_in
         raise StageError(f"{label}: no usable pair in {config.offline.path} (rejected: {dropped}); "
                          f"see {round_dir / 'rejects.jsonl'}")
     train_path = _save_pairs_dataset(loaded.rows, round_dir / "data" / "pairs", ctx.stage_dir)
-    stats["train"] = train_round(config, ctx, round_dir, policy, train_path, ctx.seed, None)
+    stats["train"], stats["pairs_trained"] = train_round(config, ctx, round_dir, policy, train_path, ctx.seed, None,
+                                                         len(loaded.rows))
     write_json(round_dir / "stats.json", stats)
     return stats
 
@@ -379,7 +397,8 @@ def run_round(
 
     # 4. train with DPO in a launched process group
     train_path = _save_pairs_dataset(rows, round_dir / "data" / "pairs", ctx.stage_dir)
-    stats["train"] = train_round(config, ctx, round_dir, policy, train_path, seed, reference)
+    stats["train"], stats["pairs_trained"] = train_round(config, ctx, round_dir, policy, train_path, seed, reference,
+                                                         len(rows))
     write_json(round_dir / "stats.json", stats)
     return stats
 
@@ -527,8 +546,9 @@ def _revise(config: PreferenceStageConfig, ctx: StageContext, policy: Path, prom
 
 
 def train_round(config: PreferenceStageConfig, ctx: StageContext, round_dir: Path, policy: Path, train_path: Path,
-                seed: int, reference: Path | None) -> dict[str, Scalar]:
-    """Train one round with DPO in a launched process group; returns the training headline.
+                seed: int, reference: Path | None, pairs: int) -> tuple[dict[str, Scalar], int | None]:
+    """Train one round with DPO in a launched process group on its ``pairs`` pairs; returns the training headline and
+    the pairs it trained on (:func:`pairs_trained`).
 
     ``reference``: the frozen DPO reference when it is not ``policy`` (None: trl's default, the
     starting policy, or with LoRA the policy with its adapters disabled)."""
@@ -538,7 +558,31 @@ def train_round(config: PreferenceStageConfig, ctx: StageContext, round_dir: Pat
         ctx.log.warning("removed incomplete checkpoint %s (interrupted while saving)", path.name)
     plan_path = plan.write(round_dir / TRAIN_PLAN)
     ctx.launch(WORKER, ["--plan", str(plan_path)], round_dir / LOGS_DIR / "train.log")
-    return TrainOutcome.read(plan.final_dir).headline()
+    outcome = TrainOutcome.read(plan.final_dir)
+    return outcome.headline(), pairs_trained(plan, outcome, pairs)
+
+
+def pairs_trained(plan: TrainPlan, outcome: TrainOutcome, pairs: int) -> int | None:
+    """The pairs a round's DPO took: every one, unless ``max_steps`` ended training first, then max_steps x the pairs
+    of an optimizer step (per-device batch x gradient accumulation x data-parallel processes, as the launch ran:
+    the launch's global batch where the recipe set one). None where the launch did not say how many processes ran
+    (a final model an earlier tempa wrote)."""
+    import dataclasses
+
+    from trl import DPOConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(DPOConfig)}
+    args = {**defaults, **plan.train_args}
+    if args["max_steps"] is None or args["max_steps"] <= 0:
+        return pairs
+    if plan.env.global_batch_size is not None:
+        per_step = plan.env.global_batch_size
+    elif outcome.shards is not None:
+        per_step = rows_per_step(args["per_device_train_batch_size"], args["gradient_accumulation_steps"],
+                                 len(outcome.shards.per_rank), outcome.shards.sequence_parallel)
+    else:
+        return None
+    return min(pairs, args["max_steps"] * per_step)
 
 
 def _round_headline(summary: RoundSummary) -> dict[str, Scalar]:
@@ -552,6 +596,7 @@ def _round_headline(summary: RoundSummary) -> dict[str, Scalar]:
         "truncated_fraction": summary.truncated_fraction,
         "identical_renderings": summary.identical_renderings,
         **{key: value for key, value in summary.judges.items() if key.endswith("_unparsable_fraction")},
+        "pairs_trained": summary.pairs_trained,
         "train_loss": summary.train.get("train_loss"),
         **{key: summary.train[key] for key in SUMMARY_KEYS if key in summary.train},
     }

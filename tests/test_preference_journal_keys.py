@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -223,3 +224,35 @@ def test_a_judge_server_down_is_found_before_prompts_added_since_scoring_are_sam
     with pytest.raises(StageError, match=r"judge 'judge' \(rewards\[0\]\.backend\).*cannot be reached"):
         run_preference(config(judge), ctx)
     assert policy.prompts_seen == []
+
+
+@pytest.mark.parametrize(("max_steps", "trained"), [(1, 2), (2, None)])
+def test_a_round_that_max_steps_ends_before_one_pass_says_how_many_pairs_it_trained(scripted_round, monkeypatch,
+                                                                                    caplog, max_steps, trained):
+    """A trial: metrics and status said `pairs: 12` where max_steps 3 x batch 2 had trained 6 (trainer log epoch
+    0.5), and nothing warned. The round counts the pairs DPO took (max_steps x per-device batch x accumulation x the
+    processes the launch ran) and warns, in its log and the run's closing notes, when max_steps left some out."""
+    from tempa.sft.train_plan import OUTCOME_FILE, ParameterShards, TrainOutcome
+
+    ctx, config, _, _, _ = scripted_round
+    judge = ScriptedBackend(lambda prompt, j: f"[[{3 + 4 * (j % 2)}]]")  # the samples of a prompt rated apart
+    monkeypatch.setattr(rewards_module, "build_backend", lambda *a, **k: judge)
+
+    def launch(module: str, args: list[str], log_file: Path) -> None:
+        final = Path(json.loads(Path(args[1]).read_text())["final_dir"])
+        final.mkdir(parents=True)
+        shards = ParameterShards(distributed_type="MULTI_GPU", parameters=10, per_rank=[10, 10])  # 2 processes
+        (final / OUTCOME_FILE).write_text(TrainOutcome(global_step=max_steps, shards=shards).model_dump_json())
+
+    ctx = dataclasses.replace(ctx, launch=launch)
+    stage = config({}).model_copy(update={"train": {"max_steps": max_steps, "per_device_train_batch_size": 1}})
+    with caplog.at_level("WARNING"):
+        result = run_preference(stage, ctx)
+    assert result.rounds[0].pairs == 4 and result.metrics["round1_pairs"] == 4
+    assert result.rounds[0].pairs_trained == (trained or 4) == result.metrics["round1_pairs_trained"]
+    if trained is None:  # 2 steps of 2 pairs: every pair once
+        assert result.notes == [] and "DPO trained on" not in caplog.text
+        return
+    note = "round 1: DPO trained on 2 of its 4 pairs: max_steps 1 ended training before one pass over them"
+    assert len(result.notes) == 1 and result.notes[0].startswith(note)
+    assert caplog.text.count(note) == 1

@@ -16,7 +16,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -382,7 +383,9 @@ class Judge:
         user-turn prompts."""
         return [reply.written_text for reply in self._replies(prompts)]
 
-    def _replies(self, prompts: list[str]) -> list[Completion]:
+    def _replies(self, prompts: list[str], progress: Callable[[int], None] | None = None) -> list[Completion]:
+        """The replies to ``prompts``; ``progress(answered)``: how many of them have their reply so far, told as
+        replies arrive (a slow judge's scoring pass moves in `tempa status` before its batch is done)."""
         params = GenerationParams(
             max_new_tokens=self.settings.max_new_tokens, temperature=self.settings.temperature, n=1,
             seed=self.seed, thinking_mode=self.settings.thinking_mode, batch_size=self.settings.batch_size,
@@ -395,6 +398,10 @@ class Judge:
         # gave every repeat one reply anyway; and identical answers should get the same rating.
         asked = list({key: prompt for key, prompt in zip(keys, prompts, strict=True) if key not in known}.items())
         fresh: dict[str, Completion] = {}
+        repeats = Counter(keys)
+        answered = sum(repeats[key] for key in known)
+        if progress is not None:
+            progress(answered)
         # Calls of batch_size, each journaled as it returns, or reply by reply where the backend hands each over as it
         # arrives (HTTP, whose requests are paid for whether or not the call completes): a failed request or a kill
         # then loses no reply. A call is never smaller than the backend's concurrency, which it would otherwise cap
@@ -405,10 +412,14 @@ class Judge:
             part = asked[start:start + size]
 
             def keep(place: int, group: list[Completion], part: list[tuple[str, str]] = part) -> None:
+                nonlocal answered
                 reply = (part[place][0], group[0])
                 if self.replies is not None:
                     self.replies.add([reply])
                 fresh[reply[0]] = reply[1]
+                answered += repeats[reply[0]]
+                if progress is not None:
+                    progress(answered)
 
             started = time.time()
             try:
@@ -417,17 +428,21 @@ class Judge:
             finally:
                 self.seconds += time.time() - started
             self.calls += len(part)
-            if not each:
+            if not each:  # one journal write per call, not per reply (a local judge's call returns all at once)
                 replies = [(key, group[0]) for (key, _), group in zip(part, out, strict=True)]
                 if self.replies is not None:
                     self.replies.add(replies)
                 fresh.update(replies)
+                answered += sum(repeats[key] for key, _ in replies)
+                if progress is not None:
+                    progress(answered)
         self.reused += len(prompts) - len(asked)
         return [fresh[key] if key in fresh else known[key] for key in keys]
 
-    def rate(self, prompts: list[str]) -> list[Verdict]:
+    def rate(self, prompts: list[str], progress: Callable[[int], None] | None = None) -> list[Verdict]:
+        """A verdict per prompt; ``progress``: see :meth:`_replies`."""
         verdicts = []
-        for reply in self._replies(prompts):
+        for reply in self._replies(prompts, progress):
             raw = reply.written_text
             score = parse_judge_score(raw)
             if score is None:

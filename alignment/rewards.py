@@ -36,7 +36,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -519,19 +519,29 @@ class RewardSet:
     def names(self) -> list[str]:
         return [c.key for c in self.configs]
 
-    def score(self, items: list[ScoreItem], *, unjudged: Sequence[bool] | None = None) -> list[dict[str, Any]]:
+    def score(self, items: list[ScoreItem], *, unjudged: Sequence[bool] | None = None,
+              progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
         """``{"scores": {name: value, "total": value}, "details": {...}}`` per item. ``unjudged``: the items no judge
         is asked about (samples the stage can never take: a judge's call is paid for); they have no judge score and
-        no total, and ``not_judged`` in their judges' details."""
+        no total, and ``not_judged`` in their judges' details. ``progress(items)``: how many items' worth of the
+        judges' requests have their reply, told as replies arrive (the judges are what takes time)."""
         scores: list[dict[str, float | None]] = [{} for _ in items]
         details: list[dict[str, Any]] = [{} for _ in items]
+        judged = [config for config in self.configs if isinstance(config, JudgeReward)]
+        asks = {config.key: [i for i in range(len(items)) if unjudged is None or not unjudged[i]] for config in judged}
+        requests = sum(len(asked) for asked in asks.values())
+        before = 0  # requests of the judges already done
+
+        def told(answered: int) -> None:
+            if progress is not None and requests:
+                progress(len(items) * (before + answered) // requests)
+
         for config in self.configs:
-            asked = list(range(len(items)))
-            if unjudged is not None and isinstance(config, JudgeReward):
-                asked = [i for i in asked if not unjudged[i]]
-                for i in set(range(len(items))) - set(asked):
-                    details[i][config.key] = {"not_judged": True}
-            values, infos = self._apply(config, [items[i] for i in asked]) if asked else ([], [])
+            asked = asks.get(config.key, list(range(len(items))))
+            for i in set(range(len(items))) - set(asked):
+                details[i][config.key] = {"not_judged": True}
+            values, infos = self._apply(config, [items[i] for i in asked], told) if asked else ([], [])
+            before += len(asked) if config.key in asks else 0
             broken = 0
             for i, value, info in zip(asked, values, infos, strict=True):
                 if value is not None and not math.isfinite(value):
@@ -564,7 +574,8 @@ class RewardSet:
             records.append({"scores": {**item_scores, "total": total}, "details": item_details})
         return records
 
-    def _apply(self, config: Any, items: list[ScoreItem]) -> tuple[list[float | None], list[dict[str, Any]]]:
+    def _apply(self, config: Any, items: list[ScoreItem], progress: Callable[[int], None] | None = None
+               ) -> tuple[list[float | None], list[dict[str, Any]]]:
         if isinstance(config, AnswerReward):
             values = [answer_match(outside_think(split_think(it.completion).answer), it.prompt.answer, config.match,
                                    config.pattern, it.prompt.language) for it in items]
@@ -599,7 +610,7 @@ class RewardSet:
                 model = self._reward_models[config.key] = _RewardModel(config, self.env)
             return model.score(items), [{} for _ in items]
         if isinstance(config, JudgeReward):
-            return self._judge(config, items)
+            return self._judge(config, items, progress)
         raise TypeError(f"unknown reward config {type(config).__name__}")
 
     def judge_for(self, config: JudgeSettings, key: str) -> Judge:
@@ -621,10 +632,11 @@ class RewardSet:
             judge = self._judges[key] = Judge(backend, config, seed=self.env.seed, replies=replies)
         return judge
 
-    def _judge(self, config: JudgeReward, items: list[ScoreItem]) -> tuple[list[float | None], list[dict[str, Any]]]:
+    def _judge(self, config: JudgeReward, items: list[ScoreItem], progress: Callable[[int], None] | None = None
+               ) -> tuple[list[float | None], list[dict[str, Any]]]:
         judge = self.judge_for(config, config.key)
         prompts = [judge_prompt(config.rubric, it, use_reference=config.use_reference) for it in items]
-        verdicts = judge.rate(prompts)
+        verdicts = judge.rate(prompts, progress)
         values: list[float | None] = []
         infos = []
         for verdict in verdicts:

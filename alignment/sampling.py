@@ -280,6 +280,7 @@ def run_incremental(
     desc: str,
     measure: Callable[[dict[str, Any]], tuple[int, int | None]] | None = None,
     show_progress: bool = True,
+    size: Callable[[T], int] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Apply ``work(chunk, chunk_index)`` to every chunk of ``items`` not yet in ``store``.
 
@@ -290,6 +291,9 @@ def run_incremental(
     ``measure(record)`` gives ``(samples, tokens)`` for the throughput display (tokens None where the backend
     counted none: the pass's ``tokens`` is then None, not a 0 that reads as nothing generated); without it a
     record is one sample of uncounted tokens. Returns the records in item order and the pass statistics.
+    ``size(item)``: the units of work an item is (a prompt's samples, for a scoring pass), which its progress record
+    counts; with it ``work`` is also given ``advance(units)``, the units of its chunk done so far, so that `tempa
+    status` moves while a slow chunk (a paid judge's replies) is still under way. Without it an item is one unit.
     """
     from tqdm.auto import tqdm
 
@@ -303,10 +307,30 @@ def run_incremental(
     if not store.complete or stats["resumed"] < len(keys):
         started = time.time()
         bar = tqdm(total=len(items), initial=stats["resumed"], desc=desc, unit="prompt", disable=not show_progress)
-        store.record_progress(PassProgress(desc=desc, done=stats["resumed"], items=len(items), at=time.time()))
+        units = [1 if size is None else size(item) for item in items]
+        total = sum(units)
+        finished = sum(u for k, u in zip(keys, units, strict=True) if k in done)  # units journaled
+        first = finished  # what this session found done
+
+        def report(at_units: int) -> None:
+            """Where the pass stands: ``at_units`` of ``total``, with the rate and ETA of this session's work."""
+            elapsed = max(time.time() - started, 1e-9)
+            worked = at_units - first
+            rate = worked if size is not None else stats["samples"]  # a sized pass's units are its samples
+            store.record_progress(PassProgress(
+                desc=desc, done=at_units, items=total, at=time.time(),
+                eta_s=(total - at_units) * elapsed / worked if worked > 0 else None,
+                samples_per_s=round(rate / elapsed, 3) if worked > 0 else None))
+
+        store.record_progress(PassProgress(desc=desc, done=finished, items=total, at=time.time()))
         try:
             for index, places, chunk in _missing(items, keys, done, chunk_size):
-                records = work(chunk, index, places)
+                if size is None:
+                    records = work(chunk, index, places)
+                else:
+                    chunk_units = sum(size(item) for item in chunk)
+                    records = work(chunk, index, places,
+                                   advance=lambda part, base=finished, most=chunk_units: report(base + min(part, most)))
                 expected = {key(item) for item in chunk}
                 if {r["id"] for r in records} != expected or len(records) != len(chunk):
                     raise RuntimeError(f"{desc}: a chunk returned records for other items than it was given")
@@ -326,11 +350,8 @@ def run_incremental(
                     rate += f", {stats['tokens'] / elapsed:.0f} tok/s"
                 bar.set_postfix_str(rate)
                 bar.update(len(records))
-                done_now = stats["resumed"] + stats["processed"]
-                store.record_progress(PassProgress(
-                    desc=desc, done=done_now, items=len(items), at=time.time(),
-                    eta_s=(len(items) - done_now) * elapsed / stats["processed"],
-                    samples_per_s=round(stats["samples"] / elapsed, 3)))
+                finished += sum(1 if size is None else size(item) for item in chunk)
+                report(finished)
         finally:
             bar.close()
         stats["seconds"] = round(time.time() - started, 3)
@@ -406,19 +427,22 @@ def score_pass(
     """Score every sample of every prompt with the reward set; resumable like sampling.
 
     Records: ``{"id", "results": [{"scores": {...,"total"}, "details": {...}}, ...]}``, one
-    result per sample in sample order. ``unused``: the samples the stage can never take (cut off, where only
+    result per sample in sample order; its progress record counts samples (:func:`run_incremental`'s ``size``).
+    ``unused``: the samples the stage can never take (cut off, where only
     complete ones are kept or paired), which the judges are not paid to rate (:meth:`RewardSet.score`); the store's
     signature must say so (:meth:`Signed.newly`).
     """
     by_id = {record["id"]: record for record in samples}
 
-    def work(chunk: list[PromptRow], index: int, places: list[int]) -> list[dict[str, Any]]:
+    def work(chunk: list[PromptRow], index: int, places: list[int],
+             advance: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
         items, owners = [], []
         for prompt in chunk:
             for completion in completions_of(by_id[prompt.id]):
                 items.append(ScoreItem(prompt, completion))
                 owners.append(prompt.id)
-        results = rewards.score(items, unjudged=None if unused is None else [unused(it.completion) for it in items])
+        results = rewards.score(items, unjudged=None if unused is None else [unused(it.completion) for it in items],
+                                progress=advance)
         grouped: dict[str, list[dict[str, Any]]] = {p.id: [] for p in chunk}
         for owner, result in zip(owners, results, strict=True):
             grouped[owner].append(result)
@@ -427,5 +451,8 @@ def score_pass(
     def measure(record: dict[str, Any]) -> tuple[int, int | None]:
         return len(record["results"]), None  # scoring generates no tokens of its own
 
+    # Progress counts samples, told as the judges' replies arrive: a batch of 12 prompts whose 47 judge requests took
+    # minutes showed `score 0/12` all along, a judge that looked stalled.
     return run_incremental(list(prompts), key=lambda p: p.id, work=work, store=store, chunk_size=chunk_size,
-                           desc=desc, measure=measure, show_progress=show_progress)
+                           desc=desc, measure=measure, show_progress=show_progress,
+                           size=lambda prompt: len(by_id[prompt.id]["completions"]))

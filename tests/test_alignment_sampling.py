@@ -435,3 +435,44 @@ def test_an_unreadable_line_inside_a_journal_is_skipped_and_every_record_after_i
     assert "line 2, 5" in warnings[0]
     assert "cut off" in caplog.text or "dropped" in caplog.text
     assert set(JsonlStore(path, "sig").load()) == {f"p0{i}" for i in range(6)}
+
+
+def test_a_scoring_pass_reports_its_progress_as_the_judges_replies_arrive(tmp_path, monkeypatch):
+    """A trial: 20 of a batch's 47 judge replies were saved while `tempa status` said `score 0/12 (11 s ago)`: the
+    progress record moved per batch of prompts, so a slow, paid judge looked stalled for minutes. It counts samples
+    now, moved as each reply arrives."""
+    import tempa.alignment.rewards as rewards_module
+    from tempa.alignment.backends import SamplingBackend
+    from tempa.alignment.completions import Completion
+    from tempa.alignment.rewards import JudgeReward, RewardSet, ScoringEnv
+    from tempa.alignment.sampling import score_pass
+    from tempa.sft.throughput_summary import latest_progress
+
+    stage = tmp_path / "align"
+    seen: list[tuple[int, int]] = []
+
+    class EachReply(SamplingBackend):
+        reports_each_reply = True
+
+        def sample(self, prompts, params, *, thinking_modes=None, on_result=None):
+            out = []
+            for i, _ in enumerate(prompts):
+                out.append([Completion(text="Good. [[7]]", finish_reason="stop")])
+                on_result(i, out[-1])
+                progress = latest_progress(stage)  # what status reads after each reply
+                seen.append((progress.done, progress.items))
+            return out
+
+    monkeypatch.setattr(rewards_module, "build_backend", lambda *a, **k: EachReply())
+    rows = prompts(3)
+    samples = [{"id": r.id, "completions": [{"text": f"answer {r.id} {j}", "finish_reason": "stop"}
+                                            for j in range(2)]} for r in rows]
+    rewards = RewardSet([JudgeReward(type="judge")], ScoringEnv(policy_dir=tmp_path, tokenizer_dir=tmp_path))
+    store = JsonlStore(stage / "round-1" / "scores.jsonl", "sig")
+    store.append([{"id": "p00", "results": [{"scores": {"judge": 7.0, "total": 7.0}, "details": {}}] * 2}])
+    records, _ = score_pass(rows, samples, rewards, store, chunk_size=2, show_progress=False)
+    assert [r["id"] for r in records] == ["p00", "p01", "p02"]
+    # p00 journaled (2 samples), then p01 and p02's four samples judged one reply at a time
+    assert seen == [(3, 6), (4, 6), (5, 6), (6, 6)]
+    last = latest_progress(stage)
+    assert (last.done, last.items, last.desc) == (6, 6, "score") and last.samples_per_s > 0

@@ -9,8 +9,10 @@ with its ``ParameterSpec``s and ``InputContract``); the run options are mergekit
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import (
@@ -36,6 +38,32 @@ BaseRole = Literal["none", "first_input", "separate"]
 PARAMETER_DEFAULTS: dict[str, dict[str, Any]] = {"slerp": {"t": 0.5}}  # the midpoint of the two models
 # Per-model knobs the stage sets from its own fields (in selection order), not from `parameters:`.
 PER_MODEL_FIELDS = {"weight": "weights", "density": "density"}
+
+
+@dataclass(frozen=True)
+class Span:
+    """The values a method parameter takes, and why no other value works: what mergekit's code does with them."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    why: str = ""
+
+    def __contains__(self, value: float) -> bool:
+        return (self.low < value if self.low_open else self.low <= value) and value <= self.high
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"{'above' if self.low_open else 'at least'} {self.low:g}"
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+
+# Method parameters whose other values mergekit refuses, or takes to mean nothing the method is for; every value of a
+# layer gradient or {filter, value} list is checked (the layers between a gradient's points get values between them).
+PARAMETER_RANGES: dict[str, dict[str, Span]] = {
+    "slerp": {"t": Span(0.0, 1.0, why="slerp interpolates from the first model (t=0) to the second (t=1); a t outside "
+                        "that extrapolates past one of them, a different method from interpolation")},
+}
 # Methods that divide by the sum of the weights without a guard, and their switch for it: weights that sum to
 # zero make every merged tensor NaN (the task-vector methods and nuslerp guard their division).
 WEIGHT_NORMALIZING = {"linear": "normalize", "multislerp": "normalize_weights"}
@@ -115,21 +143,39 @@ def check_input_count(spec: Any, models: int, role: BaseRole) -> None:
         raise ValueError(f"method {spec.name}: {str(error).removeprefix('Merge method ')} ({given})") from None
 
 
-def _check_setting(parameter: Any, value: Any) -> None:
-    """``value`` must be a mergekit parameter setting (scalar, layer gradient, or {value, filter}) of the parameter's type."""
+def setting_values(parameter: Any, value: Any) -> list[Any]:
+    """Every value ``value`` gives ``parameter``, validated as its type: a scalar, each point of a layer gradient,
+    each {value, filter}'s (a scalar or gradient); ValidationError/ValueError/TypeError if one is not a setting.
+
+    mergekit interpolates a gradient's layers linearly between its points, so its points bound every layer's value.
+    """
     from mergekit.config import ConditionalParameter, ParameterSetting
 
     setting = TypeAdapter(ParameterSetting).validate_python(value)
     conditions = setting if isinstance(setting, list) and setting and isinstance(setting[0], ConditionalParameter) \
         else [setting] if isinstance(setting, ConditionalParameter) else []
     values = [c.value for c in conditions] or [setting]
-    for item in values:
-        for scalar in item if isinstance(item, list) else [item]:
-            parameter.validate(scalar)
+    return [parameter.validate(scalar) for item in values for scalar in (item if isinstance(item, list) else [item])]
+
+
+def _not_finite(values: list[Any]) -> Any:
+    """The first NaN or infinite number among ``values`` (mergekit's arithmetic would spread it to every tensor)."""
+    return next((v for v in values if isinstance(v, float) and not math.isfinite(v)), None)
+
+
+def _check_range(spec: Any, name: str, value: Any, values: list[Any]) -> None:
+    span = PARAMETER_RANGES.get(spec.name, {}).get(name)
+    if span is None:
+        return
+    outside = next((v for v in values if v not in span), None)
+    if outside is not None:
+        has = f"{value!r} has {outside!r}" if isinstance(value, list) else f"{outside!r} is"
+        raise ValueError(f"parameters.{name}: {has} outside {span}: {span.why}")
 
 
 def check_method_parameters(spec: Any, parameters: dict[str, Any]) -> None:
-    """Method-level ``parameters`` against mergekit's spec: known names, valid values, required ones given."""
+    """Method-level ``parameters`` against mergekit's spec: known names, valid values (finite, and inside
+    :data:`PARAMETER_RANGES`), required ones given."""
     accepted = {p.name: p for p in spec.parameters}
     takes = ", ".join(accepted) or "none"
     for name, value in parameters.items():
@@ -143,10 +189,14 @@ def check_method_parameters(spec: Any, parameters: dict[str, Any]) -> None:
                 f"it takes: {takes}"
             )
         try:
-            _check_setting(accepted[name], value)
+            values = setting_values(accepted[name], value)
         except (ValidationError, ValueError, TypeError) as error:
             detail = error.errors()[0]["msg"] if isinstance(error, ValidationError) else str(error)
             raise ValueError(f"parameters.{name}: {value!r} is not a valid {spec.name} {name}: {detail}") from None
+        if (bad := _not_finite(values)) is not None:
+            raise ValueError(f"parameters.{name}: {bad!r} is not a finite number (the merged weights would not be "
+                             f"either)")
+        _check_range(spec, name, value, values)
     missing = [p.name for p in spec.parameters if p.required and p.name not in parameters and p.name != "weight"]
     if missing:
         raise ValueError(f"method {spec.name} needs parameters.{missing[0]} (mergekit has no default); it takes: {takes}")
@@ -166,6 +216,8 @@ def check_per_model(spec: Any, name: str, values: list[float], count: int) -> No
             parameter.validate(value)
         except ValidationError as error:
             raise ValueError(f"{field}: {value!r}: {error.errors()[0]['msg']}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{field}: {value!r} is not a finite number (the merged weights would not be either)")
 
 
 def check_weight_sum(spec: Any, weights: list[float], parameters: dict[str, Any]) -> None:
@@ -232,7 +284,7 @@ class MergeStageConfig(StageConfigBase):
     parameters are checked against mergekit's spec at load. Task-vector methods (task
     arithmetic, TIES, DARE, DELLA, breadcrumbs, model_stock) add `base_model`, else the recipe's
     base model; two-model methods with a base (slerp, nearswap, arcee_fusion) take the first
-    model as the base: slerp interpolates from it (t=0) to the second (t=1).
+    model as the base: slerp interpolates from it (t=0) to the second (t=1), never past either.
     """
 
     kind: Literal["merge"]
@@ -269,7 +321,9 @@ class MergeStageConfig(StageConfigBase):
         default_factory=dict,
         description="Method-level mergekit parameters, e.g. {t: 0.5} for slerp, {lambda: 1.0, normalize: true}; "
         "a value may be a layer gradient ([0, 0.5, 1]) or [{filter: self_attn, value: 0.3}, {value: 0.7}]. Unset, "
-        "slerp's `t` is 0.5 (the midpoint); every other parameter keeps mergekit's default.",
+        "slerp's `t` is 0.5 (the midpoint); every other parameter keeps mergekit's default. Refused at load: a value "
+        "that is not a finite number, and slerp's `t` outside [0, 1] (at any point of a gradient), which mergekit "
+        "would extrapolate past a model.",
     )
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         default=None, description="Dtype of the arithmetic (default: float32, rounded once to `out_dtype` when saved; "

@@ -113,6 +113,12 @@ def _model_folder(ws: Path, *, config: bool = True, weights: str | None = "model
     return folder
 
 
+def _merge_stage(method: str, parameters: str, extra: str = "") -> str:
+    """A merge stage (after the recipe's `sft`) merging `sft` with itself by ``method``."""
+    return (f"- name: merge-{method}\n  kind: merge\n  method: {method}\n  models: [sft, sft]\n"
+            f"  parameters: {parameters}\n{extra}")
+
+
 BILLION_LAUGHS = """\
 name: lol
 base_model: "tempa:tiny"
@@ -297,6 +303,10 @@ RECIPE_CASES = [
     Case("global-batch-not-dividing", "recipe",
          lambda ws: plan(recipe(ws, launch="{accelerate_config: single, global_batch_size: 7}")),
          "recipe.yaml:3: launch.global_batch_size: 7 is not a multiple of per_device_train_batch_size 4 x 1"),
+    # every point of a layer gradient is a t some layer gets
+    Case("slerp-t-gradient-outside-0-1", "recipe",
+         lambda ws: plan(recipe(ws, stage=_merge_stage("slerp", "{t: [0, 0.5, 1.2]}"))),
+         "recipe.yaml:14: stages[1].parameters.t (stage 'merge-slerp'): [0, 0.5, 1.2] has 1.2 outside [0, 1]"),
 ]
 
 MODEL_CASES = [
@@ -362,6 +372,11 @@ CLI_CASES = [
     Case("set-negative-epochs", "cli", lambda ws: plan(recipe(ws, train="learning_rate: 1.0e-3"),
                                                         "--set", "stages.sft.train.num_train_epochs=-1"),
          "--set stages.sft.train.num_train_epochs=-1"),
+    # mergekit's slerp extrapolates past the second model at t > 1: refused at load as interpolation's range
+    Case("set-slerp-t-outside-0-1", "cli", lambda ws: plan(recipe(ws, stage=_merge_stage("slerp", "{t: 0.5}")),
+                                                           "--set", "stages.merge-slerp.parameters.t=1.5"),
+         "--set stages.merge-slerp.parameters.t=1.5: stages[1].parameters.t (stage 'merge-slerp'): 1.5 is outside "
+         "[0, 1]: slerp interpolates"),
     Case("unknown-profile", "cli", lambda ws: plan(recipe(ws), "--profile", "huge"), "no such profile"),
     Case("tiny-model-onto-a-file", "cli", lambda ws: ["tiny-model", str(write_rows(ws / "x.jsonl"))], "is a file"),
 ]

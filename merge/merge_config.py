@@ -64,6 +64,9 @@ PARAMETER_RANGES: dict[str, dict[str, Span]] = {
     "slerp": {"t": Span(0.0, 1.0, why="slerp interpolates from the first model (t=0) to the second (t=1); a t outside "
                         "that extrapolates past one of them, a different method from interpolation")},
 }
+# Methods that keep each element of a model's task vector with a probability from density - epsilon to
+# density + epsilon (mergekit's della_magprune sparsification), and the name of that epsilon.
+DENSITY_SPREAD = {"della": "epsilon", "della_linear": "epsilon"}
 # Methods that divide by the sum of the weights without a guard, and their switch for it: weights that sum to
 # zero make every merged tensor NaN (the task-vector methods and nuslerp guard their division).
 WEIGHT_NORMALIZING = {"linear": "normalize", "multislerp": "normalize_weights"}
@@ -234,6 +237,36 @@ def check_weight_sum(spec: Any, weights: list[float], parameters: dict[str, Any]
         )
 
 
+def check_density_spread(spec: Any, densities: list[float], parameters: dict[str, Any]) -> None:
+    """A DELLA epsilon that puts density - epsilon or density + epsilon outside (0, 1) for a model with a density below
+    1 is refused, as mergekit refuses it only when it merges (after every stage before the merge has trained)."""
+    name = DENSITY_SPREAD.get(spec.name)
+    if name is None:
+        return
+    parameter = next(p for p in spec.parameters if p.name == name)
+    given = name in parameters
+    spreads = setting_values(parameter, parameters[name]) if given else [parameter.default]
+    for density in (d for d in densities if d < 1):  # mergekit keeps a whole task vector at density 1
+        for spread in spreads:
+            low, high = density - spread, density + spread
+            # mergekit's check, then (for a negative epsilon, which it lets through) torch.bernoulli's: keep
+            # probabilities below 0 or above 1 stop the merge with a torch error
+            if high >= 1 or low <= 0 or max(low, high) > 1 or min(low, high) < 0:
+                bound = min(density, 1 - density)
+                if given:
+                    what = f"{parameters[name]!r} has {spread!r}, which" if isinstance(parameters[name], list) \
+                        else f"{spread!r}"
+                    what = f"parameters.{name}: {what} with density {density!r}"
+                else:
+                    what = f"density: {density!r} with {spec.name}'s default {name} {spread!r}"
+                give = f"under {bound:g}" if spread >= 0 else f"of at least {-bound:g}"
+                raise ValueError(
+                    f"{what} keeps each element with a probability from {min(low, high):g} to {max(low, high):g}; "
+                    f"mergekit's {spec.name} needs density - {name} and density + {name} inside (0, 1) (it refuses "
+                    f"this only when it merges): give parameters.{name} {give} for density {density!r}"
+                )
+
+
 def check_options(options: dict[str, Any]) -> None:
     """A merge stage's ``options`` against mergekit's ``MergeOptions`` (which ignores unknown keys itself)."""
     from mergekit.common import parse_kmb
@@ -314,8 +347,9 @@ class MergeStageConfig(StageConfigBase):
     )
     density: float | list[float] | None = Field(
         default=None,
-        description="Fraction of each task vector kept (TIES/DARE/DELLA/breadcrumbs): one value, or one per model "
-        "as `weights`.",
+        description="Fraction of each task vector kept (TIES/DARE/DELLA/breadcrumbs), in (0, 1]: one value, or one "
+        "per model as `weights`. DELLA keeps each element with a probability from density - epsilon to density + "
+        "epsilon (parameters.epsilon, mergekit's default 0.15), which must lie inside (0, 1) for a density below 1.",
     )
     parameters: dict[str, Any] = Field(
         default_factory=dict,
@@ -405,16 +439,20 @@ class MergeStageConfig(StageConfigBase):
         check_method_parameters(spec, self.parameters)
         if self.weights is not None:
             check_per_model(spec, "weight", self.weights, count)
-            # A listed base model leaves the merge with its entry (resolve_inputs checks again, by folder).
-            merged = [w for i, w in enumerate(self.weights)
-                      if self.models is None or role != "separate" or self.models[i] != self.base_model]
-            check_weight_sum(spec, merged, self.parameters)
+            check_weight_sum(spec, self._merged_entries(self.weights, role), self.parameters)
         if self.density is not None:
             densities = self.density if isinstance(self.density, list) else [self.density] * count
             check_per_model(spec, "density", densities, count)
             if any(not 0.0 < d <= 1.0 for d in densities):
                 raise ValueError("density must be in (0, 1]")
+            check_density_spread(spec, self._merged_entries(densities, role), self.parameters)
         return self
+
+    def _merged_entries(self, values: list[float], role: BaseRole) -> list[float]:
+        """The per-model ``values`` of the models merged besides the base: a listed base model leaves the merge with
+        its entry (resolve_inputs checks again, by folder)."""
+        return [v for i, v in enumerate(values)
+                if self.models is None or role != "separate" or self.models[i] != self.base_model]
 
     def base_role(self, models: int) -> BaseRole:
         """How the base model enters this stage's merge of ``models`` models (see :func:`base_role`)."""

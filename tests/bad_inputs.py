@@ -307,6 +307,14 @@ RECIPE_CASES = [
     Case("slerp-t-gradient-outside-0-1", "recipe",
          lambda ws: plan(recipe(ws, stage=_merge_stage("slerp", "{t: [0, 0.5, 1.2]}"))),
          "recipe.yaml:14: stages[1].parameters.t (stage 'merge-slerp'): [0, 0.5, 1.2] has 1.2 outside [0, 1]"),
+    # mergekit refuses density + epsilon >= 1 only when it merges, after the training before the merge
+    Case("della-epsilon-past-density", "recipe",
+         lambda ws: plan(recipe(ws, stage=_merge_stage("della", "{epsilon: 0.2}", "  density: 0.9\n"))),
+         "recipe.yaml:14: stages[1].parameters.epsilon (stage 'merge-della'): 0.2 with density 0.9 keeps each element "
+         "with a probability from 0.7 to 1.1"),
+    Case("della-density-past-default-epsilon", "recipe",
+         lambda ws: plan(recipe(ws, stage=_merge_stage("della", "{}", "  density: [0.5, 0.1]\n"))),
+         "recipe.yaml:15: stages[1].density (stage 'merge-della'): 0.1 with della's default epsilon 0.15"),
 ]
 
 MODEL_CASES = [

@@ -101,3 +101,62 @@ def test_a_slerp_at_t_1_still_merges_into_the_second_model(tmp_path, tokenizer_d
     assert set(merged) == set(second)
     for key in second:
         torch.testing.assert_close(merged[key], second[key], rtol=1e-5, atol=1e-6)
+
+
+def _mergekit_refuses_della(density: float, epsilon: float) -> bool:
+    """Whether mergekit's DELLA sparsification stops at merge time on this density and epsilon."""
+    from mergekit.sparsify import della_magprune
+
+    try:
+        della_magprune(torch.linspace(-1.0, 1.0, 64).reshape(4, 16), density=density, epsilon=epsilon)
+    except (ValueError, RuntimeError):
+        return True
+    return False
+
+
+@pytest.mark.parametrize(("density", "epsilon"), [
+    # mergekit refuses these (0.7 + 0.3 is 1.0 in floating point; 0.85 + 0.15 too)
+    (0.9, 0.15), (0.1, 0.15), (0.8, 0.2), (0.7, 0.3), (0.85, 0.15), (0.5, 0.5), (0.05, 0.05), (0.5, -0.6), (0.3, -0.75),
+    # and takes these
+    (0.7, 0.29), (0.5, 0.4999), (0.5, 0.0), (0.5, -0.5), (0.2, -0.1), (1.0, 0.9), (1.0, -3.0), (0.85, 0.1499),
+])
+def test_a_della_epsilon_is_refused_at_load_exactly_where_mergekit_refuses_it_when_it_merges(density, epsilon):
+    for method in ("della", "della_linear"):
+        try:
+            validate(method, density=density, parameters={"epsilon": epsilon})
+            refused = False
+        except ValidationError as error:
+            message = error.errors()[0]["msg"]
+            assert f"parameters.epsilon: {epsilon!r} with density {density!r} keeps each element with a probability " \
+                   f"from " in message and f"mergekit's {method} needs density - epsilon and density + epsilon " \
+                   f"inside (0, 1)" in message, message
+            refused = True
+        assert refused == _mergekit_refuses_della(density, epsilon), (method, density, epsilon)
+
+
+def test_della_checks_every_model_s_density_against_every_epsilon_it_may_get():
+    message = refusal("della", density=[0.5, 0.8], parameters={"epsilon": [0.1, 0.3]})
+    assert message.startswith("parameters.epsilon: [0.1, 0.3] has 0.3, which with density 0.8 keeps each element "
+                              "with a probability from 0.5 to 1.1; "), message
+    assert message.endswith("give parameters.epsilon under 0.2 for density 0.8"), message
+    message = refusal("della_linear", density=0.5,
+                      parameters={"epsilon": [{"filter": "mlp", "value": 0.6}, {"value": 0.1}]})
+    assert "has 0.6, which with density 0.5 keeps each element with a probability from -0.1 to 1.1" in message
+    # Unset, epsilon is mergekit's default, 0.15: a density within 0.15 of 0 or 1 fails the merge just the same.
+    message = refusal("della", density=[0.5, 0.9])
+    assert message.startswith("density: 0.9 with della's default epsilon 0.15 keeps each element with a probability "
+                              "from 0.75 to 1.05; "), message
+    assert validate("della", density=[0.5, 0.84]).density == [0.5, 0.84]
+    assert validate("della", density=[0.2, 0.7], parameters={"epsilon": [0.05, 0.15]}).density == [0.2, 0.7]
+
+
+def test_della_leaves_the_base_models_unused_density_out():
+    """A base model listed among `models` is merged as the base: mergekit gives it no density, so no epsilon check."""
+    config = validate("della", 3, base_model="m2", density=[0.5, 0.5, 0.05])
+    assert config.density == [0.5, 0.5, 0.05]
+    assert refusal("della", 3, base_model="m2", density=[0.05, 0.5, 0.5]).startswith("density: 0.05 with della's")
+
+
+def test_an_epsilon_of_another_method_is_no_della_spread():
+    """ram's `epsilon` is a threshold on the task vectors' elements, not a spread around a density."""
+    assert validate("ram", parameters={"epsilon": 0.5}).parameters == {"epsilon": 0.5}

@@ -53,16 +53,24 @@ class Span:
         return (self.low < value if self.low_open else self.low <= value) and value <= self.high
 
     def __str__(self) -> str:
-        if self.high == math.inf:
-            return f"{'above' if self.low_open else 'at least'} {self.low:g}"
-        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high == math.inf else ']'}"
 
 
+_OUTLIERS = Span(0.0, 1.0, why="the fraction of each task vector's largest elements dropped as outliers before "
+                 "`density` of the rest is kept: below 0 mergekit drops part of that density instead, and a fraction "
+                 "above 1 is no fraction of the elements (as for `density`)")
 # Method parameters whose other values mergekit refuses, or takes to mean nothing the method is for; every value of a
 # layer gradient or {filter, value} list is checked (the layers between a gradient's points get values between them).
 PARAMETER_RANGES: dict[str, dict[str, Span]] = {
     "slerp": {"t": Span(0.0, 1.0, why="slerp interpolates from the first model (t=0) to the second (t=1); a t outside "
                         "that extrapolates past one of them, a different method from interpolation")},
+    "nearswap": {"t": Span(0.0, why="the difference under which an element takes the second model's value; below 0 "
+                           "no element does and the merge is the first model unchanged")},
+    "sce": {"select_topk": Span(0.0, 1.0, low_open=True, why="the fraction of task-vector elements kept, as "
+                                "`density`: at 0 or below mergekit keeps none and the merge is the base model "
+                                "unchanged, and a fraction above 1 is no fraction of the elements")},
+    "breadcrumbs": {"gamma": _OUTLIERS},
+    "breadcrumbs_ties": {"gamma": _OUTLIERS},
 }
 # Methods that keep each element of a model's task vector with a probability from density - epsilon to
 # density + epsilon (mergekit's della_magprune sparsification), and the name of that epsilon.
@@ -356,8 +364,9 @@ class MergeStageConfig(StageConfigBase):
         description="Method-level mergekit parameters, e.g. {t: 0.5} for slerp, {lambda: 1.0, normalize: true}; "
         "a value may be a layer gradient ([0, 0.5, 1]) or [{filter: self_attn, value: 0.3}, {value: 0.7}]. Unset, "
         "slerp's `t` is 0.5 (the midpoint); every other parameter keeps mergekit's default. Refused at load: a value "
-        "that is not a finite number, and slerp's `t` outside [0, 1] (at any point of a gradient), which mergekit "
-        "would extrapolate past a model.",
+        "that is not a finite number, slerp's `t` outside [0, 1] (at any point of a gradient; mergekit would "
+        "extrapolate past a model), nearswap's `t` below 0, sce's `select_topk` outside (0, 1] and breadcrumbs' "
+        "`gamma` outside [0, 1] (the error says what mergekit would do with it).",
     )
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         default=None, description="Dtype of the arithmetic (default: float32, rounded once to `out_dtype` when saved; "

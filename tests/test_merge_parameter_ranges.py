@@ -160,3 +160,32 @@ def test_della_leaves_the_base_models_unused_density_out():
 def test_an_epsilon_of_another_method_is_no_della_spread():
     """ram's `epsilon` is a threshold on the task vectors' elements, not a spread around a density."""
     assert validate("ram", parameters={"epsilon": 0.5}).parameters == {"epsilon": 0.5}
+
+
+@pytest.mark.parametrize(("method", "name", "value", "expected"), [
+    ("nearswap", "t", -0.01, "parameters.t: -0.01 is outside [0, inf): "),
+    ("nearswap", "t", [0.001, -1], "parameters.t: [0.001, -1] has -1.0 outside [0, inf): "),
+    ("sce", "select_topk", 0, "parameters.select_topk: 0.0 is outside (0, 1]: "),
+    ("sce", "select_topk", -0.2, "parameters.select_topk: -0.2 is outside (0, 1]: "),
+    ("sce", "select_topk", 1.5, "parameters.select_topk: 1.5 is outside (0, 1]: "),
+    ("breadcrumbs", "gamma", -0.01, "parameters.gamma: -0.01 is outside [0, 1]: "),
+    ("breadcrumbs_ties", "gamma", 1.01, "parameters.gamma: 1.01 is outside [0, 1]: "),
+    ("breadcrumbs_ties", "gamma", [{"filter": "mlp", "value": -0.1}, {"value": 0.01}], "has -0.1 outside [0, 1]: "),
+])
+def test_a_fraction_or_threshold_mergekit_merges_nothing_with_is_refused(method, name, value, expected):
+    models = 2 if method == "nearswap" else 1
+    message = refusal(method, models, parameters={name: value})
+    assert message.startswith(f"parameters.{name}: ") and expected in message, message
+    why = {"nearswap": "the merge is the first model unchanged", "sce": "the merge is the base model unchanged",
+           "breadcrumbs": "drops part of that density", "breadcrumbs_ties": "drops part of that density"}[method]
+    assert why in message, message
+
+
+@pytest.mark.parametrize(("method", "name", "value"), [
+    ("nearswap", "t", 0), ("nearswap", "t", 1e-4), ("nearswap", "t", 5.0),
+    ("sce", "select_topk", 1), ("sce", "select_topk", 1e-6), ("sce", "select_topk", [0.1, 1.0]),
+    ("breadcrumbs", "gamma", 0), ("breadcrumbs", "gamma", 1), ("breadcrumbs_ties", "gamma", [0.01, 0.2]),
+])
+def test_the_edges_of_those_ranges_still_load(method, name, value):
+    models = 2 if method == "nearswap" else 1
+    assert validate(method, models, parameters={name: value}).parameters == {name: value}

@@ -74,7 +74,7 @@ from tempa.chat_templates.thinking import mode_kwargs
 from tempa.sft.checkpoints import complete_checkpoints, remove_incomplete_checkpoints, resume_point
 from tempa.sft.data_config import DataError
 from tempa.sft.files import json_or_none, point_link, staging_dir, write_json, write_jsonl
-from tempa.sft.global_batch import rows_per_step
+from tempa.sft.global_batch import per_device_batch, rows_per_step
 from tempa.sft.kernels import KERNEL_KEYS
 from tempa.sft.run_layout import CHECKPOINTS_DIR, FINAL_DIR, LOGS_DIR, TRAIN_PLAN
 from tempa.sft.stage_api import (
@@ -567,22 +567,18 @@ def pairs_trained(plan: TrainPlan, outcome: TrainOutcome, pairs: int) -> int | N
     of an optimizer step (per-device batch x gradient accumulation x data-parallel processes, as the launch ran:
     the launch's global batch where the recipe set one). None where the launch did not say how many processes ran
     (a final model an earlier tempa wrote)."""
-    import dataclasses
-
-    from trl import DPOConfig
-
-    defaults = {f.name: f.default for f in dataclasses.fields(DPOConfig)}
-    args = {**defaults, **plan.train_args}
-    if args["max_steps"] is None or args["max_steps"] <= 0:
+    args = plan.train_args
+    max_steps = args.get("max_steps") or -1  # trl's default, -1: the epochs decide
+    if max_steps <= 0:
         return pairs
     if plan.env.global_batch_size is not None:
         per_step = plan.env.global_batch_size
     elif outcome.shards is not None:
-        per_step = rows_per_step(args["per_device_train_batch_size"], args["gradient_accumulation_steps"],
+        per_step = rows_per_step(per_device_batch(args), int(args.get("gradient_accumulation_steps") or 1),
                                  len(outcome.shards.per_rank), outcome.shards.sequence_parallel)
     else:
         return None
-    return min(pairs, args["max_steps"] * per_step)
+    return min(pairs, max_steps * per_step)
 
 
 def _round_headline(summary: RoundSummary) -> dict[str, Scalar]:

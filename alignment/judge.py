@@ -4,9 +4,9 @@ The judge is any sampling backend. Its prompt is a rubric template with placehol
 ``{question}``, ``{answer}``, ``{reference}``, ``{conversation}`` and ``{language}``; only those
 names are replaced, so a rubric may contain other braces (JSON examples). The rating is the judge's
 answer's ``[[N]]`` (its think block, if any, is ignored): every ``[[N]]`` in it agreeing, or, where they differ,
-the one on a final line that is a rating alone (``Rating: [[8]]``); without any ``[[N]]``, a final line that is a
-single-bracket rating alone (``Rating: [8]``). Any other reply (``Step [2] is wrong. Rating: 8/10``) gives no
-rating in range and is *unparsable*: counted, never a crash.
+the ones a rating word leads to, else the ones alone on their line, when those agree; without any ``[[N]]``, a
+single-bracket ``[N]`` read the same way (:func:`_rating`). Any other reply (``Step [2] is wrong. Rating: 8/10``)
+gives no rating in range and is *unparsable*: counted, never a crash.
 """
 
 from __future__ import annotations
@@ -111,31 +111,52 @@ _NAMED = re.compile(r"\{([A-Za-z_]\w*)\}")  # `{"score": 5}` in a JSON example i
 # a path, never a prompt.
 _FILE_NAME = re.compile(r"[^\s{}]+\.[A-Za-z0-9]{1,10}|[^{}\n]*/[^{}\n]*\.[A-Za-z0-9]{1,10}")
 _DOUBLE = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
+_SINGLE = re.compile(r"\[\s*(\d+(?:\.\d+)?)\s*\]")
 # A line that is nothing but a rating, after an optional short label: `Rating: [[8]]`, `**Score:** [8]/10`, `[[8]]`. A
 # label holds no digit, bracket or sentence punctuation, so prose that mentions a number ("asked for [5]", "a perfect
 # answer would be [[10]].)") is never one.
 _RATING_LINE = re.compile(r"[\s*_#>-]*(?:[^\[\]\d\n:：,.;!?()]{1,40}[:：][\s*_]*)?"
                           r"(?:\[\[\s*(\d+(?:\.\d+)?)\s*\]\]|\[\s*(\d+(?:\.\d+)?)\s*\])(?:\s*/\s*\d+)?[\s*_.。!]*")
+# A bracket a rating word leads to on its line, past a scale, a colon or a few plain words: `Rating: [8] out of 10`,
+# `Overall Rating (1-10): [8]`, `I would rate this response [8]`, `deserves a [7]`; never one a step, a count or a
+# citation leads to ("Step [2] is wrong", "lists [3] items", "a perfect answer would be [[10]]").
+_RATED = re.compile(r"(?<![^\W\d_])(?:rat(?:e|es|ed|ing)|scor(?:e|es|ed|ing)|grade[sd]?|deserves?|verdict|overall|final)"
+                    r"(?:\s|[*_:：=]|\(\s*\d+\s*[-–/~]\s*\d+\s*\)|(?<![^\W\d_])(?:this|the|response|reply|it|a|an|of|"
+                    r"is|as|would|be|i|give|my)(?![^\W\d_]))*$", re.IGNORECASE)
 NO_RATING = "no [[rating]]"
 SEVERAL_RATINGS = "several different [[ratings]]"
+
+
+def _rated(answer: str, bracket: re.Pattern[str]) -> set[float]:
+    """The values of the ``bracket`` ratings in ``answer`` that read as its rating: those a rating word leads to, else
+    those on a line of their own (`Helpfulness: [[8]]\nAccuracy: [[6]]\nOverall: [[7]]` is rated 7)."""
+    led, alone = set(), set()
+    for found in bracket.finditer(answer):
+        start = answer.rfind("\n", 0, found.start()) + 1
+        end = answer.find("\n", found.end())
+        if _RATED.search(answer[max(start, found.start() - 60):found.start()]):
+            led.add(float(found.group(1)))
+        elif _RATING_LINE.fullmatch(answer[start:end if end >= 0 else len(answer)]):
+            alone.add(float(found.group(1)))
+    return led or alone
 
 
 def _rating(text: str) -> tuple[float | None, str | None]:
     """(the reply's rating, why it has none). Only an unambiguous rating counts, since a wrong one taken is a silent
     wrong preference while an unparsable reply is counted and bounded by ``max_unparsable``: every ``[[N]]`` of the
-    answer (its think block ignored) when they agree; else the final line's, when that line is a rating alone
-    (``Rating: [[8]]``, the MT-Bench verdict ending a reply that weighed other ratings first); without any ``[[N]]``,
-    a final line that is a single-bracket rating alone (``Rating: [8]``, MT-Bench's fallback). A ``[N]`` inside prose
-    is a step, a citation or a count ("Step [2] is wrong. Rating: 8/10"), never the rating."""
+    answer (its think block ignored) when they agree; where they differ, the ones a rating word leads to
+    (``Rating: [[8]] (a perfect answer would be [[10]])``) or on a line of their own (``Weighing it: [[3]] for style,
+    [[9]] for content.\nRating: [[7]]``), when those agree; without any ``[[N]]``, the single-bracket ``[N]`` read the
+    same way (``Rating: [8] out of 10``, ``I would rate this response [8].``, a last line ``[8]``). A ``[N]`` a
+    step, a count or a citation leads to is never the rating ("Step [2] is wrong. Rating: 8/10")."""
     answer = split_reasoning(text).answer
-    lines = [line for line in answer.splitlines() if line.strip()]
-    last = _RATING_LINE.fullmatch(lines[-1]) if lines else None
     ratings = {float(value) for value in _DOUBLE.findall(answer)}
     if len(ratings) == 1:
         return ratings.pop(), None
-    if last is not None and (last.group(1) is not None or not ratings):
-        return float(last.group(1) or last.group(2)), None
-    return None, SEVERAL_RATINGS if ratings else NO_RATING
+    rated = _rated(answer, _DOUBLE if ratings else _SINGLE)
+    if len(rated) == 1:
+        return rated.pop(), None
+    return None, SEVERAL_RATINGS if ratings or rated else NO_RATING
 
 
 def parse_judge_score(text: str, low: float = 1, high: float = 10) -> float | None:

@@ -409,9 +409,11 @@ class JudgeReward(_RewardBase, JudgeSettings):
     """An LLM judge's 1-10 rating (MT-Bench `[[N]]`); an unparsable reply fails the sample's scoring.
 
     The rating is the reply's `[[N]]` (a think block ignored): all of them when they agree; where they differ, the
-    one on a last line that is a rating alone (`Rating: [[8]]`). Without any `[[N]]`, only a last line that is a
-    rating alone in single brackets (`Rating: [8]`) counts. Anything else is unparsable: `Step [2] is wrong. Rating:
-    8/10`, `Rating: [[8]] (a perfect answer would be [[10]])`."""
+    ones a rating word leads to (`Rating: [[8]] (a perfect answer would be [[10]])` is 8, `Overall: [[7]]` beside
+    `Helpfulness: [[8]]`), else the ones alone on their line, when those agree. Without any `[[N]]`, a single-bracket
+    `[N]` read the same way (`Rating: [8] out of 10`, `I would rate this response [8].`, a line `[8]`). Anything else
+    is unparsable: `Step [2] is wrong. Rating: 8/10` (a step, a count or a citation leads to its bracket; the 8 has
+    none), `Rating: [[3]] for style, rating [[9]] for content.`"""
 
     type: Literal["judge"] = "judge"
     # Decides only whether the stage stops, never a score (a sample without a rating is unscored either way): raised

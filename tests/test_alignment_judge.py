@@ -28,6 +28,21 @@ from tempa.alignment.rewards import JudgeReward, RewardSet, ScoreItem, ScoringEn
         ("Some explanation.\n[4]", 4.0),
         ("<think>maybe [[2]]?</think>\nFinal: [[10]]", 10.0),  # the think block is ignored
         ("<think>I would say [[4]] but I never finish", None),
+        # what a rating word leads to, or a rating alone on its line, when several differ (a review's cases: the
+        # first fix of the "Step [2]" parse lost these clearly rated replies as unparsable)
+        ("Rating: [8]\nSee reference [2] for details.", 8.0),
+        ("Rating: [[8]] (a perfect answer would be [[10]])", 8.0),
+        ("Rating: [[8]]\n\n(For reference, a perfect answer would be [[10]].)", 8.0),
+        ("Rating: [[8]]\n\nFor reference, a perfect answer would be: [[10]]", 8.0),
+        ("Rating: [8] out of 10", 8.0),
+        ("Rating: [8]\n\nThe answer is good overall.", 8.0),
+        ("[8]\n\nGood, but it misses one edge case.", 8.0),
+        ("Overall Rating (1-10): [8]", 8.0),
+        ("I would rate this response [8].", 8.0),
+        ("This response deserves a [7].", 7.0),
+        ("Helpfulness: [[8]]\nAccuracy: [[6]]\nOverall: [[7]]", 7.0),
+        ("Overall: [[7]]\n(Helpfulness [[8]], accuracy [[6]])", 7.0),
+        ("1. Accuracy [9]\n2. Clarity [7]\nRating: [8]", 8.0),
         ("Rating: [[11]]", None),  # out of range
         ("Rating: [[0]]", None),
         ("I rate it eight out of ten.", None),
@@ -46,10 +61,8 @@ def test_parse_judge_score(reply, expected):
         ("Step [2] is wrong. Rating: 8/10", "no [[rating]]"),
         ("Step [2] is wrong, the total is off. Rating: 8/10", "no [[rating]]"),
         ("The answer lists [3] items but the question asked for [5]. Overall: 9 out of 10.", "no [[rating]]"),
-        ("Rating: [8]\nSee reference [2] for details.", "no [[rating]]"),  # the single bracket is not the last line
-        ("Rating: [[8]] (a perfect answer would be [[10]])", "several different [[ratings]]"),
-        ("Rating: [[8]]\n\n(For reference, a perfect answer would be [[10]].)", "several different [[ratings]]"),
-        ("Rating: [[8]]\n\nFor reference, a perfect answer would be: [[10]]", "several different [[ratings]]"),
+        ("Rating: [[3]] for style, rating [[9]] for content.", "several different [[ratings]]"),
+        ("Rating: [8]. Score: [6].", "several different [[ratings]]"),
     ],
 )
 def test_a_rating_is_taken_only_when_the_reply_is_unambiguous(reply, problem):

@@ -126,15 +126,21 @@ def scripted_round(tmp_path, tiny_model_dir, tokenizer_dir, monkeypatch):
     return ctx, config, prompts, rows, policy
 
 
-def test_journals_of_an_older_tempa_are_sampled_again_once(scripted_round, monkeypatch):
-    """An older tempa signed its journals with its prompts' positional ids and keyed records by them: such a round
-    resumes by sampling and judging every prompt again (once), never by reading a record as another prompt's."""
-    ctx, config, _, rows, policy = scripted_round
+def judged_round(scripted_round, monkeypatch) -> tuple[ScriptedBackend, Path]:
+    """The round sampled and judged ("Good. [[7]]" each), its training launch killed: the judge, the round's folder."""
+    ctx, config, _, _, _ = scripted_round
     judge = ScriptedBackend(lambda prompt, j: "Good. [[7]]")
     monkeypatch.setattr(rewards_module, "build_backend", lambda *a, **k: judge)
     with pytest.raises(StageError, match="code -9"):
         run_preference(config({}), ctx)
-    round_dir = ctx.stage_dir / "round-1"
+    return judge, ctx.stage_dir / "round-1"
+
+
+def test_journals_of_an_older_tempa_are_sampled_again_once(scripted_round, monkeypatch):
+    """An older tempa signed its journals with its prompts' positional ids and keyed records by them: such a round
+    resumes by sampling and judging every prompt again (once), never by reading a record as another prompt's."""
+    ctx, config, _, rows, policy = scripted_round
+    judge, round_dir = judged_round(scripted_round, monkeypatch)
     # The journals as the older tempa wrote them: ids by place, the list of them in the signature.
     old_ids = [prompt_id(i, r["messages"]) for i, r in enumerate(rows[:4])]
     for name in ("samples.jsonl", "scores.jsonl"):
@@ -157,11 +163,7 @@ def test_ratings_an_earlier_tempa_read_are_read_again_from_the_judges_replies(sc
     this tempa, kept those wrong ratings in its score journal. The scores are read again from the journaled replies,
     and no reply is bought again."""
     ctx, config, _, _, _ = scripted_round
-    judge = ScriptedBackend(lambda prompt, j: "Good. [[7]]")
-    monkeypatch.setattr(rewards_module, "build_backend", lambda *a, **k: judge)
-    with pytest.raises(StageError, match="code -9"):
-        run_preference(config({}), ctx)
-    round_dir = ctx.stage_dir / "round-1"
+    judge, round_dir = judged_round(scripted_round, monkeypatch)
     # the journal as the earlier tempa signed and wrote it: without the rule in its signature, a rating of 2
     meta = round_dir / "scores.jsonl.meta.json"
     signed = json.loads(meta.read_text())

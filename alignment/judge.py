@@ -337,12 +337,13 @@ JUDGE_REPLIES = "judge_replies.jsonl"  # a stage's (or round's) judge replies by
 
 
 class ReplyJournal:
-    """A judge's replies by request (JSON Lines, appended as each batch returns), so that no request is paid for
-    twice: the score journal starts over whenever any reward's settings change (a verifier added, a weight), and
-    its rescoring then reads the judges' replies from here. ``identity``: what besides the request decides a reply
-    (the judge's backend, the runs of the models a local judge loads); it is part of every key, with the rubric
-    prompt and the reply's sampling settings. ``earlier``: the same judge as an earlier tempa named it (an HTTP
-    backend with its ``base_url``), whose replies are read too."""
+    """A judge's replies by request (JSON Lines, appended as each reply of an HTTP judge arrives, or as each batch
+    of a local one returns), so that no request is paid for twice: the score journal starts over whenever any
+    reward's settings change (a verifier added, a weight), and its rescoring then reads the judges' replies from
+    here. ``identity``: what besides the request decides a reply (the judge's backend, the runs of the models a
+    local judge loads); it is part of every key, with the rubric prompt and the reply's sampling settings.
+    ``earlier``: the same judge as an earlier tempa named it (an HTTP backend with its ``base_url``), whose replies
+    are read too."""
 
     def __init__(self, path: Path, identity: Any, earlier: Sequence[Any] = ()) -> None:
         self.path = Path(path)

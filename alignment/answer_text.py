@@ -283,7 +283,8 @@ def answer_before(text: str, lead_in: re.Match[str]) -> str | None:
     "the" or "so the" comes between: "The answer is A. The answer is B." gives "A". A reply that states another answer
     so ("정답은 ①입니다. 정답은 ②입니다.", every option one after another) commits to neither: its last is no more its
     answer than its first. None when a retraction, a check or other words come between ("The answer is A. No wait, the
-    answer is B." corrects to B) or the lead-in before asks or names a wrong answer."""
+    answer is B." corrects to B) or the lead-in before asks or names a wrong answer. Whether it states another answer
+    is :func:`_states_another`'s (by value) and :func:`_states_an_answer`'s to say."""
     before = [found for found in LEAD_IN_RE.finditer(text) if found.end() <= lead_in.start()]
     if not before or _WRONG_LEAD_IN.search(text, max(0, before[-1].start() - 20), before[-1].end()):
         return None
@@ -296,6 +297,42 @@ def answer_before(text: str, lead_in: re.Match[str]) -> str | None:
             or _hedged(text, previous, lead_in.start(), _SentenceEnds(text))):
         return None
     return sentence
+
+
+# An option's label a sentence states: alone ("A", "③입니다", "option C") or set apart by a bracket, a colon or a full
+# stop ("(C) Paris", "C: 42"); "I think" opens with no label.
+_STATED_LABEL = re.compile(r"^[(\[「]?(?:(?:option|choice|pilihan|opsi|phương án|ข้อ)\s*)?[^\W\d_][)\]」:.]?$"
+                           r"|^[(\[「]?[^\W\d_][)\]」:]", re.IGNORECASE)
+
+
+def _states_an_answer(sentence: str) -> bool:
+    """Whether ``sentence`` (after an earlier lead-in) commits to an answer: it holds a number or states an option's
+    label. "Answer: Let me think. The answer is B." states none before B, so nothing is restated."""
+    plain = unicodedata.normalize("NFKC", _COPULA.sub("", sentence.strip())).strip().rstrip("。.!")
+    return bool(re.search(r"\d", plain) or _STATED_LABEL.match(plain))
+
+
+def _states_another(before: str | None, line: str, number: str, language: str | None) -> bool:
+    """Whether ``before`` (the sentence of an earlier lead-in: :func:`answer_before`) commits to another answer than
+    ``number``, the one ``line`` (the last lead-in's sentence) commits to: read as the last is read (after "not X but
+    Y" and the last '='), and compared by value, as a reply is with its reference, so "$18" restates 18, "1/2" 0.5,
+    "45%" 45, "\\frac{2}{3}" 2/3, "③" 3 and "5 + 7 = 12" 12; an option's label is another answer than a number.
+    False when it commits to nothing ("Let me think.")."""
+    if before is None or not _states_an_answer(before):
+        return False
+    found = number_re(language)
+    reading = cjk_reading(before, language)
+    before = plain_number_words(plain_marks(before, reading), language)
+    instead = _taken_back(before)
+    part = before[instead.end():] if instead and found.search(before, instead.end()) else before
+    part = part.rsplit("=", 1)[1] if "=" in part else part
+    numbers = found.findall(part) or han_numbers(part, reading)
+    if not numbers:
+        return True  # a label: "The answer is B. The answer is 12."
+    earlier = committed_number(part, language, Commitment(part, numbers[0]))
+    later = committed_number(line, language, Commitment(line, number))
+    return not (earlier is not None and later is not None
+                and (numbers_agree(earlier, later) or numbers_agree(later, earlier)))
 
 
 # "not X but Y" commits to Y: XではなくY, X じゃなくて Y, not X but Y, bukan X tetapi Y, không phải X mà là Y, 不是X而是Y,
@@ -510,9 +547,8 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
         numbers = numbers or numbers_in(line) or numbers_in(tail)  # "The answer is:\n42"
         if numbers and _also_right(tail, normalise_text(numbers[0])):  # "12, but 15 is also possible"
             return Commitment("", None)
-        before = answer_before(answer, lead_in)
-        if numbers and before is not None and numbers_in(before)[:1] != numbers[:1]:  # "答えは1。答えは2。"
-            return Commitment("", None)
+        if numbers and _states_another(answer_before(answer, lead_in), line, numbers[0], language):
+            return Commitment("", None)  # "答えは1。答えは2。"
         return Commitment(line if line.strip(" :：") else tail.strip(), numbers[0] if numbers else None)
     numbers = numbers_in(answer)
     listed = listed_options_start(answer)
@@ -980,8 +1016,9 @@ def text_answer_matches(answer: str, expected: object) -> bool:
         if _also_right(tail, target):  # "Jawabannya B, tapi C juga mungkin."
             return False
         before = answer_before(answer, lead_in)
-        if before is not None and not _commits_to(before, target, reference):  # "The answer is A. The answer is B."
-            return False
+        if (before is not None and _states_an_answer(before)
+                and not any(_commits_to(candidate, target, reference) for candidate in (before, _COPULA.sub("", before)))):
+            return False  # "The answer is A. The answer is B."
         return any(_commits_to(candidate, target, reference) for candidate in (sentence, _COPULA.sub("", sentence)))
     lines = [line for line in answer.splitlines() if line.strip()]
     if not lines or listed_options_start(answer) is not None:  # a list of the options names none of them

@@ -59,6 +59,40 @@ def test_a_circled_label_is_its_number(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
 
 
+RESTATED_BY_VALUE = [
+    # an answer stated again after another lead-in, in another form of the same value, keeps it (each gave none: the
+    # two lead-ins' sentences were compared as text)
+    ("The answer is $18.\n#### 18", ("18", "13", "8"), "18", "en"),
+    ("The answer is 18 dollars.\n#### $18", ("18", "13", "8"), "18", "en"),
+    ("The answer is 5 + 7 = 12.\n#### 12", ("12", "5", "7"), "12", "en"),
+    ("The answer is $1,250.\n#### 1250", ("1250", "1.25", "250"), "1250", "en"),
+    ("The answer is 12.\nAnswer: 12.0", ("12", "13"), "12", "en"),
+    ("The answer is 1/2. So the answer is 0.5.", ("0.5", "1", "2"), "0.5", "en"),
+    ("The answer is 45%. So the answer is 45.", ("45", "4.5", "0.045"), "45", "en"),
+    ("The answer is \\frac{2}{3}. The answer is 2/3.", ("2/3", "2", "3"), "2/3", "en"),
+    ("정답은 ③입니다. 정답은 3입니다.", ("1", "2", "3", "4"), "3", "ko"),
+    ("정답은 ③입니다. 정답은 3입니다.", CIRCLED, "③", "ko"),
+    ("Jawabannya adalah Rp12.000.\nJawabannya 12000.", ("12000", "12"), "12000", "id"),
+    ("Đáp án là 1.250 đồng. Đáp án: 1250", ("1250", "1.25"), "1250", "vi"),
+    ("Answer: 3 × 4 = 12. The answer is 12.", ("12", "3", "4"), "12", "en"),
+    # ... and a lead-in that commits to nothing before is no answer stated
+    ("Answer: Let me think. The answer is B.", LATIN, "B", "en"),
+    ("Answer: Let me think. The answer is 12.", ("12", "13"), "12", "en"),
+    # ... while two lead-ins that commit to different answers give none, by value too
+    ("The answer is A. The answer is B.", LATIN, None, "en"),
+    ("정답은 ①입니다. 정답은 ②입니다.", CIRCLED, None, "ko"),
+    ("The answer is 12. The answer is 13.", ("12", "13"), None, "en"),
+    ("The answer is 1/2. So the answer is 0.4.", ("0.5", "0.4"), None, "en"),
+    ("The answer is B. The answer is 12.", ("A", "B", "12"), None, "en"),
+    ("The answer is A. Wait, the answer is B.", LATIN, "B", "en"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), RESTATED_BY_VALUE)
+def test_an_answer_restated_in_another_form_keeps_it(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)
+
+
 COUNT = ("12", "13")
 
 NUMBER_DENIALS = [

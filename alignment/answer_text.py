@@ -432,9 +432,25 @@ _ASKS = re.compile(r"(?:ですか|でしょうか|吗|嗎)\s*$")
 def _offered(part: str, start: int, end: int) -> bool:
     """Whether the number at ``part[start:end]`` is denied or offered as one of a choice, not stated."""
     before, after = part[:start], part[end:]
-    listed = [found.group("listed") for found in (_LISTED_NEXT.match(after), _LISTED_BEFORE.search(before)) if found]
     return bool(_DENIED_BEFORE.search(before) or _DENIED_AFTER.match(after) or _CHOICE_AFTER.match(after)
-                or _CHOICE_BEFORE.search(before) or any(number != part[start:end] for number in listed))
+                or _CHOICE_BEFORE.search(before))
+
+
+# What follows a second number that starts a clause of its own ("12, 13 would exceed the limit"): two words, the
+# first no "and" or "or". That number is the subject of a new clause, not a second item of a list.
+_CLAUSE_AFTER = re.compile(rf"\s+(?!(?:{_AND_WORDS}|{_OR_WORDS})(?![^\W\d_]))[^\W\d_]+\s+[^\W\d_]", re.IGNORECASE)
+
+
+def _listed(part: str, start: int, end: int) -> bool:
+    """Whether the number at ``part[start:end]`` is one of numbers listed (:data:`_LISTED_NEXT`,
+    :data:`_LISTED_BEFORE`): no one number is committed to, while the list as a whole may be the answer (a tuple, an
+    interval, "2, 3, 5"), which a math reference compares whole."""
+    before, after = part[:start], part[end:]
+    following = _LISTED_NEXT.match(after)
+    if following and _CLAUSE_AFTER.match(after, following.end()):
+        following = None  # "The answer is 12, 13 would exceed the limit."
+    listed = [found.group("listed") for found in (following, _LISTED_BEFORE.search(before)) if found]
+    return any(number != part[start:end] for number in listed)
 
 
 # Another answer offered as right too ("B is correct. C is also correct.", "Jawabannya B, tapi C juga mungkin.", "The
@@ -540,16 +556,19 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
             part = line
         part = part.rsplit("=", 1)[1] if "=" in part else part
         numbers = numbers_in(part)
+        listed = False
         if numbers:
             start = part.find(numbers[0])
             if _offered(part, start, start + len(numbers[0])):  # "not 12", "12 or 13": no commitment
                 return Commitment("", None)
+            # "12, 13, 14 중 하나", "(3, 4)", "2, 3, 5": no one number, the sentence whole for a math reference
+            listed = _listed(part, start, start + len(numbers[0]))
         numbers = numbers or numbers_in(line) or numbers_in(tail)  # "The answer is:\n42"
         if numbers and _also_right(tail, normalise_text(numbers[0])):  # "12, but 15 is also possible"
             return Commitment("", None)
         if numbers and _states_another(answer_before(answer, lead_in), line, numbers[0], language):
             return Commitment("", None)  # "答えは1。答えは2。"
-        return Commitment(line if line.strip(" :：") else tail.strip(), numbers[0] if numbers else None)
+        return Commitment(line if line.strip(" :：") else tail.strip(), numbers[0] if numbers and not listed else None)
     numbers = numbers_in(answer)
     listed = listed_options_start(answer)
     if numbers and listed is not None and answer.rfind(numbers[-1]) >= listed:
@@ -568,7 +587,8 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
         part_start = instead.end() if instead else opened
         if _WRONG_LEAD_IN.search(answer, part_start, start):  # "오답은 3입니다.", "The wrong answer is 12."
             return Commitment(answer, None)
-        if asks or _offered(answer[part_start:sentence_end], start - part_start, end - part_start):
+        if asks or any(rule(answer[part_start:sentence_end], start - part_start, end - part_start)
+                       for rule in (_offered, _listed)):
             return Commitment(answer, None)
         if _ALSO_RIGHT.search(sentence):  # "12 apples. 15 is also possible.": offered as one more, not stated
             return Commitment(answer, None)

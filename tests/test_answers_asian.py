@@ -153,6 +153,29 @@ def test_listed_candidates_commit_to_none(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)
 
 
+TUPLES = ("(3, 4)", "(4, 3)", "3", "4")
+LISTS_AS_ONE_ANSWER = [
+    # a tuple, an interval or a list that is the answer is compared whole with a math reference (each gave none: its
+    # numbers read as listed candidates), and gives no one of its numbers
+    ("The answer is (3, 4).", TUPLES, "(3, 4)", "en"),
+    ("The answer is [2, 5].", ("[2, 5]", "(2, 5)", "2", "5"), "[2, 5]", "en"),
+    ("The answer is 2, 3, 5.", ("2, 3, 5", "2, 3", "2", "3", "5"), "2, 3, 5", "en"),
+    ("The three smallest primes are 2, 3, and 5. The answer is 2, 3, 5.", ("2, 3, 5", "2", "5"), "2, 3, 5", "en"),
+    ("The solutions are x = 2 and x = 3, so the answer is (2, 3).", ("(2, 3)", "(3, 2)", "2", "3"), "(2, 3)", "en"),
+    # ... a number after the comma that starts a clause of its own is no second item
+    ("The answer is 12, 13 would exceed the limit.", NUMBERS, "12", "en"),
+    # ... while numbers listed as candidates still give none of them
+    ("The answer is 12, 13 or 14.", NUMBERS, None, "en"),
+    ("The answer is 12, 13 apples.", NUMBERS, None, "en"),
+    ("The answer is 12, 13 and 14.", NUMBERS, None, "en"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), LISTS_AS_ONE_ANSWER)
+def test_a_tuple_or_list_answer_is_compared_whole(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)
+
+
 BURMESE = ("က", "ခ", "ဂ", "ဃ")
 
 TAGALOG_TAMIL_BURMESE = [

@@ -374,12 +374,18 @@ def _asks_unmarked(sentence: str) -> bool:
 # "「ネガティブ」は間違い", "「긍정」이 아닙니다", "(C) is not correct", "「B」不是", "12個ではありません", "12개가 아닙니다",
 # "12는 아닙니다", "விடை 12 அல்ல", "အဖြေမှာ ၁၂ မဟုတ်ပါ" (a number past its counter, quote or particle: _DENIED_AFTER; a label past its bracket, colon or
 # space: _DENIAL_AFTER). A bare "not" is left out: "C) Not enough information" is an option's text.
+# Chinese, Vietnamese and Thai put "not" before what they deny: "12，不是13", "12, không phải 13", "12 ไม่ใช่ 13" deny
+# 13, as "12, not 13" and "12, bukan 13" do, not the answer before. Vietnamese sai is "wrong" alone, not the first
+# syllable of a compound: "12, sai số không đáng kể" (error margin), sai lệch (deviation).
+_ANOTHER_CANDIDATE = (r"(?:[-+−]?\$?\d|[A-Za-z\u0e01-\u0e2e甲乙丙丁\u2460-\u2473]"
+                      r"(?![^\W\d_]|[\u0e31\u0e34-\u0e3a\u0e47-\u0e4e]))")
 _DENIAL_WORDS_AFTER = (
     r"では(?:なく|ない|ありません|なかった)|じゃ(?:なく|ない|ありません)|でない|でもない|でなく|とは(?:言え|いえ|思|限ら)"
     r"|は(?:間違|誤|不正解|違)|(?:이|가)?\s*아(?:니|닙|닌|님|냐)|[은는]\s*(?:오답|틀|잘못)"
     r"|(?:is|are|was|were)\s+(?:not|wrong|incorrect)(?![^\W\d_])|(?:is|are|was|were)n['’]t"
-    r"|不是|并非|並非|không phải|khong phai|ไม่ใช่|ผิด|ไม่ถูก"
-    r"|(?:sai|không đúng|khong dung|salah(?!\s+satu)|tidak (?:benar|tepat))(?![^\W\d_])"
+    rf"|(?:不是|并非|並非|không phải|khong phai|ไม่ใช่)(?!\s*(?:là\s+|la\s+)?{_ANOTHER_CANDIDATE})|ผิด|ไม่ถูก"
+    r"|(?:sai(?!\s+(?:số|lệch|lech|sót|khác|khac|biệt|biet|phân)(?![^\W\d_]))|không đúng|khong dung"
+    r"|salah(?!\s+satu)|tidak (?:benar|tepat))(?![^\W\d_])"
     r"|(?:அல்ல|இல்லை)(?![\u0b80-\u0bff])|မဟုတ်"
 )
 _DENIED_AFTER = re.compile(rf"^[^\s\d]{{0,3}}?\s*(?:{_DENIAL_WORDS_AFTER})", re.IGNORECASE)

@@ -241,6 +241,34 @@ def test_chinese_turns_corrections_and_lead_ins(reply, options, right, language)
     assert verdicts(reply, options, language) == expected(options, right)
 
 
+THAI = ("ก", "ข", "ค", "ง")
+NOT_BEFORE_ANOTHER = [
+    # 不是, không phải and ไม่ใช่ before another candidate deny it, not the answer before them, as "12, not 13" and
+    # "12, bukan 13" do (each gave none for a number)
+    ("答案是12，不是13。", COUNT, "12", "zh"),
+    ("答案是12个，不是13个。", COUNT, "12", "zh"),
+    ("Đáp án là 12, không phải 13.", COUNT, "12", "vi"),
+    ("คำตอบคือ 12 ไม่ใช่ 13", COUNT, "12", "th"),
+    ("คำตอบคือ ข ไม่ใช่ ค", THAI, "ข", "th"),
+    ("Đáp án là B, không phải C.", LATIN, "B", "vi"),
+    # ... and sai is "wrong" alone, not the first syllable of sai số (error margin) or sai lệch (deviation)
+    ("Đáp án là 12, sai số không đáng kể.", COUNT, "12", "vi"),
+    ("Đáp án là 12, sai lệch nhỏ.", COUNT, "12", "vi"),
+    # ... while one that ends the sentence, or goes on to a word, still denies the answer before it
+    ("答案是12，不是。", COUNT, None, "zh"),
+    ("答案是12，不是正确的。", COUNT, None, "zh"),
+    ("คำตอบคือ 12 ไม่ใช่", COUNT, None, "th"),
+    ("Đáp án là 12 sai.", COUNT, None, "vi"),
+    ("Đáp án là 12, sai rồi.", COUNT, None, "vi"),
+    ("「B」不是正确答案。", LATIN, None, "zh"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), NOT_BEFORE_ANOTHER)
+def test_not_before_another_candidate_denies_that_one(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)
+
+
 HANGUL_WITH_SEA = ("가", "나", "다", "라", "마", "바", "바다")
 
 KOREAN_PLAIN_COPULA = [

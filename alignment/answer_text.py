@@ -421,25 +421,51 @@ _LISTED_NEXT = re.compile(rf"^(?:[^\s\d\u3040-\u309f]?\s*[,、，]\s*|\s*(?=[{CI
 _LISTED_BEFORE = re.compile(rf"(?P<listed>{_LISTED})(?:[^\s\d\u3040-\u309f]?\s*[,、，]\s*|(?<=[{CIRCLED_DIGITS}])\s*)$")
 # Korean 나/이나 between two numbers is "or" ("12나 13", "12개나 13개"); before a word it is "as many as" (12개나 먹었다)
 _KO_OR_AFTER = r"[^\s\d]{0,3}?나\s*(?=[-+−]?\$?\d)"
-# Filipino o ("or") and at ("and") are short words that other languages' prose holds ("12 at 5% interest"): o names
-# a second answer only before a number ("12 o 13"), at only before a label or number that ends the sentence ("B at
-# C", "12 at 13").
+# Filipino o ("or") between two numbers ("12 o 13"; Spanish and Italian write it so too) is a choice in any reply.
+# Filipino at ("and") is a word other languages' prose holds ("12 at 5% interest", "B at 12", "-1 at 2", "12 at 13"
+# in Vietnamese): it names a second answer only in Tagalog (:func:`_tagalog`), and only before a label or number that
+# ends the sentence ("B at C", "12 at 13").
 _TL_OR_AFTER = r"\s+o(?=\s+[-+−]?\$?\d)"
 _TL_AND = r"at(?=\s+(?:[^\W\d_]|[-+−]?\$?\d+(?:[.,]\d+)*)\s*[.。!]?\s*$)"
+_TL_CHOICE_AFTER = re.compile(rf"^\s+{_TL_AND}", re.IGNORECASE)
+_TL_CHOICE_BEFORE = re.compile(r"\d\s+at\s*$", re.IGNORECASE)
+_TL_ALTERNATIVE = re.compile(rf"^{_TL_AND}", re.IGNORECASE)
+_TAGALOG_LANGUAGES = frozenset({"tl", "fil"})
+# A Tagalog lead-in: what says a reply is Tagalog when its row names no language ("Ang sagot ay", "Sagot:", "Kaya").
+_TAGALOG_LEAD = re.compile(r"(?<![^\W\d_])(?:sagot|kaya)(?![^\W\d_])", re.IGNORECASE)
+
+
+def _tagalog(text: str, language: str | None) -> bool:
+    """Whether ``text`` is read as Tagalog (Filipino), whose o, at are "or", "and": the prompt's ``language`` is tl or
+    fil; without one, the reply has a Tagalog lead-in (:data:`_TAGALOG_LEAD`)."""
+    if language:
+        return re.split(r"[-_]", language.casefold())[0] in _TAGALOG_LANGUAGES
+    return _TAGALOG_LEAD.search(text) is not None
+
+
 _CHOICE_AFTER = re.compile(
     rf"^(?:[^\s\d]{{0,3}}?\s*[(（\[]?\s*(?:(?!{_COUNTER_KA})か(?!ら)|{_CHOICES}|{_AND_ANOTHER})|{_RANGE}"
-    rf"|{_KO_OR_AFTER}|{_TL_OR_AFTER}|\s+{_TL_AND})", re.IGNORECASE)
+    rf"|{_KO_OR_AFTER}|{_TL_OR_AFTER})", re.IGNORECASE)
 _CHOICE_BEFORE = re.compile(
-    rf"(?:か|(?<![^\W\d_]){_CHOICES}|\d\s*(?:{_AND_WORDS})|\d\s?[-–—~〜～]\s?|\d[^\s\d]{{0,3}}?나|\d\s+(?:o|at))\s*$",
+    rf"(?:か|(?<![^\W\d_]){_CHOICES}|\d\s*(?:{_AND_WORDS})|\d\s?[-–—~〜～]\s?|\d[^\s\d]{{0,3}}?나|\d\s+o)\s*$",
     re.IGNORECASE)
 _ASKS = re.compile(r"(?:ですか|でしょうか|吗|嗎)\s*$")
 
 
-def _offered(part: str, start: int, end: int) -> bool:
-    """Whether the number at ``part[start:end]`` is denied or offered as one of a choice, not stated."""
+@functools.cache
+def _at_point(number: re.Pattern[str]) -> re.Pattern[str]:
+    """A value stated before where it is taken, up to the number that ends the sentence: "is -1 at ", "is 45 at x = "
+    (English at: a point, not Tagalog's "and")."""
+    return re.compile(rf"(?:is|are|was|were|=)\s+(?P<value>{number.pattern})\s+at\s+(?:[a-z]\s*=\s*)?$", re.IGNORECASE)
+
+
+def _offered(part: str, start: int, end: int, tagalog: bool = False) -> bool:
+    """Whether the number at ``part[start:end]`` is denied or offered as one of a choice, not stated; Tagalog's at
+    only in a Tagalog reply (``tagalog``)."""
     before, after = part[:start], part[end:]
     return bool(_DENIED_BEFORE.search(before) or _DENIED_AFTER.match(after) or _CHOICE_AFTER.match(after)
-                or _CHOICE_BEFORE.search(before))
+                or _CHOICE_BEFORE.search(before)
+                or (tagalog and (_TL_CHOICE_AFTER.match(after) or _TL_CHOICE_BEFORE.search(before))))
 
 
 # What follows a second number that starts a clause of its own ("12, 13 would exceed the limit"): two words, the
@@ -543,6 +569,7 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
     def numbers_in(part: str) -> list[str]:
         return found.findall(part) or han_numbers(part, reading)
 
+    tagalog = _tagalog(answer, language)
     boxes = boxed_spans(answer)
     for start, content, end in reversed(boxes):
         numbers = numbers_in(answer[content:end])
@@ -565,7 +592,7 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
         listed = False
         if numbers:
             start = part.find(numbers[0])
-            if _offered(part, start, start + len(numbers[0])):  # "not 12", "12 or 13": no commitment
+            if _offered(part, start, start + len(numbers[0]), tagalog):  # "not 12", "12 or 13": no commitment
                 return Commitment("", None)
             # "12, 13, 14 중 하나", "(3, 4)", "2, 3, 5": no one number, the sentence whole for a math reference
             listed = _listed(part, start, start + len(numbers[0]))
@@ -593,8 +620,13 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
         part_start = instead.end() if instead else opened
         if _WRONG_LEAD_IN.search(answer, part_start, start):  # "오답은 3입니다.", "The wrong answer is 12."
             return Commitment(answer, None)
-        if asks or any(rule(answer[part_start:sentence_end], start - part_start, end - part_start)
-                       for rule in (_offered, _listed)):
+        said = answer[part_start:sentence_end]
+        point = None if tagalog else _at_point(found).search(answer, part_start, start)
+        if point and not answer[end:sentence_end].strip():
+            # "The minimum value is -1 at 2.": the value, not where it is taken ("at x = 2")
+            return Commitment(answer, point.group("value"))
+        if (asks or _offered(said, start - part_start, end - part_start, tagalog)
+                or _listed(said, start - part_start, end - part_start)):
             return Commitment(answer, None)
         if _ALSO_RIGHT.search(sentence):  # "12 apples. 15 is also possible.": offered as one more, not stated
             return Commitment(answer, None)
@@ -838,7 +870,7 @@ def gives_reference(answer: str, expected: object, language: str | None = None, 
         equal = math_equal(str(expected), commitment.text, language)
         if equal is not None:
             return equal
-    return text_answer_matches(answer, expected)
+    return text_answer_matches(answer, expected, language)
 
 
 # The word that states what something is, before an answer at the end of a line: "The capital of France is Paris.",
@@ -883,10 +915,11 @@ _TOPIC_WORD = (rf"[^\W\d_]{_NOT_AN_OR}は$"
 _CONNECTIVES = (r"つまり|したがって|従って|よって|ゆえに|故に|なので|だから|結論として|やはり|やっぱり|たぶん|多分|おそらく"
                 r"|恐らく|きっと")
 # Words that take back the answer just given: Japanese, Korean, English, Vietnamese (with and without diacritics),
-# Indonesian and Malay, Thai, Filipino, Chinese.
+# Indonesian and Malay, Thai, Filipino, Chinese. Filipino mali ("wrong") alone only before a comma ("Mali, C pala."):
+# "Mali C." and "Mali ang C." say C is wrong, not that C is the answer.
 _RETRACTIONS = (r"いや|いいえ|いえ|正しくは|訂正します|실은|아니요|아니|no,?\s*wait|wait,?\s*no|oops|scratch that"
                 r"|(?:à|ồ|a|o)\s+(?:không|khong)|nhầm rồi|sửa lại|sua lai|ralat|koreksi|ไม่สิ|ไม่ใช่สิ|เดี๋ยวนะ"
-                r"|teka|mali pala|ay,?\s+mali|mali|不对|不對|更正|说错了|說錯了|错了|錯了|哦不|噢不")
+                r"|teka|mali pala|ay,?\s+mali|mali(?=\s*[,，])|不对|不對|更正|说错了|說錯了|错了|錯了|哦不|噢不")
 # What may come between a retraction and its correction: an admission ("salah", "I was wrong", 間違えました) and a
 # lead ("yang benar", "seharusnya", "phải là", "it's", "the answer is", 应该是); "actually" and its kin retract only
 # before a lead ("Actually, it's C", not "Actually, this is because ...").
@@ -987,7 +1020,7 @@ def normalise_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def text_answer_matches(answer: str, expected: object) -> bool:
+def text_answer_matches(answer: str, expected: object, language: str | None = None) -> bool:
     """Whether ``answer`` (the text after the think block) commits to the text reference ``expected``.
 
     A reply commits to one thing, found in this order: the last ``\\boxed{}``; else the sentence after its last
@@ -1030,9 +1063,10 @@ def text_answer_matches(answer: str, expected: object) -> bool:
     if not target:
         return False
     reference = unicodedata.normalize("NFKC", str(expected)).casefold().strip()
+    tagalog = _tagalog(answer, language)  # "Ang sagot ay B at C." names two; "The answer is B at 12." B
     boxes = boxed_contents(answer)
     if boxes:
-        return _commits_to(_latex_text(boxes[-1]), target, reference)
+        return _commits_to(_latex_text(boxes[-1]), target, reference, tagalog)
     lead_in = committing_lead_in(answer)
     if lead_in:
         tail = corrected(answer[lead_in.end() :].strip())
@@ -1043,9 +1077,11 @@ def text_answer_matches(answer: str, expected: object) -> bool:
             return False
         before = answer_before(answer, lead_in)
         if (before is not None and _states_an_answer(before)
-                and not any(_commits_to(candidate, target, reference) for candidate in (before, _COPULA.sub("", before)))):
+                and not any(_commits_to(candidate, target, reference, tagalog)
+                            for candidate in (before, _COPULA.sub("", before)))):
             return False  # "The answer is A. The answer is B."
-        return any(_commits_to(candidate, target, reference) for candidate in (sentence, _COPULA.sub("", sentence)))
+        return any(_commits_to(candidate, target, reference, tagalog)
+                   for candidate in (sentence, _COPULA.sub("", sentence)))
     lines = [line for line in answer.splitlines() if line.strip()]
     if not lines or listed_options_start(answer) is not None:  # a list of the options names none of them
         return False
@@ -1063,7 +1099,7 @@ def text_answer_matches(answer: str, expected: object) -> bool:
         # "ポジティブ。理由は褒めているからです。", "B. 東京です。": the line opens with its answer alone and goes on
         # to a reason or a remark, which does not take it back; the opening is the one answer it commits to (never the
         # last sentence as well, so "イ。ウです。" gives イ only)
-        return _opens_with(plain, reference)
+        return _opens_with(plain, reference, tagalog=tagalog)
     if stated is not None:  # the line's last sentence states its answer: that is the one it commits to
         return any(target in (reading, _OPTION_WORD.sub("", reading)) for reading in stated)
     if ":" in plain:
@@ -1073,7 +1109,7 @@ def text_answer_matches(answer: str, expected: object) -> bool:
             return not _names_wrong(label)
         # an option's label before its text ("C: Paris", "ウ：東京"); two labels ("ア：イ") name the second
         return _OPTION_LABEL.fullmatch(label) is not None and label == target and not _OPTION_LABEL.fullmatch(named)
-    if _opens_with(plain, reference):
+    if _opens_with(plain, reference, tagalog=tagalog):
         return True
     stated = re.search(rf"(?:^| )(?:{_COPULAS}) {re.escape(target)}$", normalised)
     # "Đáp án không phải là B.": the copula after a denial states what the answer is not
@@ -1091,7 +1127,7 @@ _ENDS = tuple(".。!")
 _COMMAS = tuple(",、;")
 # A conjunction that makes what follows an answer another option: "A or B", "ア または イ", "A, B, C, or D", "긍정 내지는
 # 부정".
-_ALTERNATIVE = re.compile(rf"^(?:(?:{_OR_WORDS}|nor|o|か|や|と)(?![^\W\d_])|{_AND_ANOTHER}|{_TL_AND})", re.IGNORECASE)
+_ALTERNATIVE = re.compile(rf"^(?:(?:{_OR_WORDS}|nor|o|か|や|と)(?![^\W\d_])|{_AND_ANOTHER})", re.IGNORECASE)
 _DENIAL_AFTER = re.compile(rf"^(?:{_DENIAL_WORDS_AFTER})", re.IGNORECASE)
 # A note after the answer that it is the incorrect option ("イ（誤り）", "C (incorrect)"), ending the text.
 _INCORRECT_NOTE = re.compile(r"\s*\((?:誤り|間違い|incorrect|wrong|false)\)\s*[.。!]?", re.IGNORECASE)
@@ -1157,7 +1193,7 @@ def _is_clause(text: str) -> bool:
 _FINAL_PARTICLES = frozenset({"ạ", "nhé", "nha", "nhe", "ครับ", "ค่ะ", "คะ", "นะ", "จ้ะ", "です"})
 
 
-def _opens_with(text: str, reference: str, *, spaced: bool = False) -> bool:
+def _opens_with(text: str, reference: str, *, spaced: bool = False, tagalog: bool = False) -> bool:
     """Whether ``text`` (one line, the box or the lead-in's sentence) opens with ``reference`` (NFKC, casefolded),
     set apart from what follows: by a closing bracket, a colon or nothing; by a sentence end ("B. Because ..."); by a
     comma before a clause, or (``spaced``: a box, a lead-in's sentence, which commit to what they open with) a space
@@ -1181,7 +1217,7 @@ def _opens_with(text: str, reference: str, *, spaced: bool = False) -> bool:
     if _INCORRECT_NOTE.fullmatch(rest):  # "答え：イ（誤り）": イ is the incorrect option the question asks for
         return True
     if rest[0] in _CLOSING or rest[0] == ":":
-        return not _ALTERNATIVE.match(rest[1:].strip())
+        return not _ALTERNATIVE.match(rest[1:].strip()) and not (tagalog and _TL_ALTERNATIVE.match(rest[1:].strip()))
     if rest[0] in _ENDS:
         return True
     if rest[0] in _COMMAS:
@@ -1198,7 +1234,9 @@ def _opens_with(text: str, reference: str, *, spaced: bool = False) -> bool:
         words = [word for word in normalise_text(rest).split() if word not in _FINAL_PARTICLES]
         labels = bool(words) and all(_OPTION_LABEL.fullmatch(word) for word in words)
         # "B (or C)": a choice in brackets is a choice all the same
-        return not _ALTERNATIVE.match(rest.strip().lstrip("([（")) and not rest.strip().startswith("/") and not labels
+        alternative = rest.strip().lstrip("([（")
+        return (not _ALTERNATIVE.match(alternative) and not (tagalog and _TL_ALTERNATIVE.match(alternative))
+                and not rest.strip().startswith("/") and not labels)
     return False
 
 
@@ -1229,14 +1267,14 @@ def _called_right(line: str, reference: str) -> bool:
     return _CALLED_RIGHT.fullmatch(committed_sentence(rest)) is not None
 
 
-def _commits_to(candidate: str, target: str, reference: str) -> bool:
+def _commits_to(candidate: str, target: str, reference: str, tagalog: bool = False) -> bool:
     """Whether a box's content or a lead-in's sentence is the reference: equal after normalisation (an option word
     dropped), or opening with it (:func:`_opens_with`); after "not X but Y", Y is the candidate (:func:`_instead`)."""
     candidate = _instead(candidate)
     normalised = normalise_text(candidate)
     if target in (normalised, _OPTION_WORD.sub("", normalised)):
         return True
-    return _opens_with(candidate, reference, spaced=True)
+    return _opens_with(candidate, reference, spaced=True, tagalog=tagalog)
 
 
 def _answer_then_remarks(line: str) -> bool:

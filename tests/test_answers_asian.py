@@ -220,6 +220,29 @@ def test_tagalog_tamil_and_burmese_denials_choices_questions_and_corrections(rep
     assert verdicts(reply, options, language) == expected(options, right)
 
 
+TAGALOG_WORDS_ELSEWHERE = [
+    # Filipino at ("and") and a bare mali ("wrong") read only in a Tagalog reply (the prompt's language tl, or a
+    # Tagalog lead-in without one): elsewhere at is a preposition (each gave none, or the option mali named wrong)
+    ("The answer is B at 12.", LATIN, "B", "en"),
+    ("The answer is B at 12.", LATIN, "B", None),
+    ("Đáp án là 12 at 13.", COUNT, "12", "vi"),
+    ("The minimum value is -1 at 2.", ("-1", "2", "1"), "-1", "en"),
+    ("The maximum height is 45 at 3.", ("45", "3"), "45", "en"),
+    ("Ang sagot ay B. Mali C.", LATIN, "B", "tl"),
+    # ... while in Tagalog at and o still name a second answer, and mali before a comma still corrects
+    ("Ang sagot ay B at C.", LATIN, None, None),
+    ("Ang sagot ay 12 at 13.", COUNT, None, None),
+    ("May 12 at 13.", COUNT, None, "tl"),
+    ("Jawabannya 5 o 6.", ("5", "6"), None, "id"),
+    ("Ang sagot ay 12. Mali, 13.", COUNT, "13", "tl"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), TAGALOG_WORDS_ELSEWHERE)
+def test_tagalog_words_read_only_in_tagalog(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)
+
+
 CHINESE_TURNS = [
     # "not B, (it) is C", corrections after the answer, and the lead-in 答案应该是 (each gave none or the first)
     ("不是B，是C", LATIN, "C", "zh"),

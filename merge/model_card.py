@@ -797,7 +797,10 @@ def render_model_card(
         front["language"] = list(dict.fromkeys(hub_language(code) for code in card.languages))
     if not recipe.base_model.startswith(("/", "tempa:")):
         front["base_model"] = recipe.base_model
-    datasets = hub_datasets(stages)
+    shipped = weights_from or None  # "" (unknown) and None (the base model) alike: no stage
+    in_model = None if weights_from == "" else lineage(stages, shipped)
+    # the datasets of the stages the model descends from (a side experiment's data is not in it)
+    datasets = hub_datasets({name: up for name, up in stages.items() if in_model is None or name in in_model})
     if datasets:
         front["datasets"] = datasets
 
@@ -821,8 +824,6 @@ def render_model_card(
     tool_rows = tool_rows_trained(stages)
     if tool_rows:
         lines += tool_calling_snippet(tool_rows, recipe.chat_template, tool_call)
-    shipped = weights_from or None  # "" (unknown) and None (the base model) alike: no stage
-    in_model = None if weights_from == "" else lineage(stages, shipped)
     lines += _stages_section(stages, in_model)
     lines += _mix_section(stages, in_model)
     lines += _eval_section(stages, shipped)

@@ -212,6 +212,14 @@ def test_the_card_names_hub_datasets_but_not_local_files(tmp_path):
     assert front["datasets"] == ["HuggingFaceH4/ultrachat_200k"] and front["base_model"] == "meta-llama/Llama-3.1-8B"
     assert front["license"] == "llama3.1" and front["language"] == ["id", "th"]
     assert 'thinking_mode="on"' in card and str(tmp_path) not in card
+    # a side experiment's data is not the model's: a run whose shipped model is `sft` lists only sft's
+    side = SFTStageConfig.model_validate(
+        {"name": "side", "kind": "sft", "from": "sft", "data": {"sources": [{"name": "x", "path": "org/side-data"}]}},
+        context={"base_dir": tmp_path, DEFER_TRAIN_CHECKS: True})
+    stages = {"sft": Upstream("sft", "sft", config, StageResult()), "side": Upstream("side", "sft", side, StageResult())}
+    card = render_model_card(ModelCardConfig(), recipe=RecipeInfo("t", "meta-llama/Llama-3.1-8B", "llama3_thinking"),
+                             stages=stages, weights_from="sft")
+    assert yaml.safe_load(card.split("---\n")[1])["datasets"] == ["HuggingFaceH4/ultrachat_200k"]
 
 
 @pytest.mark.parametrize("kind", ["file", "folder"])

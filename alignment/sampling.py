@@ -2,9 +2,9 @@
 
 Each pass writes one JSON line per prompt to a ``.jsonl`` file, appended (and flushed) after
 every chunk, and a ``.complete`` marker when it is done. Run again after an interruption, it
-reads what is there (a torn last line is dropped, an unreadable line inside the file skipped), skips the prompts
-already written and works only on the rest; a finished pass is not repeated at all. A ``.meta.json`` signature beside
-the file (model, parameters) makes a pass start over when what it would produce changed.
+reads what is there (a torn last line is dropped, an unreadable line inside the file skipped and removed), skips
+the prompts already written and works only on the rest; a finished pass is not repeated at all. A ``.meta.json``
+signature beside the file (model, parameters) makes a pass start over when what it would produce changed.
 
 Progress shows prompts done plus throughput (samples/s, tokens/s) in a tqdm bar.
 """
@@ -124,12 +124,19 @@ class JournalRead:
     size: int
 
     def warn(self) -> None:
-        """One warning naming the unreadable lines, by the reader that goes on to ask what they held."""
-        if self.unreadable:
-            shown = ", ".join(map(str, self.unreadable[:10])) + (", ..." if len(self.unreadable) > 10 else "")
-            log.warning("%s: %d unreadable line(s) skipped (line %s: half a record, or two glued together); the "
-                        "records after them are kept, what they held is asked again", self.path, len(self.unreadable),
-                        shown)
+        """One warning naming the unreadable lines, by the reader that goes on to ask what they held, and the lines
+        taken out of the file (its whole lines rewritten, then renamed over it), so the next resume reads a clean
+        journal instead of warning of them again."""
+        if not self.unreadable:
+            return
+        shown = ", ".join(map(str, self.unreadable[:10])) + (", ..." if len(self.unreadable) > 10 else "")
+        log.warning("%s: %d unreadable line(s) skipped and removed (line %s: half a record, or two glued together); "
+                    "the records after them are kept, what they held is asked again", self.path,
+                    len(self.unreadable), shown)
+        dropped = set(self.unreadable)
+        with open(self.path, "rb") as lines:
+            kept = [line for number, line in enumerate(lines, 1) if number not in dropped]
+        write_atomic(self.path, b"".join(kept))  # a torn last line stays last: the caller cuts it
 
 
 def read_journal(path: Path, entry: Callable[[Any], T]) -> JournalRead:

@@ -142,15 +142,15 @@ def flush_filesystems(paths: Iterable[Path]) -> None:
             os.close(fd)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a text file via a temporary sibling and a rename."""
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write a text file (UTF-8; bytes as they are) via a temporary sibling and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's private 0600 would stick to the published file
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text if isinstance(text, bytes) else text.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -526,7 +526,9 @@ def test_a_judge_reply_journal_skips_an_unreadable_line_inside_it_naming_it(tmp_
         judge = Judge(backend, JudgeSettings(batch_size=4), replies=ReplyJournal(path, "j"))
     assert [v.score for v in judge.rate(["p0", "p1", "p2"])] == [6.0] * 3
     assert judge.stats()["judge_calls"] == 1 and judge.stats()["judge_replies_reused"] == 2
-    assert f"{path}: 1 unreadable line(s) skipped (line 2:" in caplog.text
+    assert f"{path}: 1 unreadable line(s) skipped and removed (line 2:" in caplog.text
+    # and taken out of the file, so the next resume does not warn of it again
+    assert all(json.loads(line)["key"] for line in path.read_text(encoding="utf-8").splitlines())
 
 
 def test_a_judge_stopped_for_unparsable_replies_is_told_each_problem_with_its_count():

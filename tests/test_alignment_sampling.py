@@ -435,6 +435,12 @@ def test_an_unreadable_line_inside_a_journal_is_skipped_and_every_record_after_i
     assert "line 2, 5" in warnings[0]
     assert "cut off" in caplog.text or "dropped" in caplog.text
     assert set(JsonlStore(path, "sig").load()) == {f"p0{i}" for i in range(6)}
+    # taken out of the file: the next resume reads a clean journal, not the same warning again
+    assert bad not in path.read_bytes() and b"not json" not in path.read_bytes()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert set(JsonlStore(path, "sig").load()) == {f"p0{i}" for i in range(6)}
+    assert "unreadable" not in caplog.text
 
 
 def test_a_scoring_pass_reports_its_progress_as_the_judges_replies_arrive(tmp_path, monkeypatch):

@@ -54,10 +54,6 @@ CIRCLED_LABELS = [
 ]
 
 
-@pytest.mark.parametrize(("reply", "options", "right", "language"), CIRCLED_LABELS)
-def test_a_circled_label_is_its_number(reply, options, right, language):
-    assert verdicts(reply, options, language) == expected(options, right)
-
 
 RESTATED_BY_VALUE = [
     # an answer stated again after another lead-in, in another form of the same value, keeps it (each gave none: the
@@ -88,10 +84,6 @@ RESTATED_BY_VALUE = [
 ]
 
 
-@pytest.mark.parametrize(("reply", "options", "right", "language"), RESTATED_BY_VALUE)
-def test_an_answer_restated_in_another_form_keeps_it(reply, options, right, language):
-    assert verdicts(reply, options, language) == expected(options, right)
-
 
 COUNT = ("12", "13")
 
@@ -114,10 +106,6 @@ NUMBER_DENIALS = [
     ("答えは13個で、12個ではありません。", COUNT, "13", "ja"),
 ]
 
-
-@pytest.mark.parametrize(("reply", "options", "right", "language"), NUMBER_DENIALS)
-def test_a_number_is_denied_as_a_label_is(reply, options, right, language):
-    assert verdicts(reply, options, language) == expected(options, right)
 
 
 NUMBERS = ("12", "13", "14")
@@ -148,10 +136,6 @@ LISTED_CANDIDATES = [
 ]
 
 
-@pytest.mark.parametrize(("reply", "options", "right", "language"), LISTED_CANDIDATES)
-def test_listed_candidates_commit_to_none(reply, options, right, language):
-    assert verdicts(reply, options, language) == expected(options, right)
-
 
 TUPLES = ("(3, 4)", "(4, 3)", "3", "4")
 LISTS_AS_ONE_ANSWER = [
@@ -170,10 +154,6 @@ LISTS_AS_ONE_ANSWER = [
     ("The answer is 12, 13 and 14.", NUMBERS, None, "en"),
 ]
 
-
-@pytest.mark.parametrize(("reply", "options", "right", "language"), LISTS_AS_ONE_ANSWER)
-def test_a_tuple_or_list_answer_is_compared_whole(reply, options, right, language):
-    assert verdicts(reply, options, language) == expected(options, right)
 
 
 BURMESE = ("က", "ခ", "ဂ", "ဃ")
@@ -215,10 +195,6 @@ TAGALOG_TAMIL_BURMESE = [
 ]
 
 
-@pytest.mark.parametrize(("reply", "options", "right", "language"), TAGALOG_TAMIL_BURMESE)
-def test_tagalog_tamil_and_burmese_denials_choices_questions_and_corrections(reply, options, right, language):
-    assert verdicts(reply, options, language) == expected(options, right)
-
 
 TAGALOG_WORDS_ELSEWHERE = [
     # Filipino at ("and") and a bare mali ("wrong") read only in a Tagalog reply (the prompt's language tl, or a
@@ -238,10 +214,6 @@ TAGALOG_WORDS_ELSEWHERE = [
 ]
 
 
-@pytest.mark.parametrize(("reply", "options", "right", "language"), TAGALOG_WORDS_ELSEWHERE)
-def test_tagalog_words_read_only_in_tagalog(reply, options, right, language):
-    assert verdicts(reply, options, language) == expected(options, right)
-
 
 CHINESE_TURNS = [
     # "not B, (it) is C", corrections after the answer, and the lead-in 答案应该是 (each gave none or the first)
@@ -258,10 +230,6 @@ CHINESE_TURNS = [
     ("答案是C。A错了。", LATIN, "C", "zh"),
 ]
 
-
-@pytest.mark.parametrize(("reply", "options", "right", "language"), CHINESE_TURNS)
-def test_chinese_turns_corrections_and_lead_ins(reply, options, right, language):
-    assert verdicts(reply, options, language) == expected(options, right)
 
 
 THAI = ("ก", "ข", "ค", "ง")
@@ -287,10 +255,6 @@ NOT_BEFORE_ANOTHER = [
 ]
 
 
-@pytest.mark.parametrize(("reply", "options", "right", "language"), NOT_BEFORE_ANOTHER)
-def test_not_before_another_candidate_denies_that_one(reply, options, right, language):
-    assert verdicts(reply, options, language) == expected(options, right)
-
 
 HANGUL_WITH_SEA = ("가", "나", "다", "라", "마", "바", "바다")
 
@@ -304,6 +268,22 @@ KOREAN_PLAIN_COPULA = [
 ]
 
 
-@pytest.mark.parametrize(("reply", "options", "right", "language"), KOREAN_PLAIN_COPULA)
-def test_a_korean_plain_copula_after_a_label(reply, options, right, language):
+# each table by what it shows, as the test's id says
+TABLES = {
+    "a_circled_label_is_its_number": CIRCLED_LABELS,
+    "an_answer_restated_in_another_form_keeps_it": RESTATED_BY_VALUE,
+    "a_number_is_denied_as_a_label_is": NUMBER_DENIALS,
+    "listed_candidates_commit_to_none": LISTED_CANDIDATES,
+    "a_tuple_or_list_answer_is_compared_whole": LISTS_AS_ONE_ANSWER,
+    "tagalog_tamil_and_burmese_denials_choices_questions_and_corrections": TAGALOG_TAMIL_BURMESE,
+    "tagalog_words_read_only_in_tagalog": TAGALOG_WORDS_ELSEWHERE,
+    "chinese_turns_corrections_and_lead_ins": CHINESE_TURNS,
+    "not_before_another_candidate_denies_that_one": NOT_BEFORE_ANOTHER,
+    "a_korean_plain_copula_after_a_label": KOREAN_PLAIN_COPULA,
+}
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), [
+    pytest.param(*case, id=f"{shows}-{i}") for shows, table in TABLES.items() for i, case in enumerate(table)])
+def test_each_reply_gives_its_one_option_or_none(reply, options, right, language):
     assert verdicts(reply, options, language) == expected(options, right)

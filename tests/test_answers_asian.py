@@ -5,22 +5,9 @@ so a reply that scores for two options (or for a wrong one) is caught, and the t
 from __future__ import annotations
 
 import pytest
-
-from tempa.alignment.rewards import answer_match
-from tempa.merge.answers import answer_matches
-
-
-def verdicts(reply: str, options: tuple[str, ...], language: str) -> dict[str, tuple[float | None, bool]]:
-    return {gold: (answer_match(reply, gold, "auto", None, language), answer_matches(reply, gold, language=language))
-            for gold in options}
-
-
-def expected(options: tuple[str, ...], right: str | None) -> dict[str, tuple[float, bool]]:
-    return {gold: (float(gold == right), gold == right) for gold in options}
-
+from test_answer_reward_hacks import EN_COUNT, LATIN, THAI, expected, verdicts
 
 CIRCLED = ("①", "②", "③", "④")
-LATIN = ("A", "B", "C", "D")
 
 # (reply, the question's options, the one option it gives or None, language)
 CIRCLED_LABELS = [
@@ -85,25 +72,24 @@ RESTATED_BY_VALUE = [
 
 
 
-COUNT = ("12", "13")
 
 NUMBER_DENIALS = [
     # a number is denied by the words that deny a label (정답은 B가 아닙니다 gave none; 정답은 12개가 아닙니다 gave 12)
-    ("정답은 12개가 아닙니다.", COUNT, None, "ko"),
-    ("12개는 아닙니다.", COUNT, None, "ko"),
-    ("정답이 12는 아닙니다.", COUNT, None, "ko"),
-    ("「12」가 아닙니다.", COUNT, None, "ko"),
-    ("정답은 12가 아닌 것 같습니다.", COUNT, None, "ko"),
-    ("答えは12は間違いです。", COUNT, None, "ja"),
-    ("答えは「12」じゃない。", COUNT, None, "ja"),
-    ("The answer: 12 is not correct.", COUNT, None, "en"),
-    ("答案：12不是。", COUNT, None, "zh"),
+    ("정답은 12개가 아닙니다.", EN_COUNT, None, "ko"),
+    ("12개는 아닙니다.", EN_COUNT, None, "ko"),
+    ("정답이 12는 아닙니다.", EN_COUNT, None, "ko"),
+    ("「12」가 아닙니다.", EN_COUNT, None, "ko"),
+    ("정답은 12가 아닌 것 같습니다.", EN_COUNT, None, "ko"),
+    ("答えは12は間違いです。", EN_COUNT, None, "ja"),
+    ("答えは「12」じゃない。", EN_COUNT, None, "ja"),
+    ("The answer: 12 is not correct.", EN_COUNT, None, "en"),
+    ("答案：12不是。", EN_COUNT, None, "zh"),
     ("정답은 B가 아닙니다.", LATIN, None, "ko"),
     # ... while a stated number, and "not X but Y", keep theirs
-    ("정답은 12개입니다.", COUNT, "12", "ko"),
-    ("정답은 12가 아니라 13입니다.", COUNT, "13", "ko"),
-    ("정답은 13개이고, 12개가 아닙니다.", COUNT, "13", "ko"),
-    ("答えは13個で、12個ではありません。", COUNT, "13", "ja"),
+    ("정답은 12개입니다.", EN_COUNT, "12", "ko"),
+    ("정답은 12가 아니라 13입니다.", EN_COUNT, "13", "ko"),
+    ("정답은 13개이고, 12개가 아닙니다.", EN_COUNT, "13", "ko"),
+    ("答えは13個で、12個ではありません。", EN_COUNT, "13", "ja"),
 ]
 
 
@@ -163,35 +149,35 @@ TAGALOG_TAMIL_BURMESE = [
     # asked answer, or not the corrected one)
     ("விடை B அல்ல, C.", LATIN, "C", "ta"),
     ("விடை B அல்ல.", LATIN, None, "ta"),
-    ("விடை 12 அல்லது 13.", COUNT, None, "ta"),
+    ("விடை 12 அல்லது 13.", EN_COUNT, None, "ta"),
     ("விடை B அல்லது C.", LATIN, None, "ta"),
     ("விடை B மற்றும் C.", LATIN, None, "ta"),
-    ("விடை 12 அல்ல.", COUNT, None, "ta"),
-    ("விடை 12 இல்லை.", COUNT, None, "ta"),
-    ("விடை 12 அல்ல, 13.", COUNT, "13", "ta"),
+    ("விடை 12 அல்ல.", EN_COUNT, None, "ta"),
+    ("விடை 12 இல்லை.", EN_COUNT, None, "ta"),
+    ("விடை 12 அல்ல, 13.", EN_COUNT, "13", "ta"),
     ("Ang sagot ay B at C.", LATIN, None, "tl"),
-    ("Ang sagot ay 12 o 13.", COUNT, None, "tl"),
-    ("Ang sagot ay 12 at 13.", COUNT, None, "tl"),
-    ("12 o 13", COUNT, None, "tl"),
-    ("12 ba ang sagot", COUNT, None, "tl"),
-    ("Ang sagot ba ay 12", COUNT, None, "tl"),
-    ("Ang sagot ay 12 ba", COUNT, None, "tl"),
+    ("Ang sagot ay 12 o 13.", EN_COUNT, None, "tl"),
+    ("Ang sagot ay 12 at 13.", EN_COUNT, None, "tl"),
+    ("12 o 13", EN_COUNT, None, "tl"),
+    ("12 ba ang sagot", EN_COUNT, None, "tl"),
+    ("Ang sagot ba ay 12", EN_COUNT, None, "tl"),
+    ("Ang sagot ay 12 ba", EN_COUNT, None, "tl"),
     ("Ang sagot ay 12. Ay mali, 15 pala.", ("12", "15"), "15", "tl"),
     ("Ang sagot ay B. Mali, C pala.", LATIN, "C", "tl"),
     ("Hindi B, kundi C", LATIN, "C", "tl"),
-    ("Hindi 12, kundi 13.", COUNT, "13", "tl"),
-    ("အဖြေမှာ ၁၂ မဟုတ်ပါ။", COUNT, None, "my"),
-    ("အဖြေမှာ ၁၂ လား။", COUNT, None, "my"),
+    ("Hindi 12, kundi 13.", EN_COUNT, "13", "tl"),
+    ("အဖြေမှာ ၁၂ မဟုတ်ပါ။", EN_COUNT, None, "my"),
+    ("အဖြေမှာ ၁၂ လား။", EN_COUNT, None, "my"),
     ("အဖြေမှာ (ခ) ဖြစ်သည်။", BURMESE, "ခ", "my"),
     ("အဖြေမှာ B ဖြစ်သည်။", LATIN, "B", "my"),
-    ("အဖြေမှာ ၁၂ ဖြစ်သည်။", COUNT, "12", "my"),
+    ("အဖြေမှာ ၁၂ ဖြစ်သည်။", EN_COUNT, "12", "my"),
     # ... while the short words elsewhere are no choice, question or correction
-    ("The answer is 12 at 5% interest.", COUNT, "12", "en"),
-    ("The answer is 12 at most.", COUNT, "12", "en"),
-    ("Đáp án là 12 ba lô.", COUNT, "12", "vi"),
-    ("Ang sagot ay 12. Mali ang 13.", COUNT, "12", "tl"),
+    ("The answer is 12 at 5% interest.", EN_COUNT, "12", "en"),
+    ("The answer is 12 at most.", EN_COUNT, "12", "en"),
+    ("Đáp án là 12 ba lô.", EN_COUNT, "12", "vi"),
+    ("Ang sagot ay 12. Mali ang 13.", EN_COUNT, "12", "tl"),
     ("Ang sagot ay C. Mali ang B.", LATIN, "C", "tl"),
-    ("விடை 13.", COUNT, "13", "ta"),
+    ("விடை 13.", EN_COUNT, "13", "ta"),
 ]
 
 
@@ -201,16 +187,16 @@ TAGALOG_WORDS_ELSEWHERE = [
     # Tagalog lead-in without one): elsewhere at is a preposition (each gave none, or the option mali named wrong)
     ("The answer is B at 12.", LATIN, "B", "en"),
     ("The answer is B at 12.", LATIN, "B", None),
-    ("Đáp án là 12 at 13.", COUNT, "12", "vi"),
+    ("Đáp án là 12 at 13.", EN_COUNT, "12", "vi"),
     ("The minimum value is -1 at 2.", ("-1", "2", "1"), "-1", "en"),
     ("The maximum height is 45 at 3.", ("45", "3"), "45", "en"),
     ("Ang sagot ay B. Mali C.", LATIN, "B", "tl"),
     # ... while in Tagalog at and o still name a second answer, and mali before a comma still corrects
     ("Ang sagot ay B at C.", LATIN, None, None),
-    ("Ang sagot ay 12 at 13.", COUNT, None, None),
-    ("May 12 at 13.", COUNT, None, "tl"),
+    ("Ang sagot ay 12 at 13.", EN_COUNT, None, None),
+    ("May 12 at 13.", EN_COUNT, None, "tl"),
     ("Jawabannya 5 o 6.", ("5", "6"), None, "id"),
-    ("Ang sagot ay 12. Mali, 13.", COUNT, "13", "tl"),
+    ("Ang sagot ay 12. Mali, 13.", EN_COUNT, "13", "tl"),
 ]
 
 
@@ -232,25 +218,24 @@ CHINESE_TURNS = [
 
 
 
-THAI = ("ก", "ข", "ค", "ง")
 NOT_BEFORE_ANOTHER = [
     # 不是, không phải and ไม่ใช่ before another candidate deny it, not the answer before them, as "12, not 13" and
     # "12, bukan 13" do (each gave none for a number)
-    ("答案是12，不是13。", COUNT, "12", "zh"),
-    ("答案是12个，不是13个。", COUNT, "12", "zh"),
-    ("Đáp án là 12, không phải 13.", COUNT, "12", "vi"),
-    ("คำตอบคือ 12 ไม่ใช่ 13", COUNT, "12", "th"),
+    ("答案是12，不是13。", EN_COUNT, "12", "zh"),
+    ("答案是12个，不是13个。", EN_COUNT, "12", "zh"),
+    ("Đáp án là 12, không phải 13.", EN_COUNT, "12", "vi"),
+    ("คำตอบคือ 12 ไม่ใช่ 13", EN_COUNT, "12", "th"),
     ("คำตอบคือ ข ไม่ใช่ ค", THAI, "ข", "th"),
     ("Đáp án là B, không phải C.", LATIN, "B", "vi"),
     # ... and sai is "wrong" alone, not the first syllable of sai số (error margin) or sai lệch (deviation)
-    ("Đáp án là 12, sai số không đáng kể.", COUNT, "12", "vi"),
-    ("Đáp án là 12, sai lệch nhỏ.", COUNT, "12", "vi"),
+    ("Đáp án là 12, sai số không đáng kể.", EN_COUNT, "12", "vi"),
+    ("Đáp án là 12, sai lệch nhỏ.", EN_COUNT, "12", "vi"),
     # ... while one that ends the sentence, or goes on to a word, still denies the answer before it
-    ("答案是12，不是。", COUNT, None, "zh"),
-    ("答案是12，不是正确的。", COUNT, None, "zh"),
-    ("คำตอบคือ 12 ไม่ใช่", COUNT, None, "th"),
-    ("Đáp án là 12 sai.", COUNT, None, "vi"),
-    ("Đáp án là 12, sai rồi.", COUNT, None, "vi"),
+    ("答案是12，不是。", EN_COUNT, None, "zh"),
+    ("答案是12，不是正确的。", EN_COUNT, None, "zh"),
+    ("คำตอบคือ 12 ไม่ใช่", EN_COUNT, None, "th"),
+    ("Đáp án là 12 sai.", EN_COUNT, None, "vi"),
+    ("Đáp án là 12, sai rồi.", EN_COUNT, None, "vi"),
     ("「B」不是正确答案。", LATIN, None, "zh"),
 ]
 

@@ -145,3 +145,14 @@ def test_code_math_and_urls_are_not_evidence() -> None:
     assert language.prose("Jawab:\n```\nunclosed code at the end of a cut-off answer").split() == ["Jawab:"]
     # Only code: nothing left to judge.
     assert language.detect("```python\nimport numpy as np\nprint(np.arange(10).sum())\n```").language is None
+
+
+def test_unaccented_vietnamese_is_as_the_readme_says_unreliable() -> None:
+    """README: unaccented Vietnamese is often another language to the detector, but a longer sentence can be
+    Vietnamese, so a language filter is no guard against it (a trial took the README's one example as a rule)."""
+    short = "Vay moi ban co 12 cai keo, dap an la 12."
+    longer = "Vay moi ban co 12 cai keo, chia deu cho 3 ban thi moi ban duoc bao nhieu cai?"
+    assert language.detect(short).language == "gcf"
+    assert language.detect(short, ["vi", "id", "ms", "th", "en"]).language == "id"
+    assert language.detect(longer).language == "vi"
+    assert language.detect(longer, ["vi", "id", "ms", "th", "en"]).language == "vi"

@@ -20,7 +20,7 @@ import os
 import re
 import urllib.parse
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -435,12 +435,21 @@ def build_backend(
 
 
 def sample_at(backend: Any, prompts: list[Any], params: GenerationParams, places: Sequence[int] | None,
+              on_result: Callable[[int, list[Completion]], None] | None = None,
               **kwargs: Any) -> list[list[Completion]]:
     """``backend.sample``, each prompt seeded by its place in its batch (``places``) where the backend seeds per
     prompt (HTTP, vLLM: a prompt asked alone then gets the samples it gets in its whole batch); a backend that seeds
-    per batch (transformers, a test's) is asked as it always was."""
-    if places is not None and (isinstance(backend, LazyBackend) or getattr(backend, "seeds_by_place", False)):
+    per batch (transformers, a test's) is asked as it always was.
+
+    ``on_result(i, completions)``: told as prompt ``i``'s completions arrive, where the backend hands over each reply
+    as it arrives (HTTP, whose requests are paid for whether or not the call completes: a caller that journals each
+    loses none to a kill or a failed request). A backend whose call returns every reply at once (transformers, vLLM)
+    is not given it: its caller keeps what the call returns, in one write."""
+    lazy = isinstance(backend, LazyBackend)
+    if places is not None and (lazy or getattr(backend, "seeds_by_place", False)):
         kwargs["places"] = places
+    if on_result is not None and (lazy or getattr(backend, "reports_each_reply", False)):
+        kwargs["on_result"] = on_result
     return backend.sample(prompts, params, **kwargs)
 
 
@@ -463,10 +472,10 @@ class LazyBackend(SamplingBackend):
     def loaded(self) -> bool:
         return self._backend is not None
 
-    def sample(self, prompts, params, *, thinking_modes=None, tools=None, places=None):
+    def sample(self, prompts, params, *, thinking_modes=None, tools=None, places=None, on_result=None):
         # Passed on only when given: the backend may be a judge's or reviser's, which never get tools.
         extra = {} if tools is None else {"tools": tools}
-        return sample_at(self.backend, prompts, params, places, thinking_modes=thinking_modes, **extra)
+        return sample_at(self.backend, prompts, params, places, on_result, thinking_modes=thinking_modes, **extra)
 
     def close(self) -> None:
         if self._backend is not None:

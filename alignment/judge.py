@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from tempa.alignment.backends import BackendConfig, SamplingBackend, TransformersBackendConfig
+from tempa.alignment.backends import BackendConfig, SamplingBackend, TransformersBackendConfig, sample_at
 from tempa.alignment.completions import Completion
 from tempa.alignment.generation import GenerationParams
 from tempa.chat_templates.thinking import split_reasoning
@@ -400,14 +400,18 @@ class Judge:
         self.unparsable = 0
         self.seconds = 0.0
 
-    def ask(self, prompts: list[str]) -> list[str]:
+    def ask(self, prompts: list[str], on_reply: Callable[[int, str], None] | None = None) -> list[str]:
         """Raw judge replies (answer text, think block kept: also one a server's reasoning parser split off) for
-        user-turn prompts."""
-        return [reply.written_text for reply in self._replies(prompts)]
+        user-turn prompts; ``on_reply(i, reply)``: see :meth:`_replies`."""
+        told = None if on_reply is None else (lambda i, reply: on_reply(i, reply.written_text))
+        return [reply.written_text for reply in self._replies(prompts, on_reply=told)]
 
-    def _replies(self, prompts: list[str], progress: Callable[[int], None] | None = None) -> list[Completion]:
+    def _replies(self, prompts: list[str], progress: Callable[[int], None] | None = None,
+                 on_reply: Callable[[int, Completion], None] | None = None) -> list[Completion]:
         """The replies to ``prompts``; ``progress(answered)``: how many of them have their reply so far, told as
-        replies arrive (a slow judge's scoring pass moves in `tempa status` before its batch is done)."""
+        replies arrive (a slow judge's scoring pass moves in `tempa status` before its batch is done);
+        ``on_reply(i, reply)``: prompt ``i``'s reply, told as it arrives where the backend hands each over (HTTP),
+        so that a caller with a journal of its own keeps each paid reply at once (a journaled one is not told)."""
         params = GenerationParams(
             max_new_tokens=self.settings.max_new_tokens, temperature=self.settings.temperature, n=1,
             seed=self.seed, thinking_mode=self.settings.thinking_mode, batch_size=self.settings.batch_size,
@@ -429,35 +433,36 @@ class Judge:
         # then loses no reply. A call is never smaller than the backend's concurrency, which it would otherwise cap
         # (64 in flight became 8).
         size = max(self.settings.batch_size, getattr(self.backend, "concurrency", 1))
-        each = getattr(self.backend, "reports_each_reply", False)
+        places: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            places.setdefault(key, []).append(i)
+
+        def arrived(replies: list[tuple[str, Completion]]) -> None:
+            nonlocal answered
+            if self.replies is not None:
+                self.replies.add(replies)
+            fresh.update(replies)
+            answered += sum(repeats[key] for key, _ in replies)
+            if progress is not None:
+                progress(answered)
+            if on_reply is not None:
+                for key, reply in replies:
+                    for i in places[key]:
+                        on_reply(i, reply)
+
         for start in range(0, len(asked), size):
             part = asked[start:start + size]
-
-            def keep(place: int, group: list[Completion], part: list[tuple[str, str]] = part) -> None:
-                nonlocal answered
-                reply = (part[place][0], group[0])
-                if self.replies is not None:
-                    self.replies.add([reply])
-                fresh[reply[0]] = reply[1]
-                answered += repeats[reply[0]]
-                if progress is not None:
-                    progress(answered)
-
             started = time.time()
             try:
-                out = self.backend.sample([[{"role": "user", "content": prompt}] for _, prompt in part], params,
-                                          **({"on_result": keep} if each else {}))
+                out = sample_at(self.backend, [[{"role": "user", "content": prompt}] for _, prompt in part], params,
+                                None, lambda place, group, part=part: arrived([(part[place][0], group[0])]))
             finally:
                 self.seconds += time.time() - started
             self.calls += len(part)
-            if not each:  # one journal write per call, not per reply (a local judge's call returns all at once)
-                replies = [(key, group[0]) for (key, _), group in zip(part, out, strict=True)]
-                if self.replies is not None:
-                    self.replies.add(replies)
-                fresh.update(replies)
-                answered += sum(repeats[key] for key, _ in replies)
-                if progress is not None:
-                    progress(answered)
+            # One journal write per call for what was not handed over as it arrived (a local judge's call returns
+            # every reply at once).
+            if rest := [(key, group[0]) for (key, _), group in zip(part, out, strict=True) if key not in fresh]:
+                arrived(rest)
         self.reused += len(prompts) - len(asked)
         return [fresh[key] if key in fresh else known[key] for key in keys]
 

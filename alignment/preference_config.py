@@ -144,7 +144,8 @@ class SamplingSettings(BaseModel):
     max_new_tokens: int = Field(default=1024, ge=1, description="Most tokens per sample; longer samples are cut "
                                 "off (finish_reason 'length').")
     batch_size: int = Field(default=8, ge=1, description="Prompts per generation batch; results are written to "
-                            "disk after every batch.")
+                            "disk after every batch, an HTTP backend's each as its reply arrives (a kill or a request "
+                            "that fails for good loses none it received).")
     thinking: ThinkingSettings = Field(default_factory=dict, validate_default=True,  # see ThinkingSettings
                                        description="Thinking mode per prompt: on, off or mixed (a row's own "
                                        "`thinking_mode` wins).")

@@ -512,7 +512,8 @@ def _revise(config: PreferenceStageConfig, ctx: StageContext, policy: Path, prom
         stage_models=ctx.stage_models, trust_remote_code=ctx.trust_remote_code, who="pairs.revise"))
     from tempa.alignment.generation import GenerationParams
 
-    def work(chunk: list[tuple[PromptRow, int]], index: int, places: list[int]) -> list[dict[str, Any]]:
+    def work(chunk: list[tuple[PromptRow, int]], index: int, places: list[int], **_: Any) -> list[dict[str, Any]]:
+        # A record holds the rewrite's score too, so it is journaled once its batch is rated.
         params = GenerationParams(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, n=1,
                                   seed=batch_seed(seed, index), thinking_mode=settings.thinking_mode,
                                   batch_size=settings.batch_size)

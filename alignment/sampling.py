@@ -1,7 +1,8 @@
 """Incremental, resumable passes over prompts: sampling, scoring, judging.
 
-Each pass writes one JSON line per prompt to a ``.jsonl`` file, appended (and flushed) after
-every chunk, and a ``.complete`` marker when it is done. Run again after an interruption, it
+Each pass writes one JSON line per prompt to a ``.jsonl`` file, appended (and fsynced) after
+every chunk, or as each prompt's reply arrives where the backend hands replies over one by one (an
+HTTP server: each is paid for), and a ``.complete`` marker when it is done. Run again after an interruption, it
 reads what is there (a torn last line is dropped, an unreadable line inside the file skipped and removed), skips
 the prompts already written and works only on the rest; a finished pass is not repeated at all. A ``.meta.json``
 signature beside the file (model, parameters) makes a pass start over when what it would produce changed.
@@ -281,7 +282,7 @@ def run_incremental(
     items: Sequence[T],
     *,
     key: Callable[[T], str],
-    work: Callable[[list[T], int, list[int]], list[dict[str, Any]]],
+    work: Callable[..., list[dict[str, Any]]],
     store: JsonlStore,
     chunk_size: int,
     desc: str,
@@ -289,12 +290,16 @@ def run_incremental(
     show_progress: bool = True,
     size: Callable[[T], int] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Apply ``work(chunk, chunk_index)`` to every chunk of ``items`` not yet in ``store``.
+    """Apply ``work(chunk, chunk_index, places, keep=keep)`` to every chunk of ``items`` not yet in ``store``.
 
     ``work`` returns one record (with ``"id" == key(item)``) per item. ``chunk_index`` counts
-    chunks of the whole item list, so a chunk gets the same index (and seed) on a resumed run. ``work(items,
-    chunk_index, places)`` is given the chunk's items not journaled and their places in the chunk (an edited prompt
-    among journaled ones: :func:`batch_seed`).
+    chunks of the whole item list, so a chunk gets the same index (and seed) on a resumed run. ``work`` is given the
+    chunk's items not journaled and their places in the chunk (an edited prompt among journaled ones:
+    :func:`batch_seed`), and ``keep(record)``, which journals one item's record at once: a pass whose backend hands
+    over each paid reply as it arrives (:func:`tempa.alignment.backends.sample_at`'s ``on_result``) keeps each, and a
+    kill or a failed request later in its chunk loses none of them. The records it returns that were not kept are
+    journaled when it returns, in one write. The journal's records are then in the order they arrived, not the items'
+    order: it is read by id.
     ``measure(record)`` gives ``(samples, tokens)`` for the throughput display (tokens None where the backend
     counted none: the pass's ``tokens`` is then None, not a 0 that reads as nothing generated); without it a
     record is one sample of uncounted tokens. Returns the records in item order and the pass statistics.
@@ -315,6 +320,7 @@ def run_incremental(
         started = time.time()
         bar = tqdm(total=len(items), initial=stats["resumed"], desc=desc, unit="prompt", disable=not show_progress)
         units = [1 if size is None else size(item) for item in items]
+        unit_of = dict(zip(keys, units, strict=True))
         total = sum(units)
         finished = sum(u for k, u in zip(keys, units, strict=True) if k in done)  # units journaled
         first = finished  # what this session found done
@@ -329,36 +335,50 @@ def run_incremental(
                 eta_s=(total - at_units) * elapsed / worked if worked > 0 else None,
                 samples_per_s=round(rate / elapsed, 3) if worked > 0 else None))
 
+        def journal(records: list[dict[str, Any]]) -> None:
+            """Journal ``records`` and count them: the statistics, the bar and the progress record."""
+            nonlocal finished, uncounted
+            store.append(records)
+            for record in records:
+                done[record["id"]] = record
+                samples, tokens = measure(record)
+                stats["samples"] += samples
+                if tokens is None:
+                    uncounted = True
+                else:
+                    stats["tokens"] += tokens
+            stats["processed"] += len(records)
+            elapsed = max(time.time() - started, 1e-9)
+            rate = f"{stats['samples'] / elapsed:.1f} samples/s"
+            if stats["tokens"] and not uncounted:
+                rate += f", {stats['tokens'] / elapsed:.0f} tok/s"
+            bar.set_postfix_str(rate)
+            bar.update(len(records))
+            finished += sum(unit_of[record["id"]] for record in records)
+            report(finished)
+
         store.record_progress(PassProgress(desc=desc, done=finished, items=total, at=time.time()))
         try:
             for index, places, chunk in _missing(items, keys, done, chunk_size):
+                expected = {key(item) for item in chunk}
+                kept: set[str] = set()
+
+                def keep(record: dict[str, Any], expected: set[str] = expected, kept: set[str] = kept) -> None:
+                    if record["id"] not in expected or record["id"] in kept:
+                        raise RuntimeError(f"{desc}: a chunk kept a record for an item it was not given, or twice")
+                    kept.add(record["id"])
+                    journal([record])
+
                 if size is None:
-                    records = work(chunk, index, places)
+                    records = work(chunk, index, places, keep=keep)
                 else:
                     chunk_units = sum(size(item) for item in chunk)
-                    records = work(chunk, index, places,
+                    records = work(chunk, index, places, keep=keep,
                                    advance=lambda part, base=finished, most=chunk_units: report(base + min(part, most)))
-                expected = {key(item) for item in chunk}
                 if {r["id"] for r in records} != expected or len(records) != len(chunk):
                     raise RuntimeError(f"{desc}: a chunk returned records for other items than it was given")
-                store.append(records)
-                for record in records:
-                    done[record["id"]] = record
-                    samples, tokens = measure(record)
-                    stats["samples"] += samples
-                    if tokens is None:
-                        uncounted = True
-                    else:
-                        stats["tokens"] += tokens
-                stats["processed"] += len(records)
-                elapsed = max(time.time() - started, 1e-9)
-                rate = f"{stats['samples'] / elapsed:.1f} samples/s"
-                if stats["tokens"] and not uncounted:
-                    rate += f", {stats['tokens'] / elapsed:.0f} tok/s"
-                bar.set_postfix_str(rate)
-                bar.update(len(records))
-                finished += sum(1 if size is None else size(item) for item in chunk)
-                report(finished)
+                if rest := [record for record in records if record["id"] not in kept]:
+                    journal(rest)
         finally:
             bar.close()
         stats["seconds"] = round(time.time() - started, 3)
@@ -404,12 +424,14 @@ def sample_prompts(
     pass ran in one go, was resumed, or asks only an edited prompt of its chunk.
     """
 
-    def work(chunk: list[PromptRow], index: int, places: list[int]) -> list[dict[str, Any]]:
+    def work(chunk: list[PromptRow], index: int, places: list[int],
+             keep: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
         chunk_params = params.model_copy(update={"seed": batch_seed(params.seed, index)})
         # Passed only when a prompt offers tools, so a backend written before tools (a test's scripted one) still
         # samples every other prompt.
         offered = [p.tools for p in chunk]
         groups = sample_at(backend, [p.messages for p in chunk], chunk_params, places,
+                           lambda i, group: keep(sample_record(chunk[i], group)),
                            thinking_modes=[p.thinking_mode for p in chunk],
                            **({"tools": offered} if any(offered) else {}))
         return [sample_record(p, group) for p, group in zip(chunk, groups, strict=True)]
@@ -441,7 +463,7 @@ def score_pass(
     """
     by_id = {record["id"]: record for record in samples}
 
-    def work(chunk: list[PromptRow], index: int, places: list[int],
+    def work(chunk: list[PromptRow], index: int, places: list[int], keep: Callable[[dict[str, Any]], None],
              advance: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
         items, owners = [], []
         for prompt in chunk:

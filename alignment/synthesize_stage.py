@@ -357,15 +357,20 @@ def add_second_turns(
     # Not the kept conversations: their keys go by content, and a prompt added to the file adds one, re-asking none.
     signature = signature.plus(second_turn=fingerprinted(settings))
 
-    def write_followups(chunk: list[Kept], index: int, places: list[int]) -> list[dict[str, Any]]:
+    def write_followups(chunk: list[Kept], index: int, places: list[int],
+                        keep: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
         params = GenerationParams(max_new_tokens=settings.followup_max_new_tokens,
                                   temperature=settings.followup_temperature, n=1, seed=batch_seed(ctx.seed, index),
                                   thinking_mode="off", batch_size=config.sampling.batch_size)
         requests = [[{"role": "user", "content": fill(
             settings.followup_prompt, conversation=render_conversation(k.messages()), language=k.prompt.language,
         )}] for k in chunk]
-        outputs = sample_at(writer, requests, params, places)
-        return [{"id": k.key, "followup": split_think(group[0]).answer} for k, group in zip(chunk, outputs, strict=True)]
+
+        def record(k: Kept, group: list[Completion]) -> dict[str, Any]:
+            return {"id": k.key, "followup": split_think(group[0]).answer}
+
+        outputs = sample_at(writer, requests, params, places, lambda i, group: keep(record(chunk[i], group)))
+        return [record(k, group) for k, group in zip(chunk, outputs, strict=True)]
 
     try:
         followups, followup_stats = run_incremental(

@@ -7,9 +7,9 @@ language or a repeat; an optional judge rates what is left on 1-10 and drops any
 ``min_score``. Every dropped item is kept with its reason.
 
 Both passes are journaled under ``<stage>/data/`` (``teacher.jsonl``, ``judge.jsonl``: appended and
-fsynced per batch, see :mod:`tempa.alignment.sampling`), so a run stopped at row 150,000 of 300,000
-resumes there instead of paying for the first 150,000 again. A record is keyed by a hash of its
-request's text (:func:`tempa.alignment.prompts.content_keys`), not its place, so a row inserted or removed in the source asks
+fsynced per batch, or per reply as it arrives from an HTTP server, see :mod:`tempa.alignment.sampling`),
+so a run stopped at row 150,000 of 300,000 resumes there instead of paying for the first 150,000 again. A
+record is keyed by a hash of its request's text (:func:`tempa.alignment.prompts.content_keys`), not its place, so a row inserted or removed in the source asks
 only for what is new; a journal's signature holds the teacher (or judge) and its sampling settings:
 a changed instruction, source row, model or temperature is asked again, while settings of how
 requests travel (concurrency, timeouts, retries) keep the journal.
@@ -18,7 +18,7 @@ requests travel (concurrency, timeouts, retries) keep the journal.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,8 @@ class TeacherSettings(BaseModel):
     temperature: float = Field(default=0.0, ge=0, description="0: greedy.")
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_new_tokens: int = Field(default=1024, ge=1, description="Most tokens per text; longer ones are dropped.")
-    batch_size: int = Field(default=16, ge=1, description="Requests per backend call.")
+    batch_size: int = Field(default=16, ge=1, description="Requests per backend call; answers are journaled after "
+                            "every call, an HTTP backend's each as it arrives.")
 
     @model_validator(mode="before")
     @classmethod
@@ -122,12 +123,15 @@ JUDGE_JOURNAL = "judge.jsonl"
 def _journaled(
     store: JsonlStore, requests: Sequence[str], chunk_size: int, desc: str, ask: Any, measure: Any = None
 ) -> list[dict[str, Any]]:
-    """``ask(requests, chunk_index, places)`` -> one record per request, run only for requests not journaled (see
+    """``ask(requests, chunk_index, places, keep)`` -> one record per request, run only for requests not journaled;
+    ``keep(i, record)`` journals request ``i``'s record as its reply arrives (see
     :func:`tempa.alignment.sampling.run_incremental`)."""
     items = list(zip(content_keys(requests), requests, strict=True))
 
-    def work(chunk: list[tuple[str, str]], index: int, places: list[int]) -> list[dict[str, Any]]:
-        records = ask([request for _, request in chunk], index, places)
+    def work(chunk: list[tuple[str, str]], index: int, places: list[int],
+             keep: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+        records = ask([request for _, request in chunk], index, places,
+                      lambda i, record: keep({"id": chunk[i][0], **record}))
         return [{"id": key, **record} for (key, _), record in zip(chunk, records, strict=True)]
 
     records, _ = run_incremental(items, key=lambda item: item[0], work=work, store=store,
@@ -141,10 +145,12 @@ def ask_teacher(
     """The teacher's answer to each request (one user message) and how it ended (``finish_reason``), asked in
     batches of ``params.batch_size`` and journaled in ``store`` (a resumed run asks only what is missing)."""
 
-    def ask(chunk: list[str], index: int, places: list[int]) -> list[dict[str, Any]]:
+    def ask(chunk: list[str], index: int, places: list[int],
+            keep: Callable[[int, dict[str, Any]], None]) -> list[dict[str, Any]]:
         # Seeded per batch, as the synthesize pass is: a resumed run asks a batch with the seed it had.
         chunk_params = params.model_copy(update={"seed": batch_seed(params.seed, index)})
-        groups = sample_at(backend, [[{"role": "user", "content": r}] for r in chunk], chunk_params, places)
+        groups = sample_at(backend, [[{"role": "user", "content": r}] for r in chunk], chunk_params, places,
+                           lambda i, group: keep(i, {"completion": group[0].to_dict()}))
         return [{"completion": group[0].to_dict()} for group in groups]
 
     def measure(record: dict[str, Any]) -> tuple[int, int | None]:
@@ -302,8 +308,9 @@ def gate_scores(gate: JudgeGate, rubric: str, items: Sequence[dict[str, Any]], c
                  "settings": gate.model_dump(mode="json", exclude={"backend", "min_score", "max_unparsable"})}
     store = JsonlStore(ctx.stage_dir / "data" / JUDGE_JOURNAL, signature)
 
-    def ask(chunk: list[str], index: int, places: list[int]) -> list[dict[str, Any]]:
-        return [{"reply": reply} for reply in judge.ask(chunk)]
+    def ask(chunk: list[str], index: int, places: list[int],
+            keep: Callable[[int, dict[str, Any]], None]) -> list[dict[str, Any]]:
+        return [{"reply": reply} for reply in judge.ask(chunk, lambda i, reply: keep(i, {"reply": reply}))]
 
     try:
         records = _journaled(store, prompts, gate.batch_size, f"{ctx.stage_name}: judge", ask)

@@ -92,7 +92,7 @@ def test_an_edited_prompt_is_asked_with_the_seed_a_fresh_run_gives_it(tmp_path):
 
 def test_a_pass_without_a_measure_counts_a_record_as_one_sample(tmp_path):
     """Follow-up writing, revisions and teacher text give no measure: their bar read "0.0 samples/s" all along."""
-    def work(chunk: list[int], index: int, places: list[int]) -> list[dict]:
+    def work(chunk: list[int], index: int, places: list[int], keep) -> list[dict]:
         time.sleep(0.01)  # a pass under a millisecond rounds to 0 s and reports no rate at all
         return [{"id": str(i)} for i in chunk]
 
@@ -359,7 +359,7 @@ def test_status_reads_how_far_a_journaled_pass_is_and_when_it_ends(tmp_path):
     seen: list = []
     fail_at = [2]
 
-    def work(chunk: list[int], index: int, places: list[int]) -> list[dict]:
+    def work(chunk: list[int], index: int, places: list[int], keep) -> list[dict]:
         seen.append(latest_progress(stage))  # what status reads while this chunk is asked
         time.sleep(0.01)
         if index in fail_at:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -382,6 +383,15 @@ def test_another_batch_size_or_an_earlier_tempas_signature_asks_the_teacher_noth
             "sampling"]
 
 
+def revoked_once_asked(server: FakeOpenAI, other: str) -> tuple:
+    """A 401 sent once ``other``, of the same batch, has been asked too: that request is in flight when this one fails
+    for good, so its reply is waited for and journaled (not one a failure stopped before it was sent)."""
+    end = time.monotonic() + 20
+    while other not in {last_user(b) for b in list(server.requests)} and time.monotonic() < end:
+        time.sleep(0.02)
+    return 401, {"error": {"message": "key revoked"}}, {}
+
+
 def thinking_reply(body):
     """The teacher thinks only when the request asks it to (a trace with thinking on, none with it off)."""
     question = last_user(body)
@@ -400,11 +410,11 @@ def test_samples_journaled_in_another_thinking_mode_are_sampled_again(tmp_path, 
     path.write_text("".join(json.dumps({**r, **({"thinking_mode": "off"} if i == 0 else {})}, ensure_ascii=False)
                             + "\n" for i, r in enumerate(rows)))
     ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
-    killed = {"at": "Hitung 7 × 3."}  # the second batch (of two prompts) fails: the first is journaled
+    killed = {"at": "Hitung 7 × 3."}  # fails in the second batch: the first batch and its other prompt are journaled
 
     def reply(body):
         if last_user(body) == killed["at"]:
-            return 401, {"error": {"message": "key revoked"}}, {}
+            return revoked_once_asked(server, "What is 9 + 9?")
         return thinking_reply(body)
 
     with FakeOpenAI(reply) as server:
@@ -412,7 +422,7 @@ def test_samples_journaled_in_another_thinking_mode_are_sampled_again(tmp_path, 
         with pytest.raises(Exception, match="401"):
             run_synthesize(config, ctx)
         journaled = [r["thinking_mode"] for r in read_jsonl(ctx.stage_dir / "data" / "samples.jsonl")]
-        assert sorted(journaled) == ["off", "on"]
+        assert sorted(journaled) == ["off", "on", "on"]
         write_prompts(path)  # the row's own mode is gone: the recipe's `on` applies
         killed["at"] = None
         run_synthesize(config, ctx)
@@ -463,16 +473,16 @@ def test_status_says_how_far_an_interrupted_synthesize_stage_got(tmp_path, tiny_
     ctx = context(tmp_path, tiny_model_dir, tokenizer_dir)
     assert hook(ctx.stage_dir) is None
 
-    def reply(body):  # the second batch (of two prompts) fails: the first is journaled
-        return (401, {"error": {"message": "key revoked"}}, {}) if last_user(body) == "Hitung 7 × 3." else \
+    def reply(body):  # fails in the second batch: the first batch and its other prompt are journaled
+        return revoked_once_asked(server, "What is 9 + 9?") if last_user(body) == "Hitung 7 × 3." else \
             math_reply(body)
 
     with FakeOpenAI(reply) as server, pytest.raises(Exception, match="401"):
         run_synthesize(synth_config(server, write_prompts(tmp_path / "p.jsonl")), ctx)
-    assert hook(ctx.stage_dir) == "2 prompts sampled"
+    assert hook(ctx.stage_dir) == "3 prompts sampled"
     scores = ctx.stage_dir / "data" / "scores.jsonl"
     scores.write_text('{"id": "a", "results": []}\n')  # killed while scoring (the teacher pass complete)
-    assert hook(ctx.stage_dir) == "2 prompts sampled, 1 prompt scored"
+    assert hook(ctx.stage_dir) == "3 prompts sampled, 1 prompt scored"
 
 
 def test_a_judge_server_that_is_down_is_refused_before_the_teacher_samples(tmp_path, tiny_model_dir, tokenizer_dir,

@@ -11,7 +11,8 @@ string, the legacy ``function_call``, and ``tool`` / ``function`` results); Shar
 does its ``system`` column, as the first turn, in every format (LLaMA-Factory's ShareGPT keeps it there), and its
 own ``thinking_mode`` (``on`` / ``off``, or true / false, :func:`thinking_mode_of`), which wins over its source's. A
 reasoning trace is read from a field (``reasoning_content``, ``thinking``, ``reasoning``: the first that holds text, in transformers' order) or from a think
-block in the answer, split by :func:`tempa.chat_templates.thinking.split_reasoning`.
+block in the answer, split by :func:`tempa.chat_templates.thinking.split_reasoning`. A turn's null or absent content is
+empty text, for every role, as the templates render it.
 
 Tool-call arguments are stored as canonical JSON text (``json.dumps(..., ensure_ascii=False)``), which is
 exactly what the templates' ``tojson`` writes for an object, so a row renders the same whichever way it
@@ -393,13 +394,19 @@ def tools_of(value: Any, what: str, *, arrow_notes: set[str] | None = None) -> l
     return out or None
 
 
+def _content(value: Any, what: str) -> str:
+    # No content is empty content, as the templates render it: llama-server logs every "" as null, transformers
+    # drops None keys, so a turn's null or absent content and "" must read alike.
+    return "" if _is_missing(value) else _text(value, what)
+
+
 def _tool_content(value: Any, what: str) -> str:
     # Results are often objects; the templates write those as JSON (tojson), so store that text.
     if isinstance(value, (Mapping, list, tuple)) and not (
         isinstance(value, (list, tuple)) and value and all(isinstance(p, Mapping) and "type" in p for p in value)
     ):
         return json.dumps(value, ensure_ascii=False)
-    return _text(value, what)
+    return _content(value, what)
 
 
 def _trains(turn: Mapping[str, Any], i: int) -> bool | None:
@@ -476,12 +483,8 @@ def _read_turns(turns: Any, spec: FormatSpec, field_name: str, notes: set[str] |
             calls = tool_calls_of(turn.get("tool_calls"), f"turn {i} 'tool_calls'", single=False,
                                   arrow_notes=arrow_notes) or tool_calls_of(turn.get("function_call"), f"turn {i} 'function_call'",
                                                                 arrow_notes=arrow_notes)
-            if content_key is None and calls is None:
-                raise RowError(f"expected {field_name!r} to be {shape}; turn {i} has keys {sorted(turn)}")
-            text = "" if calls is not None and _is_missing(content) else _text(content, f"turn {i} {content_key!r}")
+            text = _content(content, f"turn {i} {content_key!r}")
             out.append(_assistant(text, _reasoning(turn, spec.reasoning, f"turn {i} "), calls, flag))
-        elif content_key is None:
-            raise RowError(f"expected {field_name!r} to be {shape}; turn {i} has keys {sorted(turn)}")
         elif role == "tool":
             call_id, tool_name = turn.get("tool_call_id"), turn.get("name")
             out.append(_turn(
@@ -491,7 +494,7 @@ def _read_turns(turns: Any, spec: FormatSpec, field_name: str, notes: set[str] |
             ))
         else:
             # A trace on a non-assistant turn is never rendered; keeping it would only mislead.
-            out.append(_turn(role, _text(content, f"turn {i} {content_key!r}")))
+            out.append(_turn(role, _content(content, f"turn {i} {content_key!r}")))
     return out
 
 

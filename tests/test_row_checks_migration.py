@@ -192,6 +192,60 @@ def test_tool_results_and_calls_that_do_not_match_are_one_line_rejects(tmp_path:
     }
 
 
+# Each empty form a turn's content takes in the wild: llama-server logs write every "" as null, transformers drops None
+# keys, and the templates render the three alike; the data path reads them alike too.
+_EMPTY_FORMS = {"empty": "", "null": None, "absent": ...}
+
+
+def _emptied(turn: dict, form: str) -> dict:
+    turn = {key: value for key, value in turn.items() if key != "content"}
+    return turn if _EMPTY_FORMS[form] is ... else {**turn, "content": _EMPTY_FORMS[form]}
+
+
+def test_a_null_or_absent_content_trains_as_empty_content_for_every_role(tmp_path: Path, tokenizer: Any) -> None:
+    """A tool result (or system prompt) with `content: null` or no `content` key was a reject ('expected turn 2
+    'content' to be a string, got nothing'), though the templates render it as "" (a tools trial: llama-server logs
+    lost whole conversations). Each form trains the sample "" does; an empty user turn is the same reject in each."""
+    questions = {"empty": "Weather in Oslo?", "null": "東京の天気は？", "absent": "Cuaca di Jakarta hari ini?"}
+    rows = []
+    for form, question in questions.items():
+        row = _loop(question, _call("get_weather", {"city": "X"}, "c1"),
+                    [_emptied({"role": "tool", "tool_call_id": "c1", "name": "get_weather"}, form)], "No data.",
+                    [WEATHER])
+        row["messages"].insert(0, _emptied({"role": "system"}, form))
+        rows.append(row)
+    for form in _EMPTY_FORMS:
+        rows.append({"messages": [_emptied({"role": "user"}, form), {"role": "assistant", "content": f"a {form}"}]})
+    _write_jsonl(tmp_path / "rows.jsonl", rows)
+    prepared = _prepare(tmp_path, tokenizer, [{"name": "rows", "path": "rows.jsonl"}])
+    samples = {}
+    for ex in prepared.train:
+        text = tokenizer.decode(ex["input_ids"])
+        form = next(form for form, question in questions.items() if question in text)
+        samples[form] = (text.replace(questions[form], "Q"), trained_spans(tokenizer, ex))
+    assert sorted(samples) == sorted(questions)
+    assert samples["null"] == samples["absent"] == samples["empty"]
+    assert "<|start_header_id|>ipython<|end_header_id|>\n\n<|eot_id|>" in samples["empty"][0]
+    assert {reject["line"]: reject["detail"] for reject in _rejects(tmp_path)} == {
+        line: f"line {line}: turn 0: empty user turn" for line in (4, 5, 6)}
+
+
+def test_tempa_render_tokens_shows_a_null_tool_result_as_an_empty_one(tmp_path: Path, tokenizer_dir: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from tempa.recipes.cli import main
+
+    shown = {}
+    for form in _EMPTY_FORMS:
+        row = _loop("Search void.", _call("search", {"query": "void"}, "c1"),
+                    [_emptied({"role": "tool", "tool_call_id": "c1", "name": "search"}, form)], "No result.", [SEARCH])
+        path = _write_jsonl(tmp_path / f"{form}.json", [row])
+        assert main(["template", "render", "--tokenizer", str(tokenizer_dir), "--messages", str(path),
+                     "--tokens"]) == 0, capsys.readouterr().err
+        shown[form] = capsys.readouterr().out
+    assert shown["null"] == shown["absent"] == shown["empty"]
+    assert "-- sample 1 of 1: trains turns 1, 3" in shown["empty"]
+
+
 def test_a_special_token_in_a_tool_definition_is_a_reject(tmp_path: Path, tokenizer: Any) -> None:
     tool = json.loads(json.dumps(WEATHER))
     tool["function"]["description"] = "Weather <|eot_id|> now."

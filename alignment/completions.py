@@ -14,11 +14,10 @@ end-of-turn token stripped. Two facts are lost that way and are kept here instea
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from tempa.chat_templates.replies import TOOL_CALL_BLOCK, is_json_call
 from tempa.chat_templates.thinking import (
     THINK_CLOSE,
     THINK_OPEN,
@@ -99,28 +98,14 @@ def assistant_message(completion: Completion) -> dict[str, Any]:
     return {"role": "assistant", "content": split.answer, "reasoning_content": reasoning}
 
 
-# ChatML (Qwen2.5) writes each call in a <tool_call> block; a block the model did not close runs to the end.
-_TOOL_CALL_BLOCK = re.compile(r"<tool_call>.*?(?:</tool_call>|\Z)", re.DOTALL)
-
-
-def _is_json_call(text: str) -> bool:
-    """Llama 3.1's tool call: a JSON object with a function ``name`` and its ``parameters`` (or ``arguments``)."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return False
-    return isinstance(value, dict) and isinstance(value.get("name"), str) and (
-        "parameters" in value or "arguments" in value)
-
-
 def without_tool_calls(answer: str) -> str:
     """A sampled answer's text with the tool calls it wrote left out, in either tempa template's format: ChatML's
     ``<tool_call>`` blocks (kept in the text: tempa's tokenizers and Qwen's hold them as text, not special tokens)
     and Llama 3.1's JSON call (the whole answer, or a line of its own after the text)."""
-    text = _TOOL_CALL_BLOCK.sub("", answer)
-    if _is_json_call(text.strip()):
+    text = TOOL_CALL_BLOCK.sub("", answer)
+    if is_json_call(text.strip()):
         return ""
-    return "\n".join(line for line in text.split("\n") if not _is_json_call(line.strip())).strip()
+    return "\n".join(line for line in text.split("\n") if not is_json_call(line.strip())).strip()
 
 
 def generation_prefill(tokenizer: Any, messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> str:

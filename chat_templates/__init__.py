@@ -11,6 +11,7 @@ from tempa.chat_templates.rendering import (
     render_with_generation_spans,
     tokenize_chat,
 )
+from tempa.chat_templates.replies import reply_message
 from tempa.chat_templates.templates import (
     TemplateDefaults,
     TemplateNotFoundError,
@@ -37,6 +38,7 @@ __all__ = [
     "mode_kwargs",
     "render_text",
     "render_with_generation_spans",
+    "reply_message",
     "split_reasoning",
     "template_defaults",
     "tokenize_chat",

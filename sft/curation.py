@@ -67,8 +67,10 @@ def json_texts(value: Any) -> list[str]:
 
 def check_tool_calls(messages: Messages, tools: Sequence[Mapping[str, Any]] | None) -> Reason | None:
     """In a row with ``tools``, each call names a function they define (the model learns to call what its prompt
-    offers); the results after a call turn answer its calls: no more of them than calls, and a result's
-    ``tool_call_id`` one of theirs, when the calls carry ids."""
+    offers); the results after a call turn answer its calls, as OpenAI's chat format requires: one result per call
+    before the next user or assistant turn, no more of them than calls, a result's ``tool_call_id`` one of theirs
+    (when the calls carry ids), and a result's ``name``, when it gives one, the function of the call it answers (the
+    one its ``tool_call_id`` names, else the first call not answered yet)."""
     defined = {tool.get("function", tool).get("name") for tool in tools or ()}
     for i, turn in enumerate(messages):
         calls = turn.get("tool_calls") or () if turn["role"] == "assistant" else ()
@@ -80,6 +82,7 @@ def check_tool_calls(messages: Messages, tools: Sequence[Mapping[str, Any]] | No
         if not calls:
             continue
         ids = [call["id"] for call in calls if call.get("id")]
+        answered: set[int] = set()
         for results, k in enumerate(range(i + 1, len(messages)), start=1):
             result = messages[k]
             if result["role"] not in TOOL_ROLES:
@@ -87,10 +90,25 @@ def check_tool_calls(messages: Messages, tools: Sequence[Mapping[str, Any]] | No
             if results > len(calls):
                 return MALFORMED_ROW, (f"turn {k}: result {results} answering turn {i}, which makes {len(calls)} "
                                        f"tool call{'s' if len(calls) > 1 else ''}; expected one result per call")
-            answered = result.get("tool_call_id")
-            if ids and answered and answered not in ids:
-                return MALFORMED_ROW, (f"turn {k}: tool_call_id {answered!r} names no call of turn {i}; expected one "
-                                       f"of {', '.join(map(repr, ids))}")
+            answered_id = result.get("tool_call_id")
+            if ids and answered_id and answered_id not in ids:
+                return MALFORMED_ROW, (f"turn {k}: tool_call_id {answered_id!r} names no call of turn {i}; expected "
+                                       f"one of {', '.join(map(repr, ids))}")
+            # the call its id names, else the first one not answered yet (its place, when no result names an id)
+            index = next((n for n, call in enumerate(calls) if answered_id and call.get("id") == answered_id),
+                         next((n for n in range(len(calls)) if n not in answered), 0))
+            answered.add(index)
+            called, named = calls[index]["function"]["name"], result.get("name")
+            if named and named != called:
+                return MALFORMED_ROW, (f"turn {k}: result named {named!r} answers turn {i}'s call of {called!r}; "
+                                       f"expected the name {called!r}")
+        else:
+            k = len(messages)  # the row ends in the results (or on the call turn): nothing came before them
+        if k < len(messages) and len(answered) < len(calls):
+            missing = next(n for n in range(len(calls)) if n not in answered)
+            return MALFORMED_ROW, (f"turn {i}: call {missing + 1} of {len(calls)} "
+                                   f"({calls[missing]['function']['name']!r}) gets no result before turn {k}; "
+                                   "expected one result per call")
     return None
 
 

@@ -192,6 +192,42 @@ def test_tool_results_and_calls_that_do_not_match_are_one_line_rejects(tmp_path:
     }
 
 
+def test_a_result_named_for_another_function_or_a_call_left_unanswered_is_a_one_line_reject(
+        tmp_path: Path, tokenizer: Any) -> None:
+    """A result whose `name` is not the function of the call it answers, and a call turn that gets fewer results
+    than calls before the next turn, trained silently (a tools trial); OpenAI's format wants one result per call."""
+    weather, search = _call("get_weather", {"city": "A"}, "w1"), _call("search", {"query": "A"}, "s1")
+
+    def two_calls(question: str, results: list[dict], then: list[dict] | None = None) -> dict:
+        return {"tools": [WEATHER, SEARCH], "messages": [
+            {"role": "user", "content": question}, {"role": "assistant", "content": "", "tool_calls": [weather, search]},
+            *results, *(then or [{"role": "assistant", "content": "done"}])]}
+
+    _write_jsonl(tmp_path / "rows.jsonl", [
+        _loop("Answered, and named for its function?", weather,
+              [{"role": "tool", "tool_call_id": "w1", "name": "get_weather", "content": "r"}], "done", [WEATHER]),
+        _loop("Named for another function, by place?", _call("get_weather", {"city": "A"}),
+              [{"role": "tool", "name": "search", "content": "r"}], "done", [WEATHER, SEARCH]),
+        two_calls("Named for another function, by id?", [
+            {"role": "tool", "tool_call_id": "s1", "name": "get_weather", "content": "r"},
+            {"role": "tool", "tool_call_id": "w1", "name": "get_weather", "content": "r"}]),
+        two_calls("One of two calls answered?", [{"role": "tool", "tool_call_id": "w1", "content": "r"}]),
+        two_calls("The same call answered twice?", [{"role": "tool", "tool_call_id": "w1", "content": "r"},
+                                                     {"role": "tool", "tool_call_id": "w1", "content": "r"}]),
+        two_calls("No result before the next question?", [],
+                  [{"role": "user", "content": "And?"}, {"role": "assistant", "content": "done"}]),
+    ])
+    _prepare(tmp_path, tokenizer, [{"name": "rows", "path": "rows.jsonl"}])
+    assert {reject["line"]: reject["detail"] for reject in _rejects(tmp_path)} == {
+        2: "line 2: turn 2: result named 'search' answers turn 1's call of 'get_weather'; expected the name "
+           "'get_weather'",
+        3: "line 3: turn 2: result named 'get_weather' answers turn 1's call of 'search'; expected the name 'search'",
+        4: "line 4: turn 1: call 2 of 2 ('search') gets no result before turn 3; expected one result per call",
+        5: "line 5: turn 1: call 2 of 2 ('search') gets no result before turn 4; expected one result per call",
+        6: "line 6: turn 1: call 1 of 2 ('get_weather') gets no result before turn 2; expected one result per call",
+    }
+
+
 # Each empty form a turn's content takes in the wild: llama-server logs write every "" as null, transformers drops None
 # keys, and the templates render the three alike; the data path reads them alike too.
 _EMPTY_FORMS = {"empty": "", "null": None, "absent": ...}

@@ -536,6 +536,39 @@ def test_expansion_merges_turns_only_when_history_renders_like_generation() -> N
     assert [_text(s, trained=True) for s in split] == ["*a2$", "*a1$"]
 
 
+def _calls_then(results: list[tuple[str | None, str | None]], then: str | None = "assistant") -> list[dict]:
+    """A user turn, a turn calling get_weather (id w) and search (id s), ``results`` as (tool_call_id, name), and a
+    ``then`` turn after them (None: the row ends there)."""
+    calls = [{"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}
+             for call_id, name in (("w", "get_weather"), ("s", "search"))]
+    return [_user("q"), {**_asst(""), "tool_calls": calls},
+            *[{"role": "tool", "content": "r", "tool_call_id": call_id, "name": name} for call_id, name in results],
+            *([{"role": then, "content": "x"}] if then else [])]
+
+
+@pytest.mark.parametrize(("results", "then", "detail"), [
+    ([("s", "search"), ("w", "get_weather")], "assistant", None),  # by id, in another order
+    ([(None, "get_weather"), (None, "search")], "assistant", None),  # by place
+    ([(None, None), (None, None)], "user", None),  # nothing to compare: counted only
+    ([("w", None)], None, None),  # the row ends before the second result: the role order's to reject
+    ([], None, None),  # the row ends on its calls: a call turn trains
+    ([(None, "search")], None, "turn 2: result named 'search' answers turn 1's call of 'get_weather'; expected the "
+                                "name 'get_weather'"),
+    ([("w", "get_weather"), ("s", "get_weather")], "assistant",
+     "turn 3: result named 'get_weather' answers turn 1's call of 'search'; expected the name 'search'"),
+    ([("s", None)], "assistant", "turn 1: call 1 of 2 ('get_weather') gets no result before turn 3; expected one "
+                                 "result per call"),
+    ([(None, None)], "user", "turn 1: call 2 of 2 ('search') gets no result before turn 3; expected one result per "
+                             "call"),
+    ([("s", None), ("s", None)], "assistant", "turn 1: call 1 of 2 ('get_weather') gets no result before turn 4; "
+                                              "expected one result per call"),
+])
+def test_results_answer_each_call_once_by_id_or_place_and_carry_its_name(
+        results: list[tuple[str | None, str | None]], then: str | None, detail: str | None) -> None:
+    found = curation.check_tool_calls(_calls_then(results, then), None)
+    assert found == (None if detail is None else (curation.MALFORMED_ROW, detail))
+
+
 def test_expansion_keeps_tool_loop_reasoning_and_trains_the_loop_as_one_sample() -> None:
     call = [{"id": None, "type": "function", "function": {"name": "f", "arguments": "{}"}}]
     convo = [_user("q1"), _asst("a1", "r1"), _user("q2"), {**_asst("", "r2"), "tool_calls": call},

@@ -423,3 +423,28 @@ def test_tempa_render_tokens_reads_the_conversation_as_sft_reads_a_row(baked: Pa
     assert tempa(argv) == 1
     assert "no assistant turn, so nothing trains" in capsys.readouterr().err
 
+
+
+def test_a_loop_where_only_some_steps_carry_a_trace_trains_as_one_sample_per_mode(tokenizer: Any) -> None:
+    """chat_templates/README.md said the whole loop is one sample (a tools trial found two): with thinking on, the
+    steps with a trace train in one rendering (on), those without in another (off), as the README now says."""
+    from tempa.chat_templates import load_template
+    from tempa.chat_templates.cli import training_samples
+
+    def call(city: str) -> list[dict[str, Any]]:
+        return [{"id": city, "type": "function", "function": {"name": "get_weather", "arguments": {"city": city}}}]
+
+    loop = [{"role": "user", "content": "Oslo, Bergen?"},
+            {"role": "assistant", "content": None, "reasoning_content": "Oslo first.", "tool_calls": call("Oslo")},
+            {"role": "tool", "tool_call_id": "Oslo", "content": "-2C"},
+            {"role": "assistant", "content": None, "tool_calls": call("Bergen")},
+            {"role": "tool", "tool_call_id": "Bergen", "content": "3C"},
+            {"role": "assistant", "content": "Oslo -2 C, Bergen 3 C.", "reasoning_content": "Both known."}]
+    samples = training_samples(tokenizer, load_template("llama3_thinking"), loop, None, thinking=True)
+    assert [(sample.turns, sample.thinking) for sample in samples] == [([3], False), ([1, 5], True)]
+    on = tokenizer.decode(samples[1].input_ids)
+    assert "<think>\nOslo first.\n</think>" in on and "<think>\n</think>\n\n{\"name\": \"get_weather\", " \
+        "\"parameters\": {\"city\": \"Bergen\"}}" in on  # the step without a trace, untrained, as it renders
+    assert "Oslo first." not in tokenizer.decode(samples[0].input_ids)
+    assert [(sample.turns, sample.thinking) for sample in training_samples(
+        tokenizer, load_template("llama3_thinking"), loop, None, thinking=False)] == [([1, 3, 5], False)]

@@ -623,6 +623,7 @@ def _given_model(given: Path) -> Path:
 
         if (inside := enclosing_run_dir(given)) is not None:
             refuse_while_running(inside, "export")
+            _check_stage_folder(given, inside)
         return given  # the export says what is wrong with it
     from tempa.recipes.push import unfinished_stages
     from tempa.recipes.rundir import refuse_while_running
@@ -637,10 +638,29 @@ def _given_model(given: Path) -> Path:
                           f"which a stopped re-run removed ({', '.join(unfinished) or 'no stage pending'}); run "
                           "`tempa run` to finish it")
     if unfinished:
-        print(f"tempa: warning: {run_dir}: not every stage is complete and current: {', '.join(unfinished)}; this "
-              "exports the final model an earlier run left (run `tempa run` first to bring it up to date)",
-              file=sys.stderr)
+        _warn_not_current(run_dir, f"not every stage is complete and current: {', '.join(unfinished)}")
     return run_dir / FINAL_LINK
+
+
+def _warn_not_current(given: Path, why: str) -> None:
+    print(f"tempa: warning: {given}: {why}; this exports the final model an earlier run left (run `tempa run` first "
+          "to bring it up to date)", file=sys.stderr)
+
+
+def _check_stage_folder(given: Path, run_dir: Path) -> None:
+    """A path inside a run's stage folder (``runs/demo/bake/final``, the path the export prints) is judged as the run's
+    final model is: refused while the stage is not complete (its folder may be half written, or an earlier run's),
+    warned of when it is complete but not current."""
+    from tempa.recipes.push import stage_holding
+
+    row = stage_holding(given, run_dir)
+    if row is None or row.state == "done":
+        return
+    if row.state == "stale":
+        _warn_not_current(given, f"stage '{row.name}' is complete but not current ({row.note})")
+        return
+    raise RecipeError(f"{given}: stage '{row.name}' of the run {run_dir} is not complete ({row.state}): its folder "
+                      "holds no finished model; run `tempa run` to finish it, then export again")
 
 
 def _cmd_tiny(args) -> int:

@@ -16,6 +16,7 @@ with it, a repo that already exists and is public is refused (the Hub would not 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,10 +72,21 @@ def unfinished_stages(run_dir: Path) -> list[str]:
     return [f"{row.name} ({row.state})" for row in run_status(run_dir) if row.state != "done"]
 
 
+def stage_holding(path: Path, run_dir: Path) -> StageStatus | None:
+    """The state (:func:`run_status`) of the stage of ``run_dir`` whose folder ``path`` lies in (its final/ folder, a
+    GGUF there), or None where it lies in none (the run's report/, say)."""
+    real = Path(os.path.realpath(path))
+    if not real.is_relative_to(top := Path(os.path.realpath(run_dir))) or real == top:
+        return None
+    name = real.relative_to(top).parts[0]
+    return next((row for row in run_status(run_dir) if row.name == name), None)
+
+
 def final_folder(run_dir: Path) -> Path:
     """The run's final model folder, refused unless every stage is complete and current, and it is publishable."""
-    from tempa.recipes.rundir import refuse_while_running
+    from tempa.recipes.rundir import refuse_while_running, require_run_dir
 
+    require_run_dir(Path(run_dir))  # a stage's folder, or none of a run: said as status says it
     refuse_while_running(Path(run_dir), "push")
     folder = Path(run_dir) / FINAL_LINK
     if not (folder / "config.json").is_file():

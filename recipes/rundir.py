@@ -315,7 +315,9 @@ def require_run_dir(run_dir: Path) -> None:
     if not run_dir.exists():
         raise NotARunDirError(f"{run_dir}: no such run directory")
     if not (run_dir / RESOLVED_RECIPE).is_file():
-        raise NotARunDirError(f"{run_dir}: not a tempa run directory (no {RESOLVED_RECIPE})")
+        inside = enclosing_run_dir(run_dir)
+        raise NotARunDirError(f"{run_dir}: not a tempa run directory (no {RESOLVED_RECIPE})"
+                              + (f"; it lies inside the run {inside}: give that" if inside is not None else ""))
 
 
 LOCK_OWNER = LOCK + ".owner"  # who holds the run directory: host, pid, start; its mtime is the heartbeat

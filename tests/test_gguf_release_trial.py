@@ -205,3 +205,54 @@ def test_a_gguf_is_not_quantised_onto_itself(baked, tmp_path):
     with pytest.raises(StageError, match="that is the input file"):
         export_gguf(source, source, file_type="q8_0")
     assert source.read_bytes() == written
+
+
+def _stage_record(run: Path, name: str, **fields) -> None:
+    manifest = run / name / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), **fields}))
+
+
+@pytest.mark.parametrize("given", ["bake/final", "bake/final/../final", "bake"])
+@pytest.mark.parametrize("status", ["running", "failed", "done"])
+def test_export_of_a_stage_folder_whose_stage_did_not_finish_is_refused(baked, tmp_path, capsys, given, status):
+    """An interrupted stage's folder (no DONE: a kill before its marker, or a stage that failed) exported with exit 0
+    (release trial: `tempa export gguf runs/demo/merge/final`)."""
+    run = release_run(tmp_path / "runs" / "rel", baked)
+    _stage_record(run, "bake", status=status)
+    (run / "bake" / "DONE").unlink()
+    out = tmp_path / "x.gguf"
+
+    assert main(["export", "gguf", str(run / given), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "stage 'bake'" in err and "not complete" in err and "tempa run" in err
+    assert not out.exists()
+
+
+def test_export_of_a_stage_folder_built_on_a_stage_that_ran_again_warns_as_the_runs_final_does(baked, tmp_path, capsys):
+    """`tempa export gguf runs/demo/bake/final` (the path the export prints in its `ollama create` line) exported the
+    old model without the warning that `runs/demo/final` gives."""
+    run = release_run(tmp_path / "runs" / "rel", baked)
+    _stage_record(run, "sft-b", run_id="new")
+    _stage_record(run, "bake", inputs={"sft-b": "old"})
+
+    assert main(["export", "gguf", str(run / "bake" / "final"), "--out", str(tmp_path / "x.gguf")]) == 0
+    err = capsys.readouterr().err
+    assert f"tempa: warning: {run / 'bake' / 'final'}: stage 'bake' is complete but not current" in err
+    assert "'sft-b' ran again since" in err
+    # a stage that is complete and current is exported without a word, whatever a later stage's state
+    assert main(["export", "gguf", str(run / "sft-b"), "--out", str(tmp_path / "y.gguf")]) == 1
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given", ["bake/final", "bake", "final"])
+def test_push_of_a_folder_inside_a_run_names_the_run_to_give(baked, tmp_path, capsys, given):
+    run = release_run(tmp_path / "runs" / "rel", baked)
+    _stage_record(run, "bake", status="running")
+    (run / "bake" / "DONE").unlink()
+
+    assert main(["push", str(run / given), "--repo", "org/x", "--dry-run"]) == 1
+    pushed = capsys.readouterr()
+    assert "dry run" not in pushed.out
+    assert pushed.err.strip() == (f"tempa: error: {run / given}: not a tempa run directory (no recipe.resolved.yaml); "
+                                  f"it lies inside the run {run}: give that")

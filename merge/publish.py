@@ -33,9 +33,10 @@ _TEXT_SUFFIXES = (".json", ".md", ".jinja", ".txt", ".yaml", ".yml", ".py")
 REQUIRED_FILES = ("config.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json", "README.md")
 TOKENIZER_VOCAB_FILES = ("tokenizer.json", "tokenizer.model")
 WEIGHTS_INDEX = "model.safetensors.index.json"
-# The bake's list of the files it wrote (name -> size), written last into the folder it renames to final/: a copy or
-# sync of final/ cut short, or one left by a killed rewrite, lacks a file it lists. Hidden, so it stays with the run
-# (push skips hidden files).
+# The bake's list of the files it wrote (name -> size), written last into the folder it renames to final/ (the runner
+# writes one into every other stage's model folder as the stage completes): a copy or sync of final/ cut short, one
+# left by a killed rewrite, or a file deleted since lacks a file it lists; `tempa status` and the runner's skip check
+# it too. Hidden, so it stays with the run (push skips hidden files).
 FINAL_RECORD = ".tempa-final.json"
 
 
@@ -174,9 +175,9 @@ def record_problems(folder: Path) -> list[str]:
     for name, size in sizes.items():
         file = Path(folder) / name
         if not file.is_file():
-            problems.append(f"{name}: missing (the bake wrote it; a copy cut short?)")
+            problems.append(f"{name}: missing (the stage wrote it; deleted, or a copy cut short?)")
         elif name.endswith(".safetensors") and file.stat().st_size != size:
-            problems.append(f"{name}: {file.stat().st_size} bytes, the bake wrote {size}")
+            problems.append(f"{name}: {file.stat().st_size} bytes, the stage wrote {size}")
     if problems:  # weights saved again on purpose (another dtype, other shards) are the user's to publish
         problems[-1] += f" (if you saved the weights again on purpose, delete {FINAL_RECORD})"
     return problems

@@ -184,6 +184,25 @@ def done_fingerprint(stage_dir: Path) -> str | None:
     return data.get("fingerprint") if isinstance(data, dict) else None
 
 
+def damaged_output(manifest: Manifest, run_dir: Path) -> list[str]:
+    """What the model folder a complete stage made in its own folder lacks since (a file deleted, a copy or sync cut
+    short), as export and push judge a model folder: by names and sizes against the record the stage left
+    (:func:`~tempa.merge.publish.record_problems`), or, in a folder an older tempa left without one, its weights
+    (:func:`~tempa.merge.publish.weight_problems`: each safetensors header); nothing is hashed. Empty for a stage that
+    made none; another stage's model it hands on is that stage's to judge."""
+    from tempa.merge.publish import FINAL_RECORD, record_problems, weight_problems
+
+    model = (manifest.result or {}).get("model")
+    if not isinstance(model, str) or not model:
+        return []
+    folder = run_dir / model
+    if not os.path.realpath(folder).startswith(os.path.realpath(run_dir / manifest.name) + os.sep):
+        return []
+    if not folder.is_dir():
+        return [f"{model}: missing"]
+    return record_problems(folder) if (folder / FINAL_RECORD).is_file() else weight_problems(folder)
+
+
 def mark_done(stage_dir: Path, fingerprint: str) -> None:
     """Call the stage complete. What it wrote (its folder, and the caches it filled) is flushed to the disks first:
     the page cache writes back in its own order, so a node's hard reset could keep DONE and lose the weights or data

@@ -23,6 +23,7 @@ import yaml
 
 from tempa.chat_templates.one_line import first_line, typed_line
 from tempa.merge.eval_data import evaluation_prompts
+from tempa.merge.publish import FINAL_RECORD, write_final_record
 from tempa.recipes import __version__
 from tempa.recipes.errors import RecipeError
 from tempa.recipes.fingerprint import located, referenced_files
@@ -36,6 +37,7 @@ from tempa.recipes.rundir import (
     check_run_dir,
     clear_stage,
     clear_stage_but,
+    damaged_output,
     done_fingerprint,
     forced_run,
     lost_record,
@@ -321,6 +323,9 @@ def plan_run(
                                            unfingerprinted=unfingerprinted)
         if forced_before:
             reason += f"; the unfinished `{continued.command}` run re-ran it, and this one continues that run"
+        damaged = damaged_output(manifest, run_dir) if action == "skip" and manifest is not None else []
+        if damaged:  # complete by its marker, but what it made is not all there: what is built on it re-runs too
+            action, reason = "rerun", f"its output is damaged: {'; '.join(damaged[:3])}"
         lost = lost_record(stage_dir) if manifest is None else None
         if lost is not None:
             # Read as "changed since it ran" (every component) or "not run yet", a finished stage was cleared and
@@ -380,7 +385,7 @@ def plan_run(
             will_run.add(name)
         if manifest is not None or lost is None:  # an unreadable record's run is unknown: nothing built on it is stale
             run_ids[name] = manifest.run_id if manifest is not None else ""
-        complete = done_fingerprint(stage_dir) == fp
+        complete = done_fingerprint(stage_dir) == fp and not damaged
         decisions.append(StageDecision(i, name, config.kind, upstream, reads, fp, components, action, reason,
                                        kind.resumable, complete, finished, dump, inputs, stale, discards, keeps,
                                        lost))
@@ -1131,6 +1136,9 @@ def _run_stage(config: StageConfigBase, decision: StageDecision, ctx: StageConte
         manifest.status, manifest.finished_at = "done", finished
         manifest.duration_s = round(finished - manifest.started_at, 3)
         manifest.result = result.model_dump(mode="json", context={"run_dir": run_dir})
+        if result.model is not None and result.model.resolve().is_relative_to(stage_dir.resolve()) and \
+                not (result.model / FINAL_RECORD).exists():  # the bake's own leaves its exports out
+            write_final_record(result.model)  # what status and the next run check the folder against
         manifest.write(stage_dir, run_dir)
         mark_done(stage_dir, decision.fingerprint)  # last: the stage is complete from here on
     except OSError as exc:  # a full disk, say: the work is there, but the stage is not complete without its records
@@ -1212,7 +1220,7 @@ class StageStatus:
 
     name: str
     kind: str
-    state: str  # done | stale | failed | running | interrupted | pending | unreadable (its manifest.json)
+    state: str  # done | stale | damaged | failed | running | interrupted | pending | unreadable (its manifest.json)
     duration_s: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -1237,6 +1245,7 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
     active = run_in_progress(run_dir)
     run_ids = {name: m.run_id for name, m in manifests.items()}
     done = {name for name, m in manifests.items() if done_fingerprint(run_dir / name) == m.fingerprint}
+    damaged = {name: problems for name in done if (problems := damaged_output(manifests[name], run_dir))}
     reran = {name: stale_inputs(manifests[name], run_ids) for name in done}
     # A stage built on a stale one is stale too (its input has not run again, but what that input read has):
     # spread until nothing changes, as ``names`` need not be in run order (None: a run whose recipe.resolved.yaml
@@ -1247,7 +1256,7 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
         changed = False
         for name in done:
             late = [dep for dep in manifests[name].inputs
-                    if dep in done and (reran[dep] or behind[dep]) and dep not in reran[name]]
+                    if dep in done and (reran[dep] or behind[dep] or dep in damaged) and dep not in reran[name]]
             if late != behind[name]:
                 behind[name], changed = late, True
     rows = []
@@ -1269,6 +1278,9 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
                 why.append(f"{_names(behind[name])} {'is' if len(behind[name]) == 1 else 'are'} stale")
             if why:
                 state, note = "stale", f"{'; '.join(why)}; the next `tempa run` re-runs it"
+            if name in damaged:
+                state, note = "damaged", (f"its output is damaged: {'; '.join(damaged[name][:3])}; the next `tempa run` "
+                                          "re-runs it")
         elif manifest.status == "failed":
             # a failed training stage resumes from its last checkpoint: hours of work a user fixing the error should
             # know they keep (the note is what `tempa plan` says a re-run does)
@@ -1282,7 +1294,7 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
         seconds = time.time() - manifest.started_at if state == "running" else manifest.duration_s
         progress = latest_progress(run_dir / name, manifest.started_at) if state == "running" else None
         rows.append(StageStatus(name, manifest.kind, state, seconds,
-                                manifest.metrics if state in ("done", "stale") else {}, manifest.error, note,
+                                manifest.metrics if state in ("done", "stale", "damaged") else {}, manifest.error, note,
                                 progress.model_dump() if progress is not None else None,
                                 manifest.software.model_dump() if manifest.software is not None else None))
     return rows

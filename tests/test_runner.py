@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import re
+import shutil
 import textwrap
 import time
 from pathlib import Path
@@ -48,6 +49,7 @@ class TouchConfig(StageConfigBase):
     value: int = 0
     fail: bool = False
     no_model: bool = False  # like synthesize: produces data, no model
+    model_file: bool = False  # a file in its model folder
     input: str | None = None
     transport: int = Field(default=0, json_schema_extra=NOT_FINGERPRINTED)  # like a teacher's timeout_s
 
@@ -70,6 +72,8 @@ def run_touch(config: TouchConfig, ctx: StageContext) -> StageResult:
         return StageResult(metrics={"value": config.value})
     own = ctx.stage_dir / "model"
     own.mkdir()
+    if config.model_file:
+        (own / "config.json").write_text("{}")
     return StageResult(model=own, metrics={"value": config.value})
 
 
@@ -1099,7 +1103,7 @@ def interrupted_at_a_checkpoint(recipe: Path, run_dir: Path, monkeypatch) -> Pat
     monkeypatch.setattr(tempa.sft, "STAGE_KINDS", (*tempa.sft.STAGE_KINDS[:-1], trains))
     run_recipe(load_recipe(recipe), run_dir)
     killed_while_running(run_dir / "b")
-    (run_dir / "b" / "model").rmdir()  # killed before its final model
+    shutil.rmtree(run_dir / "b" / "model")  # killed before its final model
     checkpoint = run_dir / "b" / CHECKPOINTS_DIR / "checkpoint-5"
     checkpoint.mkdir(parents=True)
     (checkpoint / COMPLETE).write_text("")
@@ -1135,7 +1139,7 @@ def test_an_interrupted_training_stage_whose_config_changed_keeps_its_checkpoint
     assert calls(run_dir) == ["b"] and checkpoint.is_dir()
 
     killed_while_running(run_dir / "b")
-    (run_dir / "b" / "model").rmdir()
+    shutil.rmtree(run_dir / "b" / "model")
     reset_calls(run_dir)
     summary = run_recipe(changed, run_dir, from_stage="b")
     assert summary.ran == ["b", "c"] and not checkpoint.exists()
@@ -1255,7 +1259,7 @@ def test_a_changed_journaling_stage_keeps_its_journals_and_clears_the_rest(recip
     for path in journal:
         path.write_text('{"id": "a"}\n')
     (data / "translated.jsonl").write_text("an output of the last run\n")
-    (run_dir / "b" / "model").rmdir()
+    shutil.rmtree(run_dir / "b" / "model")
 
     changed = load_recipe(recipe, ["stages.b.value=5"])
     decision = plan_run(changed, run_dir)[1]
@@ -1361,3 +1365,41 @@ def test_a_folder_moved_with_its_recipe_keeps_a_changed_stages_journals(tmp_path
     old = {"files": {str(tmp_path / "alice" / "prompts"): "d1"}}
     assert _journals_signed(old, {"files": {str(moved): "d1"}})
     assert not _journals_signed(old, {"files": {str(moved): "d2"}})  # what it holds changed
+
+
+def test_a_complete_stage_whose_model_folder_lost_a_file_is_damaged_and_runs_again_with_what_is_built_on_it(
+        recipe, tmp_path):
+    """A finished run with a file deleted from a stage's model folder showed `done` and `tempa run` skipped every
+    stage ("run complete"); only export and push noticed (release trial: final/tokenizer.json removed)."""
+    recipe.write_text(recipe.read_text().replace("value: 1,", "value: 1, model_file: true,"))
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    (run_dir / "a" / "model" / "config.json").unlink()
+
+    rows = {row.name: row for row in stage_status(["a", "b", "c"], run_dir)}
+    assert [rows[name].state for name in "abc"] == ["damaged", "stale", "stale"]
+    assert "its output is damaged: config.json: missing" in rows["a"].note
+    assert "the next `tempa run` re-runs it" in rows["a"].note
+    decisions = {d.name: d for d in plan_run(load_recipe(recipe), run_dir)}
+    assert [decisions[name].action for name in "abc"] == ["rerun", "rerun", "rerun"]
+    assert decisions["a"].reason.startswith("its output is damaged: config.json: missing")
+    assert not decisions["a"].complete
+
+    reset_calls(run_dir)
+    summary = run_recipe(load_recipe(recipe), run_dir)
+    assert summary.ran == ["a", "b", "c"] and calls(run_dir) == ["a", "b", "c"]
+    assert [row.state for row in stage_status(["a", "b", "c"], run_dir)] == ["done", "done", "done"]
+
+
+def test_a_model_folder_an_older_tempa_left_without_its_record_is_judged_by_its_weights(recipe, tmp_path):
+    from tempa.merge.publish import FINAL_RECORD
+
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    (run_dir / "c" / "model" / FINAL_RECORD).unlink()
+    rows = {row.name: row for row in stage_status(["a", "b", "c"], run_dir)}
+    assert [rows[name].state for name in "abc"] == ["done", "done", "damaged"]
+    assert "no *.safetensors weights" in rows["c"].note
+    shutil.rmtree(run_dir / "b" / "model")
+    rows = {row.name: row for row in stage_status(["a", "b", "c"], run_dir)}
+    assert rows["b"].state == "damaged" and "b/model: missing" in rows["b"].note

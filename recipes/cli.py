@@ -19,7 +19,7 @@ from tempa.chat_templates.one_line import typed_line
 from tempa.recipes import __version__
 from tempa.recipes.errors import RecipeError
 from tempa.sft.run_layout import FINAL_LINK, RESOLVED_RECIPE, default_run_dir
-from tempa.sft.stage_api import format_metric
+from tempa.sft.stage_api import StageError, format_metric
 
 EPILOG = """examples:
   tempa run recipes/demo.yaml --run-dir runs/demo       run (or resume) the demo recipe
@@ -404,7 +404,6 @@ def _check_base_tokenizer(loaded) -> None:
     from tempa.chat_templates.baking import plan_pad
     from tempa.chat_templates.one_line import first_line
     from tempa.recipes.runner import template_text
-    from tempa.sft.stage_api import StageError
 
     base = Path(loaded.recipe.base_model)
     if not base.is_dir():
@@ -584,7 +583,16 @@ def _cmd_export_gguf(args) -> int:
     from tempa.merge.gguf_export import LLAMA_SERVER_NOTE, export_gguf
 
     model = _given_model(args.model_dir)
-    result = export_gguf(model, args.out, file_type=args.file_type)
+    try:
+        result = export_gguf(model, args.out, file_type=args.file_type)
+    except (OSError, StageError) as exc:
+        from tempa.recipes.runner import disk_full_hint
+
+        # gguf's writer says a full disk as a short write ("65536 requested and 36816 written"), naming neither
+        hint = disk_full_hint([args.out.parent if args.out else model if model.is_dir() else model.parent])
+        if not hint:
+            raise
+        raise StageError(f"{typed_line(exc) if isinstance(exc, OSError) else exc}{hint}") from None
     types = f"; by type: {', '.join(f'{k} {v}' for k, v in sorted(result.tensor_types.items()))}" \
         if result.tensor_types else ""
     print(f"wrote {result.gguf_path} ({result.tensor_count} tensors, {result.file_type}{types})")
@@ -701,7 +709,6 @@ def main(argv: list[str] | None = None) -> int:
     line_mode()  # a file or a pipe: progress bars (datasets, tqdm) as one line per interval
     _setup_logging(args.verbose)
     from tempa.recipes.rundir import NotARunDirError, RunLockedError
-    from tempa.sft.stage_api import StageError
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:

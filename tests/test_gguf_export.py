@@ -19,6 +19,7 @@ from tempa.merge.gguf_export import (
 )
 from tempa.merge.ollama_template import ollama_template
 from tempa.recipes.cli import main, ollama_name
+from tempa.sft.stage_api import StageError
 
 
 @pytest.fixture(scope="module")
@@ -417,3 +418,35 @@ def test_an_edited_template_keeps_its_thinking_check_and_the_export_says_so(bake
     with caplog.at_level(logging.WARNING):
         assert main(["export", "gguf", str(baked_model), "--out", str(tmp_path / "b.gguf")]) == 0
     assert "not tempa's as shipped" not in caplog.text
+
+
+@pytest.mark.parametrize("error", [OSError("65536 requested and 36816 written"), StageError("quantiser exited 1")])
+def test_an_export_that_fills_the_disk_names_the_disk_as_the_bake_does(baked_model, tmp_path, monkeypatch, capsys,
+                                                                       error):
+    """A full disk during the export said `tempa: error: OSError: 65536 requested and 36816 written` (gguf's short
+    write), naming neither the disk nor the folder; a stage on the same disk says which disk is full."""
+    import gguf
+
+    def fill_the_disk(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", fill_the_disk)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=36 << 10))
+    out = tmp_path / "out" / "m.gguf"
+    assert main(["export", "gguf", str(baked_model), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"tempa: error: {error if isinstance(error, StageError) else 'OSError: ' + str(error)}")
+    assert err.endswith(f"; the disk of {out.parent} is full (36 KiB free): free space, then run the same command "
+                        "again to resume")
+
+
+def test_an_export_error_on_a_disk_with_room_is_said_as_it_is(baked_model, tmp_path, monkeypatch, capsys):
+    import gguf
+
+    def fail(self, *args, **kwargs):
+        raise OSError("65536 requested and 36816 written")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", fail)
+    assert main(["export", "gguf", str(baked_model), "--out", str(tmp_path / "m.gguf")]) == 1
+    assert "disk" not in capsys.readouterr().err

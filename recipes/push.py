@@ -3,7 +3,8 @@
 What goes up is the final folder (``RUN_DIR/final``: weights, tokenizer with the baked template,
 generation config, model card) in one commit, made with huggingface_hub's own
 ``CommitOperationAdd`` / ``create_commit``; the GGUFs and their Ollama Modelfiles (``NAME-TYPE.Modelfile``
-beside ``NAME-TYPE.gguf``) only with ``--gguf``, which refuses one without the other (an export stopped part-way). Never intermediate checkpoints or stage folders, never hidden files, and only a
+beside ``NAME-TYPE.gguf``) only with ``--gguf``, which refuses one without the other (an export stopped part-way),
+and a folder with no GGUF exported. Never intermediate checkpoints or stage folders, never hidden files, and only a
 folder that :func:`tempa.merge.publish.publish_problems` finds clean (no pickles, no local path or
 secret in its text, every file the bake wrote) and whose stages are all complete and current, with a
 card whose metadata the Hub accepts (licence ids, ISO 639 languages). The card's usage snippet
@@ -134,6 +135,9 @@ def push_files(folder: Path, *, include_gguf: bool = False) -> list[PushFile]:
         raise StageError(f"{folder / SHARED_MODELFILE}: the one Modelfile an earlier tempa's exports shared, of one of "
                          "the GGUFs (each now has its own NAME-TYPE.Modelfile beside it); delete it before --gguf "
                          "uploads it beside them, and export again if a GGUF lacks its own")
+    if include_gguf and not any(folder.glob("*.gguf")):
+        raise StageError(f"{folder}: --gguf uploads the GGUFs exported into it, and there is none; export one first "
+                         f"(tempa export gguf {folder}), or push without --gguf")
     if include_gguf and (unpaired := unpaired_gguf_files(folder)):
         raise StageError(f"{folder}: --gguf uploads each GGUF with its Modelfile: {'; '.join(unpaired)} (an export "
                          "stopped part-way?); run the export again (tempa export gguf), or delete the file")

@@ -424,3 +424,18 @@ def test_a_refused_card_creates_no_repo(run_dir, hub):
     proc = tempa("push", str(run_dir), "--repo", "org/model", endpoint=hub)
     assert proc.returncode == 1 and "did you mean 'apache-2.0'?" in proc.stderr
     assert FakeHub.commits == [] and FakeHub.repos == [] and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_gguf_with_no_gguf_exported_is_refused_naming_the_export(run_dir, capsys):
+    """`push --gguf --dry-run` with no GGUF exported listed the model's files without a word of the GGUF it asked
+    for."""
+    from tempa.recipes.cli import main
+
+    for name in ("t-q8_0.gguf", "t-q8_0.Modelfile"):
+        (run_dir / "final" / name).unlink()
+    assert main(["push", str(run_dir), "--repo", "org/model", "--gguf", "--dry-run"]) == 1
+    pushed = capsys.readouterr()
+    assert "dry run" not in pushed.out
+    assert "--gguf uploads the GGUFs exported into it, and there is none" in pushed.err
+    assert "(tempa export gguf " in pushed.err
+    assert main(["push", str(run_dir), "--repo", "org/model", "--dry-run"]) == 0  # without --gguf it goes

@@ -449,15 +449,17 @@ def _read_turns(turns: Any, spec: FormatSpec, field_name: str, notes: set[str] |
     for i, turn in enumerate(turns):
         if not isinstance(turn, Mapping):
             raise RowError(f"expected {field_name!r} to be {shape}; turn {i} is a {type(turn).__name__}")
+        # (Arrow gives every turn every key of the schema: only keys with a value count)
+        known = _TURN_KEYS.union(spec.role, spec.content, spec.reasoning)
+        unknown = [key for key, value in turn.items() if key not in known and not _is_missing(value)]
         if notes is not None:
-            # (Arrow gives every turn every key of the schema: only keys with a value count)
-            known = _TURN_KEYS.union(spec.role, spec.content, spec.reasoning)
-            notes.update(UNKNOWN_TURN_KEY + str(key) for key, value in turn.items()
-                         if key not in known and not _is_missing(value))
+            notes.update(UNKNOWN_TURN_KEY + str(key) for key in unknown)
         flag = _trains(turn, i)
         role_key = _first_present(turn, spec.role)
         content_key = next((k for k in spec.content if k in turn), None)
-        if role_key is None:
+        # No content key is empty content (below), but not beside a key the reader does not know: that is the
+        # content under another name (`text`, `value` in a messages source), and every row would train as empty.
+        if role_key is None or (content_key is None and unknown):
             raise RowError(f"expected {field_name!r} to be {shape}; turn {i} has keys {sorted(turn)}")
         raw_role = turn[role_key]
         name = str(raw_role).lower() if isinstance(raw_role, str) else None

@@ -150,6 +150,10 @@ def test_column_mapping_and_role_names_are_configurable(tmp_path: Path) -> None:
          "; did you mean 'assistant'? (map others with the source's columns.role_names)"),
         ({"messages": [{"role": "user", "content": {"text": "x"}}]}, "expected turn 0 'content' to be a string, got dict"),
         ({"messages": [{"content": "x"}]}, "turn 0 has keys ['content']"),
+        # no content key is empty content, but not beside the content under a name the reader does not know
+        ({"messages": [{"role": "user", "text": "x"}]}, "turn 0 has keys ['role', 'text']"),
+        ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "answer": "y"}]},
+         "turn 1 has keys ['answer', 'role']"),
         ({"text": "just text"}, "expected 'messages', 'conversations', 'prompt'+'response'"),
         ({"prompt": "x", "response": {"a": 1}}, "expected 'response' to be a string, got dict"),
     ],

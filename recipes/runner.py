@@ -1273,7 +1273,11 @@ def stage_status(names: list[str] | None, run_dir: Path, *, kinds: Mapping[str, 
         state, note = "pending", None
         if name in done:
             state = "done"
-            why = [f"{_names(reran[name])} ran again since"] if reran[name] else []
+            # an input started again and not finished (interrupted, failed, running) has not "run again" yet
+            again = [dep for dep in reran[name] if dep in done]
+            unfinished = [dep for dep in reran[name] if dep not in done]
+            why = [f"{_names(again)} ran again since"] if again else []
+            why += [f"{_names(unfinished)} started again since and has not finished"] if unfinished else []
             if behind[name]:
                 why.append(f"{_names(behind[name])} {'is' if len(behind[name]) == 1 else 'are'} stale")
             if why:

@@ -294,6 +294,21 @@ def test_the_same_forced_command_again_continues_its_interrupted_run(recipe, tmp
     assert calls(run_dir) == first
 
 
+def test_status_says_an_input_started_again_and_unfinished_has_not_run_again(recipe, tmp_path):
+    """A release trial: after a kill in an upstream stage, status said "'sft-distill' ran again since" of the stages
+    after it, though it had not finished."""
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    (run_dir / "interrupt-a").touch()
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(load_recipe(recipe), run_dir, from_stage="a")
+    (run_dir / "interrupt-a").unlink()
+    states = {row.name: (row.state, row.note) for row in stage_status(["a", "b", "c"], run_dir)}
+    assert states["a"][0] == "interrupted"
+    assert states["b"][0] == "stale" and "'a' started again since and has not finished" in states["b"][1]
+    assert "ran again" not in states["b"][1]
+
+
 def test_only_leaves_later_stages_stale_until_a_plain_run(recipe, tmp_path):
     run_dir = tmp_path / "run"
     run_recipe(load_recipe(recipe), run_dir)

@@ -566,7 +566,9 @@ def _starts_from(loaded: LoadedRecipe, upstream: str | None) -> str:
     (evaluate, synthesize) hands on the one it started from, and a change in it is its own (a leaderboard, a
     dataset), not a model's."""
     if upstream is None:
-        return "base model"
+        # the tiny default's tokenizer is trained on the shipped sample data, so an edit of it is a new base model
+        return ("base model (the embedded tiny default is built from the sample data in recipes/data/)"
+                if loaded.recipe.base_model == TINY_DEFAULT else "base model")
     kind = stage_kind(loaded.stages[loaded.names.index(upstream)].kind)
     return f"model of '{upstream}'" if Artifact.MODEL in kind.produces else f"'{upstream}' (or what it started from)"
 

@@ -1418,3 +1418,19 @@ def test_a_model_folder_an_older_tempa_left_without_its_record_is_judged_by_its_
     shutil.rmtree(run_dir / "b" / "model")
     rows = {row.name: row for row in stage_status(["a", "b", "c"], run_dir)}
     assert rows["b"].state == "damaged" and "b/model: missing" in rows["b"].note
+
+
+def test_an_edit_of_the_sample_data_names_why_the_tiny_default_changed(tmp_path, monkeypatch):
+    """A release trial edited a row of recipes/data/*.jsonl and the plan said only "changed since it ran: base model":
+    true (the tiny default's tokenizer is trained on those files) but unexplained."""
+    from tempa.recipes import tiny
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: t\nbase_model: tempa:tiny\nstages:\n  - {name: a, kind: touch, value: 1}\n")
+    run_recipe(load_recipe(recipe), tmp_path / "run")
+    key = tiny.tiny_default_key()
+    monkeypatch.setattr(tiny, "tiny_default_key", lambda: key[::-1])  # what an edited sample file gives
+    [plan] = plan_run(load_recipe(recipe), tmp_path / "run")
+    assert plan.action == "rerun"
+    assert plan.reason == ("changed since it ran: base model (the embedded tiny default is built from the sample "
+                           "data in recipes/data/)")

@@ -21,6 +21,7 @@ import html
 import io
 import json
 import logging
+import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from tempa.merge.leaderboard import EvaluateResult, is_headline
 from tempa.merge.merge_result import MergeResult
 from tempa.merge.model_card import USAGE_ANSWERS, USAGE_QUESTIONS, ModelCardConfig, example_language
 from tempa.recipes.registry import stage_kinds
-from tempa.recipes.rundir import Manifest, read_manifest, require_run_dir
+from tempa.recipes.rundir import Manifest, read_manifest, require_run_dir, run_in_progress
 from tempa.recipes.runner import stage_status
 from tempa.sft.data_report import DataMix
 from tempa.sft.files import cache_root, digest, path_digest, staging_dir, write_json
@@ -74,6 +75,7 @@ class _StageHeading(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
+    name: str = ""
     kind: str = ""
     model_card: ModelCardConfig | None = None
     target_language: str | None = None  # a translate stage's
@@ -115,15 +117,21 @@ def recipe_heading(run_dir: Path) -> RecipeHeading:
         return RecipeHeading()
 
 
-def header_section(run_dir: Path, recipe: RecipeHeading) -> str:
-    """The recipe's name, its description (its lines kept) and its languages, above the run's folder."""
+def header_section(run_dir: Path, recipe: RecipeHeading, running: Sequence[str] | None = None) -> str:
+    """The recipe's name, its description (its lines kept) and its languages, above the run's folder and when the
+    page was written; ``running``: the stages running while a `tempa run` held the folder (None: none held it)."""
     title = f"tempa run report: {recipe.name}" if recipe.name else "tempa run report"
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if recipe.description.strip():
         parts.append(f"<p class='description'>{html.escape(recipe.description.strip())}</p>")
     if recipe.languages:
         parts.append(f"<p class='languages'>languages: {html.escape(', '.join(recipe.languages))}</p>")
-    parts.append(f"<p class='note'>{html.escape(str(run_dir))}</p>")
+    written = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    parts.append(f"<p class='note'>{html.escape(str(run_dir))}, written {written}</p>")
+    if running is not None:  # export and push refuse such a run; a page may be written, but must not pass as final
+        what = f" (running: {', '.join(running)})" if running else ""
+        parts.append(f"<p class='in-progress'><b>A `tempa run` was using this run directory when this page was written"
+                     f"{html.escape(what)}: stages and numbers may change. Write the report again when it ends.</b></p>")
     return f"<header>{''.join(parts)}</header>"
 
 
@@ -149,8 +157,9 @@ def example_conversation(languages: Sequence[str]) -> list[dict[str, str]]:
              "reasoning_content": "A question about a capital city: answer briefly, in the language it was asked in."}]
 
 
-def finished_stages(run_dir: Path) -> list[tuple[Manifest, StageResult | None]]:
-    """Every stage with a manifest, in the order they started, with its typed result once it is done."""
+def finished_stages(run_dir: Path, order: Sequence[str] = ()) -> list[tuple[Manifest, StageResult | None]]:
+    """Every stage with a manifest, with its typed result once it is done: in the recipe's ``order`` (a stage run
+    again, or interrupted, stays in its place), those it does not name after them in the order they started."""
     kinds = stage_kinds()
     found = []
     for folder in run_dir.iterdir():
@@ -161,7 +170,8 @@ def finished_stages(run_dir: Path) -> list[tuple[Manifest, StageResult | None]]:
         if manifest.status == "done" and manifest.kind in kinds:
             result = kinds[manifest.kind].result.model_validate(manifest.result or {}, context={"run_dir": run_dir})
         found.append((manifest, result))
-    return sorted(found, key=lambda pair: pair[0].started_at)
+    place = {name: i for i, name in enumerate(order)}
+    return sorted(found, key=lambda pair: (place.get(pair[0].name, len(place)), pair[0].started_at))
 
 
 def _loss_history(result: StageResult) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -658,20 +668,21 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0
          "table.board,table.samples{width:100%;table-layout:fixed}table.board th.metric{overflow-wrap:anywhere;"
          "font-size:12px}table.board td.model,table.board th.model{width:22%;overflow-wrap:anywhere}"
          "table.samples td.model,table.samples th.model{width:12%}.dir{font-weight:bold;color:#06c}"
-         "tr.total td{font-weight:bold}.description{white-space:pre-line}")
+         "tr.total td{font-weight:bold}.description{white-space:pre-line}.in-progress{color:#b00}")
 
 
 def write_report(run_dir: str | Path, *, samples: bool = True) -> Path:
     """Write ``run_dir/report/index.html``, one self-contained page; returns its path."""
     run_dir = Path(run_dir).resolve()
     require_run_dir(run_dir)
-    stages = finished_stages(run_dir)
-    done = [(m, r) for m, r in stages if r is not None]
-    states = {row.name: f"{row.state} ({row.note})" if row.note else row.state
-              for row in stage_status([m.name for m, _ in stages], run_dir)}
     recipe = recipe_heading(run_dir)
+    stages = finished_stages(run_dir, [stage.name for stage in recipe.stages])
+    done = [(m, r) for m, r in stages if r is not None]
+    rows = stage_status([m.name for m, _ in stages], run_dir)
+    states = {row.name: f"{row.state} ({row.note})" if row.note else row.state for row in rows}
+    running = [row.name for row in rows if row.state == "running"] if run_in_progress(run_dir) else None
     sections = [
-        header_section(run_dir, recipe),
+        header_section(run_dir, recipe, running),
         stages_section(stages, states),
         data_mix_section(done),
         training_section(done),

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 import subprocess
 
 import pytest
+import yaml
 
 from sft_helpers import sft_recipe
 from tempa.recipes.cli import main
@@ -515,3 +517,28 @@ def test_the_samples_of_a_stale_stage_are_marked_stale(reported_run, tmp_path, m
             "what); the next `tempa run` makes them again") in page
     fresh = " ".join(report.write_report(reported_run).read_text().split())
     assert "(stale)" not in fresh
+
+
+def test_a_page_written_while_a_run_holds_the_folder_says_so_and_keeps_the_recipes_order(reported_run, tmp_path,
+                                                                                        monkeypatch):
+    """A release trial: `tempa report` during a run wrote a page with nothing saying the run was in progress, and a
+    stage run again (or interrupted) moved to the bottom of the stage table, after the bake."""
+    from tempa.recipes import report
+    from tempa.recipes.rundir import MANIFEST, RunLock
+
+    run = tmp_path / "run"
+    shutil.copytree(reported_run, run)
+    manifest = json.loads((run / "sft" / MANIFEST).read_text())
+    (run / "sft" / MANIFEST).write_text(json.dumps({**manifest, "started_at": manifest["started_at"] + 10**6,
+                                                    "status": "running"}))
+    (run / "sft" / "DONE").unlink()  # run again, and not finished yet
+    monkeypatch.setattr(report, "sample_generations", lambda manifest, folder, prompts: {
+        "on": ["S"] * len(prompts), "off": ["S"] * len(prompts)})
+    with RunLock(run):  # as `tempa run` holds it
+        page = " ".join(report.write_report(run).read_text().split())
+    assert "A `tempa run` was using this run directory when this page was written (running: sft)" in page, \
+        page[page.find("<header>"):page.find("</header>")]
+    recipe = [stage["name"] for stage in yaml.safe_load((run / "recipe.resolved.yaml").read_text())["stages"]]
+    table = page[page.index("<section id='stages'>"):page.index("</table>", page.index("<section id='stages'>"))]
+    assert re.findall(r"<tr><td>([^<]+)</td>", table) == [name for name in recipe if (run / name / MANIFEST).is_file()]
+    assert "was using this run directory" not in " ".join(report.write_report(reported_run).read_text().split())

@@ -499,9 +499,32 @@ def _last_words(tail: deque[str]) -> str:
                  if line.strip() and not _ELASTIC_LOG.match(line)), "no output")
 
 
+_ROOT_CAUSE = "Root Cause (first observed failure):"
+_EXITCODE = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)\b")
+
+
+def root_cause_exit_code(tail: deque[str]) -> int | None:
+    """The exit code of the process torch elastic's summary names as the root cause (its first observed failure;
+    negative: the signal that ended it), or None when the log has no such summary (accelerate, one process)."""
+    lines = list(tail)
+    start = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].strip() == _ROOT_CAUSE), None)
+    if start is None:
+        return None
+    # The block's first exitcode line is the root cause's own: its traceback, which may quote anything, comes after.
+    return next((int(match.group(1)) for line in lines[start + 1:] if (match := _EXITCODE.match(line))), None)
+
+
 def _failure(code: int, tail: deque[str]) -> str:
-    """One line for a launch that failed: the worker's exception, else the signal that killed it, else its last line."""
-    sig = None if _exception(tail) else killed_by(code, tail)
+    """One line for a launch that failed: the worker's exception, else the signal that killed it, else its last line.
+
+    Where torch elastic names the root cause, it decides: a worker killed by a signal makes the survivors fail on the
+    lost peer (gloo's "Connection reset by peer", an exception the log shows), which must not hide the signal and the
+    resume that follows it; a root cause that exited with a code is an exception, shown as such."""
+    root = root_cause_exit_code(tail)
+    if root is not None:
+        sig = -root if root < 0 else None
+    else:
+        sig = None if _exception(tail) else killed_by(code, tail)
     if sig is None:
         return f"training process exited with code {code}: {_reason(tail)}"
     try:

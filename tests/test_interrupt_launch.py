@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,79 @@ def test_the_written_launch_script_re_runs_the_training_by_hand(tmp_path: Path, 
     by_hand = subprocess.run(["./launch.sh"], cwd=tmp_path / "logs", capture_output=True, text=True)
     assert by_hand.returncode == 0, by_hand.stderr
     assert runs.read_text().splitlines() == ["ran", "ran"]
+
+
+# torchrun's log after one of two ZeRO-3 CPU workers was killed with `kill -9` mid-training (the ops trial's K.log and
+# train.log): the survivor fails on the lost peer, torch elastic's summary names the SIGKILLed rank as the root cause.
+_SURVIVOR = [
+    "[rank0]: Traceback (most recent call last):",
+    '[rank0]:   File "/work/main/.venv/lib/python3.12/site-packages/deepspeed/runtime/zero/partition_parameters.py", '
+    "line 2270, in all_gather",
+    "[rank0]: RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error "
+    "[127.0.0.1]:38314: Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the "
+    "application. Check the logs of the remote worker before reporting an error. GLHF! \U0001f3d6\ufe0f",
+    "W1203 19:12:05.120000 4242 torch/distributed/elastic/multiprocessing/api.py:900] Sending process 4250 closing "
+    "signal SIGTERM",
+    "E1203 19:12:05.300000 4242 torch/distributed/elastic/multiprocessing/api.py:874] failed (exitcode: 1) "
+    "local_rank: 0 (pid: 4249) of binary: /work/main/.venv/bin/python3",
+    "Traceback (most recent call last):",
+    "    raise ChildFailedError(",
+    "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+    "============================================================",
+    "tempa.sft.train_worker FAILED",
+    "------------------------------------------------------------",
+    "Failures:",
+]
+
+
+def _summary(other: list[str], root: list[str]) -> deque[str]:
+    return deque([*_SURVIVOR, *other, "------------------------------------------------------------",
+                  "Root Cause (first observed failure):", *root, "============================================================"])
+
+
+def _failure_block(idx: int, rank: int, exitcode: str, traceback: str) -> list[str]:
+    return [f"[{idx}]:", "  time      : 2026-12-03_19:12:04", "  host      : trial-box",
+            f"  rank      : {rank} (local_rank: {rank})", f"  exitcode  : {exitcode}", "  error_file: <N/A>",
+            f"  traceback : {traceback}"]
+
+
+_SIGNALLED = "Signal 9 (SIGKILL) received by PID 4250"
+_NO_TRACE = "To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html"
+
+
+@pytest.mark.parametrize(("rank", "code", "name"), [(1, 9, "SIGKILL"), (0, 9, "SIGKILL"), (1, 15, "SIGTERM")])
+def test_a_worker_killed_by_a_signal_is_named_over_the_survivors_lost_peer(rank: int, code: int, name: str) -> None:
+    """kill -9 of one ZeRO-3 worker (the OOM killer's way) was reported as the survivor's gloo "Connection reset by
+    peer", exit code 1, with no resume command, though torchrun's own summary names rank 1's SIGKILL."""
+    from tempa.recipes.launcher import _failure
+
+    tail = _summary(_failure_block(1, 1 - rank, "1 (pid: 4249)", _NO_TRACE),
+                    _failure_block(0, rank, f"-{code} (pid: 4250) ({name})", _SIGNALLED.replace("9 (SIGKILL)",
+                                                                                                f"{code} ({name})")))
+    message = _failure(1, tail)
+    assert message.startswith(f"a training process was killed by {name}"), message
+    assert "resumes from its last complete checkpoint" in message
+    assert "Connection reset" not in message
+
+
+def test_a_signal_death_that_is_a_crash_is_named_over_the_survivors_lost_peer() -> None:
+    """A segfaulting worker is a crash (no resume), whatever its survivor's lost peer says."""
+    from tempa.recipes.launcher import _failure
+
+    tail = _summary(_failure_block(1, 0, "1 (pid: 4249)", _NO_TRACE),
+                    _failure_block(0, 1, "-11 (pid: 4250) (SIGSEGV)", "Signal 11 (SIGSEGV) received by PID 4250"))
+    message = _failure(1, tail)
+    assert message.startswith("a training process crashed with SIGSEGV"), message
+    assert "resumes" not in message
+
+
+def test_a_root_cause_that_is_a_python_exception_is_still_shown_over_a_killed_peer() -> None:
+    """The root cause is rank 0's own exception; rank 1, stopped after it, shows as a signal among the other
+    failures: the exception is the cause, not the signal."""
+    from tempa.recipes.launcher import _failure
+
+    tail = deque(["[rank0]: Traceback (most recent call last):", "[rank0]: ValueError: the tokenizer has no pad token",
+                  *_SURVIVOR[3:], *_failure_block(1, 1, "-15 (pid: 4250) (SIGTERM)", "Signal 15 (SIGTERM) received by PID 4250"),
+                  "------------------------------------------------------------", "Root Cause (first observed failure):",
+                  *_failure_block(0, 0, "1 (pid: 4249)", _NO_TRACE), "============================================================"])
+    assert _failure(1, tail) == "training process exited with code 1: ValueError: the tokenizer has no pad token"

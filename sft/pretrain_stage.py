@@ -483,8 +483,9 @@ def _as_sft_source(source: PretrainSource):
 
 
 def check_inputs(config: PretrainStageConfig) -> None:
-    """Before the run's first stage: every local source has rows to read (:func:`~tempa.sft.sources.check_source`), and
-    a local file of rows holds its `text_field` in its first rows (:func:`_check_first_rows`)."""
+    """Before the run's first stage: every local source has rows to read (:func:`~tempa.sft.sources.check_source`), a
+    local file of rows holds its `text_field` in its first rows (:func:`_check_first_rows`), and a .txt file's first
+    bytes are UTF-8 (:func:`_check_head_utf8`)."""
     from tempa.chat_templates.json_files import encoding_problem, has_text
     from tempa.sft.data_config import DataError
     from tempa.sft.sources import check_source
@@ -501,6 +502,24 @@ def check_inputs(config: PretrainStageConfig) -> None:
             check_file_document(source, file)
             if (problem := encoding_problem(file)) is not None:
                 raise DataError(f"data source '{source.name}', {_name_in(file, Path(source.path))}: {problem}")
+            _check_head_utf8(source, file)
+
+
+def _check_head_utf8(source: PretrainSource, file: Path) -> None:
+    """A .txt file's first bytes are UTF-8, as :func:`_check_first_rows` checks a file of rows' first rows: the stage
+    stops at a .txt file's first byte that is not (:func:`_not_utf8`), so `tempa plan` refuses it too, not only a
+    file in another encoding (:func:`~tempa.chat_templates.json_files.encoding_problem`)."""
+    import codecs
+
+    from tempa.chat_templates.json_files import _HEAD_BYTES
+    from tempa.sft.data_config import DataError
+
+    with open(file, "rb") as handle:
+        data = handle.read(_HEAD_BYTES)
+        try:  # the head may end mid-character: only a byte no UTF-8 continues is an error, unless the file ends there
+            codecs.getincrementaldecoder("utf-8")().decode(data, final=len(data) < _HEAD_BYTES)
+        except UnicodeDecodeError as error:
+            raise DataError(str(_not_utf8(source, file, handle, 0, data, error))) from None
 
 
 def _check_first_rows(source: PretrainSource) -> None:

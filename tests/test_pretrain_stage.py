@@ -574,3 +574,24 @@ def test_a_single_compressed_file_is_refused_with_the_folder_that_reads_it(tmp_p
     data = prepare_pretrain_data(config(tmp_path / "ja"), AutoTokenizer.from_pretrained(tiny_model_dir),
                                  tmp_path / "cache", seed=0, num_proc=1)
     assert data.documents["ja"] == 5
+
+
+@pytest.mark.parametrize(("name", "body", "where"), [
+    ("latin.txt", b"caf\xe9 ol\xff\nriver rice\n", r"latin\.txt: line 1: invalid UTF-8 \(byte 0xe9 at column 4\)"),
+    ("late.txt", b"river rice\n\nmango temple\nharbour \xfe\n", r"late\.txt: line 4: invalid UTF-8 \(byte 0xfe at column 9\)"),
+])
+def test_a_txt_source_with_a_byte_not_utf8_is_refused_by_the_check_before_the_run(tmp_path, name, body, where):
+    """A .txt source with one line of non-UTF-8 bytes passed `tempa plan` (only a file mostly in another encoding was
+    refused there) and the stage then stopped on it, while the same bytes in a .jsonl source were refused by the plan:
+    now the check before the run refuses it with the stage's own message."""
+    from tempa.sft.data_config import DataError
+    from tempa.sft.pretrain_stage import check_inputs
+
+    (tmp_path / name).write_bytes(body)
+    config = PretrainStageConfig.model_validate({
+        "name": "cpt", "sources": [{"name": "e", "path": str(tmp_path / name), "txt_document": "paragraph"}],
+        "train": {"max_length": 64, "lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+    with pytest.raises(DataError, match=rf"^data source 'e', {where}$"):
+        check_inputs(config)
+    (tmp_path / name).write_bytes(body.decode("latin-1").encode("utf-8"))  # the same text, saved as UTF-8
+    check_inputs(config)

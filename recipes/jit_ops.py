@@ -8,8 +8,9 @@ half-way leaves the lock behind, and every later launch then hangs silently.
 
 So before it launches a DeepSpeed group on CPU the runner calls :func:`ensure_shm_op`: a lock
 that is old and that no process is working under is removed as stale; a live one is waited for,
-at most ``TEMPA_JIT_BUILD_TIMEOUT_S`` seconds; a missing op is built here, in a subprocess, with
-a progress line, under the same bound. Run ``python -m tempa.recipes.jit_ops`` to build it by hand.
+at most ``TEMPA_JIT_BUILD_TIMEOUT_S`` seconds; then the op is loaded here, in a subprocess, as the
+workers will load it, so that a build it needs (missing, or out of date by ninja's reckoning) happens
+here, with a progress line, under the same bound, never silently inside the launch. Run ``python -m tempa.recipes.jit_ops`` to build it by hand.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,10 +49,6 @@ def build_dir(op: str = OP) -> Path:
     from torch.utils.cpp_extension import _get_build_directory
 
     return Path(_get_build_directory(op, verbose=False))
-
-
-def is_built(folder: Path, op: str = OP) -> bool:
-    return any(folder.glob(f"{op}*.so"))
 
 
 def _workers(folder: Path) -> list[int]:
@@ -109,22 +107,43 @@ def wait_for_lock(folder: Path, timeout_s: float, log: logging.Logger, *, stale_
         time.sleep(0.5)
 
 
+def load_command() -> list[str]:
+    """The command that loads the op as a worker will (:func:`_build`), building it where torch decides it must."""
+    return [sys.executable, "-m", "tempa.recipes.jit_ops"]
+
+
+# ninja's line for a build step it runs (`[1/3] c++ ...`): the load compiles, it is not a no-op.
+_NINJA_STEP = re.compile(rb"^\[\d+/\d+\] ", re.MULTILINE)
+# A load quiet for this long is said to be building even if ninja has not printed a step yet (its output may lag).
+_QUIET_S = 20.0
+
+
+def _compiling(log_file: Path, offset: int) -> bool:
+    """Whether the load's output (``log_file`` from ``offset``) shows ninja running a build step."""
+    with open(log_file, "rb") as handle:
+        handle.seek(offset)
+        return _NINJA_STEP.search(handle.read()) is not None
+
+
 def ensure_shm_op(log: logging.Logger, log_file: Path, *, timeout_s: float | None = None) -> None:
-    """Make sure ``deepspeed_shm_comm`` is built before a CPU DeepSpeed group needs it (see module doc)."""
+    """Make sure ``deepspeed_shm_comm`` is built before a CPU DeepSpeed group needs it (see module doc).
+
+    The op is loaded here, in a subprocess, before every such launch, as the workers will load it: whether it needs
+    building is ninja's call (sources, flags and torch as they are now), not a ``.so`` being there. A ``.so`` left by
+    an older build was taken as built, and the workers then rebuilt it, minutes with no output. A load with nothing to
+    build takes seconds and says nothing; one that compiles gets the progress line."""
     timeout_s = build_timeout_s() if timeout_s is None else timeout_s
     folder = build_dir()
     clear_stale_lock(folder, log)
     wait_for_lock(folder, timeout_s, log)
-    if is_built(folder):
-        return
-    log.info("building DeepSpeed's %s op for this machine, once (minutes on a small CPU machine); log: %s",
-             OP, log_file)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     started = last_note = time.monotonic()
+    building = False
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     with open(log_file, "a", encoding="utf-8") as out, held_signals() as held:
-        proc = subprocess.Popen([sys.executable, "-m", "tempa.recipes.jit_ops"], stdout=out,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        offset = out.tell()
+        proc = subprocess.Popen(load_command(), stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
         try:
             held.release()  # a Ctrl-C or SIGTERM that came while starting is raised here, and stops the build
             while (code := proc.poll()) is None:
@@ -135,7 +154,11 @@ def ensure_shm_op(log: logging.Logger, log_file: Path, *, timeout_s: float | Non
                         f"or build it by hand: python -m tempa.recipes.jit_ops"
                     )
                 time.sleep(0.5)
-                if time.monotonic() - last_note > _PROGRESS_EVERY_S:
+                if not building and (waited > _QUIET_S or _compiling(log_file, offset)):
+                    building, last_note = True, time.monotonic()
+                    log.info("building DeepSpeed's %s op for this machine, once (minutes on a small CPU machine); "
+                             "log: %s", OP, log_file)
+                elif building and time.monotonic() - last_note > _PROGRESS_EVERY_S:
                     log.info("still building DeepSpeed's %s op (%.0fs)", OP, waited)
                     last_note = time.monotonic()
         finally:
@@ -145,7 +168,7 @@ def ensure_shm_op(log: logging.Logger, log_file: Path, *, timeout_s: float | Non
     if code != 0:
         tail = log_file.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or ["no output"]
         raise StageError(f"building DeepSpeed's {OP} op failed (exit code {code}): {tail[0]} (log: {log_file})")
-    if is_built(folder):  # else not available here, and DeepSpeed does without it
+    if building or _compiling(log_file, offset):  # a build that ended before its progress line still says so
         log.info("built DeepSpeed's %s op in %.0fs", OP, time.monotonic() - started)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,9 +36,17 @@ def _lock(folder: Path, age_s: float) -> Path:
     return lock
 
 
-def test_a_lock_left_by_a_killed_build_is_stale_and_removed(op_dir, caplog) -> None:
+def _load(monkeypatch, script: str) -> None:
+    """The op's load (``python -m tempa.recipes.jit_ops``) replaced by ``script``: what ninja prints, and when."""
+    monkeypatch.setattr(jit_ops, "load_command", lambda: [sys.executable, "-c", script])
+
+
+_NO_WORK = "print('Emitting ninja build file build.ninja...'); print('ninja: no work to do.')"
+
+
+def test_a_lock_left_by_a_killed_build_is_stale_and_removed(op_dir, caplog, monkeypatch) -> None:
     lock = _lock(op_dir, age_s=600)
-    (op_dir / "deepspeed_shm_comm.so").write_bytes(b"")  # built earlier: nothing to build now
+    _load(monkeypatch, _NO_WORK)  # built earlier: nothing to build now
     with caplog.at_level("WARNING", logger="tempa"):
         jit_ops.ensure_shm_op(log, op_dir / "build.log", timeout_s=5)
     assert not lock.exists() and "removed a stale build lock" in caplog.text
@@ -65,3 +74,29 @@ def test_waiting_on_a_live_lock_is_bounded_with_a_clear_error(op_dir) -> None:
     message = str(err.value)
     assert str(lock) in message and "TEMPA_JIT_BUILD_TIMEOUT_S=1" in message and "\n" not in message
     assert lock.exists()  # a live build's lock is never taken away
+
+
+def test_an_op_built_earlier_that_ninja_finds_out_of_date_is_rebuilt_up_front_with_the_progress_line(
+        op_dir, caplog, monkeypatch) -> None:
+    """A .so from an earlier build made the up-front step skip the load; the workers' load then found it out of date
+    and rebuilt it inside the launch, 3 min 42 s with no output. Now the up-front step loads it as the workers will,
+    and a load that compiles says so."""
+    (op_dir / "deepspeed_shm_comm.so").write_bytes(b"")
+    ran = op_dir / "loaded"
+    _load(monkeypatch, f"open({str(ran)!r}, 'w').close(); print('Building extension module deepspeed_shm_comm...'); "
+                       "print('[1/2] c++ -MMD -MF shm.o.d -c shm.cpp -o shm.o', flush=True); "
+                       "import time; time.sleep(1.5)")
+    with caplog.at_level("INFO", logger="tempa"):
+        jit_ops.ensure_shm_op(log, op_dir / "build.log", timeout_s=60)
+    assert ran.exists(), "the op was not loaded up front"
+    assert "building DeepSpeed's deepspeed_shm_comm op for this machine" in caplog.text
+    assert "built DeepSpeed's deepspeed_shm_comm op in" in caplog.text
+
+
+def test_an_op_that_is_up_to_date_is_loaded_up_front_without_a_progress_line(op_dir, caplog, monkeypatch) -> None:
+    ran = op_dir / "loaded"
+    _load(monkeypatch, f"open({str(ran)!r}, 'w').close(); {_NO_WORK}")
+    with caplog.at_level("INFO", logger="tempa"):
+        jit_ops.ensure_shm_op(log, op_dir / "build.log", timeout_s=60)
+    assert ran.exists()
+    assert "building" not in caplog.text and "built" not in caplog.text

@@ -676,6 +676,12 @@ def _global_batch_note(estimate: StageEstimate, train: dict[str, Any], hardware:
     """Warn when this hardware trains with another global batch than the recipe's launch, and say how to keep it."""
     rows = int(train.get("per_device_train_batch_size", 8))
     if launch.global_batch_size is not None:
+        if estimate.global_batch != launch.global_batch_size:  # unreachable here: the warning says why, the table
+            # shows the nearest batch the figures were made with, and the note must not claim the recipe's is met
+            estimate.notes.append(f"global batch {launch.global_batch_size} (launch.global_batch_size) cannot be met on "
+                                  f"{hardware.label} (a launch there is refused); the figures assume "
+                                  f"{estimate.global_batch} (gradient_accumulation_steps {estimate.accumulation})")
+            return
         estimate.notes.append(f"global batch {launch.global_batch_size} (launch.global_batch_size): "
                               f"gradient_accumulation_steps {estimate.accumulation} on {hardware.label}")
         return

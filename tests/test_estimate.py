@@ -765,3 +765,20 @@ def test_a_lora_preference_stage_is_planned_as_lora_without_a_reference_copy(tmp
     assert full.memory.reference > 0 and lora.memory.reference == 0
     # adapters only: no optimizer states or gradients for the frozen base weights
     assert lora.memory.total < full.memory.total - full.memory.reference
+
+
+def test_the_global_batch_note_agrees_with_the_warning_and_table_when_the_batch_cannot_be_met():
+    """global_batch_size 8 with 2 rows per device on 8xH100: the warning said 8 is not a multiple of 16 and the table
+    showed 16, while the note said "global batch 8 (launch.global_batch_size): gradient_accumulation_steps 1". Here: 8
+    rows on the recipe's 8 processes, planned on 16 GPUs with 1 row per device."""
+    stage = "stages.sft-general.train"
+    loaded = load_recipe("sea-lion-v3-70b-it", [f"{stage}.per_device_train_batch_size=1", "launch.global_batch_size=8"])
+    (estimate,) = [e for e in estimate_recipe(loaded, "2x8xH100") if e.name == "sft-general"]
+    assert any("not a multiple of per_device_train_batch_size 1 x 16" in w for w in estimate.warnings)
+    (note,) = [n for n in estimate.notes if n.startswith("global batch 8")]
+    assert note == ("global batch 8 (launch.global_batch_size) cannot be met on 2x8xH100 (a launch there is refused); "
+                    "the figures assume 16 (gradient_accumulation_steps 1)")
+    # a batch the hardware makes keeps its note
+    met = load_recipe("sea-lion-v3-70b-it", [f"{stage}.per_device_train_batch_size=1", "launch.global_batch_size=32"])
+    (estimate,) = [e for e in estimate_recipe(met, "2x8xH100") if e.name == "sft-general"]
+    assert "global batch 32 (launch.global_batch_size): gradient_accumulation_steps 2 on 2x8xH100" in estimate.notes

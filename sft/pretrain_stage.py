@@ -547,8 +547,9 @@ class _Columns(NamedTuple):
 
 
 def input_warnings(config: PretrainStageConfig) -> list[str]:
-    """What is likely, not certainly, wrong: max_steps deciding the tokens (:func:`max_steps_line`), and .txt files
-    of a source's folder that hold no text (skipped; a source of only such files is refused)."""
+    """What is likely, not certainly, wrong: max_steps deciding the tokens (:func:`max_steps_line`), .txt files
+    of a source's folder that hold no text (skipped; a source of only such files is refused), and a `repeat: true`
+    source gone over more than :data:`_MANY_REPEATS` times to reach its budget."""
     from tempa.chat_templates.json_files import has_text
 
     lines = [line] if (line := max_steps_line(config)) else []
@@ -559,6 +560,12 @@ def input_warnings(config: PretrainStageConfig) -> list[str]:
             shown = ", ".join(_name_in(file, Path(source.path)) for file in blank[:3])
             lines.append(f"data source '{source.name}': {len(blank)} of its {len(files)} .txt files hold no text "
                          f"and give no document ({shown}{', ...' if len(blank) > 3 else ''})")
+        if source.repeat and source.tokens is not None and (held := held_tokens(source)) is not None \
+                and _repeats(source, held[0]) > _MANY_REPEATS:
+            lines.append(f"data source '{source.name}': `repeat: true` goes over it ~{_times(_repeats(source, held[0]))} "
+                         f"times to reach its token budget {source.tokens:,} (it holds ~{held[0]:,} tokens, "
+                         f"{held[1]}); past about 16 passes repeated text adds next to nothing: a smaller budget, or "
+                         "more text")
     return lines
 
 
@@ -1136,15 +1143,13 @@ def estimate_pretrain(config: PretrainStageConfig, inputs: EstimateInputs | None
     planned: list[int | None] = []
     notes = []
     for source in config.sources:
-        held = held_tokens(source, tokenizer) if source.tokens is None or not source.repeat else None
+        held = held_tokens(source, tokenizer)
         if held is not None and source.tokens is None:
             planned.append(held[0])
             notes.append(f"source {source.name}: no token budget: every document, ~{held[0]:,} tokens ({held[1]})")
         elif held is not None and held[0] < source.tokens:
-            planned.append(held[0])
-            notes.append(f"source {source.name}: holds ~{held[0]:,} tokens ({held[1]}), "
-                         f"{100 * held[0] / source.tokens:.2g}% of its token budget {source.tokens:,}: it trains "
-                         "those; `repeat: true` goes over it again up to the budget")
+            planned.append(source.tokens if source.repeat else held[0])  # repeated, it reaches its budget
+            notes.append(_held_note(source, held))
         else:
             planned.append(source.tokens)
             notes.append(_budget_note(source))
@@ -1158,6 +1163,32 @@ def estimate_pretrain(config: PretrainStageConfig, inputs: EstimateInputs | None
     tokens = TokenCount(known or None, None, "token budgets" + (", sources measured" if measured else ""), notes,
                         bound=">=" if unsized and known else "")
     return TrainingWorkload(tokens=tokens, train_args=config.train_args())
+
+
+# Passes over a `repeat: true` source above which its budget is warned of as likely a mistake (a budget with a zero
+# too many, the wrong source): past about 16 passes repeated text adds next to nothing (Muennighoff et al. 2023,
+# "Scaling Data-Constrained Language Models"); 100 leaves room for a small, valued source upsampled on purpose.
+_MANY_REPEATS = 100
+
+
+def _held_note(source: PretrainSource, held: tuple[int, str]) -> str:
+    """The plan's note on a source that holds less than its token budget: what it holds, and what the budget does
+    with it (trains it once, or goes over it again: how many times)."""
+    assert source.tokens is not None
+    share = (f"source {source.name}: holds ~{held[0]:,} tokens ({held[1]}), {100 * held[0] / source.tokens:.2g}% of "
+             f"its token budget {source.tokens:,}")
+    if source.repeat:
+        return f"{share}: repeat: gone over again up to the budget, ~{_times(_repeats(source, held[0]))} times in all"
+    return f"{share}: it trains those; `repeat: true` goes over it again up to the budget"
+
+
+def _times(passes: float) -> str:
+    return f"{passes:,.0f}" if passes >= 10 else f"{passes:.2g}"
+
+
+def _repeats(source: PretrainSource, held: int) -> float:
+    """How many times a `repeat: true` source holding ``held`` tokens is gone over to reach its budget."""
+    return (source.tokens or 0) / max(1, held)
 
 
 def _budget_note(source: PretrainSource) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from tempa.sft.pretrain_config import PretrainStageConfig
 
@@ -73,3 +74,34 @@ def test_the_plan_sizes_a_local_source_that_holds_less_than_its_budget(tmp_path,
     assert plan(path=str(tmp_path / "th.txt"), tokens=100, txt_document="paragraph").tokens == 100  # budget < held
     unbudgeted = plan(path=str(tmp_path / "web.jsonl"))
     assert unbudgeted.notes[0].startswith("source s: no token budget: every document, ~")
+
+
+def test_the_plan_says_how_often_a_repeated_source_is_gone_over_and_warns_when_it_is_absurd(tmp_path):
+    """A 37 KB source with `repeat: true` and a budget of 10B tokens (a million passes) got no word in the plan,
+    while `repeat: false` said what it holds. Now the note says how many times it is gone over, and above 100
+    times the plan (and the run's start) warns."""
+    from tempa.sft.pretrain_config import PretrainStageConfig
+    from tempa.sft.pretrain_stage import estimate_pretrain, input_warnings
+
+    text = "river rice mango temple harbour monsoon lantern market\n\n" * 400  # 22,400 bytes: ~5,600 tokens at 4 a token
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+
+    def config(tokens: int) -> PretrainStageConfig:
+        return PretrainStageConfig.model_validate({
+            "name": "cpt", "sources": [{"name": "a", "path": str(tmp_path / "a.txt"), "tokens": tokens, "repeat": True,
+                                        "txt_document": "paragraph"}],
+            "train": {"lr_scheduler_kwargs": {"num_decay_steps": 1}}})
+
+    absurd = config(10_000_000_000)
+    tokens = estimate_pretrain(absurd, None).tokens
+    assert tokens.tokens == 10_000_000_000  # repeat reaches the budget
+    (note,) = [n for n in tokens.notes if n.startswith("source a:")]
+    times = int(re.search(r"~([\d,]+) times in all", note).group(1).replace(",", ""))
+    assert 1_000_000 < times < 3_000_000, note  # 10e9 over ~5,600 tokens: ~1.8 million passes
+    (warning,) = [w for w in input_warnings(absurd) if "repeat" in w]
+    assert warning.startswith("data source 'a': `repeat: true` goes over it ~") and "10,000,000,000" in warning
+    # a few passes: said in the note, not warned of
+    modest = config(20_000)
+    (note,) = [n for n in estimate_pretrain(modest, None).tokens.notes if n.startswith("source a:")]
+    assert re.search(r"~[34](\.\d)? times in all", note), note
+    assert not [w for w in input_warnings(modest) if "repeat" in w]

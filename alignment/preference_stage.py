@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -182,15 +182,8 @@ def run_preference(config: PreferenceStageConfig, ctx: StageContext) -> Preferen
     if last_checkpoints.is_dir():
         point_link(ctx.stage_dir / CHECKPOINTS_DIR, last_checkpoints)
     last = rounds[-1]
-    # The reward means and pair share are the last round's (the policy the stage ends with); pairs, like the trained
-    # tokens, add up every round (an APO stage that trained on 3 + 1 pairs said `pairs: 1`).
     metrics: dict[str, Scalar] = {
-        "chosen_reward_mean": last.chosen_reward_mean,
-        "rejected_reward_mean": last.rejected_reward_mean,
-        "pair_fraction": last.pair_fraction,
-        "pairs": sum(summary.pairs for summary in rounds),
-        "train_loss": last.train.get("train_loss"),
-        "rounds": len(rounds),
+        **preference_headline(rounds),
         **{key: last.train[key] for key in KERNEL_KEYS if key in last.train},
         **combined_headline([summary.train for summary in rounds]),  # the stage's throughput, over every round
     }
@@ -580,6 +573,29 @@ def pairs_trained(plan: TrainPlan, outcome: TrainOutcome, pairs: int) -> int | N
     else:
         return None
     return min(pairs, max_steps * per_step)
+
+
+LAST_ROUND = "last_round_"  # the prefix of a preference headline's last-round values
+
+
+def preference_headline(rounds: Sequence[RoundSummary]) -> dict[str, Scalar]:
+    """A preference stage's headline, the one home of it for metrics.json (so `tempa status` and the report) and the
+    model card: the plain names are totals over every round (`pair_fraction` is all the pairs over all the prompts,
+    offline rows included), the last round's values (the policy the stage ends with) are named `last_round_*`.
+    Mixing the two put `pairs=19` (8 + 11) beside round 2's `pair_fraction=0.4583` (11/24; over both rounds
+    19/48 = 0.3958). The first keys are the ones `tempa status` and the report's stage table have room for."""
+    last = rounds[-1]
+    prompts, pairs = sum(r.prompts for r in rounds), sum(r.pairs for r in rounds)
+    return {
+        "pairs": pairs,
+        "prompts": prompts,
+        "pair_fraction": round(pairs / prompts, 6) if prompts else 0.0,
+        f"{LAST_ROUND}pair_fraction": last.pair_fraction,
+        f"{LAST_ROUND}chosen_reward_mean": last.chosen_reward_mean,
+        f"{LAST_ROUND}rejected_reward_mean": last.rejected_reward_mean,
+        f"{LAST_ROUND}train_loss": last.train.get("train_loss"),
+        "rounds": len(rounds),
+    }
 
 
 def _round_headline(summary: RoundSummary) -> dict[str, Scalar]:

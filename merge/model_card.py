@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tempa.alignment.preference_stage import PreferenceResult
+from tempa.alignment.preference_stage import LAST_ROUND, PreferenceResult, preference_headline
 from tempa.chat_templates.thinking import THINK_CLOSE
 from tempa.merge.leaderboard import NO_VALUE, EvaluateResult
 from tempa.merge.merge_result import RECIPE_BASE, MergeResult
@@ -259,18 +259,15 @@ def _headline_metrics(metrics: Mapping[str, Any], limit: int = 6) -> str:
 
 
 def _preference_headline(result: PreferenceResult) -> str:
-    """A preference stage of several rounds: its metrics mix totals (``pairs``) with the last round's values
-    (``pair_fraction``, the reward means, ``train_loss``), so ``pairs=15, pair_fraction=0.2917`` read as 15 pairs from
-    15/0.29 prompts. The card gives the totals over every round and labels the last round's values."""
-    rounds = result.rounds
-    prompts, pairs = sum(r.prompts for r in rounds), sum(r.pairs for r in rounds)
-    read = "prompts and offline rows" if any(r.source == "offline" for r in rounds) else "prompts"
-    last = rounds[-1]
-    values = {"pair_fraction": last.pair_fraction, "chosen_reward_mean": last.chosen_reward_mean,
-              "rejected_reward_mean": last.rejected_reward_mean, "train_loss": last.train.get("train_loss")}
-    return (f"rounds={len(rounds)}, over all rounds: pairs={pairs} of {prompts} {read} "
-            f"(pair_fraction={_cell(pairs / prompts if prompts else 0.0)}); last round (round-{last.round}): "
-            + ", ".join(f"{key}={_cell(value)}" for key, value in values.items()))
+    """A preference stage of several rounds, worded from :func:`preference_headline` of its rounds (not its
+    metrics.json: a run older than that headline put round totals and last-round values under plain names side by
+    side, `pairs=15, pair_fraction=0.2917`, which read as 15 pairs from 15/0.29 prompts)."""
+    headline = preference_headline(result.rounds)
+    read = "prompts and offline rows" if any(r.source == "offline" for r in result.rounds) else "prompts"
+    last = {key.removeprefix(LAST_ROUND): value for key, value in headline.items() if key.startswith(LAST_ROUND)}
+    return (f"rounds={headline['rounds']}, over all rounds: pairs={headline['pairs']} of {headline['prompts']} {read} "
+            f"(pair_fraction={_cell(headline['pair_fraction'])}); last round (round-{result.rounds[-1].round}): "
+            + ", ".join(f"{key}={_cell(value)}" for key, value in last.items()))
 
 
 def _stages_section(stages: Mapping[str, Upstream], in_model: set[str] | None = None) -> list[str]:

@@ -132,7 +132,6 @@ def test_each_round_reports_reward_statistics(aligned):
         stats = json.loads((ctx.stage_dir / f"round-{k}" / "stats.json").read_text())
         for key in ("chosen_reward_mean", "rejected_reward_mean", "pair_fraction", "pairs"):
             assert metrics[f"round{k}_{key}"] == stats[key]
-    assert metrics["chosen_reward_mean"] == metrics["round2_chosen_reward_mean"]
     # the kernels the DPO worker picked (padded pairs on CPU: transformers' sdpa) and each round's throughput
     assert (metrics["attn_implementation"], metrics["liger_kernel"]) == ("sdpa", False)
     for k in (1, 2):
@@ -145,6 +144,22 @@ def test_each_round_reports_reward_statistics(aligned):
     assert min(metrics["round1_train_padding_fraction"], metrics["round2_train_padding_fraction"]) <= metrics[
         "train_padding_fraction"] <= max(metrics["round1_train_padding_fraction"], metrics["round2_train_padding_fraction"])
     assert all(isinstance(v, int | float | type(None)) for k, v in metrics.items() if k != "attn_implementation")
+
+
+def test_the_stage_headline_totals_every_round_and_names_the_last_rounds_values(aligned):
+    """A trial: metrics.json said `pairs=19` (8 + 11) beside round 2's `pair_fraction=0.4583` (11/24), and round 2's
+    reward means and loss under the same plain names. The plain names are totals now; the last round's are named so."""
+    ctx, result, _ = aligned
+    stats = [json.loads((ctx.stage_dir / f"round-{k}" / "stats.json").read_text()) for k in (1, 2)]
+    metrics = result.metrics
+    pairs, prompts = stats[0]["pairs"] + stats[1]["pairs"], stats[0]["prompts"] + stats[1]["prompts"]
+    assert (metrics["pairs"], metrics["prompts"], metrics["rounds"]) == (pairs, prompts, 2)
+    assert metrics["pair_fraction"] == pytest.approx(pairs / prompts, abs=1e-6)
+    assert metrics["last_round_pair_fraction"] == pytest.approx(stats[1]["pairs"] / stats[1]["prompts"], abs=1e-6)
+    for key in ("chosen_reward_mean", "rejected_reward_mean"):
+        assert metrics[f"last_round_{key}"] == stats[1][key]
+        assert key not in metrics  # a last-round value under a plain name read as the stage's
+    assert metrics["last_round_train_loss"] == stats[1]["train"]["train_loss"] and "train_loss" not in metrics
 
 
 def test_a_finished_stage_is_not_sampled_or_trained_again(aligned):

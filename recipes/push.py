@@ -135,12 +135,12 @@ def push_files(folder: Path, *, include_gguf: bool = False) -> list[PushFile]:
         raise StageError(f"{folder / SHARED_MODELFILE}: the one Modelfile an earlier tempa's exports shared, of one of "
                          "the GGUFs (each now has its own NAME-TYPE.Modelfile beside it); delete it before --gguf "
                          "uploads it beside them, and export again if a GGUF lacks its own")
-    if include_gguf and not any(folder.glob("*.gguf")):
-        raise StageError(f"{folder}: --gguf uploads the GGUFs exported into it, and there is none; export one first "
-                         f"(tempa export gguf {folder}), or push without --gguf")
     if include_gguf and (unpaired := unpaired_gguf_files(folder)):
         raise StageError(f"{folder}: --gguf uploads each GGUF with its Modelfile: {'; '.join(unpaired)} (an export "
                          "stopped part-way?); run the export again (tempa export gguf), or delete the file")
+    if include_gguf and not any(folder.glob("*.gguf")):
+        raise StageError(f"{folder}: --gguf uploads the GGUFs exported into it, and there is none; export one first "
+                         f"(tempa export gguf {folder}), or push without --gguf")
     files = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)

@@ -123,17 +123,22 @@ def test_a_node_other_than_rank_0_needs_a_multi_node_launch(tmp_path, tiny_model
         join_run(two, tmp_path / "run", 1, tmp_path / "logs", log=log, start_timeout_s=0.2, poll_s=0.05)
 
 
-def test_a_node_whose_rank_0_run_ends_without_a_training_launch_exits_cleanly(tmp_path, tiny_model_dir):
+def test_a_node_whose_rank_0_run_ends_without_a_training_launch_exits_cleanly(tmp_path, tiny_model_dir, monkeypatch):
     """Node 0 resumed a run whose training stages were done (only evaluate/merge/bake left): node 1 saw that run
     hold the directory and end, and waited out its start timeout to fail the job (srun --kill-on-bad-exit)."""
     import logging
     import time
 
+    from tempa.recipes import jit_ops
     from tempa.recipes.launcher import join_run
 
+    # what is tested is how the node watches the run's lock: the op's up-front load (seconds, before the watch
+    # starts) would outlast the short-lived run below
+    monkeypatch.setattr(jit_ops, "ensure_shm_op", lambda log, log_file, **kwargs: None)
     two = load_recipe(sft_recipe(tmp_path, tiny_model_dir, launch=f"launch: {{{TWO_NODES}}}")).recipe.launch
     run_dir = tmp_path / "run"
-    with another_run_holds(run_dir, for_s=1.0):
+    # held long enough that a loaded CI machine's join sees it before it ends (at 1 s it once did not)
+    with another_run_holds(run_dir, for_s=4.0):
         started = time.monotonic()
         joined = join_run(two, run_dir, 1, tmp_path / "logs", log=logging.getLogger("tempa"), start_timeout_s=30,
                           poll_s=0.05)

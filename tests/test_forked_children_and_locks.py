@@ -26,7 +26,8 @@ def _alive(pid: int) -> bool:
 
 def _wait_for(path: Path, proc: subprocess.Popen) -> None:
     for _ in range(1200):  # imports take a few seconds on a busy machine
-        if path.exists() or proc.poll() is not None:
+        # the pid written, not only the file made (a loaded CI machine read it empty once)
+        if (path.exists() and path.read_text().strip()) or proc.poll() is not None:
             return
         time.sleep(0.1)
 

@@ -11,6 +11,8 @@ that is old and that no process is working under is removed as stale; a live one
 at most ``TEMPA_JIT_BUILD_TIMEOUT_S`` seconds; then the op is loaded here, in a subprocess, as the
 workers will load it, so that a build it needs (missing, or out of date by ninja's reckoning) happens
 here, with a progress line, under the same bound, never silently inside the launch. Run ``python -m tempa.recipes.jit_ops`` to build it by hand.
+The load costs seconds (importing DeepSpeed), so a process that loaded the op does not load it again for its next
+launch while the op's ``.so`` is the file it loaded: a recipe with several DeepSpeed stages pays once.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ DEFAULT_TIMEOUT_S = 1800
 # A lock younger than this may belong to a build that has not started its compiler yet.
 STALE_AFTER_S = 60.0
 _PROGRESS_EVERY_S = 30.0
+# build folder -> the .so this process loaded there (inode, size, mtime): unchanged means nothing to build.
+_loaded: dict[Path, tuple[int, int, int]] = {}
 
 
 def build_timeout_s() -> float:
@@ -125,17 +129,28 @@ def _compiling(log_file: Path, offset: int) -> bool:
         return _NINJA_STEP.search(handle.read()) is not None
 
 
+def _so_stamp(folder: Path) -> tuple[int, int, int] | None:
+    try:
+        st = (folder / f"{OP}.so").stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def ensure_shm_op(log: logging.Logger, log_file: Path, *, timeout_s: float | None = None) -> None:
     """Make sure ``deepspeed_shm_comm`` is built before a CPU DeepSpeed group needs it (see module doc).
 
     The op is loaded here, in a subprocess, before every such launch, as the workers will load it: whether it needs
     building is ninja's call (sources, flags and torch as they are now), not a ``.so`` being there. A ``.so`` left by
     an older build was taken as built, and the workers then rebuilt it, minutes with no output. A load with nothing to
-    build takes seconds and says nothing; one that compiles gets the progress line."""
+    build takes seconds and says nothing; one that compiles gets the progress line. A process that loaded it loads it
+    again only once its ``.so`` changed (another environment rebuilt it, or it was deleted)."""
     timeout_s = build_timeout_s() if timeout_s is None else timeout_s
     folder = build_dir()
     clear_stale_lock(folder, log)
     wait_for_lock(folder, timeout_s, log)
+    if (stamp := _so_stamp(folder)) is not None and _loaded.get(folder) == stamp:
+        return
     log_file.parent.mkdir(parents=True, exist_ok=True)
     started = last_note = time.monotonic()
     building = False
@@ -170,6 +185,8 @@ def ensure_shm_op(log: logging.Logger, log_file: Path, *, timeout_s: float | Non
         raise StageError(f"building DeepSpeed's {OP} op failed (exit code {code}): {tail[0]} (log: {log_file})")
     if building or _compiling(log_file, offset):  # a build that ended before its progress line still says so
         log.info("built DeepSpeed's %s op in %.0fs", OP, time.monotonic() - started)
+    if (stamp := _so_stamp(folder)) is not None:
+        _loaded[folder] = stamp
 
 
 def _kill(proc: subprocess.Popen) -> None:

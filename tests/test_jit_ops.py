@@ -100,3 +100,21 @@ def test_an_op_that_is_up_to_date_is_loaded_up_front_without_a_progress_line(op_
         jit_ops.ensure_shm_op(log, op_dir / "build.log", timeout_s=60)
     assert ran.exists()
     assert "building" not in caplog.text and "built" not in caplog.text
+
+
+def test_a_process_loads_the_op_once_until_its_so_changes(op_dir, monkeypatch) -> None:
+    """Each load costs seconds (DeepSpeed's import): a recipe with several DeepSpeed stages paid it per launch."""
+    loads = op_dir / "loads"
+    so = op_dir / "deepspeed_shm_comm.so"
+    # The load writes the .so as a build would, and counts itself.
+    _load(monkeypatch, f"open({str(loads)!r}, 'a').write('x'); p = {str(so)!r}; import os; "
+                       f"os.path.exists(p) or open(p, 'wb').write(b'op'); {_NO_WORK}")
+    for _ in range(3):
+        jit_ops.ensure_shm_op(log, op_dir / "build.log", timeout_s=60)
+    assert loads.read_text() == "x"
+    so.write_bytes(b"rebuilt by another environment")  # a different size: the op this process loaded is gone
+    jit_ops.ensure_shm_op(log, op_dir / "build.log", timeout_s=60)
+    assert loads.read_text() == "xx"
+    so.unlink()
+    jit_ops.ensure_shm_op(log, op_dir / "build.log", timeout_s=60)
+    assert loads.read_text() == "xxx"

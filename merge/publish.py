@@ -38,6 +38,7 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 # left by a killed rewrite, or a file deleted since lacks a file it lists; `tempa status` and the runner's skip check
 # it too. Hidden, so it stays with the run (push skips hidden files).
 FINAL_RECORD = ".tempa-final.json"
+NO_WEIGHTS = "no *.safetensors weights"
 
 
 def _auto_map_refs(entry: Any) -> list[str]:
@@ -132,7 +133,7 @@ def weight_problems(folder: Path) -> list[str]:
     problems = []
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        problems.append("no *.safetensors weights")
+        problems.append(NO_WEIGHTS)
     index = folder / WEIGHTS_INDEX
     if index.is_file():
         try:
@@ -183,12 +184,29 @@ def record_problems(folder: Path) -> list[str]:
     return problems
 
 
+def json_problems(folder: Path) -> list[str]:
+    """The folder's JSON files that do not parse: a tokenizer.json or config.json cut short, or emptied, loads no
+    better than a weight file cut short, and the record's names say nothing of it (other files are checked by name
+    only, so that a model card edited by hand stays publishable)."""
+    problems = []
+    for path in sorted(Path(folder).glob("*.json")):
+        if path.name == FINAL_RECORD or not path.is_file():
+            continue
+        try:
+            json.loads(path.read_bytes())
+        except (OSError, ValueError) as error:
+            problems.append(f"{path.name}: not readable JSON ({first_line(error)}; cut short?)")
+    return problems
+
+
 def whole_model_problems(folder: Path) -> list[str]:
-    """Weights that would not load (:func:`weight_problems`) and what the bake's record says is gone (one line a
-    file)."""
+    """Weights that would not load (:func:`weight_problems`), JSON files that do not parse (:func:`json_problems`) and
+    what the bake's record says is gone (one line a file)."""
     problems = weight_problems(folder)
-    named = {problem.split(":", 1)[0] for problem in problems}
-    return problems + [problem for problem in record_problems(folder) if problem.split(":", 1)[0] not in named]
+    for more in (json_problems(folder), record_problems(folder)):
+        named = {problem.split(":", 1)[0] for problem in problems}
+        problems += [problem for problem in more if problem.split(":", 1)[0] not in named]
+    return problems
 
 
 def missing_parts(folder: Path) -> list[str]:

@@ -186,21 +186,25 @@ def done_fingerprint(stage_dir: Path) -> str | None:
 
 def damaged_output(manifest: Manifest, run_dir: Path) -> list[str]:
     """What the model folder a complete stage made in its own folder lacks since (a file deleted, a copy or sync cut
-    short), as export and push judge a model folder: by names and sizes against the record the stage left
-    (:func:`~tempa.merge.publish.record_problems`), or, in a folder an older tempa left without one, its weights
-    (:func:`~tempa.merge.publish.weight_problems`: each safetensors header); nothing is hashed. Empty for a stage that
-    made none; another stage's model it hands on is that stage's to judge."""
-    from tempa.merge.publish import FINAL_RECORD, record_problems, weight_problems
+    short), as export and push judge a model folder (:func:`~tempa.merge.publish.whole_model_problems`): each
+    safetensors header, each JSON file parses, and the names and sizes of the record the stage left; nothing is
+    hashed. Empty for a stage that made none; another stage's model it hands on is that stage's to judge. Its own
+    folder is judged wherever it lies: moved to another disk and linked back, it is still what the stage made."""
+    from tempa.merge.publish import FINAL_RECORD, NO_WEIGHTS, whole_model_problems
 
     model = (manifest.result or {}).get("model")
     if not isinstance(model, str) or not model:
         return []
-    folder = run_dir / model
-    if not os.path.realpath(folder).startswith(os.path.realpath(run_dir / manifest.name) + os.sep):
+    recorded = Path(model)  # relative to the run directory when the stage wrote it there (stage_api)
+    if recorded.is_absolute() or recorded.parts[:1] != (manifest.name,) or ".." in recorded.parts:
         return []
+    folder = run_dir / recorded
     if not folder.is_dir():
         return [f"{model}: missing"]
-    return record_problems(folder) if (folder / FINAL_RECORD).is_file() else weight_problems(folder)
+    problems = whole_model_problems(folder)
+    if (folder / FINAL_RECORD).is_file():  # the record names the weights the stage made, if it made any
+        problems = [problem for problem in problems if problem != NO_WEIGHTS]
+    return problems
 
 
 def mark_done(stage_dir: Path, fingerprint: str) -> None:

@@ -1420,6 +1420,50 @@ def test_a_model_folder_an_older_tempa_left_without_its_record_is_judged_by_its_
     assert rows["b"].state == "damaged" and "b/model: missing" in rows["b"].note
 
 
+def test_damage_that_keeps_names_and_sizes_is_found_in_weights_and_json_files(recipe, tmp_path):
+    """With its record, a stage's folder was judged by names and sizes alone: a weight file zeroed in place, or a
+    tokenizer.json / config.json cut short, showed `done`, where the same folder without a record was `damaged` by its
+    safetensors header (review of the record)."""
+    import torch
+    from safetensors.torch import save_file
+
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    weights = run_dir / "a" / "model" / "model.safetensors"
+    save_file({"w": torch.ones(64)}, str(weights))
+    (run_dir / "a" / "model" / "tokenizer.json").write_text('{"version": "1.0", "model": {}}')
+    from tempa.merge.publish import write_final_record
+    write_final_record(run_dir / "a" / "model")
+    assert [row.state for row in stage_status(["a", "b", "c"], run_dir)] == ["done", "done", "done"]
+
+    size = weights.stat().st_size
+    weights.write_bytes(b"\0" * size)  # same size, no header
+    row = stage_status(["a"], run_dir)[0]
+    assert row.state == "damaged" and "model.safetensors: not a whole safetensors file" in row.note
+    save_file({"w": torch.ones(64)}, str(weights))
+    (run_dir / "a" / "model" / "tokenizer.json").write_text('{"version": "1.0", "mod')  # cut short
+    row = stage_status(["a"], run_dir)[0]
+    assert row.state == "damaged" and "tokenizer.json: not readable JSON" in row.note
+    assert plan_run(load_recipe(recipe), run_dir)[0].action == "rerun"
+
+
+def test_a_model_folder_moved_to_another_disk_and_linked_back_is_still_judged(recipe, tmp_path):
+    """`final/` moved elsewhere and symlinked back was never checked (its real path lies outside the stage's
+    folder, read as another stage's model handed on): a weight file deleted there showed `done`."""
+    recipe.write_text(recipe.read_text().replace("value: 1,", "value: 1, model_file: true,"))
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(recipe), run_dir)
+    elsewhere = tmp_path / "other-disk" / "a-model"
+    elsewhere.parent.mkdir()
+    shutil.move(run_dir / "a" / "model", elsewhere)
+    (run_dir / "a" / "model").symlink_to(elsewhere)
+    assert stage_status(["a"], run_dir)[0].state == "done"
+    (elsewhere / "config.json").unlink()
+    rows = {row.name: row for row in stage_status(["a", "b", "c"], run_dir)}
+    assert [rows[name].state for name in "abc"] == ["damaged", "stale", "stale"]
+    assert "config.json: missing" in rows["a"].note
+
+
 def test_an_edit_of_the_sample_data_names_why_the_tiny_default_changed(tmp_path, monkeypatch):
     """A release trial edited a row of recipes/data/*.jsonl and the plan said only "changed since it ran: base model":
     true (the tiny default's tokenizer is trained on those files) but unexplained."""

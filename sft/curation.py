@@ -70,7 +70,8 @@ def check_tool_calls(messages: Messages, tools: Sequence[Mapping[str, Any]] | No
     offers); the results after a call turn answer its calls, as OpenAI's chat format requires: one result per call
     before the next user or assistant turn, no more of them than calls, a result's ``tool_call_id`` one of theirs
     (when the calls carry ids), and a result's ``name``, when it gives one, the function of the call it answers (the
-    one its ``tool_call_id`` names, else the first call not answered yet)."""
+    one its ``tool_call_id`` names, else the first call of that function not answered yet: parallel results may come
+    back in another order than their calls)."""
     defined = {tool.get("function", tool).get("name") for tool in tools or ()}
     for i, turn in enumerate(messages):
         calls = turn.get("tool_calls") or () if turn["role"] == "assistant" else ()
@@ -94,11 +95,22 @@ def check_tool_calls(messages: Messages, tools: Sequence[Mapping[str, Any]] | No
             if ids and answered_id and answered_id not in ids:
                 return MALFORMED_ROW, (f"turn {k}: tool_call_id {answered_id!r} names no call of turn {i}; expected "
                                        f"one of {', '.join(map(repr, ids))}")
-            # the call its id names, else the first one not answered yet (its place, when no result names an id)
+            named = result.get("name")
+            open_calls = [n for n in range(len(calls)) if n not in answered]
+            # the call its id names; else the first one not answered yet of the function it names (parallel results
+            # come back in any order), else the first one not answered yet (its place)
             index = next((n for n, call in enumerate(calls) if answered_id and call.get("id") == answered_id),
-                         next((n for n in range(len(calls)) if n not in answered), 0))
+                         None)
+            if index is None and named:
+                index = next((n for n in open_calls if calls[n]["function"]["name"] == named), None)
+                if index is None:
+                    waiting = sorted({calls[n]["function"]["name"] for n in open_calls})
+                    return MALFORMED_ROW, (f"turn {k}: result named {named!r} answers no call of turn {i} not "
+                                           f"answered yet; expected the name of one of them: "
+                                           f"{', '.join(map(repr, waiting))}")
+            index = open_calls[0] if index is None else index
             answered.add(index)
-            called, named = calls[index]["function"]["name"], result.get("name")
+            called = calls[index]["function"]["name"]
             if named and named != called:
                 return MALFORMED_ROW, (f"turn {k}: result named {named!r} answers turn {i}'s call of {called!r}; "
                                        f"expected the name {called!r}")

@@ -219,8 +219,8 @@ def test_a_result_named_for_another_function_or_a_call_left_unanswered_is_a_one_
     ])
     _prepare(tmp_path, tokenizer, [{"name": "rows", "path": "rows.jsonl"}])
     assert {reject["line"]: reject["detail"] for reject in _rejects(tmp_path)} == {
-        2: "line 2: turn 2: result named 'search' answers turn 1's call of 'get_weather'; expected the name "
-           "'get_weather'",
+        2: "line 2: turn 2: result named 'search' answers no call of turn 1 not answered yet; expected the name of "
+           "one of them: 'get_weather'",
         3: "line 3: turn 2: result named 'get_weather' answers turn 1's call of 'search'; expected the name 'search'",
         4: "line 4: turn 1: call 2 of 2 ('search') gets no result before turn 3; expected one result per call",
         5: "line 5: turn 1: call 2 of 2 ('search') gets no result before turn 4; expected one result per call",

@@ -556,8 +556,13 @@ def _calls_then(results: list[tuple[str | None, str | None]], then: str | None =
     ([(None, None), (None, None)], "user", None),  # nothing to compare: counted only
     ([("w", None)], None, None),  # the row ends before the second result: the role order's to reject
     ([], None, None),  # the row ends on its calls: a call turn trains
-    ([(None, "search")], None, "turn 2: result named 'search' answers turn 1's call of 'get_weather'; expected the "
-                                "name 'get_weather'"),
+    ([(None, "search"), (None, "get_weather")], "assistant", None),  # by name, in another order (no ids)
+    ([(None, "search")], "assistant", "turn 1: call 1 of 2 ('get_weather') gets no result before turn 3; expected "
+                                      "one result per call"),
+    ([(None, "search"), (None, "search")], "assistant", "turn 3: result named 'search' answers no call of turn 1 not "
+                                                        "answered yet; expected the name of one of them: 'get_weather'"),
+    ([(None, "lookup")], None, "turn 2: result named 'lookup' answers no call of turn 1 not answered yet; expected "
+                               "the name of one of them: 'get_weather', 'search'"),
     ([("w", "get_weather"), ("s", "get_weather")], "assistant",
      "turn 3: result named 'get_weather' answers turn 1's call of 'search'; expected the name 'search'"),
     ([("s", None)], "assistant", "turn 1: call 1 of 2 ('get_weather') gets no result before turn 3; expected one "
@@ -567,7 +572,7 @@ def _calls_then(results: list[tuple[str | None, str | None]], then: str | None =
     ([("s", None), ("s", None)], "assistant", "turn 1: call 1 of 2 ('get_weather') gets no result before turn 4; "
                                               "expected one result per call"),
 ])
-def test_results_answer_each_call_once_by_id_or_place_and_carry_its_name(
+def test_results_answer_each_call_once_by_id_name_or_place(
         results: list[tuple[str | None, str | None]], then: str | None, detail: str | None) -> None:
     found = curation.check_tool_calls(_calls_then(results, then), None)
     assert found == (None if detail is None else (curation.MALFORMED_ROW, detail))

@@ -27,7 +27,7 @@ import re
 import uuid
 from typing import Any
 
-from tempa.chat_templates.thinking import TRIMMED, split_reasoning
+from tempa.chat_templates.thinking import THINK_OPEN, TRIMMED, split_reasoning
 
 # ChatML (Qwen2.5) writes each call in a <tool_call> block; a block the model did not close runs to the end.
 TOOL_CALL_BLOCK = re.compile(r"<tool_call>.*?(?:</tool_call>|\Z)", re.DOTALL)
@@ -105,18 +105,24 @@ def _llama_call(answer: str) -> tuple[str, list[dict[str, Any]]] | None:
     return None
 
 
-def reply_message(text: str) -> dict[str, Any]:
+def reply_message(text: str, *, thinking: bool | None = None) -> dict[str, Any]:
     """The assistant message that ``text``, what a model wrote after tempa's generation prompt, renders back from.
 
     ``text`` is a server's reply ``content`` when it runs no tool or reasoning parser (a leading ``<think>``, as in
-    the prefill plus the reply, is read too). The message holds ``content`` (None when the reply is only calls, as
+    the prefill plus the reply, is read too). ``thinking`` is the mode the prompt was rendered in: with ``True`` the
+    text follows the ``<think>`` prefill, so a reply that never closed its reasoning is all reasoning, and a tool call
+    it wrote while reasoning is not a call; ``False`` or ``None`` leave it to the text (a reply with no closing tag is then read
+    as the answer, calls and all). The message holds ``content`` (None when the reply is only calls, as
     OpenAI writes such a turn), ``reasoning`` (the key vLLM reads from a request; transformers and the templates read
     it too) when the reply reasoned, and ``tool_calls`` (OpenAI's shape, ``arguments`` as JSON text, each with an
     ``id`` for its result's ``tool_call_id``) when it called tools. Append it, then the results, and the next
     generation prompt is the one the loop trained on.
 
     A reply cut off before it closed its reasoning has no message the template renders back to it (the template
-    closes every block); it comes back as the answer."""
+    closes every block); it comes back as reasoning (``thinking=True``) or as the answer (``None``), never with calls
+    when it is known to be reasoning."""
+    if thinking and not text.lstrip(TRIMMED).startswith(THINK_OPEN):
+        text = f"{THINK_OPEN}\n{text}"
     split = split_reasoning(text)
     answer = split.answer
     # a reply with a <tool_call> tag is in ChatML's layout, or is text: its last line is no Llama call then

@@ -100,7 +100,7 @@ def test_each_loop_step_sent_back_as_its_reply_message_prompts_the_next_as_it_tr
         written = tokenizer.decode(sample.input_ids[start:end], clean_up_tokenization_spaces=False)
         # what a server without parsers returns: the text before the end of turn (a tokenizer without ChatML's
         # <|im_end|> as one token trains the line break after it too, in the same token)
-        message = reply_message(written[:written.rindex(eot)])
+        message = reply_message(written[:written.rindex(eot)], thinking=mode == "on")
         calls = message.get("tool_calls") or []
         assert [call["function"]["name"] for call in calls] == [
             call["function"]["name"] for call in messages[step].get("tool_calls") or []]
@@ -176,3 +176,16 @@ def test_the_raw_reply_a_trial_sent_back_renders_as_generated_through_reply_mess
                            tools=[WEATHER], thinking_mode="on")
     eot = end_of_turn_token(template)
     assert rendered.startswith(prompt + raw + eot)
+
+
+@pytest.mark.parametrize("call", [CALL, BLOCK], ids=["llama3", "chatml"])
+def test_a_call_written_inside_reasoning_that_never_closed_is_no_call_when_the_prompt_was_thinking(call: str) -> None:
+    """A reply cut off in its reasoning (no </think>) that wrote a call while reasoning came back as a real call: a
+    client would run a call the model only thought about (review of reply_message)."""
+    text = f"Maybe I should check:\n{call}"
+    message = reply_message(text, thinking=True)
+    assert "tool_calls" not in message and message["reasoning"] == text and message["content"] == ""
+    assert reply_message(f"<think>\n{text}")["reasoning"] == text  # the prefill sent along: the same
+    # closed reasoning, then the call: a call, with thinking=True as without
+    closed = f"Need Huế.\n</think>\n\n{call}"
+    assert _arguments(reply_message(closed, thinking=True)) == _arguments(reply_message(closed)) == ['{"city": "Huế"}']

@@ -48,7 +48,7 @@ from pydantic import (
 from tempa.chat_templates.roles import ROLES, Role
 from tempa.sft import language
 from tempa.sft.run_layout import safe_name
-from tempa.sft.stage_api import STAGE_REF, OnOffMixed, StageError, resolve_path, stage_ref
+from tempa.sft.stage_api import NOT_FINGERPRINTED, STAGE_REF, OnOffMixed, StageError, resolve_path, stage_ref
 
 # `path: stage:NAME` reads the dataset an earlier stage (e.g. `synthesize`) wrote.
 
@@ -488,6 +488,7 @@ class DataConfig(_Strict):
     num_proc: int | None = Field(
         default=None,
         ge=1,
+        json_schema_extra=NOT_FINGERPRINTED,  # the prepared data is the same: a speed setting retrained the stage
         description="Processes for tokenising, which also normalises the rows unless `dedup`, "
         "`template_instructions` or a `mixed` source needs every row normalised first (then in processes of "
         "its own for sources of 10,000+ rows); unset: one per core, at most one per 500 rows of a source. The "

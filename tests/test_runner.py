@@ -1067,6 +1067,25 @@ def test_a_change_handed_on_by_a_stage_that_makes_no_model_is_not_called_its_mod
 REPO = Path(__file__).resolve().parents[1]
 
 
+def test_the_data_preparation_process_count_is_not_part_of_the_fingerprint(tmp_path, tiny_model_dir):
+    """`data.num_proc` changes how fast the data is prepared, never the data ("the same for every setting"): setting
+    it on a finished run re-ran the sft stage, which found its data cached and trained again to the same loss, and
+    the bake after it (data trial)."""
+    (tmp_path / "rows.jsonl").write_text('{"messages": [{"role": "user", "content": "Hai"}, '
+                                         '{"role": "assistant", "content": "Halo"}]}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(textwrap.dedent(f"""\
+        name: t
+        base_model: {tiny_model_dir}
+        stages:
+          - {{name: sft, kind: sft, data: {{sources: [{{name: rows, path: rows.jsonl}}]}}, train: {{max_steps: 1}}}}
+        """))
+    fingerprints = {next(d.fingerprint for d in plan_run(load_recipe(recipe, overrides), tmp_path / "run"))
+                    for overrides in ([], ["stages.sft.data.num_proc=1"], ["stages.sft.data.num_proc=2"])}
+    assert len(fingerprints) == 1
+    changed = load_recipe(recipe, ["stages.sft.data.heldout=1"])  # a data setting that changes the data still counts
+    assert next(d.fingerprint for d in plan_run(changed, tmp_path / "run")) not in fingerprints
+
 def test_a_training_stages_logging_settings_are_not_part_of_its_fingerprint(tmp_path, monkeypatch):
     """Raising `logging_steps`, or adding a tracker, in a training stage days into its run changed its fingerprint: the
     next run cleared its folder, checkpoints included, and trained it again from step 0. Trainer arguments that change

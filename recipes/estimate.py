@@ -772,9 +772,37 @@ def _annotate(estimate: StageEstimate, shape: ModelShape, hardware: Hardware, wo
         estimate.notes.append(f"disk: {kept} checkpoint(s) at once (save_steps, save_total_limit), ~{each / 1e9:,.0f} "
                               f"GB each with the optimizer state: ~{kept * each / 1e12:.1f} TB in the stage's "
                               "checkpoints/")
+    _save_interval(estimate, work.train)
     if not estimate.fits:
         estimate.gpus_needed = gpus_needed(shape, hardware, work, engine)
         estimate.warnings.append(_will_not_fit(estimate, shape, hardware, work, engine))
+
+
+# Hours of training between two checkpoints above which the plan warns: what a crash, a preemption or a job's time
+# limit (a Slurm --time of 48 h on a 65 h stage) throws away, on a node that costs by the hour. Its advice aims at
+# half of it, so that a save's own write (~1 TB for a 70B model) stays a small share of the time.
+SAVE_EVERY_H_MAX = 4.0
+
+
+def _save_interval(estimate: StageEstimate, train: dict[str, Any]) -> None:
+    """Warn when the stage's checkpoints are hours apart (:data:`SAVE_EVERY_H_MAX`), naming the save_steps that would
+    bring them to half of that at the estimate's own hours per step."""
+    if not estimate.hours or not estimate.steps or not checkpoint_saves(train, estimate.steps, estimate.epochs):
+        return
+    per_step = estimate.hours / estimate.steps
+    if str(train.get("save_strategy", "steps")) == "epoch":
+        every_h, how = estimate.hours / max(estimate.epochs, 1), "save_strategy: epoch"
+    else:
+        every = train.get("save_steps", 500)
+        # the last step saves too: a stage shorter than save_steps saves once, at its end
+        interval = min(estimate.steps, max(1, math.ceil(every * estimate.steps) if every < 1 else int(every)))
+        every_h, how = interval * per_step, f"save_steps {every:g} of {estimate.bound}{estimate.steps:,} steps"
+    if every_h > SAVE_EVERY_H_MAX:
+        advice = max(1, math.floor(SAVE_EVERY_H_MAX / 2 / per_step))
+        estimate.warnings.append(
+            f"stage {estimate.name}: a checkpoint every ~{every_h:.1f} h ({how}, at the assumed MFU): a crash, a "
+            f"preemption or a job's time limit loses up to that much training; save_steps: {advice} saves every "
+            f"~{advice * per_step:.1f} h")
 
 
 def _will_not_fit(estimate: StageEstimate, shape: ModelShape, hardware: Hardware, work: Workload,

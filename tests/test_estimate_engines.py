@@ -77,12 +77,36 @@ def test_the_hours_say_their_mfu_is_an_assumption_and_how_to_change_it():
 
 def test_the_plan_says_how_much_disk_the_checkpoints_take():
     """Swallow 70B under ZeRO-3: each checkpoint holds DeepSpeed's fp32 master weights and Adam's two moments
-    (12 B/param) and the 16-bit model (2 B/param); ~1.8k steps saved every 500 and at the last step (4 saves),
+    (12 B/param) and the 16-bit model (2 B/param); ~1.8k steps saved every 100 and at the last step (18 saves),
     three kept: the fourth is written before the oldest goes, so four are on disk at once."""
     loaded = load_recipe("swallow-70b-instruct-v0.3")
     shape, _ = resolve_shape(loaded.recipe.base_model)
     stage = estimate_recipe(loaded, "8xH100")[0]
     train = next(s for s in loaded.stages if s.kind == "sft").train_args()
-    assert train["save_steps"] == 500 and train["save_total_limit"] == 3 and 1500 < stage.steps < 2000
+    assert train["save_steps"] == 100 and train["save_total_limit"] == 3 and 1500 < stage.steps < 2000
     total_tb = 4 * (12 + 2) * shape.parameters / 1e12
     assert any(n.startswith("disk: 4 checkpoint(s)") and f"~{total_tb:.1f} TB" in n for n in stage.notes), stage.notes
+
+
+def test_the_plan_warns_when_checkpoints_are_hours_apart(tmp_path):
+    """Swallow 70B saved every 500 of ~1.8k steps: one checkpoint every ~18.5 h of a ~65 h stage, which the docs'
+    own sbatch (--time=48:00:00) cuts once, losing up to that much. The interval is the estimate's hours per step
+    times save_steps; a stage shorter than save_steps saves once, at its end."""
+    from tempa.recipes.estimate import SAVE_EVERY_H_MAX
+
+    def estimate(**train):
+        loaded = load_recipe("swallow-70b-instruct-v0.3",
+                             [f"stages.sft.train.{key}={value}" for key, value in train.items()])
+        stage = estimate_recipe(loaded, "8xH100")[0]
+        return stage, [w for w in stage.warnings if "checkpoint every" in w]
+
+    stage, warned = estimate(save_steps=500)
+    per_step = stage.hours / stage.steps
+    assert 500 * per_step > SAVE_EVERY_H_MAX and len(warned) == 1
+    advice = int(SAVE_EVERY_H_MAX / 2 / per_step)
+    assert f"a checkpoint every ~{500 * per_step:.1f} h" in warned[0] and f"save_steps: {advice} saves" in warned[0]
+    assert estimate(save_steps=advice)[1] == []
+    # saved only at its end: the whole stage apart
+    stage, warned = estimate(save_steps=100_000)
+    assert f"a checkpoint every ~{stage.hours:.1f} h" in warned[0]
+    assert estimate(save_strategy='"no"')[1] == []

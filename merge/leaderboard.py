@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from tempa.sft.files import finite_json, write_atomic, write_json
 from tempa.sft.stage_api import RunPath, StageResult
@@ -43,9 +43,18 @@ def lower_is_better(metric: str) -> bool:
     return any(word in name for word in _LOWER_IS_BETTER) or qualifier in _UNREAD_SHARES
 
 
+def _nan_for_null(value: Any) -> Any:
+    return math.nan if value is None else value
+
+
+# A metric a result keeps: NaN in memory (no value; ranked last), null as written (:func:`tempa.sft.files.finite_json`,
+# and pydantic's JSON), NaN again as read back, so a run whose judge gave no verdict is resumed, re-run and reported.
+MetricValue = Annotated[float, BeforeValidator(_nan_for_null)]
+
+
 def metrics_from_json(metrics: dict[str, float | None]) -> dict[str, float]:
-    """Metrics as written (:func:`tempa.sft.files.finite_json`: a value that is no finite number as null) read back:
-    null is NaN again (no value; ranked last)."""
+    """Metrics as written (:data:`MetricValue`: a value that is no finite number as null) read back: null is NaN
+    again (no value; ranked last)."""
     return {name: math.nan if value is None else float(value) for name, value in metrics.items()}
 
 
@@ -59,7 +68,7 @@ class LeaderboardRow(BaseModel):
     stage: str | None = Field(default=None, description="The stage that produced it.")
     step: int | None = Field(default=None, description="Checkpoint step, when it is a checkpoint.")
     merged: bool = Field(default=False, description="Produced by a merge stage.")
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, MetricValue] = Field(default_factory=dict)
 
 
 class Leaderboard(BaseModel):
@@ -137,8 +146,7 @@ class Leaderboard(BaseModel):
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Leaderboard:
         said = {name: direction == "min" for name, direction in (data.get("metrics") or {}).items()}
-        return cls(rows=[LeaderboardRow.model_validate({**row, "metrics": metrics_from_json(row.get("metrics") or {})})
-                         for row in data.get("rows", [])],
+        return cls(rows=[LeaderboardRow.model_validate(row) for row in data.get("rows", [])],
                    rank_by=data.get("rank_by"), notes=data.get("notes") or [],
                    lower={name: low for name, low in said.items() if low != lower_is_better(name)})
 

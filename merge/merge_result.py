@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tempa.merge.leaderboard import Leaderboard
+from tempa.merge.leaderboard import Leaderboard, MetricValue
 from tempa.sft.stage_api import RunPath, StageResult
 
 # The name a merge gives the recipe's base model when it merges onto it (the card names the model instead).
@@ -27,8 +27,8 @@ class Selection(BaseModel):
     evaluate_stage: str
     metric: str
     top_k: int
-    values: dict[str, float] = Field(description="The chosen candidates' values of the metric.")
-    tied: dict[str, float] = Field(default_factory=dict, description=(
+    values: dict[str, MetricValue] = Field(description="The chosen candidates' values of the metric.")
+    tied: dict[str, MetricValue] = Field(default_factory=dict, description=(
         "Candidates left out with the last chosen one's very value (a tie at the top_k cut: leaderboard order "
         "chose, not the metric), and that value."))
     base: str | None = Field(default=None, description=(
@@ -41,8 +41,8 @@ class Reevaluation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metric: str
-    merged: float
-    best_input: float
+    merged: MetricValue
+    best_input: MetricValue
     helped: bool = Field(description="Whether the merge scored better than its best input.")
     best_input_name: str | None = None
     base: str | None = Field(default=None, description=(

@@ -35,7 +35,13 @@ from tempa.merge.leaderboard import (
     undetermined_warning,
     write_leaderboard,
 )
-from tempa.merge.suites import CandidateScorer, import_lm_eval, rows_problem, suite_row_problem
+from tempa.merge.suites import (
+    CandidateScorer,
+    import_lm_eval,
+    misspelt_column,
+    rows_problem,
+    suite_row_problem,
+)
 from tempa.merge.win_rate import PairwiseJudging
 from tempa.sft.files import digest, file_digest, finite_json, write_json, write_jsonl
 from tempa.sft.formats import thinking_mode_of
@@ -93,6 +99,9 @@ def load_suite_rows(config: EvaluateStageConfig) -> dict[str, list[dict[str, Any
                     row["thinking_mode"] = thinking_mode_of(row["thinking_mode"], "thinking_mode")
             if (problem := rows_problem(suite, rows[suite.key])) is not None:
                 raise StageError(f"suite '{suite.key}': {data}: {problem}")
+            for row, name in zip(rows[suite.key], names, strict=True):  # after a column no row has, named once
+                if (problem := misspelt_column(suite, row)) is not None:
+                    raise StageError(f"suite '{suite.key}': {name}: {problem}")
     return rows
 
 

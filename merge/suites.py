@@ -464,6 +464,16 @@ def rows_problem(suite: Suite, rows: Sequence[dict[str, Any]]) -> str | None:
     return f"no row has an {column!r} column (the rows have: {', '.join(columns)}){hint}"
 
 
+def misspelt_column(suite: Suite, row: dict[str, Any]) -> str | None:
+    """Why ``row`` is refused when it lacks the column its suite scores by and has one spelt like it (an `anwser`),
+    or None. A row without the column is left out (a file shared with other suites holds such rows), and so was one
+    whose column is misspelt: its suite scored the other rows, and nothing said one was missing."""
+    column = SCORED_BY.get(type(suite))
+    if column is None or column in row or (near := closest(column, list(row))) is None:
+        return None
+    return f"no {column!r}; column {near!r} is not one tempa reads: did you mean {column!r}?"
+
+
 def raw_text(row: dict[str, Any]) -> str | None:
     """A loss row's raw text (continued pre-training's held-out documents: every token scored), or None."""
     text = row.get("text")

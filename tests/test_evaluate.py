@@ -384,6 +384,35 @@ def test_a_missing_or_misspelt_column_a_suite_scores_by_is_named_when_its_rows_a
     assert str(error.value) == f"suite 's': {data}: {expected}"
 
 
+@pytest.mark.parametrize(("suite", "rows", "expected"), [
+    ("accuracy", [{"prompt": "2+2?", "answer": "4"}, {"prompt": "3+5?", "anwser": "8"}, {"prompt": "T", "answer": "T"}],
+     "no 'answer'; column 'anwser' is not one tempa reads: did you mean 'answer'?"),
+    ("ifeval", [{"prompt": "Write.", "instructions": [{"type": "all_lowercase"}]},
+                {"prompt": "Write.", "instruction": [{"type": "all_lowercase"}]}],
+     "no 'instructions'; column 'instruction' is not one tempa reads: did you mean 'instructions'?"),
+])
+def test_a_row_whose_scored_column_is_misspelt_is_refused_with_its_line(tmp_path, suite, rows, expected):
+    # the row was left out as a row of another suite is, and the suite scored 2 of 3 rows without a word
+    from tempa.merge.evaluate_stage import check_inputs
+
+    data = _write_rows(tmp_path / "r.jsonl", rows)
+    config = EvaluateStageConfig.model_validate({"name": "e", "kind": "evaluate", "models": ["m"],
+                                                 "suites": [{"type": suite, "name": "s", "data": data}]})
+    with pytest.raises(StageError) as error:
+        check_inputs(config)
+    assert str(error.value) == f"suite 's': {data}:2: {expected}"
+
+
+def test_a_row_of_another_suite_without_the_column_is_still_left_out(tmp_path):
+    from tempa.merge.evaluate_stage import load_suite_rows
+
+    data = _write_rows(tmp_path / "r.jsonl", [{"prompt": "2+2?", "answer": "4"},
+                                               {"prompt": "Write.", "instructions": [{"type": "all_lowercase"}]}])
+    config = EvaluateStageConfig.model_validate({"name": "e", "kind": "evaluate", "models": ["m"],
+                                                 "suites": [{"type": "accuracy", "name": "s", "data": data}]})
+    assert len(load_suite_rows(config)["s"]) == 2
+
+
 def test_a_loss_suite_of_raw_text_scores_every_token_as_continued_pretraining_reads_it(tmp_path, tiny_model_dir,
                                                                                        tokenizer_dir):
     """A continued pre-training run's held-out documents (rows with `text`): the suite failed at the run with "no

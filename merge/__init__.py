@@ -39,6 +39,7 @@ MERGE = StageKind(
     summary="mergekit merge of selected checkpoints",
     produces=frozenset({Artifact.MODEL}),
     result=MergeResult,
+    reads_start_model=False,  # it merges its `models` or the selection from `evaluate_stage`
 )
 BAKE = StageKind(
     kind="bake",

@@ -417,6 +417,10 @@ class MergeStageConfig(StageConfigBase):
     @model_validator(mode="after")
     def _check(self):
         spec = method_spec(self.method)
+        if self.from_ is not None:
+            # a merge never opens a model it starts from: taken for its base or one of its models, it was ignored
+            raise ValueError(f"`from`: a merge starts from no model; it merges its `models` (or what `select` picks) "
+                             f"onto `base_model`: name {self.from_!r} there")
         if (self.select is None) == (self.models is None):
             raise ValueError("give exactly one of `select` (top-k of a leaderboard) or `models`")
         if self.select is not None and self.evaluate_stage is None:

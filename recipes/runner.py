@@ -279,10 +279,14 @@ def plan_run(
     for i, config in enumerate(loaded.stages):
         name = config.name
         kind = stage_kind(config.kind)
-        upstream = loaded.upstream(i)
+        upstream, reads = loaded.upstream(i), stage_reads(loaded, i)
+        if not kind.reads_start_model and upstream not in reads:
+            # its implicit start (the stage before it) is no input of it; a stage it reads stays its upstream, so
+            # that the fingerprint of a merge of the stage before it is as an earlier tempa recorded it
+            upstream = None
         dump = config.model_dump(mode="json", by_alias=True)
         kept = fingerprinted(config)
-        reads = [dep for dep in stage_reads(loaded, i) if dep != upstream]
+        reads = [dep for dep in reads if dep != upstream]
         inputs = loaded.names[:i] if kind.sees_all_earlier else [dep for dep in (upstream, *reads) if dep]
         files = referenced_files(kept)  # files a setting that plays no part names are no input
         components = {

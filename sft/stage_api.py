@@ -500,6 +500,10 @@ class StageKind(Generic[ConfigT, ResultT]):
     # Whether the stage sees every earlier stage (the bake, for its model card) instead of only
     # those it reads.
     sees_all_earlier: bool = False
+    # Whether the stage opens the model it starts from (its `from`, by default the previous stage's). A kind that does
+    # not (a merge reads the models it names or selects) starts from the base model instead: a new model of the stage
+    # before it in the recipe, which it never opens, neither changes its fingerprint nor makes it stale.
+    reads_start_model: bool = True
     # What the stage can check of its own inputs before the run's first stage starts (evaluation rows, say), so a
     # typo in a file is not found after hours of training; raises a one-line StageError. `tempa plan` runs it too.
     check_inputs: Callable[[ConfigT], None] | None = None

@@ -231,6 +231,18 @@ def check_per_model(spec: Any, name: str, values: list[float], count: int) -> No
             raise ValueError(f"{field}: {value!r} is not a finite number (the merged weights would not be either)")
 
 
+def weight_shares(method: str, weights: Sequence[Any], parameters: Mapping[str, Any]) -> list[float] | None:
+    """Each model's share of the merge where ``method`` divides the weights by their sum (its switch on, as by
+    default): [2, 1] merges 2/3 and 1/3. None for another method, the switch off, a weight that is no single number (a
+    layer gradient) or weights that sum to 0."""
+    switch = WEIGHT_NORMALIZING.get(method)
+    if switch is None or not weights or any(isinstance(w, bool) or not isinstance(w, int | float) for w in weights):
+        return None
+    default = next((p.default for p in method_spec(method).parameters if p.name == switch), True)
+    total = sum(weights)
+    return [w / total for w in weights] if parameters.get(switch, default) and total else None
+
+
 def check_weight_sum(spec: Any, weights: list[float], parameters: dict[str, Any]) -> None:
     """Weights that cancel out are refused where ``spec`` divides by their sum (a NaN model otherwise)."""
     switch = WEIGHT_NORMALIZING.get(spec.name)
@@ -351,7 +363,11 @@ class MergeStageConfig(StageConfigBase):
     weights: list[float] | None = Field(
         default=None,
         description="Per-model weights, in `models` order or `select`'s rank order (default: equal). When the base "
-        "model of a task-vector method is among them, it is merged as the base and its entry goes unused.",
+        "model of a task-vector method is among them, it is merged as the base and its entry goes unused. linear and "
+        "multislerp divide them by their sum (parameters.normalize / normalize_weights, on by default): [2, 1] "
+        "merges 2/3 and 1/3, the shares the model card shows beside them; ties and della (normalize on) divide each "
+        "element by the summed weights of the models that agree on its sign; task_arithmetic, "
+        "dare_ties, dare_linear, della_linear and breadcrumbs* use them as given.",
     )
     density: float | list[float] | None = Field(
         default=None,

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tempa.alignment.preference_stage import LAST_ROUND, PreferenceResult, preference_headline
 from tempa.chat_templates.thinking import THINK_CLOSE
 from tempa.merge.leaderboard import NO_VALUE, EvaluateResult
+from tempa.merge.merge_config import weight_shares
 from tempa.merge.merge_result import RECIPE_BASE, MergeResult
 from tempa.merge.ollama_template import ollama_default_note
 from tempa.sft import language
@@ -400,9 +401,17 @@ def _merge_section(stages: Mapping[str, Upstream], base_model: str, shipped: str
         summary = up.result.summary
         mark = " (the model in this folder)" if name == shipped and len(merges) + len(others) > 1 else ""
         lines += [f"Stage `{name}`{mark}: **{summary.method}** merge of:", ""]
-        for model in summary.models:
+        # the weights as given, and where the method divides them by their sum, the share each model got
+        shares = weight_shares(summary.method, [m.parameters.get("weight") for m in summary.models],
+                               summary.parameters)
+        for i, model in enumerate(summary.models):
             knobs = ", ".join(f"{k}={_cell(v)}" for k, v in model.parameters.items())
+            if shares is not None:
+                knobs += f"; share {_cell(shares[i])} of the merge"
             lines.append(f"- `{model.name}`" + (f" ({knobs})" if knobs else ""))
+        if shares is not None:
+            lines.append(f"- {summary.method} divides the weights by their sum, so the shares above are what each "
+                         "model contributes")
         if summary.base_model is not None:
             name = summary.base_model.name
             lines.append(f"- base: `{base_model}` (the recipe's base model)" if name == RECIPE_BASE

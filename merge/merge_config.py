@@ -323,7 +323,8 @@ class SelectConfig(BaseModel):
 
     metric: str = Field(description="Leaderboard metric, '<suite>/<metric>' (e.g. accuracy/accuracy).")
     top_k: int = Field(default=2, ge=1, description="How many of the best candidates to merge (a task-vector method "
-                       "picks them besides its base model, when that is scored too).")
+                       "picks them besides its base model, when that is scored too): two or more, or 1 for a "
+                       "task-vector method, which merges it onto its base.")
     higher_is_better: bool | None = Field(
         default=None, description="Direction of the metric (default: losses/perplexities lower, else higher)."
     )
@@ -354,7 +355,8 @@ class MergeStageConfig(StageConfigBase):
     models: list[str] | None = Field(
         default=None,
         description="Or: the models to merge, explicitly: an earlier stage's name, a leaderboard candidate "
-        "(`sft/checkpoint-20`) or a folder (recipe-relative; `./name` when a stage has the same name).")
+        "(`sft/checkpoint-20`) or a folder (recipe-relative; `./name` when a stage has the same name). Two or more "
+        "(one for a task-vector method, merged onto its base, and for passthrough).")
     base_model: str | None = Field(
         default=None,
         description="Base of methods that take one: a stage name or folder (default: the recipe's base model, or "
@@ -459,10 +461,15 @@ class MergeStageConfig(StageConfigBase):
                              f"picks them by rank once {self.evaluate_stage} has scored them, so {self.base_model!r} "
                              f"may not be among them; drop base_model (the best-ranked model is the base) or list the "
                              f"`models:` to merge")
+        field = "select.top_k" if self.select is not None else "models"
         try:
             check_input_count(spec, count, role)
         except ValueError as error:
-            raise ValueError(f"{'select.top_k' if self.select is not None else 'models'}: {error}") from None
+            raise ValueError(f"{field}: {error}") from None
+        if count + (role == "separate") < 2 and spec.contract.max_inputs != 1:
+            # mergekit takes one model (its base counted) for any method: the "merge" was a copy of that model
+            raise ValueError(f"{field}: a merge needs two or more models (a task-vector method counts its base), and "
+                             f"{self.method} of one model is a copy of it")
         for name, value in PARAMETER_DEFAULTS.get(self.method, {}).items():
             self.parameters.setdefault(name, value)
         check_method_parameters(spec, self.parameters)

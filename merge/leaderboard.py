@@ -246,6 +246,20 @@ def format_value(value: float) -> str:
     return f"{value:.4f}"
 
 
+def format_compared(*values: float | None) -> list[str]:
+    """Values set side by side (a merge's score and its best input's), as :func:`tempa.sft.stage_api.format_metric`
+    prints them, with as many more significant digits as tell apart two that differ (6.592819 and 6.592697 read
+    6.593 twice beside "did not improve"); none as '–', no value (NaN) as ``null``."""
+    from tempa.sft.stage_api import format_metric
+
+    finite = {value for value in values if value is not None and math.isfinite(value)}
+    digits = 4
+    while digits < 17 and len({f"{value:.{digits}g}" for value in finite}) < len(finite):
+        digits += 1
+    return [format_metric(value) if value is None else NO_VALUE if math.isnan(value) else f"{value:.{digits}g}"
+            for value in values]
+
+
 def write_leaderboard(board: Leaderboard, out_dir: Path, title: str | None = None) -> tuple[Path, Path]:
     """Write ``leaderboard.json`` and ``leaderboard.md`` into ``out_dir``."""
     json_path, md_path = out_dir / LEADERBOARD_JSON, out_dir / LEADERBOARD_MD

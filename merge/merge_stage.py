@@ -35,6 +35,7 @@ from tempa.merge.leaderboard import (
     LEADERBOARD_MD,
     Leaderboard,
     LeaderboardRow,
+    format_compared,
     is_headline,
     undetermined_warning,
     write_leaderboard,
@@ -58,7 +59,7 @@ from tempa.merge.mergekit_run import (
 from tempa.merge.selection import select_top_k_with_ties
 from tempa.sft.files import staging_dir, write_atomic
 from tempa.sft.run_layout import FINAL_DIR
-from tempa.sft.stage_api import Artifact, Scalar, StageContext, StageError, format_metric
+from tempa.sft.stage_api import Artifact, Scalar, StageContext, StageError
 
 MERGEKIT_CONFIG = "mergekit.yaml"
 SUMMARY_FILE = "merge_summary.json"
@@ -216,6 +217,16 @@ def _number(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
+def best_input(board: Leaderboard, metric: str, inputs: set[Path]) -> LeaderboardRow | None:
+    """The best row of ``board`` by ``metric`` among the models merged (``inputs``: their
+    :func:`~tempa.merge.candidates.model_identity`), or None where none has a value of it. Of inputs tied at the best
+    value, the first in the board's order, the one the selection ranks first (scoring order named another)."""
+    scored = [row for row in board.ranked() if not row.merged and model_identity(Path(row.path)) in inputs
+              and not math.isnan(row.metrics.get(metric, math.nan))]
+    sign = 1.0 if board.lower_is_better(metric) else -1.0
+    return min(scored, key=lambda row: sign * row.metrics[metric], default=None)
+
+
 def _direction_adjusted(lower: bool, merged: float, best: float) -> float:
     """How much better the merge is than the best input (positive = better), in metric units."""
     return best - merged if lower else merged - best
@@ -304,18 +315,14 @@ def run_merge(
         focus = config.select.metric if config.select else rank_by
         if focus and focus in merged_metrics:
             # by the model, not the name: an input named by its stage (`sft-b`) is scored as `sft-b/checkpoint-4`
-            inputs = {model_identity(m.path) for m in models}
-            scored = [row for row in board.rows if not row.merged and model_identity(Path(row.path)) in inputs
-                      and focus in row.metrics]
-            values = [row.metrics[focus] for row in scored]
-            if values:
+            best_row = best_input(board, focus, {model_identity(m.path) for m in models})
+            if best_row is not None:
                 lower = board.lower_is_better(focus)
-                best = min(values) if lower else max(values)
+                best, best_name = best_row.metrics[focus], best_row.candidate
                 merged = merged_metrics[focus]
                 gain = _direction_adjusted(lower, merged, best)
                 metrics.update({"metric": focus, "best_input": best, "gain_over_best_input": gain,
                                 "merge_helped": gain > 0})
-                best_name = next(row.candidate for row in scored if row.metrics[focus] == best)
                 # A base ranked above the inputs (the top_k leaves it out as the base) can beat a merge that beats
                 # every input: then the merge made the model worse, which its inputs alone do not show.
                 base_value = None if scored_base is None else _number(scored_base.metrics.get(focus))
@@ -326,11 +333,12 @@ def run_merge(
                     beat_base=beat_base)
                 if gain <= 0 or beat_base is False:
                     verdict = "improved on" if gain > 0 else "did not improve on"
+                    shown_merged, shown_best, shown_base = format_compared(merged, best, base_value)
                     against_base = "" if beat_base is None else (
                         f", {'but improved on' if beat_base else 'but not on' if gain > 0 else 'nor on'} its base "
-                        f"({format_metric(base_value)} for {scored_base.candidate})")
+                        f"({shown_base} for {scored_base.candidate})")
                     notes.append(f"{ctx.stage_name}: the merged model {verdict} its best input "
-                                 f"({focus} {format_metric(merged)} merged, {format_metric(best)} for {best_name})"
+                                 f"({focus} {shown_merged} merged, {shown_best} for {best_name})"
                                  f"{against_base}; see {ctx.stage_name}/{LEADERBOARD_MD}")
                     ctx.log.warning("%s", notes[-1])
     elif config.reevaluate:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tempa.alignment.preference_stage import LAST_ROUND, PreferenceResult, preference_headline
 from tempa.chat_templates.thinking import THINK_CLOSE
-from tempa.merge.leaderboard import NO_VALUE, EvaluateResult
+from tempa.merge.leaderboard import NO_VALUE, EvaluateResult, format_compared
 from tempa.merge.merge_config import weight_shares
 from tempa.merge.merge_result import RECIPE_BASE, MergeResult
 from tempa.merge.ollama_template import ollama_default_note
@@ -422,28 +422,33 @@ def _merge_section(stages: Mapping[str, Upstream], base_model: str, shipped: str
             selection = summary.selection
             # The base ranked among the candidates is left out as the base: without saying so, "the top 2" read as
             # the board's first two when the base was first.
+            *texts, base_text = format_compared(*selection.values.values(), *selection.tied.values(),
+                                                selection.base_value)
+            chosen = dict(zip(selection.values, texts[:len(selection.values)], strict=True))
+            tied = dict(zip(selection.tied, texts[len(selection.values):], strict=True))
             besides = "" if selection.base is None else (
-                f" besides the base (`{selection.base}` = {_cell(selection.base_value)}, merged onto as the base, "
+                f" besides the base (`{selection.base}` = {base_text}, merged onto as the base, "
                 "not as one of the models)")
             lines += [
                 "",
                 f"Chosen as the top {selection.top_k} of `{selection.evaluate_stage}` by `{selection.metric}`{besides}: "
-                + ", ".join(f"{k} = {_cell(v)}" for k, v in selection.values.items())
+                + ", ".join(f"{k} = {v}" for k, v in chosen.items())
                 # a tie at the cut: the metric did not choose between these and the last chosen, leaderboard order did
                 + ("; tied at the cut and left out by leaderboard order, not by the metric: "
-                   + ", ".join(f"{k} = {_cell(v)}" for k, v in selection.tied.items()) if selection.tied else ""),
+                   + ", ".join(f"{k} = {v}" for k, v in tied.items()) if selection.tied else ""),
             ]
         if summary.reevaluation is not None:
             re_eval = summary.reevaluation
             verdict = "improved on" if re_eval.helped else "did not improve on"
             best = f"`{re_eval.best_input_name}`, " if re_eval.best_input_name else ""
+            merged, best_input, base_value = format_compared(re_eval.merged, re_eval.best_input, re_eval.base_value)
             against_base = "" if re_eval.beat_base is None else (
                 f"; it {'improved' if re_eval.beat_base else 'did not improve'} on its base "
-                f"(`{re_eval.base}`, {_cell(re_eval.base_value)})")
+                f"(`{re_eval.base}`, {base_value})")
             lines += [
                 "",
-                f"The merge scored {_cell(re_eval.merged)} on `{re_eval.metric}` and {verdict} "
-                f"its best input ({best}{_cell(re_eval.best_input)}){against_base}.",
+                f"The merge scored {merged} on `{re_eval.metric}` and {verdict} "
+                f"its best input ({best}{best_input}){against_base}.",
             ]
         lines.append("")
     if others:

@@ -298,6 +298,8 @@ def _starts_from(decision, decisions) -> str:
     from tempa.sft.stage_api import Artifact
 
     by_name = {d.name: d for d in decisions}
+    if not stage_kind(decision.kind).reads_start_model:
+        return "its models"  # a merge opens what it lists or selects, never a model it starts from
     name, via = decision.upstream, []
     while name is not None and Artifact.MODEL not in stage_kind(by_name[name].kind).produces:
         via.append(name)

@@ -198,7 +198,7 @@ class StageConfigBase(BaseModel):
     from_: str | None = Field(
         default=None,
         alias="from",
-        description="Earlier stage whose model this stage starts from (default: the previous stage).",
+        description="Earlier stage whose model this stage starts from (default: the previous stage; a merge starts from none).",
     )
 
     @field_validator("name")

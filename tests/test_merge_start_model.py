@@ -80,3 +80,14 @@ def test_a_merge_refuses_from(tmp_path):
     stages = STAGES.replace("    method: slerp\n", "    method: slerp\n    from: sft-a\n")
     with pytest.raises(RecipeError, match="a merge starts from no model"):
         load_recipe(_recipe(tmp_path, stages))
+
+
+def test_the_plan_says_a_merge_starts_from_its_models(tmp_path, capsys):
+    """The plan's "starts from" column showed merge-linear's model for merge-ties, a model it never reads."""
+    from tempa.recipes.cli import main
+
+    assert main(["plan", str(_recipe(tmp_path)), "--run-dir", str(tmp_path / "run")]) == 0
+    rows = {line.split("│")[2].strip(): line.split("│")[4].strip()
+            for line in capsys.readouterr().out.splitlines() if line.count("│") > 6}
+    assert rows["merge-ties"] == rows["merge-slerp"] == rows["merge-linear"] == "its models"
+    assert rows["sft-b"] == "sft-a's model"

@@ -11,7 +11,9 @@ is its number (③ is 3). The preference/rl ``answer`` reward
 reply by :func:`committed_answer`, so "The answer is 3. Check: 3 + 4 = 7" is 3 in training and in evaluation (the
 reward gave math-verify the whole reply, which took its last number, 7).
 
-A numeric reference is compared with the committed number by value (:func:`numbers_agree`), in both. Percentages
+A numeric reference is compared with the committed number by value (:func:`numbers_agree`), in both: exactly where
+both are exact as written (1,000,001 is not 1000000), within a tolerance only where they cannot be (0.3333333 for
+1/3, \\sqrt{2}). Percentages
 follow one rule: a percentage is its number as written (45% is 45, as a percent question's reference writes it)
 and, against a number written without %, also its hundredth (45% is 0.45 or 9/20, as a probability's reference
 writes it); 45% is not 0.45%. A text reference (a label, a name, a choice letter) must equal what the reply commits
@@ -27,6 +29,7 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import NamedTuple
 
 from tempa.alignment.numbers import (
@@ -634,10 +637,13 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
 
 
 class Number(NamedTuple):
-    """A number as written: its value (a percent sign dropped: 45% is 45) and whether it carried one."""
+    """A number as written: its value (a percent sign dropped: 45% is 45), whether it carried one, and its value
+    exactly as written (an integer, a finite decimal, a fraction: 1000001, 0.1, 1/3), None where it is not exact (an
+    expression's value such as \\sqrt{2} or \\pi)."""
 
     value: float
     percent: bool
+    exact: Fraction | None = None
 
 
 _PERCENT_END = re.compile(rf"(?:{_PERCENT})$")
@@ -665,10 +671,14 @@ def read_number(text: str, language: str | None = None) -> Number | None:
     plain = [plain_number(part, language) for part in parts]
     if None in plain:
         return None
-    values = [float(p) for p in plain if p is not None]
-    if len(values) == 2:
-        return Number(sign * values[0] / values[1], percent) if values[1] else None
-    return Number(sign * values[0], percent) if math.isfinite(values[0]) else None
+    exact = [Fraction(p) for p in plain if p is not None]
+    if len(exact) == 2:
+        if not exact[1]:
+            return None
+        quotient = int(sign) * exact[0] / exact[1]
+        return Number(float(quotient), percent, quotient)
+    value = sign * float(exact[0])
+    return Number(value, percent, int(sign) * exact[0]) if math.isfinite(value) else None
 
 
 def reference_number(expected: object, language: str | None = None) -> Number | None:
@@ -676,7 +686,9 @@ def reference_number(expected: object, language: str | None = None) -> Number | 
     a unit or currency dropped ("12,000円", "12 cm": :func:`tempa.alignment.numbers.unit_number`). None when the
     reference is no number (text, or math such as x^2+1)."""
     if isinstance(expected, int | float) and not isinstance(expected, bool):
-        return Number(float(expected), False)
+        # a float in the data is the decimal it was written as (0.1 is 1/10, not the binary value nearest it)
+        exact = Fraction(repr(expected)) if math.isfinite(expected) else None
+        return Number(float(expected), False, exact)
     text = str(expected)
     return read_number(unit_number(text, language) or text, language)
 
@@ -711,9 +723,12 @@ def _closed_arithmetic(expr: object) -> bool:
     return False
 
 
-def expression_value(latex: str) -> float | None:
+def expression_value(latex: str) -> Number | None:
     """The value of a LaTeX expression that is one number (``2^{10}``, ``3.5\\times10^4``, ``\\sqrt{16}``), as
-    math-verify parses it; None when it is no closed arithmetic (``x+1``, text, ``9^{9^{9^9}}``)."""
+    math-verify parses it, exact where sympy keeps it rational or a decimal (``2^{10}``, ``\\frac{7}{2}``,
+    ``3.5\\times10^4``), not where it is irrational (``\\sqrt{2}``, ``\\pi``); None when it is no closed
+    arithmetic (``x+1``, text, ``9^{9^{9^9}}``)."""
+    import sympy
     from math_verify import parse
 
     try:
@@ -727,8 +742,13 @@ def expression_value(latex: str) -> float | None:
             value = float(item)
         except (TypeError, ValueError, OverflowError):
             continue
-        if math.isfinite(value):
-            return value
+        if not math.isfinite(value):
+            continue
+        evaluated = item.doit()  # math-verify leaves 10^{7} + 1 unevaluated
+        if isinstance(evaluated, sympy.Rational):
+            return Number(value, False, Fraction(int(evaluated.p), int(evaluated.q)))
+        # decimals as written (3.5\times10^4, 0.1 + 0.2) evaluate to a Float whose digits are that decimal's
+        return Number(value, False, Fraction(str(evaluated)) if isinstance(evaluated, sympy.Float) else None)
     return None
 
 
@@ -754,21 +774,39 @@ def committed_number(answer: str, language: str | None = None,
     if latex is not None and read_number(latex, language) is None:
         value = expression_value(latex)
         if value is not None:
-            return Number(value, False)
+            return value
     return read_number(commitment.number, language) if commitment.number else None
 
 
+def _decimal_ends(value: Fraction) -> bool:
+    """Whether ``value`` is a finite decimal (0.25, 12; not 1/3): its denominator has no prime factor but 2 and 5."""
+    denominator = value.denominator
+    for prime in (2, 5):
+        while denominator % prime == 0:
+            denominator //= prime
+    return denominator == 1
+
+
 def numbers_agree(expected: Number, got: Number, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
-    """Whether ``got`` gives ``expected`` within tolerance. A percentage is its number as written and, against a
+    """Whether ``got`` gives ``expected``. Two numbers exact as written (integers, finite decimals, fractions:
+    :attr:`Number.exact`) must be equal: 1,000,001 does not give 1000000, nor 1234568 1234567 (a tolerance relative to
+    the value let large amounts, as rupiah and dong write them, pass one off); 0.5 gives 1/2 and 2/6 gives 1/3.
+    ``rel_tol`` and ``abs_tol`` apply only where the two cannot be equal as written: one side is no exact value (an
+    expression's, \\sqrt{2} or \\pi), or a finite decimal stands for a fraction whose decimal never ends
+    (0.3333333 for 1/3 agrees, within rel_tol; 0.33 does not). A percentage is its number as written and, against a
     number without %, also its hundredth: 45% gives 45 and 0.45 (and a reference of 45% is given by 45 and 0.45);
     45% does not give 0.45%."""
-    def close(a: float, b: float) -> bool:
-        return math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol)
+    def same(a: Number, b: Number, a_scale: int = 1, b_scale: int = 1) -> bool:
+        if a.exact is not None and b.exact is not None:
+            a_exact, b_exact = a.exact / a_scale, b.exact / b_scale
+            if _decimal_ends(a_exact) == _decimal_ends(b_exact):
+                return a_exact == b_exact
+        return math.isclose(a.value / a_scale, b.value / b_scale, rel_tol=rel_tol, abs_tol=abs_tol)
 
-    if close(got.value, expected.value):
+    if same(got, expected):
         return True
     if got.percent != expected.percent:
-        return close(got.value / 100, expected.value) if got.percent else close(got.value, expected.value / 100)
+        return same(got, expected, a_scale=100) if got.percent else same(got, expected, b_scale=100)
     return False
 
 

@@ -4,7 +4,8 @@ the accuracy suite.
 A reply commits to its last ``\\boxed{}``, else to the sentence after its last "answer is"-style lead-in that states
 rather than asks or supposes (what that sentence's last ``=`` gives, when it has one; "check whether the answer is 4"
 commits to nothing; "not 12 but 13" and "12ではなく13" to 13), else to its last number; a number the reply denies, asks
-about or offers as one of a choice ("not 12", "12個ですか？", "12 or 13", "12, but 15 is also possible") is none, and
+about or offers as one of a choice ("not 12", "12個ですか？", "12 or 13", "12 apples or 13 apples", "12. Or 13.",
+"12, though it could be 13", "12, but 15 is also possible") is none, and
 so is a reply that states one answer after another ("The answer is A. The answer is B."). A circled option label
 is its number (③ is 3). The preference/rl ``answer`` reward
 (:mod:`tempa.alignment.rewards`) and the evaluate stage's accuracy suite (:mod:`tempa.merge.answers`) both read a
@@ -446,9 +447,15 @@ def _tagalog(text: str, language: str | None) -> bool:
     return _TAGALOG_LEAD.search(text) is not None
 
 
+# A unit word or two does not part the alternatives: "7 apples or 8 apples", "7 apel, atau 8 kalau ...", "7 quả hay
+# 8 quả"; the or-word must then offer another number ("12 hours or more" states 12, as "42 or so" does 42).
+_UNIT_THEN_CHOICE = (rf"(?:\s?[^\W\d_]+){{1,2}}(?:\s*[,，]\s*|\s+){_CHOICES}(?:\s+[^\W\d_]+){{0,2}}?\s*[(（\[]?\s*"
+                     r"[-+−]?\$?\d")
 _CHOICE_AFTER = re.compile(
     rf"^(?:[^\s\d]{{0,3}}?\s*[(（\[]?\s*(?:(?!{_COUNTER_KA})か(?!ら)|{_CHOICES}|{_AND_ANOTHER})|{_RANGE}"
-    rf"|{_KO_OR_AFTER}|{_TL_OR_AFTER})", re.IGNORECASE)
+    rf"|{_KO_OR_AFTER}|{_TL_OR_AFTER}|{_UNIT_THEN_CHOICE})", re.IGNORECASE)
+# Nor does a sentence end: "The answer is 7. Or 8.", "答えは7個。または8個。" offer 8 as the other choice.
+_CHOICE_NEXT = re.compile(rf"^[\s.。!！]*{_CHOICES}[\s,，]*(?:[^\W\d_]+\s+){{0,2}}?[(（\[]?[-+−]?\$?\d", re.IGNORECASE)
 _CHOICE_BEFORE = re.compile(
     rf"(?:か|(?<![^\W\d_]){_CHOICES}|\d\s*(?:{_AND_WORDS})|\d\s?[-–—~〜～]\s?|\d[^\s\d]{{0,3}}?나|\d\s+o)\s*$",
     re.IGNORECASE)
@@ -507,10 +514,21 @@ _ALSO_RIGHT = re.compile(
 )
 
 
+# Another number offered as what the answer may be: "The answer is 7, though it could be 8.", "Jawabannya 7, tapi
+# bisa juga 8.", "Đáp án là 7, cũng có thể là 8."
+_MAY_BE = re.compile(
+    r"(?<![^\W\d_])(?:(?:could|might|may)(?:\s+(?:also|well|even))?\s+be|(?:bisa|boleh|mungkin)(?:\s+juga)?"
+    r"(?:\s+(?:jadi|saja))?|(?:cũng\s+|cung\s+)?(?:có\s+thể|co\s+the)\s+(?:là|la))\s+([-+−]?\$?\d+(?:[.,]\d+)*)",
+    re.IGNORECASE,
+)
+
+
 def _also_right(text: str, committed: str) -> bool:
     """Whether ``text`` (from the answer on) offers an answer other than ``committed`` (normalised) as right or
-    possible too (:data:`_ALSO_RIGHT`)."""
-    return any(normalise_text(found.group(1) or found.group(2)) != committed for found in _ALSO_RIGHT.finditer(text))
+    possible too (:data:`_ALSO_RIGHT`, :data:`_MAY_BE`)."""
+    offered = [found.group(1) or found.group(2) for found in _ALSO_RIGHT.finditer(text)]
+    offered += [found.group(1) for found in _MAY_BE.finditer(text)]
+    return any(normalise_text(other) != committed for other in offered)
 
 
 # The labels a question lists its options by, in order ("A. Hà Nội\nB. Huế", "ก. 10\nข. 12", "ア．東京\nイ．大阪").
@@ -599,6 +617,8 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
                 return Commitment("", None)
             # "12, 13, 14 중 하나", "(3, 4)", "2, 3, 5": no one number, the sentence whole for a math reference
             listed = _listed(part, start, start + len(numbers[0]))
+            if _CHOICE_NEXT.match(tail.strip()[len(line):]):  # "The answer is 7. Or 8."
+                return Commitment("", None)
         numbers = numbers or numbers_in(line) or numbers_in(tail)  # "The answer is:\n42"
         if numbers and _also_right(tail, normalise_text(numbers[0])):  # "12, but 15 is also possible"
             return Commitment("", None)

@@ -724,6 +724,42 @@ def test_another_answer_offered_as_right_too_commits_to_neither(reply, options, 
     assert verdicts(reply, options, language) == expected(options, right)
 
 
+SEVEN_EIGHT = ("7", "8")
+
+HEDGES_PAST_A_UNIT_OR_A_SENTENCE_END = [
+    # a second number offered after a unit word, a comma or a sentence end, or as what the answer could be, is a
+    # choice as "7 or 8" is (each gave 7)
+    ("The answer is 7 apples or 8 apples.", SEVEN_EIGHT, None, "en"),
+    ("The answer is 7 apples, or 8 if you count the rotten one.", SEVEN_EIGHT, None, "en"),
+    ("The answer is 7 red apples, or maybe 8.", SEVEN_EIGHT, None, "en"),
+    ("The answer is 7. Or 8.", SEVEN_EIGHT, None, "en"),
+    ("The answer is 7.\nOr maybe 8.", SEVEN_EIGHT, None, "en"),
+    ("The answer is 7, though it could be 8.", SEVEN_EIGHT, None, "en"),
+    ("The answer is 7 apples. It might also be 8.", SEVEN_EIGHT, None, "en"),
+    ("Jawabannya 7 apel, atau 8 kalau dihitung yang busuk.", SEVEN_EIGHT, None, "id"),
+    ("Jawabannya 7. Atau 8.", SEVEN_EIGHT, None, "id"),
+    ("Jawabannya 7 apel, tapi bisa juga 8.", SEVEN_EIGHT, None, "id"),
+    ("Đáp án là 7 quả hoặc 8 quả.", SEVEN_EIGHT, None, "vi"),
+    ("Đáp án là 7, cũng có thể là 8.", SEVEN_EIGHT, None, "vi"),
+    ("答えは7個。または8個。", SEVEN_EIGHT, None, "ja"),
+    # ... while an answer with its unit, and a remark with another number or an "or" that offers none, keeps it
+    ("The answer is 7 apples.", SEVEN_EIGHT, "7", "en"),
+    ("The answer is 7 apples. Originally there were 8.", SEVEN_EIGHT, "7", "en"),
+    ("The answer is 7 apples or so.", SEVEN_EIGHT, "7", "en"),
+    ("The answer is 7 apples, and 8 is what Tom had.", SEVEN_EIGHT, "7", "en"),
+    ("The answer is 7. It could be checked with 3 + 4 = 7.", SEVEN_EIGHT, "7", "en"),
+    ("The answer is 7 apples, though it could be 7 pears too.", SEVEN_EIGHT, "7", "en"),
+    ("Jawabannya 7 apel, karena 15 - 8 = 7.", SEVEN_EIGHT, "7", "id"),
+    ("Đáp án là 7 quả.", SEVEN_EIGHT, "7", "vi"),
+    ("答えは7個です。", SEVEN_EIGHT, "7", "ja"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), HEDGES_PAST_A_UNIT_OR_A_SENTENCE_END)
+def test_a_second_number_offered_past_a_unit_or_a_sentence_end_is_a_choice(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)
+
+
 SCALE_AND_SIGN_WORDS = [
     # a scale word joined by a hyphen to a noun is an adjective, and a number word before a sign word is its operand
     # (they gave 200 and -5)

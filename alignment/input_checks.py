@@ -78,6 +78,30 @@ def check_reward_inputs(rewards: Sequence[Any], prompts: Sequence[PromptRow], so
                              f"prompts, so reward '{reward.key}' ({reward.type}) would never apply")
 
 
+# How many rows a warning names before "...": enough to find the pattern in a file, not a page of line numbers.
+_NAMED_ROWS = 5
+
+
+def empty_answer_warning(rewards: Sequence[Any], prompts: Sequence[PromptRow], source: PromptSource) -> str | None:
+    """The prompts whose answer is an empty string, when an answer reward reads them (None when there are none, or
+    when no prompt has an answer: :func:`check_reward_inputs` refuses that). Such a row is unscored by the reward and
+    trains on the other rewards alone, as a row without the field does; but a null or a missing field says so on
+    purpose, while "" is as often a missing value a parquet or spreadsheet export wrote, so it is named: the file,
+    the count and the first rows."""
+    answers = [reward for reward in rewards if isinstance(reward, AnswerReward)]
+    if not answers:
+        return None
+    empty = [p for p in prompts if isinstance(p.answer, str) and not p.answer.strip()]
+    if not empty or not any(p.answer is not None and str(p.answer).strip() for p in prompts):
+        return None
+    rows = [str(p.meta.get("row", p.id)) for p in empty[:_NAMED_ROWS]]
+    named = ", ".join(rows) + (", ..." if len(empty) > _NAMED_ROWS else "")
+    return (f"{source.path}: column '{source.answer_field}' (prompts.answer_field) is an empty string in "
+            f"{len(empty)} of {len(prompts)} prompts ({named}): reward '{answers[0].key}' leaves them unscored, so "
+            "they train on the other rewards alone; give them their answer, or write null (or leave the field out) "
+            "in a row that has none on purpose")
+
+
 def check_tool_prompts(config: Any, prompts: Sequence[PromptRow], source: PromptSource) -> None:
     """A preference stage samples, pairs and trains a prompt with its tools and tool loop; the parts that would see
     only its question refuse it here, naming the row, rather than score or rewrite answers blind to the tools and
@@ -129,21 +153,46 @@ def check_offline_pairs(offline: OfflinePairs) -> None:
     raise StageError(f"offline.path {offline.path}: none {drawn} is a usable pair ({said}); first: {first}")
 
 
+def _local_prompts(config: Any) -> tuple[list[PromptRow], PromptSource] | None:
+    """The stage's prompts when its prompts file is local (None for an earlier stage's dataset, a hub dataset or a
+    preference stage with only an offline round), read as the stage reads them."""
+    source: PromptSource | None = getattr(config, "prompts", None)
+    if source is None or stage_ref(source.path) is not None or not Path(source.path).exists():
+        return None
+    if getattr(config, "rounds", 1) == 0:
+        return None  # a preference stage with only an offline round samples no prompts
+    # With shuffle, which rows `limit` keeps depends on the recipe's seed, which this check is not given: read all.
+    preference = getattr(config, "kind", None) == "preference"  # the one stage kind that renders tools everywhere
+    prompts = load_prompts(source.model_copy(update={"limit": None}) if source.shuffle else source, seed=0,
+                           with_tools=preference)
+    return prompts, source
+
+
 def check_inputs(config: Any) -> None:
     """The stage's local prompts file: every row the stage would read, and the columns its rewards need; a preference
     stage's local offline pairs (:func:`check_offline_pairs`)."""
     offline: OfflinePairs | None = getattr(config, "offline", None)
     if offline is not None:
         check_offline_pairs(offline)
-    source: PromptSource | None = getattr(config, "prompts", None)
-    if source is None or stage_ref(source.path) is not None or not Path(source.path).exists():
+    local = _local_prompts(config)
+    if local is None:
         return
-    if getattr(config, "rounds", 1) == 0:
-        return  # a preference stage with only an offline round samples no prompts
-    # With shuffle, which rows `limit` keeps depends on the recipe's seed, which this check is not given: read all.
-    preference = getattr(config, "kind", None) == "preference"  # the one stage kind that renders tools everywhere
-    prompts = load_prompts(source.model_copy(update={"limit": None}) if source.shuffle else source, seed=0,
-                           with_tools=preference)
+    prompts, source = local
     check_reward_inputs(config.rewards, prompts, source)
-    if preference:
+    if getattr(config, "kind", None) == "preference":
         check_tool_prompts(config, prompts, source)
+
+
+def input_warnings(config: Any) -> list[str]:
+    """What the stage's local prompts file holds that is likely a mistake, one line each, for `tempa plan` and the
+    run's start: the rows with an empty answer (:func:`empty_answer_warning`). A refused file (:func:`check_inputs`)
+    warns of nothing."""
+    try:
+        local = _local_prompts(config)
+    except StageError:
+        return []
+    if local is None:
+        return []
+    prompts, source = local
+    warning = empty_answer_warning(config.rewards, prompts, source)
+    return [warning] if warning else []

@@ -317,7 +317,8 @@ def _turns_and_tools(row: dict[str, Any], source: PromptSource) -> tuple[list[di
 def answer_problem(value: Any) -> str | None:
     """What is wrong with a row's reference answer, or None when the answer reward can use it. The reward compares
     text: a mapping or a boolean would be compared as its Python spelling ("{'v': 4}", "True"), and an empty list
-    (or an empty item in one) would fail every sample of the row. Unset or "" means the row has no answer."""
+    (or an empty item in one) would fail every sample of the row. Unset or "" means the row has no answer ("" is
+    named by :func:`tempa.alignment.input_checks.empty_answer_warning`: an export's missing value as often)."""
     if value is None or isinstance(value, str):
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | list | tuple):

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import Field
 
-from tempa.alignment.input_checks import check_reward_inputs
+from tempa.alignment.input_checks import check_reward_inputs, empty_answer_warning
 from tempa.alignment.prompts import PromptRow, load_prompts
 from tempa.alignment.rl_config import RLStageConfig
 from tempa.alignment.rl_rewards import FACTORY, ROW_COLUMN, RewardSpec, RLPrompt
@@ -57,6 +57,8 @@ def run_rl(config: RLStageConfig, ctx: StageContext) -> RLResult:
     source = config.prompts.resolved(ctx, who=f"stage '{ctx.stage_name}'")
     prompts = load_prompts(source, seed=ctx.seed, thinking=config.thinking)
     check_reward_inputs(config.rewards, prompts, source)
+    if (empty := empty_answer_warning(config.rewards, prompts, source)) is not None:
+        ctx.log.warning("%s", empty)  # an earlier stage's or a hub dataset: `tempa plan` could not read it
     data_dir = ctx.stage_dir / DATA_DIR
     dataset = save_prompts(render_prompts(prompts, tokenizer, config.prompts.path), data_dir / "prompts",
                            ctx.stage_dir)

@@ -71,12 +71,13 @@ from tempa.alignment.sampling import (
     score_pass,
 )
 from tempa.chat_templates.thinking import mode_kwargs
-from tempa.sft.checkpoints import complete_checkpoints, remove_incomplete_checkpoints, resume_point
+from tempa.sft.checkpoints import complete_checkpoints, resume_point
 from tempa.sft.data_config import DataError
 from tempa.sft.files import json_or_none, point_link, staging_dir, write_json, write_jsonl
 from tempa.sft.global_batch import per_device_batch, rows_per_step
 from tempa.sft.kernels import KERNEL_KEYS
-from tempa.sft.run_layout import CHECKPOINTS_DIR, FINAL_DIR, LOGS_DIR, TRAIN_PLAN
+from tempa.sft.run_layout import CHECKPOINTS_DIR, FINAL_DIR
+from tempa.sft.stage import launch_training
 from tempa.sft.stage_api import (
     RunPath,
     Scalar,
@@ -87,7 +88,7 @@ from tempa.sft.stage_api import (
     format_metric,
 )
 from tempa.sft.throughput_summary import SUMMARY_KEYS, combined_headline
-from tempa.sft.train_plan import OUTCOME_FILE, WORKER, TrainOutcome, TrainPlan, train_plan
+from tempa.sft.train_plan import OUTCOME_FILE, TrainOutcome, TrainPlan, train_plan
 
 __all__ = ["PreferenceResult", "PreferenceStageConfig", "RoundSummary", "run_preference"]
 
@@ -548,11 +549,7 @@ def train_round(config: PreferenceStageConfig, ctx: StageContext, round_dir: Pat
     starting policy, or with LoRA the policy with its adapters disabled)."""
     plan = train_plan(ctx, trainer="dpo", start_model=policy, train_data=train_path, out_dir=round_dir,
                       train_args=config.train_args(), seed=seed, lora=config.lora, reference_model=reference)
-    for path in remove_incomplete_checkpoints(plan.checkpoints_dir, [ctx.stage_dir]):
-        ctx.log.warning("removed incomplete checkpoint %s (interrupted while saving)", path.name)
-    plan_path = plan.write(round_dir / TRAIN_PLAN)
-    ctx.launch(WORKER, ["--plan", str(plan_path)], round_dir / LOGS_DIR / "train.log")
-    outcome = TrainOutcome.read(plan.final_dir)
+    outcome = launch_training(plan, ctx)
     return outcome.headline(), pairs_trained(plan, outcome, pairs)
 
 

@@ -26,11 +26,12 @@ from tempa.alignment.rl_config import RLStageConfig
 from tempa.alignment.rl_rewards import FACTORY, ROW_COLUMN, RewardSpec, RLPrompt
 from tempa.chat_templates.one_line import first_line
 from tempa.chat_templates.thinking import mode_kwargs, rendered_prefill
-from tempa.sft.checkpoints import complete_checkpoints, remove_incomplete_checkpoints
+from tempa.sft.checkpoints import complete_checkpoints
 from tempa.sft.files import staging_dir, write_atomic
-from tempa.sft.run_layout import DATA_DIR, LOGS_DIR, TRAIN_PLAN
+from tempa.sft.run_layout import DATA_DIR
+from tempa.sft.stage import launch_training
 from tempa.sft.stage_api import Scalar, StageContext, StageError, StageResult
-from tempa.sft.train_plan import WORKER, RewardHook, TrainOutcome, train_plan
+from tempa.sft.train_plan import RewardHook, TrainOutcome, train_plan
 
 # What trl logs per step that the stage reports as run averages (besides rewards/<name>/mean and /std):
 # "completions/clipped_ratio" is the share of samples cut off at max_completion_length, "clip_ratio/region_mean"
@@ -73,12 +74,7 @@ def run_rl(config: RLStageConfig, ctx: StageContext) -> RLResult:
     plan = train_plan(ctx, trainer=config.trainer, start_model=ctx.start_model, train_data=dataset,
                       out_dir=ctx.stage_dir, train_args=config.train_args(), seed=ctx.seed, lora=config.lora,
                       rewards=RewardHook(factory=FACTORY, spec=spec_path))
-    for path in remove_incomplete_checkpoints(plan.checkpoints_dir, [ctx.stage_dir]):
-        ctx.log.warning("removed incomplete checkpoint %s (interrupted while saving)", path.name)
-    plan_path = plan.write(ctx.stage_dir / TRAIN_PLAN)
-    ctx.launch(WORKER, ["--plan", str(plan_path)], ctx.stage_dir / LOGS_DIR / "train.log")
-
-    outcome = TrainOutcome.read(plan.final_dir)
+    outcome = launch_training(plan, ctx)
     names = [reward.key for reward in config.rewards]
     rewards = {name: run_mean(outcome.log_history, f"rewards/{name}/mean") for name in names}
     train = config.train_args()

@@ -160,16 +160,18 @@ def decontamination_summary(data: DataConfig, prompts: EvalPrompts) -> str:
 
 def launch_training(plan: TrainPlan, ctx: StageContext) -> TrainOutcome:
     """Clear half-saved checkpoints, write the plan, run the worker (it resumes from the last complete
-    checkpoint) and read what it reports."""
+    checkpoint) and read what it reports: every training stage kind's launch (sft, pretrain, rl, each preference
+    round, in ``plan.out_dir``), so a damaged checkpoint or file is named the same way by each
+    (:func:`damaged_file_hint`)."""
     for path in remove_incomplete_checkpoints(plan.checkpoints_dir, [ctx.stage_dir]):
         ctx.log.warning("removed incomplete checkpoint %s (interrupted while saving)", path.name)
     resume = last_complete_checkpoint(plan.checkpoints_dir)
     if resume is not None:
         ctx.log.info("will resume from %s", resume)
-    plan_path = plan.write(ctx.stage_dir / TRAIN_PLAN)
+    plan_path = plan.write(plan.out_dir / TRAIN_PLAN)
     before = _published(plan.final_dir)
     try:
-        ctx.launch(WORKER, ["--plan", str(plan_path)], ctx.stage_dir / LOGS_DIR / "train.log")
+        ctx.launch(WORKER, ["--plan", str(plan_path)], plan.out_dir / LOGS_DIR / "train.log")
     except StageError as exc:
         if (after := _published(plan.final_dir)) is not None and after != before:
             # The final model is whole: rank 0 publishes it after every process took part in its save, and only a
@@ -178,7 +180,7 @@ def launch_training(plan: TrainPlan, ctx: StageContext) -> TrainOutcome:
             ctx.log.warning("%s: the training processes ended with an error after the final model was published "
                             "(%s): keeping it", ctx.stage_name, exc)
             return TrainOutcome.read(plan.final_dir)
-        hint = damaged_file_hint(str(exc), resume, plan.train_data)
+        hint = damaged_file_hint(str(exc), resume, plan.train_data, plan.out_dir)
         if hint is None:
             raise
         raise StageError(f"{exc}{hint}") from None
@@ -201,15 +203,19 @@ _DAMAGED_FILE = re.compile(r"SafetensorError|incomplete metadata|deserializ|Pyto
 _FAILED_WRITE = re.compile(r"while serializing|No space left|os error 28|Errno 28|quota exceeded", re.IGNORECASE)
 
 
-def damaged_file_hint(error: str, resume: Path | None, train_data: Path) -> str | None:
+def damaged_file_hint(error: str, resume: Path | None, train_data: Path, out_dir: Path | None = None) -> str | None:
     """What to move aside when a launch failed reading a damaged file: the checkpoint it resumed from (its files
-    were whole when COMPLETE was written, so something damaged them since), else the prepared data's cache entry.
-    None for any other failure."""
+    were whole when COMPLETE was written, so something damaged them since), else the prepared data's cache entry
+    (data in ``out_dir``, the launch's folder, is no cache entry: an rl stage's prompts, a round's pairs). None for
+    any other failure."""
     if not _DAMAGED_FILE.search(error) or _FAILED_WRITE.search(error):
         return None
     if resume is not None:
         return (f"; it was resuming from {resume}, whose files may have been damaged since they were saved: move that "
                 "folder aside and run again to resume from the checkpoint before it (or from the start)")
+    if out_dir is not None and train_data.is_relative_to(out_dir):  # an rl stage's prompts, a round's pairs
+        return (f"; a file it read may be damaged: its data ({train_data}, which the stage writes) or the model it "
+                "starts from")
     return (f"; a file it read may be damaged: the prepared data ({train_data.parent}, in the cache) or the model it "
             "starts from; delete that cache folder and run again to prepare the data anew")
 

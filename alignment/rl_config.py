@@ -46,13 +46,22 @@ from tempa.alignment.rewards import RewardConfig, check_reward_names, judge_read
 from tempa.sft.config import run_only_train_args
 from tempa.sft.stage_api import Read, StageConfigBase
 from tempa.sft.suggest import did_you_mean
-from tempa.sft.train_args import check_train_args, train_arg_spec, train_checks_deferred
+from tempa.sft.train_args import (
+    STAGE_FOLDER_AND_LAUNCH,
+    check_train_args,
+    train_arg_spec,
+    train_checks_deferred,
+)
 from tempa.sft.train_plan import RESERVED_TRAIN_KEYS, LoraSettings
 
 RL_CONFIGS = {"grpo": "trl:GRPOConfig", "rloo": "trl:RLOOConfig"}
 
-# Set by the stage: the weights come from `rewards`, the template kwargs from each row's thinking mode.
-RL_RESERVED_KEYS = (*RESERVED_TRAIN_KEYS, "reward_weights", "chat_template_kwargs")
+# Set by the stage, each with what decides it, as the refusal of one in `train:` says.
+RL_RESERVED_KEYS = {
+    **dict.fromkeys(RESERVED_TRAIN_KEYS, STAGE_FOLDER_AND_LAUNCH),
+    "reward_weights": "each reward's `weight` in rewards decides it",
+    "chat_template_kwargs": "each prompt's thinking mode decides it: thinking, or a row's thinking_mode",
+}
 
 # tempa's defaults on top of trl's config (keys the chosen trainer lacks are dropped).
 DEFAULT_RL_ARGS: dict[str, Any] = {

@@ -85,25 +85,32 @@ class TrainArgSpec:
     scheduler_kwargs: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
+# What decides a reserved train key (output_dir, logging_dir, resume_from_checkpoint, deepspeed, ...) that its stage
+# gives no reason of its own for.
+STAGE_FOLDER_AND_LAUNCH = "the stage folder and launch decide it"
+
+
 def check_train_args(
-    values: Mapping[str, Any], config_ref: str, *, reserved: Iterable[str] = (), defaults: Mapping[str, Any] = {}
+    values: Mapping[str, Any], config_ref: str, *, reserved: Iterable[str] | Mapping[str, str] = (),
+    defaults: Mapping[str, Any] = {},
 ) -> dict[str, Any]:
     """Return ``values`` if every key is a field of ``config_ref`` (``"trl:SFTConfig"``) with a fitting value.
 
     A number or boolean written as a string (``per_device_train_batch_size: "4"``) comes back as the
     number, as trl's own YAML config parser (argparse) reads it; every other value comes back as written.
     Raises ``ValueError`` naming the key and what was expected; pydantic reports it with the
-    field path. ``reserved`` keys are set by tempa itself (e.g. output_dir) and are refused. ``defaults``:
+    field path. ``reserved`` keys are set by tempa itself (e.g. output_dir) and are refused, saying what decides
+    them: a mapping's value for its key (reward_weights: each reward's weight), else the stage folder and launch. ``defaults``:
     tempa's defaults for the stage (its lr_scheduler_type is the one lr_scheduler_kwargs must fit when the recipe
     sets no other).
     """
     _refused(values)
     spec = train_arg_spec(config_ref)
-    reserved = set(reserved)
+    decides = dict(reserved) if isinstance(reserved, Mapping) else dict.fromkeys(reserved, STAGE_FOLDER_AND_LAUNCH)
     out = dict(values)
     for key, value in values.items():
-        if key in reserved:
-            raise ValueError(f"'{key}' is set by tempa (the stage folder and launch decide it); remove it")
+        if key in decides:
+            raise ValueError(f"'{key}' is set by tempa ({decides[key]}); remove it")
         if key not in spec.fields:
             raise ValueError(f"'{key}' is not a {spec.name} field{did_you_mean(key, spec.fields)}")
         if value is None:

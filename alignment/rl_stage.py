@@ -140,7 +140,8 @@ def rl_metrics(outcome: TrainOutcome, names: list[str], prompts: int, *,
     """The stage's metrics: run means of trl's logged rewards and health figures (`reward_<name>` and
     `reward_<name>_std` per reward), the first and last logged total reward and KL, then the trainer headline. With
     ``mask_truncated`` (trl's mask_truncated_completions) KL, entropy and the clip ratio are means over the
-    completions that ended (:func:`ended_mean`), the last KL is the last step's where one did, and
+    completions that ended (:func:`ended_mean`), the last KL is the last step's whose clipped ratio is below 1 (none when
+    every step's is 1; without ``mask_truncated``, the last step's), and
     `steps_without_tokens` counts the steps whose completions were all cut off, which trained on nothing
     (:func:`steps_without_tokens`; 0 without ``mask_truncated``)."""
     history = outcome.log_history

@@ -33,7 +33,12 @@ from tempa.alignment.generate_prompts_stage import (
     generated_size,
     run_generate_prompts,
 )
-from tempa.alignment.input_checks import check_api_keys, check_inputs, check_training_environment
+from tempa.alignment.input_checks import (
+    check_api_keys,
+    check_inputs,
+    check_training_environment,
+    input_warnings,
+)
 from tempa.alignment.judge import Judge, JudgeSettings, parse_judge_score
 from tempa.alignment.pairs import Pair, PairStats, Scored, best_worst, revision_pair
 from tempa.alignment.preference_config import PreferenceStageConfig
@@ -80,6 +85,7 @@ SYNTHESIZE = StageKind(
     journals=synthesize_journals,
     dataset_size=synthesized_size,
     check_inputs=check_inputs,
+    input_warnings=input_warnings,
     check_environment=check_api_keys,
     api_requests=synthesize_requests,
 )
@@ -96,6 +102,7 @@ PREFERENCE = StageKind(
     journals=preference_journals,
     estimate=estimate_preference,
     check_inputs=check_inputs,
+    input_warnings=input_warnings,
     check_environment=check_training_environment,
     api_requests=preference_requests,
 )
@@ -139,6 +146,7 @@ RL = StageKind(
     resume_point=resume_point,
     estimate=estimate_rl,
     check_inputs=check_inputs,
+    input_warnings=input_warnings,
     check_environment=check_training_environment,
 )
 STAGE_KINDS = (SYNTHESIZE, PREFERENCE, RL, TRANSLATE, GENERATE_PROMPTS)

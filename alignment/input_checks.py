@@ -194,5 +194,5 @@ def input_warnings(config: Any) -> list[str]:
     if local is None:
         return []
     prompts, source = local
-    warning = empty_answer_warning(config.rewards, prompts, source)
+    warning = empty_answer_warning(getattr(config, "rewards", None) or (), prompts, source)
     return [warning] if warning else []

@@ -139,7 +139,7 @@ class AccuracySuite(_GenerationSuite):
 
     type: Literal["accuracy"]
     reports: ClassVar[frozenset[str] | None] = frozenset({"accuracy", "rows", "unanswered", "truncated"})
-    rel_tol: float = Field(default=1e-6, ge=0, description="Relative tolerance of the numeric match.")
+    rel_tol: float = Field(default=1e-6, ge=0, description="Relative tolerance of the numeric match, for values that cannot be equal as written (0.3333333 for 1/3, `\\sqrt{2}`); integers, finite decimals and fractions compare exactly.")
 
 
 class LanguageSuite(_GenerationSuite, language.LanguageRules):

@@ -177,6 +177,10 @@ def test_plan_accepts_numbers_and_lists_of_accepted_answers(tmp_path, tiny_model
           rewards: [{type: answer}, {type: format}]
     """)
     assert main(["plan", str(path), "--run-dir", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    # "" is taken for a row without an answer, but named: an export writes it for a missing value as often
+    out = capsys.readouterr()
+    assert (f"{tmp_path / 'prompts.jsonl'}: column 'answer' (prompts.answer_field) is an empty string in 1 of 4 "
+            "prompts (line 4)") in " ".join((out.out + out.err).split())
 
 
 def test_plan_refuses_offline_pairs_of_which_no_row_is_a_pair(tmp_path, tiny_model_dir, capsys):

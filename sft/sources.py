@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import csv
 import functools
+import itertools
 import json
 import logging
 import mmap
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -161,13 +164,49 @@ def load_source(source: SourceConfig, *, cache_dir: Path | None = None) -> datas
         raise DataError(f"data source {source.name!r}: {exc}") from None
     except Exception as exc:
         # Any loader failure becomes one actionable line.
-        raise DataError(f"{where}: could not be loaded: {first_line(exc)}") from exc
+        raise DataError(f"{where}: could not be loaded: {_load_error(exc, source)}") from exc
     if suffix in _COMPRESSED:
         raise DataError(f"{where}: a single compressed file ({path.name}) is not read; put it in a folder of its own "
                         "and give the folder as the path (a folder's .jsonl.gz, .json.gz or .csv.gz files are read), "
                         "or decompress it")
     raise DataError(f"{where}: unsupported file type {path.suffix!r}; expected .jsonl, .json, .parquet or .csv "
                     "(a pretrain source: also .txt)")
+
+
+# pandas' CSV tokenizer counts records from 0 (the header first, a blank line one too), and a record that a quoted
+# line break spans once: its "row"/"line" is not the file's line past the first such field.
+_CSV_RECORD_ERRORS = (
+    (re.compile(r"EOF inside string starting at row (\d+)"), 0, "a quoted field opened here is never closed"),
+    (re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)"), -1, "expected {0} fields, saw {2}"),
+)
+
+
+def _load_error(exc: BaseException, source: SourceConfig) -> str:
+    """The first line of what made a load fail: the reader's own error (pandas', pyarrow's) under datasets'
+    "An error occurred while generating the dataset"; for a CSV file whose record pandas names, the line of the file
+    the record starts on instead (pandas' number is not one past a quoted line break)."""
+    cause = exc
+    while (inner := cause.__cause__ or cause.__context__) is not None:
+        cause = inner
+    message = first_line(cause)
+    path = Path(source.path)
+    if not (is_local(source) and path.is_file() and path.suffix.lower() == ".csv"):
+        return message
+    for pattern, shift, words in _CSV_RECORD_ERRORS:
+        if (found := pattern.search(message)) is not None:
+            record = int(found.group(2 if shift else 1)) + shift
+            return f"line {_csv_record_line(path, record)}: {words.format(*found.groups())}"
+    return message
+
+
+def _csv_record_line(path: Path, record: int) -> int:
+    """The file line (1-based) where CSV record ``record`` (0-based, the header first) starts, read as datasets'
+    CSV builder reads it (a BOM dropped, ``"`` quoting with doubled quotes)."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as handle:
+        reader = csv.reader(handle)
+        for _ in itertools.islice(reader, record):
+            pass
+        return reader.line_num + 1
 
 
 def check_source(source: SourceConfig) -> None:
@@ -249,7 +288,7 @@ def check_source_rows(source: SourceConfig) -> None:
     except JsonFileError as exc:  # its message starts with the file (and line)
         raise DataError(f"data source {source.name!r}: {exc}") from None
     except Exception as exc:
-        raise DataError(f"{describe(source)}: could not be loaded: {first_line(exc)}") from None
+        raise DataError(f"{describe(source)}: could not be loaded: {_load_error(exc, source)}") from None
     check_columns(columns, spec_for(source), describe(source))
 
 

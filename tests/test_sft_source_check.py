@@ -313,3 +313,30 @@ def test_the_plan_parses_a_json_document_source_once(tmp_path, capsys, monkeypat
     sources.forget_parsed_documents()
     sources.json_rows(tmp_path / "share.json")
     assert len(parsed) == 3
+
+
+def _csv_broken_late(path: Path, *, good: int, multiline: int, last: str) -> int:
+    """``good`` rows, ``multiline`` of them first with a quoted line break, then ``last``; the line ``last`` is on."""
+    lines = ["instruction,input,output"]
+    lines += [f'"Baris\nke-{i}",,Ya.' for i in range(multiline)]
+    lines += [f"Apa itu nomor {i}?,,Itu nomor {i}." for i in range(good - multiline)]
+    lines += [last, "Apa itu angklung?,,Alat musik."]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return 1 + good + multiline + 1  # the header, the rows, their extra lines, then ``last``
+
+
+@pytest.mark.parametrize(("multiline", "last", "said"), [
+    (0, '"Apa itu batik?,,Kain.', "a quoted field opened here is never closed"),
+    (5, '"Apa itu batik?,,Kain.', "a quoted field opened here is never closed"),
+    (0, "Apa,itu,batik,lagi", "expected 3 fields, saw 4"),
+    (5, "Apa,itu,batik,lagi", "expected 3 fields, saw 4"),
+])
+def test_a_csv_broken_past_its_first_rows_names_the_line_it_breaks_on(tmp_path, multiline, last, said):
+    """3,000 good rows then an unclosed quote passed the plan (it reads 16 rows) and failed the run on datasets' "An
+    error occurred while generating the dataset", the row only in an earlier log line, counted as pandas counts: not
+    the file's line past a quoted line break. The error names the file's line and what is wrong there."""
+    path = tmp_path / "late_bad.csv"
+    line = _csv_broken_late(path, good=3000, multiline=multiline, last=last)
+    with pytest.raises(DataError) as raised:
+        load_source(SourceConfig(name="s", path=str(path)), cache_dir=tmp_path / "cache")
+    assert str(raised.value) == f"data source 's' ({path}): could not be loaded: line {line}: {said}"

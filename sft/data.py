@@ -84,6 +84,7 @@ from tempa.sft.data_config import (
     DataConfig,
     DataError,
     SourceConfig,
+    normalised_first,
     token_limits,
     worker_count,
 )
@@ -747,11 +748,11 @@ def _normalize_settings(
 
 
 def _one_pass(cur: CurationConfig, source: SourceConfig) -> bool:
-    """Whether ``source`` is normalised inside the tokenising workers, in one pass over its rows: when no
-    step compares its rows with each other (duplicates, template instructions, the exact share of a
-    ``mixed`` source). That saves normalising in one process (a pool for it pays only from about 10,000
-    rows) and the normalised copy of the source written and read back; the data is the same either way."""
-    return cur.dedup is None and cur.template_instructions is None and source.thinking_mode != "mixed"
+    """Whether ``source`` is normalised inside the tokenising workers, in one pass over its rows: when no step
+    compares its rows with each other (:func:`~tempa.sft.data_config.normalised_first`). That saves normalising in one process (a
+    pool for it pays only from about 10,000 rows) and the normalised copy of the source written and read back; the
+    data is the same either way."""
+    return not normalised_first(cur, source)
 
 
 # --- 5: duplicates and templates ------------------------------------------------------------------

@@ -554,6 +554,20 @@ PREP_SERIAL_TOKENS_PER_SECOND = 25_000_000
 # rows in Japanese letters 0.99 ms at 194 tokens. The tokens' rate above stays as it is (it was measured on
 # 820-token rows and kept low for text that is not ASCII), so this term makes long rows no faster.
 PREP_ROW_SECONDS = 0.0007
+# CPU-seconds per row of the phases the curation turns on, beside the tokenising above. bench/curation_rates.py,
+# 2026-12-03, ONE run (no repeats) on a loaded 2-vCPU VM (load average 3.6), 20,000 two-turn Indonesian rows
+# (~60-character turns, ~110 tokens a row), num_proc 1, each phase timed inside a whole prepare: language ID
+# 18.6 s (0.93 ms a row), the separate normalising pass 8.4 s (0.42 ms), dedup (exact + MinHash, default
+# settings) 6.8 s (0.34 ms). On that load the prepare without curation took 2.0 ms a row where the rates above
+# give ~1.1 ms, so these may be up to 2x high on a quiet machine; rounded, not scaled. Language ID and MinHash
+# cost more on longer text (they read the turns' characters); these rates are for short chats.
+# Language ID runs where the rows are normalised: in the tokenising workers, or in the normalising pass's.
+PREP_LANGUAGE_ROW_SECONDS = 0.0009
+# The pass that normalises every row before tokenising when a step compares rows (:func:`normalised_first`);
+# in its own workers (``NORMALISE_ROWS_PER_PROCESS``).
+PREP_NORMALISE_ROW_SECONDS = 0.0004
+# Exact and near-duplicate search: one process whatever ``num_proc`` is (rows are offered in recipe order).
+PREP_DEDUP_ROW_SECONDS = 0.00035
 
 
 def available_cores() -> int:
@@ -600,8 +614,29 @@ def worker_count(num_proc: int | None, rows: int, rows_per_process: int | None =
     return workers
 
 
-def prep_seconds(tokens: int, rows: int, num_proc: int | None = None, cores: int | None = None) -> float:
+def normalised_first(curation: CurationConfig, source: SourceConfig) -> bool:
+    """Whether ``source``'s rows are all normalised in a pass of their own before tokenising: a step compares rows
+    with each other (``dedup``, ``template_instructions``) or a ``mixed`` source draws among them. Else they are
+    normalised inside the tokenising workers, in one pass."""
+    return (curation.dedup is not None or curation.template_instructions is not None
+            or source.thinking_mode == "mixed")
+
+
+def prep_seconds(tokens: int, rows: int, num_proc: int | None = None, cores: int | None = None, *,
+                 language: bool = False, dedup: bool = False, normalised_rows: int = 0) -> float:
     """Estimated seconds to prepare ``rows`` rows of ``tokens`` tokens: the one-process steps, then rendering and
-    tokenising (CPU-bound, a cost per row and one per token) spread over the workers."""
+    tokenising (CPU-bound, a cost per row and one per token) spread over the workers; with ``normalised_rows`` of
+    them normalised first (:func:`normalised_first`), that pass over its own workers; with ``language``, language
+    ID in whichever workers normalise a row; with ``dedup``, the duplicate search in one process."""
+    cores = cores or available_cores()
+    workers = workers_for(rows, num_proc, cores)
+    normalisers = min(workers_for(normalised_rows, num_proc, cores),
+                      max(1, normalised_rows // NORMALISE_ROWS_PER_PROCESS))
     parallel = tokens / PREP_TOKENS_PER_CORE_SECOND + rows * PREP_ROW_SECONDS
-    return tokens / PREP_SERIAL_TOKENS_PER_SECOND + parallel / workers_for(rows, num_proc, cores)
+    seconds = tokens / PREP_SERIAL_TOKENS_PER_SECOND + parallel / workers
+    seconds += normalised_rows * PREP_NORMALISE_ROW_SECONDS / normalisers
+    if language:
+        seconds += PREP_LANGUAGE_ROW_SECONDS * (normalised_rows / normalisers + (rows - normalised_rows) / workers)
+    if dedup:
+        seconds += rows * PREP_DEDUP_ROW_SECONDS
+    return seconds

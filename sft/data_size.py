@@ -33,6 +33,9 @@ from tempa.chat_templates.thinking import last_user_index
 from tempa.sft import curation
 from tempa.sft.config import SFTStageConfig
 from tempa.sft.data_config import (
+    PREP_DEDUP_ROW_SECONDS,
+    PREP_LANGUAGE_ROW_SECONDS,
+    PREP_NORMALISE_ROW_SECONDS,
     PREP_ROW_SECONDS,
     PREP_SERIAL_TOKENS_PER_SECOND,
     PREP_TOKENS_PER_CORE_SECOND,
@@ -40,6 +43,7 @@ from tempa.sft.data_config import (
     DataError,
     SourceConfig,
     available_cores,
+    normalised_first,
     prep_seconds,
     token_limits,
     workers_for,
@@ -647,7 +651,7 @@ def _many(count: int, thing: str) -> str:
 
 
 def tokens_from_recipe(config: SFTStageConfig, inputs: EstimateInputs) -> TokenCount:
-    total_tokens, total_rows, notes, unknown, upper = 0, 0, [], [], []
+    total_tokens, total_rows, normalised_rows, notes, unknown, upper = 0, 0, 0, [], [], []
     data = config.data
     sizes = dict(inputs.dataset_sizes)
     counter = sample_counter(inputs.tokenizer)
@@ -663,6 +667,8 @@ def tokens_from_recipe(config: SFTStageConfig, inputs: EstimateInputs) -> TokenC
             continue
         tokens = source.tokens if source.tokens is not None else size.rows * size.tokens_per_row
         total_tokens, total_rows = total_tokens + tokens, total_rows + size.rows
+        if normalised_first(data.curation, source):
+            normalised_rows += size.rows
         if size.at_most:
             upper.append(source.name)
         notes.append(f"source {source.name}: {size.how}")
@@ -672,7 +678,8 @@ def tokens_from_recipe(config: SFTStageConfig, inputs: EstimateInputs) -> TokenC
     if unknown:
         where += f"; at least: {', '.join(unknown)} not counted"
     bound = {(True, False): ">=", (False, True): "<=", (True, True): "~"}.get((bool(unknown), bool(upper)), "")
-    notes.append(prep_note(total_tokens, total_rows, data.num_proc, bound))
+    notes.append(prep_note(total_tokens, total_rows, data.num_proc, bound, language=data.curation.language is not None,
+                           dedup=data.curation.dedup is not None, normalised_rows=normalised_rows))
     return TokenCount(total_tokens, total_rows, where, notes, bound=bound)
 
 
@@ -687,20 +694,31 @@ def accepted_languages(config: SFTStageConfig) -> Mapping[str, frozenset[str]]:
         return {}
 
 
-def prep_note(tokens: int, rows: int, num_proc: int | None, bound: str = "", cores: int | None = None) -> str:
-    """The plan's data-prep line: how long rendering and tokenising ``tokens`` takes before training starts.
+def prep_note(tokens: int, rows: int, num_proc: int | None, bound: str = "", cores: int | None = None, *,
+              language: bool = False, dedup: bool = False, normalised_rows: int = 0) -> str:
+    """The plan's data-prep line: how long reading, rendering and tokenising ``tokens`` takes before training
+    starts, and the phases the curation adds (:func:`~tempa.sft.data_config.prep_seconds`), each named with its rate.
 
     The plan may run elsewhere than the training node, so it gives this machine's figure and a 128-core
     node's (an 8-GPU node has 100+ cores).
     """
     here = cores or available_cores()
     workers = workers_for(rows, num_proc, here)
-    node = format_eta(prep_seconds(tokens, rows, num_proc, 128))
-    return (f"data prep before the first step: {bound or '~'}{format_eta(prep_seconds(tokens, rows, num_proc, here))} "
+    phases = {"language": language, "dedup": dedup, "normalised_rows": normalised_rows}
+    node = format_eta(prep_seconds(tokens, rows, num_proc, 128, **phases))
+    counted = [f"reading and saving {PREP_SERIAL_TOKENS_PER_SECOND:,} tokens/s in one process",
+               f"tokenising {PREP_TOKENS_PER_CORE_SECOND:,} tokens/s and {PREP_ROW_SECONDS * 1000:g} ms a row per process"]
+    if normalised_rows:
+        counted.append(f"normalising {_many(normalised_rows, 'row')} first {PREP_NORMALISE_ROW_SECONDS * 1000:g} ms a "
+                       "row per process")
+    if language:
+        counted.append(f"language ID {PREP_LANGUAGE_ROW_SECONDS * 1000:g} ms a row per process")
+    if dedup:
+        counted.append(f"dedup {PREP_DEDUP_ROW_SECONDS * 1000:g} ms a row in one process")
+    return (f"data prep before the first step: {bound or '~'}"
+            f"{format_eta(prep_seconds(tokens, rows, num_proc, here, **phases))} "
             f"(h:mm:ss) in {workers} process{'es' if workers > 1 else ''} on this machine's {here} cores, "
-            f"{bound or '~'}{node} on a node's 128 cores ({PREP_TOKENS_PER_CORE_SECOND:,} tokens/s and "
-            f"{PREP_ROW_SECONDS * 1000:g} ms a row per process, reading and saving {PREP_SERIAL_TOKENS_PER_SECOND:,} "
-            "tokens/s in one); cached after")
+            f"{bound or '~'}{node} on a node's 128 cores (counts {'; '.join(counted)}); cached after")
 
 
 def tokens_from_mix(mix: DataMix) -> TokenCount:

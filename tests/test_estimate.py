@@ -782,3 +782,61 @@ def test_the_global_batch_note_agrees_with_the_warning_and_table_when_the_batch_
     met = load_recipe("sea-lion-v3-70b-it", [f"{stage}.per_device_train_batch_size=1", "launch.global_batch_size=32"])
     (estimate,) = [e for e in estimate_recipe(met, "2x8xH100") if e.name == "sft-general"]
     assert "global batch 32 (launch.global_batch_size): gradient_accumulation_steps 2 on 2x8xH100" in estimate.notes
+
+
+def test_plan_counts_the_phases_the_curation_turns_on(tmp_path: Path, monkeypatch):
+    """The data-prep line ignored dedup and language ID: a trial's 20,000 rows planned at 0:00:23 with or without
+    them and took 32-60 s with them. Each phase the recipe turns on adds its term, named in the note."""
+    import tempa.sft.data_config as data_config
+    import tempa.sft.data_size as data_size
+
+    for module in (data_config, data_size):
+        monkeypatch.setattr(module, "available_cores", lambda: 4)
+
+    def line(curation: str) -> str:
+        stages = f"""
+    - name: sft
+      kind: sft
+      data:
+        sources:
+          - {{name: rows, path: org/big, rows: 8000, thinking_mode: "off", languages: [id]}}
+        curation: {curation}
+    """
+        [stage] = estimate_recipe(load_recipe(write_recipe(tmp_path, HUB_70B, stages)), "8xH100")
+        return next(note for note in stage.notes if note.startswith("data prep"))
+
+    with_curation = line("{language: {}, dedup: {}}")
+    for phase in ("normalising 8,000 rows first", "language ID", "dedup"):
+        assert phase in with_curation and phase not in line("{}"), phase
+    tokens, rows = 8000 * 800, 8000
+    plain = tokens / data_config.PREP_SERIAL_TOKENS_PER_SECOND + (
+        tokens / data_config.PREP_TOKENS_PER_CORE_SECOND + rows * data_config.PREP_ROW_SECONDS) / 4
+    # dedup makes every row normalised first, in min(4 cores, 8,000 // 5,000) = 1 process, language ID with it; the
+    # duplicate search runs in one process
+    curated = plain + rows * (data_config.PREP_NORMALISE_ROW_SECONDS + data_config.PREP_LANGUAGE_ROW_SECONDS
+                              + data_config.PREP_DEDUP_ROW_SECONDS)
+    assert f"~0:00:{round(plain):02d} (h:mm:ss)" in line("{}")
+    assert round(curated) > round(plain)
+    assert f"~0:00:{round(curated):02d} (h:mm:ss)" in with_curation
+
+
+@pytest.mark.parametrize("num_proc", [1, 2, 8])
+def test_the_duplicate_search_is_not_spread_over_the_processes(num_proc: int):
+    """Dedup runs in one process whatever num_proc is; language ID runs where the rows are normalised: in the
+    tokenising workers of a one-pass source, in the normalising pass's workers for rows normalised first."""
+    from tempa.sft.data_config import (
+        NORMALISE_ROWS_PER_PROCESS,
+        PREP_DEDUP_ROW_SECONDS,
+        PREP_LANGUAGE_ROW_SECONDS,
+        PREP_NORMALISE_ROW_SECONDS,
+        prep_seconds,
+    )
+
+    tokens, rows = 4_000_000, 40_000
+    base = prep_seconds(tokens, rows, num_proc, 16)
+    assert prep_seconds(tokens, rows, num_proc, 16, dedup=True) - base == pytest.approx(rows * PREP_DEDUP_ROW_SECONDS)
+    assert prep_seconds(tokens, rows, num_proc, 16, language=True) - base == pytest.approx(
+        rows * PREP_LANGUAGE_ROW_SECONDS / num_proc)
+    normalisers = min(num_proc, rows // NORMALISE_ROWS_PER_PROCESS)
+    assert prep_seconds(tokens, rows, num_proc, 16, language=True, normalised_rows=rows) - base == pytest.approx(
+        rows * (PREP_NORMALISE_ROW_SECONDS + PREP_LANGUAGE_ROW_SECONDS) / normalisers)

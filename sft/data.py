@@ -122,6 +122,7 @@ from tempa.sft.sources import (
     RAW,
     READ_ERROR,
     RowNames,
+    check_mapping,
     describe,
     is_local,
     json_lines_files,
@@ -726,6 +727,7 @@ def sample_lengths(
 
 def _check_raw(raw: datasets.Dataset, source: SourceConfig) -> None:
     if RAW not in raw.column_names:
+        check_mapping(source, raw.column_names)
         check_columns(raw.column_names, spec_for(source), describe(source))
     if len(raw) == 0:
         raise DataError(f"{describe(source)}: has no rows")

@@ -181,14 +181,23 @@ def required_columns(fmt: str, spec: FormatSpec) -> list[tuple[str, ...]]:
     }[fmt]
 
 
+def expected_formats(spec: FormatSpec) -> str:
+    """The columns that would make a row of each format, in the names ``spec`` reads (a source's ``columns:``
+    mapping replaces the defaults): "'messages', 'conversations', 'prompt'+'response' or 'instruction'+'output'"."""
+    lists = ", ".join(repr(name) for name in spec.messages)
+    pairs = ["+".join(repr(names[0]) for names in (first, second))
+             for first, second in ((spec.prompt, spec.response), (spec.instruction, spec.output))]
+    return f"{lists}, {pairs[0]} or {pairs[1]}"
+
+
 def check_columns(columns: Sequence[str], spec: FormatSpec, where: str) -> None:
     """Fail early, in one line, when a typed table (Parquet, CSV, Arrow) cannot hold the format."""
     fmt = detect_format(columns, spec)
     found = ", ".join(columns) or "none"
     if fmt is None:
         raise DataError(
-            f"{where}: cannot tell the row format from the columns ({found}); expected 'messages', "
-            "'conversations', 'prompt'+'response' or 'instruction'+'output', or set format/columns"
+            f"{where}: cannot tell the row format from the columns ({found}); expected {expected_formats(spec)}, "
+            "or set format/columns"
         )
     for alternatives in required_columns(fmt, spec):
         if not any(name in columns for name in alternatives):
@@ -542,8 +551,7 @@ def normalize_row(row: Mapping[str, Any], spec: FormatSpec, *, arrow: bool = Fal
         read = {*spec.messages, *spec.prompt, *spec.response, *spec.instruction, *spec.output}
         empty = [key for key in sorted(row) if key in read and _is_missing(row[key])]
         raise RowError(
-            f"expected 'messages', 'conversations', 'prompt'+'response' or 'instruction'+'output'; "
-            f"found keys {sorted(row)}"
+            f"expected {expected_formats(spec)}; found keys {sorted(row)}"
             + (f", but {' and '.join(map(repr, empty))} {'is' if len(empty) == 1 else 'are'} null (empty)"
                if empty else "")
         )

@@ -27,7 +27,7 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,22 +260,72 @@ def csv_head(path: Path, rows: int) -> Any:
     return pd.read_csv(path, **{**CsvConfig().pd_read_csv_kwargs, "nrows": rows, "chunksize": None})
 
 
+# The fields of a ``columns:`` mapping that name a column of a row (``role`` and ``content`` name keys inside a
+# turn; ``reasoning`` a column of prompt/response and instruction/output rows, else a key of a turn).
+_ROW_FIELDS = ("messages", "prompt", "response", "instruction", "input", "output", "system", "tools", "thinking_mode")
+_TURN_FIELDS = ("role", "content")
+# What a row of its format cannot do without. A JSON row may lack the other keys (a system prompt, a trace, only
+# some rows have), so of JSON rows only these are checked; a table's columns are every row's.
+_NEEDED = ("messages", "prompt", "response", "instruction", "output", *_TURN_FIELDS)
+
+
+def check_mapping(source: SourceConfig, columns: Sequence[str], turn_keys: Sequence[str] | None = None, *,
+                  rows: int | None = None) -> None:
+    """Refuse a ``columns:`` mapping that names a column, or a key inside a turn, the source does not have, whatever
+    its ``format``: else every row is rejected as a row of no format, in words that never name the mapping.
+
+    ``columns``: a table's columns; or, with ``rows``, the keys of its first ``rows`` JSON rows, and ``turn_keys``
+    the keys of their turns (None: no turn read). A table's turns are values, their keys not read here.
+    """
+    from tempa.sft.formats import detect_format, spec_for
+    from tempa.sft.suggest import did_you_mean
+
+    fields = [*_ROW_FIELDS] if rows is None else [field for field in _NEEDED if field not in _TURN_FIELDS]
+    if rows is None and detect_format(columns, spec_for(source)) in ("prompt_response", "alpaca"):
+        fields.append("reasoning")
+    if rows is not None and turn_keys is not None:
+        fields += _TURN_FIELDS
+    for field in fields:
+        name = getattr(source.columns, field)
+        known = turn_keys if field in _TURN_FIELDS else columns
+        if name is None or known is None or name in known:
+            continue
+        if rows is None:
+            said = "a column the source does not have (columns"
+        else:
+            place = "its first row" if rows == 1 else f"its first {rows:,} rows"
+            said = f"a key of no turn in {place} (turn keys" if field in _TURN_FIELDS else f"a key not in {place} (keys"
+        raise DataError(f"{describe(source)}: columns.{field} is {name!r}, {said}: {', '.join(known) or 'none'})"
+                        f"{did_you_mean(name, known)}")
+
+
 def check_source_rows(source: SourceConfig) -> None:
     """What the sft pipeline refuses of a local file source as a whole once it reads it, found before the run's
     first stage: a JSON document that does not parse (parsed whole, as the run parses it), a CSV or Parquet file
-    whose columns name no row format, or a CSV whose header or first rows do not parse. Raises :class:`DataError`
+    whose columns name no row format, a ``columns:`` mapping that names a column (a JSON row's key) the first rows
+    do not have (:func:`check_mapping`), or a CSV whose header or first rows do not parse. Raises :class:`DataError`
     in the words the run uses. Only the header and first rows of a CSV or Parquet file are read, so a 30 GB file
     costs no more than a small one; JSON Lines lines are rows of their own (a bad one is a reject, not a refusal).
     """
     from tempa.sft.formats import check_columns, spec_for
 
     path = Path(source.path)
-    if not is_local(source) or not path.is_file():
+    if not is_local(source):
+        return
+    if path.is_dir():
+        if is_saved_dataset(path):  # memory-mapped: its columns cost no read of its rows
+            check_mapping(source, load_source(source).column_names)
+        return
+    if not path.is_file():
         return
     suffix = path.suffix.lower()
     try:
         if suffix == ".json" and not is_json_lines(path):
-            json_rows(path)
+            _check_json_mapping(source, json_rows(path)[:HEAD_ROWS])
+            return
+        if is_json_lines(path):
+            lines = (line for line in read_lines(path) if not line.blank and line.error is None)
+            _check_json_mapping(source, [line.text for line in itertools.islice(lines, HEAD_ROWS)])
             return
         if suffix == ".parquet":
             import pyarrow.parquet as pq
@@ -285,11 +335,32 @@ def check_source_rows(source: SourceConfig) -> None:
             columns = [str(name) for name in csv_head(path, HEAD_ROWS).columns]
         else:
             return
+    except DataError:
+        raise
     except JsonFileError as exc:  # its message starts with the file (and line)
         raise DataError(f"data source {source.name!r}: {exc}") from None
     except Exception as exc:
         raise DataError(f"{describe(source)}: could not be loaded: {_load_error(exc, source)}") from None
+    check_mapping(source, columns)
     check_columns(columns, spec_for(source), describe(source))
+
+
+def _check_json_mapping(source: SourceConfig, texts: Sequence[str]) -> None:
+    """:func:`check_mapping` on the keys of the JSON rows ``texts`` (those that parse to an object) and of their turns
+    (the dicts in the lists the row's turn-list keys hold)."""
+    from tempa.sft.formats import spec_for
+
+    rows = []
+    for text in texts:
+        with contextlib.suppress(ValueError):
+            if isinstance(row := json.loads(text), dict):
+                rows.append(row)
+    if not rows:
+        return  # nothing to compare with: the rows' own rejects say what they are
+    turn_lists = [row[key] for row in rows for key in spec_for(source).messages if isinstance(row.get(key), list)]
+    turn_keys = sorted({key for turns in turn_lists for turn in turns if isinstance(turn, dict) for key in turn})
+    check_mapping(source, sorted({key for row in rows for key in row}), turn_keys if turn_lists else None,
+                  rows=len(rows))
 
 
 def _check_encoding(source: SourceConfig, file: Path) -> None:

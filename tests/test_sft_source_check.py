@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,114 @@ def test_a_csv_broken_past_its_first_rows_names_the_line_it_breaks_on(tmp_path, 
     with pytest.raises(DataError) as raised:
         load_source(SourceConfig(name="s", path=str(path)), cache_dir=tmp_path / "cache")
     assert str(raised.value) == f"data source 's' ({path}): could not be loaded: line {line}: {said}"
+
+
+QA = {"question": ["Apa itu batik?", "Apa itu angklung?"], "answer": ["Kain.", "Alat musik."]}
+
+
+def _qa_table(kind: str) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        import datasets
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if kind == "csv":
+            path.write_text("question,answer\n" + "".join(f"{q},{a}\n" for q, a in zip(*QA.values(), strict=True)))
+        elif kind == "parquet":
+            pq.write_table(pa.table(QA), path)
+        else:
+            datasets.Dataset.from_dict(QA).save_to_disk(str(path))
+
+    return write
+
+
+def _rows_file(rows: list[dict], document: bool = False) -> Callable[[Path], None]:
+    return lambda p: p.write_text(json.dumps(rows) if document else "".join(json.dumps(r) + "\n" for r in rows))
+
+
+TWO_ROWS = [ROW, {"messages": [{"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]}]
+# (file, its rows, the source's format and columns, what is said after the source's name and path)
+WRONG_MAPPINGS = {
+    "jsonl list": ("good.jsonl", _rows_file(TWO_ROWS), {"columns": {"messages": "convo"}},
+                   "columns.messages is 'convo', a key not in its first 2 rows (keys: messages)"),
+    "jsonl list, sharegpt": ("good.jsonl", _rows_file(TWO_ROWS), {"format": "sharegpt", "columns": {"messages": "mesages"}},
+                             "columns.messages is 'mesages', a key not in its first 2 rows (keys: messages); "
+                             "did you mean 'messages'?"),
+    "jsonl turn key": ("good.jsonl", _rows_file(TWO_ROWS), {"columns": {"content": "text"}},
+                       "columns.content is 'text', a key of no turn in its first 2 rows (turn keys: content, role)"),
+    "json document": ("qa.json", _rows_file([{"q": "Apa?", "a": "Ya."}], document=True),
+                      {"columns": {"prompt": "q", "response": "answer"}},
+                      "columns.response is 'answer', a key not in its first row (keys: a, q)"),
+    "csv, auto": ("qa.csv", _qa_table("csv"), {"columns": {"prompt": "question", "response": "answr"}},
+                  "columns.response is 'answr', a column the source does not have (columns: question, answer); "
+                  "did you mean 'answer'?"),
+    "csv, prompt_response": ("qa.csv", _qa_table("csv"),
+                             {"format": "prompt_response", "columns": {"prompt": "question", "response": "answr"}},
+                             "columns.response is 'answr', a column the source does not have (columns: question, "
+                             "answer); did you mean 'answer'?"),
+    "csv, optional column": ("qa.csv", _qa_table("csv"),
+                             {"columns": {"prompt": "question", "response": "answer", "system": "sistem"}},
+                             "columns.system is 'sistem', a column the source does not have (columns: question, "
+                             "answer)"),
+    "csv, reasoning column": ("qa.csv", _qa_table("csv"),
+                              {"columns": {"prompt": "question", "response": "answer", "reasoning": "nalar"}},
+                              "columns.reasoning is 'nalar', a column the source does not have (columns: question, "
+                              "answer)"),
+    "parquet": ("qa.parquet", _qa_table("parquet"), {"columns": {"prompt": "questoin", "response": "answer"}},
+                "columns.prompt is 'questoin', a column the source does not have (columns: question, answer); "
+                "did you mean 'question'?"),
+    "saved dataset": ("qa", _qa_table("saved"), {"columns": {"instruction": "question", "output": "jawab"}},
+                      "columns.output is 'jawab', a column the source does not have (columns: question, answer)"),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_MAPPINGS))
+def test_a_column_mapping_naming_what_the_source_does_not_have_is_refused(tmp_path, case):
+    """`columns: {messages: convo}` on rows of `messages` was a plan warning saying "expected 'messages' ... found
+    keys ['messages']" and a run that rejected every row; on a CSV, `response: answr` with format auto was "cannot
+    tell the row format ... or set format/columns". Whatever the format and the source type, the mapping field and
+    the name it gives are refused before the run's first stage, with what the source has."""
+    from tempa.sft.sources import check_source_rows
+
+    name, write, settings, said = WRONG_MAPPINGS[case]
+    write(tmp_path / name)
+    source = SourceConfig(name="s", path=str(tmp_path / name), **settings)
+    with pytest.raises(DataError) as raised:
+        check_source_rows(source)
+    assert str(raised.value) == f"{describe(source)}: {said}"
+
+
+def test_a_jsonl_mapping_of_an_optional_key_some_rows_lack_and_a_right_mapping_pass(tmp_path):
+    """A JSON row may lack an optional key (a system prompt only later rows have): only what every row of its format
+    needs is checked in JSON rows; a mapping the rows have passes."""
+    from tempa.sft.sources import check_source_rows
+
+    renamed = [{"convo": [{"speaker": "user", "text": "2+2?"}, {"speaker": "assistant", "text": "4"}]}]
+    (tmp_path / "rows.jsonl").write_text(json.dumps(renamed[0]) + "\n")
+    check_source_rows(SourceConfig(name="s", path=str(tmp_path / "rows.jsonl"),
+                                   columns={"messages": "convo", "role": "speaker", "content": "text", "system": "sys"}))
+
+
+def test_the_plan_refuses_a_wrong_column_mapping_naming_it(tmp_path, capsys):
+    from tempa.recipes.cli import main
+
+    (tmp_path / "good.jsonl").write_text(json.dumps(ROW) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nbase_model: tempa:tiny\nstages:\n  - {name: s1, kind: sft, data: {sources: "
+                      "[{name: s, path: good.jsonl, columns: {messages: convo}}]}}\n")
+    assert main(["plan", str(recipe), "--run-dir", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err
+    assert ("stage 's1' would fail: data source 's' (" + str(tmp_path / "good.jsonl") + "): columns.messages is "
+            "'convo', a key not in its first row (keys: messages)") in err, err
+
+
+def test_a_row_of_no_format_is_told_the_names_the_mapping_reads():
+    """The row error listed the default names whatever `columns:` mapped: "expected 'messages', ...; found keys
+    ['messages']" for `columns: {messages: convo}`."""
+    from tempa.sft.formats import RowError, normalize_row, spec_for
+
+    source = SourceConfig(name="s", path="org/rows", columns={"messages": "convo", "response": "answr"})
+    with pytest.raises(RowError) as raised:
+        normalize_row({"messages": ROW["messages"]}, spec_for(source))
+    assert str(raised.value).startswith("expected 'convo', 'prompt'+'answr' or 'instruction'+'output'; found keys "
+                                        "['messages']")

@@ -34,8 +34,10 @@ per row). Both give the same data.
 Reports (in ``out_dir``; rows are conversations, tokens count every token of the rendered samples):
 
 - ``mix.json`` (:class:`tempa.sft.data_report.DataMix`): per source its size setting and thinking
-  mode, ``rows_in`` (rows read), ``rows_curated`` (after the row filters), ``rows_tokenized`` /
-  ``tokens_in`` (after the length limits), ``heldout_rows`` / ``heldout_tokens`` (copies of an
+  mode, ``rows_in`` (rows read), ``rows_curated`` (rows_in less the rows the row filters, duplicates and template
+  instructions reject: the last two are found in step 5, so the tokenising progress bar counts rows they then
+  reject), ``rows_tokenized`` / ``tokens_in`` (rows_curated less the rows the length limits reject whole, and
+  their tokens), ``heldout_rows`` / ``heldout_tokens`` (copies of an
   instruction held out together), ``heldout_rows_trained_elsewhere`` (their instruction trains in
   another source) and ``heldout_rows_trained_earlier`` (an earlier stage trained the start model on it), ``rows_kept`` (with repeats when up-sampled), ``samples_kept``, ``tokens_kept``,
   ``trained_tokens_kept``, ``thinking_on_rows_kept``, ``tool_rows_kept``, ``share_of_tokens`` and rejects by reason, plus totals; the same

@@ -364,6 +364,9 @@ def test_malformed_and_filtered_rows_are_rejected_with_reasons_and_the_run_goes_
     assert stats.name == "sea" and stats.rows_in == 15 and stats.rows_kept == 4
     assert stats.rejects == {"malformed_row": 4, "malformed_reasoning": 2, "role_order": 1, "pii": 1,
                                 "language": 1, "exact_duplicate": 1, "too_long": 1}
+    # as mix.json's fields say: rows_curated is rows_in less the row filters' 9 and the duplicate (found after
+    # tokenising), rows_tokenized that less the row too long
+    assert (stats.rows_curated, stats.rows_tokenized) == (15 - 9 - 1, 15 - 9 - 1 - 1)
 
 
 def test_a_key_in_a_row_another_check_rejected_is_not_copied_into_the_rejects(tmp_path: Path, tokenizer: Any) -> None:

@@ -29,11 +29,12 @@ class SourceMix(BaseModel):
     thinking_mode: str
     thinking_ratio: float | None = None
     rows_in: int = Field(description="Rows read.")
-    rows_curated: int = Field(description="Rows left after the row filters.")
-    rows_tokenized: int = Field(description="Rows left after the length limits.")
+    rows_curated: int = Field(description="Rows left after the row filters, duplicates and template instructions "
+                              "(the last two are found among the tokenised rows that fit the length limits).")
+    rows_tokenized: int = Field(description="Of the rows curated, those with a sample the length limits keep.")
     samples: int = Field(description="Trainable samples of those rows (a multi-turn row can give several).")
-    tokens_in: int = Field(description="Tokens of the rows left after the length limits, before holding out and "
-                           "sizing (a rejected row is never tokenised).")
+    tokens_in: int = Field(description="Tokens of the rows counted in rows_tokenized, before holding out and "
+                           "sizing.")
     heldout_rows: int
     heldout_samples: int
     heldout_tokens: int

@@ -116,3 +116,18 @@ def assert_ships(name: str, run_dir: Path) -> None:
     assert all(result.passed for result in results), [r for r in results if not r.passed]
     wanted = full.recipe.generation.model_dump(exclude_none=True)
     assert {key: getattr(generation, key) for key in wanted} == wanted
+
+
+def record_done(run_dir: Path, *decisions: Any) -> None:
+    """Each planned stage's record as the runner leaves it after a complete run: its manifest, then DONE."""
+    import time
+
+    from tempa.recipes.rundir import Manifest, mark_done
+
+    for decision in decisions:
+        stage_dir = run_dir / decision.name
+        stage_dir.mkdir(parents=True)
+        Manifest(name=decision.name, kind=decision.kind, fingerprint=decision.fingerprint,
+                 components=decision.components, status="done", action=decision.action, started_at=time.time(),
+                 config=decision.config).write(stage_dir, run_dir)
+        mark_done(stage_dir, decision.fingerprint)

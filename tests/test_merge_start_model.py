@@ -5,14 +5,13 @@ merges of `models: [sft-b, sft-c]` into byte-identical outputs)."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
+from stage_helpers import record_done
 from tempa.recipes.errors import RecipeError
 from tempa.recipes.loader import load_recipe
-from tempa.recipes.rundir import Manifest, mark_done
 from tempa.recipes.runner import plan_run
 
 ROW = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -40,20 +39,9 @@ def _recipe(tmp_path: Path, stages: str = STAGES) -> Path:
     return recipe
 
 
-def _record_done(run_dir: Path, decisions) -> None:
-    """Every stage's record as the runner leaves it after a complete run."""
-    for decision in decisions:
-        stage_dir = run_dir / decision.name
-        stage_dir.mkdir(parents=True)
-        Manifest(name=decision.name, kind=decision.kind, fingerprint=decision.fingerprint,
-                 components=decision.components, status="done", action=decision.action, started_at=time.time(),
-                 config=decision.config).write(stage_dir, run_dir)
-        mark_done(stage_dir, decision.fingerprint)
-
-
 def test_a_merge_of_listed_models_stands_when_the_stage_before_it_changes(tmp_path):
     recipe, run_dir = _recipe(tmp_path), tmp_path / "run"
-    _record_done(run_dir, plan_run(load_recipe(recipe), run_dir))
+    record_done(run_dir, *plan_run(load_recipe(recipe), run_dir))
     (tmp_path / "heldout.jsonl").write_text(json.dumps(ROW) * 2 + "\n", encoding="utf-8")
     plan = {d.name: d for d in plan_run(load_recipe(recipe), run_dir)}
     assert plan["evaluate"].action == "rerun"
@@ -70,7 +58,7 @@ def test_a_merge_depends_on_the_stages_it_reads_and_on_no_start_model(tmp_path):
     assert linear.inputs == ["evaluate"]
     # what the merge reads still re-runs it: here a new model of one it merges
     run_dir = tmp_path / "run"
-    _record_done(run_dir, plan.values())
+    record_done(run_dir, *plan.values())
     (tmp_path / "sft.jsonl").write_text(json.dumps(ROW) * 3 + "\n", encoding="utf-8")
     again = {d.name: d for d in plan_run(load_recipe(recipe), run_dir)}
     assert again["merge-ties"].action == "rerun" and again["merge-slerp"].action == "rerun"

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
+from stage_helpers import record_done
 from tempa.recipes.loader import load_recipe
-from tempa.recipes.rundir import Manifest, mark_done
 from tempa.recipes.runner import plan_run
 from tempa.sft.files import digest, write_json
 from tempa.sft.run_layout import MANIFEST
@@ -29,20 +28,10 @@ def _recipe(tmp_path: Path) -> Path:
     return recipe
 
 
-def _record_done(run_dir: Path, decision) -> None:
-    """The stage's record as the runner leaves it after a complete run: its manifest, then DONE."""
-    stage_dir = run_dir / decision.name
-    stage_dir.mkdir(parents=True)
-    Manifest(name=decision.name, kind=decision.kind, fingerprint=decision.fingerprint,
-             components=decision.components, status="done", action=decision.action, started_at=time.time(),
-             config=decision.config).write(stage_dir, run_dir)
-    mark_done(stage_dir, decision.fingerprint)
-
-
 def test_the_plan_names_the_input_file_that_changed(tmp_path):
     recipe, run_dir = _recipe(tmp_path), tmp_path / "run"
     first = plan_run(load_recipe(recipe), run_dir)[0]
-    _record_done(run_dir, first)
+    record_done(run_dir, first)
     assert plan_run(load_recipe(recipe), run_dir)[0].action == "skip"
 
     (tmp_path / "data" / "ja.jsonl").write_text(json.dumps(ROW) * 2 + "\n", encoding="utf-8")
@@ -56,7 +45,7 @@ def test_a_manifest_of_an_older_tempa_with_one_digest_for_its_files(tmp_path):
     complete, and a changed file still reruns it (which file, that manifest cannot tell: the plan lists them)."""
     recipe, run_dir = _recipe(tmp_path), tmp_path / "run"
     first = plan_run(load_recipe(recipe), run_dir)[0]
-    _record_done(run_dir, first)
+    record_done(run_dir, first)
     manifest = json.loads((run_dir / "sft" / MANIFEST).read_text())
     manifest["components"]["files"] = digest(manifest["components"]["files"])  # as an older tempa wrote it
     write_json(run_dir / "sft" / MANIFEST, manifest)

@@ -280,10 +280,11 @@ def plan_run(
         name = config.name
         kind = stage_kind(config.kind)
         upstream, reads = loaded.upstream(i), stage_reads(loaded, i)
+        implicit = None  # the start an earlier tempa counted for a stage that never opens it
         if not kind.reads_start_model and upstream not in reads:
             # its implicit start (the stage before it) is no input of it; a stage it reads stays its upstream, so
             # that the fingerprint of a merge of the stage before it is as an earlier tempa recorded it
-            upstream = None
+            implicit, upstream = upstream, None
         dump = config.model_dump(mode="json", by_alias=True)
         kept = fingerprinted(config)
         reads = [dep for dep in reads if dep != upstream]
@@ -308,9 +309,13 @@ def plan_run(
         manifest = read_manifest(stage_dir)
         unfingerprinted = frozenset(_flatten(dump)) - frozenset(_flatten(kept))
         done = done_fingerprint(stage_dir)
+        recorded = manifest.components if manifest is not None else {}
+        if implicit is not None and recorded.get("upstream") == fps.get(implicit):
+            # an earlier tempa counted the stage before it, as it is now, for its start: counted differently only
+            recorded = {**recorded, "upstream": components["upstream"]}
         if (done not in (None, fp) and manifest is not None and manifest.status == "done"
                 and manifest.fingerprint == done
-                and _counted_differently(manifest.components, components, manifest.config, dump, unfingerprinted)):
+                and _counted_differently(recorded, components, manifest.config, dump, unfingerprinted)):
             # Its settings and inputs are as it ran them; only this tempa's way of counting them changed (an
             # upgrade): its results stand, and its fingerprint stays the one the stages built on it recorded.
             fp = done

@@ -5,6 +5,7 @@ merges of `models: [sft-b, sft-c]` into byte-identical outputs)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,31 @@ def test_the_plan_says_a_merge_starts_from_its_models(tmp_path, capsys):
             for line in capsys.readouterr().out.splitlines() if line.count("│") > 6}
     assert rows["merge-ties"] == rows["merge-slerp"] == rows["merge-linear"] == "its models"
     assert rows["sft-b"] == "sft-a's model"
+
+
+def test_a_merge_finished_by_an_earlier_tempa_stands_after_the_upgrade(tmp_path):
+    """An earlier tempa counted the stage before a merge (its implicit `from`) in the merge's fingerprint: dropping it
+    re-ran every finished merge that does not read that stage, and what is built on it, after the upgrade, naming
+    "base model" as the change (review of 2a4bf5b)."""
+    from tempa.recipes.rundir import Manifest, mark_done
+    from tempa.recipes.runner import _fingerprinted
+    from tempa.sft.files import digest
+
+    recipe, run_dir = _recipe(tmp_path), tmp_path / "run"
+    plan = plan_run(load_recipe(recipe), run_dir)
+    record_done(run_dir, *plan)
+    fps = {d.name: d.fingerprint for d in plan}
+    # merge-ties as an earlier tempa recorded it: started from merge-linear, the stage before it
+    ties = next(d for d in plan if d.name == "merge-ties")
+    old = {**ties.components, "upstream": fps["merge-linear"]}
+    old_fp = digest(_fingerprinted(old))
+    assert old_fp != ties.fingerprint
+    Manifest(name=ties.name, kind=ties.kind, fingerprint=old_fp, components=old, status="done", action="run",
+             started_at=time.time(), config=ties.config).write(run_dir / ties.name, run_dir)
+    mark_done(run_dir / ties.name, old_fp)
+    again = {d.name: d for d in plan_run(load_recipe(recipe), run_dir)}
+    assert again["merge-ties"].action == "skip", again["merge-ties"].reason
+    assert again["merge-ties"].fingerprint == old_fp  # what is built on it recorded this one
+    # had the stage before it changed since, the merge would not know what it counted: it re-runs, once
+    (tmp_path / "heldout.jsonl").write_text(json.dumps(ROW) * 2 + "\n", encoding="utf-8")
+    assert {d.name: d for d in plan_run(load_recipe(recipe), run_dir)}["merge-ties"].action == "rerun"

@@ -47,7 +47,7 @@ from tempa.sft.formats import RowError, composed, thinking_mode_of
 from tempa.sft.language import detect as detect_language
 from tempa.sft.language import reasoning_verdict
 from tempa.sft.stage_api import StageError
-from tempa.sft.suggest import closest
+from tempa.sft.suggest import closest, one_slip_from
 
 Messages = list[dict[str, Any]]
 
@@ -465,11 +465,16 @@ def rows_problem(suite: Suite, rows: Sequence[dict[str, Any]]) -> str | None:
 
 
 def misspelt_column(suite: Suite, row: dict[str, Any]) -> str | None:
-    """Why ``row`` is refused when it lacks the column its suite scores by and has one spelt like it (an `anwser`),
+    """Why ``row`` is refused when it lacks the column its suite scores by and has one a slip away (an `anwser`),
     or None. A row without the column is left out (a file shared with other suites holds such rows), and so was one
     whose column is misspelt: its suite scored the other rows, and nothing said one was missing."""
     column = SCORED_BY.get(type(suite))
-    if column is None or column in row or (near := closest(column, list(row))) is None:
+    if column is None or column in row:
+        return None
+    # one slip of the keyboard only: a shared file's rows hold other suites' columns spelt much like it
+    # (`answer_type`, `answer_key`, ifeval's `instruction_id_list`), and such a row is left out, not refused
+    near = next((name for name in row if one_slip_from(name, column)), None)
+    if near is None:
         return None
     return f"no {column!r}; column {near!r} is not one tempa reads: did you mean {column!r}?"
 

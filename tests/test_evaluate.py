@@ -413,6 +413,24 @@ def test_a_row_of_another_suite_without_the_column_is_still_left_out(tmp_path):
     assert len(load_suite_rows(config)["s"]) == 2
 
 
+@pytest.mark.parametrize(("suite", "row"), [
+    ("accuracy", {"prompt": "Kind?", "answer_type": "number"}),
+    ("accuracy", {"prompt": "Key?", "answer_key": "B"}),
+    ("ifeval", {"prompt": "Write.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}),
+])
+def test_a_row_of_another_suite_with_a_column_named_much_like_it_is_left_out_not_refused(tmp_path, suite, row):
+    """A shared evaluation file that planned before b08c9d2 was refused: `answer_type` read as a misspelt `answer`
+    (difflib's closeness); only one slip of the keyboard is a misspelling (review2 trial)."""
+    from tempa.merge.evaluate_stage import check_inputs
+
+    first = {"prompt": "2+2?", "answer": "4"} if suite == "accuracy" else \
+        {"prompt": "Write.", "instructions": [{"type": "all_lowercase"}]}
+    data = _write_rows(tmp_path / "r.jsonl", [first, row])
+    config = EvaluateStageConfig.model_validate({"name": "e", "kind": "evaluate", "models": ["m"],
+                                                 "suites": [{"type": suite, "name": "s", "data": data}]})
+    assert check_inputs(config) is None  # refused before: "did you mean 'answer'?"
+
+
 def test_a_loss_suite_of_raw_text_scores_every_token_as_continued_pretraining_reads_it(tmp_path, tiny_model_dir,
                                                                                        tokenizer_dir):
     """A continued pre-training run's held-out documents (rows with `text`): the suite failed at the run with "no

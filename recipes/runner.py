@@ -600,6 +600,9 @@ def _what_changed(old: dict, new: dict, old_config: dict | None, config: dict | 
             continue
         label = labels.get(key, key)
         if key == "config" and old_config is not None and config is not None:
+            if isinstance(old.get("files"), dict) and isinstance(new.get("files"), dict):
+                # its paths as what lies there: a recipe folder moved, with a setting changed, names the setting only
+                old_config, config = located(old_config, old["files"]), located(config, new["files"])
             label += " changed: " + config_diff(old_config, config, ignore=ignore)
         if key == "files":
             label = _changed_files(old.get(key), new[key])

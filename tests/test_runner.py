@@ -201,6 +201,26 @@ def test_a_recipe_folder_moved_or_checked_out_elsewhere_skips_what_is_complete(t
     assert [p.action for p in plans] == ["rerun", "rerun"] and "input files" in plans[0].reason
 
 
+def test_a_setting_changed_in_a_moved_recipe_folder_is_named_without_the_moved_paths(tmp_path):
+    """A moved copy of the recipe with one learning rate changed listed every moved data path as a change before it
+    ("input "/alice/…/input.txt" → "/bob/…/input.txt", …, value 1 → 3"), the real change last, cut off in a narrow
+    terminal (new-user trial)."""
+    import shutil
+
+    project = tmp_path / "alice" / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "input.txt").write_text("one")
+    (project / "r.yaml").write_text("name: t\nbase_model: tempa:tiny\nstages:\n"
+                                    "  - {name: a, kind: touch, value: 1, input: data/input.txt}\n")
+    run_dir = tmp_path / "run"
+    run_recipe(load_recipe(project / "r.yaml"), run_dir)
+    moved = tmp_path / "bob" / "checkout"
+    moved.parent.mkdir()
+    shutil.move(project, moved)
+    (moved / "r.yaml").write_text((moved / "r.yaml").read_text().replace("value: 1", "value: 3"))
+    (plan,) = plan_run(load_recipe(moved / "r.yaml"), run_dir)
+    assert plan.action == "rerun" and plan.reason == "changed since it ran: stage config changed: value 1 → 3"
+
 def test_an_input_linked_to_another_folder_reruns_the_stage(tmp_path):
     """A recipe path keeps its last name when it is a link (a model folder `best -> checkpoint-1000`); pointing the
     link at another checkpoint with files of the same sizes is another input."""

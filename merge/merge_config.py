@@ -437,8 +437,9 @@ class MergeStageConfig(StageConfigBase):
         spec = method_spec(self.method)
         if self.from_ is not None:
             # a merge never opens a model it starts from: taken for its base or one of its models, it was ignored
-            raise ValueError(f"`from`: a merge starts from no model; it merges its `models` (or what `select` picks) "
-                             f"onto `base_model`: name {self.from_!r} there")
+            raise ValueError(f"`from`: a merge starts from no model; it merges its `models` (or what `select` "
+                             f"picks): to merge {self.from_!r}, name it in `models` (a task-vector method's base goes "
+                             "in `base_model`)")
         if (self.select is None) == (self.models is None):
             raise ValueError("give exactly one of `select` (top-k of a leaderboard) or `models`")
         if self.select is not None and self.evaluate_stage is None:

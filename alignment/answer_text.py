@@ -14,7 +14,7 @@ reward gave math-verify the whole reply, which took its last number, 7).
 
 A numeric reference is compared with the committed number by value (:func:`numbers_agree`), in both: exactly where
 both are exact as written (1,000,001 is not 1000000), within a tolerance only where they cannot be (0.3333333 for
-1/3, \\sqrt{2}). Percentages
+1/3, \\sqrt{2}, a float reference such as a float32 column's 0.1), unless an accuracy suite sets its own. Percentages
 follow one rule: a percentage is its number as written (45% is 45, as a percent question's reference writes it)
 and, against a number written without %, also its hundredth (45% is 0.45 or 9/20, as a probability's reference
 writes it); 45% is not 0.45%. A text reference (a label, a name, a choice letter) must equal what the reply commits
@@ -706,9 +706,11 @@ def reference_number(expected: object, language: str | None = None) -> Number | 
     a unit or currency dropped ("12,000円", "12 cm": :func:`tempa.alignment.numbers.unit_number`). None when the
     reference is no number (text, or math such as x^2+1)."""
     if isinstance(expected, int | float) and not isinstance(expected, bool):
-        # a float in the data is the decimal it was written as (0.1 is 1/10, not the binary value nearest it)
-        exact = Fraction(repr(expected)) if math.isfinite(expected) else None
-        return Number(float(expected), False, exact)
+        # A float in the data was not written: a float32 column's 0.1 loads as 0.10000000149011612 and a computed
+        # 0.1 + 0.2 is 0.30000000000000004, so only an integral one (12.0) is exact; any other is compared within
+        # the tolerance, as an expression's value is.
+        integral = isinstance(expected, int) or (math.isfinite(expected) and expected.is_integer())
+        return Number(float(expected), False, Fraction(int(expected)) if integral else None)
     text = str(expected)
     return read_number(unit_number(text, language) or text, language)
 
@@ -745,9 +747,9 @@ def _closed_arithmetic(expr: object) -> bool:
 
 def expression_value(latex: str) -> Number | None:
     """The value of a LaTeX expression that is one number (``2^{10}``, ``3.5\\times10^4``, ``\\sqrt{16}``), as
-    math-verify parses it, exact where sympy keeps it rational or a decimal (``2^{10}``, ``\\frac{7}{2}``,
-    ``3.5\\times10^4``), not where it is irrational (``\\sqrt{2}``, ``\\pi``); None when it is no closed
-    arithmetic (``x+1``, text, ``9^{9^{9^9}}``)."""
+    math-verify parses it, exact where sympy keeps it an integer or a fraction (``2^{10}``, ``\\frac{7}{2}``), not
+    where it is irrational (``\\sqrt{2}``, ``\\pi``) or sympy's rounded decimal (``1.05^{20}``); None when it is no
+    closed arithmetic (``x+1``, text, ``9^{9^{9^9}}``)."""
     import sympy
     from math_verify import parse
 
@@ -767,8 +769,8 @@ def expression_value(latex: str) -> Number | None:
         evaluated = item.doit()  # math-verify leaves 10^{7} + 1 unevaluated
         if isinstance(evaluated, sympy.Rational):
             return Number(value, False, Fraction(int(evaluated.p), int(evaluated.q)))
-        # decimals as written (3.5\times10^4, 0.1 + 0.2) evaluate to a Float whose digits are that decimal's
-        return Number(value, False, Fraction(str(evaluated)) if isinstance(evaluated, sympy.Float) else None)
+        # a Float's digits are sympy's rounding (1.05^{20} is 2.65329770514442), not a decimal the reply wrote
+        return Number(value, False, None)
     return None
 
 
@@ -807,21 +809,29 @@ def _decimal_ends(value: Fraction) -> bool:
     return denominator == 1
 
 
-def numbers_agree(expected: Number, got: Number, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
-    """Whether ``got`` gives ``expected``. Two numbers exact as written (integers, finite decimals, fractions:
-    :attr:`Number.exact`) must be equal: 1,000,001 does not give 1000000, nor 1234568 1234567 (a tolerance relative to
-    the value let large amounts, as rupiah and dong write them, pass one off); 0.5 gives 1/2 and 2/6 gives 1/3.
-    ``rel_tol`` and ``abs_tol`` apply only where the two cannot be equal as written: one side is no exact value (an
-    expression's, \\sqrt{2} or \\pi), or a finite decimal stands for a fraction whose decimal never ends
-    (0.3333333 for 1/3 agrees, within rel_tol; 0.33 does not). A percentage is its number as written and, against a
-    number without %, also its hundredth: 45% gives 45 and 0.45 (and a reference of 45% is given by 45 and 0.45);
-    45% does not give 0.45%."""
+# The tolerance for two numbers that cannot be equal as written, where no caller sets one.
+DEFAULT_REL_TOL = 1e-6
+
+
+def numbers_agree(expected: Number, got: Number, rel_tol: float | None = None, abs_tol: float = 1e-9) -> bool:
+    """Whether ``got`` gives ``expected``. ``rel_tol`` None (the answer reward, an accuracy suite that sets none): two
+    numbers exact as written (integers, finite decimals, fractions: :attr:`Number.exact`) must be equal: 1,000,001
+    does not give 1000000, nor 1234568 1234567 (a tolerance relative to the value let large amounts, as rupiah and
+    dong write them, pass one off); 0.5 gives 1/2 and 2/6 gives 1/3. :data:`DEFAULT_REL_TOL` and ``abs_tol`` apply
+    only where the two cannot be equal as written: one side is no exact value (an expression's, \\sqrt{2} or \\pi, or
+    a float reference that is no integer), or a finite decimal stands for a fraction whose decimal never ends
+    (0.3333333 for 1/3 agrees; 0.33 does not). A ``rel_tol`` set (an accuracy suite's, for approximate answers) is
+    the tolerance of every comparison: 3.1416 gives 3.14 within 0.01. A percentage is its number as written and,
+    against a number without %, also its hundredth: 45% gives 45 and 0.45 (and a reference of 45% is given by 45 and
+    0.45); 45% does not give 0.45%."""
+    tolerance = DEFAULT_REL_TOL if rel_tol is None else rel_tol
+
     def same(a: Number, b: Number, a_scale: int = 1, b_scale: int = 1) -> bool:
-        if a.exact is not None and b.exact is not None:
+        if rel_tol is None and a.exact is not None and b.exact is not None:
             a_exact, b_exact = a.exact / a_scale, b.exact / b_scale
             if _decimal_ends(a_exact) == _decimal_ends(b_exact):
                 return a_exact == b_exact
-        return math.isclose(a.value / a_scale, b.value / b_scale, rel_tol=rel_tol, abs_tol=abs_tol)
+        return math.isclose(a.value / a_scale, b.value / b_scale, rel_tol=tolerance, abs_tol=abs_tol)
 
     if same(got, expected):
         return True
@@ -912,7 +922,7 @@ def _delimited(text: str) -> str:
     return text
 
 
-def gives_reference(answer: str, expected: object, language: str | None = None, *, rel_tol: float = 1e-6,
+def gives_reference(answer: str, expected: object, language: str | None = None, *, rel_tol: float | None = None,
                     abs_tol: float = 1e-9, commitment: Commitment | None = None) -> bool:
     """Whether ``answer`` (the text after the think block) gives the one reference ``expected``: the rule of the
     answer reward's ``auto`` and of the accuracy suite alike. A number (:func:`reference_number`) is compared with

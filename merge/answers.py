@@ -85,13 +85,14 @@ def extract_final_number(answer: str, language: str | None = None) -> float | No
 
 
 def answer_matches(
-    answer: str, expected: object, rel_tol: float = 1e-6, abs_tol: float = 1e-9, language: str | None = None
+    answer: str, expected: object, rel_tol: float | None = None, abs_tol: float = 1e-9, language: str | None = None
 ) -> bool:
     """Whether ``answer`` (the text after the think block) gives the ``expected`` answer.
 
     A numeric expectation (:func:`tempa.alignment.answer_text.reference_number`: a number with a unit or currency,
-    "12,000円" or "12 cm", is its number) is compared with the number the answer commits to, within tolerance, as
-    the answer reward compares it (:func:`tempa.alignment.answer_text.numbers_agree`: 45% gives 45 and 0.45).
+    "12,000円" or "12 cm", is its number) is compared with the number the answer commits to as the answer reward
+    compares it (:func:`tempa.alignment.answer_text.numbers_agree`: exactly where both are exact as written, 45%
+    giving 45 and 0.45); a ``rel_tol`` given is the tolerance of every numeric comparison instead.
     Math (:func:`tempa.alignment.answer_text.is_math_reference`: an expression, an equation, a tuple, no prose word
     in it) is compared with what the answer commits to by math-verify; any other expectation, prose with numbers in
     it (``2時間30分``) too, is text: what the answer commits to must equal it

@@ -139,7 +139,7 @@ class AccuracySuite(_GenerationSuite):
 
     type: Literal["accuracy"]
     reports: ClassVar[frozenset[str] | None] = frozenset({"accuracy", "rows", "unanswered", "truncated"})
-    rel_tol: float = Field(default=1e-6, ge=0, description="Relative tolerance of the numeric match, for values that cannot be equal as written (0.3333333 for 1/3, `\\sqrt{2}`); integers, finite decimals and fractions compare exactly.")
+    rel_tol: float | None = Field(default=None, ge=0, description="Relative tolerance of the numeric match. Unset: the answer reward's rule, integers, finite decimals and fractions compare exactly (1,000,001 is not 1000000) and values that cannot be equal as written (0.3333333 for 1/3, `\\sqrt{2}`, a float reference such as 0.1 from a float32 column) within 1e-6. Set (0.01 to grade approximate answers): every numeric comparison is within it, 3.1416 giving 3.14.")
 
 
 class LanguageSuite(_GenerationSuite, language.LanguageRules):

@@ -38,7 +38,7 @@ def assert_both(language: str | None, reply: str, expected: object, verdict: boo
     ("vi", 15000000, "Đáp án là 15.000.001 đồng."),
     ("en", 12, r"\boxed{12.000001}"),
     ("en", 1000000, r"\boxed{1000000.5}"),
-    ("en", 0.1, "The answer is 0.1000001."),
+    ("en", "0.1", "The answer is 0.1000001."),  # a float 0.1 in the data is no decimal as written: see below
     ("en", "45%", "The answer is 0.4500001."),
     ("en", 1024, r"\boxed{2^{10} + 1}"),
     ("en", 10000000, r"\boxed{10^{7} + 1}"),
@@ -72,3 +72,67 @@ def test_an_exact_number_equal_as_written_is_right_in_both_readers(language, ref
 ])
 def test_a_tolerance_only_where_the_two_cannot_be_equal_as_written(reference, reply, verdict):
     assert_both("en", reply, reference, verdict)
+
+
+@pytest.mark.parametrize(("reference", "reply", "verdict"), [
+    # a float reference was not written: a float32 column's 0.1 and 3.3 load as the binary values nearest them, and
+    # a computed 0.1 + 0.2 is 0.30000000000000004; they compare within the tolerance (each gave 0)
+    (0.10000000149011612, "The answer is 0.1", True),
+    (3.299999952316284, "The answer is 3.3", True),
+    (0.1 + 0.2, "The answer is 0.3", True),
+    (0.10000000149011612, "The answer is 0.11", False),
+    # ... while an integral float is the integer, exact
+    (12.0, "The answer is 12", True),
+    (1000000.0, "The answer is 1,000,001", False),
+])
+def test_a_float_reference_is_exact_only_when_it_is_an_integer(reference, reply, verdict):
+    assert_both("en", reply, reference, verdict)
+
+
+def test_a_float32_answer_column_scores_the_decimal_it_stands_for(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tempa.alignment.prompts import PromptSource, load_prompts
+
+    messages = [[{"role": "user", "content": q}] for q in ("0.5 - 0.4?", "1.1 + 2.2?", "3 * 4?")]
+    pq.write_table(pa.table({"messages": messages, "answer": pa.array([0.1, 3.3, 12.0], type=pa.float32())}),
+                   tmp_path / "p.parquet")
+    prompts = load_prompts(PromptSource(path=str(tmp_path / "p.parquet")), seed=0)
+    replies = {0.1: "The answer is 0.1", 3.3: "The answer is 3.3", 12.0: "The answer is 12"}
+    items = [ScoreItem(p, Completion(text=replies[round(p.answer, 1)], prefill=PREFILL["off"], finish_reason="stop"))
+             for p in prompts]
+    scores = RewardSet([AnswerReward()], ScoringEnv(policy_dir=tmp_path, tokenizer_dir=tmp_path)).score(items)
+    assert [score["scores"]["answer"] for score in scores] == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(("reference", "reply", "verdict"), [
+    # sympy evaluates a decimal expression to a rounded Float, no decimal the reply wrote: within the tolerance
+    # (both gave False)
+    (1.05**20, r"\boxed{1.05^{20}}", True),
+    ("2.6533", r"\boxed{1.05^{20}}", True),
+    ("0.343", r"\boxed{0.7^{3}}", True),
+    ("2.66", r"\boxed{1.05^{20}}", False),
+])
+def test_a_decimal_expression_is_compared_within_the_tolerance(reference, reply, verdict):
+    assert_both("en", reply, reference, verdict)
+
+
+@pytest.mark.parametrize(("reference", "reply", "verdict"), [
+    # an accuracy suite's rel_tol, set, is the tolerance of every comparison (it was ignored for exact numbers)
+    ("3.14", "The answer is 3.1416", True),
+    ("9.8", "The answer is 9.81", True),
+    ("1000", "The answer is 1001", True),
+    (1000, "The answer is 1001", True),
+    ("3.14", "The answer is 3.2", False),
+])
+def test_an_accuracy_suites_rel_tol_applies_to_every_number(reference, reply, verdict):
+    assert answer_matches(reply, reference, rel_tol=0.01, language="en") is verdict
+
+
+def test_an_accuracy_suite_without_rel_tol_compares_exact_numbers_exactly():
+    from tempa.merge.evaluate_config import AccuracySuite
+
+    assert AccuracySuite.model_fields["rel_tol"].default is None  # unset: the exact rule, not a tolerance
+    assert answer_matches("The answer is 1001", "1000", rel_tol=None, language="en") is False
+    assert answer_matches("The answer is 0.3333333", "1/3", rel_tol=None, language="en") is True

@@ -5,7 +5,8 @@ A reply commits to its last ``\\boxed{}``, else to the sentence after its last "
 rather than asks or supposes (what that sentence's last ``=`` gives, when it has one; "check whether the answer is 4"
 commits to nothing; "not 12 but 13" and "12ではなく13" to 13), else to its last number; a number the reply denies, asks
 about or offers as one of a choice ("not 12", "12個ですか？", "12 or 13", "12 apples or 13 apples", "12. Or 13.",
-"12, though it could be 13", "12, but 15 is also possible") is none, and
+"12, though it could be 13", "12, but 15 is also possible") is none, while the same answer restated is one ("12 km,
+or 12000 m", "45%, or 0.45"), and
 so is a reply that states one answer after another ("The answer is A. The answer is B."). A circled option label
 is its number (③ is 3). The preference/rl ``answer`` reward
 (:mod:`tempa.alignment.rewards`) and the evaluate stage's accuracy suite (:mod:`tempa.merge.answers`) both read a
@@ -448,14 +449,65 @@ def _tagalog(text: str, language: str | None) -> bool:
 
 
 # A unit word or two does not part the alternatives: "7 apples or 8 apples", "7 apel, atau 8 kalau ...", "7 quả hay
-# 8 quả"; the or-word must then offer another number ("12 hours or more" states 12, as "42 or so" does 42).
-_UNIT_THEN_CHOICE = (rf"(?:\s?[^\W\d_]+){{1,2}}(?:\s*[,，]\s*|\s+){_CHOICES}(?:\s+[^\W\d_]+){{0,2}}?\s*[(（\[]?\s*"
-                     r"[-+−]?\$?\d")
+# 8 quả"; the or-word must then offer another number ("12 hours or more" states 12, as "42 or so" does 42), which
+# :func:`_another_choice` weighs.
+_UNIT_THEN_CHOICE = re.compile(rf"^(?P<unit>(?:\s?[^\W\d_]+){{1,2}})(?:\s*[,，]\s*|\s+){_CHOICES}(?:\s+[^\W\d_]+){{0,2}}?"
+                               r"\s*[(（\[]?\s*(?P<other>[-+−]?\$?\d+(?:[.,]\d+)*%?)", re.IGNORECASE)
 _CHOICE_AFTER = re.compile(
     rf"^(?:[^\s\d]{{0,3}}?\s*[(（\[]?\s*(?:(?!{_COUNTER_KA})か(?!ら)|{_CHOICES}|{_AND_ANOTHER})|{_RANGE}"
-    rf"|{_KO_OR_AFTER}|{_TL_OR_AFTER}|{_UNIT_THEN_CHOICE})", re.IGNORECASE)
+    rf"|{_KO_OR_AFTER}|{_TL_OR_AFTER})", re.IGNORECASE)
 # Nor does a sentence end: "The answer is 7. Or 8.", "答えは7個。または8個。" offer 8 as the other choice.
-_CHOICE_NEXT = re.compile(rf"^[\s.。!！]*{_CHOICES}[\s,，]*(?:[^\W\d_]+\s+){{0,2}}?[(（\[]?[-+−]?\$?\d", re.IGNORECASE)
+_CHOICE_NEXT = re.compile(rf"^[\s.。!！]*{_CHOICES}[\s,，]*(?:[^\W\d_]+\s+){{0,2}}?[(（\[]?"
+                          r"(?P<other>[-+−]?\$?\d+(?:[.,]\d+)*%?)", re.IGNORECASE)
+# The unit words right after a number ("7 apples", "12 km"), and the one after an alternative's number.
+_UNIT_WORDS = re.compile(r"^\s?(?:[^\W\d_]+\s?){0,2}")
+_WORD_AFTER = re.compile(r"^\s?([^\W\d_]+)")
+# Words that open a condition after an alternative's number ("or 8 if you count the rotten one", "atau 8 kalau
+# dihitung"): the number is offered bare, not restated in a unit.
+_CONDITION_WORDS = frozenset({"if", "when", "unless", "counting", "including", "kalau", "jika", "bila", "apabila",
+                              "kalo", "nếu", "neu", "khi"})
+
+
+def _another_choice(number: str, unit: str, other: str, after: str) -> bool:
+    """Whether ``other``, a number offered after an or-word past the answer ``number`` and its ``unit`` words, is
+    another answer rather than the same one restated: never when it is the same value ("12 apples. Or 12 in total.",
+    "45%, or 0.45"), and only with the first's unit word or none ("7 apples or 8 apples", "7. Or 8.", "7 apples, or 8
+    if you count ..."); in another unit it restates the answer ("12 km, or 12000 m", "2 hours or 120 minutes",
+    "7 days or 1 week"). A restatement read as a choice would score a right answer 0, which RL trains away from."""
+    first, second = read_number(number), read_number(other)
+    if first is not None and second is not None and (numbers_agree(first, second) or numbers_agree(second, first)):
+        return False
+    word = _WORD_AFTER.match(after)
+    if word is None:
+        return True
+    said = word.group(1).casefold()
+    return said in unit.casefold().split() or said in _CONDITION_WORDS
+
+
+# The number an or-word offers right after it ("or 0.45", "or (13)").
+_OFFERED_NUMBER = re.compile(r"^[\s(（\[]*(?P<other>[-+−]?\$?\d+(?:[.,]\d+)*(?:/\d+)?%?)")
+
+
+def _choice_after(number: str, after: str) -> bool:
+    """Whether ``after`` (what follows the answer ``number``) opens a choice (:data:`_CHOICE_AFTER`) of another value:
+    "12 or 13", but not "45%, or 0.45" nor "1/2 or 0.5", the same answer written again."""
+    choice = _CHOICE_AFTER.match(after)
+    if choice is None:
+        return False
+    other = _OFFERED_NUMBER.match(after[choice.end():])
+    first, second = read_number(number), read_number(other.group("other")) if other else None
+    return not (first is not None and second is not None
+                and (numbers_agree(first, second) or numbers_agree(second, first)))
+
+
+def _unit_choice(number: str, after: str) -> bool:
+    """Whether ``after`` (what follows the answer ``number``) offers another answer past its unit words
+    (:data:`_UNIT_THEN_CHOICE`, :func:`_another_choice`)."""
+    found = _UNIT_THEN_CHOICE.match(after)
+    return found is not None and _another_choice(number, found.group("unit"), found.group("other"),
+                                                 after[found.end():])
+
+
 _CHOICE_BEFORE = re.compile(
     rf"(?:か|(?<![^\W\d_]){_CHOICES}|\d\s*(?:{_AND_WORDS})|\d\s?[-–—~〜～]\s?|\d[^\s\d]{{0,3}}?나|\d\s+o)\s*$",
     re.IGNORECASE)
@@ -473,8 +525,8 @@ def _offered(part: str, start: int, end: int, tagalog: bool = False) -> bool:
     """Whether the number at ``part[start:end]`` is denied or offered as one of a choice, not stated; Tagalog's at
     only in a Tagalog reply (``tagalog``)."""
     before, after = part[:start], part[end:]
-    return bool(_DENIED_BEFORE.search(before) or _DENIED_AFTER.match(after) or _CHOICE_AFTER.match(after)
-                or _CHOICE_BEFORE.search(before)
+    return bool(_DENIED_BEFORE.search(before) or _DENIED_AFTER.match(after) or _choice_after(part[start:end], after)
+                or _unit_choice(part[start:end], after) or _CHOICE_BEFORE.search(before)
                 or (tagalog and (_TL_CHOICE_AFTER.match(after) or _TL_CHOICE_BEFORE.search(before))))
 
 
@@ -515,20 +567,33 @@ _ALSO_RIGHT = re.compile(
 
 
 # Another number offered as what the answer may be: "The answer is 7, though it could be 8.", "Jawabannya 7, tapi
-# bisa juga 8.", "Đáp án là 7, cũng có thể là 8."
+# bisa juga 8.", "Đáp án là 7, cũng có thể là 8.", "It might also be 8." opening the next sentence. The answer itself
+# must be what could be (it, that, this, the answer; no subject in Indonesian and Vietnamese), and the number all it
+# could be, a unit word at most before its clause ends: "Each box could be 3 by 4", "the count may be 2n", "kita bisa
+# 3 kali membagi" (can do it 3 times) offer no other answer.
 _MAY_BE = re.compile(
-    r"(?<![^\W\d_])(?:(?:could|might|may)(?:\s+(?:also|well|even))?\s+be|(?:bisa|boleh|mungkin)(?:\s+juga)?"
-    r"(?:\s+(?:jadi|saja))?|(?:cũng\s+|cung\s+)?(?:có\s+thể|co\s+the)\s+(?:là|la))\s+([-+−]?\$?\d+(?:[.,]\d+)*)",
+    r"(?:(?<![^\W\d_])(?:it|that|this|(?:the\s+)?answer)\s+(?:could|might|may)(?:\s+(?:also|well|even))?\s+be"
+    r"|(?<![^\W\d_])(?:bisa|boleh|mungkin)(?:\s+juga)?(?:\s+(?:jadi|saja))?"
+    r"|(?<![^\W\d_])(?:cũng\s+|cung\s+)?(?:có\s+thể|co\s+the)\s+(?:là|la))"
+    r"\s+([-+−]?\$?\d+(?:[.,]\d+)*)(?![\w.,]*\d)(?=\s?(?:[^\W\d_]+)?\s*(?:$|[.,;:!?。，！？)]|\s+(?:too|instead)\b))",
     re.IGNORECASE,
 )
 
 
+def _may_be_another(line: str, following: str, committed: str) -> bool:
+    """Whether the answer's sentence ``line``, or the sentence ``following`` it when it opens so, offers another
+    number than ``committed`` (normalised) as what the answer may be (:data:`_MAY_BE`). A later sentence's "may be"
+    is about something else ("Note that for general n the count may be 2n")."""
+    found = [match.group(1) for match in _MAY_BE.finditer(line)]
+    opening = _MAY_BE.match(following.lstrip(" \t.。!！"))
+    found += [opening.group(1)] if opening else []
+    return any(normalise_text(other) != committed for other in found)
+
+
 def _also_right(text: str, committed: str) -> bool:
     """Whether ``text`` (from the answer on) offers an answer other than ``committed`` (normalised) as right or
-    possible too (:data:`_ALSO_RIGHT`, :data:`_MAY_BE`)."""
-    offered = [found.group(1) or found.group(2) for found in _ALSO_RIGHT.finditer(text)]
-    offered += [found.group(1) for found in _MAY_BE.finditer(text)]
-    return any(normalise_text(other) != committed for other in offered)
+    possible too (:data:`_ALSO_RIGHT`)."""
+    return any(normalise_text(found.group(1) or found.group(2)) != committed for found in _ALSO_RIGHT.finditer(text))
 
 
 # The labels a question lists its options by, in order ("A. Hà Nội\nB. Huế", "ก. 10\nข. 12", "ア．東京\nイ．大阪").
@@ -617,10 +682,15 @@ def committed_answer(answer: str, language: str | None = None) -> Commitment:
                 return Commitment("", None)
             # "12, 13, 14 중 하나", "(3, 4)", "2, 3, 5": no one number, the sentence whole for a math reference
             listed = _listed(part, start, start + len(numbers[0]))
-            if _CHOICE_NEXT.match(tail.strip()[len(line):]):  # "The answer is 7. Or 8."
-                return Commitment("", None)
+            following = tail.strip()[len(line):]
+            other = _CHOICE_NEXT.match(following)
+            unit = _UNIT_WORDS.match(part[start + len(numbers[0]):])
+            if other and _another_choice(numbers[0], unit.group(0) if unit else "", other.group("other"),
+                                         following[other.end():]):
+                return Commitment("", None)  # "The answer is 7. Or 8."
         numbers = numbers or numbers_in(line) or numbers_in(tail)  # "The answer is:\n42"
-        if numbers and _also_right(tail, normalise_text(numbers[0])):  # "12, but 15 is also possible"
+        if numbers and (_also_right(tail, normalise_text(numbers[0]))  # "12, but 15 is also possible"
+                        or _may_be_another(line, tail.strip()[len(line):], normalise_text(numbers[0]))):
             return Commitment("", None)
         if numbers and _states_another(answer_before(answer, lead_in), line, numbers[0], language):
             return Commitment("", None)  # "答えは1。答えは2。"

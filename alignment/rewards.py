@@ -290,7 +290,7 @@ class AnswerReward(_RewardBase):
         description="`math`: the answer the reply commits to, as the evaluate stage's accuracy suite reads it (the "
         "last `\\boxed{}`, else the sentence after the last lead-in such as `The answer is` or `答えは`, from its "
         "last `=`, else the last number; a check after it does not count; `XではなくY` and `not X but Y` give Y, a "
-        "number denied, asked about or offered as one of a choice, `Is it 12?`, `12 or 13` or `12 apples, or 13 if ...`, none), gives the reference: a numeric reference "
+        "number denied, asked about or offered as one of a choice, `Is it 12?`, `12 or 13` or `12 apples, or 13 if ...`, none; `12 km, or 12000 m` restates 12), gives the reference: a numeric reference "
         "(a unit or currency dropped: `12 cm`, `12,000円`) by value, exactly where both are exact as written "
         "(integers, finite decimals, fractions: 1,000,001 is not 1000000) and within 1e-6 relative otherwise (`\\sqrt{2}`, "
         "a float reference that is no integer, as a float32 column's 0.1 loads; the accuracy suite's `rel_tol`, where "

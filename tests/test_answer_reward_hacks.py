@@ -760,6 +760,36 @@ def test_a_second_number_offered_past_a_unit_or_a_sentence_end_is_a_choice(reply
     assert verdicts(reply, options, language) == expected(options, right)
 
 
+ONE_ANSWER_RESTATED_OR_REMARKED = [
+    # the answer restated in another unit or form, the same number again, or a "could/may be" about something else
+    # than the answer commits to the answer: a false hedge scores a right answer 0 (each gave none)
+    ("The answer is 12 km, or 12000 m.", ("12", "12000"), "12", "en"),
+    ("The answer is 2 hours or 120 minutes.", ("2", "120"), "2", "en"),
+    ("The answer is 7 days or 1 week.", ("7", "1"), "7", "en"),
+    ("The answer is 25 cm, or 0.25 m.", ("25", "0.25"), "25", "en"),
+    ("The answer is 12 apples. Or 12 in total.", ("12", "13"), "12", "en"),
+    ("The answer is 45%, or 0.45.", ("45", "46"), "45", "en"),
+    ("The answer is 1/2 or 0.5.", ("0.5", "0.25"), "0.5", "en"),
+    ("The answer is 12. Note that for general n the count may be 2n.", ("12", "2"), "12", "en"),
+    ("The answer is 12. Each box could be 3 by 4.", ("12", "3"), "12", "en"),
+    ("Jawabannya 12, karena kita bisa 3 kali membagi 4.", ("12", "3"), "12", "id"),
+    ("Jawabannya 12, kita bisa 3 kali membagi 4.", ("12", "3"), "12", "id"),
+    # ... while the same unit or none, or "it could be N" in the answer's clause, still offers a choice
+    ("The answer is 7 apples or 8 apples.", SEVEN_EIGHT, None, "en"),
+    ("The answer is 7 km, or 8 km.", SEVEN_EIGHT, None, "en"),
+    ("The answer is 7 apples. Or 8 apples.", SEVEN_EIGHT, None, "en"),
+    ("The answer is 7 apples, or 8 if you count the rotten one.", SEVEN_EIGHT, None, "en"),
+    ("The answer is 7, though it could also be 8 apples.", SEVEN_EIGHT, None, "en"),
+    ("Jawabannya 7 apel, atau 8 kalau dihitung yang busuk.", SEVEN_EIGHT, None, "id"),
+    ("The answer is 12 or 13.", ("12", "13"), None, "en"),
+]
+
+
+@pytest.mark.parametrize(("reply", "options", "right", "language"), ONE_ANSWER_RESTATED_OR_REMARKED)
+def test_an_answer_restated_in_another_unit_or_remarked_on_is_no_choice(reply, options, right, language):
+    assert verdicts(reply, options, language) == expected(options, right)
+
+
 SCALE_AND_SIGN_WORDS = [
     # a scale word joined by a hyphen to a noun is an adjective, and a number word before a sign word is its operand
     # (they gave 200 and -5)

@@ -85,7 +85,8 @@ _NAMED_ROWS = 5
 def empty_answer_warning(rewards: Sequence[Any], prompts: Sequence[PromptRow], source: PromptSource) -> str | None:
     """The prompts whose answer is an empty string, when an answer reward reads them (None when there are none, or
     when no prompt has an answer: :func:`check_reward_inputs` refuses that). Such a row is unscored by the reward and
-    trains on the other rewards alone, as a row without the field does; but a null or a missing field says so on
+    trains on the other rewards alone, or on nothing where the answer rewards are all there are, as a row without the
+    field does; but a null or a missing field says so on
     purpose, while "" is as often a missing value a parquet or spreadsheet export wrote, so it is named: the file,
     the count and the first rows."""
     answers = [reward for reward in rewards if isinstance(reward, AnswerReward)]
@@ -96,10 +97,14 @@ def empty_answer_warning(rewards: Sequence[Any], prompts: Sequence[PromptRow], s
         return None
     rows = [str(p.meta.get("row", p.id)) for p in empty[:_NAMED_ROWS]]
     named = ", ".join(rows) + (", ..." if len(empty) > _NAMED_ROWS else "")
+    # with no other reward their samples have no total (rewards.combine): never paired, and in rl every reward
+    # function returns None, which trl gives no advantage
+    effect = ("they train on the other rewards alone" if len(answers) < len(rewards)
+              else "with no other reward their samples score nothing and teach nothing")
     return (f"{source.path}: column '{source.answer_field}' (prompts.answer_field) is an empty string in "
             f"{len(empty)} of {len(prompts)} prompts ({named}): reward '{answers[0].key}' leaves them unscored, so "
-            "they train on the other rewards alone; give them their answer, or write null (or leave the field out) "
-            "in a row that has none on purpose")
+            f"{effect}; give them their answer, or write null (or leave the field out) in a row that has none on "
+            "purpose")
 
 
 def check_tool_prompts(config: Any, prompts: Sequence[PromptRow], source: PromptSource) -> None:

@@ -42,3 +42,12 @@ def test_null_or_no_field_is_no_answer_on_purpose_and_no_answer_reward_reads_not
 def test_all_empty_is_left_to_the_refusal(tmp_path):
     rows = [{"prompt": "1 + 1?", "answer": ""}, {"prompt": "2 + 2?", "answer": ""}]
     assert input_warnings(config(tmp_path, rows, [{"type": "answer"}])) == []
+
+
+def test_with_the_answer_reward_alone_the_rows_are_said_to_teach_nothing(tmp_path):
+    # they have no total then, so no other reward trains them (the line said "the other rewards alone")
+    rows = [{"prompt": "1 + 1?", "answer": "2"}, {"prompt": "2 + 2?", "answer": ""}]
+    (warning,) = input_warnings(config(tmp_path, rows, [{"type": "answer"}]))
+    assert "other rewards" not in warning
+    assert "reward 'answer' leaves them unscored, so with no other reward their samples score nothing and teach " \
+           "nothing;" in warning

@@ -67,7 +67,7 @@ def test_a_merge_depends_on_the_stages_it_reads_and_on_no_start_model(tmp_path):
 
 def test_a_merge_refuses_from(tmp_path):
     stages = STAGES.replace("    method: slerp\n", "    method: slerp\n    from: sft-a\n")
-    with pytest.raises(RecipeError, match="a merge starts from no model.*to merge .sft-a., name it in .models."):
+    with pytest.raises(RecipeError, match=r"a merge starts from no model.*to merge .sft-a., name it in .models."):
         load_recipe(_recipe(tmp_path, stages))
 
 

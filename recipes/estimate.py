@@ -58,7 +58,7 @@ from tempa.recipes.loader import LoadedRecipe
 from tempa.recipes.registry import stage_kind
 from tempa.recipes.rundir import done_fingerprint, read_manifest
 from tempa.recipes.schema import TINY_DEFAULT
-from tempa.sft.checkpoints import checkpoint_saves
+from tempa.sft.checkpoints import checkpoint_saves, save_interval
 from tempa.sft.global_batch import accumulation_for, rows_per_step
 from tempa.sft.global_batch import data_parallel as ranks_of
 from tempa.sft.stage_api import (
@@ -793,10 +793,10 @@ def _save_interval(estimate: StageEstimate, train: dict[str, Any]) -> None:
     if str(train.get("save_strategy", "steps")) == "epoch":
         every_h, how = estimate.hours / max(estimate.epochs, 1), "save_strategy: epoch"
     else:
-        every = train.get("save_steps", 500)
         # the last step saves too: a stage shorter than save_steps saves once, at its end
-        interval = min(estimate.steps, max(1, math.ceil(every * estimate.steps) if every < 1 else int(every)))
-        every_h, how = interval * per_step, f"save_steps {every:g} of {estimate.bound}{estimate.steps:,} steps"
+        interval = min(estimate.steps, save_interval(train, estimate.steps) or estimate.steps)
+        every_h = interval * per_step
+        how = f"save_steps {train.get('save_steps', 500):g} of {estimate.bound}{estimate.steps:,} steps"
     if every_h > SAVE_EVERY_H_MAX:
         advice = max(1, math.floor(SAVE_EVERY_H_MAX / 2 / per_step))
         estimate.warnings.append(

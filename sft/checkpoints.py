@@ -30,11 +30,18 @@ def checkpoint_saves(train: Mapping[str, Any], steps: int | None, epochs: float 
         return 0
     if strategy == "epoch":  # the Trainer ends a last, partial epoch as an epoch: 1.5 epochs save twice
         return None if epochs is None else math.ceil(epochs)
+    interval = save_interval(train, steps)
+    return None if interval is None else math.ceil(steps / interval)
+
+
+def save_interval(train: Mapping[str, Any], steps: int | None) -> int | None:
+    """Optimizer steps between two saves of ``save_strategy: steps`` (``save_steps``; a value below 1 is a share of
+    ``steps``); None for another strategy or when it is not known."""
     every = train.get("save_steps", 500)
-    if strategy != "steps" or not steps or not isinstance(every, int | float) or every <= 0:
+    if str(train.get("save_strategy", "steps")) != "steps" or not steps or not isinstance(every, int | float) \
+            or every <= 0:
         return None
-    interval = max(1, math.ceil(every * steps) if every < 1 else int(every))
-    return math.ceil(steps / interval)
+    return max(1, math.ceil(every * steps) if every < 1 else int(every))
 
 
 def checkpoint_dirs(output_dir: Path) -> list[Path]:

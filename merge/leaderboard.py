@@ -55,7 +55,7 @@ MetricValue = Annotated[float, BeforeValidator(_nan_for_null)]
 def metrics_from_json(metrics: dict[str, float | None]) -> dict[str, float]:
     """Metrics as written (:data:`MetricValue`: a value that is no finite number as null) read back: null is NaN
     again (no value; ranked last)."""
-    return {name: math.nan if value is None else float(value) for name, value in metrics.items()}
+    return {name: float(_nan_for_null(value)) for name, value in metrics.items()}
 
 
 class LeaderboardRow(BaseModel):
